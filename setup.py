@@ -1,0 +1,54 @@
+"""Builds yoda_kernels._C: C++ CPU kernels always, CUDA kernels when a CUDA torch and nvcc are present.
+
+Switches (environment): FORCE_CUDA=1 builds the CUDA kernels even without a visible GPU (needs a CUDA torch
+and nvcc); FORCE_ONLY_CPU=1 never builds them; YODA_NO_EXTENSION=1 skips the extension (pure-Python install,
+the reference backend is used). As pytorch_scatter's setup.py does.
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.getenv(name, "0") == "1"
+
+
+def extensions():
+    if _flag("YODA_NO_EXTENSION"):
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    with_cuda = not _flag("FORCE_ONLY_CPU") and torch.version.cuda is not None and CUDA_HOME is not None
+    with_cuda = with_cuda and (torch.cuda.is_available() or _flag("FORCE_CUDA"))
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"] + openmp
+    define_macros = []
+    kwargs = dict(
+        name="yoda_kernels._C",
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=openmp,
+    )
+    if with_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        define_macros.append(("WITH_CUDA", None))
+        nvcc = ["-O3", "-std=c++17", "--fmad=false", "-lineinfo"]
+        ext = CUDAExtension(sources=sources, define_macros=define_macros,
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
+    else:
+        ext = CppExtension(sources=sources, define_macros=define_macros, extra_compile_args={"cxx": cxx}, **kwargs)
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+setup(
+    packages=find_packages(include=["yoda", "yoda.*", "yoda_kernels", "yoda_kernels.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,46 @@
+"""yoda: You Only Diffuse Areas -- attention-guided diffusion super-resolution.
+
+    import yoda
+    sr = yoda.sample(model, lr, attention="edge")      # lr: (B, 3, h, w) in [-1, 1]
+
+Submodules are imported on first use so that ``import yoda`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # name -> (module, attribute or None for the module itself)
+    "sample": ("yoda.sampler", "sample"),
+    "Schedule": ("yoda.schedule", "Schedule"),
+    "mask_at": ("yoda.masks", "mask_at"),
+    "tau_at": ("yoda.masks", "tau_at"),
+    "pixel_update_ratio": ("yoda.masks", "pixel_update_ratio"),
+    "active_fraction": ("yoda.masks", "active_fraction"),
+    "load": ("yoda.load", "load"),
+    "to_uint8": ("yoda.images", "to_uint8"),
+    "from_uint8": ("yoda.images", "from_uint8"),
+    "load_image": ("yoda.images", "load_image"),
+    "save_image": ("yoda.images", "save_image"),
+    "attention": ("yoda.attention", None),
+    "adapters": ("yoda.adapters", None),
+    "models": ("yoda.models", None),
+    "train": ("yoda.train", None),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'yoda' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,83 @@
+"""Scalar coefficients of one reverse step, computed once per step in float64 (DESIGN.md §5).
+
+Every sampler update of §5 is linear in (x_t, model output, c, z) once x0 is clipped, so a step is fully
+described by ten numbers; kernels receive them and never see the schedule, the prediction type or the
+sampler kind. Formulas follow DDPM (Ho et al. 2020, posterior q(x_{t-1} | x_t, x0) with the "fixed small"
+variance) and DDIM (Song et al. 2021, eq. 12), written for a respaced pair (t, t_prev) through
+alpha_bar alone, as diffusers' DDPMScheduler / DDIMScheduler do.
+"""
+
+from __future__ import annotations
+
+import math
+
+PREDICTIONS = ("eps", "x0", "v")
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _check_ab(name: str, v: float) -> float:
+    v = float(v)
+    if not (0.0 < v <= 1.0) or math.isnan(v):
+        raise ValueError(f"{name} must be in (0, 1], got {v}")
+    return v
+
+
+def step_coefficients(
+    ab_t: float,
+    ab_prev: float,
+    *,
+    prediction: str = "eps",
+    sampler: str = "ddpm",
+    eta: float = 0.0,
+) -> list[float]:
+    """[k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb] for the step t -> t_prev (see yoda_kernels.naive).
+
+    ab_t, ab_prev: alpha_bar at t and at t_prev (ab_prev = 1 for the last step, which then adds no noise).
+    prediction: what the model outputs, "eps", "x0" or "v". sampler: "ddpm" (ancestral) or "ddim" (eta).
+    """
+    a = _check_ab("ab_t", ab_t)
+    ap = _check_ab("ab_prev", ab_prev)
+    if a >= 1.0:
+        raise ValueError("ab_t must be < 1 (t >= 1 has noise)")
+    if ap < a:
+        raise ValueError(f"ab_prev ({ap}) must be >= ab_t ({a}): t_prev comes after t in sampling")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not (0.0 <= float(eta)) or math.isnan(float(eta)):
+        raise ValueError(f"eta must be >= 0, got {eta}")
+
+    sa, s1a = math.sqrt(a), math.sqrt(1.0 - a)
+    if prediction == "eps":  # x0 = (x - sqrt(1-a) eps) / sqrt(a)
+        k1, k2, e1, e2 = 1.0 / sa, -s1a / sa, 0.0, 1.0
+    elif prediction == "x0":  # eps = (x - sqrt(a) x0) / sqrt(1-a)
+        k1, k2, e1, e2 = 0.0, 1.0, 1.0 / s1a, -sa / s1a
+    else:  # v = sqrt(a) eps - sqrt(1-a) x0
+        k1, k2, e1, e2 = sa, -s1a, s1a, sa
+
+    last = ap >= 1.0
+    if sampler == "ddpm":
+        alpha = a / ap
+        beta = 1.0 - alpha
+        cx0 = math.sqrt(ap) * beta / (1.0 - a)
+        cx = math.sqrt(alpha) * (1.0 - ap) / (1.0 - a)
+        ceps = 0.0
+        sigma = 0.0 if last else math.sqrt(max((1.0 - ap) / (1.0 - a) * beta, 1e-20))
+    else:
+        var = (1.0 - ap) / (1.0 - a) * (1.0 - a / ap)
+        sigma = float(eta) * math.sqrt(max(var, 0.0))
+        cx0, cx = math.sqrt(ap), 0.0
+        ceps = math.sqrt(max(1.0 - ap - sigma * sigma, 0.0))
+    return [k1, k2, e1, e2, cx0, cx, ceps, sigma, math.sqrt(ap), math.sqrt(1.0 - ap)]
+
+
+def init_coefficients(ab_T: float) -> list[float]:
+    """Coefficients that turn masked_step into the start of §5:
+    x_T = noise where active, sqrt(ab_T) c + sqrt(1 - ab_T) noise elsewhere (x and model_out unused)."""
+    a = _check_ab("ab_T", ab_T)
+    return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.sqrt(a), math.sqrt(1.0 - a)]
+
+
+def needs_noise(coefs) -> bool:
+    return coefs[7] != 0.0 or coefs[9] != 0.0

@@ -1,0 +1,127 @@
+"""Pure-PyTorch reference of every yoda op: the test oracle and the fallback on any device.
+
+Each function here has the exact signature of the registered op of the same name (``torch.ops.yoda.<op>``),
+so a backend is a drop-in replacement. Arithmetic is float32 whatever the input dtype; the order of the
+float32 operations below is the contract that the C++, CUDA and Triton kernels follow, so that backends
+agree to within one or two float32 roundings.
+
+Step coefficients (``coefs``, 10 floats, computed once in float64 by
+:func:`yoda_kernels.schedule_math.step_coefficients`):
+
+    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb
+
+    x0   = k1 * x + k2 * out          (clamped to [-1, 1] if clip)
+    eps  = e1 * x + e2 * out
+    sr   = cx0 * x0 + cx * x + ceps * eps + sigma * z
+    lr   = la * c + lb * z
+    x'   = sr where A >= tau else lr            (A is None: every pixel active)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import philox
+
+NUM_COEFS = 10
+TILE_SIZES = (8, 16, 32)
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def _mask(A: torch.Tensor, tau: float) -> torch.Tensor:
+    """(B, 1, H, W) bool: A >= tau, compared in float32."""
+    A = A.float()
+    if A.dim() == 3:
+        A = A.unsqueeze(1)
+    return A >= _f32(tau).to(A.device)
+
+
+def _noise(x: torch.Tensor, seed: int, step: int, noise: Optional[torch.Tensor]) -> torch.Tensor:
+    if noise is not None:
+        return noise.float()
+    return philox.noise(seed, step, x.shape, device=x.device)
+
+
+def masked_step(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    c: torch.Tensor,
+    A: Optional[torch.Tensor],
+    tile_max: Optional[torch.Tensor],
+    tile_min: Optional[torch.Tensor],
+    tau: float,
+    coefs: list[float],
+    clip: bool,
+    seed: int,
+    step: int,
+    noise: Optional[torch.Tensor],
+    tile: int,
+) -> torch.Tensor:
+    """One reverse step of DESIGN.md §5. x, model_out, c: (B, C, H, W); A: (B, 1, H, W) or (B, H, W) or None;
+    tile_max/tile_min are accepted for signature parity (the reference reads A per pixel). Returns x_prev,
+    dtype and memory format of x."""
+    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb = (_f32(v).to(x.device) for v in coefs)
+    xf, of, cf = x.float(), model_out.float(), c.float()
+    z = _noise(x, seed, step, noise)
+    x0 = k1 * xf + k2 * of
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+    eps = e1 * xf + e2 * of
+    sr = cx0 * x0 + cx * xf + ceps * eps + sigma * z
+    lr = la * cf + lb * z
+    out = sr if A is None else torch.where(_mask(A, tau), sr, lr)
+    return out.to(x.dtype).contiguous(memory_format=_memory_format(x))
+
+
+def tile_stats(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tile max and min of A over tile x tile pixels (ragged last row/column of tiles covers what is
+    left). A: (B, 1, H, W) or (B, H, W). Returns two float32 tensors (B, ceil(H/tile), ceil(W/tile))."""
+    A = A.float()
+    if A.dim() == 4:
+        A = A[:, 0]
+    B, H, W = A.shape
+    ph, pw = (-H) % tile, (-W) % tile
+    hi = torch.nn.functional.pad(A, (0, pw, 0, ph), value=float("-inf"))
+    lo = torch.nn.functional.pad(A, (0, pw, 0, ph), value=float("inf"))
+    ty, tx = (H + ph) // tile, (W + pw) // tile
+    tmax = hi.view(B, ty, tile, tx, tile).amax(dim=(2, 4))
+    tmin = lo.view(B, ty, tile, tx, tile).amin(dim=(2, 4))
+    return tmax.contiguous(), tmin.contiguous()
+
+
+def masked_q_sample(
+    x0: torch.Tensor,
+    c: torch.Tensor,
+    noise: torch.Tensor,
+    A: Optional[torch.Tensor],
+    sqrt_ab: torch.Tensor,
+    sqrt_1m_ab: torch.Tensor,
+    tau: torch.Tensor,
+) -> torch.Tensor:
+    """Training-time mixing of DESIGN.md §7, per batch element b:
+
+        x_t = sqrt_ab[b] * (x0 where A >= tau[b] else c) + sqrt_1m_ab[b] * noise
+
+    sqrt_ab, sqrt_1m_ab, tau: (B,) float tensors. A None: plain q_sample. Returns x_t, dtype of x0."""
+    B = x0.shape[0]
+    a = sqrt_ab.float().view(B, 1, 1, 1)
+    s = sqrt_1m_ab.float().view(B, 1, 1, 1)
+    base = x0.float()
+    if A is not None:
+        Af = A.float()
+        if Af.dim() == 3:
+            Af = Af.unsqueeze(1)
+        base = torch.where(Af >= tau.float().view(B, 1, 1, 1), base, c.float())
+    out = a * base + s * noise.float()
+    return out.to(x0.dtype).contiguous(memory_format=_memory_format(x0))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
