@@ -21,6 +21,7 @@ _LAZY = {
     "pixel_update_ratio": ("yoda.masks", "pixel_update_ratio"),
     "active_fraction": ("yoda.masks", "active_fraction"),
     "load": ("yoda.load", "load"),
+    "save_model": ("yoda.load", "save_model"),
     "to_uint8": ("yoda.images", "to_uint8"),
     "from_uint8": ("yoda.images", "from_uint8"),
     "load_image": ("yoda.images", "load_image"),

@@ -15,13 +15,24 @@ The sampler only ever sees this contract (k-diffusion's external.py is the model
     adapter.attention_to_state(A, shape)
                                 -> A (B, 1, H, W) at HR resolution resized to the state grid (B, 1, H', W')
 
-Concrete adapters: PixelAdapter (SR3-style: x_t in pixels, model(cat(up(lr), x_t), noise_level)), and the
-residual (SRDiff) and latent (DiffBIR-style) adapters that live next to their models in yoda.models.
+Extensions of the contract (all with defaults in Adapter, so existing adapters keep working):
+
+    adapter.multiple            the HR size (s*h, s*w) must be a multiple of this (e.g. 2**levels of a UNet)
+    adapter.check_lr(lr)        raises ValueError naming ``lr`` when the adapter cannot take that size
+    adapter.crop_cond(cond, ys, xs)
+                                -> cond restricted to the state window (slice ys, slice xs), for tiled
+                                   denoising (yoda.sample(..., tiles=...)); the default says "unsupported"
+
+Concrete adapters: PixelAdapter (SR3-style: x_t in pixels, model(cat(up(lr), x_t), noise_level)),
+CallableAdapter (any f(x_t, t, cond) with a declared prediction and schedule), and the residual (SRDiff) and
+latent (DiffBIR-style) adapters that live next to their models in yoda.models. ``as_adapter`` turns what a
+user passes to yoda.sample into an Adapter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -48,6 +59,7 @@ class Adapter:
     schedule: Schedule
     scale: int = 4
     clip_x0: bool = True
+    multiple: int = 1
 
     def prepare(self, lr: torch.Tensor) -> Prepared:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -63,3 +75,165 @@ class Adapter:
         if tuple(A.shape[-2:]) == (H, W):
             return A
         return F.interpolate(A, size=(H, W), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+
+    def check_lr(self, lr: torch.Tensor) -> None:
+        """Raise ValueError (naming ``lr``) if the HR size s*h x s*w is not a multiple of ``self.multiple``."""
+        H, W = lr.shape[-2] * self.scale, lr.shape[-1] * self.scale
+        m = int(self.multiple)
+        if H % m or W % m:
+            raise ValueError(
+                f"lr of size {lr.shape[-2]}x{lr.shape[-1]} gives an HR size {H}x{W} that this model cannot take: "
+                f"both must be multiples of {m} (pad or crop lr so that {self.scale}*h and {self.scale}*w are)"
+            )
+
+    def crop_cond(self, cond: Any, ys: slice, xs: slice) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not support tiled denoising (crop_cond)")
+
+
+PREDICTIONS = ("eps", "x0", "v")
+SPACES = ("pixel", "residual")
+
+
+def _check_common(schedule: Any, prediction: str, scale: Any, clip_x0: Any, multiple: Any) -> None:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a yoda.schedule.Schedule, got {type(schedule).__name__}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive int, got {scale!r}")
+    if not isinstance(clip_x0, bool):
+        raise TypeError(f"clip_x0 must be a bool, got {type(clip_x0).__name__}")
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple must be a positive int, got {multiple!r}")
+
+
+def _check_output(out: Any, x_t: torch.Tensor, who: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{who} must return a tensor, got {type(out).__name__}")
+    if out.shape != x_t.shape:
+        raise ValueError(f"{who} returned shape {tuple(out.shape)}, expected the state's shape {tuple(x_t.shape)}")
+    return out.to(x_t.dtype)
+
+
+class PixelAdapter(Adapter):
+    """SR3-style adapter: x_t lives in pixel space, c = up(lr), and the network is called as
+
+        eps = net(cat([up(lr), x_t], dim=1), noise_level)      noise_level: (B, 1) = sqrt(alpha_bar[t])
+
+    (SR3's continuous noise-level conditioning, Saharia et al. 2021). Identity decode.
+
+    net: callable (B, 6, H, W), (B, 1) -> (B, 3, H, W). prediction: what net returns ("eps" for SR3).
+    multiple: the HR size must be a multiple of it (2**number of downsamplings of the UNet).
+    """
+
+    def __init__(
+        self,
+        net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        schedule: Schedule,
+        *,
+        scale: int = 4,
+        prediction: str = "eps",
+        clip_x0: bool = True,
+        multiple: int = 1,
+    ) -> None:
+        if not callable(net):
+            raise TypeError(f"net must be callable, got {type(net).__name__}")
+        _check_common(schedule, prediction, scale, clip_x0, multiple)
+        self.net, self.schedule, self.scale = net, schedule, scale
+        self.prediction, self.clip_x0, self.multiple = prediction, clip_x0, multiple
+
+    def prepare(self, lr: torch.Tensor) -> Prepared:
+        up = upsample(lr, self.scale)
+        return Prepared(c=up, cond=up)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any) -> torch.Tensor:
+        level = torch.full((x_t.shape[0], 1), math.sqrt(float(ab_t)), dtype=x_t.dtype, device=x_t.device)
+        out = self.net(torch.cat([cond.to(x_t.dtype), x_t], dim=1), level)
+        return _check_output(out, x_t, "net")
+
+    def crop_cond(self, cond: torch.Tensor, ys: slice, xs: slice) -> torch.Tensor:
+        return cond[..., ys, xs]
+
+
+class CallableAdapter(Adapter):
+    """Any callable f(x_t, t, cond) -> model output, with its parameterisation declared by the user.
+
+    x_t: (B, 3, H, W) state; t: (B,) int64 0-based training index; cond = up(lr) (B, 3, H, W).
+    space "pixel":    x_t is the HR image, c = up(lr), decode = identity.
+    space "residual": x_t is SRDiff's residual (HR - up(lr)) * residual_scale, c = 0,
+                      decode = up(lr) + x0 / residual_scale, clamped to [-1, 1].
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+        *,
+        prediction: str,
+        schedule: Schedule,
+        scale: int = 4,
+        clip_x0: bool = True,
+        space: str = "pixel",
+        multiple: int = 1,
+        residual_scale: float = 2.0,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        _check_common(schedule, prediction, scale, clip_x0, multiple)
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        if not (math.isfinite(float(residual_scale)) and float(residual_scale) > 0):
+            raise ValueError(f"residual_scale must be a finite float > 0, got {residual_scale}")
+        self.fn, self.schedule, self.scale, self.space = fn, schedule, scale, space
+        self.prediction, self.clip_x0, self.multiple = prediction, clip_x0, multiple
+        self.residual_scale = float(residual_scale)
+
+    def prepare(self, lr: torch.Tensor) -> Prepared:
+        up = upsample(lr, self.scale)
+        c = up if self.space == "pixel" else torch.zeros_like(up)
+        return Prepared(c=c, cond=up)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any) -> torch.Tensor:
+        return _check_output(self.fn(x_t, t, cond), x_t, "fn")
+
+    def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: Any) -> torch.Tensor:
+        if self.space == "pixel":
+            return x0
+        return (cond.to(x0.dtype) + x0 / self.residual_scale).clamp(-1.0, 1.0)
+
+    def crop_cond(self, cond: torch.Tensor, ys: slice, xs: slice) -> torch.Tensor:
+        return cond[..., ys, xs]
+
+
+def as_adapter(model: Any, **kw: Any) -> Adapter:
+    """What yoda.sample accepts as ``model`` -> an Adapter.
+
+    - an Adapter: returned as is (keyword arguments are then an error: configure the adapter instead);
+    - an object with a ``yoda_adapter(**kw)`` method (yoda.models' SR3UNet, SRDiff, latent models): its adapter;
+    - a plain callable f(x_t, t, cond): CallableAdapter(f, **kw), which needs prediction= and schedule=;
+    - anything else: TypeError.
+    """
+    if isinstance(model, Adapter):
+        if kw:
+            raise TypeError(f"model is already an Adapter; unexpected keyword arguments {sorted(kw)}")
+        return model
+    make = getattr(model, "yoda_adapter", None)
+    if callable(make):
+        adapter = make(**kw)
+        if not isinstance(adapter, Adapter):
+            raise TypeError(
+                f"{type(model).__name__}.yoda_adapter() must return a yoda.adapters.Adapter, "
+                f"got {type(adapter).__name__}"
+            )
+        return adapter
+    if callable(model):
+        missing = [k for k in ("prediction", "schedule") if k not in kw]
+        if missing:
+            raise TypeError(
+                f"model is a plain callable f(x_t, t, cond); say what it predicts and how it was trained: "
+                f"as_adapter(model, prediction='eps'|'x0'|'v', schedule=Schedule...) (missing: {', '.join(missing)})"
+            )
+        return CallableAdapter(model, **kw)
+    raise TypeError(
+        f"model must be a yoda.adapters.Adapter, an object with a yoda_adapter() method, or a callable "
+        f"f(x_t, t, cond); got {type(model).__name__}"
+    )

@@ -6,7 +6,7 @@ float32 operations below is the contract that the C++, CUDA and Triton kernels f
 agree to within one or two float32 roundings.
 
 Step coefficients (``coefs``, 10 floats, computed once in float64 by
-:func:`yoda_kernels.schedule_math.step_coefficients`):
+:func:`yoda_kernels.coefs.step_coefficients`):
 
     k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb
 

@@ -72,14 +72,15 @@ def uint_to_uniform(u: torch.Tensor) -> torch.Tensor:
     """uint32 (int64 tensor) -> float32 in [0, 1), bit-identical to Triton's uint_to_uniform_float."""
     s = torch.where(u >= 2**31, u - 2**32, u)  # bitcast to int32
     s = torch.where(s < 0, -s - 1, s)
-    return s.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32)
+    return s.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32, device=u.device)
 
 
 def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton's pair_uniform_to_normal in float32."""
-    u1 = torch.clamp_min(u1, torch.tensor(1.0e-7, dtype=torch.float32))
-    th = torch.tensor(TWO_PI, dtype=torch.float32) * u2
-    r = torch.sqrt(torch.tensor(-2.0, dtype=torch.float32) * torch.log(u1))
+    f32 = dict(dtype=torch.float32, device=u1.device)
+    u1 = torch.clamp_min(u1, torch.tensor(1.0e-7, **f32))
+    th = torch.tensor(TWO_PI, **f32) * u2
+    r = torch.sqrt(torch.tensor(-2.0, **f32) * torch.log(u1))
     return r * torch.cos(th), r * torch.sin(th)
 
 

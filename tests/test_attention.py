@@ -1,0 +1,334 @@
+"""yoda.attention: the shared pipeline, the non-learnable extractors, get() and the figure."""
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+import torch.nn.functional as F
+
+import yoda.attention as att
+from yoda.attention.classic import Sift, luma, minmax_normalize
+from yoda.masks import mask_at, pixel_update_ratio
+
+EXTRACTORS = {
+    "edge": lambda: att.edge(sigma=1.0),
+    "gaussian": lambda: att.gaussian(sigma=0.25),
+    "sift": lambda: att.sift(),
+}
+
+
+def _rand_lr(B=2, C=3, h=13, w=17, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, C, h, w, generator=g) * 2 - 1
+
+
+def _minmax64(m):
+    """float64 reference of the per-image min-max (constant -> ones)."""
+    out = np.empty_like(m, dtype=np.float64)
+    for b in range(m.shape[0]):
+        lo, hi = m[b].min(), m[b].max()
+        out[b] = 1.0 if hi - lo <= 1e-6 * max(abs(lo), abs(hi)) else (m[b] - lo) / (hi - lo)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ contract
+@pytest.mark.parametrize("name", sorted(EXTRACTORS))
+@pytest.mark.parametrize("hw", [(13, 17), (16, 16), (1, 5)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_shape_dtype_range(name, hw):
+    f = EXTRACTORS[name]()
+    lr = _rand_lr(h=hw[0], w=hw[1])
+    A = f(lr)
+    assert A.shape == (2, 1, *hw)
+    assert A.dtype == torch.float32
+    assert float(A.min()) >= 0.0 and float(A.max()) <= 1.0
+    # min-max normalised: every non-constant image reaches both 0 and 1
+    for b in range(2):
+        if float(A[b].max() - A[b].min()) > 0:
+            assert float(A[b].min()) == 0.0 and float(A[b].max()) == 1.0
+        else:
+            assert bool((A[b] == 1).all())
+    assert "(" in repr(f) and name in repr(f)
+
+
+@pytest.mark.parametrize("name", sorted(EXTRACTORS))
+def test_grey_is_repeated_rgb(name):
+    f = EXTRACTORS[name]()
+    grey = _rand_lr(C=1, seed=3)
+    A1 = f(grey)
+    A3 = f(grey.repeat(1, 3, 1, 1))
+    assert A1.shape == (2, 1, 13, 17)
+    torch.testing.assert_close(A1, A3, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_give_float32(dtype):
+    lr = _rand_lr()
+    A = att.edge()(lr.to(dtype))
+    assert A.dtype == torch.float32
+    # same result as the float32 input up to the input's own rounding
+    ref = att.edge()(lr.to(dtype).float())
+    torch.testing.assert_close(A, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["edge", "sift"])
+def test_constant_image_gives_all_ones(name):
+    lr = torch.full((2, 3, 13, 17), 0.3)
+    A = EXTRACTORS[name]()(lr)
+    assert bool((A == 1).all())
+
+
+def test_constant_image_gaussian_is_the_prior():
+    # the prior ignores content: a constant image gets the same map as a random one
+    f = att.gaussian()
+    torch.testing.assert_close(f(torch.zeros(1, 3, 13, 17)), f(_rand_lr(B=1)), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+def test_aggregate_is_max_resize_minmax():
+    g = torch.Generator().manual_seed(1)
+    maps = torch.rand(2, 4, 5, 7, generator=g, dtype=torch.float64).float()
+    maps[1, 2] = 10.0  # one group dominating everywhere: the max is that (constant) map -> ones
+    A = att.aggregate(maps, (13, 17))
+    # by hand: element-wise max with a python loop over K, bilinear (align_corners=False), min-max
+    m = maps[:, 0].clone()
+    for k in range(1, 4):
+        m = torch.where(maps[:, k] > m, maps[:, k], m)
+    r = F.interpolate(m[:, None].double(), size=(13, 17), mode="bilinear", align_corners=False)
+    ref = _minmax64(r.numpy())
+    np.testing.assert_allclose(A.numpy(), ref, atol=2e-6, rtol=0)
+    assert bool((A[1] == 1).all())
+
+
+def test_minmax_against_float64():
+    g = torch.Generator().manual_seed(2)
+    m = torch.randn(3, 1, 9, 11, generator=g) * 5 + 3
+    m[2] = -4.0
+    np.testing.assert_allclose(minmax_normalize(m).numpy(), _minmax64(m.double().numpy()), atol=1e-6, rtol=0)
+
+
+def test_aggregate_rejects_bad_maps():
+    with pytest.raises(ValueError, match="maps"):
+        att.aggregate(torch.zeros(2, 5, 5), (5, 5))
+
+
+# ------------------------------------------------------------------------------------------ edge
+def test_edge_matches_scipy_reference():
+    lr = _rand_lr(B=1, h=13, w=17, seed=5)
+    A = att.edge(sigma=1.0)(lr)
+    y = luma(lr)[0, 0].double().numpy()
+    gx = ndi.sobel(y, axis=1, mode="nearest")
+    gy = ndi.sobel(y, axis=0, mode="nearest")
+    # truncate=3 -> radius int(3*1 + 0.5) = 3 = ceil(3 sigma), the radius the extractor uses
+    m = ndi.gaussian_filter(np.hypot(gx, gy), sigma=1.0, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(A[0, 0].numpy(), _minmax64(m[None])[0], atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_edge_peaks_on_the_step(sigma):
+    lr = torch.full((1, 3, 13, 17), -0.8)
+    lr[..., 9:] = 0.8  # vertical step between columns 8 and 9
+    A = att.edge(sigma=sigma)(lr)[0, 0]
+    cols = A.argmax(dim=1)
+    assert set(cols.tolist()) <= {8, 9}
+    assert float(A[:, :4].max()) < 1e-6 and float(A[:, 14:].max()) < 1e-6  # flat ground: nothing
+    assert float(A[:, 8:10].min()) > 0.99  # the whole edge line is at the top
+
+
+# ------------------------------------------------------------------------------------------ gaussian
+@pytest.mark.parametrize("hw", [(13, 17), (16, 10)])
+def test_gaussian_centred_symmetric_and_formula(hw):
+    h, w = hw
+    sigma = 0.3
+    A = att.gaussian(sigma=sigma)(_rand_lr(B=1, h=h, w=w))[0, 0]
+    torch.testing.assert_close(A, A.flip(0), rtol=0, atol=0)
+    torch.testing.assert_close(A, A.flip(1), rtol=0, atol=0)
+    y = np.arange(h) - (h - 1) / 2
+    x = np.arange(w) - (w - 1) / 2
+    m = np.exp(-0.5 * (y[:, None] / (sigma * h)) ** 2 - 0.5 * (x[None] / (sigma * w)) ** 2)
+    np.testing.assert_allclose(A.numpy(), _minmax64(m[None])[0], atol=1e-6, rtol=0)
+    # the maximum is at the centre pixel(s)
+    cy, cx = [(n - 1) // 2 for n in hw]
+    assert float(A[cy, cx]) == 1.0 and float(A[cy + (h + 1) % 2, cx + (w + 1) % 2]) == 1.0
+
+
+# ------------------------------------------------------------------------------------------ sift
+def _blob_image(h=32, w=48):
+    """Dark Gaussian-blob/checker pattern on the left third, flat grey elsewhere."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.full((h, w), -0.2)
+    for cy, cx in [(8, 6), (22, 10), (14, 14)]:
+        img += 0.9 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.0**2))
+    img[24:30, 2:8] = np.where((yy[24:30, 2:8] + xx[24:30, 2:8]) % 2 == 0, -1.0, 1.0)
+    return torch.tensor(np.clip(img, -1, 1), dtype=torch.float32)[None, None]
+
+
+def test_sift_map_is_larger_on_structure_than_on_flat_ground():
+    lr = _blob_image()
+    A = att.sift()(lr)[0, 0]
+    assert float(A[:, :18].mean()) > 5 * float(A[:, 30:].mean())
+    assert int(A.argmax()) % 48 < 18
+    assert float(A[:, 34:].max()) < 0.05
+
+
+def test_sift_keypoint_at_a_single_blob():
+    h, w = 24, 24
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = -0.5 + 1.2 * np.exp(-((yy - 9) ** 2 + (xx - 15) ** 2) / (2 * 2.5**2))
+    kps = Sift().keypoints(img)
+    # one location, once (OpenCV reports it once per orientation; the density must not count those)
+    assert len(kps) == 1
+    d = np.hypot(kps[:, 0] - 15, kps[:, 1] - 9)
+    assert d.min() < 0.5  # mapped back from the upscaled image to LR pixel coordinates
+    # the blob's scale: sigma_k = size / 2 in LR px is of the order of the blob's sigma (2.5)
+    assert 1.25 < kps[0, 2] < 5.0
+
+
+def test_sift_splat_formula():
+    kps = np.array([[3.0, 4.0, 1.5], [10.2, 1.7, 0.8]])
+    m = Sift.splat(kps, 7, 13)
+    yy, xx = np.mgrid[0:7, 0:13]
+    ref = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * s**2)) for x, y, s in kps)
+    np.testing.assert_allclose(m, ref, rtol=1e-12, atol=1e-14)
+    assert Sift.splat(np.zeros((0, 3)), 7, 13).shape == (7, 13)
+
+
+def test_sift_no_keypoints_defined():
+    # smooth ramp: no extremum in scale space -> no keypoint -> zero map -> all ones
+    ramp = torch.linspace(-0.5, 0.5, 17).expand(1, 3, 13, 17).contiguous()
+    f = att.sift()
+    assert len(f.keypoints(luma(ramp)[0, 0].double().numpy())) == 0
+    assert bool((f(ramp) == 1).all())
+
+
+# ------------------------------------------------------------------------------------------ bad input
+BAD = [
+    (lambda: np.zeros((1, 3, 8, 8)), TypeError, "lr must be a torch.Tensor"),
+    (lambda: torch.zeros(3, 8, 8), ValueError, "lr must be 4-D"),
+    (lambda: torch.zeros(1, 2, 8, 8), ValueError, "lr must have 1 .* or 3"),
+    (lambda: torch.zeros(1, 4, 8, 8), ValueError, "lr must have 1 .* or 3"),
+    (lambda: torch.zeros(1, 3, 0, 8), ValueError, "lr is empty"),
+    (lambda: torch.zeros(1, 3, 8, 8, dtype=torch.uint8), TypeError, "lr must be a floating-point"),
+    (lambda: torch.zeros(1, 3, 8, 8).index_fill_(2, torch.tensor([3]), float("nan")), ValueError, "lr contains NaN"),
+    (lambda: torch.zeros(1, 3, 8, 8).index_fill_(3, torch.tensor([1]), float("inf")), ValueError, "lr contains NaN or inf"),
+    (lambda: torch.rand(1, 3, 8, 8) * 255, ValueError, r"lr values must lie in \[-1, 1\]"),
+    (lambda: torch.full((1, 3, 8, 8), -1.01), ValueError, r"lr values must lie in \[-1, 1\]"),
+]
+
+
+@pytest.mark.parametrize("name", sorted(EXTRACTORS))
+@pytest.mark.parametrize("i", range(len(BAD)), ids=[b[2].split(" ")[-1] + str(i) for i, b in enumerate(BAD)])
+def test_bad_inputs_raise_naming_lr(name, i):
+    make, exc, msg = BAD[i]
+    with pytest.raises(exc, match=msg):
+        EXTRACTORS[name]()(make())
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="sigma"):
+        att.edge(sigma=-1)
+    with pytest.raises(ValueError, match="sigma"):
+        att.gaussian(sigma=0)
+    with pytest.raises(TypeError, match="sigma"):
+        att.gaussian(sigma=float("nan"))
+    with pytest.raises(ValueError, match="min_size"):
+        att.sift(min_size=0)
+    with pytest.raises(ValueError, match="n_features"):
+        att.sift(n_features=-2)
+
+
+# ------------------------------------------------------------------------------------------ get()
+def test_get_resolves_names_and_kwargs():
+    assert isinstance(att.get("edge"), att.Edge)
+    assert att.get("edge", sigma=2.5).sigma == 2.5
+    assert att.get("Gaussian", sigma=0.1).sigma == 0.1
+    assert isinstance(att.get("sift"), att.Sift)
+    # the get()'d extractor computes what the factory's does
+    lr = _rand_lr()
+    torch.testing.assert_close(att.get("edge", sigma=0.5)(lr), att.edge(sigma=0.5)(lr), rtol=0, atol=0)
+
+
+def test_get_errors():
+    with pytest.raises(ValueError, match=r"unknown attention 'canny'.*edge, gaussian, sift, dino-vits8:PATH"):
+        att.get("canny")
+    with pytest.raises(ValueError, match="needs a local weights file"):
+        att.get("dino-vits8")
+    with pytest.raises(ValueError, match="takes no ':PATH'"):
+        att.get("edge:/tmp/x.pth")
+    with pytest.raises(FileNotFoundError, match="/nonexistent/dino.pth"):
+        att.get("dino-resnet50:/nonexistent/dino.pth")
+    with pytest.raises(TypeError, match="attention name must be a str"):
+        att.get(3)
+
+
+# ------------------------------------------------------------------------------------------ figure
+def test_attention_figure_panels_show_the_masks():
+    from yoda.attention import figure as fig
+
+    h, w = 16, 20
+    A = torch.zeros(1, 1, h, w)
+    A[..., :, :10] = 1.0  # left half important
+    A[..., :, 10:15] = 0.25  # active once tau <= 0.25, i.e. t <= 850 at l = 0.6
+    lr = _rand_lr(B=1, h=h, w=w)
+    ts = (1000, 850, 600)
+    img = att.attention_figure(lr, A, lower_bound=0.6, T=1000, ts=ts)
+    Hp, Wp = fig._panel_size(h, w)
+    assert (Hp, Wp) == (160, 200)  # 16 px blown up x10 (nearest)
+    assert img.size == (fig._GAP + 3 * (Wp + fig._GAP), fig._LABEL_H + 4 + 2 * (fig._LABEL_H + Hp + fig._GAP) + fig._GAP)
+    arr = np.asarray(img)
+    y0 = fig._LABEL_H + 4 + (fig._LABEL_H + Hp + fig._GAP) + fig._LABEL_H
+    for i, t in enumerate(ts):
+        x0 = fig._GAP + i * (Wp + fig._GAP)
+        panel = arr[y0 : y0 + Hp, x0 : x0 + Wp]
+        want = mask_at(A, t, 1000, 0.6)[0, 0].numpy().repeat(10, 0).repeat(10, 1)
+        assert np.array_equal(panel.min(axis=2) == 255, want), t
+        assert np.array_equal(panel.max(axis=2) == 0, ~want), t
+    # top row: the LR panel shows the LR pixels (nearest, x10)
+    lr_panel = arr[fig._LABEL_H + 4 + fig._LABEL_H :][:Hp, fig._GAP : fig._GAP + Wp]
+    lr_u8 = ((lr[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(lr_panel[::10, ::10], lr_u8)
+    # the colour map is OpenCV's viridis: 0 -> dark purple, 1 -> yellow
+    cm = fig.colormap(np.array([[0.0, 1.0]]))
+    assert cm[0, 0, 2] > cm[0, 0, 1] and cm[0, 1, 0] > 200 and cm[0, 1, 2] < 80
+    # default ts: 5 values from T down to lower_bound * T
+    img2 = att.attention_figure(lr, A)
+    assert img2.size[0] == fig._GAP + 5 * (Wp + fig._GAP)
+    assert float(pixel_update_ratio(A, 0.6)[0]) == pytest.approx((10 * 1.0 + 5 * 0.85 + 5 * 0.6) / 20)
+
+
+def test_attention_figure_hr_attention_and_grey(tmp_path):
+    lr = _rand_lr(B=1, C=1, h=16, w=16)
+    A = att.gaussian()(F.interpolate(lr, scale_factor=4, mode="nearest").clamp(-1, 1))  # HR-size A
+    img = att.attention_figure(lr, A[0], ts=[1000, 700])
+    img.save(tmp_path / "fig.png")
+    assert img.mode == "RGB" and img.size[1] > 200
+
+
+@pytest.mark.parametrize(
+    "kw, exc, msg",
+    [
+        (dict(A=torch.full((1, 1, 8, 8), 1.5)), ValueError, r"A values must lie in \[0, 1\]"),
+        (dict(A=torch.zeros(1, 2, 8, 8)), ValueError, "A must be"),
+        (dict(lr=torch.full((1, 3, 8, 8), 3.0)), ValueError, r"lr values must lie in \[-1, 1\]"),
+        (dict(lr=torch.zeros(1, 3, 8, 8).fill_(float("nan"))), ValueError, "lr contains NaN"),
+        (dict(ts=[0]), ValueError, "ts must be"),
+        (dict(ts=[1001]), ValueError, "ts must be"),
+        (dict(T=0), ValueError, "T must be"),
+        (dict(lower_bound=-0.1), ValueError, "lower_bound"),
+    ],
+)
+def test_attention_figure_bad_inputs(kw, exc, msg):
+    args = dict(lr=torch.zeros(1, 3, 8, 8), A=torch.zeros(1, 1, 8, 8))
+    args.update(kw)
+    with pytest.raises(exc, match=msg):
+        att.attention_figure(**args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(EXTRACTORS))
+def test_cuda_matches_cpu(name):
+    f = EXTRACTORS[name]()
+    lr = _rand_lr(seed=8)
+    A = f(lr.cuda())
+    assert A.device.type == "cuda" and A.dtype == torch.float32
+    # same float32 ops on another device: differences are summation order only (a few ulp of [0, 1])
+    torch.testing.assert_close(A.cpu(), f(lr), rtol=0, atol=1e-5)

@@ -1,0 +1,498 @@
+"""DINO extractors: state-dict layout of the official checkpoints, strict round trips through the file
+formats DINO uses, a float64 reference of the CLS attention, MAX over heads/groups, loading errors."""
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+import yoda.attention as att
+from yoda.attention.dino import DinoResNet50, DinoViT, DinoViTS8, ResNet50, _target_size
+
+# ----------------------------------------------------------------------------------- expected layouts
+BLOCK_KEYS = [
+    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+    "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+]  # fmt: skip
+VIT_KEYS = (
+    ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
+    + [f"blocks.{i}.{k}" for i in range(12) for k in BLOCK_KEYS]
+    + ["norm.weight", "norm.bias"]
+)
+# timm/DINO ViT-S/8 backbone (no head): 21,670,272 parameters
+VIT_S8_PARAMS = 21_670_272
+
+
+def _bn(p):
+    return [f"{p}.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+
+
+def _resnet_keys(fc):
+    keys = ["conv1.weight"] + _bn("bn1")
+    for i, n in enumerate([3, 4, 6, 3]):
+        for j in range(n):
+            p = f"layer{i + 1}.{j}"
+            for c in (1, 2, 3):
+                keys += [f"{p}.conv{c}.weight"] + _bn(f"{p}.bn{c}")
+            if j == 0:
+                keys += [f"{p}.downsample.0.weight"] + _bn(f"{p}.downsample.1")
+    return keys + (["fc.weight", "fc.bias"] if fc else [])
+
+
+# torchvision resnet50: 25,557,032 parameters with fc (2048*1000 + 1000 of them)
+RESNET50_PARAMS = 25_557_032
+
+
+def _lr(B=2, C=3, h=13, w=17, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, C, h, w, generator=g) * 2 - 1
+
+
+def _randomise(model, seed):
+    """Random non-default values for every parameter and buffer, so a key that failed to load shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                if name.endswith("running_var"):
+                    t.copy_(0.5 + torch.rand(t.shape, generator=g))
+                elif name.endswith(("running_mean", ".bias")) or "bn" in name or "downsample.1" in name:
+                    t.copy_(0.1 * torch.randn(t.shape, generator=g) + (1.0 if name.endswith("weight") else 0.0))
+                else:
+                    t.copy_(t + 0.01 * torch.randn(t.shape, generator=g))
+            else:
+                t.fill_(7)
+    return model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # these forwards are small (21 tokens, 64x96 px): on a shared 2-core machine two intra-op threads
+    # spin against each other (ResNet-50 forward 1.4 s with 2 threads vs 0.3 s with 1, load 8)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return _randomise(DinoViT(init=False), 1).eval()  # init=False: _randomise sets every value
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return _randomise(ResNet50(init=False), 2).eval()
+
+
+@pytest.fixture(scope="module")
+def vit_want(vit):
+    """(lr, A) of the in-memory model: what every loaded copy must reproduce bit for bit."""
+    lr = _lr(seed=9)
+    return lr, DinoViTS8(vit, **VIT_KW)(lr)
+
+
+@pytest.fixture(scope="module")
+def resnet_want(resnet):
+    lr = _lr(B=1, h=16, w=16, seed=2)
+    return lr, DinoResNet50(resnet, groups=4, **RES_KW)(lr)
+
+
+@pytest.fixture(scope="module")
+def vit_file(vit, tmp_path_factory):
+    # dino_deitsmall8_pretrain.pth is a plain state dict saved with torch.save
+    p = tmp_path_factory.mktemp("dino") / "dino_deitsmall8_pretrain.pth"
+    torch.save(vit.state_dict(), p)
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def resnet_file(resnet, tmp_path_factory):
+    p = tmp_path_factory.mktemp("dino") / "dino_resnet50_pretrain.pth"
+    torch.save(resnet.state_dict(), p)
+    return str(p)
+
+
+VIT_KW = dict(min_size=32, max_size=64)  # small inputs: 4x4 .. 8x8 patches, fast on CPU
+RES_KW = dict(min_size=64, max_size=128)
+
+
+# ----------------------------------------------------------------------------------- layouts
+def test_vit_state_dict_layout(vit):
+    sd = vit.state_dict()
+    assert list(sd) == VIT_KEYS
+    assert sd["pos_embed"].shape == (1, 1 + 28 * 28, 384)
+    assert sd["cls_token"].shape == (1, 1, 384)
+    assert sd["patch_embed.proj.weight"].shape == (384, 3, 8, 8)
+    assert sd["blocks.11.attn.qkv.weight"].shape == (3 * 384, 384)
+    assert sd["blocks.0.mlp.fc1.weight"].shape == (4 * 384, 384)
+    assert sum(p.numel() for p in vit.parameters()) == VIT_S8_PARAMS
+    assert vit.num_heads == 6 and vit.patch_size == 8
+
+
+@pytest.mark.parametrize("fc", [False, True])
+def test_resnet_state_dict_layout(fc):
+    m = ResNet50(with_fc=fc)
+    assert list(m.state_dict()) == _resnet_keys(fc)
+    n = sum(p.numel() for p in m.parameters())
+    assert n == (RESNET50_PARAMS if fc else RESNET50_PARAMS - 2048 * 1000 - 1000)
+    x = torch.zeros(1, 3, 64, 96)
+    assert m.eval().features(x).shape == (1, 2048, 2, 3)
+
+
+# ----------------------------------------------------------------------------------- float64 reference
+def _ref_cls_attention(sd, x, heads=6, patch=8, eps=1e-6):
+    """DINO's get_last_selfattention(x)[:, :, 0, 1:] in float64, written from the paper's equations:
+    tokens = [cls; patch_embed(x)] + pos (bicubic-resized as DINO: scale (n + 0.1) / sqrt(N)); pre-norm
+    blocks x += proj(softmax(q k^T / sqrt(d)) v); x += fc2(gelu(fc1(ln(x)))); last block: CLS row."""
+    sd = {k: v.double() for k, v in sd.items()}
+    x = x.double()
+    B, _, H, W = x.shape
+    r, c = H // patch, W // patch
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
+    t = t.flatten(2).transpose(1, 2)
+    pos = sd["pos_embed"]
+    n = int(math.isqrt(pos.shape[1] - 1))
+    if (r, c) != (n, n):
+        grid = pos[0, 1:].T.reshape(1, -1, n, n)
+        grid = F.interpolate(grid, scale_factor=((r + 0.1) / n, (c + 0.1) / n), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:, :1], grid.reshape(1, -1, r * c).transpose(1, 2)], dim=1)
+    t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], dim=1) + pos
+    D = t.shape[-1]
+    d = D // heads
+    for i in range(12):
+        p = f"blocks.{i}."
+        y = F.layer_norm(t, (D,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps)
+        qkv = F.linear(y, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
+        q, k, v = [qkv[..., j * D : (j + 1) * D].reshape(B, -1, heads, d).transpose(1, 2) for j in range(3)]
+        a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)  # (B, heads, N, N)
+        if i == 11:
+            return a[:, :, 0, 1:].reshape(B, heads, r, c)
+        t = t + F.linear((a @ v).transpose(1, 2).reshape(B, -1, D), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        y = F.layer_norm(t, (D,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps)
+        y = F.linear(F.gelu(F.linear(y, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])), sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+        t = t + y
+
+
+@pytest.mark.parametrize("hw, grid", [((13, 17), (4, 5)), ((16, 16), (4, 4))])
+def test_vit_head_maps_match_float64_reference(vit, hw, grid):
+    e = DinoViTS8(vit, **VIT_KW)
+    lr = _lr(h=hw[0], w=hw[1])
+    maps = e.head_maps(lr)
+    assert maps.shape == (2, 6, *grid)
+    # the network input as documented: bicubic to a multiple of 8, then ImageNet normalisation
+    H, W = grid[0] * 8, grid[1] * 8
+    x = F.interpolate((lr.double() + 1) / 2, size=(H, W), mode="bicubic", align_corners=False).clamp(0, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+    ref = _ref_cls_attention(vit.state_dict(), (x - mean) / std)
+    # float32 through 12 blocks vs float64; attention values are ~1/N = 0.05, heads differ by >> 1e-3
+    np.testing.assert_allclose(maps.numpy(), ref.numpy(), rtol=1e-3, atol=1e-6)
+    assert float((ref.amax(dim=(2, 3)) - ref.amin(dim=(2, 3))).min()) > 1e-3  # the test can see a mix-up
+
+
+def test_vit_max_over_heads_by_hand(vit):
+    e = DinoViTS8(vit, **VIT_KW)
+    lr = _lr(h=13, w=17, seed=4)
+    A = e(lr)
+    maps = e.head_maps(lr).double()
+    m = maps[:, 0]
+    for k in range(1, 6):
+        m = torch.maximum(m, maps[:, k])
+    r = F.interpolate(m[:, None], size=(13, 17), mode="bilinear", align_corners=False)
+    lo = r.amin(dim=(1, 2, 3), keepdim=True)
+    hi = r.amax(dim=(1, 2, 3), keepdim=True)
+    np.testing.assert_allclose(A.numpy(), ((r - lo) / (hi - lo)).numpy(), atol=2e-6, rtol=0)
+    # MAX, not mean: the mean over heads gives a different map here
+    mean = F.interpolate(maps.mean(dim=1, keepdim=True), size=(13, 17), mode="bilinear", align_corners=False)
+    mean = (mean - mean.amin(dim=(1, 2, 3), keepdim=True)) / (mean.amax(dim=(1, 2, 3), keepdim=True) - mean.amin(dim=(1, 2, 3), keepdim=True))
+    assert float((A.double() - mean).abs().max()) > 1e-2
+
+
+def test_vit_pos_embed_interpolation(vit):
+    assert vit.interpolate_pos_encoding(28, 28) is vit.pos_embed  # the stored grid: untouched
+    pe = vit.interpolate_pos_encoding(3, 5)
+    assert pe.shape == (1, 1 + 15, 384)
+    torch.testing.assert_close(pe[:, 0], vit.pos_embed[:, 0], rtol=0, atol=0)  # CLS position kept
+    # a constant grid stays constant, and a grid that is constant along columns keeps that
+    m = DinoViT(depth=1, init=False)
+    with torch.no_grad():
+        m.pos_embed.zero_()
+        m.pos_embed[:, 1:] = 0.25
+    torch.testing.assert_close(m.interpolate_pos_encoding(6, 9)[:, 1:], torch.full((1, 54, 384), 0.25))
+    with torch.no_grad():
+        rows = torch.linspace(-1, 1, 28).view(28, 1, 1).expand(28, 28, 384).reshape(1, 784, 384)
+        m.pos_embed[:, 1:] = rows
+    g = m.interpolate_pos_encoding(5, 7)[0, 1:].reshape(5, 7, 384)
+    torch.testing.assert_close(g, g[:, :1].expand(5, 7, 384), rtol=0, atol=1e-6)
+    assert bool((g[1:, 0, 0] > g[:-1, 0, 0]).all())  # ... and increasing down the rows (not transposed)
+
+
+def test_target_size():
+    assert _target_size(16, 16, 224, 448, 8) == (224, 224)
+    assert _target_size(13, 17, 224, 448, 8) == (224, 296)  # 17 * 224/13 = 292.9 -> 296
+    assert _target_size(1000, 500, 224, 448, 8) == (448, 224)  # shrunk so the long side <= 448
+    assert _target_size(300, 260, 224, 448, 32) == (288, 256)  # already large: only rounded
+    assert _target_size(1, 4000, 224, 448, 8) == (8, 448)  # extreme aspect: at least one patch
+
+
+# ----------------------------------------------------------------------------------- round trips
+def test_vit_round_trip_plain_pth(vit_want, vit_file):
+    lr, want = vit_want
+    e = att.get(f"dino-vits8:{vit_file}", **VIT_KW)  # the CLI's string
+    assert isinstance(e, DinoViTS8) and list(e.model.state_dict()) == VIT_KEYS
+    A = e(lr)
+    torch.testing.assert_close(A, want, rtol=0, atol=0)
+    assert A.shape == (2, 1, 13, 17) and A.dtype == torch.float32
+    assert float(A.min()) == 0.0 and float(A.max()) == 1.0
+    assert vit_file in repr(e) and "min_size=32" in repr(e)
+
+
+def test_vit_round_trip_teacher_checkpoint_and_safetensors(vit, vit_want, tmp_path):
+    lr, want = vit_want
+    # DINO training checkpoint: {"teacher": MultiCropWrapper(backbone, head) under DDP}, plus extras
+    sd = {f"module.backbone.{k}": v for k, v in vit.state_dict().items()}
+    sd["module.head.mlp.0.weight"] = torch.zeros(8, 384)
+    sd["module.head.last_layer.weight_g"] = torch.ones(16, 1)
+    args = argparse.Namespace(arch="vit_small", patch_size=8)  # DINO pickles its run arguments too
+    ckpt = {"teacher": sd, "student": {}, "epoch": 100, "optimizer": {"state": {}}, "args": args}
+    p = tmp_path / "checkpoint.pth"
+    torch.save(ckpt, p)
+    torch.testing.assert_close(att.dino_vits8(str(p), **VIT_KW)(lr), want, rtol=0, atol=0)
+    # the same weights as safetensors
+    q = tmp_path / "dino_deitsmall8.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(q))
+    torch.testing.assert_close(att.dino_vits8(str(q), **VIT_KW)(lr), want, rtol=0, atol=0)
+
+
+def test_vit_other_grid_checkpoint(tmp_path):
+    # a checkpoint trained at 32 px (4x4 grid): the model takes the file's grid; native size, no interp
+    torch.manual_seed(3)
+    m = _randomise(DinoViT(img_size=32, init=False), 5).eval()
+    p = tmp_path / "vit32.pth"
+    torch.save(m.state_dict(), p)
+    e = att.dino_vits8(str(p), min_size=32, max_size=32)
+    assert e.model.pos_embed.shape == (1, 17, 384)
+    lr = _lr(h=16, w=16)
+    x = ((F.interpolate((lr.double() + 1) / 2, size=(32, 32), mode="bicubic", align_corners=False).clamp(0, 1)
+          - torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1))
+         / torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1))  # fmt: skip
+    np.testing.assert_allclose(e.head_maps(lr).numpy(), _ref_cls_attention(m.state_dict(), x).numpy(), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("fc", [False, True])
+def test_resnet_round_trip(resnet, resnet_want, tmp_path, fc):
+    sd = dict(resnet.state_dict())
+    if fc:  # a torchvision-style file with the classifier: accepted, the model grows an fc
+        g = torch.Generator().manual_seed(0)
+        sd["fc.weight"] = torch.randn(1000, 2048, generator=g)
+        sd["fc.bias"] = torch.randn(1000, generator=g)
+    p = tmp_path / "r50.pth"
+    torch.save(sd, p)
+    e = att.dino_resnet50(weights=str(p), groups=4, **RES_KW)
+    assert (e.model.fc is not None) == fc
+    assert list(e.model.state_dict()) == _resnet_keys(fc)
+    lr, want = resnet_want
+    torch.testing.assert_close(e(lr), want, rtol=0, atol=0)
+
+
+def test_resnet_teacher_checkpoint_and_get(resnet, resnet_want, tmp_path):
+    sd = {f"module.backbone.{k}": v for k, v in resnet.state_dict().items()}
+    sd["module.head.mlp.0.weight"] = torch.zeros(4, 2048)
+    p = tmp_path / "checkpoint.pth"
+    torch.save({"teacher": sd, "epoch": 3}, p)
+    lr, want = resnet_want
+    e = att.get(f"dino-resnet50:{p}", groups=4, **RES_KW)
+    torch.testing.assert_close(e(lr), want, rtol=0, atol=0)
+    assert "groups=4" in repr(e) and str(p) in repr(e)
+
+
+def test_resnet_groups_and_max_by_hand(resnet):
+    e = DinoResNet50(resnet, groups=4, **RES_KW)
+    lr = _lr(B=1, h=13, w=17, seed=6)
+    # 13x17 -> short side 64: (64, 83.7) -> multiples of 32: (64, 96) -> layer4 grid (2, 3)
+    x = F.interpolate((lr + 1) / 2, size=(64, 96), mode="bicubic", align_corners=False).clamp(0, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        f = resnet.features(x).double()
+    assert f.shape == (1, 2048, 2, 3)
+    groups = [f[:, 512 * k : 512 * (k + 1)].mean(dim=1) for k in range(4)]
+    maps = e.group_maps(lr)
+    np.testing.assert_allclose(maps.numpy(), torch.stack(groups, 1).numpy(), rtol=1e-5, atol=1e-6)
+    m = groups[0]
+    for g in groups[1:]:
+        m = torch.maximum(m, g)
+    r = F.interpolate(m[:, None], size=(13, 17), mode="bilinear", align_corners=False)
+    ref = (r - r.min()) / (r.max() - r.min())
+    np.testing.assert_allclose(e(lr).numpy(), ref.numpy(), atol=5e-6, rtol=0)
+    # unequal groups: 2048 = 683 + 683 + 682 (numpy.array_split)
+    m3 = DinoResNet50(resnet, groups=3, **RES_KW).group_maps(lr)
+    np.testing.assert_allclose(m3[:, 2].numpy(), f[:, 1366:].mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- contract
+@pytest.mark.parametrize(
+    "which, C, hw", [("vit", 1, (13, 17)), ("vit", 3, (1, 3)), ("resnet", 1, (13, 17)), ("resnet", 3, (1, 3))]
+)
+def test_contract_shape_range_grey(which, C, hw, vit, resnet):
+    e = DinoViTS8(vit, **VIT_KW) if which == "vit" else DinoResNet50(resnet, **RES_KW)
+    lr = _lr(B=2 if which == "vit" else 1, C=C, h=hw[0], w=hw[1])
+    A = e(lr)
+    assert A.shape == (lr.shape[0], 1, *hw) and A.dtype == torch.float32
+    assert float(A.min()) >= 0 and float(A.max()) <= 1
+    if C == 1:
+        torch.testing.assert_close(A, e(lr.repeat(1, 3, 1, 1)), rtol=0, atol=0)
+
+
+def test_constant_image_defined(vit):
+    A = DinoViTS8(vit, **VIT_KW)(torch.full((1, 3, 16, 16), 0.2))
+    assert bool(torch.isfinite(A).all()) and float(A.min()) >= 0 and float(A.max()) == 1.0
+
+
+@pytest.mark.parametrize(
+    "bad, exc, msg",
+    [
+        (torch.zeros(3, 16, 16), ValueError, "lr must be 4-D"),
+        (torch.zeros(1, 2, 16, 16), ValueError, "lr must have 1"),
+        (torch.full((1, 3, 16, 16), float("nan")), ValueError, "lr contains NaN"),
+        (torch.full((1, 3, 16, 16), 2.0), ValueError, r"lr values must lie in \[-1, 1\]"),
+    ],
+)
+def test_bad_inputs(vit, resnet, bad, exc, msg):
+    for e in (DinoViTS8(vit, **VIT_KW), DinoResNet50(resnet, **RES_KW)):
+        with pytest.raises(exc, match=msg):
+            e(bad)
+
+
+def test_bad_parameters(vit, resnet):
+    with pytest.raises(ValueError, match="groups"):
+        DinoResNet50(resnet, groups=0)
+    with pytest.raises(ValueError, match="max_size"):
+        DinoViTS8(vit, min_size=64, max_size=32)
+
+
+# ----------------------------------------------------------------------------------- loading errors
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match=r"/no/such/dino\.pth.*ViT-S/8"):
+        att.dino_vits8("/no/such/dino.pth")
+
+
+def test_corrupt_files(tmp_path):
+    p = tmp_path / "broken.pth"
+    p.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(ValueError, match=r"broken\.pth.*torch\.load.*expected a DINO ViT-S/8"):
+        att.dino_vits8(str(p))
+    q = tmp_path / "broken.safetensors"
+    q.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match=r"broken\.safetensors.*safetensors.*ResNet-50"):
+        att.dino_resnet50(str(q))
+    r = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], r)
+    with pytest.raises(ValueError, match=r"list\.pth.*list"):
+        att.dino_vits8(str(r))
+
+
+def test_wrong_keys_listed(vit, tmp_path):
+    sd = dict(vit.state_dict())
+    sd["blocks.0.attn.in_proj.weight"] = sd.pop("blocks.0.attn.qkv.weight")
+    p = tmp_path / "renamed.pth"
+    torch.save(sd, p)
+    with pytest.raises(ValueError) as ei:
+        att.dino_vits8(str(p))
+    msg = str(ei.value)
+    assert "renamed.pth" in msg
+    assert "missing keys ['blocks.0.attn.qkv.weight']" in msg
+    assert "unexpected keys ['blocks.0.attn.in_proj.weight']" in msg
+
+
+def test_wrong_model_file(resnet_file, vit_file, vit, tmp_path):
+    # a ResNet file given to the ViT loader (and vice versa): a few keys listed, with the total
+    with pytest.raises(ValueError, match=r"do not match a DINO ViT-S/8 state dict.*missing keys \['cls_token'.*\(150 in all\)"):
+        att.dino_vits8(resnet_file)
+    with pytest.raises(ValueError, match=r"dino_deitsmall8_pretrain\.pth.*missing keys \['conv1\.weight'"):
+        att.dino_resnet50(vit_file)
+    # right names, wrong shapes (a ViT-S/16 patch embedding)
+    sd = dict(vit.state_dict())
+    sd["patch_embed.proj.weight"] = torch.zeros(384, 3, 16, 16)
+    p = tmp_path / "s16.pth"
+    torch.save(sd, p)
+    with pytest.raises(ValueError, match=r"wrong shapes.*patch_embed\.proj\.weight: file \(384, 3, 16, 16\)"):
+        att.dino_vits8(str(p))
+
+
+class NotAllowed:  # a pickled custom class: torch.load(weights_only=True) must refuse it
+    pass
+
+
+def test_pickled_objects_refused(tmp_path):
+    p = tmp_path / "obj.pth"
+    torch.save({"x": NotAllowed()}, p)
+    with pytest.raises(ValueError, match=r"obj\.pth.*weights_only=True"):
+        att.dino_vits8(str(p))
+
+
+# ----------------------------------------------------------------------------------- upstream models
+# torchvision and timm are not dependencies (they pull a CUDA torch); where they are installed (the GPU
+# machine), the modules here must load their state dicts strictly and compute the same function.
+def test_resnet50_matches_torchvision():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    ref = _randomise(tv.models.resnet50(), 11).eval()
+    assert list(ref.state_dict()) == _resnet_keys(True)
+    m = ResNet50(with_fc=True, init=False)
+    m.load_state_dict(ref.state_dict(), strict=True)
+    m.eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
+        # DINO's released layout: the torchvision model with fc = Identity
+        ref.fc = torch.nn.Identity()
+        sd = ref.state_dict()
+        assert list(sd) == _resnet_keys(False)
+        m2 = ResNet50(init=False)
+        m2.load_state_dict(sd, strict=True)
+        torch.testing.assert_close(m2.eval()(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_vit_matches_timm_vit_small_patch8():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0).eval()
+    sd = ref.state_dict()
+    assert sorted(sd) == sorted(VIT_KEYS)  # DINO's vision_transformer.py is timm's layout
+    m = DinoViT(init=False)
+    m.load_state_dict(sd, strict=True)
+    m.eval()
+    x = torch.randn(1, 3, 224, 224)  # the stored 28x28 grid: no interpolation on either side
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref.forward_features(x)[:, 0], rtol=1e-4, atol=1e-4)
+        # and the CLS attention of the last block equals the float64 reference on timm's weights
+        got = m.get_last_selfattention(x)[:, :, 1:].reshape(1, 6, 28, 28)
+    np.testing.assert_allclose(got.numpy(), _ref_cls_attention(sd, x).numpy(), rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(vit, resnet):
+    import copy
+
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    # TF32 convs/matmuls round to 10 mantissa bits: compare the extractors' logic, not TF32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        lr = _lr(seed=12)
+        for e in (DinoViTS8(copy.deepcopy(vit), **VIT_KW), DinoResNet50(copy.deepcopy(resnet), **RES_KW)):
+            want_maps = e.maps(lr)
+            got_maps = e.maps(lr.cuda())
+            assert got_maps.device.type == "cuda"
+            torch.testing.assert_close(got_maps.cpu(), want_maps, rtol=1e-4, atol=1e-6)
+            A = e(lr.cuda().half())
+            assert A.device.type == "cuda" and A.dtype == torch.float32 and A.shape == (2, 1, 13, 17)
+            torch.testing.assert_close(e(lr.cuda()).cpu(), e(lr), rtol=0, atol=1e-4)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32

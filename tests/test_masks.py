@@ -1,0 +1,95 @@
+"""yoda.masks: tau, masks, pixel update ratio and active fractions against closed forms and counting."""
+
+import pytest
+import torch
+
+from yoda.masks import active_fraction, mask_at, pixel_update_ratio, refine_fraction, tau_at
+from yoda.schedule import Schedule
+
+
+def test_tau_known_values():
+    assert tau_at(1000, 1000, 0.6) == pytest.approx(0.4)
+    assert tau_at(600, 1000) == pytest.approx(0.0)
+    assert tau_at(1, 50, 0.0) == 1 / 50
+    assert tau_at(50, 50, 1.0) == 0.0
+
+
+@pytest.mark.parametrize("bad", [0, 51, 2.5e3])
+def test_tau_bad_t(bad):
+    with pytest.raises(ValueError, match="t must be"):
+        tau_at(bad, 50)
+
+
+def test_bad_args():
+    with pytest.raises(ValueError, match="T must"):
+        tau_at(1, 0)
+    with pytest.raises(ValueError, match="lower_bound"):
+        tau_at(1, 10, -0.1)
+    with pytest.raises(ValueError, match="lower_bound"):
+        pixel_update_ratio(torch.rand(1, 1, 4, 4), float("nan"))
+    with pytest.raises(ValueError, match="A must be"):
+        mask_at(torch.rand(1, 2, 4, 4), 1, 10)
+    with pytest.raises(TypeError, match="A must be a float"):
+        active_fraction(torch.ones(1, 1, 4, 4, dtype=torch.int64), 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        active_fraction(torch.full((1, 1, 2, 2), float("nan")), 0.5)
+    with pytest.raises(ValueError, match="tau"):
+        active_fraction(torch.rand(1, 1, 2, 2), float("nan"))
+
+
+def test_mask_is_threshold_and_shapes():
+    A = torch.tensor([[[[0.0, 0.2], [0.4, 1.0]]]])
+    # t = 40 of T = 50, l = 0.6 -> tau = 0.2: pixels >= 0.2 are active
+    assert mask_at(A, 40, 50).tolist() == [[[[False, True], [True, True]]]]
+    assert mask_at(A[:, 0], 40, 50).shape == (1, 2, 2)
+    assert mask_at(A, 50, 50, lower_bound=0.0).tolist() == [[[[False, False], [False, True]]]]
+
+
+def test_masks_are_monotone_over_sampling_and_full_after_lT():
+    torch.manual_seed(0)
+    A = torch.rand(2, 1, 9, 11)
+    T = 50
+    for steps in (5, 17, 50):
+        idxs = Schedule.linear(T).respace(steps)
+        prev = torch.zeros_like(A, dtype=torch.bool)
+        for idx in idxs:  # sampling order: descending t
+            m = mask_at(A, idx + 1, T, 0.6)
+            assert (m | ~prev).all(), "an active pixel became inactive"
+            prev = m
+        assert prev.all()  # the last step (t <= 0.6 T) refines every pixel
+    # every t <= l T is fully active, whatever A
+    for t in range(1, 31):
+        assert mask_at(torch.zeros(1, 1, 3, 3), t, T, 0.6).all()
+
+
+def test_active_fraction_values():
+    A = torch.tensor([[0.1, 0.5], [0.5, 0.9]]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    A[1] = 0.0
+    assert active_fraction(A, 0.5).tolist() == [0.75, 0.0]
+    assert active_fraction(A, -0.1).tolist() == [1.0, 1.0]
+
+
+def test_pixel_update_ratio_closed_form_and_counting():
+    A = torch.tensor([0.0, 0.2, 0.4, 1.0]).view(1, 1, 2, 2)
+    # min(1, A + 0.6) = 0.6, 0.8, 1, 1 -> mean 0.85
+    assert pixel_update_ratio(A, 0.6).item() == pytest.approx(0.85)
+    assert pixel_update_ratio(A, 1.0).item() == 1.0
+    assert pixel_update_ratio(torch.zeros(1, 1, 3, 3), 0.6).item() == pytest.approx(0.6)
+    # Fig. 3's ratio is the fraction of (pixel, step) pairs refined with all T steps: count them, to 1/T
+    torch.manual_seed(1)
+    A = torch.rand(3, 1, 16, 16)
+    T = 1000
+    counted = refine_fraction(A, list(range(T - 1, -1, -1)), T, 0.6)
+    torch.testing.assert_close(counted, pixel_update_ratio(A, 0.6), atol=1.0 / T, rtol=0)
+    # by hand for one pixel: A = 0.25, l = 0.6 -> refined at t / T <= 0.85 -> 850 of 1000 steps
+    one = torch.full((1, 1, 1, 1), 0.25)
+    assert refine_fraction(one, list(range(T)), T, 0.6).item() == pytest.approx(0.85, abs=1e-6)
+
+
+def test_mask_compares_in_float32_like_the_kernels():
+    # tau = 10/10 - 0.3 = 0.7 (float64); float32(0.7) = 0.69999998... < 0.7, but == float32(tau): the kernels
+    # compare A >= float32(tau), so this pixel is active there and must be here too
+    A = torch.full((1, 1, 1, 1), 0.7, dtype=torch.float32)
+    assert A.double().item() < 0.7
+    assert mask_at(A, 10, 10, 0.3).item()
+    assert active_fraction(A, 0.7).item() == 1.0

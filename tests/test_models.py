@@ -1,0 +1,603 @@
+"""yoda.models: SR3UNet / SRDiff / latent adapters against upstream facts, and end-to-end YODA sampling.
+
+Upstream facts used as references (read from the upstream files, not from our code):
+- SR3 (Janspiry/Image-Super-Resolution-via-Iterative-Refinement, model/sr3_modules/unet.py, diffusion.py)
+- SRDiff (LeiaLi/SRDiff, models/diffsr_modules.py, models/commons.py, models/diffusion.py)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from yoda.adapters import upsample
+from yoda.models import (LatentAdapter, SR3Config, SR3UNet, SRDiff, SRDiffConfig, load_sr3_config,
+                         sr3_beta_schedule, srdiff_beta_schedule)
+from yoda.models.sr3 import SR3_16_128, SR3_64_512, PositionalEncoding, SelfAttention
+from yoda.models.srdiff import LinearAttention, RRDBNet, SinusoidalPosEmb
+from yoda.schedule import Schedule
+
+_SAMPLE_ERR = ""
+try:
+    from yoda import sampler as _sampler
+
+    sample = _sampler.sample
+except ImportError as e:  # pragma: no cover - only while the sampler is being written
+    sample = None
+    _SAMPLE_ERR = repr(e)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions: one thread is faster and steadier than several on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+needs_sampler = pytest.mark.skipif(sample is None, reason=f"yoda.sample is not importable yet: {_SAMPLE_ERR}")
+
+
+def _lr(B=1, h=8, w=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, 3, h, w, generator=g) * 2 - 1
+
+
+def _tiny_sr3(attn=True, seed=0):
+    torch.manual_seed(seed)
+    net = SR3UNet(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2),
+                  attn_res=(8,) if attn else (), res_blocks=1, image_size=16, mid_attn=attn).eval()
+    return net
+
+
+def _tiny_srdiff(seed=0, **kw):
+    torch.manual_seed(seed)
+    args = dict(hidden_size=8, dim_mults=(1, 2), rrdb_num_block=2, rrdb_num_feat=8, sr_scale=2, timesteps=10)
+    args.update(kw)
+    m = SRDiff(**args).eval()
+    # upstream zero-initialises Rezero's g; a non-zero g makes the attention path count in the tests
+    if m.config.use_attn:
+        m.denoise_fn.mid_attn.fn.g.data.fill_(0.5)
+    return m
+
+
+# ==========================================================================================================
+# SR3
+# ==========================================================================================================
+# Keys of one ResnetBlocWithAttn with attention and dim != dim_out, from upstream unet.py:
+#   ResnetBlock: noise_func (FeatureWiseAffine -> noise_func = Sequential(Linear)), block1/block2 = Block
+#   (Sequential(GroupNorm, Swish, Dropout|Identity, Conv2d) -> indices 0 and 3), res_conv (1x1 conv);
+#   SelfAttention: norm (GroupNorm), qkv (1x1 conv, bias=False), out (1x1 conv).
+UPSTREAM_BLOCK_KEYS = [
+    "res_block.noise_func.noise_func.0.weight", "res_block.noise_func.noise_func.0.bias",
+    "res_block.block1.block.0.weight", "res_block.block1.block.0.bias",
+    "res_block.block1.block.3.weight", "res_block.block1.block.3.bias",
+    "res_block.block2.block.0.weight", "res_block.block2.block.0.bias",
+    "res_block.block2.block.3.weight", "res_block.block2.block.3.bias",
+    "res_block.res_conv.weight", "res_block.res_conv.bias",
+    "attn.norm.weight", "attn.norm.bias", "attn.qkv.weight", "attn.out.weight", "attn.out.bias",
+]
+
+
+def test_sr3_16_128_keys_match_upstream():
+    with torch.device("meta"):
+        net = SR3UNet.from_config(SR3_16_128)
+    sd = net.state_dict()
+    # downs: [conv] + 5 levels x (2 blocks [+ Downsample]) -> downs.10/11 are level 3 (res 16: attention)
+    assert sorted(k[len("downs.10."):] for k in sd if k.startswith("downs.10.")) == sorted(UPSTREAM_BLOCK_KEYS)
+    attn = sorted(k[: -len(".attn.qkv.weight")] for k in sd if k.endswith(".attn.qkv.weight"))
+    assert attn == ["downs.10", "downs.11", "mid.0", "ups.4", "ups.5", "ups.6"]
+    shapes = {
+        "noise_level_mlp.1.weight": (256, 64), "noise_level_mlp.3.weight": (64, 256),
+        "downs.0.weight": (64, 6, 3, 3), "downs.3.conv.weight": (64, 64, 3, 3),
+        "downs.10.attn.qkv.weight": (1536, 512, 1, 1), "downs.10.res_block.res_conv.weight": (512, 256, 1, 1),
+        "mid.0.attn.out.weight": (512, 512, 1, 1), "mid.1.res_block.block2.block.3.weight": (512, 512, 3, 3),
+        "ups.0.res_block.res_conv.weight": (512, 1024, 1, 1), "ups.3.conv.weight": (512, 512, 3, 3),
+        "ups.18.res_block.block1.block.0.weight": (128,), "final_conv.block.3.weight": (3, 64, 3, 3),
+        "final_conv.block.0.weight": (64,),
+    }
+    for k, s in shapes.items():
+        assert tuple(sd[k].shape) == s, k
+    # 27 ResnetBlocks x 10 keys + 18 res_conv x 2 + 6 attentions x 5 + mlp 4 + conv in 2 + 4 down + 4 up
+    # convs x 2 each + final 4 = 362 (res_conv: 3 in downs where channels grow, all 15 in ups)
+    assert len(sd) == 27 * 10 + 18 * 2 + 6 * 5 + 4 + 2 + 8 + 8 + 4 == 362
+    assert "mid.1.attn.qkv.weight" not in sd and "downs.9.attn.qkv.weight" not in sd
+    with torch.device("meta"):
+        big = SR3UNet.from_config(SR3_64_512)
+    sd = big.state_dict()
+    assert not any(k.startswith(("downs.", "ups.")) and ".attn." in k for k in sd)  # attn_res = []
+    assert tuple(sd["mid.0.attn.norm.weight"].shape) == (1024,)  # 64 * 16, norm_groups 16 still divides
+
+
+def test_positional_encoding_known_values():
+    pe = PositionalEncoding(4)
+    g = torch.tensor([0.5, 0.9], dtype=torch.float64)
+    # w_k = exp(-ln(1e4) * k / 2), k = 0, 1 -> 1, 1e-2
+    want = torch.stack([torch.sin(g), torch.sin(g * 1e-2), torch.cos(g), torch.cos(g * 1e-2)], dim=1)
+    assert torch.allclose(pe(g), want, rtol=0, atol=1e-15)
+
+
+def test_sr3_self_attention_matches_upstream_einsum():
+    torch.manual_seed(1)
+    m = SelfAttention(8, norm_groups=4)
+    x = torch.randn(2, 8, 5, 7)
+    B, C, H, W = x.shape
+    # upstream forward, verbatim math
+    qkv = m.qkv(m.norm(x)).view(B, 1, 3 * C, H, W)
+    q, k, v = qkv.chunk(3, dim=2)
+    att = torch.einsum("bnchw, bncyx -> bnhwyx", q, k) / math.sqrt(C)
+    att = torch.softmax(att.reshape(B, 1, H, W, -1), -1).view(B, 1, H, W, H, W)
+    ref = m.out(torch.einsum("bnhwyx, bncyx -> bnchw", att, v).reshape(B, C, H, W)) + x
+    assert torch.allclose(m(x), ref, atol=1e-5, rtol=0)
+
+
+def test_sr3_noise_level_shapes_and_errors():
+    net = _tiny_sr3()
+    x = torch.randn(2, 6, 16, 16)
+    g = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        a, b = net(x, g), net(x, g[:, None])
+    assert torch.equal(a, b) and a.shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="noise_level"):
+        net(x, torch.zeros(3))
+    with pytest.raises(ValueError, match="x must be"):
+        net(torch.randn(2, 5, 16, 16), g)
+    with pytest.raises(ValueError, match="divisible by 2"):
+        net(torch.randn(2, 6, 15, 16), g)
+    with pytest.raises(ValueError, match="norm_groups"):
+        SR3Config(inner_channel=10, norm_groups=4, channel_mults=(1,))
+
+
+def test_sr3_tiny_default_is_fully_convolutional():
+    cfg = SR3UNet.tiny_x4_config()
+    net = SR3UNet.from_config(cfg).eval()
+    n = sum(p.numel() for p in net.parameters())
+    assert 1_000_000 <= n <= 4_000_000
+    assert not any(isinstance(m, SelfAttention) for m in net.modules())
+    assert net.scale == 4 and net.multiple == 8
+    with torch.no_grad():
+        for H, W in ((24, 40), (64, 64), (8, 56)):
+            assert net(torch.randn(1, 6, H, W), torch.rand(1)).shape == (1, 3, H, W)
+
+
+SR3_JSON = """{
+    "name": "sr_ffhq", // comment with "quotes" and // slashes
+    "path": {"log": "http://not-a-comment", "resume_state": null
+        // "resume_state": "experiments/x"
+    },
+    "datasets": {
+        "train": {"l_resolution": 4, /* block */ "r_resolution": 16, "batch_size": 4},
+        "val": {"l_resolution": 4, "r_resolution": 16}
+    },
+    "model": {
+        "which_model_G": "sr3",
+        "unet": {
+            "in_channel": 6, "out_channel": 3, "inner_channel": 8, "norm_groups": 4,
+            "channel_multiplier": [1, 2, // 8,
+                // 16,
+                2],
+            "attn_res": [ 8 ],
+            "res_blocks": 1,
+            "dropout": 0.1
+        },
+        "beta_schedule": {
+            "train": {"schedule": "linear", "n_timestep": 12, "linear_start": 1e-4, "linear_end": 0.2},
+            "val": {"schedule": "quad", "n_timestep": 10, "linear_start": 1e-4, "linear_end": 0.2}
+        },
+        "diffusion": {"image_size": 16, "channels": 3, "conditional": true}
+    }
+}"""
+
+
+def test_load_sr3_config_with_comments(tmp_path):
+    p = tmp_path / "sr3.json"
+    p.write_text(SR3_JSON)
+    cfg, tr, va = load_sr3_config(p)
+    assert cfg == SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2, 2),
+                            attn_res=(8,), res_blocks=1, dropout=0.1, image_size=16, scale=4)
+    assert torch.equal(tr.betas, torch.linspace(1e-4, 0.2, 12, dtype=torch.float64))
+    want = np.linspace(1e-4 ** 0.5, 0.2 ** 0.5, 10, dtype=np.float64) ** 2  # upstream "quad"
+    assert np.allclose(va.betas.numpy(), want, rtol=1e-15, atol=0)
+    # upstream's released configs: norm_groups absent -> 32
+    cfg2, _, _ = load_sr3_config({"model": {"unet": {"inner_channel": 64, "channel_multiplier": [1, 2, 4, 8, 8],
+                                                     "attn_res": [16], "res_blocks": 2, "dropout": 0.2},
+                                            "beta_schedule": {"train": {"schedule": "linear", "n_timestep": 2000,
+                                                                        "linear_start": 1e-6, "linear_end": 1e-2},
+                                                              "val": {"schedule": "linear", "n_timestep": 2000,
+                                                                      "linear_start": 1e-6, "linear_end": 1e-2}},
+                                            "diffusion": {"image_size": 128}},
+                                  "datasets": {"val": {"l_resolution": 16, "r_resolution": 128}}})
+    assert cfg2 == SR3_16_128
+    with pytest.raises(FileNotFoundError):
+        load_sr3_config(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_sr3_config(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="schedule"):
+        sr3_beta_schedule({"schedule": "jsd", "n_timestep": 10})
+
+
+def _sr3_upstream_ckpt(net: SR3UNet, sched: Schedule) -> dict:
+    """GaussianDiffusion.state_dict() as upstream saves it: denoise_fn.* + float32 schedule buffers."""
+    b = sched.betas.numpy()
+    ab = np.cumprod(1 - b)
+    abp = np.append(1.0, ab[:-1])
+    pv = b * (1 - abp) / (1 - ab)
+    bufs = {
+        "betas": b, "alphas_cumprod": ab, "alphas_cumprod_prev": abp, "sqrt_alphas_cumprod": np.sqrt(ab),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1 - ab), "log_one_minus_alphas_cumprod": np.log(1 - ab),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1 / ab), "sqrt_recipm1_alphas_cumprod": np.sqrt(1 / ab - 1),
+        "posterior_variance": pv, "posterior_log_variance_clipped": np.log(np.maximum(pv, 1e-20)),
+        "posterior_mean_coef1": b * np.sqrt(abp) / (1 - ab),
+        "posterior_mean_coef2": (1 - abp) * np.sqrt(1 - b) / (1 - ab),
+    }
+    sd = {k: torch.tensor(v, dtype=torch.float32) for k, v in bufs.items()}
+    sd.update({"denoise_fn." + k: v.clone() for k, v in net.state_dict().items()})
+    return sd
+
+
+def test_sr3_upstream_checkpoint_round_trip(tmp_path):
+    import yoda
+
+    p = tmp_path / "sr3.json"
+    p.write_text(SR3_JSON)
+    cfg, tr, va = load_sr3_config(p)
+    torch.manual_seed(3)
+    net = SR3UNet.from_config(cfg).eval()
+    ck = tmp_path / "I100_E1_gen.pth"
+    torch.save(_sr3_upstream_ckpt(net, tr), ck)
+    got = yoda.load("sr3", ck, config=p)
+    assert isinstance(got, SR3UNet) and not got.training
+    assert got.schedule == va and got.scale == 4
+    x, g = torch.randn(2, 6, 16, 16), torch.tensor([0.2, 0.7])
+    with torch.no_grad():
+        assert torch.equal(got(x, g), net(x, g))
+
+
+# ==========================================================================================================
+# SRDiff
+# ==========================================================================================================
+def test_srdiff_cosine_schedule_matches_upstream_formula():
+    cfg = SRDiffConfig()
+    s = srdiff_beta_schedule(cfg)
+    # upstream cosine_beta_schedule, in numpy float64
+    steps = 101
+    x = np.linspace(0, steps, steps)
+    ac = np.cos(((x / steps) + 0.008) / (1 + 0.008) * np.pi * 0.5) ** 2
+    ac = ac / ac[0]
+    want = np.clip(1 - ac[1:] / ac[:-1], 0, 0.999)
+    assert s.T == 100 and np.allclose(s.betas.numpy(), want, rtol=1e-13, atol=0)
+    assert s.betas[-1].item() == 0.999  # the last beta hits the clip
+    lin = srdiff_beta_schedule(SRDiffConfig(beta_schedule="linear", timesteps=50, beta_end=0.02))
+    want = np.linspace(1e-4, 0.02, 50)
+    want[-1] = 0.999
+    assert np.allclose(lin.betas.numpy(), want, rtol=1e-15, atol=0)
+
+
+def test_srdiff_embeddings_and_attention_known_math():
+    e = SinusoidalPosEmb(8)(torch.tensor([3]))
+    w = np.exp(-np.arange(4) * np.log(10000) / 3)
+    assert np.allclose(e.numpy()[0], np.concatenate([np.sin(3 * w), np.cos(3 * w)]), atol=1e-6)
+    torch.manual_seed(0)
+    la = LinearAttention(16, heads=2, dim_head=4)
+    x = torch.randn(2, 16, 3, 5)
+    qkv = la.to_qkv(x).reshape(2, 3 * 2 * 4, 15)
+    out = []
+    for h in range(2):  # channel layout (qkv heads c), as upstream's rearrange
+        q, k, v = (qkv[:, (i * 2 + h) * 4:(i * 2 + h + 1) * 4] for i in range(3))
+        ctx = k.softmax(-1) @ v.transpose(1, 2)  # (b, d, e)
+        out.append(ctx.transpose(1, 2) @ q)  # (b, e, n)
+    ref = la.to_out(torch.cat(out, 1).reshape(2, 8, 3, 5))
+    assert torch.allclose(la(x), ref, atol=1e-5, rtol=0)
+
+
+def test_rrdb_features_and_scales():
+    torch.manual_seed(0)
+    r = RRDBNet(3, 3, 8, 5, 4, sr_scale=4)
+    x = torch.rand(1, 3, 6, 7) * 2 - 1
+    out, feas = r(x, get_fea=True)
+    assert out.shape == (1, 3, 24, 28) and out.min() >= -1 and out.max() <= 1
+    assert len(feas) == 6 and all(f.shape == (1, 8, 6, 7) for f in feas)
+    assert all(torch.equal(a, b) for a, b in zip(feas, r.features(x)))
+    assert "upconv3.weight" not in r.state_dict()
+    assert "upconv3.weight" in RRDBNet(3, 3, 8, 2, 4, sr_scale=8).state_dict()
+    # the UNet takes feas[2::3]: (nb + 1) // 3 maps -> cond_proj input channels
+    m = SRDiff(hidden_size=8, dim_mults=(1, 2), rrdb_num_block=5, rrdb_num_feat=8, sr_scale=4)
+    assert m.denoise_fn.cond_proj.weight.shape == (8 * 2, 8, 8, 8)
+
+
+def test_srdiff_keys_follow_upstream_layout():
+    m = SRDiff(hidden_size=8, dim_mults=(1, 2, 3), rrdb_num_block=2, rrdb_num_feat=8, sr_scale=4, use_attn=True,
+               up_input=True)
+    sd = m.state_dict()
+    for k in ["denoise_fn.cond_proj.weight", "denoise_fn.mlp.0.weight", "denoise_fn.mlp.2.weight",
+              "denoise_fn.downs.0.0.mlp.1.weight", "denoise_fn.downs.0.0.block1.block.1.weight",
+              "denoise_fn.downs.0.0.res_conv.weight", "denoise_fn.downs.0.2.conv.1.weight",
+              "denoise_fn.mid_block1.block2.block.1.bias", "denoise_fn.mid_attn.fn.g",
+              "denoise_fn.mid_attn.fn.fn.to_qkv.weight", "denoise_fn.mid_attn.fn.fn.to_out.bias",
+              "denoise_fn.ups.0.0.block1.block.1.weight", "denoise_fn.ups.1.2.conv.0.weight",
+              "denoise_fn.final_conv.0.block.1.weight", "denoise_fn.final_conv.1.weight",
+              "denoise_fn.up_proj.1.weight", "rrdb.conv_first.weight", "rrdb.RRDB_trunk.1.RDB3.conv5.weight",
+              "rrdb.trunk_conv.bias", "rrdb.upconv2.weight", "rrdb.HRconv.weight", "rrdb.conv_last.bias"]:
+        assert k in sd, k
+    assert "denoise_fn.downs.2.2.conv.1.weight" not in sd  # last level: Identity
+    assert sd["denoise_fn.ups.0.0.block1.block.1.weight"].shape == (16, 48, 3, 3)  # cat(24, 24) -> 16
+    assert sd["rrdb.RRDB_trunk.0.RDB1.conv5.weight"].shape == (8, 8 + 4 * 4, 3, 3)  # gc = nf // 2
+
+
+def test_srdiff_adapter_spaces():
+    m = _tiny_srdiff()
+    ad = m.yoda_adapter()
+    assert ad.prediction == "eps" and ad.clip_x0 and ad.scale == 2 and ad.schedule == m.schedule
+    lr = _lr(2, 4, 6)
+    with torch.no_grad():
+        pr = ad.prepare(lr)
+    up = upsample(lr, 2)
+    assert torch.equal(pr.c, torch.zeros_like(up)) and torch.equal(pr.cond.up, up)
+    hr = (up + 0.3 * torch.randn_like(up)).clamp(-1, 1)
+    x0 = ad.encode_hr(hr, lr)
+    assert torch.equal(x0, ((hr - up) * 2).clamp(-1, 1))
+    # decode = clamp(up + clamp(x0) / 2): inverse of encode_hr where the residual was not clipped
+    ok = ((hr - up).abs() * 2 <= 1)
+    dec = ad.decode(x0, lr, pr.cond)
+    assert torch.allclose(dec[ok], hr[ok], atol=1e-6)
+    assert torch.equal(ad.decode(torch.full_like(up, 5.0), lr, pr.cond), (up + 0.5).clamp(-1, 1))
+    raw = m.yoda_adapter(clip_input=False)
+    assert torch.equal(raw.decode(torch.full_like(up, 5.0), lr, pr.cond), (up + 2.5).clamp(-1, 1))
+    t = torch.tensor([3, 3])
+    with torch.no_grad():
+        assert torch.equal(ad.denoise(x0, t, 0.5, pr.cond), m(x0, t, m.rrdb(lr, True)[1], up))
+
+
+def test_srdiff_crop_cond_for_tiles():
+    m = _tiny_srdiff()
+    ad = m.yoda_adapter()
+    lr = _lr(1, 6, 8)
+    with torch.no_grad():
+        cond = ad.prepare(lr).cond
+    sub = ad.crop_cond(cond, slice(4, 12), slice(2, 10))
+    assert torch.equal(sub.up, cond.up[..., 4:12, 2:10])
+    assert all(torch.equal(a, b[..., 2:6, 1:5]) for a, b in zip(sub.feas, cond.feas))
+    with pytest.raises(ValueError, match="multiples of the scale"):
+        ad.crop_cond(cond, slice(3, 11), slice(2, 10))
+    with pytest.raises(TypeError):
+        m.yoda_adapter(scale=4)  # SRDiff's scale is its config's sr_scale
+
+
+# ==========================================================================================================
+# Latent
+# ==========================================================================================================
+class TinyLatent(torch.nn.Module):
+    """A random conv VAE (f = 8, 4 latent channels) and a small conv denoiser on cat(z_t, c)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.enc = torch.nn.Conv2d(3, 4, 8, 8)
+        self.dec = torch.nn.ConvTranspose2d(4, 3, 8, 8)
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(8 + 1, 16, 3, padding=1), torch.nn.SiLU(),
+                                       torch.nn.Conv2d(16, 4, 3, padding=1))
+
+    def denoise(self, z, t, c):
+        tt = (t.float() / 10)[:, None, None, None].expand(-1, 1, *z.shape[-2:])
+        return self.net(torch.cat([z, c, tt], 1))
+
+    def adapter(self, **kw):
+        return LatentAdapter(self.enc, lambda z: torch.tanh(self.dec(z)), self.denoise, Schedule.linear(10, 1e-3, 0.2),
+                             scale=2, **kw)
+
+
+def test_latent_adapter_prepare_decode_and_pooling():
+    tl = TinyLatent()
+    ad = tl.adapter()
+    lr = _lr(1, 10, 12)  # HR 20 x 24: padded to 24 x 24 for the VAE
+    with torch.no_grad():
+        pr = ad.prepare(lr)
+        up = upsample(lr, 2)
+        want = tl.enc(F.pad(up, (0, 0, 0, 4), mode="replicate"))
+        assert torch.equal(pr.c, want) and pr.c.shape == (1, 4, 3, 3)
+        out = ad.decode(pr.c, lr, pr.cond)
+        assert out.shape == (1, 3, 20, 24)
+    A = torch.rand(1, 1, 20, 24)
+    Am = ad.attention_to_state(A, pr.c.shape)
+    Aa = tl.adapter(pool="area").attention_to_state(A, pr.c.shape)
+    for i in range(3):
+        for j in range(3):
+            cell = A[..., 8 * i:8 * i + 8, 8 * j:8 * j + 8]
+            assert Am[0, 0, i, j] == cell.max()  # replicate padding never raises the maximum
+            if i < 2:
+                assert torch.isclose(Aa[0, 0, i, j], cell.mean(), atol=1e-6)
+    stage = tl.adapter(stage1=lambda x: -x)
+    with torch.no_grad():
+        assert torch.equal(stage.prepare(lr).c, tl.enc(F.pad(-up, (0, 0, 0, 4), mode="replicate")))
+    with pytest.raises(ValueError, match="pool"):
+        tl.adapter(pool="median")
+    bad = LatentAdapter(lambda x: x[..., ::4, ::4], tl.dec, tl.denoise, Schedule.linear(10), scale=2)
+    with pytest.raises(ValueError, match="encode must return"):
+        bad.prepare(lr)
+
+
+# ==========================================================================================================
+# End to end through yoda.sample
+# ==========================================================================================================
+def _ddpm_reference(denoise, c_shape, sched: Schedule, noise, clip: bool):
+    """Upstream p_sample_loop (SR3 / SRDiff): x_T = noise[0]; x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps,
+    clamp, posterior mean + exp(0.5 log var) z (no noise at idx 0), in float64 coefficients."""
+    b = sched.betas
+    ab = torch.cumprod(1 - b, 0)
+    abp = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+    x = noise[0].clone()
+    T = sched.T
+    for i, idx in enumerate(reversed(range(T))):
+        eps = denoise(x, idx)
+        x0 = math.sqrt(1 / ab[idx]) * x - math.sqrt(1 / ab[idx] - 1) * eps
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        c1 = float(b[idx] * abp[idx].sqrt() / (1 - ab[idx]))
+        c2 = float((1 - abp[idx]) * (1 - b[idx]).sqrt() / (1 - ab[idx]))
+        var = float(b[idx] * (1 - abp[idx]) / (1 - ab[idx]))
+        x = c1 * x0 + c2 * x
+        if idx > 0:
+            x = x + math.exp(0.5 * math.log(max(var, 1e-20))) * noise[i + 1]
+    return x
+
+
+def _noise(shape, n, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) for _ in range(n)]
+
+
+@needs_sampler
+def test_sample_sr3_matches_upstream_loop_and_yoda_holds_lr():
+    net = _tiny_sr3()
+    net.schedule, net.scale = Schedule.linear(10, 1e-3, 0.2), 2
+    lr = _lr(1, 8, 8)
+    up = upsample(lr, 2)
+    noise = _noise(up.shape, 11)
+    plain = sample(net, lr, attention=None, noise=noise, progress=False)
+    lb1 = sample(net, lr, attention="edge", lower_bound=1.0, noise=noise, progress=False)
+    assert torch.equal(plain, lb1)
+
+    def den(x, idx):
+        with torch.no_grad():
+            g = torch.full((1,), math.sqrt(net.schedule.alpha_bar(idx)))
+            return net(torch.cat([up, x], 1), g)
+
+    ref = _ddpm_reference(den, up.shape, net.schedule, noise, clip=True).clamp(-1, 1)
+    assert (plain - ref).abs().max() < 1e-4
+
+    # YODA: a region with A = 0 is held at sqrt(ab_prev) up(lr) + sqrt(1 - ab_prev) z while tau > 0
+    A = torch.zeros(1, 1, 16, 16)
+    A[..., :8, :] = 1.0
+    seen = []
+
+    def cb(d):
+        idx = d["t"]
+        if (idx + 1) / 10 - 0.6 > 0 and d["i"] + 1 < 10:
+            ab_prev = net.schedule.alpha_bar(idx - 1)
+            held = math.sqrt(ab_prev) * up + math.sqrt(1 - ab_prev) * noise[d["i"] + 1]
+            seen.append((d["x"][..., 8:, :] - held[..., 8:, :]).abs().max().item())
+
+    yo = sample(net, lr, attention=A, lower_bound=0.6, noise=noise, progress=False, callback=cb)
+    assert len(seen) == 4 and max(seen) < 1e-5
+    assert not torch.equal(yo, plain) and torch.isfinite(yo).all()
+
+
+@needs_sampler
+def test_sample_srdiff_matches_upstream_loop():
+    m = _tiny_srdiff(use_attn=True, up_input=True)
+    lr = _lr(1, 6, 8)
+    up = upsample(lr, 2)
+    noise = _noise(up.shape, 11)
+    plain = sample(m, lr, attention=None, noise=noise, progress=False)
+    assert torch.equal(plain, sample(m, lr, attention="edge", lower_bound=1.5, noise=noise, progress=False))
+    with torch.no_grad():
+        feas = m.rrdb(lr, True)[1]
+        x = _ddpm_reference(lambda x, idx: m(x, torch.tensor([idx]), feas, up), up.shape, m.schedule, noise, True)
+    ref = (up + x.clamp(-1, 1) / 2).clamp(-1, 1)  # res2img with clip_input
+    assert (plain - ref).abs().max() < 1e-4
+    # residual space: the held (inactive) state is noised zeros, c = 0
+    A = torch.zeros(1, 1, 12, 16)
+    A[..., :, :8] = 1.0
+    seen = []
+
+    def cb(d):
+        if (d["t"] + 1) / 10 - 0.6 > 0:
+            ab_prev = m.schedule.alpha_bar(d["t"] - 1)
+            held = math.sqrt(1 - ab_prev) * noise[d["i"] + 1]
+            seen.append((d["x"][..., 8:] - held[..., 8:]).abs().max().item())
+
+    sample(m, lr, attention=A, noise=noise, progress=False, callback=cb)
+    assert len(seen) == 4 and max(seen) < 1e-5
+
+
+@needs_sampler
+def test_sample_latent_matches_reference_loop():
+    tl = TinyLatent()
+    ad = tl.adapter()
+    lr = _lr(1, 8, 8)  # HR 16 x 16 -> latent 2 x 2
+    with torch.no_grad():
+        c = ad.prepare(lr).c
+    noise = _noise(c.shape, 11)
+    plain = sample(ad, lr, attention=None, noise=noise, progress=False)
+    assert torch.equal(plain, sample(ad, lr, attention="edge", lower_bound=1.0, noise=noise, progress=False))
+    with torch.no_grad():
+        z = _ddpm_reference(lambda x, idx: tl.denoise(x, torch.tensor([idx]), c), c.shape, ad.schedule, noise, False)
+        ref = torch.tanh(tl.dec(z)).clamp(-1, 1)
+    assert (plain - ref).abs().max() < 1e-4
+    # A on the latent grid: max pooling -> one active latent pixel column when A is 1 on HR columns 0..1
+    A = torch.zeros(1, 1, 16, 16)
+    A[..., :, :2] = 1.0
+    seen = []
+
+    def cb(d):
+        if (d["t"] + 1) / 10 - 0.6 > 0:
+            ab_prev = ad.schedule.alpha_bar(d["t"] - 1)
+            held = math.sqrt(ab_prev) * c + math.sqrt(1 - ab_prev) * noise[d["i"] + 1]
+            seen.append(((d["x"] - held)[..., 1:].abs().max().item(), (d["x"] - held)[..., :1].abs().max().item()))
+
+    sample(ad, lr, attention=A, noise=noise, progress=False, callback=cb)
+    assert len(seen) == 4 and max(s[0] for s in seen) < 1e-5 and min(s[1] for s in seen) > 1e-3
+
+
+# ==========================================================================================================
+# diffusers (optional)
+# ==========================================================================================================
+def test_from_diffusers_tiny():
+    diffusers = pytest.importorskip("diffusers")
+    from yoda.models import from_diffusers, schedule_from_diffusers
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                  latent_channels=4, norm_num_groups=4, layers_per_block=1).eval()
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=8, out_channels=4, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1,
+                                 norm_num_groups=4).eval()
+    cfg = {"num_train_timesteps": 10, "beta_start": 1e-3, "beta_end": 0.02, "beta_schedule": "scaled_linear",
+           "prediction_type": "v_prediction"}
+    ad = from_diffusers(unet, vae, cfg, scale=2)
+    assert ad.prediction == "v" and ad.latent_factor == 2 and ad.latent_multiple == 2
+    assert ad.schedule == Schedule.scaled_linear(10, 1e-3, 0.02)
+    assert schedule_from_diffusers({"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 7})[0] == \
+        Schedule.cosine(7)
+    lr = _lr(1, 5, 6)  # HR 10 x 12 -> padded to 12 x 12 -> latent 6 x 6
+    with torch.no_grad():
+        pr = ad.prepare(lr)
+        want = vae.encode(F.pad(upsample(lr, 2), (0, 0, 0, 2), mode="replicate")).latent_dist.mode()
+        assert torch.allclose(pr.c, want * vae.config.scaling_factor, atol=1e-6)
+        z = torch.randn_like(pr.c)
+        t = torch.tensor([4])
+        assert torch.equal(ad.denoise(z, t, 0.5, pr.cond), unet(torch.cat([z, pr.c], 1), t).sample)
+    if sample is not None:
+        noise = _noise(pr.c.shape, 4)
+        a = sample(ad, lr, attention=None, steps=3, noise=noise, progress=False)
+        b = sample(ad, lr, attention="edge", steps=3, lower_bound=1.0, noise=noise, progress=False)
+        assert a.shape == (1, 3, 10, 12) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="in_channels"):
+        from_diffusers(diffusers.UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                             down_block_types=("DownBlock2D", "DownBlock2D"),
+                                             up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1,
+                                             norm_num_groups=4), vae, cfg)
+
+
+@needs_sampler
+def test_sample_half_precision_state_with_float32_weights():
+    net = _tiny_sr3(attn=False)
+    net.schedule, net.scale = Schedule.linear(10, 1e-3, 0.2), 2
+    lr = _lr(1, 8, 8)
+    a = sample(net, lr, attention=None, steps=3, seed=4, progress=False)
+    b = sample(net, lr.to(torch.bfloat16), attention=None, steps=3, seed=4, progress=False)
+    h = sample(net, lr.to(torch.float16), attention=None, steps=3, seed=4, progress=False)
+    # the state is rounded to the lr dtype every step: a few ulps of |x| <= 1 (bf16 ulp 2^-7, fp16 2^-10);
+    # measured 0.0066 / 0.0011
+    assert b.dtype == torch.bfloat16 and (a - b.float()).abs().max() < 4 * 2 ** -7
+    assert h.dtype == torch.float16 and (a - h.float()).abs().max() < 4 * 2 ** -10
+    m = _tiny_srdiff()
+    c = sample(m, lr.to(torch.bfloat16), attention="edge", steps=3, seed=4, progress=False)
+    assert c.dtype == torch.bfloat16 and torch.isfinite(c.float()).all()

@@ -1,0 +1,543 @@
+"""yoda.sample and yoda.adapters: step math against diffusers, the YODA loop against an independent float64 loop,
+the plain-sampler identity, masks, noise/seed conventions, attention forms, tiled denoising and bad inputs.
+
+Sizes are tiny (LR 1x3x8x8, scale 2, T = 50, 5 steps) so the whole file runs in seconds on a CPU.
+"""
+
+import math
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+
+import yoda
+import yoda_kernels as K
+from yoda.adapters import Adapter, CallableAdapter, PixelAdapter, Prepared, as_adapter, upsample
+from yoda.masks import active_fraction, mask_at
+from yoda.schedule import Schedule
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+EPS32 = 2.0**-24
+T, STEPS, SCALE = 50, 5, 2
+SCHED = Schedule.linear(T, 1e-4, 2e-2)
+DIFFUSERS_PRED = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+SAMPLERS = [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0)]
+# Largest amplification of a float32 rounding by a step's coefficients over the visited indices: x0 from eps
+# divides by sqrt(ab), eps from x0 by sqrt(1 - ab) (about 7 at idx 9 of this schedule)
+AMP = max(1 / math.sqrt(min(a, 1 - a)) for a in SCHED.alphas_cumprod[SCHED.respace(STEPS)].tolist())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tiny models
+# ------------------------------------------------------------------------------------------------------------
+class SR3Net(torch.nn.Module):
+    """net(cat(up(lr), x_t), noise_level) -> eps: a random 3x3 conv, modulated by the noise level."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = torch.nn.Conv2d(6, 3, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.2)
+            self.conv.bias.copy_(torch.randn(3, generator=g) * 0.1)
+
+    def forward(self, inp, level):
+        assert level.shape == (inp.shape[0], 1)
+        return self.conv(inp) * (0.5 + level.view(-1, 1, 1, 1))
+
+
+def make_fn(net: SR3Net):
+    """f(x_t, t, cond) for CallableAdapter built on the same conv, modulated by the integer index."""
+
+    def f(x, t, cond):
+        return net.conv(torch.cat([cond, x], dim=1)) * (1.0 + t.to(x.dtype).view(-1, 1, 1, 1) / T)
+
+    return f
+
+
+def lr_image(B=1, h=8, w=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, 3, h, w, generator=g) * 2 - 1
+
+
+def attention_map(B=1, h=8, w=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, 1, h, w, generator=g)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Independent float64 references (DDPM: Ho et al. eq. 6-7; DDIM: Song et al. eq. 12; YODA: DESIGN.md §5)
+# ------------------------------------------------------------------------------------------------------------
+def ref_step(x, out, a, ap, prediction, sampler, eta, clip, z):
+    """x_prev of the plain sampler in float64 for the respaced pair (a = ab_t, ap = ab_prev)."""
+    x, out, z = x.double(), out.double(), z.double()
+    if prediction == "eps":
+        x0, eps = (x - math.sqrt(1 - a) * out) / math.sqrt(a), out
+    elif prediction == "x0":
+        x0, eps = out, (x - math.sqrt(a) * out) / math.sqrt(1 - a)
+    else:
+        x0, eps = math.sqrt(a) * x - math.sqrt(1 - a) * out, math.sqrt(a) * out + math.sqrt(1 - a) * x
+    if clip:
+        x0 = x0.clamp(-1, 1)
+    if sampler == "ddpm":
+        beta = 1 - a / ap
+        mean = math.sqrt(ap) * beta / (1 - a) * x0 + math.sqrt(1 - beta) * (1 - ap) / (1 - a) * x
+        return mean + (math.sqrt((1 - ap) / (1 - a) * beta) * z if ap < 1 else 0)
+    sigma = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap))
+    return math.sqrt(ap) * x0 + math.sqrt(1 - ap - sigma**2) * eps + sigma * z
+
+
+def ref_yoda_loop(model64, c, A, idxs, lower_bound, prediction, sampler, eta, clip, noises):
+    """The YODA sampler written out in float64. model64(x, idx) -> output. Returns the list of states."""
+    ab = SCHED.alphas_cumprod.tolist()
+    c = c.double()
+
+    def mask(idx):
+        if A is None:
+            return torch.ones_like(c, dtype=torch.bool)
+        tau = torch.tensor((idx + 1) / T - lower_bound, dtype=torch.float32)
+        return (A.float() >= tau).expand_as(c)
+
+    a0 = ab[idxs[0]]
+    z = noises[0].double()
+    x = torch.where(mask(idxs[0]), z, math.sqrt(a0) * c + math.sqrt(1 - a0) * z)
+    states = []
+    for i, idx in enumerate(idxs):
+        a, ap = ab[idx], (ab[idxs[i + 1]] if i + 1 < len(idxs) else 1.0)
+        z = noises[i + 1].double()
+        sr = ref_step(x, model64(x, idx), a, ap, prediction, sampler, eta, clip, z)
+        x = torch.where(mask(idx), sr, math.sqrt(ap) * c + math.sqrt(1 - ap) * z)
+        states.append(x)
+    return states
+
+
+def philox_noises(seed, shape, n):
+    return [K.philox.noise(seed, k, shape) for k in range(n)]
+
+
+def run(model, lr, **kw):
+    kw.setdefault("steps", STEPS)
+    kw.setdefault("progress", False)
+    kw.setdefault("backend", "naive")
+    return yoda.sample(model, lr, **kw)
+
+
+def trajectory(model, lr, **kw):
+    xs = []
+    out = run(model, lr, callback=lambda d: xs.append(d["x"].clone()), **kw)
+    return out, xs
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Step math against diffusers
+# ------------------------------------------------------------------------------------------------------------
+def _diffusers_scheduler(prediction, sampler, clip, spacing):
+    kw = dict(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=2e-2,
+              prediction_type=DIFFUSERS_PRED[prediction], clip_sample=clip, timestep_spacing=spacing)
+    d = DDPMScheduler(**kw) if sampler == "ddpm" else DDIMScheduler(**kw)
+    d.set_timesteps(STEPS)
+    assert d.timesteps.tolist() == SCHED.respace(STEPS, spacing)
+    return d
+
+
+@pytest.mark.parametrize("clip", [True, False], ids=["clip", "noclip"])
+@pytest.mark.parametrize("sampler, eta", SAMPLERS, ids=["ddpm", "ddim0", "ddim1"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_step_matches_diffusers(spacing, prediction, sampler, eta, clip):
+    """Every (t, t_prev) pair of a 5-step schedule: same model output and noise -> same x_prev.
+
+    Tolerance as flash-attention's tests: our float32 step must be as close to the float64 formula as
+    diffusers' float32 step is (x2), plus a few float32 roundings of the largest term."""
+    d = _diffusers_scheduler(prediction, sampler, clip, spacing)
+    idxs = d.timesteps.tolist()
+    ab = SCHED.alphas_cumprod.tolist()
+    shape = (2, 3, 5, 7)
+    g = torch.Generator().manual_seed(0)
+    for i, t in enumerate(idxs):
+        x, out = torch.randn(shape, generator=g) * 1.5, torch.randn(shape, generator=g)
+        z = torch.randn(shape, generator=torch.Generator().manual_seed(100 + i))  # what diffusers' DDPM draws
+        a, ap = ab[t], (ab[idxs[i + 1]] if i + 1 < len(idxs) else 1.0)
+        ours = K.masked_step(x, out, torch.zeros(shape), None, 0.0, ab_t=a, ab_prev=ap, prediction=prediction,
+                             sampler=sampler, eta=eta, clip=clip, noise=z, backend="naive")
+        if sampler == "ddpm":
+            theirs = d.step(out, t, x, generator=torch.Generator().manual_seed(100 + i)).prev_sample
+        else:
+            theirs = d.step(out, t, x, eta=eta, variance_noise=z).prev_sample
+        ref = ref_step(x, out, a, ap, prediction, sampler, eta, clip, z)
+        scale = max(1.0, ref.abs().max().item()) / math.sqrt(min(a, 1 - a))  # largest coefficient * |term|
+        err_ours = (ours.double() - ref).abs().max().item()
+        err_theirs = (theirs.double() - ref).abs().max().item()
+        assert err_ours <= 2 * err_theirs + 8 * EPS32 * scale, (i, t, err_ours, err_theirs)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=2 * err_theirs + 16 * EPS32 * scale)
+
+
+@pytest.mark.parametrize("clip", [True, False], ids=["clip", "noclip"])
+@pytest.mark.parametrize("sampler, eta", SAMPLERS, ids=["ddpm", "ddim0", "ddim1"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_sample_loop_matches_diffusers(prediction, sampler, eta, clip):
+    """yoda.sample without attention == a diffusers scheduler loop, state by state, same model and noise."""
+    spacing = "trailing"
+    d = _diffusers_scheduler(prediction, sampler, clip, spacing)
+    net = SR3Net()
+    f = make_fn(net)
+    lr = lr_image()
+    up = upsample(lr, SCALE)
+    shape = up.shape
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(100 + k)) for k in range(STEPS + 1)]
+    theirs = []
+    with torch.no_grad():
+        x = noise[0].clone()  # init_noise_sigma = 1
+        for i, t in enumerate(d.timesteps):
+            out = f(x, torch.full((1,), int(t)), up)
+            if sampler == "ddpm":
+                x = d.step(out, t, x, generator=torch.Generator().manual_seed(100 + i + 1)).prev_sample
+            else:
+                x = d.step(out, t, x, eta=eta, variance_noise=noise[i + 1]).prev_sample
+            theirs.append(x)
+    adapter = CallableAdapter(f, prediction=prediction, schedule=SCHED, scale=SCALE, clip_x0=clip)
+    sr, ours = trajectory(adapter, lr, sampler=sampler, eta=eta, noise=noise, spacing=spacing)
+    assert len(ours) == STEPS
+    for a, b in zip(ours, theirs):
+        # a few float32 roundings per step on each side, amplified by <= AMP, over 5 steps
+        torch.testing.assert_close(a, b, rtol=0, atol=64 * EPS32 * AMP * max(1.0, b.abs().max().item()))
+    torch.testing.assert_close(sr, theirs[-1].clamp(-1, 1), rtol=0, atol=64 * EPS32 * AMP)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The YODA loop against the float64 reference
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler, eta", SAMPLERS, ids=["ddpm", "ddim0", "ddim1"])
+@pytest.mark.parametrize("kind", ["pixel", "callable"])
+@pytest.mark.parametrize("masked", [True, False], ids=["yoda", "plain"])
+def test_sample_matches_float64_loop(kind, sampler, eta, masked):
+    """End to end with a tiny random conv eps-model, Philox noise from the seed (start: step 0, loop step i:
+    step i + 1), masks at tau = (idx + 1) / T - l; compared with the loop written out in float64."""
+    net = SR3Net(seed=3)
+    net64 = SR3Net(seed=3).double()
+    lr = lr_image(B=2, seed=4)
+    A = attention_map(B=2, seed=5) if masked else None
+    up = upsample(lr, SCALE)
+    if kind == "pixel":
+        model = PixelAdapter(net, SCHED, scale=SCALE)
+        ab = SCHED.alphas_cumprod.tolist()
+
+        def model64(x, idx):
+            level = torch.full((x.shape[0], 1), math.sqrt(ab[idx]), dtype=torch.float64)
+            return net64(torch.cat([up.double(), x], dim=1), level)
+    else:
+        model = CallableAdapter(make_fn(net), prediction="eps", schedule=SCHED, scale=SCALE)
+        f64 = make_fn(net64)
+
+        def model64(x, idx):
+            return f64(x, torch.full((x.shape[0],), idx), up.double())
+
+    seed = 1234
+    lb = 0.75  # keeps some pixels inactive for three of the five steps (tau = 0.25, 0.05, ...)
+    sr, ours = trajectory(model, lr, attention=A, sampler=sampler, eta=eta, seed=seed, lower_bound=lb)
+    A_hr = None if A is None else torch.nn.functional.interpolate(A, scale_factor=SCALE, mode="bilinear")
+    with torch.no_grad():
+        ref = ref_yoda_loop(model64, up, A_hr, SCHED.respace(STEPS), lb, "eps", sampler, eta, True,
+                            philox_noises(seed, up.shape, STEPS + 1))
+    for a, b in zip(ours, ref):
+        # the float32 path differs from float64 by roundings of the step (a few eps * |x| * AMP) and of the
+        # model, propagated through 5 steps: the same bound as against diffusers' float32 loop
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=64 * EPS32 * AMP * max(1.0, b.abs().max().item()))
+    torch.testing.assert_close(sr.double(), ref[-1].clamp(-1, 1), rtol=0, atol=64 * EPS32 * AMP)
+    if masked:
+        # the reference's masks are not all-true at the first steps: the comparison tested the mask path
+        assert not mask_at(A_hr, SCHED.respace(STEPS)[0] + 1, T, lb).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Plain-sampler identity and masks
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler, eta", SAMPLERS, ids=["ddpm", "ddim0", "ddim1"])
+def test_lower_bound_ge_1_is_the_plain_sampler_bit_for_bit(sampler, eta):
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr, A = lr_image(), attention_map()
+    plain = run(model, lr, sampler=sampler, eta=eta, seed=7)
+    for lb in (1.0, 2.5):
+        assert torch.equal(run(model, lr, attention=A, lower_bound=lb, sampler=sampler, eta=eta, seed=7), plain)
+    # the mask path itself is exact when every pixel is active: A = 1 and l = 0 gives tau <= 1 everywhere
+    ones = torch.ones_like(A)
+    assert torch.equal(run(model, lr, attention=ones, lower_bound=0.0, sampler=sampler, eta=eta, seed=7), plain)
+    # and a real mask changes the image
+    assert not torch.equal(run(model, lr, attention=A, lower_bound=0.6, sampler=sampler, eta=eta, seed=7), plain)
+
+
+def test_inactive_pixels_hold_the_noised_lr_and_masks_grow():
+    """Each step: pixels with A < tau are exactly sqrt(ab_prev) c + sqrt(1 - ab_prev) z (float32), the
+    active set only grows, and the callback's active_fraction is that of yoda.masks."""
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr, A = lr_image(B=2), attention_map(B=2)
+    c = upsample(lr, SCALE)
+    A_hr = torch.nn.functional.interpolate(A, scale_factor=SCALE, mode="bilinear")
+    noise = torch.randn(STEPS + 1, *c.shape, generator=torch.Generator().manual_seed(3))
+    seen = []
+    run(model, lr, attention=A, noise=noise, callback=seen.append)
+    idxs = SCHED.respace(STEPS)
+    ab = SCHED.alphas_cumprod.tolist()
+    prev_mask = torch.zeros_like(A_hr, dtype=torch.bool)
+    assert [d["i"] for d in seen] == list(range(STEPS)) and [d["t"] for d in seen] == idxs
+    for d in seen:
+        i, idx = d["i"], d["t"]
+        assert d["tau"] == pytest.approx((idx + 1) / T - 0.6)
+        m = mask_at(A_hr, idx + 1, T, 0.6)
+        assert (m | ~prev_mask).all()
+        prev_mask = m
+        torch.testing.assert_close(d["active_fraction"], active_fraction(A_hr, d["tau"]), rtol=0, atol=0)
+        ap = ab[idxs[i + 1]] if i + 1 < STEPS else 1.0
+        lr_branch = (torch.tensor(math.sqrt(ap), dtype=torch.float32) * c
+                     + torch.tensor(math.sqrt(1 - ap), dtype=torch.float32) * noise[i + 1])
+        inactive = ~m.expand_as(c)
+        assert torch.equal(d["x"][inactive], lr_branch[inactive])
+    fr = [d["active_fraction"].mean().item() for d in seen]
+    assert fr == sorted(fr) and fr[0] < 0.9 and fr[-1] == 1.0
+
+
+def test_callback_x0_hat_and_last_step():
+    """DDPM's last step with every pixel active returns x0_hat itself (coefficients 1 and 0)."""
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    seen = []
+    sr = run(model, lr_image(), seed=5, callback=seen.append)
+    last = seen[-1]
+    assert set(last) == {"i", "t", "tau", "x", "x0_hat", "active_fraction", "calls"}
+    torch.testing.assert_close(last["x"], last["x0_hat"], rtol=0, atol=4 * EPS32)
+    assert torch.equal(sr, last["x"].clamp(-1, 1))
+    assert last["x0_hat"].abs().max() <= 1.0 and last["calls"] == 1
+
+
+@pytest.mark.parametrize("space", ["pixel", "residual"])
+def test_known_value_x0_model_returns_its_target(space):
+    """An x0-model that predicts the clean state exactly ends there whatever the noise: up(lr) in pixel
+    space, a zero residual (decoded to up(lr)) in SRDiff's residual space."""
+    lr = lr_image()
+    up = upsample(lr, SCALE)
+
+    def f(x, t, cond):
+        return cond if space == "pixel" else torch.zeros_like(x)
+
+    model = CallableAdapter(f, prediction="x0", schedule=SCHED, scale=SCALE, space=space)
+    for sampler, eta in SAMPLERS:
+        sr = run(model, lr, sampler=sampler, eta=eta, seed=11, attention=attention_map())
+        torch.testing.assert_close(sr, up, rtol=0, atol=4 * EPS32)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Seeds, backends, dtypes
+# ------------------------------------------------------------------------------------------------------------
+def test_seed_reproducibility():
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr, A = lr_image(), attention_map()
+    a = run(model, lr, attention=A, seed=42)
+    assert torch.equal(a, run(model, lr, attention=A, seed=42))
+    assert not torch.equal(a, run(model, lr, attention=A, seed=43))
+    torch.manual_seed(0)
+    b = run(model, lr, attention=A)
+    torch.manual_seed(0)
+    assert torch.equal(b, run(model, lr, attention=A))
+    # seed=None draws from torch's default generator: the same seed an explicit call would use
+    torch.manual_seed(0)
+    drawn = int(torch.randint(0, 2**32, (1,), dtype=torch.int64).item())
+    assert torch.equal(b, run(model, lr, attention=A, seed=drawn))
+
+
+@pytest.mark.parametrize("backend", K.available_backends("cpu"))
+def test_same_seed_same_image_on_every_backend(backend):
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr, A = lr_image(h=9, w=7), attention_map(h=9, w=7)  # odd sizes: ragged kernel tiles
+    ref = run(model, lr, attention=A, seed=9, backend="naive", sampler="ddim", eta=1.0)
+    got = run(model, lr, attention=A, seed=9, backend=backend, sampler="ddim", eta=1.0)
+    # uniforms are bit-identical across backends, normals within ~1e-6 (DESIGN §9); 5 steps of a
+    # contraction keep that below 1e-5
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+def test_dtype_device_and_grey_input():
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr = lr_image()
+    out32 = run(model, lr, seed=1)
+    assert out32.dtype == torch.float32 and out32.shape == (1, 3, 16, 16) and out32.device == lr.device
+    assert out32.min() >= -1 and out32.max() <= 1
+    out64 = run(model, lr.double(), seed=1)  # float64 lr: the state runs in float32, the result is float64
+    assert out64.dtype == torch.float64 and torch.equal(out64, out32.double())
+    grey = lr[:, :1]
+    assert torch.equal(run(model, grey, seed=1), run(model, grey.expand(1, 3, 8, 8).contiguous(), seed=1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Attention forms
+# ------------------------------------------------------------------------------------------------------------
+def test_attention_forms_agree(monkeypatch):
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr, A = lr_image(B=2), attention_map(B=2)
+    ref = run(model, lr, attention=A, seed=3)
+    A_hr = torch.nn.functional.interpolate(A, scale_factor=SCALE, mode="bilinear", align_corners=False)
+    assert torch.equal(run(model, lr, attention=A_hr, seed=3), ref)  # any resolution
+    assert torch.equal(run(model, lr, attention=A[:, 0], seed=3), ref)  # (B, h, w)
+    calls = []
+
+    def extractor(x):
+        calls.append(x.shape)
+        return A
+
+    assert torch.equal(run(model, lr, attention=extractor, seed=3), ref)
+    assert calls == [(2, 3, 8, 8)]
+    fake = types.ModuleType("yoda.attention")
+    fake.get = lambda name: {"mine": extractor}[name]
+    monkeypatch.setitem(sys.modules, "yoda.attention", fake)
+    assert torch.equal(run(model, lr, attention="mine", seed=3), ref)
+    # one map for the whole batch is broadcast
+    one = run(model, lr, attention=A[:1], seed=3)
+    assert torch.equal(one, run(model, lr, attention=A[:1].expand(2, 1, 8, 8), seed=3))
+    # lower_bound >= 1 never calls the extractor
+    calls.clear()
+    run(model, lr, attention=extractor, lower_bound=1.0, seed=3)
+    assert calls == []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Adapters
+# ------------------------------------------------------------------------------------------------------------
+def test_as_adapter_dispatch():
+    a = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    assert as_adapter(a) is a
+    with pytest.raises(TypeError, match="already an Adapter"):
+        as_adapter(a, prediction="eps")
+
+    class WithMethod:
+        def yoda_adapter(self, **kw):
+            return PixelAdapter(SR3Net(), SCHED, scale=kw.get("scale", 4))
+
+    assert as_adapter(WithMethod(), scale=2).scale == 2
+
+    class Bad:
+        def yoda_adapter(self):
+            return object()
+
+    with pytest.raises(TypeError, match="must return a yoda.adapters.Adapter"):
+        as_adapter(Bad())
+    f = make_fn(SR3Net())
+    assert isinstance(as_adapter(f, prediction="v", schedule=SCHED, scale=2), CallableAdapter)
+    with pytest.raises(TypeError, match="prediction.*schedule|missing: prediction, schedule"):
+        as_adapter(f)
+    with pytest.raises(TypeError, match="missing: schedule"):
+        as_adapter(f, prediction="eps")
+    with pytest.raises(TypeError, match="model must be"):
+        as_adapter(42)
+    with pytest.raises(TypeError, match="model must be"):
+        yoda.sample(42, lr_image())
+    with pytest.raises(ValueError, match="prediction"):
+        CallableAdapter(f, prediction="score", schedule=SCHED)
+    with pytest.raises(TypeError, match="schedule"):
+        PixelAdapter(SR3Net(), schedule=[0.1, 0.2])
+    with pytest.raises(ValueError, match="space"):
+        CallableAdapter(f, prediction="eps", schedule=SCHED, space="latent")
+
+
+def test_pixel_adapter_calls_net_with_sr3_conditioning():
+    seen = {}
+
+    def net(inp, level):
+        seen["inp"], seen["level"] = inp, level
+        return torch.zeros_like(inp[:, 3:])
+
+    a = PixelAdapter(net, SCHED, scale=SCALE)
+    lr = lr_image(B=2)
+    prep = a.prepare(lr)
+    x = torch.randn(2, 3, 16, 16)
+    a.denoise(x, torch.full((2,), 7), SCHED.alpha_bar(7), prep.cond)
+    assert torch.equal(seen["inp"][:, :3], upsample(lr, SCALE)) and torch.equal(seen["inp"][:, 3:], x)
+    assert seen["level"].shape == (2, 1)
+    assert seen["level"][0, 0].item() == pytest.approx(SCHED.noise_level(7), rel=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tiled denoising
+# ------------------------------------------------------------------------------------------------------------
+def test_tiled_skipping_is_exact_and_saves_calls():
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr = lr_image(h=12, w=12)
+    A = torch.zeros(1, 1, 12, 12)
+    A[..., :4, :4] = 1.0  # detail in one corner: far windows have no active pixel early on
+    calls_skip, calls_dense = [], []
+    a = run(model, lr, attention=A, seed=2, tiles=(8, 2), callback=lambda d: calls_skip.append(d["calls"]))
+    b = run(model, lr, attention=A, seed=2, tiles=(8, 2, False), callback=lambda d: calls_dense.append(d["calls"]))
+    assert torch.equal(a, b)
+    assert calls_dense == [16] * STEPS  # 24 px state, window 8, stride 6 -> 4 x 4 windows
+    assert sum(calls_skip) < sum(calls_dense) and calls_skip[-1] == 16
+    # with a window that covers the state, tiling is the dense call up to the blend's w / w rounding
+    full = run(model, lr, attention=A, seed=2, tiles=(32, 0))
+    torch.testing.assert_close(full, run(model, lr, attention=A, seed=2), rtol=0, atol=8 * EPS32)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bad inputs
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "lr, kw, err, match",
+    [
+        (torch.zeros(3, 8, 8), {}, ValueError, "lr must be 4-D"),
+        (torch.zeros(1, 3, 8, 8, dtype=torch.int64), {}, TypeError, "lr must be a float"),
+        (torch.zeros(1, 2, 8, 8), {}, ValueError, "lr must have 3 channels"),
+        (torch.full((1, 3, 8, 8), 1.5), {}, ValueError, r"lr values must be in \[-1, 1\]"),
+        (torch.rand(1, 3, 8, 8) * 255, {}, ValueError, r"lr values"),
+        (torch.full((1, 3, 8, 8), float("nan")), {}, ValueError, "lr contains NaN"),
+        (torch.zeros(1, 3, 7, 8), {}, ValueError, "lr of size 7x8"),
+        (None, {"steps": T + 1}, ValueError, r"steps must be in \[1, T=50\]"),
+        (None, {"steps": 0}, ValueError, "steps"),
+        (None, {"steps": 2.0}, TypeError, "steps"),
+        (None, {"sampler": "euler"}, ValueError, "sampler"),
+        (None, {"sampler": "ddim", "eta": -1.0}, ValueError, "eta"),
+        (None, {"eta": 0.5}, ValueError, "eta applies to sampler='ddim'"),
+        (None, {"lower_bound": float("nan")}, ValueError, "lower_bound"),
+        (None, {"lower_bound": -0.1}, ValueError, "lower_bound"),
+        (None, {"seed": -1}, ValueError, "seed"),
+        (None, {"seed": 2**32}, ValueError, "seed"),
+        (None, {"noise": [torch.zeros(1, 3, 16, 16)] * STEPS}, ValueError, "noise must have steps \\+ 1"),
+        (None, {"noise": torch.zeros(STEPS + 1, 1, 3, 8, 8)}, ValueError, "noise must have shape"),
+        (None, {"attention": torch.rand(1, 2, 8, 8)}, ValueError, "attention must be"),
+        (None, {"attention": torch.rand(1, 1, 8, 8) + 1}, ValueError, r"attention values must be in \[0, 1\]"),
+        (None, {"attention": torch.full((1, 1, 8, 8), float("nan"))}, ValueError, "attention contains NaN"),
+        (None, {"attention": 3.0}, TypeError, "attention must be"),
+        (None, {"attention": lambda x: "no"}, TypeError, r"attention\(lr\) must return a tensor"),
+        (None, {"backend": "gpu"}, ValueError, "backend"),
+        (None, {"tile": 12}, ValueError, "tile"),
+        (None, {"tiles": (8, 8)}, ValueError, "tiles"),
+        (None, {"clip": 1}, TypeError, "clip"),
+        (None, {"spacing": "odd"}, ValueError, "spacing"),
+    ],
+)
+def test_bad_inputs(lr, kw, err, match):
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE, multiple=4)
+    with pytest.raises(err, match=match):
+        run(model, lr_image() if lr is None else lr, **kw)
+
+
+def test_model_returning_wrong_shape():
+    model = CallableAdapter(lambda x, t, c: x[:, :2], prediction="eps", schedule=SCHED, scale=SCALE)
+    with pytest.raises(ValueError, match="fn returned shape"):
+        run(model, lr_image())
+
+    class NoPrepare(Adapter):
+        schedule, scale = SCHED, SCALE
+
+        def prepare(self, lr):
+            return Prepared(c="nope", cond=None)
+
+    with pytest.raises(TypeError, match="prepare must return c"):
+        run(NoPrepare(), lr_image())
+
+
+def test_progress_bar(capsys):
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    run(model, lr_image(), seed=0, progress=True)
+    assert "yoda.sample" in capsys.readouterr().err
+    run(model, lr_image(), seed=0, progress=False)
+    assert "yoda.sample" not in capsys.readouterr().err

@@ -1,0 +1,171 @@
+"""yoda.schedule: constructors against diffusers and closed forms, respacing, JSON round trip, errors."""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from yoda.schedule import Schedule
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+EPS32 = 2.0**-24  # float32 unit roundoff
+
+
+def _diffusers(kind: str, T: int, **kw):
+    return DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, **kw)
+
+
+@pytest.mark.parametrize(
+    "kind, make",
+    [
+        ("linear", lambda T: Schedule.linear(T, 1e-4, 2e-2)),
+        ("scaled_linear", lambda T: Schedule.scaled_linear(T, 0.00085, 0.012)),
+        ("squaredcos_cap_v2", lambda T: Schedule.cosine(T)),
+    ],
+)
+@pytest.mark.parametrize("T", [50, 1000])
+def test_betas_and_alphas_cumprod_match_diffusers(kind, make, T):
+    s = make(T)
+    kw = {"beta_start": 1e-4, "beta_end": 2e-2} if kind == "linear" else {}
+    if kind == "scaled_linear":
+        kw = {"beta_start": 0.00085, "beta_end": 0.012}
+    d = _diffusers(kind, T, **kw)
+    assert s.T == T and s.betas.dtype == torch.float64 and s.alphas_cumprod.dtype == torch.float64
+    # diffusers builds betas in float32: a float32 linspace (<= 2 roundings), squared for scaled_linear
+    # (relative error doubles, + 1 rounding): within 8 units of float32 roundoff of our float64 betas
+    np.testing.assert_allclose(s.betas.numpy(), d.betas.double().numpy(), rtol=8 * EPS32, atol=0)
+    # diffusers' float32 cumprod: each factor 1 - beta_k carries a relative error of about
+    # eps * (1 + beta_k / (1 - beta_k)) (large when a beta is capped near 1) plus one rounding per product
+    b = s.betas.numpy()
+    bound = 2 * EPS32 * np.cumsum(2 + b / (1 - b))
+    ours, theirs = s.alphas_cumprod.numpy(), d.alphas_cumprod.double().numpy()
+    rel = np.abs(ours - theirs) / ours
+    assert (rel <= bound).all(), (rel / bound).max()
+
+
+def test_closed_forms():
+    s = Schedule.linear(2, 1e-4, 2e-2)
+    assert s.betas.tolist() == [1e-4, 2e-2]
+    assert s.alphas_cumprod.tolist() == [1 - 1e-4, (1 - 1e-4) * (1 - 2e-2)]
+    assert s.alpha_bar(1) == (1 - 1e-4) * (1 - 2e-2)
+    assert s.alpha_bar(-1) == 1.0
+    assert s.noise_level(1) == math.sqrt((1 - 1e-4) * (1 - 2e-2))
+    # cosine: alpha_bar[idx] = f(idx + 1) / f(0) while no beta is capped (improved-DDPM eq. 17)
+    T, sc = 100, 0.008
+    c = Schedule.cosine(T, s=sc)
+    f = lambda u: math.cos((u / T + sc) / (1 + sc) * math.pi / 2) ** 2  # noqa: E731
+    for idx in (0, 10, 50, 90):
+        assert c.alpha_bar(idx) == pytest.approx(f(idx + 1) / f(0), rel=1e-12)
+    assert c.betas.max().item() <= 0.999
+    sl = Schedule.scaled_linear(3, 0.01, 0.04)
+    np.testing.assert_allclose(sl.betas.numpy(), [0.01, 0.0225, 0.04], rtol=1e-14)
+
+
+def _has_tie(T, steps, spacing):
+    """Whether the exact spacing formula hits k + 1/2 somewhere (diffusers' float arithmetic decides those)."""
+    if spacing == "trailing":
+        return any((2 * T * (steps - i)) % steps == 0 and (T * (steps - i)) % steps for i in range(steps))
+    if spacing == "linspace":
+        return steps > 1 and any((2 * (T - 1) * i) % (steps - 1) == 0 and ((T - 1) * i) % (steps - 1)
+                                 for i in range(steps))
+    return False
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+@pytest.mark.parametrize("T", [1, 7, 50, 1000])
+def test_respace_matches_diffusers(spacing, T):
+    s = Schedule.linear(T)
+    d = DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+    compared = 0
+    for steps in sorted({1, 2, 3, 4, 5, 10, 20, 25, 50, 333, T} & set(range(1, T + 1))):
+        got = s.respace(steps, spacing)
+        assert len(got) == steps
+        assert all(a > b for a, b in zip(got, got[1:])), got
+        assert 0 <= got[-1] and got[0] < T
+        d.set_timesteps(steps)
+        ref = d.timesteps.tolist()
+        if _has_tie(T, steps, spacing) or len(ref) != steps:  # see Schedule.respace's docstring
+            continue
+        assert got == ref, (T, steps)
+        compared += 1
+    assert compared >= min(2, T)
+
+
+def test_respace_known_values_and_full_schedule():
+    s = Schedule.linear(50)
+    assert s.respace(5) == [49, 39, 29, 19, 9]
+    assert s.respace(5, "leading") == [40, 30, 20, 10, 0]
+    assert s.respace(5, "linspace") == [49, 37, 24, 12, 0]  # 49 * k / 4 = 36.75, 24.5 (-> 24, even), 12.25
+    for spacing in ("trailing", "leading", "linspace"):
+        assert s.respace(50, spacing) == list(range(49, -1, -1))
+    pairs = s.pairs(3, "leading")
+    assert [p[0] for p in pairs] == [32, 16, 0]
+    assert pairs[0][2] == s.alpha_bar(16) and pairs[-1][2] == 1.0
+
+
+@pytest.mark.parametrize("steps", [0, 51, -3])
+def test_respace_bad_steps(steps):
+    with pytest.raises(ValueError, match="steps"):
+        Schedule.linear(50).respace(steps)
+
+
+def test_respace_bad_types():
+    s = Schedule.linear(50)
+    with pytest.raises(TypeError, match="steps"):
+        s.respace(5.0)
+    with pytest.raises(ValueError, match="spacing"):
+        s.respace(5, "middle")
+
+
+def test_json_round_trip_is_exact(tmp_path):
+    for s in (Schedule.linear(37), Schedule.cosine(100), Schedule.scaled_linear(10)):
+        p = tmp_path / "s.json"
+        p.write_text(json.dumps(s.to_dict()))
+        back = Schedule.from_dict(json.loads(p.read_text()))
+        assert back == s and torch.equal(back.betas, s.betas)
+        assert torch.equal(back.alphas_cumprod, s.alphas_cumprod)
+    assert Schedule.linear(10) != Schedule.linear(11)
+
+
+def test_immutable_and_copied():
+    b = torch.linspace(1e-4, 0.02, 10, dtype=torch.float64)
+    s = Schedule.from_betas(b)
+    b[0] = 0.5  # the schedule holds its own copy
+    assert s.betas[0].item() == pytest.approx(1e-4)
+    with pytest.raises(Exception):
+        s.betas = b  # frozen dataclass
+    assert Schedule.from_betas([0.1, 0.2]).betas.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "betas, err, match",
+    [
+        ([0.1, 0.0], ValueError, r"\(0, 1\)"),
+        ([0.1, 1.0], ValueError, r"\(0, 1\)"),
+        ([0.1, float("nan")], ValueError, "finite"),
+        ([], ValueError, "at least one"),
+        ([[0.1, 0.2]], ValueError, "1-D"),
+    ],
+)
+def test_bad_betas(betas, err, match):
+    with pytest.raises(err, match=match):
+        Schedule.from_betas(torch.tensor(betas, dtype=torch.float64))
+
+
+def test_bad_constructor_args():
+    with pytest.raises(ValueError, match="T"):
+        Schedule.linear(0)
+    with pytest.raises(ValueError, match="beta_end"):
+        Schedule.linear(10, 1e-4, 1.5)
+    with pytest.raises(ValueError, match="idx"):
+        Schedule.linear(10).noise_level(10)
+    with pytest.raises(ValueError, match="betas"):
+        Schedule.from_dict({"T": 3})
+    with pytest.raises(ValueError, match="T"):
+        Schedule.from_dict({"T": 3, "betas": [0.1, 0.2]})

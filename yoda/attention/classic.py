@@ -1,0 +1,326 @@
+"""Non-learnable attention extractors (edge, Gaussian prior, SIFT) and the pipeline they share.
+
+Every extractor is a callable ``f(lr) -> A``:
+
+    lr : (B, 3, h, w) float in [-1, 1]  (a grey (B, 1, h, w) input is repeated to 3 channels)
+    A  : (B, 1, h, w) float32 in [0, 1] at the LR resolution, on lr's device
+
+Pipeline (DESIGN.md §3), shared by all extractors through :func:`aggregate`:
+
+    maps (B, K, h', w')  --MAX over K-->  (B, 1, h', w')  --bilinear-->  (B, 1, h, w)
+        --per-image min-max-->  A = (m - min m) / (max m - min m)      (a constant map -> all ones)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "check_lr",
+    "aggregate",
+    "minmax_normalize",
+    "luma",
+    "Edge",
+    "Gaussian",
+    "Sift",
+    "edge",
+    "gaussian",
+    "sift",
+]
+
+# ITU-R BT.601 luma weights: the grey image the edge and SIFT extractors look at.
+_LUMA = (0.299, 0.587, 0.114)
+
+# Values a hair outside [-1, 1] come from float rounding in upstream resizes (bicubic overshoot is
+# clamped there); anything further out means the caller passed [0, 1] or [0, 255] data.
+_RANGE_ATOL = 1e-4
+
+
+def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
+    """Validate an LR batch and return it as float32 (B, 3, h, w) in [-1, 1].
+
+    Accepts (B, 1, h, w) (repeated to 3 channels) or (B, 3, h, w), any float dtype, any device.
+    Raises TypeError / ValueError naming ``name`` for: non-tensors, non-float dtypes, a rank other
+    than 4, a channel count other than 1 or 3, empty tensors, NaN/inf, values outside [-1, 1].
+    """
+    if not isinstance(lr, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, h, w), got {type(lr).__name__}")
+    if lr.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (B, C, h, w) with C in (1, 3), got shape {tuple(lr.shape)}")
+    if lr.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{name} must have 1 (grey) or 3 (RGB) channels, got {lr.shape[1]} (shape {tuple(lr.shape)})"
+        )
+    if lr.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(lr.shape)})")
+    if not lr.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor with values in [-1, 1], got {lr.dtype}")
+    x = lr.detach().float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.0 - _RANGE_ATOL or hi > 1.0 + _RANGE_ATOL:
+        raise ValueError(
+            f"{name} values must lie in [-1, 1], got min {lo:.4g}, max {hi:.4g} "
+            "(convert [0, 1] images with 2*x - 1)"
+        )
+    x = x.clamp(-1.0, 1.0)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.contiguous()
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, h, w) -> (B, 1, h, w) grey, Y = 0.299 R + 0.587 G + 0.114 B (BT.601)."""
+    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def minmax_normalize(m: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+    """Per-image min-max normalisation of (B, 1, h, w): A = (m - min) / (max - min).
+
+    A map whose range is at most ``rtol * max(|min|, |max|)`` (or exactly zero) is treated as
+    constant and returns all ones (DESIGN.md §3): a flat map means "no preference", and ones keep
+    every pixel active, i.e. the plain sampler. The relative tolerance stops float noise of a
+    constant image from being stretched into a random mask.
+    """
+    B = m.shape[0]
+    flat = m.reshape(B, -1).float()
+    lo = flat.min(dim=1).values
+    hi = flat.max(dim=1).values
+    rng = hi - lo
+    scale = torch.maximum(lo.abs(), hi.abs())
+    const = rng <= rtol * scale
+    safe = torch.where(const, torch.ones_like(rng), rng)
+    out = (flat - lo[:, None]) / safe[:, None]
+    out = torch.where(const[:, None], torch.ones_like(out), out)
+    return out.clamp_(0.0, 1.0).reshape(m.shape)
+
+
+def aggregate(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """The shared pipeline: (B, K, h', w') maps -> A (B, 1, h, w) float32 in [0, 1].
+
+    A = minmax( bilinear_resize( max_k maps[:, k], size ) ), bilinear with align_corners=False.
+    """
+    if maps.dim() != 4 or maps.shape[1] < 1:
+        raise ValueError(f"maps must be (B, K, h', w') with K >= 1, got shape {tuple(maps.shape)}")
+    m = maps.float().amax(dim=1, keepdim=True)
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+    return minmax_normalize(m)
+
+
+def _gaussian_kernel1d(sigma: float, device, dtype=torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian, radius ceil(3 sigma) (99.7 % of the mass)."""
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(device=device, dtype=dtype)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, h, w), replicate padding (works for any h, w >= 1)."""
+    if sigma <= 0:
+        return x
+    k = _gaussian_kernel1d(sigma, x.device, x.dtype)
+    r = (k.numel() - 1) // 2
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return x
+
+
+def _check_positive(value, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+class Edge:
+    """Edge attention: smoothed gradient magnitude of the luma image (K = 1).
+
+        g = Y (BT.601 luma of lr), G = sqrt(sobel_x(g)^2 + sobel_y(g)^2), map = gauss_sigma * G
+
+    Sobel with replicate padding; ``sigma`` (LR pixels) spreads the response from the edge line to
+    the pixels around it, which the SR step also has to refine; 0 disables the blur.
+    """
+
+    def __init__(self, sigma: float = 1.0):
+        self.sigma = _check_positive(sigma, "sigma", allow_zero=True)
+
+    def maps(self, lr: torch.Tensor) -> torch.Tensor:
+        x = check_lr(lr)
+        g = luma(x)
+        sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=g.device)
+        sy = sx.t().contiguous()
+        gp = F.pad(g, (1, 1, 1, 1), mode="replicate")
+        gx = F.conv2d(gp, sx.view(1, 1, 3, 3))
+        gy = F.conv2d(gp, sy.view(1, 1, 3, 3))
+        mag = torch.sqrt(gx * gx + gy * gy)
+        return _blur(mag, self.sigma)
+
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        m = self.maps(lr)
+        return aggregate(m, tuple(lr.shape[-2:]))
+
+    def __repr__(self) -> str:
+        return f"edge(sigma={self.sigma:g})"
+
+
+class Gaussian:
+    """Centred 2-D Gaussian prior (content-independent, K = 1).
+
+        map(y, x) = exp(-((x - cx)^2 / (2 (sigma w)^2) + (y - cy)^2 / (2 (sigma h)^2)))
+        cx = (w - 1) / 2, cy = (h - 1) / 2   (pixel centres; the map is symmetric under flips)
+
+    ``sigma`` is a fraction of the image side, so the prior covers the same part of any image.
+    The input's content is validated but otherwise ignored.
+    """
+
+    def __init__(self, sigma: float = 0.25):
+        self.sigma = _check_positive(sigma, "sigma")
+
+    def maps(self, lr: torch.Tensor) -> torch.Tensor:
+        x = check_lr(lr)
+        B, _, h, w = x.shape
+        # float64 so that the mirror pixels (x, w-1-x) get bit-identical values
+        ys = torch.arange(h, dtype=torch.float64) - (h - 1) / 2.0
+        xs = torch.arange(w, dtype=torch.float64) - (w - 1) / 2.0
+        gy = torch.exp(-0.5 * (ys / (self.sigma * h)) ** 2)
+        gx = torch.exp(-0.5 * (xs / (self.sigma * w)) ** 2)
+        m = (gy[:, None] * gx[None, :]).to(dtype=torch.float32, device=x.device)
+        return m.expand(B, 1, h, w).contiguous()
+
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        return aggregate(self.maps(lr), tuple(lr.shape[-2:]))
+
+    def __repr__(self) -> str:
+        return f"gaussian(sigma={self.sigma:g})"
+
+
+class Sift:
+    """SIFT keypoint density (OpenCV SIFT, K = 1).
+
+        map(y, x) = sum_k exp(-((x - x_k)^2 + (y - y_k)^2) / (2 s_k^2)),  s_k = size_scale * size_k / 2
+
+    where (x_k, y_k) and size_k (the diameter of the keypoint's neighbourhood, OpenCV's KeyPoint.size)
+    are in LR pixels. Each keypoint contributes a peak of 1 at its centre **(our reading** of "density
+    of keypoints splatted with a Gaussian of their scale"; unit-peak rather than unit-mass so that
+    large-scale structures are not drowned by fine ones).
+
+    LR images are tiny (a 16x16 face); SIFT finds nothing on them, so the luma image is first resized
+    (bicubic) so that its short side is at least ``min_size`` and keypoints are mapped back. An image
+    with no keypoint gives a zero map, i.e. A = all ones (every pixel active).
+    """
+
+    def __init__(
+        self,
+        min_size: int = 128,
+        size_scale: float = 1.0,
+        contrast_threshold: float = 0.04,
+        edge_threshold: float = 10.0,
+        n_features: int = 0,
+    ):
+        import cv2  # noqa: F401  (fail early with a clear ImportError)
+
+        if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
+            raise ValueError(f"min_size must be a positive int, got {min_size!r}")
+        if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 0:
+            raise ValueError(f"n_features must be an int >= 0 (0 = all), got {n_features!r}")
+        self.min_size = min_size
+        self.size_scale = _check_positive(size_scale, "size_scale")
+        self.contrast_threshold = _check_positive(contrast_threshold, "contrast_threshold")
+        self.edge_threshold = _check_positive(edge_threshold, "edge_threshold")
+        self.n_features = n_features
+
+    def keypoints(self, grey: np.ndarray) -> np.ndarray:
+        """Keypoints of one grey float image in [-1, 1], (h, w) -> (n, 3) array of (x, y, sigma) in
+        LR pixel coordinates (pixel centres at integers, as OpenCV), one row per distinct location and
+        scale (OpenCV's per-orientation copies are merged)."""
+        import cv2
+
+        h, w = grey.shape
+        f = max(1.0, self.min_size / min(h, w))
+        img = np.clip(np.rint((grey + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        if f > 1.0:
+            img = cv2.resize(img, (int(round(w * f)), int(round(h * f))), interpolation=cv2.INTER_CUBIC)
+        fx = img.shape[1] / w
+        fy = img.shape[0] / h
+        det = cv2.SIFT_create(
+            nfeatures=self.n_features,
+            contrastThreshold=self.contrast_threshold,
+            edgeThreshold=self.edge_threshold,
+        )
+        kps = det.detect(img, None)
+        if not kps:
+            return np.zeros((0, 3), dtype=np.float64)
+        # OpenCV repeats a keypoint once per dominant orientation; a density counts locations once
+        kps = list({(kp.pt[0], kp.pt[1], kp.size): kp for kp in kps}.values())
+        out = np.empty((len(kps), 3), dtype=np.float64)
+        for i, kp in enumerate(kps):
+            # resize maps LR pixel centre x to (x + 0.5) * f - 0.5; invert it
+            out[i, 0] = (kp.pt[0] + 0.5) / fx - 0.5
+            out[i, 1] = (kp.pt[1] + 0.5) / fy - 0.5
+            out[i, 2] = self.size_scale * kp.size / 2.0 / math.sqrt(fx * fy)
+        return out
+
+    @staticmethod
+    def splat(kps: np.ndarray, h: int, w: int) -> np.ndarray:
+        """Sum of unit-peak Gaussians at (x_k, y_k) with std s_k on an (h, w) grid; separable:
+        sum_k gy_k(y) gx_k(x) as one (n, h)^T (n, w) product."""
+        if len(kps) == 0:
+            return np.zeros((h, w), dtype=np.float64)
+        s = np.maximum(kps[:, 2:3], 0.5)  # sub-pixel keypoints still cover their pixel
+        gy = np.exp(-0.5 * ((np.arange(h)[None, :] - kps[:, 1:2]) / s) ** 2)
+        gx = np.exp(-0.5 * ((np.arange(w)[None, :] - kps[:, 0:1]) / s) ** 2)
+        return gy.T @ gx
+
+    def maps(self, lr: torch.Tensor) -> torch.Tensor:
+        x = check_lr(lr)
+        B, _, h, w = x.shape
+        grey = luma(x)[:, 0].cpu().double().numpy()
+        out = np.stack([self.splat(self.keypoints(grey[b]), h, w) for b in range(B)])
+        return torch.from_numpy(out).float().unsqueeze(1).to(x.device)
+
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        return aggregate(self.maps(lr), tuple(lr.shape[-2:]))
+
+    def __repr__(self) -> str:
+        return (
+            f"sift(min_size={self.min_size}, size_scale={self.size_scale:g}, "
+            f"contrast_threshold={self.contrast_threshold:g}, edge_threshold={self.edge_threshold:g}, "
+            f"n_features={self.n_features})"
+        )
+
+
+def edge(sigma: float = 1.0) -> Edge:
+    """Edge extractor (smoothed gradient magnitude), see :class:`Edge`."""
+    return Edge(sigma=sigma)
+
+
+def gaussian(sigma: float = 0.25) -> Gaussian:
+    """Centred Gaussian prior, ``sigma`` as a fraction of the image side, see :class:`Gaussian`."""
+    return Gaussian(sigma=sigma)
+
+
+def sift(
+    min_size: int = 128,
+    size_scale: float = 1.0,
+    contrast_threshold: float = 0.04,
+    edge_threshold: float = 10.0,
+    n_features: int = 0,
+) -> Sift:
+    """SIFT keypoint density extractor (OpenCV), see :class:`Sift`."""
+    return Sift(
+        min_size=min_size,
+        size_scale=size_scale,
+        contrast_threshold=contrast_threshold,
+        edge_threshold=edge_threshold,
+        n_features=n_features,
+    )

@@ -1,0 +1,530 @@
+"""DINO attention extractors: ViT-S/8 CLS self-attention and ResNet-50 channel-group maps.
+
+Both load the official DINO checkpoints from a local path (no network):
+
+- ``dino_deitsmall8_pretrain.pth``: a plain state dict whose keys are those of DINO's
+  ``vision_transformer.py`` (cls_token, pos_embed, patch_embed.proj.*, blocks.N.{norm1, attn.qkv,
+  attn.proj, norm2, mlp.fc1, mlp.fc2}.*, norm.*). :class:`DinoViT` has exactly these keys.
+- ``dino_resnet50_pretrain.pth``: torchvision's ``resnet50`` keys without ``fc`` (DINO replaces it by
+  an identity). :class:`ResNet50` has exactly these keys (``fc`` only when asked for).
+
+Training checkpoints (``{"teacher": {"module.backbone.<key>": ...}}``) are unwrapped as DINO's
+``utils.load_pretrained_weights`` does (take the checkpoint key, drop "module." and "backbone."), and the
+DINO projection head ("head.*", not part of the backbone) is dropped; what remains must then match the
+model exactly (strict loading).
+
+Input pre-processing for both (the LR may be a 16x16 face, i.e. 2x2 ViT patches):
+    x = (lr + 1) / 2, resized (bicubic) so that its short side is >= min_size and its long side <=
+    max_size, each side rounded to a multiple of the network stride; then (x - mean) / std with the
+    ImageNet mean/std DINO was trained with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .classic import aggregate, check_lr
+
+__all__ = [
+    "DinoViT",
+    "ResNet50",
+    "DinoViTS8",
+    "DinoResNet50",
+    "dino_vits8",
+    "dino_resnet50",
+    "load_state_dict",
+    "resize_for_network",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pre-processing
+# --------------------------------------------------------------------------------------------------
+def _target_size(h: int, w: int, min_size: int, max_size: int, multiple: int) -> Tuple[int, int]:
+    """(h, w) scaled by f = max(1, min_size / min(h, w)), then down so the long side <= max_size,
+    each side rounded to a multiple of ``multiple`` (at least one multiple)."""
+    f = max(1.0, min_size / min(h, w))
+    f = min(f, max_size / max(h, w))
+    H = max(multiple, int(round(h * f / multiple)) * multiple)
+    W = max(multiple, int(round(w * f / multiple)) * multiple)
+    return H, W
+
+
+def resize_for_network(
+    lr: torch.Tensor, min_size: int, max_size: int, multiple: int
+) -> torch.Tensor:
+    """lr (B, 3, h, w) in [-1, 1] -> (B, 3, H, W) ImageNet-normalised input, H, W multiples of
+    ``multiple``: x = ((up(lr) + 1) / 2 - mean) / std, up = bicubic (antialiased when shrinking)."""
+    B, C, h, w = lr.shape
+    H, W = _target_size(h, w, min_size, max_size, multiple)
+    x = (lr + 1.0) * 0.5
+    if (H, W) != (h, w):
+        shrink = H < h or W < w
+        x = F.interpolate(x, size=(H, W), mode="bicubic", align_corners=False, antialias=shrink)
+        x = x.clamp(0.0, 1.0)  # bicubic overshoot: keep the input inside the trained range
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _check_sizes(min_size, max_size) -> Tuple[int, int]:
+    for name, v in (("min_size", min_size), ("max_size", max_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if max_size < min_size:
+        raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
+    return min_size, max_size
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint loading
+# --------------------------------------------------------------------------------------------------
+_WRAPPER_KEYS = ("teacher", "state_dict", "model", "student")
+
+
+def _read_file(path: str, fmt: str) -> Mapping:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"weights must be a path to {fmt}, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path!r} (expected {fmt})")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise ValueError(f"cannot read weights {path!r} as safetensors (expected {fmt}): {e}") from e
+    try:
+        # DINO's training checkpoints also pickle the run's argparse.Namespace ("args"): a plain
+        # attribute bag, safe to allow; every other non-tensor object is still refused
+        allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+        with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): {e}"
+        ) from e
+
+
+def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Read a state dict from a local .pth/.pt/.bin (torch.load, weights_only=True) or .safetensors file.
+
+    Unwraps DINO training checkpoints: if the top level is not a tensor dict, the entry
+    ``checkpoint_key`` (default: the first of teacher, state_dict, model, student present) is taken;
+    then the prefixes "module." and "backbone." are stripped (DINO's load_pretrained_weights), and when
+    "backbone." was present the DINO projection head's "head.*" keys are dropped.
+    """
+    sd = _read_file(path, fmt)
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"weights {path!r} hold a {type(sd).__name__}, expected {fmt}")
+    if checkpoint_key is not None:
+        if checkpoint_key not in sd:
+            raise ValueError(
+                f"weights {path!r} have no entry {checkpoint_key!r} (top-level keys: {sorted(sd)[:8]})"
+            )
+        sd = sd[checkpoint_key]
+    elif not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        for k in _WRAPPER_KEYS:
+            if k in sd and isinstance(sd[k], Mapping):
+                sd = sd[k]
+                break
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"weights {path!r} are not a dict of tensors (expected {fmt})")
+    out: Dict[str, torch.Tensor] = {}
+    wrapped = False
+    for k, v in sd.items():
+        for prefix in ("module.", "backbone."):
+            if k.startswith(prefix):
+                wrapped = wrapped or prefix == "backbone."
+                k = k[len(prefix):]
+        out[k] = v
+    if wrapped:
+        out = {k: v for k, v in out.items() if not k.startswith("head.")}
+    return out
+
+
+def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str, fmt: str) -> None:
+    """model.load_state_dict(sd, strict=True) with an error that names the file and lists a few
+    missing / unexpected / mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shapes:
+
+        def few(xs):
+            return f"{xs[:5]}" + (f" ... ({len(xs)} in all)" if len(xs) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {few(unexpected)}")
+        if shapes:
+            parts.append(f"wrong shapes {few(shapes)}")
+        raise ValueError(f"weights {path!r} do not match {fmt}: " + "; ".join(parts))
+    # assign=True adopts the file's tensors instead of copying 100 MB; float32 so fp16 files work too
+    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# DINO ViT (key names of DINO's vision_transformer.py)
+# --------------------------------------------------------------------------------------------------
+class _PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, H/p * W/p, dim)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def _qkv(self, x: torch.Tensor):
+        B, N, C = x.shape
+        # (B, N, 3*C) -> 3 x (B, heads, N, C/heads), the q|k|v, head-major layout of DINO's qkv weight
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self._qkv(x)
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q k^T * scale) v
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Row 0 of softmax(q k^T * scale): (B, N, C) -> (B, heads, N), the CLS token's attention."""
+        q, k, _ = self._qkv(x)
+        logits = (q[:, :, :1] @ k.transpose(-2, -1)) * self.scale  # (B, heads, 1, N)
+        return logits.softmax(dim=-1)[:, :, 0]
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = _Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DinoViT(nn.Module):
+    """DINO's VisionTransformer backbone (num_classes=0): ViT-S/8 by default.
+
+    patch 8, dim 384, depth 12, 6 heads, MLP ratio 4, qkv bias, LayerNorm eps 1e-6; ``num_positions``
+    = 1 + (224/8)^2 = 785 as in the released checkpoint (``img_size=224``). State-dict keys are exactly
+    those of DINO's ``vision_transformer.py``.
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 8,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        img_size: int = 224,
+        eps: float = 1e-6,
+        init: bool = True,
+    ):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        self.patch_size = patch_size
+        self.num_heads = num_heads
+        grid = img_size // patch_size
+        self.patch_embed = _PatchEmbed(patch_size, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, embed_dim))
+        self.blocks = nn.ModuleList(_Block(embed_dim, num_heads, mlp_ratio, eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=eps)
+        if not init:  # weights come from a file: skip the truncated normal (~3 s for 21M values)
+            return
+        # DINO's init (truncated normal, std 0.02) so that random-init models behave like real ones
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def interpolate_pos_encoding(self, rows: int, cols: int) -> torch.Tensor:
+        """Positional embedding for a rows x cols patch grid: (1, 1 + rows*cols, dim).
+
+        The stored sqrt(N) x sqrt(N) grid is resized bicubically as DINO does: scale factors
+        ((rows + 0.1) / sqrt(N), (cols + 0.1) / sqrt(N)) -- the +0.1 guards the floor in the output
+        size (DINO issue #8) -- and returned unchanged when the grid is the stored square one.
+        """
+        N = self.pos_embed.shape[1] - 1
+        if rows * cols == N and rows == cols:
+            return self.pos_embed
+        n = int(math.isqrt(N))
+        if n * n != N:
+            raise ValueError(f"pos_embed holds {N} patch positions, not a square grid")
+        dim = self.pos_embed.shape[-1]
+        grid = self.pos_embed[:, 1:].reshape(1, n, n, dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(
+            grid, scale_factor=((rows + 0.1) / n, (cols + 0.1) / n), mode="bicubic", align_corners=False
+        )
+        if tuple(grid.shape[-2:]) != (rows, cols):  # pragma: no cover - the +0.1 prevents this
+            raise RuntimeError(f"pos_embed interpolation gave {tuple(grid.shape[-2:])}, not {(rows, cols)}")
+        grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)
+        return torch.cat([self.pos_embed[:, :1], grid], dim=1)
+
+    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W), H, W multiples of the patch -> (B, 1 + H/p * W/p, dim) tokens (CLS first)."""
+        B, _, H, W = x.shape
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"input size {(H, W)} must be a multiple of the patch size {p}")
+        t = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed(x)], dim=1)
+        return t + self.interpolate_pos_encoding(H // p, W // p)
+
+    def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
+        """CLS-token self-attention of the last block: (B, 3, H, W) -> (B, heads, 1 + H/p * W/p)."""
+        t = self.prepare_tokens(x)
+        for blk in self.blocks[:-1]:
+            t = blk(t)
+        last = self.blocks[-1]
+        return last.attn.cls_attention(last.norm1(t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, dim) normalised CLS feature (DINO's forward)."""
+        t = self.prepare_tokens(x)
+        for blk in self.blocks:
+            t = blk(t)
+        return self.norm(t)[:, 0]
+
+
+# --------------------------------------------------------------------------------------------------
+# ResNet-50 (key names of torchvision's resnet50; written here, torchvision is not a dependency)
+# --------------------------------------------------------------------------------------------------
+class _Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        # stride on the 3x3 conv ("ResNet v1.5", as torchvision)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idt = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + idt)
+
+
+class ResNet50(nn.Module):
+    """torchvision-compatible ResNet-50 (layers 3-4-6-3, Bottleneck v1.5), ``fc`` only if ``with_fc``.
+
+    ``features(x)``: (B, 3, H, W) -> layer4 output (B, 2048, ceil(H/32), ceil(W/32)).
+    """
+
+    def __init__(self, with_fc: bool = False, num_classes: int = 1000, init: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        cin = 64
+        for i, (width, n, stride) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]):
+            blocks = []
+            for j in range(n):
+                blocks.append(_Bottleneck(cin, width, stride if j == 0 else 1))
+                cin = width * _Bottleneck.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(2048, num_classes) if with_fc else None
+        for m in self.modules() if init else ():  # torchvision's init; skipped when loading a file
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x).mean(dim=(2, 3))
+        return f if self.fc is None else self.fc(f)
+
+
+# --------------------------------------------------------------------------------------------------
+# Extractors
+# --------------------------------------------------------------------------------------------------
+_VIT_FMT = (
+    "a DINO ViT-S/8 state dict (dino_deitsmall8_pretrain.pth: keys cls_token, pos_embed, "
+    "patch_embed.proj.*, blocks.0-11.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*, norm.*)"
+)
+_RESNET_FMT = (
+    "a DINO ResNet-50 state dict (dino_resnet50_pretrain.pth: torchvision resnet50 keys conv1.weight, "
+    "bn1.*, layer1-4.N.{conv1-3,bn1-3,downsample.0/1}.*, optional fc.*)"
+)
+
+
+class _NetExtractor:
+    """Shared parts: model on the input's device, eval mode, no grad, float32."""
+
+    model: nn.Module
+    multiple: int
+
+    def _run_on(self, device: torch.device) -> nn.Module:
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        return self.model
+
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        """lr (B, 3|1, h, w) in [-1, 1] -> A (B, 1, h, w) float32 in [0, 1]."""
+        return aggregate(self.maps(lr), tuple(lr.shape[-2:]))
+
+
+class DinoViTS8(_NetExtractor):
+    """DINO ViT-S/8 attention: the last block's CLS->patch self-attention, one map per head.
+
+        maps[b, k] = softmax(q_cls,k K_k^T / sqrt(d))[1:] reshaped to the (H/8, W/8) patch grid
+        A = minmax(bilinear(max_k maps[:, k]))   (6 heads, as DINO's visualize_attention.py)
+
+    The LR is resized so its short side is >= ``min_size`` (224: DINO's training resolution) and its
+    long side <= ``max_size`` (attention cost grows with the square of the token count).
+    """
+
+    multiple = 8
+
+    def __init__(self, model: DinoViT, min_size: int = 224, max_size: int = 448, source: str = "<module>"):
+        self.min_size, self.max_size = _check_sizes(min_size, max_size)
+        self.model = model.eval().requires_grad_(False)
+        self.multiple = model.patch_size
+        self.source = source
+
+    def head_maps(self, lr: torch.Tensor) -> torch.Tensor:
+        """lr -> per-head CLS attention maps (B, heads, H/p, W/p) (not normalised)."""
+        x = check_lr(lr)
+        model = self._run_on(x.device)
+        inp = resize_for_network(x, self.min_size, self.max_size, self.multiple)
+        with torch.inference_mode():
+            att = model.get_last_selfattention(inp)  # (B, heads, 1 + n)
+        B, heads, _ = att.shape
+        rows, cols = inp.shape[-2] // self.multiple, inp.shape[-1] // self.multiple
+        return att[:, :, 1:].reshape(B, heads, rows, cols).float().clone()
+
+    maps = head_maps
+
+    def __repr__(self) -> str:
+        return f"dino_vits8(weights={self.source!r}, min_size={self.min_size}, max_size={self.max_size})"
+
+
+class DinoResNet50(_NetExtractor):
+    """DINO ResNet-50 attention **(our reading**, DESIGN §3): layer4's 2048 channels split into
+    ``groups`` contiguous groups of near-equal size (numpy.array_split), each group's mean activation
+    one map (a "head"), MAX over the groups.
+
+        maps[b, k] = mean_{c in group k} layer4(x)[b, c]   on the (H/32, W/32) grid
+    """
+
+    multiple = 32
+
+    def __init__(
+        self, model: ResNet50, groups: int = 8, min_size: int = 224, max_size: int = 448, source: str = "<module>"
+    ):
+        if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= 2048:
+            raise ValueError(f"groups must be an int in [1, 2048], got {groups!r}")
+        self.groups = groups
+        self.min_size, self.max_size = _check_sizes(min_size, max_size)
+        self.model = model.eval().requires_grad_(False)
+        self.source = source
+
+    def group_maps(self, lr: torch.Tensor) -> torch.Tensor:
+        """lr -> per-group mean layer4 activation (B, groups, H/32, W/32)."""
+        x = check_lr(lr)
+        model = self._run_on(x.device)
+        inp = resize_for_network(x, self.min_size, self.max_size, self.multiple)
+        with torch.inference_mode():
+            f = model.features(inp)  # (B, 2048, H/32, W/32)
+        return torch.stack([g.mean(dim=1) for g in torch.tensor_split(f, self.groups, dim=1)], dim=1).float()
+
+    maps = group_maps
+
+    def __repr__(self) -> str:
+        return (
+            f"dino_resnet50(weights={self.source!r}, groups={self.groups}, "
+            f"min_size={self.min_size}, max_size={self.max_size})"
+        )
+
+
+def dino_vits8(
+    weights: str, min_size: int = 224, max_size: int = 448, checkpoint_key: Optional[str] = None
+) -> DinoViTS8:
+    """DINO ViT-S/8 extractor from a local checkpoint (``dino_deitsmall8_pretrain.pth`` or a
+    .safetensors with the same keys, or a DINO training checkpoint), loaded strictly."""
+    sd = load_state_dict(weights, _VIT_FMT, checkpoint_key)
+    img_size = 224
+    pe = sd.get("pos_embed")
+    if isinstance(pe, torch.Tensor) and pe.dim() == 3:
+        n = math.isqrt(max(pe.shape[1] - 1, 0))
+        if n * n == pe.shape[1] - 1 and n > 0:
+            img_size = n * 8  # checkpoints trained at another size keep their own grid
+    model = DinoViT(img_size=img_size, init=False)
+    _load_strict(model, sd, os.fspath(weights), _VIT_FMT)
+    return DinoViTS8(model, min_size=min_size, max_size=max_size, source=os.fspath(weights))
+
+
+def dino_resnet50(
+    weights: str, groups: int = 8, min_size: int = 224, max_size: int = 448, checkpoint_key: Optional[str] = None
+) -> DinoResNet50:
+    """DINO ResNet-50 extractor from a local checkpoint (``dino_resnet50_pretrain.pth``, torchvision
+    key names, with or without ``fc``), loaded strictly."""
+    sd = load_state_dict(weights, _RESNET_FMT, checkpoint_key)
+    fc = sd.get("fc.weight")
+    with_fc = isinstance(fc, torch.Tensor) and fc.dim() == 2
+    model = ResNet50(with_fc=with_fc, num_classes=fc.shape[0] if with_fc else 1000, init=False)
+    _load_strict(model, sd, os.fspath(weights), _RESNET_FMT)
+    return DinoResNet50(model, groups=groups, min_size=min_size, max_size=max_size, source=os.fspath(weights))

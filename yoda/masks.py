@@ -1,0 +1,87 @@
+"""YODA's time-dependent masks (DESIGN.md §4), as plain PyTorch utilities.
+
+    tau(t) = t / T - l,     M(t) = 1[A >= tau(t)]         t = idx + 1 in 1..T (DESIGN's t)
+
+The kernels only take the scalar tau; these helpers exist for analysis, tests, callbacks and training.
+Comparisons are made in float32, exactly as the kernels make them (yoda_kernels.naive._mask), so a mask
+built here selects the very pixels the fused step updates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+_FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_lower_bound(lower_bound: float) -> float:
+    lb = float(lower_bound)
+    if not math.isfinite(lb) or lb < 0:
+        raise ValueError(f"lower_bound must be a finite float >= 0, got {lower_bound}")
+    return lb
+
+
+def _check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:
+    """A as (B, 1, H, W) float; accepts (B, 1, H, W) or (B, H, W)."""
+    if not isinstance(A, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
+    if A.dim() == 3:
+        A = A.unsqueeze(1)
+    if A.dim() != 4 or A.shape[1] != 1:
+        raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W), got shape {tuple(A.shape)}")
+    if A.dtype not in _FLOAT:
+        raise TypeError(f"{name} must be a float tensor, got {A.dtype}")
+    if torch.isnan(A).any():
+        raise ValueError(f"{name} contains NaN")
+    return A
+
+
+def tau_at(t: int, T: int, lower_bound: float = 0.6) -> float:
+    """tau(t) = t / T - lower_bound for DESIGN's t in 1..T (t = 0-based index + 1). Float64 scalar."""
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be a positive int, got {T!r}")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (1 <= t <= T):
+        raise ValueError(f"t must be in 1..T={T} (DESIGN's t = index + 1), got {t!r}")
+    return t / T - _check_lower_bound(lower_bound)
+
+
+def mask_at(A: torch.Tensor, t: int, T: int, lower_bound: float = 0.6) -> torch.Tensor:
+    """M(t) = A >= tau(t): bool tensor of A's shape ((B, 1, H, W) or (B, H, W)). Compared in float32."""
+    tau = tau_at(t, T, lower_bound)
+    _check_A(A)
+    return A.float() >= torch.tensor(tau, dtype=torch.float32, device=A.device)
+
+
+def active_fraction(A: torch.Tensor, tau: float) -> torch.Tensor:
+    """(B,) float32: the fraction of each image's pixels with A >= tau (float32 comparison)."""
+    A = _check_A(A)
+    tau = float(tau)
+    if math.isnan(tau):
+        raise ValueError("tau must not be NaN")
+    m = A.float() >= torch.tensor(tau, dtype=torch.float32, device=A.device)
+    return m.flatten(1).float().mean(dim=1)
+
+
+def pixel_update_ratio(A: torch.Tensor, lower_bound: float = 0.6) -> torch.Tensor:
+    """(B,) float32: mean over pixels of min(1, A + lower_bound), the seed's Fig. 3 "pixel update ratio".
+
+    A pixel is refined at every t with t / T <= A + l, i.e. for about T * min(1, A + l) of the T steps, so
+    this is the fraction of plain diffusion's per-pixel denoising work that YODA does (full schedule)."""
+    A = _check_A(A)
+    lb = _check_lower_bound(lower_bound)
+    return (A.float() + lb).clamp(max=1.0).flatten(1).mean(dim=1)
+
+
+def refine_fraction(A: torch.Tensor, indices: Sequence[int], T: int, lower_bound: float = 0.6) -> torch.Tensor:
+    """(B,) float32: the exact fraction of (pixel, visited step) pairs that are refined for the 0-based
+    training ``indices`` a sampler visits (Schedule.respace); tends to pixel_update_ratio with every step."""
+    A = _check_A(A)
+    if len(indices) == 0:
+        raise ValueError("indices must not be empty")
+    total = torch.zeros(A.shape[0], dtype=torch.float32, device=A.device)
+    for idx in indices:
+        total += active_fraction(A, tau_at(int(idx) + 1, T, lower_bound))
+    return total / len(indices)

@@ -1,0 +1,198 @@
+"""Latent-space (DiffBIR / ControlLDM-style) models behind the YODA sampler (DESIGN.md §6).
+
+DiffBIR restores with a stage-1 network, encodes the restored image with the Stable-Diffusion VAE and lets
+a ControlLDM denoise a latent conditioned on that encoding. YODA holds the not-yet-active latent pixels at
+the noised encoding of the stage-1 image:
+
+    img = stage1(up(lr))  (or up(lr) without a stage 1), padded (replicate) to multiples of latent_factor
+    c   = encode(img)                      (B, C', H/f, W/f)     f = latent_factor (8 for SD's VAE)
+    eps = denoise(z_t, idx, c)             the ControlLDM call (eps, x0 or v: ``prediction``)
+    SR  = crop(decode(z_0)) to (H, W), clamped to [-1, 1]
+    A   -> latent grid: max pooling (default) or area (mean) pooling over f x f cells, so a latent pixel is
+           active as soon as any (max) / the average (area) of its HR pixels is.
+
+:class:`LatentAdapter` takes the three callables; :func:`from_diffusers` builds them from a diffusers
+``UNet2DModel`` (conditioned by channel concatenation cat(z_t, c), as LDM-SR / SD-x4-upscaler do),
+an ``AutoencoderKL`` and a scheduler config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..adapters import Adapter, Prepared, upsample
+from ..schedule import Schedule
+
+__all__ = ["LatentAdapter", "LatentCond", "from_diffusers", "schedule_from_diffusers"]
+
+POOLS = ("max", "area")
+
+
+class LatentCond(NamedTuple):
+    c: torch.Tensor  # encode(stage-1 image), (B, C', H'/f, W'/f)
+    size: Tuple[int, int]  # (H, W) of the HR image before padding
+
+
+class LatentAdapter(Adapter):
+    """Adapter from callables.
+
+    encode(img (B, 3, H', W') in [-1, 1]) -> latent (B, C', H'/f, W'/f)
+    decode(latent) -> img (B, 3, H', W')
+    denoise(z_t (B, C', h', w'), t (B,) int64 0-based index, c (B, C', h', w')) -> model output
+    stage1(up(lr)) -> restored image at HR size (optional)
+    pool: "max" (default) or "area" -- how A is brought to the latent grid.
+    clip_x0: latents are not bounded, so False by default.
+    latent_multiple: the latent grid is padded to multiples of it (2 ** downsamplings of the denoiser);
+        the image is padded (replicate) to multiples of latent_factor * latent_multiple and cropped back.
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[torch.Tensor], torch.Tensor],
+        decode: Callable[[torch.Tensor], torch.Tensor],
+        denoise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        schedule: Schedule,
+        prediction: str = "eps",
+        scale: int = 4,
+        stage1: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        latent_factor: int = 8,
+        pool: str = "max",
+        clip_x0: bool = False,
+        latent_multiple: int = 1,
+    ):
+        for name, fn in (("encode", encode), ("decode", decode), ("denoise", denoise)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        if stage1 is not None and not callable(stage1):
+            raise TypeError(f"stage1 must be callable or None, got {type(stage1).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a yoda.Schedule, got {type(schedule).__name__}")
+        if prediction not in ("eps", "x0", "v"):
+            raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+        for name, v in (("scale", scale), ("latent_factor", latent_factor), ("latent_multiple", latent_multiple)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self._encode, self._decode, self._denoise, self.stage1 = encode, decode, denoise, stage1
+        self.schedule = schedule
+        self.prediction = prediction
+        self.scale = scale
+        self.latent_factor = latent_factor
+        self.latent_multiple = latent_multiple
+        self.pool = pool
+        self.clip_x0 = bool(clip_x0)
+
+    def yoda_adapter(self, **kw: Any) -> "LatentAdapter":
+        """as_adapter hook: the adapter is already built from its callables (options go to __init__)."""
+        given = sorted(k for k, v in kw.items() if v is not None)
+        if given:
+            raise TypeError(f"LatentAdapter takes its options at construction; got {given}")
+        return self
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.latent_factor * self.latent_multiple
+        ph, pw = (-x.shape[-2]) % f, (-x.shape[-1]) % f
+        return F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+
+    def prepare(self, lr: torch.Tensor) -> Prepared:
+        if not isinstance(lr, torch.Tensor) or lr.dim() != 4 or lr.shape[1] != 3:
+            raise ValueError(f"lr must be (B, 3, h, w), got "
+                             f"{tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__}")
+        up = upsample(lr, self.scale)
+        H, W = up.shape[-2:]
+        img = self.stage1(up) if self.stage1 is not None else up
+        if tuple(img.shape) != tuple(up.shape):
+            raise ValueError(f"stage1 must return the HR shape {tuple(up.shape)}, got {tuple(img.shape)}")
+        c = self._encode(self._pad(img))
+        f, m = self.latent_factor, self.latent_multiple
+        want = (lr.shape[0], -(-H // (f * m)) * m, -(-W // (f * m)) * m)
+        if not isinstance(c, torch.Tensor) or c.dim() != 4 or (c.shape[0], c.shape[2], c.shape[3]) != want:
+            raise ValueError(f"encode must return (B, C', {want[1]}, {want[2]}) for HR {H}x{W} and latent_factor "
+                             f"{f}, got {tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__}")
+        return Prepared(c=c, cond=LatentCond(c, (int(H), int(W))))
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: LatentCond) -> torch.Tensor:
+        return self._denoise(x_t, t, cond.c)
+
+    def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: LatentCond) -> torch.Tensor:
+        H, W = cond.size
+        return self._decode(x0)[..., :H, :W].clamp(-1.0, 1.0)
+
+    def crop_cond(self, cond: LatentCond, ys: slice, xs: slice) -> LatentCond:
+        return LatentCond(cond.c[..., ys, xs], cond.size)
+
+    def attention_to_state(self, A: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """A (B, 1, H, W) -> (B, 1, H', W') by max or area pooling of each f x f cell (A padded like the
+        image); a latent pixel's value is the max (or mean) of the HR attention it covers."""
+        Hs, Ws = int(shape[-2]), int(shape[-1])
+        if tuple(A.shape[-2:]) == (Hs, Ws):
+            return A
+        Ap = self._pad(A)
+        if self.pool == "max":
+            return F.adaptive_max_pool2d(Ap, (Hs, Ws))
+        return F.adaptive_avg_pool2d(Ap, (Hs, Ws))
+
+
+def schedule_from_diffusers(config: dict) -> Tuple[Schedule, str]:
+    """(Schedule, prediction) from a diffusers scheduler config (DDPMScheduler / DDIMScheduler keys:
+    num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type)."""
+    if not isinstance(config, dict):
+        config = dict(config)
+    T = int(config.get("num_train_timesteps", 1000))
+    b0, b1 = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 2e-2))
+    kind = config.get("beta_schedule", "linear")
+    if config.get("trained_betas") is not None:
+        sched = Schedule.from_betas(config["trained_betas"])
+    elif kind == "linear":
+        sched = Schedule.linear(T, b0, b1)
+    elif kind == "scaled_linear":
+        sched = Schedule.scaled_linear(T, b0, b1)
+    elif kind == "squaredcos_cap_v2":
+        sched = Schedule.cosine(T)
+    else:
+        raise ValueError(f"scheduler_config: beta_schedule {kind!r} is not supported "
+                         "(linear, scaled_linear, squaredcos_cap_v2, or trained_betas)")
+    pred = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(config.get("prediction_type", "epsilon"))
+    if pred is None:
+        raise ValueError(f"scheduler_config: prediction_type {config.get('prediction_type')!r} is not supported")
+    return sched, pred
+
+
+def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4,
+                   stage1: Optional[Callable] = None, pool: str = "max", sample_latent: bool = False) -> LatentAdapter:
+    """LatentAdapter for a diffusers ``UNet2DModel`` (in_channels = 2 * latent channels: the input is
+    cat(z_t, c)) and ``AutoencoderKL``: encode(x) = vae.encode(x).latent_dist.mode() * scaling_factor
+    (the mean, so that c is deterministic; ``sample_latent`` draws instead), decode(z) =
+    vae.decode(z / scaling_factor).sample. latent_factor = 2 ** (len(vae block_out_channels) - 1)."""
+    from diffusers import AutoencoderKL, UNet2DModel  # optional dependency, imported on use
+
+    if not isinstance(unet, UNet2DModel):
+        raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}")
+    if not isinstance(vae, AutoencoderKL):
+        raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
+    C = int(vae.config.latent_channels)
+    if int(unet.config.in_channels) != 2 * C or int(unet.config.out_channels) != C:
+        raise ValueError(f"unet: in_channels must be 2 * latent_channels = {2 * C} (cat(z_t, c)) and out_channels "
+                         f"{C}, got {unet.config.in_channels} / {unet.config.out_channels}")
+    sched, pred = schedule_from_diffusers(
+        scheduler_config if isinstance(scheduler_config, dict) else dict(scheduler_config))
+    sf = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    m = 2 ** (len(unet.config.down_block_types) - 1)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        dist = vae.encode(x).latent_dist
+        return (dist.sample() if sample_latent else dist.mode()) * sf
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return vae.decode(z / sf).sample
+
+    def denoise(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return unet(torch.cat([z, c.to(z.dtype)], dim=1), t).sample
+
+    return LatentAdapter(encode, decode, denoise, sched, prediction=pred, scale=scale, stage1=stage1,
+                         latent_factor=f, pool=pool, latent_multiple=m)

@@ -1,0 +1,569 @@
+"""SR3 (Saharia et al. 2021) as implemented by Janspiry/Image-Super-Resolution-via-Iterative-Refinement.
+
+The network reproduces ``model/sr3_modules/unet.py`` of that repository module for module, so its
+``state_dict`` keys are the upstream ones and the released ``I*_E*_gen.pth`` checkpoints load with
+``strict=True`` (through :func:`yoda.load`, which strips the ``denoise_fn.`` prefix of upstream's
+``GaussianDiffusion`` wrapper and its 12 schedule buffers).
+
+Model (DESIGN.md §6, pixel space):
+
+    eps_hat = net(cat(up(lr), x_t), gamma),   gamma = sqrt(alpha_bar[idx])   (B,) continuous
+
+    gamma is embedded with WaveGrad's encoding  e = [sin(gamma * w_k), cos(gamma * w_k)],
+    w_k = exp(-ln(1e4) * k / (d/2)), k = 0..d/2-1, d = inner_channel   (upstream PositionalEncoding).
+
+Module tree (keys): ``noise_level_mlp.{1,3}`` (Linear), ``downs.0`` (3x3 conv in), ``downs.i`` =
+``ResnetBlocWithAttn`` (``res_block.{noise_func.noise_func.0, block1.block.{0,3}, block2.block.{0,3},
+res_conv}``, optional ``attn.{norm, qkv, out}``) or ``Downsample`` (``conv``), ``mid.{0,1}``, ``ups.i``
+(``ResnetBlocWithAttn`` or ``Upsample`` (``conv``)), ``final_conv.block.{0,3}``.
+
+One extension, off by default: ``mid_attn`` (upstream always puts a global self-attention in ``mid.0``).
+With ``attn_res=()`` and ``mid_attn=False`` the net is fully convolutional: it runs on any H, W divisible
+by 2 ** (len(channel_mults) - 1) (the project's embedded default model uses it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapters import Adapter, Prepared, upsample
+from ..schedule import Schedule
+
+__all__ = [
+    "SR3Config",
+    "SR3UNet",
+    "SR3Adapter",
+    "load_sr3_config",
+    "sr3_beta_schedule",
+    "SR3_DIFFUSION_BUFFERS",
+    "SR3_16_128",
+    "SR3_64_512",
+    "sr3_default_schedule",
+]
+
+# Buffers that upstream's GaussianDiffusion.set_new_noise_schedule registers; they sit next to the
+# ``denoise_fn.*`` weights in every ``*_gen.pth`` (and in SRDiff's checkpoints, same names).
+SR3_DIFFUSION_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SR3Config:
+    """Constructor arguments of :class:`SR3UNet` (upstream names; ``channel_mults`` is the JSON's
+    ``channel_multiplier``) plus ``scale`` (HR / LR size, used by the adapter; None = unknown)."""
+
+    in_channel: int = 6
+    out_channel: int = 3
+    inner_channel: int = 32
+    norm_groups: int = 32
+    channel_mults: Tuple[int, ...] = (1, 2, 4, 8, 8)
+    attn_res: Tuple[int, ...] = (8,)
+    res_blocks: int = 3
+    dropout: float = 0.0
+    with_noise_level_emb: bool = True
+    image_size: int = 128
+    mid_attn: bool = True
+    scale: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        # lists from JSON -> tuples (frozen, hashable); attn_res may be a bare int upstream ("(8)")
+        ar = self.attn_res
+        object.__setattr__(self, "attn_res", (int(ar),) if isinstance(ar, int) else tuple(int(v) for v in ar))
+        object.__setattr__(self, "channel_mults", tuple(int(v) for v in self.channel_mults))
+        for name in ("in_channel", "out_channel", "inner_channel", "norm_groups", "res_blocks", "image_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"SR3Config.{name} must be a positive int, got {v!r}")
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise ValueError(f"SR3Config.channel_mults must be non-empty positive ints, got {self.channel_mults}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"SR3Config.dropout must be in [0, 1), got {self.dropout}")
+        for m in self.channel_mults:
+            if (self.inner_channel * m) % self.norm_groups:
+                raise ValueError(
+                    f"SR3Config: inner_channel * channel_mult = {self.inner_channel * m} is not divisible by "
+                    f"norm_groups = {self.norm_groups} (GroupNorm needs it)"
+                )
+        if self.scale is not None and (isinstance(self.scale, bool) or int(self.scale) != self.scale
+                                       or self.scale < 1):
+            raise ValueError(f"SR3Config.scale must be a positive int or None, got {self.scale!r}")
+
+    def unet_kwargs(self) -> dict:
+        """The keyword arguments of SR3UNet (everything but ``scale``)."""
+        d = asdict(self)
+        d.pop("scale")
+        return d
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channel_mults"] = list(self.channel_mults)
+        d["attn_res"] = list(self.attn_res)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SR3Config":
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ValueError(f"SR3Config: unknown keys {bad}; known: {sorted(names)}")
+        return cls(**d)
+
+
+# The two released configurations (config/sr_sr3_16_128.json, config/sr_sr3_64_512.json); both sample with
+# the linear schedule T = 2000, betas 1e-6 .. 1e-2 (``sr3_default_schedule``).
+SR3_16_128 = SR3Config(in_channel=6, out_channel=3, inner_channel=64, norm_groups=32, channel_mults=(1, 2, 4, 8, 8),
+                       attn_res=(16,), res_blocks=2, dropout=0.2, image_size=128, scale=8)
+SR3_64_512 = SR3Config(in_channel=6, out_channel=3, inner_channel=64, norm_groups=16, channel_mults=(1, 2, 4, 8, 16),
+                       attn_res=(), res_blocks=1, dropout=0.0, image_size=512, scale=8)
+
+
+def sr3_default_schedule() -> Schedule:
+    """linear, n_timestep 2000, linear_start 1e-6, linear_end 1e-2 (both released configs, train and val)."""
+    return Schedule.linear(2000, 1e-6, 1e-2)
+
+
+def _strip_json_comments(text: str) -> str:
+    """Remove // line comments and /* */ block comments that are outside JSON strings (SR3's configs
+    carry ``// comments``; a plain regex on ``//`` would break strings such as URLs)."""
+    pattern = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.S)
+    return pattern.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "", text)
+
+
+def sr3_beta_schedule(opt: dict) -> Schedule:
+    """SR3's ``make_beta_schedule`` (model/sr3_modules/diffusion.py) for one ``beta_schedule.{train,val}``
+    entry: {"schedule", "n_timestep", "linear_start", "linear_end"}; float64 as upstream.
+
+    linear:  betas = linspace(linear_start, linear_end, T)
+    quad:    betas = linspace(sqrt(linear_start), sqrt(linear_end), T) ** 2
+    warmup10/warmup50: linear_end everywhere, linspace(start, end) over the first 10 % / 50 %
+    const:   linear_end everywhere
+    cosine:  improved-DDPM cosine with s = 8e-3, betas clamped to 0.999
+    ("jsd" ends with beta = 1, which no sampler can use; it is rejected.)
+    """
+    if not isinstance(opt, dict):
+        raise TypeError(f"beta_schedule entry must be a dict, got {type(opt).__name__}")
+    kind = opt.get("schedule")
+    try:
+        T = int(opt["n_timestep"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"beta_schedule entry needs an int 'n_timestep', got {opt.get('n_timestep')!r}") from e
+    start = float(opt.get("linear_start", 1e-4))
+    end = float(opt.get("linear_end", 2e-2))
+    f64 = torch.float64
+    if kind == "linear":
+        return Schedule.linear(T, start, end)
+    if kind == "quad":
+        return Schedule.from_betas(torch.linspace(start ** 0.5, end ** 0.5, T, dtype=f64) ** 2)
+    if kind in ("warmup10", "warmup50"):
+        frac = 0.1 if kind == "warmup10" else 0.5
+        betas = torch.full((T,), end, dtype=f64)
+        n = int(T * frac)
+        betas[:n] = torch.linspace(start, end, n, dtype=f64)
+        return Schedule.from_betas(betas)
+    if kind == "const":
+        return Schedule.from_betas(torch.full((T,), end, dtype=f64))
+    if kind == "cosine":
+        return Schedule.cosine(T, s=8e-3, max_beta=0.999)
+    raise ValueError(
+        f"beta_schedule 'schedule' must be one of linear, quad, warmup10, warmup50, const, cosine; got {kind!r}"
+    )
+
+
+def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Config, Schedule, Schedule]:
+    """Read one of SR3's JSON configs (``config/sr_sr3_16_128.json`` ...; ``//`` comments allowed).
+
+    Returns (SR3Config, train Schedule, val Schedule) from ``model.unet``, ``model.diffusion.image_size``
+    and ``model.beta_schedule.{train,val}``. ``scale`` = r_resolution / l_resolution of the first
+    ``datasets`` entry that has both (None when the file has none). ``norm_groups`` defaults to 32 when
+    absent, as upstream's define_G does.
+    """
+    if isinstance(path_or_dict, dict):
+        opt = path_or_dict
+        where = "config dict"
+    else:
+        where = os.fspath(path_or_dict)
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"SR3 config file not found: {where}")
+        with open(where, "r", encoding="utf-8") as fh:
+            text = fh.read()
+        try:
+            opt = json.loads(_strip_json_comments(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"SR3 config {where} is not valid JSON (after removing // comments): {e}") from e
+    try:
+        model = opt["model"]
+        unet = model["unet"]
+        sched = model["beta_schedule"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"SR3 config {where} lacks model.unet / model.beta_schedule ({e})") from e
+    image_size = (model.get("diffusion") or {}).get("image_size", 128)
+    scale = None
+    for ds in (opt.get("datasets") or {}).values():
+        if isinstance(ds, dict) and "l_resolution" in ds and "r_resolution" in ds:
+            lo, hi = int(ds["l_resolution"]), int(ds["r_resolution"])
+            if lo < 1 or hi % lo:
+                raise ValueError(f"SR3 config {where}: r_resolution {hi} is not a multiple of l_resolution {lo}")
+            scale = hi // lo
+            break
+    norm_groups = unet.get("norm_groups")
+    try:
+        cfg = SR3Config(
+            in_channel=int(unet.get("in_channel", 6)),
+            out_channel=int(unet.get("out_channel", 3)),
+            inner_channel=int(unet.get("inner_channel", 32)),
+            norm_groups=32 if norm_groups is None else int(norm_groups),
+            channel_mults=tuple(unet.get("channel_multiplier", (1, 2, 4, 8, 8))),
+            attn_res=unet.get("attn_res", (8,)),
+            res_blocks=int(unet.get("res_blocks", 3)),
+            dropout=float(unet.get("dropout", 0.0)),
+            image_size=int(image_size),
+            scale=scale,
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"SR3 config {where}: bad model.unet entry: {e}") from e
+    if "train" not in sched or "val" not in sched:
+        raise ValueError(f"SR3 config {where}: model.beta_schedule needs both 'train' and 'val'")
+    return cfg, sr3_beta_schedule(sched["train"]), sr3_beta_schedule(sched["val"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Network (module names are the upstream ones: they are the state-dict keys)
+# ----------------------------------------------------------------------------------------------------------
+class PositionalEncoding(nn.Module):
+    """gamma (B,) -> (B, dim): [sin(gamma w), cos(gamma w)], w_k = 1e4 ** (-k / (dim // 2))."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, noise_level: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        k = torch.arange(half, dtype=noise_level.dtype, device=noise_level.device) / half
+        arg = noise_level[:, None] * torch.exp(-math.log(1e4) * k)[None, :]
+        return torch.cat([arg.sin(), arg.cos()], dim=-1)
+
+
+class Swish(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)  # x * sigmoid(x)
+
+
+class FeatureWiseAffine(nn.Module):
+    """Adds Linear(noise embedding) per channel (or (1 + gamma) x + beta with use_affine_level)."""
+
+    def __init__(self, in_channels: int, out_channels: int, use_affine_level: bool = False):
+        super().__init__()
+        self.use_affine_level = use_affine_level
+        self.noise_func = nn.Sequential(nn.Linear(in_channels, out_channels * (1 + int(use_affine_level))))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.noise_func(emb).view(x.shape[0], -1, 1, 1)
+        if self.use_affine_level:
+            gamma, beta = h.chunk(2, dim=1)
+            return (1 + gamma) * x + beta
+        return x + h
+
+
+class Upsample(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Downsample(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Block(nn.Module):
+    """GroupNorm -> Swish -> Dropout (Identity when 0) -> 3x3 conv: keys block.0 and block.3."""
+
+    def __init__(self, dim: int, dim_out: int, groups: int = 32, dropout: float = 0.0):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(groups, dim),
+            Swish(),
+            nn.Dropout(dropout) if dropout != 0 else nn.Identity(),
+            nn.Conv2d(dim, dim_out, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, dim, dim_out, noise_level_emb_dim=None, dropout=0.0, use_affine_level=False, norm_groups=32):
+        super().__init__()
+        # upstream builds noise_func unconditionally (its Linear(None, ...) fails without the embedding);
+        # we only build it when there is an embedding, which keeps the keys identical in the working case.
+        self.noise_func = (
+            FeatureWiseAffine(noise_level_emb_dim, dim_out, use_affine_level) if noise_level_emb_dim else None
+        )
+        self.block1 = Block(dim, dim_out, groups=norm_groups)
+        self.block2 = Block(dim_out, dim_out, groups=norm_groups, dropout=dropout)
+        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: Optional[torch.Tensor]) -> torch.Tensor:
+        h = self.block1(x)
+        if self.noise_func is not None:
+            h = self.noise_func(h, emb)
+        return self.block2(h) + self.res_conv(x)
+
+
+class SelfAttention(nn.Module):
+    """Global single-head self-attention over the H*W positions, scaled by 1/sqrt(C) (upstream), residual."""
+
+    def __init__(self, in_channel: int, n_head: int = 1, norm_groups: int = 32):
+        super().__init__()
+        self.n_head = n_head
+        self.norm = nn.GroupNorm(norm_groups, in_channel)
+        self.qkv = nn.Conv2d(in_channel, in_channel * 3, 1, bias=False)
+        self.out = nn.Conv2d(in_channel, in_channel, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        n = self.n_head
+        d = C // n
+        # upstream: view(B, n, 3d, H, W).chunk(3, dim=2): per head the channels are [q | k | v]
+        qkv = self.qkv(self.norm(x)).view(B, n, 3 * d, H * W)
+        q, k, v = (t.transpose(-1, -2) for t in qkv.chunk(3, dim=2))  # (B, n, HW, d)
+        # SDPA instead of the explicit (HW x HW) einsum: same math, no materialised attention matrix
+        o = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(C))
+        o = o.transpose(-1, -2).reshape(B, C, H, W)
+        return self.out(o) + x
+
+
+class ResnetBlocWithAttn(nn.Module):
+    def __init__(self, dim, dim_out, *, noise_level_emb_dim=None, norm_groups=32, dropout=0.0, with_attn=False):
+        super().__init__()
+        self.with_attn = with_attn
+        self.res_block = ResnetBlock(dim, dim_out, noise_level_emb_dim, norm_groups=norm_groups, dropout=dropout)
+        if with_attn:
+            self.attn = SelfAttention(dim_out, norm_groups=norm_groups)
+
+    def forward(self, x: torch.Tensor, emb: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.res_block(x, emb)
+        return self.attn(x) if self.with_attn else x
+
+
+class SR3UNet(nn.Module):
+    """SR3's UNet: ``forward(x, noise_level) -> eps_hat``.
+
+    x: (B, in_channel, H, W) = cat(up(lr), x_t) along channels, H and W divisible by
+       2 ** (len(channel_mults) - 1); noise_level: (B,) or (B, 1) = sqrt(alpha_bar) (float, continuous).
+    Returns (B, out_channel, H, W).
+
+    Optional attributes (set by :func:`yoda.load` / the user; read by :meth:`yoda_adapter`):
+    ``schedule`` (the sampling Schedule) and ``scale`` (SR factor).
+    """
+
+    def __init__(
+        self,
+        in_channel: int = 6,
+        out_channel: int = 3,
+        inner_channel: int = 32,
+        norm_groups: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 4, 8, 8),
+        attn_res: Union[int, Sequence[int]] = (8,),
+        res_blocks: int = 3,
+        dropout: float = 0.0,
+        with_noise_level_emb: bool = True,
+        image_size: int = 128,
+        mid_attn: bool = True,
+    ):
+        super().__init__()
+        cfg = SR3Config(in_channel, out_channel, inner_channel, norm_groups, tuple(channel_mults),
+                        attn_res, res_blocks, dropout, with_noise_level_emb, image_size, mid_attn)
+        self.config = cfg
+        self.schedule: Optional[Schedule] = None
+        self.scale: Optional[int] = None
+        attn_res = cfg.attn_res
+        kw = dict(norm_groups=norm_groups, dropout=dropout)
+
+        if with_noise_level_emb:
+            emb_dim = inner_channel
+            self.noise_level_mlp = nn.Sequential(
+                PositionalEncoding(inner_channel),
+                nn.Linear(inner_channel, inner_channel * 4),
+                Swish(),
+                nn.Linear(inner_channel * 4, inner_channel),
+            )
+        else:
+            emb_dim = None
+            self.noise_level_mlp = None
+
+        n = len(cfg.channel_mults)
+        pre = inner_channel
+        feat_channels = [pre]
+        res = image_size
+        downs: list = [nn.Conv2d(in_channel, inner_channel, kernel_size=3, padding=1)]
+        for i, mult in enumerate(cfg.channel_mults):
+            ch = inner_channel * mult
+            for _ in range(res_blocks):
+                downs.append(ResnetBlocWithAttn(pre, ch, noise_level_emb_dim=emb_dim, with_attn=res in attn_res, **kw))
+                feat_channels.append(ch)
+                pre = ch
+            if i != n - 1:
+                downs.append(Downsample(pre))
+                feat_channels.append(pre)
+                res //= 2
+        self.downs = nn.ModuleList(downs)
+
+        self.mid = nn.ModuleList([
+            ResnetBlocWithAttn(pre, pre, noise_level_emb_dim=emb_dim, with_attn=mid_attn, **kw),
+            ResnetBlocWithAttn(pre, pre, noise_level_emb_dim=emb_dim, with_attn=False, **kw),
+        ])
+
+        ups: list = []
+        for i in reversed(range(n)):
+            ch = inner_channel * cfg.channel_mults[i]
+            for _ in range(res_blocks + 1):
+                ups.append(ResnetBlocWithAttn(pre + feat_channels.pop(), ch, noise_level_emb_dim=emb_dim,
+                                              with_attn=res in attn_res, **kw))
+                pre = ch
+            if i > 0:
+                ups.append(Upsample(pre))
+                res *= 2
+        self.ups = nn.ModuleList(ups)
+        self.final_conv = Block(pre, out_channel, groups=norm_groups)
+
+    # ------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: SR3Config) -> "SR3UNet":
+        net = cls(**cfg.unet_kwargs())
+        net.scale = cfg.scale
+        return net
+
+    @staticmethod
+    def tiny_x4_config() -> SR3Config:
+        """The small fully convolutional x4 default: no attention, 4 levels (H, W multiples of 8),
+        2,763,299 parameters, ~61 ms per forward on 1x6x64x64 (fp32, 2 shared CPU cores)."""
+        return SR3Config(
+            in_channel=6, out_channel=3, inner_channel=32, norm_groups=16, channel_mults=(1, 2, 2, 4),
+            attn_res=(), res_blocks=1, dropout=0.0, image_size=64, mid_attn=False, scale=4,
+        )
+
+    @property
+    def multiple(self) -> int:
+        """H and W must be multiples of this: 2 ** (number of Downsample layers)."""
+        return 2 ** (len(self.config.channel_mults) - 1)
+
+    def forward(self, x: torch.Tensor, noise_level: Optional[torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != cfg.in_channel:
+            raise ValueError(f"x must be (B, {cfg.in_channel}, H, W), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        m = self.multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"x: H and W must be divisible by {m} (2 ** downsamplings), got {tuple(x.shape[-2:])}")
+        emb = None
+        if self.noise_level_mlp is not None:
+            if not isinstance(noise_level, torch.Tensor):
+                raise TypeError("noise_level must be a tensor of shape (B,) or (B, 1)")
+            B = x.shape[0]
+            if noise_level.shape not in ((B,), (B, 1)):
+                raise ValueError(f"noise_level must have shape ({B},) or ({B}, 1), got {tuple(noise_level.shape)}")
+            emb = self.noise_level_mlp(noise_level.reshape(B).to(x.dtype))
+
+        feats = []
+        for layer in self.downs:
+            x = layer(x, emb) if isinstance(layer, ResnetBlocWithAttn) else layer(x)
+            feats.append(x)
+        for layer in self.mid:
+            x = layer(x, emb)
+        for layer in self.ups:
+            if isinstance(layer, ResnetBlocWithAttn):
+                x = layer(torch.cat((x, feats.pop()), dim=1), emb)
+            else:
+                x = layer(x)
+        return self.final_conv(x)
+
+    def yoda_adapter(self, schedule: Optional[Schedule] = None, scale: Optional[int] = None,
+                     clip_x0: bool = True) -> "SR3Adapter":
+        """The adapter yoda.sample uses (schedule / scale default to the attributes set at load time)."""
+        return SR3Adapter(self, schedule=schedule, scale=scale, clip_x0=clip_x0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Adapter
+# ----------------------------------------------------------------------------------------------------------
+class SR3Adapter(Adapter):
+    """Pixel space (DESIGN.md §6): c = up(lr), cond = up(lr), eps = net(cat(up(lr), x_t), sqrt(ab_t)).
+
+    schedule / scale: default to ``net.schedule`` / ``net.scale``; one of each must be known.
+    clip_x0: SR3 clamps x0_hat to [-1, 1] (``clip_denoised=True`` in p_sample).
+    """
+
+    prediction = "eps"
+
+    def __init__(self, net: SR3UNet, schedule: Optional[Schedule] = None, scale: Optional[int] = None,
+                 clip_x0: bool = True):
+        if not isinstance(net, SR3UNet):
+            raise TypeError(f"net must be an SR3UNet, got {type(net).__name__}")
+        schedule = schedule if schedule is not None else net.schedule
+        scale = scale if scale is not None else net.scale
+        if not isinstance(schedule, Schedule):
+            raise ValueError("schedule: pass the Schedule the SR3 model samples with (or load it with yoda.load, "
+                             "which attaches the config's val schedule)")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale: the SR factor must be a positive int (from the config's l/r_resolution "
+                             f"or passed explicitly), got {scale!r}")
+        if net.config.in_channel != 2 * net.config.out_channel:
+            raise ValueError("net: SR3 conditioning needs in_channel == 2 * out_channel "
+                             f"(got {net.config.in_channel}, {net.config.out_channel})")
+        self.net = net
+        self.schedule = schedule
+        self.scale = scale
+        self.clip_x0 = bool(clip_x0)
+        self.multiple = net.multiple
+
+    def prepare(self, lr: torch.Tensor) -> Prepared:
+        C = self.net.config.out_channel
+        if not isinstance(lr, torch.Tensor) or lr.dim() != 4 or lr.shape[1] != C:
+            raise ValueError(f"lr must be (B, {C}, h, w), got "
+                             f"{tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__}")
+        up = upsample(lr, self.scale)
+        return Prepared(c=up, cond=up)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: torch.Tensor) -> torch.Tensor:
+        B = x_t.shape[0]
+        # the net runs in its parameters' dtype (a half-precision state must not meet float32 weights)
+        dt = next(self.net.parameters()).dtype
+        # gamma = sqrt(alpha_bar) per batch element, computed in float64 like upstream's numpy buffer
+        gamma = torch.as_tensor(ab_t, dtype=torch.float64).sqrt().reshape(-1).expand(B)
+        out = self.net(torch.cat([cond.to(dt), x_t.to(dt)], dim=1), gamma.to(device=x_t.device, dtype=dt))
+        return out.to(x_t.dtype)
+
+    def crop_cond(self, cond: torch.Tensor, ys: slice, xs: slice) -> torch.Tensor:
+        return cond[..., ys, xs]

@@ -1,0 +1,502 @@
+"""SRDiff (Li et al. 2022) as implemented by LeiaLi/SRDiff (models/diffsr_modules.py, models/commons.py,
+models/diffusion.py): a residual-space denoiser UNet conditioned on the features of an RRDB LR encoder.
+
+Model (DESIGN.md §6, residual space, ``res: true`` in every upstream config):
+
+    x0      = (HR - up(lr)) * res_rescale                         res_rescale = 2 (clamped to [-1, 1])
+    feas    = RRDB(lr) intermediate features (nb + 1 maps at LR size), the UNet uses feas[2::3]
+    eps_hat = unet(x_t, idx, feas, up(lr))                         idx: (B,) int64 0-based timestep
+    SR      = up(lr) + clamp(x0_hat, -1, 1) / res_rescale          (upstream res2img, clip_input)
+
+Schedule: upstream ``cosine_beta_schedule(timesteps, s=beta_s)`` with T = 100, s = 0.008 (or the
+``linear`` one with beta_end and betas[-1] = 0.999). Sampling: ancestral DDPM with x0_hat clamped to
+[-1, 1] (``clip_denoised=True`` in p_sample: the clamp acts on the *residual* x0).
+
+State-dict keys are upstream's: this module's ``denoise_fn.*`` (Unet) and ``rrdb.*`` (RRDBNet) match
+``GaussianDiffusion.state_dict()`` inside ``model_ckpt_steps_*.ckpt['state_dict']['model']`` (the 12 schedule
+buffers there are checked and dropped by :func:`yoda.load`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapters import Adapter, Prepared, upsample
+from ..schedule import Schedule
+
+__all__ = ["SRDiffConfig", "SRDiff", "SRDiffAdapter", "RRDBNet", "Unet", "srdiff_beta_schedule", "load_srdiff_config"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SRDiffConfig:
+    """SRDiff hyper-parameters (upstream hparams names; ``dim_mults`` is upstream's ``unet_dim_mults``
+    "1|2|2|4"). Defaults: configs/diffsr_base.yaml with sr_scale 4 (df2k4x uses dim_mults 1|2|3|4,
+    CelebA sr_scale 8)."""
+
+    hidden_size: int = 64
+    dim_mults: Tuple[int, ...] = (1, 2, 2, 4)
+    rrdb_num_block: int = 8
+    rrdb_num_feat: int = 32
+    sr_scale: int = 4
+    use_attn: bool = False
+    up_input: bool = False
+    timesteps: int = 100
+    beta_schedule: str = "cosine"
+    beta_s: float = 0.008
+    beta_end: float = 0.02
+    res_rescale: float = 2.0
+    clip_input: bool = True
+    clip_denoised: bool = True
+
+    def __post_init__(self) -> None:
+        dm = self.dim_mults
+        if isinstance(dm, str):  # upstream spelling "1|2|2|4"
+            dm = [int(v) for v in dm.split("|")]
+        object.__setattr__(self, "dim_mults", tuple(int(v) for v in dm))
+        for name in ("hidden_size", "rrdb_num_feat", "timesteps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"SRDiffConfig.{name} must be a positive int, got {v!r}")
+        if not self.dim_mults or min(self.dim_mults) < 1:
+            raise ValueError(f"SRDiffConfig.dim_mults must be non-empty positive ints, got {self.dim_mults}")
+        if isinstance(self.rrdb_num_block, bool) or not isinstance(self.rrdb_num_block, int) or self.rrdb_num_block < 2:
+            raise ValueError(f"SRDiffConfig.rrdb_num_block must be an int >= 2 (the UNet uses features[2::3]), "
+                             f"got {self.rrdb_num_block!r}")
+        if self.sr_scale not in (2, 4, 8):
+            raise ValueError(f"SRDiffConfig.sr_scale must be 2, 4 or 8, got {self.sr_scale!r}")
+        if self.rrdb_num_feat % 2:
+            raise ValueError(f"SRDiffConfig.rrdb_num_feat must be even (growth = feat // 2), got {self.rrdb_num_feat}")
+        if self.beta_schedule not in ("cosine", "linear"):
+            raise ValueError(f"SRDiffConfig.beta_schedule must be 'cosine' or 'linear', got {self.beta_schedule!r}")
+        if not float(self.res_rescale) > 0:
+            raise ValueError(f"SRDiffConfig.res_rescale must be > 0, got {self.res_rescale}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dim_mults"] = list(self.dim_mults)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, *, ignore_unknown: bool = False) -> "SRDiffConfig":
+        """From this class's field names or upstream hparams names (``unet_dim_mults``); with
+        ignore_unknown the other hparams keys (lr, batch_size ...) are skipped."""
+        d = dict(d)
+        if "unet_dim_mults" in d:
+            d["dim_mults"] = d.pop("unet_dim_mults")
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad and not ignore_unknown:
+            raise ValueError(f"SRDiffConfig: unknown keys {bad}; known: {sorted(names)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
+    """Read an upstream YAML config (configs/diffsr_df2k4x.yaml ...), following its ``base_config``
+    chain (paths relative to each file; later files override earlier ones). Needs PyYAML."""
+    try:
+        import yaml
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("load_srdiff_config needs PyYAML (pip install pyyaml); or pass an SRDiffConfig") from e
+
+    def read(p: str, depth: int = 0) -> dict:
+        if depth > 16:
+            raise ValueError(f"SRDiff config {p}: base_config chain too deep (a cycle?)")
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"SRDiff config file not found: {p}")
+        with open(p, "r", encoding="utf-8") as fh:
+            try:
+                d = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as e:
+                raise ValueError(f"SRDiff config {p} is not valid YAML: {e}") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"SRDiff config {p} must be a mapping")
+        bases = d.pop("base_config", [])
+        bases = [bases] if isinstance(bases, str) else list(bases)
+        out: dict = {}
+        for b in bases:
+            out.update(read(os.path.join(os.path.dirname(p), b), depth + 1))
+        out.update(d)
+        return out
+
+    return SRDiffConfig.from_dict(read(os.fspath(path)), ignore_unknown=True)
+
+
+def srdiff_beta_schedule(cfg: SRDiffConfig) -> Schedule:
+    """SRDiff's schedule in float64.
+
+    cosine (upstream ``cosine_beta_schedule``): x = linspace(0, T + 1, T + 1),
+        ab(x) = cos(((x / (T + 1)) + s) / (1 + s) * pi / 2) ** 2 / ab(0),  betas = clip(1 - ab[1:] / ab[:-1], 0, 0.999)
+        (x / (T + 1) = i / T: the improved-DDPM cosine).
+    linear: linspace(1e-4, beta_end, T) with betas[-1] = 0.999 (upstream does this whenever ``res``).
+    """
+    T = cfg.timesteps
+    if cfg.beta_schedule == "cosine":
+        steps = T + 1
+        x = torch.linspace(0, steps, steps, dtype=torch.float64, device="cpu")
+        ab = torch.cos(((x / steps) + cfg.beta_s) / (1 + cfg.beta_s) * math.pi * 0.5) ** 2
+        ab = ab / ab[0]
+        return Schedule.from_betas((1 - ab[1:] / ab[:-1]).clamp(0.0, 0.999))
+    betas = torch.linspace(1e-4, float(cfg.beta_end), T, dtype=torch.float64, device="cpu")
+    betas[-1] = 0.999
+    return Schedule.from_betas(betas)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RRDB encoder (ESRGAN's RRDBNet, upstream key names)
+# ----------------------------------------------------------------------------------------------------------
+class ResidualDenseBlock_5C(nn.Module):
+    def __init__(self, nf: int = 64, gc: int = 32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(nf, gc, 3, 1, 1)
+        self.conv2 = nn.Conv2d(nf + gc, gc, 3, 1, 1)
+        self.conv3 = nn.Conv2d(nf + 2 * gc, gc, 3, 1, 1)
+        self.conv4 = nn.Conv2d(nf + 3 * gc, gc, 3, 1, 1)
+        self.conv5 = nn.Conv2d(nf + 4 * gc, nf, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lrelu = lambda v: F.leaky_relu(v, 0.2)  # noqa: E731
+        x1 = lrelu(self.conv1(x))
+        x2 = lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    def __init__(self, nf: int, gc: int = 32):
+        super().__init__()
+        self.RDB1 = ResidualDenseBlock_5C(nf, gc)
+        self.RDB2 = ResidualDenseBlock_5C(nf, gc)
+        self.RDB3 = ResidualDenseBlock_5C(nf, gc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+
+
+class RRDBNet(nn.Module):
+    """lr (B, 3, h, w) in [-1, 1] -> (SR (B, 3, 4h or 8h, ...) in [-1, 1], [nb + 1 features (B, nf, h, w)]).
+
+    Upstream applies two x2 upconvs, three when sr_scale == 8 (``upconv3`` only exists then)."""
+
+    def __init__(self, in_nc: int, out_nc: int, nf: int, nb: int, gc: int = 32, sr_scale: int = 4):
+        super().__init__()
+        self.sr_scale = sr_scale
+        self.conv_first = nn.Conv2d(in_nc, nf, 3, 1, 1)
+        self.RRDB_trunk = nn.ModuleList([RRDB(nf, gc) for _ in range(nb)])
+        self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.upconv1 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.upconv2 = nn.Conv2d(nf, nf, 3, 1, 1)
+        if sr_scale == 8:
+            self.upconv3 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_last = nn.Conv2d(nf, out_nc, 3, 1, 1)
+
+    def features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The nb + 1 intermediate features (what ``forward(x, get_fea=True)[1]`` returns), without the
+        upsampling tail that the diffusion model does not use."""
+        fea_first = fea = self.conv_first((x + 1) / 2)
+        feas = []
+        for blk in self.RRDB_trunk:
+            fea = blk(fea)
+            feas.append(fea)
+        feas.append(fea_first + self.trunk_conv(fea))
+        return feas
+
+    def forward(self, x: torch.Tensor, get_fea: bool = False):
+        feas = self.features(x)
+        fea = feas[-1]
+        lrelu = lambda v: F.leaky_relu(v, 0.2)  # noqa: E731
+        fea = lrelu(self.upconv1(F.interpolate(fea, scale_factor=2, mode="nearest")))
+        fea = lrelu(self.upconv2(F.interpolate(fea, scale_factor=2, mode="nearest")))
+        if self.sr_scale == 8:
+            fea = lrelu(self.upconv3(F.interpolate(fea, scale_factor=2, mode="nearest")))
+        out = self.conv_last(lrelu(self.HRconv(fea))).clamp(0, 1) * 2 - 1
+        return (out, feas) if get_fea else out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Denoiser UNet (models/diffsr_modules.py Unet with models/commons.py blocks; gn_groups = 0 upstream)
+# ----------------------------------------------------------------------------------------------------------
+class Mish(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.mish(x)  # x * tanh(softplus(x))
+
+
+class SinusoidalPosEmb(nn.Module):
+    """t (B,) -> (B, dim): [sin(t w), cos(t w)], w_k = exp(-k ln(1e4) / (dim/2 - 1))."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        w = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+        arg = t.float()[:, None] * w[None, :]
+        return torch.cat((arg.sin(), arg.cos()), dim=-1)
+
+
+class Block(nn.Module):
+    """ReflectionPad(1) -> 3x3 conv -> Mish (upstream groups = 0: no GroupNorm): key block.1."""
+
+    def __init__(self, dim: int, dim_out: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(dim, dim_out, 3), Mish())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, dim: int, dim_out: int, time_emb_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(Mish(), nn.Linear(time_emb_dim, dim_out))
+        self.block1 = Block(dim, dim_out)
+        self.block2 = Block(dim_out, dim_out)
+        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.block1(x) + self.mlp(emb)[:, :, None, None]
+        return self.block2(h) + self.res_conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.ConvTranspose2d(dim, dim, 4, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Downsample(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class LinearAttention(nn.Module):
+    """Linear attention (keys softmaxed over positions): out = W_o (softmax_n(k) v^T)^T q, 4 heads x 32."""
+
+    def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
+        super().__init__()
+        self.heads = heads
+        hidden = dim_head * heads
+        self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        # upstream rearrange 'b (qkv heads c) h w -> qkv b heads c (h w)'
+        q, k, v = self.to_qkv(x).reshape(b, 3, self.heads, -1, h * w).unbind(1)
+        k = k.softmax(dim=-1)
+        context = torch.einsum("bhdn,bhen->bhde", k, v)
+        out = torch.einsum("bhde,bhdn->bhen", context, q)
+        return self.to_out(out.reshape(b, -1, h, w))
+
+
+class Rezero(nn.Module):
+    def __init__(self, fn: nn.Module):
+        super().__init__()
+        self.fn = fn
+        self.g = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x) * self.g
+
+
+class Residual(nn.Module):
+    def __init__(self, fn: nn.Module):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x) + x
+
+
+class Unet(nn.Module):
+    """eps_hat = Unet(x_t (B, 3, H, W), t (B,), feas (list of RRDB features at (h, w)), up(lr) (B, 3, H, W)).
+
+    H = sr_scale * h must be divisible by 2 ** (len(dim_mults) - 1)."""
+
+    def __init__(self, dim: int, out_dim: int = 3, dim_mults: Sequence[int] = (1, 2, 4, 8), cond_dim: int = 32,
+                 rrdb_num_block: int = 8, sr_scale: int = 4, use_attn: bool = False, up_input: bool = False):
+        super().__init__()
+        dims = [3, *(dim * m for m in dim_mults)]
+        in_out = list(zip(dims[:-1], dims[1:]))
+        n = len(in_out)
+        self.use_attn = use_attn
+        self.up_input = up_input
+        s = sr_scale
+        # the concatenated features feas[2::3] (B, cond_dim * (nb + 1) // 3, h, w) -> (B, dim, s h, s w)
+        self.cond_proj = nn.ConvTranspose2d(cond_dim * ((rrdb_num_block + 1) // 3), dim, s * 2, s, s // 2)
+        self.time_pos_emb = SinusoidalPosEmb(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), Mish(), nn.Linear(dim * 4, dim))
+        self.downs = nn.ModuleList([])
+        self.ups = nn.ModuleList([])
+        for i, (di, do) in enumerate(in_out):
+            self.downs.append(nn.ModuleList([
+                ResnetBlock(di, do, dim), ResnetBlock(do, do, dim),
+                Downsample(do) if i < n - 1 else nn.Identity(),
+            ]))
+        mid = dims[-1]
+        self.mid_block1 = ResnetBlock(mid, mid, dim)
+        if use_attn:
+            self.mid_attn = Residual(Rezero(LinearAttention(mid)))
+        self.mid_block2 = ResnetBlock(mid, mid, dim)
+        for di, do in reversed(in_out[1:]):  # every up level has an Upsample (upstream's is_last never hits)
+            self.ups.append(nn.ModuleList([ResnetBlock(do * 2, di, dim), ResnetBlock(di, di, dim), Upsample(di)]))
+        self.final_conv = nn.Sequential(Block(dim, dim), nn.Conv2d(dim, out_dim, 1))
+        if up_input:
+            self.up_proj = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(3, dim, 3))
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor, cond: Sequence[torch.Tensor],
+                img_lr_up: torch.Tensor) -> torch.Tensor:
+        emb = self.mlp(self.time_pos_emb(time))
+        c = self.cond_proj(torch.cat(list(cond[2::3]), 1))
+        skips = []
+        for i, (res1, res2, down) in enumerate(self.downs):
+            x = res2(res1(x, emb), emb)
+            if i == 0:
+                x = x + c
+                if self.up_input:
+                    x = x + self.up_proj(img_lr_up)
+            skips.append(x)
+            x = down(x)
+        x = self.mid_block1(x, emb)
+        if self.use_attn:
+            x = self.mid_attn(x)
+        x = self.mid_block2(x, emb)
+        for res1, res2, up in self.ups:
+            x = torch.cat((x, skips.pop()), dim=1)
+            x = up(res2(res1(x, emb), emb))
+        return self.final_conv(x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model and its adapter
+# ----------------------------------------------------------------------------------------------------------
+class SRDiff(nn.Module):
+    """SRDiff's networks under upstream's names: ``denoise_fn`` (Unet) and ``rrdb`` (RRDBNet).
+
+    ``SRDiff(config)`` or ``SRDiff(hidden_size=..., dim_mults=..., ...)`` (SRDiffConfig fields).
+    forward(x, t, cond, img_lr_up) = denoise_fn(...): x (B, 3, H, W) residual state, t (B,) int64, cond the
+    RRDB features (``rrdb.features(lr)``), img_lr_up = up(lr). ``schedule`` is srdiff_beta_schedule(config).
+    """
+
+    def __init__(self, config: Optional[SRDiffConfig] = None, **kwargs: Any):
+        super().__init__()
+        if config is None:
+            config = SRDiffConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("SRDiff: pass either a config or keyword arguments, not both")
+        if not isinstance(config, SRDiffConfig):
+            raise TypeError(f"config must be an SRDiffConfig, got {type(config).__name__}")
+        self.config = config
+        nf = config.rrdb_num_feat
+        self.denoise_fn = Unet(config.hidden_size, out_dim=3, dim_mults=config.dim_mults, cond_dim=nf,
+                               rrdb_num_block=config.rrdb_num_block, sr_scale=config.sr_scale,
+                               use_attn=config.use_attn, up_input=config.up_input)
+        self.rrdb = RRDBNet(3, 3, nf, config.rrdb_num_block, nf // 2, sr_scale=config.sr_scale)
+        self.schedule: Schedule = srdiff_beta_schedule(config)
+
+    @property
+    def scale(self) -> int:
+        return self.config.sr_scale
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** (len(self.config.dim_mults) - 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Sequence[torch.Tensor],
+                img_lr_up: torch.Tensor) -> torch.Tensor:
+        return self.denoise_fn(x, t, cond, img_lr_up)
+
+    def yoda_adapter(self, schedule: Optional[Schedule] = None, clip_x0: Optional[bool] = None,
+                     clip_input: Optional[bool] = None, res_rescale: Optional[float] = None) -> "SRDiffAdapter":
+        return SRDiffAdapter(self, schedule=schedule, clip_x0=clip_x0, clip_input=clip_input, res_rescale=res_rescale)
+
+
+class SRDiffCond(NamedTuple):
+    feas: List[torch.Tensor]  # RRDB features of lr, nb + 1 maps (B, nf, h, w)
+    up: torch.Tensor  # up(lr) (B, 3, H, W)
+
+
+class SRDiffAdapter(Adapter):
+    """Residual space (DESIGN.md §6): c = 0 (the LR image has no residual), cond = (RRDB feats, up(lr)),
+    eps = unet(x_t, idx, feats, up(lr)); decode: SR = clamp(up(lr) + clip(x0) / res_rescale, -1, 1).
+
+    clip_x0 (default config.clip_denoised = True): clamp of the residual x0_hat inside each step.
+    clip_input (default config.clip_input = True): clamp of the final residual before res2img.
+    """
+
+    prediction = "eps"
+
+    def __init__(self, model: SRDiff, schedule: Optional[Schedule] = None, clip_x0: Optional[bool] = None,
+                 clip_input: Optional[bool] = None, res_rescale: Optional[float] = None):
+        if not isinstance(model, SRDiff):
+            raise TypeError(f"model must be an SRDiff, got {type(model).__name__}")
+        cfg = model.config
+        self.model = model
+        self.schedule = schedule if schedule is not None else model.schedule
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"schedule must be a yoda.Schedule, got {type(self.schedule).__name__}")
+        self.scale = cfg.sr_scale
+        self.clip_x0 = cfg.clip_denoised if clip_x0 is None else bool(clip_x0)
+        self.clip_input = cfg.clip_input if clip_input is None else bool(clip_input)
+        self.res_rescale = float(cfg.res_rescale if res_rescale is None else res_rescale)
+        if not self.res_rescale > 0:
+            raise ValueError(f"res_rescale must be > 0, got {res_rescale}")
+        self.multiple = model.multiple
+
+    def prepare(self, lr: torch.Tensor) -> Prepared:
+        if not isinstance(lr, torch.Tensor) or lr.dim() != 4 or lr.shape[1] != 3:
+            raise ValueError(f"lr must be (B, 3, h, w), got "
+                             f"{tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__}")
+        m = self.model.multiple
+        H, W = lr.shape[-2] * self.scale, lr.shape[-1] * self.scale
+        if H % m or W % m:
+            raise ValueError(f"lr: the HR size {H}x{W} must be divisible by {m} (2 ** UNet downsamplings)")
+        up = upsample(lr, self.scale)
+        feas = self.model.rrdb.features(lr.to(next(self.model.parameters()).dtype))
+        return Prepared(c=torch.zeros_like(up), cond=SRDiffCond(feas, up))
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: SRDiffCond) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0]).long()
+        dt = next(self.model.parameters()).dtype  # run in the weights' dtype, return the state's
+        feas = [f.to(dt) for f in cond.feas]
+        return self.model(x_t.to(dt), t, feas, cond.up.to(dt)).to(x_t.dtype)
+
+    def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: SRDiffCond) -> torch.Tensor:
+        r = x0.clamp(-1.0, 1.0) if self.clip_input else x0
+        return (cond.up + r / self.res_rescale).clamp(-1.0, 1.0)
+
+    def crop_cond(self, cond: SRDiffCond, ys: slice, xs: slice) -> SRDiffCond:
+        """cond for an HR window: up(lr) cropped, the LR features cropped to the window / scale (the window
+        must then lie on the LR grid: its bounds multiples of scale)."""
+        s = self.scale
+        bounds = (ys.start, ys.stop, xs.start, xs.stop)
+        if any(b is None or b % s for b in bounds):
+            raise ValueError(f"tiles: SRDiff windows must start and end on multiples of the scale {s} "
+                             f"(their LR features are cropped), got rows {ys.start}:{ys.stop}, cols {xs.start}:{xs.stop}")
+        ly, lx = slice(ys.start // s, ys.stop // s), slice(xs.start // s, xs.stop // s)
+        return SRDiffCond([f[..., ly, lx] for f in cond.feas], cond.up[..., ys, xs])
+
+    def encode_hr(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """x0 of a training pair: (HR - up(lr)) * res_rescale, clamped when clip_input (upstream img2res)."""
+        x = (hr - upsample(lr, self.scale)) * self.res_rescale
+        return x.clamp(-1.0, 1.0) if self.clip_input else x

@@ -1,0 +1,206 @@
+"""Noise schedules of discrete-time diffusion and their respacing (DESIGN.md §2, §5).
+
+Convention (shared by the whole project): training timesteps are 0-based indices ``idx`` in [0, T);
+DESIGN's t = idx + 1;
+
+    alpha_bar[idx] = prod_{k <= idx} (1 - betas[k])
+
+and the step that leaves idx = 0 (or the last visited index) goes to alpha_bar = 1 (no noise left).
+Everything is float64: the kernels receive per-step scalars computed from these values
+(yoda_kernels.coefs), so the schedule never limits the precision of a step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Sequence
+
+import torch
+
+SPACINGS = ("trailing", "leading", "linspace")
+
+
+def _check_T(T: Any) -> int:
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be a positive int, got {T!r}")
+    return T
+
+
+def _check_beta_range(beta_start: float, beta_end: float) -> None:
+    for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not (0.0 < float(v) < 1.0):
+            raise ValueError(f"{name} must be in (0, 1), got {v}")
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A discrete diffusion schedule: ``betas`` (T,) float64, each in (0, 1).
+
+    Build it with :meth:`linear`, :meth:`cosine`, :meth:`scaled_linear` or :meth:`from_betas`; the tensor
+    is copied and made float64 on the CPU, so the object is effectively immutable.
+    """
+
+    betas: torch.Tensor = field(repr=False)
+
+    def __post_init__(self) -> None:
+        b = self.betas
+        if not isinstance(b, torch.Tensor):
+            try:
+                b = torch.as_tensor(b, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise TypeError(f"betas must be a 1-D sequence of floats, got {type(self.betas).__name__}") from e
+        if b.dim() != 1 or b.numel() < 1:
+            raise ValueError(f"betas must be 1-D with at least one entry, got shape {tuple(b.shape)}")
+        if not (b.is_floating_point() or b.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"betas must be a float tensor, got {b.dtype}")
+        b = b.detach().to("cpu", torch.float64).clone()
+        if not torch.isfinite(b).all():
+            raise ValueError("betas must be finite")
+        if ((b <= 0) | (b >= 1)).any():
+            raise ValueError(f"betas must lie in (0, 1), got min {b.min().item()}, max {b.max().item()}")
+        object.__setattr__(self, "betas", b)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Constructors
+    # ------------------------------------------------------------------------------------------------------
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> "Schedule":
+        """DDPM's linear schedule: betas = linspace(beta_start, beta_end, T) (diffusers "linear")."""
+        T = _check_T(T)
+        _check_beta_range(beta_start, beta_end)
+        return cls(torch.linspace(float(beta_start), float(beta_end), T, dtype=torch.float64))
+
+    @classmethod
+    def scaled_linear(cls, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> "Schedule":
+        """Latent-diffusion schedule: betas = linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2
+        (diffusers "scaled_linear")."""
+        T = _check_T(T)
+        _check_beta_range(beta_start, beta_end)
+        return cls(torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64) ** 2)
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "Schedule":
+        """Improved-DDPM cosine schedule (Nichol & Dhariwal 2021, eq. 17; diffusers "squaredcos_cap_v2"):
+
+            f(u) = cos((u / T + s) / (1 + s) * pi / 2) ** 2,  beta_i = min(1 - f(i + 1) / f(i), max_beta)
+        """
+        T = _check_T(T)
+        if not (0.0 <= float(s)) or not math.isfinite(float(s)):
+            raise ValueError(f"s must be a finite float >= 0, got {s}")
+        if not (0.0 < float(max_beta) < 1.0):
+            raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
+        u = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((u + s) / (1.0 + s) * (math.pi / 2)) ** 2
+        betas = (1.0 - f[1:] / f[:-1]).clamp(max=float(max_beta))
+        return cls(betas)
+
+    @classmethod
+    def from_betas(cls, betas: Sequence[float] | torch.Tensor) -> "Schedule":
+        """Any user schedule (e.g. the ``trained_betas`` of a checkpoint)."""
+        return cls(betas if isinstance(betas, torch.Tensor) else torch.as_tensor(list(betas), dtype=torch.float64))
+
+    # ------------------------------------------------------------------------------------------------------
+    # Derived quantities
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def T(self) -> int:
+        return int(self.betas.numel())
+
+    @cached_property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """alpha_bar (T,) float64: alpha_bar[idx] = prod_{k <= idx} (1 - betas[k])."""
+        return torch.cumprod(1.0 - self.betas, dim=0)
+
+    def _check_idx(self, idx: Any) -> int:
+        if isinstance(idx, torch.Tensor) and idx.numel() == 1:
+            idx = int(idx.item())
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < self.T:
+            raise ValueError(f"idx must be an int in [0, {self.T}), got {idx!r}")
+        return idx
+
+    def alpha_bar(self, idx: int) -> float:
+        """alpha_bar at the 0-based index idx; idx = -1 means "after the last step" and gives 1.0."""
+        if isinstance(idx, int) and not isinstance(idx, bool) and idx == -1:
+            return 1.0
+        return float(self.alphas_cumprod[self._check_idx(idx)])
+
+    def noise_level(self, idx: int) -> float:
+        """SR3's continuous conditioning: sqrt(alpha_bar[idx]) (SR3 feeds the network gamma = sqrt(ab))."""
+        return math.sqrt(self.alpha_bar(self._check_idx(idx)))
+
+    def respace(self, steps: int, spacing: str = "trailing") -> list[int]:
+        """The descending 0-based training indices a ``steps``-step sampler visits.
+
+        spacing (the three of diffusers' ``timestep_spacing``, Lin et al. 2024, Table 2):
+          "trailing" (default): idx_i = round(T - i T / steps) - 1, i = 0..steps-1. Starts at T - 1, so the
+                     first step sees the pure-noise level the model was trained for; with steps = T it visits
+                     every index.
+          "leading": idx_i = (steps - 1 - i) * (T // steps)  (diffusers' default; ends at 0).
+          "linspace": round(linspace(0, T - 1, steps)) reversed (improved-DDPM's space_timesteps for one
+                     section: first T - 1, last 0).
+        Rounding is half-to-even as numpy's. steps > T is an error.
+        """
+        T = self.T
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+        if not 1 <= steps <= T:
+            raise ValueError(f"steps must be in [1, T={T}], got {steps}")
+        if spacing == "trailing":
+            # exact rational T * (steps - i) / steps, rounded half-to-even by Python's round on ints/floats
+            out = [_round_half_even(T * (steps - i), steps) - 1 for i in range(steps)]
+        elif spacing == "leading":
+            r = T // steps
+            out = [(steps - 1 - i) * r for i in range(steps)]
+        elif spacing == "linspace":
+            if steps == 1:
+                out = [0]
+            else:
+                out = [_round_half_even((T - 1) * (steps - 1 - i), steps - 1) for i in range(steps)]
+        else:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+        if any(a <= b for a, b in zip(out, out[1:])) or out[-1] < 0 or out[0] >= T:  # pragma: no cover
+            raise AssertionError(f"respace produced a non-descending schedule {out}")
+        return out
+
+    def pairs(self, steps: int, spacing: str = "trailing") -> list[tuple[int, float, float]]:
+        """[(idx, alpha_bar[idx], alpha_bar at the next visited index or 1.0 after the last)] per step."""
+        idxs = self.respace(steps, spacing)
+        ab = self.alphas_cumprod
+        nxt = idxs[1:] + [-1]
+        return [(i, float(ab[i]), 1.0 if j < 0 else float(ab[j])) for i, j in zip(idxs, nxt)]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Serialisation and comparison
+    # ------------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-ready {"T": T, "betas": [...]}; floats round-trip exactly through json (repr is exact)."""
+        return {"T": self.T, "betas": [float(v) for v in self.betas.tolist()]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Schedule":
+        if not isinstance(d, dict) or "betas" not in d:
+            raise ValueError("d must be a dict with a 'betas' list (as written by Schedule.to_dict)")
+        s = cls.from_betas(d["betas"])
+        if "T" in d and int(d["T"]) != s.T:
+            raise ValueError(f"d['T'] = {d['T']} does not match len(d['betas']) = {s.T}")
+        return s
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schedule) and torch.equal(self.betas, other.betas)
+
+    def __hash__(self) -> int:
+        return hash((self.T, self.betas.sum().item(), self.betas[0].item(), self.betas[-1].item()))
+
+    def __repr__(self) -> str:
+        b = self.betas
+        return f"Schedule(T={self.T}, betas=[{b[0].item():.6g} .. {b[-1].item():.6g}])"
+
+
+def _round_half_even(num: int, den: int) -> int:
+    """round(num / den) with ties to even, exact for ints (numpy's rule, without float error)."""
+    q, r = divmod(num, den)
+    if 2 * r > den or (2 * r == den and q % 2 == 1):
+        q += 1
+    return q
