@@ -28,7 +28,9 @@ def extensions():
     with_cuda = with_cuda and (torch.cuda.is_available() or _flag("FORCE_CUDA"))
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"] + openmp
+    # No -std flag: torch's BuildExtension adds the standard its headers need (C++20 for torch >= 2.10);
+    # forcing c++17 gives warnings in c10 headers and breaks with newer ones.
+    cxx = ["-O3", "-fno-math-errno", "-ffp-contract=off"] + openmp
     define_macros = []
     kwargs = dict(
         name="yoda_kernels._C",
@@ -38,7 +40,7 @@ def extensions():
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("WITH_CUDA", None))
-        nvcc = ["-O3", "-std=c++17", "--fmad=false", "-lineinfo"]
+        nvcc = ["-O3", "--fmad=false", "-lineinfo"]
         ext = CUDAExtension(sources=sources, define_macros=define_macros,
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:

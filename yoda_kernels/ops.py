@@ -66,7 +66,7 @@ for _op in OPS:
 
 @torch.library.register_fake("yoda::masked_step")
 def _(x, model_out, c, A, tile_max, tile_min, tau, coefs, clip, seed, step, noise, tile):
-    return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=naive._memory_format(x))
 
 
 @torch.library.register_fake("yoda::tile_stats")
@@ -78,7 +78,7 @@ def _(A, tile):
 
 @torch.library.register_fake("yoda::masked_q_sample")
 def _(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau):
-    return torch.empty_like(x0)
+    return torch.empty_like(x0, memory_format=naive._memory_format(x0))
 
 
 def _triton_module():

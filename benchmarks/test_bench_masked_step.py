@@ -1,0 +1,165 @@
+"""masked_step benchmark: every backend at three sizes and three active fractions; correctness first, then
+time; effective bandwidth from the minimal byte count (STYLE.md §9).
+
+    pytest benchmarks/ --benchmark-only                      # all (CPU: naive and cpp)
+    pytest benchmarks/ --benchmark-only -k "cpp and 1024"    # a subset
+
+Minimal bytes of one step (fp32 state, Philox noise, nothing else is needed):
+    active pixel:   read x and model_out, write out          3 x C x 4 bytes
+    inactive pixel: read c, write out                         2 x C x 4 bytes
+    mixed tiles:    + A, once per pixel (not per channel)     4 bytes
+tile_max / tile_min are computed once per sampling run (A is fixed) and passed in, so not counted.
+The attention is a coherent blob (yoda_kernels.testing.blob_attention), thresholded at the quantile that
+activates the wanted fraction of pixels -- as real attention maps are, not random pixels.
+
+On CPU the naive reference is timed with one round (it takes seconds at 4x3x1024^2: its Philox runs in
+int64 tensor ops); the C++ kernel with several. test_cpp_speedup_over_naive records the ratio at
+4x3x1024^2 (target >= 4x on the 2-core development machine).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import yoda_kernels as yk
+from yoda_kernels import naive
+from yoda_kernels import testing as T
+
+SHAPES = ((1, 3, 512, 512), (4, 3, 1024, 1024), (16, 4, 128, 128))
+FRACTIONS = (0.0, 0.5, 1.0)
+TILE = 16
+SEED, STEP = 7, 3
+COEFS = yk.step_coefficients(0.3, 0.45, prediction="eps", sampler="ddpm")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+_naive_out: dict = {}  # (shape, fraction) -> naive output (the correctness oracle, computed once)
+_times: dict = {}  # (backend, shape, fraction) -> mean seconds
+
+
+def _backends():
+    have = yk.available_backends(DEVICE)
+    out = [b for b in ("naive", "cpp", "cuda", "triton") if b in have]
+    if DEVICE == "cpu":
+        out = [b for b in out if b != "triton"]  # the Triton interpreter is not a performance backend
+    else:
+        out.append("compile-naive")  # torch.compile of the reference: what fusion alone gives
+    return out
+
+
+_inputs_cache: dict = {}
+
+
+def _inputs(shape, fraction):
+    key = (shape, fraction)
+    if key not in _inputs_cache:
+        _inputs_cache.clear()  # keep one size in memory (4x3x1024^2 fp32 is 50 MB per tensor)
+        g = torch.Generator().manual_seed(0)
+        B, C, H, W = shape
+        x, out, c = (torch.randn(shape, generator=g).to(DEVICE) for _ in range(3))
+        A = T.blob_attention(B, H, W, device=DEVICE)
+        tau = T.tau_for_fraction(A, fraction)
+        stats = yk.tile_stats(A, TILE)
+        _inputs_cache[key] = (x, out, c, A, tau, stats)
+    return _inputs_cache[key]
+
+
+def minimal_bytes(x, A, tau, stats) -> int:
+    """The bytes a step must move (module docstring)."""
+    B, C, H, W = x.shape
+    s = x.element_size()
+    active = int((A >= torch.tensor(tau, dtype=torch.float32)).sum())
+    inactive = B * H * W - active
+    tmax, tmin = stats
+    mixed_tiles = (tmax >= tau) & ~(tmin >= tau)
+    # pixels of mixed tiles (ragged edge tiles counted by their true size)
+    rows = torch.full((tmax.shape[1],), TILE)
+    rows[-1] = H - TILE * (tmax.shape[1] - 1)
+    cols = torch.full((tmax.shape[2],), TILE)
+    cols[-1] = W - TILE * (tmax.shape[2] - 1)
+    area = rows.view(-1, 1) * cols.view(1, -1)
+    mixed_px = int((mixed_tiles.cpu() * area).sum())
+    return active * C * 3 * s + inactive * C * 2 * s + mixed_px * A.element_size()
+
+
+def _run(backend, x, out, c, A, tau, stats):
+    if backend == "compile-naive":
+        fn = _compiled_naive()
+        return fn(x, out, c, A, stats[0], stats[1], tau, COEFS, False, SEED, STEP, None, TILE)
+    return yk.masked_step(x, out, c, A, tau, coefs=COEFS, seed=SEED, step=STEP, tile=TILE, stats=stats,
+                          backend=backend)
+
+
+_compiled = None
+
+
+def _compiled_naive():
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(naive.masked_step, dynamic=False)
+    return _compiled
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reference(shape, fraction, x, out, c, A, tau, stats):
+    key = (shape, fraction)
+    if key not in _naive_out:
+        _naive_out[key] = _run("naive", x, out, c, A, tau, stats)
+    return _naive_out[key]
+
+
+def _check(backend, got, ref):
+    """Correctness before timing: the tolerance rule's noise term (outputs here are O(1); the normals of
+    two backends differ by <= 1e-6, the rest is float32 rounding in the same operation order)."""
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    err = (got.double() - ref.double()).abs().max().item()
+    assert err <= 4 * T.NOISE_ATOL, f"{backend}: max |out - naive| = {err:.3g}"
+
+
+@pytest.mark.parametrize("fraction", FRACTIONS, ids=lambda f: f"active{int(f * 100)}")
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("backend", _backends())
+def test_masked_step(benchmark, backend, shape, fraction):
+    x, out, c, A, tau, stats = _inputs(shape, fraction)
+    ref = _reference(shape, fraction, x, out, c, A, tau, stats)
+    if backend != "naive":
+        _check(backend, _run(backend, x, out, c, A, tau, stats), ref)  # also warms up (compiles) the backend
+
+    def once():
+        y = _run(backend, x, out, c, A, tau, stats)
+        _sync()
+        return y
+
+    slow = backend == "naive" and DEVICE == "cpu"
+    benchmark.pedantic(once, rounds=1 if slow else 5, iterations=1, warmup_rounds=0 if slow else 1)
+    mean = benchmark.stats.stats.mean
+    _times[(backend, shape, fraction)] = mean
+    nbytes = minimal_bytes(x, A, tau, stats)
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name() if DEVICE == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+        active_fraction=fraction,
+        minimal_bytes=nbytes,
+        effective_GBps=round(nbytes / mean / 1e9, 3),
+    )
+
+
+@pytest.mark.skipif(DEVICE != "cpu" or "cpp" not in yk.available_backends("cpu"), reason="CPU C++ kernel only")
+def test_cpp_speedup_over_naive(benchmark):
+    """C++ / naive speed ratio at 4x3x1024^2, half the pixels active (target >= 4x on 2 cores)."""
+    shape, fraction = (4, 3, 1024, 1024), 0.5
+    x, out, c, A, tau, stats = _inputs(shape, fraction)
+    t_naive = _times.get(("naive", shape, fraction))
+    if t_naive is None:
+        t0 = time.perf_counter()
+        _reference(shape, fraction, x, out, c, A, tau, stats)
+        t_naive = time.perf_counter() - t0
+    benchmark.pedantic(lambda: _run("cpp", x, out, c, A, tau, stats), rounds=5, iterations=1, warmup_rounds=1)
+    ratio = t_naive / benchmark.stats.stats.mean
+    benchmark.extra_info.update(naive_s=round(t_naive, 4), speedup=round(ratio, 2))
+    assert ratio >= 4.0, f"C++ is only {ratio:.1f}x faster than naive (target >= 4x)"

@@ -1,0 +1,280 @@
+// CPU kernel of torch.ops.yoda.masked_step: one fused YODA reverse step (DESIGN.md §5, §8), one pass.
+//
+// x, model_out, c (and noise if given): (B, C, H, W), one dtype (fp32/fp16/bf16), any strides (contiguous
+// and channels-last both run; the output takes x's layout as yoda_kernels.naive does). A: (B, 1, H, W) or
+// (B, H, W), any float dtype, or absent (every pixel active). tile_max / tile_min: float32
+// (B, ceil(H/tile), ceil(W/tile)) from tile_stats, computed here if absent. Arithmetic is float32 in the
+// order of csrc/step.h (= naive.py), so on the same noise the result equals the reference bit for bit.
+//
+// Work split: one OpenMP task (at::parallel_for) per (image b, row of tiles ty). Inside, for each channel
+// and each group of 4 rows, the row of tiles is swept left to right (sequential memory for contiguous
+// tensors) and each tile segment is handled by its class:
+//   inactive (tile_max < tau):  out = la * c + lb * z              -- reads c only
+//   full     (tile_min >= tau): out = sr(x, model_out, z)          -- does not read A
+//   mixed:                      A read per pixel, sr or lr
+// One Philox call gives the normals of 4 vertically adjacent pixels (philox.h), so a 4-row group of a tile
+// segment of width n costs n Philox calls; noise is skipped entirely when sigma == lb == 0.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "step.h"
+
+namespace yoda {
+
+// Defined in csrc/cpu/tile_stats.cpp.
+std::tuple<at::Tensor, at::Tensor> tile_stats_cpu(const at::Tensor& A, int64_t tile);
+void check_tile(int64_t tile);
+void check_attention(const at::Tensor& A, const char* name);
+
+namespace {
+
+constexpr int64_t kMaxTile = 32;
+
+struct Strides4 {
+  int64_t b, c, h, w;
+};
+
+inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+struct StepArgs {
+  const void *x, *o, *c, *noise, *A;  // noise / A may be null
+  void* out;
+  Strides4 sx, so, sc, sn, sout;
+  int64_t a_sb, a_sh, a_sw;
+  const float *tmax, *tmin;  // (B, TY, TX) contiguous, null when A is null
+  int64_t B, C, H, W, tile;
+  float tau;
+  StepCoefs k;
+  bool clip, need_noise;
+  uint32_t seed, step;
+};
+
+// kUnitW: x, model_out, c, out (and noise) all have W-stride 1 (contiguous layout): the inner loops become
+// unit-stride and vectorise; channels-last takes the strided instantiation.
+template <typename scalar_t, typename a_t, bool kUnitW>
+void masked_step_kernel(const StepArgs& p) {
+  const scalar_t* X = static_cast<const scalar_t*>(p.x);
+  const scalar_t* O = static_cast<const scalar_t*>(p.o);
+  const scalar_t* Cc = static_cast<const scalar_t*>(p.c);
+  const scalar_t* N = static_cast<const scalar_t*>(p.noise);
+  const a_t* A = static_cast<const a_t*>(p.A);
+  scalar_t* Out = static_cast<scalar_t*>(p.out);
+  const int64_t B = p.B, C = p.C, H = p.H, W = p.W, tile = p.tile;
+  const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
+  const int64_t wx = kUnitW ? 1 : p.sx.w, wo = kUnitW ? 1 : p.so.w, wc = kUnitW ? 1 : p.sc.w;
+  const int64_t wn = kUnitW ? 1 : p.sn.w, wout = kUnitW ? 1 : p.sout.w, wa = p.a_sw;
+  const StepCoefs k = p.k;
+  const float tau = p.tau;
+  const bool clip = p.clip;
+
+  at::parallel_for(0, B * TY, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int> kind(TX);
+    alignas(64) float z[4][kMaxTile];
+    alignas(64) uint32_t words[4][kMaxTile];
+    if (!p.need_noise) std::memset(z, 0, sizeof(z));  // z = 0 exactly: both branches drop their noise term
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / TY, ty = item % TY;
+      const int64_t y0 = ty * tile, y1 = std::min(H, y0 + tile);
+      for (int64_t tx = 0; tx < TX; ++tx) {
+        const int64_t t = (b * TY + ty) * TX + tx;
+        kind[tx] = A ? classify_tile(p.tmax[t], p.tmin[t], tau) : kTileFull;
+      }
+      for (int64_t ch = 0; ch < C; ++ch) {
+        for (int64_t yg = y0; yg < y1; yg += 4) {  // yg % 4 == 0 since tile % 4 == 0: a Philox group
+          const int nl = static_cast<int>(std::min<int64_t>(4, y1 - yg));
+          for (int64_t tx = 0; tx < TX; ++tx) {
+            const int64_t xs = tx * tile, n = std::min(tile, W - xs);
+            if (p.need_noise) {
+              if (N) {
+                for (int l = 0; l < nl; ++l) {
+                  const scalar_t* row = N + b * p.sn.b + ch * p.sn.c + (yg + l) * p.sn.h + xs * p.sn.w;
+                  for (int64_t i = 0; i < n; ++i) z[l][i] = static_cast<float>(row[i * wn]);
+                }
+              } else {
+                // Integer Philox first (a loop the compiler can vectorise), then Box-Muller (libm calls).
+                const uint32_t g0 = noise_counter(b, ch, yg, xs, C, H, W);
+                for (int64_t i = 0; i < n; ++i) {
+                  const Philox4 r = philox_yoda(p.seed, p.step, g0 + static_cast<uint32_t>(i));
+                  words[0][i] = r.v[0];
+                  words[1][i] = r.v[1];
+                  words[2][i] = r.v[2];
+                  words[3][i] = r.v[3];
+                }
+                for (int64_t i = 0; i < n; ++i)
+                  box_muller(uint_to_uniform(words[0][i]), uint_to_uniform(words[1][i]), z[0][i], z[1][i]);
+                if (nl > 2)  // a ragged last group of 1 or 2 rows needs only the first pair
+                  for (int64_t i = 0; i < n; ++i)
+                    box_muller(uint_to_uniform(words[2][i]), uint_to_uniform(words[3][i]), z[2][i], z[3][i]);
+              }
+            }
+            for (int l = 0; l < nl; ++l) {
+              const int64_t y = yg + l;
+              scalar_t* orow = Out + b * p.sout.b + ch * p.sout.c + y * p.sout.h + xs * p.sout.w;
+              const float* zl = z[l];
+              if (kind[tx] == kTileInactive) {
+                const scalar_t* crow = Cc + b * p.sc.b + ch * p.sc.c + y * p.sc.h + xs * p.sc.w;
+                for (int64_t i = 0; i < n; ++i)
+                  orow[i * wout] = static_cast<scalar_t>(step_lr(k, static_cast<float>(crow[i * wc]), zl[i]));
+                continue;
+              }
+              const scalar_t* xrow = X + b * p.sx.b + ch * p.sx.c + y * p.sx.h + xs * p.sx.w;
+              const scalar_t* mrow = O + b * p.so.b + ch * p.so.c + y * p.so.h + xs * p.so.w;
+              if (kind[tx] == kTileFull) {
+                for (int64_t i = 0; i < n; ++i)
+                  orow[i * wout] = static_cast<scalar_t>(
+                      step_sr(k, static_cast<float>(xrow[i * wx]), static_cast<float>(mrow[i * wo]), zl[i], clip));
+              } else {
+                const scalar_t* crow = Cc + b * p.sc.b + ch * p.sc.c + y * p.sc.h + xs * p.sc.w;
+                const a_t* arow = A + b * p.a_sb + y * p.a_sh + xs * wa;
+                for (int64_t i = 0; i < n; ++i) {
+                  const float sr =
+                      step_sr(k, static_cast<float>(xrow[i * wx]), static_cast<float>(mrow[i * wo]), zl[i], clip);
+                  const float lr = step_lr(k, static_cast<float>(crow[i * wc]), zl[i]);
+                  orow[i * wout] = static_cast<scalar_t>(is_active(static_cast<float>(arow[i * wa]), tau) ? sr : lr);
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Calls f(T{}) for T in {float, c10::Half, c10::BFloat16} matching t (the dtypes the ops accept).
+template <typename F>
+void dispatch_float3(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: f(float{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    case at::kBFloat16: f(c10::BFloat16{}); break;
+    default: TORCH_CHECK(false, "yoda: unsupported dtype ", t);
+  }
+}
+
+bool is_float_type(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
+
+void check_state(const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.dim() == 4, "yoda::masked_step: ", name, " must be 4-D (B, C, H, W), got shape ", t.sizes());
+  TORCH_CHECK(is_float_type(t.scalar_type()), "yoda::masked_step: ", name,
+              " must be float32, float16 or bfloat16, got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), "yoda::masked_step (CPU): ", name, " must be on the CPU, got ", t.device());
+  TORCH_CHECK(t.sizes() == x.sizes(), "yoda::masked_step: ", name, " must have the shape of x ", x.sizes(), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "yoda::masked_step: ", name, " has dtype ", t.scalar_type(),
+              " but x has ", x.scalar_type());
+}
+
+at::MemoryFormat output_format(const at::Tensor& x) {
+  // naive.py's rule: channels-last output only for a channels-last (and not also contiguous) x.
+  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
+  return at::MemoryFormat::Contiguous;
+}
+
+at::Tensor checked_stats(const at::Tensor& t, const char* name, int64_t B, int64_t TY, int64_t TX, int64_t tile) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "yoda::masked_step: ", name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), "yoda::masked_step (CPU): ", name, " must be on the CPU, got ", t.device());
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == TY && t.size(2) == TX, "yoda::masked_step: ", name,
+              " must have shape (", B, ", ", TY, ", ", TX, ") = tile_stats(A, ", tile, "), got ", t.sizes());
+  return t.contiguous();
+}
+
+}  // namespace
+
+at::Tensor masked_step_cpu(const at::Tensor& x, const at::Tensor& model_out, const at::Tensor& c,
+                           const std::optional<at::Tensor>& A_opt, const std::optional<at::Tensor>& tile_max_opt,
+                           const std::optional<at::Tensor>& tile_min_opt, double tau, at::ArrayRef<double> coefs,
+                           bool clip, int64_t seed, int64_t step, const std::optional<at::Tensor>& noise_opt,
+                           int64_t tile) {
+  check_state("x", x, x);
+  check_state("model_out", model_out, x);
+  check_state("c", c, x);
+  check_tile(tile);
+  TORCH_CHECK(!std::isnan(tau), "yoda::masked_step: tau must not be NaN");
+  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == kNumCoefs, "yoda::masked_step: coefs must hold ", kNumCoefs,
+              " floats, got ", coefs.size());
+  for (double v : coefs) TORCH_CHECK(std::isfinite(v), "yoda::masked_step: coefs must be finite, got ", coefs);
+  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, "yoda::masked_step: seed must be in [0, 2**32 - 1], got ", seed);
+  TORCH_CHECK(step >= 0 && step <= 0x7FFFFFFFLL, "yoda::masked_step: step must be in [0, 2**31 - 1], got ", step);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(B * C * ((H + 3) / 4) * W < (int64_t(1) << 31), "yoda::masked_step: x of shape ", x.sizes(),
+              " is too large for the 32-bit noise counter");
+  const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
+
+  StepArgs p{};
+  p.k = make_step_coefs(coefs.data());
+  p.need_noise = step_needs_noise(p.k);
+  if (noise_opt.has_value()) check_state("noise", *noise_opt, x);
+  at::Tensor noise = p.need_noise && noise_opt.has_value() ? *noise_opt : at::Tensor();
+
+  at::Tensor A, tmax, tmin;
+  if (A_opt.has_value()) {
+    A = *A_opt;
+    check_attention(A, "A");
+    TORCH_CHECK(A.device().is_cpu(), "yoda::masked_step (CPU): A must be on the CPU, got ", A.device());
+    TORCH_CHECK(A.size(0) == B && A.size(-2) == H && A.size(-1) == W, "yoda::masked_step: A must be (", B, ", 1, ",
+                H, ", ", W, ") or (", B, ", ", H, ", ", W, "), got ", A.sizes());
+    TORCH_CHECK(tile_max_opt.has_value() == tile_min_opt.has_value(),
+                "yoda::masked_step: give both tile_max and tile_min or neither");
+    if (tile_max_opt.has_value()) {
+      tmax = checked_stats(*tile_max_opt, "tile_max", B, TY, TX, tile);
+      tmin = checked_stats(*tile_min_opt, "tile_min", B, TY, TX, tile);
+    } else {
+      std::tie(tmax, tmin) = tile_stats_cpu(A, tile);
+    }
+  }
+
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
+  if (out.numel() == 0) return out;
+
+  p.x = x.const_data_ptr();
+  p.o = model_out.const_data_ptr();
+  p.c = c.const_data_ptr();
+  p.noise = noise.defined() ? noise.const_data_ptr() : nullptr;
+  p.out = out.data_ptr();
+  p.sx = strides_of(x);
+  p.so = strides_of(model_out);
+  p.sc = strides_of(c);
+  p.sn = noise.defined() ? strides_of(noise) : Strides4{0, 0, 0, 1};
+  p.sout = strides_of(out);
+  if (A.defined()) {
+    p.A = A.const_data_ptr();
+    p.a_sb = A.stride(0);
+    p.a_sh = A.stride(-2);
+    p.a_sw = A.stride(-1);
+    p.tmax = tmax.const_data_ptr<float>();
+    p.tmin = tmin.const_data_ptr<float>();
+  }
+  p.B = B, p.C = C, p.H = H, p.W = W, p.tile = tile;
+  p.tau = static_cast<float>(tau);  // the reference compares A.float() >= float32(tau)
+  p.clip = clip;
+  p.seed = static_cast<uint32_t>(seed);
+  p.step = static_cast<uint32_t>(step);
+  const bool unit_w = p.sx.w == 1 && p.so.w == 1 && p.sc.w == 1 && p.sout.w == 1 && p.sn.w == 1;
+  const at::ScalarType a_type = A.defined() ? A.scalar_type() : at::kFloat;
+
+  // 3 state dtypes x 3 attention dtypes x 2 layouts (float64 is rejected above, so not instantiated).
+  dispatch_float3(x.scalar_type(), [&](auto state_tag) {
+    using state_t = decltype(state_tag);
+    dispatch_float3(a_type, [&](auto a_tag) {
+      using a_t = decltype(a_tag);
+      if (unit_w)
+        masked_step_kernel<state_t, a_t, true>(p);
+      else
+        masked_step_kernel<state_t, a_t, false>(p);
+    });
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(yoda, CPU, m) { m.impl("masked_step", &masked_step_cpu); }
+
+}  // namespace yoda

@@ -1,0 +1,377 @@
+"""masked_step: every backend against the naive reference over the device x dtype x shape x layout grid
+(yoda_kernels.testing), the plain DDPM / DDIM steps in float64 from the papers, the LR branch, the reads a
+tile class must not do, bad inputs, opcheck, torch.compile and the extension-missing fallback."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import yoda_kernels as yk
+from yoda_kernels import naive, ops, philox
+from yoda_kernels import testing as T
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """What a step looks like: attention kind, threshold, schedule point and parameterisation, noise."""
+
+    name: str
+    attention: str = "blob"  # "none" | "blob" | "random" | "blob3d_bf16" (A (B, H, W) in bfloat16)
+    fraction: float = 0.5  # of active pixels (tau from the attention's quantile)
+    ab_t: float = 0.3
+    ab_prev: float = 0.45
+    prediction: str = "eps"
+    sampler: str = "ddpm"
+    eta: float = 0.0
+    clip: bool = False
+    explicit_noise: bool = False
+    init: bool = False  # init_coefficients: x_T
+    tile: int = 16
+
+    def coefs(self):
+        if self.init:
+            return yk.init_coefficients(self.ab_t)
+        return yk.step_coefficients(
+            self.ab_t, self.ab_prev, prediction=self.prediction, sampler=self.sampler, eta=self.eta
+        )
+
+
+SCENARIOS = [
+    Scenario("plain-ddpm-eps", attention="none"),
+    Scenario("blob-ddim-v-clip-t8", prediction="v", sampler="ddim", eta=0.7, clip=True, tile=8),
+    Scenario("random-ddpm-x0-noise-t32", attention="random", prediction="x0", explicit_noise=True, tile=32),
+    Scenario("blob3d-bf16A-ddim0", attention="blob3d_bf16", sampler="ddim", fraction=0.3),
+    Scenario("blob-last-step", ab_t=0.98, ab_prev=1.0, fraction=0.8),  # sigma = lb = 0: no noise drawn
+    Scenario("blob-init", init=True, fraction=0.2),
+]
+# Every grid point runs the two richest scenarios; the others run on three representative points.
+GRID_SCENARIOS = {"blob-ddim-v-clip-t8", "random-ddpm-x0-noise-t32"}
+FEW_CASES = {
+    T.Case("cpu", torch.float32, (1, 3, 37, 53), "contiguous"),
+    T.Case("cpu", torch.float16, (2, 3, 33, 65), "channels_last"),
+    T.Case("cpu", torch.bfloat16, (1, 3, 37, 53), "strided"),
+}
+TRITON_SCENARIOS = {"plain-ddpm-eps", "blob-ddim-v-clip-t8", "random-ddpm-x0-noise-t32"}
+# The Triton interpreter costs ~2 s a call on this CPU: only these grid points run it there.
+TRITON_CPU_CASES = {
+    T.Case("cpu", torch.float32, (1, 3, 37, 53), "contiguous"),
+    T.Case("cpu", torch.bfloat16, (2, 4, 16, 16), "channels_last"),
+}
+
+
+def _params():
+    out = []
+    for case in T.grid():
+        for backend in T.backends_for(case):
+            for sc in SCENARIOS:
+                if case.device == "cpu" and sc.name not in GRID_SCENARIOS and case not in FEW_CASES:
+                    continue
+                if backend == "triton" and case.device == "cpu" and (
+                    case not in TRITON_CPU_CASES or sc.name not in TRITON_SCENARIOS
+                ):
+                    continue
+                out.append(pytest.param(case, backend, sc, id=f"{backend}-{case.id}-{sc.name}"))
+    return out
+
+
+def _inputs(case: T.Case, sc: Scenario, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x, out, c = T.randn(case, g), T.randn(case, g), T.randn(case, g, scale=0.5)
+    B, _, H, W = case.shape
+    if sc.attention == "none":
+        A, tau = None, 0.0
+    else:
+        A = T.blob_attention(B, H, W) if sc.attention != "random" else T.random_attention(B, H, W, g)
+        tau = T.tau_for_fraction(A, sc.fraction)
+        if sc.attention == "blob3d_bf16":
+            A = A[:, 0].to(torch.bfloat16)
+        A = A.to(case.device)
+    noise = T.randn(case, g) if sc.explicit_noise else None
+    return x, out, c, A, tau, noise
+
+
+@pytest.mark.parametrize("case, backend, sc", _params())
+def test_matches_reference(case, backend, sc):
+    x, out, c, A, tau, noise = _inputs(case, sc)
+    coefs = sc.coefs()
+    kw = dict(coefs=coefs, clip=sc.clip, seed=123, step=45, noise=noise, tile=sc.tile)
+    got = yk.masked_step(x, out, c, A, tau, backend=backend, **kw)
+    ref = yk.masked_step(x, out, c, A, tau, backend="naive", **kw)
+    z = noise.float() if noise is not None else T.reference_noise(case.shape, 123, 45, coefs)
+    ref64 = T.masked_step_f64(x, out, c, A, tau, coefs, sc.clip, z)
+    T.assert_within_reference_error(got, ref, ref64, atol=T.noise_atol(coefs, noise is not None), what=backend)
+    assert got.device == x.device
+    # memory format of x (naive's rule): channels-last in, channels-last out; otherwise contiguous
+    assert got.stride() == ref.stride()
+    if backend == "cpp" and (noise is not None or not yk.needs_noise(coefs)):
+        # same float32 operation order and same noise: the C++ kernel is the reference bit for bit
+        assert torch.equal(got, ref)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Closed forms in float64 (written from the papers, independently of yoda_kernels.coefs)
+# --------------------------------------------------------------------------------------------------------
+def _x0_eps_f64(prediction, x, out, ab):
+    """(x0, eps) from the model output: eps (Ho et al. 2020 eq. 4 inverted), x0, or v = sqrt(ab) eps -
+    sqrt(1 - ab) x0 (Salimans & Ho 2022, sec. 4)."""
+    sa, s1 = math.sqrt(ab), math.sqrt(1 - ab)
+    if prediction == "eps":
+        return (x - s1 * out) / sa, out
+    if prediction == "x0":
+        return out, (x - sa * out) / s1
+    return sa * x - s1 * out, s1 * x + sa * out
+
+
+def _ddpm_f64(prediction, x, out, z, ab_t, ab_prev):
+    """Ancestral DDPM step between ab_t and ab_prev (alpha_t = ab_t / ab_prev): posterior mean of
+    Ho et al. eq. 7, mu = sqrt(ab_prev) beta / (1 - ab_t) x0 + sqrt(alpha) (1 - ab_prev) / (1 - ab_t) x_t,
+    and the "fixed small" variance beta~ = (1 - ab_prev) / (1 - ab_t) beta (eq. 7); for eps predictions
+    the mean is written as eq. 11, (x_t - beta / sqrt(1 - ab_t) eps) / sqrt(alpha)."""
+    alpha = ab_t / ab_prev
+    beta = 1 - alpha
+    var = (1 - ab_prev) / (1 - ab_t) * beta
+    if prediction == "eps":
+        mean = (x - beta / math.sqrt(1 - ab_t) * out) / math.sqrt(alpha)
+    else:
+        x0, _ = _x0_eps_f64(prediction, x, out, ab_t)
+        mean = math.sqrt(ab_prev) * beta / (1 - ab_t) * x0 + math.sqrt(alpha) * (1 - ab_prev) / (1 - ab_t) * x
+    return mean + math.sqrt(var) * z
+
+
+def _ddim_f64(prediction, x, out, z, ab_t, ab_prev, eta):
+    """DDIM (Song et al. 2021, eq. 12 with sigma of eq. 16): x_prev = sqrt(ab_prev) x0 +
+    sqrt(1 - ab_prev - sigma^2) eps + sigma z, sigma = eta sqrt((1 - ab_prev)/(1 - ab_t)) sqrt(1 - ab_t/ab_prev)."""
+    x0, eps = _x0_eps_f64(prediction, x, out, ab_t)
+    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_prev)
+    return math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev - sigma**2) * eps + sigma * z
+
+
+CLOSED_FORMS = [
+    pytest.param(p, s, eta, id=f"{s}-{p}" + (f"-eta{eta}" if s == "ddim" else ""))
+    for p in ("eps", "x0", "v")
+    for s, eta in (("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0))
+]
+
+
+@pytest.mark.parametrize("prediction, sampler, eta", CLOSED_FORMS)
+@pytest.mark.parametrize("backend", [b for b in yk.available_backends("cpu") if b != "triton"])
+def test_tau_le_0_is_the_plain_sampler(backend, prediction, sampler, eta):
+    """tau <= 0 activates every pixel (A >= 0): the YODA step is the plain sampler step, bit for bit equal to
+    attention=None and equal to the float64 step from alpha_bar."""
+    case = T.Case("cpu", torch.float32, (2, 3, 37, 53))
+    g = torch.Generator().manual_seed(1)
+    x, out, c, z = (T.randn(case, g) for _ in range(4))
+    A = T.blob_attention(2, 37, 53)
+    ab_t, ab_prev = 0.3, 0.45
+    kw = dict(ab_t=ab_t, ab_prev=ab_prev, prediction=prediction, sampler=sampler, eta=eta, noise=z, backend=backend)
+    plain = yk.masked_step(x, out, c, None, **kw)
+    for tau in (0.0, -0.5):
+        assert torch.equal(yk.masked_step(x, out, c, A, tau, **kw), plain)
+    f = _ddpm_f64 if sampler == "ddpm" else lambda *a: _ddim_f64(*a, eta)
+    want = f(prediction, x.double(), out.double(), z.double(), ab_t, ab_prev)
+    # |values| <= ~10 here: 2e-5 is ~20 float32 ulps of the largest term, far below any coefficient error
+    torch.testing.assert_close(plain.double(), want, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", [b for b in yk.available_backends("cpu") if b != "triton"])
+def test_tau_above_1_is_the_lr_branch(backend):
+    """tau > 1 > max(A): every pixel takes sqrt(ab_prev) c + sqrt(1 - ab_prev) z (float64 from alpha_bar),
+    and x / model_out are not needed at all (NaN there must not leak)."""
+    case = T.Case("cpu", torch.float32, (1, 3, 37, 53))
+    g = torch.Generator().manual_seed(2)
+    c = T.randn(case, g)
+    x = torch.full(case.shape, float("nan"))
+    A = T.blob_attention(1, 37, 53)
+    ab_prev = 0.45
+    got = yk.masked_step(x, x, c, A, 1.5, ab_t=0.3, ab_prev=ab_prev, seed=7, step=3, backend=backend)
+    z = philox.noise(7, 3, case.shape).double()
+    want = math.sqrt(ab_prev) * c.double() + math.sqrt(1 - ab_prev) * z
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=4e-6)  # 1e-6 noise + float32 rounding
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reads a tile class must not do (DESIGN.md §8), on the fused backends through the raw op
+# --------------------------------------------------------------------------------------------------------
+FUSED = [b for b in yk.available_backends("cpu") if b in ("cpp", "triton")]
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_tile_classes_skip_reads(backend):
+    """NaN planted where a tile class must not read: x / model_out in inactive tiles, A in full tiles.
+    The result must equal the clean run."""
+    B, C, H, W, tile = 1, 3, 37, 53, 8
+    g = torch.Generator().manual_seed(3)
+    x, out, c = (torch.randn(B, C, H, W, generator=g) for _ in range(3))
+    A = T.blob_attention(B, H, W)
+    tau = T.tau_for_fraction(A, 0.4)
+    tmax, tmin = naive.tile_stats(A, tile)
+    coefs = yk.step_coefficients(0.3, 0.45)
+    op = ops._impl("masked_step", backend)
+    clean = op(x, out, c, A, tmax, tmin, tau, coefs, False, 1, 2, None, tile)
+    inactive = (tmax < tau).repeat_interleave(tile, 1).repeat_interleave(tile, 2)[:, :H, :W].unsqueeze(1)
+    full = (tmin >= tau).repeat_interleave(tile, 1).repeat_interleave(tile, 2)[:, :H, :W].unsqueeze(1)
+    assert inactive.any() and full.any() and not (inactive | full).all()  # all three classes present
+    xn, on = x.masked_fill(inactive, float("nan")), out.masked_fill(inactive, float("nan"))
+    An = A.masked_fill(full, float("nan"))
+    dirty = op(xn, on, c, An, tmax, tmin, tau, coefs, False, 1, 2, None, tile)
+    assert torch.equal(dirty, clean)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------------------
+def _good(shape=(1, 3, 16, 20)):
+    g = torch.Generator().manual_seed(4)
+    x, out, c = (torch.randn(shape, generator=g) for _ in range(3))
+    return x, out, c, torch.rand(shape[0], 1, *shape[2:], generator=g)
+
+
+BAD = [
+    ("model_out-shape", lambda x, o, c, A: dict(model_out=o[:, :2]), ValueError, "model_out"),
+    ("c-dtype", lambda x, o, c, A: dict(c=c.double()), TypeError, "c "),
+    ("x-int", lambda x, o, c, A: dict(x=x.int(), model_out=o.int(), c=c.int()), TypeError, "x must be float"),
+    ("x-3d", lambda x, o, c, A: dict(x=x[0]), ValueError, "x must be 4-D"),
+    ("A-shape", lambda x, o, c, A: dict(A=A[..., :-1]), ValueError, "A must be"),
+    ("A-device", lambda x, o, c, A: dict(A=A.to("meta")), ValueError, "A is on meta"),
+    ("c-device", lambda x, o, c, A: dict(c=c.to("meta")), ValueError, "c is on meta"),
+    ("A-nan", lambda x, o, c, A: dict(A=A.index_fill(3, torch.tensor([5]), float("nan"))), ValueError, "A contains NaN"),
+    ("tile-12", lambda x, o, c, A: dict(tile=12), ValueError, "tile must be one of"),
+    ("tau-nan", lambda x, o, c, A: dict(tau=float("nan")), ValueError, "tau"),
+    ("noise-shape", lambda x, o, c, A: dict(noise=x[:, :1]), ValueError, "noise"),
+    ("seed-negative", lambda x, o, c, A: dict(seed=-1), ValueError, "seed"),
+    ("step-too-big", lambda x, o, c, A: dict(step=2**31), ValueError, "step"),
+    ("coefs-9", lambda x, o, c, A: dict(coefs=[0.0] * 9), ValueError, "coefs"),
+    ("coefs-inf", lambda x, o, c, A: dict(coefs=[math.inf] + [0.0] * 9), ValueError, "coefs"),
+    ("stats-shape", lambda x, o, c, A: dict(stats=naive.tile_stats(A, 8)), ValueError, "stats"),
+    ("no-schedule", lambda x, o, c, A: dict(ab_t=None), ValueError, "coefs or both ab_t"),
+]
+
+
+@pytest.mark.parametrize("backend", [b for b in yk.available_backends("cpu") if b != "triton"])
+@pytest.mark.parametrize("make, exc, match", [pytest.param(m, e, s, id=n) for n, m, e, s in BAD])
+def test_bad_input_names_the_argument(backend, make, exc, match):
+    x, o, c, A = _good()
+    kw = dict(x=x, model_out=o, c=c, A=A, tau=0.5, ab_t=0.3, ab_prev=0.45, backend=backend)
+    kw.update(make(x, o, c, A))
+    with pytest.raises(exc, match=match):
+        yk.masked_step(**kw)
+
+
+def test_unknown_backend():
+    x, o, c, A = _good()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        yk.masked_step(x, o, c, A, 0.5, ab_t=0.3, ab_prev=0.45, backend="fortran")
+
+
+CPP_BAD = [
+    ("model_out-shape", dict(model_out=lambda t: t[:, :, :8]), "model_out must have the shape of x"),
+    ("c-dtype", dict(c=lambda t: t.half()), "c has dtype"),
+    ("x-float64", dict(x=lambda t: t.double(), model_out=lambda t: t.double(), c=lambda t: t.double()),
+     "x must be float32, float16 or bfloat16"),
+    ("A-shape", dict(A=lambda t: t[:, :, :8]), "A must be"),
+    ("tile_max-shape", dict(tile_max=lambda t: t[:, :, :1]), "tile_max must have shape"),
+    ("tile_max-alone", dict(tile_min=lambda t: None), "both tile_max and tile_min"),
+    ("tile_min-dtype", dict(tile_min=lambda t: t.double()), "tile_min must be float32"),
+    ("noise-dtype", dict(noise=lambda t: t.half()), "noise has dtype"),
+    ("tile-24", dict(tile=lambda t: 24), "tile must be one of"),
+    ("coefs-3", dict(coefs=lambda t: [1.0, 2.0, 3.0]), "coefs must hold 10"),
+    ("seed", dict(seed=lambda t: 2**32), "seed must be in"),
+]
+
+
+@pytest.mark.skipif("cpp" not in yk.available_backends("cpu"), reason="C++ extension not built")
+@pytest.mark.parametrize("change, match", [pytest.param(c, m, id=n) for n, c, m in CPP_BAD])
+def test_cpp_op_checks_name_the_argument(change, match):
+    """The raw op (no Python validation in front) refuses bad input with a message naming the argument."""
+    x, o, c, A = _good()
+    tmax, tmin = naive.tile_stats(A, 16)
+    args = dict(x=x, model_out=o, c=c, A=A, tile_max=tmax, tile_min=tmin, tau=0.5,
+                coefs=yk.step_coefficients(0.3, 0.45), clip=False, seed=0, step=0, noise=torch.randn_like(x), tile=16)
+    for k, f in change.items():
+        args[k] = f(args[k])
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.yoda.masked_step(*args.values())
+
+
+# --------------------------------------------------------------------------------------------------------
+# torch.library integration
+# --------------------------------------------------------------------------------------------------------
+def _opcheck_args():
+    x, o, c, A = _good((2, 3, 19, 24))
+    tmax, tmin = naive.tile_stats(A, 8)
+    coefs = yk.step_coefficients(0.3, 0.45, prediction="v")
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    return [
+        pytest.param((x, o, c, A, tmax, tmin, 0.5, coefs, True, 1, 2, None, 8), id="A-stats-philox"),
+        pytest.param((x, o, c, None, None, None, 0.0, coefs, False, 1, 2, torch.randn_like(x), 16), id="plain-noise"),
+        pytest.param((cl(x), cl(o), cl(c), A[:, 0].half(), None, None, 0.3, coefs, False, 5, 6, None, 32),
+                     id="channels_last-A3d-no-stats"),
+    ]
+
+
+@pytest.mark.parametrize("args", _opcheck_args())
+def test_opcheck(args):
+    torch.library.opcheck(torch.ops.yoda.masked_step.default, args)
+
+
+def test_torch_compile_cpu():
+    """A compiled function around the op (fake kernel for tracing, the registered CPU kernel at run time)
+    equals eager."""
+    x, o, c, A = _good((1, 3, 16, 24))
+    tmax, tmin = naive.tile_stats(A, 8)
+    coefs = yk.step_coefficients(0.3, 0.45)
+
+    def step(x, o, c, A, tmax, tmin):
+        y = torch.ops.yoda.masked_step(x, o, c, A, tmax, tmin, 0.5, coefs, False, 3, 4, None, 8)
+        return y * 2.0 + 1.0
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x, o, c, A, tmax, tmin), step(x, o, c, A, tmax, tmin))
+
+
+def test_fallback_warns_once_without_extension():
+    """With yoda_kernels._C unimportable, importing yoda_kernels warns once, the reference serves the ops
+    and asking for the C++ backend says why it is missing."""
+    code = textwrap.dedent(
+        """
+        import importlib.abc, sys, warnings
+        class Hide(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "yoda_kernels._C":
+                    raise ImportError("hidden by the test")
+        sys.meta_path.insert(0, Hide())
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            import yoda_kernels, yoda_kernels.ops
+            import torch
+            x = torch.ones(1, 1, 8, 8)
+            y = yoda_kernels.masked_step(x, x, x, None, ab_t=0.5, ab_prev=1.0)
+            y = yoda_kernels.masked_step(x, x, x, None, ab_t=0.5, ab_prev=1.0)
+        msgs = [str(m.message) for m in w if issubclass(m.category, RuntimeWarning)]
+        assert len(msgs) == 1 and "compiled extension not available" in msgs[0], msgs
+        assert yoda_kernels.available_backends("cpu") == ["naive"] or "cpp" not in yoda_kernels.available_backends("cpu")
+        try:
+            yoda_kernels.masked_step(x, x, x, None, ab_t=0.5, ab_prev=1.0, backend="cpp")
+        except RuntimeError as e:
+            assert "hidden by the test" in str(e), e
+        else:
+            raise AssertionError("backend='cpp' did not raise")
+        print("OK", float(y.mean()))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # x = 1, eps = 1, ab_t = 0.5, last step: x0 = (1 - sqrt(.5)) / sqrt(.5) = sqrt(2) - 1
+    assert r.stdout.startswith("OK") and abs(float(r.stdout.split()[1]) - (math.sqrt(2) - 1)) < 1e-6

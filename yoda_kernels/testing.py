@@ -1,0 +1,230 @@
+"""The device x dtype x shape grid of the op tests, the input builders and the tolerance rule, in one place
+(as torch_scatter/testing.py does; STYLE.md §7, §8).
+
+Grid
+    DEVICES      "cpu", plus "cuda" when a GPU is visible
+    DTYPES       float32, float16, bfloat16
+    SHAPES       (B, C, H, W): odd sizes (37x53: neither H nor W a multiple of 4 or of any tile; 5x7 smaller
+                 than one tile; 33x65: one pixel past a tile edge), plus powers of two
+    LAYOUTS      "contiguous", "channels_last", "strided" (every tensor a [..., ::2] view of a wider one)
+    backends     yoda_kernels.available_backends(device) minus "naive"; the Triton interpreter on CPU is
+                 slow (~seconds per call), so it only runs the SMALL shapes
+
+Tolerance rule (flash-attention's tests/test_flash_attn.py): every backend computes in float32 from the
+same inputs; against a float64 evaluation of the same equation,
+
+    max|backend - ref64|  <=  K * max|naive - ref64|  +  atol
+
+where naive is the reference in the same dtype. K = 2 leaves room for one extra float32 rounding of an
+intermediate (e.g. numpy vs ATen in the Triton interpreter) and for a result that rounds to the other
+neighbour in fp16/bf16 when the two backends' float32 values differ by one ulp. atol covers only the
+noise: the normals of different backends agree to NOISE_ATOL (libm / Sleef / CUDA logf, cosf, sinf differ
+in the last bit, DESIGN.md §9), which enters the output multiplied by sigma or lb; with an explicit noise
+tensor atol is 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from . import ops, philox
+
+DEVICES: tuple[str, ...] = ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+LAYOUTS = ("contiguous", "channels_last", "strided")
+SHAPES = ((1, 3, 37, 53), (2, 4, 16, 16), (1, 2, 5, 7), (2, 3, 33, 65), (1, 3, 64, 96))
+SMALL_SHAPES = ((1, 3, 37, 53), (2, 4, 16, 16))  # what the Triton interpreter runs
+NOISE_ATOL = 1e-6  # |normal_backend - normal_reference| bound (DESIGN.md §9)
+K_REF = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One point of the grid: where, in what dtype, what size and which memory layout."""
+
+    device: str
+    dtype: torch.dtype
+    shape: tuple[int, int, int, int]
+    layout: str = "contiguous"
+
+    @property
+    def id(self) -> str:
+        return f"{self.device}-{DTYPE_IDS[self.dtype]}-{'x'.join(map(str, self.shape))}-{self.layout}"
+
+
+def grid(
+    devices: Sequence[str] = DEVICES,
+    dtypes: Sequence[torch.dtype] = DTYPES,
+    shapes: Sequence[tuple[int, int, int, int]] = SHAPES,
+    layouts: Sequence[str] = LAYOUTS,
+) -> list[Case]:
+    return [Case(d, t, s, l) for d in devices for t in dtypes for s in shapes for l in layouts]
+
+
+def case_params(cases: Sequence[Case]):
+    """pytest.param list with readable ids (imported lazily: pytest is a test-only dependency)."""
+    import pytest
+
+    return [pytest.param(c, id=c.id) for c in cases]
+
+
+def backends_for(case: Case) -> list[str]:
+    """The non-reference backends that run ``case``: the Triton interpreter only on SMALL_SHAPES."""
+    out = [b for b in ops.available_backends(case.device) if b != "naive"]
+    if case.device == "cpu" and case.shape not in SMALL_SHAPES:
+        out = [b for b in out if b != "triton"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Input builders
+# --------------------------------------------------------------------------------------------------------
+def with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as ``t`` in the given memory layout (a copy)."""
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # W-stride 2: neither contiguous nor channels-last
+        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        wide[..., ::2] = t
+        wide[..., 1::2] = float("nan")  # a kernel that reads the gaps poisons its output
+        return wide[..., ::2]
+    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def randn(case: Case, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """A (B, C, H, W) normal tensor in the case's dtype, device and layout."""
+    t = torch.randn(case.shape, generator=gen, dtype=torch.float32) * scale
+    return with_layout(t.to(device=case.device, dtype=case.dtype), case.layout)
+
+
+def blob_attention(B: int, H: int, W: int, device="cpu") -> torch.Tensor:
+    """(B, 1, H, W) attention in [0, 1]: a smooth radial bump per image, min-max normalised (coherent
+    regions, as real attention maps are), so that a threshold gives inactive, mixed and full tiles together.
+    Use :func:`tau_for_fraction` for the threshold that activates a given fraction of the pixels."""
+    yy = torch.linspace(-1.0, 1.0, H, dtype=torch.float64).view(H, 1)
+    xx = torch.linspace(-1.0, 1.0, W, dtype=torch.float64).view(1, W)
+    maps = []
+    for b in range(B):
+        cy, cx = 0.3 * math.sin(1.7 * b + 0.5), 0.3 * math.cos(2.3 * b + 0.5)
+        maps.append(torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.6))
+    A = torch.stack(maps).unsqueeze(1)
+    lo, hi = A.amin(dim=(2, 3), keepdim=True), A.amax(dim=(2, 3), keepdim=True)
+    return ((A - lo) / (hi - lo).clamp_min(1e-12)).to(torch.float32).to(device)
+
+
+def tau_for_fraction(A: torch.Tensor, fraction: float) -> float:
+    """A threshold at which about ``fraction`` of the pixels of A are active (A >= tau): 0 -> above max(A),
+    1 -> 0 (every pixel)."""
+    if fraction <= 0.0:
+        return float(A.max()) + 1.0
+    if fraction >= 1.0:
+        return 0.0
+    return float(torch.quantile(A.detach().float().flatten().cpu(), 1.0 - fraction))
+
+
+def random_attention(B: int, H: int, W: int, gen: torch.Generator, device="cpu") -> torch.Tensor:
+    """(B, 1, H, W) i.i.d. uniform attention: almost every tile is mixed at a mid threshold."""
+    return torch.rand((B, 1, H, W), generator=gen).to(device)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Float64 oracle and the tolerance rule
+# --------------------------------------------------------------------------------------------------------
+def masked_step_f64(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    c: torch.Tensor,
+    A: Optional[torch.Tensor],
+    tau: float,
+    coefs: Sequence[float],
+    clip: bool,
+    z: torch.Tensor,
+) -> torch.Tensor:
+    """naive.masked_step's equation in float64 with float64 coefficients (the exact value that every
+    float32 backend approximates). z: the (B, C, H, W) noise the backends drew (or 0 when none is drawn)."""
+    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb = (float(v) for v in coefs)
+    xd, od, cd, zd = (t.detach().to("cpu", torch.float64) for t in (x, model_out, c, z))
+    x0 = k1 * xd + k2 * od
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+    eps = e1 * xd + e2 * od
+    sr = cx0 * x0 + cx * xd + ceps * eps + sigma * zd
+    if A is None:
+        return sr
+    Af = A.detach().to("cpu", torch.float32)
+    Af = Af.unsqueeze(1) if Af.dim() == 3 else Af
+    lr = la * cd + lb * zd
+    return torch.where(Af >= torch.tensor(tau, dtype=torch.float32), sr, lr)
+
+
+def max_err(out: torch.Tensor, ref64: torch.Tensor) -> float:
+    """max |out - ref64| over the elements (NaN counts as infinite error)."""
+    d = (out.detach().to("cpu", torch.float64) - ref64).abs()
+    return float("inf") if torch.isnan(d).any() else float(d.max()) if d.numel() else 0.0
+
+
+def assert_within_reference_error(
+    out: torch.Tensor, naive_out: torch.Tensor, ref64: torch.Tensor, *, atol: float = 0.0, k: float = K_REF,
+    what: str = "backend",
+) -> None:
+    """The flash-attention rule of the module docstring; also checks dtype, shape and values' finiteness."""
+    assert out.dtype == naive_out.dtype, f"{what}: dtype {out.dtype} != reference dtype {naive_out.dtype}"
+    assert out.shape == naive_out.shape, f"{what}: shape {tuple(out.shape)} != {tuple(naive_out.shape)}"
+    err, ref_err = max_err(out, ref64), max_err(naive_out, ref64)
+    assert err <= k * ref_err + atol, (
+        f"{what}: max error vs float64 {err:.3g} > {k} x naive's {ref_err:.3g} + atol {atol:.3g}"
+    )
+
+
+def noise_atol(coefs: Sequence[float], explicit_noise: bool) -> float:
+    """How far two backends' outputs may drift through the noise alone: NOISE_ATOL x the largest noise
+    coefficient (plus float32 rounding of that product), 0 for an explicit noise tensor."""
+    if explicit_noise:
+        return 0.0
+    return NOISE_ATOL * max(abs(float(coefs[7])), abs(float(coefs[9])))
+
+
+def reference_noise(shape, seed: int, step: int, coefs: Sequence[float]) -> torch.Tensor:
+    """The float32 (B, C, H, W) noise the naive reference draws on the CPU (zeros when the step draws none)."""
+    if coefs[7] == 0.0 and coefs[9] == 0.0:
+        return torch.zeros(shape, dtype=torch.float32)
+    return _philox_noise(seed, step, tuple(shape)).clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _philox_noise(seed: int, step: int, shape: tuple) -> torch.Tensor:
+    return philox.noise(seed, step, shape)  # the int64 reference is slow; tests reuse a few (seed, step, shape)
+
+
+__all__ = [
+    "Case",
+    "DEVICES",
+    "DTYPES",
+    "DTYPE_IDS",
+    "K_REF",
+    "LAYOUTS",
+    "NOISE_ATOL",
+    "SHAPES",
+    "SMALL_SHAPES",
+    "assert_within_reference_error",
+    "backends_for",
+    "blob_attention",
+    "case_params",
+    "grid",
+    "masked_step_f64",
+    "max_err",
+    "noise_atol",
+    "random_attention",
+    "randn",
+    "reference_noise",
+    "tau_for_fraction",
+    "with_layout",
+]
