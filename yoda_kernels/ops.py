@@ -111,12 +111,13 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+    if backend == "auto":  # without importing triton unless it is a candidate (the import takes seconds)
+        if device.type == "cuda":
+            return "cuda" if _CUDA else ("triton" if triton_available() else "naive")
+        return "cpp" if (device.type == "cpu" and _CPP) else "naive"
+    if backend == "naive" or (backend == "cpp" and device.type == "cpu" and _CPP):
+        return backend
     have = available_backends(device)
-    if backend == "auto":
-        for b in ("cuda", "triton", "cpp") if device.type == "cuda" else ("cpp",):
-            if b in have:
-                return b
-        return "naive"
     if backend not in have:
         why = f" ({extension_error})" if backend in ("cpp", "cuda") and extension_error else ""
         raise RuntimeError(f"backend {backend!r} is not available on device {device}{why}; available: {have}")

@@ -1,0 +1,99 @@
+"""Data sources, crops, the LR degradation and their errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from yoda import data
+
+
+def test_builtin_set_excludes_held_out():
+    assert not set(data.BUILTIN_TRAIN) & set(data.HELD_OUT)
+    assert "cat" not in data.BUILTIN_TRAIN  # skimage's cat() is chelsea
+    for name in ("camera", "motorcycle_left", "logo"):
+        a = data.builtin_image(name)
+        assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3
+    cam = data.builtin_image("camera")  # grey -> 3 equal channels
+    assert np.array_equal(cam[:, :, 0], cam[:, :, 2])
+    assert np.array_equal(data.builtin_image("cat"), data.builtin_image("chelsea"))
+    with pytest.raises(data.DataError, match="unknown built-in image 'nope'"):
+        data.builtin_image("nope")
+
+
+def test_folder_errors_name_the_file(tmp_path):
+    with pytest.raises(data.DataError, match="no PNG/JPEG images in folder"):
+        data.load_source(str(tmp_path))
+    with pytest.raises(data.DataError, match="not found"):
+        data.load_source(str(tmp_path / "missing"))
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(data.DataError, match="broken.jpg"):
+        data.load_source(str(tmp_path))
+    (tmp_path / "broken.jpg").unlink()
+    with pytest.raises(data.DataError, match=r"ok.png is 30x20, smaller than the crop size 24"):
+        data.load_source(str(tmp_path), min_size=24)
+    items = data.load_source(str(tmp_path), min_size=16)
+    assert [n.endswith("ok.png") for n, _ in items] == [True]
+
+
+def test_read_image_modes(tmp_path):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(grey, mode="L").save(tmp_path / "g.png")
+    a = data.read_image(str(tmp_path / "g.png"))
+    assert a.shape == (3, 4, 3) and np.array_equal(a[:, :, 1], grey)
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = [[255, 0], [0, 255]]  # transparent pixels become white
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    b = data.read_image(str(tmp_path / "a.png"))
+    assert b[0, 0].tolist() == [200, 0, 0] and b[0, 1].tolist() == [255, 255, 255]
+
+
+def test_make_lr_is_antialiased_bicubic_close_to_pillow():
+    a = data.builtin_image("astronaut")[:256, :256]
+    lr = data.make_lr(data.u8_to_tensor(a), 4)
+    assert lr.shape == (1, 3, 64, 64)
+    u = data.tensor_to_u8(lr)
+    # quantised: x = u / 127.5 - 1 exactly
+    assert torch.equal(lr, data.u8_to_tensor(u))
+    pil = np.asarray(Image.fromarray(a).resize((64, 64), Image.Resampling.BICUBIC)).astype(int)
+    d = np.abs(u.astype(int) - pil)
+    assert d.mean() < 0.5 and d.max() <= 6  # same Keys a = -0.5 filter; measured mean 0.1, max 4
+    # a constant image stays constant (the filter sums to one)
+    flat = torch.full((1, 3, 16, 16), 0.2)
+    assert torch.allclose(data.make_lr(flat, 4), torch.full((1, 3, 4, 4), round(1.2 * 127.5) / 127.5 - 1))
+    with pytest.raises(ValueError, match="not a multiple of scale 4"):
+        data.make_lr(torch.zeros(1, 3, 10, 12), 4)
+
+
+def test_crop_sampler_reproducible_and_in_range():
+    imgs = [("x", np.arange(40 * 50 * 3, dtype=np.int64).reshape(40, 50, 3).astype(np.uint8))]
+    s = data.CropSampler(imgs, 16)
+    a = s.sample(5, torch.Generator().manual_seed(0))
+    b = s.sample(5, torch.Generator().manual_seed(0))
+    assert a.shape == (5, 3, 16, 16) and torch.equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
+    # every crop is a (possibly flipped) window of the source image
+    src = data.u8_to_tensor(imgs[0][1])[0]
+    for c in a:
+        found = False
+        for fl in ([], [2], [1], [1, 2]):
+            cc = c.flip(fl) if fl else c
+            for y in range(40 - 16 + 1):
+                for x in range(50 - 16 + 1):
+                    if torch.equal(src[:, y : y + 16, x : x + 16], cc):
+                        found = True
+                        break
+                if found:
+                    break
+            if found:
+                break
+        assert found
+    with pytest.raises(data.DataError, match="smaller than the crop size 64"):
+        data.CropSampler(imgs, 64)
+
+
+def test_data_config_checks():
+    with pytest.raises(ValueError, match="crop"):
+        data.DataConfig(crop=30, scale=4)

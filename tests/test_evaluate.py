@@ -1,0 +1,81 @@
+"""Metrics against skimage / closed forms, the colour shift of a known tint, and evaluate()'s rows."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.color import rgb2lab
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from yoda.evaluate import EvalSettings, colour_shift, evaluate, markdown_table, psnr, ssim, summarize
+
+
+def rand_img(seed, shape=(24, 20, 3)):
+    return np.random.default_rng(seed).integers(20, 236, shape, dtype=np.uint8)
+
+
+def test_psnr_closed_form_and_skimage():
+    hr = rand_img(0)
+    sr = hr + np.uint8(5)  # values <= 240: no wrap-around; MSE = 25 exactly
+    assert psnr(sr, hr) == pytest.approx(20 * math.log10(255 / 5), abs=1e-9)
+    other = rand_img(1)
+    assert psnr(other, hr) == pytest.approx(peak_signal_noise_ratio(hr, other, data_range=255), abs=1e-12)
+    assert psnr(hr, hr) == math.inf
+
+
+def test_ssim_matches_skimage():
+    hr, sr = rand_img(2), rand_img(3)
+    want = structural_similarity(hr, sr, channel_axis=2, data_range=255)
+    assert ssim(sr, hr) == pytest.approx(want, abs=1e-12)
+    assert ssim(hr, hr) == pytest.approx(1.0, abs=1e-12)
+    assert ssim(sr, hr) < 0.2  # independent noise images are nearly uncorrelated
+
+
+def test_colour_shift_known_tints():
+    black = np.zeros((8, 8, 3), np.uint8)
+    white = np.full((8, 8, 3), 255, np.uint8)
+    cs = colour_shift(white, black)  # sRGB white is L = 100, black L = 0, both a = b = 0 (D65)
+    # skimage maps sRGB white to (100, -0.0025, 0.0047): its D65 white point is rounded
+    assert cs["L_shift"] == pytest.approx(100.0, abs=1e-3) and cs["ab_shift"] == pytest.approx(0.0, abs=1e-2)
+    grey = np.full((8, 8, 3), 128, np.uint8)
+    red = grey.copy()
+    red[..., 0] = 160  # a red tint of a grey image: positive a, b shift
+    cs = colour_shift(red, grey)
+    lab = rgb2lab(np.array([[[160, 128, 128]]], np.uint8))[0, 0] - rgb2lab(np.array([[[128, 128, 128]]], np.uint8))[0, 0]
+    assert cs["da"] == pytest.approx(lab[1], abs=1e-9) and cs["da"] > 5
+    assert cs["ab_shift"] == pytest.approx(math.hypot(lab[1], lab[2]), abs=1e-9)
+    # a tint on a textured image is recovered as the mean difference; zero-mean texture changes cancel
+    hr = rand_img(4)
+    tinted = hr.copy()
+    tinted[..., 2] = np.clip(hr[..., 2].astype(int) + 12, 0, 255).astype(np.uint8)
+    d = (rgb2lab(tinted) - rgb2lab(hr)).reshape(-1, 3).mean(0)
+    cs = colour_shift(tinted, hr)
+    assert cs["ab_shift"] == pytest.approx(math.hypot(d[1], d[2]), abs=1e-9) and cs["db"] < -3  # blue: b < 0
+    assert colour_shift(hr, hr)["ab_shift"] == 0.0
+
+
+def test_metric_input_errors():
+    with pytest.raises(ValueError, match="sr must be a uint8"):
+        psnr(np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="same shape"):
+        ssim(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8))
+
+
+def test_evaluate_rows_and_table():
+    from yoda.models.sr3 import SR3Config, SR3UNet
+    from yoda.schedule import Schedule
+
+    torch.manual_seed(0)
+    net = SR3UNet.from_config(SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
+                                        res_blocks=1, image_size=16, mid_attn=False, scale=4)).eval()
+    net.schedule = Schedule.linear(20, 1e-3, 0.2)
+    imgs = [("a", rand_img(5, (16, 16, 3))), ("b", rand_img(6, (20, 16, 3)))]
+    rows = evaluate(net, imgs, EvalSettings(steps=3, lower_bounds=(0.5,), attentions=("gaussian",)))
+    assert [(r["image"], r["method"]) for r in rows] == [
+        ("a", "bicubic"), ("a", "plain"), ("a", "yoda"), ("b", "bicubic"), ("b", "plain"), ("b", "yoda")]
+    assert [r["calls"] for r in rows] == [0, 3, 3, 0, 3, 3]
+    summ = summarize(rows)
+    assert len(summ) == 3 and summ[1]["psnr"] == pytest.approx((rows[1]["psnr"] + rows[4]["psnr"]) / 2)
+    table = markdown_table(summ)
+    assert table.splitlines()[0].startswith("| method | attention | l |") and "| yoda | gaussian | 0.5 | 2 |" in table

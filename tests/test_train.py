@@ -1,0 +1,265 @@
+"""Training loss (DESIGN.md §7) and the trainer: switches, plain-loss equality, masked averaging, resume."""
+
+import csv
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from yoda.schedule import Schedule
+from yoda.train import (
+    LossConfig,
+    TrainConfig,
+    Trainer,
+    diffusion_loss,
+    draw_noise_level,
+    space_tensors,
+    taus,
+)
+
+T = 10
+
+
+class TinyNet(torch.nn.Module):
+    """A conditioned 'denoiser' small enough to run instantly: conv over cat(up, x_t) + noise-level bias."""
+
+    def __init__(self, cin=6, cout=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = torch.nn.Linear(1, cout)
+
+    def forward(self, x, noise_level):
+        return self.conv(x) + self.emb(noise_level.view(-1, 1)).view(x.shape[0], -1, 1, 1)
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
+    c = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
+    noise = torch.randn(3, 3, 8, 8, generator=g)
+    A = torch.rand(3, 1, 8, 8, generator=g)
+    idx = torch.tensor([0, 5, 9])
+    sab = torch.tensor([0.99, 0.6, 0.1])
+    return x0, c, noise, A, idx, sab
+
+
+def ab():
+    return Schedule.linear(T, 1e-2, 0.3).alphas_cumprod
+
+
+def plain_sr3_loss(net, x0, up, noise, sab, kind="l1", target="eps"):
+    """The base model's loss written out by hand (Janspiry's SR3 p_losses with given t, gamma, noise)."""
+    g = sab.view(-1, 1, 1, 1)
+    x_noisy = g * x0 + (1 - g**2).sqrt() * noise
+    out = net(torch.cat([up, x_noisy], dim=1), sab.view(-1, 1))
+    tgt = noise if target == "eps" else x0
+    return (out - tgt).abs().mean() if kind == "l1" else F.mse_loss(out, tgt)
+
+
+def sr3_denoiser(net, up):
+    return lambda x_t, idx, sab: net(torch.cat([up, x_t], dim=1), sab.view(-1, 1))
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+@pytest.mark.parametrize("target", ["eps", "x0"])
+def test_switches_off_equal_plain_loss(batch, kind, target):
+    x0, up, noise, A, idx, sab = batch
+    net = TinyNet()
+    cfg = LossConfig(loss=kind, target=target)
+    want = plain_sr3_loss(net, x0, up, noise, sab, kind, target)
+    for attn in (None, A):  # an attention map given but unused must not change anything
+        got = diffusion_loss(sr3_denoiser(net, up), x0, up, attn, ab(), cfg, idx=idx, sqrt_ab=sab, noise=noise)
+        assert torch.equal(got.loss, want)
+        assert got.active_fraction == 1.0
+    # gradients flow to the model exactly as in the plain loss
+    net.zero_grad()
+    diffusion_loss(sr3_denoiser(net, up), x0, up, None, ab(), cfg, idx=idx, sqrt_ab=sab, noise=noise).loss.backward()
+    g1 = net.conv.weight.grad.clone()
+    net.zero_grad()
+    plain_sr3_loss(net, x0, up, noise, sab, kind, target).backward()
+    assert torch.equal(g1, net.conv.weight.grad)
+
+
+def test_masked_loss_counts_only_active_pixels():
+    # A: left half 1, right half 0. lower_bound 0.3 and idx 7 -> tau = 8/10 - 0.3 = 0.5: only the left half.
+    B, C, H, W = 2, 3, 4, 6
+    A = torch.zeros(B, 1, H, W)
+    A[..., : W // 2] = 1.0
+    x0 = torch.zeros(B, C, H, W)
+    noise = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(0))
+    err = torch.full((B, C, H, W), 100.0)
+    err[..., : W // 2] = 1.0  # |pred - eps| = 1 on active pixels, 100 on inactive ones
+    denoise = lambda x_t, idx, sab: noise + err  # noqa: E731
+    idx, sab = torch.tensor([7, 7]), torch.tensor([0.5, 0.5])
+    kw = dict(idx=idx, sqrt_ab=sab, noise=noise)
+    assert torch.allclose(taus(idx, T, 0.3), torch.tensor([0.5, 0.5]))
+    on = diffusion_loss(denoise, x0, x0, A, ab(), LossConfig(mask_loss=True, lower_bound=0.3), **kw)
+    assert on.loss.item() == pytest.approx(1.0, abs=1e-6)
+    assert on.active_fraction == 0.5
+    off = diffusion_loss(denoise, x0, x0, A, ab(), LossConfig(lower_bound=0.3), **kw)
+    assert off.loss.item() == pytest.approx(50.5, abs=1e-4)
+    # L2 over the active pixels: 1^2
+    l2 = diffusion_loss(denoise, x0, x0, A, ab(), LossConfig(mask_loss=True, loss="l2", lower_bound=0.3), **kw)
+    assert l2.loss.item() == pytest.approx(1.0, abs=1e-6)
+    # per-element tau: the second image at idx 2 has tau = 0.3 - 0.3 = 0 -> all its pixels count
+    mixed = diffusion_loss(denoise, x0, x0, A, ab(), LossConfig(mask_loss=True, lower_bound=0.3),
+                           idx=torch.tensor([7, 2]), sqrt_ab=sab, noise=noise)
+    n_active = 12 + 24  # image 0: left half (4x3); image 1: all 4x6
+    assert mixed.loss.item() == pytest.approx((12 * 1.0 + 12 * 1.0 + 12 * 100.0) / n_active, rel=1e-6)
+
+
+def test_masked_input_mixes_x0_and_c(batch):
+    x0, c, noise, A, idx, sab = batch
+    seen = {}
+
+    def denoise(x_t, i, s):
+        seen["x_t"] = x_t
+        return torch.zeros_like(x_t)
+
+    cfg = LossConfig(mask_input=True, lower_bound=0.6)
+    diffusion_loss(denoise, x0, c, A, ab(), cfg, idx=idx, sqrt_ab=sab, noise=noise)
+    tau = torch.tensor([(i + 1) / T - 0.6 for i in idx.tolist()], dtype=torch.float64)
+    s = sab.double().view(-1, 1, 1, 1)
+    base = torch.where(A.double() >= tau.view(-1, 1, 1, 1), x0.double(), c.double())
+    want = s * base + (1 - s * s).sqrt() * noise.double()
+    assert (seen["x_t"].double() - want).abs().max() < 1e-6
+    # the mix really happened: some pixels took c, some x0, at the middle timestep
+    m = A[1] >= 0.0
+    assert 0 < m.float().mean() <= 1
+
+
+def test_noise_level_draws():
+    a = ab()
+    idx, sab = draw_noise_level(a, 4000, LossConfig(), torch.Generator().manual_seed(0))
+    lo = a[idx].sqrt()
+    hi = torch.cat([torch.ones(1, dtype=torch.float64), a])[idx].sqrt()
+    assert idx.min() == 0 and idx.max() == T - 1
+    assert bool(((sab.double() >= lo.float().double() - 1e-7) & (sab.double() <= hi + 1e-7)).all())
+    # uniform inside the interval: the mean position is ~0.5 (std of the mean ~ 0.29 / sqrt(4000) = 0.005)
+    pos = (sab.double() - lo) / (hi - lo)
+    assert abs(pos.mean().item() - 0.5) < 0.03
+    idx_d, sab_d = draw_noise_level(a, 50, LossConfig(noise_level="discrete"), torch.Generator().manual_seed(0))
+    assert torch.equal(sab_d, a[idx_d].sqrt().float())
+    idx_s, _ = draw_noise_level(a, 8, LossConfig(same_t_in_batch=True), torch.Generator().manual_seed(0))
+    assert len(set(idx_s.tolist())) == 1
+
+
+def test_residual_space():
+    hr = torch.rand(2, 3, 16, 16) * 2 - 1
+    lr = F.interpolate(hr, scale_factor=0.25, mode="area")
+    x0, c, up = space_tensors(hr, lr, LossConfig(space="residual", residual_scale=2.0), 4)
+    want_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
+    assert torch.allclose(up, want_up)
+    assert torch.allclose(x0, ((hr - want_up) * 2).clamp(-1, 1))
+    assert torch.equal(c, torch.zeros_like(hr))
+    x0p, cp, _ = space_tensors(hr, lr, LossConfig(), 4)
+    assert torch.equal(x0p, hr) and torch.equal(cp, want_up)
+
+
+def test_loss_errors(batch):
+    x0, c, noise, A, idx, sab = batch
+    with pytest.raises(ValueError, match="attention map"):
+        diffusion_loss(lambda *a: x0, x0, c, None, ab(), LossConfig(mask_loss=True), idx=idx, sqrt_ab=sab)
+    with pytest.raises(ValueError, match="A must be"):
+        diffusion_loss(lambda *a: x0, x0, c, A[:, :, :4], ab(), LossConfig(mask_loss=True), idx=idx, sqrt_ab=sab)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        LossConfig(loss="huber")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------------
+TINY_MODEL = {
+    "kind": "sr3", "in_channel": 6, "out_channel": 3, "inner_channel": 8, "norm_groups": 4,
+    "channel_mults": [1, 2], "attn_res": [], "res_blocks": 1, "dropout": 0.0, "with_noise_level_emb": True,
+    "image_size": 16, "mid_attn": False, "scale": 4,
+}
+
+
+@pytest.fixture
+def img_folder(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(3)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(2):
+        arr = (torch.rand(40, 36, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(d / f"im{i}.png")
+    return str(d)
+
+
+def tiny_config(folder, **kw):
+    base = dict(
+        name="tiny", model=TINY_MODEL, schedule={"kind": "linear", "T": 50, "beta_start": 1e-3, "beta_end": 0.1},
+        data={"source": folder, "crop": 16, "scale": 4, "val_source": folder, "val_crops": 2, "val_crop": 16},
+        loss={"mask_input": True, "mask_loss": True}, batch=2, steps=4, lr=1e-3, log_every=1, ckpt_every=2,
+        ema_decay=0.9,
+    )
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def test_config_json_round_trip(img_folder):
+    cfg = tiny_config(img_folder)
+    back = TrainConfig.from_json(cfg.to_json())
+    assert back == cfg and back.loss.mask_input and back.data.crop == 16
+    with pytest.raises(ValueError, match="unknown key"):
+        TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="batch"):
+        cfg.replace(batch=0)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, img_folder):
+    cfg = tiny_config(img_folder)
+    full = Trainer(cfg, str(tmp_path / "full"), device="cpu", progress=False)
+    full.run()
+    part = Trainer(cfg, str(tmp_path / "part"), device="cpu", progress=False)
+    part.run(steps=2)
+    del part
+    resumed = Trainer(cfg, str(tmp_path / "part"), device="cpu", progress=False)
+    assert resumed.step == 2
+    resumed.run()
+    assert resumed.step == 4
+    for key in ("model", "ema"):
+        a, b = getattr(full, key).state_dict(), getattr(resumed, key).state_dict()
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{key}.{k} differs after resume"
+    # the EMA moved away from the raw weights and the raw weights moved away from the init
+    assert not torch.equal(full.ema.state_dict()["final_conv.block.3.weight"],
+                           full.model.state_dict()["final_conv.block.3.weight"])
+    with open(tmp_path / "full" / "log.csv") as f:
+        rows_full = list(csv.DictReader(f))
+    with open(tmp_path / "part" / "log.csv") as f:
+        rows_part = list(csv.DictReader(f))
+    assert [r["step"] for r in rows_full] == ["1", "2", "3", "4"]
+    assert [r["loss"] for r in rows_full] == [r["loss"] for r in rows_part]
+    assert all(math.isfinite(float(r["loss"])) for r in rows_full)
+
+
+def test_resume_refuses_other_config(tmp_path, img_folder):
+    cfg = tiny_config(img_folder, steps=1)
+    Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
+    with pytest.raises(ValueError, match="different config.*lr"):
+        Trainer(cfg.replace(lr=5e-4), str(tmp_path / "run"), device="cpu", progress=False)
+
+
+def test_psnr_u8_matches_skimage():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from yoda.data import tensor_to_u8
+    from yoda.train import psnr_u8
+
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 9, 7, generator=g) * 2 - 1
+    sr = (hr + 0.1 * torch.randn(2, 3, 9, 7, generator=g)).clamp(-1, 1)
+    got = psnr_u8(sr, hr)
+    for i in range(2):
+        want = peak_signal_noise_ratio(tensor_to_u8(hr[i]), tensor_to_u8(sr[i]), data_range=255)
+        assert got[i].item() == pytest.approx(want, abs=1e-9)

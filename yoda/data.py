@@ -1,0 +1,290 @@
+"""HR image sources for training and evaluation, random crops, and the one LR degradation used everywhere.
+
+Sources:
+    "builtin"   scikit-image's bundled images (``skimage.data``) minus the held-out ones (BUILTIN_TRAIN)
+    "heldout"   the held-out images (HELD_OUT): evaluation, the demo and training-time validation only
+    a folder    every PNG/JPEG file in it (sorted by name), read with Pillow
+
+Every image becomes uint8 RGB (H, W, 3): grey is repeated to 3 channels, an alpha channel is composited on
+white. Tensors handed to models are float32 in [-1, 1]: x = u8 / 127.5 - 1.
+
+LR images are made by ONE function, :func:`make_lr`, shared by training, ``yoda eval`` and ``yoda demo``:
+torch's bicubic with antialiasing (``F.interpolate(mode="bicubic", antialias=True)``, Keys a = -0.5, the
+filter Pillow's BICUBIC resize uses for downscaling), then quantised to 8-bit levels, so that a model sees
+in training what a saved-and-reloaded LR PNG gives it at inference.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Held out of the built-in training set; used by `yoda eval`, `yoda demo` and validation during training.
+# "chelsea" and skimage.data.cat() are the same picture; both names are refused for training.
+HELD_OUT = ("astronaut", "coffee", "rocket", "chelsea")
+_HELD_OUT_ALIASES = {"cat": "chelsea"}
+
+# Bundled with scikit-image (no download), RGB or grey, at least 172 px on the short side.
+# "motorcycle_left"/"motorcycle_right" are the two views of skimage.data.stereo_motorcycle().
+BUILTIN_TRAIN = (
+    "brick",
+    "camera",
+    "cell",
+    "clock",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "text",
+    "motorcycle_left",
+    "motorcycle_right",
+)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+class DataError(ValueError):
+    """A user-facing data problem (missing/unreadable file, image too small, empty folder)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Conversions
+# ----------------------------------------------------------------------------------------------------------
+def to_rgb_u8(arr: np.ndarray, name: str = "image") -> np.ndarray:
+    """Any skimage/Pillow array -> uint8 (H, W, 3). Grey (H, W) or (H, W, 1) is repeated to 3 channels;
+    RGBA is composited on white; bool and float in [0, 1] are scaled to 0..255."""
+    a = np.asarray(arr)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.floating) or a.size == 0 or a.min() < 0 or a.max() > 1:
+            raise DataError(f"{name}: expected uint8 or float in [0, 1], got {a.dtype}")
+        a = np.round(a * 255.0).astype(np.uint8)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise DataError(f"{name}: expected (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        alpha = a[:, :, 3:4].astype(np.float32) / 255.0
+        a = np.round(a[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def u8_to_tensor(a: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [-1, 1] (x = u8 / 127.5 - 1)."""
+    return torch.from_numpy(np.array(a, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def tensor_to_u8(x: torch.Tensor) -> np.ndarray:
+    """float (1, 3, H, W) or (3, H, W) in [-1, 1] -> uint8 (H, W, 3), rounded to nearest."""
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise ValueError(f"x must hold one image, got batch {x.shape[0]}")
+        x = x[0]
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The LR degradation of this project: bicubic downscale by ``scale`` (torch, antialias=True), clamped
+    to [-1, 1] and quantised to the 256 levels of an 8-bit image.
+
+    hr: (B, C, H, W) in [-1, 1], H and W multiples of ``scale``. Returns (B, C, H/scale, W/scale)."""
+    if not isinstance(hr, torch.Tensor) or hr.dim() != 4:
+        raise ValueError(f"hr must be a (B, C, H, W) tensor, got {getattr(hr, 'shape', type(hr))}")
+    scale = int(scale)
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    H, W = hr.shape[-2:]
+    if H % scale or W % scale:
+        raise ValueError(f"hr size {H}x{W} is not a multiple of scale {scale}")
+    lr = F.interpolate(hr.float(), size=(H // scale, W // scale), mode="bicubic", align_corners=False, antialias=True)
+    return (((lr.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 127.5 - 1.0).to(hr.dtype)
+
+
+def crop_to_multiple(a: np.ndarray, multiple: int, max_size: Optional[int] = None) -> np.ndarray:
+    """Centre crop (H, W, C) so that H and W are multiples of ``multiple`` and, if given, <= max_size."""
+    H, W = a.shape[:2]
+    h, w = H - H % multiple, W - W % multiple
+    if max_size is not None:
+        m = max_size - max_size % multiple
+        h, w = min(h, m), min(w, m)
+    if h <= 0 or w <= 0:
+        raise DataError(f"image of size {H}x{W} is smaller than the scale {multiple}")
+    y, x = (H - h) // 2, (W - w) // 2
+    return a[y : y + h, x : x + w]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------------------
+def builtin_image(name: str) -> np.ndarray:
+    """One scikit-image bundled image by name (BUILTIN_TRAIN or HELD_OUT), as uint8 (H, W, 3)."""
+    import skimage.data as sd
+
+    name = _HELD_OUT_ALIASES.get(name, name)
+    if name in ("motorcycle_left", "motorcycle_right"):
+        left, right, _ = sd.stereo_motorcycle()
+        arr = left if name == "motorcycle_left" else right
+    elif name in BUILTIN_TRAIN or name in HELD_OUT:
+        arr = getattr(sd, name)()
+    else:
+        raise DataError(f"unknown built-in image {name!r}; known: {', '.join(BUILTIN_TRAIN + HELD_OUT)}")
+    return to_rgb_u8(arr, name)
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read a PNG/JPEG with Pillow as uint8 (H, W, 3). Errors name the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise DataError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                arr = np.asarray(im.convert("RGBA"))
+            elif im.mode in ("L", "RGB"):
+                arr = np.asarray(im)
+            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = (np.asarray(im, dtype=np.float64) / 65535.0).clip(0, 1)  # 16-bit grey PNG
+            else:
+                arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    return to_rgb_u8(arr, path)
+
+
+def list_folder(folder: str) -> list[str]:
+    """Sorted PNG/JPEG paths in ``folder`` (not recursive). Errors if it is missing or holds none."""
+    if not os.path.isdir(folder):
+        raise DataError(f"image folder not found: {folder}")
+    paths = sorted(
+        os.path.join(folder, f)
+        for f in os.listdir(folder)
+        if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+    )
+    if not paths:
+        raise DataError(f"no PNG/JPEG images in folder {folder}")
+    return paths
+
+
+def load_source(source: str, min_size: int = 0) -> list[tuple[str, np.ndarray]]:
+    """[(name, uint8 (H, W, 3))] for "builtin", "heldout" or a folder path.
+
+    min_size: every image's height and width must be >= min_size (the crop size); otherwise an error
+    names the image and its size."""
+    if source == "builtin":
+        items = [(n, builtin_image(n)) for n in BUILTIN_TRAIN]
+    elif source == "heldout":
+        items = [(n, builtin_image(n)) for n in HELD_OUT]
+    else:
+        items = [(p, read_image(p)) for p in list_folder(source)]
+    for name, a in items:
+        if a.shape[0] < min_size or a.shape[1] < min_size:
+            raise DataError(f"image {name} is {a.shape[1]}x{a.shape[0]}, smaller than the crop size {min_size}")
+    return items
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Random crops
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """Where HR crops come from and how LR is made. JSON-friendly (plain fields)."""
+
+    source: str = "builtin"  # "builtin" | "heldout" | a folder of PNG/JPEG
+    crop: int = 128  # HR crop size (multiple of scale)
+    scale: int = 4
+    flips: bool = True  # random horizontal + vertical flips
+    val_source: str = "heldout"  # validation crops (fixed, seeded)
+    val_crops: int = 4
+    val_crop: int = 64  # HR size of a validation crop (sampling is the expensive part)
+
+    def __post_init__(self):
+        if self.scale < 1:
+            raise ValueError(f"scale must be >= 1, got {self.scale}")
+        for name in ("crop", "val_crop"):
+            v = getattr(self, name)
+            if v < self.scale or v % self.scale:
+                raise ValueError(f"{name} ({v}) must be a positive multiple of scale ({self.scale})")
+
+
+class CropSampler:
+    """Random HR crops (with flips) from a list of uint8 images; all randomness from one torch.Generator,
+    so a run is reproducible and resumable from the generator's state.
+
+    sample(batch, generator) -> hr (B, 3, crop, crop) float32 in [-1, 1]."""
+
+    def __init__(self, images: Sequence[tuple[str, np.ndarray]], crop: int, flips: bool = True):
+        if not images:
+            raise DataError("no images to crop from")
+        self.names = [n for n, _ in images]
+        self.images = [torch.from_numpy(np.array(a, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous() for _, a in images]
+        for n, t in zip(self.names, self.images):
+            if t.shape[1] < crop or t.shape[2] < crop:
+                raise DataError(f"image {n} is {t.shape[2]}x{t.shape[1]}, smaller than the crop size {crop}")
+        self.crop = int(crop)
+        self.flips = bool(flips)
+
+    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        out = torch.empty(batch, 3, self.crop, self.crop, dtype=torch.uint8)
+        picks = torch.randint(len(self.images), (batch,), generator=generator)
+        u = torch.rand(batch, 4, generator=generator, dtype=torch.float64)  # y, x, hflip, vflip
+        for b in range(batch):
+            img = self.images[int(picks[b])]
+            y = int(u[b, 0] * (img.shape[1] - self.crop + 1))
+            x = int(u[b, 1] * (img.shape[2] - self.crop + 1))
+            c = img[:, y : y + self.crop, x : x + self.crop]
+            if self.flips and u[b, 2] < 0.5:
+                c = c.flip(2)
+            if self.flips and u[b, 3] < 0.5:
+                c = c.flip(1)
+            out[b] = c
+        return out.float() / 127.5 - 1.0
+
+
+def fixed_crops(images: Sequence[tuple[str, np.ndarray]], n: int, crop: int, seed: int = 0) -> torch.Tensor:
+    """n HR crops (n, 3, crop, crop) in [-1, 1], the same for every call with the same seed (validation)."""
+    g = torch.Generator().manual_seed(seed)
+    return CropSampler(images, crop, flips=False).sample(n, g)
+
+
+def export_builtin(folder: str) -> dict:
+    """Write the built-in training set to folder/train and the held-out set to folder/heldout as PNG, so a
+    machine without scikit-image trains on the same images (`yoda train --data-dir folder`).
+    Returns {"train": n, "heldout": n}."""
+    from PIL import Image
+
+    counts = {}
+    for sub, names in (("train", BUILTIN_TRAIN), ("heldout", HELD_OUT)):
+        d = os.path.join(folder, sub)
+        os.makedirs(d, exist_ok=True)
+        for n in names:
+            p = os.path.join(d, f"{n}.png")
+            tmp = p + ".tmp.png"
+            Image.fromarray(builtin_image(n)).save(tmp)
+            os.replace(tmp, p)
+        counts[sub] = len(names)
+    return counts
+
+
+if __name__ == "__main__":  # python -m yoda.data export DIR
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "export":
+        print("usage: python -m yoda.data export DIR", file=sys.stderr)
+        sys.exit(2)
+    print(export_builtin(sys.argv[2]))

@@ -1,0 +1,185 @@
+"""Evaluation: PSNR, SSIM, colour shift, denoiser calls and wall time; plain vs YODA sampling.
+
+Metrics are computed on 8-bit RGB images (H, W, 3) after rounding, as papers report them:
+    PSNR, SSIM        skimage.metrics (data_range 255; SSIM with channel_axis=2, skimage's default 7x7 window)
+    colour shift      d = mean over pixels of Lab(SR) - Lab(HR)  (skimage.color.rgb2lab, D65)
+                      L_shift = |d_L|, ab_shift = sqrt(d_a^2 + d_b^2): a global tint shows up here, noise
+                      and texture errors average out (SR3's colour shift, seed Fig. 4)
+    LPIPS             not computed: it needs a backbone's weights (AlexNet/VGG) and LPIPS's linear heads, which
+                      are not available offline here; the table says so instead of a number.
+The LR image of every HR is yoda.data.make_lr (the training degradation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import data as _data
+
+LPIPS_NOTE = "LPIPS omitted: it needs local backbone + LPIPS head weights, none were given"
+
+
+def _check_pair(sr: np.ndarray, hr: np.ndarray) -> None:
+    for name, a in (("sr", sr), ("hr", hr)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(f"{name} must be a uint8 (H, W, 3) array, got "
+                             f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    if sr.shape != hr.shape:
+        raise ValueError(f"sr and hr must have the same shape, got {sr.shape} and {hr.shape}")
+
+
+def psnr(sr: np.ndarray, hr: np.ndarray) -> float:
+    """PSNR in dB of uint8 (H, W, 3) images, data_range 255 (inf for identical images)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    _check_pair(sr, hr)
+    if np.array_equal(sr, hr):
+        return math.inf
+    return float(peak_signal_noise_ratio(hr, sr, data_range=255))
+
+
+def ssim(sr: np.ndarray, hr: np.ndarray) -> float:
+    """SSIM of uint8 (H, W, 3) images (skimage, channel_axis=2, data_range 255)."""
+    from skimage.metrics import structural_similarity
+
+    _check_pair(sr, hr)
+    win = min(7, sr.shape[0], sr.shape[1])
+    win -= 1 - win % 2  # odd window, <= the image
+    return float(structural_similarity(hr, sr, channel_axis=2, data_range=255, win_size=win))
+
+
+def colour_shift(sr: np.ndarray, hr: np.ndarray) -> dict:
+    """Mean CIELAB difference of SR vs HR: {"dL", "da", "db", "L_shift" = |dL|, "ab_shift" = |(da, db)|}."""
+    from skimage.color import rgb2lab
+
+    _check_pair(sr, hr)
+    d = (rgb2lab(sr) - rgb2lab(hr)).reshape(-1, 3).mean(axis=0)
+    return {"dL": float(d[0]), "da": float(d[1]), "db": float(d[2]), "L_shift": float(abs(d[0])),
+            "ab_shift": float(math.hypot(d[1], d[2]))}
+
+
+def metrics(sr: np.ndarray, hr: np.ndarray) -> dict:
+    cs = colour_shift(sr, hr)
+    return {"psnr": psnr(sr, hr), "ssim": ssim(sr, hr), "L_shift": cs["L_shift"], "ab_shift": cs["ab_shift"]}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How `yoda eval` samples. lower_bounds x attentions are the YODA variants; "plain" and "bicubic" are
+    always included. max_size: HR images are centre-cropped to at most this size (CPU budget)."""
+
+    steps: int = 20
+    sampler: str = "ddim"
+    eta: float = 0.0
+    lower_bounds: tuple = (0.6,)
+    attentions: tuple = ("edge",)
+    seed: int = 0
+    max_size: Optional[int] = 128
+    backend: str = "auto"
+    progress: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "lower_bounds", tuple(float(v) for v in self.lower_bounds))
+        object.__setattr__(self, "attentions", tuple(self.attentions))
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be ddpm or ddim, got {self.sampler!r}")
+        for lb in self.lower_bounds:
+            if not (math.isfinite(lb) and lb >= 0):
+                raise ValueError(f"lower bounds must be finite and >= 0, got {lb}")
+
+
+def _as_adapter(model):
+    from .adapters import as_adapter
+
+    return as_adapter(model)
+
+
+def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:
+    """(SR, denoiser calls, seconds) of one yoda.sample run."""
+    from .sampler import sample
+
+    calls = [0]
+
+    def count(d):
+        calls[0] += int(d.get("calls", 1))
+
+    t0 = time.perf_counter()
+    sr = sample(model, lr, attention=attention, steps=s.steps, sampler=s.sampler, eta=s.eta,
+                lower_bound=lower_bound, seed=s.seed, backend=s.backend, progress=s.progress, callback=count)
+    return sr, calls[0], time.perf_counter() - t0
+
+
+def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: EvalSettings = EvalSettings()) -> list[dict]:
+    """Per-image rows {image, method, attention, lower_bound, psnr, ssim, L_shift, ab_shift, calls, seconds}.
+
+    model: anything yoda.sample takes (an adapter or a model with yoda_adapter()).
+    images: [(name, uint8 (H, W, 3))] HR images (yoda.data.load_source); LR = make_lr(HR)."""
+    from .adapters import upsample
+
+    adapter = _as_adapter(model)
+    scale = adapter.scale
+    multiple = int(scale * max(1, getattr(adapter, "multiple", 1)) // math.gcd(scale, max(1, getattr(adapter, "multiple", 1))))
+    dev = _adapter_device(adapter)
+    rows = []
+    for name, hr_u8 in images:
+        hr_u8 = _data.crop_to_multiple(hr_u8, multiple, settings.max_size)
+        hr = _data.u8_to_tensor(hr_u8).to(dev)
+        lr = _data.make_lr(hr, scale)
+        variants = [("bicubic", None, None), ("plain", None, None)]
+        variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
+        for method, attn, lb in variants:
+            if method == "bicubic":
+                t0 = time.perf_counter()
+                sr, calls = upsample(lr, scale), 0
+                secs = time.perf_counter() - t0
+            else:
+                sr, calls, secs = run_sample(adapter, lr, attn, 1.0 if lb is None else lb, settings)
+            row = {"image": name, "method": method, "attention": attn or "", "lower_bound": "" if lb is None else lb}
+            row.update(metrics(_data.tensor_to_u8(sr), hr_u8))
+            row.update(calls=calls, seconds=secs)
+            rows.append(row)
+    return rows
+
+
+def _adapter_device(adapter) -> torch.device:
+    for obj in (getattr(adapter, "net", None), getattr(adapter, "model", None)):
+        if isinstance(obj, torch.nn.Module):
+            for p in obj.parameters():
+                return p.device
+    return torch.device("cpu")
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+    """Mean over images of every metric, one row per (method, attention, lower_bound), in first-seen order."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["attention"], r["lower_bound"]), []).append(r)
+    out = []
+    for (method, attn, lb), rs in groups.items():
+        row = {"method": method, "attention": attn, "lower_bound": lb, "images": len(rs)}
+        for k in ("psnr", "ssim", "L_shift", "ab_shift", "calls", "seconds"):
+            row[k] = float(np.mean([r[k] for r in rs]))
+        out.append(row)
+    return out
+
+
+def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE) -> str:
+    """The summary as a markdown table (PSNR dB, SSIM, colour shift in Lab units, calls, seconds)."""
+    head = "| method | attention | l | images | PSNR (dB) | SSIM | L shift | ab shift | denoiser calls | time (s) |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lb = "" if r["lower_bound"] == "" else f"{r['lower_bound']:g}"
+        lines.append(f"| {r['method']} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f} | "
+                     f"{r['ssim']:.4f} | {r['L_shift']:.3f} | {r['ab_shift']:.3f} | {r['calls']:.0f} | "
+                     f"{r['seconds']:.2f} |")
+    if note:
+        lines += ["", note + "."]
+    return "\n".join(lines)
