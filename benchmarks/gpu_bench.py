@@ -1,0 +1,232 @@
+"""GPU benchmark of one YODA step (masked_step): copy bandwidth, naive eager, torch.compile(naive), Triton, CUDA.
+
+Checks first, then times (STYLE.md §9): every implementation's output is compared with the reference before
+it is timed. Timing: triton.testing.do_bench (CUDA events, warm-up, median, L2 flushed between runs), inputs
+random normal (never zeros). Bandwidth is counted on the *minimal* bytes of the step at the given active
+fraction (each needed input read once, the output written once):
+
+    out (all pixels)  +  x, model_out (active pixels)  +  c (inactive pixels)
+    +  A (pixels of mixed tiles only)  +  tile_max, tile_min
+
+and reported as GB/s and as % of the card's device-to-device copy bandwidth (bytes read + written).
+Attention is a coherent blob per image (a Gaussian), tau set by quantile for 0 / 50 / 100 % active.
+
+    python3 benchmarks/gpu_bench.py --out $OUT/gpu_results.md          # on the GPU machine
+    python3 benchmarks/gpu_bench.py --cpu-dry-run                      # logic check on a CPU (tiny sizes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="markdown results file (default: print only)")
+    p.add_argument("--cpu-dry-run", action="store_true",
+                   help="tiny sizes on the CPU (Triton through the interpreter, host timers): checks the logic")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile(naive)")
+    p.add_argument("--budget-s", type=float, default=150.0,
+                   help="wall-clock budget: later torch.compile cases are skipped once it is spent")
+    p.add_argument("--hard-budget-s", type=float, default=240.0,
+                   help="wall-clock budget: every later case is skipped once it is spent")
+    return p.parse_args()
+
+
+ARGS = parse_args()
+if ARGS.cpu_dry_run:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+import yoda_kernels as yk  # noqa: E402
+from yoda_kernels import coefs as coefs_mod  # noqa: E402
+from yoda_kernels import naive  # noqa: E402
+
+START = time.time()
+DEV = "cpu" if ARGS.cpu_dry_run else "cuda"
+TILE = 16
+
+
+def bench(fn) -> float:
+    """Median milliseconds of fn()."""
+    if DEV == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[1]
+
+
+def copy_bandwidth() -> tuple[float, float]:
+    """(GB/s, ms) of a large device-to-device copy, counting bytes read + written."""
+    n = (256 << 20) if DEV == "cuda" else (1 << 20)  # 1 GiB of fp32 on the GPU
+    src = torch.randn(n, device=DEV)
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return 2 * n * 4 / ms / 1e6, ms
+
+
+def blob_attention(B, H, W, gen) -> torch.Tensor:
+    """(B, 1, H, W) coherent attention: a Gaussian blob per image (random centre), in [0, 1]."""
+    y = torch.linspace(-1, 1, H).view(1, H, 1)
+    x = torch.linspace(-1, 1, W).view(1, 1, W)
+    cy = (torch.rand(B, 1, 1, generator=gen) - 0.5) * 0.5
+    cx = (torch.rand(B, 1, 1, generator=gen) - 0.5) * 0.5
+    A = torch.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 0.5)
+    A = (A - A.amin((1, 2), keepdim=True)) / (A.amax((1, 2), keepdim=True) - A.amin((1, 2), keepdim=True))
+    return A.unsqueeze(1).to(DEV)
+
+
+def tau_for(A: torch.Tensor, frac: float) -> float:
+    """Threshold giving ~frac of the pixels active (A >= tau)."""
+    if frac <= 0:
+        return 1.5  # above every value of A
+    if frac >= 1:
+        return 0.0
+    flat = A.flatten().float()
+    k = max(1, int(round(flat.numel() * (1 - frac))))
+    return float(flat.kthvalue(k).values.item())
+
+
+def minimal_bytes(shape, es: int, A: torch.Tensor, tau: float, tmax, tmin) -> tuple[int, float]:
+    """(bytes, active fraction) the step needs at tau (see module docstring)."""
+    B, C, H, W = shape
+    active = (A >= tau).sum().item()
+    pixels = B * H * W
+    mixed = ((tmax >= tau) & (tmin < tau)).repeat_interleave(TILE, 1).repeat_interleave(TILE, 2)
+    mixed_px = mixed[:, :H, :W].sum().item()
+    total = pixels * C * es + active * C * 2 * es + (pixels - active) * C * es
+    total += mixed_px * A.element_size() + 2 * tmax.numel() * 4
+    return int(total), active / pixels
+
+
+def sizes():
+    if DEV == "cpu":
+        return [(1, 3, 32, 48)]
+    return [(4, 3, 2048, 2048), (4, 3, 1024, 1024)]
+
+
+def main() -> int:
+    lines: list[str] = []
+
+    def emit(s=""):
+        print(s, flush=True)
+        lines.append(s)
+        if ARGS.out:  # rewritten after every row: a run cut short still leaves its table
+            with open(ARGS.out, "w") as f:
+                f.write("\n".join(lines) + "\n")
+
+    if ARGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(ARGS.out)), exist_ok=True)
+
+    card = torch.cuda.get_device_name() if DEV == "cuda" else f"CPU dry run ({platform.processor() or 'cpu'})"
+    import triton
+
+    emit(f"# masked_step benchmark on {card}")
+    emit()
+    emit(f"torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}; "
+         f"backends on {DEV}: {yk.available_backends(DEV)}"
+         + (f"; extension: {yk.extension_error}" if yk.extension_error else ""))
+    copy_gbs, copy_ms = copy_bandwidth()
+    emit(f"Device-to-device copy (1 GiB, read + write): **{copy_gbs:.0f} GB/s** ({copy_ms:.3f} ms)")
+    emit(f"tile {TILE}; fp32; timings: median of triton.testing.do_bench; GB/s on the minimal bytes.")
+    emit()
+
+    impls = {"naive eager": lambda *a: naive.masked_step(*a)}
+    compiled = None
+    if not ARGS.no_compile and DEV == "cuda":
+        compiled = torch.compile(naive.masked_step)
+        impls["torch.compile(naive)"] = lambda *a: compiled(*a)
+    have = yk.available_backends(DEV)
+    if "triton" in have:
+        impls["triton"] = lambda *a: torch.ops.yoda.masked_step_triton(*a)
+    if "cuda" in have:
+        impls["cuda"] = lambda *a: torch.ops.yoda.masked_step(*a)
+
+    emit("| shape | active | noise | impl | ms | GB/s | % of copy | vs compile | check |")
+    emit("|---|---|---|---|---|---|---|---|---|")
+    failures = 0
+    sweep_case = None
+    for shape in sizes():
+        gen = torch.Generator().manual_seed(0)
+        x, o, c = (torch.randn(shape, generator=gen).to(DEV) for _ in range(3))
+        A = blob_attention(shape[0], shape[2], shape[3], gen)
+        tmax, tmin = naive.tile_stats(A, TILE)
+        for frac in (0.0, 0.5, 1.0):
+            tau = tau_for(A, frac)
+            nbytes, act = minimal_bytes(shape, 4, A, tau, tmax, tmin)
+            for noise in (True, False):
+                cf = coefs_mod.step_coefficients(0.3, 0.35) if noise else coefs_mod.step_coefficients(0.3, 1.0)
+                args = (x, o, c, A, tmax, tmin, tau, cf, False, 1234, 5, None, TILE)
+                ref = naive.masked_step(*args)
+                t_compile = None
+                for name, fn in impls.items():
+                    tag = f"| {'x'.join(map(str, shape))} | {act:.0%} | {'philox' if noise else 'none'} | {name} "
+                    spent = time.time() - START
+                    if spent > ARGS.hard_budget_s or (name == "torch.compile(naive)" and spent > ARGS.budget_s):
+                        emit(tag + "| skipped (time budget) | | | | |")
+                        continue
+                    try:
+                        got = fn(*args)
+                        err = (got.float() - ref.float()).abs().max().item()
+                        ok = err <= 1e-5 * max(1.0, ref.abs().max().item())
+                        failures += not ok
+                        ms = bench(lambda: fn(*args))
+                    except Exception as e:  # report and go on: one broken backend must not hide the others
+                        failures += 1
+                        emit(tag + f"| ERROR {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | | |")
+                        continue
+                    if name == "torch.compile(naive)":
+                        t_compile = ms
+                    gbs = nbytes / ms / 1e6
+                    vs = f"{t_compile / ms:.2f}x" if t_compile else ""
+                    emit(tag + f"| {ms:.3f} | {gbs:.0f} | {100 * gbs / copy_gbs:.1f}% | {vs} | "
+                         f"{'ok' if ok else 'MISMATCH'} (max err {err:.1e}) |")
+                if shape == sizes()[0] and frac == 0.5 and noise:
+                    sweep_case = (args, nbytes)
+                del ref
+        del x, o, c, A
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+
+    # Launch-configuration sweep of the Triton kernel on the first shape, 50 % active, Philox noise.
+    if "triton" in have and sweep_case is not None:
+        from yoda_kernels.triton.masked_step import launch_config, launch_masked_step
+
+        args, nbytes = sweep_case
+        W = args[0].shape[-1]
+        emit()
+        emit(f"Triton launch sweep ({'x'.join(map(str, args[0].shape))}, 50% active, philox; default "
+             f"{launch_config(W, TILE)}):")
+        emit()
+        emit("| BLOCK_W | num_warps | ms | % of copy |")
+        emit("|---|---|---|---|")
+        for bw, nw in ((64, 4), (128, 8), (256, 4), (256, 8)):  # (128, 4), the default, is in the table
+            if time.time() - START > ARGS.hard_budget_s:
+                emit(f"| {bw} | {nw} | skipped (time budget) | |")
+                continue
+            try:
+                ms = bench(lambda: launch_masked_step(*args, block_w=bw, num_warps=nw))
+                emit(f"| {bw} | {nw} | {ms:.3f} | {100 * nbytes / ms / 1e6 / copy_gbs:.1f}% |")
+            except Exception as e:
+                emit(f"| {bw} | {nw} | ERROR {type(e).__name__} | |")
+    emit()
+    emit(f"checks failed: {failures}; wall time {time.time() - START:.0f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+// CUDA kernel of torch.ops.yoda.masked_step: one fused YODA reverse step (DESIGN.md §5, §8, §9), one pass.
+//
+// Same contract as yoda_kernels/naive.py and the CPU kernel (csrc/cpu/masked_step.cpp); per-element math in
+// csrc/step.h and noise in csrc/philox.h, shared with it; built with --fmad=false so that on the same noise
+// the result equals the reference bit for bit (Philox normals differ from it only by the GPU's log/sin/cos).
+//
+// Work split. A block owns a strip of `tile` rows x kStripPixels / tile columns of one image (several tiles
+// side by side) and loops over the channels; grid (ceil(W / strip_w), ceil(H / tile), B). A thread owns a
+// 4 x 4 patch: 4 columns (one float4 / 8-byte vector per row) x the 4 rows of one Philox group, so one Philox
+// call per column gives the noise of its 4 rows (lanes), and the patch lies inside one tile (tile % 4 == 0).
+// Each thread classifies its tile from tile_max / tile_min and reads only what the class needs:
+//   inactive (tile_max < tau):  out = la * c + lb * z          reads c (never x, model_out, A)
+//   full     (tile_min >= tau): out = sr(x, model_out, z)      reads x, model_out (never c, A)
+//   mixed:                      A per pixel; x / model_out for a patch row with an active pixel, c for one
+//                               with an inactive pixel (a row is 16 bytes: half a DRAM sector either way)
+// Noise (Philox or the explicit tensor) is skipped entirely when sigma == lb == 0.
+#include "cuda_utils.cuh"
+
+namespace yoda {
+namespace cuda {
+namespace {
+
+constexpr int kStripPixels = 2048;  // tile x strip_w per channel: 128 threads x 16 pixels
+constexpr int kMaxThreads = kStripPixels / 16;
+
+template <typename T>
+struct StepParams {
+  const T* x;
+  const T* o;
+  const T* c;
+  const T* noise;  // null: Philox (if noise is needed at all)
+  T* out;
+  const void* A;  // null: every pixel active; dtype a_type (AttnType)
+  int a_type;
+  const float* tmax;
+  const float* tmin;  // (B, TY, TX) contiguous
+  Strides4 sx, so, sc, sn, sy;
+  int64_t a_sb, a_sh, a_sw;
+  int C, H, W, TY, TX, tile, strip_w;
+  float tau;
+  StepCoefs k;
+  bool clip, need_noise;
+  uint32_t seed, step;
+};
+
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kMaxThreads) masked_step_kernel(const StepParams<T> p) {
+  const int quads = p.strip_w / 4;
+  const int gx = threadIdx.x % quads, gr = threadIdx.x / quads;
+  const int b = blockIdx.z, ty = blockIdx.y;
+  const int x0 = blockIdx.x * p.strip_w + 4 * gx;
+  const int y0 = ty * p.tile + 4 * gr;
+  if (x0 >= p.W || y0 >= p.H) return;
+  const int ncols = min(4, p.W - x0), nrows = min(4, p.H - y0);
+
+  int kind = kTileFull;
+  bool act[4][4] = {};  // per pixel, mixed tiles only
+  if (p.A != nullptr) {
+    const int64_t t = (static_cast<int64_t>(b) * p.TY + ty) * p.TX + x0 / p.tile;
+    kind = classify_tile(p.tmax[t], p.tmin[t], p.tau);
+    if (kind == kTileMixed) {
+      const int64_t a0 = b * p.a_sb + y0 * p.a_sh + x0 * p.a_sw;
+#pragma unroll
+      for (int l = 0; l < 4; ++l)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          act[l][j] = l < nrows && j < ncols &&
+                      is_active(load_attn(p.A, a0 + l * p.a_sh + j * p.a_sw, p.a_type), p.tau);
+    }
+  }
+
+  // Which patch rows need x / model_out (some pixel active) and c (some pixel inactive).
+  bool need_sr[4], need_lr[4];
+#pragma unroll
+  for (int l = 0; l < 4; ++l) {
+    need_sr[l] = l < nrows && kind != kTileInactive;
+    need_lr[l] = l < nrows && kind == kTileInactive;
+    if (kind == kTileMixed) {
+      need_sr[l] = act[l][0] || act[l][1] || act[l][2] || act[l][3];
+      need_lr[l] = l < nrows && !(act[l][0] && act[l][1] && act[l][2] && act[l][3]);
+    }
+  }
+
+  const int64_t h4 = (p.H + 3) / 4;
+  for (int ch = 0; ch < p.C; ++ch) {
+    const T* xb = p.x + b * p.sx.b + ch * p.sx.c + y0 * p.sx.h + x0 * p.sx.w;
+    const T* ob = p.o + b * p.so.b + ch * p.so.c + y0 * p.so.h + x0 * p.so.w;
+    const T* cb = p.c + b * p.sc.b + ch * p.sc.c + y0 * p.sc.h + x0 * p.sc.w;
+    T* yb = p.out + b * p.sy.b + ch * p.sy.c + y0 * p.sy.h + x0 * p.sy.w;
+    // 1. Issue every load of the patch before any store (the compiler cannot prove that out does not alias
+    //    the inputs, so a load written after a store would wait for it): up to 12 vectors in flight.
+    float xv[4][4] = {}, ov[4][4] = {}, cv[4][4] = {};
+    float z[4][4] = {};  // z[lane][column]; stays 0 when no noise is needed (both terms vanish exactly)
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      if (need_sr[l]) {
+        load_row<kVec>(xb + l * p.sx.h, p.sx.w, ncols, xv[l]);
+        load_row<kVec>(ob + l * p.so.h, p.so.w, ncols, ov[l]);
+      }
+      if (need_lr[l]) load_row<kVec>(cb + l * p.sc.h, p.sc.w, ncols, cv[l]);
+    }
+    // 2. Noise, while the loads are in flight: one Philox call per column feeds the patch's 4 rows.
+    if (p.need_noise) {
+      if (p.noise == nullptr) {
+        const uint32_t g0 = static_cast<uint32_t>(((static_cast<int64_t>(b) * p.C + ch) * h4 + y0 / 4) * p.W + x0);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (j < ncols) {
+            const Normal4 n = randn4(p.seed, p.step, g0 + j);
+#pragma unroll
+            for (int l = 0; l < 4; ++l) z[l][j] = n.v[l];
+          }
+        }
+      } else {
+        const T* nb = p.noise + b * p.sn.b + ch * p.sn.c + y0 * p.sn.h + x0 * p.sn.w;
+#pragma unroll
+        for (int l = 0; l < 4; ++l)
+          if (l < nrows) load_row<kVec>(nb + l * p.sn.h, p.sn.w, ncols, z[l]);
+      }
+    }
+    // 3. Compute and store.
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      if (l >= nrows) break;
+      float r[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const bool on = kind == kTileFull || (kind == kTileMixed && act[l][j]);
+        r[j] = on ? step_sr(p.k, xv[l][j], ov[l][j], z[l][j], p.clip) : step_lr(p.k, cv[l][j], z[l][j]);
+      }
+      store_row<kVec>(yb + l * p.sy.h, p.sy.w, ncols, r);
+    }
+  }
+}
+
+// Smallest power of two >= n (n >= 1): narrow images get narrower strips, as the Triton kernel does.
+int64_t next_pow2(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+at::Tensor checked_stats(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t TY, int64_t TX,
+                         int64_t tile) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "yoda::masked_step: ", name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), "yoda::masked_step: ", name, " is on ", t.device(), " but x is on ",
+              x.device());
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == x.size(0) && t.size(1) == TY && t.size(2) == TX, "yoda::masked_step: ",
+              name, " must have shape (", x.size(0), ", ", TY, ", ", TX, ") = tile_stats(A, ", tile, "), got ",
+              t.sizes());
+  return t.contiguous();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> tile_stats_cuda(const at::Tensor& A, int64_t tile);  // tile_stats.cu
+
+at::Tensor masked_step_cuda(const at::Tensor& x, const at::Tensor& model_out, const at::Tensor& c,
+                            const std::optional<at::Tensor>& A_opt, const std::optional<at::Tensor>& tile_max_opt,
+                            const std::optional<at::Tensor>& tile_min_opt, double tau, at::ArrayRef<double> coefs,
+                            bool clip, int64_t seed, int64_t step, const std::optional<at::Tensor>& noise_opt,
+                            int64_t tile) {
+  const char* op = "yoda::masked_step";
+  check_state(op, "x", x, x);
+  check_state(op, "model_out", model_out, x);
+  check_state(op, "c", c, x);
+  check_tile(tile);
+  TORCH_CHECK(!std::isnan(tau), op, ": tau must not be NaN");
+  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == kNumCoefs, op, ": coefs must hold ", kNumCoefs, " floats, got ",
+              coefs.size());
+  for (double v : coefs) TORCH_CHECK(std::isfinite(v), op, ": coefs must be finite, got ", coefs);
+  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, op, ": seed must be in [0, 2**32 - 1], got ", seed);
+  TORCH_CHECK(step >= 0 && step <= 0x7FFFFFFFLL, op, ": step must be in [0, 2**31 - 1], got ", step);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(B * C * ((H + 3) / 4) * W < (int64_t(1) << 31), op, ": x of shape ", x.sizes(),
+              " is too large for the 32-bit noise counter");
+  const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
+  TORCH_CHECK(TY <= kMaxGridYZ && B <= kMaxGridYZ, op, ": x of shape ", x.sizes(), " needs ", TY,
+              " tile rows and ", B, " images in the grid; at most ", kMaxGridYZ, " each");
+  const StepCoefs k = make_step_coefs(coefs.data());
+  const bool need_noise = step_needs_noise(k);
+  if (noise_opt.has_value()) check_state(op, "noise", *noise_opt, x);
+  const at::Tensor noise = need_noise && noise_opt.has_value() ? *noise_opt : at::Tensor();
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor A, tmax, tmin;
+  if (A_opt.has_value()) {
+    A = *A_opt;
+    check_attention(A, "A");
+    TORCH_CHECK(A.device() == x.device(), op, ": A is on ", A.device(), " but x is on ", x.device());
+    TORCH_CHECK(A.size(0) == B && A.size(-2) == H && A.size(-1) == W, op, ": A must be (", B, ", 1, ", H, ", ", W,
+                ") or (", B, ", ", H, ", ", W, "), got ", A.sizes());
+    TORCH_CHECK(tile_max_opt.has_value() == tile_min_opt.has_value(), op,
+                ": give both tile_max and tile_min or neither");
+    if (tile_max_opt.has_value()) {
+      tmax = checked_stats(*tile_max_opt, "tile_max", x, TY, TX, tile);
+      tmin = checked_stats(*tile_min_opt, "tile_min", x, TY, TX, tile);
+    } else {
+      std::tie(tmax, tmin) = tile_stats_cuda(A, tile);
+    }
+  }
+
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
+  if (out.numel() == 0) return out;
+
+  // Vector path: W % 4 == 0 and every state tensor (and the output) 4-element aligned with unit W-stride.
+  bool vec = W % 4 == 0 && vec4_ok(x) && vec4_ok(model_out) && vec4_ok(c) && vec4_ok(out);
+  if (noise.defined()) vec = vec && vec4_ok(noise);
+  const int strip_w = static_cast<int>(std::max<int64_t>(tile, std::min<int64_t>(kStripPixels / tile, next_pow2(W))));
+  const dim3 grid(static_cast<unsigned>((W + strip_w - 1) / strip_w), static_cast<unsigned>(TY),
+                  static_cast<unsigned>(B));
+  const dim3 block(static_cast<unsigned>((strip_w / 4) * (tile / 4)));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_float3(x.scalar_type(), op, [&](auto state_tag) {
+    using T = decltype(state_tag);
+    {
+      StepParams<T> p{};
+      p.x = x.const_data_ptr<T>();
+      p.o = model_out.const_data_ptr<T>();
+      p.c = c.const_data_ptr<T>();
+      p.noise = noise.defined() ? noise.const_data_ptr<T>() : nullptr;
+      p.out = out.mutable_data_ptr<T>();
+      p.sx = strides_of(x), p.so = strides_of(model_out), p.sc = strides_of(c), p.sy = strides_of(out);
+      p.sn = noise.defined() ? strides_of(noise) : Strides4{0, 0, 0, 1};
+      if (A.defined()) {
+        p.A = A.const_data_ptr();
+        p.a_type = attn_type(A);
+        p.a_sb = A.stride(0), p.a_sh = A.stride(-2), p.a_sw = A.stride(-1);
+        p.tmax = tmax.const_data_ptr<float>();
+        p.tmin = tmin.const_data_ptr<float>();
+      }
+      p.C = static_cast<int>(C), p.H = static_cast<int>(H), p.W = static_cast<int>(W);
+      p.TY = static_cast<int>(TY), p.TX = static_cast<int>(TX), p.tile = static_cast<int>(tile);
+      p.strip_w = strip_w;
+      p.tau = static_cast<float>(tau);  // the reference compares A.float() >= float32(tau)
+      p.k = k;
+      p.clip = clip;
+      p.need_noise = need_noise;
+      p.seed = static_cast<uint32_t>(seed);
+      p.step = static_cast<uint32_t>(step);
+      if (vec)
+        masked_step_kernel<T, true><<<grid, block, 0, stream>>>(p);
+      else
+        masked_step_kernel<T, false><<<grid, block, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(yoda, CUDA, m) { m.impl("masked_step", &masked_step_cuda); }
+
+}  // namespace cuda
+}  // namespace yoda

@@ -1,0 +1,242 @@
+"""GPU-only checks of the CUDA C++ and Triton backends (skipped without a CUDA device).
+
+- both backends against the reference (yoda_kernels.naive, run on the same GPU) over dtype x shape x tile,
+  bit for bit on an explicit noise tensor (same float32 operations, no fused multiply-add on either side),
+  within the GPU's transcendental rounding on Philox noise;
+- same seed -> same image on both backends; channels-last in, channels-last out;
+- read avoidance: NaN planted where a branch is not taken never reaches the output;
+- a sampler-free check: a short DDPM loop driven through masked_step on each backend, with every pixel
+  active, against the textbook posterior computed independently in float64;
+- tile_stats, masked_q_sample; torch.library.opcheck and torch.compile for the Triton ops.
+"""
+
+import math
+
+import pytest
+import torch
+
+import yoda_kernels as yk
+from yoda_kernels import coefs as coefs_mod
+from yoda_kernels import naive, philox
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+DEV = "cuda"
+GPU_BACKENDS = ("cuda", "triton")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# (dtype, shape, tile, coefficients, clip): odd and aligned sizes, each tile size, each prediction / sampler,
+# each dtype. Kept short: every dtype x stride pattern x noise source is one more Triton compilation (seconds)
+# on the GPU machine, and the whole GPU check must finish in 5 minutes.
+CASES = (
+    (torch.float32, (1, 1, 8, 8), 8, dict(prediction="eps"), True),
+    (torch.float32, (2, 3, 37, 53), 16, dict(prediction="v", sampler="ddim", eta=1.0), False),
+    (torch.float32, (1, 4, 64, 96), 32, dict(prediction="x0"), True),
+    (torch.float16, (2, 3, 37, 53), 8, dict(prediction="eps", sampler="ddim", eta=0.5), True),
+    (torch.bfloat16, (1, 4, 64, 96), 16, dict(prediction="v"), False),
+)
+CASE_IDS = [f"{str(d).split('.')[-1]}-{'x'.join(map(str, s))}-t{t}" for d, s, t, _, _ in CASES]
+TAU = 0.5
+ULP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def _need(backend):
+    if backend not in yk.available_backends(DEV):
+        why = "triton not importable" if backend == "triton" else (
+            yk.extension_error or "the extension was built without CUDA kernels")
+        pytest.skip(f"backend {backend!r} not available on cuda: {why}")
+
+
+def _op(backend, name):
+    return getattr(torch.ops.yoda, name + ("_triton" if backend == "triton" else ""))
+
+
+def _blob(B, H, W, seed=0):
+    """(B, 1, H, W) attention: a Gaussian blob per image plus a little noise, in [0, 1] (full, empty and
+    mixed tiles at tau = 0.5)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.linspace(-1, 1, H).view(1, H, 1)
+    x = torch.linspace(-1, 1, W).view(1, 1, W)
+    cy, cx = (torch.rand(B, 1, 1, generator=gen) - 0.5) * 0.6, (torch.rand(B, 1, 1, generator=gen) - 0.5) * 0.6
+    A = torch.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 0.3) + 0.05 * torch.rand(B, H, W, generator=gen)
+    A = (A - A.amin((1, 2), keepdim=True)) / (A.amax((1, 2), keepdim=True) - A.amin((1, 2), keepdim=True))
+    return A.unsqueeze(1).to(DEV)
+
+
+def _state(shape, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen).to(DEV, dtype) for _ in range(4)]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype, shape, tile, kind, clip", CASES, ids=CASE_IDS)
+def test_masked_step_matches_reference(backend, dtype, shape, tile, kind, clip):
+    _need(backend)
+    x, o, c, z = _state(shape, dtype, seed=sum(shape))
+    A = _blob(shape[0], shape[2], shape[3], seed=shape[3])
+    cf = coefs_mod.step_coefficients(0.3, 0.4, **kind)
+    stats = naive.tile_stats(A, tile)
+    args = (x, o, c, A, *stats, TAU, cf, clip, 123, 7, z, tile)
+    got = _op(backend, "masked_step")(*args)
+    ref = naive.masked_step(*args)
+    assert got.dtype == dtype and got.shape == x.shape
+    torch.testing.assert_close(got, ref, rtol=0, atol=0, msg="explicit noise: same float32 operations")
+    # Philox noise: only log / sin / cos may differ from the reference's (a few float32 ulps of z)
+    args = (x, o, c, A, *stats, TAU, cf, clip, 123, 7, None, tile)
+    got = _op(backend, "masked_step")(*args)
+    ref = naive.masked_step(*args)
+    torch.testing.assert_close(got, ref, rtol=2 * ULP[dtype], atol=max(2e-6, 2 * ULP[dtype]), msg="philox noise")
+
+
+def test_same_seed_same_image_across_backends():
+    for b in GPU_BACKENDS:
+        _need(b)
+    shape = (2, 3, 67, 131)
+    x, o, c, _ = _state(shape, torch.float32, seed=1)
+    A = _blob(2, 67, 131, seed=2)
+    cf = coefs_mod.step_coefficients(0.1, 0.15)
+    outs = [yk.masked_step(x, o, c, A, TAU, coefs=cf, seed=2**32 - 1, step=2**31 - 1, backend=b)
+            for b in GPU_BACKENDS + ("naive",)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=2e-6)
+    torch.testing.assert_close(outs[0], outs[2], rtol=0, atol=2e-6)
+    # the raw stream (init coefficients, A=None: the step returns z) against the PyTorch Philox reference
+    z_ref = philox.noise(5, 6, shape, device=DEV)
+    for b in GPU_BACKENDS:
+        z = yk.masked_step(x, o, c, None, coefs=coefs_mod.init_coefficients(0.5), seed=5, step=6, backend=b)
+        torch.testing.assert_close(z, z_ref, rtol=0, atol=2e-6)
+        assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_channels_last_and_strided(backend):
+    _need(backend)
+    shape = (2, 3, 48, 72)
+    x, o, c, z = _state(shape, torch.float16, seed=3)
+    x = x.contiguous(memory_format=torch.channels_last)
+    c = c.contiguous(memory_format=torch.channels_last)
+    o = torch.cat([o, o], dim=2)[:, :, ::2]  # stride 2 along H
+    A = _blob(2, 48, 72, seed=4)[:, 0]  # (B, H, W) form
+    cf = coefs_mod.step_coefficients(0.3, 0.5)
+    args = (x, o, c, A, *naive.tile_stats(A, 16), TAU, cf, True, 1, 1, z, 16)
+    got = _op(backend, "masked_step")(*args)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, naive.masked_step(*args), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_inactive_data_not_read(backend):
+    _need(backend)
+    shape, tile = (2, 3, 96, 160), 16
+    x, o, c, z = _state(shape, torch.float32, seed=5)
+    A = _blob(2, 96, 160, seed=6)
+    tmax, tmin = naive.tile_stats(A, tile)
+    active = (A >= TAU).expand(shape)
+    nan = torch.tensor(float("nan"), device=DEV)
+    mixed = ((tmax >= TAU) & (tmin < TAU)).repeat_interleave(tile, 1).repeat_interleave(tile, 2).unsqueeze(1)
+    x_p, o_p, c_p = torch.where(active, x, nan), torch.where(active, o, nan), torch.where(active, nan, c)
+    A_p = torch.where(mixed, A, nan)
+    cf = coefs_mod.step_coefficients(0.4, 0.5)
+    for noise in (z, None):
+        got = _op(backend, "masked_step")(x_p, o_p, c_p, A_p, tmax, tmin, TAU, cf, False, 3, 3, noise, tile)
+        ref = naive.masked_step(x_p, o_p, c_p, A, tmax, tmin, TAU, cf, False, 3, 3, noise, tile)
+        assert not torch.isnan(got).any()
+        torch.testing.assert_close(got, ref, rtol=0, atol=0 if noise is not None else 2e-6)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_sampler_free_ddpm_loop(backend):
+    """Ten DDPM steps of a fixed linear 'model' eps = 0.3 x with every pixel active (A=None), driven directly
+    through masked_step, against the posterior mean / variance of Ho et al. computed in float64 from the
+    betas (independent of yoda_kernels.coefs and naive), on the same explicit noise."""
+    _need(backend)
+    T = 10
+    betas = torch.linspace(1e-3, 0.2, T, dtype=torch.float64)
+    ab = torch.cumprod(1 - betas, 0)
+    shape = (1, 3, 40, 56)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    zs = torch.randn((T,) + shape, generator=gen, dtype=torch.float64)
+    x_dev = x.float().to(DEV)
+    for t in range(T - 1, -1, -1):
+        ab_t, ab_prev = ab[t].item(), (ab[t - 1].item() if t > 0 else 1.0)
+        z = zs[t].float().to(DEV)
+        x_dev = _op(backend, "masked_step")(
+            x_dev, 0.3 * x_dev, x_dev, None, None, None, 0.0,
+            coefs_mod.step_coefficients(ab_t, ab_prev), False, 0, t, z, 16)
+        eps = 0.3 * x
+        x0 = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+        beta_t = 1 - ab_t / ab_prev
+        mean = (math.sqrt(ab_prev) * beta_t / (1 - ab_t)) * x0 + (
+            math.sqrt(1 - beta_t) * (1 - ab_prev) / (1 - ab_t)) * x
+        var = (1 - ab_prev) / (1 - ab_t) * beta_t
+        x = mean + (math.sqrt(var) * zs[t] if t > 0 else 0.0)
+    err = (x_dev.double().cpu() - x).abs().max().item()
+    assert err < 1e-4 * max(1.0, x.abs().max().item()), err
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_tile_stats_and_q_sample(backend, dtype):
+    _need(backend)
+    shape = (3, 2, 45, 77)
+    x0, c, z, _ = _state(shape, dtype, seed=7)
+    A = _blob(3, 45, 77, seed=8).to(dtype)
+    A[2, 0, 44, 76] = float("nan")
+    for tile in naive.TILE_SIZES:
+        got = _op(backend, "tile_stats")(A, tile)
+        ref = naive.tile_stats(A, tile)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=0, atol=0, equal_nan=True)
+    A[2, 0, 44, 76] = 0.0
+    ab = torch.tensor([0.9, 0.4, 0.01], device=DEV)
+    tau = torch.tensor([0.0, 0.5, 1.5], device=DEV)
+    for a in (A, None):
+        args = (x0.contiguous(memory_format=torch.channels_last), c, z, a, ab.sqrt(), (1 - ab).sqrt(), tau)
+        got = _op(backend, "masked_q_sample")(*args)
+        torch.testing.assert_close(got, naive.masked_q_sample(*args), rtol=0, atol=0)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_triton_ops_opcheck_and_compile():
+    _need("triton")
+    shape = (1, 2, 24, 40)
+    x, o, c, z = _state(shape, torch.float32, seed=9)
+    A = _blob(1, 24, 40, seed=10)
+    cf = coefs_mod.step_coefficients(0.5, 0.6)
+    tmax, tmin = naive.tile_stats(A, 8)
+    step_args = (x, o, c, A, tmax, tmin, TAU, cf, False, 4, 2, None, 8)
+    torch.library.opcheck(torch.ops.yoda.masked_step_triton.default, step_args)
+    torch.library.opcheck(torch.ops.yoda.tile_stats_triton.default, (A, 8))
+    ab = torch.tensor([0.5], device=DEV)
+    torch.library.opcheck(torch.ops.yoda.masked_q_sample_triton.default,
+                          (x, c, z, A, ab.sqrt(), (1 - ab).sqrt(), torch.tensor([0.5], device=DEV)))
+
+    @torch.compile(fullgraph=True)
+    def step(x, o, c, A):
+        tmax, tmin = torch.ops.yoda.tile_stats_triton(A, 8)
+        return torch.ops.yoda.masked_step_triton(x, o, c, A, tmax, tmin, TAU, cf, False, 4, 2, None, 8) * 2.0
+
+    torch.testing.assert_close(step(x, o, c, A), 2.0 * torch.ops.yoda.masked_step_triton(*step_args),
+                               rtol=0, atol=2e-6)
+
+
+def test_cuda_ops_opcheck():
+    _need("cuda")
+    shape = (1, 2, 24, 40)
+    x, o, c, z = _state(shape, torch.float32, seed=12)
+    A = _blob(1, 24, 40, seed=13)
+    tmax, tmin = naive.tile_stats(A, 8)
+    cf = coefs_mod.step_coefficients(0.5, 0.6)
+    torch.library.opcheck(torch.ops.yoda.masked_step.default, (x, o, c, A, tmax, tmin, TAU, cf, False, 4, 2, z, 8))
+    torch.library.opcheck(torch.ops.yoda.tile_stats.default, (A, 8))
+
+
+def test_cuda_errors_name_the_argument():
+    _need("cuda")
+    x = torch.randn(1, 2, 8, 8, device=DEV)
+    cf = coefs_mod.step_coefficients(0.5, 0.6)
+    with pytest.raises(RuntimeError, match="model_out"):
+        torch.ops.yoda.masked_step(x, x.cpu(), x, None, None, None, 0.5, cf, False, 0, 0, None, 8)
+    with pytest.raises(RuntimeError, match="tile"):
+        torch.ops.yoda.masked_step(x, x, x, None, None, None, 0.5, cf, False, 0, 0, None, 12)
+    with pytest.raises(RuntimeError, match="noise"):
+        torch.ops.yoda.masked_step(x, x, x, None, None, None, 0.5, cf, False, 0, 0, x.half(), 8)

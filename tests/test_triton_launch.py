@@ -1,0 +1,224 @@
+"""What is specific to the Triton backend (the op-level grid over backends lives in test_masked_step.py etc.):
+schemas, launch configuration, the three strip paths of masked_step, read avoidance (inactive data is never
+loaded: NaN planted there must not reach the output), the noise counter map, strides and dtypes.
+
+Runs on CUDA when present, else through the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1
+before triton is imported). The interpreter takes ~1-3 s per launch here, so shapes are small and odd.
+"""
+
+import math
+
+import pytest
+import torch
+
+import yoda_kernels as yk
+from yoda_kernels import coefs as coefs_mod
+from yoda_kernels import naive, ops, philox
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    "triton" not in yk.available_backends(DEVICE), reason="triton backend unavailable on " + DEVICE
+)
+
+if "triton" in yk.available_backends(DEVICE):
+    from yoda_kernels import triton as ytr
+    from yoda_kernels.triton.masked_step import launch_config
+
+TAU = 0.5
+
+
+def _gradient_attention(B, H, W, gen):
+    """(B, 1, H, W) attention falling from 1 (top) to 0 (bottom) with a ripple along x: the top tile rows
+    are full, the bottom ones empty and the middle ones mixed, so every strip path of the kernel runs."""
+    y = torch.arange(H, dtype=torch.float64).view(H, 1) / (H - 1)
+    x = torch.arange(W, dtype=torch.float64).view(1, W)
+    A = (1.5 * (1.0 - y) + 0.08 * torch.sin(x / 2.0)).clamp(0, 1).to(torch.float32)
+    shift = torch.rand(B, 1, 1, 1, generator=gen) * 0.02  # images differ, paths stay the same
+    return (A.expand(B, 1, H, W) * (1 - shift)).contiguous()
+
+
+def _strip_paths(A, tile, tau):
+    """Set of strip paths ('lr', 'sr', 'pixel') the kernel takes for A at tau (mirrors its classification)."""
+    tmax, tmin = naive.tile_stats(A, tile)
+    per_strip = launch_config(A.shape[-1], tile)[0] // tile
+    paths = set()
+    for start in range(0, tmax.shape[-1], per_strip):
+        hi, lo = tmax[..., start:start + per_strip], tmin[..., start:start + per_strip]
+        for b in range(A.shape[0]):
+            for ty in range(tmax.shape[1]):
+                if (hi[b, ty] < tau).all():
+                    paths.add("lr")
+                elif (lo[b, ty] >= tau).all():
+                    paths.add("sr")
+                else:
+                    paths.add("pixel")
+    return paths
+
+
+def _inputs(shape, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x, o, c, z = (torch.randn(shape, generator=gen) for _ in range(4))
+    A = _gradient_attention(shape[0], shape[2], shape[3], gen)
+    cast = lambda t: t.to(device=DEVICE, dtype=dtype)  # noqa: E731
+    return cast(x), cast(o), cast(c), A.to(DEVICE), cast(z)
+
+
+def test_schemas_match_the_contract():
+    for op, schema in ops.SCHEMAS.items():
+        got = str(getattr(torch.ops.yoda, f"{op}_triton").default._schema)
+        # triton_op infers int arguments as SymInt, which accepts exactly the same values
+        assert got.replace("SymInt", "int") == "yoda::" + schema.replace(f"{op}(", f"{op}_triton(", 1)
+
+
+@pytest.mark.parametrize("W, tile, block_w", [(2048, 8, 256), (2048, 16, 128), (2048, 32, 64), (53, 8, 64),
+                                              (53, 32, 64), (20, 32, 32), (5, 16, 16), (1, 8, 8)])
+def test_launch_config(W, tile, block_w):
+    got_w, warps = launch_config(W, tile)
+    assert (got_w, warps) == (block_w, 4)
+    assert got_w % tile == 0  # a strip holds whole tiles: the classification is per tile
+
+
+@pytest.mark.parametrize("tile", naive.TILE_SIZES)
+def test_every_strip_path_matches_reference(tile):
+    """Philox noise, clip, ragged H and W (not multiples of 4 or of the tile): all three strip paths
+    against the reference. Noise differs from the reference's only by log/cos rounding (<= ~1e-6)."""
+    shape = (1, 2, 70, 45)
+    x, o, c, A, _ = _inputs(shape, seed=tile)
+    assert _strip_paths(A.cpu(), tile, TAU) == {"lr", "sr", "pixel"}
+    cf = coefs_mod.step_coefficients(0.3, 0.45, prediction="v", sampler="ddpm")
+    args = (x, o, c, A, *naive.tile_stats(A, tile), TAU, cf, True, 2**32 - 5, 17, None, tile)
+    got = torch.ops.yoda.masked_step_triton(*args)
+    ref = naive.masked_step(*args)
+    assert not torch.isnan(got).any()
+    torch.testing.assert_close(got, ref, rtol=0, atol=4e-6)
+
+
+def test_inactive_data_is_never_read():
+    """NaN in x / model_out where the pixel is inactive, in c where it is active, and in A wherever the
+    tile is full or empty (only mixed tiles may read A): none of it may reach the output."""
+    shape, tile = (1, 3, 40, 72), 8
+    x, o, c, A, z = _inputs(shape, seed=3)
+    tmax, tmin = naive.tile_stats(A, tile)
+    active = (A >= TAU).expand(shape)
+    nan = torch.tensor(float("nan"), device=DEVICE)
+    x_p, o_p = torch.where(active, x, nan), torch.where(active, o, nan)
+    c_p = torch.where(active, nan, c)
+    mixed = ((tmax >= TAU) & (tmin < TAU)).repeat_interleave(tile, 1).repeat_interleave(tile, 2)
+    A_p = torch.where(mixed[:, :40, :72].unsqueeze(1), A, nan)
+    assert torch.isnan(A_p).any() and torch.isnan(x_p).any() and torch.isnan(c_p).any()
+    cf = coefs_mod.step_coefficients(0.2, 0.3, sampler="ddim", eta=0.5)
+    got = torch.ops.yoda.masked_step_triton(x_p, o_p, c_p, A_p, tmax, tmin, TAU, cf, False, 9, 4, z, tile)
+    ref = naive.masked_step(x_p, o_p, c_p, A, tmax, tmin, TAU, cf, False, 9, 4, z, tile)
+    assert not torch.isnan(got).any()
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)  # explicit noise: same float32 operations
+
+
+def test_noise_counter_map():
+    """init coefficients with A=None make the step return the raw noise z: the element -> (Philox counter,
+    lane) map of yoda_kernels.philox, with a seed above 2**31 and a step in the key's upper word."""
+    shape = (2, 3, 10, 13)  # H % 4 != 0: the last Philox group is partly outside the image
+    x = torch.randn(shape, device=DEVICE)
+    seed, step = 2**31 + 12345, 777
+    got = torch.ops.yoda.masked_step_triton(
+        x, x, x, None, None, None, 0.0, coefs_mod.init_coefficients(0.5), False, seed, step, None, 16)
+    ref = philox.noise(seed, step, shape, device=DEVICE)
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-6)
+    other = torch.ops.yoda.masked_step_triton(
+        x, x, x, None, None, None, 0.0, coefs_mod.init_coefficients(0.5), False, seed, step + 1, None, 16)
+    assert (other - got).abs().mean() > 0.5  # the step is part of the key
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_dtypes_channels_last_and_no_noise(dtype):
+    """fp16/bf16 in and out with fp32 compute, channels-last x and c, a sliced (non-contiguous) model_out,
+    and the last step (sigma = lb = 0: no noise drawn, the noise tensor is not read)."""
+    shape, tile = (2, 3, 24, 19), 16
+    x, o, c, A, z = _inputs(shape, dtype=dtype, seed=5)
+    x = x.contiguous(memory_format=torch.channels_last)
+    c = c.contiguous(memory_format=torch.channels_last)
+    o = torch.cat([o, o], dim=3)[..., ::2]  # stride 2 along W
+    assert not o.is_contiguous()
+    cf = coefs_mod.step_coefficients(0.4, 1.0)
+    assert not coefs_mod.needs_noise(cf)
+    z_nan = torch.full_like(z, float("nan"))
+    args = (x, o, c, A, *naive.tile_stats(A, tile), TAU, cf, False, 1, 2, z_nan, tile)
+    got = torch.ops.yoda.masked_step_triton(*args)
+    ref = naive.masked_step(*args[:-2], z.zero_(), tile)  # sigma * 0 == 0: the reference with z = 0
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_without_attention_is_the_plain_update():
+    shape = (1, 2, 9, 11)
+    x, o, c, _, z = _inputs(shape, seed=6)
+    c_nan = torch.full_like(c, float("nan"))  # A=None: every pixel takes the SR branch, c is never read
+    cf = coefs_mod.step_coefficients(0.1, 0.2, prediction="x0")
+    got = torch.ops.yoda.masked_step_triton(x, o, c_nan, None, None, None, 0.7, cf, True, 0, 0, z, 8)
+    ref = naive.masked_step(x, o, c, None, None, None, 0.7, cf, True, 0, 0, z, 8)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_stats_computed_when_missing():
+    shape, tile = (1, 1, 16, 33), 32
+    x, o, c, A, z = _inputs(shape, seed=7)
+    cf = coefs_mod.step_coefficients(0.5, 0.6)
+    got = torch.ops.yoda.masked_step_triton(x, o, c, A, None, None, TAU, cf, False, 0, 0, z, tile)
+    ref = naive.masked_step(x, o, c, A, None, None, TAU, cf, False, 0, 0, z, tile)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tile", naive.TILE_SIZES)
+def test_tile_stats(tile):
+    gen = torch.Generator().manual_seed(tile)
+    A = torch.rand(2, 1, 37, 50, generator=gen)
+    A[1, 0, 36, 49] = float("nan")  # in the ragged corner tile: must propagate, never be dropped
+    A = A.to(DEVICE)
+    A3 = A[:, 0].transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, W), column-major strides
+    for a in (A, A3):
+        tmax, tmin = torch.ops.yoda.tile_stats_triton(a, tile)
+        rmax, rmin = naive.tile_stats(a, tile)
+        assert tmax.dtype == torch.float32 and tmax.shape == (2, math.ceil(37 / tile), math.ceil(50 / tile))
+        torch.testing.assert_close(tmax, rmax, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(tmin, rmin, rtol=0, atol=0, equal_nan=True)
+        assert torch.isnan(tmax[1, -1, -1]) and torch.isnan(tmin[1, -1, -1])
+
+
+@pytest.mark.parametrize("dtype, with_a", [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)])
+def test_masked_q_sample(dtype, with_a):
+    shape = (3, 2, 21, 35)
+    x0, _, c, A, z = _inputs(shape, dtype=dtype, seed=8)
+    x0 = x0.contiguous(memory_format=torch.channels_last)
+    ab = torch.tensor([0.9, 0.5, 0.05], device=DEVICE)
+    tau = torch.tensor([0.2, 0.5, 0.95], device=DEVICE)
+    A = A[:, 0] if with_a else None  # the (B, H, W) form
+    args = (x0, c, z, A, ab.sqrt(), (1 - ab).sqrt(), tau)
+    got = torch.ops.yoda.masked_q_sample_triton(*args)
+    ref = naive.masked_q_sample(*args)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_public_entry_point_routes_to_triton():
+    shape = (1, 1, 8, 8)
+    x, o, c, A, z = _inputs(shape, seed=9)
+    got = yk.masked_step(x, o, c, A, TAU, ab_t=0.5, ab_prev=0.6, noise=z, tile=8, backend="triton")
+    ref = yk.masked_step(x, o, c, A, TAU, ab_t=0.5, ab_prev=0.6, noise=z, tile=8, backend="naive")
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert ytr.INTERPRET == (DEVICE == "cpu")
+
+
+def test_launch_rejects_inconsistent_inputs():
+    """The raw op checks what the kernel would otherwise read out of bounds, naming the argument."""
+    x = torch.zeros(1, 2, 16, 24, device=DEVICE)
+    A = torch.rand(1, 1, 16, 24, device=DEVICE)
+    cf = coefs_mod.step_coefficients(0.5, 0.6)
+    tmax, tmin = naive.tile_stats(A, 8)
+    op = torch.ops.yoda.masked_step_triton
+    with pytest.raises(ValueError, match="tile_max must have shape"):
+        op(x, x, x, A, tmax[:, :1], tmin, 0.5, cf, False, 0, 0, None, 8)
+    with pytest.raises(ValueError, match="A must be"):
+        op(x, x, x, A[..., :8], None, None, 0.5, cf, False, 0, 0, None, 8)
+    with pytest.raises(ValueError, match="tile must be one of"):
+        op(x, x, x, None, None, None, 0.5, cf, False, 0, 0, None, 12)
+    with pytest.raises(ValueError, match="model_out must have the shape"):
+        op(x, x[:, :1], x, None, None, None, 0.5, cf, False, 0, 0, None, 8)

@@ -1,0 +1,22 @@
+"""Triton backend of the yoda ops: ``torch.ops.yoda.<op>_triton`` (GPU; on CPU through TRITON_INTERPRET=1).
+
+Importing this package registers the three ops with ``torch.library.triton_op``, so they dispatch like
+built-in operators and ``torch.compile`` sees the Triton kernels inside them. Signatures are the schemas of
+``yoda_kernels.ops.SCHEMAS`` (``int`` arguments are inferred as ``SymInt``, which accepts the same values).
+
+``INTERPRET`` is read once, here: the interpreter must be chosen before triton is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+import triton  # noqa: E402,F401  ImportError here means "no triton backend" (ops.triton_available)
+
+from .masked_q_sample import masked_q_sample_triton  # noqa: E402
+from .masked_step import launch_config, masked_step_triton  # noqa: E402
+from .tile_stats import tile_stats_triton  # noqa: E402
+
+__all__ = ["INTERPRET", "launch_config", "masked_q_sample_triton", "masked_step_triton", "tile_stats_triton"]

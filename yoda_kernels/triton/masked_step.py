@@ -1,0 +1,341 @@
+"""Triton masked_step: one fused YODA reverse step (DESIGN.md §5, §8, §9), same contract and float32
+operation order as ``yoda_kernels.naive.masked_step``.
+
+Work split. One program owns a strip of TILE rows x BLOCK_W columns of one image (BLOCK_W // TILE tiles
+side by side) and loops over the channels, so the tile classification and the attention reads are done
+once for all channels. Grid: (ceil(W / BLOCK_W), ceil(H / TILE), B).
+
+Read avoidance (bytes moved ∝ what the active fraction needs). From tile_max / tile_min at tau the
+program classifies its tiles, then takes one of three paths for the whole strip:
+    all tiles empty  -> LR branch only:  reads c (and explicit noise), never x / model_out / A
+    all tiles full   -> SR branch only:  reads x, model_out (and explicit noise), never c / A
+    otherwise        -> per pixel:       A read only in mixed tiles; x, model_out loaded only where the
+                                         pixel is active, c only where it is not
+The two uniform paths keep their load masks constant over 16-byte groups, so loads stay vectorised
+(a data-dependent per-pixel mask would split them into 4-byte loads); only strips on an attention
+boundary pay for the per-pixel path.
+
+Noise. z = tl.randn4x((step << 32) | seed, g) with g = ((b*C + c) * ceil(H/4) + y//4) * W + x and lane
+y % 4 (yoda_kernels.philox): the strip's rows split into four lane sub-blocks, rows y0 + 4i + lane, so one
+Philox call feeds four pixels. No noise is drawn or read when sigma == lb == 0 (coefs[7], coefs[9]).
+
+Arithmetic is float32 whatever the input dtype; the kernel is compiled with enable_fp_fusion=False so
+that a*x + b*y is two roundings as in the reference, never one fused multiply-add.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .. import naive
+from .tile_stats import attention_strides, optional_stats
+
+# Strip paths (PATH in the kernel, see the module docstring): 0 LR branch only, 1 SR branch only, 2 per pixel.
+# Noise source: none (sigma == lb == 0), Philox in the kernel, or the explicit ``noise`` tensor.
+NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
+MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions y and z
+
+
+def launch_config(W: int, tile: int) -> tuple[int, int]:
+    """(BLOCK_W, num_warps) for images of width W and tile size ``tile``.
+
+    A strip is TILE x BLOCK_W = 2048 pixels per channel (BLOCK_W 256/128/64 for tiles 8/16/32): with 4 warps
+    each thread moves four float4 per tensor and channel, enough loads in flight to cover DRAM latency,
+    while a strip stays narrow enough that few strips straddle an attention boundary. Narrow images
+    shrink BLOCK_W to the next power of two >= W (never below one tile)."""
+    block_w = max(tile, min(2048 // tile, triton.next_power_of_2(max(W, 1))))
+    return block_w, 4
+
+
+def soft_bf16(dtype: torch.dtype) -> bool:
+    """The interpreter rounds float32 -> bfloat16 by truncation (and mis-carries when asked for RTNE), so under
+    TRITON_INTERPRET=1 the kernels round bf16 outputs themselves; compiled kernels use the hardware's
+    round-to-nearest-even conversion, which gives the same bits."""
+    from . import INTERPRET
+
+    return INTERPRET and dtype == torch.bfloat16
+
+
+@triton.jit
+def to_output(v, out_ptr, SOFT_BF16: tl.constexpr):
+    """float32 -> the output's dtype, rounding to nearest even."""
+    if SOFT_BF16:
+        bits = v.to(tl.uint32, bitcast=True)
+        rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+        quiet_nan = (bits >> 16) | 0x40  # keep NaN a NaN: the carry must not reach the exponent
+        bits16 = tl.where(v != v, quiet_nan, rounded).to(tl.uint16)
+        return bits16.to(tl.bfloat16, bitcast=True)
+    else:
+        return v.to(out_ptr.dtype.element_ty)
+
+
+@triton.jit
+def _lane_active(a_ptr, r, cols, inb, full, mixed, sah, saw, tau, PATH: tl.constexpr):
+    """Active-pixel mask of one lane sub-block (rows r of the strip: a (TILE/4,) vector). Only the per-pixel
+    path reads A, and only in mixed tiles; full tiles are active without it."""
+    if PATH == 2:
+        rr = r[:, None]
+        cc = cols[None, :]
+        a = tl.load(a_ptr + rr * sah + cc * saw, mask=inb & mixed[None, :], other=0.0).to(tl.float32)
+        act = inb & (full[None, :] | (mixed[None, :] & (a >= tau)))
+    else:
+        act = inb  # path 1: every pixel; path 0: unused
+    return act
+
+
+@triton.jit
+def _lane_load(
+    x_ptr, o_ptr, c_ptr, n_ptr, r, cols, inb, act,
+    sxh, sxw, soh, sow, sch, scw, snh, snw,
+    PATH: tl.constexpr, NOISE: tl.constexpr,
+):
+    """The loads of one lane sub-block of one channel: (x, model_out, c, explicit noise) as float32, 0.0 for
+    what the path does not need. Pointers are already offset to (b, channel, first row of the strip)."""
+    rr = r[:, None]
+    cc = cols[None, :]
+    xv = 0.0
+    ov = 0.0
+    cv = 0.0
+    nv = 0.0
+    if PATH != 0:
+        xv = tl.load(x_ptr + rr * sxh + cc * sxw, mask=act, other=0.0).to(tl.float32)
+        ov = tl.load(o_ptr + rr * soh + cc * sow, mask=act, other=0.0).to(tl.float32)
+    if PATH == 2:
+        cv = tl.load(c_ptr + rr * sch + cc * scw, mask=inb & (act == 0), other=0.0).to(tl.float32)
+    elif PATH == 0:
+        cv = tl.load(c_ptr + rr * sch + cc * scw, mask=inb, other=0.0).to(tl.float32)
+    if NOISE == 2:
+        nv = tl.load(n_ptr + rr * snh + cc * snw, mask=inb, other=0.0).to(tl.float32)
+    return xv, ov, cv, nv
+
+
+@triton.jit
+def _lane_store(
+    y_ptr, r, cols, inb, act, xv, ov, cv, z, syh, syw,
+    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb,
+    PATH: tl.constexpr, NOISE: tl.constexpr, CLIP: tl.constexpr, SOFT_BF16: tl.constexpr,
+):
+    """x' of one lane sub-block in naive.py's float32 order, stored in the output's dtype."""
+    if PATH != 0:
+        x0 = k1 * xv + k2 * ov
+        if CLIP:
+            x0 = tl.clamp(x0, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)
+        eps = e1 * xv + e2 * ov
+        sr = cx0 * x0 + cx * xv + ceps * eps
+        if NOISE != 0:
+            sr = sr + sigma * z
+    if PATH != 1:
+        lr = la * cv
+        if NOISE != 0:
+            lr = lr + lb * z
+    if PATH == 2:
+        res = tl.where(act, sr, lr)
+    elif PATH == 1:
+        res = sr
+    else:
+        res = lr
+    tl.store(y_ptr + r[:, None] * syh + cols[None, :] * syw, to_output(res, y_ptr, SOFT_BF16), mask=inb)
+
+
+@triton.jit
+def _strip(
+    x_ptr, o_ptr, c_ptr, n_ptr, y_ptr, a_ptr,
+    b, ty, cols, col_in, full, mixed,
+    C, H, W, H4,
+    sxb, sxc, sxh, sxw, sob, soc, soh, sow, scb, scc, sch, scw,
+    snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+    tau, k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, seed,
+    PATH: tl.constexpr, NOISE: tl.constexpr, CLIP: tl.constexpr, TILE: tl.constexpr, SOFT_BF16: tl.constexpr,
+):
+    """All channels of one strip along one path. Per channel, every load of the four lane sub-blocks is
+    issued before the first store (a load after a store cannot be hoisted above it: the compiler does not
+    know that out aliases no input), then the Philox normals are computed while the loads are in flight."""
+    R: tl.constexpr = TILE // 4
+    i = tl.arange(0, R)
+    y0 = ty * TILE
+    # Row r = 4i + lane of the strip; 64-bit bases, 32-bit offsets inside the strip.
+    r0 = 4 * i
+    r1 = 4 * i + 1
+    r2 = 4 * i + 2
+    r3 = 4 * i + 3
+    in0 = ((y0 + r0) < H)[:, None] & col_in[None, :]
+    in1 = ((y0 + r1) < H)[:, None] & col_in[None, :]
+    in2 = ((y0 + r2) < H)[:, None] & col_in[None, :]
+    in3 = ((y0 + r3) < H)[:, None] & col_in[None, :]
+    b64 = b.to(tl.int64)
+    y64 = y0.to(tl.int64)
+    a_s = a_ptr + y64 * sah
+    act0 = _lane_active(a_s, r0, cols, in0, full, mixed, sah, saw, tau, PATH)
+    act1 = _lane_active(a_s, r1, cols, in1, full, mixed, sah, saw, tau, PATH)
+    act2 = _lane_active(a_s, r2, cols, in2, full, mixed, sah, saw, tau, PATH)
+    act3 = _lane_active(a_s, r3, cols, in3, full, mixed, sah, saw, tau, PATH)
+    for ch in range(C):
+        c64 = tl.cast(ch, tl.int64)
+        x_s = x_ptr + b64 * sxb + c64 * sxc + y64 * sxh
+        o_s = o_ptr + b64 * sob + c64 * soc + y64 * soh
+        c_s = c_ptr + b64 * scb + c64 * scc + y64 * sch
+        n_s = n_ptr + b64 * snb + c64 * snc + y64 * snh
+        y_s = y_ptr + b64 * syb + c64 * syc + y64 * syh
+        x0, o0, cv0, n0 = _lane_load(x_s, o_s, c_s, n_s, r0, cols, in0, act0,
+                                     sxh, sxw, soh, sow, sch, scw, snh, snw, PATH, NOISE)
+        x1, o1, cv1, n1 = _lane_load(x_s, o_s, c_s, n_s, r1, cols, in1, act1,
+                                     sxh, sxw, soh, sow, sch, scw, snh, snw, PATH, NOISE)
+        x2, o2, cv2, n2 = _lane_load(x_s, o_s, c_s, n_s, r2, cols, in2, act2,
+                                     sxh, sxw, soh, sow, sch, scw, snh, snw, PATH, NOISE)
+        x3, o3, cv3, n3 = _lane_load(x_s, o_s, c_s, n_s, r3, cols, in3, act3,
+                                     sxh, sxw, soh, sow, sch, scw, snh, snw, PATH, NOISE)
+        if NOISE == 1:
+            g = ((b * C + ch) * H4 + ty * R + i)[:, None] * W + cols[None, :]
+            n0, n1, n2, n3 = tl.randn4x(seed, g)
+        _lane_store(y_s, r0, cols, in0, act0, x0, o0, cv0, n0, syh, syw,
+                    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, PATH, NOISE, CLIP, SOFT_BF16)
+        _lane_store(y_s, r1, cols, in1, act1, x1, o1, cv1, n1, syh, syw,
+                    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, PATH, NOISE, CLIP, SOFT_BF16)
+        _lane_store(y_s, r2, cols, in2, act2, x2, o2, cv2, n2, syh, syw,
+                    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, PATH, NOISE, CLIP, SOFT_BF16)
+        _lane_store(y_s, r3, cols, in3, act3, x3, o3, cv3, n3, syh, syw,
+                    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, PATH, NOISE, CLIP, SOFT_BF16)
+
+
+@triton.jit
+def _masked_step_kernel(
+    x_ptr, o_ptr, c_ptr, a_ptr, tmax_ptr, tmin_ptr, n_ptr, y_ptr,
+    C, H, W, H4, TY, TX,
+    sxb, sxc, sxh, sxw, sob, soc, soh, sow, scb, scc, sch, scw,
+    snb, snc, snh, snw, syb, syc, syh, syw, sab, sah, saw,
+    tau, k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, seed,
+    HAS_A: tl.constexpr, NOISE: tl.constexpr, CLIP: tl.constexpr,
+    TILE: tl.constexpr, BLOCK_W: tl.constexpr, SOFT_BF16: tl.constexpr,
+):
+    pid_x = tl.program_id(0)
+    ty = tl.program_id(1)
+    b = tl.program_id(2)
+    cols = pid_x * BLOCK_W + tl.arange(0, BLOCK_W)
+    col_in = cols < W
+    a_b = a_ptr + b.to(tl.int64) * sab
+    if HAS_A:
+        st = (b * TY + ty).to(tl.int64) * TX + cols // TILE
+        # Columns past W count as full and inactive so that they never force the per-pixel path.
+        tmax = tl.load(tmax_ptr + st, mask=col_in, other=float("-inf"))
+        tmin = tl.load(tmin_ptr + st, mask=col_in, other=float("inf"))
+        full = tmin >= tau
+        active = tmax >= tau
+        mixed = active & (full == 0)
+        n_full = tl.sum(full.to(tl.int32), axis=0)
+        n_idle = tl.sum((active == 0).to(tl.int32), axis=0)
+        if n_idle == BLOCK_W:
+            _strip(x_ptr, o_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, full, mixed, C, H, W, H4,
+                   sxb, sxc, sxh, sxw, sob, soc, soh, sow, scb, scc, sch, scw,
+                   snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+                   tau, k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, seed, 0, NOISE, CLIP, TILE, SOFT_BF16)
+        elif n_full == BLOCK_W:
+            _strip(x_ptr, o_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, full, mixed, C, H, W, H4,
+                   sxb, sxc, sxh, sxw, sob, soc, soh, sow, scb, scc, sch, scw,
+                   snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+                   tau, k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, seed, 1, NOISE, CLIP, TILE, SOFT_BF16)
+        else:
+            _strip(x_ptr, o_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, full, mixed, C, H, W, H4,
+                   sxb, sxc, sxh, sxw, sob, soc, soh, sow, scb, scc, sch, scw,
+                   snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+                   tau, k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, seed, 2, NOISE, CLIP, TILE, SOFT_BF16)
+    else:
+        _strip(x_ptr, o_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, col_in, col_in, C, H, W, H4,
+               sxb, sxc, sxh, sxw, sob, soc, soh, sow, scb, scc, sch, scw,
+               snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+               tau, k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, seed, 1, NOISE, CLIP, TILE, SOFT_BF16)
+
+
+def _strides(t: Optional[torch.Tensor]) -> tuple[int, int, int, int]:
+    return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
+
+
+def launch_masked_step(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    c: torch.Tensor,
+    A: Optional[torch.Tensor],
+    tile_max: Optional[torch.Tensor],
+    tile_min: Optional[torch.Tensor],
+    tau: float,
+    coefs: list[float],
+    clip: bool,
+    seed: int,
+    step: int,
+    noise: Optional[torch.Tensor],
+    tile: int,
+    *,
+    block_w: Optional[int] = None,
+    num_warps: Optional[int] = None,
+) -> torch.Tensor:
+    """The launch behind ``torch.ops.yoda.masked_step_triton``; ``block_w`` / ``num_warps`` override
+    :func:`launch_config` (benchmarks sweep them)."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
+    for name, t in (("model_out", model_out), ("c", c), ("noise", noise)):
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
+    if tile not in naive.TILE_SIZES:
+        raise ValueError(f"tile must be one of {naive.TILE_SIZES}, got {tile}")
+    if len(coefs) != naive.NUM_COEFS:
+        raise ValueError(f"coefs must be {naive.NUM_COEFS} floats, got {len(coefs)}")
+    B, C, H, W = x.shape
+    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
+    if TY > MAX_GRID_YZ or B > MAX_GRID_YZ:
+        raise ValueError(f"x of shape {tuple(x.shape)} needs a grid over {TY} tile rows and {B} images; "
+                         f"at most {MAX_GRID_YZ} each")
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=naive._memory_format(x))
+    if out.numel() == 0:
+        return out
+    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb = (float(v) for v in coefs)
+    noise_mode = NOISE_NONE if sigma == 0.0 and lb == 0.0 else NOISE_PHILOX if noise is None else NOISE_TENSOR
+    has_a = A is not None
+    if has_a:
+        if A.shape[0] != B or tuple(A.shape[-2:]) != (H, W) or A.dim() not in (3, 4):
+            raise ValueError(f"A must be ({B}, 1, {H}, {W}) or ({B}, {H}, {W}), got {tuple(A.shape)}")
+        tmax, tmin = optional_stats(A, tile_max, tile_min, tile)
+        for name, t in (("tile_max", tmax), ("tile_min", tmin)):
+            if tuple(t.shape) != (B, TY, TX):
+                raise ValueError(f"{name} must have shape ({B}, {TY}, {TX}) = tile_stats(A, {tile}), "
+                                 f"got {tuple(t.shape)}")
+        sab, sah, saw = attention_strides(A)
+    else:
+        A, tmax, tmin = x, x, x  # never read (HAS_A is a compile-time False)
+        sab = sah = saw = 0
+    cfg_w, cfg_warps = launch_config(W, tile)
+    block_w = block_w or cfg_w
+    grid = (triton.cdiv(W, block_w), TY, B)
+    wrap_triton(_masked_step_kernel)[grid](
+        x, model_out, c, A, tmax, tmin, noise if noise is not None else x, out,
+        C, H, W, (H + 3) // 4, TY, TX,
+        *x.stride(), *model_out.stride(), *c.stride(), *_strides(noise), *out.stride(), sab, sah, saw,
+        float(tau), k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, (int(step) << 32) | int(seed),
+        HAS_A=has_a, NOISE=noise_mode, CLIP=bool(clip), TILE=tile, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x.dtype),
+        num_warps=num_warps or cfg_warps, enable_fp_fusion=False,
+    )
+    return out
+
+
+@triton_op("yoda::masked_step_triton", mutates_args=())
+def masked_step_triton(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    c: torch.Tensor,
+    A: Optional[torch.Tensor],
+    tile_max: Optional[torch.Tensor],
+    tile_min: Optional[torch.Tensor],
+    tau: float,
+    coefs: list[float],
+    clip: bool,
+    seed: int,
+    step: int,
+    noise: Optional[torch.Tensor],
+    tile: int,
+) -> torch.Tensor:
+    """x_prev (B, C, H, W), dtype and memory format of x; arguments as yoda_kernels.naive.masked_step.
+    tile_max / tile_min are computed here when A is given without them."""
+    return launch_masked_step(x, model_out, c, A, tile_max, tile_min, tau, coefs, clip, seed, step, noise, tile)

@@ -1,0 +1,96 @@
+"""Triton tile_stats: per-tile max and min of the attention map (DESIGN.md §8), same contract as
+``yoda_kernels.naive.tile_stats``.
+
+One program reduces a strip of TILE rows x BLOCK_W columns, i.e. BLOCK_W // TILE tiles side by side:
+the (TILE, BLOCK_W) block is viewed as (TILE, NT, TILE) and reduced over the two pixel axes. Padding is
+-inf for the max and +inf for the min, as the reference pads the ragged last row/column of tiles. NaN
+propagates (the public layer turns a NaN statistic into "A contains NaN").
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .. import naive
+
+
+@triton.jit
+def _tile_stats_kernel(
+    a_ptr, tmax_ptr, tmin_ptr,
+    H, W, TY, TX,
+    sab, sah, saw,
+    TILE: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    NT: tl.constexpr = BLOCK_W // TILE
+    pid_x = tl.program_id(0)
+    ty = tl.program_id(1)
+    b = tl.program_id(2)
+    rows = ty * TILE + tl.arange(0, TILE)
+    cols = pid_x * BLOCK_W + tl.arange(0, BLOCK_W)
+    inb = (rows < H)[:, None] & (cols < W)[None, :]
+    ptrs = a_ptr + b.to(tl.int64) * sab + rows[:, None] * sah + cols[None, :] * saw
+    a = tl.load(ptrs, mask=inb, other=0.0).to(tl.float32)
+    hi = tl.reshape(tl.where(inb, a, float("-inf")), (TILE, NT, TILE))
+    lo = tl.reshape(tl.where(inb, a, float("inf")), (TILE, NT, TILE))
+    # tl.max / tl.min drop NaN; count them separately so that a NaN pixel makes its tile's stats NaN
+    nans = tl.sum(tl.sum(tl.reshape((a != a).to(tl.int32), (TILE, NT, TILE)), 2), 0)
+    tmax = tl.where(nans > 0, float("nan"), tl.max(tl.max(hi, 2), 0))
+    tmin = tl.where(nans > 0, float("nan"), tl.min(tl.min(lo, 2), 0))
+    tx = pid_x * NT + tl.arange(0, NT)
+    out = (b * TY + ty).to(tl.int64) * TX + tx
+    tl.store(tmax_ptr + out, tmax, mask=tx < TX)
+    tl.store(tmin_ptr + out, tmin, mask=tx < TX)
+
+
+def _strip_width(W: int, tile: int) -> int:
+    """Columns per program: 128 (4 tiles of 32 .. 16 tiles of 8), fewer for narrow maps."""
+    return max(tile, min(128, triton.next_power_of_2(W)))
+
+
+def attention_strides(A: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, row, column) strides of a (B, 1, H, W) or (B, H, W) attention map."""
+    if A.dim() == 4:
+        return A.stride(0), A.stride(2), A.stride(3)
+    return A.stride(0), A.stride(1), A.stride(2)
+
+
+def launch_tile_stats(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
+        raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {tuple(A.shape)}")
+    if tile not in naive.TILE_SIZES:
+        raise ValueError(f"tile must be one of {naive.TILE_SIZES}, got {tile}")
+    B, H, W = A.shape[0], A.shape[-2], A.shape[-1]
+    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
+    if TY > 65535 or B > 65535:  # CUDA's limit on grid dimensions y and z
+        raise ValueError(f"A of shape {tuple(A.shape)} needs a grid over {TY} tile rows and {B} images; "
+                         "at most 65535 each")
+    tmax = torch.empty((B, TY, TX), dtype=torch.float32, device=A.device)
+    tmin = torch.empty((B, TY, TX), dtype=torch.float32, device=A.device)
+    if tmax.numel() == 0:
+        return tmax, tmin
+    block_w = _strip_width(W, tile)
+    grid = (triton.cdiv(W, block_w), TY, B)
+    wrap_triton(_tile_stats_kernel)[grid](
+        A, tmax, tmin, H, W, TY, TX, *attention_strides(A), TILE=tile, BLOCK_W=block_w, num_warps=4
+    )
+    return tmax, tmin
+
+
+@triton_op("yoda::tile_stats_triton", mutates_args=())
+def tile_stats_triton(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tile_max, tile_min), each (B, ceil(H/tile), ceil(W/tile)) float32; A: (B, 1, H, W) or (B, H, W)."""
+    return launch_tile_stats(A, tile)
+
+
+def optional_stats(
+    A: Optional[torch.Tensor], tile_max: Optional[torch.Tensor], tile_min: Optional[torch.Tensor], tile: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tile statistics as float32 contiguous tensors, computed here when the caller gave none."""
+    if tile_max is None or tile_min is None:
+        return launch_tile_stats(A, tile)
+    return tile_max.float().contiguous(), tile_min.float().contiguous()
