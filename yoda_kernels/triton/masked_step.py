@@ -208,10 +208,13 @@ def _masked_step_kernel(
     C, H, W, H4, TY, TX,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow, scb, scc, sch, scw,
     snb, snc, snh, snw, syb, syc, syh, syw, sab, sah, saw,
-    tau, k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, seed,
+    tau, k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, seed_i32, step,
     HAS_A: tl.constexpr, NOISE: tl.constexpr, CLIP: tl.constexpr,
     TILE: tl.constexpr, BLOCK_W: tl.constexpr, SOFT_BF16: tl.constexpr,
 ):
+    # The 64-bit Philox key (step << 32) | seed is assembled here: torch.compile's Triton codegen (torch 2.11)
+    # fails on integer arguments outside int32 ('int' object has no attribute 'xreplace'), seen on an H200.
+    seed = (tl.cast(step, tl.uint64) << 32) | tl.cast(tl.cast(seed_i32, tl.uint32, bitcast=True), tl.uint64)
     pid_x = tl.program_id(0)
     ty = tl.program_id(1)
     b = tl.program_id(2)
@@ -248,6 +251,11 @@ def _masked_step_kernel(
                sxb, sxc, sxh, sxw, sob, soc, soh, sow, scb, scc, sch, scw,
                snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
                tau, k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, seed, 1, NOISE, CLIP, TILE, SOFT_BF16)
+
+
+def _as_int32(v: int) -> int:
+    """A uint32 seed as the int32 with the same bits (the kernel bitcasts it back)."""
+    return v - (1 << 32) if v >= (1 << 31) else v
 
 
 def _strides(t: Optional[torch.Tensor]) -> tuple[int, int, int, int]:
@@ -313,7 +321,7 @@ def launch_masked_step(
         x, model_out, c, A, tmax, tmin, noise if noise is not None else x, out,
         C, H, W, (H + 3) // 4, TY, TX,
         *x.stride(), *model_out.stride(), *c.stride(), *_strides(noise), *out.stride(), sab, sah, saw,
-        float(tau), k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, (int(step) << 32) | int(seed),
+        float(tau), k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, _as_int32(int(seed)), int(step),
         HAS_A=has_a, NOISE=noise_mode, CLIP=bool(clip), TILE=tile, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x.dtype),
         num_warps=num_warps or cfg_warps, enable_fp_fusion=False,
     )
