@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from yoda.cli import main
-from yoda.load import save_model
+from yoda.checkpoint import save_model
 from yoda.models.sr3 import SR3Config, SR3UNet
 from yoda.schedule import Schedule
 

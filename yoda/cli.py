@@ -36,7 +36,7 @@ class UserError(ValueError):
 # ----------------------------------------------------------------------------------------------------------
 def load_model(spec: str, device):
     """--model: "default" (the embedded x4 model) or a path to a "yoda" model file."""
-    from .load import load
+    from .checkpoint import load
 
     path = DEFAULT_WEIGHTS if spec == "default" else Path(spec)
     if spec == "default" and not path.exists():

@@ -569,7 +569,7 @@ class Trainer:
 
     def export(self, path: str) -> None:
         """The EMA weights in the "yoda" format (yoda.load("yoda", path)), with the TrainConfig in "extra"."""
-        from .load import save_model
+        from .checkpoint import save_model
 
         module = copy.deepcopy(self.ema).cpu()
         save_model(module, path, schedule=self.schedule,

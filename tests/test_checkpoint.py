@@ -1,4 +1,4 @@
-"""yoda.load / yoda.load.save_model: upstream checkpoint layouts, the "yoda" format, and clear errors."""
+"""yoda.load / yoda.save_model (yoda/checkpoint.py): upstream checkpoint layouts, the "yoda" format, and clear errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import yoda
-from yoda.load import CheckpointError, _fold_weight_norm, save_model, srdiff_config_from_state_dict
+from yoda.checkpoint import CheckpointError, _fold_weight_norm, save_model, srdiff_config_from_state_dict
 from yoda.models import SR3Config, SR3UNet, SRDiff, SRDiffConfig
 from yoda.models.sr3 import SR3_DIFFUSION_BUFFERS
 from yoda.schedule import Schedule

@@ -30,8 +30,6 @@ metadata holds:
 from __future__ import annotations
 
 import json
-import sys
-import types
 import os
 import tempfile
 import warnings
@@ -457,16 +455,3 @@ def load(kind: str, path: PathLike, config: Any = None) -> nn.Module:
                         f"(min_size, max_size, checkpoint_key{', groups' if kind == 'dino-resnet50' else ''}); "
                         f"got {type(config).__name__}")
     return fn(p, **dict(config))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ``yoda.load`` is both this module and the function above: importing the submodule (``from yoda.load import
-# save_model``) makes Python bind the *module* to the package attribute ``yoda.load``, which would hide the
-# lazily exported function. Making the module callable keeps ``yoda.load(kind, path)`` working either way.
-# ----------------------------------------------------------------------------------------------------------
-class _CallableModule(types.ModuleType):
-    def __call__(self, kind: str, path: PathLike, config: Any = None) -> nn.Module:
-        return load(kind, path, config)
-
-
-sys.modules[__name__].__class__ = _CallableModule
