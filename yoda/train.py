@@ -679,6 +679,16 @@ def _series(rows, key):
     return [(float(r["step"]), float(r[key])) for r in rows if r.get(key, "") not in ("", None)]
 
 
+def _dashed(dr, a, b, col, dash: float = 6.0) -> None:
+    """A dashed line from a to b (Pillow has none): dashes of ``dash`` px with equal gaps."""
+    (xa, ya), (xb, yb) = a, b
+    n = max(1, int(math.hypot(xb - xa, yb - ya) / dash))
+    for j in range(0, n, 2):
+        t0, t1 = j / n, min(1.0, (j + 1) / n)
+        dr.line([(xa + t0 * (xb - xa), ya + t0 * (yb - ya)), (xa + t1 * (xb - xa), ya + t1 * (yb - ya))],
+                fill=col, width=2)
+
+
 def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) -> None:
     """One PNG with two panels: training loss vs step (left) and validation PSNR vs step (right; solid
     plain sampling, dashed YODA sampling), one colour per log."""
@@ -709,9 +719,9 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
         for li, k, s in series:
             col = _COLOURS[li % len(_COLOURS)]
             xy = [(fx(a), fy(b)) for a, b in s]
-            if k == "val_psnr_yoda":  # dashed: every other segment
-                for j in range(0, len(xy) - 1, 2):
-                    dr.line([xy[j], xy[j + 1]], fill=col, width=2)
+            if k == "val_psnr_yoda":
+                for a, b in zip(xy, xy[1:]):
+                    _dashed(dr, a, b, col)
             elif len(xy) > 1:
                 dr.line(xy, fill=col, width=2)
             for p in xy if k != "loss" else []:
