@@ -407,22 +407,22 @@ def test_wrong_keys_listed(vit, tmp_path):
         att.dino_vits8(str(p))
     msg = str(ei.value)
     assert "renamed.pth" in msg
-    assert "missing keys ['blocks.0.attn.qkv.weight']" in msg
-    assert "unexpected keys ['blocks.0.attn.in_proj.weight']" in msg
+    assert "missing keys: 'blocks.0.attn.qkv.weight'" in msg
+    assert "unexpected keys: 'blocks.0.attn.in_proj.weight'" in msg
 
 
 def test_wrong_model_file(resnet_file, vit_file, vit, tmp_path):
     # a ResNet file given to the ViT loader (and vice versa): a few keys listed, with the total
-    with pytest.raises(ValueError, match=r"do not match a DINO ViT-S/8 state dict.*missing keys \['cls_token'.*\(150 in all\)"):
+    with pytest.raises(ValueError, match=r"missing keys: 'cls_token'.*\(150 in all\).*a DINO ViT-S/8 state dict"):
         att.dino_vits8(resnet_file)
-    with pytest.raises(ValueError, match=r"dino_deitsmall8_pretrain\.pth.*missing keys \['conv1\.weight'"):
+    with pytest.raises(ValueError, match=r"dino_deitsmall8_pretrain\.pth.*missing keys: 'conv1\.weight'"):
         att.dino_resnet50(vit_file)
     # right names, wrong shapes (a ViT-S/16 patch embedding)
     sd = dict(vit.state_dict())
     sd["patch_embed.proj.weight"] = torch.zeros(384, 3, 16, 16)
     p = tmp_path / "s16.pth"
     torch.save(sd, p)
-    with pytest.raises(ValueError, match=r"wrong shapes.*patch_embed\.proj\.weight: file \(384, 3, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"shape mismatches: patch_embed\.proj\.weight: checkpoint \(384, 3, 16, 16\)"):
         att.dino_vits8(str(p))
 
 

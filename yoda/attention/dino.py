@@ -156,32 +156,11 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
 
 
 def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str, fmt: str) -> None:
-    """model.load_state_dict(sd, strict=True) with an error that names the file and lists a few
-    missing / unexpected / mis-shaped keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or shapes:
+    """model.load_state_dict(sd, strict=True) with one error that names the file and the expected format and
+    lists a few missing / unexpected / mis-shaped keys (yoda.checkpoint's check, shared with the SR models)."""
+    from ..checkpoint import load_state_dict_checked
 
-        def few(xs):
-            return f"{xs[:5]}" + (f" ... ({len(xs)} in all)" if len(xs) > 5 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys {few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {few(unexpected)}")
-        if shapes:
-            parts.append(f"wrong shapes {few(shapes)}")
-        raise ValueError(f"weights {path!r} do not match {fmt}: " + "; ".join(parts))
-    # assign=True adopts the file's tensors instead of copying 100 MB; float32 so fp16 files work too
-    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
+    load_state_dict_checked(model, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")
 
 
 # --------------------------------------------------------------------------------------------------
