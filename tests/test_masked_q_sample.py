@@ -115,3 +115,11 @@ def test_opcheck(with_A):
     A = torch.rand(2, 1, 19, 24) if with_A else None
     v = torch.rand(2)
     torch.library.opcheck(torch.ops.yoda.masked_q_sample.default, (x0, x0 * 2, x0 * 3, A, v, v, v))
+
+
+def test_nan_in_attention_is_rejected():
+    x0 = torch.zeros(1, 3, 5, 7)
+    A = torch.rand(1, 1, 5, 7)
+    A[0, 0, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="A contains NaN"):
+        yk.masked_q_sample(x0, x0, x0, A, 0.5, 0.5)

@@ -541,3 +541,9 @@ def test_progress_bar(capsys):
     assert "yoda.sample" in capsys.readouterr().err
     run(model, lr_image(), seed=0, progress=False)
     assert "yoda.sample" not in capsys.readouterr().err
+
+
+def test_model_and_lr_on_different_devices_is_a_clear_error():
+    model = PixelAdapter(SR3Net().to("meta"), SCHED, scale=SCALE)
+    with pytest.raises(ValueError, match="lr is on cpu but the model is on meta"):
+        yoda.sample(model, torch.zeros(1, 3, 4, 4), steps=2, progress=False)

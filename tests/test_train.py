@@ -128,9 +128,9 @@ def test_masked_input_mixes_x0_and_c(batch):
     base = torch.where(A.double() >= tau.view(-1, 1, 1, 1), x0.double(), c.double())
     want = s * base + (1 - s * s).sqrt() * noise.double()
     assert (seen["x_t"].double() - want).abs().max() < 1e-6
-    # the mix really happened: some pixels took c, some x0, at the middle timestep
-    m = A[1] >= 0.0
-    assert 0 < m.float().mean() <= 1
+    # the mix really happened: at idx 9 (tau = 0.4) some pixels took c and some x0
+    m = A[2].double() >= tau[2]
+    assert 0 < m.float().mean() < 1
 
 
 def test_noise_level_draws():
@@ -263,3 +263,10 @@ def test_psnr_u8_matches_skimage():
     for i in range(2):
         want = peak_signal_noise_ratio(tensor_to_u8(hr[i]), tensor_to_u8(sr[i]), data_range=255)
         assert got[i].item() == pytest.approx(want, abs=1e-9)
+
+
+def test_noise_level_follows_the_space():
+    assert LossConfig().noise_level == "continuous"  # SR3: continuous sqrt(alpha_bar)
+    assert LossConfig(space="residual").noise_level == "discrete"  # SRDiff: the integer step
+    with pytest.raises(ValueError, match='noise_level must be "discrete"'):
+        LossConfig(space="residual", noise_level="continuous")

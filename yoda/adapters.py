@@ -89,6 +89,14 @@ class Adapter:
     def crop_cond(self, cond: Any, ys: slice, xs: slice) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not support tiled denoising (crop_cond)")
 
+    def device(self) -> Optional[torch.device]:
+        """Device of the wrapped network's parameters (attributes ``net`` or ``model``), None if unknown."""
+        for obj in (getattr(self, "net", None), getattr(self, "model", None)):
+            if isinstance(obj, torch.nn.Module):
+                for p in obj.parameters():
+                    return p.device
+        return None
+
 
 PREDICTIONS = ("eps", "x0", "v")
 SPACES = ("pixel", "residual")

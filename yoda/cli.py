@@ -372,7 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(a, "steps", None) is not None and a.steps < 1:
             raise UserError(f"--steps must be >= 1, got {a.steps}")
         return a.fn(a)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (ValueError, TypeError, ImportError, RuntimeError, OSError) as e:  # one line, no traceback
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"yoda: error: {msg}", file=sys.stderr)
         return 2

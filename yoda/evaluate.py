@@ -96,12 +96,6 @@ class EvalSettings:
                 raise ValueError(f"lower bounds must be finite and >= 0, got {lb}")
 
 
-def _as_adapter(model):
-    from .adapters import as_adapter
-
-    return as_adapter(model)
-
-
 def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:
     """(SR, denoiser calls, seconds) of one yoda.sample run."""
     from .sampler import sample
@@ -124,10 +118,12 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
     images: [(name, uint8 (H, W, 3))] HR images (yoda.data.load_source); LR = make_lr(HR)."""
     from .adapters import upsample
 
-    adapter = _as_adapter(model)
+    from .adapters import as_adapter
+
+    adapter = as_adapter(model)
     scale = adapter.scale
     multiple = int(scale * max(1, getattr(adapter, "multiple", 1)) // math.gcd(scale, max(1, getattr(adapter, "multiple", 1))))
-    dev = _adapter_device(adapter)
+    dev = adapter.device() or torch.device("cpu")
     rows = []
     for name, hr_u8 in images:
         hr_u8 = _data.crop_to_multiple(hr_u8, multiple, settings.max_size)
@@ -147,14 +143,6 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
             row.update(calls=calls, seconds=secs)
             rows.append(row)
     return rows
-
-
-def _adapter_device(adapter) -> torch.device:
-    for obj in (getattr(adapter, "net", None), getattr(adapter, "model", None)):
-        if isinstance(obj, torch.nn.Module):
-            for p in obj.parameters():
-                return p.device
-    return torch.device("cpu")
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:

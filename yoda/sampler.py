@@ -282,6 +282,9 @@ def sample(
     """
     adapter = as_adapter(model)
     lr3 = _check_lr(lr)
+    dev = adapter.device()
+    if dev is not None and (dev.type != lr.device.type or (dev.index or 0) != (lr.device.index or 0)):
+        raise ValueError(f"lr is on {lr.device} but the model is on {dev}: move one of them")
     adapter.check_lr(lr3)
     schedule = adapter.schedule
     T = schedule.T
@@ -332,7 +335,7 @@ def sample(
         tiler = _Tiler(c.shape, *tiles, A, c.device) if tiles is not None else None
 
         def tau_of(idx: int) -> float:
-            return (idx + 1) / T - lower_bound  # DESIGN §4 with t = idx + 1
+            return masks.tau_at(idx + 1, T, lower_bound)  # DESIGN §4 with t = idx + 1
 
         # Start (DESIGN §5): x = noise where active at the first step, the LR noised to ab there elsewhere.
         x = K.masked_step(
@@ -379,13 +382,7 @@ def sample(
 
 
 def _x0_hat(x: torch.Tensor, pred: torch.Tensor, ab_t: float, prediction: str, clip: bool) -> torch.Tensor:
-    """x0_hat from the model output (introspection only; the step computes its own in the kernel)."""
-    sa, s1a = math.sqrt(ab_t), math.sqrt(1.0 - ab_t)
-    xf, pf = x.float(), pred.float()
-    if prediction == "eps":
-        x0 = (xf - s1a * pf) / sa
-    elif prediction == "x0":
-        x0 = pf
-    else:  # v = sqrt(a) eps - sqrt(1 - a) x0  =>  x0 = sqrt(a) x - sqrt(1 - a) v
-        x0 = sa * xf - s1a * pf
+    """x0_hat = k1 x + k2 pred, the kernels' own x0 coefficients (introspection only)."""
+    k1, k2 = K.step_coefficients(ab_t, 1.0, prediction=prediction)[:2]
+    x0 = k1 * x.float() + k2 * pred.float()
     return x0.clamp(-1.0, 1.0) if clip else x0

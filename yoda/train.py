@@ -60,7 +60,7 @@ class LossConfig:
     mask_loss: bool = False  # average the loss over the active pixels (A >= tau) only
     loss: str = "l1"  # "l1" | "l2"
     target: str = "eps"  # "eps" | "x0": what the model predicts
-    noise_level: str = "continuous"  # "continuous" (SR3) | "discrete" (sqrt(ab[idx]) exactly)
+    noise_level: Optional[str] = None  # "continuous" (SR3) | "discrete" (sqrt(ab[idx]) exactly); None: by space
     lower_bound: float = 0.6  # l in tau = t/T - l (DESIGN.md §4)
     residual_scale: float = 2.0  # k of the residual space (SRDiff)
     same_t_in_batch: bool = False  # one t for the whole batch, as Janspiry's SR3 p_losses
@@ -69,11 +69,17 @@ class LossConfig:
         _check_choice("space", self.space, SPACES)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("target", self.target, TARGETS)
+        if self.noise_level is None:  # SR3 conditions on a continuous level; SRDiff on the integer step
+            object.__setattr__(self, "noise_level", "continuous" if self.space == "pixel" else "discrete")
         _check_choice("noise_level", self.noise_level, NOISE_LEVELS)
         if not (math.isfinite(self.lower_bound) and self.lower_bound >= 0):
             raise ValueError(f"lower_bound must be a finite number >= 0, got {self.lower_bound}")
         if not self.residual_scale > 0:
             raise ValueError(f"residual_scale must be > 0, got {self.residual_scale}")
+        if self.space == "residual" and self.noise_level == "continuous":
+            # SRDiff's denoiser is told the integer step index, so x_t must be noised to exactly ab[idx]
+            raise ValueError('noise_level must be "discrete" for space="residual" (SRDiff conditions on the '
+                             "integer step, not on a continuous noise level)")
 
     @property
     def yoda(self) -> bool:

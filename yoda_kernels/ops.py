@@ -267,6 +267,8 @@ def masked_step(
         expect = (x.shape[0], -(-x.shape[2] // tile), -(-x.shape[3] // tile))
         if tuple(tmax.shape) != expect or tuple(tmin.shape) != expect:
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile}))")
+        if tmax.dtype != torch.float32 or tmin.dtype != torch.float32 or tmax.device != x.device or tmin.device != x.device:
+            raise ValueError(f"stats must be float32 tensors on {x.device} (tile_stats(A, {tile}))")
     return _impl("masked_step", backend)(
         x, model_out, c, A, tmax, tmin, tau, coefs, bool(clip), int(seed), int(step), noise, tile
     )
@@ -293,7 +295,7 @@ def masked_q_sample(
     B = x0.shape[0]
 
     def per_batch(name, v):
-        v = torch.as_tensor(v, dtype=torch.float32, device=x0.device)
+        v = torch.as_tensor(v, dtype=torch.float64, device=x0.device)
         if v.dim() == 0:
             v = v.expand(B)
         if v.shape != (B,):
@@ -304,6 +306,10 @@ def masked_q_sample(
     ab = per_batch("ab", ab)
     if ((ab <= 0) | (ab > 1)).any():
         raise ValueError("ab must be in (0, 1]")
-    tau = per_batch("tau", tau)
+    tau = per_batch("tau", tau).float()
+    if A is not None:
+        _check_nan("A", A)
     backend = resolve_backend(backend, x0.device)
-    return _impl("masked_q_sample", backend)(x0, c, noise, A, ab.sqrt(), (1 - ab).sqrt(), tau)
+    # sqrt(1 - ab) in float64: 1 - ab cancels badly in float32 at the smallest noise levels (ab ~ 1 - 1e-6)
+    sqrt_ab, sqrt_1m_ab = ab.sqrt().float(), (1 - ab).sqrt().float()
+    return _impl("masked_q_sample", backend)(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau)
