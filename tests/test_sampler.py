@@ -387,12 +387,17 @@ def test_attention_forms_agree(monkeypatch):
         calls.append(x.shape)
         return A
 
-    assert torch.equal(run(model, lr, attention=extractor, seed=3), ref)
+    # an extractor's LR map is resized and then min-max normalised again (DESIGN §3)
+    from yoda.attention import minmax_normalize
+
+    ref_x = run(model, lr, attention=minmax_normalize(A_hr), seed=3)
+    assert not torch.equal(ref_x, ref)
+    assert torch.equal(run(model, lr, attention=extractor, seed=3), ref_x)
     assert calls == [(2, 3, 8, 8)]
     fake = types.ModuleType("yoda.attention")
     fake.get = lambda name: {"mine": extractor}[name]
     monkeypatch.setitem(sys.modules, "yoda.attention", fake)
-    assert torch.equal(run(model, lr, attention="mine", seed=3), ref)
+    assert torch.equal(run(model, lr, attention="mine", seed=3), ref_x)
     # one map for the whole batch is broadcast
     one = run(model, lr, attention=A[:1], seed=3)
     assert torch.equal(one, run(model, lr, attention=A[:1].expand(2, 1, 8, 8), seed=3))

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 import yoda_kernels as K
 
 from . import masks
+from .attention.classic import minmax_normalize
 from .adapters import Adapter, as_adapter
 
 SAMPLERS = ("ddpm", "ddim")
@@ -144,6 +145,7 @@ def _resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int
     """attention (tensor, name or callable f(lr)) -> A (B, 1, H, W) float32 in [0, 1] on lr's device."""
     B = lr.shape[0]
     src = "attention"
+    extracted = not isinstance(attention, torch.Tensor)
     if isinstance(attention, str):
         try:
             get = importlib.import_module("yoda.attention").get
@@ -176,6 +178,8 @@ def _resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int
     A = A.expand(B, 1, *A.shape[2:])
     if tuple(A.shape[2:]) != hr_size:
         A = F.interpolate(A, size=hr_size, mode="bilinear", align_corners=False)
+        if extracted:  # DESIGN §3: resize, then min-max per image (upsampling pulls the peak below 1)
+            A = minmax_normalize(A)
     return A.clamp(0.0, 1.0).contiguous()
 
 
