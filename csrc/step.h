@@ -63,10 +63,16 @@ YODA_HD float step_pixel(const StepCoefs& k, float x, float out, float c, float 
   return active ? step_sr(k, x, out, z, clip) : step_lr(k, c, z);
 }
 
-// Training-time noising (masked_q_sample): sqrt_ab * (x0 where active else c) + sqrt_1m_ab * noise.
-YODA_HD float q_sample_pixel(float sqrt_ab, float sqrt_1m_ab, float x0, float c, float noise, bool active) {
-  return sqrt_ab * (active ? x0 : c) + sqrt_1m_ab * noise;
+// Training-time noising (masked_q_sample): sqrt_ab * base + sqrt_1m_ab * noise, where the caller picks
+// base = x0 for an active pixel and c elsewhere (so that it can read only the tensor it needs).
+YODA_HD float q_sample_pixel(float sqrt_ab, float sqrt_1m_ab, float base, float noise) {
+  return sqrt_ab * base + sqrt_1m_ab * noise;
 }
+
+// NaN-propagating max / min (as torch.amax / amin) for tile_stats: once the running value is NaN it stays NaN
+// (v > NaN and v < NaN are false), so the caller can reject an A holding NaN.
+YODA_HD float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+YODA_HD float min_nan(float m, float v) { return (v < m || v != v) ? v : m; }
 
 // Tile classes of DESIGN.md §8 at threshold tau, from the tile's max and min of A.
 enum TileKind : int { kTileInactive = 0, kTileMixed = 1, kTileFull = 2 };

@@ -230,7 +230,7 @@ def test_yoda_format_round_trip_srdiff(tmp_path):
     assert torch.equal(_srdiff_out(got), _srdiff_out(m))
 
 
-def test_yoda_format_errors_leave_nothing_behind(tmp_path):
+def test_yoda_format_errors_leave_nothing_behind(tmp_path, monkeypatch):
     net = _sr3()
     p = tmp_path / "m.safetensors"
     with pytest.raises(ValueError, match="schedule"):
@@ -243,10 +243,26 @@ def test_yoda_format_errors_leave_nothing_behind(tmp_path):
     assert not p.exists()
     save_model(net, p, schedule=Schedule.linear(5))
     before = p.read_bytes()
+    um = os.umask(0)
+    os.umask(um)
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~um)  # the usual permissions, not mkstemp's 0600
     with pytest.raises(ValueError, match="JSON"):
         save_model(net, p, schedule=Schedule.linear(5), extra={"bad": object()})
     assert p.read_bytes() == before
-    assert [f for f in os.listdir(tmp_path) if f.startswith(".yoda-save-")] == []
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    import safetensors.torch
+
+    with monkeypatch.context() as mp:
+        mp.setattr(safetensors.torch, "save_file", disk_full)
+        with pytest.raises(OSError, match="disk full"):
+            save_model(net, p, schedule=Schedule.linear(7))
+    assert p.read_bytes() == before
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []  # no temporary file left
     with pytest.raises(ValueError, match="config must be None"):
         yoda.load("yoda", p, config=CFG)
     plain = tmp_path / "plain.safetensors"
@@ -259,7 +275,7 @@ def test_yoda_format_errors_leave_nothing_behind(tmp_path):
         yoda.load("yoda", plain)
 
 
-def test_dino_kinds_delegate(tmp_path):
+def test_dino_kinds_delegate(tmp_path, monkeypatch):
     dino = pytest.importorskip("yoda.attention.dino")
     p = tmp_path / "junk.pth"
     torch.save({"not": torch.zeros(1)}, p)
@@ -269,4 +285,9 @@ def test_dino_kinds_delegate(tmp_path):
     assert not isinstance(ei.value, (NotImplementedError, ImportError))
     with pytest.raises(TypeError, match="config"):
         yoda.load("dino-resnet50", p, config=5)
-    assert callable(getattr(dino, "dino_vits8", None)) or callable(getattr(dino, "load_vits8", None))
+    # each kind calls its loader of yoda.attention.dino with the path and the config's keyword arguments
+    seen = []
+    for kind, name in (("dino-vits8", "dino_vits8"), ("dino-resnet50", "dino_resnet50")):
+        monkeypatch.setattr(dino, name, lambda path, **kw: seen.append((path, kw)) or name)
+        assert yoda.load(kind, p) == name and yoda.load(kind, p, config={"min_size": 64}) == name
+    assert seen == [(str(p), {}), (str(p), {"min_size": 64})] * 2

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from yoda import data
+from yoda.images import from_uint8, to_uint8
 
 
 def test_builtin_set_excludes_held_out():
@@ -52,11 +53,11 @@ def test_read_image_modes(tmp_path):
 
 def test_make_lr_is_antialiased_bicubic_close_to_pillow():
     a = data.builtin_image("astronaut")[:256, :256]
-    lr = data.make_lr(data.u8_to_tensor(a), 4)
+    lr = data.make_lr(from_uint8(a), 4)
     assert lr.shape == (1, 3, 64, 64)
-    u = data.tensor_to_u8(lr)
+    u = to_uint8(lr)[0]
     # quantised: x = u / 127.5 - 1 exactly
-    assert torch.equal(lr, data.u8_to_tensor(u))
+    assert torch.equal(lr, from_uint8(u))
     pil = np.asarray(Image.fromarray(a).resize((64, 64), Image.Resampling.BICUBIC)).astype(int)
     d = np.abs(u.astype(int) - pil)
     assert d.mean() < 0.5 and d.max() <= 6  # same Keys a = -0.5 filter; measured mean 0.1, max 4
@@ -75,7 +76,7 @@ def test_crop_sampler_reproducible_and_in_range():
     assert a.shape == (5, 3, 16, 16) and torch.equal(a, b)
     assert a.min() >= -1 and a.max() <= 1
     # every crop is a (possibly flipped) window of the source image
-    src = data.u8_to_tensor(imgs[0][1])[0]
+    src = from_uint8(imgs[0][1])[0]
     for c in a:
         found = False
         for fl in ([], [2], [1], [1, 2]):

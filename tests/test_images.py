@@ -110,3 +110,49 @@ def test_save_errors_and_atomicity(tmp_path, monkeypatch):
         save_image(-torch.ones(3, 4, 4), target)
     assert target.read_bytes() == before  # the old file is intact
     assert sorted(f.name for f in tmp_path.iterdir()) == ["keep.png"]  # and no temp file is left
+
+
+def test_alpha_is_composited_on_white_like_yoda_data(tmp_path):
+    """One reader: yoda.load_image, the CLI and yoda.data read RGBA / 16-bit grey files identically."""
+    from yoda import data
+
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = [[255, 0], [0, 51]]  # opaque, transparent, transparent, alpha 0.2
+    want = np.array([[[200, 0, 0], [255, 255, 255]], [[255, 255, 255], [244, 204, 204]]], dtype=np.uint8)
+    # 200 * 0.2 + 255 * 0.8 = 244, 0 * 0.2 + 255 * 0.8 = 204
+    assert np.array_equal(to_uint8(from_uint8(rgba))[0], want)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    assert torch.equal(load_image(tmp_path / "a.png"), from_uint8(want))
+    assert np.array_equal(data.read_image(str(tmp_path / "a.png")), want)
+    assert data.read_image is images.read_image and data.DataError is images.DataError
+
+
+def test_16_bit_grey_is_scaled_to_8_bits(tmp_path):
+    g16 = np.array([[0, 65535], [257 * 128, 257 * 7]], dtype=np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")  # really a 16-bit file
+    x = load_image(tmp_path / "g16.png")
+    assert to_uint8(x)[0, :, :, 0].tolist() == [[0, 255], [128, 7]]  # u16 / 65535 * 255, rounded
+    assert torch.equal(x[:, 0], x[:, 2])
+
+
+def test_atomic_write_permissions_and_cleanup(tmp_path):
+    from yoda._io import atomic_write
+
+    um = os.umask(0)
+    os.umask(um)
+    p = atomic_write(tmp_path / "t.txt", lambda tmp: open(tmp, "w").write("new"))
+    assert p.read_text() == "new" and (p.stat().st_mode & 0o777) == (0o666 & ~um)
+
+    def fail(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_write(p, fail)
+    assert p.read_text() == "new" and [f.name for f in tmp_path.iterdir()] == ["t.txt"]
+    with pytest.raises(FileNotFoundError):
+        atomic_write(tmp_path / "missing" / "x.txt", lambda tmp: None)

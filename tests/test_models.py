@@ -7,6 +7,7 @@ Upstream facts used as references (read from the upstream files, not from our co
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -256,6 +257,46 @@ def test_sr3_upstream_checkpoint_round_trip(tmp_path):
     x, g = torch.randn(2, 6, 16, 16), torch.tensor([0.2, 0.7])
     with torch.no_grad():
         assert torch.equal(got(x, g), net(x, g))
+
+
+def test_sr3_adapter_is_a_pixel_adapter():
+    from yoda.adapters import PixelAdapter
+    from yoda.models import SR3Adapter
+
+    net = _tiny_sr3(attn=False)
+    sched = Schedule.linear(10, 1e-3, 0.2)
+    with pytest.raises(ValueError, match="schedule: pass the Schedule"):
+        net.yoda_adapter(scale=2)
+    net.schedule, net.scale = sched, 2
+    ad = net.yoda_adapter()
+    assert isinstance(ad, SR3Adapter) and isinstance(ad, PixelAdapter)
+    assert (ad.schedule, ad.scale, ad.multiple, ad.prediction, ad.clip_x0) == (sched, 2, 2, "eps", True)
+    assert net.yoda_adapter(scale=4, clip_x0=False).scale == 4 and not net.yoda_adapter(clip_x0=False).clip_x0
+    lr = _lr(2, 8, 8)
+    pr = ad.prepare(lr)
+    assert torch.equal(pr.c, upsample(lr, 2)) and torch.equal(pr.cond, pr.c)
+    assert torch.equal(ad.crop_cond(pr.cond, slice(2, 6), slice(4, 8)), pr.cond[..., 2:6, 4:8])
+    x = torch.randn(2, 3, 16, 16)
+    ab = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    with torch.no_grad():
+        want = net(torch.cat([pr.cond, x], 1), ab.sqrt().float())  # one noise level per batch element
+        assert torch.equal(ad.denoise(x, torch.tensor([3, 1]), ab, pr.cond), want)
+        plain = PixelAdapter(net, sched, scale=2)  # a scalar ab_t: the same call as the generic adapter
+        assert torch.equal(ad.denoise(x, torch.full((2,), 5), 0.3, pr.cond),
+                           plain.denoise(x, torch.full((2,), 5), 0.3, pr.cond))
+        # the net runs in its parameters' dtype; the output comes back in the state's
+        x16 = x.half()
+        ref = ad.denoise(x16.float(), torch.full((2,), 5), 0.3, pr.cond)  # x16 -> float32 is exact
+        assert torch.equal(ad.denoise(x16, torch.full((2,), 5), 0.3, pr.cond), ref.half())
+        net_bf = copy.deepcopy(net).to(torch.bfloat16)
+        g = torch.full((2,), math.sqrt(0.3), dtype=torch.float64).to(torch.bfloat16)
+        want_bf = net_bf(torch.cat([pr.cond, x], 1).to(torch.bfloat16), g).float()
+        got_bf = SR3Adapter(net_bf, sched, 2).denoise(x, torch.full((2,), 5), 0.3, pr.cond)
+        assert got_bf.dtype == torch.float32 and torch.equal(got_bf, want_bf)
+    with pytest.raises(ValueError, match=r"lr must be \(B, 3, h, w\)"):
+        ad.prepare(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(TypeError, match="net must be an SR3UNet"):
+        SR3Adapter(torch.nn.Conv2d(6, 3, 1), sched, 2)
 
 
 # ==========================================================================================================

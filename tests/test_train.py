@@ -253,7 +253,8 @@ def test_resume_refuses_other_config(tmp_path, img_folder):
 def test_psnr_u8_matches_skimage():
     from skimage.metrics import peak_signal_noise_ratio
 
-    from yoda.data import tensor_to_u8
+    from yoda.evaluate import psnr
+    from yoda.images import to_uint8
     from yoda.train import psnr_u8
 
     g = torch.Generator().manual_seed(0)
@@ -261,8 +262,20 @@ def test_psnr_u8_matches_skimage():
     sr = (hr + 0.1 * torch.randn(2, 3, 9, 7, generator=g)).clamp(-1, 1)
     got = psnr_u8(sr, hr)
     for i in range(2):
-        want = peak_signal_noise_ratio(tensor_to_u8(hr[i]), tensor_to_u8(sr[i]), data_range=255)
+        want = peak_signal_noise_ratio(to_uint8(hr[i]), to_uint8(sr[i]), data_range=255)
         assert got[i].item() == pytest.approx(want, abs=1e-9)
+        assert psnr(to_uint8(sr[i]), to_uint8(hr[i])) == pytest.approx(want, abs=1e-9)
+    # float32 values just above a half level (k + 0.5) / 127.5 - 1: float32 arithmetic rounds them to k, float64
+    # to k + 1. psnr_u8 quantises like to_uint8 (what a saved PNG holds), so it agrees with the evaluation
+    # metric on these too (a float64 quantiser gives 65, 67, 69, 71 here and a different PSNR)
+    x = torch.tensor([-0.4941175878047943, -0.4784313142299652, -0.4627450406551361, -0.447058767080307])
+    x = x.view(1, 1, 1, 4)
+    assert to_uint8(x).reshape(-1).tolist() == [64, 66, 68, 70]
+    zero = torch.zeros_like(x)
+    assert psnr_u8(x, zero).item() == pytest.approx(
+        peak_signal_noise_ratio(to_uint8(zero[0]), to_uint8(x[0]), data_range=255), abs=1e-9)
+    assert torch.equal(psnr_u8(x, x), torch.tensor([math.inf], dtype=torch.float64))
+    assert psnr(to_uint8(sr[0]), to_uint8(sr[0])) == math.inf
 
 
 def test_noise_level_follows_the_space():

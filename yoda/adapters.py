@@ -128,7 +128,9 @@ class PixelAdapter(Adapter):
 
         eps = net(cat([up(lr), x_t], dim=1), noise_level)      noise_level: (B, 1) = sqrt(alpha_bar[t])
 
-    (SR3's continuous noise-level conditioning, Saharia et al. 2021). Identity decode.
+    (SR3's continuous noise-level conditioning, Saharia et al. 2021; sqrt is taken in float64, like
+    upstream's numpy buffer, then cast). Identity decode. The net runs in ``net_dtype(x_t)`` (the state's
+    dtype here; yoda.models.SR3Adapter uses its parameters' dtype) and its output is cast back to x_t's.
 
     net: callable (B, 6, H, W), (B, 1) -> (B, 3, H, W). prediction: what net returns ("eps" for SR3).
     multiple: the HR size must be a multiple of it (2**number of downsamplings of the UNet).
@@ -154,9 +156,15 @@ class PixelAdapter(Adapter):
         up = upsample(lr, self.scale)
         return Prepared(c=up, cond=up)
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any) -> torch.Tensor:
-        level = torch.full((x_t.shape[0], 1), math.sqrt(float(ab_t)), dtype=x_t.dtype, device=x_t.device)
-        out = self.net(torch.cat([cond.to(x_t.dtype), x_t], dim=1), level)
+    def net_dtype(self, x_t: torch.Tensor) -> torch.dtype:
+        """dtype the net is called in: the state's (a plain callable has no parameters to ask)."""
+        return x_t.dtype
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: Any) -> torch.Tensor:
+        """ab_t: a float, or a tensor of one value or of B values (one per batch element)."""
+        B, dt = x_t.shape[0], self.net_dtype(x_t)
+        level = torch.as_tensor(ab_t, dtype=torch.float64).sqrt().reshape(-1, 1).expand(B, 1)
+        out = self.net(torch.cat([cond.to(dt), x_t.to(dt)], dim=1), level.to(device=x_t.device, dtype=dt))
         return _check_output(out, x_t, "net")
 
     def crop_cond(self, cond: torch.Tensor, ys: slice, xs: slice) -> torch.Tensor:
@@ -216,7 +224,7 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
     """What yoda.sample accepts as ``model`` -> an Adapter.
 
     - an Adapter: returned as is (keyword arguments are then an error: configure the adapter instead);
-    - an object with a ``yoda_adapter(**kw)`` method (yoda.models' SR3UNet, SRDiff, latent models): its adapter;
+    - an object with a ``yoda_adapter(**kw)`` method (yoda.models' SR3UNet, SRDiff): its adapter;
     - a plain callable f(x_t, t, cond): CallableAdapter(f, **kw), which needs prediction= and schedule=;
     - anything else: TypeError.
     """

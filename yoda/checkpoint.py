@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from ._io import atomic_write
 
 __all__ = ["load", "save_model", "read_checkpoint", "load_state_dict_checked", "CheckpointError", "KINDS",
            "FORMAT", "FORMAT_VERSION", "srdiff_config_from_state_dict"]
@@ -375,17 +376,8 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     except TypeError as e:
         raise ValueError(f"extra / config must be JSON-serialisable: {e}") from e
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    p = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(p))
-    fd, tmp = tempfile.mkstemp(prefix=".yoda-save-", suffix=".safetensors", dir=d)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "version": FORMAT_VERSION, "config": meta_json})
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    metadata = {"format": FORMAT, "version": FORMAT_VERSION, "config": meta_json}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _load_yoda(p: str) -> nn.Module:
@@ -444,10 +436,7 @@ def load(kind: str, path: PathLike, config: Any = None) -> nn.Module:
         from .attention import dino
     except ImportError as e:
         raise ImportError(f"kind {kind!r} needs yoda.attention.dino, which could not be imported: {e}") from e
-    names = ("load_vits8", "dino_vits8") if kind == "dino-vits8" else ("load_resnet50", "dino_resnet50")
-    fn = next((getattr(dino, n) for n in names if callable(getattr(dino, n, None))), None)
-    if fn is None:
-        raise NotImplementedError(f"yoda.attention.dino has no loader for kind {kind!r} (looked for {names})")
+    fn = dino.dino_vits8 if kind == "dino-vits8" else dino.dino_resnet50
     if config is None:
         return fn(p)
     if not isinstance(config, Mapping):

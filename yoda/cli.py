@@ -89,7 +89,7 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
 
 def _read(path: str) -> tuple[np.ndarray, bool]:
     """(uint8 RGB (H, W, 3), whether the file is grey)."""
-    from .data import read_image
+    from .images import read_image
 
     a = read_image(path)
     grey = bool((a[:, :, 0] == a[:, :, 1]).all() and (a[:, :, 1] == a[:, :, 2]).all())
@@ -105,19 +105,15 @@ def _save(x, path: str, grey: bool = False) -> None:
 
 
 def _save_pil(img, path: str) -> None:
+    from .images import save_pil
+
     suffix = Path(path).suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise UserError(f"output {path} must end in .png, .jpg or .jpeg")
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise UserError(f"output folder does not exist: {parent}")
-    tmp = parent / f".{Path(path).name}.tmp{os.getpid()}{suffix}"
-    try:
-        img.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_pil(img, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,7 +122,7 @@ def _save_pil(img, path: str) -> None:
 def cmd_upscale(a) -> int:
     import torch
 
-    from .data import u8_to_tensor
+    from .images import from_uint8
 
     if len(a.inputs) > 1 or Path(a.output).suffix.lower() not in IMAGE_SUFFIXES:
         out_dir = Path(a.output)
@@ -150,7 +146,7 @@ def cmd_upscale(a) -> int:
     if len(a.inputs) > 1 or Path(a.output).suffix.lower() not in IMAGE_SUFFIXES:
         out_dir.mkdir(parents=True, exist_ok=True)
     for (arr, grey), src, dst in zip(images, a.inputs, targets):
-        lr = u8_to_tensor(arr).to(dev)
+        lr = from_uint8(arr).to(dev)
         t0 = time.perf_counter()
         with torch.no_grad():
             sr = upscale_tensor(model, lr, attention=a.attention, steps=a.steps, sampler=a.sampler, eta=a.eta,
@@ -162,11 +158,11 @@ def cmd_upscale(a) -> int:
 
 def cmd_attention(a) -> int:
     from .attention import attention_figure, get
-    from .data import u8_to_tensor
+    from .images import from_uint8
     from .masks import pixel_update_ratio
 
     arr, _ = _read(a.image)
-    lr = u8_to_tensor(arr)
+    lr = from_uint8(arr)
     A = get(a.attention)(lr)
     fig = attention_figure(lr, A, a.lower_bound, a.T)
     _save_pil(fig, a.output)
@@ -181,8 +177,9 @@ def cmd_demo(a) -> int:
 
     from .adapters import upsample
     from .attention import attention_figure, get
-    from .data import HELD_OUT, builtin_image, make_lr, tensor_to_u8, u8_to_tensor
+    from .data import HELD_OUT, builtin_image, make_lr
     from .evaluate import metrics
+    from .images import from_uint8, to_uint8
 
     if a.image not in HELD_OUT:
         raise UserError(f"--image must be one of the held-out images {', '.join(HELD_OUT)}, got {a.image!r}")
@@ -197,7 +194,7 @@ def cmd_demo(a) -> int:
         raise UserError(f"--lr-size {a.lr_size} is too large for {a.image} ({W}x{H}) at x{s}")
     y, x = (H - size) // 2, (W - size) // 2
     hr_u8 = np.ascontiguousarray(full[y : y + size, x : x + size])
-    hr = u8_to_tensor(hr_u8).to(dev)
+    hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
     A = get(a.attention)(lr)
     results = {"bicubic": upsample(lr, s)}
@@ -209,9 +206,9 @@ def cmd_demo(a) -> int:
                                            lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet)
         timing[name] = time.perf_counter() - t0
     # comparison row: LR (nearest), bicubic, plain, YODA, HR, attention map
-    tiles = [("LR (nearest)", Image.fromarray(tensor_to_u8(lr)).resize((size, size), Image.Resampling.NEAREST))]
+    tiles = [("LR (nearest)", Image.fromarray(to_uint8(lr)[0]).resize((size, size), Image.Resampling.NEAREST))]
     for name in ("bicubic", "plain", "YODA"):
-        tiles.append((name, Image.fromarray(tensor_to_u8(results[name]))))
+        tiles.append((name, Image.fromarray(to_uint8(results[name])[0])))
     tiles.append(("HR", Image.fromarray(hr_u8)))
     amap = (A[0, 0].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     tiles.append((f"attention ({a.attention})", Image.fromarray(amap).resize((size, size), Image.Resampling.BILINEAR).convert("RGB")))
@@ -236,7 +233,7 @@ def cmd_demo(a) -> int:
     print("| method | PSNR (dB) | SSIM | L shift | ab shift | time (s) |")
     print("|---|---|---|---|---|---|")
     for name in ("bicubic", "plain", "YODA"):
-        m = metrics(tensor_to_u8(results[name]), hr_u8)
+        m = metrics(to_uint8(results[name])[0], hr_u8)
         print(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['L_shift']:.3f} | {m['ab_shift']:.3f} | "
               f"{timing.get(name, 0.0):.1f} |")
     print(f"wrote {a.output}")
@@ -255,10 +252,13 @@ def cmd_eval(a) -> int:
                             max_size=a.max_size if a.max_size > 0 else None, progress=not a.quiet)
     table = markdown_table(summarize(evaluate(model, images, settings)))
     if a.output:
-        tmp = a.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(table + "\n")
-        os.replace(tmp, a.output)
+        from ._io import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(table + "\n")
+
+        atomic_write(a.output, write)
     print(table)
     return 0
 

@@ -5,8 +5,9 @@ Sources:
     "heldout"   the held-out images (HELD_OUT): evaluation, the demo and training-time validation only
     a folder    every PNG/JPEG file in it (sorted by name), read with Pillow
 
-Every image becomes uint8 RGB (H, W, 3): grey is repeated to 3 channels, an alpha channel is composited on
-white. Tensors handed to models are float32 in [-1, 1]: x = u8 / 127.5 - 1.
+Every image becomes uint8 RGB (H, W, 3) through yoda.images (read_image / to_rgb_u8, the same code as
+yoda.load_image and the CLI): grey is repeated to 3 channels, an alpha channel is composited on white.
+Tensors handed to models are float32 in [-1, 1]: x = u8 / 127.5 - 1 (yoda.images.from_uint8 / to_uint8).
 
 LR images are made by ONE function, :func:`make_lr`, shared by training, ``yoda eval`` and ``yoda demo``:
 torch's bicubic with antialiasing (``F.interpolate(mode="bicubic", antialias=True)``, Keys a = -0.5, the
@@ -23,6 +24,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .images import DataError, quantize_u8, read_image, to_rgb_u8
+
+__all__ = [
+    "BUILTIN_TRAIN", "HELD_OUT", "IMAGE_EXTENSIONS", "CropSampler", "DataConfig", "DataError", "builtin_image",
+    "crop_to_multiple", "export_builtin", "fixed_crops", "list_folder", "load_source", "make_lr", "read_image",
+    "to_rgb_u8",
+]
 
 # Held out of the built-in training set; used by `yoda eval`, `yoda demo` and validation during training.
 # "chelsea" and skimage.data.cat() are the same picture; both names are refused for training.
@@ -54,49 +63,9 @@ BUILTIN_TRAIN = (
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-class DataError(ValueError):
-    """A user-facing data problem (missing/unreadable file, image too small, empty folder)."""
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Conversions
+# Conversions: yoda.images holds the one implementation (read_image, to_rgb_u8, from_uint8 / to_uint8)
 # ----------------------------------------------------------------------------------------------------------
-def to_rgb_u8(arr: np.ndarray, name: str = "image") -> np.ndarray:
-    """Any skimage/Pillow array -> uint8 (H, W, 3). Grey (H, W) or (H, W, 1) is repeated to 3 channels;
-    RGBA is composited on white; bool and float in [0, 1] are scaled to 0..255."""
-    a = np.asarray(arr)
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype != np.uint8:
-        if not np.issubdtype(a.dtype, np.floating) or a.size == 0 or a.min() < 0 or a.max() > 1:
-            raise DataError(f"{name}: expected uint8 or float in [0, 1], got {a.dtype}")
-        a = np.round(a * 255.0).astype(np.uint8)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise DataError(f"{name}: expected (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}")
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif a.shape[2] == 4:
-        alpha = a[:, :, 3:4].astype(np.float32) / 255.0
-        a = np.round(a[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return np.ascontiguousarray(a)
-
-
-def u8_to_tensor(a: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [-1, 1] (x = u8 / 127.5 - 1)."""
-    return torch.from_numpy(np.array(a, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-
-
-def tensor_to_u8(x: torch.Tensor) -> np.ndarray:
-    """float (1, 3, H, W) or (3, H, W) in [-1, 1] -> uint8 (H, W, 3), rounded to nearest."""
-    if x.dim() == 4:
-        if x.shape[0] != 1:
-            raise ValueError(f"x must hold one image, got batch {x.shape[0]}")
-        x = x[0]
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """The LR degradation of this project: bicubic downscale by ``scale`` (torch, antialias=True), clamped
     to [-1, 1] and quantised to the 256 levels of an 8-bit image.
@@ -111,7 +80,7 @@ def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
     if H % scale or W % scale:
         raise ValueError(f"hr size {H}x{W} is not a multiple of scale {scale}")
     lr = F.interpolate(hr.float(), size=(H // scale, W // scale), mode="bicubic", align_corners=False, antialias=True)
-    return (((lr.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 127.5 - 1.0).to(hr.dtype)
+    return (quantize_u8(lr) / 127.5 - 1.0).to(hr.dtype)
 
 
 def crop_to_multiple(a: np.ndarray, multiple: int, max_size: Optional[int] = None) -> np.ndarray:
@@ -143,28 +112,6 @@ def builtin_image(name: str) -> np.ndarray:
     else:
         raise DataError(f"unknown built-in image {name!r}; known: {', '.join(BUILTIN_TRAIN + HELD_OUT)}")
     return to_rgb_u8(arr, name)
-
-
-def read_image(path: str) -> np.ndarray:
-    """Read a PNG/JPEG with Pillow as uint8 (H, W, 3). Errors name the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise DataError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                arr = np.asarray(im.convert("RGBA"))
-            elif im.mode in ("L", "RGB"):
-                arr = np.asarray(im)
-            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = (np.asarray(im, dtype=np.float64) / 65535.0).clip(0, 1)  # 16-bit grey PNG
-            else:
-                arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
-    return to_rgb_u8(arr, path)
 
 
 def list_folder(folder: str) -> list[str]:
@@ -268,15 +215,14 @@ def export_builtin(folder: str) -> dict:
     Returns {"train": n, "heldout": n}."""
     from PIL import Image
 
+    from .images import save_pil
+
     counts = {}
     for sub, names in (("train", BUILTIN_TRAIN), ("heldout", HELD_OUT)):
         d = os.path.join(folder, sub)
         os.makedirs(d, exist_ok=True)
         for n in names:
-            p = os.path.join(d, f"{n}.png")
-            tmp = p + ".tmp.png"
-            Image.fromarray(builtin_image(n)).save(tmp)
-            os.replace(tmp, p)
+            save_pil(Image.fromarray(builtin_image(n)), os.path.join(d, f"{n}.png"))
         counts[sub] = len(names)
     return counts
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import data as _data
+from .images import from_uint8, to_uint8
 
 LPIPS_NOTE = "LPIPS omitted: it needs local backbone + LPIPS head weights, none were given"
 
@@ -35,7 +36,10 @@ def _check_pair(sr: np.ndarray, hr: np.ndarray) -> None:
 
 
 def psnr(sr: np.ndarray, hr: np.ndarray) -> float:
-    """PSNR in dB of uint8 (H, W, 3) images, data_range 255 (inf for identical images)."""
+    """PSNR in dB of uint8 (H, W, 3) images, data_range 255 (inf for identical images): the reference.
+
+    yoda.train.psnr_u8 is the batched torch form of the same formula for validation during training (no
+    scikit-image needed there); tests/test_train.py checks it against this function."""
     from skimage.metrics import peak_signal_noise_ratio
 
     _check_pair(sr, hr)
@@ -127,7 +131,7 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
     rows = []
     for name, hr_u8 in images:
         hr_u8 = _data.crop_to_multiple(hr_u8, multiple, settings.max_size)
-        hr = _data.u8_to_tensor(hr_u8).to(dev)
+        hr = from_uint8(hr_u8).to(dev)
         lr = _data.make_lr(hr, scale)
         variants = [("bicubic", None, None), ("plain", None, None)]
         variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
@@ -139,7 +143,7 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
             else:
                 sr, calls, secs = run_sample(adapter, lr, attn, 1.0 if lb is None else lb, settings)
             row = {"image": name, "method": method, "attention": attn or "", "lower_bound": "" if lb is None else lb}
-            row.update(metrics(_data.tensor_to_u8(sr), hr_u8))
+            row.update(metrics(to_uint8(sr)[0], hr_u8))
             row.update(calls=calls, seconds=secs)
             rows.append(row)
     return rows

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from . import data as _data
+from ._io import atomic_write
+from .images import quantize_u8
 
 SPACES = ("pixel", "residual")
 LOSSES = ("l1", "l2")
@@ -377,10 +379,10 @@ def _from_dict(cls, d: dict, what: str):
 
 
 def psnr_u8(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-    """(B,) PSNR in dB of [-1, 1] images after rounding to 8 bits: 10 log10(255^2 / MSE), computed in
-    float64 in torch (so training needs no scikit-image; equal to skimage's peak_signal_noise_ratio)."""
-    q = lambda x: ((x.detach().double().clamp(-1, 1) + 1.0) * 127.5).round()  # noqa: E731
-    mse = (q(sr) - q(hr)).pow(2).flatten(1).mean(dim=1)
+    """(B,) PSNR in dB of [-1, 1] images after rounding to 8 bits (yoda.images.quantize_u8, the pixels a
+    saved PNG has): 10 log10(255^2 / MSE), MSE in float64 in torch, so training needs no scikit-image.
+    Equal to yoda.evaluate.psnr (skimage's peak_signal_noise_ratio) on to_uint8 of the same images."""
+    mse = (quantize_u8(sr).double() - quantize_u8(hr).double()).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(255.0**2 / mse)
 
 
@@ -398,9 +400,7 @@ CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")
 
 
 def _atomic_torch_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class Trainer:

@@ -12,43 +12,13 @@
 
 #include <optional>
 
-#include "step.h"
+#include "common.h"
 
 namespace yoda {
 
-void check_attention(const at::Tensor& A, const char* name);  // csrc/cpu/tile_stats.cpp
-
 namespace {
 
-template <typename F>
-void dispatch_float3(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: f(float{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    default: TORCH_CHECK(false, "yoda: unsupported dtype ", t);
-  }
-}
-
-void check_state(const char* name, const at::Tensor& t, const at::Tensor& x0) {
-  TORCH_CHECK(t.dim() == 4, "yoda::masked_q_sample: ", name, " must be 4-D (B, C, H, W), got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-              "yoda::masked_q_sample: ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), "yoda::masked_q_sample (CPU): ", name, " must be on the CPU, got ", t.device());
-  TORCH_CHECK(t.sizes() == x0.sizes(), "yoda::masked_q_sample: ", name, " must have the shape of x0 ", x0.sizes(),
-              ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == x0.scalar_type(), "yoda::masked_q_sample: ", name, " has dtype ", t.scalar_type(),
-              " but x0 has ", x0.scalar_type());
-}
-
-at::Tensor per_batch(const at::Tensor& t, const char* name, int64_t B) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "yoda::masked_q_sample: ", name, " must be a float tensor, got ",
-              t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), "yoda::masked_q_sample (CPU): ", name, " must be on the CPU, got ", t.device());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == B, "yoda::masked_q_sample: ", name, " must have shape (", B, "), got ",
-              t.sizes());
-  return t.to(at::kFloat).contiguous();  // the reference uses .float() of these (B,) vectors
-}
+constexpr const char* kOp = "yoda::masked_q_sample";
 
 template <typename scalar_t, typename a_t>
 void q_sample_kernel(const at::Tensor& x0, const at::Tensor& c, const at::Tensor& noise, const at::Tensor& A,
@@ -75,8 +45,8 @@ void q_sample_kernel(const at::Tensor& x0, const at::Tensor& c, const at::Tensor
       scalar_t* orow = Out + b * ob + ch_i * oc + y * oh;
       if (!Ap) {
         for (int64_t i = 0; i < W; ++i)
-          orow[i * ow] = static_cast<scalar_t>(q_sample_pixel(a, s, static_cast<float>(xr[i * xw]), 0.0f,
-                                                               static_cast<float>(nr[i * nw]), true));
+          orow[i * ow] = static_cast<scalar_t>(
+              q_sample_pixel(a, s, static_cast<float>(xr[i * xw]), static_cast<float>(nr[i * nw])));
         continue;
       }
       const a_t* ar = Ap + b * ab + y * ah;
@@ -84,7 +54,7 @@ void q_sample_kernel(const at::Tensor& x0, const at::Tensor& c, const at::Tensor
         const bool active = is_active(static_cast<float>(ar[i * aw]), t);
         // Read only the branch that is used (x0 for active pixels, c for the others).
         const float base = active ? static_cast<float>(xr[i * xw]) : static_cast<float>(cr[i * cw]);
-        orow[i * ow] = static_cast<scalar_t>(q_sample_pixel(a, s, base, base, static_cast<float>(nr[i * nw]), true));
+        orow[i * ow] = static_cast<scalar_t>(q_sample_pixel(a, s, base, static_cast<float>(nr[i * nw])));
       }
     }
   });
@@ -95,27 +65,26 @@ void q_sample_kernel(const at::Tensor& x0, const at::Tensor& c, const at::Tensor
 at::Tensor masked_q_sample_cpu(const at::Tensor& x0, const at::Tensor& c, const at::Tensor& noise,
                                const std::optional<at::Tensor>& A_opt, const at::Tensor& sqrt_ab,
                                const at::Tensor& sqrt_1m_ab, const at::Tensor& tau) {
-  check_state("x0", x0, x0);
-  check_state("c", c, x0);
-  check_state("noise", noise, x0);
+  constexpr Backend be = Backend::kCPU;
+  check_state(kOp, be, "x0", x0, x0, "x0");
+  check_state(kOp, be, "c", c, x0, "x0");
+  check_state(kOp, be, "noise", noise, x0, "x0");
   const int64_t B = x0.size(0), H = x0.size(2), W = x0.size(3);
   at::Tensor A;
   if (A_opt.has_value()) {
     A = *A_opt;
     check_attention(A, "A");
-    TORCH_CHECK(A.device().is_cpu(), "yoda::masked_q_sample (CPU): A must be on the CPU, got ", A.device());
-    TORCH_CHECK(A.size(0) == B && A.size(-2) == H && A.size(-1) == W, "yoda::masked_q_sample: A must be (", B,
-                ", 1, ", H, ", ", W, ") or (", B, ", ", H, ", ", W, "), got ", A.sizes());
+    check_device(kOp, be, "A", A, x0, "x0");
+    check_attention_size(kOp, A, B, H, W);
   }
-  const at::Tensor sa = per_batch(sqrt_ab, "sqrt_ab", B), s1a = per_batch(sqrt_1m_ab, "sqrt_1m_ab", B);
-  const at::Tensor t = per_batch(tau, "tau", B);
-  const bool cl = !x0.is_contiguous() && x0.is_contiguous(at::MemoryFormat::ChannelsLast);
-  at::Tensor out = at::empty(x0.sizes(), x0.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
-                                                                           : at::MemoryFormat::Contiguous));
+  const at::Tensor sa = per_batch(kOp, be, "sqrt_ab", sqrt_ab, x0);
+  const at::Tensor s1a = per_batch(kOp, be, "sqrt_1m_ab", sqrt_1m_ab, x0);
+  const at::Tensor t = per_batch(kOp, be, "tau", tau, x0);
+  at::Tensor out = at::empty(x0.sizes(), x0.options().memory_format(output_format(x0)));
   if (out.numel() == 0) return out;
   const at::ScalarType a_type = A.defined() ? A.scalar_type() : at::kFloat;
-  dispatch_float3(x0.scalar_type(), [&](auto state_tag) {
-    dispatch_float3(a_type, [&](auto a_tag) {
+  dispatch_float3(x0.scalar_type(), "yoda", [&](auto state_tag) {
+    dispatch_float3(a_type, "yoda", [&](auto a_tag) {
       q_sample_kernel<decltype(state_tag), decltype(a_tag)>(x0, c, noise, A, sa.const_data_ptr<float>(),
                                                             s1a.const_data_ptr<float>(), t.const_data_ptr<float>(), out);
     });

@@ -25,24 +25,16 @@
 #include <tuple>
 #include <vector>
 
-#include "step.h"
+#include "common.h"
 
 namespace yoda {
 
-// Defined in csrc/cpu/tile_stats.cpp.
-std::tuple<at::Tensor, at::Tensor> tile_stats_cpu(const at::Tensor& A, int64_t tile);
-void check_tile(int64_t tile);
-void check_attention(const at::Tensor& A, const char* name);
+std::tuple<at::Tensor, at::Tensor> tile_stats_cpu(const at::Tensor& A, int64_t tile);  // csrc/cpu/tile_stats.cpp
 
 namespace {
 
+constexpr const char* kOp = "yoda::masked_step";
 constexpr int64_t kMaxTile = 32;
-
-struct Strides4 {
-  int64_t b, c, h, w;
-};
-
-inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 struct StepArgs {
   const void *x, *o, *c, *noise, *A;  // noise / A may be null
@@ -149,44 +141,6 @@ void masked_step_kernel(const StepArgs& p) {
   });
 }
 
-// Calls f(T{}) for T in {float, c10::Half, c10::BFloat16} matching t (the dtypes the ops accept).
-template <typename F>
-void dispatch_float3(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: f(float{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    default: TORCH_CHECK(false, "yoda: unsupported dtype ", t);
-  }
-}
-
-bool is_float_type(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
-
-void check_state(const char* name, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK(t.dim() == 4, "yoda::masked_step: ", name, " must be 4-D (B, C, H, W), got shape ", t.sizes());
-  TORCH_CHECK(is_float_type(t.scalar_type()), "yoda::masked_step: ", name,
-              " must be float32, float16 or bfloat16, got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), "yoda::masked_step (CPU): ", name, " must be on the CPU, got ", t.device());
-  TORCH_CHECK(t.sizes() == x.sizes(), "yoda::masked_step: ", name, " must have the shape of x ", x.sizes(), ", got ",
-              t.sizes());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "yoda::masked_step: ", name, " has dtype ", t.scalar_type(),
-              " but x has ", x.scalar_type());
-}
-
-at::MemoryFormat output_format(const at::Tensor& x) {
-  // naive.py's rule: channels-last output only for a channels-last (and not also contiguous) x.
-  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
-  return at::MemoryFormat::Contiguous;
-}
-
-at::Tensor checked_stats(const at::Tensor& t, const char* name, int64_t B, int64_t TY, int64_t TX, int64_t tile) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "yoda::masked_step: ", name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), "yoda::masked_step (CPU): ", name, " must be on the CPU, got ", t.device());
-  TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == TY && t.size(2) == TX, "yoda::masked_step: ", name,
-              " must have shape (", B, ", ", TY, ", ", TX, ") = tile_stats(A, ", tile, "), got ", t.sizes());
-  return t.contiguous();
-}
-
 }  // namespace
 
 at::Tensor masked_step_cpu(const at::Tensor& x, const at::Tensor& model_out, const at::Tensor& c,
@@ -194,39 +148,32 @@ at::Tensor masked_step_cpu(const at::Tensor& x, const at::Tensor& model_out, con
                            const std::optional<at::Tensor>& tile_min_opt, double tau, at::ArrayRef<double> coefs,
                            bool clip, int64_t seed, int64_t step, const std::optional<at::Tensor>& noise_opt,
                            int64_t tile) {
-  check_state("x", x, x);
-  check_state("model_out", model_out, x);
-  check_state("c", c, x);
+  constexpr Backend be = Backend::kCPU;
+  check_state(kOp, be, "x", x, x, "x");
+  check_state(kOp, be, "model_out", model_out, x, "x");
+  check_state(kOp, be, "c", c, x, "x");
   check_tile(tile);
-  TORCH_CHECK(!std::isnan(tau), "yoda::masked_step: tau must not be NaN");
-  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == kNumCoefs, "yoda::masked_step: coefs must hold ", kNumCoefs,
-              " floats, got ", coefs.size());
-  for (double v : coefs) TORCH_CHECK(std::isfinite(v), "yoda::masked_step: coefs must be finite, got ", coefs);
-  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, "yoda::masked_step: seed must be in [0, 2**32 - 1], got ", seed);
-  TORCH_CHECK(step >= 0 && step <= 0x7FFFFFFFLL, "yoda::masked_step: step must be in [0, 2**31 - 1], got ", step);
+  check_step_scalars(kOp, x, tau, coefs, seed, step);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(B * C * ((H + 3) / 4) * W < (int64_t(1) << 31), "yoda::masked_step: x of shape ", x.sizes(),
-              " is too large for the 32-bit noise counter");
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
 
   StepArgs p{};
   p.k = make_step_coefs(coefs.data());
   p.need_noise = step_needs_noise(p.k);
-  if (noise_opt.has_value()) check_state("noise", *noise_opt, x);
+  if (noise_opt.has_value()) check_state(kOp, be, "noise", *noise_opt, x, "x");
   at::Tensor noise = p.need_noise && noise_opt.has_value() ? *noise_opt : at::Tensor();
 
   at::Tensor A, tmax, tmin;
   if (A_opt.has_value()) {
     A = *A_opt;
     check_attention(A, "A");
-    TORCH_CHECK(A.device().is_cpu(), "yoda::masked_step (CPU): A must be on the CPU, got ", A.device());
-    TORCH_CHECK(A.size(0) == B && A.size(-2) == H && A.size(-1) == W, "yoda::masked_step: A must be (", B, ", 1, ",
-                H, ", ", W, ") or (", B, ", ", H, ", ", W, "), got ", A.sizes());
-    TORCH_CHECK(tile_max_opt.has_value() == tile_min_opt.has_value(),
-                "yoda::masked_step: give both tile_max and tile_min or neither");
+    check_device(kOp, be, "A", A, x, "x");
+    check_attention_size(kOp, A, B, H, W);
+    TORCH_CHECK(tile_max_opt.has_value() == tile_min_opt.has_value(), kOp,
+                ": give both tile_max and tile_min or neither");
     if (tile_max_opt.has_value()) {
-      tmax = checked_stats(*tile_max_opt, "tile_max", B, TY, TX, tile);
-      tmin = checked_stats(*tile_min_opt, "tile_min", B, TY, TX, tile);
+      tmax = checked_stats(kOp, be, "tile_max", *tile_max_opt, x, TY, TX, tile);
+      tmin = checked_stats(kOp, be, "tile_min", *tile_min_opt, x, TY, TX, tile);
     } else {
       std::tie(tmax, tmin) = tile_stats_cpu(A, tile);
     }
@@ -262,9 +209,9 @@ at::Tensor masked_step_cpu(const at::Tensor& x, const at::Tensor& model_out, con
   const at::ScalarType a_type = A.defined() ? A.scalar_type() : at::kFloat;
 
   // 3 state dtypes x 3 attention dtypes x 2 layouts (float64 is rejected above, so not instantiated).
-  dispatch_float3(x.scalar_type(), [&](auto state_tag) {
+  dispatch_float3(x.scalar_type(), "yoda", [&](auto state_tag) {
     using state_t = decltype(state_tag);
-    dispatch_float3(a_type, [&](auto a_tag) {
+    dispatch_float3(a_type, "yoda", [&](auto a_tag) {
       using a_t = decltype(a_tag);
       if (unit_w)
         masked_step_kernel<state_t, a_t, true>(p);

@@ -12,15 +12,11 @@
 #include <tuple>
 #include <vector>
 
-#include "step.h"
+#include "common.h"
 
 namespace yoda {
 
 namespace {
-
-// NaN-propagating max / min: once the running value is NaN it stays NaN (v > NaN and v < NaN are false).
-inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
-inline float min_nan(float m, float v) { return (v < m || v != v) ? v : m; }
 
 template <typename scalar_t>
 void tile_stats_kernel(const scalar_t* a, int64_t sb, int64_t sh, int64_t sw, int64_t B, int64_t H, int64_t W,
@@ -56,21 +52,10 @@ void tile_stats_kernel(const scalar_t* a, int64_t sb, int64_t sh, int64_t sw, in
 
 }  // namespace
 
-void check_tile(int64_t tile) {
-  TORCH_CHECK(tile == 8 || tile == 16 || tile == 32, "yoda: tile must be one of (8, 16, 32), got ", tile);
-}
-
-void check_attention(const at::Tensor& A, const char* name) {
-  TORCH_CHECK(A.dim() == 3 || (A.dim() == 4 && A.size(1) == 1), "yoda: ", name,
-              " must be (B, 1, H, W) or (B, H, W), got ", A.sizes());
-  TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kHalf || A.scalar_type() == at::kBFloat16,
-              "yoda: ", name, " must be float32, float16 or bfloat16, got ", A.scalar_type());
-}
-
 std::tuple<at::Tensor, at::Tensor> tile_stats_cpu(const at::Tensor& A, int64_t tile) {
   check_attention(A, "A");
   check_tile(tile);
-  TORCH_CHECK(A.device().is_cpu(), "yoda::tile_stats (CPU): A must be on the CPU, got ", A.device());
+  check_on_backend("yoda::tile_stats", Backend::kCPU, "A", A);
   const int64_t B = A.size(0), H = A.size(-2), W = A.size(-1);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
   auto opts = A.options().dtype(at::kFloat);

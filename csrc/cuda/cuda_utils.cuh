@@ -1,6 +1,7 @@
-// Helpers shared by the CUDA kernels of csrc/cuda/*.cu: input checks, dtype dispatch, strides, 4-wide
-// vector loads / stores. Per-element math and the noise stream come from csrc/step.h and csrc/philox.h,
-// shared with the CPU kernels.
+// Helpers shared by the CUDA kernels of csrc/cuda/*.cu: vector-path checks, the attention dtype tag, 4-wide
+// vector loads / stores. Argument checks, dtype dispatch, strides and the output layout come from
+// csrc/common.h, per-element math and the noise stream from csrc/step.h and csrc/philox.h, all shared with
+// the CPU kernels.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,55 +13,13 @@
 
 #include <cstdint>
 
+#include "common.h"
 #include "step.h"
 
 namespace yoda {
-
-// Defined in csrc/cpu/tile_stats.cpp (same extension): tile in {8, 16, 32}; A (B, 1, H, W) / (B, H, W) float.
-void check_tile(int64_t tile);
-void check_attention(const at::Tensor& A, const char* name);
-
 namespace cuda {
 
 constexpr int64_t kMaxGridYZ = 65535;  // CUDA's limit on gridDim.y and gridDim.z
-
-struct Strides4 {
-  int64_t b, c, h, w;
-};
-
-inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
-
-// Calls f(T{}) for T in {float, c10::Half, c10::BFloat16} matching t (the dtypes the ops accept).
-template <typename F>
-void dispatch_float3(at::ScalarType t, const char* op, F&& f) {
-  switch (t) {
-    case at::kFloat: f(float{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", t);
-  }
-}
-
-inline bool is_float3(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
-
-// A state tensor (x, model_out, c, noise, x0): 4-D, fp32/fp16/bf16, on x's CUDA device, x's shape and dtype.
-inline void check_state(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (B, C, H, W), got shape ", t.sizes());
-  TORCH_CHECK(is_float3(t.scalar_type()), op, ": ", name, " must be float32, float16 or bfloat16, got ",
-              t.scalar_type());
-  TORCH_CHECK(t.is_cuda(), op, " (CUDA): ", name, " must be a CUDA tensor, got ", t.device());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but the first input is on ",
-              x.device());
-  TORCH_CHECK(t.sizes() == x.sizes(), op, ": ", name, " must have shape ", x.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
-              " but the first input has ", x.scalar_type());
-}
-
-// naive.py's output layout: channels-last only for a channels-last (and not also contiguous) input.
-inline at::MemoryFormat output_format(const at::Tensor& x) {
-  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
-  return at::MemoryFormat::Contiguous;
-}
 
 // True when 4 consecutive elements along W of t are one aligned vector for every (b, c, y, 4k):
 // unit W-stride, other strides multiples of 4 and a data pointer aligned to 4 elements. W % 4 == 0 is

@@ -58,20 +58,9 @@ __global__ void __launch_bounds__(kQuadsX* kRowsY) masked_q_sample_kernel(const 
     if (any_idle) load_row<kVec>(p.c + b * p.sc.b + ch * p.sc.c + y * p.sc.h + x0 * p.sc.w, p.sc.w, n, cv);
     load_row<kVec>(p.noise + b * p.sn.b + ch * p.sn.c + y * p.sn.h + x0 * p.sn.w, p.sn.w, n, nv);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) r[j] = q_sample_pixel(sa, s1, xv[j], cv[j], nv[j], act[j]);
+    for (int j = 0; j < 4; ++j) r[j] = q_sample_pixel(sa, s1, act[j] ? xv[j] : cv[j], nv[j]);
     store_row<kVec>(p.out + b * p.sy.b + ch * p.sy.c + y * p.sy.h + x0 * p.sy.w, p.sy.w, n, r);
   }
-}
-
-at::Tensor per_batch(const at::Tensor& t, const char* name, const at::Tensor& x0) {
-  const int64_t B = x0.size(0);
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "yoda::masked_q_sample: ", name, " must be a float tensor, got ",
-              t.scalar_type());
-  TORCH_CHECK(t.device() == x0.device(), "yoda::masked_q_sample: ", name, " is on ", t.device(), " but x0 is on ",
-              x0.device());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == B, "yoda::masked_q_sample: ", name, " must have shape (", B, "), got ",
-              t.sizes());
-  return t.to(at::kFloat).contiguous();  // the reference uses .float() of these (B,) vectors
 }
 
 }  // namespace
@@ -80,22 +69,23 @@ at::Tensor masked_q_sample_cuda(const at::Tensor& x0, const at::Tensor& c, const
                                 const std::optional<at::Tensor>& A_opt, const at::Tensor& sqrt_ab,
                                 const at::Tensor& sqrt_1m_ab, const at::Tensor& tau) {
   const char* op = "yoda::masked_q_sample";
-  check_state(op, "x0", x0, x0);
-  check_state(op, "c", c, x0);
-  check_state(op, "noise", noise, x0);
+  constexpr Backend be = Backend::kCUDA;
+  check_state(op, be, "x0", x0, x0, "x0");
+  check_state(op, be, "c", c, x0, "x0");
+  check_state(op, be, "noise", noise, x0, "x0");
   const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
   TORCH_CHECK(B <= kMaxGridYZ && (H + kRowsY - 1) / kRowsY <= kMaxGridYZ, op, ": x0 of shape ", x0.sizes(),
               " is too large for the grid");
   const c10::cuda::CUDAGuard guard(x0.device());
-  const at::Tensor sa = per_batch(sqrt_ab, "sqrt_ab", x0), s1 = per_batch(sqrt_1m_ab, "sqrt_1m_ab", x0);
-  const at::Tensor tau_f = per_batch(tau, "tau", x0);
+  const at::Tensor sa = per_batch(op, be, "sqrt_ab", sqrt_ab, x0);
+  const at::Tensor s1 = per_batch(op, be, "sqrt_1m_ab", sqrt_1m_ab, x0);
+  const at::Tensor tau_f = per_batch(op, be, "tau", tau, x0);
   at::Tensor A;
   if (A_opt.has_value()) {
     A = *A_opt;
     check_attention(A, "A");
-    TORCH_CHECK(A.device() == x0.device(), op, ": A is on ", A.device(), " but x0 is on ", x0.device());
-    TORCH_CHECK(A.size(0) == B && A.size(-2) == H && A.size(-1) == W, op, ": A must be (", B, ", 1, ", H, ", ", W,
-                ") or (", B, ", ", H, ", ", W, "), got ", A.sizes());
+    check_device(op, be, "A", A, x0, "x0");
+    check_attention_size(op, A, B, H, W);
   }
   at::Tensor out = at::empty(x0.sizes(), x0.options().memory_format(output_format(x0)));
   if (out.numel() == 0) return out;

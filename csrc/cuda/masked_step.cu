@@ -140,17 +140,6 @@ int64_t next_pow2(int64_t n) {
   return p;
 }
 
-at::Tensor checked_stats(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t TY, int64_t TX,
-                         int64_t tile) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "yoda::masked_step: ", name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), "yoda::masked_step: ", name, " is on ", t.device(), " but x is on ",
-              x.device());
-  TORCH_CHECK(t.dim() == 3 && t.size(0) == x.size(0) && t.size(1) == TY && t.size(2) == TX, "yoda::masked_step: ",
-              name, " must have shape (", x.size(0), ", ", TY, ", ", TX, ") = tile_stats(A, ", tile, "), got ",
-              t.sizes());
-  return t.contiguous();
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> tile_stats_cuda(const at::Tensor& A, int64_t tile);  // tile_stats.cu
@@ -161,25 +150,19 @@ at::Tensor masked_step_cuda(const at::Tensor& x, const at::Tensor& model_out, co
                             bool clip, int64_t seed, int64_t step, const std::optional<at::Tensor>& noise_opt,
                             int64_t tile) {
   const char* op = "yoda::masked_step";
-  check_state(op, "x", x, x);
-  check_state(op, "model_out", model_out, x);
-  check_state(op, "c", c, x);
+  constexpr Backend be = Backend::kCUDA;
+  check_state(op, be, "x", x, x, "x");
+  check_state(op, be, "model_out", model_out, x, "x");
+  check_state(op, be, "c", c, x, "x");
   check_tile(tile);
-  TORCH_CHECK(!std::isnan(tau), op, ": tau must not be NaN");
-  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == kNumCoefs, op, ": coefs must hold ", kNumCoefs, " floats, got ",
-              coefs.size());
-  for (double v : coefs) TORCH_CHECK(std::isfinite(v), op, ": coefs must be finite, got ", coefs);
-  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, op, ": seed must be in [0, 2**32 - 1], got ", seed);
-  TORCH_CHECK(step >= 0 && step <= 0x7FFFFFFFLL, op, ": step must be in [0, 2**31 - 1], got ", step);
+  check_step_scalars(op, x, tau, coefs, seed, step);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(B * C * ((H + 3) / 4) * W < (int64_t(1) << 31), op, ": x of shape ", x.sizes(),
-              " is too large for the 32-bit noise counter");
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
   TORCH_CHECK(TY <= kMaxGridYZ && B <= kMaxGridYZ, op, ": x of shape ", x.sizes(), " needs ", TY,
               " tile rows and ", B, " images in the grid; at most ", kMaxGridYZ, " each");
   const StepCoefs k = make_step_coefs(coefs.data());
   const bool need_noise = step_needs_noise(k);
-  if (noise_opt.has_value()) check_state(op, "noise", *noise_opt, x);
+  if (noise_opt.has_value()) check_state(op, be, "noise", *noise_opt, x, "x");
   const at::Tensor noise = need_noise && noise_opt.has_value() ? *noise_opt : at::Tensor();
 
   const c10::cuda::CUDAGuard guard(x.device());
@@ -187,14 +170,13 @@ at::Tensor masked_step_cuda(const at::Tensor& x, const at::Tensor& model_out, co
   if (A_opt.has_value()) {
     A = *A_opt;
     check_attention(A, "A");
-    TORCH_CHECK(A.device() == x.device(), op, ": A is on ", A.device(), " but x is on ", x.device());
-    TORCH_CHECK(A.size(0) == B && A.size(-2) == H && A.size(-1) == W, op, ": A must be (", B, ", 1, ", H, ", ", W,
-                ") or (", B, ", ", H, ", ", W, "), got ", A.sizes());
+    check_device(op, be, "A", A, x, "x");
+    check_attention_size(op, A, B, H, W);
     TORCH_CHECK(tile_max_opt.has_value() == tile_min_opt.has_value(), op,
                 ": give both tile_max and tile_min or neither");
     if (tile_max_opt.has_value()) {
-      tmax = checked_stats(*tile_max_opt, "tile_max", x, TY, TX, tile);
-      tmin = checked_stats(*tile_min_opt, "tile_min", x, TY, TX, tile);
+      tmax = checked_stats(op, be, "tile_max", *tile_max_opt, x, TY, TX, tile);
+      tmin = checked_stats(op, be, "tile_min", *tile_min_opt, x, TY, TX, tile);
     } else {
       std::tie(tmax, tmin) = tile_stats_cuda(A, tile);
     }

@@ -17,10 +17,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// NaN-propagating max / min: once the running value is NaN it stays NaN (v > NaN and v < NaN are false).
-__device__ __forceinline__ float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
-__device__ __forceinline__ float min_nan(float m, float v) { return (v < m || v != v) ? v : m; }
-
 template <typename AT>
 __global__ void __launch_bounds__(kThreads) tile_stats_kernel(const AT* __restrict__ A, int64_t sb, int64_t sh,
                                                                int64_t sw, int H, int W, int tile, int TY, int TX,
@@ -57,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) tile_stats_kernel(const AT* __restri
 std::tuple<at::Tensor, at::Tensor> tile_stats_cuda(const at::Tensor& A, int64_t tile) {
   check_attention(A, "A");
   check_tile(tile);
-  TORCH_CHECK(A.is_cuda(), "yoda::tile_stats (CUDA): A must be a CUDA tensor, got ", A.device());
+  check_on_backend("yoda::tile_stats", Backend::kCUDA, "A", A);
   const int64_t B = A.size(0), H = A.size(-2), W = A.size(-1);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
   TORCH_CHECK(B <= kMaxGridYZ, "yoda::tile_stats: at most ", kMaxGridYZ, " images, got ", B);

@@ -86,13 +86,6 @@ class LatentAdapter(Adapter):
         self.pool = pool
         self.clip_x0 = bool(clip_x0)
 
-    def yoda_adapter(self, **kw: Any) -> "LatentAdapter":
-        """as_adapter hook: the adapter is already built from its callables (options go to __init__)."""
-        given = sorted(k for k, v in kw.items() if v is not None)
-        if given:
-            raise TypeError(f"LatentAdapter takes its options at construction; got {given}")
-        return self
-
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         f = self.latent_factor * self.latent_multiple
         ph, pw = (-x.shape[-2]) % f, (-x.shape[-1]) % f

@@ -29,13 +29,13 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters import Adapter, Prepared, upsample
+from ..adapters import PixelAdapter, Prepared
 from ..schedule import Schedule
 
 __all__ = [
@@ -518,14 +518,16 @@ class SR3UNet(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Adapter
 # ----------------------------------------------------------------------------------------------------------
-class SR3Adapter(Adapter):
-    """Pixel space (DESIGN.md §6): c = up(lr), cond = up(lr), eps = net(cat(up(lr), x_t), sqrt(ab_t)).
+class SR3Adapter(PixelAdapter):
+    """Pixel space (DESIGN.md §6): yoda.adapters.PixelAdapter for an SR3UNet, c = up(lr), cond = up(lr),
+    eps = net(cat(up(lr), x_t), sqrt(ab_t)). What differs from PixelAdapter:
 
     schedule / scale: default to ``net.schedule`` / ``net.scale``; one of each must be known.
+    multiple: the UNet's (2 ** number of downsamplings). prediction: "eps".
+    The net runs in its parameters' dtype (a half-precision state must not meet float32 weights), and
+    prepare checks that lr has the net's out_channel channels.
     clip_x0: SR3 clamps x0_hat to [-1, 1] (``clip_denoised=True`` in p_sample).
     """
-
-    prediction = "eps"
 
     def __init__(self, net: SR3UNet, schedule: Optional[Schedule] = None, scale: Optional[int] = None,
                  clip_x0: bool = True):
@@ -542,28 +544,15 @@ class SR3Adapter(Adapter):
         if net.config.in_channel != 2 * net.config.out_channel:
             raise ValueError("net: SR3 conditioning needs in_channel == 2 * out_channel "
                              f"(got {net.config.in_channel}, {net.config.out_channel})")
-        self.net = net
-        self.schedule = schedule
-        self.scale = scale
-        self.clip_x0 = bool(clip_x0)
-        self.multiple = net.multiple
+        super().__init__(net, schedule, scale=scale, prediction="eps", clip_x0=bool(clip_x0),
+                         multiple=net.multiple)
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         C = self.net.config.out_channel
         if not isinstance(lr, torch.Tensor) or lr.dim() != 4 or lr.shape[1] != C:
             raise ValueError(f"lr must be (B, {C}, h, w), got "
                              f"{tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__}")
-        up = upsample(lr, self.scale)
-        return Prepared(c=up, cond=up)
+        return super().prepare(lr)
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: torch.Tensor) -> torch.Tensor:
-        B = x_t.shape[0]
-        # the net runs in its parameters' dtype (a half-precision state must not meet float32 weights)
-        dt = next(self.net.parameters()).dtype
-        # gamma = sqrt(alpha_bar) per batch element, computed in float64 like upstream's numpy buffer
-        gamma = torch.as_tensor(ab_t, dtype=torch.float64).sqrt().reshape(-1).expand(B)
-        out = self.net(torch.cat([cond.to(dt), x_t.to(dt)], dim=1), gamma.to(device=x_t.device, dtype=dt))
-        return out.to(x_t.dtype)
-
-    def crop_cond(self, cond: torch.Tensor, ys: slice, xs: slice) -> torch.Tensor:
-        return cond[..., ys, xs]
+    def net_dtype(self, x_t: torch.Tensor) -> torch.dtype:
+        return next(self.net.parameters()).dtype

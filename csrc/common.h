@@ -1,0 +1,153 @@
+// Host-side helpers shared by the CPU kernels (csrc/cpu/*.cpp) and the CUDA launchers (csrc/cuda/*.cu):
+// argument checks, dtype dispatch, strides and the output memory format. ATen only, no device code: the
+// per-element math (host and device) is in csrc/step.h, the CUDA-only device helpers in csrc/cuda/cuda_utils.cuh.
+//
+// Messages read "<op>: <argument> ..." (op e.g. "yoda::masked_step") so that every error names the argument;
+// a device error says which backend's kernel refused the tensor, "<op> (CPU): ..." / "<op> (CUDA): ...".
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "step.h"
+
+namespace yoda {
+
+// The backend whose kernel checks its arguments: it decides where the tensors must live.
+enum class Backend { kCPU, kCUDA };
+
+struct Strides4 {
+  int64_t b, c, h, w;
+};
+
+inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+// The dtypes the ops accept for state tensors and the attention map.
+inline bool is_float3(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
+
+// Calls f(T{}) for T in {float, c10::Half, c10::BFloat16} matching t (every other dtype was rejected before).
+template <typename F>
+void dispatch_float3(at::ScalarType t, const char* op, F&& f) {
+  switch (t) {
+    case at::kFloat: f(float{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    case at::kBFloat16: f(c10::BFloat16{}); break;
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", t);
+  }
+}
+
+// naive.py's output layout: channels-last only for a channels-last (and not also contiguous) input.
+inline at::MemoryFormat output_format(const at::Tensor& x) {
+  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
+  return at::MemoryFormat::Contiguous;
+}
+
+// ---- argument checks -----------------------------------------------------------------------------------------
+
+// tile in {8, 16, 32}: a multiple of 4 (one Philox group of rows) that divides a CUDA warp.
+inline void check_tile(int64_t tile) {
+  TORCH_CHECK(tile == 8 || tile == 16 || tile == 32, "yoda: tile must be one of (8, 16, 32), got ", tile);
+}
+
+// An attention map: (B, 1, H, W) or (B, H, W), fp32/fp16/bf16 (device and size checked by the op).
+inline void check_attention(const at::Tensor& A, const char* name) {
+  TORCH_CHECK(A.dim() == 3 || (A.dim() == 4 && A.size(1) == 1), "yoda: ", name,
+              " must be (B, 1, H, W) or (B, H, W), got ", A.sizes());
+  TORCH_CHECK(is_float3(A.scalar_type()), "yoda: ", name, " must be float32, float16 or bfloat16, got ",
+              A.scalar_type());
+}
+
+// A's batch and spatial sizes match the state's (B, H, W).
+inline void check_attention_size(const char* op, const at::Tensor& A, int64_t B, int64_t H, int64_t W) {
+  TORCH_CHECK(A.size(0) == B && A.size(-2) == H && A.size(-1) == W, op, ": A must be (", B, ", 1, ", H, ", ", W,
+              ") or (", B, ", ", H, ", ", W, "), got ", A.sizes());
+}
+
+// t lives where the backend's kernel reads it: on the CPU, or on some CUDA device.
+inline void check_on_backend(const char* op, Backend be, const char* name, const at::Tensor& t) {
+  if (be == Backend::kCPU) {
+    TORCH_CHECK(t.device().is_cpu(), op, " (CPU): ", name, " must be on the CPU, got ", t.device());
+  } else {
+    TORCH_CHECK(t.is_cuda(), op, " (CUDA): ", name, " must be a CUDA tensor, got ", t.device());
+  }
+}
+
+// t is on ref's device (ref_name names ref in the message).
+inline void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
+                              const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+              ref.device());
+}
+
+// An auxiliary input (A, tile stats, per-batch vectors) of an op whose first input ref has passed check_state:
+// on the CPU for the CPU kernel, on ref's device for the CUDA kernel.
+inline void check_device(const char* op, Backend be, const char* name, const at::Tensor& t, const at::Tensor& ref,
+                         const char* ref_name) {
+  if (be == Backend::kCPU) {
+    check_on_backend(op, be, name, t);
+  } else {
+    check_same_device(op, name, t, ref, ref_name);
+  }
+}
+
+// A state tensor (x, model_out, c, noise, x0): 4-D, fp32/fp16/bf16, on the backend (CUDA: on ref's device),
+// with the shape and dtype of the op's first input ref, named ref_name in the CPU kernels' messages (the CUDA
+// kernels' messages say "the first input").
+inline void check_state(const char* op, Backend be, const char* name, const at::Tensor& t, const at::Tensor& ref,
+                        const char* ref_name) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (B, C, H, W), got shape ", t.sizes());
+  TORCH_CHECK(is_float3(t.scalar_type()), op, ": ", name, " must be float32, float16 or bfloat16, got ",
+              t.scalar_type());
+  check_on_backend(op, be, name, t);
+  if (be == Backend::kCPU) {
+    TORCH_CHECK(t.sizes() == ref.sizes(), op, ": ", name, " must have the shape of ", ref_name, " ", ref.sizes(),
+                ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ",
+                ref_name, " has ", ref.scalar_type());
+  } else {
+    check_same_device(op, name, t, ref, "the first input");
+    TORCH_CHECK(t.sizes() == ref.sizes(), op, ": ", name, " must have shape ", ref.sizes(), ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+                " but the first input has ", ref.scalar_type());
+  }
+}
+
+// tile_max / tile_min given to masked_step: float32 (B, TY, TX) = tile_stats(A, tile) on x's device; returned
+// contiguous (the kernels index them as such).
+inline at::Tensor checked_stats(const char* op, Backend be, const char* name, const at::Tensor& t,
+                                const at::Tensor& x, int64_t TY, int64_t TX, int64_t tile) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
+  check_device(op, be, name, t, x, "x");
+  const int64_t B = x.size(0);
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == TY && t.size(2) == TX, op, ": ", name,
+              " must have shape (", B, ", ", TY, ", ", TX, ") = tile_stats(A, ", tile, "), got ", t.sizes());
+  return t.contiguous();
+}
+
+// A (B,) vector of masked_q_sample (sqrt_ab, sqrt_1m_ab, tau) for first input x0, as contiguous float32 (the
+// reference uses .float() of these vectors).
+inline at::Tensor per_batch(const char* op, Backend be, const char* name, const at::Tensor& t, const at::Tensor& x0) {
+  const int64_t B = x0.size(0);
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a float tensor, got ", t.scalar_type());
+  check_device(op, be, name, t, x0, "x0");
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == B, op, ": ", name, " must have shape (", B, "), got ", t.sizes());
+  return t.to(at::kFloat).contiguous();
+}
+
+// The scalar arguments of masked_step and the size limit of its noise counter (philox.h: 32-bit).
+inline void check_step_scalars(const char* op, const at::Tensor& x, double tau, at::ArrayRef<double> coefs,
+                               int64_t seed, int64_t step) {
+  TORCH_CHECK(!std::isnan(tau), op, ": tau must not be NaN");
+  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == kNumCoefs, op, ": coefs must hold ", kNumCoefs,
+              " floats, got ", coefs.size());
+  for (double v : coefs) TORCH_CHECK(std::isfinite(v), op, ": coefs must be finite, got ", coefs);
+  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, op, ": seed must be in [0, 2**32 - 1], got ", seed);
+  TORCH_CHECK(step >= 0 && step <= 0x7FFFFFFFLL, op, ": step must be in [0, 2**31 - 1], got ", step);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(B * C * ((H + 3) / 4) * W < (int64_t(1) << 31), op, ": x of shape ", x.sizes(),
+              " is too large for the 32-bit noise counter");
+}
+
+}  // namespace yoda

@@ -1,0 +1,60 @@
+"""Atomic file writes: the one helper behind every file yoda writes (images, checkpoints, model files).
+
+    atomic_write(path, write)   write(tmp) fills a new temporary file ``tmp`` in path's folder, then
+                                os.replace(tmp, path): a reader (or a crash) sees the old file or the new
+                                one, never a half-written one; on any error the temporary file is removed.
+
+The temporary file is created with os.open(..., 0o666), so the kernel applies the process umask (and a
+folder's default ACL) exactly as for any new file: a model saved with umask 022 is 0644, not the 0600 that
+tempfile.mkstemp would give. Some writers replace the file they are given by their own temporary file
+(safetensors' save_file does, and its file is 0600), so the mode the kernel chose at creation is restored
+before the rename. No os.umask() call is needed, which matters because reading the umask with os.umask(0)
++ restore briefly changes it for every thread of the process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_TRIES = 100  # O_EXCL name collisions with 48 random bits are not expected; bound the loop anyway
+
+
+def _create_temp(folder: str, name: str) -> tuple[str, int]:
+    """(a new empty file's path in ``folder``, the permission bits the kernel gave it)."""
+    for _ in range(_TRIES):
+        tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            mode = os.fstat(fd).st_mode & 0o7777
+        finally:
+            os.close(fd)
+        return tmp, mode
+    raise FileExistsError(f"could not create a temporary file next to {os.path.join(folder, name)}")
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
+    """Write ``path`` atomically: ``write(tmp)`` writes the whole content to the (empty, existing) file named
+    ``tmp`` in the same folder as ``path``, which then replaces ``path``. Returns ``Path(path)``.
+
+    The folder must exist (FileNotFoundError otherwise). If ``write`` raises, ``path`` is untouched and the
+    temporary file is removed before the exception propagates."""
+    p = Path(os.fspath(path))
+    folder = os.path.dirname(os.path.abspath(p))
+    tmp, mode = _create_temp(folder, p.name)
+    try:
+        write(tmp)
+        if os.stat(tmp).st_mode & 0o7777 != mode:  # the writer made a new file (safetensors: 0600)
+            os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
