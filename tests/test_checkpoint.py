@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import yoda
+from yoda.adapters import as_adapter
 from yoda.checkpoint import CheckpointError, _fold_weight_norm, save_model, srdiff_config_from_state_dict
 from yoda.models import SR3Config, SR3UNet, SRDiff, SRDiffConfig
 from yoda.models.sr3 import SR3_DIFFUSION_BUFFERS
@@ -219,6 +220,18 @@ def test_yoda_format_round_trip_sr3(tmp_path):
     d = json.loads(meta["config"])
     assert d["kind"] == "sr3" and d["args"]["channel_mults"] == [1, 2, 2, 4] and d["schedule"]["T"] == 50
     assert torch.equal(torch.tensor(d["schedule"]["betas"], dtype=torch.float64), sched.betas)  # exact floats
+
+
+def test_yoda_format_keeps_the_parameterisation(tmp_path):
+    net = SR3UNet.from_config(SR3UNet.tiny_x4_config()).eval()
+    p = tmp_path / "x0.safetensors"
+    save_model(net, p, schedule=Schedule.cosine(50), prediction="x0")
+    got = yoda.load("yoda", p)
+    assert got.prediction == "x0" and as_adapter(got).prediction == "x0"  # sampled as an x0 model
+    save_model(net, p, schedule=Schedule.cosine(50))
+    assert as_adapter(yoda.load("yoda", p)).prediction == "eps"  # SR3's own default
+    with pytest.raises(ValueError, match="prediction must be"):
+        save_model(net, p, schedule=Schedule.cosine(50), prediction="noise")
 
 
 def test_yoda_format_round_trip_srdiff(tmp_path):

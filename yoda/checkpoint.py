@@ -21,10 +21,11 @@ metadata holds:
                      "args": constructor arguments (SR3Config.to_dict() / SRDiffConfig.to_dict()),
                      "schedule": Schedule.to_dict() = {"T": T, "betas": [float64 ...]}  (exact in JSON),
                      "scale": SR factor,
+                     "prediction": "eps" | "x0" | "v", what the network outputs (absent: "eps"),
                      "extra": free-form JSON object (training notes, data, metrics) or absent}
 
 ``load("yoda", path)`` rebuilds the model from "args", loads the tensors strictly and attaches
-``model.schedule`` and ``model.scale``, so ``yoda.sample(model, lr)`` needs nothing else.
+``model.schedule``, ``model.scale`` and ``model.prediction``, so ``yoda.sample(model, lr)`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -333,10 +334,11 @@ def _build(kind: str, args: Mapping[str, Any]) -> nn.Module:
 
 
 def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: Any = None, *,
-               scale: Optional[int] = None, extra: Optional[dict] = None) -> None:
+               scale: Optional[int] = None, extra: Optional[dict] = None, prediction: Optional[str] = None) -> None:
     """Write ``model`` in the "yoda" format (module docstring). config: the model's config dataclass
     (default ``model.config``; for SR3 its ``scale`` is used when ``scale`` is None); schedule: the
-    sampling Schedule (default ``model.schedule``). The file is written to a temporary name and renamed,
+    sampling Schedule (default ``model.schedule``); prediction: what the network outputs (default
+    ``model.prediction`` or "eps"). The file is written to a temporary name and renamed,
     so a failure never leaves a half-written file at ``path``."""
     from safetensors.torch import save_file
 
@@ -358,6 +360,9 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
         scale = scale if scale is not None else getattr(model, "scale", None)
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale: the SR factor must be a positive int, got {scale!r}")
+    prediction = prediction or getattr(model, "prediction", None) or "eps"
+    if prediction not in ("eps", "x0", "v"):
+        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
     if kind == "sr3":
         args["scale"] = scale
     elif scale != args.get("sr_scale"):
@@ -372,6 +377,7 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
         raise ValueError(f"config does not describe this model (state-dict keys/shapes differ: {diff[:_SHOW]})")
     try:
         meta_json = json.dumps({"kind": kind, "args": args, "schedule": schedule.to_dict(), "scale": scale,
+                                "prediction": prediction,
                                 **({"extra": extra} if extra is not None else {})})
     except TypeError as e:
         raise ValueError(f"extra / config must be JSON-serialisable: {e}") from e
@@ -395,6 +401,9 @@ def _load_yoda(p: str) -> nn.Module:
         kind, args = cfg["kind"], cfg["args"]
         schedule = Schedule.from_dict(cfg["schedule"])
         scale = cfg["scale"]
+        prediction = cfg.get("prediction", "eps")
+        if prediction not in ("eps", "x0", "v"):
+            raise ValueError(f"prediction {prediction!r}")
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: {type(e).__name__}: {e}") from e
     try:
@@ -403,6 +412,7 @@ def _load_yoda(p: str) -> nn.Module:
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind} model: {e}") from e
     load_state_dict_checked(model, tensors, p)
     model.schedule = schedule
+    model.prediction = prediction
     if kind == "sr3":
         model.scale = int(scale)
     model.yoda_config = cfg

@@ -580,7 +580,7 @@ class Trainer:
         module = copy.deepcopy(self.ema).cpu()
         save_model(module, path, schedule=self.schedule,
                    scale=self.cfg.data.scale if self.cfg.loss.space == "pixel" else None,
-                   extra={"train_config": self.cfg.to_dict(), "steps": self.step})
+                   prediction=self.cfg.loss.target, extra={"train_config": self.cfg.to_dict(), "steps": self.step})
 
     def write_log(self) -> None:
         path = os.path.join(self.out, "log.csv")

@@ -523,7 +523,8 @@ class SR3Adapter(PixelAdapter):
     eps = net(cat(up(lr), x_t), sqrt(ab_t)). What differs from PixelAdapter:
 
     schedule / scale: default to ``net.schedule`` / ``net.scale``; one of each must be known.
-    multiple: the UNet's (2 ** number of downsamplings). prediction: "eps".
+    multiple: the UNet's (2 ** number of downsamplings). prediction: SR3's "eps" unless the net says otherwise
+    (``net.prediction``, set by yoda.load for models trained to predict x0 or v).
     The net runs in its parameters' dtype (a half-precision state must not meet float32 weights), and
     prepare checks that lr has the net's out_channel channels.
     clip_x0: SR3 clamps x0_hat to [-1, 1] (``clip_denoised=True`` in p_sample).
@@ -544,7 +545,7 @@ class SR3Adapter(PixelAdapter):
         if net.config.in_channel != 2 * net.config.out_channel:
             raise ValueError("net: SR3 conditioning needs in_channel == 2 * out_channel "
                              f"(got {net.config.in_channel}, {net.config.out_channel})")
-        super().__init__(net, schedule, scale=scale, prediction="eps", clip_x0=bool(clip_x0),
+        super().__init__(net, schedule, scale=scale, prediction=getattr(net, "prediction", "eps"), clip_x0=bool(clip_x0),
                          multiple=net.multiple)
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
