@@ -4,6 +4,7 @@
     yoda attention IMAGE -o OUT.png [--attention edge] [--lower-bound 0.6]
     yoda demo [-o demo.png]
     yoda eval [--images FOLDER] [--lower-bounds 0.4 0.6 0.8] [--attention edge gaussian]
+              [--lpips VGG16.pth LIN.pth]
     yoda train --config yoda/configs/default_x4.json [--out DIR] [--steps N] [--device auto|cpu|cuda]
     yoda plot LOG.csv... -o curves.png [--labels ...]
 
@@ -249,7 +250,8 @@ def cmd_eval(a) -> int:
     model = load_model(a.model, dev)
     settings = EvalSettings(steps=a.steps, sampler=a.sampler, lower_bounds=tuple(a.lower_bounds),
                             attentions=tuple(a.attention), seed=a.seed,
-                            max_size=a.max_size if a.max_size > 0 else None, progress=not a.quiet)
+                            max_size=a.max_size if a.max_size > 0 else None, progress=not a.quiet,
+                            lpips=tuple(a.lpips) if a.lpips else None)
     table = markdown_table(summarize(evaluate(model, images, settings)))
     if a.output:
         from ._io import atomic_write
@@ -335,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian"])
     p.add_argument("--max-size", type=int, default=128, help="centre-crop HR to at most this (0: full size)")
     p.add_argument("-o", "--output", default=None, help="also write the table to this file")
+    p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
+                   help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
+                        "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
     _sampling_args(p, 20, "ddim")
     p.set_defaults(fn=cmd_eval)
 

@@ -5,14 +5,16 @@ Metrics are computed on 8-bit RGB images (H, W, 3) after rounding, as papers rep
     colour shift      d = mean over pixels of Lab(SR) - Lab(HR)  (skimage.color.rgb2lab, D65)
                       L_shift = |d_L|, ab_shift = sqrt(d_a^2 + d_b^2): a global tint shows up here, noise
                       and texture errors average out (SR3's colour shift, seed Fig. 4)
-    LPIPS             not computed: it needs a backbone's weights (AlexNet/VGG) and LPIPS's linear heads, which
-                      are not available offline here; the table says so instead of a number.
+    LPIPS             only when EvalSettings.lpips gives local files (VGG16 backbone, LPIPS v0.1 linear heads;
+                      yoda.lpips): LPIPS of the rounded SR vs HR, both mapped back to [-1, 1]. Without them
+                      the table says it was omitted instead of a number (nothing is downloaded).
 The LR image of every HR is yoda.data.make_lr (the training degradation).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -87,8 +89,14 @@ class EvalSettings:
     max_size: Optional[int] = 128
     backend: str = "auto"
     progress: bool = False
+    lpips: Optional[tuple[str, str]] = None  # (VGG16 backbone weights path, LPIPS linear-head weights path)
 
     def __post_init__(self):
+        if self.lpips is not None:
+            lp = tuple(self.lpips)
+            if len(lp) != 2 or not all(isinstance(v, (str, os.PathLike)) for v in lp):
+                raise ValueError(f"lpips must be None or (backbone weights path, lin weights path), got {self.lpips!r}")
+            object.__setattr__(self, "lpips", tuple(os.fspath(v) for v in lp))
         object.__setattr__(self, "lower_bounds", tuple(float(v) for v in self.lower_bounds))
         object.__setattr__(self, "attentions", tuple(self.attentions))
         if self.steps < 1:
@@ -116,7 +124,8 @@ def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSe
 
 
 def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: EvalSettings = EvalSettings()) -> list[dict]:
-    """Per-image rows {image, method, attention, lower_bound, psnr, ssim, L_shift, ab_shift, calls, seconds}.
+    """Per-image rows {image, method, attention, lower_bound, psnr, ssim, L_shift, ab_shift, calls, seconds},
+    plus "lpips" when settings.lpips names the weight files (loaded before any sampling, so a bad file fails fast).
 
     model: anything yoda.sample takes (an adapter or a model with yoda_adapter()).
     images: [(name, uint8 (H, W, 3))] HR images (yoda.data.load_source); LR = make_lr(HR)."""
@@ -128,6 +137,11 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
     scale = adapter.scale
     multiple = int(scale * max(1, getattr(adapter, "multiple", 1)) // math.gcd(scale, max(1, getattr(adapter, "multiple", 1))))
     dev = adapter.device() or torch.device("cpu")
+    lpips_fn = None
+    if settings.lpips is not None:
+        from .lpips import LPIPS
+
+        lpips_fn = LPIPS(*settings.lpips).to(dev)
     rows = []
     for name, hr_u8 in images:
         hr_u8 = _data.crop_to_multiple(hr_u8, multiple, settings.max_size)
@@ -143,7 +157,11 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
             else:
                 sr, calls, secs = run_sample(adapter, lr, attn, 1.0 if lb is None else lb, settings)
             row = {"image": name, "method": method, "attention": attn or "", "lower_bound": "" if lb is None else lb}
-            row.update(metrics(to_uint8(sr)[0], hr_u8))
+            sr_u8 = to_uint8(sr)[0]
+            row.update(metrics(sr_u8, hr_u8))
+            if lpips_fn is not None:
+                with torch.no_grad():  # on the rounded image, like the other metrics
+                    row["lpips"] = float(lpips_fn(from_uint8(sr_u8).to(dev), hr)[0])
             row.update(calls=calls, seconds=secs)
             rows.append(row)
     return rows
@@ -159,19 +177,29 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         row = {"method": method, "attention": attn, "lower_bound": lb, "images": len(rs)}
         for k in ("psnr", "ssim", "L_shift", "ab_shift", "calls", "seconds"):
             row[k] = float(np.mean([r[k] for r in rs]))
+        if all("lpips" in r for r in rs):
+            row["lpips"] = float(np.mean([r["lpips"] for r in rs]))
         out.append(row)
     return out
 
 
 def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE) -> str:
-    """The summary as a markdown table (PSNR dB, SSIM, colour shift in Lab units, calls, seconds)."""
-    head = "| method | attention | l | images | PSNR (dB) | SSIM | L shift | ab shift | denoiser calls | time (s) |"
-    lines = [head, "|" + "---|" * 10]
+    """The summary as a markdown table (PSNR dB, SSIM, [LPIPS,] colour shift in Lab units, calls, seconds).
+
+    The LPIPS column appears when every row has "lpips"; then the LPIPS_NOTE is not printed."""
+    has_lpips = bool(rows) and all("lpips" in r for r in rows)
+    lp_head = " LPIPS |" if has_lpips else ""
+    head = (f"| method | attention | l | images | PSNR (dB) | SSIM |{lp_head} L shift | ab shift | denoiser calls "
+            "| time (s) |")
+    lines = [head, "|" + "---|" * (11 if has_lpips else 10)]
     for r in rows:
         lb = "" if r["lower_bound"] == "" else f"{r['lower_bound']:g}"
+        lp = f" {r['lpips']:.4f} |" if has_lpips else ""
         lines.append(f"| {r['method']} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f} | "
-                     f"{r['ssim']:.4f} | {r['L_shift']:.3f} | {r['ab_shift']:.3f} | {r['calls']:.0f} | "
+                     f"{r['ssim']:.4f} |{lp} {r['L_shift']:.3f} | {r['ab_shift']:.3f} | {r['calls']:.0f} | "
                      f"{r['seconds']:.2f} |")
+    if has_lpips and note == LPIPS_NOTE:
+        note = None
     if note:
         lines += ["", note + "."]
     return "\n".join(lines)
