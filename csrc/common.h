@@ -10,6 +10,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 #include "step.h"
 
@@ -124,6 +126,29 @@ inline at::Tensor checked_stats(const char* op, Backend be, const char* name, co
   TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == TY && t.size(2) == TX, op, ": ", name,
               " must have shape (", B, ", ", TY, ", ", TX, ") = tile_stats(A, ", tile, "), got ", t.sizes());
   return t.contiguous();
+}
+
+// masked_step's optional A with its tile stats: checks A, then takes the given (tile_max, tile_min) or computes
+// them with ``stats_fn`` (the backend's tile_stats). Leaves all three undefined when A is absent.
+template <typename StatsFn>
+inline void checked_attention_and_stats(const char* op, Backend be, const std::optional<at::Tensor>& A_opt,
+                                        const std::optional<at::Tensor>& tile_max_opt,
+                                        const std::optional<at::Tensor>& tile_min_opt, const at::Tensor& x,
+                                        int64_t TY, int64_t TX, int64_t tile, StatsFn stats_fn, at::Tensor& A,
+                                        at::Tensor& tmax, at::Tensor& tmin) {
+  if (!A_opt.has_value()) return;
+  A = *A_opt;
+  check_attention(A, "A");
+  check_device(op, be, "A", A, x, "x");
+  check_attention_size(op, A, x.size(0), x.size(2), x.size(3));
+  TORCH_CHECK(tile_max_opt.has_value() == tile_min_opt.has_value(), op,
+              ": give both tile_max and tile_min or neither");
+  if (tile_max_opt.has_value()) {
+    tmax = checked_stats(op, be, "tile_max", *tile_max_opt, x, TY, TX, tile);
+    tmin = checked_stats(op, be, "tile_min", *tile_min_opt, x, TY, TX, tile);
+  } else {
+    std::tie(tmax, tmin) = stats_fn(A, tile);
+  }
 }
 
 // A (B,) vector of masked_q_sample (sqrt_ab, sqrt_1m_ab, tau) for first input x0, as contiguous float32 (the

@@ -164,20 +164,8 @@ at::Tensor masked_step_cpu(const at::Tensor& x, const at::Tensor& model_out, con
   at::Tensor noise = p.need_noise && noise_opt.has_value() ? *noise_opt : at::Tensor();
 
   at::Tensor A, tmax, tmin;
-  if (A_opt.has_value()) {
-    A = *A_opt;
-    check_attention(A, "A");
-    check_device(kOp, be, "A", A, x, "x");
-    check_attention_size(kOp, A, B, H, W);
-    TORCH_CHECK(tile_max_opt.has_value() == tile_min_opt.has_value(), kOp,
-                ": give both tile_max and tile_min or neither");
-    if (tile_max_opt.has_value()) {
-      tmax = checked_stats(kOp, be, "tile_max", *tile_max_opt, x, TY, TX, tile);
-      tmin = checked_stats(kOp, be, "tile_min", *tile_min_opt, x, TY, TX, tile);
-    } else {
-      std::tie(tmax, tmin) = tile_stats_cpu(A, tile);
-    }
-  }
+  checked_attention_and_stats(kOp, be, A_opt, tile_max_opt, tile_min_opt, x, TY, TX, tile, tile_stats_cpu, A, tmax,
+                              tmin);
 
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
   if (out.numel() == 0) return out;

@@ -167,20 +167,8 @@ at::Tensor masked_step_cuda(const at::Tensor& x, const at::Tensor& model_out, co
 
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor A, tmax, tmin;
-  if (A_opt.has_value()) {
-    A = *A_opt;
-    check_attention(A, "A");
-    check_device(op, be, "A", A, x, "x");
-    check_attention_size(op, A, B, H, W);
-    TORCH_CHECK(tile_max_opt.has_value() == tile_min_opt.has_value(), op,
-                ": give both tile_max and tile_min or neither");
-    if (tile_max_opt.has_value()) {
-      tmax = checked_stats(op, be, "tile_max", *tile_max_opt, x, TY, TX, tile);
-      tmin = checked_stats(op, be, "tile_min", *tile_min_opt, x, TY, TX, tile);
-    } else {
-      std::tie(tmax, tmin) = tile_stats_cuda(A, tile);
-    }
-  }
+  checked_attention_and_stats(op, be, A_opt, tile_max_opt, tile_min_opt, x, TY, TX, tile, tile_stats_cuda, A, tmax,
+                              tmin);
 
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
   if (out.numel() == 0) return out;
