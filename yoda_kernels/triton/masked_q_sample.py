@@ -64,7 +64,8 @@ def _masked_q_sample_kernel(
         tl.store(y_s + rr * syh + cc * syw, to_output(res, y_ptr, SOFT_BF16), mask=inb)
 
 
-def launch_masked_q_sample(
+@triton_op("yoda::masked_q_sample_triton", mutates_args=())
+def masked_q_sample_triton(
     x0: torch.Tensor,
     c: torch.Tensor,
     noise: torch.Tensor,
@@ -73,6 +74,7 @@ def launch_masked_q_sample(
     sqrt_1m_ab: torch.Tensor,
     tau: torch.Tensor,
 ) -> torch.Tensor:
+    """x_t (B, C, H, W), dtype and memory format of x0; arguments as yoda_kernels.naive.masked_q_sample."""
     if x0.dim() != 4:
         raise ValueError(f"x0 must be 4-D (B, C, H, W), got shape {tuple(x0.shape)}")
     for name, t in (("c", c), ("noise", noise)):
@@ -99,17 +101,3 @@ def launch_masked_q_sample(
         num_warps=4, enable_fp_fusion=False,
     )
     return out
-
-
-@triton_op("yoda::masked_q_sample_triton", mutates_args=())
-def masked_q_sample_triton(
-    x0: torch.Tensor,
-    c: torch.Tensor,
-    noise: torch.Tensor,
-    A: Optional[torch.Tensor],
-    sqrt_ab: torch.Tensor,
-    sqrt_1m_ab: torch.Tensor,
-    tau: torch.Tensor,
-) -> torch.Tensor:
-    """x_t (B, C, H, W), dtype and memory format of x0; arguments as yoda_kernels.naive.masked_q_sample."""
-    return launch_masked_q_sample(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau)
