@@ -37,10 +37,10 @@ def _gradient_attention(B, H, W, gen):
     return (A.expand(B, 1, H, W) * (1 - shift)).contiguous()
 
 
-def _strip_paths(A, tile, tau):
+def _strip_paths(A, tile, tau, noise=True):
     """Set of strip paths ('lr', 'sr', 'pixel') the kernel takes for A at tau (mirrors its classification)."""
     tmax, tmin = naive.tile_stats(A, tile)
-    per_strip = launch_config(A.shape[-1], tile)[0] // tile
+    per_strip = launch_config(A.shape[-1], tile, noise)[0] // tile
     paths = set()
     for start in range(0, tmax.shape[-1], per_strip):
         hi, lo = tmax[..., start:start + per_strip], tmin[..., start:start + per_strip]
@@ -70,12 +70,13 @@ def test_schemas_match_the_contract():
         assert got.replace("SymInt", "int") == "yoda::" + schema.replace(f"{op}(", f"{op}_triton(", 1)
 
 
-@pytest.mark.parametrize("W, tile, block_w", [(2048, 8, 256), (2048, 16, 128), (2048, 32, 64), (53, 8, 64),
-                                              (53, 32, 64), (20, 32, 32), (5, 16, 16), (1, 8, 8)])
-def test_launch_config(W, tile, block_w):
-    got_w, warps = launch_config(W, tile)
-    assert (got_w, warps) == (block_w, 4)
-    assert got_w % tile == 0  # a strip holds whole tiles: the classification is per tile
+@pytest.mark.parametrize("W, tile, noise, block_w, warps", [
+    (2048, 8, False, 256, 8), (2048, 16, False, 128, 8), (2048, 32, False, 64, 8),  # 2048-pixel strips
+    (2048, 8, True, 128, 4), (2048, 16, True, 64, 4), (2048, 32, True, 32, 4),  # 1024 with Philox noise
+    (53, 8, False, 64, 8), (53, 32, True, 32, 4), (20, 32, False, 32, 8), (5, 16, True, 16, 4), (1, 8, False, 8, 8)])
+def test_launch_config(W, tile, noise, block_w, warps):
+    assert launch_config(W, tile, noise) == (block_w, warps)
+    assert block_w % tile == 0  # a strip holds whole tiles: the classification is per tile
 
 
 @pytest.mark.parametrize("tile", naive.TILE_SIZES)

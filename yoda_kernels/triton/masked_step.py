@@ -41,15 +41,21 @@ NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
 MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions y and z
 
 
-def launch_config(W: int, tile: int) -> tuple[int, int]:
-    """(BLOCK_W, num_warps) for images of width W and tile size ``tile``.
+def launch_config(W: int, tile: int, noise: bool) -> tuple[int, int]:
+    """(BLOCK_W, num_warps) for images of width W, tile size ``tile`` and a step that draws Philox noise or not.
 
-    A strip is TILE x BLOCK_W = 2048 pixels per channel (BLOCK_W 256/128/64 for tiles 8/16/32): with 4 warps
-    each thread moves four float4 per tensor and channel, enough loads in flight to cover DRAM latency,
-    while a strip stays narrow enough that few strips straddle an attention boundary. Narrow images
-    shrink BLOCK_W to the next power of two >= W (never below one tile)."""
-    block_w = max(tile, min(2048 // tile, triton.next_power_of_2(max(W, 1))))
-    return block_w, 4
+    A thread owns 8 pixels of each channel of its strip (TILE x BLOCK_W pixels): two float4 per tensor and
+    lane sub-block. Registers, not loads in flight, decide how many warps an SM can keep: at 16 pixels per
+    thread the Philox kernel needs ~236 registers (8 warps per SM) and the explicit-noise kernel spills; at 8
+    it needs <= 158 (12-16 warps) and nothing spills (``benchmarks/sass_report.py`` compiles every
+    configuration offline). On an H200, 50 % active with Philox, going from 16 to 8 pixels per thread took the
+    step from 0.300 to 0.238-0.245 ms (benchmarks/RESULTS.md). Strips are 2048 pixels (8 warps) without
+    Philox noise, as in the measured 87-94 % of copy bandwidth, and 1024 (4 warps) with it, where Philox and
+    Box-Muller (about 60 instructions per pixel) bound the kernel by instruction issue. Narrow images shrink
+    BLOCK_W to the next power of two >= W (never below one tile)."""
+    pixels, warps = (1024, 4) if noise else (2048, 8)
+    block_w = max(tile, min(pixels // tile, triton.next_power_of_2(max(W, 1))))
+    return block_w, warps
 
 
 def soft_bf16(dtype: torch.dtype) -> bool:
@@ -314,7 +320,7 @@ def launch_masked_step(
     else:
         A, tmax, tmin = x, x, x  # never read (HAS_A is a compile-time False)
         sab = sah = saw = 0
-    cfg_w, cfg_warps = launch_config(W, tile)
+    cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX)
     block_w = block_w or cfg_w
     grid = (triton.cdiv(W, block_w), TY, B)
     wrap_triton(_masked_step_kernel)[grid](

@@ -1,0 +1,33 @@
+"""The Triton masked_step kernel at the library's launch configurations, compiled offline for sm_90 (H100 /
+H200) with Triton's ptxas: no configuration spills registers or leaves fewer than 12 resident warps per SM
+(benchmarks/sass_report.py --check). Needs no GPU; skipped where Triton has no NVIDIA backend or ptxas."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ptxas_available() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return os.path.exists(get_ptxas(90).path)
+    except Exception:  # no triton, no NVIDIA backend, or no bundled ptxas
+        return False
+
+
+@pytest.mark.skipif(not _ptxas_available(), reason="Triton's NVIDIA backend / ptxas not installed")
+def test_default_launch_configs_do_not_spill():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, do not interpret
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_report.py"), "--check"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ") and "tile" not in line]
+    assert {(int(c[0]), c[1].strip()) for c in rows} == {(t, n) for t in (8, 16, 32) for n in ("none", "philox", "tensor")}
+    for c in rows:
+        assert int(c[7]) == 0 and int(c[6]) >= 12, c  # spill bytes, resident warps per SM
