@@ -24,6 +24,7 @@ import torch
 
 from . import data as _data
 from .images import from_uint8, to_uint8
+from .masks import check_lower_bound
 
 LPIPS_NOTE = "LPIPS omitted: it needs local backbone + LPIPS head weights, none were given"
 
@@ -97,15 +98,12 @@ class EvalSettings:
             if len(lp) != 2 or not all(isinstance(v, (str, os.PathLike)) for v in lp):
                 raise ValueError(f"lpips must be None or (backbone weights path, lin weights path), got {self.lpips!r}")
             object.__setattr__(self, "lpips", tuple(os.fspath(v) for v in lp))
-        object.__setattr__(self, "lower_bounds", tuple(float(v) for v in self.lower_bounds))
+        object.__setattr__(self, "lower_bounds", tuple(check_lower_bound(v, "lower_bounds") for v in self.lower_bounds))
         object.__setattr__(self, "attentions", tuple(self.attentions))
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be ddpm or ddim, got {self.sampler!r}")
-        for lb in self.lower_bounds:
-            if not (math.isfinite(lb) and lb >= 0):
-                raise ValueError(f"lower bounds must be finite and >= 0, got {lb}")
 
 
 def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:

@@ -17,10 +17,13 @@ import torch
 _FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _check_lower_bound(lower_bound: float) -> float:
+def check_lower_bound(lower_bound: float, name: str = "lower_bound") -> float:
+    """lower_bound l of DESIGN §4 as a float; the one check shared by sampling, training and evaluation."""
+    if isinstance(lower_bound, bool) or not isinstance(lower_bound, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(lower_bound).__name__}")
     lb = float(lower_bound)
     if not math.isfinite(lb) or lb < 0:
-        raise ValueError(f"lower_bound must be a finite float >= 0, got {lower_bound}")
+        raise ValueError(f"{name} must be a finite float >= 0, got {lower_bound}")
     return lb
 
 
@@ -45,7 +48,7 @@ def tau_at(t: int, T: int, lower_bound: float = 0.6) -> float:
         raise ValueError(f"T must be a positive int, got {T!r}")
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not (1 <= t <= T):
         raise ValueError(f"t must be in 1..T={T} (DESIGN's t = index + 1), got {t!r}")
-    return t / T - _check_lower_bound(lower_bound)
+    return t / T - check_lower_bound(lower_bound)
 
 
 def mask_at(A: torch.Tensor, t: int, T: int, lower_bound: float = 0.6) -> torch.Tensor:
@@ -71,7 +74,7 @@ def pixel_update_ratio(A: torch.Tensor, lower_bound: float = 0.6) -> torch.Tenso
     A pixel is refined at every t with t / T <= A + l, i.e. for about T * min(1, A + l) of the T steps, so
     this is the fraction of plain diffusion's per-pixel denoising work that YODA does (full schedule)."""
     A = _check_A(A)
-    lb = _check_lower_bound(lower_bound)
+    lb = check_lower_bound(lower_bound)
     return (A.float() + lb).clamp(max=1.0).flatten(1).mean(dim=1)
 
 

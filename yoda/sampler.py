@@ -300,9 +300,7 @@ def sample(
         raise ValueError(f"eta must be >= 0, got {eta}")
     if sampler == "ddpm" and eta != 0.0:
         raise ValueError("eta applies to sampler='ddim' only (DDPM's variance is fixed); leave eta=0 for 'ddpm'")
-    lower_bound = _check_float("lower_bound", lower_bound)
-    if lower_bound < 0:
-        raise ValueError(f"lower_bound must be >= 0, got {lower_bound}")
+    lower_bound = masks.check_lower_bound(lower_bound)
     if clip is not None and not isinstance(clip, bool):
         raise TypeError(f"clip must be None or a bool, got {type(clip).__name__}")
     clip = adapter.clip_x0 if clip is None else clip
@@ -311,8 +309,7 @@ def sample(
     tiles = _check_tiles(tiles)
     backend = K.resolve_backend(backend, lr.device)
     seed = _resolve_seed(seed)
-    idxs = schedule.respace(steps, spacing)
-    ab = schedule.alphas_cumprod  # float64
+    pairs = schedule.pairs(steps, spacing)  # [(idx, alpha_bar[idx], alpha_bar at the next visited idx or 1)]
 
     dtype = lr.dtype if lr.dtype in STATE_DTYPES else torch.float32
     lr_s = lr3.to(dtype)
@@ -343,14 +340,12 @@ def sample(
 
         # Start (DESIGN §5): x = noise where active at the first step, the LR noised to ab there elsewhere.
         x = K.masked_step(
-            c, c, c, A, tau_of(idxs[0]), coefs=K.init_coefficients(float(ab[idxs[0]])), clip=False, seed=seed,
+            c, c, c, A, tau_of(pairs[0][0]), coefs=K.init_coefficients(pairs[0][1]), clip=False, seed=seed,
             step=0, noise=None if noise_l is None else noise_l[0], tile=tile, stats=stats, backend=backend,
         )
         bar = tqdm(total=steps, disable=not progress, desc="yoda.sample", leave=False)
         try:
-            for i, idx in enumerate(idxs):
-                ab_t = float(ab[idx])
-                ab_prev = float(ab[idxs[i + 1]]) if i + 1 < steps else 1.0
+            for i, (idx, ab_t, ab_prev) in enumerate(pairs):
                 tau = tau_of(idx)
                 t = torch.full((B,), idx, dtype=torch.int64, device=c.device)
                 if tiler is None:

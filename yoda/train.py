@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from . import data as _data
 from ._io import atomic_write
+from .masks import check_lower_bound
 from .images import quantize_u8
 
 SPACES = ("pixel", "residual")
@@ -74,8 +75,7 @@ class LossConfig:
         if self.noise_level is None:  # SR3 conditions on a continuous level; SRDiff on the integer step
             object.__setattr__(self, "noise_level", "continuous" if self.space == "pixel" else "discrete")
         _check_choice("noise_level", self.noise_level, NOISE_LEVELS)
-        if not (math.isfinite(self.lower_bound) and self.lower_bound >= 0):
-            raise ValueError(f"lower_bound must be a finite number >= 0, got {self.lower_bound}")
+        check_lower_bound(self.lower_bound)
         if not self.residual_scale > 0:
             raise ValueError(f"residual_scale must be > 0, got {self.residual_scale}")
         if self.space == "residual" and self.noise_level == "continuous":
