@@ -163,3 +163,25 @@ def test_cpp_speedup_over_naive(benchmark):
     ratio = t_naive / benchmark.stats.stats.mean
     benchmark.extra_info.update(naive_s=round(t_naive, 4), speedup=round(ratio, 2))
     assert ratio >= 4.0, f"C++ is only {ratio:.1f}x faster than naive (target >= 4x)"
+
+
+def _noise_hooks():
+    try:
+        from yoda_kernels import _C
+    except ImportError:
+        return None
+    return _C if hasattr(_C, "box_muller_block") else None
+
+
+@pytest.mark.skipif(_noise_hooks() is None, reason="C++ block noise hooks not built")
+@pytest.mark.parametrize("path", ["block", "libm-scalar"])
+def test_cpp_box_muller(benchmark, path):
+    """Box-Muller of 2**20 word pairs, single thread: the block path masked_step uses (csrc/cpu/normals.h,
+    vectorised, AVX2 where present) vs philox.h's scalar box_muller with libm logf / cosf / sinf. Includes
+    the hook's copies (~1 ms); compare the two in one run."""
+    C = _noise_hooks()
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(0, 2**32, (2**20,), generator=g).numpy().astype("uint32").tobytes() for _ in range(2))
+    benchmark.pedantic(lambda: C.box_muller_block(a, b, scalar=path == "libm-scalar"), rounds=5, iterations=1,
+                       warmup_rounds=1)
+    benchmark.extra_info.update(isa=C.noise_isa() if path == "block" else "scalar libm", pairs=2**20)

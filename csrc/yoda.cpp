@@ -8,10 +8,20 @@
 //     _C.philox4x32(c0, c1, c2, c3, k0, k1, rounds=10) -> (w0, w1, w2, w3)
 //     _C.uint_to_uniform(u) -> float
 //     _C.randn4(seed, step, counter) -> (n0, n1, n2, n3)
+// and four on the block (SIMD) noise path of csrc/cpu/normals.h, the one masked_step uses:
+//     _C.philox_block(seed, step, g0, n) -> bytes: uint32 words (4, n), word j of counter g0 + i at [j, i]
+//     _C.randn4_block(seed, step, g0, n) -> bytes: float32 normals (4, n), lane l of counter g0 + i at [l, i]
+//     _C.box_muller_block(a, b, scalar=False) -> (bytes, bytes): float32 (cos, sin) normals of the word pairs
+//         (a[i], b[i]) (a, b: buffers of uint32, same length); scalar=True runs philox.h's box_muller (libm)
+//     _C.noise_isa() -> "avx2" or "default": the clone the block path runs on this CPU
+#define PY_SSIZE_T_CLEAN  // "y#" takes a Py_ssize_t length
 #include <Python.h>
 
+#include <cstring>
 #include <initializer_list>
+#include <vector>
 
+#include "cpu/normals.h"
 #include "philox.h"
 
 namespace {
@@ -59,10 +69,86 @@ PyObject* py_randn4(PyObject*, PyObject* args) {
   return Py_BuildValue("(dddd)", (double)n.v[0], (double)n.v[1], (double)n.v[2], (double)n.v[3]);
 }
 
+// seed, step, g0 (uint32) and n (>= 0, n + g0 may wrap like the counter does) of the block hooks.
+bool parse_block_args(PyObject* args, const char* name, uint32_t& seed, uint32_t& step, uint32_t& g0,
+                      Py_ssize_t& n) {
+  unsigned long s, t, g;
+  if (!PyArg_ParseTuple(args, "kkkn", &s, &t, &g, &n)) return false;
+  if (s > 0xFFFFFFFFul || t > 0xFFFFFFFFul || g > 0xFFFFFFFFul) {
+    PyErr_Format(PyExc_ValueError, "%s: seed, step and g0 must be uint32", name);
+    return false;
+  }
+  if (n < 0 || n > (Py_ssize_t{1} << 28)) {
+    PyErr_Format(PyExc_ValueError, "%s: n must be in [0, 2**28], got %zd", name, n);
+    return false;
+  }
+  seed = static_cast<uint32_t>(s), step = static_cast<uint32_t>(t), g0 = static_cast<uint32_t>(g);
+  return true;
+}
+
+PyObject* py_philox_block(PyObject*, PyObject* args) {
+  uint32_t seed, step, g0;
+  Py_ssize_t n;
+  if (!parse_block_args(args, "philox_block", seed, step, g0, n)) return nullptr;
+  std::vector<uint32_t> w(4 * static_cast<size_t>(n) + 1);
+  yoda::philox_block(seed, step, g0, n, w.data(), w.data() + n, w.data() + 2 * n, w.data() + 3 * n);
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(w.data()), 16 * n);
+}
+
+PyObject* py_randn4_block(PyObject*, PyObject* args) {
+  uint32_t seed, step, g0;
+  Py_ssize_t n;
+  if (!parse_block_args(args, "randn4_block", seed, step, g0, n)) return nullptr;
+  const size_t m = static_cast<size_t>(n);
+  std::vector<uint32_t> u1(2 * m + 1), u2(2 * m + 1);
+  std::vector<float> zc(2 * m + 1), zs(2 * m + 1), out(4 * m + 1);
+  yoda::randn4_block(seed, step, g0, n, 2, u1.data(), u2.data(), zc.data(), zs.data());
+  const float* lanes[4] = {zc.data(), zs.data(), zc.data() + m, zs.data() + m};  // normals.h's layout
+  for (int l = 0; l < 4; ++l)
+    for (size_t i = 0; i < m; ++i) out[l * m + i] = lanes[l][i];
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(out.data()), 16 * n);
+}
+
+PyObject* py_box_muller_block(PyObject*, PyObject* args, PyObject* kwargs) {
+  static const char* kw[] = {"a", "b", "scalar", nullptr};
+  Py_buffer a, b;
+  int scalar = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|p", const_cast<char**>(kw), &a, &b, &scalar)) return nullptr;
+  PyObject* result = nullptr;
+  if (a.len != b.len || a.len % 4 != 0) {
+    PyErr_Format(PyExc_ValueError, "box_muller_block: a and b must hold the same number of uint32 (got %zd and %zd bytes)",
+                 a.len, b.len);
+  } else {
+    const Py_ssize_t m = a.len / 4;
+    std::vector<uint32_t> wa(m + 1), wb(m + 1);  // aligned copies (the buffers may be any bytes-like object)
+    std::memcpy(wa.data(), a.buf, a.len);
+    std::memcpy(wb.data(), b.buf, b.len);
+    std::vector<float> zc(m + 1), zs(m + 1);
+    if (scalar) {
+      for (Py_ssize_t i = 0; i < m; ++i)
+        yoda::box_muller(yoda::uint_to_uniform(wa[i]), yoda::uint_to_uniform(wb[i]), zc[i], zs[i]);
+    } else {
+      yoda::box_muller_block(wa.data(), wb.data(), m, zc.data(), zs.data());
+    }
+    result = Py_BuildValue("(y#y#)", reinterpret_cast<const char*>(zc.data()), 4 * m,
+                           reinterpret_cast<const char*>(zs.data()), 4 * m);
+  }
+  PyBuffer_Release(&a);
+  PyBuffer_Release(&b);
+  return result;
+}
+
+PyObject* py_noise_isa(PyObject*, PyObject*) { return PyUnicode_FromString(yoda::normals_isa()); }
+
 PyMethodDef kMethods[] = {
     {"philox4x32", py_philox4x32, METH_VARARGS, "Philox 4x32-R words of counter (c0..c3), key (k0, k1)."},
     {"uint_to_uniform", py_uint_to_uniform, METH_VARARGS, "Triton's uint32 -> float32 uniform in [0, 1)."},
     {"randn4", py_randn4, METH_VARARGS, "The four normals of tl.randn4x((step << 32) | seed, counter)."},
+    {"philox_block", py_philox_block, METH_VARARGS, "Block Philox words (4, n) of counters g0 .. g0 + n - 1."},
+    {"randn4_block", py_randn4_block, METH_VARARGS, "Block (SIMD) normals (4, n) of counters g0 .. g0 + n - 1."},
+    {"box_muller_block", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_box_muller_block)),
+     METH_VARARGS | METH_KEYWORDS, "Block (or scalar=True: libm) Box-Muller of uint32 word pairs."},
+    {"noise_isa", py_noise_isa, METH_NOARGS, "The instruction set the block noise path runs with."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,155 @@ def test_normal_statistics(backend):
     for dim in (2, 3):
         a, b = z.narrow(dim, 0, z.shape[dim] - 1), z.narrow(dim, 1, z.shape[dim] - 1)
         assert abs((a * b).mean()) < 5 / math.sqrt(a.numel())
+
+
+# ---- the block (SIMD) noise path of csrc/cpu/normals.h, which masked_step's C++ kernel draws from ----------
+
+needs_block = pytest.mark.skipif(_C is None or not hasattr(_C, "randn4_block"), reason="C++ block noise not built")
+
+
+def _words(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2**32, (n,), generator=g, dtype=torch.int64)
+
+
+def _edge_words():
+    """Word pairs (a, b) -> (u1, u2) at the edges of Box-Muller's domain, every u1 edge with every u2 edge:
+    u1 = 0 (words 0 and 0xffffffff; clamped to 1e-7), around the clamp (u1 ~ 1e-7: words 200..230 and their
+    negative twins), the smallest nonzero, the largest (< 1: 0x7fffffff, 0x80000000); u2 = 0, around 1/4, 1/2,
+    3/4 (words near 2**29, 2**30, 3 * 2**29: th near pi/2, pi, 3 pi/2) and the largest (th just below 2 pi)."""
+    u1 = [0, 0xFFFFFFFF, 1, 2, 0x7FFFFFFF, 0x80000000, 0x7FFFFFFE, 0xFFFFFFFE] + list(range(200, 231))
+    u1 += [0xFFFFFFFF - w for w in range(200, 231)]
+    u2 = [0, 0xFFFFFFFF, 1, 0x7FFFFFFF, 0x80000000, 0x7FFFFFC0]
+    for c in (2**29, 2**30, 3 * 2**29):
+        u2 += [c + d for d in range(-40, 41)]
+    a = torch.tensor(u1, dtype=torch.int64).repeat_interleave(len(u2))
+    b = torch.tensor(u2, dtype=torch.int64).repeat(len(u1))
+    return a, b
+
+
+def _u32_bytes(w: torch.Tensor) -> bytes:
+    return w.to(torch.int64).numpy().astype("uint32").tobytes()
+
+
+def _f32(buf: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(buf, dtype=np.float32).copy())
+
+
+def _box_muller_f64(a: torch.Tensor, b: torch.Tensor):
+    """The float32 reference formula, rounding to float32 exactly where it does, with log / cos / sin
+    evaluated in float64 by numpy (libm's double functions, < 1 double ulp) and rounded once: the correctly
+    rounded float32 value of each operation up to a double-rounding case of probability ~2^-28 per call.
+    (torch's float64 cos / sin on CPU are not accurate enough for this: they miss on ~15 % of elements.)"""
+    f32 = np.float32
+    u1 = np.maximum(philox.uint_to_uniform(a).numpy(), f32(1.0e-7))
+    th = f32(philox.TWO_PI) * philox.uint_to_uniform(b).numpy()
+    L = np.log(u1.astype(np.float64)).astype(f32)
+    r = np.sqrt(f32(-2.0) * L)
+    c = r * np.cos(th.astype(np.float64)).astype(f32)
+    s = r * np.sin(th.astype(np.float64)).astype(f32)
+    return torch.from_numpy(c), torch.from_numpy(s)
+
+
+def _ulps(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """|x - y| in float32 ulps of y (finite, same sign or zero)."""
+    spacing = torch.nextafter(y.abs(), torch.tensor(float("inf"))) - y.abs()
+    return (x.double() - y.double()).abs() / spacing.double()
+
+
+@needs_block
+@pytest.mark.parametrize("g0, n", [(0, 0), (0, 1), (5, 7), (1000, 8), (123, 37), (2**32 - 5, 13), (2**31 - 3, 64)])
+def test_block_words_bit_exact(g0, n):
+    """Block Philox (AVX2 over 8 counters plus a scalar tail) = the reference, word for word, for sizes that
+    are and are not multiples of 8 and counters that wrap around 2**32."""
+    seed, step = 0x9E3779B9, 2**31 - 1
+    w = torch.from_numpy(np.frombuffer(_C.philox_block(seed, step, g0, n), dtype=np.uint32).astype(np.int64))
+    ref = philox.philox4x32(seed, step, (g0 + torch.arange(n)) & 0xFFFFFFFF)
+    assert torch.equal(w.view(4, n), torch.stack(ref)), "philox_block words differ from philox.py"
+
+
+@needs_block
+def test_block_normals_correctly_rounded():
+    """Block Box-Muller on 2**20 random word pairs and every pair of edge words equals the float64-evaluated,
+    float32-rounded formula bit for bit (up to two double-rounding cases), and is never more than one ulp
+    off it."""
+    ea, eb = _edge_words()
+    a = torch.cat([ea, _words(2**20, 1)])
+    b = torch.cat([eb, _words(2**20, 2)])
+    zc, zs = (_f32(t) for t in _C.box_muller_block(_u32_bytes(a), _u32_bytes(b)))
+    rc, rs = _box_muller_f64(a, b)
+    assert torch.isfinite(zc).all() and torch.isfinite(zs).all()
+    differ = int((zc != rc).sum() + (zs != rs).sum())
+    assert differ <= 2, f"{differ} of {2 * a.numel()} normals not bit-identical to the float64 formula"
+    assert max(float(_ulps(zc, rc).max()), float(_ulps(zs, rs).max())) <= 1.0
+    # the edges themselves, bit for bit: u2 = 0 gives (r, +0); u1 = 0 clamps to 1e-7, r = sqrt(-2 log 1e-7)
+    n_edge = ea.numel()
+    assert torch.equal(zc[:n_edge], rc[:n_edge]) and torch.equal(zs[:n_edge], rs[:n_edge])
+    u0 = (ea == 0) & (eb == 0)
+    assert (zs[:n_edge][u0] == 0).all() and not torch.signbit(zs[:n_edge][u0]).any()
+    assert float(zc[:n_edge][u0][0]) == pytest.approx(math.sqrt(-2 * math.log(1e-7)), rel=1e-6)
+
+
+@needs_block
+def test_block_normals_vs_libm_scalar_path():
+    """The scalar path (philox.h box_muller: glibc logf / cosf / sinf, which are not always correctly
+    rounded) and the block path agree within NOISE_ATOL everywhere; they differ in the last bits on ~1.5 %
+    of the normals with glibc 2.36 (one ulp of log, cos or sin, scaled by r), and where they do, the block
+    path is the correctly rounded one (test above)."""
+    a, b = _words(2**18, 3), _words(2**18, 4)
+    fast = [_f32(t) for t in _C.box_muller_block(_u32_bytes(a), _u32_bytes(b))]
+    libm = [_f32(t) for t in _C.box_muller_block(_u32_bytes(a), _u32_bytes(b), scalar=True)]
+    differ = sum(int((f != s).sum()) for f, s in zip(fast, libm))
+    assert differ <= 0.05 * 2 * a.numel(), f"{differ} normals differ from the libm path"
+    for f, s in zip(fast, libm):
+        assert (f - s).abs().max() <= T.NOISE_ATOL
+
+
+@needs_block
+@pytest.mark.parametrize("seed, step, g0, n", [(3, 9, 0, 4099), (2**32 - 1, 2**31 - 1, 2**32 - 100, 333)])
+def test_block_randn4_vs_reference(seed, step, g0, n):
+    """The four lanes of the block path against philox.randn4x (PyTorch float32) within NOISE_ATOL, and
+    against the scalar C++ randn4 (same words, libm Box-Muller) within NOISE_ATOL."""
+    z = _f32(_C.randn4_block(seed, step, g0, n)).view(4, n)
+    g = (g0 + torch.arange(n)) & 0xFFFFFFFF
+    ref = torch.stack(philox.randn4x(seed, step, g))
+    assert (z - ref).abs().max() <= T.NOISE_ATOL
+    scalar = torch.tensor([_C.randn4(seed, step, c) for c in g[:512].tolist()], dtype=torch.float32).T
+    assert (z[:, :512] - scalar).abs().max() <= T.NOISE_ATOL
+
+
+@needs_block
+@pytest.mark.skipif("cpp" not in yk.available_backends("cpu"), reason="C++ extension not built")
+@pytest.mark.parametrize("shape", [(1, 2, 37, 53), (2, 1, 6, 9), (1, 1, 7, 40), (1, 1, 4, 8)])
+@pytest.mark.parametrize("tile", [8, 16, 32])
+def test_cpp_step_noise_is_the_block_path(shape, tile):
+    """masked_step's C++ noise is randn4_block's, bit for bit, placed by the counter / lane map -- through
+    full 4-row groups and ragged last groups of 1, 2, 3 rows (H % 4), and tile segments narrower than 8."""
+    B, C, H, W = shape
+    n = philox.num_groups(shape)
+    lanes = _f32(_C.randn4_block(11, 12, 0, n)).view(4, B, C, (H + 3) // 4, W)
+    want = lanes.permute(1, 2, 3, 0, 4).reshape(B, C, -1, W)[:, :, :H]
+    assert torch.equal(_z("cpp", shape, 11, 12, tile=tile), want)
+
+
+@needs_block
+def test_block_isa_dispatch():
+    """The block path runs the AVX2 clone wherever the CPU has AVX2 (x86-64 Linux builds)."""
+    import platform
+
+    isa = _C.noise_isa()
+    assert isa in ("avx2", "default")
+    if platform.machine() == "x86_64" and platform.system() == "Linux":
+        with open("/proc/cpuinfo") as f:
+            has_avx2 = " avx2" in f.read()
+        assert (isa == "avx2") == has_avx2
+
+
+@needs_block
+def test_block_hook_errors():
+    with pytest.raises(ValueError, match="same number of uint32"):
+        _C.box_muller_block(b"\0" * 8, b"\0" * 4)
+    with pytest.raises(ValueError, match="n must be"):
+        _C.randn4_block(0, 0, 0, -1)
+    with pytest.raises(ValueError, match="uint32"):
+        _C.philox_block(2**32, 0, 0, 4)

@@ -13,7 +13,8 @@
 //   full     (tile_min >= tau): out = sr(x, model_out, z)          -- does not read A
 //   mixed:                      A read per pixel, sr or lr
 // One Philox call gives the normals of 4 vertically adjacent pixels (philox.h), so a 4-row group of a tile
-// segment of width n costs n Philox calls; noise is skipped entirely when sigma == lb == 0.
+// segment of width n costs n Philox calls, drawn as one block (csrc/cpu/normals.h: vectorised Philox and
+// Box-Muller, AVX2 chosen at run time); noise is skipped entirely when sigma == lb == 0.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/normals.h"
 
 namespace yoda {
 
@@ -69,9 +71,14 @@ void masked_step_kernel(const StepArgs& p) {
 
   at::parallel_for(0, B * TY, 1, [&](int64_t begin, int64_t end) {
     std::vector<int> kind(TX);
-    alignas(64) float z[4][kMaxTile];
-    alignas(64) uint32_t words[4][kMaxTile];
-    if (!p.need_noise) std::memset(z, 0, sizeof(z));  // z = 0 exactly: both branches drop their noise term
+    // Normals of one 4-row group of a tile segment of width n: lane l (row yg + l) is zl[l][0..n), with
+    // zc = [lane 0 | lane 2] and zs = [lane 1 | lane 3] (the layout of randn4_block, csrc/cpu/normals.h).
+    alignas(64) float zc[2 * kMaxTile], zs[2 * kMaxTile];
+    alignas(64) uint32_t u1[2 * kMaxTile], u2[2 * kMaxTile];  // Philox words: randn4_block's scratch
+    if (!p.need_noise) {  // z = 0 exactly: both branches drop their noise term
+      std::memset(zc, 0, sizeof(zc));
+      std::memset(zs, 0, sizeof(zs));
+    }
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / TY, ty = item % TY;
       const int64_t y0 = ty * tile, y1 = std::min(H, y0 + tile);
@@ -84,33 +91,25 @@ void masked_step_kernel(const StepArgs& p) {
           const int nl = static_cast<int>(std::min<int64_t>(4, y1 - yg));
           for (int64_t tx = 0; tx < TX; ++tx) {
             const int64_t xs = tx * tile, n = std::min(tile, W - xs);
+            float* const zl4[4] = {zc, zs, zc + n, zs + n};
             if (p.need_noise) {
               if (N) {
                 for (int l = 0; l < nl; ++l) {
                   const scalar_t* row = N + b * p.sn.b + ch * p.sn.c + (yg + l) * p.sn.h + xs * p.sn.w;
-                  for (int64_t i = 0; i < n; ++i) z[l][i] = static_cast<float>(row[i * wn]);
+                  float* zrow = zl4[l];
+                  for (int64_t i = 0; i < n; ++i) zrow[i] = static_cast<float>(row[i * wn]);
                 }
               } else {
-                // Integer Philox first (a loop the compiler can vectorise), then Box-Muller (libm calls).
-                const uint32_t g0 = noise_counter(b, ch, yg, xs, C, H, W);
-                for (int64_t i = 0; i < n; ++i) {
-                  const Philox4 r = philox_yoda(p.seed, p.step, g0 + static_cast<uint32_t>(i));
-                  words[0][i] = r.v[0];
-                  words[1][i] = r.v[1];
-                  words[2][i] = r.v[2];
-                  words[3][i] = r.v[3];
-                }
-                for (int64_t i = 0; i < n; ++i)
-                  box_muller(uint_to_uniform(words[0][i]), uint_to_uniform(words[1][i]), z[0][i], z[1][i]);
-                if (nl > 2)  // a ragged last group of 1 or 2 rows needs only the first pair
-                  for (int64_t i = 0; i < n; ++i)
-                    box_muller(uint_to_uniform(words[2][i]), uint_to_uniform(words[3][i]), z[2][i], z[3][i]);
+                // SIMD Philox and Box-Muller over the segment's n counters; a ragged last group of 1 or 2
+                // rows needs only the first pair of each call.
+                randn4_block(p.seed, p.step, noise_counter(b, ch, yg, xs, C, H, W), n, nl > 2 ? 2 : 1, u1, u2,
+                             zc, zs);
               }
             }
             for (int l = 0; l < nl; ++l) {
               const int64_t y = yg + l;
               scalar_t* orow = Out + b * p.sout.b + ch * p.sout.c + y * p.sout.h + xs * p.sout.w;
-              const float* zl = z[l];
+              const float* zl = zl4[l];
               if (kind[tx] == kTileInactive) {
                 const scalar_t* crow = Cc + b * p.sc.b + ch * p.sc.c + y * p.sc.h + xs * p.sc.w;
                 for (int64_t i = 0; i < n; ++i)
