@@ -6,7 +6,7 @@ random normal (never zeros). Bandwidth is counted on the *minimal* bytes of the 
 fraction (each needed input read once, the output written once):
 
     out (all pixels)  +  x, model_out (active pixels)  +  c (inactive pixels)
-    +  A (pixels of mixed tiles only)  +  tile_max, tile_min
+    +  A (pixels of mixed tiles only)  +  tile_max, tile_min  (+ the noise tensor, when it is explicit)
 
 and reported as GB/s and as % of the card's device-to-device copy bandwidth (bytes read + written).
 Attention is a coherent blob per image (a Gaussian), tau set by quantile for 0 / 50 / 100 % active.
@@ -51,6 +51,10 @@ from yoda_kernels import coefs as coefs_mod  # noqa: E402
 from yoda_kernels import naive  # noqa: E402
 
 START = time.time()
+# Noise of the step: Philox in the kernel, an explicit tensor (read like an input), or none (sigma = lb = 0).
+# torch.compile(naive) is timed without Philox only: Inductor does not finish compiling the reference's
+# exact int64 Philox (measured on the CPU), so the >= 2x target is checked on the explicit-noise step.
+NOISE_MODES = ("philox", "tensor", "none")
 DEV = "cpu" if ARGS.cpu_dry_run else "cuda"
 TILE = 16
 
@@ -159,22 +163,27 @@ def main() -> int:
     emit("| shape | active | noise | impl | ms | GB/s | % of copy | vs compile | check |")
     emit("|---|---|---|---|---|---|---|---|---|")
     failures = 0
-    sweep_cases = {}  # (active fraction, noise) -> (args, minimal bytes) of the first shape
+    sweep_cases = {}  # (active fraction, noise mode) -> (args, minimal bytes) of the first shape
     for shape in sizes():
         gen = torch.Generator().manual_seed(0)
-        x, o, c = (torch.randn(shape, generator=gen).to(DEV) for _ in range(3))
+        x, o, c, z = (torch.randn(shape, generator=gen).to(DEV) for _ in range(4))
         A = blob_attention(shape[0], shape[2], shape[3], gen)
         tmax, tmin = naive.tile_stats(A, TILE)
         for frac in (0.0, 0.5, 1.0):
             tau = tau_for(A, frac)
             nbytes, act = minimal_bytes(shape, 4, A, tau, tmax, tmin)
-            for noise in (True, False):
-                cf = coefs_mod.step_coefficients(0.3, 0.35) if noise else coefs_mod.step_coefficients(0.3, 1.0)
-                args = (x, o, c, A, tmax, tmin, tau, cf, False, 1234, 5, None, TILE)
+            for mode in NOISE_MODES:
+                cf = coefs_mod.step_coefficients(0.3, 1.0 if mode == "none" else 0.35)
+                args = (x, o, c, A, tmax, tmin, tau, cf, False, 1234, 5, z if mode == "tensor" else None, TILE)
+                mode_bytes = nbytes + (z.numel() * 4 if mode == "tensor" else 0)  # the explicit noise is read
                 ref = naive.masked_step(*args)
                 t_compile = None
                 for name, fn in impls.items():
-                    tag = f"| {'x'.join(map(str, shape))} | {act:.0%} | {'philox' if noise else 'none'} | {name} "
+                    tag = f"| {'x'.join(map(str, shape))} | {act:.0%} | {mode} | {name} "
+                    if name == "torch.compile(naive)" and mode == "philox":
+                        emit(tag + "| not compiled: the int64 Philox of the reference did not finish compiling "
+                                   "in 15 min (2-core CPU) | | | | |")
+                        continue
                     spent = time.time() - START
                     if spent > ARGS.hard_budget_s or (name == "torch.compile(naive)" and spent > ARGS.budget_s):
                         emit(tag + "| skipped (time budget) | | | | |")
@@ -191,12 +200,12 @@ def main() -> int:
                         continue
                     if name == "torch.compile(naive)":
                         t_compile = ms
-                    gbs = nbytes / ms / 1e6
+                    gbs = mode_bytes / ms / 1e6
                     vs = f"{t_compile / ms:.2f}x" if t_compile else ""
                     emit(tag + f"| {ms:.3f} | {gbs:.0f} | {100 * gbs / copy_gbs:.1f}% | {vs} | "
                          f"{'ok' if ok else 'MISMATCH'} (max err {err:.1e}) |")
                 if shape == sizes()[0]:
-                    sweep_cases[(frac, noise)] = (args, nbytes)
+                    sweep_cases[(frac, mode)] = (args, mode_bytes)
                 del ref
         del x, o, c, A
         if DEV == "cuda":
@@ -213,9 +222,9 @@ def main() -> int:
              f"% of copy bandwidth; defaults: philox {launch_config(W, TILE, True)}, "
              f"none {launch_config(W, TILE, False)}):")
         emit()
-        cases = sorted(sweep_cases)
+        cases = sorted(k for k in sweep_cases if k[1] != "tensor")
         emit("| BLOCK_W | num_warps | pixels/thread | " + " | ".join(
-            f"{frac:.0%} {'philox' if noise else 'none'}" for frac, noise in cases) + " |")
+            f"{frac:.0%} {mode}" for frac, mode in cases) + " |")
         emit("|---|---|---|" + "---|" * len(cases))
         for bw, nw in ((32, 4), (64, 4), (128, 4), (64, 8), (128, 8), (256, 8)):
             cells = []

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from . import philox
+from .coefs import needs_noise
 
 NUM_COEFS = 10
 TILE_SIZES = (8, 16, 32)
@@ -41,9 +42,13 @@ def _mask(A: torch.Tensor, tau: float) -> torch.Tensor:
     return A >= _f32(tau).to(A.device)
 
 
-def _noise(x: torch.Tensor, seed: int, step: int, noise: Optional[torch.Tensor]) -> torch.Tensor:
+def _noise(x: torch.Tensor, seed: int, step: int, noise: Optional[torch.Tensor], coefs) -> torch.Tensor:
+    """z of the step: the explicit tensor, zeros when the step draws none (sigma == lb == 0, as every kernel
+    skips it), else the Philox stream."""
     if noise is not None:
         return noise.float()
+    if not needs_noise(coefs):
+        return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     return philox.noise(seed, step, x.shape, device=x.device)
 
 
@@ -67,7 +72,7 @@ def masked_step(
     dtype and memory format of x."""
     k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb = (_f32(v).to(x.device) for v in coefs)
     xf, of, cf = x.float(), model_out.float(), c.float()
-    z = _noise(x, seed, step, noise)
+    z = _noise(x, seed, step, noise, coefs)
     x0 = k1 * xf + k2 * of
     if clip:
         x0 = x0.clamp(-1.0, 1.0)
