@@ -207,7 +207,7 @@ def main() -> int:
                 if shape == sizes()[0]:
                     sweep_cases[(frac, mode)] = (args, mode_bytes)
                 del ref
-        del x, o, c, A
+        del x, o, c, z, A
         if DEV == "cuda":
             torch.cuda.empty_cache()
 
@@ -234,6 +234,12 @@ def main() -> int:
                     cells.append("skipped")
                     continue
                 try:
+                    # any launch configuration draws the same noise per element: the output must not change
+                    got = launch_masked_step(*args, block_w=bw, num_warps=nw)
+                    if not torch.equal(got, torch.ops.yoda.masked_step_triton(*args)):
+                        failures += 1
+                        cells.append("MISMATCH")
+                        continue
                     ms = bench(lambda: launch_masked_step(*args, block_w=bw, num_warps=nw))
                     cells.append(f"{ms:.3f} ms {100 * nbytes / ms / 1e6 / copy_gbs:.0f}%")
                 except Exception as e:

@@ -227,6 +227,23 @@ def test_tile_classes_skip_reads(backend):
     assert torch.equal(dirty, clean)
 
 
+@pytest.mark.parametrize("backend", yk.available_backends("cpu"))
+def test_noiseless_step_ignores_an_explicit_noise_tensor(backend):
+    """A step that draws no noise (the last DDPM step, DDIM with eta = 0: sigma = lb = 0) does not read the noise
+    argument on any backend, the reference included: NaN there must not reach the output."""
+    shape = (1, 2, 12, 20)
+    g = torch.Generator().manual_seed(5)
+    x, out, c = (torch.randn(shape, generator=g) for _ in range(3))
+    A = T.blob_attention(1, 12, 20)
+    coefs = yk.step_coefficients(0.3, 1.0)
+    assert not yk.needs_noise(coefs)
+    op = ops._impl("masked_step", backend)
+    args = (x, out, c, A, *naive.tile_stats(A, 8), 0.5, coefs, False, 1, 2)
+    nan = torch.full(shape, float("nan"))
+    assert torch.equal(op(*args, nan, 8), op(*args, None, 8))
+    assert not torch.isnan(op(*args, nan, 8)).any()
+
+
 # --------------------------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------------------------
@@ -265,6 +282,17 @@ def test_bad_input_names_the_argument(backend, make, exc, match):
     kw.update(make(x, o, c, A))
     with pytest.raises(exc, match=match):
         yk.masked_step(**kw)
+
+
+@pytest.mark.parametrize("cuda_built, triton_ok, device, want", [
+    (True, True, "cuda", "cuda"), (False, True, "cuda", "triton"), (False, False, "cuda", "naive"),
+    (True, True, "meta", "naive")])
+def test_auto_backend_order(monkeypatch, cuda_built, triton_ok, device, want):
+    """backend='auto' on a GPU: the prebuilt CUDA kernel, then Triton, then the reference (no GPU needed: the
+    choice is made from the device type and what is installed)."""
+    monkeypatch.setattr(ops, "_CUDA", cuda_built)
+    monkeypatch.setattr(ops, "triton_available", lambda: triton_ok)
+    assert ops.resolve_backend("auto", torch.device(device)) == want
 
 
 def test_unknown_backend():

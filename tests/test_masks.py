@@ -93,3 +93,26 @@ def test_mask_compares_in_float32_like_the_kernels():
     assert A.double().item() < 0.7
     assert mask_at(A, 10, 10, 0.3).item()
     assert active_fraction(A, 0.7).item() == 1.0
+
+
+def test_one_lower_bound_check_everywhere():
+    """masks.check_lower_bound is what sampling, training and evaluation use: numpy scalars and 0-d tensors
+    are floats; bools and strings are type errors; each caller's error names its own argument."""
+    import numpy as np
+
+    from yoda.evaluate import EvalSettings
+    from yoda.masks import check_lower_bound
+    from yoda.train import LossConfig
+
+    assert check_lower_bound(np.float32(0.5)) == 0.5 and check_lower_bound(torch.tensor(0.25)) == 0.25
+    for bad in (True, "0.5"):
+        with pytest.raises(TypeError, match="lower_bound must be a float"):
+            check_lower_bound(bad)
+    assert LossConfig(lower_bound=np.float64(0.6)).lower_bound == 0.6
+    assert type(LossConfig(lower_bound=np.float32(0.5)).lower_bound) is float
+    with pytest.raises(ValueError, match="lower_bound must be a finite float"):
+        LossConfig(lower_bound=-1.0)
+    assert EvalSettings(lower_bounds=np.array([0.4, 0.8], dtype=np.float32)).lower_bounds == (
+        float(np.float32(0.4)), float(np.float32(0.8)))
+    with pytest.raises(ValueError, match=r"lower_bounds\[1\]"):
+        EvalSettings(lower_bounds=(0.4, float("inf")))

@@ -70,12 +70,14 @@ def test_schemas_match_the_contract():
         assert got.replace("SymInt", "int") == "yoda::" + schema.replace(f"{op}(", f"{op}_triton(", 1)
 
 
-@pytest.mark.parametrize("W, tile, noise, block_w, warps", [
-    (2048, 8, False, 256, 8), (2048, 16, False, 128, 8), (2048, 32, False, 64, 8),  # 2048-pixel strips
-    (2048, 8, True, 128, 4), (2048, 16, True, 64, 4), (2048, 32, True, 32, 4),  # 1024 with Philox noise
-    (53, 8, False, 64, 8), (53, 32, True, 32, 4), (20, 32, False, 32, 8), (5, 16, True, 16, 4), (1, 8, False, 8, 8)])
-def test_launch_config(W, tile, noise, block_w, warps):
-    assert launch_config(W, tile, noise) == (block_w, warps)
+@pytest.mark.parametrize("W, tile, noise, unit_w, block_w, warps", [
+    (2048, 8, False, True, 256, 4), (2048, 16, False, True, 128, 4), (2048, 32, False, True, 64, 4),  # 2048 px
+    (2048, 16, False, False, 128, 8),  # strided tensors: 8 warps (the 4-warp build spills)
+    (2048, 8, True, True, 128, 4), (2048, 16, True, True, 64, 4), (2048, 32, True, False, 32, 4),  # 1024 px
+    (53, 8, False, True, 64, 2), (53, 32, True, True, 32, 4), (20, 32, False, True, 32, 4),  # narrow images:
+    (5, 16, True, True, 16, 1), (1, 8, False, False, 8, 1)])  # >= 8 pixels per thread
+def test_launch_config(W, tile, noise, unit_w, block_w, warps):
+    assert launch_config(W, tile, noise, unit_w) == (block_w, warps)
     assert block_w % tile == 0  # a strip holds whole tiles: the classification is per tile
 
 

@@ -98,7 +98,8 @@ class EvalSettings:
             if len(lp) != 2 or not all(isinstance(v, (str, os.PathLike)) for v in lp):
                 raise ValueError(f"lpips must be None or (backbone weights path, lin weights path), got {self.lpips!r}")
             object.__setattr__(self, "lpips", tuple(os.fspath(v) for v in lp))
-        object.__setattr__(self, "lower_bounds", tuple(check_lower_bound(v, "lower_bounds") for v in self.lower_bounds))
+        object.__setattr__(self, "lower_bounds", tuple(check_lower_bound(v, f"lower_bounds[{i}]")
+                                                          for i, v in enumerate(self.lower_bounds)))
         object.__setattr__(self, "attentions", tuple(self.attentions))
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")

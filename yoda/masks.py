@@ -19,9 +19,12 @@ _FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 def check_lower_bound(lower_bound: float, name: str = "lower_bound") -> float:
     """lower_bound l of DESIGN §4 as a float; the one check shared by sampling, training and evaluation."""
-    if isinstance(lower_bound, bool) or not isinstance(lower_bound, (int, float)):
+    if isinstance(lower_bound, (bool, str, bytes)):
         raise TypeError(f"{name} must be a float, got {type(lower_bound).__name__}")
-    lb = float(lower_bound)
+    try:
+        lb = float(lower_bound)  # Python and numpy scalars, 0-d tensors
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a float, got {type(lower_bound).__name__}") from None
     if not math.isfinite(lb) or lb < 0:
         raise ValueError(f"{name} must be a finite float >= 0, got {lower_bound}")
     return lb

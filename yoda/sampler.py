@@ -1,11 +1,11 @@
 """yoda.sample: the one sampler loop of YODA (DESIGN.md §5), for every model space and both samplers.
 
     adapter = as_adapter(model);  c, cond = adapter.prepare(lr)
-    idx_1 > ... > idx_N = schedule.respace(steps)                 # 0-based training indices
+    pairs = schedule.pairs(steps)      # [(idx, ab[idx], ab at the next visited idx or 1)], idx 0-based, falling
     x = where(A >= tau_1, z_0, sqrt(ab_1) c + sqrt(1 - ab_1) z_0)  # start (init_coefficients)
-    for i, idx in enumerate(idxs):                                  # tau_i = (idx + 1) / T - lower_bound
-        pred = adapter.denoise(x, idx, ab[idx], cond)
-        x = masked_step(x, pred, c, A, tau_i, ab_t=ab[idx], ab_prev=ab[idx_next] or 1, ...)   # noise z_{i+1}
+    for i, (idx, ab_t, ab_prev) in enumerate(pairs):                # tau_i = (idx + 1) / T - lower_bound
+        pred = adapter.denoise(x, idx, ab_t, cond)
+        x = masked_step(x, pred, c, A, tau_i, ab_t=ab_t, ab_prev=ab_prev, ...)   # noise z_{i+1}
     sr = adapter.decode(x, lr, cond)
 
 The loop is stateless: every step is a function of (x, idx, the schedule, seed, step number). Noise is

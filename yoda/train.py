@@ -75,7 +75,7 @@ class LossConfig:
         if self.noise_level is None:  # SR3 conditions on a continuous level; SRDiff on the integer step
             object.__setattr__(self, "noise_level", "continuous" if self.space == "pixel" else "discrete")
         _check_choice("noise_level", self.noise_level, NOISE_LEVELS)
-        check_lower_bound(self.lower_bound)
+        object.__setattr__(self, "lower_bound", check_lower_bound(self.lower_bound))
         if not self.residual_scale > 0:
             raise ValueError(f"residual_scale must be > 0, got {self.residual_scale}")
         if self.space == "residual" and self.noise_level == "continuous":

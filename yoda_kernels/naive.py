@@ -43,12 +43,12 @@ def _mask(A: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def _noise(x: torch.Tensor, seed: int, step: int, noise: Optional[torch.Tensor], coefs) -> torch.Tensor:
-    """z of the step: the explicit tensor, zeros when the step draws none (sigma == lb == 0, as every kernel
-    skips it), else the Philox stream."""
-    if noise is not None:
-        return noise.float()
+    """z of the step: zeros when the step draws none (sigma == lb == 0; every kernel skips the noise then, an
+    explicit tensor included), else the explicit tensor, else the Philox stream."""
     if not needs_noise(coefs):
         return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    if noise is not None:
+        return noise.float()
     return philox.noise(seed, step, x.shape, device=x.device)
 
 

@@ -113,9 +113,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
     if backend == "auto":  # without importing triton unless it is a candidate (the import takes seconds)
         if device.type == "cuda":
-            # Triton first: on an H200 it beat the CUDA C++ kernel in 5 of the 6 >= 100 MB cases of
-            # benchmarks/RESULTS.md (0 / 50 / 100 % active, with and without Philox noise).
-            return "triton" if triton_available() else ("cuda" if _CUDA else "naive")
+            # The prebuilt CUDA kernel first: it needs no JIT compiler at run time, and on an H200 it won every
+            # 4x3x1024^2 case of benchmarks/RESULTS.md (Triton won most of the 4x3x2048^2 ones).
+            return "cuda" if _CUDA else ("triton" if triton_available() else "naive")
         return "cpp" if (device.type == "cpu" and _CPP) else "naive"
     if backend == "naive" or (backend == "cpp" and device.type == "cpu" and _CPP):
         return backend

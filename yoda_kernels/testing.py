@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import ops, philox
+from .coefs import needs_noise
 
 DEVICES: tuple[str, ...] = ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -194,7 +195,7 @@ def noise_atol(coefs: Sequence[float], explicit_noise: bool) -> float:
 
 def reference_noise(shape, seed: int, step: int, coefs: Sequence[float]) -> torch.Tensor:
     """The float32 (B, C, H, W) noise the naive reference draws on the CPU (zeros when the step draws none)."""
-    if coefs[7] == 0.0 and coefs[9] == 0.0:
+    if not needs_noise(coefs):
         return torch.zeros(shape, dtype=torch.float32)
     return _philox_noise(seed, step, tuple(shape)).clone()
 

@@ -34,7 +34,7 @@
 
 #include "philox.h"
 
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__)) && \
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && (defined(__GNUC__) || defined(__clang__)) && \
     !defined(YODA_NO_TARGET_CLONES)
 #define YODA_NOISE_CLONES __attribute__((target_clones("avx2", "default")))
 #define YODA_HAVE_NOISE_CLONES 1

@@ -33,6 +33,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import naive
+from ..coefs import needs_noise
 from .tile_stats import attention_strides, optional_stats
 
 # Strip paths (PATH in the kernel, see the module docstring): 0 LR branch only, 1 SR branch only, 2 per pixel.
@@ -41,21 +42,23 @@ NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
 MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions y and z
 
 
-def launch_config(W: int, tile: int, noise: bool) -> tuple[int, int]:
-    """(BLOCK_W, num_warps) for images of width W, tile size ``tile`` and a step that draws Philox noise or not.
+def launch_config(W: int, tile: int, noise: bool = False, unit_w: bool = True) -> tuple[int, int]:
+    """(BLOCK_W, num_warps) for images of width W, tile size ``tile``, a step that draws Philox noise or not, and
+    tensors whose W-stride is 1 (``unit_w``: Triton folds the stride in and loads float4) or not.
 
-    A thread owns 8 pixels of each channel of its strip (TILE x BLOCK_W pixels): two float4 per tensor and
-    lane sub-block. Registers, not loads in flight, decide how many warps an SM can keep: at 16 pixels per
-    thread the Philox kernel needs ~236 registers (8 warps per SM) and the explicit-noise kernel spills; at 8
-    it needs <= 158 (12-16 warps) and nothing spills (``benchmarks/sass_report.py`` compiles every
-    configuration offline). On an H200, 50 % active with Philox, going from 16 to 8 pixels per thread took the
-    step from 0.300 to 0.238-0.245 ms (benchmarks/RESULTS.md). Strips are 2048 pixels (8 warps) without
-    Philox noise, as in the measured 87-94 % of copy bandwidth, and 1024 (4 warps) with it, where Philox and
-    Box-Muller (about 60 instructions per pixel) bound the kernel by instruction issue. Narrow images shrink
-    BLOCK_W to the next power of two >= W (never below one tile)."""
-    pixels, warps = (1024, 4) if noise else (2048, 8)
+    Measured on an H200 (benchmarks/RESULTS.md), 4x3x2048x2048 fp32, tile 16:
+      - without Philox, 2048-pixel strips at 4 warps (16 pixels of a channel per thread, float4 loads) reach
+        87-94 % of copy bandwidth;
+      - with Philox, at 50 % active, 1024-pixel strips at 4 warps (8 pixels per thread) took 0.238 ms against
+        0.300 ms for 2048: the bigger strip spills registers once Philox and Box-Muller (about 60 instructions
+        per pixel) are in flight for 16 pixels.
+    Strided tensors (channels-last) load one float at a time and need more registers: at 4 warps the 2048-pixel
+    kernel with an explicit noise tensor spills, so they take 8 warps (benchmarks/sass_report.py compiles every
+    case offline). Narrow images shrink BLOCK_W to the next power of two >= W (never below one tile), and the
+    warps to at least 8 pixels each."""
+    pixels, warps = (1024, 4) if noise else (2048, 4 if unit_w else 8)
     block_w = max(tile, min(pixels // tile, triton.next_power_of_2(max(W, 1))))
-    return block_w, warps
+    return block_w, max(1, min(warps, tile * block_w // (32 * 8)))
 
 
 def soft_bf16(dtype: torch.dtype) -> bool:
@@ -306,7 +309,7 @@ def launch_masked_step(
     if out.numel() == 0:
         return out
     k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb = (float(v) for v in coefs)
-    noise_mode = NOISE_NONE if sigma == 0.0 and lb == 0.0 else NOISE_PHILOX if noise is None else NOISE_TENSOR
+    noise_mode = NOISE_NONE if not needs_noise(coefs) else NOISE_PHILOX if noise is None else NOISE_TENSOR
     has_a = A is not None
     if has_a:
         if A.shape[0] != B or tuple(A.shape[-2:]) != (H, W) or A.dim() not in (3, 4):
@@ -320,7 +323,8 @@ def launch_masked_step(
     else:
         A, tmax, tmin = x, x, x  # never read (HAS_A is a compile-time False)
         sab = sah = saw = 0
-    cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX)
+    unit_w = all(t.stride(-1) == 1 for t in (x, model_out, c, out) + ((noise,) if noise is not None else ()))
+    cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX, unit_w)
     block_w = block_w or cfg_w
     grid = (triton.cdiv(W, block_w), TY, B)
     wrap_triton(_masked_step_kernel)[grid](
