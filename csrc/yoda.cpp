@@ -11,13 +11,15 @@
 // and four on the block (SIMD) noise path of csrc/cpu/normals.h, the one masked_step uses:
 //     _C.philox_block(seed, step, g0, n) -> bytes: uint32 words (4, n), word j of counter g0 + i at [j, i]
 //     _C.randn4_block(seed, step, g0, n) -> bytes: float32 normals (4, n), lane l of counter g0 + i at [l, i]
-//     _C.box_muller_block(a, b, scalar=False) -> (bytes, bytes): float32 (cos, sin) normals of the word pairs
-//         (a[i], b[i]) (a, b: buffers of uint32, same length); scalar=True runs philox.h's box_muller (libm)
+//     _C.box_muller_block(a, b, path="block") -> (bytes, bytes): float32 (cos, sin) normals of the word pairs
+//         (a[i], b[i]) (a, b: buffers of uint32, same length); path "block" runs the dispatched block path,
+//         "baseline" its baseline-ISA build, "libm" philox.h's scalar box_muller (glibc logf / cosf / sinf)
 //     _C.noise_isa() -> "avx2" or "default": the clone the block path runs on this CPU
 #define PY_SSIZE_T_CLEAN  // "y#" takes a Py_ssize_t length
 #include <Python.h>
 
 #include <cstring>
+#include <string>
 #include <initializer_list>
 #include <vector>
 
@@ -110,12 +112,15 @@ PyObject* py_randn4_block(PyObject*, PyObject* args) {
 }
 
 PyObject* py_box_muller_block(PyObject*, PyObject* args, PyObject* kwargs) {
-  static const char* kw[] = {"a", "b", "scalar", nullptr};
+  static const char* kw[] = {"a", "b", "path", nullptr};
   Py_buffer a, b;
-  int scalar = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|p", const_cast<char**>(kw), &a, &b, &scalar)) return nullptr;
+  const char* path = "block";
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|s", const_cast<char**>(kw), &a, &b, &path)) return nullptr;
   PyObject* result = nullptr;
-  if (a.len != b.len || a.len % 4 != 0) {
+  const std::string which(path);
+  if (which != "block" && which != "baseline" && which != "libm") {
+    PyErr_Format(PyExc_ValueError, "box_muller_block: path must be 'block', 'baseline' or 'libm', got '%s'", path);
+  } else if (a.len != b.len || a.len % 4 != 0) {
     PyErr_Format(PyExc_ValueError, "box_muller_block: a and b must hold the same number of uint32 (got %zd and %zd bytes)",
                  a.len, b.len);
   } else {
@@ -124,9 +129,11 @@ PyObject* py_box_muller_block(PyObject*, PyObject* args, PyObject* kwargs) {
     std::memcpy(wa.data(), a.buf, a.len);
     std::memcpy(wb.data(), b.buf, b.len);
     std::vector<float> zc(m + 1), zs(m + 1);
-    if (scalar) {
+    if (which == "libm") {
       for (Py_ssize_t i = 0; i < m; ++i)
         yoda::box_muller(yoda::uint_to_uniform(wa[i]), yoda::uint_to_uniform(wb[i]), zc[i], zs[i]);
+    } else if (which == "baseline") {
+      yoda::box_muller_block_baseline(wa.data(), wb.data(), m, zc.data(), zs.data());
     } else {
       yoda::box_muller_block(wa.data(), wb.data(), m, zc.data(), zs.data());
     }
@@ -147,7 +154,7 @@ PyMethodDef kMethods[] = {
     {"philox_block", py_philox_block, METH_VARARGS, "Block Philox words (4, n) of counters g0 .. g0 + n - 1."},
     {"randn4_block", py_randn4_block, METH_VARARGS, "Block (SIMD) normals (4, n) of counters g0 .. g0 + n - 1."},
     {"box_muller_block", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_box_muller_block)),
-     METH_VARARGS | METH_KEYWORDS, "Block (or scalar=True: libm) Box-Muller of uint32 word pairs."},
+     METH_VARARGS | METH_KEYWORDS, "Box-Muller of uint32 word pairs: path block, baseline or libm."},
     {"noise_isa", py_noise_isa, METH_NOARGS, "The instruction set the block noise path runs with."},
     {nullptr, nullptr, 0, nullptr},
 };

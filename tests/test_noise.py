@@ -254,7 +254,7 @@ def test_block_normals_vs_libm_scalar_path():
     path is the correctly rounded one (test above)."""
     a, b = _words(2**18, 3), _words(2**18, 4)
     fast = [_f32(t) for t in _C.box_muller_block(_u32_bytes(a), _u32_bytes(b))]
-    libm = [_f32(t) for t in _C.box_muller_block(_u32_bytes(a), _u32_bytes(b), scalar=True)]
+    libm = [_f32(t) for t in _C.box_muller_block(_u32_bytes(a), _u32_bytes(b), path="libm")]
     differ = sum(int((f != s).sum()) for f, s in zip(fast, libm))
     assert differ <= 0.05 * 2 * a.numel(), f"{differ} normals differ from the libm path"
     for f, s in zip(fast, libm):
@@ -289,6 +289,17 @@ def test_cpp_step_noise_is_the_block_path(shape, tile):
 
 
 @needs_block
+def test_baseline_build_gives_the_same_bits():
+    """The baseline-ISA build of the block Box-Muller (what CPUs without AVX2 run) equals the dispatched clone
+    (AVX2 here) bit for bit: the same IEEE operations in the same order, no FMA contraction."""
+    ea, eb = _edge_words()
+    a = _u32_bytes(torch.cat([ea, _words(2**18, 5)]))
+    b = _u32_bytes(torch.cat([eb, _words(2**18, 6)]))
+    block, baseline = _C.box_muller_block(a, b), _C.box_muller_block(a, b, path="baseline")
+    assert block == baseline
+
+
+@needs_block
 def test_block_isa_dispatch():
     """The block path runs the AVX2 clone wherever the CPU has AVX2 (x86-64 Linux builds)."""
     import platform
@@ -305,6 +316,8 @@ def test_block_isa_dispatch():
 def test_block_hook_errors():
     with pytest.raises(ValueError, match="same number of uint32"):
         _C.box_muller_block(b"\0" * 8, b"\0" * 4)
+    with pytest.raises(ValueError, match="path must be"):
+        _C.box_muller_block(b"\0" * 4, b"\0" * 4, path="avx512")
     with pytest.raises(ValueError, match="n must be"):
         _C.randn4_block(0, 0, 0, -1)
     with pytest.raises(ValueError, match="uint32"):

@@ -135,9 +135,10 @@ void philox_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, uint32_t
   }
 }
 
-YODA_NOISE_CLONES
-void box_muller_block(const uint32_t* __restrict__ a, const uint32_t* __restrict__ b, int64_t m,
-                      float* __restrict__ zc, float* __restrict__ zs) {
+// The loop of box_muller_block, inlined into each of its clones and into box_muller_block_baseline.
+__attribute__((always_inline)) static inline void box_muller_loop(const uint32_t* __restrict__ a,
+                                                                  const uint32_t* __restrict__ b, int64_t m,
+                                                                  float* __restrict__ zc, float* __restrict__ zs) {
   // Coefficients of the series above (1/(2j+1) for atanh; +-1/j! for sin and cos), rounded to double.
   constexpr double L3 = 1.0 / 3, L5 = 1.0 / 5, L7 = 1.0 / 7, L9 = 1.0 / 9, L11 = 1.0 / 11, L13 = 1.0 / 13,
                    L15 = 1.0 / 15, L17 = 1.0 / 17, L19 = 1.0 / 19;
@@ -188,6 +189,15 @@ void box_muller_block(const uint32_t* __restrict__ a, const uint32_t* __restrict
     zc[i] = r * static_cast<float>(cos_th);
     zs[i] = r * static_cast<float>(sin_th);
   }
+}
+
+YODA_NOISE_CLONES
+void box_muller_block(const uint32_t* a, const uint32_t* b, int64_t m, float* zc, float* zs) {
+  box_muller_loop(a, b, m, zc, zs);
+}
+
+void box_muller_block_baseline(const uint32_t* a, const uint32_t* b, int64_t m, float* zc, float* zs) {
+  box_muller_loop(a, b, m, zc, zs);
 }
 
 const char* normals_isa() {

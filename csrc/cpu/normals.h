@@ -35,6 +35,10 @@ void philox_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, uint32_t
 // float32 rounding midpoint.
 void box_muller_block(const uint32_t* a, const uint32_t* b, int64_t m, float* zc, float* zs);
 
+// box_muller_block compiled for the baseline ISA only (what CPUs without AVX2 run), whatever this CPU has: the
+// same loop, so the same bits as the dispatched clone (tests compare the two).
+void box_muller_block_baseline(const uint32_t* a, const uint32_t* b, int64_t m, float* zc, float* zs);
+
 // The four normals of the Philox calls g0 .. g0 + n - 1 for one 4-row group of a tile segment
 // (philox.h: randn4), with caller scratch of 2n words u1[], u2[]:
 //     z0[i] = zc[i], z1[i] = zs[i], z2[i] = zc[n + i], z3[i] = zs[n + i]
