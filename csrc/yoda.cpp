@@ -74,12 +74,19 @@ PyObject* py_randn4(PyObject*, PyObject* args) {
 // seed, step, g0 (uint32) and n (>= 0, n + g0 may wrap like the counter does) of the block hooks.
 bool parse_block_args(PyObject* args, const char* name, uint32_t& seed, uint32_t& step, uint32_t& g0,
                       Py_ssize_t& n) {
-  unsigned long s, t, g;
-  if (!PyArg_ParseTuple(args, "kkkn", &s, &t, &g, &n)) return false;
-  if (s > 0xFFFFFFFFul || t > 0xFFFFFFFFul || g > 0xFFFFFFFFul) {
-    PyErr_Format(PyExc_ValueError, "%s: seed, step and g0 must be uint32", name);
-    return false;
+  PyObject *os, *ot, *og;
+  if (!PyArg_ParseTuple(args, "OOOn", &os, &ot, &og, &n)) return false;
+  unsigned long long v[3];
+  PyObject* objs[3] = {os, ot, og};
+  for (int i = 0; i < 3; ++i) {  // PyLong_AsUnsignedLongLong rejects negatives and overflow ("k" would mask)
+    v[i] = PyLong_Check(objs[i]) ? PyLong_AsUnsignedLongLong(objs[i]) : static_cast<unsigned long long>(-1);
+    if (PyErr_Occurred() || !PyLong_Check(objs[i]) || v[i] > 0xFFFFFFFFull) {
+      PyErr_Clear();
+      PyErr_Format(PyExc_ValueError, "%s: seed, step and g0 must be uint32", name);
+      return false;
+    }
   }
+  const unsigned long long s = v[0], t = v[1], g = v[2];
   if (n < 0 || n > (Py_ssize_t{1} << 28)) {
     PyErr_Format(PyExc_ValueError, "%s: n must be in [0, 2**28], got %zd", name, n);
     return false;

@@ -320,5 +320,6 @@ def test_block_hook_errors():
         _C.box_muller_block(b"\0" * 4, b"\0" * 4, path="avx512")
     with pytest.raises(ValueError, match="n must be"):
         _C.randn4_block(0, 0, 0, -1)
-    with pytest.raises(ValueError, match="uint32"):
-        _C.philox_block(2**32, 0, 0, 4)
+    for bad in (2**32, 2**64 + 1, -1):  # out of uint32 range, never masked into it
+        with pytest.raises(ValueError, match="uint32"):
+            _C.philox_block(bad, 0, 0, 4)
