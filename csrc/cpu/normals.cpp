@@ -48,25 +48,13 @@ namespace yoda {
 
 namespace {
 
-inline uint32_t f2u(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-inline float u2f(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline uint64_t d2u(double d) {
-  uint64_t u;
-  std::memcpy(&u, &d, 8);
-  return u;
-}
-inline double u2d(uint64_t u) {
-  double d;
-  std::memcpy(&d, &u, 8);
-  return d;
+// The bits of a float / double as an integer of the same size and back (std::bit_cast before C++20).
+template <typename To, typename From>
+inline To bits(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bits: sizes differ");
+  To out;
+  std::memcpy(&out, &v, sizeof(To));
+  return out;
 }
 
 constexpr double fact(int n) { return n <= 1 ? 1.0 : n * fact(n - 1); }  // exact up to 18!
@@ -153,7 +141,7 @@ __attribute__((always_inline)) static inline void box_muller_loop(const uint32_t
     s2 ^= s2 >> 31;
     // u1 = max(u1, 1e-7f) on the bits (both non-negative, so the integer order is the float order); a float
     // select here lets GCC thread a branch for the constant case and give up vectorising.
-    const uint32_t iu0 = f2u(static_cast<float>(s1) * kUniformScale), imin = f2u(kMinUniform);
+    const uint32_t iu0 = bits<uint32_t>(static_cast<float>(s1) * kUniformScale), imin = bits<uint32_t>(kMinUniform);
     const uint32_t iu = iu0 < imin ? imin : iu0;
     const float u2 = static_cast<float>(s2) * kUniformScale;
     const float th = kTwoPi * u2;
@@ -161,7 +149,7 @@ __attribute__((always_inline)) static inline void box_muller_loop(const uint32_t
     // L = fl(log u1)
     const uint32_t t = iu - kSqrtHalfBits;
     const int32_t k = static_cast<int32_t>(t) >> 23;          // u1 = 2^k z
-    const float z = u2f(iu - (t & 0xff800000u));                // z in [sqrt(1/2), sqrt(2)), exact
+    const float z = bits<float>(iu - (t & 0xff800000u));        // z in [sqrt(1/2), sqrt(2)), exact
     const double f = static_cast<double>(z) - 1.0;              // exact
     const double s = f / (2.0 + f), s2d = s * s;
     const double p =
@@ -174,7 +162,7 @@ __attribute__((always_inline)) static inline void box_muller_loop(const uint32_t
     // fl(cos th), fl(sin th)
     const double td = static_cast<double>(th);
     const double qm = td * kTwoOverPi + kRoundMagic;  // q in the low mantissa bits
-    const uint64_t q = d2u(qm);
+    const uint64_t q = bits<uint64_t>(qm);
     const double qd = qm - kRoundMagic;
     const double x = (td - qd * kPio2Hi) - qd * kPio2Lo;
     const double x2 = x * x;
@@ -183,9 +171,10 @@ __attribute__((always_inline)) static inline void box_muller_loop(const uint32_t
     const double S = x + x * (x2 * ps);
     const double C = 1.0 + x2 * pc;
     const uint64_t swap = 0 - (q & 1);  // all ones for odd q: cos th = +-S, sin th = +-C
-    const uint64_t cb = (d2u(C) & ~swap) | (d2u(S) & swap), sb = (d2u(S) & ~swap) | (d2u(C) & swap);
-    const double cos_th = u2d(cb ^ (((q + 1) & 2) << 62));  // negative for q mod 4 in {1, 2}
-    const double sin_th = u2d(sb ^ ((q & 2) << 62));        // negative for q mod 4 in {2, 3}
+    const uint64_t cbits = bits<uint64_t>(C), sbits = bits<uint64_t>(S);
+    const uint64_t cb = (cbits & ~swap) | (sbits & swap), sb = (sbits & ~swap) | (cbits & swap);
+    const double cos_th = bits<double>(cb ^ (((q + 1) & 2) << 62));  // negative for q mod 4 in {1, 2}
+    const double sin_th = bits<double>(sb ^ ((q & 2) << 62));        // negative for q mod 4 in {2, 3}
     zc[i] = r * static_cast<float>(cos_th);
     zs[i] = r * static_cast<float>(sin_th);
   }
