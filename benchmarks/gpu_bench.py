@@ -216,9 +216,10 @@ def main() -> int:
     if "triton" in have and sweep_cases:
         from yoda_kernels.triton.masked_step import launch_config, launch_masked_step
 
-        W = next(iter(sweep_cases.values()))[0][0].shape[-1]
+        shape0 = next(iter(sweep_cases.values()))[0][0].shape
+        W = shape0[-1]
         emit()
-        emit(f"Triton launch sweep ({'x'.join(map(str, next(iter(sweep_cases.values()))[0][0].shape))}, tile {TILE}; "
+        emit(f"Triton launch sweep ({'x'.join(map(str, shape0))}, tile {TILE}; "
              f"% of copy bandwidth; defaults: philox {launch_config(W, TILE, True)}, "
              f"none {launch_config(W, TILE, False)}):")
         emit()

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 
 from . import data as _data
 from ._io import atomic_write
-from .masks import check_lower_bound
 from .images import quantize_u8
+from .masks import check_lower_bound
 
 SPACES = ("pixel", "residual")
 LOSSES = ("l1", "l2")
