@@ -128,6 +128,17 @@ inline at::Tensor checked_stats(const char* op, Backend be, const char* name, co
   return t.contiguous();
 }
 
+// An op's optional A, checked against its first input ref (named ref_name): undefined when A is absent.
+inline at::Tensor checked_attention(const char* op, Backend be, const std::optional<at::Tensor>& A_opt,
+                                    const at::Tensor& ref, const char* ref_name) {
+  if (!A_opt.has_value()) return at::Tensor();
+  const at::Tensor& A = *A_opt;
+  check_attention(A, "A");
+  check_device(op, be, "A", A, ref, ref_name);
+  check_attention_size(op, A, ref.size(0), ref.size(2), ref.size(3));
+  return A;
+}
+
 // masked_step's optional A with its tile stats: checks A, then takes the given (tile_max, tile_min) or computes
 // them with ``stats_fn`` (the backend's tile_stats). Leaves all three undefined when A is absent.
 template <typename StatsFn>
@@ -136,11 +147,8 @@ inline void checked_attention_and_stats(const char* op, Backend be, const std::o
                                         const std::optional<at::Tensor>& tile_min_opt, const at::Tensor& x,
                                         int64_t TY, int64_t TX, int64_t tile, StatsFn stats_fn, at::Tensor& A,
                                         at::Tensor& tmax, at::Tensor& tmin) {
-  if (!A_opt.has_value()) return;
-  A = *A_opt;
-  check_attention(A, "A");
-  check_device(op, be, "A", A, x, "x");
-  check_attention_size(op, A, x.size(0), x.size(2), x.size(3));
+  A = checked_attention(op, be, A_opt, x, "x");
+  if (!A.defined()) return;
   TORCH_CHECK(tile_max_opt.has_value() == tile_min_opt.has_value(), op,
               ": give both tile_max and tile_min or neither");
   if (tile_max_opt.has_value()) {
@@ -161,9 +169,15 @@ inline at::Tensor per_batch(const char* op, Backend be, const char* name, const 
   return t.to(at::kFloat).contiguous();
 }
 
-// The scalar arguments of masked_step and the size limit of its noise counter (philox.h: 32-bit).
-inline void check_step_scalars(const char* op, const at::Tensor& x, double tau, at::ArrayRef<double> coefs,
-                               int64_t seed, int64_t step) {
+// masked_step's arguments but A and its tile stats: the state tensors (and the explicit noise when given), the
+// tile size, the scalars and the size limit of the noise counter (philox.h: 32-bit).
+inline void check_step_args(const char* op, Backend be, const at::Tensor& x, const at::Tensor& model_out,
+                            const at::Tensor& c, const std::optional<at::Tensor>& noise, double tau,
+                            at::ArrayRef<double> coefs, int64_t seed, int64_t step, int64_t tile) {
+  check_state(op, be, "x", x, x, "x");
+  check_state(op, be, "model_out", model_out, x, "x");
+  check_state(op, be, "c", c, x, "x");
+  check_tile(tile);
   TORCH_CHECK(!std::isnan(tau), op, ": tau must not be NaN");
   TORCH_CHECK(static_cast<int64_t>(coefs.size()) == kNumCoefs, op, ": coefs must hold ", kNumCoefs,
               " floats, got ", coefs.size());
@@ -173,6 +187,23 @@ inline void check_step_scalars(const char* op, const at::Tensor& x, double tau, 
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(B * C * ((H + 3) / 4) * W < (int64_t(1) << 31), op, ": x of shape ", x.sizes(),
               " is too large for the 32-bit noise counter");
+  if (noise.has_value()) check_state(op, be, "noise", *noise, x, "x");
+}
+
+// masked_q_sample's state tensors and optional A (returned; undefined when absent).
+inline at::Tensor checked_q_sample_args(const char* op, Backend be, const at::Tensor& x0, const at::Tensor& c,
+                                        const at::Tensor& noise, const std::optional<at::Tensor>& A_opt) {
+  check_state(op, be, "x0", x0, x0, "x0");
+  check_state(op, be, "c", c, x0, "x0");
+  check_state(op, be, "noise", noise, x0, "x0");
+  return checked_attention(op, be, A_opt, x0, "x0");
+}
+
+// tile_stats' arguments.
+inline void check_tile_stats_args(Backend be, const at::Tensor& A, int64_t tile) {
+  check_attention(A, "A");
+  check_tile(tile);
+  check_on_backend("yoda::tile_stats", be, "A", A);
 }
 
 }  // namespace yoda

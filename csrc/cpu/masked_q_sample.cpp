@@ -66,17 +66,7 @@ at::Tensor masked_q_sample_cpu(const at::Tensor& x0, const at::Tensor& c, const 
                                const std::optional<at::Tensor>& A_opt, const at::Tensor& sqrt_ab,
                                const at::Tensor& sqrt_1m_ab, const at::Tensor& tau) {
   constexpr Backend be = Backend::kCPU;
-  check_state(kOp, be, "x0", x0, x0, "x0");
-  check_state(kOp, be, "c", c, x0, "x0");
-  check_state(kOp, be, "noise", noise, x0, "x0");
-  const int64_t B = x0.size(0), H = x0.size(2), W = x0.size(3);
-  at::Tensor A;
-  if (A_opt.has_value()) {
-    A = *A_opt;
-    check_attention(A, "A");
-    check_device(kOp, be, "A", A, x0, "x0");
-    check_attention_size(kOp, A, B, H, W);
-  }
+  const at::Tensor A = checked_q_sample_args(kOp, be, x0, c, noise, A_opt);
   const at::Tensor sa = per_batch(kOp, be, "sqrt_ab", sqrt_ab, x0);
   const at::Tensor s1a = per_batch(kOp, be, "sqrt_1m_ab", sqrt_1m_ab, x0);
   const at::Tensor t = per_batch(kOp, be, "tau", tau, x0);

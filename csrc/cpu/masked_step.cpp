@@ -148,18 +148,13 @@ at::Tensor masked_step_cpu(const at::Tensor& x, const at::Tensor& model_out, con
                            bool clip, int64_t seed, int64_t step, const std::optional<at::Tensor>& noise_opt,
                            int64_t tile) {
   constexpr Backend be = Backend::kCPU;
-  check_state(kOp, be, "x", x, x, "x");
-  check_state(kOp, be, "model_out", model_out, x, "x");
-  check_state(kOp, be, "c", c, x, "x");
-  check_tile(tile);
-  check_step_scalars(kOp, x, tau, coefs, seed, step);
+  check_step_args(kOp, be, x, model_out, c, noise_opt, tau, coefs, seed, step, tile);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
 
   StepArgs p{};
   p.k = make_step_coefs(coefs.data());
   p.need_noise = step_needs_noise(p.k);
-  if (noise_opt.has_value()) check_state(kOp, be, "noise", *noise_opt, x, "x");
   at::Tensor noise = p.need_noise && noise_opt.has_value() ? *noise_opt : at::Tensor();
 
   at::Tensor A, tmax, tmin;

@@ -53,9 +53,7 @@ void tile_stats_kernel(const scalar_t* a, int64_t sb, int64_t sh, int64_t sw, in
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> tile_stats_cpu(const at::Tensor& A, int64_t tile) {
-  check_attention(A, "A");
-  check_tile(tile);
-  check_on_backend("yoda::tile_stats", Backend::kCPU, "A", A);
+  check_tile_stats_args(Backend::kCPU, A, tile);
   const int64_t B = A.size(0), H = A.size(-2), W = A.size(-1);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
   auto opts = A.options().dtype(at::kFloat);

@@ -70,9 +70,7 @@ at::Tensor masked_q_sample_cuda(const at::Tensor& x0, const at::Tensor& c, const
                                 const at::Tensor& sqrt_1m_ab, const at::Tensor& tau) {
   const char* op = "yoda::masked_q_sample";
   constexpr Backend be = Backend::kCUDA;
-  check_state(op, be, "x0", x0, x0, "x0");
-  check_state(op, be, "c", c, x0, "x0");
-  check_state(op, be, "noise", noise, x0, "x0");
+  const at::Tensor A = checked_q_sample_args(op, be, x0, c, noise, A_opt);
   const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
   TORCH_CHECK(B <= kMaxGridYZ && (H + kRowsY - 1) / kRowsY <= kMaxGridYZ, op, ": x0 of shape ", x0.sizes(),
               " is too large for the grid");
@@ -80,13 +78,6 @@ at::Tensor masked_q_sample_cuda(const at::Tensor& x0, const at::Tensor& c, const
   const at::Tensor sa = per_batch(op, be, "sqrt_ab", sqrt_ab, x0);
   const at::Tensor s1 = per_batch(op, be, "sqrt_1m_ab", sqrt_1m_ab, x0);
   const at::Tensor tau_f = per_batch(op, be, "tau", tau, x0);
-  at::Tensor A;
-  if (A_opt.has_value()) {
-    A = *A_opt;
-    check_attention(A, "A");
-    check_device(op, be, "A", A, x0, "x0");
-    check_attention_size(op, A, B, H, W);
-  }
   at::Tensor out = at::empty(x0.sizes(), x0.options().memory_format(output_format(x0)));
   if (out.numel() == 0) return out;
   const bool vec = W % 4 == 0 && vec4_ok(x0) && vec4_ok(c) && vec4_ok(noise) && vec4_ok(out);

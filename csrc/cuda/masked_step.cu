@@ -151,18 +151,13 @@ at::Tensor masked_step_cuda(const at::Tensor& x, const at::Tensor& model_out, co
                             int64_t tile) {
   const char* op = "yoda::masked_step";
   constexpr Backend be = Backend::kCUDA;
-  check_state(op, be, "x", x, x, "x");
-  check_state(op, be, "model_out", model_out, x, "x");
-  check_state(op, be, "c", c, x, "x");
-  check_tile(tile);
-  check_step_scalars(op, x, tau, coefs, seed, step);
+  check_step_args(op, be, x, model_out, c, noise_opt, tau, coefs, seed, step, tile);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
   TORCH_CHECK(TY <= kMaxGridYZ && B <= kMaxGridYZ, op, ": x of shape ", x.sizes(), " needs ", TY,
               " tile rows and ", B, " images in the grid; at most ", kMaxGridYZ, " each");
   const StepCoefs k = make_step_coefs(coefs.data());
   const bool need_noise = step_needs_noise(k);
-  if (noise_opt.has_value()) check_state(op, be, "noise", *noise_opt, x, "x");
   const at::Tensor noise = need_noise && noise_opt.has_value() ? *noise_opt : at::Tensor();
 
   const c10::cuda::CUDAGuard guard(x.device());

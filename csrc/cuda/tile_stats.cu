@@ -51,9 +51,7 @@ __global__ void __launch_bounds__(kThreads) tile_stats_kernel(const AT* __restri
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> tile_stats_cuda(const at::Tensor& A, int64_t tile) {
-  check_attention(A, "A");
-  check_tile(tile);
-  check_on_backend("yoda::tile_stats", Backend::kCUDA, "A", A);
+  check_tile_stats_args(Backend::kCUDA, A, tile);
   const int64_t B = A.size(0), H = A.size(-2), W = A.size(-1);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
   TORCH_CHECK(B <= kMaxGridYZ, "yoda::tile_stats: at most ", kMaxGridYZ, " images, got ", B);
