@@ -16,13 +16,7 @@ from yoda.models import SR3Config, SR3UNet, SRDiff, SRDiffConfig
 from yoda.models.sr3 import SR3_DIFFUSION_BUFFERS
 from yoda.schedule import Schedule
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: one thread is faster and steadier than several on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions (tests/conftest.py)
 
 
 CFG = SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16,

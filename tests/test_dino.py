@@ -69,14 +69,7 @@ def _randomise(model, seed):
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # these forwards are small (21 tokens, 64x96 px): on a shared 2-core machine two intra-op threads
-    # spin against each other (ResNet-50 forward 1.4 s with 2 threads vs 0.3 s with 1, load 8)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small forwards: 21 tokens, 64x96 px (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,7 @@ except ImportError as e:  # pragma: no cover - only while the sampler is being w
     sample = None
     _SAMPLE_ERR = repr(e)
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: one thread is faster and steadier than several on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions (tests/conftest.py)
 
 
 needs_sampler = pytest.mark.skipif(sample is None, reason=f"yoda.sample is not importable yet: {_SAMPLE_ERR}")
