@@ -48,8 +48,22 @@ def extensions():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+REQUIRES = ["numpy", "pillow", "scikit-image>=0.22", "opencv-python-headless>=4.8", "safetensors", "tqdm"]
+
+
+def torch_requirement() -> str:
+    """torch pinned to the release the kernels are compiled against (a different release's C++ ABI would not
+    load them); any torch >= 2.4 when no extension is built."""
+    if _flag("YODA_NO_EXTENSION"):
+        return "torch>=2.4"
+    import torch
+
+    return "torch==" + torch.__version__.split("+")[0]
+
+
 ext_modules, cmdclass = extensions()
 setup(
+    install_requires=[torch_requirement()] + REQUIRES,
     packages=find_packages(include=["yoda", "yoda.*", "yoda_kernels", "yoda_kernels.*"]),
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -1,6 +1,6 @@
 """GPU benchmark of one YODA step (masked_step): copy bandwidth, naive eager, torch.compile(naive), Triton, CUDA.
 
-Checks first, then times (STYLE.md §9): every implementation's output is compared with the reference before
+Checks first, then times: every implementation's output is compared with the reference before
 it is timed. Timing: triton.testing.do_bench (CUDA events, warm-up, median, L2 flushed between runs), inputs
 random normal (never zeros). Bandwidth is counted on the *minimal* bytes of the step at the given active
 fraction (each needed input read once, the output written once):

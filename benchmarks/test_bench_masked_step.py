@@ -1,5 +1,5 @@
 """masked_step benchmark: every backend at three sizes and three active fractions; correctness first, then
-time; effective bandwidth from the minimal byte count (STYLE.md §9).
+time; effective bandwidth from the minimal byte count.
 
     pytest benchmarks/ --benchmark-only                      # all (CPU: naive and cpp)
     pytest benchmarks/ --benchmark-only -k "cpp and 1024"    # a subset

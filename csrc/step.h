@@ -1,7 +1,8 @@
 // Per-element math of one YODA reverse step (DESIGN.md §5) and of the masked forward noising (§7),
-// header-only, host and CUDA device (no ATen). The float32 operation order is yoda_kernels/naive.py's,
-// which is the contract: with fp-contract off (host) / --fmad=false (nvcc), a kernel using these functions
-// matches the reference bit for bit on the same noise.
+// header-only, host and CUDA device (no ATen). The contract is yoda_kernels/contract.py (the coefficients'
+// names and order, the float32 operation order) and yoda_kernels/naive.py its executable form: with
+// fp-contract off (host) / --fmad=false (nvcc), a kernel using these functions matches the reference bit for
+// bit on the same noise. tests/test_contract.py checks that StepCoefs below mirrors contract.StepCoefs.
 //
 //   x0  = k1 * x + k2 * out                   (clamped to [-1, 1] if clip)
 //   eps = e1 * x + e2 * out
@@ -16,13 +17,13 @@ namespace yoda {
 
 constexpr int kNumCoefs = 10;
 
-// The ten step coefficients of yoda_kernels.coefs.step_coefficients, rounded to float32 once (as the
-// reference's torch.tensor(v, dtype=float32) does).
+// The ten step coefficients (yoda_kernels.contract.StepCoefs, same names, same order), rounded to float32 once
+// (as the reference's torch.tensor(v, dtype=float32) does).
 struct StepCoefs {
   float k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb;
 };
 
-// c: kNumCoefs doubles in the order k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb.
+// c: kNumCoefs doubles in the order of the struct's fields (contract.COEF_NAMES).
 YODA_HD StepCoefs make_step_coefs(const double* c) {
   StepCoefs k;
   k.k1 = static_cast<float>(c[0]);

@@ -1,6 +1,6 @@
 // The compiled extension yoda_kernels._C. Importing it runs the static TORCH_LIBRARY_IMPL registrations of
 // csrc/cpu/*.cpp (and csrc/cuda/*.cu when built WITH_CUDA). The op schemas are defined once, from Python,
-// by yoda_kernels/ops.py before this module is imported (STYLE.md §4), so no TORCH_LIBRARY block lives here.
+// by yoda_kernels/ops.py before this module is imported, so no TORCH_LIBRARY block lives here.
 //
 // The module itself is plain CPython (no pybind11, as pytorch/extension-cpp does) and exposes three scalar
 // test hooks on csrc/philox.h, so that tests can check the C++ noise stream word for word (Random123

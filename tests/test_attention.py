@@ -60,14 +60,31 @@ def test_grey_is_repeated_rgb(name):
     torch.testing.assert_close(A1, A3, rtol=0, atol=0)
 
 
+def _edge64(lr, sigma=1.0):
+    """The edge map in float64 with scipy: Sobel of the BT.601 luma, |gradient|, Gaussian blur (edge-replicated
+    borders), per-image min-max. lr: (B, C, h, w) of any float dtype, taken at its own values."""
+    x = lr.double()
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    out = []
+    for b in range(x.shape[0]):
+        y = (0.299 * x[b, 0] + 0.587 * x[b, 1] + 0.114 * x[b, 2]).numpy()
+        gx = ndi.sobel(y, axis=1, mode="nearest")
+        gy = ndi.sobel(y, axis=0, mode="nearest")
+        # truncate=3 -> radius int(3*1 + 0.5) = 3 = ceil(3 sigma), the radius the extractor uses
+        out.append(ndi.gaussian_filter(np.hypot(gx, gy), sigma=sigma, mode="nearest", truncate=3.0))
+    return _minmax64(np.stack(out))[:, None]
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_other_float_dtypes_give_float32(dtype):
+    """Any float input gives float32 A, computed from the input's own values (no further rounding): the float64
+    edge map of the fp16 / bf16 / fp64 values, to float32 accuracy."""
     lr = _rand_lr()
     A = att.edge()(lr.to(dtype))
     assert A.dtype == torch.float32
-    # same result as the float32 input up to the input's own rounding
-    ref = att.edge()(lr.to(dtype).float())
-    torch.testing.assert_close(A, ref, rtol=0, atol=0)
+    np.testing.assert_allclose(A.numpy(), _edge64(lr.to(dtype)), atol=2e-6, rtol=0)
+    if dtype != torch.float64:  # the input's rounding is visible: a float32 map would not pass the line above
+        assert np.abs(att.edge()(lr).numpy() - _edge64(lr.to(dtype))).max() > 1e-4
 
 
 @pytest.mark.parametrize("name", ["edge", "sift"])
@@ -296,11 +313,37 @@ def test_attention_figure_panels_show_the_masks():
 
 
 def test_attention_figure_hr_attention_and_grey(tmp_path):
+    """A grey 16 px LR with an HR (64 px) map: panels sized from A (64 px x3 = 192), the LR blown up x12 and grey
+    in all three channels, A in viridis (OpenCV's table), the overlay the rounded mean of the two, and the masks
+    at A's own resolution."""
+    from yoda.attention import figure as fig
+    import cv2
+
     lr = _rand_lr(B=1, C=1, h=16, w=16)
-    A = att.gaussian()(F.interpolate(lr, scale_factor=4, mode="nearest").clamp(-1, 1))  # HR-size A
-    img = att.attention_figure(lr, A[0], ts=[1000, 700])
+    A = att.edge()(F.interpolate(lr, scale_factor=4, mode="nearest").clamp(-1, 1))  # HR-size A, not symmetric
+    ts = [1000, 700]
+    img = att.attention_figure(lr, A[0], ts=ts)
     img.save(tmp_path / "fig.png")
-    assert img.mode == "RGB" and img.size[1] > 200
+    arr = np.asarray(img)
+    P, gap, lab = 192, fig._GAP, fig._LABEL_H
+    assert img.mode == "RGB" and img.size == (gap + 3 * (P + gap), lab + 4 + 2 * (lab + P + gap) + gap)
+
+    def panel(row, col):
+        y0 = lab + 4 + row * (lab + P + gap) + lab
+        x0 = gap + col * (P + gap)
+        return arr[y0 : y0 + P, x0 : x0 + P].astype(np.int64)
+
+    grey = ((lr[0, 0].double() + 1) * 127.5).round().numpy().astype(np.int64)
+    want_lr = np.repeat(grey.repeat(12, 0).repeat(12, 1)[..., None], 3, axis=2)
+    assert np.array_equal(panel(0, 0), want_lr)
+    u8 = np.clip(np.rint(A[0, 0].double().numpy() * 255), 0, 255).astype(np.uint8)
+    heat = cv2.applyColorMap(u8, cv2.COLORMAP_VIRIDIS)[:, :, ::-1].astype(np.int64).repeat(3, 0).repeat(3, 1)
+    assert np.array_equal(panel(0, 1), heat)
+    assert np.array_equal(panel(0, 2), np.rint(0.5 * want_lr + 0.5 * heat).astype(np.int64))
+    for i, t in enumerate(ts):
+        m = (A[0, 0] >= torch.tensor(t / 1000 - 0.6, dtype=torch.float32)).numpy().repeat(3, 0).repeat(3, 1)
+        assert 0 < m.mean() < 1  # a real mask, neither empty nor full
+        assert np.array_equal(panel(1, i), np.where(m[..., None], 255, 0).repeat(3, axis=2)), t
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""yoda.load / yoda.save_model (yoda/checkpoint.py): upstream checkpoint layouts, the "yoda" format, and clear errors."""
+"""yoda.load / yoda.save_model (yoda/checkpoint.py readers, yoda/models/*_load.py, yoda/models/yoda_format.py):
+upstream checkpoint layouts, the "yoda" format, model cards, and clear errors."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from safetensors.torch import save_file
 
 import yoda
 from yoda.adapters import as_adapter
-from yoda.checkpoint import CheckpointError, _fold_weight_norm, save_model, srdiff_config_from_state_dict
-from yoda.models import SR3Config, SR3UNet, SRDiff, SRDiffConfig
+from yoda.checkpoint import CheckpointError
+from yoda.models import ModelCard, SR3Config, SR3UNet, SRDiff, SRDiffConfig, save_model
+from yoda.models.srdiff_load import fold_weight_norm, srdiff_config_from_state_dict
 from yoda.models.sr3 import SR3_DIFFUSION_BUFFERS
 from yoda.schedule import Schedule
 
@@ -68,8 +70,10 @@ def test_sr3_safetensors_and_dataparallel_prefix(tmp_path):
     save_file({"module." + k: v.contiguous() for k, v in net.state_dict().items()}, str(p))
     got = yoda.load("sr3", p, config=CFG)
     assert torch.equal(_sr3_out(got), _sr3_out(net))
-    assert got.scale == 2 and got.schedule == Schedule.linear(2000, 1e-6, 1e-2)
-    assert yoda.load("sr3", p, config=CFG.to_dict()).scale == 2
+    assert got.card.scale == 2 and got.card.schedule == Schedule.linear(2000, 1e-6, 1e-2)
+    assert (got.card.prediction, got.card.space) == ("eps", "pixel")
+    assert got.card.config["train_schedule"] == Schedule.linear(2000, 1e-6, 1e-2).to_dict()
+    assert yoda.load("sr3", p, config=CFG.to_dict()).card.scale == 2
 
 
 def test_srdiff_upstream_ckpt_nesting_and_inferred_config(tmp_path):
@@ -83,6 +87,7 @@ def test_srdiff_upstream_ckpt_nesting_and_inferred_config(tmp_path):
     torch.save(ck, p, _use_new_zipfile_serialization=False)  # as upstream's save_checkpoint
     got = yoda.load("srdiff", p)
     assert got.config == m.config  # read back from the shapes and the betas buffer
+    assert got.card == ModelCard(m.schedule, 4, "eps", "residual", {"kind": "srdiff", "args": m.config.to_dict()})
     assert torch.equal(_srdiff_out(got), _srdiff_out(m))
     # the flat 'model.'-prefixed layout that upstream's load_ckpt also accepts, with an explicit config
     p2 = tmp_path / "flat.ckpt"
@@ -113,7 +118,7 @@ def test_srdiff_linear_schedule_inferred_and_weight_norm_folded():
     w = torch.randn(5, 3, 3, 3, dtype=torch.float64)
     v = w * torch.rand(5, 1, 1, 1, dtype=torch.float64) * 3
     g = w.flatten(1).norm(dim=1).reshape(5, 1, 1, 1)
-    out = _fold_weight_norm({"a.weight_g": g, "a.weight_v": v, "a.bias": torch.zeros(5)})
+    out = fold_weight_norm({"a.weight_g": g, "a.weight_v": v, "a.bias": torch.zeros(5)})
     assert set(out) == {"a.weight", "a.bias"} and torch.allclose(out["a.weight"], w, rtol=1e-12, atol=0)
 
 
@@ -155,8 +160,11 @@ def test_corrupt_files(tmp_path):
     # weights_only refuses pickled objects: no code from a checkpoint runs
     evil = tmp_path / "evil.pth"
     torch.save({"x": Schedule.linear(3)}, evil)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="pickled Python objects") as e:
         yoda.load("sr3", evil, config=CFG)
+    msg = str(e.value)  # names what it found and the safe ways on, never "load it with weights_only=False"
+    assert "evil.pth" in msg and "yoda.schedule.Schedule" in msg and "add_safe_globals" in msg
+    assert "weights_only` set to `False" not in msg and "Re-running" not in msg and "\n" not in msg
     notdict = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], notdict)
     with pytest.raises(CheckpointError, match="state dict"):
@@ -201,8 +209,9 @@ def test_yoda_format_round_trip_sr3(tmp_path):
     p = tmp_path / "default_x4.safetensors"
     save_model(net, p, schedule=sched, extra={"data": "div2k-crops", "steps": 10})
     got = yoda.load("yoda", p)
-    assert isinstance(got, SR3UNet) and got.config == SR3Config(**{**cfg.to_dict(), "scale": None})
-    assert got.schedule == sched and got.scale == 4 and got.yoda_config["extra"]["steps"] == 10
+    assert isinstance(got, SR3UNet) and got.config == cfg
+    assert got.card.schedule == sched and got.card.scale == 4 and got.card.config["extra"]["steps"] == 10
+    assert (got.card.prediction, got.card.space) == ("eps", "pixel")
     x, g = torch.randn(1, 6, 32, 24), torch.tensor([0.4])
     with torch.no_grad():
         assert torch.equal(got(x, g), net(x, g))
@@ -221,11 +230,25 @@ def test_yoda_format_keeps_the_parameterisation(tmp_path):
     p = tmp_path / "x0.safetensors"
     save_model(net, p, schedule=Schedule.cosine(50), prediction="x0")
     got = yoda.load("yoda", p)
-    assert got.prediction == "x0" and as_adapter(got).prediction == "x0"  # sampled as an x0 model
+    assert got.card.prediction == "x0" and as_adapter(got).prediction == "x0"  # sampled as an x0 model
     save_model(net, p, schedule=Schedule.cosine(50))
     assert as_adapter(yoda.load("yoda", p)).prediction == "eps"  # SR3's own default
     with pytest.raises(ValueError, match="prediction must be"):
         save_model(net, p, schedule=Schedule.cosine(50), prediction="noise")
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_yoda_format_srdiff_parameterisation_reaches_its_adapter(tmp_path, prediction):
+    """A residual (SRDiff) model trained to predict x0 or v is sampled as one: its adapter once said "eps"
+    whatever the file recorded, and every x0/v model sampled as noise."""
+    from yoda.models import SRDiff
+
+    net = SRDiff(hidden_size=8, dim_mults=(1, 2), rrdb_num_block=2, rrdb_num_feat=8).eval()
+    p = tmp_path / "r.safetensors"
+    save_model(net, p, schedule=Schedule.linear(20), prediction=prediction)
+    assert as_adapter(yoda.load("yoda", p)).prediction == prediction
+    save_model(net, p, schedule=Schedule.linear(20))
+    assert as_adapter(yoda.load("yoda", p)).prediction == "eps"  # SRDiff's own default
 
 
 def test_yoda_format_round_trip_srdiff(tmp_path):
@@ -233,7 +256,8 @@ def test_yoda_format_round_trip_srdiff(tmp_path):
     p = tmp_path / "srdiff.safetensors"
     save_model(m, p)
     got = yoda.load("yoda", p)
-    assert isinstance(got, SRDiff) and got.config == m.config and got.schedule == m.schedule
+    assert isinstance(got, SRDiff) and got.config == m.config and got.card.schedule == m.schedule
+    assert (got.card.scale, got.card.space) == (4, "residual")
     assert torch.equal(_srdiff_out(got), _srdiff_out(m))
 
 
@@ -286,15 +310,108 @@ def test_dino_kinds_delegate(tmp_path, monkeypatch):
     dino = pytest.importorskip("yoda.attention.dino")
     p = tmp_path / "junk.pth"
     torch.save({"not": torch.zeros(1)}, p)
-    # the attention engineer's loader is reached: it rejects a file that is not a DINO checkpoint
-    with pytest.raises(Exception) as ei:
+    # each kind reaches its own loader of yoda.attention.dino, which rejects a file that is not its checkpoint
+    with pytest.raises(CheckpointError, match=r"junk\.pth.*do not fit DinoViT: missing keys: 'cls_token'"):
         yoda.load("dino-vits8", p)
-    assert not isinstance(ei.value, (NotImplementedError, ImportError))
+    with pytest.raises(CheckpointError, match=r"junk\.pth.*do not fit ResNet50: missing keys: 'conv1\.weight'"):
+        yoda.load("dino-resnet50", p)
     with pytest.raises(TypeError, match="config"):
         yoda.load("dino-resnet50", p, config=5)
-    # each kind calls its loader of yoda.attention.dino with the path and the config's keyword arguments
+    # each kind calls its loader with the path and the config's keyword arguments
     seen = []
     for kind, name in (("dino-vits8", "dino_vits8"), ("dino-resnet50", "dino_resnet50")):
-        monkeypatch.setattr(dino, name, lambda path, **kw: seen.append((path, kw)) or name)
+        monkeypatch.setattr(dino, name, lambda path, _name=name, **kw: seen.append((_name, path, kw)) or _name)
         assert yoda.load(kind, p) == name and yoda.load(kind, p, config={"min_size": 64}) == name
-    assert seen == [(str(p), {}), (str(p), {"min_size": 64})] * 2
+    assert seen == [(n, str(p), kw) for n in ("dino_vits8", "dino_resnet50") for kw in ({}, {"min_size": 64})]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tampered "yoda" metadata: refused from shapes, before anything is allocated
+# ----------------------------------------------------------------------------------------------------------
+def _tamper(src, dst, **change):
+    """Copy of the yoda model file ``src`` with ``change`` applied to its metadata config (``args`` merged)."""
+    from safetensors import safe_open
+
+    with safe_open(str(src), "pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    cfg = json.loads(meta["config"])
+    cfg["args"].update(change.pop("args", {}))
+    cfg.update(change)
+    save_file(tensors, str(dst), metadata={**meta, "config": json.dumps(cfg)})
+    return dst
+
+
+def test_tampered_architecture_is_refused_before_building(tmp_path, monkeypatch):
+    import yoda.models.yoda_format as ck
+
+    p = tmp_path / "m.safetensors"
+    save_model(_sr3(), p, schedule=Schedule.linear(5))
+    wide = _tamper(p, tmp_path / "wide.safetensors", args={"inner_channel": 1024})
+    built = []
+    real_build = ck._build
+
+    def build(kind, args):  # a real (non-meta) build of the tampered 1024-wide net would take ~11 GB
+        device = torch.empty(0).device.type
+        built.append(device)
+        assert device == "meta" or args["inner_channel"] == 8, "built the declared network for real"
+        return real_build(kind, args)
+
+    monkeypatch.setattr(ck, "_build", build)
+    with pytest.raises(CheckpointError, match=r"wide\.safetensors: the weights do not fit SR3UNet: .*shape "
+                                              r"mismatches: .*checkpoint \(8, 6, 3, 3\) vs model \(1024, 6, 3, 3\)"):
+        yoda.load("yoda", wide)
+    assert built == ["meta"]
+    got = yoda.load("yoda", p)  # the honest file: checked on meta, then built once for real
+    assert built == ["meta", "meta", "cpu"] and torch.equal(_sr3_out(got), _sr3_out(_sr3()))
+    # a depth no file of this size can hold is refused from the counts alone, without any build
+    deep = _tamper(p, tmp_path / "deep.safetensors", args={"res_blocks": 10**7})
+    with pytest.raises(CheckpointError, match=r"deep\.safetensors: the yoda config declares 20000000 blocks but "
+                                              r"the file holds only \d+ tensors"):
+        yoda.load("yoda", deep)
+    assert built == ["meta", "meta", "cpu"]
+
+
+def test_tampered_scale_and_kind_name_the_file(tmp_path):
+    p = tmp_path / "m.safetensors"
+    save_model(_sr3(), p, schedule=Schedule.linear(5))
+    for change, match in (({"scale": "x"}, r"scale must be a positive int, got 'x'"),
+                          ({"scale": 0}, "scale must be a positive int"),
+                          ({"kind": "gan"}, "unknown model kind 'gan'"),
+                          ({"args": {"inner_channel": -3}}, "inner_channel must be a positive int")):
+        bad = _tamper(p, tmp_path / "bad.safetensors", **change)
+        with pytest.raises(CheckpointError, match=r"bad\.safetensors: .*" + match):
+            yoda.load("yoda", bad)
+
+
+def test_tampered_srdiff_timesteps_refused_before_building(tmp_path):
+    p = tmp_path / "s.safetensors"
+    save_model(_srdiff(), p)
+    bad = _tamper(p, tmp_path / "t.safetensors", args={"timesteps": 10**9})  # 8 GB of betas if built
+    with pytest.raises(CheckpointError, match=r"t\.safetensors: the yoda config declares timesteps=1000000000, but "
+                                              r"the file's schedule has T=12"):
+        yoda.load("yoda", bad)
+
+
+def test_files_without_prediction_and_the_embedded_model_load_with_a_card(tmp_path):
+    """Files written before "prediction" was recorded load as eps models; the shipped default model loads with
+    the card its metadata declares."""
+    p = tmp_path / "m.safetensors"
+    save_model(_sr3(), p, schedule=Schedule.linear(5), prediction="v")
+    old = _tamper(p, tmp_path / "old.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(old), "pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    cfg = json.loads(meta["config"])
+    del cfg["prediction"]
+    save_file(tensors, str(old), metadata={**meta, "config": json.dumps(cfg)})
+    got = yoda.load("yoda", old)
+    assert got.card == ModelCard(Schedule.linear(5), 2, "eps", "pixel", cfg) and as_adapter(got).prediction == "eps"
+    default = os.path.join(os.path.dirname(yoda.__file__), "weights", "default_x4.safetensors")
+    if os.path.exists(default):
+        net = yoda.load("yoda", default)
+        with safe_open(default, "pt") as fh:
+            declared = json.loads(fh.metadata()["config"])
+        assert net.card.scale == declared["scale"] == 4
+        assert net.card.schedule == Schedule.from_dict(declared["schedule"])
+        assert as_adapter(net).prediction == declared.get("prediction", "eps")

@@ -11,6 +11,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from yoda.evaluate import EvalSettings, colour_shift, evaluate, markdown_table, psnr, ssim, summarize
 
 
+# small forwards: on a shared 2-core machine two intra-op threads spin against each other (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def rand_img(seed, shape=(24, 20, 3)):
     return np.random.default_rng(seed).integers(20, 236, shape, dtype=np.uint8)
 
@@ -63,19 +67,50 @@ def test_metric_input_errors():
 
 
 def test_evaluate_rows_and_table():
+    """Every row's metrics are those of its SR recomputed here: make_lr of the HR, bicubic (F.interpolate), the
+    plain and the YODA samples from yoda.sample with the settings' seed, scored with skimage directly."""
+    import torch.nn.functional as F
+
+    import yoda
+    from yoda.data import make_lr
+    from yoda.images import from_uint8, to_uint8
+    from yoda.models import ModelCard
     from yoda.models.sr3 import SR3Config, SR3UNet
     from yoda.schedule import Schedule
 
     torch.manual_seed(0)
     net = SR3UNet.from_config(SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
                                         res_blocks=1, image_size=16, mid_attn=False, scale=4)).eval()
-    net.schedule = Schedule.linear(20, 1e-3, 0.2)
-    imgs = [("a", rand_img(5, (16, 16, 3))), ("b", rand_img(6, (20, 16, 3)))]
+    net.card = ModelCard(Schedule.linear(20, 1e-3, 0.2), 4)
+    imgs = [("a", rand_img(5, (16, 16, 3))), ("b", rand_img(6, (20, 16, 3)))]  # multiples of 4: not cropped
     rows = evaluate(net, imgs, EvalSettings(steps=3, lower_bounds=(0.5,), attentions=("gaussian",)))
     assert [(r["image"], r["method"]) for r in rows] == [
         ("a", "bicubic"), ("a", "plain"), ("a", "yoda"), ("b", "bicubic"), ("b", "plain"), ("b", "yoda")]
     assert [r["calls"] for r in rows] == [0, 3, 3, 0, 3, 3]
+    assert [(r["attention"], r["lower_bound"]) for r in rows[:3]] == [("", ""), ("", ""), ("gaussian", 0.5)]
+    for k, (name, hr) in enumerate(imgs):
+        lr = make_lr(from_uint8(hr), 4)
+        kw = dict(steps=3, sampler="ddim", seed=0, progress=False)
+        with torch.no_grad():
+            srs = [F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1),
+                   yoda.sample(net, lr, attention=None, **kw),
+                   yoda.sample(net, lr, attention="gaussian", lower_bound=0.5, **kw)]
+        for row, sr in zip(rows[3 * k : 3 * k + 3], srs):
+            u8 = to_uint8(sr)[0]
+            d = (rgb2lab(u8) - rgb2lab(hr)).reshape(-1, 3).mean(0)
+            want = {"psnr": peak_signal_noise_ratio(hr, u8, data_range=255),
+                    "ssim": structural_similarity(hr, u8, channel_axis=2, data_range=255),
+                    "L_shift": abs(d[0]), "ab_shift": math.hypot(d[1], d[2])}
+            for key, v in want.items():
+                assert row[key] == pytest.approx(v, abs=1e-9), (name, row["method"], key)
+        assert rows[3 * k + 1]["psnr"] != rows[3 * k + 2]["psnr"]  # the masks changed the image
     summ = summarize(rows)
-    assert len(summ) == 3 and summ[1]["psnr"] == pytest.approx((rows[1]["psnr"] + rows[4]["psnr"]) / 2)
+    assert len(summ) == 3 and [s["images"] for s in summ] == [2, 2, 2]
+    for j, s in enumerate(summ):
+        for key in ("psnr", "ssim", "L_shift", "ab_shift", "calls"):
+            assert s[key] == pytest.approx((rows[j][key] + rows[3 + j][key]) / 2, rel=1e-12)
     table = markdown_table(summ)
-    assert table.splitlines()[0].startswith("| method | attention | l |") and "| yoda | gaussian | 0.5 | 2 |" in table
+    assert table.splitlines()[0].startswith("| method | attention | l |")
+    s = summ[2]
+    assert (f"| yoda | gaussian | 0.5 | 2 | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['L_shift']:.3f} | "
+            f"{s['ab_shift']:.3f} | 3 |") in table

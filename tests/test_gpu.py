@@ -17,7 +17,7 @@ import torch
 
 import yoda_kernels as yk
 from yoda_kernels import coefs as coefs_mod
-from yoda_kernels import naive, philox
+from yoda_kernels import contract, naive, philox
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -181,7 +181,7 @@ def test_tile_stats_and_q_sample(backend, dtype):
     x0, c, z, _ = _state(shape, dtype, seed=7)
     A = _blob(3, 45, 77, seed=8).to(dtype)
     A[2, 0, 44, 76] = float("nan")
-    for tile in naive.TILE_SIZES:
+    for tile in contract.TILE_SIZES:
         got = _op(backend, "tile_stats")(A, tile)
         ref = naive.tile_stats(A, tile)
         for g, r in zip(got, ref):

@@ -156,3 +156,163 @@ def test_atomic_write_permissions_and_cleanup(tmp_path):
     assert p.read_text() == "new" and [f.name for f in tmp_path.iterdir()] == ["t.txt"]
     with pytest.raises(FileNotFoundError):
         atomic_write(tmp_path / "missing" / "x.txt", lambda tmp: None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hostile files: bombs, float / high-bit-depth samples, EXIF orientation, output paths
+# ----------------------------------------------------------------------------------------------------------
+def _png(path, width, height, bit_depth, colour, rows):
+    """A PNG written by hand: IHDR says width x height, IDAT holds only ``rows`` (bytes, filter byte first)."""
+    import struct
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows, 9))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def bomb_png(path, side=20000):
+    """A few-hundred-byte grey PNG declaring side x side pixels (its first rows are zeros)."""
+    return _png(path, side, side, 8, 0, b"\x00" * (side + 1) * 16)
+
+
+def test_decompression_bomb_is_refused_from_the_header(tmp_path):
+    p = bomb_png(tmp_path / "bomb.png")
+    assert p.stat().st_size < 2000
+    with pytest.raises(images.DataError, match=r"bomb\.png is (20000x20000 = )?400000000 pixels, more than the limit "
+                                               r"of 67108864") as e:
+        load_image(p)
+    assert "max-pixels" in str(e.value) and "YODA_MAX_PIXELS" in str(e.value)
+    # below Pillow's own refusal (2 * 89 MP) our header check answers; decoding would fail as truncated instead
+    with pytest.raises(images.DataError, match=r"10000x10000 = 100000000 pixels, more than the limit of 67108864"):
+        with pytest.warns(Image.DecompressionBombWarning):  # Pillow's warning (the CLI silences it)
+            load_image(bomb_png(tmp_path / "b10k.png", 10000))
+    # the limit: a 30x40 image against limits just below / at its 1200 pixels, per call or module-wide
+    Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(images.DataError, match="1200 pixels, more than the limit of 1199"):
+        images.read_image(tmp_path / "small.png", max_pixels=1199)
+    assert images.read_image(tmp_path / "small.png", max_pixels=1200).shape == (30, 40, 3)
+    with pytest.raises(ValueError, match="max_pixels"):
+        images.read_image(tmp_path / "small.png", max_pixels=-1)
+
+
+def test_pixel_limit_module_wide_and_pillow_limit(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    with pytest.raises(images.DataError, match="limit of 1000"):
+        load_image(tmp_path / "small.png")
+    assert load_image(tmp_path / "small.png", max_pixels=0).shape == (1, 3, 30, 40)  # 0: no limit of ours
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # Pillow refuses above twice its limit: 1000
+    with pytest.raises(images.DataError, match="small.png is refused by Pillow's own limit"):
+        load_image(tmp_path / "small.png", max_pixels=0)
+
+
+def test_env_var_sets_the_limit(monkeypatch):
+    monkeypatch.setenv("YODA_MAX_PIXELS", "1234")
+    assert images._env_max_pixels() == 1234
+    monkeypatch.setenv("YODA_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="YODA_MAX_PIXELS"):
+        images._env_max_pixels()
+    monkeypatch.delenv("YODA_MAX_PIXELS")
+    assert images._env_max_pixels() == images.DEFAULT_MAX_PIXELS == 8192 * 8192
+
+
+def test_float_tiff_maps_0_1_to_the_8_bit_range(tmp_path):
+    f = np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32)
+    Image.fromarray(f).save(tmp_path / "f.tif")
+    with Image.open(tmp_path / "f.tif") as im:
+        assert im.mode == "F"  # really a float file
+    x = load_image(tmp_path / "f.tif")
+    assert to_uint8(x)[0, :, :, 0].tolist() == [[0, 128], [255, 64]]  # round(f * 255), half to even
+    Image.fromarray(f * 2).save(tmp_path / "f2.tif")
+    with pytest.raises(images.DataError, match=r"f2\.tif: float image values must be in \[0, 1\] .*got \[0, 2\]"):
+        load_image(tmp_path / "f2.tif")
+    Image.fromarray(np.array([[0.0, np.nan]], dtype=np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(images.DataError, match="NaN"):
+        load_image(tmp_path / "nan.tif")
+
+
+def test_16_bit_rgb_and_32_bit_integer(tmp_path):
+    rgb16 = np.array([[[0, 32768, 65535], [257 * 200, 100, 65535]]], dtype=">u2")
+    _png(tmp_path / "rgb16.png", 2, 1, 16, 2, b"\x00" + rgb16.tobytes())
+    assert images.read_image(tmp_path / "rgb16.png").tolist() == [[[0, 128, 255], [200, 0, 255]]]  # u >> 8
+    Image.fromarray(np.array([[0, 65535]], dtype=np.int32)).save(tmp_path / "i32ok.tif")
+    assert images.read_image(tmp_path / "i32ok.tif")[:, :, 0].tolist() == [[0, 255]]
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(tmp_path / "i32.tif")
+    with pytest.raises(images.DataError, match=r"i32\.tif: integer samples in \[0, 70000\]"):
+        load_image(tmp_path / "i32.tif")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    a = (np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display" (a phone held upright)
+    Image.fromarray(a).save(tmp_path / "phone.png", exif=exif)
+    assert np.array_equal(images.read_image(tmp_path / "phone.png"), np.rot90(a, -1))
+    Image.fromarray(a).save(tmp_path / "plain.png")
+    assert np.array_equal(images.read_image(tmp_path / "plain.png"), a)
+
+
+@pytest.mark.parametrize("suffix", images.OUTPUT_SUFFIXES)
+def test_every_output_format_round_trips_its_size(tmp_path, suffix):
+    x = torch.linspace(-1, 1, 3 * 8 * 6).reshape(3, 8, 6)
+    p = save_image(x, images.check_output(tmp_path / f"o{suffix}"))
+    with Image.open(p) as im:
+        assert im.size == (6, 8) and im.format == images.image_format(p)
+    if suffix in (".png", ".tif", ".tiff", ".bmp"):  # lossless
+        assert torch.equal(load_image(p), from_uint8(to_uint8(x)))
+
+
+def test_check_output_names_the_users_path(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"out\.gif: cannot write images with the suffix '\.gif'"):
+        images.check_output(tmp_path / "out.gif")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"dir\.png is a folder"):
+        images.check_output(tmp_path / "dir.png")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        images.check_output(tmp_path / "missing" / "o.png")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="file is not a folder"):
+        images.check_output(tmp_path / "file" / "o.png")
+    from yoda import _io
+
+    def read_only(folder, name):
+        raise PermissionError(13, "Permission denied", os.path.join(folder, f".{name}.123.tmp"))
+
+    monkeypatch.setattr(_io, "_create_temp", read_only)
+    with pytest.raises(PermissionError, match=r"o\.png: cannot write in .*Permission denied") as e:
+        images.check_output(tmp_path / "o.png")
+    assert ".tmp" not in str(e.value)
+    with pytest.raises(PermissionError, match=r"cannot write .*o\.png: Permission denied") as e:
+        save_image(torch.zeros(3, 2, 2), tmp_path / "o.png")  # the writer names it too
+    assert ".tmp" not in str(e.value)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["dir.png", "file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_check_output_read_only_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match=r"o\.png: cannot write in"):
+            images.check_output(ro / "o.png")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_full_disk_error_names_the_target_not_the_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    def no_space(self, fp, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(images.Image.Image, "save", no_space)
+    with pytest.raises(OSError, match=r"cannot write .*full\.png: No space left on device") as e:
+        save_image(torch.zeros(3, 2, 2), tmp_path / "full.png")
+    assert e.value.errno == errno.ENOSPC and ".tmp" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []

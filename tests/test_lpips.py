@@ -146,12 +146,13 @@ def test_input_errors(files):
 def test_eval_and_cli_lpips_column(files, tmp_path, capsys):
     from PIL import Image
 
-    from yoda.checkpoint import save_model
+    from yoda.models import save_model
     from yoda.cli import main
     from yoda.evaluate import EvalSettings, evaluate, markdown_table, summarize
     from yoda.adapters import upsample
     from yoda.data import make_lr
     from yoda.images import from_uint8, to_uint8
+    from yoda.models import ModelCard
     from yoda.models.sr3 import SR3Config, SR3UNet
     from yoda.schedule import Schedule
 
@@ -159,7 +160,7 @@ def test_eval_and_cli_lpips_column(files, tmp_path, capsys):
     torch.manual_seed(0)
     net = SR3UNet.from_config(SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
                                         res_blocks=1, image_size=16, mid_attn=False, scale=4)).eval()
-    net.schedule = Schedule.linear(20, 1e-3, 0.2)
+    net.card = ModelCard(Schedule.linear(20, 1e-3, 0.2), 4)
     hr = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     s = EvalSettings(steps=2, lower_bounds=(0.5,), attentions=("gaussian",),
                      lpips=(d / "vgg16.pth", str(d / "vgg.pth")))
@@ -180,7 +181,7 @@ def test_eval_and_cli_lpips_column(files, tmp_path, capsys):
 
     # CLI: --lpips BACKBONE LIN adds the column; a missing file is one "yoda: error" line naming it
     model = tmp_path / "tiny.safetensors"
-    save_model(net, model, schedule=net.schedule)
+    save_model(net, model, schedule=net.card.schedule)
     folder = tmp_path / "hr"
     folder.mkdir()
     Image.fromarray(hr).save(folder / "a.png")

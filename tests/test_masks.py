@@ -102,7 +102,7 @@ def test_one_lower_bound_check_everywhere():
 
     from yoda.evaluate import EvalSettings
     from yoda.masks import check_lower_bound
-    from yoda.train import LossConfig
+    from yoda.training import LossConfig
 
     assert check_lower_bound(np.float32(0.5)) == 0.5 and check_lower_bound(torch.tensor(0.25)) == 0.25
     for bad in (True, "0.5"):

@@ -100,20 +100,42 @@ def test_cpp_normals_within_1e6():
     assert (got - ref).abs().max() <= T.NOISE_ATOL
 
 
-def test_counter_and_lane_map():
-    """Element (b, c, y, x) of the reference noise is lane y % 4 of randn4x(g), g = ((b C + c) ceil(H/4) +
-    y // 4) W + x, for a shape whose H is not a multiple of 4."""
-    B, C, H, W = 2, 3, 7, 5
-    z = philox.noise(4, 2, (B, C, H, W))
-    for b, c, y, x in [(0, 0, 0, 0), (1, 2, 6, 4), (0, 1, 5, 3), (1, 0, 3, 1)]:
-        g = ((b * C + c) * 2 + y // 4) * W + x
-        lanes = philox.randn4x(4, 2, torch.tensor([g]))
-        assert z[b, c, y, x] == lanes[y % 4][0]
+# H % 4 = 0, 1, 2, 3 with B * C > 1: the row-group count ceil(H / 4) sets where image (b, c) starts in the
+# counter space, and a wrong count (H // 4 + 1 is right for H % 4 != 0 only) shifts every image but the first
+MAP_SHAPES = [(2, 3, 4, 5), (2, 3, 5, 5), (2, 3, 6, 5), (2, 3, 7, 5), (3, 2, 8, 3)]
 
 
-@pytest.mark.parametrize("backend", _fused_backends())
-def test_backend_noise_equals_reference(backend):
-    shape = (1, 3, 37, 53) if backend == "triton" else (2, 3, 37, 53)
+def _lane_map_f(seed, step, shape):
+    """The module docstring's map written out element by element: z[b, c, y, x] = lane y % 4 of
+    randn4x(((b C + c) ceil(H / 4) + y // 4) W + x)."""
+    B, C, H, W = shape
+    groups = math.ceil(H / 4)
+    idx = [(b, c, y, x) for b in range(B) for c in range(C) for y in range(H) for x in range(W)]
+    g = torch.tensor([((b * C + c) * groups + y // 4) * W + x for b, c, y, x in idx])
+    lanes = torch.stack(philox.randn4x(seed, step, g))  # (4, n)
+    lane = torch.tensor([y % 4 for _, _, y, _ in idx])
+    return lanes[lane, torch.arange(len(idx))].view(shape)
+
+
+@pytest.mark.parametrize("shape", MAP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_counter_and_lane_map(shape):
+    """Every element (b, c, y, x) of the reference noise is lane y % 4 of randn4x(g), g = ((b C + c) ceil(H/4) +
+    y // 4) W + x, for each H % 4 and several images and channels."""
+    assert torch.equal(philox.noise(4, 2, shape), _lane_map_f(4, 2, shape))
+    assert philox.num_groups(shape) == shape[0] * shape[1] * math.ceil(shape[2] / 4) * shape[3]
+
+
+def _noise_params():
+    out = []
+    for backend in _fused_backends():
+        # H % 4 = 1, 0, 2, 3; the Triton interpreter takes ~2 s for 1x3x37x53, so it runs one image of that
+        for shape in [(1 if backend == "triton" else 2, 3, 37, 53)] + [(2, 3, h, 11) for h in (36, 38, 39)]:
+            out.append(pytest.param(backend, shape, id=f"{backend}-{'x'.join(map(str, shape))}"))
+    return out
+
+
+@pytest.mark.parametrize("backend, shape", _noise_params())
+def test_backend_noise_equals_reference(backend, shape):
     ref = philox.noise(5, 6, shape)
     z = _z(backend, shape, 5, 6)
     assert (z - ref).abs().max() <= T.NOISE_ATOL
@@ -276,7 +298,7 @@ def test_block_randn4_vs_reference(seed, step, g0, n):
 
 @needs_block
 @pytest.mark.skipif("cpp" not in yk.available_backends("cpu"), reason="C++ extension not built")
-@pytest.mark.parametrize("shape", [(1, 2, 37, 53), (2, 1, 6, 9), (1, 1, 7, 40), (1, 1, 4, 8)])
+@pytest.mark.parametrize("shape", [(1, 2, 37, 53), (2, 1, 6, 9), (1, 1, 7, 40), (1, 1, 4, 8), (2, 3, 8, 5)])
 @pytest.mark.parametrize("tile", [8, 16, 32])
 def test_cpp_step_noise_is_the_block_path(shape, tile):
     """masked_step's C++ noise is randn4_block's, bit for bit, placed by the counter / lane map -- through

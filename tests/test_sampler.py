@@ -301,16 +301,38 @@ def test_inactive_pixels_hold_the_noised_lr_and_masks_grow():
     assert fr == sorted(fr) and fr[0] < 0.9 and fr[-1] == 1.0
 
 
-def test_callback_x0_hat_and_last_step():
-    """DDPM's last step with every pixel active returns x0_hat itself (coefficients 1 and 0)."""
-    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_callback_x0_hat_and_last_step(sampler):
+    """d["x0_hat"] at every step is x0 of the model output in float64 (v-prediction: x0 = sqrt(ab) x - sqrt(1 - ab)
+    v, clipped), from the state before the step; DDPM's last step with every pixel active returns x0_hat itself
+    (coefficients 1 and 0)."""
+    net, net64 = SR3Net(seed=2), SR3Net(seed=2).double()
+    f64 = make_fn(net64)
+    lr = lr_image(seed=6)
+    up = upsample(lr, SCALE).double()
+    model = CallableAdapter(make_fn(net), prediction="v", schedule=SCHED, scale=SCALE)
     seen = []
-    sr = run(model, lr_image(), seed=5, callback=seen.append)
+    sr = run(model, lr, seed=5, sampler=sampler, callback=seen.append)
+    ab = SCHED.alphas_cumprod.tolist()
+    x = K.philox.noise(5, 0, up.shape).double()  # attention=None: x_T is the step-0 noise itself
+    assert [d["t"] for d in seen] == SCHED.respace(STEPS)
+    clipped = 0
+    for d in seen:
+        a = ab[d["t"]]
+        with torch.no_grad():
+            v = f64(x, torch.full((1,), d["t"]), up)
+        x0 = math.sqrt(a) * x - math.sqrt(1 - a) * v
+        # float32 model and coefficients vs float64: a few roundings of terms <= ~AMP
+        torch.testing.assert_close(d["x0_hat"].double(), x0.clamp(-1, 1), rtol=0, atol=16 * EPS32 * AMP)
+        clipped += int((x0.abs() > 1).sum())
+        x = d["x"].double()
+    assert clipped > 0  # the clip was in play
     last = seen[-1]
     assert set(last) == {"i", "t", "tau", "x", "x0_hat", "active_fraction", "calls"}
-    torch.testing.assert_close(last["x"], last["x0_hat"], rtol=0, atol=4 * EPS32)
+    if sampler == "ddpm":
+        torch.testing.assert_close(last["x"], last["x0_hat"], rtol=0, atol=4 * EPS32)
     assert torch.equal(sr, last["x"].clamp(-1, 1))
-    assert last["x0_hat"].abs().max() <= 1.0 and last["calls"] == 1
+    assert last["calls"] == 1 and torch.equal(last["active_fraction"], torch.ones(1))
 
 
 @pytest.mark.parametrize("space", ["pixel", "residual"])
@@ -350,13 +372,30 @@ def test_seed_reproducibility():
 
 @pytest.mark.parametrize("backend", K.available_backends("cpu"))
 def test_same_seed_same_image_on_every_backend(backend):
-    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    """Every backend, the reference included, against the YODA loop written out in float64 with the Philox noise
+    of the seed; the fused backends also against the reference."""
+    net, net64 = SR3Net(), SR3Net().double()
+    model = PixelAdapter(net, SCHED, scale=SCALE)
     lr, A = lr_image(h=9, w=7), attention_map(h=9, w=7)  # odd sizes: ragged kernel tiles
-    ref = run(model, lr, attention=A, seed=9, backend="naive", sampler="ddim", eta=1.0)
+    up = upsample(lr, SCALE).double()
     got = run(model, lr, attention=A, seed=9, backend=backend, sampler="ddim", eta=1.0)
-    # uniforms are bit-identical across backends, normals within ~1e-6 (DESIGN §9); 5 steps of a
-    # contraction keep that below 1e-5
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    ab = SCHED.alphas_cumprod.tolist()
+
+    def model64(x, idx):
+        level = torch.full((x.shape[0], 1), math.sqrt(ab[idx]), dtype=torch.float64)
+        return net64(torch.cat([up, x], dim=1), level)
+
+    A_hr = torch.nn.functional.interpolate(A, scale_factor=SCALE, mode="bilinear")
+    with torch.no_grad():
+        ref64 = ref_yoda_loop(model64, up, A_hr, SCHED.respace(STEPS), 0.6, "eps", "ddim", 1.0, True,
+                              philox_noises(9, up.shape, STEPS + 1))[-1].clamp(-1, 1)
+    assert not mask_at(A_hr, SCHED.respace(STEPS)[0] + 1, T, 0.6).all()  # the masks were in play
+    # float32 vs float64 as in test_sample_matches_float64_loop, plus the backends' normals (within ~1e-6 of
+    # the reference's, DESIGN §9) carried through 5 steps of a contraction
+    torch.testing.assert_close(got.double(), ref64, rtol=0, atol=64 * EPS32 * AMP + 1e-5)
+    if backend != "naive":
+        ref = run(model, lr, attention=A, seed=9, backend="naive", sampler="ddim", eta=1.0)
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
 
 def test_dtype_device_and_grey_input():
@@ -467,16 +506,31 @@ def test_pixel_adapter_calls_net_with_sr3_conditioning():
 # Tiled denoising
 # ------------------------------------------------------------------------------------------------------------
 def test_tiled_skipping_is_exact_and_saves_calls():
+    """A non-square state (16 x 24) with an asymmetric map (largest in the top-right corner, falling off
+    differently along rows and columns): each step calls the denoiser on exactly the windows whose maximum of
+    A is >= tau (counted here from the window origins written out by hand), and the image equals dense tiled
+    sampling."""
     model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
-    lr = lr_image(h=12, w=12)
-    A = torch.zeros(1, 1, 12, 12)
-    A[..., :4, :4] = 1.0  # detail in one corner: far windows have no active pixel early on
-    calls_skip, calls_dense = [], []
-    a = run(model, lr, attention=A, seed=2, tiles=(8, 2), callback=lambda d: calls_skip.append(d["calls"]))
+    lr = lr_image(h=8, w=12)
+    yy = torch.linspace(0, 1, 16).view(16, 1)
+    xx = torch.linspace(0, 1, 24).view(1, 24)
+    A = ((1 - yy) ** 3 * xx**2).view(1, 1, 16, 24)  # HR-size A: used as given (no resize)
+    taus, calls_skip, calls_dense = [], [], []
+
+    def cb(d):
+        taus.append(d["tau"])
+        calls_skip.append(d["calls"])
+
+    a = run(model, lr, attention=A, seed=2, tiles=(8, 2), callback=cb)
     b = run(model, lr, attention=A, seed=2, tiles=(8, 2, False), callback=lambda d: calls_dense.append(d["calls"]))
     assert torch.equal(a, b)
-    assert calls_dense == [16] * STEPS  # 24 px state, window 8, stride 6 -> 4 x 4 windows
-    assert sum(calls_skip) < sum(calls_dense) and calls_skip[-1] == 16
+    # window 8, stride 6, the last window flush with the end: rows 0, 6, 8; columns 0, 6, 12, 16
+    origins = [(y, x) for y in (0, 6, 8) for x in (0, 6, 12, 16)]
+    assert calls_dense == [len(origins)] * STEPS
+    want = [sum(float(A[..., y : y + 8, x : x + 8].max()) >= torch.tensor(tau, dtype=torch.float32).item()
+                for y, x in origins) for tau in taus]
+    assert calls_skip == want
+    assert want[0] < want[1] < want[-1] == len(origins)  # the map makes the windows wake up one step at a time
     # with a window that covers the state, tiling is the dense call up to the blend's w / w rounding
     full = run(model, lr, attention=A, seed=2, tiles=(32, 0))
     torch.testing.assert_close(full, run(model, lr, attention=A, seed=2), rtol=0, atol=8 * EPS32)
@@ -552,3 +606,80 @@ def test_model_and_lr_on_different_devices_is_a_clear_error():
     model = PixelAdapter(SR3Net().to("meta"), SCHED, scale=SCALE)
     with pytest.raises(ValueError, match="lr is on cpu but the model is on meta"):
         yoda.sample(model, torch.zeros(1, 3, 4, 4), steps=2, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Non-finite model outputs: stopped with the step and the model named, checked only every few steps
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["naive", "cpp"])
+def test_nan_model_stops_at_the_first_step(backend):
+    net = SR3Net()
+    with torch.no_grad():
+        net.conv.bias.fill_(float("nan"))
+    model = PixelAdapter(net, SCHED, scale=SCALE)
+    calls = []
+    with pytest.raises(FloatingPointError, match=r"the model output has NaN or Inf at step 0 \(t index 49\) of 5 "
+                                                 r"steps: the model PixelAdapter of SR3Net"):
+        run(model, lr_image(), seed=0, backend=backend, attention=attention_map(h=16, w=16),
+            callback=lambda d: calls.append(d["i"]))
+    assert calls == [0]  # nothing after the step that went wrong
+
+
+def test_inf_model_is_caught_within_a_few_steps_and_checks_are_sparse(monkeypatch):
+    from yoda.sampling import loop as sampler
+
+    def fn(x, t, cond):  # finite for the first two steps, then +Inf
+        return torch.zeros_like(x) if int(t[0]) >= 45 else torch.full_like(x, float("inf"))
+
+    model = CallableAdapter(fn, prediction="eps", schedule=SCHED, scale=SCALE)
+    checked = []
+    real = sampler._check_finite
+    monkeypatch.setattr(sampler, "_check_finite", lambda x, what, i, *a: (checked.append(i), real(x, what, i, *a)))
+    calls = []
+    with pytest.raises(FloatingPointError, match=r"between steps 1 and 10 \(t index 47 to 29\) of 25 steps: the "
+                                                 r"model CallableAdapter of .*fn"):
+        run(model, lr_image(), seed=0, steps=25, callback=lambda d: calls.append(d["i"]))
+    assert calls == list(range(11)) and checked == [0, 0, 10]  # stopped at the check after step 10
+    checked.clear()
+    good = CallableAdapter(lambda x, t, c: torch.zeros_like(x), prediction="eps", schedule=SCHED, scale=SCALE)
+    assert torch.isfinite(run(good, lr_image(), seed=0, steps=25)).all()
+    assert checked == [0, 0, 10, 10, 20, 20, 24, 24]  # model output and state at steps 0, 10, 20 and the last
+
+
+def test_nan_from_decode_is_an_error():
+    class BadDecode(CallableAdapter):
+        def decode(self, x0, lr, cond):
+            return x0 * float("nan")
+
+    model = BadDecode(lambda x, t, c: torch.zeros_like(x), prediction="eps", schedule=SCHED, scale=SCALE)
+    with pytest.raises(FloatingPointError, match="BadDecode.decode returned NaN or Inf"):
+        run(model, lr_image(), seed=0)
+
+
+def test_validation_happens_before_any_work_and_the_backend_is_chosen_once(monkeypatch):
+    """sample() validates every argument into a frozen spec before the model is called, and resolves the backend
+    of the fused ops once per call (the ops then take the bound backend)."""
+    import dataclasses
+
+    from yoda.sampling import make_spec
+    from yoda_kernels import ops
+
+    net = SR3Net()
+    model = CallableAdapter(make_fn(net), prediction="eps", schedule=SCHED, scale=SCALE)
+    seen = []
+    spy = CallableAdapter(lambda x, t, c: seen.append(int(t[0])) or make_fn(net)(x, t, c), prediction="eps",
+                          schedule=SCHED, scale=SCALE)
+    for bad, exc in ((dict(tile=12), ValueError), (dict(eta=-1.0, sampler="ddim"), ValueError),
+                     (dict(tiles=(4, 4)), ValueError), (dict(callback=3), TypeError), (dict(steps=T + 1), ValueError)):
+        with pytest.raises(exc):
+            run(spy, lr_image(), attention=attention_map(), **bad)
+    assert seen == []
+    spec = make_spec(model, lr_image(), steps=STEPS, sampler="ddim", lower_bound=0.5, seed=3, backend="naive")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 4
+    assert spec.taus == tuple((idx + 1) / T - 0.5 for idx, _, _ in spec.pairs) and spec.backend.name == "naive"
+    calls = []
+    real = ops.resolve_backend
+    monkeypatch.setattr(ops, "resolve_backend", lambda *a: calls.append(a) or real(*a))
+    out = run(model, lr_image(), attention=attention_map(), seed=0, backend="auto")
+    assert len(calls) == 1 and torch.isfinite(out).all()

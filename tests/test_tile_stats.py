@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import yoda_kernels as yk
-from yoda_kernels import naive
+from yoda_kernels import contract, naive
 from yoda_kernels import testing as T
 
 SHAPES = ((1, 37, 53), (2, 16, 16), (1, 5, 7), (2, 33, 65), (3, 64, 96))
@@ -38,7 +38,7 @@ def test_matches_reference(backend, device, shape, dtype, layout):
     elif layout == "3d":
         A = A[:, 0]
     A = A.to(device)
-    for tile in naive.TILE_SIZES:
+    for tile in contract.TILE_SIZES:
         got = torch.ops.yoda.tile_stats(A, tile) if backend != "triton" else torch.ops.yoda.tile_stats_triton(A, tile)
         want = naive.tile_stats(A, tile)
         ny, nx = -(-H // tile), -(-W // tile)

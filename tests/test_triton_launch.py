@@ -13,7 +13,7 @@ import torch
 
 import yoda_kernels as yk
 from yoda_kernels import coefs as coefs_mod
-from yoda_kernels import naive, ops, philox
+from yoda_kernels import contract, naive, ops, philox
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -81,7 +81,7 @@ def test_launch_config(W, tile, noise, unit_w, block_w, warps):
     assert block_w % tile == 0  # a strip holds whole tiles: the classification is per tile
 
 
-@pytest.mark.parametrize("tile", naive.TILE_SIZES)
+@pytest.mark.parametrize("tile", contract.TILE_SIZES)
 def test_every_strip_path_matches_reference(tile):
     """Philox noise, clip, ragged H and W (not multiples of 4 or of the tile): all three strip paths
     against the reference. Noise differs from the reference's only by log/cos rounding (<= ~1e-6)."""
@@ -170,7 +170,7 @@ def test_stats_computed_when_missing():
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("tile", naive.TILE_SIZES)
+@pytest.mark.parametrize("tile", contract.TILE_SIZES)
 def test_tile_stats(tile):
     gen = torch.Generator().manual_seed(tile)
     A = torch.rand(2, 1, 37, 50, generator=gen)

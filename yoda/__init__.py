@@ -2,7 +2,10 @@
 
     import yoda
     sr = yoda.sample(model, lr, attention="edge")      # lr: (B, 3, h, w) in [-1, 1]
+    net = yoda.load("yoda", "model.safetensors")       # with its ModelCard: yoda.sample(net, lr) needs nothing else
 
+Where things live: sampling/ (the sampler loop), training/ (loss, trainer), models/ (networks, their loaders,
+the ModelCard), attention/, figures/; yoda_kernels.contract is the kernel contract (README, "Layout").
 Submodules are imported on first use so that ``import yoda`` stays light.
 """
 
@@ -14,14 +17,14 @@ __version__ = "0.1.0"
 
 _LAZY = {
     # name -> (module, attribute or None for the module itself)
-    "sample": ("yoda.sampler", "sample"),
+    "sample": ("yoda.sampling", "sample"),
     "Schedule": ("yoda.schedule", "Schedule"),
     "mask_at": ("yoda.masks", "mask_at"),
     "tau_at": ("yoda.masks", "tau_at"),
     "pixel_update_ratio": ("yoda.masks", "pixel_update_ratio"),
     "active_fraction": ("yoda.masks", "active_fraction"),
-    "load": ("yoda.checkpoint", "load"),
-    "save_model": ("yoda.checkpoint", "save_model"),
+    "load": ("yoda.models.loading", "load"),
+    "save_model": ("yoda.models.yoda_format", "save_model"),
     "to_uint8": ("yoda.images", "to_uint8"),
     "from_uint8": ("yoda.images", "from_uint8"),
     "load_image": ("yoda.images", "load_image"),
@@ -29,7 +32,10 @@ _LAZY = {
     "attention": ("yoda.attention", None),
     "adapters": ("yoda.adapters", None),
     "models": ("yoda.models", None),
-    "train": ("yoda.train", None),
+    "training": ("yoda.training", None),
+    "ModelCard": ("yoda.models.card", "ModelCard"),
+    "UserError": ("yoda.errors", "UserError"),
+    "sampling": ("yoda.sampling", None),
 }
 
 

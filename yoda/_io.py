@@ -3,6 +3,9 @@
     atomic_write(path, write)   write(tmp) fills a new temporary file ``tmp`` in path's folder, then
                                 os.replace(tmp, path): a reader (or a crash) sees the old file or the new
                                 one, never a half-written one; on any error the temporary file is removed.
+    atomic_write_text(path, s)  the same for a text file (UTF-8; newline as open()'s)
+    check_writable(path)        before any long work: path is not a folder, its folder exists and a file can
+                                be created there (tried, then removed); errors name ``path``.
 
 The temporary file is created with os.open(..., 0o666), so the kernel applies the process umask (and a
 folder's default ACL) exactly as for any new file: a model saved with umask 022 is 0644, not the 0600 that
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -47,14 +50,57 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     temporary file is removed before the exception propagates."""
     p = Path(os.fspath(path))
     folder = os.path.dirname(os.path.abspath(p))
-    tmp, mode = _create_temp(folder, p.name)
+    try:
+        tmp, mode = _create_temp(folder, p.name)
+    except OSError as e:
+        raise _named(e, p) from None
     try:
         write(tmp)
         if os.stat(tmp).st_mode & 0o7777 != mode:  # the writer made a new file (safetensors: 0600)
             os.chmod(tmp, mode)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and (e.filename is None or tmp in (e.filename, e.filename2)):
+            raise _named(e, p) from None  # e.g. a full disk: name the user's file, not the temporary one
         raise
+    return p
+
+
+def atomic_write_text(path: PathLike, text: str, newline: Optional[str] = None) -> Path:
+    """Write the string ``text`` to ``path`` atomically (UTF-8), through :func:`atomic_write`."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+
+    return atomic_write(path, write)
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """The same OSError, naming the user's ``path`` instead of a temporary file."""
+    if e.errno is None:
+        return e
+    return type(e)(e.errno, f"cannot write {path}: {e.strerror}")
+
+
+def check_writable(path: PathLike, what: str = "output") -> Path:
+    """Check, before any long work, that ``path`` can be written: it is not a folder, its folder exists and is
+    a folder, and a file can be created there (a temporary file is created and removed, which also catches
+    read-only file systems). Errors name ``path`` (``what`` says which argument it is): IsADirectoryError,
+    FileNotFoundError, NotADirectoryError, PermissionError / OSError. Returns ``Path(path)``."""
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {p} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(p))
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"{what} {p}: the folder {folder} does not exist")
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{what} {p}: {folder} is not a folder")
+    try:
+        tmp, _ = _create_temp(folder, p.name)
+    except OSError as e:
+        raise type(e)(f"{what} {p}: cannot write in {folder}: {e.strerror or e}") from None
+    os.unlink(tmp)
     return p

@@ -38,6 +38,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from yoda_kernels.contract import PREDICTIONS
+
 from .schedule import Schedule
 
 
@@ -98,8 +100,7 @@ class Adapter:
         return None
 
 
-PREDICTIONS = ("eps", "x0", "v")
-SPACES = ("pixel", "residual")
+SPACES = ("pixel", "residual")  # where x_t lives for the models yoda builds and trains (DESIGN.md §6)
 
 
 def _check_common(schedule: Any, prediction: str, scale: Any, clip_x0: Any, multiple: Any) -> None:

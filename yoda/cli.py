@@ -7,29 +7,46 @@
               [--lpips VGG16.pth LIN.pth]
     yoda train --config yoda/configs/default_x4.json [--out DIR] [--steps N] [--device auto|cpu|cuda]
     yoda plot LOG.csv... -o curves.png [--labels ...]
+    yoda data build --out DIR [--short-side 512]
 
-User errors (missing or unreadable files, bad options, a model that does not fit) print one line
-``yoda: error: ...`` on stderr and exit with code 2; nothing is half-written (every output is written to a
-temporary file and renamed).
+Errors. A user error -- a yoda.errors.UserError, raised for bad options and by the library for files, configs
+and models it cannot use (CheckpointError, DataError, a model returning NaN/Inf), plus the ValueErrors the
+library raises about what a command handed it (converted where the command hands it over, ``_user_input``) --
+and an OSError (a missing file, a full disk, no permission) print one line ``yoda: error: ...`` on stderr and
+exit with code 2. Anything else is a bug: it prints its traceback and exits with code 1. ``--debug`` prints
+the traceback of user errors too. Nothing is half-written: every file goes through yoda._io's atomic writer.
+Output paths are checked (suffix, folder, writable) before any sampling; images over yoda.images.MAX_PIXELS
+pixels (and, for upscale, outputs over it) are refused (--max-pixels N).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from .cli_parser import build_parser
+from .errors import UserError
+
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_x4.safetensors"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class UserError(ValueError):
-    pass
+@contextlib.contextmanager
+def _user_input():
+    """Around a library call that reads or runs what the user gave (a file, an option, a config, a model): a
+    ValueError it raises is about that input, so it becomes a UserError. Other exceptions pass unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -37,20 +54,32 @@ class UserError(ValueError):
 # ----------------------------------------------------------------------------------------------------------
 def load_model(spec: str, device):
     """--model: "default" (the embedded x4 model) or a path to a "yoda" model file."""
-    from .checkpoint import load
+    from .models.loading import load
 
     path = DEFAULT_WEIGHTS if spec == "default" else Path(spec)
     if spec == "default" and not path.exists():
         raise UserError(f"the embedded default model {path} is not installed; pass --model PATH")
     if not path.exists():
         raise UserError(f"model file not found: {path}")
-    return load("yoda", str(path)).to(device).eval()
+    with _user_input():
+        model = load("yoda", str(path))
+    return model.to(device).eval()
 
 
 def _device(name: str):
-    from .train import resolve_device
+    from .devices import resolve_device
 
-    return resolve_device(name)
+    with _user_input():
+        return resolve_device(name)
+
+
+def _attention(name: str):
+    """--attention NAME -> the extractor (yoda.attention.get); an unknown name or a bad weights file is a user
+    error."""
+    from .attention import get
+
+    with _user_input():
+        return get(name)
 
 
 def _adapter(model):
@@ -70,7 +99,7 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
     result is cropped back to (1, 3, s*h, s*w)."""
     import torch.nn.functional as F
 
-    from .sampler import sample
+    from .sampling import sample
 
     ad = _adapter(model)
     s, m = ad.scale, int(getattr(ad, "multiple", 1))
@@ -80,19 +109,19 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
     x = F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
     A = None
     if attention is not None:
-        from .attention import get
-
-        A = get(attention)(x) if isinstance(attention, str) else attention
-    sr = sample(ad, x, attention=A, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
-                progress=progress, backend=backend)
+        A = _attention(attention)(x) if isinstance(attention, str) else attention
+    with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
+        sr = sample(ad, x, attention=A, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
+                    progress=progress, backend=backend)
     return sr[..., : s * h, : s * w]
 
 
-def _read(path: str) -> tuple[np.ndarray, bool]:
-    """(uint8 RGB (H, W, 3), whether the file is grey)."""
+def _read(path: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray, bool]:
+    """(uint8 RGB (H, W, 3), whether the file is grey). max_pixels: None = yoda.images.MAX_PIXELS."""
     from .images import read_image
 
-    a = read_image(path)
+    with _user_input():
+        a = read_image(path, max_pixels)
     grey = bool((a[:, :, 0] == a[:, :, 1]).all() and (a[:, :, 1] == a[:, :, 2]).all())
     return a, grey
 
@@ -108,13 +137,76 @@ def _save(x, path: str, grey: bool = False) -> None:
 def _save_pil(img, path: str) -> None:
     from .images import save_pil
 
-    suffix = Path(path).suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise UserError(f"output {path} must end in .png, .jpg or .jpeg")
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise UserError(f"output folder does not exist: {parent}")
+    _check_output(path)
     save_pil(img, path)
+
+
+def _check_output(path: str) -> None:
+    """-o of an image: suffix, folder, writable, checked before any work (yoda.images.check_output)."""
+    from .images import check_output
+
+    with _user_input():
+        check_output(path, "-o")
+
+
+def _output_targets(a) -> tuple[list[str], Optional[Path]]:
+    """upscale's (output file per input, output folder or None), validated before any work.
+
+    -o is a file when there is one input and it has a suffix (which must be an image format yoda writes) and
+    is not an existing folder; otherwise a folder (created if missing), in which IN becomes STEM_x<scale>.png."""
+    from ._io import check_writable
+    from .images import OUTPUT_SUFFIXES
+
+    out = Path(a.output)
+    several, image_suffix = len(a.inputs) > 1, out.suffix.lower() in OUTPUT_SUFFIXES
+    as_folder = (a.output.endswith(("/", os.sep)) or out.suffix == "" or (several and not image_suffix)
+                 or (out.is_dir() and (several or not image_suffix)))
+    if not as_folder:
+        if several:
+            raise UserError(f"-o {a.output}: several inputs need an output folder, not a file name")
+        if not image_suffix:
+            raise UserError(f"-o {a.output}: cannot write images with the suffix {out.suffix!r}; use one of "
+                            f"{', '.join(OUTPUT_SUFFIXES)}, or end the name with / for a folder")
+        _check_output(a.output)
+        return [a.output], None
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {a.output} is a file; several inputs (or a name without a suffix) need a folder")
+    targets = [str(out / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
+    if len(set(targets)) != len(targets):
+        raise UserError("two inputs have the same file name stem; their outputs would collide")
+    if out.is_dir():
+        for t in targets:
+            check_writable(t, "-o")
+    else:  # the folder will be created: its nearest existing ancestor must be a writable folder
+        up = out.absolute().parent
+        while not up.exists():
+            up = up.parent
+        if not up.is_dir():
+            raise UserError(f"-o {a.output}: cannot create the folder, {up} is a file")
+        check_writable(up / out.name, "-o")
+    return targets, out
+
+
+def _made_dirs(folder: Path) -> list[Path]:
+    """mkdir -p ``folder``; returns the folders it created, deepest first (for cleanup)."""
+    made = []
+    up = folder.absolute()
+    while not up.exists():
+        made.append(up)
+        up = up.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _check_hr_size(src: str, arr: np.ndarray, scale: int, max_pixels: Optional[int]) -> None:
+    """Refuse an input whose x``scale`` output would exceed the pixel limit (before loading the model)."""
+    from . import images
+
+    limit = images.MAX_PIXELS if max_pixels is None else max_pixels
+    h, w = arr.shape[:2]
+    if limit and scale * scale * h * w > limit:
+        raise UserError(f"{src}: {w}x{h} upscaled x{scale} is {scale * w}x{scale * h} = {scale * scale * h * w} "
+                        f"pixels, more than the limit of {limit} (--max-pixels N raises it)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -125,49 +217,47 @@ def cmd_upscale(a) -> int:
 
     from .images import from_uint8
 
-    if len(a.inputs) > 1 or Path(a.output).suffix.lower() not in IMAGE_SUFFIXES:
-        out_dir = Path(a.output)
-        if out_dir.suffix.lower() in IMAGE_SUFFIXES:
-            raise UserError(f"-o {a.output}: several inputs need an output folder, not a file name")
-        targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
-    else:
-        out_dir = Path(a.output).resolve().parent
-        if not out_dir.is_dir():
-            raise UserError(f"output folder does not exist: {out_dir}")
-        targets = [a.output]
-    if len(set(targets)) != len(targets):
-        raise UserError("two inputs have the same file name stem; their outputs would collide")
-    # read every input first, so a bad path fails before anything is written
-    images = [_read(p) for p in a.inputs]
+    # every output path and every input first, so a bad path or a too-large image fails before any work
+    targets, out_dir = _output_targets(a)
+    images = [_read(p, a.max_pixels) for p in a.inputs]
+    for (arr, _), src in zip(images, a.inputs):
+        _check_hr_size(src, arr, a.scale, a.max_pixels)
     dev = _device(a.device)
     model = load_model(a.model, dev)
     scale = _adapter(model).scale
     if a.scale != scale:
         raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale}")
-    if len(a.inputs) > 1 or Path(a.output).suffix.lower() not in IMAGE_SUFFIXES:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    for (arr, grey), src, dst in zip(images, a.inputs, targets):
-        lr = from_uint8(arr).to(dev)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            sr = upscale_tensor(model, lr, attention=a.attention, steps=a.steps, sampler=a.sampler, eta=a.eta,
-                                lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet)
-        _save(sr, dst, grey)
-        print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
+    made = _made_dirs(out_dir) if out_dir is not None else []
+    try:
+        for (arr, grey), src, dst in zip(images, a.inputs, targets):
+            lr = from_uint8(arr).to(dev)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                sr = upscale_tensor(model, lr, attention=a.attention, steps=a.steps, sampler=a.sampler,
+                                    eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet)
+            _save(sr, dst, grey)
+            print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
+    except BaseException:
+        for d in made:  # leave no empty folder behind (a full disk, an interrupt, a failing model)
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
     return 0
 
 
 def cmd_attention(a) -> int:
-    from .attention import attention_figure, get
+    from .attention import attention_figure
     from .images import from_uint8
     from .masks import pixel_update_ratio
 
-    arr, _ = _read(a.image)
+    _check_output(a.output)
+    arr, _ = _read(a.image, a.max_pixels)
     lr = from_uint8(arr)
-    A = get(a.attention)(lr)
-    fig = attention_figure(lr, A, a.lower_bound, a.T)
+    A = _attention(a.attention)(lr)
+    with _user_input():  # --lower-bound, --T
+        fig = attention_figure(lr, A, a.lower_bound, a.T)
+        ratio = float(pixel_update_ratio(A, a.lower_bound)[0])
     _save_pil(fig, a.output)
-    ratio = float(pixel_update_ratio(A, a.lower_bound)[0])
     print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}): {ratio:.3f}  -> {a.output}")
     return 0
 
@@ -177,13 +267,14 @@ def cmd_demo(a) -> int:
     from PIL import Image, ImageDraw
 
     from .adapters import upsample
-    from .attention import attention_figure, get
+    from .attention import attention_figure
     from .data import HELD_OUT, builtin_image, make_lr
     from .evaluate import metrics
     from .images import from_uint8, to_uint8
 
     if a.image not in HELD_OUT:
         raise UserError(f"--image must be one of the held-out images {', '.join(HELD_OUT)}, got {a.image!r}")
+    _check_output(a.output)
     dev = _device(a.device)
     model = load_model(a.model, dev)
     ad = _adapter(model)
@@ -197,7 +288,7 @@ def cmd_demo(a) -> int:
     hr_u8 = np.ascontiguousarray(full[y : y + size, x : x + size])
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
-    A = get(a.attention)(lr)
+    A = _attention(a.attention)(lr)
     results = {"bicubic": upsample(lr, s)}
     timing = {}
     for name, attn in (("plain", None), ("YODA", A)):
@@ -215,7 +306,8 @@ def cmd_demo(a) -> int:
     tiles.append((f"attention ({a.attention})", Image.fromarray(amap).resize((size, size), Image.Resampling.BILINEAR).convert("RGB")))
     pad, label_h = 6, 16
     row_w = len(tiles) * (size + pad) + pad
-    strip = attention_figure(lr, A, a.lower_bound, ad.schedule.T)
+    with _user_input():
+        strip = attention_figure(lr, A, a.lower_bound, ad.schedule.T)
     if strip.width > row_w:
         strip = strip.resize((row_w, round(strip.height * row_w / strip.width)), Image.Resampling.BILINEAR)
     canvas = Image.new("RGB", (row_w, label_h + size + 2 * pad + label_h + strip.height), "white")
@@ -245,122 +337,151 @@ def cmd_eval(a) -> int:
     from .data import load_source
     from .evaluate import EvalSettings, evaluate, markdown_table, summarize
 
-    images = load_source(a.images if a.images else "heldout")
+    if a.output:
+        from ._io import check_writable
+
+        check_writable(a.output, "-o")
+    with _user_input():
+        images = load_source(a.images if a.images else "heldout")
     dev = _device(a.device)
     model = load_model(a.model, dev)
-    settings = EvalSettings(steps=a.steps, sampler=a.sampler, lower_bounds=tuple(a.lower_bounds),
-                            attentions=tuple(a.attention), seed=a.seed,
-                            max_size=a.max_size if a.max_size > 0 else None, progress=not a.quiet,
-                            lpips=tuple(a.lpips) if a.lpips else None)
-    table = markdown_table(summarize(evaluate(model, images, settings)))
+    with _user_input():  # the options, the images, the model and the LPIPS weights are the user's
+        settings = EvalSettings(steps=a.steps, sampler=a.sampler, lower_bounds=tuple(a.lower_bounds),
+                                attentions=tuple(a.attention), seed=a.seed,
+                                max_size=a.max_size if a.max_size > 0 else None, progress=not a.quiet,
+                                lpips=tuple(a.lpips) if a.lpips else None)
+        table = markdown_table(summarize(evaluate(model, images, settings)))
     if a.output:
-        from ._io import atomic_write
+        from ._io import atomic_write_text
 
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(table + "\n")
-
-        atomic_write(a.output, write)
+        atomic_write_text(a.output, table + "\n")
     print(table)
     return 0
 
 
-def cmd_train(a) -> int:
-    from .train import TrainConfig, train_main
+def cmd_figures(a) -> int:
+    """Fig. 3 (update ratio, refined area), Fig. 5 (regional error) and Fig. 4 (crops) into the folder -o."""
+    from ._io import check_writable
+    from .data import load_source
+    from .figures import FIGURE_FILES, FigureSettings, compute, write_figures
 
-    cfg = TrainConfig.load(a.config)
+    # the output folder first: an existing folder must take the three files; a new one must be creatable
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {a.output} is a file; yoda figures writes {len(FIGURE_FILES)} PNGs into a folder")
+    if out.is_dir():
+        for name in FIGURE_FILES:
+            check_writable(out / name, "-o")
+    else:
+        up = out.absolute().parent
+        while not up.exists():
+            up = up.parent
+        if not up.is_dir():
+            raise UserError(f"-o {a.output}: cannot create the folder, {up} is a file")
+        check_writable(up / out.name, "-o")
+    if a.max_size < 0:
+        raise UserError(f"--max-size must be >= 0 (0: full size), got {a.max_size}")
+    with _user_input():
+        settings = FigureSettings(attentions=tuple(a.attention), lower_bound=a.lower_bound,
+                                  lower_bounds=tuple(a.lower_bounds), steps=a.steps, sampler=a.sampler, eta=a.eta,
+                                  seed=a.seed, max_size=a.max_size or None, bins=a.bins, degree=a.degree,
+                                  crops=a.crops, progress=not a.quiet, lpips=tuple(a.lpips) if a.lpips else None)
+        images = load_source(a.images if a.images else "heldout")
+    dev = _device(a.device)
+    model = load_model(a.model, dev)
+    made = _made_dirs(out)
+    try:
+        with _user_input():  # the images, the model and its outputs, the LPIPS weights
+            data = compute(model, images, settings)
+        paths = write_figures(data, out)
+    except BaseException:
+        for d in made:  # leave no empty folder behind
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+    print(f"pixel update ratio (mean over {len(data.names)} images):")
+    print("| attention | " + " | ".join(f"l={lb:g}" for lb in settings.lower_bounds) + " |")
+    print("|---|" + "---|" * len(settings.lower_bounds))
+    for name, row in data.ratios.items():
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    rp, ry = data.regional["plain"], data.regional["YODA"]
+    print(f"regional error by attention bin ({a.attention[0]}; pixels pooled over the images):")
+    print("| A bin | pixels | MSE plain | MSE YODA | PSNR plain (dB) | PSNR YODA (dB) |")
+    print("|---|---|---|---|---|---|")
+    for i, n in enumerate(rp["count"]):
+        print(f"| {rp['edges'][i]:.2f}-{rp['edges'][i + 1]:.2f} | {n} | {rp['mse'][i]:.2f} | {ry['mse'][i]:.2f} | "
+              f"{rp['psnr'][i]:.2f} | {ry['psnr'][i]:.2f} |")
+    if data.lpips_note:
+        print(data.lpips_note + ".")
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from .training import TrainConfig, train_main
+
+    with _user_input():
+        cfg = TrainConfig.load(a.config)
     out = a.out or os.path.join("runs", cfg.name)
     command = "yoda " + " ".join(a.argv)
-    s = train_main(a.config, out, steps=a.steps, device=a.device, minutes=a.minutes, progress=not a.quiet,
-                   command=command, weights_name=a.weights_name, data_dir=a.data_dir)
+    with _user_input():  # the config, its data, the device, a checkpoint of another config, a diverging loss
+        s = train_main(a.config, out, steps=a.steps, device=a.device, minutes=a.minutes, progress=not a.quiet,
+                       command=command, weights_name=a.weights_name, data_dir=a.data_dir)
     print(f"trained {s['steps']} steps in {s['seconds']:.1f} s -> {s['weights']}")
     return 0
 
 
 def cmd_plot(a) -> int:
-    from .train import plot_logs
+    from .plots import plot_logs
 
     labels = a.labels or [Path(p).parent.name or Path(p).stem for p in a.logs]
     if Path(a.output).suffix.lower() != ".png":
         raise UserError(f"-o {a.output} must end in .png")
-    plot_logs(a.logs, labels, a.output)
+    _check_output(a.output)
+    with _user_input():  # a missing file or one that is not a training log
+        plot_logs(a.logs, labels, a.output)
     print(f"wrote {a.output}")
     return 0
 
 
+def cmd_data(a) -> int:
+    from .photos import build
+
+    with _user_input():
+        rows = build(a.out, short_side=a.short_side, progress=None if a.quiet else print)
+    held = sum(r.split == "heldout" for r in rows)
+    print(f"wrote {len(rows) - held} training and {held} held-out photographs to {a.out} "
+          f"(manifest: {os.path.join(a.out, 'manifest.json')})")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Parser
+# Running a command
 # ----------------------------------------------------------------------------------------------------------
-def _sampling_args(p, steps: int, sampler: str) -> None:
-    p.add_argument("--model", default="default", help="'default' (embedded x4 model) or a yoda model file")
-    p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=sampler)
-    p.add_argument("--lower-bound", type=float, default=0.6, help="l of the mask schedule tau = t/T - l")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+COMMANDS = {"upscale": cmd_upscale, "attention": cmd_attention, "demo": cmd_demo, "eval": cmd_eval,
+            "figures": cmd_figures, "train": cmd_train, "plot": cmd_plot, "data": cmd_data}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="yoda", description="YODA: attention-guided diffusion super-resolution")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: Optional[int]):
+    """For one command: Pillow's own decompression-bomb limit raised to --max-pixels (restored after), and its
+    DecompressionBombWarning silenced (yoda.images.MAX_PIXELS decides, in one line)."""
+    import warnings
 
-    p = sub.add_parser("upscale", help="super-resolve PNG/JPEG images")
-    p.add_argument("inputs", nargs="+", metavar="IN")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--attention", default="edge",
-                   help="edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH | none (plain sampling)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    _sampling_args(p, 50, "ddim")
-    p.set_defaults(fn=cmd_upscale)
+    from PIL import Image
 
-    p = sub.add_parser("attention", help="draw an image's attention map and mask growth")
-    p.add_argument("image")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--attention", default="edge")
-    p.add_argument("--lower-bound", type=float, default=0.6)
-    p.add_argument("--T", type=int, default=1000, help="training steps T of the mask schedule")
-    p.set_defaults(fn=cmd_attention)
-
-    p = sub.add_parser("demo", help="plain vs YODA on a held-out image, one comparison picture")
-    p.add_argument("-o", "--output", default="demo.png")
-    p.add_argument("--image", default="astronaut", help="a held-out image (astronaut, coffee, rocket, chelsea)")
-    p.add_argument("--lr-size", type=int, default=64, help="LR crop size (HR = scale * this)")
-    p.add_argument("--attention", default="edge")
-    _sampling_args(p, 20, "ddim")  # ~40 s per sampling run at 256x256 on 2 free CPU cores
-    p.set_defaults(fn=cmd_demo)
-
-    p = sub.add_parser("eval", help="PSNR / SSIM / colour shift table, plain vs YODA")
-    p.add_argument("--images", default=None, help="folder of HR PNG/JPEG (default: the held-out set)")
-    p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.4, 0.6, 0.8])
-    p.add_argument("--attention", nargs="+", default=["edge", "gaussian"])
-    p.add_argument("--max-size", type=int, default=128, help="centre-crop HR to at most this (0: full size)")
-    p.add_argument("-o", "--output", default=None, help="also write the table to this file")
-    p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
-                   help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
-                        "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
-    _sampling_args(p, 20, "ddim")
-    p.set_defaults(fn=cmd_eval)
-
-    p = sub.add_parser("train", help="train a model from a JSON config")
-    p.add_argument("--config", required=True)
-    p.add_argument("--out", default=None, help="output folder (default runs/<name>); resumes if it has a checkpoint")
-    p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
-    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much wall time")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--weights-name", default="model.safetensors", help="file name of the exported weights")
-    p.add_argument("--data-dir", default=None,
-                   help="folder from `python -m yoda.data export` used instead of scikit-image's bundled images")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.set_defaults(fn=cmd_train)
-
-    p = sub.add_parser("plot", help="loss curves + validation PSNR of training logs in one PNG")
-    p.add_argument("logs", nargs="+", metavar="LOG.csv")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--labels", nargs="+", default=None)
-    p.set_defaults(fn=cmd_plot)
-    return ap
+    old = Image.MAX_IMAGE_PIXELS
+    if max_pixels == 0:
+        Image.MAX_IMAGE_PIXELS = None
+    elif max_pixels is not None and old is not None and max_pixels > old:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -376,14 +497,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if getattr(a, "steps", None) is not None and a.steps < 1:
             raise UserError(f"--steps must be >= 1, got {a.steps}")
-        return a.fn(a)
-    except (ValueError, TypeError, ImportError, RuntimeError, OSError) as e:  # one line, no traceback
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"yoda: error: {msg}", file=sys.stderr)
-        return 2
+        if getattr(a, "max_pixels", None) is not None and a.max_pixels < 0:
+            raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {a.max_pixels}")
+        with _pillow_limit(getattr(a, "max_pixels", None)):
+            return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
         print("yoda: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        user = isinstance(e, (UserError, OSError)) or _missing_package(e) is not None
+        if a.debug or not user:
+            traceback.print_exc()
+        if not user:
+            print(f"yoda: internal error: {type(e).__name__} (a bug in yoda, or in code it ran; the traceback is "
+                  "above)", file=sys.stderr)
+            return 1
+        print(f"yoda: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    pkg = _missing_package(e)
+    if pkg is not None:
+        return f"this needs the Python package {pkg!r}, which is not installed ({e})"
+    msg = str(e).strip()
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+
+def _missing_package(e: BaseException) -> Optional[str]:
+    """The third-party package a ModuleNotFoundError names (an optional dependency that is not installed), or
+    None (not such an error, or a yoda module: a bug)."""
+    if isinstance(e, ModuleNotFoundError) and e.name and not e.name.split(".")[0] in ("yoda", "yoda_kernels"):
+        return e.name.split(".")[0]
+    return None
 
 
 if __name__ == "__main__":  # python -m yoda.cli ...

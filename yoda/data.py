@@ -3,6 +3,8 @@
 Sources:
     "builtin"   scikit-image's bundled images (``skimage.data``) minus the held-out ones (BUILTIN_TRAIN)
     "heldout"   the held-out images (HELD_OUT): evaluation, the demo and training-time validation only
+    "photos"    colour photographs from Debian wallpaper packages (yoda.photos, `yoda data build --out DIR`):
+                DIR/train; "photos-heldout" is DIR/heldout. yoda train maps both with --data-dir DIR
     a folder    every PNG/JPEG file in it (sorted by name), read with Pillow
 
 Every image becomes uint8 RGB (H, W, 3) through yoda.images (read_image / to_rgb_u8, the same code as
@@ -137,6 +139,9 @@ def load_source(source: str, min_size: int = 0) -> list[tuple[str, np.ndarray]]:
         items = [(n, builtin_image(n)) for n in BUILTIN_TRAIN]
     elif source == "heldout":
         items = [(n, builtin_image(n)) for n in HELD_OUT]
+    elif source in ("photos", "photos-heldout"):
+        raise DataError(f"source {source!r} is the train/ or heldout/ folder of `yoda data build --out DIR`: "
+                        f"pass --data-dir DIR to yoda train, or give the folder itself")
     else:
         items = [(p, read_image(p)) for p in list_folder(source)]
     for name, a in items:
@@ -152,7 +157,7 @@ def load_source(source: str, min_size: int = 0) -> list[tuple[str, np.ndarray]]:
 class DataConfig:
     """Where HR crops come from and how LR is made. JSON-friendly (plain fields)."""
 
-    source: str = "builtin"  # "builtin" | "heldout" | a folder of PNG/JPEG
+    source: str = "builtin"  # "builtin" | "heldout" | "photos" | "photos-heldout" | a folder of PNG/JPEG
     crop: int = 128  # HR crop size (multiple of scale)
     scale: int = 4
     flips: bool = True  # random horizontal + vertical flips

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import data as _data
-from .images import from_uint8, to_uint8
+from .images import from_uint8, quantize_u8, to_uint8
 from .masks import check_lower_bound
 
 LPIPS_NOTE = "LPIPS omitted: it needs local backbone + LPIPS head weights, none were given"
@@ -41,14 +41,22 @@ def _check_pair(sr: np.ndarray, hr: np.ndarray) -> None:
 def psnr(sr: np.ndarray, hr: np.ndarray) -> float:
     """PSNR in dB of uint8 (H, W, 3) images, data_range 255 (inf for identical images): the reference.
 
-    yoda.train.psnr_u8 is the batched torch form of the same formula for validation during training (no
-    scikit-image needed there); tests/test_train.py checks it against this function."""
+    psnr_u8 below is the batched torch form of the same formula, for validation during training (no
+    scikit-image needed there); tests/test_train.py checks the two against each other."""
     from skimage.metrics import peak_signal_noise_ratio
 
     _check_pair(sr, hr)
     if np.array_equal(sr, hr):
         return math.inf
     return float(peak_signal_noise_ratio(hr, sr, data_range=255))
+
+
+def psnr_u8(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """(B,) PSNR in dB of [-1, 1] images after rounding to 8 bits (yoda.images.quantize_u8, the pixels a
+    saved PNG has): 10 log10(255^2 / MSE), MSE in float64 in torch, so training needs no scikit-image.
+    Equal to :func:`psnr` (skimage's peak_signal_noise_ratio) on to_uint8 of the same images."""
+    mse = (quantize_u8(sr).double() - quantize_u8(hr).double()).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(255.0**2 / mse)
 
 
 def ssim(sr: np.ndarray, hr: np.ndarray) -> float:
@@ -109,7 +117,7 @@ class EvalSettings:
 
 def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:
     """(SR, denoiser calls, seconds) of one yoda.sample run."""
-    from .sampler import sample
+    from .sampling import sample
 
     calls = [0]
 

@@ -8,26 +8,62 @@
     to_uint8(x)        x: (B, C, H, W) or (C, H, W) float in [-1, 1] -> uint8 (B, H, W, C) or (H, W, C) = u
     from_uint8(arr)    (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> float32 (1, 3, H, W) in [-1, 1]:
                        x = to_rgb_u8(arr) / 127.5 - 1
-    read_image(path)   a file Pillow reads -> uint8 (H, W, 3) via to_rgb_u8 (16-bit grey scaled to 8 bits)
+    read_image(path)   a file Pillow reads -> uint8 (H, W, 3) via to_rgb_u8, EXIF orientation applied, at most
+                       MAX_PIXELS pixels (checked from the header, before decoding)
     load_image(path)   from_uint8(read_image(path))
     save_image(x, path)
+    check_output(path) before any work: the suffix names a format yoda writes, the parent is a writable folder
+
+Sample values map to 8 bits by the range of their type, never by the image's own min and max:
+8-bit u -> u; 16-bit u -> round(u * 255 / 65535) (16-bit RGB PNG: Pillow keeps the high byte, u >> 8);
+float (TIFF mode "F") f in [0, 1] -> round(f * 255), other float values (or NaN/Inf) are refused; 32-bit
+integer samples must lie in 0..65535 (read as 16-bit) and are refused otherwise. Then x = u / 127.5 - 1.
+
+Pixel limit: MAX_PIXELS (default 8192 * 8192; the environment variable YODA_MAX_PIXELS sets it at import,
+0 = no limit) refuses larger images with a DataError naming the file; read_image(path, max_pixels=N) and the
+CLI's --max-pixels N raise it for one call. Pillow's own decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS,
+refused above twice it, about 179 MP; a DecompressionBombWarning above it) still applies; the CLI raises it
+along with --max-pixels and silences that warning, so its error stays one line.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from ._io import atomic_write
+from ._io import atomic_write, check_writable
+from .errors import UserError
+
+DEFAULT_MAX_PIXELS = 8192 * 8192
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # the formats yoda writes
 
 
-class DataError(ValueError):
+def _env_max_pixels() -> int:
+    v = os.environ.get("YODA_MAX_PIXELS", "").strip()
+    if not v:
+        return DEFAULT_MAX_PIXELS
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ValueError(f"YODA_MAX_PIXELS must be a whole number of pixels (0: no limit), got {v!r}")
+    return n
+
+
+MAX_PIXELS: int = _env_max_pixels()  # larger images are refused by read_image (0: no limit)
+
+
+class DataError(UserError):
     """A user-facing image or data problem (unreadable file, unsupported array, image too small, empty
-    folder). yoda.data re-exports it."""
+    folder); a yoda.errors.UserError, hence a ValueError. yoda.data re-exports it."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -103,35 +139,90 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------------------
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file (any format Pillow reads) as uint8 (H, W, 3), see to_rgb_u8: grey repeated,
-    alpha (RGBA, LA, transparent palette) composited on white, 16-bit grey scaled to 0..255.
+def _too_large(p: Path, pixels: str, limit: int) -> DataError:
+    return DataError(f"path: {p} is {pixels} pixels, more than the limit of {limit} (yoda.images.MAX_PIXELS; "
+                     f"raise it with --max-pixels N, read_image(..., max_pixels=N) or YODA_MAX_PIXELS=N)")
 
-    Errors name the file: FileNotFoundError (missing), ValueError (a folder), DataError (unreadable)."""
+
+def _check_pixels(p: Path, size: tuple[int, int], limit: int) -> None:
+    w, h = size
+    if limit and w * h > limit:
+        raise _too_large(p, f"{w}x{h} = {w * h}", limit)
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` turned by its EXIF orientation (phone photos); a malformed EXIF block keeps the stored pixels."""
+    try:
+        if im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None):
+            return im
+        return ImageOps.exif_transpose(im)
+    except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        return im
+
+
+def _samples(im: Image.Image, p: Path) -> np.ndarray:
+    """The decoded image as an array to_rgb_u8 takes: uint8 (H, W[, 3|4]) or float in [0, 1] (module
+    docstring: 16-bit and float samples map by the range of their type)."""
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        return np.asarray(im.convert("RGBA"))
+    if im.mode in ("L", "RGB"):
+        return np.asarray(im)
+    if im.mode.startswith("I"):  # 16-bit grey (I;16*), or 32-bit integer (I) holding 16-bit values
+        a = np.asarray(im).astype(np.float32)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise DataError(f"path: {p}: integer samples in [{a.min():.0f}, {a.max():.0f}]; only 8- and 16-bit "
+                            "images (0..65535) are supported")
+        return a / 65535.0
+    if im.mode == "F":  # 32-bit float (TIFF): values must already be in [0, 1]
+        a = np.asarray(im).astype(np.float32)
+        if not np.isfinite(a).all():
+            raise DataError(f"path: {p}: float image contains NaN or Inf")
+        if a.size and (a.min() < 0 or a.max() > 1):
+            raise DataError(f"path: {p}: float image values must be in [0, 1] (0 black, 1 white), got "
+                            f"[{a.min():.4g}, {a.max():.4g}]; rescale it to [0, 1] or save it as 8/16-bit")
+        return a
+    return np.asarray(im.convert("RGB"))
+
+
+def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Read an image file (any format Pillow reads) as uint8 (H, W, 3), see to_rgb_u8: grey repeated,
+    alpha (RGBA, LA, transparent palette) composited on white, 16-bit and float samples mapped by the range of
+    their type (module docstring), turned upright by its EXIF orientation.
+
+    max_pixels: refuse images with more pixels (None: MAX_PIXELS; 0: no limit). The size is read from the
+    header, so a decompression bomb is refused before anything is decoded.
+    Errors name the file: FileNotFoundError (missing), ValueError (a folder), DataError (unreadable, too
+    large, unsupported sample values)."""
     p = Path(path)
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"max_pixels must be an int >= 0 (0: no limit) or None, got {max_pixels!r}")
     if not p.exists():
         raise FileNotFoundError(f"path: no such image file: {p}")
     if not p.is_file():
         raise ValueError(f"path is not a file: {p}")
     try:
         with Image.open(p) as im:
+            _check_pixels(p, im.size, limit)
             im.load()  # decode now, so a truncated file fails here and not later
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                arr = np.asarray(im.convert("RGBA"))
-            elif im.mode in ("L", "RGB"):
-                arr = np.asarray(im)
-            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = (np.asarray(im, dtype=np.float64) / 65535.0).clip(0, 1)  # 16-bit grey PNG
-            else:
-                arr = np.asarray(im.convert("RGB"))
+            arr = _samples(_upright(im), p)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:  # Pillow refuses above 2 * PIL.Image.MAX_IMAGE_PIXELS at open
+        pillow = Image.MAX_IMAGE_PIXELS
+        if limit and pillow is not None and limit <= 2 * pillow:  # ours refuses it too: say so, in our words
+            n = re.search(r"\((\d+) pixels\)", str(e))
+            raise _too_large(p, n.group(1) if n else f"more than {2 * pillow}", limit) from None
+        raise DataError(f"path: {p} is refused by Pillow's own limit: {e} (raise PIL.Image.MAX_IMAGE_PIXELS "
+                        "too, or pass --max-pixels to the CLI)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"path: cannot read image {p}: {e}") from None
     return to_rgb_u8(arr, str(p))
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def load_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> torch.Tensor:
     """Read an image file (any format Pillow reads) -> float32 (1, 3, H, W) in [-1, 1] (RGB; see read_image)."""
-    return from_uint8(read_image(path))
+    return from_uint8(read_image(path, max_pixels))
 
 
 def image_format(path: str | os.PathLike) -> str:
@@ -142,6 +233,17 @@ def image_format(path: str | os.PathLike) -> str:
     if ext.lstrip(".") == "" or ext not in formats:
         raise ValueError(f"path: cannot tell the image format from the suffix {p.suffix!r} of {p}")
     return formats[ext]
+
+
+def check_output(path: str | os.PathLike, what: str = "output") -> Path:
+    """Check an image output path before any work: its suffix is one of OUTPUT_SUFFIXES (PNG, JPEG, WebP,
+    TIFF, BMP) and it can be written (yoda._io.check_writable: not a folder, the folder exists, a file can be
+    created there). Errors name ``path`` (``what``: which argument). Returns ``Path(path)``."""
+    p = Path(path)
+    if p.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{what} {p}: cannot write images with the suffix {p.suffix!r}; use one of "
+                         f"{', '.join(OUTPUT_SUFFIXES)}")
+    return check_writable(p, what)
 
 
 def save_pil(img: Image.Image, path: str | os.PathLike) -> Path:

@@ -1,14 +1,22 @@
 """yoda_kernels: the fused YODA ops (masked_step, tile_stats, masked_q_sample) and their backends.
 
-See yoda_kernels.ops for the layers and yoda_kernels.naive for the reference semantics.
+    contract.py   what every backend agrees on: named step coefficients, tile sizes, predictions, memory format
+    naive.py      the reference (the test oracle, and the fallback on any device and for any missing kernel)
+    ops.py        schemas, registration, backend choice (active_backends says what runs) and checked entry points
+    coefs.py      the step coefficients from a schedule; philox.py the noise stream
+    triton/       the Triton backend; csrc/ (compiled into yoda_kernels._C) the C++ and CUDA ones
 """
 
-from . import naive, philox
+from . import contract, naive, philox
 from .coefs import init_coefficients, needs_noise, step_coefficients
+from .contract import StepCoefs
 from .ops import (
     BACKENDS,
+    Backend,
+    active_backends,
     active_tiles,
     available_backends,
+    bind_backend,
     extension_error,
     masked_q_sample,
     masked_step,
@@ -18,8 +26,13 @@ from .ops import (
 
 __all__ = [
     "BACKENDS",
+    "Backend",
+    "StepCoefs",
+    "active_backends",
     "active_tiles",
     "available_backends",
+    "bind_backend",
+    "contract",
     "extension_error",
     "init_coefficients",
     "masked_q_sample",

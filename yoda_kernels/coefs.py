@@ -1,9 +1,9 @@
 """Scalar coefficients of one reverse step, computed once per step in float64 (DESIGN.md §5).
 
 Every sampler update of §5 is linear in (x_t, model output, c, z) once x0 is clipped, so a step is fully
-described by ten numbers; kernels receive them and never see the schedule, the prediction type or the
-sampler kind. Formulas follow DDPM (Ho et al. 2020, posterior q(x_{t-1} | x_t, x0) with the "fixed small"
-variance) and DDIM (Song et al. 2021, eq. 12), written for a respaced pair (t, t_prev) through
+described by ten numbers (yoda_kernels.contract.StepCoefs, by name); kernels receive them and never see the
+schedule, the prediction type or the sampler kind. Formulas follow DDPM (Ho et al. 2020, posterior
+q(x_{t-1} | x_t, x0) with the "fixed small" variance) and DDIM (Song et al. 2021, eq. 12), written for a respaced pair (t, t_prev) through
 alpha_bar alone, as diffusers' DDPMScheduler / DDIMScheduler do.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 
-PREDICTIONS = ("eps", "x0", "v")
-SAMPLERS = ("ddpm", "ddim")
+from .contract import PREDICTIONS, SAMPLERS, StepCoefs, needs_noise
+
+__all__ = ["step_coefficients", "init_coefficients", "needs_noise"]
 
 
 def _check_ab(name: str, v: float) -> float:
@@ -29,8 +30,8 @@ def step_coefficients(
     prediction: str = "eps",
     sampler: str = "ddpm",
     eta: float = 0.0,
-) -> list[float]:
-    """[k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb] for the step t -> t_prev (see yoda_kernels.naive).
+) -> StepCoefs:
+    """The StepCoefs (k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb) of the step t -> t_prev (contract.py).
 
     ab_t, ab_prev: alpha_bar at t and at t_prev (ab_prev = 1 for the last step, which then adds no noise).
     prediction: what the model outputs, "eps", "x0" or "v". sampler: "ddpm" (ancestral) or "ddim" (eta).
@@ -69,15 +70,13 @@ def step_coefficients(
         sigma = float(eta) * math.sqrt(max(var, 0.0))
         cx0, cx = math.sqrt(ap), 0.0
         ceps = math.sqrt(max(1.0 - ap - sigma * sigma, 0.0))
-    return [k1, k2, e1, e2, cx0, cx, ceps, sigma, math.sqrt(ap), math.sqrt(1.0 - ap)]
+    return StepCoefs(k1=k1, k2=k2, e1=e1, e2=e2, cx0=cx0, cx=cx, ceps=ceps, sigma=sigma,
+                     la=math.sqrt(ap), lb=math.sqrt(1.0 - ap))
 
 
-def init_coefficients(ab_T: float) -> list[float]:
+def init_coefficients(ab_T: float) -> StepCoefs:
     """Coefficients that turn masked_step into the start of §5:
     x_T = noise where active, sqrt(ab_T) c + sqrt(1 - ab_T) noise elsewhere (x and model_out unused)."""
     a = _check_ab("ab_T", ab_T)
-    return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.sqrt(a), math.sqrt(1.0 - a)]
-
-
-def needs_noise(coefs) -> bool:
-    return coefs[7] != 0.0 or coefs[9] != 0.0
+    return StepCoefs(k1=0.0, k2=0.0, e1=0.0, e2=0.0, cx0=0.0, cx=0.0, ceps=0.0, sigma=1.0,
+                     la=math.sqrt(a), lb=math.sqrt(1.0 - a))

@@ -5,16 +5,9 @@ so a backend is a drop-in replacement. Arithmetic is float32 whatever the input 
 float32 operations below is the contract that the C++, CUDA and Triton kernels follow, so that backends
 agree to within one or two float32 roundings.
 
-Step coefficients (``coefs``, 10 floats, computed once in float64 by
-:func:`yoda_kernels.coefs.step_coefficients`):
-
-    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb
-
-    x0   = k1 * x + k2 * out          (clamped to [-1, 1] if clip)
-    eps  = e1 * x + e2 * out
-    sr   = cx0 * x0 + cx * x + ceps * eps + sigma * z
-    lr   = la * c + lb * z
-    x'   = sr where A >= tau else lr            (A is None: every pixel active)
+Step coefficients (``coefs``: yoda_kernels.contract.StepCoefs, ten floats computed once in float64 by
+:func:`yoda_kernels.coefs.step_coefficients`) and the one step they describe are the kernel contract, written
+out in yoda_kernels/contract.py; this file is its executable form.
 """
 
 from __future__ import annotations
@@ -24,10 +17,7 @@ from typing import Optional
 import torch
 
 from . import philox
-from .coefs import needs_noise
-
-NUM_COEFS = 10
-TILE_SIZES = (8, 16, 32)
+from .contract import StepCoefs, memory_format, needs_noise
 
 
 def _f32(v: float) -> torch.Tensor:
@@ -70,17 +60,17 @@ def masked_step(
     """One reverse step of DESIGN.md §5. x, model_out, c: (B, C, H, W); A: (B, 1, H, W) or (B, H, W) or None;
     tile_max/tile_min are accepted for signature parity (the reference reads A per pixel). Returns x_prev,
     dtype and memory format of x."""
-    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb = (_f32(v).to(x.device) for v in coefs)
+    k = StepCoefs(*(_f32(v).to(x.device) for v in coefs))
     xf, of, cf = x.float(), model_out.float(), c.float()
     z = _noise(x, seed, step, noise, coefs)
-    x0 = k1 * xf + k2 * of
+    x0 = k.k1 * xf + k.k2 * of
     if clip:
         x0 = x0.clamp(-1.0, 1.0)
-    eps = e1 * xf + e2 * of
-    sr = cx0 * x0 + cx * xf + ceps * eps + sigma * z
-    lr = la * cf + lb * z
+    eps = k.e1 * xf + k.e2 * of
+    sr = k.cx0 * x0 + k.cx * xf + k.ceps * eps + k.sigma * z
+    lr = k.la * cf + k.lb * z
     out = sr if A is None else torch.where(_mask(A, tau), sr, lr)
-    return out.to(x.dtype).contiguous(memory_format=_memory_format(x))
+    return out.to(x.dtype).contiguous(memory_format=memory_format(x))
 
 
 def tile_stats(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,10 +113,4 @@ def masked_q_sample(
             Af = Af.unsqueeze(1)
         base = torch.where(Af >= tau.float().view(B, 1, 1, 1), base, c.float())
     out = a * base + s * noise.float()
-    return out.to(x0.dtype).contiguous(memory_format=_memory_format(x0))
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+    return out.to(x0.dtype).contiguous(memory_format=memory_format(x0))

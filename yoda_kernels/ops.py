@@ -1,24 +1,28 @@
 """The yoda ops: schemas (once), backend registration and the checked public entry points.
 
-Layers, same op name at each (STYLE.md §3):
+Layers, same op name at each:
     torch.ops.yoda.<op>          schema defined here; CPU kernel from csrc/cpu/<op>.cpp, CUDA kernel from
                                  csrc/cuda/<op>.cu (both in the compiled extension ``yoda_kernels._C``);
-                                 without the extension, the reference is registered in their place.
+                                 for every (op, device) the extension did not bring, the reference is
+                                 registered in its place (per op; see DEVICE_KERNELS and active_backends)
     torch.ops.yoda.<op>_triton   yoda_kernels/triton/<op>.py (GPU; CPU through TRITON_INTERPRET=1)
     yoda_kernels.naive.<op>      the reference, any device
-The public functions at the bottom validate inputs (errors name the argument) and pick a backend.
+What every backend agrees on (coefficients, tile sizes, predictions, memory format) is yoda_kernels.contract.
+The public functions at the bottom validate inputs (errors name the argument) and pick a backend; a caller
+that runs many ops (the sampler) resolves it once with :func:`bind_backend` and passes the result.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
 from . import coefs as _coefs
 from . import naive, philox
+from .contract import FLOAT_DTYPES, NUM_COEFS, check_tile, memory_format
 
 SCHEMAS = {
     "masked_step": (
@@ -33,6 +37,7 @@ SCHEMAS = {
 }
 OPS = tuple(SCHEMAS)
 BACKENDS = ("naive", "cpp", "cuda", "triton")
+DISPATCH_KEYS = {"cpp": "CPU", "cuda": "CUDA"}  # compiled backend -> the dispatch key its kernels register
 
 _lib = torch.library.Library("yoda", "DEF")  # noqa: kept alive for the process
 for _schema in SCHEMAS.values():
@@ -51,22 +56,30 @@ except (ImportError, OSError) as e:  # missing or unloadable extension
     )
 
 
-def _has_kernel(op: str, key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"yoda::{op}", key)
+def _extension_kernels() -> dict[str, frozenset]:
+    """op -> the dispatch keys ("CPU", "CUDA") the extension registered a kernel for, asked through the op's
+    public OpOverload.has_kernel_for_dispatch_key before the reference fills the gaps."""
+    return {op: frozenset(k for k in DISPATCH_KEYS.values()
+                          if getattr(torch.ops.yoda, op).default.has_kernel_for_dispatch_key(k))
+            for op in OPS}
 
 
-# The reference stands in for any device kernel the extension did not bring.
-_CPP = _has_kernel("masked_step", "CPU")
-_CUDA = _has_kernel("masked_step", "CUDA")
+# What the extension brought, per op; the reference stands in, per op, for every device kernel it did not.
+DEVICE_KERNELS: dict[str, frozenset] = _extension_kernels()
 for _op in OPS:
-    for _key, _present in (("CPU", _CPP), ("CUDA", _CUDA)):
-        if not _present:
+    for _key in DISPATCH_KEYS.values():
+        if _key not in DEVICE_KERNELS[_op]:
             _lib.impl(_op, getattr(naive, _op), _key)
+if extension_error is None:
+    _partial = sorted(op for op in OPS if "CPU" not in DEVICE_KERNELS[op])
+    if _partial:
+        warnings.warn(f"yoda_kernels: the compiled extension has no CPU kernel for {', '.join(_partial)}; the "
+                      "reference runs for those ops (yoda_kernels.active_backends())", RuntimeWarning, stacklevel=2)
 
 
 @torch.library.register_fake("yoda::masked_step")
 def _(x, model_out, c, A, tile_max, tile_min, tau, coefs, clip, seed, step, noise, tile):
-    return torch.empty_like(x, memory_format=naive._memory_format(x))
+    return torch.empty_like(x, memory_format=memory_format(x))
 
 
 @torch.library.register_fake("yoda::tile_stats")
@@ -78,7 +91,7 @@ def _(A, tile):
 
 @torch.library.register_fake("yoda::masked_q_sample")
 def _(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau):
-    return torch.empty_like(x0, memory_format=naive._memory_format(x0))
+    return torch.empty_like(x0, memory_format=memory_format(x0))
 
 
 def _triton_module():
@@ -95,13 +108,20 @@ def triton_available() -> bool:
         return False
 
 
+def _built(backend: str, op: Optional[str] = None) -> bool:
+    """Whether the extension brought ``backend``'s ("cpp" / "cuda") kernel of ``op`` (None: of any op)."""
+    key = DISPATCH_KEYS[backend]
+    return any(key in DEVICE_KERNELS[o] for o in ((op,) if op else OPS))
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can run on ``device`` in this process ("naive" always)."""
+    """Backends that can run on ``device`` in this process ("naive" always). A compiled backend counts when
+    the extension brought any of its kernels; active_backends() says, per op, what really runs."""
     kind = torch.device(device).type
     out = ["naive"]
-    if kind == "cpu" and _CPP:
+    if kind == "cpu" and _built("cpp"):
         out.append("cpp")
-    if kind == "cuda" and _CUDA:
+    if kind == "cuda" and _built("cuda"):
         out.append("cuda")
     if triton_available() and (kind == "cuda" or _triton_module().INTERPRET):
         out.append("triton")
@@ -113,11 +133,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
     if backend == "auto":  # without importing triton unless it is a candidate (the import takes seconds)
         if device.type == "cuda":
-            # The prebuilt CUDA kernel first: it needs no JIT compiler at run time, and on an H200 it won every
-            # 4x3x1024^2 case of benchmarks/RESULTS.md (Triton won most of the 4x3x2048^2 ones).
-            return "cuda" if _CUDA else ("triton" if triton_available() else "naive")
-        return "cpp" if (device.type == "cpu" and _CPP) else "naive"
-    if backend == "naive" or (backend == "cpp" and device.type == "cpu" and _CPP):
+            # The prebuilt CUDA kernel first: it needs no JIT compiler at run time (benchmarks/RESULTS.md
+            # compares it with Triton).
+            return "cuda" if _built("cuda") else ("triton" if triton_available() else _reference_on(device))
+        return "cpp" if (device.type == "cpu" and _built("cpp")) else "naive"
+    if backend == "naive" or (backend == "cpp" and device.type == "cpu" and _built("cpp")):
         return backend
     have = available_backends(device)
     if backend not in have:
@@ -126,18 +146,65 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+_warned_reference: set = set()
+
+
+def _reference_on(device: torch.device) -> str:
+    """"naive", with a one-time warning: a GPU runs the reference when neither CUDA kernels nor triton exist."""
+    if device.type not in _warned_reference:
+        _warned_reference.add(device.type)
+        warnings.warn(f"yoda_kernels: no compiled kernels and no triton for {device.type}; the pure-PyTorch "
+                      f"reference runs there ({extension_error or 'the extension was built without them'})",
+                      RuntimeWarning, stacklevel=3)
+    return "naive"
+
+
+class Backend(NamedTuple):
+    """A backend resolved once for a device type (:func:`bind_backend`); the ops take it as ``backend=`` and
+    skip the choice."""
+
+    name: str
+    device_type: str
+
+
+def bind_backend(backend: Union[str, Backend], device: torch.device | str) -> Backend:
+    """Resolve ``backend`` ("auto" or a name) for ``device`` once, for a caller that runs many ops there."""
+    device = torch.device(device)
+    if isinstance(backend, Backend):
+        _backend_name(backend, device)
+        return backend
+    return Backend(resolve_backend(backend, device), device.type)
+
+
+def _backend_name(backend: Union[str, Backend], device: torch.device) -> str:
+    if isinstance(backend, Backend):
+        if backend.device_type != device.type:
+            raise ValueError(f"backend {backend.name!r} was bound for {backend.device_type}, the tensors are on "
+                             f"{device}")
+        return backend.name
+    return resolve_backend(backend, device)
+
+
+def active_backends(device: torch.device | str = "cpu", backend: str = "auto") -> dict[str, str]:
+    """What runs for each op on ``device`` with ``backend`` (default "auto"): {op: "cpp" | "cuda" | "triton" |
+    "naive"}. An op whose device kernel the extension did not bring shows "naive": the reference registered in
+    its place, even when "cpp" / "cuda" was asked for."""
+    device = torch.device(device)
+    name = resolve_backend(backend, device)
+    return {op: ("naive" if name in DISPATCH_KEYS and not _built(name, op) else name) for op in OPS}
+
+
 def _impl(op: str, backend: str):
     if backend == "naive":
         return getattr(naive, op)
     if backend == "triton":
         return getattr(torch.ops.yoda, f"{op}_triton")
-    return getattr(torch.ops.yoda, op)
+    return getattr(torch.ops.yoda, op)  # the device kernel, or the reference registered in its place
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Validation (shared by the public entry points)
 # ----------------------------------------------------------------------------------------------------------
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None) -> None:
@@ -174,12 +241,6 @@ def _check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A"
     return A
 
 
-def _check_tile(tile: int) -> int:
-    if tile not in naive.TILE_SIZES:
-        raise ValueError(f"tile must be one of {naive.TILE_SIZES}, got {tile}")
-    return int(tile)
-
-
 def _check_nan(name: str, t: torch.Tensor) -> None:
     if torch.isnan(t).any():
         raise ValueError(f"{name} contains NaN")
@@ -188,7 +249,8 @@ def _check_nan(name: str, t: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # Public entry points
 # ----------------------------------------------------------------------------------------------------------
-def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def tile_stats(A: torch.Tensor, tile: int = 16, *,
+               backend: Union[str, Backend] = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tile (max, min) of the attention map, each (B, ceil(H/tile), ceil(W/tile)) float32.
 
     A: (B, 1, H, W) or (B, H, W) in [0, 1]. A tile is active at threshold tau if max >= tau, full if
@@ -197,8 +259,8 @@ def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: str = "auto") -> tup
         raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {getattr(A, 'shape', type(A))}")
     if A.dtype not in FLOAT_DTYPES:
         raise TypeError(f"A must be a float tensor, got {A.dtype}")
-    tile = _check_tile(tile)
-    tmax, tmin = _impl("tile_stats", resolve_backend(backend, A.device))(A.contiguous(), tile)
+    tile = check_tile(tile)
+    tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device))(A.contiguous(), tile)
     _check_nan("A", tmax)
     _check_nan("A", tmin)
     return tmax, tmin
@@ -228,7 +290,7 @@ def masked_step(
     noise: Optional[torch.Tensor] = None,
     tile: int = 16,
     stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-    backend: str = "auto",
+    backend: Union[str, Backend] = "auto",
 ) -> torch.Tensor:
     """One fused YODA reverse step t -> t_prev (DESIGN.md §5), in one pass over memory.
 
@@ -244,7 +306,7 @@ def masked_step(
     _check_state("model_out", model_out, x)
     _check_state("c", c, x)
     A = _check_attention(A, x)
-    tile = _check_tile(tile)
+    tile = check_tile(tile)
     if noise is not None:
         _check_state("noise", noise, x)
     philox.check_seed_step(seed, step)
@@ -258,13 +320,13 @@ def masked_step(
             raise ValueError("give either coefs or both ab_t and ab_prev")
         coefs = _coefs.step_coefficients(ab_t, ab_prev, prediction=prediction, sampler=sampler, eta=eta)
     coefs = [float(v) for v in coefs]
-    if len(coefs) != naive.NUM_COEFS or not all(math.isfinite(v) for v in coefs):
-        raise ValueError(f"coefs must be {naive.NUM_COEFS} finite floats, got {coefs}")
-    backend = resolve_backend(backend, x.device)
+    if len(coefs) != NUM_COEFS or not all(math.isfinite(v) for v in coefs):
+        raise ValueError(f"coefs must be {NUM_COEFS} finite floats, got {coefs}")
+    backend = _backend_name(backend, x.device)
     tmax = tmin = None
     if A is not None:
         if stats is None:
-            stats = tile_stats(A, tile, backend=backend)
+            stats = tile_stats(A, tile, backend=Backend(backend, x.device.type))
         tmax, tmin = stats
         expect = (x.shape[0], -(-x.shape[2] // tile), -(-x.shape[3] // tile))
         if tuple(tmax.shape) != expect or tuple(tmin.shape) != expect:
@@ -284,7 +346,7 @@ def masked_q_sample(
     tau: torch.Tensor | float,
     ab: torch.Tensor | float,
     *,
-    backend: str = "auto",
+    backend: Union[str, Backend] = "auto",
 ) -> torch.Tensor:
     """Training-time forward noising with YODA masks (DESIGN.md §7):
     x_t = sqrt(ab) (x0 where A >= tau else c) + sqrt(1 - ab) noise, per batch element.
@@ -311,7 +373,7 @@ def masked_q_sample(
     tau = per_batch("tau", tau).float()
     if A is not None:
         _check_nan("A", A)
-    backend = resolve_backend(backend, x0.device)
+    backend = _backend_name(backend, x0.device)
     # sqrt(1 - ab) in float64: 1 - ab cancels badly in float32 at the smallest noise levels (ab ~ 1 - 1e-6)
     sqrt_ab, sqrt_1m_ab = ab.sqrt().float(), (1 - ab).sqrt().float()
     return _impl("masked_q_sample", backend)(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau)

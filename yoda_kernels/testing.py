@@ -1,5 +1,5 @@
 """The device x dtype x shape grid of the op tests, the input builders and the tolerance rule, in one place
-(as torch_scatter/testing.py does; STYLE.md §7, §8).
+(as torch_scatter/testing.py does).
 
 Grid
     DEVICES      "cpu", plus "cuda" when a GPU is visible
@@ -21,6 +21,16 @@ neighbour in fp16/bf16 when the two backends' float32 values differ by one ulp. 
 noise: the normals of different backends agree to NOISE_ATOL (libm / Sleef / CUDA logf, cosf, sinf differ
 in the last bit, DESIGN.md §9), which enters the output multiplied by sigma or lb; with an explicit noise
 tensor atol is 0.
+
+A bound in units of the reference's own error loosens itself when the reference is wrong (a mask of A > tau
+in the reference once let every Triton case pass), so the reference is held to a few ulps first, element by
+element:
+
+    |naive - ref64|  <=  REF_ULPS * (eps32 * scale + eps(dtype) * |ref64|)  +  ref_atol
+
+scale: the float64 sum of the magnitudes of the equation's terms (what float32 roundings scale with; see
+masked_step_f64_scale); eps(dtype) * |ref64|: the final rounding to fp16 / bf16. ref_atol is 0 where the
+reference draws the very noise the float64 value was given (the CPU), else atol.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import ops, philox
-from .coefs import needs_noise
+from .contract import StepCoefs, needs_noise
 
 DEVICES: tuple[str, ...] = ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -43,6 +53,10 @@ SHAPES = ((1, 3, 37, 53), (2, 4, 16, 16), (1, 2, 5, 7), (2, 3, 33, 65), (1, 3, 6
 SMALL_SHAPES = ((1, 3, 37, 53), (2, 4, 16, 16))  # what the Triton interpreter runs
 NOISE_ATOL = 1e-6  # |normal_backend - normal_reference| bound (DESIGN.md §9)
 K_REF = 2.0
+# naive vs float64 in ulps of the terms (module docstring): at most 0.77 over the masked_step grid, since a
+# chain of ~5 roundings rarely adds up; a reference that takes the other branch at one pixel is ~1e7 ulps off
+REF_ULPS = 2.0
+EPS32 = 2.0**-23
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,19 +180,62 @@ def masked_step_f64(
     return torch.where(Af >= torch.tensor(tau, dtype=torch.float32), sr, lr)
 
 
+def masked_step_f64_scale(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    c: torch.Tensor,
+    A: Optional[torch.Tensor],
+    tau: float,
+    coefs: Sequence[float],
+    z: torch.Tensor,
+) -> torch.Tensor:
+    """Per element, the float64 magnitude that float32 roundings of masked_step_f64's equation scale with: every
+    term replaced by its absolute value (|cx0| (|k1 x| + |k2 out|) + |cx x| + ... on the SR branch, |la c| +
+    |lb z| on the LR branch; clipping does not widen an error)."""
+    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb = (abs(float(v)) for v in coefs)
+    xd, od, cd, zd = (t.detach().to("cpu", torch.float64).abs() for t in (x, model_out, c, z))
+    sr = cx0 * (k1 * xd + k2 * od) + cx * xd + ceps * (e1 * xd + e2 * od) + sigma * zd
+    if A is None:
+        return sr
+    Af = A.detach().to("cpu", torch.float32)
+    Af = Af.unsqueeze(1) if Af.dim() == 3 else Af
+    return torch.where(Af >= torch.tensor(tau, dtype=torch.float32), sr, la * cd + lb * zd)
+
+
 def max_err(out: torch.Tensor, ref64: torch.Tensor) -> float:
     """max |out - ref64| over the elements (NaN counts as infinite error)."""
     d = (out.detach().to("cpu", torch.float64) - ref64).abs()
     return float("inf") if torch.isnan(d).any() else float(d.max()) if d.numel() else 0.0
 
 
-def assert_within_reference_error(
-    out: torch.Tensor, naive_out: torch.Tensor, ref64: torch.Tensor, *, atol: float = 0.0, k: float = K_REF,
-    what: str = "backend",
+def assert_reference_within_ulps(
+    naive_out: torch.Tensor, ref64: torch.Tensor, scale: torch.Tensor, *, atol: float = 0.0, ulps: float = REF_ULPS
 ) -> None:
-    """The flash-attention rule of the module docstring; also checks dtype, shape and values' finiteness."""
+    """The reference itself is the float64 value up to a few float32 roundings of the terms (``scale``) and the
+    final rounding to its dtype (module docstring), at every element."""
+    fi = torch.finfo(naive_out.dtype)
+    bound = ulps * (EPS32 * scale + fi.eps * ref64.abs() + fi.tiny * fi.eps) + atol
+    d = (naive_out.detach().to("cpu", torch.float64) - ref64).abs()
+    bad = ~(d <= bound)  # NaN counts as bad
+    if bad.any():
+        i = int(bad.flatten().nonzero()[0])
+        raise AssertionError(
+            f"reference: {int(bad.sum())} of {d.numel()} elements further from float64 than {ulps} ulps "
+            f"(+ atol {atol:.3g}); first at flat index {i}: |naive - ref64| = {float(d.flatten()[i]):.3g} > "
+            f"{float(bound.flatten()[i]):.3g} (ref64 {float(ref64.flatten()[i]):.6g}, scale "
+            f"{float(scale.flatten()[i]):.3g})"
+        )
+
+
+def assert_within_reference_error(
+    out: torch.Tensor, naive_out: torch.Tensor, ref64: torch.Tensor, *, scale: torch.Tensor, atol: float = 0.0,
+    ref_atol: float = 0.0, k: float = K_REF, what: str = "backend",
+) -> None:
+    """The flash-attention rule of the module docstring, after the reference's own few-ulps check
+    (assert_reference_within_ulps with ``scale`` and ``ref_atol``); also checks dtype, shape and finiteness."""
     assert out.dtype == naive_out.dtype, f"{what}: dtype {out.dtype} != reference dtype {naive_out.dtype}"
     assert out.shape == naive_out.shape, f"{what}: shape {tuple(out.shape)} != {tuple(naive_out.shape)}"
+    assert_reference_within_ulps(naive_out, ref64, scale, atol=ref_atol)
     err, ref_err = max_err(out, ref64), max_err(naive_out, ref64)
     assert err <= k * ref_err + atol, (
         f"{what}: max error vs float64 {err:.3g} > {k} x naive's {ref_err:.3g} + atol {atol:.3g}"
@@ -190,7 +247,8 @@ def noise_atol(coefs: Sequence[float], explicit_noise: bool) -> float:
     coefficient (plus float32 rounding of that product), 0 for an explicit noise tensor."""
     if explicit_noise:
         return 0.0
-    return NOISE_ATOL * max(abs(float(coefs[7])), abs(float(coefs[9])))
+    k = StepCoefs(*coefs)
+    return NOISE_ATOL * max(abs(float(k.sigma)), abs(float(k.lb)))
 
 
 def reference_noise(shape, seed: int, step: int, coefs: Sequence[float]) -> torch.Tensor:
@@ -213,14 +271,17 @@ __all__ = [
     "K_REF",
     "LAYOUTS",
     "NOISE_ATOL",
+    "REF_ULPS",
     "SHAPES",
     "SMALL_SHAPES",
+    "assert_reference_within_ulps",
     "assert_within_reference_error",
     "backends_for",
     "blob_attention",
     "case_params",
     "grid",
     "masked_step_f64",
+    "masked_step_f64_scale",
     "max_err",
     "noise_atol",
     "random_attention",

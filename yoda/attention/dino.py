@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import load_state_dict_checked
 from .classic import aggregate, check_lr
 
 __all__ = [
@@ -158,8 +159,6 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
 def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str, fmt: str) -> None:
     """model.load_state_dict(sd, strict=True) with one error that names the file and the expected format and
     lists a few missing / unexpected / mis-shaped keys (yoda.checkpoint's check, shared with the SR models)."""
-    from ..checkpoint import load_state_dict_checked
-
     load_state_dict_checked(model, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")
 
 

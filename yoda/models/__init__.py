@@ -4,14 +4,28 @@
 - :class:`SRDiff` (residual space; LeiaLi/SRDiff UNet + RRDB encoder, upstream keys) + :class:`SRDiffAdapter`
 - :class:`LatentAdapter` / :func:`from_diffusers` (latent space, DiffBIR/ControlLDM-style)
 
-Every model has ``yoda_adapter(**kw)``; checkpoints load with :func:`yoda.load`.
+Every model has ``yoda_adapter(**kw)`` and a ``card`` (:class:`ModelCard`: schedule, scale, prediction, space)
+that the adapter samples with. Loaders live next to their models:
+
+- ``sr3_load.py`` / ``srdiff_load.py``: the upstream checkpoints of SR3 and SRDiff
+- ``yoda_format.py``: the project's own model file (:func:`save_model`, :func:`load_yoda`)
+- ``loading.py``: :func:`load`, the one entry point (``yoda.load``), which also reaches the DINO extractors
+
+Reading files and checking state dicts is yoda.checkpoint.
 """
 
+from .card import ModelCard
 from .latent import LatentAdapter, LatentCond, from_diffusers, schedule_from_diffusers
 from .sr3 import SR3Adapter, SR3Config, SR3UNet, load_sr3_config, sr3_beta_schedule
 from .srdiff import SRDiff, SRDiffAdapter, SRDiffConfig, load_srdiff_config, srdiff_beta_schedule
+from .loading import KINDS, load
+from .yoda_format import save_model
 
 __all__ = [
+    "ModelCard",
+    "load",
+    "save_model",
+    "KINDS",
     "SR3UNet",
     "SR3Config",
     "SR3Adapter",

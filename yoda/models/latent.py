@@ -23,6 +23,8 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from yoda_kernels.contract import PREDICTIONS
+
 from ..adapters import Adapter, Prepared, upsample
 from ..schedule import Schedule
 
@@ -70,7 +72,7 @@ class LatentAdapter(Adapter):
             raise TypeError(f"stage1 must be callable or None, got {type(stage1).__name__}")
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a yoda.Schedule, got {type(schedule).__name__}")
-        if prediction not in ("eps", "x0", "v"):
+        if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
         for name, v in (("scale", scale), ("latent_factor", latent_factor), ("latent_multiple", latent_multiple)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..adapters import PixelAdapter, Prepared
 from ..schedule import Schedule
+from .card import ModelCard
 
 __all__ = [
     "SR3Config",
@@ -384,9 +385,13 @@ class SR3UNet(nn.Module):
        2 ** (len(channel_mults) - 1); noise_level: (B,) or (B, 1) = sqrt(alpha_bar) (float, continuous).
     Returns (B, out_channel, H, W).
 
-    Optional attributes (set by :func:`yoda.load` / the user; read by :meth:`yoda_adapter`):
-    ``schedule`` (the sampling Schedule) and ``scale`` (SR factor).
+    ``card``: the ModelCard (schedule, scale, prediction) :meth:`yoda_adapter` samples with; set by
+    :func:`yoda.load`, the trainer, or the user (``net.card = ModelCard(schedule, scale)``); None until then.
+    ``scale`` is the config's (SR3Config.scale, set by :meth:`from_config`; None for a net built from
+    keyword arguments).
     """
+
+    card: Optional[ModelCard] = None
 
     def __init__(
         self,
@@ -406,8 +411,6 @@ class SR3UNet(nn.Module):
         cfg = SR3Config(in_channel, out_channel, inner_channel, norm_groups, tuple(channel_mults),
                         attn_res, res_blocks, dropout, with_noise_level_emb, image_size, mid_attn)
         self.config = cfg
-        self.schedule: Optional[Schedule] = None
-        self.scale: Optional[int] = None
         attn_res = cfg.attn_res
         kw = dict(norm_groups=norm_groups, dropout=dropout)
 
@@ -462,17 +465,22 @@ class SR3UNet(nn.Module):
     @classmethod
     def from_config(cls, cfg: SR3Config) -> "SR3UNet":
         net = cls(**cfg.unet_kwargs())
-        net.scale = cfg.scale
+        net.config = cfg  # with its scale
         return net
 
     @staticmethod
     def tiny_x4_config() -> SR3Config:
         """The small fully convolutional x4 default: no attention, 4 levels (H, W multiples of 8),
-        2,763,299 parameters, ~61 ms per forward on 1x6x64x64 (fp32, 2 shared CPU cores)."""
+        2,763,299 parameters (its speed: benchmarks/RESULTS.md)."""
         return SR3Config(
             in_channel=6, out_channel=3, inner_channel=32, norm_groups=16, channel_mults=(1, 2, 2, 4),
             attn_res=(), res_blocks=1, dropout=0.0, image_size=64, mid_attn=False, scale=4,
         )
+
+    @property
+    def scale(self) -> Optional[int]:
+        """The SR factor of the config (None if unknown)."""
+        return self.config.scale
 
     @property
     def multiple(self) -> int:
@@ -510,9 +518,11 @@ class SR3UNet(nn.Module):
         return self.final_conv(x)
 
     def yoda_adapter(self, schedule: Optional[Schedule] = None, scale: Optional[int] = None,
-                     clip_x0: bool = True) -> "SR3Adapter":
-        """The adapter yoda.sample uses (schedule / scale default to the attributes set at load time)."""
-        return SR3Adapter(self, schedule=schedule, scale=scale, clip_x0=clip_x0)
+                     clip_x0: bool = True, *, prediction: Optional[str] = None,
+                     card: Optional[ModelCard] = None) -> "SR3Adapter":
+        """The adapter yoda.sample uses: schedule / scale / prediction from ``card`` (default ``self.card``)
+        unless given here."""
+        return SR3Adapter(self, schedule=schedule, scale=scale, clip_x0=clip_x0, prediction=prediction, card=card)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -522,30 +532,40 @@ class SR3Adapter(PixelAdapter):
     """Pixel space (DESIGN.md §6): yoda.adapters.PixelAdapter for an SR3UNet, c = up(lr), cond = up(lr),
     eps = net(cat(up(lr), x_t), sqrt(ab_t)). What differs from PixelAdapter:
 
-    schedule / scale: default to ``net.schedule`` / ``net.scale``; one of each must be known.
-    multiple: the UNet's (2 ** number of downsamplings). prediction: SR3's "eps" unless the net says otherwise
-    (``net.prediction``, set by yoda.load for models trained to predict x0 or v).
+    schedule / scale / prediction: given here, else from ``card`` (default ``net.card``, the ModelCard yoda.load
+    returns the net with); scale then falls back to ``net.scale`` (its config's) and prediction to SR3's "eps".
+    A schedule and a scale must be known.
+    multiple: the UNet's (2 ** number of downsamplings).
     The net runs in its parameters' dtype (a half-precision state must not meet float32 weights), and
     prepare checks that lr has the net's out_channel channels.
     clip_x0: SR3 clamps x0_hat to [-1, 1] (``clip_denoised=True`` in p_sample).
     """
 
     def __init__(self, net: SR3UNet, schedule: Optional[Schedule] = None, scale: Optional[int] = None,
-                 clip_x0: bool = True):
+                 clip_x0: bool = True, *, prediction: Optional[str] = None, card: Optional[ModelCard] = None):
         if not isinstance(net, SR3UNet):
             raise TypeError(f"net must be an SR3UNet, got {type(net).__name__}")
-        schedule = schedule if schedule is not None else net.schedule
-        scale = scale if scale is not None else net.scale
+        card = net.card if card is None else card
+        if card is not None and not isinstance(card, ModelCard):
+            raise TypeError(f"card must be a yoda.models.ModelCard or None, got {type(card).__name__}")
+        if card is not None and card.space != "pixel":
+            raise ValueError(f"card: an SR3 model samples in pixel space, the card says {card.space!r}")
+        if schedule is None and card is not None:
+            schedule = card.schedule
+        if scale is None:
+            scale = card.scale if card is not None else net.scale
+        if prediction is None:
+            prediction = card.prediction if card is not None else "eps"
         if not isinstance(schedule, Schedule):
-            raise ValueError("schedule: pass the Schedule the SR3 model samples with (or load it with yoda.load, "
-                             "which attaches the config's val schedule)")
+            raise ValueError("schedule: pass the Schedule the SR3 model samples with (or give the net a ModelCard; "
+                             "yoda.load returns it with one holding the config's val schedule)")
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale: the SR factor must be a positive int (from the config's l/r_resolution "
                              f"or passed explicitly), got {scale!r}")
         if net.config.in_channel != 2 * net.config.out_channel:
             raise ValueError("net: SR3 conditioning needs in_channel == 2 * out_channel "
                              f"(got {net.config.in_channel}, {net.config.out_channel})")
-        super().__init__(net, schedule, scale=scale, prediction=getattr(net, "prediction", "eps"), clip_x0=bool(clip_x0),
+        super().__init__(net, schedule, scale=scale, prediction=prediction, clip_x0=bool(clip_x0),
                          multiple=net.multiple)
 
     def prepare(self, lr: torch.Tensor) -> Prepared:

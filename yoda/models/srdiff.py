@@ -28,8 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yoda_kernels.contract import PREDICTIONS
+
 from ..adapters import Adapter, Prepared, upsample
 from ..schedule import Schedule
+from .card import ModelCard
 
 __all__ = ["SRDiffConfig", "SRDiff", "SRDiffAdapter", "RRDBNet", "Unet", "srdiff_beta_schedule", "load_srdiff_config"]
 
@@ -396,7 +399,11 @@ class SRDiff(nn.Module):
     ``SRDiff(config)`` or ``SRDiff(hidden_size=..., dim_mults=..., ...)`` (SRDiffConfig fields).
     forward(x, t, cond, img_lr_up) = denoise_fn(...): x (B, 3, H, W) residual state, t (B,) int64, cond the
     RRDB features (``rrdb.features(lr)``), img_lr_up = up(lr). ``schedule`` is srdiff_beta_schedule(config).
+    ``card``: the ModelCard :meth:`yoda_adapter` samples with (set by yoda.load and the trainer); None: the
+    config's own schedule and scale, predicting eps (upstream SRDiff).
     """
+
+    card: Optional[ModelCard] = None
 
     def __init__(self, config: Optional[SRDiffConfig] = None, **kwargs: Any):
         super().__init__()
@@ -427,8 +434,10 @@ class SRDiff(nn.Module):
         return self.denoise_fn(x, t, cond, img_lr_up)
 
     def yoda_adapter(self, schedule: Optional[Schedule] = None, clip_x0: Optional[bool] = None,
-                     clip_input: Optional[bool] = None, res_rescale: Optional[float] = None) -> "SRDiffAdapter":
-        return SRDiffAdapter(self, schedule=schedule, clip_x0=clip_x0, clip_input=clip_input, res_rescale=res_rescale)
+                     clip_input: Optional[bool] = None, res_rescale: Optional[float] = None, *,
+                     prediction: Optional[str] = None, card: Optional[ModelCard] = None) -> "SRDiffAdapter":
+        return SRDiffAdapter(self, schedule=schedule, clip_x0=clip_x0, clip_input=clip_input, res_rescale=res_rescale,
+                             prediction=prediction, card=card)
 
 
 class SRDiffCond(NamedTuple):
@@ -440,19 +449,28 @@ class SRDiffAdapter(Adapter):
     """Residual space (DESIGN.md §6): c = 0 (the LR image has no residual), cond = (RRDB feats, up(lr)),
     eps = unet(x_t, idx, feats, up(lr)); decode: SR = clamp(up(lr) + clip(x0) / res_rescale, -1, 1).
 
+    schedule / prediction: given here, else from ``card`` (default ``model.card``), else the config's schedule
+    and upstream's "eps". The scale is always the config's sr_scale (a card must agree).
     clip_x0 (default config.clip_denoised = True): clamp of the residual x0_hat inside each step.
     clip_input (default config.clip_input = True): clamp of the final residual before res2img.
     """
 
-    prediction = "eps"
-
     def __init__(self, model: SRDiff, schedule: Optional[Schedule] = None, clip_x0: Optional[bool] = None,
-                 clip_input: Optional[bool] = None, res_rescale: Optional[float] = None):
+                 clip_input: Optional[bool] = None, res_rescale: Optional[float] = None, *,
+                 prediction: Optional[str] = None, card: Optional[ModelCard] = None):
         if not isinstance(model, SRDiff):
             raise TypeError(f"model must be an SRDiff, got {type(model).__name__}")
         cfg = model.config
+        card = model.card if card is None else card
+        if card is not None and not isinstance(card, ModelCard):
+            raise TypeError(f"card must be a yoda.models.ModelCard or None, got {type(card).__name__}")
+        if card is not None and (card.space != "residual" or card.scale != cfg.sr_scale):
+            raise ValueError(f"card: an SRDiff model with sr_scale {cfg.sr_scale} samples in residual space at scale "
+                             f"{cfg.sr_scale}; the card says {card.space!r} at scale {card.scale}")
         self.model = model
-        self.schedule = schedule if schedule is not None else model.schedule
+        if schedule is None:
+            schedule = card.schedule if card is not None else model.schedule
+        self.schedule = schedule
         if not isinstance(self.schedule, Schedule):
             raise TypeError(f"schedule must be a yoda.Schedule, got {type(self.schedule).__name__}")
         self.scale = cfg.sr_scale
@@ -462,6 +480,11 @@ class SRDiffAdapter(Adapter):
         if not self.res_rescale > 0:
             raise ValueError(f"res_rescale must be > 0, got {res_rescale}")
         self.multiple = model.multiple
+        if prediction is None:  # upstream SRDiff predicts eps; a model trained to predict x0 or v has a card saying so
+            prediction = card.prediction if card is not None else "eps"
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         if not isinstance(lr, torch.Tensor) or lr.dim() != 4 or lr.shape[1] != 3:

@@ -4,14 +4,12 @@ Importing this package registers the three ops with ``torch.library.triton_op``,
 built-in operators and ``torch.compile`` sees the Triton kernels inside them. Signatures are the schemas of
 ``yoda_kernels.ops.SCHEMAS`` (``int`` arguments are inferred as ``SymInt``, which accepts the same values).
 
-``INTERPRET`` is read once, here: the interpreter must be chosen before triton is first imported.
+``INTERPRET`` is read once (interpret.py), before triton is first imported: the interpreter must be chosen then.
 """
 
 from __future__ import annotations
 
-import os
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .interpret import INTERPRET
 
 import triton  # noqa: E402,F401  ImportError here means "no triton backend" (ops.triton_available)
 

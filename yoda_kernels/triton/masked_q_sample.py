@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .. import naive
+from ..contract import memory_format
 from .masked_step import MAX_GRID_YZ, soft_bf16, to_output
 from .tile_stats import attention_strides
 
@@ -87,7 +87,7 @@ def masked_q_sample_triton(
     block_h, block_w = 16, max(16, min(128, triton.next_power_of_2(max(W, 1))))
     if triton.cdiv(H, block_h) > MAX_GRID_YZ or B > MAX_GRID_YZ:
         raise ValueError(f"x0 of shape {tuple(x0.shape)} is too large for the grid")
-    out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device, memory_format=naive._memory_format(x0))
+    out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device, memory_format=memory_format(x0))
     if out.numel() == 0:
         return out
     has_a = A is not None

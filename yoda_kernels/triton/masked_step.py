@@ -17,7 +17,9 @@ boundary pay for the per-pixel path.
 
 Noise. z = tl.randn4x((step << 32) | seed, g) with g = ((b*C + c) * ceil(H/4) + y//4) * W + x and lane
 y % 4 (yoda_kernels.philox): the strip's rows split into four lane sub-blocks, rows y0 + 4i + lane, so one
-Philox call feeds four pixels. No noise is drawn or read when sigma == lb == 0 (coefs[7], coefs[9]).
+Philox call feeds four pixels. No noise is drawn or read when sigma == lb == 0 (contract.needs_noise).
+
+Coefficients reach the kernel by name (contract.StepCoefs fields are its parameters k1 .. lb).
 
 Arithmetic is float32 whatever the input dtype; the kernel is compiled with enable_fp_fusion=False so
 that a*x + b*y is two roundings as in the reference, never one fused multiply-add.
@@ -32,8 +34,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .. import naive
-from ..coefs import needs_noise
+from ..contract import NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
+from .interpret import INTERPRET
 from .tile_stats import attention_strides, optional_stats
 
 # Strip paths (PATH in the kernel, see the module docstring): 0 LR branch only, 1 SR branch only, 2 per pixel.
@@ -46,16 +48,14 @@ def launch_config(W: int, tile: int, noise: bool = False, unit_w: bool = True) -
     """(BLOCK_W, num_warps) for images of width W, tile size ``tile``, a step that draws Philox noise or not, and
     tensors whose W-stride is 1 (``unit_w``: Triton folds the stride in and loads float4) or not.
 
-    Measured on an H200 (benchmarks/RESULTS.md), 4x3x2048x2048 fp32, tile 16:
-      - without Philox, 2048-pixel strips at 4 warps (16 pixels of a channel per thread, float4 loads) reach
-        87-94 % of copy bandwidth;
-      - with Philox, at 50 % active, 1024-pixel strips at 4 warps (8 pixels per thread) took 0.238 ms against
-        0.300 ms for 2048: the bigger strip spills registers once Philox and Box-Muller (about 60 instructions
-        per pixel) are in flight for 16 pixels.
-    Strided tensors (channels-last) load one float at a time and need more registers: at 4 warps the 2048-pixel
-    kernel with an explicit noise tensor spills, so they take 8 warps (benchmarks/sass_report.py compiles every
-    case offline). Narrow images shrink BLOCK_W to the next power of two >= W (never below one tile), and the
-    warps to at least 8 pixels each."""
+    The reasons (measurements: benchmarks/RESULTS.md, the H200 launch sweep and the offline sm_90 compile):
+      - without Philox, 2048-pixel strips at 4 warps: 16 pixels of a channel per thread, float4 loads;
+      - with Philox, 1024-pixel strips at 4 warps: the 2048-pixel strip spills registers once Philox and
+        Box-Muller are in flight for 16 pixels per thread (0.300 ms against 0.238 ms at 50 % active);
+      - strided tensors (channels-last) load one float at a time and need more registers: 8 warps (at 4 the
+        kernel with an explicit noise tensor spills; benchmarks/sass_report.py compiles every case offline).
+    Narrow images shrink BLOCK_W to the next power of two >= W (never below one tile), and the warps to at
+    least 8 pixels each."""
     pixels, warps = (1024, 4) if noise else (2048, 4 if unit_w else 8)
     block_w = max(tile, min(pixels // tile, triton.next_power_of_2(max(W, 1))))
     return block_w, max(1, min(warps, tile * block_w // (32 * 8)))
@@ -65,8 +65,6 @@ def soft_bf16(dtype: torch.dtype) -> bool:
     """The interpreter rounds float32 -> bfloat16 by truncation (and mis-carries when asked for RTNE), so under
     TRITON_INTERPRET=1 the kernels round bf16 outputs themselves; compiled kernels use the hardware's
     round-to-nearest-even conversion, which gives the same bits."""
-    from . import INTERPRET
-
     return INTERPRET and dtype == torch.bfloat16
 
 
@@ -296,19 +294,18 @@ def launch_masked_step(
     for name, t in (("model_out", model_out), ("c", c), ("noise", noise)):
         if t is not None and t.shape != x.shape:
             raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
-    if tile not in naive.TILE_SIZES:
-        raise ValueError(f"tile must be one of {naive.TILE_SIZES}, got {tile}")
-    if len(coefs) != naive.NUM_COEFS:
-        raise ValueError(f"coefs must be {naive.NUM_COEFS} floats, got {len(coefs)}")
+    check_tile(tile)
+    if len(coefs) != NUM_COEFS:
+        raise ValueError(f"coefs must be {NUM_COEFS} floats, got {len(coefs)}")
     B, C, H, W = x.shape
     TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
     if TY > MAX_GRID_YZ or B > MAX_GRID_YZ:
         raise ValueError(f"x of shape {tuple(x.shape)} needs a grid over {TY} tile rows and {B} images; "
                          f"at most {MAX_GRID_YZ} each")
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=naive._memory_format(x))
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
     if out.numel() == 0:
         return out
-    k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb = (float(v) for v in coefs)
+    k = StepCoefs(*(float(v) for v in coefs))
     noise_mode = NOISE_NONE if not needs_noise(coefs) else NOISE_PHILOX if noise is None else NOISE_TENSOR
     has_a = A is not None
     if has_a:
@@ -331,7 +328,7 @@ def launch_masked_step(
         x, model_out, c, A, tmax, tmin, noise if noise is not None else x, out,
         C, H, W, (H + 3) // 4, TY, TX,
         *x.stride(), *model_out.stride(), *c.stride(), *_strides(noise), *out.stride(), sab, sah, saw,
-        float(tau), k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, _as_int32(int(seed)), int(step),
+        float(tau), **k._asdict(), seed_i32=_as_int32(int(seed)), step=int(step),
         HAS_A=has_a, NOISE=noise_mode, CLIP=bool(clip), TILE=tile, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x.dtype),
         num_warps=num_warps or cfg_warps, enable_fp_fusion=False,
     )

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .. import naive
+from ..contract import check_tile
 
 
 @triton.jit
@@ -62,8 +62,7 @@ def attention_strides(A: torch.Tensor) -> tuple[int, int, int]:
 def launch_tile_stats(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
     if A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
         raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {tuple(A.shape)}")
-    if tile not in naive.TILE_SIZES:
-        raise ValueError(f"tile must be one of {naive.TILE_SIZES}, got {tile}")
+    check_tile(tile)
     B, H, W = A.shape[0], A.shape[-2], A.shape[-1]
     TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
     if TY > 65535 or B > 65535:  # CUDA's limit on grid dimensions y and z

@@ -1,0 +1,269 @@
+"""Mutation check: plant small, plausible one-line bugs, one at a time, in a temporary copy of the repository and
+check that the tests named for each one catch it.
+
+    .venv/bin/python benchmarks/mutants.py                      # every mutant (about 3-5 min on 2 cores)
+    .venv/bin/python benchmarks/mutants.py --list               # the list, with the tests each must fail
+    .venv/bin/python benchmarks/mutants.py window-axes noise-h4 # some of them
+    .venv/bin/python benchmarks/mutants.py --no-baseline        # skip the unmutated runs of each selection
+
+Not part of the default test run (it runs pytest ~40 times). Each mutant is (name, file, old, new, pytest
+arguments, why): ``old`` must occur exactly once in the file, so a refactoring that moves the code makes the
+script fail loudly instead of testing nothing -- then update the snippet. The copy holds the files git knows
+(tracked and untracked-but-not-ignored, as they are in the working tree) plus the built extension
+(yoda_kernels/_C*.so); the mutants are all in Python, so nothing is rebuilt. First every distinct test selection
+runs unmutated (it must pass, or "caught" would mean nothing); then each mutant is planted, its selection runs
+with ``-x``, and the file is restored. A mutant is caught when pytest fails (exit code 1, or 2 for an error at
+collection); exit code 5 (no test selected) or 4 (usage) is an error in the list. The script exits 0 only if
+every mutant is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple  # pytest arguments (paths, -k expressions)
+    why: str
+
+
+MUTANTS = [
+    # ---- the holes of issue 15 -----------------------------------------------------------------------------
+    Mutant("window-axes", "yoda/sampling/tiles.py",
+           "float(A[..., ys, xs].amax())", "float(A[..., xs, ys].amax())",
+           ("tests/test_sampler.py", "-k", "tiled"),
+           "window maximum over swapped axes: wrong windows skipped on a non-square image"),
+    Mutant("noise-h4", "yoda_kernels/philox.py",
+           "    H4 = (H + 3) // 4\n", "    H4 = H // 4 + 1\n",
+           ("tests/test_noise.py",),
+           "row-group count of the counter map: right only when H % 4 != 0"),
+    Mutant("reference-mask-gt", "yoda_kernels/naive.py",
+           "return A >= _f32(tau).to(A.device)", "return A > _f32(tau).to(A.device)",
+           ("tests/test_masked_step.py", "-k", "matches_reference and triton"),
+           "the reference's mask drops A == tau: must fail on its own error, not loosen the Triton bound"),
+    Mutant("triton-mask-gt", "yoda_kernels/triton/masked_step.py",
+           "(mixed[None, :] & (a >= tau))", "(mixed[None, :] & (a > tau))",
+           ("tests/test_masked_step.py", "-k", "matches_reference and triton"),
+           "Triton's per-pixel mask in mixed tiles drops A == tau (planted ties)"),
+    Mutant("mask-at-gt", "yoda/masks.py",
+           "return A.float() >= torch.tensor(tau, dtype=torch.float32, device=A.device)",
+           "return A.float() > torch.tensor(tau, dtype=torch.float32, device=A.device)",
+           ("tests/test_masks.py",),
+           "yoda.masks.mask_at drops A == tau"),
+    Mutant("ddim-sigma", "yoda_kernels/coefs.py",
+           "ceps = math.sqrt(max(1.0 - ap - sigma * sigma, 0.0))", "ceps = math.sqrt(max(1.0 - ap, 0.0))",
+           ("tests/test_masked_step.py", "-k", "tau_le_0"),
+           "DDIM direction term without the sigma^2 of eq. 12"),
+    Mutant("lr-branch-ab-prev", "yoda_kernels/coefs.py",
+           "la=math.sqrt(ap), lb=math.sqrt(1.0 - ap))", "la=math.sqrt(a), lb=math.sqrt(1.0 - a))",
+           ("tests/test_masked_step.py", "-k", "tau_above_1"),
+           "LR branch noised to t instead of t_prev"),
+    Mutant("sr3-key-prefix", "yoda/models/sr3_load.py",
+           'k[len("denoise_fn."):] if k.startswith("denoise_fn.")',
+           'k[len("denoise_fn"):] if k.startswith("denoise_fn.")',
+           ("tests/test_models.py", "-k", "sr3_upstream_checkpoint"),
+           "upstream *_gen.pth keys keep a leading '.'"),
+    Mutant("sr3-strict", "yoda/models/sr3_load.py",
+           '    load_state_dict_checked(net, sd, p, hint="For SR3 pass config= the JSON the model was trained with "\n'
+           '                            "(default: the 16->128 config).")\n',
+           "    net.load_state_dict(sd, strict=False)\n",
+           ("tests/test_checkpoint.py",),
+           "SR3 weights loaded non-strictly: missing / unexpected keys pass silently"),
+    Mutant("dino-strict", "yoda/attention/dino.py",
+           'load_state_dict_checked(model, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")',
+           "model.load_state_dict(sd, strict=False)",
+           ("tests/test_dino.py", "tests/test_checkpoint.py", "-k", "dino"),
+           "DINO weights loaded non-strictly"),
+    # ---- tests that checked themselves, shapes or ranges (now values) ------------------------------------------
+    Mutant("naive-noise-step", "yoda_kernels/naive.py",
+           "return philox.noise(seed, step, x.shape, device=x.device)",
+           "return philox.noise(seed, step + 1, x.shape, device=x.device)",
+           ("tests/test_sampler.py", "-k", "same_seed and naive"),
+           "the reference draws the next step's noise (its same-seed test compared it with itself)"),
+    Mutant("dino-pos-embed-key", "yoda/attention/dino.py",
+           'pe = sd.get("pos_embed")', 'pe = sd["pos_embed"]',
+           ("tests/test_checkpoint.py", "-k", "dino_kinds"),
+           "a file without DINO keys gives a KeyError, not the list of missing keys (the test accepted any "
+           "exception)"),
+    Mutant("cli-attention-unpadded", "yoda/cli.py",
+           "A = _attention(attention)(x) if isinstance(attention, str) else attention",
+           "A = _attention(attention)(lr) if isinstance(attention, str) else attention",
+           ("tests/test_cli.py", "-k", "upscale_one_file"),
+           "the CLI's attention map from the unpadded LR (the CLI tests checked sizes only)"),
+    Mutant("train-val-lower-bound", "yoda/training/trainer.py",
+           "lower_bound=self.cfg.loss.lower_bound, seed=self.cfg.seed, progress=False)",
+           "lower_bound=1.0, seed=self.cfg.seed, progress=False)",
+           ("tests/test_cli.py", "-k", "train_and_plot"),
+           "validation 'YODA' PSNR is the plain sampler's (the test accepted any PSNR in (3, 60))"),
+    Mutant("figure-panel-size", "yoda/attention/figure.py",
+           "size = _panel_size(*a.shape[-2:])", "size = _panel_size(*x.shape[-2:])",
+           ("tests/test_attention.py", "-k", "hr_attention_and_grey"),
+           "figure panels sized from the LR instead of A (the test checked the mode and a height)"),
+    Mutant("minmax-rtol", "yoda/attention/classic.py",
+           "def minmax_normalize(m: torch.Tensor, rtol: float = 1e-6)",
+           "def minmax_normalize(m: torch.Tensor, rtol: float = 1e-2)",
+           ("tests/test_dino.py", "-k", "constant_image"),
+           "a real but flat map (the constant image's DINO map spans 0.5 %) is flattened to all ones"),
+    Mutant("evaluate-lower-bound", "yoda/evaluate.py",
+           "run_sample(adapter, lr, attn, 1.0 if lb is None else lb, settings)",
+           "run_sample(adapter, lr, attn, 1.0, settings)",
+           ("tests/test_evaluate.py", "-k", "rows_and_table"),
+           "the 'yoda' rows of yoda eval are plain samples (the test checked labels and call counts)"),
+    Mutant("callback-x0-prediction", "yoda/sampling/prepare.py",
+           '"x0_hat": x0_hat(x, pred, ab_t, self.adapter.prediction, self.spec.clip)',
+           '"x0_hat": x0_hat(x, pred, ab_t, "eps", self.spec.clip)',
+           ("tests/test_sampler.py", "-k", "callback"),
+           "the callback's x0_hat assumes an eps model (the test compared x0_hat with the last state only)"),
+]
+
+
+def repo_files() -> list[str]:
+    """Tracked and untracked-but-not-ignored files of the working tree, plus the built extension."""
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         check=True, capture_output=True, text=True).stdout
+    files = [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+    files += [os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / "yoda_kernels" / "_C*.so"))]
+    return sorted(set(files))
+
+
+def make_copy(dest: Path) -> None:
+    for f in repo_files():
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dest / f)
+
+
+def check_list(mutants: list[Mutant]) -> list[str]:
+    """Every snippet occurs exactly once in its file and the mutant changes it."""
+    problems = []
+    for m in mutants:
+        path = ROOT / m.file
+        text = path.read_text() if path.is_file() else ""
+        n = text.count(m.old)
+        if n != 1:
+            problems.append(f"{m.name}: the snippet occurs {n} times in {m.file} (must be 1): {m.old!r}")
+        if m.old == m.new:
+            problems.append(f"{m.name}: old == new")
+    names = [m.name for m in mutants]
+    problems += [f"duplicate name {n}" for n in sorted({n for n in names if names.count(n) > 1})]
+    return problems
+
+
+def pytest_env(copy: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(copy)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a restored file must never meet the mutant's cached bytecode
+    env.pop("YODA_ALLOW_MISSING_BACKENDS", None)  # the copy has the extension: every backend must run
+    return env
+
+
+def run_pytest(copy: Path, args: tuple, timeout: float) -> tuple[int, str, float]:
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, cwd=copy, env=pytest_env(copy), capture_output=True, text=True, timeout=timeout)
+        rc, out = r.returncode, r.stdout + r.stderr
+    except subprocess.TimeoutExpired:
+        rc, out = -1, f"timed out after {timeout:.0f} s"
+    return rc, out, time.perf_counter() - t0
+
+
+def first_failure(out: str) -> str:
+    for line in out.splitlines():
+        if line.startswith(("FAILED", "ERROR")):
+            return line[:160]
+    lines = [l for l in out.splitlines() if l.strip()]
+    return lines[-1][:160] if lines else ""
+
+
+def check_imports(copy: Path) -> None:
+    """The copy's modules are the ones imported (not the working tree's, e.g. through an editable install)."""
+    code = ("import yoda, yoda_kernels, yoda_kernels._C as c; "
+            "print(yoda.__file__); print(yoda_kernels.__file__); print(c.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=copy, env=pytest_env(copy), check=True,
+                         capture_output=True, text=True).stdout.split()
+    outside = [p for p in out if not Path(p).resolve().is_relative_to(copy.resolve())]
+    if len(out) != 3 or outside:
+        raise SystemExit(f"the copy does not import its own modules: {out}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs of each test selection")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per pytest run")
+    a = ap.parse_args(argv)
+    known = {m.name: m for m in MUTANTS}
+    unknown = [n for n in a.names if n not in known]
+    if unknown:
+        ap.error(f"unknown mutant(s) {unknown}; --list shows them")
+    todo = [known[n] for n in a.names] if a.names else MUTANTS
+    if a.list:
+        for m in todo:
+            print(f"{m.name:24s} {m.file}: {m.why}\n{'':24s} pytest {' '.join(m.tests)}")
+        return 0
+    problems = check_list(todo)
+    if problems:
+        print("the mutant list is out of date:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+
+    copy = Path(tempfile.mkdtemp(prefix="yoda_mutants_"))
+    try:
+        make_copy(copy)
+        check_imports(copy)
+        print(f"copy: {copy}")
+        if not a.no_baseline:
+            for sel in dict.fromkeys(m.tests for m in todo):
+                rc, out, secs = run_pytest(copy, sel, a.timeout)
+                print(f"baseline  {'pass' if rc == 0 else 'FAIL':8s} {secs:6.1f} s  pytest {' '.join(sel)}", flush=True)
+                if rc != 0:
+                    print(out[-3000:], file=sys.stderr)
+                    print("an unmutated selection fails: fix that first", file=sys.stderr)
+                    return 2
+        results = []
+        for m in todo:
+            path = copy / m.file
+            original = path.read_text()
+            path.write_text(original.replace(m.old, m.new, 1))
+            try:
+                rc, out, secs = run_pytest(copy, m.tests, a.timeout)
+            finally:
+                path.write_text(original)
+            status = "caught" if rc in (1, 2) else "SURVIVED" if rc == 0 else f"ERROR rc={rc}"
+            results.append((m, status))
+            print(f"{m.name:24s} {status:9s} {secs:6.1f} s  {first_failure(out) if rc in (1, 2) else m.why}",
+                  flush=True)
+            if rc not in (0, 1, 2):
+                print(out[-3000:], file=sys.stderr)
+        caught = sum(s == "caught" for _, s in results)
+        print(f"\n{caught} of {len(results)} mutants caught")
+        bad = [m.name for m, s in results if s != "caught"]
+        if bad:
+            print("not caught: " + ", ".join(bad))
+        return 0 if not bad else 1
+    finally:
+        if a.keep:
+            print(f"kept {copy}")
+        else:
+            shutil.rmtree(copy, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

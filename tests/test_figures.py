@@ -1,0 +1,382 @@
+"""yoda.figures (the paper's Fig. 3, 4, 5) and `yoda figures`: the numbers against independent numpy
+computations, the CLI on a tiny random model."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import yoda
+from yoda import figures as fg
+from yoda.models import save_model
+from yoda.cli import main
+from yoda.images import from_uint8, to_uint8
+from yoda.masks import mask_at, pixel_update_ratio
+from yoda.models.sr3 import SR3Config, SR3UNet
+from yoda.schedule import Schedule
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def maps_with_ties(seed=0):
+    """Two attention maps of different sizes in [0, 1], with values exactly on thresholds and bin edges."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(1, 1, 12, 10, generator=g)
+    b = torch.rand(1, 1, 8, 16, generator=g)
+    a.view(-1)[:6] = torch.tensor([0.0, 1.0, 0.4, 0.5, 0.2, 0.9])
+    b.view(-1)[:3] = torch.tensor([1.0, 0.3, 0.7])
+    return [a, b]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fig. 3
+# ----------------------------------------------------------------------------------------------------------
+def test_update_ratio_table_is_the_mean_of_pixel_update_ratio():
+    maps = {"m1": maps_with_ties(0), "m2": maps_with_ties(1)}
+    lbs = [0.2, 0.6, 1.0]
+    table = fg.update_ratio_table(maps, lbs)
+    assert list(table) == ["m1", "m2"]
+    for name, As in maps.items():
+        for j, lb in enumerate(lbs):
+            lib = np.mean([float(pixel_update_ratio(A, lb)[0]) for A in As])
+            hand = np.mean([np.minimum(1.0, A.numpy().astype(np.float64) + lb).mean() for A in As])
+            assert table[name][j] == pytest.approx(lib, abs=1e-6)
+            assert table[name][j] == pytest.approx(hand, abs=1e-6)
+    assert np.allclose(table["m1"][-1], 1.0)  # l = 1: every pixel at every step
+    # a batch counts as one image per entry
+    batch = torch.cat([maps["m1"][0], maps["m1"][0]])
+    assert fg.update_ratio_table({"b": [batch]}, [0.6])["b"][0] == pytest.approx(
+        float(pixel_update_ratio(maps["m1"][0], 0.6)[0]), abs=1e-6)
+
+
+@pytest.mark.parametrize("T,lb", [(50, 0.6), (37, 0.25), (10, 0.0)])
+def test_refined_area_curve_by_hand(T, lb):
+    As = maps_with_ties()
+    ts, frac = fg.refined_area_curve(As, T, lb)
+    assert ts.tolist() == list(range(T, 0, -1))
+    for k, t in enumerate(ts):
+        tau32 = np.float32(t / T - lb)  # the kernels compare in float32
+        hand = np.mean([(A.numpy() >= tau32).mean() for A in As])
+        lib = np.mean([float(mask_at(A, int(t), T, lb).float().mean()) for A in As])
+        assert frac[k] == pytest.approx(hand, abs=1e-12)
+        assert frac[k] == pytest.approx(lib, abs=1e-6)
+        if t <= lb * T:
+            assert frac[k] == 1.0
+    assert np.all(np.diff(frac) >= 0)  # monotone: active pixels stay active
+    # a given ts
+    ts2, f2 = fg.refined_area_curve(As, T, lb, ts=[T, 1])
+    assert ts2.tolist() == [T, 1] and f2.tolist() == [frac[0], frac[-1]]
+
+
+def test_refined_area_known_map():
+    # A = 0, 0.25, 0.5, 0.75 (one quarter each); T = 4, l = 0.5: tau(t) = t/4 - 0.5 = 0.5, 0.25, 0, -0.25
+    A = torch.tensor([0.0, 0.25, 0.5, 0.75]).view(1, 1, 2, 2)
+    ts, frac = fg.refined_area_curve([A], 4, 0.5)
+    assert ts.tolist() == [4, 3, 2, 1] and frac.tolist() == [0.5, 0.75, 1.0, 1.0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fig. 5
+# ----------------------------------------------------------------------------------------------------------
+def synthetic(seed=0, shapes=((9, 7), (6, 11))):
+    rng = np.random.default_rng(seed)
+    srs, hrs, maps, extra = [], [], [], []
+    for h, w in shapes:
+        hrs.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        srs.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        a = rng.random((h, w))
+        a.flat[:4] = [0.0, 1.0, 0.5, 0.1]  # bin edges (0.1 is edges[1] of 10 bins: np.linspace's value)
+        maps.append(a)
+        extra.append(rng.random((h, w)))
+    return srs, hrs, maps, extra
+
+
+@pytest.mark.parametrize("bins", [10, 4, 1])
+def test_regional_error_is_a_hand_computed_bin_average(bins):
+    srs, hrs, maps, extra = synthetic()
+    r = fg.regional_error(srs, hrs, [torch.from_numpy(m).float()[None, None] if i == 0 else m
+                                     for i, m in enumerate(maps)], bins, extra={"lp": extra})
+    edges = np.linspace(0, 1, bins + 1)
+    a32 = [torch.from_numpy(maps[0]).float().double().numpy(), maps[1]]  # the first map went in as float32
+    for i in range(bins):
+        se, n, lp = 0.0, 0, 0.0
+        for sr, hr, a, e in zip(srs, hrs, a32, extra):
+            last = i == bins - 1
+            m = (a >= edges[i]) & ((a <= edges[i + 1]) if last else (a < edges[i + 1]))
+            d = sr.astype(np.float64) - hr.astype(np.float64)
+            se += (d[m] ** 2).mean(axis=1).sum()
+            n += int(m.sum())
+            lp += e[m].sum()
+        assert r["count"][i] == n
+        if n == 0:
+            assert math.isnan(r["mse"][i]) and math.isnan(r["psnr"][i])
+            continue
+        assert r["mse"][i] == pytest.approx(se / n, rel=1e-12)
+        assert r["psnr"][i] == pytest.approx(10 * np.log10(255 ** 2 / (se / n)), rel=1e-12)
+        assert r["lp"][i] == pytest.approx(lp / n, rel=1e-12)
+    assert r["count"].sum() == sum(m.size for m in maps)
+    assert np.allclose(r["centres"], (edges[:-1] + edges[1:]) / 2)
+    if bins == 1:  # one bin: the whole-image MSE, pixels pooled
+        allse = np.concatenate([((s.astype(float) - h.astype(float)) ** 2).mean(2).ravel() for s, h in zip(srs, hrs)])
+        assert r["mse"][0] == pytest.approx(allse.mean())
+
+
+def test_regional_error_empty_bins_and_errors():
+    hr = np.zeros((4, 4, 3), np.uint8)
+    sr = hr.copy()
+    sr[0, 0] = 3
+    A = np.full((4, 4), 0.05)
+    A[0, 0] = 0.95
+    r = fg.regional_error([sr], [hr], [A], 10)
+    assert r["count"].tolist() == [15] + [0] * 8 + [1]
+    assert r["mse"][0] == 0 and r["psnr"][0] == math.inf and r["mse"][9] == 9.0
+    assert np.isnan(r["mse"][1:9]).all()
+    with pytest.raises(ValueError, match="maps\\[0\\]"):
+        fg.regional_error([sr], [hr], [np.zeros((3, 4))])
+    with pytest.raises(ValueError, match="same shape"):
+        fg.regional_error([sr], [hr[:2]], [A])
+    with pytest.raises(ValueError, match="bins"):
+        fg.regional_error([sr], [hr], [A], 0)
+
+
+def test_poly_fit_passes_through_exact_quadratic_data():
+    x = (np.arange(10) + 0.5) / 10
+    y = 2 * x ** 2 - 3 * x + 1
+    c = fg.poly_fit(x, y, 2)
+    assert np.allclose(c, [2, -3, 1], atol=1e-9)
+    assert np.allclose(np.polyval(c, x), y, atol=1e-12)
+    # cubic fit of quadratic data: the cubic coefficient vanishes
+    assert np.allclose(fg.poly_fit(x, y, 3), [0, 2, -3, 1], atol=1e-8)
+    # NaN / inf points (empty bins, MSE 0) are left out
+    y2 = y.copy()
+    y2[[1, 4]] = [np.nan, np.inf]
+    assert np.allclose(fg.poly_fit(x, y2, 2), [2, -3, 1], atol=1e-9)
+    # too few points: the degree drops; one point: no fit
+    assert np.allclose(fg.poly_fit([0, 1], [1, 3], 2), [2, 1])
+    assert fg.poly_fit([0.5], [1.0], 2) is None
+    with pytest.raises(ValueError, match="degree"):
+        fg.poly_fit(x, y, 0)
+
+
+def test_lpips_layer_maps_average_to_lpips(tmp_path):
+    from safetensors.torch import save_file
+    from test_lpips import random_weights
+
+    from yoda.lpips import LPIPS
+
+    vgg, lin = random_weights()
+    save_file(vgg, str(tmp_path / "vgg.safetensors"))
+    save_file(lin, str(tmp_path / "lin.safetensors"))
+    metric = LPIPS(str(tmp_path / "vgg.safetensors"), str(tmp_path / "lin.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    sr = torch.rand(2, 3, 32, 24, generator=g) * 2 - 1
+    hr = torch.rand(2, 3, 32, 24, generator=g) * 2 - 1
+    layers = fg.lpips_layer_maps(metric, sr, hr)
+    assert [tuple(m.shape) for m in layers] == [(2, 1, 32 // 2 ** k, 24 // 2 ** k) for k in range(5)]
+    total = sum(m.mean(dim=(1, 2, 3)) for m in layers)
+    assert torch.allclose(total, metric(sr, hr), rtol=1e-5, atol=1e-7)
+    spatial = fg.lpips_map(metric, sr, hr)
+    assert spatial.shape == (2, 32, 24) and (spatial >= 0).all()
+    assert torch.allclose(fg.lpips_map(metric, hr, hr), torch.zeros(2, 32, 24), atol=1e-6)
+    assert torch.allclose(spatial[0], fg.lpips_map(metric, sr[:1], hr[:1])[0], atol=1e-5)  # per image
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fig. 4
+# ----------------------------------------------------------------------------------------------------------
+def test_best_crop_finds_the_most_attended_window():
+    A = np.zeros((40, 48))
+    A[20:36, 28:44] = 1.0
+    assert fg.best_crop(A, 16) == (20, 28)
+    assert fg.best_crop(torch.from_numpy(A)[None, None], 16) == (20, 28)
+    assert fg.best_crop(np.zeros((40, 48)), 16) == (0, 0)  # ties: the first window
+    assert fg.best_crop(A, 40) == (0, 8)  # windows flush with the edges are candidates
+    with pytest.raises(ValueError, match="crop size"):
+        fg.best_crop(A, 41)
+
+
+def test_crop_metrics_are_evaluates():
+    from yoda.evaluate import colour_shift, psnr
+
+    sr, hr, _, _ = synthetic()
+    m = fg.crop_metrics(sr[0], hr[0])
+    assert m == {"psnr": psnr(sr[0], hr[0]), "ab_shift": colour_shift(sr[0], hr[0])["ab_shift"]}
+
+
+def test_nice_ticks():
+    assert fg.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert fg.nice_ticks(0, 1000) == [0, 200, 400, 600, 800, 1000]
+    t = fg.nice_ticks(19.3, 36.9)
+    assert t[0] >= 19.3 and t[-1] <= 36.9 and 3 <= len(t) <= 8
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compute() and the CLI on a tiny random model
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2, 2, 2),
+                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=4)
+    net = SR3UNet.from_config(cfg)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(net, path, schedule=Schedule.linear(20, 1e-3, 0.2))
+    return str(path)
+
+
+def hr_images(n=2, shape=(36, 44)):
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(n):
+        a = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        a[:, : shape[1] // 2] //= 4  # a flat dark half: attention varies across the image
+        out.append((f"img{i}", a))
+    return out
+
+
+def test_compute_samples_plain_and_yoda_with_one_seed(tiny_model):
+    model = yoda.load("yoda", tiny_model)
+    s = fg.FigureSettings(attentions=("edge", "gaussian"), steps=2, seed=3, bins=5, crops=1)
+    images = hr_images(1)
+    data = fg.compute(model, images, s)
+    hr_u8 = images[0][1][2:34, 2:42]  # centre crop to multiples of 8
+    assert np.array_equal(data.hr[0], hr_u8)
+    lr = yoda.data.make_lr(from_uint8(hr_u8), 4)
+    with torch.no_grad():
+        plain = yoda.sample(model, lr, attention=None, steps=2, sampler="ddim", seed=3, progress=False)
+        yd = yoda.sample(model, lr, attention="edge", steps=2, sampler="ddim", lower_bound=0.6, seed=3,
+                         progress=False)
+    assert np.array_equal(data.sr["plain"][0], to_uint8(plain)[0])
+    assert np.array_equal(data.sr["YODA"][0], to_uint8(yd)[0])
+    assert not np.array_equal(data.sr["plain"][0], data.sr["YODA"][0])
+    # A: the map yoda.sample uses (its callback reports the active fraction of that map)
+    fracs = []
+    with torch.no_grad():
+        yoda.sample(model, lr, attention="edge", steps=2, sampler="ddim", seed=3, progress=False,
+                    callback=lambda d: fracs.append((d["tau"], float(d["active_fraction"][0]))))
+    for tau, f in fracs:
+        assert float((data.maps["edge"][0] >= torch.tensor(tau, dtype=torch.float32)).float().mean()) == f
+    assert data.maps["edge"][0].shape == (1, 1, 32, 40)
+    # the numbers are the pure functions of these arrays
+    assert data.T == 20 and data.curve_ts.tolist() == list(range(20, 0, -1))
+    table = fg.update_ratio_table(data.maps, s.lower_bounds)
+    assert all(np.array_equal(table[k], data.ratios[k]) for k in table)
+    reg = fg.regional_error(data.sr["YODA"], data.hr, data.maps["edge"], 5)
+    assert np.array_equal(reg["mse"], data.regional["YODA"]["mse"], equal_nan=True)
+    c = fg.poly_fit(reg["centres"], reg["psnr"], 2)
+    assert np.allclose(c, data.fits[("YODA", "psnr")])
+    crop = data.crops[0]
+    y, x, side = crop["box"]
+    assert side == 16 and (y, x) == fg.best_crop(data.maps["edge"][0], 16)
+    assert np.array_equal(crop["images"]["plain"], data.sr["plain"][0][y : y + 16, x : x + 16])
+    assert crop["metrics"]["YODA"]["image"] == fg.crop_metrics(data.sr["YODA"][0], hr_u8)
+    assert "LPIPS per bin omitted" in data.lpips_note
+
+
+def write_folder(path, n=2):
+    path.mkdir()
+    for name, a in hr_images(n):
+        Image.fromarray(a).save(path / f"{name}.png")
+    return str(path)
+
+
+def run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_the_three_figures(tmp_path, tiny_model, capsys):
+    folder = write_folder(tmp_path / "hr")
+    out = tmp_path / "figs" / "sub"  # created, parents too
+    code, stdout, err = run(["figures", "--images", folder, "-o", str(out), "--model", tiny_model, "--steps", "2",
+                             "--attention", "edge", "gaussian", "sift", "--lower-bounds", "0.3", "0.6", "1", "-q"],
+                            capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == sorted(fg.FIGURE_FILES)
+    sizes = {name: Image.open(out / name).size for name in fg.FIGURE_FILES}
+    assert sizes["fig3_update_ratio.png"] == fg.FIG3_SIZE
+    assert sizes["fig5_regional_error.png"] == (2 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
+    assert sizes["fig4_crops.png"] == fg.crops_figure_size(2, 16)[:2]  # 32x40 HR: 16 px crops, 2 images
+    assert "| sift |" in stdout and "| 0.00-0.10 |" in stdout and "LPIPS per bin omitted" in stdout
+    # the printed update ratios are those of the attention maps at HR size (l = 0.3, 0.6, 1)
+    images = yoda.data.load_source(folder)
+    As = []
+    for _, a in images:
+        hr = from_uint8(a[2:34, 2:42])
+        As.append(fg.attention_map("gaussian", yoda.data.make_lr(hr, 4), (32, 40)))
+    want = [np.mean([float(pixel_update_ratio(A, lb)[0]) for A in As]) for lb in (0.3, 0.6, 1.0)]
+    row = next(l for l in stdout.splitlines() if l.startswith("| gaussian |"))
+    assert [float(v) for v in row.strip("| ").split(" | ")[1:]] == pytest.approx(want, abs=6e-4)
+
+
+def test_cli_lpips_panel(tmp_path, tiny_model, capsys):
+    from safetensors.torch import save_file
+    from test_lpips import random_weights
+
+    vgg, lin = random_weights()
+    save_file(vgg, str(tmp_path / "vgg.safetensors"))
+    save_file(lin, str(tmp_path / "lin.safetensors"))
+    folder = write_folder(tmp_path / "hr", 1)
+    out = tmp_path / "figs"
+    code, stdout, err = run(["figures", "--images", folder, "-o", str(out), "--model", tiny_model, "--steps", "1",
+                             "--attention", "gaussian", "--lpips", str(tmp_path / "vgg.safetensors"),
+                             str(tmp_path / "lin.safetensors"), "--crops", "1", "-q"], capsys)
+    assert code == 0, err
+    assert Image.open(out / "fig5_regional_error.png").size == (3 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
+    assert Image.open(out / "fig4_crops.png").size == fg.crops_figure_size(1, 16)[:2]
+    assert "LPIPS per bin omitted" not in stdout and "spatial LPIPS map" in stdout
+
+
+def test_cli_default_images_are_the_held_out_set(tmp_path, tiny_model, capsys):
+    out = tmp_path / "figs"
+    code, stdout, err = run(["figures", "-o", str(out), "--model", tiny_model, "--steps", "1", "--max-size", "32",
+                             "--attention", "edge", "--crops", "2", "-q"], capsys)
+    assert code == 0, err
+    assert f"mean over {len(yoda.data.HELD_OUT)} images" in stdout
+    assert Image.open(out / "fig4_crops.png").size == fg.crops_figure_size(2, 16)[:2]
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    import yoda.sampling.loop
+
+    def never(*a, **k):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(yoda.sampling.loop, "sample", never)
+
+
+def test_cli_checks_the_output_folder_before_sampling(tmp_path, tiny_model, capsys, no_sampling, monkeypatch):
+    folder = write_folder(tmp_path / "hr", 1)
+    (tmp_path / "afile").write_text("x")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "fig5_regional_error.png").mkdir()  # one of the three outputs is a folder
+    base = ["figures", "--images", folder, "--model", tiny_model, "--steps", "1", "-q"]
+    cases = [
+        (["-o", str(tmp_path / "afile")], "afile is a file"),
+        (["-o", str(tmp_path / "afile" / "sub")], "afile is a file"),
+        (["-o", str(taken)], "fig5_regional_error.png is a folder"),
+        (["-o", str(tmp_path / "new"), "--attention", "bogus"], "bogus"),
+        (["-o", str(tmp_path / "new"), "--lower-bounds", "-1"], "lower_bounds[0]"),
+        (["-o", str(tmp_path / "new"), "--sampler", "ddpm", "--eta", "0.5"], "eta"),
+        (["-o", str(tmp_path / "new"), "--images", str(tmp_path / "missing")], "missing"),
+    ]
+    for extra, want in cases:
+        code, _, err = run(base + extra, capsys)
+        assert code == 2 and want in err and err.count("\n") == 1 and "Traceback" not in err, (extra, err)
+    from yoda import _io
+
+    def read_only(folder, name):
+        raise PermissionError(13, "Permission denied", os.path.join(folder, f".{name}.abc.tmp"))
+
+    monkeypatch.setattr(_io, "_create_temp", read_only)
+    for o in (tmp_path / "ro", taken):
+        code, _, err = run(base + ["-o", str(o)], capsys)
+        assert code == 2 and "Permission denied" in err and ".tmp" not in err and str(o) in err, err
+    assert sorted(os.listdir(tmp_path)) == ["afile", "hr", "taken"]  # no folder was created
+    assert os.listdir(taken) == ["fig5_regional_error.png"]

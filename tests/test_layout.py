@@ -1,0 +1,132 @@
+"""The shape of the code, checked from the source: no import cycle among yoda's and yoda_kernels' modules
+(function-level imports included, so a cycle cannot hide behind them), no module over MAX_LINES lines, and no
+comment pointing to a file that is not in the repository."""
+
+import ast
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("yoda", "yoda_kernels")
+MAX_LINES = 600
+GENERATED = {"QUALITY.md", "STABILITY.md"}  # written by benchmarks/quality_grid.py and benchmarks/stability.py
+
+
+def _modules() -> dict:
+    """module name -> path, for every .py file of PACKAGES."""
+    out = {}
+    for pkg in PACKAGES:
+        for folder, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for f in files:
+                if f.endswith(".py") or (f.endswith(".so") and "." in f[:-3]):  # .so: the compiled extension
+                    rel = os.path.relpath(os.path.join(folder, f), ROOT).split(".")[0].split(os.sep)
+                    if rel[-1] == "__init__":
+                        rel = rel[:-1]
+                    out[".".join(rel)] = os.path.join(folder, f)
+    return out
+
+
+def import_graph() -> dict:
+    """module -> the set of project modules it imports anywhere in its source (``from pkg import name`` counts as
+    importing pkg.name when that is a module, else pkg)."""
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        is_pkg = path.endswith("__init__.py")
+        base = name.split(".") if is_pkg else name.split(".")[:-1]
+        deps = set()
+        graph[name] = deps
+        if not path.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = base[: len(base) - node.level + 1]
+                    mod = ".".join(anchor + ([node.module] if node.module else []))
+                else:
+                    mod = node.module
+                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in mods else mod for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods:  # "yoda.models.sr3.SR3UNet" -> "yoda.models.sr3"
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    deps.add(t)
+    return graph
+
+
+def cycles(graph: dict) -> list:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    assert "yoda_kernels._C" in graph["yoda_kernels.ops"] and "yoda.training.loss" in graph["yoda.training"]
+    assert graph["yoda.attention.dino"] >= {"yoda.checkpoint"} and "yoda.attention.dino" not in graph["yoda.checkpoint"]
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_is_too_long():
+    long = {name: n for name, path in _modules().items()
+            if path.endswith(".py") and (n := sum(1 for _ in open(path, encoding="utf-8"))) > MAX_LINES}
+    assert long == {}
+
+
+def test_comments_point_inside_the_repository():
+    """A reference to a Markdown file (such as RESULTS.md) must name a file that exists in the repository."""
+    existing = {f for pkg in PACKAGES + ("tests", "benchmarks", "csrc", "yoda/weights", ".")
+                for f in os.listdir(os.path.join(ROOT, pkg)) if f.endswith(".md")}
+    existing |= GENERATED
+    bad = []
+    for pkg in PACKAGES + ("tests", "benchmarks", "csrc"):
+        for folder, dirs, files in os.walk(os.path.join(ROOT, pkg)):
+            for f in files:
+                if f.endswith((".py", ".h", ".cpp", ".cu", ".cuh", ".sh")):
+                    text = open(os.path.join(folder, f), encoding="utf-8").read()
+                    bad += [(f, m) for m in re.findall(r"\b([A-Z][A-Za-z_]*\.md)\b", text) if m not in existing]
+    assert bad == []
+
+
+@pytest.mark.parametrize("where", ["loss", "trainer", "loaders", "sampler loop", "kernel contract"])
+def test_a_newcomer_finds_it_from_the_folder_names(where):
+    path = {"loss": "yoda/training/loss.py", "trainer": "yoda/training/trainer.py",
+            "loaders": "yoda/models/loading.py", "sampler loop": "yoda/sampling/loop.py",
+            "kernel contract": "yoda_kernels/contract.py"}[where]
+    assert os.path.isfile(os.path.join(ROOT, path))

@@ -1,0 +1,112 @@
+"""`yoda data build` (yoda.photos): manifest, splits, resizing, and the held-out photographs refused in training."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from yoda import photos
+from yoda.cli import main
+from yoda.images import DataError, read_image
+
+
+def _photo(path, w, h, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def fake_photos(tmp_path):
+    """Three 'installed' photographs: one held-out name, two training names (one already small)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    held, train = photos.HELD_OUT_PHOTOS[0], [n for n in sorted(photos.PHOTOS) if n not in photos.HELD_OUT_PHOTOS]
+    return {
+        held: ("pkg-a", "1.0", _photo(src / "a.jpg", 300, 200, 0)),
+        train[0]: ("pkg-a", "1.0", _photo(src / "b.png", 160, 240, 1)),
+        train[1]: ("pkg-b", "2.3", _photo(src / "c.png", 90, 80, 2)),
+    }
+
+
+def _sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_held_out_list_is_fixed_and_disjoint():
+    assert len(photos.HELD_OUT_PHOTOS) == 10 and set(photos.HELD_OUT_PHOTOS) < set(photos.PHOTOS)
+    assert photos.HELD_OUT_PHOTOS == tuple(sorted(photos.PHOTOS)[1::4])
+    # whole photographs of several packages are held out, not crops of one
+    assert len({photos.PHOTOS[n][0] for n in photos.HELD_OUT_PHOTOS}) >= 3
+
+
+def test_build_writes_splits_sizes_and_manifest(tmp_path, fake_photos):
+    out = tmp_path / "data"
+    rows = photos.build(str(out), short_side=100, photos=fake_photos)
+    man = json.loads((out / "manifest.json").read_text())
+    assert [p["name"] for p in man["photos"]] == sorted(fake_photos)
+    assert man["held_out"] == list(photos.HELD_OUT_PHOTOS) and man["short_side"] == 100
+    by_name = {r.name: r for r in rows}
+    for name, (pkg, version, src) in fake_photos.items():
+        r = by_name[name]
+        assert (r.package, r.version, r.source) == (pkg, version, str(src))
+        assert r.split == ("heldout" if name in photos.HELD_OUT_PHOTOS else "train")
+        assert r.file == f"{r.split}/{name}.png"
+        assert r.source_sha256 == _sha(src) and r.sha256 == _sha(out / r.file)
+        w, h = Image.open(src).size
+        assert tuple(r.source_size) == (w, h)
+        # downscaled to short side 100 (aspect kept), never upscaled
+        want = (w, h) if min(w, h) <= 100 else (round(w * 100 / min(w, h)), round(h * 100 / min(w, h)))
+        assert tuple(r.size) == want == Image.open(out / r.file).size
+    # an image that needs no resize is stored pixel for pixel
+    small = by_name[sorted(fake_photos)[2]] if min(Image.open(fake_photos[sorted(fake_photos)[2]][2]).size) <= 100 else None
+    if small is not None:
+        np.testing.assert_array_equal(read_image(out / small.file), read_image(small.source))
+
+
+def test_build_is_deterministic(tmp_path, fake_photos):
+    a = photos.build(str(tmp_path / "a"), short_side=100, photos=fake_photos)
+    b = photos.build(str(tmp_path / "b"), short_side=100, photos=fake_photos)
+    assert [r.sha256 for r in a] == [r.sha256 for r in b]
+
+
+def test_build_errors(tmp_path):
+    with pytest.raises(DataError, match="apt-get install"):
+        photos.build(str(tmp_path / "x"), photos={})
+    with pytest.raises(ValueError, match="short_side"):
+        photos.build(str(tmp_path / "x"), short_side=8, photos={})
+
+
+def test_cli_data_build_without_packages_is_a_user_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(photos, "installed_photos", lambda: {})
+    assert main(["data", "build", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install" in err and "Traceback" not in err
+    assert not (tmp_path / "d" / "manifest.json").exists()
+
+
+def test_held_out_photographs_are_refused_for_training(tmp_path, fake_photos):
+    out = tmp_path / "data"
+    photos.build(str(out), short_side=100, photos=fake_photos)
+    photos.check_not_held_out(os.listdir(out / "train"))  # the train split passes
+    with pytest.raises(DataError, match=photos.HELD_OUT_PHOTOS[0]):
+        photos.check_not_held_out(os.listdir(out / "heldout"))
+    # the trainer refuses a folder with a held-out photograph in it
+    from yoda.training import TrainConfig, Trainer
+
+    cfg = TrainConfig(data={"source": str(out / "heldout"), "crop": 64, "scale": 4, "val_crops": 0},
+                      model={"kind": "sr3", "in_channel": 6, "out_channel": 3, "inner_channel": 8, "norm_groups": 4,
+                             "channel_mults": [1, 2], "attn_res": [], "res_blocks": 1, "image_size": 64, "scale": 4})
+    with pytest.raises(DataError, match="held-out photographs"):
+        Trainer(cfg, str(tmp_path / "run"), progress=False)
+
+
+def test_photos_source_needs_a_data_dir():
+    from yoda.data import load_source
+
+    with pytest.raises(DataError, match="--data-dir"):
+        load_source("photos")

@@ -1,0 +1,128 @@
+"""The `yoda` command line's options: one argparse subparser per command (yoda.cli runs them)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``yoda upscale: error: ...``) instead of the usage block."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see: {self.prog} -h)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _sampling_args(p, steps: int, sampler: str) -> None:
+    p.add_argument("--model", default="default", help="'default' (embedded x4 model) or a yoda model file")
+    p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=sampler)
+    p.add_argument("--lower-bound", type=float, default=0.6, help="l of the mask schedule tau = t/T - l")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _max_pixels_arg(p) -> None:
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse input (and upscaled) images of more than N pixels (default yoda.images.MAX_PIXELS "
+                        "= 8192*8192 or $YODA_MAX_PIXELS; 0: no limit)")
+
+
+def _debug_arg(p, top: bool = False) -> None:
+    # on the main parser and on every subcommand (yoda --debug CMD ... or yoda CMD ... --debug); the
+    # subcommands' default is SUPPRESS so that they do not reset the main parser's value
+    p.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="print the traceback of every error, user errors included")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="yoda", description="YODA: attention-guided diffusion super-resolution")
+    _debug_arg(ap, top=True)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("upscale", help="super-resolve PNG/JPEG images")
+    p.add_argument("inputs", nargs="+", metavar="IN")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--attention", default="edge",
+                   help="edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH | none (plain sampling)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    _max_pixels_arg(p)
+    _sampling_args(p, 50, "ddim")
+    _debug_arg(p)
+
+    p = sub.add_parser("attention", help="draw an image's attention map and mask growth")
+    p.add_argument("image")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--attention", default="edge")
+    p.add_argument("--lower-bound", type=float, default=0.6)
+    p.add_argument("--T", type=int, default=1000, help="training steps T of the mask schedule")
+    _max_pixels_arg(p)
+    _debug_arg(p)
+
+    p = sub.add_parser("demo", help="plain vs YODA on a held-out image, one comparison picture")
+    p.add_argument("-o", "--output", default="demo.png")
+    p.add_argument("--image", default="astronaut", help="a held-out image (astronaut, coffee, rocket, chelsea)")
+    p.add_argument("--lr-size", type=int, default=64, help="LR crop size (HR = scale * this)")
+    p.add_argument("--attention", default="edge")
+    _sampling_args(p, 20, "ddim")  # ~40 s per sampling run at 256x256 on 2 free CPU cores
+    _debug_arg(p)
+
+    p = sub.add_parser("eval", help="PSNR / SSIM / colour shift table, plain vs YODA")
+    p.add_argument("--images", default=None, help="folder of HR PNG/JPEG (default: the held-out set)")
+    p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.4, 0.6, 0.8])
+    p.add_argument("--attention", nargs="+", default=["edge", "gaussian"])
+    p.add_argument("--max-size", type=int, default=128, help="centre-crop HR to at most this (0: full size)")
+    p.add_argument("-o", "--output", default=None, help="also write the table to this file")
+    p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
+                   help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
+                        "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
+    _sampling_args(p, 20, "ddim")
+    _debug_arg(p)
+
+    p = sub.add_parser("figures", help="the paper's Fig. 3, 4 and 5 (update ratio, crops, regional error) as PNGs")
+    p.add_argument("--images", default=None, help="folder of HR PNG/JPEG (default: the held-out set)")
+    p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    p.add_argument("--attention", nargs="+", default=["edge", "gaussian", "sift"],
+                   help="attention methods of Fig. 3; the first one is YODA's in Fig. 4 and 5")
+    p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0],
+                   help="lower bounds l of Fig. 3's update-ratio bars")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--max-size", type=int, default=128, help="centre-crop HR to at most this (0: full size)")
+    p.add_argument("--bins", type=int, default=10, help="bins of the attention value in Fig. 5")
+    p.add_argument("--degree", type=int, default=2, help="degree of Fig. 5's polynomial fit")
+    p.add_argument("--crops", type=int, default=3, help="images shown in Fig. 4")
+    p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
+                   help="add an LPIPS-per-bin panel to Fig. 5 from local files (torchvision vgg16 weights and "
+                        "the lpips package's v0.1 vgg.pth linear heads; nothing is downloaded)")
+    _sampling_args(p, 20, "ddim")
+    _debug_arg(p)
+
+    p = sub.add_parser("train", help="train a model from a JSON config")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", default=None, help="output folder (default runs/<name>); resumes if it has a checkpoint")
+    p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
+    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--weights-name", default="model.safetensors", help="file name of the exported weights")
+    p.add_argument("--data-dir", default=None,
+                   help="folder from `python -m yoda.data export` used instead of scikit-image's bundled images")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _debug_arg(p)
+
+    p = sub.add_parser("plot", help="loss curves + validation PSNR of training logs in one PNG")
+    p.add_argument("logs", nargs="+", metavar="LOG.csv")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--labels", nargs="+", default=None)
+    _debug_arg(p)
+
+    p = sub.add_parser("data", help="gather training photographs from installed Debian wallpaper packages")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    p = dsub.add_parser("build", help="write DIR/train, DIR/heldout and DIR/manifest.json (yoda.photos)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--short-side", type=int, default=512, help="downscale each photograph to this short side")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _debug_arg(p)
+    return ap

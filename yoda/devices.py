@@ -1,0 +1,18 @@
+"""The one place a device name from the user ("auto", "cpu", "cuda") becomes a torch.device."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto": CUDA if torch sees a GPU, else the CPU; "cpu" / "cuda" as asked (ValueError if no GPU)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in DEVICE_NAMES:
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but no CUDA GPU is available")
+    return torch.device(device)

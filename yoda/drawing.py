@@ -1,0 +1,196 @@
+"""Pillow plotting primitives shared by yoda.figures and yoda.plots (matplotlib is not a dependency): a font,
+round tick values, axis limits, dashed lines, an Axes (frame, ticks, lines, points, bars), markers, legends."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+BLACK = (0, 0, 0)
+GRID = (228, 228, 228)
+
+
+def font(size: int = 12):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 / no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def text_wh(draw, s: str, font) -> tuple[int, int]:
+    l, t, r, b = draw.textbbox((0, 0), s, font=font)
+    return r - l, b - t
+
+
+def fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    return f"{float(f'{v:.4g}'):g}"
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About n round tick values covering [lo, hi] (1, 2, 2.5 or 5 times a power of ten apart)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, n)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    start = math.ceil(lo / step - 1e-9) * step
+    return [round(start + k * step, 12) for k in range(int(math.floor((hi - start) / step + 1e-9)) + 1)]
+
+
+def limits(values, pad: float = 0.08, floor: Optional[float] = None) -> tuple[float, float]:
+    v = np.asarray([x for x in np.ravel(values) if np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return (0.0, 1.0)
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo < 1e-12:
+        lo, hi = lo - max(abs(lo) * 0.1, 0.5), hi + max(abs(hi) * 0.1, 0.5)
+    span = hi - lo
+    lo, hi = lo - pad * span, hi + pad * span
+    if floor is not None:
+        lo = max(lo, floor)
+    return lo, hi
+
+
+def dashed(draw, a, b, colour, width: int = 1, dash: float = 6.0) -> None:
+    (xa, ya), (xb, yb) = a, b
+    n = max(1, int(math.hypot(xb - xa, yb - ya) / dash))
+    for j in range(0, n, 2):
+        t0, t1 = j / n, min(1.0, (j + 1) / n)
+        draw.line([(xa + t0 * (xb - xa), ya + t0 * (yb - ya)), (xa + t1 * (xb - xa), ya + t1 * (yb - ya))],
+                  fill=colour, width=width)
+
+
+def dashed_path(draw, pts, colour, width: int = 1, dash: float = 7.0) -> None:
+    """A dashed polyline: dashes and gaps of ``dash`` px measured along the whole path (so a curve made of
+    many short segments is dashed too)."""
+    pos, k = 0.0, 0  # arc length at the start of the current segment; index of the current dash or gap
+    for (xa, ya), (xb, yb) in zip(pts, pts[1:]):
+        seg = math.hypot(xb - xa, yb - ya)
+        if seg == 0:
+            continue
+        u = pos
+        while True:
+            end = min((k + 1) * dash, pos + seg)
+            if k % 2 == 0 and end > u:  # a dash
+                t0, t1 = (u - pos) / seg, (end - pos) / seg
+                draw.line([(xa + t0 * (xb - xa), ya + t0 * (yb - ya)), (xa + t1 * (xb - xa), ya + t1 * (yb - ya))],
+                          fill=colour, width=width)
+            if (k + 1) * dash > pos + seg:
+                break
+            u, k = end, k + 1
+        pos += seg
+
+
+class Axes:
+    """A plot area ``box`` = (x0, y0, x1, y1) on ``canvas`` with data limits; xlim may be decreasing."""
+
+    def __init__(self, canvas, box, xlim, ylim, font):
+        from PIL import ImageDraw
+
+        self.canvas, self.box, self.xlim, self.ylim, self.font = canvas, box, xlim, ylim, font
+        self.draw = ImageDraw.Draw(canvas)
+
+    def fx(self, v: float) -> float:
+        x0, _, x1, _ = self.box
+        return x0 + (v - self.xlim[0]) / (self.xlim[1] - self.xlim[0]) * (x1 - x0)
+
+    def fy(self, v: float) -> float:
+        _, y0, _, y1 = self.box
+        return y1 - (v - self.ylim[0]) / (self.ylim[1] - self.ylim[0]) * (y1 - y0)
+
+    def frame(self, title: str, xlabel: str, ylabel: str, xticks=None, yticks=None, xticklabels=None) -> None:
+        d, f = self.draw, self.font
+        x0, y0, x1, y1 = self.box
+        xticks = nice_ticks(min(self.xlim), max(self.xlim)) if xticks is None else list(xticks)
+        yticks = nice_ticks(*self.ylim) if yticks is None else list(yticks)
+        for v in yticks:
+            y = self.fy(v)
+            d.line([(x0, y), (x1, y)], fill=GRID)
+            d.line([(x0 - 4, y), (x0, y)], fill=BLACK)
+            s = fmt(v)
+            w, h = text_wh(d, s, f)
+            d.text((x0 - 7 - w, y - h / 2 - 3), s, fill=BLACK, font=f)
+        labels = xticklabels if xticklabels is not None else [fmt(v) for v in xticks]
+        for v, s in zip(xticks, labels):
+            x = self.fx(v)
+            d.line([(x, y1), (x, y1 + 4)], fill=BLACK)
+            w, _ = text_wh(d, s, f)
+            d.text((x - w / 2, y1 + 6), s, fill=BLACK, font=f)
+        d.rectangle([x0, y0, x1, y1], outline=BLACK)
+        w, _ = text_wh(d, title, f)
+        d.text(((x0 + x1) / 2 - w / 2, y0 - 20), title, fill=BLACK, font=f)
+        w, _ = text_wh(d, xlabel, f)
+        d.text(((x0 + x1) / 2 - w / 2, y1 + 24), xlabel, fill=BLACK, font=f)
+        self.ylabel(ylabel)
+
+    def ylabel(self, s: str) -> None:
+        from PIL import Image, ImageDraw
+
+        w, h = text_wh(self.draw, s, self.font)
+        im = Image.new("L", (w + 4, h + 8), 0)
+        ImageDraw.Draw(im).text((2, 1), s, fill=255, font=self.font)
+        im = im.rotate(90, expand=True)
+        x0, y0, _, y1 = self.box
+        pos = (int(x0 - 58), int((y0 + y1) / 2 - im.height / 2))
+        self.canvas.paste(Image.new("RGB", im.size, BLACK), pos, im)
+
+    def line(self, xs, ys, colour, width: int = 2, dashed: bool = False) -> None:
+        pts = [(self.fx(x), self.fy(y)) for x, y in zip(xs, ys) if np.isfinite(x) and np.isfinite(y)]
+        if dashed:
+            dashed_path(self.draw, pts, colour, width)
+        elif len(pts) > 1:
+            self.draw.line(pts, fill=colour, width=width, joint="curve")
+
+    def points(self, xs, ys, colour, shape: str = "o", r: float = 4.0) -> None:
+        for x, y in zip(xs, ys):
+            if np.isfinite(x) and np.isfinite(y):
+                marker(self.draw, (self.fx(x), self.fy(y)), colour, shape, r)
+
+    def bar(self, xa: float, xb: float, y: float, colour) -> None:
+        base = min(max(0.0, self.ylim[0]), self.ylim[1])
+        self.draw.rectangle([self.fx(xa), self.fy(y), self.fx(xb), self.fy(base)], fill=colour, outline=BLACK)
+
+
+def marker(draw, p, colour, shape: str, r: float = 4.0) -> None:
+    x, y = p
+    if shape == "s":
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=colour, outline=BLACK)
+    elif shape == "^":
+        draw.polygon([(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)], fill=colour, outline=BLACK)
+    else:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=BLACK)
+
+
+def legend(draw, x: float, y: float, entries, font, max_x: Optional[float] = None) -> float:
+    """One row of legend entries (label, colour, kind) with kind "bar" | "line" | "dashed" | a marker "o" | "s" |
+    "^", optionally on a line ("o-") or a dashed line ("s--"); wraps at max_x. Returns the y below the last row."""
+    cx, cy = x, y
+    for label, colour, kind in entries:
+        w, _ = text_wh(draw, label, font)
+        if max_x is not None and cx > x and cx + 34 + w > max_x:
+            cx, cy = x, cy + 18
+        mid = cy + 7
+        if kind == "bar":
+            draw.rectangle([cx, cy + 2, cx + 22, cy + 12], fill=colour, outline=BLACK)
+        elif kind.endswith("--") or kind == "dashed":
+            dashed(draw, (cx, mid), (cx + 24, mid), colour, 2, 4.0)
+        elif kind.endswith("-") or kind == "line":
+            draw.line([(cx, mid), (cx + 24, mid)], fill=colour, width=2)
+        if kind[:1] in ("o", "s", "^"):
+            marker(draw, (cx + 12, mid), colour, kind[0], 4)
+        draw.text((cx + 28, cy), label, fill=BLACK, font=font)
+        cx += 28 + w + 18
+    return cy + 18
+
+
+def title(canvas, draw, s: str, font, y: int = 6) -> None:
+    w, _ = text_wh(draw, s, font)
+    draw.text(((canvas.width - w) / 2, y), s, fill=BLACK, font=font)

@@ -1,0 +1,18 @@
+"""The one exception type for mistakes in what a user gave yoda.
+
+UserError (a ValueError) means: the input is wrong, not the code. The `yoda` command prints its message on
+one line (exit code 2); any other exception is a bug and prints its traceback. Library errors about inputs
+derive from it: yoda.checkpoint.CheckpointError (a model file that cannot be used), yoda.images.DataError
+(an image or data folder that cannot be used), and the sampler's NonFiniteError (a model that returns NaN or
+Inf; also a FloatingPointError).
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A problem with a file, an option, a config or a model the user gave; the message says which."""
+
+
+class NonFiniteError(UserError, FloatingPointError):
+    """A model (or its decoder) returned NaN or Inf while sampling; the message names the step and the model."""

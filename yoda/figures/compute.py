@@ -1,0 +1,186 @@
+"""compute(): sample a set of HR images plain and with YODA and gather every number the figures show."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .numbers import (attention_map, best_crop, crop_metrics, lpips_map, poly_fit, refined_area_curve,
+                      regional_error, update_ratio_table)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling a set of images
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FigureSettings:
+    """What `yoda figures` computes. attentions: Fig. 3's methods; the first is YODA's map in Fig. 4 and 5.
+    lower_bound: YODA's l (Fig. 4, 5 and Fig. 3 right); lower_bounds: Fig. 3 left. max_size: HR images are
+    centre-cropped to at most this (None: full size). crops: images shown in Fig. 4 (the first ones);
+    crop_size: Fig. 4's crop side (None: half the short side of the HR image, at least 16 px).
+    lpips: (VGG16 backbone, LPIPS lin heads) local weight files for Fig. 5's LPIPS panel, or None."""
+
+    attentions: tuple = ("edge", "gaussian", "sift")
+    lower_bound: float = 0.6
+    lower_bounds: tuple = (0.2, 0.4, 0.6, 0.8, 1.0)
+    steps: int = 20
+    sampler: str = "ddim"
+    eta: float = 0.0
+    seed: int = 0
+    max_size: Optional[int] = 128
+    bins: int = 10
+    degree: int = 2
+    crops: int = 3
+    crop_size: Optional[int] = None
+    backend: str = "auto"
+    progress: bool = False
+    lpips: Optional[tuple] = None
+
+    def __post_init__(self):
+        from ..masks import check_lower_bound
+
+        object.__setattr__(self, "attentions", tuple(self.attentions))
+        if not self.attentions:
+            raise ValueError("attentions must name at least one attention method")
+        object.__setattr__(self, "lower_bound", check_lower_bound(self.lower_bound))
+        object.__setattr__(self, "lower_bounds", tuple(check_lower_bound(v, f"lower_bounds[{i}]")
+                                                          for i, v in enumerate(self.lower_bounds)))
+        if not self.lower_bounds:
+            raise ValueError("lower_bounds must not be empty")
+        for name in ("steps", "bins", "degree", "crops"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be ddpm or ddim, got {self.sampler!r}")
+        if not math.isfinite(self.eta) or self.eta < 0:
+            raise ValueError(f"eta must be a finite float >= 0, got {self.eta}")
+        if self.sampler == "ddpm" and self.eta != 0:
+            raise ValueError("eta applies to the ddim sampler only; leave it at 0 for ddpm")
+        if self.max_size is not None and self.max_size < 1:
+            raise ValueError(f"max_size must be >= 1 or None, got {self.max_size}")
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ValueError(f"crop_size must be >= 1 or None, got {self.crop_size}")
+        if self.lpips is not None:
+            lp = tuple(self.lpips)
+            if len(lp) != 2 or not all(isinstance(v, (str, os.PathLike)) for v in lp):
+                raise ValueError(f"lpips must be None or (backbone weights path, lin weights path), got {self.lpips!r}")
+            object.__setattr__(self, "lpips", tuple(os.fspath(v) for v in lp))
+
+
+@dataclass
+class FigureData:
+    """What compute() returns; the draw_* functions read only this."""
+
+    settings: FigureSettings
+    names: list
+    hr: list  # uint8 (H, W, 3) HR images (after the centre crop)
+    sr: dict  # {"bicubic" | "plain" | "YODA": [uint8 (H, W, 3) per image]}
+    maps: dict  # {method: [A (1, 1, H, W) float32 at HR size per image]}
+    T: int
+    ratios: dict  # Fig. 3 left: {method: array over settings.lower_bounds}
+    curve_ts: np.ndarray  # Fig. 3 right: t = T..1
+    curves: dict  # {method: refined fraction at each t}
+    regional: dict  # Fig. 5: {"plain" | "YODA": regional_error(...) dict}
+    fits: dict  # {("plain" | "YODA", "mse" | "psnr" | "lpips"): coefficients or None}
+    crops: list = field(default_factory=list)  # Fig. 4: [{"name", "box": (y, x, size), "images", "metrics"}]
+    lpips_note: str = ""
+
+
+def _method_label(name: str) -> str:
+    return str(name).split(":", 1)[0]
+
+
+def compute(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: FigureSettings = FigureSettings()
+            ) -> FigureData:
+    """Sample every HR image of ``images`` ([(name, uint8 (H, W, 3))]; LR = yoda.data.make_lr) with plain and
+    YODA sampling (the same seed), and compute the numbers of Fig. 3, 4 and 5.
+
+    Attention extractors and LPIPS weights are resolved before any sampling, so a bad name or file fails fast."""
+    from tqdm.auto import tqdm
+
+    from .. import data as _data
+    from ..sampling import loop as _sampler
+    from ..adapters import as_adapter, upsample
+    from ..attention import get
+    from ..images import from_uint8, to_uint8
+
+    s = settings
+    if not images:
+        raise ValueError("images must not be empty")
+    extractors = {name: get(name) for name in s.attentions}
+    adapter = as_adapter(model)
+    scale = adapter.scale
+    m = max(1, int(getattr(adapter, "multiple", 1)))
+    multiple = scale * m // math.gcd(scale, m)
+    dev = adapter.device() or torch.device("cpu")
+    lpips_fn = None
+    if s.lpips is not None:
+        from ..lpips import LPIPS
+
+        lpips_fn = LPIPS(*s.lpips).to(dev)
+    names, hrs, maps = [], [], {name: [] for name in s.attentions}
+    srs = {"bicubic": [], "plain": [], "YODA": []}
+    lp_maps = {"plain": [], "YODA": []}
+    yoda_name = s.attentions[0]
+    bar = tqdm(total=2 * len(images), disable=not s.progress, desc="yoda figures", unit="run")
+    try:
+        for name, hr_u8 in images:
+            hr_u8 = np.ascontiguousarray(_data.crop_to_multiple(hr_u8, multiple, s.max_size))
+            hr = from_uint8(hr_u8).to(dev)
+            lr = _data.make_lr(hr, scale)
+            size = tuple(hr.shape[-2:])
+            for a_name, ex in extractors.items():
+                maps[a_name].append(attention_map(ex, lr, size).cpu())
+            names.append(str(name))
+            hrs.append(hr_u8)
+            srs["bicubic"].append(to_uint8(upsample(lr, scale))[0])
+            for label, attn in (("plain", None), ("YODA", maps[yoda_name][-1].to(dev))):
+                bar.set_postfix_str(f"{Path(str(name)).name} {label}")
+                with torch.no_grad():
+                    sr = _sampler.sample(adapter, lr, attention=attn, steps=s.steps, sampler=s.sampler, eta=s.eta,
+                                         lower_bound=s.lower_bound if attn is not None else 1.0, seed=s.seed,
+                                         backend=s.backend, progress=False)
+                sr_u8 = to_uint8(sr)[0]
+                srs[label].append(sr_u8)
+                if lpips_fn is not None:  # on the rounded image, like every other metric
+                    lp_maps[label].append(lpips_map(lpips_fn, from_uint8(sr_u8).to(dev), hr)[0].cpu().numpy())
+                bar.update(1)
+    finally:
+        bar.close()
+
+    T = int(adapter.schedule.T)
+    ratios = update_ratio_table(maps, s.lower_bounds)
+    curves, ts = {}, None
+    for a_name, As in maps.items():
+        ts, curves[a_name] = refined_area_curve(As, T, s.lower_bound)
+    regional, fits = {}, {}
+    for label in ("plain", "YODA"):
+        extra = {"lpips": lp_maps[label]} if lpips_fn is not None else None
+        regional[label] = r = regional_error(srs[label], hrs, maps[yoda_name], s.bins, extra)
+        for key in ("mse", "psnr") + (("lpips",) if lpips_fn is not None else ()):
+            fits[(label, key)] = poly_fit(r["centres"], r[key], s.degree)
+
+    crops = []
+    for i in range(min(s.crops, len(names))):
+        H, W = hrs[i].shape[:2]
+        c = min(H, W, s.crop_size) if s.crop_size else min(H, W, max(16, min(H, W) // 2))
+        y, x = best_crop(maps[yoda_name][i], c)
+        ims = {"bicubic": srs["bicubic"][i], "plain": srs["plain"][i], "YODA": srs["YODA"][i], "HR": hrs[i]}
+        cut = {k: np.ascontiguousarray(v[y : y + c, x : x + c]) for k, v in ims.items()}
+        met = {k: {"crop": crop_metrics(cut[k], cut["HR"]), "image": crop_metrics(ims[k], hrs[i])}
+               for k in ("bicubic", "plain", "YODA")}
+        crops.append({"name": names[i], "box": (y, x, c), "images": cut, "metrics": met})
+    if lpips_fn is not None:
+        note = ("LPIPS per bin: mean of the spatial LPIPS map (layer maps upsampled bilinearly and summed, as "
+                "lpips' spatial=True)")
+    else:
+        note = "LPIPS per bin omitted: it needs local VGG16 + LPIPS head weights (--lpips BACKBONE LIN), none were given"
+    return FigureData(settings=s, names=names, hr=hrs, sr=srs, maps=maps, T=T, ratios=ratios, curve_ts=ts,
+                      curves=curves, regional=regional, fits=fits, crops=crops, lpips_note=note)

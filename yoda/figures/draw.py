@@ -1,0 +1,215 @@
+"""Drawing the figures with Pillow (yoda.drawing's primitives) and writing them (write_figures)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..drawing import Axes as _Axes
+from ..drawing import fmt as _fmt
+from ..drawing import font as _font
+from ..drawing import legend as _legend
+from ..drawing import limits as _limits
+from ..drawing import text_wh as _text_wh
+from ..drawing import title as _title
+from .compute import FigureData, FigureSettings, _method_label
+
+FIGURE_FILES = ("fig3_update_ratio.png", "fig5_regional_error.png", "fig4_crops.png")
+
+FIG3_SIZE = (1000, 430)
+FIG5_PANEL = (470, 430)  # one panel of Fig. 5 (MSE, PSNR[, LPIPS]) side by side
+CROP_COLUMNS = ("bicubic", "plain", "YODA", "HR")
+_MIN_CROP_PANEL = 160  # px: crops are enlarged (nearest) to at least this
+_MAX_CROP_PANEL = 256
+_PAD = 8
+_BG = (255, 255, 255)
+_BLACK = (0, 0, 0)
+_GREY = (150, 150, 150)
+_GRID = (228, 228, 228)
+_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
+_PLAIN, _YODA = (31, 119, 180), (214, 39, 40)
+
+
+def _sampling_text(s: FigureSettings) -> str:
+    eta = f" eta={s.eta:g}" if s.sampler == "ddim" and s.eta else ""
+    return f"{s.sampler.upper()}{eta} {s.steps} steps, seed {s.seed}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------------
+def draw_update_ratio(ratios: Mapping[str, Sequence[float]], lower_bounds: Sequence[float], ts: Sequence[int],
+                      curves: Mapping[str, Sequence[float]], T: int, lower_bound: float, n_images: int):
+    """Fig. 3: grouped bars of the pixel update ratio (method x lower bound, left) and the refined area in %
+    against t = T..1 (one line per method at ``lower_bound``, right). Returns a PIL.Image of FIG3_SIZE."""
+    from PIL import Image, ImageDraw
+
+    W, H = FIG3_SIZE
+    canvas = Image.new("RGB", (W, H), _BG)
+    draw = ImageDraw.Draw(canvas)
+    font, big = _font(12), _font(14)
+    _title(canvas, draw, f"Fig. 3  YODA's work: pixel update ratio and refined area "
+                         f"(mean over {n_images} image{'s' if n_images != 1 else ''}, T = {T})", big)
+    methods = list(ratios)
+    cols = {m: _COLOURS[i % len(_COLOURS)] for i, m in enumerate(methods)}
+
+    # left: groups = lower bounds, one bar per method
+    n_g, n_m = len(lower_bounds), max(1, len(methods))
+    ax = _Axes(canvas, (80, 60, 480, 330), (-0.5, n_g - 0.5), (0.0, 1.05), font)
+    ax.frame("pixel update ratio = mean(min(1, A + l))", "lower bound l", "fraction of plain diffusion's updates",
+             xticks=list(range(n_g)), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0],
+             xticklabels=[_fmt(v) for v in lower_bounds])
+    bw = 0.8 / n_m
+    for g in range(n_g):
+        for j, m in enumerate(methods):
+            xa = g - 0.4 + j * bw
+            ax.bar(xa, xa + bw, float(ratios[m][g]), cols[m])
+    _legend(draw, 80, 372, [(_method_label(m), cols[m], "bar") for m in methods], font, max_x=480)
+
+    # right: refined area against t, sampling order left to right (t = T .. 1)
+    ts = np.asarray(ts)
+    ax = _Axes(canvas, (590, 60, 980, 330), (float(T), 0.0), (0.0, 105.0), font)
+    ax.frame(f"refined area at l = {_fmt(lower_bound)}: pixels with A >= t/T - l",
+             "timestep t (sampling runs left to right, T -> 1)", "refined area (% of pixels)",
+             yticks=[0, 20, 40, 60, 80, 100])
+    tl = lower_bound * T
+    if 0 < tl < T:
+        ax.line([tl, tl], [0, 105], _GREY, width=1, dashed=True)
+        s = "t <= l*T: every pixel active"
+        w, _ = _text_wh(draw, s, font)
+        draw.text((ax.fx(tl) + 4 if ax.fx(tl) + 4 + w < 975 else ax.fx(tl) - 4 - w, ax.fy(12)), s, fill=_GREY, font=font)
+    for m in methods:
+        ax.line(ts, 100.0 * np.asarray(curves[m]), cols[m], width=2)
+    _legend(draw, 590, 372, [(_method_label(m), cols[m], "line") for m in methods], font, max_x=980)
+    return canvas
+
+
+def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any], degree: int, *, title_note: str = "",
+                        note: str = ""):
+    """Fig. 5: per-bin MSE and PSNR (and LPIPS when the regional dicts have "lpips") against the attention value,
+    plain vs YODA: points at the bin centres, lines the polynomial fits. Returns a PIL.Image, one FIG5_PANEL per
+    metric side by side."""
+    from PIL import Image, ImageDraw
+
+    keys = [("mse", "MSE per bin (8-bit units^2)", "MSE"), ("psnr", "PSNR per bin (dB)", "PSNR (dB)")]
+    if all("lpips" in r for r in regional.values()) and regional:
+        keys.append(("lpips", "LPIPS per bin (spatial map)", "LPIPS"))
+    pw, H = FIG5_PANEL
+    canvas = Image.new("RGB", (pw * len(keys), H), _BG)
+    draw = ImageDraw.Draw(canvas)
+    font, big = _font(12), _font(14)
+    _title(canvas, draw, "Fig. 5  regional error against attention" + (f" ({title_note})" if title_note else ""), big)
+    # plain: big circles, solid fit; YODA: small squares on top, dashed fit (both stay visible when they agree)
+    style = {"plain": (_PLAIN, "o", 6.0, False), "YODA": (_YODA, "s", 3.5, True)}
+    other = (_COLOURS[2], "^", 4.0, False)
+    xs_fine = np.linspace(0.0, 1.0, 101)
+    for k, (key, title, ylabel) in enumerate(keys):
+        vals = []
+        for label, r in regional.items():
+            vals.append(r[key])
+            c = fits.get((label, key))
+            if c is not None:
+                vals.append(np.polyval(c, xs_fine))
+        lo, hi = _limits(np.concatenate([np.ravel(v) for v in vals]) if vals else [0, 1],
+                         floor=0.0 if key != "psnr" else None)
+        ax = _Axes(canvas, (k * pw + 80, 60, (k + 1) * pw - 20, 330), (0.0, 1.0), (lo, hi), font)
+        ax.frame(title, "attention value A (bin centre)", ylabel, xticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        for label, r in regional.items():
+            colour, shape, size, dashed = style.get(label, other)
+            c = fits.get((label, key))
+            if c is not None:
+                ax.line(xs_fine, np.polyval(c, xs_fine), colour, width=2, dashed=dashed)
+        for label, r in regional.items():
+            colour, shape, size, _ = style.get(label, other)
+            ax.points(r["centres"], r[key], colour, shape, size)
+    entries = [(f"{lab} sampling", style.get(lab, other)[0],
+                style.get(lab, other)[1] + ("--" if style.get(lab, other)[3] else "-")) for lab in regional]
+    y = _legend(draw, 80, 372, entries, font, max_x=canvas.width - 10)
+    draw.text((80, y), f"points: per-bin means; lines: degree-{degree} numpy.polyfit through the points",
+              fill=_BLACK, font=font)
+    if note:
+        draw.text((80, y + 17), note, fill=_BLACK, font=font)
+    return canvas
+
+
+def crops_figure_size(n_rows: int, crop: int) -> tuple[int, int, int]:
+    """(width, height, panel px) of Fig. 4 with n_rows images and crops of side ``crop``: each crop is shown
+    enlarged (nearest) by an integer factor to at least _MIN_CROP_PANEL px (at most _MAX_CROP_PANEL)."""
+    k = max(1, math.ceil(_MIN_CROP_PANEL / crop))
+    while k > 1 and crop * k > _MAX_CROP_PANEL:
+        k -= 1
+    panel = crop * k
+    width = _PAD + len(CROP_COLUMNS) * (panel + _PAD)
+    height = 30 + 18 + n_rows * (20 + panel + 36 + _PAD)
+    return width, height, panel
+
+
+def draw_crops(crops: Sequence[dict], caption: str = ""):
+    """Fig. 4: one row per crop dict (compute()'s FigureData.crops): bicubic / plain / YODA / HR, and under each
+    SR crop its PSNR and CIELAB ab shift vs HR, for the crop and for the whole image. All crops of one figure
+    have the same side (compute() picks them so). Returns a PIL.Image of crops_figure_size(len(crops), side)."""
+    from PIL import Image, ImageDraw
+
+    if not crops:
+        raise ValueError("crops must not be empty")
+    side = crops[0]["box"][2]  # rows with another crop side are resized to the same panel
+    W, H, panel = crops_figure_size(len(crops), side)
+    canvas = Image.new("RGB", (W, H), _BG)
+    draw = ImageDraw.Draw(canvas)
+    font, small, big = _font(12), _font(11), _font(14)
+    _title(canvas, draw, "Fig. 4  crops: PSNR and CIELAB colour shift (ab) vs HR" + (f"  ({caption})" if caption else ""),
+           big)
+    for j, name in enumerate(CROP_COLUMNS):
+        w, _ = _text_wh(draw, name, font)
+        draw.text((_PAD + j * (panel + _PAD) + (panel - w) / 2, 30), name, fill=_BLACK, font=font)
+    y = 30 + 18
+    for c in crops:
+        cy, cx, cs = c["box"]
+        draw.text((_PAD, y + 3), f"{Path(str(c['name'])).name}: {cs}x{cs} crop at x={cx}, y={cy} "
+                                 f"(most attended window), shown x{panel / cs:.3g}",
+                  fill=_BLACK, font=font)
+        y += 20
+        for j, name in enumerate(CROP_COLUMNS):
+            x0 = _PAD + j * (panel + _PAD)
+            im = Image.fromarray(c["images"][name]).resize((panel, panel), Image.Resampling.NEAREST)
+            canvas.paste(im, (x0, y))
+            draw.rectangle([x0 - 1, y - 1, x0 + panel, y + panel], outline=_GREY)
+            if name == "HR":
+                lines = ["reference", ""]
+            else:
+                mc, mi = c["metrics"][name]["crop"], c["metrics"][name]["image"]
+                lines = [f"crop: {_db(mc['psnr'])}, ab {mc['ab_shift']:.2f}",
+                         f"image: {_db(mi['psnr'])}, ab {mi['ab_shift']:.2f}"]
+            for li, s in enumerate(lines):
+                draw.text((x0, y + panel + 3 + 16 * li), s, fill=_BLACK, font=small)
+        y += panel + 36 + _PAD
+    return canvas
+
+
+def _db(v: float) -> str:
+    return "inf dB" if not math.isfinite(v) else f"{v:.2f} dB"
+
+
+def write_figures(data: FigureData, folder) -> list[Path]:
+    """Draw the three figures of ``data`` and write them atomically (yoda.images.save_pil) into ``folder``
+    (which must exist) as FIGURE_FILES. Returns the paths."""
+    from ..images import save_pil
+
+    s = data.settings
+    folder = Path(folder)
+    n = len(data.names)
+    fig3 = draw_update_ratio(data.ratios, s.lower_bounds, data.curve_ts, data.curves, data.T, s.lower_bound, n)
+    yname = _method_label(s.attentions[0])
+    fig5 = draw_regional_error(
+        data.regional, data.fits, s.degree,
+        title_note=f"{n} image{'s' if n != 1 else ''}, {s.bins} bins of A ({yname}), pixels pooled per bin; "
+                   f"{_sampling_text(s)}; YODA l = {_fmt(s.lower_bound)}",
+        note=data.lpips_note)
+    fig4 = draw_crops(data.crops, caption=f"YODA: {yname}, l = {_fmt(s.lower_bound)}; {_sampling_text(s)}")
+    paths = []
+    for fig, name in zip((fig3, fig5, fig4), FIGURE_FILES):
+        paths.append(save_pil(fig, folder / name))
+    return paths

@@ -1,0 +1,49 @@
+"""ModelCard: what yoda.sample must know about a network besides its weights, in one explicit object.
+
+    card = ModelCard(schedule=Schedule.linear(1000), scale=4, prediction="x0", space="pixel")
+    net.card = card                  # yoda.load, the trainer and save_model set / read it
+    adapter = net.yoda_adapter()     # SR3Adapter / SRDiffAdapter take schedule, scale and prediction from it
+
+schedule    the Schedule the model samples with (T, alpha_bar)
+scale       the SR factor (HR = scale * LR)
+prediction  what the network outputs: "eps", "x0" or "v" (yoda_kernels.contract.PREDICTIONS)
+space       where x_t lives: "pixel" (SR3) or "residual" (SRDiff) (yoda.adapters.SPACES)
+config      where the card came from, as JSON-like data: for a "yoda" model file its metadata config
+            ({"kind", "args", "schedule", "scale", "prediction", "extra"}), for an upstream SR3 checkpoint
+            {"kind", "args", "train_schedule"}; None when the card was made by hand
+
+The card is frozen: to sample a model with another schedule, make a new card (dataclasses.replace) or pass
+the value to ``yoda_adapter(...)``, which takes precedence over the card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from yoda_kernels.contract import PREDICTIONS
+
+from ..adapters import SPACES
+from ..schedule import Schedule
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    schedule: Schedule
+    scale: int
+    prediction: str = "eps"
+    space: str = "pixel"
+    config: Optional[Mapping[str, Any]] = None
+
+    def __post_init__(self):
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"ModelCard.schedule must be a yoda.Schedule, got {type(self.schedule).__name__}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
+            raise ValueError(f"ModelCard.scale must be a positive int, got {self.scale!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"ModelCard.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.space not in SPACES:
+            raise ValueError(f"ModelCard.space must be one of {SPACES}, got {self.space!r}")
+        if self.config is not None and not isinstance(self.config, Mapping):
+            raise TypeError(f"ModelCard.config must be a mapping or None, got {type(self.config).__name__}")
+

@@ -1,0 +1,64 @@
+"""``yoda.load(kind, path)``: one entry point for every weight file yoda reads.
+
+    net = yoda.load("sr3", "I830000_E32_gen.pth", config="sr_sr3_16_128.json")   # yoda.models.sr3_load
+    net = yoda.load("srdiff", "model_ckpt_steps_400000.ckpt")                     # yoda.models.srdiff_load
+    net = yoda.load("yoda", "yoda/weights/default_x4.safetensors")                # yoda.models.yoda_format
+    A   = yoda.load("dino-vits8", "dino_deitsmall8_pretrain.pth")                 # yoda.attention.dino
+    sr  = yoda.sample(net, lr)
+
+Every failure is a yoda.checkpoint.CheckpointError naming the file, except a missing file (FileNotFoundError)
+and a wrong ``kind`` (ValueError).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Union
+
+from torch import nn
+
+from ..checkpoint import check_path
+from .sr3_load import load_sr3
+from .srdiff_load import load_srdiff
+from .yoda_format import load_yoda
+
+__all__ = ["KINDS", "load"]
+
+KINDS = ("sr3", "srdiff", "dino-vits8", "dino-resnet50", "yoda")
+
+PathLike = Union[str, os.PathLike]
+
+
+def load(kind: str, path: PathLike, config: Any = None) -> nn.Module:
+    """Load a model of ``kind`` from ``path`` (in eval mode, on the CPU).
+
+    kind: "sr3" (``*_gen.pth``; config: SR3 JSON path / SR3Config / dict, default the 16->128 config),
+    "srdiff" (``model_ckpt_steps_*.ckpt``; config: SRDiffConfig / dict / YAML path, default: read from the
+    weights), "dino-vits8" / "dino-resnet50" (official DINO files -> the attention extractor of
+    yoda.attention.dino, usable as ``attention=``; config: None or a dict of its keyword arguments),
+    "yoda" (a file written by :func:`yoda.save_model`; config must be None).
+    Models come back with their ModelCard (``model.card``), so ``yoda.sample(model, lr)`` needs nothing else.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    p = check_path(path)
+    if kind == "sr3":
+        return load_sr3(p, config)
+    if kind == "srdiff":
+        return load_srdiff(p, config)
+    if kind == "yoda":
+        if config is not None:
+            raise ValueError("config must be None for kind 'yoda' (the file carries its own config)")
+        return load_yoda(p)
+    try:
+        from ..attention import dino
+    except ImportError as e:
+        raise ImportError(f"kind {kind!r} needs yoda.attention.dino, which could not be imported: {e}") from e
+    fn = dino.dino_vits8 if kind == "dino-vits8" else dino.dino_resnet50
+    if config is None:
+        return fn(p)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config for kind {kind!r} must be None or a dict of the extractor's keyword arguments "
+                        f"(min_size, max_size, checkpoint_key{', groups' if kind == 'dino-resnet50' else ''}); "
+                        f"got {type(config).__name__}")
+    return fn(p, **dict(config))

@@ -1,0 +1,119 @@
+"""Loading SRDiff checkpoints released by LeiaLi/SRDiff (``model_ckpt_steps_*.ckpt``).
+
+    model = load_srdiff("model_ckpt_steps_400000.ckpt")     # or yoda.load("srdiff", ...)
+
+Upstream saves {'global_step', 'optimizer_states', 'state_dict': {'model': GaussianDiffusion.state_dict()}}
+(``denoise_fn.*`` and ``rrdb.*`` weights plus the schedule buffers); its load_ckpt also accepts a flat state
+dict with 'model.' prefixes. Without config= the architecture is read from the weights' shapes
+(:func:`srdiff_config_from_state_dict`). The model comes back with a ModelCard: the config's schedule, its
+sr_scale, "eps", residual space.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..checkpoint import (CheckpointError, as_state_dict, betas_match, load_state_dict_checked, read_checkpoint,
+                          strip_prefix)
+from .card import ModelCard
+from .sr3_load import split_diffusion_buffers
+from .srdiff import SRDiff, SRDiffConfig, load_srdiff_config, srdiff_beta_schedule
+
+__all__ = ["load_srdiff", "srdiff_config_from_state_dict", "fold_weight_norm"]
+
+
+def fold_weight_norm(sd: Dict[str, Any]) -> Dict[str, Any]:
+    """Replace torch weight_norm pairs (``*.weight_g``, ``*.weight_v``; SRDiff's use_wn) by the weight
+    w = g * v / ||v|| (norm over all dims but 0), as upstream's make_generation_fast_ does."""
+    out = dict(sd)
+    for k in [k for k in sd if k.endswith(".weight_g")]:
+        base = k[: -len("_g")]
+        kv = base + "_v"
+        if kv in sd and isinstance(sd[k], torch.Tensor) and isinstance(sd[kv], torch.Tensor):
+            g, v = sd[k].double(), sd[kv].double()
+            norm = v.flatten(1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
+            out[base] = (g * v / norm).to(sd[kv].dtype)
+            del out[k], out[kv]
+    return out
+
+
+def srdiff_config_from_state_dict(sd: Mapping[str, Any], bufs: Optional[Mapping[str, Any]] = None, **over: Any):
+    """The SRDiffConfig a state dict (``denoise_fn.*`` + ``rrdb.*`` keys) was built with, read from its
+    shapes: hidden_size and sr_scale from ``cond_proj``, dim_mults from the down blocks, rrdb_num_block /
+    rrdb_num_feat from the RRDB trunk, use_attn / up_input from the presence of their keys, timesteps and
+    the schedule kind from the ``betas`` buffer (cosine unless it matches the linear one). ``over``
+    overrides any field."""
+    def shape(k):
+        v = sd.get(k)
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"SRDiff weights lack {k!r}: cannot read the architecture from them "
+                                  "(pass config=)")
+        return tuple(v.shape)
+
+    cp = shape("denoise_fn.cond_proj.weight")  # ConvTranspose2d: (in, out, 2s, 2s)
+    hidden, s = cp[1], cp[2] // 2
+    mults = []
+    i = 0
+    while f"denoise_fn.downs.{i}.0.block1.block.1.weight" in sd:
+        out_ch = shape(f"denoise_fn.downs.{i}.0.block1.block.1.weight")[0]
+        if out_ch % hidden:
+            raise CheckpointError(f"SRDiff weights: down block {i} has {out_ch} channels, not a multiple of {hidden}")
+        mults.append(out_ch // hidden)
+        i += 1
+    nb = len({k.split(".")[2] for k in sd if k.startswith("rrdb.RRDB_trunk.")})
+    nf = shape("rrdb.conv_first.weight")[0]
+    args = dict(hidden_size=hidden, dim_mults=tuple(mults), rrdb_num_block=nb, rrdb_num_feat=nf, sr_scale=s,
+                use_attn="denoise_fn.mid_attn.fn.g" in sd, up_input="denoise_fn.up_proj.1.weight" in sd)
+    b = (bufs or {}).get("betas")
+    if isinstance(b, torch.Tensor) and b.dim() == 1 and "timesteps" not in over:
+        args["timesteps"] = int(b.numel())
+        lin = SRDiffConfig(**{**args, "beta_schedule": "linear"})
+        if betas_match({"betas": b}, srdiff_beta_schedule(lin)):
+            args["beta_schedule"] = "linear"
+    args.update(over)
+    try:
+        return SRDiffConfig(**args)
+    except ValueError as e:
+        raise CheckpointError(f"SRDiff weights imply an invalid config {args}: {e}") from e
+
+
+def load_srdiff(p: str, config: Any = None) -> nn.Module:
+    """The SRDiff of the checkpoint file ``p`` (eval mode, CPU) with its ModelCard. config: an SRDiffConfig, a dict
+    or upstream's YAML path; None: read from the weights' shapes and betas buffer."""
+    obj, _ = read_checkpoint(p)
+    # upstream: {'global_step', 'optimizer_states', 'state_dict': {'model': GaussianDiffusion.state_dict()}};
+    # load_ckpt also accepts a flat state_dict with 'model.' prefixes.
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+        if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+            obj = obj["model"]
+        elif isinstance(obj, Mapping):
+            obj = {k[len("model."):]: v for k, v in obj.items() if isinstance(k, str) and k.startswith("model.")}
+    sd = strip_prefix(as_state_dict(obj, p), "module.")
+    sd, bufs = split_diffusion_buffers(fold_weight_norm(sd))
+    if config is None:
+        cfg = srdiff_config_from_state_dict(sd, bufs)
+    elif isinstance(config, SRDiffConfig):
+        cfg = config
+    elif isinstance(config, (str, os.PathLike)):
+        cfg = load_srdiff_config(config)
+    elif isinstance(config, Mapping):
+        cfg = SRDiffConfig.from_dict(dict(config), ignore_unknown=True)
+    else:
+        raise TypeError(f"config for kind 'srdiff' must be None, an SRDiffConfig, a dict or a YAML path; "
+                        f"got {type(config).__name__}")
+    model = SRDiff(cfg)
+    load_state_dict_checked(model, sd, p, hint="SRDiff weights need 'denoise_fn.*' and 'rrdb.*' keys "
+                            "(upstream GaussianDiffusion layout); check config=")
+    sched = srdiff_beta_schedule(cfg)
+    if betas_match(bufs, sched) is False:
+        warnings.warn(f"{p}: the checkpoint's betas buffer differs from the config's {cfg.beta_schedule} schedule "
+                      f"(T={cfg.timesteps}); sampling uses the config's", stacklevel=3)
+    model.card = ModelCard(schedule=sched, scale=cfg.sr_scale, prediction="eps", space="residual",
+                           config={"kind": "srdiff", "args": cfg.to_dict()})
+    return model.eval()

@@ -1,0 +1,182 @@
+"""The project's own model file: the "yoda" format (written by :func:`save_model`, read by :func:`load_yoda`).
+
+A safetensors file whose tensors are the model's ``state_dict()`` (upstream key names) and whose string
+metadata holds:
+
+    "format":  "yoda-model"
+    "version": "1"
+    "config":  JSON {"kind": "sr3" | "srdiff",
+                     "args": constructor arguments (SR3Config.to_dict() / SRDiffConfig.to_dict()),
+                     "schedule": Schedule.to_dict() = {"T": T, "betas": [float64 ...]}  (exact in JSON),
+                     "scale": SR factor,
+                     "prediction": "eps" | "x0" | "v", what the network outputs (absent: "eps"),
+                     "extra": free-form JSON object (training notes, data, metrics) or absent}
+
+``load_yoda(path)`` (``yoda.load("yoda", path)``) checks the declared architecture against the tensors on the
+meta device, rebuilds the model from "args", loads the tensors strictly and returns it with its ModelCard
+(schedule, scale, prediction, the space of its kind, and the whole config as ``card.config``), so
+``yoda.sample(model, lr)`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from yoda_kernels.contract import PREDICTIONS
+
+from .._io import atomic_write
+from ..checkpoint import CheckpointError, check_state_dict, read_checkpoint
+from ..schedule import Schedule
+from .card import ModelCard
+from .sr3 import SR3Config, SR3UNet
+from .srdiff import SRDiff, SRDiffConfig
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "save_model", "load_yoda", "model_kind"]
+
+FORMAT = "yoda-model"
+FORMAT_VERSION = "1"
+SPACE_OF_KIND = {"sr3": "pixel", "srdiff": "residual"}
+_SHOW = 5  # how many differing keys an error message lists
+
+PathLike = Union[str, os.PathLike]
+
+
+def model_kind(model: nn.Module) -> str:
+    if isinstance(model, SR3UNet):
+        return "sr3"
+    if isinstance(model, SRDiff):
+        return "srdiff"
+    raise TypeError(f"model must be an SR3UNet or an SRDiff, got {type(model).__name__}")
+
+
+def _config(kind: str, args: Mapping[str, Any]):
+    if kind == "sr3":
+        return SR3Config.from_dict(dict(args))
+    if kind == "srdiff":
+        return SRDiffConfig.from_dict(dict(args))
+    raise CheckpointError(f"unknown model kind {kind!r} in the yoda config (expected 'sr3' or 'srdiff')")
+
+
+def _build(kind: str, args: Mapping[str, Any]) -> nn.Module:
+    cfg = _config(kind, args)
+    return SR3UNet.from_config(cfg) if kind == "sr3" else SRDiff(cfg)
+
+
+def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping[str, Any], T: int) -> None:
+    """Before anything is built: the architecture the metadata declares must fit the file's tensors.
+
+    Cheap counts first (every block holds at least one tensor; SRDiff's default schedule has ``timesteps``
+    entries), so a config declaring millions of blocks is refused at once; then the model is built on the meta
+    device (no memory) and its keys and shapes are compared with the tensors (check_state_dict)."""
+    try:
+        cfg = _config(kind, args)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{p}: the yoda config's args do not build a {kind!r} model: {e}") from e
+    blocks = (len(cfg.channel_mults) * cfg.res_blocks if kind == "sr3"
+              else len(cfg.dim_mults) + cfg.rrdb_num_block)
+    if blocks > len(tensors):
+        raise CheckpointError(f"{p}: the yoda config declares {blocks} blocks but the file holds only "
+                              f"{len(tensors)} tensors: the metadata does not describe these weights")
+    if kind == "srdiff" and cfg.timesteps > max(T, 10_000):
+        raise CheckpointError(f"{p}: the yoda config declares timesteps={cfg.timesteps}, but the file's "
+                              f"schedule has T={T}")
+    try:
+        with torch.device("meta"):
+            probe = _build(kind, args)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{p}: the yoda config's args do not build a {kind!r} model: {e}") from e
+    check_state_dict(probe, tensors, p)
+
+
+def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: Any = None, *,
+               scale: Optional[int] = None, extra: Optional[dict] = None, prediction: Optional[str] = None) -> None:
+    """Write ``model`` in the "yoda" format (module docstring). config: the model's config dataclass
+    (default ``model.config``); schedule, scale, prediction: given here, else from the model's card
+    (``model.card``), else the config's (SR3's ``scale``, SRDiff's ``sr_scale`` and schedule) and "eps".
+    Written through yoda._io.atomic_write, so a failure never leaves a half-written file at ``path``."""
+    from safetensors.torch import save_file
+
+    kind = model_kind(model)
+    config = model.config if config is None else config
+    if hasattr(config, "to_dict"):
+        args = config.to_dict()
+    elif isinstance(config, Mapping):
+        args = dict(config)
+    else:
+        raise TypeError(f"config must be the model's config dataclass or a dict, got {type(config).__name__}")
+    card = model.card
+    if schedule is None:
+        schedule = card.schedule if card is not None else (model.schedule if kind == "srdiff" else None)
+    if not isinstance(schedule, Schedule):
+        raise ValueError("schedule: a yoda.Schedule is required (the one the model samples with; give it here "
+                         "or as the model's card)")
+    if scale is None:
+        scale = card.scale if card is not None else (args.get("scale") if kind == "sr3" else args.get("sr_scale"))
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale: the SR factor must be a positive int, got {scale!r}")
+    if prediction is None:
+        prediction = card.prediction if card is not None else "eps"
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}, got {prediction!r}")
+    if kind == "sr3":
+        args["scale"] = scale
+    elif scale != args.get("sr_scale"):
+        raise ValueError(f"scale ({scale}) differs from the SRDiff config's sr_scale ({args.get('sr_scale')})")
+    # the config must rebuild exactly this model: compare keys and shapes on the meta device (no memory)
+    with torch.device("meta"):
+        probe = _build(kind, args)
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))
+        raise ValueError(f"config does not describe this model (state-dict keys/shapes differ: {diff[:_SHOW]})")
+    try:
+        meta_json = json.dumps({"kind": kind, "args": args, "schedule": schedule.to_dict(), "scale": scale,
+                                "prediction": prediction,
+                                **({"extra": extra} if extra is not None else {})})
+    except TypeError as e:
+        raise ValueError(f"extra / config must be JSON-serialisable: {e}") from e
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "version": FORMAT_VERSION, "config": meta_json}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_yoda(p: str) -> nn.Module:
+    """The model of the "yoda" file ``p`` (eval mode, CPU) with its ModelCard (module docstring)."""
+    tensors, meta = read_checkpoint(p)
+    if meta is None or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a yoda model file (safetensors metadata 'format' must be {FORMAT!r}; "
+                              f"got {None if meta is None else meta.get('format')!r})")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{p}: yoda model format version {meta.get('version')!r} is not supported "
+                              f"(this yoda reads {FORMAT_VERSION!r})")
+    try:
+        cfg = json.loads(meta["config"])
+        kind, args = cfg["kind"], cfg["args"]
+        schedule = Schedule.from_dict(cfg["schedule"])
+        scale = cfg["scale"]
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale must be a positive int, got {scale!r}")
+        prediction = cfg.get("prediction", "eps")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction {prediction!r}")
+        if kind == "srdiff" and isinstance(args, Mapping) and scale != args.get("sr_scale", scale):
+            raise ValueError(f"scale {scale} differs from the SRDiff args' sr_scale {args.get('sr_scale')}")
+        if not isinstance(args, Mapping):
+            raise TypeError(f"args must be a JSON object, got {type(args).__name__}")
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: {type(e).__name__}: {e}") from e
+    _check_declared(p, kind, args, tensors, schedule.T)  # before anything is allocated
+    try:
+        model = _build(kind, args)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{p}: the yoda config's args do not build a {kind} model: {e}") from e
+    model.load_state_dict(tensors, strict=True)  # keys, shapes and values were checked on the meta model
+    model.card = ModelCard(schedule=schedule, scale=int(scale), prediction=prediction, space=SPACE_OF_KIND[kind],
+                           config=cfg)
+    return model.eval()

@@ -1,0 +1,156 @@
+"""Real colour photographs for training and evaluation, from Debian wallpaper packages: ``yoda data build``.
+
+scikit-image's bundled images are mostly grey scientific pictures; a model trained on them barely learns
+colour. Debian ships colour photographs inside its wallpaper packages. ``build(out)`` gathers the ones that
+are installed (only what is on disk; nothing is downloaded), downscales each whole photograph so that its
+short side is ``short_side`` pixels (Pillow's antialiased Lanczos: wallpapers are soft and JPEG-compressed
+at full size, a downscaled copy is a sharp HR image), and writes
+
+    out/train/<name>.png      the training photographs
+    out/heldout/<name>.png    the held-out photographs (HELD_OUT_PHOTOS): evaluation only, never cropped for
+                              training; yoda.data refuses them as a training source
+    out/manifest.json         for every photograph: source package and version, source file and its sha256,
+                              source size, the stored file and its sha256, the split
+
+Install the packages first, e.g. ``apt-get install plasma-workspace-wallpapers lomiri-wallpapers-16.04
+lomiri-wallpapers-20.04 mate-backgrounds``. PHOTOS lists the files of those packages that are photographs
+(the rest of the packages are vector art, gradients and logos); it was read off a contact sheet once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+from PIL import Image
+
+from ._io import atomic_write
+from .images import DataError, read_image, save_pil
+
+__all__ = ["HELD_OUT_PHOTOS", "PHOTOS", "Photo", "build", "check_not_held_out", "installed_photos"]
+
+_PLASMA = "/usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
+_BG = "/usr/share/backgrounds/"
+
+# name -> (Debian package, file). Photographs only.
+PHOTOS: dict[str, tuple[str, str]] = {
+    **{f"plasma-{n}": ("plasma-workspace-wallpapers", _PLASMA.format(n)) for n in (
+        "Autumn", "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+        "Kite", "OneStandsOut", "Path", "summer_1am")},
+    "plasma-Volna": ("plasma-workspace-wallpapers", "/usr/share/wallpapers/Volna/contents/images/5120x2880.jpg"),
+    **{f"lomiri-{n.split('_by_')[0]}": ("lomiri-wallpapers-16.04", _BG + n + ".jpg") for n in (
+        "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace", "Picture_1A_by_freespace",
+        "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi", "analogpattern_by_Peter_Nerlich",
+        "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
+        "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt",
+        "sunset_by_Aitzol_Berasategi")},
+    "lomiri-Kleiber": ("lomiri-wallpapers-20.04", _BG + "Kleiber_by_Lukas_Baubkus.jpg"),
+    **{f"mate-{n}": ("mate-backgrounds", f"{_BG}mate/nature/{n}.jpg") for n in (
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+        "TwoWings", "Wood", "YellowFlower")},
+}
+
+# Whole photographs kept out of training: every 4th name in sorted order (fixed before any model was trained).
+HELD_OUT_PHOTOS: tuple[str, ...] = tuple(sorted(PHOTOS)[1::4])
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    package: str
+    version: str
+    source: str
+    source_sha256: str
+    source_size: tuple[int, int]
+    file: str  # relative to the output folder
+    sha256: str
+    size: tuple[int, int]
+    split: str  # "train" | "heldout"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _package_version(package: str) -> Optional[str]:
+    """The installed version of a Debian package, or None if it is not installed (or dpkg is missing)."""
+    try:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}\t${Version}", package], capture_output=True,
+                           text=True, check=False)
+    except OSError:
+        return None
+    status, _, version = r.stdout.partition("\t")
+    return version if r.returncode == 0 and status.endswith(" installed") else None
+
+
+def installed_photos() -> dict[str, tuple[str, str, str]]:
+    """{name: (package, version, file)} for the PHOTOS whose package is installed and file is on disk."""
+    versions: dict[str, Optional[str]] = {}
+    out = {}
+    for name, (pkg, path) in sorted(PHOTOS.items()):
+        if pkg not in versions:
+            versions[pkg] = _package_version(pkg)
+        if versions[pkg] is not None and os.path.isfile(path):
+            out[name] = (pkg, versions[pkg], path)
+    return out
+
+
+def check_not_held_out(names) -> None:
+    """DataError if any of ``names`` (file paths or names) is a held-out photograph: they are for evaluation."""
+    held = set(HELD_OUT_PHOTOS)
+    bad = sorted({os.path.splitext(os.path.basename(str(n)))[0] for n in names} & held)
+    if bad:
+        raise DataError(f"held-out photographs may not be used for training: {', '.join(bad)} "
+                        f"(yoda.photos.HELD_OUT_PHOTOS; train on the train/ folder of `yoda data build`)")
+
+
+def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
+          progress: Optional[Callable[[str], None]] = None) -> list[Photo]:
+    """Gather the installed photographs into ``out`` (see the module docstring). Returns the manifest rows.
+
+    photos: {name: (package, version, file)}, default installed_photos(). Each image is written atomically
+    and the manifest last, so an interrupted build leaves no manifest naming files that are not there."""
+    if short_side < 64:
+        raise ValueError(f"short_side must be >= 64, got {short_side}")
+    photos = installed_photos() if photos is None else photos
+    if not photos:
+        raise DataError("none of the photograph packages is installed; install e.g. plasma-workspace-wallpapers "
+                        "lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds (apt-get install ...)")
+    rows = []
+    for name, (pkg, version, path) in sorted(photos.items()):
+        split = "heldout" if name in HELD_OUT_PHOTOS else "train"
+        os.makedirs(os.path.join(out, split), exist_ok=True)
+        arr = read_image(path)
+        img = Image.fromarray(arr)
+        w, h = img.size
+        f = short_side / min(w, h)
+        if f < 1:
+            img = img.resize((round(w * f), round(h * f)), Image.LANCZOS, reducing_gap=3.0)
+        rel = f"{split}/{name}.png"
+        dst = os.path.join(out, rel)
+        save_pil(img, dst)
+        rows.append(Photo(name, pkg, version, str(path), _sha256(path), (w, h), rel, _sha256(dst), img.size, split))
+        if progress is not None:
+            progress(f"{split:8s} {name} {w}x{h} -> {img.size[0]}x{img.size[1]}")
+    manifest = {
+        "what": "yoda data build: colour photographs from installed Debian wallpaper packages",
+        "short_side": short_side,
+        "held_out": list(HELD_OUT_PHOTOS),
+        "photos": [asdict(r) for r in rows],
+    }
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.write("\n")
+
+    atomic_write(os.path.join(out, "manifest.json"), write)
+    return rows

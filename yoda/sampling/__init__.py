@@ -1,0 +1,12 @@
+"""Sampling: ``yoda.sample`` and its parts, in the order a call runs them.
+
+    spec.py     validate the arguments into a frozen SamplingSpec (the backend of the fused ops resolved once)
+    prepare.py  prepare the run: c and cond, the attention map and its tile stats, noise, denoiser windows
+    tiles.py    tiled denoising over overlapping windows (``tiles=``)
+    loop.py     sample(): the loop, and the NaN/Inf checks
+"""
+
+from .loop import FINITE_EVERY, sample
+from .spec import SamplingSpec, make_spec
+
+__all__ = ["FINITE_EVERY", "SamplingSpec", "make_spec", "sample"]

@@ -1,0 +1,121 @@
+"""yoda.sample: the one sampler loop of YODA (DESIGN.md §5), for every model space and both samplers.
+
+    spec = make_spec(adapter, lr, ...)         # validate: every argument checked, backend resolved once
+    run = prepare(adapter, spec, lr, attention, noise)   # c, cond, A and its tile stats, noise, windows
+    x = run.start()                            # x = where(A >= tau_1, z_0, sqrt(ab_1) c + sqrt(1 - ab_1) z_0)
+    for i in range(steps):                     # step i: (idx, ab_t, ab_prev) = spec.pairs[i], tau = spec.taus[i]
+        pred, calls = run.denoise(x, i)        # adapter.denoise(x, idx, ab_t, cond), whole state or windows
+        x = run.step(x, pred, i)               # masked_step: the sampler update where A >= tau, LR elsewhere
+    sr = run.decode(x)
+
+The loop is stateless: every step is a function of (x, idx, the schedule, seed, step number). Noise is
+Philox(seed, step) with step 0 for the start and i + 1 for loop step i (or entry 0 / i + 1 of ``noise``).
+With attention=None or lower_bound >= 1 the mask is None (every pixel active) and the very same loop is the
+plain DDPM / DDIM sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from tqdm.auto import trange
+
+from ..adapters import Adapter, as_adapter
+from ..errors import NonFiniteError
+from .prepare import prepare
+from .spec import check_lr, make_spec
+
+FINITE_EVERY = 10  # the state is checked for NaN/Inf after step 0, every this many steps, and at the end
+
+
+def sample(
+    model: Any,
+    lr: torch.Tensor,
+    *,
+    attention: Any = None,
+    steps: Optional[int] = None,
+    sampler: str = "ddpm",
+    eta: float = 0.0,
+    lower_bound: float = 0.6,
+    seed: Optional[int] = None,
+    noise: Optional[torch.Tensor | Sequence[torch.Tensor]] = None,
+    backend: str = "auto",
+    progress: bool = True,
+    callback: Optional[Callable[[dict], None]] = None,
+    clip: Optional[bool] = None,
+    tile: int = 16,
+    spacing: str = "trailing",
+    tiles: Any = None,
+) -> torch.Tensor:
+    """Super-resolve ``lr`` with YODA (DESIGN.md §5): returns SR (B, 3, s*h, s*w) in [-1, 1], dtype/device of lr.
+
+    model: an Adapter, an object with ``yoda_adapter()``, or a callable wrapped by yoda.adapters.as_adapter.
+    lr: (B, 3, h, w) or (B, 1, h, w) in [-1, 1].
+    attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
+        bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get, or f(lr) -> A.
+    steps: sampling steps (default T), indices from schedule.respace(steps, spacing) (default "trailing").
+    sampler: "ddpm" (ancestral, fixed-small variance) or "ddim" with ``eta`` (0: deterministic).
+    lower_bound: l of tau = t / T - l; >= 1 makes every pixel active (the plain sampler, bit for bit).
+    seed: Philox seed (None: drawn from torch's default generator). noise: explicit noise, steps + 1 entries
+        of the state's shape (entry 0 for the start, i + 1 for loop step i), overriding the seed.
+    backend: of the fused ops ("auto", "naive", "cpp", "cuda", "triton"), resolved once for lr's device.
+    clip: clip x0_hat to [-1, 1] (None: adapter.clip_x0).
+    tile: the fused ops' kernel tile (8, 16, 32): how the kernels split the work, no effect on the result.
+    callback(d): after each step, d = {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,),
+        calls (denoiser calls made at this step)}.
+    tiles: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,
+        skip_inactive=True): tiled denoising over the state grid with Gaussian blending; windows with no
+        active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.
+        skip_inactive=False). The adapter must implement crop_cond.
+
+    A model output or state with NaN or Inf raises yoda.errors.NonFiniteError (a FloatingPointError) naming the
+    step, its timestep index and the model; both are checked after step 0, every FINITE_EVERY steps and after
+    the last step (two reductions every few steps), the decoded image once.
+    """
+    adapter = as_adapter(model)
+    lr_checked = check_lr(lr)
+    spec = make_spec(adapter, lr_checked, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
+                     backend=backend, progress=progress, callback=callback, clip=clip, tile=tile, spacing=spacing,
+                     tiles=tiles)
+    with torch.no_grad():
+        run = prepare(adapter, spec, lr_checked, attention, noise)
+        x = run.start()
+        last_ok = -1  # the last step after which the state was checked finite
+        for i in trange(spec.steps, disable=not spec.progress, desc="yoda.sample", leave=False):
+            pred, calls = run.denoise(x, i)
+            x_new = run.step(x, pred, i)
+            if spec.callback is not None:
+                spec.callback(run.report(i, x, x_new, pred, calls))
+            x = x_new
+            if i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1:  # cheap: not every step
+                name = _model_name(model, adapter)
+                _check_finite(pred, "the model output", i, last_ok, spec.pairs, name)
+                _check_finite(x, "the state", i, last_ok, spec.pairs, name)
+                last_ok = i
+        sr = run.decode(x)
+        if not bool(torch.isfinite(sr).all()):
+            raise NonFiniteError(f"yoda.sample: {type(adapter).__name__}.decode returned NaN or Inf from a "
+                                 f"finite final state (model {_model_name(model, adapter)})")
+    return sr.clamp(-1.0, 1.0).to(lr.dtype)
+
+
+def _model_name(model: Any, adapter: Adapter) -> str:
+    """``model`` as an error message names it: its class, and what the adapter wraps."""
+    inner = model if model is not adapter else getattr(adapter, "net", getattr(adapter, "fn", None))
+    if inner is None:
+        return type(adapter).__name__
+    name = getattr(inner, "__qualname__", None) or type(inner).__name__
+    return f"{type(adapter).__name__} of {name}"
+
+
+def _check_finite(x: torch.Tensor, what: str, i: int, last_ok: int, pairs: Sequence, model: str) -> None:
+    """NonFiniteError naming the step(s) and the model if ``x`` has NaN or Inf (one reduction, one sync)."""
+    if bool(torch.isfinite(x).all()):
+        return
+    if i == last_ok + 1:
+        where = f"at step {i} (t index {pairs[i][0]})"
+    else:
+        where = f"between steps {last_ok + 1} and {i} (t index {pairs[last_ok + 1][0]} to {pairs[i][0]})"
+    raise NonFiniteError(f"yoda.sample: {what} has NaN or Inf {where} of {len(pairs)} steps: the model "
+                         f"{model} returned non-finite values (check its weights, dtype and inputs)")

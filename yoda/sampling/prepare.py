@@ -1,0 +1,159 @@
+"""Prepare a sampling run: the LR image in the model's space (c, cond), the attention map at the state grid and
+its tile statistics, the explicit noise, the denoiser windows; then the three things a loop step does with
+them (denoise, step, report) and the start and the end (start, decode).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+import yoda_kernels as K
+
+from .. import masks
+from ..adapters import Adapter
+from ..attention.classic import minmax_normalize
+from .spec import SamplingSpec, check_noise
+from .tiles import Tiler
+
+A_MARGIN = 1e-3  # attention may exceed [0, 1] by float rounding
+
+
+class Run:
+    """One prepared call of yoda.sample (see :func:`prepare`). Step i is spec.pairs[i]; its noise is Philox(seed,
+    i + 1) or noise[i + 1], the start's Philox(seed, 0) or noise[0]."""
+
+    def __init__(self, adapter: Adapter, spec: SamplingSpec, lr_state: torch.Tensor, c: torch.Tensor, cond: Any,
+                 A: Optional[torch.Tensor], stats: Optional[tuple], noise: Optional[list], tiler: Optional[Tiler]):
+        self.adapter, self.spec, self.lr_state, self.c, self.cond = adapter, spec, lr_state, c, cond
+        self.A, self.stats, self.noise, self.tiler = A, stats, noise, tiler
+
+    def _fused_step(self, x, pred, tau, step, **coefficients):
+        s = self.spec
+        return K.masked_step(x, pred, self.c, self.A, tau, seed=s.seed, step=step, tile=s.kernel_tile,
+                             noise=None if self.noise is None else self.noise[step], stats=self.stats,
+                             backend=s.backend, **coefficients)
+
+    def start(self) -> torch.Tensor:
+        """x at the first visited step (DESIGN §5): noise where active, the LR noised to ab there elsewhere."""
+        _, ab, _ = self.spec.pairs[0]
+        c = self.c
+        return self._fused_step(c, c, self.spec.taus[0], 0, coefs=K.init_coefficients(ab), clip=False)
+
+    def denoise(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, int]:
+        """(model output at step i in the state's dtype, denoiser calls made)."""
+        idx, ab_t, _ = self.spec.pairs[i]
+        t = torch.full((x.shape[0],), idx, dtype=torch.int64, device=self.c.device)
+        if self.tiler is not None:
+            return self.tiler.denoise(self.adapter, x, t, ab_t, self.cond, self.spec.taus[i])
+        pred = self.adapter.denoise(x, t, ab_t, self.cond)
+        if not isinstance(pred, torch.Tensor) or pred.shape != x.shape:
+            raise ValueError(f"{type(self.adapter).__name__}.denoise returned "
+                             f"{getattr(pred, 'shape', type(pred).__name__)}, expected {tuple(x.shape)}")
+        return pred.to(self.spec.state_dtype), 1
+
+    def step(self, x: torch.Tensor, pred: torch.Tensor, i: int) -> torch.Tensor:
+        """x at step i + 1: the sampler update where active, the LR noised to ab_prev elsewhere (one fused op)."""
+        s = self.spec
+        _, ab_t, ab_prev = s.pairs[i]
+        return self._fused_step(x, pred, s.taus[i], i + 1, ab_t=ab_t, ab_prev=ab_prev,
+                                prediction=self.adapter.prediction, sampler=s.sampler, eta=s.eta, clip=s.clip)
+
+    def report(self, i: int, x: torch.Tensor, x_new: torch.Tensor, pred: torch.Tensor, calls: int) -> dict:
+        """The callback's dict of step i: {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,),
+        calls}."""
+        idx, ab_t, _ = self.spec.pairs[i]
+        tau = self.spec.taus[i]
+        return {
+            "i": i,
+            "t": idx,
+            "tau": tau,
+            "x": x_new,
+            "x0_hat": x0_hat(x, pred, ab_t, self.adapter.prediction, self.spec.clip),
+            "active_fraction": (masks.active_fraction(self.A, tau) if self.A is not None
+                                else torch.ones(x.shape[0], device=self.c.device)),
+            "calls": calls,
+        }
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter.decode(x, self.lr_state, self.cond)
+
+
+def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: Any, noise: Any) -> Run:
+    """The Run of ``spec`` for the checked ``lr`` (B, 3, h, w): adapter.prepare on lr in the state's dtype, A from
+    ``attention`` at HR resolved to the state grid (None when attention is None or lower_bound >= 1), the
+    explicit ``noise`` checked against the state, the denoiser windows. Call under torch.no_grad()."""
+    lr_state = lr.to(spec.state_dtype)
+    prep = adapter.prepare(lr_state)
+    c = prep.c
+    if not isinstance(c, torch.Tensor) or c.dim() != 4 or not c.is_floating_point():
+        raise TypeError(f"{type(adapter).__name__}.prepare must return c as a 4-D float tensor")
+    c = c.to(spec.state_dtype).contiguous()
+    B = c.shape[0]
+    A = None
+    if attention is not None and spec.masked:
+        hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
+        A = adapter.attention_to_state(resolve_attention(attention, lr, hr), c.shape)
+        if tuple(A.shape) != (B, 1, *c.shape[-2:]):
+            raise ValueError(f"{type(adapter).__name__}.attention_to_state returned {tuple(A.shape)}, "
+                             f"expected {(B, 1, *c.shape[-2:])}")
+        A = A.float().contiguous()
+    elif attention is not None and not (isinstance(attention, (torch.Tensor, str)) or callable(attention)):
+        raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
+    stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None
+    noise = check_noise(noise, spec.steps + 1, c)
+    w = spec.windows
+    tiler = Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device) if w is not None else None
+    return Run(adapter, spec, lr_state, c, prep.cond, A, stats, noise, tiler)
+
+
+def x0_hat(x: torch.Tensor, pred: torch.Tensor, ab_t: float, prediction: str, clip: bool) -> torch.Tensor:
+    """x0_hat = k1 x + k2 pred, the kernels' own x0 coefficients (introspection only)."""
+    k = K.step_coefficients(ab_t, 1.0, prediction=prediction)
+    x0 = k.k1 * x.float() + k.k2 * pred.float()
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]) -> torch.Tensor:
+    """attention (tensor, name or callable f(lr)) -> A (B, 1, H, W) float32 in [0, 1] on lr's device."""
+    B = lr.shape[0]
+    src = "attention"
+    extracted = not isinstance(attention, torch.Tensor)
+    if isinstance(attention, str):
+        try:
+            get = importlib.import_module("yoda.attention").get
+        except (ImportError, AttributeError) as e:
+            raise RuntimeError(f"attention={attention!r} needs yoda.attention.get, which is unavailable: {e}") from e
+        attention = get(attention)
+        src = f"attention {src!r}"
+    if not isinstance(attention, torch.Tensor):
+        if not callable(attention):
+            raise TypeError(f"attention must be None, a tensor, a name or a callable f(lr) -> A; "
+                            f"got {type(attention).__name__}")
+        with torch.no_grad():
+            attention = attention(lr)
+        src = "attention(lr)"
+        if not isinstance(attention, torch.Tensor):
+            raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")
+    A = attention
+    if A.dim() == 3:
+        A = A.unsqueeze(1)
+    if A.dim() != 4 or A.shape[1] != 1 or A.shape[0] not in (1, B) or A.shape[2] == 0 or A.shape[3] == 0:
+        raise ValueError(f"{src} must be (B, 1, h, w) or (B, h, w) with B = {B} (or 1), got {tuple(attention.shape)}")
+    if not A.is_floating_point():
+        raise TypeError(f"{src} must be a float tensor in [0, 1], got {A.dtype}")
+    A = A.detach().to(device=lr.device, dtype=torch.float32)
+    if not torch.isfinite(A).all():
+        raise ValueError(f"{src} contains NaN or Inf")
+    lo, hi = A.min().item(), A.max().item()
+    if lo < -A_MARGIN or hi > 1.0 + A_MARGIN:
+        raise ValueError(f"{src} values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+    A = A.expand(B, 1, *A.shape[2:])
+    if tuple(A.shape[2:]) != hr_size:
+        A = F.interpolate(A, size=hr_size, mode="bilinear", align_corners=False)
+        if extracted:  # DESIGN §3: resize, then min-max per image (upsampling pulls the peak below 1)
+            A = minmax_normalize(A)
+    return A.clamp(0.0, 1.0).contiguous()

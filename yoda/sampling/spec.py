@@ -1,0 +1,217 @@
+"""Validate the arguments of yoda.sample into a frozen SamplingSpec: every check happens here, before any work.
+
+The spec holds what the loop needs and nothing it must compute: the visited steps as (idx, alpha_bar[idx],
+alpha_bar at the next visited idx or 1), tau of each step, the sampler and its options, the seed, the backend
+of the fused ops (resolved once) and the kernel tile, and the denoiser windows (tiled denoising).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+import yoda_kernels as K
+from yoda_kernels.contract import SAMPLERS, check_tile
+
+from .. import masks
+from ..adapters import Adapter
+
+STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LR_MARGIN = 0.02  # lr may exceed [-1, 1] by this much (bicubic/antialiased resizing overshoots slightly)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Tiled denoising (``tiles=``): windows of ``size`` pixels of the state grid overlapping by ``overlap``;
+    ``skip_inactive``: a window with no active pixel at a step makes no denoiser call."""
+
+    size: int
+    overlap: int
+    skip_inactive: bool = True
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Everything yoda.sample decided from its arguments (module docstring). ``pairs[i]`` and ``taus[i]`` are
+    step i's (idx, ab_t, ab_prev) and tau = tau_at(idx + 1, T, lower_bound)."""
+
+    T: int
+    pairs: tuple  # ((idx, ab_t, ab_prev), ...), idx 0-based and falling
+    taus: tuple  # float64 tau of each step (DESIGN.md §4)
+    sampler: str
+    eta: float
+    lower_bound: float
+    clip: bool
+    seed: int
+    backend: K.Backend  # the fused ops' backend, resolved once for lr's device
+    kernel_tile: int  # tile of tile_stats / masked_step (8, 16, 32): kernel work split, not the windows
+    windows: Optional[Windows]  # denoiser windows (tiles=), or None: one call per step on the whole state
+    state_dtype: torch.dtype
+    progress: bool
+    callback: Optional[Callable[[dict], None]]
+
+    @property
+    def steps(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def masked(self) -> bool:
+        """Whether pixels can be inactive at all (lower_bound < 1); otherwise the plain sampler runs."""
+        return self.lower_bound < 1.0
+
+
+def make_spec(
+    adapter: Adapter,
+    lr: torch.Tensor,
+    *,
+    steps: Any = None,
+    sampler: Any = "ddpm",
+    eta: Any = 0.0,
+    lower_bound: Any = 0.6,
+    seed: Any = None,
+    backend: Any = "auto",
+    progress: bool = True,
+    callback: Any = None,
+    clip: Any = None,
+    tile: Any = 16,
+    spacing: str = "trailing",
+    tiles: Any = None,
+) -> SamplingSpec:
+    """The SamplingSpec of yoda.sample's arguments for ``adapter`` and the checked ``lr`` (check_lr); errors
+    name the argument. A seed of None is drawn here from torch's default generator."""
+    dev = adapter.device()
+    if dev is not None and (dev.type != lr.device.type or (dev.index or 0) != (lr.device.index or 0)):
+        raise ValueError(f"lr is on {lr.device} but the model is on {dev}: move one of them")
+    adapter.check_lr(lr)
+    schedule = adapter.schedule
+    T = schedule.T
+    steps = check_steps(steps, T)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    eta = check_float("eta", eta)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if sampler == "ddpm" and eta != 0.0:
+        raise ValueError("eta applies to sampler='ddim' only (DDPM's variance is fixed); leave eta=0 for 'ddpm'")
+    lower_bound = masks.check_lower_bound(lower_bound)
+    if clip is not None and not isinstance(clip, bool):
+        raise TypeError(f"clip must be None or a bool, got {type(clip).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    windows = check_windows(tiles)
+    kernel_tile = check_tile(tile)
+    bound = K.bind_backend(backend, lr.device)
+    seed = resolve_seed(seed)
+    pairs = tuple(schedule.pairs(steps, spacing))  # [(idx, alpha_bar[idx], alpha_bar at the next idx or 1)]
+    return SamplingSpec(
+        T=T, pairs=pairs, taus=tuple(masks.tau_at(idx + 1, T, lower_bound) for idx, _, _ in pairs),
+        sampler=sampler, eta=eta, lower_bound=lower_bound, clip=adapter.clip_x0 if clip is None else clip,
+        seed=seed, backend=bound, kernel_tile=kernel_tile, windows=windows,
+        state_dtype=lr.dtype if lr.dtype in STATE_DTYPES else torch.float32, progress=bool(progress),
+        callback=callback,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checks of single arguments
+# --------------------------------------------------------------------------------------------------------------
+def check_lr(lr: Any) -> torch.Tensor:
+    """lr -> (B, 3, h, w) float, clamped to [-1, 1]; errors name ``lr``."""
+    if not isinstance(lr, torch.Tensor):
+        raise TypeError(f"lr must be a torch.Tensor, got {type(lr).__name__}")
+    if lr.dim() != 4:
+        raise ValueError(f"lr must be 4-D (B, C, h, w), got shape {tuple(lr.shape)}")
+    if not lr.is_floating_point():
+        raise TypeError(f"lr must be a float tensor with values in [-1, 1], got {lr.dtype}")
+    B, C, h, w = lr.shape
+    if C not in (1, 3):
+        raise ValueError(f"lr must have 3 channels (or 1, repeated to 3), got {C}")
+    if B == 0 or h == 0 or w == 0:
+        raise ValueError(f"lr must not be empty, got shape {tuple(lr.shape)}")
+    if not torch.isfinite(lr).all():
+        raise ValueError("lr contains NaN or Inf")
+    lo, hi = lr.min().item(), lr.max().item()
+    if lo < -1.0 - LR_MARGIN or hi > 1.0 + LR_MARGIN:
+        raise ValueError(
+            f"lr values must be in [-1, 1] (x / 127.5 - 1 for 8-bit images), got range [{lo:.4g}, {hi:.4g}]"
+        )
+    if C == 1:
+        lr = lr.expand(B, 3, h, w)
+    return lr.clamp(-1.0, 1.0)
+
+
+def check_steps(steps: Any, T: int) -> int:
+    if steps is None:
+        return T
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int or None, got {type(steps).__name__}")
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in [1, T={T}] (the model's training steps), got {steps}")
+    return steps
+
+
+def check_float(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def resolve_seed(seed: Any) -> int:
+    if seed is None:
+        # drawn from torch's default generator, so torch.manual_seed(...) reproduces the image
+        return int(torch.randint(0, 2**32, (1,), dtype=torch.int64).item())
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= K.philox.MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, 2**32 - 1] or None, got {seed!r}")
+    return seed
+
+
+def check_windows(tiles: Any) -> Optional[Windows]:
+    """tiles = None | window | (window, overlap) | (window, overlap, skip_inactive) -> Windows or None."""
+    if tiles is None:
+        return None
+    if isinstance(tiles, int) and not isinstance(tiles, bool):
+        tiles = (tiles, tiles // 4)
+    if isinstance(tiles, (tuple, list)) and len(tiles) == 2:
+        tiles = (*tiles, True)
+    if (not isinstance(tiles, (tuple, list)) or len(tiles) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in tiles[:2])
+            or not isinstance(tiles[2], bool)):
+        raise TypeError(f"tiles must be None, an int window, (window, overlap) or (window, overlap, skip_inactive), "
+                        f"got {tiles!r}")
+    window, overlap, skip = tiles
+    if window < 1 or not 0 <= overlap < window:
+        raise ValueError(f"tiles must satisfy window >= 1 and 0 <= overlap < window, got {tiles!r}")
+    return Windows(int(window), int(overlap), skip)
+
+
+def check_noise(noise: Any, n: int, like: torch.Tensor) -> Optional[list[torch.Tensor]]:
+    """noise: a (n, *state) tensor or a sequence of n tensors of the state's shape -> list, state dtype."""
+    if noise is None:
+        return None
+    shape = tuple(like.shape)
+    if isinstance(noise, torch.Tensor):
+        if noise.dim() != like.dim() + 1 or noise.shape[0] != n or tuple(noise.shape[1:]) != shape:
+            raise ValueError(f"noise must have shape ({n}, {', '.join(map(str, shape))}) (steps + 1 entries of "
+                             f"the state's shape), got {tuple(noise.shape)}")
+        entries = list(noise.unbind(0))
+    elif isinstance(noise, (list, tuple)):
+        if len(noise) != n:
+            raise ValueError(f"noise must have steps + 1 = {n} entries (entry 0 for the start), got {len(noise)}")
+        entries = list(noise)
+    else:
+        raise TypeError(f"noise must be a tensor or a sequence of tensors, got {type(noise).__name__}")
+    out = []
+    for k, z in enumerate(entries):
+        if not isinstance(z, torch.Tensor) or tuple(z.shape) != shape:
+            raise ValueError(f"noise[{k}] must be a tensor of the state's shape {shape}, got "
+                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        if not z.is_floating_point() or not torch.isfinite(z).all():
+            raise ValueError(f"noise[{k}] must be a finite float tensor")
+        out.append(z.to(device=like.device, dtype=like.dtype).contiguous())
+    return out

@@ -1,0 +1,184 @@
+"""The JSON schema of a training run: TrainConfig (saved next to the weights, in config.json and in every
+checkpoint) and LossConfig, the switches of the loss of DESIGN.md §7.
+
+Both are frozen dataclasses round-tripped through JSON (to_dict / from_dict); unknown keys are refused. A
+resumed run must have the config it was started with (Trainer.load_checkpoint compares them), so the field
+names and their JSON forms are a file format: change them only with a migration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from yoda_kernels.contract import PREDICTIONS
+
+from .. import data as _data
+from ..adapters import SPACES
+from ..masks import check_lower_bound
+
+LOSSES = ("l1", "l2")
+TARGETS = PREDICTIONS  # what the model is trained to predict is what the sampler is told it predicts
+NOISE_LEVELS = ("continuous", "discrete")
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training loss. With mask_input = mask_loss = False it is the base model's own loss."""
+
+    space: str = "pixel"  # "pixel" (SR3: c = up(lr)) | "residual" (SRDiff: x0 = (HR - up(lr)) * k, c = 0)
+    mask_input: bool = False  # YODA input mixing: inactive pixels are noised c instead of noised x0
+    mask_loss: bool = False  # average the loss over the active pixels (A >= tau) only
+    loss: str = "l1"  # "l1" | "l2"
+    target: str = "eps"  # "eps" | "x0" | "v" (v = sqrt(ab) eps - sqrt(1 - ab) x0): what the model predicts
+    noise_level: Optional[str] = None  # "continuous" (SR3) | "discrete" (sqrt(ab[idx]) exactly); None: by space
+    lower_bound: float = 0.6  # l in tau = t/T - l (DESIGN.md §4)
+    residual_scale: float = 2.0  # k of the residual space (SRDiff)
+    same_t_in_batch: bool = False  # one t for the whole batch, as Janspiry's SR3 p_losses
+
+    def __post_init__(self):
+        _check_choice("space", self.space, SPACES)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("target", self.target, TARGETS)
+        if self.noise_level is None:  # SR3 conditions on a continuous level; SRDiff on the integer step
+            object.__setattr__(self, "noise_level", "continuous" if self.space == "pixel" else "discrete")
+        _check_choice("noise_level", self.noise_level, NOISE_LEVELS)
+        object.__setattr__(self, "lower_bound", check_lower_bound(self.lower_bound))
+        if not self.residual_scale > 0:
+            raise ValueError(f"residual_scale must be > 0, got {self.residual_scale}")
+        if self.space == "residual" and self.noise_level == "continuous":
+            # SRDiff's denoiser is told the integer step index, so x_t must be noised to exactly ab[idx]
+            raise ValueError('noise_level must be "discrete" for space="residual" (SRDiff conditions on the '
+                             "integer step, not on a continuous noise level)")
+
+    @property
+    def yoda(self) -> bool:
+        return self.mask_input or self.mask_loss
+
+
+def _default_model() -> dict:
+    # yoda.models.SR3UNet.tiny_x4_config(): fully convolutional, 2.76 M parameters (11 MB fp32)
+    return {
+        "kind": "sr3",
+        "in_channel": 6,
+        "out_channel": 3,
+        "inner_channel": 32,
+        "norm_groups": 16,
+        "channel_mults": [1, 2, 2, 4],
+        "attn_res": [],
+        "res_blocks": 1,
+        "dropout": 0.0,
+        "with_noise_level_emb": True,
+        "image_size": 64,
+        "mid_attn": False,
+        "scale": 4,
+    }
+
+
+def _default_schedule() -> dict:
+    return {"kind": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 2e-2}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; saved next to the weights and round-tripped through JSON.
+
+    ``lr`` is the learning rate (the JSON key is kept for existing configs and checkpoints); the LR image is
+    never a config field."""
+
+    name: str = "run"
+    model: dict = field(default_factory=_default_model)  # {"kind": "sr3"|"srdiff", **constructor args}
+    schedule: dict = field(default_factory=_default_schedule)  # {"kind": "linear"|"cosine", "T", ...}
+    data: _data.DataConfig = field(default_factory=_data.DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    attention: str = "edge"  # yoda.attention.get(name): the A of the YODA masks (used if loss.yoda)
+    batch: int = 16
+    steps: int = 1000
+    lr: float = 1e-4  # learning rate of AdamW
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup: int = 0  # linear learning-rate warm-up steps
+    grad_clip: float = 1.0  # max global grad norm (0: off)
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 0  # steps between validation runs (0: no validation)
+    val_steps: int = 20  # DDIM steps of validation sampling
+    ckpt_every: int = 0  # steps between checkpoints (0: only at the end)
+
+    def __post_init__(self):
+        if isinstance(self.data, dict):
+            object.__setattr__(self, "data", _from_dict(_data.DataConfig, self.data, "data"))
+        if isinstance(self.loss, dict):
+            object.__setattr__(self, "loss", _from_dict(LossConfig, self.loss, "loss"))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        for name in ("batch", "steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup", "log_every", "val_every", "val_steps", "ckpt_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.schedule.get("kind") not in ("linear", "cosine"):
+            raise ValueError(f"schedule.kind must be 'linear' or 'cosine', got {self.schedule.get('kind')!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return _from_dict(cls, d, "config")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str) -> "TrainConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_json(f.read())
+        except FileNotFoundError:
+            raise ValueError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+    def make_schedule(self):
+        from ..schedule import Schedule
+
+        s = dict(self.schedule)
+        kind = s.pop("kind")
+        try:
+            return Schedule.linear(**s) if kind == "linear" else Schedule.cosine(**s)
+        except TypeError as e:
+            raise ValueError(f"bad schedule arguments {self.schedule}: {e}") from None
+
+
+def _from_dict(cls, d: dict, what: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown key(s) in {what}: {', '.join(unknown)}")
+    return cls(**d)

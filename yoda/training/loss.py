@@ -1,0 +1,142 @@
+"""The training loss with YODA masks (DESIGN.md §7), for a batch of HR crops and their LR images:
+
+    idx ~ U{0, ..., T-1}                       (0-based; DESIGN's t = idx + 1)
+    sqrt_ab ~ U[sqrt(ab[idx]), sqrt(ab[idx-1])] continuous, SR3-style (ab[-1] := 1), or sqrt(ab[idx])
+    noise ~ N(0, I)
+    x_t = sqrt_ab * (x0 where A >= tau else c) + sqrt(1 - sqrt_ab^2) * noise,  tau = yoda.masks.tau_at(idx + 1)
+    pred = model(x_t, noise level)             eps, x0 or v parameterisation
+    loss = mean over the active pixels (A >= tau) of |pred - target|  (L1) or (pred - target)^2  (L2)
+
+Spaces: SR3-style "pixel" (x0 = HR, c = up(lr), model(cat(up(lr), x_t), sqrt_ab)); SRDiff-style "residual"
+(x0 = (HR - up(lr)) * k, c = 0, model(x_t, t, lr) with the discrete step). Both YODA parts are switches
+(LossConfig.mask_input, LossConfig.mask_loss); with both off this is exactly the base model's loss.
+
+SR3's continuous noise level (Saharia et al.; Janspiry's sr3_modules/diffusion.py p_losses): the model is
+conditioned on sqrt(alpha_bar) drawn uniformly between the two schedule values around a sampled step,
+sqrt_alphas_cumprod_prev[t-1] .. sqrt_alphas_cumprod_prev[t] with sqrt_alphas_cumprod_prev = sqrt([1, ab]).
+That reference draws one t per batch and one sqrt_ab per element; LossConfig.same_t_in_batch does the same,
+the default draws a t per element (lower-variance gradients, as in DDPM). Its default loss is L1 on eps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..adapters import upsample
+from ..masks import tau_at
+from .config import LossConfig
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    loss: torch.Tensor  # scalar
+    idx: torch.Tensor  # (B,) int64 0-based steps
+    sqrt_ab: torch.Tensor  # (B,) float32 noise levels fed to the model
+    active_fraction: float  # fraction of pixels the loss counted (1.0 without mask_loss)
+
+
+def alphas_cumprod(schedule) -> torch.Tensor:
+    """alpha_bar of a yoda.schedule.Schedule (or any object with .alphas_cumprod), float64 (T,) on CPU."""
+    ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float64).cpu().reshape(-1)
+    if ab.numel() < 1 or not bool(((ab > 0) & (ab <= 1)).all()):
+        raise ValueError("schedule.alphas_cumprod must be a non-empty sequence of values in (0, 1]")
+    return ab
+
+
+def draw_noise_level(
+    ab: torch.Tensor, batch: int, cfg: LossConfig, generator: Optional[torch.Generator] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx (B,) int64, sqrt_ab (B,) float32) for one batch.
+
+    continuous: sqrt_ab ~ U[sqrt(ab[idx]), sqrt(ab[idx - 1])], ab[-1] := 1 (SR3); discrete: sqrt(ab[idx])."""
+    T = ab.numel()
+    if cfg.same_t_in_batch:
+        idx = torch.randint(T, (1,), generator=generator).expand(batch).clone()
+    else:
+        idx = torch.randint(T, (batch,), generator=generator)
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    lo = ab[idx].sqrt()
+    hi = torch.cat([torch.ones(1, dtype=torch.float64), ab])[idx].sqrt()  # sqrt(ab[idx-1]), 1 at idx = 0
+    sab = lo + u * (hi - lo) if cfg.noise_level == "continuous" else lo
+    return idx, sab.float()
+
+
+def step_taus(idx: torch.Tensor, T: int, lower_bound: float) -> torch.Tensor:
+    """(B,) float32 tau of each element's step: yoda.masks.tau_at(idx + 1, T, lower_bound) (DESIGN.md §4),
+    rounded to float32 as the kernels compare."""
+    return torch.tensor([tau_at(int(i) + 1, T, lower_bound) for i in idx.tolist()], dtype=torch.float32)
+
+
+def space_tensors(hr: torch.Tensor, lr: torch.Tensor, cfg: LossConfig, scale: int) -> tuple[torch.Tensor, ...]:
+    """(x0, c, up) of DESIGN.md §6: pixel space x0 = HR, c = up(lr); residual x0 = (HR - up(lr)) k, c = 0."""
+    up = upsample(lr, scale)
+    if cfg.space == "pixel":
+        return hr, up, up
+    # clamped to [-1, 1] as SRDiff's img2res (clip_input=True): the state lives in the diffusion's range
+    return ((hr - up) * cfg.residual_scale).clamp(-1.0, 1.0), torch.zeros_like(hr), up
+
+
+def diffusion_loss(
+    denoise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    c: torch.Tensor,
+    A: Optional[torch.Tensor],
+    ab: torch.Tensor,
+    cfg: LossConfig,
+    *,
+    generator: Optional[torch.Generator] = None,
+    idx: Optional[torch.Tensor] = None,
+    sqrt_ab: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> LossOutput:
+    """The loss of DESIGN.md §7 (see the module docstring).
+
+    denoise(x_t, idx, sqrt_ab) -> model output, shape of x0; idx (B,) int64, sqrt_ab (B,) float32.
+    x0, c: (B, C, H, W) in the model's space; A: (B, 1, H, W) attention in [0, 1] at that grid, or None (no
+    YODA). ab: alpha_bar (T,) float64. idx / sqrt_ab / noise may be given (tests); otherwise they are drawn
+    from ``generator`` (on the CPU, so a run is reproducible on any device)."""
+    if x0.dim() != 4 or c.shape != x0.shape:
+        raise ValueError(f"x0 and c must be (B, C, H, W) of the same shape, got {tuple(x0.shape)}, {tuple(c.shape)}")
+    B, C = x0.shape[:2]
+    T = ab.numel()
+    if cfg.yoda and A is None:
+        raise ValueError("the YODA loss (mask_input or mask_loss) needs an attention map A")
+    if A is not None and (A.dim() != 4 or A.shape[1] != 1 or A.shape[0] != B or A.shape[2:] != x0.shape[2:]):
+        raise ValueError(f"A must be (B, 1, H, W) = ({B}, 1, {x0.shape[2]}, {x0.shape[3]}), got {tuple(A.shape)}")
+    if idx is None or sqrt_ab is None:
+        idx, sqrt_ab = draw_noise_level(ab, B, cfg, generator)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+    tau = step_taus(idx, T, cfg.lower_bound).to(x0.device)
+    idx, sqrt_ab, noise = idx.to(x0.device), sqrt_ab.to(x0.device), noise.to(x0.device, x0.dtype)
+
+    if cfg.mask_input:
+        from yoda_kernels import masked_q_sample
+
+        x_t = masked_q_sample(x0, c, noise, A.to(x0.dtype), tau, sqrt_ab.double().pow(2).float(), backend=backend)
+    else:
+        s = sqrt_ab.view(B, 1, 1, 1)
+        x_t = s * x0 + (1.0 - s * s).sqrt() * noise
+    pred = denoise(x_t, idx, sqrt_ab)
+    if pred.shape != x0.shape:
+        raise ValueError(f"model output has shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
+    if cfg.target == "eps":
+        target = noise
+    elif cfg.target == "x0":
+        target = x0
+    else:  # v-prediction (Salimans & Ho), the convention of yoda.sample and diffusers
+        s = sqrt_ab.view(B, 1, 1, 1).to(x0.dtype)
+        target = s * noise - (1.0 - s * s).sqrt() * x0
+    err = (pred - target).abs() if cfg.loss == "l1" else (pred - target).pow(2)
+    if cfg.mask_loss:
+        m = (A >= tau.view(B, 1, 1, 1)).to(err.dtype)  # (B, 1, H, W): the pixels refined at this step
+        count = m.sum() * C
+        loss = (err * m).sum() / count.clamp_min(1.0)
+        frac = float(count) / err.numel()
+    else:
+        loss, frac = err.mean(), 1.0
+    return LossOutput(loss=loss, idx=idx, sqrt_ab=sqrt_ab, active_fraction=frac)

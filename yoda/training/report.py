@@ -1,0 +1,93 @@
+"""`yoda train`: run a config into a folder and write the training record (TRAINING.md) next to the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import torch
+
+from .. import data as _data
+from .._io import atomic_write_text
+from .config import TrainConfig
+from .trainer import Trainer
+
+
+def machine_description(device: torch.device) -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, Python {platform.python_version()}"
+    if device.type == "cuda":
+        desc = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}); host: {desc}"
+    return desc
+
+
+def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
+    """``cfg`` with the "builtin" / "heldout" / "photos" / "photos-heldout" sources replaced by the train/ and
+    heldout/ folders of ``data_dir`` (written by ``python -m yoda.data export`` or ``yoda data build``)."""
+    sub = {"builtin": "train", "heldout": "heldout", "photos": "train", "photos-heldout": "heldout"}
+    d = cfg.data
+    return cfg.replace(data=dataclasses.replace(
+        d, source=os.path.join(data_dir, sub[d.source]) if d.source in sub else d.source,
+        val_source=os.path.join(data_dir, sub[d.val_source]) if d.val_source in sub else d.val_source))
+
+
+def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str, command: str, weights_name: str,
+                    start_step: int, seconds: float) -> str:
+    """The Markdown of TRAINING.md for a finished (or timed-out) run."""
+    last = tr.rows[-1] if tr.rows else {}
+    n_params = sum(p.numel() for p in tr.model.parameters())
+    size = os.path.getsize(os.path.join(out, weights_name))
+    lines = [
+        f"# Training record: {cfg.name}",
+        "",
+        f"- command: `{command or 'yoda train --config ' + config_path + ' --out ' + out}`",
+        f"- config: `{config_path}` (copied to config.json; also stored in the weights' metadata)",
+        f"- data: {cfg.data.source!r} ({', '.join(_data.BUILTIN_TRAIN) if cfg.data.source == 'builtin' else 'folder'}), "
+        f"random {cfg.data.crop}x{cfg.data.crop} HR crops with flips, LR = yoda.data.make_lr (x{cfg.data.scale} "
+        f"torch bicubic, antialias, 8-bit); held out: {', '.join(_data.HELD_OUT)}",
+        f"- loss: {cfg.loss}",
+        f"- model: {cfg.model.get('kind')} with {n_params:,} parameters; weights {weights_name} "
+        f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
+        f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr})",
+        f"- wall time of this run: {seconds:.1f} s ({(tr.step - start_step) / max(seconds, 1e-9):.2f} steps/s)",
+        f"- machine: {machine_description(tr.device)}",
+        f"- last logged loss: {last.get('loss', float('nan')):.4f}" if last else "- no steps logged",
+    ]
+    if last.get("val_psnr_plain", "") != "":
+        lines.append(f"- validation PSNR (DDIM {cfg.val_steps} steps, {cfg.data.val_crops} held-out crops): plain "
+                     f"{last['val_psnr_plain']:.2f} dB" + (f", YODA {last['val_psnr_yoda']:.2f} dB"
+                                                           if last.get("val_psnr_yoda", "") != "" else ""))
+    return "\n".join(lines) + "\n"
+
+
+def train_main(config_path: str, out: str, *, steps: Optional[int] = None, device: str = "auto",
+               minutes: Optional[float] = None, progress: bool = True, command: str = "",
+               weights_name: str = "model.safetensors", data_dir: Optional[str] = None) -> dict:
+    """Train from a JSON config into ``out``; writes the weights, config.json, log.csv and TRAINING.md.
+
+    data_dir: a folder written by ``python -m yoda.data export`` (train/ and heldout/ PNGs) replacing the
+    "builtin" / "heldout" sources (same images, for machines without scikit-image)."""
+    cfg = TrainConfig.load(config_path)
+    if steps is not None:
+        cfg = cfg.replace(steps=int(steps))
+    if data_dir is not None:
+        cfg = with_data_dir(cfg, data_dir)
+    tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name)
+    start_step = tr.step
+    summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
+    record = training_record(cfg, tr, config_path=config_path, out=out, command=command, weights_name=weights_name,
+                             start_step=start_step, seconds=summary["seconds"])
+    atomic_write_text(os.path.join(out, "TRAINING.md"), record)
+    summary.update(out=out, weights=os.path.join(out, weights_name))
+    return summary

@@ -1,0 +1,221 @@
+"""Trainer: AdamW + EMA + grad clipping, checkpoints with resume, validation, a tqdm bar and a CSV log.
+
+Files in ``out``: checkpoint.pt (resume state), log.csv, config.json, and at the end the EMA weights in the
+"yoda" format (model.safetensors unless told otherwise). Every file is written through yoda._io (atomic).
+
+The checkpoint is a torch file holding {"step", "config" (TrainConfig.to_dict()), "model", "ema", "opt",
+"gen", "rows"}: a run resumes only with the config it was started with (``steps`` may differ).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import os
+import time
+from typing import Optional
+
+import torch
+
+from .. import data as _data
+from .._io import atomic_write, atomic_write_text
+from ..devices import resolve_device
+from ..errors import NonFiniteError
+from ..evaluate import psnr_u8
+from .config import TrainConfig
+from .glue import attention_for, build_model, make_denoiser, model_card, sampling_adapter
+from .loss import alphas_cumprod, diffusion_loss, space_tensors
+
+CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")  # "lr": the learning rate
+
+
+class Trainer:
+    """Train ``cfg`` into the folder ``out``.
+
+    Randomness (crops, flips, steps, noise) comes from one CPU torch.Generator saved in the checkpoint, so a
+    resumed run on the CPU equals an uninterrupted one.
+    """
+
+    def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
+                 resume: bool = True, weights_name: str = "model.safetensors"):
+        self.cfg, self.out, self.progress, self.weights_name = cfg, out, progress, weights_name
+        self.device = resolve_device(device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolutions
+        os.makedirs(out, exist_ok=True)
+        self.schedule = cfg.make_schedule()
+        self.ab = alphas_cumprod(self.schedule)
+        torch.manual_seed(cfg.seed)  # model init
+        self.model = build_model(cfg.model).to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                     weight_decay=cfg.weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        train_images = _data.load_source(cfg.data.source, cfg.data.crop)
+        from ..photos import check_not_held_out
+
+        check_not_held_out(n for n, _ in train_images)
+        self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips)
+        self.val_hr = None
+        if cfg.val_every and cfg.data.val_crops:
+            val = _data.load_source(cfg.data.val_source, cfg.data.val_crop)
+            self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
+        self.extractor = None
+        if cfg.loss.yoda or self.val_hr is not None:
+            from .. import attention
+
+            self.extractor = attention.get(cfg.attention)
+        self.rows: list[dict] = []
+        self.ckpt_path = os.path.join(out, "checkpoint.pt")
+        if resume and os.path.exists(self.ckpt_path):
+            self.load_checkpoint(self.ckpt_path)
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "rows": list(self.rows),
+        }
+
+    def save_checkpoint(self, path: Optional[str] = None) -> None:
+        state = self.state_dict()
+        atomic_write(path or self.ckpt_path, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self, path: str) -> None:
+        try:
+            st = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as e:  # corrupt / truncated file
+            raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k != "steps"}
+        theirs = {k: v for k, v in st["config"].items() if k != "steps"}
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(f"checkpoint {path} was written with a different config (differs in: {', '.join(diff)})")
+        self.model.load_state_dict(st["model"])
+        self.ema.load_state_dict(st["ema"])
+        self.opt.load_state_dict(st["opt"])
+        self.gen.set_state(st["gen"])
+        self.step = int(st["step"])
+        self.rows = [r for r in st["rows"] if r["step"] <= self.step]
+
+    # -- one step ------------------------------------------------------------------------------------------
+    def learning_rate(self, step: int) -> float:
+        """The learning rate at ``step``: cfg.lr after a linear warm-up of cfg.warmup steps."""
+        if self.cfg.warmup and step < self.cfg.warmup:
+            return self.cfg.lr * (step + 1) / self.cfg.warmup
+        return self.cfg.lr
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        hr = self.train_images.sample(cfg.batch, self.gen).to(self.device)
+        lr_img = _data.make_lr(hr, cfg.data.scale)
+        x0, c, up = space_tensors(hr, lr_img, cfg.loss, cfg.data.scale)
+        A = attention_for(self.extractor, lr_img, x0.shape[-2:]) if cfg.loss.yoda else None
+        for g in self.opt.param_groups:
+            g["lr"] = self.learning_rate(self.step)
+        self.model.train()
+        out = diffusion_loss(make_denoiser(self.model, lr_img, up, cfg.loss), x0, c, A, self.ab, cfg.loss,
+                             generator=self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self._update_ema()
+        self.step += 1
+        return float(out.loss.detach())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # warm-up of the decay (1 + n) / (10 + n) so that early EMA weights are not dominated by the init
+        d = min(self.cfg.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    # -- validation ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Mean PSNR (dB, 8-bit) of DDIM samples from the EMA model on the fixed held-out crops, plain and,
+        when an extractor is configured, with YODA masks (lower bound of the loss config)."""
+        from ..sampling import sample
+
+        hr = self.val_hr.to(self.device)
+        lr_img = _data.make_lr(hr, self.cfg.data.scale)
+        model = self.sampling_model(self.ema)
+        out = {}
+        modes = [("val_psnr_plain", None)] + ([("val_psnr_yoda", self.cfg.attention)] if self.extractor else [])
+        for key, attn in modes:
+            sr = sample(model, lr_img, attention=attn, steps=self.cfg.val_steps, sampler="ddim",
+                        lower_bound=self.cfg.loss.lower_bound, seed=self.cfg.seed, progress=False)
+            out[key] = float(psnr_u8(sr, hr).mean())
+        return out
+
+    def sampling_model(self, module: torch.nn.Module):
+        """The adapter yoda.sample runs for ``module`` trained with this config."""
+        return sampling_adapter(module, self.cfg, self.schedule)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def run(self, steps: Optional[int] = None, max_seconds: Optional[float] = None) -> dict:
+        """Train up to ``steps`` (default cfg.steps) total steps, or until max_seconds of wall time have
+        passed; checkpoint, write the log and the EMA weights. Returns a summary dict."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        total = cfg.steps if steps is None else int(steps)
+        t0 = time.perf_counter()
+        t_base = float(self.rows[-1]["time"]) if self.rows else 0.0  # time column is cumulative over resumes
+        acc, n = 0.0, 0
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
+        try:
+            while self.step < total:
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    raise NonFiniteError(f"loss became {loss} at step {self.step}")
+                acc, n = acc + loss, n + 1
+                bar.update(1)
+                last = self.step == total
+                timed_out = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+                if (cfg.log_every and self.step % cfg.log_every == 0) or last or timed_out:
+                    row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
+                           "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
+                    if self.val_hr is not None and (self.step % cfg.val_every == 0 or last or timed_out):
+                        row.update(self.validate())
+                    self.rows.append(row)
+                    self.write_log()
+                    bar.set_postfix(loss=f"{acc / n:.4f}")
+                    acc, n = 0.0, 0
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or timed_out:
+                    self.save_checkpoint()
+                if timed_out:
+                    break
+        finally:
+            bar.close()
+        self.export(os.path.join(self.out, self.weights_name))
+        atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
+        return {"steps": self.step, "seconds": time.perf_counter() - t0}
+
+    def export(self, path: str) -> None:
+        """The EMA weights in the "yoda" format (yoda.load("yoda", path)), with the TrainConfig in "extra"."""
+        from ..models.yoda_format import save_model
+
+        module = copy.deepcopy(self.ema).cpu()
+        module.card = model_card(self.cfg, self.schedule)
+        save_model(module, path, extra={"train_config": self.cfg.to_dict(), "steps": self.step})
+
+    def write_log(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        atomic_write_text(os.path.join(self.out, "log.csv"), buf.getvalue(), newline="")

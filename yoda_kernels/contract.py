@@ -1,0 +1,73 @@
+"""The kernel contract: what every backend of the yoda ops (naive reference, C++, CUDA, Triton) agrees on.
+
+Read this file first when writing or checking a backend; the names here are the only definitions in Python,
+and csrc/step.h mirrors them for C++ and CUDA (its ``StepCoefs`` fields are COEF_NAMES, in this order).
+
+    PREDICTIONS       what a model outputs: "eps", "x0" or "v"
+    SAMPLERS          "ddpm" (ancestral, fixed-small variance) or "ddim" (eta)
+    COEF_NAMES        the ten float64 step coefficients, in the order kernels receive them (StepCoefs)
+    TILE_SIZES        tile sides of tile_stats / masked_step (8, 16, 32)
+    FLOAT_DTYPES      input dtypes; arithmetic is float32 whatever the input dtype
+    memory_format(x)  outputs keep x's layout: channels-last in, channels-last out
+
+One step of DESIGN.md §5 in the coefficients (the float32 operation order below is the contract):
+
+    x0   = k1 * x + k2 * out          (clamped to [-1, 1] if clip)
+    eps  = e1 * x + e2 * out
+    sr   = ((cx0 * x0 + cx * x) + ceps * eps) + sigma * z
+    lr   = la * c + lb * z
+    x'   = sr where A >= tau else lr            (A is None: every pixel active)
+
+Noise z is drawn only when ``needs_noise``: sigma or lb nonzero; otherwise every backend uses z = 0, an
+explicit noise tensor included.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+PREDICTIONS = ("eps", "x0", "v")
+SAMPLERS = ("ddpm", "ddim")
+TILE_SIZES = (8, 16, 32)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class StepCoefs(NamedTuple):
+    """The ten coefficients of one step (module docstring), float64; a tuple in kernel order."""
+
+    k1: float  # x0 from x
+    k2: float  # x0 from the model output
+    e1: float  # eps from x
+    e2: float  # eps from the model output
+    cx0: float  # sampler update: weight of x0
+    cx: float  # sampler update: weight of x
+    ceps: float  # sampler update: weight of eps (DDIM's direction term)
+    sigma: float  # sampler update: weight of the noise
+    la: float  # LR branch: weight of c (sqrt(ab_prev))
+    lb: float  # LR branch: weight of the noise (sqrt(1 - ab_prev))
+
+
+COEF_NAMES = StepCoefs._fields
+NUM_COEFS = len(COEF_NAMES)
+
+
+def needs_noise(coefs: Sequence[float]) -> bool:
+    """Whether a step with these coefficients draws noise (sigma or lb nonzero)."""
+    c = StepCoefs(*coefs)
+    return c.sigma != 0.0 or c.lb != 0.0
+
+
+def check_tile(tile: int) -> int:
+    """``tile`` as an int if it is one of TILE_SIZES, else ValueError."""
+    if isinstance(tile, bool) or tile not in TILE_SIZES:
+        raise ValueError(f"tile must be one of {TILE_SIZES}, got {tile}")
+    return int(tile)
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format of an op's output for input ``x``: channels-last stays channels-last."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
