@@ -19,7 +19,7 @@ def _flag(name):
 
 
 def extensions():
-    if _flag("YODA_NO_EXTENSION"):
+    if _flag("YODA_NO_EXTENSION") or "sdist" in sys.argv:  # an sdist compiles nothing (and needs no torch)
         return [], {}
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -54,7 +54,7 @@ REQUIRES = ["numpy", "pillow", "scikit-image>=0.22", "opencv-python-headless>=4.
 def torch_requirement() -> str:
     """torch pinned to the release the kernels are compiled against (a different release's C++ ABI would not
     load them); any torch >= 2.4 when no extension is built."""
-    if _flag("YODA_NO_EXTENSION"):
+    if _flag("YODA_NO_EXTENSION") or "sdist" in sys.argv:
         return "torch>=2.4"
     import torch
 

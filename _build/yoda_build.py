@@ -44,3 +44,7 @@ def get_requires_for_build_wheel(config_settings=None):
 
 def get_requires_for_build_editable(config_settings=None):
     return _requires()
+
+
+def get_requires_for_build_sdist(config_settings=None):
+    return ["setuptools>=64", "wheel"]  # an sdist compiles nothing

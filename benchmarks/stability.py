@@ -11,6 +11,8 @@ markdown report and one figure.
     python benchmarks/stability.py --report-only          # only re-read the logs and rewrite the report
     python benchmarks/stability.py --data /tmp/photos --runs /tmp/stability_runs --steps 1200 \\
         -o benchmarks/STABILITY.md --figure benchmarks/figures/stability.png
+    mkdir /tmp/yoda_snap && cp -a yoda yoda_kernels /tmp/yoda_snap/ \\
+        && python benchmarks/stability.py --code /tmp/yoda_snap   # as benchmarks/STABILITY.md was made
 
 DATA is the folder of `yoda data build` (train/ and heldout/). Each run gets OMP_NUM_THREADS=1 and
 `nice -n 15`, so it shares a loaded machine politely. `--code DIR` runs `python -m yoda` from DIR, a frozen
@@ -46,6 +48,8 @@ BATCHES = (1, 2, 4)
 SEEDS = (0, 1, 2)
 ARMS = ("plain", "yoda")  # yoda: loss.mask_input = loss.mask_loss = True
 COLOURS = {"plain": (31, 119, 180), "yoda": (214, 39, 40)}
+BAND_ALPHA = 60
+LINE_WIDTH = {"plain": 5, "yoda": 2}  # the YODA line is drawn on top of a wider plain line: both stay visible
 
 
 def spike_definition(window: int, factor: float, warmup: int, log_every: int) -> str:
@@ -130,6 +134,13 @@ def count_spikes(rows: list[dict], window: int, factor: float, warmup: int) -> i
                if steps[i] > warmup and loss[i] > factor * statistics.median(loss[i - window:i]))
 
 
+def loss_cv(rows: list[dict], warmup: int) -> float:
+    """Coefficient of variation (std / mean) of the logged losses after the warm-up: how noisy the loss is,
+    free of its scale (the YODA loss, averaged over the active pixels, has another scale than the plain one)."""
+    loss = [float(r["loss"]) for r in rows if int(r["step"]) > warmup]
+    return statistics.stdev(loss) / statistics.fmean(loss)
+
+
 def val_series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key, "") != ""]
     return [s for s, _ in pts], [v for _, v in pts]
@@ -191,6 +202,7 @@ def analyse(configs: dict[str, dict], a) -> dict:
             "psnr_plain": float(last["val_psnr_plain"]), "psnr_yoda": float(last["val_psnr_yoda"]),
             "gain": float(last["val_psnr_plain"]) - bicubic[cfg["seed"]],
             "spikes": count_spikes(rows, a.spike_window, a.spike_factor, cfg["warmup"]),
+            "loss_cv": loss_cv(rows, cfg["warmup"]),
             "train_s": float(last["time"]), "val_steps": steps, "val_gain": [v - bicubic[cfg["seed"]] for v in plain],
             "final_loss": float(last["loss"]),
         }
@@ -198,6 +210,11 @@ def analyse(configs: dict[str, dict], a) -> dict:
     masked = masked_fraction(a.data, a.crop, scale, cfg0["attention"], cfg0["loss"]["lower_bound"],
                              cfg0["schedule"]["T"])
     return {"bicubic": bicubic, "masked_fraction": masked, "runs": runs}
+
+
+def blend(under: tuple, colour: tuple) -> tuple:
+    """``colour`` at opacity BAND_ALPHA over ``under`` (the colour a band gets)."""
+    return tuple(round(u + (c - u) * BAND_ALPHA / 255) for u, c in zip(under, colour))
 
 
 def draw_figure(res: dict, a, path: str) -> None:
@@ -229,12 +246,16 @@ def draw_figure(res: dict, a, path: str) -> None:
             band = ([(ax.fx(s), ax.fy(max(c))) for s, c in zip(steps, cols)]
                     + [(ax.fx(s), ax.fy(min(c))) for s, c in reversed(list(zip(steps, cols)))])
             layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
-            ImageDraw.Draw(layer).polygon(band, fill=COLOURS[arm] + (60,))
+            ImageDraw.Draw(layer).polygon(band, fill=COLOURS[arm] + (BAND_ALPHA,))
             canvas.paste(layer, (0, 0), layer)
-            ax.line(steps, [statistics.fmean(c) for c in cols], COLOURS[arm], width=2)
-    drawing.legend(draw, left, top + ph + 55, [("plain training", COLOURS["plain"], "line"),
+            ax.line(steps, [statistics.fmean(c) for c in cols], COLOURS[arm], width=LINE_WIDTH[arm])
+    plain_band, yoda_band = blend((255, 255, 255), COLOURS["plain"]), blend((255, 255, 255), COLOURS["yoda"])
+    drawing.legend(draw, left, top + ph + 58, [("plain training (wide line)", COLOURS["plain"], "line"),
                                                ("YODA training (masked input + masked loss)", COLOURS["yoda"], "line"),
-                                               ("bicubic (0 dB)", (110, 110, 110), "dashed")], font)
+                                               ("bicubic (0 dB)", (110, 110, 110), "dashed"),
+                                               ("min-max plain", plain_band, "bar"),
+                                               ("min-max YODA", yoda_band, "bar"),
+                                               ("both (overlap)", blend(plain_band, COLOURS["yoda"]), "bar")], font)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path)
 
@@ -279,13 +300,14 @@ def report(configs: dict[str, dict], res: dict, a, wall: dict) -> str:
          "seed share them), PSNR on 8-bit pixels; columns val_psnr_plain (plain sampling) and val_psnr_yoda "
          f"(YODA sampling, lower bound {cfg0['loss']['lower_bound']})",
          "- bicubic on the same crops: " + ", ".join(f"seed {s}: {v:.2f} dB" for s, v in res["bicubic"].items()),
-         f"- loss spike: {spike_def}; loss logged every {a.log_every} steps",
+         f"- loss spike: {spike_def}; loss logged every {a.log_every} steps; loss CV: std / mean of the logged "
+         f"losses after the warm-up (scale-free, so plain and YODA losses compare)",
          "- ± is the sample standard deviation (ddof 1) over the seeds; it includes the seeds' different "
          "validation crops, which the gain over bicubic and the paired difference remove", "",
          "## Final validation PSNR and loss spikes", "",
          "| batch | training | PSNR, plain sampling (dB) | PSNR, YODA sampling (dB) | gain over bicubic (dB) "
-         "| std of gain over seeds (dB) | loss spikes: total (per seed) |",
-         "|---|---|---|---|---|---|---|"]
+         "| std of gain over seeds (dB) | loss spikes: total (per seed) | loss CV (mean over seeds) |",
+         "|---|---|---|---|---|---|---|---|"]
     for batch in BATCHES:
         for arm in ARMS:
             rs = [runs[run_name(batch, arm, s)] for s in SEEDS]
@@ -293,15 +315,16 @@ def report(configs: dict[str, dict], res: dict, a, wall: dict) -> str:
             L.append(f"| {batch} | {'YODA' if arm == 'yoda' else 'plain'} | {pm([r['psnr_plain'] for r in rs])} "
                      f"| {pm([r['psnr_yoda'] for r in rs])} | {pm([r['gain'] for r in rs])} "
                      f"| {mean_std([r['gain'] for r in rs])[1]:.3f} "
-                     f"| {sum(spikes)} ({'/'.join(map(str, spikes))}) |")
+                     f"| {sum(spikes)} ({'/'.join(map(str, spikes))}) "
+                     f"| {statistics.fmean(r['loss_cv'] for r in rs):.3f} |")
     L += ["", "## Paired difference, YODA − plain training (same seed)", "",
           "| batch | Δ PSNR, plain sampling (dB) | Δ PSNR, YODA sampling (dB) | per seed, plain sampling (dB) |",
           "|---|---|---|---|"]
     for batch in BATCHES:
         d = {k: [runs[run_name(batch, "yoda", s)][k] - runs[run_name(batch, "plain", s)][k] for s in SEEDS]
              for k in ("psnr_plain", "psnr_yoda")}
-        L.append(f"| {batch} | {pm(d['psnr_plain'])} | {pm(d['psnr_yoda'])} "
-                 f"| {' / '.join(f'{v:+.2f}' for v in d['psnr_plain'])} |")
+        L.append(f"| {batch} | {pm(d['psnr_plain'], 3)} | {pm(d['psnr_yoda'], 3)} "
+                 f"| {' / '.join(f'{v:+.3f}' for v in d['psnr_plain'])} |")
     L += ["", "## Runs", "",
           "| run | final PSNR plain / YODA sampling (dB) | gain over bicubic (dB) | best gain (dB) at step "
           "| final logged loss | spikes | training loop (s) |", "|---|---|---|---|---|---|---|"]

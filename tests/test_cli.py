@@ -79,6 +79,11 @@ def test_upscale_one_file_right_size(tmp_path, tiny_model, images, capsys):
     assert code == 0, err
     im = Image.open(out)
     assert im.size == (13 * 4, 10 * 4) and im.mode == "RGB"  # odd LR size: padded for the UNet, cropped back
+    # the default attention is none: plain sampling (QUALITY.md); --attention edge gives the YODA image
+    assert_same_pixels(out, expected_upscale(tiny_model, rgb, steps=3, sampler="ddim", attention=None))
+    code, _, err = run(["upscale", rgb, "-o", str(out), "--model", tiny_model, "--steps", "3", "--attention", "edge",
+                        "-q"], capsys)
+    assert code == 0, err
     assert_same_pixels(out, expected_upscale(tiny_model, rgb, steps=3, sampler="ddim", attention="edge"))
 
 
@@ -129,6 +134,14 @@ def test_attention_command(tmp_path, images, capsys):
 
     want = float(pixel_update_ratio(get("edge")(load_image(rgb)), 0.5).mean())
     assert abs(ratio - want) < 1e-3  # the printed ratio is mean(min(1, A + l)) of this image's map
+
+
+def test_attention_none_is_a_user_error_where_a_map_is_drawn(tmp_path, images, capsys):
+    rgb, _ = images
+    for cmd in (["attention", rgb, "-o", str(tmp_path / "a.png")], ["demo", "-o", str(tmp_path / "d.png")]):
+        code, _, err = run(cmd + ["--attention", "none"], capsys)
+        assert code == 2 and "--attention none" in err and "Traceback" not in err
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "d.png").exists()
 
 
 def test_demo_with_tiny_model(tmp_path, tiny_model, capsys):
@@ -393,3 +406,88 @@ def test_a_bug_prints_its_traceback_and_debug_shows_user_errors_too(tmp_path, ti
     monkeypatch.setattr(yoda.cli, "upscale_tensor", lambda *a, **k: (_ for _ in ()).throw(ValueError("internal")))
     code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "-q"], capsys)
     assert code == 1 and "Traceback" in err
+
+
+def test_upscale_runs_tiled_over_max_memory(tmp_path, tiny_model, images, capsys):
+    """An image whose estimated need is over --max-memory is denoised in windows chosen by the CLI (the largest
+    multiple of the model's 8 that fits, overlap a quarter): the very image of the same --tiles given
+    explicitly, and not the untiled one. A small image runs untiled under the default budget."""
+    rng = np.random.default_rng(1)
+    big = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(big)  # HR 144 x 160
+    common = ["--model", tiny_model, "--steps", "2", "-q"]
+    outs = {}
+    for name, extra in (("auto", ["--max-memory", "16M"]),
+                        ("explicit", ["--tiles", "64,16", "--window-batch", "1", "--max-memory", "0"]),
+                        ("untiled", ["--max-memory", "0"])):
+        code, stdout, err = run(["upscale", str(big), "-o", str(tmp_path / f"{name}.png"), *common, *extra], capsys)
+        assert code == 0, err
+        assert ("windows of 64 (overlap 16), 1 per call" in stdout) == (name == "auto"), stdout
+        outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+    assert outs["auto"].shape == (144, 160, 3)
+    assert np.array_equal(outs["auto"], outs["explicit"])
+    assert not np.array_equal(outs["auto"], outs["untiled"])
+    rgb, _ = images
+    code, stdout, _ = run(["upscale", rgb, "-o", str(tmp_path / "small.png"), *common], capsys)
+    code0, _, _ = run(["upscale", rgb, "-o", str(tmp_path / "small0.png"), *common, "--max-memory", "0"], capsys)
+    assert code == code0 == 0 and "windows" not in stdout
+    assert (tmp_path / "small.png").read_bytes() == (tmp_path / "small0.png").read_bytes()
+
+
+def test_upscale_window_options_are_checked(tmp_path, tiny_model, images, capsys, no_sampling):
+    """Bad --tiles / --window-batch / --max-memory values: one line, exit 2, before any sampling."""
+    rgb, _ = images
+    for extra, msg in ((["--tiles", "60,8"], "multiples of 8"), (["--tiles", "64,64"], "--tiles"),
+                       (["--tiles", "a"], "--tiles"), (["--window-batch", "0"], "--window-batch"),
+                       (["--max-memory", "lots"], "--max-memory")):
+        code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, *extra], capsys)
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (extra, err)
+
+
+def _torchrun(args, tmp_path, nproc=2):
+    """`python -m torch.distributed.run --nproc_per_node nproc -m yoda ARGS` on the CPU (gloo), one thread each."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "yoda", *args]
+    return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):
+    """`torchrun -m yoda upscale DIR -o OUT` with 2 gloo ranks on the CPU: the sorted inputs are sharded over the
+    ranks and the outputs are byte-identical to a single-process run; a bad image is reported by its rank, the
+    other inputs are still written, and the run exits non-zero; --skip-existing leaves existing outputs alone."""
+    rng = np.random.default_rng(3)
+    src = tmp_path / "in"
+    src.mkdir()
+    for k, (h, w) in enumerate(((10, 13), (8, 8), (12, 9))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / f"im{k}.png")
+    common = ["--model", tiny_model, "--steps", "2", "-q"]
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "single"), *common], capsys)
+    assert code == 0, err
+    p = _torchrun(["upscale", str(src), "-o", str(tmp_path / "multi"), *common], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    names = sorted(f.name for f in (tmp_path / "single").iterdir())
+    assert names == ["im0_x4.png", "im1_x4.png", "im2_x4.png"]
+    assert sorted(f.name for f in (tmp_path / "multi").iterdir()) == names
+    for n in names:
+        assert (tmp_path / "single" / n).read_bytes() == (tmp_path / "multi" / n).read_bytes(), n
+    # --skip-existing: nothing is recomputed (an output made unreadable by sampling would show)
+    before = {n: (tmp_path / "multi" / n).stat().st_mtime_ns for n in names}
+    code, out, _ = run(["upscale", str(src), "-o", str(tmp_path / "multi"), *common, "--skip-existing"], capsys)
+    assert code == 0 and out.count("skipped") == 3
+    assert before == {n: (tmp_path / "multi" / n).stat().st_mtime_ns for n in names}
+    # a bad image (sorted first: rank 0 gets it and im1, rank 1 gets im0 and im2)
+    (src / "a_bad.png").write_bytes(b"not a png")
+    p = _torchrun(["upscale", str(src), "-o", str(tmp_path / "bad"), *common], tmp_path)
+    assert p.returncode != 0
+    assert "rank 0" in p.stderr and "a_bad.png" in p.stderr
+    assert sorted(f.name for f in (tmp_path / "bad").iterdir()) == names
+    for n in names:
+        assert (tmp_path / "single" / n).read_bytes() == (tmp_path / "bad" / n).read_bytes(), n

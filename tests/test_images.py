@@ -316,3 +316,9 @@ def test_full_disk_error_names_the_target_not_the_temp_file(tmp_path, monkeypatc
         save_image(torch.zeros(3, 2, 2), tmp_path / "full.png")
     assert e.value.errno == errno.ENOSPC and ".tmp" not in str(e.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_float_arrays_with_nan_or_inf_are_refused():
+    for bad in (np.nan, np.inf):
+        with pytest.raises(images.DataError, match="arr: expected uint8 or float in"):
+            images.to_rgb_u8(np.array([[0.0, bad]], dtype=np.float32), "arr")

@@ -328,7 +328,7 @@ def test_callback_x0_hat_and_last_step(sampler):
         x = d["x"].double()
     assert clipped > 0  # the clip was in play
     last = seen[-1]
-    assert set(last) == {"i", "t", "tau", "x", "x0_hat", "active_fraction", "calls"}
+    assert set(last) == {"i", "t", "tau", "x", "x0_hat", "active_fraction", "calls", "batches"}
     if sampler == "ddpm":
         torch.testing.assert_close(last["x"], last["x0_hat"], rtol=0, atol=4 * EPS32)
     assert torch.equal(sr, last["x"].clamp(-1, 1))
@@ -521,8 +521,9 @@ def test_tiled_skipping_is_exact_and_saves_calls():
         taus.append(d["tau"])
         calls_skip.append(d["calls"])
 
-    a = run(model, lr, attention=A, seed=2, tiles=(8, 2), callback=cb)
-    b = run(model, lr, attention=A, seed=2, tiles=(8, 2, False), callback=lambda d: calls_dense.append(d["calls"]))
+    a = run(model, lr, attention=A, seed=2, windows=(8, 2), window_batch=1, callback=cb)
+    b = run(model, lr, attention=A, seed=2, windows=(8, 2, False), window_batch=1,
+            callback=lambda d: calls_dense.append(d["calls"]))
     assert torch.equal(a, b)
     # window 8, stride 6, the last window flush with the end: rows 0, 6, 8; columns 0, 6, 12, 16
     origins = [(y, x) for y in (0, 6, 8) for x in (0, 6, 12, 16)]
@@ -532,8 +533,120 @@ def test_tiled_skipping_is_exact_and_saves_calls():
     assert calls_skip == want
     assert want[0] < want[1] < want[-1] == len(origins)  # the map makes the windows wake up one step at a time
     # with a window that covers the state, tiling is the dense call up to the blend's w / w rounding
-    full = run(model, lr, attention=A, seed=2, tiles=(32, 0))
+    full = run(model, lr, attention=A, seed=2, windows=(32, 0))
     torch.testing.assert_close(full, run(model, lr, attention=A, seed=2), rtol=0, atol=8 * EPS32)
+
+
+def _asym_A(H, W):
+    """An asymmetric map on a non-square grid: largest in the top-right corner, falling off differently along
+    rows and columns, so the windows wake up a few at a time."""
+    yy = torch.linspace(0, 1, H).view(H, 1)
+    xx = torch.linspace(0, 1, W).view(1, W)
+    return ((1 - yy) ** 3 * xx**2).view(1, 1, H, W)
+
+
+def _tiny_unet_adapter(kind):
+    """A tiny SR3UNet (with attention) or SRDiff (scale 2) adapter; its forward runs batch element by batch
+    element, so the model itself is batch-invariant and what is tested is the window batching alone (oneDNN
+    convolutions and BLAS matmuls round differently at different batch sizes)."""
+    from yoda.models import SR3UNet, SRDiff
+
+    torch.manual_seed(0)
+    if kind == "sr3":
+        net = SR3UNet(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2),
+                      attn_res=(4,), res_blocks=1, image_size=8, mid_attn=True).eval()
+        ad = net.yoda_adapter(scale=SCALE, schedule=SCHED)
+    else:
+        net = SRDiff(hidden_size=8, dim_mults=(1, 2), rrdb_num_block=2, rrdb_num_feat=8, sr_scale=SCALE,
+                     timesteps=T).eval()
+        ad = net.yoda_adapter()
+    seen = []
+    forward = net.forward
+
+    def per_element(x, *args):
+        seen.append(x.shape[0])
+        parts = []
+        for k in range(x.shape[0]):
+            parts.append(forward(x[k:k + 1], *[[f[k:k + 1] for f in a] if isinstance(a, list) else a[k:k + 1]
+                                                for a in args]))
+        return torch.cat(parts)
+
+    net.forward = per_element
+    return ad, seen
+
+
+@pytest.mark.parametrize("kind", ["sr3", "srdiff"])
+def test_window_batches_equal_one_window_per_call(kind):
+    """Windows sent through the model in batches (crop_cond per window, stack_conds along the batch dim, outputs
+    split back and blended in window order) give the bit-identical image of one call per window, with skipping,
+    on a non-square state with an asymmetric map; SRDiff's windows lie on the LR grid (origins multiples of the
+    scale) and its LR features are cropped and stacked with them. The batch count is ceil(windows / batch)."""
+    ad, seen = _tiny_unet_adapter(kind)
+    lr = lr_image(B=2, h=8, w=12)
+    A = _asym_A(16, 24)
+    kw = dict(attention=A, seed=5, windows=(8, 4), sampler="ddim", eta=1.0)
+    one = run(ad, lr, window_batch=1, **kw)
+    assert set(seen) == {2}  # B = 2 elements per window, one window per call
+    for batch in (2, 4, None):
+        seen.clear()
+        calls, batches = [], []
+        got = run(ad, lr, window_batch=batch,
+                  callback=lambda d: (calls.append(d["calls"]), batches.append(d["batches"])), **kw)
+        assert torch.equal(got, one), (kind, batch)
+        n = batch if batch is not None else 10**9
+        assert batches == [-(-c // n) for c in calls] and calls[0] < calls[-1] == 15
+        assert sum(seen) == 2 * sum(calls) and max(seen) == 2 * min(n, 15)
+
+
+def test_window_batches_with_a_batch_invariant_model_are_bit_identical():
+    """With a model whose forward is batch-invariant as it is (a plain convolution, oneDNN off), batching the
+    windows changes nothing at all; with oneDNN on, it stays within float rounding of the model."""
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr, A = lr_image(h=8, w=12), _asym_A(16, 24)
+    with torch.backends.mkldnn.flags(enabled=False):
+        one = run(model, lr, attention=A, seed=2, windows=(8, 2), window_batch=1)
+        assert torch.equal(run(model, lr, attention=A, seed=2, windows=(8, 2), window_batch=5), one)
+    torch.testing.assert_close(run(model, lr, attention=A, seed=2, windows=(8, 2)), one, rtol=0, atol=1e-5)
+
+
+def test_window_knobs_names_and_default_batch():
+    """kernel_tile= and windows= are the names; tile= and tiles= are deprecated aliases (same image, a
+    DeprecationWarning; both names at once: TypeError). The default window batch follows the memory budget."""
+    from yoda.sampling.tiles import ACTIVATION_BYTES_PER_ELEMENT, default_window_batch
+
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr, A = lr_image(h=8, w=12), _asym_A(16, 24)
+    new = run(model, lr, attention=A, seed=2, windows=(8, 2), kernel_tile=8)
+    with pytest.warns(DeprecationWarning, match="tiles= is deprecated"):
+        with pytest.warns(DeprecationWarning, match="tile= is deprecated"):
+            old = run(model, lr, attention=A, seed=2, tiles=(8, 2), tile=8)
+    assert torch.equal(new, old)
+    with pytest.raises(TypeError, match="not both"):
+        run(model, lr, attention=A, windows=8, tiles=8)
+    with pytest.raises(ValueError, match="window_batch applies"):
+        run(model, lr, attention=A, window_batch=2)
+    with pytest.raises(ValueError, match="window_batch must be >= 1"):
+        run(model, lr, attention=A, windows=8, window_batch=0)
+    assert default_window_batch(1, 3, 64, 64, budget=3 * 64 * 64 * ACTIVATION_BYTES_PER_ELEMENT * 5 + 1) == 5
+    assert default_window_batch(4, 3, 512, 512, budget=1) == 1
+
+
+def test_stack_conds_default():
+    """Adapter.stack_conds concatenates tensors along dim 0 through tuples, lists and NamedTuples, keeps equal
+    plain values, and refuses what it cannot stack."""
+    from yoda.models.srdiff import SRDiffCond
+
+    a = SRDiffCond([torch.ones(1, 2, 3, 3), torch.zeros(1, 2, 3, 3)], torch.full((1, 3, 6, 6), 2.0))
+    b = SRDiffCond([torch.full((1, 2, 3, 3), 3.0), torch.ones(1, 2, 3, 3)], torch.ones(1, 3, 6, 6))
+    s = Adapter().stack_conds([a, b])
+    assert isinstance(s, SRDiffCond) and isinstance(s.feas, list)
+    assert torch.equal(s.feas[0], torch.cat([a.feas[0], b.feas[0]])) and torch.equal(s.up, torch.cat([a.up, b.up]))
+    t = Adapter().stack_conds([(torch.ones(1, 1), (4, 5)), (torch.zeros(1, 1), (4, 5))])
+    assert torch.equal(t[0], torch.tensor([[1.0], [0.0]])) and t[1] == (4, 5)
+    with pytest.raises(NotImplementedError):
+        Adapter().stack_conds([(torch.ones(1), (4, 5)), (torch.ones(1), (4, 6))])
+    with pytest.raises(NotImplementedError):
+        Adapter().stack_conds([object(), object()])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -567,8 +680,8 @@ def test_tiled_skipping_is_exact_and_saves_calls():
         (None, {"attention": 3.0}, TypeError, "attention must be"),
         (None, {"attention": lambda x: "no"}, TypeError, r"attention\(lr\) must return a tensor"),
         (None, {"backend": "gpu"}, ValueError, "backend"),
-        (None, {"tile": 12}, ValueError, "tile"),
-        (None, {"tiles": (8, 8)}, ValueError, "tiles"),
+        (None, {"kernel_tile": 12}, ValueError, "tile"),
+        (None, {"windows": (8, 8)}, ValueError, "windows"),
         (None, {"clip": 1}, TypeError, "clip"),
         (None, {"spacing": "odd"}, ValueError, "spacing"),
     ],
@@ -669,8 +782,8 @@ def test_validation_happens_before_any_work_and_the_backend_is_chosen_once(monke
     seen = []
     spy = CallableAdapter(lambda x, t, c: seen.append(int(t[0])) or make_fn(net)(x, t, c), prediction="eps",
                           schedule=SCHED, scale=SCALE)
-    for bad, exc in ((dict(tile=12), ValueError), (dict(eta=-1.0, sampler="ddim"), ValueError),
-                     (dict(tiles=(4, 4)), ValueError), (dict(callback=3), TypeError), (dict(steps=T + 1), ValueError)):
+    for bad, exc in ((dict(kernel_tile=12), ValueError), (dict(eta=-1.0, sampler="ddim"), ValueError),
+                     (dict(windows=(4, 4)), ValueError), (dict(callback=3), TypeError), (dict(steps=T + 1), ValueError)):
         with pytest.raises(exc):
             run(spy, lr_image(), attention=attention_map(), **bad)
     assert seen == []
@@ -683,3 +796,48 @@ def test_validation_happens_before_any_work_and_the_backend_is_chosen_once(monke
     monkeypatch.setattr(ops, "resolve_backend", lambda *a: calls.append(a) or real(*a))
     out = run(model, lr_image(), attention=attention_map(), seed=0, backend="auto")
     assert len(calls) == 1 and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Noise draws
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["naive", "cpp"])
+def test_plain_ddim_eta0_draws_no_noise(monkeypatch, backend):
+    """Plain DDIM with eta = 0 has no noise term and no LR branch: only the start draws noise, and the image is
+    bit-identical to the old path, where every step drew Philox normals and multiplied them by zero (here: an
+    all-ones map, every pixel active, the LR branch's noise weight kept). YODA with eta = 0 still draws noise
+    for its LR branch at every step but the last (ab_prev = 1 there)."""
+    if backend == "cpp" and "cpp" not in K.available_backends():
+        pytest.skip("no C++ kernels")
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr = lr_image(h=8, w=12)
+    kw = dict(sampler="ddim", eta=0.0, seed=4, backend=backend)
+    old = run(model, lr, attention=torch.ones(1, 1, 16, 24), lower_bound=0.6, **kw)
+    draws = []
+    real = K.philox.noise
+    monkeypatch.setattr(K.philox, "noise", lambda *a, **k: draws.append(a[1]) or real(*a, **k))
+    new = run(model, lr, attention=None, **kw)
+    assert torch.equal(new, old)
+    if backend == "naive":
+        assert draws == [0]  # the start only
+        draws.clear()
+        run(model, lr, attention=_asym_A(16, 24), **kw)
+        assert draws == list(range(STEPS))  # the start and every step but the last
+        draws.clear()
+        run(model, lr, attention=None, sampler="ddim", eta=0.5, seed=4, backend=backend)
+        assert draws == list(range(STEPS))  # eta > 0: sigma > 0 except at the last step
+
+
+def test_sampling_runs_under_inference_mode():
+    """The denoiser runs under torch.inference_mode; the image returned is an ordinary tensor (in-place ops work)."""
+    seen = []
+    net = SR3Net()
+
+    def f(x, t, cond):
+        seen.append(torch.is_inference_mode_enabled())
+        return make_fn(net)(x, t, cond)
+
+    model = CallableAdapter(f, prediction="eps", schedule=SCHED, scale=SCALE)
+    out = run(model, lr_image(), attention=attention_map(), seed=0)
+    assert seen == [True] * STEPS and not out.is_inference() and not out.requires_grad
+    out.add_(0.0)

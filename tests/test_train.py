@@ -288,3 +288,31 @@ def test_noise_level_follows_the_space():
     assert LossConfig(space="residual").noise_level == "discrete"  # SRDiff: the integer step
     with pytest.raises(ValueError, match='noise_level must be "discrete"'):
         LossConfig(space="residual", noise_level="continuous")
+
+
+def test_config_refuses_a_model_of_the_other_space_and_a_second_residual_scale(img_folder):
+    cfg = tiny_config(img_folder, steps=1)
+    srdiff = {"kind": "srdiff", "hidden_size": 8, "dim_mults": [1, 2], "rrdb_num_block": 2, "rrdb_num_feat": 8}
+    with pytest.raises(ValueError, match="model.kind 'srdiff' is trained in the residual space.*'pixel'"):
+        TrainConfig.from_dict(dict(cfg.to_dict(), model=srdiff))
+    loss = dict(cfg.to_dict()["loss"], space="residual", noise_level="discrete", residual_scale=4.0)
+    with pytest.raises(ValueError, match=r"model.res_rescale \(2.0\) and loss.residual_scale \(4.0\)"):
+        TrainConfig.from_dict(dict(cfg.to_dict(), model=srdiff, loss=loss))
+    ok = TrainConfig.from_dict(dict(cfg.to_dict(), model=dict(srdiff, res_rescale=4.0), loss=loss))
+    assert ok.loss.residual_scale == ok.model["res_rescale"] == 4.0
+
+
+def test_resume_loads_no_code(tmp_path, img_folder):
+    """checkpoint.pt is read with weights_only=True: a pickle that would run code is refused, not run."""
+    cfg = tiny_config(img_folder, steps=1)
+    Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
+    assert Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).step == 1  # a real one resumes
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"x": Evil()}, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
+    assert not (tmp_path / "pwned").exists()

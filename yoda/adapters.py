@@ -21,7 +21,10 @@ Extensions of the contract (all with defaults in Adapter, so existing adapters k
     adapter.check_lr(lr)        raises ValueError naming ``lr`` when the adapter cannot take that size
     adapter.crop_cond(cond, ys, xs)
                                 -> cond restricted to the state window (slice ys, slice xs), for tiled
-                                   denoising (yoda.sample(..., tiles=...)); the default says "unsupported"
+                                   denoising (yoda.sample(..., windows=...)); the default says "unsupported"
+    adapter.stack_conds(conds)  -> one cond for the windows' states concatenated along the batch dim (window 0's
+                                   B elements first), from their crop_cond results; the default concatenates
+                                   tensors (also inside tuples, lists, NamedTuples) and keeps equal non-tensors
 
 Concrete adapters: PixelAdapter (SR3-style: x_t in pixels, model(cat(up(lr), x_t), noise_level)),
 CallableAdapter (any f(x_t, t, cond) with a declared prediction and schedule), and the residual (SRDiff) and
@@ -91,6 +94,12 @@ class Adapter:
     def crop_cond(self, cond: Any, ys: slice, xs: slice) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not support tiled denoising (crop_cond)")
 
+    def stack_conds(self, conds: list) -> Any:
+        """Windows' conds (crop_cond results) -> the cond of their states concatenated along dim 0, for one
+        batched denoiser call. Raises NotImplementedError for a cond it cannot stack (the sampler then denoises
+        the windows one at a time)."""
+        return stack_along_batch(conds)
+
     def device(self) -> Optional[torch.device]:
         """Device of the wrapped network's parameters (attributes ``net`` or ``model``), None if unknown."""
         for obj in (getattr(self, "net", None), getattr(self, "model", None)):
@@ -98,6 +107,33 @@ class Adapter:
                 for p in obj.parameters():
                     return p.device
         return None
+
+
+def stack_along_batch(items: list) -> Any:
+    """Concatenate tensors along dim 0, recursively through tuples, lists and NamedTuples of the same structure;
+    other values must be equal in every item (e.g. a size) and are kept. NotImplementedError otherwise."""
+    first = items[0]
+    if all(isinstance(v, torch.Tensor) for v in items):
+        return torch.cat(items, dim=0)
+    if isinstance(first, (tuple, list)) and all(type(v) is type(first) and len(v) == len(first) for v in items):
+        if not any(isinstance(v, torch.Tensor) for v in _leaves(first)):
+            if all(v == first for v in items):
+                return first
+            raise NotImplementedError("conds differ in a value that is not a tensor")
+        parts = [stack_along_batch([v[k] for v in items]) for k in range(len(first))]
+        if hasattr(first, "_fields"):  # NamedTuple
+            return type(first)(*parts)
+        return type(first)(parts)
+    if first is None or isinstance(first, (int, float, str, bool)):
+        if all(v == first for v in items):
+            return first
+    raise NotImplementedError(f"cannot stack conds of type {type(first).__name__} along the batch dim")
+
+
+def _leaves(v: Any) -> list:
+    if isinstance(v, (tuple, list)):
+        return [leaf for x in v for leaf in _leaves(x)]
+    return [v]
 
 
 SPACES = ("pixel", "residual")  # where x_t lives for the models yoda builds and trains (DESIGN.md §6)

@@ -1,6 +1,7 @@
 """The ``yoda`` command line: upscale, attention, demo, eval, train, plot.
 
-    yoda upscale IN... -o OUT [--model default|PATH] [--attention edge] [--steps 50] [--sampler ddim] ...
+    yoda upscale IN|DIR... -o OUT [--model default|PATH] [--attention none] [--steps 1] [--sampler ddim] ...
+                 [--tiles W[,O]] [--window-batch N] [--max-memory 2G] [--skip-existing]   (torchrun -m yoda: sharded)
     yoda attention IMAGE -o OUT.png [--attention edge] [--lower-bound 0.6]
     yoda demo [-o demo.png]
     yoda eval [--images FOLDER] [--lower-bounds 0.4 0.6 0.8] [--attention edge gaussian]
@@ -32,6 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_parser import build_parser
+from .cli_upscale import dist_env, expand_inputs, made_dirs, plan_windows, run_sharded, skip_existing, window_unit
 from .errors import UserError
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_x4.safetensors"
@@ -78,6 +80,9 @@ def _attention(name: str):
     error."""
     from .attention import get
 
+    if name is None:  # --attention none
+        raise UserError("--attention none: this command draws or compares an attention map; name one "
+                        "(edge, gaussian, sift, dino-vits8:PATH, dino-resnet50:PATH)")
     with _user_input():
         return get(name)
 
@@ -94,9 +99,10 @@ def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
 
-def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto"):
+def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
+                   windows=None, window_batch=None):
     """SR of lr (1, 3, h, w) of any size: lr is edge-padded so that s*h, s*w fit the model's multiple, the
-    result is cropped back to (1, 3, s*h, s*w)."""
+    result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's tiled denoising."""
     import torch.nn.functional as F
 
     from .sampling import sample
@@ -112,7 +118,7 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
         A = _attention(attention)(x) if isinstance(attention, str) else attention
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
         sr = sample(ad, x, attention=A, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
-                    progress=progress, backend=backend)
+                    progress=progress, backend=backend, windows=windows, window_batch=window_batch)
     return sr[..., : s * h, : s * w]
 
 
@@ -187,17 +193,6 @@ def _output_targets(a) -> tuple[list[str], Optional[Path]]:
     return targets, out
 
 
-def _made_dirs(folder: Path) -> list[Path]:
-    """mkdir -p ``folder``; returns the folders it created, deepest first (for cleanup)."""
-    made = []
-    up = folder.absolute()
-    while not up.exists():
-        made.append(up)
-        up = up.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return made
-
-
 def _check_hr_size(src: str, arr: np.ndarray, scale: int, max_pixels: Optional[int]) -> None:
     """Refuse an input whose x``scale`` output would exceed the pixel limit (before loading the model)."""
     from . import images
@@ -213,36 +208,90 @@ def _check_hr_size(src: str, arr: np.ndarray, scale: int, max_pixels: Optional[i
 # Subcommands
 # ----------------------------------------------------------------------------------------------------------
 def cmd_upscale(a) -> int:
-    import torch
-
-    from .images import from_uint8
-
+    a.inputs = expand_inputs(a.inputs)
+    rank, world = dist_env()
+    if world > 1:
+        return _upscale_sharded(a, rank, world)
     # every output path and every input first, so a bad path or a too-large image fails before any work
     targets, out_dir = _output_targets(a)
-    images = [_read(p, a.max_pixels) for p in a.inputs]
-    for (arr, _), src in zip(images, a.inputs):
+    todo = [(src, dst) for src, dst in zip(a.inputs, targets) if not skip_existing(a.skip_existing, src, dst)]
+    images = [_read(src, a.max_pixels) for src, _ in todo]
+    for (arr, _), (src, _) in zip(images, todo):
         _check_hr_size(src, arr, a.scale, a.max_pixels)
-    dev = _device(a.device)
-    model = load_model(a.model, dev)
-    scale = _adapter(model).scale
-    if a.scale != scale:
-        raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale}")
-    made = _made_dirs(out_dir) if out_dir is not None else []
+    if not todo:
+        return 0
+    model, dev, unit = _upscale_model(a, _device(a.device))
+    made = made_dirs(out_dir) if out_dir is not None else []
     try:
-        for (arr, grey), src, dst in zip(images, a.inputs, targets):
-            lr = from_uint8(arr).to(dev)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                sr = upscale_tensor(model, lr, attention=a.attention, steps=a.steps, sampler=a.sampler,
-                                    eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet)
-            _save(sr, dst, grey)
-            print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
+        for (arr, grey), (src, dst) in zip(images, todo):
+            _upscale_one(a, model, dev, unit, arr, grey, src, dst)
     except BaseException:
         for d in made:  # leave no empty folder behind (a full disk, an interrupt, a failing model)
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         raise
     return 0
+
+
+def _upscale_model(a, dev):
+    """(model, device, window unit) of upscale, the scale checked."""
+    model = load_model(a.model, dev)
+    scale = _adapter(model).scale
+    if a.scale != scale:
+        raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale}")
+    unit = window_unit(_adapter(model))
+    if a.tiles is not None and (a.tiles[0] % unit or a.tiles[1] % unit):
+        raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: window and overlap must be multiples of {unit} "
+                        f"(this model's size multiple and scale)")
+    if a.window_batch is not None and a.window_batch < 1:
+        raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
+    return model, dev, unit
+
+
+def _upscale_one(a, model, dev, unit: int, arr, grey: bool, src: str, dst: str) -> None:
+    import torch
+
+    from .images import from_uint8
+
+    lr = from_uint8(arr).to(dev)
+    hr_h, hr_w = (-(-n * a.scale // unit) * unit for n in arr.shape[:2])  # the padded HR state
+    windows, window_batch, need = plan_windows(hr_h, hr_w, 1, unit, a.max_memory, a.tiles, a.window_batch)
+    if windows is not None and a.tiles is None:
+        print(f"{src}: about {need / 2**20:.0f} MiB at {hr_w}x{hr_h} is over --max-memory "
+              f"{a.max_memory / 2**20:.0f} MiB: denoising in windows of {windows[0]} (overlap "
+              f"{windows[1]}), {window_batch} per call")
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        sr = upscale_tensor(model, lr, attention=a.attention, steps=a.steps, sampler=a.sampler,
+                            eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
+                            windows=windows, window_batch=window_batch)
+    _save(sr, dst, grey)
+    print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
+
+
+def _upscale_sharded(a, rank: int, world: int) -> int:
+    """upscale under torchrun: rank r takes the sorted inputs r, r + world, ... and writes their outputs
+    (atomically); an input it cannot read or upscale is reported in one line (cli_upscale.run_sharded)."""
+    import torch
+
+    targets, out_dir = _output_targets(a)  # the same checks on every rank, before any work
+
+    def setup():
+        dev = _device(a.device)
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        return _upscale_model(a, dev)
+
+    def work(state, item):
+        src, dst = item
+        if not skip_existing(a.skip_existing, src, dst):
+            arr, grey = _read(src, a.max_pixels)
+            _check_hr_size(src, arr, a.scale, a.max_pixels)
+            _upscale_one(a, *state, arr, grey, src, dst)
+
+    return run_sharded(sorted(zip(a.inputs, targets)), rank, world, setup, work, _one_line)
 
 
 def cmd_attention(a) -> int:
@@ -389,7 +438,7 @@ def cmd_figures(a) -> int:
         images = load_source(a.images if a.images else "heldout")
     dev = _device(a.device)
     model = load_model(a.model, dev)
-    made = _made_dirs(out)
+    made = made_dirs(out)
     try:
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings)

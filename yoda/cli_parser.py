@@ -14,6 +14,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# The CLI's sampling defaults, chosen for the embedded model on a selection set (scikit-image's held-out colour
+# images, not the test photographs) as the highest PSNR: DDIM with one step, no attention. benchmarks/QUALITY.md.
+DEFAULT_STEPS, DEFAULT_SAMPLER, DEFAULT_ATTENTION = 1, "ddim", "none"
+
+
 def _sampling_args(p, steps: int, sampler: str) -> None:
     p.add_argument("--model", default="default", help="'default' (embedded x4 model) or a yoda model file")
     p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
@@ -28,6 +33,32 @@ def _max_pixels_arg(p) -> None:
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="refuse input (and upscaled) images of more than N pixels (default yoda.images.MAX_PIXELS "
                         "= 8192*8192 or $YODA_MAX_PIXELS; 0: no limit)")
+
+
+DEFAULT_MAX_MEMORY = 2 * 1024**3
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _bytes_arg(v: str) -> int:
+    """'2G', '512M', '1.5GB', '100KiB', '1000000' -> bytes (binary units)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", v.upper())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a size (e.g. 2G, 512M, 0)")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def _tiles_arg(v: str) -> tuple:
+    """'W' or 'W,O' -> (W, O); O defaults to W // 4."""
+    parts = v.split(",")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} must be W or W,O (integers)") from None
+    if len(nums) not in (1, 2) or nums[0] < 1 or (len(nums) == 2 and not 0 <= nums[1] < nums[0]):
+        raise argparse.ArgumentTypeError(f"{v!r} must be W or W,O with W >= 1 and 0 <= O < W")
+    return (nums[0], nums[1] if len(nums) == 2 else nums[0] // 4)
 
 
 def _debug_arg(p, top: bool = False) -> None:
@@ -46,11 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IN")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--attention", default="edge",
-                   help="edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH | none (plain sampling)")
+    p.add_argument("--attention", default=DEFAULT_ATTENTION,
+                   help="edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH | none (plain sampling; "
+                        f"default {DEFAULT_ATTENTION})")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
+    p.add_argument("--tiles", type=_tiles_arg, default=None, metavar="W[,O]",
+                   help="denoise in Gaussian-blended windows of W HR pixels overlapping by O (default W/4); both "
+                        "multiples of the model's size multiple (default: chosen when --max-memory needs it)")
+    p.add_argument("--window-batch", type=int, default=None, metavar="N",
+                   help="windows per denoiser call (default: what fits --max-memory)")
+    p.add_argument("--max-memory", type=_bytes_arg, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                   help="memory budget of the denoiser, e.g. 2G, 512M (default 2G; 0: no limit): an image whose "
+                        "estimated need (yoda.cli_upscale.HR_BYTES_PER_PIXEL per HR pixel) exceeds it runs in windows")
     _max_pixels_arg(p)
-    _sampling_args(p, 50, "ddim")
+    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER)
     _debug_arg(p)
 
     p = sub.add_parser("attention", help="draw an image's attention map and mask growth")
@@ -66,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="demo.png")
     p.add_argument("--image", default="astronaut", help="a held-out image (astronaut, coffee, rocket, chelsea)")
     p.add_argument("--lr-size", type=int, default=64, help="LR crop size (HR = scale * this)")
-    p.add_argument("--attention", default="edge")
-    _sampling_args(p, 20, "ddim")  # ~40 s per sampling run at 256x256 on 2 free CPU cores
+    p.add_argument("--attention", default="edge", help="the YODA column's attention (default edge)")
+    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER)
     _debug_arg(p)
 
     p = sub.add_parser("eval", help="PSNR / SSIM / colour shift table, plain vs YODA")
@@ -79,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
                         "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
-    _sampling_args(p, 20, "ddim")
+    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER)
     _debug_arg(p)
 
     p = sub.add_parser("figures", help="the paper's Fig. 3, 4 and 5 (update ratio, crops, regional error) as PNGs")

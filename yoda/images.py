@@ -76,7 +76,8 @@ def to_rgb_u8(arr: np.ndarray, name: str = "image") -> np.ndarray:
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
     elif a.dtype != np.uint8:
-        if not np.issubdtype(a.dtype, np.floating) or a.size == 0 or a.min() < 0 or a.max() > 1:
+        if (not np.issubdtype(a.dtype, np.floating) or a.size == 0 or not np.isfinite(a).all()
+                or a.min() < 0 or a.max() > 1):
             raise DataError(f"{name}: expected uint8 or float in [0, 1], got {a.dtype}")
         a = np.round(a * 255.0).astype(np.uint8)
     if a.ndim == 2:
@@ -163,7 +164,7 @@ def _upright(im: Image.Image) -> Image.Image:
 def _samples(im: Image.Image, p: Path) -> np.ndarray:
     """The decoded image as an array to_rgb_u8 takes: uint8 (H, W[, 3|4]) or float in [0, 1] (module
     docstring: 16-bit and float samples map by the range of their type)."""
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         return np.asarray(im.convert("RGBA"))
     if im.mode in ("L", "RGB"):
         return np.asarray(im)

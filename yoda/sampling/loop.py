@@ -16,6 +16,7 @@ plain DDPM / DDIM sampler.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -44,8 +45,11 @@ def sample(
     progress: bool = True,
     callback: Optional[Callable[[dict], None]] = None,
     clip: Optional[bool] = None,
-    tile: int = 16,
+    kernel_tile: Optional[int] = None,
     spacing: str = "trailing",
+    windows: Any = None,
+    window_batch: Optional[int] = None,
+    tile: Optional[int] = None,
     tiles: Any = None,
 ) -> torch.Tensor:
     """Super-resolve ``lr`` with YODA (DESIGN.md §5): returns SR (B, 3, s*h, s*w) in [-1, 1], dtype/device of lr.
@@ -61,24 +65,31 @@ def sample(
         of the state's shape (entry 0 for the start, i + 1 for loop step i), overriding the seed.
     backend: of the fused ops ("auto", "naive", "cpp", "cuda", "triton"), resolved once for lr's device.
     clip: clip x0_hat to [-1, 1] (None: adapter.clip_x0).
-    tile: the fused ops' kernel tile (8, 16, 32): how the kernels split the work, no effect on the result.
+    kernel_tile: the fused ops' kernel tile (8, 16, 32; default 16): how the kernels split the work, no effect
+        on the result.
     callback(d): after each step, d = {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,),
-        calls (denoiser calls made at this step)}.
-    tiles: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,
+        calls (windows denoised at this step; 1 untiled), batches (denoiser forward passes at this step)}.
+    windows: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,
         skip_inactive=True): tiled denoising over the state grid with Gaussian blending; windows with no
         active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.
-        skip_inactive=False). The adapter must implement crop_cond.
+        skip_inactive=False). The adapter must implement crop_cond (and stack_conds, default: concatenation).
+    window_batch: the active windows of a step go through the model in batches of this many (None: what fits
+        yoda.sampling.tiles.WINDOW_BATCH_BYTES by a fixed activation estimate). Batching does not change the
+        result for a model that treats batch elements independently (bit-identical on the CPU).
+    tile, tiles: deprecated aliases of kernel_tile and windows (DeprecationWarning).
 
     A model output or state with NaN or Inf raises yoda.errors.NonFiniteError (a FloatingPointError) naming the
     step, its timestep index and the model; both are checked after step 0, every FINITE_EVERY steps and after
     the last step (two reductions every few steps), the decoded image once.
     """
+    kernel_tile = _alias("kernel_tile", kernel_tile, "tile", tile, 16)
+    windows = _alias("windows", windows, "tiles", tiles, None)
     adapter = as_adapter(model)
     lr_checked = check_lr(lr)
     spec = make_spec(adapter, lr_checked, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
-                     backend=backend, progress=progress, callback=callback, clip=clip, tile=tile, spacing=spacing,
-                     tiles=tiles)
-    with torch.no_grad():
+                     backend=backend, progress=progress, callback=callback, clip=clip, kernel_tile=kernel_tile,
+                     spacing=spacing, windows=windows, window_batch=window_batch)
+    with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
         run = prepare(adapter, spec, lr_checked, attention, noise)
         x = run.start()
         last_ok = -1  # the last step after which the state was checked finite
@@ -98,6 +109,16 @@ def sample(
             raise NonFiniteError(f"yoda.sample: {type(adapter).__name__}.decode returned NaN or Inf from a "
                                  f"finite final state (model {_model_name(model, adapter)})")
     return sr.clamp(-1.0, 1.0).to(lr.dtype)
+
+
+def _alias(name: str, value: Any, old: str, old_value: Any, default: Any) -> Any:
+    """The value of ``name``, taking the deprecated ``old`` name too (a DeprecationWarning; both: TypeError)."""
+    if old_value is None:
+        return default if value is None else value
+    if value is not None:
+        raise TypeError(f"give {name}= only ({old}= is its deprecated alias), not both")
+    warnings.warn(f"yoda.sample: {old}= is deprecated, use {name}=", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def _model_name(model: Any, adapter: Adapter) -> str:

@@ -59,12 +59,14 @@ class Run:
         """x at step i + 1: the sampler update where active, the LR noised to ab_prev elsewhere (one fused op)."""
         s = self.spec
         _, ab_t, ab_prev = s.pairs[i]
-        return self._fused_step(x, pred, s.taus[i], i + 1, ab_t=ab_t, ab_prev=ab_prev,
-                                prediction=self.adapter.prediction, sampler=s.sampler, eta=s.eta, clip=s.clip)
+        k = K.step_coefficients(ab_t, ab_prev, prediction=self.adapter.prediction, sampler=s.sampler, eta=s.eta)
+        if self.A is None:  # plain sampler: no LR branch, so a step with sigma == 0 (DDIM eta 0) draws no noise
+            k = k._replace(la=0.0, lb=0.0)
+        return self._fused_step(x, pred, s.taus[i], i + 1, coefs=k, clip=s.clip)
 
     def report(self, i: int, x: torch.Tensor, x_new: torch.Tensor, pred: torch.Tensor, calls: int) -> dict:
         """The callback's dict of step i: {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,),
-        calls}."""
+        calls (windows denoised, or 1 untiled), batches (denoiser forward passes)}."""
         idx, ab_t, _ = self.spec.pairs[i]
         tau = self.spec.taus[i]
         return {
@@ -76,6 +78,7 @@ class Run:
             "active_fraction": (masks.active_fraction(self.A, tau) if self.A is not None
                                 else torch.ones(x.shape[0], device=self.c.device)),
             "calls": calls,
+            "batches": self.tiler.last_batches if self.tiler is not None else 1,
         }
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +88,8 @@ class Run:
 def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: Any, noise: Any) -> Run:
     """The Run of ``spec`` for the checked ``lr`` (B, 3, h, w): adapter.prepare on lr in the state's dtype, A from
     ``attention`` at HR resolved to the state grid (None when attention is None or lower_bound >= 1), the
-    explicit ``noise`` checked against the state, the denoiser windows. Call under torch.no_grad()."""
+    explicit ``noise`` checked against the state, the denoiser windows. Call under torch.inference_mode() (or
+    torch.no_grad())."""
     lr_state = lr.to(spec.state_dtype)
     prep = adapter.prepare(lr_state)
     c = prep.c
@@ -106,7 +110,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None
     noise = check_noise(noise, spec.steps + 1, c)
     w = spec.windows
-    tiler = Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device) if w is not None else None
+    tiler = Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch) if w is not None else None
     return Run(adapter, spec, lr_state, c, prep.cond, A, stats, noise, tiler)
 
 

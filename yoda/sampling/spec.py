@@ -25,12 +25,14 @@ LR_MARGIN = 0.02  # lr may exceed [-1, 1] by this much (bicubic/antialiased resi
 
 @dataclass(frozen=True)
 class Windows:
-    """Tiled denoising (``tiles=``): windows of ``size`` pixels of the state grid overlapping by ``overlap``;
-    ``skip_inactive``: a window with no active pixel at a step makes no denoiser call."""
+    """Tiled denoising (``windows=``): windows of ``size`` pixels of the state grid overlapping by ``overlap``;
+    ``skip_inactive``: a window with no active pixel at a step makes no denoiser call; ``batch``: windows per
+    denoiser call (``window_batch=``; None: what fits yoda.sampling.tiles.WINDOW_BATCH_BYTES)."""
 
     size: int
     overlap: int
     skip_inactive: bool = True
+    batch: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class SamplingSpec:
     seed: int
     backend: K.Backend  # the fused ops' backend, resolved once for lr's device
     kernel_tile: int  # tile of tile_stats / masked_step (8, 16, 32): kernel work split, not the windows
-    windows: Optional[Windows]  # denoiser windows (tiles=), or None: one call per step on the whole state
+    windows: Optional[Windows]  # denoiser windows (windows=), or None: one call per step on the whole state
     state_dtype: torch.dtype
     progress: bool
     callback: Optional[Callable[[dict], None]]
@@ -76,9 +78,10 @@ def make_spec(
     progress: bool = True,
     callback: Any = None,
     clip: Any = None,
-    tile: Any = 16,
+    kernel_tile: Any = 16,
     spacing: str = "trailing",
-    tiles: Any = None,
+    windows: Any = None,
+    window_batch: Any = None,
 ) -> SamplingSpec:
     """The SamplingSpec of yoda.sample's arguments for ``adapter`` and the checked ``lr`` (check_lr); errors
     name the argument. A seed of None is drawn here from torch's default generator."""
@@ -101,8 +104,8 @@ def make_spec(
         raise TypeError(f"clip must be None or a bool, got {type(clip).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
-    windows = check_windows(tiles)
-    kernel_tile = check_tile(tile)
+    windows = check_windows(windows, window_batch)
+    kernel_tile = check_tile(kernel_tile)
     bound = K.bind_backend(backend, lr.device)
     seed = resolve_seed(seed)
     pairs = tuple(schedule.pairs(steps, spacing))  # [(idx, alpha_bar[idx], alpha_bar at the next idx or 1)]
@@ -171,10 +174,19 @@ def resolve_seed(seed: Any) -> int:
     return seed
 
 
-def check_windows(tiles: Any) -> Optional[Windows]:
-    """tiles = None | window | (window, overlap) | (window, overlap, skip_inactive) -> Windows or None."""
-    if tiles is None:
+def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
+    """windows = None | window | (window, overlap) | (window, overlap, skip_inactive), window_batch = None | int
+    >= 1 -> Windows or None."""
+    if window_batch is not None:
+        if isinstance(window_batch, bool) or not isinstance(window_batch, int):
+            raise TypeError(f"window_batch must be None or an int >= 1, got {type(window_batch).__name__}")
+        if window_batch < 1:
+            raise ValueError(f"window_batch must be >= 1, got {window_batch}")
+        if windows is None:
+            raise ValueError("window_batch applies to tiled denoising only: give windows= as well")
+    if windows is None:
         return None
+    tiles = windows
     if isinstance(tiles, int) and not isinstance(tiles, bool):
         tiles = (tiles, tiles // 4)
     if isinstance(tiles, (tuple, list)) and len(tiles) == 2:
@@ -182,12 +194,12 @@ def check_windows(tiles: Any) -> Optional[Windows]:
     if (not isinstance(tiles, (tuple, list)) or len(tiles) != 3
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in tiles[:2])
             or not isinstance(tiles[2], bool)):
-        raise TypeError(f"tiles must be None, an int window, (window, overlap) or (window, overlap, skip_inactive), "
-                        f"got {tiles!r}")
+        raise TypeError(f"windows must be None, an int window, (window, overlap) or (window, overlap, "
+                        f"skip_inactive), got {tiles!r}")
     window, overlap, skip = tiles
     if window < 1 or not 0 <= overlap < window:
-        raise ValueError(f"tiles must satisfy window >= 1 and 0 <= overlap < window, got {tiles!r}")
-    return Windows(int(window), int(overlap), skip)
+        raise ValueError(f"windows must satisfy window >= 1 and 0 <= overlap < window, got {tiles!r}")
+    return Windows(int(window), int(overlap), skip, None if window_batch is None else int(window_batch))
 
 
 def check_noise(noise: Any, n: int, like: torch.Tensor) -> Optional[list[torch.Tensor]]:

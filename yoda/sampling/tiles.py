@@ -1,5 +1,6 @@
-"""Tiled denoising (yoda.sample(..., tiles=...)): overlapping windows over the state grid, blended with Gaussian
-weights (DESIGN.md §8, denoiser level). Not to be confused with the kernel tile of the fused ops."""
+"""Tiled denoising (yoda.sample(..., windows=...)): overlapping windows over the state grid, blended with Gaussian
+weights (DESIGN.md §8, denoiser level), the active windows of a step sent through the model in batches of
+``window_batch``. Not to be confused with the kernel tile of the fused ops (``kernel_tile=``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,21 @@ from typing import Any, Optional
 import torch
 
 from ..adapters import Adapter
+
+
+# Default window batch: a denoiser call on a batch of windows is budgeted at WINDOW_BATCH_BYTES, with the model's
+# activations estimated at ACTIVATION_BYTES_PER_ELEMENT bytes per element of the windows' state (a fixed factor:
+# 4-byte floats times 256 channels-and-copies, generous for small UNets; pass window_batch= to override).
+WINDOW_BATCH_BYTES = 1 << 30
+ACTIVATION_BYTES_PER_ELEMENT = 1024
+
+
+def default_window_batch(batch: int, channels: int, height: int, width: int,
+                         budget: int = WINDOW_BATCH_BYTES) -> int:
+    """How many windows of (batch, channels, height, width) one denoiser call takes within ``budget`` bytes
+    (at least 1), by the fixed estimate ACTIVATION_BYTES_PER_ELEMENT."""
+    per_window = max(1, batch * channels * height * width) * ACTIVATION_BYTES_PER_ELEMENT
+    return max(1, int(budget) // per_window)
 
 
 def _starts(n: int, window: int, overlap: int) -> list[int]:
@@ -35,7 +51,7 @@ class Tiler:
     respect to dense tiled sampling: at an active pixel the same windows are summed in the same order."""
 
     def __init__(self, shape: torch.Size, window: int, overlap: int, skip: bool, A: Optional[torch.Tensor],
-                 device) -> None:
+                 device, batch: Optional[int] = None) -> None:
         self.skip = skip
         H, W = shape[-2:]
         self.windows = []
@@ -46,23 +62,52 @@ class Tiler:
                 wy = _gauss_1d(ys.stop - ys.start, device)
                 wx = _gauss_1d(xs.stop - xs.start, device)
                 self.windows.append((ys, xs, wmax, wy[:, None] * wx[None, :]))
+        hmax, wmax_ = min(window, H), min(window, W)
+        self.batch = int(batch) if batch is not None else default_window_batch(shape[0], shape[1], hmax, wmax_)
+        self.last_batches = 0  # denoiser forward passes of the last denoise()
+
+    def _groups(self, todo: list) -> list:
+        """Consecutive windows of equal size, at most self.batch per group, in window order."""
+        groups: list = []
+        for win in todo:
+            size = (win[0].stop - win[0].start, win[1].stop - win[1].start)
+            g = groups[-1] if groups else None
+            if g is not None and len(g[1]) < self.batch and g[0] == size:
+                g[1].append(win)
+            else:
+                groups.append((size, [win]))
+        return [g for _, g in groups]
 
     def denoise(self, adapter: Adapter, x: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any,
                 tau: float) -> tuple[torch.Tensor, int]:
-        """-> (blended prediction of x's shape and dtype, number of denoiser calls made)."""
+        """-> (blended prediction of x's shape and dtype, number of windows denoised). The windows go through the
+        model in batches (self.last_batches forward passes); each window's output is added in window order, so
+        the result is that of one call per window wherever the model treats batch elements independently."""
         acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         wsum = torch.zeros(x.shape[-2:], dtype=torch.float32, device=x.device)
         tau32 = torch.tensor(tau, dtype=torch.float32).item()  # compare as the kernels do, in float32
-        calls = 0
-        for ys, xs, wmax, w in self.windows:
-            if self.skip and wmax is not None and not wmax >= tau32:
-                continue
-            out = adapter.denoise(x[..., ys, xs], t, ab_t, adapter.crop_cond(cond, ys, xs))
-            if not isinstance(out, torch.Tensor) or out.shape != x[..., ys, xs].shape:
+        todo = [win for win in self.windows if not (self.skip and win[2] is not None and not win[2] >= tau32)]
+        B = x.shape[0]
+        self.last_batches = 0
+        for group in self._groups(todo):
+            conds = [adapter.crop_cond(cond, ys, xs) for ys, xs, _, _ in group]
+            if len(group) > 1:
+                try:
+                    cb = adapter.stack_conds(conds)
+                except NotImplementedError:  # this adapter's cond cannot be stacked: one window per call
+                    self.batch = 1
+                    return self.denoise(adapter, x, t, ab_t, cond, tau)
+                xb = torch.cat([x[..., ys, xs] for ys, xs, _, _ in group], dim=0)
+                tb = t.repeat(len(group))
+            else:
+                cb, xb, tb = conds[0], x[..., group[0][0], group[0][1]], t
+            out = adapter.denoise(xb, tb, ab_t, cb)
+            self.last_batches += 1
+            if not isinstance(out, torch.Tensor) or out.shape != xb.shape:
                 raise ValueError(f"{type(adapter).__name__}.denoise returned {getattr(out, 'shape', type(out))} "
-                                 f"for a window of shape {tuple(x[..., ys, xs].shape)}")
-            calls += 1
-            acc[..., ys, xs] += w * out.float()
-            wsum[ys, xs] += w
+                                 f"for a window batch of shape {tuple(xb.shape)}")
+            for j, (ys, xs, _, w) in enumerate(group):
+                acc[..., ys, xs] += w * out[j * B:(j + 1) * B].float()
+                wsum[ys, xs] += w
         # pixels no computed window covers are inactive at this step: their prediction is never used
-        return (acc / wsum.clamp_min(1e-30)).to(x.dtype), calls
+        return (acc / wsum.clamp_min(1e-30)).to(x.dtype), len(todo)

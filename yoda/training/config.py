@@ -133,6 +133,15 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.schedule.get("kind") not in ("linear", "cosine"):
             raise ValueError(f"schedule.kind must be 'linear' or 'cosine', got {self.schedule.get('kind')!r}")
+        space = {"sr3": "pixel", "srdiff": "residual"}.get(self.model.get("kind"))
+        if space is not None and space != self.loss.space:
+            raise ValueError(f"model.kind {self.model['kind']!r} is trained in the {space} space, but loss.space "
+                             f"is {self.loss.space!r}")
+        k = self.model.get("res_rescale", 2.0) if space == "residual" else None
+        if k is not None and float(k) != float(self.loss.residual_scale):
+            # the exported model decodes with model.res_rescale: both must be the k the model was trained with
+            raise ValueError(f"model.res_rescale ({k}) and loss.residual_scale ({self.loss.residual_scale}) must "
+                             f"be equal: the model file decodes residuals with the former")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -10,6 +10,7 @@ import torch
 
 from .. import data as _data
 from .._io import atomic_write_text
+from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
 from .trainer import Trainer
 
@@ -42,6 +43,15 @@ def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
         val_source=os.path.join(data_dir, sub[d.val_source]) if d.val_source in sub else d.val_source))
 
 
+def _describe_source(source: str) -> str:
+    if source == "builtin":
+        return f"'builtin' ({', '.join(_data.BUILTIN_TRAIN)})"
+    manifest = os.path.join(os.path.dirname(os.path.abspath(source)), "manifest.json")
+    if os.path.isfile(manifest):  # the train/ folder of `yoda data build`
+        return f"the photographs of `yoda data build` in {source} (sources and sha256 in {manifest})"
+    return f"the images in {source}"
+
+
 def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str, command: str, weights_name: str,
                     start_step: int, seconds: float) -> str:
     """The Markdown of TRAINING.md for a finished (or timed-out) run."""
@@ -53,9 +63,9 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         "",
         f"- command: `{command or 'yoda train --config ' + config_path + ' --out ' + out}`",
         f"- config: `{config_path}` (copied to config.json; also stored in the weights' metadata)",
-        f"- data: {cfg.data.source!r} ({', '.join(_data.BUILTIN_TRAIN) if cfg.data.source == 'builtin' else 'folder'}), "
-        f"random {cfg.data.crop}x{cfg.data.crop} HR crops with flips, LR = yoda.data.make_lr (x{cfg.data.scale} "
-        f"torch bicubic, antialias, 8-bit); held out: {', '.join(_data.HELD_OUT)}",
+        f"- data: {_describe_source(cfg.data.source)}, random {cfg.data.crop}x{cfg.data.crop} HR crops with flips, "
+        f"LR = yoda.data.make_lr (x{cfg.data.scale} torch bicubic, antialias, 8-bit); never trained on: "
+        f"{', '.join(_data.HELD_OUT)} (scikit-image) and {', '.join(HELD_OUT_PHOTOS)} (yoda.photos)",
         f"- loss: {cfg.loss}",
         f"- model: {cfg.model.get('kind')} with {n_params:,} parameters; weights {weights_name} "
         f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
@@ -76,8 +86,9 @@ def train_main(config_path: str, out: str, *, steps: Optional[int] = None, devic
                weights_name: str = "model.safetensors", data_dir: Optional[str] = None) -> dict:
     """Train from a JSON config into ``out``; writes the weights, config.json, log.csv and TRAINING.md.
 
-    data_dir: a folder written by ``python -m yoda.data export`` (train/ and heldout/ PNGs) replacing the
-    "builtin" / "heldout" sources (same images, for machines without scikit-image)."""
+    data_dir: a folder with train/ and heldout/ image folders, written by ``yoda data build`` (photographs: it
+    replaces the "photos" / "photos-heldout" sources) or ``python -m yoda.data export`` (it replaces "builtin" /
+    "heldout" with the same images, for machines without scikit-image)."""
     cfg = TrainConfig.load(config_path)
     if steps is not None:
         cfg = cfg.replace(steps=int(steps))

@@ -91,7 +91,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         try:
-            st = torch.load(path, map_location=self.device, weights_only=False)
+            st = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain data only
         except Exception as e:  # corrupt / truncated file
             raise ValueError(f"cannot read checkpoint {path}: {e}") from None
         mine = {k: v for k, v in self.cfg.to_dict().items() if k != "steps"}
