@@ -44,8 +44,7 @@ def _backends():
     out = [b for b in ("naive", "cpp", "cuda", "triton") if b in have]
     if DEVICE == "cpu":
         out = [b for b in out if b != "triton"]  # the Triton interpreter is not a performance backend
-    else:
-        out.append("compile-naive")  # torch.compile of the reference: what fusion alone gives
+    out.append("compile-naive")  # torch.compile of the reference (explicit noise): what fusion alone gives
     return out
 
 
@@ -175,6 +174,55 @@ def test_cpp_speedup_over_naive(benchmark):
     ratio = t_naive / benchmark.stats.stats.mean
     benchmark.extra_info.update(naive_s=round(t_naive, 4), speedup=round(ratio, 2))
     assert ratio >= 4.0, f"C++ is only {ratio:.1f}x faster than naive (target >= 4x)"
+
+
+CMP_SHAPES = ((4, 3, 512, 512), (4, 3, 1024, 1024))
+
+
+@pytest.mark.skipif(DEVICE != "cpu" or "cpp" not in yk.available_backends("cpu"), reason="CPU C++ kernel only")
+@pytest.mark.parametrize("threads", (1, 2), ids=lambda t: f"thr{t}")
+@pytest.mark.parametrize("fraction", FRACTIONS, ids=lambda f: f"active{int(f * 100)}")
+@pytest.mark.parametrize("shape", CMP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cpp_vs_compile(benchmark, shape, fraction, threads):
+    """C++ masked_step against torch.compile(naive.masked_step), both with the same explicit noise tensor, timed
+    interleaved in one run (compile time excluded); also the C++ step with its in-kernel Philox noise. The
+    ratios are the medians of per-round ratios (the machine is shared). Target (issue 13): cpp / compile <= 1
+    and philox / explicit <= 1.5; recorded in extra_info, not asserted (too noisy on a shared 2-core box)."""
+    x, out, c, A, tau, stats = _inputs(shape, fraction)
+    z = _step_noise(x)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch._dynamo.reset()  # Inductor's C++ fixes the OpenMP thread count when it compiles
+        comp = torch.compile(naive.masked_step, dynamic=False)
+
+        def run_compile():
+            return comp(x, out, c, A, stats[0], stats[1], tau, COEFS, False, SEED, STEP, z, TILE)
+
+        def run_cpp(noise):
+            return yk.masked_step(x, out, c, A, tau, coefs=COEFS, seed=SEED, step=STEP, tile=TILE, stats=stats,
+                                  noise=noise, backend="cpp")
+
+        ref = naive.masked_step(x, out, c, A, stats[0], stats[1], tau, COEFS, False, SEED, STEP, z, TILE)
+        assert torch.equal(run_compile(), ref)  # also compiles (outside the timings)
+        assert torch.equal(run_cpp(z), ref)  # same noise, same operation order: bit for bit
+        fns = {"cpp": lambda: run_cpp(z), "compile": run_compile, "cpp_philox": lambda: run_cpp(None)}
+        times = {k: [] for k in fns}
+        for r in range(9):
+            for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - t0)
+        benchmark.pedantic(fns["cpp"], rounds=3, iterations=1, warmup_rounds=0)
+    finally:
+        torch.set_num_threads(old)
+    med = lambda v: sorted(v)[len(v) // 2]
+    ratio = med([a / b for a, b in zip(times["cpp"], times["compile"])])
+    noise_ratio = med([a / b for a, b in zip(times["cpp_philox"], times["cpp"])])
+    benchmark.extra_info.update(threads=threads, cpp_ms=round(med(times["cpp"]) * 1e3, 3),
+                                compile_ms=round(med(times["compile"]) * 1e3, 3),
+                                cpp_philox_ms=round(med(times["cpp_philox"]) * 1e3, 3),
+                                cpp_over_compile=round(ratio, 3), philox_over_explicit=round(noise_ratio, 3))
 
 
 def _noise_hooks():
