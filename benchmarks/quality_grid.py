@@ -7,8 +7,9 @@ for the same wall time side by side, then sampled with {DDPM, DDIM eta 0, DDIM e
 
 DATA is the folder of `yoda data build`. All six runs start at once with one thread each, so they share the
 machine alike (the same wall time is the same compute budget); their configs differ from
-yoda/configs/default_x4.json only in the model (space) and the prediction, so any of them can be resumed
-into the default model with `yoda train --config ... --out RUNS/NAME --data-dir DATA` and a larger step count.
+yoda/configs/default_x4.json only in the model (space), the prediction and the noise level. A run continues
+with `yoda train --config RUNS/NAME.json --out RUNS/NAME --data-dir DATA` and a larger step count; only
+residual_x0 has the default model's config (the residual SRDiff predicting x0, trained with the L2 loss).
 """
 
 from __future__ import annotations
@@ -24,19 +25,21 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SRDIFF_SMALL = {"kind": "srdiff", "hidden_size": 16, "dim_mults": [1, 2, 2, 4], "rrdb_num_block": 3,
-                "rrdb_num_feat": 16, "sr_scale": 4}  # 0.72 M parameters, as the 0.69 M SR3 UNet of the default
+
+
+def _config(name: str) -> dict:
+    with open(os.path.join(ROOT, "yoda", "configs", name), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def grid_configs() -> dict[str, dict]:
-    with open(os.path.join(ROOT, "yoda", "configs", "default_x4.json"), encoding="utf-8") as f:
-        base = json.load(f)
-    sr3 = base["model"] if base["model"]["kind"] == "sr3" else None
-    if sr3 is None:  # the default became a residual model: rebuild the SR3 UNet of the grid
-        with open(os.path.join(ROOT, "yoda", "configs", "compare_plain.json"), encoding="utf-8") as f:
-            sr3 = dict(json.load(f)["model"], inner_channel=16, norm_groups=8)
+    """The six run configs: default_x4.json with its SRDiff (0.72 M parameters) or a small SR3 UNet (0.69 M:
+    compare_plain.json's model with inner_channel 16, norm_groups 8), times the three predictions."""
+    base = _config("default_x4.json")
+    srdiff_small = base["model"]
+    sr3 = dict(_config("compare_plain.json")["model"], inner_channel=16, norm_groups=8)
     out = {}
-    for space, model in (("pixel", sr3), ("residual", SRDIFF_SMALL)):
+    for space, model in (("pixel", sr3), ("residual", srdiff_small)):
         for target in ("eps", "v", "x0"):
             cfg = copy.deepcopy(base)
             cfg["name"] = f"{space}_{target}"
@@ -57,13 +60,14 @@ def cmd_train(a) -> None:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=2)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=ROOT)
-        cmd = [sys.executable, "-c", "import sys; from yoda.cli import main; sys.exit(main(sys.argv[1:]))", "train", "--config", path, "--out", d, "--data-dir", a.data,
+        cmd = [sys.executable, "-m", "yoda", "train", "--config", path, "--out", d, "--data-dir", a.data,
                "--minutes", str(a.minutes), "-q"]
         log = open(os.path.join(a.runs, f"{name}.out"), "w")
-        procs.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)))
+        procs.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
     t0 = time.time()
-    for name, p in procs:
+    for name, p, log in procs:
         rc = p.wait()
+        log.close()
         print(f"{name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
 
 

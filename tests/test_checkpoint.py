@@ -348,7 +348,7 @@ def test_tampered_architecture_is_refused_before_building(tmp_path, monkeypatch)
     save_model(_sr3(), p, schedule=Schedule.linear(5))
     wide = _tamper(p, tmp_path / "wide.safetensors", args={"inner_channel": 1024})
     built = []
-    real_build = ck._build
+    real_build = ck.build_model
 
     def build(kind, args):  # a real (non-meta) build of the tampered 1024-wide net would take ~11 GB
         device = torch.empty(0).device.type
@@ -356,7 +356,7 @@ def test_tampered_architecture_is_refused_before_building(tmp_path, monkeypatch)
         assert device == "meta" or args["inner_channel"] == 8, "built the declared network for real"
         return real_build(kind, args)
 
-    monkeypatch.setattr(ck, "_build", build)
+    monkeypatch.setattr(ck, "build_model", build)
     with pytest.raises(CheckpointError, match=r"wide\.safetensors: the weights do not fit SR3UNet: .*shape "
                                               r"mismatches: .*checkpoint \(8, 6, 3, 3\) vs model \(1024, 6, 3, 3\)"):
         yoda.load("yoda", wide)

@@ -2,6 +2,7 @@
 coefficients by name (csrc/step.h mirrors them, checked here from its source), tile sizes, predictions,
 memory format."""
 
+import collections
 import inspect
 import os
 import re
@@ -32,11 +33,30 @@ def test_coefficients_are_built_and_read_by_name():
     assert start.sigma == 1.0 and contract.needs_noise(start)
     assert not contract.needs_noise(coefs.step_coefficients(0.3, 1.0))
     # the reference and the Triton launch unpack them through the contract, never by position
-    assert "StepCoefs(" in inspect.getsource(naive.masked_step)
     triton_ms = pytest.importorskip("yoda_kernels.triton.masked_step")
     params = list(inspect.signature(triton_ms._masked_step_kernel.fn).parameters)
     assert all(n in params for n in contract.COEF_NAMES)
     assert "**k._asdict()" in inspect.getsource(triton_ms.launch_masked_step)
+
+
+def test_the_reference_reads_the_coefficients_through_the_contract(monkeypatch):
+    """naive.masked_step reads the coefficients by name through contract.StepCoefs: renaming two of its fields
+    (k1 <-> k2) changes the step, which reading them by position would not."""
+    g = torch.Generator().manual_seed(0)
+    x, out, c = (torch.randn(1, 3, 8, 8, generator=g) for _ in range(3))
+    noise = torch.randn(1, 3, 8, 8, generator=g)
+    k = coefs.step_coefficients(0.3, 0.45, prediction="v", sampler="ddim", eta=0.5)
+    assert k.k1 != k.k2
+
+    def step():
+        return naive.masked_step(x, out, c, None, None, None, 0.5, list(k), False, 0, 0, noise, 8)
+
+    before = step()
+    names = list(contract.COEF_NAMES)
+    i, j = names.index("k1"), names.index("k2")
+    names[i], names[j] = names[j], names[i]
+    monkeypatch.setattr(naive, "StepCoefs", collections.namedtuple("StepCoefs", names))
+    assert not torch.allclose(step(), before)
 
 
 def test_one_definition_of_each_constant():

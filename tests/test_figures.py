@@ -342,12 +342,14 @@ def test_cli_default_images_are_the_held_out_set(tmp_path, tiny_model, capsys):
 
 @pytest.fixture
 def no_sampling(monkeypatch):
+    import yoda.sampling
     import yoda.sampling.loop
 
     def never(*a, **k):
         raise AssertionError("sampling started")
 
     monkeypatch.setattr(yoda.sampling.loop, "sample", never)
+    monkeypatch.setattr(yoda.sampling, "sample", never)
 
 
 def test_cli_checks_the_output_folder_before_sampling(tmp_path, tiny_model, capsys, no_sampling, monkeypatch):

@@ -20,21 +20,10 @@ from yoda.models import (LatentAdapter, ModelCard, SR3Config, SR3UNet, SRDiff, S
                          sr3_beta_schedule, srdiff_beta_schedule)
 from yoda.models.sr3 import SR3_16_128, SR3_64_512, PositionalEncoding, SelfAttention
 from yoda.models.srdiff import LinearAttention, RRDBNet, SinusoidalPosEmb
+from yoda.sampling import sample
 from yoda.schedule import Schedule
 
-_SAMPLE_ERR = ""
-try:
-    from yoda import sampling as _sampling
-
-    sample = _sampling.sample
-except ImportError as e:  # pragma: no cover - only while the sampler is being written
-    sample = None
-    _SAMPLE_ERR = repr(e)
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions (tests/conftest.py)
-
-
-needs_sampler = pytest.mark.skipif(sample is None, reason=f"yoda.sample is not importable yet: {_SAMPLE_ERR}")
 
 
 def _lr(B=1, h=8, w=8, seed=0):
@@ -500,7 +489,6 @@ def _noise(shape, n, seed=11):
     return [torch.randn(shape, generator=g) for _ in range(n)]
 
 
-@needs_sampler
 def test_sample_sr3_matches_upstream_loop_and_yoda_holds_lr():
     net = _tiny_sr3()
     net.card = ModelCard(Schedule.linear(10, 1e-3, 0.2), 2)
@@ -536,7 +524,6 @@ def test_sample_sr3_matches_upstream_loop_and_yoda_holds_lr():
     assert not torch.equal(yo, plain) and torch.isfinite(yo).all()
 
 
-@needs_sampler
 def test_sample_srdiff_matches_upstream_loop():
     m = _tiny_srdiff(use_attn=True, up_input=True)
     lr = _lr(1, 6, 8)
@@ -564,7 +551,6 @@ def test_sample_srdiff_matches_upstream_loop():
     assert len(seen) == 4 and max(seen) < 1e-5
 
 
-@needs_sampler
 def test_sample_latent_matches_reference_loop():
     tl = TinyLatent()
     ad = tl.adapter()
@@ -635,7 +621,6 @@ def test_from_diffusers_tiny():
                                              norm_num_groups=4), vae, cfg)
 
 
-@needs_sampler
 def test_sample_half_precision_state_with_float32_weights():
     net = _tiny_sr3(attn=False)
     net.card = ModelCard(Schedule.linear(10, 1e-3, 0.2), 2)

@@ -33,7 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_parser import build_parser
-from .cli_upscale import dist_env, expand_inputs, made_dirs, plan_windows, run_sharded, skip_existing, window_unit
+from .cli_upscale import (dist_env, expand_inputs, made_dirs, plan_windows, remove_empty, run_sharded, skip_existing,
+                          window_unit)
 from .errors import UserError
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_x4.safetensors"
@@ -160,7 +161,6 @@ def _output_targets(a) -> tuple[list[str], Optional[Path]]:
 
     -o is a file when there is one input and it has a suffix (which must be an image format yoda writes) and
     is not an existing folder; otherwise a folder (created if missing), in which IN becomes STEM_x<scale>.png."""
-    from ._io import check_writable
     from .images import OUTPUT_SUFFIXES
 
     out = Path(a.output)
@@ -180,17 +180,26 @@ def _output_targets(a) -> tuple[list[str], Optional[Path]]:
     targets = [str(out / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
     if len(set(targets)) != len(targets):
         raise UserError("two inputs have the same file name stem; their outputs would collide")
+    _check_out_folder(a.output, targets)
+    return targets, out
+
+
+def _check_out_folder(output: str, files) -> None:
+    """-o as a folder: an existing one must take ``files``; a new one must be creatable (its nearest existing
+    ancestor a writable folder)."""
+    from ._io import check_writable
+
+    out = Path(output)
     if out.is_dir():
-        for t in targets:
-            check_writable(t, "-o")
-    else:  # the folder will be created: its nearest existing ancestor must be a writable folder
+        for f in files:
+            check_writable(f, "-o")
+    else:
         up = out.absolute().parent
         while not up.exists():
             up = up.parent
         if not up.is_dir():
-            raise UserError(f"-o {a.output}: cannot create the folder, {up} is a file")
+            raise UserError(f"-o {output}: cannot create the folder, {up} is a file")
         check_writable(up / out.name, "-o")
-    return targets, out
 
 
 def _check_hr_size(src: str, arr: np.ndarray, scale: int, max_pixels: Optional[int]) -> None:
@@ -226,9 +235,7 @@ def cmd_upscale(a) -> int:
         for (arr, grey), (src, dst) in zip(images, todo):
             _upscale_one(a, model, dev, unit, arr, grey, src, dst)
     except BaseException:
-        for d in made:  # leave no empty folder behind (a full disk, an interrupt, a failing model)
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+        remove_empty(made)  # leave no empty folder behind (a full disk, an interrupt, a failing model)
         raise
     return 0
 
@@ -410,7 +417,6 @@ def cmd_eval(a) -> int:
 
 def cmd_figures(a) -> int:
     """Fig. 3 (update ratio, refined area), Fig. 5 (regional error) and Fig. 4 (crops) into the folder -o."""
-    from ._io import check_writable
     from .data import load_source
     from .figures import FIGURE_FILES, FigureSettings, compute, write_figures
 
@@ -418,16 +424,7 @@ def cmd_figures(a) -> int:
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; yoda figures writes {len(FIGURE_FILES)} PNGs into a folder")
-    if out.is_dir():
-        for name in FIGURE_FILES:
-            check_writable(out / name, "-o")
-    else:
-        up = out.absolute().parent
-        while not up.exists():
-            up = up.parent
-        if not up.is_dir():
-            raise UserError(f"-o {a.output}: cannot create the folder, {up} is a file")
-        check_writable(up / out.name, "-o")
+    _check_out_folder(a.output, [out / name for name in FIGURE_FILES])
     if a.max_size < 0:
         raise UserError(f"--max-size must be >= 0 (0: full size), got {a.max_size}")
     with _user_input():
@@ -444,9 +441,7 @@ def cmd_figures(a) -> int:
             data = compute(model, images, settings)
         paths = write_figures(data, out)
     except BaseException:
-        for d in made:  # leave no empty folder behind
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+        remove_empty(made)  # leave no empty folder behind
         raise
     print(f"pixel update ratio (mean over {len(data.names)} images):")
     print("| attention | " + " | ".join(f"l={lb:g}" for lb in settings.lower_bounds) + " |")
@@ -468,15 +463,12 @@ def cmd_figures(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from .training import TrainConfig, train_main
+    from .training import train_main
 
-    with _user_input():
-        cfg = TrainConfig.load(a.config)
-    out = a.out or os.path.join("runs", cfg.name)
     command = "yoda " + " ".join(a.argv)
     with _user_input():  # the config, its data, the device, a checkpoint of another config, a diverging loss
-        s = train_main(a.config, out, steps=a.steps, device=a.device, minutes=a.minutes, progress=not a.quiet,
-                       command=command, weights_name=a.weights_name, data_dir=a.data_dir)
+        s = train_main(a.config, a.out or None, steps=a.steps, device=a.device, minutes=a.minutes,
+                       progress=not a.quiet, command=command, weights_name=a.weights_name, data_dir=a.data_dir)
     print(f"trained {s['steps']} steps in {s['seconds']:.1f} s -> {s['weights']}")
     return 0
 

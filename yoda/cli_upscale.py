@@ -79,6 +79,13 @@ def made_dirs(folder: Path) -> list[Path]:
     return made
 
 
+def remove_empty(made: list[Path]) -> None:
+    """Remove the folders of made_dirs that are still empty (deepest first), e.g. after a failure."""
+    for d in made:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
 def run_sharded(items: list, rank: int, world: int, setup: Callable[[], object],
                 work: Callable[[object, object], None], one_line: Callable[[BaseException], str]) -> int:
     """Rank ``rank`` of ``world`` (gloo) runs work(state, item) for items rank, rank + world, ... after

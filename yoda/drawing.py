@@ -10,6 +10,8 @@ import numpy as np
 
 BLACK = (0, 0, 0)
 GRID = (228, 228, 228)
+# line colours, in the order series take them
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
 
 
 def font(size: int = 12):

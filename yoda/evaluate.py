@@ -29,7 +29,7 @@ from .masks import check_lower_bound
 LPIPS_NOTE = "LPIPS omitted: it needs local backbone + LPIPS head weights, none were given"
 
 
-def _check_pair(sr: np.ndarray, hr: np.ndarray) -> None:
+def check_pair(sr: np.ndarray, hr: np.ndarray) -> None:
     for name, a in (("sr", sr), ("hr", hr)):
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
             raise ValueError(f"{name} must be a uint8 (H, W, 3) array, got "
@@ -45,7 +45,7 @@ def psnr(sr: np.ndarray, hr: np.ndarray) -> float:
     scikit-image needed there); tests/test_train.py checks the two against each other."""
     from skimage.metrics import peak_signal_noise_ratio
 
-    _check_pair(sr, hr)
+    check_pair(sr, hr)
     if np.array_equal(sr, hr):
         return math.inf
     return float(peak_signal_noise_ratio(hr, sr, data_range=255))
@@ -63,7 +63,7 @@ def ssim(sr: np.ndarray, hr: np.ndarray) -> float:
     """SSIM of uint8 (H, W, 3) images (skimage, channel_axis=2, data_range 255)."""
     from skimage.metrics import structural_similarity
 
-    _check_pair(sr, hr)
+    check_pair(sr, hr)
     win = min(7, sr.shape[0], sr.shape[1])
     win -= 1 - win % 2  # odd window, <= the image
     return float(structural_similarity(hr, sr, channel_axis=2, data_range=255, win_size=win))
@@ -73,7 +73,7 @@ def colour_shift(sr: np.ndarray, hr: np.ndarray) -> dict:
     """Mean CIELAB difference of SR vs HR: {"dL", "da", "db", "L_shift" = |dL|, "ab_shift" = |(da, db)|}."""
     from skimage.color import rgb2lab
 
-    _check_pair(sr, hr)
+    check_pair(sr, hr)
     d = (rgb2lab(sr) - rgb2lab(hr)).reshape(-1, 3).mean(axis=0)
     return {"dL": float(d[0]), "da": float(d[1]), "db": float(d[2]), "L_shift": float(abs(d[0])),
             "ab_shift": float(math.hypot(d[1], d[2]))}

@@ -30,7 +30,7 @@ def check_lower_bound(lower_bound: float, name: str = "lower_bound") -> float:
     return lb
 
 
-def _check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:
+def check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:
     """A as (B, 1, H, W) float; accepts (B, 1, H, W) or (B, H, W)."""
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
@@ -57,13 +57,13 @@ def tau_at(t: int, T: int, lower_bound: float = 0.6) -> float:
 def mask_at(A: torch.Tensor, t: int, T: int, lower_bound: float = 0.6) -> torch.Tensor:
     """M(t) = A >= tau(t): bool tensor of A's shape ((B, 1, H, W) or (B, H, W)). Compared in float32."""
     tau = tau_at(t, T, lower_bound)
-    _check_A(A)
+    check_A(A)
     return A.float() >= torch.tensor(tau, dtype=torch.float32, device=A.device)
 
 
 def active_fraction(A: torch.Tensor, tau: float) -> torch.Tensor:
     """(B,) float32: the fraction of each image's pixels with A >= tau (float32 comparison)."""
-    A = _check_A(A)
+    A = check_A(A)
     tau = float(tau)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")
@@ -76,7 +76,7 @@ def pixel_update_ratio(A: torch.Tensor, lower_bound: float = 0.6) -> torch.Tenso
 
     A pixel is refined at every t with t / T <= A + l, i.e. for about T * min(1, A + l) of the T steps, so
     this is the fraction of plain diffusion's per-pixel denoising work that YODA does (full schedule)."""
-    A = _check_A(A)
+    A = check_A(A)
     lb = check_lower_bound(lower_bound)
     return (A.float() + lb).clamp(max=1.0).flatten(1).mean(dim=1)
 
@@ -84,7 +84,7 @@ def pixel_update_ratio(A: torch.Tensor, lower_bound: float = 0.6) -> torch.Tenso
 def refine_fraction(A: torch.Tensor, indices: Sequence[int], T: int, lower_bound: float = 0.6) -> torch.Tensor:
     """(B,) float32: the exact fraction of (pixel, visited step) pairs that are refined for the 0-based
     training ``indices`` a sampler visits (Schedule.respace); tends to pixel_update_ratio with every step."""
-    A = _check_A(A)
+    A = check_A(A)
     if len(indices) == 0:
         raise ValueError("indices must not be empty")
     total = torch.zeros(A.shape[0], dtype=torch.float32, device=A.device)

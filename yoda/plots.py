@@ -7,11 +7,11 @@ val_psnr_yoda); plot_logs draws the loss curves and the validation PSNR of one o
 from __future__ import annotations
 
 import csv
-import math
 
+from .drawing import COLOURS, dashed
 from .images import save_pil
 
-_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+_COLOURS = COLOURS[:4]  # one colour per log, cycling after four
 
 
 def read_log(path: str) -> list[dict]:
@@ -27,16 +27,6 @@ def read_log(path: str) -> list[dict]:
 
 def _series(rows, key):
     return [(float(r["step"]), float(r[key])) for r in rows if r.get(key, "") not in ("", None)]
-
-
-def _dashed(dr, a, b, col, dash: float = 6.0) -> None:
-    """A dashed line from a to b (Pillow has none): dashes of ``dash`` px with equal gaps."""
-    (xa, ya), (xb, yb) = a, b
-    n = max(1, int(math.hypot(xb - xa, yb - ya) / dash))
-    for j in range(0, n, 2):
-        t0, t1 = j / n, min(1.0, (j + 1) / n)
-        dr.line([(xa + t0 * (xb - xa), ya + t0 * (yb - ya)), (xa + t1 * (xb - xa), ya + t1 * (yb - ya))],
-                fill=col, width=2)
 
 
 def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) -> None:
@@ -71,7 +61,7 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
             xy = [(fx(a), fy(b)) for a, b in s]
             if k == "val_psnr_yoda":
                 for a, b in zip(xy, xy[1:]):
-                    _dashed(dr, a, b, col)
+                    dashed(dr, a, b, col, 2)
             elif len(xy) > 1:
                 dr.line(xy, fill=col, width=2)
             for p in xy if k != "loss" else []:

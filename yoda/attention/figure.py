@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..drawing import font as _font
+
 __all__ = ["attention_figure", "colormap"]
 
 _MIN_PANEL = 160  # px: the short side of a panel; LR images of 16 px are blown up (nearest) to this
@@ -32,15 +34,6 @@ def colormap(a: np.ndarray) -> np.ndarray:
 
     u8 = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     return cv2.applyColorMap(u8, cv2.COLORMAP_VIRIDIS)[:, :, ::-1].copy()  # BGR -> RGB
-
-
-def _font():
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=12)
-    except TypeError:  # Pillow < 10.1 / no FreeType: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 def _image0(x: torch.Tensor, name: str, channels: Sequence[int]) -> torch.Tensor:

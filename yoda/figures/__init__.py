@@ -34,8 +34,6 @@ Conventions:
 """
 
 from ..drawing import nice_ticks  # noqa: F401  (the tick rule of every axis; tests check it)
-# the Pillow helpers under the names they had here before yoda.drawing, for scripts written against them
-from ..drawing import Axes as _Axes, font as _font, legend as _legend, title as _title  # noqa: F401,E402
 from .compute import FigureData, FigureSettings, compute
 from .draw import (CROP_COLUMNS, FIG3_SIZE, FIG5_PANEL, FIGURE_FILES, crops_figure_size,  # noqa: F401
                    draw_crops, draw_regional_error, draw_update_ratio, write_figures)

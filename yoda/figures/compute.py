@@ -106,10 +106,10 @@ def compute(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Figu
     from tqdm.auto import tqdm
 
     from .. import data as _data
-    from ..sampling import loop as _sampler
     from ..adapters import as_adapter, upsample
     from ..attention import get
     from ..images import from_uint8, to_uint8
+    from ..sampling import sample
 
     s = settings
     if not images:
@@ -144,9 +144,9 @@ def compute(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Figu
             for label, attn in (("plain", None), ("YODA", maps[yoda_name][-1].to(dev))):
                 bar.set_postfix_str(f"{Path(str(name)).name} {label}")
                 with torch.no_grad():
-                    sr = _sampler.sample(adapter, lr, attention=attn, steps=s.steps, sampler=s.sampler, eta=s.eta,
-                                         lower_bound=s.lower_bound if attn is not None else 1.0, seed=s.seed,
-                                         backend=s.backend, progress=False)
+                    sr = sample(adapter, lr, attention=attn, steps=s.steps, sampler=s.sampler, eta=s.eta,
+                                lower_bound=s.lower_bound if attn is not None else 1.0, seed=s.seed,
+                                backend=s.backend, progress=False)
                 sr_u8 = to_uint8(sr)[0]
                 srs[label].append(sr_u8)
                 if lpips_fn is not None:  # on the rounded image, like every other metric

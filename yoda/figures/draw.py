@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..drawing import COLOURS as _COLOURS
 from ..drawing import Axes as _Axes
 from ..drawing import fmt as _fmt
 from ..drawing import font as _font
@@ -29,8 +30,7 @@ _BG = (255, 255, 255)
 _BLACK = (0, 0, 0)
 _GREY = (150, 150, 150)
 _GRID = (228, 228, 228)
-_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
-_PLAIN, _YODA = (31, 119, 180), (214, 39, 40)
+_PLAIN, _YODA = _COLOURS[0], _COLOURS[1]
 
 
 def _sampling_text(s: FigureSettings) -> str:

@@ -21,7 +21,7 @@ def attention_map(extractor: Any, lr: torch.Tensor, hr_size: tuple[int, int]) ->
 
 def _images_of(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Each map (B, 1, H, W) / (B, H, W) / (H, W) -> a list of single-image maps (1, 1, H, W), checked."""
-    from ..masks import _check_A
+    from ..masks import check_A
 
     if isinstance(maps, torch.Tensor):
         maps = [maps]
@@ -29,7 +29,7 @@ def _images_of(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     for i, A in enumerate(maps):
         if isinstance(A, torch.Tensor) and A.dim() == 2:
             A = A[None, None]
-        A = _check_A(A, f"maps[{i}]")
+        A = check_A(A, f"maps[{i}]")
         out += [A[b : b + 1] for b in range(A.shape[0])]
     if not out:
         raise ValueError("maps must hold at least one attention map")
@@ -116,9 +116,9 @@ def regional_error(srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray], maps: S
     se = np.zeros(nb, dtype=np.float64)
     sums = {k: np.zeros(nb, dtype=np.float64) for k in extra}
     for i, (sr, hr, A) in enumerate(zip(srs, hrs, maps)):
-        from ..evaluate import _check_pair
+        from ..evaluate import check_pair
 
-        _check_pair(sr, hr)
+        check_pair(sr, hr)
         a = _map2d(A, sr.shape[:2], f"maps[{i}]")
         idx = _bin_index(a, edges).ravel()
         err = ((sr.astype(np.float64) - hr.astype(np.float64)) ** 2).mean(axis=2).ravel()

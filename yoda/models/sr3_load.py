@@ -61,7 +61,7 @@ def load_sr3(p: str, config: Any = None) -> nn.Module:
     load_state_dict_checked(net, sd, p, hint="For SR3 pass config= the JSON the model was trained with "
                             "(default: the 16->128 config).")
     match = [betas_match(bufs, s) for s in (train_sched, val_sched)]
-    if bufs.get("betas") is not None and not any(m for m in match):
+    if bufs.get("betas") is not None and not any(match):
         warnings.warn(f"{p}: the checkpoint's betas buffer matches neither the train nor the val schedule of the "
                       f"config; sampling uses the config's val schedule (T={val_sched.T})", stacklevel=3)
     if not isinstance(cfg.scale, int):

@@ -62,7 +62,8 @@ def _config(kind: str, args: Mapping[str, Any]):
     raise CheckpointError(f"unknown model kind {kind!r} in the yoda config (expected 'sr3' or 'srdiff')")
 
 
-def _build(kind: str, args: Mapping[str, Any]) -> nn.Module:
+def build_model(kind: str, args: Mapping[str, Any]) -> nn.Module:
+    """An SR3UNet (kind "sr3": SR3Config fields) or an SRDiff (kind "srdiff": SRDiffConfig fields) from ``args``."""
     cfg = _config(kind, args)
     return SR3UNet.from_config(cfg) if kind == "sr3" else SRDiff(cfg)
 
@@ -82,12 +83,14 @@ def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping
     if blocks > len(tensors):
         raise CheckpointError(f"{p}: the yoda config declares {blocks} blocks but the file holds only "
                               f"{len(tensors)} tensors: the metadata does not describe these weights")
+    # SRDiff builds its own schedule of cfg.timesteps betas (the file's schedule may differ): one far longer than
+    # both the file's T and any real schedule (10,000 steps) only serves to allocate memory, so it is refused
     if kind == "srdiff" and cfg.timesteps > max(T, 10_000):
         raise CheckpointError(f"{p}: the yoda config declares timesteps={cfg.timesteps}, but the file's "
                               f"schedule has T={T}")
     try:
         with torch.device("meta"):
-            probe = _build(kind, args)
+            probe = build_model(kind, args)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind!r} model: {e}") from e
     check_state_dict(probe, tensors, p)
@@ -122,14 +125,14 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     if prediction is None:
         prediction = card.prediction if card is not None else "eps"
     if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}, got {prediction!r}")
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if kind == "sr3":
         args["scale"] = scale
     elif scale != args.get("sr_scale"):
         raise ValueError(f"scale ({scale}) differs from the SRDiff config's sr_scale ({args.get('sr_scale')})")
     # the config must rebuild exactly this model: compare keys and shapes on the meta device (no memory)
     with torch.device("meta"):
-        probe = _build(kind, args)
+        probe = build_model(kind, args)
     want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if want != have:
@@ -164,16 +167,18 @@ def load_yoda(p: str) -> nn.Module:
             raise ValueError(f"scale must be a positive int, got {scale!r}")
         prediction = cfg.get("prediction", "eps")
         if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction {prediction!r}")
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if kind == "srdiff" and isinstance(args, Mapping) and scale != args.get("sr_scale", scale):
             raise ValueError(f"scale {scale} differs from the SRDiff args' sr_scale {args.get('sr_scale')}")
         if not isinstance(args, Mapping):
             raise TypeError(f"args must be a JSON object, got {type(args).__name__}")
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: {type(e).__name__}: {e}") from e
+    if not isinstance(kind, str) or kind not in SPACE_OF_KIND:
+        raise CheckpointError(f"{p}: unknown model kind {kind!r} in the yoda config (expected 'sr3' or 'srdiff')")
     _check_declared(p, kind, args, tensors, schedule.T)  # before anything is allocated
     try:
-        model = _build(kind, args)
+        model = build_model(kind, args)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind} model: {e}") from e
     model.load_state_dict(tensors, strict=True)  # keys, shapes and values were checked on the meta model

@@ -21,14 +21,12 @@ def build_model(spec: dict) -> torch.nn.Module:
     if not isinstance(spec, dict) or spec.get("kind") not in MODEL_KINDS:
         raise ValueError(f"model must be a dict with 'kind' in {MODEL_KINDS}, got {spec!r}")
     args = {k: v for k, v in spec.items() if k != "kind"}
+    from ..models.yoda_format import build_model as build
+
     if spec["kind"] == "sr3":
-        from ..models.sr3 import SR3Config, SR3UNet
-
-        return SR3UNet.from_config(SR3Config.from_dict(args))
-    from ..models.srdiff import SRDiff
-
+        return build("sr3", args)
     try:
-        return SRDiff(**args)
+        return build("srdiff", args)
     except TypeError as e:
         raise ValueError(f"bad model arguments for srdiff: {e}") from None
 

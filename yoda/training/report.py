@@ -81,15 +81,18 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
     return "\n".join(lines) + "\n"
 
 
-def train_main(config_path: str, out: str, *, steps: Optional[int] = None, device: str = "auto",
+def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = None, device: str = "auto",
                minutes: Optional[float] = None, progress: bool = True, command: str = "",
                weights_name: str = "model.safetensors", data_dir: Optional[str] = None) -> dict:
-    """Train from a JSON config into ``out``; writes the weights, config.json, log.csv and TRAINING.md.
+    """Train from a JSON config into ``out`` (None: runs/<config name>); writes the weights, config.json, log.csv
+    and TRAINING.md.
 
     data_dir: a folder with train/ and heldout/ image folders, written by ``yoda data build`` (photographs: it
     replaces the "photos" / "photos-heldout" sources) or ``python -m yoda.data export`` (it replaces "builtin" /
     "heldout" with the same images, for machines without scikit-image)."""
     cfg = TrainConfig.load(config_path)
+    if out is None:
+        out = os.path.join("runs", cfg.name)
     if steps is not None:
         cfg = cfg.replace(steps=int(steps))
     if data_dir is not None:

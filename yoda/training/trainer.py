@@ -24,6 +24,7 @@ from .._io import atomic_write, atomic_write_text
 from ..devices import resolve_device
 from ..errors import NonFiniteError
 from ..evaluate import psnr_u8
+from ..photos import check_not_held_out
 from .config import TrainConfig
 from .glue import attention_for, build_model, make_denoiser, model_card, sampling_adapter
 from .loss import alphas_cumprod, diffusion_loss, space_tensors
@@ -55,8 +56,6 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         train_images = _data.load_source(cfg.data.source, cfg.data.crop)
-        from ..photos import check_not_held_out
-
         check_not_held_out(n for n, _ in train_images)
         self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips)
         self.val_hr = None
@@ -145,8 +144,9 @@ class Trainer:
     # -- validation ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
-        """Mean PSNR (dB, 8-bit) of DDIM samples from the EMA model on the fixed held-out crops, plain and,
-        when an extractor is configured, with YODA masks (lower bound of the loss config)."""
+        """Mean PSNR (dB, 8-bit) of DDIM samples from the EMA model on the fixed held-out crops, plain and with
+        YODA masks (cfg.attention, lower bound of the loss config; the extractor is built whenever there are
+        validation crops)."""
         from ..sampling import sample
 
         hr = self.val_hr.to(self.device)
