@@ -58,3 +58,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random SR3UNet saved in the "yoda" format (its path), for CLI and figure tests. Three
+    downsamplings: HR sizes must be multiples of 8, so an odd LR size (x4) is padded by one LR pixel."""
+    from yoda.models import save_model
+    from yoda.models.sr3 import SR3Config, SR3UNet
+    from yoda.schedule import Schedule
+
+    torch.manual_seed(0)
+    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2, 2, 2),
+                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=4)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(SR3UNet.from_config(cfg), path, schedule=Schedule.linear(20, 1e-3, 0.2))
+    return str(path)

@@ -20,18 +20,6 @@ from yoda.schedule import Schedule
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    # three downsamplings: HR sizes must be multiples of 8, so an odd LR size (x4) is padded by one LR pixel
-    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2, 2, 2),
-                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=4)
-    net = SR3UNet.from_config(cfg)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(net, path, schedule=Schedule.linear(20, 1e-3, 0.2))
-    return str(path)
-
-
 @pytest.fixture
 def images(tmp_path):
     rng = np.random.default_rng(0)

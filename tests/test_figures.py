@@ -11,12 +11,9 @@ from PIL import Image
 
 import yoda
 from yoda import figures as fg
-from yoda.models import save_model
 from yoda.cli import main
 from yoda.images import from_uint8, to_uint8
 from yoda.masks import mask_at, pixel_update_ratio
-from yoda.models.sr3 import SR3Config, SR3UNet
-from yoda.schedule import Schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -216,17 +213,6 @@ def test_nice_ticks():
 # ----------------------------------------------------------------------------------------------------------
 # compute() and the CLI on a tiny random model
 # ----------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2, 2, 2),
-                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=4)
-    net = SR3UNet.from_config(cfg)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(net, path, schedule=Schedule.linear(20, 1e-3, 0.2))
-    return str(path)
-
-
 def hr_images(n=2, shape=(36, 44)):
     rng = np.random.default_rng(3)
     out = []

@@ -172,12 +172,7 @@ def masked_step_f64(
         x0 = x0.clamp(-1.0, 1.0)
     eps = e1 * xd + e2 * od
     sr = cx0 * x0 + cx * xd + ceps * eps + sigma * zd
-    if A is None:
-        return sr
-    Af = A.detach().to("cpu", torch.float32)
-    Af = Af.unsqueeze(1) if Af.dim() == 3 else Af
-    lr = la * cd + lb * zd
-    return torch.where(Af >= torch.tensor(tau, dtype=torch.float32), sr, lr)
+    return _mask_blend(A, tau, sr, la * cd + lb * zd)
 
 
 def masked_step_f64_scale(
@@ -195,11 +190,16 @@ def masked_step_f64_scale(
     k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb = (abs(float(v)) for v in coefs)
     xd, od, cd, zd = (t.detach().to("cpu", torch.float64).abs() for t in (x, model_out, c, z))
     sr = cx0 * (k1 * xd + k2 * od) + cx * xd + ceps * (e1 * xd + e2 * od) + sigma * zd
+    return _mask_blend(A, tau, sr, la * cd + lb * zd)
+
+
+def _mask_blend(A: Optional[torch.Tensor], tau: float, sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    """sr where A >= tau (compared in float32, as the kernels do), else lr; sr everywhere when A is None."""
     if A is None:
         return sr
     Af = A.detach().to("cpu", torch.float32)
     Af = Af.unsqueeze(1) if Af.dim() == 3 else Af
-    return torch.where(Af >= torch.tensor(tau, dtype=torch.float32), sr, la * cd + lb * zd)
+    return torch.where(Af >= torch.tensor(tau, dtype=torch.float32), sr, lr)
 
 
 def max_err(out: torch.Tensor, ref64: torch.Tensor) -> float:
