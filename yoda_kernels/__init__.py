@@ -1,4 +1,4 @@
-"""yoda_kernels: the fused YODA ops (masked_step, tile_stats, masked_q_sample) and their backends.
+"""yoda_kernels: the fused YODA ops (masked_step, masked_combine, tile_stats, masked_q_sample) and their backends.
 
     contract.py   what every backend agrees on: named step coefficients, tile sizes, predictions, memory format
     naive.py      the reference (the test oracle, and the fallback on any device and for any missing kernel)
@@ -9,7 +9,7 @@
 
 from . import contract, naive, philox
 from .coefs import init_coefficients, needs_noise, step_coefficients
-from .contract import StepCoefs
+from .contract import CombineCoefs, StepCoefs
 from .ops import (
     BACKENDS,
     Backend,
@@ -18,6 +18,7 @@ from .ops import (
     available_backends,
     bind_backend,
     extension_error,
+    masked_combine,
     masked_q_sample,
     masked_step,
     resolve_backend,
@@ -27,6 +28,7 @@ from .ops import (
 __all__ = [
     "BACKENDS",
     "Backend",
+    "CombineCoefs",
     "StepCoefs",
     "active_backends",
     "active_tiles",
@@ -35,6 +37,7 @@ __all__ = [
     "contract",
     "extension_error",
     "init_coefficients",
+    "masked_combine",
     "masked_q_sample",
     "masked_step",
     "naive",

@@ -20,6 +20,13 @@ One step of DESIGN.md §5 in the coefficients (the float32 operation order below
 
 Noise z is drawn only when ``needs_noise``: sigma or lb nonzero; otherwise every backend uses z = 0, an
 explicit noise tensor included.
+
+The solver op (masked_combine, for the multistep / SDE solvers of yoda.sampling.solvers) takes the denoised
+estimates d0 (this step's), d1, d2 (the history; absent terms are not added) and seven coefficients:
+
+    sr   = (((cx * x + cd0 * d0) + cd1 * d1) + cd2 * d2) + sigma * z
+    lr   = la * c + lb * z
+    x'   = sr where A >= tau else lr            (A is None: every pixel active)
 """
 
 from __future__ import annotations
@@ -53,9 +60,26 @@ COEF_NAMES = StepCoefs._fields
 NUM_COEFS = len(COEF_NAMES)
 
 
+class CombineCoefs(NamedTuple):
+    """The seven coefficients of one masked_combine (module docstring), float64; a tuple in kernel order."""
+
+    cx: float  # weight of the state x
+    cd0: float  # weight of this step's denoised estimate d0
+    cd1: float  # weight of the previous denoised estimate d1 (0 when absent)
+    cd2: float  # weight of the one before, d2 (0 when absent)
+    sigma: float  # weight of the noise
+    la: float  # LR branch: weight of c
+    lb: float  # LR branch: weight of the noise
+
+
+COMBINE_COEF_NAMES = CombineCoefs._fields
+NUM_COMBINE_COEFS = len(COMBINE_COEF_NAMES)
+MAX_HISTORY = 3  # d0, d1, d2
+
+
 def needs_noise(coefs: Sequence[float]) -> bool:
-    """Whether a step with these coefficients draws noise (sigma or lb nonzero)."""
-    c = StepCoefs(*coefs)
+    """Whether a step with these coefficients (StepCoefs or CombineCoefs) draws noise (sigma or lb nonzero)."""
+    c = (StepCoefs if len(coefs) == NUM_COEFS else CombineCoefs)(*coefs)
     return c.sigma != 0.0 or c.lb != 0.0
 
 

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from . import philox
-from .contract import StepCoefs, memory_format, needs_noise
+from .contract import CombineCoefs, StepCoefs, memory_format, needs_noise
 
 
 def _f32(v: float) -> torch.Tensor:
@@ -69,6 +69,39 @@ def masked_step(
     eps = k.e1 * xf + k.e2 * of
     sr = k.cx0 * x0 + k.cx * xf + k.ceps * eps + k.sigma * z
     lr = k.la * cf + k.lb * z
+    out = sr if A is None else torch.where(_mask(A, tau), sr, lr)
+    return out.to(x.dtype).contiguous(memory_format=memory_format(x))
+
+
+def masked_combine(
+    x: torch.Tensor,
+    d0: torch.Tensor,
+    d1: Optional[torch.Tensor],
+    d2: Optional[torch.Tensor],
+    c: torch.Tensor,
+    A: Optional[torch.Tensor],
+    tile_max: Optional[torch.Tensor],
+    tile_min: Optional[torch.Tensor],
+    tau: float,
+    coefs: list[float],
+    seed: int,
+    step: int,
+    noise: Optional[torch.Tensor],
+    tile: int,
+) -> torch.Tensor:
+    """One masked solver update (contract.py): sr = (((cx x + cd0 d0) + cd1 d1) + cd2 d2) + sigma z where
+    A >= tau, la c + lb z elsewhere; d1 / d2 None: their terms are not added (d2 only with d1). x, d*, c:
+    (B, C, H, W); tile_max/tile_min accepted for signature parity. Returns x', dtype and memory format of x."""
+    k = CombineCoefs(*(_f32(v).to(x.device) for v in coefs))
+    xf = x.float()
+    z = _noise(x, seed, step, noise, coefs)
+    sr = k.cx * xf + k.cd0 * d0.float()
+    if d1 is not None:
+        sr = sr + k.cd1 * d1.float()
+        if d2 is not None:
+            sr = sr + k.cd2 * d2.float()
+    sr = sr + k.sigma * z
+    lr = k.la * c.float() + k.lb * z
     out = sr if A is None else torch.where(_mask(A, tau), sr, lr)
     return out.to(x.dtype).contiguous(memory_format=memory_format(x))
 

@@ -22,12 +22,16 @@ import torch
 
 from . import coefs as _coefs
 from . import naive, philox
-from .contract import FLOAT_DTYPES, NUM_COEFS, check_tile, memory_format
+from .contract import FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile, memory_format
 
 SCHEMAS = {
     "masked_step": (
         "masked_step(Tensor x, Tensor model_out, Tensor c, Tensor? A, Tensor? tile_max, Tensor? tile_min, "
         "float tau, float[] coefs, bool clip, int seed, int step, Tensor? noise, int tile) -> Tensor"
+    ),
+    "masked_combine": (
+        "masked_combine(Tensor x, Tensor d0, Tensor? d1, Tensor? d2, Tensor c, Tensor? A, Tensor? tile_max, "
+        "Tensor? tile_min, float tau, float[] coefs, int seed, int step, Tensor? noise, int tile) -> Tensor"
     ),
     "tile_stats": "tile_stats(Tensor A, int tile) -> (Tensor, Tensor)",
     "masked_q_sample": (
@@ -79,6 +83,11 @@ if extension_error is None:
 
 @torch.library.register_fake("yoda::masked_step")
 def _(x, model_out, c, A, tile_max, tile_min, tau, coefs, clip, seed, step, noise, tile):
+    return torch.empty_like(x, memory_format=memory_format(x))
+
+
+@torch.library.register_fake("yoda::masked_combine")
+def _(x, d0, d1, d2, c, A, tile_max, tile_min, tau, coefs, seed, step, noise, tile):
     return torch.empty_like(x, memory_format=memory_format(x))
 
 
@@ -304,6 +313,59 @@ def masked_step(
     """
     _check_state("x", x)
     _check_state("model_out", model_out, x)
+    if coefs is None:
+        if ab_t is None or ab_prev is None:
+            raise ValueError("give either coefs or both ab_t and ab_prev")
+        coefs = _coefs.step_coefficients(ab_t, ab_prev, prediction=prediction, sampler=sampler, eta=eta)
+    c, A, tau, coefs, tile, backend, tmax, tmin = _check_masked(x, c, A, tau, coefs, NUM_COEFS, seed, step, noise,
+                                                                tile, stats, backend)
+    return _impl("masked_step", backend)(
+        x, model_out, c, A, tmax, tmin, tau, coefs, bool(clip), int(seed), int(step), noise, tile
+    )
+
+
+def masked_combine(
+    x: torch.Tensor,
+    denoised: Sequence[torch.Tensor],
+    c: torch.Tensor,
+    A: Optional[torch.Tensor] = None,
+    tau: float = 0.0,
+    *,
+    coefs: Sequence[float],
+    seed: int = 0,
+    step: int = 0,
+    noise: Optional[torch.Tensor] = None,
+    tile: int = 16,
+    stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    backend: Union[str, Backend] = "auto",
+) -> torch.Tensor:
+    """One fused masked solver update (yoda_kernels.contract, CombineCoefs), in one pass over memory:
+
+        x' = cx x + cd0 d0 + cd1 d1 + cd2 d2 + sigma z    where A >= tau
+        x' = la c + lb z                                  elsewhere
+
+    x (the state), denoised = [d0, d1, d2][:n] (this step's denoised estimate and up to two earlier ones), c:
+    (B, C, H, W), one dtype and device. ``coefs``: the seven CombineCoefs (float64, from the solver); terms of
+    absent estimates must have weight 0. Noise, A, tau, tile and stats as in :func:`masked_step`."""
+    _check_state("x", x)
+    if not isinstance(denoised, (list, tuple)) or not 1 <= len(denoised) <= MAX_HISTORY:
+        raise ValueError(f"denoised must be a list of 1 to {MAX_HISTORY} tensors, got "
+                         f"{len(denoised) if isinstance(denoised, (list, tuple)) else type(denoised).__name__}")
+    for j, d in enumerate(denoised):
+        _check_state(f"denoised[{j}]", d, x)
+    c, A, tau, coefs, tile, backend, tmax, tmin = _check_masked(x, c, A, tau, coefs, NUM_COMBINE_COEFS, seed, step,
+                                                                noise, tile, stats, backend)
+    for j in range(len(denoised), MAX_HISTORY):
+        if coefs[1 + j] != 0.0:
+            raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
+    d = list(denoised) + [None] * (MAX_HISTORY - len(denoised))
+    return _impl("masked_combine", backend)(
+        x, d[0], d[1], d[2], c, A, tmax, tmin, tau, coefs, int(seed), int(step), noise, tile
+    )
+
+
+def _check_masked(x, c, A, tau, coefs, n_coefs, seed, step, noise, tile, stats, backend):
+    """The checks that masked_step and masked_combine share -> (c, A, tau, coefs, tile, backend, tmax, tmin)."""
     _check_state("c", c, x)
     A = _check_attention(A, x)
     tile = check_tile(tile)
@@ -315,13 +377,9 @@ def masked_step(
     tau = float(tau)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")
-    if coefs is None:
-        if ab_t is None or ab_prev is None:
-            raise ValueError("give either coefs or both ab_t and ab_prev")
-        coefs = _coefs.step_coefficients(ab_t, ab_prev, prediction=prediction, sampler=sampler, eta=eta)
     coefs = [float(v) for v in coefs]
-    if len(coefs) != NUM_COEFS or not all(math.isfinite(v) for v in coefs):
-        raise ValueError(f"coefs must be {NUM_COEFS} finite floats, got {coefs}")
+    if len(coefs) != n_coefs or not all(math.isfinite(v) for v in coefs):
+        raise ValueError(f"coefs must be {n_coefs} finite floats, got {coefs}")
     backend = _backend_name(backend, x.device)
     tmax = tmin = None
     if A is not None:
@@ -333,9 +391,7 @@ def masked_step(
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile}))")
         if tmax.dtype != torch.float32 or tmin.dtype != torch.float32 or tmax.device != x.device or tmin.device != x.device:
             raise ValueError(f"stats must be float32 tensors on {x.device} (tile_stats(A, {tile}))")
-    return _impl("masked_step", backend)(
-        x, model_out, c, A, tmax, tmin, tau, coefs, bool(clip), int(seed), int(step), noise, tile
-    )
+    return c, A, tau, coefs, tile, backend, tmax, tmin
 
 
 def masked_q_sample(
