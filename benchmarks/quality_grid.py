@@ -71,7 +71,9 @@ def cmd_train(a) -> None:
         print(f"{name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
 
 
-SAMPLERS = {"ddpm": ("ddpm", 0.0), "ddim0": ("ddim", 0.0), "ddim1": ("ddim", 1.0)}
+SAMPLERS = {"ddpm": ("ddpm", 0.0), "ddim0": ("ddim", 0.0), "ddim1": ("ddim", 1.0),
+            # the sigma-space solvers (karras sigmas, eta at its default: 1 for euler_a and the SDE solvers)
+            **{name: (name, None) for name in ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")}}
 
 
 def cmd_eval(a) -> None:

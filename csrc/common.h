@@ -169,18 +169,16 @@ inline at::Tensor per_batch(const char* op, Backend be, const char* name, const 
   return t.to(at::kFloat).contiguous();
 }
 
-// masked_step's arguments but A and its tile stats: the state tensors (and the explicit noise when given), the
-// tile size, the scalars and the size limit of the noise counter (philox.h: 32-bit).
-inline void check_step_args(const char* op, Backend be, const at::Tensor& x, const at::Tensor& model_out,
-                            const at::Tensor& c, const std::optional<at::Tensor>& noise, double tau,
-                            at::ArrayRef<double> coefs, int64_t seed, int64_t step, int64_t tile) {
-  check_state(op, be, "x", x, x, "x");
-  check_state(op, be, "model_out", model_out, x, "x");
-  check_state(op, be, "c", c, x, "x");
+// What masked_step and masked_combine share beyond their state tensors (x checked first): the tile size, tau, the
+// n_coefs coefficients, seed and step, the size limit of the noise counter (philox.h: 32-bit) and the explicit
+// noise when given.
+inline void check_masked_common(const char* op, Backend be, const at::Tensor& x,
+                                const std::optional<at::Tensor>& noise, double tau, at::ArrayRef<double> coefs,
+                                int n_coefs, int64_t seed, int64_t step, int64_t tile) {
   check_tile(tile);
   TORCH_CHECK(!std::isnan(tau), op, ": tau must not be NaN");
-  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == kNumCoefs, op, ": coefs must hold ", kNumCoefs,
-              " floats, got ", coefs.size());
+  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == n_coefs, op, ": coefs must hold ", n_coefs, " floats, got ",
+              coefs.size());
   for (double v : coefs) TORCH_CHECK(std::isfinite(v), op, ": coefs must be finite, got ", coefs);
   TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, op, ": seed must be in [0, 2**32 - 1], got ", seed);
   TORCH_CHECK(step >= 0 && step <= 0x7FFFFFFFLL, op, ": step must be in [0, 2**31 - 1], got ", step);
@@ -188,6 +186,36 @@ inline void check_step_args(const char* op, Backend be, const at::Tensor& x, con
   TORCH_CHECK(B * C * ((H + 3) / 4) * W < (int64_t(1) << 31), op, ": x of shape ", x.sizes(),
               " is too large for the 32-bit noise counter");
   if (noise.has_value()) check_state(op, be, "noise", *noise, x, "x");
+}
+
+// masked_step's arguments but A and its tile stats: the state tensors (and the explicit noise when given), the
+// tile size, the scalars and the size limit of the noise counter.
+inline void check_step_args(const char* op, Backend be, const at::Tensor& x, const at::Tensor& model_out,
+                            const at::Tensor& c, const std::optional<at::Tensor>& noise, double tau,
+                            at::ArrayRef<double> coefs, int64_t seed, int64_t step, int64_t tile) {
+  check_state(op, be, "x", x, x, "x");
+  check_state(op, be, "model_out", model_out, x, "x");
+  check_state(op, be, "c", c, x, "x");
+  check_masked_common(op, be, x, noise, tau, coefs, kNumCoefs, seed, step, tile);
+}
+
+// masked_combine's arguments but A and its tile stats; returns the number of denoised estimates (1..3). d2 only
+// with d1, and the weight of an absent estimate (coefs cd1 / cd2) must be 0.
+inline int check_combine_args(const char* op, Backend be, const at::Tensor& x, const at::Tensor& d0,
+                              const std::optional<at::Tensor>& d1, const std::optional<at::Tensor>& d2,
+                              const at::Tensor& c, const std::optional<at::Tensor>& noise, double tau,
+                              at::ArrayRef<double> coefs, int64_t seed, int64_t step, int64_t tile) {
+  check_state(op, be, "x", x, x, "x");
+  check_state(op, be, "d0", d0, x, "x");
+  TORCH_CHECK(d1.has_value() || !d2.has_value(), op, ": d2 is given without d1");
+  if (d1.has_value()) check_state(op, be, "d1", *d1, x, "x");
+  if (d2.has_value()) check_state(op, be, "d2", *d2, x, "x");
+  check_state(op, be, "c", c, x, "x");
+  check_masked_common(op, be, x, noise, tau, coefs, kNumCombineCoefs, seed, step, tile);
+  const int nd = 1 + static_cast<int>(d1.has_value()) + static_cast<int>(d2.has_value());
+  TORCH_CHECK(nd > 1 || coefs[2] == 0.0, op, ": coefs: cd1 = ", coefs[2], " but d1 is not given");
+  TORCH_CHECK(nd > 2 || coefs[3] == 0.0, op, ": coefs: cd2 = ", coefs[3], " but d2 is not given");
+  return nd;
 }
 
 // masked_q_sample's state tensors and optional A (returned; undefined when absent).

@@ -2,7 +2,8 @@
 // header-only, host and CUDA device (no ATen). The contract is yoda_kernels/contract.py (the coefficients'
 // names and order, the float32 operation order) and yoda_kernels/naive.py its executable form: with
 // fp-contract off (host) / --fmad=false (nvcc), a kernel using these functions matches the reference bit for
-// bit on the same noise. tests/test_contract.py checks that StepCoefs below mirrors contract.StepCoefs.
+// bit on the same noise. tests/test_contract.py checks that StepCoefs and CombineCoefs below mirror
+// contract.StepCoefs and contract.CombineCoefs.
 //
 //   x0  = k1 * x + k2 * out                   (clamped to [-1, 1] if clip)
 //   eps = e1 * x + e2 * out
@@ -62,6 +63,53 @@ YODA_HD bool is_active(float a, float tau) { return a >= tau; }
 // A whole pixel: sr where active, lr elsewhere.
 YODA_HD float step_pixel(const StepCoefs& k, float x, float out, float c, float z, bool active, bool clip) {
   return active ? step_sr(k, x, out, z, clip) : step_lr(k, c, z);
+}
+
+// ---- masked_combine: the fused update of the multistep / SDE solvers (contract.CombineCoefs) -------------------
+//
+//   sr  = (((cx * x + cd0 * d0) + cd1 * d1) + cd2 * d2) + sigma * z      (terms of absent d1 / d2 not added)
+//   lr  = la * c + lb * z
+//   x'  = sr where A >= tau else lr
+
+constexpr int kNumCombineCoefs = 7;
+constexpr int kMaxHistory = 3;  // d0, d1, d2 (contract.MAX_HISTORY)
+
+// The seven combine coefficients (yoda_kernels.contract.CombineCoefs, same names, same order), rounded to
+// float32 once.
+struct CombineCoefs {
+  float cx, cd0, cd1, cd2, sigma, la, lb;
+};
+
+// c: kNumCombineCoefs doubles in the order of the struct's fields (contract.COMBINE_COEF_NAMES).
+YODA_HD CombineCoefs make_combine_coefs(const double* c) {
+  CombineCoefs k;
+  k.cx = static_cast<float>(c[0]);
+  k.cd0 = static_cast<float>(c[1]);
+  k.cd1 = static_cast<float>(c[2]);
+  k.cd2 = static_cast<float>(c[3]);
+  k.sigma = static_cast<float>(c[4]);
+  k.la = static_cast<float>(c[5]);
+  k.lb = static_cast<float>(c[6]);
+  return k;
+}
+
+YODA_HD bool combine_needs_noise(const CombineCoefs& k) { return k.sigma != 0.0f || k.lb != 0.0f; }
+
+// The solver branch of an active pixel with nd denoised estimates (1..3; d1 / d2 are not read beyond nd). The
+// sigma term is added even when z = 0 (no noise drawn), as the reference does: -0 + 0 is +0.
+YODA_HD float combine_sr(const CombineCoefs& k, float x, float d0, float d1, float d2, float z, int nd) {
+  float s = k.cx * x + k.cd0 * d0;
+  if (nd > 1) s = s + k.cd1 * d1;
+  if (nd > 2) s = s + k.cd2 * d2;
+  return s + k.sigma * z;
+}
+
+YODA_HD float combine_lr(const CombineCoefs& k, float c, float z) { return k.la * c + k.lb * z; }
+
+// A whole pixel: sr where active, lr elsewhere.
+YODA_HD float combine_pixel(const CombineCoefs& k, float x, float d0, float d1, float d2, float c, float z, int nd,
+                            bool active) {
+  return active ? combine_sr(k, x, d0, d1, d2, z, nd) : combine_lr(k, c, z);
 }
 
 // Training-time noising (masked_q_sample): sqrt_ab * base + sqrt_1m_ab * noise, where the caller picks

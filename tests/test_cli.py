@@ -479,3 +479,28 @@ def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):
     assert sorted(f.name for f in (tmp_path / "bad").iterdir()) == names
     for n in names:
         assert (tmp_path / "single" / n).read_bytes() == (tmp_path / "bad" / n).read_bytes(), n
+
+
+def test_upscale_cfg_scale_needs_a_guided_model(tmp_path, tiny_model, images, capsys, no_sampling):
+    """--cfg-scale on a model without an unconditional branch (every yoda-format model): one line naming the
+    option, exit 2, before any sampling; a guided adapter gets the scale (yoda.cli_upscale.guided_model)."""
+    from yoda.cli_upscale import guided_model
+    from yoda.errors import UserError
+
+    rgb, _ = images
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--cfg-scale", "3"],
+                       capsys)
+    assert code == 2 and "--cfg-scale 3" in err and "unconditional" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()
+
+    class Guided(yoda.adapters.CallableAdapter):
+        supports_cfg = True
+
+        def with_cfg_scale(self, scale):
+            self.cfg_scale = scale
+            return self
+
+    ad = Guided(lambda x, t, c: x, prediction="eps", schedule=Schedule.linear(10))
+    assert guided_model(ad, None) is ad and guided_model(ad, 2.5).cfg_scale == 2.5
+    with pytest.raises(UserError, match="--cfg-scale"):
+        guided_model(ad, float("nan"))

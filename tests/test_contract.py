@@ -16,13 +16,27 @@ from yoda_kernels import coefs, contract, naive, ops
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _mirror(src: str, struct: str, make: str, count: str):
+    """(fields of the C++ struct, [(field, index)] read by its make function, the count constant) of step.h."""
+    fields = re.search(r"struct %s \{\s*float ([^;]+);" % struct, src).group(1)
+    body = re.search(r"YODA_HD %s %s\(const double\* c\) \{(.*?)\n\}" % (struct, make), src, re.S).group(1)
+    reads = re.findall(r"k\.(\w+) = static_cast<float>\(c\[(\d+)\]\);", body)
+    n = re.search(r"constexpr int %s = (\d+);" % count, src).group(1)
+    return tuple(f.strip() for f in fields.split(",")), [(name, int(i)) for name, i in reads], int(n)
+
+
 def test_step_h_mirrors_the_named_coefficients():
     src = open(os.path.join(ROOT, "csrc", "step.h"), encoding="utf-8").read()
-    fields = re.search(r"struct StepCoefs \{\s*float ([^;]+);", src).group(1)
-    assert tuple(f.strip() for f in fields.split(",")) == contract.COEF_NAMES
-    reads = re.findall(r"k\.(\w+) = static_cast<float>\(c\[(\d+)\]\);", src)
-    assert [(name, int(i)) for name, i in reads] == [(n, i) for i, n in enumerate(contract.COEF_NAMES)]
-    assert re.search(r"constexpr int kNumCoefs = (\d+);", src).group(1) == str(contract.NUM_COEFS)
+    for names, n, struct, make, count in (
+        (contract.COEF_NAMES, contract.NUM_COEFS, "StepCoefs", "make_step_coefs", "kNumCoefs"),
+        (contract.COMBINE_COEF_NAMES, contract.NUM_COMBINE_COEFS, "CombineCoefs", "make_combine_coefs",
+         "kNumCombineCoefs"),
+    ):
+        fields, reads, count_value = _mirror(src, struct, make, count)
+        assert fields == names, struct
+        assert reads == [(name, i) for i, name in enumerate(names)], make
+        assert count_value == n == len(names), count
+    assert re.search(r"constexpr int kMaxHistory = (\d+);", src).group(1) == str(contract.MAX_HISTORY)
 
 
 def test_coefficients_are_built_and_read_by_name():
@@ -37,6 +51,10 @@ def test_coefficients_are_built_and_read_by_name():
     params = list(inspect.signature(triton_ms._masked_step_kernel.fn).parameters)
     assert all(n in params for n in contract.COEF_NAMES)
     assert "**k._asdict()" in inspect.getsource(triton_ms.launch_masked_step)
+    triton_mc = pytest.importorskip("yoda_kernels.triton.masked_combine")
+    params = list(inspect.signature(triton_mc._masked_combine_kernel.fn).parameters)
+    assert all(n in params for n in contract.COMBINE_COEF_NAMES)
+    assert "**k._asdict()" in inspect.getsource(triton_mc.launch_masked_combine)
 
 
 def test_the_reference_reads_the_coefficients_through_the_contract(monkeypatch):
@@ -57,6 +75,23 @@ def test_the_reference_reads_the_coefficients_through_the_contract(monkeypatch):
     names[i], names[j] = names[j], names[i]
     monkeypatch.setattr(naive, "StepCoefs", collections.namedtuple("StepCoefs", names))
     assert not torch.allclose(step(), before)
+
+
+def test_the_reference_reads_the_combine_coefficients_through_the_contract(monkeypatch):
+    """naive.masked_combine reads its coefficients by name through contract.CombineCoefs: swapping two field
+    names (cx <-> cd0) changes the update."""
+    g = torch.Generator().manual_seed(1)
+    x, d0, c, noise = (torch.randn(1, 3, 8, 8, generator=g) for _ in range(4))
+    k = contract.CombineCoefs(cx=0.7, cd0=0.2, cd1=0.0, cd2=0.0, sigma=0.1, la=0.9, lb=0.3)
+
+    def update():
+        return naive.masked_combine(x, d0, None, None, c, None, None, None, 0.0, list(k), 0, 0, noise, 8)
+
+    before = update()
+    names = list(contract.COMBINE_COEF_NAMES)
+    names[0], names[1] = names[1], names[0]
+    monkeypatch.setattr(naive, "CombineCoefs", collections.namedtuple("CombineCoefs", names))
+    assert not torch.allclose(update(), before)
 
 
 def test_one_definition_of_each_constant():

@@ -7,6 +7,8 @@
 - read avoidance: NaN planted where a branch is not taken never reaches the output;
 - a sampler-free check: a short DDPM loop driven through masked_step on each backend, with every pixel
   active, against the textbook posterior computed independently in float64;
+- masked_combine (the solvers' update) on both backends: bit for bit on explicit noise, masked_step's noise
+  stream, read avoidance;
 - tile_stats, masked_q_sample; torch.library.opcheck and torch.compile for the Triton ops.
 """
 
@@ -142,6 +144,77 @@ def test_inactive_data_not_read(backend):
         torch.testing.assert_close(got, ref, rtol=0, atol=0 if noise is not None else 2e-6)
 
 
+# masked_combine (the solvers' update): (dtype, shape, tile, number of estimates, channels-last)
+COMBINE_COEFS = contract.CombineCoefs(cx=0.6130456789, cd0=0.5234567891, cd1=-0.1876543219, cd2=0.0412345679,
+                                      sigma=0.2712345678, la=0.8312345671, lb=0.5587654321)
+COMBINE_CASES = (
+    (torch.float32, (2, 3, 37, 53), 8, 3, False),
+    (torch.float16, (1, 4, 64, 96), 16, 2, True),
+    (torch.bfloat16, (2, 3, 37, 53), 32, 1, False),
+)
+COMBINE_IDS = [f"{str(d).split('.')[-1]}-{'x'.join(map(str, s))}-t{t}-nd{n}" + ("-cl" if cl else "")
+               for d, s, t, n, cl in COMBINE_CASES]
+
+
+def _combine_coefs(nd, noise=True):
+    k = COMBINE_COEFS._asdict()
+    for j in range(nd, 3):
+        k[f"cd{j}"] = 0.0
+    if not noise:
+        k["sigma"] = k["lb"] = 0.0
+    return list(contract.CombineCoefs(**k))
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype, shape, tile, nd, cl", COMBINE_CASES, ids=COMBINE_IDS)
+def test_masked_combine_matches_reference(backend, dtype, shape, tile, nd, cl):
+    _need(backend)
+    x, c, z, d0 = _state(shape, dtype, seed=sum(shape) + nd)
+    ds = [d0] + _state(shape, dtype, seed=nd)[: nd - 1]
+    if cl:
+        x, c, *ds = (t.contiguous(memory_format=torch.channels_last) for t in [x, c] + ds)
+    ds += [None] * (3 - nd)
+    A = _blob(shape[0], shape[2], shape[3], seed=shape[2])
+    stats = naive.tile_stats(A, tile)
+    cf = _combine_coefs(nd)
+    args = (x, *ds, c, A, *stats, TAU, cf, 123, 7, z, tile)
+    got = _op(backend, "masked_combine")(*args)
+    ref = naive.masked_combine(*args)
+    assert got.dtype == dtype and got.stride() == ref.stride()
+    torch.testing.assert_close(got, ref, rtol=0, atol=0, msg="explicit noise: same float32 operations")
+    args = (x, *ds, c, A, *stats, TAU, cf, 123, 7, None, tile)
+    got = _op(backend, "masked_combine")(*args)
+    ref = naive.masked_combine(*args)
+    torch.testing.assert_close(got, ref, rtol=2 * ULP[dtype], atol=max(2e-6, 2 * ULP[dtype]), msg="philox noise")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_masked_combine_noise_and_reads(backend):
+    """The noise is masked_step's stream (cx = cd0 = 0, sigma = 1 gives z; masked_step's init coefficients too);
+    NaN where a branch is not taken, and in a noise tensor of a noiseless update, never reaches the output."""
+    _need(backend)
+    shape, tile = (2, 3, 96, 160), 16
+    x, d0, d1, c = _state(shape, torch.float32, seed=14)
+    pure = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    z = _op(backend, "masked_combine")(x, d0, None, None, c, None, None, None, 0.0, pure, 9, 4, None, tile)
+    z_step = _op(backend, "masked_step")(x, x, c, None, None, None, 0.0, coefs_mod.init_coefficients(0.5), False,
+                                         9, 4, None, tile)
+    assert torch.equal(z, z_step)
+    A = _blob(2, 96, 160, seed=15)
+    tmax, tmin = naive.tile_stats(A, tile)
+    active = (A >= TAU).expand(shape)
+    nan = torch.tensor(float("nan"), device=DEV)
+    xp, d0p, d1p = (torch.where(active, t, nan) for t in (x, d0, d1))
+    cp = torch.where(active, nan, c)
+    mixed = ((tmax >= TAU) & (tmin < TAU)).repeat_interleave(tile, 1).repeat_interleave(tile, 2).unsqueeze(1)
+    Ap = torch.where(mixed, A, nan)
+    for cf, noise in ((_combine_coefs(2), None), (_combine_coefs(2, noise=False), torch.full_like(x, float("nan")))):
+        got = _op(backend, "masked_combine")(xp, d0p, d1p, None, cp, Ap, tmax, tmin, TAU, cf, 3, 3, noise, tile)
+        ref = naive.masked_combine(xp, d0p, d1p, None, cp, A, tmax, tmin, TAU, cf, 3, 3, noise, tile)
+        assert not torch.isnan(got).any()
+        torch.testing.assert_close(got, ref, rtol=0, atol=2e-6)
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_sampler_free_ddpm_loop(backend):
     """Ten DDPM steps of a fixed linear 'model' eps = 0.3 x with every pixel active (A=None), driven directly
@@ -205,6 +278,8 @@ def test_triton_ops_opcheck_and_compile():
     tmax, tmin = naive.tile_stats(A, 8)
     step_args = (x, o, c, A, tmax, tmin, TAU, cf, False, 4, 2, None, 8)
     torch.library.opcheck(torch.ops.yoda.masked_step_triton.default, step_args)
+    torch.library.opcheck(torch.ops.yoda.masked_combine_triton.default,
+                          (x, o, c, None, z, A, tmax, tmin, TAU, _combine_coefs(2), 4, 2, None, 8))
     torch.library.opcheck(torch.ops.yoda.tile_stats_triton.default, (A, 8))
     ab = torch.tensor([0.5], device=DEV)
     torch.library.opcheck(torch.ops.yoda.masked_q_sample_triton.default,
@@ -228,6 +303,8 @@ def test_cuda_ops_opcheck():
     cf = coefs_mod.step_coefficients(0.5, 0.6)
     torch.library.opcheck(torch.ops.yoda.masked_step.default, (x, o, c, A, tmax, tmin, TAU, cf, False, 4, 2, z, 8))
     torch.library.opcheck(torch.ops.yoda.tile_stats.default, (A, 8))
+    torch.library.opcheck(torch.ops.yoda.masked_combine.default,
+                          (x, o, c, None, z, A, tmax, tmin, TAU, _combine_coefs(2), 4, 2, None, 8))
 
 
 def test_cuda_errors_name_the_argument():
@@ -240,3 +317,8 @@ def test_cuda_errors_name_the_argument():
         torch.ops.yoda.masked_step(x, x, x, None, None, None, 0.5, cf, False, 0, 0, None, 12)
     with pytest.raises(RuntimeError, match="noise"):
         torch.ops.yoda.masked_step(x, x, x, None, None, None, 0.5, cf, False, 0, 0, x.half(), 8)
+    cc = _combine_coefs(2)
+    with pytest.raises(RuntimeError, match="d1"):
+        torch.ops.yoda.masked_combine(x, x, x.cpu(), None, x, None, None, None, 0.5, cc, 0, 0, None, 8)
+    with pytest.raises(RuntimeError, match="cd1 = .* but d1 is not given"):
+        torch.ops.yoda.masked_combine(x, x, None, None, x, None, None, None, 0.5, cc, 0, 0, None, 8)

@@ -330,7 +330,8 @@ def test_fallback_is_per_op_and_visible(monkeypatch):
     assert ops.active_backends("cpu") == {op: "cpp" for op in ops.OPS}
     assert yk.active_backends("cpu", "naive") == {op: "naive" for op in ops.OPS}
     monkeypatch.setattr(ops, "DEVICE_KERNELS", {**ops.DEVICE_KERNELS, "tile_stats": frozenset()})
-    assert ops.active_backends("cpu") == {"masked_step": "cpp", "tile_stats": "naive", "masked_q_sample": "cpp"}
+    assert ops.active_backends("cpu") == {"masked_step": "cpp", "masked_combine": "cpp", "tile_stats": "naive",
+                                          "masked_q_sample": "cpp"}
     assert ops.active_backends("cpu", "cpp")["tile_stats"] == "naive"
     monkeypatch.setattr(ops, "DEVICE_KERNELS", {op: frozenset() for op in ops.OPS})
     monkeypatch.setattr(ops, "triton_available", lambda: False)

@@ -665,7 +665,7 @@ def test_stack_conds_default():
         (None, {"steps": T + 1}, ValueError, r"steps must be in \[1, T=50\]"),
         (None, {"steps": 0}, ValueError, "steps"),
         (None, {"steps": 2.0}, TypeError, "steps"),
-        (None, {"sampler": "euler"}, ValueError, "sampler"),
+        (None, {"sampler": "lms"}, ValueError, "sampler"),
         (None, {"sampler": "ddim", "eta": -1.0}, ValueError, "eta"),
         (None, {"eta": 0.5}, ValueError, "eta applies to sampler='ddim'"),
         (None, {"lower_bound": float("nan")}, ValueError, "lower_bound"),

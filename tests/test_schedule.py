@@ -147,7 +147,9 @@ def test_immutable_and_copied():
     "betas, err, match",
     [
         ([0.1, 0.0], ValueError, r"\(0, 1\)"),
-        ([0.1, 1.0], ValueError, r"\(0, 1\)"),
+        ([1.0, 0.1], ValueError, r"\(0, 1\).* at index 0"),  # only the last beta may be 1 (zero terminal SNR)
+        ([0.1, 1.0, 0.2], ValueError, r"\(0, 1\).* at index 1"),
+        ([0.1, 1.5], ValueError, r"\(0, 1\]"),
         ([0.1, float("nan")], ValueError, "finite"),
         ([], ValueError, "at least one"),
         ([[0.1, 0.2]], ValueError, "1-D"),
@@ -169,3 +171,50 @@ def test_bad_constructor_args():
         Schedule.from_dict({"T": 3})
     with pytest.raises(ValueError, match="T"):
         Schedule.from_dict({"T": 3, "betas": [0.1, 0.2]})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Zero terminal SNR (Lin et al. 2024, Algorithm 1)
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [lambda T: Schedule.linear(T), lambda T: Schedule.scaled_linear(T), lambda T: Schedule.cosine(T)],
+    ids=["linear", "scaled_linear", "cosine"],
+)
+@pytest.mark.parametrize("T", [2, 50, 1000])
+def test_rescale_zero_terminal_snr_matches_diffusers(make, T):
+    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+    s = make(T)
+    z = s.rescale_zero_terminal_snr()
+    ref = rescale_zero_terminal_snr(s.betas.clone())  # diffusers' function, given float64 betas
+    np.testing.assert_allclose(z.betas.numpy(), ref.numpy(), rtol=1e-13, atol=1e-15)
+    assert z.betas[-1].item() == 1.0 and z.alphas_cumprod[-1].item() == 0.0 and z.zero_terminal_snr
+    assert not s.zero_terminal_snr and z.T == T
+    assert ((z.betas > 0) & (z.betas <= 1)).all()
+    # the algorithm from its definition: sqrt(ab') = (sqrt(ab) - sqrt(ab[T-1])) * sqrt(ab[0]) / (sqrt(ab[0]) -
+    # sqrt(ab[T-1])): an affine map of sqrt(alpha_bar) fixing the first value and sending the last to 0
+    r, q = s.alphas_cumprod.sqrt().numpy(), z.alphas_cumprod.sqrt().numpy()
+    np.testing.assert_allclose(q, (r - r[-1]) * r[0] / (r[0] - r[-1]), rtol=1e-12, atol=1e-15)
+    assert z.alpha_bar(0) == pytest.approx(s.alpha_bar(0), rel=1e-14)
+    assert z.rescale_zero_terminal_snr() is z  # already zero-SNR: unchanged
+    assert z.pairs(min(T, 5))[0][:2] == (T - 1, 0.0) and z.noise_level(T - 1) == 0.0
+    assert Schedule.from_dict(json.loads(json.dumps(z.to_dict()))) == z
+
+
+def test_rescale_zero_terminal_snr_against_diffusers_schedulers():
+    """DDIMScheduler / DDPMScheduler(rescale_betas_zero_snr=True) build it in float32: within float32 rounding."""
+    z = Schedule.scaled_linear(1000, 0.00085, 0.012).rescale_zero_terminal_snr()
+    for cls in (DDIMScheduler, DDPMScheduler):
+        d = cls(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                rescale_betas_zero_snr=True)
+        assert d.betas[-1].item() == 1.0 and d.alphas_cumprod[-1].item() == 0.0
+        np.testing.assert_allclose(z.alphas_cumprod.numpy(), d.alphas_cumprod.double().numpy(), rtol=2e-5,
+                                   atol=1e-7)
+    plain = Schedule.scaled_linear(1000, 0.00085, 0.012)
+    assert (plain.alphas_cumprod - z.alphas_cumprod).abs().max() > 1e-3  # the rescale is not a no-op
+
+
+def test_rescale_zero_terminal_snr_errors():
+    with pytest.raises(ValueError, match="T >= 2"):
+        Schedule.linear(1).rescale_zero_terminal_snr()

@@ -255,6 +255,24 @@ def test_resume_refuses_other_config(tmp_path, img_folder):
         Trainer(cfg.replace(lr=5e-4), str(tmp_path / "run"), device="cpu", progress=False)
 
 
+def test_learning_rate_warmup_then_linear_decay(tmp_path, img_folder):
+    cfg = tiny_config(img_folder, steps=20, lr=1e-3, warmup=4, decay_from=10)
+    tr = Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
+    got = [tr.learning_rate(s) for s in (0, 3, 4, 9, 10, 15, 19, 20, 25)]
+    want = [1e-3 / 4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3 * 5 / 10, 1e-3 * 1 / 10, 0.0, 0.0]
+    assert got == pytest.approx(want, rel=1e-12, abs=0)
+    with pytest.raises(ValueError, match="decay_from"):
+        tiny_config(img_folder, decay_from=-1)
+
+
+def test_resume_may_move_the_end_and_the_decay(tmp_path, img_folder):
+    """steps and decay_from may change when a run is resumed (training longer, or ending it with a decay)."""
+    cfg = tiny_config(img_folder, steps=2)
+    Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
+    tr = Trainer(cfg.replace(steps=4, decay_from=2), str(tmp_path / "run"), device="cpu", progress=False)
+    assert tr.step == 2 and tr.learning_rate(3) == pytest.approx(cfg.lr / 2)
+
+
 def test_psnr_u8_matches_skimage():
     from skimage.metrics import peak_signal_noise_ratio
 

@@ -10,7 +10,10 @@ The sampler only ever sees this contract (k-diffusion's external.py is the model
                                    state's shape (B, C', H', W'); cond is whatever denoise needs
     adapter.denoise(x_t, t, ab_t, cond)
                                 -> model output, shape of x_t. t: (B,) int64 0-based training timestep index
-                                   (DESIGN's t = index + 1), ab_t: alpha_bar at t (float)
+                                   (DESIGN's t = index + 1), ab_t: alpha_bar at t (float). The sigma-space
+                                   solvers pass a fractional t as float32 (log-sigma interpolation) and the
+                                   exact ab_t = 1 / (1 + sigma**2): a model conditioned on ab (SR3) or on a
+                                   sinusoidal embedding of t (SRDiff, diffusers UNets) takes it as is
     adapter.decode(x0, lr, cond)-> the SR image (B, 3, s*h, s*w) in [-1, 1] from the final state
     adapter.attention_to_state(A, shape)
                                 -> A (B, 1, H, W) at HR resolution resized to the state grid (B, 1, H', W')
@@ -24,7 +27,17 @@ Extensions of the contract (all with defaults in Adapter, so existing adapters k
                                    denoising (yoda.sample(..., windows=...)); the default says "unsupported"
     adapter.stack_conds(conds)  -> one cond for the windows' states concatenated along the batch dim (window 0's
                                    B elements first), from their crop_cond results; the default concatenates
-                                   tensors (also inside tuples, lists, NamedTuples) and keeps equal non-tensors
+                                   tensors (also inside tuples, lists, NamedTuples, dicts) and keeps equal
+                                   non-tensors
+    adapter.supports_cfg        whether the model has an unconditional branch (classifier-free guidance)
+    adapter.with_cfg_scale(w)   -> a copy of the adapter that guides with scale w; yoda.sample(cfg_scale=w) calls it
+                                   and the default raises ValueError naming cfg_scale. A guided adapter's denoise
+                                   returns the combined output (guided_call below), so the sampler never sees
+                                   cond and uncond: guidance is the adapter's business, like the space.
+
+Classifier-free guidance helpers (DESIGN.md §6): cfg_combine(out_cond, out_uncond, scale, rescale) and
+guided_call(fn, x_t, t, cond, uncond, scale, rescale=, batched=), which runs both passes (one call on the
+batch-doubled input by default) and combines them.
 
 Concrete adapters: PixelAdapter (SR3-style: x_t in pixels, model(cat(up(lr), x_t), noise_level)),
 CallableAdapter (any f(x_t, t, cond) with a declared prediction and schedule), and the residual (SRDiff) and
@@ -65,6 +78,11 @@ class Adapter:
     scale: int = 4
     clip_x0: bool = True
     multiple: int = 1
+    supports_cfg: bool = False  # classifier-free guidance: see with_cfg_scale
+    # the sigma-space solvers' sigmas= / timesteps= when yoda.sample is given None (None: the solvers' own defaults,
+    # "karras" / "interpolate"); DiffBIRAdapter sets DiffBIR's ("diffbir" / "nearest"). yoda.sampling.solvers
+    solver_sigmas: Optional[str] = None
+    solver_timesteps: Optional[str] = None
 
     def prepare(self, lr: torch.Tensor) -> Prepared:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -100,6 +118,11 @@ class Adapter:
         the windows one at a time)."""
         return stack_along_batch(conds)
 
+    def with_cfg_scale(self, scale: float) -> "Adapter":
+        """A copy of this adapter that samples with classifier-free guidance of scale ``scale`` (yoda.sample's
+        cfg_scale=). Adapters with an unconditional branch set ``supports_cfg = True`` and override this."""
+        raise ValueError(_no_cfg_message(self, scale))
+
     def device(self) -> Optional[torch.device]:
         """Device of the wrapped network's parameters (attributes ``net`` or ``model``), None if unknown."""
         for obj in (getattr(self, "net", None), getattr(self, "model", None)):
@@ -110,11 +133,14 @@ class Adapter:
 
 
 def stack_along_batch(items: list) -> Any:
-    """Concatenate tensors along dim 0, recursively through tuples, lists and NamedTuples of the same structure;
-    other values must be equal in every item (e.g. a size) and are kept. NotImplementedError otherwise."""
+    """Concatenate tensors along dim 0, recursively through tuples, lists, NamedTuples and dicts (same keys) of
+    the same structure; other values must be equal in every item (e.g. a size) and are kept.
+    NotImplementedError otherwise."""
     first = items[0]
     if all(isinstance(v, torch.Tensor) for v in items):
         return torch.cat(items, dim=0)
+    if isinstance(first, dict) and all(isinstance(v, dict) and v.keys() == first.keys() for v in items):
+        return type(first)((k, stack_along_batch([v[k] for v in items])) for k in first)
     if isinstance(first, (tuple, list)) and all(type(v) is type(first) and len(v) == len(first) for v in items):
         if not any(isinstance(v, torch.Tensor) for v in _leaves(first)):
             if all(v == first for v in items):
@@ -133,7 +159,75 @@ def stack_along_batch(items: list) -> Any:
 def _leaves(v: Any) -> list:
     if isinstance(v, (tuple, list)):
         return [leaf for x in v for leaf in _leaves(x)]
+    if isinstance(v, dict):
+        return [leaf for x in v.values() for leaf in _leaves(x)]
     return [v]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classifier-free guidance (Ho & Salimans 2022), DESIGN.md §6
+# --------------------------------------------------------------------------------------------------------------
+def check_cfg_scale(scale: Any, name: str = "cfg_scale") -> float:
+    """A guidance scale: a finite float >= 0 (1: no guidance, one conditional pass; 0: the unconditional one)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(scale).__name__}")
+    v = float(scale)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite float >= 0, got {scale!r}")
+    return v
+
+
+def cfg_combine(out_cond: torch.Tensor, out_uncond: torch.Tensor, scale: float, rescale: float = 0.0) -> torch.Tensor:
+    """out = out_uncond + scale * (out_cond - out_uncond); with rescale = phi > 0 then (Lin et al. 2024, §3.4;
+    diffusers' guidance_rescale) out = phi * out * std(out_cond) / std(out) + (1 - phi) * out, the standard
+    deviations taken per batch element over all other dims. In the outputs' dtype, on the model's output (eps or
+    v, whatever the model predicts), as DiffBIR and diffusers combine."""
+    out = out_uncond + scale * (out_cond - out_uncond)
+    if rescale:
+        dims = list(range(1, out.dim()))
+        ratio = out_cond.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True)
+        out = rescale * (out * ratio) + (1.0 - rescale) * out
+    return out
+
+
+def guided_call(fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], x_t: torch.Tensor,
+                t: torch.Tensor, cond: Any, uncond: Any, scale: float, *, rescale: float = 0.0,
+                batched: bool = True) -> torch.Tensor:
+    """fn(x_t, t, cond) guided by fn(x_t, t, uncond) with ``scale`` (cfg_combine). uncond None or scale == 1:
+    one conditional call. batched: one call on cat([x_t, x_t]), cat([t, t]) and the conds stacked along the batch
+    dim (stack_along_batch: tensors, tuples, dicts of tensors), cond's half first; else two calls of the batch
+    size (half the activation memory). Both give the same result for a model whose batch elements are
+    independent (up to the backend's rounding at different batch sizes)."""
+    if uncond is None or scale == 1.0:
+        return fn(x_t, t, cond)
+    if batched:
+        out = fn(torch.cat([x_t, x_t]), torch.cat([t, t]), stack_along_batch([cond, uncond]))
+        if not isinstance(out, torch.Tensor) or out.shape[0] != 2 * x_t.shape[0]:
+            raise ValueError(f"a batched guided call must return 2 * {x_t.shape[0]} batch elements, got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        out_cond, out_uncond = out.chunk(2)
+    else:
+        out_cond, out_uncond = fn(x_t, t, cond), fn(x_t, t, uncond)
+    return cfg_combine(out_cond, out_uncond, scale, rescale)
+
+
+def apply_cfg_scale(adapter: "Adapter", cfg_scale: Any) -> "Adapter":
+    """What yoda.sample does with cfg_scale=: None leaves the adapter as configured; a scale gives
+    adapter.with_cfg_scale(scale), a ValueError naming cfg_scale for an adapter without guidance."""
+    if cfg_scale is None:
+        return adapter
+    scale = check_cfg_scale(cfg_scale)
+    if not getattr(adapter, "supports_cfg", False):
+        raise ValueError(_no_cfg_message(adapter, scale))
+    guided = adapter.with_cfg_scale(scale)
+    if not isinstance(guided, Adapter):
+        raise TypeError(f"{type(adapter).__name__}.with_cfg_scale must return an Adapter, got {type(guided).__name__}")
+    return guided
+
+
+def _no_cfg_message(adapter: Any, scale: Any) -> str:
+    return (f"cfg_scale={scale!r}: {type(adapter).__name__} has no unconditional branch, so it cannot sample with "
+            f"classifier-free guidance; leave cfg_scale=None")
 
 
 SPACES = ("pixel", "residual")  # where x_t lives for the models yoda builds and trains (DESIGN.md §6)

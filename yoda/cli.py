@@ -7,6 +7,7 @@
     yoda eval [--images FOLDER] [--lower-bounds 0.4 0.6 0.8] [--attention edge gaussian]
               [--lpips VGG16.pth LIN.pth]
     yoda train --config yoda/configs/default_x4.json [--out DIR] [--steps N] [--device auto|cpu|cuda]
+                                                           (torchrun -m yoda: DistributedDataParallel)
     yoda plot LOG.csv... -o curves.png [--labels ...]
     yoda data build --out DIR [--short-side 512]
 
@@ -33,8 +34,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_parser import build_parser
-from .cli_upscale import (dist_env, expand_inputs, made_dirs, plan_windows, remove_empty, run_sharded, skip_existing,
-                          window_unit)
+from .cli_upscale import (dist_env, expand_inputs, guided_model, made_dirs, plan_windows, remove_empty, run_sharded,
+                          skip_existing, speed_options, tune_malloc, window_unit)
 from .errors import UserError
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_x4.safetensors"
@@ -101,9 +102,10 @@ def _lcm(a: int, b: int) -> int:
 
 
 def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
-                   windows=None, window_batch=None):
+                   windows=None, window_batch=None, sigmas=None, speed=None):
     """SR of lr (1, 3, h, w) of any size: lr is edge-padded so that s*h, s*w fit the model's multiple, the
-    result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's tiled denoising."""
+    result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's tiled denoising; speed: a
+    dict of its speed options (compile, autocast, channels_last, cuda_graphs)."""
     import torch.nn.functional as F
 
     from .sampling import sample
@@ -119,7 +121,8 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
         A = _attention(attention)(x) if isinstance(attention, str) else attention
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
         sr = sample(ad, x, attention=A, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
-                    progress=progress, backend=backend, windows=windows, window_batch=window_batch)
+                    progress=progress, backend=backend, windows=windows, window_batch=window_batch, sigmas=sigmas,
+                    **(speed or {}))
     return sr[..., : s * h, : s * w]
 
 
@@ -217,6 +220,7 @@ def _check_hr_size(src: str, arr: np.ndarray, scale: int, max_pixels: Optional[i
 # Subcommands
 # ----------------------------------------------------------------------------------------------------------
 def cmd_upscale(a) -> int:
+    tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
     a.inputs = expand_inputs(a.inputs)
     rank, world = dist_env()
     if world > 1:
@@ -242,7 +246,7 @@ def cmd_upscale(a) -> int:
 
 def _upscale_model(a, dev):
     """(model, device, window unit) of upscale, the scale checked."""
-    model = load_model(a.model, dev)
+    model = guided_model(load_model(a.model, dev), getattr(a, "cfg_scale", None))
     scale = _adapter(model).scale
     if a.scale != scale:
         raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale}")
@@ -271,7 +275,7 @@ def _upscale_one(a, model, dev, unit: int, arr, grey: bool, src: str, dst: str) 
     with torch.no_grad():
         sr = upscale_tensor(model, lr, attention=a.attention, steps=a.steps, sampler=a.sampler,
                             eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
-                            windows=windows, window_batch=window_batch)
+                            windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=speed_options(a, dev))
     _save(sr, dst, grey)
     print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
 
@@ -466,10 +470,15 @@ def cmd_train(a) -> int:
     from .training import train_main
 
     command = "yoda " + " ".join(a.argv)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":  # torchrun: data-parallel training (yoda.training.distributed)
+        command = f"torchrun (WORLD_SIZE={world}) -m {command}"
     with _user_input():  # the config, its data, the device, a checkpoint of another config, a diverging loss
         s = train_main(a.config, a.out or None, steps=a.steps, device=a.device, minutes=a.minutes,
-                       progress=not a.quiet, command=command, weights_name=a.weights_name, data_dir=a.data_dir)
-    print(f"trained {s['steps']} steps in {s['seconds']:.1f} s -> {s['weights']}")
+                       progress=not a.quiet, command=command, weights_name=a.weights_name, data_dir=a.data_dir,
+                       decay_from=a.decay_from)
+    if s["rank"] == 0:
+        print(f"trained {s['steps']} steps in {s['seconds']:.1f} s -> {s['weights']}")
     return 0
 
 

@@ -19,10 +19,18 @@ class _Parser(argparse.ArgumentParser):
 DEFAULT_STEPS, DEFAULT_SAMPLER, DEFAULT_ATTENTION = 1, "ddim", "none"
 
 
-def _sampling_args(p, steps: int, sampler: str) -> None:
+# yoda.sampling.solvers' SOLVERS and SIGMA_SCHEDULES, written out so that parsing imports no torch (a test checks)
+SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
+SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
+
+
+def _sampling_args(p, steps: int, sampler: str, solvers: bool = False) -> None:
     p.add_argument("--model", default="default", help="'default' (embedded x4 model) or a yoda model file")
     p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=sampler)
+    p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler)
+    if solvers:
+        p.add_argument("--sigmas", choices=SIGMA_SCHEDULES, default=None,
+                       help="noise levels of the sigma-space solvers (euler ... dpmpp_3m_sde; default karras)")
     p.add_argument("--lower-bound", type=float, default=0.6, help="l of the mask schedule tau = t/T - l")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -61,6 +69,16 @@ def _tiles_arg(v: str) -> tuple:
     return (nums[0], nums[1] if len(nums) == 2 else nums[0] // 4)
 
 
+def _speed_args(p) -> None:
+    """yoda.sample's speed options of the denoiser's network (yoda.sampling.speed)."""
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser's network")
+    p.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+                   help="run the denoiser's network under autocast (the sampler step stays float32)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last inputs to the denoiser's network")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the denoiser's network call in CUDA graphs (CUDA only)")
+
+
 def _debug_arg(p, top: bool = False) -> None:
     # on the main parser and on every subcommand (yoda --debug CMD ... or yoda CMD ... --debug); the
     # subcommands' default is SUPPRESS so that they do not reset the main parser's value
@@ -80,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default=DEFAULT_ATTENTION,
                    help="edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH | none (plain sampling; "
                         f"default {DEFAULT_ATTENTION})")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM eta (default 0), or the noise scale of euler_a and the SDE solvers (default 1)")
+    p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
+                   help="classifier-free guidance scale, for a model with an unconditional branch (default: the "
+                        "model's own; the embedded and yoda-format models have none)")
     p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
     p.add_argument("--tiles", type=_tiles_arg, default=None, metavar="W[,O]",
                    help="denoise in Gaussian-blended windows of W HR pixels overlapping by O (default W/4); both "
@@ -90,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", type=_bytes_arg, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
                    help="memory budget of the denoiser, e.g. 2G, 512M (default 2G; 0: no limit): an image whose "
                         "estimated need (yoda.cli_upscale.HR_BYTES_PER_PIXEL per HR pixel) exceeds it runs in windows")
+    _speed_args(p)
     _max_pixels_arg(p)
-    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER)
+    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER, solvers=True)
     _debug_arg(p)
 
     p = sub.add_parser("attention", help="draw an image's attention map and mask growth")
@@ -145,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--out", default=None, help="output folder (default runs/<name>); resumes if it has a checkpoint")
     p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
+    p.add_argument("--decay-from", type=int, default=None, metavar="STEP",
+                   help="decay the learning rate linearly from STEP to 0 at the last step (overrides the config)")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much wall time")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--weights-name", default="model.safetensors", help="file name of the exported weights")

@@ -37,6 +37,62 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
     return tiles, window_batch, need
 
 
+def guided_model(model, cfg_scale):
+    """--cfg-scale: ``model`` itself for None, else its adapter guided with that scale (yoda.adapters'
+    apply_cfg_scale); a UserError naming --cfg-scale for a model without an unconditional branch or a bad scale."""
+    if cfg_scale is None:
+        return model
+    from .adapters import apply_cfg_scale, as_adapter
+
+    adapter = as_adapter(model)
+    if not getattr(adapter, "supports_cfg", False):
+        raise UserError(f"--cfg-scale {cfg_scale:g}: this model ({type(model).__name__}) has no unconditional "
+                        f"branch, so it cannot use classifier-free guidance; leave --cfg-scale out")
+    try:
+        return apply_cfg_scale(adapter, cfg_scale)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--cfg-scale {cfg_scale:g}: {e}") from e
+
+
+# glibc malloc for `yoda upscale` (benchmarks/RESULTS.md, issue 12). By default a block over the dynamic mmap
+# threshold is mmap'ed and unmapped again when freed, and the freed top of the heap is returned to the kernel, so
+# the denoiser's activations are faulted in anew at every layer of every window (system time 10-35% of user
+# time). Here blocks up to MMAP_THRESHOLD (glibc's largest allowed value) come from the heap and freed memory is
+# kept for reuse (no trim); larger blocks, the state-sized buffers of a large image, are still mmap'ed, so they
+# cannot fragment the heap (with no mmap at all the 4096² run's peak RSS grew from 2.1 to 2.9 GB).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 * 1024 * 1024  # HEAP_MAX_SIZE / 2 on 64-bit glibc: mallopt refuses more
+TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
+MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
+              "GLIBC_TUNABLES")
+
+
+def tune_malloc() -> bool:
+    """mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) on glibc, unless
+    the environment sets malloc options itself (MALLOC_ENV) or YODA_MALLOC=0. Returns whether it changed them."""
+    import ctypes
+    import platform
+
+    if (os.environ.get("YODA_MALLOC", "1") == "0" or any(k in os.environ for k in MALLOC_ENV)
+            or not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                      TRIM_THRESHOLD))
+
+
+def speed_options(a, dev) -> dict:
+    """--compile, --autocast, --channels-last, --cuda-graphs -> yoda.sample's speed keywords, checked for ``dev``
+    (--cuda-graphs on the CPU: a UserError)."""
+    if a.cuda_graphs and dev.type != "cuda":
+        raise UserError(f"--cuda-graphs captures the denoiser in CUDA graphs and needs a CUDA device; this run is on "
+                        f"{dev} (--device cuda, or leave --cuda-graphs out)")
+    return dict(compile=a.compile, autocast=a.autocast, channels_last=a.channels_last, cuda_graphs=a.cuda_graphs)
+
+
 def expand_inputs(inputs: list) -> list:
     """A folder among the inputs stands for its image files (suffixes of OUTPUT_SUFFIXES), sorted by name."""
     from .images import OUTPUT_SUFFIXES

@@ -25,6 +25,7 @@ import torch
 from . import data as _data
 from .images import from_uint8, quantize_u8, to_uint8
 from .masks import check_lower_bound
+from .sampling.spec import ALL_SAMPLERS as SAMPLER_NAMES
 
 LPIPS_NOTE = "LPIPS omitted: it needs local backbone + LPIPS head weights, none were given"
 
@@ -91,7 +92,7 @@ class EvalSettings:
 
     steps: int = 20
     sampler: str = "ddim"
-    eta: float = 0.0
+    eta: Optional[float] = None  # None: the sampler's default (DDIM 0, the SDE / ancestral solvers 1)
     lower_bounds: tuple = (0.6,)
     attentions: tuple = ("edge",)
     seed: int = 0
@@ -111,8 +112,8 @@ class EvalSettings:
         object.__setattr__(self, "attentions", tuple(self.attentions))
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be ddpm or ddim, got {self.sampler!r}")
+        if self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {self.sampler!r}")
 
 
 def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
-SPACINGS = ("trailing", "leading", "linspace")
+SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform")
+FINAL_AT_FIRST = ("ldm_uniform",)  # spacings whose last step lands on alpha_bar[0], not on 1 (see Schedule.pairs)
 
 
 def _check_T(T: Any) -> int:
@@ -36,7 +37,9 @@ def _check_beta_range(beta_start: float, beta_end: float) -> None:
 
 @dataclass(frozen=True, eq=False)
 class Schedule:
-    """A discrete diffusion schedule: ``betas`` (T,) float64, each in (0, 1).
+    """A discrete diffusion schedule: ``betas`` (T,) float64, each in (0, 1); the last may be exactly 1, a
+    zero-terminal-SNR schedule (alpha_bar[T-1] = 0, :meth:`rescale_zero_terminal_snr`), which only v- and
+    x0-prediction models can sample from (the step at alpha_bar = 0 has no eps form, yoda_kernels.coefs).
 
     Build it with :meth:`linear`, :meth:`cosine`, :meth:`scaled_linear` or :meth:`from_betas`; the tensor
     is copied and made float64 on the CPU, so the object is effectively immutable.
@@ -58,8 +61,10 @@ class Schedule:
         b = b.detach().to("cpu", torch.float64).clone()
         if not torch.isfinite(b).all():
             raise ValueError("betas must be finite")
-        if ((b <= 0) | (b >= 1)).any():
-            raise ValueError(f"betas must lie in (0, 1), got min {b.min().item()}, max {b.max().item()}")
+        if ((b <= 0) | (b > 1)).any() or (b[:-1] >= 1).any():
+            raise ValueError(f"betas must lie in (0, 1), the last one in (0, 1] (exactly 1: zero terminal SNR, "
+                             f"alpha_bar[T-1] = 0), got min {b.min().item()}, max {b.max().item()}"
+                             + (f" at index {int(b.argmax())}" if b.max() >= 1 else ""))
         object.__setattr__(self, "betas", b)
 
     # ------------------------------------------------------------------------------------------------------
@@ -101,6 +106,29 @@ class Schedule:
         """Any user schedule (e.g. the ``trained_betas`` of a checkpoint)."""
         return cls(betas if isinstance(betas, torch.Tensor) else torch.as_tensor(list(betas), dtype=torch.float64))
 
+    def rescale_zero_terminal_snr(self) -> "Schedule":
+        """This schedule with zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample
+        Steps are Flawed", Algorithm 1; diffusers' ``rescale_betas_zero_snr``, DiffBIR v2.1's ``zero_snr``):
+        sqrt(alpha_bar) is shifted so that its last value is 0 and scaled so that its first is unchanged,
+
+            s = sqrt(ab),  s' = (s - s[T-1]) * s[0] / (s[0] - s[T-1]),  ab' = s'**2,
+            betas' = 1 - ab'[idx] / ab'[idx-1]  (1 - ab'[0] at idx = 0),
+
+        in float64. The last beta is exactly 1 (ab'[T-1] = 0): pure noise at t = T, so the model needs
+        v- or x0-prediction. A schedule that already ends at alpha_bar = 0 is returned as it is."""
+        if self.T < 2:
+            raise ValueError(f"rescale_zero_terminal_snr needs T >= 2 (alpha_bar[0] is kept, alpha_bar[T-1] set "
+                             f"to 0), got T = {self.T}")
+        if self.zero_terminal_snr:
+            return self
+        s = self.alphas_cumprod.sqrt()
+        s0, sT = s[0].item(), s[-1].item()
+        s = (s - sT) * (s0 / (s0 - sT))
+        s[-1] = 0.0  # exact: s[T-1] - sT is 0 already; kept explicit so the last beta is exactly 1
+        ab = s * s
+        alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
+        return Schedule(1.0 - alphas)
+
     # ------------------------------------------------------------------------------------------------------
     # Derived quantities
     # ------------------------------------------------------------------------------------------------------
@@ -112,6 +140,12 @@ class Schedule:
     def alphas_cumprod(self) -> torch.Tensor:
         """alpha_bar (T,) float64: alpha_bar[idx] = prod_{k <= idx} (1 - betas[k])."""
         return torch.cumprod(1.0 - self.betas, dim=0)
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """Whether alpha_bar[T-1] = 0 (the last beta is exactly 1): the first sampling step starts from pure noise
+        and needs a v- or x0-prediction model."""
+        return bool(self.betas[-1] == 1.0)
 
     def _check_idx(self, idx: Any) -> int:
         if isinstance(idx, torch.Tensor) and idx.numel() == 1:
@@ -138,8 +172,15 @@ class Schedule:
                      first step sees the pure-noise level the model was trained for; with steps = T it visits
                      every index.
           "leading": idx_i = (steps - 1 - i) * (T // steps)  (diffusers' default; ends at 0).
-          "linspace": round(linspace(0, T - 1, steps)) reversed (improved-DDPM's space_timesteps for one
-                     section: first T - 1, last 0).
+          "linspace": round(linspace(0, T - 1, steps)) reversed (diffusers' "linspace": first T - 1, last 0).
+          "idpm":    improved-DDPM's ``space_timesteps(T, str(steps))`` for one section, as DiffBIR's SpacedSampler
+                     respaces: a float64 position starting at 0 and stepped by (T - 1) / (steps - 1), each
+                     visited index the round() of the running sum. The same set as "linspace" except where
+                     the sum's float error decides a tie (e.g. T = 1000, steps = 21: 499 here, 500 there).
+          "ldm_uniform": the "uniform" discretisation of LDM's DDIM sampler (CompVis, Stable Diffusion; DiffBIR's
+                     DDIMSampler): range(0, T, T // steps) + 1. It can visit more than ``steps`` indices
+                     (ceil(T / (T // steps)) of them, e.g. 31 for T = 1000, steps = 30), and its last step
+                     ends at alpha_bar[0], not at 1 (:meth:`pairs`); steps that reach index T are an error.
         Rounding is half-to-even as numpy's. steps > T is an error.
         """
         T = self.T
@@ -158,6 +199,19 @@ class Schedule:
                 out = [0]
             else:
                 out = [_round_half_even((T - 1) * (steps - 1 - i), steps - 1) for i in range(steps)]
+        elif spacing == "idpm":
+            stride = (T - 1) / (steps - 1) if steps > 1 else 1.0
+            pos, taken = 0.0, []
+            for _ in range(steps):
+                taken.append(round(pos))  # Python's round: half to even on the float sum
+                pos += stride
+            out = sorted(set(taken), reverse=True)
+        elif spacing == "ldm_uniform":
+            out = [k + 1 for k in range(0, T, T // steps)][::-1]
+            if out[0] >= T:
+                raise ValueError(f"steps={steps} with spacing='ldm_uniform' visits range(0, T, T // steps) + 1, "
+                                 f"which reaches index T = {T}; choose steps with (T - 1) % (T // steps) != 0 "
+                                 f"(e.g. fewer steps)")
         else:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
         if any(a <= b for a, b in zip(out, out[1:])) or out[-1] < 0 or out[0] >= T:  # pragma: no cover
@@ -165,11 +219,14 @@ class Schedule:
         return out
 
     def pairs(self, steps: int, spacing: str = "trailing") -> list[tuple[int, float, float]]:
-        """[(idx, alpha_bar[idx], alpha_bar at the next visited index or 1.0 after the last)] per step."""
+        """[(idx, alpha_bar[idx], alpha_bar at the next visited index)] per step; after the last visited index
+        1.0 (no noise left), except for the spacings of FINAL_AT_FIRST ("ldm_uniform"), whose sampler
+        (LDM's DDIM: alphas_prev starts with alpha_bar[0]) ends at alpha_bar[0]."""
         idxs = self.respace(steps, spacing)
         ab = self.alphas_cumprod
+        final = float(ab[0]) if spacing in FINAL_AT_FIRST else 1.0
         nxt = idxs[1:] + [-1]
-        return [(i, float(ab[i]), 1.0 if j < 0 else float(ab[j])) for i, j in zip(idxs, nxt)]
+        return [(i, float(ab[i]), final if j < 0 else float(ab[j])) for i, j in zip(idxs, nxt)]
 
     # ------------------------------------------------------------------------------------------------------
     # Serialisation and comparison

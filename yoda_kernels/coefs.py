@@ -16,10 +16,10 @@ from .contract import PREDICTIONS, SAMPLERS, StepCoefs, needs_noise
 __all__ = ["step_coefficients", "init_coefficients", "needs_noise"]
 
 
-def _check_ab(name: str, v: float) -> float:
+def _check_ab(name: str, v: float, zero_ok: bool = False) -> float:
     v = float(v)
-    if not (0.0 < v <= 1.0) or math.isnan(v):
-        raise ValueError(f"{name} must be in (0, 1], got {v}")
+    if not ((0.0 <= v if zero_ok else 0.0 < v) and v <= 1.0) or math.isnan(v):
+        raise ValueError(f"{name} must be in {'[0' if zero_ok else '(0'}, 1], got {v}")
     return v
 
 
@@ -35,8 +35,13 @@ def step_coefficients(
 
     ab_t, ab_prev: alpha_bar at t and at t_prev (ab_prev = 1 for the last step, which then adds no noise).
     prediction: what the model outputs, "eps", "x0" or "v". sampler: "ddpm" (ancestral) or "ddim" (eta).
+
+    ab_t = 0 (zero terminal SNR, the first step of a rescaled schedule: x_t is pure noise) is allowed for "v" and
+    "x0": every formula below is finite there and is the limit ab_t -> 0 (v: x0 = -v, eps = x_t; x0: eps = x_t;
+    DDPM: alpha = 0, so the mean is sqrt(ab_prev) x0 and the variance 1 - ab_prev; DDIM: sigma = eta
+    sqrt(1 - ab_prev)). "eps" is an error there: x0 = (x_t - eps) / 0 carries no information about x0.
     """
-    a = _check_ab("ab_t", ab_t)
+    a = _check_ab("ab_t", ab_t, zero_ok=True)
     ap = _check_ab("ab_prev", ab_prev)
     if a >= 1.0:
         raise ValueError("ab_t must be < 1 (t >= 1 has noise)")
@@ -48,6 +53,10 @@ def step_coefficients(
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if not (0.0 <= float(eta)) or math.isnan(float(eta)):
         raise ValueError(f"eta must be >= 0, got {eta}")
+    if a == 0.0 and prediction == "eps":
+        raise ValueError("prediction='eps' cannot take a step from ab_t = 0 (zero terminal SNR: x_t is pure noise "
+                         "and x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) is 0 / 0); a zero-terminal-SNR schedule "
+                         "needs a 'v' or 'x0' prediction model")
 
     sa, s1a = math.sqrt(a), math.sqrt(1.0 - a)
     if prediction == "eps":  # x0 = (x - sqrt(1-a) eps) / sqrt(a)
@@ -76,7 +85,8 @@ def step_coefficients(
 
 def init_coefficients(ab_T: float) -> StepCoefs:
     """Coefficients that turn masked_step into the start of §5:
-    x_T = noise where active, sqrt(ab_T) c + sqrt(1 - ab_T) noise elsewhere (x and model_out unused)."""
-    a = _check_ab("ab_T", ab_T)
+    x_T = noise where active, sqrt(ab_T) c + sqrt(1 - ab_T) noise elsewhere (x and model_out unused).
+    ab_T = 0 (zero terminal SNR) is pure noise everywhere: the LR branch is 0 * c + 1 * noise."""
+    a = _check_ab("ab_T", ab_T, zero_ok=True)
     return StepCoefs(k1=0.0, k2=0.0, e1=0.0, e2=0.0, cx0=0.0, cx=0.0, ceps=0.0, sigma=1.0,
                      la=math.sqrt(a), lb=math.sqrt(1.0 - a))

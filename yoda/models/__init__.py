@@ -3,6 +3,7 @@
 - :class:`SR3UNet` (pixel space; Janspiry's SR3 UNet, upstream state-dict keys) + :class:`SR3Adapter`
 - :class:`SRDiff` (residual space; LeiaLi/SRDiff UNet + RRDB encoder, upstream keys) + :class:`SRDiffAdapter`
 - :class:`LatentAdapter` / :func:`from_diffusers` (latent space, DiffBIR/ControlLDM-style)
+- :class:`DiffBIRAdapter` (latent space, over DiffBIR's own ControlLDM and Diffusion, v1 / v2 / v2.1)
 
 Every model has ``yoda_adapter(**kw)`` and a ``card`` (:class:`ModelCard`: schedule, scale, prediction, space)
 that the adapter samples with. Loaders live next to their models:
@@ -15,6 +16,7 @@ Reading files and checking state dicts is yoda.checkpoint.
 """
 
 from .card import ModelCard
+from .diffbir import DiffBIRAdapter, DiffBIRCond
 from .latent import LatentAdapter, LatentCond, from_diffusers, schedule_from_diffusers
 from .sr3 import SR3Adapter, SR3Config, SR3UNet, load_sr3_config, sr3_beta_schedule
 from .srdiff import SRDiff, SRDiffAdapter, SRDiffConfig, load_srdiff_config, srdiff_beta_schedule
@@ -40,4 +42,6 @@ __all__ = [
     "LatentCond",
     "from_diffusers",
     "schedule_from_diffusers",
+    "DiffBIRAdapter",
+    "DiffBIRCond",
 ]

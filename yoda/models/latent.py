@@ -43,7 +43,8 @@ class LatentAdapter(Adapter):
 
     encode(img (B, 3, H', W') in [-1, 1]) -> latent (B, C', H'/f, W'/f)
     decode(latent) -> img (B, 3, H', W')
-    denoise(z_t (B, C', h', w'), t (B,) int64 0-based index, c (B, C', h', w')) -> model output
+    denoise(z_t (B, C', h', w'), t (B,) int64 0-based index (float32 and fractional under the sigma-space
+        solvers of yoda.sampling.solvers), c (B, C', h', w')) -> model output
     stage1(up(lr)) -> restored image at HR size (optional)
     pool: "max" (default) or "area" -- how A is brought to the latent grid.
     clip_x0: latents are not bounded, so False by default.
@@ -134,7 +135,8 @@ class LatentAdapter(Adapter):
 
 def schedule_from_diffusers(config: dict) -> Tuple[Schedule, str]:
     """(Schedule, prediction) from a diffusers scheduler config (DDPMScheduler / DDIMScheduler keys:
-    num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type)."""
+    num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
+    rescale_betas_zero_snr: Schedule.rescale_zero_terminal_snr of the betas, as diffusers applies it)."""
     if not isinstance(config, dict):
         config = dict(config)
     T = int(config.get("num_train_timesteps", 1000))
@@ -151,6 +153,8 @@ def schedule_from_diffusers(config: dict) -> Tuple[Schedule, str]:
     else:
         raise ValueError(f"scheduler_config: beta_schedule {kind!r} is not supported "
                          "(linear, scaled_linear, squaredcos_cap_v2, or trained_betas)")
+    if config.get("rescale_betas_zero_snr", False):
+        sched = sched.rescale_zero_terminal_snr()
     pred = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(config.get("prediction_type", "epsilon"))
     if pred is None:
         raise ValueError(f"scheduler_config: prediction_type {config.get('prediction_type')!r} is not supported")

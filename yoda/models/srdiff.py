@@ -499,14 +499,16 @@ class SRDiffAdapter(Adapter):
         return Prepared(c=torch.zeros_like(up), cond=SRDiffCond(feas, up))
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: SRDiffCond) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0]).long()
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+        t = t.float() if t.is_floating_point() else t.long()  # a solver's fractional t: sinusoidal embedding
         dt = next(self.model.parameters()).dtype  # run in the weights' dtype, return the state's
         feas = [f.to(dt) for f in cond.feas]
         return self.model(x_t.to(dt), t, feas, cond.up.to(dt)).to(x_t.dtype)
 
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: SRDiffCond) -> torch.Tensor:
-        r = x0.clamp(-1.0, 1.0) if self.clip_input else x0
-        return (cond.up + r / self.res_rescale).clamp(-1.0, 1.0)
+        # one image-sized temporary, the rest in place (the peak of a 4096² upscale; issue 12)
+        r = x0.clamp(-1.0, 1.0).div_(self.res_rescale) if self.clip_input else x0 / self.res_rescale
+        return r.add_(cond.up).clamp_(-1.0, 1.0)
 
     def crop_cond(self, cond: SRDiffCond, ys: slice, xs: slice) -> SRDiffCond:
         """cond for an HR window: up(lr) cropped, the LR features cropped to the window / scale (the window

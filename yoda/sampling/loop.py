@@ -1,4 +1,4 @@
-"""yoda.sample: the one sampler loop of YODA (DESIGN.md §5), for every model space and both samplers.
+"""yoda.sample: the one sampler loop of YODA (DESIGN.md §5), for every model space and every sampler.
 
     spec = make_spec(adapter, lr, ...)         # validate: every argument checked, backend resolved once
     run = prepare(adapter, spec, lr, attention, noise)   # c, cond, A and its tile stats, noise, windows
@@ -6,12 +6,14 @@
     for i in range(steps):                     # step i: (idx, ab_t, ab_prev) = spec.pairs[i], tau = spec.taus[i]
         pred, calls = run.denoise(x, i)        # adapter.denoise(x, idx, ab_t, cond), whole state or windows
         x = run.step(x, pred, i)               # masked_step: the sampler update where A >= tau, LR elsewhere
+        # or, for a sigma-space solver (yoda.sampling.solvers): masked_combine of x, D0 and the history
+        x, hist, extra = run.solve(x, pred, i, hist)
     sr = run.decode(x)
 
-The loop is stateless: every step is a function of (x, idx, the schedule, seed, step number). Noise is
-Philox(seed, step) with step 0 for the start and i + 1 for loop step i (or entry 0 / i + 1 of ``noise``).
-With attention=None or lower_bound >= 1 the mask is None (every pixel active) and the very same loop is the
-plain DDPM / DDIM sampler.
+The loop is stateless apart from a solver's history (its last two denoised estimates): every step is a function
+of (x, history, idx, the schedule, seed, step number). Noise is Philox(seed, step) with step 0 for the start and
+i + 1 for loop step i (or entry 0 / i + 1 of ``noise``). With attention=None or lower_bound >= 1 the mask is
+None (every pixel active) and the very same loop is the plain sampler.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from tqdm.auto import trange
 
-from ..adapters import Adapter, as_adapter
+from ..adapters import Adapter, apply_cfg_scale, as_adapter
 from ..errors import NonFiniteError
 from .prepare import prepare
 from .spec import check_lr, make_spec
+from .speed import check_speed, speed_adapter
 
 FINITE_EVERY = 10  # the state is checked for NaN/Inf after step 0, every this many steps, and at the end
 
@@ -37,7 +40,7 @@ def sample(
     attention: Any = None,
     steps: Optional[int] = None,
     sampler: str = "ddpm",
-    eta: float = 0.0,
+    eta: Optional[float] = None,
     lower_bound: float = 0.6,
     seed: Optional[int] = None,
     noise: Optional[torch.Tensor | Sequence[torch.Tensor]] = None,
@@ -46,11 +49,18 @@ def sample(
     callback: Optional[Callable[[dict], None]] = None,
     clip: Optional[bool] = None,
     kernel_tile: Optional[int] = None,
-    spacing: str = "trailing",
+    spacing: Optional[str] = None,
     windows: Any = None,
     window_batch: Optional[int] = None,
     tile: Optional[int] = None,
     tiles: Any = None,
+    compile: Any = False,
+    autocast: Optional[str] = None,
+    channels_last: bool = False,
+    cuda_graphs: bool = False,
+    cfg_scale: Optional[float] = None,
+    sigmas: Any = None,
+    timesteps: Optional[str] = None,
 ) -> torch.Tensor:
     """Super-resolve ``lr`` with YODA (DESIGN.md §5): returns SR (B, 3, s*h, s*w) in [-1, 1], dtype/device of lr.
 
@@ -58,8 +68,25 @@ def sample(
     lr: (B, 3, h, w) or (B, 1, h, w) in [-1, 1].
     attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
         bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get, or f(lr) -> A.
-    steps: sampling steps (default T), indices from schedule.respace(steps, spacing) (default "trailing").
-    sampler: "ddpm" (ancestral, fixed-small variance) or "ddim" with ``eta`` (0: deterministic).
+    steps: sampling steps (default T; Heun calls the model twice per step but the last). ddpm / ddim visit the
+        indices schedule.respace(steps, spacing) (spacing default "trailing"; ddpm / ddim only).
+    sampler: "ddpm" (ancestral, fixed-small variance) or "ddim" with ``eta`` (default 0: deterministic); or a
+        sigma-space solver of yoda.sampling.solvers, named as in k-diffusion / DiffBIR: "euler", "euler_a"
+        (ancestral), "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde"; eta scales the noise of euler_a and the
+        SDE solvers (default 1, k-diffusion's; 0: their ODE form). The state stays in VP form; the multistep
+        solvers keep their earlier denoised estimates, held at c where a pixel was inactive (DESIGN.md §5b).
+    sigmas: the solvers' noise levels (solvers only): "karras" (default, rho 7), "exponential" or "uniform"
+        (uniform in t) between the model's sigma(T - 1) and sigma(0), sigma = sqrt((1 - ab) / ab); or a strictly
+        decreasing sequence of sigmas (steps then defaults to its length); 0 is appended. The model gets the
+        fractional timestep of each sigma (log-sigma interpolation, as k-diffusion's DiscreteSchedule) as a
+        float32 t and ab_t = 1 / (1 + sigma**2); tau is that of the fractional t (DESIGN.md §5b). "diffbir": DiffBIR's
+        EDM sampler's (the discrete sigmas at linspace(T - 1, 0, steps, endpoint=False), the first at ab = 1e-8).
+        A zero-terminal-SNR schedule's sigma(T - 1) is taken at ab = 1e-8 (sigma ~ 1e4), as DiffBIR does.
+        None: the adapter's solver_sigmas, else "karras".
+    timesteps: the model's t of a solver's sigma (solvers only): "interpolate" (the fractional t above, float32) or
+        "nearest" (the nearest discrete index, int64, as DiffBIR's EDM sampler); None: the adapter's
+        solver_timesteps, else "interpolate". DiffBIRAdapter defaults to sigmas="diffbir", timesteps="nearest", so
+        sampler="dpmpp_3m_sde", steps=10 is DiffBIR's default edm_dpm++_3m_sde sampler.
     lower_bound: l of tau = t / T - l; >= 1 makes every pixel active (the plain sampler, bit for bit).
     seed: Philox seed (None: drawn from torch's default generator). noise: explicit noise, steps + 1 entries
         of the state's shape (entry 0 for the start, i + 1 for loop step i), overriding the seed.
@@ -68,7 +95,8 @@ def sample(
     kernel_tile: the fused ops' kernel tile (8, 16, 32; default 16): how the kernels split the work, no effect
         on the result.
     callback(d): after each step, d = {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,),
-        calls (windows denoised at this step; 1 untiled), batches (denoiser forward passes at this step)}.
+        calls (windows denoised at this step; 1 untiled), batches (denoiser forward passes at this step)}; the
+        solvers add sigma, t is then fractional, and Heun's calls / batches include its second model call.
     windows: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,
         skip_inactive=True): tiled denoising over the state grid with Gaussian blending; windows with no
         active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.
@@ -76,7 +104,12 @@ def sample(
     window_batch: the active windows of a step go through the model in batches of this many (None: what fits
         yoda.sampling.tiles.WINDOW_BATCH_BYTES by a fixed activation estimate). Batching does not change the
         result for a model that treats batch elements independently (bit-identical on the CPU).
+    compile (bool, or a dict of torch.compile kwargs), autocast ("bf16" | "fp16"), channels_last, cuda_graphs
+        (CUDA only): speed options of the denoiser's network, not of the fused step (yoda.sampling.speed).
     tile, tiles: deprecated aliases of kernel_tile and windows (DeprecationWarning).
+    cfg_scale: classifier-free guidance scale for an adapter with an unconditional branch (supports_cfg, e.g.
+        yoda.models.diffbir.DiffBIRAdapter): sampled with adapter.with_cfg_scale(cfg_scale). None: the adapter
+        as configured. Other adapters raise ValueError naming cfg_scale.
 
     A model output or state with NaN or Inf raises yoda.errors.NonFiniteError (a FloatingPointError) naming the
     step, its timestep index and the model; both are checked after step 0, every FINITE_EVERY steps and after
@@ -84,20 +117,27 @@ def sample(
     """
     kernel_tile = _alias("kernel_tile", kernel_tile, "tile", tile, 16)
     windows = _alias("windows", windows, "tiles", tiles, None)
-    adapter = as_adapter(model)
+    adapter = apply_cfg_scale(as_adapter(model), cfg_scale)
     lr_checked = check_lr(lr)
     spec = make_spec(adapter, lr_checked, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
                      backend=backend, progress=progress, callback=callback, clip=clip, kernel_tile=kernel_tile,
-                     spacing=spacing, windows=windows, window_batch=window_batch)
+                     spacing=spacing, windows=windows, window_batch=window_batch, sigmas=sigmas,
+                     timesteps=timesteps)
+    speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
+                        device=lr_checked.device)
     with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
-        run = prepare(adapter, spec, lr_checked, attention, noise)
+        run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise)
         x = run.start()
         last_ok = -1  # the last step after which the state was checked finite
+        hist: tuple = ()  # a solver's earlier denoised estimates, newest first
         for i in trange(spec.steps, disable=not spec.progress, desc="yoda.sample", leave=False):
             pred, calls = run.denoise(x, i)
-            x_new = run.step(x, pred, i)
+            if spec.solver is None:
+                x_new, extra = run.step(x, pred, i), None
+            else:
+                x_new, hist, extra = run.solve(x, pred, i, hist)
             if spec.callback is not None:
-                spec.callback(run.report(i, x, x_new, pred, calls))
+                spec.callback(run.report(i, x, x_new, pred, calls, extra))
             x = x_new
             if i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1:  # cheap: not every step
                 name = _model_name(model, adapter)
@@ -135,8 +175,8 @@ def _check_finite(x: torch.Tensor, what: str, i: int, last_ok: int, pairs: Seque
     if bool(torch.isfinite(x).all()):
         return
     if i == last_ok + 1:
-        where = f"at step {i} (t index {pairs[i][0]})"
+        where = f"at step {i} (t index {pairs[i][0]:g})"
     else:
-        where = f"between steps {last_ok + 1} and {i} (t index {pairs[last_ok + 1][0]} to {pairs[i][0]})"
+        where = f"between steps {last_ok + 1} and {i} (t index {pairs[last_ok + 1][0]:g} to {pairs[i][0]:g})"
     raise NonFiniteError(f"yoda.sample: {what} has NaN or Inf {where} of {len(pairs)} steps: the model "
                          f"{model} returned non-finite values (check its weights, dtype and inputs)")

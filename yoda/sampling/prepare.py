@@ -1,6 +1,6 @@
 """Prepare a sampling run: the LR image in the model's space (c, cond), the attention map at the state grid and
 its tile statistics, the explicit noise, the denoiser windows; then the three things a loop step does with
-them (denoise, step, report) and the start and the end (start, decode).
+them (denoise, step or solve, report) and the start and the end (start, decode).
 """
 
 from __future__ import annotations
@@ -46,9 +46,17 @@ class Run:
     def denoise(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, int]:
         """(model output at step i in the state's dtype, denoiser calls made)."""
         idx, ab_t, _ = self.spec.pairs[i]
-        t = torch.full((x.shape[0],), idx, dtype=torch.int64, device=self.c.device)
+        return self._denoise(x, idx, ab_t, self.spec.taus[i])
+
+    def _denoise(self, x: torch.Tensor, idx, ab_t: float, tau: float) -> tuple[torch.Tensor, int]:
+        """The model at timestep ``idx``: t is (B,) int64 for an integer index (ddpm / ddim), float32 for the
+        fractional timestep of a solver's sigma; ab_t is exact (1 / (1 + sigma**2) for a solver)."""
+        if isinstance(idx, int):
+            t = torch.full((x.shape[0],), idx, dtype=torch.int64, device=self.c.device)
+        else:
+            t = torch.full((x.shape[0],), idx, dtype=torch.float32, device=self.c.device)
         if self.tiler is not None:
-            return self.tiler.denoise(self.adapter, x, t, ab_t, self.cond, self.spec.taus[i])
+            return self.tiler.denoise(self.adapter, x, t, ab_t, self.cond, tau)
         pred = self.adapter.denoise(x, t, ab_t, self.cond)
         if not isinstance(pred, torch.Tensor) or pred.shape != x.shape:
             raise ValueError(f"{type(self.adapter).__name__}.denoise returned "
@@ -64,22 +72,71 @@ class Run:
             k = k._replace(la=0.0, lb=0.0)
         return self._fused_step(x, pred, s.taus[i], i + 1, coefs=k, clip=s.clip)
 
-    def report(self, i: int, x: torch.Tensor, x_new: torch.Tensor, pred: torch.Tensor, calls: int) -> dict:
+    def solve(self, x: torch.Tensor, pred: torch.Tensor, i: int, hist: tuple) -> tuple[torch.Tensor, tuple, dict]:
+        """Step i of a sigma-space solver (yoda.sampling.solvers): (x at step i + 1, the new history, extras for
+        the report). ``hist``: the denoised estimates of the earlier steps, newest first, each held at c where the
+        pixel was inactive at its step (DESIGN §5b); D0 = x0 of ``pred``, clipped if spec.clip. Heun calls the
+        model a second time, on its Euler predictor (the LR at sigma' where inactive, the same noise)."""
+        s = self.spec
+        st = s.solver[i]
+        tau, step = s.taus[i], i + 1
+        raw = x0_hat(x, pred, st.ab, self.adapter.prediction, s.clip)
+        d0 = self._held(raw.to(x.dtype), tau)
+        extra = {"x0_hat": raw, "calls": 0}
+        if st.predictor is not None:  # Heun: the corrector's second estimate, at sigma_next
+            first = self._batches()
+            x2 = self._combine(x, [d0], st.predictor, tau, step)
+            pred2, calls2 = self._denoise(x2, st.t_next, st.ab_next, tau)
+            d1 = self._held(x0_hat(x2, pred2, st.ab_next, self.adapter.prediction, s.clip).to(x.dtype), tau)
+            extra.update(calls=calls2, batches=first + self._batches())
+            return self._combine(x, [d0, d1], st.coefs, tau, step), (), extra
+        x_new = self._combine(x, [d0, *hist][: st.n], st.coefs, tau, step)
+        return x_new, (d0, *hist)[:2], extra
+
+    def _batches(self) -> int:
+        """Denoiser forward passes of the last denoise call."""
+        return self.tiler.last_batches if self.tiler is not None else 1
+
+    def _held(self, d: torch.Tensor, tau: float) -> torch.Tensor:
+        """d where A >= tau, c elsewhere (float32 comparison, as the kernels); d itself without a mask."""
+        if self.A is None:
+            return d
+        return torch.where(self.A >= torch.tensor(tau, dtype=torch.float32, device=self.A.device), d, self.c)
+
+    def _combine(self, x, denoised, coefs, tau: float, step: int) -> torch.Tensor:
+        s = self.spec
+        if self.A is None:  # plain solver: no LR branch, so a step without a noise term draws none
+            coefs = coefs._replace(la=0.0, lb=0.0)
+        return K.masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=s.seed, step=step,
+                                noise=None if self.noise is None else self.noise[step], tile=s.kernel_tile,
+                                stats=self.stats, backend=s.backend)
+
+    def report(self, i: int, x: torch.Tensor, x_new: torch.Tensor, pred: torch.Tensor, calls: int,
+               extra: Optional[dict] = None) -> dict:
         """The callback's dict of step i: {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,),
-        calls (windows denoised, or 1 untiled), batches (denoiser forward passes)}."""
+        calls (windows denoised, or 1 untiled), batches (denoiser forward passes)}; a solver adds sigma (and
+        t is its fractional timestep, calls and batches count Heun's second model call too)."""
         idx, ab_t, _ = self.spec.pairs[i]
         tau = self.spec.taus[i]
-        return {
+        batches = self._batches()
+        if extra is not None:
+            calls += extra["calls"]
+            batches = extra.get("batches", batches)
+        out = {
             "i": i,
             "t": idx,
             "tau": tau,
             "x": x_new,
-            "x0_hat": x0_hat(x, pred, ab_t, self.adapter.prediction, self.spec.clip),
+            "x0_hat": (x0_hat(x, pred, ab_t, self.adapter.prediction, self.spec.clip) if extra is None
+                       else extra["x0_hat"]),
             "active_fraction": (masks.active_fraction(self.A, tau) if self.A is not None
                                 else torch.ones(x.shape[0], device=self.c.device)),
             "calls": calls,
-            "batches": self.tiler.last_batches if self.tiler is not None else 1,
+            "batches": batches,
         }
+        if self.spec.solver is not None:
+            out["sigma"] = self.spec.solver[i].sigma
+        return out
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return self.adapter.decode(x, self.lr_state, self.cond)
@@ -115,9 +172,11 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
 
 
 def x0_hat(x: torch.Tensor, pred: torch.Tensor, ab_t: float, prediction: str, clip: bool) -> torch.Tensor:
-    """x0_hat = k1 x + k2 pred, the kernels' own x0 coefficients (introspection only)."""
+    """x0_hat = k1 x + k2 pred in float32, the kernels' own x0 coefficients and operation order (the callback's
+    x0_hat; the solvers' denoised estimate D)."""
     k = K.step_coefficients(ab_t, 1.0, prediction=prediction)
-    x0 = k.k1 * x.float() + k.k2 * pred.float()
+    k1, k2 = (torch.tensor(v, dtype=torch.float32, device=x.device) for v in (k.k1, k.k2))
+    x0 = k1 * x.float() + k2 * pred.float()
     return x0.clamp(-1.0, 1.0) if clip else x0
 
 

@@ -2,7 +2,10 @@
 
 The spec holds what the loop needs and nothing it must compute: the visited steps as (idx, alpha_bar[idx],
 alpha_bar at the next visited idx or 1), tau of each step, the sampler and its options, the seed, the backend
-of the fused ops (resolved once) and the kernel tile, and the denoiser windows (tiled denoising).
+of the fused ops (resolved once) and the kernel tile, and the denoiser windows (tiled denoising). For the
+sigma-space solvers (yoda.sampling.solvers) also the sigmas and the solver's plan of float64 coefficients; idx
+is then the model's timestep of each sigma (fractional, or the nearest index with timesteps="nearest"). sigmas=
+and timesteps= of None take the adapter's solver_sigmas / solver_timesteps (None: the solvers' defaults).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from yoda_kernels.contract import SAMPLERS, check_tile
 
 from .. import masks
 from ..adapters import Adapter
+from . import solvers as S
+
+ALL_SAMPLERS = SAMPLERS + S.SOLVERS  # the kernels' two (masked_step) and the sigma-space solvers (masked_combine)
 
 STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LR_MARGIN = 0.02  # lr may exceed [-1, 1] by this much (bicubic/antialiased resizing overshoots slightly)
@@ -38,10 +44,11 @@ class Windows:
 @dataclass(frozen=True)
 class SamplingSpec:
     """Everything yoda.sample decided from its arguments (module docstring). ``pairs[i]`` and ``taus[i]`` are
-    step i's (idx, ab_t, ab_prev) and tau = tau_at(idx + 1, T, lower_bound)."""
+    step i's (idx, ab_t, ab_prev) and tau = tau_at(idx + 1, T, lower_bound); for a solver idx is a float (the
+    fractional timestep of sigmas[i]), ``sigmas`` the steps + 1 noise levels and ``solver`` its plan."""
 
     T: int
-    pairs: tuple  # ((idx, ab_t, ab_prev), ...), idx 0-based and falling
+    pairs: tuple  # ((idx, ab_t, ab_prev), ...), idx 0-based and falling (a float for the solvers)
     taus: tuple  # float64 tau of each step (DESIGN.md §4)
     sampler: str
     eta: float
@@ -54,6 +61,8 @@ class SamplingSpec:
     state_dtype: torch.dtype
     progress: bool
     callback: Optional[Callable[[dict], None]]
+    sigmas: Optional[tuple] = None  # float64, steps + 1 values ending with 0 (solvers only)
+    solver: Optional[tuple] = None  # yoda.sampling.solvers.SolverStep per step (solvers only)
 
     @property
     def steps(self) -> int:
@@ -71,7 +80,7 @@ def make_spec(
     *,
     steps: Any = None,
     sampler: Any = "ddpm",
-    eta: Any = 0.0,
+    eta: Any = None,
     lower_bound: Any = 0.6,
     seed: Any = None,
     backend: Any = "auto",
@@ -79,9 +88,11 @@ def make_spec(
     callback: Any = None,
     clip: Any = None,
     kernel_tile: Any = 16,
-    spacing: str = "trailing",
+    spacing: Any = None,
     windows: Any = None,
     window_batch: Any = None,
+    sigmas: Any = None,
+    timesteps: Any = None,
 ) -> SamplingSpec:
     """The SamplingSpec of yoda.sample's arguments for ``adapter`` and the checked ``lr`` (check_lr); errors
     name the argument. A seed of None is drawn here from torch's default generator."""
@@ -91,14 +102,28 @@ def make_spec(
     adapter.check_lr(lr)
     schedule = adapter.schedule
     T = schedule.T
-    steps = check_steps(steps, T)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    eta = check_float("eta", eta)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    if sampler == "ddpm" and eta != 0.0:
-        raise ValueError("eta applies to sampler='ddim' only (DDPM's variance is fixed); leave eta=0 for 'ddpm'")
+    if not isinstance(sampler, str) or sampler not in ALL_SAMPLERS:
+        raise ValueError(f"sampler must be one of {ALL_SAMPLERS}, got {sampler!r}")
+    solver = sampler in S.SOLVERS
+    if solver and sigmas is not None and not isinstance(sigmas, str):  # explicit sigmas: steps is their number
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
+            raise TypeError(f"steps must be an int or None, got {type(steps).__name__}")
+    else:
+        steps = check_steps(steps, T)
+    eta = check_eta(eta, sampler)
+    if solver and spacing is not None:
+        raise ValueError(f"spacing applies to sampler='ddpm' / 'ddim' (respaced training timesteps); sampler="
+                         f"{sampler!r} visits the noise levels of sigmas= instead")
+    if not solver and sigmas is not None:
+        raise ValueError(f"sigmas applies to the sigma-space solvers {S.SOLVERS} only; sampler={sampler!r} visits "
+                         f"the training timesteps of steps= and spacing=")
+    if not solver and timesteps is not None:
+        raise ValueError(f"timesteps applies to the sigma-space solvers {S.SOLVERS} only; sampler={sampler!r} calls "
+                         f"the model at the integer training timesteps of steps= and spacing=")
+    if solver:  # None: the adapter's defaults (e.g. DiffBIRAdapter's, DiffBIR's EDM sampler), else the solvers'
+        timesteps = check_timesteps(getattr(adapter, "solver_timesteps", None) if timesteps is None else timesteps)
+        if sigmas is None:
+            sigmas = getattr(adapter, "solver_sigmas", None) or S.DEFAULT_SIGMAS
     lower_bound = masks.check_lower_bound(lower_bound)
     if clip is not None and not isinstance(clip, bool):
         raise TypeError(f"clip must be None or a bool, got {type(clip).__name__}")
@@ -108,13 +133,24 @@ def make_spec(
     kernel_tile = check_tile(kernel_tile)
     bound = K.bind_backend(backend, lr.device)
     seed = resolve_seed(seed)
-    pairs = tuple(schedule.pairs(steps, spacing))  # [(idx, alpha_bar[idx], alpha_bar at the next idx or 1)]
+    sig = plan = None
+    if solver:
+        sig = S.make_sigmas(sigmas, steps, schedule)
+        plan = S.plan(sampler, sig, schedule, eta, timesteps)
+        pairs = tuple((st.t, st.ab, st.ab_next) for st in plan)
+    else:  # [(idx, alpha_bar[idx], alpha_bar at the next idx or 1)]
+        pairs = tuple(schedule.pairs(steps, "trailing" if spacing is None else spacing))
+        if adapter.prediction == "eps" and any(ab == 0.0 for _, ab, _ in pairs):
+            raise ValueError(f"{type(adapter).__name__} has prediction='eps' but its schedule has zero terminal SNR "
+                             f"(alpha_bar[{T - 1}] = 0, the last beta is 1) and the sampler visits index {T - 1}: "
+                             f"an eps model cannot denoise pure noise; a zero-terminal-SNR schedule needs a 'v' or "
+                             f"'x0' prediction model")
     return SamplingSpec(
         T=T, pairs=pairs, taus=tuple(masks.tau_at(idx + 1, T, lower_bound) for idx, _, _ in pairs),
         sampler=sampler, eta=eta, lower_bound=lower_bound, clip=adapter.clip_x0 if clip is None else clip,
         seed=seed, backend=bound, kernel_tile=kernel_tile, windows=windows,
         state_dtype=lr.dtype if lr.dtype in STATE_DTYPES else torch.float32, progress=bool(progress),
-        callback=callback,
+        callback=callback, sigmas=sig, solver=plan,
     )
 
 
@@ -154,6 +190,30 @@ def check_steps(steps: Any, T: int) -> int:
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, T={T}] (the model's training steps), got {steps}")
     return steps
+
+
+def check_eta(eta: Any, sampler: str) -> float:
+    """eta of ``sampler`` (None: its default): DDIM's (default 0), or k-diffusion's noise scale of euler_a and the
+    SDE solvers (default 1); the other samplers take none (None or 0)."""
+    if eta is not None:
+        eta = check_float("eta", eta)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+    if sampler == "ddim" or sampler in S.ETA_SOLVERS:
+        return (0.0 if sampler == "ddim" else 1.0) if eta is None else eta
+    if eta not in (None, 0.0):
+        raise ValueError(f"eta applies to sampler='ddim' or {', '.join(map(repr, S.ETA_SOLVERS))} only; leave eta "
+                         f"None (or 0) for {sampler!r}")
+    return 0.0
+
+
+def check_timesteps(timesteps: Any) -> str:
+    """timesteps of a solver (None: yoda.sampling.solvers.DEFAULT_TIMESTEPS); errors name ``timesteps``."""
+    if timesteps is None:
+        return S.DEFAULT_TIMESTEPS
+    if not isinstance(timesteps, str) or timesteps not in S.TIMESTEPS:
+        raise ValueError(f"timesteps must be one of {S.TIMESTEPS} or None, got {timesteps!r}")
+    return timesteps
 
 
 def check_float(name: str, v: Any) -> float:

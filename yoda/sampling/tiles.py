@@ -110,4 +110,5 @@ class Tiler:
                 acc[..., ys, xs] += w * out[j * B:(j + 1) * B].float()
                 wsum[ys, xs] += w
         # pixels no computed window covers are inactive at this step: their prediction is never used
-        return (acc / wsum.clamp_min(1e-30)).to(x.dtype), len(todo)
+        # in place: no second state-sized buffer at the peak of the step (issue 12, bounded memory)
+        return acc.div_(wsum.clamp_min_(1e-30)).to(x.dtype), len(todo)

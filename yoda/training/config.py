@@ -105,6 +105,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup: int = 0  # linear learning-rate warm-up steps
+    decay_from: int = 0  # linear learning-rate decay from this step to 0 at `steps` (0: constant after warm-up)
     grad_clip: float = 1.0  # max global grad norm (0: off)
     ema_decay: float = 0.999
     seed: int = 0
@@ -122,7 +123,7 @@ class TrainConfig:
         for name in ("batch", "steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "log_every", "val_every", "val_steps", "ckpt_every"):
+        for name in ("warmup", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -92,13 +92,19 @@ def diffusion_loss(
     sqrt_ab: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    reduce_count: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> LossOutput:
     """The loss of DESIGN.md §7 (see the module docstring).
 
     denoise(x_t, idx, sqrt_ab) -> model output, shape of x0; idx (B,) int64, sqrt_ab (B,) float32.
     x0, c: (B, C, H, W) in the model's space; A: (B, 1, H, W) attention in [0, 1] at that grid, or None (no
     YODA). ab: alpha_bar (T,) float64. idx / sqrt_ab / noise may be given (tests); otherwise they are drawn
-    from ``generator`` (on the CPU, so a run is reproducible on any device)."""
+    from ``generator`` (on the CPU, so a run is reproducible on any device).
+
+    reduce_count (data-parallel training, mask_loss only): this batch's count of active values -> what the masked
+    mean divides by. The trainer passes the global batch's count (all-reduced, clamped to >= 1) / number of
+    ranks, so that the mean of the ranks' losses and gradients, as DistributedDataParallel averages them, is the
+    global batch's masked mean and its gradient (the mean of the ranks' own masked means is not)."""
     if x0.dim() != 4 or c.shape != x0.shape:
         raise ValueError(f"x0 and c must be (B, C, H, W) of the same shape, got {tuple(x0.shape)}, {tuple(c.shape)}")
     B, C = x0.shape[:2]
@@ -135,7 +141,8 @@ def diffusion_loss(
     if cfg.mask_loss:
         m = (A >= tau.view(B, 1, 1, 1)).to(err.dtype)  # (B, 1, H, W): the pixels refined at this step
         count = m.sum() * C
-        loss = (err * m).sum() / count.clamp_min(1.0)
+        denom = count.clamp_min(1.0) if reduce_count is None else reduce_count(count)
+        loss = (err * m).sum() / denom
         frac = float(count) / err.numel()
     else:
         loss, frac = err.mean(), 1.0

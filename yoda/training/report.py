@@ -12,6 +12,7 @@ from .. import data as _data
 from .._io import atomic_write_text
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
+from .distributed import env_ranks, local_batch, process_group, rank_device
 from .trainer import Trainer
 
 
@@ -71,7 +72,9 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
         f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr})",
         f"- wall time of this run: {seconds:.1f} s ({(tr.step - start_step) / max(seconds, 1e-9):.2f} steps/s)",
-        f"- machine: {machine_description(tr.device)}",
+        f"- machine: {machine_description(tr.device)}"
+        + (f"; {tr.ranks.world} processes (torchrun, DistributedDataParallel, {cfg.batch // tr.ranks.world} "
+           f"samples each)" if tr.ranks.world > 1 else ""),
         f"- last logged loss: {last.get('loss', float('nan')):.4f}" if last else "- no steps logged",
     ]
     if last.get("val_psnr_plain", "") != "":
@@ -83,9 +86,13 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
 
 def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = None, device: str = "auto",
                minutes: Optional[float] = None, progress: bool = True, command: str = "",
-               weights_name: str = "model.safetensors", data_dir: Optional[str] = None) -> dict:
+               weights_name: str = "model.safetensors", data_dir: Optional[str] = None,
+               decay_from: Optional[int] = None) -> dict:
     """Train from a JSON config into ``out`` (None: runs/<config name>); writes the weights, config.json, log.csv
     and TRAINING.md.
+
+    Under torchrun (WORLD_SIZE > 1) it trains data-parallel (yoda.training.distributed): the config's batch is
+    the global batch, split over the ranks; rank 0 writes the files. The summary has the rank ("rank").
 
     data_dir: a folder with train/ and heldout/ image folders, written by ``yoda data build`` (photographs: it
     replaces the "photos" / "photos-heldout" sources) or ``python -m yoda.data export`` (it replaces "builtin" /
@@ -95,13 +102,21 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
         out = os.path.join("runs", cfg.name)
     if steps is not None:
         cfg = cfg.replace(steps=int(steps))
+    if decay_from is not None:
+        cfg = cfg.replace(decay_from=int(decay_from))
     if data_dir is not None:
         cfg = with_data_dir(cfg, data_dir)
-    tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name)
-    start_step = tr.step
-    summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
-    record = training_record(cfg, tr, config_path=config_path, out=out, command=command, weights_name=weights_name,
-                             start_step=start_step, seconds=summary["seconds"])
-    atomic_write_text(os.path.join(out, "TRAINING.md"), record)
-    summary.update(out=out, weights=os.path.join(out, weights_name))
+    ranks = env_ranks()
+    local_batch(cfg.batch, ranks.world)  # before the process group: a clear error on every rank
+    from ..devices import resolve_device
+
+    with process_group(ranks, rank_device(resolve_device(device), ranks)):
+        tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
+        start_step = tr.step
+        summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
+        if ranks.main:
+            record = training_record(cfg, tr, config_path=config_path, out=out, command=command,
+                                     weights_name=weights_name, start_step=start_step, seconds=summary["seconds"])
+            atomic_write_text(os.path.join(out, "TRAINING.md"), record)
+    summary.update(out=out, weights=os.path.join(out, weights_name), rank=ranks.rank)
     return summary

@@ -5,6 +5,10 @@ Files in ``out``: checkpoint.pt (resume state), log.csv, config.json, and at the
 
 The checkpoint is a torch file holding {"step", "config" (TrainConfig.to_dict()), "model", "ema", "opt",
 "gen", "rows"}: a run resumes only with the config it was started with (``steps`` may differ).
+
+Under torchrun (``ranks`` with world > 1, yoda.training.distributed) the model runs in DistributedDataParallel,
+each rank takes its share of the global batch drawn from the shared generator, and only rank 0 validates and
+writes files; the checkpoint is the same as one process's and resumes with any number of ranks.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from ..errors import NonFiniteError
 from ..evaluate import psnr_u8
 from ..photos import check_not_held_out
 from .config import TrainConfig
+from .distributed import Ranks, all_reduce_sum, barrier, check_group, local_batch, rank_device, wrap_ddp
 from .glue import attention_for, build_model, make_denoiser, model_card, sampling_adapter
-from .loss import alphas_cumprod, diffusion_loss, space_tensors
+from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensors
 
 CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")  # "lr": the learning rate
 
@@ -36,13 +41,18 @@ class Trainer:
     """Train ``cfg`` into the folder ``out``.
 
     Randomness (crops, flips, steps, noise) comes from one CPU torch.Generator saved in the checkpoint, so a
-    resumed run on the CPU equals an uninterrupted one.
+    resumed run on the CPU equals an uninterrupted one. ``ranks``: this process's rank in a data-parallel run
+    (the process group must exist; yoda.training.distributed), None for a single process.
     """
 
     def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
-                 resume: bool = True, weights_name: str = "model.safetensors"):
-        self.cfg, self.out, self.progress, self.weights_name = cfg, out, progress, weights_name
-        self.device = resolve_device(device)
+                 resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None):
+        self.ranks = ranks or Ranks()
+        local_batch(cfg.batch, self.ranks.world)  # the global batch must split evenly over the ranks
+        check_group(self.ranks)
+        self.cfg, self.out, self.weights_name = cfg, out, weights_name
+        self.progress = progress and self.ranks.main
+        self.device = rank_device(resolve_device(device), self.ranks)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolutions
         os.makedirs(out, exist_ok=True)
@@ -71,6 +81,10 @@ class Trainer:
         self.ckpt_path = os.path.join(out, "checkpoint.pt")
         if resume and os.path.exists(self.ckpt_path):
             self.load_checkpoint(self.ckpt_path)
+        self.ddp = None
+        if self.ranks.world > 1:
+            self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
+            torch.manual_seed(cfg.seed + 1 + self.ranks.rank)  # dropout: each rank its own masks
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -85,6 +99,8 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: Optional[str] = None) -> None:
+        if not self.ranks.main:  # every rank holds the same state; rank 0 writes it
+            return
         state = self.state_dict()
         atomic_write(path or self.ckpt_path, lambda tmp: torch.save(state, tmp))
 
@@ -93,8 +109,10 @@ class Trainer:
             st = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain data only
         except Exception as e:  # corrupt / truncated file
             raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-        mine = {k: v for k, v in self.cfg.to_dict().items() if k != "steps"}
-        theirs = {k: v for k, v in st["config"].items() if k != "steps"}
+        # the end of the run and of its learning-rate decay may move when a run is resumed
+        free = ("steps", "decay_from")
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k not in free}
+        theirs = {k: v for k, v in st["config"].items() if k not in free}
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise ValueError(f"checkpoint {path} was written with a different config (differs in: {', '.join(diff)})")
@@ -107,30 +125,45 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------------
     def learning_rate(self, step: int) -> float:
-        """The learning rate at ``step``: cfg.lr after a linear warm-up of cfg.warmup steps."""
-        if self.cfg.warmup and step < self.cfg.warmup:
-            return self.cfg.lr * (step + 1) / self.cfg.warmup
-        return self.cfg.lr
+        """The learning rate at ``step``: cfg.lr after a linear warm-up of cfg.warmup steps, then (cfg.decay_from > 0)
+        falling linearly from cfg.lr at step decay_from to 0 at step cfg.steps."""
+        cfg = self.cfg
+        if cfg.warmup and step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        if cfg.decay_from and step >= cfg.decay_from:
+            return cfg.lr * max(cfg.steps - step, 0) / max(cfg.steps - cfg.decay_from, 1)
+        return cfg.lr
 
     def train_step(self) -> float:
-        cfg = self.cfg
-        hr = self.train_images.sample(cfg.batch, self.gen).to(self.device)
+        """One optimizer step on the global batch; returns its loss (the mean over the ranks' shares)."""
+        cfg, ranks = self.cfg, self.ranks
+        # the whole global batch is drawn, in one process's order (crops, then diffusion_loss's steps, levels and
+        # noise); this rank keeps its share, so N ranks train on exactly the samples one process trains on
+        share = ranks.shard(cfg.batch)
+        hr = self.train_images.sample(cfg.batch, self.gen)[share].to(self.device)
+        idx, sqrt_ab = draw_noise_level(self.ab, cfg.batch, cfg.loss, self.gen)
+        noise = torch.randn((cfg.batch, *hr.shape[1:]), generator=self.gen, dtype=torch.float32)
         lr_img = _data.make_lr(hr, cfg.data.scale)
         x0, c, up = space_tensors(hr, lr_img, cfg.loss, cfg.data.scale)
         A = attention_for(self.extractor, lr_img, x0.shape[-2:]) if cfg.loss.yoda else None
         for g in self.opt.param_groups:
             g["lr"] = self.learning_rate(self.step)
         self.model.train()
-        out = diffusion_loss(make_denoiser(self.model, lr_img, up, cfg.loss), x0, c, A, self.ab, cfg.loss,
-                             generator=self.gen)
+        if self.ddp is None:
+            denoise, reduce_count = make_denoiser(self.model, lr_img, up, cfg.loss), None
+        else:
+            denoise = lambda x_t, i, s: self.ddp(x_t, i, s, lr_img, up)  # noqa: E731
+            reduce_count = lambda n: all_reduce_sum(n, ranks).clamp_min(1.0) / ranks.world  # noqa: E731
+        out = diffusion_loss(denoise, x0, c, A, self.ab, cfg.loss, idx=idx[share], sqrt_ab=sqrt_ab[share],
+                             noise=noise[share], reduce_count=reduce_count)
         self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        out.loss.backward()  # under DDP: the ranks' mean gradient, that of the global batch's loss
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
         self._update_ema()
         self.step += 1
-        return float(out.loss.detach())
+        return float(all_reduce_sum(out.loss.detach(), ranks)) / ranks.world
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -184,12 +217,13 @@ class Trainer:
                 acc, n = acc + loss, n + 1
                 bar.update(1)
                 last = self.step == total
-                timed_out = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+                timed_out = self._any_rank(max_seconds is not None and time.perf_counter() - t0 > max_seconds)
                 if (cfg.log_every and self.step % cfg.log_every == 0) or last or timed_out:
                     row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
                            "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
-                    if self.val_hr is not None and (self.step % cfg.val_every == 0 or last or timed_out):
-                        row.update(self.validate())
+                    if (self.val_hr is not None and self.ranks.main
+                            and (self.step % cfg.val_every == 0 or last or timed_out)):
+                        row.update(self.validate())  # the EMA is the same on every rank: rank 0 validates
                     self.rows.append(row)
                     self.write_log()
                     bar.set_postfix(loss=f"{acc / n:.4f}")
@@ -200,9 +234,17 @@ class Trainer:
                     break
         finally:
             bar.close()
-        self.export(os.path.join(self.out, self.weights_name))
-        atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
+        if self.ranks.main:
+            self.export(os.path.join(self.out, self.weights_name))
+            atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
+        barrier(self.ranks, self.device)  # every rank returns once rank 0's files are written
         return {"steps": self.step, "seconds": time.perf_counter() - t0}
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (the ranks stop together on a time-out)."""
+        if self.ranks.world == 1:
+            return flag
+        return bool(all_reduce_sum(torch.tensor([float(flag)], device=self.device), self.ranks).item() > 0)
 
     def export(self, path: str) -> None:
         """The EMA weights in the "yoda" format (yoda.load("yoda", path)), with the TrainConfig in "extra"."""
@@ -213,6 +255,8 @@ class Trainer:
         save_model(module, path, extra={"train_config": self.cfg.to_dict(), "steps": self.step})
 
     def write_log(self) -> None:
+        if not self.ranks.main:
+            return
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
         w.writeheader()

@@ -1,6 +1,6 @@
 """Triton backend of the yoda ops: ``torch.ops.yoda.<op>_triton`` (GPU; on CPU through TRITON_INTERPRET=1).
 
-Importing this package registers the three ops with ``torch.library.triton_op``, so they dispatch like
+Importing this package registers the four ops with ``torch.library.triton_op``, so they dispatch like
 built-in operators and ``torch.compile`` sees the Triton kernels inside them. Signatures are the schemas of
 ``yoda_kernels.ops.SCHEMAS`` (``int`` arguments are inferred as ``SymInt``, which accepts the same values).
 
@@ -13,8 +13,16 @@ from .interpret import INTERPRET
 
 import triton  # noqa: E402,F401  ImportError here means "no triton backend" (ops.triton_available)
 
+from .masked_combine import masked_combine_triton  # noqa: E402
 from .masked_q_sample import masked_q_sample_triton  # noqa: E402
 from .masked_step import launch_config, masked_step_triton  # noqa: E402
 from .tile_stats import tile_stats_triton  # noqa: E402
 
-__all__ = ["INTERPRET", "launch_config", "masked_q_sample_triton", "masked_step_triton", "tile_stats_triton"]
+__all__ = [
+    "INTERPRET",
+    "launch_config",
+    "masked_combine_triton",
+    "masked_q_sample_triton",
+    "masked_step_triton",
+    "tile_stats_triton",
+]

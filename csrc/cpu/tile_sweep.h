@@ -1,0 +1,206 @@
+// The machinery the CPU kernels of the masked ops (masked_step.cpp, masked_combine.cpp) share: the sweep over
+// runs of tile classes with the noise of each 4-row group drawn in blocks, the AVX2 / baseline dispatch, and the
+// branch-free helpers that let GCC vectorise the row loops. Host only.
+//
+// Work split: one work item per (image b, row of tiles ty), at::parallel_for over the items. Inside an item
+// the row of tiles is cut into runs of adjacent tiles of one class (once per item), and for each channel,
+// each group of 4 rows and each row of the group, the runs are swept left to right (row-major: sequential
+// streams); the op's segment functor writes out[run segment of one row]. One Philox call gives the normals of
+// 4 vertically adjacent pixels (philox.h), so the normals of a 4-row group are drawn first, whole rows (up to
+// kChunk wide) at a time, as one block (normals.h: vectorised Philox and Box-Muller); an explicit float32
+// noise tensor with unit W-stride is read in place; no noise is drawn or read when the op needs none.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "common.h"
+#include "cpu/normals.h"
+
+namespace yoda {
+namespace cpu {
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
+#define YODA_X86_DISPATCH 1
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#else
+#define YODA_X86_DISPATCH 0
+#endif
+#define YODA_ALWAYS_INLINE __attribute__((always_inline))
+
+constexpr int64_t kChunk = 1024;  // widest row chunk per Philox block (32 KB of stack buffers)
+
+// m ? a : b as a bit blend. GCC does not if-convert `m ? sr : lr` (nor clamp_unit's ternaries) into vector
+// selects under the default -ftrapping-math, which left the loops scalar ("control flow in loop"); the blend
+// gives the same bits and vectorises.
+YODA_ALWAYS_INLINE inline float select_bits(bool m, float a, float b) {
+  uint32_t ia, ib;
+  std::memcpy(&ia, &a, 4);
+  std::memcpy(&ib, &b, 4);
+  const uint32_t mk = 0u - static_cast<uint32_t>(m);
+  const uint32_t r = (ia & mk) | (ib & ~mk);
+  float f;
+  std::memcpy(&f, &r, 4);
+  return f;
+}
+
+// The LR branch over n pixels of one row segment (inactive tiles: reads c only), out = la * c + lb * z.
+// kUnitW: unit W-strides (contiguous layout), the loop vectorises; else element strides.
+template <typename scalar_t, bool kUnitW>
+YODA_ALWAYS_INLINE inline void lr_row(float la, float lb, const scalar_t* __restrict__ c, int64_t wc,
+                                      const float* __restrict__ z, scalar_t* __restrict__ out, int64_t wout,
+                                      int64_t n) {
+  if (kUnitW) wc = wout = 1;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i * wout] = static_cast<scalar_t>(la * static_cast<float>(c[i * wc]) + lb * z[i]);
+}
+
+// What the sweep needs to know besides the op's own tensors: the sizes, the tile classes (tmax / tmin:
+// float32 (B, TY, TX) contiguous, null when A is absent: every tile full) and the noise (the explicit tensor
+// `noise`, of the state's dtype, or null: Philox (seed, step); need_noise false: z = 0, nothing drawn or read).
+struct SweepArgs {
+  int64_t B, C, H, W, tile;
+  const float *tmax, *tmin;
+  float tau;
+  bool need_noise;
+  const void* noise;
+  Strides4 sn;
+  uint32_t seed, step;
+};
+
+// The sweep of an op whose first input is x: tmax / tmin undefined when A is absent, noise undefined for Philox
+// (pass it only when need_noise: an explicit tensor is not read otherwise).
+inline SweepArgs make_sweep(const at::Tensor& x, int64_t tile, const at::Tensor& tmax, const at::Tensor& tmin,
+                            double tau, bool need_noise, const at::Tensor& noise, int64_t seed, int64_t step) {
+  SweepArgs g{};
+  g.B = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3), g.tile = tile;
+  if (tmax.defined()) {
+    g.tmax = tmax.const_data_ptr<float>();
+    g.tmin = tmin.const_data_ptr<float>();
+  }
+  g.tau = static_cast<float>(tau);  // the reference compares A.float() >= float32(tau)
+  g.need_noise = need_noise;
+  g.noise = noise.defined() ? noise.const_data_ptr() : nullptr;
+  g.sn = noise.defined() ? strides_of(noise) : Strides4{0, 0, 0, 1};
+  g.seed = static_cast<uint32_t>(seed);
+  g.step = static_cast<uint32_t>(step);
+  return g;
+}
+
+// One run: adjacent tiles of one tile row with the same class, pixel columns [x0, x1).
+struct Run {
+  int64_t x0, x1;
+  int kind;
+};
+
+// The work items [begin, end) of the sweep: for every row segment of every run, in the order of the module
+// comment, seg(kind, b, ch, y, s0, m, z) writes the m pixels [s0, s0 + m) of row y of channel ch of image b,
+// with z[0..m) their normals. Always inlined (with seg's operator()) into the op's AVX2 and baseline item
+// functions (parallel_items), so the row kernels are compiled once for each ISA.
+template <typename scalar_t, bool kUnitW, typename Seg>
+YODA_ALWAYS_INLINE inline void sweep_tile_rows(const SweepArgs& g, const Seg& seg, int64_t begin, int64_t end) {
+  const scalar_t* N = static_cast<const scalar_t*>(g.noise);
+  const int64_t C = g.C, H = g.H, W = g.W, tile = g.tile, wn = g.sn.w;
+  const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
+  // Explicit float32 noise with unit W-stride is read in place; other dtypes / layouts are converted into zc/zs.
+  constexpr bool kNoiseInPlace = kUnitW && std::is_same<scalar_t, float>::value;
+
+  std::vector<Run> runs;
+  runs.reserve(TX);
+  // Normals of one 4-row group of a chunk of width n <= kChunk: lane l (row yg + l) is zl[l][0..n), with
+  // zc = [lane 0 | lane 2] and zs = [lane 1 | lane 3] (the layout of randn4_block, csrc/cpu/normals.h).
+  alignas(64) float zc[2 * kChunk], zs[2 * kChunk];
+  alignas(64) uint32_t u1[2 * kChunk], u2[2 * kChunk];  // Philox words: randn4_block's scratch
+  if (!g.need_noise) {  // z = 0 exactly: both branches drop their noise term
+    std::memset(zc, 0, sizeof(zc));
+    std::memset(zs, 0, sizeof(zs));
+  }
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t b = item / TY, ty = item % TY;
+    const int64_t y0 = ty * tile, y1 = std::min(H, y0 + tile);
+    runs.clear();
+    for (int64_t tx = 0; tx < TX; ++tx) {
+      const int64_t t = (b * TY + ty) * TX + tx;
+      const int kind = g.tmax ? classify_tile(g.tmax[t], g.tmin[t], g.tau) : kTileFull;
+      const int64_t xe = std::min(W, (tx + 1) * tile);
+      if (!runs.empty() && runs.back().kind == kind)
+        runs.back().x1 = xe;
+      else
+        runs.push_back({tx * tile, xe, kind});
+    }
+    for (int64_t ch = 0; ch < C; ++ch) {
+      for (int64_t yg = y0; yg < y1; yg += 4) {  // yg % 4 == 0 since tile % 4 == 0: a Philox group
+        const int nl = static_cast<int>(std::min<int64_t>(4, y1 - yg));
+        // Row-major within the group (row l, then its runs left to right): sequential streams. The normals of
+        // a chunk of the 4 rows are drawn first, in one block (whole rows up to W = kChunk).
+        for (int64_t xs = 0; xs < W; xs += kChunk) {
+          const int64_t n = std::min(kChunk, W - xs);
+          const float* zl4[4] = {zc, zs, zc + n, zs + n};
+          if (g.need_noise) {
+            if (N) {
+              for (int l = 0; l < nl; ++l) {
+                const scalar_t* row = N + b * g.sn.b + ch * g.sn.c + (yg + l) * g.sn.h + xs * wn;
+                if (kNoiseInPlace) {
+                  zl4[l] = reinterpret_cast<const float*>(row);
+                } else {
+                  float* zrow = const_cast<float*>(zl4[l]);
+                  for (int64_t i = 0; i < n; ++i) zrow[i] = static_cast<float>(row[i * wn]);
+                }
+              }
+            } else {
+              // SIMD Philox and Box-Muller over the chunk's n counters; a ragged last group of 1 or 2
+              // rows needs only the first pair of each call.
+              randn4_block(g.seed, g.step, noise_counter(b, ch, yg, xs, C, H, W), n, nl > 2 ? 2 : 1, u1, u2, zc,
+                           zs);
+            }
+          }
+          for (int l = 0; l < nl; ++l) {
+            const int64_t y = yg + l;
+            for (const Run& r : runs) {
+              const int64_t s0 = std::max(r.x0, xs), s1 = std::min(r.x1, xs + n);
+              if (s0 >= s1) continue;
+              seg(r.kind, b, ch, y, s0, s1 - s0, zl4[l] + (s0 - xs));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Kernel: a type with `using Args = ...;` and `static YODA_ALWAYS_INLINE void items(const Args&, int64_t begin,
+// int64_t end)`. Its items are compiled for AVX2 (8 floats per vector; no FMA: the target does not include it
+// and the build uses -ffp-contract=off, so each output is the same IEEE operation sequence and the same bits)
+// and for the baseline ISA; parallel_items runs n_items of them with the build this CPU supports.
+#if YODA_X86_DISPATCH
+template <typename Kernel>
+__attribute__((target("avx2"))) void items_avx2(const typename Kernel::Args& p, int64_t begin, int64_t end) {
+  Kernel::items(p, begin, end);
+}
+#endif
+
+template <typename Kernel>
+void items_base(const typename Kernel::Args& p, int64_t begin, int64_t end) {
+  Kernel::items(p, begin, end);
+}
+
+template <typename Kernel>
+void parallel_items(const typename Kernel::Args& p, int64_t n_items) {
+  auto items = &items_base<Kernel>;
+#if YODA_X86_DISPATCH
+  if (cpu_has_avx2()) items = &items_avx2<Kernel>;
+#endif
+  at::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) { items(p, begin, end); });
+}
+
+}  // namespace cpu
+}  // namespace yoda

@@ -1,0 +1,786 @@
+"""The sigma-space solvers of yoda.sample (yoda.sampling.solvers): sigma schedules and the sigma <-> t mapping,
+the plain solvers against diffusers' schedulers and against k-diffusion's formulas written out here in float64,
+the YODA path against a float64 transcription of DESIGN.md §5b (history held at c), the plain-path identity,
+tiled windows, backends, the fractional t the adapters see, errors and the CLI.
+
+Model: SD's scaled_linear schedule (T = 1000, as DiffBIR's) as diffusers holds it (its float32 alphas_cumprod, so
+that both sides start from the same table), a random 3x3 conv on 8x8 LR images at scale 2, 10 steps (the uniform
+schedule then visits integer timesteps, where diffusers' linear and k-diffusion's log-sigma interpolation agree),
+so the file runs in seconds on a CPU.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import yoda
+import yoda_kernels as K
+from yoda.adapters import CallableAdapter, PixelAdapter, upsample
+from yoda.sampling import solvers as S
+from yoda.schedule import Schedule
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_module
+    from diffusers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                           HeunDiscreteScheduler)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+T, STEPS, SCALE = 1000, 10, 2
+SD = dict(num_train_timesteps=T, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+def _diffusers_schedule() -> Schedule:
+    ac = EulerDiscreteScheduler(**SD).alphas_cumprod.double()
+    return Schedule.from_betas(1 - ac / torch.cat([ac.new_ones(1), ac[:-1]]))
+
+
+SCHED = _diffusers_schedule()
+LOGS = np.log(np.sqrt((1 - SCHED.alphas_cumprod.numpy()) / SCHED.alphas_cumprod.numpy()))
+DIFFUSERS_PRED = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+TOL = 1e-5  # every solver's plain path against its reference (issue 14)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tiny models: a bounded x0 guess tanh(conv(cat(cond, x)) * mod) from a random 3x3 conv, modulated by the timestep
+# (CallableAdapter) or by SR3's noise level sqrt(ab) (PixelAdapter), returned as eps, x0 or v at the model's own
+# ab (from t by log-sigma interpolation, or level**2), so that the trajectories stay bounded as a denoiser's do
+# ------------------------------------------------------------------------------------------------------------
+class Net(torch.nn.Module):
+    def __init__(self, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = torch.nn.Conv2d(6, 3, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.2)
+            self.conv.bias.copy_(torch.randn(3, generator=g) * 0.1)
+
+    def forward(self, inp, mod):
+        return self.conv(inp) * mod.reshape(-1, 1, 1, 1).to(inp.dtype)
+
+
+def ab_of_t(t):
+    """alpha_bar at a (fractional) timestep index, float64 (B,): log sigma interpolated."""
+    t = t.double().clamp(0, T - 1)
+    lo = t.floor().long()
+    hi = (lo + 1).clamp(max=T - 1)
+    logs = torch.from_numpy(LOGS)
+    log_sigma = (1 - (t - lo)) * logs[lo] + (t - lo) * logs[hi]
+    return 1 / (1 + torch.exp(2 * log_sigma))
+
+
+def toy(net, prediction, x, cond, ab, mod):
+    x0 = torch.tanh(net(torch.cat([cond.to(x.dtype), x], 1), mod))
+    a = torch.as_tensor(ab, dtype=torch.float64).reshape(-1, 1, 1, 1)
+    sa, s1a = a.sqrt().to(x.dtype), (1 - a).sqrt().to(x.dtype)
+    if prediction == "x0":
+        return x0
+    eps = (x - sa * x0) / s1a
+    return eps if prediction == "eps" else sa * eps - s1a * x0
+
+
+def time_fn(net, prediction="eps"):
+    """f(x, t, cond) for CallableAdapter, modulated by 0.5 + t / T (t fractional for the solvers)."""
+    return lambda x, t, cond: toy(net, prediction, x, cond, ab_of_t(t), 0.5 + t.to(x.dtype) / T)
+
+
+def level_net(net, prediction="eps"):
+    """net(cat(up, x), level) for PixelAdapter, modulated by 0.5 + sqrt(ab)."""
+    return lambda inp, level: toy(net, prediction, inp[:, 3:], inp[:, :3], level.double() ** 2, 0.5 + level)
+
+
+def lr_image(B=1, h=8, w=8, seed=0):
+    return torch.rand(B, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def attention_map(B=1, h=8, w=8, seed=1):
+    return torch.rand(B, 1, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def noises(shape, n, seed=100):
+    return [torch.randn(shape, generator=torch.Generator().manual_seed(seed + k)) for k in range(n)]
+
+
+def sample(model, lr, **kw):
+    kw.setdefault("steps", STEPS)
+    kw.setdefault("progress", False)
+    kw.setdefault("backend", "naive")
+    xs = []
+    out = yoda.sample(model, lr, callback=lambda d: xs.append(d["x"].clone()), **kw)
+    return out, xs
+
+
+def err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sigma schedules and the sigma <-> t mapping
+# ------------------------------------------------------------------------------------------------------------
+def test_sigma_schedules_follow_the_formulas_and_diffusers():
+    smin, smax = math.exp(LOGS[0]), math.exp(LOGS[-1])
+    n = STEPS
+    ramp = np.linspace(0, 1, n)
+    karras = (smax ** (1 / 7) + ramp * (smin ** (1 / 7) - smax ** (1 / 7))) ** 7  # Karras et al. eq. 5
+    expo = np.exp(np.linspace(math.log(smax), math.log(smin), n))
+    t = np.linspace(T - 1, 0, n)  # k-diffusion's DiscreteSchedule.get_sigmas: uniform in t, log sigma interpolated
+    lo, hi = np.floor(t).astype(int), np.ceil(t).astype(int)
+    uniform = np.exp((1 - (t - lo)) * LOGS[lo] + (t - lo) * LOGS[hi])
+    for kind, want in (("karras", karras), ("exponential", expo), ("uniform", uniform)):
+        got = S.make_sigmas(kind, n, SCHED)
+        assert len(got) == n + 1 and got[-1] == 0.0
+        np.testing.assert_allclose(got[:-1], want, rtol=1e-13, atol=0)
+    # diffusers' (its float32 sigmas)
+    for kind, flag in (("karras", "use_karras_sigmas"), ("exponential", "use_exponential_sigmas")):
+        d = EulerDiscreteScheduler(**SD, **{flag: True})
+        d.set_timesteps(n)
+        np.testing.assert_allclose(S.make_sigmas(kind, n, SCHED), d.sigmas.double().numpy(), rtol=3e-7, atol=0)
+    # one step: sigma_max only; an explicit sequence, with or without its trailing 0
+    assert S.make_sigmas("karras", 1, SCHED) == (pytest.approx(smax, rel=1e-14), 0.0)
+    assert S.make_sigmas([3.0, 1.0, 0.5, 0.0], None, SCHED) == S.make_sigmas(torch.tensor([3.0, 1.0, 0.5]), 3,
+                                                                             SCHED) == (3.0, 1.0, 0.5, 0.0)
+
+
+def test_sigma_to_t_is_log_sigma_interpolation():
+    logs = S.log_sigmas(SCHED)
+    g = np.random.default_rng(0)
+    sig = np.exp(g.uniform(LOGS[0] - 1, LOGS[-1] + 1, 200))
+    want = np.interp(np.log(sig), LOGS, np.arange(T))  # clamped to [0, T - 1] outside the table
+    got = np.array([S.sigma_to_t(float(s), logs) for s in sig])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    for idx in (0, 1, 417, T - 1):  # the discrete sigmas map to their index, and back
+        assert S.sigma_to_t(math.exp(logs[idx]), logs) == pytest.approx(idx, abs=1e-9)
+        assert S.t_to_sigma(float(idx), logs) == math.exp(logs[idx])
+    assert S.t_to_sigma(S.sigma_to_t(0.7, logs), logs) == pytest.approx(0.7, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# float64 transcription of k-diffusion's samplers (Karras et al. 2022 Alg. 2; DPM-Solver++ (Lu et al. 2022); the
+# SDE forms of k-diffusion's sampling.py), run in VP form with YODA's masks (DESIGN.md §5b): with mask None it is
+# the plain solver. d2_sign: the sign of the 1/2 in the third-order term (-1: k-diffusion's phi_3; +1:
+# diffusers' sde-dpmsolver++ third-order update, see DESIGN.md §5b)
+# ------------------------------------------------------------------------------------------------------------
+def ref_loop(solver, x0_of, c, sigmas, zs, *, eta=1.0, mask_of=None, d2_sign=-1.0):
+    """States after each step (VP form, float64). x0_of(x_vp, sigma) -> D; zs[k]: the noise of step k - 1 (zs[0]
+    the start's); mask_of(i) -> bool mask of step i or None."""
+    c = c.double()
+
+    def s_of(sig):
+        return 1 / math.sqrt(1 + sig * sig)
+
+    def keep(i, sr, lr):
+        m = None if mask_of is None else mask_of(i)
+        return sr if m is None else torch.where(m, sr, lr)
+
+    s0 = s_of(sigmas[0])
+    x = keep(0, zs[0].double(), s0 * c + sigmas[0] * s0 * zs[0].double())
+    hist, hs, states = [], [], []
+    for i in range(len(sigmas) - 1):
+        s, sn = sigmas[i], sigmas[i + 1]
+        z = zs[i + 1].double()
+        lr_next = s_of(sn) * c + sn * s_of(sn) * z
+        D = keep(i, x0_of(x, s), c)  # the history rule: c where inactive
+        xk = x / s_of(s)
+        h = math.log(s / sn) if sn > 0 else None
+        if solver in ("euler", "heun") or (solver == "euler_a" and sn == 0):
+            d = (xk - D) / s
+            xk_next = xk + d * (sn - s)
+            if solver == "heun" and sn > 0:
+                x2 = keep(i, s_of(sn) * xk_next, lr_next)
+                D2 = keep(i, x0_of(x2, sn), c)
+                d2 = (x2 / s_of(sn) - D2) / sn
+                xk_next = xk + (d + d2) / 2 * (sn - s)
+        elif solver == "euler_a":
+            up = min(sn, eta * math.sqrt(sn**2 * (s**2 - sn**2) / s**2))
+            down = math.sqrt(sn**2 - up**2)
+            xk_next = xk + (xk - D) / s * (down - s) + up * z
+        elif sn == 0:
+            xk_next = D  # the DPM++ solvers' last step
+        elif solver == "dpmpp_2m":
+            if not hist:
+                xk_next = (sn / s) * xk - math.expm1(-h) * D
+            else:
+                r = hs[0] / h
+                xk_next = (sn / s) * xk - math.expm1(-h) * ((1 + 1 / (2 * r)) * D - 1 / (2 * r) * hist[0])
+        elif solver == "dpmpp_2m_sde":
+            eh = eta * h
+            xk_next = sn / s * math.exp(-eh) * xk - math.expm1(-h - eh) * D
+            if hist:
+                xk_next = xk_next - 0.5 * math.expm1(-h - eh) * (hs[0] / h) ** -1 * (D - hist[0])
+            xk_next = xk_next + sn * math.sqrt(-math.expm1(-2 * eh)) * z
+        elif solver == "dpmpp_3m_sde":
+            he = h * (eta + 1)
+            xk_next = math.exp(-he) * xk - math.expm1(-he) * D
+            phi2 = math.expm1(-he) / he + 1
+            if len(hist) >= 2:
+                r0, r1 = hs[0] / h, hs[1] / h
+                d10, d11 = (D - hist[0]) / r0, (hist[0] - hist[1]) / r1
+                d1 = d10 + (d10 - d11) * r0 / (r0 + r1)
+                d2 = (d10 - d11) / (r0 + r1)
+                phi3 = phi2 / he + d2_sign * 0.5
+                xk_next = xk_next + phi2 * d1 - phi3 * d2
+            elif hist:
+                xk_next = xk_next + phi2 * (D - hist[0]) / (hs[0] / h)
+            xk_next = xk_next + sn * math.sqrt(-math.expm1(-2 * h * eta)) * z
+        else:
+            raise AssertionError(solver)
+        x = keep(i, s_of(sn) * xk_next, lr_next)
+        hist.insert(0, D)
+        hs.insert(0, h)
+        states.append(x)
+    return states
+
+
+def x0_fn64(net64, prediction, up, *, by="t", clip=False):
+    """x0 of the float64 model at a VP state and sigma (the model as yoda calls it: t = sigma_to_t, or sqrt(ab))."""
+
+    def f(x, sig):
+        ab = 1 / (1 + sig * sig)
+        if by == "t":
+            t = torch.full((x.shape[0],), float(np.interp(math.log(sig), LOGS, np.arange(T))), dtype=torch.float64)
+            out = time_fn(net64, prediction)(x, t, up.double())
+        else:
+            level = torch.full((x.shape[0], 1), math.sqrt(ab), dtype=torch.float64)
+            out = level_net(net64, prediction)(torch.cat([up.double(), x], 1), level)
+        if prediction == "eps":
+            x0 = (x - math.sqrt(1 - ab) * out) / math.sqrt(ab)
+        elif prediction == "x0":
+            x0 = out
+        else:
+            x0 = math.sqrt(ab) * x - math.sqrt(1 - ab) * out
+        return x0.clamp(-1, 1) if clip else x0
+
+    return f
+
+
+def models(prediction, by="t", clip=False, seed=0):
+    net, net64 = Net(seed), Net(seed).double()
+    if by == "t":
+        ad = CallableAdapter(time_fn(net, prediction), prediction=prediction, schedule=SCHED, scale=SCALE,
+                             clip_x0=clip)
+    else:
+        ad = PixelAdapter(level_net(net, prediction), SCHED, scale=SCALE, prediction=prediction, clip_x0=clip)
+    return net, net64, ad
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Plain solvers against diffusers (lower_bound >= 1 and attention=None)
+# ------------------------------------------------------------------------------------------------------------
+def _k_scheduler(cls, prediction, sigmas):
+    kw = dict(**SD, prediction_type=DIFFUSERS_PRED[prediction], timestep_spacing="linspace")
+    if sigmas == "karras":
+        kw["use_karras_sigmas"] = True
+    elif sigmas == "exponential":
+        kw["use_exponential_sigmas"] = True
+    d = cls(**kw)
+    d.set_timesteps(STEPS)
+    return d
+
+
+def _run_k_diffusers(d, net, prediction, up, zs, patch=None):
+    """diffusers' Euler / Euler-ancestral / Heun loop in k-space (x = x_vp / s), started at x_vp = zs[0]; the
+    states at the solver's steps converted back to VP form."""
+    f = time_fn(net, prediction)
+    x = zs[0] * (1 + d.sigmas[0].double() ** 2).sqrt().float()
+    states = []
+    for j, t in enumerate(d.timesteps):
+        inp = d.scale_model_input(x, t)
+        out = f(inp, t.reshape(1).float(), up)
+        if patch is not None:
+            patch(j)
+        x = d.step(out, t, x).prev_sample
+        if getattr(d, "state_in_first_order", True) or j == len(d.timesteps) - 1:  # Heun: after its corrector
+            sig = d.sigmas[d.step_index].double().item()
+            states.append((x.double() / math.sqrt(1 + sig * sig)))
+    return states
+
+
+SOLVER_CASES = [("euler", "karras", p) for p in ("eps", "x0", "v")] + [
+    ("euler", "exponential", "eps"), ("euler", "uniform", "v"),
+    ("heun", "karras", "eps"), ("heun", "karras", "x0"), ("heun", "karras", "v"),
+    ("euler_a", "uniform", "eps"), ("euler_a", "uniform", "v"),
+]
+
+
+@pytest.mark.parametrize("solver, sigmas, prediction", SOLVER_CASES)
+def test_euler_heun_match_diffusers(solver, sigmas, prediction, monkeypatch):
+    """Euler, Euler ancestral and Heun in yoda (VP state, masked_combine) against diffusers' k-space schedulers on a
+    model of the fractional timestep, state by state, same noise. diffusers' ancestral Euler has no Karras option
+    (its uniform schedule is tested here, Karras against the float64 transcription below)."""
+    cls = {"euler": EulerDiscreteScheduler, "heun": HeunDiscreteScheduler,
+           "euler_a": EulerAncestralDiscreteScheduler}[solver]
+    d = _k_scheduler(cls, prediction, sigmas)
+    net, _, ad = models(prediction)
+    lr = lr_image()
+    up = upsample(lr, SCALE)
+    zs = noises(up.shape, STEPS + 1)
+    patch = None
+    if solver == "euler_a":  # diffusers draws its ancestral noise in step(): hand it zs[i + 1]
+        step_noise = {}
+        monkeypatch.setattr(euler_a_module, "randn_tensor", lambda *a, **k: step_noise["z"])
+        patch = lambda j: step_noise.update(z=zs[j + 1])  # noqa: E731
+    with torch.no_grad():
+        theirs = _run_k_diffusers(d, net, prediction, up, zs, patch)
+    _, ours = sample(ad, lr, sampler=solver, sigmas=sigmas, noise=zs, clip=False)
+    _, ours_lb = sample(ad, lr, sampler=solver, sigmas=sigmas, noise=zs, clip=False, attention=attention_map(),
+                        lower_bound=1.0)
+    assert len(ours) == len(theirs) == STEPS
+    assert all(torch.equal(a, b) for a, b in zip(ours, ours_lb))  # lower_bound >= 1: the plain solver, bit for bit
+    e = max(err(a, b) for a, b in zip(ours, theirs))
+    assert e <= TOL, e
+
+
+DPM_CASES = [("dpmpp_2m", 2, "dpmsolver++", "midpoint", p) for p in ("eps", "x0", "v")] + [
+    ("dpmpp_2m_sde", 2, "sde-dpmsolver++", "midpoint", p) for p in ("eps", "x0", "v")] + [
+    ("dpmpp_3m_sde", 3, "dpmsolver++", "heun", p) for p in ("eps", "v")]
+
+
+@pytest.mark.parametrize("solver, order, algorithm, solver_type, prediction", DPM_CASES)
+def test_dpm_solvers_match_diffusers(solver, order, algorithm, solver_type, prediction):
+    """DPM++ 2M / 2M SDE / 3M against diffusers' DPMSolverMultistepScheduler (Karras sigmas), state by state, same
+    model and noise. 3M here with eta = 0 (diffusers' third-order ODE update; its "heun" second-order warm-up step
+    is k-diffusion's), and lower_order_final off (k-diffusion does not drop the order before the last step).
+    diffusers rounds the timestep it hands the model, so the model here is conditioned on sqrt(ab) (SR3's)."""
+    d = DPMSolverMultistepScheduler(**SD, prediction_type=DIFFUSERS_PRED[prediction],
+                                    algorithm_type=algorithm, solver_order=order, solver_type=solver_type,
+                                    use_karras_sigmas=True, lower_order_final=False)
+    d.set_timesteps(STEPS)
+    net, _, ad = models(prediction, by="level")
+    lr = lr_image()
+    up = upsample(lr, SCALE)
+    zs = noises(up.shape, STEPS + 1)
+    f = level_net(net, prediction)
+    theirs, x = [], zs[0].clone()
+    with torch.no_grad():
+        for i, t in enumerate(d.timesteps):
+            sig = d.sigmas[i].double().item()
+            level = torch.full((1, 1), 1 / math.sqrt(1 + sig * sig), dtype=torch.float64).float()
+            out = f(torch.cat([up, x], 1), level)
+            x = d.step(out, t, x, variance_noise=zs[i + 1]).prev_sample
+            theirs.append(x)
+    eta = 0.0 if solver == "dpmpp_3m_sde" else None
+    _, ours = sample(ad, lr, sampler=solver, eta=eta, noise=zs, clip=False)
+    e = max(err(a, b) for a, b in zip(ours, theirs))
+    assert len(ours) == STEPS and e <= TOL, e
+
+
+def test_3m_sde_third_order_differs_from_diffusers_by_its_sign_of_one_half():
+    """DPM++(3M) SDE: yoda follows k-diffusion (phi_3 = phi_2 / h_eta - 1/2, the exact integral of the
+    second-order Taylor term); diffusers' sde-dpmsolver++ third-order update adds -1/2 where the integral has +1/2
+    (DESIGN.md §5b). With the same noise, diffusers' loop equals the float64 transcription with the sign flipped,
+    and ours the transcription as k-diffusion writes it."""
+    d = DPMSolverMultistepScheduler(**SD, algorithm_type="sde-dpmsolver++", solver_order=3,
+                                    solver_type="heun", use_karras_sigmas=True, lower_order_final=False)
+    d.set_timesteps(STEPS)
+    net, net64, ad = models("eps", by="level")
+    lr = lr_image()
+    up = upsample(lr, SCALE)
+    zs = noises(up.shape, STEPS + 1)
+    theirs, x = [], zs[0].clone()
+    with torch.no_grad():
+        for i, t in enumerate(d.timesteps):
+            sig = d.sigmas[i].double().item()
+            level = torch.full((1, 1), 1 / math.sqrt(1 + sig * sig), dtype=torch.float64).float()
+            x = d.step(level_net(net)(torch.cat([up, x], 1), level), t, x, variance_noise=zs[i + 1]).prev_sample
+            theirs.append(x)
+        sig = S.make_sigmas("karras", STEPS, SCHED)
+        x0 = x0_fn64(net64, "eps", up, by="level")
+        kd = ref_loop("dpmpp_3m_sde", x0, up, sig, zs)
+        flipped = ref_loop("dpmpp_3m_sde", x0, up, sig, zs, d2_sign=1.0)
+    _, ours = sample(ad, lr, sampler="dpmpp_3m_sde", noise=zs, clip=False)
+    assert max(err(a, b) for a, b in zip(ours, kd)) <= TOL
+    assert max(err(a, b) for a, b in zip(theirs, flipped)) <= TOL
+    assert err(theirs[-1], ours[-1]) > 100 * TOL  # a real difference, not rounding
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Plain and YODA paths against the float64 transcription
+# ------------------------------------------------------------------------------------------------------------
+ALL = [("euler", None), ("euler_a", 1.0), ("euler_a", 0.5), ("heun", None), ("dpmpp_2m", None),
+       ("dpmpp_2m_sde", 1.0), ("dpmpp_2m_sde", 0.0), ("dpmpp_3m_sde", 1.0), ("dpmpp_3m_sde", 0.3)]
+
+
+@pytest.mark.parametrize("solver, eta", ALL)
+@pytest.mark.parametrize("sigmas", ["karras", "exponential"])
+def test_plain_solvers_match_kdiffusion_float64(solver, eta, sigmas):
+    """Every solver and eta, plain, against k-diffusion's formulas in float64 (eps model of the fractional t)."""
+    net, net64, ad = models("eps")
+    lr = lr_image(B=2)
+    up = upsample(lr, SCALE)
+    zs = noises(up.shape, STEPS + 1)
+    _, ours = sample(ad, lr, sampler=solver, eta=eta, sigmas=sigmas, noise=zs, clip=False)
+    with torch.no_grad():
+        ref = ref_loop(solver, x0_fn64(net64, "eps", up), up, S.make_sigmas(sigmas, STEPS, SCHED), zs,
+                       eta=1.0 if eta is None else eta)
+    e = max(err(a, b) for a, b in zip(ours, ref))
+    assert len(ours) == STEPS and e <= TOL, e
+
+
+@pytest.mark.parametrize("solver, eta", ALL)
+def test_yoda_solvers_match_float64_transcription(solver, eta):
+    """The YODA path (masks at the fractional t, LR held at the next sigma, history held at c where inactive, an
+    x0-clipping v-model) against the float64 transcription of DESIGN.md §5b, Philox noise of the seed."""
+    net, net64, ad = models("v", clip=True, seed=2)
+    lr = lr_image(B=2, seed=3)
+    A = attention_map(B=2, seed=4)
+    up = upsample(lr, SCALE)
+    A_hr = torch.nn.functional.interpolate(A, scale_factor=SCALE, mode="bilinear")
+    lb, seed = 0.5, 77
+    sig = S.make_sigmas("karras", STEPS, SCHED)
+    ts = [float(np.interp(math.log(s), LOGS, np.arange(T))) for s in sig[:-1]]
+    masks = [(A_hr >= torch.tensor((t + 1) / T - lb, dtype=torch.float32)).expand_as(up) for t in ts]
+    assert not masks[0].all() and not masks[2].all() and masks[-1].all()  # pixels wake up along the way
+    zs = [K.philox.noise(seed, k, up.shape) for k in range(STEPS + 1)]
+    seen = []
+    out = yoda.sample(ad, lr, sampler=solver, eta=eta, attention=A, lower_bound=lb, seed=seed, steps=STEPS,
+                      progress=False, backend="naive", callback=seen.append)
+    with torch.no_grad():
+        ref = ref_loop(solver, x0_fn64(net64, "v", up, clip=True), up, sig, zs, eta=1.0 if eta is None else eta,
+                       mask_of=lambda i: masks[i])
+    e = max(err(d["x"], b) for d, b in zip(seen, ref))
+    assert e <= TOL, e
+    assert [d["t"] for d in seen] == pytest.approx(ts, abs=1e-9)
+    assert [d["sigma"] for d in seen] == list(sig[:-1])
+    assert [d["tau"] for d in seen] == pytest.approx([(t + 1) / T - lb for t in ts], abs=1e-12)
+    torch.testing.assert_close(out, ref[-1].float().clamp(-1, 1), rtol=0, atol=TOL)
+
+
+def test_history_holds_c_for_pixels_inactive_at_their_step():
+    """DPM++(2M) at the first step where new pixels wake up: there the update is cx x + cd0 D + cd1 c (the earlier
+    estimate held at c), not cd1 times the model's estimate of the step before (DESIGN.md §5b)."""
+    net, _, ad = models("eps")
+    lr, A = lr_image(), attention_map()
+    seen, xs = [], []
+    yoda.sample(ad, lr, sampler="dpmpp_2m", attention=A, lower_bound=0.4, seed=5, steps=STEPS, progress=False,
+                backend="naive", callback=lambda d: (seen.append(d), xs.append(d["x"])))
+    up = upsample(lr, SCALE).double()
+    A_hr = torch.nn.functional.interpolate(A, scale_factor=SCALE, mode="bilinear").expand_as(up)
+    plan = S.plan("dpmpp_2m", S.make_sigmas("karras", STEPS, SCHED), SCHED)
+    checked = 0
+    for k in range(1, STEPS - 1):
+        tau_prev = torch.tensor(seen[k - 1]["tau"], dtype=torch.float32)
+        tau = torch.tensor(seen[k]["tau"], dtype=torch.float32)
+        woke = (A_hr < tau_prev) & (A_hr >= tau)
+        if not woke.any():
+            continue
+        cf = plan[k].coefs
+        x_before = xs[k - 1].double()
+        want = cf.cx * x_before + cf.cd0 * seen[k]["x0_hat"].double() + cf.cd1 * up
+        torch.testing.assert_close(xs[k].double()[woke], want[woke], rtol=0, atol=1e-5)
+        raw = cf.cx * x_before + cf.cd0 * seen[k]["x0_hat"].double() + cf.cd1 * seen[k - 1]["x0_hat"].double()
+        assert (xs[k].double()[woke] - raw[woke]).abs().max() > 1e-3  # the rule made a difference
+        checked += int(woke.sum())
+    assert checked > 0
+
+
+@pytest.mark.parametrize("solver", S.SOLVERS)
+def test_lower_bound_ge_1_and_all_active_are_the_plain_solver(solver):
+    """lower_bound >= 1 (no mask) and an all-active mask (A = 1, l = 0: the mask path, the LR branch never taken)
+    give the plain solver's image bit for bit; a real mask changes it."""
+    _, _, ad = models("eps")
+    lr, A = lr_image(), attention_map()
+    plain, _ = sample(ad, lr, sampler=solver, seed=3)
+    assert torch.equal(sample(ad, lr, sampler=solver, seed=3, attention=A, lower_bound=1.0)[0], plain)
+    assert torch.equal(sample(ad, lr, sampler=solver, seed=3, attention=torch.ones_like(A), lower_bound=0.0)[0],
+                       plain)
+    assert not torch.equal(sample(ad, lr, sampler=solver, seed=3, attention=A, lower_bound=0.4)[0], plain)
+
+
+def test_x0_model_of_the_lr_returns_it():
+    """An x0-model that predicts c exactly ends at c with every solver, masks or not (ODE and SDE)."""
+    lr = lr_image()
+    up = upsample(lr, SCALE)
+    ad = CallableAdapter(lambda x, t, cond: cond, prediction="x0", schedule=SCHED, scale=SCALE)
+    for solver in S.SOLVERS:
+        out, _ = sample(ad, lr, sampler=solver, seed=1, attention=attention_map(), lower_bound=0.3)
+        torch.testing.assert_close(out, up, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Windows, backends, noise draws
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_3m_sde", "euler_a"])
+def test_tiled_windows_skipping_is_exact(solver):
+    """Tiled denoising with inactive windows skipped equals dense tiled denoising bit for bit: the history holds c
+    wherever a pixel was inactive, so what the skipped windows would have predicted never enters (Heun's second
+    model call skips the same windows)."""
+    _, _, ad = models("eps")
+    lr = lr_image(h=8, w=12)
+    yy, xx = torch.linspace(0, 1, 16).view(16, 1), torch.linspace(0, 1, 24).view(1, 24)
+    A = ((1 - yy) ** 3 * xx**2).view(1, 1, 16, 24)
+    calls_skip, calls_dense = [], []
+    kw = dict(sampler=solver, attention=A, lower_bound=0.5, seed=2, windows=(8, 2), window_batch=1, steps=STEPS,
+              progress=False, backend="naive")
+    a = yoda.sample(ad, lr, callback=lambda d: calls_skip.append(d["calls"]), **kw)
+    kw["windows"] = (8, 2, False)
+    b = yoda.sample(ad, lr, callback=lambda d: calls_dense.append(d["calls"]), **kw)
+    assert torch.equal(a, b)
+    assert sum(calls_skip) < sum(calls_dense)
+    per_step = 12 * (2 if solver == "heun" else 1)
+    assert calls_dense[:-1] == [per_step] * (STEPS - 1) and calls_dense[-1] == 12  # Heun: Euler at the last step
+
+
+@pytest.mark.parametrize("backend", K.available_backends("cpu"))
+@pytest.mark.parametrize("solver", ["dpmpp_3m_sde", "heun"])
+def test_same_seed_same_image_on_every_backend(backend, solver):
+    """The YODA path of a solver on every backend against the reference (masked_combine's kernels: C++, CUDA,
+    Triton, as they land; until then the reference stands in for the compiled ones)."""
+    if backend == "triton" and not hasattr(torch.ops.yoda, "masked_combine_triton"):
+        pytest.skip("no Triton kernel of masked_combine yet")
+    _, _, ad = models("eps")
+    lr, A = lr_image(h=9, w=7), attention_map(h=9, w=7)
+    kw = dict(sampler=solver, attention=A, lower_bound=0.5, seed=9)
+    got, _ = sample(ad, lr, backend=backend, **kw)
+    ref, _ = sample(ad, lr, backend="naive", **kw)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+def test_noise_draws_per_step(monkeypatch):
+    """One noise entry per step: the plain ODE solvers draw only the start's; the SDE solvers and euler_a every
+    step's but the last (sigma' = 0); with masks the LR branch draws at every step but the last."""
+    _, _, ad = models("eps")
+    lr = lr_image()
+    draws = []
+    real = K.philox.noise
+    monkeypatch.setattr(K.philox, "noise", lambda *a, **k: draws.append(a[1]) or real(*a, **k))
+    for solver, want in (("dpmpp_2m", [0]), ("heun", [0]), ("dpmpp_2m_sde", list(range(STEPS))),
+                         ("euler_a", list(range(STEPS)))):
+        draws.clear()
+        sample(ad, lr, sampler=solver, seed=1)
+        assert sorted(set(draws)) == want, solver
+    draws.clear()
+    sample(ad, lr, sampler="dpmpp_2m", seed=1, attention=attention_map(), lower_bound=0.5)
+    assert sorted(set(draws)) == list(range(STEPS))
+    draws.clear()
+    sample(ad, lr, sampler="dpmpp_2m", seed=1, eta=0.0)  # eta 0 is allowed (no noise term) for every solver
+    assert draws == [0]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What the adapters see
+# ------------------------------------------------------------------------------------------------------------
+def test_adapters_get_the_fractional_t_and_the_exact_ab():
+    seen = []
+    net = Net()
+
+    def f(x, t, cond):
+        seen.append(t.clone())
+        return time_fn(net)(x, t, cond)
+
+    lr = lr_image()
+    sample(CallableAdapter(f, prediction="eps", schedule=SCHED, scale=SCALE), lr, sampler="heun", seed=0)
+    sig = S.make_sigmas("karras", STEPS, SCHED)
+    ts = [float(np.interp(math.log(s), LOGS, np.arange(T))) for s in sig[:-1]]
+    want = [ts[0]] + [t for t in ts[1:] for _ in (0, 1)]  # Heun: the corrector's call at sigma_next, then the step
+    assert all(t.dtype == torch.float32 and t.shape == (1,) for t in seen)
+    assert [t.item() for t in seen] == pytest.approx(want, abs=1e-4)
+    assert any(abs(t - round(t)) > 1e-3 for t in ts)  # fractional indeed
+    levels = []
+    sample(PixelAdapter(lambda inp, lv: levels.append(lv.double()) or net(inp, 0.5 + lv), SCHED, scale=SCALE), lr,
+           sampler="dpmpp_2m", seed=0)
+    np.testing.assert_allclose([lv.item() for lv in levels], [1 / math.sqrt(1 + s * s) for s in sig[:-1]],
+                               rtol=1e-7)
+    # ddpm / ddim keep the int64 index
+    ints = []
+    sample(CallableAdapter(lambda x, t, c: ints.append(t.dtype) or torch.zeros_like(x), prediction="eps",
+                           schedule=SCHED, scale=SCALE), lr, sampler="ddim", seed=0)
+    assert set(ints) == {torch.int64}
+
+
+def test_srdiff_adapter_keeps_a_fractional_t():
+    from yoda.models import SRDiff
+
+    torch.manual_seed(0)
+    net = SRDiff(hidden_size=8, dim_mults=(1, 2), rrdb_num_block=2, rrdb_num_feat=8, sr_scale=2, timesteps=100).eval()
+    ad = net.yoda_adapter()
+    got = []
+    real = net.forward
+    net.forward = lambda x, t, *a: got.append(t) or real(x, t, *a)
+    lr = lr_image(h=4, w=4)
+    with torch.no_grad():
+        prep = ad.prepare(lr)
+        ad.denoise(torch.zeros(1, 3, 8, 8), torch.tensor([41.25]), 0.5, prep.cond)
+        ad.denoise(torch.zeros(1, 3, 8, 8), torch.tensor([41]), 0.5, prep.cond)
+    assert got[0].dtype == torch.float32 and got[0].item() == 41.25
+    assert got[1].dtype == torch.int64 and got[1].item() == 41
+
+
+def test_nan_model_is_stopped_with_the_fractional_t_named():
+    ad = CallableAdapter(lambda x, t, c: torch.full_like(x, float("nan")), prediction="eps", schedule=SCHED,
+                         scale=SCALE)
+    with pytest.raises(FloatingPointError, match=r"at step 0 \(t index 999\) of 10 steps"):
+        sample(ad, lr_image(), sampler="dpmpp_2m_sde", seed=0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Arguments
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(sampler="ddpm", sigmas="karras"), ValueError, "sigmas applies to the sigma-space solvers"),
+    (dict(sampler="ddim", sigmas=[1.0, 0.5]), ValueError, "sigmas applies"),
+    (dict(sampler="euler", spacing="leading"), ValueError, "spacing applies to sampler='ddpm'"),
+    (dict(sampler="euler", eta=0.5), ValueError, "eta applies to sampler='ddim' or 'euler_a'"),
+    (dict(sampler="heun", eta=1.0), ValueError, "eta applies"),
+    (dict(sampler="dpmpp_2m_sde", eta=-1.0), ValueError, "eta must be >= 0"),
+    (dict(sampler="euler", sigmas="linear"), ValueError, "sigmas must be one of"),
+    (dict(sampler="euler", sigmas=[1.0, 2.0]), ValueError, "sigmas must be strictly decreasing"),
+    (dict(sampler="euler", sigmas=[1.0, -0.5]), ValueError, "sigmas must be finite and > 0"),
+    (dict(sampler="euler", sigmas=[]), ValueError, "sigmas must hold"),
+    (dict(sampler="euler", sigmas=3.0), TypeError, "sigmas must be None"),
+    (dict(sampler="euler", sigmas=[2.0, 1.0], steps=3), ValueError, r"steps \(3\) must be None or the number"),
+    (dict(sampler="euler", steps=T + 1), ValueError, "steps must be in"),
+    (dict(sampler="lms"), ValueError, "sampler must be one of .*dpmpp_3m_sde"),
+    (dict(sampler="euler", timesteps="round"), ValueError, "timesteps must be one of"),
+    (dict(sampler="ddpm", timesteps="nearest"), ValueError, "timesteps applies to the sigma-space solvers"),
+])
+def test_bad_arguments_name_the_argument(kw, exc, match):
+    _, _, ad = models("eps")
+    with pytest.raises(exc, match=match):
+        yoda.sample(ad, lr_image(), progress=False, **kw)
+
+
+def test_zero_terminal_snr_starts_at_diffbirs_alpha_bar_floor():
+    """A zero-terminal-SNR schedule (sigma(T - 1) = inf) is read with alpha_bar[T - 1] = 1e-8 (sigma ~ 1e4), as
+    DiffBIR's EDM sampler starts: every named schedule starts there, the model is called at t = T - 1 with ab = 1e-8,
+    and the solver samples finitely; the other table entries are the schedule's own."""
+    zsnr = SCHED.rescale_zero_terminal_snr()
+    assert zsnr.alphas_cumprod[-1] == 0
+    ab = S.table_alphas_cumprod(zsnr)
+    assert ab[-1] == S.AB_FLOOR == 1e-8 and torch.equal(ab[:-1], zsnr.alphas_cumprod[:-1])
+    assert S.table_alphas_cumprod(SCHED) is SCHED.alphas_cumprod  # a finite table is untouched
+    logs = S.log_sigmas(zsnr)
+    smax = math.sqrt((1 - 1e-8) / 1e-8)
+    assert math.exp(logs[-1]) == pytest.approx(smax, rel=1e-12) and all(b > a for a, b in zip(logs, logs[1:]))
+    for kind in ("karras", "exponential", "uniform", "diffbir"):
+        sig = S.make_sigmas(kind, 6, zsnr)
+        assert sig[0] == pytest.approx(smax, rel=1e-12) and all(math.isfinite(v) for v in sig), kind
+        for timesteps in S.TIMESTEPS:
+            st = S.plan("dpmpp_3m_sde", sig, zsnr, 1.0, timesteps)[0]
+            assert st.t == T - 1 and st.ab == pytest.approx(1e-8, rel=1e-12), (kind, timesteps)
+    ad = CallableAdapter(time_fn(Net(), "v"), prediction="v", schedule=zsnr, scale=SCALE)
+    for sampler in ("dpmpp_2m", "heun"):
+        seen = []
+        out = yoda.sample(ad, lr_image(), sampler=sampler, steps=4, progress=False, seed=0, callback=seen.append)
+        assert torch.isfinite(out).all() and seen[0]["t"] == pytest.approx(T - 1, abs=1e-9)
+        assert seen[0]["sigma"] == pytest.approx(smax, rel=1e-12)
+    # explicit sigmas: 1e4 is beyond the floor's sigma by a hair and maps to T - 1 too
+    seen = []
+    out = yoda.sample(ad, lr_image(), sampler="dpmpp_2m", sigmas=[1e4, 3.0, 1.0, 0.1], progress=False,
+                      callback=seen.append)
+    assert torch.isfinite(out).all() and seen[0]["t"] == T - 1 and 0 < seen[-1]["t"] < seen[-2]["t"]
+    # where alpha_bar[T - 2] is itself <= 1e-8 (a zero-SNR linear(1e-4, 2e-2): 4.2e-9) the table's log-ab spacing
+    # is continued one step instead, so the sigmas stay increasing
+    lin = Schedule.linear(T).rescale_zero_terminal_snr()
+    a = lin.alphas_cumprod
+    assert a[-2] < 1e-8
+    t_ab = S.table_alphas_cumprod(lin)
+    assert t_ab[-1] == pytest.approx(float(a[-2]) ** 2 / float(a[-3]), rel=1e-12) and 0 < t_ab[-1] < a[-2]
+    logs = S.log_sigmas(lin)
+    assert all(b > a for a, b in zip(logs, logs[1:])) and math.isfinite(logs[-1])
+
+
+def test_diffbir_sigmas_are_its_edm_schedule():
+    """sigmas="diffbir": DiffBIR's EDMSampler.make_schedule (numpy's linspace(T - 1, 0, steps, endpoint=False) cast
+    to int, the discrete sigmas there, the first at alpha_bar = 1e-8 on every schedule), for several T and steps."""
+    for TT in (7, 50, 1000):
+        for sched in (Schedule.scaled_linear(TT), Schedule.scaled_linear(TT).rescale_zero_terminal_snr()):
+            ab_np = sched.alphas_cumprod.numpy()
+            for steps in sorted({1, 2, 3, min(7, TT), min(10, TT), TT // 3 or 1, TT}):
+                idx = np.linspace(TT - 1, 0, steps, endpoint=False).astype(int)
+                assert S.diffbir_indices(steps, TT) == idx.tolist(), (TT, steps)
+                ab = ab_np[idx].copy()
+                ab[0] = 1e-8
+                want = np.append(((1 - ab) / ab) ** 0.5, 0)
+                got = S.make_sigmas("diffbir", steps, sched)
+                np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)
+                # its sigmas are table sigmas: "nearest" calls the model at exactly DiffBIR's integer timesteps
+                plan = S.plan("heun", got, sched, 0.0, "nearest")
+                assert [st.t for st in plan] == [TT - 1] + idx[1:].tolist()
+                assert [st.t_next for st in plan] == idx[1:].tolist() + [0]
+                assert all(isinstance(st.t, int) for st in plan)
+    assert S.diffbir_indices(10, 1000) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+
+
+def test_nearest_timesteps_are_the_nearest_log_sigma():
+    """timesteps="nearest": the index of the discrete sigma nearest in log sigma (brute force here), an int, clamped
+    to [0, T - 1] outside the table; the model gets it as int64, the mask's tau is §4's at that integer t."""
+    logs = S.log_sigmas(SCHED)
+    g = np.random.default_rng(1)
+    for sig in np.exp(g.uniform(LOGS[0] - 1, LOGS[-1] + 1, 300)):
+        want = int(np.argmin(np.abs(LOGS - math.log(sig))))
+        assert S.sigma_to_nearest_t(float(sig), logs) == want
+    mid = math.exp((logs[10] + logs[11]) / 2)  # a tie (up to rounding) goes to one of the two neighbours
+    assert S.sigma_to_nearest_t(mid, logs) in (10, 11)
+    seen, ts = [], []
+    net = Net()
+
+    def f(x, t, cond):
+        ts.append(t.clone())
+        return time_fn(net)(x, t.double(), cond)
+
+    ad = CallableAdapter(f, prediction="eps", schedule=SCHED, scale=SCALE)
+    _, _ = sample(ad, lr_image(), sampler="dpmpp_2m", seed=0, timesteps="nearest", attention=attention_map(),
+                  lower_bound=0.5)
+    sig = S.make_sigmas("karras", STEPS, SCHED)
+    want = [int(np.argmin(np.abs(LOGS - math.log(s)))) for s in sig[:-1]]
+    assert all(t.dtype == torch.int64 for t in ts) and [int(t) for t in ts] == want
+    yoda.sample(ad, lr_image(), sampler="dpmpp_2m", seed=0, timesteps="nearest", attention=attention_map(),
+                lower_bound=0.5, steps=STEPS, progress=False, callback=seen.append)
+    assert [d["t"] for d in seen] == want
+    assert [d["tau"] for d in seen] == [(t + 1) / T - 0.5 for t in want]
+
+
+def test_explicit_sigmas_equal_the_named_schedule():
+    _, _, ad = models("eps")
+    lr = lr_image()
+    named, _ = sample(ad, lr, sampler="dpmpp_2m_sde", seed=4)
+    given, _ = sample(ad, lr, sampler="dpmpp_2m_sde", seed=4, steps=None,
+                      sigmas=list(S.make_sigmas("karras", STEPS, SCHED)))
+    assert torch.equal(named, given)
+    # DiffBIR's EDM sampler: the schedule's own sigmas at its visited indices, the first at ab = 1e-8
+    idx = np.linspace(T - 1, 0, 5, endpoint=False).astype(int)
+    ab = SCHED.alphas_cumprod.numpy()[idx].copy()
+    ab[0] = 1e-8
+    out, xs = sample(ad, lr, sampler="dpmpp_3m_sde", seed=4, steps=None, sigmas=np.sqrt((1 - ab) / ab).tolist())
+    assert len(xs) == 5 and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------------------
+def test_cli_names_match_the_library():
+    from yoda import cli_parser
+
+    assert cli_parser.SOLVERS == S.SOLVERS and cli_parser.SIGMA_SCHEDULES == S.SIGMA_SCHEDULES
+    a = cli_parser.build_parser().parse_args(["upscale", "x.png", "-o", "y.png", "--sampler", "dpmpp_3m_sde",
+                                              "--sigmas", "exponential"])
+    assert (a.sampler, a.sigmas, a.eta) == ("dpmpp_3m_sde", "exponential", None)
+
+
+def test_cli_upscale_with_a_solver(tmp_path, tiny_model, capsys):
+    from PIL import Image
+
+    from yoda.cli import main
+    from yoda.images import load_image, to_uint8
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in.png"
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src)
+    out = tmp_path / "out.png"
+    code = main(["upscale", str(src), "-o", str(out), "--model", tiny_model, "--steps", "3", "--sampler",
+                 "dpmpp_2m_sde", "--sigmas", "exponential", "--attention", "edge", "-q"])
+    assert code == 0, capsys.readouterr().err
+    model = yoda.load("yoda", tiny_model)
+    lr = load_image(str(src))
+    with torch.no_grad():
+        want = yoda.sample(model, lr, attention=yoda.attention.get("edge")(lr), steps=3, sampler="dpmpp_2m_sde",
+                           sigmas="exponential", lower_bound=0.6, seed=0, progress=False)
+    diff = np.abs(np.asarray(Image.open(out)).astype(int) - to_uint8(want)[0].astype(int))
+    assert diff.max() <= 1
+    code = main(["upscale", str(src), "-o", str(out), "--model", tiny_model, "--sampler", "ddim", "--sigmas",
+                 "karras", "-q"])
+    assert code == 2 and "sigmas" in capsys.readouterr().err

@@ -1,0 +1,272 @@
+"""yoda.sample's speed options (yoda.sampling.speed, issue 12 item 5) on the CPU: torch.compile, autocast and
+channels-last of the denoiser's network give the image of the plain run (within float rounding; autocast within a
+measured bf16 tolerance), actually reach the network, leave the user's model untouched, and bad values raise
+errors naming the argument; cuda_graphs on the CPU is a clear error (yoda.sample and yoda upscale).
+
+The networks are small: two convolutions at 32² HR. torch.compile is checked with a recording backend (dynamo
+traces the network, the image is the eager one bit for bit); the inductor build itself runs with
+YODA_TEST_INDUCTOR=1 (minutes on the shared 2-core CPU).
+"""
+
+import os
+
+import pytest
+import torch
+
+import yoda
+from yoda.adapters import PixelAdapter
+from yoda.cli import DEFAULT_WEIGHTS, load_model, main
+from yoda.sampling.speed import FastNet, Speed, check_speed, network_attr, speed_adapter
+from yoda.schedule import Schedule
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCHED = Schedule.linear(50, 1e-4, 2e-2)
+KW = dict(steps=4, sampler="ddpm", seed=0, progress=False, lower_bound=0.4)
+# bf16 autocast of the network against float32, after 4 steps (measured on the CPU: max 0.021, mean 0.0016 on Net;
+# the embedded model: max 0.005, mean 0.001; bf16 has an 8-bit mantissa, one rounding is up to 2**-9 of a value)
+BF16_MAX, BF16_MEAN = 0.05, 0.005
+
+
+class Net(torch.nn.Module):
+    """net(cat(up(lr), x_t), noise_level) -> eps: conv, SiLU, conv (a real, if tiny, network)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.nn.Conv2d(6, 16, 3, padding=1)
+        self.b = torch.nn.Conv2d(16, 3, 3, padding=1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        self.seen = []  # (channels-last input?, autocast on?) of every forward
+
+    def forward(self, inp, level):
+        self.seen.append((inp.is_contiguous(memory_format=torch.channels_last) and not inp.is_contiguous(),
+                          torch.is_autocast_enabled("cpu")))
+        return self.b(torch.nn.functional.silu(self.a(inp))) * (0.5 + level.view(-1, 1, 1, 1))
+
+
+def lr_image(B=1, h=16, w=16):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(B, 3, h, w, generator=g) * 2 - 1
+
+
+def attention(B=1, h=16, w=16):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(B, 1, h, w, generator=g)
+
+
+def run(model, **kw):
+    return yoda.sample(model, lr_image(), attention=attention(), **KW, **kw)
+
+
+def test_channels_last_reaches_the_network_and_keeps_the_image():
+    net = Net()
+    model = PixelAdapter(net, SCHED, scale=2)
+    ref = run(model)
+    assert net.seen and not any(cl for cl, _ in net.seen)
+    net.seen.clear()
+    out = run(model, channels_last=True)
+    assert net.seen and all(cl for cl, _ in net.seen)  # every network call got channels-last input
+    assert out.is_contiguous() and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    # tiled: every window batch goes channels-last too, same image as tiled without it
+    ref_t = run(model, windows=(16, 8), window_batch=2)
+    net.seen.clear()
+    torch.testing.assert_close(run(model, windows=(16, 8), window_batch=2, channels_last=True), ref_t, atol=1e-5,
+                               rtol=0)
+    assert len(net.seen) > KW["steps"] and all(cl for cl, _ in net.seen)
+
+
+def test_autocast_bf16_runs_the_network_in_bf16_within_a_measured_tolerance():
+    net = Net()
+    model = PixelAdapter(net, SCHED, scale=2)
+    ref = run(model)
+    net.seen.clear()
+    out = run(model, autocast="bf16")
+    assert net.seen and all(ac for _, ac in net.seen)
+    assert not torch.is_autocast_enabled("cpu")  # only inside the network call
+    assert out.dtype == torch.float32  # the state (and the fused step) stay float32
+    diff = (out - ref).abs()
+    assert diff.max() > 0, "autocast had no effect: the network did not run in bf16"
+    assert diff.max() <= BF16_MAX and diff.mean() <= BF16_MEAN, (diff.max(), diff.mean())
+    assert torch.equal(run(model, autocast=torch.bfloat16), out)  # the dtype names the same option
+
+
+def test_autocast_fp16_runs_on_the_cpu():
+    out = run(PixelAdapter(Net(), SCHED, scale=2), autocast="fp16")
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def _recording_backend(calls):
+    def backend(gm, example_inputs):
+        calls.append(len(example_inputs))
+        return gm.forward
+
+    return backend
+
+
+def test_compile_traces_the_network_and_keeps_the_image():
+    """torch.compile with a recording backend: dynamo really traces the network (through FastNet), and the
+    traced graph gives the eager image bit for bit."""
+    net = Net()
+    model = PixelAdapter(net, SCHED, scale=2)
+    ref = run(model)
+    calls = []
+    torch._dynamo.reset()
+    out = run(model, compile={"backend": _recording_backend(calls)})
+    assert calls, "the network was not compiled"
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("YODA_TEST_INDUCTOR") != "1",
+                    reason="inductor builds C++ for minutes on a loaded 2-core CPU: set YODA_TEST_INDUCTOR=1")
+def test_compile_inductor_same_image_within_float_tolerance():
+    """The real thing: inductor's CPU code for the network, same image within float rounding, and a second call
+    reuses the compiled code (no recompile per sample() call)."""
+    net = Net()
+    model = PixelAdapter(net, SCHED, scale=2)
+    ref = run(model)
+    torch._dynamo.reset()
+    out = run(model, compile=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    torch.testing.assert_close(run(model, compile=True), out, atol=0, rtol=0)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="the embedded default model is not installed")
+def test_embedded_model_speed_options_and_the_model_is_untouched():
+    """The SRDiff adapter keeps its network in ``model``: channels-last and bf16 reach it, prepare's RRDB (an
+    attribute of the network) still works through FastNet, and the user's model and adapter are unchanged."""
+    m = load_model("default", "cpu")
+    adapter = m.yoda_adapter()
+    lr = lr_image(h=8, w=8)
+    kw = dict(KW, sampler="ddim", lower_bound=1.0)
+    ref = yoda.sample(adapter, lr, **kw)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    out = yoda.sample(adapter, lr, channels_last=True, **kw)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    bf = yoda.sample(adapter, lr, autocast="bf16", **kw)
+    assert 0 < (bf - ref).abs().max() <= BF16_MAX
+    assert adapter.model is m and not isinstance(adapter.model, FastNet)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert next(m.parameters()).is_contiguous()  # weights not converted to channels-last
+
+
+def test_speed_adapter_copies_and_finds_the_network():
+    net = Net()
+    a = PixelAdapter(net, SCHED, scale=2)
+    assert speed_adapter(a, Speed()) is a
+    fast = speed_adapter(a, Speed(channels_last=True))
+    assert fast is not a and a.net is net and isinstance(fast.net, FastNet)
+    assert fast.net.a is net.a and next(fast.net.parameters()) is next(net.parameters())  # attributes forwarded
+    assert network_attr(a) == "net"
+
+    class NoNet(yoda.adapters.Adapter):
+        pass
+
+    with pytest.raises(ValueError, match="network"):
+        speed_adapter(NoNet(), Speed(autocast="bf16"))
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(autocast="fp8"), ValueError, "autocast"),
+    (dict(autocast=torch.float64), ValueError, "autocast"),
+    (dict(compile="yes"), TypeError, "compile"),
+    (dict(compile={1: 2}), TypeError, "compile"),
+    (dict(channels_last=1), TypeError, "channels_last"),
+    (dict(cuda_graphs="on"), TypeError, "cuda_graphs"),
+    (dict(cuda_graphs=True), ValueError, "cuda_graphs.*CUDA device"),
+])
+def test_bad_values_name_the_argument(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        run(PixelAdapter(Net(), SCHED, scale=2), **kw)
+
+
+def test_check_speed_values():
+    assert check_speed(device=torch.device("cpu")) == Speed()
+    assert not Speed().active and Speed(compile=True).active
+    s = check_speed(compile={"mode": "max-autotune", "dynamic": False}, autocast=torch.float16,
+                    device=torch.device("cpu"))
+    assert s.compile and s.compile_options == (("dynamic", False), ("mode", "max-autotune")) and s.autocast == "fp16"
+    assert check_speed(cuda_graphs=True, device=torch.device("cuda", 0)).cuda_graphs  # checked by device type only
+
+
+def test_cli_cuda_graphs_on_the_cpu_is_one_line(tmp_path, tiny_model, capsys):
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(src)
+    code = main(["upscale", str(src), "-o", str(tmp_path / "out.png"), "--model", tiny_model, "--device", "cpu",
+                 "--cuda-graphs", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--cuda-graphs" in err and "CUDA device" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_cli_speed_flags_reach_the_sampler(tmp_path, tiny_model, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import yoda.sampling as S
+
+    seen = {}
+    real = S.sample
+
+    def spy(*args, **kw):
+        seen.update({k: kw.get(k) for k in ("compile", "autocast", "channels_last", "cuda_graphs")})
+        return real(*args, **kw)
+
+    monkeypatch.setattr(S, "sample", spy)
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(src)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out.png"), "--model", tiny_model, "--device", "cpu",
+                 "--autocast", "bf16", "--channels-last", "-q"]) == 0
+    assert seen == dict(compile=False, autocast="bf16", channels_last=True, cuda_graphs=False)
+    assert (tmp_path / "out.png").exists()
+
+
+def test_cuda_graph_replay_logic_with_a_fake_capture(monkeypatch):
+    """FastNet's CUDA-graph path without a GPU: capture_cuda_graph replaced by a fake whose replay recomputes into
+    the captured output buffers. Checked: one capture per input signature, inputs copied into the static buffers
+    before each replay, outputs cloned out (a later replay does not change an earlier result)."""
+    import yoda.sampling.speed as S
+
+    captures = []
+
+    def fake_capture(fn, inputs):
+        out = fn()
+        captures.append(inputs)
+
+        def replay():
+            out.copy_(fn())
+
+        return replay, out
+
+    monkeypatch.setattr(S, "capture_cuda_graph", fake_capture)
+    net = Net()
+    fast = FastNet(net, Speed(cuda_graphs=True))
+    g = torch.Generator().manual_seed(3)
+    x1, x2, x3 = (torch.randn(1, 6, 8, 8, generator=g) for _ in range(3))
+    lv = torch.full((1, 1), 0.5)
+    y1 = fast(x1, lv)
+    y2 = fast(x2, lv * 0.5)
+    assert len(captures) == 1  # same signature: replayed
+    torch.testing.assert_close(y1, net(x1, lv), atol=0, rtol=0)
+    torch.testing.assert_close(y2, net(x2, lv * 0.5), atol=0, rtol=0)
+    fast(x3, lv)
+    torch.testing.assert_close(y2, net(x2, lv * 0.5), atol=0, rtol=0)  # y2 is a clone, not the output buffer
+    fast(torch.randn(2, 6, 8, 8, generator=g), torch.full((2, 1), 0.5))
+    assert len(captures) == 2  # a new shape: a new graph
+    assert not any(b is x1 for b in captures[0])  # static buffers are copies
+
+
+def test_cuda_graph_capture_refuses_cpu_tensors():
+    from yoda.sampling.speed import capture_cuda_graph
+
+    with pytest.raises(ValueError, match="CUDA device"):
+        capture_cuda_graph(lambda: None, [torch.zeros(1)])

@@ -1,0 +1,318 @@
+"""Sigma-space solvers (k-diffusion's family) as plans of per-step float64 coefficients (DESIGN.md §5b).
+
+A VP model's x_t = sqrt(ab) x0 + sqrt(1 - ab) eps is, divided by sqrt(ab), k-diffusion's x = x0 + sigma eps with
+
+    sigma = sqrt((1 - ab) / ab),       ab = 1 / (1 + sigma**2)
+
+(Karras et al. 2022, the "VP" row of Table 1). Every solver below is written in that sigma space (x_k) the way
+k-diffusion's ``sampling.py`` and the papers write it, and each update is linear in x_k, the denoised estimates D
+(x0 estimates) of this and up to two earlier steps, and one normal draw z:
+
+    x_k' = a x_k + b0 D0 + b1 D1 + b2 D2 + g z
+
+The sampler keeps its state in VP form (x = s x_k with s = 1 / sqrt(1 + sigma**2)), so each update becomes one
+masked_combine with (s' = 1 / sqrt(1 + sigma'**2); s' = 1 at sigma' = 0)
+
+    cx = a s' / s,  cd_j = b_j s',  sigma = g s',  la = s',  lb = sigma' s'     (la c + lb z: the LR at sigma')
+
+Solvers (names as DiffBIR / k-diffusion; eta as k-diffusion's, default 1 where it applies):
+    euler          Karras et al. Algorithm 2 without churn (first order ODE)
+    euler_a        ancestral Euler: step to sigma_down, add sigma_up z (eta)
+    heun           Karras et al. Algorithm 2: Euler predictor, trapezoidal corrector; Euler at the last step
+    dpmpp_2m       DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), first order at the first and last step
+    dpmpp_2m_sde   DPM-Solver++(2M) SDE, midpoint form (eta)
+    dpmpp_3m_sde   DPM-Solver++(3M) SDE (eta; eta = 0 is the third-order multistep ODE solver)
+The last step (sigma' = 0) of the DPM++ solvers returns D itself, as k-diffusion's do.
+
+Sigma schedules (``sigmas=``), from the model's discrete sigmas sigma(idx) = sqrt((1 - ab[idx]) / ab[idx]):
+    karras       Karras et al. eq. 5, rho = 7, between sigma(0) and sigma(T - 1)
+    exponential  log-uniform between sigma(T - 1) and sigma(0)
+    uniform      uniform in t: t_to_sigma(linspace(T - 1, 0, steps)) (k-diffusion's DiscreteSchedule.get_sigmas)
+    diffbir      DiffBIR's EDMSampler.make_schedule: the discrete sigmas at the indices linspace(T - 1, 0, steps,
+                 endpoint=False) truncated to int, the first (index T - 1) at ab = AB_FLOOR = 1e-8 (sigma ~ 1e4)
+                 whatever the schedule's own ab[T - 1]
+    a sequence   the sigmas to visit, strictly decreasing, > 0 (a trailing 0 is allowed and dropped)
+then 0 is appended. A zero-terminal-SNR schedule (ab[T - 1] = 0, sigma(T - 1) = inf) has its last ab taken as
+AB_FLOOR for the sigma table and the sigma -> t mapping, as DiffBIR's EDM sampler does (or, where ab[T - 2] is
+not above it, the table's log-ab spacing continued one step), so every named schedule starts at that finite
+sigma(T - 1) and the model is called there at t = T - 1.
+
+Timesteps (``timesteps=``): the model is called at t = sigma_to_t(sigma), either "interpolate" (default; the
+fractional index, log-sigma interpolated between the discrete sigmas, k-diffusion's DiscreteSchedule with
+quantize=False) or "nearest" (the integer index of the discrete sigma nearest in log sigma, k-diffusion's
+quantize=True; DiffBIR's EDM sampler takes the nearest of its own visited sigmas, the same index for the table
+sigmas it visits); ab = 1 / (1 + sigma**2) either way.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any, NamedTuple, Optional, Sequence
+
+import torch
+
+from yoda_kernels.contract import CombineCoefs
+
+from ..schedule import Schedule
+
+SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
+ETA_SOLVERS = ("euler_a", "dpmpp_2m_sde", "dpmpp_3m_sde")  # take eta (default 1, k-diffusion's)
+SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
+DEFAULT_SIGMAS = "karras"
+TIMESTEPS = ("interpolate", "nearest")  # how sigma -> the model's t (module docstring)
+DEFAULT_TIMESTEPS = "interpolate"
+RHO = 7.0  # Karras et al.'s rho
+AB_FLOOR = 1e-8  # DiffBIR's EDMSampler: the first visited alpha_bar; here also a zero-terminal-SNR table's last
+
+
+class SolverStep(NamedTuple):
+    """One step sigma -> sigma_next of a plan (float64 scalars).
+
+    t, ab: the model's timestep index (a float, or an int with timesteps="nearest") and alpha_bar at sigma; t_next,
+    ab_next at sigma_next (Heun's second model call; ab_next = 1 at sigma_next = 0). coefs: the masked_combine of
+    the update, weights of (x, D0, D1, D2); ``n``: how many estimates it takes. For the multistep solvers D1, D2
+    are the estimates of the previous steps; for Heun D1 is the second model call's. predictor: Heun's Euler
+    predictor (weights of x, D0) whose result the second model call sees, else None."""
+
+    sigma: float
+    sigma_next: float
+    t: float
+    ab: float
+    t_next: float
+    ab_next: float
+    coefs: CombineCoefs
+    n: int
+    predictor: Optional[CombineCoefs]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sigma <-> t for a discrete schedule (k-diffusion's DiscreteSchedule, quantize=False)
+# --------------------------------------------------------------------------------------------------------------
+def table_alphas_cumprod(schedule: Schedule) -> torch.Tensor:
+    """The schedule's alpha_bar (T,) float64 as the solvers' sigma table reads it: a zero-terminal-SNR schedule's
+    last value (0) taken as AB_FLOOR (DiffBIR's EDM sampler), or below ab[T - 2] on the table's log-ab spacing
+    (ab[T - 2]**2 / ab[T - 3]) where ab[T - 2] <= AB_FLOOR, so that the sigmas stay finite and increasing."""
+    ab = schedule.alphas_cumprod
+    if ab[-1] > 0:
+        return ab
+    ab = ab.clone()
+    floor = AB_FLOOR
+    if len(ab) >= 2 and ab[-2] <= floor:
+        floor = float(ab[-2]) ** 2 / float(ab[-3]) if len(ab) >= 3 else float(ab[-2]) * 0.5
+    ab[-1] = floor
+    return ab
+
+
+def log_sigmas(schedule: Schedule) -> list[float]:
+    """log sigma(idx) for idx = 0 .. T - 1, float64, increasing (of table_alphas_cumprod: finite for zero
+    terminal SNR too)."""
+    ab = table_alphas_cumprod(schedule)
+    return (0.5 * (torch.log1p(-ab) - torch.log(ab))).tolist()
+
+
+def sigma_to_t(sigma: float, logs: Sequence[float]) -> float:
+    """The fractional timestep index of ``sigma``: linear interpolation of log sigma between the two discrete
+    sigmas around it, clamped to [0, T - 1] (k-diffusion's DiscreteSchedule.sigma_to_t, quantize=False)."""
+    n = len(logs)
+    if n == 1:
+        return 0.0
+    ls = math.log(sigma)
+    low = min(max(bisect.bisect_right(logs, ls) - 1, 0), n - 2)
+    lo, hi = logs[low], logs[low + 1]
+    w = min(max((lo - ls) / (lo - hi), 0.0), 1.0)
+    return (1.0 - w) * low + w * (low + 1)
+
+
+def sigma_to_nearest_t(sigma: float, logs: Sequence[float]) -> int:
+    """The index of the discrete sigma nearest to ``sigma`` in log sigma (k-diffusion's DiscreteSchedule.sigma_to_t
+    with quantize=True; a tie goes to the lower index, as argmin); sigmas outside the table go to 0 or T - 1."""
+    n = len(logs)
+    ls = math.log(sigma)
+    low = min(max(bisect.bisect_right(logs, ls) - 1, 0), n - 1)
+    if low + 1 < n and abs(logs[low + 1] - ls) < abs(ls - logs[low]):
+        return low + 1
+    return low
+
+
+def model_t(sigma: float, logs: Sequence[float], timesteps: str):
+    """The timestep the model is called at for ``sigma`` (> 0): a float ("interpolate") or an int ("nearest")."""
+    return sigma_to_nearest_t(sigma, logs) if timesteps == "nearest" else sigma_to_t(sigma, logs)
+
+
+def t_to_sigma(t: float, logs: Sequence[float]) -> float:
+    """sigma at a fractional timestep index t in [0, T - 1]: log sigma interpolated linearly."""
+    low = math.floor(t)
+    high = min(low + 1, len(logs) - 1)
+    w = t - low
+    return math.exp((1.0 - w) * logs[low] + w * logs[high])
+
+
+def ab_of(sigma: float) -> float:
+    """alpha_bar of a noise level: 1 / (1 + sigma**2) (1 at sigma = 0)."""
+    return 1.0 / (1.0 + sigma * sigma)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sigma schedules
+# --------------------------------------------------------------------------------------------------------------
+def make_sigmas(kind: Any, steps: Optional[int], schedule: Schedule) -> tuple[float, ...]:
+    """The steps + 1 sigmas a solver visits, the last one 0 (module docstring). ``kind``: a name of
+    SIGMA_SCHEDULES or a sequence of sigmas; steps None with a sequence: its length. Errors name ``sigmas``."""
+    logs = log_sigmas(schedule)
+    T = len(logs)
+    smin, smax = math.exp(logs[0]), math.exp(logs[-1])
+    if isinstance(kind, str):
+        if kind not in SIGMA_SCHEDULES:
+            raise ValueError(f"sigmas must be one of {SIGMA_SCHEDULES} or a sequence of noise levels, got {kind!r}")
+        n = T if steps is None else steps
+        if kind == "diffbir":
+            return diffbir_sigmas(n, schedule) + (0.0,)
+        if kind == "karras":
+            lo, hi = smin ** (1.0 / RHO), smax ** (1.0 / RHO)
+            out = [(hi + (k / (n - 1) if n > 1 else 0.0) * (lo - hi)) ** RHO for k in range(n)]
+        elif kind == "exponential":
+            a, b = math.log(smax), math.log(smin)
+            out = [math.exp(a + (k / (n - 1) if n > 1 else 0.0) * (b - a)) for k in range(n)]
+        else:
+            out = [t_to_sigma((T - 1) * (1.0 - (k / (n - 1) if n > 1 else 0.0)), logs) for k in range(n)]
+        out[0] = smax  # the end points exactly (the formulas give them up to a rounding)
+        if n > 1:
+            out[-1] = smin
+        return tuple(out) + (0.0,)
+    out = _sequence(kind)
+    if steps is not None and steps != len(out):
+        raise ValueError(f"steps ({steps}) must be None or the number of sigmas given ({len(out)})")
+    return tuple(out) + (0.0,)
+
+
+def diffbir_indices(steps: int, T: int) -> list[int]:
+    """DiffBIR's EDMSampler.make_schedule indices: numpy's linspace(T - 1, 0, steps, endpoint=False) (k * step +
+    start, step = -(T - 1) / steps) truncated to int."""
+    step = -(T - 1) / steps
+    return [int(k * step + (T - 1)) for k in range(steps)]
+
+
+def diffbir_sigmas(steps: int, schedule: Schedule) -> tuple[float, ...]:
+    """The ``steps`` sigmas of DiffBIR's EDMSampler.make_schedule: sqrt((1 - ab) / ab) of the schedule's alpha_bar
+    at diffbir_indices, the first ab (index T - 1) set to AB_FLOOR (DiffBIR does so on every schedule)."""
+    ab = schedule.alphas_cumprod
+    abs_ = [float(ab[i]) for i in diffbir_indices(steps, len(ab))]
+    abs_[0] = AB_FLOOR
+    out = tuple(math.sqrt((1.0 - a) / a) for a in abs_)
+    if any(b >= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"sigmas='diffbir' needs alpha_bar above {AB_FLOOR} at every visited index but T - 1 "
+                         f"(DiffBIR's first step is at alpha_bar = {AB_FLOOR}); this schedule's sigmas {out} are not "
+                         f"decreasing: use another sigmas=")
+    return out
+
+
+def _sequence(sigmas: Any) -> list[float]:
+    if isinstance(sigmas, torch.Tensor):
+        if sigmas.dim() != 1:
+            raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
+        sigmas = sigmas.detach().to("cpu", torch.float64).tolist()
+    if not isinstance(sigmas, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                    for v in sigmas):
+        raise TypeError(f"sigmas must be None, one of {SIGMA_SCHEDULES} or a sequence of floats, got "
+                        f"{type(sigmas).__name__}")
+    out = [float(v) for v in sigmas]
+    if out and out[-1] == 0.0:
+        out = out[:-1]
+    if not out:
+        raise ValueError("sigmas must hold at least one noise level > 0")
+    if not all(math.isfinite(v) and v > 0 for v in out):
+        raise ValueError(f"sigmas must be finite and > 0 (a trailing 0 is allowed), got {out}")
+    if any(b >= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"sigmas must be strictly decreasing, got {out}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plans
+# --------------------------------------------------------------------------------------------------------------
+def _vp(a: float, b: Sequence[float], g: float, sigma: float, sigma_next: float) -> CombineCoefs:
+    """k-space weights (a of x_k, b of D0..D2, g of z) -> the VP masked_combine coefficients (module docstring)."""
+    s, sn = 1.0 / math.sqrt(1.0 + sigma * sigma), 1.0 / math.sqrt(1.0 + sigma_next * sigma_next)
+    b = list(b) + [0.0] * (3 - len(b))
+    return CombineCoefs(cx=a * sn / s, cd0=b[0] * sn, cd1=b[1] * sn, cd2=b[2] * sn, sigma=g * sn, la=sn,
+                        lb=sigma_next * sn)
+
+
+def _step_weights(solver: str, sig: Sequence[float], i: int, eta: float) -> tuple:
+    """(a, [b0, b1, b2][:n], g, predictor (a, b0) or None) of step i in k-space (module docstring)."""
+    s, sn = sig[i], sig[i + 1]
+    if sn == 0.0:
+        # the last step: Euler (euler, euler_a, Heun) or the denoised estimate itself (DPM++): x_k' = D0
+        return 0.0, [1.0], 0.0, None
+    h = math.log(s / sn)
+    h1 = math.log(sig[i - 1] / s) if i >= 1 else None
+    h2 = math.log(sig[i - 2] / sig[i - 1]) if i >= 2 else None
+    if solver == "euler":
+        return sn / s, [1.0 - sn / s], 0.0, None
+    if solver == "euler_a":
+        up = min(sn, eta * math.sqrt(max(sn * sn * (s * s - sn * sn) / (s * s), 0.0))) if eta else 0.0
+        down = math.sqrt(max(sn * sn - up * up, 0.0))
+        return down / s, [1.0 - down / s], up, None
+    if solver == "heun":
+        dt = sn - s
+        return sn / s, [dt / 2 * (1.0 / sn - 2.0 / s), -dt / (2.0 * sn)], 0.0, (sn / s, 1.0 - sn / s)
+    if solver == "dpmpp_2m":
+        c = -math.expm1(-h)
+        if h1 is None:
+            return sn / s, [c], 0.0, None
+        r = h1 / h
+        return sn / s, [c * (1.0 + 1.0 / (2.0 * r)), -c / (2.0 * r)], 0.0, None
+    if solver == "dpmpp_2m_sde":
+        eh = eta * h
+        c = -math.expm1(-h - eh)
+        g = sn * math.sqrt(-math.expm1(-2.0 * eh)) if eta else 0.0
+        if h1 is None:
+            return sn / s * math.exp(-eh), [c], g, None
+        r = h1 / h
+        return sn / s * math.exp(-eh), [c + 0.5 * c / r, -0.5 * c / r], g, None
+    if solver == "dpmpp_3m_sde":
+        he = h * (eta + 1.0)
+        g = sn * math.sqrt(-math.expm1(-2.0 * h * eta)) if eta else 0.0
+        b = [-math.expm1(-he), 0.0, 0.0]
+        phi2 = math.expm1(-he) / he + 1.0
+        if h2 is not None:
+            r0, r1 = h1 / h, h2 / h
+            d10 = [1.0 / r0, -1.0 / r0, 0.0]  # (D0 - D1) / r0
+            d11 = [0.0, 1.0 / r1, -1.0 / r1]  # (D1 - D2) / r1
+            diff = [u - v for u, v in zip(d10, d11)]
+            d1 = [u + w * r0 / (r0 + r1) for u, w in zip(d10, diff)]
+            d2 = [w / (r0 + r1) for w in diff]
+            phi3 = phi2 / he - 0.5
+            b = [bb + phi2 * u - phi3 * v for bb, u, v in zip(b, d1, d2)]
+            return math.exp(-he), b, g, None
+        if h1 is not None:
+            r = h1 / h
+            return math.exp(-he), [b[0] + phi2 / r, -phi2 / r], g, None
+        return math.exp(-he), b[:1], g, None
+    raise ValueError(f"unknown solver {solver!r}")  # pragma: no cover - checked by the spec
+
+
+def plan(solver: str, sigmas: Sequence[float], schedule: Schedule, eta: float = 0.0,
+         timesteps: str = DEFAULT_TIMESTEPS) -> tuple[SolverStep, ...]:
+    """The SolverSteps of ``solver`` over ``sigmas`` (steps + 1 values, the last 0) for a model trained with
+    ``schedule``; eta: the noise of euler_a and the SDE solvers (k-diffusion's eta); timesteps: the model's t of
+    a sigma, "interpolate" (a float) or "nearest" (an int; module docstring)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if timesteps not in TIMESTEPS:
+        raise ValueError(f"timesteps must be one of {TIMESTEPS}, got {timesteps!r}")
+    sig = [float(v) for v in sigmas]
+    if len(sig) < 2 or sig[-1] != 0.0 or any(b >= a for a, b in zip(sig, sig[1:])):
+        raise ValueError(f"sigmas must be strictly decreasing and end with 0, got {sig}")
+    logs = log_sigmas(schedule)
+    steps = []
+    for i in range(len(sig) - 1):
+        s, sn = sig[i], sig[i + 1]
+        a, b, g, pred = _step_weights(solver, sig, i, float(eta))
+        predictor = None if pred is None else _vp(pred[0], [pred[1]], 0.0, s, sn)
+        zero = 0 if timesteps == "nearest" else 0.0
+        t_next, ab_next = (model_t(sn, logs, timesteps), ab_of(sn)) if sn > 0 else (zero, 1.0)
+        steps.append(SolverStep(sigma=s, sigma_next=sn, t=model_t(s, logs, timesteps), ab=ab_of(s), t_next=t_next,
+                                ab_next=ab_next, coefs=_vp(a, b, g, s, sn), n=len(b), predictor=predictor))
+    return tuple(steps)

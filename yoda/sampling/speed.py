@@ -1,0 +1,171 @@
+"""Whole-loop speed options of yoda.sample: torch.compile, autocast, channels-last and CUDA graphs (issue 12).
+
+    yoda.sample(model, lr, compile=True, autocast="bf16", channels_last=True, cuda_graphs=True)
+    yoda upscale IN -o OUT --compile --autocast bf16 --channels-last --cuda-graphs
+
+All four act on the adapter's *network* only -- the callable it keeps in ``net`` (SR3 / pixel adapters),
+``model`` (SRDiff), ``fn`` (CallableAdapter) or ``_denoise`` (LatentAdapter) -- never on the fused step, which
+keeps the state's dtype (float32 math for a float32 state). For one sample() call the adapter is shallow-copied
+with that network wrapped in a :class:`FastNet`; the user's adapter and model are not modified, and nothing
+outlives the call except torch.compile's own code cache (keyed on the network's code, so a second call with the
+same shapes does not compile again).
+
+- ``compile``: ``torch.compile(network)``; a dict gives torch.compile's keyword arguments (``{"mode":
+  "max-autotune"}``, ``{"backend": "aot_eager"}``). Same image up to float rounding (inductor fuses and reorders).
+- ``autocast``: ``"bf16"`` or ``"fp16"``: the network call runs under ``torch.autocast`` of its device; the
+  adapter casts the output back to the state's dtype.
+- ``channels_last``: 4-D tensor inputs of the network are made channels-last (the weights are left alone; the
+  convolutions then pick channels-last kernels); the output comes back in the contiguous layout.
+- ``cuda_graphs``: CUDA only. The network call is captured once per input signature (shapes, dtypes, the
+  non-tensor arguments) in a ``torch.cuda.CUDAGraph`` with static input buffers, and replayed: inputs are copied
+  into the buffers, the output is cloned out. Tiled denoising has a few signatures (edge windows, the last
+  batch), each captured once. The network must be capturable: no host syncs, no data-dependent shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NETWORK_ATTRS = ("net", "model", "fn", "_denoise")  # where adapters keep their network, in this order
+GRAPH_WARMUP = 3  # eager (or compiled) calls on a side stream before a CUDA graph is captured
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The checked speed options of one yoda.sample call (see the module docstring)."""
+
+    compile: bool = False
+    compile_options: tuple = ()  # torch.compile keyword arguments, as sorted (name, value) pairs
+    autocast: Optional[str] = None  # None | "bf16" | "fp16"
+    channels_last: bool = False
+    cuda_graphs: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.compile or self.autocast is not None or self.channels_last or self.cuda_graphs
+
+
+def check_speed(*, compile: Any = False, autocast: Any = None, channels_last: Any = False, cuda_graphs: Any = False,
+                device: torch.device) -> Speed:
+    """The Speed of yoda.sample's arguments for a run on ``device``; errors name the argument."""
+    options: tuple = ()
+    if isinstance(compile, dict):
+        if not all(isinstance(k, str) for k in compile):
+            raise TypeError("compile: a dict of torch.compile keyword arguments must have str keys")
+        compile, options = True, tuple(sorted(compile.items()))
+    for name, v in (("compile", compile), ("channels_last", channels_last), ("cuda_graphs", cuda_graphs)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be a bool{' or a dict' if name == 'compile' else ''}, got {type(v).__name__}")
+    if isinstance(autocast, torch.dtype):
+        autocast = {v: k for k, v in AUTOCAST_DTYPES.items()}.get(autocast, autocast)
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+    if cuda_graphs and torch.device(device).type != "cuda":
+        raise ValueError(f"cuda_graphs=True captures the denoiser call in a CUDA graph and needs a CUDA device; "
+                         f"lr is on {device} (leave cuda_graphs=False on the CPU)")
+    return Speed(compile, options, autocast, channels_last, cuda_graphs)
+
+
+def network_attr(adapter: Any) -> str:
+    """The attribute of ``adapter`` that holds its network (NETWORK_ATTRS); ValueError if it has none."""
+    for name in NETWORK_ATTRS:
+        if callable(getattr(adapter, name, None)):
+            return name
+    raise ValueError(f"compile / autocast / channels_last / cuda_graphs act on the adapter's network, and "
+                     f"{type(adapter).__name__} keeps none in {', '.join('.' + n for n in NETWORK_ATTRS)}")
+
+
+def speed_adapter(adapter: Any, speed: Speed) -> Any:
+    """``adapter`` itself when no option is on, else a shallow copy whose network is a FastNet."""
+    if not speed.active:
+        return adapter
+    name = network_attr(adapter)
+    fast = copy.copy(adapter)
+    setattr(fast, name, FastNet(getattr(adapter, name), speed))
+    return fast
+
+
+def _channels_last(v: Any) -> Any:
+    if isinstance(v, torch.Tensor) and v.dim() == 4:
+        return v.contiguous(memory_format=torch.channels_last)
+    return v
+
+
+def _contiguous(v: Any) -> Any:
+    return v.contiguous() if isinstance(v, torch.Tensor) else v
+
+
+class FastNet:
+    """``net`` called with the options of ``speed``; every other attribute is ``net``'s (parameters(), the
+    submodules an adapter's prepare uses, its config), so the adapter's code runs unchanged."""
+
+    def __init__(self, net: Any, speed: Speed) -> None:
+        self.__dict__.update(_net=net, _speed=speed, _graphs={},
+                             _call=torch.compile(net, **dict(speed.compile_options)) if speed.compile else net)
+
+    def __getattr__(self, name: str) -> Any:
+        net = self.__dict__.get("_net")
+        if net is None:  # not initialised (copy, pickle): no forwarding
+            raise AttributeError(name)
+        return getattr(net, name)
+
+    def _run(self, args: tuple, kwargs: dict) -> Any:
+        """One network call with autocast (of the inputs' device) when asked."""
+        dt = self._speed.autocast
+        if dt is None:
+            return self._call(*args, **kwargs)
+        leaves = [v for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.Tensor)]
+        device_type = leaves[0].device.type if leaves else "cpu"
+        with torch.autocast(device_type, dtype=AUTOCAST_DTYPES[dt]):
+            return self._call(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._speed.channels_last:
+            args, kwargs = tree_map(_channels_last, (args, kwargs))
+        out = self._graphed(args, kwargs) if self._speed.cuda_graphs else self._run(args, kwargs)
+        return tree_map(_contiguous, out) if self._speed.channels_last else out
+
+    def _graphed(self, args: tuple, kwargs: dict) -> Any:
+        """The call replayed from a CUDA graph captured for this input signature (captured on first sight)."""
+        leaves, spec = tree_flatten((args, kwargs))
+        key = (str(spec), tuple((tuple(v.shape), v.dtype, v.device, v.stride()) if isinstance(v, torch.Tensor)
+                                else repr(v) for v in leaves))
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(leaves, spec)
+            self._graphs[key] = entry
+        replay, static, out = entry
+        for dst, src in zip(static, leaves):
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(src)
+        replay()
+        return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out)
+
+    def _capture(self, leaves: list, spec: Any) -> tuple:
+        static = [v.clone() if isinstance(v, torch.Tensor) else v for v in leaves]
+        args, kwargs = tree_unflatten(static, spec)
+        replay, out = capture_cuda_graph(lambda: self._run(args, kwargs), static)
+        return replay, static, out
+
+
+def capture_cuda_graph(fn: Callable[[], Any], inputs: list) -> tuple[Callable[[], None], Any]:
+    """fn(), which reads only the static buffers ``inputs``, warmed up on a side stream, then one call captured in a
+    CUDA graph -> (replay, the output buffers that replay refills)."""
+    if any(isinstance(v, torch.Tensor) and v.device.type != "cuda" for v in inputs):
+        raise ValueError("cuda_graphs=True: every tensor the network takes must be on a CUDA device")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: cuDNN / inductor choices and allocations happen outside the capture
+        for _ in range(GRAPH_WARMUP):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out

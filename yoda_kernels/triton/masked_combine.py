@@ -1,0 +1,310 @@
+"""Triton masked_combine: the fused masked update of the multistep / SDE solvers (contract.CombineCoefs), same
+contract and float32 operation order as ``yoda_kernels.naive.masked_combine``:
+
+    sr = (((cx * x + cd0 * d0) + cd1 * d1) + cd2 * d2) + sigma * z      (terms of absent d1 / d2 not added)
+    lr = la * c + lb * z
+    x' = sr where A >= tau else lr
+
+The work split, the three strip paths (LR only / SR only / per pixel) and their read avoidance, the Philox
+noise (the same stream and counters as masked_step) and the launch configuration are masked_step's
+(yoda_kernels/triton/masked_step.py), with masked_step's x and model_out replaced by x and the ND estimates:
+    all tiles empty  -> reads c (and explicit noise), never x / d* / A
+    all tiles full   -> reads x, d0 .. d(ND-1) (and explicit noise), never c / A
+    otherwise        -> A only in mixed tiles; x, d* only where the pixel is active, c only where it is not
+ND (1..3, the number of estimates) is a compile-time constant: absent estimates are neither read nor added.
+Coefficients reach the kernel by name (the contract.CombineCoefs fields are its parameters cx .. lb); compiled
+with enable_fp_fusion=False, so no multiply-add is fused.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..contract import MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format, needs_noise
+from .masked_step import (
+    MAX_GRID_YZ,
+    NOISE_NONE,
+    NOISE_PHILOX,
+    NOISE_TENSOR,
+    _as_int32,
+    _lane_active,
+    _strides,
+    launch_config,
+    soft_bf16,
+    to_output,
+)
+from .tile_stats import attention_strides, optional_stats
+
+
+@triton.jit
+def _lane_load(
+    x_ptr, d0_ptr, d1_ptr, d2_ptr, c_ptr, n_ptr, r, cols, inb, act,
+    sxh, sxw, s0h, s0w, s1h, s1w, s2h, s2w, sch, scw, snh, snw,
+    PATH: tl.constexpr, NOISE: tl.constexpr, ND: tl.constexpr,
+):
+    """The loads of one lane sub-block of one channel: (x, d0, d1, d2, c, explicit noise) as float32, 0.0 for
+    what the path (or ND) does not need. Pointers are already offset to (b, channel, first row of the strip)."""
+    rr = r[:, None]
+    cc = cols[None, :]
+    xv = 0.0
+    v0 = 0.0
+    v1 = 0.0
+    v2 = 0.0
+    cv = 0.0
+    nv = 0.0
+    if PATH != 0:
+        xv = tl.load(x_ptr + rr * sxh + cc * sxw, mask=act, other=0.0).to(tl.float32)
+        v0 = tl.load(d0_ptr + rr * s0h + cc * s0w, mask=act, other=0.0).to(tl.float32)
+        if ND > 1:
+            v1 = tl.load(d1_ptr + rr * s1h + cc * s1w, mask=act, other=0.0).to(tl.float32)
+        if ND > 2:
+            v2 = tl.load(d2_ptr + rr * s2h + cc * s2w, mask=act, other=0.0).to(tl.float32)
+    if PATH == 2:
+        cv = tl.load(c_ptr + rr * sch + cc * scw, mask=inb & (act == 0), other=0.0).to(tl.float32)
+    elif PATH == 0:
+        cv = tl.load(c_ptr + rr * sch + cc * scw, mask=inb, other=0.0).to(tl.float32)
+    if NOISE == 2:
+        nv = tl.load(n_ptr + rr * snh + cc * snw, mask=inb, other=0.0).to(tl.float32)
+    return xv, v0, v1, v2, cv, nv
+
+
+@triton.jit
+def _lane_store(
+    y_ptr, r, cols, inb, act, xv, v0, v1, v2, cv, z, syh, syw,
+    cx, cd0, cd1, cd2, sigma, la, lb,
+    PATH: tl.constexpr, NOISE: tl.constexpr, ND: tl.constexpr, SOFT_BF16: tl.constexpr,
+):
+    """x' of one lane sub-block in naive.py's float32 order, stored in the output's dtype."""
+    if PATH != 0:
+        sr = cx * xv + cd0 * v0
+        if ND > 1:
+            sr = sr + cd1 * v1
+        if ND > 2:
+            sr = sr + cd2 * v2
+        if NOISE != 0:
+            sr = sr + sigma * z
+    if PATH != 1:
+        lr = la * cv
+        if NOISE != 0:
+            lr = lr + lb * z
+    if PATH == 2:
+        res = tl.where(act, sr, lr)
+    elif PATH == 1:
+        res = sr
+    else:
+        res = lr
+    tl.store(y_ptr + r[:, None] * syh + cols[None, :] * syw, to_output(res, y_ptr, SOFT_BF16), mask=inb)
+
+
+@triton.jit
+def _strip(
+    x_ptr, d0_ptr, d1_ptr, d2_ptr, c_ptr, n_ptr, y_ptr, a_ptr,
+    b, ty, cols, col_in, full, mixed,
+    C, H, W, H4,
+    sxb, sxc, sxh, sxw, s0b, s0c, s0h, s0w, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w, scb, scc, sch, scw,
+    snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+    tau, cx, cd0, cd1, cd2, sigma, la, lb, seed,
+    PATH: tl.constexpr, NOISE: tl.constexpr, ND: tl.constexpr, TILE: tl.constexpr, SOFT_BF16: tl.constexpr,
+):
+    """All channels of one strip along one path: per channel every load of the four lane sub-blocks first,
+    then the Philox normals while they are in flight, then the stores (masked_step's _strip)."""
+    R: tl.constexpr = TILE // 4
+    i = tl.arange(0, R)
+    y0 = ty * TILE
+    r0 = 4 * i
+    r1 = 4 * i + 1
+    r2 = 4 * i + 2
+    r3 = 4 * i + 3
+    in0 = ((y0 + r0) < H)[:, None] & col_in[None, :]
+    in1 = ((y0 + r1) < H)[:, None] & col_in[None, :]
+    in2 = ((y0 + r2) < H)[:, None] & col_in[None, :]
+    in3 = ((y0 + r3) < H)[:, None] & col_in[None, :]
+    b64 = b.to(tl.int64)
+    y64 = y0.to(tl.int64)
+    a_s = a_ptr + y64 * sah
+    act0 = _lane_active(a_s, r0, cols, in0, full, mixed, sah, saw, tau, PATH)
+    act1 = _lane_active(a_s, r1, cols, in1, full, mixed, sah, saw, tau, PATH)
+    act2 = _lane_active(a_s, r2, cols, in2, full, mixed, sah, saw, tau, PATH)
+    act3 = _lane_active(a_s, r3, cols, in3, full, mixed, sah, saw, tau, PATH)
+    for ch in range(C):
+        c64 = tl.cast(ch, tl.int64)
+        x_s = x_ptr + b64 * sxb + c64 * sxc + y64 * sxh
+        d0_s = d0_ptr + b64 * s0b + c64 * s0c + y64 * s0h
+        d1_s = d1_ptr + b64 * s1b + c64 * s1c + y64 * s1h
+        d2_s = d2_ptr + b64 * s2b + c64 * s2c + y64 * s2h
+        c_s = c_ptr + b64 * scb + c64 * scc + y64 * sch
+        n_s = n_ptr + b64 * snb + c64 * snc + y64 * snh
+        y_s = y_ptr + b64 * syb + c64 * syc + y64 * syh
+        x0, a0, b0, e0, cv0, n0 = _lane_load(x_s, d0_s, d1_s, d2_s, c_s, n_s, r0, cols, in0, act0, sxh, sxw,
+                                             s0h, s0w, s1h, s1w, s2h, s2w, sch, scw, snh, snw, PATH, NOISE, ND)
+        x1, a1, b1, e1, cv1, n1 = _lane_load(x_s, d0_s, d1_s, d2_s, c_s, n_s, r1, cols, in1, act1, sxh, sxw,
+                                             s0h, s0w, s1h, s1w, s2h, s2w, sch, scw, snh, snw, PATH, NOISE, ND)
+        x2, a2, b2, e2, cv2, n2 = _lane_load(x_s, d0_s, d1_s, d2_s, c_s, n_s, r2, cols, in2, act2, sxh, sxw,
+                                             s0h, s0w, s1h, s1w, s2h, s2w, sch, scw, snh, snw, PATH, NOISE, ND)
+        x3, a3, b3, e3, cv3, n3 = _lane_load(x_s, d0_s, d1_s, d2_s, c_s, n_s, r3, cols, in3, act3, sxh, sxw,
+                                             s0h, s0w, s1h, s1w, s2h, s2w, sch, scw, snh, snw, PATH, NOISE, ND)
+        if NOISE == 1:
+            g = ((b * C + ch) * H4 + ty * R + i)[:, None] * W + cols[None, :]
+            n0, n1, n2, n3 = tl.randn4x(seed, g)
+        _lane_store(y_s, r0, cols, in0, act0, x0, a0, b0, e0, cv0, n0, syh, syw,
+                    cx, cd0, cd1, cd2, sigma, la, lb, PATH, NOISE, ND, SOFT_BF16)
+        _lane_store(y_s, r1, cols, in1, act1, x1, a1, b1, e1, cv1, n1, syh, syw,
+                    cx, cd0, cd1, cd2, sigma, la, lb, PATH, NOISE, ND, SOFT_BF16)
+        _lane_store(y_s, r2, cols, in2, act2, x2, a2, b2, e2, cv2, n2, syh, syw,
+                    cx, cd0, cd1, cd2, sigma, la, lb, PATH, NOISE, ND, SOFT_BF16)
+        _lane_store(y_s, r3, cols, in3, act3, x3, a3, b3, e3, cv3, n3, syh, syw,
+                    cx, cd0, cd1, cd2, sigma, la, lb, PATH, NOISE, ND, SOFT_BF16)
+
+
+@triton.jit
+def _masked_combine_kernel(
+    x_ptr, d0_ptr, d1_ptr, d2_ptr, c_ptr, a_ptr, tmax_ptr, tmin_ptr, n_ptr, y_ptr,
+    C, H, W, H4, TY, TX,
+    sxb, sxc, sxh, sxw, s0b, s0c, s0h, s0w, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w, scb, scc, sch, scw,
+    snb, snc, snh, snw, syb, syc, syh, syw, sab, sah, saw,
+    tau, cx, cd0, cd1, cd2, sigma, la, lb, seed_i32, step,
+    HAS_A: tl.constexpr, NOISE: tl.constexpr, ND: tl.constexpr,
+    TILE: tl.constexpr, BLOCK_W: tl.constexpr, SOFT_BF16: tl.constexpr,
+):
+    # The 64-bit Philox key (step << 32) | seed, assembled here from 32-bit arguments (masked_step's kernel).
+    seed = (tl.cast(step, tl.uint64) << 32) | tl.cast(tl.cast(seed_i32, tl.uint32, bitcast=True), tl.uint64)
+    pid_x = tl.program_id(0)
+    ty = tl.program_id(1)
+    b = tl.program_id(2)
+    cols = pid_x * BLOCK_W + tl.arange(0, BLOCK_W)
+    col_in = cols < W
+    a_b = a_ptr + b.to(tl.int64) * sab
+    if HAS_A:
+        st = (b * TY + ty).to(tl.int64) * TX + cols // TILE
+        # Columns past W count as full and inactive so that they never force the per-pixel path.
+        tmax = tl.load(tmax_ptr + st, mask=col_in, other=float("-inf"))
+        tmin = tl.load(tmin_ptr + st, mask=col_in, other=float("inf"))
+        full = tmin >= tau
+        active = tmax >= tau
+        mixed = active & (full == 0)
+        n_full = tl.sum(full.to(tl.int32), axis=0)
+        n_idle = tl.sum((active == 0).to(tl.int32), axis=0)
+        if n_idle == BLOCK_W:
+            _strip(x_ptr, d0_ptr, d1_ptr, d2_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, full, mixed,
+                   C, H, W, H4, sxb, sxc, sxh, sxw, s0b, s0c, s0h, s0w, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
+                   scb, scc, sch, scw, snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+                   tau, cx, cd0, cd1, cd2, sigma, la, lb, seed, 0, NOISE, ND, TILE, SOFT_BF16)
+        elif n_full == BLOCK_W:
+            _strip(x_ptr, d0_ptr, d1_ptr, d2_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, full, mixed,
+                   C, H, W, H4, sxb, sxc, sxh, sxw, s0b, s0c, s0h, s0w, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
+                   scb, scc, sch, scw, snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+                   tau, cx, cd0, cd1, cd2, sigma, la, lb, seed, 1, NOISE, ND, TILE, SOFT_BF16)
+        else:
+            _strip(x_ptr, d0_ptr, d1_ptr, d2_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, full, mixed,
+                   C, H, W, H4, sxb, sxc, sxh, sxw, s0b, s0c, s0h, s0w, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
+                   scb, scc, sch, scw, snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+                   tau, cx, cd0, cd1, cd2, sigma, la, lb, seed, 2, NOISE, ND, TILE, SOFT_BF16)
+    else:
+        _strip(x_ptr, d0_ptr, d1_ptr, d2_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, col_in, col_in,
+               C, H, W, H4, sxb, sxc, sxh, sxw, s0b, s0c, s0h, s0w, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,
+               scb, scc, sch, scw, snb, snc, snh, snw, syb, syc, syh, syw, sah, saw,
+               tau, cx, cd0, cd1, cd2, sigma, la, lb, seed, 1, NOISE, ND, TILE, SOFT_BF16)
+
+
+def launch_masked_combine(
+    x: torch.Tensor,
+    d0: torch.Tensor,
+    d1: Optional[torch.Tensor],
+    d2: Optional[torch.Tensor],
+    c: torch.Tensor,
+    A: Optional[torch.Tensor],
+    tile_max: Optional[torch.Tensor],
+    tile_min: Optional[torch.Tensor],
+    tau: float,
+    coefs: list[float],
+    seed: int,
+    step: int,
+    noise: Optional[torch.Tensor],
+    tile: int,
+    *,
+    block_w: Optional[int] = None,
+    num_warps: Optional[int] = None,
+) -> torch.Tensor:
+    """The launch behind ``torch.ops.yoda.masked_combine_triton``; ``block_w`` / ``num_warps`` override
+    masked_step's :func:`launch_config`."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
+    if d2 is not None and d1 is None:
+        raise ValueError("d2 is given without d1")
+    for name, t in (("d0", d0), ("d1", d1), ("d2", d2), ("c", c), ("noise", noise)):
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
+    check_tile(tile)
+    if len(coefs) != NUM_COMBINE_COEFS:
+        raise ValueError(f"coefs must be {NUM_COMBINE_COEFS} floats, got {len(coefs)}")
+    k = CombineCoefs(*(float(v) for v in coefs))
+    ds = [d for d in (d0, d1, d2) if d is not None]
+    nd = len(ds)
+    for j in range(nd, MAX_HISTORY):
+        if k[1 + j] != 0.0:
+            raise ValueError(f"coefs: cd{j} = {k[1 + j]} but d{j} is not given")
+    B, C, H, W = x.shape
+    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
+    if TY > MAX_GRID_YZ or B > MAX_GRID_YZ:
+        raise ValueError(f"x of shape {tuple(x.shape)} needs a grid over {TY} tile rows and {B} images; "
+                         f"at most {MAX_GRID_YZ} each")
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
+    if out.numel() == 0:
+        return out
+    noise_mode = NOISE_NONE if not needs_noise(coefs) else NOISE_PHILOX if noise is None else NOISE_TENSOR
+    has_a = A is not None
+    if has_a:
+        if A.shape[0] != B or tuple(A.shape[-2:]) != (H, W) or A.dim() not in (3, 4):
+            raise ValueError(f"A must be ({B}, 1, {H}, {W}) or ({B}, {H}, {W}), got {tuple(A.shape)}")
+        tmax, tmin = optional_stats(A, tile_max, tile_min, tile)
+        for name, t in (("tile_max", tmax), ("tile_min", tmin)):
+            if tuple(t.shape) != (B, TY, TX):
+                raise ValueError(f"{name} must have shape ({B}, {TY}, {TX}) = tile_stats(A, {tile}), "
+                                 f"got {tuple(t.shape)}")
+        sab, sah, saw = attention_strides(A)
+    else:
+        A, tmax, tmin = x, x, x  # never read (HAS_A is a compile-time False)
+        sab = sah = saw = 0
+    used_noise = noise if noise_mode == NOISE_TENSOR else None
+    unit_w = all(t.stride(-1) == 1 for t in [x, c, out] + ds + ([used_noise] if used_noise is not None else []))
+    cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX, unit_w)
+    block_w = block_w or cfg_w
+    dd = ds + [x] * (MAX_HISTORY - nd)  # absent estimates: never read (ND is a compile-time constant)
+    grid = (triton.cdiv(W, block_w), TY, B)
+    wrap_triton(_masked_combine_kernel)[grid](
+        x, dd[0], dd[1], dd[2], c, A, tmax, tmin, used_noise if used_noise is not None else x, out,
+        C, H, W, (H + 3) // 4, TY, TX,
+        *x.stride(), *_strides(d0), *_strides(d1), *_strides(d2), *c.stride(), *_strides(used_noise),
+        *out.stride(), sab, sah, saw,
+        float(tau), **k._asdict(), seed_i32=_as_int32(int(seed)), step=int(step),
+        HAS_A=has_a, NOISE=noise_mode, ND=nd, TILE=tile, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x.dtype),
+        num_warps=num_warps or cfg_warps, enable_fp_fusion=False,
+    )
+    return out
+
+
+@triton_op("yoda::masked_combine_triton", mutates_args=())
+def masked_combine_triton(
+    x: torch.Tensor,
+    d0: torch.Tensor,
+    d1: Optional[torch.Tensor],
+    d2: Optional[torch.Tensor],
+    c: torch.Tensor,
+    A: Optional[torch.Tensor],
+    tile_max: Optional[torch.Tensor],
+    tile_min: Optional[torch.Tensor],
+    tau: float,
+    coefs: list[float],
+    seed: int,
+    step: int,
+    noise: Optional[torch.Tensor],
+    tile: int,
+) -> torch.Tensor:
+    """x' (B, C, H, W), dtype and memory format of x; arguments as yoda_kernels.naive.masked_combine.
+    tile_max / tile_min are computed here when A is given without them."""
+    return launch_masked_combine(x, d0, d1, d2, c, A, tile_max, tile_min, tau, coefs, seed, step, noise, tile)
