@@ -134,6 +134,25 @@ MUTANTS = [
            '"x0_hat": x0_hat(x, pred, ab_t, "eps", self.spec.clip)',
            ("tests/test_sampler.py", "-k", "callback"),
            "the callback's x0_hat assumes an eps model (the test compared x0_hat with the last state only)"),
+    # ---- issue 14 (solvers, masked_combine, guidance) and the learning-rate decay ------------------------------
+    Mutant("solver-history-not-held", "yoda/sampling/prepare.py",
+           "return torch.where(self.A >= torch.tensor(tau, dtype=torch.float32, device=self.A.device), d, self.c)",
+           "return d",
+           ("tests/test_solvers.py", "-k", "history"),
+           "a multistep solver keeps the model's estimate, not c, for pixels inactive at their step (DESIGN §5b)"),
+    Mutant("combine-cd2-sign", "yoda_kernels/naive.py",
+           "sr = sr + k.cd2 * d2.float()", "sr = sr - k.cd2 * d2.float()",
+           ("tests/test_masked_combine.py", "-k", "reference"),
+           "the reference's third estimate enters with the wrong sign"),
+    Mutant("cfg-swapped", "yoda/adapters.py",
+           "    out = out_uncond + scale * (out_cond - out_uncond)\n", "    out = out_cond + scale * (out_uncond - out_cond)\n",
+           ("tests/test_diffbir.py",),
+           "classifier-free guidance with cond and uncond swapped"),
+    Mutant("lr-decay-end", "yoda/training/trainer.py",
+           "max(cfg.steps - step, 0) / max(cfg.steps - cfg.decay_from, 1)",
+           "max(cfg.steps - step + 1, 0) / max(cfg.steps - cfg.decay_from, 1)",
+           ("tests/test_train.py", "-k", "learning_rate"),
+           "the learning-rate decay ends one step late (lr > 0 at the last step)"),
 ]
 
 

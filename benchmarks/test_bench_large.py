@@ -9,10 +9,11 @@ The input is a real photograph: the held-out ``lomiri-Dragonfly`` wallpaper (yod
 resized to LR = HR / 4. Every run samples DDIM with STEPS steps, seed 0, on the CPU (or the GPU if there is one),
 with THREADS torch threads (YODA_BENCH_THREADS, default 1).
 
-Per configuration (one round each): wall time, denoiser calls (windows denoised, the sample callback's
-``calls``), denoiser forward passes (``batches``), the fraction of window-steps denoised (calls / (windows x
-steps)) and the peak RSS (VmHWM, reset through /proc/self/clear_refs after gc and malloc_trim before the run;
-also less the RSS at that point, "of which the run"):
+Per configuration (the fastest of ``rounds(hr)`` rounds: 2 up to 512², else 1; YODA_BENCH_ROUNDS): wall time,
+denoiser calls (windows denoised, the sample callback's ``calls``), denoiser forward passes (``batches``), the
+fraction of window-steps denoised (calls / (windows x steps)) and the peak RSS (VmHWM, reset through
+/proc/self/clear_refs after gc and malloc_trim before the run; also less the RSS at that point, "of which the
+run"):
 - ``dense``: untiled, plain (attention None): one call on the whole state per step;
 - ``tiled``: plain, windows WINDOWS[HR], every window every step;
 - ``yoda-<attention>-<l>``: YODA at lower bound l with edge / gaussian / sift attention, the same windows,
@@ -154,6 +155,11 @@ def sample_counted(lr, **kw) -> tuple[torch.Tensor, dict]:
     return sr, dict(seconds=seconds, calls=sum(calls), batches=sum(batches), rss_mb=peak, rss_run_mb=peak - before)
 
 
+def rounds(hr: int) -> int:
+    """Rounds of a dense / tiled / YODA run: 2 up to 512² (round-to-round noise on the shared machine ~10%), else 1."""
+    return int(os.environ.get("YODA_BENCH_ROUNDS", 2 if hr <= 512 else 1))
+
+
 def n_windows(hr: int, window: int, overlap: int) -> int:
     from yoda.sampling.tiles import _starts
 
@@ -188,13 +194,14 @@ def test_large(benchmark, hr, name):
         _, att, lb = name.split("-")
         A, extra["attention_s"] = attention_map(att, lr)
         kw.update(attention=A, lower_bound=float(lb))
-    box: dict = {}
+    box: dict = {"m": []}
 
     def run():
-        box["sr"], box["m"] = sample_counted(lr, **kw)
+        box["sr"], m = sample_counted(lr, **kw)
+        box["m"].append(m)
 
-    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
-    m = dict(box["m"], **extra)
+    benchmark.pedantic(run, rounds=rounds(hr), iterations=1, warmup_rounds=0)
+    m = dict(min(box["m"], key=lambda v: v["seconds"]), **extra)  # the fastest round (the machine is shared)
     total = STEPS * (1 if name == "dense" else n_windows(hr, *window))
     m["fraction"] = m["calls"] / total
     assert box["sr"].shape == (1, 3, hr, hr) and torch.isfinite(box["sr"]).all()
@@ -302,8 +309,8 @@ def test_sampler_overhead_vs_bare_loop(benchmark):
 # ------------------------------------------------------------------------------------------------------------
 def test_summary(benchmark):
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    lines = [f"| HR | run | wall (s) | denoiser calls | forward passes | window-steps denoised | speedup vs tiled | "
-             f"ideal | of ideal | peak RSS (MB) | of which the run (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| HR | run | wall (s) | denoiser calls | forward passes | window-steps denoised | speedup vs tiled | "
+             "ideal | of ideal | peak RSS (MB) | of which the run (MB) |", "|---" * 11 + "|"]
     worst = math.inf
     for hr in SIZES:
         tiled = RESULTS.get((hr, "tiled"))
@@ -317,7 +324,8 @@ def test_summary(benchmark):
                 speed, ideal, eff = f"{s:.2f}", f"{i:.2f}", f"{s / i:.2f}"
                 worst = min(worst, s / i)
             lines.append(f"| {hr}² | {name} | {m['seconds']:.1f} | {m['calls']} | {m['batches']} | "
-                         f"{m['fraction']:.3f} | {speed} | {ideal} | {eff} | {m['rss_mb']:.0f} | {m['rss_run_mb']:.0f} |")
+                         f"{m['fraction']:.3f} | {speed} | {ideal} | {eff} | {m['rss_mb']:.0f} | "
+                         f"{m['rss_run_mb']:.0f} |")
     for hr in SIZES:
         b = RESULTS.get((hr, "batch"))
         if b:
