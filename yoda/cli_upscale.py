@@ -1,5 +1,6 @@
 """The parts of ``yoda upscale`` that need nothing else of the CLI: the memory plan (--max-memory, --tiles,
---window-batch), folder inputs, --skip-existing, and the torchrun shard loop (RANK / WORLD_SIZE, gloo)."""
+--window-batch) and glibc's malloc settings, the speed options (--compile, --autocast, --channels-last,
+--cuda-graphs), folder inputs, --skip-existing, and the torchrun shard loop (RANK / WORLD_SIZE, gloo)."""
 
 from __future__ import annotations
 
@@ -56,10 +57,11 @@ def guided_model(model, cfg_scale):
 
 # glibc malloc for `yoda upscale` (benchmarks/RESULTS.md, issue 12). By default a block over the dynamic mmap
 # threshold is mmap'ed and unmapped again when freed, and the freed top of the heap is returned to the kernel, so
-# the denoiser's activations are faulted in anew at every layer of every window (system time 10-35% of user
-# time). Here blocks up to MMAP_THRESHOLD (glibc's largest allowed value) come from the heap and freed memory is
-# kept for reuse (no trim); larger blocks, the state-sized buffers of a large image, are still mmap'ed, so they
-# cannot fragment the heap (with no mmap at all the 4096² run's peak RSS grew from 2.1 to 2.9 GB).
+# the denoiser's activations are faulted in anew at every layer of every window (system time 10-13% of user
+# time at 2048² and 4096², 3% with these settings). Here blocks up to MMAP_THRESHOLD (glibc's largest allowed
+# value) come from the heap and freed memory is kept for reuse (no trim); larger blocks, the state-sized buffers
+# of a large image, are still mmap'ed, so they cannot fragment the heap (with no mmap at all the 4096² run's peak
+# RSS grew from 2.1 to 2.9 GB).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 * 1024 * 1024  # HEAP_MAX_SIZE / 2 on 64-bit glibc: mallopt refuses more
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
