@@ -149,6 +149,86 @@ def compile_masked_step(tile: int, noise: int, layout: str = "contiguous", arch:
                      _sass_count(k.asm["cubin"], arch), 32 * max(widths, default=1))
 
 
+# ---- the noise transform (issue 13): SASS instructions per normal, Philox excluded -------------------------
+
+NOISE_BLOCK, NOISE_WARPS, NOISE_PAIRS = 512, 4, 4  # four word pairs per thread (constants loaded once)
+
+
+def _noise_kernels():
+    """Three small kernels over word pairs (wa[i], wb[i]), one pair per thread: the project's transform
+    (yoda_kernels/triton/noise.py: normal_pair), stream version 1's (Triton's uint_to_uniform_float and
+    pair_uniform_to_normal, i.e. tl.randn4x without Philox), and the same loads and stores with a bit cast in
+    place of a transform (the skeleton whose instructions the other two subtract)."""
+    import triton
+    import triton.language as tl
+    from triton.language.random import pair_uniform_to_normal, uint_to_uniform_float
+
+    from yoda_kernels.triton.noise import normal_pair
+
+    @triton.jit
+    def transform_v2(wa_ptr, wb_ptr, na_ptr, nb_ptr, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        na, nb = normal_pair(tl.load(wa_ptr + i), tl.load(wb_ptr + i))
+        tl.store(na_ptr + i, na)
+        tl.store(nb_ptr + i, nb)
+
+    @triton.jit
+    def transform_v1(wa_ptr, wb_ptr, na_ptr, nb_ptr, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        na, nb = pair_uniform_to_normal(uint_to_uniform_float(tl.load(wa_ptr + i)),
+                                        uint_to_uniform_float(tl.load(wb_ptr + i)))
+        tl.store(na_ptr + i, na)
+        tl.store(nb_ptr + i, nb)
+
+    @triton.jit
+    def skeleton(wa_ptr, wb_ptr, na_ptr, nb_ptr, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(na_ptr + i, tl.load(wa_ptr + i).to(tl.float32, bitcast=True))
+        tl.store(nb_ptr + i, tl.load(wb_ptr + i).to(tl.float32, bitcast=True))
+
+    return {"v2": transform_v2, "v1": transform_v1, "skeleton": skeleton}
+
+
+def _sass_lines(cubin: bytes, arch: int) -> list[str]:
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    cuobjdump = Path(get_ptxas(arch).path).with_name("cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        Path(path).write_bytes(cubin)
+        sass = subprocess.run([str(cuobjdump), "-sass", path], check=True, capture_output=True, text=True).stdout
+    out = []
+    for line in sass.splitlines():
+        m = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(.*?);", line)
+        if m and not m.group(1).startswith("NOP"):
+            out.append(m.group(1).strip())
+    return out
+
+
+def noise_transform_report(arch: int = 90) -> dict[str, list[str]]:
+    """SASS (without NOPs) of the three kernels of _noise_kernels, compiled for sm_<arch> with
+    enable_fp_fusion=False (as the library's kernels are)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", arch, 32)
+    sig = {"wa_ptr": "*u32", "wb_ptr": "*u32", "na_ptr": "*fp32", "nb_ptr": "*fp32", "BLOCK": "constexpr"}
+    out = {}
+    for name, fn in _noise_kernels().items():
+        k = triton.compile(ASTSource(fn, sig, constexprs={"BLOCK": NOISE_BLOCK}), target=target,
+                           options={"num_warps": NOISE_WARPS, "enable_fp_fusion": False})
+        out[name] = _sass_lines(k.asm["cubin"], arch)
+    return out
+
+
+def noise_instructions_per_normal(report: dict[str, list[str]]) -> dict[str, float]:
+    """(kernel instructions - skeleton instructions) / (2 NOISE_PAIRS) for each transform: SASS per normal,
+    Philox excluded (each thread turns NOISE_PAIRS word pairs into normals)."""
+    base = len(report["skeleton"])
+    return {k: (len(v) - base) / (2 * NOISE_PAIRS) for k, v in report.items() if k != "skeleton"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100 / H200)")
@@ -160,9 +240,32 @@ def main(argv=None) -> int:
     ap.add_argument("--warps", type=int, default=None, help="override launch_config's num_warps")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 if a configuration spills registers")
+    ap.add_argument("--noise-transform", action="store_true",
+                    help="report SASS instructions per normal of the noise transform (stream v2 vs v1) instead")
+    ap.add_argument("--max-per-normal", type=float, default=None,
+                    help="with --noise-transform: exit 1 if stream v2 needs more SASS instructions per normal")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         ap.error("unset TRITON_INTERPRET: the interpreter replaces the kernel that this report compiles")
+    if args.noise_transform:
+        report = noise_transform_report(args.arch)
+        per = noise_instructions_per_normal(report)
+        print(f"noise transform, sm_{args.arch}: SASS instructions per normal (Philox excluded; {NOISE_PAIRS} word pairs "
+              "per thread, minus the load/store skeleton)\n")
+        print("| transform | SASS per pair | per normal |")
+        print("|---|---|---|")
+        for k in ("v2", "v1"):
+            print(f"| {k} | {2 * per[k]:g} | {per[k]:g} |")
+        ops: dict[str, int] = {}
+        for ins in report["v2"]:
+            op = ins.split()[1] if ins.startswith("@") else ins.split()[0]
+            ops[op] = ops.get(op, 0) + 1
+        print(f"\nv2 kernel ({NOISE_PAIRS} pairs per thread) by opcode:",
+              ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])))
+        if args.max_per_normal is not None and per["v2"] > args.max_per_normal:
+            print(f"\nstream v2 needs {per['v2']:g} > {args.max_per_normal:g} instructions per normal", file=sys.stderr)
+            return 1
+        return 0
     modes = {v: k for k, v in NOISE_NAMES.items()}
     print(f"masked_step (Triton), sm_{args.arch}, float32 1x3x2048x2048 step with attention\n")
     print("| tile | noise | layout | BLOCK_W | warps | pixels/thread | registers | warps/SM | spill B | stack B | "

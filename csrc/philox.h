@@ -1,14 +1,17 @@
-// Philox 4x32-10 and the uniform / normal transforms of Triton's tl.rand / tl.randn4x, header-only and
-// usable from host C++ and CUDA device code (no ATen). This is the noise stream of DESIGN.md §9; the
-// PyTorch reference is yoda_kernels/philox.py and every backend must produce the same uint32 words.
+// Philox 4x32-10 and the project's normal transform (stream version 2, DESIGN.md §9), header-only and usable
+// from host C++ and CUDA device code (no ATen). The PyTorch reference is yoda_kernels/philox.py; every backend
+// produces the same uint32 words and the same float32 normals, bit for bit.
 //
 //   key      (k0, k1) = (seed, step)           i.e. Triton's seed64 = (step << 32) | seed
 //   counter  (g, 0, 0, 0), g = ((b*C + c) * ceil(H/4) + y/4) * W + x     (32-bit)
-//   lane     y % 4 -> the lane-th of the four normals of that call
+//   lane     y % 4 -> the lane-th of the four normals of that call: words (w0, w1) -> lanes 0, 1 and
+//            (w2, w3) -> lanes 2, 3 through normal_pair
 //
-// Float constants are the ones Triton uses (python floats rounded to float32; decimal -> float32 directly
-// gives the same bits for all three, checked with numpy). Compile with -ffp-contract=off (host) and
-// --fmad=false (nvcc) so that no multiply-add is fused and the float32 rounding sequence is Triton's.
+// normal_pair is Box-Muller as explicit float32 operations: integer / bit operations, conversions rounded to
+// nearest, +, *, a correctly rounded sqrt and fused multiply-adds at fixed places (fma_f32, one rounding),
+// with the project's own polynomials for log and sin / cos -- no libm, so no last-bit differences between
+// glibc, Sleef and CUDA. Host code is compiled with -ffp-contract=off and CUDA with --fmad=false so that no
+// other multiply-add is fused.
 #pragma once
 
 #include <stdint.h>
@@ -19,8 +22,6 @@
 #define YODA_HD inline
 #endif
 
-#include <cmath>
-
 namespace yoda {
 
 constexpr uint32_t kPhiloxKeyA = 0x9E3779B9u;    // golden ratio
@@ -28,9 +29,7 @@ constexpr uint32_t kPhiloxKeyB = 0xBB67AE85u;    // sqrt(3) - 1
 constexpr uint32_t kPhiloxRoundA = 0xD2511F53u;  // multiplier of c0
 constexpr uint32_t kPhiloxRoundB = 0xCD9E8D57u;  // multiplier of c2
 constexpr int kPhiloxRounds = 10;
-constexpr float kUniformScale = 4.6566127342e-10f;  // largest s with INT32_MAX * s < 1 in float32
-constexpr float kTwoPi = 6.283185307179586f;
-constexpr float kMinUniform = 1.0e-7f;  // Box-Muller clamps u1 so that log(u1) is finite
+constexpr uint32_t kSqrtHalfBits = 0x3F3504F3u;  // float32 nearest sqrt(1/2)
 
 YODA_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
 #if defined(__CUDA_ARCH__)
@@ -69,39 +68,97 @@ YODA_HD Philox4 philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, u
 // The stream's call: counter (g, 0, 0, 0), key (seed, step).
 YODA_HD Philox4 philox_yoda(uint32_t seed, uint32_t step, uint32_t g) { return philox4x32(g, 0u, 0u, 0u, seed, step); }
 
-// uint32 -> float32 in [0, 1): Triton's uint_to_uniform_float (bitcast to int32, fold negatives with
-// -s - 1 == ~s, which cannot overflow, then an int -> float conversion rounded to nearest and one multiply).
-YODA_HD float uint_to_uniform(uint32_t u) {
-  int32_t s = static_cast<int32_t>(u);
-  if (s < 0) s = ~s;
-  return static_cast<float>(s) * kUniformScale;
+YODA_HD float fma_f32(float a, float b, float c) {  // a * b + c with one rounding
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return __builtin_fmaf(a, b, c);
+#endif
 }
 
-// Box-Muller of Triton's pair_uniform_to_normal, in float32: r = sqrt(-2 log max(u1, 1e-7)), th = 2 pi u2.
-YODA_HD void box_muller(float u1, float u2, float& n1, float& n2) {
-  u1 = u1 < kMinUniform ? kMinUniform : u1;  // u1 is never NaN here
-  const float th = kTwoPi * u2;
+// Correctly rounded sqrt of v in [2^-100, 2^127]. On the GPU: the fast path of sqrt.rn.f32 as ptxas emits it for
+// sm_90 (MUFU.RSQ, r0 = v y, h = y / 2, r = fma(fma(-r0, r0, v), h, r0)) without its range check and branch to
+// the slow path (zero, subnormals, inf, NaN: never reached by normal_pair), 5 instructions instead of 10; the
+// same PTX as yoda_kernels/triton/noise.py. tests/test_gpu.py checks it against __fsqrt_rn over the range.
+YODA_HD float sqrt_f32(float v) {
 #if defined(__CUDA_ARCH__)
-  const float r = sqrtf(-2.0f * logf(u1));
-  n1 = r * cosf(th);
-  n2 = r * sinf(th);
+  float r;
+  asm("{ .reg .f32 y, r, h, e; rsqrt.approx.ftz.f32 y, %1; mul.ftz.f32 r, %1, y; mul.ftz.f32 h, y, 0f3F000000;"
+      " neg.f32 e, r; fma.rn.f32 e, e, r, %1; fma.rn.f32 %0, e, h, r; }"
+      : "=f"(r)
+      : "f"(v));
+  return r;
 #else
-  const float r = std::sqrt(-2.0f * std::log(u1));
-  n1 = r * std::cos(th);
-  n2 = r * std::sin(th);
+  return __builtin_sqrtf(v);
 #endif
+}
+
+YODA_HD uint32_t f32_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  return __builtin_bit_cast(uint32_t, v);
+#endif
+}
+
+YODA_HD float bits_f32(uint32_t v) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(v);
+#else
+  return __builtin_bit_cast(float, v);
+#endif
+}
+
+// The radius uniform u1 = f32(w | 1) * 2^-32 in (0, 1] and the angle uniform t = f32(int32(w << 1)) * 2^-32
+// in [-1/2, 1/2] of normal_pair (yoda_kernels/philox.py: uniform, angle).
+YODA_HD float radius_uniform(uint32_t w) { return static_cast<float>(w | 1u) * 0x1p-32f; }
+YODA_HD float angle_uniform(uint32_t w) { return static_cast<float>(static_cast<int32_t>(w << 1)) * 0x1p-32f; }
+
+// The two normals of the word pair (wa, wb): yoda_kernels/philox.py's normal_pair, operation for operation.
+//   r = sqrt(-2 log u1):  f32(wa | 1) = 2^e z, z in [sqrt(1/2), sqrt(2)), f = z - 1,
+//                         L = fma(e - 32, -2 ln 2, f * P(f)), P(f) ~ -2 log(1 + f) / f, r = sqrt(max(L, 2^-100))
+//   (C, S) ~ (cos pi t, sin pi t), C negated when bit 31 of wb is set
+YODA_HD void normal_pair(uint32_t wa, uint32_t wb, float& na, float& nb) {
+  const uint32_t xb = f32_bits(static_cast<float>(wa | 1u));
+  const uint32_t t = xb - kSqrtHalfBits;  // > 0: f32(wa | 1) >= 1
+  const float e = static_cast<float>(static_cast<int32_t>(t >> 23) - 32);
+  const float f = bits_f32(xb - (t & 0xFF800000u)) - 1.0f;
+  float p = 0x1.9dfa4ep-3f;
+  p = fma_f32(p, f, -0x1.4c3cdcp-2f);
+  p = fma_f32(p, f, 0x1.614bfep-2f);
+  p = fma_f32(p, f, -0x1.978e34p-2f);
+  p = fma_f32(p, f, 0x1.ff623ep-2f);
+  p = fma_f32(p, f, -0x1.5559dcp-1f);
+  p = fma_f32(p, f, 0x1.00007ap+0f);
+  p = fma_f32(p, f, -0x1.fffffep+0f);
+  const float L = fma_f32(e, -0x1.62e430p+0f, f * p);  // -2 log u1, 0 only for u1 = 1
+  const float r = sqrt_f32(L > 0x1p-100f ? L : 0x1p-100f);
+
+  const float a = angle_uniform(wb), a2 = a * a;
+  float ps = 0x1.3c4b24p-4f;
+  ps = fma_f32(ps, a2, -0x1.3232fap-1f);
+  ps = fma_f32(ps, a2, 0x1.46676ep+1f);
+  ps = fma_f32(ps, a2, -0x1.4abbb6p+2f);
+  ps = fma_f32(ps, a2, 0x1.921fb4p+1f);
+  float pc = 0x1.c2b9a2p-3f;
+  pc = fma_f32(pc, a2, -0x1.55041ap+0f);
+  pc = fma_f32(pc, a2, 0x1.03bdaap+2f);
+  pc = fma_f32(pc, a2, -0x1.3bd3b0p+2f);
+  const float c = bits_f32(f32_bits(fma_f32(a2, pc, 1.0f)) ^ (wb & 0x80000000u));
+  na = r * c;
+  nb = r * (a * ps);
 }
 
 struct Normal4 {
   float v[4];  // lanes 0..3: rows 4*(y/4) + lane
 };
 
-// The four normals of tl.randn4x((step << 32) | seed, g).
+// The four normals of the Philox call (seed, step, g).
 YODA_HD Normal4 randn4(uint32_t seed, uint32_t step, uint32_t g) {
   const Philox4 p = philox_yoda(seed, step, g);
   Normal4 n;
-  box_muller(uint_to_uniform(p.v[0]), uint_to_uniform(p.v[1]), n.v[0], n.v[1]);
-  box_muller(uint_to_uniform(p.v[2]), uint_to_uniform(p.v[3]), n.v[2], n.v[3]);
+  normal_pair(p.v[0], p.v[1], n.v[0], n.v[1]);
+  normal_pair(p.v[2], p.v[3], n.v[2], n.v[3]);
   return n;
 }
 

@@ -2,19 +2,19 @@
 // csrc/cpu/*.cpp (and csrc/cuda/*.cu when built WITH_CUDA). The op schemas are defined once, from Python,
 // by yoda_kernels/ops.py before this module is imported, so no TORCH_LIBRARY block lives here.
 //
-// The module itself is plain CPython (no pybind11, as pytorch/extension-cpp does) and exposes three scalar
-// test hooks on csrc/philox.h, so that tests can check the C++ noise stream word for word (Random123
-// known-answer vectors, bit-exact uniforms against yoda_kernels/philox.py):
+// The module itself is plain CPython (no pybind11, as pytorch/extension-cpp does) and exposes four scalar
+// test hooks on csrc/philox.h, so that tests can check the C++ noise stream bit for bit against
+// yoda_kernels/philox.py (and Philox against Random123's known-answer vectors):
 //     _C.philox4x32(c0, c1, c2, c3, k0, k1, rounds=10) -> (w0, w1, w2, w3)
-//     _C.uint_to_uniform(u) -> float
+//     _C.uniforms(w) -> (u1, t): the radius and angle uniforms of word w
 //     _C.randn4(seed, step, counter) -> (n0, n1, n2, n3)
 // and four on the block (SIMD) noise path of csrc/cpu/normals.h, the one masked_step uses:
 //     _C.philox_block(seed, step, g0, n) -> bytes: uint32 words (4, n), word j of counter g0 + i at [j, i]
 //     _C.randn4_block(seed, step, g0, n) -> bytes: float32 normals (4, n), lane l of counter g0 + i at [l, i]
 //     _C.box_muller_block(a, b, path="block") -> (bytes, bytes): float32 (cos, sin) normals of the word pairs
 //         (a[i], b[i]) (a, b: buffers of uint32, same length); path "block" runs the dispatched block path,
-//         "baseline" its baseline-ISA build, "libm" philox.h's scalar box_muller (glibc logf / cosf / sinf)
-//     _C.noise_isa() -> "avx2" or "default": the clone the block path runs on this CPU
+//         "baseline" its baseline-ISA build, "scalar" philox.h's normal_pair one pair at a time
+//     _C.noise_isa() -> "x86-64-v4", "x86-64-v3" or "default": the clone the block path runs on this CPU
 #define PY_SSIZE_T_CLEAN  // "y#" takes a Py_ssize_t length
 #include <Python.h>
 
@@ -49,14 +49,15 @@ PyObject* py_philox4x32(PyObject*, PyObject* args) {
                        (unsigned long)r.v[3]);
 }
 
-PyObject* py_uint_to_uniform(PyObject*, PyObject* args) {
+PyObject* py_uniforms(PyObject*, PyObject* args) {
   unsigned long u;
   if (!PyArg_ParseTuple(args, "k", &u)) return nullptr;
   if (u > 0xFFFFFFFFul) {
-    PyErr_SetString(PyExc_ValueError, "uint_to_uniform: u must be uint32");
+    PyErr_SetString(PyExc_ValueError, "uniforms: w must be uint32");
     return nullptr;
   }
-  return PyFloat_FromDouble(static_cast<double>(yoda::uint_to_uniform(static_cast<uint32_t>(u))));
+  const uint32_t w = static_cast<uint32_t>(u);
+  return Py_BuildValue("(dd)", static_cast<double>(yoda::radius_uniform(w)), static_cast<double>(yoda::angle_uniform(w)));
 }
 
 PyObject* py_randn4(PyObject*, PyObject* args) {
@@ -125,8 +126,8 @@ PyObject* py_box_muller_block(PyObject*, PyObject* args, PyObject* kwargs) {
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*|s", const_cast<char**>(kw), &a, &b, &path)) return nullptr;
   PyObject* result = nullptr;
   const std::string which(path);
-  if (which != "block" && which != "baseline" && which != "libm") {
-    PyErr_Format(PyExc_ValueError, "box_muller_block: path must be 'block', 'baseline' or 'libm', got '%s'", path);
+  if (which != "block" && which != "baseline" && which != "scalar") {
+    PyErr_Format(PyExc_ValueError, "box_muller_block: path must be 'block', 'baseline' or 'scalar', got '%s'", path);
   } else if (a.len != b.len || a.len % 4 != 0) {
     PyErr_Format(PyExc_ValueError, "box_muller_block: a and b must hold the same number of uint32 (got %zd and %zd bytes)",
                  a.len, b.len);
@@ -136,9 +137,8 @@ PyObject* py_box_muller_block(PyObject*, PyObject* args, PyObject* kwargs) {
     std::memcpy(wa.data(), a.buf, a.len);
     std::memcpy(wb.data(), b.buf, b.len);
     std::vector<float> zc(m + 1), zs(m + 1);
-    if (which == "libm") {
-      for (Py_ssize_t i = 0; i < m; ++i)
-        yoda::box_muller(yoda::uint_to_uniform(wa[i]), yoda::uint_to_uniform(wb[i]), zc[i], zs[i]);
+    if (which == "scalar") {
+      for (Py_ssize_t i = 0; i < m; ++i) yoda::normal_pair(wa[i], wb[i], zc[i], zs[i]);
     } else if (which == "baseline") {
       yoda::box_muller_block_baseline(wa.data(), wb.data(), m, zc.data(), zs.data());
     } else {
@@ -156,12 +156,12 @@ PyObject* py_noise_isa(PyObject*, PyObject*) { return PyUnicode_FromString(yoda:
 
 PyMethodDef kMethods[] = {
     {"philox4x32", py_philox4x32, METH_VARARGS, "Philox 4x32-R words of counter (c0..c3), key (k0, k1)."},
-    {"uint_to_uniform", py_uint_to_uniform, METH_VARARGS, "Triton's uint32 -> float32 uniform in [0, 1)."},
-    {"randn4", py_randn4, METH_VARARGS, "The four normals of tl.randn4x((step << 32) | seed, counter)."},
+    {"uniforms", py_uniforms, METH_VARARGS, "The radius and angle uniforms (u1, t) of a uint32 word."},
+    {"randn4", py_randn4, METH_VARARGS, "The four normals (lanes 0..3) of the Philox call (seed, step, counter)."},
     {"philox_block", py_philox_block, METH_VARARGS, "Block Philox words (4, n) of counters g0 .. g0 + n - 1."},
     {"randn4_block", py_randn4_block, METH_VARARGS, "Block (SIMD) normals (4, n) of counters g0 .. g0 + n - 1."},
     {"box_muller_block", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_box_muller_block)),
-     METH_VARARGS | METH_KEYWORDS, "Box-Muller of uint32 word pairs: path block, baseline or libm."},
+     METH_VARARGS | METH_KEYWORDS, "Box-Muller of uint32 word pairs: path block, baseline or scalar."},
     {"noise_isa", py_noise_isa, METH_NOARGS, "The instruction set the block noise path runs with."},
     {nullptr, nullptr, 0, nullptr},
 };

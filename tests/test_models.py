@@ -629,14 +629,15 @@ def test_sample_half_precision_state_with_float32_weights():
     b = sample(net, lr.to(torch.bfloat16), attention=None, steps=3, seed=4, progress=False)
     h = sample(net, lr.to(torch.float16), attention=None, steps=3, seed=4, progress=False)
     # the state is rounded to the lr dtype every step: a few ulps of |x| <= 1 (bf16 ulp 2^-7, fp16 2^-10);
-    # measured 0.0066 / 0.0011
+    # over seeds 0..7 measured up to 0.0103 / 0.0011
     assert b.dtype == torch.bfloat16 and (a - b.float()).abs().max() < 4 * 2 ** -7
     assert h.dtype == torch.float16 and (a - h.float()).abs().max() < 4 * 2 ** -10
-    # SRDiff (residual space, YODA masks from the edge map) against its float32 run on the same LR values, the
-    # same rule; measured 0.0044 / 0.0006
+    # SRDiff (residual space, YODA masks from the edge map) against its float32 run on the same LR values: its
+    # state starts at |x_T| up to ~4 (ulps twice as large), so 8 ulps; over seeds 0..9 measured up to 6.0 ulps
+    # (bf16) and 4.5 (fp16)
     m = _tiny_srdiff()
     for dtype, ulp in ((torch.bfloat16, 2**-7), (torch.float16, 2**-10)):
         lr_d = lr.to(dtype)
         c = sample(m, lr_d, attention="edge", steps=3, seed=4, progress=False)
         want = sample(m, lr_d.float(), attention="edge", steps=3, seed=4, progress=False)
-        assert c.dtype == dtype and (c.float() - want).abs().max() < 4 * ulp
+        assert c.dtype == dtype and (c.float() - want).abs().max() < 8 * ulp

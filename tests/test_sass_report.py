@@ -49,3 +49,19 @@ def test_default_launch_configs_do_not_spill():
         assert int(c[8]) == 0, c  # spill bytes
         assert c[10] == WIDEST_LOAD[c[2], c[1]], c
 
+
+
+@pytest.mark.skipif(not _ptxas_available(), reason="Triton's NVIDIA backend / ptxas not installed")
+def test_noise_transform_instruction_count():
+    """Issue 13's target for the noise transform: at most 20 SASS instructions per normal on sm_90, Philox
+    excluded (benchmarks/sass_report.py --noise-transform: four word pairs per thread, as the Philox launch of
+    masked_step has, minus a load/store skeleton), branch-free (sqrt.rn's fast path only), against 96 in stream
+    version 1's code (tl.randn4x's Box-Muller, counting libdevice's never-taken slow paths)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_report.py"), "--noise-transform",
+                        "--max-per-normal", "20"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    per = {c[0]: float(c[2]) for c in ([x.strip() for x in line.split("|")[1:-1]] for line in r.stdout.splitlines()
+                                       if line.startswith("| v"))}
+    assert per["v2"] <= 20 and per["v1"] > 2 * per["v2"], per
+    assert "MUFU.RSQ" in r.stdout and "CALL" not in r.stdout and "BSSY" not in r.stdout  # no slow-path branch

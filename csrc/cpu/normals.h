@@ -1,18 +1,12 @@
-// Block (SIMD) evaluation of the noise stream of csrc/philox.h on the host: the same Philox words and the
-// same uniforms bit for bit, and float32 Box-Muller normals rounded at the same points as the reference with
-// each log / cos / sin correctly rounded (0 mismatches against a float64 evaluation on 8.4M normals). glibc's
-// logf / cosf / sinf, which the scalar philox.h path calls, are < 1 ulp but not always correctly rounded, so
-// the two paths differ in the last bit(s) on ~1.5 % of the normals (max 2.4e-7, inside NOISE_ATOL = 1e-6).
-// About 2.5x faster than the scalar philox.h calls (which spend most of their time in scalar libm calls).
+// Block (SIMD) evaluation of the noise stream of csrc/philox.h on the host: the same Philox words and the same
+// normals, bit for bit (philox.h's normal_pair is explicit float32 operations, so a vectorised loop of it rounds
+// exactly as the scalar function, the PyTorch reference, CUDA and Triton do).
 //
-// Host only (csrc/cpu/normals.cpp). CUDA keeps using philox.h's randn4 / box_muller unchanged.
-//
-// Runtime ISA dispatch on x86-64 Linux with GCC or clang, without -march=native: box_muller_block is
-// compiled twice (__attribute__((target_clones("avx2", "default")))) and the loader picks the AVX2 clone where
-// the CPU has it; philox_block runs an AVX2-intrinsics loop when __builtin_cpu_supports("avx2"), else the
-// scalar philox.h function. Both Box-Muller clones run the same sequence of IEEE operations (no FMA: AVX2
-// does not imply it and the build uses -ffp-contract=off) and give the same bits (checked on 12.6M normals).
-// Elsewhere the plain build is used (Box-Muller still auto-vectorised with the baseline ISA).
+// Host only (csrc/cpu/normals.cpp). Runtime ISA dispatch on x86-64 Linux with GCC or clang, without
+// -march=native: box_muller_block is compiled three times (target_clones: x86-64-v4 (AVX-512, 16 lanes),
+// x86-64-v3 (AVX2 + FMA, 8 lanes), default) and the loader picks the best clone the CPU has; the default clone
+// (no FMA instruction) calls libm's fmaf, which is exact, so it gives the same bits, slowly. philox_block runs an
+// AVX2-intrinsics loop when __builtin_cpu_supports("avx2"), else the scalar philox.h function.
 #pragma once
 
 #include <stdint.h>
@@ -25,14 +19,7 @@ namespace yoda {
 void philox_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, uint32_t* w0, uint32_t* w1, uint32_t* w2,
                   uint32_t* w3);
 
-// Box-Muller of m pairs of Philox words (philox.h: box_muller(uint_to_uniform(a[i]), uint_to_uniform(b[i]))):
-//     u1 = max(uniform(a[i]), 1e-7f),  u2 = uniform(b[i])              (bit-exact, uint_to_uniform)
-//     th = fl(2 pi_f * u2),  L = fl(log u1),  r = fl(sqrt(fl(-2 L)))
-//     zc[i] = fl(r * fl(cos th)),  zs[i] = fl(r * fl(sin th))
-// fl() rounds to float32 at the same points as the float32 reference; log, cos and sin are evaluated in
-// double with branch-free polynomials (relative error < 2^-50) and rounded once to float32, so each of them
-// is the correctly rounded float32 value except when the exact value lies within ~2^-50 (relative) of a
-// float32 rounding midpoint.
+// Box-Muller of m pairs of Philox words: zc[i], zs[i] = philox.h's normal_pair(a[i], b[i]).
 void box_muller_block(const uint32_t* a, const uint32_t* b, int64_t m, float* zc, float* zs);
 
 // box_muller_block compiled for the baseline ISA only (what CPUs without AVX2 run), whatever this CPU has: the
@@ -50,7 +37,7 @@ inline void randn4_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, i
   box_muller_block(u1, u2, pairs * n, zc, zs);
 }
 
-// "avx2" or "default": the clone the dispatcher runs on this CPU (for tests and benchmark records).
+// "x86-64-v4", "x86-64-v3" or "default": the clone box_muller_block runs on this CPU (tests, benchmark records).
 const char* normals_isa();
 
 }  // namespace yoda

@@ -38,6 +38,7 @@ from .masked_step import (
     soft_bf16,
     to_output,
 )
+from .noise import randn4
 from .tile_stats import attention_strides, optional_stats
 
 
@@ -150,7 +151,7 @@ def _strip(
                                              s0h, s0w, s1h, s1w, s2h, s2w, sch, scw, snh, snw, PATH, NOISE, ND)
         if NOISE == 1:
             g = ((b * C + ch) * H4 + ty * R + i)[:, None] * W + cols[None, :]
-            n0, n1, n2, n3 = tl.randn4x(seed, g)
+            n0, n1, n2, n3 = randn4(seed, g)
         _lane_store(y_s, r0, cols, in0, act0, x0, a0, b0, e0, cv0, n0, syh, syw,
                     cx, cd0, cd1, cd2, sigma, la, lb, PATH, NOISE, ND, SOFT_BF16)
         _lane_store(y_s, r1, cols, in1, act1, x1, a1, b1, e1, cv1, n1, syh, syw,

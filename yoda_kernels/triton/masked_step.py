@@ -15,14 +15,15 @@ The two uniform paths keep their load masks constant over 16-byte groups, so loa
 (a data-dependent per-pixel mask would split them into 4-byte loads); only strips on an attention
 boundary pay for the per-pixel path.
 
-Noise. z = tl.randn4x((step << 32) | seed, g) with g = ((b*C + c) * ceil(H/4) + y//4) * W + x and lane
-y % 4 (yoda_kernels.philox): the strip's rows split into four lane sub-blocks, rows y0 + 4i + lane, so one
-Philox call feeds four pixels. No noise is drawn or read when sigma == lb == 0 (contract.needs_noise).
+Noise. z = lane y % 4 of noise.randn4((step << 32) | seed, g) with g = ((b*C + c) * ceil(H/4) + y//4) * W + x
+(yoda_kernels.philox, DESIGN.md §9): the strip's rows split into four lane sub-blocks, rows y0 + 4i + lane, so
+one Philox call feeds four pixels. No noise is drawn or read when sigma == lb == 0 (contract.needs_noise).
 
 Coefficients reach the kernel by name (contract.StepCoefs fields are its parameters k1 .. lb).
 
 Arithmetic is float32 whatever the input dtype; the kernel is compiled with enable_fp_fusion=False so
-that a*x + b*y is two roundings as in the reference, never one fused multiply-add.
+that a*x + b*y is two roundings as in the reference, never one fused multiply-add (the noise transform's
+explicit fmas are the only ones).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch.library import triton_op, wrap_triton
 
 from ..contract import NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
 from .interpret import INTERPRET
+from .noise import randn4
 from .tile_stats import attention_strides, optional_stats
 
 # Strip paths (PATH in the kernel, see the module docstring): 0 LR branch only, 1 SR branch only, 2 per pixel.
@@ -198,7 +200,7 @@ def _strip(
                                      sxh, sxw, soh, sow, sch, scw, snh, snw, PATH, NOISE)
         if NOISE == 1:
             g = ((b * C + ch) * H4 + ty * R + i)[:, None] * W + cols[None, :]
-            n0, n1, n2, n3 = tl.randn4x(seed, g)
+            n0, n1, n2, n3 = randn4(seed, g)
         _lane_store(y_s, r0, cols, in0, act0, x0, o0, cv0, n0, syh, syw,
                     k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb, PATH, NOISE, CLIP, SOFT_BF16)
         _lane_store(y_s, r1, cols, in1, act1, x1, o1, cv1, n1, syh, syw,
