@@ -109,6 +109,14 @@ YODA_HD float bits_f32(uint32_t v) {
 #endif
 }
 
+// c0 + x (c1 + x (c2 + ...)) by Horner's rule with one fma per coefficient, the highest first (as
+// yoda_kernels/philox.py's _horner; coefficients lowest first, float32 values written as hex literals).
+YODA_HD float horner(float, float c) { return c; }
+template <typename... Cs>
+YODA_HD float horner(float x, float c0, Cs... cs) {
+  return fma_f32(horner(x, cs...), x, c0);
+}
+
 // The radius uniform u1 = f32(w | 1) * 2^-32 in (0, 1] and the angle uniform t = f32(int32(w << 1)) * 2^-32
 // in [-1/2, 1/2] of normal_pair (yoda_kernels/philox.py: uniform, angle).
 YODA_HD float radius_uniform(uint32_t w) { return static_cast<float>(w | 1u) * 0x1p-32f; }
@@ -123,27 +131,14 @@ YODA_HD void normal_pair(uint32_t wa, uint32_t wb, float& na, float& nb) {
   const uint32_t t = xb - kSqrtHalfBits;  // > 0: f32(wa | 1) >= 1
   const float e = static_cast<float>(static_cast<int32_t>(t >> 23) - 32);
   const float f = bits_f32(xb - (t & 0xFF800000u)) - 1.0f;
-  float p = 0x1.9dfa4ep-3f;
-  p = fma_f32(p, f, -0x1.4c3cdcp-2f);
-  p = fma_f32(p, f, 0x1.614bfep-2f);
-  p = fma_f32(p, f, -0x1.978e34p-2f);
-  p = fma_f32(p, f, 0x1.ff623ep-2f);
-  p = fma_f32(p, f, -0x1.5559dcp-1f);
-  p = fma_f32(p, f, 0x1.00007ap+0f);
-  p = fma_f32(p, f, -0x1.fffffep+0f);
+  const float p = horner(f, -0x1.fffffep+0f, 0x1.00007ap+0f, -0x1.5559dcp-1f, 0x1.ff623ep-2f, -0x1.978e34p-2f,
+                         0x1.614bfep-2f, -0x1.4c3cdcp-2f, 0x1.9dfa4ep-3f);
   const float L = fma_f32(e, -0x1.62e430p+0f, f * p);  // -2 log u1, 0 only for u1 = 1
   const float r = sqrt_f32(L > 0x1p-100f ? L : 0x1p-100f);
 
   const float a = angle_uniform(wb), a2 = a * a;
-  float ps = 0x1.3c4b24p-4f;
-  ps = fma_f32(ps, a2, -0x1.3232fap-1f);
-  ps = fma_f32(ps, a2, 0x1.46676ep+1f);
-  ps = fma_f32(ps, a2, -0x1.4abbb6p+2f);
-  ps = fma_f32(ps, a2, 0x1.921fb4p+1f);
-  float pc = 0x1.c2b9a2p-3f;
-  pc = fma_f32(pc, a2, -0x1.55041ap+0f);
-  pc = fma_f32(pc, a2, 0x1.03bdaap+2f);
-  pc = fma_f32(pc, a2, -0x1.3bd3b0p+2f);
+  const float ps = horner(a2, 0x1.921fb4p+1f, -0x1.4abbb6p+2f, 0x1.46676ep+1f, -0x1.3232fap-1f, 0x1.3c4b24p-4f);
+  const float pc = horner(a2, -0x1.3bd3b0p+2f, 0x1.03bdaap+2f, -0x1.55041ap+0f, 0x1.c2b9a2p-3f);
   const float c = bits_f32(f32_bits(fma_f32(a2, pc, 1.0f)) ^ (wb & 0x80000000u));
   na = r * c;
   nb = r * (a * ps);

@@ -110,9 +110,9 @@ PyObject* py_randn4_block(PyObject*, PyObject* args) {
   Py_ssize_t n;
   if (!parse_block_args(args, "randn4_block", seed, step, g0, n)) return nullptr;
   const size_t m = static_cast<size_t>(n);
-  std::vector<uint32_t> u1(2 * m + 1), u2(2 * m + 1);
+  std::vector<uint32_t> w(4 * yoda::kNoiseSub);
   std::vector<float> zc(2 * m + 1), zs(2 * m + 1), out(4 * m + 1);
-  yoda::randn4_block(seed, step, g0, n, 2, u1.data(), u2.data(), zc.data(), zs.data());
+  yoda::randn4_block(seed, step, g0, n, 2, w.data(), zc.data(), zs.data());
   const float* lanes[4] = {zc.data(), zs.data(), zc.data() + m, zs.data() + m};  // normals.h's layout
   for (int l = 0; l < 4; ++l)
     for (size_t i = 0; i < m; ++i) out[l * m + i] = lanes[l][i];

@@ -56,49 +56,11 @@ SCENARIOS = [
     Scenario("blob-nd1-ode-noise", 1, coefs="ode", explicit_noise=True, fraction=0.2),
 ]
 GRID_SCENARIOS = {"blob-nd2-sde-t8", "random-nd3-sde-noise-t32"}
-FEW_CASES = {
-    T.Case("cpu", torch.float32, (1, 3, 37, 53), "contiguous"),
-    T.Case("cpu", torch.float16, (2, 3, 33, 65), "channels_last"),
-    T.Case("cpu", torch.bfloat16, (1, 3, 37, 53), "strided"),
-}
-# The Triton interpreter costs seconds a call on this CPU: three scenarios (1, 2 and 3 estimates) on two points.
 TRITON_SCENARIOS = {"plain-nd1-sde", "blob-nd2-sde-t8", "random-nd3-sde-noise-t32"}
-TRITON_CPU_CASES = {
-    T.Case("cpu", torch.float32, (1, 3, 37, 53), "contiguous"),
-    T.Case("cpu", torch.bfloat16, (2, 4, 16, 16), "channels_last"),
-}
 
 
 def _params():
-    out = []
-    for case in T.grid():
-        for backend in T.backends_for(case):
-            for sc in SCENARIOS:
-                if case.device == "cpu" and sc.name not in GRID_SCENARIOS and case not in FEW_CASES:
-                    continue
-                if backend == "triton" and case.device == "cpu" and (
-                    case not in TRITON_CPU_CASES or sc.name not in TRITON_SCENARIOS
-                ):
-                    continue
-                out.append(pytest.param(case, backend, sc, id=f"{backend}-{case.id}-{sc.name}"))
-    return out
-
-
-def _plant_ties(A: torch.Tensor, tau: float, tile: int) -> int:
-    """In every mixed tile with two or more pixels below tau, set the largest of them to tau exactly (the tile
-    stays mixed; ``>=`` activates the pixel, ``>`` would not). In place on A (B, 1, H, W); returns the count."""
-    B, _, H, W = A.shape
-    n = 0
-    for b in range(B):
-        for y in range(0, H, tile):
-            for x in range(0, W, tile):
-                t = A[b, 0, y : y + tile, x : x + tile]
-                below = t < tau
-                if int(below.sum()) >= 2 and bool((~below).any()):
-                    i = int(torch.where(below, t, -1.0).flatten().argmax())
-                    t[i // t.shape[1], i % t.shape[1]] = tau
-                    n += 1
-    return n
+    return T.scenario_params(SCENARIOS, GRID_SCENARIOS, TRITON_SCENARIOS)
 
 
 def _inputs(case: T.Case, sc: Scenario, seed: int = 0):
@@ -106,17 +68,7 @@ def _inputs(case: T.Case, sc: Scenario, seed: int = 0):
     x = T.randn(case, g)
     ds = [T.randn(case, g, scale=0.8) for _ in range(sc.nd)]
     c = T.randn(case, g, scale=0.5)
-    B, _, H, W = case.shape
-    if sc.attention == "none":
-        A, tau = None, 0.0
-    else:
-        A = T.blob_attention(B, H, W) if sc.attention != "random" else T.random_attention(B, H, W, g)
-        tau = float(torch.tensor(T.tau_for_fraction(A, sc.fraction)).to(
-            torch.bfloat16 if sc.attention == "blob3d_bf16" else torch.float32))
-        assert _plant_ties(A, tau, sc.tile) > 0
-        if sc.attention == "blob3d_bf16":
-            A = A[:, 0].to(torch.bfloat16)
-        A = A.to(case.device)
+    A, tau = T.scenario_attention(case, sc.attention, sc.fraction, sc.tile, g)
     noise = T.randn(case, g) if sc.explicit_noise else None
     return x, ds, c, A, tau, noise
 

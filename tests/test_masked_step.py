@@ -57,68 +57,17 @@ SCENARIOS = [
 ]
 # Every grid point runs the two richest scenarios; the others run on three representative points.
 GRID_SCENARIOS = {"blob-ddim-v-clip-t8", "random-ddpm-x0-noise-t32"}
-FEW_CASES = {
-    T.Case("cpu", torch.float32, (1, 3, 37, 53), "contiguous"),
-    T.Case("cpu", torch.float16, (2, 3, 33, 65), "channels_last"),
-    T.Case("cpu", torch.bfloat16, (1, 3, 37, 53), "strided"),
-}
 TRITON_SCENARIOS = {"plain-ddpm-eps", "blob-ddim-v-clip-t8", "random-ddpm-x0-noise-t32"}
-# The Triton interpreter costs ~2 s a call on this CPU: only these grid points run it there.
-TRITON_CPU_CASES = {
-    T.Case("cpu", torch.float32, (1, 3, 37, 53), "contiguous"),
-    T.Case("cpu", torch.bfloat16, (2, 4, 16, 16), "channels_last"),
-}
 
 
 def _params():
-    out = []
-    for case in T.grid():
-        for backend in T.backends_for(case):
-            for sc in SCENARIOS:
-                if case.device == "cpu" and sc.name not in GRID_SCENARIOS and case not in FEW_CASES:
-                    continue
-                if backend == "triton" and case.device == "cpu" and (
-                    case not in TRITON_CPU_CASES or sc.name not in TRITON_SCENARIOS
-                ):
-                    continue
-                out.append(pytest.param(case, backend, sc, id=f"{backend}-{case.id}-{sc.name}"))
-    return out
-
-
-def _plant_ties(A: torch.Tensor, tau: float, tile: int) -> int:
-    """In every mixed tile (some pixels below tau, some not) that has two or more pixels below tau, set the
-    largest of them to tau exactly: the tile stays mixed and the per-pixel comparison meets A == tau, which
-    ``>=`` activates and ``>`` would not. In place on A (B, 1, H, W) float32; returns the number of ties."""
-    B, _, H, W = A.shape
-    n = 0
-    for b in range(B):
-        for y in range(0, H, tile):
-            for x in range(0, W, tile):
-                t = A[b, 0, y : y + tile, x : x + tile]
-                below = t < tau
-                if int(below.sum()) >= 2 and bool((~below).any()):
-                    i = int(torch.where(below, t, -1.0).flatten().argmax())
-                    t[i // t.shape[1], i % t.shape[1]] = tau
-                    n += 1
-    return n
+    return T.scenario_params(SCENARIOS, GRID_SCENARIOS, TRITON_SCENARIOS)
 
 
 def _inputs(case: T.Case, sc: Scenario, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x, out, c = T.randn(case, g), T.randn(case, g), T.randn(case, g, scale=0.5)
-    B, _, H, W = case.shape
-    if sc.attention == "none":
-        A, tau = None, 0.0
-    else:
-        A = T.blob_attention(B, H, W) if sc.attention != "random" else T.random_attention(B, H, W, g)
-        # tau exact in A's dtype, and pixels at A == tau inside mixed tiles on purpose (a quantile alone
-        # meets a tie only by luck)
-        tau = float(torch.tensor(T.tau_for_fraction(A, sc.fraction)).to(
-            torch.bfloat16 if sc.attention == "blob3d_bf16" else torch.float32))
-        assert _plant_ties(A, tau, sc.tile) > 0
-        if sc.attention == "blob3d_bf16":
-            A = A[:, 0].to(torch.bfloat16)
-        A = A.to(case.device)
+    A, tau = T.scenario_attention(case, sc.attention, sc.fraction, sc.tile, g)
     noise = T.randn(case, g) if sc.explicit_noise else None
     return x, out, c, A, tau, noise
 

@@ -95,6 +95,39 @@ def backends_for(case: Case) -> list[str]:
     return out
 
 
+# The op tests' scenario grid (tests/test_masked_step.py, tests/test_masked_combine.py): every grid point runs the
+# richest scenarios; the others run on FEW_CASES; the Triton interpreter (~2 s a call on a CPU) only its own
+# scenarios on TRITON_CPU_CASES.
+FEW_CASES = {
+    Case("cpu", torch.float32, (1, 3, 37, 53), "contiguous"),
+    Case("cpu", torch.float16, (2, 3, 33, 65), "channels_last"),
+    Case("cpu", torch.bfloat16, (1, 3, 37, 53), "strided"),
+}
+TRITON_CPU_CASES = {
+    Case("cpu", torch.float32, (1, 3, 37, 53), "contiguous"),
+    Case("cpu", torch.bfloat16, (2, 4, 16, 16), "channels_last"),
+}
+
+
+def scenario_params(scenarios, grid_names: set, triton_names: set):
+    """pytest.param (case, backend, scenario) over grid() x backends_for(case) x scenarios (objects with a
+    ``name``), thinned as the comment above says."""
+    import pytest
+
+    out = []
+    for case in grid():
+        for backend in backends_for(case):
+            for sc in scenarios:
+                if case.device == "cpu" and sc.name not in grid_names and case not in FEW_CASES:
+                    continue
+                if backend == "triton" and case.device == "cpu" and (
+                    case not in TRITON_CPU_CASES or sc.name not in triton_names
+                ):
+                    continue
+                out.append(pytest.param(case, backend, sc, id=f"{backend}-{case.id}-{sc.name}"))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------
 # Input builders
 # --------------------------------------------------------------------------------------------------------
@@ -146,6 +179,40 @@ def tau_for_fraction(A: torch.Tensor, fraction: float) -> float:
 def random_attention(B: int, H: int, W: int, gen: torch.Generator, device="cpu") -> torch.Tensor:
     """(B, 1, H, W) i.i.d. uniform attention: almost every tile is mixed at a mid threshold."""
     return torch.rand((B, 1, H, W), generator=gen).to(device)
+
+
+def plant_ties(A: torch.Tensor, tau: float, tile: int) -> int:
+    """In every mixed tile (some pixels below tau, some not) that has two or more pixels below tau, set the
+    largest of them to tau exactly: the tile stays mixed and the per-pixel comparison meets A == tau, which
+    ``>=`` activates and ``>`` would not. In place on A (B, 1, H, W) float32; returns the number of ties."""
+    B, _, H, W = A.shape
+    n = 0
+    for b in range(B):
+        for y in range(0, H, tile):
+            for x in range(0, W, tile):
+                t = A[b, 0, y : y + tile, x : x + tile]
+                below = t < tau
+                if int(below.sum()) >= 2 and bool((~below).any()):
+                    i = int(torch.where(below, t, -1.0).flatten().argmax())
+                    t[i // t.shape[1], i % t.shape[1]] = tau
+                    n += 1
+    return n
+
+
+def scenario_attention(case: Case, attention: str, fraction: float, tile: int, gen: torch.Generator):
+    """(A, tau) of an op-test scenario: attention "none" (A None, every pixel active), "blob", "random" (drawn
+    from gen) or "blob3d_bf16" (A (B, H, W) in bfloat16); tau exact in A's dtype, with pixels at A == tau planted
+    inside mixed tiles (a quantile alone meets a tie only by luck)."""
+    B, _, H, W = case.shape
+    if attention == "none":
+        return None, 0.0
+    A = blob_attention(B, H, W) if attention != "random" else random_attention(B, H, W, gen)
+    tau = float(torch.tensor(tau_for_fraction(A, fraction)).to(
+        torch.bfloat16 if attention == "blob3d_bf16" else torch.float32))
+    assert plant_ties(A, tau, tile) > 0
+    if attention == "blob3d_bf16":
+        A = A[:, 0].to(torch.bfloat16)
+    return A.to(case.device), tau
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -257,11 +324,13 @@ __all__ = [
     "DEVICES",
     "DTYPES",
     "DTYPE_IDS",
+    "FEW_CASES",
     "K_REF",
     "LAYOUTS",
     "REF_ULPS",
     "SHAPES",
     "SMALL_SHAPES",
+    "TRITON_CPU_CASES",
     "assert_reference_within_ulps",
     "assert_within_reference_error",
     "backends_for",
@@ -271,9 +340,12 @@ __all__ = [
     "masked_step_f64",
     "masked_step_f64_scale",
     "max_err",
+    "plant_ties",
     "random_attention",
     "randn",
     "reference_noise",
+    "scenario_attention",
+    "scenario_params",
     "tau_for_fraction",
     "with_layout",
 ]

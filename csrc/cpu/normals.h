@@ -27,14 +27,21 @@ void box_muller_block(const uint32_t* a, const uint32_t* b, int64_t m, float* zc
 void box_muller_block_baseline(const uint32_t* a, const uint32_t* b, int64_t m, float* zc, float* zs);
 
 // The four normals of the Philox calls g0 .. g0 + n - 1 for one 4-row group of a tile segment
-// (philox.h: randn4), with caller scratch of 2n words u1[], u2[]:
+// (philox.h: randn4):
 //     z0[i] = zc[i], z1[i] = zs[i], z2[i] = zc[n + i], z3[i] = zs[n + i]
-// i.e. zc = [lane 0 | lane 2], zs = [lane 1 | lane 3]. pairs = 1 computes lanes 0 and 1 only (a ragged last
-// group of 1 or 2 rows); pairs = 2 all four. zc, zs, u1, u2 hold 2n elements.
-inline void randn4_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, int pairs, uint32_t* u1,
-                         uint32_t* u2, float* zc, float* zs) {
-  philox_block(seed, step, g0, n, u1, u2, u1 + n, u2 + n);  // words 0, 2 are the u1's; 1, 3 the u2's
-  box_muller_block(u1, u2, pairs * n, zc, zs);
+// i.e. zc = [lane 0 | lane 2], zs = [lane 1 | lane 3] (2n elements each). pairs = 1 computes lanes 0 and 1 only
+// (a ragged last group of 1 or 2 rows); pairs = 2 all four. Words are drawn kNoiseSub counters at a time into
+// the caller's scratch w[4 * kNoiseSub] (4 KB: small next to L1, which the streamed tensors share).
+constexpr int64_t kNoiseSub = 256;
+inline void randn4_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, int pairs, uint32_t* w, float* zc,
+                         float* zs) {
+  for (int64_t i = 0; i < n; i += kNoiseSub) {
+    const int64_t m = n - i < kNoiseSub ? n - i : kNoiseSub;
+    uint32_t *w0 = w, *w1 = w + kNoiseSub, *w2 = w + 2 * kNoiseSub, *w3 = w + 3 * kNoiseSub;
+    philox_block(seed, step, g0 + static_cast<uint32_t>(i), m, w0, w1, w2, w3);
+    box_muller_block(w0, w1, m, zc + i, zs + i);                       // lanes 0, 1
+    if (pairs == 2) box_muller_block(w2, w3, m, zc + n + i, zs + n + i);  // lanes 2, 3
+  }
 }
 
 // "x86-64-v4", "x86-64-v3" or "default": the clone box_muller_block runs on this CPU (tests, benchmark records).

@@ -119,7 +119,7 @@ YODA_ALWAYS_INLINE inline void sweep_tile_rows(const SweepArgs& g, const Seg& se
   // Normals of one 4-row group of a chunk of width n <= kChunk: lane l (row yg + l) is zl[l][0..n), with
   // zc = [lane 0 | lane 2] and zs = [lane 1 | lane 3] (the layout of randn4_block, csrc/cpu/normals.h).
   alignas(64) float zc[2 * kChunk], zs[2 * kChunk];
-  alignas(64) uint32_t u1[2 * kChunk], u2[2 * kChunk];  // Philox words: randn4_block's scratch
+  alignas(64) uint32_t words[4 * kNoiseSub];  // Philox words: randn4_block's scratch
   if (!g.need_noise) {  // z = 0 exactly: both branches drop their noise term
     std::memset(zc, 0, sizeof(zc));
     std::memset(zs, 0, sizeof(zs));
@@ -159,8 +159,7 @@ YODA_ALWAYS_INLINE inline void sweep_tile_rows(const SweepArgs& g, const Seg& se
             } else {
               // SIMD Philox and Box-Muller over the chunk's n counters; a ragged last group of 1 or 2
               // rows needs only the first pair of each call.
-              randn4_block(g.seed, g.step, noise_counter(b, ch, yg, xs, C, H, W), n, nl > 2 ? 2 : 1, u1, u2, zc,
-                           zs);
+              randn4_block(g.seed, g.step, noise_counter(b, ch, yg, xs, C, H, W), n, nl > 2 ? 2 : 1, words, zc, zs);
             }
           }
           for (int l = 0; l < nl; ++l) {
