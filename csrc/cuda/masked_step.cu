@@ -2,7 +2,7 @@
 //
 // Same contract as yoda_kernels/naive.py and the CPU kernel (csrc/cpu/masked_step.cpp); per-element math in
 // csrc/step.h and noise in csrc/philox.h, shared with it; built with --fmad=false so that on the same noise
-// the result equals the reference bit for bit (Philox normals differ from it only by the GPU's log/sin/cos).
+// the result equals the reference bit for bit, Philox noise included (DESIGN.md §9).
 //
 // Work split. A block owns a strip of `tile` rows x kStripPixels / tile columns of one image (several tiles
 // side by side) and loops over the channels; grid (ceil(W / strip_w), ceil(H / tile), B). A thread owns a

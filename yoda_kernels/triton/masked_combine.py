@@ -32,10 +32,11 @@ from .masked_step import (
     NOISE_PHILOX,
     NOISE_TENSOR,
     _as_int32,
-    _lane_active,
     _strides,
     launch_config,
     soft_bf16,
+    strip_lanes,
+    tile_classes,
     to_output,
 )
 from .noise import randn4
@@ -115,23 +116,10 @@ def _strip(
     """All channels of one strip along one path: per channel every load of the four lane sub-blocks first,
     then the Philox normals while they are in flight, then the stores (masked_step's _strip)."""
     R: tl.constexpr = TILE // 4
-    i = tl.arange(0, R)
-    y0 = ty * TILE
-    r0 = 4 * i
-    r1 = 4 * i + 1
-    r2 = 4 * i + 2
-    r3 = 4 * i + 3
-    in0 = ((y0 + r0) < H)[:, None] & col_in[None, :]
-    in1 = ((y0 + r1) < H)[:, None] & col_in[None, :]
-    in2 = ((y0 + r2) < H)[:, None] & col_in[None, :]
-    in3 = ((y0 + r3) < H)[:, None] & col_in[None, :]
+    i, r0, r1, r2, r3, in0, in1, in2, in3, act0, act1, act2, act3 = strip_lanes(
+        a_ptr, ty, cols, col_in, full, mixed, H, sah, saw, tau, PATH, TILE)
     b64 = b.to(tl.int64)
-    y64 = y0.to(tl.int64)
-    a_s = a_ptr + y64 * sah
-    act0 = _lane_active(a_s, r0, cols, in0, full, mixed, sah, saw, tau, PATH)
-    act1 = _lane_active(a_s, r1, cols, in1, full, mixed, sah, saw, tau, PATH)
-    act2 = _lane_active(a_s, r2, cols, in2, full, mixed, sah, saw, tau, PATH)
-    act3 = _lane_active(a_s, r3, cols, in3, full, mixed, sah, saw, tau, PATH)
+    y64 = (ty * TILE).to(tl.int64)
     for ch in range(C):
         c64 = tl.cast(ch, tl.int64)
         x_s = x_ptr + b64 * sxb + c64 * sxc + y64 * sxh
@@ -181,15 +169,7 @@ def _masked_combine_kernel(
     col_in = cols < W
     a_b = a_ptr + b.to(tl.int64) * sab
     if HAS_A:
-        st = (b * TY + ty).to(tl.int64) * TX + cols // TILE
-        # Columns past W count as full and inactive so that they never force the per-pixel path.
-        tmax = tl.load(tmax_ptr + st, mask=col_in, other=float("-inf"))
-        tmin = tl.load(tmin_ptr + st, mask=col_in, other=float("inf"))
-        full = tmin >= tau
-        active = tmax >= tau
-        mixed = active & (full == 0)
-        n_full = tl.sum(full.to(tl.int32), axis=0)
-        n_idle = tl.sum((active == 0).to(tl.int32), axis=0)
+        full, mixed, n_full, n_idle = tile_classes(tmax_ptr, tmin_ptr, b, ty, cols, col_in, TY, TX, tau, TILE)
         if n_idle == BLOCK_W:
             _strip(x_ptr, d0_ptr, d1_ptr, d2_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, full, mixed,
                    C, H, W, H4, sxb, sxc, sxh, sxw, s0b, s0c, s0h, s0w, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w,

@@ -98,6 +98,43 @@ def _lane_active(a_ptr, r, cols, inb, full, mixed, sah, saw, tau, PATH: tl.const
 
 
 @triton.jit
+def tile_classes(tmax_ptr, tmin_ptr, b, ty, cols, col_in, TY, TX, tau, TILE: tl.constexpr):
+    """The tile classes under a strip's columns (shared with masked_combine's kernel): full (tile_min >= tau),
+    mixed, and how many columns are full and how many idle (no active pixel). Columns past W count as full and
+    idle, so that they never force the per-pixel path."""
+    st = (b * TY + ty).to(tl.int64) * TX + cols // TILE
+    tmax = tl.load(tmax_ptr + st, mask=col_in, other=float("-inf"))
+    tmin = tl.load(tmin_ptr + st, mask=col_in, other=float("inf"))
+    full = tmin >= tau
+    active = tmax >= tau
+    mixed = active & (full == 0)
+    return full, mixed, tl.sum(full.to(tl.int32), axis=0), tl.sum((active == 0).to(tl.int32), axis=0)
+
+
+@triton.jit
+def strip_lanes(a_ptr, ty, cols, col_in, full, mixed, H, sah, saw, tau, PATH: tl.constexpr, TILE: tl.constexpr):
+    """The four lane sub-blocks of a strip (shared with masked_combine's _strip): i in [0, TILE / 4), rows
+    r_l = 4i + l of the strip, their in-bounds masks and activity (_lane_active). 64-bit bases, 32-bit offsets
+    inside the strip."""
+    i = tl.arange(0, TILE // 4)
+    y0 = ty * TILE
+    r0 = 4 * i
+    r1 = 4 * i + 1
+    r2 = 4 * i + 2
+    r3 = 4 * i + 3
+    in0 = ((y0 + r0) < H)[:, None] & col_in[None, :]
+    in1 = ((y0 + r1) < H)[:, None] & col_in[None, :]
+    in2 = ((y0 + r2) < H)[:, None] & col_in[None, :]
+    in3 = ((y0 + r3) < H)[:, None] & col_in[None, :]
+    a_s = a_ptr + y0.to(tl.int64) * sah
+    act0 = _lane_active(a_s, r0, cols, in0, full, mixed, sah, saw, tau, PATH)
+    act1 = _lane_active(a_s, r1, cols, in1, full, mixed, sah, saw, tau, PATH)
+    act2 = _lane_active(a_s, r2, cols, in2, full, mixed, sah, saw, tau, PATH)
+    act3 = _lane_active(a_s, r3, cols, in3, full, mixed, sah, saw, tau, PATH)
+    return i, r0, r1, r2, r3, in0, in1, in2, in3, act0, act1, act2, act3
+
+
+@triton.jit
 def _lane_load(
     x_ptr, o_ptr, c_ptr, n_ptr, r, cols, inb, act,
     sxh, sxw, soh, sow, sch, scw, snh, snw,
@@ -165,24 +202,10 @@ def _strip(
     issued before the first store (a load after a store cannot be hoisted above it: the compiler does not
     know that out aliases no input), then the Philox normals are computed while the loads are in flight."""
     R: tl.constexpr = TILE // 4
-    i = tl.arange(0, R)
-    y0 = ty * TILE
-    # Row r = 4i + lane of the strip; 64-bit bases, 32-bit offsets inside the strip.
-    r0 = 4 * i
-    r1 = 4 * i + 1
-    r2 = 4 * i + 2
-    r3 = 4 * i + 3
-    in0 = ((y0 + r0) < H)[:, None] & col_in[None, :]
-    in1 = ((y0 + r1) < H)[:, None] & col_in[None, :]
-    in2 = ((y0 + r2) < H)[:, None] & col_in[None, :]
-    in3 = ((y0 + r3) < H)[:, None] & col_in[None, :]
+    i, r0, r1, r2, r3, in0, in1, in2, in3, act0, act1, act2, act3 = strip_lanes(
+        a_ptr, ty, cols, col_in, full, mixed, H, sah, saw, tau, PATH, TILE)
     b64 = b.to(tl.int64)
-    y64 = y0.to(tl.int64)
-    a_s = a_ptr + y64 * sah
-    act0 = _lane_active(a_s, r0, cols, in0, full, mixed, sah, saw, tau, PATH)
-    act1 = _lane_active(a_s, r1, cols, in1, full, mixed, sah, saw, tau, PATH)
-    act2 = _lane_active(a_s, r2, cols, in2, full, mixed, sah, saw, tau, PATH)
-    act3 = _lane_active(a_s, r3, cols, in3, full, mixed, sah, saw, tau, PATH)
+    y64 = (ty * TILE).to(tl.int64)
     for ch in range(C):
         c64 = tl.cast(ch, tl.int64)
         x_s = x_ptr + b64 * sxb + c64 * sxc + y64 * sxh
@@ -231,15 +254,7 @@ def _masked_step_kernel(
     col_in = cols < W
     a_b = a_ptr + b.to(tl.int64) * sab
     if HAS_A:
-        st = (b * TY + ty).to(tl.int64) * TX + cols // TILE
-        # Columns past W count as full and inactive so that they never force the per-pixel path.
-        tmax = tl.load(tmax_ptr + st, mask=col_in, other=float("-inf"))
-        tmin = tl.load(tmin_ptr + st, mask=col_in, other=float("inf"))
-        full = tmin >= tau
-        active = tmax >= tau
-        mixed = active & (full == 0)
-        n_full = tl.sum(full.to(tl.int32), axis=0)
-        n_idle = tl.sum((active == 0).to(tl.int32), axis=0)
+        full, mixed, n_full, n_idle = tile_classes(tmax_ptr, tmin_ptr, b, ty, cols, col_in, TY, TX, tau, TILE)
         if n_idle == BLOCK_W:
             _strip(x_ptr, o_ptr, c_ptr, n_ptr, y_ptr, a_b, b, ty, cols, col_in, full, mixed, C, H, W, H4,
                    sxb, sxc, sxh, sxw, sob, soc, soh, sow, scb, scc, sch, scw,
