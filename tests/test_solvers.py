@@ -198,6 +198,30 @@ def ref_loop(solver, x0_of, c, sigmas, zs, *, eta=1.0, mask_of=None, d2_sign=-1.
             up = min(sn, eta * math.sqrt(sn**2 * (s**2 - sn**2) / s**2))
             down = math.sqrt(sn**2 - up**2)
             xk_next = xk + (xk - D) / s * (down - s) + up * z
+        elif solver in ("dpm_2", "dpm_2_a", "dpmpp_2s_a"):
+            # k-diffusion's sample_dpm_2 / sample_dpm_2_ancestral / sample_dpmpp_2s_ancestral (s_churn = 0)
+            up = 0.0 if solver == "dpm_2" else min(sn, eta * math.sqrt(sn**2 * (s**2 - sn**2) / s**2))
+            down = math.sqrt(sn**2 - up**2)
+            d = (xk - D) / s
+            if down == 0:
+                xk_next = xk + d * (down - s)
+            else:
+                sm = math.exp((math.log(s) + math.log(down)) / 2)  # sigma.log().lerp(sigma_down.log(), 0.5).exp()
+                if solver == "dpmpp_2s_a":
+                    t, t_next = -math.log(s), -math.log(down)
+                    hh = t_next - t
+                    x2k = (math.exp(-(t + hh / 2)) / math.exp(-t)) * xk - math.expm1(-hh / 2) * D
+                else:
+                    x2k = xk + d * (sm - s)
+                lr_mid = s_of(sm) * c + sm * s_of(sm) * z  # inactive pixels: the LR at sigma_mid, the step's noise
+                x2 = keep(i, s_of(sm) * x2k, lr_mid)
+                D2 = keep(i, x0_of(x2, sm), c)
+                if solver == "dpmpp_2s_a":
+                    xk_next = (down / s) * xk - math.expm1(-hh) * D2
+                else:
+                    xk_next = xk + (x2 / s_of(sm) - D2) / sm * (down - s)
+            if sn > 0:
+                xk_next = xk_next + up * z
         elif sn == 0:
             xk_next = D  # the DPM++ solvers' last step
         elif solver == "dpmpp_2m":
@@ -401,7 +425,8 @@ def test_3m_sde_third_order_differs_from_diffusers_by_its_sign_of_one_half():
 # Plain and YODA paths against the float64 transcription
 # ------------------------------------------------------------------------------------------------------------
 ALL = [("euler", None), ("euler_a", 1.0), ("euler_a", 0.5), ("heun", None), ("dpmpp_2m", None),
-       ("dpmpp_2m_sde", 1.0), ("dpmpp_2m_sde", 0.0), ("dpmpp_3m_sde", 1.0), ("dpmpp_3m_sde", 0.3)]
+       ("dpmpp_2m_sde", 1.0), ("dpmpp_2m_sde", 0.0), ("dpmpp_3m_sde", 1.0), ("dpmpp_3m_sde", 0.3), ("dpm_2", None),
+       ("dpm_2_a", 1.0), ("dpm_2_a", 0.5), ("dpmpp_2s_a", 1.0), ("dpmpp_2s_a", 0.0)]
 
 
 @pytest.mark.parametrize("solver, eta", ALL)
@@ -503,11 +528,11 @@ def test_x0_model_of_the_lr_returns_it():
 # ------------------------------------------------------------------------------------------------------------
 # Windows, backends, noise draws
 # ------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("solver", ["heun", "dpmpp_3m_sde", "euler_a"])
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_3m_sde", "euler_a", "dpm_2_a"])
 def test_tiled_windows_skipping_is_exact(solver):
     """Tiled denoising with inactive windows skipped equals dense tiled denoising bit for bit: the history holds c
-    wherever a pixel was inactive, so what the skipped windows would have predicted never enters (Heun's second
-    model call skips the same windows)."""
+    wherever a pixel was inactive, so what the skipped windows would have predicted never enters (the two-call
+    solvers' second model call skips the same windows)."""
     _, _, ad = models("eps")
     lr = lr_image(h=8, w=12)
     yy, xx = torch.linspace(0, 1, 16).view(16, 1), torch.linspace(0, 1, 24).view(1, 24)
@@ -520,12 +545,12 @@ def test_tiled_windows_skipping_is_exact(solver):
     b = yoda.sample(ad, lr, callback=lambda d: calls_dense.append(d["calls"]), **kw)
     assert torch.equal(a, b)
     assert sum(calls_skip) < sum(calls_dense)
-    per_step = 12 * (2 if solver == "heun" else 1)
-    assert calls_dense[:-1] == [per_step] * (STEPS - 1) and calls_dense[-1] == 12  # Heun: Euler at the last step
+    per_step = 12 * (2 if solver in ("heun", "dpm_2_a") else 1)
+    assert calls_dense[:-1] == [per_step] * (STEPS - 1) and calls_dense[-1] == 12  # one call at the last step
 
 
 @pytest.mark.parametrize("backend", K.available_backends("cpu"))
-@pytest.mark.parametrize("solver", ["dpmpp_3m_sde", "heun"])
+@pytest.mark.parametrize("solver", ["dpmpp_3m_sde", "heun", "dpmpp_2s_a"])
 def test_same_seed_same_image_on_every_backend(backend, solver):
     """The YODA path of a solver on every backend against the reference (masked_combine's kernels: C++, CUDA,
     Triton, as they land; until then the reference stands in for the compiled ones)."""
@@ -540,15 +565,16 @@ def test_same_seed_same_image_on_every_backend(backend, solver):
 
 
 def test_noise_draws_per_step(monkeypatch):
-    """One noise entry per step: the plain ODE solvers draw only the start's; the SDE solvers and euler_a every
+    """One noise entry per step: the plain ODE solvers draw only the start's; the SDE and ancestral solvers every
     step's but the last (sigma' = 0); with masks the LR branch draws at every step but the last."""
     _, _, ad = models("eps")
     lr = lr_image()
     draws = []
     real = K.philox.noise
     monkeypatch.setattr(K.philox, "noise", lambda *a, **k: draws.append(a[1]) or real(*a, **k))
-    for solver, want in (("dpmpp_2m", [0]), ("heun", [0]), ("dpmpp_2m_sde", list(range(STEPS))),
-                         ("euler_a", list(range(STEPS)))):
+    for solver, want in (("dpmpp_2m", [0]), ("heun", [0]), ("dpm_2", [0]), ("dpmpp_2m_sde", list(range(STEPS))),
+                         ("euler_a", list(range(STEPS))), ("dpm_2_a", list(range(STEPS))),
+                         ("dpmpp_2s_a", list(range(STEPS)))):
         draws.clear()
         sample(ad, lr, sampler=solver, seed=1)
         assert sorted(set(draws)) == want, solver

@@ -20,7 +20,7 @@ DEFAULT_STEPS, DEFAULT_SAMPLER, DEFAULT_ATTENTION = 1, "ddim", "none"
 
 
 # yoda.sampling.solvers' SOLVERS and SIGMA_SCHEDULES, written out so that parsing imports no torch (a test checks)
-SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
+SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a", "dpmpp_2s_a")
 SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
 
 

@@ -68,12 +68,14 @@ def sample(
     lr: (B, 3, h, w) or (B, 1, h, w) in [-1, 1].
     attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
         bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get, or f(lr) -> A.
-    steps: sampling steps (default T; Heun calls the model twice per step but the last). ddpm / ddim visit the
-        indices schedule.respace(steps, spacing) (spacing default "trailing"; ddpm / ddim only).
+    steps: sampling steps (default T; heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
+        last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default "trailing"; ddpm /
+        ddim only).
     sampler: "ddpm" (ancestral, fixed-small variance) or "ddim" with ``eta`` (default 0: deterministic); or a
         sigma-space solver of yoda.sampling.solvers, named as in k-diffusion / DiffBIR: "euler", "euler_a"
-        (ancestral), "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde"; eta scales the noise of euler_a and the
-        SDE solvers (default 1, k-diffusion's; 0: their ODE form). The state stays in VP form; the multistep
+        (ancestral), "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a" (ancestral),
+        "dpmpp_2s_a" (ancestral); eta scales the noise of the ancestral and SDE solvers (default 1, k-diffusion's;
+        0: their ODE form). The state stays in VP form; the multistep
         solvers keep their earlier denoised estimates, held at c where a pixel was inactive (DESIGN.md §5b).
     sigmas: the solvers' noise levels (solvers only): "karras" (default, rho 7), "exponential" or "uniform"
         (uniform in t) between the model's sigma(T - 1) and sigma(0), sigma = sqrt((1 - ab) / ab); or a strictly

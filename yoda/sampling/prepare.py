@@ -75,19 +75,20 @@ class Run:
     def solve(self, x: torch.Tensor, pred: torch.Tensor, i: int, hist: tuple) -> tuple[torch.Tensor, tuple, dict]:
         """Step i of a sigma-space solver (yoda.sampling.solvers): (x at step i + 1, the new history, extras for
         the report). ``hist``: the denoised estimates of the earlier steps, newest first, each held at c where the
-        pixel was inactive at its step (DESIGN §5b); D0 = x0 of ``pred``, clipped if spec.clip. Heun calls the
-        model a second time, on its Euler predictor (the LR at sigma' where inactive, the same noise)."""
+        pixel was inactive at its step (DESIGN §5b); D0 = x0 of ``pred``, clipped if spec.clip. The two-call solvers
+        (Heun, DPM-2, DPM++(2S)) call the model a second time, on their predictor (the LR at the predictor's sigma
+        where inactive, the same noise)."""
         s = self.spec
         st = s.solver[i]
         tau, step = s.taus[i], i + 1
         raw = x0_hat(x, pred, st.ab, self.adapter.prediction, s.clip)
         d0 = self._held(raw.to(x.dtype), tau)
         extra = {"x0_hat": raw, "calls": 0}
-        if st.predictor is not None:  # Heun: the corrector's second estimate, at sigma_next
+        if st.predictor is not None:  # the second estimate, at the predictor's sigma (st.t2, st.ab2)
             first = self._batches()
             x2 = self._combine(x, [d0], st.predictor, tau, step)
-            pred2, calls2 = self._denoise(x2, st.t_next, st.ab_next, tau)
-            d1 = self._held(x0_hat(x2, pred2, st.ab_next, self.adapter.prediction, s.clip).to(x.dtype), tau)
+            pred2, calls2 = self._denoise(x2, st.t2, st.ab2, tau)
+            d1 = self._held(x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip).to(x.dtype), tau)
             extra.update(calls=calls2, batches=first + self._batches())
             return self._combine(x, [d0, d1], st.coefs, tau, step), (), extra
         x_new = self._combine(x, [d0, *hist][: st.n], st.coefs, tau, step)

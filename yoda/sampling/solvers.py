@@ -22,7 +22,14 @@ Solvers (names as DiffBIR / k-diffusion; eta as k-diffusion's, default 1 where i
     dpmpp_2m       DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), first order at the first and last step
     dpmpp_2m_sde   DPM-Solver++(2M) SDE, midpoint form (eta)
     dpmpp_3m_sde   DPM-Solver++(3M) SDE (eta; eta = 0 is the third-order multistep ODE solver)
-The last step (sigma' = 0) of the DPM++ solvers returns D itself, as k-diffusion's do.
+    dpm_2          k-diffusion's sample_dpm_2: Euler to sigma_mid = sqrt(sigma sigma'), a second model call there,
+                   the step to sigma' with that slope (a midpoint method; DPM-Solver-2's form in sigma)
+    dpm_2_a        ancestral dpm_2: the same to sigma_down, then sigma_up z (eta)
+    dpmpp_2s_a     DPM-Solver++(2S) ancestral: a half step in log sigma, a second model call there, the exponential
+                   step to sigma_down with its estimate, then sigma_up z (eta)
+The last step (sigma' = 0) of every solver returns D itself (Euler with dt = -sigma does the same), as
+k-diffusion's do. The two-call solvers (heun, dpm_2, dpm_2_a, dpmpp_2s_a) run a predictor (x, D0) to the second
+call's sigma first; where a pixel is inactive the predictor holds the LR at that sigma, with the step's noise.
 
 Sigma schedules (``sigmas=``), from the model's discrete sigmas sigma(idx) = sqrt((1 - ab[idx]) / ab[idx]):
     karras       Karras et al. eq. 5, rho = 7, between sigma(0) and sigma(T - 1)
@@ -56,8 +63,8 @@ from yoda_kernels.contract import CombineCoefs
 
 from ..schedule import Schedule
 
-SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
-ETA_SOLVERS = ("euler_a", "dpmpp_2m_sde", "dpmpp_3m_sde")  # take eta (default 1, k-diffusion's)
+SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a", "dpmpp_2s_a")
+ETA_SOLVERS = ("euler_a", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2_a", "dpmpp_2s_a")  # take eta (default 1, k-diffusion's)
 SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
 DEFAULT_SIGMAS = "karras"
 TIMESTEPS = ("interpolate", "nearest")  # how sigma -> the model's t (module docstring)
@@ -70,10 +77,11 @@ class SolverStep(NamedTuple):
     """One step sigma -> sigma_next of a plan (float64 scalars).
 
     t, ab: the model's timestep index (a float, or an int with timesteps="nearest") and alpha_bar at sigma; t_next,
-    ab_next at sigma_next (Heun's second model call; ab_next = 1 at sigma_next = 0). coefs: the masked_combine of
-    the update, weights of (x, D0, D1, D2); ``n``: how many estimates it takes. For the multistep solvers D1, D2
-    are the estimates of the previous steps; for Heun D1 is the second model call's. predictor: Heun's Euler
-    predictor (weights of x, D0) whose result the second model call sees, else None."""
+    ab_next at sigma_next (ab_next = 1 at sigma_next = 0). coefs: the masked_combine of the update, weights of
+    (x, D0, D1, D2); ``n``: how many estimates it takes. For the multistep solvers D1, D2 are the estimates of the
+    previous steps; for the two-call solvers D1 is the second model call's. predictor: their predictor (weights of
+    x, D0; the LR held at sigma2) whose result the second model call sees at (t2, ab2), sigma2 (sigma_next for
+    Heun, the midpoint for the others); None, and t2 = ab2 = 0, for one-call steps."""
 
     sigma: float
     sigma_next: float
@@ -84,6 +92,8 @@ class SolverStep(NamedTuple):
     coefs: CombineCoefs
     n: int
     predictor: Optional[CombineCoefs]
+    t2: float = 0.0
+    ab2: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -239,11 +249,17 @@ def _vp(a: float, b: Sequence[float], g: float, sigma: float, sigma_next: float)
                         lb=sigma_next * sn)
 
 
+def _ancestral(s: float, sn: float, eta: float) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of k-diffusion's get_ancestral_step."""
+    up = min(sn, eta * math.sqrt(max(sn * sn * (s * s - sn * sn) / (s * s), 0.0))) if eta else 0.0
+    return math.sqrt(max(sn * sn - up * up, 0.0)), up
+
+
 def _step_weights(solver: str, sig: Sequence[float], i: int, eta: float) -> tuple:
-    """(a, [b0, b1, b2][:n], g, predictor (a, b0) or None) of step i in k-space (module docstring)."""
+    """(a, [b0, b1, b2][:n], g, predictor (a, b0, its sigma) or None) of step i in k-space (module docstring)."""
     s, sn = sig[i], sig[i + 1]
     if sn == 0.0:
-        # the last step: Euler (euler, euler_a, Heun) or the denoised estimate itself (DPM++): x_k' = D0
+        # the last step: Euler (dt = -sigma) or the denoised estimate itself (DPM++): x_k' = D0
         return 0.0, [1.0], 0.0, None
     h = math.log(s / sn)
     h1 = math.log(sig[i - 1] / s) if i >= 1 else None
@@ -251,12 +267,22 @@ def _step_weights(solver: str, sig: Sequence[float], i: int, eta: float) -> tupl
     if solver == "euler":
         return sn / s, [1.0 - sn / s], 0.0, None
     if solver == "euler_a":
-        up = min(sn, eta * math.sqrt(max(sn * sn * (s * s - sn * sn) / (s * s), 0.0))) if eta else 0.0
-        down = math.sqrt(max(sn * sn - up * up, 0.0))
+        down, up = _ancestral(s, sn, eta)
         return down / s, [1.0 - down / s], up, None
     if solver == "heun":
         dt = sn - s
-        return sn / s, [dt / 2 * (1.0 / sn - 2.0 / s), -dt / (2.0 * sn)], 0.0, (sn / s, 1.0 - sn / s)
+        return sn / s, [dt / 2 * (1.0 / sn - 2.0 / s), -dt / (2.0 * sn)], 0.0, (sn / s, 1.0 - sn / s, sn)
+    if solver in ("dpm_2", "dpm_2_a", "dpmpp_2s_a"):
+        # to sigma_to (sn, or sigma_down) through sigma_mid = sqrt(s sigma_to): x2 = (sm / s) x + (1 - sm / s) D0,
+        # the same predictor for all three (DPM++(2S)'s exp(-h / 2) = sm / s)
+        to, up = (sn, 0.0) if solver == "dpm_2" else _ancestral(s, sn, eta)
+        sm = math.sqrt(s * to)
+        pred = (sm / s, 1.0 - sm / s, sm)
+        if solver == "dpmpp_2s_a":  # x' = (to / s) x + (1 - to / s) D1
+            return to / s, [0.0, 1.0 - to / s], up, pred
+        # x' = x + (to - s) / sm (x2 - D1)
+        k = (to - s) / sm
+        return to / s, [k * (1.0 - sm / s), -k], up, pred
     if solver == "dpmpp_2m":
         c = -math.expm1(-h)
         if h1 is None:
@@ -310,9 +336,13 @@ def plan(solver: str, sigmas: Sequence[float], schedule: Schedule, eta: float = 
     for i in range(len(sig) - 1):
         s, sn = sig[i], sig[i + 1]
         a, b, g, pred = _step_weights(solver, sig, i, float(eta))
-        predictor = None if pred is None else _vp(pred[0], [pred[1]], 0.0, s, sn)
         zero = 0 if timesteps == "nearest" else 0.0
         t_next, ab_next = (model_t(sn, logs, timesteps), ab_of(sn)) if sn > 0 else (zero, 1.0)
+        predictor, t2, ab2 = None, zero, 0.0
+        if pred is not None:
+            predictor = _vp(pred[0], [pred[1]], 0.0, s, pred[2])
+            t2, ab2 = model_t(pred[2], logs, timesteps), ab_of(pred[2])
         steps.append(SolverStep(sigma=s, sigma_next=sn, t=model_t(s, logs, timesteps), ab=ab_of(s), t_next=t_next,
-                                ab_next=ab_next, coefs=_vp(a, b, g, s, sn), n=len(b), predictor=predictor))
+                                ab_next=ab_next, coefs=_vp(a, b, g, s, sn), n=len(b), predictor=predictor, t2=t2,
+                                ab2=ab2))
     return tuple(steps)
