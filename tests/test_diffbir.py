@@ -649,7 +649,7 @@ def ref_edm_denoiser(model, parameterization, sigmas, timesteps, cond, uncond, c
 
 def ref_k_solver(solver, denoiser, x, sigmas, noises, eta=1.0, s_noise=1.0):
     """k-diffusion's sample_euler / _euler_ancestral / _heun / _dpmpp_2m / _dpmpp_2m_sde (midpoint) / _dpmpp_3m_sde
-    loops as DiffBIR's diffbir/sampler/k_diffusion.py has them (s_churn 0), float32 torch scalars, its noise sampler
+    / _dpm_2 / _dpm_2_ancestral / _dpmpp_2s_ancestral loops as DiffBIR's diffbir/sampler/k_diffusion.py has them (s_churn 0), float32 torch scalars, its noise sampler
     handing out noises[i + 1] at step i. Returns the state (k-space) after every step."""
     states, old, hs = [], [], []
     ones = x.new_ones([x.shape[0]])
@@ -669,6 +669,29 @@ def ref_k_solver(solver, denoiser, x, sigmas, noises, eta=1.0, s_noise=1.0):
             down = (sn ** 2 - up ** 2) ** 0.5
             x_next = x + (x - D) / s * (down - s)
             if sn > 0:
+                x_next = x_next + z * s_noise * up
+        elif solver in ("dpm_2", "dpm_2_a", "dpmpp_2s_a"):
+            if solver == "dpm_2":
+                up, down = 0.0, sn
+            else:
+                up = min(sn, eta * (sn ** 2 * (s ** 2 - sn ** 2) / s ** 2) ** 0.5)
+                down = (sn ** 2 - up ** 2) ** 0.5
+            d = (x - D) / s
+            if down == 0:
+                x_next = x + d * (down - s)
+            elif solver == "dpmpp_2s_a":
+                t, t_next = -s.log(), -down.log()
+                hh = t_next - t
+                s_mid = t + 0.5 * hh
+                x2 = (s_mid.neg().exp() / t.neg().exp()) * x - (-hh * 0.5).expm1() * D
+                D2 = denoiser(x2, s_mid.neg().exp() * ones)
+                x_next = (t_next.neg().exp() / t.neg().exp()) * x - (-hh).expm1() * D2
+            else:
+                sm = s.log().lerp(down.log(), 0.5).exp()
+                x2 = x + d * (sm - s)
+                d2 = (x2 - denoiser(x2, sm * ones)) / sm
+                x_next = x + d2 * (down - s)
+            if solver != "dpm_2" and sn > 0:
                 x_next = x_next + z * s_noise * up
         elif sn == 0:
             x_next = D  # the DPM++ solvers' denoising step
@@ -784,7 +807,8 @@ class _RoundingCLDM(torch.nn.Module):
         return self.cldm(x, t.round().long(), cond)
 
 
-@pytest.mark.parametrize("solver", ["euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde"])
+@pytest.mark.parametrize("solver", ["euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2",
+                                    "dpm_2_a", "dpmpp_2s_a"])
 def test_every_solver_is_diffbirs_edm_solver(solver):
     """Each of yoda's solvers against DiffBIR's edm_<solver> (v2.1, cfg 3, two calls, 10 steps; euler_a and the SDE
     solvers with eta 0.5 so that eta reaches the noise term), plain, same noise. DiffBIR runs k-diffusion's loops on
@@ -794,7 +818,7 @@ def test_every_solver_is_diffbirs_edm_solver(solver):
     coefficients has neither cancellation, so it is held to the reference's solver arithmetic in float64 (its
     sigmas, timesteps and the float32 model as DiffBIR's), and to the literal float32 loop for the DPM++ solvers."""
     diffusion, cldm, lr = _edm_setup("v", True, seed=3, B=1)
-    steps, eta = 10, (0.5 if solver in ("euler_a", "dpmpp_2m_sde", "dpmpp_3m_sde") else None)
+    steps, eta = 10, (0.5 if solver in ("euler_a", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2_a", "dpmpp_2s_a") else None)
     cond, uncond = _diffbir_conds(cldm, lr, True)
     noises = _noises(steps + 1, cond["c_img"].shape, seed=17)
     args = (cldm, diffusion.betas, "v", solver, steps, noises, cond, uncond, 3.0)
@@ -811,6 +835,10 @@ def test_every_solver_is_diffbirs_edm_solver(solver):
     else:  # DiffBIR's own float32 rounding, not a difference of method
         assert _max_diff(ref32, ref64) > 1e-5 and err32 <= 2 * _max_diff(ref32, ref64)
     assert max(r.abs().max() for r in ref64) < 10
+    if solver in ("dpm_2", "dpm_2_a", "dpmpp_2s_a"):  # the midpoint call at the nearest visited sigma's t matters
+        with torch.no_grad():
+            zn, _ = _run_yoda(ad, lr, noises, sampler=solver, steps=steps, eta=eta, cfg_scale=3.0, timesteps="nearest")
+        assert _max_diff(zn, ref64) > 1e-3
 
 
 def test_yoda_masking_under_diffbirs_edm_sampler():
@@ -863,7 +891,7 @@ def test_yoda_masking_under_diffbirs_edm_sampler():
 def test_solver_defaults_and_errors():
     diffusion, cldm, lr = _edm_setup("v", True, B=1)
     ad = DiffBIRAdapter(cldm, diffusion)
-    assert (ad.solver_sigmas, ad.solver_timesteps) == ("diffbir", "nearest")
+    assert (ad.solver_sigmas, ad.solver_timesteps) == ("diffbir", "visited")
     assert apply_cfg_scale(ad, 6.0).solver_sigmas == "diffbir"  # kept by with_cfg_scale's copy
     for kw, match in (({"sigmas": "linear"}, "sigmas must be one of"), ({"sigmas": [1.0, 0.5]}, "sigmas"),
                       ({"timesteps": "round"}, "timesteps must be one of")):

@@ -80,7 +80,7 @@ class Adapter:
     multiple: int = 1
     supports_cfg: bool = False  # classifier-free guidance: see with_cfg_scale
     # the sigma-space solvers' sigmas= / timesteps= when yoda.sample is given None (None: the solvers' own defaults,
-    # "karras" / "interpolate"); DiffBIRAdapter sets DiffBIR's ("diffbir" / "nearest"). yoda.sampling.solvers
+    # "karras" / "interpolate"); DiffBIRAdapter sets DiffBIR's ("diffbir" / "visited"). yoda.sampling.solvers
     solver_sigmas: Optional[str] = None
     solver_timesteps: Optional[str] = None
 

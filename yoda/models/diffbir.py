@@ -36,8 +36,9 @@ the finite v step). An eps model cannot take the step at alpha_bar = 0: yoda.sam
 DiffBIR's EDM samplers (``--sampler edm_*``; its default is ``edm_dpm++_3m_sde``, 10 steps, cfg_scale 6, eta and
 s_noise 1) are yoda's sigma-space solvers (yoda.sampling.solvers) with this adapter's solver defaults
 ``sigmas="diffbir"`` (EDMSampler.make_schedule: the discrete sigmas at linspace(T - 1, 0, steps, endpoint=False)
-truncated to int, the first at alpha_bar = 1e-8, sigma ~ 1e4, on every version) and ``timesteps="nearest"``
-(DiffBIR calls the ControlLDM at the integer timestep of the nearest visited sigma, int64): so
+truncated to int, the first at alpha_bar = 1e-8, sigma ~ 1e4, on every version) and ``timesteps="visited"``
+(DiffBIR calls the ControlLDM at the int64 timestep of the visited sigma nearest in absolute value, also for the
+midpoint calls of dpm_2 / dpm_2_a / dpm++_2s_a): so
 ``yoda.sample(adapter, lr, sampler="dpmpp_3m_sde", steps=10, cfg_scale=6.0)`` is DiffBIR's default sampler. DiffBIR
 applies the guidance to the denoised x0 estimates, yoda to the model outputs: the same, since x0 is affine in the
 output with the same weights for both branches. The start is x_T everywhere (DiffBIR's x_T * sqrt(1 + sigma_0**2)
@@ -45,7 +46,7 @@ in k-diffusion's space); DiffBIR's SDE noise comes from a torchsde Brownian tree
 of yoda's independent normals (not the same draws).
 
 Not covered: ``noise_aug``, ``start_point_type="cond"`` and the guidance (``cond_fn``) of DiffBIR's pipeline, and
-its EDM solvers yoda has no counterpart of (dpm_2, dpm_2_a, lms, dpm++_2s_a, dpm++_sde) or s_churn > 0.
+its EDM solvers yoda has no counterpart of (lms, dpm++_sde) or s_churn > 0. Its dpm++_2s_a is yoda's dpmpp_2s_a.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class DiffBIRAdapter(Adapter):
         ``diffbir.utils.common.wavelet_reconstruction`` (its pipeline always applies it).
     prediction: overrides diffusion.parameterization (DiffBIR's own samplers treat any non-"eps" as "v").
     sigmas, timesteps: yoda.sample's defaults for the sigma-space solvers with this adapter (its sigmas= /
-        timesteps= of None): "diffbir" and "nearest" are DiffBIR's EDM sampler (module docstring); e.g. "karras" /
+        timesteps= of None): "diffbir" and "visited" are DiffBIR's EDM sampler (module docstring); e.g. "karras" /
         "interpolate" for k-diffusion's.
     """
 
@@ -146,7 +147,7 @@ class DiffBIRAdapter(Adapter):
         color_fix: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
         prediction: Optional[str] = None,
         sigmas: str = "diffbir",
-        timesteps: str = "nearest",
+        timesteps: str = "visited",
     ) -> None:
         if not callable(cldm):
             raise TypeError(f"cldm must be callable as cldm(x_t, t, cond) (DiffBIR's ControlLDM.forward); "
@@ -229,7 +230,7 @@ class DiffBIRAdapter(Adapter):
         return self.cfg_scale != 1.0
 
     def scale_at(self, t: float) -> float:
-        """The guidance scale at timestep t (an int for ddpm / ddim and timesteps="nearest", else fractional)."""
+        """The guidance scale at timestep t (an int for ddpm / ddim and timesteps="nearest" / "visited", else fractional)."""
         return diffbir_cfg_scale(self.cfg_scale, t, self.rescale_cfg)
 
     # -- the contract ------------------------------------------------------------------------------------------

@@ -85,10 +85,12 @@ def sample(
         EDM sampler's (the discrete sigmas at linspace(T - 1, 0, steps, endpoint=False), the first at ab = 1e-8).
         A zero-terminal-SNR schedule's sigma(T - 1) is taken at ab = 1e-8 (sigma ~ 1e4), as DiffBIR does.
         None: the adapter's solver_sigmas, else "karras".
-    timesteps: the model's t of a solver's sigma (solvers only): "interpolate" (the fractional t above, float32) or
-        "nearest" (the nearest discrete index, int64, as DiffBIR's EDM sampler); None: the adapter's
-        solver_timesteps, else "interpolate". DiffBIRAdapter defaults to sigmas="diffbir", timesteps="nearest", so
-        sampler="dpmpp_3m_sde", steps=10 is DiffBIR's default edm_dpm++_3m_sde sampler.
+    timesteps: the model's t of a solver's sigma (solvers only): "interpolate" (the fractional t above, float32),
+        "nearest" (the nearest discrete index in log sigma, int64, k-diffusion's quantize) or "visited" (the
+        "nearest" index of the visited sigma nearest to it, as DiffBIR's EDM sampler; differs from "nearest" only
+        at the two-call solvers' midpoints); None: the adapter's solver_timesteps, else "interpolate".
+        DiffBIRAdapter defaults to sigmas="diffbir", timesteps="visited", so sampler="dpmpp_3m_sde", steps=10 is
+        DiffBIR's default edm_dpm++_3m_sde sampler.
     lower_bound: l of tau = t / T - l; >= 1 makes every pixel active (the plain sampler, bit for bit).
     seed: Philox seed (None: drawn from torch's default generator). noise: explicit noise, steps + 1 entries
         of the state's shape (entry 0 for the start, i + 1 for loop step i), overriding the seed.

@@ -47,8 +47,10 @@ sigma(T - 1) and the model is called there at t = T - 1.
 Timesteps (``timesteps=``): the model is called at t = sigma_to_t(sigma), either "interpolate" (default; the
 fractional index, log-sigma interpolated between the discrete sigmas, k-diffusion's DiscreteSchedule with
 quantize=False) or "nearest" (the integer index of the discrete sigma nearest in log sigma, k-diffusion's
-quantize=True; DiffBIR's EDM sampler takes the nearest of its own visited sigmas, the same index for the table
-sigmas it visits); ab = 1 / (1 + sigma**2) either way.
+quantize=True) or "visited" (DiffBIR's EDM denoiser: the "nearest" index of the visited sigma -- one of the plan's
+sigmas or its final 0, t = 0 -- nearest to sigma in absolute value; the same as "nearest" at the visited sigmas,
+different at the two-call solvers' midpoints, which it maps to a neighbouring visited sigma's timestep);
+ab = 1 / (1 + sigma**2) with the exact sigma whichever is used.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde
 ETA_SOLVERS = ("euler_a", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2_a", "dpmpp_2s_a")  # take eta (default 1, k-diffusion's)
 SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
 DEFAULT_SIGMAS = "karras"
-TIMESTEPS = ("interpolate", "nearest")  # how sigma -> the model's t (module docstring)
+TIMESTEPS = ("interpolate", "nearest", "visited")  # how sigma -> the model's t (module docstring)
 DEFAULT_TIMESTEPS = "interpolate"
 RHO = 7.0  # Karras et al.'s rho
 AB_FLOOR = 1e-8  # DiffBIR's EDMSampler: the first visited alpha_bar; here also a zero-terminal-SNR table's last
@@ -76,7 +78,7 @@ AB_FLOOR = 1e-8  # DiffBIR's EDMSampler: the first visited alpha_bar; here also 
 class SolverStep(NamedTuple):
     """One step sigma -> sigma_next of a plan (float64 scalars).
 
-    t, ab: the model's timestep index (a float, or an int with timesteps="nearest") and alpha_bar at sigma; t_next,
+    t, ab: the model's timestep index (a float, or an int with timesteps="nearest" / "visited") and alpha_bar at sigma; t_next,
     ab_next at sigma_next (ab_next = 1 at sigma_next = 0). coefs: the masked_combine of the update, weights of
     (x, D0, D1, D2); ``n``: how many estimates it takes. For the multistep solvers D1, D2 are the estimates of the
     previous steps; for the two-call solvers D1 is the second model call's. predictor: their predictor (weights of
@@ -322,8 +324,8 @@ def _step_weights(solver: str, sig: Sequence[float], i: int, eta: float) -> tupl
 def plan(solver: str, sigmas: Sequence[float], schedule: Schedule, eta: float = 0.0,
          timesteps: str = DEFAULT_TIMESTEPS) -> tuple[SolverStep, ...]:
     """The SolverSteps of ``solver`` over ``sigmas`` (steps + 1 values, the last 0) for a model trained with
-    ``schedule``; eta: the noise of euler_a and the SDE solvers (k-diffusion's eta); timesteps: the model's t of
-    a sigma, "interpolate" (a float) or "nearest" (an int; module docstring)."""
+    ``schedule``; eta: the noise of the ancestral and SDE solvers (k-diffusion's eta); timesteps: the model's t of
+    a sigma, "interpolate" (a float), "nearest" or "visited" (an int; module docstring)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if timesteps not in TIMESTEPS:
@@ -332,17 +334,24 @@ def plan(solver: str, sigmas: Sequence[float], schedule: Schedule, eta: float = 
     if len(sig) < 2 or sig[-1] != 0.0 or any(b >= a for a, b in zip(sig, sig[1:])):
         raise ValueError(f"sigmas must be strictly decreasing and end with 0, got {sig}")
     logs = log_sigmas(schedule)
+
+    def t_of(sigma: float):
+        if timesteps != "visited":
+            return model_t(sigma, logs, timesteps)
+        v = min(sig, key=lambda u: abs(sigma - u))  # first of equals, as argmin
+        return model_t(v, logs, "nearest") if v > 0 else 0
+
     steps = []
     for i in range(len(sig) - 1):
         s, sn = sig[i], sig[i + 1]
         a, b, g, pred = _step_weights(solver, sig, i, float(eta))
-        zero = 0 if timesteps == "nearest" else 0.0
-        t_next, ab_next = (model_t(sn, logs, timesteps), ab_of(sn)) if sn > 0 else (zero, 1.0)
+        zero = 0.0 if timesteps == "interpolate" else 0
+        t_next, ab_next = (t_of(sn), ab_of(sn)) if sn > 0 else (zero, 1.0)
         predictor, t2, ab2 = None, zero, 0.0
         if pred is not None:
             predictor = _vp(pred[0], [pred[1]], 0.0, s, pred[2])
-            t2, ab2 = model_t(pred[2], logs, timesteps), ab_of(pred[2])
-        steps.append(SolverStep(sigma=s, sigma_next=sn, t=model_t(s, logs, timesteps), ab=ab_of(s), t_next=t_next,
+            t2, ab2 = t_of(pred[2]), ab_of(pred[2])
+        steps.append(SolverStep(sigma=s, sigma_next=sn, t=t_of(s), ab=ab_of(s), t_next=t_next,
                                 ab_next=ab_next, coefs=_vp(a, b, g, s, sn), n=len(b), predictor=predictor, t2=t2,
                                 ab2=ab2))
     return tuple(steps)

@@ -4,7 +4,7 @@ The spec holds what the loop needs and nothing it must compute: the visited step
 alpha_bar at the next visited idx or 1), tau of each step, the sampler and its options, the seed, the backend
 of the fused ops (resolved once) and the kernel tile, and the denoiser windows (tiled denoising). For the
 sigma-space solvers (yoda.sampling.solvers) also the sigmas and the solver's plan of float64 coefficients; idx
-is then the model's timestep of each sigma (fractional, or the nearest index with timesteps="nearest"). sigmas=
+is then the model's timestep of each sigma (fractional, or an index with timesteps="nearest" / "visited"). sigmas=
 and timesteps= of None take the adapter's solver_sigmas / solver_timesteps (None: the solvers' defaults).
 """
 
