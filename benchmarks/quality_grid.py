@@ -72,8 +72,9 @@ def cmd_train(a) -> None:
 
 
 SAMPLERS = {"ddpm": ("ddpm", 0.0), "ddim0": ("ddim", 0.0), "ddim1": ("ddim", 1.0),
-            # the sigma-space solvers (karras sigmas, eta at its default: 1 for euler_a and the SDE solvers)
-            **{name: (name, None) for name in ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")}}
+            # the sigma-space solvers (karras sigmas, eta at its default: 1 for the ancestral and SDE solvers)
+            **{name: (name, None) for name in ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde",
+                                               "dpm_2", "dpm_2_a", "dpmpp_2s_a")}}
 
 
 def cmd_eval(a) -> None:

@@ -402,3 +402,25 @@ def test_block_hook_errors():
     for bad in (2**32, 2**64 + 1, -1):  # out of uint32 range, never masked into it
         with pytest.raises(ValueError, match="uint32"):
             _C.philox_block(bad, 0, 0, 4)
+
+
+def test_polynomials_are_the_fits_and_every_copy_agrees():
+    """benchmarks/noise_fit.py regenerates LOG_P / SIN_P / COS_P exactly, and csrc/philox.h (hex literals) and
+    yoda_kernels/triton/noise.py (decimal literals) hold the same float32 values: a coefficient changed in one
+    copy only would change one backend's stream."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("noise_fit", root / "benchmarks" / "noise_fit.py")
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    got = fit.fits()
+    header = (root / "csrc" / "philox.h").read_text()
+    triton_src = (root / "yoda_kernels" / "triton" / "noise.py").read_text()
+    for name in ("LOG_P", "SIN_P", "COS_P"):
+        coefs = getattr(philox, name)
+        assert got[name][0] == coefs, name
+        for c in coefs:
+            assert float(c).hex().replace("0000000p", "p") + "f" in header, (name, c)
+            assert repr(c) in triton_src, (name, c)

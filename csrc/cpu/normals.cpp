@@ -19,7 +19,6 @@
 
 namespace yoda {
 
-
 #if YODA_HAVE_NOISE_CLONES
 // Philox over 8 counters per __m256i, state as 8 uint32 lanes. _mm256_mul_epu32 multiplies the even 32-bit
 // lanes into 64-bit products, so each 32x32 -> 64 product of all 8 lanes is two multiplies (even lanes, and
