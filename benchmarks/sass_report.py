@@ -250,8 +250,8 @@ def main(argv=None) -> int:
     if args.noise_transform:
         report = noise_transform_report(args.arch)
         per = noise_instructions_per_normal(report)
-        print(f"noise transform, sm_{args.arch}: SASS instructions per normal (Philox excluded; {NOISE_PAIRS} word pairs "
-              "per thread, minus the load/store skeleton)\n")
+        print(f"noise transform, sm_{args.arch}: SASS instructions per normal (Philox excluded; {NOISE_PAIRS} word "
+              "pairs per thread, minus the load/store skeleton)\n")
         print("| transform | SASS per pair | per normal |")
         print("|---|---|---|")
         for k in ("v2", "v1"):

@@ -649,7 +649,8 @@ def ref_edm_denoiser(model, parameterization, sigmas, timesteps, cond, uncond, c
 
 def ref_k_solver(solver, denoiser, x, sigmas, noises, eta=1.0, s_noise=1.0):
     """k-diffusion's sample_euler / _euler_ancestral / _heun / _dpmpp_2m / _dpmpp_2m_sde (midpoint) / _dpmpp_3m_sde
-    / _dpm_2 / _dpm_2_ancestral / _dpmpp_2s_ancestral loops as DiffBIR's diffbir/sampler/k_diffusion.py has them (s_churn 0), float32 torch scalars, its noise sampler
+    / _dpm_2 / _dpm_2_ancestral / _dpmpp_2s_ancestral loops as DiffBIR's diffbir/sampler/k_diffusion.py has them
+    (s_churn 0), float32 torch scalars, its noise sampler
     handing out noises[i + 1] at step i. Returns the state (k-space) after every step."""
     states, old, hs = [], [], []
     ones = x.new_ones([x.shape[0]])

@@ -81,7 +81,8 @@ __attribute__((target("avx512f"))) static int64_t philox_block_avx512(uint32_t s
   for (; i + 8 * kChains <= n; i += 8 * kChains) {
     __m512i c0[kChains], c1[kChains], c2[kChains], c3[kChains];
     for (int h = 0; h < kChains; ++h) {
-      const __m512i g = _mm512_add_epi64(_mm512_set1_epi64(static_cast<uint32_t>(g0 + static_cast<uint32_t>(i + 8 * h))), lane);
+      const uint32_t gh = g0 + static_cast<uint32_t>(i + 8 * h);
+      const __m512i g = _mm512_add_epi64(_mm512_set1_epi64(gh), lane);
       const __m512i pa = _mm512_mul_epu32(g, ma);  // round 1: (g, 0, 0, 0) -> (k0, 0, hiA(g) ^ k1, loA(g))
       const __m512i c2r1 = _mm512_xor_si512(_mm512_srli_epi64(pa, 32), _mm512_set1_epi64(ks1[0]));
       const __m512i pb = _mm512_mul_epu32(c2r1, mb);  // round 2 (c0 = k0: its product is r2_hi, r2_lo)

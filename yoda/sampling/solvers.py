@@ -66,7 +66,8 @@ from yoda_kernels.contract import CombineCoefs
 from ..schedule import Schedule
 
 SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a", "dpmpp_2s_a")
-ETA_SOLVERS = ("euler_a", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2_a", "dpmpp_2s_a")  # take eta (default 1, k-diffusion's)
+# the solvers that take eta (default 1, k-diffusion's)
+ETA_SOLVERS = ("euler_a", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2_a", "dpmpp_2s_a")
 SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
 DEFAULT_SIGMAS = "karras"
 TIMESTEPS = ("interpolate", "nearest", "visited")  # how sigma -> the model's t (module docstring)
@@ -78,9 +79,9 @@ AB_FLOOR = 1e-8  # DiffBIR's EDMSampler: the first visited alpha_bar; here also 
 class SolverStep(NamedTuple):
     """One step sigma -> sigma_next of a plan (float64 scalars).
 
-    t, ab: the model's timestep index (a float, or an int with timesteps="nearest" / "visited") and alpha_bar at sigma; t_next,
-    ab_next at sigma_next (ab_next = 1 at sigma_next = 0). coefs: the masked_combine of the update, weights of
-    (x, D0, D1, D2); ``n``: how many estimates it takes. For the multistep solvers D1, D2 are the estimates of the
+    t, ab: the model's timestep index (a float, or an int with timesteps="nearest" / "visited") and alpha_bar at
+    sigma; t_next, ab_next at sigma_next (ab_next = 1 at sigma_next = 0). coefs: the masked_combine of the update,
+    weights of (x, D0, D1, D2); ``n``: how many estimates it takes. For the multistep solvers D1, D2 are the estimates of the
     previous steps; for the two-call solvers D1 is the second model call's. predictor: their predictor (weights of
     x, D0; the LR held at sigma2) whose result the second model call sees at (t2, ab2), sigma2 (sigma_next for
     Heun, the midpoint for the others); None, and t2 = ab2 = 0, for one-call steps."""
