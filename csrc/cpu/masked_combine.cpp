@@ -32,12 +32,11 @@ using cpu::select_bits;
 constexpr const char* kOp = "yoda::masked_combine";
 
 struct CombineArgs {
-  const void *x, *c, *A;  // A may be null
+  const void *x, *c;
   const void* d[kMaxHistory];  // d[j] null for j >= nd
   void* out;
   Strides4 sx, sd[kMaxHistory], sc, sout;
-  int64_t a_sb, a_sh, a_sw;
-  cpu::SweepArgs sweep;  // sizes, tile stats, noise
+  cpu::SweepArgs sweep;  // sizes, attention map, tile stats, noise
   CombineCoefs k;
 };
 
@@ -113,8 +112,8 @@ struct CombineSeg {
       R::sr(p.k, xrow, wx, d0, w0, d1, w1, d2, w2, zl, orow, wout, m);
       return;
     }
-    const int64_t wa = p.a_sw;
-    const a_t* arow = static_cast<const a_t*>(p.A) + b * p.a_sb + y * p.a_sh + s0 * wa;
+    const int64_t wa = p.sweep.a_sw;
+    const a_t* arow = static_cast<const a_t*>(p.sweep.A) + b * p.sweep.a_sb + y * p.sweep.a_sh + s0 * wa;
     if (wa == 1)
       R::template mixed<true, a_t>(p.k, xrow, wx, d0, w0, d1, w1, d2, w2, crow, p.sc.w, arow, 1, p.sweep.tau, zl,
                                    orow, wout, m);
@@ -167,7 +166,7 @@ at::Tensor masked_combine_cpu(const at::Tensor& x, const at::Tensor& d0, const s
 
   CombineArgs p{};
   p.k = k;
-  p.sweep = cpu::make_sweep(x, tile, tmax, tmin, tau, need_noise, noise, seed, step);
+  p.sweep = cpu::make_sweep(x, tile, A, tmax, tmin, tau, need_noise, noise, seed, step);
   p.x = x.const_data_ptr();
   p.c = c.const_data_ptr();
   p.out = out.data_ptr();
@@ -180,12 +179,6 @@ at::Tensor masked_combine_cpu(const at::Tensor& x, const at::Tensor& d0, const s
     p.sd[j] = ds[j] ? strides_of(*ds[j]) : Strides4{0, 0, 0, 1};
     p.d[j] = ds[j] ? ds[j]->const_data_ptr() : nullptr;
     unit_w = unit_w && p.sd[j].w == 1;
-  }
-  if (A.defined()) {
-    p.A = A.const_data_ptr();
-    p.a_sb = A.stride(0);
-    p.a_sh = A.stride(-2);
-    p.a_sw = A.stride(-1);
   }
   const at::ScalarType a_type = A.defined() ? A.scalar_type() : at::kFloat;
 

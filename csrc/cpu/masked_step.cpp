@@ -40,11 +40,10 @@ using cpu::select_bits;
 constexpr const char* kOp = "yoda::masked_step";
 
 struct StepArgs {
-  const void *x, *o, *c, *A;  // A may be null
+  const void *x, *o, *c;
   void* out;
   Strides4 sx, so, sc, sout;
-  int64_t a_sb, a_sh, a_sw;
-  cpu::SweepArgs sweep;  // sizes, tile stats, noise
+  cpu::SweepArgs sweep;  // sizes, attention map, tile stats, noise
   StepCoefs k;
 };
 
@@ -105,7 +104,7 @@ struct StepSeg {
   const StepArgs& p;
   YODA_ALWAYS_INLINE inline void operator()(int kind, int64_t b, int64_t ch, int64_t y, int64_t s0, int64_t m,
                                             const float* zl) const {
-    const int64_t wx = p.sx.w, wo = p.so.w, wc = p.sc.w, wout = p.sout.w, wa = p.a_sw;
+    const int64_t wx = p.sx.w, wo = p.so.w, wc = p.sc.w, wout = p.sout.w, wa = p.sweep.a_sw;
     scalar_t* orow = static_cast<scalar_t*>(p.out) + b * p.sout.b + ch * p.sout.c + y * p.sout.h + s0 * wout;
     const scalar_t* crow = static_cast<const scalar_t*>(p.c) + b * p.sc.b + ch * p.sc.c + y * p.sc.h + s0 * wc;
     if (kind == kTileInactive) {  // reads c only
@@ -118,7 +117,7 @@ struct StepSeg {
       R::template sr<kClip>(p.k, xrow, wx, mrow, wo, zl, orow, wout, m);
       return;
     }
-    const a_t* arow = static_cast<const a_t*>(p.A) + b * p.a_sb + y * p.a_sh + s0 * wa;
+    const a_t* arow = static_cast<const a_t*>(p.sweep.A) + b * p.sweep.a_sb + y * p.sweep.a_sh + s0 * wa;
     if (wa == 1)
       R::template mixed<kClip, true, a_t>(p.k, xrow, wx, mrow, wo, crow, wc, arow, 1, p.sweep.tau, zl, orow, wout, m);
     else
@@ -166,7 +165,7 @@ at::Tensor masked_step_cpu(const at::Tensor& x, const at::Tensor& model_out, con
 
   StepArgs p{};
   p.k = k;
-  p.sweep = cpu::make_sweep(x, tile, tmax, tmin, tau, need_noise, noise, seed, step);
+  p.sweep = cpu::make_sweep(x, tile, A, tmax, tmin, tau, need_noise, noise, seed, step);
   p.x = x.const_data_ptr();
   p.o = model_out.const_data_ptr();
   p.c = c.const_data_ptr();
@@ -175,12 +174,6 @@ at::Tensor masked_step_cpu(const at::Tensor& x, const at::Tensor& model_out, con
   p.so = strides_of(model_out);
   p.sc = strides_of(c);
   p.sout = strides_of(out);
-  if (A.defined()) {
-    p.A = A.const_data_ptr();
-    p.a_sb = A.stride(0);
-    p.a_sh = A.stride(-2);
-    p.a_sw = A.stride(-1);
-  }
   const bool unit_w = p.sx.w == 1 && p.so.w == 1 && p.sc.w == 1 && p.sout.w == 1 && p.sweep.sn.w == 1;
   const at::ScalarType a_type = A.defined() ? A.scalar_type() : at::kFloat;
 

@@ -64,11 +64,14 @@ YODA_ALWAYS_INLINE inline void lr_row(float la, float lb, const scalar_t* __rest
   for (int64_t i = 0; i < n; ++i) out[i * wout] = static_cast<scalar_t>(la * static_cast<float>(c[i * wc]) + lb * z[i]);
 }
 
-// What the sweep needs to know besides the op's own tensors: the sizes, the tile classes (tmax / tmin:
-// float32 (B, TY, TX) contiguous, null when A is absent: every tile full) and the noise (the explicit tensor
-// `noise`, of the state's dtype, or null: Philox (seed, step); need_noise false: z = 0, nothing drawn or read).
+// What the sweep needs to know besides the op's own tensors: the sizes, the attention map (A, any float dtype,
+// its (b, y, x) strides; null when absent), the tile classes (tmax / tmin: float32 (B, TY, TX) contiguous, null
+// when A is absent: every tile full) and the noise (the explicit tensor `noise`, of the state's dtype, or null:
+// Philox (seed, step); need_noise false: z = 0, nothing drawn or read).
 struct SweepArgs {
   int64_t B, C, H, W, tile;
+  const void* A;
+  int64_t a_sb, a_sh, a_sw;
   const float *tmax, *tmin;
   float tau;
   bool need_noise;
@@ -77,13 +80,16 @@ struct SweepArgs {
   uint32_t seed, step;
 };
 
-// The sweep of an op whose first input is x: tmax / tmin undefined when A is absent, noise undefined for Philox
-// (pass it only when need_noise: an explicit tensor is not read otherwise).
-inline SweepArgs make_sweep(const at::Tensor& x, int64_t tile, const at::Tensor& tmax, const at::Tensor& tmin,
-                            double tau, bool need_noise, const at::Tensor& noise, int64_t seed, int64_t step) {
+// The sweep of an op whose first input is x: A, tmax, tmin undefined when A is absent, noise undefined for
+// Philox (pass it only when need_noise: an explicit tensor is not read otherwise).
+inline SweepArgs make_sweep(const at::Tensor& x, int64_t tile, const at::Tensor& A, const at::Tensor& tmax,
+                            const at::Tensor& tmin, double tau, bool need_noise, const at::Tensor& noise, int64_t seed,
+                            int64_t step) {
   SweepArgs g{};
   g.B = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3), g.tile = tile;
-  if (tmax.defined()) {
+  if (A.defined()) {
+    g.A = A.const_data_ptr();
+    g.a_sb = A.stride(0), g.a_sh = A.stride(-2), g.a_sw = A.stride(-1);
     g.tmax = tmax.const_data_ptr<float>();
     g.tmin = tmin.const_data_ptr<float>();
   }

@@ -27,20 +27,20 @@ from torch.library import triton_op, wrap_triton
 
 from ..contract import MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format, needs_noise
 from .masked_step import (
-    MAX_GRID_YZ,
     NOISE_NONE,
     NOISE_PHILOX,
     NOISE_TENSOR,
     _as_int32,
     _strides,
+    attention_args,
     launch_config,
     soft_bf16,
     strip_lanes,
     tile_classes,
+    tile_grid,
     to_output,
 )
 from .noise import randn4
-from .tile_stats import attention_strides, optional_stats
 
 
 @triton.jit
@@ -230,27 +230,13 @@ def launch_masked_combine(
         if k[1 + j] != 0.0:
             raise ValueError(f"coefs: cd{j} = {k[1 + j]} but d{j} is not given")
     B, C, H, W = x.shape
-    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
-    if TY > MAX_GRID_YZ or B > MAX_GRID_YZ:
-        raise ValueError(f"x of shape {tuple(x.shape)} needs a grid over {TY} tile rows and {B} images; "
-                         f"at most {MAX_GRID_YZ} each")
+    TY, TX = tile_grid(x, tile)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
     if out.numel() == 0:
         return out
     noise_mode = NOISE_NONE if not needs_noise(coefs) else NOISE_PHILOX if noise is None else NOISE_TENSOR
     has_a = A is not None
-    if has_a:
-        if A.shape[0] != B or tuple(A.shape[-2:]) != (H, W) or A.dim() not in (3, 4):
-            raise ValueError(f"A must be ({B}, 1, {H}, {W}) or ({B}, {H}, {W}), got {tuple(A.shape)}")
-        tmax, tmin = optional_stats(A, tile_max, tile_min, tile)
-        for name, t in (("tile_max", tmax), ("tile_min", tmin)):
-            if tuple(t.shape) != (B, TY, TX):
-                raise ValueError(f"{name} must have shape ({B}, {TY}, {TX}) = tile_stats(A, {tile}), "
-                                 f"got {tuple(t.shape)}")
-        sab, sah, saw = attention_strides(A)
-    else:
-        A, tmax, tmin = x, x, x  # never read (HAS_A is a compile-time False)
-        sab = sah = saw = 0
+    A, tmax, tmin, (sab, sah, saw) = attention_args(x, A, tile_max, tile_min, tile)
     used_noise = noise if noise_mode == NOISE_TENSOR else None
     unit_w = all(t.stride(-1) == 1 for t in [x, c, out] + ds + ([used_noise] if used_noise is not None else []))
     cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX, unit_w)

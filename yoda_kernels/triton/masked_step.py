@@ -286,6 +286,35 @@ def _strides(t: Optional[torch.Tensor]) -> tuple[int, int, int, int]:
     return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
 
 
+def tile_grid(x: torch.Tensor, tile: int) -> tuple[int, int]:
+    """(TY, TX): tile rows and columns of x (B, C, H, W); the kernels' grid takes TY and B along y and z."""
+    B, _, H, W = x.shape
+    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
+    if TY > MAX_GRID_YZ or B > MAX_GRID_YZ:
+        raise ValueError(f"x of shape {tuple(x.shape)} needs a grid over {TY} tile rows and {B} images; "
+                         f"at most {MAX_GRID_YZ} each")
+    return TY, TX
+
+
+def attention_args(x: torch.Tensor, A: Optional[torch.Tensor], tile_max: Optional[torch.Tensor],
+                   tile_min: Optional[torch.Tensor], tile: int):
+    """(A, tile_max, tile_min, (sab, sah, saw)) as the kernels take them: A checked against x, the tile stats
+    computed if absent and checked; without A, x stands in for all three (never read: HAS_A is a compile-time
+    False) and the strides are 0."""
+    if A is None:
+        return x, x, x, (0, 0, 0)
+    B, _, H, W = x.shape
+    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
+    if A.shape[0] != B or tuple(A.shape[-2:]) != (H, W) or A.dim() not in (3, 4):
+        raise ValueError(f"A must be ({B}, 1, {H}, {W}) or ({B}, {H}, {W}), got {tuple(A.shape)}")
+    tmax, tmin = optional_stats(A, tile_max, tile_min, tile)
+    for name, t in (("tile_max", tmax), ("tile_min", tmin)):
+        if tuple(t.shape) != (B, TY, TX):
+            raise ValueError(f"{name} must have shape ({B}, {TY}, {TX}) = tile_stats(A, {tile}), "
+                             f"got {tuple(t.shape)}")
+    return A, tmax, tmin, attention_strides(A)
+
+
 def launch_masked_step(
     x: torch.Tensor,
     model_out: torch.Tensor,
@@ -315,28 +344,14 @@ def launch_masked_step(
     if len(coefs) != NUM_COEFS:
         raise ValueError(f"coefs must be {NUM_COEFS} floats, got {len(coefs)}")
     B, C, H, W = x.shape
-    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
-    if TY > MAX_GRID_YZ or B > MAX_GRID_YZ:
-        raise ValueError(f"x of shape {tuple(x.shape)} needs a grid over {TY} tile rows and {B} images; "
-                         f"at most {MAX_GRID_YZ} each")
+    TY, TX = tile_grid(x, tile)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
     if out.numel() == 0:
         return out
     k = StepCoefs(*(float(v) for v in coefs))
     noise_mode = NOISE_NONE if not needs_noise(coefs) else NOISE_PHILOX if noise is None else NOISE_TENSOR
     has_a = A is not None
-    if has_a:
-        if A.shape[0] != B or tuple(A.shape[-2:]) != (H, W) or A.dim() not in (3, 4):
-            raise ValueError(f"A must be ({B}, 1, {H}, {W}) or ({B}, {H}, {W}), got {tuple(A.shape)}")
-        tmax, tmin = optional_stats(A, tile_max, tile_min, tile)
-        for name, t in (("tile_max", tmax), ("tile_min", tmin)):
-            if tuple(t.shape) != (B, TY, TX):
-                raise ValueError(f"{name} must have shape ({B}, {TY}, {TX}) = tile_stats(A, {tile}), "
-                                 f"got {tuple(t.shape)}")
-        sab, sah, saw = attention_strides(A)
-    else:
-        A, tmax, tmin = x, x, x  # never read (HAS_A is a compile-time False)
-        sab = sah = saw = 0
+    A, tmax, tmin, (sab, sah, saw) = attention_args(x, A, tile_max, tile_min, tile)
     unit_w = all(t.stride(-1) == 1 for t in (x, model_out, c, out) + ((noise,) if noise is not None else ()))
     cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX, unit_w)
     block_w = block_w or cfg_w
