@@ -94,6 +94,15 @@ struct CombineSeg {
     return static_cast<const scalar_t*>(t) + b * s.b + ch * s.c + y * s.h + s0 * s.w;
   }
 
+  // Prefetch what operator() reads and writes for the same segment (the sweep calls it for unit W-strides only).
+  YODA_ALWAYS_INLINE inline void prefetch(int kind, int64_t b, int64_t ch, int64_t y, int64_t s0, int64_t m) const {
+    const int64_t bytes = m * static_cast<int64_t>(sizeof(scalar_t));
+    cpu::prefetch_span(row(p.out, p.sout, b, ch, y, s0), bytes);
+    if (kind != kTileFull) cpu::prefetch_span(row(p.c, p.sc, b, ch, y, s0), bytes);
+    if (kind == kTileInactive) return;
+    cpu::prefetch_span(row(p.x, p.sx, b, ch, y, s0), bytes);
+    for (int j = 0; j < kNd; ++j) cpu::prefetch_span(row(p.d[j], p.sd[j], b, ch, y, s0), bytes);
+  }
   YODA_ALWAYS_INLINE inline void operator()(int kind, int64_t b, int64_t ch, int64_t y, int64_t s0, int64_t m,
                                             const float* zl) const {
     const int64_t wout = p.sout.w;

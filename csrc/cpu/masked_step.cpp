@@ -102,6 +102,17 @@ template <typename scalar_t, typename a_t, bool kUnitW, bool kClip>
 struct StepSeg {
   using R = Rows<scalar_t, kUnitW>;
   const StepArgs& p;
+  // Prefetch what operator() reads and writes for the same segment (the sweep calls it for unit W-strides only).
+  YODA_ALWAYS_INLINE inline void prefetch(int kind, int64_t b, int64_t ch, int64_t y, int64_t s0, int64_t m) const {
+    const int64_t bytes = m * static_cast<int64_t>(sizeof(scalar_t));
+    cpu::prefetch_span(static_cast<scalar_t*>(p.out) + b * p.sout.b + ch * p.sout.c + y * p.sout.h + s0, bytes);
+    if (kind != kTileFull)
+      cpu::prefetch_span(static_cast<const scalar_t*>(p.c) + b * p.sc.b + ch * p.sc.c + y * p.sc.h + s0, bytes);
+    if (kind != kTileInactive) {
+      cpu::prefetch_span(static_cast<const scalar_t*>(p.x) + b * p.sx.b + ch * p.sx.c + y * p.sx.h + s0, bytes);
+      cpu::prefetch_span(static_cast<const scalar_t*>(p.o) + b * p.so.b + ch * p.so.c + y * p.so.h + s0, bytes);
+    }
+  }
   YODA_ALWAYS_INLINE inline void operator()(int kind, int64_t b, int64_t ch, int64_t y, int64_t s0, int64_t m,
                                             const float* zl) const {
     const int64_t wx = p.sx.w, wo = p.so.w, wc = p.sc.w, wout = p.sout.w, wa = p.sweep.a_sw;

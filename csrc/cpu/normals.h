@@ -33,15 +33,28 @@ void box_muller_block_baseline(const uint32_t* a, const uint32_t* b, int64_t m, 
 // (a ragged last group of 1 or 2 rows); pairs = 2 all four. Words are drawn kNoiseSub counters at a time into
 // the caller's scratch w[4 * kNoiseSub] (4 KB: small next to L1, which the streamed tensors share).
 constexpr int64_t kNoiseSub = 256;
+// before(i, m, part) is called before each of the three parts (0: Philox words, 1: lanes 0-1, 2: lanes 2-3) of
+// the normals of counters g0 + i .. g0 + i + m - 1: the sweep issues its software prefetches there, spread over
+// the arithmetic so that the memory traffic overlaps it.
+template <typename Before>
 inline void randn4_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, int pairs, uint32_t* w, float* zc,
-                         float* zs) {
+                         float* zs, const Before& before) {
   for (int64_t i = 0; i < n; i += kNoiseSub) {
     const int64_t m = n - i < kNoiseSub ? n - i : kNoiseSub;
     uint32_t *w0 = w, *w1 = w + kNoiseSub, *w2 = w + 2 * kNoiseSub, *w3 = w + 3 * kNoiseSub;
+    before(i, m, 0);
     philox_block(seed, step, g0 + static_cast<uint32_t>(i), m, w0, w1, w2, w3);
-    box_muller_block(w0, w1, m, zc + i, zs + i);                       // lanes 0, 1
-    if (pairs == 2) box_muller_block(w2, w3, m, zc + n + i, zs + n + i);  // lanes 2, 3
+    before(i, m, 1);
+    box_muller_block(w0, w1, m, zc + i, zs + i);  // lanes 0, 1
+    if (pairs == 2) {
+      before(i, m, 2);
+      box_muller_block(w2, w3, m, zc + n + i, zs + n + i);  // lanes 2, 3
+    }
   }
+}
+inline void randn4_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, int pairs, uint32_t* w, float* zc,
+                         float* zs) {
+  randn4_block(seed, step, g0, n, pairs, w, zc, zs, [](int64_t, int64_t, int) {});
 }
 
 // "x86-64-v4", "x86-64-v3" or "default": the clone box_muller_block runs on this CPU (tests, benchmark records).
