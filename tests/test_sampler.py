@@ -841,3 +841,27 @@ def test_sampling_runs_under_inference_mode():
     out = run(model, lr_image(), attention=attention_map(), seed=0)
     assert seen == [True] * STEPS and not out.is_inference() and not out.requires_grad
     out.add_(0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_all_finite_is_exact(dtype):
+    """yoda.sampling.loop.all_finite = torch.isfinite(x).all(), including the cases where its shortcut (the sum)
+    is not finite although every element is (overflow), and a +Inf and a -Inf whose sum is NaN."""
+    from yoda.sampling.loop import all_finite
+
+    big = torch.finfo(dtype).max
+    x = torch.randn(3, 17, 19).to(dtype)
+    cases = {"random": x, "overflowing sum": torch.full((4, 5), big, dtype=dtype), "empty": x[:0]}
+    for name, v in (("nan", float("nan")), ("inf", float("inf")), ("-inf", -float("inf"))):
+        y = x.clone()
+        y[1, 3, 4] = v
+        cases[name] = y
+    y = x.clone()
+    y[0, 0, 0], y[2, 16, 18] = float("inf"), -float("inf")
+    cases["inf and -inf"] = y
+    y = torch.full((4, 5), big, dtype=dtype)
+    y[3, 4] = float("nan")
+    cases["overflow and nan"] = y
+    for name, t in cases.items():
+        assert all_finite(t) == bool(torch.isfinite(t).all()), name
+    assert all_finite(cases["overflowing sum"]) and not torch.isfinite(cases["overflowing sum"].sum())
