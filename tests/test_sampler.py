@@ -845,9 +845,9 @@ def test_sampling_runs_under_inference_mode():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_all_finite_is_exact(dtype):
-    """yoda.sampling.loop.all_finite = torch.isfinite(x).all(), including the cases where its shortcut (the sum)
+    """yoda.sampling.spec.all_finite = torch.isfinite(x).all(), including the cases where its shortcut (the sum)
     is not finite although every element is (overflow), and a +Inf and a -Inf whose sum is NaN."""
-    from yoda.sampling.loop import all_finite
+    from yoda.sampling.spec import all_finite
 
     big = torch.finfo(dtype).max
     x = torch.randn(3, 17, 19).to(dtype)

@@ -16,7 +16,7 @@ import yoda_kernels as K
 from .. import masks
 from ..adapters import Adapter
 from ..attention.classic import minmax_normalize
-from .spec import SamplingSpec, check_noise
+from .spec import SamplingSpec, all_finite, check_noise
 from .tiles import Tiler
 
 A_MARGIN = 1e-3  # attention may exceed [0, 1] by float rounding
@@ -210,7 +210,7 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
     if not A.is_floating_point():
         raise TypeError(f"{src} must be a float tensor in [0, 1], got {A.dtype}")
     A = A.detach().to(device=lr.device, dtype=torch.float32)
-    if not torch.isfinite(A).all():
+    if not all_finite(A):
         raise ValueError(f"{src} contains NaN or Inf")
     lo, hi = A.min().item(), A.max().item()
     if lo < -A_MARGIN or hi > 1.0 + A_MARGIN:

@@ -170,7 +170,7 @@ def check_lr(lr: Any) -> torch.Tensor:
         raise ValueError(f"lr must have 3 channels (or 1, repeated to 3), got {C}")
     if B == 0 or h == 0 or w == 0:
         raise ValueError(f"lr must not be empty, got shape {tuple(lr.shape)}")
-    if not torch.isfinite(lr).all():
+    if not all_finite(lr):
         raise ValueError("lr contains NaN or Inf")
     lo, hi = lr.min().item(), lr.max().item()
     if lo < -1.0 - LR_MARGIN or hi > 1.0 + LR_MARGIN:
@@ -234,6 +234,17 @@ def resolve_seed(seed: Any) -> int:
     return seed
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every element of ``x`` is finite, exactly, at the cost of one sum: a sum with a NaN or an Inf
+    among its terms is NaN or Inf, so a finite sum proves every term finite; only a non-finite sum (a NaN or
+    Inf, or finite values whose sum overflows) takes the full elementwise check. ``torch.isfinite(x).all()``
+    writes a bool tensor first: 389 ms against 10 ms for the sum on a 3x4096^2 float32 state (one core of the
+    2-core development CPU)."""
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
 def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
     """windows = None | window | (window, overlap) | (window, overlap, skip_inactive), window_batch = None | int
     >= 1 -> Windows or None."""
@@ -283,7 +294,7 @@ def check_noise(noise: Any, n: int, like: torch.Tensor) -> Optional[list[torch.T
         if not isinstance(z, torch.Tensor) or tuple(z.shape) != shape:
             raise ValueError(f"noise[{k}] must be a tensor of the state's shape {shape}, got "
                              f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
-        if not z.is_floating_point() or not torch.isfinite(z).all():
+        if not z.is_floating_point() or not all_finite(z):
             raise ValueError(f"noise[{k}] must be a finite float tensor")
         out.append(z.to(device=like.device, dtype=like.dtype).contiguous())
     return out
