@@ -88,34 +88,28 @@ struct CombineSeg {
   using R = CombineRows<scalar_t, kUnitW, kNd>;
   const CombineArgs& p;
 
-  // Row y of channel ch of image b of tensor t (strides s), from column s0.
-  YODA_ALWAYS_INLINE static inline const scalar_t* row(const void* t, const Strides4& s, int64_t b, int64_t ch,
-                                                       int64_t y, int64_t s0) {
-    return static_cast<const scalar_t*>(t) + b * s.b + ch * s.c + y * s.h + s0 * s.w;
-  }
-
   // Prefetch what operator() reads and writes for the same segment (the sweep calls it for unit W-strides only).
   YODA_ALWAYS_INLINE inline void prefetch(int kind, int64_t b, int64_t ch, int64_t y, int64_t s0, int64_t m) const {
     const int64_t bytes = m * static_cast<int64_t>(sizeof(scalar_t));
-    cpu::prefetch_span(row(p.out, p.sout, b, ch, y, s0), bytes);
-    if (kind != kTileFull) cpu::prefetch_span(row(p.c, p.sc, b, ch, y, s0), bytes);
+    cpu::prefetch_span(cpu::row_at<scalar_t>(p.out, p.sout, b, ch, y, s0), bytes);
+    if (kind != kTileFull) cpu::prefetch_span(cpu::row_at<scalar_t>(p.c, p.sc, b, ch, y, s0), bytes);
     if (kind == kTileInactive) return;
-    cpu::prefetch_span(row(p.x, p.sx, b, ch, y, s0), bytes);
-    for (int j = 0; j < kNd; ++j) cpu::prefetch_span(row(p.d[j], p.sd[j], b, ch, y, s0), bytes);
+    cpu::prefetch_span(cpu::row_at<scalar_t>(p.x, p.sx, b, ch, y, s0), bytes);
+    for (int j = 0; j < kNd; ++j) cpu::prefetch_span(cpu::row_at<scalar_t>(p.d[j], p.sd[j], b, ch, y, s0), bytes);
   }
   YODA_ALWAYS_INLINE inline void operator()(int kind, int64_t b, int64_t ch, int64_t y, int64_t s0, int64_t m,
                                             const float* zl) const {
     const int64_t wout = p.sout.w;
-    scalar_t* orow = static_cast<scalar_t*>(p.out) + b * p.sout.b + ch * p.sout.c + y * p.sout.h + s0 * wout;
-    const scalar_t* crow = row(p.c, p.sc, b, ch, y, s0);
+    scalar_t* orow = const_cast<scalar_t*>(cpu::row_at<scalar_t>(p.out, p.sout, b, ch, y, s0));
+    const scalar_t* crow = cpu::row_at<scalar_t>(p.c, p.sc, b, ch, y, s0);
     if (kind == kTileInactive) {  // reads c only
       cpu::lr_row<scalar_t, kUnitW>(p.k.la, p.k.lb, crow, p.sc.w, zl, orow, wout, m);
       return;
     }
-    const scalar_t* xrow = row(p.x, p.sx, b, ch, y, s0);
-    const scalar_t* d0 = row(p.d[0], p.sd[0], b, ch, y, s0);
-    const scalar_t* d1 = kNd > 1 ? row(p.d[1], p.sd[1], b, ch, y, s0) : nullptr;
-    const scalar_t* d2 = kNd > 2 ? row(p.d[2], p.sd[2], b, ch, y, s0) : nullptr;
+    const scalar_t* xrow = cpu::row_at<scalar_t>(p.x, p.sx, b, ch, y, s0);
+    const scalar_t* d0 = cpu::row_at<scalar_t>(p.d[0], p.sd[0], b, ch, y, s0);
+    const scalar_t* d1 = kNd > 1 ? cpu::row_at<scalar_t>(p.d[1], p.sd[1], b, ch, y, s0) : nullptr;
+    const scalar_t* d2 = kNd > 2 ? cpu::row_at<scalar_t>(p.d[2], p.sd[2], b, ch, y, s0) : nullptr;
     const int64_t wx = p.sx.w, w0 = p.sd[0].w, w1 = p.sd[1].w, w2 = p.sd[2].w;
     if (kind == kTileFull) {  // does not read A (nor c)
       R::sr(p.k, xrow, wx, d0, w0, d1, w1, d2, w2, zl, orow, wout, m);

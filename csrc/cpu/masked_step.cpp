@@ -105,25 +105,23 @@ struct StepSeg {
   // Prefetch what operator() reads and writes for the same segment (the sweep calls it for unit W-strides only).
   YODA_ALWAYS_INLINE inline void prefetch(int kind, int64_t b, int64_t ch, int64_t y, int64_t s0, int64_t m) const {
     const int64_t bytes = m * static_cast<int64_t>(sizeof(scalar_t));
-    cpu::prefetch_span(static_cast<scalar_t*>(p.out) + b * p.sout.b + ch * p.sout.c + y * p.sout.h + s0, bytes);
-    if (kind != kTileFull)
-      cpu::prefetch_span(static_cast<const scalar_t*>(p.c) + b * p.sc.b + ch * p.sc.c + y * p.sc.h + s0, bytes);
-    if (kind != kTileInactive) {
-      cpu::prefetch_span(static_cast<const scalar_t*>(p.x) + b * p.sx.b + ch * p.sx.c + y * p.sx.h + s0, bytes);
-      cpu::prefetch_span(static_cast<const scalar_t*>(p.o) + b * p.so.b + ch * p.so.c + y * p.so.h + s0, bytes);
-    }
+    cpu::prefetch_span(cpu::row_at<scalar_t>(p.out, p.sout, b, ch, y, s0), bytes);
+    if (kind != kTileFull) cpu::prefetch_span(cpu::row_at<scalar_t>(p.c, p.sc, b, ch, y, s0), bytes);
+    if (kind == kTileInactive) return;
+    cpu::prefetch_span(cpu::row_at<scalar_t>(p.x, p.sx, b, ch, y, s0), bytes);
+    cpu::prefetch_span(cpu::row_at<scalar_t>(p.o, p.so, b, ch, y, s0), bytes);
   }
   YODA_ALWAYS_INLINE inline void operator()(int kind, int64_t b, int64_t ch, int64_t y, int64_t s0, int64_t m,
                                             const float* zl) const {
     const int64_t wx = p.sx.w, wo = p.so.w, wc = p.sc.w, wout = p.sout.w, wa = p.sweep.a_sw;
-    scalar_t* orow = static_cast<scalar_t*>(p.out) + b * p.sout.b + ch * p.sout.c + y * p.sout.h + s0 * wout;
-    const scalar_t* crow = static_cast<const scalar_t*>(p.c) + b * p.sc.b + ch * p.sc.c + y * p.sc.h + s0 * wc;
+    scalar_t* orow = const_cast<scalar_t*>(cpu::row_at<scalar_t>(p.out, p.sout, b, ch, y, s0));
+    const scalar_t* crow = cpu::row_at<scalar_t>(p.c, p.sc, b, ch, y, s0);
     if (kind == kTileInactive) {  // reads c only
       cpu::lr_row<scalar_t, kUnitW>(p.k.la, p.k.lb, crow, wc, zl, orow, wout, m);
       return;
     }
-    const scalar_t* xrow = static_cast<const scalar_t*>(p.x) + b * p.sx.b + ch * p.sx.c + y * p.sx.h + s0 * wx;
-    const scalar_t* mrow = static_cast<const scalar_t*>(p.o) + b * p.so.b + ch * p.so.c + y * p.so.h + s0 * wo;
+    const scalar_t* xrow = cpu::row_at<scalar_t>(p.x, p.sx, b, ch, y, s0);
+    const scalar_t* mrow = cpu::row_at<scalar_t>(p.o, p.so, b, ch, y, s0);
     if (kind == kTileFull) {  // does not read A (nor c)
       R::template sr<kClip>(p.k, xrow, wx, mrow, wo, zl, orow, wout, m);
       return;

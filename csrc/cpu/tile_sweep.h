@@ -120,6 +120,13 @@ YODA_ALWAYS_INLINE inline void prefetch_span(const void* p, int64_t bytes) {
 #endif
 }
 
+// Row y of channel ch of image b of a (B, C, H, W) tensor t with strides s, from column s0.
+template <typename scalar_t>
+YODA_ALWAYS_INLINE inline const scalar_t* row_at(const void* t, const Strides4& s, int64_t b, int64_t ch, int64_t y,
+                                                 int64_t s0) {
+  return static_cast<const scalar_t*>(t) + b * s.b + ch * s.c + y * s.h + s0 * s.w;
+}
+
 // One run: adjacent tiles of one tile row with the same class, pixel columns [x0, x1).
 struct Run {
   int64_t x0, x1;
