@@ -167,6 +167,10 @@ MUTANTS = [
            "max(cfg.steps - step + 1, 0) / max(cfg.steps - cfg.decay_from, 1)",
            ("tests/test_train.py", "-k", "learning_rate"),
            "the learning-rate decay ends one step late (lr > 0 at the last step)"),
+    Mutant("all-finite-no-fallback", "yoda/sampling/spec.py",
+           "    return bool(torch.isfinite(x).all())\n", "    return False\n",
+           ("tests/test_sampler.py", "-k", "all_finite"),
+           "the cheap NaN/Inf check trusts the sum: finite values whose sum overflows count as non-finite"),
 ]
 
 
