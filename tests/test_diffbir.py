@@ -647,11 +647,17 @@ def ref_edm_denoiser(model, parameterization, sigmas, timesteps, cond, uncond, c
     return denoiser
 
 
+def ref_k_ancestral(s, sn, eta):
+    """k-diffusion's get_ancestral_step on torch scalars: (sigma_down, sigma_up)."""
+    up = min(sn, eta * (sn ** 2 * (s ** 2 - sn ** 2) / s ** 2) ** 0.5)
+    return (sn ** 2 - up ** 2) ** 0.5, up
+
+
 def ref_k_solver(solver, denoiser, x, sigmas, noises, eta=1.0, s_noise=1.0):
     """k-diffusion's sample_euler / _euler_ancestral / _heun / _dpmpp_2m / _dpmpp_2m_sde (midpoint) / _dpmpp_3m_sde
     / _dpm_2 / _dpm_2_ancestral / _dpmpp_2s_ancestral loops as DiffBIR's diffbir/sampler/k_diffusion.py has them
-    (s_churn 0), float32 torch scalars, its noise sampler
-    handing out noises[i + 1] at step i. Returns the state (k-space) after every step."""
+    (s_churn 0), float32 torch scalars, its noise sampler handing out noises[i + 1] at step i. Returns the state
+    (k-space) after every step."""
     states, old, hs = [], [], []
     ones = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
@@ -666,17 +672,12 @@ def ref_k_solver(solver, denoiser, x, sigmas, noises, eta=1.0, s_noise=1.0):
                 d2 = (x_next - denoiser(x_next, sn * ones)) / sn
                 x_next = x + (d + d2) / 2 * (sn - s)
         elif solver == "euler_a":
-            up = min(sn, eta * (sn ** 2 * (s ** 2 - sn ** 2) / s ** 2) ** 0.5)
-            down = (sn ** 2 - up ** 2) ** 0.5
+            down, up = ref_k_ancestral(s, sn, eta)
             x_next = x + (x - D) / s * (down - s)
             if sn > 0:
                 x_next = x_next + z * s_noise * up
         elif solver in ("dpm_2", "dpm_2_a", "dpmpp_2s_a"):
-            if solver == "dpm_2":
-                up, down = 0.0, sn
-            else:
-                up = min(sn, eta * (sn ** 2 * (s ** 2 - sn ** 2) / s ** 2) ** 0.5)
-                down = (sn ** 2 - up ** 2) ** 0.5
+            down, up = (sn, 0.0) if solver == "dpm_2" else ref_k_ancestral(s, sn, eta)
             d = (x - D) / s
             if down == 0:
                 x_next = x + d * (down - s)

@@ -164,6 +164,12 @@ def test_sigma_to_t_is_log_sigma_interpolation():
 # the plain solver. d2_sign: the sign of the 1/2 in the third-order term (-1: k-diffusion's phi_3; +1:
 # diffusers' sde-dpmsolver++ third-order update, see DESIGN.md §5b)
 # ------------------------------------------------------------------------------------------------------------
+def ref_ancestral(s, sn, eta):
+    """k-diffusion's get_ancestral_step: (sigma_down, sigma_up)."""
+    up = min(sn, eta * math.sqrt(sn**2 * (s**2 - sn**2) / s**2))
+    return math.sqrt(sn**2 - up**2), up
+
+
 def ref_loop(solver, x0_of, c, sigmas, zs, *, eta=1.0, mask_of=None, d2_sign=-1.0):
     """States after each step (VP form, float64). x0_of(x_vp, sigma) -> D; zs[k]: the noise of step k - 1 (zs[0]
     the start's); mask_of(i) -> bool mask of step i or None."""
@@ -195,13 +201,11 @@ def ref_loop(solver, x0_of, c, sigmas, zs, *, eta=1.0, mask_of=None, d2_sign=-1.
                 d2 = (x2 / s_of(sn) - D2) / sn
                 xk_next = xk + (d + d2) / 2 * (sn - s)
         elif solver == "euler_a":
-            up = min(sn, eta * math.sqrt(sn**2 * (s**2 - sn**2) / s**2))
-            down = math.sqrt(sn**2 - up**2)
+            down, up = ref_ancestral(s, sn, eta)
             xk_next = xk + (xk - D) / s * (down - s) + up * z
         elif solver in ("dpm_2", "dpm_2_a", "dpmpp_2s_a"):
             # k-diffusion's sample_dpm_2 / sample_dpm_2_ancestral / sample_dpmpp_2s_ancestral (s_churn = 0)
-            up = 0.0 if solver == "dpm_2" else min(sn, eta * math.sqrt(sn**2 * (s**2 - sn**2) / s**2))
-            down = math.sqrt(sn**2 - up**2)
+            down, up = ref_ancestral(s, sn, 0.0 if solver == "dpm_2" else eta)
             d = (xk - D) / s
             if down == 0:
                 xk_next = xk + d * (down - s)

@@ -230,7 +230,8 @@ class DiffBIRAdapter(Adapter):
         return self.cfg_scale != 1.0
 
     def scale_at(self, t: float) -> float:
-        """The guidance scale at timestep t (an int for ddpm / ddim and timesteps="nearest" / "visited", else fractional)."""
+        """The guidance scale at timestep t (an int for ddpm / ddim and timesteps="nearest" / "visited", else
+        fractional)."""
         return diffbir_cfg_scale(self.cfg_scale, t, self.rescale_cfg)
 
     # -- the contract ------------------------------------------------------------------------------------------

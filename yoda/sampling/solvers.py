@@ -81,8 +81,8 @@ class SolverStep(NamedTuple):
 
     t, ab: the model's timestep index (a float, or an int with timesteps="nearest" / "visited") and alpha_bar at
     sigma; t_next, ab_next at sigma_next (ab_next = 1 at sigma_next = 0). coefs: the masked_combine of the update,
-    weights of (x, D0, D1, D2); ``n``: how many estimates it takes. For the multistep solvers D1, D2 are the estimates of the
-    previous steps; for the two-call solvers D1 is the second model call's. predictor: their predictor (weights of
+    weights of (x, D0, D1, D2); ``n``: how many estimates it takes. For the multistep solvers D1, D2 are the
+    estimates of the previous steps; for the two-call solvers D1 is the second model call's. predictor: their predictor (weights of
     x, D0; the LR held at sigma2) whose result the second model call sees at (t2, ab2), sigma2 (sigma_next for
     Heun, the midpoint for the others); None, and t2 = ab2 = 0, for one-call steps."""
 
@@ -342,11 +342,11 @@ def plan(solver: str, sigmas: Sequence[float], schedule: Schedule, eta: float = 
         v = min(sig, key=lambda u: abs(sigma - u))  # first of equals, as argmin
         return model_t(v, logs, "nearest") if v > 0 else 0
 
+    zero = 0.0 if timesteps == "interpolate" else 0  # t at sigma = 0
     steps = []
     for i in range(len(sig) - 1):
         s, sn = sig[i], sig[i + 1]
         a, b, g, pred = _step_weights(solver, sig, i, float(eta))
-        zero = 0.0 if timesteps == "interpolate" else 0
         t_next, ab_next = (t_of(sn), ab_of(sn)) if sn > 0 else (zero, 1.0)
         predictor, t2, ab2 = None, zero, 0.0
         if pred is not None:
