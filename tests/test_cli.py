@@ -1,6 +1,8 @@
 """The `yoda` CLI through yoda.cli.main([...]) on tiny images with a tiny random model in the "yoda" format."""
 
 import csv
+import json
+import math
 import os
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import yoda
+from yoda.adapters import as_adapter
 from yoda.cli import main
 from yoda.models import save_model
 from yoda.images import load_image, to_uint8
@@ -36,14 +39,16 @@ def run(args, capsys):
     return code, out, err
 
 
-def expected_upscale(model_path, path, *, steps, sampler, attention, grey=False):
-    """What `yoda upscale` must write, from the library: the LR file edge-padded to an even size (HR a multiple
-    of the model's 8), yoda.sample with the CLI's defaults (eta 0, lower bound 0.6, seed 0), cropped back to 4x
-    the LR size, grey files as the channel mean; uint8 (H, W, C)."""
-    model = yoda.load("yoda", model_path)
+def expected_upscale(model, path, *, steps, sampler, attention, grey=False):
+    """What `yoda upscale` must write, from the library: the LR file edge-padded so that the HR size is a multiple
+    of the model's size multiple (8 for the tiny SR3: an even LR size), yoda.sample with the CLI's defaults (eta 0,
+    lower bound 0.6, seed 0), cropped back to 4x the LR size, grey files as the channel mean; uint8 (H, W, C).
+    model: a loaded model or a "yoda" file."""
+    model = yoda.load("yoda", model) if isinstance(model, str) else model
     lr = load_image(path)
     h, w = lr.shape[-2:]
-    x = F.pad(lr, (0, w % 2, 0, h % 2), mode="replicate")
+    unit = math.lcm(4, as_adapter(model).multiple)
+    x = F.pad(lr, (0, -(-4 * w // unit) * unit // 4 - w, 0, -(-4 * h // unit) * unit // 4 - h), mode="replicate")
     A = None if attention is None else yoda.attention.get(attention)(x)
     with torch.no_grad():
         sr = yoda.sample(model, x, attention=A, steps=steps, sampler=sampler, lower_bound=0.6, seed=0,
@@ -107,6 +112,64 @@ def test_upscale_bad_path_exit_2_no_output(tmp_path, tiny_model, images, capsys)
     assert code == 2 and "scale" in err and not out.exists()
     code, _, err = run(["upscale", rgb, "-o", str(out), "--model", tiny_model, "--attention", "bogus"], capsys)
     assert code == 2 and "bogus" in err and not out.exists()
+
+
+SR3_X4_CONFIG = {  # an upstream SR3 JSON config, x4 (4 -> 16), small
+    "model": {"unet": {"in_channel": 6, "out_channel": 3, "inner_channel": 8, "norm_groups": 4,
+                       "channel_multiplier": [1, 2, 2, 2], "attn_res": [], "res_blocks": 1, "dropout": 0.0},
+              "beta_schedule": {"train": {"schedule": "linear", "n_timestep": 30, "linear_start": 1e-4,
+                                          "linear_end": 0.1},
+                                "val": {"schedule": "linear", "n_timestep": 20, "linear_start": 1e-3,
+                                        "linear_end": 0.2}},
+              "diffusion": {"image_size": 16}},
+    "datasets": {"val": {"l_resolution": 4, "r_resolution": 16}}}
+
+
+def test_upscale_with_upstream_checkpoints(tmp_path, images, capsys):
+    """--model sr3:PATH (with --model-config, its JSON) and srdiff:PATH read upstream checkpoints through
+    yoda.load: the pixels of yoda.sample on the same loaded model. A missing file, a missing config or a config
+    given for a yoda file is a one-line error, and nothing is written."""
+    from yoda.models import SRDiff
+    from yoda.models.sr3 import load_sr3_config
+
+    rgb, _ = images
+    out = tmp_path / "out.png"
+    # SR3: GaussianDiffusion.state_dict() as upstream saves it (denoise_fn.* and the float32 schedule buffers)
+    cfg = tmp_path / "sr_sr3_4_16.json"
+    cfg.write_text(json.dumps(SR3_X4_CONFIG))
+    torch.manual_seed(1)
+    net = SR3UNet.from_config(load_sr3_config(cfg)[0])
+    sd = {"denoise_fn." + k: v for k, v in net.state_dict().items()}
+    sd["betas"] = Schedule.linear(30, 1e-4, 0.1).betas.float()
+    ck = tmp_path / "I10_E1_gen.pth"
+    torch.save(sd, ck)
+    code, _, err = run(["upscale", rgb, "-o", str(out), "--model", f"sr3:{ck}", "--model-config", str(cfg),
+                        "--steps", "3", "--attention", "edge", "-q"], capsys)
+    assert code == 0, err
+    want = expected_upscale(yoda.load("sr3", ck, config=cfg), rgb, steps=3, sampler="ddim", attention="edge")
+    assert_same_pixels(out, want)
+    # SRDiff: model_ckpt_steps_*.ckpt, its config read from the weights
+    torch.manual_seed(2)
+    m = SRDiff(hidden_size=8, dim_mults=(1, 2, 3), rrdb_num_block=2, rrdb_num_feat=8, sr_scale=4, timesteps=12)
+    sd = dict(m.state_dict(), betas=m.schedule.betas.float())
+    ck2 = tmp_path / "model_ckpt_steps_1000.ckpt"
+    torch.save({"global_step": 1000, "state_dict": {"model": sd}}, ck2)
+    out2 = tmp_path / "out2.png"
+    code, _, err = run(["upscale", rgb, "-o", str(out2), "--model", f"srdiff:{ck2}", "--steps", "2", "-q"], capsys)
+    assert code == 0, err
+    assert_same_pixels(out2, expected_upscale(yoda.load("srdiff", ck2), rgb, steps=2, sampler="ddim",
+                                              attention=None))
+    # errors: one line each, naming what is wrong; nothing written
+    out3 = tmp_path / "out3.png"
+    for args, words in (([f"srdiff:{tmp_path / 'nope.ckpt'}"], ("--model", "nope.ckpt")),
+                        ([f"sr3:{ck}", "--model-config", str(tmp_path / "nope.json")], ("--model-config", "nope.json")),
+                        ([f"sr3:{ck2}"], ("--model (sr3 weights)", "--model-config")),  # SRDiff weights read as SR3
+                        ([str(ck2)], ("ckpt",)),  # an upstream checkpoint without its kind: not a yoda file
+                        ([f"srdiff:{ck2}", "--model-config", str(cfg)], ("config",))):
+        code, _, err = run(["upscale", rgb, "-o", str(out3), "--model", *args, "-q"], capsys)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+        assert all(w in err for w in words), (args, err)
+        assert not out3.exists()
 
 
 def test_attention_command(tmp_path, images, capsys):

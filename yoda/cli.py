@@ -1,6 +1,6 @@
 """The ``yoda`` command line: upscale, attention, demo, eval, train, plot.
 
-    yoda upscale IN|DIR... -o OUT [--model default|PATH] [--attention none] [--steps 1] [--sampler ddim] ...
+    yoda upscale IN|DIR... -o OUT [--model default|PATH|sr3:PATH|srdiff:PATH] [--attention none] [--steps 1] [--sampler ddim] ...
                  [--tiles W[,O]] [--window-batch N] [--max-memory 2G] [--skip-existing]   (torchrun -m yoda: sharded)
     yoda attention IMAGE -o OUT.png [--attention edge] [--lower-bound 0.6]
     yoda demo [-o demo.png]
@@ -56,17 +56,33 @@ def _user_input():
 # ----------------------------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------------------------
-def load_model(spec: str, device):
-    """--model: "default" (the embedded x4 model) or a path to a "yoda" model file."""
+MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
+
+
+def load_model(spec: str, device, config: Optional[str] = None):
+    """--model: "default" (the embedded x4 model), a path to a "yoda" model file, or KIND:PATH with KIND one of
+    MODEL_KINDS (an upstream SR3 / SRDiff checkpoint; --model-config: its config file)."""
     from .models.loading import load
 
-    path = DEFAULT_WEIGHTS if spec == "default" else Path(spec)
-    if spec == "default" and not path.exists():
-        raise UserError(f"the embedded default model {path} is not installed; pass --model PATH")
-    if not path.exists():
-        raise UserError(f"model file not found: {path}")
-    with _user_input():
-        model = load("yoda", str(path))
+    kind, _, rest = spec.partition(":")
+    kind, path = (kind, Path(rest)) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
+    if spec == "default":
+        path = DEFAULT_WEIGHTS
+        if not path.exists():
+            raise UserError(f"the embedded default model {path} is not installed; pass --model PATH")
+    if not path.is_file():
+        raise UserError(f"--model {spec}: model file not found: {path}")
+    if config is not None:
+        if kind == "yoda":
+            raise UserError(f"--model-config is for sr3:PATH or srdiff:PATH models; a yoda model file carries its "
+                            f"own config (--model {spec})")
+        if not Path(config).is_file():
+            raise UserError(f"--model-config: file not found: {config}")
+    try:
+        with _user_input():
+            model = load(kind, str(path), config=config)
+    except UserError as e:  # the file's own complaint, said of the option that named it
+        raise UserError(f"--model ({kind} weights): {e}") from e
     return model.to(device).eval()
 
 
@@ -246,7 +262,7 @@ def cmd_upscale(a) -> int:
 
 def _upscale_model(a, dev):
     """(model, device, window unit) of upscale, the scale checked."""
-    model = guided_model(load_model(a.model, dev), getattr(a, "cfg_scale", None))
+    model = guided_model(load_model(a.model, dev, a.model_config), getattr(a, "cfg_scale", None))
     scale = _adapter(model).scale
     if a.scale != scale:
         raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale}")
@@ -336,7 +352,7 @@ def cmd_demo(a) -> int:
         raise UserError(f"--image must be one of the held-out images {', '.join(HELD_OUT)}, got {a.image!r}")
     _check_output(a.output)
     dev = _device(a.device)
-    model = load_model(a.model, dev)
+    model = load_model(a.model, dev, a.model_config)
     ad = _adapter(model)
     s = ad.scale
     full = builtin_image(a.image)
@@ -404,7 +420,7 @@ def cmd_eval(a) -> int:
     with _user_input():
         images = load_source(a.images if a.images else "heldout")
     dev = _device(a.device)
-    model = load_model(a.model, dev)
+    model = load_model(a.model, dev, a.model_config)
     with _user_input():  # the options, the images, the model and the LPIPS weights are the user's
         settings = EvalSettings(steps=a.steps, sampler=a.sampler, lower_bounds=tuple(a.lower_bounds),
                                 attentions=tuple(a.attention), seed=a.seed,
@@ -438,7 +454,7 @@ def cmd_figures(a) -> int:
                                   crops=a.crops, progress=not a.quiet, lpips=tuple(a.lpips) if a.lpips else None)
         images = load_source(a.images if a.images else "heldout")
     dev = _device(a.device)
-    model = load_model(a.model, dev)
+    model = load_model(a.model, dev, a.model_config)
     made = made_dirs(out)
     try:
         with _user_input():  # the images, the model and its outputs, the LPIPS weights

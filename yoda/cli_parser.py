@@ -25,7 +25,12 @@ SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
 
 
 def _sampling_args(p, steps: int, sampler: str, solvers: bool = False) -> None:
-    p.add_argument("--model", default="default", help="'default' (embedded x4 model) or a yoda model file")
+    p.add_argument("--model", default="default",
+                   help="'default' (the embedded x4 model), a yoda model file, sr3:PATH (an upstream SR3 "
+                        "*_gen.pth) or srdiff:PATH (an upstream SRDiff model_ckpt_steps_*.ckpt)")
+    p.add_argument("--model-config", default=None, metavar="PATH",
+                   help="with sr3:PATH, the checkpoint's SR3 JSON config (default: the 16->128 config); with "
+                        "srdiff:PATH, its YAML config (default: read from the weights)")
     p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
     p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler)
     if solvers:

@@ -58,15 +58,15 @@ def load_sr3(p: str, config: Any = None) -> nn.Module:
     if any(k.startswith("denoise_fn.") for k in sd):  # GaussianDiffusion.state_dict(): the *_gen.pth layout
         sd = {(k[len("denoise_fn."):] if k.startswith("denoise_fn.") else k): v for k, v in sd.items()}
     net = SR3UNet.from_config(cfg)
-    load_state_dict_checked(net, sd, p, hint="For SR3 pass config= the JSON the model was trained with "
-                            "(default: the 16->128 config).")
+    load_state_dict_checked(net, sd, p, hint="For SR3 pass the JSON the model was trained with "
+                            "(yoda.load's config=, the CLI's --model-config; default: the 16->128 config).")
     match = [betas_match(bufs, s) for s in (train_sched, val_sched)]
     if bufs.get("betas") is not None and not any(match):
         warnings.warn(f"{p}: the checkpoint's betas buffer matches neither the train nor the val schedule of the "
                       f"config; sampling uses the config's val schedule (T={val_sched.T})", stacklevel=3)
     if not isinstance(cfg.scale, int):
-        raise CheckpointError(f"{p}: the SR3 config gives no scale (l_resolution / r_resolution); pass config= "
-                              "with one")
+        raise CheckpointError(f"{p}: the SR3 config gives no scale (l_resolution / r_resolution); pass one "
+                              "that does (yoda.load's config=, the CLI's --model-config)")
     net.card = ModelCard(schedule=val_sched, scale=cfg.scale, prediction="eps", space="pixel",
                          config={"kind": "sr3", "args": cfg.to_dict(), "train_schedule": train_sched.to_dict()})
     return net.eval()

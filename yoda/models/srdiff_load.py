@@ -52,7 +52,7 @@ def srdiff_config_from_state_dict(sd: Mapping[str, Any], bufs: Optional[Mapping[
         v = sd.get(k)
         if not isinstance(v, torch.Tensor):
             raise CheckpointError(f"SRDiff weights lack {k!r}: cannot read the architecture from them "
-                                  "(pass config=)")
+                                  "(pass its config: yoda.load's config=, the CLI's --model-config)")
         return tuple(v.shape)
 
     cp = shape("denoise_fn.cond_proj.weight")  # ConvTranspose2d: (in, out, 2s, 2s)
@@ -109,7 +109,8 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
                         f"got {type(config).__name__}")
     model = SRDiff(cfg)
     load_state_dict_checked(model, sd, p, hint="SRDiff weights need 'denoise_fn.*' and 'rrdb.*' keys "
-                            "(upstream GaussianDiffusion layout); check config=")
+                            "(upstream GaussianDiffusion layout); check the config (yoda.load's config=, the CLI's "
+                            "--model-config)")
     sched = srdiff_beta_schedule(cfg)
     if betas_match(bufs, sched) is False:
         warnings.warn(f"{p}: the checkpoint's betas buffer differs from the config's {cfg.beta_schedule} schedule "
