@@ -111,12 +111,6 @@ def _adapter(model):
     return as_adapter(model)
 
 
-def _lcm(a: int, b: int) -> int:
-    import math
-
-    return a * b // math.gcd(a, b)
-
-
 def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
                    windows=None, window_batch=None, sigmas=None, speed=None):
     """SR of lr (1, 3, h, w) of any size: lr is edge-padded so that s*h, s*w fit the model's multiple, the
@@ -127,8 +121,8 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
     from .sampling import sample
 
     ad = _adapter(model)
-    s, m = ad.scale, int(getattr(ad, "multiple", 1))
-    lr_mult = _lcm(s, m) // s  # LR size multiple that gives an HR multiple of m
+    s = ad.scale
+    lr_mult = window_unit(ad) // s  # LR size multiple that gives an HR multiple of the model's multiple
     h, w = lr.shape[-2:]
     ph, pw = (-h) % lr_mult, (-w) % lr_mult
     x = F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
