@@ -310,6 +310,14 @@ def test_attention_figure_panels_show_the_masks():
     img2 = att.attention_figure(lr, A)
     assert img2.size[0] == fig._GAP + 5 * (Wp + fig._GAP)
     assert float(pixel_update_ratio(A, 0.6)[0]) == pytest.approx((10 * 1.0 + 5 * 0.85 + 5 * 0.6) / 20)
+    # lower_bound >= 1 (plain sampling): one panel, t = T, every pixel active
+    img3 = att.attention_figure(lr, A, lower_bound=1.2)
+    assert img3.size[0] == fig._GAP + 3 * (Wp + fig._GAP)  # the top row's three panels set the width
+    assert (np.asarray(img3)[y0 : y0 + Hp, fig._GAP : fig._GAP + Wp] == 255).all()
+    # ratio= (a sampling run's own update ratio) changes the title alone
+    a, b = (np.asarray(att.attention_figure(lr, A, ts=ts, ratio=r)) for r in (0.1, 0.9))
+    title = fig._LABEL_H + 4
+    assert not np.array_equal(a[:title], b[:title]) and np.array_equal(a[title:], b[title:])
 
 
 def test_attention_figure_hr_attention_and_grey(tmp_path):

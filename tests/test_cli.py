@@ -172,6 +172,69 @@ def test_upscale_with_upstream_checkpoints(tmp_path, images, capsys):
         assert not out3.exists()
 
 
+def test_upscale_never_overwrites_an_input_and_names_colliding_inputs(tmp_path, tiny_model, images, capsys,
+                                                                     no_sampling):
+    rgb, grey = images
+    before = open(rgb, "rb").read()
+    code, _, err = run(["upscale", rgb, "-o", rgb, "--model", tiny_model], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"-o {rgb} is the input {rgb}" in err
+    # in a folder: an input already named as its output would be
+    (tmp_path / "out").mkdir()
+    own = tmp_path / "out" / "rgb_x4.png"
+    own.write_bytes(before)
+    code, _, err = run(["upscale", str(own.parent / ".." / "out" / "rgb_x4.png"), rgb, "-o", str(own.parent),
+                        "--model", tiny_model], capsys)
+    assert code == 2 and "is the input" in err and "rgb_x4.png" in err
+    assert open(rgb, "rb").read() == before and own.read_bytes() == before
+    # two inputs with one stem: both named, and the file they would share
+    other = tmp_path / "rgb.jpg"
+    Image.open(rgb).save(other)
+    code, _, err = run(["upscale", rgb, str(other), "-o", str(tmp_path / "o2"), "--model", tiny_model], capsys)
+    assert code == 2 and err.count("\n") == 1 and rgb in err and str(other) in err and "rgb_x4.png" in err
+    code, _, err = run(["upscale", rgb, "-o", "", "--model", tiny_model], capsys)
+    assert code == 2 and "-o must name an output file or folder" in err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_upscale_folder_goes_on_past_a_bad_image(tmp_path, tiny_model, capsys):
+    """One process, several inputs: an image that cannot be read is reported in one line, the others are
+    written (the pixels of a run without it), and the exit status is 2."""
+    rng = np.random.default_rng(5)
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(src / name)
+    common = ["--model", tiny_model, "--steps", "1", "-q"]
+    assert run(["upscale", str(src), "-o", str(tmp_path / "good"), *common], capsys)[0] == 0
+    (src / "b.png").write_bytes(open(src / "a.png", "rb").read()[:60])  # truncated
+    code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "bad"), *common], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and "b.png" in lines[0] and "1 of 3 inputs failed" in lines[1], err
+    assert sorted(f.name for f in (tmp_path / "bad").iterdir()) == ["a_x4.png", "c_x4.png"]
+    for n in ("a_x4.png", "c_x4.png"):
+        assert (tmp_path / "bad" / n).read_bytes() == (tmp_path / "good" / n).read_bytes()
+    # every input failing leaves no output folder behind
+    code, _, err = run(["upscale", str(src / "b.png"), str(src / "b.png"), "-o", str(tmp_path / "none"), *common],
+                       capsys)
+    assert code == 2 and not (tmp_path / "none").exists()
+
+
+def test_upscale_scale_defaults_to_the_models(tmp_path, images, capsys):
+    """--scale is the model's unless given (a x2 model needs no option); a wrong one is refused."""
+    rgb, _ = images
+    torch.manual_seed(0)
+    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
+                    res_blocks=1, image_size=16, mid_attn=False, scale=2)
+    x2 = tmp_path / "x2.safetensors"
+    save_model(SR3UNet.from_config(cfg), x2, schedule=Schedule.linear(20, 1e-3, 0.2))
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "out"), "--model", str(x2), "--steps", "1", "-q"],
+                       capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "out" / "rgb_x2.png").size == (26, 20)
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", str(x2), "--scale", "4"], capsys)
+    assert code == 2 and "--scale 4 does not match the model, which upscales x2" in err
+
+
 def test_attention_command(tmp_path, images, capsys):
     rgb, _ = images
     out = tmp_path / "att.png"
@@ -185,6 +248,9 @@ def test_attention_command(tmp_path, images, capsys):
 
     want = float(pixel_update_ratio(get("edge")(load_image(rgb)), 0.5).mean())
     assert abs(ratio - want) < 1e-3  # the printed ratio is mean(min(1, A + l)) of this image's map
+    # lower bound >= 1: plain sampling, every pixel refined at every step
+    code, stdout, err = run(["attention", rgb, "-o", str(out), "--lower-bound", "1.2"], capsys)
+    assert code == 0 and float(stdout.split("):")[1].split()[0]) == 1.0, err
 
 
 def test_attention_none_is_a_user_error_where_a_map_is_drawn(tmp_path, images, capsys):
@@ -195,16 +261,39 @@ def test_attention_none_is_a_user_error_where_a_map_is_drawn(tmp_path, images, c
     assert not (tmp_path / "a.png").exists() and not (tmp_path / "d.png").exists()
 
 
-def test_demo_with_tiny_model(tmp_path, tiny_model, capsys):
+def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
+    """The comparison row, the table, and under it the masks of the steps the YODA run took, with the run's own
+    update ratio (the mean active fraction of its steps), not those of a run with every step."""
+    import yoda.attention
+    import yoda.sampling
+
+    drawn, steps = [], []
+    figure = yoda.attention.attention_figure
+    monkeypatch.setattr(yoda.attention, "attention_figure", lambda *a, **k: drawn.append(k) or figure(*a, **k))
+    def sample(*a, callback=None, **k):  # yoda.sample, recording the steps it takes
+        def record(d):
+            steps.append((d["t"] + 1, float(d["active_fraction"][0])))
+            if callback is not None:
+                callback(d)
+        return real(*a, callback=record, **k)
+
+    real = yoda.sampling.sample
+    monkeypatch.setattr(yoda.sampling, "sample", sample)
     out = tmp_path / "demo.png"
     code, stdout, err = run(["demo", "-o", str(out), "--model", tiny_model, "--steps", "2", "--lr-size", "8",
-                             "-q"], capsys)
+                             "--lower-bound", "0.3", "-q"], capsys)
     assert code == 0, err
     assert "| plain |" in stdout and "| YODA |" in stdout and "| bicubic |" in stdout
     im = Image.open(out)
     assert im.width >= 6 * 32  # six 32x32 panels in the comparison row
+    yoda_steps = steps[-2:]  # the plain run's two steps come first
+    assert drawn[-1]["ts"] == [t for t, _ in yoda_steps] and yoda_steps[0][0] > yoda_steps[1][0]
+    assert drawn[-1]["ratio"] == pytest.approx(sum(f for _, f in yoda_steps) / 2)
     code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--image", "camera"], capsys)
     assert code == 2 and "held-out" in err
+    for bad in ("0", "-5"):
+        code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--lr-size", bad], capsys)
+        assert code == 2 and err.count("\n") == 1 and f"--lr-size must be >= 1, got {bad}" in err
 
 
 def test_eval_command(tmp_path, tiny_model, capsys):

@@ -1,7 +1,8 @@
 """The ``yoda`` command line: upscale, attention, demo, eval, train, plot.
 
-    yoda upscale IN|DIR... -o OUT [--model default|PATH|sr3:PATH|srdiff:PATH] [--attention none] [--steps 1] [--sampler ddim] ...
-                 [--tiles W[,O]] [--window-batch N] [--max-memory 2G] [--skip-existing]   (torchrun -m yoda: sharded)
+    yoda upscale IN|DIR... -o OUT [--model default|PATH|sr3:PATH|srdiff:PATH] [--attention none] [--steps 1] ...
+                 [--sampler ddim] [--tiles W[,O]] [--window-batch N] [--max-memory 2G] [--skip-existing]
+                 (torchrun -m yoda: sharded)
     yoda attention IMAGE -o OUT.png [--attention edge] [--lower-bound 0.6]
     yoda demo [-o demo.png]
     yoda eval [--images FOLDER] [--lower-bounds 0.4 0.6 0.8] [--attention edge gaussian]
@@ -34,23 +35,13 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_parser import build_parser
-from .cli_upscale import (dist_env, expand_inputs, guided_model, made_dirs, plan_windows, remove_empty, run_sharded,
-                          skip_existing, speed_options, tune_malloc, window_unit)
+from .cli_upscale import (check_hr_size, dist_env, expand_inputs, guided_model, made_dirs, output_targets,
+                          plan_windows, remove_empty, run_items, run_sharded, skip_existing, speed_options, tune_malloc,
+                          window_unit)
 from .errors import UserError
+from .errors import user_input as _user_input
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_x4.safetensors"
-
-
-@contextlib.contextmanager
-def _user_input():
-    """Around a library call that reads or runs what the user gave (a file, an option, a config, a model): a
-    ValueError it raises is about that input, so it becomes a UserError. Other exceptions pass unchanged."""
-    try:
-        yield
-    except UserError:
-        raise
-    except ValueError as e:
-        raise UserError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,10 +103,10 @@ def _adapter(model):
 
 
 def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
-                   windows=None, window_batch=None, sigmas=None, speed=None):
+                   windows=None, window_batch=None, sigmas=None, speed=None, callback=None):
     """SR of lr (1, 3, h, w) of any size: lr is edge-padded so that s*h, s*w fit the model's multiple, the
     result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's tiled denoising; speed: a
-    dict of its speed options (compile, autocast, channels_last, cuda_graphs)."""
+    dict of its speed options (compile, autocast, channels_last, cuda_graphs); callback: yoda.sample's."""
     import torch.nn.functional as F
 
     from .sampling import sample
@@ -132,7 +123,7 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
         sr = sample(ad, x, attention=A, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
                     progress=progress, backend=backend, windows=windows, window_batch=window_batch, sigmas=sigmas,
-                    **(speed or {}))
+                    callback=callback, **(speed or {}))
     return sr[..., : s * h, : s * w]
 
 
@@ -169,97 +160,59 @@ def _check_output(path: str) -> None:
         check_output(path, "-o")
 
 
-def _output_targets(a) -> tuple[list[str], Optional[Path]]:
-    """upscale's (output file per input, output folder or None), validated before any work.
-
-    -o is a file when there is one input and it has a suffix (which must be an image format yoda writes) and
-    is not an existing folder; otherwise a folder (created if missing), in which IN becomes STEM_x<scale>.png."""
-    from .images import OUTPUT_SUFFIXES
-
-    out = Path(a.output)
-    several, image_suffix = len(a.inputs) > 1, out.suffix.lower() in OUTPUT_SUFFIXES
-    as_folder = (a.output.endswith(("/", os.sep)) or out.suffix == "" or (several and not image_suffix)
-                 or (out.is_dir() and (several or not image_suffix)))
-    if not as_folder:
-        if several:
-            raise UserError(f"-o {a.output}: several inputs need an output folder, not a file name")
-        if not image_suffix:
-            raise UserError(f"-o {a.output}: cannot write images with the suffix {out.suffix!r}; use one of "
-                            f"{', '.join(OUTPUT_SUFFIXES)}, or end the name with / for a folder")
-        _check_output(a.output)
-        return [a.output], None
-    if out.exists() and not out.is_dir():
-        raise UserError(f"-o {a.output} is a file; several inputs (or a name without a suffix) need a folder")
-    targets = [str(out / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
-    if len(set(targets)) != len(targets):
-        raise UserError("two inputs have the same file name stem; their outputs would collide")
-    _check_out_folder(a.output, targets)
-    return targets, out
-
-
-def _check_out_folder(output: str, files) -> None:
-    """-o as a folder: an existing one must take ``files``; a new one must be creatable (its nearest existing
-    ancestor a writable folder)."""
-    from ._io import check_writable
-
-    out = Path(output)
-    if out.is_dir():
-        for f in files:
-            check_writable(f, "-o")
-    else:
-        up = out.absolute().parent
-        while not up.exists():
-            up = up.parent
-        if not up.is_dir():
-            raise UserError(f"-o {output}: cannot create the folder, {up} is a file")
-        check_writable(up / out.name, "-o")
-
-
-def _check_hr_size(src: str, arr: np.ndarray, scale: int, max_pixels: Optional[int]) -> None:
-    """Refuse an input whose x``scale`` output would exceed the pixel limit (before loading the model)."""
-    from . import images
-
-    limit = images.MAX_PIXELS if max_pixels is None else max_pixels
-    h, w = arr.shape[:2]
-    if limit and scale * scale * h * w > limit:
-        raise UserError(f"{src}: {w}x{h} upscaled x{scale} is {scale * w}x{scale * h} = {scale * scale * h * w} "
-                        f"pixels, more than the limit of {limit} (--max-pixels N raises it)")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Subcommands
 # ----------------------------------------------------------------------------------------------------------
 def cmd_upscale(a) -> int:
+    """Every output path is checked before any image is read; then the inputs are read and upscaled one at a
+    time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
+    or upscaled is reported in one line and the others go on; the exit status is then 2."""
     tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
     a.inputs = expand_inputs(a.inputs)
     rank, world = dist_env()
-    if world > 1:
-        return _upscale_sharded(a, rank, world)
-    # every output path and every input first, so a bad path or a too-large image fails before any work
-    targets, out_dir = _output_targets(a)
-    todo = [(src, dst) for src, dst in zip(a.inputs, targets) if not skip_existing(a.skip_existing, src, dst)]
-    images = [_read(src, a.max_pixels) for src, _ in todo]
-    for (arr, _), (src, _) in zip(images, todo):
-        _check_hr_size(src, arr, a.scale, a.max_pixels)
-    if not todo:
-        return 0
-    model, dev, unit = _upscale_model(a, _device(a.device))
+    model, dev, unit = _upscale_model(a, rank, world)  # sets a.scale: the output names carry it
+    targets, out_dir = output_targets(a)
+
+    def work(item):
+        src, dst = item
+        if not skip_existing(a.skip_existing, src, dst):
+            arr, grey = _read(src, a.max_pixels)
+            check_hr_size(src, arr, a.scale, a.max_pixels)
+            _upscale_one(a, model, dev, unit, arr, grey, src, dst)
+
+    items = list(zip(a.inputs, targets))
+    if world > 1:  # the outputs are the same files as one process writes (atomically)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        return run_sharded(sorted(items), rank, world, work, _one_line)
     made = made_dirs(out_dir) if out_dir is not None else []
     try:
-        for (arr, grey), (src, dst) in zip(images, todo):
-            _upscale_one(a, model, dev, unit, arr, grey, src, dst)
-    except BaseException:
-        remove_empty(made)  # leave no empty folder behind (a full disk, an interrupt, a failing model)
-        raise
+        if len(items) == 1:
+            work(items[0])  # its error is the command's
+            return 0
+        failed = run_items(items, work, _one_line)
+    finally:
+        remove_empty(made)  # leave no empty folder behind (every input failing, a full disk, an interrupt)
+    if failed:
+        print(f"yoda: error: {failed} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
+        return 2
     return 0
 
 
-def _upscale_model(a, dev):
-    """(model, device, window unit) of upscale, the scale checked."""
+def _upscale_model(a, rank: int, world: int):
+    """(model, device, window unit) of upscale; --scale checked against the model's, or set to it."""
+    import torch
+
+    dev = _device(a.device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     model = guided_model(load_model(a.model, dev, a.model_config), getattr(a, "cfg_scale", None))
     scale = _adapter(model).scale
-    if a.scale != scale:
-        raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale}")
+    if a.scale is None:
+        a.scale = scale
+    elif a.scale != scale:
+        raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale} (leave --scale "
+                        "out)")
     unit = window_unit(_adapter(model))
     if a.tiles is not None and (a.tiles[0] % unit or a.tiles[1] % unit):
         raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: window and overlap must be multiples of {unit} "
@@ -288,31 +241,6 @@ def _upscale_one(a, model, dev, unit: int, arr, grey: bool, src: str, dst: str) 
                             windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=speed_options(a, dev))
     _save(sr, dst, grey)
     print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
-
-
-def _upscale_sharded(a, rank: int, world: int) -> int:
-    """upscale under torchrun: rank r takes the sorted inputs r, r + world, ... and writes their outputs
-    (atomically); an input it cannot read or upscale is reported in one line (cli_upscale.run_sharded)."""
-    import torch
-
-    targets, out_dir = _output_targets(a)  # the same checks on every rank, before any work
-
-    def setup():
-        dev = _device(a.device)
-        if dev.type == "cuda":
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        return _upscale_model(a, dev)
-
-    def work(state, item):
-        src, dst = item
-        if not skip_existing(a.skip_existing, src, dst):
-            arr, grey = _read(src, a.max_pixels)
-            _check_hr_size(src, arr, a.scale, a.max_pixels)
-            _upscale_one(a, *state, arr, grey, src, dst)
-
-    return run_sharded(sorted(zip(a.inputs, targets)), rank, world, setup, work, _one_line)
 
 
 def cmd_attention(a) -> int:
@@ -344,6 +272,8 @@ def cmd_demo(a) -> int:
 
     if a.image not in HELD_OUT:
         raise UserError(f"--image must be one of the held-out images {', '.join(HELD_OUT)}, got {a.image!r}")
+    if a.lr_size < 1:
+        raise UserError(f"--lr-size must be >= 1, got {a.lr_size}")
     _check_output(a.output)
     dev = _device(a.device)
     model = load_model(a.model, dev, a.model_config)
@@ -360,12 +290,14 @@ def cmd_demo(a) -> int:
     lr = make_lr(hr, s)
     A = _attention(a.attention)(lr)
     results = {"bicubic": upsample(lr, s)}
-    timing = {}
+    timing, visited = {}, []  # the YODA run's steps: (DESIGN's t, fraction of HR pixels refined)
     for name, attn in (("plain", None), ("YODA", A)):
         t0 = time.perf_counter()
+        record = (lambda d: visited.append((d["t"] + 1, float(d["active_fraction"][0])))) if attn is not None else None
         with torch.no_grad():
             results[name] = upscale_tensor(model, lr, attention=attn, steps=a.steps, sampler=a.sampler, eta=0.0,
-                                           lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet)
+                                           lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
+                                           callback=record)
         timing[name] = time.perf_counter() - t0
     # comparison row: LR (nearest), bicubic, plain, YODA, HR, attention map
     tiles = [("LR (nearest)", Image.fromarray(to_uint8(lr)[0]).resize((size, size), Image.Resampling.NEAREST))]
@@ -373,11 +305,15 @@ def cmd_demo(a) -> int:
         tiles.append((name, Image.fromarray(to_uint8(results[name])[0])))
     tiles.append(("HR", Image.fromarray(hr_u8)))
     amap = (A[0, 0].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    tiles.append((f"attention ({a.attention})", Image.fromarray(amap).resize((size, size), Image.Resampling.BILINEAR).convert("RGB")))
+    amap = Image.fromarray(amap).resize((size, size), Image.Resampling.BILINEAR).convert("RGB")
+    tiles.append((f"attention ({a.attention})", amap))
     pad, label_h = 6, 16
     row_w = len(tiles) * (size + pad) + pad
+    # the masks of the steps the run took (5 of them at most) and the run's own update ratio
+    ts = [visited[round(k)][0] for k in np.linspace(0, len(visited) - 1, min(5, len(visited)))]
     with _user_input():
-        strip = attention_figure(lr, A, a.lower_bound, ad.schedule.T)
+        strip = attention_figure(lr, A, a.lower_bound, ad.schedule.T, ts=sorted(set(ts), reverse=True),
+                                 ratio=sum(f for _, f in visited) / len(visited))
     if strip.width > row_w:
         strip = strip.resize((row_w, round(strip.height * row_w / strip.width)), Image.Resampling.BILINEAR)
     canvas = Image.new("RGB", (row_w, label_h + size + 2 * pad + label_h + strip.height), "white")
@@ -387,8 +323,8 @@ def cmd_demo(a) -> int:
         dr.text((px, 2), label, fill=(0, 0, 0))
         canvas.paste(im, (px, label_h))
     y2 = label_h + size + pad
-    dr.text((pad, y2), f"mask growth M(t) = 1[A >= t/T - {a.lower_bound:g}]  ({a.sampler} {a.steps} steps, seed {a.seed})",
-            fill=(0, 0, 0))
+    dr.text((pad, y2), f"masks of the YODA run: M(t) = 1[A >= t/T - {a.lower_bound:g}] at its steps ({a.sampler} "
+            f"{a.steps} steps, seed {a.seed})", fill=(0, 0, 0))
     canvas.paste(strip, (0, y2 + label_h))
     _save_pil(canvas, a.output)
     print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {a.steps} steps, "

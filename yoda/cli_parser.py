@@ -97,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("upscale", help="super-resolve PNG/JPEG images")
-    p.add_argument("inputs", nargs="+", metavar="IN")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files, or folders of them (sorted by name)")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--scale", type=int, default=None,
+                   help="the model's factor, checked (default: the model's; the embedded model's is 4)")
     p.add_argument("--attention", default=DEFAULT_ATTENTION,
                    help="edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH | none (plain sampling; "
                         f"default {DEFAULT_ATTENTION})")

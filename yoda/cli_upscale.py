@@ -1,6 +1,7 @@
 """The parts of ``yoda upscale`` that need nothing else of the CLI: the memory plan (--max-memory, --tiles,
 --window-batch) and glibc's malloc settings, the speed options (--compile, --autocast, --channels-last,
---cuda-graphs), folder inputs, --skip-existing, and the torchrun shard loop (RANK / WORLD_SIZE, gloo)."""
+--cuda-graphs), folder inputs, --skip-existing, the loop over inputs and its torchrun shards (RANK / WORLD_SIZE,
+gloo), and the checks of -o and of the output sizes made before any image is read."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
-from .errors import UserError
+from .errors import UserError, user_input
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
@@ -144,29 +145,32 @@ def remove_empty(made: list[Path]) -> None:
             d.rmdir()
 
 
-def run_sharded(items: list, rank: int, world: int, setup: Callable[[], object],
-                work: Callable[[object, object], None], one_line: Callable[[BaseException], str]) -> int:
-    """Rank ``rank`` of ``world`` (gloo) runs work(state, item) for items rank, rank + world, ... after
-    state = setup() (only if it has items). A UserError or OSError is reported in one line and the rank goes on
-    (setup failing fails all its items); the ranks meet once at the end and all return 2 if anything failed
+def run_items(items: list, work: Callable[[object], None], one_line: Callable[[BaseException], str],
+              where: str = "") -> int:
+    """work(item) for each item; a UserError or OSError is reported in one line (``yoda: error: WHERE...``) and
+    the next item goes on. Returns the number of items that failed."""
+    failed = 0
+    for item in items:
+        try:
+            work(item)
+        except (UserError, OSError) as e:
+            failed += 1
+            print(f"yoda: error: {where}{one_line(e)}", file=sys.stderr)
+    return failed
+
+
+def run_sharded(items: list, rank: int, world: int, work: Callable[[object], None],
+                one_line: Callable[[BaseException], str]) -> int:
+    """Rank ``rank`` of ``world`` (gloo) runs work(item) for items rank, rank + world, ... (run_items: a failing
+    item is reported and the rank goes on); the ranks meet once at the end and all return 2 if anything failed
     anywhere, else 0."""
     import torch
     import torch.distributed as dist
 
-    mine = items[rank::world]
     dist.init_process_group("gloo")
     failed = 0
     try:
-        state = setup() if mine else None
-        for item in mine:
-            try:
-                work(state, item)
-            except (UserError, OSError) as e:
-                failed += 1
-                print(f"yoda: error: rank {rank}: {one_line(e)}", file=sys.stderr)
-    except (UserError, OSError) as e:
-        failed = max(failed, 1)
-        print(f"yoda: error: rank {rank}: {one_line(e)}", file=sys.stderr)
+        failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ")
     finally:
         total = torch.tensor([failed], dtype=torch.int64)
         dist.all_reduce(total)
@@ -176,3 +180,77 @@ def run_sharded(items: list, rank: int, world: int, setup: Callable[[], object],
             print(f"yoda: error: {int(total.item())} input(s) failed (see the lines above)", file=sys.stderr)
         return 2
     return 0
+
+
+def output_targets(a) -> tuple[list[str], Optional[Path]]:
+    """upscale's (output file per input, output folder or None), validated before any work.
+
+    -o is a file when there is one input and it has a suffix (which must be an image format yoda writes) and
+    is not an existing folder; otherwise a folder (created if missing), in which IN becomes STEM_x<scale>.png."""
+    from .images import OUTPUT_SUFFIXES, check_output
+
+    if not a.output.strip():
+        raise UserError("-o must name an output file or folder, got an empty string")
+    out = Path(a.output)
+    several, image_suffix = len(a.inputs) > 1, out.suffix.lower() in OUTPUT_SUFFIXES
+    as_folder = (a.output.endswith(("/", os.sep)) or out.suffix == "" or (several and not image_suffix)
+                 or (out.is_dir() and (several or not image_suffix)))
+    if not as_folder:
+        if several:
+            raise UserError(f"-o {a.output}: several inputs need an output folder, not a file name")
+        if not image_suffix:
+            raise UserError(f"-o {a.output}: cannot write images with the suffix {out.suffix!r}; use one of "
+                            f"{', '.join(OUTPUT_SUFFIXES)}, or end the name with / for a folder")
+        check_not_an_input(a.inputs, a.output)
+        with user_input():
+            check_output(a.output, "-o")
+        return [a.output], None
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {a.output} is a file; several inputs (or a name without a suffix) need a folder")
+    targets = [str(out / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
+    seen = {}
+    for src, dst in zip(a.inputs, targets):
+        if dst in seen:
+            raise UserError(f"{seen[dst]} and {src} have the same file name stem: both would be written to {dst}")
+        seen[dst] = src
+        check_not_an_input(a.inputs, dst)
+    check_out_folder(a.output, targets)
+    return targets, out
+
+
+def check_not_an_input(inputs, dst: str) -> None:
+    """yoda never writes over one of its inputs (-o naming the input, or an output name an input already has)."""
+    if os.path.exists(dst):
+        for src in inputs:
+            if os.path.exists(src) and os.path.samefile(src, dst):
+                raise UserError(f"-o {dst} is the input {src}: yoda does not overwrite its inputs; choose another "
+                                "name")
+
+
+def check_out_folder(output: str, files) -> None:
+    """-o as a folder: an existing one must take ``files``; a new one must be creatable (its nearest existing
+    ancestor a writable folder)."""
+    from ._io import check_writable
+
+    out = Path(output)
+    if out.is_dir():
+        for f in files:
+            check_writable(f, "-o")
+    else:
+        up = out.absolute().parent
+        while not up.exists():
+            up = up.parent
+        if not up.is_dir():
+            raise UserError(f"-o {output}: cannot create the folder, {up} is a file")
+        check_writable(up / out.name, "-o")
+
+
+def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int]) -> None:
+    """Refuse an input whose x``scale`` output would exceed the pixel limit (before sampling it)."""
+    from . import images
+
+    limit = images.MAX_PIXELS if max_pixels is None else max_pixels
+    h, w = arr.shape[:2]
+    if limit and scale * scale * h * w > limit:
+        raise UserError(f"{src}: {w}x{h} upscaled x{scale} is {scale * w}x{scale * h} = {scale * scale * h * w} "
+                        f"pixels, more than the limit of {limit} (--max-pixels N raises it)")

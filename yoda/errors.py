@@ -9,6 +9,8 @@ Inf; also a FloatingPointError).
 
 from __future__ import annotations
 
+import contextlib
+
 
 class UserError(ValueError):
     """A problem with a file, an option, a config or a model the user gave; the message says which."""
@@ -16,3 +18,15 @@ class UserError(ValueError):
 
 class NonFiniteError(UserError, FloatingPointError):
     """A model (or its decoder) returned NaN or Inf while sampling; the message names the step and the model."""
+
+
+@contextlib.contextmanager
+def user_input():
+    """Around a library call that reads or runs what the user gave (a file, an option, a config, a model): a
+    ValueError it raises is about that input, so it becomes a UserError. Other exceptions pass unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from e

@@ -82,13 +82,17 @@ def attention_figure(
     lower_bound: float = 0.6,
     T: int = 1000,
     ts: Optional[Sequence[int]] = None,
+    ratio: Optional[float] = None,
 ):
     """Draw the LR image, its attention map and the masks M(t) at several t.
 
     lr: (B, C, h, w) or (C, h, w), C in {1, 3}, values in [-1, 1]; the first image is drawn.
     A:  (B, 1, H, W), (1, H, W) or (H, W) in [0, 1]; any resolution (LR or HR), first image drawn.
     ts: DESIGN's t in [1, T] (t = training index + 1); default 5 values from T down to lower_bound*T,
-        the span over which the masks grow (below lower_bound*T every pixel is active).
+        the span over which the masks grow (below lower_bound*T every pixel is active; with lower_bound >= 1,
+        every pixel at every t: t = T alone).
+    ratio: the pixel update ratio printed in the title; default pixel_update_ratio(A, lower_bound), its limit
+        with every step of T (a sampling run with few steps has its own: yoda.masks.refine_fraction).
     Returns a PIL.Image (RGB).
     """
     from PIL import Image, ImageDraw
@@ -106,7 +110,7 @@ def attention_figure(
     if float(a.min()) < 0.0 or float(a.max()) > 1.0:
         raise ValueError(f"A values must lie in [0, 1], got min {float(a.min()):.4g}, max {float(a.max()):.4g}")
     if ts is None:
-        lo = max(1, int(math.floor(lower_bound * T)))
+        lo = min(T, max(1, int(math.floor(lower_bound * T))))
         ts = sorted({int(round(v)) for v in np.linspace(T, lo, 5)}, reverse=True)
     ts = list(ts)
     if not ts or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= T for t in ts):
@@ -121,7 +125,7 @@ def attention_figure(
     heat = colormap(a_show)
     overlay = np.rint(0.5 * img.astype(np.float32) + 0.5 * heat.astype(np.float32)).astype(np.uint8)
 
-    ratio = float(pixel_update_ratio(a[None], lower_bound)[0])
+    ratio = float(pixel_update_ratio(a[None], lower_bound)[0]) if ratio is None else float(ratio)
     masks = []
     for t in ts:
         m = mask_at(a[None], int(t), T, lower_bound)[0, 0]  # at A's own resolution
