@@ -309,6 +309,26 @@ def test_eval_command(tmp_path, tiny_model, capsys):
     assert "LPIPS omitted" in stdout
     code, _, err = run(["eval", "--images", str(tmp_path / "empty_missing"), "--model", tiny_model], capsys)
     assert code == 2 and "empty_missing" in err
+    # a folder named like one of yoda.data's sources is still the folder
+    (tmp_path / "photos").mkdir()
+    Image.open(folder / "a.png").save(tmp_path / "photos" / "a.png")
+    code, stdout2, err = run(["eval", "--images", str(tmp_path / "photos"), "--model", tiny_model, "--steps", "2",
+                              "--lower-bounds", "0.4", "0.8", "--attention", "edge", "-q"], capsys)
+    table = lambda out: [l.rsplit("|", 2)[0] for l in out.splitlines() if l.startswith("| ")]  # less the time
+    assert code == 0 and table(stdout2) == table(stdout), err
+    # eval has --lower-bounds only (which argparse lets --lower-bound abbreviate); bad --max-size and --lpips
+    # files are named before any work
+    code, stdout3, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1",
+                              "--attention", "edge", "--lower-bound", "0.3", "-q"], capsys)
+    rows = [l for l in stdout3.splitlines() if l.startswith("| yoda")]
+    assert code == 0 and len(rows) == 1 and "0.3" in rows[0], (stdout3, err)
+    for args, want in ((["--max-size", "-5"], "--max-size must be >= 0 (0: full size), got -5"),
+                       (["--max-size", "3"], "--max-size 3 is below the size multiple 8"),
+                       (["--lpips", "nope1", "nope2"], "--lpips: weights file not found: nope1"),
+                       (["--seed", "-1"], "--seed must be an int in [0, 2**32 - 1]")):
+        code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q", *args],
+                           capsys)
+        assert code == 2 and err.count("\n") == 1 and want in err, (args, err)
 
 
 def test_train_and_plot_commands(tmp_path, capsys):
@@ -367,6 +387,13 @@ def test_train_and_plot_commands(tmp_path, capsys):
     assert I.open(png).size == (900, 360)
     code, _, err = run(["train", "--config", str(tmp_path / "none.json")], capsys)
     assert code == 2 and "none.json" in err
+    # a binary file given as a log is named; a run that fails before writing anything leaves no folder
+    code, _, err = run(["plot", str(png), "-o", str(tmp_path / "c2.png")], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"{png} is not a training log" in err
+    cfg["data"].update(source=str(tmp_path / "no_data"))
+    cpath.write_text(json.dumps(cfg))
+    code, _, err = run(["train", "--config", str(cpath), "--out", str(tmp_path / "runs" / "b"), "-q"], capsys)
+    assert code == 2 and "no_data" in err and not (tmp_path / "runs").exists()
 
 
 def test_demo_with_the_embedded_default_model(tmp_path, capsys):

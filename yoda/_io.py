@@ -6,6 +6,8 @@
     atomic_write_text(path, s)  the same for a text file (UTF-8; newline as open()'s)
     check_writable(path)        before any long work: path is not a folder, its folder exists and a file can
                                 be created there (tried, then removed); errors name ``path``.
+    made_dirs / remove_empty    mkdir -p that remembers what it created, and the cleanup of those folders that
+                                are still empty after a failure (no empty output folder is left behind).
 
 The temporary file is created with os.open(..., 0o666), so the kernel applies the process umask (and a
 folder's default ACL) exactly as for any new file: a model saved with umask 022 is 0644, not the 0600 that
@@ -104,3 +106,21 @@ def check_writable(path: PathLike, what: str = "output") -> Path:
         raise type(e)(f"{what} {p}: cannot write in {folder}: {e.strerror or e}") from None
     os.unlink(tmp)
     return p
+
+
+def made_dirs(folder: Path) -> list[Path]:
+    """mkdir -p ``folder``; returns the folders it created, deepest first (for cleanup)."""
+    made = []
+    up = folder.absolute()
+    while not up.exists():
+        made.append(up)
+        up = up.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_empty(made: list[Path]) -> None:
+    """Remove the folders of made_dirs that are still empty (deepest first), e.g. after a failure."""
+    for d in made:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 import traceback
@@ -35,9 +36,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_parser import build_parser
-from .cli_upscale import (check_hr_size, dist_env, expand_inputs, guided_model, made_dirs, output_targets,
-                          plan_windows, remove_empty, run_items, run_sharded, skip_existing, speed_options, tune_malloc,
-                          window_unit)
+from ._io import made_dirs, remove_empty
+from .cli_upscale import (check_hr_size, check_out_folder, dist_env, expand_inputs, guided_model, output_targets,
+                          plan_windows, run_items, run_sharded, skip_existing, speed_options, tune_malloc, window_unit)
 from .errors import UserError
 from .errors import user_input as _user_input
 
@@ -339,16 +340,32 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def _check_eval_options(a) -> None:
+    """eval's and figures' --max-size and --lpips files, before any work."""
+    if a.max_size < 0:
+        raise UserError(f"--max-size must be >= 0 (0: full size), got {a.max_size}")
+    for f in a.lpips or ():
+        if not os.path.isfile(f):
+            raise UserError(f"--lpips: weights file not found: {f}")
+
+
+def _eval_images(folder: Optional[str]):
+    """--images FOLDER (always a folder, whatever its name), else the held-out set."""
+    from .data import load_folder, load_source
+
+    return load_folder(folder) if folder else load_source("heldout")
+
+
 def cmd_eval(a) -> int:
-    from .data import load_source
     from .evaluate import EvalSettings, evaluate, markdown_table, summarize
 
     if a.output:
         from ._io import check_writable
 
         check_writable(a.output, "-o")
+    _check_eval_options(a)
     with _user_input():
-        images = load_source(a.images if a.images else "heldout")
+        images = _eval_images(a.images)
     dev = _device(a.device)
     model = load_model(a.model, dev, a.model_config)
     with _user_input():  # the options, the images, the model and the LPIPS weights are the user's
@@ -367,22 +384,20 @@ def cmd_eval(a) -> int:
 
 def cmd_figures(a) -> int:
     """Fig. 3 (update ratio, refined area), Fig. 5 (regional error) and Fig. 4 (crops) into the folder -o."""
-    from .data import load_source
     from .figures import FIGURE_FILES, FigureSettings, compute, write_figures
 
     # the output folder first: an existing folder must take the three files; a new one must be creatable
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; yoda figures writes {len(FIGURE_FILES)} PNGs into a folder")
-    _check_out_folder(a.output, [out / name for name in FIGURE_FILES])
-    if a.max_size < 0:
-        raise UserError(f"--max-size must be >= 0 (0: full size), got {a.max_size}")
+    check_out_folder(a.output, [out / name for name in FIGURE_FILES])
+    _check_eval_options(a)
     with _user_input():
         settings = FigureSettings(attentions=tuple(a.attention), lower_bound=a.lower_bound,
                                   lower_bounds=tuple(a.lower_bounds), steps=a.steps, sampler=a.sampler, eta=a.eta,
                                   seed=a.seed, max_size=a.max_size or None, bins=a.bins, degree=a.degree,
                                   crops=a.crops, progress=not a.quiet, lpips=tuple(a.lpips) if a.lpips else None)
-        images = load_source(a.images if a.images else "heldout")
+        images = _eval_images(a.images)
     dev = _device(a.device)
     model = load_model(a.model, dev, a.model_config)
     made = made_dirs(out)
@@ -512,12 +527,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
+# The library's messages start with the name of the argument at fault; the command line names its option.
+_OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", "steps": "--steps", "seed": "--seed",
+              "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
+              "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale"}
+
+
 def _one_line(e: BaseException) -> str:
     pkg = _missing_package(e)
     if pkg is not None:
         return f"this needs the Python package {pkg!r}, which is not installed ({e})"
     msg = str(e).strip()
-    return msg.splitlines()[0] if msg else type(e).__name__
+    if not msg:
+        return type(e).__name__
+    line = msg.splitlines()[0]
+    name = re.match(r"\w+(?=[ :])", line)
+    if name and name.group() in _OPTION_OF:
+        return _OPTION_OF[name.group()] + line[name.end():]
+    return line[len("path: "):] if line.startswith("path: ") else line  # read_image's argument: the file follows
 
 
 def _missing_package(e: BaseException) -> Optional[str]:

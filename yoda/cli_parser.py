@@ -24,7 +24,7 @@ SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde
 SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
 
 
-def _sampling_args(p, steps: int, sampler: str, solvers: bool = False) -> None:
+def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bound: bool = True) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (the embedded x4 model), a yoda model file, sr3:PATH (an upstream SR3 "
                         "*_gen.pth) or srdiff:PATH (an upstream SRDiff model_ckpt_steps_*.ckpt)")
@@ -32,13 +32,17 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False) -> None:
                    help="with sr3:PATH, the checkpoint's SR3 JSON config (default: the 16->128 config); with "
                         "srdiff:PATH, its YAML config (default: read from the weights)")
     p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
-    p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler)
+    p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler,
+                   help=f"(default {sampler})")
     if solvers:
         p.add_argument("--sigmas", choices=SIGMA_SCHEDULES, default=None,
                        help="noise levels of the sigma-space solvers (euler ... dpmpp_3m_sde; default karras)")
-    p.add_argument("--lower-bound", type=float, default=0.6, help="l of the mask schedule tau = t/T - l")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    if lower_bound:
+        p.add_argument("--lower-bound", type=float, default=0.6,
+                       help="l of the mask schedule tau = t/T - l (default 0.6; >= 1: plain sampling)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (the default): cuda when torch sees a GPU, else cpu")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -96,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(ap, top=True)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("upscale", help="super-resolve PNG/JPEG images")
+    p = sub.add_parser("upscale", help="super-resolve images (PNG, JPEG, WebP, TIFF, BMP) or folders of them")
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files, or folders of them (sorted by name)")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--scale", type=int, default=None,
@@ -142,14 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="PSNR / SSIM / colour shift table, plain vs YODA")
     p.add_argument("--images", default=None, help="folder of HR PNG/JPEG (default: the held-out set)")
-    p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.4, 0.6, 0.8])
-    p.add_argument("--attention", nargs="+", default=["edge", "gaussian"])
+    p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.4, 0.6, 0.8],
+                   help="lower bounds l of the YODA rows (default 0.4 0.6 0.8)")
+    p.add_argument("--attention", nargs="+", default=["edge", "gaussian"],
+                   help="attention maps of the YODA rows (default edge gaussian)")
     p.add_argument("--max-size", type=int, default=128, help="centre-crop HR to at most this (0: full size)")
     p.add_argument("-o", "--output", default=None, help="also write the table to this file")
     p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
                         "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
-    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER)
+    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER, lower_bound=False)
     _debug_arg(p)
 
     p = sub.add_parser("figures", help="the paper's Fig. 3, 4 and 5 (update ratio, crops, regional error) as PNGs")
@@ -177,10 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-from", type=int, default=None, metavar="STEP",
                    help="decay the learning rate linearly from STEP to 0 at the last step (overrides the config)")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much wall time")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (the default): cuda when torch sees a GPU, else cpu")
     p.add_argument("--weights-name", default="model.safetensors", help="file name of the exported weights")
     p.add_argument("--data-dir", default=None,
-                   help="folder from `python -m yoda.data export` used instead of scikit-image's bundled images")
+                   help="a folder with train/ and heldout/ image folders, from `yoda data build --out DIR` "
+                        "(photographs) or `python -m yoda.data export DIR` (scikit-image's bundled images)")
     p.add_argument("-q", "--quiet", action="store_true")
     _debug_arg(p)
 

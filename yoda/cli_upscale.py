@@ -127,24 +127,6 @@ def skip_existing(skip: bool, src: str, dst: str) -> bool:
     return False
 
 
-def made_dirs(folder: Path) -> list[Path]:
-    """mkdir -p ``folder``; returns the folders it created, deepest first (for cleanup)."""
-    made = []
-    up = folder.absolute()
-    while not up.exists():
-        made.append(up)
-        up = up.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return made
-
-
-def remove_empty(made: list[Path]) -> None:
-    """Remove the folders of made_dirs that are still empty (deepest first), e.g. after a failure."""
-    for d in made:
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
-
-
 def run_items(items: list, work: Callable[[object], None], one_line: Callable[[BaseException], str],
               where: str = "") -> int:
     """work(item) for each item; a UserError or OSError is reported in one line (``yoda: error: WHERE...``) and

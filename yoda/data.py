@@ -92,8 +92,11 @@ def crop_to_multiple(a: np.ndarray, multiple: int, max_size: Optional[int] = Non
     if max_size is not None:
         m = max_size - max_size % multiple
         h, w = min(h, m), min(w, m)
+    if max_size is not None and max_size < multiple:
+        raise DataError(f"max_size {max_size} is below the size multiple {multiple} (the scale times the model's "
+                        "size multiple): no crop fits")
     if h <= 0 or w <= 0:
-        raise DataError(f"image of size {H}x{W} is smaller than the scale {multiple}")
+        raise DataError(f"image of size {W}x{H} is smaller than the size multiple {multiple}")
     y, x = (H - h) // 2, (W - w) // 2
     return a[y : y + h, x : x + w]
 
@@ -130,6 +133,11 @@ def list_folder(folder: str) -> list[str]:
     return paths
 
 
+def load_folder(folder: str) -> list[tuple[str, np.ndarray]]:
+    """[(path, uint8 (H, W, 3))] of the images in ``folder`` (list_folder), whatever the folder's name."""
+    return [(p, read_image(p)) for p in list_folder(folder)]
+
+
 def load_source(source: str, min_size: int = 0) -> list[tuple[str, np.ndarray]]:
     """[(name, uint8 (H, W, 3))] for "builtin", "heldout" or a folder path.
 
@@ -143,7 +151,7 @@ def load_source(source: str, min_size: int = 0) -> list[tuple[str, np.ndarray]]:
         raise DataError(f"source {source!r} is the train/ or heldout/ folder of `yoda data build --out DIR`: "
                         f"pass --data-dir DIR to yoda train, or give the folder itself")
     else:
-        items = [(p, read_image(p)) for p in list_folder(source)]
+        items = load_folder(source)
     for name, a in items:
         if a.shape[0] < min_size or a.shape[1] < min_size:
             raise DataError(f"image {name} is {a.shape[1]}x{a.shape[0]}, smaller than the crop size {min_size}")
@@ -235,7 +243,7 @@ def export_builtin(folder: str) -> dict:
 if __name__ == "__main__":  # python -m yoda.data export DIR
     import sys
 
-    if len(sys.argv) != 3 or sys.argv[1] != "export":
+    if len(sys.argv) != 3 or sys.argv[1] != "export" or sys.argv[2].startswith("-"):
         print("usage: python -m yoda.data export DIR", file=sys.stderr)
         sys.exit(2)
     print(export_builtin(sys.argv[2]))

@@ -20,6 +20,8 @@ def read_log(path: str) -> list[dict]:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         raise ValueError(f"log file not found: {path}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path} is not a training log (a CSV file of yoda train: {e})") from None
     if not rows or "step" not in rows[0] or "loss" not in rows[0]:
         raise ValueError(f"{path} is not a training log (needs step and loss columns)")
     return rows

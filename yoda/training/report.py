@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .. import data as _data
-from .._io import atomic_write_text
+from .._io import atomic_write_text, made_dirs, remove_empty
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
 from .distributed import env_ranks, local_batch, process_group, rank_device
@@ -110,13 +111,19 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     local_batch(cfg.batch, ranks.world)  # before the process group: a clear error on every rank
     from ..devices import resolve_device
 
-    with process_group(ranks, rank_device(resolve_device(device), ranks)):
-        tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
-        start_step = tr.step
-        summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
-        if ranks.main:
-            record = training_record(cfg, tr, config_path=config_path, out=out, command=command,
-                                     weights_name=weights_name, start_step=start_step, seconds=summary["seconds"])
-            atomic_write_text(os.path.join(out, "TRAINING.md"), record)
+    made = made_dirs(Path(out))
+    try:
+        with process_group(ranks, rank_device(resolve_device(device), ranks)):
+            tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
+            start_step = tr.step
+            summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
+            if ranks.main:
+                record = training_record(cfg, tr, config_path=config_path, out=out, command=command,
+                                         weights_name=weights_name, start_step=start_step,
+                                         seconds=summary["seconds"])
+                atomic_write_text(os.path.join(out, "TRAINING.md"), record)
+    except BaseException:
+        remove_empty(made)  # a run that failed before writing anything leaves no empty folder
+        raise
     summary.update(out=out, weights=os.path.join(out, weights_name), rank=ranks.rank)
     return summary
