@@ -211,6 +211,8 @@ def test_upscale_folder_goes_on_past_a_bad_image(tmp_path, tiny_model, capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 2 and "b.png" in lines[0] and "1 of 3 inputs failed" in lines[1], err
     assert sorted(f.name for f in (tmp_path / "bad").iterdir()) == ["a_x4.png", "c_x4.png"]
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "bad"), *common, "--debug"], capsys)
+    assert code == 2 and "Traceback" in err and "1 of 3 inputs failed" in err  # --debug: the traceback too
     for n in ("a_x4.png", "c_x4.png"):
         assert (tmp_path / "bad" / n).read_bytes() == (tmp_path / "good" / n).read_bytes()
     # every input failing leaves no output folder behind

@@ -185,13 +185,13 @@ def cmd_upscale(a) -> int:
     if world > 1:  # the outputs are the same files as one process writes (atomically)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-        return run_sharded(sorted(items), rank, world, work, _one_line)
+        return run_sharded(sorted(items), rank, world, work, _one_line, a.debug)
     made = made_dirs(out_dir) if out_dir is not None else []
     try:
         if len(items) == 1:
             work(items[0])  # its error is the command's
             return 0
-        failed = run_items(items, work, _one_line)
+        failed = run_items(items, work, _one_line, debug=a.debug)
     finally:
         remove_empty(made)  # leave no empty folder behind (every input failing, a full disk, an interrupt)
     if failed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -128,21 +129,23 @@ def skip_existing(skip: bool, src: str, dst: str) -> bool:
 
 
 def run_items(items: list, work: Callable[[object], None], one_line: Callable[[BaseException], str],
-              where: str = "") -> int:
-    """work(item) for each item; a UserError or OSError is reported in one line (``yoda: error: WHERE...``) and
-    the next item goes on. Returns the number of items that failed."""
+              where: str = "", debug: bool = False) -> int:
+    """work(item) for each item; a UserError or OSError is reported in one line (``yoda: error: WHERE...``; with
+    ``debug`` after its traceback) and the next item goes on. Returns the number of items that failed."""
     failed = 0
     for item in items:
         try:
             work(item)
         except (UserError, OSError) as e:
             failed += 1
+            if debug:
+                traceback.print_exc()
             print(f"yoda: error: {where}{one_line(e)}", file=sys.stderr)
     return failed
 
 
 def run_sharded(items: list, rank: int, world: int, work: Callable[[object], None],
-                one_line: Callable[[BaseException], str]) -> int:
+                one_line: Callable[[BaseException], str], debug: bool = False) -> int:
     """Rank ``rank`` of ``world`` (gloo) runs work(item) for items rank, rank + world, ... (run_items: a failing
     item is reported and the rank goes on); the ranks meet once at the end and all return 2 if anything failed
     anywhere, else 0."""
@@ -152,7 +155,7 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     dist.init_process_group("gloo")
     failed = 0
     try:
-        failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ")
+        failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ", debug)
     finally:
         total = torch.tensor([failed], dtype=torch.int64)
         dist.all_reduce(total)
