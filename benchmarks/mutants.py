@@ -171,6 +171,19 @@ MUTANTS = [
            "    return bool(torch.isfinite(x).all())\n", "    return False\n",
            ("tests/test_sampler.py", "-k", "all_finite"),
            "the cheap NaN/Inf check trusts the sum: finite values whose sum overflows count as non-finite"),
+    Mutant("lossy-quality", "yoda/images.py",
+           'options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}', "options = {}",
+           ("tests/test_images.py", "-k", "lossy"),
+           "JPEG / WebP written at Pillow's default quality 75 (several dB below 95)"),
+    Mutant("env-limit-ignored", "yoda/images.py",
+           'if "MAX_PIXELS" in globals() else _env_max_pixels()',
+           'if "MAX_PIXELS" in globals() else DEFAULT_MAX_PIXELS',
+           ("tests/test_images.py", "-k", "env_limit"),
+           "read_image ignores YODA_MAX_PIXELS (read only where the CLI reads yoda.images.MAX_PIXELS)"),
+    Mutant("no-checkpoint-head", "yoda/checkpoint.py",
+           "if not head.startswith(_TORCH_HEADS):", "if not head:",
+           ("tests/test_checkpoint.py", "-k", "no_checkpoint"),
+           "a PNG given as a checkpoint gets torch's pickle refusal, naming classes it does not hold"),
 ]
 
 

@@ -3,8 +3,10 @@ upstream checkpoint layouts, the "yoda" format, model cards, and clear errors.""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import pickle
 
 import pytest
 import torch
@@ -165,10 +167,33 @@ def test_corrupt_files(tmp_path):
     msg = str(e.value)  # names what it found and the safe ways on, never "load it with weights_only=False"
     assert "evil.pth" in msg and "yoda.schedule.Schedule" in msg and "add_safe_globals" in msg
     assert "weights_only` set to `False" not in msg and "Re-running" not in msg and "\n" not in msg
+    # a plain pickle (pickle.dump, not torch.save) of a foreign class keeps the pickle message, with the class
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"x": datetime.date(2020, 1, 1)}, protocol=2))
+    with pytest.raises(CheckpointError, match=r"plain\.pkl: it holds pickled Python objects that are not tensors "
+                                              r"\(datetime\.date\)"):
+        yoda.load("sr3", tmp_path / "plain.pkl", config=CFG)
     notdict = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], notdict)
     with pytest.raises(CheckpointError, match="state dict"):
         yoda.load("sr3", notdict, config=CFG)
+
+
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path):
+    """A PNG (or any file that is neither a zip archive nor a pickle) used to get torch's pickle refusal, "it holds
+    pickled Python objects that are not tensors ... allow just those [named classes]": it holds no pickle."""
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "some.png")
+    with pytest.raises(CheckpointError, match=r"some\.png is not a PyTorch or safetensors checkpoint \(it starts with "
+                                              r"b'\\x89PNG\\r\\n\\x1a\\n'\)$") as e:
+        yoda.load("srdiff", tmp_path / "some.png")
+    assert "pickled" not in str(e.value) and "add_safe_globals" not in str(e.value)
+    (tmp_path / "notes.ckpt").write_text("hello, world")
+    with pytest.raises(CheckpointError, match=r"notes\.ckpt is not a PyTorch .* \(it starts with b'hello, w'\)$"):
+        yoda.load("srdiff", tmp_path / "notes.ckpt")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pth is not a PyTorch or safetensors checkpoint \(it is empty\)"):
+        yoda.load("sr3", tmp_path / "empty.pth", config=CFG)
 
 
 def test_key_and_shape_errors_are_listed(tmp_path):
@@ -390,6 +415,30 @@ def test_tampered_srdiff_timesteps_refused_before_building(tmp_path):
     with pytest.raises(CheckpointError, match=r"t\.safetensors: the yoda config declares timesteps=1000000000, but "
                                               r"the file's schedule has T=12"):
         yoda.load("yoda", bad)
+
+
+def test_default_names_the_embedded_model_and_cards_print_short():
+    """yoda.load("yoda", "default") is the embedded model (it was a FileNotFoundError), the file the CLI's --model
+    default loads; its card printed ~23 kB of betas (the config holds the schedule), now one short line."""
+    from pathlib import Path
+
+    path = Path(yoda.__file__).resolve().parent / "weights" / "default_x4.safetensors"  # the CLI's DEFAULT_WEIGHTS
+    net, ref = yoda.load("yoda", "default"), yoda.load("yoda", str(path))
+    assert net.card == ref.card and net.card.scale == 4 and net.card.schedule.T == 1000
+    sd, sd_ref = net.state_dict(), ref.state_dict()
+    assert sd.keys() == sd_ref.keys() and all(torch.equal(sd[k], sd_ref[k]) for k in sd)
+    r = repr(net.card)
+    assert r == ("ModelCard(schedule=Schedule(T=1000, betas=[0.0001 .. 0.02]), scale=4, prediction='x0', "
+                 "space='residual', config=<srdiff config with keys kind, args, schedule, scale, prediction, extra>)")
+    assert str(net.card) == r and len(r) < 200 and len(repr(dict(net.card.config))) > 20000
+    assert repr(ModelCard(Schedule.linear(7), 2)) == ("ModelCard(schedule=Schedule(T=7, betas=[0.0001 .. 0.02]), "
+                                                       "scale=2, prediction='eps', space='pixel', config=None)")
+    with pytest.raises(FileNotFoundError):  # "default" names the embedded model for kind "yoda" only
+        yoda.load("srdiff", "default")
+    from yoda.cli import DEFAULT_WEIGHTS as CLI_WEIGHTS  # kept torch-free in the CLI: the same file
+    from yoda.models.loading import DEFAULT_WEIGHTS
+
+    assert DEFAULT_WEIGHTS == path == CLI_WEIGHTS
 
 
 def test_files_without_prediction_and_the_embedded_model_load_with_a_card(tmp_path):

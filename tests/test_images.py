@@ -1,12 +1,14 @@
 """yoda.images: exact uint8 round trips, Pillow I/O, atomic saves, clear errors."""
 
 import os
+import struct
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import yoda
 from yoda import images
 from yoda.images import from_uint8, load_image, save_image, to_uint8
 
@@ -202,7 +204,7 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path):
 
 def test_pixel_limit_module_wide_and_pillow_limit(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(tmp_path / "small.png")
-    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    monkeypatch.setitem(vars(images), "MAX_PIXELS", 1000)  # removed again after: YODA_MAX_PIXELS then applies
     with pytest.raises(images.DataError, match="limit of 1000"):
         load_image(tmp_path / "small.png")
     assert load_image(tmp_path / "small.png", max_pixels=0).shape == (1, 3, 30, 40)  # 0: no limit of ours
@@ -221,6 +223,40 @@ def test_env_var_sets_the_limit(monkeypatch):
     assert images._env_max_pixels() == images.DEFAULT_MAX_PIXELS == 8192 * 8192
 
 
+@pytest.mark.parametrize("value", ["abc", "-5"])
+def test_bad_env_limit_never_breaks_import_and_is_one_clear_error_where_used(tmp_path, value):
+    """A bad YODA_MAX_PIXELS used to raise a raw ValueError from ``import yoda.images`` (so ``import yoda`` and
+    the CLI died with a traceback); the limit is now read where it is used, with one message naming it."""
+    import subprocess
+    import sys
+
+    Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    code = ("import yoda.images as i, yoda.errors as e\n"
+            "try:\n    i.read_image(r'%s')\nexcept e.UserError as x:\n    print('UserError', x)\n"
+            "print(i.read_image(r'%s', max_pixels=0).shape)" % (tmp_path / "small.png", tmp_path / "small.png"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "YODA_MAX_PIXELS": value})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"UserError YODA_MAX_PIXELS must be a non-negative integer, got '{value}'",
+                                     "(30, 40, 3)"]  # an explicit limit does not read the variable at all
+
+
+def test_env_limit_is_read_where_the_limit_is_used(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    monkeypatch.setenv("YODA_MAX_PIXELS", "1199")
+    assert images.MAX_PIXELS == 1199
+    with pytest.raises(images.DataError, match="1200 pixels, more than the limit of 1199"):
+        load_image(tmp_path / "small.png")
+    monkeypatch.setenv("YODA_MAX_PIXELS", "-5")
+    with pytest.raises(ValueError, match=r"^YODA_MAX_PIXELS must be a non-negative integer, got '-5'$") as e:
+        images.MAX_PIXELS  # what the CLI reads for its check of the upscaled size
+    assert isinstance(e.value, yoda.UserError)  # the CLI prints a UserError in one line
+    with pytest.raises(ValueError, match=r"^YODA_MAX_PIXELS must be a non-negative integer, got '-5'$"):
+        load_image(tmp_path / "small.png")
+    monkeypatch.setitem(vars(images), "MAX_PIXELS", 0)  # an assigned limit holds, whatever the variable says
+    assert load_image(tmp_path / "small.png").shape == (1, 3, 30, 40)
+
+
 def test_float_tiff_maps_0_1_to_the_8_bit_range(tmp_path):
     f = np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32)
     Image.fromarray(f).save(tmp_path / "f.tif")
@@ -234,6 +270,66 @@ def test_float_tiff_maps_0_1_to_the_8_bit_range(tmp_path):
     Image.fromarray(np.array([[0.0, np.nan]], dtype=np.float32)).save(tmp_path / "nan.tif")
     with pytest.raises(images.DataError, match="NaN"):
         load_image(tmp_path / "nan.tif")
+
+
+def _rgb_tiff(path, a):
+    """A minimal uncompressed little-endian RGB TIFF (one strip) of the (H, W, 3) array ``a``, uint8 or float32
+    (SampleFormat 3, as tifffile and cv2 write an RGB float32 image), without tifffile."""
+    h, w, _ = a.shape
+    bits, fmt = (32, 3) if a.dtype == np.float32 else (8, 1)
+    data = np.ascontiguousarray(a).astype("<" + a.dtype.str[1:]).tobytes()
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, 0), (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, 0),
+            (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 1, len(data)), (284, 3, 1, 1), (339, 3, 3, 0)]
+    extra = 8 + 2 + 12 * len(tags) + 4  # BitsPerSample and SampleFormat (3 shorts each), then the pixels
+    offsets = {258: extra, 339: extra + 6, 273: extra + 12}
+    ifd = b"".join(struct.pack("<HHII" if t in offsets or typ == 4 else "<HHIHxx", t, typ, n, offsets.get(t, v))
+                   for t, typ, n, v in tags)
+    path.write_bytes(b"II*\x00" + struct.pack("<IH", 8, len(tags)) + ifd + struct.pack("<I", 0)
+                     + struct.pack("<6H", bits, bits, bits, fmt, fmt, fmt) + data)
+    return path
+
+
+def test_rgb_float_tiff_is_refused_as_an_undecodable_tiff_not_as_no_image(tmp_path):
+    """Pillow cannot decode multi-channel float TIFFs; the error said "cannot identify image file", as if the file
+    were no image. The same writer's uint8 file decodes to its pixels, so the file itself is a valid TIFF."""
+    u = (np.arange(2 * 3 * 3).reshape(2, 3, 3) * 14).astype(np.uint8)
+    assert np.array_equal(images.read_image(_rgb_tiff(tmp_path / "u8.tif", u)), u)
+    with pytest.raises(images.DataError, match=r"f32\.tif is a TIFF that Pillow cannot decode \(multi-channel float "
+                                               r"TIFFs are not supported.*convert it to 8/16-bit PNG or TIFF") as e:
+        load_image(_rgb_tiff(tmp_path / "f32.tif", u.astype(np.float32) / 255))
+    assert "cannot read image" not in str(e.value)
+    (tmp_path / "junk.tif").write_bytes(b"not a TIFF at all")  # a file that is no TIFF keeps the plain message
+    with pytest.raises(images.DataError, match=r"cannot read image .*junk\.tif"):
+        load_image(tmp_path / "junk.tif")
+
+
+def _psnr(a, b):
+    return 10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".jpg", "JPEG"), (".webp", "WEBP")])
+def test_lossy_outputs_are_written_at_quality_95(tmp_path, suffix, fmt):
+    """JPEG and WebP were written at Pillow's default quality 75, several dB below quality 95 against the
+    PNG-exact pixels (this smooth image: JPEG 33.3 vs 38.4 dB, WebP 32.8 vs 37.6)."""
+    import io
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g) * 2 - 1, size=(64, 64),
+                                        mode="bicubic", align_corners=False).clamp(-1, 1)
+    exact = to_uint8(x[0])
+
+    def at(quality):
+        buf = io.BytesIO()
+        Image.fromarray(exact).save(buf, format=fmt, quality=quality)
+        with Image.open(buf) as im:
+            return np.asarray(im.convert("RGB")), getattr(im, "quantization", None)
+
+    with Image.open(save_image(x, tmp_path / f"o{suffix}")) as im:
+        got, tables = np.asarray(im.convert("RGB")), getattr(im, "quantization", None)
+    (q75, _), (q95, tables95) = at(75), at(95)
+    assert np.array_equal(got, q95) and tables == tables95  # exactly Pillow's quality 95
+    assert _psnr(got, exact) > _psnr(q75, exact) + 3.0 and _psnr(got, exact) > 37.0
+    assert images.LOSSY_QUALITY == 95
 
 
 def test_16_bit_rgb_and_32_bit_integer(tmp_path):

@@ -721,6 +721,27 @@ def test_model_and_lr_on_different_devices_is_a_clear_error():
         yoda.sample(model, torch.zeros(1, 3, 4, 4), steps=2, progress=False)
 
 
+def test_errors_name_the_argument_the_caller_gave():
+    """yoda.sample's errors used to name other things: windows= errors said "tiles:", kernel_tile= errors "tile",
+    a wrong attention batch read "with B = 1 (or 1)", and an lr on the meta device raised torch's raw
+    "Tensor.item() cannot be called on meta tensors"."""
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    with pytest.raises(ValueError, match=r"^kernel_tile must be one of \(8, 16, 32\), got 12$"):
+        run(model, lr_image(), kernel_tile=12)
+    with pytest.raises(ValueError, match=r"^attention must have batch size 1 \(the lr batch\), got 3 "
+                                         r"\(shape \(3, 1, 8, 8\)\)$"):
+        run(model, lr_image(), attention=attention_map(B=3))
+    with pytest.raises(ValueError, match=r"^attention must have batch size 2 \(the lr batch\) or 1, got 3 "):
+        run(model, lr_image(B=2), attention=attention_map(B=3))
+    assert run(model, lr_image(B=2), attention=attention_map(B=1), seed=0).shape == (2, 3, 16, 16)  # 1: shared
+    with pytest.raises(ValueError, match=r"^lr is on the meta device \(a shape without values\)"):
+        yoda.sample(model, lr_image().to("meta"), steps=2, progress=False)
+    ad, _ = _tiny_unet_adapter("srdiff")  # scale 2: a window of 7 ends at 7, off the LR grid
+    with pytest.raises(ValueError, match=r"^windows: SRDiff windows must start and end on multiples of the scale 2 "
+                                         r".*give window and overlap multiples of 2\), got rows 0:7, cols 0:7$"):
+        run(ad, lr_image(), windows=(7, 1), seed=0)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Non-finite model outputs: stopped with the step and the model named, checked only every few steps
 # ------------------------------------------------------------------------------------------------------------

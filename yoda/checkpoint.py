@@ -7,9 +7,10 @@ the DINO extractors of yoda.attention.dino, the LPIPS heads of yoda.lpips).
     as_state_dict(obj, where), strip_prefix(sd, prefix), betas_match(buffers, schedule)
 
 Files are read with safetensors (recognised by content: an 8-byte header length followed by '{') or with
-``torch.load(weights_only=True)`` (no pickled code runs). Every failure is a :class:`CheckpointError`
-(a yoda.errors.UserError, hence a ValueError) naming the file, except a missing file (FileNotFoundError):
-missing keys, unexpected keys and shape mismatches are listed (the first few of each).
+``torch.load(weights_only=True)`` (no pickled code runs); a file that is neither a zip archive nor a pickle (a
+PNG, a text file) is said to be no checkpoint at all, with its first bytes. Every failure is a
+:class:`CheckpointError` (a yoda.errors.UserError, hence a ValueError) naming the file, except a missing file
+(FileNotFoundError): missing keys, unexpected keys and shape mismatches are listed (the first few of each).
 
 Model loading itself (``yoda.load``) is yoda.models.loading; the "yoda" model format is yoda.models.yoda_format.
 """
@@ -57,6 +58,16 @@ def _is_safetensors(p: str) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+# how the files torch.load reads begin: a zip archive (torch.save since 1.6, TorchScript) or a pickle of protocol
+# >= 2 (the legacy torch.save format, pickle.dump)
+_TORCH_HEADS = (b"PK\x03\x04", b"\x80")
+
+
+def _head(p: str, n: int = 8) -> bytes:
+    with open(p, "rb") as fh:
+        return fh.read(n)
+
+
 def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
     """(object, safetensors metadata or None). Safetensors -> dict of tensors; torch files -> whatever was
     saved (weights_only=True: tensors, dicts, lists, numbers; no code)."""
@@ -74,6 +85,10 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
+        head = _head(p)
+        if not head.startswith(_TORCH_HEADS):  # torch's errors (e.g. its pickle advice) would mislead here
+            raise CheckpointError(f"{p} is not a PyTorch or safetensors checkpoint ("
+                                  f"{f'it starts with {head!r}' if head else 'it is empty'})") from None
         refused = isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e)
         if refused:  # torch's own advice (load with weights_only=False) would run the file's code: say what is safe
             found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))

@@ -12,15 +12,19 @@
                        MAX_PIXELS pixels (checked from the header, before decoding)
     load_image(path)   from_uint8(read_image(path))
     save_image(x, path)
+                       to_uint8(x) written atomically in the suffix's format (JPEG / WebP at quality 95)
     check_output(path) before any work: the suffix names a format yoda writes, the parent is a writable folder
 
 Sample values map to 8 bits by the range of their type, never by the image's own min and max:
 8-bit u -> u; 16-bit u -> round(u * 255 / 65535) (16-bit RGB PNG: Pillow keeps the high byte, u >> 8);
 float (TIFF mode "F") f in [0, 1] -> round(f * 255), other float values (or NaN/Inf) are refused; 32-bit
 integer samples must lie in 0..65535 (read as 16-bit) and are refused otherwise. Then x = u / 127.5 - 1.
+Pillow decodes single-channel float TIFFs only: an RGB float32 TIFF (tifffile, cv2) is refused with a DataError
+saying so, not as "not an image".
 
-Pixel limit: MAX_PIXELS (default 8192 * 8192; the environment variable YODA_MAX_PIXELS sets it at import,
-0 = no limit) refuses larger images with a DataError naming the file; read_image(path, max_pixels=N) and the
+Pixel limit: MAX_PIXELS (default 8192 * 8192, 0 = no limit) refuses larger images with a DataError naming the
+file. The environment variable YODA_MAX_PIXELS sets it, read where the limit is used (a bad value is a ValueError
+there, never at import); assigning yoda.images.MAX_PIXELS overrides it. read_image(path, max_pixels=N) and the
 CLI's --max-pixels N raise it for one call. Pillow's own decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS,
 refused above twice it, about 179 MP; a DecompressionBombWarning above it) still applies; the CLI raises it
 along with --max-pixels and silences that warning, so its error stays one line.
@@ -43,10 +47,14 @@ from .errors import UserError
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # the formats yoda writes
+LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, loses several dB of PSNR)
 
 
 def _env_max_pixels() -> int:
-    v = os.environ.get("YODA_MAX_PIXELS", "").strip()
+    """The limit YODA_MAX_PIXELS sets (unset or empty: DEFAULT_MAX_PIXELS). Read where the limit is used, not at
+    import, so a bad value never breaks ``import yoda``: it is a UserError (a ValueError: one line from the CLI)."""
+    raw = os.environ.get("YODA_MAX_PIXELS", "")
+    v = raw.strip()
     if not v:
         return DEFAULT_MAX_PIXELS
     try:
@@ -54,11 +62,21 @@ def _env_max_pixels() -> int:
     except ValueError:
         n = -1
     if n < 0:
-        raise ValueError(f"YODA_MAX_PIXELS must be a whole number of pixels (0: no limit), got {v!r}")
+        raise UserError(f"YODA_MAX_PIXELS must be a non-negative integer, got {raw!r}")
     return n
 
 
-MAX_PIXELS: int = _env_max_pixels()  # larger images are refused by read_image (0: no limit)
+def __getattr__(name: str):
+    """MAX_PIXELS (larger images are refused by read_image; 0: no limit): YODA_MAX_PIXELS, or DEFAULT_MAX_PIXELS,
+    read at each use until a value is assigned to yoda.images.MAX_PIXELS (which then holds)."""
+    if name == "MAX_PIXELS":
+        return _env_max_pixels()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _module_limit() -> int:
+    """The module-wide pixel limit, yoda.images.MAX_PIXELS (see __getattr__); 0: no limit."""
+    return globals()["MAX_PIXELS"] if "MAX_PIXELS" in globals() else _env_max_pixels()
 
 
 class DataError(UserError):
@@ -185,6 +203,15 @@ def _samples(im: Image.Image, p: Path) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def _is_tiff(p: Path) -> bool:
+    """Whether ``p`` starts with a TIFF (or BigTIFF) signature, little- or big-endian."""
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    except OSError:
+        return False
+
+
 def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
     """Read an image file (any format Pillow reads) as uint8 (H, W, 3), see to_rgb_u8: grey repeated,
     alpha (RGBA, LA, transparent palette) composited on white, 16-bit and float samples mapped by the range of
@@ -195,7 +222,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
     Errors name the file: FileNotFoundError (missing), ValueError (a folder), DataError (unreadable, too
     large, unsupported sample values)."""
     p = Path(path)
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    limit = _module_limit() if max_pixels is None else max_pixels
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"max_pixels must be an int >= 0 (0: no limit) or None, got {max_pixels!r}")
     if not p.exists():
@@ -217,6 +244,10 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
         raise DataError(f"path: {p} is refused by Pillow's own limit: {e} (raise PIL.Image.MAX_IMAGE_PIXELS "
                         "too, or pass --max-pixels to the CLI)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, UnidentifiedImageError) and _is_tiff(p):  # not "no image at all", as Pillow says
+            raise DataError(f"path: {p} is a TIFF that Pillow cannot decode (multi-channel float TIFFs are not "
+                            f"supported; a single-channel float32 TIFF is); convert it to 8/16-bit PNG or TIFF "
+                            f"({e})") from None
         raise DataError(f"path: cannot read image {p}: {e}") from None
     return to_rgb_u8(arr, str(p))
 
@@ -248,18 +279,23 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
 
 
 def save_pil(img: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a Pillow image atomically (yoda._io.atomic_write), format from the suffix. Returns the path."""
+    """Write a Pillow image atomically (yoda._io.atomic_write), format from the suffix. Returns the path.
+
+    JPEG and WebP are written at quality LOSSY_QUALITY = 95, not Pillow's default 75, which costs a super-resolved
+    image several dB of PSNR against its PNG (the quality is the point of the output)."""
     fmt = image_format(path)
+    options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            img.save(f, format=fmt)
+            img.save(f, format=fmt, **options)
 
     return atomic_write(path, write)
 
 
 def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write a [-1, 1] image (1, C, H, W) or (C, H, W) to ``path`` (format from the suffix, e.g. .png).
+    """Write a [-1, 1] image (1, C, H, W) or (C, H, W) to ``path`` (format from the suffix, e.g. .png; JPEG and
+    WebP at quality LOSSY_QUALITY = 95, see save_pil).
 
     Atomic: written to a temporary file in the same folder, then os.replace'd, so a failure never leaves
     a half-written image at ``path``. Returns the path."""

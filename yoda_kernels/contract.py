@@ -83,10 +83,10 @@ def needs_noise(coefs: Sequence[float]) -> bool:
     return c.sigma != 0.0 or c.lb != 0.0
 
 
-def check_tile(tile: int) -> int:
-    """``tile`` as an int if it is one of TILE_SIZES, else ValueError."""
+def check_tile(tile: int, name: str = "tile") -> int:
+    """``tile`` as an int if it is one of TILE_SIZES, else ValueError naming the argument ``name``."""
     if isinstance(tile, bool) or tile not in TILE_SIZES:
-        raise ValueError(f"tile must be one of {TILE_SIZES}, got {tile}")
+        raise ValueError(f"{name} must be one of {TILE_SIZES}, got {tile}")
     return int(tile)
 
 

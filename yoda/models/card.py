@@ -13,7 +13,8 @@ config      where the card came from, as JSON-like data: for a "yoda" model file
             {"kind", "args", "train_schedule"}; None when the card was made by hand
 
 The card is frozen: to sample a model with another schedule, make a new card (dataclasses.replace) or pass
-the value to ``yoda_adapter(...)``, which takes precedence over the card.
+the value to ``yoda_adapter(...)``, which takes precedence over the card. Its repr is short: the schedule's T and
+first / last beta, and the config's kind and keys (a model file's config holds all T betas, ~23 kB at T = 1000).
 """
 
 from __future__ import annotations
@@ -47,3 +48,11 @@ class ModelCard:
         if self.config is not None and not isinstance(self.config, Mapping):
             raise TypeError(f"ModelCard.config must be a mapping or None, got {type(self.config).__name__}")
 
+    def __repr__(self) -> str:
+        cfg = self.config
+        if cfg is not None:  # kind and keys only: the full config repeats the schedule's betas
+            kind = f"{cfg['kind']} " if isinstance(cfg.get("kind"), str) else ""
+            keys = list(cfg)
+            cfg = f"<{kind}config with keys {', '.join(map(str, keys[:8]))}{', ...' if len(keys) > 8 else ''}>"
+        return (f"ModelCard(schedule={self.schedule!r}, scale={self.scale}, prediction={self.prediction!r}, "
+                f"space={self.space!r}, config={cfg})")

@@ -3,6 +3,7 @@
     net = yoda.load("sr3", "I830000_E32_gen.pth", config="sr_sr3_16_128.json")   # yoda.models.sr3_load
     net = yoda.load("srdiff", "model_ckpt_steps_400000.ckpt")                     # yoda.models.srdiff_load
     net = yoda.load("yoda", "yoda/weights/default_x4.safetensors")                # yoda.models.yoda_format
+    net = yoda.load("yoda", "default")                                            # the embedded x4 model
     A   = yoda.load("dino-vits8", "dino_deitsmall8_pretrain.pth")                 # yoda.attention.dino
     sr  = yoda.sample(net, lr)
 
@@ -13,6 +14,7 @@ and a wrong ``kind`` (ValueError).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping, Union
 
 from torch import nn
@@ -22,9 +24,10 @@ from .sr3_load import load_sr3
 from .srdiff_load import load_srdiff
 from .yoda_format import load_yoda
 
-__all__ = ["KINDS", "load"]
+__all__ = ["KINDS", "DEFAULT_WEIGHTS", "load"]
 
 KINDS = ("sr3", "srdiff", "dino-vits8", "dino-resnet50", "yoda")
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default_x4.safetensors"  # "default"
 
 PathLike = Union[str, os.PathLike]
 
@@ -36,11 +39,15 @@ def load(kind: str, path: PathLike, config: Any = None) -> nn.Module:
     "srdiff" (``model_ckpt_steps_*.ckpt``; config: SRDiffConfig / dict / YAML path, default: read from the
     weights), "dino-vits8" / "dino-resnet50" (official DINO files -> the attention extractor of
     yoda.attention.dino, usable as ``attention=``; config: None or a dict of its keyword arguments),
-    "yoda" (a file written by :func:`yoda.save_model`; config must be None).
+    "yoda" (a file written by :func:`yoda.save_model`; config must be None). ``yoda.load("yoda", "default")``
+    is the embedded default x4 model (DEFAULT_WEIGHTS, the CLI's ``--model default``): the name "default" always
+    means it, never a file of that name.
     Models come back with their ModelCard (``model.card``), so ``yoda.sample(model, lr)`` needs nothing else.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "yoda" and isinstance(path, str) and path == "default":
+        path = DEFAULT_WEIGHTS
     p = check_path(path)
     if kind == "sr3":
         return load_sr3(p, config)

@@ -516,8 +516,9 @@ class SRDiffAdapter(Adapter):
         s = self.scale
         bounds = (ys.start, ys.stop, xs.start, xs.stop)
         if any(b is None or b % s for b in bounds):
-            raise ValueError(f"tiles: SRDiff windows must start and end on multiples of the scale {s} "
-                             f"(their LR features are cropped), got rows {ys.start}:{ys.stop}, cols {xs.start}:{xs.stop}")
+            raise ValueError(f"windows: SRDiff windows must start and end on multiples of the scale {s} (their LR "
+                             f"features are cropped; give window and overlap multiples of {s}), got rows "
+                             f"{ys.start}:{ys.stop}, cols {xs.start}:{xs.stop}")
         ly, lx = slice(ys.start // s, ys.stop // s), slice(xs.start // s, xs.stop // s)
         return SRDiffCond([f[..., ly, lx] for f in cond.feas], cond.up[..., ys, xs])
 

@@ -205,8 +205,11 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
     A = attention
     if A.dim() == 3:
         A = A.unsqueeze(1)
-    if A.dim() != 4 or A.shape[1] != 1 or A.shape[0] not in (1, B) or A.shape[2] == 0 or A.shape[3] == 0:
-        raise ValueError(f"{src} must be (B, 1, h, w) or (B, h, w) with B = {B} (or 1), got {tuple(attention.shape)}")
+    if A.dim() != 4 or A.shape[1] != 1 or A.shape[2] == 0 or A.shape[3] == 0:
+        raise ValueError(f"{src} must be (B, 1, h, w) or (B, h, w), not empty, got {tuple(attention.shape)}")
+    if A.shape[0] not in (1, B):
+        raise ValueError(f"{src} must have batch size {B} (the lr batch){'' if B == 1 else ' or 1'}, got "
+                         f"{A.shape[0]} (shape {tuple(attention.shape)})")
     if not A.is_floating_point():
         raise TypeError(f"{src} must be a float tensor in [0, 1], got {A.dtype}")
     A = A.detach().to(device=lr.device, dtype=torch.float32)

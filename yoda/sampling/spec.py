@@ -130,7 +130,7 @@ def make_spec(
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
     windows = check_windows(windows, window_batch)
-    kernel_tile = check_tile(kernel_tile)
+    kernel_tile = check_tile(kernel_tile, "kernel_tile")
     bound = K.bind_backend(backend, lr.device)
     seed = resolve_seed(seed)
     sig = plan = None
@@ -165,6 +165,9 @@ def check_lr(lr: Any) -> torch.Tensor:
         raise ValueError(f"lr must be 4-D (B, C, h, w), got shape {tuple(lr.shape)}")
     if not lr.is_floating_point():
         raise TypeError(f"lr must be a float tensor with values in [-1, 1], got {lr.dtype}")
+    if lr.device.type == "meta":  # shapes without values: the value checks below cannot run on it
+        raise ValueError("lr is on the meta device (a shape without values); yoda.sample needs the image: "
+                         "create or load lr on the CPU or a GPU")
     B, C, h, w = lr.shape
     if C not in (1, 3):
         raise ValueError(f"lr must have 3 channels (or 1, repeated to 3), got {C}")
