@@ -145,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("eval", help="PSNR / SSIM / colour shift table, plain vs YODA")
-    p.add_argument("--images", default=None, help="folder of HR PNG/JPEG (default: the held-out set)")
+    p.add_argument("--images", default=None,
+                   help="folder of HR images (default: scikit-image's astronaut, coffee, rocket, chelsea: never "
+                        "trained on, but the CLI's defaults were chosen on them; for a test, give the held-out "
+                        "photographs' folder, `yoda data build`'s heldout/)")
     p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.4, 0.6, 0.8],
                    help="lower bounds l of the YODA rows (default 0.4 0.6 0.8)")
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian"],
@@ -159,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("figures", help="the paper's Fig. 3, 4 and 5 (update ratio, crops, regional error) as PNGs")
-    p.add_argument("--images", default=None, help="folder of HR PNG/JPEG (default: the held-out set)")
+    p.add_argument("--images", default=None,
+                   help="folder of HR images (default: scikit-image's astronaut, coffee, rocket, chelsea: never "
+                        "trained on, but the CLI's defaults were chosen on them; for a test, give the held-out "
+                        "photographs' folder, `yoda data build`'s heldout/)")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian", "sift"],
                    help="attention methods of Fig. 3; the first one is YODA's in Fig. 4 and 5")
