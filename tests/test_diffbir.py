@@ -526,7 +526,9 @@ def test_windows_batch_conds_with_guidance():
     diffusion = StandInDiffusion("v")
     cldm = StandInControlLDM(diffusion)
     lr = _lr(B=1, h=16, w=16)  # latent 8 x 8
-    ad = DiffBIRAdapter(cldm, diffusion, stage1=stage1, cfg_scale=3.0, pos_prompt=POS, neg_prompt=NEG)
+    # latent windows of 4 (the stand-in UNet takes any size; DiffBIR's, latent_multiple 8, would need 8)
+    ad = DiffBIRAdapter(cldm, diffusion, stage1=stage1, cfg_scale=3.0, pos_prompt=POS, neg_prompt=NEG,
+                        latent_multiple=4)
     kw = dict(steps=3, sampler="ddim", seed=1, progress=False, attention="edge", windows=(4, 2))
     with torch.no_grad():
         one = yoda.sample(ad, lr, window_batch=1, **kw)

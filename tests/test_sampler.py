@@ -736,10 +736,40 @@ def test_errors_name_the_argument_the_caller_gave():
     assert run(model, lr_image(B=2), attention=attention_map(B=1), seed=0).shape == (2, 3, 16, 16)  # 1: shared
     with pytest.raises(ValueError, match=r"^lr is on the meta device \(a shape without values\)"):
         yoda.sample(model, lr_image().to("meta"), steps=2, progress=False)
-    ad, _ = _tiny_unet_adapter("srdiff")  # scale 2: a window of 7 ends at 7, off the LR grid
+    ad, _ = _tiny_unet_adapter("srdiff")  # scale 2: windows of 6 every 5 pixels start at 5, off the LR grid
     with pytest.raises(ValueError, match=r"^windows: SRDiff windows must start and end on multiples of the scale 2 "
-                                         r".*give window and overlap multiples of 2\), got rows 0:7, cols 0:7$"):
-        run(ad, lr_image(), windows=(7, 1), seed=0)
+                                         r".*give window and overlap multiples of 2\), got rows 0:6, cols 5:11$"):
+        run(ad, lr_image(), windows=(6, 1), seed=0)
+
+
+def test_windows_must_fit_the_models_size_multiple_before_any_call():
+    """A window narrower than the state is a model input of its own size: one that is not a multiple of the
+    model's size multiple is refused, naming windows, before the model is called (it used to reach the model:
+    silently for a callable, as the UNet's own error at the first step for SR3)."""
+    seen = []
+    f = lambda x, t, c: seen.append(tuple(x.shape)) or torch.zeros_like(x)
+    ad = CallableAdapter(f, prediction="eps", schedule=SCHED, scale=SCALE, multiple=8)
+    with pytest.raises(ValueError, match=r"^windows: the window 12 must be a multiple of 8, the model's size "
+                                         r"multiple on the state grid \(16, 16\), got windows=\(12, 4\)$"):
+        run(ad, lr_image(), windows=(12, 4), seed=0)
+    assert seen == []
+    run(ad, lr_image(), windows=(8, 4), seed=0)  # a multiple: runs, at the window's size
+    assert set(s[-2:] for s in seen) == {(8, 8)}
+    seen.clear()
+    run(ad, lr_image(), windows=(24, 4), seed=0)  # wider than the state: one window, the state's own size
+    assert set(s[-2:] for s in seen) == {(16, 16)}
+
+
+def test_numpy_seed_and_sigmas_are_what_they_hold():
+    """A numpy integer seed and a numpy array of sigmas give the image of the Python int and the torch tensor."""
+    np = pytest.importorskip("numpy")
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    assert torch.equal(run(model, lr_image(), seed=np.int64(7)), run(model, lr_image(), seed=7))
+    sig = [8.0, 2.0, 0.5, 0.1]
+    kw = dict(seed=1, sampler="euler", steps=None)
+    want = run(model, lr_image(), sigmas=torch.tensor(sig), **kw)
+    assert torch.equal(run(model, lr_image(), sigmas=np.array(sig), **kw), want)
+    assert torch.equal(run(model, lr_image(), sigmas=[np.float32(v) for v in sig], **kw), want)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -107,7 +107,9 @@ def sample(
         skip_inactive=False). The adapter must implement crop_cond (and stack_conds, default: concatenation).
     window_batch: the active windows of a step go through the model in batches of this many (None: what fits
         yoda.sampling.tiles.WINDOW_BATCH_BYTES by a fixed activation estimate). Batching does not change the
-        result for a model that treats batch elements independently (bit-identical on the CPU).
+        result for a model whose forward is batch-invariant (bit for bit); CPU convolutions (oneDNN) and matmuls
+        round differently at different batch sizes, about 1e-7 in the model output (README, "Large images"):
+        window_batch=1 gives the one-window-per-call image.
     compile (bool, or a dict of torch.compile kwargs), autocast ("bf16" | "fp16"), channels_last, cuda_graphs
         (CUDA only): speed options of the denoiser's network, not of the fused step (yoda.sampling.speed).
     tile, tiles: deprecated aliases of kernel_tile and windows (DeprecationWarning).

@@ -168,8 +168,20 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None
     noise = check_noise(noise, spec.steps + 1, c)
     w = spec.windows
+    if w is not None:
+        check_window_size(adapter, w.size, w.overlap, c.shape[-2:])
     tiler = Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch) if w is not None else None
     return Run(adapter, spec, lr_state, c, prep.cond, A, stats, noise, tiler)
+
+
+def check_window_size(adapter: Any, window: int, overlap: int, grid) -> None:
+    """A window narrower than the state grid goes through the model at its own size, so it must be a multiple of
+    the model's size multiple on that grid (``latent_multiple`` of a latent adapter, else ``multiple``): a
+    ValueError naming ``windows`` before any denoiser call, not the model's own error at the first step."""
+    m = int(getattr(adapter, "latent_multiple", None) or getattr(adapter, "multiple", 1))
+    if window % m and any(n > window for n in grid):
+        raise ValueError(f"windows: the window {window} must be a multiple of {m}, the model's size multiple on the "
+                         f"state grid {tuple(grid)}, got windows=({window}, {overlap})")
 
 
 def x0_hat(x: torch.Tensor, pred: torch.Tensor, ab_t: float, prediction: str, clip: bool) -> torch.Tensor:

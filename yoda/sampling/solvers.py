@@ -57,8 +57,10 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 from typing import Any, NamedTuple, Optional, Sequence
 
+import numpy as np
 import torch
 
 from yoda_kernels.contract import CombineCoefs
@@ -221,11 +223,13 @@ def diffbir_sigmas(steps: int, schedule: Schedule) -> tuple[float, ...]:
 
 
 def _sequence(sigmas: Any) -> list[float]:
+    if isinstance(sigmas, np.ndarray):  # a numpy array reads as the tensor it holds
+        sigmas = torch.from_numpy(sigmas)
     if isinstance(sigmas, torch.Tensor):
         if sigmas.dim() != 1:
             raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
         sigmas = sigmas.detach().to("cpu", torch.float64).tolist()
-    if not isinstance(sigmas, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+    if not isinstance(sigmas, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, numbers.Real)
                                                     for v in sigmas):
         raise TypeError(f"sigmas must be None, one of {SIGMA_SCHEDULES} or a sequence of floats, got "
                         f"{type(sigmas).__name__}")

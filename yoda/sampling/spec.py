@@ -11,6 +11,7 @@ and timesteps= of None take the adapter's solver_sigmas / solver_timesteps (None
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -232,9 +233,9 @@ def resolve_seed(seed: Any) -> int:
     if seed is None:
         # drawn from torch's default generator, so torch.manual_seed(...) reproduces the image
         return int(torch.randint(0, 2**32, (1,), dtype=torch.int64).item())
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= K.philox.MAX_SEED:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= K.philox.MAX_SEED:
         raise ValueError(f"seed must be an int in [0, 2**32 - 1] or None, got {seed!r}")
-    return seed
+    return int(seed)  # numpy integers too
 
 
 def all_finite(x: torch.Tensor) -> bool:
