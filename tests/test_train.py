@@ -334,3 +334,123 @@ def test_resume_loads_no_code(tmp_path, img_folder):
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
     assert not (tmp_path / "pwned").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config values checked where the JSON is read (types, scales, the decay), resume past the end, TRAINING.md
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("section, key, value, message", [
+    ("loss", "mask_input", "false", "loss.mask_input must be true or false, got 'false'"),  # a truthy string
+    ("data", "flips", "no", "data.flips must be true or false, got 'no'"),
+    (None, "batch", "2", "batch must be an int, got '2'"),
+    (None, "batch", 2.7, "batch must be an int, got 2.7"),  # not "2.7 is not divisible by 1 process"
+    (None, "steps", True, "steps must be an int, got True"),
+    ("data", "scale", 4.0, "data.scale must be an int, got 4.0"),
+    (None, "lr", "0.001", "lr must be a number, got '0.001'"),
+    (None, "ema_decay", "0.99", "ema_decay must be a number, got '0.99'"),
+    ("loss", "lower_bound", "0.6", "loss.lower_bound must be a number, got '0.6'"),
+    ("loss", "noise_level", 1, "loss.noise_level must be a string or null, got 1"),
+    (None, "betas", 0.9, "betas must be a list of 2 items, each a number, got 0.9"),
+    (None, "betas", [0.9, "0.999"], "betas must be a list of 2 items, each a number, got [0.9, '0.999']"),
+    (None, "model", "sr3", "model must be a JSON object, got 'sr3'"),
+    (None, "data", [], "data must be a JSON object, got []"),
+    (None, "name", 3, "name must be a string, got 3"),
+])
+def test_config_refuses_json_values_of_the_wrong_type(img_folder, section, key, value, message):
+    d = json.loads(tiny_config(img_folder).to_json())
+    (d if section is None else d[section])[key] = value
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict(d)
+    assert str(e.value) == message
+
+
+def test_config_takes_json_ints_for_numbers_and_null_for_optional(img_folder):
+    d = json.loads(tiny_config(img_folder).to_json())
+    d.update(lr=1, betas=[0, 1], ema_decay=0)
+    d["loss"].update(lower_bound=1, noise_level=None)
+    cfg = TrainConfig.from_dict(d)
+    assert (cfg.lr, cfg.betas, cfg.ema_decay, cfg.loss.lower_bound, cfg.loss.noise_level) == \
+        (1, (0.0, 1.0), 0, 1.0, "continuous")
+
+
+def test_cli_says_a_wrong_config_type_in_one_line(tmp_path, img_folder, capsys):
+    from yoda.cli import main
+
+    d = json.loads(tiny_config(img_folder).to_json())
+    d["loss"]["mask_input"] = "false"
+    (tmp_path / "c.json").write_text(json.dumps(d))
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o"), "-q"]) == 2
+    assert capsys.readouterr().err == "yoda: error: loss.mask_input must be true or false, got 'false'\n"
+    assert not (tmp_path / "o").exists()
+    d["loss"]["mask_input"], d["seed"] = True, "0"  # a config key is named as in the config, not as an option
+    (tmp_path / "c.json").write_text(json.dumps(d))
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o"), "-q"]) == 2
+    assert capsys.readouterr().err == "yoda: error: seed must be an int, got '0'\n"
+
+
+def test_config_refuses_a_model_scale_other_than_the_data_scale(img_folder):
+    d = json.loads(tiny_config(img_folder).to_json())
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict(dict(d, model=dict(TINY_MODEL, scale=2)))
+    assert str(e.value) == ("model.scale (2) and data.scale (4) must be equal: the model file would say x2 but be "
+                            "trained on x4 LR images")
+    assert TrainConfig.from_dict(dict(d, model=dict(TINY_MODEL, scale=None))).model["scale"] is None  # unknown
+    # SRDiff's scale is sr_scale, 4 unless given
+    srdiff = {"kind": "srdiff", "hidden_size": 8, "dim_mults": [1, 2], "rrdb_num_block": 2, "rrdb_num_feat": 8}
+    res = dict(loss={"space": "residual"}, data=dict(d["data"], scale=2))
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict(dict(d, model=srdiff, **res))
+    assert str(e.value).startswith("model.sr_scale (4) and data.scale (2) must be equal")
+    assert TrainConfig.from_dict(dict(d, model=dict(srdiff, sr_scale=2), **res)).data.scale == 2
+
+
+def test_config_refuses_a_decay_that_starts_at_or_after_the_end(img_folder):
+    for decay_from in (10, 3):
+        with pytest.raises(ValueError) as e:
+            tiny_config(img_folder, steps=3, decay_from=decay_from)
+        assert str(e.value) == (f"decay_from ({decay_from}) must be below steps (3), the step at which the learning "
+                                f"rate has decayed to 0 (decay_from 0: no decay)")
+    cfg = tiny_config(img_folder, steps=3, decay_from=0)  # 0: no decay
+    with pytest.raises(ValueError, match=r"decay_from \(10\) must be below steps \(3\)"):
+        cfg.replace(decay_from=10)  # what yoda train --steps 3 --decay-from 10 does
+    assert cfg.replace(decay_from=2).decay_from == 2
+
+
+def test_train_main_refuses_a_checkpoint_past_the_steps_and_records_the_flips(tmp_path, img_folder):
+    from yoda.training import train_main
+
+    path, out = tmp_path / "c.json", str(tmp_path / "run")
+    path.write_text(tiny_config(img_folder, data=dict(tiny_config(img_folder).to_dict()["data"], flips=False),
+                                steps=2, ckpt_every=0).to_json())
+    assert train_main(str(path), out, device="cpu", progress=False)["steps"] == 2
+    record = (tmp_path / "run" / "TRAINING.md").read_text()
+    assert ", random 16x16 HR crops without flips, LR = " in record and "with flips" not in record
+    weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError) as e:
+        train_main(str(path), out, steps=1, device="cpu", progress=False)
+    assert str(e.value) == f"the checkpoint in {out} is at step 2, past --steps 1: nothing to train (give more " \
+                           f"steps, or another --out)"
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights  # nothing exported again
+    path.write_text(tiny_config(img_folder, steps=1).to_json())
+    train_main(str(path), str(tmp_path / "flips"), device="cpu", progress=False)
+    assert ", random 16x16 HR crops with flips, LR = " in (tmp_path / "flips" / "TRAINING.md").read_text()
+
+
+def test_trainer_refuses_held_out_scikit_image_files(tmp_path, img_folder):
+    """A data folder holding a held-out scikit-image picture (by file stem) is refused, naming the file:
+    TRAINING.md says the model never saw them."""
+    from yoda.data import HELD_OUT, DataError
+    from yoda.photos import HELD_OUT_PHOTOS
+    from yoda.training.trainer import check_train_images
+
+    bad = os.path.join(img_folder, "astronaut.png")
+    os.rename(os.path.join(img_folder, "im1.png"), bad)
+    with pytest.raises(DataError) as e:
+        Trainer(tiny_config(img_folder), str(tmp_path / "run"), device="cpu", progress=False)
+    assert str(e.value) == (f"held-out scikit-image images may not be used for training: {bad} (yoda.data.HELD_OUT: "
+                            f"{', '.join(HELD_OUT)}; they are for evaluation)")
+    with pytest.raises(DataError, match=r"training: d/Cat\.JPG \("):  # chelsea's other name, any case
+        check_train_images(["d/im.png", "d/Cat.JPG"])
+    with pytest.raises(DataError, match="held-out photographs"):  # and still the photographs
+        check_train_images([f"d/{HELD_OUT_PHOTOS[0]}.png"])
+    check_train_images(["d/im0.png", "camera"])

@@ -523,7 +523,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"yoda: internal error: {type(e).__name__} (a bug in yoda, or in code it ran; the traceback is "
                   "above)", file=sys.stderr)
             return 1
-        print(f"yoda: error: {_one_line(e)}", file=sys.stderr)
+        print(f"yoda: error: {_one_line(e, options=a.cmd != 'train')}", file=sys.stderr)
         return 2
 
 
@@ -533,7 +533,9 @@ _OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", 
               "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale"}
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line(e: BaseException, options: bool = True) -> str:
+    """The message of ``e`` on one line; ``options``: a leading library argument name becomes its option's (not
+    for train, whose config keys share those names)."""
     pkg = _missing_package(e)
     if pkg is not None:
         return f"this needs the Python package {pkg!r}, which is not installed ({e})"
@@ -542,7 +544,7 @@ def _one_line(e: BaseException) -> str:
         return type(e).__name__
     line = msg.splitlines()[0]
     name = re.match(r"\w+(?=[ :])", line)
-    if name and name.group() in _OPTION_OF:
+    if options and name and name.group() in _OPTION_OF:
         return _OPTION_OF[name.group()] + line[name.end():]
     return line[len("path: "):] if line.startswith("path: ") else line  # read_image's argument: the file follows
 

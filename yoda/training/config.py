@@ -1,7 +1,8 @@
 """The JSON schema of a training run: TrainConfig (saved next to the weights, in config.json and in every
 checkpoint) and LossConfig, the switches of the loss of DESIGN.md §7.
 
-Both are frozen dataclasses round-tripped through JSON (to_dict / from_dict); unknown keys are refused. A
+Both are frozen dataclasses round-tripped through JSON (to_dict / from_dict); unknown keys and values of the
+wrong JSON type (checked against the field types, data.* included) are refused, naming the key. A
 resumed run must have the config it was started with (Trainer.load_checkpoint compares them), so the field
 names and their JSON forms are a file format: change them only with a migration.
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from yoda_kernels.contract import PREDICTIONS
 
@@ -102,7 +104,7 @@ class TrainConfig:
     batch: int = 16
     steps: int = 1000
     lr: float = 1e-4  # learning rate of AdamW
-    betas: tuple = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup: int = 0  # linear learning-rate warm-up steps
     decay_from: int = 0  # linear learning-rate decay from this step to 0 at `steps` (0: constant after warm-up)
@@ -126,6 +128,9 @@ class TrainConfig:
         for name in ("warmup", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.decay_from and self.decay_from >= self.steps:  # the decay would start after the run's end
+            raise ValueError(f"decay_from ({self.decay_from}) must be below steps ({self.steps}), the step at which "
+                             f"the learning rate has decayed to 0 (decay_from 0: no decay)")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
@@ -138,6 +143,13 @@ class TrainConfig:
         if space is not None and space != self.loss.space:
             raise ValueError(f"model.kind {self.model['kind']!r} is trained in the {space} space, but loss.space "
                              f"is {self.loss.space!r}")
+        # the model's own scale (SR3Config.scale, None: unknown; SRDiffConfig.sr_scale, default 4) is what the
+        # exported file says it upscales by; the model card says data.scale: both must be the scale it learnt
+        key = "sr_scale" if space == "residual" else "scale"
+        scale = self.model.get(key, 4 if space == "residual" else None)
+        if space is not None and scale is not None and scale != self.data.scale:
+            raise ValueError(f"model.{key} ({scale!r}) and data.scale ({self.data.scale}) must be equal: the model "
+                             f"file would say x{scale} but be trained on x{self.data.scale} LR images")
         k = self.model.get("res_rescale", 2.0) if space == "residual" else None
         if k is not None and float(k) != float(self.loss.residual_scale):
             # the exported model decodes with model.res_rescale: both must be the k the model was trained with
@@ -185,10 +197,44 @@ class TrainConfig:
 
 
 def _from_dict(cls, d: dict, what: str):
+    """``cls(**d)`` for the JSON object ``d`` of the section ``what`` ("config" for the top level, "data",
+    "loss"): unknown keys and values of the wrong JSON type are refused, naming the key."""
     if not isinstance(d, dict):
         raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"unknown key(s) in {what}: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        if not _json_type_ok(value, hints[name]):
+            key = name if what == "config" else f"{what}.{name}"
+            raise ValueError(f"{key} must be {_json_type_name(hints[name])}, got {value!r}")
     return cls(**d)
+
+
+def _json_type_ok(value, tp) -> bool:
+    """Whether the JSON value ``value`` has the field type ``tp``: a bool is a JSON bool (Python would take
+    "false" as true), an int an int and not a bool, a float any number, a tuple a list of its element types,
+    a nested config (DataConfig, LossConfig) an object, Optional[X] X or null."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is Union:
+        return any(_json_type_ok(value, a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return (isinstance(value, (list, tuple)) and len(value) == len(args)
+                and all(_json_type_ok(v, a) for v, a in zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, (dict, tp))
+    if tp in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if tp is float else tp)
+
+
+def _json_type_name(tp) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is Union:
+        return " or ".join(_json_type_name(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {len(args)} items, each {_json_type_name(args[0])}"
+    names = {bool: "true or false", int: "an int", float: "a number", str: "a string", type(None): "null"}
+    return names.get(tp, "a JSON object")

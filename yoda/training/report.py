@@ -65,7 +65,8 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         "",
         f"- command: `{command or 'yoda train --config ' + config_path + ' --out ' + out}`",
         f"- config: `{config_path}` (copied to config.json; also stored in the weights' metadata)",
-        f"- data: {_describe_source(cfg.data.source)}, random {cfg.data.crop}x{cfg.data.crop} HR crops with flips, "
+        f"- data: {_describe_source(cfg.data.source)}, random {cfg.data.crop}x{cfg.data.crop} HR crops "
+        f"{'with' if cfg.data.flips else 'without'} flips, "
         f"LR = yoda.data.make_lr (x{cfg.data.scale} torch bicubic, antialias, 8-bit); never trained on: "
         f"{', '.join(_data.HELD_OUT)} (scikit-image) and {', '.join(HELD_OUT_PHOTOS)} (yoda.photos)",
         f"- loss: {cfg.loss}",
@@ -116,6 +117,10 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
         with process_group(ranks, rank_device(resolve_device(device), ranks)):
             tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
             start_step = tr.step
+            if start_step > cfg.steps:  # run() would train nothing and export the checkpoint's weights again
+                told = f"--steps {steps}" if steps is not None else f"the config's steps ({cfg.steps})"
+                raise ValueError(f"the checkpoint in {out} is at step {start_step}, past {told}: nothing to train "
+                                 f"(give more steps, or another --out)")
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
             if ranks.main:
                 record = training_record(cfg, tr, config_path=config_path, out=out, command=command,

@@ -37,6 +37,18 @@ from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensor
 CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")  # "lr": the learning rate
 
 
+def check_train_images(names) -> None:
+    """DataError if any of the training images ``names`` (file paths or names) is held out for evaluation: a
+    scikit-image held-out image (yoda.data.HELD_OUT or "cat", by file stem, e.g. DIR/train/astronaut.png) or a
+    held-out photograph (yoda.photos.check_not_held_out). TRAINING.md says the model never saw them."""
+    held = set(_data.HELD_OUT) | set(_data._HELD_OUT_ALIASES)
+    bad = [str(n) for n in names if os.path.splitext(os.path.basename(str(n)))[0].lower() in held]
+    if bad:
+        raise _data.DataError(f"held-out scikit-image images may not be used for training: {', '.join(bad)} "
+                              f"(yoda.data.HELD_OUT: {', '.join(_data.HELD_OUT)}; they are for evaluation)")
+    check_not_held_out(names)
+
+
 class Trainer:
     """Train ``cfg`` into the folder ``out``.
 
@@ -66,7 +78,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         train_images = _data.load_source(cfg.data.source, cfg.data.crop)
-        check_not_held_out(n for n, _ in train_images)
+        check_train_images([n for n, _ in train_images])
         self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips)
         self.val_hr = None
         if cfg.val_every and cfg.data.val_crops:
