@@ -84,8 +84,8 @@ MUTANTS = [
            ("tests/test_models.py", "-k", "sr3_upstream_checkpoint"),
            "upstream *_gen.pth keys keep a leading '.'"),
     Mutant("sr3-strict", "yoda/models/sr3_load.py",
-           '    load_state_dict_checked(net, sd, p, hint="For SR3 pass config= the JSON the model was trained with "\n'
-           '                            "(default: the 16->128 config).")\n',
+           '    load_state_dict_checked(net, sd, p, hint="For SR3 pass the JSON the model was trained with "\n'
+           '                            "(yoda.load\'s config=, the CLI\'s --model-config; default: the 16->128 config).")\n',
            "    net.load_state_dict(sd, strict=False)\n",
            ("tests/test_checkpoint.py",),
            "SR3 weights loaded non-strictly: missing / unexpected keys pass silently"),
@@ -130,8 +130,8 @@ MUTANTS = [
            ("tests/test_evaluate.py", "-k", "rows_and_table"),
            "the 'yoda' rows of yoda eval are plain samples (the test checked labels and call counts)"),
     Mutant("callback-x0-prediction", "yoda/sampling/prepare.py",
-           '"x0_hat": x0_hat(x, pred, ab_t, self.adapter.prediction, self.spec.clip)',
-           '"x0_hat": x0_hat(x, pred, ab_t, "eps", self.spec.clip)',
+           '"x0_hat": (x0_hat(x, pred, ab_t, self.adapter.prediction, self.spec.clip) if extra is None',
+           '"x0_hat": (x0_hat(x, pred, ab_t, "eps", self.spec.clip) if extra is None',
            ("tests/test_sampler.py", "-k", "callback"),
            "the callback's x0_hat assumes an eps model (the test compared x0_hat with the last state only)"),
     # ---- issue 14 (solvers, masked_combine, guidance) and the learning-rate decay ------------------------------

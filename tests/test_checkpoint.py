@@ -16,6 +16,7 @@ import yoda
 from yoda.adapters import as_adapter
 from yoda.checkpoint import CheckpointError
 from yoda.models import ModelCard, SR3Config, SR3UNet, SRDiff, SRDiffConfig, save_model
+from yoda.models.srdiff import srdiff_beta_schedule
 from yoda.models.srdiff_load import fold_weight_norm, srdiff_config_from_state_dict
 from yoda.models.sr3 import SR3_DIFFUSION_BUFFERS
 from yoda.schedule import Schedule
@@ -98,6 +99,31 @@ def test_srdiff_upstream_ckpt_nesting_and_inferred_config(tmp_path):
                                            "rrdb_num_feat": 8, "sr_scale": 4, "timesteps": 12, "use_attn": True,
                                            "up_input": True, "lr": 2e-4})
     assert torch.equal(_srdiff_out(got2), _srdiff_out(m))
+
+
+def test_srdiff_config_dict_refuses_unknown_keys(tmp_path):
+    """A dict config used to skip every unknown key, so a misspelled field silently kept its default (a cosine T=100
+    card for timestep=1000, beta_schedul="linear"). It takes SRDiffConfig fields and upstream's other hparams keys
+    (skipped, as the YAML path skips them); any other key is refused by name."""
+    m = _srdiff(beta_schedule="linear")
+    p = tmp_path / "model_ckpt_steps_5.ckpt"
+    torch.save({"state_dict": {"model": {**m.state_dict(), **_bufs(m.schedule)}}}, p)
+    fields = dict(hidden_size=8, dim_mults=[1, 2, 3], rrdb_num_block=3, rrdb_num_feat=8, sr_scale=4)
+    with pytest.raises(ValueError, match=r"SRDiffConfig: unknown keys \['beta_schedul', 'timestep'\]; known: "):
+        yoda.load("srdiff", p, config={**fields, "timestep": 12, "beta_schedul": "linear"})
+    got = yoda.load("srdiff", p, config={**fields, "timesteps": 12, "beta_schedule": "linear"})
+    assert got.card.schedule == m.schedule and torch.equal(_srdiff_out(got), _srdiff_out(m))
+    # upstream's hparams (configs/diffsr_df2k4x.yaml and its chain, set_hparams' own keys) load as before ...
+    hparams = {**fields, "timesteps": 12, "beta_schedule": "linear", "unet_dim_mults": "1|2|3", "base_config":
+               ["./diffsr_base.yaml", "./df2k4x.yaml"], "trainer_cls": "tasks.srdiff_df2k.SRDiffDf2k", "lr": 2e-4,
+               "batch_size": 64, "max_updates": 400000, "res": True, "use_wn": False, "gn_groups": 0,
+               "pred_noise": True, "binary_data_dir": "data/binary/df2k4x", "crop_size": 320, "work_dir": "",
+               "exp_name": "srdiff_df2k4x", "infer": True}
+    del hparams["dim_mults"]
+    assert yoda.load("srdiff", p, config=hparams).card.schedule == m.schedule
+    # ... but a key of neither kind is still a typo
+    with pytest.raises(ValueError, match=r"unknown keys \['beta_schedul'\]; .* and upstream's hparams"):
+        yoda.load("srdiff", p, config={**hparams, "beta_schedul": "cosine"})
 
 
 def test_srdiff_yaml_config_chain(tmp_path):
@@ -219,6 +245,26 @@ def test_key_and_shape_errors_are_listed(tmp_path):
     # a checkpoint of another architecture than the default config says so and hints at config=
     with pytest.raises(CheckpointError, match="config="):
         yoda.load("sr3", p)
+    # weights that fit but hold NaN are corrupt: no config can help, so no advice to pass one
+    with pytest.raises(CheckpointError) as e:
+        yoda.load("sr3", p, config=CFG)
+    assert str(e.value) == (f"{p}: the weights are corrupt: tensors with NaN/Inf: 'downs.0.bias' (a damaged file or "
+                            "a diverged training run; use another checkpoint)")
+    # a layout problem next to the NaN keeps the hint and still names the NaN tensor
+    bad.pop("final_conv.block.3.weight")
+    torch.save(bad, p)
+    with pytest.raises(CheckpointError, match=r"do not fit SR3UNet: missing keys: 'final_conv\.block\.3\.weight' \| "
+                                              r"tensors with NaN/Inf: 'downs\.0\.bias'\. For SR3 pass the JSON"):
+        yoda.load("sr3", p, config=CFG)
+    m = _srdiff()
+    sd = {**m.state_dict(), **_bufs(m.schedule)}
+    sd["rrdb.conv_first.weight"] = sd["rrdb.conv_first.weight"].clone().index_fill_(0, torch.tensor([1]),
+                                                                                  float("inf"))
+    torch.save({"state_dict": {"model": sd}}, p)
+    with pytest.raises(CheckpointError) as e:
+        yoda.load("srdiff", p)
+    assert str(e.value) == (f"{p}: the weights are corrupt: tensors with NaN/Inf: 'rrdb.conv_first.weight' (a damaged "
+                            "file or a diverged training run; use another checkpoint)")
     with pytest.raises(TypeError, match="config"):
         yoda.load("sr3", p, config=3.5)
 
@@ -284,6 +330,31 @@ def test_yoda_format_round_trip_srdiff(tmp_path):
     assert isinstance(got, SRDiff) and got.config == m.config and got.card.schedule == m.schedule
     assert (got.card.scale, got.card.space) == (4, "residual")
     assert torch.equal(_srdiff_out(got), _srdiff_out(m))
+
+
+def test_srdiff_schedule_is_the_cards(tmp_path):
+    """A yoda-trained SRDiff keeps SRDiffConfig's upstream schedule fields at their defaults (cosine, T=100) and
+    samples with its card's schedule: ``net.schedule`` said cosine T=100 for the embedded model, whose card (what
+    sampling uses) is linear T=1000. It is now the card's schedule whenever a card is set."""
+    m = _srdiff()
+    assert m.card is None and m.schedule == srdiff_beta_schedule(m.config)  # no card: upstream's, from the config
+    p = tmp_path / "m.safetensors"
+    save_model(m, p, schedule=Schedule.linear(20))
+    got = yoda.load("yoda", p)
+    assert got.config.timesteps == 12 and got.schedule == got.card.schedule == Schedule.linear(20)
+    assert as_adapter(got).schedule == Schedule.linear(20)
+    got.card = None
+    assert got.schedule == srdiff_beta_schedule(got.config)
+    net = yoda.load("yoda", "default")
+    assert (net.config.timesteps, net.config.beta_schedule) == (100, "cosine")  # upstream's fields, unused
+    assert net.schedule == net.card.schedule == as_adapter(net).schedule and net.schedule.T == 1000
+    assert torch.equal(net.schedule.betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    # the embedded model samples in its weights' dtype too (float32 embedding cast to the mlp's dtype)
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    a = yoda.sample(net, lr, steps=1, sampler="ddim", seed=0, progress=False)
+    d = yoda.sample(net.double(), lr.double(), steps=1, sampler="ddim", seed=0, progress=False)
+    # float32 rounding only: an x0 model, so no 1 / sqrt(alpha_bar) amplification; seeds 0..4 measured up to 5.1e-7
+    assert d.dtype == torch.float64 and (a.double() - d).abs().max() < 1e-5
 
 
 def test_yoda_format_errors_leave_nothing_behind(tmp_path, monkeypatch):

@@ -130,3 +130,23 @@ def test_a_newcomer_finds_it_from_the_folder_names(where):
             "loaders": "yoda/models/loading.py", "sampler loop": "yoda/sampling/loop.py",
             "kernel contract": "yoda_kernels/contract.py"}[where]
     assert os.path.isfile(os.path.join(ROOT, path))
+
+
+def test_every_mutant_still_finds_its_code():
+    """benchmarks/mutants.py changes one snippet per mutant; a snippet that no longer occurs exactly once (the
+    code was edited since) would stop the mutation check. Checked here, where every run sees it."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("_mutants", os.path.join(ROOT, "benchmarks", "mutants.py"))
+    mutants = sys.modules["_mutants"] = importlib.util.module_from_spec(spec)  # its dataclass looks itself up
+    try:
+        spec.loader.exec_module(mutants)
+    finally:
+        del sys.modules["_mutants"]
+    stale = []
+    for m in mutants.MUTANTS:
+        with open(os.path.join(ROOT, m.file), encoding="utf-8") as f:
+            if f.read().count(m.old) != 1:
+                stale.append(m.name)
+    assert stale == []

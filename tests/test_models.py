@@ -326,6 +326,35 @@ def test_srdiff_embeddings_and_attention_known_math():
     assert torch.allclose(la(x), ref, atol=1e-5, rtol=0)
 
 
+def test_srdiff_runs_in_its_weights_dtype():
+    """SRDiff in float64 / bfloat16 crashed ("mat1 and mat2 must have the same dtype"): the float32 time embedding
+    met the mlp in the weights' dtype. It is still computed in float32, then cast to the mlp's dtype."""
+    m = _tiny_srdiff(use_attn=True, up_input=True)
+    lr = _lr(1, 8, 8)
+    t = torch.tensor([7, 999])
+    half = 8 // 2  # upstream SinusoidalPosEmb.forward (models/commons.py), on int64 t
+    w = torch.exp(torch.arange(half) * -(math.log(10000) / (half - 1)))
+    want = torch.cat(((t[:, None] * w[None, :]).sin(), (t[:, None] * w[None, :]).cos()), dim=-1)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        net = copy.deepcopy(m).to(dtype)
+        seen = []
+        net.denoise_fn.mlp.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+        x = torch.randn(2, 3, 16, 16, dtype=dtype)
+        with torch.no_grad():
+            out = net(x, t, net.rrdb.features(torch.cat([lr, lr]).to(dtype)), x)
+        # float32: upstream's embedding bit for bit (the cast is a no-op, so the float32 forward is unchanged)
+        assert out.dtype == dtype and seen[0].dtype == dtype and torch.equal(seen[0], want.to(dtype))
+    a = sample(m, lr, attention="edge", steps=3, sampler="ddim", seed=4, progress=False)
+    d = sample(copy.deepcopy(m).double(), lr.double(), attention="edge", steps=3, sampler="ddim", seed=4,
+               progress=False)
+    b = sample(copy.deepcopy(m).bfloat16(), lr, attention="edge", steps=3, sampler="ddim", seed=4, progress=False)
+    # float64 is the reference of the float32 run: the eps of the two nets differ by ~1e-7 (float32 rounding),
+    # DDIM's x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) amplifies that by 1 / sqrt(ab) ~ 30 at the first step; over
+    # seeds 0..5 measured up to 3.8e-6, so 1e-4. bfloat16 (8-bit mantissa) measured up to 0.09 (seeds 0..5).
+    assert d.dtype == torch.float64 and (a.double() - d).abs().max() < 1e-4
+    assert b.dtype == torch.float32 and torch.isfinite(b).all() and (a - b).abs().max() < 0.25
+
+
 def test_rrdb_features_and_scales():
     torch.manual_seed(0)
     r = RRDBNet(3, 3, 8, 5, 4, sr_scale=4)
@@ -457,6 +486,17 @@ def test_latent_adapter_prepare_decode_and_pooling():
     bad = LatentAdapter(lambda x: x[..., ::4, ::4], tl.dec, tl.denoise, Schedule.linear(10), scale=2)
     with pytest.raises(ValueError, match="encode must return"):
         bad.prepare(lr)
+    # decode's output was cropped without a check: a decoder returning the latent itself gave a (1, 3, 12, 16)
+    # "SR" of a 24x32 LR at scale 4 without any error
+    enc = lambda x: F.avg_pool2d(x, 8).repeat(1, 2, 1, 1)[:, :4]  # noqa: E731
+    lr = _lr(1, 24, 32)
+    for dec, got in ((lambda z: z[:, :3], r"\(1, 3, 12, 16\) torch.float32"),
+                     (lambda z: tl.dec(z).to(torch.int64), r"\(1, 3, 96, 128\) torch.int64"),
+                     (lambda z: None, "NoneType")):
+        ad = LatentAdapter(enc, dec, lambda z, t, c: torch.zeros_like(z), Schedule.linear(10))
+        with pytest.raises(ValueError, match=r"decode must return a floating tensor of shape \(1, 3, 96, 128\) "
+                                             r"for the latent \(1, 4, 12, 16\) and latent_factor 8, got " + got):
+            sample(ad, lr, steps=2, progress=False)
 
 
 # ==========================================================================================================

@@ -124,7 +124,9 @@ def load_state_dict_checked(module: nn.Module, sd: Mapping[str, Any], where: str
 def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint: str = "") -> None:
     """The check of :func:`load_state_dict_checked` alone: CheckpointError listing missing / unexpected keys,
     non-tensor values, shape mismatches and tensors with NaN/Inf. ``module`` may live on the meta device (only
-    its keys and shapes are read), so a declared architecture is checked before anything is allocated."""
+    its keys and shapes are read), so a declared architecture is checked before anything is allocated. ``hint``
+    (which config or layout the weights need) is added only to those layout problems: weights that fit but hold
+    NaN/Inf are reported as corrupt, without it."""
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -143,11 +145,14 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
     if shapes:
         problems.append("shape mismatches: " + "; ".join(shapes[:_SHOW])
                         + (f"; ... ({len(shapes)} in all)" if len(shapes) > _SHOW else ""))
-    if nonfinite:
-        problems.append(f"tensors with NaN/Inf: {fmt_keys(nonfinite)}")
-    if problems:
+    if problems:  # a layout or architecture problem: the hint (which config, which file) may help
+        if nonfinite:
+            problems.append(f"tensors with NaN/Inf: {fmt_keys(nonfinite)}")
         raise CheckpointError(f"{where}: the weights do not fit {type(module).__name__}: " + " | ".join(problems)
                               + (f". {hint}" if hint else ""))
+    if nonfinite:  # the layout fits: no config can help, the values themselves are broken
+        raise CheckpointError(f"{where}: the weights are corrupt: tensors with NaN/Inf: {fmt_keys(nonfinite)} "
+                              f"(a damaged file or a diverged training run; use another checkpoint)")
 
 
 def as_state_dict(obj: Any, where: str) -> Dict[str, Any]:

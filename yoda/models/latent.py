@@ -12,8 +12,10 @@ the noised encoding of the stage-1 image:
            active as soon as any (max) / the average (area) of its HR pixels is.
 
 :class:`LatentAdapter` takes the three callables; :func:`from_diffusers` builds them from a diffusers
-``UNet2DModel`` (conditioned by channel concatenation cat(z_t, c), as LDM-SR / SD-x4-upscaler do),
-an ``AutoencoderKL`` and a scheduler config.
+``UNet2DModel`` with in_channels = 2 * latent_channels whose input is cat(z_t, c), c the ``AutoencoderKL``
+encoding of the upsampled (or stage-1) image, and a scheduler config. Diffusers' released SR models are not
+of this form and do not load: LDM-SR (LDMSuperResolutionPipeline) has a VQModel and concatenates the LR pixels,
+the SD x4 upscaler is a text-conditioned UNet2DConditionModel on cat(z_t, LR pixels) (4 + 3 channels).
 """
 
 from __future__ import annotations
@@ -115,8 +117,17 @@ class LatentAdapter(Adapter):
         return self._denoise(x_t, t, cond.c)
 
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: LatentCond) -> torch.Tensor:
+        """decode(x0) must be the padded image (B, 3, f h', f w') of the latent (B, C', h', w'), cropped here to the
+        HR size: a wrong decoder would otherwise give an image of another size without any error."""
         H, W = cond.size
-        return self._decode(x0)[..., :H, :W].clamp(-1.0, 1.0)
+        img = self._decode(x0)
+        f = self.latent_factor
+        want = (x0.shape[0], 3, x0.shape[-2] * f, x0.shape[-1] * f)
+        if not isinstance(img, torch.Tensor) or not img.is_floating_point() or tuple(img.shape) != want:
+            got = f"{tuple(img.shape)} {img.dtype}" if isinstance(img, torch.Tensor) else type(img).__name__
+            raise ValueError(f"decode must return a floating tensor of shape {want} for the latent "
+                             f"{tuple(x0.shape)} and latent_factor {f}, got {got}")
+        return img[..., :H, :W].clamp(-1.0, 1.0)
 
     def crop_cond(self, cond: LatentCond, ys: slice, xs: slice) -> LatentCond:
         return LatentCond(cond.c[..., ys, xs], cond.size)
@@ -164,9 +175,11 @@ def schedule_from_diffusers(config: dict) -> Tuple[Schedule, str]:
 def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4,
                    stage1: Optional[Callable] = None, pool: str = "max", sample_latent: bool = False) -> LatentAdapter:
     """LatentAdapter for a diffusers ``UNet2DModel`` (in_channels = 2 * latent channels: the input is
-    cat(z_t, c)) and ``AutoencoderKL``: encode(x) = vae.encode(x).latent_dist.mode() * scaling_factor
-    (the mean, so that c is deterministic; ``sample_latent`` draws instead), decode(z) =
-    vae.decode(z / scaling_factor).sample. latent_factor = 2 ** (len(vae block_out_channels) - 1)."""
+    cat(z_t, c), c the VAE encoding of the upsampled or stage-1 image) and ``AutoencoderKL``: encode(x) =
+    vae.encode(x).latent_dist.mode() * scaling_factor (the mean, so that c is deterministic; ``sample_latent``
+    draws instead), decode(z) = vae.decode(z / scaling_factor).sample. latent_factor = 2 ** (len(vae
+    block_out_channels) - 1). Only such a model loads: not LDM-SR (a VQModel, conditioned on the LR pixels) nor
+    the SD x4 upscaler (a UNet2DConditionModel with text and noise-level conditioning on cat(z_t, LR pixels))."""
     from diffusers import AutoencoderKL, UNet2DModel  # optional dependency, imported on use
 
     if not isinstance(unet, UNet2DModel):

@@ -44,7 +44,9 @@ __all__ = ["SRDiffConfig", "SRDiff", "SRDiffAdapter", "RRDBNet", "Unet", "srdiff
 class SRDiffConfig:
     """SRDiff hyper-parameters (upstream hparams names; ``dim_mults`` is upstream's ``unet_dim_mults``
     "1|2|2|4"). Defaults: configs/diffsr_base.yaml with sr_scale 4 (df2k4x uses dim_mults 1|2|3|4,
-    CelebA sr_scale 8)."""
+    CelebA sr_scale 8). timesteps, beta_schedule, beta_s and beta_end describe upstream's schedule: a model with a
+    ModelCard (every model yoda.load returns) samples with the card's, which ``SRDiff.schedule`` returns; a model
+    trained by yoda keeps their defaults (its schedule, any betas, is in its card)."""
 
     hidden_size: int = 64
     dim_mults: Tuple[int, ...] = (1, 2, 2, 4)
@@ -90,17 +92,44 @@ class SRDiffConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, *, ignore_unknown: bool = False) -> "SRDiffConfig":
-        """From this class's field names or upstream hparams names (``unet_dim_mults``); with
-        ignore_unknown the other hparams keys (lr, batch_size ...) are skipped."""
+    def from_dict(cls, d: dict, *, ignore_unknown: bool = False, hparams: bool = False) -> "SRDiffConfig":
+        """From this class's field names or upstream hparams names (``unet_dim_mults``). Unknown keys are refused,
+        except: with hparams, upstream's other hparams keys (UPSTREAM_HPARAMS: lr, batch_size ...) are skipped, so
+        a dict of upstream's hparams loads while a misspelled field is still refused; with ignore_unknown every
+        other key is skipped (an upstream YAML file, which a fork or ``--hparams`` may extend)."""
         d = dict(d)
         if "unet_dim_mults" in d:
             d["dim_mults"] = d.pop("unet_dim_mults")
         names = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - names)
+        bad = sorted(set(d) - names - (UPSTREAM_HPARAMS if hparams else set()))
         if bad and not ignore_unknown:
-            raise ValueError(f"SRDiffConfig: unknown keys {bad}; known: {sorted(names)}")
+            raise ValueError(f"SRDiffConfig: unknown keys {bad}; known: {sorted(names)}"
+                             + (" and upstream's hparams (yoda.models.srdiff.UPSTREAM_HPARAMS)" if hparams else ""))
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# The keys of upstream's hparams that are not SRDiffConfig fields (LeiaLi/SRDiff configs/*.yaml, plus the ones
+# utils/hparams.py's set_hparams adds): training, data and logging settings, and model switches yoda does not read.
+UPSTREAM_HPARAMS = frozenset({
+    # configs/config_base.yaml
+    "binary_data_dir", "work_dir", "infer", "seed", "debug", "save_codes", "ds_workers", "endless",
+    "print_nan_grads", "load_ckpt", "save_best", "num_ckpt_keep", "clip_grad_norm", "accumulate_grad_batches",
+    "tb_log_interval", "num_sanity_val_steps", "check_val_every_n_epoch", "val_check_interval", "valid_monitor_key",
+    "valid_monitor_mode", "max_epochs", "max_updates", "amp", "batch_size", "eval_batch_size", "num_workers",
+    "test_input_dir", "resume_from_checkpoint",
+    # configs/sr_base.yaml
+    "base_config", "data_interp", "data_augmentation", "test_batch_size", "valid_steps", "test_save_png",
+    "gen_dir_name",
+    # configs/diffsr_base.yaml (unet_dim_mults is dim_mults)
+    "res", "use_wn", "gn_groups", "use_rrdb", "rrdb_ckpt", "denoise_fn", "aux_l1_loss", "aux_ssim_loss",
+    "aux_percep_loss", "loss_type", "pred_noise", "weight_init", "fix_rrdb", "lr", "decay_steps", "style_interp",
+    "save_intermediate", "show_training_process", "print_arch",
+    # configs/celeb_a.yaml, df2k4x.yaml, diffsr_*.yaml, rrdb/*_pretrain.yaml
+    "raw_data_dir", "test_ids", "patch_size", "crop_size", "thresh_size", "test_crop_size", "test_thresh_size",
+    "trainer_cls", "num_block",
+    # utils/hparams.py set_hparams
+    "validate", "exp_name",
+})
 
 
 def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
@@ -237,7 +266,8 @@ class Mish(nn.Module):
 
 
 class SinusoidalPosEmb(nn.Module):
-    """t (B,) -> (B, dim): [sin(t w), cos(t w)], w_k = exp(-k ln(1e4) / (dim/2 - 1))."""
+    """t (B,) -> (B, dim) float32: [sin(t w), cos(t w)], w_k = exp(-k ln(1e4) / (dim/2 - 1)). Always float32
+    (a half t w would lose the phase at large t); the Unet casts it to its weights' dtype."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -369,7 +399,9 @@ class Unet(nn.Module):
 
     def forward(self, x: torch.Tensor, time: torch.Tensor, cond: Sequence[torch.Tensor],
                 img_lr_up: torch.Tensor) -> torch.Tensor:
-        emb = self.mlp(self.time_pos_emb(time))
+        # the sinusoidal embedding is computed in float32 (its arguments reach t ~ 1000), then cast to the mlp's
+        # dtype, so the network runs in its weights' dtype (half, bfloat16, float64); a no-op in float32
+        emb = self.mlp(self.time_pos_emb(time).to(self.mlp[0].weight.dtype))
         c = self.cond_proj(torch.cat(list(cond[2::3]), 1))
         skips = []
         for i, (res1, res2, down) in enumerate(self.downs):
@@ -398,9 +430,13 @@ class SRDiff(nn.Module):
 
     ``SRDiff(config)`` or ``SRDiff(hidden_size=..., dim_mults=..., ...)`` (SRDiffConfig fields).
     forward(x, t, cond, img_lr_up) = denoise_fn(...): x (B, 3, H, W) residual state, t (B,) int64, cond the
-    RRDB features (``rrdb.features(lr)``), img_lr_up = up(lr). ``schedule`` is srdiff_beta_schedule(config).
+    RRDB features (``rrdb.features(lr)``), img_lr_up = up(lr).
     ``card``: the ModelCard :meth:`yoda_adapter` samples with (set by yoda.load and the trainer); None: the
     config's own schedule and scale, predicting eps (upstream SRDiff).
+    ``schedule``: the schedule the model samples with: the card's when a card is set, else the config's
+    (srdiff_beta_schedule(config)). The config's schedule fields (timesteps, beta_schedule, beta_s, beta_end) are
+    upstream's: a model trained by yoda keeps their defaults and samples with its card's schedule, which these
+    fields cannot express (any betas), so read the schedule from ``schedule`` or ``card``, not from the config.
     """
 
     card: Optional[ModelCard] = None
@@ -419,7 +455,12 @@ class SRDiff(nn.Module):
                                rrdb_num_block=config.rrdb_num_block, sr_scale=config.sr_scale,
                                use_attn=config.use_attn, up_input=config.up_input)
         self.rrdb = RRDBNet(3, 3, nf, config.rrdb_num_block, nf // 2, sr_scale=config.sr_scale)
-        self.schedule: Schedule = srdiff_beta_schedule(config)
+        self._config_schedule = srdiff_beta_schedule(config)
+
+    @property
+    def schedule(self) -> Schedule:
+        """The card's schedule (what sampling uses) when a card is set, else the config's (upstream's)."""
+        return self.card.schedule if self.card is not None else self._config_schedule
 
     @property
     def scale(self) -> int:

@@ -84,7 +84,9 @@ def srdiff_config_from_state_dict(sd: Mapping[str, Any], bufs: Optional[Mapping[
 
 def load_srdiff(p: str, config: Any = None) -> nn.Module:
     """The SRDiff of the checkpoint file ``p`` (eval mode, CPU) with its ModelCard. config: an SRDiffConfig, a dict
-    or upstream's YAML path; None: read from the weights' shapes and betas buffer."""
+    or upstream's YAML path; None: read from the weights' shapes and betas buffer. A dict holds SRDiffConfig fields
+    and may hold upstream's other hparams keys (skipped); any other key is refused, so a misspelled field cannot
+    silently leave its default. A YAML file skips every key that is not a field (upstream's files carry many)."""
     obj, _ = read_checkpoint(p)
     # upstream: {'global_step', 'optimizer_states', 'state_dict': {'model': GaussianDiffusion.state_dict()}};
     # load_ckpt also accepts a flat state_dict with 'model.' prefixes.
@@ -103,7 +105,8 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
     elif isinstance(config, (str, os.PathLike)):
         cfg = load_srdiff_config(config)
     elif isinstance(config, Mapping):
-        cfg = SRDiffConfig.from_dict(dict(config), ignore_unknown=True)
+        # SRDiffConfig fields, or upstream's hparams (their other keys are skipped): any other key is a typo
+        cfg = SRDiffConfig.from_dict(dict(config), hparams=True)
     else:
         raise TypeError(f"config for kind 'srdiff' must be None, an SRDiffConfig, a dict or a YAML path; "
                         f"got {type(config).__name__}")
