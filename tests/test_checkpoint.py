@@ -124,6 +124,11 @@ def test_srdiff_config_dict_refuses_unknown_keys(tmp_path):
     # ... but a key of neither kind is still a typo
     with pytest.raises(ValueError, match=r"unknown keys \['beta_schedul'\]; .* and upstream's hparams"):
         yoda.load("srdiff", p, config={**hparams, "beta_schedul": "cosine"})
+    # upstream switches that change what the weights mean are refused, not sampled as yoda's model (they were
+    # skipped: pred_noise false, an x0 model, was sampled as eps)
+    for key, value in (("pred_noise", False), ("res", False), ("use_rrdb", False), ("gn_groups", 8)):
+        with pytest.raises(ValueError, match=rf"upstream's {key}: {value!r} builds or samples a model yoda does not "):
+            yoda.load("srdiff", p, config={**hparams, key: value})
 
 
 def test_srdiff_yaml_config_chain(tmp_path):
@@ -134,6 +139,9 @@ def test_srdiff_yaml_config_chain(tmp_path):
 
     cfg = load_srdiff_config(tmp_path / "x4.yaml")
     assert cfg == SRDiffConfig(hidden_size=64, dim_mults=(1, 2, 3, 4), timesteps=100, sr_scale=4)
+    (tmp_path / "x0.yaml").write_text("base_config: ./x4.yaml\npred_noise: false\n")  # an x0 model: refused
+    with pytest.raises(ValueError, match=r"upstream's pred_noise: False builds or samples a model yoda does not"):
+        load_srdiff_config(tmp_path / "x0.yaml")
 
 
 def test_srdiff_linear_schedule_inferred_and_weight_norm_folded():

@@ -100,6 +100,10 @@ class SRDiffConfig:
         d = dict(d)
         if "unet_dim_mults" in d:
             d["dim_mults"] = d.pop("unet_dim_mults")
+        for key, value in UPSTREAM_SWITCHES.items():  # read from any config: they change what the weights mean
+            if key in d and d[key] != value:
+                raise ValueError(f"SRDiffConfig: upstream's {key}: {d[key]!r} builds or samples a model yoda does not "
+                                 f"implement (yoda's SRDiff is upstream's {key}: {value!r})")
         names = {f.name for f in fields(cls)}
         bad = sorted(set(d) - names - (UPSTREAM_HPARAMS if hparams else set()))
         if bad and not ignore_unknown:
@@ -130,6 +134,12 @@ UPSTREAM_HPARAMS = frozenset({
     # utils/hparams.py set_hparams
     "validate", "exp_name",
 })
+
+
+# Upstream switches with another value than yoda's SRDiff has: pred_noise false predicts x0 (yoda would sample it
+# as eps), res false diffuses the HR image instead of its residual, use_rrdb false drops the RRDB encoder,
+# gn_groups > 0 adds group norms. A config that sets one is refused rather than silently sampled wrong.
+UPSTREAM_SWITCHES = {"pred_noise": True, "res": True, "use_rrdb": True, "gn_groups": 0}
 
 
 def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
