@@ -760,6 +760,15 @@ def test_windows_must_fit_the_models_size_multiple_before_any_call():
     assert set(s[-2:] for s in seen) == {(16, 16)}
 
 
+def test_ddim_eta_above_one_is_refused():
+    """DDIM's eta > 1 asked some steps for more noise than their level has; the direction term was clamped to 0
+    without a word. eta = 1 (DDPM's variance) still runs."""
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    with pytest.raises(ValueError, match=r"^eta must be in \[0, 1\] for sampler='ddim' .*, got 3.0$"):
+        run(model, lr_image(), sampler="ddim", eta=3.0)
+    assert run(model, lr_image(), sampler="ddim", eta=1.0, seed=0).shape == (1, 3, 16, 16)
+
+
 def test_numpy_seed_and_sigmas_are_what_they_hold():
     """A numpy integer seed and a numpy array of sigmas give the image of the Python int and the torch tensor."""
     np = pytest.importorskip("numpy")

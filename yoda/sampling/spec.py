@@ -203,6 +203,11 @@ def check_eta(eta: Any, sampler: str) -> float:
         eta = check_float("eta", eta)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
+    if sampler == "ddim" and eta is not None and eta > 1:
+        # DDIM's sigma = eta * sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) exceeds sqrt(1 - ab_prev) at
+        # some steps for eta > 1, where the direction term sqrt(1 - ab_prev - sigma^2) has no value
+        raise ValueError(f"eta must be in [0, 1] for sampler='ddim' (1 is DDPM's variance; more asks a step for more "
+                         f"noise than its level has), got {eta}")
     if sampler == "ddim" or sampler in S.ETA_SOLVERS:
         return (0.0 if sampler == "ddim" else 1.0) if eta is None else eta
     if eta not in (None, 0.0):
