@@ -392,6 +392,9 @@ def test_train_and_plot_commands(tmp_path, capsys):
     # a binary file given as a log is named; a run that fails before writing anything leaves no folder
     code, _, err = run(["plot", str(png), "-o", str(tmp_path / "c2.png")], capsys)
     assert code == 2 and err.count("\n") == 1 and f"{png} is not a training log" in err
+    (tmp_path / "new.csv").write_text(open(out / "log.csv").readline())  # a run's log before its first step
+    code, _, err = run(["plot", str(tmp_path / "new.csv"), "-o", str(tmp_path / "c2.png")], capsys)
+    assert code == 2 and "new.csv has no logged steps yet (only its header)" in err
     cfg["data"].update(source=str(tmp_path / "no_data"))
     cpath.write_text(json.dumps(cfg))
     code, _, err = run(["train", "--config", str(cpath), "--out", str(tmp_path / "runs" / "b"), "-q"], capsys)

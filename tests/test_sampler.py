@@ -696,6 +696,10 @@ def test_model_returning_wrong_shape():
     model = CallableAdapter(lambda x, t, c: x[:, :2], prediction="eps", schedule=SCHED, scale=SCALE)
     with pytest.raises(ValueError, match="fn returned shape"):
         run(model, lr_image())
+    for bad in (lambda x: x.to(torch.complex64), lambda x: x.round().long()):  # cast silently before
+        model = CallableAdapter(lambda x, t, c: bad(x), prediction="eps", schedule=SCHED, scale=SCALE)
+        with pytest.raises(TypeError, match=r"^fn must return a real floating tensor, got torch\.(complex64|int64)$"):
+            run(model, lr_image())
 
     class NoPrepare(Adapter):
         schedule, scale = SCHED, SCALE

@@ -251,6 +251,8 @@ def _check_output(out: Any, x_t: torch.Tensor, who: str) -> torch.Tensor:
         raise TypeError(f"{who} must return a tensor, got {type(out).__name__}")
     if out.shape != x_t.shape:
         raise ValueError(f"{who} returned shape {tuple(out.shape)}, expected the state's shape {tuple(x_t.shape)}")
+    if not out.is_floating_point():  # complex or integer: the cast below would drop a part or round silently
+        raise TypeError(f"{who} must return a real floating tensor, got {out.dtype}")
     return out.to(x_t.dtype)
 
 

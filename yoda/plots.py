@@ -17,13 +17,16 @@ _COLOURS = COLOURS[:4]  # one colour per log, cycling after four
 def read_log(path: str) -> list[dict]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows, header = list(reader), reader.fieldnames or []
     except FileNotFoundError:
         raise ValueError(f"log file not found: {path}") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"{path} is not a training log (a CSV file of yoda train: {e})") from None
-    if not rows or "step" not in rows[0] or "loss" not in rows[0]:
+    if "step" not in header or "loss" not in header:
         raise ValueError(f"{path} is not a training log (needs step and loss columns)")
+    if not rows:
+        raise ValueError(f"{path} has no logged steps yet (only its header)")
     return rows
 
 
