@@ -74,6 +74,9 @@ def test_upscale_one_file_right_size(tmp_path, tiny_model, images, capsys):
     assert im.size == (13 * 4, 10 * 4) and im.mode == "RGB"  # odd LR size: padded for the UNet, cropped back
     # the default attention is none: plain sampling (QUALITY.md); --attention edge gives the YODA image
     assert_same_pixels(out, expected_upscale(tiny_model, rgb, steps=3, sampler="ddim", attention=None))
+    code, _, err = run(["upscale", rgb, "-o", str(out), "--model", tiny_model, "--steps", "3", "--lower-bound",
+                        "0.4", "-q"], capsys)  # no attention: the lower bound does nothing, and the user is told
+    assert code == 0 and err == "yoda: note: --lower-bound has no effect without --attention (plain sampling)\n"
     code, _, err = run(["upscale", rgb, "-o", str(out), "--model", tiny_model, "--steps", "3", "--attention", "edge",
                         "-q"], capsys)
     assert code == 0, err

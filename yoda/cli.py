@@ -169,6 +169,8 @@ def cmd_upscale(a) -> int:
     time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
     or upscaled is reported in one line and the others go on; the exit status is then 2."""
     tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
+    if a.attention is None and any(v.startswith("--lower-bound") for v in a.argv):
+        print("yoda: note: --lower-bound has no effect without --attention (plain sampling)", file=sys.stderr)
     a.inputs = expand_inputs(a.inputs)
     rank, world = dist_env()
     model, dev, unit = _upscale_model(a, rank, world)  # sets a.scale: the output names carry it
