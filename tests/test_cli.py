@@ -49,9 +49,8 @@ def expected_upscale(model, path, *, steps, sampler, attention, grey=False):
     h, w = lr.shape[-2:]
     unit = math.lcm(4, as_adapter(model).multiple)
     x = F.pad(lr, (0, -(-4 * w // unit) * unit // 4 - w, 0, -(-4 * h // unit) * unit // 4 - h), mode="replicate")
-    A = None if attention is None else yoda.attention.get(attention)(x)
-    with torch.no_grad():
-        sr = yoda.sample(model, x, attention=A, steps=steps, sampler=sampler, lower_bound=0.6, seed=0,
+    with torch.no_grad():  # the attention by its name, as a library user passes it
+        sr = yoda.sample(model, x, attention=attention, steps=steps, sampler=sampler, lower_bound=0.6, seed=0,
                          progress=False)[..., : 4 * h, : 4 * w]
     return to_uint8(sr.mean(dim=-3, keepdim=True) if grey else sr)[0]
 

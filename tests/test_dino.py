@@ -293,6 +293,9 @@ def test_resnet_round_trip(resnet, resnet_want, tmp_path, fc):
     assert list(e.model.state_dict()) == _resnet_keys(fc)
     lr, want = resnet_want
     torch.testing.assert_close(e(lr), want, rtol=0, atol=0)
+    # a file without BatchNorm's num_batches_tracked (older torchvision files): accepted, as torch accepts it
+    torch.save({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, p)
+    torch.testing.assert_close(att.dino_resnet50(weights=str(p), groups=4, **RES_KW)(lr), want, rtol=0, atol=0)
 
 
 def test_resnet_teacher_checkpoint_and_get(resnet, resnet_want, tmp_path):
@@ -304,6 +307,15 @@ def test_resnet_teacher_checkpoint_and_get(resnet, resnet_want, tmp_path):
     e = att.get(f"dino-resnet50:{p}", groups=4, **RES_KW)
     torch.testing.assert_close(e(lr), want, rtol=0, atol=0)
     assert "groups=4" in repr(e) and str(p) in repr(e)
+
+
+
+def test_get_expands_a_home_path(resnet, resnet_want, tmp_path, monkeypatch):
+    """--attention dino-resnet50:~/x.pth: the shell does not expand a ~ after the colon; get does."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save(dict(resnet.state_dict()), tmp_path / "r50.pth")
+    lr, want = resnet_want
+    torch.testing.assert_close(att.get("dino-resnet50:~/r50.pth", groups=4, **RES_KW)(lr), want, rtol=0, atol=0)
 
 
 def test_resnet_groups_and_max_by_hand(resnet):

@@ -128,7 +128,8 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
     (which config or layout the weights need) is added only to those layout problems: weights that fit but hold
     NaN/Inf are reported as corrupt, without it."""
     own = module.state_dict()
-    missing = [k for k in own if k not in sd]
+    # BatchNorm's num_batches_tracked is absent from older files (torchvision before 0.4.0 ...): torch fills it
+    missing = [k for k in own if k not in sd and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     bad_type = [k for k in sd if k in own and not isinstance(sd[k], torch.Tensor)]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"

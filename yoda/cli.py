@@ -118,9 +118,9 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
     h, w = lr.shape[-2:]
     ph, pw = (-h) % lr_mult, (-w) % lr_mult
     x = F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
-    A = None
-    if attention is not None:
-        A = _attention(attention)(x) if isinstance(attention, str) else attention
+    # a name becomes its extractor, which yoda.sample calls on x as it calls a name: the same map (normalised again
+    # after the resize to the state) as yoda.sample(attention=name), yoda eval and yoda figures
+    A = _attention(attention) if isinstance(attention, str) else attention
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
         sr = sample(ad, x, attention=A, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
                     progress=progress, backend=backend, windows=windows, window_batch=window_batch, sigmas=sigmas,
@@ -267,8 +267,10 @@ def cmd_demo(a) -> int:
     import torch
     from PIL import Image, ImageDraw
 
+    from . import drawing
     from .adapters import upsample
     from .attention import attention_figure
+    from .attention.figure import colormap
     from .data import HELD_OUT, builtin_image, make_lr
     from .evaluate import metrics
     from .images import from_uint8, to_uint8
@@ -291,10 +293,11 @@ def cmd_demo(a) -> int:
     hr_u8 = np.ascontiguousarray(full[y : y + size, x : x + size])
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
-    A = _attention(a.attention)(lr)
+    extractor = _attention(a.attention)
+    A = extractor(lr)  # drawn; the run gets the extractor, as upscale does
     results = {"bicubic": upsample(lr, s)}
     timing, visited = {}, []  # the YODA run's steps: (DESIGN's t, fraction of HR pixels refined)
-    for name, attn in (("plain", None), ("YODA", A)):
+    for name, attn in (("plain", None), ("YODA", extractor)):
         t0 = time.perf_counter()
         record = (lambda d: visited.append((d["t"] + 1, float(d["active_fraction"][0])))) if attn is not None else None
         with torch.no_grad():
@@ -307,10 +310,10 @@ def cmd_demo(a) -> int:
     for name in ("bicubic", "plain", "YODA"):
         tiles.append((name, Image.fromarray(to_uint8(results[name])[0])))
     tiles.append(("HR", Image.fromarray(hr_u8)))
-    amap = (A[0, 0].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    amap = Image.fromarray(amap).resize((size, size), Image.Resampling.BILINEAR).convert("RGB")
-    tiles.append((f"attention ({a.attention})", amap))
-    pad, label_h = 6, 16
+    amap = Image.fromarray(colormap(A[0, 0].clamp(0, 1).cpu().numpy()))  # viridis, as in the strip below
+    tiles.append((f"attention ({a.attention.split(':')[0]})", amap.resize((size, size), Image.Resampling.BILINEAR)))
+    font = drawing.font()
+    pad, label_h = 6, drawing.text_wh(ImageDraw.Draw(Image.new("RGB", (1, 1))), "Mg", font)[1] + 6
     row_w = len(tiles) * (size + pad) + pad
     # the masks of the steps the run took (5 of them at most) and the run's own update ratio
     ts = [visited[round(k)][0] for k in np.linspace(0, len(visited) - 1, min(5, len(visited)))]
@@ -323,11 +326,11 @@ def cmd_demo(a) -> int:
     dr = ImageDraw.Draw(canvas)
     for i, (label, im) in enumerate(tiles):
         px = pad + i * (size + pad)
-        dr.text((px, 2), label, fill=(0, 0, 0))
+        dr.text((px, 2), label, fill=(0, 0, 0), font=font)
         canvas.paste(im, (px, label_h))
     y2 = label_h + size + pad
-    dr.text((pad, y2), f"masks of the YODA run: M(t) = 1[A >= t/T - {a.lower_bound:g}] at its steps ({a.sampler} "
-            f"{a.steps} steps, seed {a.seed})", fill=(0, 0, 0))
+    dr.text((pad, y2), f"masks of the YODA run: M(t) = 1[A >= t/T - {a.lower_bound:g}] at its steps ({a.sampler}, "
+            f"{a.steps} steps, seed {a.seed})", fill=(0, 0, 0), font=font)
     canvas.paste(strip, (0, y2 + label_h))
     _save_pil(canvas, a.output)
     print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {a.steps} steps, "

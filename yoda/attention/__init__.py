@@ -13,6 +13,8 @@ Names understood by :func:`get` (the CLI passes these strings):
 
 from __future__ import annotations
 
+import os
+
 from typing import Callable
 
 from .classic import Edge, Gaussian, Sift, aggregate, check_lr, edge, gaussian, minmax_normalize, sift
@@ -55,7 +57,7 @@ def get(name: str, **kw) -> Callable:
     """Resolve an extractor name to an extractor; ``kw`` go to its factory.
 
     "edge" | "gaussian" | "sift" | "dino-vits8:PATH" | "dino-resnet50:PATH" (PATH: a local
-    checkpoint, .pth or .safetensors). Unknown names raise ValueError listing the known ones.
+    checkpoint, .pth or .safetensors; ~ is expanded). Unknown names raise ValueError listing the known ones.
     """
     if not isinstance(name, str):
         raise TypeError(f"attention name must be a str, one of {', '.join(NAMES)}; got {type(name).__name__}")
@@ -67,7 +69,7 @@ def get(name: str, **kw) -> Callable:
     if needs_path:
         if not path:
             raise ValueError(f"attention {key!r} needs a local weights file: use '{key}:PATH'")
-        return factory(path, **kw)
+        return factory(os.path.expanduser(path), **kw)  # the shell leaves a ~ after the colon as it is
     if sep:
         raise ValueError(f"attention {key!r} takes no ':PATH' part, got {name!r}")
     return factory(**kw)

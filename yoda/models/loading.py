@@ -33,7 +33,8 @@ PathLike = Union[str, os.PathLike]
 
 
 def load(kind: str, path: PathLike, config: Any = None) -> nn.Module:
-    """Load a model of ``kind`` from ``path`` (in eval mode, on the CPU).
+    """Load a model of ``kind`` from ``path`` (an nn.Module in eval mode, on the CPU; for the DINO kinds an attention
+    extractor, a callable A = extractor(lr), which holds its network).
 
     kind: "sr3" (``*_gen.pth``; config: SR3 JSON path / SR3Config / dict, default the 16->128 config),
     "srdiff" (``model_ckpt_steps_*.ckpt``; config: SRDiffConfig / dict / YAML path, default: read from the
