@@ -106,10 +106,10 @@ MUTANTS = [
            "a file without DINO keys gives a KeyError, not the list of missing keys (the test accepted any "
            "exception)"),
     Mutant("cli-attention-unpadded", "yoda/cli.py",
-           "A = _attention(attention)(x) if isinstance(attention, str) else attention",
+           "A = _attention(attention) if isinstance(attention, str) else attention",
            "A = _attention(attention)(lr) if isinstance(attention, str) else attention",
            ("tests/test_cli.py", "-k", "upscale_one_file"),
-           "the CLI's attention map from the unpadded LR (the CLI tests checked sizes only)"),
+           "the CLI's attention map precomputed from the unpadded LR, not yoda.sample's map of the name"),
     Mutant("train-val-lower-bound", "yoda/training/trainer.py",
            "lower_bound=self.cfg.loss.lower_bound, seed=self.cfg.seed, progress=False)",
            "lower_bound=1.0, seed=self.cfg.seed, progress=False)",

@@ -7,8 +7,9 @@ val_psnr_yoda); plot_logs draws the loss curves and the validation PSNR of one o
 from __future__ import annotations
 
 import csv
+import math
 
-from .drawing import COLOURS, dashed
+from .drawing import COLOURS, dashed, font, text_wh
 from .images import save_pil
 
 _COLOURS = COLOURS[:4]  # one colour per log, cycling after four
@@ -30,13 +31,61 @@ def read_log(path: str) -> list[dict]:
     return rows
 
 
-def _series(rows, key):
-    return [(float(r["step"]), float(r[key])) for r in rows if r.get(key, "") not in ("", None)]
+def _series(rows, key) -> tuple[list[list[tuple[float, float]]], bool]:
+    """The (step, value) runs of column ``key``, split where a value (or step) is not finite (nan, inf: a gap in
+    the curve); rows without the value (validation is logged every val_every steps) are passed over. Also whether
+    any row has the value at all, finite or not."""
+    runs, run, seen = [], [], False
+    for r in rows:
+        if r.get(key, "") in ("", None):
+            continue
+        seen = True
+        x, y = float(r["step"]), float(r[key])
+        if math.isfinite(x) and math.isfinite(y):
+            run.append((x, y))
+        elif run:
+            runs, run = runs + [run], []
+    return runs + [run] if run else runs, seen
+
+
+def _extent(values) -> tuple[float, float] | None:
+    """(min, max) of the finite ``values`` (None when there is none); a single value v is widened to v +- 5 %
+    (v +- 1 for 0) so that it sits in the middle of the axis."""
+    v = [x for x in values if math.isfinite(x)]
+    if not v:
+        return None
+    lo, hi = min(v), max(v)
+    if hi > lo:
+        return lo, hi
+    pad = abs(lo) * 0.05 or 1.0
+    return lo - pad, hi + pad
+
+
+def _legend_layout(widths, note_w: float, x: float, max_x: float, gap: float = 24) -> tuple[list, tuple, int]:
+    """Positions of legend items of text widths ``widths`` (each drawn as a 30 px line sample, 6 px, then its
+    label) and of the line-style note (``note_w`` wide) in rows from ``x`` to ``max_x``: [(x, row)] per entry,
+    the note's (x, row), and the number of rows. An item that does not fit the rest of its row starts a new row;
+    the note is right-aligned at max_x on the last row when it fits there."""
+    pos, cx, row = [], x, 0
+    for w in widths:
+        w = 36 + w
+        if cx > x and cx + w > max_x:
+            cx, row = x, row + 1
+        pos.append((cx, row))
+        cx += w + gap
+    if cx > x and cx + note_w > max_x:
+        row += 1
+    return pos, (max_x - note_w, row), row + 1
+
+
+def _font():
+    return font(11)
 
 
 def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) -> None:
     """One PNG with two panels: training loss vs step (left) and validation PSNR vs step (right; solid
-    plain sampling, dashed YODA sampling), one colour per log."""
+    plain sampling, dashed YODA sampling), one colour per log. Non-finite values (a diverged run's nan loss) are
+    left out, a gap in the curve; a point with no neighbour is drawn as a dot."""
     from PIL import Image, ImageDraw
 
     if len(paths) != len(labels):
@@ -45,39 +94,59 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
     W, H = size
     img = Image.new("RGB", (W, H), "white")
     dr = ImageDraw.Draw(img)
+    f = _font()
+    note = "PSNR: solid = plain sampling, dashed = YODA"
+    entries, (nx, nrow), nrows = _legend_layout([text_wh(dr, lab, f)[0] for lab in labels], text_wh(dr, note, f)[0],
+                                                60, W - 15)
+    ly = H - 10 - 18 * nrows  # the top of the legend's first row
     panels = [("training loss", ["loss"]), ("validation PSNR (dB)", ["val_psnr_plain", "val_psnr_yoda"])]
-    pw = W // 2
+    pw, m = W // 2, 6  # m: the data stay m px inside the frame, so a point at the min or max is whole
     for pi, (title, keys) in enumerate(panels):
-        x0, y0, x1, y1 = pi * pw + 50, 30, (pi + 1) * pw - 15, H - 60
+        x0, y0, x1, y1 = pi * pw + 50, 30, (pi + 1) * pw - 15, ly - 32
         dr.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
-        dr.text((x0, 8), title, fill=(0, 0, 0))
-        series = [(li, k, _series(rows, k)) for li, rows in enumerate(logs) for k in keys]
-        pts = [p for _, _, s in series for p in s]
+        dr.text((x0, 8), title, fill=(0, 0, 0), font=f)
+        series = [(li, k, *_series(rows, k)) for li, rows in enumerate(logs) for k in keys]
+        # a series whose values are all nan or inf is named, top right for the loss and bottom right for the
+        # PSNR, where a falling loss and a rising PSNR leave room
+        bad = [f"{labels[li]}: no finite {k}" for li, k, runs, seen in series if seen and not runs]
+        for i, s in enumerate(bad):
+            w, _ = text_wh(dr, s, f)
+            dr.text((x1 - 8 - w, y0 + 8 + 16 * i if pi == 0 else y1 - 8 - 16 * (len(bad) - i)), s, fill=(0, 0, 0),
+                    font=f)
+        pts = [p for _, _, runs, _ in series for run in runs for p in run]
         if not pts:
-            dr.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0))
+            if not bad:
+                dr.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0), font=f)
             continue
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        xmin, xmax = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-        ymin, ymax = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-        fx = lambda v: x0 + (v - xmin) / (xmax - xmin) * (x1 - x0)  # noqa: E731
-        fy = lambda v: y1 - (v - ymin) / (ymax - ymin) * (y1 - y0)  # noqa: E731
-        for li, k, s in series:
+        (xmin, xmax), (ymin, ymax) = _extent([p[0] for p in pts]), _extent([p[1] for p in pts])
+        fx = lambda v: x0 + m + (v - xmin) / (xmax - xmin) * (x1 - x0 - 2 * m)  # noqa: E731
+        fy = lambda v: y1 - m - (v - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
+        for li, k, runs, _ in series:
             col = _COLOURS[li % len(_COLOURS)]
-            xy = [(fx(a), fy(b)) for a, b in s]
-            if k == "val_psnr_yoda":
-                for a, b in zip(xy, xy[1:]):
-                    dashed(dr, a, b, col, 2)
-            elif len(xy) > 1:
-                dr.line(xy, fill=col, width=2)
-            for p in xy if k != "loss" else []:
-                dr.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=col)
-        dr.text((x0 - 45, y0), f"{ymax:.4g}", fill=(0, 0, 0))
-        dr.text((x0 - 45, y1 - 10), f"{ymin:.4g}", fill=(0, 0, 0))
-        dr.text((x0, y1 + 4), f"{xmin:.0f}", fill=(0, 0, 0))
-        dr.text((x1 - 40, y1 + 4), f"{xmax:.0f} steps", fill=(0, 0, 0))
-    for li, lab in enumerate(labels):
-        col = _COLOURS[li % len(_COLOURS)]
-        dr.line([(60 + li * 220, H - 22), (90 + li * 220, H - 22)], fill=col, width=3)
-        dr.text((96 + li * 220, H - 28), lab, fill=(0, 0, 0))
-    dr.text((W - 330, H - 28), "PSNR: solid = plain sampling, dashed = YODA", fill=(0, 0, 0))
+            for run in runs:
+                xy = [(fx(a), fy(b)) for a, b in run]
+                if k == "val_psnr_yoda":
+                    for a, b in zip(xy, xy[1:]):
+                        dashed(dr, a, b, col, 2)
+                elif len(xy) > 1:
+                    dr.line(xy, fill=col, width=2)
+                r = 2 if k != "loss" else 3 if len(xy) == 1 else 0  # the loss: a dot only where it has no line
+                for p in xy if r else []:
+                    dr.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=col)
+        # tick labels at the data's own min and max (one label for a single value), where they are drawn
+        for v in sorted({min(p[1] for p in pts), max(p[1] for p in pts)}):
+            s, (w, h) = f"{v:.4g}", text_wh(dr, f"{v:.4g}", f)
+            dr.line([(x0 - 4, fy(v)), (x0, fy(v))], fill=(0, 0, 0))
+            dr.text((x0 - 6 - w, fy(v) - h / 2 - 2), s, fill=(0, 0, 0), font=f)
+        for v in sorted({min(p[0] for p in pts), max(p[0] for p in pts)}):
+            s, (w, _) = f"{v:.0f}", text_wh(dr, f"{v:.0f}", f)
+            dr.line([(fx(v), y1), (fx(v), y1 + 4)], fill=(0, 0, 0))
+            dr.text((min(max(fx(v) - w / 2, x0), x1 - w), y1 + 5), s, fill=(0, 0, 0), font=f)
+        w, _ = text_wh(dr, "steps", f)
+        dr.text(((x0 + x1 - w) / 2, y1 + 18), "steps", fill=(0, 0, 0), font=f)
+    for li, (lab, (x, row)) in enumerate(zip(labels, entries)):
+        col, y = _COLOURS[li % len(_COLOURS)], ly + 18 * row
+        dr.line([(x, y + 6), (x + 30, y + 6)], fill=col, width=3)
+        dr.text((x + 36, y), lab, fill=(0, 0, 0), font=f)
+    dr.text((nx, ly + 18 * nrow), note, fill=(0, 0, 0), font=f)
     save_pil(img, out)

@@ -1,0 +1,207 @@
+"""yoda.plots (`yoda plot`): single points are drawn, ranges come from finite values only, points at the extremes
+stay inside the frame, the legend never runs into the line-style note. Checked on the pixels of the written PNG and
+on the strings drawn, and the range and legend helpers with exact values."""
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from yoda import plots
+from yoda.drawing import COLOURS, text_wh
+
+HEADER = "step,loss,lr,time,val_psnr_plain,val_psnr_yoda\n"
+W, H = 900, 360
+# the panels of the default size with one legend row: (x0, y0, x1, y1); the data stay M px inside the frame
+LEFT, RIGHT, M = (50, 30, 435, 300), (500, 30, 885, 300), 6
+NOTE = "PSNR: solid = plain sampling, dashed = YODA"
+
+
+def log(tmp_path, name, rows):
+    p = tmp_path / name
+    p.write_text(HEADER + "".join(r + "\n" for r in rows))
+    return str(p)
+
+
+def plot(tmp_path, paths, labels=None, monkeypatch=None):
+    """The plot as an array, and the strings drawn (with their positions) when monkeypatch is given."""
+    texts = []
+    if monkeypatch is not None:
+        orig = ImageDraw.ImageDraw.text
+
+        def text(self, xy, s, *a, **k):
+            texts.append((xy, s))
+            return orig(self, xy, s, *a, **k)
+
+        monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    out = tmp_path / "curves.png"
+    plots.plot_logs(paths, labels or [f"run{i}" for i in range(len(paths))], str(out))
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape == (H, W, 3)
+    return img, texts
+
+
+def colour_mask(img, colour):
+    return np.all(img == np.asarray(colour, dtype=np.uint8), axis=-1)
+
+
+def near(mask, x, y, r=1):
+    """mask has a pixel within r px of (x, y)."""
+    return mask[y - r:y + r + 1, x - r:x + r + 1].any()
+
+
+def strings(texts, box):
+    """The strings drawn with their anchor inside box (x0, y0, x1, y1)."""
+    return [s for (x, y), s in texts if box[0] <= x <= box[2] and box[1] <= y <= box[3]]
+
+
+def test_extent():
+    assert plots._extent([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    assert plots._extent([0.5]) == pytest.approx((0.475, 0.525))  # a single value: +- 5 %
+    assert plots._extent([10.0, 10.0]) == (9.5, 10.5)
+    assert plots._extent([0.0]) == (-1.0, 1.0)  # +- 1 around 0
+    assert plots._extent([-2.0]) == pytest.approx((-2.1, -1.9))
+    assert plots._extent([math.nan, 1.0, math.inf, 3.0, -math.inf]) == (1.0, 3.0)  # finite values only
+    assert plots._extent([math.nan, math.inf]) is None
+    assert plots._extent([]) is None
+
+
+def test_series_splits_at_non_finite_values():
+    rows = [{"step": "1", "loss": "0.5"}, {"step": "2", "loss": "nan"}, {"step": "3", "loss": "inf"},
+            {"step": "4", "loss": "0.4"}, {"step": "5", "loss": "0.3"}, {"step": "6", "loss": ""},
+            {"step": "7", "loss": "0.2"}]
+    assert plots._series(rows, "loss") == ([[(1.0, 0.5)], [(4.0, 0.4), (5.0, 0.3), (7.0, 0.2)]], True)
+    assert plots._series(rows[1:3], "loss") == ([], True)  # values, none finite
+    assert plots._series(rows[5:6], "loss") == ([], False)  # no value at all
+    assert plots._series(rows, "val_psnr_plain") == ([], False)
+
+
+def test_legend_layout():
+    # three 100 px labels in 60..500: 60 + 136 + 24 = 220, 380; the third (136 px) does not fit -> next row
+    pos, note, rows = plots._legend_layout([100, 100, 100], 150, 60, 500)
+    assert pos == [(60, 0), (220, 0), (60, 1)]
+    assert note == (350, 1) and rows == 2  # the note, right-aligned, fits after the third entry (220 + 150 < 500)
+    pos, note, rows = plots._legend_layout([10], 150, 60, 500)
+    assert pos == [(60, 0)] and note == (350, 0) and rows == 1
+    pos, note, rows = plots._legend_layout([100, 100], 150, 60, 500)  # 380 + 150 > 500: the note gets a row
+    assert pos == [(60, 0), (220, 0)] and note == (350, 1) and rows == 2
+
+
+def test_single_row_is_a_marker_in_the_middle(tmp_path, monkeypatch):
+    img, texts = plot(tmp_path, [log(tmp_path, "one.csv", ["10,0.5,0.0002,1.0,,"])], monkeypatch=monkeypatch)
+    x0, y0, x1, y1 = LEFT
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2  # a single value sits in the middle of both axes
+    blue = colour_mask(img, COLOURS[0])
+    assert blue[cy - 1:cy + 2, cx - 1:cx + 2].all()
+    assert blue[y0:y1, x0:x1].sum() >= 20  # a dot, not a pixel
+    # the axes name the point's own step and loss, nothing invented (the old plot said "11 steps" and 1.5)
+    assert sorted(strings(texts, (0, y0, x0, y1))) == ["0.5"]
+    assert sorted(strings(texts, (x0, y1, x1, y1 + 16))) == ["10"]
+    assert "no data" in strings(texts, RIGHT)  # nothing validated yet
+
+
+def test_single_validation_point_has_no_invented_step(tmp_path, monkeypatch):
+    rows = ["1,0.5,0.0002,1.0,,", "2,0.45,0.0002,1.0,,", "3,0.4,0.0002,1.0,20,21"]
+    img, texts = plot(tmp_path, [log(tmp_path, "three.csv", rows)], monkeypatch=monkeypatch)
+    x0, y0, x1, y1 = RIGHT
+    assert strings(texts, (x0, y1, x1, y1 + 16)) == ["3"]  # the old plot had "3 ... 4 steps"
+    blue = colour_mask(img, COLOURS[0])
+    cx = (x0 + x1) // 2
+    assert blue[y1 - M, cx] and blue[y0 + M, cx]  # 20 at the bottom, 21 at the top, both inside the frame
+    assert sorted(strings(texts, (x0 - 50, y0, x0, y1))) == ["20", "21"]
+
+
+def test_extreme_points_stay_inside_the_frame(tmp_path):
+    rows = ["10,0.5,0.0002,1.0,20,20.5", "20,0.4,0.0002,1.0,,", "30,0.3,0.0002,1.0,22,23"]
+    img, _ = plot(tmp_path, [log(tmp_path, "a.csv", rows)])
+    blue = colour_mask(img, COLOURS[0])
+    for x0, y0, x1, y1 in (LEFT, RIGHT):
+        frame = np.zeros_like(blue)
+        frame[y0, x0:x1 + 1] = frame[y1, x0:x1 + 1] = frame[y0:y1 + 1, x0] = frame[y0:y1 + 1, x1] = True
+        assert not (blue & frame).any()  # no point or line on the frame
+        assert (img[frame] == 0).all()  # which is whole
+        panel = blue[y0 - 20:y1 + 20, x0 - 20:x1 + 20]
+        ys, xs = np.nonzero(panel)
+        assert xs.min() + x0 - 20 > x0 and xs.max() + x0 - 20 < x1
+        assert ys.min() + y0 - 20 > y0 and ys.max() + y0 - 20 < y1
+    # the extremes are drawn M px inside: the first loss (the max) top left, the last (the min) bottom right
+    x0, y0, x1, y1 = LEFT
+    assert near(blue, x0 + M, y0 + M) and near(blue, x1 - M, y1 - M)
+    # the PSNR markers at the corners are whole: a 5x5 dot around each
+    x0, y0, x1, y1 = RIGHT
+    assert blue[y1 - M - 2:y1 - M + 3, x0 + M - 2:x0 + M + 3].sum() >= 13
+    assert blue[y0 + M - 2:y0 + M + 3, x1 - M - 2:x1 - M + 3].sum() >= 13
+
+
+def test_non_finite_losses_are_gaps(tmp_path, monkeypatch):
+    rows = ["1,0.5,0.0002,1.0,,", "2,nan,0.0002,1.0,,", "3,inf,0.0002,1.0,20,21", "4,0.4,0.0002,1.0,,"]
+    img, texts = plot(tmp_path, [log(tmp_path, "nan.csv", rows)], monkeypatch=monkeypatch)
+    blue = colour_mask(img, COLOURS[0])
+    x0, y0, x1, y1 = LEFT
+    assert not blue[:y0].any()  # nothing through the titles (the old plot drew vertical lines there)
+    ys, xs = np.nonzero(blue[:y1 + 1, :(x1 + RIGHT[0]) // 2])
+    assert xs.min() > x0 and xs.max() < x1 and ys.min() > y0  # the loss panel's blue is inside it
+    assert not blue[y0 + 1:y1, x0 + 20:x1 - 20].any()  # 1 and 4 are not joined across the nan and inf
+    # but both are drawn, as dots: 0.5 at step 1 (top left), 0.4 at step 4 (bottom right)
+    assert blue[y0 + M - 2:y0 + M + 3, x0 + M - 2:x0 + M + 3].sum() >= 13
+    assert blue[y1 - M - 2:y1 - M + 3, x1 - M - 2:x1 - M + 3].sum() >= 13
+    drawn = [s for _, s in texts]
+    assert not any("inf" in s.lower() or "nan" in s.lower() for s in drawn if s != "run0")
+    assert sorted(strings(texts, (0, y0, x0, y1))) == ["0.4", "0.5"]
+    assert sorted(strings(texts, (x0, y1, x1, y1 + 16))) == ["1", "4"]
+
+
+def test_a_gap_splits_the_line(tmp_path):
+    rows = [f"{s},{'nan' if s == 3 else 0.5},0.0002,1.0,," for s in range(1, 6)]  # steps 1..5, flat loss
+    img, _ = plot(tmp_path, [log(tmp_path, "gap.csv", rows)])
+    blue = colour_mask(img, COLOURS[0])
+    x0, y0, x1, y1 = LEFT
+    fx = lambda s: round(x0 + M + (s - 1) / 4 * (x1 - x0 - 2 * M))  # noqa: E731
+    col = lambda s: blue[y0 + 1:y1, fx(s)].any()  # noqa: E731
+    assert col(1.5) and col(4.5) and not col(3) and not col(2.5) and not col(3.5)
+
+
+def test_series_without_finite_values_is_named(tmp_path, monkeypatch):
+    good = log(tmp_path, "good.csv", ["1,0.5,0.0002,1.0,20,21", "2,0.4,0.0002,1.0,21,22"])
+    bad = log(tmp_path, "bad.csv", ["1,nan,0.0002,1.0,,", "2,inf,0.0002,1.0,nan,nan"])
+    img, texts = plot(tmp_path, [good, bad], ["good", "bad"], monkeypatch=monkeypatch)
+    assert strings(texts, LEFT) == ["bad: no finite loss"]
+    assert sorted(strings(texts, RIGHT)) == ["bad: no finite val_psnr_plain", "bad: no finite val_psnr_yoda"]
+    x0, y0, x1, y1 = LEFT
+    assert sorted(strings(texts, (0, y0, x0, y1))) == ["0.4", "0.5"]  # the range of the finite log
+    img, texts = plot(tmp_path, [bad], ["bad"], monkeypatch=monkeypatch)
+    assert not colour_mask(img, COLOURS[0])[:LEFT[3] + 1].any()  # nothing drawn, no invented axes
+
+
+@pytest.mark.parametrize("labels", [["run-one", "run-two-longer-label", "run-three", "run-four"],
+                                    ["a-rather-long-label-for-the-first-run", "second-run-with-a-long-name",
+                                     "third", "fourth-run-name", "fifth", "sixth-and-last"]])
+def test_legend_does_not_overlap_the_note(tmp_path, labels):
+    rows = ["10,0.5,0.0002,1.0,,", "20,0.4,0.0002,1.0,24.5,24.7", "40,0.3,0.0002,1.0,25.1,25.0"]
+    path = log(tmp_path, "four.csv", rows)
+    img, _ = plot(tmp_path, [path] * len(labels), labels)
+    d, f = ImageDraw.Draw(Image.new("RGB", (W, H))), plots._font()
+    pos, (nx, nrow), nrows = plots._legend_layout([text_wh(d, s, f)[0] for s in labels], text_wh(d, NOTE, f)[0],
+                                                  60, W - 15)
+    ly = H - 10 - 18 * nrows
+    boxes = [d.textbbox((x + 36, ly + 18 * row), s, font=f) for s, (x, row) in zip(labels, pos)]
+    boxes = [(x, b[1], b[2], b[3]) for (x, _), b in zip(pos, boxes)]  # from the line sample to the label's end
+    note = d.textbbox((nx, ly + 18 * nrow), NOTE, font=f)
+    for i, a in enumerate(boxes + [note]):
+        assert a[2] <= W and a[3] <= H, a
+        for b in (boxes + [note])[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)  # disjoint
+    # on the picture: the note's box holds the note alone (as drawn on a white image), no legend colour
+    alone = Image.new("RGB", (W, H), "white")
+    ImageDraw.Draw(alone).text((nx, ly + 18 * nrow), NOTE, fill=(0, 0, 0), font=f)
+    l, t, r, b = note
+    assert (img[t:b, l:r] == np.asarray(alone)[t:b, l:r]).all()
+    for c in COLOURS[:4]:
+        assert not colour_mask(img, c)[t:b, l:r].any()
+    # every legend entry's line sample is drawn, in its colour, left of its label
+    for i, (x, row) in enumerate(pos):
+        y = ly + 18 * row + 6
+        assert colour_mask(img, COLOURS[i % 4])[y, x + 2:x + 29].all(), labels[i]
+    # the panels are above the legend and their tick labels
+    assert ly - 32 <= LEFT[3]
