@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import yoda.attention as att
 from yoda.attention.classic import Sift, luma, minmax_normalize
-from yoda.masks import mask_at, pixel_update_ratio
+from yoda.masks import every_step_ratio, mask_at, pixel_update_ratio
 
 EXTRACTORS = {
     "edge": lambda: att.edge(sigma=1.0),
@@ -352,6 +352,193 @@ def test_attention_figure_hr_attention_and_grey(tmp_path):
         m = (A[0, 0] >= torch.tensor(t / 1000 - 0.6, dtype=torch.float32)).numpy().repeat(3, 0).repeat(3, 1)
         assert 0 < m.mean() < 1  # a real mask, neither empty nor full
         assert np.array_equal(panel(1, i), np.where(m[..., None], 255, 0).repeat(3, axis=2)), t
+
+
+def _text_canvas(size, texts):
+    """A white RGB canvas of size (w, h) with each (string, (x, y)) drawn in black in the figure's font, each on
+    its own canvas and combined by the darker pixel (so it shows what each text alone would look like)."""
+    from PIL import Image, ImageDraw
+    from yoda.drawing import font
+
+    out = np.full((size[1], size[0], 3), 255, np.uint8)
+    for s, xy in texts:
+        im = Image.new("RGB", size, (255, 255, 255))
+        ImageDraw.Draw(im).text(xy, s, fill=(0, 0, 0), font=font())
+        out = np.minimum(out, np.asarray(im))
+    return out
+
+
+def _ink_right(s):
+    """How far right of its origin s reaches in the figure's font, measured on the drawn pixels."""
+    arr = _text_canvas((1000, 40), [(s, (0, 0))])
+    return int(np.nonzero((arr < 255).any(axis=(0, 2)))[0].max()) + 1
+
+
+@pytest.mark.parametrize(
+    "active, total, want",
+    [
+        (0, 4096, "0%"), (4096, 4096, "100%"), (2048, 4096, "50%"), (1, 3, "33%"), (2, 3, "67%"),
+        (4, 4096, "0.1%"),  # 0.098 %: four white pixels are not "0%"
+        (20, 4096, "0.5%"), (21, 4096, "1%"),  # 0.49 % would round to 0, 0.51 % to 1
+        (1, 100_000, "<0.1%"), (1, 2, "50%"),
+        (4091, 4096, "99.9%"),  # 99.88 %: a visible black patch is not "100%"
+        (4076, 4096, "99.5%"), (4075, 4096, "99%"),
+        (99_999, 100_000, ">99.9%"), (383 * 36 - 1, 383 * 36, ">99.9%"),
+    ],
+)
+def test_percent_label_is_0_or_100_only_when_exact(active, total, want):
+    from yoda.attention.figure import _percent
+
+    assert _percent(active, total) == want
+
+
+def test_percent_label_bad_counts():
+    from yoda.attention.figure import _percent
+
+    for args in [(-1, 10), (11, 10), (0, 0), (True, 10)]:
+        with pytest.raises(ValueError):
+            _percent(*args)
+
+
+def test_ratio_text_says_which_steps_it_counts():
+    from yoda.attention.figure import _ratio_text
+
+    assert _ratio_text(0.8125, False, 1000) == "pixel update ratio (every step of T=1000)=0.812"
+    assert _ratio_text(0.177, True, 1000) == "pixel update ratio (this run's steps)=0.177"
+    assert _ratio_text(1.0, False, 3) == "pixel update ratio (every step of T=3)=1.000"
+    assert _ratio_text(0.99996, True, 50) == "pixel update ratio (this run's steps)=>0.999"
+    assert _ratio_text(0.0002, True, 50) == "pixel update ratio (this run's steps)=<0.001"
+    assert _ratio_text(0.0, True, 50) == "pixel update ratio (this run's steps)=0.000"
+
+
+def _count_ratio(A, T, lb):
+    """By brute force: refined (pixel, step) pairs over t = 1..T, in integers, with mask_at."""
+    return sum(int(mask_at(A, t, T, lb).sum()) for t in range(1, T + 1)) / (A.numel() * T)
+
+
+@pytest.mark.parametrize("T", [1, 3, 7, 1000])
+@pytest.mark.parametrize("lb", [0.0, 0.3, 0.6, 1.2])
+def test_every_step_ratio_is_refine_fraction(T, lb):
+    """The default title ratio is the exact share of (pixel, step) pairs refined over every step t = 1..T:
+    refine_fraction(A, range(T), T, l) (float32 sums) and the integer count agree, also for A values lying
+    exactly on the float32 thresholds; it tends to pixel_update_ratio for large T."""
+    from yoda.masks import refine_fraction, tau_at
+
+    g = torch.Generator().manual_seed(T)
+    A = torch.rand(1, 1, 17, 23, generator=g)
+    on = torch.tensor([max(0.0, min(1.0, tau_at(t, T, lb))) for t in range(1, T + 1)], dtype=torch.float32)
+    A.view(-1)[: min(T, 17 * 23 // 2)] = on[torch.randperm(T, generator=g)[: min(T, 17 * 23 // 2)]]
+    r = float(every_step_ratio(A, T, lb)[0])
+    assert r == _count_ratio(A, T, lb)
+    assert r == pytest.approx(float(refine_fraction(A, range(T), T, lb)[0]), abs=2e-6)
+    if T == 1000:
+        assert abs(r - float(pixel_update_ratio(A, lb)[0])) <= 1.0 / T + 1e-6
+
+
+def test_attention_figure_title_and_labels_are_exact():
+    """The drawn title and mask labels are these strings: masks at 0.06 % and 99.88 % say "0.1%" and "99.9%"
+    (not "0%" / "100%"); the default ratio is the one over every step of T (T=3: the mean of its three masks,
+    not the large-T limit mean(min(1, A + l))); a given ratio is labelled as the run's own."""
+    from yoda.attention import figure as fig
+
+    A = torch.full((1, 1, 40, 40), 0.35)
+    A[0, 0, 0, 0] = 1.0  # alone above tau(1000) = 0.4
+    A[0, 0, 0, 1:3] = 0.0  # below tau(900) = 0.3: 1598 of 1600 active
+    lr = _rand_lr(B=1, h=40, w=40)
+    Hp, Wp = fig._panel_size(40, 40)
+    title_h, row_h = fig._LABEL_H + 4, fig._LABEL_H + Hp + fig._GAP
+    labels = ["M(t=1000) 0.1%", "M(t=900) 99.9%", "M(t=600) 100%"]
+
+    def drawn(img, title, labels=labels):
+        arr = np.asarray(img)
+        texts = [(title, (fig._GAP, 4))]
+        texts += [(s, (fig._GAP + i * (Wp + fig._GAP), title_h + fig._LABEL_Y)) for i, s in enumerate(["LR", "attention A", "A over LR"])]
+        texts += [(s, (fig._GAP + i * (Wp + fig._GAP), title_h + row_h + fig._LABEL_Y)) for i, s in enumerate(labels)]
+        ref = _text_canvas(img.size, texts)
+        for y0 in (0, title_h, title_h + row_h):  # the title strip and the two label strips (above the frames)
+            y1 = y0 + (title_h if y0 == 0 else fig._LABEL_H - 1)
+            if not np.array_equal(arr[y0:y1], ref[y0:y1]):
+                return False
+        return True
+
+    r = _count_ratio(A, 1000, 0.6)
+    img = att.attention_figure(lr, A, ts=[1000, 900, 600])
+    assert drawn(img, f"lower_bound=0.6  T=1000  pixel update ratio (every step of T=1000)={r:.3f}")
+    assert not drawn(img, f"lower_bound=0.6  T=1000  pixel update ratio (every step of T=1000)={r + 0.001:.3f}")
+    img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177)
+    assert drawn(img, "lower_bound=0.6  T=1000  pixel update ratio (this run's steps)=0.177")
+    # T = 3: the default ts are 3, 2, 1 -- every step -- and the title is the mean of the three masks drawn
+    A3 = att.edge()(lr)
+    fracs = [float(mask_at(A3, t, 3, 0.6).double().mean()) for t in (3, 2, 1)]
+    assert abs(sum(fracs) / 3 - float(pixel_update_ratio(A3, 0.6)[0])) > 0.05  # the limit would be wrong here
+    assert float(every_step_ratio(A3, 3, 0.6)[0]) == pytest.approx(sum(fracs) / 3, abs=1e-12)
+    labels3 = [f"M(t={t}) {fig._percent(int(mask_at(A3, t, 3, 0.6).sum()), 1600)}" for t in (3, 2, 1)]
+    title3 = f"lower_bound=0.6  T=3  pixel update ratio (every step of T=3)={sum(fracs) / 3:.3f}"
+    assert drawn(att.attention_figure(lr, A3, T=3), title3, labels3)
+
+
+@pytest.mark.parametrize(
+    "hw, lb",
+    [((24, 2), 0.6), ((2, 24), 0.6), ((64, 6), 0.6), ((16, 20), 0.6), ((64, 6), 1.2)],
+    ids=["tall", "wide", "tall6x64", "normal", "tall-one-mask"],
+)
+def test_attention_figure_labels_fit_and_title_is_whole(hw, lb):
+    """Tall images give narrow panels: each column is as wide as its widest label (panel centred in it), labels
+    do not overlap or leave their column, and the canvas holds the whole title (wider than the three columns
+    of a tall image with lower_bound >= 1) -- measured on drawn pixels."""
+    from yoda.attention import figure as fig
+    from yoda.drawing import font
+
+    h, w = hw
+    lr = _rand_lr(B=1, h=h, w=w, seed=4)
+    A = att.edge()(lr)
+    img = att.attention_figure(lr, A, lower_bound=lb)
+    arr = np.asarray(img)
+    Hp, Wp = fig._panel_size(h, w)
+    ts = [1000, 900, 800, 700, 600] if lb < 1 else [1000]
+    ratio = float(every_step_ratio(A, 1000, lb)[0])
+    title = f"lower_bound={lb:g}  T=1000  " + fig._ratio_text(ratio, False, 1000)
+    top = ["LR", "attention A", "A over LR"]
+    bottom = [f"M(t={t}) {fig._percent(int(mask_at(A, t, 1000, lb).sum()), h * w)}" for t in ts]
+    lay = fig._layout((Hp, Wp), top, bottom, title, font())
+    assert img.size == (lay["width"], lay["height"])
+    # the layout: columns as wide as the widest label's drawn ink, the canvas as wide as the title's
+    cell_w = max([Wp] + [_ink_right(s) for s in top + bottom])
+    assert lay["cell_w"] == cell_w and lay["panel_dx"] == (cell_w - Wp) // 2
+    assert img.size[0] >= max(fig._GAP + max(3, len(ts)) * (cell_w + fig._GAP), 2 * fig._GAP + _ink_right(title))
+    if lb >= 1:
+        assert img.size[0] > fig._GAP + 3 * (cell_w + fig._GAP)  # widened for the title
+    if hw[1] < 10:
+        assert cell_w > Wp  # the narrow panels (about 32 px) got wider columns
+    # the drawn text is exactly the texts of the layout, each alone (nothing clipped, nothing else)
+    texts = lay["texts"]
+    assert [s for s, _, _ in texts] == [title] + top + bottom
+    ref = _text_canvas(img.size, [(s, xy) for s, xy, _ in texts])
+    title_h, row_h = lay["title_h"], lay["row_h"]
+    for y0, y1 in [(0, title_h), (title_h, title_h + fig._LABEL_H - 1), (title_h + row_h, title_h + row_h + fig._LABEL_H - 1)]:
+        assert np.array_equal(arr[y0:y1], ref[y0:y1])
+    # each text's ink lies in its box; boxes lie inside the canvas, do not overlap, and labels stay in their column
+    for s, xy, (x0, y0, x1, y1) in texts:
+        ink = np.argwhere((_text_canvas(img.size, [(s, xy)]) < 255).any(axis=2))
+        assert ink[:, 0].min() >= y0 and ink[:, 0].max() < y1 and ink[:, 1].min() >= x0 and ink[:, 1].max() < x1, s
+        assert 0 <= x0 and x1 <= img.size[0] - fig._GAP and 0 <= y0 and y1 <= img.size[1]
+    boxes = [b for _, _, b in texts]
+    for i in range(len(boxes)):
+        for j in range(i):
+            a, b = boxes[i], boxes[j]
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (texts[i][0], texts[j][0])
+    for k, (s, _, (x0, _, x1, y1)) in enumerate(texts[1:]):
+        row, col = (0, k) if k < 3 else (1, k - 3)
+        cx = fig._GAP + col * (cell_w + fig._GAP)
+        assert cx <= x0 and x1 <= cx + cell_w and y1 <= title_h + row * row_h + fig._LABEL_H - 1, s
+    # the masks are drawn centred in their columns, in a grey frame
+    y0 = title_h + row_h + fig._LABEL_H
+    for i, t in enumerate(ts):
+        x0 = fig._GAP + i * (cell_w + fig._GAP) + (cell_w - Wp) // 2
+        m = fig._show(mask_at(A, t, 1000, lb)[0].float(), (Hp, Wp))[0].numpy() >= 0.5
+        assert np.array_equal(arr[y0 : y0 + Hp, x0 : x0 + Wp], np.where(m[..., None], 255, 0).repeat(3, axis=2)), t
+        assert (arr[y0 - 1, x0 - 1 : x0 + Wp + 1] == 150).all() and (arr[y0 : y0 + Hp, x0 - 1] == 150).all()
+        assert (arr[y0 : y0 + Hp, x0 + Wp] == 150).all()
 
 
 @pytest.mark.parametrize(

@@ -251,7 +251,12 @@ def test_attention_command(tmp_path, images, capsys):
     from yoda.masks import pixel_update_ratio
 
     want = float(pixel_update_ratio(get("edge")(load_image(rgb)), 0.5).mean())
-    assert abs(ratio - want) < 1e-3  # the printed ratio is mean(min(1, A + l)) of this image's map
+    assert abs(ratio - want) < 1e-3  # the exact ratio over T = 1000 steps is within 1/T of mean(min(1, A + l))
+    code, stdout, err = run(["attention", rgb, "-o", str(out), "--lower-bound", "0.5", "--T", "3"], capsys)
+    from yoda.masks import refine_fraction
+
+    want3 = float(refine_fraction(get("edge")(load_image(rgb)), range(3), 3, 0.5)[0])
+    assert code == 0 and float(stdout.split("):")[1].split()[0]) == pytest.approx(want3, abs=5e-4), err
     # lower bound >= 1: plain sampling, every pixel refined at every step
     code, stdout, err = run(["attention", rgb, "-o", str(out), "--lower-bound", "1.2"], capsys)
     assert code == 0 and float(stdout.split("):")[1].split()[0]) == 1.0, err

@@ -249,7 +249,7 @@ def _upscale_one(a, model, dev, unit: int, arr, grey: bool, src: str, dst: str) 
 def cmd_attention(a) -> int:
     from .attention import attention_figure
     from .images import from_uint8
-    from .masks import pixel_update_ratio
+    from .masks import every_step_ratio
 
     _check_output(a.output)
     arr, _ = _read(a.image, a.max_pixels)
@@ -257,9 +257,10 @@ def cmd_attention(a) -> int:
     A = _attention(a.attention)(lr)
     with _user_input():  # --lower-bound, --T
         fig = attention_figure(lr, A, a.lower_bound, a.T)
-        ratio = float(pixel_update_ratio(A, a.lower_bound)[0])
+        ratio = float(every_step_ratio(A, a.T, a.lower_bound)[0])  # the figure's title, exactly
     _save_pil(fig, a.output)
-    print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}): {ratio:.3f}  -> {a.output}")
+    print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, every step of T={a.T}): {ratio:.3f}  "
+          f"-> {a.output}")
     return 0
 
 

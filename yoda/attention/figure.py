@@ -2,10 +2,15 @@
 
     top row:    LR image | A (viridis) | A over the LR
     bottom row: M(t) = 1[A >= t/T - lower_bound] for t in ts (white = refined at step t),
-                each labelled with t and the fraction of active pixels
+                each labelled with t and the percentage of active pixels (0 % / 100 % only when exact)
 
-The title line gives lower_bound, T and the pixel update ratio mean(min(1, A + lower_bound)).
-Masks and the ratio come from :mod:`yoda.masks` (the one definition of the schedule).
+The title line gives lower_bound, T and a pixel update ratio, labelled with what it counts: by default the
+exact fraction of (pixel, step) pairs refined over every step t = 1..T (its large-T limit is
+mean(min(1, A + lower_bound))), or the ratio the caller passes (e.g. that of a sampling run's own steps).
+Masks and thresholds come from :mod:`yoda.masks` (the one definition of the schedule).
+
+Layout: every column is as wide as its panel or its widest label, whichever is wider (a narrow panel is centred
+in its column), and the canvas is at least as wide as the title; text is measured with the font it is drawn in.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ __all__ = ["attention_figure", "colormap"]
 _MIN_PANEL = 160  # px: the short side of a panel; LR images of 16 px are blown up (nearest) to this
 _MAX_PANEL = 384  # px: larger images are shown shrunk (area) so the figure stays a few hundred px
 _GAP = 6
-_LABEL_H = 18
+_LABEL_H = 18  # px: the strip above each panel (and the title's) that holds one line of text
+_LABEL_Y = 2  # px: where a label's origin sits in its strip
 _BG = (255, 255, 255)
 
 
@@ -76,6 +82,73 @@ def _show(x: torch.Tensor, size: tuple) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode=mode)[0]
 
 
+def _percent(active: int, total: int) -> str:
+    """The share active / total of a mask's pixels as a label: whole percent, one decimal where whole percent
+    would round to 0 or 100, and "<0.1%" / ">99.9%" beyond that; "0%" and "100%" only when exact."""
+    if isinstance(active, bool) or isinstance(total, bool) or total < 1 or not 0 <= active <= total:
+        raise ValueError(f"need 0 <= active <= total, total >= 1; got {active!r} of {total!r}")
+    if active == 0:
+        return "0%"
+    if active == total:
+        return "100%"
+    p = 100.0 * active / total
+    for digits in (0, 1):
+        s = f"{p:.{digits}f}"
+        if 0 < float(s) < 100:
+            return s + "%"
+    return "<0.1%" if p < 50 else ">99.9%"
+
+
+def _ratio_text(ratio: float, given: bool, T: int) -> str:
+    """The title's update ratio: what it counts, then its value to 3 decimals (0 / 1 only when exact)."""
+    what = "this run's steps" if given else f"every step of T={T}"
+    v = f"{ratio:.3f}"
+    if ratio > 0 and float(v) == 0:
+        v = "<0.001"
+    elif ratio < 1 and float(v) == 1:
+        v = ">0.999"
+    return f"pixel update ratio ({what})={v}"
+
+
+def _ink(s: str, font) -> tuple:
+    """(left, top, right, bottom) of the pixels text s may cover when drawn at the origin with font."""
+    l, t, r, b = font.getbbox(s)
+    return math.floor(l), math.floor(t), math.ceil(r), math.ceil(b)
+
+
+def _layout(size: tuple, top: Sequence[str], bottom: Sequence[str], title: str, font) -> dict:
+    """Where everything goes. Columns of one width cell_w = max(panel width, widest label's ink) apart by _GAP;
+    each panel centred in its column; a label that fits over its panel starts at the panel's left edge, a wider
+    one is centred over the panel (so it stays inside its column); the canvas is as wide as the columns or the
+    title, whichever is wider.
+
+    Returns cell_w, panel_dx (the panel's x offset in its column), title_h, row_h, width, height, and
+    texts: (string, origin (x, y), ink box (x0, y0, x1, y1) on the canvas) for the title, then the top row's
+    labels, then the bottom row's (the text drawn at origin covers only pixels of its box)."""
+    Hp, Wp = size
+    labels = [(0, c, s) for c, s in enumerate(top)] + [(1, c, s) for c, s in enumerate(bottom)]
+    cell_w = max([Wp] + [_ink(s, font)[2] for _, _, s in labels])
+    panel_dx = (cell_w - Wp) // 2
+    title_h = _LABEL_H + 4
+    row_h = _LABEL_H + Hp + _GAP
+    ncol = max(len(top), len(bottom))
+    width = max(_GAP + ncol * (cell_w + _GAP), 2 * _GAP + _ink(title, font)[2])
+    height = title_h + 2 * row_h + _GAP
+
+    def text(s, x, y):
+        l, t, r, b = _ink(s, font)
+        return s, (x, y), (x + l, y + t, x + r, y + b)
+
+    texts = [text(title, _GAP, 4)]
+    for row, col, s in labels:
+        x0, y0 = _GAP + col * (cell_w + _GAP), title_h + row * row_h
+        w = _ink(s, font)[2]
+        x = x0 + panel_dx if w <= Wp else x0 + (cell_w - w) // 2
+        texts.append(text(s, x, y0 + _LABEL_Y))
+    return dict(cell_w=cell_w, panel_dx=panel_dx, title_h=title_h, row_h=row_h, width=width, height=height,
+                texts=texts)
+
+
 def attention_figure(
     lr: torch.Tensor,
     A: torch.Tensor,
@@ -91,13 +164,15 @@ def attention_figure(
     ts: DESIGN's t in [1, T] (t = training index + 1); default 5 values from T down to lower_bound*T,
         the span over which the masks grow (below lower_bound*T every pixel is active; with lower_bound >= 1,
         every pixel at every t: t = T alone).
-    ratio: the pixel update ratio printed in the title; default pixel_update_ratio(A, lower_bound), its limit
-        with every step of T (a sampling run with few steps has its own: yoda.masks.refine_fraction).
+    ratio: the pixel update ratio printed in the title, labelled "this run's steps" (yoda demo passes the mean
+        active fraction of the steps its run took); default: the exact ratio over every step t = 1..T,
+        refine_fraction(A, range(T), T, lower_bound), labelled "every step of T=..." (for large T it tends to
+        pixel_update_ratio(A, lower_bound) = mean(min(1, A + lower_bound))).
     Returns a PIL.Image (RGB).
     """
     from PIL import Image, ImageDraw
 
-    from yoda.masks import mask_at, pixel_update_ratio
+    from yoda.masks import every_step_ratio, mask_at
 
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be a positive int, got {T!r}")
@@ -125,42 +200,29 @@ def attention_figure(
     heat = colormap(a_show)
     overlay = np.rint(0.5 * img.astype(np.float32) + 0.5 * heat.astype(np.float32)).astype(np.uint8)
 
-    ratio = float(pixel_update_ratio(a[None], lower_bound)[0]) if ratio is None else float(ratio)
+    given = ratio is not None
+    ratio = float(ratio) if given else float(every_step_ratio(a[None], T, lower_bound)[0])
     masks = []
     for t in ts:
         m = mask_at(a[None], int(t), T, lower_bound)[0, 0]  # at A's own resolution
-        frac = float(m.float().mean())
+        active = int(m.sum())
         m_show = _show(m[None].float(), size)[0] >= 0.5
-        masks.append((int(t), frac, np.where(m_show.numpy()[..., None], 255, 0).astype(np.uint8).repeat(3, -1)))
+        masks.append((int(t), active, m.numel(), np.where(m_show.numpy()[..., None], 255, 0).astype(np.uint8).repeat(3, -1)))
 
-    Hp, Wp = size
-    cell_w = Wp + _GAP
-    n_top, n_bot = 3, len(masks)
-    width = _GAP + max(n_top, n_bot) * cell_w
-    title_h = _LABEL_H + 4
-    row_h = _LABEL_H + Hp + _GAP
-    height = title_h + 2 * row_h + _GAP
-    canvas = Image.new("RGB", (width, height), _BG)
-    draw = ImageDraw.Draw(canvas)
     font = _font()
-    draw.text(
-        (_GAP, 4),
-        f"lower_bound={lower_bound:g}  T={T}  pixel update ratio={ratio:.3f}",
-        fill=(0, 0, 0),
-        font=font,
-    )
-
-    def put(col: int, row: int, arr: np.ndarray, label: str):
-        x0 = _GAP + col * cell_w
-        y0 = title_h + row * row_h
-        draw.text((x0, y0 + 2), label, fill=(0, 0, 0), font=font)
-        canvas.paste(Image.fromarray(arr), (x0, y0 + _LABEL_H))
+    title = f"lower_bound={lower_bound:g}  T={T}  " + _ratio_text(ratio, given, T)
+    top = ["LR", "attention A", "A over LR"]
+    bottom = [f"M(t={t}) {_percent(k, n)}" for t, k, n, _ in masks]
+    lay = _layout(size, top, bottom, title, font)
+    canvas = Image.new("RGB", (lay["width"], lay["height"]), _BG)
+    draw = ImageDraw.Draw(canvas)
+    for s, xy, _ in lay["texts"]:
+        draw.text(xy, s, fill=(0, 0, 0), font=font)
+    panels = [(0, c, arr) for c, arr in enumerate((img, heat, overlay))] + [(1, c, m[3]) for c, m in enumerate(masks)]
+    for row, col, arr in panels:
+        x0 = _GAP + col * (lay["cell_w"] + _GAP) + lay["panel_dx"]
+        y0 = lay["title_h"] + row * lay["row_h"] + _LABEL_H
+        canvas.paste(Image.fromarray(arr), (x0, y0))
         # a frame, so that an all-white mask (every pixel active) still reads as a panel
-        draw.rectangle((x0 - 1, y0 + _LABEL_H - 1, x0 + arr.shape[1], y0 + _LABEL_H + arr.shape[0]), outline=(150, 150, 150))
-
-    put(0, 0, img, "LR")
-    put(1, 0, heat, "attention A")
-    put(2, 0, overlay, "A over LR")
-    for i, (t, frac, m) in enumerate(masks):
-        put(i, 1, m, f"M(t={t}) {100 * frac:.0f}%")
+        draw.rectangle((x0 - 1, y0 - 1, x0 + arr.shape[1], y0 + arr.shape[0]), outline=(150, 150, 150))
     return canvas
