@@ -165,7 +165,7 @@ def test_upscale_with_upstream_checkpoints(tmp_path, images, capsys):
     out3 = tmp_path / "out3.png"
     for args, words in (([f"srdiff:{tmp_path / 'nope.ckpt'}"], ("--model", "nope.ckpt")),
                         ([f"sr3:{ck}", "--model-config", str(tmp_path / "nope.json")], ("--model-config", "nope.json")),
-                        ([f"sr3:{ck2}"], ("--model (sr3 weights)", "--model-config")),  # SRDiff weights read as SR3
+                        ([f"sr3:{ck2}"], ("--model (sr3)", "--model-config")),  # SRDiff weights read as SR3
                         ([str(ck2)], ("ckpt",)),  # an upstream checkpoint without its kind: not a yoda file
                         ([f"srdiff:{ck2}", "--model-config", str(cfg)], ("config",))):
         code, _, err = run(["upscale", rgb, "-o", str(out3), "--model", *args, "-q"], capsys)
@@ -217,6 +217,10 @@ def test_upscale_folder_goes_on_past_a_bad_image(tmp_path, tiny_model, capsys):
     assert code == 2 and "Traceback" in err and "1 of 3 inputs failed" in err  # --debug: the traceback too
     for n in ("a_x4.png", "c_x4.png"):
         assert (tmp_path / "bad" / n).read_bytes() == (tmp_path / "good" / n).read_bytes()
+    # a bad option is one error before any input, not one per input
+    for bad in (["--eta", "3"], ["--attention", "bogus"], ["--steps", "5000"]):
+        code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "opt"), *common, *bad], capsys)
+        assert code == 2 and err.count("\n") == 1 and not (tmp_path / "opt").exists(), (bad, err)
     # every input failing leaves no output folder behind
     code, _, err = run(["upscale", str(src / "b.png"), str(src / "b.png"), "-o", str(tmp_path / "none"), *common],
                        capsys)

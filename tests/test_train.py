@@ -437,20 +437,27 @@ def test_train_main_refuses_a_checkpoint_past_the_steps_and_records_the_flips(tm
 
 
 def test_trainer_refuses_held_out_scikit_image_files(tmp_path, img_folder):
-    """A data folder holding a held-out scikit-image picture (by file stem) is refused, naming the file:
-    TRAINING.md says the model never saw them."""
+    """A data folder holding a held-out scikit-image picture (a file named like one and holding it) is refused,
+    naming the file: TRAINING.md says the model never saw them."""
     from yoda.data import HELD_OUT, DataError
     from yoda.photos import HELD_OUT_PHOTOS
     from yoda.training.trainer import check_train_images
 
+    import numpy as np
+    from PIL import Image
+
+    from yoda.data import builtin_image
+
     bad = os.path.join(img_folder, "astronaut.png")
-    os.rename(os.path.join(img_folder, "im1.png"), bad)
+    Image.fromarray(builtin_image("astronaut")).save(bad)  # the picture itself, as `python -m yoda.data export` writes
     with pytest.raises(DataError) as e:
         Trainer(tiny_config(img_folder), str(tmp_path / "run"), device="cpu", progress=False)
     assert str(e.value) == (f"held-out scikit-image images may not be used for training: {bad} (yoda.data.HELD_OUT: "
                             f"{', '.join(HELD_OUT)}; they are for evaluation)")
+    chelsea, own = builtin_image("chelsea"), np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(DataError, match=r"training: d/Cat\.JPG \("):  # chelsea's other name, any case
-        check_train_images(["d/im.png", "d/Cat.JPG"])
+        check_train_images([("d/im.png", own), ("d/Cat.JPG", chelsea)])
     with pytest.raises(DataError, match="held-out photographs"):  # and still the photographs
-        check_train_images([f"d/{HELD_OUT_PHOTOS[0]}.png"])
-    check_train_images(["d/im0.png", "camera"])
+        check_train_images([(f"d/{HELD_OUT_PHOTOS[0]}.png", own)])
+    # a user's own picture named like one (cat.jpg, coffee.png) is not the held-out picture: it trains
+    check_train_images([("d/im0.png", own), ("camera", own), ("d/cat.jpg", own), ("d/coffee.png", chelsea)])

@@ -31,7 +31,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -73,8 +73,8 @@ def load_model(spec: str, device, config: Optional[str] = None):
     try:
         with _user_input():
             model = load(kind, str(path), config=config)
-    except UserError as e:  # the file's own complaint, said of the option that named it
-        raise UserError(f"--model ({kind} weights): {e}") from e
+    except UserError as e:  # the file's own complaint, said of the options that named it
+        raise UserError(f"--model{' / --model-config' if config is not None else ''} ({kind}): {e}") from e
     return model.to(device).eval()
 
 
@@ -173,7 +173,7 @@ def cmd_upscale(a) -> int:
         print("yoda: note: --lower-bound has no effect without --attention (plain sampling)", file=sys.stderr)
     a.inputs = expand_inputs(a.inputs)
     rank, world = dist_env()
-    model, dev, unit = _upscale_model(a, rank, world)  # sets a.scale: the output names carry it
+    run = _upscale_model(a, rank, world)  # sets a.scale: the output names carry it
     targets, out_dir = output_targets(a)
 
     def work(item):
@@ -181,7 +181,7 @@ def cmd_upscale(a) -> int:
         if not skip_existing(a.skip_existing, src, dst):
             arr, grey = _read(src, a.max_pixels)
             check_hr_size(src, arr, a.scale, a.max_pixels)
-            _upscale_one(a, model, dev, unit, arr, grey, src, dst)
+            _upscale_one(a, run, arr, grey, src, dst)
 
     items = list(zip(a.inputs, targets))
     if world > 1:  # the outputs are the same files as one process writes (atomically)
@@ -202,9 +202,23 @@ def cmd_upscale(a) -> int:
     return 0
 
 
-def _upscale_model(a, rank: int, world: int):
-    """(model, device, window unit) of upscale; --scale checked against the model's, or set to it."""
+class _UpscaleRun(NamedTuple):
+    """What every input of an upscale run shares: the model, its device and window unit, the attention extractor
+    (None: plain; resolved once, so DINO weights are read once) and yoda.sample's speed options."""
+
+    model: Any
+    dev: Any
+    unit: int
+    attention: Any
+    speed: dict
+
+
+def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
+    """The _UpscaleRun of upscale; --scale checked against the model's, or set to it. Every option is checked here,
+    once, so that a bad one is one error and not one per input of a folder."""
     import torch
+
+    from .sampling.spec import make_spec
 
     dev = _device(a.device)
     if dev.type == "cuda" and world > 1:
@@ -222,26 +236,31 @@ def _upscale_model(a, rank: int, world: int):
                         f"(this model's size multiple and scale)")
     if a.window_batch is not None and a.window_batch < 1:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
-    return model, dev, unit
+    attention = None if a.attention is None else _attention(a.attention)
+    with _user_input():  # --steps, --sampler, --eta, --lower-bound, --seed, --sigmas on the smallest LR the model takes
+        lr = torch.zeros(1, 3, unit // scale, unit // scale, device=dev)
+        make_spec(_adapter(model), lr, steps=a.steps, sampler=a.sampler, eta=a.eta, lower_bound=a.lower_bound,
+                  seed=a.seed, sigmas=a.sigmas, progress=False)
+    return _UpscaleRun(model, dev, unit, attention, speed_options(a, dev))
 
 
-def _upscale_one(a, model, dev, unit: int, arr, grey: bool, src: str, dst: str) -> None:
+def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> None:
     import torch
 
     from .images import from_uint8
 
-    lr = from_uint8(arr).to(dev)
-    hr_h, hr_w = (-(-n * a.scale // unit) * unit for n in arr.shape[:2])  # the padded HR state
-    windows, window_batch, need = plan_windows(hr_h, hr_w, 1, unit, a.max_memory, a.tiles, a.window_batch)
+    lr = from_uint8(arr).to(run.dev)
+    hr_h, hr_w = (-(-n * a.scale // run.unit) * run.unit for n in arr.shape[:2])  # the padded HR state
+    windows, window_batch, need = plan_windows(hr_h, hr_w, 1, run.unit, a.max_memory, a.tiles, a.window_batch)
     if windows is not None and a.tiles is None:
         print(f"{src}: about {need / 2**20:.0f} MiB at {hr_w}x{hr_h} is over --max-memory "
               f"{a.max_memory / 2**20:.0f} MiB: denoising in windows of {windows[0]} (overlap "
               f"{windows[1]}), {window_batch} per call")
     t0 = time.perf_counter()
     with torch.no_grad():
-        sr = upscale_tensor(model, lr, attention=a.attention, steps=a.steps, sampler=a.sampler,
+        sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
                             eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
-                            windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=speed_options(a, dev))
+                            windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=run.speed)
     _save(sr, dst, grey)
     print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
 
@@ -272,6 +291,7 @@ def cmd_demo(a) -> int:
     from .adapters import upsample
     from .attention import attention_figure
     from .attention.figure import colormap
+    from .sampling.prepare import resolve_attention
     from .data import HELD_OUT, builtin_image, make_lr
     from .evaluate import metrics
     from .images import from_uint8, to_uint8
@@ -295,7 +315,8 @@ def cmd_demo(a) -> int:
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
     extractor = _attention(a.attention)
-    A = extractor(lr)  # drawn; the run gets the extractor, as upscale does
+    with _user_input():  # drawn: the map the sampler makes of the extractor (at HR, normalised after the resize)
+        A = resolve_attention(extractor, lr, (size, size))
     results = {"bicubic": upsample(lr, s)}
     timing, visited = {}, []  # the YODA run's steps: (DESIGN's t, fraction of HR pixels refined)
     for name, attn in (("plain", None), ("YODA", extractor)):
@@ -549,7 +570,7 @@ def _one_line(e: BaseException, options: bool = True) -> str:
     if not msg:
         return type(e).__name__
     line = msg.splitlines()[0]
-    name = re.match(r"\w+(?=[ :])", line)
+    name = re.match(r"\w+(?=[ :\[])", line)
     if options and name and name.group() in _OPTION_OF:
         return _OPTION_OF[name.group()] + line[name.end():]
     return line[len("path: "):] if line.startswith("path: ") else line  # read_image's argument: the file follows

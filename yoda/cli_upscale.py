@@ -186,30 +186,45 @@ def output_targets(a) -> tuple[list[str], Optional[Path]]:
         if not image_suffix:
             raise UserError(f"-o {a.output}: cannot write images with the suffix {out.suffix!r}; use one of "
                             f"{', '.join(OUTPUT_SUFFIXES)}, or end the name with / for a folder")
-        check_not_an_input(a.inputs, a.output)
+        check_not_an_input(_file_ids(a.inputs), a.output)
         with user_input():
             check_output(a.output, "-o")
         return [a.output], None
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; several inputs (or a name without a suffix) need a folder")
     targets = [str(out / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
-    seen = {}
+    seen, ids = {}, _file_ids(a.inputs)
     for src, dst in zip(a.inputs, targets):
         if dst in seen:
             raise UserError(f"{seen[dst]} and {src} have the same file name stem: both would be written to {dst}")
         seen[dst] = src
-        check_not_an_input(a.inputs, dst)
+        check_not_an_input(ids, dst)
     check_out_folder(a.output, targets)
     return targets, out
 
 
-def check_not_an_input(inputs, dst: str) -> None:
-    """yoda never writes over one of its inputs (-o naming the input, or an output name an input already has)."""
-    if os.path.exists(dst):
-        for src in inputs:
-            if os.path.exists(src) and os.path.samefile(src, dst):
-                raise UserError(f"-o {dst} is the input {src}: yoda does not overwrite its inputs; choose another "
-                                "name")
+def _file_ids(paths) -> dict:
+    """{(st_dev, st_ino): path} of the files among ``paths`` that exist: one stat each."""
+    ids = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        ids.setdefault((st.st_dev, st.st_ino), p)
+    return ids
+
+
+def check_not_an_input(ids: dict, dst: str) -> None:
+    """yoda never writes over one of its inputs (-o naming the input, or an output name an input already has);
+    ``ids``: _file_ids of the inputs (a set lookup per output, so a resumed folder of 10,000 images checks fast)."""
+    try:
+        st = os.stat(dst)
+    except OSError:
+        return
+    src = ids.get((st.st_dev, st.st_ino))
+    if src is not None:
+        raise UserError(f"-o {dst} is the input {src}: yoda does not overwrite its inputs; choose another name")
 
 
 def check_out_folder(output: str, files) -> None:

@@ -30,15 +30,15 @@ import torch.nn.functional as F
 from .images import DataError, quantize_u8, read_image, to_rgb_u8
 
 __all__ = [
-    "BUILTIN_TRAIN", "HELD_OUT", "IMAGE_EXTENSIONS", "CropSampler", "DataConfig", "DataError", "builtin_image",
-    "crop_to_multiple", "export_builtin", "fixed_crops", "list_folder", "load_source", "make_lr", "read_image",
-    "to_rgb_u8",
+    "BUILTIN_TRAIN", "HELD_OUT", "HELD_OUT_ALIASES", "IMAGE_EXTENSIONS", "CropSampler", "DataConfig", "DataError",
+    "builtin_image", "crop_to_multiple", "export_builtin", "fixed_crops", "list_folder", "load_folder", "load_source",
+    "make_lr", "read_image", "to_rgb_u8",
 ]
 
 # Held out of the built-in training set; used by `yoda eval`, `yoda demo` and validation during training.
 # "chelsea" and skimage.data.cat() are the same picture; both names are refused for training.
 HELD_OUT = ("astronaut", "coffee", "rocket", "chelsea")
-_HELD_OUT_ALIASES = {"cat": "chelsea"}
+HELD_OUT_ALIASES = {"cat": "chelsea"}
 
 # Bundled with scikit-image (no download), RGB or grey, at least 172 px on the short side.
 # "motorcycle_left"/"motorcycle_right" are the two views of skimage.data.stereo_motorcycle().
@@ -108,7 +108,7 @@ def builtin_image(name: str) -> np.ndarray:
     """One scikit-image bundled image by name (BUILTIN_TRAIN or HELD_OUT), as uint8 (H, W, 3)."""
     import skimage.data as sd
 
-    name = _HELD_OUT_ALIASES.get(name, name)
+    name = HELD_OUT_ALIASES.get(name, name)
     if name in ("motorcycle_left", "motorcycle_right"):
         left, right, _ = sd.stereo_motorcycle()
         arr = left if name == "motorcycle_left" else right

@@ -37,16 +37,28 @@ from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensor
 CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")  # "lr": the learning rate
 
 
-def check_train_images(names) -> None:
-    """DataError if any of the training images ``names`` (file paths or names) is held out for evaluation: a
-    scikit-image held-out image (yoda.data.HELD_OUT or "cat", by file stem, e.g. DIR/train/astronaut.png) or a
-    held-out photograph (yoda.photos.check_not_held_out). TRAINING.md says the model never saw them."""
-    held = set(_data.HELD_OUT) | set(_data._HELD_OUT_ALIASES)
-    bad = [str(n) for n in names if os.path.splitext(os.path.basename(str(n)))[0].lower() in held]
+def check_train_images(items) -> None:
+    """DataError if any training image is held out for evaluation: a scikit-image held-out picture (yoda.data.HELD_OUT
+    and its other names) saved as a file, e.g. DIR/train/astronaut.png -- a file named like one is compared with the
+    picture itself, so a user's own cat.jpg trains (without scikit-image the name alone decides) -- or a held-out
+    photograph (yoda.photos.check_not_held_out, by name). TRAINING.md says the model never saw them.
+    items: (name or path, uint8 (H, W, 3)) pairs, as yoda.data.load_source gives them."""
+    bad = [str(n) for n, a in items if _is_held_out_picture(str(n), a)]
     if bad:
         raise _data.DataError(f"held-out scikit-image images may not be used for training: {', '.join(bad)} "
                               f"(yoda.data.HELD_OUT: {', '.join(_data.HELD_OUT)}; they are for evaluation)")
-    check_not_held_out(names)
+    check_not_held_out(n for n, _ in items)
+
+
+def _is_held_out_picture(name: str, a) -> bool:
+    stem = os.path.splitext(os.path.basename(name))[0].lower()
+    if stem not in _data.HELD_OUT and stem not in _data.HELD_OUT_ALIASES:
+        return False
+    try:
+        held = _data.builtin_image(stem)
+    except ImportError:  # no scikit-image to compare with: the name decides
+        return True
+    return held.shape == a.shape and bool((held == a).all())
 
 
 class Trainer:
@@ -78,7 +90,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         train_images = _data.load_source(cfg.data.source, cfg.data.crop)
-        check_train_images([n for n, _ in train_images])
+        check_train_images(train_images)
         self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips)
         self.val_hr = None
         if cfg.val_every and cfg.data.val_crops:
