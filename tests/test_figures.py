@@ -350,7 +350,7 @@ def test_cli_checks_the_output_folder_before_sampling(tmp_path, tiny_model, caps
         (["-o", str(tmp_path / "afile" / "sub")], "afile is a file"),
         (["-o", str(taken)], "fig5_regional_error.png is a folder"),
         (["-o", str(tmp_path / "new"), "--attention", "bogus"], "bogus"),
-        (["-o", str(tmp_path / "new"), "--lower-bounds", "-1"], "lower_bounds[0]"),
+        (["-o", str(tmp_path / "new"), "--lower-bounds", "-1"], "--lower-bounds[0]"),
         (["-o", str(tmp_path / "new"), "--sampler", "ddpm", "--eta", "0.5"], "eta"),
         (["-o", str(tmp_path / "new"), "--images", str(tmp_path / "missing")], "missing"),
     ]

@@ -807,7 +807,7 @@ def test_cli_upscale_with_a_solver(tmp_path, tiny_model, capsys):
     model = yoda.load("yoda", tiny_model)
     lr = load_image(str(src))
     with torch.no_grad():
-        want = yoda.sample(model, lr, attention=yoda.attention.get("edge")(lr), steps=3, sampler="dpmpp_2m_sde",
+        want = yoda.sample(model, lr, attention="edge", steps=3, sampler="dpmpp_2m_sde",
                            sigmas="exponential", lower_bound=0.6, seed=0, progress=False)
     diff = np.abs(np.asarray(Image.open(out)).astype(int) - to_uint8(want)[0].astype(int))
     assert diff.max() <= 1
