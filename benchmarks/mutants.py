@@ -85,7 +85,8 @@ MUTANTS = [
            "upstream *_gen.pth keys keep a leading '.'"),
     Mutant("sr3-strict", "yoda/models/sr3_load.py",
            '    load_state_dict_checked(net, sd, p, hint="For SR3 pass the JSON the model was trained with "\n'
-           '                            "(yoda.load\'s config=, the CLI\'s --model-config; default: the 16->128 config).")\n',
+           '                            "(yoda.load\'s config=, the CLI\'s --model-config; default: the 16->128 '
+           'config).")\n',
            "    net.load_state_dict(sd, strict=False)\n",
            ("tests/test_checkpoint.py",),
            "SR3 weights loaded non-strictly: missing / unexpected keys pass silently"),
@@ -106,8 +107,8 @@ MUTANTS = [
            "a file without DINO keys gives a KeyError, not the list of missing keys (the test accepted any "
            "exception)"),
     Mutant("cli-attention-unpadded", "yoda/cli.py",
-           "A = _attention(attention) if isinstance(attention, str) else attention",
-           "A = _attention(attention)(lr) if isinstance(attention, str) else attention",
+           "sr = sample(ad, x, attention=attention, steps=steps,",
+           "sr = sample(ad, x, attention=attention if attention is None else attention(lr), steps=steps,",
            ("tests/test_cli.py", "-k", "upscale_one_file"),
            "the CLI's attention map precomputed from the unpadded LR, not yoda.sample's map of the name"),
     Mutant("train-val-lower-bound", "yoda/training/trainer.py",

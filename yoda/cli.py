@@ -118,13 +118,12 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
     h, w = lr.shape[-2:]
     ph, pw = (-h) % lr_mult, (-w) % lr_mult
     x = F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
-    # a name becomes its extractor, which yoda.sample calls on x as it calls a name: the same map (normalised again
-    # after the resize to the state) as yoda.sample(attention=name), yoda eval and yoda figures
-    A = _attention(attention) if isinstance(attention, str) else attention
+    # attention: an extractor (_attention(name)), which yoda.sample calls on x as it calls a name: the same map
+    # (normalised again after the resize to the state) as yoda.sample(attention=name), yoda eval and yoda figures
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
-        sr = sample(ad, x, attention=A, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
-                    progress=progress, backend=backend, windows=windows, window_batch=window_batch, sigmas=sigmas,
-                    callback=callback, **(speed or {}))
+        sr = sample(ad, x, attention=attention, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound,
+                    seed=seed, progress=progress, backend=backend, windows=windows, window_batch=window_batch,
+                    sigmas=sigmas, callback=callback, **(speed or {}))
     return sr[..., : s * h, : s * w]
 
 
