@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH | none (plain sampling; "
                         f"default {DEFAULT_ATTENTION})")
     p.add_argument("--eta", type=float, default=None,
-                   help="DDIM eta (default 0), or the noise scale of euler_a and the SDE solvers (default 1)")
+                   help="DDIM eta (default 0), or the noise scale of the ancestral (euler_a, dpm_2_a, dpmpp_2s_a) and SDE "
+                        "solvers (default 1)")
     p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
                    help="classifier-free guidance scale, for a model with an unconditional branch (default: the "
                         "model's own; the embedded and yoda-format models have none)")

@@ -197,8 +197,8 @@ def check_steps(steps: Any, T: int) -> int:
 
 
 def check_eta(eta: Any, sampler: str) -> float:
-    """eta of ``sampler`` (None: its default): DDIM's (default 0), or k-diffusion's noise scale of euler_a and the
-    SDE solvers (default 1); the other samplers take none (None or 0)."""
+    """eta of ``sampler`` (None: its default): DDIM's (default 0, at most 1), or k-diffusion's noise scale of the
+    ancestral and SDE solvers (S.ETA_SOLVERS, default 1); the other samplers take none (None or 0)."""
     if eta is not None:
         eta = check_float("eta", eta)
         if eta < 0:
