@@ -44,7 +44,8 @@ import pytest
 import torch
 
 import yoda
-from yoda.cli import DEFAULT_WEIGHTS, load_model
+from yoda.cli import load_model
+from yoda.models.loading import DEFAULT_WEIGHTS
 
 STEPS = 10
 SEED = 0

@@ -23,7 +23,7 @@ import time
 import pytest
 from PIL import Image
 
-from yoda.cli import DEFAULT_WEIGHTS
+from yoda.models.loading import DEFAULT_WEIGHTS
 from yoda.data import HELD_OUT, builtin_image
 
 N_IMAGES = 8

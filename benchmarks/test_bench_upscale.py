@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from yoda.cli import DEFAULT_WEIGHTS, main
+from yoda.cli import main
 from yoda.data import builtin_image
+from yoda.models.loading import DEFAULT_WEIGHTS
 
 TARGET_S = 20.0
 

@@ -8,8 +8,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-# Without the compiled extension (or triton) the backend-parametrised tests are not collected at all (188 -> 57
-# in test_masked_step.py) and everything else passes on the reference: a green run that tested much less. The
+# Without the compiled extension (or triton) the backend-parametrised tests are not collected at all (about two
+# thirds of test_masked_step.py) and everything else passes on the reference: a green run that tested much less. The
 # session therefore refuses to start unless every backend of this machine is present, or this is set to 1.
 ALLOW_MISSING = "YODA_ALLOW_MISSING_BACKENDS"
 

@@ -514,10 +514,9 @@ def test_default_names_the_embedded_model_and_cards_print_short():
                                                        "scale=2, prediction='eps', space='pixel', config=None)")
     with pytest.raises(FileNotFoundError):  # "default" names the embedded model for kind "yoda" only
         yoda.load("srdiff", "default")
-    from yoda.cli import DEFAULT_WEIGHTS as CLI_WEIGHTS  # kept torch-free in the CLI: the same file
     from yoda.models.loading import DEFAULT_WEIGHTS
 
-    assert DEFAULT_WEIGHTS == path == CLI_WEIGHTS
+    assert DEFAULT_WEIGHTS == path
 
 
 def test_files_without_prediction_and_the_embedded_model_load_with_a_card(tmp_path):

@@ -507,6 +507,12 @@ def test_output_paths_are_checked_before_sampling(tmp_path, tiny_model, images, 
         (["attention", rgb, "-o", str(tmp_path / "o.txt")], "o.txt: cannot write images"),
         (["demo", "-o", str(tmp_path / "nope" / "d.png"), "--model", tiny_model], "nope/d.png: the folder"),
     ]
+    import yoda.cli
+
+    def no_load(*args, **kwargs):  # -o is checked before the model loads (a large checkpoint takes a while)
+        raise AssertionError("the model was loaded before -o was checked")
+
+    monkeypatch.setattr(yoda.cli, "load_model", no_load)
     for args, want in cases:
         code, _, err = run(args + (["--model", tiny_model] if args[0] == "upscale" else []), capsys)
         assert code == 2 and want in err and err.count("\n") == 1, (args, err)

@@ -205,3 +205,13 @@ def test_legend_does_not_overlap_the_note(tmp_path, labels):
         assert colour_mask(img, COLOURS[i % 4])[y, x + 2:x + 29].all(), labels[i]
     # the panels are above the legend and their tick labels
     assert ly - 32 <= LEFT[3]
+
+
+@pytest.mark.parametrize("row, message", [("1,abc,0.0002,1.0,,", "line 3: loss is 'abc', not a number"),
+                                          (",0.5,0.0002,1.0,,", "line 3: step is '', not a number"),
+                                          ("2,0.4,0.0002,1.0,x,", "line 3: val_psnr_plain is 'x', not a number")])
+def test_a_cell_that_is_not_a_number_names_its_line(tmp_path, row, message):
+    """A hand-edited or truncated log said "could not convert string to float" without a file or line."""
+    path = log(tmp_path, "bad.csv", ["1,0.5,0.0002,1.0,,", row])
+    with pytest.raises(ValueError, match=f"bad.csv {message}$"):
+        plots.read_log(path)

@@ -12,7 +12,8 @@ import torch
 
 import yoda
 from yoda.adapters import PixelAdapter
-from yoda.cli import DEFAULT_WEIGHTS, load_model, main
+from yoda.cli import load_model, main
+from yoda.models.loading import DEFAULT_WEIGHTS
 from yoda.sampling.speed import FastNet, Speed, check_speed, network_attr, speed_adapter
 from yoda.schedule import Schedule
 

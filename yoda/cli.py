@@ -37,12 +37,11 @@ import numpy as np
 
 from .cli_parser import build_parser
 from ._io import made_dirs, remove_empty
-from .cli_upscale import (check_hr_size, check_out_folder, dist_env, expand_inputs, guided_model, output_targets,
-                          plan_windows, run_items, run_sharded, skip_existing, speed_options, tune_malloc, window_unit)
+from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, dist_env, expand_inputs, guided_model,
+                          output_folder, output_targets, plan_windows, run_items, run_sharded, skip_existing,
+                          speed_options, tune_malloc, window_unit)
 from .errors import UserError
 from .errors import user_input as _user_input
-
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_x4.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -54,7 +53,7 @@ MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.
 def load_model(spec: str, device, config: Optional[str] = None):
     """--model: "default" (the embedded x4 model), a path to a "yoda" model file, or KIND:PATH with KIND one of
     MODEL_KINDS (an upstream SR3 / SRDiff checkpoint; --model-config: its config file)."""
-    from .models.loading import load
+    from .models.loading import DEFAULT_WEIGHTS, load
 
     kind, _, rest = spec.partition(":")
     kind, path = (kind, Path(rest)) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
@@ -148,16 +147,8 @@ def _save(x, path: str, grey: bool = False) -> None:
 def _save_pil(img, path: str) -> None:
     from .images import save_pil
 
-    _check_output(path)
+    check_output_option(path)
     save_pil(img, path)
-
-
-def _check_output(path: str) -> None:
-    """-o of an image: suffix, folder, writable, checked before any work (yoda.images.check_output)."""
-    from .images import check_output
-
-    with _user_input():
-        check_output(path, "-o")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -172,8 +163,9 @@ def cmd_upscale(a) -> int:
         print("yoda: note: --lower-bound has no effect without --attention (plain sampling)", file=sys.stderr)
     a.inputs = expand_inputs(a.inputs)
     rank, world = dist_env()
-    run = _upscale_model(a, rank, world)  # sets a.scale: the output names carry it
-    targets, out_dir = output_targets(a)
+    out_dir = output_folder(a)  # -o before the model loads; the folder's file names carry the model's scale
+    run = _upscale_model(a, rank, world)  # sets a.scale
+    targets = output_targets(a, out_dir)
 
     def work(item):
         src, dst = item
@@ -269,13 +261,13 @@ def cmd_attention(a) -> int:
     from .images import from_uint8
     from .masks import every_step_ratio
 
-    _check_output(a.output)
+    check_output_option(a.output)
     arr, _ = _read(a.image, a.max_pixels)
     lr = from_uint8(arr)
     A = _attention(a.attention)(lr)
     with _user_input():  # --lower-bound, --T
-        fig = attention_figure(lr, A, a.lower_bound, a.T)
-        ratio = float(every_step_ratio(A, a.T, a.lower_bound)[0])  # the figure's title, exactly
+        ratio = float(every_step_ratio(A, a.T, a.lower_bound)[0])
+        fig = attention_figure(lr, A, a.lower_bound, a.T, ratio=ratio)  # the title says the ratio printed below
     _save_pil(fig, a.output)
     print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, every step of T={a.T}): {ratio:.3f}  "
           f"-> {a.output}")
@@ -299,7 +291,7 @@ def cmd_demo(a) -> int:
         raise UserError(f"--image must be one of the held-out images {', '.join(HELD_OUT)}, got {a.image!r}")
     if a.lr_size < 1:
         raise UserError(f"--lr-size must be >= 1, got {a.lr_size}")
-    _check_output(a.output)
+    check_output_option(a.output)
     dev = _device(a.device)
     model = load_model(a.model, dev, a.model_config)
     ad = _adapter(model)
@@ -475,7 +467,7 @@ def cmd_plot(a) -> int:
     labels = a.labels or [Path(p).parent.name or Path(p).stem for p in a.logs]
     if Path(a.output).suffix.lower() != ".png":
         raise UserError(f"-o {a.output} must end in .png")
-    _check_output(a.output)
+    check_output_option(a.output)
     with _user_input():  # a missing file or one that is not a training log
         plot_logs(a.logs, labels, a.output)
     print(f"wrote {a.output}")

@@ -167,12 +167,21 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     return 0
 
 
-def output_targets(a) -> tuple[list[str], Optional[Path]]:
-    """upscale's (output file per input, output folder or None), validated before any work.
+def check_output_option(path: str) -> None:
+    """-o of an image: suffix, folder, writable, checked before any work (yoda.images.check_output)."""
+    from .images import check_output
+
+    with user_input():
+        check_output(path, "-o")
+
+
+def output_folder(a) -> Optional[Path]:
+    """upscale's -o, checked before the model loads: None when it is one output file (checked in full), else the
+    output folder (created later if missing), in which IN becomes STEM_x<scale>.png (output_targets).
 
     -o is a file when there is one input and it has a suffix (which must be an image format yoda writes) and
-    is not an existing folder; otherwise a folder (created if missing), in which IN becomes STEM_x<scale>.png."""
-    from .images import OUTPUT_SUFFIXES, check_output
+    is not an existing folder; otherwise a folder."""
+    from .images import OUTPUT_SUFFIXES
 
     if not a.output.strip():
         raise UserError("-o must name an output file or folder, got an empty string")
@@ -187,12 +196,20 @@ def output_targets(a) -> tuple[list[str], Optional[Path]]:
             raise UserError(f"-o {a.output}: cannot write images with the suffix {out.suffix!r}; use one of "
                             f"{', '.join(OUTPUT_SUFFIXES)}, or end the name with / for a folder")
         check_not_an_input(_file_ids(a.inputs), a.output)
-        with user_input():
-            check_output(a.output, "-o")
-        return [a.output], None
+        check_output_option(a.output)
+        return None
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; several inputs (or a name without a suffix) need a folder")
-    targets = [str(out / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
+    check_out_folder(a.output, [])
+    return out
+
+
+def output_targets(a, out_dir: Optional[Path]) -> list[str]:
+    """The output file of each input (``out_dir``: output_folder's; the names carry ``a.scale``), checked before
+    any image is read: no two alike, none an input, each writable."""
+    if out_dir is None:
+        return [a.output]
+    targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
     seen, ids = {}, _file_ids(a.inputs)
     for src, dst in zip(a.inputs, targets):
         if dst in seen:
@@ -200,7 +217,7 @@ def output_targets(a) -> tuple[list[str], Optional[Path]]:
         seen[dst] = src
         check_not_an_input(ids, dst)
     check_out_folder(a.output, targets)
-    return targets, out
+    return targets
 
 
 def _file_ids(paths) -> dict:
@@ -249,7 +266,7 @@ def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int]) -> None:
     """Refuse an input whose x``scale`` output would exceed the pixel limit (before sampling it)."""
     from . import images
 
-    limit = images.MAX_PIXELS if max_pixels is None else max_pixels
+    limit = images.pixel_limit(max_pixels)
     h, w = arr.shape[:2]
     if limit and scale * scale * h * w > limit:
         raise UserError(f"{src}: {w}x{h} upscaled x{scale} is {scale * w}x{scale * h} = {scale * scale * h * w} "

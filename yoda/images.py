@@ -66,17 +66,19 @@ def _env_max_pixels() -> int:
     return n
 
 
-def __getattr__(name: str):
-    """MAX_PIXELS (larger images are refused by read_image; 0: no limit): YODA_MAX_PIXELS, or DEFAULT_MAX_PIXELS,
-    read at each use until a value is assigned to yoda.images.MAX_PIXELS (which then holds)."""
-    if name == "MAX_PIXELS":
-        return _env_max_pixels()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _module_limit() -> int:
-    """The module-wide pixel limit, yoda.images.MAX_PIXELS (see __getattr__); 0: no limit."""
+def pixel_limit(max_pixels: Optional[int] = None) -> int:
+    """The pixel limit in force (0: no limit): ``max_pixels`` when given, else yoda.images.MAX_PIXELS once a value
+    was assigned to it, else YODA_MAX_PIXELS, else DEFAULT_MAX_PIXELS (read at each call)."""
+    if max_pixels is not None:
+        return max_pixels
     return globals()["MAX_PIXELS"] if "MAX_PIXELS" in globals() else _env_max_pixels()
+
+
+def __getattr__(name: str):
+    """MAX_PIXELS: pixel_limit() until a value is assigned to yoda.images.MAX_PIXELS (which then holds)."""
+    if name == "MAX_PIXELS":
+        return pixel_limit()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class DataError(UserError):
@@ -222,7 +224,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
     Errors name the file: FileNotFoundError (missing), ValueError (a folder), DataError (unreadable, too
     large, unsupported sample values)."""
     p = Path(path)
-    limit = _module_limit() if max_pixels is None else max_pixels
+    limit = pixel_limit(max_pixels)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"max_pixels must be an int >= 0 (0: no limit) or None, got {max_pixels!r}")
     if not p.exists():

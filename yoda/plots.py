@@ -13,6 +13,7 @@ from .drawing import COLOURS, dashed, font, text_wh
 from .images import save_pil
 
 _COLOURS = COLOURS[:4]  # one colour per log, cycling after four
+PLOTTED = ("step", "loss", "val_psnr_plain", "val_psnr_yoda")  # the columns plot_logs draws
 
 
 def read_log(path: str) -> list[dict]:
@@ -28,6 +29,14 @@ def read_log(path: str) -> list[dict]:
         raise ValueError(f"{path} is not a training log (needs step and loss columns)")
     if not rows:
         raise ValueError(f"{path} has no logged steps yet (only its header)")
+    for line, r in enumerate(rows, 2):  # the columns plot_logs draws are numbers, or empty (not validated then)
+        for key in PLOTTED:
+            v = r.get(key)
+            if v not in ("", None) or key == "step":
+                try:
+                    float(v)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path} line {line}: {key} is {v!r}, not a number") from None
     return rows
 
 
@@ -99,7 +108,7 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
     entries, (nx, nrow), nrows = _legend_layout([text_wh(dr, lab, f)[0] for lab in labels], text_wh(dr, note, f)[0],
                                                 60, W - 15)
     ly = H - 10 - 18 * nrows  # the top of the legend's first row
-    panels = [("training loss", ["loss"]), ("validation PSNR (dB)", ["val_psnr_plain", "val_psnr_yoda"])]
+    panels = [("training loss", PLOTTED[1:2]), ("validation PSNR (dB)", PLOTTED[2:])]
     pw, m = W // 2, 6  # m: the data stay m px inside the frame, so a point at the min or max is whole
     for pi, (title, keys) in enumerate(panels):
         x0, y0, x1, y1 = pi * pw + 50, 30, (pi + 1) * pw - 15, ly - 32

@@ -92,15 +92,17 @@ def sample(
         DiffBIRAdapter defaults to sigmas="diffbir", timesteps="visited", so sampler="dpmpp_3m_sde", steps=10 is
         DiffBIR's default edm_dpm++_3m_sde sampler.
     lower_bound: l of tau = t / T - l; >= 1 makes every pixel active (the plain sampler, bit for bit).
-    seed: Philox seed (None: drawn from torch's default generator). noise: explicit noise, steps + 1 entries
-        of the state's shape (entry 0 for the start, i + 1 for loop step i), overriding the seed.
+    seed: Philox seed (None: drawn from torch's default generator). noise: explicit noise, one entry per
+        visited step + 1 (steps + 1, more with spacing="ldm_uniform"), of the state's shape (entry 0 for the start,
+        i + 1 for loop step i), overriding the seed.
     backend: of the fused ops ("auto", "naive", "cpp", "cuda", "triton"), resolved once for lr's device.
     clip: clip x0_hat to [-1, 1] (None: adapter.clip_x0).
     kernel_tile: the fused ops' kernel tile (8, 16, 32; default 16): how the kernels split the work, no effect
         on the result.
     callback(d): after each step, d = {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,),
         calls (windows denoised at this step; 1 untiled), batches (denoiser forward passes at this step)}; the
-        solvers add sigma, t is then fractional, and Heun's calls / batches include its second model call.
+        solvers add sigma; t is then the solver's timestep (fractional with timesteps="interpolate"), and the
+        two-call solvers' (heun, dpm_2, dpm_2_a, dpmpp_2s_a) calls / batches include their second model call.
     windows: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,
         skip_inactive=True): tiled denoising over the state grid with Gaussian blending; windows with no
         active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.

@@ -115,8 +115,8 @@ class Run:
     def report(self, i: int, x: torch.Tensor, x_new: torch.Tensor, pred: torch.Tensor, calls: int,
                extra: Optional[dict] = None) -> dict:
         """The callback's dict of step i: {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,),
-        calls (windows denoised, or 1 untiled), batches (denoiser forward passes)}; a solver adds sigma (and
-        t is its fractional timestep, calls and batches count Heun's second model call too)."""
+        calls (windows denoised, or 1 untiled), batches (denoiser forward passes)}; a solver adds sigma (t is
+        then its timestep, and the two-call solvers' calls and batches count their second model call too)."""
         idx, ab_t, _ = self.spec.pairs[i]
         tau = self.spec.taus[i]
         batches = self._batches()

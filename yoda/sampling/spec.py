@@ -289,8 +289,8 @@ def check_noise(noise: Any, n: int, like: torch.Tensor) -> Optional[list[torch.T
     shape = tuple(like.shape)
     if isinstance(noise, torch.Tensor):
         if noise.dim() != like.dim() + 1 or noise.shape[0] != n or tuple(noise.shape[1:]) != shape:
-            raise ValueError(f"noise must have shape ({n}, {', '.join(map(str, shape))}) (steps + 1 entries of "
-                             f"the state's shape), got {tuple(noise.shape)}")
+            raise ValueError(f"noise must have shape ({n}, {', '.join(map(str, shape))}) (one entry per visited "
+                             f"step + 1, of the state's shape), got {tuple(noise.shape)}")
         entries = list(noise.unbind(0))
     elif isinstance(noise, (list, tuple)):
         if len(noise) != n:
