@@ -336,7 +336,9 @@ def test_eval_command(tmp_path, tiny_model, capsys):
     rows = [l for l in stdout3.splitlines() if l.startswith("| yoda")]
     assert code == 0 and len(rows) == 1 and "0.3" in rows[0], (stdout3, err)
     for args, want in ((["--max-size", "-5"], "--max-size must be >= 0 (0: full size), got -5"),
-                       (["--max-size", "3"], "--max-size 3 is below the size multiple 8"),
+                       (["--max-size", "3"], "--max-size 3 is below 8, the smallest HR side this model takes"),
+                       (["--attention", "edge", "edge"], "--attention: 'edge' is given twice"),
+                       (["--lower-bounds", "0.4", "0.4"], "--lower-bounds: 0.4 is given twice"),
                        (["--lpips", "nope1", "nope2"], "--lpips: weights file not found: nope1"),
                        (["--seed", "-1"], "--seed must be an int in [0, 2**32 - 1]")):
         code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q", *args],
@@ -705,3 +707,64 @@ def test_upscale_cfg_scale_needs_a_guided_model(tmp_path, tiny_model, images, ca
     assert guided_model(ad, None) is ad and guided_model(ad, 2.5).cfg_scale == 2.5
     with pytest.raises(UserError, match="--cfg-scale"):
         guided_model(ad, float("nan"))
+
+
+def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
+    """The embedded SRDiff's size multiple is 8 but its bottleneck's reflection pad needs 16 HR pixels a side: a
+    2x2 input crashed with a traceback (yoda upscale), and so did 8..15 px crops in eval. upscale now pads to
+    what the model takes and crops back; yoda.sample refuses the size naming lr; eval names the small file."""
+    import torch
+
+    import yoda
+
+    rng = np.random.default_rng(1)
+    tiny = rng.integers(0, 256, (2, 2, 3), dtype=np.uint8)
+    Image.fromarray(tiny).save(tmp_path / "t.png")
+    code, _, err = run(["upscale", str(tmp_path / "t.png"), "-o", str(tmp_path / "t_x4.png"), "-q"], capsys)
+    assert code == 0, err
+    net = yoda.load("yoda", "default")
+    lr = yoda.from_uint8(tiny)
+    padded = torch.nn.functional.pad(lr, (0, 2, 0, 2), mode="replicate")  # 4x4 LR: 16x16 HR, the model's least
+    want = yoda.to_uint8(yoda.sample(net, padded, steps=1, sampler="ddim", seed=0)[..., :8, :8])[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "t_x4.png")), want)
+    with pytest.raises(ValueError, match=r"^lr of size 2x2 gives an HR size 8x8 that this model cannot take: both "
+                                         r"sides must be at least 16 \(pad lr to at least 4 pixels a side\)"):
+        yoda.sample(net, lr, steps=1)
+    with pytest.raises(ValueError, match=r"^windows: the window 8 must be at least 16 pixels"):
+        yoda.sample(net, torch.zeros(1, 3, 8, 8), steps=1, windows=(8, 0))
+    code, _, err = run(["upscale", str(tmp_path / "t.png"), "-o", str(tmp_path / "w.png"), "--tiles", "8,0"], capsys)
+    assert code == 2 and "--tiles 8,0: the window must be at least 16 pixels" in err
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (12, 40, 3), dtype=np.uint8)).save(folder / "thin.webp")
+    code, _, err = run(["eval", "--images", str(folder), "-q"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"{folder / 'thin.webp'}: image of size 40x12 is smaller than 16, the smallest HR side" in err
+
+
+def test_eval_writes_per_image_csv_and_resolves_attention_once(tmp_path, tiny_model, capsys, monkeypatch):
+    import csv
+
+    import yoda.attention
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for n in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(folder / f"{n}.png")
+    made = []
+    real_get = yoda.attention.get
+    monkeypatch.setattr(yoda.attention, "get", lambda name: made.append(name) or real_get(name))
+    out = tmp_path / "rows.csv"
+    code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "2", "-q",
+                             "--attention", "edge", "gaussian", "--lower-bounds", "0.4", "0.8", "-o", str(out)],
+                            capsys)
+    assert code == 0, err
+    assert made == ["edge", "gaussian"]  # once each, not once per image and lower bound
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * (2 + 4) and {r["image"] for r in rows} == {str(folder / "a.png"), str(folder / "b.png")}
+    plain = [float(r["psnr"]) for r in rows if r["method"] == "plain"]
+    table = {l.split("|")[1].strip(): l for l in stdout.splitlines() if l.startswith("| ")}
+    assert f"| {np.mean(plain):.2f} |" in table["plain"]  # the table is the mean of the rows

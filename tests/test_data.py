@@ -1,5 +1,7 @@
 """Data sources, crops, the LR degradation and their errors."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -23,7 +25,7 @@ def test_builtin_set_excludes_held_out():
 
 
 def test_folder_errors_name_the_file(tmp_path):
-    with pytest.raises(data.DataError, match="no PNG/JPEG images in folder"):
+    with pytest.raises(data.DataError, match=r"no images \(.png, .jpg, .jpeg, .webp, .tif, .tiff, .bmp\) in folder"):
         data.load_source(str(tmp_path))
     with pytest.raises(data.DataError, match="not found"):
         data.load_source(str(tmp_path / "missing"))
@@ -98,3 +100,32 @@ def test_crop_sampler_reproducible_and_in_range():
 def test_data_config_checks():
     with pytest.raises(ValueError, match="crop"):
         data.DataConfig(crop=30, scale=4)
+
+
+def test_a_folder_reads_every_format_yoda_writes(tmp_path):
+    """eval / figures / train --data-dir read only PNG and JPEG and passed over TIFF, WebP and BMP without a word,
+    while yoda upscale read them."""
+    a = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    for suffix in (".png", ".TIF", ".tiff", ".webp", ".bmp"):
+        Image.fromarray(a).save(tmp_path / f"x{suffix}", **({"lossless": True} if suffix == ".webp" else {}))
+    (tmp_path / "notes.txt").write_text("not an image")
+    items = data.load_folder(str(tmp_path))
+    assert [os.path.basename(n) for n, _ in items] == ["x.TIF", "x.bmp", "x.png", "x.tiff", "x.webp"]
+    assert all(np.array_equal(arr, a) for _, arr in items)
+
+
+def test_crop_for_model_names_the_small_image_and_knows_the_models_smallest_side(tmp_path):
+    """The embedded model's size multiple is 8, but its bottleneck's reflection pad needs 16 HR pixels a side:
+    8..15 px crops crashed inside the network with a traceback."""
+    import yoda
+
+    ad = yoda.load("yoda", "default").yoda_adapter()
+    assert yoda.adapters.hr_grid(ad) == (8, 16)
+    big, small = np.zeros((40, 52, 3), np.uint8), np.zeros((12, 40, 3), np.uint8)
+    out = data.crop_for_model([("big.png", big), ("a/thin.png", small)][:1], ad)
+    assert out[0][1].shape == (40, 48, 3)
+    with pytest.raises(data.DataError, match=r"^a/thin.png: image of size 40x12 is smaller than 16, the smallest HR"):
+        data.crop_for_model([("big.png", big), ("a/thin.png", small)], ad)
+    with pytest.raises(data.DataError, match=r"^max_size 8 is below 16, the smallest HR side this model takes"):
+        data.crop_for_model([("big.png", big)], ad, max_size=8)
+    assert data.crop_for_model([("big.png", big)], ad, max_size=23)[0][1].shape == (16, 16, 3)

@@ -368,3 +368,24 @@ def test_cli_checks_the_output_folder_before_sampling(tmp_path, tiny_model, caps
         assert code == 2 and "Permission denied" in err and ".tmp" not in err and str(o) in err, err
     assert sorted(os.listdir(tmp_path)) == ["afile", "hr", "taken"]  # no folder was created
     assert os.listdir(taken) == ["fig5_regional_error.png"]
+
+
+def test_lines_are_clipped_to_the_plot_area():
+    """Fig. 5's MSE fit ran below the frame (a negative MSE) through the tick labels of the x axis."""
+    from PIL import Image
+
+    from yoda.drawing import Axes, clip_polyline
+
+    runs = clip_polyline([(0.0, 0.5), (0.5, 1.5), (1.0, 0.5)], (0, 1), (0, 1))  # leaves through the top, comes back
+    assert [[tuple(round(v, 9) for v in p) for p in r] for r in runs] == [[(0.0, 0.5), (0.25, 1.0)],
+                                                                          [(0.75, 1.0), (1.0, 0.5)]]
+    assert clip_polyline([(0, 2), (1, 3)], (0, 1), (0, 1)) == []  # wholly outside
+    assert clip_polyline([(0, 0.2), (0.5, float("nan")), (1, 0.2)], (0, 1), (0, 1)) == []  # a NaN breaks the line
+    assert clip_polyline([(0, 0.2), (0.5, 0.4), (1, 0.2)], (1, 0), (0, 1)) == [[(0, 0.2), (0.5, 0.4), (1, 0.2)]]
+    canvas = Image.new("RGB", (120, 120), "white")
+    ax = Axes(canvas, (10, 10, 110, 110), (0.0, 1.0), (0.0, 1.0), None)
+    xs = np.linspace(0, 1, 101)
+    ax.line(xs, 1.2 - 2.4 * xs, (255, 0, 0))  # from 1.2 down to -1.2: in the box for x in [0.083, 0.5]
+    red = (np.asarray(canvas)[..., 0] == 255) & (np.asarray(canvas)[..., 1] == 0)
+    ys, xs_px = np.nonzero(red)
+    assert ys.min() >= 9 and ys.max() <= 111 and 17 <= xs_px.min() <= 20 and 59 <= xs_px.max() <= 62

@@ -109,3 +109,29 @@ def test_photos_source_needs_a_data_dir():
 
     with pytest.raises(DataError, match="--data-dir"):
         load_source("photos")
+
+
+def test_packages_are_those_of_the_photographs_and_the_cli_names_them(tmp_path):
+    from yoda import cli_parser
+
+    assert set(photos.PACKAGES) == {pkg for pkg, _ in photos.PHOTOS.values()}
+    assert cli_parser.WALLPAPER_PACKAGES == photos.PACKAGES  # the parser imports no torch: written out, tied here
+    with pytest.raises(DataError, match="apt-get install " + " ".join(photos.PACKAGES).replace(".", r"\.") + "$"):
+        photos.build(str(tmp_path / "out"), photos={})
+
+
+def test_data_export_is_a_cli_command(tmp_path, capsys):
+    """`python -m yoda.data export DIR` (what yoda train --help pointed to) printed a dict, gave a traceback for a
+    file in the way and exit 2 for --help; `yoda data export` did not exist."""
+    from yoda.data import BUILTIN_TRAIN, HELD_OUT
+
+    assert main(["data", "export", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert out == f"wrote {len(BUILTIN_TRAIN)} training and {len(HELD_OUT)} held-out images (scikit-image's) to " \
+                  f"{tmp_path / 'd'}\n"
+    assert sorted(os.listdir(tmp_path / "d" / "heldout")) == sorted(f"{n}.png" for n in HELD_OUT)
+    (tmp_path / "f").write_text("x")
+    assert main(["data", "export", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"yoda: error: {tmp_path / 'f'} is a file, not a folder\n"
+    assert main(["data", "export", "--help"]) == 0 and "usage: yoda data export" in capsys.readouterr().out

@@ -197,12 +197,12 @@ def test_legend_does_not_overlap_the_note(tmp_path, labels):
     ImageDraw.Draw(alone).text((nx, ly + 18 * nrow), NOTE, fill=(0, 0, 0), font=f)
     l, t, r, b = note
     assert (img[t:b, l:r] == np.asarray(alone)[t:b, l:r]).all()
-    for c in COLOURS[:4]:
+    for c in COLOURS:
         assert not colour_mask(img, c)[t:b, l:r].any()
     # every legend entry's line sample is drawn, in its colour, left of its label
     for i, (x, row) in enumerate(pos):
         y = ly + 18 * row + 6
-        assert colour_mask(img, COLOURS[i % 4])[y, x + 2:x + 29].all(), labels[i]
+        assert colour_mask(img, COLOURS[i % len(COLOURS)])[y, x + 2:x + 29].all(), labels[i]
     # the panels are above the legend and their tick labels
     assert ly - 32 <= LEFT[3]
 
@@ -215,3 +215,16 @@ def test_a_cell_that_is_not_a_number_names_its_line(tmp_path, row, message):
     path = log(tmp_path, "bad.csv", ["1,0.5,0.0002,1.0,,", row])
     with pytest.raises(ValueError, match=f"bad.csv {message}$"):
         plots.read_log(path)
+
+
+def test_default_labels_tell_runs_apart(tmp_path):
+    """Two logs of one folder were both labelled with the folder's name; a run folder stands for its log.csv."""
+    j = lambda *p: str(tmp_path.joinpath(*p))  # noqa: E731
+    assert plots.default_labels([j("runs", "a", "log.csv"), j("runs", "b", "log.csv")]) == ["a", "b"]
+    assert plots.default_labels([j("sub", "a.csv"), j("sub", "b.csv")]) == ["a.csv", "b.csv"]
+    assert plots.default_labels([j("x", "r", "log.csv"), j("y", "r", "log.csv")]) == ["x/r", "y/r"]
+    assert plots.default_labels([j("same.csv"), j("same.csv")])[0].endswith("same.csv")  # no endless loop
+    (tmp_path / "run").mkdir()
+    assert plots.log_path(j("run")) == j("run", "log.csv") and plots.log_path(j("x.csv")) == j("x.csv")
+    with pytest.raises(ValueError, match=r"^labels: give one label per log \(1 logs, 2 labels\)"):
+        plots.plot_logs([j("x.csv")], ["a", "b"], j("o.png"))

@@ -21,6 +21,7 @@ The sampler only ever sees this contract (k-diffusion's external.py is the model
 Extensions of the contract (all with defaults in Adapter, so existing adapters keep working):
 
     adapter.multiple            the HR size (s*h, s*w) must be a multiple of this (e.g. 2**levels of a UNet)
+    adapter.min_size            and each HR side at least this (e.g. a reflection pad at the UNet's bottleneck)
     adapter.check_lr(lr)        raises ValueError naming ``lr`` when the adapter cannot take that size
     adapter.crop_cond(cond, ys, xs)
                                 -> cond restricted to the state window (slice ys, slice xs), for tiled
@@ -42,7 +43,7 @@ batch-doubled input by default) and combines them.
 Concrete adapters: PixelAdapter (SR3-style: x_t in pixels, model(cat(up(lr), x_t), noise_level)),
 CallableAdapter (any f(x_t, t, cond) with a declared prediction and schedule), and the residual (SRDiff) and
 latent (DiffBIR-style) adapters that live next to their models in yoda.models. ``as_adapter`` turns what a
-user passes to yoda.sample into an Adapter.
+user passes to yoda.sample into an Adapter; ``hr_grid`` gives the HR sizes an adapter takes.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Adapter:
     scale: int = 4
     clip_x0: bool = True
     multiple: int = 1
+    min_size: int = 1
     supports_cfg: bool = False  # classifier-free guidance: see with_cfg_scale
     # the sigma-space solvers' sigmas= / timesteps= when yoda.sample is given None (None: the solvers' own defaults,
     # "karras" / "interpolate"); DiffBIRAdapter sets DiffBIR's ("diffbir" / "visited"). yoda.sampling.solvers
@@ -100,13 +102,19 @@ class Adapter:
         return F.interpolate(A, size=(H, W), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
 
     def check_lr(self, lr: torch.Tensor) -> None:
-        """Raise ValueError (naming ``lr``) if the HR size s*h x s*w is not a multiple of ``self.multiple``."""
+        """Raise ValueError (naming ``lr``) if the HR size s*h x s*w is not a multiple of ``self.multiple`` or a
+        side is below ``self.min_size``."""
         H, W = lr.shape[-2] * self.scale, lr.shape[-1] * self.scale
-        m = int(self.multiple)
+        m, least = int(self.multiple), int(getattr(self, "min_size", 1))
         if H % m or W % m:
             raise ValueError(
                 f"lr of size {lr.shape[-2]}x{lr.shape[-1]} gives an HR size {H}x{W} that this model cannot take: "
                 f"both must be multiples of {m} (pad or crop lr so that {self.scale}*h and {self.scale}*w are)"
+            )
+        if min(H, W) < least:
+            raise ValueError(
+                f"lr of size {lr.shape[-2]}x{lr.shape[-1]} gives an HR size {H}x{W} that this model cannot take: "
+                f"both sides must be at least {least} (pad lr to at least {-(-least // self.scale)} pixels a side)"
             )
 
     def crop_cond(self, cond: Any, ys: slice, xs: slice) -> Any:
@@ -386,3 +394,11 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
         f"model must be a yoda.adapters.Adapter, an object with a yoda_adapter() method, or a callable "
         f"f(x_t, t, cond); got {type(model).__name__}"
     )
+
+
+def hr_grid(adapter: Any) -> tuple[int, int]:
+    """(unit, least) of HR sizes the adapter takes: sides multiples of ``unit`` = lcm(scale, multiple) (whole LR
+    pixels and the model's multiple) and at least ``least``, the smallest such multiple >= adapter.min_size."""
+    unit = math.lcm(int(adapter.scale), max(1, int(getattr(adapter, "multiple", 1))))
+    least = max(1, int(getattr(adapter, "min_size", 1)))
+    return unit, -(-least // unit) * unit

@@ -39,7 +39,7 @@ from .cli_parser import build_parser
 from ._io import made_dirs, remove_empty
 from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, dist_env, expand_inputs, guided_model,
                           output_folder, output_targets, plan_windows, run_items, run_sharded, skip_existing,
-                          speed_options, tune_malloc, window_unit)
+                          padded_lr_side, speed_options, tune_malloc)
 from .errors import UserError
 from .errors import user_input as _user_input
 
@@ -104,18 +104,18 @@ def _adapter(model):
 
 def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
                    windows=None, window_batch=None, sigmas=None, speed=None, callback=None):
-    """SR of lr (1, 3, h, w) of any size: lr is edge-padded so that s*h, s*w fit the model's multiple, the
-    result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's tiled denoising; speed: a
+    """SR of lr (1, 3, h, w) of any size: lr is edge-padded to a size the model takes (its multiple and smallest
+    side, adapters.hr_grid), the result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's tiled denoising; speed: a
     dict of its speed options (compile, autocast, channels_last, cuda_graphs); callback: yoda.sample's."""
     import torch.nn.functional as F
 
+    from .adapters import hr_grid
     from .sampling import sample
 
     ad = _adapter(model)
     s = ad.scale
-    lr_mult = window_unit(ad) // s  # LR size multiple that gives an HR multiple of the model's multiple
     h, w = lr.shape[-2:]
-    ph, pw = (-h) % lr_mult, (-w) % lr_mult
+    ph, pw = (padded_lr_side(n, s, *hr_grid(ad)) - n for n in (h, w))
     x = F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
     # attention: an extractor (_attention(name)), which yoda.sample calls on x as it calls a name: the same map
     # (normalised again after the resize to the state) as yoda.sample(attention=name), yoda eval and yoda figures
@@ -194,12 +194,14 @@ def cmd_upscale(a) -> int:
 
 
 class _UpscaleRun(NamedTuple):
-    """What every input of an upscale run shares: the model, its device and window unit, the attention extractor
-    (None: plain; resolved once, so DINO weights are read once) and yoda.sample's speed options."""
+    """What every input of an upscale run shares: the model, its device, the HR sizes it takes (adapters.hr_grid:
+    sides multiples of unit, at least least), the attention extractor (None: plain; resolved once, so DINO weights
+    are read once) and yoda.sample's speed options."""
 
     model: Any
     dev: Any
     unit: int
+    least: int
     attention: Any
     speed: dict
 
@@ -209,6 +211,7 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
     once, so that a bad one is one error and not one per input of a folder."""
     import torch
 
+    from .adapters import hr_grid
     from .sampling.spec import make_spec
 
     dev = _device(a.device)
@@ -221,18 +224,21 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
     elif a.scale != scale:
         raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale} (leave --scale "
                         "out)")
-    unit = window_unit(_adapter(model))
+    unit, least = hr_grid(_adapter(model))
     if a.tiles is not None and (a.tiles[0] % unit or a.tiles[1] % unit):
         raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: window and overlap must be multiples of {unit} "
                         f"(this model's size multiple and scale)")
+    if a.tiles is not None and a.tiles[0] < least:
+        raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: the window must be at least {least} pixels, the "
+                        f"smallest side this model takes")
     if a.window_batch is not None and a.window_batch < 1:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
     attention = None if a.attention is None else _attention(a.attention)
     with _user_input():  # --steps, --sampler, --eta, --lower-bound, --seed, --sigmas on the smallest LR the model takes
-        lr = torch.zeros(1, 3, unit // scale, unit // scale, device=dev)
+        lr = torch.zeros(1, 3, least // scale, least // scale, device=dev)
         make_spec(_adapter(model), lr, steps=a.steps, sampler=a.sampler, eta=a.eta, lower_bound=a.lower_bound,
                   seed=a.seed, sigmas=a.sigmas, progress=False)
-    return _UpscaleRun(model, dev, unit, attention, speed_options(a, dev))
+    return _UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
 
 
 def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> None:
@@ -241,8 +247,9 @@ def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> No
     from .images import from_uint8
 
     lr = from_uint8(arr).to(run.dev)
-    hr_h, hr_w = (-(-n * a.scale // run.unit) * run.unit for n in arr.shape[:2])  # the padded HR state
-    windows, window_batch, need = plan_windows(hr_h, hr_w, 1, run.unit, a.max_memory, a.tiles, a.window_batch)
+    hr_h, hr_w = (padded_lr_side(n, a.scale, run.unit, run.least) * a.scale for n in arr.shape[:2])  # the state
+    windows, window_batch, need = plan_windows(hr_h, hr_w, 1, run.unit, a.max_memory, a.tiles, a.window_batch,
+                                               run.least)
     if windows is not None and a.tiles is None:
         print(f"{src}: about {need / 2**20:.0f} MiB at {hr_w}x{hr_h} is over --max-memory "
               f"{a.max_memory / 2**20:.0f} MiB: denoising in windows of {windows[0]} (overlap "
@@ -375,7 +382,7 @@ def _eval_images(folder: Optional[str]):
 
 
 def cmd_eval(a) -> int:
-    from .evaluate import EvalSettings, evaluate, markdown_table, summarize
+    from .evaluate import EvalSettings, evaluate, markdown_table, summarize, write_csv
 
     if a.output:
         from ._io import check_writable
@@ -387,12 +394,15 @@ def cmd_eval(a) -> int:
     dev = _device(a.device)
     model = load_model(a.model, dev, a.model_config)
     with _user_input():  # the options, the images, the model and the LPIPS weights are the user's
-        settings = EvalSettings(steps=a.steps, sampler=a.sampler, lower_bounds=tuple(a.lower_bounds),
-                                attentions=tuple(a.attention), seed=a.seed,
+        settings = EvalSettings(steps=a.steps, sampler=a.sampler, eta=a.eta, sigmas=a.sigmas,
+                                lower_bounds=tuple(a.lower_bounds), attentions=tuple(a.attention), seed=a.seed,
                                 max_size=a.max_size if a.max_size > 0 else None, progress=not a.quiet,
                                 lpips=tuple(a.lpips) if a.lpips else None)
-        table = markdown_table(summarize(evaluate(model, images, settings)))
-    if a.output:
+        rows = evaluate(model, images, settings)
+    table = markdown_table(summarize(rows))
+    if a.output and a.output.lower().endswith(".csv"):
+        write_csv(a.output, rows)
+    elif a.output:
         from ._io import atomic_write_text
 
         atomic_write_text(a.output, table + "\n")
@@ -462,14 +472,15 @@ def cmd_train(a) -> int:
 
 
 def cmd_plot(a) -> int:
-    from .plots import plot_logs
+    from .plots import default_labels, log_path, plot_logs
 
-    labels = a.labels or [Path(p).parent.name or Path(p).stem for p in a.logs]
+    logs = [log_path(p) for p in a.logs]
+    labels = a.labels or default_labels(logs)
     if Path(a.output).suffix.lower() != ".png":
         raise UserError(f"-o {a.output} must end in .png")
     check_output_option(a.output)
     with _user_input():  # a missing file or one that is not a training log
-        plot_logs(a.logs, labels, a.output)
+        plot_logs(logs, labels, a.output)
     print(f"wrote {a.output}")
     return 0
 
@@ -477,6 +488,13 @@ def cmd_plot(a) -> int:
 def cmd_data(a) -> int:
     from .photos import build
 
+    if a.data_cmd == "export":
+        from .data import export_builtin
+
+        with _user_input():
+            n = export_builtin(a.out)
+        print(f"wrote {n['train']} training and {n['heldout']} held-out images (scikit-image's) to {a.out}")
+        return 0
     with _user_input():
         rows = build(a.out, short_side=a.short_side, progress=None if a.quiet else print)
     held = sum(r.split == "heldout" for r in rows)
@@ -548,7 +566,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # The library's messages start with the name of the argument at fault; the command line names its option.
 _OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", "steps": "--steps", "seed": "--seed",
               "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
-              "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale"}
+              "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
+              "attentions": "--attention", "bins": "--bins", "degree": "--degree", "crops": "--crops",
+              "short_side": "--short-side"}
 
 
 def _one_line(e: BaseException, options: bool = True) -> str:

@@ -6,8 +6,26 @@ import argparse
 import sys
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there is none to say."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if (not action.option_strings or d is None or d is False or d is argparse.SUPPRESS
+                or "default" in text.lower()):
+            return text
+        shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else d
+        return f"{text} (default {shown})" if text else f"default {shown}"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (``yoda upscale: error: ...``) instead of the usage block."""
+    """argparse with a one-line error (``yoda upscale: error: ...``) instead of the usage block, and the defaults
+    in the help (_Help)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see: {self.prog} -h)", file=sys.stderr)
@@ -17,6 +35,12 @@ class _Parser(argparse.ArgumentParser):
 # The CLI's sampling defaults, chosen for the embedded model on a selection set (scikit-image's held-out colour
 # images, not the test photographs) as the highest PSNR: DDIM with one step, no attention. benchmarks/QUALITY.md.
 DEFAULT_STEPS, DEFAULT_SAMPLER, DEFAULT_ATTENTION = 1, "ddim", "none"
+
+
+ATTENTION_HELP = "edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH"
+# yoda.photos.PACKAGES, written out so that parsing imports no torch (a test ties them)
+WALLPAPER_PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
+                      "mate-backgrounds")
 
 
 # yoda.sampling.solvers' SOLVERS and SIGMA_SCHEDULES, written out so that parsing imports no torch (a test checks)
@@ -33,7 +57,8 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
                         "srdiff:PATH, its YAML config (default: read from the weights)")
     p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
     p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler,
-                   help=f"(default {sampler})")
+                   help=f"the sampler: DDPM (ancestral), DDIM{', or a k-diffusion solver' if solvers else ''} "
+                        f"(default {sampler})")
     if solvers:
         p.add_argument("--sigmas", choices=SIGMA_SCHEDULES, default=None,
                        help="noise levels of the sigma-space solvers (euler ... dpmpp_3m_sde; default karras)")
@@ -129,10 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("attention", help="draw an image's attention map and mask growth")
-    p.add_argument("image")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--attention", default="edge")
-    p.add_argument("--lower-bound", type=float, default=0.6)
+    p.add_argument("image", help="the LR image")
+    p.add_argument("-o", "--output", required=True, help="the figure (PNG, JPEG, WebP, TIFF, BMP)")
+    p.add_argument("--attention", default="edge", help=ATTENTION_HELP)
+    p.add_argument("--lower-bound", type=float, default=0.6, help="l of the mask schedule tau = t/T - l")
     p.add_argument("--T", type=int, default=1000, help="training steps T of the mask schedule")
     _max_pixels_arg(p)
     _debug_arg(p)
@@ -141,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="demo.png")
     p.add_argument("--image", default="astronaut", help="a held-out image (astronaut, coffee, rocket, chelsea)")
     p.add_argument("--lr-size", type=int, default=64, help="LR crop size (HR = scale * this)")
-    p.add_argument("--attention", default="edge", help="the YODA column's attention (default edge)")
+    p.add_argument("--attention", default="edge", help=f"the YODA column's attention: {ATTENTION_HELP}")
     _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER)
     _debug_arg(p)
 
@@ -153,13 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.4, 0.6, 0.8],
                    help="lower bounds l of the YODA rows (default 0.4 0.6 0.8)")
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian"],
-                   help="attention maps of the YODA rows (default edge gaussian)")
-    p.add_argument("--max-size", type=int, default=128, help="centre-crop HR to at most this (0: full size)")
-    p.add_argument("-o", "--output", default=None, help="also write the table to this file")
+                   help=f"attention maps of the YODA rows: {ATTENTION_HELP}")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM eta (default 0), or the noise scale of the ancestral and SDE solvers (default 1)")
+    p.add_argument("--max-size", type=int, default=128,
+                   help="centre-crop HR to at most this (0: full size; QUALITY.md's tables use 256)")
+    p.add_argument("-o", "--output", default=None,
+                   help="also write the results: FILE.csv one row per image and method, any other name the table")
     p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
                         "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
-    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER, lower_bound=False)
+    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER, solvers=True, lower_bound=False)
     _debug_arg(p)
 
     p = sub.add_parser("figures", help="the paper's Fig. 3, 4 and 5 (update ratio, crops, regional error) as PNGs")
@@ -169,11 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "photographs' folder, `yoda data build`'s heldout/)")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian", "sift"],
-                   help="attention methods of Fig. 3; the first one is YODA's in Fig. 4 and 5")
+                   help=f"attention methods of Fig. 3; the first one is YODA's in Fig. 4 and 5: {ATTENTION_HELP}")
     p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0],
                    help="lower bounds l of Fig. 3's update-ratio bars")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    p.add_argument("--max-size", type=int, default=128, help="centre-crop HR to at most this (0: full size)")
+    p.add_argument("--max-size", type=int, default=128,
+                   help="centre-crop HR to at most this (0: full size; QUALITY.md's figures use 256)")
     p.add_argument("--bins", type=int, default=10, help="bins of the attention value in Fig. 5")
     p.add_argument("--degree", type=int, default=2, help="degree of Fig. 5's polynomial fit")
     p.add_argument("--crops", type=int, default=3, help="images shown in Fig. 4")
@@ -196,20 +226,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="a folder with train/ and heldout/ image folders, from `yoda data build --out DIR` "
                         "(photographs) or `python -m yoda.data export DIR` (scikit-image's bundled images)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _debug_arg(p)
 
     p = sub.add_parser("plot", help="loss curves + validation PSNR of training logs in one PNG")
-    p.add_argument("logs", nargs="+", metavar="LOG.csv")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--labels", nargs="+", default=None)
+    p.add_argument("logs", nargs="+", metavar="LOG",
+                   help="log.csv files that yoda train writes, or run folders holding one")
+    p.add_argument("-o", "--output", required=True, help="the picture (PNG)")
+    p.add_argument("--labels", nargs="+", default=None,
+                   help="one legend label per log (default: the run folder's name, more of the path where two "
+                        "would be alike)")
     _debug_arg(p)
 
-    p = sub.add_parser("data", help="gather training photographs from installed Debian wallpaper packages")
-    dsub = p.add_subparsers(dest="data_cmd", required=True)
-    p = dsub.add_parser("build", help="write DIR/train, DIR/heldout and DIR/manifest.json (yoda.photos)")
+    p = sub.add_parser("data", help="training and test images: photographs from installed Debian wallpaper "
+                                    "packages, or scikit-image's bundled images")
+    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{build,export}")
+    p = dsub.add_parser("build", help="write DIR/train, DIR/heldout and DIR/manifest.json from the photographs of "
+                                      "the installed packages " + ", ".join(WALLPAPER_PACKAGES) + " (yoda.photos)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--short-side", type=int, default=512, help="downscale each photograph to this short side")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _debug_arg(p)
+    p = dsub.add_parser("export", help="write DIR/train and DIR/heldout from scikit-image's bundled images (no "
+                                       "package needed; few and small: for trying yoda train out)")
+    p.add_argument("out", metavar="DIR", help="output folder")
     _debug_arg(p)
     return ap

@@ -19,20 +19,23 @@ from .errors import UserError, user_input
 HR_BYTES_PER_PIXEL = 4096
 
 
-def window_unit(adapter) -> int:
-    """Window sizes and overlaps (HR pixels) must be multiples of this: the model's size multiple, and the
-    scale (windows on the LR grid, for SRDiff's LR features)."""
-    return math.lcm(int(adapter.scale), int(getattr(adapter, "multiple", 1)))
+def padded_lr_side(n: int, scale: int, unit: int, least: int) -> int:
+    """An LR side of n pixels edge-padded to what the model takes (adapters.hr_grid's unit and least, HR pixels):
+    the smallest LR side >= n whose HR side is a multiple of ``unit`` and at least ``least``."""
+    lr_unit = unit // scale
+    return max(-(-n // lr_unit) * lr_unit, least // scale)
 
 
-def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, tiles=None, window_batch=None):
+def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, tiles=None, window_batch=None,
+                 least: int = 1):
     """(windows, window_batch, estimated bytes) of `yoda upscale`: --tiles as given, else windows when the HR
     state's estimated need (HR_BYTES_PER_PIXEL per pixel and batch element) exceeds max_memory (0: no limit):
-    the largest multiple of ``unit`` whose square fits, overlap a quarter of it (rounded down to ``unit``).
+    the largest multiple of ``unit`` whose square fits (at least ``least``, the model's smallest side), overlap a
+    quarter of it (rounded down to ``unit``).
     window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's)."""
     need = hr_h * hr_w * batch * HR_BYTES_PER_PIXEL
     if tiles is None and max_memory and need > max_memory:
-        side = max(unit, math.isqrt(max_memory // (batch * HR_BYTES_PER_PIXEL)) // unit * unit)
+        side = max(unit, least, math.isqrt(max_memory // (batch * HR_BYTES_PER_PIXEL)) // unit * unit)
         tiles = (side, side // 4 // unit * unit)
     if tiles is not None and window_batch is None and max_memory:
         per_window = min(tiles[0], hr_h) * min(tiles[0], hr_w) * batch * HR_BYTES_PER_PIXEL

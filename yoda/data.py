@@ -5,7 +5,7 @@ Sources:
     "heldout"   the held-out images (HELD_OUT): evaluation, the demo and training-time validation only
     "photos"    colour photographs from Debian wallpaper packages (yoda.photos, `yoda data build --out DIR`):
                 DIR/train; "photos-heldout" is DIR/heldout. yoda train maps both with --data-dir DIR
-    a folder    every PNG/JPEG file in it (sorted by name), read with Pillow
+    a folder    every image file in it (PNG, JPEG, WebP, TIFF, BMP; sorted by name), read with Pillow
 
 Every image becomes uint8 RGB (H, W, 3) through yoda.images (read_image / to_rgb_u8, the same code as
 yoda.load_image and the CLI): grey is repeated to 3 channels, an alpha channel is composited on white.
@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import DataError, quantize_u8, read_image, to_rgb_u8
+from .images import OUTPUT_SUFFIXES, DataError, quantize_u8, read_image, to_rgb_u8
 
 __all__ = [
     "BUILTIN_TRAIN", "HELD_OUT", "HELD_OUT_ALIASES", "IMAGE_EXTENSIONS", "CropSampler", "DataConfig", "DataError",
-    "builtin_image", "crop_to_multiple", "export_builtin", "fixed_crops", "list_folder", "load_folder", "load_source",
+    "builtin_image", "crop_for_model", "crop_to_multiple", "export_builtin", "fixed_crops", "list_folder", "load_folder", "load_source",
     "make_lr", "read_image", "to_rgb_u8",
 ]
 
@@ -62,7 +62,7 @@ BUILTIN_TRAIN = (
     "motorcycle_right",
 )
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = OUTPUT_SUFFIXES  # what a folder's images may be: the formats yoda reads and writes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -85,20 +85,38 @@ def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
     return (quantize_u8(lr) / 127.5 - 1.0).to(hr.dtype)
 
 
-def crop_to_multiple(a: np.ndarray, multiple: int, max_size: Optional[int] = None) -> np.ndarray:
-    """Centre crop (H, W, C) so that H and W are multiples of ``multiple`` and, if given, <= max_size."""
+def crop_to_multiple(a: np.ndarray, multiple: int, max_size: Optional[int] = None, least: int = 1) -> np.ndarray:
+    """Centre crop (H, W, C) so that H and W are multiples of ``multiple`` and, if given, <= max_size; a side
+    below ``least`` (the smallest a model takes) or below ``multiple`` is a DataError."""
+    least = max(least, multiple)
     H, W = a.shape[:2]
+    if max_size is not None and max_size < least:
+        raise DataError(f"max_size {max_size} is below {least}, the smallest HR side this model takes (sides are "
+                        f"multiples of {multiple}: the scale times the model's size multiple): no crop fits")
     h, w = H - H % multiple, W - W % multiple
     if max_size is not None:
         m = max_size - max_size % multiple
         h, w = min(h, m), min(w, m)
-    if max_size is not None and max_size < multiple:
-        raise DataError(f"max_size {max_size} is below the size multiple {multiple} (the scale times the model's "
-                        "size multiple): no crop fits")
-    if h <= 0 or w <= 0:
-        raise DataError(f"image of size {W}x{H} is smaller than the size multiple {multiple}")
+    if h < least or w < least:
+        raise DataError(f"image of size {W}x{H} is smaller than {least}, the smallest HR side this model takes")
     y, x = (H - h) // 2, (W - w) // 2
     return a[y : y + h, x : x + w]
+
+
+def crop_for_model(images: Sequence[tuple[str, np.ndarray]], adapter: Any, max_size: Optional[int] = None
+                   ) -> list[tuple[str, np.ndarray]]:
+    """Every (name, HR uint8) centre-cropped (crop_to_multiple) to sizes ``adapter`` takes (adapters.hr_grid),
+    before any sampling; an image too small for it is a DataError naming it."""
+    from .adapters import hr_grid
+
+    unit, least = hr_grid(adapter)
+    out = []
+    for name, a in images:
+        try:
+            out.append((name, np.ascontiguousarray(crop_to_multiple(a, unit, max_size, least))))
+        except DataError as e:
+            raise (e if max_size is not None and max_size < least else DataError(f"{name}: {e}")) from None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,7 +138,8 @@ def builtin_image(name: str) -> np.ndarray:
 
 
 def list_folder(folder: str) -> list[str]:
-    """Sorted PNG/JPEG paths in ``folder`` (not recursive). Errors if it is missing or holds none."""
+    """Sorted image paths (IMAGE_EXTENSIONS) in ``folder`` (not recursive). Errors if it is missing or holds
+    none."""
     if not os.path.isdir(folder):
         raise DataError(f"image folder not found: {folder}")
     paths = sorted(
@@ -129,7 +148,7 @@ def list_folder(folder: str) -> list[str]:
         if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
     )
     if not paths:
-        raise DataError(f"no PNG/JPEG images in folder {folder}")
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
     return paths
 
 
@@ -165,7 +184,7 @@ def load_source(source: str, min_size: int = 0) -> list[tuple[str, np.ndarray]]:
 class DataConfig:
     """Where HR crops come from and how LR is made. JSON-friendly (plain fields)."""
 
-    source: str = "builtin"  # "builtin" | "heldout" | "photos" | "photos-heldout" | a folder of PNG/JPEG
+    source: str = "builtin"  # "builtin" | "heldout" | "photos" | "photos-heldout" | a folder of images
     crop: int = 128  # HR crop size (multiple of scale)
     scale: int = 4
     flips: bool = True  # random horizontal + vertical flips
@@ -230,6 +249,9 @@ def export_builtin(folder: str) -> dict:
 
     from .images import save_pil
 
+    for d in (folder, os.path.join(folder, "train"), os.path.join(folder, "heldout")):  # before any write
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise DataError(f"{d} is a file, not a folder")
     counts = {}
     for sub, names in (("train", BUILTIN_TRAIN), ("heldout", HELD_OUT)):
         d = os.path.join(folder, sub)
@@ -240,10 +262,9 @@ def export_builtin(folder: str) -> dict:
     return counts
 
 
-if __name__ == "__main__":  # python -m yoda.data export DIR
+if __name__ == "__main__":  # python -m yoda.data export DIR: the same as `yoda data export DIR`
     import sys
 
-    if len(sys.argv) != 3 or sys.argv[1] != "export" or sys.argv[2].startswith("-"):
-        print("usage: python -m yoda.data export DIR", file=sys.stderr)
-        sys.exit(2)
-    print(export_builtin(sys.argv[2]))
+    from .cli import main
+
+    sys.exit(main(["data"] + sys.argv[1:]))

@@ -145,11 +145,14 @@ class Axes:
         self.canvas.paste(Image.new("RGB", im.size, BLACK), pos, im)
 
     def line(self, xs, ys, colour, width: int = 2, dashed: bool = False) -> None:
-        pts = [(self.fx(x), self.fy(y)) for x, y in zip(xs, ys) if np.isfinite(x) and np.isfinite(y)]
-        if dashed:
-            dashed_path(self.draw, pts, colour, width)
-        elif len(pts) > 1:
-            self.draw.line(pts, fill=colour, width=width, joint="curve")
+        """A polyline through the finite points, clipped to the plot area (a fit that leaves the y range stops at
+        the frame instead of running through the tick labels); a non-finite point breaks it."""
+        for run in clip_polyline(list(zip(xs, ys)), self.xlim, self.ylim):
+            pts = [(self.fx(x), self.fy(y)) for x, y in run]
+            if dashed:
+                dashed_path(self.draw, pts, colour, width)
+            else:
+                self.draw.line(pts, fill=colour, width=width, joint="curve")
 
     def points(self, xs, ys, colour, shape: str = "o", r: float = 4.0) -> None:
         for x, y in zip(xs, ys):
@@ -159,6 +162,36 @@ class Axes:
     def bar(self, xa: float, xb: float, y: float, colour) -> None:
         base = min(max(0.0, self.ylim[0]), self.ylim[1])
         self.draw.rectangle([self.fx(xa), self.fy(y), self.fx(xb), self.fy(base)], fill=colour, outline=BLACK)
+
+
+def clip_polyline(points, xlim, ylim) -> list[list[tuple[float, float]]]:
+    """The parts of the polyline ``points`` [(x, y)] inside the box xlim x ylim (either may be decreasing), as
+    runs of points (Liang-Barsky per segment: a segment that crosses the frame ends on it)."""
+    (xa, xb), (ya, yb) = sorted(map(float, xlim)), sorted(map(float, ylim))
+    runs, cur = [], []
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        seg = None
+        if all(np.isfinite(v) for v in (x0, y0, x1, y1)):
+            dx, dy, t0, t1 = x1 - x0, y1 - y0, 0.0, 1.0
+            for p, q in ((-dx, x0 - xa), (dx, xb - x0), (-dy, y0 - ya), (dy, yb - y0)):
+                if p == 0:
+                    if q < 0:
+                        t0, t1 = 1.0, 0.0
+                elif p < 0:
+                    t0 = max(t0, q / p)
+                else:
+                    t1 = min(t1, q / p)
+            if t0 <= t1:
+                seg = ((x0 + t0 * dx, y0 + t0 * dy), (x0 + t1 * dx, y0 + t1 * dy))
+        if seg is None or (cur and cur[-1] != seg[0]):
+            if len(cur) > 1:
+                runs.append(cur)
+            cur = [] if seg is None else list(seg)
+        else:
+            cur = cur + [seg[1]] if cur else list(seg)
+    if len(cur) > 1:
+        runs.append(cur)
+    return runs
 
 
 def marker(draw, p, colour, shape: str, r: float = 4.0) -> None:

@@ -85,6 +85,15 @@ def metrics(sr: np.ndarray, hr: np.ndarray) -> dict:
     return {"psnr": psnr(sr, hr), "ssim": ssim(sr, hr), "L_shift": cs["L_shift"], "ab_shift": cs["ab_shift"]}
 
 
+def check_distinct(values: Sequence, name: str) -> None:
+    """A value given twice would be pooled into one table row with twice the images: refused, naming ``name``."""
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{name}: {v!r} is given twice")
+        seen.add(v)
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """How `yoda eval` samples. lower_bounds x attentions are the YODA variants; "plain" and "bicubic" are
@@ -93,6 +102,7 @@ class EvalSettings:
     steps: int = 20
     sampler: str = "ddim"
     eta: Optional[float] = None  # None: the sampler's default (DDIM 0, the SDE / ancestral solvers 1)
+    sigmas: Optional[str] = None  # the sigma-space solvers' noise levels (None: their default, karras)
     lower_bounds: tuple = (0.6,)
     attentions: tuple = ("edge",)
     seed: int = 0
@@ -110,6 +120,8 @@ class EvalSettings:
         object.__setattr__(self, "lower_bounds", tuple(check_lower_bound(v, f"lower_bounds[{i}]")
                                                           for i, v in enumerate(self.lower_bounds)))
         object.__setattr__(self, "attentions", tuple(self.attentions))
+        check_distinct(self.attentions, "attentions")
+        check_distinct(self.lower_bounds, "lower_bounds")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.sampler not in SAMPLER_NAMES:
@@ -117,7 +129,7 @@ class EvalSettings:
 
 
 def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:
-    """(SR, denoiser calls, seconds) of one yoda.sample run."""
+    """(SR, denoiser calls, seconds) of one yoda.sample run (no progress bar of its own: evaluate has one)."""
     from .sampling import sample
 
     calls = [0]
@@ -126,52 +138,64 @@ def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSe
         calls[0] += int(d.get("calls", 1))
 
     t0 = time.perf_counter()
-    sr = sample(model, lr, attention=attention, steps=s.steps, sampler=s.sampler, eta=s.eta,
-                lower_bound=lower_bound, seed=s.seed, backend=s.backend, progress=s.progress, callback=count)
+    sr = sample(model, lr, attention=attention, steps=s.steps, sampler=s.sampler, eta=s.eta, sigmas=s.sigmas,
+                lower_bound=lower_bound, seed=s.seed, backend=s.backend, progress=False, callback=count)
     return sr, calls[0], time.perf_counter() - t0
 
 
 def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: EvalSettings = EvalSettings()) -> list[dict]:
     """Per-image rows {image, method, attention, lower_bound, psnr, ssim, L_shift, ab_shift, calls, seconds},
-    plus "lpips" when settings.lpips names the weight files (loaded before any sampling, so a bad file fails fast).
+    plus "lpips" when settings.lpips names the weight files.
 
     model: anything yoda.sample takes (an adapter or a model with yoda_adapter()).
-    images: [(name, uint8 (H, W, 3))] HR images (yoda.data.load_source); LR = make_lr(HR)."""
-    from .adapters import upsample
+    images: [(name, uint8 (H, W, 3))] HR images (yoda.data.load_source); LR = make_lr(HR).
+    Before any sampling: every image is cropped to a size the model takes (an image too small is an error naming
+    it), each attention extractor is made once (DINO weights read once; its loading is not in YODA's time) and
+    the LPIPS weights are loaded."""
+    from tqdm.auto import tqdm
 
-    from .adapters import as_adapter
+    from .adapters import as_adapter, upsample
+    from .attention import get
 
     adapter = as_adapter(model)
     scale = adapter.scale
-    multiple = int(scale * max(1, getattr(adapter, "multiple", 1)) // math.gcd(scale, max(1, getattr(adapter, "multiple", 1))))
+    images = _data.crop_for_model(images, adapter, settings.max_size)
+    extractors = {name: get(name) for name in settings.attentions}
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
     if settings.lpips is not None:
         from .lpips import LPIPS
 
         lpips_fn = LPIPS(*settings.lpips).to(dev)
+    variants = [("bicubic", None, None), ("plain", None, None)]
+    variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
     rows = []
-    for name, hr_u8 in images:
-        hr_u8 = _data.crop_to_multiple(hr_u8, multiple, settings.max_size)
-        hr = from_uint8(hr_u8).to(dev)
-        lr = _data.make_lr(hr, scale)
-        variants = [("bicubic", None, None), ("plain", None, None)]
-        variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
-        for method, attn, lb in variants:
-            if method == "bicubic":
-                t0 = time.perf_counter()
-                sr, calls = upsample(lr, scale), 0
-                secs = time.perf_counter() - t0
-            else:
-                sr, calls, secs = run_sample(adapter, lr, attn, 1.0 if lb is None else lb, settings)
-            row = {"image": name, "method": method, "attention": attn or "", "lower_bound": "" if lb is None else lb}
-            sr_u8 = to_uint8(sr)[0]
-            row.update(metrics(sr_u8, hr_u8))
-            if lpips_fn is not None:
-                with torch.no_grad():  # on the rounded image, like the other metrics
-                    row["lpips"] = float(lpips_fn(from_uint8(sr_u8).to(dev), hr)[0])
-            row.update(calls=calls, seconds=secs)
-            rows.append(row)
+    bar = tqdm(total=len(images) * (len(variants) - 1), disable=not settings.progress, desc="yoda eval", unit="run")
+    try:
+        for name, hr_u8 in images:
+            hr = from_uint8(hr_u8).to(dev)
+            lr = _data.make_lr(hr, scale)
+            for method, attn, lb in variants:
+                if method == "bicubic":
+                    t0 = time.perf_counter()
+                    sr, calls = upsample(lr, scale), 0
+                    secs = time.perf_counter() - t0
+                else:
+                    bar.set_postfix_str(f"{os.path.basename(name)} {method}{f' {attn} l={lb:g}' if attn else ''}")
+                    sr, calls, secs = run_sample(adapter, lr, extractors.get(attn), 1.0 if lb is None else lb,
+                                                 settings)
+                    bar.update()
+                row = {"image": name, "method": method, "attention": attn or "",
+                       "lower_bound": "" if lb is None else lb}
+                sr_u8 = to_uint8(sr)[0]
+                row.update(metrics(sr_u8, hr_u8))
+                if lpips_fn is not None:
+                    with torch.no_grad():  # on the rounded image, like the other metrics
+                        row["lpips"] = float(lpips_fn(from_uint8(sr_u8).to(dev), hr)[0])
+                row.update(calls=calls, seconds=secs)
+                rows.append(row)
+    finally:
+        bar.close()
     return rows
 
 
@@ -189,6 +213,21 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
             row["lpips"] = float(np.mean([r["lpips"] for r in rs]))
         out.append(row)
     return out
+
+
+def write_csv(path: str, rows: Sequence[dict]) -> None:
+    """The per-image rows of evaluate() as CSV (one line per image and method), written atomically."""
+    import csv
+    import io
+
+    from ._io import atomic_write_text
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE) -> str:

@@ -31,8 +31,9 @@ from PIL import Image
 from ._io import atomic_write
 from .images import DataError, read_image, save_pil
 
-__all__ = ["HELD_OUT_PHOTOS", "PHOTOS", "Photo", "build", "check_not_held_out", "installed_photos"]
+__all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Photo", "build", "check_not_held_out", "installed_photos"]
 
+PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "mate-backgrounds")
 _PLASMA = "/usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
 _BG = "/usr/share/backgrounds/"
 
@@ -122,8 +123,8 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
         raise ValueError(f"short_side must be >= 64, got {short_side}")
     photos = installed_photos() if photos is None else photos
     if not photos:
-        raise DataError("none of the photograph packages is installed; install e.g. plasma-workspace-wallpapers "
-                        "lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds (apt-get install ...)")
+        raise DataError(f"none of the photograph packages is installed; install them: apt-get install "
+                        f"{' '.join(PACKAGES)}")
     rows = []
     for name, (pkg, version, path) in sorted(photos.items()):
         split = "heldout" if name in HELD_OUT_PHOTOS else "train"

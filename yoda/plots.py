@@ -8,12 +8,34 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+from typing import Sequence
 
 from .drawing import COLOURS, dashed, font, text_wh
 from .images import save_pil
 
-_COLOURS = COLOURS[:4]  # one colour per log, cycling after four
+_COLOURS = COLOURS  # one colour per log, cycling after six
 PLOTTED = ("step", "loss", "val_psnr_plain", "val_psnr_yoda")  # the columns plot_logs draws
+
+
+def log_path(path: str) -> str:
+    """A run folder stands for its log.csv (what yoda train writes there)."""
+    return os.path.join(path, "log.csv") if os.path.isdir(path) else path
+
+
+def default_labels(paths: Sequence[str]) -> list[str]:
+    """One legend label per log: its run folder's name (runs/NAME/log.csv), with more of the path (or the file's
+    own name) where two labels would be alike."""
+    parts = [os.path.abspath(p).split(os.sep)[1:] for p in paths]
+    for p in parts:
+        if p and p[-1] == "log.csv" and len(p) > 1:
+            p.pop()  # runs/NAME/log.csv: the run is NAME
+    n = 1
+    while True:
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(labels) or all(n >= len(p) for p in parts):
+            return labels
+        n += 1
 
 
 def read_log(path: str) -> list[dict]:
@@ -98,7 +120,7 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
     from PIL import Image, ImageDraw
 
     if len(paths) != len(labels):
-        raise ValueError("give one label per log")
+        raise ValueError(f"labels: give one label per log ({len(paths)} logs, {len(labels)} labels)")
     logs = [read_log(p) for p in paths]
     W, H = size
     img = Image.new("RGB", (W, H), "white")

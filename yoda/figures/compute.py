@@ -43,6 +43,7 @@ class FigureSettings:
     lpips: Optional[tuple] = None
 
     def __post_init__(self):
+        from ..evaluate import check_distinct
         from ..masks import check_lower_bound
 
         object.__setattr__(self, "attentions", tuple(self.attentions))
@@ -53,6 +54,8 @@ class FigureSettings:
                                                           for i, v in enumerate(self.lower_bounds)))
         if not self.lower_bounds:
             raise ValueError("lower_bounds must not be empty")
+        check_distinct(self.attentions, "attentions")
+        check_distinct(self.lower_bounds, "lower_bounds")
         for name in ("steps", "bins", "degree", "crops"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -117,8 +120,7 @@ def compute(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Figu
     extractors = {name: get(name) for name in s.attentions}
     adapter = as_adapter(model)
     scale = adapter.scale
-    m = max(1, int(getattr(adapter, "multiple", 1)))
-    multiple = scale * m // math.gcd(scale, m)
+    images = _data.crop_for_model(images, adapter, s.max_size)
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
     if s.lpips is not None:
@@ -132,7 +134,6 @@ def compute(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Figu
     bar = tqdm(total=2 * len(images), disable=not s.progress, desc="yoda figures", unit="run")
     try:
         for name, hr_u8 in images:
-            hr_u8 = np.ascontiguousarray(_data.crop_to_multiple(hr_u8, multiple, s.max_size))
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
             size = tuple(hr.shape[-2:])

@@ -531,6 +531,7 @@ class SRDiffAdapter(Adapter):
         if not self.res_rescale > 0:
             raise ValueError(f"res_rescale must be > 0, got {res_rescale}")
         self.multiple = model.multiple
+        self.min_size = 2 * model.multiple  # the bottleneck's ReflectionPad2d(1) needs 2 pixels a side
         if prediction is None:  # upstream SRDiff predicts eps; a model trained to predict x0 or v has a card saying so
             prediction = card.prediction if card is not None else "eps"
         if prediction not in PREDICTIONS:
