@@ -542,3 +542,24 @@ def test_files_without_prediction_and_the_embedded_model_load_with_a_card(tmp_pa
         assert net.card.scale == declared["scale"] == 4
         assert net.card.schedule == Schedule.from_dict(declared["schedule"])
         assert as_adapter(net).prediction == declared.get("prediction", "eps")
+
+
+@pytest.mark.parametrize("kind", ["srdiff", "sr3"])
+def test_a_yoda_file_read_as_an_upstream_kind_is_refused(kind, tmp_path, capsys):
+    """yoda.load("srdiff", the embedded model's file) loaded it as an upstream eps model with upstream's cosine
+    T=100 schedule (12.8 dB instead of 25.9 on a crop), without a word; --model srdiff:FILE did the same."""
+    from yoda.cli import main
+    from yoda.models.loading import DEFAULT_WEIGHTS
+    from yoda.models.yoda_format import FORMAT
+
+    assert FORMAT == "yoda-model"
+    with pytest.raises(yoda.checkpoint.CheckpointError,
+                       match=rf"is a yoda model file .* not an upstream {kind} checkpoint: load it with "
+                             r"yoda.load\('yoda', path\)"):
+        yoda.load(kind, DEFAULT_WEIGHTS)
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "in.png")
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.png"), "--model",
+                 f"{kind}:{DEFAULT_WEIGHTS}"]) == 2
+    assert "is a yoda model file" in capsys.readouterr().err

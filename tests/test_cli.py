@@ -508,6 +508,7 @@ def test_output_paths_are_checked_before_sampling(tmp_path, tiny_model, images, 
         (["attention", rgb, "-o", str(tmp_path / "isdir.png")], "isdir.png is a folder"),
         (["attention", rgb, "-o", str(tmp_path / "o.txt")], "o.txt: cannot write images"),
         (["demo", "-o", str(tmp_path / "nope" / "d.png"), "--model", tiny_model], "nope/d.png: the folder"),
+        (["figures", "-o", str(tmp_path / "f.png"), "--model", tiny_model], "f.png: yoda figures writes 3 PNGs"),
     ]
     import yoda.cli
 
@@ -542,7 +543,7 @@ def test_full_disk_with_several_inputs_leaves_no_empty_folder(tmp_path, tiny_mod
     def no_space(x, path, grey=False):
         raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
 
-    monkeypatch.setattr(yoda.cli, "_save", no_space)
+    monkeypatch.setattr(yoda.cli, "save_output", no_space)
     out = tmp_path / "new" / "deeper"
     code, _, err = run(["upscale", rgb, grey, "-o", str(out), "--model", tiny_model, "--steps", "1", "-q"], capsys)
     assert code == 2 and "No space left on device" in err
@@ -768,3 +769,36 @@ def test_eval_writes_per_image_csv_and_resolves_attention_once(tmp_path, tiny_mo
     plain = [float(r["psnr"]) for r in rows if r["method"] == "plain"]
     table = {l.split("|")[1].strip(): l for l in stdout.splitlines() if l.startswith("| ")}
     assert f"| {np.mean(plain):.2f} |" in table["plain"]  # the table is the mean of the rows
+    code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+                             "--attention", "edge", "--lower-bounds", "0.4", "--y-channel"], capsys)
+    assert code == 0 and "| PSNR-Y (dB) | SSIM-Y |" in stdout, err
+
+
+def test_steps_default_depends_on_the_model(tmp_path, tiny_model, images, capsys):
+    """One DDIM step (chosen for the embedded x0 model) was every --model's default: an upstream eps model gave
+    noise (5.8 dB with an eps model right to 2 %). Another model now gets OTHER_MODEL_STEPS, at most its T."""
+    from types import SimpleNamespace
+
+    from yoda.cli import default_steps, load_model
+    from yoda.cli_parser import DEFAULT_STEPS, OTHER_MODEL_STEPS
+
+    assert (DEFAULT_STEPS, OTHER_MODEL_STEPS) == (1, 50)
+    for spec, steps, want in (("default", None, 1), (tiny_model, None, 20), (tiny_model, 3, 3)):
+        a = SimpleNamespace(model=spec, steps=steps)
+        default_steps(a, load_model(spec, "cpu"))
+        assert a.steps == want, spec  # the tiny model's T is 20 < 50
+    rgb, _ = images
+    out = tmp_path / "o.png"
+    code, _, err = run(["upscale", rgb, "-o", str(out), "--model", tiny_model, "-q"], capsys)
+    assert code == 0, err
+    assert_same_pixels(out, expected_upscale(tiny_model, rgb, steps=20, sampler="ddim", attention=None))
+
+
+def test_eval_and_figures_take_max_pixels(tmp_path, tiny_model, capsys):
+    """The pixel-limit error told eval / figures users to pass --max-pixels, which they did not have."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(folder / "a.png")
+    for cmd in (["eval"], ["figures", "-o", str(tmp_path / "figs")]):
+        code, _, err = run(cmd + ["--images", str(folder), "--model", tiny_model, "--max-pixels", "100"], capsys)
+        assert code == 2 and "is 24x16 = 384 pixels, more than the limit of 100" in err and "--max-pixels N" in err, err

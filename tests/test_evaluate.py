@@ -114,3 +114,30 @@ def test_evaluate_rows_and_table():
     s = summ[2]
     assert (f"| yoda | gaussian | 0.5 | 2 | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['L_shift']:.3f} | "
             f"{s['ab_shift']:.3f} | 3 |") in table
+
+
+def test_luma_metrics_are_the_papers_protocol():
+    """PSNR / SSIM as SR papers report them (BasicSR's test_y_channel, MATLAB): the BT.601 luma, a border of the
+    scale cut off; checked against the formulas written out here."""
+    from skimage.metrics import structural_similarity
+
+    from yoda.evaluate import luma_metrics, metrics
+
+    rng = np.random.default_rng(5)
+    hr = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    sr = np.clip(hr.astype(int) + rng.integers(-9, 10, hr.shape), 0, 255).astype(np.uint8)
+    sr[:4] = 0  # damage inside the border only: it must not count
+
+    def y(a):
+        return 16.0 + (65.481 * a[..., 0] + 128.553 * a[..., 1] + 24.966 * a[..., 2]) / 255.0
+
+    ys, yh = y(sr[4:-4, 4:-4].astype(np.float64)), y(hr[4:-4, 4:-4].astype(np.float64))
+    want_psnr = 10 * np.log10(255.0**2 / np.mean((ys - yh) ** 2))
+    want_ssim = structural_similarity(yh, ys, data_range=255, gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False)
+    p, s = luma_metrics(sr, hr, 4)
+    assert p == pytest.approx(want_psnr, abs=1e-9) and s == pytest.approx(want_ssim, abs=1e-9)
+    m = metrics(sr, hr, 4)
+    assert (m["psnr"], m["ssim"]) == (p, s) and metrics(sr, hr)["psnr"] < p  # the border's damage counts in RGB
+    with pytest.raises(ValueError, match="border 18 leaves nothing of a 36x40 image"):
+        luma_metrics(sr, hr, 18)

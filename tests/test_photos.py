@@ -121,8 +121,8 @@ def test_packages_are_those_of_the_photographs_and_the_cli_names_them(tmp_path):
 
 
 def test_data_export_is_a_cli_command(tmp_path, capsys):
-    """`python -m yoda.data export DIR` (what yoda train --help pointed to) printed a dict, gave a traceback for a
-    file in the way and exit 2 for --help; `yoda data export` did not exist."""
+    """`python -m yoda.data export DIR` (what yoda train --help pointed to; replaced by this command) printed a
+    dict, gave a traceback for a file in the way and exit 2 for --help; `yoda data export` did not exist."""
     from yoda.data import BUILTIN_TRAIN, HELD_OUT
 
     assert main(["data", "export", str(tmp_path / "d")]) == 0

@@ -426,17 +426,27 @@ def test_attention_forms_agree(monkeypatch):
         calls.append(x.shape)
         return A
 
-    # an extractor's LR map is resized and then min-max normalised again (DESIGN §3)
+    # a user's callable is taken as it is, like a tensor: resized, clamped; its values may mean something (a
+    # calibrated saliency, a constant: an all-zero map from a callable became all ones)
+    assert torch.equal(run(model, lr, attention=extractor, seed=3), ref)
+    assert calls == [(2, 3, 8, 8)]
+    zeros = lambda x: torch.zeros(2, 1, 8, 8)  # noqa: E731
+    assert torch.equal(run(model, lr, attention=zeros, seed=3), run(model, lr, attention=torch.zeros(2, 1, 8, 8),
+                                                                     seed=3))
+    # yoda's own extractors (by name, or what yoda.attention.get returns) are min-max normalised again after the
+    # resize (DESIGN §3): upsampling pulls the peak below 1
     from yoda.attention import minmax_normalize
 
     ref_x = run(model, lr, attention=minmax_normalize(A_hr), seed=3)
     assert not torch.equal(ref_x, ref)
+    extractor.minmax_after_resize = True
     assert torch.equal(run(model, lr, attention=extractor, seed=3), ref_x)
-    assert calls == [(2, 3, 8, 8)]
     fake = types.ModuleType("yoda.attention")
     fake.get = lambda name: {"mine": extractor}[name]
     monkeypatch.setitem(sys.modules, "yoda.attention", fake)
     assert torch.equal(run(model, lr, attention="mine", seed=3), ref_x)
+    extractor.minmax_after_resize = False
+    assert torch.equal(run(model, lr, attention="mine", seed=3), ref_x)  # by name: always yoda's rule
     # one map for the whole batch is broadcast
     one = run(model, lr, attention=A[:1], seed=3)
     assert torch.equal(one, run(model, lr, attention=A[:1].expand(2, 1, 8, 8), seed=3))
@@ -929,3 +939,27 @@ def test_all_finite_is_exact(dtype):
     for name, t in cases.items():
         assert all_finite(t) == bool(torch.isfinite(t).all()), name
     assert all_finite(cases["overflowing sum"]) and not torch.isfinite(cases["overflowing sum"].sum())
+
+
+def test_warns_for_a_network_in_training_mode_and_for_a_0_1_image():
+    """A network left in train mode sampled with dropout on (the same seed, another image) and a [0, 1] image
+    (torchvision's convention) came out washed out, both without a word."""
+    from yoda.models.sr3 import SR3Config, SR3UNet
+
+    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2),
+                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=2, dropout=0.2)
+    torch.manual_seed(0)
+    net = SR3UNet.from_config(cfg)
+    ad = net.yoda_adapter(yoda.Schedule.linear(10))
+    lr = torch.rand(1, 3, 8, 8) * 2 - 1
+    with pytest.warns(UserWarning, match=r"the model \(SR3UNet\) is in training mode: dropout is on"):
+        a = yoda.sample(ad, lr, steps=2, seed=0, progress=False)
+    b = yoda.sample(ad, lr, steps=2, seed=0, progress=False)
+    assert not torch.equal(a, b)  # what the warning is about
+    net.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c, d = (yoda.sample(ad, lr, steps=2, seed=0, progress=False) for _ in range(2))
+    assert torch.equal(c, d)
+    with pytest.warns(UserWarning, match=r"lr has no negative value \(range \[0\.008213, 0\.9916\]\): yoda takes images in \[-1, 1\]"):
+        yoda.sample(ad, (lr + 1) / 2, steps=1, seed=0, progress=False)

@@ -179,3 +179,13 @@ def betas_match(bufs: Dict[str, Any], schedule) -> Optional[bool]:
         return False
     # the checkpoint keeps float32 copies of float64 betas: compare at float32 resolution
     return bool(torch.allclose(b.double(), schedule.betas, rtol=1e-5, atol=1e-9))
+
+
+def refuse_yoda_file(meta: Optional[Dict[str, str]], p: Any, kind: str) -> None:
+    """A file of yoda's own format (yoda.models.save_model: metadata "format" = "yoda-model") read as an upstream
+    ``kind`` checkpoint would lose its card (prediction, schedule) and be sampled with upstream's defaults: refused,
+    naming the right call."""
+    if meta is not None and meta.get("format") == "yoda-model":
+        raise CheckpointError(f"{p} is a yoda model file (it carries its own config, prediction and schedule), not "
+                              f"an upstream {kind} checkpoint: load it with yoda.load('yoda', path) (the CLI's "
+                              f"--model PATH, without {kind}:)")

@@ -1,4 +1,5 @@
-"""The ``yoda`` command line: upscale, attention, demo, eval, train, plot.
+"""The ``yoda`` command line: upscale, attention, demo, eval, figures, train, plot, data (shared parts:
+cli_models; upscale's machinery: cli_upscale; the options: cli_parser).
 
     yoda upscale IN|DIR... -o OUT [--model default|PATH|sr3:PATH|srdiff:PATH] [--attention none] [--steps 1] ...
                  [--sampler ddim] [--tiles W[,O]] [--window-batch N] [--max-memory 2G] [--skip-existing]
@@ -6,11 +7,12 @@
     yoda attention IMAGE -o OUT.png [--attention edge] [--lower-bound 0.6]
     yoda demo [-o demo.png]
     yoda eval [--images FOLDER] [--lower-bounds 0.4 0.6 0.8] [--attention edge gaussian]
-              [--lpips VGG16.pth LIN.pth]
+              [--lpips VGG16.pth LIN.pth] [--y-channel] [-o table.md|rows.csv]
+    yoda figures -o DIR [--images FOLDER] [--attention edge gaussian sift] [--lower-bound 0.6]
     yoda train --config yoda/configs/default_x4.json [--out DIR] [--steps N] [--device auto|cpu|cuda]
                                                            (torchrun -m yoda: DistributedDataParallel)
     yoda plot LOG.csv... -o curves.png [--labels ...]
-    yoda data build --out DIR [--short-side 512]
+    yoda data build --out DIR [--short-side 512]  |  yoda data export DIR
 
 Errors. A user error -- a yoda.errors.UserError, raised for bad options and by the library for files, configs
 and models it cannot use (CheckpointError, DataError, a model returning NaN/Inf), plus the ValueErrors the
@@ -37,118 +39,13 @@ import numpy as np
 
 from .cli_parser import build_parser
 from ._io import made_dirs, remove_empty
+from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, read_input,
+                         save_figure, save_output, upscale_tensor)
 from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, dist_env, expand_inputs, guided_model,
-                          output_folder, output_targets, plan_windows, run_items, run_sharded, skip_existing,
-                          padded_lr_side, speed_options, tune_malloc)
+                          output_folder, output_targets, padded_lr_side, plan_windows, run_items, run_sharded,
+                          skip_existing, speed_options, tune_malloc)
 from .errors import UserError
 from .errors import user_input as _user_input
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Shared helpers
-# ----------------------------------------------------------------------------------------------------------
-MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
-
-
-def load_model(spec: str, device, config: Optional[str] = None):
-    """--model: "default" (the embedded x4 model), a path to a "yoda" model file, or KIND:PATH with KIND one of
-    MODEL_KINDS (an upstream SR3 / SRDiff checkpoint; --model-config: its config file)."""
-    from .models.loading import DEFAULT_WEIGHTS, load
-
-    kind, _, rest = spec.partition(":")
-    kind, path = (kind, Path(rest)) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
-    if spec == "default":
-        path = DEFAULT_WEIGHTS
-        if not path.exists():
-            raise UserError(f"the embedded default model {path} is not installed; pass --model PATH")
-    if not path.is_file():
-        raise UserError(f"--model {spec}: model file not found: {path}")
-    if config is not None:
-        if kind == "yoda":
-            raise UserError(f"--model-config is for sr3:PATH or srdiff:PATH models; a yoda model file carries its "
-                            f"own config (--model {spec})")
-        if not Path(config).is_file():
-            raise UserError(f"--model-config: file not found: {config}")
-    try:
-        with _user_input():
-            model = load(kind, str(path), config=config)
-    except UserError as e:  # the file's own complaint, said of the options that named it
-        raise UserError(f"--model{' / --model-config' if config is not None else ''} ({kind}): {e}") from e
-    return model.to(device).eval()
-
-
-def _device(name: str):
-    from .devices import resolve_device
-
-    with _user_input():
-        return resolve_device(name)
-
-
-def _attention(name: str):
-    """--attention NAME -> the extractor (yoda.attention.get); an unknown name or a bad weights file is a user
-    error."""
-    from .attention import get
-
-    if name is None:  # --attention none
-        raise UserError("--attention none: this command draws or compares an attention map; name one "
-                        "(edge, gaussian, sift, dino-vits8:PATH, dino-resnet50:PATH)")
-    with _user_input():
-        return get(name)
-
-
-def _adapter(model):
-    from .adapters import as_adapter
-
-    return as_adapter(model)
-
-
-def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
-                   windows=None, window_batch=None, sigmas=None, speed=None, callback=None):
-    """SR of lr (1, 3, h, w) of any size: lr is edge-padded to a size the model takes (its multiple and smallest
-    side, adapters.hr_grid), the result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's tiled denoising; speed: a
-    dict of its speed options (compile, autocast, channels_last, cuda_graphs); callback: yoda.sample's."""
-    import torch.nn.functional as F
-
-    from .adapters import hr_grid
-    from .sampling import sample
-
-    ad = _adapter(model)
-    s = ad.scale
-    h, w = lr.shape[-2:]
-    ph, pw = (padded_lr_side(n, s, *hr_grid(ad)) - n for n in (h, w))
-    x = F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
-    # attention: an extractor (_attention(name)), which yoda.sample calls on x as it calls a name: the same map
-    # (normalised again after the resize to the state) as yoda.sample(attention=name), yoda eval and yoda figures
-    with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
-        sr = sample(ad, x, attention=attention, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound,
-                    seed=seed, progress=progress, backend=backend, windows=windows, window_batch=window_batch,
-                    sigmas=sigmas, callback=callback, **(speed or {}))
-    return sr[..., : s * h, : s * w]
-
-
-def _read(path: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray, bool]:
-    """(uint8 RGB (H, W, 3), whether the file is grey). max_pixels: None = yoda.images.MAX_PIXELS."""
-    from .images import read_image
-
-    with _user_input():
-        a = read_image(path, max_pixels)
-    grey = bool((a[:, :, 0] == a[:, :, 1]).all() and (a[:, :, 1] == a[:, :, 2]).all())
-    return a, grey
-
-
-def _save(x, path: str, grey: bool = False) -> None:
-    from .images import save_image
-
-    if grey:
-        x = x.mean(dim=-3, keepdim=True)
-    save_image(x.cpu(), path)
-
-
-def _save_pil(img, path: str) -> None:
-    from .images import save_pil
-
-    check_output_option(path)
-    save_pil(img, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -170,7 +67,7 @@ def cmd_upscale(a) -> int:
     def work(item):
         src, dst = item
         if not skip_existing(a.skip_existing, src, dst):
-            arr, grey = _read(src, a.max_pixels)
+            arr, grey = read_input(src, a.max_pixels)
             check_hr_size(src, arr, a.scale, a.max_pixels)
             _upscale_one(a, run, arr, grey, src, dst)
 
@@ -214,17 +111,18 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
     from .adapters import hr_grid
     from .sampling.spec import make_spec
 
-    dev = _device(a.device)
+    dev = cli_device(a.device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     model = guided_model(load_model(a.model, dev, a.model_config), getattr(a, "cfg_scale", None))
-    scale = _adapter(model).scale
+    default_steps(a, model)
+    scale = adapter_of(model).scale
     if a.scale is None:
         a.scale = scale
     elif a.scale != scale:
         raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale} (leave --scale "
                         "out)")
-    unit, least = hr_grid(_adapter(model))
+    unit, least = hr_grid(adapter_of(model))
     if a.tiles is not None and (a.tiles[0] % unit or a.tiles[1] % unit):
         raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: window and overlap must be multiples of {unit} "
                         f"(this model's size multiple and scale)")
@@ -233,10 +131,10 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
                         f"smallest side this model takes")
     if a.window_batch is not None and a.window_batch < 1:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
-    attention = None if a.attention is None else _attention(a.attention)
+    attention = None if a.attention is None else attention_extractor(a.attention)
     with _user_input():  # --steps, --sampler, --eta, --lower-bound, --seed, --sigmas on the smallest LR the model takes
         lr = torch.zeros(1, 3, least // scale, least // scale, device=dev)
-        make_spec(_adapter(model), lr, steps=a.steps, sampler=a.sampler, eta=a.eta, lower_bound=a.lower_bound,
+        make_spec(adapter_of(model), lr, steps=a.steps, sampler=a.sampler, eta=a.eta, lower_bound=a.lower_bound,
                   seed=a.seed, sigmas=a.sigmas, progress=False)
     return _UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
 
@@ -259,7 +157,7 @@ def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> No
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
                             eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
                             windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=run.speed)
-    _save(sr, dst, grey)
+    save_output(sr, dst, grey)
     print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
 
 
@@ -269,13 +167,13 @@ def cmd_attention(a) -> int:
     from .masks import every_step_ratio
 
     check_output_option(a.output)
-    arr, _ = _read(a.image, a.max_pixels)
+    arr, _ = read_input(a.image, a.max_pixels)
     lr = from_uint8(arr)
-    A = _attention(a.attention)(lr)
+    A = attention_extractor(a.attention)(lr)
     with _user_input():  # --lower-bound, --T
         ratio = float(every_step_ratio(A, a.T, a.lower_bound)[0])
         fig = attention_figure(lr, A, a.lower_bound, a.T, ratio=ratio)  # the title says the ratio printed below
-    _save_pil(fig, a.output)
+    save_figure(fig, a.output)
     print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, every step of T={a.T}): {ratio:.3f}  "
           f"-> {a.output}")
     return 0
@@ -299,9 +197,10 @@ def cmd_demo(a) -> int:
     if a.lr_size < 1:
         raise UserError(f"--lr-size must be >= 1, got {a.lr_size}")
     check_output_option(a.output)
-    dev = _device(a.device)
+    dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
-    ad = _adapter(model)
+    default_steps(a, model)
+    ad = adapter_of(model)
     s = ad.scale
     full = builtin_image(a.image)
     size = a.lr_size * s
@@ -312,7 +211,7 @@ def cmd_demo(a) -> int:
     hr_u8 = np.ascontiguousarray(full[y : y + size, x : x + size])
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
-    extractor = _attention(a.attention)
+    extractor = attention_extractor(a.attention)
     with _user_input():  # drawn: the map the sampler makes of the extractor (at HR, normalised after the resize)
         A = resolve_attention(extractor, lr, (size, size))
     results = {"bicubic": upsample(lr, s)}
@@ -352,7 +251,7 @@ def cmd_demo(a) -> int:
     dr.text((pad, y2), f"masks of the YODA run: M(t) = 1[A >= t/T - {a.lower_bound:g}] at its steps ({a.sampler}, "
             f"{a.steps} steps, seed {a.seed})", fill=(0, 0, 0), font=font)
     canvas.paste(strip, (0, y2 + label_h))
-    _save_pil(canvas, a.output)
+    save_figure(canvas, a.output)
     print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {a.steps} steps, "
           f"attention {a.attention}, lower bound {a.lower_bound:g}")
     print("| method | PSNR (dB) | SSIM | L shift | ab shift | time (s) |")
@@ -374,11 +273,11 @@ def _check_eval_options(a) -> None:
             raise UserError(f"--lpips: weights file not found: {f}")
 
 
-def _eval_images(folder: Optional[str]):
+def _eval_images(folder: Optional[str], max_pixels: Optional[int] = None):
     """--images FOLDER (always a folder, whatever its name), else the held-out set."""
     from .data import load_folder, load_source
 
-    return load_folder(folder) if folder else load_source("heldout")
+    return load_folder(folder, max_pixels) if folder else load_source("heldout")
 
 
 def cmd_eval(a) -> int:
@@ -390,16 +289,17 @@ def cmd_eval(a) -> int:
         check_writable(a.output, "-o")
     _check_eval_options(a)
     with _user_input():
-        images = _eval_images(a.images)
-    dev = _device(a.device)
+        images = _eval_images(a.images, a.max_pixels)
+    dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
+    default_steps(a, model)
     with _user_input():  # the options, the images, the model and the LPIPS weights are the user's
         settings = EvalSettings(steps=a.steps, sampler=a.sampler, eta=a.eta, sigmas=a.sigmas,
                                 lower_bounds=tuple(a.lower_bounds), attentions=tuple(a.attention), seed=a.seed,
                                 max_size=a.max_size if a.max_size > 0 else None, progress=not a.quiet,
-                                lpips=tuple(a.lpips) if a.lpips else None)
+                                lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
         rows = evaluate(model, images, settings)
-    table = markdown_table(summarize(rows))
+    table = markdown_table(summarize(rows), y_channel=a.y_channel)
     if a.output and a.output.lower().endswith(".csv"):
         write_csv(a.output, rows)
     elif a.output:
@@ -415,9 +315,14 @@ def cmd_figures(a) -> int:
     from .figures import FIGURE_FILES, FigureSettings, compute, write_figures
 
     # the output folder first: an existing folder must take the three files; a new one must be creatable
+    from .images import OUTPUT_SUFFIXES
+
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; yoda figures writes {len(FIGURE_FILES)} PNGs into a folder")
+    if not out.exists() and out.suffix.lower() in OUTPUT_SUFFIXES:
+        raise UserError(f"-o {a.output}: yoda figures writes {len(FIGURE_FILES)} PNGs into a folder; give a folder "
+                        f"name, not an image file's")
     check_out_folder(a.output, [out / name for name in FIGURE_FILES])
     _check_eval_options(a)
     with _user_input():
@@ -425,8 +330,8 @@ def cmd_figures(a) -> int:
                                   lower_bounds=tuple(a.lower_bounds), steps=a.steps, sampler=a.sampler, eta=a.eta,
                                   seed=a.seed, max_size=a.max_size or None, bins=a.bins, degree=a.degree,
                                   crops=a.crops, progress=not a.quiet, lpips=tuple(a.lpips) if a.lpips else None)
-        images = _eval_images(a.images)
-    dev = _device(a.device)
+        images = _eval_images(a.images, a.max_pixels)
+    dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
     made = made_dirs(out)
     try:
@@ -467,7 +372,14 @@ def cmd_train(a) -> int:
                        progress=not a.quiet, command=command, weights_name=a.weights_name, data_dir=a.data_dir,
                        decay_from=a.decay_from)
     if s["rank"] == 0:
-        print(f"trained {s['steps']} steps in {s['seconds']:.1f} s -> {s['weights']}")
+        start = s["start_step"]
+        resumed = f" (resumed at step {start})" if start else ""
+        print(f"trained {s['steps'] - start} steps{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} -> "
+              f"{s['weights']}")
+        if s["interrupted"]:
+            print(f"yoda: stopped by Ctrl-C at step {s['steps']}; the checkpoint is saved: the same command resumes",
+                  file=sys.stderr)
+            return 130
     return 0
 
 

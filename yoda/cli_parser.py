@@ -35,6 +35,10 @@ class _Parser(argparse.ArgumentParser):
 # The CLI's sampling defaults, chosen for the embedded model on a selection set (scikit-image's held-out colour
 # images, not the test photographs) as the highest PSNR: DDIM with one step, no attention. benchmarks/QUALITY.md.
 DEFAULT_STEPS, DEFAULT_SAMPLER, DEFAULT_ATTENTION = 1, "ddim", "none"
+# Any other --model (an upstream SR3 / SRDiff checkpoint, a model you trained) gets this many steps (at most its
+# schedule's T): one step is right for the embedded x0 model only; an eps model's one-step x0 multiplies its
+# noise error by 1 / sqrt(ab_T) (about 150 for SR3's schedule) and gives noise.
+OTHER_MODEL_STEPS = 50
 
 
 ATTENTION_HELP = "edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH"
@@ -55,7 +59,12 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
     p.add_argument("--model-config", default=None, metavar="PATH",
                    help="with sr3:PATH, the checkpoint's SR3 JSON config (default: the 16->128 config); with "
                         "srdiff:PATH, its YAML config (default: read from the weights)")
-    p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
+    if steps is None:  # the model decides (cli.default_steps)
+        p.add_argument("--steps", type=int, default=None,
+                       help=f"sampling steps (default {DEFAULT_STEPS} with the embedded model, {OTHER_MODEL_STEPS} "
+                            f"with any other --model, at most its T)")
+    else:
+        p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
     p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler,
                    help=f"the sampler: DDPM (ancestral), DDIM{', or a k-diffusion solver' if solvers else ''} "
                         f"(default {sampler})")
@@ -150,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "estimated need (yoda.cli_upscale.HR_BYTES_PER_PIXEL per HR pixel) exceeds it runs in windows")
     _speed_args(p)
     _max_pixels_arg(p)
-    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER, solvers=True)
+    _sampling_args(p, None, DEFAULT_SAMPLER, solvers=True)
     _debug_arg(p)
 
     p = sub.add_parser("attention", help="draw an image's attention map and mask growth")
@@ -167,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default="astronaut", help="a held-out image (astronaut, coffee, rocket, chelsea)")
     p.add_argument("--lr-size", type=int, default=64, help="LR crop size (HR = scale * this)")
     p.add_argument("--attention", default="edge", help=f"the YODA column's attention: {ATTENTION_HELP}")
-    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER)
+    _sampling_args(p, None, DEFAULT_SAMPLER)
     _debug_arg(p)
 
     p = sub.add_parser("eval", help="PSNR / SSIM / colour shift table, plain vs YODA")
@@ -185,10 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="centre-crop HR to at most this (0: full size; QUALITY.md's tables use 256)")
     p.add_argument("-o", "--output", default=None,
                    help="also write the results: FILE.csv one row per image and method, any other name the table")
+    p.add_argument("--y-channel", action="store_true",
+                   help="PSNR and SSIM on the luma Y (ITU-R BT.601) with a border of scale pixels cut off and an "
+                        "11x11 Gaussian SSIM window, as SR papers report them (default: RGB, whole image)")
     p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
                         "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
-    _sampling_args(p, DEFAULT_STEPS, DEFAULT_SAMPLER, solvers=True, lower_bound=False)
+    _sampling_args(p, None, DEFAULT_SAMPLER, solvers=True, lower_bound=False)
+    _max_pixels_arg(p)
     _debug_arg(p)
 
     p = sub.add_parser("figures", help="the paper's Fig. 3, 4 and 5 (update ratio, crops, regional error) as PNGs")
@@ -211,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add an LPIPS-per-bin panel to Fig. 5 from local files (torchvision vgg16 weights and "
                         "the lpips package's v0.1 vgg.pth linear heads; nothing is downloaded)")
     _sampling_args(p, 20, "ddim")
+    _max_pixels_arg(p)
     _debug_arg(p)
 
     p = sub.add_parser("train", help="train a model from a JSON config")
@@ -225,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-name", default="model.safetensors", help="file name of the exported weights")
     p.add_argument("--data-dir", default=None,
                    help="a folder with train/ and heldout/ image folders, from `yoda data build --out DIR` "
-                        "(photographs) or `python -m yoda.data export DIR` (scikit-image's bundled images)")
+                        "(photographs) or `yoda data export DIR` (scikit-image's bundled images)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _debug_arg(p)
 

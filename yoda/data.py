@@ -31,8 +31,8 @@ from .images import OUTPUT_SUFFIXES, DataError, quantize_u8, read_image, to_rgb_
 
 __all__ = [
     "BUILTIN_TRAIN", "HELD_OUT", "HELD_OUT_ALIASES", "IMAGE_EXTENSIONS", "CropSampler", "DataConfig", "DataError",
-    "builtin_image", "crop_for_model", "crop_to_multiple", "export_builtin", "fixed_crops", "list_folder", "load_folder", "load_source",
-    "make_lr", "read_image", "to_rgb_u8",
+    "builtin_image", "crop_for_model", "crop_to_multiple", "export_builtin", "fixed_crops", "list_folder",
+    "load_folder", "load_source", "make_lr", "read_image", "to_rgb_u8",
 ]
 
 # Held out of the built-in training set; used by `yoda eval`, `yoda demo` and validation during training.
@@ -152,9 +152,10 @@ def list_folder(folder: str) -> list[str]:
     return paths
 
 
-def load_folder(folder: str) -> list[tuple[str, np.ndarray]]:
-    """[(path, uint8 (H, W, 3))] of the images in ``folder`` (list_folder), whatever the folder's name."""
-    return [(p, read_image(p)) for p in list_folder(folder)]
+def load_folder(folder: str, max_pixels: Optional[int] = None) -> list[tuple[str, np.ndarray]]:
+    """[(path, uint8 (H, W, 3))] of the images in ``folder`` (list_folder), whatever the folder's name;
+    max_pixels: read_image's (None: yoda.images.MAX_PIXELS)."""
+    return [(p, read_image(p, max_pixels)) for p in list_folder(folder)]
 
 
 def load_source(source: str, min_size: int = 0) -> list[tuple[str, np.ndarray]]:
@@ -260,11 +261,3 @@ def export_builtin(folder: str) -> dict:
             save_pil(Image.fromarray(builtin_image(n)), os.path.join(d, f"{n}.png"))
         counts[sub] = len(names)
     return counts
-
-
-if __name__ == "__main__":  # python -m yoda.data export DIR: the same as `yoda data export DIR`
-    import sys
-
-    from .cli import main
-
-    sys.exit(main(["data"] + sys.argv[1:]))

@@ -1,7 +1,9 @@
 """Evaluation: PSNR, SSIM, colour shift, denoiser calls and wall time; plain vs YODA sampling.
 
-Metrics are computed on 8-bit RGB images (H, W, 3) after rounding, as papers report them:
-    PSNR, SSIM        skimage.metrics (data_range 255; SSIM with channel_axis=2, skimage's default 7x7 window)
+Metrics are computed on 8-bit RGB images (H, W, 3) after rounding:
+    PSNR, SSIM        skimage.metrics (data_range 255; SSIM with channel_axis=2, skimage's default 7x7 window);
+                      EvalSettings(y_channel=True) / `yoda eval --y-channel`: on the luma Y with a border of the
+                      scale cut off and a Gaussian SSIM window (luma_metrics), as SR papers report them
     colour shift      d = mean over pixels of Lab(SR) - Lab(HR)  (skimage.color.rgb2lab, D65)
                       L_shift = |d_L|, ab_shift = sqrt(d_a^2 + d_b^2): a global tint shows up here, noise
                       and texture errors average out (SR3's colour shift, seed Fig. 4)
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -80,9 +82,31 @@ def colour_shift(sr: np.ndarray, hr: np.ndarray) -> dict:
             "ab_shift": float(math.hypot(d[1], d[2]))}
 
 
-def metrics(sr: np.ndarray, hr: np.ndarray) -> dict:
+def luma_metrics(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, float]:
+    """(PSNR, SSIM) as SR papers report them (BasicSR's test_y_channel / MATLAB): on the luma Y of ITU-R BT.601
+    (16..235, unrounded; skimage.color.rgb2ycbcr), ``border`` pixels (usually the scale) cut from every side,
+    SSIM with an 11x11 Gaussian window of sigma 1.5 and population covariances (Wang et al. 2004)."""
+    from skimage.color import rgb2ycbcr
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    check_pair(sr, hr)
+    if border < 0 or 2 * border >= min(sr.shape[:2]):
+        raise ValueError(f"border {border} leaves nothing of a {sr.shape[1]}x{sr.shape[0]} image")
+    cut = (slice(border, sr.shape[0] - border), slice(border, sr.shape[1] - border))
+    y_sr, y_hr = rgb2ycbcr(sr[cut])[..., 0], rgb2ycbcr(hr[cut])[..., 0]
+    p = math.inf if np.array_equal(y_sr, y_hr) else float(peak_signal_noise_ratio(y_hr, y_sr, data_range=255))
+    win = min(11, *y_sr.shape)
+    win -= 1 - win % 2
+    s = float(structural_similarity(y_hr, y_sr, data_range=255, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, win_size=win))
+    return p, s
+
+
+def metrics(sr: np.ndarray, hr: np.ndarray, y_border: Optional[int] = None) -> dict:
+    """PSNR, SSIM (RGB; with ``y_border`` given: luma_metrics with that border) and the colour shift."""
     cs = colour_shift(sr, hr)
-    return {"psnr": psnr(sr, hr), "ssim": ssim(sr, hr), "L_shift": cs["L_shift"], "ab_shift": cs["ab_shift"]}
+    p, s = (psnr(sr, hr), ssim(sr, hr)) if y_border is None else luma_metrics(sr, hr, y_border)
+    return {"psnr": p, "ssim": s, "L_shift": cs["L_shift"], "ab_shift": cs["ab_shift"]}
 
 
 def check_distinct(values: Sequence, name: str) -> None:
@@ -110,6 +134,7 @@ class EvalSettings:
     backend: str = "auto"
     progress: bool = False
     lpips: Optional[tuple[str, str]] = None  # (VGG16 backbone weights path, LPIPS linear-head weights path)
+    y_channel: bool = False  # PSNR / SSIM on Y with a border of the scale cut off, as SR papers (luma_metrics)
 
     def __post_init__(self):
         if self.lpips is not None:
@@ -188,7 +213,7 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
                 row = {"image": name, "method": method, "attention": attn or "",
                        "lower_bound": "" if lb is None else lb}
                 sr_u8 = to_uint8(sr)[0]
-                row.update(metrics(sr_u8, hr_u8))
+                row.update(metrics(sr_u8, hr_u8, scale if settings.y_channel else None))
                 if lpips_fn is not None:
                     with torch.no_grad():  # on the rounded image, like the other metrics
                         row["lpips"] = float(lpips_fn(from_uint8(sr_u8).to(dev), hr)[0])
@@ -230,14 +255,16 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE) -> str:
+def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_channel: bool = False) -> str:
     """The summary as a markdown table (PSNR dB, SSIM, [LPIPS,] colour shift in Lab units, calls, seconds).
 
-    The LPIPS column appears when every row has "lpips"; then the LPIPS_NOTE is not printed."""
+    The LPIPS column appears when every row has "lpips"; then the LPIPS_NOTE is not printed. y_channel: the
+    PSNR and SSIM columns are luma_metrics' (headed PSNR-Y, SSIM-Y)."""
     has_lpips = bool(rows) and all("lpips" in r for r in rows)
     lp_head = " LPIPS |" if has_lpips else ""
-    head = (f"| method | attention | l | images | PSNR (dB) | SSIM |{lp_head} L shift | ab shift | denoiser calls "
-            "| time (s) |")
+    y = "-Y" if y_channel else ""
+    head = (f"| method | attention | l | images | PSNR{y} (dB) | SSIM{y} |{lp_head} L shift | ab shift | denoiser "
+            "calls | time (s) |")
     lines = [head, "|" + "---|" * (11 if has_lpips else 10)]
     for r in rows:
         lb = "" if r["lower_bound"] == "" else f"{r['lower_bound']:g}"

@@ -151,6 +151,8 @@ class Edge:
     the pixels around it, which the SR step also has to refine; 0 disables the blur.
     """
 
+    minmax_after_resize = True  # yoda.sample normalises its map again after the resize (DESIGN §3)
+
     def __init__(self, sigma: float = 1.0):
         self.sigma = _check_positive(sigma, "sigma", allow_zero=True)
 
@@ -182,6 +184,8 @@ class Gaussian:
     ``sigma`` is a fraction of the image side, so the prior covers the same part of any image.
     The input's content is validated but otherwise ignored.
     """
+
+    minmax_after_resize = True  # yoda.sample normalises its map again after the resize (DESIGN §3)
 
     def __init__(self, sigma: float = 0.25):
         self.sigma = _check_positive(sigma, "sigma")
@@ -218,6 +222,8 @@ class Sift:
     (bicubic) so that its short side is at least ``min_size`` and keypoints are mapped back. An image
     with no keypoint gives a zero map, i.e. A = all ones (every pixel active).
     """
+
+    minmax_after_resize = True  # yoda.sample normalises its map again after the resize (DESIGN §3)
 
     def __init__(
         self,

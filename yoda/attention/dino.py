@@ -394,6 +394,7 @@ class _NetExtractor:
 
     model: nn.Module
     multiple: int
+    minmax_after_resize = True  # yoda.sample normalises its map again after the resize (DESIGN §3)
 
     def _run_on(self, device: torch.device) -> nn.Module:
         if next(self.model.parameters()).device != device:

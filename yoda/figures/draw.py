@@ -149,8 +149,9 @@ def crops_figure_size(n_rows: int, crop: int) -> tuple[int, int, int]:
 
 def draw_crops(crops: Sequence[dict], caption: str = ""):
     """Fig. 4: one row per crop dict (compute()'s FigureData.crops): bicubic / plain / YODA / HR, and under each
-    SR crop its PSNR and CIELAB ab shift vs HR, for the crop and for the whole image. All crops of one figure
-    have the same side (compute() picks them so). Returns a PIL.Image of crops_figure_size(len(crops), side)."""
+    SR crop its PSNR and CIELAB ab shift vs HR, for the crop and for the whole image. The panels have the first
+    crop's size; a crop of another side (images of other sizes) is resized to it, and its row says by how much.
+    Returns a PIL.Image of crops_figure_size(len(crops), side)."""
     from PIL import Image, ImageDraw
 
     if not crops:

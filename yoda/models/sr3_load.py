@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Tuple
 from torch import nn
 
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, load_state_dict_checked, read_checkpoint,
-                          strip_prefix)
+                          refuse_yoda_file, strip_prefix)
 from .card import ModelCard
 from .sr3 import (SR3_16_128, SR3_DIFFUSION_BUFFERS, SR3Config, SR3UNet, load_sr3_config,
                   sr3_default_schedule)
@@ -50,7 +50,8 @@ def load_sr3(p: str, config: Any = None) -> nn.Module:
     """The SR3UNet of the checkpoint file ``p`` (eval mode, CPU) with its ModelCard. config: SR3's JSON (path or
     parsed), an SR3Config or a dict of its fields; None: the released 16->128 configuration."""
     cfg, train_sched, val_sched = _sr3_config(config)
-    obj, _ = read_checkpoint(p)
+    obj, meta = read_checkpoint(p)
+    refuse_yoda_file(meta, p, "sr3")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     sd = strip_prefix(as_state_dict(obj, p), "module.")

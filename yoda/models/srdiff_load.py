@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, load_state_dict_checked, read_checkpoint,
-                          strip_prefix)
+                          refuse_yoda_file, strip_prefix)
 from .card import ModelCard
 from .sr3_load import split_diffusion_buffers
 from .srdiff import SRDiff, SRDiffConfig, load_srdiff_config, srdiff_beta_schedule
@@ -87,7 +87,8 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
     or upstream's YAML path; None: read from the weights' shapes and betas buffer. A dict holds SRDiffConfig fields
     and may hold upstream's other hparams keys (skipped); any other key is refused, so a misspelled field cannot
     silently leave its default. A YAML file skips every key that is not a field (upstream's files carry many)."""
-    obj, _ = read_checkpoint(p)
+    obj, meta = read_checkpoint(p)
+    refuse_yoda_file(meta, p, "srdiff")
     # upstream: {'global_step', 'optimizer_states', 'state_dict': {'model': GaussianDiffusion.state_dict()}};
     # load_ckpt also accepts a flat state_dict with 'model.' prefixes.
     if isinstance(obj, Mapping) and "state_dict" in obj:

@@ -38,7 +38,7 @@ from .srdiff import SRDiff, SRDiffConfig
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_model", "load_yoda", "model_kind"]
 
-FORMAT = "yoda-model"
+FORMAT = "yoda-model"  # checkpoint.refuse_yoda_file knows it too (checkpoint imports no model)
 FORMAT_VERSION = "1"
 SPACE_OF_KIND = {"sr3": "pixel", "srdiff": "residual"}
 _SHOW = 5  # how many differing keys an error message lists

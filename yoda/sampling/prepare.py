@@ -203,7 +203,10 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
     """attention (tensor, name or callable f(lr)) -> A (B, 1, H, W) float32 in [0, 1] on lr's device."""
     B = lr.shape[0]
     src = "attention"
-    extracted = not isinstance(attention, torch.Tensor)
+    # yoda's own extractors (a name, or what yoda.attention.get returns) are min-max normalised again after the
+    # resize (DESIGN §3); a tensor or a user's callable is taken as it is (resized, clamped): its values may mean
+    # something (a calibrated saliency, a constant)
+    extracted = isinstance(attention, str) or getattr(attention, "minmax_after_resize", False)
     if isinstance(attention, str):
         try:
             get = importlib.import_module("yoda.attention").get

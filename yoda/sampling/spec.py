@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -181,6 +182,10 @@ def check_lr(lr: Any) -> torch.Tensor:
         raise ValueError(
             f"lr values must be in [-1, 1] (x / 127.5 - 1 for 8-bit images), got range [{lo:.4g}, {hi:.4g}]"
         )
+    if lo >= 0.0 and hi > 0.0:
+        warnings.warn(f"lr has no negative value (range [{lo:.4g}, {hi:.4g}]): yoda takes images in [-1, 1] "
+                      "(yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out washed out",
+                      UserWarning, stacklevel=3)
     if C == 1:
         lr = lr.expand(B, 3, h, w)
     return lr.clamp(-1.0, 1.0)

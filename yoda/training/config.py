@@ -156,6 +156,14 @@ class TrainConfig:
             raise ValueError(f"model.res_rescale ({k}) and loss.residual_scale ({self.loss.residual_scale}) must "
                              f"be equal: the model file decodes residuals with the former")
 
+        if space == "residual":  # upstream SRDiff sets its schedule in the model's hparams; here schedule does
+            mine = {"timesteps": self.schedule.get("T"), "beta_schedule": self.schedule.get("kind")}
+            for key, want in mine.items():
+                if key in self.model and self.model[key] != want:
+                    raise ValueError(f"model.{key} ({self.model[key]!r}) disagrees with the schedule trained on "
+                                     f"(schedule: {want!r}); set the schedule in 'schedule' and leave model.{key} "
+                                     f"out")
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..models.card import ModelCard
 from .config import LossConfig, TrainConfig
@@ -44,14 +43,11 @@ def make_denoiser(model: torch.nn.Module, lr_img: torch.Tensor, up: torch.Tensor
 
 
 def attention_for(extractor: Callable, lr_img: torch.Tensor, size) -> torch.Tensor:
-    """A (B, 1, H, W) in [0, 1] at the state grid ``size`` from an extractor lr -> (B, 1, h', w')."""
-    with torch.no_grad():
-        A = extractor(lr_img).float()
-    if A.dim() != 4 or A.shape[1] != 1 or A.shape[0] != lr_img.shape[0]:
-        raise ValueError(f"attention extractor returned shape {tuple(A.shape)}, expected (B, 1, h, w)")
-    if tuple(A.shape[-2:]) != tuple(size):
-        A = F.interpolate(A, size=tuple(size), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
-    return A
+    """A (B, 1, H, W) in [0, 1] at the state grid ``size`` from an extractor lr -> (B, 1, h', w'): the map
+    yoda.sample makes of the same extractor (resolve_attention), so training masks are the sampling masks."""
+    from ..sampling.prepare import resolve_attention
+
+    return resolve_attention(extractor, lr_img, tuple(size))
 
 
 def model_card(cfg: TrainConfig, schedule) -> ModelCard:

@@ -37,7 +37,7 @@ def machine_description(device: torch.device) -> str:
 
 def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
     """``cfg`` with the "builtin" / "heldout" / "photos" / "photos-heldout" sources replaced by the train/ and
-    heldout/ folders of ``data_dir`` (written by ``python -m yoda.data export`` or ``yoda data build``)."""
+    heldout/ folders of ``data_dir`` (written by ``yoda data export`` or ``yoda data build``)."""
     sub = {"builtin": "train", "heldout": "heldout", "photos": "train", "photos-heldout": "heldout"}
     d = cfg.data
     return cfg.replace(data=dataclasses.replace(
@@ -97,7 +97,7 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     the global batch, split over the ranks; rank 0 writes the files. The summary has the rank ("rank").
 
     data_dir: a folder with train/ and heldout/ image folders, written by ``yoda data build`` (photographs: it
-    replaces the "photos" / "photos-heldout" sources) or ``python -m yoda.data export`` (it replaces "builtin" /
+    replaces the "photos" / "photos-heldout" sources) or ``yoda data export`` (it replaces "builtin" /
     "heldout" with the same images, for machines without scikit-image)."""
     cfg = TrainConfig.load(config_path)
     if out is None:
@@ -122,7 +122,7 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                 raise ValueError(f"the checkpoint in {out} is at step {start_step}, past {told}: nothing to train "
                                  f"(give more steps, or another --out)")
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
-            if ranks.main:
+            if ranks.main and tr.step > start_step:  # a run that trained nothing keeps the record of the one that did
                 record = training_record(cfg, tr, config_path=config_path, out=out, command=command,
                                          weights_name=weights_name, start_step=start_step,
                                          seconds=summary["seconds"])
@@ -130,5 +130,5 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     except BaseException:
         remove_empty(made)  # a run that failed before writing anything leaves no empty folder
         raise
-    summary.update(out=out, weights=os.path.join(out, weights_name), rank=ranks.rank)
+    summary.update(out=out, weights=os.path.join(out, weights_name), rank=ranks.rank, start_step=start_step)
     return summary

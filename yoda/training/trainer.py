@@ -18,6 +18,9 @@ import csv
 import io
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Optional
 
@@ -59,6 +62,25 @@ def _is_held_out_picture(name: str, a) -> bool:
     except ImportError:  # no scikit-image to compare with: the name decides
         return True
     return held.shape == a.shape and bool((held == a).all())
+
+
+def _stop_on_interrupt() -> tuple[list, Optional[object]]:
+    """Ctrl-C (SIGINT) while training: the first one sets a flag, and Trainer.run stops after the step in progress
+    and saves as at a time-out (checkpoint, log, weights: the same command resumes); a second one interrupts at
+    once (KeyboardInterrupt). Returns (the flag list, the handler to restore; None off the main thread, where
+    signals cannot be handled and Ctrl-C stays Python's KeyboardInterrupt)."""
+    flag: list = []
+    if threading.current_thread() is not threading.main_thread():
+        return flag, None
+
+    def handler(signum, frame):
+        if flag:
+            raise KeyboardInterrupt
+        flag.append(True)
+        print("\nyoda train: stopping after this step and saving (Ctrl-C again aborts without saving)",
+              file=sys.stderr)
+
+    return flag, signal.signal(signal.SIGINT, handler)
 
 
 class Trainer:
@@ -119,6 +141,10 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "opt": self.opt.state_dict(),
             "gen": self.gen.get_state(),
+            # torch's own generators draw the dropout masks: a resumed run draws the masks of the steps it
+            # resumes at, not those of step 1 again (one process; DDP ranks reseed per rank, see __init__)
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "rows": list(self.rows),
         }
 
@@ -144,6 +170,10 @@ class Trainer:
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["opt"])
         self.gen.set_state(st["gen"])
+        if st.get("torch_rng") is not None:  # absent in checkpoints written before it was saved
+            torch.set_rng_state(st["torch_rng"].cpu())
+        if st.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(st["cuda_rng"].cpu(), self.device)
         self.step = int(st["step"])
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
 
@@ -233,6 +263,7 @@ class Trainer:
         t_base = float(self.rows[-1]["time"]) if self.rows else 0.0  # time column is cumulative over resumes
         acc, n = 0.0, 0
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
+        interrupted, old_handler = _stop_on_interrupt()
         try:
             while self.step < total:
                 loss = self.train_step()
@@ -241,7 +272,8 @@ class Trainer:
                 acc, n = acc + loss, n + 1
                 bar.update(1)
                 last = self.step == total
-                timed_out = self._any_rank(max_seconds is not None and time.perf_counter() - t0 > max_seconds)
+                timed_out = self._any_rank(bool(interrupted) or
+                                           (max_seconds is not None and time.perf_counter() - t0 > max_seconds))
                 if (cfg.log_every and self.step % cfg.log_every == 0) or last or timed_out:
                     row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
                            "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
@@ -258,11 +290,13 @@ class Trainer:
                     break
         finally:
             bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
         if self.ranks.main:
             self.export(os.path.join(self.out, self.weights_name))
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         barrier(self.ranks, self.device)  # every rank returns once rank 0's files are written
-        return {"steps": self.step, "seconds": time.perf_counter() - t0}
+        return {"steps": self.step, "seconds": time.perf_counter() - t0, "interrupted": bool(interrupted)}
 
     def _any_rank(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank (the ranks stop together on a time-out)."""

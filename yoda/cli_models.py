@@ -1,0 +1,128 @@
+"""What the ``yoda`` commands share: the model (--model, the default of --steps), the device, the attention
+extractor, reading inputs and writing outputs, and upscale_tensor (one LR image of any size through yoda.sample).
+Parsing stays torch-free: torch and the library load inside these functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .cli_upscale import check_output_option, padded_lr_side
+from .errors import UserError
+from .errors import user_input as _user_input
+
+MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
+
+
+def default_steps(a, model) -> None:
+    """--steps not given: DEFAULT_STEPS for the embedded model (chosen for it, QUALITY.md), else OTHER_MODEL_STEPS
+    (at most the model's T): one step turns an eps model's prediction error into noise."""
+    from .cli_parser import DEFAULT_STEPS, OTHER_MODEL_STEPS
+
+    if a.steps is None:
+        a.steps = DEFAULT_STEPS if a.model == "default" else min(OTHER_MODEL_STEPS, adapter_of(model).schedule.T)
+
+
+def load_model(spec: str, device, config: Optional[str] = None):
+    """--model: "default" (the embedded x4 model), a path to a "yoda" model file, or KIND:PATH with KIND one of
+    MODEL_KINDS (an upstream SR3 / SRDiff checkpoint; --model-config: its config file)."""
+    from .models.loading import DEFAULT_WEIGHTS, load
+
+    kind, _, rest = spec.partition(":")
+    kind, path = (kind, Path(rest)) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
+    if spec == "default":
+        path = DEFAULT_WEIGHTS
+        if not path.exists():
+            raise UserError(f"the embedded default model {path} is not installed; pass --model PATH")
+    if not path.is_file():
+        raise UserError(f"--model {spec}: model file not found: {path}")
+    if config is not None:
+        if kind == "yoda":
+            raise UserError(f"--model-config is for sr3:PATH or srdiff:PATH models; a yoda model file carries its "
+                            f"own config (--model {spec})")
+        if not Path(config).is_file():
+            raise UserError(f"--model-config: file not found: {config}")
+    try:
+        with _user_input():
+            model = load(kind, str(path), config=config)
+    except UserError as e:  # the file's own complaint, said of the options that named it
+        raise UserError(f"--model{' / --model-config' if config is not None else ''} ({kind}): {e}") from e
+    return model.to(device).eval()
+
+
+def cli_device(name: str):
+    """--device: auto | cpu | cuda (yoda.devices.resolve_device); a device that is not there is a user error."""
+    from .devices import resolve_device
+
+    with _user_input():
+        return resolve_device(name)
+
+
+def attention_extractor(name: str):
+    """--attention NAME -> the extractor (yoda.attention.get); an unknown name or a bad weights file is a user
+    error."""
+    from .attention import get
+
+    if name is None:  # --attention none
+        raise UserError("--attention none: this command draws or compares an attention map; name one "
+                        "(edge, gaussian, sift, dino-vits8:PATH, dino-resnet50:PATH)")
+    with _user_input():
+        return get(name)
+
+
+def adapter_of(model):
+    from .adapters import as_adapter
+
+    return as_adapter(model)
+
+
+def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
+                   windows=None, window_batch=None, sigmas=None, speed=None, callback=None):
+    """SR of lr (1, 3, h, w) of any size: lr is edge-padded to a size the model takes (its multiple and smallest
+    side, adapters.hr_grid), the result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's
+    tiled denoising; speed: a dict of its speed options (compile, autocast, channels_last, cuda_graphs); callback:
+    yoda.sample's."""
+    import torch.nn.functional as F
+
+    from .adapters import hr_grid
+    from .sampling import sample
+
+    ad = adapter_of(model)
+    s = ad.scale
+    h, w = lr.shape[-2:]
+    ph, pw = (padded_lr_side(n, s, *hr_grid(ad)) - n for n in (h, w))
+    x = F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
+    # attention: an extractor (attention_extractor(name)), which yoda.sample calls on x as it calls a name: the same map
+    # (normalised again after the resize to the state) as yoda.sample(attention=name), yoda eval and yoda figures
+    with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
+        sr = sample(ad, x, attention=attention, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound,
+                    seed=seed, progress=progress, backend=backend, windows=windows, window_batch=window_batch,
+                    sigmas=sigmas, callback=callback, **(speed or {}))
+    return sr[..., : s * h, : s * w]
+
+
+def read_input(path: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray, bool]:
+    """(uint8 RGB (H, W, 3), whether the file is grey). max_pixels: None = yoda.images.MAX_PIXELS."""
+    from .images import read_image
+
+    with _user_input():
+        a = read_image(path, max_pixels)
+    grey = bool((a[:, :, 0] == a[:, :, 1]).all() and (a[:, :, 1] == a[:, :, 2]).all())
+    return a, grey
+
+
+def save_output(x, path: str, grey: bool = False) -> None:
+    from .images import save_image
+
+    if grey:
+        x = x.mean(dim=-3, keepdim=True)
+    save_image(x.cpu(), path)
+
+
+def save_figure(img, path: str) -> None:
+    from .images import save_pil
+
+    check_output_option(path)
+    save_pil(img, path)
