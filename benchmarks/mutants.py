@@ -202,6 +202,10 @@ MUTANTS = [
            "if len(cur) > 1:\n        runs.append(cur)\n    return runs", "return [list(points)]",
            ("tests/test_figures.py", "-k", "clipped"),
            "Fig. 5's fit line runs below the frame through the tick labels"),
+    Mutant("sr3-torch-bicubic", "yoda/models/sr3_load.py",
+           'net.upsampling = "sr3"', 'net.upsampling = "torch"',
+           ("tests/test_upsampling.py", "-k", "released"),
+           "a released SR3 checkpoint is conditioned on torch's bicubic, not the Pillow bicubic it was trained on"),
 ]
 
 

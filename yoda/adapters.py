@@ -58,17 +58,14 @@ import torch.nn.functional as F
 from yoda_kernels.contract import PREDICTIONS
 
 from .schedule import Schedule
+from .upsampling import METHODS as UPSAMPLINGS
+from .upsampling import upsample  # up(lr), DESIGN.md §2: yoda.upsampling
 
 
 @dataclass
 class Prepared:
     c: torch.Tensor  # LR in the model's space; its shape is the state's shape
     cond: Any  # passed back to denoise / decode untouched
-
-
-def upsample(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """up(lr): bicubic upsampling by ``scale``, clamped to [-1, 1] (DESIGN.md §2)."""
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
 
 
 class Adapter:
@@ -275,6 +272,7 @@ class PixelAdapter(Adapter):
 
     net: callable (B, 6, H, W), (B, 1) -> (B, 3, H, W). prediction: what net returns ("eps" for SR3).
     multiple: the HR size must be a multiple of it (2**number of downsamplings of the UNet).
+    upsampling: how up(lr) is made (yoda.upsampling: "torch", or "sr3" for SR3's released checkpoints).
     """
 
     def __init__(
@@ -286,15 +284,18 @@ class PixelAdapter(Adapter):
         prediction: str = "eps",
         clip_x0: bool = True,
         multiple: int = 1,
+        upsampling: str = "torch",
     ) -> None:
         if not callable(net):
             raise TypeError(f"net must be callable, got {type(net).__name__}")
         _check_common(schedule, prediction, scale, clip_x0, multiple)
+        if upsampling not in UPSAMPLINGS:
+            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
         self.net, self.schedule, self.scale = net, schedule, scale
-        self.prediction, self.clip_x0, self.multiple = prediction, clip_x0, multiple
+        self.prediction, self.clip_x0, self.multiple, self.upsampling = prediction, clip_x0, multiple, upsampling
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
-        up = upsample(lr, self.scale)
+        up = upsample(lr, self.scale, self.upsampling)
         return Prepared(c=up, cond=up)
 
     def net_dtype(self, x_t: torch.Tensor) -> torch.dtype:

@@ -535,7 +535,8 @@ class SR3Adapter(PixelAdapter):
     schedule / scale / prediction: given here, else from ``card`` (default ``net.card``, the ModelCard yoda.load
     returns the net with); scale then falls back to ``net.scale`` (its config's) and prediction to SR3's "eps".
     A schedule and a scale must be known.
-    multiple: the UNet's (2 ** number of downsamplings).
+    multiple: the UNet's (2 ** number of downsamplings). up(lr) is made as ``net.upsampling`` says ("sr3" when
+    yoda.load read a released checkpoint: SR3's Pillow bicubic; else "torch", yoda.upsampling).
     The net runs in its parameters' dtype (a half-precision state must not meet float32 weights), and
     prepare checks that lr has the net's out_channel channels.
     clip_x0: SR3 clamps x0_hat to [-1, 1] (``clip_denoised=True`` in p_sample).
@@ -566,7 +567,7 @@ class SR3Adapter(PixelAdapter):
             raise ValueError("net: SR3 conditioning needs in_channel == 2 * out_channel "
                              f"(got {net.config.in_channel}, {net.config.out_channel})")
         super().__init__(net, schedule, scale=scale, prediction=prediction, clip_x0=bool(clip_x0),
-                         multiple=net.multiple)
+                         multiple=net.multiple, upsampling=getattr(net, "upsampling", "torch"))
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         C = self.net.config.out_channel

@@ -70,4 +70,5 @@ def load_sr3(p: str, config: Any = None) -> nn.Module:
                               "that does (yoda.load's config=, the CLI's --model-config)")
     net.card = ModelCard(schedule=val_sched, scale=cfg.scale, prediction="eps", space="pixel",
                          config={"kind": "sr3", "args": cfg.to_dict(), "train_schedule": train_sched.to_dict()})
+    net.upsampling = "sr3"  # up(lr) as its training data made it (yoda.upsampling)
     return net.eval()

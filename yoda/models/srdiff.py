@@ -504,6 +504,8 @@ class SRDiffAdapter(Adapter):
     and upstream's "eps". The scale is always the config's sr_scale (a card must agree).
     clip_x0 (default config.clip_denoised = True): clamp of the residual x0_hat inside each step.
     clip_input (default config.clip_input = True): clamp of the final residual before res2img.
+    up(lr) is made as ``model.upsampling`` says ("srdiff" when yoda.load read a released checkpoint: SRDiff's
+    MATLAB imresize of lr / 256; else "torch", yoda.upsampling).
     """
 
     def __init__(self, model: SRDiff, schedule: Optional[Schedule] = None, clip_x0: Optional[bool] = None,
@@ -532,6 +534,7 @@ class SRDiffAdapter(Adapter):
             raise ValueError(f"res_rescale must be > 0, got {res_rescale}")
         self.multiple = model.multiple
         self.min_size = 2 * model.multiple  # the bottleneck's ReflectionPad2d(1) needs 2 pixels a side
+        self.upsampling = getattr(model, "upsampling", "torch")  # "srdiff" for a released checkpoint
         if prediction is None:  # upstream SRDiff predicts eps; a model trained to predict x0 or v has a card saying so
             prediction = card.prediction if card is not None else "eps"
         if prediction not in PREDICTIONS:
@@ -546,7 +549,7 @@ class SRDiffAdapter(Adapter):
         H, W = lr.shape[-2] * self.scale, lr.shape[-1] * self.scale
         if H % m or W % m:
             raise ValueError(f"lr: the HR size {H}x{W} must be divisible by {m} (2 ** UNet downsamplings)")
-        up = upsample(lr, self.scale)
+        up = upsample(lr, self.scale, self.upsampling)
         feas = self.model.rrdb.features(lr.to(next(self.model.parameters()).dtype))
         return Prepared(c=torch.zeros_like(up), cond=SRDiffCond(feas, up))
 
@@ -576,5 +579,5 @@ class SRDiffAdapter(Adapter):
 
     def encode_hr(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """x0 of a training pair: (HR - up(lr)) * res_rescale, clamped when clip_input (upstream img2res)."""
-        x = (hr - upsample(lr, self.scale)) * self.res_rescale
+        x = (hr - upsample(lr, self.scale, self.upsampling)) * self.res_rescale
         return x.clamp(-1.0, 1.0) if self.clip_input else x

@@ -121,4 +121,5 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
                       f"(T={cfg.timesteps}); sampling uses the config's", stacklevel=3)
     model.card = ModelCard(schedule=sched, scale=cfg.sr_scale, prediction="eps", space="residual",
                            config={"kind": "srdiff", "args": cfg.to_dict()})
+    model.upsampling = "srdiff"  # up(lr) as its training data made it (yoda.upsampling)
     return model.eval()
