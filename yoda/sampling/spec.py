@@ -182,7 +182,9 @@ def check_lr(lr: Any) -> torch.Tensor:
         raise ValueError(
             f"lr values must be in [-1, 1] (x / 127.5 - 1 for 8-bit images), got range [{lo:.4g}, {hi:.4g}]"
         )
-    if lo >= 0.0 and hi > 0.0:
+    # a [0, 1] photograph has its darkest pixel at about 0 and none below; a bright image in [-1, 1] (a white
+    # page, fog) has its darkest pixel well above mid-gray and is not warned of
+    if 0.0 <= lo <= 0.02 and hi > 0.5:
         warnings.warn(f"lr has no negative value (range [{lo:.4g}, {hi:.4g}]): yoda takes images in [-1, 1] "
                       "(yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out washed out",
                       UserWarning, stacklevel=3)
