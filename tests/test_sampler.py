@@ -965,5 +965,6 @@ def test_warns_for_a_network_in_training_mode_and_for_a_0_1_image():
         warnings.simplefilter("error")
         yoda.sample(ad, torch.ones(1, 3, 8, 8), steps=1, seed=0, progress=False)
         yoda.sample(ad, lr.clamp(0.3, 1.0), steps=1, seed=0, progress=False)
-    with pytest.warns(UserWarning, match=r"lr has no negative value \(range \[0\.008213, 0\.9916\]\): yoda takes images in \[-1, 1\]"):
+    with pytest.warns(UserWarning, match=r"lr has no negative value \(range \[0\.008213, 0\.9916\]\): yoda takes "
+                                         r"images in \[-1, 1\]"):
         yoda.sample(ad, (lr + 1) / 2, steps=1, seed=0, progress=False)

@@ -102,7 +102,7 @@ class Adapter:
         """Raise ValueError (naming ``lr``) if the HR size s*h x s*w is not a multiple of ``self.multiple`` or a
         side is below ``self.min_size``."""
         H, W = lr.shape[-2] * self.scale, lr.shape[-1] * self.scale
-        m, least = int(self.multiple), int(getattr(self, "min_size", 1))
+        m, least = int(self.multiple), int(self.min_size)
         if H % m or W % m:
             raise ValueError(
                 f"lr of size {lr.shape[-2]}x{lr.shape[-1]} gives an HR size {H}x{W} that this model cannot take: "

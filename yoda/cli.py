@@ -313,10 +313,9 @@ def cmd_eval(a) -> int:
 def cmd_figures(a) -> int:
     """Fig. 3 (update ratio, refined area), Fig. 5 (regional error) and Fig. 4 (crops) into the folder -o."""
     from .figures import FIGURE_FILES, FigureSettings, compute, write_figures
-
-    # the output folder first: an existing folder must take the three files; a new one must be creatable
     from .images import OUTPUT_SUFFIXES
 
+    # the output folder first: an existing folder must take the three files; a new one must be creatable
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; yoda figures writes {len(FIGURE_FILES)} PNGs into a folder")

@@ -69,6 +69,9 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
                    help=f"the sampler: DDPM (ancestral), DDIM{', or a k-diffusion solver' if solvers else ''} "
                         f"(default {sampler})")
     if solvers:
+        p.add_argument("--eta", type=float, default=None,
+                       help="DDIM eta (default 0), or the noise scale of the ancestral (euler_a, dpm_2_a, dpmpp_2s_a) "
+                            "and SDE solvers (default 1)")
         p.add_argument("--sigmas", choices=SIGMA_SCHEDULES, default=None,
                        help="noise levels of the sigma-space solvers (euler ... dpmpp_3m_sde; default karras)")
     if lower_bound:
@@ -142,9 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default=DEFAULT_ATTENTION,
                    help="edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH | none (plain sampling; "
                         f"default {DEFAULT_ATTENTION})")
-    p.add_argument("--eta", type=float, default=None,
-                   help="DDIM eta (default 0), or the noise scale of the ancestral (euler_a, dpm_2_a, dpmpp_2s_a) and SDE "
-                        "solvers (default 1)")
     p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
                    help="classifier-free guidance scale, for a model with an unconditional branch (default: the "
                         "model's own; the embedded and yoda-format models have none)")
@@ -188,8 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lower bounds l of the YODA rows (default 0.4 0.6 0.8)")
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian"],
                    help=f"attention maps of the YODA rows: {ATTENTION_HELP}")
-    p.add_argument("--eta", type=float, default=None,
-                   help="DDIM eta (default 0), or the noise scale of the ancestral and SDE solvers (default 1)")
     p.add_argument("--max-size", type=int, default=128,
                    help="centre-crop HR to at most this (0: full size; QUALITY.md's tables use 256)")
     p.add_argument("-o", "--output", default=None,

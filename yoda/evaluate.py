@@ -46,12 +46,21 @@ def psnr(sr: np.ndarray, hr: np.ndarray) -> float:
 
     psnr_u8 below is the batched torch form of the same formula, for validation during training (no
     scikit-image needed there); tests/test_train.py checks the two against each other."""
+    check_pair(sr, hr)
+    return _psnr_255(sr, hr)
+
+
+def _psnr_255(sr: np.ndarray, hr: np.ndarray) -> float:
+    """skimage's PSNR with data_range 255 of two arrays of one shape; inf where they are equal."""
     from skimage.metrics import peak_signal_noise_ratio
 
-    check_pair(sr, hr)
-    if np.array_equal(sr, hr):
-        return math.inf
-    return float(peak_signal_noise_ratio(hr, sr, data_range=255))
+    return math.inf if np.array_equal(sr, hr) else float(peak_signal_noise_ratio(hr, sr, data_range=255))
+
+
+def _odd_window(largest: int, shape) -> int:
+    """SSIM's window side: ``largest``, or the largest odd side that fits an image of ``shape`` (H, W, ...)."""
+    win = min(largest, shape[0], shape[1])
+    return win - (1 - win % 2)
 
 
 def psnr_u8(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -67,9 +76,7 @@ def ssim(sr: np.ndarray, hr: np.ndarray) -> float:
     from skimage.metrics import structural_similarity
 
     check_pair(sr, hr)
-    win = min(7, sr.shape[0], sr.shape[1])
-    win -= 1 - win % 2  # odd window, <= the image
-    return float(structural_similarity(hr, sr, channel_axis=2, data_range=255, win_size=win))
+    return float(structural_similarity(hr, sr, channel_axis=2, data_range=255, win_size=_odd_window(7, sr.shape)))
 
 
 def colour_shift(sr: np.ndarray, hr: np.ndarray) -> dict:
@@ -87,19 +94,16 @@ def luma_metrics(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, fl
     (16..235, unrounded; skimage.color.rgb2ycbcr), ``border`` pixels (usually the scale) cut from every side,
     SSIM with an 11x11 Gaussian window of sigma 1.5 and population covariances (Wang et al. 2004)."""
     from skimage.color import rgb2ycbcr
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from skimage.metrics import structural_similarity
 
     check_pair(sr, hr)
     if border < 0 or 2 * border >= min(sr.shape[:2]):
         raise ValueError(f"border {border} leaves nothing of a {sr.shape[1]}x{sr.shape[0]} image")
     cut = (slice(border, sr.shape[0] - border), slice(border, sr.shape[1] - border))
     y_sr, y_hr = rgb2ycbcr(sr[cut])[..., 0], rgb2ycbcr(hr[cut])[..., 0]
-    p = math.inf if np.array_equal(y_sr, y_hr) else float(peak_signal_noise_ratio(y_hr, y_sr, data_range=255))
-    win = min(11, *y_sr.shape)
-    win -= 1 - win % 2
     s = float(structural_similarity(y_hr, y_sr, data_range=255, gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, win_size=win))
-    return p, s
+                                    use_sample_covariance=False, win_size=_odd_window(11, y_sr.shape)))
+    return _psnr_255(y_sr, y_hr), s
 
 
 def metrics(sr: np.ndarray, hr: np.ndarray, y_border: Optional[int] = None) -> dict:

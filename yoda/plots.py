@@ -14,7 +14,6 @@ from typing import Sequence
 from .drawing import COLOURS, dashed, font, text_wh
 from .images import save_pil
 
-_COLOURS = COLOURS  # one colour per log, cycling after six
 PLOTTED = ("step", "loss", "val_psnr_plain", "val_psnr_yoda")  # the columns plot_logs draws
 
 
@@ -115,8 +114,8 @@ def _font():
 
 def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) -> None:
     """One PNG with two panels: training loss vs step (left) and validation PSNR vs step (right; solid
-    plain sampling, dashed YODA sampling), one colour per log. Non-finite values (a diverged run's nan loss) are
-    left out, a gap in the curve; a point with no neighbour is drawn as a dot."""
+    plain sampling, dashed YODA sampling), one colour per log (drawing.COLOURS, cycling after six). Non-finite
+    values (a diverged run's nan loss) are left out, a gap in the curve; a point with no neighbour is a dot."""
     from PIL import Image, ImageDraw
 
     if len(paths) != len(labels):
@@ -153,7 +152,7 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
         fx = lambda v: x0 + m + (v - xmin) / (xmax - xmin) * (x1 - x0 - 2 * m)  # noqa: E731
         fy = lambda v: y1 - m - (v - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
         for li, k, runs, _ in series:
-            col = _COLOURS[li % len(_COLOURS)]
+            col = COLOURS[li % len(COLOURS)]
             for run in runs:
                 xy = [(fx(a), fy(b)) for a, b in run]
                 if k == "val_psnr_yoda":
@@ -176,7 +175,7 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
         w, _ = text_wh(dr, "steps", f)
         dr.text(((x0 + x1 - w) / 2, y1 + 18), "steps", fill=(0, 0, 0), font=f)
     for li, (lab, (x, row)) in enumerate(zip(labels, entries)):
-        col, y = _COLOURS[li % len(_COLOURS)], ly + 18 * row
+        col, y = COLOURS[li % len(COLOURS)], ly + 18 * row
         dr.line([(x, y + 6), (x + 30, y + 6)], fill=col, width=3)
         dr.text((x + 36, y), lab, fill=(0, 0, 0), font=f)
     dr.text((nx, ly + 18 * nrow), note, fill=(0, 0, 0), font=f)

@@ -28,7 +28,7 @@ from ..adapters import Adapter, apply_cfg_scale, as_adapter
 from ..errors import NonFiniteError
 from .prepare import prepare
 from .spec import all_finite, check_lr, make_spec
-from .speed import NETWORK_ATTRS, check_speed, speed_adapter
+from .speed import check_speed, network_attr, speed_adapter
 
 FINITE_EVERY = 10  # the state is checked for NaN/Inf after step 0, every this many steps, and at the end
 
@@ -93,8 +93,8 @@ def sample(
         DiffBIR's default edm_dpm++_3m_sde sampler.
     lower_bound: l of tau = t / T - l; >= 1 makes every pixel active (the plain sampler, bit for bit).
     seed: Philox seed (None: drawn from torch's default generator); the noise of image k of a batch depends on k
-        (DESIGN §9), so an image sampled alone differs from the same image at position k > 0 of a batch. noise: explicit noise, one entry per
-        visited step + 1 (steps + 1, more with spacing="ldm_uniform"), of the state's shape (entry 0 for the start,
+        (DESIGN §9), so an image sampled alone differs from the same image at position k > 0 of a batch.
+    noise: explicit noise, one entry per visited step + 1 (steps + 1, more with spacing="ldm_uniform"), of the state's shape (entry 0 for the start,
         i + 1 for loop step i), overriding the seed.
     backend: of the fused ops ("auto", "naive", "cpp", "cuda", "triton"), resolved once for lr's device.
     clip: clip x0_hat to [-1, 1] (None: adapter.clip_x0).
@@ -195,11 +195,11 @@ def _check_finite(x: torch.Tensor, what: str, i: int, last_ok: int, pairs: Seque
 def warn_if_training(adapter: Any) -> None:
     """A network left in training mode samples with dropout on (the seed no longer fixes the image) and batch norm
     on the batch's statistics: said once per call, naming the fix."""
-    for name in NETWORK_ATTRS:
-        net = getattr(adapter, name, None)
-        if isinstance(net, torch.nn.Module):
-            if net.training:
-                warnings.warn(f"the model ({type(net).__name__}) is in training mode: dropout is on, so the seed does "
-                              f"not fix the image; call model.eval() before yoda.sample", UserWarning, stacklevel=3)
-            return
+    try:
+        net = getattr(adapter, network_attr(adapter))
+    except ValueError:  # an adapter that keeps no network where yoda looks
+        return
+    if isinstance(net, torch.nn.Module) and net.training:
+        warnings.warn(f"the model ({type(net).__name__}) is in training mode: dropout is on, so the seed does not fix "
+                      f"the image; call model.eval() before yoda.sample", UserWarning, stacklevel=3)
 

@@ -177,15 +177,15 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
 def check_window_size(adapter: Any, window: int, overlap: int, grid) -> None:
     """A window narrower than the state grid goes through the model at its own size, so it must be a multiple of
     the model's size multiple on that grid (``latent_multiple`` of a latent adapter, else ``multiple``): a
-    ValueError naming ``windows`` before any denoiser call, not the model's own error at the first step. So must
-    its smallest side, min(window, grid side), be at least the model's ``min_size`` (HR pixels: not for latents)."""
+    ValueError naming ``windows`` before any denoiser call, not the model's own error at the first step. It must
+    also be at least the model's ``min_size`` (HR pixels: not for latents; the grid itself is, check_lr)."""
     latent = getattr(adapter, "latent_multiple", None)
     m = int(latent or getattr(adapter, "multiple", 1))
     if window % m and any(n > window for n in grid):
         raise ValueError(f"windows: the window {window} must be a multiple of {m}, the model's size multiple on the "
                          f"state grid {tuple(grid)}, got windows=({window}, {overlap})")
     least = 1 if latent else int(getattr(adapter, "min_size", 1))
-    if min(window, *grid) < least:
+    if window < least:
         raise ValueError(f"windows: the window {window} must be at least {least} pixels, the smallest side this model "
                          f"takes, got windows=({window}, {overlap})")
 
