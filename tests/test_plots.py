@@ -9,13 +9,14 @@ import pytest
 from PIL import Image, ImageDraw
 
 from yoda import plots
-from yoda.drawing import COLOURS, text_wh
+from yoda.drawing import COLOURS, GRID, text_wh
 
 HEADER = "step,loss,lr,time,val_psnr_plain,val_psnr_yoda\n"
 W, H = 900, 360
 # the panels of the default size with one legend row: (x0, y0, x1, y1); the data stay M px inside the frame
 LEFT, RIGHT, M = (50, 30, 435, 300), (500, 30, 885, 300), 6
 NOTE = "PSNR: solid = plain sampling, dashed = YODA"
+TICKS_04_05 = ["0.4", "0.42", "0.44", "0.46", "0.48", "0.5"]  # the y ticks of data from 0.4 to 0.5
 
 
 def log(tmp_path, name, rows):
@@ -109,7 +110,7 @@ def test_single_validation_point_has_no_invented_step(tmp_path, monkeypatch):
     blue = colour_mask(img, COLOURS[0])
     cx = (x0 + x1) // 2
     assert blue[y1 - M, cx] and blue[y0 + M, cx]  # 20 at the bottom, 21 at the top, both inside the frame
-    assert sorted(strings(texts, (x0 - 50, y0, x0, y1))) == ["20", "21"]
+    assert strings(texts, (x0 - 50, y0, x0, y1)) == ["20", "20.2", "20.4", "20.6", "20.8", "21"]
 
 
 def test_extreme_points_stay_inside_the_frame(tmp_path):
@@ -148,8 +149,8 @@ def test_non_finite_losses_are_gaps(tmp_path, monkeypatch):
     assert blue[y1 - M - 2:y1 - M + 3, x1 - M - 2:x1 - M + 3].sum() >= 13
     drawn = [s for _, s in texts]
     assert not any("inf" in s.lower() or "nan" in s.lower() for s in drawn if s != "run0")
-    assert sorted(strings(texts, (0, y0, x0, y1))) == ["0.4", "0.5"]
-    assert sorted(strings(texts, (x0, y1, x1, y1 + 16))) == ["1", "4"]
+    assert strings(texts, (0, y0, x0, y1)) == TICKS_04_05
+    assert strings(texts, (x0, y1, x1, y1 + 16)) == ["1", "2", "3", "4"]
 
 
 def test_a_gap_splits_the_line(tmp_path):
@@ -169,7 +170,7 @@ def test_series_without_finite_values_is_named(tmp_path, monkeypatch):
     assert strings(texts, LEFT) == ["bad: no finite loss"]
     assert sorted(strings(texts, RIGHT)) == ["bad: no finite val_psnr_plain", "bad: no finite val_psnr_yoda"]
     x0, y0, x1, y1 = LEFT
-    assert sorted(strings(texts, (0, y0, x0, y1))) == ["0.4", "0.5"]  # the range of the finite log
+    assert strings(texts, (0, y0, x0, y1)) == TICKS_04_05  # the range of the finite log
     img, texts = plot(tmp_path, [bad], ["bad"], monkeypatch=monkeypatch)
     assert not colour_mask(img, COLOURS[0])[:LEFT[3] + 1].any()  # nothing drawn, no invented axes
 
@@ -228,3 +229,21 @@ def test_default_labels_tell_runs_apart(tmp_path):
     assert plots.log_path(j("run")) == j("run", "log.csv") and plots.log_path(j("x.csv")) == j("x.csv")
     with pytest.raises(ValueError, match=r"^labels: give one label per log \(1 logs, 2 labels\)"):
         plots.plot_logs([j("x.csv")], ["a", "b"], j("o.png"))
+
+
+def test_round_ticks_with_grid_lines_at_their_values(tmp_path, monkeypatch):
+    """The axes were labelled at the data's min and max only; now at round values inside the range, each with a
+    grid line at its own height, and only whole steps on the x axis."""
+    rows = [f"{s},{1 - s / 1000:.3f},0.0002,1.0,," for s in range(0, 1001, 50)]  # loss 1 -> 0 over 1000 steps
+    img, texts = plot(tmp_path, [log(tmp_path, "lin.csv", rows)], monkeypatch=monkeypatch)
+    x0, y0, x1, y1 = LEFT
+    assert strings(texts, (0, y0, x0, y1)) == ["0", "0.2", "0.4", "0.6", "0.8", "1"]
+    assert strings(texts, (x0, y1, x1, y1 + 16)) == ["0", "200", "400", "600", "800", "1000"]
+    grid = colour_mask(img, GRID)
+    tick_ys = [y1 - M - v * (y1 - y0 - 2 * M) for v in (0, 0.2, 0.4, 0.6, 0.8, 1)]
+    for y in tick_ys[1:-1]:  # the loss falls from top left to bottom right: the grid shows left of it
+        assert grid[round(y) - 1:round(y) + 2, x0 + 2:x0 + 40].any(axis=0).all(), y
+    rows_with_grid = np.nonzero(grid[:, x0 + 2])[0]
+    assert len(rows_with_grid) and all(min(abs(r - y) for y in tick_ys) <= 1 for r in rows_with_grid)
+    assert plots.axis_ticks(0, 12, integers=True) == [0, 5, 10]  # 2.5 apart: the half steps are left out
+    assert plots.axis_ticks(3, 3) == [3]

@@ -11,7 +11,7 @@ import math
 import os
 from typing import Sequence
 
-from .drawing import COLOURS, dashed, font, text_wh
+from .drawing import COLOURS, GRID, dashed, fmt, font, nice_ticks, text_wh
 from .images import save_pil
 
 PLOTTED = ("step", "loss", "val_psnr_plain", "val_psnr_yoda")  # the columns plot_logs draws
@@ -91,6 +91,15 @@ def _extent(values) -> tuple[float, float] | None:
     return lo - pad, hi + pad
 
 
+def axis_ticks(lo: float, hi: float, integers: bool = False) -> list[float]:
+    """Tick values of an axis whose data span [lo, hi]: round values inside it (drawing.nice_ticks, about 5),
+    only whole numbers when ``integers`` (steps); the value itself when lo == hi."""
+    if hi <= lo:
+        return [lo]
+    ticks = nice_ticks(lo, hi)
+    return [t for t in ticks if t == int(t)] if integers else ticks
+
+
 def _legend_layout(widths, note_w: float, x: float, max_x: float, gap: float = 24) -> tuple[list, tuple, int]:
     """Positions of legend items of text widths ``widths`` (each drawn as a 30 px line sample, 6 px, then its
     label) and of the line-style note (``note_w`` wide) in rows from ``x`` to ``max_x``: [(x, row)] per entry,
@@ -151,6 +160,17 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
         (xmin, xmax), (ymin, ymax) = _extent([p[0] for p in pts]), _extent([p[1] for p in pts])
         fx = lambda v: x0 + m + (v - xmin) / (xmax - xmin) * (x1 - x0 - 2 * m)  # noqa: E731
         fy = lambda v: y1 - m - (v - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
+        # round tick values with grid lines, under the curves
+        ys, xs = [p[1] for p in pts], [p[0] for p in pts]
+        for v in axis_ticks(min(ys), max(ys)):
+            s, (w, h) = fmt(v), text_wh(dr, fmt(v), f)
+            dr.line([(x0 + 1, fy(v)), (x1 - 1, fy(v))], fill=GRID)
+            dr.line([(x0 - 4, fy(v)), (x0, fy(v))], fill=(0, 0, 0))
+            dr.text((x0 - 6 - w, fy(v) - h / 2 - 2), s, fill=(0, 0, 0), font=f)
+        for v in axis_ticks(min(xs), max(xs), integers=True):
+            s, (w, _) = fmt(v), text_wh(dr, fmt(v), f)
+            dr.line([(fx(v), y1), (fx(v), y1 + 4)], fill=(0, 0, 0))
+            dr.text((min(max(fx(v) - w / 2, x0), x1 - w), y1 + 5), s, fill=(0, 0, 0), font=f)
         for li, k, runs, _ in series:
             col = COLOURS[li % len(COLOURS)]
             for run in runs:
@@ -163,15 +183,6 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
                 r = 2 if k != "loss" else 3 if len(xy) == 1 else 0  # the loss: a dot only where it has no line
                 for p in xy if r else []:
                     dr.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=col)
-        # tick labels at the data's own min and max (one label for a single value), where they are drawn
-        for v in sorted({min(p[1] for p in pts), max(p[1] for p in pts)}):
-            s, (w, h) = f"{v:.4g}", text_wh(dr, f"{v:.4g}", f)
-            dr.line([(x0 - 4, fy(v)), (x0, fy(v))], fill=(0, 0, 0))
-            dr.text((x0 - 6 - w, fy(v) - h / 2 - 2), s, fill=(0, 0, 0), font=f)
-        for v in sorted({min(p[0] for p in pts), max(p[0] for p in pts)}):
-            s, (w, _) = f"{v:.0f}", text_wh(dr, f"{v:.0f}", f)
-            dr.line([(fx(v), y1), (fx(v), y1 + 4)], fill=(0, 0, 0))
-            dr.text((min(max(fx(v) - w / 2, x0), x1 - w), y1 + 5), s, fill=(0, 0, 0), font=f)
         w, _ = text_wh(dr, "steps", f)
         dr.text(((x0 + x1 - w) / 2, y1 + 18), "steps", fill=(0, 0, 0), font=f)
     for li, (lab, (x, row)) in enumerate(zip(labels, entries)):
