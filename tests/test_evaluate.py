@@ -141,3 +141,23 @@ def test_luma_metrics_are_the_papers_protocol():
     assert (m["psnr"], m["ssim"]) == (p, s) and metrics(sr, hr)["psnr"] < p  # the border's damage counts in RGB
     with pytest.raises(ValueError, match="border 18 leaves nothing of a 36x40 image"):
         luma_metrics(sr, hr, 18)
+
+
+def test_an_exact_image_does_not_make_the_mean_psnr_inf():
+    """One image reproduced exactly (a flat patch, a 1x model) made the summary's PSNR inf for its method, hiding
+    every other image: the mean is now over the images with an error, and the table says how many were exact."""
+    def row(method, psnr):
+        return {"image": "i", "method": method, "attention": "", "lower_bound": "", "psnr": psnr, "ssim": 1.0,
+                "L_shift": 0.0, "ab_shift": 0.0, "calls": 1, "seconds": 0.1}
+
+    rows = [row("plain", 30.0), row("plain", math.inf), row("plain", 34.0), row("bicubic", 28.0),
+            row("bicubic", 29.0), row("bicubic", 30.0)]
+    plain, bicubic = summarize(rows)
+    assert (plain["psnr"], plain["exact"], plain["images"]) == (32.0, 1, 3)
+    assert (bicubic["psnr"], bicubic["exact"]) == (29.0, 0)
+    table = markdown_table([plain, bicubic])
+    assert "| plain | - | - | 3 | 32.00 (1 exact) |" in table and "| bicubic | - | - | 3 | 29.00 |" in table
+    assert "N images equal to HR (PSNR inf) are left out" in table
+    assert "exact" not in markdown_table([bicubic])  # no note when nothing was exact
+    (alone,) = summarize([row("plain", math.inf)])
+    assert alone["psnr"] == math.inf and alone["exact"] == 1

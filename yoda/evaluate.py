@@ -229,15 +229,21 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
-    """Mean over images of every metric, one row per (method, attention, lower_bound), in first-seen order."""
+    """Mean over images of every metric, one row per (method, attention, lower_bound), in first-seen order.
+
+    An image reproduced exactly has PSNR inf, which would make the mean inf and hide every other image: the
+    PSNR is the mean over the images with an error, and "exact" counts the others (PSNR inf when all are)."""
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["method"], r["attention"], r["lower_bound"]), []).append(r)
     out = []
     for (method, attn, lb), rs in groups.items():
         row = {"method": method, "attention": attn, "lower_bound": lb, "images": len(rs)}
-        for k in ("psnr", "ssim", "L_shift", "ab_shift", "calls", "seconds"):
+        for k in ("ssim", "L_shift", "ab_shift", "calls", "seconds"):
             row[k] = float(np.mean([r[k] for r in rs]))
+        finite = [r["psnr"] for r in rs if math.isfinite(r["psnr"])]
+        row["psnr"] = float(np.mean(finite)) if finite else math.inf
+        row["exact"] = len(rs) - len(finite)
         if all("lpips" in r for r in rs):
             row["lpips"] = float(np.mean([r["lpips"] for r in rs]))
         out.append(row)
@@ -273,11 +279,15 @@ def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_cha
     for r in rows:
         lb = "" if r["lower_bound"] == "" else f"{r['lower_bound']:g}"
         lp = f" {r['lpips']:.4f} |" if has_lpips else ""
-        lines.append(f"| {r['method']} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f} | "
+        exact = f" ({r['exact']} exact)" if r.get("exact") else ""
+        lines.append(f"| {r['method']} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f}{exact} | "
                      f"{r['ssim']:.4f} |{lp} {r['L_shift']:.3f} | {r['ab_shift']:.3f} | {r['calls']:.0f} | "
                      f"{r['seconds']:.2f} |")
     if has_lpips and note == LPIPS_NOTE:
         note = None
+    if any(r.get("exact") for r in rows):
+        lines += ["", f"PSNR{y}: mean over the images with an error; \"(N exact)\": N images equal to HR (PSNR inf) "
+                      "are left out of that mean."]
     if note:
         lines += ["", note + "."]
     return "\n".join(lines)
