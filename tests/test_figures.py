@@ -139,6 +139,20 @@ def test_regional_error_empty_bins_and_errors():
         fg.regional_error([sr], [hr], [A], 0)
 
 
+def test_a_flat_map_is_left_out_of_the_bins():
+    """A flat image's map is all ones (no pixel ranks above another, DESIGN.md §3); its pixels filled the top bin
+    of Fig. 5. They are left out and counted."""
+    srs, hrs, maps, _ = synthetic()
+    flat_sr, flat_hr = np.full((8, 8, 3), 90, np.uint8), np.full((8, 8, 3), 100, np.uint8)
+    ref = fg.regional_error(srs, hrs, maps, 10)
+    r = fg.regional_error(srs + [flat_sr], hrs + [flat_hr], maps + [np.ones((8, 8))], 10)
+    assert r["flat"] == 1 and ref["flat"] == 0
+    for key in ("count", "mse", "psnr"):
+        np.testing.assert_array_equal(r[key], ref[key])
+    alone = fg.regional_error([flat_sr], [flat_hr], [np.ones((8, 8))], 10)
+    assert alone["flat"] == 1 and alone["count"].sum() == 0 and np.isnan(alone["mse"]).all()
+
+
 def test_poly_fit_passes_through_exact_quadratic_data():
     x = (np.arange(10) + 0.5) / 10
     y = 2 * x ** 2 - 3 * x + 1

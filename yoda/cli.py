@@ -346,7 +346,8 @@ def cmd_figures(a) -> int:
     for name, row in data.ratios.items():
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     rp, ry = data.regional["plain"], data.regional["YODA"]
-    print(f"regional error by attention bin ({a.attention[0]}; pixels pooled over the images):")
+    flat = f"; {rp['flat']} image(s) with a flat map left out" if rp["flat"] else ""
+    print(f"regional error by attention bin ({a.attention[0]}; pixels pooled over the images{flat}):")
     print("| A bin | pixels | MSE plain | MSE YODA | PSNR plain (dB) | PSNR YODA (dB) |")
     print("|---|---|---|---|---|---|")
     for i, n in enumerate(rp["count"]):

@@ -202,11 +202,13 @@ def write_figures(data: FigureData, folder) -> list[Path]:
     s = data.settings
     folder = Path(folder)
     n = len(data.names)
+    flat = data.regional["plain"].get("flat", 0)
+    pooled = f"{n - flat} of {n} images (the others' maps are flat)" if flat else f"{n} image{'s' if n != 1 else ''}"
     fig3 = draw_update_ratio(data.ratios, s.lower_bounds, data.curve_ts, data.curves, data.T, s.lower_bound, n)
     yname = _method_label(s.attentions[0])
     fig5 = draw_regional_error(
         data.regional, data.fits, s.degree,
-        title_note=f"{n} image{'s' if n != 1 else ''}, {s.bins} bins of A ({yname}), pixels pooled per bin; "
+        title_note=f"{pooled}, {s.bins} bins of A ({yname}), pixels pooled per bin; "
                    f"{_sampling_text(s)}; YODA l = {_fmt(s.lower_bound)}",
         note=data.lpips_note)
     fig4 = draw_crops(data.crops, caption=f"YODA: {yname}, l = {_fmt(s.lower_bound)}; {_sampling_text(s)}")

@@ -103,7 +103,9 @@ def regional_error(srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray], maps: S
     srs, hrs: uint8 (H, W, 3) images; maps: A of each image at the same (H, W) (array or tensor, values in
     [0, 1]). extra: {name: [per-pixel map (H, W) of each image]} averaged per bin too (e.g. "lpips").
     Returns {"edges", "centres", "count" (pixels per bin, all images), "mse" (8-bit units^2), "psnr" (dB),
-    and each extra name}: arrays over bins, NaN for an empty bin (PSNR inf where the MSE is 0)."""
+    and each extra name}: arrays over bins, NaN for an empty bin (PSNR inf where the MSE is 0); and "flat", the
+    number of images left out because their map is constant (a flat image's map is all ones, DESIGN.md §3: it
+    ranks no pixel above another, and its pixels would all fill the top bin)."""
     edges = bin_edges(bins)
     if not (len(srs) == len(hrs) == len(maps)) or not srs:
         raise ValueError(f"give one sr, hr and map per image (got {len(srs)}, {len(hrs)}, {len(maps)})")
@@ -115,11 +117,15 @@ def regional_error(srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray], maps: S
     count = np.zeros(nb, dtype=np.int64)
     se = np.zeros(nb, dtype=np.float64)
     sums = {k: np.zeros(nb, dtype=np.float64) for k in extra}
+    flat = 0
     for i, (sr, hr, A) in enumerate(zip(srs, hrs, maps)):
         from ..evaluate import check_pair
 
         check_pair(sr, hr)
         a = _map2d(A, sr.shape[:2], f"maps[{i}]")
+        if a.min() == a.max():
+            flat += 1
+            continue
         idx = _bin_index(a, edges).ravel()
         err = ((sr.astype(np.float64) - hr.astype(np.float64)) ** 2).mean(axis=2).ravel()
         count += np.bincount(idx, minlength=nb)
@@ -129,7 +135,8 @@ def regional_error(srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray], maps: S
     with np.errstate(divide="ignore", invalid="ignore"):
         mse = np.where(count > 0, se / np.maximum(count, 1), np.nan)
         psnr = np.where(count > 0, 10.0 * np.log10(255.0 ** 2 / mse), np.nan)
-    out = {"edges": edges, "centres": (edges[:-1] + edges[1:]) / 2, "count": count, "mse": mse, "psnr": psnr}
+    out = {"edges": edges, "centres": (edges[:-1] + edges[1:]) / 2, "count": count, "mse": mse, "psnr": psnr,
+           "flat": flat}
     for k, s in sums.items():
         out[k] = np.where(count > 0, s / np.maximum(count, 1), np.nan)
     return out
