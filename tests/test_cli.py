@@ -739,9 +739,11 @@ def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
     folder.mkdir()
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "a.png")
     Image.fromarray(rng.integers(0, 256, (12, 40, 3), dtype=np.uint8)).save(folder / "thin.webp")
-    code, _, err = run(["eval", "--images", str(folder), "-q"], capsys)
-    assert code == 2 and err.count("\n") == 1
+    code, out, err = run(["eval", "--images", str(folder), "-q", "--attention", "edge", "--lower-bounds", "0.6"],
+                         capsys)
+    assert code == 2 and err.count("\n") == 2  # the other image is evaluated
     assert f"{folder / 'thin.webp'}: image of size 40x12 is smaller than 16, the smallest HR side" in err
+    assert "1 of 2 images could not be used" in err and "| plain | - | - | 1 |" in out
 
 
 def test_eval_writes_per_image_csv_and_resolves_attention_once(tmp_path, tiny_model, capsys, monkeypatch):
@@ -802,3 +804,38 @@ def test_eval_and_figures_take_max_pixels(tmp_path, tiny_model, capsys):
     for cmd in (["eval"], ["figures", "-o", str(tmp_path / "figs")]):
         code, _, err = run(cmd + ["--images", str(folder), "--model", tiny_model, "--max-pixels", "100"], capsys)
         assert code == 2 and "is 24x16 = 384 pixels, more than the limit of 100" in err and "--max-pixels N" in err, err
+
+
+def test_eval_and_figures_read_one_image_at_a_time_and_skip_bad_ones(tmp_path, tiny_model, capsys, monkeypatch):
+    """eval / figures read the whole folder before sampling (every full-size image in memory at once), and one
+    unreadable file stopped the run. Now each image is read when the work reaches it, and a bad one is reported,
+    skipped, and makes the exit status 2."""
+    import yoda.data
+    import yoda.evaluate
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for n in ("a", "c"):
+        Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(folder / f"{n}.png")
+    (folder / "b.png").write_bytes(b"not a png")
+    events = []
+    real_read, real_sample = yoda.data.read_image, yoda.evaluate.run_sample
+    monkeypatch.setattr(yoda.data, "read_image", lambda p, *a: events.append(("read", os.path.basename(p)))
+                        or real_read(p, *a))
+    monkeypatch.setattr(yoda.evaluate, "run_sample", lambda *a: events.append(("sample",)) or real_sample(*a))
+    code, out, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+                          "--attention", "edge", "--lower-bounds", "0.6"], capsys)
+    assert code == 2
+    assert err.splitlines() == [f"yoda: error: cannot read image {folder / 'b.png'}: cannot identify image file "
+                                f"'{folder / 'b.png'}' (skipped)",
+                                "yoda: error: 1 of 3 images could not be used (see the lines above)"]
+    # plain and YODA sampled for a before b is read, and c after
+    assert events == [("read", "a.png"), ("sample",), ("sample",), ("read", "b.png"), ("read", "c.png"),
+                      ("sample",), ("sample",)]
+    assert "| plain | - | - | 2 |" in out
+    code, out, err = run(["figures", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+                          "-o", str(tmp_path / "figs")], capsys)
+    assert code == 2 and "b.png" in err and "1 of 3 images could not be used" in err
+    assert sorted(os.listdir(tmp_path / "figs")) == ["fig3_update_ratio.png", "fig4_crops.png",
+                                                     "fig5_regional_error.png"]

@@ -273,11 +273,27 @@ def _check_eval_options(a) -> None:
             raise UserError(f"--lpips: weights file not found: {f}")
 
 
-def _eval_images(folder: Optional[str], max_pixels: Optional[int] = None):
-    """--images FOLDER (always a folder, whatever its name), else the held-out set."""
-    from .data import load_folder, load_source
+class _Skipped(list):
+    """The inputs of eval / figures that could not be used: each reported in one line as it is met, the others go
+    on (the command then exits with status 2)."""
 
-    return load_folder(folder, max_pixels) if folder else load_source("heldout")
+    def __call__(self, name: str, e: BaseException) -> None:
+        self.append(name)
+        print(f"yoda: error: {_one_line(e)} (skipped)", file=sys.stderr)
+
+    def status(self, total: int) -> int:
+        if self:
+            print(f"yoda: error: {len(self)} of {total} images could not be used (see the lines above)",
+                  file=sys.stderr)
+        return 2 if self else 0
+
+
+def _eval_images(folder: Optional[str], max_pixels: Optional[int], skipped: _Skipped):
+    """--images FOLDER (always a folder, whatever its name; its images are read one at a time as the work reaches
+    them, an unreadable one reported and skipped), else the held-out set."""
+    from .data import ImageStream, list_folder, load_source
+
+    return ImageStream(list_folder(folder), max_pixels, skipped) if folder else load_source("heldout")
 
 
 def cmd_eval(a) -> int:
@@ -288,8 +304,9 @@ def cmd_eval(a) -> int:
 
         check_writable(a.output, "-o")
     _check_eval_options(a)
+    skipped = _Skipped()
     with _user_input():
-        images = _eval_images(a.images, a.max_pixels)
+        images = _eval_images(a.images, a.max_pixels, skipped)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
     default_steps(a, model)
@@ -298,7 +315,9 @@ def cmd_eval(a) -> int:
                                 lower_bounds=tuple(a.lower_bounds), attentions=tuple(a.attention), seed=a.seed,
                                 max_size=a.max_size if a.max_size > 0 else None, progress=not a.quiet,
                                 lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
-        rows = evaluate(model, images, settings)
+        rows = evaluate(model, images, settings, on_error=skipped)
+    if not rows:
+        return skipped.status(len(images))
     table = markdown_table(summarize(rows), y_channel=a.y_channel)
     if a.output and a.output.lower().endswith(".csv"):
         write_csv(a.output, rows)
@@ -307,7 +326,7 @@ def cmd_eval(a) -> int:
 
         atomic_write_text(a.output, table + "\n")
     print(table)
-    return 0
+    return skipped.status(len(images))
 
 
 def cmd_figures(a) -> int:
@@ -329,13 +348,14 @@ def cmd_figures(a) -> int:
                                   lower_bounds=tuple(a.lower_bounds), steps=a.steps, sampler=a.sampler, eta=a.eta,
                                   seed=a.seed, max_size=a.max_size or None, bins=a.bins, degree=a.degree,
                                   crops=a.crops, progress=not a.quiet, lpips=tuple(a.lpips) if a.lpips else None)
-        images = _eval_images(a.images, a.max_pixels)
+        skipped = _Skipped()
+        images = _eval_images(a.images, a.max_pixels, skipped)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
     made = made_dirs(out)
     try:
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
-            data = compute(model, images, settings)
+            data = compute(model, images, settings, on_error=skipped)
         paths = write_figures(data, out)
     except BaseException:
         remove_empty(made)  # leave no empty folder behind
@@ -357,7 +377,7 @@ def cmd_figures(a) -> int:
         print(data.lpips_note + ".")
     for p in paths:
         print(f"wrote {p}")
-    return 0
+    return skipped.status(len(images))
 
 
 def cmd_train(a) -> int:

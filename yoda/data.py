@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,8 +31,9 @@ from .images import OUTPUT_SUFFIXES, DataError, quantize_u8, read_image, to_rgb_
 
 __all__ = [
     "BUILTIN_TRAIN", "HELD_OUT", "HELD_OUT_ALIASES", "IMAGE_EXTENSIONS", "CropSampler", "DataConfig", "DataError",
-    "builtin_image", "crop_for_model", "crop_to_multiple", "export_builtin", "fixed_crops", "list_folder",
-    "load_folder", "load_source", "make_lr", "read_image", "to_rgb_u8",
+    "ImageStream", "builtin_image", "crop_for_model", "crop_to_multiple", "cropped", "export_builtin",
+    "fixed_crops", "list_folder", "load_folder", "load_source", "make_lr", "model_crop", "read_image",
+    "to_rgb_u8",
 ]
 
 # Held out of the built-in training set; used by `yoda eval`, `yoda demo` and validation during training.
@@ -103,20 +104,70 @@ def crop_to_multiple(a: np.ndarray, multiple: int, max_size: Optional[int] = Non
     return a[y : y + h, x : x + w]
 
 
-def crop_for_model(images: Sequence[tuple[str, np.ndarray]], adapter: Any, max_size: Optional[int] = None
-                   ) -> list[tuple[str, np.ndarray]]:
-    """Every (name, HR uint8) centre-cropped (crop_to_multiple) to sizes ``adapter`` takes (adapters.hr_grid),
-    before any sampling; an image too small for it is a DataError naming it."""
+def model_crop(adapter: Any, max_size: Optional[int] = None) -> Callable[[str, np.ndarray], np.ndarray]:
+    """crop(name, HR uint8): the image centre-cropped (crop_to_multiple) to a size ``adapter`` takes
+    (adapters.hr_grid) and at most ``max_size``, as a contiguous copy; an image too small for the model is a
+    DataError naming it. A max_size below the model's smallest side is a DataError here, once."""
     from .adapters import hr_grid
 
     unit, least = hr_grid(adapter)
-    out = []
+    crop_to_multiple(np.zeros((least, least, 1), np.uint8), unit, max_size, least)  # max_size itself
+
+    def crop(name: str, a: np.ndarray) -> np.ndarray:
+        try:
+            return np.ascontiguousarray(crop_to_multiple(a, unit, max_size, least))
+        except DataError as e:
+            raise DataError(f"{name}: {e}") from None
+
+    return crop
+
+
+def crop_for_model(images: Sequence[tuple[str, np.ndarray]], adapter: Any, max_size: Optional[int] = None
+                   ) -> list[tuple[str, np.ndarray]]:
+    """Every (name, HR uint8) cropped by model_crop, before any sampling; an image too small for the model is a
+    DataError naming it."""
+    crop = model_crop(adapter, max_size)
+    return [(name, crop(name, a)) for name, a in images]
+
+
+def cropped(images: Iterable[tuple[str, np.ndarray]], crop: Callable, on_error: Optional[Callable] = None
+            ) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, crop(name, image)) of each image as it comes (model_crop); an image that crop refuses is given to
+    ``on_error(name, error)`` and skipped, or (without on_error) its DataError is raised."""
     for name, a in images:
         try:
-            out.append((name, np.ascontiguousarray(crop_to_multiple(a, unit, max_size, least))))
+            c = crop(name, a)
         except DataError as e:
-            raise (e if max_size is not None and max_size < least else DataError(f"{name}: {e}")) from None
-    return out
+            if on_error is None:
+                raise
+            on_error(name, e)
+            continue
+        yield name, c
+
+
+class ImageStream:
+    """The images of ``paths`` as (path, uint8 (H, W, 3)), each read (read_image) when the iteration reaches it,
+    so that one decoded image is in memory at a time, whatever the folder's size. A file that cannot be read is
+    given to ``on_error(path, error)`` and skipped (without on_error, its error is raised). len() is the number
+    of paths."""
+
+    def __init__(self, paths: Sequence[str], max_pixels: Optional[int] = None,
+                 on_error: Optional[Callable[[str, BaseException], None]] = None):
+        self.paths, self.max_pixels, self.on_error = list(paths), max_pixels, on_error
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for p in self.paths:
+            try:
+                a = read_image(p, self.max_pixels)
+            except (DataError, OSError, ValueError) as e:
+                if self.on_error is None:
+                    raise
+                self.on_error(p, e)
+                continue
+            yield p, a
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -172,15 +172,18 @@ def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSe
     return sr, calls[0], time.perf_counter() - t0
 
 
-def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: EvalSettings = EvalSettings()) -> list[dict]:
+def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: EvalSettings = EvalSettings(),
+             on_error: Optional[Callable[[str, BaseException], None]] = None) -> list[dict]:
     """Per-image rows {image, method, attention, lower_bound, psnr, ssim, L_shift, ab_shift, calls, seconds},
     plus "lpips" when settings.lpips names the weight files.
 
     model: anything yoda.sample takes (an adapter or a model with yoda_adapter()).
-    images: [(name, uint8 (H, W, 3))] HR images (yoda.data.load_source); LR = make_lr(HR).
-    Before any sampling: every image is cropped to a size the model takes (an image too small is an error naming
-    it), each attention extractor is made once (DINO weights read once; its loading is not in YODA's time) and
-    the LPIPS weights are loaded."""
+    images: (name, uint8 (H, W, 3)) HR images; LR = make_lr(HR). A list (yoda.data.load_source), or any iterable
+    (yoda.data.ImageStream: one image read at a time). Each is centre-cropped to a size the model takes
+    (yoda.data.model_crop); an image too small for it is an error naming it, raised before any sampling for a
+    list, or given to ``on_error(name, error)`` and skipped when on_error is given.
+    Before any sampling, each attention extractor is made once (DINO weights read once; its loading is not in
+    YODA's time) and the LPIPS weights are loaded."""
     from tqdm.auto import tqdm
 
     from .adapters import as_adapter, upsample
@@ -188,7 +191,10 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
 
     adapter = as_adapter(model)
     scale = adapter.scale
-    images = _data.crop_for_model(images, adapter, settings.max_size)
+    crop = _data.model_crop(adapter, settings.max_size)
+    n_images = len(images) if hasattr(images, "__len__") else None
+    if on_error is None and isinstance(images, Sequence):
+        images = [(name, crop(name, a)) for name, a in images]  # a bad image fails before any sampling
     extractors = {name: get(name) for name in settings.attentions}
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
@@ -199,9 +205,10 @@ def evaluate(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Eva
     variants = [("bicubic", None, None), ("plain", None, None)]
     variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
     rows = []
-    bar = tqdm(total=len(images) * (len(variants) - 1), disable=not settings.progress, desc="yoda eval", unit="run")
+    bar = tqdm(total=None if n_images is None else n_images * (len(variants) - 1), disable=not settings.progress,
+               desc="yoda eval", unit="run")
     try:
-        for name, hr_u8 in images:
+        for name, hr_u8 in _data.cropped(images, crop, on_error):
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
             for method, attn, lb in variants:

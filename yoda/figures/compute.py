@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -100,10 +100,12 @@ def _method_label(name: str) -> str:
     return str(name).split(":", 1)[0]
 
 
-def compute(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: FigureSettings = FigureSettings()
-            ) -> FigureData:
-    """Sample every HR image of ``images`` ([(name, uint8 (H, W, 3))]; LR = yoda.data.make_lr) with plain and
-    YODA sampling (the same seed), and compute the numbers of Fig. 3, 4 and 5.
+def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: FigureSettings = FigureSettings(),
+            on_error: Optional[Callable[[str, BaseException], None]] = None) -> FigureData:
+    """Sample every HR image of ``images`` ((name, uint8 (H, W, 3)); LR = yoda.data.make_lr) with plain and
+    YODA sampling (the same seed), and compute the numbers of Fig. 3, 4 and 5. images and on_error as
+    yoda.evaluate.evaluate's: a list is cropped (and checked) before any sampling; any iterable is cropped as it
+    comes (only the crops are kept), an image that fails given to on_error and skipped.
 
     Attention extractors and LPIPS weights are resolved before any sampling, so a bad name or file fails fast."""
     from tqdm.auto import tqdm
@@ -115,12 +117,13 @@ def compute(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Figu
     from ..sampling import sample
 
     s = settings
-    if not images:
-        raise ValueError("images must not be empty")
     extractors = {name: get(name) for name in s.attentions}
     adapter = as_adapter(model)
     scale = adapter.scale
-    images = _data.crop_for_model(images, adapter, s.max_size)
+    crop = _data.model_crop(adapter, s.max_size)
+    if on_error is None and isinstance(images, Sequence):
+        images = [(name, crop(name, a)) for name, a in images]  # a bad image fails before any sampling
+    n_images = len(images) if hasattr(images, "__len__") else None
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
     if s.lpips is not None:
@@ -131,9 +134,10 @@ def compute(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Figu
     srs = {"bicubic": [], "plain": [], "YODA": []}
     lp_maps = {"plain": [], "YODA": []}
     yoda_name = s.attentions[0]
-    bar = tqdm(total=2 * len(images), disable=not s.progress, desc="yoda figures", unit="run")
+    bar = tqdm(total=None if n_images is None else 2 * n_images, disable=not s.progress, desc="yoda figures",
+               unit="run")
     try:
-        for name, hr_u8 in images:
+        for name, hr_u8 in _data.cropped(images, crop, on_error):
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
             size = tuple(hr.shape[-2:])
@@ -156,6 +160,8 @@ def compute(model: Any, images: Sequence[tuple[str, np.ndarray]], settings: Figu
     finally:
         bar.close()
 
+    if not names:
+        raise ValueError("images must not be empty" if n_images == 0 else "no image could be sampled")
     T = int(adapter.schedule.T)
     ratios = update_ratio_table(maps, s.lower_bounds)
     curves, ts = {}, None
