@@ -919,3 +919,32 @@ def ad_nearest(ad, sigma):
     with np.errstate(divide="ignore"):
         logs = 0.5 * np.log((1 - ab) / ab)
     return int(np.argmin(np.abs(logs - math.log(sigma))))
+
+
+def test_tiled_vae_follows_diffbirs_pipeline():
+    """With a tiled VAE encoder DiffBIR pads the condition image to multiples of 8, not 64, and encodes an image
+    smaller than the tile whole; its decoder decodes a latent smaller than the tile whole (Pipeline.apply_cldm).
+    yoda padded to 64 and tiled whatever the size, so c_img differed for every size not a multiple of 64."""
+    diffusion = StandInDiffusion("v")
+
+    class Recording(StandInControlLDM):
+        def prepare_condition(self, cond_img, txt, tiled=False, tile_size=-1):
+            self.enc_calls.append((tuple(cond_img.shape[-2:]), tiled, tile_size))
+            return super().prepare_condition(cond_img, txt, tiled, tile_size)
+
+        def vae_decode(self, z, tiled=False, tile_size=-1):
+            self.dec_calls.append((tuple(z.shape[-2:]), tiled, tile_size))
+            return super().vae_decode(z, tiled, tile_size)
+
+    lr = _lr(B=1, h=13, w=17)  # HR 52x68: padded to 56x72 (multiples of 8), latent 7x9
+    for enc, dec, want_enc, want_dec in ((256, 64, ((56, 72), False, -1), ((7, 9), False, -1)),
+                                         (48, 48, ((56, 72), True, 48), ((7, 9), True, 6)),
+                                         (None, None, ((64, 128), False, -1), ((8, 16), False, -1))):
+        cldm = Recording(diffusion, seed=2).eval()
+        cldm.enc_calls, cldm.dec_calls = [], []
+        ad = DiffBIRAdapter(cldm, diffusion, stage1=stage1, encoder_tile=enc, decoder_tile=dec)
+        with torch.no_grad():
+            sr = yoda.sample(ad, lr, steps=2, sampler="ddim", seed=0, progress=False)
+        assert cldm.enc_calls == [want_enc] and cldm.dec_calls == [want_dec], (enc, dec)
+        assert sr.shape[-2:] == (52, 68)
+    assert DiffBIRAdapter(cldm, diffusion, encoder_tile=64, pad_multiple=64).pad_multiple == 64  # as given

@@ -687,6 +687,10 @@ def test_stack_conds_default():
         (None, {"attention": torch.rand(1, 2, 8, 8)}, ValueError, "attention must be"),
         (None, {"attention": torch.rand(1, 1, 8, 8) + 1}, ValueError, r"attention values must be in \[0, 1\]"),
         (None, {"attention": torch.full((1, 1, 8, 8), float("nan"))}, ValueError, "attention contains NaN"),
+        # checked when lower_bound >= 1 leaves it unused too (a NaN map passed silently)
+        (None, {"attention": torch.full((1, 1, 8, 8), float("nan")), "lower_bound": 1.0}, ValueError,
+         "attention contains NaN"),
+        (None, {"attention": torch.rand(1, 1, 8, 8) + 1, "lower_bound": 2.0}, ValueError, "attention values"),
         (None, {"attention": 3.0}, TypeError, "attention must be"),
         (None, {"attention": lambda x: "no"}, TypeError, r"attention\(lr\) must return a tensor"),
         (None, {"backend": "gpu"}, ValueError, "backend"),

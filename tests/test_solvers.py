@@ -430,7 +430,9 @@ def test_3m_sde_third_order_differs_from_diffusers_by_its_sign_of_one_half():
 # ------------------------------------------------------------------------------------------------------------
 ALL = [("euler", None), ("euler_a", 1.0), ("euler_a", 0.5), ("heun", None), ("dpmpp_2m", None),
        ("dpmpp_2m_sde", 1.0), ("dpmpp_2m_sde", 0.0), ("dpmpp_3m_sde", 1.0), ("dpmpp_3m_sde", 0.3), ("dpm_2", None),
-       ("dpm_2_a", 1.0), ("dpm_2_a", 0.5), ("dpmpp_2s_a", 1.0), ("dpmpp_2s_a", 0.0)]
+       ("dpm_2_a", 1.0), ("dpm_2_a", 0.5), ("dpmpp_2s_a", 1.0), ("dpmpp_2s_a", 0.0),
+       # eta > 1: sigma_up reaches sigma_next on some steps, sigma_down is 0 (Euler to 0; it divided by 0)
+       ("dpm_2_a", 1.5), ("dpmpp_2s_a", 1.5), ("euler_a", 1.5)]
 
 
 @pytest.mark.parametrize("solver, eta", ALL)
@@ -660,6 +662,7 @@ def test_nan_model_is_stopped_with_the_fractional_t_named():
     (dict(sampler="euler", sigmas=[1.0, 2.0]), ValueError, "sigmas must be strictly decreasing"),
     (dict(sampler="euler", sigmas=[1.0, -0.5]), ValueError, "sigmas must be finite and > 0"),
     (dict(sampler="euler", sigmas=[]), ValueError, "sigmas must hold"),
+    (dict(sampler="euler", sigmas=[1.0, 1e-9]), ValueError, "sigmas: 1e-09 is too small to tell from no noise"),
     (dict(sampler="euler", sigmas=3.0), TypeError, "sigmas must be None"),
     (dict(sampler="euler", sigmas=[2.0, 1.0], steps=3), ValueError, r"steps \(3\) must be None or the number"),
     (dict(sampler="euler", steps=T + 1), ValueError, "steps must be in"),
@@ -814,3 +817,22 @@ def test_cli_upscale_with_a_solver(tmp_path, tiny_model, capsys):
     code = main(["upscale", str(src), "-o", str(out), "--model", tiny_model, "--sampler", "ddim", "--sigmas",
                  "karras", "-q"])
     assert code == 2 and "sigmas" in capsys.readouterr().err
+
+
+def test_numpy_and_0d_tensor_scalars_are_numbers():
+    """steps=np.int64(3) and eta=np.float32(0.5) (what a sweep over np.arange / np.linspace gives) were refused
+    ("eta must be a float, got float32"), while seed and lower_bound took them. They give the Python number's
+    image; bools and tensors with more than one value are still refused, naming the argument."""
+    _, _, ad = models("eps")
+    lr = lr_image()
+    want = yoda.sample(ad, lr, sampler="euler_a", steps=3, eta=0.5, seed=1, progress=False)
+    for steps, eta in ((np.int64(3), np.float32(0.5)), (torch.tensor(3), torch.tensor(0.5, dtype=torch.float64))):
+        got = yoda.sample(ad, lr, sampler="euler_a", steps=steps, eta=eta, seed=1, progress=False)
+        assert torch.equal(got, want)
+    for kw, match in ((dict(steps=True), "steps must be an int or None, got bool"),
+                      (dict(steps=3.0), "steps must be an int or None, got float"),
+                      (dict(steps=torch.tensor(3.0)), "steps must be an int or None, got tensor"),
+                      (dict(eta=True), "eta must be a float, got bool"),
+                      (dict(eta=torch.tensor([0.5])), "eta must be a float, got Tensor")):
+        with pytest.raises(TypeError, match=match):
+            yoda.sample(ad, lr, sampler="euler_a", progress=False, **{"steps": 3, **kw})

@@ -316,7 +316,9 @@ class PixelAdapter(Adapter):
 class CallableAdapter(Adapter):
     """Any callable f(x_t, t, cond) -> model output, with its parameterisation declared by the user.
 
-    x_t: (B, 3, H, W) state; t: (B,) int64 0-based training index; cond = up(lr) (B, 3, H, W).
+    x_t: (B, 3, H, W) state; t: (B,) int64 0-based training index, or float32 and fractional under the
+    sigma-space solvers (sample(..., timesteps="nearest") passes the nearest int64 index instead: for a
+    callable that indexes a table with t); cond = up(lr) (B, 3, H, W).
     space "pixel":    x_t is the HR image, c = up(lr), decode = identity.
     space "residual": x_t is SRDiff's residual (HR - up(lr)) * residual_scale, c = 0,
                       decode = up(lr) + x0 / residual_scale, clamped to [-1, 1].

@@ -13,7 +13,7 @@ What it uses of them:
 What it does with them, as DiffBIR's ``Pipeline.apply_cldm`` does:
 
     img = stage-1 cleaned image (B, 3, s*h, s*w) in [0, 1]    (stage1= tensor or callable; default bicubic up(lr))
-    img -> zero-padded to multiples of pad_multiple (64)
+    img -> zero-padded to multiples of pad_multiple (64; 8 with a tiled VAE encoder)
     cond   = cldm.prepare_condition(img, [pos_prompt] * B)     c = cond["c_img"]: the LR in the latent space
     uncond = cldm.prepare_condition(img, [neg_prompt] * B)     only when guiding (cfg_scale != 1)
     c_img  -> zero-padded to multiples of latent_multiple (8)
@@ -111,10 +111,12 @@ class DiffBIRAdapter(Adapter):
         (DiffBIR's DDIMSampler) or two calls of batch B (its SpacedSampler; half the activation memory).
     strength: the ControlNet strength (cldm.control_scales = [strength] * n during each call); None: as set.
     pad_multiple, latent_multiple: the image and its latent are zero-padded to these multiples (DiffBIR: 64 and
-        8); the state is the padded latent, the SR image is cropped back.
+        8; pad_multiple None is DiffBIR's rule: 64, or latent_factor when the encoder is tiled); the state is the
+        padded latent, the SR image is cropped back.
     latent_factor: the VAE's downsampling (8); c's size must be the padded image's over it.
     encoder_tile, decoder_tile: tiled VAE encoding / decoding with tiles of this many pixels (DiffBIR's
-        --vae_encoder_tile_size / --vae_decoder_tile_size); None: whole image.
+        --vae_encoder_tile_size / --vae_decoder_tile_size); None: whole image. As DiffBIR's pipeline, an image
+        (padded) or latent (unpadded) smaller than the tile in either side is encoded / decoded whole.
     color_fix: optional f(sr01, stage1_image01) -> sr01 applied after decoding, e.g. DiffBIR's
         ``diffbir.utils.common.wavelet_reconstruction`` (its pipeline always applies it).
     prediction: overrides diffusion.parameterization (DiffBIR's own samplers treat any non-"eps" as "v").
@@ -139,7 +141,7 @@ class DiffBIRAdapter(Adapter):
         neg_prompt: str = "",
         cfg_batch: bool = True,
         strength: Optional[float] = None,
-        pad_multiple: int = 64,
+        pad_multiple: Optional[int] = None,
         latent_multiple: int = 8,
         latent_factor: int = 8,
         encoder_tile: Optional[int] = None,
@@ -161,6 +163,8 @@ class DiffBIRAdapter(Adapter):
             if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
                 raise ValueError(f"strength must be a finite float or None, got {strength!r}")
         self.schedule, self.prediction = self._read_diffusion(diffusion, prediction)
+        if pad_multiple is None:  # DiffBIR's Pipeline.apply_cldm: 64, or 8 (the VAE's factor) when tiling
+            pad_multiple = 64 if encoder_tile is None else latent_factor
         for name, v in (("scale", scale), ("pad_multiple", pad_multiple), ("latent_multiple", latent_multiple),
                         ("latent_factor", latent_factor)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -261,7 +265,7 @@ class DiffBIRAdapter(Adapter):
 
     def _condition(self, img: torch.Tensor, prompt: str) -> dict:
         B = img.shape[0]
-        tiled = self.encoder_tile is not None
+        tiled = self.encoder_tile is not None and min(img.shape[-2:]) >= self.encoder_tile
         cond = self.cldm.prepare_condition(img, [prompt] * B, tiled, self.encoder_tile if tiled else -1)
         c = cond.get("c_img") if isinstance(cond, dict) else None
         f = self.latent_factor
@@ -310,7 +314,7 @@ class DiffBIRAdapter(Adapter):
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: DiffBIRCond) -> torch.Tensor:
         h1, w1 = cond.latent_size
         H, W = cond.size
-        tiled = self.decoder_tile is not None
+        tiled = self.decoder_tile is not None and min(h1, w1) >= self.decoder_tile // self.latent_factor
         img = self.cldm.vae_decode(x0[..., :h1, :w1], tiled, self.decoder_tile // self.latent_factor if tiled else -1)
         if not isinstance(img, torch.Tensor) or img.dim() != 4 or img.shape[-2] < H or img.shape[-1] < W:
             raise ValueError(f"cldm.vae_decode returned {getattr(img, 'shape', type(img).__name__)}, expected an "

@@ -156,13 +156,15 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     c = c.to(spec.state_dtype).contiguous()
     B = c.shape[0]
     A = None
+    hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
     if attention is not None and spec.masked:
-        hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
         A = adapter.attention_to_state(resolve_attention(attention, lr, hr), c.shape)
         if tuple(A.shape) != (B, 1, *c.shape[-2:]):
             raise ValueError(f"{type(adapter).__name__}.attention_to_state returned {tuple(A.shape)}, "
                              f"expected {(B, 1, *c.shape[-2:])}")
         A = A.float().contiguous()
+    elif isinstance(attention, torch.Tensor):  # checked (NaN, range, shape) even when lower_bound >= 1 leaves it unused
+        resolve_attention(attention, lr, hr)
     elif attention is not None and not (isinstance(attention, (torch.Tensor, str)) or callable(attention)):
         raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
     stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None

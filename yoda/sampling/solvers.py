@@ -242,6 +242,9 @@ def _sequence(sigmas: Any) -> list[float]:
         raise ValueError(f"sigmas must be finite and > 0 (a trailing 0 is allowed), got {out}")
     if any(b >= a for a, b in zip(out, out[1:])):
         raise ValueError(f"sigmas must be strictly decreasing, got {out}")
+    if 1.0 / (1.0 + out[-1] * out[-1]) >= 1.0:  # its alpha_bar rounds to 1: no noise at all
+        raise ValueError(f"sigmas: {out[-1]:g} is too small to tell from no noise (alpha_bar = 1 / (1 + sigma^2) "
+                         f"rounds to 1 below about 1.5e-8); end the sequence with 0 instead")
     return out
 
 
@@ -283,6 +286,8 @@ def _step_weights(solver: str, sig: Sequence[float], i: int, eta: float) -> tupl
         # to sigma_to (sn, or sigma_down) through sigma_mid = sqrt(s sigma_to): x2 = (sm / s) x + (1 - sm / s) D0,
         # the same predictor for all three (DPM++(2S)'s exp(-h / 2) = sm / s)
         to, up = (sn, 0.0) if solver == "dpm_2" else _ancestral(s, sn, eta)
+        if to == 0.0:  # eta > 1 can take all of sigma_next as noise: k-diffusion's Euler step to 0, x' = D0
+            return 0.0, [1.0], up, None
         sm = math.sqrt(s * to)
         pred = (sm / s, 1.0 - sm / s, sm)
         if solver == "dpmpp_2s_a":  # x' = (to / s) x + (1 - to / s) D1

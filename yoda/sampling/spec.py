@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -196,8 +197,12 @@ def check_lr(lr: Any) -> torch.Tensor:
 def check_steps(steps: Any, T: int) -> int:
     if steps is None:
         return T
-    if isinstance(steps, bool) or not isinstance(steps, int):
+    if isinstance(steps, bool) or not isinstance(steps, (numbers.Integral, torch.Tensor)):
         raise TypeError(f"steps must be an int or None, got {type(steps).__name__}")
+    try:
+        steps = operator.index(steps)  # Python and numpy ints, 0-d integer tensors
+    except TypeError:
+        raise TypeError(f"steps must be an int or None, got {steps!r}") from None
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, T={T}] (the model's training steps), got {steps}")
     return steps
@@ -233,7 +238,9 @@ def check_timesteps(timesteps: Any) -> str:
 
 
 def check_float(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    """v as a float: Python and numpy reals, 0-d real tensors (not bools)."""
+    if (isinstance(v, bool) or not isinstance(v, (numbers.Real, torch.Tensor))
+            or (isinstance(v, torch.Tensor) and (v.dim() != 0 or v.dtype == torch.bool or v.is_complex()))):
         raise TypeError(f"{name} must be a float, got {type(v).__name__}")
     v = float(v)
     if not math.isfinite(v):
