@@ -785,7 +785,12 @@ def test_steps_default_depends_on_the_model(tmp_path, tiny_model, images, capsys
     from yoda.cli_parser import DEFAULT_STEPS, OTHER_MODEL_STEPS
 
     assert (DEFAULT_STEPS, OTHER_MODEL_STEPS) == (1, 50)
-    for spec, steps, want in (("default", None, 1), (tiny_model, None, 20), (tiny_model, 3, 3)):
+    from yoda.models.loading import DEFAULT_WEIGHTS
+
+    copy = tmp_path / "my_copy.safetensors"  # the embedded weights under another name: the same defaults
+    copy.write_bytes(DEFAULT_WEIGHTS.read_bytes())
+    for spec, steps, want in (("default", None, 1), (str(DEFAULT_WEIGHTS), None, 1), (str(copy), None, 1),
+                              (tiny_model, None, 20), (tiny_model, 3, 3)):
         a = SimpleNamespace(model=spec, steps=steps)
         default_steps(a, load_model(spec, "cpu"))
         assert a.steps == want, spec  # the tiny model's T is 20 < 50

@@ -238,8 +238,12 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
 def summarize(rows: Sequence[dict]) -> list[dict]:
     """Mean over images of every metric, one row per (method, attention, lower_bound), in first-seen order.
 
-    An image reproduced exactly has PSNR inf, which would make the mean inf and hide every other image: the
-    PSNR is the mean over the images with an error, and "exact" counts the others (PSNR inf when all are)."""
+    An image that some method reproduces exactly has PSNR inf there, which would make that mean inf and hide
+    every other image; leaving it out of that method's mean alone would compare the methods over different
+    images. So every method's PSNR is the mean over the images that no method reproduces exactly, and "exact"
+    counts the images left out (the same in every row). With none left, the PSNR is inf if the method reproduced
+    all its images exactly, else NaN."""
+    exact = {r["image"] for r in rows if not math.isfinite(r["psnr"])}
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["method"], r["attention"], r["lower_bound"]), []).append(r)
@@ -248,9 +252,10 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         row = {"method": method, "attention": attn, "lower_bound": lb, "images": len(rs)}
         for k in ("ssim", "L_shift", "ab_shift", "calls", "seconds"):
             row[k] = float(np.mean([r[k] for r in rs]))
-        finite = [r["psnr"] for r in rs if math.isfinite(r["psnr"])]
-        row["psnr"] = float(np.mean(finite)) if finite else math.inf
-        row["exact"] = len(rs) - len(finite)
+        kept = [r["psnr"] for r in rs if r["image"] not in exact]
+        row["psnr"] = (float(np.mean(kept)) if kept else
+                       math.inf if all(math.isinf(r["psnr"]) for r in rs) else math.nan)
+        row["exact"] = len(rs) - len(kept)
         if all("lpips" in r for r in rs):
             row["lpips"] = float(np.mean([r["lpips"] for r in rs]))
         out.append(row)
@@ -286,15 +291,15 @@ def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_cha
     for r in rows:
         lb = "" if r["lower_bound"] == "" else f"{r['lower_bound']:g}"
         lp = f" {r['lpips']:.4f} |" if has_lpips else ""
-        exact = f" ({r['exact']} exact)" if r.get("exact") else ""
-        lines.append(f"| {r['method']} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f}{exact} | "
+        lines.append(f"| {r['method']} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f} | "
                      f"{r['ssim']:.4f} |{lp} {r['L_shift']:.3f} | {r['ab_shift']:.3f} | {r['calls']:.0f} | "
                      f"{r['seconds']:.2f} |")
     if has_lpips and note == LPIPS_NOTE:
         note = None
-    if any(r.get("exact") for r in rows):
-        lines += ["", f"PSNR{y}: mean over the images with an error; \"(N exact)\": N images equal to HR (PSNR inf) "
-                      "are left out of that mean."]
+    n_exact = max((r.get("exact", 0) for r in rows), default=0)
+    if n_exact:
+        lines += ["", f"PSNR{y}: mean over the images that no method reproduces exactly; {n_exact} image(s) that some "
+                      "method reproduces exactly (PSNR inf) are left out of every row's PSNR."]
     if note:
         lines += ["", note + "."]
     return "\n".join(lines)
