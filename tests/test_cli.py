@@ -844,3 +844,21 @@ def test_eval_and_figures_read_one_image_at_a_time_and_skip_bad_ones(tmp_path, t
     assert code == 2 and "b.png" in err and "1 of 3 images could not be used" in err
     assert sorted(os.listdir(tmp_path / "figs")) == ["fig3_update_ratio.png", "fig4_crops.png",
                                                      "fig5_regional_error.png"]
+
+
+def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
+    """A folder's subfolders and files of other suffixes (an animated GIF) were passed over without a word, and
+    `eval --images FILE` said "image folder not found" for a file that exists."""
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "anim.gif")
+    code, _, err = run(["upscale", str(folder), "-o", str(tmp_path / "out") + "/", "--model", tiny_model,
+                        "--steps", "1", "-q"], capsys)
+    assert code == 0, err
+    assert err.splitlines() == [f"yoda: note: {folder}: left out anim.gif, nested/ (a folder stands for its own "
+                                "files with the suffixes .png, .jpg, .jpeg, .webp, .tif, .tiff, .bmp, not its "
+                                "subfolders)"]
+    assert os.listdir(tmp_path / "out") == ["a_x4.png"]
+    code, _, err = run(["eval", "--images", str(folder / "a.png"), "--model", tiny_model], capsys)
+    assert code == 2 and f"image folder {folder / 'a.png'} is a file, not a folder" in err

@@ -418,3 +418,49 @@ def test_float_arrays_with_nan_or_inf_are_refused():
     for bad in (np.nan, np.inf):
         with pytest.raises(images.DataError, match="arr: expected uint8 or float in"):
             images.to_rgb_u8(np.array([[0.0, bad]], dtype=np.float32), "arr")
+
+
+def _swapped_profile() -> bytes:
+    """LittleCMS's sRGB profile with the red and blue colorants swapped: an RGB space whose R is sRGB's blue."""
+    import struct
+
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    n = struct.unpack(">I", srgb[128:132])[0]
+    entry = {srgb[132 + 12 * i:136 + 12 * i]: 132 + 12 * i for i in range(n)}
+    b = bytearray(srgb)
+    r, bl = entry[b"rXYZ"], entry[b"bXYZ"]
+    b[r + 4:r + 12], b[bl + 4:bl + 12] = srgb[bl + 4:bl + 12], srgb[r + 4:r + 12]
+    return bytes(b)
+
+
+@pytest.mark.parametrize("mode, suffix", [("RGB", ".png"), ("RGB", ".jpg"), ("RGBA", ".png")])
+def test_icc_profile_is_converted_to_srgb(tmp_path, mode, suffix):
+    """A photo with an embedded ICC profile (Display P3, Adobe RGB) was read as if it were sRGB: shifted colours,
+    silently. It is converted to sRGB (a profile whose R and B are sRGB's B and R swaps the channels); an sRGB
+    profile keeps the pixels; a broken profile is ignored with a warning."""
+    from PIL import ImageCms
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (12, 10, 4 if mode == "RGBA" else 3), dtype=np.uint8)
+    if mode == "RGBA":
+        a[..., 3] = 255
+        a[0, 0, 3] = 0  # one transparent pixel: composited on white after the conversion
+    plain = tmp_path / f"plain{suffix}"
+    kw = {"quality": 100} if suffix == ".jpg" else {}
+    Image.fromarray(a, mode).save(plain, **kw)
+    want = images.read_image(plain)
+    for profile, expect in ((_swapped_profile(), want[..., ::-1]),
+                            (ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(), want)):
+        p = tmp_path / f"icc{suffix}"
+        Image.fromarray(a, mode).save(p, icc_profile=profile, **kw)
+        got = images.read_image(p)
+        if mode == "RGBA":
+            assert (got[0, 0] == 255).all()
+            got, expect = got.reshape(-1, 3)[1:], expect.reshape(-1, 3)[1:]
+        assert np.abs(got.astype(int) - expect.astype(int)).max() <= 1
+    p = tmp_path / f"broken{suffix}"
+    Image.fromarray(a, mode).save(p, icc_profile=b"not a profile" * 20, **kw)
+    with pytest.warns(UserWarning, match="ICC colour profile cannot be read"):
+        assert np.array_equal(images.read_image(p), want)

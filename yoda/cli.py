@@ -41,9 +41,9 @@ from .cli_parser import build_parser
 from ._io import made_dirs, remove_empty
 from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, read_input,
                          save_figure, save_output, upscale_tensor)
-from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, dist_env, expand_inputs, guided_model,
-                          output_folder, output_targets, padded_lr_side, plan_windows, run_items, run_sharded,
-                          skip_existing, speed_options, tune_malloc)
+from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, dist_env, expand_inputs, folder_images,
+                          guided_model, output_folder, output_targets, padded_lr_side, plan_windows, run_items,
+                          run_sharded, skip_existing, speed_options, tune_malloc)
 from .errors import UserError
 from .errors import user_input as _user_input
 
@@ -291,9 +291,9 @@ class _Skipped(list):
 def _eval_images(folder: Optional[str], max_pixels: Optional[int], skipped: _Skipped):
     """--images FOLDER (always a folder, whatever its name; its images are read one at a time as the work reaches
     them, an unreadable one reported and skipped), else the held-out set."""
-    from .data import ImageStream, list_folder, load_source
+    from .data import ImageStream, load_source
 
-    return ImageStream(list_folder(folder), max_pixels, skipped) if folder else load_source("heldout")
+    return ImageStream(folder_images(folder), max_pixels, skipped) if folder else load_source("heldout")
 
 
 def cmd_eval(a) -> int:

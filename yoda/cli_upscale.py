@@ -101,19 +101,24 @@ def speed_options(a, dev) -> dict:
 
 
 def expand_inputs(inputs: list) -> list:
-    """A folder among the inputs stands for its image files (suffixes of OUTPUT_SUFFIXES), sorted by name."""
-    from .images import OUTPUT_SUFFIXES
-
+    """A folder among the inputs stands for its image files (yoda.data.list_folder), sorted by name; what it
+    leaves out (subfolders, other files) is named in a note."""
     out = []
     for p in inputs:
-        if os.path.isdir(p):
-            found = sorted(str(f) for f in Path(p).iterdir() if f.is_file() and f.suffix.lower() in OUTPUT_SUFFIXES)
-            if not found:
-                raise UserError(f"{p}: the folder has no image files ({', '.join(OUTPUT_SUFFIXES)})")
-            out.extend(found)
-        else:
-            out.append(p)
+        out.extend(folder_images(p) if os.path.isdir(p) else [p])
     return out
+
+
+def folder_images(folder: str) -> list:
+    """yoda.data.list_folder of ``folder``, with a note on stderr naming what it left out."""
+    from .data import left_out_note, list_folder
+
+    left_out: list = []
+    with user_input():
+        paths = list_folder(folder, left_out)
+    if left_out:
+        print(f"yoda: note: {left_out_note(folder, left_out)}", file=sys.stderr)
+    return paths
 
 
 def dist_env() -> tuple[int, int]:

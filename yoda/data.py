@@ -32,7 +32,7 @@ from .images import OUTPUT_SUFFIXES, DataError, quantize_u8, read_image, to_rgb_
 __all__ = [
     "BUILTIN_TRAIN", "HELD_OUT", "HELD_OUT_ALIASES", "IMAGE_EXTENSIONS", "CropSampler", "DataConfig", "DataError",
     "ImageStream", "builtin_image", "crop_for_model", "crop_to_multiple", "cropped", "export_builtin",
-    "fixed_crops", "list_folder", "load_folder", "load_source", "make_lr", "model_crop", "read_image",
+    "fixed_crops", "left_out_note", "list_folder", "load_folder", "load_source", "make_lr", "model_crop", "read_image",
     "to_rgb_u8",
 ]
 
@@ -188,19 +188,31 @@ def builtin_image(name: str) -> np.ndarray:
     return to_rgb_u8(arr, name)
 
 
-def list_folder(folder: str) -> list[str]:
-    """Sorted image paths (IMAGE_EXTENSIONS) in ``folder`` (not recursive). Errors if it is missing or holds
-    none."""
+def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
+    """Sorted image paths (IMAGE_EXTENSIONS) in ``folder`` (not recursive). Errors if it is not a folder or holds
+    none. left_out: a list that receives the sorted names of the entries not taken (subfolders, other files)."""
     if not os.path.isdir(folder):
-        raise DataError(f"image folder not found: {folder}")
-    paths = sorted(
-        os.path.join(folder, f)
-        for f in os.listdir(folder)
-        if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
-    )
+        what = "is a file, not a folder" if os.path.exists(folder) else "not found"
+        raise DataError(f"image folder {folder} {what}")
+    paths, others = [], []
+    for f in sorted(os.listdir(folder)):
+        full = os.path.join(folder, f)
+        ok = f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(full)
+        (paths if ok else others).append(full if ok else f + ("/" if os.path.isdir(full) else ""))
     if not paths:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
+    if left_out is not None:
+        left_out.extend(others)
     return paths
+
+
+def left_out_note(folder: str, names: Sequence[str]) -> str:
+    """One line naming what list_folder left out of ``folder`` ("" if nothing)."""
+    if not names:
+        return ""
+    shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+    return (f"{folder}: left out {shown} (a folder stands for its own files with the suffixes "
+            f"{', '.join(IMAGE_EXTENSIONS)}, not its subfolders)")
 
 
 def load_folder(folder: str, max_pixels: Optional[int] = None) -> list[tuple[str, np.ndarray]]:

@@ -22,6 +22,11 @@ integer samples must lie in 0..65535 (read as 16-bit) and are refused otherwise.
 Pillow decodes single-channel float TIFFs only: an RGB float32 TIFF (tifffile, cv2) is refused with a DataError
 saying so, not as "not an image".
 
+Colour: an image with an embedded ICC profile (RGB, RGBA, CMYK: phone photos in Display P3, Adobe RGB prints) is
+converted to sRGB with Pillow's ImageCms (LittleCMS, perceptual intent) before anything else; yoda's models and
+outputs are sRGB, and outputs carry no profile. A profile LittleCMS cannot read is ignored with a warning (the
+pixels are taken as sRGB). Grey images keep their values.
+
 Pixel limit: MAX_PIXELS (default 8192 * 8192, 0 = no limit) refuses larger images with a DataError naming the
 file. The environment variable YODA_MAX_PIXELS sets it, read where the limit is used (a bad value is a ValueError
 there, never at import); assigning yoda.images.MAX_PIXELS overrides it. read_image(path, max_pixels=N) and the
@@ -32,9 +37,11 @@ along with --max-pixels and silences that warning, so its error stays one line.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -181,6 +188,26 @@ def _upright(im: Image.Image) -> Image.Image:
         return im
 
 
+def _to_srgb(im: Image.Image, p: Path) -> Image.Image:
+    """``im`` converted from its embedded ICC profile to sRGB (module docstring); unchanged without one."""
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in ("RGB", "RGBA", "CMYK"):
+        return im
+    from PIL import ImageCms
+
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        rgb = im.convert("RGB") if im.mode == "RGBA" else im
+        out = ImageCms.profileToProfile(rgb, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
+        warnings.warn(f"{p}: its ICC colour profile cannot be read ({e}); the pixels are taken as sRGB",
+                      stacklevel=3)
+        return im
+    if im.mode == "RGBA":
+        out.putalpha(im.getchannel("A"))
+    return out
+
+
 def _samples(im: Image.Image, p: Path) -> np.ndarray:
     """The decoded image as an array to_rgb_u8 takes: uint8 (H, W[, 3|4]) or float in [0, 1] (module
     docstring: 16-bit and float samples map by the range of their type)."""
@@ -235,7 +262,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
         with Image.open(p) as im:
             _check_pixels(p, im.size, limit)
             im.load()  # decode now, so a truncated file fails here and not later
-            arr = _samples(_upright(im), p)
+            arr = _samples(_to_srgb(_upright(im), p), p)
     except DataError:
         raise
     except Image.DecompressionBombError as e:  # Pillow refuses above 2 * PIL.Image.MAX_IMAGE_PIXELS at open
