@@ -403,3 +403,46 @@ def test_lines_are_clipped_to_the_plot_area():
     red = (np.asarray(canvas)[..., 0] == 255) & (np.asarray(canvas)[..., 1] == 0)
     ys, xs_px = np.nonzero(red)
     assert ys.min() >= 9 and ys.max() <= 111 and 17 <= xs_px.min() <= 20 and 59 <= xs_px.max() <= 62
+
+
+def _drawn_text(monkeypatch):
+    from PIL import ImageDraw
+
+    texts, orig = [], ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text",
+                        lambda self, xy, s, *a, **k: texts.append((xy, s)) or orig(self, xy, s, *a, **k))
+    return texts
+
+
+def test_fig5_legend_states_the_degree_fitted(monkeypatch):
+    """--degree 20 with 10 bins fits degree 9 (poly_fit lowers it), but the legend said "degree-20"."""
+    from yoda.figures.draw import draw_regional_error
+
+    x = (np.arange(10) + 0.5) / 10
+    r = {"centres": x, "mse": 5 + x, "psnr": 30 - x, "count": np.ones(10)}
+    fits = {("plain", k): fg.poly_fit(x, r[k], 20) for k in ("mse", "psnr")}
+    texts = _drawn_text(monkeypatch)
+    draw_regional_error({"plain": r}, fits, 20)
+    assert any("lines: numpy.polyfit of degree 9 (--degree 20 is lowered to the points - 1)" in s for _, s in texts)
+    texts.clear()
+    draw_regional_error({"plain": r}, {k: fg.poly_fit(x, r[k[1]], 2) for k in fits}, 2)
+    assert any("lines: degree-2 numpy.polyfit through the points" in s for _, s in texts)
+
+
+def test_a_long_title_is_broken_into_two_lines(monkeypatch):
+    """Fig. 5's title ran off both edges of the canvas once it named the images with flat maps."""
+    from PIL import Image, ImageDraw
+
+    from yoda.drawing import font, text_wh, title
+
+    canvas = Image.new("RGB", (300, 60), "white")
+    d, f = ImageDraw.Draw(canvas), font(12)
+    s = "Fig. 5  regional error (2 of 3 images, 10 bins of A (edge), pixels pooled; DDIM 2 steps; YODA l = 0.6)"
+    texts = _drawn_text(monkeypatch)
+    title(canvas, d, s, f)
+    lines = [t for _, t in texts]
+    assert len(lines) == 2 and " ".join(lines) == s and all(text_wh(d, t, f)[0] <= 300 - 16 for t in lines)
+    assert texts[1][0][1] > texts[0][0][1]  # one below the other
+    texts.clear()
+    title(canvas, d, "short", f)
+    assert [t for _, t in texts] == ["short"]

@@ -128,8 +128,10 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
     entries = [(f"{lab} sampling", style.get(lab, other)[0],
                 style.get(lab, other)[1] + ("--" if style.get(lab, other)[3] else "-")) for lab in regional]
     y = _legend(draw, 80, 372, entries, font, max_x=canvas.width - 10)
-    draw.text((80, y), f"points: per-bin means; lines: degree-{degree} numpy.polyfit through the points",
-              fill=_BLACK, font=font)
+    used = sorted({len(c) - 1 for c in fits.values() if c is not None})  # poly_fit lowers it to points - 1
+    fit = (f"degree-{degree} numpy.polyfit" if used in ([], [degree]) else
+           f"numpy.polyfit of degree {'/'.join(map(str, used))} (--degree {degree} is lowered to the points - 1)")
+    draw.text((80, y), f"points: per-bin means; lines: {fit} through the points", fill=_BLACK, font=font)
     if note:
         draw.text((80, y + 17), note, fill=_BLACK, font=font)
     return canvas
@@ -203,7 +205,8 @@ def write_figures(data: FigureData, folder) -> list[Path]:
     folder = Path(folder)
     n = len(data.names)
     flat = data.regional["plain"].get("flat", 0)
-    pooled = f"{n - flat} of {n} images (the others' maps are flat)" if flat else f"{n} image{'s' if n != 1 else ''}"
+    pooled = f"{n - flat} of {n} images ({flat} flat map{'s' if flat != 1 else ''} left out)" if flat else \
+        f"{n} image{'s' if n != 1 else ''}"
     fig3 = draw_update_ratio(data.ratios, s.lower_bounds, data.curve_ts, data.curves, data.T, s.lower_bound, n)
     yname = _method_label(s.attentions[0])
     fig5 = draw_regional_error(
