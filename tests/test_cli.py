@@ -400,6 +400,8 @@ def test_train_and_plot_commands(tmp_path, capsys):
                        capsys)
     assert code == 0, err
     assert I.open(png).size == (900, 360)
+    code, _, err = run(["plot", str(out / "log.csv"), str(out / "log.csv"), "--labels", "a", "-o", str(png)], capsys)
+    assert code == 2 and "--labels: give one label per log (2 logs, 1 labels)" in err  # the option, not "labels"
     code, _, err = run(["train", "--config", str(tmp_path / "none.json")], capsys)
     assert code == 2 and "none.json" in err
     # a binary file given as a log is named; a run that fails before writing anything leaves no folder
@@ -862,3 +864,15 @@ def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
     assert os.listdir(tmp_path / "out") == ["a_x4.png"]
     code, _, err = run(["eval", "--images", str(folder / "a.png"), "--model", tiny_model], capsys)
     assert code == 2 and f"image folder {folder / 'a.png'} is a file, not a folder" in err
+
+
+def test_small_budget_windows_overlap_and_say_kib():
+    """Under a tiny --max-memory the CLI chose 16-px windows with overlap 0 (side // 4 rounded down to 8), whose
+    seams show, and said "over --max-memory 0 MiB"."""
+    from yoda.cli_upscale import HR_BYTES_PER_PIXEL, mebibytes, plan_windows
+
+    budget = 16 * 16 * HR_BYTES_PER_PIXEL  # a 16-px window fits
+    assert plan_windows(64, 64, 1, 8, budget)[0] == (16, 8)
+    assert plan_windows(64, 64, 1, 8, 8 * 8 * HR_BYTES_PER_PIXEL)[0] == (8, 0)  # one unit: no room to overlap
+    assert plan_windows(512, 512, 1, 8, 128 * 128 * HR_BYTES_PER_PIXEL)[0] == (128, 32)  # a quarter, as before
+    assert (mebibytes(64 * 1024), mebibytes(3 * 2**20)) == ("64 KiB", "3 MiB")

@@ -42,7 +42,7 @@ from ._io import made_dirs, remove_empty
 from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, read_input,
                          save_figure, save_output, upscale_tensor)
 from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, dist_env, expand_inputs, folder_images,
-                          guided_model, output_folder, output_targets, padded_lr_side, plan_windows, run_items,
+                          guided_model, mebibytes, output_folder, output_targets, padded_lr_side, plan_windows, run_items,
                           run_sharded, skip_existing, speed_options, tune_malloc)
 from .errors import UserError
 from .errors import user_input as _user_input
@@ -149,8 +149,8 @@ def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> No
     windows, window_batch, need = plan_windows(hr_h, hr_w, 1, run.unit, a.max_memory, a.tiles, a.window_batch,
                                                run.least)
     if windows is not None and a.tiles is None:
-        print(f"{src}: about {need / 2**20:.0f} MiB at {hr_w}x{hr_h} is over --max-memory "
-              f"{a.max_memory / 2**20:.0f} MiB: denoising in windows of {windows[0]} (overlap "
+        print(f"{src}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
+              f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap "
               f"{windows[1]}), {window_batch} per call")
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -500,7 +500,7 @@ _OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", 
               "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
               "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
               "attentions": "--attention", "bins": "--bins", "degree": "--degree", "crops": "--crops",
-              "short_side": "--short-side"}
+              "short_side": "--short-side", "labels": "--labels"}
 
 
 def _one_line(e: BaseException, options: bool = True) -> str:

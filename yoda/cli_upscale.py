@@ -31,16 +31,22 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
     """(windows, window_batch, estimated bytes) of `yoda upscale`: --tiles as given, else windows when the HR
     state's estimated need (HR_BYTES_PER_PIXEL per pixel and batch element) exceeds max_memory (0: no limit):
     the largest multiple of ``unit`` whose square fits (at least ``least``, the model's smallest side), overlap a
-    quarter of it (rounded down to ``unit``).
+    quarter of it rounded down to ``unit``, and at least ``unit`` (a seam shows without overlap) when the window
+    spans two units.
     window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's)."""
     need = hr_h * hr_w * batch * HR_BYTES_PER_PIXEL
     if tiles is None and max_memory and need > max_memory:
         side = max(unit, least, math.isqrt(max_memory // (batch * HR_BYTES_PER_PIXEL)) // unit * unit)
-        tiles = (side, side // 4 // unit * unit)
+        tiles = (side, max(side // 4 // unit * unit, unit if side >= 2 * unit else 0))
     if tiles is not None and window_batch is None and max_memory:
         per_window = min(tiles[0], hr_h) * min(tiles[0], hr_w) * batch * HR_BYTES_PER_PIXEL
         window_batch = max(1, max_memory // per_window)
     return tiles, window_batch, need
+
+
+def mebibytes(n: float) -> str:
+    """A byte count for a message: MiB, with KiB below 1 MiB (a budget of 64K is not "0 MiB")."""
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def guided_model(model, cfg_scale):
