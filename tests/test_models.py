@@ -196,6 +196,11 @@ def test_load_sr3_config_with_comments(tmp_path):
                                             "diffusion": {"image_size": 128}},
                                   "datasets": {"val": {"l_resolution": 16, "r_resolution": 128}}})
     assert cfg2 == SR3_16_128
+    # the repository's other generator ("which_model_G": "ddpm") was refused for its keys, with a hint to pass the
+    # JSON that had been passed
+    ddpm = {"model": {"which_model_G": "ddpm", "unet": {}, "beta_schedule": {}}}
+    with pytest.raises(ValueError, match="model.which_model_G is 'ddpm'; yoda loads the 'sr3' network"):
+        load_sr3_config(ddpm)
     with pytest.raises(FileNotFoundError):
         load_sr3_config(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{ not json")

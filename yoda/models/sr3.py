@@ -221,6 +221,10 @@ def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Con
         sched = model["beta_schedule"]
     except (KeyError, TypeError) as e:
         raise ValueError(f"SR3 config {where} lacks model.unet / model.beta_schedule ({e})") from e
+    which = model.get("which_model_G", "sr3")
+    if which != "sr3":  # the SR3 repository's other generator (model/ddpm_modules): another network, other keys
+        raise ValueError(f"SR3 config {where}: model.which_model_G is {which!r}; yoda loads the 'sr3' network "
+                         f"(model/sr3_modules) only, not the repository's {which!r} one")
     image_size = (model.get("diffusion") or {}).get("image_size", 128)
     scale = None
     for ds in (opt.get("datasets") or {}).values():

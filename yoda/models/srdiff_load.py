@@ -20,6 +20,7 @@ from torch import nn
 
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, load_state_dict_checked, read_checkpoint,
                           refuse_yoda_file, strip_prefix)
+from ..schedule import Schedule
 from .card import ModelCard
 from .sr3_load import split_diffusion_buffers
 from .srdiff import SRDiff, SRDiffConfig, load_srdiff_config, srdiff_beta_schedule
@@ -84,7 +85,8 @@ def srdiff_config_from_state_dict(sd: Mapping[str, Any], bufs: Optional[Mapping[
 
 def load_srdiff(p: str, config: Any = None) -> nn.Module:
     """The SRDiff of the checkpoint file ``p`` (eval mode, CPU) with its ModelCard. config: an SRDiffConfig, a dict
-    or upstream's YAML path; None: read from the weights' shapes and betas buffer. A dict holds SRDiffConfig fields
+    or upstream's YAML path; None: read from the weights' shapes and betas buffer (betas that match neither of
+    upstream's schedules at its defaults are used as the buffer holds them). A dict holds SRDiffConfig fields
     and may hold upstream's other hparams keys (skipped); any other key is refused, so a misspelled field cannot
     silently leave its default. A YAML file skips every key that is not a field (upstream's files carry many)."""
     obj, meta = read_checkpoint(p)
@@ -116,7 +118,11 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
                             "(upstream GaussianDiffusion layout); check the config (yoda.load's config=, the CLI's "
                             "--model-config)")
     sched = srdiff_beta_schedule(cfg)
-    if betas_match(bufs, sched) is False:
+    if betas_match(bufs, sched) is False and config is None:
+        # neither named schedule (a beta_s or beta_end other than upstream's defaults): the architecture came from
+        # the weights, so the schedule comes from them too: the betas the checkpoint was trained and samples with
+        sched = Schedule.from_betas(bufs["betas"].double())
+    elif betas_match(bufs, sched) is False:
         warnings.warn(f"{p}: the checkpoint's betas buffer differs from the config's {cfg.beta_schedule} schedule "
                       f"(T={cfg.timesteps}); sampling uses the config's", stacklevel=3)
     model.card = ModelCard(schedule=sched, scale=cfg.sr_scale, prediction="eps", space="residual",
