@@ -556,6 +556,12 @@ def test_bad_choice_is_one_line(capsys):
     code, _, err = run(["upscale", "x.png", "-o", "y.png", "--sampler", "foo"], capsys)
     assert code == 2 and err.count("\n") == 1 and "usage" not in err
     assert err.startswith("yoda upscale: error: argument --sampler: invalid choice: 'foo'")
+    # --minutes 0 / -1 trained one step and nan the whole run; --T 0 was named as the library's T
+    for v in ("0", "-1", "nan"):
+        code, _, err = run(["train", "--config", "c.json", "--minutes", v], capsys)
+        assert code == 2 and f"argument --minutes: '{v}' must be a finite number > 0" in err, err
+    code, _, err = run(["attention", "x.png", "-o", "y.png", "--T", "0"], capsys)
+    assert code == 2 and "argument --T: '0' must be an integer >= 1" in err
 
 
 def test_model_with_inf_output_is_a_one_line_error(tmp_path, images, capsys):

@@ -538,3 +538,43 @@ def test_training_masks_are_the_sampling_masks(name):
     A = attention_for(get(name), lr, (128, 128))
     assert torch.equal(A, resolve_attention(name, lr, (128, 128)))
     assert float(A.amax()) == 1.0 and float(A.amin()) == 0.0
+
+
+def test_bad_settings_are_refused_before_step_1(tmp_path, img_folder):
+    """A validation setting that cannot sample failed only at the first validation (after val_every steps, with
+    nothing saved), naming "steps"; a crop the model cannot take failed at step 1 with the network's error; an
+    export name could overwrite the run's own config or checkpoint. All are refused by Trainer() now, naming the
+    config key, before any file is written."""
+    deep = {**TINY_MODEL, "channel_mults": [1, 2, 2, 2]}  # three downsamplings: sizes multiples of 8
+    for kw, message in ((dict(val_every=2, val_steps=200), r"config data.val_crop / val_steps: steps must be in "
+                                                           r"\[1, T=50\]"),
+                        (dict(val_every=2, val_steps=0), "config data.val_crop / val_steps: steps must be in"),
+                        (dict(model=deep, data={"source": img_folder, "crop": 12, "scale": 4,
+                                                "val_source": img_folder}),
+                         r"config data.crop: lr of size 3x3 gives an HR size 12x12 that this model cannot take"),
+                        (dict(model=deep, val_every=2, data={"source": img_folder, "crop": 16, "scale": 4,
+                                                             "val_source": img_folder, "val_crop": 12}),
+                         "config data.val_crop / val_steps: lr of size 3x3")):
+        out = tmp_path / "run"
+        with pytest.raises(ValueError, match=message):
+            Trainer(tiny_config(img_folder, **kw), str(out), device="cpu", progress=False)
+        assert not (out / "checkpoint.pt").exists() and not (out / "log.csv").exists()
+    for name in ("config.json", "checkpoint.pt", "log.csv", "", "sub/model.safetensors"):
+        with pytest.raises(ValueError, match=r"weights_name \(--weights-name\)"):
+            Trainer(tiny_config(img_folder), str(tmp_path / "w"), device="cpu", progress=False, weights_name=name)
+    with pytest.raises(ValueError, match="val_crops must be >= 0"):
+        tiny_config(img_folder, data={"source": img_folder, "val_crops": -1, "crop": 16, "scale": 4})
+    with pytest.raises(ValueError, match="grad_clip must be a finite float >= 0"):
+        tiny_config(img_folder, grad_clip=float("nan"))
+
+
+def test_validation_runs_every_val_every_steps_whatever_log_every(tmp_path, img_folder):
+    """Validation sat inside the logging branch: val_every 3 with log_every 2 validated at steps 6 and 8, not 3
+    and 6 (and with log_every 0 only at the end)."""
+    for log_every, want in ((2, [3, 6, 8]), (0, [3, 6, 8])):
+        tr = Trainer(tiny_config(img_folder, steps=8, val_every=3, log_every=log_every, ckpt_every=0),
+                     str(tmp_path / f"v{log_every}"), device="cpu", progress=False)
+        tr.run()
+        assert [r["step"] for r in tr.rows if r["val_psnr_plain"] != ""] == want
+        logged = [2, 3, 4, 6, 8] if log_every == 2 else [3, 6, 8]
+        assert [r["step"] for r in tr.rows] == logged

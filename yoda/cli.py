@@ -41,9 +41,9 @@ from .cli_parser import build_parser
 from ._io import made_dirs, remove_empty
 from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, read_input,
                          save_figure, save_output, upscale_tensor)
-from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, dist_env, expand_inputs, folder_images,
-                          guided_model, mebibytes, output_folder, output_targets, padded_lr_side, plan_windows, run_items,
-                          run_sharded, skip_existing, speed_options, tune_malloc)
+from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, dist_env, expand_inputs,
+                          folder_images, guided_model, mebibytes, output_folder, output_targets, padded_lr_side,
+                          plan_windows, run_items, run_sharded, skip_existing, speed_options, tune_malloc)
 from .errors import UserError
 from .errors import user_input as _user_input
 

@@ -115,6 +115,29 @@ def _tiles_arg(v: str) -> tuple:
     return (nums[0], nums[1] if len(nums) == 2 else nums[0] // 4)
 
 
+def _positive_float(v: str) -> float:
+    """A finite float > 0 (--minutes: 0, a negative number or nan trained one step or the whole run)."""
+    import math
+
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    if not (math.isfinite(f) and f > 0):
+        raise argparse.ArgumentTypeError(f"{v!r} must be a finite number > 0")
+    return f
+
+
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{v!r} must be an integer >= 1")
+    return n
+
+
 def _speed_args(p) -> None:
     """yoda.sample's speed options of the denoiser's network (yoda.sampling.speed)."""
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser's network")
@@ -167,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the figure (PNG, JPEG, WebP, TIFF, BMP)")
     p.add_argument("--attention", default="edge", help=ATTENTION_HELP)
     p.add_argument("--lower-bound", type=float, default=0.6, help="l of the mask schedule tau = t/T - l")
-    p.add_argument("--T", type=int, default=1000, help="training steps T of the mask schedule")
+    p.add_argument("--T", type=_positive_int, default=1000, help="training steps T of the mask schedule")
     _max_pixels_arg(p)
     _debug_arg(p)
 
@@ -231,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
     p.add_argument("--decay-from", type=int, default=None, metavar="STEP",
                    help="decay the learning rate linearly from STEP to 0 at the last step (overrides the config)")
-    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--minutes", type=_positive_float, default=None, help="stop (and save) after this much wall time")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (the default): cuda when torch sees a GPU, else cpu")
     p.add_argument("--weights-name", default="model.safetensors", help="file name of the exported weights")

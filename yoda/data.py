@@ -263,6 +263,8 @@ class DataConfig:
             v = getattr(self, name)
             if v < self.scale or v % self.scale:
                 raise ValueError(f"{name} ({v}) must be a positive multiple of scale ({self.scale})")
+        if self.val_crops < 0:
+            raise ValueError(f"val_crops must be >= 0 (0: no validation crops), got {self.val_crops}")
 
 
 class CropSampler:

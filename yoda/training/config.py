@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -135,8 +136,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):  # NaN passed "< 0" and blamed the loss
+            raise ValueError(f"grad_clip must be a finite float >= 0 (0: off), got {self.grad_clip}")
         if self.schedule.get("kind") not in ("linear", "cosine"):
             raise ValueError(f"schedule.kind must be 'linear' or 'cosine', got {self.schedule.get('kind')!r}")
         space = {"sr3": "pixel", "srdiff": "residual"}.get(self.model.get("kind"))

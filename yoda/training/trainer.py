@@ -40,6 +40,21 @@ from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensor
 CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")  # "lr": the learning rate
 
 
+RUN_FILES = ("checkpoint.pt", "log.csv", "config.json", "TRAINING.md")  # what a run writes besides its weights
+
+
+def check_weights_name(name: str) -> None:
+    """The file name of the exported weights (--weights-name), before any training: a plain name in the run's
+    folder, not one of the run's own files (the config written after it replaced the weights; the checkpoint
+    written over made the run impossible to resume)."""
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or os.sep in name:
+        raise ValueError(f"weights_name (--weights-name) must be a file name in the run's folder (no folder part), "
+                         f"got {name!r}")
+    if name in RUN_FILES:
+        raise ValueError(f"weights_name (--weights-name) {name!r} is one of the run's own files "
+                         f"({', '.join(RUN_FILES)}): choose another name, e.g. model.safetensors")
+
+
 def check_train_images(items) -> None:
     """DataError if any training image is held out for evaluation: a scikit-image held-out picture (yoda.data.HELD_OUT
     and its other names) saved as a file, e.g. DIR/train/astronaut.png -- a file named like one is compared with the
@@ -93,6 +108,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
                  resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None):
+        check_weights_name(weights_name)
         self.ranks = ranks or Ranks()
         local_batch(cfg.batch, self.ranks.world)  # the global batch must split evenly over the ranks
         check_group(self.ranks)
@@ -123,6 +139,7 @@ class Trainer:
             from .. import attention
 
             self.extractor = attention.get(cfg.attention)
+        self._check_sizes_and_sampling()
         self.rows: list[dict] = []
         self.ckpt_path = os.path.join(out, "checkpoint.pt")
         if resume and os.path.exists(self.ckpt_path):
@@ -131,6 +148,26 @@ class Trainer:
         if self.ranks.world > 1:
             self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
             torch.manual_seed(cfg.seed + 1 + self.ranks.rank)  # dropout: each rank its own masks
+
+    def _check_sizes_and_sampling(self) -> None:
+        """Before step 1: the training crop is a size the model takes, and validation (its crop, val_steps) can
+        sample, so that a bad setting is an error naming its config key, not a failure at step 1 or after the
+        first val_every steps of training (which then saved nothing)."""
+        from ..sampling.spec import make_spec
+
+        cfg, adapter = self.cfg, self.sampling_model(self.ema)
+        checks = [("data.crop", cfg.data.crop, None)]
+        if self.val_hr is not None:
+            checks.append(("data.val_crop / val_steps", cfg.data.val_crop, cfg.val_steps))
+        for key, crop, steps in checks:
+            lr = torch.zeros(1, 3, crop // cfg.data.scale, crop // cfg.data.scale, device=self.device)
+            try:
+                adapter.check_lr(lr)
+                if steps is not None:
+                    make_spec(adapter, lr, steps=steps, sampler="ddim", lower_bound=cfg.loss.lower_bound,
+                              seed=cfg.seed, progress=False)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"config {key}: {e}") from None
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -274,11 +311,11 @@ class Trainer:
                 last = self.step == total
                 timed_out = self._any_rank(bool(interrupted) or
                                            (max_seconds is not None and time.perf_counter() - t0 > max_seconds))
-                if (cfg.log_every and self.step % cfg.log_every == 0) or last or timed_out:
+                val_now = self.val_hr is not None and (self.step % cfg.val_every == 0 or last or timed_out)
+                if (cfg.log_every and self.step % cfg.log_every == 0) or last or timed_out or val_now:
                     row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
                            "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
-                    if (self.val_hr is not None and self.ranks.main
-                            and (self.step % cfg.val_every == 0 or last or timed_out)):
+                    if val_now and self.ranks.main:
                         row.update(self.validate())  # the EMA is the same on every rank: rank 0 validates
                     self.rows.append(row)
                     self.write_log()
