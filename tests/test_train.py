@@ -1,6 +1,7 @@
 """Training loss (DESIGN.md §7) and the trainer: switches, plain-loss equality, masked averaging, resume."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -256,6 +257,16 @@ def test_resume_refuses_other_config(tmp_path, img_folder):
     Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
     with pytest.raises(ValueError, match="different config.*lr"):
         Trainer(cfg.replace(lr=5e-4), str(tmp_path / "run"), device="cpu", progress=False)
+    # a difference inside a section names its field (was "differs in: loss")
+    with pytest.raises(ValueError, match=r"differs in: loss.lower_bound\)"):
+        Trainer(cfg.replace(loss=dataclasses.replace(cfg.loss, lower_bound=0.5)), str(tmp_path / "run"),
+                device="cpu", progress=False)
+    # the same folder written another way, and how often it logs / validates / checkpoints, may change (were refused)
+    rel = os.path.relpath(img_folder)
+    again = cfg.replace(data=dataclasses.replace(cfg.data, source="./" + rel, val_source=img_folder + "/"),
+                        log_every=5, val_every=3, val_steps=2, ckpt_every=7)
+    tr = Trainer(again, str(tmp_path / "run"), device="cpu", progress=False)
+    assert tr.step == 1
 
 
 def test_learning_rate_warmup_then_linear_decay(tmp_path, img_folder):
@@ -566,6 +577,8 @@ def test_bad_settings_are_refused_before_step_1(tmp_path, img_folder):
         tiny_config(img_folder, data={"source": img_folder, "val_crops": -1, "crop": 16, "scale": 4})
     with pytest.raises(ValueError, match="grad_clip must be a finite float >= 0"):
         tiny_config(img_folder, grad_clip=float("nan"))
+    with pytest.raises(ValueError, match="model.in_channel and model.out_channel must be 6 and 3 for SR3"):
+        tiny_config(img_folder, model={**TINY_MODEL, "in_channel": 3})  # failed at step 1: "x must be (B, 3, ..."
 
 
 def test_validation_runs_every_val_every_steps_whatever_log_every(tmp_path, img_folder):

@@ -140,6 +140,11 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be a finite float >= 0 (0: off), got {self.grad_clip}")
         if self.schedule.get("kind") not in ("linear", "cosine"):
             raise ValueError(f"schedule.kind must be 'linear' or 'cosine', got {self.schedule.get('kind')!r}")
+        if self.model.get("kind") == "sr3":  # the network sees [x_t, up(lr)] and predicts an RGB image
+            io = (self.model.get("in_channel", 6), self.model.get("out_channel", 3))
+            if io != (6, 3):
+                raise ValueError(f"model.in_channel and model.out_channel must be 6 and 3 for SR3 (the noisy image "
+                                 f"and up(lr) in, 3 channels out), got {io[0]} and {io[1]}")
         space = {"sr3": "pixel", "srdiff": "residual"}.get(self.model.get("kind"))
         if space is not None and space != self.loss.space:
             raise ValueError(f"model.kind {self.model['kind']!r} is trained in the {space} space, but loss.space "

@@ -55,6 +55,29 @@ def check_weights_name(name: str) -> None:
                          f"({', '.join(RUN_FILES)}): choose another name, e.g. model.safetensors")
 
 
+# May change when a run is resumed: where it ends and its learning rate decays, and how often it logs,
+# validates and checkpoints (none of them changes a training step).
+RESUME_FREE = ("steps", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every")
+
+
+def _resume_view(d: dict) -> dict:
+    """A config dict as resume compares it: flat "section.key" entries (so a difference names its field), without
+    RESUME_FREE, with image folders as absolute real paths (data/small and ./data/small are one folder)."""
+    flat = {}
+    for k, v in d.items():
+        if k in RESUME_FREE:
+            continue
+        if isinstance(v, dict) and k in ("data", "loss"):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            flat[k] = v
+    for k in ("data.source", "data.val_source"):
+        v = flat.get(k)
+        if isinstance(v, str) and os.path.isdir(v):
+            flat[k] = os.path.realpath(v)
+    return flat
+
+
 def check_train_images(items) -> None:
     """DataError if any training image is held out for evaluation: a scikit-image held-out picture (yoda.data.HELD_OUT
     and its other names) saved as a file, e.g. DIR/train/astronaut.png -- a file named like one is compared with the
@@ -196,13 +219,11 @@ class Trainer:
             st = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain data only
         except Exception as e:  # corrupt / truncated file
             raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-        # the end of the run and of its learning-rate decay may move when a run is resumed
-        free = ("steps", "decay_from")
-        mine = {k: v for k, v in self.cfg.to_dict().items() if k not in free}
-        theirs = {k: v for k, v in st["config"].items() if k not in free}
+        mine, theirs = _resume_view(self.cfg.to_dict()), _resume_view(st["config"])
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise ValueError(f"checkpoint {path} was written with a different config (differs in: {', '.join(diff)})")
+            raise ValueError(f"checkpoint {path} was written with a different config (differs in: {', '.join(diff)}); "
+                             f"resume with the run's own config.json, or train into another --out")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["opt"])
