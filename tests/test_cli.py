@@ -243,23 +243,34 @@ def test_upscale_scale_defaults_to_the_models(tmp_path, images, capsys):
     assert code == 2 and "--scale 4 does not match the model, which upscales x2" in err
 
 
-def test_attention_command(tmp_path, images, capsys):
+def test_attention_command(tmp_path, images, capsys, monkeypatch):
+    """The map is the one yoda.sample uses (at the HR size of --scale, resized and renormalised; it was the LR
+    map, up to 0.03 off in the ratio), and the figure's title says the ratio printed (it said "this run's
+    steps" for the every-step ratio)."""
+    from PIL import ImageDraw
+
+    from yoda.attention import get
+    from yoda.images import load_image
+    from yoda.masks import pixel_update_ratio, refine_fraction
+    from yoda.sampling.prepare import resolve_attention
+
     rgb, _ = images
     out = tmp_path / "att.png"
+    drawn, orig = [], ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: drawn.append(t) or
+                        orig(self, xy, t, *a, **k))
     code, stdout, err = run(["attention", rgb, "-o", str(out), "--lower-bound", "0.5"], capsys)
     assert code == 0, err
     assert Image.open(out).size[0] > 0
     ratio = float(stdout.split("):")[1].split()[0])
-    from yoda.attention import get
-    from yoda.images import load_image
-    from yoda.masks import pixel_update_ratio
-
-    want = float(pixel_update_ratio(get("edge")(load_image(rgb)), 0.5).mean())
+    lr = load_image(rgb)
+    A = resolve_attention(get("edge"), lr, (lr.shape[-2] * 4, lr.shape[-1] * 4))
+    want = float(pixel_update_ratio(A, 0.5).mean())
     assert abs(ratio - want) < 1e-3  # the exact ratio over T = 1000 steps is within 1/T of mean(min(1, A + l))
+    assert any("every step of T=1000" in t and f"{ratio:.3f}" in t for t in drawn)
+    assert not any("this run" in t for t in drawn)
     code, stdout, err = run(["attention", rgb, "-o", str(out), "--lower-bound", "0.5", "--T", "3"], capsys)
-    from yoda.masks import refine_fraction
-
-    want3 = float(refine_fraction(get("edge")(load_image(rgb)), range(3), 3, 0.5)[0])
+    want3 = float(refine_fraction(A, range(3), 3, 0.5)[0])
     assert code == 0 and float(stdout.split("):")[1].split()[0]) == pytest.approx(want3, abs=5e-4), err
     # lower bound >= 1: plain sampling, every pixel refined at every step
     code, stdout, err = run(["attention", rgb, "-o", str(out), "--lower-bound", "1.2"], capsys)

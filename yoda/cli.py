@@ -166,13 +166,15 @@ def cmd_attention(a) -> int:
     from .images import from_uint8
     from .masks import every_step_ratio
 
+    from .sampling.prepare import resolve_attention
+
     check_output_option(a.output)
     arr, _ = read_input(a.image, a.max_pixels)
     lr = from_uint8(arr)
-    A = attention_extractor(a.attention)(lr)
-    with _user_input():  # --lower-bound, --T
+    with _user_input():  # --lower-bound, --T; the map yoda.sample uses at the HR size (resized, renormalised)
+        A = resolve_attention(attention_extractor(a.attention), lr, (lr.shape[-2] * a.scale, lr.shape[-1] * a.scale))
         ratio = float(every_step_ratio(A, a.T, a.lower_bound)[0])
-        fig = attention_figure(lr, A, a.lower_bound, a.T, ratio=ratio)  # the title says the ratio printed below
+        fig = attention_figure(lr, A, a.lower_bound, a.T)  # its title: the same every-step ratio, printed below
     save_figure(fig, a.output)
     print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, every step of T={a.T}): {ratio:.3f}  "
           f"-> {a.output}")
