@@ -582,3 +582,8 @@ def test_srdiff_other_schedules_are_the_checkpoints_betas(tmp_path, kw):
     assert got.card.schedule.T == 12
     torch.testing.assert_close(got.card.schedule.alphas_cumprod, m.schedule.alphas_cumprod, rtol=0, atol=1e-7)
     assert not torch.allclose(got.card.schedule.betas, srdiff_beta_schedule(got.config).betas)  # not the guess
+    sd["betas"] = sd["betas"].clone()
+    sd["betas"][3] = 0.0  # a corrupt buffer: an error naming the file, not Schedule's own
+    torch.save({"global_step": 10, "state_dict": {"model": sd}}, p)
+    with pytest.raises(CheckpointError, match="model_ckpt_steps_10.ckpt: its betas buffer is not a schedule"):
+        yoda.load("srdiff", p)

@@ -881,6 +881,9 @@ def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
     assert os.listdir(tmp_path / "out") == ["a_x4.png"]
     code, _, err = run(["eval", "--images", str(folder / "a.png"), "--model", tiny_model], capsys)
     assert code == 2 and f"image folder {folder / 'a.png'} is a file, not a folder" in err
+    (folder / "a.png").unlink()  # only a subfolder and a GIF left: the error names them
+    code, _, err = run(["upscale", str(folder), "-o", str(tmp_path / "out2") + "/", "--model", tiny_model], capsys)
+    assert code == 2 and "; it holds anim.gif, nested/, and a folder's subfolders are not read" in err, err
 
 
 def test_small_budget_windows_overlap_and_say_kib():
@@ -893,3 +896,15 @@ def test_small_budget_windows_overlap_and_say_kib():
     assert plan_windows(64, 64, 1, 8, 8 * 8 * HR_BYTES_PER_PIXEL)[0] == (8, 0)  # one unit: no room to overlap
     assert plan_windows(512, 512, 1, 8, 128 * 128 * HR_BYTES_PER_PIXEL)[0] == (128, 32)  # a quarter, as before
     assert (mebibytes(64 * 1024), mebibytes(3 * 2**20)) == ("64 KiB", "3 MiB")
+
+
+def test_library_warnings_are_one_line(tmp_path, tiny_model, capsys):
+    """A warning of the library (here: an ICC profile LittleCMS cannot read) printed Python's two-line warning
+    with a file and line of yoda's code; the CLI prints it as one "yoda: warning:" line."""
+    p = tmp_path / "broken_icc.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(p, icc_profile=b"not a profile" * 20)
+    code, _, err = run(["upscale", str(p), "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--steps", "1",
+                        "-q"], capsys)
+    assert code == 0, err
+    assert err.splitlines() == [f"yoda: warning: {p}: its ICC colour profile cannot be read (cannot open profile "
+                                "from string); the pixels are taken as sRGB"]

@@ -429,20 +429,24 @@ def test_fig5_legend_states_the_degree_fitted(monkeypatch):
     assert any("lines: degree-2 numpy.polyfit through the points" in s for _, s in texts)
 
 
-def test_a_long_title_is_broken_into_two_lines(monkeypatch):
-    """Fig. 5's title ran off both edges of the canvas once it named the images with flat maps."""
+def test_a_long_title_is_set_smaller_to_fit(monkeypatch):
+    """Fig. 5's title ran off both edges of the canvas once it named the images with flat maps: a title wider than
+    the canvas is drawn in the largest smaller font that fits, on one line (the layout below it stays free)."""
     from PIL import Image, ImageDraw
 
     from yoda.drawing import font, text_wh, title
 
     canvas = Image.new("RGB", (300, 60), "white")
-    d, f = ImageDraw.Draw(canvas), font(12)
-    s = "Fig. 5  regional error (2 of 3 images, 10 bins of A (edge), pixels pooled; DDIM 2 steps; YODA l = 0.6)"
-    texts = _drawn_text(monkeypatch)
-    title(canvas, d, s, f)
-    lines = [t for _, t in texts]
-    assert len(lines) == 2 and " ".join(lines) == s and all(text_wh(d, t, f)[0] <= 300 - 16 for t in lines)
-    assert texts[1][0][1] > texts[0][0][1]  # one below the other
-    texts.clear()
-    title(canvas, d, "short", f)
-    assert [t for _, t in texts] == ["short"]
+    d = ImageDraw.Draw(canvas)
+    s = "Fig. 5  regional error (2 of 3 images, 10 bins of A (edge); DDIM 2 steps)"
+    calls = []
+    orig = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, font=None, **k: calls.append((xy, t, font))
+                        or orig(self, xy, t, *a, font=font, **k))
+    title(canvas, d, s, font(14))
+    ((x, y), t, f), = calls
+    assert t == s and y == 6 and f.size < 14 and 0 <= x and text_wh(d, s, f)[0] <= 300 - 16
+    assert text_wh(d, s, font(f.size + 1))[0] > 300 - 16  # the largest size that fits
+    calls.clear()
+    title(canvas, d, "short", font(14))
+    assert calls[0][1] == "short" and calls[0][2].size == 14

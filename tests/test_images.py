@@ -435,7 +435,7 @@ def _swapped_profile() -> bytes:
     return bytes(b)
 
 
-@pytest.mark.parametrize("mode, suffix", [("RGB", ".png"), ("RGB", ".jpg"), ("RGBA", ".png")])
+@pytest.mark.parametrize("mode, suffix", [("RGB", ".png"), ("RGB", ".jpg"), ("RGBA", ".png"), ("P", ".png")])
 def test_icc_profile_is_converted_to_srgb(tmp_path, mode, suffix):
     """A photo with an embedded ICC profile (Display P3, Adobe RGB) was read as if it were sRGB: shifted colours,
     silently. It is converted to sRGB (a profile whose R and B are sRGB's B and R swaps the channels); an sRGB
@@ -447,20 +447,23 @@ def test_icc_profile_is_converted_to_srgb(tmp_path, mode, suffix):
     if mode == "RGBA":
         a[..., 3] = 255
         a[0, 0, 3] = 0  # one transparent pixel: composited on white after the conversion
+    def image():  # a palette image: the colours of a quantised RGB one
+        return Image.fromarray(a, "RGB").quantize(16) if mode == "P" else Image.fromarray(a, mode)
+
     plain = tmp_path / f"plain{suffix}"
     kw = {"quality": 100} if suffix == ".jpg" else {}
-    Image.fromarray(a, mode).save(plain, **kw)
+    image().save(plain, **kw)
     want = images.read_image(plain)
     for profile, expect in ((_swapped_profile(), want[..., ::-1]),
                             (ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(), want)):
         p = tmp_path / f"icc{suffix}"
-        Image.fromarray(a, mode).save(p, icc_profile=profile, **kw)
+        image().save(p, icc_profile=profile, **kw)
         got = images.read_image(p)
         if mode == "RGBA":
             assert (got[0, 0] == 255).all()
             got, expect = got.reshape(-1, 3)[1:], expect.reshape(-1, 3)[1:]
         assert np.abs(got.astype(int) - expect.astype(int)).max() <= 1
     p = tmp_path / f"broken{suffix}"
-    Image.fromarray(a, mode).save(p, icc_profile=b"not a profile" * 20, **kw)
+    image().save(p, icc_profile=b"not a profile" * 20, **kw)
     with pytest.warns(UserWarning, match="ICC colour profile cannot be read"):
         assert np.array_equal(images.read_image(p), want)

@@ -16,7 +16,7 @@ W, H = 900, 360
 # the panels of the default size with one legend row: (x0, y0, x1, y1); the data stay M px inside the frame
 LEFT, RIGHT, M = (50, 30, 435, 300), (500, 30, 885, 300), 6
 NOTE = "PSNR: solid = plain sampling, dashed = YODA"
-TICKS_04_05 = ["0.4", "0.42", "0.44", "0.46", "0.48", "0.5"]  # the y ticks of data from 0.4 to 0.5
+TICKS_04_05 = ["0.40", "0.42", "0.44", "0.46", "0.48", "0.50"]  # the y ticks of data from 0.4 to 0.5
 
 
 def log(tmp_path, name, rows):
@@ -110,7 +110,7 @@ def test_single_validation_point_has_no_invented_step(tmp_path, monkeypatch):
     blue = colour_mask(img, COLOURS[0])
     cx = (x0 + x1) // 2
     assert blue[y1 - M, cx] and blue[y0 + M, cx]  # 20 at the bottom, 21 at the top, both inside the frame
-    assert strings(texts, (x0 - 50, y0, x0, y1)) == ["20", "20.2", "20.4", "20.6", "20.8", "21"]
+    assert strings(texts, (x0 - 50, y0, x0, y1)) == ["20.0", "20.2", "20.4", "20.6", "20.8", "21.0"]
 
 
 def test_extreme_points_stay_inside_the_frame(tmp_path):
@@ -237,7 +237,7 @@ def test_round_ticks_with_grid_lines_at_their_values(tmp_path, monkeypatch):
     rows = [f"{s},{1 - s / 1000:.3f},0.0002,1.0,," for s in range(0, 1001, 50)]  # loss 1 -> 0 over 1000 steps
     img, texts = plot(tmp_path, [log(tmp_path, "lin.csv", rows)], monkeypatch=monkeypatch)
     x0, y0, x1, y1 = LEFT
-    assert strings(texts, (0, y0, x0, y1)) == ["0", "0.2", "0.4", "0.6", "0.8", "1"]
+    assert strings(texts, (0, y0, x0, y1)) == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
     assert strings(texts, (x0, y1, x1, y1 + 16)) == ["0", "200", "400", "600", "800", "1000"]
     grid = colour_mask(img, GRID)
     tick_ys = [y1 - M - v * (y1 - y0 - 2 * M) for v in (0, 0.2, 0.4, 0.6, 0.8, 1)]
@@ -245,5 +245,10 @@ def test_round_ticks_with_grid_lines_at_their_values(tmp_path, monkeypatch):
         assert grid[round(y) - 1:round(y) + 2, x0 + 2:x0 + 40].any(axis=0).all(), y
     rows_with_grid = np.nonzero(grid[:, x0 + 2])[0]
     assert len(rows_with_grid) and all(min(abs(r - y) for y in tick_ys) <= 1 for r in rows_with_grid)
-    assert plots.axis_ticks(0, 12, integers=True) == [0, 5, 10]  # 2.5 apart: the half steps are left out
-    assert plots.axis_ticks(3, 3) == [3]
+    assert plots.axis_ticks(0, 12, integers=True) == [(0, "0"), (5, "5"), (10, "10")]  # 2.5 apart: no half steps
+    assert plots.axis_ticks(3, 3) == [(3, "3")]
+    # labels carry the decimals of the spacing: 4 significant digits gave 30.12, 30.12, 30.13, 30.13 here and
+    # five times "100000" for steps 100000..100040
+    assert [s for _, s in plots.axis_ticks(30.121, 30.129)] == ["30.122", "30.124", "30.126", "30.128"]
+    assert [s for _, s in plots.axis_ticks(100000, 100040, integers=True)] == ["100000", "100010", "100020",
+                                                                               "100030", "100040"]

@@ -832,6 +832,8 @@ def test_numpy_and_0d_tensor_scalars_are_numbers():
     for kw, match in ((dict(steps=True), "steps must be an int or None, got bool"),
                       (dict(steps=3.0), "steps must be an int or None, got float"),
                       (dict(steps=torch.tensor(3.0)), "steps must be an int or None, got tensor"),
+                      (dict(steps=torch.tensor(True)), "steps must be an int or None, got tensor"),
+                      (dict(steps=torch.tensor([3])), "steps must be an int or None, got tensor"),
                       (dict(eta=True), "eta must be a float, got bool"),
                       (dict(eta=torch.tensor([0.5])), "eta must be a float, got Tensor")):
         with pytest.raises(TypeError, match=match):

@@ -32,6 +32,7 @@ import re
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -465,6 +466,11 @@ def _pillow_limit(max_pixels: Optional[int]):
         Image.MAX_IMAGE_PIXELS = old
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning of the library (an ICC profile it cannot read, a model in training mode, ...) as one line."""
+    print(f"yoda: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -480,7 +486,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"--steps must be >= 1, got {a.steps}")
         if getattr(a, "max_pixels", None) is not None and a.max_pixels < 0:
             raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {a.max_pixels}")
-        with _pillow_limit(getattr(a, "max_pixels", None)):
+        with _pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
         print("yoda: interrupted", file=sys.stderr)

@@ -31,7 +31,7 @@ from .images import OUTPUT_SUFFIXES, DataError, quantize_u8, read_image, to_rgb_
 
 __all__ = [
     "BUILTIN_TRAIN", "HELD_OUT", "HELD_OUT_ALIASES", "IMAGE_EXTENSIONS", "CropSampler", "DataConfig", "DataError",
-    "ImageStream", "builtin_image", "crop_for_model", "crop_to_multiple", "cropped", "export_builtin",
+    "ImageStream", "builtin_image", "crop_for_model", "crop_to_multiple", "crops_to_sample", "export_builtin",
     "fixed_crops", "left_out_note", "list_folder", "load_folder", "load_source", "make_lr", "model_crop", "read_image",
     "to_rgb_u8",
 ]
@@ -130,10 +130,21 @@ def crop_for_model(images: Sequence[tuple[str, np.ndarray]], adapter: Any, max_s
     return [(name, crop(name, a)) for name, a in images]
 
 
-def cropped(images: Iterable[tuple[str, np.ndarray]], crop: Callable, on_error: Optional[Callable] = None
-            ) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, crop(name, image)) of each image as it comes (model_crop); an image that crop refuses is given to
-    ``on_error(name, error)`` and skipped, or (without on_error) its DataError is raised."""
+def crops_to_sample(images: Iterable[tuple[str, np.ndarray]], adapter: Any, max_size: Optional[int] = None,
+                    on_error: Optional[Callable[[str, BaseException], None]] = None
+                    ) -> tuple[Iterable[tuple[str, np.ndarray]], Optional[int]]:
+    """The images yoda.evaluate / yoda.figures sample, cropped for ``adapter`` (model_crop), and how many there
+    are (None if unknown). Without on_error a list is cropped at once, so that an image too small for the model
+    fails before any sampling; otherwise (and for any other iterable, such as ImageStream) each is cropped as it
+    comes, and one that fails is given to ``on_error(name, error)`` and skipped."""
+    n = len(images) if hasattr(images, "__len__") else None
+    if on_error is None and isinstance(images, Sequence):
+        return crop_for_model(images, adapter, max_size), n
+    return _cropped(images, model_crop(adapter, max_size), on_error), n
+
+
+def _cropped(images: Iterable[tuple[str, np.ndarray]], crop: Callable, on_error: Optional[Callable]
+             ) -> Iterator[tuple[str, np.ndarray]]:
     for name, a in images:
         try:
             c = crop(name, a)
@@ -200,7 +211,8 @@ def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
         ok = f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(full)
         (paths if ok else others).append(full if ok else f + ("/" if os.path.isdir(full) else ""))
     if not paths:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
+        held = f"; it holds {_names(others)}, and a folder's subfolders are not read" if others else ""
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}{held}")
     if left_out is not None:
         left_out.extend(others)
     return paths
@@ -210,9 +222,12 @@ def left_out_note(folder: str, names: Sequence[str]) -> str:
     """One line naming what list_folder left out of ``folder`` ("" if nothing)."""
     if not names:
         return ""
-    shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
-    return (f"{folder}: left out {shown} (a folder stands for its own files with the suffixes "
+    return (f"{folder}: left out {_names(names)} (a folder stands for its own files with the suffixes "
             f"{', '.join(IMAGE_EXTENSIONS)}, not its subfolders)")
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
 
 
 def load_folder(folder: str, max_pixels: Optional[int] = None) -> list[tuple[str, np.ndarray]]:

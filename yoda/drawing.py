@@ -226,19 +226,12 @@ def legend(draw, x: float, y: float, entries, font, max_x: Optional[float] = Non
     return cy + 18
 
 
-def title(canvas, draw, s: str, font, y: int = 6) -> None:
-    """``s`` centred at the top; a title wider than the canvas is broken after its last "; " or ", " that fits
-    (or before its last " (" that does), and the rest goes on a second line."""
-    lines = [s]
-    while text_wh(draw, lines[-1], font)[0] > canvas.width - 16:
-        rest = lines.pop()
-        cuts = [i + 2 for i in range(len(rest)) if rest.startswith(("; ", ", "), i)] + \
-               [i + 1 for i in range(len(rest)) if rest.startswith(" (", i)]
-        fit = [i for i in cuts if text_wh(draw, rest[:i].rstrip(), font)[0] <= canvas.width - 16]
-        if not fit or len(lines) == 2:
-            lines.append(rest)
-            break
-        lines += [rest[:max(fit)].rstrip(), rest[max(fit):]]
-    for k, line in enumerate(lines):
-        w, h = text_wh(draw, line, font)
-        draw.text(((canvas.width - w) / 2, y + k * (h + 4)), line, fill=BLACK, font=font)
+def title(canvas, draw, s: str, face, y: int = 6) -> None:
+    """``s`` centred at the top, in the font ``face`` or, when it is wider than the canvas, the largest smaller
+    size of the default font (down to 8 px) that fits: one line, so that the figure's layout below it holds."""
+    size = getattr(face, "size", None)
+    while size is not None and size > 8 and text_wh(draw, s, face)[0] > canvas.width - 16:
+        size -= 1
+        face = font(size)
+    w, _ = text_wh(draw, s, face)
+    draw.text(((canvas.width - w) / 2, y), s, fill=BLACK, font=face)

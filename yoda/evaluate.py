@@ -191,10 +191,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
 
     adapter = as_adapter(model)
     scale = adapter.scale
-    crop = _data.model_crop(adapter, settings.max_size)
-    n_images = len(images) if hasattr(images, "__len__") else None
-    if on_error is None and isinstance(images, Sequence):
-        images = [(name, crop(name, a)) for name, a in images]  # a bad image fails before any sampling
+    images, n_images = _data.crops_to_sample(images, adapter, settings.max_size, on_error)
     extractors = {name: get(name) for name in settings.attentions}
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
@@ -208,7 +205,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     bar = tqdm(total=None if n_images is None else n_images * (len(variants) - 1), disable=not settings.progress,
                desc="yoda eval", unit="run")
     try:
-        for name, hr_u8 in _data.cropped(images, crop, on_error):
+        for name, hr_u8 in images:
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
             for method, attn, lb in variants:

@@ -191,6 +191,8 @@ def _upright(im: Image.Image) -> Image.Image:
 def _to_srgb(im: Image.Image, p: Path) -> Image.Image:
     """``im`` converted from its embedded ICC profile to sRGB (module docstring); unchanged without one."""
     icc = im.info.get("icc_profile")
+    if icc and im.mode in ("P", "PA"):  # a palette of colours in the profile's space
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
     if not icc or im.mode not in ("RGB", "RGBA", "CMYK"):
         return im
     from PIL import ImageCms
@@ -244,7 +246,8 @@ def _is_tiff(p: Path) -> bool:
 def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
     """Read an image file (any format Pillow reads) as uint8 (H, W, 3), see to_rgb_u8: grey repeated,
     alpha (RGBA, LA, transparent palette) composited on white, 16-bit and float samples mapped by the range of
-    their type (module docstring), turned upright by its EXIF orientation.
+    their type (module docstring), turned upright by its EXIF orientation, converted to sRGB from an embedded ICC
+    profile.
 
     max_pixels: refuse images with more pixels (None: MAX_PIXELS; 0: no limit). The size is read from the
     header, so a decompression bomb is refused before anything is decoded.

@@ -91,13 +91,20 @@ def _extent(values) -> tuple[float, float] | None:
     return lo - pad, hi + pad
 
 
-def axis_ticks(lo: float, hi: float, integers: bool = False) -> list[float]:
-    """Tick values of an axis whose data span [lo, hi]: round values inside it (drawing.nice_ticks, about 5),
-    only whole numbers when ``integers`` (steps); the value itself when lo == hi."""
+def axis_ticks(lo: float, hi: float, integers: bool = False) -> list[tuple[float, str]]:
+    """Tick values of an axis whose data span [lo, hi], as (value, label): round values inside it
+    (drawing.nice_ticks, about 5), only whole numbers when ``integers`` (steps); the value itself when lo == hi.
+    The labels have the decimals of the ticks' spacing (30.121..30.129 is 30.122, 30.124, ..., not 30.12 twice)."""
     if hi <= lo:
-        return [lo]
+        return [(lo, fmt(lo))]
     ticks = nice_ticks(lo, hi)
-    return [t for t in ticks if t == int(t)] if integers else ticks
+    if integers:
+        ticks = [t for t in ticks if t == int(t)]
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    d = 0
+    while d < 12 and abs(step * 10**d - round(step * 10**d)) > 1e-6 * max(1.0, step * 10**d):
+        d += 1
+    return [(t, f"{t:.{d}f}") for t in ticks]
 
 
 def _legend_layout(widths, note_w: float, x: float, max_x: float, gap: float = 24) -> tuple[list, tuple, int]:
@@ -162,13 +169,13 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
         fy = lambda v: y1 - m - (v - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
         # round tick values with grid lines, under the curves
         ys, xs = [p[1] for p in pts], [p[0] for p in pts]
-        for v in axis_ticks(min(ys), max(ys)):
-            s, (w, h) = fmt(v), text_wh(dr, fmt(v), f)
+        for v, s in axis_ticks(min(ys), max(ys)):
+            w, h = text_wh(dr, s, f)
             dr.line([(x0 + 1, fy(v)), (x1 - 1, fy(v))], fill=GRID)
             dr.line([(x0 - 4, fy(v)), (x0, fy(v))], fill=(0, 0, 0))
             dr.text((x0 - 6 - w, fy(v) - h / 2 - 2), s, fill=(0, 0, 0), font=f)
-        for v in axis_ticks(min(xs), max(xs), integers=True):
-            s, (w, _) = fmt(v), text_wh(dr, fmt(v), f)
+        for v, s in axis_ticks(min(xs), max(xs), integers=True):
+            w, _ = text_wh(dr, s, f)
             dr.line([(fx(v), y1), (fx(v), y1 + 4)], fill=(0, 0, 0))
             dr.text((min(max(fx(v) - w / 2, x0), x1 - w), y1 + 5), s, fill=(0, 0, 0), font=f)
         for li, k, runs, _ in series:

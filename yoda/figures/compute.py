@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -120,10 +120,7 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     extractors = {name: get(name) for name in s.attentions}
     adapter = as_adapter(model)
     scale = adapter.scale
-    crop = _data.model_crop(adapter, s.max_size)
-    if on_error is None and isinstance(images, Sequence):
-        images = [(name, crop(name, a)) for name, a in images]  # a bad image fails before any sampling
-    n_images = len(images) if hasattr(images, "__len__") else None
+    images, n_images = _data.crops_to_sample(images, adapter, s.max_size, on_error)
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
     if s.lpips is not None:
@@ -137,7 +134,7 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     bar = tqdm(total=None if n_images is None else 2 * n_images, disable=not s.progress, desc="yoda figures",
                unit="run")
     try:
-        for name, hr_u8 in _data.cropped(images, crop, on_error):
+        for name, hr_u8 in images:
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
             size = tuple(hr.shape[-2:])

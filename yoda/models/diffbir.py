@@ -111,8 +111,9 @@ class DiffBIRAdapter(Adapter):
         (DiffBIR's DDIMSampler) or two calls of batch B (its SpacedSampler; half the activation memory).
     strength: the ControlNet strength (cldm.control_scales = [strength] * n during each call); None: as set.
     pad_multiple, latent_multiple: the image and its latent are zero-padded to these multiples (DiffBIR: 64 and
-        8; pad_multiple None is DiffBIR's rule: 64, or latent_factor when the encoder is tiled); the state is the
-        padded latent, the SR image is cropped back.
+        8; pad_multiple None is DiffBIR's rule for its VAE encoder: 64, or latent_factor when the encoder is
+        tiled; DiffBIR also pads to 8 when its denoiser is tiled, which yoda's windows= cannot tell the adapter:
+        pass pad_multiple=8 to match that); the state is the padded latent, the SR image is cropped back.
     latent_factor: the VAE's downsampling (8); c's size must be the padded image's over it.
     encoder_tile, decoder_tile: tiled VAE encoding / decoding with tiles of this many pixels (DiffBIR's
         --vae_encoder_tile_size / --vae_decoder_tile_size); None: whole image. As DiffBIR's pipeline, an image

@@ -14,7 +14,8 @@ Schedule: upstream ``cosine_beta_schedule(timesteps, s=beta_s)`` with T = 100, s
 
 State-dict keys are upstream's: this module's ``denoise_fn.*`` (Unet) and ``rrdb.*`` (RRDBNet) match
 ``GaussianDiffusion.state_dict()`` inside ``model_ckpt_steps_*.ckpt['state_dict']['model']`` (the 12 schedule
-buffers there are checked and dropped by :func:`yoda.load`).
+buffers there are checked against the config and dropped by :func:`yoda.load`; without a config, betas that match
+neither of upstream's schedules at its defaults become the model's schedule).
 """
 
 from __future__ import annotations

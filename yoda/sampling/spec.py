@@ -197,12 +197,13 @@ def check_lr(lr: Any) -> torch.Tensor:
 def check_steps(steps: Any, T: int) -> int:
     if steps is None:
         return T
-    if isinstance(steps, bool) or not isinstance(steps, (numbers.Integral, torch.Tensor)):
-        raise TypeError(f"steps must be an int or None, got {type(steps).__name__}")
-    try:
-        steps = operator.index(steps)  # Python and numpy ints, 0-d integer tensors
-    except TypeError:
-        raise TypeError(f"steps must be an int or None, got {steps!r}") from None
+    tensor = isinstance(steps, torch.Tensor)
+    if (isinstance(steps, bool) or not isinstance(steps, (numbers.Integral, torch.Tensor))
+            or (tensor and (steps.dim() != 0 or steps.dtype == torch.bool or steps.is_floating_point()
+                            or steps.is_complex()))):
+        raise TypeError(f"steps must be an int or None, got {steps!r}" if tensor else
+                        f"steps must be an int or None, got {type(steps).__name__}")
+    steps = operator.index(steps)  # Python and numpy ints, 0-d integer tensors
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, T={T}] (the model's training steps), got {steps}")
     return steps
