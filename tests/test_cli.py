@@ -702,6 +702,14 @@ def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):
     assert sorted(f.name for f in (tmp_path / "bad").iterdir()) == names
     for n in names:
         assert (tmp_path / "single" / n).read_bytes() == (tmp_path / "bad" / n).read_bytes(), n
+    # every input failing: the folders the run created are removed again, as one process does (they were left)
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    for n in ("x.png", "y.png"):
+        (only_bad / n).write_bytes(b"not a png")
+    p = _torchrun(["upscale", str(only_bad), "-o", str(tmp_path / "none" / "deeper") + "/", *common], tmp_path)
+    assert p.returncode != 0 and "x.png" in p.stderr and "y.png" in p.stderr
+    assert not (tmp_path / "none").exists()
 
 
 def test_upscale_cfg_scale_needs_a_guided_model(tmp_path, tiny_model, images, capsys, no_sampling):
@@ -908,3 +916,29 @@ def test_library_warnings_are_one_line(tmp_path, tiny_model, capsys):
     assert code == 0, err
     assert err.splitlines() == [f"yoda: warning: {p}: its ICC colour profile cannot be read (cannot open profile "
                                 "from string); the pixels are taken as sRGB"]
+
+
+def test_window_batch_and_tiles_w_on_a_folder_of_mixed_sizes(tmp_path, tiny_model, capsys):
+    """--window-batch made every image that needs no windows fail ("applies to tiled denoising only: give
+    windows="), and --tiles W's default overlap W // 4 was refused unless W was a multiple of 4 units."""
+    from yoda.cli_upscale import default_overlap
+
+    rng = np.random.default_rng(4)
+    src = tmp_path / "mix"
+    src.mkdir()
+    Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(src / "big.png")  # HR 144 x 160
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / "small.png")  # HR 32 x 32
+    common = ["--model", tiny_model, "--steps", "1", "-q"]
+    code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "o") + "/", "--max-memory", "16M",
+                          "--window-batch", "2", *common], capsys)
+    assert code == 0, err
+    assert "big.png: about" in out and "small.png: about" not in out  # only the big one in windows
+    code, _, err = run(["upscale", str(src / "small.png"), "-o", str(tmp_path / "s.png"), *common], capsys)
+    assert (tmp_path / "s.png").read_bytes() == (tmp_path / "o" / "small_x4.png").read_bytes()
+    code, _, err = run(["upscale", str(src / "big.png"), "-o", str(tmp_path / "t.png"), "--tiles", "40", *common],
+                       capsys)
+    assert code == 0, err  # was refused: "--tiles 40,10: window and overlap must be multiples of 8"
+    code, _, err = run(["upscale", str(src / "big.png"), "-o", str(tmp_path / "t8.png"), "--tiles", "40,8",
+                        *common], capsys)
+    assert (tmp_path / "t.png").read_bytes() == (tmp_path / "t8.png").read_bytes()  # W / 4 rounded down to 8
+    assert (default_overlap(40, 8), default_overlap(128, 8), default_overlap(16, 8)) == (8, 32, 8)

@@ -42,9 +42,10 @@ from .cli_parser import build_parser
 from ._io import made_dirs, remove_empty
 from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, read_input,
                          save_figure, save_output, upscale_tensor)
-from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, dist_env, expand_inputs,
-                          folder_images, guided_model, mebibytes, output_folder, output_targets, padded_lr_side,
-                          plan_windows, run_items, run_sharded, skip_existing, speed_options, tune_malloc)
+from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, default_overlap, dist_env,
+                          expand_inputs, folder_images, guided_model, mebibytes, output_folder, output_targets,
+                          padded_lr_side, plan_windows, run_items, run_sharded, skip_existing, speed_options,
+                          tune_malloc)
 from .errors import UserError
 from .errors import user_input as _user_input
 
@@ -74,9 +75,7 @@ def cmd_upscale(a) -> int:
 
     items = list(zip(a.inputs, targets))
     if world > 1:  # the outputs are the same files as one process writes (atomically)
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        return run_sharded(sorted(items), rank, world, work, _one_line, a.debug)
+        return run_sharded(sorted(items), rank, world, work, _one_line, a.debug, out_dir)
     made = made_dirs(out_dir) if out_dir is not None else []
     try:
         if len(items) == 1:
@@ -124,6 +123,8 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
         raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale} (leave --scale "
                         "out)")
     unit, least = hr_grid(adapter_of(model))
+    if a.tiles is not None and a.tiles[1] is None:  # --tiles W: the overlap on the model's grid
+        a.tiles = (a.tiles[0], default_overlap(a.tiles[0], unit))
     if a.tiles is not None and (a.tiles[0] % unit or a.tiles[1] % unit):
         raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: window and overlap must be multiples of {unit} "
                         f"(this model's size multiple and scale)")
@@ -157,7 +158,8 @@ def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> No
     with torch.no_grad():
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
                             eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
-                            windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=run.speed)
+                            windows=windows, window_batch=window_batch if windows is not None else None,
+                            sigmas=a.sigmas, speed=run.speed)  # --window-batch: for the images in windows
     save_output(sr, dst, grey)
     print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
 

@@ -104,7 +104,7 @@ def _bytes_arg(v: str) -> int:
 
 
 def _tiles_arg(v: str) -> tuple:
-    """'W' or 'W,O' -> (W, O); O defaults to W // 4."""
+    """'W' or 'W,O' -> (W, O); O None when not given (cli_upscale.default_overlap: W / 4 on the model's grid)."""
     parts = v.split(",")
     try:
         nums = [int(p) for p in parts]
@@ -112,7 +112,7 @@ def _tiles_arg(v: str) -> tuple:
         raise argparse.ArgumentTypeError(f"{v!r} must be W or W,O (integers)") from None
     if len(nums) not in (1, 2) or nums[0] < 1 or (len(nums) == 2 and not 0 <= nums[1] < nums[0]):
         raise argparse.ArgumentTypeError(f"{v!r} must be W or W,O with W >= 1 and 0 <= O < W")
-    return (nums[0], nums[1] if len(nums) == 2 else nums[0] // 4)
+    return (nums[0], nums[1] if len(nums) == 2 else None)
 
 
 def _positive_float(v: str) -> float:
@@ -173,10 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's own; the embedded and yoda-format models have none)")
     p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
     p.add_argument("--tiles", type=_tiles_arg, default=None, metavar="W[,O]",
-                   help="denoise in Gaussian-blended windows of W HR pixels overlapping by O (default W/4); both "
+                   help="denoise in Gaussian-blended windows of W HR pixels overlapping by O (default W/4 rounded "
+                        "down to the model's size multiple, at least one multiple); both "
                         "multiples of the model's size multiple (default: chosen when --max-memory needs it)")
     p.add_argument("--window-batch", type=int, default=None, metavar="N",
-                   help="windows per denoiser call (default: what fits --max-memory)")
+                   help="windows per denoiser call when denoising in windows (default: what fits --max-memory)")
     p.add_argument("--max-memory", type=_bytes_arg, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
                    help="memory budget of the denoiser, e.g. 2G, 512M (default 2G; 0: no limit): an image whose "
                         "estimated need (yoda.cli_upscale.HR_BYTES_PER_PIXEL per HR pixel) exceeds it runs in windows")

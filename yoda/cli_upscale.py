@@ -30,23 +30,28 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
                  least: int = 1):
     """(windows, window_batch, estimated bytes) of `yoda upscale`: --tiles as given, else windows when the HR
     state's estimated need (HR_BYTES_PER_PIXEL per pixel and batch element) exceeds max_memory (0: no limit):
-    the largest multiple of ``unit`` whose square fits (at least ``least``, the model's smallest side), overlap a
-    quarter of it rounded down to ``unit``, and at least ``unit`` (a seam shows without overlap) when the window
-    spans two units.
+    the largest multiple of ``unit`` whose square fits (at least ``least``, the model's smallest side), overlapping
+    by default_overlap.
     window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's)."""
     need = hr_h * hr_w * batch * HR_BYTES_PER_PIXEL
     if tiles is None and max_memory and need > max_memory:
         side = max(unit, least, math.isqrt(max_memory // (batch * HR_BYTES_PER_PIXEL)) // unit * unit)
-        tiles = (side, max(side // 4 // unit * unit, unit if side >= 2 * unit else 0))
+        tiles = (side, default_overlap(side, unit))
     if tiles is not None and window_batch is None and max_memory:
         per_window = min(tiles[0], hr_h) * min(tiles[0], hr_w) * batch * HR_BYTES_PER_PIXEL
         window_batch = max(1, max_memory // per_window)
     return tiles, window_batch, need
 
 
+def default_overlap(window: int, unit: int) -> int:
+    """The windows' overlap when none is given: a quarter of the window rounded down to ``unit``, and at least
+    ``unit`` (a seam shows without overlap) when the window spans two units."""
+    return max(window // 4 // unit * unit, unit if window >= 2 * unit else 0)
+
+
 def mebibytes(n: float) -> str:
     """A byte count for a message: MiB, with KiB below 1 MiB (a budget of 64K is not "0 MiB")."""
-    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB" if n >= 2**10 else f"{n:.0f} bytes"
 
 
 def guided_model(model, cfg_scale):
@@ -159,20 +164,27 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
 
 
 def run_sharded(items: list, rank: int, world: int, work: Callable[[object], None],
-                one_line: Callable[[BaseException], str], debug: bool = False) -> int:
+                one_line: Callable[[BaseException], str], debug: bool = False, folder: Optional[Path] = None) -> int:
     """Rank ``rank`` of ``world`` (gloo) runs work(item) for items rank, rank + world, ... (run_items: a failing
     item is reported and the rank goes on); the ranks meet once at the end and all return 2 if anything failed
-    anywhere, else 0."""
+    anywhere, else 0. folder: the output folder, created by rank 0 before any rank writes, and removed by it at
+    the end if it made it and nothing was written there (every input failing), as one process does."""
     import torch
     import torch.distributed as dist
 
+    from ._io import made_dirs, remove_empty
+
     dist.init_process_group("gloo")
-    failed = 0
+    failed, made = 0, []
     try:
+        if rank == 0 and folder is not None:
+            made = made_dirs(folder)
+        dist.barrier()
         failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ", debug)
     finally:
         total = torch.tensor([failed], dtype=torch.int64)
-        dist.all_reduce(total)
+        dist.all_reduce(total)  # every rank has written its outputs
+        remove_empty(made)
         dist.destroy_process_group()
     if int(total.item()):
         if rank == 0:
