@@ -158,8 +158,7 @@ def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> No
     with torch.no_grad():
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
                             eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
-                            windows=windows, window_batch=window_batch if windows is not None else None,
-                            sigmas=a.sigmas, speed=run.speed)  # --window-batch: for the images in windows
+                            windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=run.speed)
     save_output(sr, dst, grey)
     print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
 
@@ -168,7 +167,6 @@ def cmd_attention(a) -> int:
     from .attention import attention_figure
     from .images import from_uint8
     from .masks import every_step_ratio
-
     from .sampling.prepare import resolve_attention
 
     check_output_option(a.output)

@@ -32,7 +32,8 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
     state's estimated need (HR_BYTES_PER_PIXEL per pixel and batch element) exceeds max_memory (0: no limit):
     the largest multiple of ``unit`` whose square fits (at least ``least``, the model's smallest side), overlapping
     by default_overlap.
-    window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's)."""
+    window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's); None
+    when there are no windows (--window-batch applies to the images denoised in windows)."""
     need = hr_h * hr_w * batch * HR_BYTES_PER_PIXEL
     if tiles is None and max_memory and need > max_memory:
         side = max(unit, least, math.isqrt(max_memory // (batch * HR_BYTES_PER_PIXEL)) // unit * unit)
@@ -40,7 +41,7 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
     if tiles is not None and window_batch is None and max_memory:
         per_window = min(tiles[0], hr_h) * min(tiles[0], hr_w) * batch * HR_BYTES_PER_PIXEL
         window_batch = max(1, max_memory // per_window)
-    return tiles, window_batch, need
+    return tiles, window_batch if tiles is not None else None, need
 
 
 def default_overlap(window: int, unit: int) -> int:

@@ -164,11 +164,11 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
             if not bad:
                 dr.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0), font=f)
             continue
-        (xmin, xmax), (ymin, ymax) = _extent([p[0] for p in pts]), _extent([p[1] for p in pts])
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        (xmin, xmax), (ymin, ymax) = _extent(xs), _extent(ys)
         fx = lambda v: x0 + m + (v - xmin) / (xmax - xmin) * (x1 - x0 - 2 * m)  # noqa: E731
         fy = lambda v: y1 - m - (v - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
         # round tick values with grid lines, under the curves
-        ys, xs = [p[1] for p in pts], [p[0] for p in pts]
         for v, s in axis_ticks(min(ys), max(ys)):
             w, h = text_wh(dr, s, f)
             dr.line([(x0 + 1, fy(v)), (x1 - 1, fy(v))], fill=GRID)

@@ -118,7 +118,8 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
                             "(upstream GaussianDiffusion layout); check the config (yoda.load's config=, the CLI's "
                             "--model-config)")
     sched = srdiff_beta_schedule(cfg)
-    if betas_match(bufs, sched) is False and config is None:
+    match = betas_match(bufs, sched)
+    if match is False and config is None:
         # neither named schedule (a beta_s or beta_end other than upstream's defaults): the architecture came from
         # the weights, so the schedule comes from them too: the betas the checkpoint was trained and samples with
         try:
@@ -126,7 +127,7 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
         except ValueError as e:
             raise CheckpointError(f"{p}: its betas buffer is not a schedule ({e}); pass the model's config "
                                   f"(yoda.load's config=, the CLI's --model-config)") from None
-    elif betas_match(bufs, sched) is False:
+    elif match is False:
         warnings.warn(f"{p}: the checkpoint's betas buffer differs from the config's {cfg.beta_schedule} schedule "
                       f"(T={cfg.timesteps}); sampling uses the config's", stacklevel=3)
     model.card = ModelCard(schedule=sched, scale=cfg.sr_scale, prediction="eps", space="residual",

@@ -164,8 +164,8 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
                              f"expected {(B, 1, *c.shape[-2:])}")
         A = A.float().contiguous()
     elif isinstance(attention, torch.Tensor):  # checked (NaN, range, shape) even when lower_bound >= 1 leaves it unused
-        resolve_attention(attention, lr, hr)
-    elif attention is not None and not (isinstance(attention, (torch.Tensor, str)) or callable(attention)):
+        checked_map(attention, "attention", lr)
+    elif attention is not None and not (isinstance(attention, str) or callable(attention)):
         raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
     stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None
     noise = check_noise(noise, spec.steps + 1, c)
@@ -201,9 +201,29 @@ def x0_hat(x: torch.Tensor, pred: torch.Tensor, ab_t: float, prediction: str, cl
     return x0.clamp(-1.0, 1.0) if clip else x0
 
 
+def checked_map(attention: torch.Tensor, src: str, lr: torch.Tensor) -> torch.Tensor:
+    """An attention tensor (B or 1, 1, h, w) or (B or 1, h, w) checked (shape, batch, float, finite, in [0, 1];
+    errors name ``src``) and returned as float32 (B, 1, h, w) on lr's device."""
+    B = lr.shape[0]
+    A = attention.unsqueeze(1) if attention.dim() == 3 else attention
+    if A.dim() != 4 or A.shape[1] != 1 or A.shape[2] == 0 or A.shape[3] == 0:
+        raise ValueError(f"{src} must be (B, 1, h, w) or (B, h, w), not empty, got {tuple(attention.shape)}")
+    if A.shape[0] not in (1, B):
+        raise ValueError(f"{src} must have batch size {B} (the lr batch){'' if B == 1 else ' or 1'}, got "
+                         f"{A.shape[0]} (shape {tuple(attention.shape)})")
+    if not A.is_floating_point():
+        raise TypeError(f"{src} must be a float tensor in [0, 1], got {A.dtype}")
+    A = A.detach().to(device=lr.device, dtype=torch.float32)
+    if not all_finite(A):
+        raise ValueError(f"{src} contains NaN or Inf")
+    lo, hi = A.min().item(), A.max().item()
+    if lo < -A_MARGIN or hi > 1.0 + A_MARGIN:
+        raise ValueError(f"{src} values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+    return A.expand(B, 1, *A.shape[2:])
+
+
 def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]) -> torch.Tensor:
     """attention (tensor, name or callable f(lr)) -> A (B, 1, H, W) float32 in [0, 1] on lr's device."""
-    B = lr.shape[0]
     src = "attention"
     # yoda's own extractors (a name, or what yoda.attention.get returns) are min-max normalised again after the
     # resize (DESIGN §3); a tensor or a user's callable is taken as it is (resized, clamped): its values may mean
@@ -225,23 +245,7 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
         src = "attention(lr)"
         if not isinstance(attention, torch.Tensor):
             raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")
-    A = attention
-    if A.dim() == 3:
-        A = A.unsqueeze(1)
-    if A.dim() != 4 or A.shape[1] != 1 or A.shape[2] == 0 or A.shape[3] == 0:
-        raise ValueError(f"{src} must be (B, 1, h, w) or (B, h, w), not empty, got {tuple(attention.shape)}")
-    if A.shape[0] not in (1, B):
-        raise ValueError(f"{src} must have batch size {B} (the lr batch){'' if B == 1 else ' or 1'}, got "
-                         f"{A.shape[0]} (shape {tuple(attention.shape)})")
-    if not A.is_floating_point():
-        raise TypeError(f"{src} must be a float tensor in [0, 1], got {A.dtype}")
-    A = A.detach().to(device=lr.device, dtype=torch.float32)
-    if not all_finite(A):
-        raise ValueError(f"{src} contains NaN or Inf")
-    lo, hi = A.min().item(), A.max().item()
-    if lo < -A_MARGIN or hi > 1.0 + A_MARGIN:
-        raise ValueError(f"{src} values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
-    A = A.expand(B, 1, *A.shape[2:])
+    A = checked_map(attention, src, lr)
     if tuple(A.shape[2:]) != hr_size:
         A = F.interpolate(A, size=hr_size, mode="bilinear", align_corners=False)
         if extracted:  # DESIGN §3: resize, then min-max per image (upsampling pulls the peak below 1)
