@@ -227,6 +227,26 @@ def test_upscale_folder_goes_on_past_a_bad_image(tmp_path, tiny_model, capsys):
     assert code == 2 and not (tmp_path / "none").exists()
 
 
+def test_upscale_a_folder_into_itself_can_be_rerun(tmp_path, tiny_model, capsys):
+    """-o DIR where DIR is the input folder: a rerun leaves the outputs of the first run (STEM_x4.png next to
+    STEM.png) out of its inputs with a note, instead of refusing to overwrite them as inputs; --skip-existing
+    then skips them. A file named on the command line stays an input (and is refused as its own output)."""
+    rng = np.random.default_rng(9)
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b_x4.png"):  # b_x4.png has no b.* beside it: an input
+        Image.fromarray(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(src / name)
+    common = ["--model", tiny_model, "--steps", "1", "-q"]
+    assert run(["upscale", str(src), "-o", str(src), *common], capsys)[0] == 0
+    assert sorted(f.name for f in src.iterdir()) == ["a.png", "a_x4.png", "b_x4.png", "b_x4_x4.png"]
+    first = (src / "a_x4.png").read_bytes()
+    code, out, err = run(["upscale", str(src), "-o", str(src), *common, "--skip-existing"], capsys)
+    assert code == 0, err
+    assert "left out a_x4.png, b_x4_x4.png: they are the outputs of an earlier run" in err
+    assert out.count("skipped") == 2 and (src / "a_x4.png").read_bytes() == first
+    code, _, err = run(["upscale", str(src), str(src / "a_x4.png"), "-o", str(src), *common], capsys)
+    assert code == 2 and "is the input" in err
+
 def test_upscale_scale_defaults_to_the_models(tmp_path, images, capsys):
     """--scale is the model's unless given (a x2 model needs no option); a wrong one is refused."""
     rgb, _ = images
@@ -319,6 +339,31 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
         code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--lr-size", bad], capsys)
         assert code == 2 and err.count("\n") == 1 and f"--lr-size must be >= 1, got {bad}" in err
 
+
+
+def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tiny_model, capsys, monkeypatch):
+    """An LR side the model does not take (7 for a model on a grid of 2): the sampler gets the edge-padded LR, and
+    the map drawn is the one made of it (normalised over the padded image), cropped to the picture; it was the map
+    of the unpadded LR, which the run never used."""
+    import yoda.attention
+    import yoda.sampling
+    from yoda.sampling.prepare import resolve_attention
+
+    drawn, given = [], []
+    figure = yoda.attention.attention_figure
+    monkeypatch.setattr(yoda.attention, "attention_figure", lambda *a, **k: drawn.append(a[1]) or figure(*a, **k))
+    real = yoda.sampling.sample
+    monkeypatch.setattr(yoda.sampling, "sample", lambda m, x, **k: given.append(x) or real(m, x, **k))
+    code, _, err = run(["demo", "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--steps", "1", "--lr-size",
+                        "7", "--attention", "edge", "-q"], capsys)
+    assert code == 0, err
+    x = given[-1]
+    assert x.shape[-2:] != (7, 7)  # padded
+    want = resolve_attention("edge", x, tuple(4 * n for n in x.shape[-2:]))[..., :28, :28]
+    assert drawn[-1].shape[-2:] == (28, 28)
+    torch.testing.assert_close(drawn[-1], want, rtol=0, atol=0)
+    unpadded = resolve_attention("edge", x[..., :7, :7], (28, 28))
+    assert (unpadded - want).abs().max() > 0.01  # the two maps differ: the test tells them apart
 
 def test_eval_command(tmp_path, tiny_model, capsys):
     folder = tmp_path / "hr"

@@ -1,6 +1,7 @@
 """Metrics against skimage / closed forms, the colour shift of a known tint, and evaluate()'s rows."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -164,3 +165,47 @@ def test_an_exact_image_is_left_out_of_every_methods_psnr():
     (alone,) = summarize([row("a", "plain", math.inf)])
     assert alone["psnr"] == math.inf and alone["exact"] == 1
     assert math.isnan(summarize([row("x", "plain", math.inf), row("x", "bicubic", 40.0)])[1]["psnr"])
+
+
+def test_progress_bars_shrink_by_the_runs_of_a_skipped_image(tmp_path, monkeypatch):
+    """eval's and figures' bars count sampling runs of the images of a folder; an unreadable image or one too
+    small for the model takes its runs off the total (the bar ended short of it, and stopped there)."""
+    import tqdm.auto
+    from PIL import Image
+
+    from yoda.data import ImageStream
+    from yoda.figures import FigureSettings, compute
+    from yoda.models import ModelCard
+    from yoda.models.sr3 import SR3Config, SR3UNet
+    from yoda.schedule import Schedule
+
+    bars = []
+
+    class Bar(tqdm.auto.tqdm):  # counts its updates even when disabled
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.done = 0
+            if k.get("desc") in ("yoda eval", "yoda figures"):
+                bars.append(self)
+
+        def update(self, n=1):
+            self.done += n
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    torch.manual_seed(0)
+    net = SR3UNet.from_config(SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
+                                        res_blocks=1, image_size=16, mid_attn=False, scale=4)).eval()
+    net.card = ModelCard(Schedule.linear(20, 1e-3, 0.2), 4)
+    for name, side in (("a", 16), ("c", 16), ("d", 2)):  # d: too small for the model
+        Image.fromarray(rand_img(7, (side, side, 3))).save(tmp_path / f"{name}.png")
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    paths = sorted(str(p) for p in tmp_path.iterdir())
+    skipped = []
+    rows = evaluate(net, ImageStream(paths), EvalSettings(steps=1, lower_bounds=(0.5, 0.7), attentions=("edge",)),
+                    on_error=lambda n, e: skipped.append(n))
+    assert [os.path.basename(p) for p in skipped] == ["b.png", "d.png"] and len(rows) == 2 * 4
+    assert bars[-1].total == bars[-1].done == 2 * 3  # plain and two YODA runs of a and c
+    skipped.clear()
+    compute(net, ImageStream(paths), FigureSettings(steps=1, progress=False), on_error=lambda n, e: skipped.append(n))
+    assert len(skipped) == 2 and bars[-1].total == bars[-1].done == 2 * 2  # plain and YODA of a and c

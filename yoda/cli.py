@@ -40,12 +40,12 @@ import numpy as np
 
 from .cli_parser import build_parser
 from ._io import made_dirs, remove_empty
-from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, read_input,
-                         save_figure, save_output, upscale_tensor)
+from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, pad_to_model,
+                         read_input, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, default_overlap, dist_env,
-                          expand_inputs, folder_images, guided_model, mebibytes, output_folder, output_targets,
-                          padded_lr_side, plan_windows, run_items, run_sharded, skip_existing, speed_options,
-                          tune_malloc)
+                          drop_own_outputs, expand_inputs, folder_images, guided_model, mebibytes, output_folder,
+                          output_targets, padded_lr_side, plan_windows, run_items, run_sharded, skip_existing,
+                          speed_options, tune_malloc)
 from .errors import UserError
 from .errors import user_input as _user_input
 
@@ -60,10 +60,11 @@ def cmd_upscale(a) -> int:
     tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
     if a.attention is None and any(v.startswith("--lower-bound") for v in a.argv):
         print("yoda: note: --lower-bound has no effect without --attention (plain sampling)", file=sys.stderr)
-    a.inputs = expand_inputs(a.inputs)
+    a.inputs, from_folders = expand_inputs(a.inputs)
     rank, world = dist_env()
     out_dir = output_folder(a)  # -o before the model loads; the folder's file names carry the model's scale
     run = _upscale_model(a, rank, world)  # sets a.scale
+    a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale)
     targets = output_targets(a, out_dir)
 
     def work(item):
@@ -215,8 +216,9 @@ def cmd_demo(a) -> int:
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
     extractor = attention_extractor(a.attention)
+    padded = pad_to_model(lr, ad)  # what upscale_tensor samples
     with _user_input():  # drawn: the map the sampler makes of the extractor (at HR, normalised after the resize)
-        A = resolve_attention(extractor, lr, (size, size))
+        A = resolve_attention(extractor, padded, tuple(s * n for n in padded.shape[-2:]))[..., :size, :size]
     results = {"bicubic": upsample(lr, s)}
     timing, visited = {}, []  # the YODA run's steps: (DESIGN's t, fraction of HR pixels refined)
     for name, attn in (("plain", None), ("YODA", extractor)):
@@ -291,12 +293,12 @@ class _Skipped(list):
         return 2 if self else 0
 
 
-def _eval_images(folder: Optional[str], max_pixels: Optional[int], skipped: _Skipped):
+def _eval_images(folder: Optional[str], max_pixels: Optional[int]):
     """--images FOLDER (always a folder, whatever its name; its images are read one at a time as the work reaches
-    them, an unreadable one reported and skipped), else the held-out set."""
+    them, and evaluate / compute skip an unreadable one through their on_error), else the held-out set."""
     from .data import ImageStream, load_source
 
-    return ImageStream(folder_images(folder), max_pixels, skipped) if folder else load_source("heldout")
+    return ImageStream(folder_images(folder), max_pixels) if folder else load_source("heldout")
 
 
 def cmd_eval(a) -> int:
@@ -309,7 +311,7 @@ def cmd_eval(a) -> int:
     _check_eval_options(a)
     skipped = _Skipped()
     with _user_input():
-        images = _eval_images(a.images, a.max_pixels, skipped)
+        images = _eval_images(a.images, a.max_pixels)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
     default_steps(a, model)
@@ -352,7 +354,7 @@ def cmd_figures(a) -> int:
                                   seed=a.seed, max_size=a.max_size or None, bins=a.bins, degree=a.degree,
                                   crops=a.crops, progress=not a.quiet, lpips=tuple(a.lpips) if a.lpips else None)
         skipped = _Skipped()
-        images = _eval_images(a.images, a.max_pixels, skipped)
+        images = _eval_images(a.images, a.max_pixels)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
     made = made_dirs(out)

@@ -94,22 +94,29 @@ def adapter_of(model):
     return as_adapter(model)
 
 
+def pad_to_model(lr, ad):
+    """lr (B, C, h, w) edge-padded at the bottom and right to the smallest size adapter ``ad`` takes (its multiple
+    and smallest side, adapters.hr_grid); lr itself if it fits."""
+    import torch.nn.functional as F
+
+    from .adapters import hr_grid
+
+    ph, pw = (padded_lr_side(n, ad.scale, *hr_grid(ad)) - n for n in lr.shape[-2:])
+    return F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
+
+
 def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
                    windows=None, window_batch=None, sigmas=None, speed=None, callback=None):
     """SR of lr (1, 3, h, w) of any size: lr is edge-padded to a size the model takes (its multiple and smallest
     side, adapters.hr_grid), the result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's
     tiled denoising; speed: a dict of its speed options (compile, autocast, channels_last, cuda_graphs); callback:
     yoda.sample's."""
-    import torch.nn.functional as F
-
-    from .adapters import hr_grid
     from .sampling import sample
 
     ad = adapter_of(model)
     s = ad.scale
     h, w = lr.shape[-2:]
-    ph, pw = (padded_lr_side(n, s, *hr_grid(ad)) - n for n in (h, w))
-    x = F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
+    x = pad_to_model(lr, ad)
     # attention: an extractor (attention_extractor(name)), which yoda.sample calls on x as it calls a name: the same map
     # (normalised again after the resize to the state) as yoda.sample(attention=name), yoda eval and yoda figures
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's

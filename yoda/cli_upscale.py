@@ -112,13 +112,36 @@ def speed_options(a, dev) -> dict:
     return dict(compile=a.compile, autocast=a.autocast, channels_last=a.channels_last, cuda_graphs=a.cuda_graphs)
 
 
-def expand_inputs(inputs: list) -> list:
-    """A folder among the inputs stands for its image files (yoda.data.list_folder), sorted by name; what it
-    leaves out (subfolders, other files) is named in a note."""
-    out = []
+def expand_inputs(inputs: list) -> tuple[list, set]:
+    """(paths, the real paths of those that only a folder named): a folder among the inputs stands for its image
+    files (yoda.data.list_folder), sorted by name; what it leaves out (subfolders, other files) is named in a
+    note."""
+    out, from_folders, named = [], set(), set()
     for p in inputs:
-        out.extend(folder_images(p) if os.path.isdir(p) else [p])
-    return out
+        if os.path.isdir(p):
+            found = folder_images(p)
+            from_folders.update(map(os.path.realpath, found))
+        else:
+            found = [p]
+            named.add(os.path.realpath(p))
+        out.extend(found)
+    return out, from_folders - named
+
+
+def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], scale: int) -> list:
+    """``inputs`` without the images that an earlier run into the output folder wrote there: when -o is a folder
+    that is also an input, its STEM_x<scale>.png next to an input STEM.* is that input's output (named in a
+    note), not a new input. Files named on the command line are always inputs."""
+    if out_dir is None or not out_dir.is_dir():
+        return inputs
+    here = [p for p in inputs if os.path.realpath(p) in from_folders and Path(p).parent.samefile(out_dir)]
+    outputs = {Path(p).stem + f"_x{scale}.png" for p in here}
+    dropped = [p for p in here if Path(p).name in outputs]
+    if dropped:
+        print(f"yoda: note: left out {', '.join(Path(p).name for p in dropped)}: "
+              f"{'it is the output' if len(dropped) == 1 else 'they are the outputs'} of an earlier run into "
+              f"{out_dir} (-o), not an input", file=sys.stderr)
+    return [p for p in inputs if p not in dropped]
 
 
 def folder_images(folder: str) -> list:

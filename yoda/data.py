@@ -140,7 +140,23 @@ def crops_to_sample(images: Iterable[tuple[str, np.ndarray]], adapter: Any, max_
     n = len(images) if hasattr(images, "__len__") else None
     if on_error is None and isinstance(images, Sequence):
         return crop_for_model(images, adapter, max_size), n
+    if isinstance(images, ImageStream) and images.on_error is None:  # its unreadable files are skipped too
+        images = ImageStream(images.paths, images.max_pixels, on_error)
     return _cropped(images, model_crop(adapter, max_size), on_error), n
+
+
+class SkipsShrinkBar:
+    """An on_error for crops_to_sample that takes a skipped image's ``runs`` off the total of the tqdm bar
+    ``self.bar`` (set once the bar exists), then calls ``on_error(name, error)``."""
+
+    def __init__(self, on_error: Callable[[str, BaseException], None], runs: int):
+        self.on_error, self.runs, self.bar = on_error, runs, None
+
+    def __call__(self, name: str, error: BaseException) -> None:
+        if self.bar is not None and self.bar.total is not None:
+            self.bar.total -= self.runs
+            self.bar.refresh()
+        self.on_error(name, error)
 
 
 def _cropped(images: Iterable[tuple[str, np.ndarray]], crop: Callable, on_error: Optional[Callable]
@@ -159,8 +175,8 @@ def _cropped(images: Iterable[tuple[str, np.ndarray]], crop: Callable, on_error:
 class ImageStream:
     """The images of ``paths`` as (path, uint8 (H, W, 3)), each read (read_image) when the iteration reaches it,
     so that one decoded image is in memory at a time, whatever the folder's size. A file that cannot be read is
-    given to ``on_error(path, error)`` and skipped (without on_error, its error is raised). len() is the number
-    of paths."""
+    given to ``on_error(path, error)`` and skipped (without on_error, its error is raised; crops_to_sample gives
+    a stream without one its own). len() is the number of paths."""
 
     def __init__(self, paths: Sequence[str], max_pixels: Optional[int] = None,
                  on_error: Optional[Callable[[str, BaseException], None]] = None):

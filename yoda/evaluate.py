@@ -191,7 +191,10 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
 
     adapter = as_adapter(model)
     scale = adapter.scale
-    images, n_images = _data.crops_to_sample(images, adapter, settings.max_size, on_error)
+    variants = [("bicubic", None, None), ("plain", None, None)]
+    variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
+    skip = _data.SkipsShrinkBar(on_error, len(variants) - 1) if on_error is not None else None
+    images, n_images = _data.crops_to_sample(images, adapter, settings.max_size, skip)
     extractors = {name: get(name) for name in settings.attentions}
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
@@ -199,11 +202,11 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
         from .lpips import LPIPS
 
         lpips_fn = LPIPS(*settings.lpips).to(dev)
-    variants = [("bicubic", None, None), ("plain", None, None)]
-    variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
     rows = []
     bar = tqdm(total=None if n_images is None else n_images * (len(variants) - 1), disable=not settings.progress,
                desc="yoda eval", unit="run")
+    if skip is not None:
+        skip.bar = bar
     try:
         for name, hr_u8 in images:
             hr = from_uint8(hr_u8).to(dev)

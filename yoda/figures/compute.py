@@ -120,7 +120,8 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     extractors = {name: get(name) for name in s.attentions}
     adapter = as_adapter(model)
     scale = adapter.scale
-    images, n_images = _data.crops_to_sample(images, adapter, s.max_size, on_error)
+    skip = _data.SkipsShrinkBar(on_error, 2) if on_error is not None else None
+    images, n_images = _data.crops_to_sample(images, adapter, s.max_size, skip)
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
     if s.lpips is not None:
@@ -133,6 +134,8 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     yoda_name = s.attentions[0]
     bar = tqdm(total=None if n_images is None else 2 * n_images, disable=not s.progress, desc="yoda figures",
                unit="run")
+    if skip is not None:
+        skip.bar = bar
     try:
         for name, hr_u8 in images:
             hr = from_uint8(hr_u8).to(dev)
