@@ -551,11 +551,15 @@ def test_training_masks_are_the_sampling_masks(name):
     assert float(A.amax()) == 1.0 and float(A.amin()) == 0.0
 
 
-def test_bad_settings_are_refused_before_step_1(tmp_path, img_folder):
+def test_bad_settings_are_refused_before_step_1(tmp_path, img_folder, monkeypatch):
     """A validation setting that cannot sample failed only at the first validation (after val_every steps, with
     nothing saved), naming "steps"; a crop the model cannot take failed at step 1 with the network's error; an
     export name could overwrite the run's own config or checkpoint. All are refused by Trainer() now, naming the
-    config key, before any file is written."""
+    config key, before any file is written or any image read (a large data set took its time first)."""
+    import yoda.data
+
+    real_load = yoda.data.load_source
+    monkeypatch.setattr(yoda.data, "load_source", lambda *a: pytest.fail("images read before the checks"))
     deep = {**TINY_MODEL, "channel_mults": [1, 2, 2, 2]}  # three downsamplings: sizes multiples of 8
     for kw, message in ((dict(val_every=2, val_steps=200), r"config data.val_crop / val_steps: steps must be in "
                                                            r"\[1, T=50\]"),
@@ -569,7 +573,8 @@ def test_bad_settings_are_refused_before_step_1(tmp_path, img_folder):
         out = tmp_path / "run"
         with pytest.raises(ValueError, match=message):
             Trainer(tiny_config(img_folder, **kw), str(out), device="cpu", progress=False)
-        assert not (out / "checkpoint.pt").exists() and not (out / "log.csv").exists()
+        assert not out.exists()
+    monkeypatch.setattr(yoda.data, "load_source", real_load)
     for name in ("config.json", "checkpoint.pt", "log.csv", "", "sub/model.safetensors"):
         with pytest.raises(ValueError, match=r"weights_name \(--weights-name\)"):
             Trainer(tiny_config(img_folder), str(tmp_path / "w"), device="cpu", progress=False, weights_name=name)

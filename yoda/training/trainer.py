@@ -140,7 +140,6 @@ class Trainer:
         self.device = rank_device(resolve_device(device), self.ranks)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolutions
-        os.makedirs(out, exist_ok=True)
         self.schedule = cfg.make_schedule()
         self.ab = alphas_cumprod(self.schedule)
         torch.manual_seed(cfg.seed)  # model init
@@ -150,19 +149,21 @@ class Trainer:
                                      weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
+        validate = bool(cfg.val_every and cfg.data.val_crops)
+        self._check_sizes_and_sampling(validate)  # before the images are read
+        self.extractor = None
+        if cfg.loss.yoda or validate:
+            from .. import attention
+
+            self.extractor = attention.get(cfg.attention)
         train_images = _data.load_source(cfg.data.source, cfg.data.crop)
         check_train_images(train_images)
         self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips)
         self.val_hr = None
-        if cfg.val_every and cfg.data.val_crops:
+        if validate:
             val = _data.load_source(cfg.data.val_source, cfg.data.val_crop)
             self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
-        self.extractor = None
-        if cfg.loss.yoda or self.val_hr is not None:
-            from .. import attention
-
-            self.extractor = attention.get(cfg.attention)
-        self._check_sizes_and_sampling()
+        os.makedirs(out, exist_ok=True)
         self.rows: list[dict] = []
         self.ckpt_path = os.path.join(out, "checkpoint.pt")
         if resume and os.path.exists(self.ckpt_path):
@@ -172,15 +173,15 @@ class Trainer:
             self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
             torch.manual_seed(cfg.seed + 1 + self.ranks.rank)  # dropout: each rank its own masks
 
-    def _check_sizes_and_sampling(self) -> None:
-        """Before step 1: the training crop is a size the model takes, and validation (its crop, val_steps) can
-        sample, so that a bad setting is an error naming its config key, not a failure at step 1 or after the
-        first val_every steps of training (which then saved nothing)."""
+    def _check_sizes_and_sampling(self, validate: bool) -> None:
+        """Before the images are read: the training crop is a size the model takes, and validation (its crop,
+        val_steps; if ``validate``) can sample, so that a bad setting is an error naming its config key, not a
+        failure at step 1 or after the first val_every steps of training (which then saved nothing)."""
         from ..sampling.spec import make_spec
 
         cfg, adapter = self.cfg, self.sampling_model(self.ema)
         checks = [("data.crop", cfg.data.crop, None)]
-        if self.val_hr is not None:
+        if validate:
             checks.append(("data.val_crop / val_steps", cfg.data.val_crop, cfg.val_steps))
         for key, crop, steps in checks:
             lr = torch.zeros(1, 3, crop // cfg.data.scale, crop // cfg.data.scale, device=self.device)
