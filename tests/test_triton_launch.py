@@ -66,7 +66,7 @@ def _inputs(shape, dtype=torch.float32, seed=0):
 def test_schemas_match_the_contract():
     for op, schema in ops.SCHEMAS.items():
         got = str(getattr(torch.ops.yoda, f"{op}_triton").default._schema)
-        # triton_op infers int arguments as SymInt, which accepts exactly the same values
+        # custom_op infers int arguments as SymInt, which accepts exactly the same values
         assert got.replace("SymInt", "int") == "yoda::" + schema.replace(f"{op}(", f"{op}_triton(", 1)
 
 
@@ -225,3 +225,49 @@ def test_launch_rejects_inconsistent_inputs():
         op(x, x, x, None, None, None, 0.5, cf, False, 0, 0, None, 12)
     with pytest.raises(ValueError, match="model_out must have the shape"):
         op(x, x[:, :1], x, None, None, None, 0.5, cf, False, 0, 0, None, 8)
+
+
+def test_signed_zeros_as_the_reference():
+    """A step that draws no noise (sigma = lb = 0) skipped the reference's + sigma * z: an output of -0 stayed
+    -0 where the reference (and C++ / CUDA) add 0 * 0 and give +0. Now the sign bits match, for both ops."""
+    shape, tile = (1, 2, 8, 24), 8
+    neg0 = torch.full(shape, -0.0, device=DEVICE)
+    A = torch.zeros(1, 1, 8, 24, device=DEVICE)
+    A[..., 12:] = 1.0  # half the pixels active: both branches, and both uniform strip paths
+    cf = coefs_mod.step_coefficients(0.5, 1.0)  # the last DDIM step: no noise
+    assert not coefs_mod.needs_noise(cf)
+    args = (neg0, neg0, neg0, A, *naive.tile_stats(A, tile), TAU, cf, False, 0, 0, None, tile)
+    got, ref = torch.ops.yoda.masked_step_triton(*args), naive.masked_step(*args)
+    assert torch.equal(torch.signbit(got), torch.signbit(ref)) and not torch.signbit(ref).any()
+    x = -torch.ones(shape, device=DEVICE)  # 0 * x = -0, + 1 * (-0) stays -0 without the + sigma * 0
+    cc = [0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # cx, cd0, cd1, cd2, sigma, la, lb
+    args = (x, neg0, None, None, neg0, A, *naive.tile_stats(A, tile), TAU, cc, 0, 0, None, tile)
+    got, ref = torch.ops.yoda.masked_combine_triton(*args), naive.masked_combine(*args)
+    assert torch.equal(torch.signbit(got), torch.signbit(ref)) and not torch.signbit(ref).any()
+
+
+def test_masked_q_sample_nan_attention_takes_c():
+    """The raw op (the public one refuses NaN in A): a NaN pixel is not active, so it takes c as in the
+    reference and the C++ / CUDA kernels; Triton loaded neither x0 nor c there and used 0."""
+    shape = (1, 1, 2, 2)
+    x0, c, z = (torch.full(shape, v, device=DEVICE) for v in (0.5, 0.75, 0.25))
+    A = torch.tensor([[[[float("nan"), 1.0], [0.0, float("nan")]]]], device=DEVICE)
+    one = torch.ones(1, device=DEVICE)
+    args = (x0, c, z, A, one, one, torch.full((1,), 0.5, device=DEVICE))
+    got = torch.ops.yoda.masked_q_sample_triton(*args)
+    torch.testing.assert_close(got, naive.masked_q_sample(*args), rtol=0, atol=0)
+    assert got.flatten().tolist() == [1.0, 0.75, 1.0, 1.0]  # c + z where NaN or inactive, x0 + z where active
+
+
+def test_ops_are_opaque_to_torch_compile():
+    """custom_op, not triton_op: a compiled graph calls the op (its eager launch keeps enable_fp_fusion=False and
+    float32 scalars) instead of Inductor re-emitting the kernel launch; opcheck passes with the shared fakes."""
+    from torch._library.custom_ops import CustomOpDef
+
+    for op in ops.OPS:
+        assert isinstance(getattr(ytr, f"{op}_triton"), CustomOpDef), op
+    x, o, c, A, z = _inputs((1, 1, 8, 16), seed=11)
+    cf = coefs_mod.step_coefficients(0.5, 0.6)
+    torch.library.opcheck(torch.ops.yoda.masked_step_triton.default,
+                          (x, o, c, A, *naive.tile_stats(A, 8), TAU, cf, False, 1, 2, z, 8))
+    torch.library.opcheck(torch.ops.yoda.tile_stats_triton.default, (A, 8))

@@ -1,7 +1,8 @@
 """Triton backend of the yoda ops: ``torch.ops.yoda.<op>_triton`` (GPU; on CPU through TRITON_INTERPRET=1).
 
-Importing this package registers the four ops with ``torch.library.triton_op``, so they dispatch like
-built-in operators and ``torch.compile`` sees the Triton kernels inside them. Signatures are the schemas of
+Importing this package registers the four ops with ``torch.library.custom_op`` (launch.py), so they dispatch
+like built-in operators; ``torch.compile`` calls them as they are, with the eager launch's bits (launch.py says
+why not ``triton_op``). Each launch runs on its tensors' CUDA device. Signatures are the schemas of
 ``yoda_kernels.ops.SCHEMAS`` (``int`` arguments are inferred as ``SymInt``, which accepts the same values).
 
 ``INTERPRET`` is read once (interpret.py), before triton is first imported: the interpreter must be chosen then.

@@ -23,9 +23,10 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
 from ..contract import MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format, needs_noise
+from ..ops import FAKES
+from .launch import on_device, register
 from .masked_step import (
     NOISE_NONE,
     NOISE_PHILOX,
@@ -90,10 +91,14 @@ def _lane_store(
             sr = sr + cd2 * v2
         if NOISE != 0:
             sr = sr + sigma * z
+        else:
+            sr = sr + 0.0  # the reference adds sigma * 0 = +0: -0 becomes +0 (x + 0.0 is not folded away)
     if PATH != 1:
         lr = la * cv
         if NOISE != 0:
             lr = lr + lb * z
+        else:
+            lr = lr + 0.0
     if PATH == 2:
         res = tl.where(act, sr, lr)
     elif PATH == 1:
@@ -243,19 +248,20 @@ def launch_masked_combine(
     block_w = block_w or cfg_w
     dd = ds + [x] * (MAX_HISTORY - nd)  # absent estimates: never read (ND is a compile-time constant)
     grid = (triton.cdiv(W, block_w), TY, B)
-    wrap_triton(_masked_combine_kernel)[grid](
-        x, dd[0], dd[1], dd[2], c, A, tmax, tmin, used_noise if used_noise is not None else x, out,
-        C, H, W, (H + 3) // 4, TY, TX,
-        *x.stride(), *_strides(d0), *_strides(d1), *_strides(d2), *c.stride(), *_strides(used_noise),
-        *out.stride(), sab, sah, saw,
-        float(tau), **k._asdict(), seed_i32=_as_int32(int(seed)), step=int(step),
-        HAS_A=has_a, NOISE=noise_mode, ND=nd, TILE=tile, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x.dtype),
-        num_warps=num_warps or cfg_warps, enable_fp_fusion=False,
-    )
+    with on_device(x):
+        _masked_combine_kernel[grid](
+            x, dd[0], dd[1], dd[2], c, A, tmax, tmin, used_noise if used_noise is not None else x, out,
+            C, H, W, (H + 3) // 4, TY, TX,
+            *x.stride(), *_strides(d0), *_strides(d1), *_strides(d2), *c.stride(), *_strides(used_noise),
+            *out.stride(), sab, sah, saw,
+            float(tau), **k._asdict(), seed_i32=_as_int32(int(seed)), step=int(step),
+            HAS_A=has_a, NOISE=noise_mode, ND=nd, TILE=tile, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x.dtype),
+            num_warps=num_warps or cfg_warps, enable_fp_fusion=False,
+        )
     return out
 
 
-@triton_op("yoda::masked_combine_triton", mutates_args=())
+@register("masked_combine_triton", FAKES["masked_combine"])
 def masked_combine_triton(
     x: torch.Tensor,
     d0: torch.Tensor,

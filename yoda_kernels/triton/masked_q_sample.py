@@ -15,9 +15,10 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
 from ..contract import memory_format
+from ..ops import FAKES
+from .launch import on_device, register
 from .masked_step import MAX_GRID_YZ, soft_bf16, to_output
 from .tile_stats import attention_strides
 
@@ -46,7 +47,7 @@ def _masked_q_sample_kernel(
         a_s = a_ptr + b64 * sab + y64 * sah
         a = tl.load(a_s + rr * sah + cc * saw, mask=inb, other=0.0).to(tl.float32)
         act = inb & (a >= tau)
-        idle = inb & (a < tau)
+        idle = inb & ~(a >= tau)  # a NaN pixel is not active: it takes c, as in the reference
     else:
         act = inb
     for ch in range(C):
@@ -64,7 +65,7 @@ def _masked_q_sample_kernel(
         tl.store(y_s + rr * syh + cc * syw, to_output(res, y_ptr, SOFT_BF16), mask=inb)
 
 
-@triton_op("yoda::masked_q_sample_triton", mutates_args=())
+@register("masked_q_sample_triton", FAKES["masked_q_sample"])
 def masked_q_sample_triton(
     x0: torch.Tensor,
     c: torch.Tensor,
@@ -93,11 +94,12 @@ def masked_q_sample_triton(
     has_a = A is not None
     sab, sah, saw = attention_strides(A) if has_a else (0, 0, 0)
     grid = (triton.cdiv(W, block_w), triton.cdiv(H, block_h), B)
-    wrap_triton(_masked_q_sample_kernel)[grid](
-        x0, c, noise, A if has_a else x0,
-        sqrt_ab.float().contiguous(), sqrt_1m_ab.float().contiguous(), tau.float().contiguous(), out,
-        C, H, W, *x0.stride(), *c.stride(), *noise.stride(), *out.stride(), sab, sah, saw,
-        HAS_A=has_a, BLOCK_H=block_h, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x0.dtype),
-        num_warps=4, enable_fp_fusion=False,
-    )
+    with on_device(x0):
+        _masked_q_sample_kernel[grid](
+            x0, c, noise, A if has_a else x0,
+            sqrt_ab.float().contiguous(), sqrt_1m_ab.float().contiguous(), tau.float().contiguous(), out,
+            C, H, W, *x0.stride(), *c.stride(), *noise.stride(), *out.stride(), sab, sah, saw,
+            HAS_A=has_a, BLOCK_H=block_h, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x0.dtype),
+            num_warps=4, enable_fp_fusion=False,
+        )
     return out

@@ -33,10 +33,11 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
 from ..contract import NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
+from ..ops import FAKES
 from .interpret import INTERPRET
+from .launch import on_device, register
 from .noise import randn4
 from .tile_stats import attention_strides, optional_stats
 
@@ -175,10 +176,14 @@ def _lane_store(
         sr = cx0 * x0 + cx * xv + ceps * eps
         if NOISE != 0:
             sr = sr + sigma * z
+        else:
+            sr = sr + 0.0  # the reference adds sigma * 0 = +0: -0 becomes +0 (x + 0.0 is not folded away)
     if PATH != 1:
         lr = la * cv
         if NOISE != 0:
             lr = lr + lb * z
+        else:
+            lr = lr + 0.0
     if PATH == 2:
         res = tl.where(act, sr, lr)
     elif PATH == 1:
@@ -356,18 +361,19 @@ def launch_masked_step(
     cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX, unit_w)
     block_w = block_w or cfg_w
     grid = (triton.cdiv(W, block_w), TY, B)
-    wrap_triton(_masked_step_kernel)[grid](
-        x, model_out, c, A, tmax, tmin, noise if noise is not None else x, out,
-        C, H, W, (H + 3) // 4, TY, TX,
-        *x.stride(), *model_out.stride(), *c.stride(), *_strides(noise), *out.stride(), sab, sah, saw,
-        float(tau), **k._asdict(), seed_i32=_as_int32(int(seed)), step=int(step),
-        HAS_A=has_a, NOISE=noise_mode, CLIP=bool(clip), TILE=tile, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x.dtype),
-        num_warps=num_warps or cfg_warps, enable_fp_fusion=False,
-    )
+    with on_device(x):
+        _masked_step_kernel[grid](
+            x, model_out, c, A, tmax, tmin, noise if noise is not None else x, out,
+            C, H, W, (H + 3) // 4, TY, TX,
+            *x.stride(), *model_out.stride(), *c.stride(), *_strides(noise), *out.stride(), sab, sah, saw,
+            float(tau), **k._asdict(), seed_i32=_as_int32(int(seed)), step=int(step),
+            HAS_A=has_a, NOISE=noise_mode, CLIP=bool(clip), TILE=tile, BLOCK_W=block_w, SOFT_BF16=soft_bf16(x.dtype),
+            num_warps=num_warps or cfg_warps, enable_fp_fusion=False,
+        )
     return out
 
 
-@triton_op("yoda::masked_step_triton", mutates_args=())
+@register("masked_step_triton", FAKES["masked_step"])
 def masked_step_triton(
     x: torch.Tensor,
     model_out: torch.Tensor,

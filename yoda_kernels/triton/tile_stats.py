@@ -14,9 +14,10 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
 from ..contract import check_tile
+from ..ops import FAKES
+from .launch import on_device, register
 
 
 @triton.jit
@@ -33,7 +34,7 @@ def _tile_stats_kernel(
     rows = ty * TILE + tl.arange(0, TILE)
     cols = pid_x * BLOCK_W + tl.arange(0, BLOCK_W)
     inb = (rows < H)[:, None] & (cols < W)[None, :]
-    ptrs = a_ptr + b.to(tl.int64) * sab + rows[:, None] * sah + cols[None, :] * saw
+    ptrs = a_ptr + b.to(tl.int64) * sab + rows.to(tl.int64)[:, None] * sah + cols[None, :] * saw  # rows * W > 2^31
     a = tl.load(ptrs, mask=inb, other=0.0).to(tl.float32)
     hi = tl.reshape(tl.where(inb, a, float("-inf")), (TILE, NT, TILE))
     lo = tl.reshape(tl.where(inb, a, float("inf")), (TILE, NT, TILE))
@@ -74,13 +75,14 @@ def launch_tile_stats(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.T
         return tmax, tmin
     block_w = _strip_width(W, tile)
     grid = (triton.cdiv(W, block_w), TY, B)
-    wrap_triton(_tile_stats_kernel)[grid](
-        A, tmax, tmin, H, W, TY, TX, *attention_strides(A), TILE=tile, BLOCK_W=block_w, num_warps=4
-    )
+    with on_device(A):
+        _tile_stats_kernel[grid](
+            A, tmax, tmin, H, W, TY, TX, *attention_strides(A), TILE=tile, BLOCK_W=block_w, num_warps=4
+        )
     return tmax, tmin
 
 
-@triton_op("yoda::tile_stats_triton", mutates_args=())
+@register("tile_stats_triton", FAKES["tile_stats"])
 def tile_stats_triton(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(tile_max, tile_min), each (B, ceil(H/tile), ceil(W/tile)) float32; A: (B, 1, H, W) or (B, H, W)."""
     return launch_tile_stats(A, tile)

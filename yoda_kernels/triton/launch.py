@@ -1,0 +1,32 @@
+"""What every Triton launch of the yoda ops shares: the device it runs on, and how the ops are registered.
+
+The ops are ``torch.library.custom_op``s, opaque to ``torch.compile``: Inductor, which re-emits the launches of
+a ``triton_op``, forwards only the kernel's own parameters (``enable_fp_fusion=False`` is dropped, so a*x + b*y
+becomes one fused multiply-add) and passes Python float scalars as fp64 (``A >= tau`` in fp64 makes a pixel
+with A == float32(0.7) inactive where every other backend makes it active). A compiled graph calls the op as it
+is, so the bits are those of the eager launch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def on_device(t: torch.Tensor):
+    """Context of a launch: the CUDA device of ``t`` made current (Triton launches on the current device and its
+    current stream, so tensors on cuda:1 would be launched on cuda:0), nothing for a CPU tensor (interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def register(name: str, fake):
+    """Decorator: the function as the op ``yoda::<name>`` (schema from its annotations), with ``fake`` (the
+    base op's fake, yoda_kernels.ops.FAKES) for meta tensors and torch.compile."""
+
+    def wrap(fn):
+        op = torch.library.custom_op(f"yoda::{name}", mutates_args=())(fn)
+        op.register_fake(fake)
+        return op
+
+    return wrap
