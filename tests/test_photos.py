@@ -46,7 +46,7 @@ def test_held_out_list_is_fixed_and_disjoint():
 
 def test_build_writes_splits_sizes_and_manifest(tmp_path, fake_photos):
     out = tmp_path / "data"
-    rows = photos.build(str(out), short_side=100, photos=fake_photos)
+    rows = photos.build(str(out), short_side=100, photos=fake_photos).rows
     man = json.loads((out / "manifest.json").read_text())
     assert [p["name"] for p in man["photos"]] == sorted(fake_photos)
     assert man["held_out"] == list(photos.HELD_OUT_PHOTOS) and man["short_side"] == 100
@@ -68,9 +68,75 @@ def test_build_writes_splits_sizes_and_manifest(tmp_path, fake_photos):
 
 
 def test_build_is_deterministic(tmp_path, fake_photos):
-    a = photos.build(str(tmp_path / "a"), short_side=100, photos=fake_photos)
-    b = photos.build(str(tmp_path / "b"), short_side=100, photos=fake_photos)
+    a = photos.build(str(tmp_path / "a"), short_side=100, photos=fake_photos).rows
+    b = photos.build(str(tmp_path / "b"), short_side=100, photos=fake_photos).rows
     assert [r.sha256 for r in a] == [r.sha256 for r in b]
+
+
+def test_rerun_replaces_the_splits_and_an_interrupted_one_keeps_the_last_build(tmp_path, fake_photos, monkeypatch):
+    """A rerun with fewer photographs left the earlier build's files in train/ (trained on, but in no manifest);
+    an interrupted rerun left the old manifest over new files. Now the splits are replaced whole, and until the
+    new manifest is written the earlier build is whole (or there is no manifest)."""
+    out = tmp_path / "data"
+    photos.build(str(out), short_side=100, photos=fake_photos)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    fewer = dict(list(sorted(fake_photos.items()))[:2])
+    # interrupted while writing the second photograph: nothing of the earlier build changed
+    real_save, calls = photos.save_pil, []
+
+    def save(img, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_save(img, path)
+
+    monkeypatch.setattr(photos, "save_pil", save)
+    with pytest.raises(KeyboardInterrupt):
+        photos.build(str(out), short_side=64, photos=fewer)
+    monkeypatch.setattr(photos, "save_pil", real_save)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    built = photos.build(str(out), short_side=64, photos=fewer)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(["manifest.json"] + [r.file for r in built.rows]) and len(built.rows) == 2
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["short_side"] == 64 and [p["name"] for p in man["photos"]] == sorted(fewer)
+    assert man["not_installed"] == sorted(set(photos.PHOTOS) - set(fewer))
+
+
+def test_an_unreadable_photograph_is_skipped_and_named(tmp_path, fake_photos, capsys, monkeypatch):
+    """One truncated source stopped the build with no manifest; now it is left out, named in the manifest and
+    on stderr (exit 2), and the others are written. Packages that are not installed are named."""
+    name = sorted(fake_photos)[1]
+    src = fake_photos[name][2]
+    src.write_bytes(src.read_bytes()[:100])
+    monkeypatch.setattr(photos, "installed_photos", lambda: fake_photos)
+    out = tmp_path / "data"
+    code = main(["data", "build", "--out", str(out), "--short-side", "100"])
+    _, err = capsys.readouterr()
+    assert code == 2 and f"could not be read and were left out: {name}" in err
+    assert "photographs are not installed, from" in err and "plasma-workspace-wallpapers" in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert list(man["skipped"]) == [name] and len(man["photos"]) == 2
+    assert name not in {p["name"] for p in man["photos"]}
+
+
+def test_build_checks_out_before_any_work(tmp_path, fake_photos, monkeypatch):
+    """--out "" wrote into the current folder; a file at --out, out/heldout or out/manifest.json failed after
+    some photographs were written; foreign files in out/train would be replaced with the folder."""
+    monkeypatch.setattr(photos, "read_image", lambda *a: pytest.fail("work started"))
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "h" / "heldout").mkdir(parents=True)
+    (tmp_path / "h" / "heldout" / "mine.jpg").write_text("x")
+    (tmp_path / "m" / "manifest.json").mkdir(parents=True)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "train").write_text("x")
+    for out, message in (("", "--out must name a folder"), (str(tmp_path / "f"), "is a file, not a folder"),
+                         (str(tmp_path / "h"), "holds files that `yoda data build` does not write \\(mine.jpg\\)"),
+                         (str(tmp_path / "m"), "manifest.json is not a file"),
+                         (str(tmp_path / "t"), "train is a file")):
+        with pytest.raises(DataError, match=message):
+            photos.build(out, photos=fake_photos)
+    assert sorted(os.listdir(tmp_path)) == ["f", "h", "m", "src", "t"]
 
 
 def test_build_errors(tmp_path):

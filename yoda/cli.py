@@ -423,7 +423,7 @@ def cmd_plot(a) -> int:
 
 
 def cmd_data(a) -> int:
-    from .photos import build
+    from .photos import PHOTOS, build
 
     if a.data_cmd == "export":
         from .data import export_builtin
@@ -433,10 +433,18 @@ def cmd_data(a) -> int:
         print(f"wrote {n['train']} training and {n['heldout']} held-out images (scikit-image's) to {a.out}")
         return 0
     with _user_input():
-        rows = build(a.out, short_side=a.short_side, progress=None if a.quiet else print)
-    held = sum(r.split == "heldout" for r in rows)
-    print(f"wrote {len(rows) - held} training and {held} held-out photographs to {a.out} "
+        built = build(a.out, short_side=a.short_side, progress=None if a.quiet else print)
+    held = sum(r.split == "heldout" for r in built.rows)
+    print(f"wrote {len(built.rows) - held} training and {held} held-out photographs to {a.out} "
           f"(manifest: {os.path.join(a.out, 'manifest.json')})")
+    if built.not_installed:
+        missing = sorted({PHOTOS[n][0] for n in built.not_installed})
+        print(f"yoda: note: {len(built.not_installed)} of the {len(PHOTOS)} photographs are not installed, from "
+              f"{', '.join(missing)} (apt-get install {' '.join(missing)})", file=sys.stderr)
+    if built.skipped:
+        print(f"yoda: error: {len(built.skipped)} photograph(s) could not be read and were left out: "
+              f"{', '.join(built.skipped)} (see the lines above; the manifest names them)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("demo", help="plain vs YODA on a held-out image, one comparison picture")
-    p.add_argument("-o", "--output", default="demo.png")
+    p.add_argument("-o", "--output", default="demo.png", help="the picture (PNG, JPEG, WebP, TIFF, BMP)")
     p.add_argument("--image", default="astronaut", help="a held-out image (astronaut, coffee, rocket, chelsea)")
     p.add_argument("--lr-size", type=int, default=64, help="LR crop size (HR = scale * this)")
     p.add_argument("--attention", default="edge", help=f"the YODA column's attention: {ATTENTION_HELP}")
@@ -279,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="training and test images: photographs from installed Debian wallpaper "
                                     "packages, or scikit-image's bundled images")
     dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{build,export}")
-    p = dsub.add_parser("build", help="write DIR/train, DIR/heldout and DIR/manifest.json from the photographs of "
-                                      "the installed packages " + ", ".join(WALLPAPER_PACKAGES) + " (yoda.photos)")
-    p.add_argument("--out", required=True, help="output folder")
+    what = ("write DIR/train, DIR/heldout and DIR/manifest.json from the photographs of the installed packages "
+            + ", ".join(WALLPAPER_PACKAGES) + " (yoda.photos); a rerun replaces DIR/train and DIR/heldout whole")
+    p = dsub.add_parser("build", help=what, description=what)
+    p.add_argument("--out", required=True, help="output folder (DIR)")
     p.add_argument("--short-side", type=int, default=512, help="downscale each photograph to this short side")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _debug_arg(p)

@@ -24,14 +24,15 @@ import json
 import os
 import subprocess
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
 from PIL import Image
 
-from ._io import atomic_write
+from ._io import atomic_write, made_dirs, remove_empty
 from .images import DataError, read_image, save_pil
 
-__all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Photo", "build", "check_not_held_out", "installed_photos"]
+__all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "installed_photos"]
 
 PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "mate-backgrounds")
 _PLASMA = "/usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
@@ -113,45 +114,113 @@ def check_not_held_out(names) -> None:
                         f"(yoda.photos.HELD_OUT_PHOTOS; train on the train/ folder of `yoda data build`)")
 
 
-def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
-          progress: Optional[Callable[[str], None]] = None) -> list[Photo]:
-    """Gather the installed photographs into ``out`` (see the module docstring). Returns the manifest rows.
+class Built(NamedTuple):
+    """What build() did: the manifest rows, the photographs it could not read ({name: error}), and the names of
+    PHOTOS it did not get because their package or file is not installed."""
 
-    photos: {name: (package, version, file)}, default installed_photos(). Each image is written atomically
-    and the manifest last, so an interrupted build leaves no manifest naming files that are not there."""
+    rows: list
+    skipped: dict
+    not_installed: list
+
+
+def _check_out(out: str) -> None:
+    """--out before any work: a folder (or a name one can be made at), whose train/ and heldout/ are absent or
+    hold only what a build writes (<name>.png of PHOTOS): they are replaced as a whole."""
+    if not out.strip():
+        raise DataError("--out must name a folder, got an empty string")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"--out {out} is a file, not a folder")
+    manifest = os.path.join(out, "manifest.json")
+    if os.path.exists(manifest) and not os.path.isfile(manifest):
+        raise DataError(f"--out {out}: {manifest} is not a file")
+    for split in ("train", "heldout"):
+        d = os.path.join(out, split)
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise DataError(f"--out {out}: {d} is a file, not a folder")
+        others = sorted(set(os.listdir(d)) - {f"{n}.png" for n in PHOTOS}) if os.path.isdir(d) else []
+        if others:
+            raise DataError(f"--out {out}: {d} holds files that `yoda data build` does not write ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}), and a build replaces the whole folder: choose "
+                            f"another --out or move them")
+    up = os.path.abspath(out)
+    while not os.path.exists(up):
+        up = os.path.dirname(up)
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise DataError(f"--out {out}: cannot write in {up}")
+
+
+def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
+          progress: Optional[Callable[[str], None]] = None) -> Built:
+    """Gather the installed photographs into ``out`` (see the module docstring).
+
+    photos: {name: (package, version, file)}, default installed_photos(); the other names of PHOTOS are reported
+    as not installed. A source that cannot be read is skipped (reported, and named in the manifest). Everything
+    is written into a staging folder inside ``out`` first; then the manifest of an earlier build is removed,
+    out/train and out/heldout are replaced as a whole (no file of an earlier build stays behind), and the new
+    manifest is written last. So an interrupted build leaves the earlier build whole, or no manifest."""
+    import shutil
+    import tempfile
+
     if short_side < 64:
         raise ValueError(f"short_side must be >= 64, got {short_side}")
+    _check_out(out)
     photos = installed_photos() if photos is None else photos
     if not photos:
         raise DataError(f"none of the photograph packages is installed; install them: apt-get install "
                         f"{' '.join(PACKAGES)}")
-    rows = []
-    for name, (pkg, version, path) in sorted(photos.items()):
-        split = "heldout" if name in HELD_OUT_PHOTOS else "train"
-        os.makedirs(os.path.join(out, split), exist_ok=True)
-        arr = read_image(path)
-        img = Image.fromarray(arr)
-        w, h = img.size
-        f = short_side / min(w, h)
-        if f < 1:
-            img = img.resize((round(w * f), round(h * f)), Image.LANCZOS, reducing_gap=3.0)
-        rel = f"{split}/{name}.png"
-        dst = os.path.join(out, rel)
-        save_pil(img, dst)
-        rows.append(Photo(name, pkg, version, str(path), _sha256(path), (w, h), rel, _sha256(dst), img.size, split))
-        if progress is not None:
-            progress(f"{split:8s} {name} {w}x{h} -> {img.size[0]}x{img.size[1]}")
-    manifest = {
-        "what": "yoda data build: colour photographs from installed Debian wallpaper packages",
-        "short_side": short_side,
-        "held_out": list(HELD_OUT_PHOTOS),
-        "photos": [asdict(r) for r in rows],
-    }
+    made = made_dirs(Path(out))
+    stage = tempfile.mkdtemp(prefix=".build-", dir=out)
+    try:
+        rows, skipped = [], {}
+        for name, (pkg, version, path) in sorted(photos.items()):
+            split = "heldout" if name in HELD_OUT_PHOTOS else "train"
+            try:
+                arr = read_image(path)
+            except (DataError, OSError) as e:
+                skipped[name] = str(e)
+                if progress is not None:
+                    progress(f"skipped  {name}: {e}")
+                continue
+            img = Image.fromarray(arr)
+            w, h = img.size
+            f = short_side / min(w, h)
+            if f < 1:
+                img = img.resize((round(w * f), round(h * f)), Image.LANCZOS, reducing_gap=3.0)
+            rel = f"{split}/{name}.png"
+            os.makedirs(os.path.join(stage, split), exist_ok=True)
+            save_pil(img, os.path.join(stage, rel))
+            rows.append(Photo(name, pkg, version, str(path), _sha256(path), (w, h), rel,
+                              _sha256(os.path.join(stage, rel)), img.size, split))
+            if progress is not None:
+                progress(f"{split:8s} {name} {w}x{h} -> {img.size[0]}x{img.size[1]}")
+        if not rows:
+            raise DataError(f"none of the {len(photos)} installed photographs could be read (see above)")
+        not_installed = sorted(set(PHOTOS) - set(photos))
+        manifest = {
+            "what": "yoda data build: colour photographs from installed Debian wallpaper packages",
+            "short_side": short_side,
+            "held_out": list(HELD_OUT_PHOTOS),
+            "photos": [asdict(r) for r in rows],
+            "skipped": skipped,
+            "not_installed": not_installed,
+        }
+        man = os.path.join(out, "manifest.json")
+        if os.path.exists(man):
+            os.remove(man)  # from here until the new one is written, out holds no manifest
+        for split in ("train", "heldout"):
+            old, new = os.path.join(out, split), os.path.join(stage, split)
+            if os.path.isdir(old):
+                os.rename(old, os.path.join(stage, f"old-{split}"))
+            if os.path.isdir(new):
+                os.rename(new, old)
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.write("\n")
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(manifest, fh, indent=1)
+                fh.write("\n")
 
-    atomic_write(os.path.join(out, "manifest.json"), write)
-    return rows
+        atomic_write(man, write)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        remove_empty(made)  # a folder made for a build that wrote nothing
+    return Built(rows, skipped, not_installed)
