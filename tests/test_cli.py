@@ -364,6 +364,8 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
     torch.testing.assert_close(drawn[-1], want, rtol=0, atol=0)
     unpadded = resolve_attention("edge", x[..., :7, :7], (28, 28))
     assert (unpadded - want).abs().max() > 0.01  # the two maps differ: the test tells them apart
+    im = Image.open(tmp_path / "d.png")
+    assert im.width >= 6 * 160  # small crops are drawn enlarged, so that the labels fit
 
 def test_eval_command(tmp_path, tiny_model, capsys):
     folder = tmp_path / "hr"
