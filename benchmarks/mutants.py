@@ -224,8 +224,8 @@ MUTANTS = [
            ("tests/test_images.py", "-k", "icc"),
            "a Display P3 / Adobe RGB photo is read as sRGB: shifted colours"),
     Mutant("eval-reads-all-first", "yoda/cli.py",
-           "ImageStream(folder_images(folder), max_pixels, skipped)",
-           "list(ImageStream(folder_images(folder), max_pixels, skipped))",
+           "ImageStream(folder_images(folder), max_pixels)",
+           "list(ImageStream(folder_images(folder), max_pixels))",
            ("tests/test_cli.py", "-k", "one_image_at_a_time"),
            "yoda eval holds every decoded image of the folder before sampling the first"),
 ]

@@ -41,15 +41,21 @@ def run(args, capsys):
 
 def expected_upscale(model, path, *, steps, sampler, attention, grey=False):
     """What `yoda upscale` must write, from the library: the LR file edge-padded so that the HR size is a multiple
-    of the model's size multiple (8 for the tiny SR3: an even LR size), yoda.sample with the CLI's defaults (eta 0,
-    lower bound 0.6, seed 0), cropped back to 4x the LR size, grey files as the channel mean; uint8 (H, W, C).
+    of the model's size multiple (8 for the tiny SR3: an even LR size), the map of the attention (a name) made of
+    the LR file itself and edge-padded the same way, yoda.sample with the CLI's defaults (eta 0, lower bound 0.6,
+    seed 0), cropped back to 4x the LR size, grey files as the channel mean; uint8 (H, W, C).
     model: a loaded model or a "yoda" file."""
+    from yoda.sampling.prepare import resolve_attention
+
     model = yoda.load("yoda", model) if isinstance(model, str) else model
     lr = load_image(path)
     h, w = lr.shape[-2:]
     unit = math.lcm(4, as_adapter(model).multiple)
     x = F.pad(lr, (0, -(-4 * w // unit) * unit // 4 - w, 0, -(-4 * h // unit) * unit // 4 - h), mode="replicate")
-    with torch.no_grad():  # the attention by its name, as a library user passes it
+    if attention is not None and x.shape != lr.shape:
+        A = resolve_attention(attention, lr, (4 * h, 4 * w))
+        attention = F.pad(A, (0, 4 * (x.shape[-1] - w), 0, 4 * (x.shape[-2] - h)), mode="replicate")
+    with torch.no_grad():
         sr = yoda.sample(model, x, attention=attention, steps=steps, sampler=sampler, lower_bound=0.6, seed=0,
                          progress=False)[..., : 4 * h, : 4 * w]
     return to_uint8(sr.mean(dim=-3, keepdim=True) if grey else sr)[0]
@@ -342,9 +348,10 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
 
 
 def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tiny_model, capsys, monkeypatch):
-    """An LR side the model does not take (7 for a model on a grid of 2): the sampler gets the edge-padded LR, and
-    the map drawn is the one made of it (normalised over the padded image), cropped to the picture; it was the map
-    of the unpadded LR, which the run never used."""
+    """An LR side the model does not take (7 for a model on a grid of 2): the sampler gets the edge-padded LR and
+    the map of the LR itself (the one `yoda attention` draws), edge-padded the same way; the demo draws that map.
+    The map was made of the padded LR (normalised over the padding, a Gaussian centred on it), unlike the map
+    `yoda attention` draws, and the demo drew the unpadded one."""
     import yoda.attention
     import yoda.sampling
     from yoda.sampling.prepare import resolve_attention
@@ -353,55 +360,22 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
     figure = yoda.attention.attention_figure
     monkeypatch.setattr(yoda.attention, "attention_figure", lambda *a, **k: drawn.append(a[1]) or figure(*a, **k))
     real = yoda.sampling.sample
-    monkeypatch.setattr(yoda.sampling, "sample", lambda m, x, **k: given.append(x) or real(m, x, **k))
-    code, _, err = run(["demo", "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--steps", "1", "--lr-size",
-                        "7", "--attention", "edge", "-q"], capsys)
-    assert code == 0, err
-    x = given[-1]
-    assert x.shape[-2:] != (7, 7)  # padded
-    want = resolve_attention("edge", x, tuple(4 * n for n in x.shape[-2:]))[..., :28, :28]
-    assert drawn[-1].shape[-2:] == (28, 28)
-    torch.testing.assert_close(drawn[-1], want, rtol=0, atol=0)
-    unpadded = resolve_attention("edge", x[..., :7, :7], (28, 28))
-    assert (unpadded - want).abs().max() > 0.01  # the two maps differ: the test tells them apart
+    monkeypatch.setattr(yoda.sampling, "sample", lambda m, x, **k: given.append((x, k["attention"])) or real(m, x, **k))
+    for attention in ("edge", "gaussian"):
+        code, _, err = run(["demo", "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--steps", "1",
+                            "--lr-size", "7", "--attention", attention, "-q"], capsys)
+        assert code == 0, err
+        x, A = given[-1]
+        assert x.shape[-2:] != (7, 7)  # padded
+        lr = x[..., :7, :7]
+        want = resolve_attention(attention, lr, (28, 28))
+        torch.testing.assert_close(A[..., :28, :28], want, rtol=0, atol=0)
+        torch.testing.assert_close(A, F.pad(want, (0, A.shape[-1] - 28, 0, A.shape[-2] - 28), mode="replicate"))
+        torch.testing.assert_close(drawn[-1], want, rtol=0, atol=0)
+        of_padded = resolve_attention(attention, x, tuple(A.shape[-2:]))[..., :28, :28]
+        assert (of_padded - want).abs().max() > 0.01  # the maps of the padded LR differ: the test tells them apart
     im = Image.open(tmp_path / "d.png")
     assert im.width >= 6 * 160  # small crops are drawn enlarged, so that the labels fit
-
-def test_eval_command(tmp_path, tiny_model, capsys):
-    folder = tmp_path / "hr"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / "a.png")
-    code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "2",
-                             "--lower-bounds", "0.4", "0.8", "--attention", "edge", "-q"], capsys)
-    assert code == 0, err
-    lines = [l for l in stdout.splitlines() if l.startswith("| ")]
-    assert [l.split("|")[1].strip() for l in lines[1:]] == ["bicubic", "plain", "yoda", "yoda"]
-    assert "LPIPS omitted" in stdout
-    code, _, err = run(["eval", "--images", str(tmp_path / "empty_missing"), "--model", tiny_model], capsys)
-    assert code == 2 and "empty_missing" in err
-    # a folder named like one of yoda.data's sources is still the folder
-    (tmp_path / "photos").mkdir()
-    Image.open(folder / "a.png").save(tmp_path / "photos" / "a.png")
-    code, stdout2, err = run(["eval", "--images", str(tmp_path / "photos"), "--model", tiny_model, "--steps", "2",
-                              "--lower-bounds", "0.4", "0.8", "--attention", "edge", "-q"], capsys)
-    table = lambda out: [l.rsplit("|", 2)[0] for l in out.splitlines() if l.startswith("| ")]  # less the time
-    assert code == 0 and table(stdout2) == table(stdout), err
-    # eval has --lower-bounds only (which argparse lets --lower-bound abbreviate); bad --max-size and --lpips
-    # files are named before any work
-    code, stdout3, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1",
-                              "--attention", "edge", "--lower-bound", "0.3", "-q"], capsys)
-    rows = [l for l in stdout3.splitlines() if l.startswith("| yoda")]
-    assert code == 0 and len(rows) == 1 and "0.3" in rows[0], (stdout3, err)
-    for args, want in ((["--max-size", "-5"], "--max-size must be >= 0 (0: full size), got -5"),
-                       (["--max-size", "3"], "--max-size 3 is below 8, the smallest HR side this model takes"),
-                       (["--attention", "edge", "edge"], "--attention: 'edge' is given twice"),
-                       (["--lower-bounds", "0.4", "0.4"], "--lower-bounds: 0.4 is given twice"),
-                       (["--lpips", "nope1", "nope2"], "--lpips: weights file not found: nope1"),
-                       (["--seed", "-1"], "--seed must be an int in [0, 2**32 - 1]")):
-        code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q", *args],
-                           capsys)
-        assert code == 2 and err.count("\n") == 1 and want in err, (args, err)
 
 
 def test_train_and_plot_commands(tmp_path, capsys):

@@ -40,8 +40,8 @@ import numpy as np
 
 from .cli_parser import build_parser
 from ._io import made_dirs, remove_empty
-from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, pad_to_model,
-                         read_input, save_figure, save_output, upscale_tensor)
+from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, read_input,
+                         save_figure, save_output, upscale_tensor)
 from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, default_overlap, dist_env,
                           drop_own_outputs, expand_inputs, folder_images, guided_model, mebibytes, output_folder,
                           output_targets, padded_lr_side, plan_windows, run_items, run_sharded, skip_existing,
@@ -217,9 +217,8 @@ def cmd_demo(a) -> int:
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
     extractor = attention_extractor(a.attention)
-    padded = pad_to_model(lr, ad)  # what upscale_tensor samples
-    with _user_input():  # drawn: the map the sampler makes of the extractor (at HR, normalised after the resize)
-        A = resolve_attention(extractor, padded, tuple(s * n for n in padded.shape[-2:]))[..., :size, :size]
+    with _user_input():  # drawn: the map the sampler uses (at HR, normalised after the resize; upscale_tensor pads it)
+        A = resolve_attention(extractor, lr, (size, size))
     t0 = time.perf_counter()
     results = {"bicubic": upsample(lr, s)}
     timing, visited = {"bicubic": time.perf_counter() - t0}, []  # visited: the YODA run's (DESIGN's t, tau)

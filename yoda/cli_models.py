@@ -110,16 +110,24 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
     """SR of lr (1, 3, h, w) of any size: lr is edge-padded to a size the model takes (its multiple and smallest
     side, adapters.hr_grid), the result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's
     tiled denoising; speed: a dict of its speed options (compile, autocast, channels_last, cuda_graphs); callback:
-    yoda.sample's."""
+    yoda.sample's.
+
+    attention: an extractor (attention_extractor(name)) or None. Its map is made of lr itself, at (s*h, s*w), the
+    map `yoda attention` draws and yoda.sample(attention=name) makes of an lr the model takes, and is then
+    edge-padded as lr is: the padding must not move a Gaussian's centre or an edge map's range."""
+    import torch.nn.functional as F
+
     from .sampling import sample
+    from .sampling.prepare import resolve_attention
 
     ad = adapter_of(model)
     s = ad.scale
     h, w = lr.shape[-2:]
     x = pad_to_model(lr, ad)
-    # attention: an extractor (attention_extractor(name)), which yoda.sample calls on x as it calls a name: the same map
-    # (normalised again after the resize to the state) as yoda.sample(attention=name), yoda eval and yoda figures
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
+        if attention is not None and x is not lr:
+            A = resolve_attention(attention, lr, (s * h, s * w))
+            attention = F.pad(A, (0, s * (x.shape[-1] - w), 0, s * (x.shape[-2] - h)), mode="replicate")
         sr = sample(ad, x, attention=attention, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound,
                     seed=seed, progress=progress, backend=backend, windows=windows, window_batch=window_batch,
                     sigmas=sigmas, callback=callback, **(speed or {}))

@@ -95,3 +95,27 @@ def memory_format(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def _fake_masked_step(x, model_out, c, A, tile_max, tile_min, tau, coefs, clip, seed, step, noise, tile):
+    return torch.empty_like(x, memory_format=memory_format(x))
+
+
+def _fake_masked_combine(x, d0, d1, d2, c, A, tile_max, tile_min, tau, coefs, seed, step, noise, tile):
+    return torch.empty_like(x, memory_format=memory_format(x))
+
+
+def _fake_tile_stats(A, tile):
+    B, H, W = A.shape[0], A.shape[-2], A.shape[-1]
+    shape = (B, -(-H // tile), -(-W // tile))
+    return A.new_empty(shape, dtype=torch.float32), A.new_empty(shape, dtype=torch.float32)
+
+
+def _fake_masked_q_sample(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau):
+    return torch.empty_like(x0, memory_format=memory_format(x0))
+
+
+# op -> its fake: the output of every backend's kernel as an empty tensor (meta tensors, torch.compile); ops.py
+# registers it for torch.ops.yoda.<op>, the Triton package for <op>_triton
+FAKES = {"masked_step": _fake_masked_step, "masked_combine": _fake_masked_combine,
+         "tile_stats": _fake_tile_stats, "masked_q_sample": _fake_masked_q_sample}

@@ -22,7 +22,7 @@ import torch
 
 from . import coefs as _coefs
 from . import naive, philox
-from .contract import FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile, memory_format
+from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile, memory_format
 
 SCHEMAS = {
     "masked_step": (
@@ -81,27 +81,6 @@ if extension_error is None:
                       "reference runs for those ops (yoda_kernels.active_backends())", RuntimeWarning, stacklevel=2)
 
 
-def _fake_masked_step(x, model_out, c, A, tile_max, tile_min, tau, coefs, clip, seed, step, noise, tile):
-    return torch.empty_like(x, memory_format=memory_format(x))
-
-
-def _fake_masked_combine(x, d0, d1, d2, c, A, tile_max, tile_min, tau, coefs, seed, step, noise, tile):
-    return torch.empty_like(x, memory_format=memory_format(x))
-
-
-def _fake_tile_stats(A, tile):
-    B, H, W = A.shape[0], A.shape[-2], A.shape[-1]
-    shape = (B, -(-H // tile), -(-W // tile))
-    return A.new_empty(shape, dtype=torch.float32), A.new_empty(shape, dtype=torch.float32)
-
-
-def _fake_masked_q_sample(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau):
-    return torch.empty_like(x0, memory_format=memory_format(x0))
-
-
-# op -> its fake (output shapes for meta tensors and torch.compile), the same for the <op>_triton twins
-FAKES = {"masked_step": _fake_masked_step, "masked_combine": _fake_masked_combine,
-         "tile_stats": _fake_tile_stats, "masked_q_sample": _fake_masked_q_sample}
 for _op, _fake in FAKES.items():
     torch.library.register_fake(f"yoda::{_op}")(_fake)
 

@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..contract import MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format, needs_noise
-from ..ops import FAKES
+from ..contract import (FAKES, MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format,
+                        needs_noise)
 from .launch import on_device, register
 from .masked_step import (
     NOISE_NONE,

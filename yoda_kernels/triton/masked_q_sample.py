@@ -16,8 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..contract import memory_format
-from ..ops import FAKES
+from ..contract import FAKES, memory_format
 from .launch import on_device, register
 from .masked_step import MAX_GRID_YZ, soft_bf16, to_output
 from .tile_stats import attention_strides

@@ -34,8 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..contract import NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
-from ..ops import FAKES
+from ..contract import FAKES, NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
 from .interpret import INTERPRET
 from .launch import on_device, register
 from .noise import randn4

@@ -15,8 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..contract import check_tile
-from ..ops import FAKES
+from ..contract import FAKES, check_tile
 from .launch import on_device, register
 
 
