@@ -94,6 +94,39 @@ def test_constant_image_gives_all_ones(name):
     assert bool((A == 1).all())
 
 
+def test_edge_of_a_resized_flat_image_is_all_ones():
+    """Antialiased bicubic resizing of a constant image leaves ~2e-7 of float noise; min-max stretched the noise's
+    gradients into a random 0..1 map (mean 0.44). Gradients this far below one 8-bit level are flat."""
+    lr = F.interpolate(torch.full((1, 3, 37, 41), 0.3), (16, 16), mode="bicubic", antialias=True)
+    assert float(lr.max() - lr.min()) > 0  # the noise is there
+    assert bool((att.edge()(lr) == 1).all())
+    step = torch.zeros(1, 3, 16, 16)
+    step[..., 8:] = 2 / 255  # one 8-bit level is an edge
+    assert float(att.edge()(step).min()) == 0.0
+
+
+def test_sift_enlarges_thin_images_within_bounds(monkeypatch):
+    """A 1 x 2000 image was enlarged to 128 x 256000 for the detector (7.8 GB, and 1 x 8000 was killed)."""
+    import cv2
+
+    from yoda.attention.classic import MAX_SIFT_SIDE
+
+    sizes, real = [], cv2.resize
+    monkeypatch.setattr(cv2, "resize", lambda img, dsize, **k: sizes.append(dsize) or real(img, dsize, **k))
+    A = att.sift()(torch.rand(1, 3, 1, 2000) * 2 - 1)
+    assert A.shape == (1, 1, 1, 2000) and max(sizes[-1]) <= MAX_SIFT_SIDE
+    Sift().keypoints(np.zeros((10, 12)))
+    assert sizes[-1] == (154, 128)  # small images are still enlarged to the detector's min_size (128)
+
+
+def test_panels_of_elongated_maps_stay_visible():
+    """A 1 x 300 LR was drawn in panels 1 px tall: the 384 px cap overrode the 160 px minimum."""
+    from yoda.attention.figure import _panel_size
+
+    assert _panel_size(1, 300) == (32, 384) and _panel_size(300, 1) == (384, 32)
+    assert _panel_size(16, 16) == (160, 160) and _panel_size(1000, 500) == (384, 192)
+
+
 def test_constant_image_gaussian_is_the_prior():
     # the prior ignores content: a constant image gets the same map as a random one
     f = att.gaussian()

@@ -494,7 +494,12 @@ def test_max_pixels_option(tmp_path, tiny_model, images, capsys):
     out = tmp_path / "o.png"
     code, _, err = run(["attention", rgb, "-o", str(out), "--max-pixels", "129"], capsys)
     assert code == 2 and "rgb.png is 13x10 = 130 pixels, more than the limit of 129" in err and not out.exists()
-    code, _, err = run(["attention", rgb, "-o", str(out), "--max-pixels", "130"], capsys)
+    code, _, err = run(["attention", rgb, "-o", str(out), "--max-pixels", "130", "--scale", "1"], capsys)
+    assert code == 0, err
+    # the map is drawn at the HR size (--scale, 4 by default), which is bounded too (a 16384² map took 4.6 GB)
+    code, _, err = run(["attention", rgb, "-o", str(out), "--max-pixels", "2079"], capsys)
+    assert code == 2 and "13x10 upscaled x4 is 52x40 = 2080 pixels, more than the limit of 2079" in err
+    code, _, err = run(["attention", rgb, "-o", str(out), "--max-pixels", "2080"], capsys)
     assert code == 0, err
     # upscale also bounds its output: 130 LR pixels are 2080 at x4
     code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "u.png"), "--model", tiny_model, "--steps", "1",

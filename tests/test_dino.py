@@ -399,11 +399,29 @@ def test_missing_file():
         att.dino_vits8("/no/such/dino.pth")
 
 
-def test_corrupt_files(tmp_path):
+def test_corrupt_files(tmp_path, vit):
     p = tmp_path / "broken.pth"
     p.write_bytes(b"this is not a checkpoint" * 10)
-    with pytest.raises(ValueError, match=r"broken\.pth.*torch\.load.*expected a DINO ViT-S/8"):
+    with pytest.raises(ValueError, match=r"broken\.pth.*neither a PyTorch checkpoint nor a safetensors file "
+                                         r"\(expected a DINO ViT-S/8"):
         att.dino_vits8(str(p))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pth.*is empty"):
+        att.dino_vits8(str(tmp_path / "empty.pth"))
+    with pytest.raises(IsADirectoryError, match=r"is a folder, not a file"):
+        att.dino_vits8(str(tmp_path))
+    zipped = tmp_path / "cut.pth"  # a torch.save zip cut short: torch's one-line reason, not its advice
+    torch.save(vit.state_dict(), zipped)
+    zipped.write_bytes(zipped.read_bytes()[:4000])
+    with pytest.raises(ValueError, match=r"cut\.pth.*torch\.load") as ei:
+        att.dino_vits8(str(zipped))
+    assert "\n" not in str(ei.value) and "weights_only=False" not in str(ei.value)
+    # the format is read from the content: a safetensors file named .pth loads
+    from safetensors.torch import save_file
+
+    named_pth = tmp_path / "really_safetensors.pth"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, named_pth)
+    att.dino_vits8(str(named_pth))
     q = tmp_path / "broken.safetensors"
     q.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(ValueError, match=r"broken\.safetensors.*safetensors.*ResNet-50"):

@@ -172,6 +172,7 @@ def cmd_attention(a) -> int:
 
     check_output_option(a.output)
     arr, _ = read_input(a.image, a.max_pixels)
+    check_hr_size(a.image, arr, a.scale, a.max_pixels)  # the map is drawn at the HR size
     lr = from_uint8(arr)
     with _user_input():  # --lower-bound, --T; the map yoda.sample uses at the HR size (resized, renormalised)
         A = resolve_attention(attention_extractor(a.attention), lr, (lr.shape[-2] * a.scale, lr.shape[-1] * a.scale))

@@ -84,8 +84,11 @@ def attention_extractor(name: str):
     if name is None:  # --attention none
         raise UserError("--attention none: this command draws or compares an attention map; name one "
                         "(edge, gaussian, sift, dino-vits8:PATH, dino-resnet50:PATH)")
-    with _user_input():
-        return get(name)
+    try:
+        with _user_input():
+            return get(name)
+    except UserError as e:
+        raise UserError(f"--attention {name}: {e}") from None
 
 
 def adapter_of(model):

@@ -142,6 +142,9 @@ def _check_positive(value, name: str, allow_zero: bool = False) -> float:
     return float(value)
 
 
+EDGE_FLOOR = 1e-4  # Edge: an image whose largest gradient magnitude is below this is flat
+
+
 class Edge:
     """Edge attention: smoothed gradient magnitude of the luma image (K = 1).
 
@@ -165,6 +168,9 @@ class Edge:
         gx = F.conv2d(gp, sx.view(1, 1, 3, 3))
         gy = F.conv2d(gp, sy.view(1, 1, 3, 3))
         mag = torch.sqrt(gx * gx + gy * gy)
+        # an image whose gradients are all float noise (far below one 8-bit level, ~0.008 here) is flat: its map
+        # is zero, so that min-max makes it all ones, instead of stretching the noise of a resize into a mask
+        mag = mag * (mag.flatten(1).amax(dim=1) >= EDGE_FLOOR).view(-1, 1, 1, 1)
         return _blur(mag, self.sigma)
 
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
@@ -206,6 +212,9 @@ class Gaussian:
 
     def __repr__(self) -> str:
         return f"gaussian(sigma={self.sigma:g})"
+
+
+MAX_SIFT_SIDE = 2048  # Sift.keypoints never enlarges an image's long side past this
 
 
 class Sift:
@@ -252,7 +261,9 @@ class Sift:
         import cv2
 
         h, w = grey.shape
-        f = max(1.0, self.min_size / min(h, w))
+        # small images are enlarged for the detector, to at most MAX_SIFT_SIDE on the long side: a 1 x 2000
+        # image would otherwise become 128 x 256000 (7.8 GB)
+        f = max(1.0, min(self.min_size / min(h, w), MAX_SIFT_SIDE / max(h, w)))
         img = np.clip(np.rint((grey + 1.0) * 127.5), 0, 255).astype(np.uint8)
         if f > 1.0:
             img = cv2.resize(img, (int(round(w * f)), int(round(h * f))), interpolation=cv2.INTER_CUBIC)

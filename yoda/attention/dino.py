@@ -98,24 +98,36 @@ def _read_file(path: str, fmt: str) -> Mapping:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"weights must be a path to {fmt}, got {type(path).__name__}")
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"weights {path!r} is a folder, not a file (expected {fmt})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path!r} (expected {fmt})")
-    if path.endswith(".safetensors"):
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head:
+        raise ValueError(f"weights file {path!r} is empty (expected {fmt})")
+    # by content, not by name: safetensors = 8-byte header length + "{"; torch.save = a zip ("PK") or, before
+    # torch 1.6, a pickle (protocol byte 0x80)
+    if len(head) == 9 and head[8:9] == b"{":
         from safetensors.torch import load_file
 
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises its own error types for bad headers
             raise ValueError(f"cannot read weights {path!r} as safetensors (expected {fmt}): {e}") from e
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise ValueError(f"weights file {path!r} is neither a PyTorch checkpoint nor a safetensors file "
+                         f"(expected {fmt})")
     try:
         # DINO's training checkpoints also pickle the run's argparse.Namespace ("args"): a plain
         # attribute bag, safe to allow; every other non-tensor object is still refused
         allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
         with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # the first line: torch's advice to retry with weights_only=False does not apply
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(
-            f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): {e}"
+            f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): {first}"
         ) from e
 
 

@@ -28,6 +28,7 @@ __all__ = ["attention_figure", "colormap"]
 
 _MIN_PANEL = 160  # px: the short side of a panel; LR images of 16 px are blown up (nearest) to this
 _MAX_PANEL = 384  # px: larger images are shown shrunk (area) so the figure stays a few hundred px
+_MIN_SHORT = 32  # the least panel side, whatever the aspect ratio
 _GAP = 6
 _LABEL_H = 18  # px: the strip above each panel (and the title's) that holds one line of text
 _LABEL_Y = 2  # px: where a label's origin sits in its strip
@@ -70,8 +71,9 @@ def _panel_size(h: int, w: int) -> tuple:
     H, W = h * f, w * f
     if max(H, W) > _MAX_PANEL:
         g = _MAX_PANEL / max(H, W)
-        H, W = max(1, int(round(H * g))), max(1, int(round(W * g)))
-    return int(H), int(W)
+        H, W = int(round(H * g)), int(round(W * g))
+    # a very elongated map (1 x 300) keeps a short side one can see, out of proportion
+    return max(int(H), _MIN_SHORT), max(int(W), _MIN_SHORT)
 
 
 def _show(x: torch.Tensor, size: tuple) -> torch.Tensor:
