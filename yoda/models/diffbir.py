@@ -21,7 +21,7 @@ What it does with them, as DiffBIR's ``Pipeline.apply_cldm`` does:
              cfg_scale, or with rescale_cfg=True DiffBIR's ramp w(t) = 1 + cfg_scale (1 - cos(pi ((1000 - t) /
              1000) ** 5)) / 2 (for cfg_scale > 1); guidance_rescale (phi, Lin et al. 2024 §3.4) optional
     decode: cldm.vae_decode(z cropped to the unpadded latent) cropped to (s*h, s*w); color_fix= optional
-    A -> latent grid: max pooling over latent_factor x latent_factor cells (A replicate-padded like the image)
+    A -> latent grid: max pooling over latent_factor x latent_factor cells (A replicate-padded to the padded image's size)
 
 The samplers: ``spacing="idpm"`` with sampler="ddpm" is DiffBIR's SpacedSampler; ``spacing="ldm_uniform"`` with
 sampler="ddim" its DDIMSampler (eta 0 in DiffBIR's pipeline). With lower_bound >= 1 and the same noise yoda.sample

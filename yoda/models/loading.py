@@ -7,8 +7,9 @@
     A   = yoda.load("dino-vits8", "dino_deitsmall8_pretrain.pth")                 # yoda.attention.dino
     sr  = yoda.sample(net, lr)
 
-Every failure is a yoda.checkpoint.CheckpointError naming the file, except a missing file (FileNotFoundError)
-and a wrong ``kind`` (ValueError).
+A weight file that cannot be used is a yoda.checkpoint.CheckpointError naming the file; a missing file (weights or
+config) is a FileNotFoundError; a wrong ``kind``, or a config that does not fit it (bad SR3 JSON, an unknown SRDiff
+key, a config for kind "yoda"), is a ValueError, and a config of the wrong type a TypeError.
 """
 
 from __future__ import annotations

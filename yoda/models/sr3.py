@@ -562,8 +562,9 @@ class SR3Adapter(PixelAdapter):
         if prediction is None:
             prediction = card.prediction if card is not None else "eps"
         if not isinstance(schedule, Schedule):
-            raise ValueError("schedule: pass the Schedule the SR3 model samples with (or give the net a ModelCard; "
-                             "yoda.load returns it with one holding the config's val schedule)")
+            raise ValueError("schedule: this SR3 net has no ModelCard (yoda.load gives one, holding the config's val "
+                             "schedule); pass the schedule it samples with: yoda.sample(net.yoda_adapter("
+                             "schedule=yoda.Schedule.linear(...)), lr), or set net.card = yoda.models.ModelCard(...)")
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale: the SR factor must be a positive int (from the config's l/r_resolution "
                              f"or passed explicitly), got {scale!r}")

@@ -83,7 +83,8 @@ def sample(
         fractional timestep of each sigma (log-sigma interpolation, as k-diffusion's DiscreteSchedule) as a
         float32 t and ab_t = 1 / (1 + sigma**2); tau is that of the fractional t (DESIGN.md §5b). "diffbir": DiffBIR's
         EDM sampler's (the discrete sigmas at linspace(T - 1, 0, steps, endpoint=False), the first at ab = 1e-8).
-        A zero-terminal-SNR schedule's sigma(T - 1) is taken at ab = 1e-8 (sigma ~ 1e4), as DiffBIR does.
+        A zero-terminal-SNR schedule's sigma(T - 1) is taken at ab = 1e-8 (sigma ~ 1e4), as DiffBIR does, or one
+        step further along the table's log-ab spacing where ab[T - 2] <= 1e-8 (yoda.sampling.solvers).
         None: the adapter's solver_sigmas, else "karras".
     timesteps: the model's t of a solver's sigma (solvers only): "interpolate" (the fractional t above, float32),
         "nearest" (the nearest discrete index in log sigma, int64, k-diffusion's quantize) or "visited" (the
@@ -96,6 +97,7 @@ def sample(
         (DESIGN §9), so an image sampled alone differs from the same image at position k > 0 of a batch.
     noise: explicit noise, one entry per visited step + 1 (steps + 1, more with spacing="ldm_uniform"), of the state's shape (entry 0 for the start,
         i + 1 for loop step i), overriding the seed.
+    progress: a tqdm bar over the steps (cleared once done).
     backend: of the fused ops ("auto", "naive", "cpp", "cuda", "triton"), resolved once for lr's device.
     clip: clip x0_hat to [-1, 1] (None: adapter.clip_x0).
     kernel_tile: the fused ops' kernel tile (8, 16, 32; default 16): how the kernels split the work, no effect
