@@ -276,6 +276,29 @@ def test_compute_samples_plain_and_yoda_with_one_seed(tiny_model):
     assert "LPIPS per bin omitted" in data.lpips_note
 
 
+def test_compute_keeps_only_the_images_fig4_shows(tiny_model):
+    """Every number is gathered image by image (the figures held every image, its three SRs and its maps, so
+    a folder of full-size images filled the memory); with crops=1 only the first image is kept, and the numbers
+    are those of the pure functions over all the images (computed from a run that keeps them all)."""
+    model = yoda.load("yoda", tiny_model)
+    images = hr_images(3)
+    images[2] = ("flat", np.full_like(images[2][1], 90))  # a flat map: counted in "flat", left out of the bins
+    kw = dict(attentions=("edge", "gaussian"), steps=2, seed=1, bins=5)
+    every = fg.compute(model, images, fg.FigureSettings(crops=3, **kw))
+    few = fg.compute(model, images, fg.FigureSettings(crops=1, **kw))
+    assert len(every.hr) == 3 and len(few.hr) == len(few.sr["YODA"]) == len(few.maps["edge"]) == 1
+    assert few.names == every.names == ["img0", "img1", "flat"] and len(few.crops) == 1
+    for k in ("edge", "gaussian"):
+        np.testing.assert_allclose(few.ratios[k], fg.update_ratio_table(every.maps, few.settings.lower_bounds)[k],
+                                   rtol=1e-12, atol=0)
+        assert np.array_equal(few.curves[k], fg.refined_area_curve(every.maps[k], 20, 0.6)[1])
+    for label in ("plain", "YODA"):
+        want = fg.regional_error(every.sr[label], every.hr, every.maps["edge"], 5)
+        got = few.regional[label]
+        assert got["flat"] == want["flat"] == 1 and np.array_equal(got["count"], want["count"])
+        assert np.array_equal(got["mse"], want["mse"], equal_nan=True)
+
+
 def write_folder(path, n=2):
     path.mkdir()
     for name, a in hr_images(n):

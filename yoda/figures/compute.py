@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from .numbers import (attention_map, best_crop, crop_metrics, lpips_map, poly_fit, refined_area_curve,
-                      regional_error, update_ratio_table)
+from .numbers import (RegionalError, attention_map, best_crop, crop_metrics, lpips_map, poly_fit,
+                      refined_area_curve, update_ratio_table)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,7 +82,8 @@ class FigureData:
     """What compute() returns; the draw_* functions read only this."""
 
     settings: FigureSettings
-    names: list
+    names: list  # of every image sampled
+    # the images Fig. 4 shows (the first settings.crops; no other image is kept):
     hr: list  # uint8 (H, W, 3) HR images (after the centre crop)
     sr: dict  # {"bicubic" | "plain" | "YODA": [uint8 (H, W, 3) per image]}
     maps: dict  # {method: [A (1, 1, H, W) float32 at HR size per image]}
@@ -105,7 +106,8 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     """Sample every HR image of ``images`` ((name, uint8 (H, W, 3)); LR = yoda.data.make_lr) with plain and
     YODA sampling (the same seed), and compute the numbers of Fig. 3, 4 and 5. images and on_error as
     yoda.evaluate.evaluate's: a list is cropped (and checked) before any sampling; any iterable is cropped as it
-    comes (only the crops are kept), an image that fails given to on_error and skipped.
+    comes, an image that fails given to on_error and skipped. Every number is gathered image by image: only the
+    first settings.crops images (Fig. 4's) are kept.
 
     Attention extractors and LPIPS weights are resolved before any sampling, so a bad name or file fails fast."""
     from tqdm.auto import tqdm
@@ -128,10 +130,15 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
         from ..lpips import LPIPS
 
         lpips_fn = LPIPS(*s.lpips).to(dev)
+    T = int(adapter.schedule.T)
+    yoda_name = s.attentions[0]
+    # every number is gathered image by image; only the images Fig. 4 shows (the first s.crops) are kept
     names, hrs, maps = [], [], {name: [] for name in s.attentions}
     srs = {"bicubic": [], "plain": [], "YODA": []}
-    lp_maps = {"plain": [], "YODA": []}
-    yoda_name = s.attentions[0]
+    ratio_sums = {name: 0.0 for name in s.attentions}
+    curve_sums, ts = {name: 0.0 for name in s.attentions}, None
+    regional_acc = {label: RegionalError(s.bins, ("lpips",) if lpips_fn is not None else ())
+                    for label in ("plain", "YODA")}
     bar = tqdm(total=None if n_images is None else 2 * n_images, disable=not s.progress, desc="yoda figures",
                unit="run")
     if skip is not None:
@@ -141,41 +148,48 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
             size = tuple(hr.shape[-2:])
-            for a_name, ex in extractors.items():
-                maps[a_name].append(attention_map(ex, lr, size).cpu())
+            kept = len(names) < s.crops
             names.append(str(name))
-            hrs.append(hr_u8)
-            srs["bicubic"].append(to_uint8(upsample(lr, scale))[0])
-            for label, attn in (("plain", None), ("YODA", maps[yoda_name][-1].to(dev))):
+            amaps = {a_name: attention_map(ex, lr, size).cpu() for a_name, ex in extractors.items()}
+            for a_name, A in amaps.items():
+                ratio_sums[a_name] = ratio_sums[a_name] + update_ratio_table({a_name: [A]}, s.lower_bounds)[a_name]
+                ts, curve = refined_area_curve([A], T, s.lower_bound)
+                curve_sums[a_name] = curve_sums[a_name] + curve
+            sr_u8s = {"bicubic": to_uint8(upsample(lr, scale))[0]}
+            for label, attn in (("plain", None), ("YODA", amaps[yoda_name].to(dev))):
                 bar.set_postfix_str(f"{Path(str(name)).name} {label}")
                 with torch.no_grad():
                     sr = sample(adapter, lr, attention=attn, steps=s.steps, sampler=s.sampler, eta=s.eta,
                                 lower_bound=s.lower_bound if attn is not None else 1.0, seed=s.seed,
                                 backend=s.backend, progress=False)
-                sr_u8 = to_uint8(sr)[0]
-                srs[label].append(sr_u8)
+                sr_u8s[label] = sr_u8 = to_uint8(sr)[0]
+                extra = None
                 if lpips_fn is not None:  # on the rounded image, like every other metric
-                    lp_maps[label].append(lpips_map(lpips_fn, from_uint8(sr_u8).to(dev), hr)[0].cpu().numpy())
+                    extra = {"lpips": lpips_map(lpips_fn, from_uint8(sr_u8).to(dev), hr)[0].cpu().numpy()}
+                regional_acc[label].add(sr_u8, hr_u8, amaps[yoda_name], extra)
                 bar.update(1)
+            if kept:
+                hrs.append(hr_u8)
+                for k, v in sr_u8s.items():
+                    srs[k].append(v)
+                for a_name, A in amaps.items():
+                    maps[a_name].append(A)
     finally:
         bar.close()
 
     if not names:
         raise ValueError("images must not be empty" if n_images == 0 else "no image could be sampled")
-    T = int(adapter.schedule.T)
-    ratios = update_ratio_table(maps, s.lower_bounds)
-    curves, ts = {}, None
-    for a_name, As in maps.items():
-        ts, curves[a_name] = refined_area_curve(As, T, s.lower_bound)
+    n = len(names)
+    ratios = {k: v / n for k, v in ratio_sums.items()}
+    curves = {k: v / n for k, v in curve_sums.items()}
     regional, fits = {}, {}
     for label in ("plain", "YODA"):
-        extra = {"lpips": lp_maps[label]} if lpips_fn is not None else None
-        regional[label] = r = regional_error(srs[label], hrs, maps[yoda_name], s.bins, extra)
+        regional[label] = r = regional_acc[label].result()
         for key in ("mse", "psnr") + (("lpips",) if lpips_fn is not None else ()):
             fits[(label, key)] = poly_fit(r["centres"], r[key], s.degree)
 
     crops = []
-    for i in range(min(s.crops, len(names))):
+    for i in range(len(hrs)):
         H, W = hrs[i].shape[:2]
         c = min(H, W, s.crop_size) if s.crop_size else min(H, W, max(16, min(H, W) // 2))
         y, x = best_crop(maps[yoda_name][i], c)

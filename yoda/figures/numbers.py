@@ -96,6 +96,52 @@ def _map2d(A, shape: tuple, name: str) -> np.ndarray:
     return a
 
 
+class RegionalError:
+    """regional_error gathered one image at a time (add), so that no image needs to be kept; result() is
+    regional_error's dict. extra_names: the names of the per-pixel maps each add() brings in ``extra``."""
+
+    def __init__(self, bins: int = 10, extra_names: Sequence[str] = ()):
+        self.edges = bin_edges(bins)
+        nb = len(self.edges) - 1
+        self.count = np.zeros(nb, dtype=np.int64)
+        self.se = np.zeros(nb, dtype=np.float64)
+        self.sums = {k: np.zeros(nb, dtype=np.float64) for k in extra_names}
+        self.flat = self.images = 0
+
+    def add(self, sr: np.ndarray, hr: np.ndarray, A: Any, extra: Optional[Mapping[str, Any]] = None) -> None:
+        """One image: uint8 (H, W, 3) sr and hr, its map A at (H, W), and {name: per-pixel map} of every
+        extra name (errors name the image by its index, maps[i])."""
+        from ..evaluate import check_pair
+
+        i, extra = self.images, dict(extra or {})
+        if set(extra) != set(self.sums):
+            raise ValueError(f"extra must hold the maps {sorted(self.sums)}, got {sorted(extra)}")
+        check_pair(sr, hr)
+        a = _map2d(A, sr.shape[:2], f"maps[{i}]")
+        self.images += 1
+        if a.min() == a.max():
+            self.flat += 1
+            return
+        nb = len(self.se)
+        idx = _bin_index(a, self.edges).ravel()
+        err = ((sr.astype(np.float64) - hr.astype(np.float64)) ** 2).mean(axis=2).ravel()
+        self.count += np.bincount(idx, minlength=nb)
+        self.se += np.bincount(idx, weights=err, minlength=nb)
+        for k, m in extra.items():
+            self.sums[k] += np.bincount(idx, weights=_map2d(m, sr.shape[:2], f"{k}[{i}]").ravel(), minlength=nb)
+
+    def result(self) -> dict:
+        count, edges = self.count, self.edges
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mse = np.where(count > 0, self.se / np.maximum(count, 1), np.nan)
+            psnr = np.where(count > 0, 10.0 * np.log10(255.0 ** 2 / mse), np.nan)
+        out = {"edges": edges, "centres": (edges[:-1] + edges[1:]) / 2, "count": count.copy(), "mse": mse,
+               "psnr": psnr, "flat": self.flat}
+        for k, v in self.sums.items():
+            out[k] = np.where(count > 0, v / np.maximum(count, 1), np.nan)
+        return out
+
+
 def regional_error(srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray], maps: Sequence[Any], bins: int = 10,
                    extra: Optional[Mapping[str, Sequence[Any]]] = None) -> dict:
     """Fig. 5: error of SR vs HR per bin of the attention value A.
@@ -105,41 +151,18 @@ def regional_error(srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray], maps: S
     Returns {"edges", "centres", "count" (pixels per bin, all images), "mse" (8-bit units^2), "psnr" (dB),
     and each extra name}: arrays over bins, NaN for an empty bin (PSNR inf where the MSE is 0); and "flat", the
     number of images left out because their map is constant (a flat image's map is all ones, DESIGN.md §3: it
-    ranks no pixel above another, and its pixels would all fill the top bin)."""
-    edges = bin_edges(bins)
+    ranks no pixel above another, and its pixels would all fill the top bin). RegionalError gathers the same
+    one image at a time."""
+    acc = RegionalError(bins, tuple(extra or {}))
     if not (len(srs) == len(hrs) == len(maps)) or not srs:
         raise ValueError(f"give one sr, hr and map per image (got {len(srs)}, {len(hrs)}, {len(maps)})")
     extra = dict(extra or {})
     for k, v in extra.items():
         if len(v) != len(srs):
             raise ValueError(f"extra[{k!r}] must hold one map per image, got {len(v)} for {len(srs)} images")
-    nb = len(edges) - 1
-    count = np.zeros(nb, dtype=np.int64)
-    se = np.zeros(nb, dtype=np.float64)
-    sums = {k: np.zeros(nb, dtype=np.float64) for k in extra}
-    flat = 0
     for i, (sr, hr, A) in enumerate(zip(srs, hrs, maps)):
-        from ..evaluate import check_pair
-
-        check_pair(sr, hr)
-        a = _map2d(A, sr.shape[:2], f"maps[{i}]")
-        if a.min() == a.max():
-            flat += 1
-            continue
-        idx = _bin_index(a, edges).ravel()
-        err = ((sr.astype(np.float64) - hr.astype(np.float64)) ** 2).mean(axis=2).ravel()
-        count += np.bincount(idx, minlength=nb)
-        se += np.bincount(idx, weights=err, minlength=nb)
-        for k in extra:
-            sums[k] += np.bincount(idx, weights=_map2d(extra[k][i], sr.shape[:2], f"{k}[{i}]").ravel(), minlength=nb)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mse = np.where(count > 0, se / np.maximum(count, 1), np.nan)
-        psnr = np.where(count > 0, 10.0 * np.log10(255.0 ** 2 / mse), np.nan)
-    out = {"edges": edges, "centres": (edges[:-1] + edges[1:]) / 2, "count": count, "mse": mse, "psnr": psnr,
-           "flat": flat}
-    for k, s in sums.items():
-        out[k] = np.where(count > 0, s / np.maximum(count, 1), np.nan)
-    return out
+        acc.add(sr, hr, A, {k: v[i] for k, v in extra.items()})
+    return acc.result()
 
 
 def poly_fit(x: Sequence[float], y: Sequence[float], degree: int = 2) -> Optional[np.ndarray]:
