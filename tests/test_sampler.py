@@ -760,6 +760,57 @@ def test_errors_name_the_argument_the_caller_gave():
         run(ad, lr_image(), windows=(6, 1), seed=0)
 
 
+def test_a_users_module_runs_in_its_own_dtype_and_reports_its_device():
+    """as_adapter(module): a float64 module with the (float32) state raised torch's "Input type (float) and bias
+    type (double)", and device() did not look at ``fn``, so a model on another device than lr got no clear error
+    (here: the meta device)."""
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).double()
+    seen = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x, t, cond):
+            seen.append((x.dtype, cond.dtype))
+            return self.conv(x) * 0.1
+
+    ad = as_adapter(Net(), prediction="eps", schedule=SCHED, scale=SCALE)
+    assert ad.device() == torch.device("cpu")
+    out = run(ad, lr_image(), seed=0)
+    assert out.dtype == torch.float32 and set(seen) == {(torch.float64, torch.float64)}
+    with pytest.raises(ValueError, match="lr is on cpu but the model is on meta"):
+        run(as_adapter(Net().to("meta"), prediction="eps", schedule=SCHED, scale=SCALE), lr_image())
+
+
+def test_sampling_checks_what_it_would_meet_only_later():
+    """windows= with an adapter that cannot crop its cond failed at the first denoise step with a message not
+    naming windows; a misspelt attention name was accepted when lower_bound >= 1 left it unused."""
+    calls = []
+
+    class NoCrop(Adapter):
+        prediction, schedule, scale, multiple = "eps", SCHED, SCALE, 1
+
+        def prepare(self, lr):
+            up = upsample(lr, SCALE)
+            return Prepared(c=up, cond=up)
+
+        def denoise(self, x_t, t, ab_t, cond):
+            calls.append(1)
+            return torch.zeros_like(x_t)
+
+    with pytest.raises(ValueError, match=r"^windows: NoCrop cannot denoise in windows \(it has no crop_cond"):
+        run(NoCrop(), lr_image(), windows=(8, 4), seed=0)
+    assert calls == []
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    for lb in (0.5, 1.0, 2.0):
+        with pytest.raises(ValueError, match="unknown attention 'egde'"):
+            run(model, lr_image(), attention="egde", lower_bound=lb)
+    with pytest.raises(ValueError, match="needs a local weights file"):
+        run(model, lr_image(), attention="dino-vits8", lower_bound=1.0)
+
+
 def test_windows_must_fit_the_models_size_multiple_before_any_call():
     """A window narrower than the state is a model input of its own size: one that is not a multiple of the
     model's size multiple is refused, naming windows, before the model is called (it used to reach the model:

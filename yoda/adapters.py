@@ -129,8 +129,8 @@ class Adapter:
         raise ValueError(_no_cfg_message(self, scale))
 
     def device(self) -> Optional[torch.device]:
-        """Device of the wrapped network's parameters (attributes ``net`` or ``model``), None if unknown."""
-        for obj in (getattr(self, "net", None), getattr(self, "model", None)):
+        """Device of the wrapped network's parameters (attributes ``net``, ``model`` or ``fn``), None if unknown."""
+        for obj in (getattr(self, "net", None), getattr(self, "model", None), getattr(self, "fn", None)):
             if isinstance(obj, torch.nn.Module):
                 for p in obj.parameters():
                     return p.device
@@ -353,6 +353,13 @@ class CallableAdapter(Adapter):
         return Prepared(c=c, cond=up)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any) -> torch.Tensor:
+        """fn runs in the dtype of its parameters when it is a module (a float64 or half model with a float32
+        state), else in the state's; its output is cast back to the state's."""
+        dt = next((p.dtype for p in self.fn.parameters() if p.is_floating_point()), None) \
+            if isinstance(self.fn, torch.nn.Module) else None
+        if dt is not None and dt != x_t.dtype:
+            cond = cond.to(dt) if isinstance(cond, torch.Tensor) and cond.is_floating_point() else cond
+            return _check_output(self.fn(x_t.to(dt), t, cond), x_t, "fn")
         return _check_output(self.fn(x_t, t, cond), x_t, "fn")
 
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: Any) -> torch.Tensor:

@@ -59,6 +59,13 @@ def get(name: str, **kw) -> Callable:
     "edge" | "gaussian" | "sift" | "dino-vits8:PATH" | "dino-resnet50:PATH" (PATH: a local
     checkpoint, .pth or .safetensors; ~ is expanded). Unknown names raise ValueError listing the known ones.
     """
+    factory, path = check_name(name)
+    return factory(**kw) if path is None else factory(path, **kw)
+
+
+def check_name(name: str) -> tuple:
+    """(factory, weights path or None) of an extractor name, checked as get() checks it, without building the
+    extractor (no weights read): yoda.sample checks a name it does not use (lower_bound >= 1) this way."""
     if not isinstance(name, str):
         raise TypeError(f"attention name must be a str, one of {', '.join(NAMES)}; got {type(name).__name__}")
     base, sep, path = name.partition(":")
@@ -69,10 +76,10 @@ def get(name: str, **kw) -> Callable:
     if needs_path:
         if not path:
             raise ValueError(f"attention {key!r} needs a local weights file: use '{key}:PATH'")
-        return factory(os.path.expanduser(path), **kw)  # the shell leaves a ~ after the colon as it is
+        return factory, os.path.expanduser(path)  # the shell leaves a ~ after the colon as it is
     if sep:
         raise ValueError(f"attention {key!r} takes no ':PATH' part, got {name!r}")
-    return factory(**kw)
+    return factory, None
 
 
 def __getattr__(name: str):

@@ -165,12 +165,17 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
         A = A.float().contiguous()
     elif isinstance(attention, torch.Tensor):  # checked (NaN, range, shape) even when lower_bound >= 1 leaves it unused
         checked_map(attention, "attention", lr)
+    elif isinstance(attention, str):  # a misspelt name is an error whatever the lower bound
+        importlib.import_module("yoda.attention").check_name(attention)
     elif attention is not None and not (isinstance(attention, str) or callable(attention)):
         raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
     stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None
     noise = check_noise(noise, spec.steps + 1, c)
     w = spec.windows
     if w is not None:
+        if type(adapter).crop_cond is Adapter.crop_cond:
+            raise ValueError(f"windows: {type(adapter).__name__} cannot denoise in windows (it has no crop_cond, "
+                             f"which cuts its cond to a window); leave windows out")
         check_window_size(adapter, w.size, w.overlap, c.shape[-2:])
     tiler = Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch) if w is not None else None
     return Run(adapter, spec, lr_state, c, prep.cond, A, stats, noise, tiler)
