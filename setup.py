@@ -18,6 +18,31 @@ def _flag(name):
     return os.getenv(name, "0") == "1"
 
 
+def _source_hash() -> str:
+    import importlib.util
+
+    path = os.path.join(ROOT, "yoda_kernels", "_source_hash.py")
+    spec = importlib.util.spec_from_file_location("_source_hash", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.source_hash(os.path.join(ROOT, "csrc"))
+
+
+def _build_ext(base):
+    """base (torch's BuildExtension) with a failed compile ending in one line that names the way around it."""
+
+    class BuildExt(base):
+        def run(self):
+            try:
+                super().run()
+            except Exception as e:
+                raise SystemExit(f"error: building yoda's C++ extension failed ({type(e).__name__}: {e}; the "
+                                 "compiler's output is above). YODA_NO_EXTENSION=1 installs without it (the "
+                                 "pure-PyTorch reference then runs on the CPU); README.md, Quickstart.") from e
+
+    return BuildExt
+
+
 def extensions():
     if _flag("YODA_NO_EXTENSION") or "sdist" in sys.argv:  # an sdist compiles nothing (and needs no torch)
         return [], {}
@@ -31,7 +56,8 @@ def extensions():
     # No -std flag: torch's BuildExtension adds the standard its headers need (C++20 for torch >= 2.10);
     # forcing c++17 gives warnings in c10 headers and breaks with newer ones.
     cxx = ["-O3", "-fno-math-errno", "-ffp-contract=off"] + openmp
-    define_macros = []
+    # the sources' fingerprint, compiled in (a number: no quoting through ninja's shell) and checked at import
+    define_macros = [("YODA_SOURCE_HASH", f"0x{_source_hash()}ULL")]
     kwargs = dict(
         name="yoda_kernels._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
@@ -45,7 +71,7 @@ def extensions():
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:
         ext = CppExtension(sources=sources, define_macros=define_macros, extra_compile_args={"cxx": cxx}, **kwargs)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _build_ext(BuildExtension.with_options(use_ninja=True))}
 
 
 REQUIRES = ["numpy", "pillow", "scikit-image>=0.22", "opencv-python-headless>=4.8", "safetensors", "tqdm"]

@@ -169,6 +169,15 @@ PyMethodDef kMethods[] = {
 }  // namespace
 
 extern "C" {
+// The fingerprint of the sources this build compiled (setup.py: yoda_kernels/_source_hash.py), kept in the
+// binary as a string that yoda_kernels.ops reads from the file before importing it, and as _C.source_hash.
+#ifndef YODA_SOURCE_HASH
+#define YODA_SOURCE_HASH 0x0000000000000000ULL
+#endif
+#define YODA_STR2(x) #x
+#define YODA_STR(x) YODA_STR2(x)
+__attribute__((used)) const char yoda_source_hash_tag[] = "yoda-source-hash:" YODA_STR(YODA_SOURCE_HASH);
+
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT,
@@ -177,6 +186,12 @@ PyMODINIT_FUNC PyInit__C(void) {
       -1,                                                                                  // m_size
       kMethods,                                                                            // m_methods
   };
-  return PyModule_Create(&module_def);
+  PyObject* m = PyModule_Create(&module_def);
+  if (m != nullptr &&
+      PyModule_AddStringConstant(m, "source_hash", yoda_source_hash_tag + sizeof("yoda-source-hash:") - 1) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }
 }

@@ -398,7 +398,7 @@ def test_fallback_warns_once_without_extension():
             y = yoda_kernels.masked_step(x, x, x, None, ab_t=0.5, ab_prev=1.0)
             y = yoda_kernels.masked_step(x, x, x, None, ab_t=0.5, ab_prev=1.0)
         msgs = [str(m.message) for m in w if issubclass(m.category, RuntimeWarning)]
-        assert len(msgs) == 1 and "compiled extension not available" in msgs[0], msgs
+        assert len(msgs) == 1 and "compiled extension is not used" in msgs[0], msgs
         assert "cpp" not in yoda_kernels.available_backends("cpu")
         assert yoda_kernels.active_backends("cpu") == {op: "naive" for op in yoda_kernels.ops.OPS}
         assert all(not k for k in yoda_kernels.ops.DEVICE_KERNELS.values())
@@ -452,3 +452,57 @@ def test_stats_of_wrong_dtype_are_rejected():
     tmax, tmin = yk.tile_stats(A, 16)
     with pytest.raises(ValueError, match="stats must be float32"):
         yk.masked_step(x, x, x, A, 0.5, ab_t=0.5, ab_prev=0.6, stats=(tmax.double(), tmin.double()))
+
+
+def test_a_stale_build_is_not_loaded(tmp_path):
+    """An editable install keeps its compiled _C across a `git pull` that changes csrc/: a build of the noise
+    stream version 1 ran silently against version 2 sources (images off by up to 80 levels). The build carries
+    the fingerprint of its sources; one that does not match csrc/ beside the package is not imported."""
+    from pathlib import Path
+
+    from yoda_kernels._source_hash import source_hash, stale_build
+
+    csrc = tmp_path / "csrc"
+    (csrc / "cpu").mkdir(parents=True)
+    (csrc / "a.h").write_text("int a;")
+    (csrc / "cpu" / "b.cpp").write_text("int b;")
+    (csrc / "notes.txt").write_text("not a source")
+    lib = tmp_path / "_C.so"
+    lib.write_bytes(b"\0ELF..." + f"yoda-source-hash:0x{source_hash(csrc)}ULL".encode() + b"\0...")
+    assert stale_build(str(lib), csrc) is None
+    assert stale_build(str(lib), tmp_path / "absent") is None  # a wheel: no sources beside it, not checked
+    (csrc / "notes.txt").write_text("changed")  # not a source: same fingerprint
+    assert stale_build(str(lib), csrc) is None
+    (csrc / "cpu" / "b.cpp").write_text("int b = 1;")
+    assert "compiled from other sources" in stale_build(str(lib), csrc)
+    lib.write_bytes(b"\0ELF without a marker")
+    assert "carries no source fingerprint" in stale_build(str(lib), csrc)
+    # the build in this tree matches its sources, and a mismatch falls back to the reference, with one warning
+    assert yk.extension_error is None
+    assert _C_tag() == f"0x{source_hash(Path(yk.__file__).parent.parent / 'csrc')}ULL"
+    code = textwrap.dedent(
+        """
+        import importlib.util, sys, warnings
+        spec = importlib.util.spec_from_file_location("yoda_kernels._source_hash", "yoda_kernels/_source_hash.py")
+        sh = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sh)
+        sh.source_hash = lambda csrc: "0" * 16  # csrc/ "changed" since the build
+        sys.modules["yoda_kernels._source_hash"] = sh
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            import yoda_kernels
+        msgs = [str(m.message) for m in w if issubclass(m.category, RuntimeWarning)]
+        assert len(msgs) == 1 and "compiled from other sources" in msgs[0] and "rebuild" in msgs[0], msgs
+        assert yoda_kernels.active_backends("cpu") == {op: "naive" for op in yoda_kernels.ops.OPS}
+        assert "yoda_kernels._C" not in sys.modules
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _C_tag() -> str:
+    from yoda_kernels import _C
+
+    return _C.source_hash

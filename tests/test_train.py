@@ -596,3 +596,21 @@ def test_validation_runs_every_val_every_steps_whatever_log_every(tmp_path, img_
         assert [r["step"] for r in tr.rows if r["val_psnr_plain"] != ""] == want
         logged = [2, 3, 4, 6, 8] if log_every == 2 else [3, 6, 8]
         assert [r["step"] for r in tr.rows] == logged
+
+
+def test_installed_configs_load_by_name(tmp_path, monkeypatch):
+    """Outside a clone `yoda train --config yoda/configs/default_x4.json` has no file to read; the installed
+    configs load by name (with or without .json). A file of that name in the working folder wins; a missing
+    one is an error that lists the names."""
+    from yoda.training.config import CONFIGS, TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    want = TrainConfig.load(str(CONFIGS / "default_x4.json"))
+    assert TrainConfig.load("default_x4") == want == TrainConfig.load("default_x4.json")
+    (tmp_path / "default_x4.json").write_text(want.replace(seed=want.seed + 1).to_json())
+    assert TrainConfig.load("default_x4.json").seed == want.seed + 1
+    with pytest.raises(ValueError, match=r"config file not found: nope \(the installed configs, by name: "
+                                         r"compare_plain, compare_yoda, default_x4\)"):
+        TrainConfig.load("nope")
+    with pytest.raises(ValueError, match="config file not found: sub/default_x4"):
+        TrainConfig.load("sub/default_x4")  # a path with a folder is a path

@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("train", help="train a model from a JSON config")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True,
+                   help="a JSON config file, or the name of an installed one (default_x4, compare_plain, compare_yoda)")
     p.add_argument("--out", default=None, help="output folder (default runs/<name>); resumes if it has a checkpoint")
     p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
     p.add_argument("--decay-from", type=int, default=None, metavar="STEP",

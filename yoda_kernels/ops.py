@@ -47,17 +47,36 @@ _lib = torch.library.Library("yoda", "DEF")  # noqa: kept alive for the process
 for _schema in SCHEMAS.values():
     _lib.define(_schema)
 
-extension_error: Optional[str] = None
-try:
-    from . import _C  # noqa: F401  registers the CPU (and, if built, CUDA) kernels
-except (ImportError, OSError) as e:  # missing or unloadable extension
-    extension_error = f"{type(e).__name__}: {e}"
-    warnings.warn(
-        f"yoda_kernels: compiled extension not available ({extension_error}); the pure-PyTorch reference "
-        "is used instead. Reinstall with `pip install --no-build-isolation -e .` to build it.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+def _load_extension() -> Optional[str]:
+    """Import yoda_kernels._C (its kernels register themselves); None, or why it is not used: not built, not
+    loadable, or built from other sources than the csrc/ beside this package holds (a stale build of a source
+    tree: its kernels would silently compute another contract, e.g. another noise stream)."""
+    import importlib.util
+    from pathlib import Path
+
+    from ._source_hash import stale_build
+
+    try:
+        spec = importlib.util.find_spec(f"{__package__}._C")
+    except (ImportError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    if spec is None or not spec.origin:
+        return ("no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); to build "
+                "it, run `pip install --no-build-isolation -e .` in a clone")
+    stale = stale_build(spec.origin, Path(__file__).resolve().parent.parent / "csrc")
+    if stale:
+        return f"{stale}; rebuild it: `pip install --no-build-isolation -e .`"
+    try:
+        from . import _C  # noqa: F401  registers the CPU (and, if built, CUDA) kernels
+    except (ImportError, OSError) as e:  # unloadable (another torch's ABI, a missing symbol)
+        return f"{type(e).__name__}: {e}; rebuild it: `pip install --no-build-isolation -e .`"
+    return None
+
+
+extension_error: Optional[str] = _load_extension()
+if extension_error is not None:
+    warnings.warn(f"yoda_kernels: the compiled extension is not used ({extension_error}). The pure-PyTorch "
+                  "reference runs instead.", RuntimeWarning, stacklevel=2)
 
 
 def _extension_kernels() -> dict[str, frozenset]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Union
 
 from yoda_kernels.contract import PREDICTIONS
@@ -87,6 +89,19 @@ def _default_model() -> dict:
 
 def _default_schedule() -> dict:
     return {"kind": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 2e-2}
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # yoda/configs/, installed with the package
+
+
+def _packaged_config(path: str) -> str:
+    """``path``, or the installed config it names when it is a bare name (no folder) that is not a file here."""
+    if os.path.exists(path) or os.path.dirname(path):
+        return path
+    for name in (path, path + ".json"):
+        if (CONFIGS / name).is_file():
+            return str(CONFIGS / name)
+    return path
 
 
 @dataclass(frozen=True)
@@ -188,11 +203,15 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
+        """A JSON file; a bare name that is not a file (``default_x4``, ``default_x4.json``) is one of the configs
+        installed with the package (yoda/configs/), so they are at hand outside a clone too."""
+        path = _packaged_config(path)
         try:
             with open(path, encoding="utf-8") as f:
                 return cls.from_json(f.read())
         except FileNotFoundError:
-            raise ValueError(f"config file not found: {path}") from None
+            names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.json")))
+            raise ValueError(f"config file not found: {path} (the installed configs, by name: {names})") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {path} is not valid JSON: {e}") from None
 
