@@ -838,3 +838,19 @@ def test_numpy_and_0d_tensor_scalars_are_numbers():
                       (dict(eta=torch.tensor([0.5])), "eta must be a float, got Tensor")):
         with pytest.raises(TypeError, match=match):
             yoda.sample(ad, lr, sampler="euler_a", progress=False, **{"steps": 3, **kw})
+
+
+def test_explicit_sigmas_above_the_models_top_warn():
+    """sigmas=[10, 1, 0.1] on a schedule whose largest sigma is 1.32 started the state at 10 but told the model
+    t = T - 1 (k-diffusion's clamp), silently; now it warns, naming both. Sigmas within the table do not."""
+    import warnings
+
+    ad = yoda.adapters.as_adapter(lambda x, t, c: torch.zeros_like(x), prediction="eps",
+                                  schedule=Schedule.linear(100, 1e-4, 2e-2))
+    lr = torch.zeros(1, 3, 4, 4)
+    with pytest.warns(UserWarning, match=r"sigmas: 10 is above the model's largest sigma 1\.323"):
+        yoda.sample(ad, lr, sampler="euler", sigmas=[10, 1, 0.1], progress=False, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yoda.sample(ad, lr, sampler="euler", sigmas=[1.3, 0.1], progress=False, seed=0)
+        yoda.sample(ad, lr, sampler="euler", sigmas="karras", steps=3, progress=False, seed=0)

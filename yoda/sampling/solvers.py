@@ -198,6 +198,13 @@ def make_sigmas(kind: Any, steps: Optional[int], schedule: Schedule) -> tuple[fl
     out = _sequence(kind)
     if steps is not None and steps != len(out):
         raise ValueError(f"steps ({steps}) must be None or the number of sigmas given ({len(out)})")
+    top = math.exp(float(logs[-1]))
+    if out[0] > top * (1 + 1e-6):
+        import warnings
+
+        warnings.warn(f"sigmas: {out[0]:g} is above the model's largest sigma {top:g}: the state starts at that "
+                      f"noise level but the model is told t = T - 1 (sigma {top:g}), as k-diffusion clamps it",
+                      UserWarning, stacklevel=4)
     return tuple(out) + (0.0,)
 
 
