@@ -369,6 +369,9 @@ def test_check_output_names_the_users_path(tmp_path, monkeypatch):
     (tmp_path / "dir.png").mkdir()
     with pytest.raises(IsADirectoryError, match=r"dir\.png is a folder"):
         images.check_output(tmp_path / "dir.png")
+    (tmp_path / "plain_dir").mkdir()  # no suffix: it said "cannot write images with the suffix ''"
+    with pytest.raises(IsADirectoryError, match=r"plain_dir is a folder; give an image file name"):
+        images.check_output(tmp_path / "plain_dir")
     with pytest.raises(FileNotFoundError, match="missing"):
         images.check_output(tmp_path / "missing" / "o.png")
     (tmp_path / "file").write_text("x")
@@ -386,7 +389,7 @@ def test_check_output_names_the_users_path(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match=r"cannot write .*o\.png: Permission denied") as e:
         save_image(torch.zeros(3, 2, 2), tmp_path / "o.png")  # the writer names it too
     assert ".tmp" not in str(e.value)
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["dir.png", "file"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["dir.png", "file", "plain_dir"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

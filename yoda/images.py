@@ -304,6 +304,8 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     TIFF, BMP) and it can be written (yoda._io.check_writable: not a folder, the folder exists, a file can be
     created there). Errors name ``path`` (``what``: which argument). Returns ``Path(path)``."""
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {p} is a folder; give an image file name ({', '.join(OUTPUT_SUFFIXES)})")
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"{what} {p}: cannot write images with the suffix {p.suffix!r}; use one of "
                          f"{', '.join(OUTPUT_SUFFIXES)}")
