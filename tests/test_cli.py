@@ -252,6 +252,14 @@ def test_upscale_a_folder_into_itself_can_be_rerun(tmp_path, tiny_model, capsys)
     assert out.count("skipped") == 2 and (src / "a_x4.png").read_bytes() == first
     code, _, err = run(["upscale", str(src), str(src / "a_x4.png"), "-o", str(src), *common], capsys)
     assert code == 2 and "is the input" in err
+    # another folder's outputs in it too: `upscale other/ in/ -o in/` twice
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(other / "c.png")
+    for _ in range(2):
+        code, out, err = run(["upscale", str(other), str(src), "-o", str(src), *common, "--skip-existing"], capsys)
+        assert code == 0, err
+    assert "left out a_x4.png, b_x4_x4.png, c_x4.png: they are the outputs" in err and out.count("skipped") == 3
 
 def test_upscale_scale_defaults_to_the_models(tmp_path, images, capsys):
     """--scale is the model's unless given (a x2 model needs no option); a wrong one is refused."""
@@ -376,6 +384,43 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
         assert (of_padded - want).abs().max() > 0.01  # the maps of the padded LR differ: the test tells them apart
     im = Image.open(tmp_path / "d.png")
     assert im.width >= 6 * 160  # small crops are drawn enlarged, so that the labels fit
+
+
+def test_eval_command(tmp_path, tiny_model, capsys):
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / "a.png")
+    code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "2",
+                             "--lower-bounds", "0.4", "0.8", "--attention", "edge", "-q"], capsys)
+    assert code == 0, err
+    lines = [l for l in stdout.splitlines() if l.startswith("| ")]
+    assert [l.split("|")[1].strip() for l in lines[1:]] == ["bicubic", "plain", "yoda", "yoda"]
+    assert "LPIPS omitted" in stdout
+    code, _, err = run(["eval", "--images", str(tmp_path / "empty_missing"), "--model", tiny_model], capsys)
+    assert code == 2 and "empty_missing" in err
+    # a folder named like one of yoda.data's sources is still the folder
+    (tmp_path / "photos").mkdir()
+    Image.open(folder / "a.png").save(tmp_path / "photos" / "a.png")
+    code, stdout2, err = run(["eval", "--images", str(tmp_path / "photos"), "--model", tiny_model, "--steps", "2",
+                              "--lower-bounds", "0.4", "0.8", "--attention", "edge", "-q"], capsys)
+    table = lambda out: [l.rsplit("|", 2)[0] for l in out.splitlines() if l.startswith("| ")]  # less the time
+    assert code == 0 and table(stdout2) == table(stdout), err
+    # eval has --lower-bounds only (which argparse lets --lower-bound abbreviate); bad --max-size and --lpips
+    # files are named before any work
+    code, stdout3, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1",
+                              "--attention", "edge", "--lower-bound", "0.3", "-q"], capsys)
+    rows = [l for l in stdout3.splitlines() if l.startswith("| yoda")]
+    assert code == 0 and len(rows) == 1 and "0.3" in rows[0], (stdout3, err)
+    for args, want in ((["--max-size", "-5"], "--max-size must be >= 0 (0: full size), got -5"),
+                       (["--max-size", "3"], "--max-size 3 is below 8, the smallest HR side this model takes"),
+                       (["--attention", "edge", "edge"], "--attention: 'edge' is given twice"),
+                       (["--lower-bounds", "0.4", "0.4"], "--lower-bounds: 0.4 is given twice"),
+                       (["--lpips", "nope1", "nope2"], "--lpips: weights file not found: nope1"),
+                       (["--seed", "-1"], "--seed must be an int in [0, 2**32 - 1]")):
+        code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q", *args],
+                           capsys)
+        assert code == 2 and err.count("\n") == 1 and want in err, (args, err)
 
 
 def test_train_and_plot_commands(tmp_path, capsys):

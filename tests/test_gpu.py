@@ -310,12 +310,20 @@ def test_triton_ops_opcheck_and_compile():
     torch.library.opcheck(torch.ops.yoda.masked_q_sample_triton.default,
                           (x, c, z, A, ab.sqrt(), (1 - ab).sqrt(), torch.tensor([0.5], device=DEV)))
 
+    # compiled, the op keeps the eager launch's bits: float32 scalars (A == float32(0.7) is active at tau 0.7;
+    # Inductor's re-emitted triton_op launch compared in fp64, where it is not) and no fused multiply-adds
+    tau = 0.7
+    A7 = A.clone()
+    A7[..., :3, :] = 0.7  # float32(0.7) < 0.7 in float64
+
     @torch.compile(fullgraph=True)
     def step(x, o, c, A):
         tmax, tmin = torch.ops.yoda.tile_stats_triton(A, 8)
-        return torch.ops.yoda.masked_step_triton(x, o, c, A, tmax, tmin, TAU, cf, False, 4, 2, None, 8) * 2.0
+        return torch.ops.yoda.masked_step_triton(x, o, c, A, tmax, tmin, tau, cf, False, 4, 2, None, 8) * 2.0
 
-    torch.testing.assert_close(step(x, o, c, A), 2.0 * torch.ops.yoda.masked_step_triton(*step_args),
+    eager = torch.ops.yoda.masked_step_triton(x, o, c, A7, *naive.tile_stats(A7, 8), tau, cf, False, 4, 2, None, 8)
+    torch.testing.assert_close(step(x, o, c, A7), 2.0 * eager, rtol=0, atol=0)
+    torch.testing.assert_close(eager, naive.masked_step(x, o, c, A7, None, None, tau, cf, False, 4, 2, None, 8),
                                rtol=0, atol=2e-6)
 
 

@@ -95,6 +95,22 @@ def test_rerun_replaces_the_splits_and_an_interrupted_one_keeps_the_last_build(t
         photos.build(str(out), short_side=64, photos=fewer)
     monkeypatch.setattr(photos, "save_pil", real_save)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # interrupted in the swap (the new manifest's write): undone, the earlier build is whole
+    real_write = photos.atomic_write
+    monkeypatch.setattr(photos, "atomic_write", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        photos.build(str(out), short_side=64, photos=fewer)
+    monkeypatch.setattr(photos, "atomic_write", real_write)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # killed in the swap (no undo ran): the next build puts the earlier one back first, and leaves no staging
+    stage = out / ".build-killed"
+    stage.mkdir()
+    (out / "manifest.json").rename(stage / "old-manifest.json")
+    (out / "train").rename(stage / "old-train")
+    (out / "train").mkdir()
+    (out / "train" / f"{sorted(fewer)[1]}.png").write_bytes(b"half of a new build")
+    photos._recover(str(out))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     built = photos.build(str(out), short_side=64, photos=fewer)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == sorted(["manifest.json"] + [r.file for r in built.rows]) and len(built.rows) == 2
@@ -111,9 +127,10 @@ def test_an_unreadable_photograph_is_skipped_and_named(tmp_path, fake_photos, ca
     src.write_bytes(src.read_bytes()[:100])
     monkeypatch.setattr(photos, "installed_photos", lambda: fake_photos)
     out = tmp_path / "data"
-    code = main(["data", "build", "--out", str(out), "--short-side", "100"])
+    code = main(["data", "build", "--out", str(out), "--short-side", "100", "-q"])
     _, err = capsys.readouterr()
     assert code == 2 and f"could not be read and were left out: {name}" in err
+    assert f"yoda: error: {name}: " in err, err  # named with its reason under -q too
     assert "photographs are not installed, from" in err and "plasma-workspace-wallpapers" in err
     man = json.loads((out / "manifest.json").read_text())
     assert list(man["skipped"]) == [name] and len(man["photos"]) == 2

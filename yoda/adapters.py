@@ -353,10 +353,11 @@ class CallableAdapter(Adapter):
         return Prepared(c=c, cond=up)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any) -> torch.Tensor:
-        """fn runs in the dtype of its parameters when it is a module (a float64 or half model with a float32
-        state), else in the state's; its output is cast back to the state's."""
-        dt = next((p.dtype for p in self.fn.parameters() if p.is_floating_point()), None) \
-            if isinstance(self.fn, torch.nn.Module) else None
+        """fn runs in the dtype of its parameters when it is a module whose floating parameters share one dtype (a
+        float64 or half model with a float32 state), else in the state's; its output is cast back to the state's."""
+        dts = {p.dtype for p in self.fn.parameters() if p.is_floating_point()} \
+            if isinstance(self.fn, torch.nn.Module) else set()
+        dt = dts.pop() if len(dts) == 1 else None  # parameters of mixed dtypes: the module decides
         if dt is not None and dt != x_t.dtype:
             cond = cond.to(dt) if isinstance(cond, torch.Tensor) and cond.is_floating_point() else cond
             return _check_output(self.fn(x_t.to(dt), t, cond), x_t, "fn")

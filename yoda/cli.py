@@ -451,9 +451,11 @@ def cmd_data(a) -> int:
         missing = sorted({PHOTOS[n][0] for n in built.not_installed})
         print(f"yoda: note: {len(built.not_installed)} of the {len(PHOTOS)} photographs are not installed, from "
               f"{', '.join(missing)} (apt-get install {' '.join(missing)})", file=sys.stderr)
+    for name, why in built.skipped.items():
+        print(f"yoda: error: {name}: {why}", file=sys.stderr)
     if built.skipped:
         print(f"yoda: error: {len(built.skipped)} photograph(s) could not be read and were left out: "
-              f"{', '.join(built.skipped)} (see the lines above; the manifest names them)", file=sys.stderr)
+              f"{', '.join(built.skipped)} (the manifest names them)", file=sys.stderr)
         return 2
     return 0
 

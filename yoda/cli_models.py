@@ -128,7 +128,7 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
     h, w = lr.shape[-2:]
     x = pad_to_model(lr, ad)
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
-        if attention is not None and x is not lr:
+        if attention is not None and x is not lr and lower_bound < 1:  # (lower_bound >= 1: no map is used)
             A = resolve_attention(attention, lr, (s * h, s * w))
             attention = F.pad(A, (0, s * (x.shape[-1] - w), 0, s * (x.shape[-2] - h)), mode="replicate")
         sr = sample(ad, x, attention=attention, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound,

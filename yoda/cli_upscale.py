@@ -130,15 +130,15 @@ def expand_inputs(inputs: list) -> tuple[list, set]:
 
 def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], scale: int) -> list:
     """``inputs`` without the images that an earlier run into the output folder wrote there: when -o is a folder
-    that is also an input, its STEM_x<scale>.png next to an input STEM.* is that input's output (named in a
-    note), not a new input. Files named on the command line are always inputs."""
+    that is also an input, a STEM_x<scale>.png in it, where STEM.* is an input (of any folder), is that input's
+    output (named in a note), not a new input. Files named on the command line are always inputs."""
     if out_dir is None or not out_dir.is_dir():
         return inputs
-    here = [p for p in inputs if os.path.realpath(p) in from_folders and Path(p).parent.samefile(out_dir)]
-    outputs = {Path(p).stem + f"_x{scale}.png" for p in here}
-    dropped = [p for p in here if Path(p).name in outputs]
+    outputs = {Path(p).stem + f"_x{scale}.png" for p in inputs}  # what this run writes into out_dir
+    dropped = {p for p in inputs if Path(p).name in outputs and os.path.realpath(p) in from_folders
+               and Path(p).parent.samefile(out_dir)}
     if dropped:
-        print(f"yoda: note: left out {', '.join(Path(p).name for p in dropped)}: "
+        print(f"yoda: note: left out {', '.join(sorted(Path(p).name for p in dropped))}: "
               f"{'it is the output' if len(dropped) == 1 else 'they are the outputs'} of an earlier run into "
               f"{out_dir} (-o), not an input", file=sys.stderr)
     return [p for p in inputs if p not in dropped]

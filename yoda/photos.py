@@ -149,6 +149,29 @@ def _check_out(out: str) -> None:
         raise DataError(f"--out {out}: cannot write in {up}")
 
 
+_BUILT = ("manifest.json", "train", "heldout")  # what a build owns in its folder
+_STAGE = ".build-"  # the prefix of its staging folder there
+
+
+def _recover(out: str) -> None:
+    """Remove the staging folders an earlier build left in ``out`` (killed, or interrupted in its cleanup). One
+    killed in its swap, before the new manifest was written, had moved the build before it aside: that build is
+    put back (the new splits it had moved in go)."""
+    import glob
+    import shutil
+
+    for stage in glob.glob(os.path.join(glob.escape(out), _STAGE + "*")):
+        if os.path.exists(os.path.join(stage, "old-manifest.json")) and not os.path.exists(
+                os.path.join(out, "manifest.json")):
+            for n in reversed(_BUILT):
+                old, cur = os.path.join(stage, f"old-{n}"), os.path.join(out, n)
+                if os.path.exists(old):
+                    if os.path.isdir(cur):
+                        shutil.rmtree(cur)
+                    os.rename(old, cur)
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
           progress: Optional[Callable[[str], None]] = None) -> Built:
     """Gather the installed photographs into ``out`` (see the module docstring).
@@ -169,7 +192,8 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
         raise DataError(f"none of the photograph packages is installed; install them: apt-get install "
                         f"{' '.join(PACKAGES)}")
     made = made_dirs(Path(out))
-    stage = tempfile.mkdtemp(prefix=".build-", dir=out)
+    _recover(out)
+    stage = tempfile.mkdtemp(prefix=_STAGE, dir=out)
     try:
         rows, skipped = [], {}
         for name, (pkg, version, path) in sorted(photos.items()):
@@ -177,9 +201,7 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
             try:
                 arr = read_image(path)
             except (DataError, OSError) as e:
-                skipped[name] = str(e)
-                if progress is not None:
-                    progress(f"skipped  {name}: {e}")
+                skipped[name] = str(e)  # reported by the caller (the CLI: one line each)
                 continue
             img = Image.fromarray(arr)
             w, h = img.size
@@ -194,7 +216,9 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
             if progress is not None:
                 progress(f"{split:8s} {name} {w}x{h} -> {img.size[0]}x{img.size[1]}")
         if not rows:
-            raise DataError(f"none of the {len(photos)} installed photographs could be read (see above)")
+            why = "; ".join(f"{n}: {e}" for n, e in list(skipped.items())[:3])
+            raise DataError(f"none of the {len(photos)} installed photographs could be read ({why}"
+                            f"{'; ...' if len(skipped) > 3 else ''})")
         not_installed = sorted(set(PHOTOS) - set(photos))
         manifest = {
             "what": "yoda data build: colour photographs from installed Debian wallpaper packages",
@@ -204,22 +228,28 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
             "skipped": skipped,
             "not_installed": not_installed,
         }
-        man = os.path.join(out, "manifest.json")
-        if os.path.exists(man):
-            os.remove(man)  # from here until the new one is written, out holds no manifest
-        for split in ("train", "heldout"):
-            old, new = os.path.join(out, split), os.path.join(stage, split)
-            if os.path.isdir(old):
-                os.rename(old, os.path.join(stage, f"old-{split}"))
-            if os.path.isdir(new):
-                os.rename(new, old)
 
         def write(tmp: str) -> None:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(manifest, fh, indent=1)
                 fh.write("\n")
 
-        atomic_write(man, write)
+        # the swap: the earlier build aside (manifest first), the new splits in, the new manifest last; undone if
+        # it does not complete (a kill that allows no undo is mended by the next build, _recover)
+        renames = [(os.path.join(out, n), os.path.join(stage, f"old-{n}")) for n in _BUILT]
+        renames += [(os.path.join(stage, n), os.path.join(out, n)) for n in _BUILT[1:]]
+        moved = []
+        try:
+            for src, dst in renames:
+                if os.path.exists(src):
+                    os.rename(src, dst)
+                    moved.append((src, dst))
+            atomic_write(os.path.join(out, "manifest.json"), write)
+        except BaseException:
+            for src, dst in reversed(moved):
+                if os.path.exists(dst) and not os.path.exists(src):
+                    os.rename(dst, src)
+            raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         remove_empty(made)  # a folder made for a build that wrote nothing

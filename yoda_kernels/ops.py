@@ -22,7 +22,7 @@ import torch
 
 from . import coefs as _coefs
 from . import naive, philox
-from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile, memory_format
+from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile
 
 SCHEMAS = {
     "masked_step": (
@@ -63,7 +63,12 @@ def _load_extension() -> Optional[str]:
     if spec is None or not spec.origin:
         return ("no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); to build "
                 "it, run `pip install --no-build-isolation -e .` in a clone")
-    stale = stale_build(spec.origin, Path(__file__).resolve().parent.parent / "csrc")
+    root = Path(__file__).resolve().parent.parent
+    try:  # a source tree (an editable install) only: yoda's own csrc/ and setup.py beside the package
+        stale = stale_build(spec.origin, root / "csrc") if (root / "csrc" / "yoda.cpp").is_file() and \
+            (root / "setup.py").is_file() else None
+    except (OSError, ValueError) as e:  # an empty (interrupted link) or unreadable build
+        return f"{type(e).__name__}: {e}; rebuild it: `pip install --no-build-isolation -e .`"
     if stale:
         return f"{stale}; rebuild it: `pip install --no-build-isolation -e .`"
     try:
