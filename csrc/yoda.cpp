@@ -28,47 +28,50 @@
 
 namespace {
 
-PyObject* py_philox4x32(PyObject*, PyObject* args) {
-  unsigned long c0, c1, c2, c3, k0, k1;
-  int rounds = yoda::kPhiloxRounds;
-  if (!PyArg_ParseTuple(args, "kkkkkk|i", &c0, &c1, &c2, &c3, &k0, &k1, &rounds)) return nullptr;
-  for (unsigned long v : {c0, c1, c2, c3, k0, k1}) {
-    if (v > 0xFFFFFFFFul) {
-      PyErr_SetString(PyExc_ValueError, "philox4x32: counter and key words must be uint32");
-      return nullptr;
+// Python ints -> uint32, refusing negatives and anything above 2**32 - 1 (PyArg_ParseTuple's "k" would mask
+// them silently: 2**64 + 5 read as 5). On failure a ValueError "NAME: WHAT must be uint32" is set.
+bool as_uint32s(std::initializer_list<PyObject*> objs, uint32_t* out, const char* name, const char* what) {
+  size_t i = 0;
+  for (PyObject* o : objs) {
+    const unsigned long long v = PyLong_Check(o) ? PyLong_AsUnsignedLongLong(o) : ~0ull;
+    if (PyErr_Occurred() || !PyLong_Check(o) || v > 0xFFFFFFFFull) {
+      PyErr_Clear();
+      PyErr_Format(PyExc_ValueError, "%s: %s must be uint32", name, what);
+      return false;
     }
+    out[i++] = static_cast<uint32_t>(v);
   }
-  if (rounds < 0) {
-    PyErr_SetString(PyExc_ValueError, "philox4x32: rounds must be >= 0");
+  return true;
+}
+
+PyObject* py_philox4x32(PyObject*, PyObject* args) {
+  PyObject *c0, *c1, *c2, *c3, *k0, *k1;
+  int rounds = yoda::kPhiloxRounds;
+  uint32_t w[6];
+  if (!PyArg_ParseTuple(args, "OOOOOO|i", &c0, &c1, &c2, &c3, &k0, &k1, &rounds)) return nullptr;
+  if (!as_uint32s({c0, c1, c2, c3, k0, k1}, w, "philox4x32", "counter and key words")) return nullptr;
+  if (rounds < 0 || rounds > 64) {
+    PyErr_SetString(PyExc_ValueError, "philox4x32: rounds must be in [0, 64]");
     return nullptr;
   }
-  const yoda::Philox4 r = yoda::philox4x32(static_cast<uint32_t>(c0), static_cast<uint32_t>(c1),
-                                           static_cast<uint32_t>(c2), static_cast<uint32_t>(c3),
-                                           static_cast<uint32_t>(k0), static_cast<uint32_t>(k1), rounds);
+  const yoda::Philox4 r = yoda::philox4x32(w[0], w[1], w[2], w[3], w[4], w[5], rounds);
   return Py_BuildValue("(kkkk)", (unsigned long)r.v[0], (unsigned long)r.v[1], (unsigned long)r.v[2],
                        (unsigned long)r.v[3]);
 }
 
 PyObject* py_uniforms(PyObject*, PyObject* args) {
-  unsigned long u;
-  if (!PyArg_ParseTuple(args, "k", &u)) return nullptr;
-  if (u > 0xFFFFFFFFul) {
-    PyErr_SetString(PyExc_ValueError, "uniforms: w must be uint32");
-    return nullptr;
-  }
-  const uint32_t w = static_cast<uint32_t>(u);
+  PyObject* o;
+  uint32_t w;
+  if (!PyArg_ParseTuple(args, "O", &o) || !as_uint32s({o}, &w, "uniforms", "w")) return nullptr;
   return Py_BuildValue("(dd)", static_cast<double>(yoda::radius_uniform(w)), static_cast<double>(yoda::angle_uniform(w)));
 }
 
 PyObject* py_randn4(PyObject*, PyObject* args) {
-  unsigned long seed, step, counter;
-  if (!PyArg_ParseTuple(args, "kkk", &seed, &step, &counter)) return nullptr;
-  if (seed > 0xFFFFFFFFul || step > 0xFFFFFFFFul || counter > 0xFFFFFFFFul) {
-    PyErr_SetString(PyExc_ValueError, "randn4: seed, step and counter must be uint32");
-    return nullptr;
-  }
-  const yoda::Normal4 n =
-      yoda::randn4(static_cast<uint32_t>(seed), static_cast<uint32_t>(step), static_cast<uint32_t>(counter));
+  PyObject *os, *ot, *oc;
+  uint32_t v[3];
+  if (!PyArg_ParseTuple(args, "OOO", &os, &ot, &oc)) return nullptr;
+  if (!as_uint32s({os, ot, oc}, v, "randn4", "seed, step and counter")) return nullptr;
+  const yoda::Normal4 n = yoda::randn4(v[0], v[1], v[2]);
   return Py_BuildValue("(dddd)", (double)n.v[0], (double)n.v[1], (double)n.v[2], (double)n.v[3]);
 }
 
@@ -76,23 +79,14 @@ PyObject* py_randn4(PyObject*, PyObject* args) {
 bool parse_block_args(PyObject* args, const char* name, uint32_t& seed, uint32_t& step, uint32_t& g0,
                       Py_ssize_t& n) {
   PyObject *os, *ot, *og;
+  uint32_t v[3];
   if (!PyArg_ParseTuple(args, "OOOn", &os, &ot, &og, &n)) return false;
-  unsigned long long v[3];
-  PyObject* objs[3] = {os, ot, og};
-  for (int i = 0; i < 3; ++i) {  // PyLong_AsUnsignedLongLong rejects negatives and overflow ("k" would mask)
-    v[i] = PyLong_Check(objs[i]) ? PyLong_AsUnsignedLongLong(objs[i]) : static_cast<unsigned long long>(-1);
-    if (PyErr_Occurred() || !PyLong_Check(objs[i]) || v[i] > 0xFFFFFFFFull) {
-      PyErr_Clear();
-      PyErr_Format(PyExc_ValueError, "%s: seed, step and g0 must be uint32", name);
-      return false;
-    }
-  }
-  const unsigned long long s = v[0], t = v[1], g = v[2];
+  if (!as_uint32s({os, ot, og}, v, name, "seed, step and g0")) return false;
   if (n < 0 || n > (Py_ssize_t{1} << 28)) {
     PyErr_Format(PyExc_ValueError, "%s: n must be in [0, 2**28], got %zd", name, n);
     return false;
   }
-  seed = static_cast<uint32_t>(s), step = static_cast<uint32_t>(t), g0 = static_cast<uint32_t>(g);
+  seed = v[0], step = v[1], g0 = v[2];
   return true;
 }
 

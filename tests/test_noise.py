@@ -399,9 +399,16 @@ def test_block_hook_errors():
         _C.box_muller_block(b"\0" * 4, b"\0" * 4, path="libm")
     with pytest.raises(ValueError, match="n must be"):
         _C.randn4_block(0, 0, 0, -1)
-    for bad in (2**32, 2**64 + 1, -1):  # out of uint32 range, never masked into it
+    for bad in (2**32, 2**64 + 1, -1, -(2**64) + 5, 1.0):  # out of uint32 range (or not an int), never masked
         with pytest.raises(ValueError, match="uint32"):
             _C.philox_block(bad, 0, 0, 4)
+        # the scalar hooks too: they parsed with "k", which read 2**64 + 5 and -(2**64) + 5 as 5
+        for call in (lambda: _C.philox4x32(bad, 0, 0, 0, 1, 2), lambda: _C.philox4x32(0, 0, 0, 0, 1, bad),
+                     lambda: _C.uniforms(bad), lambda: _C.randn4(1, bad, 3)):
+            with pytest.raises(ValueError, match="must be uint32"):
+                call()
+    with pytest.raises(ValueError, match=r"rounds must be in \[0, 64\]"):
+        _C.philox4x32(0, 0, 0, 0, 1, 2, 2**31 - 1)  # held the GIL for seconds
 
 
 def test_polynomials_are_the_fits_and_every_copy_agrees():
