@@ -167,7 +167,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
         checked_map(attention, "attention", lr)
     elif isinstance(attention, str):  # a misspelt name is an error whatever the lower bound
         importlib.import_module("yoda.attention").check_name(attention)
-    elif attention is not None and not (isinstance(attention, str) or callable(attention)):
+    elif attention is not None and not callable(attention):
         raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
     stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None
     noise = check_noise(noise, spec.steps + 1, c)
