@@ -145,18 +145,25 @@ def crops_to_sample(images: Iterable[tuple[str, np.ndarray]], adapter: Any, max_
     return _cropped(images, model_crop(adapter, max_size), on_error), n
 
 
-class SkipsShrinkBar:
-    """An on_error for crops_to_sample that takes a skipped image's ``runs`` off the total of the tqdm bar
-    ``self.bar`` (set once the bar exists), then calls ``on_error(name, error)``."""
+def sampling_bar(images: Iterable, runs: int, desc: str, progress: bool,
+                 on_error: Optional[Callable[[str, BaseException], None]] = None) -> tuple[Any, Optional[Callable]]:
+    """(a tqdm bar over the sampling runs of ``images``, ``runs`` per image (no total for an iterable without
+    len()), the on_error to give crops_to_sample: it takes a skipped image's runs off the bar's total, then calls
+    ``on_error(name, error)``; None without on_error)."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, on_error: Callable[[str, BaseException], None], runs: int):
-        self.on_error, self.runs, self.bar = on_error, runs, None
+    n = len(images) if hasattr(images, "__len__") else None
+    bar = tqdm(total=None if n is None else n * runs, disable=not progress, desc=desc, unit="run")
+    if on_error is None:
+        return bar, None
 
-    def __call__(self, name: str, error: BaseException) -> None:
-        if self.bar is not None and self.bar.total is not None:
-            self.bar.total -= self.runs
-            self.bar.refresh()
-        self.on_error(name, error)
+    def skip(name: str, error: BaseException) -> None:
+        if bar.total is not None:
+            bar.total -= runs
+            bar.refresh()
+        on_error(name, error)
+
+    return bar, skip
 
 
 def _cropped(images: Iterable[tuple[str, np.ndarray]], crop: Callable, on_error: Optional[Callable]

@@ -184,8 +184,6 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     list, or given to ``on_error(name, error)`` and skipped when on_error is given.
     Before any sampling, each attention extractor is made once (DINO weights read once; its loading is not in
     YODA's time) and the LPIPS weights are loaded."""
-    from tqdm.auto import tqdm
-
     from .adapters import as_adapter, upsample
     from .attention import get
 
@@ -193,8 +191,6 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     scale = adapter.scale
     variants = [("bicubic", None, None), ("plain", None, None)]
     variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
-    skip = _data.SkipsShrinkBar(on_error, len(variants) - 1) if on_error is not None else None
-    images, n_images = _data.crops_to_sample(images, adapter, settings.max_size, skip)
     extractors = {name: get(name) for name in settings.attentions}
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
@@ -203,11 +199,9 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
 
         lpips_fn = LPIPS(*settings.lpips).to(dev)
     rows = []
-    bar = tqdm(total=None if n_images is None else n_images * (len(variants) - 1), disable=not settings.progress,
-               desc="yoda eval", unit="run")
-    if skip is not None:
-        skip.bar = bar
+    bar, skip = _data.sampling_bar(images, len(variants) - 1, "yoda eval", settings.progress, on_error)
     try:
+        images, _ = _data.crops_to_sample(images, adapter, settings.max_size, skip)
         for name, hr_u8 in images:
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)

@@ -110,8 +110,6 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     first settings.crops images (Fig. 4's) are kept.
 
     Attention extractors and LPIPS weights are resolved before any sampling, so a bad name or file fails fast."""
-    from tqdm.auto import tqdm
-
     from .. import data as _data
     from ..adapters import as_adapter, upsample
     from ..attention import get
@@ -122,8 +120,6 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     extractors = {name: get(name) for name in s.attentions}
     adapter = as_adapter(model)
     scale = adapter.scale
-    skip = _data.SkipsShrinkBar(on_error, 2) if on_error is not None else None
-    images, n_images = _data.crops_to_sample(images, adapter, s.max_size, skip)
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
     if s.lpips is not None:
@@ -139,11 +135,9 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     curve_sums, ts = {name: 0.0 for name in s.attentions}, None
     regional_acc = {label: RegionalError(s.bins, ("lpips",) if lpips_fn is not None else ())
                     for label in ("plain", "YODA")}
-    bar = tqdm(total=None if n_images is None else 2 * n_images, disable=not s.progress, desc="yoda figures",
-               unit="run")
-    if skip is not None:
-        skip.bar = bar
+    bar, skip = _data.sampling_bar(images, 2, "yoda figures", s.progress, on_error)
     try:
+        images, n_images = _data.crops_to_sample(images, adapter, s.max_size, skip)
         for name, hr_u8 in images:
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
