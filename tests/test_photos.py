@@ -153,6 +153,8 @@ def test_build_checks_out_before_any_work(tmp_path, fake_photos, monkeypatch):
                          (str(tmp_path / "t"), "train is a file")):
         with pytest.raises(DataError, match=message):
             photos.build(out, photos=fake_photos)
+    with pytest.raises(NotADirectoryError, match=r"--out .*f/sub: cannot create the folder, .*f is a file"):
+        photos.build(str(tmp_path / "f" / "sub"), photos=fake_photos)
     assert sorted(os.listdir(tmp_path)) == ["f", "h", "m", "src", "t"]
 
 

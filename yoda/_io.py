@@ -108,6 +108,19 @@ def check_writable(path: PathLike, what: str = "output") -> Path:
     return p
 
 
+def check_folder_writable(folder: PathLike, what: str = "output") -> None:
+    """Check, before any long work, that files can be written in ``folder``: an existing folder where a file can be
+    created, or a missing one (made_dirs makes it later) whose nearest existing ancestor is a folder where a file
+    can be created. Errors name ``folder`` (``what``: which argument): NotADirectoryError, check_writable's."""
+    p = Path(os.fspath(folder)).absolute()
+    up = p
+    while not up.exists():
+        up = up.parent
+    if not up.is_dir():
+        raise NotADirectoryError(f"{what} {folder}: cannot create the folder, {up} is a file")
+    check_writable(up / (p.relative_to(up).parts[0] if up != p else ".probe"), what)
+
+
 def made_dirs(folder: Path) -> list[Path]:
     """mkdir -p ``folder``; returns the folders it created, deepest first (for cleanup)."""
     made = []

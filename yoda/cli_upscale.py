@@ -297,19 +297,13 @@ def check_not_an_input(ids: dict, dst: str) -> None:
 def check_out_folder(output: str, files) -> None:
     """-o as a folder: an existing one must take ``files``; a new one must be creatable (its nearest existing
     ancestor a writable folder)."""
-    from ._io import check_writable
+    from ._io import check_folder_writable, check_writable
 
-    out = Path(output)
-    if out.is_dir():
+    if Path(output).is_dir():
         for f in files:
             check_writable(f, "-o")
     else:
-        up = out.absolute().parent
-        while not up.exists():
-            up = up.parent
-        if not up.is_dir():
-            raise UserError(f"-o {output}: cannot create the folder, {up} is a file")
-        check_writable(up / out.name, "-o")
+        check_folder_writable(output, "-o")
 
 
 def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int]) -> None:

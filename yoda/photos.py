@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple, Optional
 
 from PIL import Image
 
-from ._io import atomic_write, made_dirs, remove_empty
+from ._io import atomic_write, check_folder_writable, made_dirs, remove_empty
 from .images import DataError, read_image, save_pil
 
 __all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "installed_photos"]
@@ -142,11 +142,7 @@ def _check_out(out: str) -> None:
             raise DataError(f"--out {out}: {d} holds files that `yoda data build` does not write ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}), and a build replaces the whole folder: choose "
                             f"another --out or move them")
-    up = os.path.abspath(out)
-    while not os.path.exists(up):
-        up = os.path.dirname(up)
-    if not os.access(up, os.W_OK | os.X_OK):
-        raise DataError(f"--out {out}: cannot write in {up}")
+    check_folder_writable(out, "--out")
 
 
 _BUILT = ("manifest.json", "train", "heldout")  # what a build owns in its folder
