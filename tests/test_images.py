@@ -160,6 +160,27 @@ def test_atomic_write_permissions_and_cleanup(tmp_path):
         atomic_write(tmp_path / "missing" / "x.txt", lambda tmp: None)
 
 
+def test_atomic_write_writes_through_a_symlink(tmp_path):
+    """A link is written through, as open() would: the target gets the new content and the link stays a link
+    (os.replace on the link itself would swap it for a plain file and leave the target stale)."""
+    from yoda._io import atomic_write, check_writable
+
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "out.png"
+    target.write_text("old")
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    assert check_writable(link) == link
+    assert atomic_write(link, lambda tmp: open(tmp, "w").write("new")) == link
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["link.png", "real"]
+    assert [f.name for f in (tmp_path / "real").iterdir()] == ["out.png"]  # the temporary file went there
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(tmp_path / "real" / "new.png")
+    atomic_write(dangling, lambda tmp: open(tmp, "w").write("made"))
+    assert dangling.is_symlink() and (tmp_path / "real" / "new.png").read_text() == "made"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Hostile files: bombs, float / high-bit-depth samples, EXIF orientation, output paths
 # ----------------------------------------------------------------------------------------------------------

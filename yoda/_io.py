@@ -3,6 +3,8 @@
     atomic_write(path, write)   write(tmp) fills a new temporary file ``tmp`` in path's folder, then
                                 os.replace(tmp, path): a reader (or a crash) sees the old file or the new
                                 one, never a half-written one; on any error the temporary file is removed.
+                                A symbolic link is written through, as open() would: its target is replaced
+                                and the link stays.
     atomic_write_text(path, s)  the same for a text file (UTF-8; newline as open()'s)
     check_writable(path)        before any long work: path is not a folder, its folder exists and a file can
                                 be created there (tried, then removed); errors name ``path``.
@@ -44,23 +46,31 @@ def _create_temp(folder: str, name: str) -> tuple[str, int]:
     raise FileExistsError(f"could not create a temporary file next to {os.path.join(folder, name)}")
 
 
+def _target(p: Path) -> Path:
+    """The file that writing ``p`` changes: p itself, or the file a symbolic link p points to (which need not
+    exist yet), so that a link is written through and not replaced by a plain file."""
+    return Path(os.path.realpath(p)) if os.path.islink(p) else p
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` writes the whole content to the (empty, existing) file named
-    ``tmp`` in the same folder as ``path``, which then replaces ``path``. Returns ``Path(path)``.
+    ``tmp`` in the same folder as ``path``, which then replaces ``path`` (a link's target, for a link).
+    Returns ``Path(path)``.
 
     The folder must exist (FileNotFoundError otherwise). If ``write`` raises, ``path`` is untouched and the
     temporary file is removed before the exception propagates."""
     p = Path(os.fspath(path))
-    folder = os.path.dirname(os.path.abspath(p))
+    target = _target(p)
+    folder = os.path.dirname(os.path.abspath(target))
     try:
-        tmp, mode = _create_temp(folder, p.name)
+        tmp, mode = _create_temp(folder, target.name)
     except OSError as e:
         raise _named(e, p) from None
     try:
         write(tmp)
         if os.stat(tmp).st_mode & 0o7777 != mode:  # the writer made a new file (safetensors: 0600)
             os.chmod(tmp, mode)
-        os.replace(tmp, p)
+        os.replace(tmp, target)
     except BaseException as e:
         if os.path.lexists(tmp):
             os.unlink(tmp)
@@ -95,7 +105,7 @@ def check_writable(path: PathLike, what: str = "output") -> Path:
     p = Path(os.fspath(path))
     if p.is_dir():
         raise IsADirectoryError(f"{what} {p} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(p))
+    folder = os.path.dirname(os.path.abspath(_target(p)))
     if not os.path.exists(folder):
         raise FileNotFoundError(f"{what} {p}: the folder {folder} does not exist")
     if not os.path.isdir(folder):
