@@ -224,6 +224,18 @@ def test_nice_ticks():
     assert t[0] >= 19.3 and t[-1] <= 36.9 and 3 <= len(t) <= 8
 
 
+def test_tick_labels_one_style_for_every_axis():
+    """Every axis (the figures' frames and the training plots' axis_ticks) labels its ticks with the decimals of
+    their spacing: 1.0 beside 0.8, not 1."""
+    from yoda.drawing import tick_labels
+    from yoda.plots import axis_ticks
+
+    assert tick_labels([0, 0.2, 0.4, 0.6, 0.8, 1.0]) == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+    assert tick_labels([0, 20, 40, 60, 80, 100]) == ["0", "20", "40", "60", "80", "100"]
+    assert tick_labels([0, 2.5, 5]) == ["0.0", "2.5", "5.0"] and tick_labels([0.25]) == ["0.25"]
+    assert [s for _, s in axis_ticks(0, 1)] == tick_labels(fg.nice_ticks(0, 1))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # compute() and the CLI on a tiny random model
 # ----------------------------------------------------------------------------------------------------------

@@ -34,6 +34,19 @@ def fmt(v: float) -> str:
     return f"{float(f'{v:.4g}'):g}"
 
 
+def tick_labels(ticks) -> list[str]:
+    """The labels of an axis's tick values, all with the decimals of their spacing: 0.0, 0.2, ..., 1.0 (not 0 and
+    1 beside 0.2), and 30.122, 30.124 for ticks 0.002 apart (not 30.12 twice). One tick: fmt's shortest form."""
+    ticks = [float(t) for t in ticks]
+    if len(ticks) < 2:
+        return [fmt(t) for t in ticks]
+    step = min(abs(b - a) for a, b in zip(ticks, ticks[1:])) or 1.0
+    d = 0
+    while d < 12 and abs(step * 10**d - round(step * 10**d)) > 1e-6 * max(1.0, step * 10**d):
+        d += 1
+    return [f"{t:.{d}f}" for t in ticks]
+
+
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About n round tick values covering [lo, hi] (1, 2, 2.5 or 5 times a power of ten apart)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -113,14 +126,13 @@ class Axes:
         x0, y0, x1, y1 = self.box
         xticks = nice_ticks(min(self.xlim), max(self.xlim)) if xticks is None else list(xticks)
         yticks = nice_ticks(*self.ylim) if yticks is None else list(yticks)
-        for v in yticks:
+        for v, s in zip(yticks, tick_labels(yticks)):
             y = self.fy(v)
             d.line([(x0, y), (x1, y)], fill=GRID)
             d.line([(x0 - 4, y), (x0, y)], fill=BLACK)
-            s = fmt(v)
             w, h = text_wh(d, s, f)
             d.text((x0 - 7 - w, y - h / 2 - 3), s, fill=BLACK, font=f)
-        labels = xticklabels if xticklabels is not None else [fmt(v) for v in xticks]
+        labels = xticklabels if xticklabels is not None else tick_labels(xticks)
         for v, s in zip(xticks, labels):
             x = self.fx(v)
             d.line([(x, y1), (x, y1 + 4)], fill=BLACK)

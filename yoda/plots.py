@@ -11,7 +11,7 @@ import math
 import os
 from typing import Sequence
 
-from .drawing import COLOURS, GRID, dashed, fmt, font, nice_ticks, text_wh
+from .drawing import COLOURS, GRID, dashed, fmt, font, nice_ticks, text_wh, tick_labels
 from .images import save_pil
 
 PLOTTED = ("step", "loss", "val_psnr_plain", "val_psnr_yoda")  # the columns plot_logs draws
@@ -94,17 +94,13 @@ def _extent(values) -> tuple[float, float] | None:
 def axis_ticks(lo: float, hi: float, integers: bool = False) -> list[tuple[float, str]]:
     """Tick values of an axis whose data span [lo, hi], as (value, label): round values inside it
     (drawing.nice_ticks, about 5), only whole numbers when ``integers`` (steps); the value itself when lo == hi.
-    The labels have the decimals of the ticks' spacing (30.121..30.129 is 30.122, 30.124, ..., not 30.12 twice)."""
+    Labelled by drawing.tick_labels (the decimals of the ticks' spacing, as every figure's axes)."""
     if hi <= lo:
         return [(lo, fmt(lo))]
     ticks = nice_ticks(lo, hi)
     if integers:
         ticks = [t for t in ticks if t == int(t)]
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
-    d = 0
-    while d < 12 and abs(step * 10**d - round(step * 10**d)) > 1e-6 * max(1.0, step * 10**d):
-        d += 1
-    return [(t, f"{t:.{d}f}") for t in ticks]
+    return list(zip(ticks, tick_labels(ticks)))
 
 
 def _legend_layout(widths, note_w: float, x: float, max_x: float, gap: float = 24) -> tuple[list, tuple, int]:
