@@ -655,6 +655,7 @@ def test_nan_model_is_stopped_with_the_fractional_t_named():
     (dict(sampler="ddpm", sigmas="karras"), ValueError, "sigmas applies to the sigma-space solvers"),
     (dict(sampler="ddim", sigmas=[1.0, 0.5]), ValueError, "sigmas applies"),
     (dict(sampler="euler", spacing="leading"), ValueError, "spacing applies to sampler='ddpm'"),
+    (dict(sampler="ddpm", spacing="ldm_uniform", steps=10), ValueError, "spacing='ldm_uniform' is LDM's DDIM"),
     (dict(sampler="euler", eta=0.5), ValueError, "eta applies to sampler='ddim' or 'euler_a'"),
     (dict(sampler="heun", eta=1.0), ValueError, "eta applies"),
     (dict(sampler="dpmpp_2m_sde", eta=-1.0), ValueError, "eta must be >= 0"),

@@ -139,6 +139,26 @@ def test_masked_input_mixes_x0_and_c(batch):
     assert 0 < m.float().mean() < 1
 
 
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+def test_masked_input_targets_agree_across_parameterisations(batch, target):
+    """mask_input without mask_loss: inactive pixels' x_t is made from c, so every target is that of c there.
+    The prediction of the image x_t was really made from (eps = noise, x0 = x0 where active else c, v from
+    those) has zero loss whatever the parameterisation; against HR's x0 it would not (eps and x0 disagreed)."""
+    x0, c, noise, A, idx, sab = batch
+    tau = step_taus(idx, T, 0.6).view(-1, 1, 1, 1)
+    base = torch.where(A >= tau, x0, c)
+    assert 0 < (A >= tau).float().mean() < 1  # some pixels of each kind
+    s = sab.view(-1, 1, 1, 1)
+    exact = {"eps": noise, "x0": base, "v": s * noise - (1.0 - s * s).sqrt() * base}[target]
+    cfg = LossConfig(mask_input=True, lower_bound=0.6, target=target)
+    out = diffusion_loss(lambda x_t, i, sa: exact, x0, c, A, ab(), cfg, idx=idx, sqrt_ab=sab, noise=noise)
+    assert out.loss.item() == 0.0
+    hr_target = {"eps": noise, "x0": x0, "v": s * noise - (1.0 - s * s).sqrt() * x0}[target]
+    if target != "eps":  # HR's x0 / v differ from c's on the inactive pixels: a loss that could not be zero before
+        wrong = diffusion_loss(lambda x_t, i, sa: hr_target, x0, c, A, ab(), cfg, idx=idx, sqrt_ab=sab, noise=noise)
+        assert wrong.loss.item() > 1e-3
+
+
 def test_noise_level_draws():
     a = ab()
     idx, sab = draw_noise_level(a, 4000, LossConfig(), torch.Generator().manual_seed(0))

@@ -181,7 +181,11 @@ class Schedule:
                      DDIMSampler): range(0, T, T // steps) + 1. It can visit more than ``steps`` indices
                      (ceil(T / (T // steps)) of them, e.g. 31 for T = 1000, steps = 30), and its last step
                      ends at alpha_bar[0], not at 1 (:meth:`pairs`); steps that reach index T are an error.
-        Rounding is half-to-even as numpy's. steps > T is an error.
+        "trailing" and "linspace" round the exact rational value half to even. diffusers rounds float64 values
+        (np.arange / np.linspace), whose error settles some ties the other way: for T = 1000, 127 of the 1000
+        step counts differ by one index somewhere (48 trailing steps: 999, 978, 957, 937 here, ..., 936 there;
+        27 linspace steps: 500 vs 499), and for 62 more diffusers' float arange gives steps + 1 trailing
+        timesteps (never the case here). steps > T is an error.
         """
         T = self.T
         if isinstance(steps, bool) or not isinstance(steps, int):

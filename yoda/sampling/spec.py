@@ -23,6 +23,7 @@ import yoda_kernels as K
 from yoda_kernels.contract import SAMPLERS, check_tile
 
 from .. import masks
+from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter
 from . import solvers as S
 
@@ -117,6 +118,10 @@ def make_spec(
     if solver and spacing is not None:
         raise ValueError(f"spacing applies to sampler='ddpm' / 'ddim' (respaced training timesteps); sampler="
                          f"{sampler!r} visits the noise levels of sigmas= instead")
+    if sampler == "ddpm" and spacing in FINAL_AT_FIRST:
+        raise ValueError(f"spacing={spacing!r} is LDM's DDIM discretisation: its last step ends at alpha_bar[0], not at "
+                         f"a clean image, where DDPM's posterior would add noise; use sampler='ddim' with it, or "
+                         f"spacing='idpm' (DiffBIR's DDPM respacing) or 'trailing' with sampler='ddpm'")
     if not solver and sigmas is not None:
         raise ValueError(f"sigmas applies to the sigma-space solvers {S.SOLVERS} only; sampler={sampler!r} visits "
                          f"the training timesteps of steps= and spacing=")

@@ -4,7 +4,8 @@
     sqrt_ab ~ U[sqrt(ab[idx]), sqrt(ab[idx-1])] continuous, SR3-style (ab[-1] := 1), or sqrt(ab[idx])
     noise ~ N(0, I)
     x_t = sqrt_ab * (x0 where A >= tau else c) + sqrt(1 - sqrt_ab^2) * noise,  tau = yoda.masks.tau_at(idx + 1)
-    pred = model(x_t, noise level)             eps, x0 or v parameterisation
+    pred = model(x_t, noise level)             eps, x0 or v parameterisation, the target that of the image x_t
+                                               was made from (x0 where A >= tau, else c: eps, x0 and v agree)
     loss = mean over the active pixels (A >= tau) of |pred - target|  (L1) or (pred - target)^2  (L2)
 
 Spaces: SR3-style "pixel" (x0 = HR, c = up(lr), model(cat(up(lr), x_t), sqrt_ab)); SRDiff-style "residual"
@@ -123,7 +124,11 @@ def diffusion_loss(
     if cfg.mask_input:
         from yoda_kernels import masked_q_sample
 
-        x_t = masked_q_sample(x0, c, noise, A.to(x0.dtype), tau, sqrt_ab.double().pow(2).float(), backend=backend)
+        A = A.to(x0.dtype)
+        x_t = masked_q_sample(x0, c, noise, A, tau, sqrt_ab.double().pow(2).float(), backend=backend)
+        # the targets are those of the image x_t was made from (c where inactive), so that eps, x0 and v agree
+        # (a perfect predictor of one is a perfect predictor of the others); with mask_loss those pixels don't count
+        x0 = torch.where(A >= tau.view(B, 1, 1, 1), x0, c)
     else:
         s = sqrt_ab.view(B, 1, 1, 1)
         x_t = s * x0 + (1.0 - s * s).sqrt() * noise
