@@ -103,12 +103,15 @@ def test_single_row_is_a_marker_in_the_middle(tmp_path, monkeypatch):
 
 
 def test_single_validation_point_has_no_invented_step(tmp_path, monkeypatch):
+    """Both panels share the step axis (a step sits at the same x in each): the single validation point at step 3
+    is at the right end of steps 1..3, and no step beyond the log's is invented (the old plot had "4 steps")."""
     rows = ["1,0.5,0.0002,1.0,,", "2,0.45,0.0002,1.0,,", "3,0.4,0.0002,1.0,20,21"]
     img, texts = plot(tmp_path, [log(tmp_path, "three.csv", rows)], monkeypatch=monkeypatch)
     x0, y0, x1, y1 = RIGHT
-    assert strings(texts, (x0, y1, x1, y1 + 16)) == ["3"]  # the old plot had "3 ... 4 steps"
+    assert strings(texts, (x0, y1, x1, y1 + 16)) == ["1", "2", "3"]
+    assert strings(texts, (LEFT[0], y1, LEFT[2], y1 + 16)) == ["1", "2", "3"]
     blue = colour_mask(img, COLOURS[0])
-    cx = (x0 + x1) // 2
+    cx = x1 - M
     assert blue[y1 - M, cx] and blue[y0 + M, cx]  # 20 at the bottom, 21 at the top, both inside the frame
     assert strings(texts, (x0 - 50, y0, x0, y1)) == ["20.0", "20.2", "20.4", "20.6", "20.8", "21.0"]
 
@@ -252,3 +255,49 @@ def test_round_ticks_with_grid_lines_at_their_values(tmp_path, monkeypatch):
     assert [s for _, s in plots.axis_ticks(30.121, 30.129)] == ["30.122", "30.124", "30.126", "30.128"]
     assert [s for _, s in plots.axis_ticks(100000, 100040, integers=True)] == ["100000", "100010", "100020",
                                                                                "100030", "100040"]
+
+
+def test_a_loss_over_decades_is_drawn_on_a_log_axis(tmp_path, monkeypatch):
+    """A real run's loss falls by decades: on a linear axis everything after the first hundred steps was a flat
+    line at 0. From LOG_SCALE_SPAN (30x) on, the loss axis is logarithmic, ticked at the powers of ten."""
+    rows = [f"{s},{10.0 * 0.5 ** (s - 1):.6g},0.0002,1.0,," for s in range(1, 12)]  # 10 down to ~0.0098
+    img, texts = plot(tmp_path, [log(tmp_path, "a.csv", rows)], monkeypatch=monkeypatch)
+    x0, y0, x1, y1 = LEFT
+    assert "training loss (log scale)" in strings(texts, (0, 0, x1, y0))
+    assert strings(texts, (0, y0 - 10, x0, y1)) == ["0.01", "0.1", "1", "10"]
+    ticks = {s: y for (x, y), s in texts if x < x0 and s in ("0.01", "0.1", "1", "10")}
+    gaps = [ticks[a] - ticks[b] for a, b in (("0.01", "0.1"), ("0.1", "1"), ("1", "10")) if a in ticks and b in ticks]
+    assert gaps and max(gaps) - min(gaps) <= 1  # equal spacing per decade: a log axis
+    texts.clear()  # a loss within a factor of 30 stays linear
+    plot(tmp_path, [log(tmp_path, "b.csv", ["1,0.5,0.0002,1.0,,", "2,0.4,0.0002,1.0,,"])], monkeypatch=monkeypatch)
+    assert "training loss" in [s for _, s in texts] and not any("log scale" in s for _, s in texts)
+
+
+def test_log_ticks():
+    assert [s for _, s in plots.log_ticks(0.0098, 10.0)] == ["0.01", "0.1", "1", "10"]
+    assert [s for _, s in plots.log_ticks(0.3, 12.0)] == ["1", "10"]
+    assert [s for _, s in plots.log_ticks(0.15, 0.9)] == ["0.2", "0.5"]  # no power of ten inside: 2 and 5
+    assert [v for v, _ in plots.log_ticks(0.31, 0.45)] == [0.31, 0.45]  # none at all: the ends
+
+
+def test_the_loss_is_described_from_the_runs_config(tmp_path, monkeypatch):
+    """The loss title said "training loss" whatever it was; runs of different losses (L1 eps vs a YODA mask_loss
+    L2 x0, whose mean is over fewer pixels) are not comparable, and the legend now says which is which."""
+    import json
+
+    rows = ["1,0.5,0.0002,1.0,,", "2,0.4,0.0002,1.0,,"]
+    paths = []
+    for name, loss in (("a", {"loss": "l1", "target": "eps", "mask_loss": False}),
+                       ("b", {"loss": "l2", "target": "x0", "mask_loss": True})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"loss": loss}))
+        paths.append(log(tmp_path / name, "log.csv", rows))
+    assert plots.loss_description(paths[0]) == "L1 on eps"
+    assert plots.loss_description(paths[1]) == "L2 on x0, active pixels only"
+    assert plots.loss_description(log(tmp_path, "lone.csv", rows)) == ""  # no config next to it
+    _, texts = plot(tmp_path, paths[:1], monkeypatch=monkeypatch)
+    assert "training loss: L1 on eps" in [s for _, s in texts]
+    texts.clear()
+    plot(tmp_path, paths, monkeypatch=monkeypatch)
+    drawn = [s for _, s in texts]
+    assert "training loss" in drawn and "run0 (L1 on eps)" in drawn and "run1 (L2 on x0, active pixels only)" in drawn

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -374,7 +375,7 @@ def test_resume_loads_no_code(tmp_path, img_folder):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
     torch.save({"x": Evil()}, tmp_path / "run" / "checkpoint.pt")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="cannot be resumed: it is corrupt, or holds objects other than tensors"):
         Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
     assert not (tmp_path / "pwned").exists()
 
@@ -409,11 +410,11 @@ def test_config_refuses_json_values_of_the_wrong_type(img_folder, section, key, 
 
 def test_config_takes_json_ints_for_numbers_and_null_for_optional(img_folder):
     d = json.loads(tiny_config(img_folder).to_json())
-    d.update(lr=1, betas=[0, 1], ema_decay=0)
+    d.update(lr=1, betas=[0, 0], ema_decay=0)
     d["loss"].update(lower_bound=1, noise_level=None)
     cfg = TrainConfig.from_dict(d)
     assert (cfg.lr, cfg.betas, cfg.ema_decay, cfg.loss.lower_bound, cfg.loss.noise_level) == \
-        (1, (0.0, 1.0), 0, 1.0, "continuous")
+        (1, (0.0, 0.0), 0, 1.0, "continuous")
 
 
 def test_cli_says_a_wrong_config_type_in_one_line(tmp_path, img_folder, capsys):
@@ -506,11 +507,15 @@ def test_trainer_refuses_held_out_scikit_image_files(tmp_path, img_folder):
     check_train_images([("d/im0.png", own), ("camera", own), ("d/cat.jpg", own), ("d/coffee.png", chelsea)])
 
 
-def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch, sig):
     """Ctrl-C during yoda train saved nothing (with ckpt_every 0, the default, the whole run was lost). Now the
-    first one stops after the step in progress and saves as a time-out does; the run resumes bit-exactly."""
+    first one stops after the step in progress and saves as a time-out does; the run resumes bit-exactly. SIGTERM
+    (SLURM, Kubernetes, torchrun stopping a job) killed the run without saving: it is handled the same way."""
     import os
     import signal
+
+    sig = getattr(signal, sig)
 
     cfg = tiny_config(img_folder, steps=6, ckpt_every=0, val_every=0)
     full = Trainer(cfg, str(tmp_path / "full"), device="cpu", progress=False)
@@ -521,20 +526,119 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch
     def step_then_ctrl_c():
         loss = real_step()
         if tr.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # the handler sets the flag; the step in progress finishes
+            os.kill(os.getpid(), sig)  # the handler sets the flag; the step in progress finishes
         return loss
 
     monkeypatch.setattr(tr, "train_step", step_then_ctrl_c)
-    before = signal.getsignal(signal.SIGINT)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     summary = tr.run()
-    assert signal.getsignal(signal.SIGINT) is before  # restored
-    assert summary["interrupted"] and summary["steps"] == 2
+    assert {s: signal.getsignal(s) for s in before} == before  # restored
+    assert summary["interrupted"] and summary["signal"] == sig and summary["steps"] == 2
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
     resumed = Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
     assert resumed.step == 2
     assert not resumed.run()["interrupted"]
     a, b = full.ema.state_dict(), resumed.ema.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_out_and_weights_are_checked_before_training(tmp_path, img_folder, monkeypatch):
+    """An --out that cannot be written, or a folder where a run file goes, failed only after training (with
+    log_every and ckpt_every 0, after every step), in errno text that did not name --out."""
+    import yoda.data
+    from yoda.training.report import train_main
+
+    monkeypatch.setattr(yoda.data, "load_source", lambda *a, **k: pytest.fail("read images before checking --out"))
+    cfg_path = tmp_path / "c.json"
+    cfg_path.write_text(tiny_config(img_folder, log_every=0, ckpt_every=0).to_json())
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="--out .*afile: cannot create the folder"):
+        train_main(str(cfg_path), str(tmp_path / "afile"), device="cpu", progress=False)
+    with pytest.raises(NotADirectoryError, match="--out"):
+        train_main(str(cfg_path), str(tmp_path / "afile" / "run"), device="cpu", progress=False)
+    (tmp_path / "run" / "model.safetensors").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=r"--weights-name: .*model.safetensors is a folder"):
+        train_main(str(cfg_path), str(tmp_path / "run"), device="cpu", progress=False)
+    (tmp_path / "run2" / "log.csv").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=r"--out: .*log.csv is a folder"):
+        train_main(str(cfg_path), str(tmp_path / "run2"), device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"'model.pt' must end in .safetensors"):
+        train_main(str(cfg_path), str(tmp_path / "run3"), device="cpu", progress=False, weights_name="model.pt")
+    assert not (tmp_path / "run3").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x00garbage bytes, not a torch file", "it is corrupt, or holds objects other than tensors"),
+    ("no-config", r"it is not a yoda training checkpoint \(no config, model, optimiser and step\)"),
+    ("wrong-shape", r"its tensors do not fit this config's model \(Error\(s\) in loading state_dict"),
+    ("foreign-pickle", r"holds objects other than tensors and plain data \(Unsupported global: GLOBAL "
+                       r"datetime.date\)"),
+])
+def test_an_unusable_checkpoint_says_what_to_do(tmp_path, img_folder, content, message):
+    """A checkpoint without a config, or with tensors of another shape, gave a traceback; a corrupt one torch's
+    advice to load it with weights_only=False (unsafe), with terminal colour codes."""
+    import datetime
+
+    cfg = tiny_config(img_folder, steps=2, val_every=0)
+    tr = Trainer(cfg, str(tmp_path / "ok"), device="cpu", progress=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = run / "checkpoint.pt"
+    if isinstance(content, bytes):
+        ckpt.write_bytes(content)
+    elif content == "no-config":
+        torch.save({"model": tr.model.state_dict()}, ckpt)
+    elif content == "wrong-shape":
+        st = tr.state_dict()
+        k = next(iter(st["model"]))
+        st["model"][k] = torch.zeros(1)
+        torch.save(st, ckpt)
+    else:
+        torch.save({"config": {}, "when": datetime.date(2026, 12, 3)}, ckpt)
+    with pytest.raises(ValueError) as e:
+        Trainer(cfg, str(run), device="cpu", progress=False)
+    text = str(e.value)
+    assert text.startswith(f"checkpoint {ckpt} cannot be resumed: ")
+    assert re.search(message, text), text
+    assert text.endswith("delete it to start this run afresh, or train into another --out")
+    assert "\x1b" not in text and "weights_only" not in text and "\n" not in text
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("name", "../../escaped", "name must be a plain folder name"),
+    ("name", "/tmp/abs", "name must be a plain folder name"),
+    ("name", "", "name must be a plain folder name"),
+    ("seed", -1, r"seed must be an int in \[0, 2\*\*32 - 1\], got -1"),
+    ("seed", 2**70, r"seed must be an int in \[0, 2\*\*32 - 1\]"),
+    ("betas", [0.9, 1.5], r"betas must be two numbers in \[0, 1\) \(AdamW's\), got \[0.9, 1.5\]"),
+    ("weight_decay", -1, "weight_decay must be a finite number >= 0, got -1"),
+    ("lr", 1e400, "lr must be a finite number > 0, got inf"),
+    ("data", {"scale": 0}, "data: scale must be >= 1, got 0"),
+])
+def test_config_values_are_checked_naming_the_key(img_folder, key, value, message):
+    d = json.loads(tiny_config(img_folder).to_json())
+    d[key] = dict(d[key], **value) if isinstance(value, dict) else value
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(d)
+
+
+def test_config_file_that_is_not_utf8_and_a_bad_schedule_are_named(tmp_path, img_folder):
+    p = tmp_path / "c.json"
+    p.write_bytes(b'{"name": "\xc8\xff"}')
+    with pytest.raises(ValueError, match=r"config file .*c.json is not UTF-8 text"):
+        TrainConfig.load(str(p))
+    cfg = tiny_config(img_folder).replace(schedule={"kind": "linear", "T": 0})
+    with pytest.raises(ValueError, match=r"config schedule \{'kind': 'linear', 'T': 0\}: "):
+        cfg.make_schedule()
+
+
+def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):
+    """--data-dir was stored as given: a relative folder did not resolve when the run was resumed elsewhere."""
+    from yoda.training.report import with_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = with_data_dir(TrainConfig(), "dexp")
+    assert cfg.data.source == str(tmp_path / "dexp" / "train")
 
 
 def test_a_finished_run_rerun_keeps_its_record(tmp_path, img_folder, capsys):
@@ -552,6 +656,20 @@ def test_a_finished_run_rerun_keeps_its_record(tmp_path, img_folder, capsys):
     assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
     assert "trained 0 steps (resumed at step 4) in" in capsys.readouterr().out
     assert (out / "TRAINING.md").read_text() == record
+
+
+def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
+    """A --minutes stop printed what a finished run prints, and TRAINING.md did not record it."""
+    from yoda.cli import main
+
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(tiny_config(img_folder, val_every=0, steps=50).to_json())
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q", "--minutes", "1e-9"]) == 0
+    o, e = capsys.readouterr()
+    assert "trained 1 steps in" in o and "now at step 1 of 50" in o
+    assert e == "yoda: --minutes 1e-09 ran out at step 1 of 50; the checkpoint is saved: the same command resumes\n"
+    assert "stopped by --minutes before step 50: the same command resumes" in (out / "TRAINING.md").read_text()
 
 
 

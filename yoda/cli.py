@@ -409,12 +409,17 @@ def cmd_train(a) -> int:
     if s["rank"] == 0:
         start = s["start_step"]
         resumed = f" (resumed at step {start})" if start else ""
-        print(f"trained {s['steps'] - start} steps{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} -> "
-              f"{s['weights']}")
-        if s["interrupted"]:
-            print(f"yoda: stopped by Ctrl-C at step {s['steps']}; the checkpoint is saved: the same command resumes",
-                  file=sys.stderr)
-            return 130
+        print(f"trained {s['steps'] - start} steps{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} of "
+              f"{s['total']} -> {s['weights']}")
+        if s["signal"] is not None:
+            from .training.trainer import STOP_SIGNALS
+
+            print(f"yoda: stopped by {STOP_SIGNALS[s['signal']]} at step {s['steps']}; the checkpoint is saved: "
+                  f"the same command resumes", file=sys.stderr)
+            return 128 + int(s["signal"])
+        if s["steps"] < s["total"]:
+            print(f"yoda: --minutes {a.minutes:g} ran out at step {s['steps']} of {s['total']}; the checkpoint is "
+                  f"saved: the same command resumes", file=sys.stderr)
     return 0
 
 

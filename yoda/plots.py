@@ -120,6 +120,33 @@ def _legend_layout(widths, note_w: float, x: float, max_x: float, gap: float = 2
     return pos, (max_x - note_w, row), row + 1
 
 
+def loss_description(log: str) -> str:
+    """What a run's loss column is, from the config.json yoda train writes next to log.csv: "L1 on eps", with
+    ", active pixels only" for a YODA mask_loss run (its mean is over fewer pixels); "" when there is none."""
+    import json
+
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(log)), "config.json"), encoding="utf-8") as f:
+            loss = json.load(f)["loss"]
+        text = f"{str(loss.get('loss', 'l1')).upper()} on {loss.get('target', 'eps')}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+    return text + (", active pixels only" if loss.get("mask_loss") else "")
+
+
+def log_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
+    """Ticks of a log axis over [lo, hi] (0 < lo < hi): 1, 2 and 5 times the powers of ten inside it, only the
+    powers of ten when that leaves at least two; the ends themselves when none lies inside."""
+    ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi]
+    decades = [t for t in ticks if math.isclose(math.log10(t), round(math.log10(t)))]
+    ticks = decades if len(decades) >= 2 else ticks if len(ticks) >= 2 else [lo, hi]
+    return [(t, fmt(t)) for t in ticks]
+
+
+LOG_SCALE_SPAN = 30.0  # a loss whose largest value is this many times its smallest is drawn on a log axis
+
+
 def _font():
     return font(11)
 
@@ -138,15 +165,21 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
     dr = ImageDraw.Draw(img)
     f = _font()
     note = "PSNR: solid = plain sampling, dashed = YODA"
+    kinds = [loss_description(p) for p in paths]
+    loss_title = "training loss" + (f": {kinds[0]}" if len(set(kinds)) == 1 and kinds[0] else "")
+    if len(set(kinds)) > 1:  # losses of different kinds are not comparable: say which is which in the legend
+        labels = [f"{lab} ({k or 'loss unknown'})" for lab, k in zip(labels, kinds)]
     entries, (nx, nrow), nrows = _legend_layout([text_wh(dr, lab, f)[0] for lab in labels], text_wh(dr, note, f)[0],
                                                 60, W - 15)
     ly = H - 10 - 18 * nrows  # the top of the legend's first row
-    panels = [("training loss", PLOTTED[1:2]), ("validation PSNR (dB)", PLOTTED[2:])]
+    panels = [(loss_title, PLOTTED[1:2]), ("validation PSNR (dB)", PLOTTED[2:])]
+    # one step axis for both panels, so that a step sits at the same place in each
+    all_steps = [p[0] for rows in logs for k in PLOTTED[1:] for run in _series(rows, k)[0] for p in run]
+    steps = _extent(all_steps)
     pw, m = W // 2, 6  # m: the data stay m px inside the frame, so a point at the min or max is whole
     for pi, (title, keys) in enumerate(panels):
         x0, y0, x1, y1 = pi * pw + 50, 30, (pi + 1) * pw - 15, ly - 32
         dr.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
-        dr.text((x0, 8), title, fill=(0, 0, 0), font=f)
         series = [(li, k, *_series(rows, k)) for li, rows in enumerate(logs) for k in keys]
         # a series whose values are all nan or inf is named, top right for the loss and bottom right for the
         # PSNR, where a falling loss and a rising PSNR leave room
@@ -160,17 +193,20 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
             if not bad:
                 dr.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0), font=f)
             continue
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        (xmin, xmax), (ymin, ymax) = _extent(xs), _extent(ys)
+        ys = [p[1] for p in pts]
+        log_y = pi == 0 and min(ys) > 0 and max(ys) >= LOG_SCALE_SPAN * min(ys)  # a loss over decades
+        g = math.log10 if log_y else float
+        (xmin, xmax), (ymin, ymax) = steps, _extent([g(v) for v in ys])
         fx = lambda v: x0 + m + (v - xmin) / (xmax - xmin) * (x1 - x0 - 2 * m)  # noqa: E731
-        fy = lambda v: y1 - m - (v - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
+        fy = lambda v: y1 - m - (g(v) - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
+        dr.text((x0, 8), title + (" (log scale)" if log_y else ""), fill=(0, 0, 0), font=f)
         # round tick values with grid lines, under the curves
-        for v, s in axis_ticks(min(ys), max(ys)):
+        for v, s in (log_ticks if log_y else axis_ticks)(min(ys), max(ys)):
             w, h = text_wh(dr, s, f)
             dr.line([(x0 + 1, fy(v)), (x1 - 1, fy(v))], fill=GRID)
             dr.line([(x0 - 4, fy(v)), (x0, fy(v))], fill=(0, 0, 0))
             dr.text((x0 - 6 - w, fy(v) - h / 2 - 2), s, fill=(0, 0, 0), font=f)
-        for v, s in axis_ticks(min(xs), max(xs), integers=True):
+        for v, s in axis_ticks(min(all_steps), max(all_steps), integers=True):
             w, _ = text_wh(dr, s, f)
             dr.line([(fx(v), y1), (fx(v), y1 + 4)], fill=(0, 0, 0))
             dr.text((min(max(fx(v) - w / 2, x0), x1 - w), y1 + 5), s, fill=(0, 0, 0), font=f)

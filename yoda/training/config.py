@@ -147,8 +147,18 @@ class TrainConfig:
         if self.decay_from and self.decay_from >= self.steps:  # the decay would start after the run's end
             raise ValueError(f"decay_from ({self.decay_from}) must be below steps ({self.steps}), the step at which "
                              f"the learning rate has decayed to 0 (decay_from 0: no decay)")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not isinstance(self.name, str) or not self.name.strip() or self.name in (".", "..") or \
+                any(sep in self.name for sep in ("/", "\\", os.sep)):
+            raise ValueError(f"name must be a plain folder name (a run without --out goes to runs/<name>), got "
+                             f"{self.name!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
+            raise ValueError(f"seed must be an int in [0, 2**32 - 1], got {self.seed!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1) (AdamW's), got {list(self.betas)}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):  # NaN passed "< 0" and blamed the loss
@@ -214,6 +224,8 @@ class TrainConfig:
             raise ValueError(f"config file not found: {path} (the installed configs, by name: {names})") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"config file {path} is not UTF-8 text (byte {e.start}); a config is a JSON file") from None
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
@@ -225,8 +237,8 @@ class TrainConfig:
         kind = s.pop("kind")
         try:
             return Schedule.linear(**s) if kind == "linear" else Schedule.cosine(**s)
-        except TypeError as e:
-            raise ValueError(f"bad schedule arguments {self.schedule}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config schedule {self.schedule}: {e}") from None
 
 
 def _from_dict(cls, d: dict, what: str):
@@ -243,7 +255,12 @@ def _from_dict(cls, d: dict, what: str):
         if not _json_type_ok(value, hints[name]):
             key = name if what == "config" else f"{what}.{name}"
             raise ValueError(f"{key} must be {_json_type_name(hints[name])}, got {value!r}")
-    return cls(**d)
+    if what == "config":
+        return cls(**d)
+    try:  # a section's own checks (DataConfig: "scale must be >= 1") name the section
+        return cls(**d)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def _json_type_ok(value, tp) -> bool:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .. import data as _data
-from .._io import atomic_write_text, made_dirs, remove_empty
+from .._io import atomic_write_text, check_folder_writable, made_dirs, remove_empty
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
 from .distributed import env_ranks, local_batch, process_group, rank_device
-from .trainer import Trainer
+from .trainer import RUN_FILES, STOP_SIGNALS, Trainer, check_weights_name
 
 
 def machine_description(device: torch.device) -> str:
@@ -39,6 +42,7 @@ def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
     """``cfg`` with the "builtin" / "heldout" / "photos" / "photos-heldout" sources replaced by the train/ and
     heldout/ folders of ``data_dir`` (written by ``yoda data export`` or ``yoda data build``)."""
     sub = {"builtin": "train", "heldout": "heldout", "photos": "train", "photos-heldout": "heldout"}
+    data_dir = os.path.abspath(data_dir)  # config.json and the checkpoint resume from any working folder
     d = cfg.data
     return cfg.replace(data=dataclasses.replace(
         d, source=os.path.join(data_dir, sub[d.source]) if d.source in sub else d.source,
@@ -55,8 +59,8 @@ def _describe_source(source: str) -> str:
 
 
 def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str, command: str, weights_name: str,
-                    start_step: int, seconds: float) -> str:
-    """The Markdown of TRAINING.md for a finished (or timed-out) run."""
+                    start_step: int, seconds: float, stopped_by: Optional[str] = None) -> str:
+    """The Markdown of TRAINING.md for a finished (or stopped: ``stopped_by`` says what stopped it) run."""
     last = tr.rows[-1] if tr.rows else {}
     n_params = sum(p.numel() for p in tr.model.parameters())
     size = os.path.getsize(os.path.join(out, weights_name))
@@ -72,7 +76,8 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"- loss: {cfg.loss}",
         f"- model: {cfg.model.get('kind')} with {n_params:,} parameters; weights {weights_name} "
         f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
-        f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr})",
+        f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr})"
+        + (f"; stopped by {stopped_by} before step {cfg.steps}: the same command resumes" if stopped_by else ""),
         f"- wall time of this run: {seconds:.1f} s ({(tr.step - start_step) / max(seconds, 1e-9):.2f} steps/s)",
         f"- machine: {machine_description(tr.device)}"
         + (f"; {tr.ranks.world} processes (torchrun, DistributedDataParallel, {cfg.batch // tr.ranks.world} "
@@ -84,6 +89,35 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
                      f"{last['val_psnr_plain']:.2f} dB" + (f", YODA {last['val_psnr_yoda']:.2f} dB"
                                                            if last.get("val_psnr_yoda", "") != "" else ""))
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm():
+    """SIGTERM before the training loop (which stops after a step and saves on it): SystemExit(143), so that
+    the folder made for the run is removed when nothing was written there, as for Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def check_out(out: str, weights_name: str) -> None:
+    """Before anything is read or trained: files can be written in the folder ``out`` (made if missing), and none
+    of the files the run writes there is a folder. Errors name --out (or --weights-name)."""
+    check_weights_name(weights_name)
+    check_folder_writable(out, "--out")
+    for name in RUN_FILES + (weights_name,):
+        if os.path.isdir(os.path.join(out, name)):
+            what = "--weights-name" if name == weights_name else "--out"
+            raise IsADirectoryError(f"{what}: {os.path.join(out, name)} is a folder, where the run writes its {name}")
 
 
 def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = None, device: str = "auto",
@@ -112,9 +146,10 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     local_batch(cfg.batch, ranks.world)  # before the process group: a clear error on every rank
     from ..devices import resolve_device
 
+    check_out(out, weights_name)
     made = made_dirs(Path(out))
     try:
-        with process_group(ranks, rank_device(resolve_device(device), ranks)):
+        with process_group(ranks, rank_device(resolve_device(device), ranks)), _exit_on_sigterm():
             tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
             start_step = tr.step
             if start_step > cfg.steps:  # run() would train nothing and export the checkpoint's weights again
@@ -123,9 +158,11 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                                  f"(give more steps, or another --out)")
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
             if ranks.main and tr.step > start_step:  # a run that trained nothing keeps the record of the one that did
+                stopped_by = (None if tr.step >= summary["total"] else "--minutes" if summary["signal"] is None
+                              else STOP_SIGNALS[summary["signal"]])
                 record = training_record(cfg, tr, config_path=config_path, out=out, command=command,
                                          weights_name=weights_name, start_step=start_step,
-                                         seconds=summary["seconds"])
+                                         seconds=summary["seconds"], stopped_by=stopped_by)
                 atomic_write_text(os.path.join(out, "TRAINING.md"), record)
     except BaseException:
         remove_empty(made)  # a run that failed before writing anything leaves no empty folder

@@ -53,6 +53,9 @@ def check_weights_name(name: str) -> None:
     if name in RUN_FILES:
         raise ValueError(f"weights_name (--weights-name) {name!r} is one of the run's own files "
                          f"({', '.join(RUN_FILES)}): choose another name, e.g. model.safetensors")
+    if not name.endswith(".safetensors"):
+        raise ValueError(f"weights_name (--weights-name) {name!r} must end in .safetensors: the weights are a "
+                         f"safetensors file, e.g. model.safetensors")
 
 
 # May change when a run is resumed: where it ends and its learning rate decays, and how often it logs,
@@ -102,23 +105,41 @@ def _is_held_out_picture(name: str, a) -> bool:
     return held.shape == a.shape and bool((held == a).all())
 
 
-def _stop_on_interrupt() -> tuple[list, Optional[object]]:
-    """Ctrl-C (SIGINT) while training: the first one sets a flag, and Trainer.run stops after the step in progress
-    and saves as at a time-out (checkpoint, log, weights: the same command resumes); a second one interrupts at
-    once (KeyboardInterrupt). Returns (the flag list, the handler to restore; None off the main thread, where
-    signals cannot be handled and Ctrl-C stays Python's KeyboardInterrupt)."""
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+def _stop_on_interrupt() -> tuple[list, dict]:
+    """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes and torchrun send to stop a job) while training: the
+    first one sets a flag (the signal's number), and Trainer.run stops after the step in progress and saves as at a
+    time-out (checkpoint, log, weights: the same command resumes); a second one interrupts at once
+    (KeyboardInterrupt). Returns (the flag list, the handlers to restore; none off the main thread, where signals
+    cannot be handled and Ctrl-C stays Python's KeyboardInterrupt)."""
     flag: list = []
     if threading.current_thread() is not threading.main_thread():
-        return flag, None
+        return flag, {}
 
     def handler(signum, frame):
         if flag:
             raise KeyboardInterrupt
-        flag.append(True)
-        print("\nyoda train: stopping after this step and saving (Ctrl-C again aborts without saving)",
-              file=sys.stderr)
+        flag.append(signum)
+        print(f"\nyoda train: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
+              f"without saving)", file=sys.stderr)
 
-    return flag, signal.signal(signal.SIGINT, handler)
+    return flag, {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+
+
+def _load_failure(e: BaseException) -> str:
+    """What went wrong in torch.load, in a line: torch's weights-only message advises weights_only=False, which is
+    wrong for a corrupt file and unsafe for a foreign one, and carries terminal colour codes."""
+    import pickle
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"(unsupported GLOBAL [\w.]+|Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|invalid load key[^.\n]*)", text)
+        return "it is corrupt, or holds objects other than tensors and plain data" + (f" ({found.group(1)})"
+                                                                                      if found else "")
+    return f"it is not readable ({type(e).__name__}: {text.strip().splitlines()[0][:300] if text.strip() else ''})"
 
 
 class Trainer:
@@ -216,19 +237,29 @@ class Trainer:
         atomic_write(path or self.ckpt_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, path: str) -> None:
+        def unusable(why: str) -> ValueError:
+            return ValueError(f"checkpoint {path} cannot be resumed: {why}; delete it to start this run afresh, or "
+                              f"train into another --out")
+
         try:
             st = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain data only
-        except Exception as e:  # corrupt / truncated file
-            raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+        except Exception as e:  # corrupt / truncated file, or one that holds other objects than tensors
+            raise unusable(_load_failure(e)) from None
+        if not isinstance(st, dict) or not all(k in st for k in ("config", "model", "ema", "opt", "gen", "step")):
+            raise unusable("it is not a yoda training checkpoint (no config, model, optimiser and step)")
         mine, theirs = _resume_view(self.cfg.to_dict()), _resume_view(st["config"])
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise ValueError(f"checkpoint {path} was written with a different config (differs in: {', '.join(diff)}); "
                              f"resume with the run's own config.json, or train into another --out")
-        self.model.load_state_dict(st["model"])
-        self.ema.load_state_dict(st["ema"])
-        self.opt.load_state_dict(st["opt"])
-        self.gen.set_state(st["gen"])
+        try:
+            self.model.load_state_dict(st["model"])
+            self.ema.load_state_dict(st["ema"])
+            self.opt.load_state_dict(st["opt"])
+            self.gen.set_state(st["gen"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise unusable(f"its tensors do not fit this config's model ({str(e).strip().splitlines()[0][:300]})") \
+                from None
         if st.get("torch_rng") is not None:  # absent in checkpoints written before it was saved
             torch.set_rng_state(st["torch_rng"].cpu())
         if st.get("cuda_rng") is not None and self.device.type == "cuda":
@@ -322,7 +353,7 @@ class Trainer:
         t_base = float(self.rows[-1]["time"]) if self.rows else 0.0  # time column is cumulative over resumes
         acc, n = 0.0, 0
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
-        interrupted, old_handler = _stop_on_interrupt()
+        interrupted, old_handlers = _stop_on_interrupt()
         try:
             while self.step < total:
                 loss = self.train_step()
@@ -349,13 +380,14 @@ class Trainer:
                     break
         finally:
             bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+            for sig, old in old_handlers.items():
+                signal.signal(sig, old)
         if self.ranks.main:
             self.export(os.path.join(self.out, self.weights_name))
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         barrier(self.ranks, self.device)  # every rank returns once rank 0's files are written
-        return {"steps": self.step, "seconds": time.perf_counter() - t0, "interrupted": bool(interrupted)}
+        return {"steps": self.step, "seconds": time.perf_counter() - t0, "total": total,
+                "interrupted": bool(interrupted), "signal": interrupted[0] if interrupted else None}
 
     def _any_rank(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank (the ranks stop together on a time-out)."""
