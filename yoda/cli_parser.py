@@ -251,7 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     _max_pixels_arg(p)
     _debug_arg(p)
 
-    p = sub.add_parser("train", help="train a model from a JSON config")
+    p = sub.add_parser("train", help="train a model from a JSON config",
+                       description="Train a model from a JSON config into --out. Ctrl-C or SIGTERM stops after the "
+                                   "step in progress and saves the checkpoint, the log and the weights (a second one "
+                                   "aborts at once); the same command resumes from --out's checkpoint (delete it, "
+                                   "or choose another --out, to start afresh). Under torchrun it trains "
+                                   "data-parallel.")
     p.add_argument("--config", required=True,
                    help="a JSON config file, or the name of an installed one (default_x4, compare_plain, compare_yoda)")
     p.add_argument("--out", default=None, help="output folder (default runs/<name>); resumes if it has a checkpoint")
@@ -261,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop (and save) after this much wall time")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (the default): cuda when torch sees a GPU, else cpu")
-    p.add_argument("--weights-name", default="model.safetensors", help="file name of the exported weights")
+    p.add_argument("--weights-name", default="model.safetensors",
+                   help="file name of the exported weights, in --out (a .safetensors file)")
     p.add_argument("--data-dir", default=None,
                    help="a folder with train/ and heldout/ image folders, from `yoda data build --out DIR` "
                         "(photographs) or `yoda data export DIR` (scikit-image's bundled images)")
