@@ -1013,3 +1013,26 @@ def test_window_batch_and_tiles_w_on_a_folder_of_mixed_sizes(tmp_path, tiny_mode
                         *common], capsys)
     assert (tmp_path / "t.png").read_bytes() == (tmp_path / "t8.png").read_bytes()  # W / 4 rounded down to 8
     assert (default_overlap(40, 8), default_overlap(128, 8), default_overlap(16, 8)) == (8, 32, 8)
+
+
+@pytest.mark.parametrize("cmd, argv, advice", [
+    ("train", ["train", "--config", "c.json"], "a smaller batch, data.crop or data.val_crops in the config needs less"),
+    ("upscale", ["upscale", "in.png", "-o", "out.png"], "a lower --max-memory, or smaller --tiles, denoises in smaller "
+                                                        "windows"),
+])
+def test_out_of_memory_is_one_line_with_what_helps(monkeypatch, capsys, cmd, argv, advice):
+    """A batch of 10**12 in a config ended in an allocator traceback and "internal error: a bug in yoda"."""
+    import torch
+
+    from yoda import cli
+
+    def alloc(a):
+        torch.empty(2**60, dtype=torch.uint8)
+
+    monkeypatch.setitem(cli.COMMANDS, cmd, alloc)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("yoda: error: out of memory (") and err.endswith(f"); {advice}\n")
+    assert "Traceback" not in err and err.count("\n") == 1
+    monkeypatch.setitem(cli.COMMANDS, cmd, lambda a: (_ for _ in ()).throw(RuntimeError("a real bug")))
+    assert cli.main(argv) == 1 and "internal error" in capsys.readouterr().err

@@ -520,6 +520,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("yoda: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
+        if _out_of_memory(e):
+            if a.debug:
+                traceback.print_exc()
+            print(f"yoda: error: out of memory ({_one_line(e, options=False)}); "
+                  f"{MEMORY_ADVICE.get(a.cmd, 'smaller images need less')}", file=sys.stderr)
+            return 2
         user = isinstance(e, (UserError, OSError)) or _missing_package(e) is not None
         if a.debug or not user:
             traceback.print_exc()
@@ -529,6 +535,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
         print(f"yoda: error: {_one_line(e, options=a.cmd != 'train')}", file=sys.stderr)
         return 2
+
+
+MEMORY_ADVICE = {"upscale": "a lower --max-memory, or smaller --tiles, denoises in smaller windows",
+                 "train": "a smaller batch, data.crop or data.val_crops in the config needs less",
+                 "eval": "a lower --max-size needs less", "figures": "a lower --max-size needs less"}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed (CPU or GPU): the machine's limit, not a bug; said in one line with what helps."""
+    import torch
+
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("not enough memory" in text or "can't allocate memory" in text)
 
 
 # The library's messages start with the name of the argument at fault; the command line names its option.
