@@ -72,7 +72,11 @@ THREADS = int(os.environ.get("YODA_BENCH_THREADS", "1"))
 CONFIGS = ["dense", "tiled"] + [f"yoda-{a}-{lb}" for a in ATTENTIONS for lb in LOWER_BOUNDS]
 RESULTS: dict = {}  # (hr, name) -> dict of the measured numbers
 
-pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="the embedded default model is not installed")
+# one table per file (pytest-benchmark compares within a group); the summary and overhead tests time nothing
+# themselves (their figures are in extra_info), so they get a group of their own, not the baseline of this one
+pytestmark = [pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="the embedded default model is not installed"),
+              pytest.mark.benchmark(group="large images")]
+NO_TIMING = pytest.mark.benchmark(group="large images: checks (timed elsewhere, figures in extra_info)")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -277,6 +281,7 @@ def bare_loop(m, lr: torch.Tensor, steps: int, x: torch.Tensor) -> torch.Tensor:
     return (up + x.clamp(-1, 1) / ad.res_rescale).clamp(-1, 1)
 
 
+@NO_TIMING
 def test_sampler_overhead_vs_bare_loop(benchmark):
     m = model()
     lr = photo_lr(OVERHEAD_HR)
@@ -311,6 +316,7 @@ def test_sampler_overhead_vs_bare_loop(benchmark):
 # ------------------------------------------------------------------------------------------------------------
 # The table
 # ------------------------------------------------------------------------------------------------------------
+@NO_TIMING
 def test_summary(benchmark):
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     lines = ["| HR | run | wall (s) | denoiser calls | forward passes | window-steps denoised | speedup vs tiled | "

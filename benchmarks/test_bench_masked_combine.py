@@ -26,6 +26,10 @@ import torch
 import yoda_kernels as yk
 from yoda_kernels import testing as T
 
+
+# one table (and one baseline for the relative columns) per file: pytest-benchmark compares within a group
+pytestmark = pytest.mark.benchmark(group="masked_combine")
+
 SHAPE = (4, 3, 512, 512)
 FRACTIONS = (0.0, 0.5, 1.0)
 TILE = 16

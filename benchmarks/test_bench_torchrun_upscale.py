@@ -26,6 +26,10 @@ from PIL import Image
 from yoda.models.loading import DEFAULT_WEIGHTS
 from yoda.data import HELD_OUT, builtin_image
 
+
+# one table (and one baseline for the relative columns) per file: pytest-benchmark compares within a group
+pytestmark = pytest.mark.benchmark(group="torchrun upscale")
+
 N_IMAGES = 8
 
 

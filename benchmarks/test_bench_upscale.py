@@ -17,6 +17,10 @@ from yoda.cli import main
 from yoda.data import builtin_image
 from yoda.models.loading import DEFAULT_WEIGHTS
 
+
+# one table (and one baseline for the relative columns) per file: pytest-benchmark compares within a group
+pytestmark = pytest.mark.benchmark(group="upscale")
+
 TARGET_S = 20.0
 
 
