@@ -136,7 +136,8 @@ def _load_failure(e: BaseException) -> str:
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
     if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in text:
-        found = re.search(r"(unsupported GLOBAL [\w.]+|Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|invalid load key[^.\n]*)", text)
+        found = re.search(r"([Uu]nsupported (?:global: )?GLOBAL [\w.]+|Unsupported operand \d+|invalid load key[^.\n]*)",
+                          text)
         return "it is corrupt, or holds objects other than tensors and plain data" + (f" ({found.group(1)})"
                                                                                       if found else "")
     return f"it is not readable ({type(e).__name__}: {text.strip().splitlines()[0][:300] if text.strip() else ''})"
