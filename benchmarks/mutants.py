@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -315,7 +316,7 @@ def main(argv=None) -> int:
     todo = [known[n] for n in a.names] if a.names else MUTANTS
     if a.list:
         for m in todo:
-            print(f"{m.name:24s} {m.file}: {m.why}\n{'':24s} pytest {' '.join(m.tests)}")
+            print(f"{m.name:24s} {m.file}: {m.why}\n{'':24s} {shlex.join(['pytest', *m.tests])}")
         return 0
     problems = check_list(todo)
     if problems:
@@ -330,7 +331,8 @@ def main(argv=None) -> int:
         if not a.no_baseline:
             for sel in dict.fromkeys(m.tests for m in todo):
                 rc, out, secs = run_pytest(copy, sel, a.timeout)
-                print(f"baseline  {'pass' if rc == 0 else 'FAIL':8s} {secs:6.1f} s  pytest {' '.join(sel)}", flush=True)
+                print(f"baseline  {'pass' if rc == 0 else 'FAIL':8s} {secs:6.1f} s  {shlex.join(['pytest', *sel])}",
+                      flush=True)
                 if rc != 0:
                     print(out[-3000:], file=sys.stderr)
                     print("an unmutated selection fails: fix that first", file=sys.stderr)

@@ -13,6 +13,8 @@ backend's copy (philox.py, csrc/philox.h, yoda_kernels/triton/noise.py) must cha
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 
@@ -41,7 +43,8 @@ def fits() -> dict[str, tuple[tuple[float, ...], float]]:
     return {"LOG_P": (f32(log_c), log_e), "SIN_P": (f32(sin_c), sin_e), "COS_P": (f32(cos_c), cos_e)}
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     for name, (coefs, err) in fits().items():
         print(f"{name} = {coefs}  # fit error {err:.3g}")
         print(f"    hex: {', '.join(float(c).hex().replace('0000000p', 'p') + 'f' for c in coefs)}")

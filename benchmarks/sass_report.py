@@ -229,6 +229,17 @@ def noise_instructions_per_normal(report: dict[str, list[str]]) -> dict[str, flo
     return {k: (len(v) - base) / (2 * NOISE_PAIRS) for k, v in report.items() if k != "skeleton"}
 
 
+def power_of_two(text: str) -> int:
+    """argparse type: a positive power of two (Triton's block sizes and warp counts must be)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1 or n & (n - 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a power of two")
+    return n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100 / H200)")
@@ -236,8 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", nargs="+", default=["none", "philox", "tensor"], choices=list(NOISE_NAMES.values()))
     ap.add_argument("--layouts", nargs="+", default=["contiguous", "channels_last"],
                     choices=["contiguous", "channels_last"])
-    ap.add_argument("--block-w", type=int, default=None, help="override launch_config's BLOCK_W")
-    ap.add_argument("--warps", type=int, default=None, help="override launch_config's num_warps")
+    ap.add_argument("--block-w", type=power_of_two, default=None, help="override launch_config's BLOCK_W")
+    ap.add_argument("--warps", type=power_of_two, default=None, help="override launch_config's num_warps")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 if a configuration spills registers")
     ap.add_argument("--noise-transform", action="store_true",
@@ -245,6 +256,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-per-normal", type=float, default=None,
                     help="with --noise-transform: exit 1 if stream v2 needs more SASS instructions per normal")
     args = ap.parse_args(argv)
+    if args.max_per_normal is not None and not args.noise_transform:
+        ap.error("--max-per-normal needs --noise-transform (it bounds the noise transform's instructions)")
     if os.environ.get("TRITON_INTERPRET") == "1":
         ap.error("unset TRITON_INTERPRET: the interpreter replaces the kernel that this report compiles")
     if args.noise_transform:

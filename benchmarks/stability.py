@@ -5,7 +5,8 @@ LossConfig.mask_loss: loss averaged over the active pixels only) is steadier wit
 derives 18 configs from yoda/configs/default_x4.json that differ only in a tiny SRDiff model, small crops,
 frequent validation, the batch size, the two YODA switches and the seed; it trains them one after the other
 through the `yoda train` command line (equal steps for all), then reads their log.csv files and writes a
-markdown report and one figure.
+markdown report and one figure: by default over the committed benchmarks/STABILITY.md and
+benchmarks/figures/stability.png (so the defaults regenerate them; give -o and --figure to write elsewhere).
 
     python benchmarks/stability.py                        # train (resumes: finished runs are skipped) + report
     python benchmarks/stability.py --report-only          # only re-read the logs and rewrite the report
@@ -120,7 +121,8 @@ def train_all(configs: dict[str, dict], a) -> None:
         cmd = ["nice", "-n", "15", sys.executable, "-m", "yoda", "train", "--config", path, "--out", out,
                "--data-dir", a.data, "--device", "cpu", "-q"]
         t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, cwd=a.code, check=True)
+        if subprocess.run(cmd, env=env, cwd=a.code).returncode:  # the child has printed its error
+            sys.exit(2)
         walls[name] = walls.get(name, 0.0) + time.perf_counter() - t0
         with open(walls_path, "w", encoding="utf-8") as f:
             json.dump(walls, f, indent=2)
@@ -138,7 +140,14 @@ def loss_cv(rows: list[dict], warmup: int) -> float:
     """Coefficient of variation (std / mean) of the logged losses after the warm-up: how noisy the loss is,
     free of its scale (the YODA loss, averaged over the active pixels, has another scale than the plain one)."""
     loss = [float(r["loss"]) for r in rows if int(r["step"]) > warmup]
-    return statistics.stdev(loss) / statistics.fmean(loss)
+    return statistics.stdev(loss) / statistics.fmean(loss) if len(loss) > 1 else float("nan")
+
+
+def min_steps(warmup: int, log_every: int, val_every: int) -> int | None:
+    """The fewest steps whose log has 2 losses after the warm-up (loss_cv needs them): the trainer logs every
+    log_every and every val_every steps and the last step. None if only the last step is logged."""
+    firsts = [(warmup // k + 1) * k for k in (log_every, val_every) if k > 0]
+    return min(firsts) + 1 if firsts else None
 
 
 def val_series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -367,7 +376,14 @@ def parse_args():
     p.add_argument("--spike-factor", type=float, default=3.0)
     p.add_argument("--code", default=ROOT, help="folder holding the yoda package that trains (default: this checkout)")
     p.add_argument("--report-only", action="store_true", help="do not train; read the logs that exist")
-    return p.parse_args()
+    a = p.parse_args()
+    warmup = next(iter(study_configs(a).values()))["warmup"]
+    need = min_steps(warmup, a.log_every, a.val_every)
+    if need is None or a.steps < need:
+        p.error(f"--steps {a.steps} logs fewer than 2 losses after the {warmup}-step warm-up (the loss CV needs 2): "
+                + (f"the smallest valid --steps is {need} with --log-every {a.log_every} and --val-every "
+                   f"{a.val_every}" if need else "set --log-every or --val-every above 0"))
+    return a
 
 
 def main() -> None:

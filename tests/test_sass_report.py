@@ -65,3 +65,30 @@ def test_noise_transform_instruction_count():
                                        if line.startswith("| v"))}
     assert per["v2"] <= 20 and per["v1"] > 2 * per["v2"], per
     assert "MUFU.RSQ" in r.stdout and "CALL" not in r.stdout and "BSSY" not in r.stdout  # no slow-path branch
+
+
+def _sass_report_main(*argv):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_sass_report", ROOT / "benchmarks" / "sass_report.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclass looks itself up
+    try:
+        spec.loader.exec_module(module)
+        return module.main(list(argv))
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--max-per-normal", "20"), "--max-per-normal needs --noise-transform (it bounds the noise transform's "
+                                 "instructions)"),
+    (("--block-w", "100"), "argument --block-w: '100' is not a power of two"),
+    (("--warps", "0"), "argument --warps: '0' is not a power of two"),
+    (("--warps", "four"), "argument --warps: 'four' is not a power of two"),
+])
+def test_bad_arguments_are_argparse_errors(argv, message, capsys):
+    """Argument errors end before anything is compiled (no GPU, ptxas or Triton traceback needed to see them)."""
+    with pytest.raises(SystemExit) as e:
+        _sass_report_main(*argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].split(": error: ", 1)[1] == message

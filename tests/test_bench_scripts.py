@@ -1,0 +1,248 @@
+"""The benchmark scripts' command lines (benchmarks/*.py): bad arguments end in one argparse error (exit 2) before
+any long work, and the small pieces of logic that decide what a long run does (the quality grid's cache, the
+stability study's loss CV) behave. Every test runs in seconds: nothing is trained or benchmarked here."""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look themselves up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def run(script: str, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+# ---- gpu_bench.py -------------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_gpu_bench_without_cuda_says_so_and_creates_nothing(tmp_path):
+    out = tmp_path / "new" / "res.md"
+    r = run("gpu_bench.py", "--out", out)
+    assert r.returncode == 2, r.stderr
+    assert last_line(r.stderr) == ("gpu_bench.py: error: no CUDA device visible; --cpu-dry-run runs the checks on "
+                                   "the CPU")
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_gpu_bench_dry_run_header_says_what_it_measures(tmp_path):
+    out = tmp_path / "res.md"  # --hard-budget-s 0: every case skipped, only the header and the copy are measured
+    r = run("gpu_bench.py", "--cpu-dry-run", "--no-compile", "--hard-budget-s", "0", "--out", out, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "Host copy (4 MiB, read + write)" in text
+    assert "timings: median of 3 host timer (perf_counter) runs after one warm-up call" in text
+    assert "1 GiB" not in text and "do_bench" not in text
+
+
+# ---- stability.py -------------------------------------------------------------------------------------------------
+
+def test_stability_loss_cv_needs_two_points():
+    st = load_script("stability")
+    assert math.isnan(st.loss_cv([{"step": "210", "loss": "0.5"}], 200))
+    assert math.isnan(st.loss_cv([{"step": "100", "loss": "0.5"}, {"step": "200", "loss": "0.7"}], 200))
+    assert st.loss_cv([{"step": "210", "loss": "1.0"}, {"step": "220", "loss": "3.0"}], 200) == pytest.approx(
+        math.sqrt(2) / 2)
+
+
+def test_stability_min_steps_matches_the_trainers_logging():
+    st = load_script("stability")
+    assert st.min_steps(200, 10, 100) == 211  # logged at 210 and at the last step
+    assert st.min_steps(200, 1, 0) == 202
+    assert st.min_steps(200, 0, 300) == 301
+    assert st.min_steps(200, 0, 0) is None
+
+
+def test_stability_too_few_steps_is_an_argument_error(tmp_path):
+    r = run("stability.py", "--steps", "8", "--data", tmp_path / "nothing", "--runs", tmp_path / "runs",
+            "-o", tmp_path / "S.md",
+            "--figure", tmp_path / "s.png")
+    assert r.returncode == 2
+    assert last_line(r.stderr) == (
+        "stability.py: error: --steps 8 logs fewer than 2 losses after the 200-step warm-up (the loss CV needs 2): "
+        "the smallest valid --steps is 211 with --log-every 10 and --val-every 100")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_stability_failed_run_exits_with_the_childs_message_only(tmp_path):
+    """A `yoda train` that fails (here a stand-in package run through --code) ends the study with its own message
+    and status 2, without a CalledProcessError traceback."""
+    code = tmp_path / "code"
+    (code / "yoda").mkdir(parents=True)
+    (code / "yoda" / "__init__.py").write_text("")
+    (code / "yoda" / "__main__.py").write_text("import sys\nsys.exit('yoda: error: image folder X/train not found')\n")
+    r = run("stability.py", "--steps", "211", "--code", code, "--runs", tmp_path / "runs",
+            "-o", tmp_path / "S.md", "--figure", tmp_path / "s.png")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "yoda: error: image folder X/train not found"
+    assert not (tmp_path / "S.md").exists()
+
+
+# ---- quality_grid.py ----------------------------------------------------------------------------------------------
+
+def grid_args(tmp_path, model, **kw) -> list[str]:
+    opts = dict(data=tmp_path / "data", samplers="ddim0", steps="1", size="32", attention="edge",
+                lower_bounds="0.6") | kw
+    args = ["eval", "--models", model]
+    for k, v in opts.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+@pytest.fixture
+def grid_data(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "data" / "heldout").mkdir(parents=True)
+    pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0))
+    Image.fromarray((pixels * 255).byte().numpy()).save(tmp_path / "data" / "heldout" / "a.png")
+    return tmp_path / "data"
+
+
+def test_quality_grid_eval_needs_runs_or_model_paths(tmp_path):
+    r = run("quality_grid.py", "eval", "--data", tmp_path, "-o", tmp_path / "g.json")
+    assert r.returncode == 2
+    assert last_line(r.stderr) == ("quality_grid.py eval: error: give --runs (the folder of `quality_grid.py train`) "
+                                   "or --models as .safetensors paths")
+
+
+def test_quality_grid_cell_settings_hold_everything_that_changes_the_result(tmp_path):
+    qg = load_script("quality_grid")
+    a = argparse.Namespace(data=str(tmp_path), runs="RUNS", models=["pixel_x0", str(tmp_path / "m.safetensors")],
+                           samplers=["ddim0"], steps=[5], size=128, attention=["edge"], lower_bounds=[0.6])
+    cells = qg.eval_cells(a)
+    assert list(cells) == ["pixel_x0/ddim0/5", "m.safetensors/ddim0/5"]
+    assert cells["m.safetensors/ddim0/5"][1] == {
+        "model": str(tmp_path / "m.safetensors"), "data": str(tmp_path / "heldout"), "sampler": "ddim0", "steps": 5,
+        "size": 128, "attentions": ["edge"], "lower_bounds": [0.6], "seed": 0}
+    assert cells["pixel_x0/ddim0/5"][1]["model"] == os.path.abspath("RUNS/pixel_x0/model.safetensors")
+
+
+def test_quality_grid_refuses_a_cached_cell_with_other_settings(tmp_path):
+    model = tmp_path / "other" / "default_x4.safetensors"
+    model.parent.mkdir()
+    model.write_bytes(b"")  # only its path matters: the check comes before anything is loaded
+    qg = load_script("quality_grid")
+    a = argparse.Namespace(data=str(tmp_path / "data"), runs="", models=[str(model)], samplers=["ddim0"], steps=[1],
+                           size=64, attention=["edge"], lower_bounds=[0.6])
+    (key, (_, settings)), = qg.eval_cells(a).items()
+    out = tmp_path / "g.json"
+    out.write_text(json.dumps({key: {"rows": [], "settings": settings}}))
+    r = run("quality_grid.py", *grid_args(tmp_path, model, size=32), "-o", out)
+    assert r.returncode == 2
+    assert last_line(r.stderr) == (f"quality_grid.py eval: error: {out} holds default_x4.safetensors/ddim0/1 computed "
+                                   "with other settings (size 64 there, 32 now): use another -o")
+    other = ROOT / "yoda" / "weights" / "default_x4.safetensors"  # the same name, another file
+    r = run("quality_grid.py", *grid_args(tmp_path, other, size=64), "-o", out)
+    assert r.returncode == 2
+    assert f"(model '{model}' there, '{other}' now)" in last_line(r.stderr)
+
+
+def test_quality_grid_skips_a_cached_cell_with_the_same_settings_and_says_so(tmp_path, grid_data):
+    model = ROOT / "yoda" / "weights" / "default_x4.safetensors"
+    qg = load_script("quality_grid")
+    a = argparse.Namespace(data=str(grid_data), runs="", models=[str(model)], samplers=["ddim0"], steps=[1],
+                           size=32, attention=["edge"], lower_bounds=[0.6])
+    (key, (_, settings)), = qg.eval_cells(a).items()
+    out = tmp_path / "g.json"
+    out.write_text(json.dumps({key: {"rows": [], "settings": settings}}))
+    r = run("quality_grid.py", *grid_args(tmp_path, model), "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"default_x4.safetensors/ddim0/1: skipped, already in {out} with the same settings"
+
+
+def test_quality_grid_eval_creates_the_output_folder(tmp_path, grid_data):
+    model = ROOT / "yoda" / "weights" / "default_x4.safetensors"
+    out = tmp_path / "new" / "sub" / "g.json"
+    r = run("quality_grid.py", *grid_args(tmp_path, model), "-o", out)
+    assert r.returncode == 0, r.stderr
+    cell = json.loads(out.read_text())["default_x4.safetensors/ddim0/1"]
+    assert cell["settings"]["size"] == 32 and {row["method"] for row in cell["rows"]} == {"bicubic", "plain", "yoda"}
+
+
+def test_quality_grid_bad_data_is_one_line(tmp_path):
+    model = ROOT / "yoda" / "weights" / "default_x4.safetensors"
+    r = run("quality_grid.py", *grid_args(tmp_path, model, data=tmp_path / "nothing"), "-o", tmp_path / "g.json")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert last_line(r.stderr) == (f"quality_grid.py eval: error: --data {tmp_path / 'nothing'}: image folder "
+                                   f"{tmp_path / 'nothing' / 'heldout'} not found")
+
+
+def test_quality_grid_train_needs_a_data_folder(tmp_path):
+    r = run("quality_grid.py", "train", "--data", tmp_path / "nothing", "--runs", tmp_path / "runs")
+    assert r.returncode == 2
+    assert last_line(r.stderr) == (f"quality_grid.py train: error: --data {tmp_path / 'nothing'}: no train/ folder in "
+                                   "it (give the folder of `yoda data build`)")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_quality_grid_train_reports_each_run_and_fails_if_one_does(tmp_path, monkeypatch, capsys):
+    """The six `yoda train` processes are stand-ins here: pixel_v fails, the others succeed at once."""
+    qg = load_script("quality_grid")
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    popen = subprocess.Popen
+
+    def fake(cmd, **kw):
+        fails = cmd[cmd.index("--out") + 1].endswith("pixel_v")
+        return popen([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)" if fails else "pass"], **kw)
+
+    monkeypatch.setattr(qg.subprocess, "Popen", fake)
+    a = argparse.Namespace(data=str(tmp_path / "data"), runs=str(tmp_path / "runs"), minutes=1.0, loss="l1")
+    with pytest.raises(SystemExit) as e:
+        qg.cmd_train(a, None)
+    assert e.value.code == "1 of 6 runs failed: pixel_v"
+    lines = [re.sub(r"after \d+ s", "after N s", line) for line in capsys.readouterr().out.splitlines()]
+    names = list(qg.grid_configs())
+    runs = tmp_path / "runs"
+    assert lines[:6] == [f"{n}: started (1 min), log {runs / (n + '.out')}" for n in names]
+    assert sorted(lines[6:]) == sorted(f"{n}: exit {3 if n == 'pixel_v' else 0} after N s"
+                                       + (f": FAILED, see {runs / 'pixel_v.out'}" if n == "pixel_v" else "")
+                                       for n in names)
+    assert (runs / "pixel_v.out").read_text() == "boom\n"
+    assert json.loads((runs / "residual_x0.json").read_text())["loss"]["loss"] == "l1"
+
+
+# ---- noise_fit.py, mutants.py -------------------------------------------------------------------------------------
+
+def test_noise_fit_help_does_not_fit():
+    r = run("noise_fit.py", "--help")
+    assert r.returncode == 0
+    assert r.stdout.startswith("usage: noise_fit.py [-h]")
+    assert "LOG_P =" not in r.stdout
+
+
+def test_mutants_list_quotes_its_commands(capsys):
+    mutants = load_script("mutants")
+    with_spaces = next(m for m in mutants.MUTANTS if any(" " in t for t in m.tests))
+    assert mutants.main(["--list", with_spaces.name]) == 0
+    command = capsys.readouterr().out.splitlines()[1].strip()
+    assert shlex.split(command) == ["pytest", *with_spaces.tests]  # unquoted, "-k a and b" splits into more words
