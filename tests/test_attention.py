@@ -420,17 +420,17 @@ def _ink_right(s):
     ],
 )
 def test_percent_label_is_0_or_100_only_when_exact(active, total, want):
-    from yoda.attention.figure import _percent
+    from yoda.attention.figure import percent_label
 
-    assert _percent(active, total) == want
+    assert percent_label(active, total) == want
 
 
 def test_percent_label_bad_counts():
-    from yoda.attention.figure import _percent
+    from yoda.attention.figure import percent_label
 
     for args in [(-1, 10), (11, 10), (0, 0), (True, 10)]:
         with pytest.raises(ValueError):
-            _percent(*args)
+            percent_label(*args)
 
 
 def test_ratio_text_says_which_steps_it_counts():
@@ -505,7 +505,7 @@ def test_attention_figure_title_and_labels_are_exact():
     fracs = [float(mask_at(A3, t, 3, 0.6).double().mean()) for t in (3, 2, 1)]
     assert abs(sum(fracs) / 3 - float(pixel_update_ratio(A3, 0.6)[0])) > 0.05  # the limit would be wrong here
     assert float(every_step_ratio(A3, 3, 0.6)[0]) == pytest.approx(sum(fracs) / 3, abs=1e-12)
-    labels3 = [f"M(t={t}) {fig._percent(int(mask_at(A3, t, 3, 0.6).sum()), 1600)}" for t in (3, 2, 1)]
+    labels3 = [f"M(t={t}) {fig.percent_label(int(mask_at(A3, t, 3, 0.6).sum()), 1600)}" for t in (3, 2, 1)]
     title3 = f"lower_bound=0.6  T=3  pixel update ratio (every step of T=3)={sum(fracs) / 3:.3f}"
     assert drawn(att.attention_figure(lr, A3, T=3), title3, labels3)
 
@@ -532,7 +532,7 @@ def test_attention_figure_labels_fit_and_title_is_whole(hw, lb):
     ratio = float(every_step_ratio(A, 1000, lb)[0])
     title = f"lower_bound={lb:g}  T=1000  " + fig._ratio_text(ratio, False, 1000)
     top = ["LR", "attention A", "A over LR"]
-    bottom = [f"M(t={t}) {fig._percent(int(mask_at(A, t, 1000, lb).sum()), h * w)}" for t in ts]
+    bottom = [f"M(t={t}) {fig.percent_label(int(mask_at(A, t, 1000, lb).sum()), h * w)}" for t in ts]
     lay = fig._layout((Hp, Wp), top, bottom, title, font())
     assert img.size == (lay["width"], lay["height"])
     # the layout: columns as wide as the widest label's drawn ink, the canvas as wide as the title's

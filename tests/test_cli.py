@@ -320,14 +320,13 @@ def test_attention_none_is_a_user_error_where_a_map_is_drawn(tmp_path, images, c
 
 
 def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
-    """The comparison row, the table, and under it the masks of the steps the YODA run took, with the run's own
-    update ratio (the mean active fraction of its steps), not those of a run with every step."""
-    import yoda.attention
+    """The comparison row (each result with its PSNR and SSIM, as the table prints them), the table, and under it
+    the masks of the steps the YODA run took, with the run's own update ratio (the mean active fraction of its
+    steps), not those of a run with every step."""
     import yoda.sampling
+    from PIL import ImageDraw
 
-    drawn, steps = [], []
-    figure = yoda.attention.attention_figure
-    monkeypatch.setattr(yoda.attention, "attention_figure", lambda *a, **k: drawn.append(k) or figure(*a, **k))
+    steps, texts = [], []
     def sample(*a, callback=None, **k):  # yoda.sample, recording the steps it takes
         def record(d):
             steps.append((d["t"] + 1, float(d["active_fraction"][0])))
@@ -337,18 +336,28 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
 
     real = yoda.sampling.sample
     monkeypatch.setattr(yoda.sampling, "sample", sample)
+    draw_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: texts.append(t) or
+                        draw_text(self, xy, t, *a, **k))
     out = tmp_path / "demo.png"
     code, stdout, err = run(["demo", "-o", str(out), "--model", tiny_model, "--steps", "2", "--lr-size", "8",
                              "--lower-bound", "0.3", "-q"], capsys)
     assert code == 0, err
-    assert "| plain |" in stdout and "| YODA |" in stdout and "| bicubic |" in stdout
+    rows = {r.split("|")[1].strip(): r.split("|")[2:4] for r in stdout.splitlines() if r.startswith("| ")}
+    for name in ("bicubic", "plain", "YODA"):
+        psnr, ssim = float(rows[name][0]), float(rows[name][1])
+        assert f"{name}  {psnr:.2f} dB, SSIM {ssim:.3f}" in texts
     im = Image.open(out)
-    assert im.width >= 6 * 32  # six 32x32 panels in the comparison row
+    assert im.width >= 6 * 160  # six panels in the comparison row, enlarged to 160 px
     yoda_steps = steps[-2:]  # the plain run's two steps come first
-    assert drawn[-1]["ts"] == [t for t, _ in yoda_steps] and yoda_steps[0][0] > yoda_steps[1][0]
-    assert drawn[-1]["ratio"] == pytest.approx(sum(f for _, f in yoda_steps) / 2)
+    assert yoda_steps[0][0] > yoda_steps[1][0]
+    masks = [t for t in texts if t.startswith("M(t=")]
+    assert [int(t[4:t.index(")")]) for t in masks] == [t for t, _ in yoda_steps]
+    ratio = sum(f for _, f in yoda_steps) / 2
+    assert any(t.endswith(f"pixel update ratio of the run {ratio:.3f}") for t in texts)
+    assert texts[0].startswith("yoda demo: astronaut, x4 (8 -> 32 px), model ") and "ddim 2 steps, seed 0" in texts[0]
     code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--image", "camera"], capsys)
-    assert code == 2 and "held-out" in err
+    assert code == 2 and "--image must be one of the images no model here was trained on (astronaut," in err
     for bad in ("0", "-5"):
         code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--lr-size", bad], capsys)
         assert code == 2 and err.count("\n") == 1 and f"--lr-size must be >= 1, got {bad}" in err
@@ -364,9 +373,11 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
     import yoda.sampling
     from yoda.sampling.prepare import resolve_attention
 
+    import yoda.attention.figure
+
     drawn, given = [], []
-    figure = yoda.attention.attention_figure
-    monkeypatch.setattr(yoda.attention, "attention_figure", lambda *a, **k: drawn.append(a[1]) or figure(*a, **k))
+    colormap = yoda.attention.figure.colormap  # the demo draws the map through it
+    monkeypatch.setattr(yoda.attention.figure, "colormap", lambda a: drawn.append(a) or colormap(a))
     real = yoda.sampling.sample
     monkeypatch.setattr(yoda.sampling, "sample", lambda m, x, **k: given.append((x, k["attention"])) or real(m, x, **k))
     for attention in ("edge", "gaussian"):
@@ -379,7 +390,7 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
         want = resolve_attention(attention, lr, (28, 28))
         torch.testing.assert_close(A[..., :28, :28], want, rtol=0, atol=0)
         torch.testing.assert_close(A, F.pad(want, (0, A.shape[-1] - 28, 0, A.shape[-2] - 28), mode="replicate"))
-        torch.testing.assert_close(drawn[-1], want, rtol=0, atol=0)
+        torch.testing.assert_close(torch.from_numpy(drawn[-1]), want[0, 0], rtol=0, atol=0)
         of_padded = resolve_attention(attention, x, tuple(A.shape[-2:]))[..., :28, :28]
         assert (of_padded - want).abs().max() > 0.01  # the maps of the padded LR differ: the test tells them apart
     im = Image.open(tmp_path / "d.png")

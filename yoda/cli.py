@@ -190,8 +190,7 @@ def cmd_demo(a) -> int:
 
     from . import drawing
     from .adapters import upsample
-    from .attention import attention_figure
-    from .attention.figure import colormap
+    from .attention.figure import colormap, percent_label
     from .sampling.prepare import resolve_attention
     from .data import HELD_OUT, builtin_image, make_lr
     from .evaluate import metrics
@@ -199,7 +198,8 @@ def cmd_demo(a) -> int:
     from .masks import active_fraction
 
     if a.image not in HELD_OUT:
-        raise UserError(f"--image must be one of the held-out images {', '.join(HELD_OUT)}, got {a.image!r}")
+        raise UserError(f"--image must be one of the images no model here was trained on ({', '.join(HELD_OUT)}), "
+                        f"got {a.image!r}")
     if a.lr_size < 1:
         raise UserError(f"--lr-size must be >= 1, got {a.lr_size}")
     check_output_option(a.output)
@@ -234,45 +234,59 @@ def cmd_demo(a) -> int:
                                            lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
                                            callback=record)
         timing[name] = time.perf_counter() - t0
-    # comparison row: LR (nearest), bicubic, plain, YODA, HR, attention map; small crops enlarged (nearest, by a
-    # whole factor) to panels of at least 160 px, so that the labels and the caption fit
+    scores = {name: metrics(to_uint8(results[name])[0], hr_u8) for name in ("bicubic", "plain", "YODA")}
+    # row 1: LR (nearest), bicubic, plain, YODA (each with its PSNR / SSIM), HR, the attention map; row 2: the map
+    # over the LR and the masks of the steps the YODA run took (5 at most). Small crops are enlarged (nearest, by
+    # a whole factor) to panels of at least 160 px, so that the labels fit
     panel = size * -(-160 // size)
     big = lambda im: im.resize((panel, panel), Image.Resampling.NEAREST) if panel > size else im  # noqa: E731
-    tiles = [("LR (nearest)", Image.fromarray(to_uint8(lr)[0]).resize((panel, panel), Image.Resampling.NEAREST))]
+    lr_big = Image.fromarray(to_uint8(lr)[0]).resize((panel, panel), Image.Resampling.NEAREST)
+    top = [("LR (nearest)", lr_big)]
     for name in ("bicubic", "plain", "YODA"):
-        tiles.append((name, big(Image.fromarray(to_uint8(results[name])[0]))))
-    tiles.append(("HR", big(Image.fromarray(hr_u8))))
-    amap = Image.fromarray(colormap(A[0, 0].clamp(0, 1).cpu().numpy()))  # viridis, as in the strip below
-    amap = big(amap.resize((size, size), Image.Resampling.BILINEAR))
-    tiles.append((f"attention ({a.attention.split(':')[0]})", amap))
+        m = scores[name]
+        top.append((f"{name}  {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}", big(Image.fromarray(to_uint8(results[name])[0]))))
+    top.append(("HR", big(Image.fromarray(hr_u8))))
+    heat = big(Image.fromarray(colormap(A[0, 0].clamp(0, 1).cpu().numpy())).resize((size, size),
+                                                                                   Image.Resampling.BILINEAR))
+    top.append((f"attention A ({a.attention.split(':')[0]})", heat))
+    ts = sorted({visited[round(k)] for k in np.linspace(0, len(visited) - 1, min(5, len(visited)))}, reverse=True)
+    bottom = [("A over LR", Image.blend(lr_big.convert("RGB"), heat, 0.5))]
+    for t, tau in ts:  # the mask the sampler used at step t (white: refined), its share of the picture
+        m = (A[0, 0] >= torch.tensor(tau, dtype=torch.float32, device=A.device)).cpu()
+        im = big(Image.fromarray(np.where(m.numpy(), 255, 0).astype(np.uint8)).convert("RGB"))
+        bottom.append((f"M(t={t}): {percent_label(int(m.sum()), m.numel())} refined", im))
+    ratio = float(sum(active_fraction(A, tau) for _, tau in visited)) / len(visited)
+    steps = f"{a.steps} step{'s' if a.steps != 1 else ''}"
+    title = (f"yoda demo: {a.image}, x{s} ({a.lr_size} -> {size} px), model {a.model}, {a.sampler} {steps}, "
+             f"seed {a.seed}")
+    caption = (f"YODA: {a.attention.split(':')[0]} attention, l = {a.lower_bound:g}; its masks M(t) = "
+               f"1[A >= t/T - {a.lower_bound:g}] at its steps (white: refined; the rest is held at the LR image); "
+               f"pixel update ratio of the run {ratio:.3f}")
     font = drawing.font()
     pad, label_h = 6, drawing.text_wh(ImageDraw.Draw(Image.new("RGB", (1, 1))), "Mg", font)[1] + 6
-    row_w = len(tiles) * (panel + pad) + pad
-    # the masks of the steps the run took (5 of them at most) and the run's own update ratio, on the picture (the
-    # padding the sampler also refined is not drawn)
-    ts = [visited[round(k)][0] for k in np.linspace(0, len(visited) - 1, min(5, len(visited)))]
-    with _user_input():
-        strip = attention_figure(lr, A, a.lower_bound, ad.schedule.T, ts=sorted(set(ts), reverse=True),
-                                 ratio=float(sum(active_fraction(A, tau) for _, tau in visited)) / len(visited))
-    if strip.width > row_w:
-        strip = strip.resize((row_w, round(strip.height * row_w / strip.width)), Image.Resampling.BILINEAR)
-    canvas = Image.new("RGB", (row_w, label_h + panel + 2 * pad + label_h + strip.height), "white")
+    cell = panel + pad
+    width = max(pad + len(top) * cell, pad + drawing.text_wh(ImageDraw.Draw(Image.new("RGB", (1, 1))), caption,
+                                                               font)[0] + pad)
+    canvas = Image.new("RGB", (width, 2 * label_h + 2 * (label_h + panel + pad) + label_h), "white")
     dr = ImageDraw.Draw(canvas)
-    for i, (label, im) in enumerate(tiles):
-        px = pad + i * (panel + pad)
-        dr.text((px, 2), label, fill=(0, 0, 0), font=font)
-        canvas.paste(im, (px, label_h))
-    y2 = label_h + panel + pad
-    dr.text((pad, y2), f"masks of the YODA run: M(t) = 1[A >= t/T - {a.lower_bound:g}] at its steps ({a.sampler}, "
-            f"{a.steps} steps, seed {a.seed})", fill=(0, 0, 0), font=font)
-    canvas.paste(strip, (0, y2 + label_h))
+    dr.text((pad, 2), title, fill=(0, 0, 0), font=font)
+    y = label_h + pad
+    for row in (top, bottom):
+        if row is bottom:
+            dr.text((pad, y), caption, fill=(0, 0, 0), font=font)
+            y += label_h
+        for i, (label, im) in enumerate(row):
+            px = pad + i * cell
+            dr.text((px, y), label, fill=(0, 0, 0), font=font)
+            canvas.paste(im, (px, y + label_h))
+            dr.rectangle((px - 1, y + label_h - 1, px + panel, y + label_h + panel), outline=(150, 150, 150))
+        y += label_h + panel + pad
     save_figure(canvas, a.output)
-    print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {a.steps} steps, "
+    print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
           f"attention {a.attention}, lower bound {a.lower_bound:g}")
     print("| method | PSNR (dB) | SSIM | L shift | ab shift | time (s) |")
     print("|---|---|---|---|---|---|")
-    for name in ("bicubic", "plain", "YODA"):
-        m = metrics(to_uint8(results[name])[0], hr_u8)
+    for name, m in scores.items():
         print(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['L_shift']:.3f} | {m['ab_shift']:.3f} | "
               f"{timing[name]:.1f} |")
     print(f"wrote {a.output}")

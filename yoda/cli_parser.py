@@ -197,9 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     _max_pixels_arg(p)
     _debug_arg(p)
 
-    p = sub.add_parser("demo", help="plain vs YODA on a held-out image, one comparison picture")
+    p = sub.add_parser("demo", help="plain vs YODA on an image no model here was trained on, one comparison picture")
     p.add_argument("-o", "--output", default="demo.png", help="the picture (PNG, JPEG, WebP, TIFF, BMP)")
-    p.add_argument("--image", default="astronaut", help="a held-out image (astronaut, coffee, rocket, chelsea)")
+    p.add_argument("--image", default="astronaut",
+                   help="one of scikit-image's images that no model here was trained on (astronaut, coffee, rocket, "
+                        "chelsea; the CLI defaults were chosen on them)")
     p.add_argument("--lr-size", type=int, default=64, help="LR crop size (HR = scale * this)")
     p.add_argument("--attention", default="edge", help=f"the YODA column's attention: {ATTENTION_HELP}")
     _sampling_args(p, None, DEFAULT_SAMPLER)

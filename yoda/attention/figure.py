@@ -84,7 +84,7 @@ def _show(x: torch.Tensor, size: tuple) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode=mode)[0]
 
 
-def _percent(active: int, total: int) -> str:
+def percent_label(active: int, total: int) -> str:
     """The share active / total of a mask's pixels as a label: whole percent, one decimal where whole percent
     would round to 0 or 100, and "<0.1%" / ">99.9%" beyond that; "0%" and "100%" only when exact."""
     if isinstance(active, bool) or isinstance(total, bool) or total < 1 or not 0 <= active <= total:
@@ -214,7 +214,7 @@ def attention_figure(
     font = _font()
     title = f"lower_bound={lower_bound:g}  T={T}  " + _ratio_text(ratio, given, T)
     top = ["LR", "attention A", "A over LR"]
-    bottom = [f"M(t={t}) {_percent(k, n)}" for t, k, n, _ in masks]
+    bottom = [f"M(t={t}) {percent_label(k, n)}" for t, k, n, _ in masks]
     lay = _layout(size, top, bottom, title, font)
     canvas = Image.new("RGB", (lay["width"], lay["height"]), _BG)
     draw = ImageDraw.Draw(canvas)
