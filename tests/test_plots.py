@@ -15,7 +15,7 @@ HEADER = "step,loss,lr,time,val_psnr_plain,val_psnr_yoda\n"
 W, H = 900, 360
 # the panels of the default size with one legend row: (x0, y0, x1, y1); the data stay M px inside the frame
 LEFT, RIGHT, M = (50, 30, 435, 300), (500, 30, 885, 300), 6
-NOTE = "PSNR: solid = plain sampling, dashed = YODA"
+NOTE = "PSNR: solid, dots = plain sampling; dashed, rings = YODA"
 TICKS_04_05 = ["0.40", "0.42", "0.44", "0.46", "0.48", "0.50"]  # the y ticks of data from 0.4 to 0.5
 
 
@@ -112,7 +112,8 @@ def test_single_validation_point_has_no_invented_step(tmp_path, monkeypatch):
     assert strings(texts, (LEFT[0], y1, LEFT[2], y1 + 16)) == ["1", "2", "3"]
     blue = colour_mask(img, COLOURS[0])
     cx = x1 - M
-    assert blue[y1 - M, cx] and blue[y0 + M, cx]  # 20 at the bottom, 21 at the top, both inside the frame
+    assert blue[y1 - M, cx] and near(blue, cx, y0 + M, r=3)  # 20 at the bottom, 21 at the top, inside the frame
+    assert (img[y0 + M, cx] == 255).all()  # YODA's lone point is a ring, plain's a dot: told apart without a line
     assert strings(texts, (x0 - 50, y0, x0, y1)) == ["20.0", "20.2", "20.4", "20.6", "20.8", "21.0"]
 
 

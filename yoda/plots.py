@@ -164,7 +164,7 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
     img = Image.new("RGB", (W, H), "white")
     dr = ImageDraw.Draw(img)
     f = _font()
-    note = "PSNR: solid = plain sampling, dashed = YODA"
+    note = "PSNR: solid, dots = plain sampling; dashed, rings = YODA"
     kinds = [loss_description(p) for p in paths]
     loss_title = "training loss" + (f": {kinds[0]}" if len(set(kinds)) == 1 and kinds[0] else "")
     if len(set(kinds)) > 1:  # losses of different kinds are not comparable: say which is which in the legend
@@ -220,8 +220,11 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
                 elif len(xy) > 1:
                     dr.line(xy, fill=col, width=2)
                 r = 2 if k != "loss" else 3 if len(xy) == 1 else 0  # the loss: a dot only where it has no line
-                for p in xy if r else []:
-                    dr.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=col)
+                for p in xy if r else []:  # YODA's PSNR: rings, which tell it from plain's dots without a line too
+                    if k == "val_psnr_yoda":
+                        dr.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill="white", outline=col, width=2)
+                    else:
+                        dr.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=col)
         w, _ = text_wh(dr, "steps", f)
         dr.text(((x0 + x1 - w) / 2, y1 + 18), "steps", fill=(0, 0, 0), font=f)
     for li, (lab, (x, row)) in enumerate(zip(labels, entries)):
