@@ -666,6 +666,83 @@ def test_from_diffusers_tiny():
                                              norm_num_groups=4), vae, cfg)
 
 
+def _tiny_diffusers(diffusers, **vae_kw):
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                  latent_channels=4, norm_num_groups=4, layers_per_block=1, **vae_kw).eval()
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=8, out_channels=4, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1,
+                                 norm_num_groups=4).eval()
+    return unet, vae
+
+
+def test_from_diffusers_half_precision_weights_and_device():
+    """fp16 / bf16 diffusers weights crashed on the float32 state (a raw "Input type (float) and bias type"
+    error); the adapter had no device, so an lr on another device was not refused up front."""
+    diffusers = pytest.importorskip("diffusers")
+    from yoda.models import from_diffusers
+
+    unet, vae = _tiny_diffusers(diffusers)
+    cfg = {"num_train_timesteps": 10, "beta_start": 1e-3, "beta_end": 0.02, "prediction_type": "epsilon"}
+    lr = _lr(1, 4, 4)
+    noise = _noise((1, 4, 4, 4), 3)
+    ref = from_diffusers(unet, vae, cfg, scale=2)
+    assert ref.device() == torch.device("cpu")
+    a = sample(ref, lr, attention="edge", steps=2, sampler="ddim", noise=noise, progress=False)
+    for dt, tol in ((torch.bfloat16, 0.04), (torch.float16, 0.006)):  # measured 0.011 and 0.0018
+        half = from_diffusers(copy.deepcopy(unet).to(dt), copy.deepcopy(vae).to(dt), cfg, scale=2)
+        b = sample(half, lr, attention="edge", steps=2, sampler="ddim", noise=noise, progress=False)
+        assert b.dtype == torch.float32 and (a - b).abs().max() < tol, dt
+
+
+def test_from_diffusers_takes_or_refuses_every_sampling_key():
+    """Sampling-relevant config keys were dropped: clip_sample (diffusers DDPM's default; the final latent differed
+    by 2.9), the VAE's shift_factor and latents_mean / std, an EDM or flow-matching scheduler read as linear betas,
+    thresholding, a bogus timestep_spacing, trained_betas of another length; a scheduler object gave KeyError."""
+    diffusers = pytest.importorskip("diffusers")
+    from yoda.models import from_diffusers, schedule_from_diffusers
+
+    unet, vae = _tiny_diffusers(diffusers)
+    cfg = {"num_train_timesteps": 10, "beta_start": 1e-3, "beta_end": 0.02}
+    assert from_diffusers(unet, vae, dict(cfg, clip_sample=True), scale=2).clip_x0
+    assert not from_diffusers(unet, vae, dict(cfg, clip_sample=False), scale=2).clip_x0
+    ddim = diffusers.DDIMScheduler(**cfg)
+    assert from_diffusers(unet, vae, ddim, scale=2).schedule == from_diffusers(unet, vae, ddim.config, scale=2).schedule
+    lr = _lr(1, 4, 4)
+    with torch.no_grad():
+        base = from_diffusers(unet, vae, cfg, scale=2).prepare(lr).c
+        _, shifted = _tiny_diffusers(diffusers, shift_factor=0.3)
+        c = from_diffusers(unet, shifted, cfg, scale=2).prepare(lr).c
+        sf = vae.config.scaling_factor
+        torch.testing.assert_close(c, (base / sf - 0.3) * sf)  # (z - shift) * sf
+        _, normed = _tiny_diffusers(diffusers, latents_mean=[0.1, 0.2, 0.3, 0.4], latents_std=[1.0, 2.0, 3.0, 4.0])
+        ad = from_diffusers(unet, normed, cfg, scale=2)
+        c = ad.prepare(lr).c
+        mean, std = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 4, 1, 1), torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1)
+        torch.testing.assert_close(c, (base / sf - mean) * sf / std)
+        z = torch.randn_like(c)  # decode inverts it: vae.decode(z * std / sf + mean)
+        torch.testing.assert_close(ad._decode(z), normed.decode(z * std / sf + mean).sample)
+    for bad, message in [
+        (dict(cfg, _class_name="EDMEulerScheduler", sigma_data=0.5), "not a discrete DDPM-family schedule"),
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 10, "shift": 3.0},
+         "FlowMatchEulerDiscreteScheduler is not a discrete DDPM-family"),
+        (dict(cfg, thresholding=True), "thresholding=True"),
+        (dict(cfg, clip_sample=True, clip_sample_range=2.0), "clip_sample_range 2.0"),
+        (dict(cfg, timestep_spacing="bogus"), "timestep_spacing 'bogus'"),
+        (dict(cfg, trained_betas=[0.01] * 4), "trained_betas has 4 values but num_train_timesteps is 10"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            schedule_from_diffusers(bad)
+    with pytest.raises(TypeError, match="scheduler_config must be a diffusers scheduler's config"):
+        from_diffusers(unet, vae, None, scale=2)
+    grey = diffusers.AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8,), latent_channels=4,
+                                   norm_num_groups=4, layers_per_block=1)
+    with pytest.raises(ValueError, match="vae: in_channels and out_channels must be 3"):
+        from_diffusers(unet, grey, cfg, scale=2)
+
+
 def test_sample_half_precision_state_with_float32_weights():
     net = _tiny_sr3(attn=False)
     net.card = ModelCard(Schedule.linear(10, 1e-3, 0.2), 2)

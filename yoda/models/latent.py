@@ -52,6 +52,8 @@ class LatentAdapter(Adapter):
     clip_x0: latents are not bounded, so False by default.
     latent_multiple: the latent grid is padded to multiples of it (2 ** downsamplings of the denoiser);
         the image is padded (replicate) to multiples of latent_factor * latent_multiple and cropped back.
+    modules: the networks behind the callables (from_diffusers: the UNet and the VAE): the adapter's device is
+        theirs, so that an lr on another device is refused before any work.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class LatentAdapter(Adapter):
         pool: str = "max",
         clip_x0: bool = False,
         latent_multiple: int = 1,
+        modules: Tuple[torch.nn.Module, ...] = (),
     ):
         for name, fn in (("encode", encode), ("decode", decode), ("denoise", denoise)):
             if not callable(fn):
@@ -90,6 +93,13 @@ class LatentAdapter(Adapter):
         self.latent_multiple = latent_multiple
         self.pool = pool
         self.clip_x0 = bool(clip_x0)
+        self.modules = tuple(modules)
+
+    def device(self) -> Optional[torch.device]:
+        for m in self.modules:
+            for p in m.parameters():
+                return p.device
+        return super().device()
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         f = self.latent_factor * self.latent_multiple
@@ -144,16 +154,56 @@ class LatentAdapter(Adapter):
         return F.adaptive_avg_pool2d(Ap, (Hs, Ws))
 
 
-def schedule_from_diffusers(config: dict) -> Tuple[Schedule, str]:
+# diffusers schedulers that are not a discrete VP (DDPM-family) schedule of betas: refused, not misread as one
+_NOT_DDPM = ("EDM", "FlowMatch", "ScoreSdeVe", "KarrasVe", "CMStochastic", "LCMScheduler")
+_NOT_DDPM_KEYS = ("sigma_data", "shift", "use_dynamic_shifting")
+SPACINGS_DIFFUSERS = ("leading", "trailing", "linspace")
+
+
+def scheduler_config_dict(config: Any) -> dict:
+    """The config of a diffusers scheduler (``scheduler.config``), a scheduler itself, or a plain dict, as a dict;
+    anything else is a TypeError naming scheduler_config."""
+    if hasattr(config, "config") and not isinstance(config, dict):
+        config = config.config  # a scheduler object: its config
+    try:
+        return dict(config)
+    except (TypeError, ValueError):
+        raise TypeError(f"scheduler_config must be a diffusers scheduler's config (scheduler.config), the scheduler, "
+                        f"or a dict, got {type(config).__name__}") from None
+
+
+def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     """(Schedule, prediction) from a diffusers scheduler config (DDPMScheduler / DDIMScheduler keys:
     num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
-    rescale_betas_zero_snr: Schedule.rescale_zero_terminal_snr of the betas, as diffusers applies it)."""
-    if not isinstance(config, dict):
-        config = dict(config)
+    rescale_betas_zero_snr: Schedule.rescale_zero_terminal_snr of the betas, as diffusers applies it).
+
+    Keys that change sampling and that yoda does not take from here are refused rather than dropped: an EDM or
+    flow-matching scheduler (not a schedule of betas), thresholding (dynamic thresholding), a clip_sample_range
+    other than 1, a timestep_spacing that diffusers does not have. (clip_sample is read by from_diffusers;
+    timestep_spacing is yoda.sample's ``spacing=``: README, "diffusers".)"""
+    config = scheduler_config_dict(config)
+    name = str(config.get("_class_name", ""))
+    if any(k in name for k in _NOT_DDPM) or any(k in config for k in _NOT_DDPM_KEYS):
+        raise ValueError(f"scheduler_config: {name or 'this scheduler'} is not a discrete DDPM-family schedule of "
+                         f"betas (an EDM or flow-matching scheduler); yoda samples VP models (DDPM, DDIM, and the "
+                         f"k-diffusion solvers over their sigmas)")
+    if config.get("thresholding", False):
+        raise ValueError("scheduler_config: thresholding=True (dynamic thresholding) is not supported; yoda.sample "
+                         "clips x0 to [-1, 1] with clip=True")
+    if config.get("clip_sample", False) and float(config.get("clip_sample_range", 1.0)) != 1.0:
+        raise ValueError(f"scheduler_config: clip_sample_range {config['clip_sample_range']} is not supported "
+                         f"(yoda clips x0 to [-1, 1])")
+    spacing = config.get("timestep_spacing")
+    if spacing is not None and spacing not in SPACINGS_DIFFUSERS:
+        raise ValueError(f"scheduler_config: timestep_spacing {spacing!r} is not one of diffusers' "
+                         f"{SPACINGS_DIFFUSERS}")
     T = int(config.get("num_train_timesteps", 1000))
     b0, b1 = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 2e-2))
     kind = config.get("beta_schedule", "linear")
     if config.get("trained_betas") is not None:
+        if len(config["trained_betas"]) != T:
+            raise ValueError(f"scheduler_config: trained_betas has {len(config['trained_betas'])} values but "
+                             f"num_train_timesteps is {T}")
         sched = Schedule.from_betas(config["trained_betas"])
     elif kind == "linear":
         sched = Schedule.linear(T, b0, b1)
@@ -179,32 +229,59 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
     vae.encode(x).latent_dist.mode() * scaling_factor (the mean, so that c is deterministic; ``sample_latent``
     draws instead), decode(z) = vae.decode(z / scaling_factor).sample. latent_factor = 2 ** (len(vae
     block_out_channels) - 1). Only such a model loads: not LDM-SR (a VQModel, conditioned on the LR pixels) nor
-    the SD x4 upscaler (a UNet2DConditionModel with text and noise-level conditioning on cat(z_t, LR pixels))."""
+    the SD x4 upscaler (a UNet2DConditionModel with text and noise-level conditioning on cat(z_t, LR pixels)).
+
+    The VAE's shift_factor (SD3 / Flux) or latents_mean / latents_std are applied as diffusers' pipelines apply
+    them; the scheduler config's clip_sample becomes the adapter's clip_x0 (x0 clipped to [-1, 1]); weights in
+    fp16 / bf16 take the float32 state (inputs cast to their dtype, results cast back)."""
     from diffusers import AutoencoderKL, UNet2DModel  # optional dependency, imported on use
 
     if not isinstance(unet, UNet2DModel):
-        raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}")
+        hint = (" (the SD x4 upscaler's UNet2DConditionModel, text- and noise-level-conditioned on the LR pixels, is "
+                "not this form: write a LatentAdapter for it)" if type(unet).__name__ == "UNet2DConditionModel" else "")
+        raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}{hint}")
     if not isinstance(vae, AutoencoderKL):
         raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
+    if int(vae.config.in_channels) != 3 or int(vae.config.out_channels) != 3:
+        raise ValueError(f"vae: in_channels and out_channels must be 3 (an RGB image), got {vae.config.in_channels} "
+                         f"/ {vae.config.out_channels}")
     C = int(vae.config.latent_channels)
     if int(unet.config.in_channels) != 2 * C or int(unet.config.out_channels) != C:
         raise ValueError(f"unet: in_channels must be 2 * latent_channels = {2 * C} (cat(z_t, c)) and out_channels "
                          f"{C}, got {unet.config.in_channels} / {unet.config.out_channels}")
-    sched, pred = schedule_from_diffusers(
-        scheduler_config if isinstance(scheduler_config, dict) else dict(scheduler_config))
+    config = scheduler_config_dict(scheduler_config)
+    sched, pred = schedule_from_diffusers(config)
     sf = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3 / Flux VAEs: (z - shift) * sf
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if (mean is None) != (std is None):
+        raise ValueError("vae: latents_mean and latents_std come together (or neither)")
+    stats = None if mean is None else [torch.tensor(v, dtype=torch.float32).view(1, C, 1, 1) for v in (mean, std)]
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     m = 2 ** (len(unet.config.down_block_types) - 1)
 
+    def to_latent(z: torch.Tensor) -> torch.Tensor:  # the VAE's latent -> the diffusion's, as diffusers' pipelines
+        if stats is not None:
+            return (z - stats[0].to(z)) * sf / stats[1].to(z)
+        return (z - shift) * sf
+
+    def from_latent(z: torch.Tensor) -> torch.Tensor:
+        if stats is not None:
+            return z * stats[1].to(z) / sf + stats[0].to(z)
+        return z / sf + shift
+
+    # the networks run in their parameters' dtype (fp16 / bf16 weights take the float32 state), the results come
+    # back in the caller's dtype
     def encode(x: torch.Tensor) -> torch.Tensor:
-        dist = vae.encode(x).latent_dist
-        return (dist.sample() if sample_latent else dist.mode()) * sf
+        dist = vae.encode(x.to(vae.dtype)).latent_dist
+        return to_latent((dist.sample() if sample_latent else dist.mode()).to(x.dtype))
 
     def decode(z: torch.Tensor) -> torch.Tensor:
-        return vae.decode(z / sf).sample
+        return vae.decode(from_latent(z).to(vae.dtype)).sample.to(z.dtype)
 
     def denoise(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return unet(torch.cat([z, c.to(z.dtype)], dim=1), t).sample
+        return unet(torch.cat([z, c.to(z.dtype)], dim=1).to(unet.dtype), t).sample.to(z.dtype)
 
     return LatentAdapter(encode, decode, denoise, sched, prediction=pred, scale=scale, stage1=stage1,
-                         latent_factor=f, pool=pool, latent_multiple=m)
+                         latent_factor=f, pool=pool, latent_multiple=m, clip_x0=bool(config.get("clip_sample", False)),
+                         modules=(unet, vae))
