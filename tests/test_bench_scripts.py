@@ -83,7 +83,7 @@ def test_stability_min_steps_matches_the_trainers_logging():
 
 def test_stability_too_few_steps_is_an_argument_error(tmp_path):
     r = run("stability.py", "--steps", "8", "--data", tmp_path / "nothing", "--runs", tmp_path / "runs",
-            "-o", tmp_path / "S.md",
+            "-o", tmp_path / "report.md",
             "--figure", tmp_path / "s.png")
     assert r.returncode == 2
     assert last_line(r.stderr) == (
@@ -100,10 +100,10 @@ def test_stability_failed_run_exits_with_the_childs_message_only(tmp_path):
     (code / "yoda" / "__init__.py").write_text("")
     (code / "yoda" / "__main__.py").write_text("import sys\nsys.exit('yoda: error: image folder X/train not found')\n")
     r = run("stability.py", "--steps", "211", "--code", code, "--runs", tmp_path / "runs",
-            "-o", tmp_path / "S.md", "--figure", tmp_path / "s.png")
+            "-o", tmp_path / "report.md", "--figure", tmp_path / "s.png")
     assert r.returncode == 2
     assert r.stderr.strip() == "yoda: error: image folder X/train not found"
-    assert not (tmp_path / "S.md").exists()
+    assert not (tmp_path / "report.md").exists()
 
 
 # ---- quality_grid.py ----------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, 
                           drop_own_outputs, expand_inputs, folder_images, guided_model, mebibytes, output_folder,
                           output_targets, padded_lr_side, plan_windows, run_items, run_sharded, skip_existing,
                           speed_options, tune_malloc)
-from .errors import UserError
+from .errors import UserError, out_of_memory
 from .errors import user_input as _user_input
 
 
@@ -534,7 +534,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("yoda: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if _out_of_memory(e):
+        if out_of_memory(e):
             if a.debug:
                 traceback.print_exc()
             print(f"yoda: error: out of memory ({_one_line(e, options=False)}); "
@@ -554,16 +554,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 MEMORY_ADVICE = {"upscale": "a lower --max-memory, or smaller --tiles, denoises in smaller windows",
                  "train": "a smaller batch, data.crop or data.val_crops in the config needs less",
                  "eval": "a lower --max-size needs less", "figures": "a lower --max-size needs less"}
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    """An allocation that failed (CPU or GPU): the machine's limit, not a bug; said in one line with what helps."""
-    import torch
-
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and ("not enough memory" in text or "can't allocate memory" in text)
 
 
 # The library's messages start with the name of the argument at fault; the command line names its option.

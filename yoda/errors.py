@@ -4,7 +4,8 @@ UserError (a ValueError) means: the input is wrong, not the code. The `yoda` com
 one line (exit code 2); any other exception is a bug and prints its traceback. Library errors about inputs
 derive from it: yoda.checkpoint.CheckpointError (a model file that cannot be used), yoda.images.DataError
 (an image or data folder that cannot be used), and the sampler's NonFiniteError (a model that returns NaN or
-Inf; also a FloatingPointError).
+Inf; also a FloatingPointError). out_of_memory(e) tells a failed allocation, which is neither (the machine's
+limit).
 """
 
 from __future__ import annotations
@@ -30,3 +31,14 @@ def user_input():
         raise
     except ValueError as e:
         raise UserError(str(e)) from e
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation that failed (CPU or GPU): the machine's limit, not a bug (the CLI says it in
+    one line with what needs less memory)."""
+    import torch
+
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("not enough memory" in text or "can't allocate memory" in text)

@@ -4,6 +4,7 @@
 - :class:`SRDiff` (residual space; LeiaLi/SRDiff UNet + RRDB encoder, upstream keys) + :class:`SRDiffAdapter`
 - :class:`LatentAdapter` / :func:`from_diffusers` (latent space, DiffBIR/ControlLDM-style)
 - :class:`DiffBIRAdapter` (latent space, over DiffBIR's own ControlLDM and Diffusion, v1 / v2 / v2.1)
+- :class:`SDUpscalerAdapter` (latent space, the Stable Diffusion x4 upscaler's diffusers modules)
 
 Every model has ``yoda_adapter(**kw)`` and a ``card`` (:class:`ModelCard`: schedule, scale, prediction, space)
 that the adapter samples with. Loaders live next to their models:
@@ -18,6 +19,7 @@ Reading files and checking state dicts is yoda.checkpoint.
 from .card import ModelCard
 from .diffbir import DiffBIRAdapter, DiffBIRCond
 from .latent import LatentAdapter, LatentCond, from_diffusers, schedule_from_diffusers
+from .sd_upscaler import SDUpscalerAdapter
 from .sr3 import SR3Adapter, SR3Config, SR3UNet, load_sr3_config, sr3_beta_schedule
 from .srdiff import SRDiff, SRDiffAdapter, SRDiffConfig, load_srdiff_config, srdiff_beta_schedule
 from .loading import KINDS, load
@@ -41,6 +43,7 @@ __all__ = [
     "LatentAdapter",
     "LatentCond",
     "from_diffusers",
+    "SDUpscalerAdapter",
     "schedule_from_diffusers",
     "DiffBIRAdapter",
     "DiffBIRCond",

@@ -238,7 +238,7 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
 
     if not isinstance(unet, UNet2DModel):
         hint = (" (the SD x4 upscaler's UNet2DConditionModel, text- and noise-level-conditioned on the LR pixels, is "
-                "not this form: write a LatentAdapter for it)" if type(unet).__name__ == "UNet2DConditionModel" else "")
+                "not this form: yoda.models.SDUpscalerAdapter takes it)" if type(unet).__name__ == "UNet2DConditionModel" else "")
         raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}{hint}")
     if not isinstance(vae, AutoencoderKL):
         raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")

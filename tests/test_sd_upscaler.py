@@ -1,0 +1,123 @@
+"""yoda.models.SDUpscalerAdapter: the Stable Diffusion x4 upscaler's diffusers modules (random weights, tiny) give
+the latents and the image of StableDiffusionUpscalePipeline's loop, written out below from its __call__ (the
+pipeline itself needs transformers' text encoder, which is not a dependency), with and without guidance; YODA's
+masks run on it; bad modules and arguments are refused by name."""
+
+import pytest
+import torch
+
+import yoda
+
+diffusers = pytest.importorskip("diffusers")
+from yoda.models import SDUpscalerAdapter  # noqa: E402
+
+L, T, STEPS, LEVEL = 4, 20, 4, 20
+
+
+def modules():
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=L + 3, out_channels=L, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=4, cross_attention_dim=8, num_class_embeds=351, attention_head_dim=2).eval()
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 8, 16), latent_channels=L, norm_num_groups=4,
+        layers_per_block=1, scaling_factor=0.08333).eval()
+    # the upscaler's own configs: DDIM leading with steps_offset 1 and no alpha-to-one, v-prediction
+    sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="scaled_linear", beta_start=1e-4,
+                                    beta_end=0.02, prediction_type="v_prediction", clip_sample=False,
+                                    set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+    low = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=1e-4,
+                                  beta_end=0.02)
+    return unet, vae, sched, low
+
+
+def pipeline_loop(unet, vae, sched, low, lr, latents, emb, neg, guidance, seed):
+    """StableDiffusionUpscalePipeline.__call__ from the prompt embeddings on: LR noise from a CPU generator, the
+    noise-level class label, guidance with the negative embeddings first, DDIM eta 0, decode."""
+    cfg = guidance > 1.0
+    with torch.no_grad():
+        sched.set_timesteps(STEPS)
+        level = torch.tensor([LEVEL], dtype=torch.long)
+        n = torch.randn(lr.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+        image = low.add_noise(lr, n, level)
+        image = torch.cat([image] * 2) if cfg else image
+        level = torch.cat([level] * image.shape[0])
+        embeds = torch.cat([neg, emb]) if cfg else emb
+        x = latents * sched.init_noise_sigma
+        for t in sched.timesteps:
+            inp = torch.cat([x] * 2) if cfg else x
+            inp = torch.cat([sched.scale_model_input(inp, t), image], dim=1)
+            out = unet(inp, t, encoder_hidden_states=embeds, class_labels=level).sample
+            if cfg:
+                out_uncond, out_text = out.chunk(2)
+                out = out_uncond + guidance * (out_text - out_uncond)
+            x = sched.step(out, t, x, eta=0.0).prev_sample
+        return x, vae.decode(x / vae.config.scaling_factor).sample
+
+
+@pytest.mark.parametrize("guidance", [1.0, 9.0])
+def test_the_pipelines_latents_and_image(guidance):
+    unet, vae, sched, low = modules()
+    g = torch.Generator().manual_seed(1)
+    lr = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1
+    emb, neg = torch.randn(1, 3, 8, generator=g), torch.randn(1, 3, 8, generator=g)
+    noise = [torch.randn(1, L, 8, 8, generator=g) for _ in range(STEPS + 1)]
+    ref, ref_img = pipeline_loop(unet, vae, sched, low, lr, noise[0], emb, neg, guidance, seed=5)
+    ad = SDUpscalerAdapter(unet, vae, sched.config, low.config, emb, neg, guidance_scale=guidance, noise_level=LEVEL,
+                           noise_seed=5)
+    assert (ad.scale, ad.prediction, ad.latent_factor, ad.device()) == (4, "v", 4, torch.device("cpu"))
+    states = []
+    sr = yoda.sample(ad, lr, attention=None, sampler="ddim", spacing="ldm_uniform", steps=STEPS, noise=noise,
+                     progress=False, callback=lambda d: states.append(d["x"].clone()))
+    assert sr.shape == (1, 3, 32, 32)
+    assert (states[-1] - ref).abs().max() < 1e-5
+    assert (sr - ref_img.clamp(-1, 1)).abs().max() < 1e-5
+    if guidance != 1.0:  # yoda.sample(cfg_scale=) changes it; 1 is the unguided loop
+        one = yoda.sample(ad, lr, attention=None, sampler="ddim", spacing="ldm_uniform", steps=STEPS, noise=noise,
+                          progress=False, cfg_scale=1.0)
+        _, ref1 = pipeline_loop(unet, vae, sched, low, lr, noise[0], emb, neg, 1.0, seed=5)
+        assert (one - ref1.clamp(-1, 1)).abs().max() < 1e-5
+
+
+def test_yoda_masks_and_windows_on_the_upscaler():
+    unet, vae, sched, low = modules()
+    g = torch.Generator().manual_seed(2)
+    lr = torch.rand(2, 3, 12, 10, generator=g) * 2 - 1  # a batch, sides that are not multiples of 2
+    emb = torch.randn(1, 3, 8, generator=g)
+    ad = SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0)
+    fractions = []
+    kw = dict(sampler="ddim", spacing="ldm_uniform", steps=STEPS, seed=0, progress=False)
+    sr = yoda.sample(ad, lr, attention="edge", lower_bound=0.3, callback=lambda d: fractions.append(d["active_fraction"]),
+                     **kw)
+    assert sr.shape == (2, 3, 48, 40) and torch.isfinite(sr).all()
+    first, last = fractions[0], fractions[-1]
+    assert (first < 1).all() and (last >= first).all() and (last == 1).all()
+    plain = yoda.sample(ad, lr, attention=None, **kw)
+    assert torch.equal(plain, yoda.sample(ad, lr, attention="edge", lower_bound=1.0, **kw))
+    # windows: the noised LR pixels are cropped with the latent; one window over the whole grid is the dense run
+    assert (yoda.sample(ad, lr, attention=None, windows=(12, 0), **kw) - plain).abs().max() < 1e-5
+    tiled = yoda.sample(ad, lr, attention="edge", lower_bound=0.3, windows=(4, 2), **kw)
+    assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
+
+
+def test_bad_modules_and_arguments_are_named():
+    unet, vae, sched, low = modules()
+    emb = torch.zeros(1, 3, 8)
+    with pytest.raises(ValueError, match="guidance scale 9 needs negative_prompt_embeds"):
+        SDUpscalerAdapter(unet, vae, sched, low, emb)
+    ad = SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0)
+    with pytest.raises(ValueError, match="guidance scale 4 needs negative_prompt_embeds"):
+        yoda.sample(ad, torch.zeros(1, 3, 8, 8), cfg_scale=4.0, steps=2, sampler="ddim", progress=False)
+    with pytest.raises(ValueError, match=r"noise_level must be an int in \[0, 351\)"):
+        SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0, noise_level=400)
+    with pytest.raises(ValueError, match="negative_prompt_embeds must have prompt_embeds' shape"):
+        SDUpscalerAdapter(unet, vae, sched, low, emb, torch.zeros(1, 4, 8))
+    with pytest.raises(ValueError, match="prompt_embeds must be a"):
+        SDUpscalerAdapter(unet, vae, sched, low, torch.zeros(3, 8), guidance_scale=1.0)
+    with pytest.raises(TypeError, match="unet must be a diffusers UNet2DConditionModel"):
+        SDUpscalerAdapter(vae, vae, sched, low, emb)
+    with pytest.raises(ValueError, match="prompt embeddings have batch 2, lr has 3"):
+        bad = SDUpscalerAdapter(unet, vae, sched, low, torch.zeros(2, 3, 8), guidance_scale=1.0)
+        yoda.sample(bad, torch.zeros(3, 3, 8, 8), steps=2, sampler="ddim", progress=False)

@@ -1,0 +1,146 @@
+"""The Stable Diffusion x4 upscaler (diffusers' ``StableDiffusionUpscalePipeline``) behind the YODA sampler.
+
+What the pipeline does, and what this adapter does with the same modules:
+
+    image_t = low_res_scheduler.add_noise(lr, n, noise_level)     the LR pixels (in [-1, 1]) noised at noise_level
+    z_t     (B, C', h, w)                                          the latent, at the LR's own size
+    out     = unet(cat(z_t, image_t), t, encoder_hidden_states=prompt embeddings, class_labels=noise_level)
+              guided: out_neg + guidance_scale * (out - out_neg), out_neg with the negative prompt's embeddings
+    SR      = vae.decode(z_0 / scaling_factor)                     f x the LR (f = 4: the VAE's downsampling)
+
+YODA holds the latent pixels not refined yet at c = the VAE encoding of up(lr) (torch's bicubic x f, the mean of
+the latent distribution, times scaling_factor), noised to the next step's level, and max-pools the HR attention
+map to the latent grid (LatentAdapter's rule). The prompts are given as embeddings (diffusers' ``prompt_embeds``
+/ ``negative_prompt_embeds``: yoda has no text encoder); the LR noise n is drawn from ``noise_seed`` on the CPU,
+as the pipeline draws it from a CPU generator of that seed. With lower_bound >= 1, the same latents and spacing
+"ldm_uniform" (the pipeline's DDIM config: leading, steps_offset 1, set_alpha_to_one False) this gives the
+pipeline's latents and image (tests/test_models.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, NamedTuple, Optional, Tuple
+
+import torch
+
+from ..adapters import Prepared, check_cfg_scale, guided_call
+from .latent import LatentAdapter, schedule_from_diffusers, scheduler_config_dict
+
+__all__ = ["SDUpscalerAdapter", "UpscalerCond"]
+
+
+class UpscalerCond(NamedTuple):
+    image: torch.Tensor  # the noised LR pixels, (B, 3, h', w') on the latent grid
+    level: torch.Tensor  # (B,) int64 noise_level, the UNet's class label
+    emb: torch.Tensor  # (B, L, D) prompt embeddings
+    neg: Optional[torch.Tensor]  # (B, L, D) negative prompt embeddings, None without guidance
+    size: Tuple[int, int]  # (H, W) of the HR image before padding
+
+
+class SDUpscalerAdapter(LatentAdapter):
+    """``SDUpscalerAdapter(unet, vae, scheduler_config, low_res_scheduler_config, prompt_embeds, ...)``.
+
+    unet: diffusers UNet2DConditionModel with in_channels = latent channels + 3 and a noise-level class embedding;
+    vae: AutoencoderKL; scheduler_config / low_res_scheduler_config: the pipeline's scheduler and low_res_scheduler
+    (or their configs); prompt_embeds: (1 or B, L, D); negative_prompt_embeds: the same shape, needed when
+    guidance_scale != 1 (the pipeline's default 9.0); noise_level: the pipeline's (default 20, below the UNet's
+    class count); noise_seed: the CPU generator seed of the LR noise. yoda.sample(cfg_scale=w) changes the scale.
+    """
+
+    supports_cfg = True
+
+    def __init__(self, unet: Any, vae: Any, scheduler_config: Any, low_res_scheduler_config: Any,
+                 prompt_embeds: torch.Tensor, negative_prompt_embeds: Optional[torch.Tensor] = None, *,
+                 guidance_scale: float = 9.0, noise_level: int = 20, noise_seed: int = 0, pool: str = "max"):
+        from diffusers import AutoencoderKL, UNet2DConditionModel  # optional dependency, imported on use
+
+        if not isinstance(unet, UNet2DConditionModel):
+            raise TypeError(f"unet must be a diffusers UNet2DConditionModel, got {type(unet).__name__}")
+        if not isinstance(vae, AutoencoderKL):
+            raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
+        C = int(vae.config.latent_channels)
+        if int(unet.config.in_channels) != C + 3 or int(unet.config.out_channels) != C:
+            raise ValueError(f"unet: in_channels must be latent_channels + 3 = {C + 3} (cat(z_t, noised LR pixels)) "
+                             f"and out_channels {C}, got {unet.config.in_channels} / {unet.config.out_channels}")
+        classes = unet.config.num_class_embeds
+        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level < (classes or 0):
+            raise ValueError(f"noise_level must be an int in [0, {classes}) (the UNet's noise-level classes), got "
+                             f"{noise_level!r}")
+        config = scheduler_config_dict(scheduler_config)
+        sched, pred = schedule_from_diffusers(config)
+        low, _ = schedule_from_diffusers(low_res_scheduler_config)
+        if noise_level >= low.T:
+            raise ValueError(f"noise_level {noise_level} is beyond the low-res scheduler's {low.T} steps")
+        emb, neg = prompt_embeds, negative_prompt_embeds
+        if not isinstance(emb, torch.Tensor) or emb.dim() != 3:
+            raise ValueError(f"prompt_embeds must be a (1 or B, L, D) tensor, got {getattr(emb, 'shape', type(emb))}")
+        if neg is not None and (not isinstance(neg, torch.Tensor) or neg.shape != emb.shape):
+            raise ValueError(f"negative_prompt_embeds must have prompt_embeds' shape {tuple(emb.shape)}, got "
+                             f"{getattr(neg, 'shape', type(neg).__name__)}")
+        f = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.sf = float(vae.config.scaling_factor or 1.0)
+        super().__init__(self._encode_image, self._decode_latent, self._unused, sched, prediction=pred, scale=f,
+                         latent_factor=f, pool=pool, clip_x0=bool(config.get("clip_sample", False)),
+                         latent_multiple=2 ** (len(unet.config.down_block_types) - 1), modules=(unet, vae))
+        self.net, self.vae = unet, vae  # net: the denoiser call, which yoda.sampling.speed may wrap
+        ab = low.alphas_cumprod.float()[noise_level]  # diffusers' add_noise: float32 alphas_cumprod
+        self.low_res = (float(ab ** 0.5), float((1 - ab) ** 0.5))
+        self.emb, self.neg, self.noise_level, self.noise_seed = emb, neg, noise_level, int(noise_seed)
+        self.cfg_scale = check_cfg_scale(guidance_scale, "guidance_scale")
+        self._check_guidance()
+
+    def _check_guidance(self) -> None:
+        if self.cfg_scale != 1.0 and self.neg is None:
+            raise ValueError(f"guidance scale {self.cfg_scale:g} needs negative_prompt_embeds (the pipeline encodes "
+                             f"the negative prompt, '' by default, with its text encoder); or use a scale of 1")
+
+    def with_cfg_scale(self, scale: float) -> "SDUpscalerAdapter":
+        new = copy.copy(self)
+        new.cfg_scale = check_cfg_scale(scale)
+        new._check_guidance()
+        return new
+
+    def _encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode().to(x.dtype) * self.sf
+
+    def _decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode((z / self.sf).to(self.vae.dtype)).sample.to(z.dtype)
+
+    @staticmethod
+    def _unused(*args):  # pragma: no cover - denoise is overridden
+        raise AssertionError
+
+    def prepare(self, lr: torch.Tensor) -> Prepared:
+        latent = super().prepare(lr)  # c = encode(padded up(lr)), the HR size
+        B, (h, w) = lr.shape[0], latent.c.shape[-2:]
+        lr_p = torch.nn.functional.pad(lr, (0, w - lr.shape[-1], 0, h - lr.shape[-2]), mode="replicate")
+        n = torch.randn(lr_p.shape, generator=torch.Generator().manual_seed(self.noise_seed), dtype=torch.float32)
+        a, s = self.low_res
+        image = (a * lr_p.float() + s * n.to(lr.device)).to(lr.dtype)
+        level = torch.full((B,), self.noise_level, dtype=torch.int64, device=lr.device)
+
+        def per_image(e: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            if e is None:
+                return None
+            if e.shape[0] not in (1, B):
+                raise ValueError(f"prompt embeddings have batch {e.shape[0]}, lr has {B}: give 1 or {B}")
+            return e.to(lr.device).expand(B, -1, -1)
+
+        return Prepared(c=latent.c, cond=UpscalerCond(image, level, per_image(self.emb), per_image(self.neg),
+                                                      latent.cond.size))
+
+    def crop_cond(self, cond: UpscalerCond, ys: slice, xs: slice) -> UpscalerCond:
+        return cond._replace(image=cond.image[..., ys, xs])
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: UpscalerCond) -> torch.Tensor:
+        net = self.net
+
+        def call(x: torch.Tensor, tt: torch.Tensor, c: tuple) -> torch.Tensor:
+            image, level, emb = c
+            dt = net.dtype
+            return net(torch.cat([x, image.to(x.dtype)], dim=1).to(dt), tt, encoder_hidden_states=emb.to(dt),
+                       class_labels=level).sample.to(x.dtype)
+
+        uncond = None if cond.neg is None else (cond.image, cond.level, cond.neg)
+        return guided_call(call, x_t, t, (cond.image, cond.level, cond.emb), uncond, self.cfg_scale)
