@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"attention methods of Fig. 3; the first one is YODA's in Fig. 4 and 5: {ATTENTION_HELP}")
     p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0],
                    help="lower bounds l of Fig. 3's update-ratio bars")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--eta", type=float, default=0, help="DDIM eta")
     p.add_argument("--max-size", type=int, default=128,
                    help="centre-crop HR to at most this (0: full size; QUALITY.md's figures use 256)")
     p.add_argument("--bins", type=int, default=10, help="bins of the attention value in Fig. 5")
