@@ -179,6 +179,11 @@ def test_atomic_write_writes_through_a_symlink(tmp_path):
     dangling.symlink_to(tmp_path / "real" / "new.png")
     atomic_write(dangling, lambda tmp: open(tmp, "w").write("made"))
     assert dangling.is_symlink() and (tmp_path / "real" / "new.png").read_text() == "made"
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    with pytest.raises(OSError, match="too many levels of symbolic links"):  # as open() says, not replaced
+        atomic_write(tmp_path / "loop_a", lambda tmp: open(tmp, "w").write("x"))
+    assert (tmp_path / "loop_a").is_symlink() and (tmp_path / "loop_b").is_symlink()
 
 
 # ----------------------------------------------------------------------------------------------------------

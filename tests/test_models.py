@@ -695,6 +695,14 @@ def test_from_diffusers_half_precision_weights_and_device():
         half = from_diffusers(copy.deepcopy(unet).to(dt), copy.deepcopy(vae).to(dt), cfg, scale=2)
         b = sample(half, lr, attention="edge", steps=2, sampler="ddim", noise=noise, progress=False)
         assert b.dtype == torch.float32 and (a - b).abs().max() < tol, dt
+    # an fp16 VAE with force_upcast (SD's, SDXL's) runs in float32 for the call, as the pipelines upcast it
+    up_vae = copy.deepcopy(vae).to(torch.float16)
+    up_vae.register_to_config(force_upcast=True)
+    ad = from_diffusers(unet, up_vae, cfg, scale=2)
+    with torch.no_grad():
+        c = ad.prepare(lr).c
+        want = from_diffusers(unet, copy.deepcopy(up_vae).to(torch.float32), cfg, scale=2).prepare(lr).c
+    assert up_vae.dtype == torch.float16 and torch.equal(c, want)
 
 
 def test_from_diffusers_takes_or_refuses_every_sampling_key():
@@ -735,6 +743,14 @@ def test_from_diffusers_takes_or_refuses_every_sampling_key():
     ]:
         with pytest.raises(ValueError, match=message):
             schedule_from_diffusers(bad)
+    with pytest.raises(ValueError, match="not a discrete DDPM-family"):
+        schedule_from_diffusers(diffusers.ScoreSdeVeScheduler().config)  # no _class_name: known by its keys
+    # DPM-Solver / UniPC configs carry use_dynamic_shifting=False and must load (the usual from_config workflow)
+    for cls in (diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler,
+                diffusers.EulerDiscreteScheduler, diffusers.PNDMScheduler):
+        assert schedule_from_diffusers(cls(**cfg).config)[0] == Schedule.linear(10, 1e-3, 0.02), cls.__name__
+    with pytest.warns(UserWarning, match="variance_type 'fixed_large' is not yoda's"):
+        schedule_from_diffusers(dict(cfg, variance_type="fixed_large"))
     with pytest.raises(TypeError, match="scheduler_config must be a diffusers scheduler's config"):
         from_diffusers(unet, vae, None, scale=2)
     grey = diffusers.AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8,), latent_channels=4,

@@ -97,6 +97,24 @@ def test_respace_matches_diffusers(spacing, T):
     assert compared >= min(2, T)
 
 
+@pytest.mark.parametrize("T", [20, 50, 1000])
+def test_sd_leading_is_diffusers_ddim_with_steps_offset_1(T):
+    """Stable Diffusion's DDIM config (leading, steps_offset 1, set_alpha_to_one False): exactly its timesteps,
+    every step to t - T // steps, the last to alpha_bar[0]. "ldm_uniform" visits more when T % steps != 0 (LDM's
+    own range(0, T, T // steps) + 1: 77 steps for 75 at T = 1000), which is why the SD x4 upscaler needs this."""
+    s = Schedule.linear(T)
+    d = DDIMScheduler(num_train_timesteps=T, timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False)
+    for steps in sorted({2, 3, 4, 7, 10, 19, 75} & set(range(2, T))):
+        d.set_timesteps(steps)
+        assert s.respace(steps, "sd_leading") == d.timesteps.tolist(), (T, steps)
+        pairs = s.pairs(steps, "sd_leading")
+        ab = s.alphas_cumprod
+        assert [p[2] for p in pairs] == [float(ab[i]) for i in d.timesteps.tolist()[1:]] + [float(ab[0])]
+    assert len(Schedule.linear(1000).respace(75, "ldm_uniform")) == 77
+    with pytest.raises(ValueError, match="spacing='sd_leading' visits"):
+        s.respace(T, "sd_leading")
+
+
 def test_respace_known_values_and_full_schedule():
     s = Schedule.linear(50)
     assert s.respace(5) == [49, 39, 29, 19, 9]

@@ -11,7 +11,7 @@ import yoda
 diffusers = pytest.importorskip("diffusers")
 from yoda.models import SDUpscalerAdapter  # noqa: E402
 
-L, T, STEPS, LEVEL = 4, 20, 4, 20
+L, T, STEPS, LEVEL = 4, 20, 3, 20  # 3 steps: T % steps != 0, where "ldm_uniform" would visit more
 
 
 def modules():
@@ -69,13 +69,13 @@ def test_the_pipelines_latents_and_image(guidance):
                            noise_seed=5)
     assert (ad.scale, ad.prediction, ad.latent_factor, ad.device()) == (4, "v", 4, torch.device("cpu"))
     states = []
-    sr = yoda.sample(ad, lr, attention=None, sampler="ddim", spacing="ldm_uniform", steps=STEPS, noise=noise,
+    sr = yoda.sample(ad, lr, attention=None, sampler="ddim", spacing="sd_leading", steps=STEPS, noise=noise,
                      progress=False, callback=lambda d: states.append(d["x"].clone()))
     assert sr.shape == (1, 3, 32, 32)
     assert (states[-1] - ref).abs().max() < 1e-5
     assert (sr - ref_img.clamp(-1, 1)).abs().max() < 1e-5
     if guidance != 1.0:  # yoda.sample(cfg_scale=) changes it; 1 is the unguided loop
-        one = yoda.sample(ad, lr, attention=None, sampler="ddim", spacing="ldm_uniform", steps=STEPS, noise=noise,
+        one = yoda.sample(ad, lr, attention=None, sampler="ddim", spacing="sd_leading", steps=STEPS, noise=noise,
                           progress=False, cfg_scale=1.0)
         _, ref1 = pipeline_loop(unet, vae, sched, low, lr, noise[0], emb, neg, 1.0, seed=5)
         assert (one - ref1.clamp(-1, 1)).abs().max() < 1e-5
@@ -84,20 +84,20 @@ def test_the_pipelines_latents_and_image(guidance):
 def test_yoda_masks_and_windows_on_the_upscaler():
     unet, vae, sched, low = modules()
     g = torch.Generator().manual_seed(2)
-    lr = torch.rand(2, 3, 12, 10, generator=g) * 2 - 1  # a batch, sides that are not multiples of 2
+    lr = torch.rand(2, 3, 9, 7, generator=g) * 2 - 1  # a batch, odd sides (the UNet takes them unpadded)
     emb = torch.randn(1, 3, 8, generator=g)
     ad = SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0)
     fractions = []
-    kw = dict(sampler="ddim", spacing="ldm_uniform", steps=STEPS, seed=0, progress=False)
+    kw = dict(sampler="ddim", spacing="sd_leading", steps=STEPS, seed=0, progress=False)
     sr = yoda.sample(ad, lr, attention="edge", lower_bound=0.3, callback=lambda d: fractions.append(d["active_fraction"]),
                      **kw)
-    assert sr.shape == (2, 3, 48, 40) and torch.isfinite(sr).all()
+    assert sr.shape == (2, 3, 36, 28) and torch.isfinite(sr).all()
     first, last = fractions[0], fractions[-1]
     assert (first < 1).all() and (last >= first).all() and (last == 1).all()
     plain = yoda.sample(ad, lr, attention=None, **kw)
     assert torch.equal(plain, yoda.sample(ad, lr, attention="edge", lower_bound=1.0, **kw))
     # windows: the noised LR pixels are cropped with the latent; one window over the whole grid is the dense run
-    assert (yoda.sample(ad, lr, attention=None, windows=(12, 0), **kw) - plain).abs().max() < 1e-5
+    assert (yoda.sample(ad, lr, attention=None, windows=(9, 0), **kw) - plain).abs().max() < 1e-5
     tiled = yoda.sample(ad, lr, attention="edge", lower_bound=0.3, windows=(4, 2), **kw)
     assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
 
@@ -110,8 +110,10 @@ def test_bad_modules_and_arguments_are_named():
     ad = SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0)
     with pytest.raises(ValueError, match="guidance scale 4 needs negative_prompt_embeds"):
         yoda.sample(ad, torch.zeros(1, 3, 8, 8), cfg_scale=4.0, steps=2, sampler="ddim", progress=False)
-    with pytest.raises(ValueError, match=r"noise_level must be an int in \[0, 351\)"):
-        SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0, noise_level=400)
+    with pytest.raises(ValueError, match=r"noise_level must be an int in \[0, 350\]"):
+        SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0, noise_level=351)
+    for scale in (0.0, 0.5, 1.0):  # the pipeline guides only above 1: no negative embeddings needed, none used
+        assert not SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=scale).guided
     with pytest.raises(ValueError, match="negative_prompt_embeds must have prompt_embeds' shape"):
         SDUpscalerAdapter(unet, vae, sched, low, emb, torch.zeros(1, 4, 8))
     with pytest.raises(ValueError, match="prompt_embeds must be a"):

@@ -569,6 +569,7 @@ def test_out_and_weights_are_checked_before_training(tmp_path, img_folder, monke
 
 @pytest.mark.parametrize("content, message", [
     (b"\x00garbage bytes, not a torch file", "it is corrupt, or holds objects other than tensors"),
+    (b"", r"it is corrupt or truncated \(EOFError: empty\)"),
     ("no-config", r"it is not a yoda training checkpoint \(no config, model, optimiser and step\)"),
     ("wrong-shape", r"its tensors do not fit this config's model \(Error\(s\) in loading state_dict"),
     ("foreign-pickle", r"holds objects other than tensors and plain data \(Unsupported global: GLOBAL "
@@ -670,6 +671,9 @@ def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
     assert "trained 1 steps in" in o and "now at step 1 of 50" in o
     assert e == "yoda: --minutes 1e-09 ran out at step 1 of 50; the checkpoint is saved: the same command resumes\n"
     assert "stopped by --minutes before step 50: the same command resumes" in (out / "TRAINING.md").read_text()
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q", "--steps", "2"]) == 0  # finishes
+    o, e = capsys.readouterr()
+    assert "now at step 2 of 2" in o and e == "" and "stopped by" not in (out / "TRAINING.md").read_text()
 
 
 

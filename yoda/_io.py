@@ -48,8 +48,16 @@ def _create_temp(folder: str, name: str) -> tuple[str, int]:
 
 def _target(p: Path) -> Path:
     """The file that writing ``p`` changes: p itself, or the file a symbolic link p points to (which need not
-    exist yet), so that a link is written through and not replaced by a plain file."""
-    return Path(os.path.realpath(p)) if os.path.islink(p) else p
+    exist yet), so that a link is written through and not replaced by a plain file. A loop of links is an
+    OSError (ELOOP), as open() gives."""
+    if not os.path.islink(p):
+        return p
+    target = Path(os.path.realpath(p))
+    if os.path.islink(target):  # realpath stops inside a loop
+        import errno
+
+        raise OSError(errno.ELOOP, f"cannot write {p}: too many levels of symbolic links")
+    return target
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:

@@ -425,15 +425,16 @@ def cmd_train(a) -> int:
         resumed = f" (resumed at step {start})" if start else ""
         print(f"trained {s['steps'] - start} steps{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} of "
               f"{s['total']} -> {s['weights']}")
+        if s["steps"] >= s["total"]:  # finished (a signal during the last step stopped nothing)
+            return 0
         if s["signal"] is not None:
             from .training.trainer import STOP_SIGNALS
 
-            print(f"yoda: stopped by {STOP_SIGNALS[s['signal']]} at step {s['steps']}; the checkpoint is saved: "
-                  f"the same command resumes", file=sys.stderr)
+            print(f"yoda: stopped by {STOP_SIGNALS.get(s['signal'], 'signal ' + str(s['signal']))} at step "
+                  f"{s['steps']} of {s['total']}; the checkpoint is saved: the same command resumes", file=sys.stderr)
             return 128 + int(s["signal"])
-        if s["steps"] < s["total"]:
-            print(f"yoda: --minutes {a.minutes:g} ran out at step {s['steps']} of {s['total']}; the checkpoint is "
-                  f"saved: the same command resumes", file=sys.stderr)
+        print(f"yoda: --minutes {a.minutes:g} ran out at step {s['steps']} of {s['total']}; the checkpoint is "
+              f"saved: the same command resumes", file=sys.stderr)
     return 0
 
 

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
-SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform")
-FINAL_AT_FIRST = ("ldm_uniform",)  # spacings whose last step lands on alpha_bar[0], not on 1 (see Schedule.pairs)
+SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform", "sd_leading")
+FINAL_AT_FIRST = ("ldm_uniform", "sd_leading")  # spacings whose last step lands on alpha_bar[0], not on 1 (pairs)
 
 
 def _check_T(T: Any) -> int:
@@ -181,6 +181,10 @@ class Schedule:
                      DDIMSampler): range(0, T, T // steps) + 1. It can visit more than ``steps`` indices
                      (ceil(T / (T // steps)) of them, e.g. 31 for T = 1000, steps = 30), and its last step
                      ends at alpha_bar[0], not at 1 (:meth:`pairs`); steps that reach index T are an error.
+          "sd_leading": diffusers' DDIMScheduler with timestep_spacing "leading", steps_offset 1 and
+                     set_alpha_to_one False (Stable Diffusion's scheduler configs, the SD x4 upscaler's):
+                     idx_i = (steps - 1 - i) * (T // steps) + 1, exactly ``steps`` of them, the last step ending
+                     at alpha_bar[0]. The same as "ldm_uniform" when T % steps == 0; otherwise LDM's visits more.
         "trailing" and "linspace" round the exact rational value half to even. diffusers rounds float64 values
         (np.arange / np.linspace), whose error settles some ties the other way: for T = 1000, 127 of the 1000
         step counts differ by one index somewhere (48 trailing steps: 999, 978, 957, 937 here, ..., 936 there;
@@ -210,6 +214,12 @@ class Schedule:
                 taken.append(round(pos))  # Python's round: half to even on the float sum
                 pos += stride
             out = sorted(set(taken), reverse=True)
+        elif spacing == "sd_leading":
+            r = T // steps
+            out = [(steps - 1 - i) * r + 1 for i in range(steps)]
+            if out[0] >= T:
+                raise ValueError(f"steps={steps} with spacing='sd_leading' visits (steps - 1) * (T // steps) + 1 = "
+                                 f"{out[0]}, past the last index {T - 1} (diffusers fails there too): fewer steps")
         elif spacing == "ldm_uniform":
             out = [k + 1 for k in range(0, T, T // steps)][::-1]
             if out[0] >= T:
@@ -224,8 +234,9 @@ class Schedule:
 
     def pairs(self, steps: int, spacing: str = "trailing") -> list[tuple[int, float, float]]:
         """[(idx, alpha_bar[idx], alpha_bar at the next visited index)] per step; after the last visited index
-        1.0 (no noise left), except for the spacings of FINAL_AT_FIRST ("ldm_uniform"), whose sampler
-        (LDM's DDIM: alphas_prev starts with alpha_bar[0]) ends at alpha_bar[0]."""
+        1.0 (no noise left), except for the spacings of FINAL_AT_FIRST ("ldm_uniform", "sd_leading"), whose
+        samplers (LDM's DDIM: alphas_prev starts with alpha_bar[0]; diffusers' with set_alpha_to_one False) end at
+        alpha_bar[0]."""
         idxs = self.respace(steps, spacing)
         ab = self.alphas_cumprod
         final = float(ab[0]) if spacing in FINAL_AT_FIRST else 1.0

@@ -20,6 +20,7 @@ the SD x4 upscaler is a text-conditioned UNet2DConditionModel on cat(z_t, LR pix
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
@@ -156,7 +157,8 @@ class LatentAdapter(Adapter):
 
 # diffusers schedulers that are not a discrete VP (DDPM-family) schedule of betas: refused, not misread as one
 _NOT_DDPM = ("EDM", "FlowMatch", "ScoreSdeVe", "KarrasVe", "CMStochastic", "LCMScheduler")
-_NOT_DDPM_KEYS = ("sigma_data", "shift", "use_dynamic_shifting")
+_NOT_DDPM_KEYS = ("sigma_data", "shift", "snr")  # EDM, flow matching, score-SDE VE (present only in those configs)
+_NOT_DDPM_FLAGS = ("use_dynamic_shifting", "use_flow_sigmas")  # in every DPM-Solver / UniPC config: refused if true
 SPACINGS_DIFFUSERS = ("leading", "trailing", "linspace")
 
 
@@ -177,13 +179,16 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
     rescale_betas_zero_snr: Schedule.rescale_zero_terminal_snr of the betas, as diffusers applies it).
 
-    Keys that change sampling and that yoda does not take from here are refused rather than dropped: an EDM or
-    flow-matching scheduler (not a schedule of betas), thresholding (dynamic thresholding), a clip_sample_range
-    other than 1, a timestep_spacing that diffusers does not have. (clip_sample is read by from_diffusers;
-    timestep_spacing is yoda.sample's ``spacing=``: README, "diffusers".)"""
+    Keys that change the model's sampling and that yoda cannot honour are refused: an EDM, flow-matching or
+    score-SDE scheduler (not a schedule of betas), thresholding (dynamic thresholding), a clip_sample_range other
+    than 1, a timestep_spacing that diffusers does not have. A variance_type other than DDPM's fixed_small warns
+    (yoda's DDPM uses fixed_small). Keys that choose among yoda.sample's own options are the caller's:
+    timestep_spacing / steps_offset / set_alpha_to_one are ``spacing=`` (README, "diffusers"), use_karras_sigmas
+    ``sigmas=``; clip_sample is read by from_diffusers."""
     config = scheduler_config_dict(config)
     name = str(config.get("_class_name", ""))
-    if any(k in name for k in _NOT_DDPM) or any(k in config for k in _NOT_DDPM_KEYS):
+    if (any(k in name for k in _NOT_DDPM) or any(k in config for k in _NOT_DDPM_KEYS)
+            or any(config.get(k) for k in _NOT_DDPM_FLAGS)):
         raise ValueError(f"scheduler_config: {name or 'this scheduler'} is not a discrete DDPM-family schedule of "
                          f"betas (an EDM or flow-matching scheduler); yoda samples VP models (DDPM, DDIM, and the "
                          f"k-diffusion solvers over their sigmas)")
@@ -193,6 +198,12 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     if config.get("clip_sample", False) and float(config.get("clip_sample_range", 1.0)) != 1.0:
         raise ValueError(f"scheduler_config: clip_sample_range {config['clip_sample_range']} is not supported "
                          f"(yoda clips x0 to [-1, 1])")
+    variance = config.get("variance_type")
+    if variance not in (None, "fixed_small", "fixed_small_log"):
+        import warnings
+
+        warnings.warn(f"scheduler_config: variance_type {variance!r} is not yoda's: its DDPM samples with the "
+                      f"posterior variance (fixed_small); DDIM and the solvers are unaffected", stacklevel=3)
     spacing = config.get("timestep_spacing")
     if spacing is not None and spacing not in SPACINGS_DIFFUSERS:
         raise ValueError(f"scheduler_config: timestep_spacing {spacing!r} is not one of diffusers' "
@@ -220,6 +231,20 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     if pred is None:
         raise ValueError(f"scheduler_config: prediction_type {config.get('prediction_type')!r} is not supported")
     return sched, pred
+
+
+@contextlib.contextmanager
+def vae_upcast(vae: Any):
+    """diffusers' force_upcast: an fp16 VAE whose config says it overflows in fp16 (SD's, SDXL's, the x4
+    upscaler's) runs in float32 for the call, as the pipelines upcast it, and goes back to fp16 after."""
+    up = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if up:
+        vae.to(torch.float32)
+    try:
+        yield
+    finally:
+        if up:
+            vae.to(torch.float16)
 
 
 def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4,
@@ -273,11 +298,13 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
     # the networks run in their parameters' dtype (fp16 / bf16 weights take the float32 state), the results come
     # back in the caller's dtype
     def encode(x: torch.Tensor) -> torch.Tensor:
-        dist = vae.encode(x.to(vae.dtype)).latent_dist
-        return to_latent((dist.sample() if sample_latent else dist.mode()).to(x.dtype))
+        with vae_upcast(vae):
+            dist = vae.encode(x.to(vae.dtype)).latent_dist
+            return to_latent((dist.sample() if sample_latent else dist.mode()).to(x.dtype))
 
     def decode(z: torch.Tensor) -> torch.Tensor:
-        return vae.decode(from_latent(z).to(vae.dtype)).sample.to(z.dtype)
+        with vae_upcast(vae):
+            return vae.decode(from_latent(z).to(vae.dtype)).sample.to(z.dtype)
 
     def denoise(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return unet(torch.cat([z, c.to(z.dtype)], dim=1).to(unet.dtype), t).sample.to(z.dtype)

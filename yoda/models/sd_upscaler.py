@@ -12,9 +12,11 @@ YODA holds the latent pixels not refined yet at c = the VAE encoding of up(lr) (
 the latent distribution, times scaling_factor), noised to the next step's level, and max-pools the HR attention
 map to the latent grid (LatentAdapter's rule). The prompts are given as embeddings (diffusers' ``prompt_embeds``
 / ``negative_prompt_embeds``: yoda has no text encoder); the LR noise n is drawn from ``noise_seed`` on the CPU,
-as the pipeline draws it from a CPU generator of that seed. With lower_bound >= 1, the same latents and spacing
-"ldm_uniform" (the pipeline's DDIM config: leading, steps_offset 1, set_alpha_to_one False) this gives the
-pipeline's latents and image (tests/test_models.py).
+as the pipeline draws it from a CPU generator of that seed (the LR is not padded: the UNet takes any size).
+Guidance runs when the scale is above 1, as in the pipeline. An fp16 VAE with force_upcast runs in float32 (the
+pipeline's upcast). With lower_bound >= 1, the same latents, sampler="ddim" and spacing="sd_leading" (the
+pipeline's DDIM config: leading, steps_offset 1, set_alpha_to_one False) this gives the pipeline's latents and
+image (tests/test_sd_upscaler.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 import torch
 
 from ..adapters import Prepared, check_cfg_scale, guided_call
-from .latent import LatentAdapter, schedule_from_diffusers, scheduler_config_dict
+from .latent import LatentAdapter, schedule_from_diffusers, scheduler_config_dict, vae_upcast
 
 __all__ = ["SDUpscalerAdapter", "UpscalerCond"]
 
@@ -52,7 +54,8 @@ class SDUpscalerAdapter(LatentAdapter):
 
     def __init__(self, unet: Any, vae: Any, scheduler_config: Any, low_res_scheduler_config: Any,
                  prompt_embeds: torch.Tensor, negative_prompt_embeds: Optional[torch.Tensor] = None, *,
-                 guidance_scale: float = 9.0, noise_level: int = 20, noise_seed: int = 0, pool: str = "max"):
+                 guidance_scale: float = 9.0, noise_level: int = 20, noise_seed: int = 0, max_noise_level: int = 350,
+                 pool: str = "max"):
         from diffusers import AutoencoderKL, UNet2DConditionModel  # optional dependency, imported on use
 
         if not isinstance(unet, UNet2DConditionModel):
@@ -63,10 +66,10 @@ class SDUpscalerAdapter(LatentAdapter):
         if int(unet.config.in_channels) != C + 3 or int(unet.config.out_channels) != C:
             raise ValueError(f"unet: in_channels must be latent_channels + 3 = {C + 3} (cat(z_t, noised LR pixels)) "
                              f"and out_channels {C}, got {unet.config.in_channels} / {unet.config.out_channels}")
-        classes = unet.config.num_class_embeds
-        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level < (classes or 0):
-            raise ValueError(f"noise_level must be an int in [0, {classes}) (the UNet's noise-level classes), got "
-                             f"{noise_level!r}")
+        top = min(int(max_noise_level), int(unet.config.num_class_embeds or 0) - 1)
+        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= top:
+            raise ValueError(f"noise_level must be an int in [0, {top}] (the pipeline's max_noise_level and the "
+                             f"UNet's noise-level classes), got {noise_level!r}")
         config = scheduler_config_dict(scheduler_config)
         sched, pred = schedule_from_diffusers(config)
         low, _ = schedule_from_diffusers(low_res_scheduler_config)
@@ -82,7 +85,7 @@ class SDUpscalerAdapter(LatentAdapter):
         self.sf = float(vae.config.scaling_factor or 1.0)
         super().__init__(self._encode_image, self._decode_latent, self._unused, sched, prediction=pred, scale=f,
                          latent_factor=f, pool=pool, clip_x0=bool(config.get("clip_sample", False)),
-                         latent_multiple=2 ** (len(unet.config.down_block_types) - 1), modules=(unet, vae))
+                         modules=(unet, vae))
         self.net, self.vae = unet, vae  # net: the denoiser call, which yoda.sampling.speed may wrap
         ab = low.alphas_cumprod.float()[noise_level]  # diffusers' add_noise: float32 alphas_cumprod
         self.low_res = (float(ab ** 0.5), float((1 - ab) ** 0.5))
@@ -90,8 +93,13 @@ class SDUpscalerAdapter(LatentAdapter):
         self.cfg_scale = check_cfg_scale(guidance_scale, "guidance_scale")
         self._check_guidance()
 
+    @property
+    def guided(self) -> bool:
+        """The pipeline guides when its scale is above 1 (do_classifier_free_guidance)."""
+        return self.cfg_scale > 1.0
+
     def _check_guidance(self) -> None:
-        if self.cfg_scale != 1.0 and self.neg is None:
+        if self.guided and self.neg is None:
             raise ValueError(f"guidance scale {self.cfg_scale:g} needs negative_prompt_embeds (the pipeline encodes "
                              f"the negative prompt, '' by default, with its text encoder); or use a scale of 1")
 
@@ -102,10 +110,12 @@ class SDUpscalerAdapter(LatentAdapter):
         return new
 
     def _encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode().to(x.dtype) * self.sf
+        with vae_upcast(self.vae):
+            return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode().to(x.dtype) * self.sf
 
     def _decode_latent(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode((z / self.sf).to(self.vae.dtype)).sample.to(z.dtype)
+        with vae_upcast(self.vae):
+            return self.vae.decode((z / self.sf).to(self.vae.dtype)).sample.to(z.dtype)
 
     @staticmethod
     def _unused(*args):  # pragma: no cover - denoise is overridden
@@ -142,5 +152,5 @@ class SDUpscalerAdapter(LatentAdapter):
             return net(torch.cat([x, image.to(x.dtype)], dim=1).to(dt), tt, encoder_hidden_states=emb.to(dt),
                        class_labels=level).sample.to(x.dtype)
 
-        uncond = None if cond.neg is None else (cond.image, cond.level, cond.neg)
+        uncond = (cond.image, cond.level, cond.neg) if self.guided else None
         return guided_call(call, x_t, t, (cond.image, cond.level, cond.emb), uncond, self.cfg_scale)

@@ -119,9 +119,9 @@ def make_spec(
         raise ValueError(f"spacing applies to sampler='ddpm' / 'ddim' (respaced training timesteps); sampler="
                          f"{sampler!r} visits the noise levels of sigmas= instead")
     if sampler == "ddpm" and spacing in FINAL_AT_FIRST:
-        raise ValueError(f"spacing={spacing!r} is LDM's DDIM discretisation: its last step ends at alpha_bar[0], not at "
+        raise ValueError(f"spacing={spacing!r} is a DDIM discretisation whose last step ends at alpha_bar[0], not at "
                          f"a clean image, where DDPM's posterior would add noise; use sampler='ddim' with it, or "
-                         f"spacing='idpm' (DiffBIR's DDPM respacing) or 'trailing' with sampler='ddpm'")
+                         f"spacing='idpm' (DiffBIR's DDPM respacing), 'leading' or 'trailing' with sampler='ddpm'")
     if not solver and sigmas is not None:
         raise ValueError(f"sigmas applies to the sigma-space solvers {S.SOLVERS} only; sampler={sampler!r} visits "
                          f"the training timesteps of steps= and spacing=")

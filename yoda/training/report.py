@@ -146,10 +146,11 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     local_batch(cfg.batch, ranks.world)  # before the process group: a clear error on every rank
     from ..devices import resolve_device
 
-    check_out(out, weights_name)
+    if ranks.main:  # rank 0 writes; the other ranks making the folder at the same time must not race its check
+        check_out(out, weights_name)
     made = made_dirs(Path(out))
     try:
-        with process_group(ranks, rank_device(resolve_device(device), ranks)), _exit_on_sigterm():
+        with _exit_on_sigterm(), process_group(ranks, rank_device(resolve_device(device), ranks)):
             tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
             start_step = tr.step
             if start_step > cfg.steps:  # run() would train nothing and export the checkpoint's weights again
@@ -159,7 +160,7 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
             if ranks.main and tr.step > start_step:  # a run that trained nothing keeps the record of the one that did
                 stopped_by = (None if tr.step >= summary["total"] else "--minutes" if summary["signal"] is None
-                              else STOP_SIGNALS[summary["signal"]])
+                              else STOP_SIGNALS.get(summary["signal"], f"signal {summary['signal']}"))
                 record = training_record(cfg, tr, config_path=config_path, out=out, command=command,
                                          weights_name=weights_name, start_step=start_step,
                                          seconds=summary["seconds"], stopped_by=stopped_by)

@@ -140,7 +140,8 @@ def _load_failure(e: BaseException) -> str:
                           text)
         return "it is corrupt, or holds objects other than tensors and plain data" + (f" ({found.group(1)})"
                                                                                       if found else "")
-    return f"it is not readable ({type(e).__name__}: {text.strip().splitlines()[0][:300] if text.strip() else ''})"
+    first = text.strip().splitlines()[0][:300] if text.strip() else "empty"
+    return f"it is corrupt or truncated ({type(e).__name__}: {first})"
 
 
 class Trainer:
@@ -387,8 +388,11 @@ class Trainer:
             self.export(os.path.join(self.out, self.weights_name))
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         barrier(self.ranks, self.device)  # every rank returns once rank 0's files are written
+        # the signal that stopped the run, whichever rank got it (a job manager may signal one rank only)
+        sig = int(all_reduce_sum(torch.tensor([interrupted[0] if interrupted else 0], device=self.device),
+                                 self.ranks, op="max").item())
         return {"steps": self.step, "seconds": time.perf_counter() - t0, "total": total,
-                "interrupted": bool(interrupted), "signal": interrupted[0] if interrupted else None}
+                "interrupted": bool(sig), "signal": sig or None}
 
     def _any_rank(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank (the ranks stop together on a time-out)."""
