@@ -18,13 +18,13 @@ ratio is recorded, not asserted).
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
 
 import yoda_kernels as yk
 from yoda_kernels import testing as T
+from _timing import interleaved, median, ratio  # benchmarks/_timing.py
 
 
 # one table (and one baseline for the relative columns) per file: pytest-benchmark compares within a group
@@ -113,20 +113,14 @@ def test_cpp_speedup_over_naive(benchmark):
         _reference(fraction, explicit)
         _run("cpp", fraction, explicit)
     fns = {(b, e): (lambda b=b, e=e: _run(b, fraction, e)) for b in ("naive", "cpp") for e in (False, True)}
-    times = {k: [] for k in fns}
-    for r in range(5):
-        for key in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            t0 = time.perf_counter()
-            fns[key]()
-            times[key].append(time.perf_counter() - t0)
+    times = interleaved(fns, 5)
     benchmark.pedantic(fns[("cpp", False)], rounds=3, iterations=1, warmup_rounds=0)
-    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    philox = med([a / b for a, b in zip(times[("naive", False)], times[("cpp", False)])])
-    explicit = med([a / b for a, b in zip(times[("naive", True)], times[("cpp", True)])])
+    philox = ratio(times, ("naive", False), ("cpp", False))
+    explicit = ratio(times, ("naive", True), ("cpp", True))
     benchmark.extra_info.update(
-        naive_philox_ms=round(med(times[("naive", False)]) * 1e3, 2),
-        cpp_philox_ms=round(med(times[("cpp", False)]) * 1e3, 2),
-        naive_explicit_ms=round(med(times[("naive", True)]) * 1e3, 2),
-        cpp_explicit_ms=round(med(times[("cpp", True)]) * 1e3, 2),
+        naive_philox_ms=round(median(times[("naive", False)]) * 1e3, 2),
+        cpp_philox_ms=round(median(times[("cpp", False)]) * 1e3, 2),
+        naive_explicit_ms=round(median(times[("naive", True)]) * 1e3, 2),
+        cpp_explicit_ms=round(median(times[("cpp", True)]) * 1e3, 2),
         speedup_philox=round(philox, 2), speedup_explicit=round(explicit, 2))
     assert philox >= 4.0, f"C++ is only {philox:.1f}x faster than naive with Philox noise (target >= 4x)"

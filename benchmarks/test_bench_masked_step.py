@@ -19,7 +19,6 @@ int64 tensor ops); the C++ kernel with several. test_cpp_speedup_over_naive reco
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -27,6 +26,7 @@ import torch
 import yoda_kernels as yk
 from yoda_kernels import naive
 from yoda_kernels import testing as T
+from _timing import interleaved, median, ratio  # benchmarks/_timing.py
 
 
 # one table (and one baseline for the relative columns) per file: pytest-benchmark compares within a group
@@ -170,18 +170,12 @@ def test_cpp_speedup_over_naive(benchmark):
     x, out, c, A, tau, stats = _inputs(shape, fraction)
     _check("cpp", _run("cpp", x, out, c, A, tau, stats), _reference(shape, fraction, x, out, c, A, tau, stats))
     fns = {b: (lambda b=b: _run(b, x, out, c, A, tau, stats)) for b in ("naive", "cpp")}
-    times = {k: [] for k in fns}
-    for r in range(3):
-        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved(fns, 3)
     benchmark.pedantic(fns["cpp"], rounds=3, iterations=1, warmup_rounds=0)
-    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    ratio = med([a / b for a, b in zip(times["naive"], times["cpp"])])
-    benchmark.extra_info.update(naive_ms=round(med(times["naive"]) * 1e3, 1), cpp_ms=round(med(times["cpp"]) * 1e3, 2),
-                                speedup=round(ratio, 1))
-    assert ratio >= 4.0, f"C++ is only {ratio:.1f}x faster than naive (target >= 4x)"
+    speedup = ratio(times, "naive", "cpp")
+    benchmark.extra_info.update(naive_ms=round(median(times["naive"]) * 1e3, 1),
+                                cpp_ms=round(median(times["cpp"]) * 1e3, 2), speedup=round(speedup, 1))
+    assert speedup >= 4.0, f"C++ is only {speedup:.1f}x faster than naive (target >= 4x)"
 
 
 CMP_SHAPES = ((4, 3, 512, 512), (4, 3, 1024, 1024))
@@ -215,22 +209,15 @@ def test_cpp_vs_compile(benchmark, shape, fraction, threads):
         assert torch.equal(run_compile(), ref)  # also compiles (outside the timings)
         assert torch.equal(run_cpp(z), ref)  # same noise, same operation order: bit for bit
         fns = {"cpp": lambda: run_cpp(z), "compile": run_compile, "cpp_philox": lambda: run_cpp(None)}
-        times = {k: [] for k in fns}
-        for r in range(9):
-            for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-                t0 = time.perf_counter()
-                fns[name]()
-                times[name].append(time.perf_counter() - t0)
+        times = interleaved(fns, 9)
         benchmark.pedantic(fns["cpp"], rounds=3, iterations=1, warmup_rounds=0)
     finally:
         torch.set_num_threads(old)
-    med = lambda v: sorted(v)[len(v) // 2]
-    ratio = med([a / b for a, b in zip(times["cpp"], times["compile"])])
-    noise_ratio = med([a / b for a, b in zip(times["cpp_philox"], times["cpp"])])
-    benchmark.extra_info.update(threads=threads, cpp_ms=round(med(times["cpp"]) * 1e3, 3),
-                                compile_ms=round(med(times["compile"]) * 1e3, 3),
-                                cpp_philox_ms=round(med(times["cpp_philox"]) * 1e3, 3),
-                                cpp_over_compile=round(ratio, 3), philox_over_explicit=round(noise_ratio, 3))
+    benchmark.extra_info.update(threads=threads, cpp_ms=round(median(times["cpp"]) * 1e3, 3),
+                                compile_ms=round(median(times["compile"]) * 1e3, 3),
+                                cpp_philox_ms=round(median(times["cpp_philox"]) * 1e3, 3),
+                                cpp_over_compile=round(ratio(times, "cpp", "compile"), 3),
+                                philox_over_explicit=round(ratio(times, "cpp_philox", "cpp"), 3))
 
 
 def _noise_hooks():
