@@ -10,6 +10,7 @@ start-up of 2 ranks is most of the time) runs `yoda train` as `python -m yoda` w
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -122,6 +123,20 @@ def _worker(folder: str) -> None:
         # a time-out on rank 0 alone (--minutes): every rank stops after the same step
         tr.run(steps=50, max_seconds=0.0 if ranks.main else None)
         torch.save({"step": tr.step}, os.path.join(out, f"timeout{ranks.rank}.pt"))
+        # SIGTERM to rank 1 alone (a job manager may signal one process): every rank stops after the same step and
+        # knows the signal (rank 0 took the --minutes branch and crashed on minutes=None)
+        start, real_step = tr.step, tr.train_step
+
+        def step_then_sigterm():
+            loss = real_step()
+            if ranks.rank == 1 and tr.step == start + 1:
+                signal.raise_signal(signal.SIGTERM)  # to this (main) thread, not to a gloo thread in a recv
+            return loss
+
+        tr.train_step = step_then_sigterm
+        s = tr.run(steps=60)
+        torch.save({"step": tr.step - start, "signal": s["signal"]}, os.path.join(out, f"sigterm{ranks.rank}.pt"))
+        tr.close()  # its DDP wrapper goes before the group (yoda.training.report.train_main does the same)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +181,7 @@ def test_two_gloo_ranks_see_their_share_and_match_one_process(two_ranks, tmp_pat
             assert mine["loss"] == pytest.approx(full["loss"], rel=1e-5)
             assert mine["lr"] == full["lr"]
     assert [torch.load(tmp / "multi" / f"timeout{r}.pt")["step"] for r in range(2)] == [5, 5]
+    assert [torch.load(tmp / "multi" / f"sigterm{r}.pt") for r in range(2)] == [{"step": 1, "signal": 15}] * 2
     # the weights moved by many times the tolerance: the comparison above is not vacuous
     init = Trainer(cfg, str(tmp_path / "init"), device="cpu", progress=False, resume=False).model.state_dict()
     moved = max((ref.model.state_dict()[k] - init[k]).abs().max().item() for k in init)

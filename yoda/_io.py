@@ -136,7 +136,11 @@ def check_folder_writable(folder: PathLike, what: str = "output") -> None:
         up = up.parent
     if not up.is_dir():
         raise NotADirectoryError(f"{what} {folder}: cannot create the folder, {up} is a file")
-    check_writable(up / (p.relative_to(up).parts[0] if up != p else ".probe"), what)
+    try:  # a probe file of its own (another process may be making the folder right now: torchrun's ranks)
+        tmp, _ = _create_temp(str(up), "probe")
+    except OSError as e:
+        raise type(e)(f"{what} {folder}: cannot write in {up}: {e.strerror or e}") from None
+    os.unlink(tmp)
 
 
 def made_dirs(folder: Path) -> list[Path]:

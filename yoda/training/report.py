@@ -150,8 +150,10 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
         check_out(out, weights_name)
     made = made_dirs(Path(out))
     try:
-        with _exit_on_sigterm(), process_group(ranks, rank_device(resolve_device(device), ranks)):
+        with _exit_on_sigterm(), process_group(ranks, rank_device(resolve_device(device), ranks)), \
+                contextlib.ExitStack() as stack:
             tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
+            stack.callback(tr.close)  # before the process group goes (the with's exit)
             start_step = tr.step
             if start_step > cfg.steps:  # run() would train nothing and export the checkpoint's weights again
                 told = f"--steps {steps}" if steps is not None else f"the config's steps ({cfg.steps})"

@@ -196,6 +196,17 @@ class Trainer:
             self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
             torch.manual_seed(cfg.seed + 1 + self.ranks.rank)  # dropout: each rank its own masks
 
+    def close(self) -> None:
+        """Drop the DistributedDataParallel wrapper while its process group exists. Its reducer holds the group;
+        freed after destroy_process_group (the Trainer outliving the group, or at interpreter exit) it aborted
+        the process now and then ("terminate called without an active exception", exit -6) after a finished run.
+        The trainer trains no more after this."""
+        if self.ddp is not None:
+            import gc
+
+            self.ddp = None
+            gc.collect()
+
     def _check_sizes_and_sampling(self, validate: bool) -> None:
         """Before the images are read: the training crop is a size the model takes, and validation (its crop,
         val_steps; if ``validate``) can sample, so that a bad setting is an error naming its config key, not a
