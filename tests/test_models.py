@@ -728,7 +728,8 @@ def test_from_diffusers_takes_or_refuses_every_sampling_key():
         _, normed = _tiny_diffusers(diffusers, latents_mean=[0.1, 0.2, 0.3, 0.4], latents_std=[1.0, 2.0, 3.0, 4.0])
         ad = from_diffusers(unet, normed, cfg, scale=2)
         c = ad.prepare(lr).c
-        mean, std = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 4, 1, 1), torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1)
+        mean = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 4, 1, 1)
+        std = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1)
         torch.testing.assert_close(c, (base / sf - mean) * sf / std)
         z = torch.randn_like(c)  # decode inverts it: vae.decode(z * std / sf + mean)
         torch.testing.assert_close(ad._decode(z), normed.decode(z * std / sf + mean).sample)

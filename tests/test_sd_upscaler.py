@@ -89,8 +89,8 @@ def test_yoda_masks_and_windows_on_the_upscaler():
     ad = SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0)
     fractions = []
     kw = dict(sampler="ddim", spacing="sd_leading", steps=STEPS, seed=0, progress=False)
-    sr = yoda.sample(ad, lr, attention="edge", lower_bound=0.3, callback=lambda d: fractions.append(d["active_fraction"]),
-                     **kw)
+    sr = yoda.sample(ad, lr, attention="edge", lower_bound=0.3,
+                     callback=lambda d: fractions.append(d["active_fraction"]), **kw)
     assert sr.shape == (2, 3, 36, 28) and torch.isfinite(sr).all()
     first, last = fractions[0], fractions[-1]
     assert (first < 1).all() and (last >= first).all() and (last == 1).all()

@@ -105,6 +105,16 @@ def _named(e: OSError, path: Path) -> OSError:
     return type(e)(e.errno, f"cannot write {path}: {e.strerror}")
 
 
+def _probe(folder: str, name: str, named: str) -> None:
+    """Create and remove a temporary file in ``folder`` (which also catches read-only file systems); a failure is
+    the same OSError type, its message starting with ``named`` (the argument and its value)."""
+    try:
+        tmp, _ = _create_temp(folder, name)
+    except OSError as e:
+        raise type(e)(f"{named}: cannot write in {folder}: {e.strerror or e}") from None
+    os.unlink(tmp)
+
+
 def check_writable(path: PathLike, what: str = "output") -> Path:
     """Check, before any long work, that ``path`` can be written: it is not a folder, its folder exists and is
     a folder, and a file can be created there (a temporary file is created and removed, which also catches
@@ -118,11 +128,7 @@ def check_writable(path: PathLike, what: str = "output") -> Path:
         raise FileNotFoundError(f"{what} {p}: the folder {folder} does not exist")
     if not os.path.isdir(folder):
         raise NotADirectoryError(f"{what} {p}: {folder} is not a folder")
-    try:
-        tmp, _ = _create_temp(folder, p.name)
-    except OSError as e:
-        raise type(e)(f"{what} {p}: cannot write in {folder}: {e.strerror or e}") from None
-    os.unlink(tmp)
+    _probe(folder, p.name, f"{what} {p}")
     return p
 
 
@@ -136,11 +142,8 @@ def check_folder_writable(folder: PathLike, what: str = "output") -> None:
         up = up.parent
     if not up.is_dir():
         raise NotADirectoryError(f"{what} {folder}: cannot create the folder, {up} is a file")
-    try:  # a probe file of its own (another process may be making the folder right now: torchrun's ranks)
-        tmp, _ = _create_temp(str(up), "probe")
-    except OSError as e:
-        raise type(e)(f"{what} {folder}: cannot write in {up}: {e.strerror or e}") from None
-    os.unlink(tmp)
+    # a file of its own in up: another process (a torchrun rank) may be making the folder right now
+    _probe(str(up), "probe", f"{what} {folder}")
 
 
 def made_dirs(folder: Path) -> list[Path]:

@@ -244,7 +244,8 @@ def cmd_demo(a) -> int:
     top = [("LR (nearest)", lr_big)]
     for name in ("bicubic", "plain", "YODA"):
         m = scores[name]
-        top.append((f"{name}  {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}", big(Image.fromarray(to_uint8(results[name])[0]))))
+        im = big(Image.fromarray(to_uint8(results[name])[0]))
+        top.append((f"{name}  {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}", im))
     top.append(("HR", big(Image.fromarray(hr_u8))))
     heat = big(Image.fromarray(colormap(A[0, 0].clamp(0, 1).cpu().numpy())).resize((size, size),
                                                                                    Image.Resampling.BILINEAR))
@@ -262,11 +263,10 @@ def cmd_demo(a) -> int:
     caption = (f"YODA: {a.attention.split(':')[0]} attention, l = {a.lower_bound:g}; its masks M(t) = "
                f"1[A >= t/T - {a.lower_bound:g}] at its steps (white: refined; the rest is held at the LR image); "
                f"pixel update ratio of the run {ratio:.3f}")
-    font = drawing.font()
-    pad, label_h = 6, drawing.text_wh(ImageDraw.Draw(Image.new("RGB", (1, 1))), "Mg", font)[1] + 6
+    font, measure = drawing.font(), ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad, label_h = 6, drawing.text_wh(measure, "Mg", font)[1] + 6
     cell = panel + pad
-    width = max(pad + len(top) * cell, pad + drawing.text_wh(ImageDraw.Draw(Image.new("RGB", (1, 1))), caption,
-                                                               font)[0] + pad)
+    width = max(pad + len(top) * cell, pad + drawing.text_wh(measure, caption, font)[0] + pad)
     canvas = Image.new("RGB", (width, 2 * label_h + 2 * (label_h + panel + pad) + label_h), "white")
     dr = ImageDraw.Draw(canvas)
     dr.text((pad, 2), title, fill=(0, 0, 0), font=font)
@@ -425,16 +425,11 @@ def cmd_train(a) -> int:
         resumed = f" (resumed at step {start})" if start else ""
         print(f"trained {s['steps'] - start} steps{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} of "
               f"{s['total']} -> {s['weights']}")
-        if s["steps"] >= s["total"]:  # finished (a signal during the last step stopped nothing)
-            return 0
-        if s["signal"] is not None:
-            from .training.trainer import STOP_SIGNALS
-
-            print(f"yoda: stopped by {STOP_SIGNALS.get(s['signal'], 'signal ' + str(s['signal']))} at step "
-                  f"{s['steps']} of {s['total']}; the checkpoint is saved: the same command resumes", file=sys.stderr)
-            return 128 + int(s["signal"])
-        print(f"yoda: --minutes {a.minutes:g} ran out at step {s['steps']} of {s['total']}; the checkpoint is "
-              f"saved: the same command resumes", file=sys.stderr)
+        if s["stopped_by"] is not None:
+            how = f"--minutes {a.minutes:g} ran out" if s["signal"] is None else f"stopped by {s['stopped_by']}"
+            print(f"yoda: {how} at step {s['steps']} of {s['total']}; the checkpoint is saved: the same command "
+                  f"resumes", file=sys.stderr)
+            return 0 if s["signal"] is None else 128 + int(s["signal"])
     return 0
 
 

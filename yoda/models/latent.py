@@ -247,6 +247,41 @@ def vae_upcast(vae: Any):
             vae.to(torch.float16)
 
 
+def vae_codec(vae: Any, sample_latent: bool = False) -> Tuple[Callable, Callable]:
+    """(encode, decode) of a diffusers AutoencoderKL as diffusers' pipelines use it: encode(x) = the latent
+    distribution's mean (or a draw, ``sample_latent``), then (z - shift_factor) * scaling_factor, or with the
+    config's latents_mean / latents_std (z - mean) * scaling_factor / std; decode inverts that and decodes. The VAE
+    runs in its parameters' dtype (vae_upcast for fp16 with force_upcast), the results in the caller's."""
+    C = int(vae.config.latent_channels)
+    sf = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3 / Flux VAEs: (z - shift) * sf
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if (mean is None) != (std is None):
+        raise ValueError("vae: latents_mean and latents_std come together (or neither)")
+    stats = None if mean is None else [torch.tensor(v, dtype=torch.float32).view(1, C, 1, 1) for v in (mean, std)]
+
+    def to_latent(z: torch.Tensor) -> torch.Tensor:
+        if stats is not None:
+            return (z - stats[0].to(z)) * sf / stats[1].to(z)
+        return (z - shift) * sf
+
+    def from_latent(z: torch.Tensor) -> torch.Tensor:
+        if stats is not None:
+            return z * stats[1].to(z) / sf + stats[0].to(z)
+        return z / sf + shift
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        with vae_upcast(vae):
+            dist = vae.encode(x.to(vae.dtype)).latent_dist
+            return to_latent((dist.sample() if sample_latent else dist.mode()).to(x.dtype))
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        with vae_upcast(vae):
+            return vae.decode(from_latent(z).to(vae.dtype)).sample.to(z.dtype)
+
+    return encode, decode
+
+
 def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4,
                    stage1: Optional[Callable] = None, pool: str = "max", sample_latent: bool = False) -> LatentAdapter:
     """LatentAdapter for a diffusers ``UNet2DModel`` (in_channels = 2 * latent channels: the input is
@@ -263,7 +298,8 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
 
     if not isinstance(unet, UNet2DModel):
         hint = (" (the SD x4 upscaler's UNet2DConditionModel, text- and noise-level-conditioned on the LR pixels, is "
-                "not this form: yoda.models.SDUpscalerAdapter takes it)" if type(unet).__name__ == "UNet2DConditionModel" else "")
+                "not this form: yoda.models.SDUpscalerAdapter takes it)"
+                if type(unet).__name__ == "UNet2DConditionModel" else "")
         raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}{hint}")
     if not isinstance(vae, AutoencoderKL):
         raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
@@ -276,36 +312,12 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
                          f"{C}, got {unet.config.in_channels} / {unet.config.out_channels}")
     config = scheduler_config_dict(scheduler_config)
     sched, pred = schedule_from_diffusers(config)
-    sf = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3 / Flux VAEs: (z - shift) * sf
-    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    if (mean is None) != (std is None):
-        raise ValueError("vae: latents_mean and latents_std come together (or neither)")
-    stats = None if mean is None else [torch.tensor(v, dtype=torch.float32).view(1, C, 1, 1) for v in (mean, std)]
+    encode, decode = vae_codec(vae, sample_latent)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     m = 2 ** (len(unet.config.down_block_types) - 1)
 
-    def to_latent(z: torch.Tensor) -> torch.Tensor:  # the VAE's latent -> the diffusion's, as diffusers' pipelines
-        if stats is not None:
-            return (z - stats[0].to(z)) * sf / stats[1].to(z)
-        return (z - shift) * sf
-
-    def from_latent(z: torch.Tensor) -> torch.Tensor:
-        if stats is not None:
-            return z * stats[1].to(z) / sf + stats[0].to(z)
-        return z / sf + shift
-
-    # the networks run in their parameters' dtype (fp16 / bf16 weights take the float32 state), the results come
-    # back in the caller's dtype
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        with vae_upcast(vae):
-            dist = vae.encode(x.to(vae.dtype)).latent_dist
-            return to_latent((dist.sample() if sample_latent else dist.mode()).to(x.dtype))
-
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        with vae_upcast(vae):
-            return vae.decode(from_latent(z).to(vae.dtype)).sample.to(z.dtype)
-
+    # the UNet runs in its parameters' dtype (fp16 / bf16 weights take the float32 state), its output comes back
+    # in the state's
     def denoise(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return unet(torch.cat([z, c.to(z.dtype)], dim=1).to(unet.dtype), t).sample.to(z.dtype)
 

@@ -8,9 +8,9 @@ What the pipeline does, and what this adapter does with the same modules:
               guided: out_neg + guidance_scale * (out - out_neg), out_neg with the negative prompt's embeddings
     SR      = vae.decode(z_0 / scaling_factor)                     f x the LR (f = 4: the VAE's downsampling)
 
-YODA holds the latent pixels not refined yet at c = the VAE encoding of up(lr) (torch's bicubic x f, the mean of
-the latent distribution, times scaling_factor), noised to the next step's level, and max-pools the HR attention
-map to the latent grid (LatentAdapter's rule). The prompts are given as embeddings (diffusers' ``prompt_embeds``
+YODA holds the latent pixels not refined yet at c = the VAE encoding of up(lr) (torch's bicubic x f;
+latent.vae_codec: the mean of the latent distribution, times scaling_factor), noised to the next step's level, and
+max-pools the HR attention map to the latent grid (LatentAdapter's rule). The prompts are given as embeddings (diffusers' ``prompt_embeds``
 / ``negative_prompt_embeds``: yoda has no text encoder); the LR noise n is drawn from ``noise_seed`` on the CPU,
 as the pipeline draws it from a CPU generator of that seed (the LR is not padded: the UNet takes any size).
 Guidance runs when the scale is above 1, as in the pipeline. An fp16 VAE with force_upcast runs in float32 (the
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 import torch
 
 from ..adapters import Prepared, check_cfg_scale, guided_call
-from .latent import LatentAdapter, schedule_from_diffusers, scheduler_config_dict, vae_upcast
+from .latent import LatentAdapter, schedule_from_diffusers, scheduler_config_dict, vae_codec
 
 __all__ = ["SDUpscalerAdapter", "UpscalerCond"]
 
@@ -82,11 +82,11 @@ class SDUpscalerAdapter(LatentAdapter):
             raise ValueError(f"negative_prompt_embeds must have prompt_embeds' shape {tuple(emb.shape)}, got "
                              f"{getattr(neg, 'shape', type(neg).__name__)}")
         f = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.sf = float(vae.config.scaling_factor or 1.0)
-        super().__init__(self._encode_image, self._decode_latent, self._unused, sched, prediction=pred, scale=f,
+        encode, decode = vae_codec(vae)
+        super().__init__(encode, decode, self._unused, sched, prediction=pred, scale=f,
                          latent_factor=f, pool=pool, clip_x0=bool(config.get("clip_sample", False)),
                          modules=(unet, vae))
-        self.net, self.vae = unet, vae  # net: the denoiser call, which yoda.sampling.speed may wrap
+        self.net = unet  # the denoiser call, which yoda.sampling.speed may wrap
         ab = low.alphas_cumprod.float()[noise_level]  # diffusers' add_noise: float32 alphas_cumprod
         self.low_res = (float(ab ** 0.5), float((1 - ab) ** 0.5))
         self.emb, self.neg, self.noise_level, self.noise_seed = emb, neg, noise_level, int(noise_seed)
@@ -108,14 +108,6 @@ class SDUpscalerAdapter(LatentAdapter):
         new.cfg_scale = check_cfg_scale(scale)
         new._check_guidance()
         return new
-
-    def _encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        with vae_upcast(self.vae):
-            return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode().to(x.dtype) * self.sf
-
-    def _decode_latent(self, z: torch.Tensor) -> torch.Tensor:
-        with vae_upcast(self.vae):
-            return self.vae.decode((z / self.sf).to(self.vae.dtype)).sample.to(z.dtype)
 
     @staticmethod
     def _unused(*args):  # pragma: no cover - denoise is overridden

@@ -225,7 +225,8 @@ class TrainConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {path} is not valid JSON: {e}") from None
         except UnicodeDecodeError as e:
-            raise ValueError(f"config file {path} is not UTF-8 text (byte {e.start}); a config is a JSON file") from None
+            raise ValueError(f"config file {path} is not UTF-8 text (byte {e.start}); a config is a JSON file") \
+                from None
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)

@@ -111,15 +111,14 @@ def check_group(ranks: Ranks) -> None:
                          f"the trainer's ranks (rank {ranks.rank} of {ranks.world})")
 
 
-def all_reduce_sum(t: torch.Tensor, ranks: Ranks, op: str = "sum") -> torch.Tensor:
-    """The sum (or with ``op="max"`` the maximum) of ``t`` over the ranks (a new tensor; ``t`` itself for a single
-    process)."""
+def all_reduce_sum(t: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The sum of ``t`` over the ranks (a new tensor; ``t`` itself for a single process)."""
     if ranks.world == 1:
         return t
     import torch.distributed as dist
 
     out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    dist.all_reduce(out)
     return out
 
 

@@ -17,7 +17,7 @@ from .._io import atomic_write_text, check_folder_writable, made_dirs, remove_em
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
 from .distributed import env_ranks, local_batch, process_group, rank_device
-from .trainer import RUN_FILES, STOP_SIGNALS, Trainer, check_weights_name
+from .trainer import RUN_FILES, Trainer, check_weights_name
 
 
 def machine_description(device: torch.device) -> str:
@@ -161,11 +161,9 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                                  f"(give more steps, or another --out)")
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
             if ranks.main and tr.step > start_step:  # a run that trained nothing keeps the record of the one that did
-                stopped_by = (None if tr.step >= summary["total"] else "--minutes" if summary["signal"] is None
-                              else STOP_SIGNALS.get(summary["signal"], f"signal {summary['signal']}"))
                 record = training_record(cfg, tr, config_path=config_path, out=out, command=command,
                                          weights_name=weights_name, start_step=start_step,
-                                         seconds=summary["seconds"], stopped_by=stopped_by)
+                                         seconds=summary["seconds"], stopped_by=summary["stopped_by"])
                 atomic_write_text(os.path.join(out, "TRAINING.md"), record)
     except BaseException:
         remove_empty(made)  # a run that failed before writing anything leaves no empty folder

@@ -136,8 +136,8 @@ def _load_failure(e: BaseException) -> str:
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
     if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in text:
-        found = re.search(r"([Uu]nsupported (?:global: )?GLOBAL [\w.]+|Unsupported operand \d+|invalid load key[^.\n]*)",
-                          text)
+        found = re.search(r"([Uu]nsupported (?:global: )?GLOBAL [\w.]+|Unsupported operand \d+"
+                          r"|invalid load key[^.\n]*)", text)
         return "it is corrupt, or holds objects other than tensors and plain data" + (f" ({found.group(1)})"
                                                                                       if found else "")
     first = text.strip().splitlines()[0][:300] if text.strip() else "empty"
@@ -367,6 +367,7 @@ class Trainer:
         acc, n = 0.0, 0
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
         interrupted, old_handlers = _stop_on_interrupt()
+        stop = None
         try:
             while self.step < total:
                 loss = self.train_step()
@@ -375,10 +376,10 @@ class Trainer:
                 acc, n = acc + loss, n + 1
                 bar.update(1)
                 last = self.step == total
-                timed_out = self._any_rank(bool(interrupted) or
-                                           (max_seconds is not None and time.perf_counter() - t0 > max_seconds))
-                val_now = self.val_hr is not None and (self.step % cfg.val_every == 0 or last or timed_out)
-                if (cfg.log_every and self.step % cfg.log_every == 0) or last or timed_out or val_now:
+                stop = self._stop_reason(interrupted, max_seconds is not None and
+                                         time.perf_counter() - t0 > max_seconds)
+                val_now = self.val_hr is not None and (self.step % cfg.val_every == 0 or last or stop is not None)
+                if (cfg.log_every and self.step % cfg.log_every == 0) or last or stop is not None or val_now:
                     row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
                            "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
                     if val_now and self.ranks.main:
@@ -387,9 +388,9 @@ class Trainer:
                     self.write_log()
                     bar.set_postfix(loss=f"{acc / n:.4f}")
                     acc, n = 0.0, 0
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or timed_out:
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or stop is not None:
                     self.save_checkpoint()
-                if timed_out:
+                if stop is not None:
                     break
         finally:
             bar.close()
@@ -399,17 +400,20 @@ class Trainer:
             self.export(os.path.join(self.out, self.weights_name))
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         barrier(self.ranks, self.device)  # every rank returns once rank 0's files are written
-        # the signal that stopped the run, whichever rank got it (a job manager may signal one rank only)
-        sig = int(all_reduce_sum(torch.tensor([interrupted[0] if interrupted else 0], device=self.device),
-                                 self.ranks, op="max").item())
-        return {"steps": self.step, "seconds": time.perf_counter() - t0, "total": total,
-                "interrupted": bool(sig), "signal": sig or None}
+        if self.step >= total:  # finished: a signal during the last step stopped nothing
+            stop = None
+        sig = next((int(s) for s, name in STOP_SIGNALS.items() if name == stop), None)
+        return {"steps": self.step, "seconds": time.perf_counter() - t0, "total": total, "stopped_by": stop,
+                "interrupted": sig is not None, "signal": sig}
 
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any rank (the ranks stop together on a time-out)."""
-        if self.ranks.world == 1:
-            return flag
-        return bool(all_reduce_sum(torch.tensor([float(flag)], device=self.device), self.ranks).item() > 0)
+    def _stop_reason(self, signals: list, timed_out: bool) -> Optional[str]:
+        """Why the run stops after this step, the same on every rank (the ranks stop together, and a job manager
+        may signal one rank only): the name of a stop signal some rank got (STOP_SIGNALS), else "--minutes" when
+        some rank's time ran out, else None. One all-reduce of a vote per reason."""
+        reasons = list(STOP_SIGNALS.values()) + ["--minutes"]
+        votes = [float(bool(signals) and signals[0] == s) for s in STOP_SIGNALS] + [float(timed_out)]
+        votes = all_reduce_sum(torch.tensor(votes, device=self.device), self.ranks).tolist()
+        return next((r for r, v in zip(reasons, votes) if v > 0), None)
 
     def export(self, path: str) -> None:
         """The EMA weights in the "yoda" format (yoda.load("yoda", path)), with the TrainConfig in "extra"."""
