@@ -406,7 +406,7 @@ def test_eval_command(tmp_path, tiny_model, capsys):
                              "--lower-bounds", "0.4", "0.8", "--attention", "edge", "-q"], capsys)
     assert code == 0, err
     lines = [l for l in stdout.splitlines() if l.startswith("| ")]
-    assert [l.split("|")[1].strip() for l in lines[1:]] == ["bicubic", "plain", "yoda", "yoda"]
+    assert [l.split("|")[1].strip() for l in lines[1:]] == ["bicubic", "bicubic-matlab", "plain", "yoda", "yoda"]
     assert "LPIPS omitted" in stdout
     code, _, err = run(["eval", "--images", str(tmp_path / "empty_missing"), "--model", tiny_model], capsys)
     assert code == 2 and "empty_missing" in err
@@ -876,7 +876,7 @@ def test_eval_writes_per_image_csv_and_resolves_attention_once(tmp_path, tiny_mo
     assert made == ["edge", "gaussian"]  # once each, not once per image and lower bound
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * (2 + 4) and {r["image"] for r in rows} == {str(folder / "a.png"), str(folder / "b.png")}
+    assert len(rows) == 2 * (3 + 4) and {r["image"] for r in rows} == {str(folder / "a.png"), str(folder / "b.png")}
     plain = [float(r["psnr"]) for r in rows if r["method"] == "plain"]
     table = {l.split("|")[1].strip(): l for l in stdout.splitlines() if l.startswith("| ")}
     assert f"| {np.mean(plain):.2f} |" in table["plain"]  # the table is the mean of the rows
@@ -1047,3 +1047,31 @@ def test_out_of_memory_is_one_line_with_what_helps(monkeypatch, capsys, cmd, arg
     assert "Traceback" not in err and err.count("\n") == 1
     monkeypatch.setitem(cli.COMMANDS, cmd, lambda a: (_ for _ in ()).throw(RuntimeError("a real bug")))
     assert cli.main(argv) == 1 and "internal error" in capsys.readouterr().err
+
+
+def test_a_light_photograph_is_not_taken_for_a_0_1_image(tmp_path, tiny_model, capsys):
+    """A held-out photograph whose darkest pixel is 8-bit 130 (a bright wallpaper, range [0.0196, 0.8745] in
+    [-1, 1]) made `yoda eval` warn "lr has no negative value ... comes out washed out": the CLI reads every image
+    as 8 bits, so the warning can only be wrong there, as in evaluate / figures / training's validation. Called
+    directly with such a tensor, yoda.sample still warns (it cannot know)."""
+    import warnings
+
+    import yoda
+    from yoda.evaluate import EvalSettings, evaluate
+    from yoda.images import from_uint8
+
+    light = np.random.default_rng(3).integers(130, 240, (24, 24, 3), dtype=np.uint8)
+    Image.fromarray(light).save(tmp_path / "light.png")
+    (tmp_path / "hr").mkdir()
+    Image.fromarray(np.repeat(np.repeat(light, 4, 0), 4, 1)).save(tmp_path / "hr" / "light.png")
+    for args in (["upscale", str(tmp_path / "light.png"), "-o", str(tmp_path / "sr.png"), "--steps", "1"],
+                 ["eval", "--images", str(tmp_path / "hr"), "--model", tiny_model, "--steps", "1",
+                  "--attention", "edge", "--lower-bounds", "0.6"]):
+        code, _, err = run(args + (["--model", tiny_model, "-q"] if args[0] == "upscale" else ["-q"]), capsys)
+        assert code == 0 and err == "", err
+    model = yoda.load("yoda", tiny_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(model, [("light", np.repeat(np.repeat(light, 4, 0), 4, 1))], EvalSettings(steps=1))
+    with pytest.warns(UserWarning, match="lr has no negative value"):
+        yoda.sample(model, from_uint8(light), steps=1, progress=False)

@@ -78,6 +78,7 @@ def test_evaluate_rows_and_table():
     from yoda.models import ModelCard
     from yoda.models.sr3 import SR3Config, SR3UNet
     from yoda.schedule import Schedule
+    from yoda.upsampling import upsample
 
     torch.manual_seed(0)
     net = SR3UNet.from_config(SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
@@ -85,18 +86,20 @@ def test_evaluate_rows_and_table():
     net.card = ModelCard(Schedule.linear(20, 1e-3, 0.2), 4)
     imgs = [("a", rand_img(5, (16, 16, 3))), ("b", rand_img(6, (20, 16, 3)))]  # multiples of 4: not cropped
     rows = evaluate(net, imgs, EvalSettings(steps=3, lower_bounds=(0.5,), attentions=("gaussian",)))
-    assert [(r["image"], r["method"]) for r in rows] == [
-        ("a", "bicubic"), ("a", "plain"), ("a", "yoda"), ("b", "bicubic"), ("b", "plain"), ("b", "yoda")]
-    assert [r["calls"] for r in rows] == [0, 3, 3, 0, 3, 3]
-    assert [(r["attention"], r["lower_bound"]) for r in rows[:3]] == [("", ""), ("", ""), ("gaussian", 0.5)]
+    methods = ["bicubic", "bicubic-matlab", "plain", "yoda"]
+    n = len(methods)
+    assert [(r["image"], r["method"]) for r in rows] == [(im, m) for im in ("a", "b") for m in methods]
+    assert [r["calls"] for r in rows] == [0, 0, 3, 3] * 2
+    assert [(r["attention"], r["lower_bound"]) for r in rows[:n]] == [("", "")] * 3 + [("gaussian", 0.5)]
     for k, (name, hr) in enumerate(imgs):
         lr = make_lr(from_uint8(hr), 4)
         kw = dict(steps=3, sampler="ddim", seed=0, progress=False)
         with torch.no_grad():
             srs = [F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1),
+                   upsample(lr, 4, "matlab"),  # written out sample by sample in tests/test_upsampling.py
                    yoda.sample(net, lr, attention=None, **kw),
                    yoda.sample(net, lr, attention="gaussian", lower_bound=0.5, **kw)]
-        for row, sr in zip(rows[3 * k : 3 * k + 3], srs):
+        for row, sr in zip(rows[n * k : n * k + n], srs):
             u8 = to_uint8(sr)[0]
             d = (rgb2lab(u8) - rgb2lab(hr)).reshape(-1, 3).mean(0)
             want = {"psnr": peak_signal_noise_ratio(hr, u8, data_range=255),
@@ -104,15 +107,16 @@ def test_evaluate_rows_and_table():
                     "L_shift": abs(d[0]), "ab_shift": math.hypot(d[1], d[2])}
             for key, v in want.items():
                 assert row[key] == pytest.approx(v, abs=1e-9), (name, row["method"], key)
-        assert rows[3 * k + 1]["psnr"] != rows[3 * k + 2]["psnr"]  # the masks changed the image
+        assert rows[n * k + 2]["psnr"] != rows[n * k + 3]["psnr"]  # the masks changed the image
+        assert rows[n * k]["psnr"] != rows[n * k + 1]["psnr"]  # torch's and MATLAB's bicubic differ
     summ = summarize(rows)
-    assert len(summ) == 3 and [s["images"] for s in summ] == [2, 2, 2]
+    assert len(summ) == n and [s["images"] for s in summ] == [2] * n
     for j, s in enumerate(summ):
         for key in ("psnr", "ssim", "L_shift", "ab_shift", "calls"):
-            assert s[key] == pytest.approx((rows[j][key] + rows[3 + j][key]) / 2, rel=1e-12)
+            assert s[key] == pytest.approx((rows[j][key] + rows[n + j][key]) / 2, rel=1e-12)
     table = markdown_table(summ)
     assert table.splitlines()[0].startswith("| method | attention | l |")
-    s = summ[2]
+    s = summ[3]
     assert (f"| yoda | gaussian | 0.5 | 2 | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['L_shift']:.3f} | "
             f"{s['ab_shift']:.3f} | 3 |") in table
 
@@ -204,7 +208,7 @@ def test_progress_bars_shrink_by_the_runs_of_a_skipped_image(tmp_path, monkeypat
     skipped = []
     rows = evaluate(net, ImageStream(paths), EvalSettings(steps=1, lower_bounds=(0.5, 0.7), attentions=("edge",)),
                     on_error=lambda n, e: skipped.append(n))
-    assert [os.path.basename(p) for p in skipped] == ["b.png", "d.png"] and len(rows) == 2 * 4
+    assert [os.path.basename(p) for p in skipped] == ["b.png", "d.png"] and len(rows) == 2 * 5  # 2 bicubic rows
     assert bars[-1].total == bars[-1].done == 2 * 3  # plain and two YODA runs of a and c
     skipped.clear()
     compute(net, ImageStream(paths), FigureSettings(steps=1, progress=False), on_error=lambda n, e: skipped.append(n))

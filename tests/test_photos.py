@@ -220,3 +220,17 @@ def test_data_export_is_a_cli_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"yoda: error: {tmp_path / 'f'} is a file, not a folder\n"
     assert main(["data", "export", "--help"]) == 0 and "usage: yoda data export" in capsys.readouterr().out
+
+
+def test_data_commands_name_their_folder_alike(tmp_path, capsys):
+    """`yoda data build --out DIR` but `yoda data export DIR`: each refused the other's form. Both take either,
+    and exactly one of them."""
+    assert main(["data", "export", "--out", str(tmp_path / "e")]) == 0
+    assert os.path.isdir(tmp_path / "e" / "heldout")
+    capsys.readouterr()
+    for args in (["data", "export"], ["data", "build", "-q"], ["data", "build", str(tmp_path / "a"), "-o",
+                                                                 str(tmp_path / "b")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"yoda: error: yoda data {args[1]}: give the output folder once, as DIR or as --out DIR" in err, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

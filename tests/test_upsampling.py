@@ -30,13 +30,14 @@ def keys(d):
     return np.where(d <= 1, 1.5 * d**3 - 2.5 * d**2 + 1, np.where(d < 2, -0.5 * d**3 + 2.5 * d**2 - 4 * d + 2, 0.0))
 
 
+@pytest.mark.parametrize("method, div", [("srdiff", 256.0), ("matlab", 255.0)])
 @pytest.mark.parametrize("h, w, s", [(9, 11, 4), (4, 3, 8), (2, 2, 4)])
-def test_srdiff_is_matlab_imresize_of_lr_over_256(h, w, s):
-    """SRDiff's data: imresize(img_lr / 256, scale) (MATLAB bicubic: a = -0.5, edges mirrored), then 2 x - 1,
-    written out here sample by sample."""
+def test_srdiff_and_matlab_are_matlab_imresize(h, w, s, method, div):
+    """SRDiff's data: imresize(img_lr / 256, scale) (MATLAB bicubic: a = -0.5, edges mirrored), then 2 x - 1;
+    papers' bicubic baseline: imresize(img_lr) of the 8-bit image (/ 255). Written out here sample by sample."""
     a = np.random.default_rng(h + w + s).integers(0, 256, (h, w, 3), dtype=np.uint8)
     pad = 3
-    ap = np.pad(a / 256.0, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    ap = np.pad(a / div, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
     want = np.zeros((h * s, w * s, 3))
     for y in range(h * s):
         uy = (y + 0.5) / s - 0.5
@@ -45,10 +46,10 @@ def test_srdiff_is_matlab_imresize_of_lr_over_256(h, w, s):
             for j in range(int(np.floor(uy)) - 1, int(np.floor(uy)) + 3):
                 for i in range(int(np.floor(ux)) - 1, int(np.floor(ux)) + 3):
                     want[y, x] += keys(uy - j) * keys(ux - i) * ap[j + pad, i + pad]
-    got = upsample(lr_of(a).double(), s, "srdiff")[0].permute(1, 2, 0).numpy()
+    got = upsample(lr_of(a).double(), s, method)[0].permute(1, 2, 0).numpy()
     assert np.abs(got - (2 * want - 1)).max() < 1e-12
     if min(h, w) >= 9:  # away from the edges it is Pillow's float bicubic (the same kernel and centres)
-        pil = np.asarray(Image.fromarray((a[..., 0] / 256.0).astype(np.float32), mode="F")
+        pil = np.asarray(Image.fromarray((a[..., 0] / div).astype(np.float32), mode="F")
                          .resize((w * s, h * s), Image.BICUBIC))
         m = 3 * s
         assert np.abs((got[..., 0] + 1) / 2 - pil)[m:-m, m:-m].max() < 1e-6
@@ -58,7 +59,7 @@ def test_torch_is_the_default_and_methods_are_checked():
     lr = torch.rand(1, 3, 5, 6) * 2 - 1
     want = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
     assert torch.equal(upsample(lr, 4), want) and torch.equal(yoda.adapters.upsample(lr, 4, "torch"), want)
-    with pytest.raises(ValueError, match=r"method must be one of \('torch', 'sr3', 'srdiff'\), got 'pil'"):
+    with pytest.raises(ValueError, match=r"method must be one of \('torch', 'sr3', 'srdiff', 'matlab'\), got 'pil'"):
         upsample(lr, 4, "pil")
 
 

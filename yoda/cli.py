@@ -12,7 +12,7 @@ cli_models; upscale's machinery: cli_upscale; the options: cli_parser).
     yoda train --config yoda/configs/default_x4.json [--out DIR] [--steps N] [--device auto|cpu|cuda]
                                                            (torchrun -m yoda: DistributedDataParallel)
     yoda plot LOG.csv... -o curves.png [--labels ...]
-    yoda data build --out DIR [--short-side 512]  |  yoda data export DIR
+    yoda data build DIR [--short-side 512]  |  yoda data export DIR     (or --out DIR, in both)
 
 Errors. A user error -- a yoda.errors.UserError, raised for bad options and by the library for files, configs
 and models it cannot use (CheckpointError, DataError, a model returning NaN/Inf), plus the ValueErrors the
@@ -46,7 +46,7 @@ from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, 
                           drop_own_outputs, expand_inputs, folder_images, guided_model, mebibytes, output_folder,
                           output_targets, padded_lr_side, plan_windows, run_items, run_sharded, skip_existing,
                           speed_options, tune_malloc)
-from .errors import UserError, out_of_memory
+from .errors import LR_01_WARNING, UserError, out_of_memory
 from .errors import user_input as _user_input
 
 
@@ -450,18 +450,22 @@ def cmd_plot(a) -> int:
 def cmd_data(a) -> int:
     from .photos import PHOTOS, build
 
+    if (a.dir is None) == (a.out is None):
+        raise UserError(f"yoda data {a.data_cmd}: give the output folder once, as DIR or as --out DIR"
+                        + (f" (got {a.dir!r} and --out {a.out!r})" if a.dir is not None else ""))
+    out = a.dir if a.out is None else a.out
     if a.data_cmd == "export":
         from .data import export_builtin
 
         with _user_input():
-            n = export_builtin(a.out)
-        print(f"wrote {n['train']} training and {n['heldout']} held-out images (scikit-image's) to {a.out}")
+            n = export_builtin(out)
+        print(f"wrote {n['train']} training and {n['heldout']} held-out images (scikit-image's) to {out}")
         return 0
     with _user_input():
-        built = build(a.out, short_side=a.short_side, progress=None if a.quiet else print)
+        built = build(out, short_side=a.short_side, progress=None if a.quiet else print)
     held = sum(r.split == "heldout" for r in built.rows)
-    print(f"wrote {len(built.rows) - held} training and {held} held-out photographs to {a.out} "
-          f"(manifest: {os.path.join(a.out, 'manifest.json')})")
+    print(f"wrote {len(built.rows) - held} training and {held} held-out photographs to {out} "
+          f"(manifest: {os.path.join(out, 'manifest.json')})")
     if built.not_installed:
         missing = sorted({PHOTOS[n][0] for n in built.not_installed})
         print(f"yoda: note: {len(built.not_installed)} of the {len(PHOTOS)} photographs are not installed, from "
@@ -525,6 +529,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {a.max_pixels}")
         with _pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            # every image the commands sample is read as 8 bits and made [-1, 1] here (from_uint8)
+            warnings.filterwarnings("ignore", message=LR_01_WARNING, category=UserWarning)
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
         print("yoda: interrupted", file=sys.stderr)

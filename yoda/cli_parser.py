@@ -291,12 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     what = ("write DIR/train, DIR/heldout and DIR/manifest.json from the photographs of the installed packages "
             + ", ".join(WALLPAPER_PACKAGES) + " (yoda.photos); a rerun replaces DIR/train and DIR/heldout whole")
     p = dsub.add_parser("build", help=what, description=what)
-    p.add_argument("--out", required=True, help="output folder (DIR)")
+    _data_out_args(p)
     p.add_argument("--short-side", type=int, default=512, help="downscale each photograph to this short side")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _debug_arg(p)
     p = dsub.add_parser("export", help="write DIR/train and DIR/heldout from scikit-image's bundled images (no "
                                        "package needed; few and small: for trying yoda train out)")
-    p.add_argument("out", metavar="DIR", help="output folder")
+    _data_out_args(p)
     _debug_arg(p)
     return ap
+
+
+def _data_out_args(p) -> None:
+    """`yoda data build` and `export` name their folder alike: DIR or -o/--out DIR (yoda.cli.data_out_dir)."""
+    p.add_argument("dir", nargs="?", metavar="DIR", default=None, help="output folder")
+    p.add_argument("-o", "--out", default=None, metavar="DIR", help="output folder (the same as DIR)")

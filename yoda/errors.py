@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import contextlib
 
+# The start of yoda.sample's warning that lr may be a [0, 1] image (yoda.sampling.spec.check_lr); the CLI, which
+# makes every lr of 8-bit images itself, filters it (here: importing it imports no torch)
+LR_01_WARNING = "lr has no negative value"
+
 
 class UserError(ValueError):
     """A problem with a file, an option, a config or a model the user gave; the message says which."""

@@ -124,8 +124,9 @@ def check_distinct(values: Sequence, name: str) -> None:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How `yoda eval` samples. lower_bounds x attentions are the YODA variants; "plain" and "bicubic" are
-    always included. max_size: HR images are centre-cropped to at most this size (CPU budget)."""
+    """How `yoda eval` samples. lower_bounds x attentions are the YODA variants; "plain", "bicubic" (torch's, the
+    up(lr) of yoda's models) and "bicubic-matlab" (MATLAB's imresize, SR papers' bicubic row) are always
+    included. max_size: HR images are centre-cropped to at most this size (CPU budget)."""
 
     steps: int = 20
     sampler: str = "ddim"
@@ -160,6 +161,7 @@ class EvalSettings:
 def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:
     """(SR, denoiser calls, seconds) of one yoda.sample run (no progress bar of its own: evaluate has one)."""
     from .sampling import sample
+    from .sampling.spec import lr_from_images
 
     calls = [0]
 
@@ -167,8 +169,9 @@ def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSe
         calls[0] += int(d.get("calls", 1))
 
     t0 = time.perf_counter()
-    sr = sample(model, lr, attention=attention, steps=s.steps, sampler=s.sampler, eta=s.eta, sigmas=s.sigmas,
-                lower_bound=lower_bound, seed=s.seed, backend=s.backend, progress=False, callback=count)
+    with lr_from_images():  # lr is make_lr's, of an 8-bit HR image
+        sr = sample(model, lr, attention=attention, steps=s.steps, sampler=s.sampler, eta=s.eta, sigmas=s.sigmas,
+                    lower_bound=lower_bound, seed=s.seed, backend=s.backend, progress=False, callback=count)
     return sr, calls[0], time.perf_counter() - t0
 
 
@@ -189,7 +192,8 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
 
     adapter = as_adapter(model)
     scale = adapter.scale
-    variants = [("bicubic", None, None), ("plain", None, None)]
+    upsamplings = {"bicubic": "torch", "bicubic-matlab": "matlab"}  # rows without sampling (yoda.upsampling)
+    variants = [(name, None, None) for name in upsamplings] + [("plain", None, None)]
     variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
     extractors = {name: get(name) for name in settings.attentions}
     dev = adapter.device() or torch.device("cpu")
@@ -199,16 +203,16 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
 
         lpips_fn = LPIPS(*settings.lpips).to(dev)
     rows = []
-    bar, skip = _data.sampling_bar(images, len(variants) - 1, "yoda eval", settings.progress, on_error)
+    bar, skip = _data.sampling_bar(images, len(variants) - len(upsamplings), "yoda eval", settings.progress, on_error)
     try:
         images, _ = _data.crops_to_sample(images, adapter, settings.max_size, skip)
         for name, hr_u8 in images:
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
             for method, attn, lb in variants:
-                if method == "bicubic":
+                if method in upsamplings:
                     t0 = time.perf_counter()
-                    sr, calls = upsample(lr, scale), 0
+                    sr, calls = upsample(lr, scale, upsamplings[method]), 0
                     secs = time.perf_counter() - t0
                 else:
                     bar.set_postfix_str(f"{os.path.basename(name)} {method}{f' {attn} l={lb:g}' if attn else ''}")

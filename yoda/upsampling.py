@@ -8,10 +8,12 @@
                      condition is the 8-bit image SR3 trained on, bit for bit
     method="srdiff"  SRDiff's data (utils/dataset.py): MATLAB's imresize (a = -0.5, edges mirrored) of lr_u8 / 256,
                      in float64, then normalised to 2 x - 1 (SRDiff divides by 256, not 255)
+    method="matlab"  MATLAB's imresize of the 8-bit LR image itself (lr_u8 / 255): the "bicubic" baseline that SR
+                     papers report, which `yoda eval` shows next to the model's own up(lr)
 
 yoda.load gives released SR3 / SRDiff checkpoints their method (the model's ``upsampling`` attribute, read by
 their adapters); the three differ by about 2 8-bit levels on average and up to ~20 at edges. An LR image that is
-not on the 8-bit grid is rounded to it for "sr3" and "srdiff" (their data were 8-bit images).
+not on the 8-bit grid is rounded to it for "sr3", "srdiff" and "matlab" (their data were 8-bit images).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 
 __all__ = ["METHODS", "upsample"]
 
-METHODS = ("torch", "sr3", "srdiff")
+METHODS = ("torch", "sr3", "srdiff", "matlab")
 _PIL_BITS = 22  # Pillow's PRECISION_BITS for 8-bit images (32 - 8 - 2)
 
 
@@ -38,7 +40,8 @@ def upsample(lr: torch.Tensor, scale: int, method: str = "torch") -> torch.Tenso
         x = _pil_pass(x, h, scale)
         return (x / 127.5 - 1.0).to(lr.dtype)
     wy, wx = (_matlab_weights(n, scale).to(lr.device) for n in (h, w))
-    x = torch.einsum("yh,...hw,xw->...yx", wy, u8 / 256.0, wx)  # rows first, as imresize; float64: order is moot
+    div = 256.0 if method == "srdiff" else 255.0
+    x = torch.einsum("yh,...hw,xw->...yx", wy, u8 / div, wx)  # rows first, as imresize; float64: order is moot
     return (2.0 * x - 1.0).to(lr.dtype)
 
 

@@ -115,6 +115,7 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     from ..attention import get
     from ..images import from_uint8, to_uint8
     from ..sampling import sample
+    from ..sampling.spec import lr_from_images
 
     s = settings
     extractors = {name: get(name) for name in s.attentions}
@@ -152,7 +153,7 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
             sr_u8s = {"bicubic": to_uint8(upsample(lr, scale))[0]}
             for label, attn in (("plain", None), ("YODA", amaps[yoda_name].to(dev))):
                 bar.set_postfix_str(f"{Path(str(name)).name} {label}")
-                with torch.no_grad():
+                with torch.no_grad(), lr_from_images():  # lr is make_lr's, of an 8-bit HR image
                     sr = sample(adapter, lr, attention=attn, steps=s.steps, sampler=s.sampler, eta=s.eta,
                                 lower_bound=s.lower_bound if attn is not None else 1.0, seed=s.seed,
                                 backend=s.backend, progress=False)

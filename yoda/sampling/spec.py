@@ -10,6 +10,7 @@ and timesteps= of None take the adapter's solver_sigmas / solver_timesteps (None
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import operator
@@ -25,6 +26,7 @@ from yoda_kernels.contract import SAMPLERS, check_tile
 from .. import masks
 from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter
+from ..errors import LR_01_WARNING
 from . import solvers as S
 
 ALL_SAMPLERS = SAMPLERS + S.SOLVERS  # the kernels' two (masked_step) and the sigma-space solvers (masked_combine)
@@ -189,14 +191,26 @@ def check_lr(lr: Any) -> torch.Tensor:
             f"lr values must be in [-1, 1] (x / 127.5 - 1 for 8-bit images), got range [{lo:.4g}, {hi:.4g}]"
         )
     # a [0, 1] photograph has its darkest pixel at about 0 and none below; a bright image in [-1, 1] (a white
-    # page, fog) has its darkest pixel well above mid-gray and is not warned of
+    # page, fog) has its darkest pixel well above mid-gray and is not warned of. A light photograph whose darkest
+    # pixel is just above mid-gray cannot be told from a [0, 1] image: callers that made lr of 8-bit images
+    # themselves silence the warning (lr_from_images)
     if 0.0 <= lo <= 0.02 and hi > 0.5:
-        warnings.warn(f"lr has no negative value (range [{lo:.4g}, {hi:.4g}]): yoda takes images in [-1, 1] "
+        warnings.warn(f"{LR_01_WARNING} (range [{lo:.4g}, {hi:.4g}]): yoda takes images in [-1, 1] "
                       "(yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out washed out",
                       UserWarning, stacklevel=3)
     if C == 1:
         lr = lr.expand(B, 3, h, w)
     return lr.clamp(-1.0, 1.0)
+
+
+@contextlib.contextmanager
+def lr_from_images():
+    """Within: no warning that lr may be a [0, 1] image (check_lr). For yoda's own callers (the CLI, evaluate,
+    figures, training's validation), which make every lr of 8-bit images with from_uint8 / make_lr, where the
+    warning could only ever fire on a light photograph (its darkest pixel at 8-bit 128-130)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=LR_01_WARNING, category=UserWarning)
+        yield
 
 
 def check_steps(steps: Any, T: int) -> int:

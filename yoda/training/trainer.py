@@ -338,6 +338,7 @@ class Trainer:
         YODA masks (cfg.attention, lower bound of the loss config; the extractor is built whenever there are
         validation crops)."""
         from ..sampling import sample
+        from ..sampling.spec import lr_from_images
 
         hr = self.val_hr.to(self.device)
         lr_img = _data.make_lr(hr, self.cfg.data.scale)
@@ -345,8 +346,9 @@ class Trainer:
         out = {}
         modes = [("val_psnr_plain", None)] + ([("val_psnr_yoda", self.cfg.attention)] if self.extractor else [])
         for key, attn in modes:
-            sr = sample(model, lr_img, attention=attn, steps=self.cfg.val_steps, sampler="ddim",
-                        lower_bound=self.cfg.loss.lower_bound, seed=self.cfg.seed, progress=False)
+            with lr_from_images():  # make_lr's, of 8-bit HR crops
+                sr = sample(model, lr_img, attention=attn, steps=self.cfg.val_steps, sampler="ddim",
+                            lower_bound=self.cfg.loss.lower_bound, seed=self.cfg.seed, progress=False)
             out[key] = float(psnr_u8(sr, hr).mean())
         return out
 
