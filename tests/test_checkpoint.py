@@ -125,11 +125,14 @@ def test_srdiff_config_dict_refuses_unknown_keys(tmp_path):
     # ... but a key of neither kind is still a typo
     with pytest.raises(ValueError, match=r"unknown keys \['beta_schedul'\]; .* and upstream's hparams"):
         yoda.load("srdiff", p, config={**hparams, "beta_schedul": "cosine"})
-    # upstream switches that change what the weights mean are refused, not sampled as yoda's model (they were
-    # skipped: pred_noise false, an x0 model, was sampled as eps)
-    for key, value in (("pred_noise", False), ("res", False), ("use_rrdb", False), ("gn_groups", 8)):
+    # upstream switches that change what the weights mean are refused, not sampled as yoda's model
+    for key, value in (("res", False), ("use_rrdb", False)):
         with pytest.raises(ValueError, match=rf"upstream's {key}: {value!r} builds or samples a model yoda does not "):
             yoda.load("srdiff", p, config={**hparams, key: value})
+    # diffsr_base.yaml's pred_noise and gn_groups are read by no upstream code (its denoiser predicts eps and has no
+    # group norm whatever they say): they were refused, so such a run's config did not load
+    for key, value in (("pred_noise", False), ("gn_groups", 8)):
+        assert yoda.load("srdiff", p, config={**hparams, key: value}).card.schedule == m.schedule
 
 
 def test_srdiff_yaml_config_chain(tmp_path):
@@ -140,9 +143,19 @@ def test_srdiff_yaml_config_chain(tmp_path):
 
     cfg = load_srdiff_config(tmp_path / "x4.yaml")
     assert cfg == SRDiffConfig(hidden_size=64, dim_mults=(1, 2, 3, 4), timesteps=100, sr_scale=4)
-    (tmp_path / "x0.yaml").write_text("base_config: ./x4.yaml\npred_noise: false\n")  # an x0 model: refused
-    with pytest.raises(ValueError, match=r"upstream's pred_noise: False builds or samples a model yoda does not"):
-        load_srdiff_config(tmp_path / "x0.yaml")
+    (tmp_path / "hr.yaml").write_text("base_config: ./x4.yaml\nres: false\n")  # diffuses the HR image: refused
+    with pytest.raises(ValueError, match=r"upstream's res: False builds or samples a model yoda does not"):
+        load_srdiff_config(tmp_path / "hr.yaml")
+    # a run's saved checkpoints/EXP/config.yaml: every key resolved, its bases named but not next to it (upstream's
+    # set_hparams skips a missing base); it failed with "config file not found: .../diffsr_base.yaml"
+    run = tmp_path / "checkpoints" / "exp"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("base_config:\n  - ./diffsr_base.yaml\n  - ./df2k4x.yaml\nhidden_size: 64\n"
+                                     "unet_dim_mults: 1|2|3|4\ntimesteps: 100\nsr_scale: 4\nres_rescale: 2.0\n")
+    with pytest.warns(UserWarning, match=r"its base_config './diffsr_base.yaml', './df2k4x.yaml' is not next to it; skipped, as upstream"):
+        assert load_srdiff_config(run / "config.yaml") == cfg
+    with pytest.raises(FileNotFoundError, match="SRDiff config file not found"):
+        load_srdiff_config(run / "nope.yaml")
 
 
 def test_srdiff_linear_schedule_inferred_and_weight_norm_folded():
@@ -587,3 +600,42 @@ def test_srdiff_other_schedules_are_the_checkpoints_betas(tmp_path, kw):
     torch.save({"global_step": 10, "state_dict": {"model": sd}}, p)
     with pytest.raises(CheckpointError, match="model_ckpt_steps_10.ckpt: its betas buffer is not a schedule"):
         yoda.load("srdiff", p)
+
+
+def test_srdiff_samples_with_the_checkpoints_betas_whatever_the_config_says(tmp_path):
+    """Upstream loads its schedule buffers strictly, so it samples with the checkpoint's betas; a config of only
+    architecture fields (cosine T=100 by default) or of another schedule gave the config's schedule, with a
+    warning, and a config of another T loaded (upstream's load fails)."""
+    m = _srdiff(beta_schedule="cosine")
+    p = tmp_path / "model_ckpt_steps_5.ckpt"
+    torch.save({"state_dict": {"model": {**m.state_dict(), **_bufs(m.schedule)}}}, p)
+    arch = dict(hidden_size=8, dim_mults=[1, 2, 3], rrdb_num_block=3, rrdb_num_feat=8, sr_scale=4)
+    assert yoda.load("srdiff", p, config={**arch, "timesteps": 12}).card.schedule == m.schedule
+    with pytest.warns(UserWarning, match=r"the checkpoint's betas differ from the config's linear schedule \(T=12\); "
+                                         r"sampling uses the checkpoint's, as upstream does"):
+        got = yoda.load("srdiff", p, config={**arch, "timesteps": 12, "beta_schedule": "linear"})
+    assert torch.equal(got.card.schedule.betas, m.schedule.betas.float().double())  # the buffer's, as it holds them
+    for config in (arch, {**arch, "timesteps": 100}):  # the default T is 100
+        with pytest.raises(CheckpointError, match=rf"{p}: its betas buffer has shape \(12,\), but the config says "
+                                                  r"timesteps: 100 \(upstream would not load it either\)"):
+            yoda.load("srdiff", p, config=config)
+
+
+def test_the_wrong_kind_of_file_is_named_with_what_to_do(tmp_path):
+    """An SR3 *_gen.pth or an RRDB pretraining checkpoint read as SRDiff said "SRDiff weights lack
+    'denoise_fn.cond_proj.weight' ... (pass its config ...)", naming no file; SR3's *_opt.pth read as SR3 asked for
+    the JSON; an upstream checkpoint read as a yoda file gave no hint of sr3: / srdiff:."""
+    net = SR3UNet.from_config(SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
+                                        res_blocks=1, image_size=16, mid_attn=False, scale=4))
+    gen, opt, rrdb = tmp_path / "I1_E1_gen.pth", tmp_path / "I1_E1_opt.pth", tmp_path / "rrdb.ckpt"
+    torch.save(net.state_dict(), gen)
+    torch.save({"epoch": 1, "iter": 10, "scheduler": None, "optimizer": {"state": {}, "param_groups": []}}, opt)
+    torch.save({"state_dict": {"model": _srdiff().rrdb.state_dict()}}, rrdb)
+    for f in (gen, rrdb):
+        with pytest.raises(CheckpointError, match=rf"{f}: not an SRDiff checkpoint: it has no 'denoise_fn\.\*' "):
+            yoda.load("srdiff", f)
+    with pytest.raises(CheckpointError, match=rf"{opt} is SR3's training state \(\*_opt\.pth: epoch, iter, optimizer"
+                                              r"\), not its weights; load the \*_gen\.pth saved next to it"):
+        yoda.load("sr3", opt)
+    with pytest.raises(CheckpointError, match=r"not a yoda model file .* loads as sr3:PATH / srdiff:PATH"):
+        yoda.load("yoda", gen)

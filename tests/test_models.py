@@ -201,6 +201,11 @@ def test_load_sr3_config_with_comments(tmp_path):
     ddpm = {"model": {"which_model_G": "ddpm", "unet": {}, "beta_schedule": {}}}
     with pytest.raises(ValueError, match="model.which_model_G is 'ddpm'; yoda loads the 'sr3' network"):
         load_sr3_config(ddpm)
+    # the repository's unconditional config (config/sample_sr3_128.json) loaded as scale 8 and failed at sampling
+    uncond = {"model": {"unet": {"in_channel": 3}, "beta_schedule": {}, "diffusion": {"conditional": False}},
+              "datasets": {"val": {"l_resolution": 16, "r_resolution": 128}}}
+    with pytest.raises(ValueError, match="model.diffusion.conditional is false, an unconditional generator"):
+        load_sr3_config(uncond)
     with pytest.raises(FileNotFoundError):
         load_sr3_config(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{ not json")

@@ -97,3 +97,10 @@ def test_released_checkpoints_are_conditioned_as_they_were_trained(tmp_path):
     yoda.save_model(m, yoda_file)
     assert yoda.load("yoda", yoda_file).yoda_adapter().upsampling == "torch"
     assert yoda.load("yoda", "default").yoda_adapter().upsampling == "torch"  # what the embedded model learnt
+    # a released checkpoint saved in the yoda format samples as the model that was saved (it came back "torch")
+    for name, model in (("sr3", yoda.load("sr3", ck, config=conf)), ("srdiff", yoda.load("srdiff", p))):
+        yoda.save_model(model, tmp_path / f"{name}.safetensors")
+        again = yoda.load("yoda", tmp_path / f"{name}.safetensors")
+        assert again.yoda_adapter().upsampling == name
+        kw = dict(steps=2, seed=0, progress=False)
+        assert torch.equal(yoda.sample(again, lr, **kw), yoda.sample(model, lr, **kw))

@@ -225,6 +225,9 @@ def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Con
     if which != "sr3":  # the SR3 repository's other generator (model/ddpm_modules): another network, other keys
         raise ValueError(f"SR3 config {where}: model.which_model_G is {which!r}; yoda loads the 'sr3' network "
                          f"(model/sr3_modules) only, not the repository's {which!r} one")
+    if (model.get("diffusion") or {}).get("conditional", True) is False:  # config/sample_sr3_128.json
+        raise ValueError(f"SR3 config {where}: model.diffusion.conditional is false, an unconditional generator "
+                         "(no LR input); yoda super-resolves with conditional SR3 models")
     image_size = (model.get("diffusion") or {}).get("image_size", 128)
     scale = None
     for ds in (opt.get("datasets") or {}).values():

@@ -14,6 +14,7 @@ import os
 import warnings
 from typing import Any, Dict, Mapping, Tuple
 
+import torch
 from torch import nn
 
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, load_state_dict_checked, read_checkpoint,
@@ -52,6 +53,9 @@ def load_sr3(p: str, config: Any = None) -> nn.Module:
     cfg, train_sched, val_sched = _sr3_config(config)
     obj, meta = read_checkpoint(p)
     refuse_yoda_file(meta, p, "sr3")
+    if isinstance(obj, Mapping) and "optimizer" in obj and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p} is SR3's training state (*_opt.pth: epoch, iter, optimizer), not its weights; "
+                              "load the *_gen.pth saved next to it")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     sd = strip_prefix(as_state_dict(obj, p), "module.")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -137,15 +138,19 @@ UPSTREAM_HPARAMS = frozenset({
 })
 
 
-# Upstream switches with another value than yoda's SRDiff has: pred_noise false predicts x0 (yoda would sample it
-# as eps), res false diffuses the HR image instead of its residual, use_rrdb false drops the RRDB encoder,
-# gn_groups > 0 adds group norms. A config that sets one is refused rather than silently sampled wrong.
-UPSTREAM_SWITCHES = {"pred_noise": True, "res": True, "use_rrdb": True, "gn_groups": 0}
+# Upstream switches with another value than yoda's SRDiff has: res false diffuses the HR image instead of its
+# residual, use_rrdb false drops the RRDB encoder. A config that sets one is refused rather than silently sampled
+# wrong. (configs/diffsr_base.yaml's pred_noise and gn_groups are read by no upstream code: its denoiser always
+# predicts eps and has no group norms, diffsr_modules.py's `groups = 0`; they are skipped as other hparams.)
+UPSTREAM_SWITCHES = {"res": True, "use_rrdb": True}
 
 
 def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
-    """Read an upstream YAML config (configs/diffsr_df2k4x.yaml ...), following its ``base_config``
-    chain (paths relative to each file; later files override earlier ones). Needs PyYAML."""
+    """Read an upstream YAML config (configs/diffsr_df2k4x.yaml ..., or the checkpoints/EXP/config.yaml a run
+    saved next to its checkpoints), following its ``base_config`` chain (paths relative to each file; later files
+    override earlier ones). A base file that is not there is skipped with a warning, as upstream's set_hparams
+    skips it: a run's saved config.yaml holds every resolved key and still names its bases (./diffsr_base.yaml
+    ...), which are not next to it. Needs PyYAML."""
     try:
         import yaml
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -166,8 +171,15 @@ def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
         bases = d.pop("base_config", [])
         bases = [bases] if isinstance(bases, str) else list(bases)
         out: dict = {}
-        for b in bases:
-            out.update(read(os.path.join(os.path.dirname(p), b), depth + 1))
+        paths = [os.path.join(os.path.dirname(p), b) for b in bases]
+        missing = [b for b, path in zip(bases, paths) if not os.path.isfile(path)]
+        if missing:
+            warnings.warn(f"SRDiff config {p}: its base_config {', '.join(map(repr, missing))} is not next to it; "
+                          "skipped, as upstream does (a run's saved config.yaml holds the resolved keys)",
+                          stacklevel=3)
+        for path in paths:
+            if os.path.isfile(path):
+                out.update(read(path, depth + 1))
         out.update(d)
         return out
 

@@ -101,8 +101,15 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
             obj = {k[len("model."):]: v for k, v in obj.items() if isinstance(k, str) and k.startswith("model.")}
     sd = strip_prefix(as_state_dict(obj, p), "module.")
     sd, bufs = split_diffusion_buffers(fold_weight_norm(sd))
+    if not any(k.startswith("denoise_fn.") for k in sd):
+        raise CheckpointError(f"{p}: not an SRDiff checkpoint: it has no 'denoise_fn.*' weights (upstream's "
+                              "GaussianDiffusion, saved as model_ckpt_steps_*.ckpt; an RRDB pretraining checkpoint "
+                              "has none; an SR3 *_gen.pth loads as sr3:PATH)")
     if config is None:
-        cfg = srdiff_config_from_state_dict(sd, bufs)
+        try:
+            cfg = srdiff_config_from_state_dict(sd, bufs)
+        except CheckpointError as e:
+            raise CheckpointError(f"{p}: {e}") from None
     elif isinstance(config, SRDiffConfig):
         cfg = config
     elif isinstance(config, (str, os.PathLike)):
@@ -118,18 +125,22 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
                             "(upstream GaussianDiffusion layout); check the config (yoda.load's config=, the CLI's "
                             "--model-config)")
     sched = srdiff_beta_schedule(cfg)
-    match = betas_match(bufs, sched)
-    if match is False and config is None:
-        # neither named schedule (a beta_s or beta_end other than upstream's defaults): the architecture came from
-        # the weights, so the schedule comes from them too: the betas the checkpoint was trained and samples with
-        try:
-            sched = Schedule.from_betas(bufs["betas"].double())
-        except ValueError as e:
-            raise CheckpointError(f"{p}: its betas buffer is not a schedule ({e}); pass the model's config "
-                                  f"(yoda.load's config=, the CLI's --model-config)") from None
-    elif match is False:
-        warnings.warn(f"{p}: the checkpoint's betas buffer differs from the config's {cfg.beta_schedule} schedule "
-                      f"(T={cfg.timesteps}); sampling uses the config's", stacklevel=3)
+    b = bufs.get("betas")
+    if isinstance(b, torch.Tensor):
+        # upstream registers its schedule as buffers and loads them strictly: it samples with the checkpoint's
+        # betas whatever a config says, and a config of another T does not load
+        if b.dim() != 1 or b.numel() != cfg.timesteps:
+            raise CheckpointError(f"{p}: its betas buffer has shape {tuple(b.shape)}, but the config says "
+                                  f"timesteps: {cfg.timesteps} (upstream would not load it either); pass the run's "
+                                  "config, or none (then it is read from the weights)")
+        if betas_match(bufs, sched) is False:  # another schedule, or a beta_s / beta_end other than the defaults
+            try:
+                sched = Schedule.from_betas(b.double())
+            except ValueError as e:
+                raise CheckpointError(f"{p}: its betas buffer is not a schedule ({e})") from None
+            if config is not None:
+                warnings.warn(f"{p}: the checkpoint's betas differ from the config's {cfg.beta_schedule} schedule "
+                              f"(T={cfg.timesteps}); sampling uses the checkpoint's, as upstream does", stacklevel=3)
     model.card = ModelCard(schedule=sched, scale=cfg.sr_scale, prediction="eps", space="residual",
                            config={"kind": "srdiff", "args": cfg.to_dict()})
     model.upsampling = "srdiff"  # up(lr) as its training data made it (yoda.upsampling)

@@ -10,6 +10,8 @@ metadata holds:
                      "schedule": Schedule.to_dict() = {"T": T, "betas": [float64 ...]}  (exact in JSON),
                      "scale": SR factor,
                      "prediction": "eps" | "x0" | "v", what the network outputs (absent: "eps"),
+                     "upsampling": how up(lr) is made, yoda.upsampling's method: "sr3" / "srdiff" for a
+                                   released checkpoint saved again (absent: "torch", yoda's own models),
                      "extra": free-form JSON object (training notes, data, metrics) or absent}
 
 ``load_yoda(path)`` (``yoda.load("yoda", path)``) checks the declared architecture against the tensors on the
@@ -32,6 +34,7 @@ from yoda_kernels.contract import PREDICTIONS
 from .._io import atomic_write
 from ..checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from ..schedule import Schedule
+from ..upsampling import METHODS as UPSAMPLINGS
 from .card import ModelCard
 from .sr3 import SR3Config, SR3UNet
 from .srdiff import SRDiff, SRDiffConfig
@@ -126,6 +129,9 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
         prediction = card.prediction if card is not None else "eps"
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    upsampling = getattr(model, "upsampling", "torch")  # a released SR3 / SRDiff checkpoint's ("sr3", "srdiff")
+    if upsampling not in UPSAMPLINGS:
+        raise ValueError(f"the model's upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
     if kind == "sr3":
         args["scale"] = scale
     elif scale != args.get("sr_scale"):
@@ -140,7 +146,7 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
         raise ValueError(f"config does not describe this model (state-dict keys/shapes differ: {diff[:_SHOW]})")
     try:
         meta_json = json.dumps({"kind": kind, "args": args, "schedule": schedule.to_dict(), "scale": scale,
-                                "prediction": prediction,
+                                "prediction": prediction, "upsampling": upsampling,
                                 **({"extra": extra} if extra is not None else {})})
     except TypeError as e:
         raise ValueError(f"extra / config must be JSON-serialisable: {e}") from e
@@ -153,8 +159,10 @@ def load_yoda(p: str) -> nn.Module:
     """The model of the "yoda" file ``p`` (eval mode, CPU) with its ModelCard (module docstring)."""
     tensors, meta = read_checkpoint(p)
     if meta is None or meta.get("format") != FORMAT:
+        hint = ("; an upstream SR3 *_gen.pth or SRDiff model_ckpt_steps_*.ckpt loads as sr3:PATH / srdiff:PATH "
+                "(yoda.load('sr3' / 'srdiff', PATH))" if meta is None else "")
         raise CheckpointError(f"{p}: not a yoda model file (safetensors metadata 'format' must be {FORMAT!r}; "
-                              f"got {None if meta is None else meta.get('format')!r})")
+                              f"got {None if meta is None else meta.get('format')!r}){hint}")
     if meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{p}: yoda model format version {meta.get('version')!r} is not supported "
                               f"(this yoda reads {FORMAT_VERSION!r})")
@@ -168,6 +176,9 @@ def load_yoda(p: str) -> nn.Module:
         prediction = cfg.get("prediction", "eps")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        upsampling = cfg.get("upsampling", "torch")  # files written before 2026-12-03 lack it: yoda's own models
+        if upsampling not in UPSAMPLINGS:
+            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
         if kind == "srdiff" and isinstance(args, Mapping) and scale != args.get("sr_scale", scale):
             raise ValueError(f"scale {scale} differs from the SRDiff args' sr_scale {args.get('sr_scale')}")
         if not isinstance(args, Mapping):
@@ -182,6 +193,7 @@ def load_yoda(p: str) -> nn.Module:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind} model: {e}") from e
     model.load_state_dict(tensors, strict=True)  # keys, shapes and values were checked on the meta model
+    model.upsampling = upsampling
     model.card = ModelCard(schedule=schedule, scale=int(scale), prediction=prediction, space=SPACE_OF_KIND[kind],
                            config=cfg)
     return model.eval()

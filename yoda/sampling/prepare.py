@@ -75,7 +75,8 @@ class Run:
     def solve(self, x: torch.Tensor, pred: torch.Tensor, i: int, hist: tuple) -> tuple[torch.Tensor, tuple, dict]:
         """Step i of a sigma-space solver (yoda.sampling.solvers): (x at step i + 1, the new history, extras for
         the report). ``hist``: the denoised estimates of the earlier steps, newest first, each held at c where the
-        pixel was inactive at its step (DESIGN §5b); D0 = x0 of ``pred``, clipped if spec.clip. The two-call solvers
+        pixel was inactive at its step (DESIGN §5b; _woken replaces those); D0 = x0 of ``pred``, clipped if
+        spec.clip. The two-call solvers
         (Heun, DPM-2, DPM++(2S)) call the model a second time, on their predictor (the LR at the predictor's sigma
         where inactive, the same noise)."""
         s = self.spec
@@ -91,8 +92,24 @@ class Run:
             d1 = self._held(x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip).to(x.dtype), tau)
             extra.update(calls=calls2, batches=first + self._batches())
             return self._combine(x, [d0, d1], st.coefs, tau, step), (), extra
-        x_new = self._combine(x, [d0, *hist][: st.n], st.coefs, tau, step)
+        x_new = self._combine(x, [d0, *self._woken(d0, hist, i)][: st.n], st.coefs, tau, step)
         return x_new, (d0, *hist)[:2], extra
+
+    def _woken(self, d0: torch.Tensor, hist: tuple, i: int) -> tuple:
+        """The history for step i: at a pixel that was inactive at an entry's step (held at c there), that entry
+        is replaced by the next newer one (D0 for the newest). A pixel that woke up since has no earlier estimate,
+        so its update is of lower order, as a multistep solver's first steps are: first order at its first active
+        step (DESIGN §5b). Extrapolating from c would take the jump from the LR's x0 to the model's for a slope."""
+        if self.A is None:
+            return hist
+        out, newer = [], d0
+        for j, h in enumerate(hist):
+            then = self.spec.taus[i - 1 - j]
+            if then > self.spec.taus[i]:  # the mask grew since that step
+                h = torch.where(self.A >= torch.tensor(then, dtype=torch.float32, device=self.A.device), h, newer)
+            out.append(h)
+            newer = h
+        return tuple(out)
 
     def _batches(self) -> int:
         """Denoiser forward passes of the last denoise call."""
