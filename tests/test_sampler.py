@@ -683,7 +683,8 @@ def test_stack_conds_default():
         (None, {"seed": -1}, ValueError, "seed"),
         (None, {"seed": 2**32}, ValueError, "seed"),
         (None, {"noise": [torch.zeros(1, 3, 16, 16)] * STEPS}, ValueError, "noise must have steps \\+ 1"),
-        (None, {"noise": torch.zeros(STEPS + 1, 1, 3, 8, 8)}, ValueError, "noise must have shape"),
+        (None, {"noise": torch.zeros(STEPS + 1, 1, 3, 8, 8)}, ValueError, r"noise\[0\] must be a tensor of the state's"),
+        (None, {"noise": torch.zeros(STEPS, 1, 3, 16, 16)}, ValueError, "noise must have steps \\+ 1"),
         (None, {"attention": torch.rand(1, 2, 8, 8)}, ValueError, "attention must be"),
         (None, {"attention": torch.rand(1, 1, 8, 8) + 1}, ValueError, r"attention values must be in \[0, 1\]"),
         (None, {"attention": torch.full((1, 1, 8, 8), float("nan"))}, ValueError, "attention contains NaN"),
@@ -704,6 +705,28 @@ def test_bad_inputs(lr, kw, err, match):
     model = PixelAdapter(SR3Net(), SCHED, scale=SCALE, multiple=4)
     with pytest.raises(err, match=match):
         run(model, lr_image() if lr is None else lr, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"attention": torch.full((1, 1, 8, 8), float("nan"))}, "attention contains NaN"),
+    ({"attention": "edgy"}, "edgy"),
+    ({"attention": lambda x: "no"}, r"attention\(lr\) must return a tensor"),
+    ({"noise": [torch.zeros(1, 3, 16, 16)] * STEPS}, r"noise must have steps \+ 1"),
+    ({"noise": 1.0}, "noise must be a tensor or a sequence"),
+])
+def test_bad_arguments_are_refused_before_the_model_prepares(kw, match):
+    """Attention maps, names and extractors and the noise's type and count were checked after adapter.prepare,
+    which may be the heavy part (SRDiff's RRDB, a VAE encode, DiffBIR's stage 1)."""
+    prepared = []
+
+    class Counting(PixelAdapter):
+        def prepare(self, lr):
+            prepared.append(1)
+            return super().prepare(lr)
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        run(Counting(SR3Net(), SCHED, scale=SCALE, multiple=4), lr_image(), lower_bound=0.5, **kw)
+    assert prepared == []
 
 
 def test_model_returning_wrong_shape():
@@ -843,6 +866,11 @@ def test_numpy_seed_and_sigmas_are_what_they_hold():
     np = pytest.importorskip("numpy")
     model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
     assert torch.equal(run(model, lr_image(), seed=np.int64(7)), run(model, lr_image(), seed=7))
+    # a 0-d tensor seed and numpy windows, as steps / eta / lower_bound took them (they were refused)
+    assert torch.equal(run(model, lr_image(), seed=torch.tensor(7)), run(model, lr_image(), seed=7))
+    tiled = run(model, lr_image(), windows=(8, 2), window_batch=2, seed=3)
+    assert torch.equal(run(model, lr_image(), windows=(np.int64(8), np.int32(2)), window_batch=np.int64(2), seed=3),
+                       tiled)
     sig = [8.0, 2.0, 0.5, 0.1]
     kw = dict(seed=1, sampler="euler", steps=None)
     want = run(model, lr_image(), sigmas=torch.tensor(sig), **kw)

@@ -31,6 +31,7 @@ estimates d0 (this step's), d1, d2 (the history; absent terms are not added) and
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple, Sequence
 
 import torch
@@ -85,8 +86,8 @@ def needs_noise(coefs: Sequence[float]) -> bool:
 
 def check_tile(tile: int, name: str = "tile") -> int:
     """``tile`` as an int if it is one of TILE_SIZES, else ValueError naming the argument ``name``."""
-    if isinstance(tile, bool) or tile not in TILE_SIZES:
-        raise ValueError(f"{name} must be one of {TILE_SIZES}, got {tile}")
+    if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile not in TILE_SIZES:
+        raise ValueError(f"{name} must be one of {TILE_SIZES}, got {tile!r}")
     return int(tile)
 
 

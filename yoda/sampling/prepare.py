@@ -16,7 +16,7 @@ import yoda_kernels as K
 from .. import masks
 from ..adapters import Adapter
 from ..attention.classic import minmax_normalize
-from .spec import SamplingSpec, all_finite, check_noise
+from .spec import SamplingSpec, all_finite, check_noise, noise_entries
 from .tiles import Tiler
 
 A_MARGIN = 1e-3  # attention may exceed [0, 1] by float rounding
@@ -165,6 +165,22 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     ``attention`` at HR resolved to the state grid (None when attention is None or lower_bound >= 1), the
     explicit ``noise`` checked against the state, the denoiser windows. Call under torch.inference_mode() (or
     torch.no_grad())."""
+    # the user's arguments first: adapter.prepare may be the heavy part (an RRDB, a VAE encode, DiffBIR's stage 1)
+    hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
+    A_hr = None
+    if attention is not None and spec.masked:
+        A_hr = resolve_attention(attention, lr, hr)
+    elif isinstance(attention, torch.Tensor):  # checked (NaN, range, shape) even when lower_bound >= 1 leaves it unused
+        checked_map(attention, "attention", lr)
+    elif isinstance(attention, str):  # a misspelt name is an error whatever the lower bound
+        importlib.import_module("yoda.attention").check_name(attention)
+    elif attention is not None and not callable(attention):
+        raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
+    entries = noise_entries(noise, spec.steps + 1)
+    w = spec.windows
+    if w is not None and type(adapter).crop_cond is Adapter.crop_cond:
+        raise ValueError(f"windows: {type(adapter).__name__} cannot denoise in windows (it has no crop_cond, which "
+                         f"cuts its cond to a window); leave windows out")
     lr_state = lr.to(spec.state_dtype)
     prep = adapter.prepare(lr_state)
     c = prep.c
@@ -173,26 +189,15 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     c = c.to(spec.state_dtype).contiguous()
     B = c.shape[0]
     A = None
-    hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
-    if attention is not None and spec.masked:
-        A = adapter.attention_to_state(resolve_attention(attention, lr, hr), c.shape)
+    if A_hr is not None:
+        A = adapter.attention_to_state(A_hr, c.shape)
         if tuple(A.shape) != (B, 1, *c.shape[-2:]):
             raise ValueError(f"{type(adapter).__name__}.attention_to_state returned {tuple(A.shape)}, "
                              f"expected {(B, 1, *c.shape[-2:])}")
         A = A.float().contiguous()
-    elif isinstance(attention, torch.Tensor):  # checked (NaN, range, shape) even when lower_bound >= 1 leaves it unused
-        checked_map(attention, "attention", lr)
-    elif isinstance(attention, str):  # a misspelt name is an error whatever the lower bound
-        importlib.import_module("yoda.attention").check_name(attention)
-    elif attention is not None and not callable(attention):
-        raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
     stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None
-    noise = check_noise(noise, spec.steps + 1, c)
-    w = spec.windows
+    noise = check_noise(entries, c)
     if w is not None:
-        if type(adapter).crop_cond is Adapter.crop_cond:
-            raise ValueError(f"windows: {type(adapter).__name__} cannot denoise in windows (it has no crop_cond, "
-                             f"which cuts its cond to a window); leave windows out")
         check_window_size(adapter, w.size, w.overlap, c.shape[-2:])
     tiler = Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch) if w is not None else None
     return Run(adapter, spec, lr_state, c, prep.cond, A, stats, noise, tiler)

@@ -213,16 +213,20 @@ def lr_from_images():
         yield
 
 
+def as_int(v: Any, name: str, what: str = "an int") -> int:
+    """v as an int: Python and numpy integers, 0-d integer tensors; TypeError naming ``name`` otherwise."""
+    tensor = isinstance(v, torch.Tensor)
+    if (isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.Tensor))
+            or (tensor and (v.dim() != 0 or v.dtype == torch.bool or v.is_floating_point() or v.is_complex()))):
+        raise TypeError(f"{name} must be {what}, got {v!r}" if tensor else f"{name} must be {what}, got "
+                        f"{type(v).__name__}")
+    return operator.index(v)
+
+
 def check_steps(steps: Any, T: int) -> int:
     if steps is None:
         return T
-    tensor = isinstance(steps, torch.Tensor)
-    if (isinstance(steps, bool) or not isinstance(steps, (numbers.Integral, torch.Tensor))
-            or (tensor and (steps.dim() != 0 or steps.dtype == torch.bool or steps.is_floating_point()
-                            or steps.is_complex()))):
-        raise TypeError(f"steps must be an int or None, got {steps!r}" if tensor else
-                        f"steps must be an int or None, got {type(steps).__name__}")
-    steps = operator.index(steps)  # Python and numpy ints, 0-d integer tensors
+    steps = as_int(steps, "steps", "an int or None")
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, T={T}] (the model's training steps), got {steps}")
     return steps
@@ -272,9 +276,13 @@ def resolve_seed(seed: Any) -> int:
     if seed is None:
         # drawn from torch's default generator, so torch.manual_seed(...) reproduces the image
         return int(torch.randint(0, 2**32, (1,), dtype=torch.int64).item())
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= K.philox.MAX_SEED:
+    try:
+        seed = as_int(seed, "seed")  # numpy integers and 0-d integer tensors too
+    except TypeError:
+        raise ValueError(f"seed must be an int in [0, 2**32 - 1] or None, got {seed!r}") from None
+    if not 0 <= seed <= K.philox.MAX_SEED:
         raise ValueError(f"seed must be an int in [0, 2**32 - 1] or None, got {seed!r}")
-    return int(seed)  # numpy integers too
+    return seed
 
 
 def all_finite(x: torch.Tensor) -> bool:
@@ -292,8 +300,7 @@ def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
     """windows = None | window | (window, overlap) | (window, overlap, skip_inactive), window_batch = None | int
     >= 1 -> Windows or None."""
     if window_batch is not None:
-        if isinstance(window_batch, bool) or not isinstance(window_batch, int):
-            raise TypeError(f"window_batch must be None or an int >= 1, got {type(window_batch).__name__}")
+        window_batch = as_int(window_batch, "window_batch", "None or an int >= 1")
         if window_batch < 1:
             raise ValueError(f"window_batch must be >= 1, got {window_batch}")
         if windows is None:
@@ -301,37 +308,44 @@ def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
     if windows is None:
         return None
     tiles = windows
-    if isinstance(tiles, int) and not isinstance(tiles, bool):
-        tiles = (tiles, tiles // 4)
+    if isinstance(tiles, numbers.Integral) and not isinstance(tiles, bool):
+        tiles = (tiles, operator.index(tiles) // 4)
     if isinstance(tiles, (tuple, list)) and len(tiles) == 2:
         tiles = (*tiles, True)
     if (not isinstance(tiles, (tuple, list)) or len(tiles) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in tiles[:2])
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in tiles[:2])
             or not isinstance(tiles[2], bool)):
         raise TypeError(f"windows must be None, an int window, (window, overlap) or (window, overlap, "
                         f"skip_inactive), got {tiles!r}")
+    tiles = (operator.index(tiles[0]), operator.index(tiles[1]), tiles[2])  # numpy integers too
     window, overlap, skip = tiles
     if window < 1 or not 0 <= overlap < window:
         raise ValueError(f"windows must satisfy window >= 1 and 0 <= overlap < window, got {tiles!r}")
     return Windows(int(window), int(overlap), skip, None if window_batch is None else int(window_batch))
 
 
-def check_noise(noise: Any, n: int, like: torch.Tensor) -> Optional[list[torch.Tensor]]:
-    """noise: a (n, *state) tensor or a sequence of n tensors of the state's shape -> list, state dtype."""
+def noise_entries(noise: Any, n: int) -> Optional[list]:
+    """noise: None, a (n, ...) tensor or a sequence of n entries -> the list of its entries (checked: type, count),
+    before the state's shape is known (check_noise checks each entry against it)."""
     if noise is None:
         return None
-    shape = tuple(like.shape)
     if isinstance(noise, torch.Tensor):
-        if noise.dim() != like.dim() + 1 or noise.shape[0] != n or tuple(noise.shape[1:]) != shape:
-            raise ValueError(f"noise must have shape ({n}, {', '.join(map(str, shape))}) (one entry per visited "
-                             f"step + 1, of the state's shape), got {tuple(noise.shape)}")
-        entries = list(noise.unbind(0))
-    elif isinstance(noise, (list, tuple)):
+        if noise.dim() < 1 or noise.shape[0] != n:
+            raise ValueError(f"noise must have steps + 1 = {n} entries along its first dimension (entry 0 for the "
+                             f"start, each of the state's shape), got shape {tuple(noise.shape)}")
+        return list(noise.unbind(0))
+    if isinstance(noise, (list, tuple)):
         if len(noise) != n:
             raise ValueError(f"noise must have steps + 1 = {n} entries (entry 0 for the start), got {len(noise)}")
-        entries = list(noise)
-    else:
-        raise TypeError(f"noise must be a tensor or a sequence of tensors, got {type(noise).__name__}")
+        return list(noise)
+    raise TypeError(f"noise must be a tensor or a sequence of tensors, got {type(noise).__name__}")
+
+
+def check_noise(entries: Optional[list], like: torch.Tensor) -> Optional[list[torch.Tensor]]:
+    """noise_entries' list -> each entry checked against the state ``like`` (shape, finite float), in its dtype."""
+    if entries is None:
+        return None
+    shape = tuple(like.shape)
     out = []
     for k, z in enumerate(entries):
         if not isinstance(z, torch.Tensor) or tuple(z.shape) != shape:
