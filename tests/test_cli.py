@@ -732,7 +732,9 @@ def test_upscale_window_options_are_checked(tmp_path, tiny_model, images, capsys
     rgb, _ = images
     for extra, msg in ((["--tiles", "60,8"], "multiples of 8"), (["--tiles", "64,64"], "--tiles"),
                        (["--tiles", "a"], "--tiles"), (["--window-batch", "0"], "--window-batch"),
-                       (["--max-memory", "lots"], "--max-memory")):
+                       (["--max-memory", "lots"], "--max-memory"),
+                       # 0.5 (meant as GB?) was 0 bytes, which means no limit
+                       (["--max-memory", "0.5"], "'0.5' is 0 bytes, less than any image needs (0 means no limit")):
         code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, *extra], capsys)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (extra, err)
 
@@ -792,6 +794,63 @@ def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):
     p = _torchrun(["upscale", str(only_bad), "-o", str(tmp_path / "none" / "deeper") + "/", *common], tmp_path)
     assert p.returncode != 0 and "x.png" in p.stderr and "y.png" in p.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_upscale_folder_goes_on_after_an_out_of_memory_input_and_leaves_hidden_files(tmp_path, tiny_model, capsys,
+                                                                                      monkeypatch):
+    """An input that ran out of memory ended the whole folder run (run_items caught only UserError and OSError),
+    though the README says the other inputs are written; macOS's AppleDouble ._name files (a copied folder) failed
+    as unreadable images and .hidden.png was upscaled into a hidden output."""
+    import yoda.cli as cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a_big.png", "b.png", ".hidden.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / name)
+    (src / "._b.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    real = cli._upscale_one
+
+    def upscale_one(a, run_, arr, grey, src_, dst):
+        if "a_big" in src_:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 4294967296 bytes.")
+        return real(a, run_, arr, grey, src_, dst)
+
+    monkeypatch.setattr(cli, "_upscale_one", upscale_one)
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model, "--steps", "1",
+                        "-q"], capsys)
+    assert code == 2
+    assert sorted(os.listdir(tmp_path / "out")) == ["b_x4.png"]
+    assert ("yoda: error: out of memory (DefaultCPUAllocator: not enough memory: you tried to allocate 4294967296 "
+            "bytes.); a lower --max-memory, or smaller --tiles, denoises in smaller windows") in err, err
+    assert "left out ._b.png, .hidden.png (" in err and "cannot read" not in err, err
+
+
+def test_a_torchrun_rank_waits_for_the_others_and_world_size_alone_is_one_line(tmp_path, tiny_model, capsys,
+                                                                               monkeypatch):
+    """The ranks meet only at the end, and gloo's default timeout (30 minutes) ended a rank whose share was done
+    while another still worked on a large image (torchrun then stopped that one mid-image). WORLD_SIZE set without
+    torchrun's MASTER_ADDR gave an internal error with a traceback."""
+    import torch.distributed as dist
+
+    seen = {}
+    real = dist.init_process_group
+
+    def init(backend, **kw):
+        seen.update(kw)
+        return real(backend, **kw)
+
+    monkeypatch.setattr(dist, "init_process_group", init)
+    for k in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
+    code, _, err = run(["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "o"),
+                        "--model", tiny_model, "-q"], capsys)
+    assert code == 2 and err.startswith("yoda: error: WORLD_SIZE=2, but the process group cannot start (") and \
+        err.rstrip().endswith("run under torchrun, or unset WORLD_SIZE") and "Traceback" not in err, err
+    assert seen["timeout"].days >= 7
 
 
 def test_upscale_cfg_scale_needs_a_guided_model(tmp_path, tiny_model, images, capsys, no_sampling):
@@ -967,7 +1026,7 @@ def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
     assert code == 0, err
     assert err.splitlines() == [f"yoda: note: {folder}: left out anim.gif, nested/ (a folder stands for its own "
                                 "files with the suffixes .png, .jpg, .jpeg, .webp, .tif, .tiff, .bmp, not its "
-                                "subfolders)"]
+                                "subfolders or hidden files)"]
     assert os.listdir(tmp_path / "out") == ["a_x4.png"]
     code, _, err = run(["eval", "--images", str(folder / "a.png"), "--model", tiny_model], capsys)
     assert code == 2 and f"image folder {folder / 'a.png'} is a file, not a folder" in err
@@ -986,6 +1045,26 @@ def test_small_budget_windows_overlap_and_say_kib():
     assert plan_windows(64, 64, 1, 8, 8 * 8 * HR_BYTES_PER_PIXEL)[0] == (8, 0)  # one unit: no room to overlap
     assert plan_windows(512, 512, 1, 8, 128 * 128 * HR_BYTES_PER_PIXEL)[0] == (128, 32)  # a quarter, as before
     assert (mebibytes(64 * 1024), mebibytes(3 * 2**20)) == ("64 KiB", "3 MiB")
+
+
+def test_automatic_windows_are_as_few_and_as_small_as_they_can_be():
+    """The largest window that fit --max-memory covered an 800² output with 2 x 2 windows of 720², 3.2 times its
+    pixels, which doubled the CPU time of ordinary photographs. The windows are now as few as that largest side
+    needs, each the smallest multiple of the unit that covers the image with that many."""
+    from yoda.cli_parser import DEFAULT_MAX_MEMORY
+    from yoda.cli_upscale import HR_BYTES_PER_PIXEL, default_overlap, plan_windows
+    from yoda.sampling.tiles import window_starts
+
+    def count(h, w, side):
+        o = default_overlap(side, 8)
+        return len(window_starts(h, side, o)) * len(window_starts(w, side, o))
+
+    largest = math.isqrt(DEFAULT_MAX_MEMORY // HR_BYTES_PER_PIXEL) // 8 * 8  # 720
+    assert plan_windows(800, 800, 1, 8, DEFAULT_MAX_MEMORY)[0] == (456, 112)
+    for h, w in ((800, 800), (1024, 1024), (4096, 2048), (730, 3000), (8192, 72)):
+        side, overlap = plan_windows(h, w, 1, 8, DEFAULT_MAX_MEMORY)[0]
+        assert side % 8 == 0 and side <= largest and overlap == default_overlap(side, 8)
+        assert count(h, w, side) <= count(h, w, largest) < count(h, w, side - 8), (h, w, side)
 
 
 def test_library_warnings_are_one_line(tmp_path, tiny_model, capsys):

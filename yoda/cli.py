@@ -62,6 +62,7 @@ def cmd_upscale(a) -> int:
         print("yoda: note: --lower-bound has no effect without --attention (plain sampling)", file=sys.stderr)
     a.inputs, from_folders = expand_inputs(a.inputs)
     rank, world = dist_env()
+    a.quiet = a.quiet or rank > 0  # under torchrun one rank's bars, not every rank's interleaved
     out_dir = output_folder(a)  # -o before the model loads; the folder's file names carry the model's scale
     run = _upscale_model(a, rank, world)  # sets a.scale
     a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale)
@@ -74,15 +75,20 @@ def cmd_upscale(a) -> int:
             check_hr_size(src, arr, a.scale, a.max_pixels)
             _upscale_one(a, run, arr, grey, src, dst)
 
+    def one_line(e: BaseException) -> str:
+        if out_of_memory(e):
+            return f"out of memory ({_one_line(e, options=False)}); {MEMORY_ADVICE['upscale']}"
+        return _one_line(e)
+
     items = list(zip(a.inputs, targets))
     if world > 1:  # the outputs are the same files as one process writes (atomically)
-        return run_sharded(sorted(items), rank, world, work, _one_line, a.debug, out_dir)
+        return run_sharded(sorted(items), rank, world, work, one_line, a.debug, out_dir)
     made = made_dirs(out_dir) if out_dir is not None else []
     try:
         if len(items) == 1:
             work(items[0])  # its error is the command's
             return 0
-        failed = run_items(items, work, _one_line, debug=a.debug)
+        failed = run_items(items, work, one_line, debug=a.debug)
     finally:
         remove_empty(made)  # leave no empty folder behind (every input failing, a full disk, an interrupt)
     if failed:

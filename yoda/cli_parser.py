@@ -100,7 +100,11 @@ def _bytes_arg(v: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", v.upper())
     if m is None:
         raise argparse.ArgumentTypeError(f"{v!r} is not a size (e.g. 2G, 512M, 0)")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    n = int(float(m.group(1)) * _UNITS[m.group(2)])
+    if float(m.group(1)) and n < 1024:  # 0.5 (meant as GB?) was 0: no limit
+        raise argparse.ArgumentTypeError(f"{v!r} is {n} bytes, less than any image needs (0 means no limit; give "
+                                         "a unit: 2G, 512M)")
+    return n
 
 
 def _tiles_arg(v: str) -> tuple:

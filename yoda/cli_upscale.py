@@ -5,6 +5,7 @@ gloo), and the checks of -o and of the output sizes made before any image is rea
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import sys
@@ -12,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import UserError, user_input
+from .errors import UserError, out_of_memory, user_input
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
@@ -30,18 +31,31 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
                  least: int = 1):
     """(windows, window_batch, estimated bytes) of `yoda upscale`: --tiles as given, else windows when the HR
     state's estimated need (HR_BYTES_PER_PIXEL per pixel and batch element) exceeds max_memory (0: no limit):
-    the largest multiple of ``unit`` whose square fits (at least ``least``, the model's smallest side), overlapping
-    by default_overlap.
+    of a multiple of ``unit`` (at least ``least``, the model's smallest side), overlapping by default_overlap: the
+    smallest side that needs no more windows than the largest side that fits.
     window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's); None
     when there are no windows (--window-batch applies to the images denoised in windows)."""
     need = hr_h * hr_w * batch * HR_BYTES_PER_PIXEL
     if tiles is None and max_memory and need > max_memory:
-        side = max(unit, least, math.isqrt(max_memory // (batch * HR_BYTES_PER_PIXEL)) // unit * unit)
+        least = max(unit, -(-least // unit) * unit)
+        side = max(least, math.isqrt(max_memory // (batch * HR_BYTES_PER_PIXEL)) // unit * unit)
+        # as few windows as the largest side that fits needs, each as small as covers the image with that many:
+        # an 800² output took 2 x 2 windows of 720², 3.2 times its pixels (now 2 x 2 of 488²)
+        fewest = _window_count(hr_h, hr_w, side, unit)
+        side = next(s for s in range(least, side + 1, unit) if _window_count(hr_h, hr_w, s, unit) <= fewest)
         tiles = (side, default_overlap(side, unit))
     if tiles is not None and window_batch is None and max_memory:
         per_window = min(tiles[0], hr_h) * min(tiles[0], hr_w) * batch * HR_BYTES_PER_PIXEL
         window_batch = max(1, max_memory // per_window)
     return tiles, window_batch if tiles is not None else None, need
+
+
+def _window_count(hr_h: int, hr_w: int, side: int, unit: int) -> int:
+    """The number of windows of ``side`` (default overlap) that yoda.sample's tiler lays over hr_h x hr_w."""
+    from .sampling.tiles import window_starts
+
+    overlap = default_overlap(side, unit)
+    return len(window_starts(hr_h, side, overlap)) * len(window_starts(hr_w, side, overlap))
 
 
 def default_overlap(window: int, unit: int) -> int:
@@ -173,18 +187,39 @@ def skip_existing(skip: bool, src: str, dst: str) -> bool:
 
 def run_items(items: list, work: Callable[[object], None], one_line: Callable[[BaseException], str],
               where: str = "", debug: bool = False) -> int:
-    """work(item) for each item; a UserError or OSError is reported in one line (``yoda: error: WHERE...``; with
-    ``debug`` after its traceback) and the next item goes on. Returns the number of items that failed."""
+    """work(item) for each item; a UserError, an OSError or an allocation that failed (errors.out_of_memory: one
+    large image must not cost the others) is reported in one line (``yoda: error: WHERE...``; with ``debug``
+    after its traceback) and the next item goes on. Returns the number of items that failed."""
     failed = 0
     for item in items:
         try:
             work(item)
-        except (UserError, OSError) as e:
+        except Exception as e:
+            if not (isinstance(e, (UserError, OSError)) or out_of_memory(e)):
+                raise
             failed += 1
             if debug:
                 traceback.print_exc()
             print(f"yoda: error: {where}{one_line(e)}", file=sys.stderr)
+            if out_of_memory(e):
+                free_memory()
     return failed
+
+
+def free_memory() -> None:
+    """After an allocation failed: what the failed input held goes back (the CUDA cache too), for the next."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# How long a rank that has done its share waits for the others at the end (torch's default, 30 minutes, ended a
+# rank with a small share of a large folder on the CPU, and torchrun then stopped the others mid-image)
+SHARD_WAIT_DAYS = 30
 
 
 def run_sharded(items: list, rank: int, world: int, work: Callable[[object], None],
@@ -198,7 +233,11 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
 
     from ._io import made_dirs, remove_empty
 
-    dist.init_process_group("gloo")
+    try:  # the ranks meet once, at the end: a rank whose share is done waits for the others as long as it takes
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=SHARD_WAIT_DAYS))
+    except ValueError as e:  # WORLD_SIZE set without torchrun's MASTER_ADDR / MASTER_PORT
+        raise UserError(f"WORLD_SIZE={world}, but the process group cannot start ({e}); run under torchrun, or "
+                        "unset WORLD_SIZE") from None
     failed, made = 0, []
     try:
         if rank == 0 and folder is not None:

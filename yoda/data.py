@@ -223,15 +223,16 @@ def builtin_image(name: str) -> np.ndarray:
 
 
 def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
-    """Sorted image paths (IMAGE_EXTENSIONS) in ``folder`` (not recursive). Errors if it is not a folder or holds
-    none. left_out: a list that receives the sorted names of the entries not taken (subfolders, other files)."""
+    """Sorted image paths (IMAGE_EXTENSIONS, not hidden) in ``folder`` (not recursive). Errors if it is not a folder
+    or holds none. left_out: a list that receives the sorted names of the entries not taken (subfolders, other files)."""
     if not os.path.isdir(folder):
         what = "is a file, not a folder" if os.path.exists(folder) else "not found"
         raise DataError(f"image folder {folder} {what}")
     paths, others = [], []
     for f in sorted(os.listdir(folder)):
         full = os.path.join(folder, f)
-        ok = f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(full)
+        # a hidden file (.name; macOS's AppleDouble ._name beside every file of a copied folder) is no input
+        ok = f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(full) and not f.startswith(".")
         (paths if ok else others).append(full if ok else f + ("/" if os.path.isdir(full) else ""))
     if not paths:
         held = f"; it holds {_names(others)}, and a folder's subfolders are not read" if others else ""
@@ -246,7 +247,7 @@ def left_out_note(folder: str, names: Sequence[str]) -> str:
     if not names:
         return ""
     return (f"{folder}: left out {_names(names)} (a folder stands for its own files with the suffixes "
-            f"{', '.join(IMAGE_EXTENSIONS)}, not its subfolders)")
+            f"{', '.join(IMAGE_EXTENSIONS)}, not its subfolders or hidden files)")
 
 
 def _names(names: Sequence[str]) -> str:

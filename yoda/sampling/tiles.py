@@ -26,7 +26,7 @@ def default_window_batch(batch: int, channels: int, height: int, width: int,
     return max(1, int(budget) // per_window)
 
 
-def _starts(n: int, window: int, overlap: int) -> list[int]:
+def window_starts(n: int, window: int, overlap: int) -> list[int]:
     """Window origins along one axis: stride window - overlap, the last one flush with the end."""
     if n <= window:
         return [0]
@@ -55,8 +55,8 @@ class Tiler:
         self.skip = skip
         H, W = shape[-2:]
         self.windows = []
-        for y in _starts(H, window, overlap):
-            for x in _starts(W, window, overlap):
+        for y in window_starts(H, window, overlap):
+            for x in window_starts(W, window, overlap):
                 ys, xs = slice(y, min(y + window, H)), slice(x, min(x + window, W))
                 wmax = None if A is None else float(A[..., ys, xs].amax())
                 wy = _gauss_1d(ys.stop - ys.start, device)
