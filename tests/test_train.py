@@ -679,18 +679,60 @@ def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
 
 @pytest.mark.parametrize("name", ["edge", "sift"])
 def test_training_masks_are_the_sampling_masks(name):
-    """The trainer resized the extractor's map without min-max normalising it again, unlike yoda.sample: about
-    0.3 % of the pixels were on the other side of tau (sift's per-image max was 0.84 in training, 1 in sampling)."""
+    """A training crop's mask is the crop of the map yoda.sample makes of the whole image. The trainer made a map of
+    each crop: resized without min-max normalising it again (about 0.3 % of the pixels were on the other side of
+    tau), then min-max normalised per crop (a featureless crop of an image got A from 0 to 1, so most of its
+    pixels trained as active where sampling the image keeps them at the LR)."""
     from yoda.attention import get
-    from yoda.data import builtin_image
+    from yoda.data import CropSampler, builtin_image, make_lr
     from yoda.images import from_uint8
     from yoda.sampling.prepare import resolve_attention
-    from yoda.training.glue import attention_for
+    from yoda.training.glue import whole_image_maps
 
-    lr = from_uint8(builtin_image("astronaut")[100:132, 200:232])
-    A = attention_for(get(name), lr, (128, 128))
-    assert torch.equal(A, resolve_attention(name, lr, (128, 128)))
-    assert float(A.amax()) == 1.0 and float(A.amin()) == 0.0
+    arr = builtin_image("astronaut")[100:233, 200:330]  # 133 x 130: not multiples of the scale
+    maps = whole_image_maps(get(name), [("a", arr)], 4)
+    want = resolve_attention(name, make_lr(from_uint8(arr)[..., :132, :128], 4), (132, 128))[0]
+    assert maps[0].shape == (1, 133, 130) and torch.equal(maps[0][:, :132, :128], want)
+    assert torch.equal(maps[0][:, 132:, :128], want[:, -1:].expand(1, 1, 128))  # the cut row repeats the edge
+    assert float(want.amax()) == 1.0 and float(want.amin()) == 0.0
+    # the crops (and flips) of the maps are those of the images: the HR crops are those of sample()
+    sampler = CropSampler([("a", arr)], 32, flips=True, maps=maps)
+    hr, A = sampler.sample_with_maps(6, torch.Generator().manual_seed(3))
+    assert torch.equal(hr, sampler.sample(6, torch.Generator().manual_seed(3)))
+    full_hr = from_uint8(arr)[0]
+    for b in range(6):
+        found = [(y, x, fy, fx) for y in range(133 - 31) for x in range(130 - 31) for fy in (0, 1) for fx in (0, 1)
+                 if torch.equal(_flip(full_hr[:, y:y + 32, x:x + 32], fy, fx), hr[b])]
+        assert found, b
+        y, x, fy, fx = found[0]
+        assert torch.equal(_flip(maps[0][:, y:y + 32, x:x + 32], fy, fx), A[b])
+    # a crop's own map is not the image's: the bug this test is named after
+    crop_map = resolve_attention(name, make_lr(hr[:1], 4), (32, 32))
+    assert not torch.equal(crop_map, A[:1])
+
+
+def test_the_trainer_masks_with_crops_of_the_whole_images_maps(tmp_path, img_folder, monkeypatch):
+    """What train_step hands diffusion_loss as A: the crops of whole_image_maps with the crops of the HR batch."""
+    import yoda.training.trainer as tr
+    from yoda.attention import get
+    from yoda.data import CropSampler, load_source
+    from yoda.training.glue import whole_image_maps
+
+    cfg = tiny_config(img_folder)
+    seen = []
+    real = tr.diffusion_loss
+    monkeypatch.setattr(tr, "diffusion_loss", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    t = Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
+    t.train_step()
+    images = load_source(img_folder, cfg.data.crop)
+    sampler = CropSampler(images, cfg.data.crop, cfg.data.flips, whole_image_maps(get(cfg.attention), images, 4))
+    _, want = sampler.sample_with_maps(cfg.batch, torch.Generator().manual_seed(cfg.seed))
+    assert torch.equal(seen[0], want)
+
+
+def _flip(t, fy, fx):
+    t = t.flip(2) if fx else t
+    return t.flip(1) if fy else t
 
 
 def test_bad_settings_are_refused_before_step_1(tmp_path, img_folder, monkeypatch):

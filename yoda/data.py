@@ -310,9 +310,12 @@ class CropSampler:
     """Random HR crops (with flips) from a list of uint8 images; all randomness from one torch.Generator,
     so a run is reproducible and resumable from the generator's state.
 
-    sample(batch, generator) -> hr (B, 3, crop, crop) float32 in [-1, 1]."""
+    sample(batch, generator) -> hr (B, 3, crop, crop) float32 in [-1, 1].
+    maps: one (1, H, W) float32 map per image (the attention map of the whole image); sample_with_maps then
+    also returns the same crops (and flips) of them, (B, 1, crop, crop)."""
 
-    def __init__(self, images: Sequence[tuple[str, np.ndarray]], crop: int, flips: bool = True):
+    def __init__(self, images: Sequence[tuple[str, np.ndarray]], crop: int, flips: bool = True,
+                 maps: Optional[Sequence[torch.Tensor]] = None):
         if not images:
             raise DataError("no images to crop from")
         self.names = [n for n, _ in images]
@@ -320,24 +323,41 @@ class CropSampler:
         for n, t in zip(self.names, self.images):
             if t.shape[1] < crop or t.shape[2] < crop:
                 raise DataError(f"image {n} is {t.shape[2]}x{t.shape[1]}, smaller than the crop size {crop}")
+        if maps is not None and [tuple(m.shape) for m in maps] != [(1, *t.shape[1:]) for t in self.images]:
+            raise ValueError("maps must hold one (1, H, W) map per image, of the image's size")
+        self.maps = maps
         self.crop = int(crop)
         self.flips = bool(flips)
 
     def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        return self._sample(batch, generator, False)[0]
+
+    def sample_with_maps(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hr, A): the crops of sample() (the same draws from ``generator``) and the same crops of the maps."""
+        if self.maps is None:
+            raise ValueError("this CropSampler has no maps")
+        return self._sample(batch, generator, True)
+
+    def _sample(self, batch: int, generator: torch.Generator, with_maps: bool):
         out = torch.empty(batch, 3, self.crop, self.crop, dtype=torch.uint8)
+        maps = torch.empty(batch, 1, self.crop, self.crop) if with_maps else None
         picks = torch.randint(len(self.images), (batch,), generator=generator)
         u = torch.rand(batch, 4, generator=generator, dtype=torch.float64)  # y, x, hflip, vflip
         for b in range(batch):
-            img = self.images[int(picks[b])]
+            k = int(picks[b])
+            img = self.images[k]
             y = int(u[b, 0] * (img.shape[1] - self.crop + 1))
             x = int(u[b, 1] * (img.shape[2] - self.crop + 1))
-            c = img[:, y : y + self.crop, x : x + self.crop]
+            pair = [img] + ([self.maps[k]] if with_maps else [])
+            pair = [t[:, y : y + self.crop, x : x + self.crop] for t in pair]
             if self.flips and u[b, 2] < 0.5:
-                c = c.flip(2)
+                pair = [t.flip(2) for t in pair]
             if self.flips and u[b, 3] < 0.5:
-                c = c.flip(1)
-            out[b] = c
-        return out.float() / 127.5 - 1.0
+                pair = [t.flip(1) for t in pair]
+            out[b] = pair[0]
+            if with_maps:
+                maps[b] = pair[1]
+        return out.float() / 127.5 - 1.0, maps
 
 
 def fixed_crops(images: Sequence[tuple[str, np.ndarray]], n: int, crop: int, seed: int = 0) -> torch.Tensor:

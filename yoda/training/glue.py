@@ -42,12 +42,27 @@ def make_denoiser(model: torch.nn.Module, lr_img: torch.Tensor, up: torch.Tensor
     return lambda x_t, idx, sab: model(x_t, idx, feas, up)
 
 
-def attention_for(extractor: Callable, lr_img: torch.Tensor, size) -> torch.Tensor:
-    """A (B, 1, H, W) in [0, 1] at the state grid ``size`` from an extractor lr -> (B, 1, h', w'): the map
-    yoda.sample makes of the same extractor (resolve_attention), so training masks are the sampling masks."""
+def whole_image_maps(extractor: Callable, images, scale: int) -> list[torch.Tensor]:
+    """(1, H, W) float32 per (name, uint8 (H, W, 3)) training image: the map yoda.sample makes of that image's LR
+    (make_lr of the image cut to multiples of ``scale``, resolve_attention at that size; the cut rows and columns
+    repeat its edge). The trainer crops them with the image, so a crop's mask
+    is the one sampling gives those pixels: a map made of each crop was min-max normalised per crop (a
+    featureless crop still had A from 0 to 1, and trained with most of its pixels active, where sampling the
+    image leaves them at the LR)."""
+    import torch.nn.functional as F
+
+    from ..data import make_lr
+    from ..images import from_uint8
     from ..sampling.prepare import resolve_attention
 
-    return resolve_attention(extractor, lr_img, tuple(size))
+    out = []
+    for _, arr in images:
+        hr = from_uint8(arr)
+        H, W = hr.shape[-2:]
+        h, w = H // scale * scale, W // scale * scale  # make_lr takes multiples of the scale; the rest: its edge
+        A = resolve_attention(extractor, make_lr(hr[..., :h, :w], scale), (h, w))
+        out.append(F.pad(A, (0, W - w, 0, H - h), mode="replicate")[0].float())
+    return out
 
 
 def model_card(cfg: TrainConfig, schedule) -> ModelCard:

@@ -34,7 +34,7 @@ from ..evaluate import psnr_u8
 from ..photos import check_not_held_out
 from .config import TrainConfig
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, local_batch, rank_device, wrap_ddp
-from .glue import attention_for, build_model, make_denoiser, model_card, sampling_adapter
+from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
 from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensors
 
 CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")  # "lr": the learning rate
@@ -181,7 +181,8 @@ class Trainer:
             self.extractor = attention.get(cfg.attention)
         train_images = _data.load_source(cfg.data.source, cfg.data.crop)
         check_train_images(train_images)
-        self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips)
+        maps = whole_image_maps(self.extractor, train_images, cfg.data.scale) if cfg.loss.yoda else None
+        self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips, maps)
         self.val_hr = None
         if validate:
             val = _data.load_source(cfg.data.val_source, cfg.data.val_crop)
@@ -297,12 +298,17 @@ class Trainer:
         # the whole global batch is drawn, in one process's order (crops, then diffusion_loss's steps, levels and
         # noise); this rank keeps its share, so N ranks train on exactly the samples one process trains on
         share = ranks.shard(cfg.batch)
-        hr = self.train_images.sample(cfg.batch, self.gen)[share].to(self.device)
+        A = None
+        if cfg.loss.yoda:  # the crops of the whole images' maps: the masks sampling makes of those images
+            hr, A = self.train_images.sample_with_maps(cfg.batch, self.gen)
+            A = A[share].to(self.device)
+        else:
+            hr = self.train_images.sample(cfg.batch, self.gen)
+        hr = hr[share].to(self.device)
         idx, sqrt_ab = draw_noise_level(self.ab, cfg.batch, cfg.loss, self.gen)
         noise = torch.randn((cfg.batch, *hr.shape[1:]), generator=self.gen, dtype=torch.float32)
         lr_img = _data.make_lr(hr, cfg.data.scale)
         x0, c, up = space_tensors(hr, lr_img, cfg.loss, cfg.data.scale)
-        A = attention_for(self.extractor, lr_img, x0.shape[-2:]) if cfg.loss.yoda else None
         for g in self.opt.param_groups:
             g["lr"] = self.learning_rate(self.step)
         self.model.train()
