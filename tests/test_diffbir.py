@@ -10,6 +10,7 @@ its EDMSampler builds its sigmas, maps them to t, guides the denoised estimate a
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -948,3 +949,33 @@ def test_tiled_vae_follows_diffbirs_pipeline():
         assert cldm.enc_calls == [want_enc] and cldm.dec_calls == [want_dec], (enc, dec)
         assert sr.shape[-2:] == (52, 68)
     assert DiffBIRAdapter(cldm, diffusion, encoder_tile=64, pad_multiple=64).pad_multiple == 64  # as given
+
+
+def test_half_precision_lr_runs_the_vae_in_its_own_dtype():
+    """A fp16 / bf16 lr crashed in prepare ("Input type (c10::Half) and bias type (float) should be the same"): the
+    stage-1 image went to the VAE in lr's dtype, and decode passed it the state's. DiffBIR keeps its VAE in
+    float32 (ControlLDM.cast_dtype casts the UNet and the ControlNet only); so does yoda now."""
+    d = StandInDiffusion("eps")
+    ad = DiffBIRAdapter(StandInControlLDM(d).eval(), d, stage1=stage1)
+    lr = _lr(B=1, h=7, w=11)
+    ref = yoda.sample(ad, lr, steps=2, seed=0, progress=False, attention="edge")
+    for dt, tol in ((torch.float16, 0.03), (torch.bfloat16, 0.15)):
+        sr = yoda.sample(ad, lr.to(dt), steps=2, seed=0, progress=False, attention="edge")
+        assert sr.dtype == dt and (sr.float() - ref).abs().max() < tol, dt
+
+
+def test_guidance_with_equal_prompts_is_warned_of():
+    """The adapter's prompts both default to "", so cfg_scale 6 gave the cfg_scale 1 image at twice the cost
+    (the docs called it DiffBIR's default sampler, whose prompts differ)."""
+    d = StandInDiffusion("eps")
+    lr = _lr(B=1)
+    kw = dict(steps=2, seed=0, progress=False)
+    ad = DiffBIRAdapter(StandInControlLDM(d).eval(), d, stage1=stage1)
+    with pytest.warns(UserWarning, match=r"cfg_scale 6 has no effect: pos_prompt and neg_prompt are the same \(''\)"):
+        guided = yoda.sample(ad, lr, cfg_scale=6.0, **kw)
+    assert (guided - yoda.sample(ad, lr, **kw)).abs().max() < 1e-4  # what the warning is about
+    ad = DiffBIRAdapter(StandInControlLDM(d).eval(), d, stage1=stage1, pos_prompt="a photo", neg_prompt="blurry")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guided = yoda.sample(ad, lr, cfg_scale=6.0, **kw)
+    assert (guided - yoda.sample(ad, lr, **kw)).abs().max() > 1e-2

@@ -39,7 +39,9 @@ s_noise 1) are yoda's sigma-space solvers (yoda.sampling.solvers) with this adap
 truncated to int, the first at alpha_bar = 1e-8, sigma ~ 1e4, on every version) and ``timesteps="visited"``
 (DiffBIR calls the ControlLDM at the int64 timestep of the visited sigma nearest in absolute value, also for the
 midpoint calls of dpm_2 / dpm_2_a / dpm++_2s_a): so
-``yoda.sample(adapter, lr, sampler="dpmpp_3m_sde", steps=10, cfg_scale=6.0)`` is DiffBIR's default sampler. DiffBIR
+``yoda.sample(adapter, lr, sampler="dpmpp_3m_sde", steps=10, cfg_scale=6.0)`` is DiffBIR's default sampler, given
+DiffBIR's prompts as pos_prompt / neg_prompt (its inference.py's defaults; with the adapter's default of two empty
+prompts the guidance has nothing to tell apart, and prepare warns). DiffBIR
 applies the guidance to the denoised x0 estimates, yoda to the model outputs: the same, since x0 is affine in the
 output with the same weights for both branches. The start is x_T everywhere (DiffBIR's x_T * sqrt(1 + sigma_0**2)
 in k-diffusion's space); DiffBIR's SDE noise comes from a torchsde Brownian tree, whose increments have the law
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
@@ -262,7 +265,16 @@ class DiffBIRAdapter(Adapter):
             raise ValueError(f"{src} must be the stage-1 image at the SR size {want} in [0, 1], got {got}")
         if not img.is_floating_point() or not bool(torch.isfinite(img).all()):
             raise ValueError(f"{src} must be a finite float tensor in [0, 1]")
-        return img.to(device=lr.device, dtype=lr.dtype)
+        return img.to(device=lr.device, dtype=self._vae_dtype(lr.dtype))
+
+    def _vae_dtype(self, default: torch.dtype) -> torch.dtype:
+        """The dtype the VAE takes: its weights' (DiffBIR keeps the VAE in float32 when it casts the UNet and the
+        ControlNet to fp16 / bf16, ControlLDM.cast_dtype), else the cldm's, else ``default``."""
+        for module in (getattr(self.cldm, "vae", None), self.cldm):
+            if isinstance(module, torch.nn.Module):
+                for p in module.parameters():
+                    return p.dtype
+        return default
 
     def _condition(self, img: torch.Tensor, prompt: str) -> dict:
         B = img.shape[0]
@@ -280,6 +292,11 @@ class DiffBIRAdapter(Adapter):
         return cond
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
+        if self.guided and self.pos_prompt == self.neg_prompt:
+            warnings.warn(f"cfg_scale {self.cfg_scale:g} has no effect: pos_prompt and neg_prompt are the same "
+                          f"({self.pos_prompt!r}), so the two branches agree and each step runs the model twice for "
+                          "nothing; give DiffBIR's prompts (its inference.py's defaults) or cfg_scale 1",
+                          UserWarning, stacklevel=4)
         img = self._stage1_image(lr)
         padded = _pad_to(img, self.pad_multiple)
         cond = self._condition(padded, self.pos_prompt)
@@ -316,7 +333,8 @@ class DiffBIRAdapter(Adapter):
         h1, w1 = cond.latent_size
         H, W = cond.size
         tiled = self.decoder_tile is not None and min(h1, w1) >= self.decoder_tile // self.latent_factor
-        img = self.cldm.vae_decode(x0[..., :h1, :w1], tiled, self.decoder_tile // self.latent_factor if tiled else -1)
+        img = self.cldm.vae_decode(x0[..., :h1, :w1].to(self._vae_dtype(x0.dtype)), tiled,
+                                   self.decoder_tile // self.latent_factor if tiled else -1)
         if not isinstance(img, torch.Tensor) or img.dim() != 4 or img.shape[-2] < H or img.shape[-1] < W:
             raise ValueError(f"cldm.vae_decode returned {getattr(img, 'shape', type(img).__name__)}, expected an "
                              f"image of at least {H}x{W}")
