@@ -639,3 +639,24 @@ def test_the_wrong_kind_of_file_is_named_with_what_to_do(tmp_path):
         yoda.load("sr3", opt)
     with pytest.raises(CheckpointError, match=r"not a yoda model file .* loads as sr3:PATH / srdiff:PATH"):
         yoda.load("yoda", gen)
+
+
+def test_a_safetensors_file_named_pth_is_read_by_its_content(tmp_path):
+    """The format is told by the bytes, not the suffix: safetensors weights named *.pth load."""
+    net = _sr3()
+    p = tmp_path / "w.pth"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(p))
+    assert torch.equal(_sr3_out(yoda.load("sr3", p, config=CFG)), _sr3_out(net))
+
+
+def test_betas_half_a_percent_off_the_config_are_warned_of(tmp_path):
+    """An SR3 betas buffer is compared with the config's schedules at float32 resolution: 0.5 % off warns."""
+    net = _sr3()
+    p = tmp_path / "w.pth"
+    torch.save({**net.state_dict(), **_bufs(Schedule.linear(2000, 1e-6, 1.005e-2))}, p)
+    with pytest.warns(UserWarning, match="matches neither"):
+        yoda.load("sr3", p, config=CFG)
+    torch.save({**net.state_dict(), **_bufs(Schedule.linear(2000, 1e-6, 1e-2))}, p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yoda.load("sr3", p, config=CFG)

@@ -555,6 +555,53 @@ def _asym_A(H, W):
     return ((1 - yy) ** 3 * xx**2).view(1, 1, H, W)
 
 
+def test_window_skipping_looks_at_every_image_of_the_batch():
+    """A window is denoised when any image of the batch has an active pixel in it (images 0 and 1 with mirrored
+    maps: skipping by image 0's map alone would leave image 1's active windows with no prediction)."""
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr = lr_image(B=2, h=8, w=12)
+    A0 = _asym_A(16, 24)
+    A = torch.cat([A0, A0.flip(-1)])
+    a = run(model, lr, attention=A, seed=2, windows=(8, 2), window_batch=1)
+    assert torch.equal(a, run(model, lr, attention=A, seed=2, windows=(8, 2, False), window_batch=1))
+
+
+def test_a_window_whose_maximum_is_tau_is_active():
+    """The kernels' rule is A >= tau: a window whose largest A equals a step's tau exactly must be denoised then."""
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr = lr_image(h=8, w=12)
+    taus = []
+    run(model, lr, attention=_asym_A(16, 24), seed=2, callback=lambda d: taus.append(d["tau"]))
+    A = torch.zeros(1, 1, 16, 24)
+    A[..., :, 16:] = 1.0
+    A[..., 0:4, 0:4] = torch.tensor(taus[2], dtype=torch.float32)  # the top-left window's maximum, at step 2
+    a = run(model, lr, attention=A, seed=2, windows=(8, 2), window_batch=1)
+    assert torch.equal(a, run(model, lr, attention=A, seed=2, windows=(8, 2, False), window_batch=1))
+
+
+def test_window_blend_weights_are_gaussians_of_a_quarter_window():
+    """Overlapping windows blend with Gaussian weights of sigma = window / 4 centred on each window: windows of 8
+    at x = 0 and 6 on a 14-wide grid, the first predicting 1 and the second 2; pixel 6 is the first's 7th pixel
+    and the second's 1st."""
+    from yoda.sampling.tiles import Tiler
+
+    class Counting:
+        calls = 0
+
+        def crop_cond(self, cond, ys, xs):
+            return None
+
+        def denoise(self, x, t, ab, cond):
+            Counting.calls += 1
+            return torch.full_like(x, float(Counting.calls))
+
+    tiler = Tiler(torch.Size([1, 1, 1, 14]), 8, 2, False, None, "cpu", batch=1)
+    out, _ = tiler.denoise(Counting(), torch.zeros(1, 1, 1, 14), torch.zeros(1), 0.5, None, 0.0)
+    g = lambda k: math.exp(-0.5 * ((k - 3.5) / 2.0) ** 2)  # noqa: E731
+    assert out[0, 0, 0, 6].item() == pytest.approx((1 * g(6) + 2 * g(0)) / (g(6) + g(0)), rel=1e-6)
+    assert out[0, 0, 0, 0].item() == 1.0 and out[0, 0, 0, 13].item() == 2.0
+
+
 def _tiny_unet_adapter(kind):
     """A tiny SR3UNet (with attention) or SRDiff (scale 2) adapter; its forward runs batch element by batch
     element, so the model itself is batch-invariant and what is tested is the window batching alone (oneDNN

@@ -242,6 +242,37 @@ def test_config_json_round_trip(img_folder):
         cfg.replace(batch=0)
 
 
+def test_ema_after_the_first_step(tmp_path, img_folder):
+    """EMA decay min(ema_decay, (1 + step) / (10 + step)) = 0.1 at step 0: ema = 0.1 init + 0.9 model after one step
+    (lerp's weight swapped would keep the EMA at the raw weights, which the exported model and validation use)."""
+    import copy
+
+    t = Trainer(tiny_config(img_folder, val_every=0), str(tmp_path / "o"), device="cpu", progress=False)
+    init = copy.deepcopy(t.model.state_dict())
+    t.train_step()
+    model = t.model.state_dict()
+    for k, e in t.ema.state_dict().items():
+        if e.is_floating_point():
+            torch.testing.assert_close(e, init[k] * 0.1 + model[k] * 0.9)
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path, img_folder, monkeypatch):
+    """A full disk while writing checkpoint.pt must leave the previous one whole (the run can still resume)."""
+    t = Trainer(tiny_config(img_folder, val_every=0), str(tmp_path / "o"), device="cpu", progress=False)
+    t.save_checkpoint()
+    before = (tmp_path / "o" / "checkpoint.pt").read_bytes()
+
+    def disk_full(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        t.save_checkpoint()
+    assert (tmp_path / "o" / "checkpoint.pt").read_bytes() == before
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_resume_equals_uninterrupted_run(tmp_path, img_folder, dropout):
     """With dropout the resumed run drew the dropout masks of step 1 again (torch's generator was reseeded and
