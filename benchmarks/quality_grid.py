@@ -201,8 +201,9 @@ def cmd_table(a, parser) -> None:
         model, sampler, steps = key.split("/")
         bic = next(r for r in cell["rows"] if r["method"] == "bicubic")
         for r in cell["rows"]:
-            if r["method"] == "bicubic" and key != next(k for k in results if k.startswith(model + "/")):
-                continue  # bicubic is the same in every cell of a model: once
+            upsampled = r["method"].startswith("bicubic")  # bicubic and bicubic-matlab (MATLAB's imresize)
+            if upsampled and key != next(k for k in results if k.startswith(model + "/")):
+                continue  # the same in every cell of a model: once
             lb = "-" if r["lower_bound"] == "" else f"{r['lower_bound']:g}"
             d = "" if r["method"] == "bicubic" else f" ({r['psnr'] - bic['psnr']:+.2f})"
             print(f"| {model} | {sampler} | {steps} | {r['method']} | {r['attention'] or '-'} | {lb} | "

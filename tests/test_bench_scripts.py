@@ -185,7 +185,8 @@ def test_quality_grid_eval_creates_the_output_folder(tmp_path, grid_data):
     r = run("quality_grid.py", *grid_args(tmp_path, model), "-o", out)
     assert r.returncode == 0, r.stderr
     cell = json.loads(out.read_text())["default_x4.safetensors/ddim0/1"]
-    assert cell["settings"]["size"] == 32 and {row["method"] for row in cell["rows"]} == {"bicubic", "plain", "yoda"}
+    assert cell["settings"]["size"] == 32 and {row["method"] for row in cell["rows"]} == {"bicubic", "bicubic-matlab",
+                                                                                           "plain", "yoda"}
 
 
 def test_quality_grid_bad_data_is_one_line(tmp_path):

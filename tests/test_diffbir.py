@@ -954,14 +954,35 @@ def test_tiled_vae_follows_diffbirs_pipeline():
 def test_half_precision_lr_runs_the_vae_in_its_own_dtype():
     """A fp16 / bf16 lr crashed in prepare ("Input type (c10::Half) and bias type (float) should be the same"): the
     stage-1 image went to the VAE in lr's dtype, and decode passed it the state's. DiffBIR keeps its VAE in
-    float32 (ControlLDM.cast_dtype casts the UNet and the ControlNet only); so does yoda now."""
+    float32 (ControlLDM.cast_dtype casts the UNet and the ControlNet only). The VAE gets its weights' dtype
+    (cldm.vae's; else the cldm's), whatever lr's."""
+
+    class Recording(StandInControlLDM):
+        def __init__(self, diffusion, vae_dtype=None):
+            super().__init__(diffusion)
+            if vae_dtype is not None:  # DiffBIR's ControlLDM.vae, in a dtype of its own
+                self.vae = torch.nn.Linear(1, 1).to(vae_dtype)
+            self.seen = []
+
+        def vae_encode(self, image, *a, **k):
+            self.seen.append(image.dtype)
+            return super().vae_encode(image.float(), *a, **k)
+
+        def vae_decode(self, z, *a, **k):
+            self.seen.append(z.dtype)
+            return super().vae_decode(z.float(), *a, **k)
+
     d = StandInDiffusion("eps")
-    ad = DiffBIRAdapter(StandInControlLDM(d).eval(), d, stage1=stage1)
     lr = _lr(B=1, h=7, w=11)
-    ref = yoda.sample(ad, lr, steps=2, seed=0, progress=False, attention="edge")
-    for dt, tol in ((torch.float16, 0.03), (torch.bfloat16, 0.15)):
-        sr = yoda.sample(ad, lr.to(dt), steps=2, seed=0, progress=False, attention="edge")
-        assert sr.dtype == dt and (sr.float() - ref).abs().max() < tol, dt
+    ref = yoda.sample(DiffBIRAdapter(Recording(d).eval(), d, stage1=stage1), lr, steps=2, seed=0, progress=False,
+                      attention="edge")
+    for lr_dtype, vae_dtype, tol in ((torch.float16, None, 0.03), (torch.bfloat16, None, 0.15),
+                                     (torch.float16, torch.float32, 0.03), (torch.float32, torch.bfloat16, 0.15)):
+        cldm = Recording(d, vae_dtype).eval()
+        sr = yoda.sample(DiffBIRAdapter(cldm, d, stage1=stage1), lr.to(lr_dtype), steps=2, seed=0, progress=False,
+                         attention="edge")
+        assert cldm.seen == [vae_dtype or torch.float32] * 2, (lr_dtype, vae_dtype, cldm.seen)  # encode, decode
+        assert sr.dtype == lr_dtype and (sr.float() - ref).abs().max() < tol, (lr_dtype, vae_dtype)
 
 
 def test_guidance_with_equal_prompts_is_warned_of():

@@ -519,8 +519,8 @@ def test_woken_pixels_follow_the_exact_ode(solver):
     """With Gaussian data x0 ~ N(mu, s^2) per pixel the denoiser is exact, D(x, sigma) = mu + s^2 / (s^2 + sigma^2)
     (x - mu), and so is the probability-flow ODE from a pixel's state x_k when it wakes up at sigma_k: it ends at
     mu + (x_k - mu) s / sqrt(s^2 + sigma_k^2), and the solver's last step returns D at sigma_min. At 40 steps the
-    pixels that woke up mid-run end within 1.5e-3 of it (measured 7.4e-4 for 2M, 4.6e-4 for 3M); with their
-    history held at c they ended 5.4e-3 and 4.7e-3 away (the error of the extrapolated jump)."""
+    pixels that woke up mid-run end within 1.5e-3 of it (measured 7.0e-4 for 2M, 4.3e-4 for 3M); with their
+    history held at c they ended 4.1e-3 and 3.6e-3 away (the error of the extrapolated jump)."""
     import math
 
     from yoda.adapters import PixelAdapter

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
 
 import yoda
 from yoda.upsampling import upsample
@@ -102,5 +103,7 @@ def test_released_checkpoints_are_conditioned_as_they_were_trained(tmp_path):
         yoda.save_model(model, tmp_path / f"{name}.safetensors")
         again = yoda.load("yoda", tmp_path / f"{name}.safetensors")
         assert again.yoda_adapter().upsampling == name
+        with safe_open(str(tmp_path / f"{name}.safetensors"), "pt") as f:  # version 1 readers would ignore it
+            assert f.metadata()["version"] == "2"
         kw = dict(steps=2, seed=0, progress=False)
         assert torch.equal(yoda.sample(again, lr, **kw), yoda.sample(model, lr, **kw))

@@ -307,6 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_out_args(p) -> None:
-    """`yoda data build` and `export` name their folder alike: DIR or -o/--out DIR (yoda.cli.data_out_dir)."""
+    """`yoda data build` and `export` name their folder alike: DIR or -o/--out DIR (checked in yoda.cli.cmd_data)."""
     p.add_argument("dir", nargs="?", metavar="DIR", default=None, help="output folder")
     p.add_argument("-o", "--out", default=None, metavar="DIR", help="output folder (the same as DIR)")

@@ -40,7 +40,7 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
         least = max(unit, -(-least // unit) * unit)
         side = max(least, math.isqrt(max_memory // (batch * HR_BYTES_PER_PIXEL)) // unit * unit)
         # as few windows as the largest side that fits needs, each as small as covers the image with that many:
-        # an 800² output took 2 x 2 windows of 720², 3.2 times its pixels (now 2 x 2 of 488²)
+        # an 800² output took 2 x 2 windows of 720², 3.2 times its pixels (now 2 x 2 of 456²)
         fewest = _window_count(hr_h, hr_w, side, unit)
         side = next(s for s in range(least, side + 1, unit) if _window_count(hr_h, hr_w, s, unit) <= fewest)
         tiles = (side, default_overlap(side, unit))
@@ -192,17 +192,19 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
     after its traceback) and the next item goes on. Returns the number of items that failed."""
     failed = 0
     for item in items:
+        oom = False
         try:
             work(item)
         except Exception as e:
-            if not (isinstance(e, (UserError, OSError)) or out_of_memory(e)):
+            oom = out_of_memory(e)
+            if not (oom or isinstance(e, (UserError, OSError))):
                 raise
             failed += 1
             if debug:
                 traceback.print_exc()
             print(f"yoda: error: {where}{one_line(e)}", file=sys.stderr)
-            if out_of_memory(e):
-                free_memory()
+        if oom:  # out of the handler: its traceback held the failed input's tensors
+            free_memory()
     return failed
 
 

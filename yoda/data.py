@@ -311,8 +311,8 @@ class CropSampler:
     so a run is reproducible and resumable from the generator's state.
 
     sample(batch, generator) -> hr (B, 3, crop, crop) float32 in [-1, 1].
-    maps: one (1, H, W) float32 map per image (the attention map of the whole image); sample_with_maps then
-    also returns the same crops (and flips) of them, (B, 1, crop, crop)."""
+    maps: one (1, H, W) map per image (the attention map of the whole image); sample_with_maps then also returns
+    the same crops (and flips) of them, (B, 1, crop, crop) float32."""
 
     def __init__(self, images: Sequence[tuple[str, np.ndarray]], crop: int, flips: bool = True,
                  maps: Optional[Sequence[torch.Tensor]] = None):

@@ -4,7 +4,8 @@ A safetensors file whose tensors are the model's ``state_dict()`` (upstream key 
 metadata holds:
 
     "format":  "yoda-model"
-    "version": "1"
+    "version": "1", or "2" when "upsampling" is not "torch" (an older yoda then refuses the file rather
+               than sample it with the wrong up(lr))
     "config":  JSON {"kind": "sr3" | "srdiff",
                      "args": constructor arguments (SR3Config.to_dict() / SRDiffConfig.to_dict()),
                      "schedule": Schedule.to_dict() = {"T": T, "betas": [float64 ...]}  (exact in JSON),
@@ -43,6 +44,9 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "save_model", "load_yoda", "model_kind"]
 
 FORMAT = "yoda-model"  # checkpoint.refuse_yoda_file knows it too (checkpoint imports no model)
 FORMAT_VERSION = "1"
+# version 2: the same, with an "upsampling" other than "torch" (a released SR3 / SRDiff model saved again), which
+# a reader of version 1 would ignore and sample with torch's bicubic; files with torch's stay version 1
+FORMAT_VERSIONS = ("1", "2")
 SPACE_OF_KIND = {"sr3": "pixel", "srdiff": "residual"}
 _SHOW = 5  # how many differing keys an error message lists
 
@@ -151,7 +155,7 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     except TypeError as e:
         raise ValueError(f"extra / config must be JSON-serialisable: {e}") from e
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "version": FORMAT_VERSION, "config": meta_json}
+    metadata = {"format": FORMAT, "version": FORMAT_VERSION if upsampling == "torch" else "2", "config": meta_json}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -163,9 +167,9 @@ def load_yoda(p: str) -> nn.Module:
                 "(yoda.load('sr3' / 'srdiff', PATH))" if meta is None else "")
         raise CheckpointError(f"{p}: not a yoda model file (safetensors metadata 'format' must be {FORMAT!r}; "
                               f"got {None if meta is None else meta.get('format')!r}){hint}")
-    if meta.get("version") != FORMAT_VERSION:
+    if meta.get("version") not in FORMAT_VERSIONS:
         raise CheckpointError(f"{p}: yoda model format version {meta.get('version')!r} is not supported "
-                              f"(this yoda reads {FORMAT_VERSION!r})")
+                              f"(this yoda reads {' and '.join(map(repr, FORMAT_VERSIONS))})")
     try:
         cfg = json.loads(meta["config"])
         kind, args = cfg["kind"], cfg["args"]

@@ -76,7 +76,7 @@ def sample(
         (ancestral), "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a" (ancestral),
         "dpmpp_2s_a" (ancestral); eta scales the noise of the ancestral and SDE solvers (default 1, k-diffusion's;
         0: their ODE form). The state stays in VP form; the multistep
-        solvers keep their earlier denoised estimates, held at c where a pixel was inactive (DESIGN.md §5b).
+        solvers keep their earlier denoised estimates; a pixel that wakes up has none before (DESIGN.md §5b).
     sigmas: the solvers' noise levels (solvers only): "karras" (default, rho 7), "exponential" or "uniform"
         (uniform in t) between the model's sigma(T - 1) and sigma(0), sigma = sqrt((1 - ab) / ab); or a strictly
         decreasing sequence of sigmas (steps then defaults to its length); 0 is appended. The model gets the

@@ -92,24 +92,28 @@ class Run:
             d1 = self._held(x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip).to(x.dtype), tau)
             extra.update(calls=calls2, batches=first + self._batches())
             return self._combine(x, [d0, d1], st.coefs, tau, step), (), extra
-        x_new = self._combine(x, [d0, *self._woken(d0, hist, i)][: st.n], st.coefs, tau, step)
+        x_new = self._combine(x, [d0, *self._woken(d0, hist[: st.n - 1], i)], st.coefs, tau, step)
         return x_new, (d0, *hist)[:2], extra
 
     def _woken(self, d0: torch.Tensor, hist: tuple, i: int) -> tuple:
         """The history for step i: at a pixel that was inactive at an entry's step (held at c there), that entry
         is replaced by the next newer one (D0 for the newest). A pixel that woke up since has no earlier estimate,
         so its update is of lower order, as a multistep solver's first steps are: first order at its first active
-        step (DESIGN §5b). Extrapolating from c would take the jump from the LR's x0 to the model's for a slope."""
+        step (DESIGN §5b). ``hist``: the entries the step uses. Extrapolating from c would take the jump from the LR's x0 to the model's for a slope."""
         if self.A is None:
             return hist
         out, newer = [], d0
         for j, h in enumerate(hist):
             then = self.spec.taus[i - 1 - j]
             if then > self.spec.taus[i]:  # the mask grew since that step
-                h = torch.where(self.A >= torch.tensor(then, dtype=torch.float32, device=self.A.device), h, newer)
+                h = torch.where(self._active(then), h, newer)
             out.append(h)
             newer = h
         return tuple(out)
+
+    def _active(self, tau: float) -> torch.Tensor:
+        """A >= tau, compared in float32 as the kernels compare."""
+        return self.A >= torch.tensor(tau, dtype=torch.float32, device=self.A.device)
 
     def _batches(self) -> int:
         """Denoiser forward passes of the last denoise call."""
@@ -119,7 +123,7 @@ class Run:
         """d where A >= tau, c elsewhere (float32 comparison, as the kernels); d itself without a mask."""
         if self.A is None:
             return d
-        return torch.where(self.A >= torch.tensor(tau, dtype=torch.float32, device=self.A.device), d, self.c)
+        return torch.where(self._active(tau), d, self.c)
 
     def _combine(self, x, denoised, coefs, tau: float, step: int) -> torch.Tensor:
         s = self.spec
@@ -166,6 +170,10 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     explicit ``noise`` checked against the state, the denoiser windows. Call under torch.inference_mode() (or
     torch.no_grad())."""
     # the user's arguments first: adapter.prepare may be the heavy part (an RRDB, a VAE encode, DiffBIR's stage 1)
+    w = spec.windows
+    if w is not None and type(adapter).crop_cond is Adapter.crop_cond:
+        raise ValueError(f"windows: {type(adapter).__name__} cannot denoise in windows (it has no crop_cond, which "
+                         f"cuts its cond to a window); leave windows out")
     hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
     A_hr = None
     if attention is not None and spec.masked:
@@ -177,10 +185,6 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     elif attention is not None and not callable(attention):
         raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
     entries = noise_entries(noise, spec.steps + 1)
-    w = spec.windows
-    if w is not None and type(adapter).crop_cond is Adapter.crop_cond:
-        raise ValueError(f"windows: {type(adapter).__name__} cannot denoise in windows (it has no crop_cond, which "
-                         f"cuts its cond to a window); leave windows out")
     lr_state = lr.to(spec.state_dtype)
     prep = adapter.prepare(lr_state)
     c = prep.c

@@ -11,6 +11,7 @@ and timesteps= of None take the adapter's solver_sigmas / solver_timesteps (None
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import numbers
 import operator
@@ -112,8 +113,8 @@ def make_spec(
         raise ValueError(f"sampler must be one of {ALL_SAMPLERS}, got {sampler!r}")
     solver = sampler in S.SOLVERS
     if solver and sigmas is not None and not isinstance(sigmas, str):  # explicit sigmas: steps is their number
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
-            raise TypeError(f"steps must be an int or None, got {type(steps).__name__}")
+        if steps is not None:
+            steps = as_int(steps, "steps", "an int or None")
     else:
         steps = check_steps(steps, T)
     eta = check_eta(eta, sampler)
@@ -194,7 +195,7 @@ def check_lr(lr: Any) -> torch.Tensor:
     # page, fog) has its darkest pixel well above mid-gray and is not warned of. A light photograph whose darkest
     # pixel is just above mid-gray cannot be told from a [0, 1] image: callers that made lr of 8-bit images
     # themselves silence the warning (lr_from_images)
-    if 0.0 <= lo <= 0.02 and hi > 0.5:
+    if 0.0 <= lo <= 0.02 and hi > 0.5 and not _LR_FROM_IMAGES.get():
         warnings.warn(f"{LR_01_WARNING} (range [{lo:.4g}, {hi:.4g}]): yoda takes images in [-1, 1] "
                       "(yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out washed out",
                       UserWarning, stacklevel=3)
@@ -203,14 +204,20 @@ def check_lr(lr: Any) -> torch.Tensor:
     return lr.clamp(-1.0, 1.0)
 
 
+_LR_FROM_IMAGES = contextvars.ContextVar("yoda_lr_from_images", default=False)
+
+
 @contextlib.contextmanager
 def lr_from_images():
-    """Within: no warning that lr may be a [0, 1] image (check_lr). For yoda's own callers (the CLI, evaluate,
-    figures, training's validation), which make every lr of 8-bit images with from_uint8 / make_lr, where the
-    warning could only ever fire on a light photograph (its darkest pixel at 8-bit 128-130)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=LR_01_WARNING, category=UserWarning)
+    """Within: no warning that lr may be a [0, 1] image (check_lr). For yoda's own callers (evaluate, figures,
+    training's validation), which make every lr of 8-bit images with from_uint8 / make_lr, where the warning
+    could only ever fire on a light photograph (its darkest pixel at 8-bit 128-130). A context variable, not a
+    warnings filter: it leaves the other warnings' once-per-place bookkeeping alone, and other threads."""
+    token = _LR_FROM_IMAGES.set(True)
+    try:
         yield
+    finally:
+        _LR_FROM_IMAGES.reset(token)
 
 
 def as_int(v: Any, name: str, what: str = "an int") -> int:
