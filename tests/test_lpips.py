@@ -166,7 +166,7 @@ def test_eval_and_cli_lpips_column(files, tmp_path, capsys):
                      lpips=(d / "vgg16.pth", str(d / "vgg.pth")))
     assert s.lpips == (str(d / "vgg16.pth"), str(d / "vgg.pth"))
     rows = evaluate(net, [("a", hr)], s)
-    assert [r["method"] for r in rows] == ["bicubic", "plain", "yoda"]
+    assert [r["method"] for r in rows] == ["bicubic", "bicubic-matlab", "plain", "yoda"]
     # the bicubic row's LPIPS equals the float64 reference on the rounded bicubic image
     x_hr = from_uint8(hr)
     bic = from_uint8(to_uint8(upsample(make_lr(x_hr, 4), 4))[0])

@@ -256,6 +256,24 @@ def test_ema_after_the_first_step(tmp_path, img_folder):
             torch.testing.assert_close(e, init[k] * 0.1 + model[k] * 0.9)
 
 
+def test_resuming_a_checkpoint_of_the_per_crop_masks_is_warned_of(tmp_path, img_folder):
+    """A checkpoint written before the masks were the whole images' (no loss_version) resumes with a warning that
+    its remaining steps train differently; one of this version resumes silently."""
+    import warnings
+
+    cfg = tiny_config(img_folder, val_every=0)
+    out = tmp_path / "o"
+    Trainer(cfg, str(out), device="cpu", progress=False).run(steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Trainer(cfg, str(out), device="cpu", progress=False).step == 1
+    st = torch.load(out / "checkpoint.pt", weights_only=True)
+    del st["loss_version"]
+    torch.save(st, out / "checkpoint.pt")
+    with pytest.warns(UserWarning, match=r"made the YODA masks of each training crop .* whole images' masks"):
+        assert Trainer(cfg, str(out), device="cpu", progress=False).step == 1
+
+
 def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path, img_folder, monkeypatch):
     """A full disk while writing checkpoint.pt must leave the previous one whole (the run can still resume)."""
     t = Trainer(tiny_config(img_folder, val_every=0), str(tmp_path / "o"), device="cpu", progress=False)

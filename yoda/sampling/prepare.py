@@ -74,30 +74,30 @@ class Run:
 
     def solve(self, x: torch.Tensor, pred: torch.Tensor, i: int, hist: tuple) -> tuple[torch.Tensor, tuple, dict]:
         """Step i of a sigma-space solver (yoda.sampling.solvers): (x at step i + 1, the new history, extras for
-        the report). ``hist``: the denoised estimates of the earlier steps, newest first, each held at c where the
-        pixel was inactive at its step (DESIGN §5b; _woken replaces those); D0 = x0 of ``pred``, clipped if
-        spec.clip. The two-call solvers
+        the report). ``hist``: the denoised estimates of the earlier steps, newest first (_woken replaces those of
+        pixels inactive at their step, DESIGN §5b); D0 = x0 of ``pred``, clipped if spec.clip. The two-call solvers
         (Heun, DPM-2, DPM++(2S)) call the model a second time, on their predictor (the LR at the predictor's sigma
         where inactive, the same noise)."""
         s = self.spec
         st = s.solver[i]
         tau, step = s.taus[i], i + 1
         raw = x0_hat(x, pred, st.ab, self.adapter.prediction, s.clip)
-        d0 = self._held(raw.to(x.dtype), tau)
+        d0 = raw.to(x.dtype)  # at pixels inactive now the combine takes the LR branch and never reads it
         extra = {"x0_hat": raw, "calls": 0}
         if st.predictor is not None:  # the second estimate, at the predictor's sigma (st.t2, st.ab2)
             first = self._batches()
             x2 = self._combine(x, [d0], st.predictor, tau, step)
             pred2, calls2 = self._denoise(x2, st.t2, st.ab2, tau)
-            d1 = self._held(x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip).to(x.dtype), tau)
+            d1 = x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip).to(x.dtype)
             extra.update(calls=calls2, batches=first + self._batches())
             return self._combine(x, [d0, d1], st.coefs, tau, step), (), extra
         x_new = self._combine(x, [d0, *self._woken(d0, hist[: st.n - 1], i)], st.coefs, tau, step)
         return x_new, (d0, *hist)[:2], extra
 
     def _woken(self, d0: torch.Tensor, hist: tuple, i: int) -> tuple:
-        """The history for step i: at a pixel that was inactive at an entry's step (held at c there), that entry
-        is replaced by the next newer one (D0 for the newest). A pixel that woke up since has no earlier estimate,
+        """The history for step i: at a pixel that was inactive at an entry's step (the model's output there is
+        whatever the tiled denoiser made of a window it may have skipped), that entry is replaced by the next newer
+        one (D0 for the newest). A pixel that woke up since has no earlier estimate,
         so its update is of lower order, as a multistep solver's first steps are: first order at its first active
         step (DESIGN §5b). ``hist``: the entries the step uses. Extrapolating from c would take the jump from the LR's x0 to the model's for a slope."""
         if self.A is None:
@@ -118,12 +118,6 @@ class Run:
     def _batches(self) -> int:
         """Denoiser forward passes of the last denoise call."""
         return self.tiler.last_batches if self.tiler is not None else 1
-
-    def _held(self, d: torch.Tensor, tau: float) -> torch.Tensor:
-        """d where A >= tau, c elsewhere (float32 comparison, as the kernels); d itself without a mask."""
-        if self.A is None:
-            return d
-        return torch.where(self._active(tau), d, self.c)
 
     def _combine(self, x, denoised, coefs, tau: float, step: int) -> torch.Tensor:
         s = self.spec

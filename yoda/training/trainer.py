@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from typing import Optional
 
 import torch
@@ -39,6 +40,10 @@ from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensor
 
 CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")  # "lr": the learning rate
 
+
+# The loss a checkpoint was trained with: 2 (2026-12-03) masks a crop with the crop of its whole image's map
+# (glue.whole_image_maps); 1, a checkpoint without the key, made the map of each crop.
+LOSS_VERSION = 2
 
 RUN_FILES = ("checkpoint.pt", "log.csv", "config.json", "TRAINING.md")  # what a run writes besides its weights
 
@@ -242,6 +247,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "rows": list(self.rows),
+            "loss_version": LOSS_VERSION,
         }
 
     def save_checkpoint(self, path: Optional[str] = None) -> None:
@@ -280,6 +286,11 @@ class Trainer:
             torch.cuda.set_rng_state(st["cuda_rng"].cpu(), self.device)
         self.step = int(st["step"])
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
+        if self.cfg.loss.yoda and st.get("loss_version", 1) < LOSS_VERSION:
+            warnings.warn(f"checkpoint {path} was written by a yoda that made the YODA masks of each training crop "
+                          "(and, before 2026-12-03, took other targets at inactive pixels with mask_input on and "
+                          "mask_loss off); its remaining steps train with the crops of the whole images' masks "
+                          "(README changelog, ninth pass)", UserWarning, stacklevel=2)
 
     # -- one step ------------------------------------------------------------------------------------------
     def learning_rate(self, step: int) -> float:
