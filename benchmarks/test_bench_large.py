@@ -168,9 +168,9 @@ def rounds(hr: int) -> int:
 
 
 def n_windows(hr: int, window: int, overlap: int) -> int:
-    from yoda.sampling.tiles import _starts
+    from yoda.sampling.tiles import window_starts
 
-    return len(_starts(hr, window, overlap)) ** 2
+    return len(window_starts(hr, window, overlap)) ** 2
 
 
 @pytest.fixture(scope="module", autouse=True)
