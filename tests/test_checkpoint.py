@@ -152,7 +152,8 @@ def test_srdiff_yaml_config_chain(tmp_path):
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("base_config:\n  - ./diffsr_base.yaml\n  - ./df2k4x.yaml\nhidden_size: 64\n"
                                      "unet_dim_mults: 1|2|3|4\ntimesteps: 100\nsr_scale: 4\nres_rescale: 2.0\n")
-    with pytest.warns(UserWarning, match=r"its base_config './diffsr_base.yaml', './df2k4x.yaml' is not next to it; skipped, as upstream"):
+    with pytest.warns(UserWarning, match=r"its base_config './diffsr_base.yaml', './df2k4x.yaml' is not next to it; "
+                                         r"skipped, as upstream"):
         assert load_srdiff_config(run / "config.yaml") == cfg
     with pytest.raises(FileNotFoundError, match="SRDiff config file not found"):
         load_srdiff_config(run / "nope.yaml")

@@ -95,11 +95,12 @@ class Run:
         return x_new, (d0, *hist)[:2], extra
 
     def _woken(self, d0: torch.Tensor, hist: tuple, i: int) -> tuple:
-        """The history for step i: at a pixel that was inactive at an entry's step (the model's output there is
-        whatever the tiled denoiser made of a window it may have skipped), that entry is replaced by the next newer
-        one (D0 for the newest). A pixel that woke up since has no earlier estimate,
-        so its update is of lower order, as a multistep solver's first steps are: first order at its first active
-        step (DESIGN §5b). ``hist``: the entries the step uses. Extrapolating from c would take the jump from the LR's x0 to the model's for a slope."""
+        """The history for step i (``hist``: the entries the step uses): at a pixel that was inactive at an entry's
+        step (the model's output there is whatever the tiled denoiser made of a window it may have skipped), that
+        entry is replaced by the next newer one (D0 for the newest). A pixel that woke up since has no earlier
+        estimate, so its update is of lower order, as a multistep solver's first steps are: first order at its
+        first active step (DESIGN §5b). Extrapolating from c would take the jump from the LR's x0 to the model's
+        for a slope."""
         if self.A is None:
             return hist
         out, newer = [], d0

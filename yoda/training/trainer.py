@@ -288,7 +288,7 @@ class Trainer:
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
         if self.cfg.loss.yoda and st.get("loss_version", 1) < LOSS_VERSION:
             warnings.warn(f"checkpoint {path} was written by a yoda that made the YODA masks of each training crop "
-                          "(and, before 2026-12-03, took other targets at inactive pixels with mask_input on and "
+                          "(and, before the eighth pass, took other targets at inactive pixels with mask_input on and "
                           "mask_loss off); its remaining steps train with the crops of the whole images' masks "
                           "(README changelog, ninth pass)", UserWarning, stacklevel=2)
 
