@@ -46,7 +46,7 @@ from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, 
                           drop_own_outputs, expand_inputs, folder_images, guided_model, mebibytes, output_folder,
                           output_targets, padded_lr_side, plan_windows, run_items, run_sharded, skip_existing,
                           speed_options, tune_malloc)
-from .errors import LR_01_WARNING, UserError, out_of_memory
+from .errors import UserError, lr_from_images, out_of_memory
 from .errors import user_input as _user_input
 
 
@@ -533,10 +533,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"--steps must be >= 1, got {a.steps}")
         if getattr(a, "max_pixels", None) is not None and a.max_pixels < 0:
             raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {a.max_pixels}")
-        with _pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings():
+        # lr_from_images: every image the commands sample is read as 8 bits and made [-1, 1] here (from_uint8)
+        with _pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings(), lr_from_images():
             warnings.showwarning = _show_warning
-            # every image the commands sample is read as 8 bits and made [-1, 1] here (from_uint8)
-            warnings.filterwarnings("ignore", message=LR_01_WARNING, category=UserWarning)
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
         print("yoda: interrupted", file=sys.stderr)

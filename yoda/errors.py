@@ -11,10 +11,7 @@ limit).
 from __future__ import annotations
 
 import contextlib
-
-# The start of yoda.sample's warning that lr may be a [0, 1] image (yoda.sampling.spec.check_lr); the CLI, which
-# makes every lr of 8-bit images itself, filters it (here: importing it imports no torch)
-LR_01_WARNING = "lr has no negative value"
+import contextvars
 
 
 class UserError(ValueError):
@@ -35,6 +32,28 @@ def user_input():
         raise
     except ValueError as e:
         raise UserError(str(e)) from e
+
+
+_LR_FROM_IMAGES = contextvars.ContextVar("yoda_lr_from_images", default=False)
+
+
+@contextlib.contextmanager
+def lr_from_images():
+    """Within: yoda.sample does not warn that lr may be a [0, 1] image (yoda.sampling.spec.check_lr). For yoda's
+    own callers (the CLI, evaluate, figures, training's validation), which make every lr of 8-bit images with
+    from_uint8 / make_lr, where the warning could only ever fire on a light photograph (its darkest pixel at 8-bit
+    128-130). A context variable, not a warnings filter: it leaves the other warnings' once-per-place bookkeeping
+    alone, and other threads. (Here, not in yoda.sampling: the CLI imports it without torch.)"""
+    token = _LR_FROM_IMAGES.set(True)
+    try:
+        yield
+    finally:
+        _LR_FROM_IMAGES.reset(token)
+
+
+def lr_from_images_now() -> bool:
+    """Whether the caller is within lr_from_images()."""
+    return _LR_FROM_IMAGES.get()
 
 
 def out_of_memory(e: BaseException) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import data as _data
+from .errors import lr_from_images
 from .images import from_uint8, quantize_u8, to_uint8
 from .masks import check_lower_bound
 from .sampling.spec import ALL_SAMPLERS as SAMPLER_NAMES
@@ -161,7 +162,6 @@ class EvalSettings:
 def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:
     """(SR, denoiser calls, seconds) of one yoda.sample run (no progress bar of its own: evaluate has one)."""
     from .sampling import sample
-    from .sampling.spec import lr_from_images
 
     calls = [0]
 

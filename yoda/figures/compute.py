@@ -115,7 +115,7 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     from ..attention import get
     from ..images import from_uint8, to_uint8
     from ..sampling import sample
-    from ..sampling.spec import lr_from_images
+    from ..errors import lr_from_images
 
     s = settings
     extractors = {name: get(name) for name in s.attentions}

@@ -172,13 +172,13 @@ def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
         bases = [bases] if isinstance(bases, str) else list(bases)
         out: dict = {}
         paths = [os.path.join(os.path.dirname(p), b) for b in bases]
-        missing = [b for b, path in zip(bases, paths) if not os.path.isfile(path)]
-        if missing:
-            warnings.warn(f"SRDiff config {p}: its base_config {', '.join(map(repr, missing))} is not next to it; "
-                          "skipped, as upstream does (a run's saved config.yaml holds the resolved keys)",
-                          stacklevel=3)
-        for path in paths:
-            if os.path.isfile(path):
+        there = [os.path.isfile(path) for path in paths]
+        if not all(there):
+            missing = ", ".join(repr(b) for b, ok in zip(bases, there) if not ok)
+            warnings.warn(f"SRDiff config {p}: its base_config {missing} is not next to it; skipped, as upstream "
+                          "does (a run's saved config.yaml holds the resolved keys)", stacklevel=3)
+        for path, ok in zip(paths, there):
+            if ok:
                 out.update(read(path, depth + 1))
         out.update(d)
         return out

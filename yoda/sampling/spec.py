@@ -10,8 +10,6 @@ and timesteps= of None take the adapter's solver_sigmas / solver_timesteps (None
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 import numbers
 import operator
@@ -27,7 +25,7 @@ from yoda_kernels.contract import SAMPLERS, check_tile
 from .. import masks
 from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter
-from ..errors import LR_01_WARNING
+from ..errors import lr_from_images_now
 from . import solvers as S
 
 ALL_SAMPLERS = SAMPLERS + S.SOLVERS  # the kernels' two (masked_step) and the sigma-space solvers (masked_combine)
@@ -194,30 +192,14 @@ def check_lr(lr: Any) -> torch.Tensor:
     # a [0, 1] photograph has its darkest pixel at about 0 and none below; a bright image in [-1, 1] (a white
     # page, fog) has its darkest pixel well above mid-gray and is not warned of. A light photograph whose darkest
     # pixel is just above mid-gray cannot be told from a [0, 1] image: callers that made lr of 8-bit images
-    # themselves silence the warning (lr_from_images)
-    if 0.0 <= lo <= 0.02 and hi > 0.5 and not _LR_FROM_IMAGES.get():
-        warnings.warn(f"{LR_01_WARNING} (range [{lo:.4g}, {hi:.4g}]): yoda takes images in [-1, 1] "
+    # themselves silence the warning (yoda.errors.lr_from_images)
+    if 0.0 <= lo <= 0.02 and hi > 0.5 and not lr_from_images_now():
+        warnings.warn(f"lr has no negative value (range [{lo:.4g}, {hi:.4g}]): yoda takes images in [-1, 1] "
                       "(yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out washed out",
                       UserWarning, stacklevel=3)
     if C == 1:
         lr = lr.expand(B, 3, h, w)
     return lr.clamp(-1.0, 1.0)
-
-
-_LR_FROM_IMAGES = contextvars.ContextVar("yoda_lr_from_images", default=False)
-
-
-@contextlib.contextmanager
-def lr_from_images():
-    """Within: no warning that lr may be a [0, 1] image (check_lr). For yoda's own callers (evaluate, figures,
-    training's validation), which make every lr of 8-bit images with from_uint8 / make_lr, where the warning
-    could only ever fire on a light photograph (its darkest pixel at 8-bit 128-130). A context variable, not a
-    warnings filter: it leaves the other warnings' once-per-place bookkeeping alone, and other threads."""
-    token = _LR_FROM_IMAGES.set(True)
-    try:
-        yield
-    finally:
-        _LR_FROM_IMAGES.reset(token)
 
 
 def as_int(v: Any, name: str, what: str = "an int") -> int:
@@ -328,7 +310,7 @@ def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
     window, overlap, skip = tiles
     if window < 1 or not 0 <= overlap < window:
         raise ValueError(f"windows must satisfy window >= 1 and 0 <= overlap < window, got {tiles!r}")
-    return Windows(int(window), int(overlap), skip, None if window_batch is None else int(window_batch))
+    return Windows(window, overlap, skip, window_batch)
 
 
 def noise_entries(noise: Any, n: int) -> Optional[list]:

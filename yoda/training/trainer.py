@@ -30,7 +30,7 @@ import torch
 from .. import data as _data
 from .._io import atomic_write, atomic_write_text
 from ..devices import resolve_device
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, lr_from_images
 from ..evaluate import psnr_u8
 from ..photos import check_not_held_out
 from .config import TrainConfig
@@ -355,7 +355,6 @@ class Trainer:
         YODA masks (cfg.attention, lower bound of the loss config; the extractor is built whenever there are
         validation crops)."""
         from ..sampling import sample
-        from ..sampling.spec import lr_from_images
 
         hr = self.val_hr.to(self.device)
         lr_img = _data.make_lr(hr, self.cfg.data.scale)
