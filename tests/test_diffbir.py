@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import yoda
 from yoda.adapters import (CallableAdapter, apply_cfg_scale, cfg_combine, guided_call, stack_along_batch,
                            upsample)
-from yoda.models.diffbir import DiffBIRAdapter, diffbir_cfg_scale
+from yoda.models.diffbir import DiffBIRAdapter as _DiffBIRAdapter, diffbir_cfg_scale
 from yoda.schedule import Schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,6 +109,13 @@ class StandInControlLDM(torch.nn.Module):
         if self.parameterization == "eps":
             return eps
         return sa * eps - s1a * x0  # v
+
+
+def DiffBIRAdapter(*args, **kw):
+    """The adapter without DiffBIR's enlargement of small images (enlarge_to=None), so that the loops are compared at
+    the stand-ins' small sizes; test_small_images_are_sampled_enlarged covers the enlargement."""
+    kw.setdefault("enlarge_to", None)
+    return _DiffBIRAdapter(*args, **kw)
 
 
 def stage1(lq):
@@ -492,6 +499,45 @@ def test_sample_cfg_scale_is_forwarded_or_refused():
 
 # ==========================================================================================================
 # Prepare, decode, windows, errors
+def test_small_images_are_sampled_enlarged():
+    """DiffBIR's Pipeline.run with a stage-1 image whose shorter side is below 512: resize_short_edge_to (bicubic,
+    antialias) before apply_cldm, then wavelet_reconstruction against the enlarged image and a resize back to the
+    output size. Here enlarge_to 48 on a 24 x 40 SR image: sampled at 48 x 80 (padded 64 x 128, latent 8 x 16)."""
+    diffusion = StandInDiffusion("v")
+    cldm = StandInControlLDM(diffusion, seed=2)
+    lr, steps = _lr(), 5
+    fix = lambda sr01, ref01: (sr01 + ref01) / 2  # noqa: E731 (a stand-in colour fix that uses its reference)
+    with torch.no_grad():
+        big = F.interpolate(stage1((lr + 1) / 2), size=(48, 80), mode="bicubic", antialias=True)
+        padded = F.pad(big, (0, 128 - 80, 0, 64 - 48))
+        cond, uncond = (cldm.prepare_condition(padded, [p] * 2) for p in (POS, NEG))
+        noises = _noises(steps + 1, cond["c_img"].shape, seed=9)
+        ref = ref_ddim_sampler(cldm, diffusion.betas, "v", False, steps, noises, cond, uncond, 3.0)
+        want = F.interpolate(fix((cldm.vae_decode(ref[-1])[..., :48, :80] + 1) / 2, big), size=(24, 40),
+                             mode="bicubic", antialias=True) * 2 - 1
+        ad = _DiffBIRAdapter(cldm, diffusion, stage1=stage1, cfg_scale=3.0, pos_prompt=POS, neg_prompt=NEG,
+                             color_fix=fix, enlarge_to=48)
+        zs, sr = _run_yoda(ad, lr, noises, steps=steps, sampler="ddim", spacing="ldm_uniform", lower_bound=1.0)
+        assert _max_diff(zs, ref) <= 1e-5 and sr.shape == (2, 3, 24, 40)
+        assert (sr - want.clamp(-1, 1)).abs().max().item() <= 1e-5
+        # the attention map follows the image: resized to 48 x 80, padded, max-pooled over the 8 x 8 cells
+        A = torch.rand(2, 1, 24, 40, generator=torch.Generator().manual_seed(3))
+        A_big = F.pad(F.interpolate(A, size=(48, 80), mode="bilinear", align_corners=False), (0, 48, 0, 16),
+                      mode="replicate")
+        assert torch.equal(ad.attention_to_state(A, cond["c_img"].shape), F.max_pool2d(A_big, 8))
+        masked = yoda.sample(ad, lr, noise=noises, sampler="ddim", spacing="ldm_uniform", steps=steps,
+                             attention=A, lower_bound=0.5, progress=False)
+        assert masked.shape == (2, 3, 24, 40) and (masked - sr).abs().max().item() > 1e-3
+        # at or above enlarge_to nothing is resized: enlarge_to 24 is enlarge_to None
+        same = _DiffBIRAdapter(cldm, diffusion, stage1=stage1, enlarge_to=24).prepare(lr)
+        assert same.cond.work_size == same.cond.size == (24, 40)
+        assert torch.equal(same.c, DiffBIRAdapter(cldm, diffusion, stage1=stage1).prepare(lr).c)
+    assert _DiffBIRAdapter(cldm, diffusion).enlarge_to == 512  # DiffBIR's
+    for bad in (0, -8, 1.5, True, "512"):
+        with pytest.raises(ValueError, match="enlarge_to"):
+            _DiffBIRAdapter(cldm, diffusion, enlarge_to=bad)
+
+
 # ==========================================================================================================
 def test_prepare_decode_color_fix_and_condition_sources():
     diffusion = StandInDiffusion("eps")

@@ -13,6 +13,7 @@ What it uses of them:
 What it does with them, as DiffBIR's ``Pipeline.apply_cldm`` does:
 
     img = stage-1 cleaned image (B, 3, s*h, s*w) in [0, 1]    (stage1= tensor or callable; default bicubic up(lr))
+    img -> enlarged (bicubic) to a shorter side of enlarge_to (512) when it is below, as resize_short_edge_to
     img -> zero-padded to multiples of pad_multiple (64; 8 with a tiled VAE encoder)
     cond   = cldm.prepare_condition(img, [pos_prompt] * B)     c = cond["c_img"]: the LR in the latent space
     uncond = cldm.prepare_condition(img, [neg_prompt] * B)     only when guiding (cfg_scale != 1)
@@ -20,7 +21,8 @@ What it does with them, as DiffBIR's ``Pipeline.apply_cldm`` does:
     denoise: cldm(x_t, t, cond), guided with uncond: out = u + w (c - u) (yoda.adapters.guided_call); w is
              cfg_scale, or with rescale_cfg=True DiffBIR's ramp w(t) = 1 + cfg_scale (1 - cos(pi ((1000 - t) /
              1000) ** 5)) / 2 (for cfg_scale > 1); guidance_rescale (phi, Lin et al. 2024 §3.4) optional
-    decode: cldm.vae_decode(z cropped to the unpadded latent) cropped to (s*h, s*w); color_fix= optional
+    decode: cldm.vae_decode(z cropped to the unpadded latent) cropped to img's size; color_fix= optional; resized
+            back to (s*h, s*w) when img was enlarged
     A -> latent grid: max pooling over latent_factor x latent_factor cells (A replicate-padded to the padded image's size)
 
 The samplers: ``spacing="idpm"`` with sampler="ddpm" is DiffBIR's SpacedSampler; ``spacing="ldm_uniform"`` with
@@ -78,7 +80,8 @@ class DiffBIRCond(NamedTuple):
     uncond: Optional[dict]  # the same with neg_prompt; None without guidance
     size: Tuple[int, int]  # (H, W) = (s*h, s*w), the SR size
     latent_size: Tuple[int, int]  # c_img's size before the latent padding (DiffBIR's h1, w1)
-    image: Optional[torch.Tensor]  # the stage-1 image (B, 3, H, W) in [0, 1] for color_fix; None in windows
+    image: Optional[torch.Tensor]  # the stage-1 image at work_size in [0, 1] for color_fix; None in windows
+    work_size: Tuple[int, int]  # the size it is sampled at: (H, W), or enlarged to enlarge_to (_work_size)
 
 
 def diffbir_cfg_scale(cfg_scale: float, t: float, rescale_cfg: bool) -> float:
@@ -93,6 +96,21 @@ def diffbir_cfg_scale(cfg_scale: float, t: float, rescale_cfg: bool) -> float:
 def _need_method(obj: Any, name: str, arg: str, what: str) -> None:
     if not callable(getattr(obj, name, None)):
         raise TypeError(f"{arg} must have a {name}() method ({what}); {type(obj).__name__} has none")
+
+
+def _work_size(H: int, W: int, enlarge_to: Optional[int]) -> Tuple[int, int]:
+    """The size DiffBIR's pipeline samples an (H, W) stage-1 image at: its shorter side enlarged to enlarge_to
+    when below it, the longer side in proportion, truncated (its resize_short_edge_to); else (H, W)."""
+    if not enlarge_to or min(H, W) >= enlarge_to:
+        return H, W
+    if H <= W:
+        return enlarge_to, int(W * (enlarge_to / H))
+    return int(H * (enlarge_to / W)), enlarge_to
+
+
+def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """DiffBIR's resize of images (F.interpolate, bicubic, antialias=True), in float32 whatever x's dtype."""
+    return F.interpolate(x.float(), size=size, mode="bicubic", antialias=True).to(x.dtype)
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -118,6 +136,11 @@ class DiffBIRAdapter(Adapter):
         tiled; DiffBIR also pads to 8 when its denoiser is tiled, which yoda's windows= cannot tell the adapter:
         pass pad_multiple=8 to match that); the state is the padded latent, the SR image is cropped back.
     latent_factor: the VAE's downsampling (8); c's size must be the padded image's over it.
+    enlarge_to: as DiffBIR's pipeline, a stage-1 image whose shorter side is below enlarge_to (512, what Stable
+        Diffusion was trained at) is enlarged to it (bicubic with antialias, the longer side in proportion), sampled
+        at that size, and the result resized back to the SR size; the attention map is resized with it. None: sample
+        at the SR size whatever it is. (DiffBIR v2.1 enlarges the bicubic image before SwinIR, v2 BSRNet's output:
+        here it is stage 1's output.)
     encoder_tile, decoder_tile: tiled VAE encoding / decoding with tiles of this many pixels (DiffBIR's
         --vae_encoder_tile_size / --vae_decoder_tile_size); None: whole image. As DiffBIR's pipeline, an image
         (padded) or latent (unpadded) smaller than the tile in either side is encoded / decoded whole.
@@ -148,6 +171,7 @@ class DiffBIRAdapter(Adapter):
         pad_multiple: Optional[int] = None,
         latent_multiple: int = 8,
         latent_factor: int = 8,
+        enlarge_to: Optional[int] = 512,
         encoder_tile: Optional[int] = None,
         decoder_tile: Optional[int] = None,
         color_fix: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
@@ -178,6 +202,9 @@ class DiffBIRAdapter(Adapter):
         for name, v in (("encoder_tile", encoder_tile), ("decoder_tile", decoder_tile)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % latent_factor):
                 raise ValueError(f"{name} must be None or a positive multiple of {latent_factor}, got {v!r}")
+        if enlarge_to is not None and (isinstance(enlarge_to, bool) or not isinstance(enlarge_to, int)
+                                       or enlarge_to < 1):
+            raise ValueError(f"enlarge_to must be None or a positive int, got {enlarge_to!r}")
         if stage1 is not None and not (isinstance(stage1, torch.Tensor) or callable(stage1)):
             raise TypeError(f"stage1 must be None, a tensor or a callable, got {type(stage1).__name__}")
         if color_fix is not None and not callable(color_fix):
@@ -203,7 +230,7 @@ class DiffBIRAdapter(Adapter):
         self.pos_prompt, self.neg_prompt, self.strength = pos_prompt, neg_prompt, strength
         self.stage1, self.color_fix, self.scale = stage1, color_fix, scale
         self.pad_multiple, self.latent_multiple, self.latent_factor = pad_multiple, latent_multiple, latent_factor
-        self.encoder_tile, self.decoder_tile = encoder_tile, decoder_tile
+        self.encoder_tile, self.decoder_tile, self.enlarge_to = encoder_tile, decoder_tile, enlarge_to
         self.solver_sigmas, self.solver_timesteps = sigmas, timesteps  # read by yoda.sample for the solvers
         self.clip_x0 = False  # latents are not bounded; DiffBIR's samplers do not clip
         self.multiple = 1  # any size: the image is padded
@@ -298,14 +325,17 @@ class DiffBIRAdapter(Adapter):
                           "nothing; give DiffBIR's prompts (its inference.py's defaults) or cfg_scale 1",
                           UserWarning, stacklevel=4)
         img = self._stage1_image(lr)
+        size = (int(img.shape[-2]), int(img.shape[-1]))
+        work = _work_size(*size, self.enlarge_to)
+        if work != size:
+            img = _resize(img, work)
         padded = _pad_to(img, self.pad_multiple)
         cond = self._condition(padded, self.pos_prompt)
         uncond = self._condition(padded, self.neg_prompt) if self.guided else None
         f = self.latent_factor
         latent_size = (padded.shape[-2] // f, padded.shape[-1] // f)
-        size = (int(img.shape[-2]), int(img.shape[-1]))
         return Prepared(c=cond["c_img"], cond=DiffBIRCond(cond, uncond, size, latent_size,
-                                                          img if self.color_fix is not None else None))
+                                                          img if self.color_fix is not None else None, work))
 
     @contextmanager
     def _control_strength(self):
@@ -331,7 +361,7 @@ class DiffBIRAdapter(Adapter):
 
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: DiffBIRCond) -> torch.Tensor:
         h1, w1 = cond.latent_size
-        H, W = cond.size
+        H, W = cond.work_size
         tiled = self.decoder_tile is not None and min(h1, w1) >= self.decoder_tile // self.latent_factor
         img = self.cldm.vae_decode(x0[..., :h1, :w1].to(self._vae_dtype(x0.dtype)), tiled,
                                    self.decoder_tile // self.latent_factor if tiled else -1)
@@ -341,11 +371,17 @@ class DiffBIRAdapter(Adapter):
         img = img[..., :H, :W].to(x0.dtype)
         if self.color_fix is not None:
             img = self.color_fix((img + 1) / 2, cond.image.to(img.dtype)) * 2 - 1
+        if cond.work_size != cond.size:
+            img = _resize(img, cond.size)
         return img.clamp(-1.0, 1.0)
 
     def attention_to_state(self, A: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """A (B, 1, H, W) -> (B, 1, H', W'): replicate-padded to the padded image and max-pooled over each
-        latent_factor x latent_factor cell, so a latent pixel is active as soon as any HR pixel it covers is."""
+        latent_factor x latent_factor cell, so a latent pixel is active as soon as any HR pixel it covers is; first
+        resized bilinearly to the size the image is sampled at when enlarge_to enlarges it."""
+        work = _work_size(int(A.shape[-2]), int(A.shape[-1]), self.enlarge_to)
+        if work != tuple(A.shape[-2:]):
+            A = F.interpolate(A, size=work, mode="bilinear", align_corners=False)
         Hs, Ws = int(shape[-2]), int(shape[-1])
         f = self.latent_factor
         ph, pw = Hs * f - A.shape[-2], Ws * f - A.shape[-1]
@@ -360,4 +396,4 @@ class DiffBIRAdapter(Adapter):
         def crop(d: Optional[dict]) -> Optional[dict]:
             return None if d is None else {**d, "c_img": d["c_img"][..., ys, xs]}
 
-        return DiffBIRCond(crop(cond.cond), crop(cond.uncond), cond.size, cond.latent_size, None)
+        return cond._replace(cond=crop(cond.cond), uncond=crop(cond.uncond), image=None)
