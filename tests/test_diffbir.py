@@ -79,6 +79,7 @@ class StandInControlLDM(torch.nn.Module):
         self.scale_factor = 0.18215
         self.control_scales = [1.0] * 13
         self.calls = []  # (batch size, prompts' first token) of every forward
+        self.eval()  # as DiffBIR's inference.py leaves it (yoda.sample warns about a network in training mode)
 
     def vae_encode(self, image, sample=True, tiled=False, tile_size=-1):
         mean, logvar = self.enc(image).chunk(2, dim=1)
@@ -852,6 +853,7 @@ class _RoundingCLDM(torch.nn.Module):
         super().__init__()
         self.cldm, self.seen = cldm, []
         self.prepare_condition, self.vae_decode = cldm.prepare_condition, cldm.vae_decode
+        self.eval()
 
     def forward(self, x, t, cond):
         self.seen.append(t.clone())
