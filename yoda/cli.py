@@ -39,7 +39,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .cli_parser import build_parser
-from ._io import made_dirs, remove_empty
+from ._io import atomic_write_text, check_writable, made_dirs, remove_empty
 from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, read_input,
                          save_figure, save_output, upscale_tensor)
 from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, default_overlap, dist_env,
@@ -201,7 +201,7 @@ def cmd_demo(a) -> int:
     from .data import HELD_OUT, builtin_image, make_lr
     from .evaluate import metrics
     from .images import from_uint8, to_uint8
-    from .masks import active_fraction
+    from .masks import active, active_fraction
 
     if a.image not in HELD_OUT:
         raise UserError(f"--image must be one of the images no model here was trained on ({', '.join(HELD_OUT)}), "
@@ -259,7 +259,7 @@ def cmd_demo(a) -> int:
     ts = sorted({visited[round(k)] for k in np.linspace(0, len(visited) - 1, min(5, len(visited)))}, reverse=True)
     bottom = [("A over LR", Image.blend(lr_big.convert("RGB"), heat, 0.5))]
     for t, tau in ts:  # the mask the sampler used at step t (white: refined), its share of the picture
-        m = (A[0, 0] >= torch.tensor(tau, dtype=torch.float32, device=A.device)).cpu()
+        m = active(A[0, 0], tau).cpu()
         im = big(Image.fromarray(np.where(m.numpy(), 255, 0).astype(np.uint8)).convert("RGB"))
         bottom.append((f"M(t={t}): {percent_label(int(m.sum()), m.numel())} refined", im))
     ratio = float(sum(active_fraction(A, tau) for _, tau in visited)) / len(visited)
@@ -335,8 +335,6 @@ def cmd_eval(a) -> int:
     from .evaluate import EvalSettings, evaluate, markdown_table, summarize, write_csv
 
     if a.output:
-        from ._io import check_writable
-
         check_writable(a.output, "-o")
     _check_eval_options(a)
     skipped = _Skipped()
@@ -357,8 +355,6 @@ def cmd_eval(a) -> int:
     if a.output and a.output.lower().endswith(".csv"):
         write_csv(a.output, rows)
     elif a.output:
-        from ._io import atomic_write_text
-
         atomic_write_text(a.output, table + "\n")
     print(table)
     return skipped.status(len(images))

@@ -15,6 +15,8 @@ The LR image of every HR is yoda.data.make_lr (the training degradation).
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 import time
@@ -24,7 +26,11 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from . import attention as _attention
 from . import data as _data
+from . import sampling as _sampling
+from ._io import atomic_write_text
+from .adapters import as_adapter, upsample
 from .errors import lr_from_images
 from .images import from_uint8, quantize_u8, to_uint8
 from .masks import check_lower_bound
@@ -161,8 +167,6 @@ class EvalSettings:
 
 def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:
     """(SR, denoiser calls, seconds) of one yoda.sample run (no progress bar of its own: evaluate has one)."""
-    from .sampling import sample
-
     calls = [0]
 
     def count(d):
@@ -170,8 +174,9 @@ def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSe
 
     t0 = time.perf_counter()
     with lr_from_images():  # lr is make_lr's, of an 8-bit HR image
-        sr = sample(model, lr, attention=attention, steps=s.steps, sampler=s.sampler, eta=s.eta, sigmas=s.sigmas,
-                    lower_bound=lower_bound, seed=s.seed, backend=s.backend, progress=False, callback=count)
+        sr = _sampling.sample(model, lr, attention=attention, steps=s.steps, sampler=s.sampler, eta=s.eta,
+                              sigmas=s.sigmas, lower_bound=lower_bound, seed=s.seed, backend=s.backend,
+                              progress=False, callback=count)
     return sr, calls[0], time.perf_counter() - t0
 
 
@@ -187,15 +192,12 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     list, or given to ``on_error(name, error)`` and skipped when on_error is given.
     Before any sampling, each attention extractor is made once (DINO weights read once; its loading is not in
     YODA's time) and the LPIPS weights are loaded."""
-    from .adapters import as_adapter, upsample
-    from .attention import get
-
     adapter = as_adapter(model)
     scale = adapter.scale
     upsamplings = {"bicubic": "torch", "bicubic-matlab": "matlab"}  # rows without sampling (yoda.upsampling)
     variants = [(name, None, None) for name in upsamplings] + [("plain", None, None)]
     variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
-    extractors = {name: get(name) for name in settings.attentions}
+    extractors = {name: _attention.get(name) for name in settings.attentions}
     dev = adapter.device() or torch.device("cpu")
     lpips_fn = None
     if settings.lpips is not None:
@@ -262,11 +264,6 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
 
 def write_csv(path: str, rows: Sequence[dict]) -> None:
     """The per-image rows of evaluate() as CSV (one line per image and method), written atomically."""
-    import csv
-    import io
-
-    from ._io import atomic_write_text
-
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")

@@ -54,11 +54,16 @@ def tau_at(t: int, T: int, lower_bound: float = 0.6) -> float:
     return t / T - check_lower_bound(lower_bound)
 
 
+def active(A: torch.Tensor, tau: float) -> torch.Tensor:
+    """A >= tau as a bool tensor of A's shape, compared in float32 as the kernels compare (A may be float16)."""
+    return A.float() >= torch.tensor(tau, dtype=torch.float32, device=A.device)
+
+
 def mask_at(A: torch.Tensor, t: int, T: int, lower_bound: float = 0.6) -> torch.Tensor:
     """M(t) = A >= tau(t): bool tensor of A's shape ((B, 1, H, W) or (B, H, W)). Compared in float32."""
     tau = tau_at(t, T, lower_bound)
     check_A(A)
-    return A.float() >= torch.tensor(tau, dtype=torch.float32, device=A.device)
+    return active(A, tau)
 
 
 def active_fraction(A: torch.Tensor, tau: float) -> torch.Tensor:
@@ -67,8 +72,7 @@ def active_fraction(A: torch.Tensor, tau: float) -> torch.Tensor:
     tau = float(tau)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")
-    m = A.float() >= torch.tensor(tau, dtype=torch.float32, device=A.device)
-    return m.flatten(1).float().mean(dim=1)
+    return active(A, tau).flatten(1).float().mean(dim=1)
 
 
 def pixel_update_ratio(A: torch.Tensor, lower_bound: float = 0.6) -> torch.Tensor:

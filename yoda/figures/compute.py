@@ -11,6 +11,14 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from .. import attention as _attention
+from .. import data as _data
+from .. import sampling as _sampling
+from ..adapters import as_adapter, upsample
+from ..errors import lr_from_images
+from ..evaluate import check_distinct
+from ..images import from_uint8, to_uint8
+from ..masks import check_lower_bound
 from .numbers import (RegionalError, attention_map, best_crop, crop_metrics, lpips_map, poly_fit,
                       refined_area_curve, update_ratio_table)
 
@@ -43,9 +51,6 @@ class FigureSettings:
     lpips: Optional[tuple] = None
 
     def __post_init__(self):
-        from ..evaluate import check_distinct
-        from ..masks import check_lower_bound
-
         object.__setattr__(self, "attentions", tuple(self.attentions))
         if not self.attentions:
             raise ValueError("attentions must name at least one attention method")
@@ -110,15 +115,8 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     first settings.crops images (Fig. 4's) are kept.
 
     Attention extractors and LPIPS weights are resolved before any sampling, so a bad name or file fails fast."""
-    from .. import data as _data
-    from ..adapters import as_adapter, upsample
-    from ..attention import get
-    from ..images import from_uint8, to_uint8
-    from ..sampling import sample
-    from ..errors import lr_from_images
-
     s = settings
-    extractors = {name: get(name) for name in s.attentions}
+    extractors = {name: _attention.get(name) for name in s.attentions}
     adapter = as_adapter(model)
     scale = adapter.scale
     dev = adapter.device() or torch.device("cpu")
@@ -154,9 +152,9 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
             for label, attn in (("plain", None), ("YODA", amaps[yoda_name].to(dev))):
                 bar.set_postfix_str(f"{Path(str(name)).name} {label}")
                 with torch.no_grad(), lr_from_images():  # lr is make_lr's, of an 8-bit HR image
-                    sr = sample(adapter, lr, attention=attn, steps=s.steps, sampler=s.sampler, eta=s.eta,
-                                lower_bound=s.lower_bound if attn is not None else 1.0, seed=s.seed,
-                                backend=s.backend, progress=False)
+                    sr = _sampling.sample(adapter, lr, attention=attn, steps=s.steps, sampler=s.sampler, eta=s.eta,
+                                          lower_bound=s.lower_bound if attn is not None else 1.0, seed=s.seed,
+                                          backend=s.backend, progress=False)
                 sr_u8s[label] = sr_u8 = to_uint8(sr)[0]
                 extra = None
                 if lpips_fn is not None:  # on the rounded image, like every other metric

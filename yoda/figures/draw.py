@@ -29,7 +29,6 @@ _PAD = 8
 _BG = (255, 255, 255)
 _BLACK = (0, 0, 0)
 _GREY = (150, 150, 150)
-_GRID = (228, 228, 228)
 _PLAIN, _YODA = _COLOURS[0], _COLOURS[1]
 
 

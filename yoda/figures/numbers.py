@@ -9,20 +9,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluate import check_pair, colour_shift, psnr
+from ..masks import check_A, check_lower_bound, pixel_update_ratio, tau_at
+from ..sampling.prepare import resolve_attention
+
 
 def attention_map(extractor: Any, lr: torch.Tensor, hr_size: tuple[int, int]) -> torch.Tensor:
     """A (B, 1, H, W) float32 in [0, 1] at ``hr_size``: the map yoda.sample uses for ``attention=extractor``
     (a name, a callable f(lr) or a tensor): resized bilinearly and, for an extractor, min-max normalised."""
-    from ..sampling.prepare import resolve_attention as _resolve_attention
-
     with torch.no_grad():
-        return _resolve_attention(extractor, lr, tuple(int(v) for v in hr_size))
+        return resolve_attention(extractor, lr, tuple(int(v) for v in hr_size))
 
 
 def _images_of(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Each map (B, 1, H, W) / (B, H, W) / (H, W) -> a list of single-image maps (1, 1, H, W), checked."""
-    from ..masks import check_A
-
     if isinstance(maps, torch.Tensor):
         maps = [maps]
     out = []
@@ -41,8 +41,6 @@ def update_ratio_table(maps: Mapping[str, Sequence[torch.Tensor]], lower_bounds:
     yoda.masks.pixel_update_ratio(A, l) = mean over pixels of min(1, A + l).
 
     maps: {method: [A of each image]}, A (1, 1, H, W) (or a batch, one image per entry); sizes may differ."""
-    from ..masks import check_lower_bound, pixel_update_ratio
-
     lbs = [check_lower_bound(v, f"lower_bounds[{i}]") for i, v in enumerate(lower_bounds)]
     if not lbs:
         raise ValueError("lower_bounds must not be empty")
@@ -59,8 +57,6 @@ def refined_area_curve(maps: Sequence[torch.Tensor], T: int, lower_bound: float 
     """Fig. 3 right: (ts, fraction) with ts = T, T-1, ..., 1 (DESIGN's t) unless given, and fraction[k] the mean
     over images of the fraction of pixels with A >= tau(ts[k]) = ts[k]/T - lower_bound (float32 comparison,
     as yoda.masks.mask_at). Counts come from one sort per image, so all T steps cost one pass."""
-    from ..masks import tau_at
-
     As = _images_of(maps)
     ts = np.arange(T, 0, -1, dtype=np.int64) if ts is None else np.asarray(list(ts), dtype=np.int64)
     if ts.size == 0:
@@ -111,8 +107,6 @@ class RegionalError:
     def add(self, sr: np.ndarray, hr: np.ndarray, A: Any, extra: Optional[Mapping[str, Any]] = None) -> None:
         """One image: uint8 (H, W, 3) sr and hr, its map A at (H, W), and {name: per-pixel map} of every
         extra name (errors name the image by its index, maps[i])."""
-        from ..evaluate import check_pair
-
         i, extra = self.images, dict(extra or {})
         if set(extra) != set(self.sums):
             raise ValueError(f"extra must hold the maps {sorted(self.sums)}, got {sorted(extra)}")
@@ -238,6 +232,4 @@ def best_crop(A, size: int) -> tuple[int, int]:
 
 def crop_metrics(sr: np.ndarray, hr: np.ndarray) -> dict:
     """{"psnr", "ab_shift"} of uint8 SR vs HR (yoda.evaluate.psnr and colour_shift)."""
-    from ..evaluate import colour_shift, psnr
-
     return {"psnr": psnr(sr, hr), "ab_shift": colour_shift(sr, hr)["ab_shift"]}

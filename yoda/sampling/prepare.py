@@ -5,7 +5,6 @@ them (denoise, step or solve, report) and the start and the end (start, decode).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Optional
 
 import torch
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 import yoda_kernels as K
 
+from .. import attention as _attention
 from .. import masks
 from ..adapters import Adapter
 from ..attention.classic import minmax_normalize
@@ -114,7 +114,7 @@ class Run:
 
     def _active(self, tau: float) -> torch.Tensor:
         """A >= tau, compared in float32 as the kernels compare."""
-        return self.A >= torch.tensor(tau, dtype=torch.float32, device=self.A.device)
+        return masks.active(self.A, tau)
 
     def _batches(self) -> int:
         """Denoiser forward passes of the last denoise call."""
@@ -176,7 +176,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     elif isinstance(attention, torch.Tensor):  # checked (NaN, range, shape) even when lower_bound >= 1 leaves it unused
         checked_map(attention, "attention", lr)
     elif isinstance(attention, str):  # a misspelt name is an error whatever the lower bound
-        importlib.import_module("yoda.attention").check_name(attention)
+        _attention.check_name(attention)
     elif attention is not None and not callable(attention):
         raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
     entries = noise_entries(noise, spec.steps + 1)
@@ -256,11 +256,7 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
     # something (a calibrated saliency, a constant)
     extracted = isinstance(attention, str) or getattr(attention, "minmax_after_resize", False)
     if isinstance(attention, str):
-        try:
-            get = importlib.import_module("yoda.attention").get
-        except (ImportError, AttributeError) as e:
-            raise RuntimeError(f"attention={attention!r} needs yoda.attention.get, which is unavailable: {e}") from e
-        attention = get(attention)
+        attention = _attention.get(attention)
         src = f"attention {src!r}"
     if not isinstance(attention, torch.Tensor):
         if not callable(attention):

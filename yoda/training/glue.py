@@ -6,8 +6,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
+from ..data import make_lr
+from ..images import from_uint8
 from ..models.card import ModelCard
+from ..models.yoda_format import build_model as build
+from ..sampling.prepare import resolve_attention
 from .config import LossConfig, TrainConfig
 
 MODEL_KINDS = ("sr3", "srdiff")
@@ -20,8 +25,6 @@ def build_model(spec: dict) -> torch.nn.Module:
     if not isinstance(spec, dict) or spec.get("kind") not in MODEL_KINDS:
         raise ValueError(f"model must be a dict with 'kind' in {MODEL_KINDS}, got {spec!r}")
     args = {k: v for k, v in spec.items() if k != "kind"}
-    from ..models.yoda_format import build_model as build
-
     if spec["kind"] == "sr3":
         return build("sr3", args)
     try:
@@ -55,12 +58,6 @@ def whole_image_maps(extractor: Callable, images, scale: int) -> list[torch.Tens
     is the one sampling gives those pixels: a map made of each crop was min-max normalised per crop (a
     featureless crop still had A from 0 to 1, and trained with most of its pixels active, where sampling the
     image leaves them at the LR)."""
-    import torch.nn.functional as F
-
-    from ..data import make_lr
-    from ..images import from_uint8
-    from ..sampling.prepare import resolve_attention
-
     out = []
     for _, arr in images:
         hr = from_uint8(arr)
