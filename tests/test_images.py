@@ -130,6 +130,24 @@ def test_alpha_is_composited_on_white_like_yoda_data(tmp_path):
     assert data.read_image is images.read_image and data.DataError is images.DataError
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
+def test_a_transparent_colour_key_is_white_too(tmp_path, mode):
+    """PNG's tRNS colour key (what optipng and pngcrush make of an RGBA image with binary alpha) in RGB, grey and
+    16-bit grey files: the keyed pixels are transparent, so white, as alpha is."""
+    if mode == "RGB":
+        a, key = np.zeros((2, 3, 3), np.uint8), (0, 0, 0)
+        a[0, 0] = [10, 20, 30]
+    else:
+        a, key = np.zeros((2, 3), np.uint16 if mode == "I;16" else np.uint8), 0
+        a[0, 0] = 257 * 77 if mode == "I;16" else 77
+    Image.fromarray(a).save(tmp_path / "k.png", transparency=key)
+    with Image.open(tmp_path / "k.png") as im:
+        assert im.mode == mode and im.info["transparency"] == key  # the file really has a colour key
+    got = to_uint8(load_image(tmp_path / "k.png"))[0]
+    assert got[0, 0].tolist() == ([10, 20, 30] if mode == "RGB" else [77] * 3)
+    assert (got.reshape(-1, 3)[1:] == 255).all()
+
+
 def test_16_bit_grey_is_scaled_to_8_bits(tmp_path):
     g16 = np.array([[0, 65535], [257 * 128, 257 * 7]], dtype=np.uint16)
     Image.fromarray(g16).save(tmp_path / "g16.png")

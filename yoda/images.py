@@ -213,16 +213,21 @@ def _to_srgb(im: Image.Image, p: Path) -> Image.Image:
 def _samples(im: Image.Image, p: Path) -> np.ndarray:
     """The decoded image as an array to_rgb_u8 takes: uint8 (H, W[, 3|4]) or float in [0, 1] (module
     docstring: 16-bit and float samples map by the range of their type)."""
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    key = im.info.get("transparency")  # P: a palette's alpha; L, RGB, I;16: a colour key (PNG's tRNS)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "L", "RGB") and key is not None):
         return np.asarray(im.convert("RGBA"))
     if im.mode in ("L", "RGB"):
         return np.asarray(im)
     if im.mode.startswith("I"):  # 16-bit grey (I;16*), or 32-bit integer (I) holding 16-bit values
-        a = np.asarray(im).astype(np.float32)
+        raw = np.asarray(im)
+        a = raw.astype(np.float32)
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise DataError(f"path: {p}: integer samples in [{a.min():.0f}, {a.max():.0f}]; only 8- and 16-bit "
                             "images (0..65535) are supported")
-        return a / 65535.0
+        a /= 65535.0
+        if isinstance(key, int):  # the keyed grey is transparent: on white, as alpha is
+            a[raw == key] = 1.0
+        return a
     if im.mode == "F":  # 32-bit float (TIFF): values must already be in [0, 1]
         a = np.asarray(im).astype(np.float32)
         if not np.isfinite(a).all():
