@@ -178,6 +178,17 @@ def test_atomic_write_permissions_and_cleanup(tmp_path):
         atomic_write(tmp_path / "missing" / "x.txt", lambda tmp: None)
 
 
+@pytest.mark.parametrize("name", ["a" * 251 + ".png", "漢" * 83 + ".png"], ids=["ascii", "utf8"])
+def test_atomic_write_takes_the_longest_names(tmp_path, name):
+    """A name the file system takes (255 bytes) is written: the temporary name is cut short, not refused."""
+    from yoda._io import atomic_write, check_writable
+
+    assert len(os.fsencode(name)) in (253, 255)
+    assert check_writable(tmp_path / name) == tmp_path / name
+    atomic_write(tmp_path / name, lambda tmp: open(tmp, "w").write("x"))
+    assert [f.name for f in tmp_path.iterdir()] == [name] and (tmp_path / name).read_text() == "x"
+
+
 def test_atomic_write_writes_through_a_symlink(tmp_path):
     """A link is written through, as open() would: the target gets the new content and the link stays a link
     (os.replace on the link itself would swap it for a plain file and leave the target stale)."""

@@ -21,6 +21,7 @@ before the rename. No os.umask() call is needed, which matters because reading t
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -28,12 +29,17 @@ from typing import Callable, Optional, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 _TRIES = 100  # O_EXCL name collisions with 48 random bits are not expected; bound the loop anyway
+_NAME_MAX = 255  # the longest file name, in bytes, of Linux's, macOS's and Windows' file systems
 
 
 def _create_temp(folder: str, name: str) -> tuple[str, int]:
-    """(a new empty file's path in ``folder``, the permission bits the kernel gave it)."""
+    """(a new empty file's path in ``folder``, the permission bits the kernel gave it). Its name is
+    .NAME.RANDOM.tmp, NAME cut short so that a name that fits the file system gives a temporary name that fits."""
+    stem = name
+    while len(os.fsencode(f".{stem}.{'0' * 12}.tmp")) > _NAME_MAX:
+        stem = stem[:-1]
     for _ in range(_TRIES):
-        tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
+        tmp = os.path.join(folder, f".{stem}.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -54,8 +60,6 @@ def _target(p: Path) -> Path:
         return p
     target = Path(os.path.realpath(p))
     if os.path.islink(target):  # realpath stops inside a loop
-        import errno
-
         raise OSError(errno.ELOOP, f"cannot write {p}: too many levels of symbolic links")
     return target
 
