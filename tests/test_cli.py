@@ -102,6 +102,18 @@ def test_upscale_grey_and_folder_output(tmp_path, tiny_model, images, capsys):
     assert_same_pixels(out / "rgb_x4.png", expected_upscale(tiny_model, rgb, **kw))
 
 
+def test_upscale_into_an_existing_folder_whatever_its_name(tmp_path, tiny_model, images, capsys):
+    """-o naming an existing folder is that folder even with one input and an image suffix (as cp does)."""
+    rgb, _ = images
+    (tmp_path / "isdir.png").mkdir()
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "isdir.png"), "--model", tiny_model, "--steps", "1",
+                        "-q"], capsys)
+    assert code == 0, err
+    assert os.listdir(tmp_path / "isdir.png") == ["rgb_x4.png"]
+    assert_same_pixels(tmp_path / "isdir.png" / "rgb_x4.png",
+                       expected_upscale(tiny_model, rgb, steps=1, sampler="ddim", attention=None))
+
+
 def test_upscale_bad_path_exit_2_no_output(tmp_path, tiny_model, images, capsys):
     rgb, _ = images
     out = tmp_path / "out.png"
@@ -595,7 +607,6 @@ def test_output_paths_are_checked_before_sampling(tmp_path, tiny_model, images, 
     (tmp_path / "isdir.png").mkdir()
     (tmp_path / "afile").write_text("x")
     cases = [
-        (["upscale", rgb, "-o", str(tmp_path / "isdir.png")], "isdir.png is a folder"),
         (["upscale", rgb, "-o", str(tmp_path / "nope" / "o.png")], "nope/o.png: the folder"),
         (["upscale", rgb, "-o", str(tmp_path / "o.gif")], "o.gif: cannot write images with the suffix '.gif'"),
         (["upscale", rgb, grey, "-o", str(tmp_path / "o.png")], "several inputs need an output folder"),

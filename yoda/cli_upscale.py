@@ -271,15 +271,15 @@ def output_folder(a) -> Optional[Path]:
     output folder (created later if missing), in which IN becomes STEM_x<scale>.png (output_targets).
 
     -o is a file when there is one input and it has a suffix (which must be an image format yoda writes) and
-    is not an existing folder; otherwise a folder."""
+    is not an existing folder; otherwise a folder (an existing folder is one whatever its name, as for cp)."""
     from .images import OUTPUT_SUFFIXES
 
     if not a.output.strip():
         raise UserError("-o must name an output file or folder, got an empty string")
     out = Path(a.output)
     several, image_suffix = len(a.inputs) > 1, out.suffix.lower() in OUTPUT_SUFFIXES
-    as_folder = (a.output.endswith(("/", os.sep)) or out.suffix == "" or (several and not image_suffix)
-                 or (out.is_dir() and (several or not image_suffix)))
+    as_folder = (a.output.endswith(("/", os.sep)) or out.suffix == "" or out.is_dir()
+                 or (several and not image_suffix))
     if not as_folder:
         if several:
             raise UserError(f"-o {a.output}: several inputs need an output folder, not a file name")
