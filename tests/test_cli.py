@@ -272,6 +272,15 @@ def test_upscale_a_folder_into_itself_can_be_rerun(tmp_path, tiny_model, capsys)
         code, out, err = run(["upscale", str(other), str(src), "-o", str(src), *common, "--skip-existing"], capsys)
         assert code == 0, err
     assert "left out a_x4.png, b_x4_x4.png, c_x4.png: they are the outputs" in err and out.count("skipped") == 3
+    # a picture of the user's that has an output's name but not its size is an input, never overwritten
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, size in (("d.png", (10, 8)), ("d_x4.png", (53, 37))):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(mine / name)
+    before = (mine / "d_x4.png").read_bytes()
+    code, _, err = run(["upscale", str(mine), "-o", str(mine), *common], capsys)
+    assert code == 2 and "d_x4.png" in err and "is the input" in err and "left out" not in err
+    assert (mine / "d_x4.png").read_bytes() == before and sorted(os.listdir(mine)) == ["d.png", "d_x4.png"]
 
 def test_upscale_scale_defaults_to_the_models(tmp_path, images, capsys):
     """--scale is the model's unless given (a x2 model needs no option); a wrong one is refused."""

@@ -144,18 +144,38 @@ def expand_inputs(inputs: list) -> tuple[list, set]:
 
 def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], scale: int) -> list:
     """``inputs`` without the images that an earlier run into the output folder wrote there: when -o is a folder
-    that is also an input, a STEM_x<scale>.png in it, where STEM.* is an input (of any folder), is that input's
-    output (named in a note), not a new input. Files named on the command line are always inputs."""
+    that is also an input, a STEM_x<scale>.png in it, where STEM.* is an input (of any folder) and the file is
+    ``scale`` times its size, is that input's output (named in a note), not a new input. Files named on the
+    command line, and a STEM_x<scale>.png of another size (a picture of the user's, which output_targets then
+    refuses to overwrite), are inputs."""
     if out_dir is None or not out_dir.is_dir():
         return inputs
-    outputs = {Path(p).stem + f"_x{scale}.png" for p in inputs}  # what this run writes into out_dir
-    dropped = {p for p in inputs if Path(p).name in outputs and os.path.realpath(p) in from_folders
-               and Path(p).parent.samefile(out_dir)}
+    sources: dict = {}  # what this run writes into out_dir -> the inputs it is written for
+    for p in inputs:
+        sources.setdefault(Path(p).stem + f"_x{scale}.png", []).append(p)
+    dropped = {p for p in inputs if Path(p).name in sources and os.path.realpath(p) in from_folders
+               and Path(p).parent.samefile(out_dir) and _upscaled_from(p, sources[Path(p).name], scale)}
     if dropped:
         print(f"yoda: note: left out {', '.join(sorted(Path(p).name for p in dropped))}: "
               f"{'it is the output' if len(dropped) == 1 else 'they are the outputs'} of an earlier run into "
               f"{out_dir} (-o), not an input", file=sys.stderr)
     return [p for p in inputs if p not in dropped]
+
+
+def _upscaled_from(path: str, sources: list, scale: int) -> bool:
+    """Whether the image ``path`` is ``scale`` times the size of one of ``sources`` (either way round: an EXIF
+    orientation turns the output); an unreadable header is no."""
+    from PIL import Image
+
+    def size(p):
+        with Image.open(p) as im:
+            return im.size
+
+    try:
+        W, H = size(path)
+        return any((W, H) in ((scale * w, scale * h), (scale * h, scale * w)) for w, h in map(size, sources))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
 
 
 def folder_images(folder: str) -> list:
