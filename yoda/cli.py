@@ -574,6 +574,8 @@ def _one_line(e: BaseException, options: bool = True) -> str:
     if pkg is not None:
         return f"this needs the Python package {pkg!r}, which is not installed ({e})"
     msg = str(e).strip()
+    if isinstance(e, OSError) and e.strerror:  # not Python's "[Errno 28] " prefix
+        msg = e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
     if not msg:
         return type(e).__name__
     line = msg.splitlines()[0]
