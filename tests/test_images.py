@@ -2,6 +2,7 @@
 
 import os
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -146,6 +147,22 @@ def test_a_transparent_colour_key_is_white_too(tmp_path, mode):
     got = to_uint8(load_image(tmp_path / "k.png"))[0]
     assert got[0, 0].tolist() == ([10, 20, 30] if mode == "RGB" else [77] * 3)
     assert (got.reshape(-1, 3)[1:] == 255).all()
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png", ".tif"])
+def test_the_first_frame_of_an_animation_or_pages_is_read_with_a_warning(tmp_path, suffix):
+    frames = [np.full((6, 5, 3), v, np.uint8) for v in (40, 200, 90)]
+    frames[0][0, 0] = [250, 10, 10]
+    ims = [Image.fromarray(f).convert("P") if suffix == ".gif" else Image.fromarray(f) for f in frames]
+    ims[0].save(tmp_path / f"anim{suffix}", save_all=True, append_images=ims[1:])
+    with pytest.warns(UserWarning, match=rf"anim\{suffix} holds 3 frames; only the first is read"):
+        got = to_uint8(load_image(tmp_path / f"anim{suffix}"))[0]
+    want = np.asarray(ims[0].convert("RGB"))
+    assert np.array_equal(got, want)
+    Image.fromarray(frames[1]).save(tmp_path / f"one{suffix}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one frame: no warning
+        load_image(tmp_path / f"one{suffix}")
 
 
 def test_16_bit_grey_is_scaled_to_8_bits(tmp_path):

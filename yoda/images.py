@@ -256,6 +256,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
 
     max_pixels: refuse images with more pixels (None: MAX_PIXELS; 0: no limit). The size is read from the
     header, so a decompression bomb is refused before anything is decoded.
+    A file of several frames (animated, multi-page) gives its first, with a warning.
     Errors name the file: FileNotFoundError (missing), ValueError (a folder), DataError (unreadable, too
     large, unsupported sample values)."""
     p = Path(path)
@@ -270,6 +271,8 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
         with Image.open(p) as im:
             _check_pixels(p, im.size, limit)
             im.load()  # decode now, so a truncated file fails here and not later
+            if getattr(im, "n_frames", 1) > 1:  # an animated GIF / WebP / PNG, a multi-page TIFF
+                warnings.warn(f"{p} holds {im.n_frames} frames; only the first is read", stacklevel=2)
             arr = _samples(_to_srgb(_upright(im), p), p)
     except DataError:
         raise
