@@ -435,6 +435,14 @@ def test_every_output_format_round_trips_its_size(tmp_path, suffix):
         assert torch.equal(load_image(p), from_uint8(to_uint8(x)))
 
 
+def test_save_image_writes_only_yodas_formats(tmp_path):
+    """The library writes what the CLI writes: a GIF (256 colours) or an unknown suffix is refused, nothing made."""
+    for name in ("o.gif", "o.ico", "o", "o.xyz"):
+        with pytest.raises(ValueError, match=r"cannot write images with the suffix '[^']*' \(.*" + name):
+            save_image(torch.zeros(3, 4, 4), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_check_output_names_the_users_path(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"out\.gif: cannot write images with the suffix '\.gif'"):
         images.check_output(tmp_path / "out.gif")

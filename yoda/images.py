@@ -298,13 +298,13 @@ def load_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> tor
 
 
 def image_format(path: str | os.PathLike) -> str:
-    """Pillow's format name for the suffix of ``path`` (".png" -> "PNG"); ValueError naming ``path`` if none."""
+    """Pillow's format name for the suffix of ``path`` (".png" -> "PNG"); ValueError naming ``path`` for a suffix
+    outside OUTPUT_SUFFIXES (GIF's 256 colours, for one, would quietly lose the picture)."""
     p = Path(path)
-    ext = p.suffix.lower()
-    formats = Image.registered_extensions()
-    if ext.lstrip(".") == "" or ext not in formats:
-        raise ValueError(f"path: cannot tell the image format from the suffix {p.suffix!r} of {p}")
-    return formats[ext]
+    if p.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"path: cannot write images with the suffix {p.suffix!r} ({p}); use one of "
+                         f"{', '.join(OUTPUT_SUFFIXES)}")
+    return Image.registered_extensions()[p.suffix.lower()]
 
 
 def check_output(path: str | os.PathLike, what: str = "output") -> Path:
