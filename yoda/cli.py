@@ -40,11 +40,11 @@ import numpy as np
 
 from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty
-from .cli_models import (adapter_of, attention_extractor, cli_device, default_steps, load_model, read_input,
+from .cli_models import (adapter_of, attention_extractor, check_hr_size, check_out_folder, check_output_option,
+                         cli_device, default_steps, folder_images, load_model, padded_lr_side, read_input,
                          save_figure, save_output, upscale_tensor)
-from .cli_upscale import (check_hr_size, check_out_folder, check_output_option, default_overlap, dist_env,
-                          drop_own_outputs, expand_inputs, folder_images, guided_model, mebibytes, output_folder,
-                          output_targets, padded_lr_side, plan_windows, run_items, run_sharded, skip_existing,
+from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, expand_inputs, guided_model, mebibytes,
+                          output_folder, output_targets, plan_windows, run_items, run_sharded, skip_existing,
                           speed_options, tune_malloc)
 from .errors import UserError, lr_from_images, out_of_memory
 from .errors import user_input as _user_input

@@ -1,15 +1,16 @@
 """What the ``yoda`` commands share: the model (--model, the default of --steps), the device, the attention
-extractor, reading inputs and writing outputs, and upscale_tensor (one LR image of any size through yoda.sample).
+extractor, reading inputs (folders too) and writing outputs, the checks of -o and of output sizes, and
+upscale_tensor (one LR image of any size through yoda.sample).
 Parsing stays torch-free: torch and the library load inside these functions."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .cli_upscale import check_output_option, padded_lr_side
 from .errors import UserError
 from .errors import user_input as _user_input
 
@@ -160,3 +161,53 @@ def save_figure(img, path: str) -> None:
 
     check_output_option(path)
     save_pil(img, path)
+
+
+def padded_lr_side(n: int, scale: int, unit: int, least: int) -> int:
+    """An LR side of n pixels edge-padded to what the model takes (adapters.hr_grid's unit and least, HR pixels):
+    the smallest LR side >= n whose HR side is a multiple of ``unit`` and at least ``least``."""
+    lr_unit = unit // scale
+    return max(-(-n // lr_unit) * lr_unit, least // scale)
+
+
+def folder_images(folder: str) -> list:
+    """yoda.data.list_folder of ``folder``, with a note on stderr naming what it left out."""
+    from .data import left_out_note, list_folder
+
+    left_out: list = []
+    with _user_input():
+        paths = list_folder(folder, left_out)
+    if left_out:
+        print(f"yoda: note: {left_out_note(folder, left_out)}", file=sys.stderr)
+    return paths
+
+
+def check_output_option(path: str) -> None:
+    """-o of an image: suffix, folder, writable, checked before any work (yoda.images.check_output)."""
+    from .images import check_output
+
+    with _user_input():
+        check_output(path, "-o")
+
+
+def check_out_folder(output: str, files) -> None:
+    """-o as a folder: an existing one must take ``files``; a new one must be creatable (its nearest existing
+    ancestor a writable folder)."""
+    from ._io import check_folder_writable, check_writable
+
+    if Path(output).is_dir():
+        for f in files:
+            check_writable(f, "-o")
+    else:
+        check_folder_writable(output, "-o")
+
+
+def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int]) -> None:
+    """Refuse an input whose x``scale`` output would exceed the pixel limit (before sampling it)."""
+    from . import images
+
+    limit = images.pixel_limit(max_pixels)
+    h, w = arr.shape[:2]
+    if limit and scale * scale * h * w > limit:
+        raise UserError(f"{src}: {w}x{h} upscaled x{scale} is {scale * w}x{scale * h} = {scale * scale * h * w} "
+                        f"pixels, more than the limit of {limit} (--max-pixels N raises it)")

@@ -1,7 +1,7 @@
 """The parts of ``yoda upscale`` that need nothing else of the CLI: the memory plan (--max-memory, --tiles,
 --window-batch) and glibc's malloc settings, the speed options (--compile, --autocast, --channels-last,
 --cuda-graphs), folder inputs, --skip-existing, the loop over inputs and its torchrun shards (RANK / WORLD_SIZE,
-gloo), and the checks of -o and of the output sizes made before any image is read."""
+gloo), and the checks of -o (a file or a folder; no input overwritten) made before any image is read."""
 
 from __future__ import annotations
 
@@ -13,18 +13,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import UserError, out_of_memory, user_input
+from .cli_models import check_out_folder, check_output_option, folder_images
+from .errors import UserError, out_of_memory
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
 HR_BYTES_PER_PIXEL = 4096
-
-
-def padded_lr_side(n: int, scale: int, unit: int, least: int) -> int:
-    """An LR side of n pixels edge-padded to what the model takes (adapters.hr_grid's unit and least, HR pixels):
-    the smallest LR side >= n whose HR side is a multiple of ``unit`` and at least ``least``."""
-    lr_unit = unit // scale
-    return max(-(-n // lr_unit) * lr_unit, least // scale)
 
 
 def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, tiles=None, window_batch=None,
@@ -178,18 +172,6 @@ def _upscaled_from(path: str, sources: list, scale: int) -> bool:
         return False
 
 
-def folder_images(folder: str) -> list:
-    """yoda.data.list_folder of ``folder``, with a note on stderr naming what it left out."""
-    from .data import left_out_note, list_folder
-
-    left_out: list = []
-    with user_input():
-        paths = list_folder(folder, left_out)
-    if left_out:
-        print(f"yoda: note: {left_out_note(folder, left_out)}", file=sys.stderr)
-    return paths
-
-
 def dist_env() -> tuple[int, int]:
     """(rank, world size) under torchrun (RANK / WORLD_SIZE in the environment), else (0, 1)."""
     try:
@@ -278,14 +260,6 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     return 0
 
 
-def check_output_option(path: str) -> None:
-    """-o of an image: suffix, folder, writable, checked before any work (yoda.images.check_output)."""
-    from .images import check_output
-
-    with user_input():
-        check_output(path, "-o")
-
-
 def output_folder(a) -> Optional[Path]:
     """upscale's -o, checked before the model loads: None when it is one output file (checked in full), else the
     output folder (created later if missing), in which IN becomes STEM_x<scale>.png (output_targets).
@@ -355,24 +329,3 @@ def check_not_an_input(ids: dict, dst: str) -> None:
         raise UserError(f"-o {dst} is the input {src}: yoda does not overwrite its inputs; choose another name")
 
 
-def check_out_folder(output: str, files) -> None:
-    """-o as a folder: an existing one must take ``files``; a new one must be creatable (its nearest existing
-    ancestor a writable folder)."""
-    from ._io import check_folder_writable, check_writable
-
-    if Path(output).is_dir():
-        for f in files:
-            check_writable(f, "-o")
-    else:
-        check_folder_writable(output, "-o")
-
-
-def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int]) -> None:
-    """Refuse an input whose x``scale`` output would exceed the pixel limit (before sampling it)."""
-    from . import images
-
-    limit = images.pixel_limit(max_pixels)
-    h, w = arr.shape[:2]
-    if limit and scale * scale * h * w > limit:
-        raise UserError(f"{src}: {w}x{h} upscaled x{scale} is {scale * w}x{scale * h} = {scale * scale * h * w} "
-                        f"pixels, more than the limit of {limit} (--max-pixels N raises it)")
