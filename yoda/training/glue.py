@@ -11,26 +11,21 @@ import torch.nn.functional as F
 from ..data import make_lr
 from ..images import from_uint8
 from ..models.card import ModelCard
+from ..models.yoda_format import SPACE_OF_KIND
 from ..models.yoda_format import build_model as build
 from ..sampling.prepare import resolve_attention
 from .config import LossConfig, TrainConfig
-
-MODEL_KINDS = ("sr3", "srdiff")
-
 
 def build_model(spec: dict) -> torch.nn.Module:
     """A model from a config dict {"kind": "sr3" | "srdiff", **constructor args} (yoda.models).
 
     sr3: the keys of yoda.models.sr3.SR3Config (upstream SR3UNet arguments, plus "scale")."""
-    if not isinstance(spec, dict) or spec.get("kind") not in MODEL_KINDS:
-        raise ValueError(f"model must be a dict with 'kind' in {MODEL_KINDS}, got {spec!r}")
-    args = {k: v for k, v in spec.items() if k != "kind"}
-    if spec["kind"] == "sr3":
-        return build("sr3", args)
+    if not isinstance(spec, dict) or spec.get("kind") not in SPACE_OF_KIND:
+        raise ValueError(f"model must be a dict with 'kind' in {tuple(SPACE_OF_KIND)}, got {spec!r}")
     try:
-        return build("srdiff", args)
+        return build(spec["kind"], {k: v for k, v in spec.items() if k != "kind"})
     except TypeError as e:
-        raise ValueError(f"bad model arguments for srdiff: {e}") from None
+        raise ValueError(f"bad model arguments for {spec['kind']}: {e}") from None
 
 
 def make_denoiser(model: torch.nn.Module, lr_img: torch.Tensor, up: torch.Tensor, cfg: LossConfig):
