@@ -192,7 +192,7 @@ def cmd_attention(a) -> int:
 
 def cmd_demo(a) -> int:
     import torch
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     from . import drawing
     from .adapters import upsample
@@ -269,24 +269,7 @@ def cmd_demo(a) -> int:
     caption = (f"YODA: {a.attention.split(':')[0]} attention, l = {a.lower_bound:g}; its masks M(t) = "
                f"1[A >= t/T - {a.lower_bound:g}] at its steps (white: refined; the rest is held at the LR image); "
                f"pixel update ratio of the run {ratio:.3f}")
-    font, measure = drawing.font(), ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    pad, label_h = 6, drawing.text_wh(measure, "Mg", font)[1] + 6
-    cell = panel + pad
-    width = max(pad + len(top) * cell, pad + drawing.text_wh(measure, caption, font)[0] + pad)
-    canvas = Image.new("RGB", (width, 2 * label_h + 2 * (label_h + panel + pad) + label_h), "white")
-    dr = ImageDraw.Draw(canvas)
-    dr.text((pad, 2), title, fill=(0, 0, 0), font=font)
-    y = label_h + pad
-    for row in (top, bottom):
-        if row is bottom:
-            dr.text((pad, y), caption, fill=(0, 0, 0), font=font)
-            y += label_h
-        for i, (label, im) in enumerate(row):
-            px = pad + i * cell
-            dr.text((px, y), label, fill=(0, 0, 0), font=font)
-            canvas.paste(im, (px, y + label_h))
-            dr.rectangle((px - 1, y + label_h - 1, px + panel, y + label_h + panel), outline=(150, 150, 150))
-        y += label_h + panel + pad
+    canvas = drawing.panel_grid(title, [(None, top), (caption, bottom)], panel)
     save_figure(canvas, a.output)
     print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
           f"attention {a.attention}, lower bound {a.lower_bound:g}")

@@ -247,3 +247,31 @@ def title(canvas, draw, s: str, face, y: int = 6) -> None:
         face = font(size)
     w, _ = text_wh(draw, s, face)
     draw.text(((canvas.width - w) / 2, y), s, fill=BLACK, font=face)
+
+
+def panel_grid(title_text: str, rows, panel: int):
+    """A figure of square panels: the title line, then each row (caption, [(label, PIL image of panel x panel)])
+    with its caption line (None: none) above it and each panel's label above the panel, framed in grey."""
+    from PIL import Image, ImageDraw
+
+    face, measure = font(), ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad, label_h = 6, text_wh(measure, "Mg", face)[1] + 6
+    cell = panel + pad
+    widths = [pad + len(panels) * cell for _, panels in rows]
+    widths += [2 * pad + text_wh(measure, caption, face)[0] for caption, _ in rows if caption]
+    height = 2 * label_h + sum((label_h if caption else 0) + label_h + panel + pad for caption, _ in rows)
+    canvas = Image.new("RGB", (max(widths), height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), title_text, fill=BLACK, font=face)
+    y = label_h + pad
+    for caption, panels in rows:
+        if caption:
+            draw.text((pad, y), caption, fill=BLACK, font=face)
+            y += label_h
+        for i, (label, im) in enumerate(panels):
+            px = pad + i * cell
+            draw.text((px, y), label, fill=BLACK, font=face)
+            canvas.paste(im, (px, y + label_h))
+            draw.rectangle((px - 1, y + label_h - 1, px + panel, y + label_h + panel), outline=(150, 150, 150))
+        y += label_h + panel + pad
+    return canvas
