@@ -710,6 +710,50 @@ def test_from_diffusers_half_precision_weights_and_device():
     assert up_vae.dtype == torch.float16 and torch.equal(c, want)
 
 
+def test_vae_upcast_is_shared_by_threads():
+    """Two threads decoding with one fp16 VAE with force_upcast: the second one in found it float32, skipped the
+    upcast, and the first one out cast it back to fp16 under it ("Input type (float) and bias type (c10::Half)")."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from yoda.models.latent import vae_upcast
+
+    class SlowVAE(torch.nn.Module):
+        config = SimpleNamespace(force_upcast=True)
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 3, 1).half()
+
+        @property
+        def dtype(self):
+            return self.conv.weight.dtype
+
+        def decode(self, z, wait):
+            time.sleep(wait)  # the other thread enters or leaves meanwhile
+            return self.conv(z.to(self.dtype))
+
+    vae, z = SlowVAE(), torch.randn(1, 4, 2, 2)
+    errors, dtypes = [], []
+
+    def run(wait):
+        try:
+            with vae_upcast(vae):
+                dtypes.append(vae.decode(z, wait).dtype)
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (0.2, 0.4)]  # the first one in leaves first
+    threads[0].start()
+    time.sleep(0.1)
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert errors == [] and dtypes == [torch.float32, torch.float32]
+    assert vae.dtype == torch.float16  # back once the last one left
+
+
 def test_from_diffusers_takes_or_refuses_every_sampling_key():
     """Sampling-relevant config keys were dropped: clip_sample (diffusers DDPM's default; the final latent differed
     by 2.9), the VAE's shift_factor and latents_mean / std, an EDM or flow-matching scheduler read as linear betas,

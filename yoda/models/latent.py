@@ -21,6 +21,7 @@ the SD x4 upscaler is a text-conditioned UNet2DConditionModel on cat(z_t, LR pix
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
@@ -233,18 +234,32 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     return sched, pred
 
 
+_upcasts_lock = threading.Lock()
+_upcasts: dict = {}  # id(vae) -> [callers inside vae_upcast, whether the first one cast it up]
+
+
 @contextlib.contextmanager
 def vae_upcast(vae: Any):
     """diffusers' force_upcast: an fp16 VAE whose config says it overflows in fp16 (SD's, SDXL's, the x4
-    upscaler's) runs in float32 for the call, as the pipelines upcast it, and goes back to fp16 after."""
-    up = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    if up:
-        vae.to(torch.float32)
+    upscaler's) runs in float32 for the call, as the pipelines upcast it, and goes back to fp16 after. Threads
+    that share the VAE share the upcast: the first one in casts it up, the last one out casts it back."""
+    with _upcasts_lock:
+        entry = _upcasts.get(id(vae))
+        if entry is None:
+            up = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+            if up:
+                vae.to(torch.float32)
+            entry = _upcasts[id(vae)] = [0, up]
+        entry[0] += 1
     try:
         yield
     finally:
-        if up:
-            vae.to(torch.float16)
+        with _upcasts_lock:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _upcasts[id(vae)]
+                if entry[1]:
+                    vae.to(torch.float16)
 
 
 def vae_codec(vae: Any, sample_latent: bool = False) -> Tuple[Callable, Callable]:
