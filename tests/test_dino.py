@@ -530,3 +530,18 @@ def test_cuda_matches_cpu(vit, resnet):
             torch.testing.assert_close(e(lr.cuda()).cpu(), e(lr), rtol=0, atol=1e-4)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def test_loading_leaves_the_global_rng_alone(vit_file, resnet_file):
+    """Building the networks draws their layers' init: from a fork, so that yoda.sample(seed=None) and the user's
+    own draws do not depend on whether an extractor or a model was loaded first."""
+    import yoda
+    from yoda.attention import dino
+
+    torch.manual_seed(0)
+    want = torch.randn(4)
+    for make in (lambda: dino.dino_vits8(vit_file, **VIT_KW), lambda: yoda.load("dino-resnet50", resnet_file),
+                 lambda: yoda.load("yoda", "default")):
+        torch.manual_seed(0)
+        make()
+        assert torch.equal(torch.randn(4), want)

@@ -503,7 +503,8 @@ def dino_vits8(
         n = math.isqrt(max(pe.shape[1] - 1, 0))
         if n * n == pe.shape[1] - 1 and n > 0:
             img_size = n * 8  # checkpoints trained at another size keep their own grid
-    model = DinoViT(img_size=img_size, init=False)
+    with torch.random.fork_rng(devices=[]):  # the layers' own init draws from it: the user's RNG stays as it was
+        model = DinoViT(img_size=img_size, init=False)
     _load_strict(model, sd, os.fspath(weights), _VIT_FMT)
     return DinoViTS8(model, min_size=min_size, max_size=max_size, source=os.fspath(weights))
 
@@ -516,6 +517,7 @@ def dino_resnet50(
     sd = load_state_dict(weights, _RESNET_FMT, checkpoint_key)
     fc = sd.get("fc.weight")
     with_fc = isinstance(fc, torch.Tensor) and fc.dim() == 2
-    model = ResNet50(with_fc=with_fc, num_classes=fc.shape[0] if with_fc else 1000, init=False)
+    with torch.random.fork_rng(devices=[]):
+        model = ResNet50(with_fc=with_fc, num_classes=fc.shape[0] if with_fc else 1000, init=False)
     _load_strict(model, sd, os.fspath(weights), _RESNET_FMT)
     return DinoResNet50(model, groups=groups, min_size=min_size, max_size=max_size, source=os.fspath(weights))
