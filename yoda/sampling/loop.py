@@ -142,7 +142,8 @@ def sample(
         x = run.start()
         last_ok = -1  # the last step after which the state was checked finite
         hist: tuple = ()  # a solver's earlier denoised estimates, newest first
-        for i in trange(spec.steps, disable=not spec.progress, desc="yoda.sample", leave=False):
+        # without a bar, no tqdm at all (even disabled it starts its monitor thread and registers an atexit hook)
+        for i in trange(spec.steps, desc="yoda.sample", leave=False) if spec.progress else range(spec.steps):
             pred, calls = run.denoise(x, i)
             if spec.solver is None:
                 x_new, extra = run.step(x, pred, i), None
