@@ -333,9 +333,17 @@ def test_resnet_groups_and_max_by_hand(resnet):
     m = groups[0]
     for g in groups[1:]:
         m = torch.maximum(m, g)
-    r = F.interpolate(m[:, None], size=(13, 17), mode="bilinear", align_corners=False)
+    # bilinear with layer4's cell i centred on input pixel 32 i: output pixel y reads cell (y + 0.5) n / h - 1/64
+    def weights(out, n):  # (out, n) interpolation matrix, clamped at the grid's ends
+        idx = np.clip((np.arange(out) + 0.5) * n / out - 1 / 64, 0, n - 1)
+        lo = np.minimum(np.floor(idx).astype(int), n - 2)
+        W = np.zeros((out, n))
+        W[np.arange(out), lo], W[np.arange(out), lo + 1] = 1 - (idx - lo), idx - lo
+        return W
+
+    r = weights(13, 2) @ m[0].numpy() @ weights(17, 3).T
     ref = (r - r.min()) / (r.max() - r.min())
-    np.testing.assert_allclose(e(lr).numpy(), ref.numpy(), atol=5e-6, rtol=0)
+    np.testing.assert_allclose(e(lr)[0, 0].numpy(), ref, atol=5e-6, rtol=0)
     # unequal groups: 2048 = 683 + 683 + 682 (numpy.array_split)
     m3 = DinoResNet50(resnet, groups=3, **RES_KW).group_maps(lr)
     np.testing.assert_allclose(m3[:, 2].numpy(), f[:, 1366:].mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
@@ -545,3 +553,30 @@ def test_loading_leaves_the_global_rng_alone(vit_file, resnet_file):
         torch.manual_seed(0)
         make()
         assert torch.equal(torch.randn(4), want)
+
+
+def test_resnet_map_is_centred_where_its_cells_are():
+    """layer4 cell i is centred on input pixel 32 i: a dot's map peaks on the dot. Resized as patches (centre
+    32 i + 15.5) it peaked 2.2 LR pixels down and right at this size (measured 18.91 for a dot at 16.5). The network
+    averages (positive convolutions, identity batch norm), so its response is a blob centred on what it sees."""
+    from yoda.attention.classic import _resample_cells
+
+    # the general resampling at a patch's centre is bilinear with align_corners=False
+    m = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(1))
+    want = F.interpolate(m, size=(19, 23), mode="bilinear", align_corners=False)
+    assert torch.allclose(_resample_cells(m, (19, 23), 0.5), want, atol=1e-6)
+    r = ResNet50(with_fc=False, init=False)
+    with torch.no_grad():
+        for mod in r.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                mod.weight.fill_(1.0 / mod.weight[0].numel())
+            elif isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.fill_(1.0), mod.bias.zero_(), mod.running_mean.zero_(), mod.running_var.fill_(1.0)
+    ex = DinoResNet50(r, groups=1)
+    ys = torch.arange(32, dtype=torch.float64)
+    for c in (9, 16, 22):
+        x = torch.full((1, 3, 32, 32), -1.0)
+        x[0, :, c:c + 2, c:c + 2] = 1.0  # a 2 x 2 dot centred at c + 0.5
+        w = ex(x)[0, 0].double() ** 8  # the peak's centre of mass
+        cy, cx = ((w.sum(d) * ys).sum() / w.sum() for d in (1, 0))
+        assert abs(cy - (c + 0.5)) < 0.3 and abs(cx - (c + 0.5)) < 0.3, (c, float(cy), float(cx))

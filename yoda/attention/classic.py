@@ -102,17 +102,35 @@ def minmax_normalize(m: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
     return out.clamp_(0.0, 1.0).reshape(m.shape)
 
 
-def aggregate(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def aggregate(maps: torch.Tensor, size: Tuple[int, int], cell_centre: float = 0.5) -> torch.Tensor:
     """The shared pipeline: (B, K, h', w') maps -> A (B, 1, h, w) float32 in [0, 1].
 
-    A = minmax( bilinear_resize( max_k maps[:, k], size ) ), bilinear with align_corners=False.
+    A = minmax( bilinear_resize( max_k maps[:, k], size ) ). cell_centre: where cell i of the grid sits, at
+    i + cell_centre cells from the image's edge: 0.5, a patch's middle (a ViT's; bilinear with align_corners=False),
+    or 0.5 / stride for a CNN whose cell i is centred on its input pixel stride * i (a ResNet's layer4, stride 32).
+    Either way the map is held constant beyond the first and last cell centres.
     """
     if maps.dim() != 4 or maps.shape[1] < 1:
         raise ValueError(f"maps must be (B, K, h', w') with K >= 1, got shape {tuple(maps.shape)}")
     m = maps.float().amax(dim=1, keepdim=True)
+    if cell_centre != 0.5:
+        return minmax_normalize(_resample_cells(m, tuple(size), cell_centre))
     if tuple(m.shape[-2:]) != tuple(size):
         m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
     return minmax_normalize(m)
+
+
+def _resample_cells(m: torch.Tensor, size: Tuple[int, int], centre: float) -> torch.Tensor:
+    """m (B, 1, n, k) -> (B, 1, h, w), bilinear: output pixel y reads cell coordinate (y + 0.5) n / h - centre
+    (cells beyond the grid: its border)."""
+    def coords(out: int, n: int) -> torch.Tensor:
+        idx = (torch.arange(out, dtype=torch.float64) + 0.5) * n / out - centre
+        return (idx / (n - 1) * 2 - 1).clamp(-1, 1) if n > 1 else torch.zeros(out, dtype=torch.float64)
+
+    (h, w), (n, k) = size, m.shape[-2:]
+    gy, gx = torch.meshgrid(coords(h, n), coords(w, k), indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1).to(device=m.device, dtype=m.dtype).expand(m.shape[0], h, w, 2)
+    return F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _gaussian_kernel1d(sigma: float, device, dtype=torch.float32) -> torch.Tensor:

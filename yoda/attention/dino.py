@@ -407,6 +407,7 @@ class _NetExtractor:
     model: nn.Module
     multiple: int
     minmax_after_resize = True  # yoda.sample normalises its map again after the resize (DESIGN §3)
+    cell_centre = 0.5  # where a map cell sits in its grid (classic.aggregate): a ViT patch's middle
 
     def _run_on(self, device: torch.device) -> nn.Module:
         if next(self.model.parameters()).device != device:
@@ -415,7 +416,7 @@ class _NetExtractor:
 
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
         """lr (B, 3|1, h, w) in [-1, 1] -> A (B, 1, h, w) float32 in [0, 1]."""
-        return aggregate(self.maps(lr), tuple(lr.shape[-2:]))
+        return aggregate(self.maps(lr), tuple(lr.shape[-2:]), self.cell_centre)
 
 
 class DinoViTS8(_NetExtractor):
@@ -459,9 +460,13 @@ class DinoResNet50(_NetExtractor):
     one map (a "head"), MAX over the groups.
 
         maps[b, k] = mean_{c in group k} layer4(x)[b, c]   on the (H/32, W/32) grid
+
+    Cell i of layer4 is centred on input pixel 32 i (conv1 and every stride-2 stage keep the centre at 2 i), not
+    on 32 i + 15.5 as a patch would be: the map is resized with that centre (classic.aggregate's cell_centre).
     """
 
     multiple = 32
+    cell_centre = 0.5 / 32
 
     def __init__(
         self, model: ResNet50, groups: int = 8, min_size: int = 224, max_size: int = 448, source: str = "<module>"
