@@ -163,12 +163,23 @@ def _check_positive(value, name: str, allow_zero: bool = False) -> float:
 EDGE_FLOOR = 1e-4  # Edge: an image whose largest gradient magnitude is below this is flat
 
 
+def _pad_linear(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x with one sample added at each end of ``dim``, extrapolated linearly (2 x[0] - x[1]); replicated where
+    the side is 1."""
+    n = x.shape[dim]
+    first, last = x.narrow(dim, 0, 1), x.narrow(dim, n - 1, 1)
+    if n > 1:
+        first, last = 2 * first - x.narrow(dim, 1, 1), 2 * last - x.narrow(dim, n - 2, 1)
+    return torch.cat([first, x, last], dim=dim)
+
+
 class Edge:
     """Edge attention: smoothed gradient magnitude of the luma image (K = 1).
 
         g = Y (BT.601 luma of lr), G = sqrt(sobel_x(g)^2 + sobel_y(g)^2), map = gauss_sigma * G
 
-    Sobel with replicate padding; ``sigma`` (LR pixels) spreads the response from the edge line to
+    Sobel with linear extrapolation at the border (g[-1] = 2 g[0] - g[1]: a ramp's gradient is the same in the
+    outer ring as inside, where replicate padding halved it); ``sigma`` (LR pixels) spreads the response from the edge line to
     the pixels around it, which the SR step also has to refine; 0 disables the blur.
     """
 
@@ -182,7 +193,7 @@ class Edge:
         g = luma(x)
         sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=g.device)
         sy = sx.t().contiguous()
-        gp = F.pad(g, (1, 1, 1, 1), mode="replicate")
+        gp = _pad_linear(_pad_linear(g, -1), -2)
         gx = F.conv2d(gp, sx.view(1, 1, 3, 3))
         gy = F.conv2d(gp, sy.view(1, 1, 3, 3))
         mag = torch.sqrt(gx * gx + gy * gy)
