@@ -289,6 +289,10 @@ def test_bad_parameters():
         att.sift(min_size=0)
     with pytest.raises(ValueError, match="n_features"):
         att.sift(n_features=-2)
+    for bad in (True, "1", torch.tensor(1.0)):
+        with pytest.raises(TypeError, match="sigma must be a finite number"):
+            att.edge(sigma=bad)
+    assert att.edge(sigma=np.float32(1.5)).sigma == 1.5 and att.gaussian(sigma=np.float64(0.25)).sigma == 0.25
 
 
 # ------------------------------------------------------------------------------------------ get()

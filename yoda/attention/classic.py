@@ -14,6 +14,7 @@ Pipeline (DESIGN.md §3), shared by all extractors through :func:`aggregate`:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Tuple
 
 import numpy as np
@@ -153,7 +154,7 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _check_positive(value, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):  # numpy's too
         raise TypeError(f"{name} must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
