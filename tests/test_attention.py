@@ -61,16 +61,15 @@ def test_grey_is_repeated_rgb(name):
 
 
 def _edge64(lr, sigma=1.0):
-    """The edge map in float64 with scipy: Sobel of the BT.601 luma extrapolated linearly at the border
-    (y[-1] = 2 y[0] - y[1]: numpy's odd reflection), |gradient|, Gaussian blur (edge-replicated borders), per-image
-    min-max. lr: (B, C, h, w) of any float dtype, taken at its own values."""
+    """The edge map in float64 with scipy: Sobel of the BT.601 luma inside the image, |gradient| with the outer
+    ring copied from the ring inside it, Gaussian blur (edge-replicated borders), per-image min-max. lr: (B, C, h,
+    w) of any float dtype (h, w >= 3), taken at its own values."""
     x = lr.double()
     x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
     out = []
     for b in range(x.shape[0]):
-        y = np.pad((0.299 * x[b, 0] + 0.587 * x[b, 1] + 0.114 * x[b, 2]).numpy(), 1, mode="reflect",
-                   reflect_type="odd")
-        gx, gy = (ndi.sobel(y, axis=a)[1:-1, 1:-1] for a in (1, 0))
+        y = (0.299 * x[b, 0] + 0.587 * x[b, 1] + 0.114 * x[b, 2]).numpy()
+        gx, gy = (np.pad(ndi.sobel(y, axis=a)[1:-1, 1:-1], 1, mode="edge") for a in (1, 0))
         # truncate=3 -> radius int(3*1 + 0.5) = 3 = ceil(3 sigma), the radius the extractor uses
         out.append(ndi.gaussian_filter(np.hypot(gx, gy), sigma=sigma, mode="nearest", truncate=3.0))
     return _minmax64(np.stack(out))[:, None]

@@ -164,23 +164,14 @@ def _check_positive(value, name: str, allow_zero: bool = False) -> float:
 EDGE_FLOOR = 1e-4  # Edge: an image whose largest gradient magnitude is below this is flat
 
 
-def _pad_linear(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """x with one sample added at each end of ``dim``, extrapolated linearly (2 x[0] - x[1]); replicated where
-    the side is 1."""
-    n = x.shape[dim]
-    first, last = x.narrow(dim, 0, 1), x.narrow(dim, n - 1, 1)
-    if n > 1:
-        first, last = 2 * first - x.narrow(dim, 1, 1), 2 * last - x.narrow(dim, n - 2, 1)
-    return torch.cat([first, x, last], dim=dim)
-
-
 class Edge:
     """Edge attention: smoothed gradient magnitude of the luma image (K = 1).
 
         g = Y (BT.601 luma of lr), G = sqrt(sobel_x(g)^2 + sobel_y(g)^2), map = gauss_sigma * G
 
-    Sobel with linear extrapolation at the border (g[-1] = 2 g[0] - g[1]: a ramp's gradient is the same in the
-    outer ring as inside, where replicate padding halved it); ``sigma`` (LR pixels) spreads the response from the edge line to
+    Sobel inside the image; the outer ring takes the magnitude of the pixel next to it inward (replicate padding
+    of the image halved the gradient across the border there, and linear extrapolation doubles its noise); an
+    image thinner than 3 pixels is replicate-padded. ``sigma`` (LR pixels) spreads the response from the edge line to
     the pixels around it, which the SR step also has to refine; 0 disables the blur.
     """
 
@@ -194,10 +185,13 @@ class Edge:
         g = luma(x)
         sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=g.device)
         sy = sx.t().contiguous()
-        gp = _pad_linear(_pad_linear(g, -1), -2)
+        inner = min(g.shape[-2:]) >= 3  # the outer ring takes its neighbour's magnitude (class docstring)
+        gp = g if inner else F.pad(g, (1, 1, 1, 1), mode="replicate")
         gx = F.conv2d(gp, sx.view(1, 1, 3, 3))
         gy = F.conv2d(gp, sy.view(1, 1, 3, 3))
         mag = torch.sqrt(gx * gx + gy * gy)
+        if inner:
+            mag = F.pad(mag, (1, 1, 1, 1), mode="replicate")
         # an image whose gradients are all float noise (far below one 8-bit level, ~0.008 here) is flat: its map
         # is zero, so that min-max makes it all ones, instead of stretching the noise of a resize into a mask
         mag = mag * (mag.flatten(1).amax(dim=1) >= EDGE_FLOOR).view(-1, 1, 1, 1)
