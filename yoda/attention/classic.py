@@ -171,8 +171,8 @@ class Edge:
 
     Sobel inside the image; the outer ring takes the magnitude of the pixel next to it inward (replicate padding
     of the image halved the gradient across the border there, and linear extrapolation doubles its noise); an
-    image thinner than 3 pixels is replicate-padded. ``sigma`` (LR pixels) spreads the response from the edge line to
-    the pixels around it, which the SR step also has to refine; 0 disables the blur.
+    image thinner than 3 pixels is replicate-padded. ``sigma`` (LR pixels) spreads the response from the edge
+    line to the pixels around it, which the SR step also has to refine; 0 disables the blur.
     """
 
     minmax_after_resize = True  # yoda.sample normalises its map again after the resize (DESIGN §3)
