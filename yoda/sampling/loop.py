@@ -157,6 +157,7 @@ def sample(
                 _check_finite(pred, "the model output", i, last_ok, spec.pairs, name)
                 _check_finite(x, "the state", i, last_ok, spec.pairs, name)
                 last_ok = i
+            pred = extra = x_new = None  # only x (and a solver's history) is held through the next model call
         sr = run.decode(x)
         if not all_finite(sr):
             raise NonFiniteError(f"yoda.sample: {type(adapter).__name__}.decode returned NaN or Inf from a "

@@ -30,12 +30,20 @@ class Run:
                  A: Optional[torch.Tensor], stats: Optional[tuple], noise: Optional[list], tiler: Optional[Tiler]):
         self.adapter, self.spec, self.lr_state, self.c, self.cond = adapter, spec, lr_state, c, cond
         self.A, self.stats, self.noise, self.tiler = A, stats, noise, tiler
+        # a multistep solver's history: as deep as its highest order reads (none for the one-step solvers)
+        self.history = max(st.n for st in spec.solver) - 1 if spec.solver else 0
+
+    def _noise(self, step: int) -> Optional[torch.Tensor]:
+        """noise[step] in the state's dtype and on its device, converted when used: a list in another dtype or
+        on another device is not copied whole (steps + 1 states) for the run."""
+        if self.noise is None:
+            return None
+        return self.noise[step].to(device=self.c.device, dtype=self.c.dtype).contiguous()
 
     def _fused_step(self, x, pred, tau, step, **coefficients):
         s = self.spec
         return K.masked_step(x, pred, self.c, self.A, tau, seed=s.seed, step=step, tile=s.kernel_tile,
-                             noise=None if self.noise is None else self.noise[step], stats=self.stats,
-                             backend=s.backend, **coefficients)
+                             noise=self._noise(step), stats=self.stats, backend=s.backend, **coefficients)
 
     def start(self) -> torch.Tensor:
         """x at the first visited step (DESIGN §5): noise where active, the LR noised to ab there elsewhere."""
@@ -83,16 +91,18 @@ class Run:
         tau, step = s.taus[i], i + 1
         raw = x0_hat(x, pred, st.ab, self.adapter.prediction, s.clip)
         d0 = raw.to(x.dtype)  # at pixels inactive now the combine takes the LR branch and never reads it
-        extra = {"x0_hat": raw, "calls": 0}
+        extra = {"x0_hat": raw if s.callback is not None else None, "calls": 0}
+        del raw  # a fp16 state's float32 x0 is not held through the combine unless the callback wants it
         if st.predictor is not None:  # the second estimate, at the predictor's sigma (st.t2, st.ab2)
             first = self._batches()
             x2 = self._combine(x, [d0], st.predictor, tau, step)
             pred2, calls2 = self._denoise(x2, st.t2, st.ab2, tau)
             d1 = x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip).to(x.dtype)
+            del x2, pred2
             extra.update(calls=calls2, batches=first + self._batches())
             return self._combine(x, [d0, d1], st.coefs, tau, step), (), extra
         x_new = self._combine(x, [d0, *self._woken(d0, hist[: st.n - 1], i)], st.coefs, tau, step)
-        return x_new, (d0, *hist)[:2], extra
+        return x_new, (d0, *hist)[: self.history], extra
 
     def _woken(self, d0: torch.Tensor, hist: tuple, i: int) -> tuple:
         """The history for step i (``hist``: the entries the step uses): at a pixel that was inactive at an entry's
@@ -125,7 +135,7 @@ class Run:
         if self.A is None:  # plain solver: no LR branch, so a step without a noise term draws none
             coefs = coefs._replace(la=0.0, lb=0.0)
         return K.masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=s.seed, step=step,
-                                noise=None if self.noise is None else self.noise[step], tile=s.kernel_tile,
+                                noise=self._noise(step), tile=s.kernel_tile,
                                 stats=self.stats, backend=s.backend)
 
     def report(self, i: int, x: torch.Tensor, x_new: torch.Tensor, pred: torch.Tensor, calls: int,
@@ -223,8 +233,9 @@ def x0_hat(x: torch.Tensor, pred: torch.Tensor, ab_t: float, prediction: str, cl
     x0_hat; the solvers' denoised estimate D)."""
     k = K.step_coefficients(ab_t, 1.0, prediction=prediction)
     k1, k2 = (torch.tensor(v, dtype=torch.float32, device=x.device) for v in (k.k1, k.k2))
-    x0 = k1 * x.float() + k2 * pred.float()
-    return x0.clamp(-1.0, 1.0) if clip else x0
+    x0 = x.float().mul(k1)  # the same operations as k1 * x + k2 * pred, with one temporary fewer
+    x0.add_(pred.float().mul(k2))
+    return x0.clamp_(-1.0, 1.0) if clip else x0
 
 
 def checked_map(attention: torch.Tensor, src: str, lr: torch.Tensor) -> torch.Tensor:

@@ -331,7 +331,8 @@ def noise_entries(noise: Any, n: int) -> Optional[list]:
 
 
 def check_noise(entries: Optional[list], like: torch.Tensor) -> Optional[list[torch.Tensor]]:
-    """noise_entries' list -> each entry checked against the state ``like`` (shape, finite float), in its dtype."""
+    """noise_entries' list -> each entry checked against the state ``like`` (shape, finite float); converted to the
+    state's dtype and device one at a time where used (prepare.Run._noise)."""
     if entries is None:
         return None
     shape = tuple(like.shape)
@@ -342,5 +343,5 @@ def check_noise(entries: Optional[list], like: torch.Tensor) -> Optional[list[to
                              f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
         if not z.is_floating_point() or not all_finite(z):
             raise ValueError(f"noise[{k}] must be a finite float tensor")
-        out.append(z.to(device=like.device, dtype=like.dtype).contiguous())
+        out.append(z)
     return out

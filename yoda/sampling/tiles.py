@@ -55,13 +55,15 @@ class Tiler:
         self.skip = skip
         H, W = shape[-2:]
         self.windows = []
+        weights: dict = {}  # one blending weight per window size, shared by the windows of that size
         for y in window_starts(H, window, overlap):
             for x in window_starts(W, window, overlap):
                 ys, xs = slice(y, min(y + window, H)), slice(x, min(x + window, W))
                 wmax = None if A is None else float(A[..., ys, xs].amax())
-                wy = _gauss_1d(ys.stop - ys.start, device)
-                wx = _gauss_1d(xs.stop - xs.start, device)
-                self.windows.append((ys, xs, wmax, wy[:, None] * wx[None, :]))
+                size = (ys.stop - ys.start, xs.stop - xs.start)
+                if size not in weights:
+                    weights[size] = _gauss_1d(size[0], device)[:, None] * _gauss_1d(size[1], device)[None, :]
+                self.windows.append((ys, xs, wmax, weights[size]))
         hmax, wmax_ = min(window, H), min(window, W)
         self.batch = int(batch) if batch is not None else default_window_batch(shape[0], shape[1], hmax, wmax_)
         self.last_batches = 0  # denoiser forward passes of the last denoise()
