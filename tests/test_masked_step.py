@@ -306,6 +306,51 @@ def test_bound_backend_is_resolved_once(monkeypatch):
         yk.masked_step(x, o, c, A, 0.5, ab_t=0.3, ab_prev=0.45, backend=yk.Backend("cuda", "cuda"))
 
 
+def test_hand_made_backends_and_non_integer_seeds_are_refused():
+    """A Backend tuple names a backend for its device type (a bogus name ran the C++ kernel; "cuda" bound for the
+    CPU ran it too); a float seed or step is an error, not truncated."""
+    x, o, c, A = _good()
+    for bad in (yk.Backend("bogus", "cpu"), yk.Backend("cuda", "cpu"), yk.Backend("auto", "cpu")):
+        with pytest.raises(ValueError, match="is not a backend for cpu"):
+            yk.masked_step(x, o, c, A, 0.5, ab_t=0.3, ab_prev=0.45, backend=bad)
+        with pytest.raises(ValueError, match="is not a backend for cpu"):
+            yk.bind_backend(bad, "cpu")
+    for kw in (dict(seed=3.7), dict(step=1.0), dict(seed=True)):
+        with pytest.raises(TypeError, match="must be an int"):
+            yk.masked_step(x, o, c, A, 0.5, ab_t=0.3, ab_prev=0.45, backend="naive", **kw)
+
+
+@pytest.mark.parametrize("op", ["masked_step", "masked_combine", "masked_q_sample"])
+def test_fused_ops_refuse_inputs_that_want_a_gradient(op):
+    """The kernels have no backward: cpp returned a tensor with a grad_fn whose backward gave x.grad None with only
+    a warning. The reference differentiates; under no_grad any backend runs."""
+    x, o, c, A = _good()
+    call = {"masked_step": lambda x, b: yk.masked_step(x, o, c, A, 0.5, ab_t=0.3, ab_prev=0.45, backend=b),
+            "masked_combine": lambda x, b: yk.masked_combine(x, [o], c, A, 0.5, coefs=[1, 0.5, 0, 0, 0, 0.9, 0.1],
+                                                             backend=b),
+            "masked_q_sample": lambda x, b: yk.masked_q_sample(x, c, o, A, 0.5, 0.7, backend=b)}[op]
+    xg = x.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match=f"{op} is not differentiable on the 'cpp' backend"):
+        call(xg, "cpp")
+    call(xg, "naive").sum().backward()
+    assert xg.grad is not None and bool(xg.grad.abs().sum() > 0)
+    with torch.no_grad():
+        assert torch.equal(call(xg, "cpp"), call(x, "naive"))
+
+
+def test_nan_in_attention_is_refused_with_given_stats():
+    """With stats= the tile statistics were not computed, so a NaN in A went unchecked: cpp took the whole tile as
+    inactive, naive only that pixel."""
+    x, o, c, A = _good()
+    stats = yk.tile_stats(A, 8)
+    A[0, 0, 3, 3] = float("nan")
+    for backend in ("naive", "cpp"):
+        with pytest.raises(ValueError, match="A contains NaN"):
+            yk.masked_step(x, o, c, A, 0.5, ab_t=0.3, ab_prev=0.45, tile=8, stats=naive.tile_stats(A, 8),
+                           backend=backend)
+    assert stats[0].isfinite().all()  # stats of the clean map pass
+
+
 def test_unknown_backend():
     x, o, c, A = _good()
     with pytest.raises(ValueError, match="backend must be one of"):

@@ -22,7 +22,8 @@ import torch
 
 from . import coefs as _coefs
 from . import naive, philox
-from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile
+from .contract import (FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, CombineCoefs, StepCoefs,
+                       check_tile)
 
 SCHEMAS = {
     "masked_step": (
@@ -186,7 +187,7 @@ def bind_backend(backend: Union[str, Backend], device: torch.device | str) -> Ba
     """Resolve ``backend`` ("auto" or a name) for ``device`` once, for a caller that runs many ops there."""
     device = torch.device(device)
     if isinstance(backend, Backend):
-        _backend_name(backend, device)
+        resolve_backend(_backend_name(backend, device), device)  # available here, or a RuntimeError saying why
         return backend
     return Backend(resolve_backend(backend, device), device.type)
 
@@ -196,6 +197,8 @@ def _backend_name(backend: Union[str, Backend], device: torch.device) -> str:
         if backend.device_type != device.type:
             raise ValueError(f"backend {backend.name!r} was bound for {backend.device_type}, the tensors are on "
                              f"{device}")
+        if backend.name not in BACKENDS or {"cpp": "cpu", "cuda": "cuda"}.get(backend.name, device.type) != device.type:
+            raise ValueError(f"{backend!r} is not a backend for {device} (yoda_kernels.bind_backend makes one)")
         return backend.name
     return resolve_backend(backend, device)
 
@@ -259,6 +262,14 @@ def _check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A"
 def _check_nan(name: str, t: torch.Tensor) -> None:
     if torch.isnan(t).any():
         raise ValueError(f"{name} contains NaN")
+
+
+def _check_no_grad(op: str, backend: str, *tensors: Optional[torch.Tensor]) -> None:
+    """The fused kernels have no backward: refuse inputs that want a gradient, instead of returning a result whose
+    backward silently gives none (the reference is plain torch and differentiates)."""
+    if backend != "naive" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(f"{op} is not differentiable on the {backend!r} backend (its kernel has no backward); "
+                           f"run it under torch.no_grad(), or use backend='naive' for gradients")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -325,6 +336,7 @@ def masked_step(
         coefs = _coefs.step_coefficients(ab_t, ab_prev, prediction=prediction, sampler=sampler, eta=eta)
     c, A, tau, coefs, tile, backend, tmax, tmin = _check_masked(x, c, A, tau, coefs, NUM_COEFS, seed, step, noise,
                                                                 tile, stats, backend)
+    _check_no_grad("masked_step", backend, x, model_out, c, A, noise)
     return _impl("masked_step", backend)(
         x, model_out, c, A, tmax, tmin, tau, coefs, bool(clip), int(seed), int(step), noise, tile
     )
@@ -365,6 +377,7 @@ def masked_combine(
         if coefs[1 + j] != 0.0:
             raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
     d = list(denoised) + [None] * (MAX_HISTORY - len(denoised))
+    _check_no_grad("masked_combine", backend, x, *d, c, A, noise)
     return _impl("masked_combine", backend)(
         x, d[0], d[1], d[2], c, A, tmax, tmin, tau, coefs, int(seed), int(step), noise, tile
     )
@@ -386,10 +399,14 @@ def _check_masked(x, c, A, tau, coefs, n_coefs, seed, step, noise, tile, stats, 
     coefs = [float(v) for v in coefs]
     if len(coefs) != n_coefs or not all(math.isfinite(v) for v in coefs):
         raise ValueError(f"coefs must be {n_coefs} finite floats, got {coefs}")
+    if A is None:  # every pixel active: the LR branch is never taken, and its noise weight must not draw noise
+        names = StepCoefs._fields if n_coefs == NUM_COEFS else CombineCoefs._fields
+        coefs[names.index("la")] = coefs[names.index("lb")] = 0.0
     backend = _backend_name(backend, x.device)
     tmax = tmin = None
     if A is not None:
-        if stats is None:
+        given = stats is not None
+        if not given:
             stats = tile_stats(A, tile, backend=Backend(backend, x.device.type))
         tmax, tmin = stats
         expect = (x.shape[0], -(-x.shape[2] // tile), -(-x.shape[3] // tile))
@@ -397,6 +414,9 @@ def _check_masked(x, c, A, tau, coefs, n_coefs, seed, step, noise, tile, stats, 
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile}))")
         if tmax.dtype != torch.float32 or tmin.dtype != torch.float32 or tmax.device != x.device or tmin.device != x.device:
             raise ValueError(f"stats must be float32 tensors on {x.device} (tile_stats(A, {tile}))")
+        if given:  # a tile holding a NaN of A has NaN stats (tile_stats refuses it when it makes them)
+            _check_nan("A", tmax)
+            _check_nan("A", tmin)
     return c, A, tau, coefs, tile, backend, tmax, tmin
 
 
@@ -436,6 +456,7 @@ def masked_q_sample(
     if A is not None:
         _check_nan("A", A)
     backend = _backend_name(backend, x0.device)
+    _check_no_grad("masked_q_sample", backend, x0, c, noise, A)
     # sqrt(1 - ab) in float64: 1 - ab cancels badly in float32 at the smallest noise levels (ab ~ 1 - 1e-6)
     sqrt_ab, sqrt_1m_ab = ab.sqrt().float(), (1 - ab).sqrt().float()
     return _impl("masked_q_sample", backend)(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau)

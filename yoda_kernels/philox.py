@@ -40,6 +40,8 @@ This module is the PyTorch reference of the stream: int64 arithmetic on 32-bit v
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 MASK32 = 0xFFFFFFFF
@@ -50,6 +52,9 @@ MAX_STEP = 2**31 - 1
 
 
 def check_seed_step(seed: int, step: int) -> None:
+    for name, v, top in (("seed", seed, "2**32 - 1"), ("step", step, "2**31 - 1")):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):  # 3.7 is not silently 3
+            raise TypeError(f"{name} must be an int in [0, {top}], got {v!r}")
     if not 0 <= int(seed) <= MAX_SEED:
         raise ValueError(f"seed must be in [0, 2**32 - 1], got {seed}")
     if not 0 <= int(step) <= MAX_STEP:

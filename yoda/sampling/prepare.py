@@ -76,8 +76,7 @@ class Run:
         s = self.spec
         _, ab_t, ab_prev = s.pairs[i]
         k = K.step_coefficients(ab_t, ab_prev, prediction=self.adapter.prediction, sampler=s.sampler, eta=s.eta)
-        if self.A is None:  # plain sampler: no LR branch, so a step with sigma == 0 (DDIM eta 0) draws no noise
-            k = k._replace(la=0.0, lb=0.0)
+        # plain (A None): the op drops the LR branch, so a step with sigma == 0 (DDIM eta 0) draws no noise
         return self._fused_step(x, pred, s.taus[i], i + 1, coefs=k, clip=s.clip)
 
     def solve(self, x: torch.Tensor, pred: torch.Tensor, i: int, hist: tuple) -> tuple[torch.Tensor, tuple, dict]:
@@ -132,8 +131,6 @@ class Run:
 
     def _combine(self, x, denoised, coefs, tau: float, step: int) -> torch.Tensor:
         s = self.spec
-        if self.A is None:  # plain solver: no LR branch, so a step without a noise term draws none
-            coefs = coefs._replace(la=0.0, lb=0.0)
         return K.masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=s.seed, step=step,
                                 noise=self._noise(step), tile=s.kernel_tile,
                                 stats=self.stats, backend=s.backend)
