@@ -138,7 +138,7 @@ MUTANTS = [
            "the callback's x0_hat assumes an eps model (the test compared x0_hat with the last state only)"),
     # ---- issue 14 (solvers, masked_combine, guidance) and the learning-rate decay ------------------------------
     Mutant("solver-history-not-woken", "yoda/sampling/prepare.py",
-           "h = torch.where(self._active(then), h, newer)", "pass",
+           "h = torch.where(masks.active(self.A, then), h, newer)", "pass",
            ("tests/test_solvers.py", "-k", "woken"),
            "a pixel that wakes up extrapolates from its estimates held at c (DESIGN §5b)"),
     Mutant("combine-cd2-sign", "yoda_kernels/naive.py",

@@ -17,6 +17,7 @@ Model loading itself (``yoda.load``) is yoda.models.loading; the "yoda" model fo
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -26,6 +27,18 @@ import torch
 from torch import nn
 
 from .errors import UserError
+
+
+def keeps_global_rng(load):
+    """Decorate a loader that builds a network: its layers' random initialisation (overwritten by the weights)
+    draws from a fork of torch's global RNG, so loading leaves the user's RNG as it was (yoda.sample(seed=None)
+    and the user's own draws do not depend on whether a model was loaded first)."""
+    @functools.wraps(load)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return load(*args, **kwargs)
+
+    return wrapper
 
 __all__ = ["CheckpointError", "read_checkpoint", "load_state_dict_checked", "check_state_dict", "as_state_dict",
            "strip_prefix", "betas_match", "check_path", "fmt_keys"]

@@ -327,5 +327,3 @@ def check_not_an_input(ids: dict, dst: str) -> None:
     src = ids.get((st.st_dev, st.st_ino))
     if src is not None:
         raise UserError(f"-o {dst} is the input {src}: yoda does not overwrite its inputs; choose another name")
-
-

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load_state_dict_checked
+from ..checkpoint import keeps_global_rng, load_state_dict_checked
 from .classic import aggregate, check_lr
 
 __all__ = [
@@ -496,6 +496,7 @@ class DinoResNet50(_NetExtractor):
         )
 
 
+@keeps_global_rng
 def dino_vits8(
     weights: str, min_size: int = 224, max_size: int = 448, checkpoint_key: Optional[str] = None
 ) -> DinoViTS8:
@@ -508,12 +509,12 @@ def dino_vits8(
         n = math.isqrt(max(pe.shape[1] - 1, 0))
         if n * n == pe.shape[1] - 1 and n > 0:
             img_size = n * 8  # checkpoints trained at another size keep their own grid
-    with torch.random.fork_rng(devices=[]):  # the layers' own init draws from it: the user's RNG stays as it was
-        model = DinoViT(img_size=img_size, init=False)
+    model = DinoViT(img_size=img_size, init=False)
     _load_strict(model, sd, os.fspath(weights), _VIT_FMT)
     return DinoViTS8(model, min_size=min_size, max_size=max_size, source=os.fspath(weights))
 
 
+@keeps_global_rng
 def dino_resnet50(
     weights: str, groups: int = 8, min_size: int = 224, max_size: int = 448, checkpoint_key: Optional[str] = None
 ) -> DinoResNet50:
@@ -522,7 +523,6 @@ def dino_resnet50(
     sd = load_state_dict(weights, _RESNET_FMT, checkpoint_key)
     fc = sd.get("fc.weight")
     with_fc = isinstance(fc, torch.Tensor) and fc.dim() == 2
-    with torch.random.fork_rng(devices=[]):
-        model = ResNet50(with_fc=with_fc, num_classes=fc.shape[0] if with_fc else 1000, init=False)
+    model = ResNet50(with_fc=with_fc, num_classes=fc.shape[0] if with_fc else 1000, init=False)
     _load_strict(model, sd, os.fspath(weights), _RESNET_FMT)
     return DinoResNet50(model, groups=groups, min_size=min_size, max_size=max_size, source=os.fspath(weights))

@@ -168,8 +168,8 @@ def attention_figure(
         every pixel at every t: t = T alone).
     ratio: the pixel update ratio printed in the title, labelled "this run's steps" (e.g. the mean active
         fraction of the steps a sampling run took, its callback's active_fraction); default: the exact ratio over
-        every step t = 1..T, refine_fraction(A, range(T), T, lower_bound), labelled "every step of T=..." (for large T it tends to
-        pixel_update_ratio(A, lower_bound) = mean(min(1, A + lower_bound))).
+        every step t = 1..T, refine_fraction(A, range(T), T, lower_bound), labelled "every step of T=..." (for
+        large T it tends to pixel_update_ratio(A, lower_bound) = mean(min(1, A + lower_bound))).
     Returns a PIL.Image (RGB).
     """
     from PIL import Image, ImageDraw

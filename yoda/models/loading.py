@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-import torch
 from torch import nn
 
 from ..checkpoint import check_path
@@ -46,19 +45,21 @@ def load(kind: str, path: PathLike, config: Any = None) -> nn.Module:
     is the embedded default x4 model (DEFAULT_WEIGHTS, the CLI's ``--model default``): the name "default" always
     means it, never a file of that name.
     Models come back with their ModelCard (``model.card``), so ``yoda.sample(model, lr)`` needs nothing else.
-    Loading leaves torch's random number generator as it was (the layers' initialisation draws from a fork).
+    Loading leaves torch's random number generator as it was (checkpoint.keeps_global_rng).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "yoda" and isinstance(path, str) and path == "default":
         path = DEFAULT_WEIGHTS
     p = check_path(path)
-    loader = {"sr3": load_sr3, "srdiff": load_srdiff, "yoda": load_yoda}.get(kind)
-    if loader is not None:
-        if kind == "yoda" and config is not None:
+    if kind == "sr3":
+        return load_sr3(p, config)
+    if kind == "srdiff":
+        return load_srdiff(p, config)
+    if kind == "yoda":
+        if config is not None:
             raise ValueError("config must be None for kind 'yoda' (the file carries its own config)")
-        with torch.random.fork_rng(devices=[]):  # building the network draws its init: the user's RNG stays
-            return loader(p) if kind == "yoda" else loader(p, config)
+        return load_yoda(p)
     try:
         from ..attention import dino
     except ImportError as e:

@@ -17,8 +17,8 @@ from typing import Any, Dict, Mapping, Tuple
 import torch
 from torch import nn
 
-from ..checkpoint import (CheckpointError, as_state_dict, betas_match, load_state_dict_checked, read_checkpoint,
-                          refuse_yoda_file, strip_prefix)
+from ..checkpoint import (CheckpointError, as_state_dict, betas_match, keeps_global_rng, load_state_dict_checked,
+                          read_checkpoint, refuse_yoda_file, strip_prefix)
 from .card import ModelCard
 from .sr3 import (SR3_16_128, SR3_DIFFUSION_BUFFERS, SR3Config, SR3UNet, load_sr3_config,
                   sr3_default_schedule)
@@ -47,6 +47,7 @@ def _sr3_config(config: Any):
                     f"got {type(config).__name__}")
 
 
+@keeps_global_rng
 def load_sr3(p: str, config: Any = None) -> nn.Module:
     """The SR3UNet of the checkpoint file ``p`` (eval mode, CPU) with its ModelCard. config: SR3's JSON (path or
     parsed), an SR3Config or a dict of its fields; None: the released 16->128 configuration."""

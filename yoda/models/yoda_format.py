@@ -33,7 +33,7 @@ from torch import nn
 from yoda_kernels.contract import PREDICTIONS
 
 from .._io import atomic_write
-from ..checkpoint import CheckpointError, check_state_dict, read_checkpoint
+from ..checkpoint import CheckpointError, check_state_dict, keeps_global_rng, read_checkpoint
 from ..schedule import Schedule
 from ..upsampling import METHODS as UPSAMPLINGS
 from .card import ModelCard
@@ -159,6 +159,7 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
+@keeps_global_rng
 def load_yoda(p: str) -> nn.Module:
     """The model of the "yoda" file ``p`` (eval mode, CPU) with its ModelCard (module docstring)."""
     tensors, meta = read_checkpoint(p)

@@ -116,14 +116,10 @@ class Run:
         for j, h in enumerate(hist):
             then = self.spec.taus[i - 1 - j]
             if then > self.spec.taus[i]:  # the mask grew since that step
-                h = torch.where(self._active(then), h, newer)
+                h = torch.where(masks.active(self.A, then), h, newer)
             out.append(h)
             newer = h
         return tuple(out)
-
-    def _active(self, tau: float) -> torch.Tensor:
-        """A >= tau, compared in float32 as the kernels compare."""
-        return masks.active(self.A, tau)
 
     def _batches(self) -> int:
         """Denoiser forward passes of the last denoise call."""

@@ -16,6 +16,7 @@ from ..models.yoda_format import build_model as build
 from ..sampling.prepare import resolve_attention
 from .config import LossConfig, TrainConfig
 
+
 def build_model(spec: dict) -> torch.nn.Module:
     """A model from a config dict {"kind": "sr3" | "srdiff", **constructor args} (yoda.models).
 
