@@ -232,6 +232,28 @@ MUTANTS = [
            "list(ImageStream(folder_images(folder), max_pixels))",
            ("tests/test_cli.py", "-k", "one_image_at_a_time"),
            "yoda eval holds every decoded image of the folder before sampling the first"),
+    # ---- the eleventh session's mutation pass over the less covered modules (each survived before) -----------
+    Mutant("diffusers-sample-as-v", "yoda/models/latent.py",
+           '"sample": "x0"}', '"sample": "v"}',
+           ("tests/test_models.py", "-k", "sample_prediction_is_x0"),
+           "every diffusers x0-prediction model is sampled as a v-prediction model"),
+    Mutant("loss-empty-mask-nan", "yoda/training/loss.py",
+           "denom = count.clamp_min(1.0) if", "denom = count if",
+           ("tests/test_train.py", "-k", "without_active_pixels"),
+           "a batch with no active pixel gives a NaN loss, and its NaN gradients ruin the weights"),
+    Mutant("sift-diameter-as-sigma", "yoda/attention/classic.py",
+           "kp.size / 2.0 / math.sqrt(fx * fy)", "kp.size / math.sqrt(fx * fy)",
+           ("tests/test_attention.py", "-k", "keypoint_scale"),
+           "SIFT keypoints are splatted twice as wide as the blobs they found"),
+    Mutant("half-lr-float32-state", "yoda/sampling/spec.py",
+           "state_dtype=lr.dtype if lr.dtype in STATE_DTYPES else torch.float32",
+           "state_dtype=torch.float32",
+           ("tests/test_sampler.py", "-k", "half_precision_lr_keeps"),
+           "an fp16 / bf16 lr samples a float32 state: twice the memory on a large image"),
+    Mutant("eval-y-channel-ignored", "yoda/evaluate.py",
+           "metrics(sr_u8, hr_u8, scale if settings.y_channel else None)", "metrics(sr_u8, hr_u8, None)",
+           ("tests/test_evaluate.py", "-k", "y_channel_rows"),
+           "yoda eval --y-channel prints RGB PSNR under the PSNR-Y header"),
 ]
 
 

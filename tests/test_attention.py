@@ -611,3 +611,15 @@ def test_cuda_matches_cpu(name):
     assert A.device.type == "cuda" and A.dtype == torch.float32
     # same float32 ops on another device: differences are summation order only (a few ulp of [0, 1])
     torch.testing.assert_close(A.cpu(), f(lr), rtol=0, atol=1e-5)
+
+
+# ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
+@pytest.mark.parametrize("s0", [1.5, 2.0, 2.5, 3.0])
+def test_sift_keypoint_scale_is_the_blobs_sigma(s0):
+    """Scale selection (Lindeberg 1998): the scale-normalised LoG (DoG) of a Gaussian blob of std s0 peaks at
+    sigma = s0, so the keypoint's sigma (OpenCV's size / 2, in LR pixels) is s0 up to the DoG's discretisation."""
+    from yoda.attention.classic import Sift
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float64)
+    img = -0.5 + 1.2 * np.exp(-((yy - 15) ** 2 + (xx - 16) ** 2) / (2 * s0**2))
+    kps = Sift().keypoints(img)
+    assert len(kps) == 1 and 0.7 < kps[0, 2] / s0 < 1.3, kps

@@ -290,6 +290,13 @@ def test_key_and_shape_errors_are_listed(tmp_path):
                             "file or a diverged training run; use another checkpoint)")
     with pytest.raises(TypeError, match="config"):
         yoda.load("sr3", p, config=3.5)
+    # integer weights were cast into the float parameters by load_state_dict and loaded without a word
+    sd = dict(_sr3().state_dict())
+    sd["downs.0.bias"] = sd["downs.0.bias"].long()
+    torch.save(sd, p)
+    with pytest.raises(CheckpointError, match=r"do not fit SR3UNet: integer / bool / complex tensors for floating "
+                                              r"weights: 'downs\.0\.bias'"):
+        yoda.load("sr3", p, config=CFG)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -390,6 +397,14 @@ def test_yoda_format_errors_leave_nothing_behind(tmp_path, monkeypatch):
                                             res_blocks=1, image_size=16, scale=2), schedule=Schedule.linear(5))
     with pytest.raises(TypeError, match="SR3UNet or an SRDiff"):
         save_model(torch.nn.Linear(2, 2), p, schedule=Schedule.linear(5))
+    # weights yoda.load would refuse as corrupt (a diverged run) are not written; nor weights never loaded
+    bad = _sr3()
+    with torch.no_grad():
+        bad.downs[0].bias[1] = float("inf")
+    with pytest.raises(ValueError, match=r"^model: tensors with NaN/Inf: 'downs\.0\.bias' \(a diverged"):
+        save_model(bad, p, schedule=Schedule.linear(5))
+    with pytest.raises(ValueError, match="meta device"):
+        save_model(_sr3().to("meta"), p, schedule=Schedule.linear(5))
     assert not p.exists()
     save_model(net, p, schedule=Schedule.linear(5))
     before = p.read_bytes()

@@ -114,6 +114,20 @@ def test_upscale_into_an_existing_folder_whatever_its_name(tmp_path, tiny_model,
                        expected_upscale(tiny_model, rgb, steps=1, sampler="ddim", attention=None))
 
 
+def test_upscale_refuses_an_output_its_format_cannot_hold_before_sampling(tmp_path, tiny_model, monkeypatch, capsys):
+    """A 4200 px wide panorama x4 into .webp was sampled, then failed at the write with Pillow's "encoding error 5"
+    as an internal error; WebP holds at most 16383 pixels a side (JPEG 65535). Now refused before sampling."""
+    import yoda.cli as cli
+
+    src = tmp_path / "pano.png"
+    Image.fromarray(np.zeros((2, 4100, 3), np.uint8)).save(src)
+    monkeypatch.setattr(cli, "_upscale_one", lambda *a: pytest.fail("sampled before the check"))
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "o.webp"), "--model", tiny_model, "-q"], capsys)
+    assert code == 2 and err == (f"yoda: error: {src}: output {tmp_path / 'o.webp'}: a 16400x8 image does not fit "
+                                 f"in WEBP (at most 16383 pixels a side); write .png or .tif instead\n")
+    assert sorted(os.listdir(tmp_path)) == ["pano.png"]
+
+
 def test_upscale_bad_path_exit_2_no_output(tmp_path, tiny_model, images, capsys):
     rgb, _ = images
     out = tmp_path / "out.png"

@@ -1048,3 +1048,40 @@ def test_guidance_with_equal_prompts_is_warned_of():
         warnings.simplefilter("error")
         guided = yoda.sample(ad, lr, cfg_scale=6.0, **kw)
     assert (guided - yoda.sample(ad, lr, **kw)).abs().max() > 1e-2
+
+
+# ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
+def _diffbir_recording():
+    class Recording(StandInControlLDM):
+        def prepare_condition(self, cond_img, txt, tiled=False, tile_size=-1):
+            self.enc_calls.append((tuple(cond_img.shape[-2:]), tiled, tile_size))
+            return super().prepare_condition(cond_img, txt, tiled, tile_size)
+
+        def vae_decode(self, z, tiled=False, tile_size=-1):
+            self.dec_calls.append((tuple(z.shape[-2:]), tiled, tile_size))
+            return super().vae_decode(z, tiled, tile_size)
+
+    diffusion = StandInDiffusion("v")
+    cldm = Recording(diffusion, seed=2).eval()
+    cldm.enc_calls, cldm.dec_calls = [], []
+    return cldm, diffusion
+
+
+def test_a_latent_exactly_the_decoder_tile_is_decoded_tiled():
+    """DiffBIR's Pipeline.apply_cldm decodes whole only a latent smaller than vae_decoder_tile_size // 8 in a side;
+    one exactly that size is tiled."""
+    cldm, diffusion = _diffbir_recording()
+    lr = _lr(B=1, h=13, w=17)  # HR 52x68 -> padded 56x72 -> latent 7x9
+    ad = _DiffBIRAdapter(cldm, diffusion, stage1=stage1, encoder_tile=56, decoder_tile=56, enlarge_to=None)
+    with torch.no_grad():
+        yoda.sample(ad, lr, steps=1, sampler="ddim", seed=0, progress=False)
+    assert cldm.enc_calls == [((56, 72), True, 56)] and cldm.dec_calls == [((7, 9), True, 7)]
+
+
+def test_enlarged_work_size_truncates_like_diffbirs_resize_short_edge_to():
+    """DiffBIR: new_h, new_w = size, int(w * (size / h)) for h < w: 52x68 -> 512 x int(669.54) = 669."""
+    cldm, diffusion = _diffbir_recording()
+    ad = _DiffBIRAdapter(cldm, diffusion, stage1=stage1)
+    with torch.no_grad():
+        cond = ad.prepare(_lr(B=1, h=13, w=17)).cond
+    assert cond.work_size == (512, int(68 * (512 / 52))) == (512, 669)

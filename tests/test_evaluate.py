@@ -213,3 +213,31 @@ def test_progress_bars_shrink_by_the_runs_of_a_skipped_image(tmp_path, monkeypat
     skipped.clear()
     compute(net, ImageStream(paths), FigureSettings(steps=1, progress=False), on_error=lambda n, e: skipped.append(n))
     assert len(skipped) == 2 and bars[-1].total == bars[-1].done == 2 * 2  # plain and YODA of a and c
+
+
+# ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
+def test_eval_y_channel_rows_are_the_papers_luma_psnr():
+    from yoda.data import make_lr
+    from yoda.evaluate import EvalSettings, evaluate
+    from yoda.images import from_uint8, to_uint8
+    from yoda.models import ModelCard
+    from yoda.models.sr3 import SR3Config, SR3UNet
+    from yoda.schedule import Schedule
+
+    torch.manual_seed(0)
+    net = SR3UNet.from_config(SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
+                                        res_blocks=1, image_size=16, mid_attn=False, scale=4)).eval()
+    net.card = ModelCard(Schedule.linear(20, 1e-3, 0.2), 4)
+    hr = np.random.default_rng(5).integers(20, 236, (24, 20, 3), dtype=np.uint8)
+    rows = evaluate(net, [("a", hr)], EvalSettings(steps=1, lower_bounds=(0.5,), attentions=("gaussian",),
+                                                   y_channel=True))
+    lr = make_lr(from_uint8(hr), 4)
+    sr = to_uint8(torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1))[0]
+
+    def y(a):  # BT.601 luma, 16..235, unrounded (MATLAB's rgb2ycbcr)
+        a = a.astype(np.float64)
+        return 16.0 + (65.481 * a[..., 0] + 128.553 * a[..., 1] + 24.966 * a[..., 2]) / 255.0
+
+    d = y(sr[4:-4, 4:-4]) - y(hr[4:-4, 4:-4])  # a border of the scale cut off
+    assert rows[0]["method"] == "bicubic"
+    assert rows[0]["psnr"] == pytest.approx(10 * math.log10(255.0**2 / np.mean(d**2)), abs=1e-9)

@@ -1,6 +1,7 @@
 """yoda.images: exact uint8 round trips, Pillow I/O, atomic saves, clear errors."""
 
 import os
+import re
 import struct
 import warnings
 
@@ -193,6 +194,52 @@ def test_atomic_write_permissions_and_cleanup(tmp_path):
     assert p.read_text() == "new" and [f.name for f in tmp_path.iterdir()] == ["t.txt"]
     with pytest.raises(FileNotFoundError):
         atomic_write(tmp_path / "missing" / "x.txt", lambda tmp: None)
+
+
+def test_image_paths_that_are_no_file_names_are_named(tmp_path):
+    """save_image to a folder said "cannot write images with the suffix ''"; load_image(None) gave pathlib's
+    "expected str, bytes or os.PathLike object"."""
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"^path .*out is a folder; give an image file name"):
+        save_image(torch.zeros(1, 3, 2, 2), tmp_path / "out")
+    with pytest.raises(TypeError, match=r"^path must be a file name \(str or os\.PathLike\), got NoneType"):
+        load_image(None)
+
+
+@pytest.mark.parametrize("suffix, side, ok", [(".webp", 16384, 16383), (".jpg", 65536, 65535)])
+def test_save_image_refuses_what_the_format_cannot_hold(tmp_path, suffix, side, ok):
+    """WebP holds at most 16383 pixels a side, JPEG 65535: Pillow's "encoding error 5" became a ValueError
+    naming the path, and nothing is written."""
+    from yoda.images import check_fits
+
+    with pytest.raises(ValueError, match=rf"path {re.escape(str(tmp_path / ('x' + suffix)))}: a {side}x1 image "
+                                         rf"does not fit"):
+        save_image(torch.zeros(1, 3, 1, side), tmp_path / f"x{suffix}")
+    assert list(tmp_path.iterdir()) == []
+    check_fits(tmp_path / f"x{suffix}", ok, ok)  # the largest that fits
+    check_fits(tmp_path / "x.png", side, side)
+
+
+def test_atomic_write_keeps_an_existing_files_mode_and_syncs_before_the_rename(tmp_path, monkeypatch):
+    """Overwriting a private (0600) file leaves it private, through a link too; the new data is fsynced before
+    the rename and the folder after it (a power loss leaves the old file or the new one)."""
+    import yoda._io as io
+
+    p = tmp_path / "ckpt.bin"
+    p.write_text("old")
+    p.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(p)
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                     fsync(fd))[1])
+    monkeypatch.setattr(io.os, "replace", lambda a, b: (events.append(("replace", str(b))), replace(a, b))[1])
+    io.atomic_write(link, lambda tmp: open(tmp, "w").write("new"))
+    assert p.read_text() == "new" and (p.stat().st_mode & 0o777) == 0o600 and link.is_symlink()
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert os.path.basename(events[0][1]).startswith(".ckpt.bin.") and events[1][1] == str(p)
+    assert events[2][1] == str(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["a" * 251 + ".png", "漢" * 83 + ".png"], ids=["ascii", "utf8"])
@@ -550,3 +597,14 @@ def test_icc_profile_is_converted_to_srgb(tmp_path, mode, suffix):
     image().save(p, icc_profile=b"not a profile" * 20, **kw)
     with pytest.warns(UserWarning, match="ICC colour profile cannot be read"):
         assert np.array_equal(images.read_image(p), want)
+
+
+# ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
+def test_every_16_bit_level_maps_to_round_u_255_over_65535(tmp_path):
+    from yoda.images import read_image
+    u = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    p = tmp_path / "g16.png"
+    Image.fromarray(u).save(p)
+    got = read_image(p)[..., 0]
+    want = np.round(u.astype(np.float64) * 255 / 65535).astype(np.uint8)  # no exact halves: u / 257 + k / 2 never
+    assert np.array_equal(got, want), np.argwhere(got != want)[:3]

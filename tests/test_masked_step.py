@@ -238,6 +238,7 @@ BAD = [
     ("A-nan", lambda x, o, c, A: dict(A=A.index_fill(3, torch.tensor([5]), float("nan"))), ValueError, "A contains NaN"),
     ("tile-12", lambda x, o, c, A: dict(tile=12), ValueError, "tile must be one of"),
     ("tau-nan", lambda x, o, c, A: dict(tau=float("nan")), ValueError, "tau"),
+    ("tau-str", lambda x, o, c, A: dict(tau="0.5"), TypeError, "tau must be a float, got str"),
     ("noise-shape", lambda x, o, c, A: dict(noise=x[:, :1]), ValueError, "noise"),
     ("seed-negative", lambda x, o, c, A: dict(seed=-1), ValueError, "seed"),
     ("step-too-big", lambda x, o, c, A: dict(step=2**31), ValueError, "step"),
@@ -245,6 +246,9 @@ BAD = [
     ("coefs-inf", lambda x, o, c, A: dict(coefs=[math.inf] + [0.0] * 9), ValueError, "coefs"),
     ("stats-shape", lambda x, o, c, A: dict(stats=naive.tile_stats(A, 8)), ValueError, "stats"),
     ("no-schedule", lambda x, o, c, A: dict(ab_t=None), ValueError, "coefs or both ab_t"),
+    # eta > 1 was taken (the direction term clamped to 0: a wrong step), and eta with DDPM ignored
+    ("ddim-eta-2", lambda x, o, c, A: dict(sampler="ddim", eta=2.0), ValueError, r"eta must be a float in \[0, 1\]"),
+    ("ddpm-eta", lambda x, o, c, A: dict(sampler="ddpm", eta=0.5), ValueError, "eta applies to sampler='ddim' only"),
 ]
 
 

@@ -1,5 +1,6 @@
 """yoda.masks: tau, masks, pixel update ratio and active fractions against closed forms and counting."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,32 @@ def test_bad_args():
         active_fraction(torch.full((1, 1, 2, 2), float("nan")), 0.5)
     with pytest.raises(ValueError, match="tau"):
         active_fraction(torch.rand(1, 1, 2, 2), float("nan"))
+
+
+def test_numpy_and_tensor_integers_and_bad_maps():
+    """t and T of numpy or a 0-d tensor were refused with a range message ("t must be in 1..T=1000, got
+    np.int64(5)"); a map outside [0, 1] or an empty one gave negative or NaN ratios without a word."""
+    for t, T in ((np.int64(5), 1000), (torch.tensor(5), np.int32(1000)), (5, torch.tensor(1000))):
+        assert tau_at(t, T, 0.6) == tau_at(5, 1000, 0.6)
+    assert tau_at(np.float64(2.5), 10, 0.0) == 0.25  # a fractional t stays a float
+    A = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mask_at(A, np.int64(700), np.int64(1000)), mask_at(A, 700, 1000))
+    with pytest.raises(TypeError, match="T must be a positive int, got str"):
+        tau_at(1, "10")
+    with pytest.raises(TypeError, match="t must be an int"):
+        tau_at(torch.tensor([1, 2]), 10)
+    for bad, match in ((A - 2, r"A values must be in \[0, 1\], got range \[-1\.9"), (A * 3, r"A values must be in"),
+                       (torch.empty(1, 1, 0, 0), "not empty"), (torch.empty(1, 1, 2, 2, device="meta"), "meta")):
+        for f in (pixel_update_ratio, lambda A: active_fraction(A, 0.5), lambda A: mask_at(A, 1, 10)):
+            with pytest.raises(ValueError, match=match):
+                f(bad)
+    assert pixel_update_ratio(A * (1 + 5e-4)).shape == (1,)  # float rounding of a resize is let through
+    from yoda.training import LossConfig, diffusion_loss
+
+    x0 = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="A values must be in"):
+        diffusion_loss(lambda x, i, s: torch.zeros_like(x), x0, x0, A - 2,
+                       Schedule.linear(10).alphas_cumprod, LossConfig(mask_input=True, mask_loss=True))
 
 
 def test_mask_is_threshold_and_shapes():
@@ -116,3 +143,12 @@ def test_one_lower_bound_check_everywhere():
         float(np.float32(0.4)), float(np.float32(0.8)))
     with pytest.raises(ValueError, match=r"lower_bounds\[1\]"):
         EvalSettings(lower_bounds=(0.4, float("inf")))
+
+
+# ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
+def test_three_d_attention_batches_are_read_per_image():
+    A = torch.rand(2, 1, 5, 6, generator=torch.Generator().manual_seed(0))
+    want = (A.numpy() >= np.float32(0.5)).reshape(2, -1).mean(1)  # counted by numpy
+    np.testing.assert_allclose(active_fraction(A[:, 0], 0.5).numpy(), want, rtol=0, atol=1e-7)
+    want_pur = np.minimum(1.0, A.numpy().astype(np.float64) + 0.6).reshape(2, -1).mean(1)
+    np.testing.assert_allclose(pixel_update_ratio(A[:, 0], 0.6).numpy(), want_pur, rtol=1e-6)

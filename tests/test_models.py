@@ -683,6 +683,27 @@ def _tiny_diffusers(diffusers, **vae_kw):
     return unet, vae
 
 
+def test_from_diffusers_sample_latent_is_seeded():
+    """sample_latent drew c from torch's global RNG: the same seed gave another image at every call (0.061 apart)
+    and moved the user's RNG. Now the draw is latent_seed's, the same as diffusers' own sample(generator=...)."""
+    diffusers = pytest.importorskip("diffusers")
+    from yoda.models import from_diffusers
+
+    unet, vae = _tiny_diffusers(diffusers)
+    cfg = {"num_train_timesteps": 10, "beta_start": 1e-3, "beta_end": 0.02}
+    lr = _lr(1, 4, 4)
+    runs = [sample(from_diffusers(unet, vae, cfg, scale=2, sample_latent=True, latent_seed=s), lr, steps=2,
+                   seed=0, progress=False) for s in (0, 0, 1)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    up = torch.nn.functional.interpolate(lr, scale_factor=2, mode="bicubic").clamp(-1, 1)
+    encode = from_diffusers(unet, vae, cfg, scale=2, sample_latent=True, latent_seed=5)._encode
+    state = torch.get_rng_state()
+    want = vae.encode(up).latent_dist.sample(generator=torch.Generator().manual_seed(5)) * vae.config.scaling_factor
+    assert torch.equal(encode(up), want) and torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(TypeError, match="latent_seed must be an int"):
+        from_diffusers(unet, vae, cfg, latent_seed=0.5)
+
+
 def test_from_diffusers_half_precision_weights_and_device():
     """fp16 / bf16 diffusers weights crashed on the float32 state (a raw "Input type (float) and bias type"
     error); the adapter had no device, so an lr on another device was not refused up front."""
@@ -765,6 +786,11 @@ def test_from_diffusers_takes_or_refuses_every_sampling_key():
     cfg = {"num_train_timesteps": 10, "beta_start": 1e-3, "beta_end": 0.02}
     assert from_diffusers(unet, vae, dict(cfg, clip_sample=True), scale=2).clip_x0
     assert not from_diffusers(unet, vae, dict(cfg, clip_sample=False), scale=2).clip_x0
+    # a config without the key reads as diffusers reads it: DDPM / DDIM (and a dict naming no class) clip
+    for name in ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", None):
+        named = dict(cfg, _class_name=name) if name else dict(cfg)
+        want = getattr(diffusers, name or "DDPMScheduler").from_config(named).config.get("clip_sample", False)
+        assert from_diffusers(unet, vae, named, scale=2).clip_x0 == want == (name != "EulerDiscreteScheduler")
     ddim = diffusers.DDIMScheduler(**cfg)
     assert from_diffusers(unet, vae, ddim, scale=2).schedule == from_diffusers(unet, vae, ddim.config, scale=2).schedule
     lr = _lr(1, 4, 4)
@@ -829,3 +855,20 @@ def test_sample_half_precision_state_with_float32_weights():
         c = sample(m, lr_d, attention="edge", steps=3, seed=4, progress=False)
         want = sample(m, lr_d.float(), attention="edge", steps=3, seed=4, progress=False)
         assert c.dtype == dtype and (c.float() - want).abs().max() < 8 * ulp
+
+
+# ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
+def test_a_config_without_betas_takes_diffusers_defaults():
+    diffusers = pytest.importorskip("diffusers")
+    from yoda.models.latent import schedule_from_diffusers
+
+    sched, pred = schedule_from_diffusers({"num_train_timesteps": 1000})
+    d = diffusers.DDPMScheduler()  # its registered defaults: linear, beta_start 1e-4, beta_end 0.02, epsilon
+    np.testing.assert_allclose(sched.betas.numpy(), d.betas.double().numpy(), rtol=1e-6, atol=0)
+    assert pred == "eps"
+
+
+def test_diffusers_sample_prediction_is_x0():
+    from yoda.models.latent import schedule_from_diffusers
+    for name, want in (("epsilon", "eps"), ("v_prediction", "v"), ("sample", "x0")):  # diffusers' three names
+        assert schedule_from_diffusers({"num_train_timesteps": 10, "prediction_type": name})[1] == want

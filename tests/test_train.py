@@ -455,6 +455,14 @@ def test_config_refuses_json_values_of_the_wrong_type(img_folder, section, key, 
     with pytest.raises(ValueError) as e:
         TrainConfig.from_dict(d)
     assert str(e.value) == message
+    # the same config built in Python took batch="2" and 2.7 (and failed later, or not at all)
+    cfg = tiny_config(img_folder)
+    with pytest.raises(ValueError) as e:
+        if section is None:
+            cfg.replace(**{key: value})
+        else:
+            cfg.replace(**{section: dataclasses.replace(getattr(cfg, section), **{key: value})})
+    assert str(e.value).endswith(message.removeprefix(f"{section}.") if section == "loss" else message)
 
 
 def test_config_takes_json_ints_for_numbers_and_null_for_optional(img_folder):
@@ -848,3 +856,18 @@ def test_installed_configs_load_by_name(tmp_path, monkeypatch):
         TrainConfig.load("nope")
     with pytest.raises(ValueError, match="config file not found: sub/default_x4"):
         TrainConfig.load("sub/default_x4")  # a path with a folder is a path
+
+
+# ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
+def test_masked_loss_of_a_batch_without_active_pixels_is_zero_not_nan():
+    from yoda.schedule import Schedule
+    from yoda.training import LossConfig
+    from yoda.training.loss import diffusion_loss
+    x0 = torch.zeros(2, 3, 4, 4)
+    A = torch.zeros(2, 1, 4, 4)  # nothing attended; idx 9 of T = 10 with l = 0.3: tau = 0.7 > A everywhere
+    out = diffusion_loss(lambda x, i, s: torch.ones_like(x), x0, x0, A, Schedule.linear(10, 1e-2, 0.3).alphas_cumprod,
+                         LossConfig(mask_loss=True, lower_bound=0.3), idx=torch.tensor([9, 9]),
+                         sqrt_ab=torch.tensor([0.5, 0.5]), noise=torch.zeros(2, 3, 4, 4))
+    assert out.loss.item() == 0.0 and out.active_fraction == 0.0
+
+

@@ -107,3 +107,22 @@ def test_released_checkpoints_are_conditioned_as_they_were_trained(tmp_path):
             assert f.metadata()["version"] == "2"
         kw = dict(steps=2, seed=0, progress=False)
         assert torch.equal(yoda.sample(again, lr, **kw), yoda.sample(model, lr, **kw))
+
+
+# ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
+@pytest.mark.parametrize("method", ["sr3", "srdiff", "matlab"])
+def test_overshooting_lr_is_upsampled_as_its_8_bit_image(method):
+    from yoda.upsampling import upsample
+    a = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    a[2, 3] = 255
+    a[4, 1] = 0
+    lr = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    over = lr.clone()
+    over[..., 2, 3] = 1.015  # a bicubic / antialiased resize's overshoot (yoda.sample takes up to 1.02)
+    over[..., 4, 1] = -1.015
+    got = upsample(over, 4, method)
+    if method == "sr3":  # Pillow's own 8-bit bicubic of the image, the independent reference
+        want = np.asarray(Image.fromarray(a).resize((28, 24), Image.BICUBIC))
+        assert np.array_equal(np.rint((got[0].permute(1, 2, 0).double().numpy() + 1) * 127.5).astype(np.uint8), want)
+    else:
+        assert torch.equal(got, upsample(lr, 4, method))

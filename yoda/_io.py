@@ -3,8 +3,9 @@
     atomic_write(path, write)   write(tmp) fills a new temporary file ``tmp`` in path's folder, then
                                 os.replace(tmp, path): a reader (or a crash) sees the old file or the new
                                 one, never a half-written one; on any error the temporary file is removed.
-                                A symbolic link is written through, as open() would: its target is replaced
-                                and the link stays.
+                                The new file is fsynced before the rename and the folder after it, so that
+                                a power loss also leaves the old file or the new one. A symbolic link is
+                                written through, as open() would: its target is replaced and the link stays.
     atomic_write_text(path, s)  the same for a text file (UTF-8; newline as open()'s)
     check_writable(path)        before any long work: path is not a folder, its folder exists and a file can
                                 be created there (tried, then removed); errors name ``path``.
@@ -13,7 +14,8 @@
 
 The temporary file is created with os.open(..., 0o666), so the kernel applies the process umask (and a
 folder's default ACL) exactly as for any new file: a model saved with umask 022 is 0644, not the 0600 that
-tempfile.mkstemp would give. Some writers replace the file they are given by their own temporary file
+tempfile.mkstemp would give. A file that is overwritten keeps its own mode (a private 0600 checkpoint stays
+private), as open(path, "w") keeps it. Some writers replace the file they are given by their own temporary file
 (safetensors' save_file does, and its file is 0600), so the mode the kernel chose at creation is restored
 before the rename. No os.umask() call is needed, which matters because reading the umask with os.umask(0)
 + restore briefly changes it for every thread of the process.
@@ -79,9 +81,12 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     except OSError as e:
         raise _named(e, p) from None
     try:
+        if os.path.exists(target):  # an existing file keeps its mode, as open(path, "w") keeps it
+            mode = os.stat(target).st_mode & 0o7777
         write(tmp)
         if os.stat(tmp).st_mode & 0o7777 != mode:  # the writer made a new file (safetensors: 0600)
             os.chmod(tmp, mode)
+        _fsync(tmp)  # the data is on disk before the name points at it
         os.replace(tmp, target)
     except BaseException as e:
         if os.path.lexists(tmp):
@@ -89,7 +94,25 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
         if isinstance(e, OSError) and (e.filename is None or tmp in (e.filename, e.filename2)):
             raise _named(e, p) from None  # e.g. a full disk: name the user's file, not the temporary one
         raise
+    _fsync(folder)  # and the rename itself (best effort: not every file system syncs a folder)
     return p
+
+
+def _fsync(path: str) -> None:
+    """os.fsync of a file or folder by name (a folder that cannot be opened or synced is skipped)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if os.path.isdir(path):
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: PathLike, text: str, newline: Optional[str] = None) -> Path:

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
+import numbers
 from typing import Any, Callable, Optional
 
 import torch
@@ -261,14 +262,23 @@ def _check_output(out: Any, x_t: torch.Tensor, who: str) -> torch.Tensor:
     return out.to(x_t.dtype)
 
 
+def module_dtype(net: Any) -> Optional[torch.dtype]:
+    """The one dtype of a module's floating parameters (a float64 or half model that a float32 state must be cast
+    for), or None: not a module, no floating parameters, or parameters of mixed dtypes (the module decides)."""
+    if not isinstance(net, torch.nn.Module):
+        return None
+    dts = {p.dtype for p in net.parameters() if p.is_floating_point()}
+    return dts.pop() if len(dts) == 1 else None
+
+
 class PixelAdapter(Adapter):
     """SR3-style adapter: x_t lives in pixel space, c = up(lr), and the network is called as
 
         eps = net(cat([up(lr), x_t], dim=1), noise_level)      noise_level: (B, 1) = sqrt(alpha_bar[t])
 
     (SR3's continuous noise-level conditioning, Saharia et al. 2021; sqrt is taken in float64, like
-    upstream's numpy buffer, then cast). Identity decode. The net runs in ``net_dtype(x_t)`` (the state's
-    dtype here; yoda.models.SR3Adapter uses its parameters' dtype) and its output is cast back to x_t's.
+    upstream's numpy buffer, then cast). Identity decode. The net runs in ``net_dtype(x_t)`` (a module's
+    parameters' dtype, else the state's) and its output is cast back to x_t's.
 
     net: callable (B, 6, H, W), (B, 1) -> (B, 3, H, W). prediction: what net returns ("eps" for SR3).
     multiple: the HR size must be a multiple of it (2**number of downsamplings of the UNet).
@@ -299,8 +309,8 @@ class PixelAdapter(Adapter):
         return Prepared(c=up, cond=up)
 
     def net_dtype(self, x_t: torch.Tensor) -> torch.dtype:
-        """dtype the net is called in: the state's (a plain callable has no parameters to ask)."""
-        return x_t.dtype
+        """dtype the net is called in: its parameters' (module_dtype), else the state's."""
+        return module_dtype(self.net) or x_t.dtype
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: Any) -> torch.Tensor:
         """ab_t: a float, or a tensor of one value or of B values (one per batch element)."""
@@ -341,7 +351,8 @@ class CallableAdapter(Adapter):
         _check_common(schedule, prediction, scale, clip_x0, multiple)
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {space!r}")
-        if not (math.isfinite(float(residual_scale)) and float(residual_scale) > 0):
+        if (isinstance(residual_scale, bool) or not isinstance(residual_scale, numbers.Real)
+                or not (math.isfinite(float(residual_scale)) and float(residual_scale) > 0)):
             raise ValueError(f"residual_scale must be a finite float > 0, got {residual_scale}")
         self.fn, self.schedule, self.scale, self.space = fn, schedule, scale, space
         self.prediction, self.clip_x0, self.multiple = prediction, clip_x0, multiple
@@ -355,9 +366,7 @@ class CallableAdapter(Adapter):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any) -> torch.Tensor:
         """fn runs in the dtype of its parameters when it is a module whose floating parameters share one dtype (a
         float64 or half model with a float32 state), else in the state's; its output is cast back to the state's."""
-        dts = {p.dtype for p in self.fn.parameters() if p.is_floating_point()} \
-            if isinstance(self.fn, torch.nn.Module) else set()
-        dt = dts.pop() if len(dts) == 1 else None  # parameters of mixed dtypes: the module decides
+        dt = module_dtype(self.fn)
         if dt is not None and dt != x_t.dtype:
             cond = cond.to(dt) if isinstance(cond, torch.Tensor) and cond.is_floating_point() else cond
             return _check_output(self.fn(x_t.to(dt), t, cond), x_t, "fn")

@@ -136,7 +136,7 @@ def load_state_dict_checked(module: nn.Module, sd: Mapping[str, Any], where: str
 
 def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint: str = "") -> None:
     """The check of :func:`load_state_dict_checked` alone: CheckpointError listing missing / unexpected keys,
-    non-tensor values, shape mismatches and tensors with NaN/Inf. ``module`` may live on the meta device (only
+    non-tensor values, non-floating tensors for floating weights, shape mismatches and tensors with NaN/Inf. ``module`` may live on the meta device (only
     its keys and shapes are read), so a declared architecture is checked before anything is allocated. ``hint``
     (which config or layout the weights need) is added only to those layout problems: weights that fit but hold
     NaN/Inf are reported as corrupt, without it."""
@@ -147,6 +147,8 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
     bad_type = [k for k in sd if k in own and not isinstance(sd[k], torch.Tensor)]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sd if k in own and isinstance(sd[k], torch.Tensor) and sd[k].shape != own[k].shape]
+    not_float = [k for k in sd if k in own and isinstance(sd[k], torch.Tensor)
+                 and own[k].is_floating_point() and not sd[k].is_floating_point()]  # load_state_dict would cast
     nonfinite = [k for k in sd if k in own and isinstance(sd[k], torch.Tensor) and sd[k].is_floating_point()
                  and not torch.isfinite(sd[k]).all()]
     problems = []
@@ -156,6 +158,8 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
         problems.append(f"unexpected keys: {fmt_keys(unexpected)}")
     if bad_type:
         problems.append(f"values that are not tensors: {fmt_keys(bad_type)}")
+    if not_float:
+        problems.append(f"integer / bool / complex tensors for floating weights: {fmt_keys(not_float)}")
     if shapes:
         problems.append("shape mismatches: " + "; ".join(shapes[:_SHOW])
                         + (f"; ... ({len(shapes)} in all)" if len(shapes) > _SHOW else ""))

@@ -72,7 +72,7 @@ def cmd_upscale(a) -> int:
         src, dst = item
         if not skip_existing(a.skip_existing, src, dst):
             arr, grey = read_input(src, a.max_pixels)
-            check_hr_size(src, arr, a.scale, a.max_pixels)
+            check_hr_size(src, arr, a.scale, a.max_pixels, dst)
             _upscale_one(a, run, arr, grey, src, dst)
 
     def one_line(e: BaseException) -> str:
@@ -546,7 +546,7 @@ MEMORY_ADVICE = {"upscale": "a lower --max-memory, or smaller --tiles, denoises 
 _OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", "steps": "--steps", "seed": "--seed",
               "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
               "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
-              "attentions": "--attention", "bins": "--bins", "degree": "--degree", "crops": "--crops",
+              "attentions": "--attention", "attention": "--attention", "bins": "--bins", "degree": "--degree", "crops": "--crops",
               "short_side": "--short-side", "labels": "--labels"}
 
 
@@ -565,6 +565,8 @@ def _one_line(e: BaseException, options: bool = True) -> str:
     name = re.match(r"\w+(?=[ :\[])", line)
     if options and name and name.group() in _OPTION_OF:
         return _OPTION_OF[name.group()] + line[name.end():]
+    if options and line.startswith("unknown attention "):  # yoda.attention.check_name's
+        return f"--attention: {line}"
     return line[len("path: "):] if line.startswith("path: ") else line  # read_image's argument: the file follows
 
 

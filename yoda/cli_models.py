@@ -202,8 +202,9 @@ def check_out_folder(output: str, files) -> None:
         check_folder_writable(output, "-o")
 
 
-def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int]) -> None:
-    """Refuse an input whose x``scale`` output would exceed the pixel limit (before sampling it)."""
+def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int], dst: Optional[str] = None) -> None:
+    """Refuse an input whose x``scale`` output would exceed the pixel limit, or not fit in the format of the
+    output file ``dst`` (WebP, JPEG: images.MAX_SIDE), before sampling it."""
     from . import images
 
     limit = images.pixel_limit(max_pixels)
@@ -211,3 +212,8 @@ def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int]) -> None:
     if limit and scale * scale * h * w > limit:
         raise UserError(f"{src}: {w}x{h} upscaled x{scale} is {scale * w}x{scale * h} = {scale * scale * h * w} "
                         f"pixels, more than the limit of {limit} (--max-pixels N raises it)")
+    if dst is not None:
+        try:
+            images.check_fits(dst, scale * w, scale * h, what=f"{src}: output")
+        except ValueError as e:
+            raise UserError(str(e)) from None

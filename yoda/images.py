@@ -54,6 +54,7 @@ from .errors import UserError
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # the formats yoda writes
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65535}  # the widest / tallest image these formats can hold (libwebp, JFIF)
 LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, loses several dB of PSNR)
 
 
@@ -140,6 +141,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
         raise TypeError(f"x must be a float tensor in [-1, 1], got {x.dtype}")
     if x.shape[-3] not in (1, 3):
         raise ValueError(f"x must have 1 or 3 channels, got {x.shape[-3]}")
+    if x.is_meta:
+        raise ValueError("x is on the meta device: it holds no values")
     if torch.isnan(x).any():
         raise ValueError("x contains NaN")
     return quantize_u8(x.cpu()).to(torch.uint8).movedim(-3, -1).contiguous().numpy()
@@ -259,6 +262,8 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
     A file of several frames (animated, multi-page) gives its first, with a warning.
     Errors name the file: FileNotFoundError (missing), ValueError (a folder), DataError (unreadable, too
     large, unsupported sample values)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file name (str or os.PathLike), got {type(path).__name__}")
     p = Path(path)
     limit = pixel_limit(max_pixels)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -307,6 +312,16 @@ def image_format(path: str | os.PathLike) -> str:
     return Image.registered_extensions()[p.suffix.lower()]
 
 
+def check_fits(path: str | os.PathLike, width: int, height: int, what: str = "path") -> None:
+    """ValueError naming ``path`` (``what``: which argument) when a width x height image cannot be stored in its
+    format (MAX_SIDE: WebP up to 16383 pixels a side, JPEG 65535): checked before the work, not at the write."""
+    fmt = image_format(path)
+    side = MAX_SIDE.get(fmt)
+    if side is not None and max(width, height) > side:
+        raise ValueError(f"{what} {path}: a {width}x{height} image does not fit in {fmt} (at most {side} pixels "
+                         f"a side); write .png or .tif instead")
+
+
 def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """Check an image output path before any work: its suffix is one of OUTPUT_SUFFIXES (PNG, JPEG, WebP,
     TIFF, BMP) and it can be written (yoda._io.check_writable: not a folder, the folder exists, a file can be
@@ -326,6 +341,7 @@ def save_pil(img: Image.Image, path: str | os.PathLike) -> Path:
     JPEG and WebP are written at quality LOSSY_QUALITY = 95, not Pillow's default 75, which costs a super-resolved
     image several dB of PSNR against its PNG (the quality is the point of the output)."""
     fmt = image_format(path)
+    check_fits(path, *img.size)
     options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
 
     def write(tmp: str) -> None:
@@ -346,6 +362,8 @@ def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
         if x.shape[0] != 1:
             raise ValueError(f"x must hold one image to save, got a batch of {x.shape[0]}")
         x = x[0]
+    if p.is_dir():
+        raise IsADirectoryError(f"path {p} is a folder; give an image file name ({', '.join(OUTPUT_SUFFIXES)})")
     arr = to_uint8(x)
     if arr.shape[2] == 1:
         arr = arr[:, :, 0]

@@ -10,11 +10,24 @@ built here selects the very pixels the fused step updates.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import numbers
+import operator
+from typing import Any, Sequence
 
 import torch
 
 _FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+A_MARGIN = 1e-3  # attention may exceed [0, 1] by float rounding (a bilinear or bicubic resize)
+
+
+def as_int(v: Any, name: str, what: str = "an int") -> int:
+    """v as an int: Python and numpy integers, 0-d integer tensors; TypeError naming ``name`` otherwise."""
+    tensor = isinstance(v, torch.Tensor)
+    if (isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.Tensor))
+            or (tensor and (v.dim() != 0 or v.dtype == torch.bool or v.is_floating_point() or v.is_complex()))):
+        raise TypeError(f"{name} must be {what}, got {v!r}" if tensor else f"{name} must be {what}, got "
+                        f"{type(v).__name__}")
+    return operator.index(v)
 
 
 def check_lower_bound(lower_bound: float, name: str = "lower_bound") -> float:
@@ -31,27 +44,45 @@ def check_lower_bound(lower_bound: float, name: str = "lower_bound") -> float:
 
 
 def check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:
-    """A as (B, 1, H, W) float; accepts (B, 1, H, W) or (B, H, W)."""
+    """A as (B, 1, H, W) float; accepts (B, 1, H, W) or (B, H, W), not empty, values in [0, 1] (A_MARGIN: float
+    rounding of a resize), no NaN; errors name ``name``."""
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
     if A.dim() == 3:
         A = A.unsqueeze(1)
-    if A.dim() != 4 or A.shape[1] != 1:
-        raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W), got shape {tuple(A.shape)}")
+    if A.dim() != 4 or A.shape[1] != 1 or A.numel() == 0:
+        raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W), not empty, got shape {tuple(A.shape)}")
     if A.dtype not in _FLOAT:
         raise TypeError(f"{name} must be a float tensor, got {A.dtype}")
+    if A.is_meta:
+        raise ValueError(f"{name} is on the meta device: it holds no values")
     if torch.isnan(A).any():
         raise ValueError(f"{name} contains NaN")
+    lo, hi = torch.aminmax(A.detach())
+    if lo.item() < -A_MARGIN or hi.item() > 1.0 + A_MARGIN:
+        raise ValueError(f"{name} values must be in [0, 1], got range [{lo.item():.4g}, {hi.item():.4g}]")
     return A
 
 
 def tau_at(t: int, T: int, lower_bound: float = 0.6) -> float:
     """tau(t) = t / T - lower_bound for DESIGN's t in 1..T (t = 0-based index + 1). Float64 scalar."""
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive int, got {T!r}")
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (1 <= t <= T):
+    T = check_T(T)
+    if isinstance(t, (float, torch.Tensor)) and not isinstance(t, bool) and (
+            not isinstance(t, torch.Tensor) or t.is_floating_point()):
+        t = check_lower_bound(t, "t")  # a float t (a solver's fractional timestep): finite, checked as a float
+    else:
+        t = as_int(t, "t", "an int (or a float) in 1..T")
+    if not 1 <= t <= T:
         raise ValueError(f"t must be in 1..T={T} (DESIGN's t = index + 1), got {t!r}")
     return t / T - check_lower_bound(lower_bound)
+
+
+def check_T(T: Any) -> int:
+    """T (the number of training steps) as a positive int (Python / numpy ints, 0-d integer tensors)."""
+    T = as_int(T, "T", "a positive int")
+    if T < 1:
+        raise ValueError(f"T must be a positive int, got {T}")
+    return T
 
 
 def active(A: torch.Tensor, tau: float) -> torch.Tensor:
@@ -91,8 +122,7 @@ def every_step_ratio(A: torch.Tensor, T: int, lower_bound: float = 0.6) -> torch
     with one binary search per pixel instead of one pass over A per step: O(N log T) for N pixels (1.7 ms for a
     64^2 map at T = 1000, against 21 ms). It tends to pixel_update_ratio as T grows (within 1/T)."""
     A = check_A(A)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive int, got {T!r}")
+    T = check_T(T)
     taus = torch.tensor([tau_at(t, T, lower_bound) for t in range(1, T + 1)], dtype=torch.float64).float()
     out = []
     for a in A.detach().float().cpu().flatten(1):

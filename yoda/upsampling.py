@@ -66,10 +66,11 @@ def _pil_pass(x: torch.Tensor, n: int, scale: int) -> torch.Tensor:
     k = torch.where(inside, _keys(j[None, :] + 0.5 - c[:, None]), torch.zeros(()))
     k = k / k.sum(dim=1, keepdim=True)
     one = float(1 << _PIL_BITS)
-    kfix = torch.where(k < 0, torch.trunc(-0.5 + k * one), torch.trunc(0.5 + k * one)).long().to(x.device)
-    ss = (1 << (_PIL_BITS - 1)) + torch.einsum("oj,...jw->...ow", kfix, x.long())
-    out = torch.where(ss >= 255 << _PIL_BITS, 255, torch.where(ss <= 0, 0, ss >> _PIL_BITS))
-    return out.double()
+    kfix = torch.where(k < 0, torch.trunc(-0.5 + k * one), torch.trunc(0.5 + k * one)).to(x.device)
+    # Integer arithmetic in float64: every product and partial sum is an integer below 2**53, so it is exact,
+    # and float64 matmul runs on BLAS and on CUDA (int64 matmul is slow on the CPU and missing on CUDA).
+    ss = (1 << (_PIL_BITS - 1)) + torch.einsum("oj,...jw->...ow", kfix, x)
+    return torch.floor(ss / one).clamp(0.0, 255.0)  # Pillow: >> 22, clipped to 0..255
 
 
 def _matlab_weights(n: int, scale: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ alpha_bar alone, as diffusers' DDPMScheduler / DDIMScheduler do.
 from __future__ import annotations
 
 import math
+import numbers
 
 from .contract import PREDICTIONS, SAMPLERS, StepCoefs, needs_noise
 
@@ -34,7 +35,8 @@ def step_coefficients(
     """The StepCoefs (k1, k2, e1, e2, cx0, cx, ceps, sigma, la, lb) of the step t -> t_prev (contract.py).
 
     ab_t, ab_prev: alpha_bar at t and at t_prev (ab_prev = 1 for the last step, which then adds no noise).
-    prediction: what the model outputs, "eps", "x0" or "v". sampler: "ddpm" (ancestral) or "ddim" (eta).
+    prediction: what the model outputs, "eps", "x0" or "v". sampler: "ddpm" (ancestral) or "ddim" (eta in [0, 1];
+    DDPM takes none: eta 0).
 
     ab_t = 0 (zero terminal SNR, the first step of a rescaled schedule: x_t is pure noise) is allowed for "v" and
     "x0": every formula below is finite there and is the limit ab_t -> 0 (v: x0 = -v, eps = x_t; x0: eps = x_t;
@@ -51,8 +53,12 @@ def step_coefficients(
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    if not (0.0 <= float(eta)) or math.isnan(float(eta)):
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= float(eta) <= 1.0:
+        # eta > 1 asks some steps for more noise than their level has (sqrt(1 - ab_prev - sigma^2) has no value)
+        raise ValueError(f"eta must be a float in [0, 1] (1 is DDPM's variance), got {eta!r}")
+    if sampler == "ddpm" and eta != 0:
+        raise ValueError(f"eta applies to sampler='ddim' only (DDPM's variance is fixed); got eta={eta} with "
+                         f"sampler='ddpm'")
     if a == 0.0 and prediction == "eps":
         raise ValueError("prediction='eps' cannot take a step from ab_t = 0 (zero terminal SNR: x_t is pure noise "
                          "and x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) is 0 / 0); a zero-terminal-SNR schedule "

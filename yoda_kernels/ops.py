@@ -15,6 +15,7 @@ that runs many ops (the sampler) resolves it once with :func:`bind_backend` and 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import NamedTuple, Optional, Sequence, Union
 
@@ -393,6 +394,8 @@ def _check_masked(x, c, A, tau, coefs, n_coefs, seed, step, noise, tile, stats, 
     philox.check_seed_step(seed, step)
     if philox.num_groups(x.shape) >= 2**31:
         raise ValueError(f"x of shape {tuple(x.shape)} is too large for the 32-bit noise counter")
+    if isinstance(tau, (bool, str, bytes)) or not isinstance(tau, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"tau must be a float, got {type(tau).__name__}")
     tau = float(tau)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")

@@ -76,7 +76,10 @@ def check_name(name: str) -> tuple:
     if needs_path:
         if not path:
             raise ValueError(f"attention {key!r} needs a local weights file: use '{key}:PATH'")
-        return factory, os.path.expanduser(path)  # the shell leaves a ~ after the colon as it is
+        path = os.path.expanduser(path)  # the shell leaves a ~ after the colon as it is
+        if not os.path.exists(path):  # checked here too, so that a name yoda.sample does not use is checked
+            raise FileNotFoundError(f"attention {name!r}: weights file not found: {path!r}")
+        return factory, path
     if sep:
         raise ValueError(f"attention {key!r} takes no ':PATH' part, got {name!r}")
     return factory, None

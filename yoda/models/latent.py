@@ -161,6 +161,7 @@ _NOT_DDPM = ("EDM", "FlowMatch", "ScoreSdeVe", "KarrasVe", "CMStochastic", "LCMS
 _NOT_DDPM_KEYS = ("sigma_data", "shift", "snr")  # EDM, flow matching, score-SDE VE (present only in those configs)
 _NOT_DDPM_FLAGS = ("use_dynamic_shifting", "use_flow_sigmas")  # in every DPM-Solver / UniPC config: refused if true
 SPACINGS_DIFFUSERS = ("leading", "trailing", "linspace")
+_CLIPS_BY_DEFAULT = ("DDPM", "DDIM", "RePaint", "UnCLIP")  # diffusers schedulers whose clip_sample defaults to True
 
 
 def scheduler_config_dict(config: Any) -> dict:
@@ -175,6 +176,16 @@ def scheduler_config_dict(config: Any) -> dict:
                         f"or a dict, got {type(config).__name__}") from None
 
 
+def clip_sample_of(config: dict) -> bool:
+    """The scheduler config's clip_sample, with diffusers' default where the key is missing: True for the DDPM /
+    DDIM family (and for a dict that names no class: the keys yoda reads are theirs), False for a named scheduler
+    that has no clip_sample default of True (Euler, DPM-Solver, ...: they do not clip)."""
+    if "clip_sample" in config:
+        return bool(config["clip_sample"])
+    name = str(config.get("_class_name", ""))
+    return not name or any(k in name for k in _CLIPS_BY_DEFAULT)
+
+
 def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     """(Schedule, prediction) from a diffusers scheduler config (DDPMScheduler / DDIMScheduler keys:
     num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
@@ -185,7 +196,7 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     than 1, a timestep_spacing that diffusers does not have. A variance_type other than DDPM's fixed_small warns
     (yoda's DDPM uses fixed_small). Keys that choose among yoda.sample's own options are the caller's:
     timestep_spacing / steps_offset / set_alpha_to_one are ``spacing=`` (README, "diffusers"), use_karras_sigmas
-    ``sigmas=``; clip_sample is read by from_diffusers."""
+    ``sigmas=``; clip_sample is read by from_diffusers (clip_sample_of)."""
     config = scheduler_config_dict(config)
     name = str(config.get("_class_name", ""))
     if (any(k in name for k in _NOT_DDPM) or any(k in config for k in _NOT_DDPM_KEYS)
@@ -196,7 +207,7 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     if config.get("thresholding", False):
         raise ValueError("scheduler_config: thresholding=True (dynamic thresholding) is not supported; yoda.sample "
                          "clips x0 to [-1, 1] with clip=True")
-    if config.get("clip_sample", False) and float(config.get("clip_sample_range", 1.0)) != 1.0:
+    if clip_sample_of(config) and float(config.get("clip_sample_range", 1.0)) != 1.0:
         raise ValueError(f"scheduler_config: clip_sample_range {config['clip_sample_range']} is not supported "
                          f"(yoda clips x0 to [-1, 1])")
     variance = config.get("variance_type")
@@ -262,9 +273,10 @@ def vae_upcast(vae: Any):
                     vae.to(torch.float16)
 
 
-def vae_codec(vae: Any, sample_latent: bool = False) -> Tuple[Callable, Callable]:
+def vae_codec(vae: Any, sample_latent: bool = False, latent_seed: int = 0) -> Tuple[Callable, Callable]:
     """(encode, decode) of a diffusers AutoencoderKL as diffusers' pipelines use it: encode(x) = the latent
-    distribution's mean (or a draw, ``sample_latent``), then (z - shift_factor) * scaling_factor, or with the
+    distribution's mean (or, ``sample_latent``, a draw from a CPU generator seeded with ``latent_seed`` at every
+    call: the same image gives the same latent, and torch's global RNG is left alone), then (z - shift_factor) * scaling_factor, or with the
     config's latents_mean / latents_std (z - mean) * scaling_factor / std; decode inverts that and decodes. The VAE
     runs in its parameters' dtype (vae_upcast for fp16 with force_upcast), the results in the caller's."""
     C = int(vae.config.latent_channels)
@@ -288,7 +300,8 @@ def vae_codec(vae: Any, sample_latent: bool = False) -> Tuple[Callable, Callable
     def encode(x: torch.Tensor) -> torch.Tensor:
         with vae_upcast(vae):
             dist = vae.encode(x.to(vae.dtype)).latent_dist
-            return to_latent((dist.sample() if sample_latent else dist.mode()).to(x.dtype))
+            z = dist.sample(generator=torch.Generator().manual_seed(latent_seed)) if sample_latent else dist.mode()
+            return to_latent(z.to(x.dtype))
 
     def decode(z: torch.Tensor) -> torch.Tensor:
         with vae_upcast(vae):
@@ -298,11 +311,12 @@ def vae_codec(vae: Any, sample_latent: bool = False) -> Tuple[Callable, Callable
 
 
 def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4,
-                   stage1: Optional[Callable] = None, pool: str = "max", sample_latent: bool = False) -> LatentAdapter:
+                   stage1: Optional[Callable] = None, pool: str = "max", sample_latent: bool = False,
+                   latent_seed: int = 0) -> LatentAdapter:
     """LatentAdapter for a diffusers ``UNet2DModel`` (in_channels = 2 * latent channels: the input is
     cat(z_t, c), c the VAE encoding of the upsampled or stage-1 image) and ``AutoencoderKL``: encode(x) =
     vae.encode(x).latent_dist.mode() * scaling_factor (the mean, so that c is deterministic; ``sample_latent``
-    draws instead), decode(z) = vae.decode(z / scaling_factor).sample. latent_factor = 2 ** (len(vae
+    draws instead, from a CPU generator seeded with ``latent_seed``), decode(z) = vae.decode(z / scaling_factor).sample. latent_factor = 2 ** (len(vae
     block_out_channels) - 1). Only such a model loads: not LDM-SR (a VQModel, conditioned on the LR pixels) nor
     the SD x4 upscaler (a UNet2DConditionModel with text and noise-level conditioning on cat(z_t, LR pixels)).
 
@@ -327,7 +341,9 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
                          f"{C}, got {unet.config.in_channels} / {unet.config.out_channels}")
     config = scheduler_config_dict(scheduler_config)
     sched, pred = schedule_from_diffusers(config)
-    encode, decode = vae_codec(vae, sample_latent)
+    if isinstance(latent_seed, bool) or not isinstance(latent_seed, int):
+        raise TypeError(f"latent_seed must be an int, got {type(latent_seed).__name__}")
+    encode, decode = vae_codec(vae, sample_latent, latent_seed)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     m = 2 ** (len(unet.config.down_block_types) - 1)
 
@@ -337,5 +353,5 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
         return unet(torch.cat([z, c.to(z.dtype)], dim=1).to(unet.dtype), t).sample.to(z.dtype)
 
     return LatentAdapter(encode, decode, denoise, sched, prediction=pred, scale=scale, stage1=stage1,
-                         latent_factor=f, pool=pool, latent_multiple=m, clip_x0=bool(config.get("clip_sample", False)),
+                         latent_factor=f, pool=pool, latent_multiple=m, clip_x0=clip_sample_of(config),
                          modules=(unet, vae))

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 import torch
 
 from ..adapters import Prepared, check_cfg_scale, guided_call
-from .latent import LatentAdapter, schedule_from_diffusers, scheduler_config_dict, vae_codec
+from .latent import LatentAdapter, clip_sample_of, schedule_from_diffusers, scheduler_config_dict, vae_codec
 
 __all__ = ["SDUpscalerAdapter", "UpscalerCond"]
 
@@ -84,7 +84,7 @@ class SDUpscalerAdapter(LatentAdapter):
         f = 2 ** (len(vae.config.block_out_channels) - 1)
         encode, decode = vae_codec(vae)
         super().__init__(encode, decode, self._unused, sched, prediction=pred, scale=f,
-                         latent_factor=f, pool=pool, clip_x0=bool(config.get("clip_sample", False)),
+                         latent_factor=f, pool=pool, clip_x0=clip_sample_of(config),
                          modules=(unet, vae))
         self.net = unet  # the denoiser call, which yoda.sampling.speed may wrap
         ab = low.alphas_cumprod.float()[noise_level]  # diffusers' add_noise: float32 alphas_cumprod

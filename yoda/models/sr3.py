@@ -583,6 +583,3 @@ class SR3Adapter(PixelAdapter):
             raise ValueError(f"lr must be (B, {C}, h, w), got "
                              f"{tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__}")
         return super().prepare(lr)
-
-    def net_dtype(self, x_t: torch.Tensor) -> torch.dtype:
-        return next(self.net.parameters()).dtype

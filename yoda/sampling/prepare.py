@@ -17,9 +17,8 @@ from .. import masks
 from ..adapters import Adapter
 from ..attention.classic import minmax_normalize
 from .spec import SamplingSpec, all_finite, check_noise, noise_entries
-from .tiles import Tiler
+from .tiles import Tiler, checked_output
 
-A_MARGIN = 1e-3  # attention may exceed [0, 1] by float rounding
 
 
 class Run:
@@ -65,10 +64,7 @@ class Run:
             t = torch.full((x.shape[0],), idx, dtype=torch.float32, device=self.c.device)
         if self.tiler is not None:
             return self.tiler.denoise(self.adapter, x, t, ab_t, self.cond, tau)
-        pred = self.adapter.denoise(x, t, ab_t, self.cond)
-        if not isinstance(pred, torch.Tensor) or pred.shape != x.shape:
-            raise ValueError(f"{type(self.adapter).__name__}.denoise returned "
-                             f"{getattr(pred, 'shape', type(pred).__name__)}, expected {tuple(x.shape)}")
+        pred = checked_output(self.adapter, self.adapter.denoise(x, t, ab_t, self.cond), x.shape)
         return pred.to(self.spec.state_dtype), 1
 
     def step(self, x: torch.Tensor, pred: torch.Tensor, i: int) -> torch.Tensor:
@@ -243,11 +239,13 @@ def checked_map(attention: torch.Tensor, src: str, lr: torch.Tensor) -> torch.Te
                          f"{A.shape[0]} (shape {tuple(attention.shape)})")
     if not A.is_floating_point():
         raise TypeError(f"{src} must be a float tensor in [0, 1], got {A.dtype}")
+    if A.is_meta:
+        raise ValueError(f"{src} is on the meta device: it holds no values")
     A = A.detach().to(device=lr.device, dtype=torch.float32)
     if not all_finite(A):
         raise ValueError(f"{src} contains NaN or Inf")
     lo, hi = A.min().item(), A.max().item()
-    if lo < -A_MARGIN or hi > 1.0 + A_MARGIN:
+    if lo < -masks.A_MARGIN or hi > 1.0 + masks.A_MARGIN:
         raise ValueError(f"{src} values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
     return A.expand(B, 1, *A.shape[2:])
 

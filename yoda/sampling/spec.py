@@ -23,6 +23,7 @@ import yoda_kernels as K
 from yoda_kernels.contract import SAMPLERS, check_tile
 
 from .. import masks
+from ..masks import as_int
 from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter
 from ..errors import lr_from_images_now
@@ -136,6 +137,8 @@ def make_spec(
     lower_bound = masks.check_lower_bound(lower_bound)
     if clip is not None and not isinstance(clip, bool):
         raise TypeError(f"clip must be None or a bool, got {type(clip).__name__}")
+    if not isinstance(progress, bool):  # progress="no" would show a bar
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
     windows = check_windows(windows, window_batch)
@@ -158,7 +161,7 @@ def make_spec(
         T=T, pairs=pairs, taus=tuple(masks.tau_at(idx + 1, T, lower_bound) for idx, _, _ in pairs),
         sampler=sampler, eta=eta, lower_bound=lower_bound, clip=adapter.clip_x0 if clip is None else clip,
         seed=seed, backend=bound, kernel_tile=kernel_tile, windows=windows,
-        state_dtype=lr.dtype if lr.dtype in STATE_DTYPES else torch.float32, progress=bool(progress),
+        state_dtype=lr.dtype if lr.dtype in STATE_DTYPES else torch.float32, progress=progress,
         callback=callback, sigmas=sig, solver=plan,
     )
 
@@ -200,16 +203,6 @@ def check_lr(lr: Any) -> torch.Tensor:
     if C == 1:
         lr = lr.expand(B, 3, h, w)
     return lr.clamp(-1.0, 1.0)
-
-
-def as_int(v: Any, name: str, what: str = "an int") -> int:
-    """v as an int: Python and numpy integers, 0-d integer tensors; TypeError naming ``name`` otherwise."""
-    tensor = isinstance(v, torch.Tensor)
-    if (isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.Tensor))
-            or (tensor and (v.dim() != 0 or v.dtype == torch.bool or v.is_floating_point() or v.is_complex()))):
-        raise TypeError(f"{name} must be {what}, got {v!r}" if tensor else f"{name} must be {what}, got "
-                        f"{type(v).__name__}")
-    return operator.index(v)
 
 
 def check_steps(steps: Any, T: int) -> int:
@@ -341,7 +334,7 @@ def check_noise(entries: Optional[list], like: torch.Tensor) -> Optional[list[to
         if not isinstance(z, torch.Tensor) or tuple(z.shape) != shape:
             raise ValueError(f"noise[{k}] must be a tensor of the state's shape {shape}, got "
                              f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
-        if not z.is_floating_point() or not all_finite(z):
-            raise ValueError(f"noise[{k}] must be a finite float tensor")
+        if not z.is_floating_point() or z.is_meta or not all_finite(z):
+            raise ValueError(f"noise[{k}] must be a finite float tensor{' (it is on the meta device)' * z.is_meta}")
         out.append(z)
     return out

@@ -26,6 +26,17 @@ def default_window_batch(batch: int, channels: int, height: int, width: int,
     return max(1, int(budget) // per_window)
 
 
+def checked_output(adapter: Adapter, out: Any, shape: tuple, what: str = "") -> torch.Tensor:
+    """The adapter's denoise output, checked: a real floating tensor of ``shape`` (an integer, bool or complex
+    output would be cast silently); ``what`` says what it was called on."""
+    if not isinstance(out, torch.Tensor) or out.shape != shape:
+        raise ValueError(f"{type(adapter).__name__}.denoise returned {getattr(out, 'shape', type(out).__name__)}"
+                         f"{what}, expected {tuple(shape)}")
+    if not out.is_floating_point():
+        raise TypeError(f"{type(adapter).__name__}.denoise must return a real floating tensor, got {out.dtype}")
+    return out
+
+
 def window_starts(n: int, window: int, overlap: int) -> list[int]:
     """Window origins along one axis: stride window - overlap, the last one flush with the end."""
     if n <= window:
@@ -91,6 +102,11 @@ class Tiler:
         todo = [win for win in self.windows if not (self.skip and win[2] is not None and not win[2] >= tau32)]
         B = x.shape[0]
         self.last_batches = 0
+        if len(self.windows) == 1 and todo:  # one window, the whole state: the model's output as untiled, unblended
+            ys, xs = self.windows[0][:2]
+            out = checked_output(adapter, adapter.denoise(x, t, ab_t, adapter.crop_cond(cond, ys, xs)), x.shape)
+            self.last_batches = 1
+            return out.to(x.dtype), 1
         for group in self._groups(todo):
             conds = [adapter.crop_cond(cond, ys, xs) for ys, xs, _, _ in group]
             if len(group) > 1:
@@ -103,11 +119,8 @@ class Tiler:
                 tb = t.repeat(len(group))
             else:
                 cb, xb, tb = conds[0], x[..., group[0][0], group[0][1]], t
-            out = adapter.denoise(xb, tb, ab_t, cb)
+            out = checked_output(adapter, adapter.denoise(xb, tb, ab_t, cb), xb.shape, " for a window batch")
             self.last_batches += 1
-            if not isinstance(out, torch.Tensor) or out.shape != xb.shape:
-                raise ValueError(f"{type(adapter).__name__}.denoise returned {getattr(out, 'shape', type(out))} "
-                                 f"for a window batch of shape {tuple(xb.shape)}")
             for j, (ys, xs, _, w) in enumerate(group):
                 acc[..., ys, xs] += w * out[j * B:(j + 1) * B].float()
                 wsum[ys, xs] += w

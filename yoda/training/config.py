@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class LossConfig:
     same_t_in_batch: bool = False  # one t for the whole batch, as Janspiry's SR3 p_losses
 
     def __post_init__(self):
+        check_field_types(self)
         _check_choice("space", self.space, SPACES)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("target", self.target, TARGETS)
@@ -137,6 +139,8 @@ class TrainConfig:
             object.__setattr__(self, "data", _from_dict(_data.DataConfig, self.data, "data"))
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", _from_dict(LossConfig, self.loss, "loss"))
+        check_field_types(self)  # built in Python, not through from_dict: batch="8" or 8.5 would pass below
+        check_field_types(self.data, "data")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         for name in ("batch", "steps"):
             if int(getattr(self, name)) < 1:
@@ -262,6 +266,22 @@ def _from_dict(cls, d: dict, what: str):
         return cls(**d)
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
+
+
+def check_field_types(obj, what: str = "") -> None:
+    """ValueError naming the field (``what.field`` in a section) whose value does not have its JSON type
+    (_json_type_ok): a config built in Python gets the checks of one read from JSON (numpy ints and floats are
+    taken as the Python numbers they hold)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, tp = getattr(obj, f.name), hints[f.name]
+        if tp in (int, float) and not isinstance(value, bool) and isinstance(
+                value, numbers.Integral if tp is int else numbers.Real):
+            value = tp(value)  # numpy numbers built in Python: the Python number (JSON writes it)
+            object.__setattr__(obj, f.name, value)
+        if not _json_type_ok(value, tp):
+            raise ValueError(f"{what + '.' if what else ''}{f.name} must be {_json_type_name(hints[f.name])}, got "
+                             f"{value!r}")
 
 
 def _json_type_ok(value, tp) -> bool:

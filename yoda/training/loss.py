@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 
 from ..adapters import upsample
-from ..masks import tau_at
+from ..masks import check_A, tau_at
 from .config import LossConfig
 
 
@@ -114,6 +114,8 @@ def diffusion_loss(
         raise ValueError("the YODA loss (mask_input or mask_loss) needs an attention map A")
     if A is not None and (A.dim() != 4 or A.shape[1] != 1 or A.shape[0] != B or A.shape[2:] != x0.shape[2:]):
         raise ValueError(f"A must be (B, 1, H, W) = ({B}, 1, {x0.shape[2]}, {x0.shape[3]}), got {tuple(A.shape)}")
+    if A is not None:
+        check_A(A)  # float, no NaN, in [0, 1]: a map outside it would mask every pixel or none without a word
     if idx is None or sqrt_ab is None:
         idx, sqrt_ab = draw_noise_level(ab, B, cfg, generator)
     if noise is None:
