@@ -90,7 +90,7 @@ def test_load_errors(tmp_path):
     (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cannot read image"):
         load_image(tmp_path / "trunc.png")
-    with pytest.raises(ValueError, match="not a file"):
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
         load_image(tmp_path)
 
 
@@ -204,6 +204,8 @@ def test_image_paths_that_are_no_file_names_are_named(tmp_path):
         save_image(torch.zeros(1, 3, 2, 2), tmp_path / "out")
     with pytest.raises(TypeError, match=r"^path must be a file name \(str or os\.PathLike\), got NoneType"):
         load_image(None)
+    with pytest.raises(ValueError, match=r"^path: .*out is a folder, not an image file$"):
+        load_image(tmp_path / "out")  # `yoda attention DIR` said "path is not a file: DIR"
 
 
 @pytest.mark.parametrize("suffix, side, ok", [(".webp", 16384, 16383), (".jpg", 65536, 65535)])

@@ -59,9 +59,15 @@ def test_numpy_and_tensor_integers_and_bad_maps():
     from yoda.training import LossConfig, diffusion_loss
 
     x0 = torch.zeros(1, 3, 4, 4)
+    ab, cfg = Schedule.linear(10).alphas_cumprod, LossConfig(mask_input=True, mask_loss=True)
+    zero = lambda x, i, s: torch.zeros_like(x)  # noqa: E731
     with pytest.raises(ValueError, match="A values must be in"):
-        diffusion_loss(lambda x, i, s: torch.zeros_like(x), x0, x0, A - 2,
-                       Schedule.linear(10).alphas_cumprod, LossConfig(mask_input=True, mask_loss=True))
+        diffusion_loss(zero, x0, x0, A - 2, ab, cfg)
+    # a 2-D ab was an IndexError from inside, a seed for a generator randint's own TypeError
+    with pytest.raises(ValueError, match=r"^ab must be the \(T,\) alpha_bar of the schedule, got \(2, 5\)"):
+        diffusion_loss(zero, x0, x0, A, ab.view(2, 5), cfg)
+    with pytest.raises(TypeError, match="^generator must be a torch.Generator or None, got int"):
+        diffusion_loss(zero, x0, x0, A, ab, cfg, generator=5)
 
 
 def test_mask_is_threshold_and_shapes():

@@ -271,7 +271,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
     if not p.exists():
         raise FileNotFoundError(f"path: no such image file: {p}")
     if not p.is_file():
-        raise ValueError(f"path is not a file: {p}")
+        raise ValueError(f"path: {p} is a folder, not an image file" if p.is_dir() else f"path: {p} is not a file")
     try:
         with Image.open(p) as im:
             _check_pixels(p, im.size, limit)

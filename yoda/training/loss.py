@@ -108,6 +108,11 @@ def diffusion_loss(
     global batch's masked mean and its gradient (the mean of the ranks' own masked means is not)."""
     if x0.dim() != 4 or c.shape != x0.shape:
         raise ValueError(f"x0 and c must be (B, C, H, W) of the same shape, got {tuple(x0.shape)}, {tuple(c.shape)}")
+    if not isinstance(ab, torch.Tensor) or ab.dim() != 1 or ab.numel() == 0:
+        raise ValueError(f"ab must be the (T,) alpha_bar of the schedule, got "
+                         f"{tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     B, C = x0.shape[:2]
     T = ab.numel()
     if cfg.yoda and A is None:
