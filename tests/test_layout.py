@@ -150,3 +150,14 @@ def test_every_mutant_still_finds_its_code():
             if f.read().count(m.old) != 1:
                 stale.append(m.name)
     assert stale == []
+
+
+def test_dir_of_yoda_lists_each_public_name_once():
+    """dir(yoda) listed a name twice once it was loaded ('sample', 'sample') and the module's own imports."""
+    import yoda
+    from yoda import _LAZY
+
+    yoda.sample, yoda.Schedule  # noqa: B018 - loaded: now in the module's globals too
+    names = dir(yoda)
+    assert len(names) == len(set(names)) and set(_LAZY) <= set(names)
+    assert "importlib" not in names and "annotations" not in names

@@ -50,4 +50,6 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    # the public names once each (a loaded one is also in globals()), not this module's own imports
+    return sorted({n for n in globals() if not n.startswith("_") and n not in ("annotations", "importlib")}
+                  | set(_LAZY) | {"__version__"})
