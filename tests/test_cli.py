@@ -116,7 +116,7 @@ def test_upscale_into_an_existing_folder_whatever_its_name(tmp_path, tiny_model,
 
 def test_upscale_refuses_an_output_its_format_cannot_hold_before_sampling(tmp_path, tiny_model, monkeypatch, capsys):
     """A 4200 px wide panorama x4 into .webp was sampled, then failed at the write with Pillow's "encoding error 5"
-    as an internal error; WebP holds at most 16383 pixels a side (JPEG 65535). Now refused before sampling."""
+    as an internal error; WebP holds at most 16383 pixels a side (JPEG 65500). Now refused before sampling."""
     import yoda.cli as cli
 
     src = tmp_path / "pano.png"

@@ -970,12 +970,8 @@ def ad_nearest(ad, sigma):
     return int(np.argmin(np.abs(logs - math.log(sigma))))
 
 
-def test_tiled_vae_follows_diffbirs_pipeline():
-    """With a tiled VAE encoder DiffBIR pads the condition image to multiples of 8, not 64, and encodes an image
-    smaller than the tile whole; its decoder decodes a latent smaller than the tile whole (Pipeline.apply_cldm).
-    yoda padded to 64 and tiled whatever the size, so c_img differed for every size not a multiple of 64."""
-    diffusion = StandInDiffusion("v")
-
+def _diffbir_recording():
+    """(a StandInControlLDM that records its VAE encode / decode calls, its v-prediction diffusion)."""
     class Recording(StandInControlLDM):
         def prepare_condition(self, cond_img, txt, tiled=False, tile_size=-1):
             self.enc_calls.append((tuple(cond_img.shape[-2:]), tiled, tile_size))
@@ -985,12 +981,21 @@ def test_tiled_vae_follows_diffbirs_pipeline():
             self.dec_calls.append((tuple(z.shape[-2:]), tiled, tile_size))
             return super().vae_decode(z, tiled, tile_size)
 
+    diffusion = StandInDiffusion("v")
+    cldm = Recording(diffusion, seed=2).eval()
+    cldm.enc_calls, cldm.dec_calls = [], []
+    return cldm, diffusion
+
+
+def test_tiled_vae_follows_diffbirs_pipeline():
+    """With a tiled VAE encoder DiffBIR pads the condition image to multiples of 8, not 64, and encodes an image
+    smaller than the tile whole; its decoder decodes a latent smaller than the tile whole (Pipeline.apply_cldm).
+    yoda padded to 64 and tiled whatever the size, so c_img differed for every size not a multiple of 64."""
     lr = _lr(B=1, h=13, w=17)  # HR 52x68: padded to 56x72 (multiples of 8), latent 7x9
     for enc, dec, want_enc, want_dec in ((256, 64, ((56, 72), False, -1), ((7, 9), False, -1)),
                                          (48, 48, ((56, 72), True, 48), ((7, 9), True, 6)),
                                          (None, None, ((64, 128), False, -1), ((8, 16), False, -1))):
-        cldm = Recording(diffusion, seed=2).eval()
-        cldm.enc_calls, cldm.dec_calls = [], []
+        cldm, diffusion = _diffbir_recording()
         ad = DiffBIRAdapter(cldm, diffusion, stage1=stage1, encoder_tile=enc, decoder_tile=dec)
         with torch.no_grad():
             sr = yoda.sample(ad, lr, steps=2, sampler="ddim", seed=0, progress=False)
@@ -1051,22 +1056,6 @@ def test_guidance_with_equal_prompts_is_warned_of():
 
 
 # ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
-def _diffbir_recording():
-    class Recording(StandInControlLDM):
-        def prepare_condition(self, cond_img, txt, tiled=False, tile_size=-1):
-            self.enc_calls.append((tuple(cond_img.shape[-2:]), tiled, tile_size))
-            return super().prepare_condition(cond_img, txt, tiled, tile_size)
-
-        def vae_decode(self, z, tiled=False, tile_size=-1):
-            self.dec_calls.append((tuple(z.shape[-2:]), tiled, tile_size))
-            return super().vae_decode(z, tiled, tile_size)
-
-    diffusion = StandInDiffusion("v")
-    cldm = Recording(diffusion, seed=2).eval()
-    cldm.enc_calls, cldm.dec_calls = [], []
-    return cldm, diffusion
-
-
 def test_a_latent_exactly_the_decoder_tile_is_decoded_tiled():
     """DiffBIR's Pipeline.apply_cldm decodes whole only a latent smaller than vae_decoder_tile_size // 8 in a side;
     one exactly that size is tiled."""

@@ -8,6 +8,7 @@ Upstream facts used as references (read from the upstream files, not from our co
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import numpy as np
@@ -702,6 +703,10 @@ def test_from_diffusers_sample_latent_is_seeded():
     assert torch.equal(encode(up), want) and torch.equal(torch.get_rng_state(), state)
     with pytest.raises(TypeError, match="latent_seed must be an int"):
         from_diffusers(unet, vae, cfg, latent_seed=0.5)
+    with pytest.raises(ValueError, match=r"latent_seed must be in \[0, 2\*\*64 - 1\]"):
+        from_diffusers(unet, vae, cfg, latent_seed=2**64)
+    assert torch.equal(runs[0], sample(from_diffusers(unet, vae, cfg, scale=2, sample_latent=True,
+                                                      latent_seed=np.int64(0)), lr, steps=2, seed=0, progress=False))
 
 
 def test_from_diffusers_half_precision_weights_and_device():
@@ -791,6 +796,15 @@ def test_from_diffusers_takes_or_refuses_every_sampling_key():
         named = dict(cfg, _class_name=name) if name else dict(cfg)
         want = getattr(diffusers, name or "DDPMScheduler").from_config(named).config.get("clip_sample", False)
         assert from_diffusers(unet, vae, named, scale=2).clip_x0 == want == (name != "EulerDiscreteScheduler")
+    # every scheduler class of the installed diffusers: its own clip_sample default, or no clipping without one
+    from yoda.models.latent import clip_sample_of
+
+    for name in (n for n in dir(diffusers) if n.endswith("Scheduler")):
+        try:
+            param = inspect.signature(getattr(diffusers, name).__init__).parameters.get("clip_sample")
+        except (TypeError, ValueError, ImportError, AttributeError):  # a dummy object of a missing backend
+            continue
+        assert clip_sample_of({"_class_name": name}) == bool(param is not None and param.default), name
     ddim = diffusers.DDIMScheduler(**cfg)
     assert from_diffusers(unet, vae, ddim, scale=2).schedule == from_diffusers(unet, vae, ddim.config, scale=2).schedule
     lr = _lr(1, 4, 4)

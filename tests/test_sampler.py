@@ -861,6 +861,9 @@ def test_a_pixel_adapters_module_runs_in_its_own_dtype():
     assert got.dtype == torch.float32 and torch.allclose(got, ref, rtol=0, atol=1e-5)
     half = run(PixelAdapter(SR3Net(), SCHED, scale=SCALE), lr.half(), seed=0)  # float32 net, half state
     assert half.dtype == torch.float16 and (half.float() - ref).abs().max() < 0.02
+    # under a speed option the net is wrapped (FastNet, not a Module): still its parameters' dtype
+    cl = run(PixelAdapter(SR3Net().double(), SCHED, scale=SCALE), lr, seed=0, channels_last=True)
+    assert cl.dtype == torch.float32 and torch.allclose(cl, ref, rtol=0, atol=1e-5)
 
 
 def test_sampling_checks_what_it_would_meet_only_later():

@@ -462,7 +462,22 @@ def test_config_refuses_json_values_of_the_wrong_type(img_folder, section, key, 
             cfg.replace(**{key: value})
         else:
             cfg.replace(**{section: dataclasses.replace(getattr(cfg, section), **{key: value})})
-    assert str(e.value).endswith(message.removeprefix(f"{section}.") if section == "loss" else message)
+    assert str(e.value).endswith(message.removeprefix(f"{section}.") if section else message)
+
+
+def test_a_config_built_in_python_takes_numpy_numbers(img_folder):
+    """check_field_types refused numpy betas (np.float32 pairs, an array) that the config took before; numpy
+    numbers become the Python numbers JSON writes, in every section, without changing the caller's objects."""
+    import numpy as np
+    from yoda.data import DataConfig
+
+    data = DataConfig(crop=np.int64(64), scale=np.int32(4))
+    cfg = tiny_config(img_folder).replace(betas=np.array([0.9, 0.99]), lr=np.float32(0.5), data=data)
+    assert cfg.betas == (0.9, 0.99) and type(cfg.lr) is float and cfg.lr == 0.5
+    assert type(cfg.data.crop) is int and cfg.data is data
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match=r"^crop must be an int, got '64'"):
+        DataConfig(crop="64")  # was "'<' not supported between instances of 'str' and 'int'"
 
 
 def test_config_takes_json_ints_for_numbers_and_null_for_optional(img_folder):

@@ -100,8 +100,8 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
 
 def _fsync(path: str) -> None:
     """os.fsync of a file or folder by name (a folder that cannot be opened or synced is skipped)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # a file for writing (Windows' fsync needs it), a folder for reading (POSIX allows nothing else)
+        fd = os.open(path, os.O_RDONLY if os.path.isdir(path) else os.O_RDWR)
     except OSError:
         if os.path.isdir(path):
             return

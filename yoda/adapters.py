@@ -264,10 +264,13 @@ def _check_output(out: Any, x_t: torch.Tensor, who: str) -> torch.Tensor:
 
 def module_dtype(net: Any) -> Optional[torch.dtype]:
     """The one dtype of a module's floating parameters (a float64 or half model that a float32 state must be cast
-    for), or None: not a module, no floating parameters, or parameters of mixed dtypes (the module decides)."""
-    if not isinstance(net, torch.nn.Module):
+    for), or None: no parameters() (a plain callable), no floating parameters, or parameters of mixed dtypes (the
+    module decides). Asked through parameters(), so a wrapper that forwards it (yoda.sampling.speed's FastNet
+    under compile / autocast / channels_last) answers for its module."""
+    params = getattr(net, "parameters", None)
+    if not callable(params):
         return None
-    dts = {p.dtype for p in net.parameters() if p.is_floating_point()}
+    dts = {p.dtype for p in params() if isinstance(p, torch.Tensor) and p.is_floating_point()}
     return dts.pop() if len(dts) == 1 else None
 
 

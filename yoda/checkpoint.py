@@ -134,6 +134,12 @@ def load_state_dict_checked(module: nn.Module, sd: Mapping[str, Any], where: str
     return module
 
 
+def nonfinite_keys(sd: Mapping[str, Any]) -> list:
+    """The keys of the floating tensors of ``sd`` that hold NaN or Inf."""
+    return [k for k, v in sd.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+            and not torch.isfinite(v).all()]
+
+
 def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint: str = "") -> None:
     """The check of :func:`load_state_dict_checked` alone: CheckpointError listing missing / unexpected keys,
     non-tensor values, non-floating tensors for floating weights, shape mismatches and tensors with NaN/Inf. ``module`` may live on the meta device (only
@@ -149,8 +155,7 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
               for k in sd if k in own and isinstance(sd[k], torch.Tensor) and sd[k].shape != own[k].shape]
     not_float = [k for k in sd if k in own and isinstance(sd[k], torch.Tensor)
                  and own[k].is_floating_point() and not sd[k].is_floating_point()]  # load_state_dict would cast
-    nonfinite = [k for k in sd if k in own and isinstance(sd[k], torch.Tensor) and sd[k].is_floating_point()
-                 and not torch.isfinite(sd[k]).all()]
+    nonfinite = nonfinite_keys({k: v for k, v in sd.items() if k in own})
     problems = []
     if missing:
         problems.append(f"missing keys: {fmt_keys(missing)}")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._json_fields import check_field_types
 from .images import OUTPUT_SUFFIXES, DataError, quantize_u8, read_image, to_rgb_u8
 
 __all__ = [
@@ -296,6 +297,7 @@ class DataConfig:
     val_crop: int = 64  # HR size of a validation crop (sampling is the expensive part)
 
     def __post_init__(self):
+        check_field_types(self)  # the JSON types, for one built in Python too
         if self.scale < 1:
             raise ValueError(f"scale must be >= 1, got {self.scale}")
         for name in ("crop", "val_crop"):

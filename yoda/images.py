@@ -54,7 +54,7 @@ from .errors import UserError
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # the formats yoda writes
-MAX_SIDE = {"WEBP": 16383, "JPEG": 65535}  # the widest / tallest image these formats can hold (libwebp, JFIF)
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}  # the widest / tallest image these formats hold (libwebp; libjpeg-turbo)
 LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, loses several dB of PSNR)
 
 
@@ -314,7 +314,7 @@ def image_format(path: str | os.PathLike) -> str:
 
 def check_fits(path: str | os.PathLike, width: int, height: int, what: str = "path") -> None:
     """ValueError naming ``path`` (``what``: which argument) when a width x height image cannot be stored in its
-    format (MAX_SIDE: WebP up to 16383 pixels a side, JPEG 65535): checked before the work, not at the write."""
+    format (MAX_SIDE: WebP up to 16383 pixels a side, JPEG 65500): checked before the work, not at the write."""
     fmt = image_format(path)
     side = MAX_SIDE.get(fmt)
     if side is not None and max(width, height) > side:

@@ -58,10 +58,15 @@ def check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:
         raise ValueError(f"{name} is on the meta device: it holds no values")
     if torch.isnan(A).any():
         raise ValueError(f"{name} contains NaN")
-    lo, hi = torch.aminmax(A.detach())
-    if lo.item() < -A_MARGIN or hi.item() > 1.0 + A_MARGIN:
-        raise ValueError(f"{name} values must be in [0, 1], got range [{lo.item():.4g}, {hi.item():.4g}]")
+    check_unit_range(A, name)
     return A
+
+
+def check_unit_range(A: torch.Tensor, name: str = "A") -> None:
+    """ValueError naming ``name`` unless every value of A is in [0, 1] (within A_MARGIN)."""
+    lo, hi = (v.item() for v in torch.aminmax(A.detach()))
+    if lo < -A_MARGIN or hi > 1.0 + A_MARGIN:
+        raise ValueError(f"{name} values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
 
 
 def tau_at(t: int, T: int, lower_bound: float = 0.6) -> float:

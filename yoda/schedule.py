@@ -19,14 +19,10 @@ from typing import Any, Sequence
 
 import torch
 
+from .masks import check_T
+
 SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform", "sd_leading")
 FINAL_AT_FIRST = ("ldm_uniform", "sd_leading")  # spacings whose last step lands on alpha_bar[0], not on 1 (pairs)
-
-
-def _check_T(T: Any) -> int:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive int, got {T!r}")
-    return T
 
 
 def _check_beta_range(beta_start: float, beta_end: float) -> None:
@@ -73,7 +69,7 @@ class Schedule:
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> "Schedule":
         """DDPM's linear schedule: betas = linspace(beta_start, beta_end, T) (diffusers "linear")."""
-        T = _check_T(T)
+        T = check_T(T)
         _check_beta_range(beta_start, beta_end)
         return cls(torch.linspace(float(beta_start), float(beta_end), T, dtype=torch.float64))
 
@@ -81,7 +77,7 @@ class Schedule:
     def scaled_linear(cls, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> "Schedule":
         """Latent-diffusion schedule: betas = linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2
         (diffusers "scaled_linear")."""
-        T = _check_T(T)
+        T = check_T(T)
         _check_beta_range(beta_start, beta_end)
         return cls(torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64) ** 2)
 
@@ -91,7 +87,7 @@ class Schedule:
 
             f(u) = cos((u / T + s) / (1 + s) * pi / 2) ** 2,  beta_i = min(1 - f(i + 1) / f(i), max_beta)
         """
-        T = _check_T(T)
+        T = check_T(T)
         if not (0.0 <= float(s)) or not math.isfinite(float(s)):
             raise ValueError(f"s must be a finite float >= 0, got {s}")
         if not (0.0 < float(max_beta) < 1.0):

@@ -63,9 +63,11 @@ def get(name: str, **kw) -> Callable:
     return factory(**kw) if path is None else factory(path, **kw)
 
 
-def check_name(name: str) -> tuple:
+def check_name(name: str, file_exists: bool = False) -> tuple:
     """(factory, weights path or None) of an extractor name, checked as get() checks it, without building the
-    extractor (no weights read): yoda.sample checks a name it does not use (lower_bound >= 1) this way."""
+    extractor (no weights read): yoda.sample checks a name it does not use (lower_bound >= 1) this way, with
+    ``file_exists`` (a missing weights file is refused here; get() leaves that to the loader, whose message says
+    what the file should hold)."""
     if not isinstance(name, str):
         raise TypeError(f"attention name must be a str, one of {', '.join(NAMES)}; got {type(name).__name__}")
     base, sep, path = name.partition(":")
@@ -77,7 +79,7 @@ def check_name(name: str) -> tuple:
         if not path:
             raise ValueError(f"attention {key!r} needs a local weights file: use '{key}:PATH'")
         path = os.path.expanduser(path)  # the shell leaves a ~ after the colon as it is
-        if not os.path.exists(path):  # checked here too, so that a name yoda.sample does not use is checked
+        if file_exists and not os.path.exists(path):
             raise FileNotFoundError(f"attention {name!r}: weights file not found: {path!r}")
         return factory, path
     if sep:

@@ -174,12 +174,9 @@ def attention_figure(
     """
     from PIL import Image, ImageDraw
 
-    from yoda.masks import every_step_ratio, mask_at
+    from yoda.masks import check_lower_bound, check_T, every_step_ratio, mask_at
 
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive int, got {T!r}")
-    if isinstance(lower_bound, bool) or not isinstance(lower_bound, (int, float)) or not math.isfinite(lower_bound) or lower_bound < 0:
-        raise ValueError(f"lower_bound must be a finite number >= 0, got {lower_bound!r}")
+    T, lower_bound = check_T(T), check_lower_bound(lower_bound)
     x = _image0(lr, "lr", (1, 3))
     if float(x.min()) < -1.0 - 1e-4 or float(x.max()) > 1.0 + 1e-4:
         raise ValueError(f"lr values must lie in [-1, 1], got min {float(x.min()):.4g}, max {float(x.max()):.4g}")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from yoda_kernels.contract import PREDICTIONS
 
 from ..adapters import Adapter, Prepared, upsample
+from ..masks import as_int
 from ..schedule import Schedule
 
 __all__ = ["LatentAdapter", "LatentCond", "from_diffusers", "schedule_from_diffusers"]
@@ -161,7 +162,10 @@ _NOT_DDPM = ("EDM", "FlowMatch", "ScoreSdeVe", "KarrasVe", "CMStochastic", "LCMS
 _NOT_DDPM_KEYS = ("sigma_data", "shift", "snr")  # EDM, flow matching, score-SDE VE (present only in those configs)
 _NOT_DDPM_FLAGS = ("use_dynamic_shifting", "use_flow_sigmas")  # in every DPM-Solver / UniPC config: refused if true
 SPACINGS_DIFFUSERS = ("leading", "trailing", "linspace")
-_CLIPS_BY_DEFAULT = ("DDPM", "DDIM", "RePaint", "UnCLIP")  # diffusers schedulers whose clip_sample defaults to True
+# the diffusers schedulers (0.42) whose clip_sample defaults to True; the others clip only when told
+_CLIPS_BY_DEFAULT = frozenset({"DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "DDPMParallelScheduler",
+                               "DDIMParallelScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler",
+                               "RePaintScheduler", "UnCLIPScheduler"})
 
 
 def scheduler_config_dict(config: Any) -> dict:
@@ -178,12 +182,12 @@ def scheduler_config_dict(config: Any) -> dict:
 
 def clip_sample_of(config: dict) -> bool:
     """The scheduler config's clip_sample, with diffusers' default where the key is missing: True for the DDPM /
-    DDIM family (and for a dict that names no class: the keys yoda reads are theirs), False for a named scheduler
-    that has no clip_sample default of True (Euler, DPM-Solver, ...: they do not clip)."""
+    DDIM family (_CLIPS_BY_DEFAULT; and for a dict that names no class: the keys yoda reads are theirs), False for
+    any other named scheduler (Euler, DPM-Solver, DDPMWuerstchen, ...: no clip_sample, or False)."""
     if "clip_sample" in config:
         return bool(config["clip_sample"])
     name = str(config.get("_class_name", ""))
-    return not name or any(k in name for k in _CLIPS_BY_DEFAULT)
+    return not name or name in _CLIPS_BY_DEFAULT
 
 
 def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
@@ -341,8 +345,9 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
                          f"{C}, got {unet.config.in_channels} / {unet.config.out_channels}")
     config = scheduler_config_dict(scheduler_config)
     sched, pred = schedule_from_diffusers(config)
-    if isinstance(latent_seed, bool) or not isinstance(latent_seed, int):
-        raise TypeError(f"latent_seed must be an int, got {type(latent_seed).__name__}")
+    latent_seed = as_int(latent_seed, "latent_seed")  # Python / numpy ints, as yoda.sample's seed
+    if not 0 <= latent_seed < 2**64:
+        raise ValueError(f"latent_seed must be in [0, 2**64 - 1] (a torch.Generator seed), got {latent_seed}")
     encode, decode = vae_codec(vae, sample_latent, latent_seed)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     m = 2 ** (len(unet.config.down_block_types) - 1)

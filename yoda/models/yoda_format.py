@@ -33,7 +33,8 @@ from torch import nn
 from yoda_kernels.contract import PREDICTIONS
 
 from .._io import atomic_write
-from ..checkpoint import CheckpointError, check_state_dict, fmt_keys, keeps_global_rng, read_checkpoint
+from ..checkpoint import (CheckpointError, check_state_dict, fmt_keys, keeps_global_rng, nonfinite_keys,
+                          read_checkpoint)
 from ..schedule import Schedule
 from ..upsampling import METHODS as UPSAMPLINGS
 from .card import ModelCard
@@ -157,7 +158,7 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     sd = model.state_dict()
     if any(v.is_meta for v in sd.values()):
         raise ValueError("model: its weights are on the meta device (never loaded); there is nothing to save")
-    nonfinite = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    nonfinite = nonfinite_keys(sd)
     if nonfinite:  # yoda.load would refuse the file as corrupt: write none
         raise ValueError(f"model: tensors with NaN/Inf: {fmt_keys(nonfinite)} (a diverged training run?); "
                          f"nothing was written")

@@ -20,7 +20,6 @@ from .spec import SamplingSpec, all_finite, check_noise, noise_entries
 from .tiles import Tiler, checked_output
 
 
-
 class Run:
     """One prepared call of yoda.sample (see :func:`prepare`). Step i is spec.pairs[i]; its noise is Philox(seed,
     i + 1) or noise[i + 1], the start's Philox(seed, 0) or noise[0]."""
@@ -175,7 +174,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     elif isinstance(attention, torch.Tensor):  # checked (NaN, range, shape) even when lower_bound >= 1 leaves it unused
         checked_map(attention, "attention", lr)
     elif isinstance(attention, str):  # a misspelt name is an error whatever the lower bound
-        _attention.check_name(attention)
+        _attention.check_name(attention, file_exists=True)
     elif attention is not None and not callable(attention):
         raise TypeError(f"attention must be None, a tensor, a name or a callable, got {type(attention).__name__}")
     entries = noise_entries(noise, spec.steps + 1)
@@ -244,9 +243,7 @@ def checked_map(attention: torch.Tensor, src: str, lr: torch.Tensor) -> torch.Te
     A = A.detach().to(device=lr.device, dtype=torch.float32)
     if not all_finite(A):
         raise ValueError(f"{src} contains NaN or Inf")
-    lo, hi = A.min().item(), A.max().item()
-    if lo < -masks.A_MARGIN or hi > 1.0 + masks.A_MARGIN:
-        raise ValueError(f"{src} values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+    masks.check_unit_range(A, src)
     return A.expand(B, 1, *A.shape[2:])
 
 

@@ -96,8 +96,6 @@ class Tiler:
         """-> (blended prediction of x's shape and dtype, number of windows denoised). The windows go through the
         model in batches (self.last_batches forward passes); each window's output is added in window order, so
         the result is that of one call per window wherever the model treats batch elements independently."""
-        acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        wsum = torch.zeros(x.shape[-2:], dtype=torch.float32, device=x.device)
         tau32 = torch.tensor(tau, dtype=torch.float32).item()  # compare as the kernels do, in float32
         todo = [win for win in self.windows if not (self.skip and win[2] is not None and not win[2] >= tau32)]
         B = x.shape[0]
@@ -107,6 +105,8 @@ class Tiler:
             out = checked_output(adapter, adapter.denoise(x, t, ab_t, adapter.crop_cond(cond, ys, xs)), x.shape)
             self.last_batches = 1
             return out.to(x.dtype), 1
+        acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        wsum = torch.zeros(x.shape[-2:], dtype=torch.float32, device=x.device)
         for group in self._groups(todo):
             conds = [adapter.crop_cond(cond, ys, xs) for ys, xs, _, _ in group]
             if len(group) > 1:

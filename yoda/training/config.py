@@ -12,16 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 from yoda_kernels.contract import PREDICTIONS
 
 from .. import data as _data
+from .._json_fields import check_field_types, json_type_name, json_type_ok
 from ..adapters import SPACES
 from ..masks import check_lower_bound
 
@@ -140,7 +140,6 @@ class TrainConfig:
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", _from_dict(LossConfig, self.loss, "loss"))
         check_field_types(self)  # built in Python, not through from_dict: batch="8" or 8.5 would pass below
-        check_field_types(self.data, "data")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         for name in ("batch", "steps"):
             if int(getattr(self, name)) < 1:
@@ -257,55 +256,12 @@ def _from_dict(cls, d: dict, what: str):
         raise ValueError(f"unknown key(s) in {what}: {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
     for name, value in d.items():
-        if not _json_type_ok(value, hints[name]):
+        if not json_type_ok(value, hints[name]):
             key = name if what == "config" else f"{what}.{name}"
-            raise ValueError(f"{key} must be {_json_type_name(hints[name])}, got {value!r}")
+            raise ValueError(f"{key} must be {json_type_name(hints[name])}, got {value!r}")
     if what == "config":
         return cls(**d)
     try:  # a section's own checks (DataConfig: "scale must be >= 1") name the section
         return cls(**d)
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
-
-
-def check_field_types(obj, what: str = "") -> None:
-    """ValueError naming the field (``what.field`` in a section) whose value does not have its JSON type
-    (_json_type_ok): a config built in Python gets the checks of one read from JSON (numpy ints and floats are
-    taken as the Python numbers they hold)."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value, tp = getattr(obj, f.name), hints[f.name]
-        if tp in (int, float) and not isinstance(value, bool) and isinstance(
-                value, numbers.Integral if tp is int else numbers.Real):
-            value = tp(value)  # numpy numbers built in Python: the Python number (JSON writes it)
-            object.__setattr__(obj, f.name, value)
-        if not _json_type_ok(value, tp):
-            raise ValueError(f"{what + '.' if what else ''}{f.name} must be {_json_type_name(hints[f.name])}, got "
-                             f"{value!r}")
-
-
-def _json_type_ok(value, tp) -> bool:
-    """Whether the JSON value ``value`` has the field type ``tp``: a bool is a JSON bool (Python would take
-    "false" as true), an int an int and not a bool, a float any number, a tuple a list of its element types,
-    a nested config (DataConfig, LossConfig) an object, Optional[X] X or null."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is Union:
-        return any(_json_type_ok(value, a) for a in args)
-    if typing.get_origin(tp) is tuple:
-        return (isinstance(value, (list, tuple)) and len(value) == len(args)
-                and all(_json_type_ok(v, a) for v, a in zip(value, args)))
-    if dataclasses.is_dataclass(tp):
-        return isinstance(value, (dict, tp))
-    if tp in (int, float) and isinstance(value, bool):
-        return False
-    return isinstance(value, (int, float) if tp is float else tp)
-
-
-def _json_type_name(tp) -> str:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is Union:
-        return " or ".join(_json_type_name(a) for a in args)
-    if typing.get_origin(tp) is tuple:
-        return f"a list of {len(args)} items, each {_json_type_name(args[0])}"
-    names = {bool: "true or false", int: "an int", float: "a number", str: "a string", type(None): "null"}
-    return names.get(tp, "a JSON object")
