@@ -491,10 +491,10 @@ def test_attention_figure_title_and_labels_are_exact():
     title_h, row_h = fig._LABEL_H + 4, fig._LABEL_H + Hp + fig._GAP
     labels = ["M(t=1000) 0.1%", "M(t=900) 99.9%", "M(t=600) 100%"]
 
-    def drawn(img, title, labels=labels):
+    def drawn(img, title, labels=labels, top=("LR", "attention A", "A over LR")):
         arr = np.asarray(img)
         texts = [(title, (fig._GAP, 4))]
-        texts += [(s, (fig._GAP + i * (Wp + fig._GAP), title_h + fig._LABEL_Y)) for i, s in enumerate(["LR", "attention A", "A over LR"])]
+        texts += [(s, (fig._GAP + i * (Wp + fig._GAP), title_h + fig._LABEL_Y)) for i, s in enumerate(top)]
         texts += [(s, (fig._GAP + i * (Wp + fig._GAP), title_h + row_h + fig._LABEL_Y)) for i, s in enumerate(labels)]
         ref = _text_canvas(img.size, texts)
         for y0 in (0, title_h, title_h + row_h):  # the title strip and the two label strips (above the frames)
@@ -509,6 +509,10 @@ def test_attention_figure_title_and_labels_are_exact():
     assert not drawn(img, f"lower_bound=0.6  T=1000  pixel update ratio (every step of T=1000)={r + 0.001:.3f}")
     img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177)
     assert drawn(img, "lower_bound=0.6  T=1000  pixel update ratio (this run's steps)=0.177")
+    # label: what the map is, first in the title and on its panel (`yoda attention` outputs were indistinguishable)
+    img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177, label="sift attention of a.png, x4")
+    assert drawn(img, "sift attention of a.png, x4:  lower_bound=0.6  T=1000  pixel update ratio (this run's "
+                      "steps)=0.177", top=("LR", "attention A (sift)", "A over LR"))
     # T = 3: the default ts are 3, 2, 1 -- every step -- and the title is the mean of the three masks drawn
     A3 = att.edge()(lr)
     fracs = [float(mask_at(A3, t, 3, 0.6).double().mean()) for t in (3, 2, 1)]

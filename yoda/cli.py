@@ -183,7 +183,8 @@ def cmd_attention(a) -> int:
     with _user_input():  # --lower-bound, --T; the map yoda.sample uses at the HR size (resized, renormalised)
         A = resolve_attention(attention_extractor(a.attention), lr, (lr.shape[-2] * a.scale, lr.shape[-1] * a.scale))
         ratio = float(every_step_ratio(A, a.T, a.lower_bound)[0])
-        fig = attention_figure(lr, A, a.lower_bound, a.T)  # its title: the same every-step ratio, printed below
+        fig = attention_figure(lr, A, a.lower_bound, a.T,  # its title: the same every-step ratio, printed below
+                               label=f"{a.attention} attention of {os.path.basename(a.image)}, x{a.scale}")
     save_figure(fig, a.output)
     print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, every step of T={a.T}): {ratio:.3f}  "
           f"-> {a.output}")
@@ -267,7 +268,9 @@ def cmd_demo(a) -> int:
     title = (f"yoda demo: {a.image}, x{s} ({a.lr_size} -> {size} px), model {a.model}, {a.sampler} {steps}, "
              f"seed {a.seed}")
     caption = (f"YODA: {a.attention.split(':')[0]} attention, l = {a.lower_bound:g}; its masks M(t) = "
-               f"1[A >= t/T - {a.lower_bound:g}] at its steps (white: refined; the rest is held at the LR image); "
+               f"1[A >= t/T - {a.lower_bound:g}] at {'its' if len(ts) == len(visited) else f'{len(ts)} of its'} "
+               f"{len(visited)} step{'s' if len(visited) != 1 else ''} (white: refined; the rest stays up(LR), "
+               f"bicubic); "
                f"pixel update ratio of the run {ratio:.3f}")
     canvas = drawing.panel_grid(title, [(None, top), (caption, bottom)], panel)
     save_figure(canvas, a.output)

@@ -158,6 +158,7 @@ def attention_figure(
     T: int = 1000,
     ts: Optional[Sequence[int]] = None,
     ratio: Optional[float] = None,
+    label: Optional[str] = None,
 ):
     """Draw the LR image, its attention map and the masks M(t) at several t.
 
@@ -170,6 +171,7 @@ def attention_figure(
         fraction of the steps a sampling run took, its callback's active_fraction); default: the exact ratio over
         every step t = 1..T, refine_fraction(A, range(T), T, lower_bound), labelled "every step of T=..." (for
         large T it tends to pixel_update_ratio(A, lower_bound) = mean(min(1, A + lower_bound))).
+    label: what the map is (e.g. "edge attention of in.png, x4"), put first in the title and on the map's panel.
     Returns a PIL.Image (RGB).
     """
     from PIL import Image, ImageDraw
@@ -209,8 +211,8 @@ def attention_figure(
         masks.append((int(t), active, m.numel(), np.where(m_show.numpy()[..., None], 255, 0).astype(np.uint8).repeat(3, -1)))
 
     font = _font()
-    title = f"lower_bound={lower_bound:g}  T={T}  " + _ratio_text(ratio, given, T)
-    top = ["LR", "attention A", "A over LR"]
+    title = (f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + _ratio_text(ratio, given, T)
+    top = ["LR", f"attention A ({label.split()[0]})" if label else "attention A", "A over LR"]
     bottom = [f"M(t={t}) {percent_label(k, n)}" for t, k, n, _ in masks]
     lay = _layout(size, top, bottom, title, font)
     canvas = Image.new("RGB", (lay["width"], lay["height"]), _BG)
