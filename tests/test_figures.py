@@ -334,7 +334,7 @@ def test_cli_writes_the_three_figures(tmp_path, tiny_model, capsys):
     assert sorted(os.listdir(out)) == sorted(fg.FIGURE_FILES)
     sizes = {name: Image.open(out / name).size for name in fg.FIGURE_FILES}
     assert sizes["fig3_update_ratio.png"] == fg.FIG3_SIZE
-    assert sizes["fig5_regional_error.png"] == (2 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
+    assert sizes["fig5_regional_error.png"] == (3 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])  # MSE, PSNR, YODA - plain
     assert sizes["fig4_crops.png"] == fg.crops_figure_size(2, 16)[:2]  # 32x40 HR: 16 px crops, 2 images
     assert "| sift |" in stdout and "| 0.00-0.10 |" in stdout and "LPIPS per bin omitted" in stdout
     # the printed update ratios are those of the attention maps at HR size (l = 0.3, 0.6, 1)
@@ -361,7 +361,7 @@ def test_cli_lpips_panel(tmp_path, tiny_model, capsys):
                              "--attention", "gaussian", "--lpips", str(tmp_path / "vgg.safetensors"),
                              str(tmp_path / "lin.safetensors"), "--crops", "1", "-q"], capsys)
     assert code == 0, err
-    assert Image.open(out / "fig5_regional_error.png").size == (3 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
+    assert Image.open(out / "fig5_regional_error.png").size == (4 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
     assert Image.open(out / "fig4_crops.png").size == fg.crops_figure_size(1, 16)[:2]
     assert "LPIPS per bin omitted" not in stdout and "spatial LPIPS map" in stdout
 
@@ -462,6 +462,25 @@ def test_fig5_legend_states_the_degree_fitted(monkeypatch):
     texts.clear()
     draw_regional_error({"plain": r}, {k: fg.poly_fit(x, r[k[1]], 2) for k in fits}, 2)
     assert any("lines: degree-2 numpy.polyfit through the points" in s for _, s in texts)
+
+
+def test_fig5_draws_yoda_minus_plain_per_bin(monkeypatch):
+    """Plain and YODA PSNR per bin differ by tenths of a dB, which the PSNR panel's 10 dB scale hides: a last
+    panel draws YODA - plain per bin (the bins' own differences, not the fits'), around a zero line."""
+    from yoda import drawing
+    from yoda.figures.draw import draw_regional_error
+
+    x = (np.arange(10) + 0.5) / 10
+    plain = {"centres": x, "mse": 5 + x, "psnr": 30 - x, "count": np.ones(10)}
+    yoda_r = dict(plain, psnr=30 - x + np.linspace(-0.05, 0.1, 10))
+    drawn = []
+    monkeypatch.setattr(drawing.Axes, "points", lambda self, xs, ys, *a, **k: drawn.append((self.box, list(ys))))
+    img = draw_regional_error({"plain": plain, "YODA": yoda_r}, {}, 2)
+    assert img.size == (3 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
+    box, ys = drawn[-1]
+    assert box[0] == 2 * fg.FIG5_PANEL[0] + 80 and np.allclose(ys, np.linspace(-0.05, 0.1, 10), atol=1e-12)
+    drawn.clear()
+    assert draw_regional_error({"plain": plain}, {}, 2).size == (2 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
 
 
 def test_a_long_title_is_set_smaller_to_fit(monkeypatch):

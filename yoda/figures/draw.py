@@ -89,15 +89,17 @@ def draw_update_ratio(ratios: Mapping[str, Sequence[float]], lower_bounds: Seque
 def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any], degree: int, *, title_note: str = "",
                         note: str = ""):
     """Fig. 5: per-bin MSE and PSNR (and LPIPS when the regional dicts have "lpips") against the attention value,
-    plain vs YODA: points at the bin centres, lines the polynomial fits. Returns a PIL.Image, one FIG5_PANEL per
-    metric side by side."""
+    plain vs YODA: points at the bin centres, lines the polynomial fits; with both plain and YODA a last panel of
+    YODA - plain PSNR per bin around a zero line (the differences are tenths of a dB, invisible on the PSNR
+    panel's scale). Returns a PIL.Image, one FIG5_PANEL per panel side by side."""
     from PIL import Image, ImageDraw
 
     keys = [("mse", "MSE per bin (8-bit units^2)", "MSE"), ("psnr", "PSNR per bin (dB)", "PSNR (dB)")]
     if all("lpips" in r for r in regional.values()) and regional:
         keys.append(("lpips", "LPIPS per bin (spatial map)", "LPIPS"))
+    both = "plain" in regional and "YODA" in regional
     pw, H = FIG5_PANEL
-    canvas = Image.new("RGB", (pw * len(keys), H), _BG)
+    canvas = Image.new("RGB", (pw * (len(keys) + both), H), _BG)
     draw = ImageDraw.Draw(canvas)
     font, big = _font(12), _font(14)
     _title(canvas, draw, "Fig. 5  regional error against attention" + (f" ({title_note})" if title_note else ""), big)
@@ -124,6 +126,15 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
         for label, r in regional.items():
             colour, shape, size, _ = style.get(label, other)
             ax.points(r["centres"], r[key], colour, shape, size)
+    if both:
+        k = len(keys)
+        diff = np.asarray(regional["YODA"]["psnr"], dtype=np.float64) - np.asarray(regional["plain"]["psnr"])
+        ax = _Axes(canvas, (k * pw + 80, 60, (k + 1) * pw - 20, 330), (0.0, 1.0),
+                   _limits(np.append(diff, 0.0)), font)
+        ax.frame("YODA - plain PSNR per bin (dB)", "attention value A (bin centre)", "difference (dB)",
+                 xticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.line([0.0, 1.0], [0.0, 0.0], _GREY, width=1)
+        ax.points(regional["plain"]["centres"], diff, _YODA, "s", 3.5)
     entries = [(f"{lab} sampling", style.get(lab, other)[0],
                 style.get(lab, other)[1] + ("--" if style.get(lab, other)[3] else "-")) for lab in regional]
     y = _legend(draw, 80, 372, entries, font, max_x=canvas.width - 10)
