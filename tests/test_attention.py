@@ -523,6 +523,30 @@ def test_attention_figure_title_and_labels_are_exact():
     assert drawn(att.attention_figure(lr, A3, T=3), title3, labels3)
 
 
+def test_attention_figure_keys_colour_to_a_and_the_masks_thresholds(monkeypatch):
+    """No picture said what a colour of A is worth, nor where each mask's threshold lies on that scale: a key in the
+    top row's free column runs from A = 1 (top) to 0, with a white line at each drawn mask's tau = t/T - l."""
+    from yoda.attention import figure as fig
+
+    calls = []
+    real = fig._colour_key
+    monkeypatch.setattr(fig, "_colour_key", lambda *a: (calls.append(a[2:6]), real(*a)))
+    lr = _rand_lr(B=1, h=40, w=40)
+    A = att.edge()(lr)
+    img = np.asarray(att.attention_figure(lr, A))  # default: 5 masks, so the top row has two free columns
+    (x0, y0, h, thresholds), = calls
+    assert thresholds == [(t, t / 1000 - 0.6) for t in (1000, 900, 800, 700, 600)]
+    top, n = y0 + fig._LABEL_H + 6, h - fig._LABEL_H - 12
+    col = img[top:top + n, x0 + 5]
+    ramp = fig.colormap(np.linspace(1.0, 0.0, n)[:, None])[:, 0]
+    white = {top + int(round((1 - tau) * (n - 1))) - top for _, tau in thresholds}
+    rows = [i for i in range(n) if i not in white]
+    assert np.array_equal(col[rows], ramp[rows]) and all((col[i] == 255).all() for i in white)
+    calls.clear()
+    att.attention_figure(lr, A, ts=[1000, 800])  # no free column: no key
+    assert calls == []
+
+
 @pytest.mark.parametrize(
     "hw, lb",
     [((24, 2), 0.6), ((2, 24), 0.6), ((64, 6), 0.6), ((16, 20), 0.6), ((64, 6), 1.2)],

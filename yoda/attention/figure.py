@@ -226,4 +226,28 @@ def attention_figure(
         canvas.paste(Image.fromarray(arr), (x0, y0))
         # a frame, so that an all-white mask (every pixel active) still reads as a panel
         draw.rectangle((x0 - 1, y0 - 1, x0 + arr.shape[1], y0 + arr.shape[0]), outline=(150, 150, 150))
+    if len(masks) > len(top):  # the top row has a free column: the key from colour to A, and the masks' thresholds
+        _colour_key(canvas, draw, _GAP + len(top) * (lay["cell_w"] + _GAP), lay["title_h"] + _LABEL_H, size[0],
+                    [(t, t / T - lower_bound) for t, *_ in masks], font)
     return canvas
+
+
+def _colour_key(canvas, draw, x0: int, y0: int, h: int, thresholds, font) -> None:
+    """A vertical viridis bar from A = 1 (top) to 0, its values on the right, and a white line across it at each
+    mask's threshold tau = t/T - l (the mask M(t) is white above its line)."""
+    from PIL import Image
+
+    draw.text((x0, y0), "value of A", fill=(0, 0, 0), font=font)
+    top, bar_w = y0 + _LABEL_H + 6, 14
+    n = max(2, h - _LABEL_H - 12)
+    canvas.paste(Image.fromarray(colormap(np.linspace(1.0, 0.0, n)[:, None].repeat(bar_w, 1))), (x0 + 1, top))
+    draw.rectangle((x0, top - 1, x0 + bar_w + 1, top + n), outline=(150, 150, 150))
+    y_of = lambda v: top + int(round((1.0 - v) * (n - 1)))  # noqa: E731
+    for v in (1.0, 0.5, 0.0):
+        draw.line((x0 + bar_w + 2, y_of(v), x0 + bar_w + 5, y_of(v)), fill=(0, 0, 0))
+        draw.text((x0 + bar_w + 8, y_of(v) - 7), f"{v:g}", fill=(0, 0, 0), font=font)
+    for t, tau in thresholds:
+        if 0.0 <= tau <= 1.0:
+            draw.line((x0 + 1, y_of(tau), x0 + bar_w, y_of(tau)), fill=(255, 255, 255))
+            draw.line((x0 + bar_w + 26, y_of(tau), x0 + bar_w + 34, y_of(tau)), fill=(150, 150, 150))
+            draw.text((x0 + bar_w + 38, y_of(tau) - 7), f"M(t={t})", fill=(0, 0, 0), font=font)
