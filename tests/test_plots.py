@@ -272,6 +272,10 @@ def test_a_loss_over_decades_is_drawn_on_a_log_axis(tmp_path, monkeypatch):
     texts.clear()  # a loss within a factor of 30 stays linear
     plot(tmp_path, [log(tmp_path, "b.csv", ["1,0.5,0.0002,1.0,,", "2,0.4,0.0002,1.0,,"])], monkeypatch=monkeypatch)
     assert "training loss" in [s for _, s in texts] and not any("log scale" in s for _, s in texts)
+    texts.clear()  # one low logging window (0.0005 among values near 0.16) no longer puts the panel on a log axis
+    rows = [f"{s},{0.0005 if s == 7 else 0.16 + 0.001 * s:.6g},0.0002,1.0,," for s in range(1, 21)]
+    plot(tmp_path, [log(tmp_path, "c.csv", rows)], monkeypatch=monkeypatch)
+    assert "training loss" in [s for _, s in texts] and not any("log scale" in s for _, s in texts)
 
 
 def test_log_ticks():
@@ -296,6 +300,19 @@ def test_the_loss_is_described_from_the_runs_config(tmp_path, monkeypatch):
     assert plots.loss_description(paths[0]) == "L1 on eps"
     assert plots.loss_description(paths[1]) == "L2 on x0, active pixels only"
     assert plots.loss_description(log(tmp_path, "lone.csv", rows)) == ""  # no config next to it
+    # how the validation PSNR was measured (one 32² crop's PSNR jumps by dB between evaluations)
+    for name, n, size, steps in (("a", 1, 32, 4), ("b", 4, 64, 20)):
+        cfg = json.loads((tmp_path / name / "config.json").read_text())
+        cfg.update(data={"val_crops": n, "val_crop": size}, val_steps=steps)
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+        log(tmp_path / name, "log.csv", ["1,0.5,0.0002,1.0,27.9,28.0", "2,0.4,0.0002,1.0,30.7,30.6"])
+    assert plots.validation_description(paths[0]) == "1 crop of 32², DDIM 4 steps"
+    assert plots.validation_description(paths[1]) == "4 crops of 64², DDIM 20 steps"
+    _, texts = plot(tmp_path, paths[1:], monkeypatch=monkeypatch)
+    assert "validation PSNR (dB): 4 crops of 64², DDIM 20 steps" in [s for _, s in texts]
+    texts.clear()
+    plot(tmp_path, paths, monkeypatch=monkeypatch)  # two runs measured differently: the bare title
+    assert "validation PSNR (dB)" in [s for _, s in texts]
     _, texts = plot(tmp_path, paths[:1], monkeypatch=monkeypatch)
     assert "training loss: L1 on eps" in [s for _, s in texts]
     texts.clear()

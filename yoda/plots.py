@@ -11,6 +11,8 @@ import math
 import os
 from typing import Sequence
 
+import numpy as np
+
 from .drawing import COLOURS, GRID, dashed, fmt, font, nice_ticks, text_wh, tick_labels
 from .images import save_pil
 
@@ -134,6 +136,20 @@ def loss_description(log: str) -> str:
     return text + (", active pixels only" if loss.get("mask_loss") else "")
 
 
+def validation_description(log: str) -> str:
+    """How a run's validation PSNR was measured, from its config.json: "4 crops of 64², DDIM 20 steps" (one
+    crop's PSNR moves by tenths of a dB from step to step; "" when there is no config)."""
+    import json
+
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(log)), "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        n, size, steps = int(cfg["data"]["val_crops"]), int(cfg["data"]["val_crop"]), int(cfg["val_steps"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+    return f"{n} crop{'s' if n != 1 else ''} of {size}², DDIM {steps} step{'s' if steps != 1 else ''}"
+
+
 def log_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
     """Ticks of a log axis over [lo, hi] (0 < lo < hi): 1, 2 and 5 times the powers of ten inside it, only the
     powers of ten when that leaves at least two; the ends themselves when none lies inside."""
@@ -144,7 +160,7 @@ def log_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
     return [(t, fmt(t)) for t in ticks]
 
 
-LOG_SCALE_SPAN = 30.0  # a loss whose largest value is this many times its smallest is drawn on a log axis
+LOG_SCALE_SPAN = 30.0  # a loss whose largest value is this many times its 10th percentile is drawn on a log axis
 
 
 def _font():
@@ -172,7 +188,9 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
     entries, (nx, nrow), nrows = _legend_layout([text_wh(dr, lab, f)[0] for lab in labels], text_wh(dr, note, f)[0],
                                                 60, W - 15)
     ly = H - 10 - 18 * nrows  # the top of the legend's first row
-    panels = [(loss_title, PLOTTED[1:2]), ("validation PSNR (dB)", PLOTTED[2:])]
+    vals = {validation_description(p) for p in paths}
+    val_title = "validation PSNR (dB)" + (f": {vals.pop()}" if len(vals) == 1 and "" not in vals else "")
+    panels = [(loss_title, PLOTTED[1:2]), (val_title, PLOTTED[2:])]
     # one step axis for both panels, so that a step sits at the same place in each
     all_steps = [p[0] for rows in logs for k in PLOTTED[1:] for run in _series(rows, k)[0] for p in run]
     steps = _extent(all_steps)
@@ -194,7 +212,8 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
                 dr.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0), font=f)
             continue
         ys = [p[1] for p in pts]
-        log_y = pi == 0 and min(ys) > 0 and max(ys) >= LOG_SCALE_SPAN * min(ys)  # a loss over decades
+        # a loss over decades (its 10th percentile, so that one low logging window does not decide it)
+        log_y = pi == 0 and min(ys) > 0 and max(ys) >= LOG_SCALE_SPAN * float(np.percentile(ys, 10))
         g = math.log10 if log_y else float
         (xmin, xmax), (ymin, ymax) = steps, _extent([g(v) for v in ys])
         fx = lambda v: x0 + m + (v - xmin) / (xmax - xmin) * (x1 - x0 - 2 * m)  # noqa: E731
