@@ -524,24 +524,26 @@ def test_attention_figure_title_and_labels_are_exact():
 
 
 def test_attention_figure_keys_colour_to_a_and_the_masks_thresholds(monkeypatch):
-    """No picture said what a colour of A is worth, nor where each mask's threshold lies on that scale: a key in the
-    top row's free column runs from A = 1 (top) to 0, with a white line at each drawn mask's tau = t/T - l."""
+    """No picture said what a colour of A is worth, nor where each mask's threshold lies on that scale: a key runs
+    from A = 1 (top) to 0, with a white line at each drawn mask's tau = t/T - l; the attention figure puts it in
+    its top row's free column."""
     from yoda.attention import figure as fig
 
-    calls = []
-    real = fig._colour_key
-    monkeypatch.setattr(fig, "_colour_key", lambda *a: (calls.append(a[2:6]), real(*a)))
-    lr = _rand_lr(B=1, h=40, w=40)
-    A = att.edge()(lr)
-    img = np.asarray(att.attention_figure(lr, A))  # default: 5 masks, so the top row has two free columns
-    (x0, y0, h, thresholds), = calls
-    assert thresholds == [(t, t / 1000 - 0.6) for t in (1000, 900, 800, 700, 600)]
-    top, n = y0 + fig._LABEL_H + 6, h - fig._LABEL_H - 12
-    col = img[top:top + n, x0 + 5]
+    h, thresholds = 160, [(1000, 0.4), (900, 0.3), (600, 0.0)]
+    key = np.asarray(fig.colour_key(h, 120, thresholds))
+    top, n = fig._LABEL_H + 6, h - fig._LABEL_H - 12
+    col = key[top:top + n, 5]
     ramp = fig.colormap(np.linspace(1.0, 0.0, n)[:, None])[:, 0]
-    white = {top + int(round((1 - tau) * (n - 1))) - top for _, tau in thresholds}
+    white = {int(round((1 - tau) * (n - 1))) for _, tau in thresholds}
     rows = [i for i in range(n) if i not in white]
     assert np.array_equal(col[rows], ramp[rows]) and all((col[i] == 255).all() for i in white)
+    calls = []
+    real = fig.colour_key
+    monkeypatch.setattr(fig, "colour_key", lambda *a: (calls.append(a[2]), real(*a))[1])
+    lr = _rand_lr(B=1, h=40, w=40)
+    A = att.edge()(lr)
+    att.attention_figure(lr, A)  # default: 5 masks, so the top row has two free columns
+    assert calls == [[(t, t / 1000 - 0.6) for t in (1000, 900, 800, 700, 600)]]
     calls.clear()
     att.attention_figure(lr, A, ts=[1000, 800])  # no free column: no key
     assert calls == []

@@ -386,11 +386,15 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     assert im.width >= 6 * 160  # six panels in the comparison row, enlarged to 160 px
     yoda_steps = steps[-2:]  # the plain run's two steps come first
     assert yoda_steps[0][0] > yoda_steps[1][0]
-    masks = [t for t in texts if t.startswith("M(t=")]
+    masks = [t for t in texts if t.startswith("M(t=") and t.endswith("refined")]
     assert [int(t[4:t.index(")")]) for t in masks] == [t for t, _ in yoda_steps]
+    # the key (room is left in the masks' row): colours of A, with the drawn masks' thresholds on it
+    assert "key" in texts and "value of A" in texts
+    assert [t for t in texts if t.startswith("M(t=") and t.endswith(")")] == [f"M(t={t})" for t, _ in yoda_steps]
     ratio = sum(f for _, f in yoda_steps) / 2
     assert any(t.endswith(f"pixel update ratio of the run {ratio:.3f}") for t in texts)
-    assert texts[0].startswith("yoda demo: astronaut, x4 (8 -> 32 px), model ") and "ddim 2 steps, seed 0" in texts[0]
+    title = next(t for t in texts if t.startswith("yoda demo: "))
+    assert title.startswith("yoda demo: astronaut, x4 (8 -> 32 px), model ") and "ddim 2 steps, seed 0" in title
     code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--image", "camera"], capsys)
     assert code == 2 and "--image must be one of the images no model here was trained on (astronaut," in err
     for bad in ("0", "-5"):
@@ -425,7 +429,8 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
         want = resolve_attention(attention, lr, (28, 28))
         torch.testing.assert_close(A[..., :28, :28], want, rtol=0, atol=0)
         torch.testing.assert_close(A, F.pad(want, (0, A.shape[-1] - 28, 0, A.shape[-2] - 28), mode="replicate"))
-        torch.testing.assert_close(torch.from_numpy(drawn[-1]), want[0, 0], rtol=0, atol=0)
+        heat = [d for d in drawn if d.shape == tuple(want.shape[-2:])][-1]  # not the key's ramp
+        torch.testing.assert_close(torch.from_numpy(heat), want[0, 0], rtol=0, atol=0)
         of_padded = resolve_attention(attention, x, tuple(A.shape[-2:]))[..., :28, :28]
         assert (of_padded - want).abs().max() > 0.01  # the maps of the padded LR differ: the test tells them apart
     im = Image.open(tmp_path / "d.png")

@@ -197,7 +197,7 @@ def cmd_demo(a) -> int:
 
     from . import drawing
     from .adapters import upsample
-    from .attention.figure import colormap, percent_label
+    from .attention.figure import colormap, colour_key, percent_label
     from .sampling.prepare import resolve_attention
     from .data import HELD_OUT, builtin_image, make_lr
     from .evaluate import metrics
@@ -263,6 +263,8 @@ def cmd_demo(a) -> int:
         m = active(A[0, 0], tau).cpu()
         im = big(Image.fromarray(np.where(m.numpy(), 255, 0).astype(np.uint8)).convert("RGB"))
         bottom.append((f"M(t={t}): {percent_label(int(m.sum()), m.numel())} refined", im))
+    if len(bottom) < len(top):  # room left: the key from colour to A, with the drawn masks' thresholds
+        bottom.append(("key", colour_key(panel, panel, ts)))
     ratio = float(sum(active_fraction(A, tau) for _, tau in visited)) / len(visited)
     steps = f"{a.steps} step{'s' if a.steps != 1 else ''}"
     title = (f"yoda demo: {a.image}, x{s} ({a.lr_size} -> {size} px), model {a.model}, {a.sampler} {steps}, "

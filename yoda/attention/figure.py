@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..drawing import font as _font
 
-__all__ = ["attention_figure", "colormap"]
+__all__ = ["attention_figure", "colormap", "colour_key"]
 
 _MIN_PANEL = 160  # px: the short side of a panel; LR images of 16 px are blown up (nearest) to this
 _MAX_PANEL = 384  # px: larger images are shown shrunk (area) so the figure stays a few hundred px
@@ -227,27 +227,32 @@ def attention_figure(
         # a frame, so that an all-white mask (every pixel active) still reads as a panel
         draw.rectangle((x0 - 1, y0 - 1, x0 + arr.shape[1], y0 + arr.shape[0]), outline=(150, 150, 150))
     if len(masks) > len(top):  # the top row has a free column: the key from colour to A, and the masks' thresholds
-        _colour_key(canvas, draw, _GAP + len(top) * (lay["cell_w"] + _GAP), lay["title_h"] + _LABEL_H, size[0],
-                    [(t, t / T - lower_bound) for t, *_ in masks], font)
+        key = colour_key(size[0], lay["cell_w"], [(t, t / T - lower_bound) for t, *_ in masks], font)
+        canvas.paste(key, (_GAP + len(top) * (lay["cell_w"] + _GAP), lay["title_h"] + _LABEL_H))
     return canvas
 
 
-def _colour_key(canvas, draw, x0: int, y0: int, h: int, thresholds, font) -> None:
-    """A vertical viridis bar from A = 1 (top) to 0, its values on the right, and a white line across it at each
-    mask's threshold tau = t/T - l (the mask M(t) is white above its line)."""
-    from PIL import Image
+def colour_key(h: int, w: int, thresholds, font=None):
+    """A PIL image (w x h, white) keying attention colours: a vertical viridis bar from A = 1 (top) to 0 under the
+    heading "value of A", its values on the right, and a white line across it at each (t, tau) of
+    ``thresholds`` (the mask M(t) is white above its line), labelled M(t=...)."""
+    from PIL import Image, ImageDraw
 
-    draw.text((x0, y0), "value of A", fill=(0, 0, 0), font=font)
-    top, bar_w = y0 + _LABEL_H + 6, 14
+    font = _font() if font is None else font
+    img = Image.new("RGB", (w, h), _BG)
+    draw = ImageDraw.Draw(img)
+    draw.text((0, 0), "value of A", fill=(0, 0, 0), font=font)
+    top, bar_w = _LABEL_H + 6, 14
     n = max(2, h - _LABEL_H - 12)
-    canvas.paste(Image.fromarray(colormap(np.linspace(1.0, 0.0, n)[:, None].repeat(bar_w, 1))), (x0 + 1, top))
-    draw.rectangle((x0, top - 1, x0 + bar_w + 1, top + n), outline=(150, 150, 150))
+    img.paste(Image.fromarray(colormap(np.linspace(1.0, 0.0, n)[:, None].repeat(bar_w, 1))), (1, top))
+    draw.rectangle((0, top - 1, bar_w + 1, top + n), outline=(150, 150, 150))
     y_of = lambda v: top + int(round((1.0 - v) * (n - 1)))  # noqa: E731
     for v in (1.0, 0.5, 0.0):
-        draw.line((x0 + bar_w + 2, y_of(v), x0 + bar_w + 5, y_of(v)), fill=(0, 0, 0))
-        draw.text((x0 + bar_w + 8, y_of(v) - 7), f"{v:g}", fill=(0, 0, 0), font=font)
+        draw.line((bar_w + 2, y_of(v), bar_w + 5, y_of(v)), fill=(0, 0, 0))
+        draw.text((bar_w + 8, y_of(v) - 7), f"{v:g}", fill=(0, 0, 0), font=font)
     for t, tau in thresholds:
         if 0.0 <= tau <= 1.0:
-            draw.line((x0 + 1, y_of(tau), x0 + bar_w, y_of(tau)), fill=(255, 255, 255))
-            draw.line((x0 + bar_w + 26, y_of(tau), x0 + bar_w + 34, y_of(tau)), fill=(150, 150, 150))
-            draw.text((x0 + bar_w + 38, y_of(tau) - 7), f"M(t={t})", fill=(0, 0, 0), font=font)
+            draw.line((1, y_of(tau), bar_w, y_of(tau)), fill=(255, 255, 255))
+            draw.line((bar_w + 26, y_of(tau), bar_w + 34, y_of(tau)), fill=(150, 150, 150))
+            draw.text((bar_w + 38, y_of(tau) - 7), f"M(t={t})", fill=(0, 0, 0), font=font)
+    return img
