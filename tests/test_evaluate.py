@@ -232,7 +232,8 @@ def test_eval_y_channel_rows_are_the_papers_luma_psnr():
     rows = evaluate(net, [("a", hr)], EvalSettings(steps=1, lower_bounds=(0.5,), attentions=("gaussian",),
                                                    y_channel=True))
     lr = make_lr(from_uint8(hr), 4)
-    sr = to_uint8(torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1))[0]
+    up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    sr = to_uint8(up.clamp(-1, 1))[0]
 
     def y(a):  # BT.601 luma, 16..235, unrounded (MATLAB's rgb2ycbcr)
         a = a.astype(np.float64)

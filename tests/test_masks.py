@@ -43,7 +43,8 @@ def test_numpy_and_tensor_integers_and_bad_maps():
     np.int64(5)"); a map outside [0, 1] or an empty one gave negative or NaN ratios without a word."""
     for t, T in ((np.int64(5), 1000), (torch.tensor(5), np.int32(1000)), (5, torch.tensor(1000))):
         assert tau_at(t, T, 0.6) == tau_at(5, 1000, 0.6)
-    assert tau_at(np.float64(2.5), 10, 0.0) == 0.25  # a fractional t stays a float
+    for t in (2.5, np.float64(2.5), np.float32(2.5), torch.tensor(2.5)):  # a fractional t stays a float
+        assert tau_at(t, 10, 0.0) == 0.25
     A = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(mask_at(A, np.int64(700), np.int64(1000)), mask_at(A, 700, 1000))
     with pytest.raises(TypeError, match="T must be a positive int, got str"):

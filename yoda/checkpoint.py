@@ -142,8 +142,9 @@ def nonfinite_keys(sd: Mapping[str, Any]) -> list:
 
 def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint: str = "") -> None:
     """The check of :func:`load_state_dict_checked` alone: CheckpointError listing missing / unexpected keys,
-    non-tensor values, non-floating tensors for floating weights, shape mismatches and tensors with NaN/Inf. ``module`` may live on the meta device (only
-    its keys and shapes are read), so a declared architecture is checked before anything is allocated. ``hint``
+    non-tensor values, non-floating tensors for floating weights, shape mismatches and tensors with NaN/Inf.
+    ``module`` may live on the meta device (only its keys and shapes are read), so a declared architecture is
+    checked before anything is allocated. ``hint``
     (which config or layout the weights need) is added only to those layout problems: weights that fit but hold
     NaN/Inf are reported as corrupt, without it."""
     own = module.state_dict()

@@ -72,8 +72,8 @@ def check_unit_range(A: torch.Tensor, name: str = "A") -> None:
 def tau_at(t: int, T: int, lower_bound: float = 0.6) -> float:
     """tau(t) = t / T - lower_bound for DESIGN's t in 1..T (t = 0-based index + 1). Float64 scalar."""
     T = check_T(T)
-    if isinstance(t, (float, torch.Tensor)) and not isinstance(t, bool) and (
-            not isinstance(t, torch.Tensor) or t.is_floating_point()):
+    if (isinstance(t, torch.Tensor) and t.is_floating_point()) or (
+            isinstance(t, numbers.Real) and not isinstance(t, numbers.Integral)):
         t = check_lower_bound(t, "t")  # a float t (a solver's fractional timestep): finite, checked as a float
     else:
         t = as_int(t, "t", "an int (or a float) in 1..T")
