@@ -18,17 +18,17 @@ import numpy as np
 
 
 def check_field_types(obj) -> None:
-    """ValueError naming the field whose value does not have its JSON type
-    (json_type_ok): a config built in Python gets the checks of one read from JSON (numpy ints and floats are
-    taken as the Python numbers they hold)."""
+    """ValueError naming the field whose value does not have its JSON type (json_type_ok): a config built in
+    Python gets the checks of one read from JSON. Numpy ints and floats are taken as the Python numbers they hold,
+    and a tuple field (a list, an array) becomes a tuple of them."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value, tp = getattr(obj, f.name), hints[f.name]
         py = _python_numbers(value, tp)
-        if py is not value and json_type_ok(py, tp):
-            object.__setattr__(obj, f.name, py)
-        elif not json_type_ok(value, tp):
+        if not json_type_ok(py, tp):
             raise ValueError(f"{f.name} must be {json_type_name(tp)}, got {value!r}")
+        if py is not value:
+            object.__setattr__(obj, f.name, py)
 
 
 def _python_numbers(value, tp):
@@ -39,8 +39,7 @@ def _python_numbers(value, tp):
         return tp(value)
     args = typing.get_args(tp)
     if typing.get_origin(tp) is tuple and isinstance(value, (list, tuple, np.ndarray)) and len(value) == len(args):
-        out = tuple(_python_numbers(v, a) for v, a in zip(list(value), args))
-        return value if isinstance(value, tuple) and all(a is b for a, b in zip(out, value)) else out
+        return tuple(_python_numbers(v, a) for v, a in zip(list(value), args))
     return value
 
 

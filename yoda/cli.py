@@ -272,8 +272,7 @@ def cmd_demo(a) -> int:
     caption = (f"YODA: {a.attention.split(':')[0]} attention, l = {a.lower_bound:g}; its masks M(t) = "
                f"1[A >= t/T - {a.lower_bound:g}] at {'its' if len(ts) == len(visited) else f'{len(ts)} of its'} "
                f"{len(visited)} step{'s' if len(visited) != 1 else ''} (white: refined; the rest stays up(LR), "
-               f"bicubic); "
-               f"pixel update ratio of the run {ratio:.3f}")
+               f"bicubic); pixel update ratio of the run {ratio:.3f}")
     canvas = drawing.panel_grid(title, [(None, top), (caption, bottom)], panel)
     save_figure(canvas, a.output)
     print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
@@ -551,8 +550,8 @@ MEMORY_ADVICE = {"upscale": "a lower --max-memory, or smaller --tiles, denoises 
 _OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", "steps": "--steps", "seed": "--seed",
               "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
               "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
-              "attentions": "--attention", "attention": "--attention", "bins": "--bins", "degree": "--degree", "crops": "--crops",
-              "short_side": "--short-side", "labels": "--labels"}
+              "attentions": "--attention", "attention": "--attention", "bins": "--bins", "degree": "--degree",
+              "crops": "--crops", "short_side": "--short-side", "labels": "--labels"}
 
 
 def _one_line(e: BaseException, options: bool = True) -> str:

@@ -322,13 +322,19 @@ def check_fits(path: str | os.PathLike, width: int, height: int, what: str = "pa
                          f"a side); write .png or .tif instead")
 
 
+def _not_a_folder(path: str | os.PathLike, what: str) -> Path:
+    """Path(path), or IsADirectoryError naming it (``what``: which argument) when it is a folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{what} {p} is a folder; give an image file name ({', '.join(OUTPUT_SUFFIXES)})")
+    return p
+
+
 def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """Check an image output path before any work: its suffix is one of OUTPUT_SUFFIXES (PNG, JPEG, WebP,
     TIFF, BMP) and it can be written (yoda._io.check_writable: not a folder, the folder exists, a file can be
     created there). Errors name ``path`` (``what``: which argument). Returns ``Path(path)``."""
-    p = Path(path)
-    if p.is_dir():
-        raise IsADirectoryError(f"{what} {p} is a folder; give an image file name ({', '.join(OUTPUT_SUFFIXES)})")
+    p = _not_a_folder(path, what)
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"{what} {p}: cannot write images with the suffix {p.suffix!r}; use one of "
                          f"{', '.join(OUTPUT_SUFFIXES)}")
@@ -362,8 +368,7 @@ def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
         if x.shape[0] != 1:
             raise ValueError(f"x must hold one image to save, got a batch of {x.shape[0]}")
         x = x[0]
-    if p.is_dir():
-        raise IsADirectoryError(f"path {p} is a folder; give an image file name ({', '.join(OUTPUT_SUFFIXES)})")
+    _not_a_folder(p, "path")
     arr = to_uint8(x)
     if arr.shape[2] == 1:
         arr = arr[:, :, 0]

@@ -122,16 +122,26 @@ def _legend_layout(widths, note_w: float, x: float, max_x: float, gap: float = 2
     return pos, (max_x - note_w, row), row + 1
 
 
-def loss_description(log: str) -> str:
-    """What a run's loss column is, from the config.json yoda train writes next to log.csv: "L1 on eps", with
-    ", active pixels only" for a YODA mask_loss run (its mean is over fewer pixels); "" when there is none."""
+def _run_config(log: str) -> dict:
+    """The config.json yoda train writes next to a run's log.csv, parsed ({} when there is none or it is not
+    JSON)."""
     import json
 
     try:
         with open(os.path.join(os.path.dirname(os.path.abspath(log)), "config.json"), encoding="utf-8") as f:
-            loss = json.load(f)["loss"]
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def loss_description(log: str) -> str:
+    """What a run's loss column is, from its config.json (_run_config): "L1 on eps", with ", active pixels only"
+    for a YODA mask_loss run (its mean is over fewer pixels); "" when there is none."""
+    try:
+        loss = _run_config(log)["loss"]
         text = f"{str(loss.get('loss', 'l1')).upper()} on {loss.get('target', 'eps')}"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return ""
     return text + (", active pixels only" if loss.get("mask_loss") else "")
 
@@ -139,13 +149,10 @@ def loss_description(log: str) -> str:
 def validation_description(log: str) -> str:
     """How a run's validation PSNR was measured, from its config.json: "4 crops of 64², DDIM 20 steps" (one
     crop's PSNR moves by tenths of a dB from step to step; "" when there is no config)."""
-    import json
-
     try:
-        with open(os.path.join(os.path.dirname(os.path.abspath(log)), "config.json"), encoding="utf-8") as f:
-            cfg = json.load(f)
+        cfg = _run_config(log)
         n, size, steps = int(cfg["data"]["val_crops"]), int(cfg["data"]["val_crop"]), int(cfg["val_steps"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return ""
     return f"{n} crop{'s' if n != 1 else ''} of {size}², DDIM {steps} step{'s' if steps != 1 else ''}"
 

@@ -140,7 +140,6 @@ class TrainConfig:
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", _from_dict(LossConfig, self.loss, "loss"))
         check_field_types(self)  # built in Python, not through from_dict: batch="8" or 8.5 would pass below
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         for name in ("batch", "steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
