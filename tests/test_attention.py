@@ -348,9 +348,14 @@ def test_attention_figure_panels_show_the_masks():
     # the colour map is OpenCV's viridis: 0 -> dark purple, 1 -> yellow
     cm = fig.colormap(np.array([[0.0, 1.0]]))
     assert cm[0, 0, 2] > cm[0, 0, 1] and cm[0, 1, 0] > 200 and cm[0, 1, 2] < 80
-    # default ts: 5 values from T down to lower_bound * T
+    # default ts: 5 values from T down to just above lower_bound * T (1000, 920, .., 680): the last panel is the
+    # mask at t = 680 (the A = 0 columns still inactive), not the full mask of t = 600
     img2 = att.attention_figure(lr, A)
     assert img2.size[0] == fig._GAP + 5 * (Wp + fig._GAP)
+    x0 = fig._GAP + 4 * (Wp + fig._GAP)
+    last = np.asarray(img2)[y0 : y0 + Hp, x0 : x0 + Wp]
+    assert np.array_equal(last.min(axis=2) == 255, mask_at(A, 680, 1000, 0.6)[0, 0].numpy().repeat(10, 0).repeat(10, 1))
+    assert not (last == 255).all()
     assert float(pixel_update_ratio(A, 0.6)[0]) == pytest.approx((10 * 1.0 + 5 * 0.85 + 5 * 0.6) / 20)
     # lower_bound >= 1 (plain sampling): one panel, t = T, every pixel active
     img3 = att.attention_figure(lr, A, lower_bound=1.2)
@@ -394,6 +399,24 @@ def test_attention_figure_hr_attention_and_grey(tmp_path):
         m = (A[0, 0] >= torch.tensor(t / 1000 - 0.6, dtype=torch.float32)).numpy().repeat(3, 0).repeat(3, 1)
         assert 0 < m.mean() < 1  # a real mask, neither empty nor full
         assert np.array_equal(panel(1, i), np.where(m[..., None], 255, 0).repeat(3, axis=2)), t
+
+
+def test_attention_figure_enlarges_the_lr_by_a_whole_factor():
+    """A 100 px LR with its 400 px HR map (``yoda attention`` draws the map at the HR size) was drawn in 384 px
+    panels: the LR enlarged x3.84 (nearest), its pixels 3 or 4 px wide. The panel is now 300 px, the LR x3 and
+    every LR pixel a 3 x 3 block; the map is shrunk by area x4."""
+    from yoda.attention import figure as fig
+
+    lr = _rand_lr(B=1, h=100, w=100, seed=7)
+    A = att.edge()(F.interpolate(lr, scale_factor=4, mode="bicubic").clamp(-1, 1))
+    assert fig._panel_size(400, 400) == (384, 384) and fig._panel_size(400, 400, lr_hw=(100, 100)) == (300, 300)
+    assert fig._panel_size(400, 600, lr_hw=(100, 150)) == (200, 300)  # 256 x 384 cut to x2
+    assert fig._panel_size(64, 64, lr_hw=(64, 64)) == fig._panel_size(64, 64) == (192, 192)  # LR-size map: as before
+    arr = np.asarray(att.attention_figure(lr, A, ts=[1000]))
+    lab, gap, P = fig._LABEL_H, fig._GAP, 300
+    lr_panel = arr[lab + 4 + lab : lab + 4 + lab + P, gap : gap + P]
+    lr_u8 = ((lr[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(lr_panel, lr_u8.repeat(3, 0).repeat(3, 1))
 
 
 def _text_canvas(size, texts):
@@ -513,12 +536,14 @@ def test_attention_figure_title_and_labels_are_exact():
     img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177, label="sift attention of a.png, x4")
     assert drawn(img, "sift attention of a.png, x4:  lower_bound=0.6  T=1000  pixel update ratio (this run's "
                       "steps)=0.177", top=("LR", "attention A (sift)", "A over LR"))
-    # T = 3: the default ts are 3, 2, 1 -- every step -- and the title is the mean of the three masks drawn
+    # T = 3: the default ts are 3 and 2 (t = 1 <= 0.6 T has a full mask, not drawn); the title is the mean over
+    # every step, the full mask included
     A3 = att.edge()(lr)
     fracs = [float(mask_at(A3, t, 3, 0.6).double().mean()) for t in (3, 2, 1)]
+    assert fracs[2] == 1.0 and fracs[1] < 1.0
     assert abs(sum(fracs) / 3 - float(pixel_update_ratio(A3, 0.6)[0])) > 0.05  # the limit would be wrong here
     assert float(every_step_ratio(A3, 3, 0.6)[0]) == pytest.approx(sum(fracs) / 3, abs=1e-12)
-    labels3 = [f"M(t={t}) {fig.percent_label(int(mask_at(A3, t, 3, 0.6).sum()), 1600)}" for t in (3, 2, 1)]
+    labels3 = [f"M(t={t}) {fig.percent_label(int(mask_at(A3, t, 3, 0.6).sum()), 1600)}" for t in (3, 2)]
     title3 = f"lower_bound=0.6  T=3  pixel update ratio (every step of T=3)={sum(fracs) / 3:.3f}"
     assert drawn(att.attention_figure(lr, A3, T=3), title3, labels3)
 
@@ -543,7 +568,7 @@ def test_attention_figure_keys_colour_to_a_and_the_masks_thresholds(monkeypatch)
     lr = _rand_lr(B=1, h=40, w=40)
     A = att.edge()(lr)
     att.attention_figure(lr, A)  # default: 5 masks, so the top row has two free columns
-    assert calls == [[(t, t / 1000 - 0.6) for t in (1000, 900, 800, 700, 600)]]
+    assert calls == [[(t, t / 1000 - 0.6) for t in (1000, 920, 840, 760, 680)]]
     calls.clear()
     att.attention_figure(lr, A, ts=[1000, 800])  # no free column: no key
     assert calls == []
@@ -567,7 +592,7 @@ def test_attention_figure_labels_fit_and_title_is_whole(hw, lb):
     img = att.attention_figure(lr, A, lower_bound=lb)
     arr = np.asarray(img)
     Hp, Wp = fig._panel_size(h, w)
-    ts = [1000, 900, 800, 700, 600] if lb < 1 else [1000]
+    ts = [1000, 920, 840, 760, 680] if lb < 1 else [1000]
     ratio = float(every_step_ratio(A, 1000, lb)[0])
     title = f"lower_bound={lb:g}  T=1000  " + fig._ratio_text(ratio, False, 1000)
     top = ["LR", "attention A", "A over LR"]

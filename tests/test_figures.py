@@ -172,6 +172,31 @@ def test_poly_fit_passes_through_exact_quadratic_data():
         fg.poly_fit(x, y, 0)
 
 
+def test_poly_fit_weighs_bins_by_their_pixels():
+    """Fig. 5's lines fitted every bin's mean alike: a top bin of a few pixels, whose mean is noise, pulled the
+    line as hard as a bin of thousands. With count, a point weighs sqrt(count) (numpy.polyfit's w = 1/sigma):
+    the fit equals the closed-form weighted least squares, and a 1-pixel outlier barely moves it."""
+    x = (np.arange(10) + 0.5) / 10
+    y = 30.0 - 4.0 * x
+    count = np.full(10, 10000.0)
+    y_out, c_out = y.copy(), count.copy()
+    y_out[9], c_out[9] = 10.0, 1.0  # one pixel in the top bin, far off
+    w = np.sqrt(c_out)
+    X = np.stack([x, np.ones_like(x)], axis=1)
+    ref = np.linalg.solve(X.T @ (w[:, None] ** 2 * X), X.T @ (w ** 2 * y_out))
+    got = fg.poly_fit(x, y_out, 1, c_out)
+    assert np.allclose(got, ref, rtol=0, atol=1e-9)
+    assert np.allclose(got, [-4.0, 30.0], atol=0.05)  # the outlier moves the line by less than 0.05
+    assert not np.allclose(fg.poly_fit(x, y_out, 1), [-4.0, 30.0], atol=1.0)  # unweighted it did
+    # an empty bin (count 0, mean NaN) is left out; equal counts are the unweighted fit
+    y_nan, c0 = y.copy(), count.copy()
+    y_nan[3], c0[3] = np.nan, 0
+    assert np.allclose(fg.poly_fit(x, y_nan, 1, c0), [-4.0, 30.0], atol=1e-9)
+    assert np.allclose(fg.poly_fit(x, y + x ** 2, 2, count), fg.poly_fit(x, y + x ** 2, 2), atol=1e-9)
+    with pytest.raises(ValueError, match="count"):
+        fg.poly_fit(x, y, 1, count[:5])
+
+
 def test_lpips_layer_maps_average_to_lpips(tmp_path):
     from safetensors.torch import save_file
     from test_lpips import random_weights
@@ -278,7 +303,7 @@ def test_compute_samples_plain_and_yoda_with_one_seed(tiny_model):
     assert all(np.array_equal(table[k], data.ratios[k]) for k in table)
     reg = fg.regional_error(data.sr["YODA"], data.hr, data.maps["edge"], 5)
     assert np.array_equal(reg["mse"], data.regional["YODA"]["mse"], equal_nan=True)
-    c = fg.poly_fit(reg["centres"], reg["psnr"], 2)
+    c = fg.poly_fit(reg["centres"], reg["psnr"], 2, reg["count"])
     assert np.allclose(c, data.fits[("YODA", "psnr")])
     crop = data.crops[0]
     y, x, side = crop["box"]
@@ -461,7 +486,7 @@ def test_fig5_legend_states_the_degree_fitted(monkeypatch):
     assert any("lines: numpy.polyfit of degree 9 (--degree 20 is lowered to the points - 1)" in s for _, s in texts)
     texts.clear()
     draw_regional_error({"plain": r}, {k: fg.poly_fit(x, r[k[1]], 2) for k in fits}, 2)
-    assert any("lines: degree-2 numpy.polyfit through the points" in s for _, s in texts)
+    assert any("lines: degree-2 numpy.polyfit, weighted by sqrt(pixels per bin)" in s for _, s in texts)
 
 
 def test_fig5_draws_yoda_minus_plain_per_bin(monkeypatch):
@@ -481,6 +506,57 @@ def test_fig5_draws_yoda_minus_plain_per_bin(monkeypatch):
     assert box[0] == 2 * fg.FIG5_PANEL[0] + 80 and np.allclose(ys, np.linspace(-0.05, 0.1, 10), atol=1e-12)
     drawn.clear()
     assert draw_regional_error({"plain": plain}, {}, 2).size == (2 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
+
+
+def test_fig3_colours_follow_the_method_not_its_place(monkeypatch):
+    """Fig. 3 gave the first --attention method the first colour, so edge was blue in one run and red in the
+    next: each method now keeps its colour (yoda.attention.NAMES' order), whatever the order given."""
+    from yoda import drawing
+    from yoda.figures.draw import draw_update_ratio, method_colours
+
+    assert method_colours(["sift", "edge"]) == {"sift": drawing.COLOURS[2], "edge": drawing.COLOURS[0]}
+    assert method_colours(["edge", "sift"]) == {"edge": drawing.COLOURS[0], "sift": drawing.COLOURS[2]}
+    two = method_colours(["dino-vits8:a.pth", "dino-vits8:b.pth", "gaussian"])  # the same name twice: two colours
+    assert two["dino-vits8:a.pth"] == drawing.COLOURS[3] and two["gaussian"] == drawing.COLOURS[1]
+    assert len(set(two.values())) == 3
+    bars = []
+    monkeypatch.setattr(drawing.Axes, "bar", lambda self, x0, x1, v, colour: bars.append(colour))
+    for order in (["sift", "edge"], ["edge", "sift"]):
+        bars.clear()
+        ratios = {m: [0.5] for m in order}
+        draw_update_ratio(ratios, [0.4], [2, 1], {m: [0.5, 1.0] for m in order}, 2, 0.4, 1)
+        assert bars == [drawing.COLOURS[0 if m == "edge" else 2] for m in order]
+
+
+def test_fig4_shows_where_each_crop_lies_and_defines_ab(monkeypatch):
+    """Fig. 4 showed crops with no way to see where in the image they lie, and "ab" was not defined anywhere in
+    the picture: a first column shows the whole HR image with the crop's box in red, and a line under the rows
+    says what ab is."""
+    from yoda.figures import draw as fd
+    from yoda.figures.numbers import crop_metrics
+
+    hr = np.random.default_rng(0).integers(0, 256, (96, 64, 3), dtype=np.uint8)
+    y, x, c = 32, 16, 16
+    cut = np.ascontiguousarray(hr[y:y + c, x:x + c])
+    met = {k: {"crop": crop_metrics(cut, cut), "image": crop_metrics(hr, hr)} for k in ("bicubic", "plain", "YODA")}
+    row = {"name": "a.png", "box": (y, x, c), "images": {k: cut for k in fd.CROP_COLUMNS}, "metrics": met, "hr": hr}
+    texts = _drawn_text(monkeypatch)
+    img = fd.draw_crops([row])
+    W, H, panel = fd.crops_figure_size(1, c)
+    assert img.size == (W, H) and panel == 160
+    assert (W, H) == (fd.crops_figure_size(1, c, locator=False)[0] + panel + 8, fd.crops_figure_size(1, c, False)[1])
+    assert any(s == fd.AB_NOTE for _, s in texts) and any(s == fd.LOCATOR_COLUMN for _, s in texts)
+    # the locator: the 96 x 64 image shrunk x5/3 to 160 px tall, centred; the box at (32, 16) side 16 -> 26.7 px
+    loc = np.asarray(fd._locator(hr, (y, x, c), panel))
+    red = np.all(loc == fd._LOCATOR, axis=2)
+    ys, xs = np.nonzero(red)
+    g, ox = 160 / 96, (160 - round(64 * 160 / 96)) // 2
+    assert (xs.min(), ys.min()) == (ox + int(x * g), int(y * g))
+    assert (xs.max(), ys.max()) == (ox + int(np.ceil((x + c) * g)) - 1, int(np.ceil((y + c) * g)) - 1)
+    assert (loc[:, : ox - 1] == 255).all() and not (loc[:, ox + 2 : ox + 10] == 255).all()  # white margin, image
+    # the rows without the whole image draw no locator (the four columns as before)
+    bare = {k: v for k, v in row.items() if k != "hr"}
+    assert fd.draw_crops([bare]).size == fd.crops_figure_size(1, c, locator=False)[:2]
 
 
 def test_a_long_title_is_set_smaller_to_fit(monkeypatch):

@@ -65,13 +65,19 @@ def _image0(x: torch.Tensor, name: str, channels: Sequence[int]) -> torch.Tensor
     return x
 
 
-def _panel_size(h: int, w: int) -> tuple:
+def _panel_size(h: int, w: int, lr_hw: Optional[tuple] = None) -> tuple:
+    """(H, W) of a panel for a map of h x w; with lr_hw, the LR image's (h, w) when the map is larger (an HR map),
+    a panel that enlarges the LR is cut down to a whole multiple of it, so every LR pixel is drawn as an equal
+    block (an HR map of 400 px for a 100 px LR: 300 px, not 384)."""
     s = min(h, w)
     f = max(1, math.ceil(_MIN_PANEL / s)) if s < _MIN_PANEL else 1.0
     H, W = h * f, w * f
     if max(H, W) > _MAX_PANEL:
         g = _MAX_PANEL / max(H, W)
         H, W = int(round(H * g)), int(round(W * g))
+    if lr_hw is not None and H >= lr_hw[0] and W >= lr_hw[1]:
+        k = min(H // lr_hw[0], W // lr_hw[1])
+        H, W = k * lr_hw[0], k * lr_hw[1]
     # a very elongated map (1 x 300) keeps a short side one can see, out of proportion
     return max(int(H), _MIN_SHORT), max(int(W), _MIN_SHORT)
 
@@ -164,9 +170,9 @@ def attention_figure(
 
     lr: (B, C, h, w) or (C, h, w), C in {1, 3}, values in [-1, 1]; the first image is drawn.
     A:  (B, 1, H, W), (1, H, W) or (H, W) in [0, 1]; any resolution (LR or HR), first image drawn.
-    ts: DESIGN's t in [1, T] (t = training index + 1); default 5 values from T down to lower_bound*T,
-        the span over which the masks grow (below lower_bound*T every pixel is active; with lower_bound >= 1,
-        every pixel at every t: t = T alone).
+    ts: DESIGN's t in [1, T] (t = training index + 1); default 5 values, equally spaced from T down to just
+        above lower_bound*T, the span over which the masks grow (at and below lower_bound*T every pixel is
+        active, a full mask not drawn; with lower_bound >= 1, every pixel at every t: t = T alone).
     ratio: the pixel update ratio printed in the title, labelled "this run's steps" (e.g. the mean active
         fraction of the steps a sampling run took, its callback's active_fraction); default: the exact ratio over
         every step t = 1..T, refine_fraction(A, range(T), T, lower_bound), labelled "every step of T=..." (for
@@ -185,14 +191,14 @@ def attention_figure(
     a = _image0(A, "A", (1,))
     if float(a.min()) < 0.0 or float(a.max()) > 1.0:
         raise ValueError(f"A values must lie in [0, 1], got min {float(a.min()):.4g}, max {float(a.max()):.4g}")
-    if ts is None:
-        lo = min(T, max(1, int(math.floor(lower_bound * T))))
-        ts = sorted({int(round(v)) for v in np.linspace(T, lo, 5)}, reverse=True)
+    if ts is None:  # 5 steps over (lower_bound * T, T]: at t <= lower_bound * T every mask is full, nothing to see
+        span = np.linspace(T, min(T, max(0.0, lower_bound * T)), 6)[:-1]
+        ts = sorted({t for t in (int(round(v)) for v in span) if t == T or t / T - lower_bound > 0}, reverse=True)
     ts = list(ts)
     if not ts or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= T for t in ts):
         raise ValueError(f"ts must be a non-empty sequence of ints in [1, T={T}], got {ts!r}")
 
-    size = _panel_size(*a.shape[-2:])
+    size = _panel_size(*a.shape[-2:], lr_hw=tuple(x.shape[-2:]))
     img = ((_show(x, size).clamp(-1, 1) + 1.0) * 127.5).round().byte()
     if img.shape[0] == 1:
         img = img.expand(3, -1, -1)

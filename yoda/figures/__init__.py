@@ -16,7 +16,7 @@ sampling a set of images; draw.py: the Pillow figures; the plotting primitives a
     update_ratio_table(maps, lower_bounds)         Fig. 3 left
     refined_area_curve(maps, T, lower_bound)       Fig. 3 right
     regional_error(srs, hrs, maps, bins, extra)    Fig. 5 (pixels pooled over images in each bin)
-    poly_fit(x, y, degree)                         Fig. 5 lines
+    poly_fit(x, y, degree, count)                  Fig. 5 lines
     lpips_layer_maps / lpips_map(metric, sr, hr)   spatial LPIPS (the lpips package's spatial=True)
     best_crop(A, size), crop_metrics(...)          Fig. 4
     compute(model, images, settings)               everything above for a set of HR images, sampling plain

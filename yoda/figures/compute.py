@@ -98,7 +98,7 @@ class FigureData:
     curves: dict  # {method: refined fraction at each t}
     regional: dict  # Fig. 5: {"plain" | "YODA": regional_error(...) dict}
     fits: dict  # {("plain" | "YODA", "mse" | "psnr" | "lpips"): coefficients or None}
-    crops: list = field(default_factory=list)  # Fig. 4: [{"name", "box": (y, x, size), "images", "metrics"}]
+    crops: list = field(default_factory=list)  # Fig. 4: [{"name", "box": (y, x, size), "images", "metrics", "hr"}]
     lpips_note: str = ""
 
 
@@ -179,7 +179,7 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     for label in ("plain", "YODA"):
         regional[label] = r = regional_acc[label].result()
         for key in ("mse", "psnr") + (("lpips",) if lpips_fn is not None else ()):
-            fits[(label, key)] = poly_fit(r["centres"], r[key], s.degree)
+            fits[(label, key)] = poly_fit(r["centres"], r[key], s.degree, r["count"])
 
     crops = []
     for i in range(len(hrs)):
@@ -190,7 +190,7 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
         cut = {k: np.ascontiguousarray(v[y : y + c, x : x + c]) for k, v in ims.items()}
         met = {k: {"crop": crop_metrics(cut[k], cut["HR"]), "image": crop_metrics(ims[k], hrs[i])}
                for k in ("bicubic", "plain", "YODA")}
-        crops.append({"name": names[i], "box": (y, x, c), "images": cut, "metrics": met})
+        crops.append({"name": names[i], "box": (y, x, c), "images": cut, "metrics": met, "hr": hrs[i]})
     if lpips_fn is not None:
         note = ("LPIPS per bin: mean of the spatial LPIPS map (layer maps upsampled bilinearly and summed, as "
                 "lpips' spatial=True)")

@@ -30,11 +30,32 @@ _BG = (255, 255, 255)
 _BLACK = (0, 0, 0)
 _GREY = (150, 150, 150)
 _PLAIN, _YODA = _COLOURS[0], _COLOURS[1]
+_LOCATOR = (230, 20, 20)
+LOCATOR_COLUMN = "where (whole HR)"
+AB_NOTE = ("ab: the distance between the mean CIELAB (a*, b*) of the SR image and of the HR image, a colour cast "
+           "(about 2.3 is just noticeable)")
 
 
 def _sampling_text(s: FigureSettings) -> str:
     eta = f" eta={s.eta:g}" if s.sampler == "ddim" and s.eta else ""
     return f"{s.sampler.upper()}{eta} {s.steps} steps, seed {s.seed}"
+
+
+def method_colours(methods: Sequence[str]) -> dict:
+    """A colour per attention method that does not depend on the order of ``--attention``: yoda.attention.NAMES'
+    position of its name (edge blue, gaussian red, sift green, dino-vits8 purple, dino-resnet50 orange); a name
+    seen twice (two DINO checkpoints) or an unknown one takes a colour no known name has, then any unused one."""
+    from ..attention import NAMES
+
+    known = [_method_label(n) for n in NAMES]
+    cols: dict = {}
+    for m in methods:  # known names first, each its own colour once
+        if _method_label(m) in known and _COLOURS[known.index(_method_label(m))] not in cols.values():
+            cols[m] = _COLOURS[known.index(_method_label(m))]
+    spare = [c for c in _COLOURS[len(known):] + _COLOURS[:len(known)] if c not in cols.values()]
+    for i, m in enumerate([m for m in methods if m not in cols]):
+        cols[m] = spare[i] if i < len(spare) else _COLOURS[i % len(_COLOURS)]
+    return {m: cols[m] for m in methods}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -53,7 +74,7 @@ def draw_update_ratio(ratios: Mapping[str, Sequence[float]], lower_bounds: Seque
     _title(canvas, draw, f"Fig. 3  YODA's work: pixel update ratio and refined area "
                          f"(mean over {n_images} image{'s' if n_images != 1 else ''}, T = {T})", big)
     methods = list(ratios)
-    cols = {m: _COLOURS[i % len(_COLOURS)] for i, m in enumerate(methods)}
+    cols = method_colours(methods)
 
     # left: groups = lower bounds, one bar per method
     n_g, n_m = len(lower_bounds), max(1, len(methods))
@@ -141,41 +162,65 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
     used = sorted({len(c) - 1 for c in fits.values() if c is not None})  # poly_fit lowers it to points - 1
     fit = (f"degree-{degree} numpy.polyfit" if used in ([], [degree]) else
            f"numpy.polyfit of degree {'/'.join(map(str, used))} (--degree {degree} is lowered to the points - 1)")
-    draw.text((80, y), f"points: per-bin means; lines: {fit} through the points", fill=_BLACK, font=font)
+    draw.text((80, y), f"points: per-bin means; lines: {fit}, weighted by sqrt(pixels per bin)", fill=_BLACK,
+              font=font)
     if note:
         draw.text((80, y + 17), note, fill=_BLACK, font=font)
     return canvas
 
 
-def crops_figure_size(n_rows: int, crop: int) -> tuple[int, int, int]:
+def crops_figure_size(n_rows: int, crop: int, locator: bool = True) -> tuple[int, int, int]:
     """(width, height, panel px) of Fig. 4 with n_rows images and crops of side ``crop``: each crop is shown
-    enlarged (nearest) by an integer factor to at least _MIN_CROP_PANEL px (at most _MAX_CROP_PANEL)."""
+    enlarged (nearest) by an integer factor to at least _MIN_CROP_PANEL px (at most _MAX_CROP_PANEL); locator: a
+    first column with the whole HR image and the crop's box (LOCATOR_COLUMN)."""
     k = max(1, math.ceil(_MIN_CROP_PANEL / crop))
     while k > 1 and crop * k > _MAX_CROP_PANEL:
         k -= 1
     panel = crop * k
-    width = _PAD + len(CROP_COLUMNS) * (panel + _PAD)
-    height = 30 + 18 + n_rows * (20 + panel + 36 + _PAD)
+    width = _PAD + (len(CROP_COLUMNS) + bool(locator)) * (panel + _PAD)
+    height = 30 + 18 + n_rows * (20 + panel + 36 + _PAD) + 18
     return width, height, panel
 
 
+def _locator(hr, box, panel: int):
+    """The whole HR image (uint8 (H, W, 3)) shrunk (or enlarged, nearest) to fit panel x panel, centred on white,
+    with the crop's box (y, x, side) drawn in red around the pixels it holds."""
+    from PIL import Image, ImageDraw
+
+    H, W = hr.shape[:2]
+    g = panel / max(H, W)
+    w, h = max(1, round(W * g)), max(1, round(H * g))
+    im = Image.fromarray(hr).resize((w, h), Image.Resampling.BOX if g < 1 else Image.Resampling.NEAREST)
+    out = Image.new("RGB", (panel, panel), _BG)
+    ox, oy = (panel - w) // 2, (panel - h) // 2
+    out.paste(im, (ox, oy))
+    y, x, c = box
+    x0, y0 = ox + math.floor(x * g), oy + math.floor(y * g)
+    x1, y1 = ox + math.ceil((x + c) * g) - 1, oy + math.ceil((y + c) * g) - 1
+    ImageDraw.Draw(out).rectangle([x0, y0, x1, y1], outline=_LOCATOR, width=2)
+    return out
+
+
 def draw_crops(crops: Sequence[dict], caption: str = ""):
-    """Fig. 4: one row per crop dict (compute()'s FigureData.crops): bicubic / plain / YODA / HR, and under each
-    SR crop its PSNR and CIELAB ab shift vs HR, for the crop and for the whole image. The panels have the first
+    """Fig. 4: one row per crop dict (compute()'s FigureData.crops): where the crop lies in the whole HR image
+    (when the rows carry it as "hr", all of them), bicubic / plain / YODA / HR, and under each SR crop its PSNR
+    and CIELAB ab shift vs HR, for the crop and for the whole image (AB_NOTE below). The panels have the first
     crop's size; a crop of another side (images of other sizes) is resized to it, and its row says by how much.
-    Returns a PIL.Image of crops_figure_size(len(crops), side)."""
+    Returns a PIL.Image of crops_figure_size(len(crops), side, locator)."""
     from PIL import Image, ImageDraw
 
     if not crops:
         raise ValueError("crops must not be empty")
     side = crops[0]["box"][2]  # rows with another crop side are resized to the same panel
-    W, H, panel = crops_figure_size(len(crops), side)
+    locator = all("hr" in c for c in crops)
+    W, H, panel = crops_figure_size(len(crops), side, locator)
     canvas = Image.new("RGB", (W, H), _BG)
     draw = ImageDraw.Draw(canvas)
     font, small, big = _font(12), _font(11), _font(14)
     _title(canvas, draw, "Fig. 4  crops: PSNR and CIELAB colour shift (ab) vs HR" + (f"  ({caption})" if caption else ""),
            big)
-    for j, name in enumerate(CROP_COLUMNS):
+    columns = ((LOCATOR_COLUMN,) if locator else ()) + CROP_COLUMNS
+    for j, name in enumerate(columns):
         w, _ = _text_wh(draw, name, font)
         draw.text((_PAD + j * (panel + _PAD) + (panel - w) / 2, 30), name, fill=_BLACK, font=font)
     y = 30 + 18
@@ -185,12 +230,18 @@ def draw_crops(crops: Sequence[dict], caption: str = ""):
                                  f"(most attended window), shown x{panel / cs:.3g}",
                   fill=_BLACK, font=font)
         y += 20
-        for j, name in enumerate(CROP_COLUMNS):
+        for j, name in enumerate(columns):
             x0 = _PAD + j * (panel + _PAD)
-            im = Image.fromarray(c["images"][name]).resize((panel, panel), Image.Resampling.NEAREST)
+            if name == LOCATOR_COLUMN:
+                im = _locator(c["hr"], c["box"], panel)
+            else:
+                im = Image.fromarray(c["images"][name]).resize((panel, panel), Image.Resampling.NEAREST)
             canvas.paste(im, (x0, y))
             draw.rectangle([x0 - 1, y - 1, x0 + panel, y + panel], outline=_GREY)
-            if name == "HR":
+            if name == LOCATOR_COLUMN:
+                hh, ww = c["hr"].shape[:2]
+                lines = [f"{ww}x{hh}", ""]
+            elif name == "HR":
                 lines = ["reference", ""]
             else:
                 mc, mi = c["metrics"][name]["crop"], c["metrics"][name]["image"]
@@ -199,6 +250,7 @@ def draw_crops(crops: Sequence[dict], caption: str = ""):
             for li, s in enumerate(lines):
                 draw.text((x0, y + panel + 3 + 16 * li), s, fill=_BLACK, font=small)
         y += panel + 36 + _PAD
+    draw.text((_PAD, y), AB_NOTE, fill=_BLACK, font=small)
     return canvas
 
 

@@ -159,17 +159,29 @@ def regional_error(srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray], maps: S
     return acc.result()
 
 
-def poly_fit(x: Sequence[float], y: Sequence[float], degree: int = 2) -> Optional[np.ndarray]:
+def poly_fit(x: Sequence[float], y: Sequence[float], degree: int = 2,
+             count: Optional[Sequence[float]] = None) -> Optional[np.ndarray]:
     """numpy.polyfit of the finite (x, y) points: coefficients, highest power first. The degree is lowered to
-    (number of points - 1) when there are fewer points; None with fewer than 2 points."""
+    (number of points - 1) when there are fewer points; None with fewer than 2 points.
+
+    count: how many pixels each point (a bin's mean) averages; the fit then weighs each point by sqrt(count)
+    (numpy.polyfit's w = 1 / sigma, a mean's sigma falling as 1 / sqrt(count)), so a bin of 30 pixels does not
+    pull the line as hard as one of 30000. Points with count 0 are left out."""
     if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 1:
         raise ValueError(f"degree must be a positive int, got {degree!r}")
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
+    w = None
+    if count is not None:
+        c = np.asarray(count, dtype=np.float64)
+        if c.shape != x.shape or not np.isfinite(c).all() or (c < 0).any():
+            raise ValueError(f"count must hold one finite count >= 0 per point, got {c!r}")
+        ok &= c > 0
+        w = np.sqrt(c[ok])
     n = int(ok.sum())
     if n < 2:
         return None
-    return np.polyfit(x[ok], y[ok], min(int(degree), n - 1))
+    return np.polyfit(x[ok], y[ok], min(int(degree), n - 1), w=w)
 
 
 def lpips_layer_maps(metric, sr: torch.Tensor, hr: torch.Tensor) -> list[torch.Tensor]:
