@@ -85,15 +85,15 @@ MUTANTS = [
            ("tests/test_models.py", "-k", "sr3_upstream_checkpoint"),
            "upstream *_gen.pth keys keep a leading '.'"),
     Mutant("sr3-strict", "yoda/models/sr3_load.py",
-           '    load_state_dict_checked(net, sd, p, hint="For SR3 pass the JSON the model was trained with "\n'
-           '                            "(yoda.load\'s config=, the CLI\'s --model-config; default: the 16->128 '
+           '    net = build_checked(lambda: SR3UNet.from_config(cfg), sd, p, hint="For SR3 pass the JSON the model was "\n'
+           '                        "trained with (yoda.load\'s config=, the CLI\'s --model-config; default: the 16->128 '
            'config).")\n',
-           "    net.load_state_dict(sd, strict=False)\n",
+           "    net = SR3UNet.from_config(cfg)\n    net.load_state_dict(sd, strict=False)\n",
            ("tests/test_checkpoint.py",),
            "SR3 weights loaded non-strictly: missing / unexpected keys pass silently"),
     Mutant("dino-strict", "yoda/attention/dino.py",
-           'load_state_dict_checked(model, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")',
-           "model.load_state_dict(sd, strict=False)",
+           'return build_checked(build, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")',
+           "m = build(); m.load_state_dict(sd, strict=False); return m",
            ("tests/test_dino.py", "tests/test_checkpoint.py", "-k", "dino"),
            "DINO weights loaded non-strictly"),
     # ---- tests that checked themselves, shapes or ranges (now values) ------------------------------------------

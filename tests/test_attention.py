@@ -533,6 +533,10 @@ def test_attention_figure_title_and_labels_are_exact():
     img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177)
     assert drawn(img, "lower_bound=0.6  T=1000  pixel update ratio (this run's steps)=0.177")
     # label: what the map is, first in the title and on its panel (`yoda attention` outputs were indistinguishable)
+    assert np.array_equal(np.asarray(att.attention_figure(lr, A, ts=[1000], label=" ")),  # blank: IndexError before
+                          np.asarray(att.attention_figure(lr, A, ts=[1000])))
+    with pytest.raises(TypeError, match="label must be a str or None, got int"):
+        att.attention_figure(lr, A, label=3)
     img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177, label="sift attention of a.png, x4")
     assert drawn(img, "sift attention of a.png, x4:  lower_bound=0.6  T=1000  pixel update ratio (this run's "
                       "steps)=0.177", top=("LR", "attention A (sift)", "A over LR"))

@@ -102,6 +102,68 @@ def test_srdiff_upstream_ckpt_nesting_and_inferred_config(tmp_path):
     assert torch.equal(_srdiff_out(got2), _srdiff_out(m))
 
 
+def test_a_small_file_cannot_declare_a_huge_model(tmp_path):
+    """SR3 and SRDiff built the net a file (or its config) declares before comparing it with the file's tensors: a
+    2 KB SRDiff checkpoint of zero-element tensors, whose shapes say hidden_size 65536, made yoda allocate
+    terabytes (an out-of-memory error naming --max-memory, or the OOM killer). The net is now built on the meta
+    device and checked first; and a weight saved as an expanded view (stride 0: one stored value, any shape) is
+    refused, since copying it into the module would allocate its full size."""
+    m = _srdiff()
+    sd = {**m.state_dict(), **_bufs(m.schedule)}
+    H = 1 << 16
+    bomb = dict(sd)
+    bomb["denoise_fn.cond_proj.weight"] = torch.zeros(0, H, 8, 8)
+    for i, mult in enumerate((1, 2, 3)):
+        bomb[f"denoise_fn.downs.{i}.0.block1.block.1.weight"] = torch.zeros(H * mult, 0, 3, 3)
+    p = tmp_path / "model_ckpt_steps_1.ckpt"
+    torch.save({"state_dict": {"model": bomb}}, p)
+    with pytest.raises(CheckpointError, match=r"the weights do not fit SRDiff: .*shape mismatches: "
+                                              r"denoise_fn.cond_proj.weight: checkpoint \(0, 65536, 8, 8\)"):
+        yoda.load("srdiff", p)
+    # SR3: a config naming a net far larger than the file
+    net = _sr3()
+    torch.save({f"denoise_fn.{k}": v for k, v in net.state_dict().items()}, tmp_path / "I1_E1_gen.pth")
+    huge = SR3Config(inner_channel=H, norm_groups=4, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16,
+                     scale=4)
+    with pytest.raises(CheckpointError, match=r"the weights do not fit SR3UNet: shape mismatches"):
+        yoda.load("sr3", tmp_path / "I1_E1_gen.pth", config=huge)
+    # an expanded weight: right shape, one stored value
+    k = "denoise_fn.downs.0.0.block1.block.1.weight"
+    sd[k] = torch.zeros(1).expand(sd[k].shape)
+    torch.save({"state_dict": {"model": sd}}, p)
+    with pytest.raises(CheckpointError, match=r"tensors whose storage is smaller than their shape \(expanded "
+                                              r"views, not saved weights\): '" + k.replace(".", r"\.")):
+        yoda.load("srdiff", p)
+    sd[k] = sd[k].contiguous()  # the same values stored: loads
+    torch.save({"state_dict": {"model": sd}}, p)
+    assert torch.equal(yoda.load("srdiff", p).state_dict()[k], sd[k])
+
+
+def test_a_compressed_zip_checkpoint_is_refused_before_it_is_unpacked(tmp_path):
+    """torch.load inflates deflated zip records: a 1 MB file unpacked to a 1 GB tensor (1.6 GB of memory, 11 s)
+    before any key was checked. torch.save stores records uncompressed, so a file whose entries expand to more
+    than twice its size (+1 MB) is refused first; the same file stored is read, by every loader."""
+    import zipfile
+
+    from yoda.attention import dino_vits8
+    from yoda.checkpoint import read_checkpoint
+
+    plain = tmp_path / "plain.pth"
+    torch.save({"w": torch.zeros(1 << 20)}, plain)  # 4 MB of zeros, stored
+    deflated = tmp_path / "deflated.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert deflated.stat().st_size < 100_000
+    assert torch.equal(torch.load(deflated, weights_only=True)["w"], torch.zeros(1 << 20))  # torch would read it
+    assert torch.equal(read_checkpoint(plain)[0]["w"], torch.zeros(1 << 20))
+    message = r"deflated\.pth: its zip entries expand to \d+ bytes from \d+ on disk \(compressed records"
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(deflated)
+    with pytest.raises(CheckpointError, match=message):
+        dino_vits8(str(deflated))
+
+
 def test_srdiff_config_dict_refuses_unknown_keys(tmp_path):
     """A dict config used to skip every unknown key, so a misspelled field silently kept its default (a cosine T=100
     card for timestep=1000, beta_schedul="linear"). It takes SRDiffConfig fields and upstream's other hparams keys
@@ -157,6 +219,25 @@ def test_srdiff_yaml_config_chain(tmp_path):
         assert load_srdiff_config(run / "config.yaml") == cfg
     with pytest.raises(FileNotFoundError, match="SRDiff config file not found"):
         load_srdiff_config(run / "nope.yaml")
+
+
+def test_srdiff_yaml_base_config_fan_out_is_bounded(tmp_path):
+    """Only the chain's depth was capped: 16 files each naming the next one four times read 4^15 files (68 KB on
+    disk, minutes of work). More than 64 files read is refused, and base_config must be names."""
+    pytest.importorskip("yaml")
+    from yoda.models import load_srdiff_config
+
+    for i in range(16):
+        nxt = f"./d{i + 1}.yaml"
+        (tmp_path / f"d{i}.yaml").write_text(f"base_config: [{nxt}, {nxt}, {nxt}, {nxt}]\nhidden_size: 8\n")
+    (tmp_path / "d16.yaml").write_text("hidden_size: 8\n")
+    with pytest.raises(ValueError, match="its base_config chains read more than 64 files"):
+        load_srdiff_config(tmp_path / "d0.yaml")
+    (tmp_path / "ok.yaml").write_text("base_config: [./d15.yaml, ./d15.yaml]\n")  # 1 + 2 * (1 + 4) = 11 files
+    assert load_srdiff_config(tmp_path / "ok.yaml").hidden_size == 8
+    (tmp_path / "num.yaml").write_text("base_config: 5\n")
+    with pytest.raises(ValueError, match="base_config must be a file name or a list of them, got 5"):
+        load_srdiff_config(tmp_path / "num.yaml")
 
 
 def test_srdiff_linear_schedule_inferred_and_weight_norm_folded():

@@ -164,7 +164,7 @@ def test_upscale_with_upstream_checkpoints(tmp_path, images, capsys):
     yoda.load: the pixels of yoda.sample on the same loaded model. A missing file, a missing config or a config
     given for a yoda file is a one-line error, and nothing is written."""
     from yoda.models import SRDiff
-    from yoda.models.sr3 import load_sr3_config
+    from yoda.models import load_sr3_config
 
     rgb, _ = images
     out = tmp_path / "out.png"
@@ -893,6 +893,22 @@ def test_a_torchrun_rank_waits_for_the_others_and_world_size_alone_is_one_line(t
     assert seen["timeout"].days >= 7
 
 
+def test_torchrun_variables_must_be_integers(monkeypatch):
+    """LOCAL_RANK (read on a GPU to pick the device) was int()ed bare: a bad value was an internal-error traceback."""
+    from yoda.cli_upscale import dist_env, env_int
+    from yoda.errors import UserError
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert dist_env() == (0, 1) and env_int("LOCAL_RANK", 0) == 0
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert env_int("LOCAL_RANK", 0) == 3
+    for k in ("LOCAL_RANK", "RANK"):
+        monkeypatch.setenv(k, "one")
+        with pytest.raises(UserError, match=rf"^{k} must be an integer \(as torchrun sets it\), got 'one'$"):
+            env_int(k, 0) if k == "LOCAL_RANK" else dist_env()
+
+
 def test_upscale_cfg_scale_needs_a_guided_model(tmp_path, tiny_model, images, capsys, no_sampling):
     """--cfg-scale on a model without an unconditional branch (every yoda-format model): one line naming the
     option, exit 2, before any sampling; a guided adapter gets the scale (yoda.cli_upscale.guided_model)."""
@@ -1040,8 +1056,8 @@ def test_eval_and_figures_read_one_image_at_a_time_and_skip_bad_ones(tmp_path, t
     code, out, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
                           "--attention", "edge", "--lower-bounds", "0.6"], capsys)
     assert code == 2
-    assert err.splitlines() == [f"yoda: error: cannot read image {folder / 'b.png'}: cannot identify image file "
-                                f"'{folder / 'b.png'}' (skipped)",
+    assert err.splitlines() == [f"yoda: error: cannot read image {folder / 'b.png'}: not an image in a format yoda "
+                                "reads (PNG, JPEG, WebP, TIFF, BMP, GIF ...: yoda.images.READ_FORMATS) (skipped)",
                                 "yoda: error: 1 of 3 images could not be used (see the lines above)"]
     # plain and YODA sampled for a before b is read, and c after
     assert events == [("read", "a.png"), ("sample",), ("sample",), ("read", "b.png"), ("read", "c.png"),

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import yoda.attention as att
+from yoda.checkpoint import CheckpointError
 from yoda.attention.dino import DinoResNet50, DinoViT, DinoViTS8, ResNet50, _target_size
 
 # ----------------------------------------------------------------------------------- expected layouts
@@ -279,6 +280,20 @@ def test_vit_other_grid_checkpoint(tmp_path):
     np.testing.assert_allclose(e.head_maps(lr).numpy(), _ref_cls_attention(m.state_dict(), x).numpy(), rtol=1e-3, atol=1e-6)
 
 
+def test_a_small_dino_file_cannot_declare_a_huge_net(tmp_path):
+    """The classifier's rows (ResNet-50) and the position grid (ViT) are read from the file's shapes: a 1.6 KB file
+    with fc.weight of shape (3e9, 0) made yoda allocate 25 TB, a pos_embed of (1, 1500^2 + 1, 0) gigabytes. The
+    net is built on the meta device and checked against the file first."""
+    p = tmp_path / "bomb.pth"
+    torch.save({"fc.weight": torch.zeros(3_000_000_000, 0), "fc.bias": torch.zeros(0)}, p)
+    with pytest.raises(CheckpointError, match=r"do not fit ResNet50: .*fc.weight: checkpoint \(3000000000, 0\) vs "
+                                              r"model \(3000000000, 2048\)"):
+        att.dino_resnet50(weights=str(p))
+    torch.save({"pos_embed": torch.zeros(1, 1500 ** 2 + 1, 0)}, p)
+    with pytest.raises(CheckpointError, match=r"do not fit DinoViT: .*pos_embed: checkpoint \(1, 2250001, 0\)"):
+        att.dino_vits8(weights=str(p))
+
+
 @pytest.mark.parametrize("fc", [False, True])
 def test_resnet_round_trip(resnet, resnet_want, tmp_path, fc):
     sd = dict(resnet.state_dict())
@@ -473,10 +488,15 @@ class NotAllowed:  # a pickled custom class: torch.load(weights_only=True) must 
 
 
 def test_pickled_objects_refused(tmp_path):
+    """Refused, and said as yoda.load says it: the class found and the safe ways on. The DINO loaders passed on the
+    first line of torch's message, which advises loading with weights_only=False (running the file's code)."""
     p = tmp_path / "obj.pth"
     torch.save({"x": NotAllowed()}, p)
-    with pytest.raises(ValueError, match=r"obj\.pth.*weights_only=True"):
+    with pytest.raises(CheckpointError, match=r"obj\.pth: it holds pickled Python objects that are not tensors "
+                                              r"\(test_dino\.NotAllowed\)") as e:
         att.dino_vits8(str(p))
+    assert "add_safe_globals" in str(e.value) and "Re-running" not in str(e.value)
+    assert "weights_only` set to `False" not in str(e.value) and "\n" not in str(e.value)
 
 
 # ----------------------------------------------------------------------------------- upstream models

@@ -280,6 +280,40 @@ def test_atomic_write_writes_through_a_symlink(tmp_path):
     with pytest.raises(OSError, match="too many levels of symbolic links"):  # as open() says, not replaced
         atomic_write(tmp_path / "loop_a", lambda tmp: open(tmp, "w").write("x"))
     assert (tmp_path / "loop_a").is_symlink() and (tmp_path / "loop_b").is_symlink()
+    chain = tmp_path / "chain.png"  # a link to a link: followed to the end, both links stay
+    chain.symlink_to("link.png")
+    atomic_write(chain, lambda tmp: open(tmp, "w").write("chained"))
+    assert chain.is_symlink() and link.is_symlink() and target.read_text() == "chained"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to own a link as another user")
+def test_atomic_write_does_not_follow_another_users_link_in_a_shared_folder(tmp_path):
+    """A link planted at an output name in a world-writable sticky folder (/tmp) by another user was followed:
+    yoda resolved it itself and renamed over its target, where the kernel's fs.protected_symlinks would have
+    stopped open(). Such a link is now refused, as open() refuses it; the user's own link there still works."""
+    from yoda._io import atomic_write
+
+    shared, victim = tmp_path / "shared", tmp_path / "victim"
+    shared.mkdir()
+    victim.mkdir()
+    os.chmod(shared, 0o1777)
+    secret = victim / "secret.txt"
+    secret.write_text("keep")
+    planted = shared / "out_x4.png"
+    planted.symlink_to(secret)
+    os.lchown(planted, 12345, 12345)
+    with pytest.raises(PermissionError, match=r"cannot write through .*out_x4.png: a symbolic link of another user "
+                                              r"\(uid 12345\) in the shared folder"):
+        atomic_write(planted, lambda tmp: open(tmp, "w").write("png"))
+    assert secret.read_text() == "keep" and planted.is_symlink()
+    assert sorted(f.name for f in shared.iterdir()) == ["out_x4.png"]  # no temporary file left
+    own = shared / "mine.png"
+    own.symlink_to(victim / "mine.png")
+    atomic_write(own, lambda tmp: open(tmp, "w").write("png"))
+    assert (victim / "mine.png").read_text() == "png"
+    os.chmod(shared, 0o777)  # not sticky: the kernel follows any link there, and so does yoda
+    atomic_write(planted, lambda tmp: open(tmp, "w").write("png"))
+    assert secret.read_text() == "png"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -322,6 +356,34 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path):
     assert images.read_image(tmp_path / "small.png", max_pixels=1200).shape == (30, 40, 3)
     with pytest.raises(ValueError, match="max_pixels"):
         images.read_image(tmp_path / "small.png", max_pixels=-1)
+
+
+def test_only_raster_formats_are_decoded_whatever_the_name(tmp_path, monkeypatch):
+    """Pillow picks a decoder by content: an EPS file named .png reached the EPS plugin (Ghostscript, where it is
+    installed, runs the file's PostScript), and an ICO file decoded the PNG inside it at open, before the pixel
+    limit was checked. Only READ_FORMATS' decoders are tried now; a PNG, a JPEG and a BMP still read."""
+    from PIL import EpsImagePlugin, IcoImagePlugin
+
+    opened = []
+    for plugin, cls in ((EpsImagePlugin, "EpsImageFile"), (IcoImagePlugin, "IcoImageFile")):
+        real = getattr(plugin, cls)._open
+        monkeypatch.setattr(getattr(plugin, cls), "_open", lambda self, real=real: (opened.append(self.format),
+                                                                                     real(self))[1])
+    eps = tmp_path / "eps_as.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n")
+    ico = tmp_path / "ico_as.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ico, format="ICO")
+    for p in (eps, ico):
+        with pytest.raises(images.DataError, match=rf"cannot read image .*{p.name}: not an image in a format yoda "
+                                                   r"reads \(PNG, JPEG, "):
+            images.read_image(p)
+    assert opened == []  # neither plugin was asked to open the file
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    for fmt, name in (("PNG", "a.png"), ("BMP", "a.bmp"), ("TIFF", "a.tif")):
+        Image.fromarray(rgb).save(tmp_path / name, format=fmt)
+        assert np.array_equal(images.read_image(tmp_path / name), rgb)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    assert images.read_image(tmp_path / "a.jpg").shape == (6, 5, 3)
 
 
 def test_pixel_limit_module_wide_and_pillow_limit(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import re
 
 import numpy as np
 import pytest
@@ -176,6 +177,61 @@ SR3_JSON = """{
         "diffusion": {"image_size": 16, "channels": 3, "conditional": true}
     }
 }"""
+
+
+_GOOD_SR3 = {"model": {"unet": {"inner_channel": 8, "norm_groups": 4, "channel_multiplier": [1, 2], "attn_res": [],
+                                 "res_blocks": 1},
+                        "beta_schedule": {"train": {"schedule": "linear", "n_timestep": 10},
+                                          "val": {"schedule": "linear", "n_timestep": 10}},
+                        "diffusion": {"image_size": 16}},
+              "datasets": {"val": {"l_resolution": 4, "r_resolution": 16}}}
+
+
+@pytest.mark.parametrize("where, value, message", [
+    (("datasets",), [1], "datasets must be a JSON object, got list"),
+    (("model", "diffusion"), [1], "diffusion must be a JSON object, got list"),
+    (("model", "unet"), [1], "unet must be a JSON object, got list"),
+    (("model", "beta_schedule"), ["train", "val"], "beta_schedule must be a JSON object, got list"),
+    (("model", "beta_schedule", "train"), "linear", "model.beta_schedule: beta_schedule entry must be a dict"),
+    (("model", "beta_schedule", "train", "linear_start"), [1], "linear_start / linear_end must be numbers"),
+    (("datasets", "val", "l_resolution"), None, "l_resolution / r_resolution must be ints, got None"),
+], ids=["datasets", "diffusion", "unet", "schedule", "train-entry", "linear_start", "l_resolution"])
+def test_load_sr3_config_names_a_section_of_the_wrong_type(where, value, message):
+    """A config whose sections had the wrong JSON type (a list for an object, null for a number) failed with
+    AttributeError / TypeError: the CLI's "internal error (a bug in yoda)" and a traceback, not a config error."""
+    cfg = copy.deepcopy(_GOOD_SR3)
+    load_sr3_config(cfg)  # the good one loads
+    d = cfg
+    for k in where[:-1]:
+        d = d[k]
+    d[where[-1]] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_sr3_config(cfg)
+    assert SR3Config(attn_res=np.int64(8)).attn_res == (8,)  # a numpy int is an int, as a Python one
+
+
+def test_srdiff_config_takes_yaml_numbers_and_refuses_other_types():
+    """PyYAML reads 8e-3 (no dot) as the str '8e-3': SRDiffConfig kept it and the schedule failed with a TypeError
+    (tensor + str); a null res_rescale, dim_mults 2 and a quoted 'false' were TypeErrors or silently truthy."""
+    yaml = pytest.importorskip("yaml")
+    d = yaml.safe_load("beta_s: 8e-3\nbeta_end: 2e-2\nres_rescale: 2\n")
+    assert d["beta_s"] == "8e-3"  # what PyYAML gives
+    cfg = SRDiffConfig.from_dict(d)
+    assert (cfg.beta_s, cfg.beta_end, cfg.res_rescale) == (0.008, 0.02, 2.0) and type(cfg.res_rescale) is float
+    ref = SRDiffConfig(timesteps=10)
+    assert torch.equal(srdiff_beta_schedule(SRDiffConfig(timesteps=10, beta_s="8e-3")).betas,
+                       srdiff_beta_schedule(ref).betas)
+    for kw, message in [({"res_rescale": None}, "res_rescale must be a finite number, got None"),
+                        ({"beta_end": "x"}, "beta_end must be a finite number"),
+                        ({"beta_s": float("inf")}, "beta_s must be a finite number"),
+                        ({"beta_s": True}, "beta_s must be a finite number"),
+                        ({"dim_mults": 2}, "dim_mults must be ints"),
+                        ({"dim_mults": None}, "dim_mults must be ints"),
+                        ({"dim_mults": "1|x"}, "dim_mults must be ints"),
+                        ({"clip_input": "false"}, "clip_input must be true or false, got 'false'"),
+                        ({"clip_denoised": 0}, "clip_denoised must be true or false")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            SRDiffConfig(**kw)
 
 
 def test_load_sr3_config_with_comments(tmp_path):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import zipfile
 
 import pytest
 import torch
@@ -394,6 +395,9 @@ def test_noise_level_follows_the_space():
 
 def test_config_refuses_a_model_of_the_other_space_and_a_second_residual_scale(img_folder):
     cfg = tiny_config(img_folder, steps=1)
+    for kind in (["sr3"], {"a": 1}):  # unhashable: a TypeError from a dict lookup, the CLI's "internal error"
+        with pytest.raises(ValueError, match="model must be a dict with 'kind' in"):
+            TrainConfig.from_dict(dict(cfg.to_dict(), model={"kind": kind}))
     srdiff = {"kind": "srdiff", "hidden_size": 8, "dim_mults": [1, 2], "rrdb_num_block": 2, "rrdb_num_feat": 8}
     with pytest.raises(ValueError, match="model.kind 'srdiff' is trained in the residual space.*'pixel'"):
         TrainConfig.from_dict(dict(cfg.to_dict(), model=srdiff))
@@ -646,6 +650,7 @@ def test_out_and_weights_are_checked_before_training(tmp_path, img_folder, monke
     ("wrong-shape", r"its tensors do not fit this config's model \(Error\(s\) in loading state_dict"),
     ("foreign-pickle", r"holds objects other than tensors and plain data \(Unsupported global: GLOBAL "
                        r"datetime.date\)"),
+    ("deflated", r"its zip entries expand to \d+ bytes from \d+ on disk \(compressed records"),
 ])
 def test_an_unusable_checkpoint_says_what_to_do(tmp_path, img_folder, content, message):
     """A checkpoint without a config, or with tensors of another shape, gave a traceback; a corrupt one torch's
@@ -661,6 +666,11 @@ def test_an_unusable_checkpoint_says_what_to_do(tmp_path, img_folder, content, m
         ckpt.write_bytes(content)
     elif content == "no-config":
         torch.save({"model": tr.model.state_dict()}, ckpt)
+    elif content == "deflated":  # stored records recompressed: a few KB that torch.load would unpack to 4 MB
+        torch.save({"model": torch.zeros(1 << 20)}, tmp_path / "stored.pt")
+        with zipfile.ZipFile(tmp_path / "stored.pt") as src, zipfile.ZipFile(ckpt, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info))
     elif content == "wrong-shape":
         st = tr.state_dict()
         k = next(iter(st["model"]))

@@ -5,7 +5,8 @@
                                 one, never a half-written one; on any error the temporary file is removed.
                                 The new file is fsynced before the rename and the folder after it, so that
                                 a power loss also leaves the old file or the new one. A symbolic link is
-                                written through, as open() would: its target is replaced and the link stays.
+                                written through, as open() would: its target is replaced and the link stays
+                                (not another user's link in a shared /tmp-like folder, as open() refuses it).
     atomic_write_text(path, s)  the same for a text file (UTF-8; newline as open()'s)
     check_writable(path)        before any long work: path is not a folder, its folder exists and a file can
                                 be created there (tried, then removed); errors name ``path``.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -56,14 +58,29 @@ def _create_temp(folder: str, name: str) -> tuple[str, int]:
 
 def _target(p: Path) -> Path:
     """The file that writing ``p`` changes: p itself, or the file a symbolic link p points to (which need not
-    exist yet), so that a link is written through and not replaced by a plain file. A loop of links is an
-    OSError (ELOOP), as open() gives."""
-    if not os.path.islink(p):
-        return p
-    target = Path(os.path.realpath(p))
-    if os.path.islink(target):  # realpath stops inside a loop
-        raise OSError(errno.ELOOP, f"cannot write {p}: too many levels of symbolic links")
-    return target
+    exist yet), so that a link is written through and not replaced by a plain file. As open() does under Linux's
+    fs.protected_symlinks, a link in a world-writable sticky folder (/tmp) is followed only if it belongs to this
+    user or to the folder's owner: another user's link planted at an output name there is a PermissionError (the
+    rename would otherwise replace whatever file it points to). A loop of links is an OSError (ELOOP)."""
+    cur = p
+    for _ in range(40):  # the kernel's limit on links followed
+        if not os.path.islink(cur):
+            return cur
+        _check_link_owner(cur)
+        nxt = os.path.join(os.path.dirname(os.path.abspath(cur)), os.readlink(cur))
+        cur = Path(os.path.realpath(os.path.dirname(nxt)), os.path.basename(nxt))
+    raise OSError(errno.ELOOP, f"cannot write {p}: too many levels of symbolic links")
+
+
+def _check_link_owner(link: Path) -> None:
+    if not hasattr(os, "geteuid"):  # no owners to compare (Windows)
+        return
+    st, folder = os.lstat(link), os.path.dirname(os.path.abspath(link))
+    d = os.stat(folder)
+    if d.st_mode & stat.S_ISVTX and d.st_mode & stat.S_IWOTH and st.st_uid not in (os.geteuid(), d.st_uid):
+        raise PermissionError(errno.EACCES, f"cannot write through {link}: a symbolic link of another user "
+                              f"(uid {st.st_uid}) in the shared folder {folder}; the kernel refuses to follow such "
+                              "links (fs.protected_symlinks), and so does yoda", str(link))
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:

@@ -21,7 +21,7 @@ import functools
 import os
 import pickle
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -81,6 +81,47 @@ def _head(p: str, n: int = 8) -> bytes:
         return fh.read(n)
 
 
+def zip_expansion(p: str) -> Optional[str]:
+    """Why a zip checkpoint is refused when its entries expand to far more than the file (None: not a zip, or not
+    so): torch.save stores its records uncompressed, but torch.load also inflates compressed ones, so a 1 MB file
+    could unpack to gigabytes before any key or shape is checked."""
+    import zipfile
+
+    if _head(p, 4) != b"PK\x03\x04":
+        return None
+    try:
+        with zipfile.ZipFile(p) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None  # torch.load says what is wrong with it
+    size = os.path.getsize(p)
+    if total <= 2 * size + (1 << 20):
+        return None
+    return (f"its zip entries expand to {total} bytes from {size} on disk (compressed records; torch.save writes "
+            "them uncompressed): refused, as a file that unpacks to far more memory than its size")
+
+
+def check_zip_size(p: str) -> None:
+    """CheckpointError (naming p) for a zip checkpoint that zip_expansion refuses."""
+    why = zip_expansion(p)
+    if why:
+        raise CheckpointError(f"{p}: {why}")
+
+
+def weights_only_refusal(p: str, e: BaseException) -> Optional[str]:
+    """The message for torch.load(weights_only=True) refusing a pickled object, naming what it found; None for
+    any other error. torch's own message advises weights_only=False, which would run the file's code."""
+    if not (isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e)):
+        return None
+    found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+    return (f"{p}: it holds pickled Python objects that are not tensors"
+            f"{' (' + ', '.join(found) + ')' if found else ''}; yoda reads "
+            "only tensors and plain containers and never runs code from a file. Safe ways on: re-save the "
+            "weights where the model was made, as a state dict (torch.save(model.state_dict(), ...)) or as "
+            "safetensors; or, if the named classes are plain data types you trust, allow just those with "
+            "torch.serialization.add_safe_globals([...]) before loading")
+
+
 def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
     """(object, safetensors metadata or None). Safetensors -> dict of tensors; torch files -> whatever was
     saved (weights_only=True: tensors, dicts, lists, numbers; no code)."""
@@ -95,6 +136,7 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{p}: not a readable safetensors file (corrupt or truncated?): {e}") from e
         return tensors, meta
+    check_zip_size(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
@@ -102,17 +144,9 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
         if not head.startswith(_TORCH_HEADS):  # torch's errors (e.g. its pickle advice) would mislead here
             raise CheckpointError(f"{p} is not a PyTorch or safetensors checkpoint ("
                                   f"{f'it starts with {head!r}' if head else 'it is empty'})") from None
-        refused = isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e)
+        refused = weights_only_refusal(p, e)
         if refused:  # torch's own advice (load with weights_only=False) would run the file's code: say what is safe
-            found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
-            raise CheckpointError(
-                f"{p}: it holds pickled Python objects that are not tensors"
-                f"{' (' + ', '.join(found) + ')' if found else ''}; yoda reads "
-                "only tensors and plain containers and never runs code from a file. Safe ways on: re-save the "
-                "weights where the model was made, as a state dict (torch.save(model.state_dict(), ...)) or as "
-                "safetensors; or, if the named classes are plain data types you trust, allow just those with "
-                "torch.serialization.add_safe_globals([...]) before loading"
-            ) from None
+            raise CheckpointError(refused) from None
         raise CheckpointError(
             f"{p}: could not read it as a torch checkpoint with weights_only=True "
             f"(corrupt, truncated, or it contains pickled code): {type(e).__name__}: {e}"
@@ -154,10 +188,18 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
     bad_type = [k for k in sd if k in own and not isinstance(sd[k], torch.Tensor)]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sd if k in own and isinstance(sd[k], torch.Tensor) and sd[k].shape != own[k].shape]
+    # a view whose storage is smaller than its shape (expand / stride 0) costs nothing in the file but its full
+    # size once copied into a module: a few bytes could declare gigabytes
+    expanded = [k for k in sd if k in own and isinstance(sd[k], torch.Tensor) and _storage_short(sd[k])]
     not_float = [k for k in sd if k in own and isinstance(sd[k], torch.Tensor)
                  and own[k].is_floating_point() and not sd[k].is_floating_point()]  # load_state_dict would cast
-    nonfinite = nonfinite_keys({k: v for k, v in sd.items() if k in own})
+    fits = {k: v for k, v in sd.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
+            and k not in expanded}  # only these are read (isfinite of a mis-shaped or expanded one could be huge)
+    nonfinite = nonfinite_keys(fits)
     problems = []
+    if expanded:
+        problems.append(f"tensors whose storage is smaller than their shape (expanded views, not saved weights): "
+                        f"{fmt_keys(expanded)}")
     if missing:
         problems.append(f"missing keys: {fmt_keys(missing)}")
     if unexpected:
@@ -177,6 +219,26 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
     if nonfinite:  # the layout fits: no config can help, the values themselves are broken
         raise CheckpointError(f"{where}: the weights are corrupt: tensors with NaN/Inf: {fmt_keys(nonfinite)} "
                               f"(a damaged file or a diverged training run; use another checkpoint)")
+
+
+def _storage_short(t: torch.Tensor) -> bool:
+    """True when the strided tensor t has fewer bytes of storage behind it than its numel would need."""
+    if t.layout != torch.strided or t.device.type == "meta" or t.numel() == 0:
+        return False
+    return t.untyped_storage().nbytes() - t.storage_offset() * t.element_size() < t.numel() * t.element_size()
+
+
+def build_checked(build: Callable[[], nn.Module], sd: Mapping[str, Any], where: str, hint: str = "") -> nn.Module:
+    """``build()`` loaded strictly with ``sd``, built first on the meta device and checked there
+    (check_state_dict): an architecture read from a file (a config, or the tensors' shapes) that the file's
+    tensors do not fill is refused before anything is allocated, so a file of a few KB cannot make yoda build a
+    model of gigabytes."""
+    with torch.device("meta"):
+        probe = build()
+    check_state_dict(probe, sd, where, hint)  # everything load_state_dict_checked would check
+    model = build()
+    model.load_state_dict(dict(sd), strict=True)
+    return model
 
 
 def as_state_dict(obj: Any, where: str) -> Dict[str, Any]:

@@ -43,7 +43,7 @@ from ._io import atomic_write_text, check_writable, made_dirs, remove_empty
 from .cli_models import (adapter_of, attention_extractor, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, folder_images, load_model, padded_lr_side, read_input,
                          save_figure, save_output, upscale_tensor)
-from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, expand_inputs, guided_model, mebibytes,
+from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, mebibytes,
                           output_folder, output_targets, plan_windows, run_items, run_sharded, skip_existing,
                           speed_options, tune_malloc)
 from .errors import UserError, lr_from_images, out_of_memory
@@ -120,7 +120,7 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
 
     dev = cli_device(a.device)
     if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        dev = torch.device("cuda", env_int("LOCAL_RANK", 0) % torch.cuda.device_count())
     model = guided_model(load_model(a.model, dev, a.model_config), getattr(a, "cfg_scale", None))
     default_steps(a, model)
     scale = adapter_of(model).scale

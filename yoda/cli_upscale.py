@@ -161,8 +161,10 @@ def _upscaled_from(path: str, sources: list, scale: int) -> bool:
     orientation turns the output); an unreadable header is no."""
     from PIL import Image
 
+    from .images import open_image
+
     def size(p):
-        with Image.open(p) as im:
+        with open_image(p) as im:
             return im.size
 
     try:
@@ -172,12 +174,18 @@ def _upscaled_from(path: str, sources: list, scale: int) -> bool:
         return False
 
 
+def env_int(name: str, default: int) -> int:
+    """The integer environment variable ``name`` (torchrun's RANK, WORLD_SIZE, LOCAL_RANK), else ``default``."""
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{name} must be an integer (as torchrun sets it), got {value!r}") from None
+
+
 def dist_env() -> tuple[int, int]:
     """(rank, world size) under torchrun (RANK / WORLD_SIZE in the environment), else (0, 1)."""
-    try:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise UserError("RANK and WORLD_SIZE must be integers (as torchrun sets them)") from None
+    return env_int("RANK", 0), env_int("WORLD_SIZE", 1)
 
 
 def skip_existing(skip: bool, src: str, dst: str) -> bool:

@@ -56,6 +56,11 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # the formats yoda writes
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}  # the widest / tallest image these formats hold (libwebp; libjpeg-turbo)
 LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, loses several dB of PSNR)
+# The formats read_image decodes: raster image formats. Pillow picks a decoder by the file's content, not its
+# name, so without this list an EPS file named .png would go to Ghostscript, and an ICO file would decode the
+# PNG inside it at open(), before its size is checked.
+READ_FORMATS = ("PNG", "JPEG", "JPEG2000", "WEBP", "AVIF", "HEIF", "TIFF", "BMP", "DIB", "GIF", "PPM", "TGA", "QOI",
+                "PCX", "SGI", "PSD")
 
 
 def _env_max_pixels() -> int:
@@ -242,6 +247,12 @@ def _samples(im: Image.Image, p: Path) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def open_image(p: str | os.PathLike) -> Image.Image:
+    """PIL.Image.open(p) with the decoders of READ_FORMATS only (those this Pillow has)."""
+    Image.init()
+    return Image.open(p, formats=[f for f in READ_FORMATS if f in Image.OPEN])
+
+
 def _is_tiff(p: Path) -> bool:
     """Whether ``p`` starts with a TIFF (or BigTIFF) signature, little- or big-endian."""
     try:
@@ -252,7 +263,8 @@ def _is_tiff(p: Path) -> bool:
 
 
 def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
-    """Read an image file (any format Pillow reads) as uint8 (H, W, 3), see to_rgb_u8: grey repeated,
+    """Read an image file (a raster format of READ_FORMATS: PNG, JPEG, WebP, TIFF ...) as uint8 (H, W, 3), see
+    to_rgb_u8: grey repeated,
     alpha (RGBA, LA, transparent palette) composited on white, 16-bit and float samples mapped by the range of
     their type (module docstring), turned upright by its EXIF orientation, converted to sRGB from an embedded ICC
     profile.
@@ -273,7 +285,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
     if not p.is_file():
         raise ValueError(f"path: {p} is a folder, not an image file" if p.is_dir() else f"path: {p} is not a file")
     try:
-        with Image.open(p) as im:
+        with open_image(p) as im:
             _check_pixels(p, im.size, limit)
             im.load()  # decode now, so a truncated file fails here and not later
             if getattr(im, "n_frames", 1) > 1:  # an animated GIF / WebP / PNG, a multi-page TIFF
@@ -293,12 +305,15 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
             raise DataError(f"path: {p} is a TIFF that Pillow cannot decode (multi-channel float TIFFs are not "
                             f"supported; a single-channel float32 TIFF is); convert it to 8/16-bit PNG or TIFF "
                             f"({e})") from None
+        if isinstance(e, UnidentifiedImageError):
+            raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
+                            "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None
         raise DataError(f"path: cannot read image {p}: {e}") from None
     return to_rgb_u8(arr, str(p))
 
 
 def load_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> torch.Tensor:
-    """Read an image file (any format Pillow reads) -> float32 (1, 3, H, W) in [-1, 1] (RGB; see read_image)."""
+    """Read an image file (READ_FORMATS) -> float32 (1, 3, H, W) in [-1, 1] (RGB; see read_image)."""
     return from_uint8(read_image(path, max_pixels))
 
 

@@ -25,13 +25,13 @@ import argparse
 import contextlib
 import math
 import os
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import keeps_global_rng, load_state_dict_checked
+from ..checkpoint import CheckpointError, build_checked, check_zip_size, keeps_global_rng, weights_only_refusal
 from .classic import aggregate, check_lr
 
 __all__ = [
@@ -118,13 +118,17 @@ def _read_file(path: str, fmt: str) -> Mapping:
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise ValueError(f"weights file {path!r} is neither a PyTorch checkpoint nor a safetensors file "
                          f"(expected {fmt})")
+    check_zip_size(path)
     try:
         # DINO's training checkpoints also pickle the run's argparse.Namespace ("args"): a plain
         # attribute bag, safe to allow; every other non-tensor object is still refused
         allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
         with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # the first line: torch's advice to retry with weights_only=False does not apply
+    except Exception as e:  # torch's advice to retry with weights_only=False would run the file's code
+        refused = weights_only_refusal(path, e)
+        if refused:
+            raise CheckpointError(f"{refused} (expected {fmt})") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(
             f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): {first}"
@@ -168,10 +172,11 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
     return out
 
 
-def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str, fmt: str) -> None:
-    """model.load_state_dict(sd, strict=True) with one error that names the file and the expected format and
-    lists a few missing / unexpected / mis-shaped keys (yoda.checkpoint's check, shared with the SR models)."""
-    load_state_dict_checked(model, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")
+def _load_strict(build: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor], path: str, fmt: str) -> nn.Module:
+    """build() loaded strictly with sd, checked on the meta device first (a file's shapes set the size, so a tiny
+    file could declare a huge net), with one error that names the file and the expected format and lists a few
+    missing / unexpected / mis-shaped keys (yoda.checkpoint's check, shared with the SR models)."""
+    return build_checked(build, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -509,8 +514,7 @@ def dino_vits8(
         n = math.isqrt(max(pe.shape[1] - 1, 0))
         if n * n == pe.shape[1] - 1 and n > 0:
             img_size = n * 8  # checkpoints trained at another size keep their own grid
-    model = DinoViT(img_size=img_size, init=False)
-    _load_strict(model, sd, os.fspath(weights), _VIT_FMT)
+    model = _load_strict(lambda: DinoViT(img_size=img_size, init=False), sd, os.fspath(weights), _VIT_FMT)
     return DinoViTS8(model, min_size=min_size, max_size=max_size, source=os.fspath(weights))
 
 
@@ -523,6 +527,7 @@ def dino_resnet50(
     sd = load_state_dict(weights, _RESNET_FMT, checkpoint_key)
     fc = sd.get("fc.weight")
     with_fc = isinstance(fc, torch.Tensor) and fc.dim() == 2
-    model = ResNet50(with_fc=with_fc, num_classes=fc.shape[0] if with_fc else 1000, init=False)
-    _load_strict(model, sd, os.fspath(weights), _RESNET_FMT)
+    n_classes = fc.shape[0] if with_fc else 1000
+    model = _load_strict(lambda: ResNet50(with_fc=with_fc, num_classes=n_classes, init=False), sd,
+                         os.fspath(weights), _RESNET_FMT)
     return DinoResNet50(model, groups=groups, min_size=min_size, max_size=max_size, source=os.fspath(weights))

@@ -217,6 +217,9 @@ def attention_figure(
         masks.append((int(t), active, m.numel(), np.where(m_show.numpy()[..., None], 255, 0).astype(np.uint8).repeat(3, -1)))
 
     font = _font()
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a str or None, got {type(label).__name__}")
+    label = (label or "").strip()  # a blank label (" ") is no label
     title = (f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + _ratio_text(ratio, given, T)
     top = ["LR", f"attention A ({label.split()[0]})" if label else "attention A", "A over LR"]
     bottom = [f"M(t={t}) {percent_label(k, n)}" for t, k, n, _ in masks]

@@ -20,8 +20,10 @@ from .card import ModelCard
 from .diffbir import DiffBIRAdapter, DiffBIRCond
 from .latent import LatentAdapter, LatentCond, from_diffusers, schedule_from_diffusers
 from .sd_upscaler import SDUpscalerAdapter
-from .sr3 import SR3Adapter, SR3Config, SR3UNet, load_sr3_config, sr3_beta_schedule
-from .srdiff import SRDiff, SRDiffAdapter, SRDiffConfig, load_srdiff_config, srdiff_beta_schedule
+from .sr3 import SR3Adapter, SR3Config, SR3UNet, sr3_beta_schedule
+from .srdiff import SRDiff, SRDiffAdapter, SRDiffConfig, srdiff_beta_schedule
+from .sr3_load import load_sr3_config
+from .srdiff_load import load_srdiff_config
 from .loading import KINDS, load
 from .yoda_format import save_model
 

@@ -24,10 +24,8 @@ by 2 ** (len(channel_mults) - 1) (the project's embedded default model uses it).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Sequence, Tuple, Union
 
@@ -43,7 +41,6 @@ __all__ = [
     "SR3Config",
     "SR3UNet",
     "SR3Adapter",
-    "load_sr3_config",
     "sr3_beta_schedule",
     "SR3_DIFFUSION_BUFFERS",
     "SR3_16_128",
@@ -93,7 +90,8 @@ class SR3Config:
     def __post_init__(self) -> None:
         # lists from JSON -> tuples (frozen, hashable); attn_res may be a bare int upstream ("(8)")
         ar = self.attn_res
-        object.__setattr__(self, "attn_res", (int(ar),) if isinstance(ar, int) else tuple(int(v) for v in ar))
+        ar = (int(ar),) if isinstance(ar, numbers.Integral) else tuple(int(v) for v in ar)
+        object.__setattr__(self, "attn_res", ar)
         object.__setattr__(self, "channel_mults", tuple(int(v) for v in self.channel_mults))
         for name in ("in_channel", "out_channel", "inner_channel", "norm_groups", "res_blocks", "image_size"):
             v = getattr(self, name)
@@ -147,13 +145,6 @@ def sr3_default_schedule() -> Schedule:
     return Schedule.linear(2000, 1e-6, 1e-2)
 
 
-def _strip_json_comments(text: str) -> str:
-    """Remove // line comments and /* */ block comments that are outside JSON strings (SR3's configs
-    carry ``// comments``; a plain regex on ``//`` would break strings such as URLs)."""
-    pattern = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.S)
-    return pattern.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "", text)
-
-
 def sr3_beta_schedule(opt: dict) -> Schedule:
     """SR3's ``make_beta_schedule`` (model/sr3_modules/diffusion.py) for one ``beta_schedule.{train,val}``
     entry: {"schedule", "n_timestep", "linear_start", "linear_end"}; float64 as upstream.
@@ -172,8 +163,12 @@ def sr3_beta_schedule(opt: dict) -> Schedule:
         T = int(opt["n_timestep"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"beta_schedule entry needs an int 'n_timestep', got {opt.get('n_timestep')!r}") from e
-    start = float(opt.get("linear_start", 1e-4))
-    end = float(opt.get("linear_end", 2e-2))
+    try:
+        start = float(opt.get("linear_start", 1e-4))
+        end = float(opt.get("linear_end", 2e-2))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"beta_schedule entry's linear_start / linear_end must be numbers, got "
+                         f"{opt.get('linear_start')!r} / {opt.get('linear_end')!r}") from e
     f64 = torch.float64
     if kind == "linear":
         return Schedule.linear(T, start, end)
@@ -192,70 +187,6 @@ def sr3_beta_schedule(opt: dict) -> Schedule:
     raise ValueError(
         f"beta_schedule 'schedule' must be one of linear, quad, warmup10, warmup50, const, cosine; got {kind!r}"
     )
-
-
-def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Config, Schedule, Schedule]:
-    """Read one of SR3's JSON configs (``config/sr_sr3_16_128.json`` ...; ``//`` comments allowed).
-
-    Returns (SR3Config, train Schedule, val Schedule) from ``model.unet``, ``model.diffusion.image_size``
-    and ``model.beta_schedule.{train,val}``. ``scale`` = r_resolution / l_resolution of the first
-    ``datasets`` entry that has both (None when the file has none). ``norm_groups`` defaults to 32 when
-    absent, as upstream's define_G does.
-    """
-    if isinstance(path_or_dict, dict):
-        opt = path_or_dict
-        where = "config dict"
-    else:
-        where = os.fspath(path_or_dict)
-        if not os.path.isfile(where):
-            raise FileNotFoundError(f"SR3 config file not found: {where}")
-        with open(where, "r", encoding="utf-8") as fh:
-            text = fh.read()
-        try:
-            opt = json.loads(_strip_json_comments(text))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"SR3 config {where} is not valid JSON (after removing // comments): {e}") from e
-    try:
-        model = opt["model"]
-        unet = model["unet"]
-        sched = model["beta_schedule"]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"SR3 config {where} lacks model.unet / model.beta_schedule ({e})") from e
-    which = model.get("which_model_G", "sr3")
-    if which != "sr3":  # the SR3 repository's other generator (model/ddpm_modules): another network, other keys
-        raise ValueError(f"SR3 config {where}: model.which_model_G is {which!r}; yoda loads the 'sr3' network "
-                         f"(model/sr3_modules) only, not the repository's {which!r} one")
-    if (model.get("diffusion") or {}).get("conditional", True) is False:  # config/sample_sr3_128.json
-        raise ValueError(f"SR3 config {where}: model.diffusion.conditional is false, an unconditional generator "
-                         "(no LR input); yoda super-resolves with conditional SR3 models")
-    image_size = (model.get("diffusion") or {}).get("image_size", 128)
-    scale = None
-    for ds in (opt.get("datasets") or {}).values():
-        if isinstance(ds, dict) and "l_resolution" in ds and "r_resolution" in ds:
-            lo, hi = int(ds["l_resolution"]), int(ds["r_resolution"])
-            if lo < 1 or hi % lo:
-                raise ValueError(f"SR3 config {where}: r_resolution {hi} is not a multiple of l_resolution {lo}")
-            scale = hi // lo
-            break
-    norm_groups = unet.get("norm_groups")
-    try:
-        cfg = SR3Config(
-            in_channel=int(unet.get("in_channel", 6)),
-            out_channel=int(unet.get("out_channel", 3)),
-            inner_channel=int(unet.get("inner_channel", 32)),
-            norm_groups=32 if norm_groups is None else int(norm_groups),
-            channel_mults=tuple(unet.get("channel_multiplier", (1, 2, 4, 8, 8))),
-            attn_res=unet.get("attn_res", (8,)),
-            res_blocks=int(unet.get("res_blocks", 3)),
-            dropout=float(unet.get("dropout", 0.0)),
-            image_size=int(image_size),
-            scale=scale,
-        )
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"SR3 config {where}: bad model.unet entry: {e}") from e
-    if "train" not in sched or "val" not in sched:
-        raise ValueError(f"SR3 config {where}: model.beta_schedule needs both 'train' and 'val'")
-    return cfg, sr3_beta_schedule(sched["train"]), sr3_beta_schedule(sched["val"])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,20 +10,108 @@ its scale, "eps", pixel space.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import warnings
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..checkpoint import (CheckpointError, as_state_dict, betas_match, keeps_global_rng, load_state_dict_checked,
+from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked, keeps_global_rng,
                           read_checkpoint, refuse_yoda_file, strip_prefix)
+from ..schedule import Schedule
 from .card import ModelCard
-from .sr3 import (SR3_16_128, SR3_DIFFUSION_BUFFERS, SR3Config, SR3UNet, load_sr3_config,
-                  sr3_default_schedule)
+from .sr3 import SR3_16_128, SR3_DIFFUSION_BUFFERS, SR3Config, SR3UNet, sr3_beta_schedule, sr3_default_schedule
 
-__all__ = ["load_sr3", "split_diffusion_buffers"]
+__all__ = ["load_sr3", "load_sr3_config", "split_diffusion_buffers"]
+
+
+def _strip_json_comments(text: str) -> str:
+    """Remove // line comments and /* */ block comments that are outside JSON strings (SR3's configs
+    carry ``// comments``; a plain regex on ``//`` would break strings such as URLs)."""
+    pattern = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.S)
+    return pattern.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "", text)
+
+
+def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Config, Schedule, Schedule]:
+    """Read one of SR3's JSON configs (``config/sr_sr3_16_128.json`` ...; ``//`` comments allowed).
+
+    Returns (SR3Config, train Schedule, val Schedule) from ``model.unet``, ``model.diffusion.image_size``
+    and ``model.beta_schedule.{train,val}``. ``scale`` = r_resolution / l_resolution of the first
+    ``datasets`` entry that has both (None when the file has none). ``norm_groups`` defaults to 32 when
+    absent, as upstream's define_G does.
+    """
+    if isinstance(path_or_dict, dict):
+        opt = path_or_dict
+        where = "config dict"
+    else:
+        where = os.fspath(path_or_dict)
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"SR3 config file not found: {where}")
+        with open(where, "r", encoding="utf-8") as fh:
+            text = fh.read()
+        try:
+            opt = json.loads(_strip_json_comments(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"SR3 config {where} is not valid JSON (after removing // comments): {e}") from e
+    try:
+        model = opt["model"]
+        unet = model["unet"]
+        sched = model["beta_schedule"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"SR3 config {where} lacks model.unet / model.beta_schedule ({e})") from e
+
+    def section(d: Any, key: str) -> dict:  # an object of the JSON ({} when absent or null), else a clear error
+        v = d.get(key)
+        if v is not None and not isinstance(v, dict):
+            raise ValueError(f"SR3 config {where}: {key} must be a JSON object, got {type(v).__name__}")
+        return v or {}
+
+    unet, sched, diffusion = section(model, "unet"), section(model, "beta_schedule"), section(model, "diffusion")
+    which = model.get("which_model_G", "sr3")
+    if which != "sr3":  # the SR3 repository's other generator (model/ddpm_modules): another network, other keys
+        raise ValueError(f"SR3 config {where}: model.which_model_G is {which!r}; yoda loads the 'sr3' network "
+                         f"(model/sr3_modules) only, not the repository's {which!r} one")
+    if diffusion.get("conditional", True) is False:  # config/sample_sr3_128.json
+        raise ValueError(f"SR3 config {where}: model.diffusion.conditional is false, an unconditional generator "
+                         "(no LR input); yoda super-resolves with conditional SR3 models")
+    image_size = diffusion.get("image_size", 128)
+    scale = None
+    for ds in section(opt, "datasets").values():
+        if isinstance(ds, dict) and "l_resolution" in ds and "r_resolution" in ds:
+            try:
+                lo, hi = int(ds["l_resolution"]), int(ds["r_resolution"])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"SR3 config {where}: datasets' l_resolution / r_resolution must be ints, got "
+                                 f"{ds['l_resolution']!r} / {ds['r_resolution']!r}") from e
+            if lo < 1 or hi % lo:
+                raise ValueError(f"SR3 config {where}: r_resolution {hi} is not a multiple of l_resolution {lo}")
+            scale = hi // lo
+            break
+    norm_groups = unet.get("norm_groups")
+    try:
+        cfg = SR3Config(
+            in_channel=int(unet.get("in_channel", 6)),
+            out_channel=int(unet.get("out_channel", 3)),
+            inner_channel=int(unet.get("inner_channel", 32)),
+            norm_groups=32 if norm_groups is None else int(norm_groups),
+            channel_mults=tuple(unet.get("channel_multiplier", (1, 2, 4, 8, 8))),
+            attn_res=unet.get("attn_res", (8,)),
+            res_blocks=int(unet.get("res_blocks", 3)),
+            dropout=float(unet.get("dropout", 0.0)),
+            image_size=int(image_size),
+            scale=scale,
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"SR3 config {where}: bad model.unet entry: {e}") from e
+    if "train" not in sched or "val" not in sched:
+        raise ValueError(f"SR3 config {where}: model.beta_schedule needs both 'train' and 'val'")
+    try:
+        return cfg, sr3_beta_schedule(sched["train"]), sr3_beta_schedule(sched["val"])
+    except TypeError as e:  # an entry that is not an object
+        raise ValueError(f"SR3 config {where}: model.beta_schedule: {e}") from e
 
 
 def split_diffusion_buffers(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -63,9 +151,8 @@ def load_sr3(p: str, config: Any = None) -> nn.Module:
     sd, bufs = split_diffusion_buffers(sd)
     if any(k.startswith("denoise_fn.") for k in sd):  # GaussianDiffusion.state_dict(): the *_gen.pth layout
         sd = {(k[len("denoise_fn."):] if k.startswith("denoise_fn.") else k): v for k, v in sd.items()}
-    net = SR3UNet.from_config(cfg)
-    load_state_dict_checked(net, sd, p, hint="For SR3 pass the JSON the model was trained with "
-                            "(yoda.load's config=, the CLI's --model-config; default: the 16->128 config).")
+    net = build_checked(lambda: SR3UNet.from_config(cfg), sd, p, hint="For SR3 pass the JSON the model was "
+                        "trained with (yoda.load's config=, the CLI's --model-config; default: the 16->128 config).")
     match = [betas_match(bufs, s) for s in (train_sched, val_sched)]
     if bufs.get("betas") is not None and not any(match):
         warnings.warn(f"{p}: the checkpoint's betas buffer matches neither the train nor the val schedule of the "

@@ -21,10 +21,8 @@ neither of upstream's schedules at its defaults become the model's schedule).
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +34,7 @@ from ..adapters import Adapter, Prepared, upsample
 from ..schedule import Schedule
 from .card import ModelCard
 
-__all__ = ["SRDiffConfig", "SRDiff", "SRDiffAdapter", "RRDBNet", "Unet", "srdiff_beta_schedule", "load_srdiff_config"]
+__all__ = ["SRDiffConfig", "SRDiff", "SRDiffAdapter", "RRDBNet", "Unet", "srdiff_beta_schedule"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -67,9 +65,26 @@ class SRDiffConfig:
 
     def __post_init__(self) -> None:
         dm = self.dim_mults
-        if isinstance(dm, str):  # upstream spelling "1|2|2|4"
-            dm = [int(v) for v in dm.split("|")]
-        object.__setattr__(self, "dim_mults", tuple(int(v) for v in dm))
+        try:
+            if isinstance(dm, str):  # upstream spelling "1|2|2|4"
+                dm = [int(v) for v in dm.split("|")]
+            if not isinstance(dm, (list, tuple)):
+                raise TypeError(type(dm).__name__)
+            object.__setattr__(self, "dim_mults", tuple(int(v) for v in dm))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"SRDiffConfig.dim_mults must be ints (a list or upstream's '1|2|2|4'), got {dm!r}") from e
+        for name in ("beta_s", "beta_end", "res_rescale"):  # YAML reads 8e-3 (no dot) as a str: numbers are taken
+            v = getattr(self, name)  # as floats here, as upstream's numpy arithmetic would need them to be
+            try:
+                f = float(v) if not isinstance(v, bool) else math.nan
+            except (TypeError, ValueError):
+                f = math.nan
+            if not math.isfinite(f):
+                raise ValueError(f"SRDiffConfig.{name} must be a finite number, got {v!r}")
+            object.__setattr__(self, name, f)
+        for name in ("clip_input", "clip_denoised"):
+            if not isinstance(getattr(self, name), bool):  # a quoted 'false' would be truthy
+                raise ValueError(f"SRDiffConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("hidden_size", "rrdb_num_feat", "timesteps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -85,7 +100,7 @@ class SRDiffConfig:
             raise ValueError(f"SRDiffConfig.rrdb_num_feat must be even (growth = feat // 2), got {self.rrdb_num_feat}")
         if self.beta_schedule not in ("cosine", "linear"):
             raise ValueError(f"SRDiffConfig.beta_schedule must be 'cosine' or 'linear', got {self.beta_schedule!r}")
-        if not float(self.res_rescale) > 0:
+        if not self.res_rescale > 0:
             raise ValueError(f"SRDiffConfig.res_rescale must be > 0, got {self.res_rescale}")
 
     def to_dict(self) -> dict:
@@ -143,47 +158,6 @@ UPSTREAM_HPARAMS = frozenset({
 # wrong. (configs/diffsr_base.yaml's pred_noise and gn_groups are read by no upstream code: its denoiser always
 # predicts eps and has no group norms, diffsr_modules.py's `groups = 0`; they are skipped as other hparams.)
 UPSTREAM_SWITCHES = {"res": True, "use_rrdb": True}
-
-
-def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
-    """Read an upstream YAML config (configs/diffsr_df2k4x.yaml ..., or the checkpoints/EXP/config.yaml a run
-    saved next to its checkpoints), following its ``base_config`` chain (paths relative to each file; later files
-    override earlier ones). A base file that is not there is skipped with a warning, as upstream's set_hparams
-    skips it: a run's saved config.yaml holds every resolved key and still names its bases (./diffsr_base.yaml
-    ...), which are not next to it. Needs PyYAML."""
-    try:
-        import yaml
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("load_srdiff_config needs PyYAML (pip install pyyaml); or pass an SRDiffConfig") from e
-
-    def read(p: str, depth: int = 0) -> dict:
-        if depth > 16:
-            raise ValueError(f"SRDiff config {p}: base_config chain too deep (a cycle?)")
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"SRDiff config file not found: {p}")
-        with open(p, "r", encoding="utf-8") as fh:
-            try:
-                d = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as e:
-                raise ValueError(f"SRDiff config {p} is not valid YAML: {e}") from e
-        if not isinstance(d, dict):
-            raise ValueError(f"SRDiff config {p} must be a mapping")
-        bases = d.pop("base_config", [])
-        bases = [bases] if isinstance(bases, str) else list(bases)
-        out: dict = {}
-        paths = [os.path.join(os.path.dirname(p), b) for b in bases]
-        there = [os.path.isfile(path) for path in paths]
-        if not all(there):
-            missing = ", ".join(repr(b) for b, ok in zip(bases, there) if not ok)
-            warnings.warn(f"SRDiff config {p}: its base_config {missing} is not next to it; skipped, as upstream "
-                          "does (a run's saved config.yaml holds the resolved keys)", stacklevel=3)
-        for path, ok in zip(paths, there):
-            if ok:
-                out.update(read(path, depth + 1))
-        out.update(d)
-        return out
-
-    return SRDiffConfig.from_dict(read(os.fspath(path)), ignore_unknown=True)
 
 
 def srdiff_beta_schedule(cfg: SRDiffConfig) -> Schedule:

@@ -13,19 +13,67 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
-from ..checkpoint import (CheckpointError, as_state_dict, betas_match, keeps_global_rng, load_state_dict_checked,
+from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked, keeps_global_rng,
                           read_checkpoint, refuse_yoda_file, strip_prefix)
 from ..schedule import Schedule
 from .card import ModelCard
 from .sr3_load import split_diffusion_buffers
-from .srdiff import SRDiff, SRDiffConfig, load_srdiff_config, srdiff_beta_schedule
+from .srdiff import SRDiff, SRDiffConfig, srdiff_beta_schedule
 
-__all__ = ["load_srdiff", "srdiff_config_from_state_dict", "fold_weight_norm"]
+__all__ = ["load_srdiff", "load_srdiff_config", "srdiff_config_from_state_dict", "fold_weight_norm"]
+
+
+def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
+    """Read an upstream YAML config (configs/diffsr_df2k4x.yaml ..., or the checkpoints/EXP/config.yaml a run
+    saved next to its checkpoints), following its ``base_config`` chain (paths relative to each file; later files
+    override earlier ones). A base file that is not there is skipped with a warning, as upstream's set_hparams
+    skips it: a run's saved config.yaml holds every resolved key and still names its bases (./diffsr_base.yaml
+    ...), which are not next to it. Needs PyYAML."""
+    try:
+        import yaml
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("load_srdiff_config needs PyYAML (pip install pyyaml); or pass an SRDiffConfig") from e
+
+    files_read: list = []
+
+    def read(p: str, depth: int = 0) -> dict:
+        if depth > 16:
+            raise ValueError(f"SRDiff config {p}: base_config chain too deep (a cycle?)")
+        files_read.append(p)
+        if len(files_read) > 64:  # a file naming its base several times, at every level, would read 4^16 files
+            raise ValueError(f"SRDiff config {files_read[0]}: its base_config chains read more than 64 files")
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"SRDiff config file not found: {p}")
+        with open(p, "r", encoding="utf-8") as fh:
+            try:
+                d = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as e:
+                raise ValueError(f"SRDiff config {p} is not valid YAML: {e}") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"SRDiff config {p} must be a mapping")
+        bases = d.pop("base_config", None) or []
+        bases = [bases] if isinstance(bases, str) else bases
+        if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            raise ValueError(f"SRDiff config {p}: base_config must be a file name or a list of them, got {bases!r}")
+        out: dict = {}
+        paths = [os.path.join(os.path.dirname(p), b) for b in bases]
+        there = [os.path.isfile(path) for path in paths]
+        if not all(there):
+            missing = ", ".join(repr(b) for b, ok in zip(bases, there) if not ok)
+            warnings.warn(f"SRDiff config {p}: its base_config {missing} is not next to it; skipped, as upstream "
+                          "does (a run's saved config.yaml holds the resolved keys)", stacklevel=3)
+        for path, ok in zip(paths, there):
+            if ok:
+                out.update(read(path, depth + 1))
+        out.update(d)
+        return out
+
+    return SRDiffConfig.from_dict(read(os.fspath(path)), ignore_unknown=True)
 
 
 def fold_weight_norm(sd: Dict[str, Any]) -> Dict[str, Any]:
@@ -121,10 +169,9 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
     else:
         raise TypeError(f"config for kind 'srdiff' must be None, an SRDiffConfig, a dict or a YAML path; "
                         f"got {type(config).__name__}")
-    model = SRDiff(cfg)
-    load_state_dict_checked(model, sd, p, hint="SRDiff weights need 'denoise_fn.*' and 'rrdb.*' keys "
-                            "(upstream GaussianDiffusion layout); check the config (yoda.load's config=, the CLI's "
-                            "--model-config)")
+    model = build_checked(lambda: SRDiff(cfg), sd, p, hint="SRDiff weights need 'denoise_fn.*' and 'rrdb.*' keys "
+                          "(upstream GaussianDiffusion layout); check the config (yoda.load's config=, the CLI's "
+                          "--model-config)")
     sched = srdiff_beta_schedule(cfg)
     b = bufs.get("betas")
     if isinstance(b, torch.Tensor):

@@ -24,6 +24,7 @@ from .. import data as _data
 from .._json_fields import check_field_types, json_type_name, json_type_ok
 from ..adapters import SPACES
 from ..masks import check_lower_bound
+from ..models.yoda_format import SPACE_OF_KIND
 
 LOSSES = ("l1", "l2")
 TARGETS = PREDICTIONS  # what the model is trained to predict is what the sampler is told it predicts
@@ -172,15 +173,18 @@ class TrainConfig:
             if io != (6, 3):
                 raise ValueError(f"model.in_channel and model.out_channel must be 6 and 3 for SR3 (the noisy image "
                                  f"and up(lr) in, 3 channels out), got {io[0]} and {io[1]}")
-        space = {"sr3": "pixel", "srdiff": "residual"}.get(self.model.get("kind"))
-        if space is not None and space != self.loss.space:
+        kind = self.model.get("kind")  # a list or dict here was a TypeError (unhashable), not a config error
+        if not isinstance(kind, str) or kind not in SPACE_OF_KIND:
+            raise ValueError(f"model must be a dict with 'kind' in {tuple(SPACE_OF_KIND)}, got {self.model!r}")
+        space = SPACE_OF_KIND[kind]
+        if space != self.loss.space:
             raise ValueError(f"model.kind {self.model['kind']!r} is trained in the {space} space, but loss.space "
                              f"is {self.loss.space!r}")
         # the model's own scale (SR3Config.scale, None: unknown; SRDiffConfig.sr_scale, default 4) is what the
         # exported file says it upscales by; the model card says data.scale: both must be the scale it learnt
         key = "sr_scale" if space == "residual" else "scale"
         scale = self.model.get(key, 4 if space == "residual" else None)
-        if space is not None and scale is not None and scale != self.data.scale:
+        if scale is not None and scale != self.data.scale:
             raise ValueError(f"model.{key} ({scale!r}) and data.scale ({self.data.scale}) must be equal: the model "
                              f"file would say x{scale} but be trained on x{self.data.scale} LR images")
         k = self.model.get("res_rescale", 2.0) if space == "residual" else None

@@ -21,7 +21,7 @@ def build_model(spec: dict) -> torch.nn.Module:
     """A model from a config dict {"kind": "sr3" | "srdiff", **constructor args} (yoda.models).
 
     sr3: the keys of yoda.models.sr3.SR3Config (upstream SR3UNet arguments, plus "scale")."""
-    if not isinstance(spec, dict) or spec.get("kind") not in SPACE_OF_KIND:
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) or spec["kind"] not in SPACE_OF_KIND:
         raise ValueError(f"model must be a dict with 'kind' in {tuple(SPACE_OF_KIND)}, got {spec!r}")
     try:
         return build(spec["kind"], {k: v for k, v in spec.items() if k != "kind"})

@@ -29,6 +29,7 @@ import torch
 
 from .. import data as _data
 from .._io import atomic_write, atomic_write_text
+from ..checkpoint import zip_expansion
 from ..devices import resolve_device
 from ..errors import NonFiniteError, lr_from_images
 from ..evaluate import psnr_u8
@@ -261,6 +262,9 @@ class Trainer:
             return ValueError(f"checkpoint {path} cannot be resumed: {why}; delete it to start this run afresh, or "
                               f"train into another --out")
 
+        why = zip_expansion(path)  # a compressed zip could unpack to gigabytes
+        if why:
+            raise unusable(why)
         try:
             st = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain data only
         except Exception as e:  # corrupt / truncated file, or one that holds other objects than tensors
