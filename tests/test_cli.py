@@ -395,12 +395,37 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     assert any(t.endswith(f"pixel update ratio of the run {ratio:.3f}") for t in texts)
     title = next(t for t in texts if t.startswith("yoda demo: "))
     assert title.startswith("yoda demo: astronaut, x4 (8 -> 32 px), model ") and "ddim 2 steps, seed 0" in title
+    # the error maps: |plain - HR|, |YODA - HR|, |YODA - plain| with their means (the two runs differ here), on a
+    # third row (the map, 2 masks and the key fill the second with the first error map), under their scale
+    errors = [t for t in texts if t.startswith("|") and ", mean " in t]
+    assert [t.split(",")[0] for t in errors] == ["|plain - HR|", "|YODA - HR|", "|YODA - plain|"]
+    assert float(errors[2].split("mean ")[1]) > 0
+    assert "|a - b|: mean over RGB, 8-bit levels, black 0, white >= 32" in texts
     code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--image", "camera"], capsys)
     assert code == 2 and "--image must be one of the images no model here was trained on (astronaut," in err
     for bad in ("0", "-5"):
         code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--lr-size", bad], capsys)
         assert code == 2 and err.count("\n") == 1 and f"--lr-size must be >= 1, got {bad}" in err
 
+
+
+def test_demo_error_maps():
+    """The demo's error maps: the mean over RGB of |a - b| in 8-bit levels, drawn grey from black (0) to white
+    (ERROR_WHITE levels and above)."""
+    from yoda.cli import ERROR_WHITE, error_image, error_map
+
+    a = np.zeros((2, 3, 3), np.uint8)
+    b = a.copy()
+    b[0, 0] = (3, 6, 9)  # mean 6
+    b[1, 2] = (255, 255, 0)  # mean 170: white
+    b[0, 1] = (0, 0, 48)  # mean 16: mid grey
+    e = error_map(a, b)
+    assert e.dtype == np.float64 and e.shape == (2, 3)
+    assert e[0, 0] == 6 and e[1, 2] == 170 and e[0, 1] == 16 and e[1, 0] == 0
+    assert np.array_equal(error_map(b, a), e)  # absolute: no wrap-around of uint8
+    im = error_image(e)
+    assert im.shape == (2, 3, 3) and (im[..., 0] == im[..., 2]).all()
+    assert im[1, 2, 0] == 255 and im[1, 0, 0] == 0 and im[0, 1, 0] == round(16 / ERROR_WHITE * 255)
 
 
 def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tiny_model, capsys, monkeypatch):

@@ -191,6 +191,20 @@ def cmd_attention(a) -> int:
     return 0
 
 
+ERROR_WHITE = 32  # 8-bit levels: an error map's white
+
+
+def error_map(a_u8: np.ndarray, b_u8: np.ndarray) -> np.ndarray:
+    """|a - b| of two uint8 (H, W, 3) images, averaged over RGB: float64 (H, W), in 8-bit levels."""
+    return np.abs(a_u8.astype(np.float64) - b_u8.astype(np.float64)).mean(axis=2)
+
+
+def error_image(err: np.ndarray) -> np.ndarray:
+    """An error map as a grey uint8 (H, W, 3) picture: black 0, white ERROR_WHITE levels and above."""
+    g = np.rint(np.clip(err / ERROR_WHITE, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
 def cmd_demo(a) -> int:
     import torch
     from PIL import Image
@@ -243,8 +257,9 @@ def cmd_demo(a) -> int:
         timing[name] = time.perf_counter() - t0
     scores = {name: metrics(to_uint8(results[name])[0], hr_u8) for name in ("bicubic", "plain", "YODA")}
     # row 1: LR (nearest), bicubic, plain, YODA (each with its PSNR / SSIM), HR, the attention map; row 2: the map
-    # over the LR and the masks of the steps the YODA run took (5 at most). Small crops are enlarged (nearest, by
-    # a whole factor) to panels of at least 160 px, so that the labels fit
+    # over the LR, the masks of the steps the YODA run took (5 at most), the colour key, then the error maps of
+    # plain and YODA and their difference (a third row takes what does not fit). Small crops are enlarged
+    # (nearest, by a whole factor) to panels of at least 160 px, so that the labels fit
     panel = size * -(-160 // size)
     big = lambda im: im.resize((panel, panel), Image.Resampling.NEAREST) if panel > size else im  # noqa: E731
     lr_big = Image.fromarray(to_uint8(lr)[0]).resize((panel, panel), Image.Resampling.NEAREST)
@@ -263,17 +278,26 @@ def cmd_demo(a) -> int:
         m = active(A[0, 0], tau).cpu()
         im = big(Image.fromarray(np.where(m.numpy(), 255, 0).astype(np.uint8)).convert("RGB"))
         bottom.append((f"M(t={t}): {percent_label(int(m.sum()), m.numel())} refined", im))
-    if len(bottom) < len(top):  # room left: the key from colour to A, with the drawn masks' thresholds
-        bottom.append(("key", colour_key(panel, panel, ts)))
+    bottom.append(("key", colour_key(panel, panel, ts)))  # colour -> A, with the drawn masks' thresholds
+    sr_u8 = {name: to_uint8(results[name])[0] for name in ("plain", "YODA")}
+    for label, one, other in (("plain - HR", sr_u8["plain"], hr_u8), ("YODA - HR", sr_u8["YODA"], hr_u8),
+                              ("YODA - plain", sr_u8["YODA"], sr_u8["plain"])):  # where each errs, where they differ
+        err = error_map(one, other)
+        bottom.append((f"|{label}|, mean {err.mean():.2f}", big(Image.fromarray(error_image(err)))))
     ratio = float(sum(active_fraction(A, tau) for _, tau in visited)) / len(visited)
     steps = f"{a.steps} step{'s' if a.steps != 1 else ''}"
     title = (f"yoda demo: {a.image}, x{s} ({a.lr_size} -> {size} px), model {a.model}, {a.sampler} {steps}, "
              f"seed {a.seed}")
-    caption = (f"YODA: {a.attention.split(':')[0]} attention, l = {a.lower_bound:g}; its masks M(t) = "
+    caption = (f"YODA: {a.attention.split(':')[0]} attention, l = {a.lower_bound:g}; masks M(t) = "
                f"1[A >= t/T - {a.lower_bound:g}] at {'its' if len(ts) == len(visited) else f'{len(ts)} of its'} "
-               f"{len(visited)} step{'s' if len(visited) != 1 else ''} (white: refined; the rest stays up(LR), "
-               f"bicubic); pixel update ratio of the run {ratio:.3f}")
-    canvas = drawing.panel_grid(title, [(None, top), (caption, bottom)], panel)
+               f"{len(visited)} step{'s' if len(visited) != 1 else ''} (white: refined, the rest stays bicubic); "
+               f"pixel update ratio of the run {ratio:.3f}")
+    errors = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {ERROR_WHITE}"
+    if len(bottom) <= len(top):
+        rows = [(None, top), (f"{caption}; {errors}", bottom)]
+    else:  # what does not fit beside the masks goes on a third row
+        rows = [(None, top), (caption, bottom[:len(top)]), (errors, bottom[len(top):])]
+    canvas = drawing.panel_grid(title, rows, panel)
     save_figure(canvas, a.output)
     print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
           f"attention {a.attention}, lower bound {a.lower_bound:g}")
