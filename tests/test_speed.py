@@ -265,6 +265,42 @@ def test_cuda_graph_replay_logic_with_a_fake_capture(monkeypatch):
     assert not any(b is x1 for b in captures[0])  # static buffers are copies
 
 
+def test_cuda_graphs_are_kept_across_calls(monkeypatch):
+    """Each yoda.sample call (each image of `yoda upscale --cuda-graphs`) built a new FastNet with no graphs, so
+    every call paid GRAPH_WARMUP + 1 network calls and a new capture: with the CLI's 1 step, 4 forwards instead of
+    1 per image. The graphs are now kept with the network: one capture for five calls; weights that moved are
+    captured anew; at most MAX_GRAPHS signatures are kept, the least recently used dropped."""
+    import yoda.sampling.speed as S
+
+    captures = []
+
+    def fake_capture(fn, inputs):
+        out = fn()
+        captures.append(inputs)
+        return (lambda: out.copy_(fn())), out
+
+    monkeypatch.setattr(S, "capture_cuda_graph", fake_capture)
+    net, speed = Net(), Speed(cuda_graphs=True)
+    x, lv = torch.randn(1, 6, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((1, 1), 0.5)
+    for _ in range(5):  # five sample() calls: five FastNets over one network
+        y = FastNet(net, speed)(x, lv)
+    assert len(captures) == 1 and torch.equal(y, net(x, lv))
+    assert len(FastNet(Net(), speed)._graphs) == 0  # another network: its own graphs
+    with torch.no_grad():
+        net.a.weight = torch.nn.Parameter(net.a.weight * 2)  # replaced: the old graph would read freed memory
+    y = FastNet(net, speed)(x, lv)
+    assert len(captures) == 2 and torch.equal(y, net(x, lv))
+    fast = FastNet(net, speed)
+    for n in range(2, S.MAX_GRAPHS + 3):  # MAX_GRAPHS + 1 new signatures: more than are kept
+        fast(torch.zeros(n, 6, 8, 8), torch.full((n, 1), 0.5))
+    assert len(fast._graphs) == S.MAX_GRAPHS and len(captures) == 2 + S.MAX_GRAPHS + 1
+    n = S.MAX_GRAPHS + 2
+    fast(torch.zeros(n, 6, 8, 8), torch.full((n, 1), 0.5))  # the newest: replayed
+    assert len(captures) == 2 + S.MAX_GRAPHS + 1
+    fast(x, lv)  # the first signature of these weights was dropped: captured again
+    assert len(captures) == 2 + S.MAX_GRAPHS + 2
+
+
 def test_cuda_graph_capture_refuses_cpu_tensors():
     from yoda.sampling.speed import capture_cuda_graph
 

@@ -53,6 +53,12 @@ from .errors import user_input as _user_input
 # ----------------------------------------------------------------------------------------------------------
 # Subcommands
 # ----------------------------------------------------------------------------------------------------------
+def bars(a) -> bool:
+    """Progress bars: not with -q, and not when stderr is not a terminal (a log file or a pipe would collect every
+    redraw of the bar, with no newline), as tqdm's own disable=None decides."""
+    return not a.quiet and sys.stderr.isatty()
+
+
 def cmd_upscale(a) -> int:
     """Every output path is checked before any image is read; then the inputs are read and upscaled one at a
     time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
@@ -164,7 +170,7 @@ def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> No
     t0 = time.perf_counter()
     with torch.no_grad():
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
-                            eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
+                            eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=bars(a),
                             windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=run.speed)
     save_output(sr, dst, grey)
     print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
@@ -252,7 +258,7 @@ def cmd_demo(a) -> int:
         record = (lambda d: visited.append((d["t"] + 1, d["tau"]))) if attn is not None else None
         with torch.no_grad():
             results[name] = upscale_tensor(model, lr, attention=attn, steps=a.steps, sampler=a.sampler, eta=0.0,
-                                           lower_bound=a.lower_bound, seed=a.seed, progress=not a.quiet,
+                                           lower_bound=a.lower_bound, seed=a.seed, progress=bars(a),
                                            callback=record)
         timing[name] = time.perf_counter() - t0
     scores = {name: metrics(to_uint8(results[name])[0], hr_u8) for name in ("bicubic", "plain", "YODA")}
@@ -357,7 +363,7 @@ def cmd_eval(a) -> int:
     with _user_input():  # the options, the images, the model and the LPIPS weights are the user's
         settings = EvalSettings(steps=a.steps, sampler=a.sampler, eta=a.eta, sigmas=a.sigmas,
                                 lower_bounds=tuple(a.lower_bounds), attentions=tuple(a.attention), seed=a.seed,
-                                max_size=a.max_size if a.max_size > 0 else None, progress=not a.quiet,
+                                max_size=a.max_size if a.max_size > 0 else None, progress=bars(a),
                                 lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
         rows = evaluate(model, images, settings, on_error=skipped)
     if not rows:
@@ -389,7 +395,7 @@ def cmd_figures(a) -> int:
         settings = FigureSettings(attentions=tuple(a.attention), lower_bound=a.lower_bound,
                                   lower_bounds=tuple(a.lower_bounds), steps=a.steps, sampler=a.sampler, eta=a.eta,
                                   seed=a.seed, max_size=a.max_size or None, bins=a.bins, degree=a.degree,
-                                  crops=a.crops, progress=not a.quiet, lpips=tuple(a.lpips) if a.lpips else None)
+                                  crops=a.crops, progress=bars(a), lpips=tuple(a.lpips) if a.lpips else None)
         skipped = _Skipped()
         images = _eval_images(a.images, a.max_pixels)
     dev = cli_device(a.device)
@@ -431,7 +437,7 @@ def cmd_train(a) -> int:
         command = f"torchrun (WORLD_SIZE={world}) -m {command}"
     with _user_input():  # the config, its data, the device, a checkpoint of another config, a diverging loss
         s = train_main(a.config, a.out or None, steps=a.steps, device=a.device, minutes=a.minutes,
-                       progress=not a.quiet, command=command, weights_name=a.weights_name, data_dir=a.data_dir,
+                       progress=bars(a), command=command, weights_name=a.weights_name, data_dir=a.data_dir,
                        decay_from=a.decay_from)
     if s["rank"] == 0:
         start = s["start_step"]

@@ -80,7 +80,8 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (the default): cuda when torch sees a GPU, else cpu")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (none either when stderr is not a terminal)")
 
 
 def _max_pixels_arg(p) -> None:
@@ -277,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="a folder with train/ and heldout/ image folders, from `yoda data build --out DIR` "
                         "(photographs) or `yoda data export DIR` (scikit-image's bundled images)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (none either when stderr is not a terminal)")
     _debug_arg(p)
 
     p = sub.add_parser("plot", help="loss curves + validation PSNR of training logs in one PNG")
@@ -297,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("build", help=what, description=what)
     _data_out_args(p)
     p.add_argument("--short-side", type=int, default=512, help="downscale each photograph to this short side")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (none either when stderr is not a terminal)")
     _debug_arg(p)
     p = dsub.add_parser("export", help="write DIR/train and DIR/heldout from scikit-image's bundled images (no "
                                        "package needed; few and small: for trying yoda train out)")

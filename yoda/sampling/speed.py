@@ -19,12 +19,18 @@ same shapes does not compile again).
 - ``cuda_graphs``: CUDA only. The network call is captured once per input signature (shapes, dtypes, the
   non-tensor arguments) in a ``torch.cuda.CUDAGraph`` with static input buffers, and replayed: inputs are copied
   into the buffers, the output is cloned out. Tiled denoising has a few signatures (edge windows, the last
-  batch), each captured once. The network must be capturable: no host syncs, no data-dependent shapes.
+  batch), each captured once. The graphs outlive the call: they are kept with the network (weakly, at most
+  MAX_GRAPHS per network, the least recently used dropped), so the next call or the next image of a folder
+  replays them; a network whose weights moved (``.to()``, ``.half()``) is captured anew. The network must be
+  capturable: no host syncs, no data-dependent shapes.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -34,6 +40,8 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NETWORK_ATTRS = ("net", "model", "fn", "_denoise")  # where adapters keep their network, in this order
 GRAPH_WARMUP = 3  # eager (or compiled) calls on a side stream before a CUDA graph is captured
+MAX_GRAPHS = 8  # CUDA graphs kept per network and options (each holds its memory pool)
+_GRAPHS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()  # network -> {Speed: graphs}
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ class FastNet:
     submodules an adapter's prepare uses, its config), so the adapter's code runs unchanged."""
 
     def __init__(self, net: Any, speed: Speed) -> None:
-        self.__dict__.update(_net=net, _speed=speed, _graphs={},
+        self.__dict__.update(_net=net, _speed=speed, _graphs=_graph_cache(net, speed) if speed.cuda_graphs else None,
                              _call=torch.compile(net, **dict(speed.compile_options)) if speed.compile else net)
 
     def __getattr__(self, name: str) -> Any:
@@ -135,11 +143,14 @@ class FastNet:
         """The call replayed from a CUDA graph captured for this input signature (captured on first sight)."""
         leaves, spec = tree_flatten((args, kwargs))
         key = (str(spec), tuple((tuple(v.shape), v.dtype, v.device, v.stride()) if isinstance(v, torch.Tensor)
-                                else repr(v) for v in leaves))
+                                else repr(v) for v in leaves), _weights_key(self._net))
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._capture(leaves, spec)
             self._graphs[key] = entry
+            while len(self._graphs) > MAX_GRAPHS:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
         replay, static, out = entry
         for dst, src in zip(static, leaves):
             if isinstance(dst, torch.Tensor):
@@ -152,6 +163,24 @@ class FastNet:
         args, kwargs = tree_unflatten(static, spec)
         replay, out = capture_cuda_graph(lambda: self._run(args, kwargs), static)
         return replay, static, out
+
+
+def _graph_cache(net: Any, speed: Speed) -> OrderedDict:
+    """The CUDA graphs captured for ``net`` with ``speed`` (key -> entry, least recently used first), kept as long as
+    ``net`` lives; a network that takes no weak reference (or options that are not hashable) gets a new, per-call
+    cache."""
+    try:
+        return _GRAPHS.setdefault(net, {}).setdefault(speed, OrderedDict())
+    except TypeError:
+        return OrderedDict()
+
+
+def _weights_key(net: Any) -> tuple:
+    """Where the network's weights live: a graph replays these addresses, so weights moved (``.to()``,
+    ``.half()``, a replaced parameter) must not replay a graph captured before."""
+    if not isinstance(net, torch.nn.Module):
+        return ()
+    return tuple((t.data_ptr(), t.dtype) for t in itertools.chain(net.parameters(), net.buffers()))
 
 
 def capture_cuda_graph(fn: Callable[[], Any], inputs: list) -> tuple[Callable[[], None], Any]:

@@ -195,6 +195,7 @@ class Trainer:
             self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
         os.makedirs(out, exist_ok=True)
         self.rows: list[dict] = []
+        self._logged = 0  # how many of self.rows log.csv holds (0: write it whole next time)
         self.ckpt_path = os.path.join(out, "checkpoint.pt")
         if resume and os.path.exists(self.ckpt_path):
             self.load_checkpoint(self.ckpt_path)
@@ -290,6 +291,7 @@ class Trainer:
             torch.cuda.set_rng_state(st["cuda_rng"].cpu(), self.device)
         self.step = int(st["step"])
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
+        self._logged = 0  # log.csv may hold rows past the checkpoint: rewritten whole
         if self.cfg.loss.yoda and st.get("loss_version", 1) < LOSS_VERSION:
             warnings.warn(f"checkpoint {path} was written by a yoda that made the YODA masks of each training crop "
                           "(and, before the eighth pass, took other targets at inactive pixels with mask_input on and "
@@ -446,11 +448,24 @@ class Trainer:
         save_model(module, path, extra={"train_config": self.cfg.to_dict(), "steps": self.step})
 
     def write_log(self) -> None:
+        """log.csv: written whole (atomically) the first time and after a resume, then only the new rows appended
+        (and fsynced): rewriting every row at every log step cost time growing with the run (0.4 s a write at
+        50,000 rows)."""
         if not self.ranks.main:
             return
+        path = os.path.join(self.out, "log.csv")
+        whole = not (self._logged and os.path.isfile(path))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in self.rows:
+        if whole:
+            w.writeheader()
+        for r in self.rows if whole else self.rows[self._logged:]:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        atomic_write_text(os.path.join(self.out, "log.csv"), buf.getvalue(), newline="")
+        if whole:
+            atomic_write_text(path, buf.getvalue(), newline="")
+        else:
+            with open(path, "a", newline="", encoding="utf-8") as f:
+                f.write(buf.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+        self._logged = len(self.rows)
