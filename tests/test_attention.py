@@ -10,6 +10,8 @@ import yoda.attention as att
 from yoda.attention.classic import Sift, luma, minmax_normalize
 from yoda.masks import every_step_ratio, mask_at, pixel_update_ratio
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small forwards: two threads spin against each other
+
 EXTRACTORS = {
     "edge": lambda: att.edge(sigma=1.0),
     "gaussian": lambda: att.gaussian(sigma=0.25),
@@ -461,7 +463,8 @@ def test_percent_label_bad_counts():
     from yoda.attention.figure import percent_label
 
     for args in [(-1, 10), (11, 10), (0, 0), (True, 10)]:
-        with pytest.raises(ValueError):
+        message = rf"need 0 <= active <= total, total >= 1; got {args[0]!r} of {args[1]!r}$"
+        with pytest.raises(ValueError, match=message):
             percent_label(*args)
 
 

@@ -23,10 +23,12 @@ BENCH = ROOT / "benchmarks"
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look themselves up
+    path = list(sys.path)  # the scripts put the repository first on sys.path: not for the tests after this one
     try:
         spec.loader.exec_module(module)
     finally:
         del sys.modules[spec.name]
+        sys.path[:] = path
     return module
 
 

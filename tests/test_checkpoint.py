@@ -262,7 +262,7 @@ def test_wrong_kind_and_missing_file(tmp_path):
         yoda.load("sr4", tmp_path / "x.pth")
     with pytest.raises(FileNotFoundError, match="not found"):
         yoda.load("sr3", tmp_path / "x.pth")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint file not found: .*x\.pth"):
         yoda.load("dino-vits8", tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match="not a file"):
         yoda.load("srdiff", tmp_path)
@@ -281,7 +281,8 @@ def test_corrupt_files(tmp_path):
         yoda.load("sr3", trunc, config=CFG)
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00\x01garbage" * 10)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"junk\.bin is not a PyTorch or safetensors checkpoint \(it starts "
+                                              r"with b'\\x00\\x01garbag'\)"):
         yoda.load("sr3", junk, config=CFG)
     st = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(st))
@@ -623,8 +624,8 @@ def test_default_names_the_embedded_model_and_cards_print_short():
     assert str(net.card) == r and len(r) < 200 and len(repr(dict(net.card.config))) > 20000
     assert repr(ModelCard(Schedule.linear(7), 2)) == ("ModelCard(schedule=Schedule(T=7, betas=[0.0001 .. 0.02]), "
                                                        "scale=2, prediction='eps', space='pixel', config=None)")
-    with pytest.raises(FileNotFoundError):  # "default" names the embedded model for kind "yoda" only
-        yoda.load("srdiff", "default")
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found: default$"):  # "default" names the
+        yoda.load("srdiff", "default")  # embedded model for kind "yoda" only
     from yoda.models.loading import DEFAULT_WEIGHTS
 
     assert DEFAULT_WEIGHTS == path

@@ -809,15 +809,16 @@ def _torchrun(args, tmp_path, nproc=2):
     """`python -m torch.distributed.run --nproc_per_node nproc -m yoda ARGS` on the CPU (gloo), one thread each."""
     import socket
     import subprocess
-    import sys
+    import tempfile
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
            "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "yoda", *args]
-    return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    with tempfile.TemporaryDirectory() as tmp:  # torchrun's torchelastic_* log folders go there, not into /tmp
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": tmp}
+        return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
 def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -63,17 +64,18 @@ def _torchrun(args, cwd, nproc=2):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
            "--master_addr", "127.0.0.1", "--master_port", str(port), *args]
-    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    try:
-        stdout, stderr = p.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, 9)  # torchrun and its ranks: no rank left waiting on a collective
-        stdout, stderr = p.communicate()
-        pytest.fail("torchrun timed out:\n" + stdout[-2000:] + stderr[-4000:])
+    with tempfile.TemporaryDirectory() as tmp:  # torchrun's torchelastic_* log folders go there, not into /tmp
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": tmp}
+        p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+        try:
+            stdout, stderr = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)  # torchrun and its ranks: no rank left waiting on a collective
+            stdout, stderr = p.communicate()
+            pytest.fail("torchrun timed out:\n" + stdout[-2000:] + stderr[-4000:])
     assert p.returncode == 0, stdout[-2000:] + stderr[-4000:]
     return stdout
 

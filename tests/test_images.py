@@ -192,7 +192,7 @@ def test_atomic_write_permissions_and_cleanup(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         atomic_write(p, fail)
     assert p.read_text() == "new" and [f.name for f in tmp_path.iterdir()] == ["t.txt"]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*missing/x\.txt: No such file or directory"):
         atomic_write(tmp_path / "missing" / "x.txt", lambda tmp: None)
 
 

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from yoda.checkpoint import CheckpointError
 from yoda.lpips import LPIPS, LPIPS_CHANNELS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small forwards: two threads spin against each other
+
 CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision vgg16 conv indices in `features`
 WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 POOL_BEFORE = {5, 10, 17, 24}  # a 2x2 max-pool precedes these convolutions

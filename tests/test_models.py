@@ -263,7 +263,7 @@ def test_load_sr3_config_with_comments(tmp_path):
               "datasets": {"val": {"l_resolution": 16, "r_resolution": 128}}}
     with pytest.raises(ValueError, match="model.diffusion.conditional is false, an unconditional generator"):
         load_sr3_config(uncond)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"SR3 config file not found: .*nope\.json"):
         load_sr3_config(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{ not json")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -498,7 +498,7 @@ def test_srdiff_crop_cond_for_tiles():
     assert all(torch.equal(a, b[..., 2:6, 1:5]) for a, b in zip(sub.feas, cond.feas))
     with pytest.raises(ValueError, match="multiples of the scale"):
         ad.crop_cond(cond, slice(3, 11), slice(2, 10))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'scale'"):
         m.yoda_adapter(scale=4)  # SRDiff's scale is its config's sr_scale
 
 

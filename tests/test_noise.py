@@ -20,6 +20,8 @@ import yoda_kernels as yk
 from yoda_kernels import philox
 from yoda_kernels import testing as T
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small forwards: two threads spin against each other
+
 try:
     from yoda_kernels import _C
 except ImportError:  # the extension is optional; its tests skip

@@ -16,6 +16,8 @@ from yoda.adapters import Adapter, CallableAdapter, PixelAdapter, Prepared, as_a
 from yoda.masks import active_fraction, mask_at
 from yoda.schedule import Schedule
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small forwards: two threads spin against each other
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -1057,9 +1059,12 @@ def test_validation_happens_before_any_work_and_the_backend_is_chosen_once(monke
     seen = []
     spy = CallableAdapter(lambda x, t, c: seen.append(int(t[0])) or make_fn(net)(x, t, c), prediction="eps",
                           schedule=SCHED, scale=SCALE)
-    for bad, exc in ((dict(kernel_tile=12), ValueError), (dict(eta=-1.0, sampler="ddim"), ValueError),
-                     (dict(windows=(4, 4)), ValueError), (dict(callback=3), TypeError), (dict(steps=T + 1), ValueError)):
-        with pytest.raises(exc):
+    for bad, exc, message in ((dict(kernel_tile=12), ValueError, r"kernel_tile must be one of \(8, 16, 32\), got 12"),
+                              (dict(eta=-1.0, sampler="ddim"), ValueError, "eta must be >= 0, got -1.0"),
+                              (dict(windows=(4, 4)), ValueError, r"0 <= overlap < window, got \(4, 4\)$"),
+                              (dict(callback=3), TypeError, "callback must be callable or None, got int"),
+                              (dict(steps=T + 1), ValueError, rf"steps must be in \[1, T={T}\]")):
+        with pytest.raises(exc, match=message):
             run(spy, lr_image(), attention=attention_map(), **bad)
     assert seen == []
     spec = make_spec(model, lr_image(), steps=STEPS, sampler="ddim", lower_bound=0.5, seed=3, backend="naive")

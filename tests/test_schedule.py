@@ -1,5 +1,6 @@
 """yoda.schedule: constructors against diffusers and closed forms, respacing, JSON round trip, errors."""
 
+import dataclasses
 import json
 import math
 import warnings
@@ -156,7 +157,7 @@ def test_immutable_and_copied():
     s = Schedule.from_betas(b)
     b[0] = 0.5  # the schedule holds its own copy
     assert s.betas[0].item() == pytest.approx(1e-4)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.betas = b  # frozen dataclass
     assert Schedule.from_betas([0.1, 0.2]).betas.dtype == torch.float64
 

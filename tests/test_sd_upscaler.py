@@ -11,6 +11,8 @@ import yoda
 diffusers = pytest.importorskip("diffusers")
 from yoda.models import SDUpscalerAdapter  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small forwards: two threads spin against each other
+
 L, T, STEPS, LEVEL = 4, 20, 3, 20  # 3 steps: T % steps != 0, where "ldm_uniform" would visit more
 
 

@@ -25,6 +25,8 @@ from yoda.training import (
     step_taus,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small forwards: two threads spin against each other
+
 T = 10
 
 

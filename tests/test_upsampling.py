@@ -11,6 +11,8 @@ from safetensors import safe_open
 import yoda
 from yoda.upsampling import upsample
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small forwards: two threads spin against each other
+
 
 def lr_of(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1)[None].float() / 127.5 - 1.0

@@ -298,11 +298,11 @@ def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
             or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in tiles[:2])
             or not isinstance(tiles[2], bool)):
         raise TypeError(f"windows must be None, an int window, (window, overlap) or (window, overlap, "
-                        f"skip_inactive), got {tiles!r}")
+                        f"skip_inactive), got {windows!r}")
     tiles = (operator.index(tiles[0]), operator.index(tiles[1]), tiles[2])  # numpy integers too
     window, overlap, skip = tiles
     if window < 1 or not 0 <= overlap < window:
-        raise ValueError(f"windows must satisfy window >= 1 and 0 <= overlap < window, got {tiles!r}")
+        raise ValueError(f"windows must satisfy window >= 1 and 0 <= overlap < window, got {windows!r}")
     return Windows(window, overlap, skip, window_batch)
 
 
