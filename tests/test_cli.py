@@ -413,7 +413,7 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
 def test_demo_error_maps():
     """The demo's error maps: the mean over RGB of |a - b| in 8-bit levels, drawn grey from black (0) to white
     (ERROR_WHITE levels and above)."""
-    from yoda.cli import ERROR_WHITE, error_image, error_map
+    from yoda.drawing import ERROR_WHITE, error_image, error_map
 
     a = np.zeros((2, 3, 3), np.uint8)
     b = a.copy()

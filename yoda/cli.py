@@ -54,8 +54,7 @@ from .errors import user_input as _user_input
 # Subcommands
 # ----------------------------------------------------------------------------------------------------------
 def bars(a) -> bool:
-    """Progress bars: not with -q, and not when stderr is not a terminal (a log file or a pipe would collect every
-    redraw of the bar, with no newline), as tqdm's own disable=None decides."""
+    """Progress bars: not with -q, nor into a log file or a pipe (every redraw, no newline), as tqdm's disable=None."""
     return not a.quiet and sys.stderr.isatty()
 
 
@@ -197,20 +196,6 @@ def cmd_attention(a) -> int:
     return 0
 
 
-ERROR_WHITE = 32  # 8-bit levels: an error map's white
-
-
-def error_map(a_u8: np.ndarray, b_u8: np.ndarray) -> np.ndarray:
-    """|a - b| of two uint8 (H, W, 3) images, averaged over RGB: float64 (H, W), in 8-bit levels."""
-    return np.abs(a_u8.astype(np.float64) - b_u8.astype(np.float64)).mean(axis=2)
-
-
-def error_image(err: np.ndarray) -> np.ndarray:
-    """An error map as a grey uint8 (H, W, 3) picture: black 0, white ERROR_WHITE levels and above."""
-    g = np.rint(np.clip(err / ERROR_WHITE, 0.0, 1.0) * 255).astype(np.uint8)
-    return np.repeat(g[..., None], 3, axis=2)
-
-
 def cmd_demo(a) -> int:
     import torch
     from PIL import Image
@@ -262,10 +247,9 @@ def cmd_demo(a) -> int:
                                            callback=record)
         timing[name] = time.perf_counter() - t0
     scores = {name: metrics(to_uint8(results[name])[0], hr_u8) for name in ("bicubic", "plain", "YODA")}
-    # row 1: LR (nearest), bicubic, plain, YODA (each with its PSNR / SSIM), HR, the attention map; row 2: the map
-    # over the LR, the masks of the steps the YODA run took (5 at most), the colour key, then the error maps of
-    # plain and YODA and their difference (a third row takes what does not fit). Small crops are enlarged
-    # (nearest, by a whole factor) to panels of at least 160 px, so that the labels fit
+    # row 1: LR (nearest), bicubic, plain, YODA (with PSNR / SSIM), HR, the attention map; row 2: the map over the
+    # LR, the masks of the YODA run's steps (5 at most), the key, the error maps (a third row takes what does not
+    # fit). Small crops are enlarged (nearest, by a whole factor) to panels of at least 160 px: the labels fit
     panel = size * -(-160 // size)
     big = lambda im: im.resize((panel, panel), Image.Resampling.NEAREST) if panel > size else im  # noqa: E731
     lr_big = Image.fromarray(to_uint8(lr)[0]).resize((panel, panel), Image.Resampling.NEAREST)
@@ -288,8 +272,8 @@ def cmd_demo(a) -> int:
     sr_u8 = {name: to_uint8(results[name])[0] for name in ("plain", "YODA")}
     for label, one, other in (("plain - HR", sr_u8["plain"], hr_u8), ("YODA - HR", sr_u8["YODA"], hr_u8),
                               ("YODA - plain", sr_u8["YODA"], sr_u8["plain"])):  # where each errs, where they differ
-        err = error_map(one, other)
-        bottom.append((f"|{label}|, mean {err.mean():.2f}", big(Image.fromarray(error_image(err)))))
+        err = drawing.error_map(one, other)
+        bottom.append((f"|{label}|, mean {err.mean():.2f}", big(Image.fromarray(drawing.error_image(err)))))
     ratio = float(sum(active_fraction(A, tau) for _, tau in visited)) / len(visited)
     steps = f"{a.steps} step{'s' if a.steps != 1 else ''}"
     title = (f"yoda demo: {a.image}, x{s} ({a.lr_size} -> {size} px), model {a.model}, {a.sampler} {steps}, "
@@ -298,7 +282,7 @@ def cmd_demo(a) -> int:
                f"1[A >= t/T - {a.lower_bound:g}] at {'its' if len(ts) == len(visited) else f'{len(ts)} of its'} "
                f"{len(visited)} step{'s' if len(visited) != 1 else ''} (white: refined, the rest stays bicubic); "
                f"pixel update ratio of the run {ratio:.3f}")
-    errors = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {ERROR_WHITE}"
+    errors = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {drawing.ERROR_WHITE}"
     if len(bottom) <= len(top):
         rows = [(None, top), (f"{caption}; {errors}", bottom)]
     else:  # what does not fit beside the masks goes on a third row

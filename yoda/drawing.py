@@ -1,5 +1,6 @@
 """Pillow plotting primitives shared by yoda.figures and yoda.plots (matplotlib is not a dependency): a font,
-round tick values, axis limits, dashed lines, an Axes (frame, ticks, lines, points, bars), markers, legends."""
+round tick values, axis limits, dashed lines, an Axes (frame, ticks, lines, points, bars), markers, legends; the
+panel grid of yoda demo and its error maps."""
 
 from __future__ import annotations
 
@@ -275,3 +276,17 @@ def panel_grid(title_text: str, rows, panel: int):
             draw.rectangle((px - 1, y + label_h - 1, px + panel, y + label_h + panel), outline=(150, 150, 150))
         y += label_h + panel + pad
     return canvas
+
+
+ERROR_WHITE = 32  # 8-bit levels: an error map's white
+
+
+def error_map(a_u8: np.ndarray, b_u8: np.ndarray) -> np.ndarray:
+    """|a - b| of two uint8 (H, W, 3) images, averaged over RGB: float64 (H, W), in 8-bit levels."""
+    return np.abs(a_u8.astype(np.float64) - b_u8.astype(np.float64)).mean(axis=2)
+
+
+def error_image(err: np.ndarray) -> np.ndarray:
+    """An error map as a grey uint8 (H, W, 3) picture: black 0, white ERROR_WHITE levels and above."""
+    g = np.rint(np.clip(err / ERROR_WHITE, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2)
