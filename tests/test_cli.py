@@ -920,6 +920,21 @@ def test_a_torchrun_rank_waits_for_the_others_and_world_size_alone_is_one_line(t
     assert seen["timeout"].days >= 7
 
 
+def test_file_names_with_terminal_escapes_are_shown_not_obeyed(tmp_path, tiny_model, capsys):
+    """A file named with escape sequences (one that sets the terminal's title and erases the line) was printed
+    raw in `src -> dst` and in error lines: the terminal obeyed it. Control characters are escaped now."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a\x1b]0;owned\x07\x1b[2K.png")
+    (folder / "b\x1b[31m.png").write_bytes(b"not an image")
+    code, out, err = run(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", tiny_model, "--steps", "1",
+                          "-q"], capsys)
+    assert code == 2 and "\x1b" not in out and "\x1b" not in err and "\x07" not in out
+    assert "a\\x1b]0;owned\\x07\\x1b[2K.png -> " in out
+    assert "b\\x1b[31m.png: not an image in a format yoda reads" in err
+    assert (tmp_path / "out" / "a\x1b]0;owned\x07\x1b[2K_x4.png").exists()  # the file itself keeps its name
+
+
 def test_no_progress_bars_into_a_file_or_a_pipe(monkeypatch):
     """`yoda upscale ... 2> log` wrote every redraw of the bars into the log (about 1.5 KB of carriage-return
     updates per image at 20 steps, no newline): the bars are drawn only on a terminal, and never with -q."""

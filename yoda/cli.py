@@ -46,7 +46,7 @@ from .cli_models import (adapter_of, attention_extractor, check_hr_size, check_o
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, mebibytes,
                           output_folder, output_targets, plan_windows, run_items, run_sharded, skip_existing,
                           speed_options, tune_malloc)
-from .errors import UserError, lr_from_images, out_of_memory
+from .errors import UserError, lr_from_images, out_of_memory, printable
 from .errors import user_input as _user_input
 
 
@@ -172,7 +172,7 @@ def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> No
                             eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=bars(a),
                             windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=run.speed)
     save_output(sr, dst, grey)
-    print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
+    print(f"{printable(src)} -> {printable(dst)} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
 
 
 def cmd_attention(a) -> int:
@@ -579,7 +579,7 @@ def _one_line(e: BaseException, options: bool = True) -> str:
         msg = e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
     if not msg:
         return type(e).__name__
-    line = msg.splitlines()[0]
+    line = printable(msg.splitlines()[0])
     name = re.match(r"\w+(?=[ :\[])", line)
     if options and name and name.group() in _OPTION_OF:
         return _OPTION_OF[name.group()] + line[name.end():]

@@ -65,3 +65,9 @@ def out_of_memory(e: BaseException) -> bool:
         return True
     text = str(e)
     return isinstance(e, RuntimeError) and ("not enough memory" in text or "can't allocate memory" in text)
+
+
+def printable(s: str) -> str:
+    """``s`` with its control characters escaped (ESC as \\x1b, a newline as \\n): a file name that carries terminal
+    escape sequences is shown, not obeyed, when the CLI prints it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(s))
