@@ -2,7 +2,8 @@
 
 Switches (environment): FORCE_CUDA=1 builds the CUDA kernels even without a visible GPU (needs a CUDA torch
 and nvcc); FORCE_ONLY_CPU=1 never builds them; YODA_NO_EXTENSION=1 skips the extension (pure-Python install,
-the reference backend is used). As pytorch_scatter's setup.py does.
+the reference backend is used). As pytorch_scatter's setup.py does. On Windows the extension is skipped: its
+sources are written for GCC / Clang (__restrict__, __builtin_*, -ffp-contract=off), not MSVC.
 """
 
 import glob
@@ -43,8 +44,16 @@ def _build_ext(base):
     return BuildExt
 
 
+def _no_extension() -> bool:
+    """An install without yoda_kernels._C: asked for, an sdist (compiles nothing, needs no torch), or Windows."""
+    return _flag("YODA_NO_EXTENSION") or "sdist" in sys.argv or sys.platform == "win32"
+
+
 def extensions():
-    if _flag("YODA_NO_EXTENSION") or "sdist" in sys.argv:  # an sdist compiles nothing (and needs no torch)
+    if _no_extension():
+        if sys.platform == "win32" and not _flag("YODA_NO_EXTENSION"):
+            print("yoda: the C++ kernels are not built on Windows (GCC / Clang sources); the pure-PyTorch "
+                  "reference runs instead (README.md, Platforms)", file=sys.stderr)
         return [], {}
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -80,7 +89,7 @@ REQUIRES = ["numpy", "pillow", "scikit-image>=0.22", "opencv-python-headless>=4.
 def torch_requirement() -> str:
     """torch pinned to the release the kernels are compiled against (a different release's C++ ABI would not
     load them); any torch >= 2.4 when no extension is built."""
-    if _flag("YODA_NO_EXTENSION") or "sdist" in sys.argv:
+    if _no_extension():
         return "torch>=2.4"
     import torch
 

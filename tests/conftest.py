@@ -1,4 +1,5 @@
 import os
+import sys
 
 # The Triton interpreter must be chosen before triton is first imported (CPU-only machines).
 import torch
@@ -25,7 +26,7 @@ def missing_backends() -> list[str]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and "cuda" not in yk.available_backends("cuda"):
         missing.append("the CUDA kernels of yoda_kernels._C (torch sees a GPU; the extension was built without them)")
-    if "triton" not in yk.available_backends(device):
+    if "triton" not in yk.available_backends(device) and sys.platform.startswith("linux"):  # no wheels elsewhere
         try:
             import triton  # noqa: F401
 

@@ -935,6 +935,25 @@ def test_file_names_with_terminal_escapes_are_shown_not_obeyed(tmp_path, tiny_mo
     assert (tmp_path / "out" / "a\x1b]0;owned\x07\x1b[2K_x4.png").exists()  # the file itself keeps its name
 
 
+def test_inputs_that_would_write_one_output_are_refused(tmp_path, tiny_model, capsys):
+    """Two inputs whose outputs would have one name are refused before any work, also when the names differ only
+    in letter case (a/Img.png, b/img.png: one file on macOS' and Windows' file systems, where the second
+    upscale silently replaced the first)."""
+    for name_a, name_b in (("x.png", "x.png"), ("Img.png", "img.png")):
+        for d, name in (("a", name_a), ("b", name_b)):
+            (tmp_path / d).mkdir(exist_ok=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / d / name)
+        code, out, err = run(["upscale", str(tmp_path / "a" / name_a), str(tmp_path / "b" / name_b), "-o",
+                              str(tmp_path / "out"), "--model", tiny_model, "-q"], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert f"{name_a} and " in err and f"b/{name_b} have the same file name stem (letter case aside): both " \
+            "would be written to " in err
+        assert not (tmp_path / "out").exists()
+        for d in ("a", "b"):
+            for f in (tmp_path / d).iterdir():
+                f.unlink()
+
+
 def test_no_progress_bars_into_a_file_or_a_pipe(monkeypatch):
     """`yoda upscale ... 2> log` wrote every redraw of the bars into the log (about 1.5 KB of carriage-return
     updates per image at 20 steps, no newline): the bars are drawn only on a terminal, and never with -q."""

@@ -1,12 +1,14 @@
 """The shape of the code, checked from the source: no import cycle among yoda's and yoda_kernels' modules
-(function-level imports included, so a cycle cannot hide behind them), no module over MAX_LINES lines, and no
-comment pointing to a file that is not in the repository."""
+(function-level imports included, so a cycle cannot hide behind them), no module over MAX_LINES lines, no
+comment pointing to a file that is not in the repository; and setup.py's choice of extension per platform."""
 
 import ast
 import os
 import re
+import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("yoda", "yoda_kernels")
@@ -161,3 +163,26 @@ def test_dir_of_yoda_lists_each_public_name_once():
     names = dir(yoda)
     assert len(names) == len(set(names)) and set(_LAZY) <= set(names)
     assert "importlib" not in names and "annotations" not in names
+
+
+def test_windows_installs_without_the_extension(monkeypatch):
+    """The C++ sources are written for GCC / Clang (__restrict__, __builtin_*, -ffp-contract=off): MSVC cannot
+    build them, and `pip install -e .` failed on Windows. setup.py skips the extension there and asks for any
+    torch >= 2.4, as YODA_NO_EXTENSION=1 does; on Linux it builds it and pins torch."""
+    import setuptools
+
+    def run_setup(platform):
+        seen = {}
+        monkeypatch.setattr(setuptools, "setup", lambda **kw: seen.update(kw))
+        monkeypatch.setattr(sys, "platform", platform)
+        monkeypatch.setattr(sys, "argv", ["setup.py", "egg_info"])
+        monkeypatch.delenv("YODA_NO_EXTENSION", raising=False)
+        code = compile(open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read(), "setup.py", "exec")
+        exec(code, {"__file__": os.path.join(ROOT, "setup.py"), "__name__": "setup"})
+        return seen
+
+    win = run_setup("win32")
+    assert win["ext_modules"] == [] and win["cmdclass"] == {} and win["install_requires"][0] == "torch>=2.4"
+    linux = run_setup("linux")
+    assert [e.name for e in linux["ext_modules"]] == ["yoda_kernels._C"]
+    assert linux["install_requires"][0] == "torch==" + torch.__version__.split("+")[0]

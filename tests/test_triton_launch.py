@@ -7,6 +7,7 @@ before triton is imported). The interpreter takes ~1-3 s per launch here, so sha
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -271,3 +272,21 @@ def test_ops_are_opaque_to_torch_compile():
     torch.library.opcheck(torch.ops.yoda.masked_step_triton.default,
                           (x, o, c, A, *naive.tile_stats(A, 8), TAU, cf, False, 1, 2, z, 8))
     torch.library.opcheck(torch.ops.yoda.tile_stats_triton.default, (A, 8))
+
+
+def test_triton_that_cannot_register_leaves_the_other_backends(monkeypatch):
+    """With torch 2.4-2.6, torch.library.custom_op refuses the Triton ops' annotations (a ValueError, not an
+    ImportError): available_backends() and every backend choice then raised. Such a failure is warned of once
+    and Triton counts as absent, as without triton."""
+    def broken():
+        raise ValueError("Unsupported type annotation list[float]. It is not a type.")
+
+    monkeypatch.setattr(ops, "_triton_module", broken)
+    monkeypatch.setattr(ops, "_warned_triton", [])
+    with pytest.warns(UserWarning, match=r"the Triton kernels could not be registered \(ValueError: Unsupported "
+                                         r"type annotation"):
+        assert ops.available_backends("cpu") == ["naive", "cpp"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once
+        assert not ops.triton_available()
+        assert ops.resolve_backend("auto", torch.device("cpu")) == "cpp"

@@ -305,9 +305,11 @@ def output_targets(a, out_dir: Optional[Path]) -> list[str]:
     targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
     seen, ids = {}, _file_ids(a.inputs)
     for src, dst in zip(a.inputs, targets):
-        if dst in seen:
-            raise UserError(f"{seen[dst]} and {src} have the same file name stem: both would be written to {dst}")
-        seen[dst] = src
+        key = os.path.normcase(dst).casefold()  # Img and img are one file on macOS' and Windows' file systems
+        if key in seen:
+            raise UserError(f"{seen[key]} and {src} have the same file name stem (letter case aside): both would be "
+                            f"written to {dst}")
+        seen[key] = src
         check_not_an_input(ids, dst)
     check_out_folder(a.output, targets)
     return targets

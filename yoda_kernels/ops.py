@@ -118,11 +118,22 @@ def _triton_module():
 
 
 def triton_available() -> bool:
+    """Whether the Triton kernels import. An error other than a missing triton (torch 2.4-2.6's custom_op refuses
+    the ops' annotations) is warned of once, and Triton is then not available, as without triton."""
     try:
         _triton_module()
         return True
     except ImportError:
         return False
+    except Exception as e:  # any failure to register them leaves the other backends usable
+        if not _warned_triton:
+            _warned_triton.append(True)
+            warnings.warn(f"yoda_kernels: the Triton kernels could not be registered ({type(e).__name__}: {e}); "
+                          "they are not used", stacklevel=2)
+        return False
+
+
+_warned_triton: list = []
 
 
 def _built(backend: str, op: Optional[str] = None) -> bool:
