@@ -4,6 +4,8 @@ the DINO extractors of yoda.attention.dino, the LPIPS heads of yoda.lpips).
     read_checkpoint(path)                    -> (object, safetensors metadata or None)
     load_state_dict_checked(module, sd, where) strict load after one error listing every problem
     check_state_dict(module, sd, where)      that check alone (works on a meta-device module)
+    build_checked(build, sd, where)          build() checked on the meta device first, then built and loaded: a
+                                             net whose size a file sets costs nothing until the file fits it
     as_state_dict(obj, where), strip_prefix(sd, prefix), betas_match(buffers, schedule)
 
 Files are read with safetensors (recognised by content: an 8-byte header length followed by '{') or with
@@ -11,6 +13,8 @@ Files are read with safetensors (recognised by content: an 8-byte header length 
 PNG, a text file) is said to be no checkpoint at all, with its first bytes. Every failure is a
 :class:`CheckpointError` (a yoda.errors.UserError, hence a ValueError) naming the file, except a missing file
 (FileNotFoundError): missing keys, unexpected keys and shape mismatches are listed (the first few of each).
+A zip checkpoint with compressed records (torch.save writes none; torch.load would inflate them before any
+check) and weights stored as expanded views (one value, any shape) are refused.
 
 Model loading itself (``yoda.load``) is yoda.models.loading; the "yoda" model format is yoda.models.yoda_format.
 """
@@ -40,8 +44,8 @@ def keeps_global_rng(load):
 
     return wrapper
 
-__all__ = ["CheckpointError", "read_checkpoint", "load_state_dict_checked", "check_state_dict", "as_state_dict",
-           "strip_prefix", "betas_match", "check_path", "fmt_keys"]
+__all__ = ["CheckpointError", "read_checkpoint", "load_state_dict_checked", "check_state_dict", "build_checked",
+           "as_state_dict", "strip_prefix", "betas_match", "check_path", "fmt_keys"]
 
 _SHOW = 5  # how many keys an error message lists
 

@@ -9,7 +9,7 @@
 Every model has ``yoda_adapter(**kw)`` and a ``card`` (:class:`ModelCard`: schedule, scale, prediction, space)
 that the adapter samples with. Loaders live next to their models:
 
-- ``sr3_load.py`` / ``srdiff_load.py``: the upstream checkpoints of SR3 and SRDiff
+- ``sr3_load.py`` / ``srdiff_load.py``: the upstream checkpoints of SR3 and SRDiff, and their config files
 - ``yoda_format.py``: the project's own model file (:func:`save_model`, :func:`load_yoda`)
 - ``loading.py``: :func:`load`, the one entry point (``yoda.load``), which also reaches the DINO extractors
 

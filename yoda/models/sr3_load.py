@@ -1,4 +1,5 @@
-"""Loading SR3 checkpoints released by Janspiry/Image-Super-Resolution-via-Iterative-Refinement.
+"""Loading SR3 checkpoints released by Janspiry/Image-Super-Resolution-via-Iterative-Refinement, and its JSON
+configs (:func:`load_sr3_config`).
 
     net = load_sr3("I830000_E32_gen.pth", config="sr_sr3_16_128.json")    # or yoda.load("sr3", ...)
 

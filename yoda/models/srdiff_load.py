@@ -1,4 +1,5 @@
-"""Loading SRDiff checkpoints released by LeiaLi/SRDiff (``model_ckpt_steps_*.ckpt``).
+"""Loading SRDiff checkpoints released by LeiaLi/SRDiff (``model_ckpt_steps_*.ckpt``), and its YAML configs
+(:func:`load_srdiff_config`).
 
     model = load_srdiff("model_ckpt_steps_400000.ckpt")     # or yoda.load("srdiff", ...)
 
