@@ -954,13 +954,50 @@ def test_inputs_that_would_write_one_output_are_refused(tmp_path, tiny_model, ca
                 f.unlink()
 
 
+def test_every_command_runs_under_sigterm_exits(tmp_path, monkeypatch, capsys):
+    """SIGTERM ended a command at once (its temporary file and empty output folder stayed): every command now
+    runs with SIGTERM raising SystemExit(143) (yoda.errors.sigterm_exits), as Ctrl-C raises KeyboardInterrupt."""
+    import signal
+
+    import yoda.cli
+
+    seen = []
+    monkeypatch.setitem(yoda.cli.COMMANDS, "plot", lambda a: seen.append(signal.getsignal(signal.SIGTERM)) or 0)
+    before = signal.getsignal(signal.SIGTERM)
+    assert run(["plot", str(tmp_path), "-o", str(tmp_path / "p.png")], capsys)[0] == 0
+    assert seen[0].__qualname__ == "sigterm_exits.<locals>.stop" and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_upscale_makes_its_output_folder_again_if_it_went(tmp_path, tiny_model, capsys, monkeypatch):
+    """A second `yoda upscale -o OUT` started by mistake and stopped removes OUT, which it made, while OUT is still
+    empty; the first run then failed every write ("folder does not exist"). The folder is made again before
+    each write."""
+    import shutil
+
+    import yoda.cli
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    real = yoda.cli.upscale_tensor
+
+    def gone(*a, **k):  # the other process removes the empty folder while this one samples
+        shutil.rmtree(out)
+        return real(*a, **k)
+
+    monkeypatch.setattr(yoda.cli, "upscale_tensor", gone)
+    code, stdout, err = run(["upscale", str(tmp_path / "a.png"), "-o", str(out) + "/", "--model", tiny_model,
+                             "--steps", "1", "-q"], capsys)
+    assert code == 0, err
+    assert (out / "a_x4.png").exists()
+
+
 def test_no_progress_bars_into_a_file_or_a_pipe(monkeypatch):
     """`yoda upscale ... 2> log` wrote every redraw of the bars into the log (about 1.5 KB of carriage-return
     updates per image at 20 steps, no newline): the bars are drawn only on a terminal, and never with -q."""
     import argparse
     import io
 
-    from yoda.cli import bars
+    from yoda.cli_models import bars
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -287,6 +287,45 @@ def test_atomic_write_writes_through_a_symlink(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to own a link as another user")
+def test_folder_lock_is_exclusive_and_released(tmp_path):
+    """folder_lock: one holder at a time (flock on the folder: also between two opens in one process, as between
+    processes), released at the end of the block, also on an error; no file is left in the folder."""
+    from yoda._io import FolderInUse, folder_lock
+
+    with folder_lock(tmp_path, "--out"):
+        with pytest.raises(FolderInUse, match="--out .* is in use by another yoda process"):
+            with folder_lock(tmp_path, "--out"):
+                pass
+    with pytest.raises(RuntimeError):
+        with folder_lock(tmp_path, "--out"):
+            raise RuntimeError("boom")
+    with folder_lock(tmp_path, "--out"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
+    """SIGTERM (timeout, a scheduler) ended `yoda upscale` / eval / figures at once, leaving a hidden temporary
+    file of the image being written. Within sigterm_exits (every command runs in it) it is a SystemExit(143):
+    the writer's cleanup runs; the handler before it is back afterwards."""
+    import signal
+
+    from yoda._io import atomic_write
+    from yoda.errors import sigterm_exits
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def write(tmp):
+        open(tmp, "w").write("half")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(SystemExit) as e:
+        with sigterm_exits():
+            atomic_write(tmp_path / "out.png", write)
+    assert e.value.code == 143 and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_atomic_write_does_not_follow_another_users_link_in_a_shared_folder(tmp_path):
     """A link planted at an output name in a world-writable sticky folder (/tmp) by another user was followed:
     yoda resolved it itself and renamed over its target, where the kernel's fs.protected_symlinks would have

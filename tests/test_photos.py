@@ -67,6 +67,24 @@ def test_build_writes_splits_sizes_and_manifest(tmp_path, fake_photos):
     np.testing.assert_array_equal(read_image(out / small.file), read_image(small.source))
 
 
+def test_a_second_build_into_the_folder_is_refused_while_one_runs(tmp_path, fake_photos):
+    """Two `yoda data build --out D` at once: the second deleted the first one's staging folder (as a leftover of
+    a killed build), and the first then swapped in a train/ of 4-8 of its 40 photographs and reported success. A
+    build now holds D: a second one is refused at once, and touches nothing."""
+    from yoda._io import FolderInUse, folder_lock
+
+    out = tmp_path / "data"
+    out.mkdir()
+    live = out / ".build-other"  # the staging folder of the build that runs
+    live.mkdir()
+    with folder_lock(out, "--out"):  # what the running build holds
+        with pytest.raises(FolderInUse, match=r"--out .*data is in use by another yoda process; wait for it"):
+            photos.build(str(out), short_side=100, photos=fake_photos)
+    assert live.is_dir() and sorted(p.name for p in out.iterdir()) == [".build-other"]
+    photos.build(str(out), short_side=100, photos=fake_photos)  # once it is free: the build runs (and recovers)
+    assert (out / "manifest.json").exists() and not live.exists()
+
+
 def test_build_is_deterministic(tmp_path, fake_photos):
     a = photos.build(str(tmp_path / "a"), short_side=100, photos=fake_photos).rows
     b = photos.build(str(tmp_path / "b"), short_side=100, photos=fake_photos).rows

@@ -301,6 +301,43 @@ def test_cuda_graphs_are_kept_across_calls(monkeypatch):
     assert len(captures) == 2 + S.MAX_GRAPHS + 2
 
 
+def test_threads_sharing_a_graph_take_turns(monkeypatch):
+    """The kept graphs are shared by every call on the network, threads too: two threads copying their inputs
+    into the one static buffer and replaying could each get the other's output. They take turns now (a fake
+    replay that yields the GIL midway made the interleaving happen at every call without the lock)."""
+    import threading
+    import time
+
+    import yoda.sampling.speed as S
+
+    def fake_capture(fn, inputs):
+        out = fn()
+
+        def replay():
+            time.sleep(0.002)  # another thread runs here: it would overwrite the static inputs
+            out.copy_(fn())
+
+        return replay, out
+
+    monkeypatch.setattr(S, "capture_cuda_graph", fake_capture)
+    net, speed, lv = Net(), Speed(cuda_graphs=True), torch.full((1, 1), 0.5)
+    xs = [torch.full((1, 6, 8, 8), float(i)) for i in range(2)]
+    want = [net(x, lv) for x in xs]
+    bad = []
+
+    def work(i):
+        for _ in range(10):
+            if not torch.equal(FastNet(net, speed)(xs[i], lv), want[i]):
+                bad.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+
+
 def test_cuda_graph_capture_refuses_cpu_tensors():
     from yoda.sampling.speed import capture_cuda_graph
 

@@ -361,6 +361,25 @@ def test_the_log_is_appended_not_rewritten(tmp_path, img_folder, monkeypatch):
     assert open(log, newline="").read() == rendered(resumed.rows)  # the stray row is gone: rewritten whole
 
 
+def test_a_second_run_into_one_out_is_refused_while_one_trains(tmp_path, img_folder):
+    """Two `yoda train --out RUN` at once (a job launched twice) both trained to the end: log.csv interleaved
+    both runs' rows, and a run with another config was lost without a word (every file held the other's). The
+    run holds RUN (an flock on the folder, released when the process ends): a second one is refused at once."""
+    from yoda._io import FolderInUse, folder_lock
+    from yoda.training import train_main
+
+    cfg_path = tmp_path / "tiny.json"
+    cfg_path.write_text(tiny_config(img_folder, steps=1, val_every=0).to_json())
+    run = tmp_path / "run"
+    run.mkdir()
+    with folder_lock(run, "--out"):
+        with pytest.raises(FolderInUse, match=r"^--out .*run is in use by another yoda process; wait for it to end, "
+                                              r"or use another folder$"):
+            train_main(str(cfg_path), str(run), device="cpu", progress=False)
+        assert list(run.iterdir()) == []  # nothing written
+    assert train_main(str(cfg_path), str(run), device="cpu", progress=False)["start_step"] == 0  # free again
+
+
 def test_resume_refuses_other_config(tmp_path, img_folder):
     cfg = tiny_config(img_folder, steps=1)
     Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()

@@ -12,6 +12,8 @@
                                 be created there (tried, then removed); errors name ``path``.
     made_dirs / remove_empty    mkdir -p that remembers what it created, and the cleanup of those folders that
                                 are still empty after a failure (no empty output folder is left behind).
+    folder_lock(folder, what)   exclusive use of a folder by one process (a training run, a data build): a second
+                                process is refused at once, naming ``what``.
 
 The temporary file is created with os.open(..., 0o666), so the kernel applies the process umask (and a
 folder's default ACL) exactly as for any new file: a model saved with umask 022 is 0644, not the 0600 that
@@ -24,11 +26,14 @@ before the rename. No os.umask() call is needed, which matters because reading t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 from pathlib import Path
 from typing import Callable, Optional, Union
+
+from .errors import UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -206,3 +211,37 @@ def remove_empty(made: list[Path]) -> None:
     for d in made:
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: PathLike, what: str):
+    """Hold ``folder`` (which must exist) for this process while the block runs: an exclusive flock on the folder
+    itself, so no lock file is left and a killed process releases it. A second process (a job launched twice)
+    gets a FolderInUse naming ``what`` at once, instead of both writing the same files. Where flock is missing
+    (Windows) or the file system refuses it (some NFS), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(os.fspath(folder), os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUse(f"{what} {os.fspath(folder)} is in use by another yoda process; wait for it to end, "
+                              "or use another folder") from None
+        except OSError:
+            pass  # a file system without flock: unlocked, as before
+        yield
+    finally:
+        os.close(fd)
+
+
+class FolderInUse(UserError):
+    """Another process holds the folder (folder_lock)."""
+

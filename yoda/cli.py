@@ -40,24 +40,19 @@ import numpy as np
 
 from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty
-from .cli_models import (adapter_of, attention_extractor, check_hr_size, check_out_folder, check_output_option,
+from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, folder_images, load_model, padded_lr_side, read_input,
                          save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, mebibytes,
                           output_folder, output_targets, plan_windows, run_items, run_sharded, skip_existing,
                           speed_options, tune_malloc)
-from .errors import UserError, lr_from_images, out_of_memory, printable
+from .errors import UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .errors import user_input as _user_input
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Subcommands
 # ----------------------------------------------------------------------------------------------------------
-def bars(a) -> bool:
-    """Progress bars: not with -q, nor into a log file or a pipe (every redraw, no newline), as tqdm's disable=None."""
-    return not a.quiet and sys.stderr.isatty()
-
-
 def cmd_upscale(a) -> int:
     """Every output path is checked before any image is read; then the inputs are read and upscaled one at a
     time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
@@ -531,7 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(a, "max_pixels", None) is not None and a.max_pixels < 0:
             raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {a.max_pixels}")
         # lr_from_images: every image the commands sample is read as 8 bits and made [-1, 1] here (from_uint8)
-        with _pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings(), lr_from_images():
+        with _pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings(), lr_from_images(), \
+                sigterm_exits():
             warnings.showwarning = _show_warning
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ Parsing stays torch-free: torch and the library load inside these functions."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -148,11 +149,19 @@ def read_input(path: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray,
     return a, grey
 
 
+def bars(a) -> bool:
+    """Progress bars: not with -q, nor into a log file or a pipe (every redraw, no newline), as tqdm's disable=None."""
+    return not a.quiet and sys.stderr.isatty()
+
+
 def save_output(x, path: str, grey: bool = False) -> None:
+    """upscale's output: its folder is made again if it went meanwhile (a second upscale into it, started twice
+    by mistake and stopped, removes the folder it made while that folder is still empty)."""
     from .images import save_image
 
     if grey:
         x = x.mean(dim=-3, keepdim=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_image(x.cpu(), path)
 
 

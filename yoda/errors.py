@@ -34,6 +34,28 @@ def user_input():
         raise UserError(str(e)) from e
 
 
+@contextlib.contextmanager
+def sigterm_exits():
+    """Within, in the main thread: SIGTERM (timeout, a job scheduler, kill) raises SystemExit(143), so that what
+    runs on Ctrl-C runs on it too: a temporary file half-written is removed, a folder made for outputs and still
+    empty is removed. (It ended the process at once, leaving them.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 _LR_FROM_IMAGES = contextvars.ContextVar("yoda_lr_from_images", default=False)
 
 

@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple, Optional
 
 from PIL import Image
 
-from ._io import atomic_write, check_folder_writable, made_dirs, remove_empty
+from ._io import atomic_write, check_folder_writable, folder_lock, made_dirs, remove_empty
 from .images import DataError, read_image, save_pil
 
 __all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "installed_photos"]
@@ -176,10 +176,8 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
     as not installed. A source that cannot be read is skipped (reported, and named in the manifest). Everything
     is written into a staging folder inside ``out`` first; then the manifest of an earlier build is removed,
     out/train and out/heldout are replaced as a whole (no file of an earlier build stays behind), and the new
-    manifest is written last. So an interrupted build leaves the earlier build whole, or no manifest."""
-    import shutil
-    import tempfile
-
+    manifest is written last. So an interrupted build leaves the earlier build whole, or no manifest. A second
+    build into the same ``out`` while one runs is refused (yoda._io.folder_lock)."""
     if short_side < 64:
         raise ValueError(f"short_side must be >= 64, got {short_side}")
     _check_out(out)
@@ -188,6 +186,18 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
         raise DataError(f"none of the photograph packages is installed; install them: apt-get install "
                         f"{' '.join(PACKAGES)}")
     made = made_dirs(Path(out))
+    try:
+        with folder_lock(out, "--out"):  # a second build at once would delete this one's staging folder
+            return _build_into(out, short_side, photos, progress)
+    finally:
+        remove_empty(made)  # a folder made for a build that wrote nothing
+
+
+def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Callable[[str], None]]) -> Built:
+    """build()'s work in the existing folder ``out``, which this process holds."""
+    import shutil
+    import tempfile
+
     _recover(out)
     stage = tempfile.mkdtemp(prefix=_STAGE, dir=out)
     try:
@@ -248,5 +258,4 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
             raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        remove_empty(made)  # a folder made for a build that wrote nothing
     return Built(rows, skipped, not_installed)

@@ -21,14 +21,16 @@ same shapes does not compile again).
   into the buffers, the output is cloned out. Tiled denoising has a few signatures (edge windows, the last
   batch), each captured once. The graphs outlive the call: they are kept with the network (weakly, at most
   MAX_GRAPHS per network, the least recently used dropped), so the next call or the next image of a folder
-  replays them; a network whose weights moved (``.to()``, ``.half()``) is captured anew. The network must be
-  capturable: no host syncs, no data-dependent shapes.
+  replays them; a network whose weights moved (``.to()``, ``.half()``) is captured anew. Threads that call one
+  network take turns at its graphs (their buffers are shared; the threads must use the same CUDA stream). The
+  network must be capturable: no host syncs, no data-dependent shapes.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ NETWORK_ATTRS = ("net", "model", "fn", "_denoise")  # where adapters keep their 
 GRAPH_WARMUP = 3  # eager (or compiled) calls on a side stream before a CUDA graph is captured
 MAX_GRAPHS = 8  # CUDA graphs kept per network and options (each holds its memory pool)
 _GRAPHS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()  # network -> {Speed: graphs}
+_GRAPH_LOCK = threading.RLock()  # around the cache and each copy-in, replay, copy-out (threads on one stream)
 
 
 @dataclass(frozen=True)
@@ -144,19 +147,20 @@ class FastNet:
         leaves, spec = tree_flatten((args, kwargs))
         key = (str(spec), tuple((tuple(v.shape), v.dtype, v.device, v.stride()) if isinstance(v, torch.Tensor)
                                 else repr(v) for v in leaves), _weights_key(self._net))
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self._capture(leaves, spec)
-            self._graphs[key] = entry
-            while len(self._graphs) > MAX_GRAPHS:
-                self._graphs.popitem(last=False)
-        self._graphs.move_to_end(key)
-        replay, static, out = entry
-        for dst, src in zip(static, leaves):
-            if isinstance(dst, torch.Tensor):
-                dst.copy_(src)
-        replay()
-        return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out)
+        with _GRAPH_LOCK:  # threads sharing a graph take turns: its input and output buffers are shared
+            entry = self._graphs.get(key)
+            if entry is None:
+                entry = self._capture(leaves, spec)
+                self._graphs[key] = entry
+                while len(self._graphs) > MAX_GRAPHS:
+                    self._graphs.popitem(last=False)
+            self._graphs.move_to_end(key)
+            replay, static, out = entry
+            for dst, src in zip(static, leaves):
+                if isinstance(dst, torch.Tensor):
+                    dst.copy_(src)
+            replay()
+            return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out)
 
     def _capture(self, leaves: list, spec: Any) -> tuple:
         static = [v.clone() if isinstance(v, torch.Tensor) else v for v in leaves]
@@ -170,7 +174,8 @@ def _graph_cache(net: Any, speed: Speed) -> OrderedDict:
     ``net`` lives; a network that takes no weak reference (or options that are not hashable) gets a new, per-call
     cache."""
     try:
-        return _GRAPHS.setdefault(net, {}).setdefault(speed, OrderedDict())
+        with _GRAPH_LOCK:
+            return _GRAPHS.setdefault(net, {}).setdefault(speed, OrderedDict())
     except TypeError:
         return OrderedDict()
 

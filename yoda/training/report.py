@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .. import data as _data
-from .._io import atomic_write_text, check_folder_writable, made_dirs, remove_empty
+from .._io import atomic_write_text, check_folder_writable, folder_lock, made_dirs, remove_empty
+from ..errors import sigterm_exits
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
 from .distributed import env_ranks, local_batch, process_group, rank_device
@@ -91,24 +90,6 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
     return "\n".join(lines) + "\n"
 
 
-@contextlib.contextmanager
-def _exit_on_sigterm():
-    """SIGTERM before the training loop (which stops after a step and saves on it): SystemExit(143), so that
-    the folder made for the run is removed when nothing was written there, as for Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    old = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def check_out(out: str, weights_name: str) -> None:
     """Before anything is read or trained: files can be written in the folder ``out`` (made if missing), and none
     of the files the run writes there is a folder. Errors name --out (or --weights-name)."""
@@ -150,8 +131,9 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
         check_out(out, weights_name)
     made = made_dirs(Path(out))
     try:
-        with _exit_on_sigterm(), process_group(ranks, rank_device(resolve_device(device), ranks)), \
-                contextlib.ExitStack() as stack:
+        # rank 0 holds --out: a second `yoda train` into it (a job launched twice) is refused, not interleaved
+        with sigterm_exits(), folder_lock(out, "--out") if ranks.main else contextlib.nullcontext(), \
+                process_group(ranks, rank_device(resolve_device(device), ranks)), contextlib.ExitStack() as stack:
             tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
             stack.callback(tr.close)  # before the process group goes (the with's exit)
             start_step = tr.step
