@@ -137,6 +137,22 @@ def test_a_small_file_cannot_declare_a_huge_model(tmp_path):
     sd[k] = sd[k].contiguous()  # the same values stored: loads
     torch.save({"state_dict": {"model": sd}}, p)
     assert torch.equal(yoda.load("srdiff", p).state_dict()[k], sd[k])
+    # expanded tensors that a loader computed with before any check: weight_norm's g / v (folded in float64) and
+    # the betas buffer (its length became the schedule's T): 11-12 KB files took 2.1-2.3 GB; refused on reading
+    for extra in ({"denoise_fn.x.weight_g": torch.zeros(1, 1).expand(50_000_000, 1),
+                   "denoise_fn.x.weight_v": torch.zeros(1, 1).expand(50_000_000, 1)},
+                  {"betas": torch.full((1,), 0.01).expand(50_000_000)}):
+        torch.save({"state_dict": {"model": {**sd, **extra}}}, p)
+        assert p.stat().st_size < 1_000_000  # the tiny model; the expanded tensors declare 200-400 MB more
+        with pytest.raises(CheckpointError, match=r"tensors whose storage is smaller than their shape"):
+            yoda.load("srdiff", p)
+    # schedule lengths read from config files are bounded (a 515-byte SR3 JSON asked for 1.5 GB)
+    from yoda.models.sr3 import sr3_beta_schedule
+
+    with pytest.raises(ValueError, match="n_timestep 50000000 is over 100000"):
+        sr3_beta_schedule({"schedule": "linear", "n_timestep": 50_000_000})
+    with pytest.raises(ValueError, match="timesteps 200000 is over 100000"):
+        SRDiffConfig(timesteps=200_000)
 
 
 def test_a_compressed_zip_checkpoint_is_refused_before_it_is_unpacked(tmp_path):
@@ -602,9 +618,13 @@ def test_tampered_scale_and_kind_name_the_file(tmp_path):
 def test_tampered_srdiff_timesteps_refused_before_building(tmp_path):
     p = tmp_path / "s.safetensors"
     save_model(_srdiff(), p)
-    bad = _tamper(p, tmp_path / "t.safetensors", args={"timesteps": 10**9})  # 8 GB of betas if built
-    with pytest.raises(CheckpointError, match=r"t\.safetensors: the yoda config declares timesteps=1000000000, but "
+    bad = _tamper(p, tmp_path / "t.safetensors", args={"timesteps": 50_000})  # longer than any real schedule
+    with pytest.raises(CheckpointError, match=r"t\.safetensors: the yoda config declares timesteps=50000, but "
                                               r"the file's schedule has T=12"):
+        yoda.load("yoda", bad)
+    bad = _tamper(p, tmp_path / "u.safetensors", args={"timesteps": 10**9})  # 8 GB of betas if built
+    with pytest.raises(CheckpointError, match=r"u\.safetensors: the yoda config's args do not build a 'srdiff' model: "
+                                              r"SRDiffConfig.timesteps 1000000000 is over 100000"):
         yoda.load("yoda", bad)
 
 

@@ -286,7 +286,6 @@ def test_atomic_write_writes_through_a_symlink(tmp_path):
     assert chain.is_symlink() and link.is_symlink() and target.read_text() == "chained"
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to own a link as another user")
 def test_folder_lock_is_exclusive_and_released(tmp_path):
     """folder_lock: one holder at a time (flock on the folder: also between two opens in one process, as between
     processes), released at the end of the block, also on an error; no file is left in the folder."""
@@ -326,6 +325,7 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to own a link as another user")
 def test_atomic_write_does_not_follow_another_users_link_in_a_shared_folder(tmp_path):
     """A link planted at an output name in a world-writable sticky folder (/tmp) by another user was followed:
     yoda resolved it itself and renamed over its target, where the kernel's fs.protected_symlinks would have

@@ -265,11 +265,13 @@ def test_cuda_graph_replay_logic_with_a_fake_capture(monkeypatch):
     assert not any(b is x1 for b in captures[0])  # static buffers are copies
 
 
-def test_cuda_graphs_are_kept_across_calls(monkeypatch):
+def test_cuda_graphs_are_kept_across_calls_in_a_graph_cache(monkeypatch):
     """Each yoda.sample call (each image of `yoda upscale --cuda-graphs`) built a new FastNet with no graphs, so
-    every call paid GRAPH_WARMUP + 1 network calls and a new capture: with the CLI's 1 step, 4 forwards instead of
-    1 per image. The graphs are now kept with the network: one capture for five calls; weights that moved are
-    captured anew; at most MAX_GRAPHS signatures are kept, the least recently used dropped."""
+    every image paid GRAPH_WARMUP + 1 network calls and a capture: with the CLI's 1 step, 4 forwards instead of 1.
+    A GraphCache given as cuda_graphs= keeps them across calls (the CLI keeps one per run): one capture for five
+    calls; weights that moved or a training flag switched are captured anew; at most MAX_GRAPHS signatures, the
+    least recently used dropped. Without one, graphs still live as long as the call (a DiffBIR strength set per
+    call, baked into a graph, must not be replayed by the next call)."""
     import yoda.sampling.speed as S
 
     captures = []
@@ -280,25 +282,53 @@ def test_cuda_graphs_are_kept_across_calls(monkeypatch):
         return (lambda: out.copy_(fn())), out
 
     monkeypatch.setattr(S, "capture_cuda_graph", fake_capture)
-    net, speed = Net(), Speed(cuda_graphs=True)
+    net, cache = Net(), S.GraphCache()
+    speed = check_speed(cuda_graphs=cache, device=torch.device("cuda", 0))
+    assert speed.cuda_graphs and speed.graph_cache is cache and speed == Speed(cuda_graphs=True)
     x, lv = torch.randn(1, 6, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((1, 1), 0.5)
     for _ in range(5):  # five sample() calls: five FastNets over one network
         y = FastNet(net, speed)(x, lv)
-    assert len(captures) == 1 and torch.equal(y, net(x, lv))
-    assert len(FastNet(Net(), speed)._graphs) == 0  # another network: its own graphs
+    assert len(captures) == 1 and len(cache) == 1 and torch.equal(y, net(x, lv))
+    for _ in range(2):  # no cache: one capture a call, as before
+        FastNet(net, Speed(cuda_graphs=True))(x, lv)
+    assert len(captures) == 3
+    captures.clear()
     with torch.no_grad():
         net.a.weight = torch.nn.Parameter(net.a.weight * 2)  # replaced: the old graph would read freed memory
     y = FastNet(net, speed)(x, lv)
-    assert len(captures) == 2 and torch.equal(y, net(x, lv))
+    assert len(captures) == 1 and torch.equal(y, net(x, lv))
+    assert net.training
+    net.eval()  # another mode: another graph
+    FastNet(net, speed)(x, lv)
+    net.train()
+    assert len(captures) == 2
     fast = FastNet(net, speed)
     for n in range(2, S.MAX_GRAPHS + 3):  # MAX_GRAPHS + 1 new signatures: more than are kept
         fast(torch.zeros(n, 6, 8, 8), torch.full((n, 1), 0.5))
-    assert len(fast._graphs) == S.MAX_GRAPHS and len(captures) == 2 + S.MAX_GRAPHS + 1
+    assert len(cache) == S.MAX_GRAPHS and len(captures) == 2 + S.MAX_GRAPHS + 1
     n = S.MAX_GRAPHS + 2
     fast(torch.zeros(n, 6, 8, 8), torch.full((n, 1), 0.5))  # the newest: replayed
     assert len(captures) == 2 + S.MAX_GRAPHS + 1
     fast(x, lv)  # the first signature of these weights was dropped: captured again
     assert len(captures) == 2 + S.MAX_GRAPHS + 2
+    cache.clear()
+    assert len(cache) == 0
+    with pytest.raises(TypeError, match="cuda_graphs must be a bool or a GraphCache, got dict"):
+        check_speed(cuda_graphs={}, device=torch.device("cuda", 0))
+
+
+def test_cli_keeps_one_graph_cache_for_a_run():
+    """`yoda upscale --cuda-graphs` passes one GraphCache to every image of the run (built once, with the model)."""
+    import argparse
+
+    from yoda.cli_upscale import speed_options
+    from yoda.sampling.speed import GraphCache
+
+    a = argparse.Namespace(compile=False, autocast=None, channels_last=False, cuda_graphs=True)
+    opts = speed_options(a, torch.device("cuda", 0))
+    assert isinstance(opts["cuda_graphs"], GraphCache) and len(opts["cuda_graphs"]) == 0
+    assert speed_options(argparse.Namespace(**{**vars(a), "cuda_graphs": False}), torch.device("cpu"))[
+        "cuda_graphs"] is False
 
 
 def test_threads_sharing_a_graph_take_turns(monkeypatch):
@@ -320,7 +350,8 @@ def test_threads_sharing_a_graph_take_turns(monkeypatch):
         return replay, out
 
     monkeypatch.setattr(S, "capture_cuda_graph", fake_capture)
-    net, speed, lv = Net(), Speed(cuda_graphs=True), torch.full((1, 1), 0.5)
+    net, lv = Net(), torch.full((1, 1), 0.5)
+    speed = check_speed(cuda_graphs=S.GraphCache(), device=torch.device("cuda", 0))
     xs = [torch.full((1, 6, 8, 8), float(i)) for i in range(2)]
     want = [net(x, lv) for x in xs]
     bad = []

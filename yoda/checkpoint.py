@@ -251,6 +251,10 @@ def as_state_dict(obj: Any, where: str) -> Dict[str, Any]:
     bad = [k for k in obj if not isinstance(k, str)]
     if bad:
         raise CheckpointError(f"{where}: state-dict keys must be strings, got {fmt_keys(bad)}")
+    short = [k for k, v in obj.items() if isinstance(v, torch.Tensor) and _storage_short(v)]
+    if short:  # before any loader computes with them (a weight_norm fold, a schedule from a betas buffer)
+        raise CheckpointError(f"{where}: tensors whose storage is smaller than their shape (expanded views, not "
+                              f"saved weights): {fmt_keys(short)}")
     return dict(obj)
 
 

@@ -117,7 +117,10 @@ def speed_options(a, dev) -> dict:
     if a.cuda_graphs and dev.type != "cuda":
         raise UserError(f"--cuda-graphs captures the denoiser in CUDA graphs and needs a CUDA device; this run is on "
                         f"{dev} (--device cuda, or leave --cuda-graphs out)")
-    return dict(compile=a.compile, autocast=a.autocast, channels_last=a.channels_last, cuda_graphs=a.cuda_graphs)
+    from .sampling.speed import GraphCache  # one for the run: its images replay the graphs the first captured
+
+    return dict(compile=a.compile, autocast=a.autocast, channels_last=a.channels_last,
+                cuda_graphs=GraphCache() if a.cuda_graphs else False)
 
 
 def expand_inputs(inputs: list) -> tuple[list, set]:

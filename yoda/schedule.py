@@ -22,6 +22,7 @@ import torch
 from .masks import check_T
 
 SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform", "sd_leading")
+MAX_FILE_T = 100_000  # the longest schedule read from a config or checkpoint (released models use <= 4000 steps)
 FINAL_AT_FIRST = ("ldm_uniform", "sd_leading")  # spacings whose last step lands on alpha_bar[0], not on 1 (pairs)
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters import PixelAdapter, Prepared
-from ..schedule import Schedule
+from ..schedule import MAX_FILE_T, Schedule
 from .card import ModelCard
 
 __all__ = [
@@ -163,6 +163,8 @@ def sr3_beta_schedule(opt: dict) -> Schedule:
         T = int(opt["n_timestep"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"beta_schedule entry needs an int 'n_timestep', got {opt.get('n_timestep')!r}") from e
+    if T > MAX_FILE_T:  # a few bytes of JSON could ask for gigabytes of schedule
+        raise ValueError(f"beta_schedule entry's n_timestep {T} is over {MAX_FILE_T} (released SR3 models: 2000)")
     try:
         start = float(opt.get("linear_start", 1e-4))
         end = float(opt.get("linear_end", 2e-2))

@@ -31,7 +31,7 @@ from torch import nn
 from yoda_kernels.contract import PREDICTIONS
 
 from ..adapters import Adapter, Prepared, upsample
-from ..schedule import Schedule
+from ..schedule import MAX_FILE_T, Schedule
 from .card import ModelCard
 
 __all__ = ["SRDiffConfig", "SRDiff", "SRDiffAdapter", "RRDBNet", "Unet", "srdiff_beta_schedule"]
@@ -89,6 +89,8 @@ class SRDiffConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"SRDiffConfig.{name} must be a positive int, got {v!r}")
+        if self.timesteps > MAX_FILE_T:  # a config of a few bytes could ask for gigabytes of schedule
+            raise ValueError(f"SRDiffConfig.timesteps {self.timesteps} is over {MAX_FILE_T} (upstream SRDiff: 100)")
         if not self.dim_mults or min(self.dim_mults) < 1:
             raise ValueError(f"SRDiffConfig.dim_mults must be non-empty positive ints, got {self.dim_mults}")
         if isinstance(self.rrdb_num_block, bool) or not isinstance(self.rrdb_num_block, int) or self.rrdb_num_block < 2:

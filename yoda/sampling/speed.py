@@ -19,11 +19,13 @@ same shapes does not compile again).
 - ``cuda_graphs``: CUDA only. The network call is captured once per input signature (shapes, dtypes, the
   non-tensor arguments) in a ``torch.cuda.CUDAGraph`` with static input buffers, and replayed: inputs are copied
   into the buffers, the output is cloned out. Tiled denoising has a few signatures (edge windows, the last
-  batch), each captured once. The graphs outlive the call: they are kept with the network (weakly, at most
-  MAX_GRAPHS per network, the least recently used dropped), so the next call or the next image of a folder
-  replays them; a network whose weights moved (``.to()``, ``.half()``) is captured anew. Threads that call one
-  network take turns at its graphs (their buffers are shared; the threads must use the same CUDA stream). The
-  network must be capturable: no host syncs, no data-dependent shapes.
+  batch), each captured once. The graphs live as long as the call, unless ``cuda_graphs`` is a
+  :class:`GraphCache`: then they live in it, and later calls given the same cache replay them (``yoda upscale
+  --cuda-graphs`` keeps one for the images of a run). A cache is for calls on one network whose Python state
+  does not change between them (a DiffBIR strength, a training flag: a graph replays what was captured); a
+  network whose weights moved (``.to()``, ``.half()``) is captured anew. Threads take turns at the graphs
+  (their buffers are shared; the threads must use one CUDA stream). The network must be capturable: no host
+  syncs, no data-dependent shapes.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -42,9 +43,24 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NETWORK_ATTRS = ("net", "model", "fn", "_denoise")  # where adapters keep their network, in this order
 GRAPH_WARMUP = 3  # eager (or compiled) calls on a side stream before a CUDA graph is captured
-MAX_GRAPHS = 8  # CUDA graphs kept per network and options (each holds its memory pool)
-_GRAPHS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()  # network -> {Speed: graphs}
-_GRAPH_LOCK = threading.RLock()  # around the cache and each copy-in, replay, copy-out (threads on one stream)
+MAX_GRAPHS = 8  # CUDA graphs a GraphCache keeps (each holds its memory pool)
+_GRAPH_LOCK = threading.RLock()  # around each capture and copy-in, replay, copy-out (threads on one stream)
+
+
+class GraphCache:
+    """CUDA graphs kept across yoda.sample calls: ``cuda_graphs=cache``, the same instance for calls on one network
+    whose Python state stays the same (see the module docstring). At most MAX_GRAPHS input signatures, the least
+    recently used dropped; ``clear()`` frees them (and their memory pools)."""
+
+    def __init__(self) -> None:
+        self.graphs: OrderedDict = OrderedDict()
+
+    def clear(self) -> None:
+        with _GRAPH_LOCK:
+            self.graphs.clear()
+
+    def __len__(self) -> int:
+        return len(self.graphs)
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class Speed:
     autocast: Optional[str] = None  # None | "bf16" | "fp16"
     channels_last: bool = False
     cuda_graphs: bool = False
+    graph_cache: Optional[GraphCache] = field(default=None, compare=False)  # cuda_graphs=GraphCache(): kept there
 
     @property
     def active(self) -> bool:
@@ -70,9 +87,13 @@ def check_speed(*, compile: Any = False, autocast: Any = None, channels_last: An
         if not all(isinstance(k, str) for k in compile):
             raise TypeError("compile: a dict of torch.compile keyword arguments must have str keys")
         compile, options = True, tuple(sorted(compile.items()))
+    cache = cuda_graphs if isinstance(cuda_graphs, GraphCache) else None
+    if cache is not None:
+        cuda_graphs = True
     for name, v in (("compile", compile), ("channels_last", channels_last), ("cuda_graphs", cuda_graphs)):
         if not isinstance(v, bool):
-            raise TypeError(f"{name} must be a bool{' or a dict' if name == 'compile' else ''}, got {type(v).__name__}")
+            kind = {"compile": " or a dict", "cuda_graphs": " or a GraphCache"}.get(name, "")
+            raise TypeError(f"{name} must be a bool{kind}, got {type(v).__name__}")
     if isinstance(autocast, torch.dtype):
         autocast = {v: k for k, v in AUTOCAST_DTYPES.items()}.get(autocast, autocast)
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
@@ -80,7 +101,7 @@ def check_speed(*, compile: Any = False, autocast: Any = None, channels_last: An
     if cuda_graphs and torch.device(device).type != "cuda":
         raise ValueError(f"cuda_graphs=True captures the denoiser call in a CUDA graph and needs a CUDA device; "
                          f"lr is on {device} (leave cuda_graphs=False on the CPU)")
-    return Speed(compile, options, autocast, channels_last, cuda_graphs)
+    return Speed(compile, options, autocast, channels_last, cuda_graphs, cache)
 
 
 def network_attr(adapter: Any) -> str:
@@ -117,7 +138,8 @@ class FastNet:
     submodules an adapter's prepare uses, its config), so the adapter's code runs unchanged."""
 
     def __init__(self, net: Any, speed: Speed) -> None:
-        self.__dict__.update(_net=net, _speed=speed, _graphs=_graph_cache(net, speed) if speed.cuda_graphs else None,
+        graphs = speed.graph_cache.graphs if speed.graph_cache is not None else OrderedDict()
+        self.__dict__.update(_net=net, _speed=speed, _graphs=graphs,
                              _call=torch.compile(net, **dict(speed.compile_options)) if speed.compile else net)
 
     def __getattr__(self, name: str) -> Any:
@@ -169,23 +191,13 @@ class FastNet:
         return replay, static, out
 
 
-def _graph_cache(net: Any, speed: Speed) -> OrderedDict:
-    """The CUDA graphs captured for ``net`` with ``speed`` (key -> entry, least recently used first), kept as long as
-    ``net`` lives; a network that takes no weak reference (or options that are not hashable) gets a new, per-call
-    cache."""
-    try:
-        with _GRAPH_LOCK:
-            return _GRAPHS.setdefault(net, {}).setdefault(speed, OrderedDict())
-    except TypeError:
-        return OrderedDict()
-
-
 def _weights_key(net: Any) -> tuple:
-    """Where the network's weights live: a graph replays these addresses, so weights moved (``.to()``,
-    ``.half()``, a replaced parameter) must not replay a graph captured before."""
+    """Where the network's weights live and its training flag: a graph replays those addresses and that mode, so
+    weights moved (``.to()``, ``.half()``, a replaced parameter) or a mode switched must not replay an older one."""
     if not isinstance(net, torch.nn.Module):
-        return ()
-    return tuple((t.data_ptr(), t.dtype) for t in itertools.chain(net.parameters(), net.buffers()))
+        return (id(net),)
+    return (id(net), net.training) + tuple((t.data_ptr(), t.dtype)
+                                           for t in itertools.chain(net.parameters(), net.buffers()))
 
 
 def capture_cuda_graph(fn: Callable[[], Any], inputs: list) -> tuple[Callable[[], None], Any]:
