@@ -7,6 +7,7 @@ process. Run as a script under torchrun (``_worker``), this file is also the ran
 start-up of 2 ranks is most of the time) runs `yoda train` as `python -m yoda` would, then a Trainer with a resume.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 import pytest
 import torch
 
+from yoda._io import folder_lock
 from yoda.cli import main
 from yoda.training import LossConfig, Ranks, TrainConfig, Trainer, diffusion_loss, step_taus
 from yoda.training.distributed import local_batch
@@ -112,6 +114,12 @@ def _worker(folder: str) -> None:
     seen: list = []
     with process_group(ranks, torch.device("cpu")):  # one group: `yoda train` uses it as it finds it
         assert main(["train", "--config", "cli.json", "--out", "cli", "-q"]) == 0
+        # --out held by another process (here rank 0 itself, through another open of the folder: flock tells them
+        # apart as it tells processes apart): every rank refuses, not rank 0 alone (the others waited for it in
+        # the first collective until torchrun killed them, or until the collective's time-out)
+        os.makedirs("busy", exist_ok=True)
+        with folder_lock("busy", "--out") if ranks.main else contextlib.nullcontext():
+            assert main(["train", "--config", "cli.json", "--out", "busy", "-q"]) == 2
         tr = Trainer(cfg, out, device="cpu", progress=False, ranks=ranks)
         _record_inputs(tr, seen)
         tr.run(steps=2)

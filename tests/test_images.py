@@ -284,6 +284,11 @@ def test_atomic_write_writes_through_a_symlink(tmp_path):
     chain.symlink_to("link.png")
     atomic_write(chain, lambda tmp: open(tmp, "w").write("chained"))
     assert chain.is_symlink() and link.is_symlink() and target.read_text() == "chained"
+    # "L/../x" where L is a link to a folder: ".." is taken after L is followed, as open() takes it (not as text)
+    (tmp_path / "real" / "sub").mkdir()
+    (tmp_path / "L").symlink_to(tmp_path / "real" / "sub")
+    atomic_write(str(tmp_path / "L" / ".." / "out.png"), lambda tmp: open(tmp, "w").write("dotdot"))
+    assert target.read_text() == "dotdot" and not (tmp_path / "out.png").exists()
 
 
 def test_folder_lock_is_exclusive_and_released(tmp_path):

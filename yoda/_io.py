@@ -67,7 +67,7 @@ def _target(p: Path) -> Path:
     fs.protected_symlinks, a link in a world-writable sticky folder (/tmp) is followed only if it belongs to this
     user or to the folder's owner: another user's link planted at an output name there is a PermissionError (the
     rename would otherwise replace whatever file it points to). A loop of links is an OSError (ELOOP)."""
-    cur = p
+    cur = Path(os.path.realpath(os.path.dirname(p) or "."), os.path.basename(p))  # "L/../x" as open() reads it
     for _ in range(40):  # the kernel's limit on links followed
         if not os.path.islink(cur):
             return cur

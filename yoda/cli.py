@@ -158,7 +158,7 @@ def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> No
     windows, window_batch, need = plan_windows(hr_h, hr_w, 1, run.unit, a.max_memory, a.tiles, a.window_batch,
                                                run.least)
     if windows is not None and a.tiles is None:
-        print(f"{src}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
+        print(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
               f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap "
               f"{windows[1]}), {window_batch} per call")
     t0 = time.perf_counter()
@@ -507,7 +507,7 @@ def _pillow_limit(max_pixels: Optional[int]):
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning of the library (an ICC profile it cannot read, a model in training mode, ...) as one line."""
-    print(f"yoda: warning: {message}", file=sys.stderr)
+    print(f"yoda: warning: {printable(message)}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, printable
 from .errors import user_input as _user_input
 
 MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
@@ -187,7 +187,7 @@ def folder_images(folder: str) -> list:
     with _user_input():
         paths = list_folder(folder, left_out)
     if left_out:
-        print(f"yoda: note: {left_out_note(folder, left_out)}", file=sys.stderr)
+        print(f"yoda: note: {printable(left_out_note(folder, left_out))}", file=sys.stderr)
     return paths
 
 

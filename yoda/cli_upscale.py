@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .cli_models import check_out_folder, check_output_option, folder_images
-from .errors import UserError, out_of_memory
+from .errors import UserError, out_of_memory, printable
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
@@ -153,7 +153,7 @@ def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], s
     dropped = {p for p in inputs if Path(p).name in sources and os.path.realpath(p) in from_folders
                and Path(p).parent.samefile(out_dir) and _upscaled_from(p, sources[Path(p).name], scale)}
     if dropped:
-        print(f"yoda: note: left out {', '.join(sorted(Path(p).name for p in dropped))}: "
+        print(f"yoda: note: left out {printable(', '.join(sorted(Path(p).name for p in dropped)))}: "
               f"{'it is the output' if len(dropped) == 1 else 'they are the outputs'} of an earlier run into "
               f"{out_dir} (-o), not an input", file=sys.stderr)
     return [p for p in inputs if p not in dropped]
@@ -193,7 +193,7 @@ def dist_env() -> tuple[int, int]:
 
 def skip_existing(skip: bool, src: str, dst: str) -> bool:
     if skip and os.path.exists(dst):
-        print(f"{src} -> {dst} exists, skipped (--skip-existing)")
+        print(f"{printable(src)} -> {printable(dst)} exists, skipped (--skip-existing)")
         return True
     return False
 

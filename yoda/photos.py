@@ -186,11 +186,11 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
         raise DataError(f"none of the photograph packages is installed; install them: apt-get install "
                         f"{' '.join(PACKAGES)}")
     made = made_dirs(Path(out))
-    try:
-        with folder_lock(out, "--out"):  # a second build at once would delete this one's staging folder
+    with folder_lock(out, "--out"):  # a second build at once would delete this one's staging folder
+        try:
             return _build_into(out, short_side, photos, progress)
-    finally:
-        remove_empty(made)  # a folder made for a build that wrote nothing
+        finally:
+            remove_empty(made)  # a folder made for a build that wrote nothing (while still held)
 
 
 def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Callable[[str], None]]) -> Built:

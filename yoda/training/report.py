@@ -11,11 +11,11 @@ from typing import Optional
 import torch
 
 from .. import data as _data
-from .._io import atomic_write_text, check_folder_writable, folder_lock, made_dirs, remove_empty
+from .._io import FolderInUse, atomic_write_text, check_folder_writable, folder_lock, made_dirs, remove_empty
 from ..errors import sigterm_exits
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
-from .distributed import env_ranks, local_batch, process_group, rank_device
+from .distributed import all_reduce_sum, env_ranks, local_batch, process_group, rank_device
 from .trainer import RUN_FILES, Trainer, check_weights_name
 
 
@@ -101,6 +101,20 @@ def check_out(out: str, weights_name: str) -> None:
             raise IsADirectoryError(f"{what}: {os.path.join(out, name)} is a folder, where the run writes its {name}")
 
 
+def hold_out(stack: contextlib.ExitStack, out: str, ranks, dev: torch.device) -> None:
+    """Rank 0 holds --out for the run (folder_lock, released by ``stack``): a second `yoda train` into it (a job
+    launched twice) is refused instead of interleaving both runs' files. Every rank learns it from one vote, so
+    under torchrun all of them stop with the error (the others waited for rank 0 until torchrun killed them)."""
+    busy = None
+    if ranks.main:
+        try:
+            stack.enter_context(folder_lock(out, "--out"))
+        except FolderInUse as e:
+            busy = e
+    if all_reduce_sum(torch.tensor([float(busy is not None)], device=dev), ranks).item() > 0:
+        raise busy or FolderInUse(f"--out {out} is in use by another yoda process (rank 0 found it held)")
+
+
 def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = None, device: str = "auto",
                minutes: Optional[float] = None, progress: bool = True, command: str = "",
                weights_name: str = "model.safetensors", data_dir: Optional[str] = None,
@@ -130,10 +144,11 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     if ranks.main:  # rank 0 writes; the other ranks making the folder at the same time must not race its check
         check_out(out, weights_name)
     made = made_dirs(Path(out))
+    dev = rank_device(resolve_device(device), ranks)
     try:
-        # rank 0 holds --out: a second `yoda train` into it (a job launched twice) is refused, not interleaved
-        with sigterm_exits(), folder_lock(out, "--out") if ranks.main else contextlib.nullcontext(), \
-                process_group(ranks, rank_device(resolve_device(device), ranks)), contextlib.ExitStack() as stack:
+        with sigterm_exits(), process_group(ranks, dev), contextlib.ExitStack() as stack:
+            hold_out(stack, out, ranks, dev)
+            stack.callback(remove_empty, made)  # while --out is held: a run that wrote nothing leaves no folder
             tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
             stack.callback(tr.close)  # before the process group goes (the with's exit)
             start_step = tr.step
