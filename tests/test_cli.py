@@ -409,7 +409,6 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
         assert code == 2 and err.count("\n") == 1 and f"--lr-size must be >= 1, got {bad}" in err
 
 
-
 def test_demo_error_maps():
     """The demo's error maps: the mean over RGB of |a - b| in 8-bit levels, drawn grey from black (0) to white
     (ERROR_WHITE levels and above)."""

@@ -815,7 +815,6 @@ def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
     assert "now at step 2 of 2" in o and e == "" and "stopped by" not in (out / "TRAINING.md").read_text()
 
 
-
 @pytest.mark.parametrize("name", ["edge", "sift"])
 def test_training_masks_are_the_sampling_masks(name):
     """A training crop's mask is the crop of the map yoda.sample makes of the whole image. The trainer made a map of
