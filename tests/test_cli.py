@@ -934,23 +934,31 @@ def test_file_names_with_terminal_escapes_are_shown_not_obeyed(tmp_path, tiny_mo
     assert (tmp_path / "out" / "a\x1b]0;owned\x07\x1b[2K_x4.png").exists()  # the file itself keeps its name
 
 
-def test_inputs_that_would_write_one_output_are_refused(tmp_path, tiny_model, capsys):
-    """Two inputs whose outputs would have one name are refused before any work, also when the names differ only
-    in letter case (a/Img.png, b/img.png: one file on macOS' and Windows' file systems, where the second
-    upscale silently replaced the first)."""
-    for name_a, name_b in (("x.png", "x.png"), ("Img.png", "img.png")):
-        for d, name in (("a", name_a), ("b", name_b)):
-            (tmp_path / d).mkdir(exist_ok=True)
-            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / d / name)
-        code, out, err = run(["upscale", str(tmp_path / "a" / name_a), str(tmp_path / "b" / name_b), "-o",
-                              str(tmp_path / "out"), "--model", tiny_model, "-q"], capsys)
-        assert code == 2 and out == "" and err.count("\n") == 1, err
-        assert f"{name_a} and " in err and f"b/{name_b} have the same file name stem (letter case aside): both " \
-            "would be written to " in err
-        assert not (tmp_path / "out").exists()
-        for d in ("a", "b"):
-            for f in (tmp_path / d).iterdir():
-                f.unlink()
+def test_inputs_that_would_write_one_output_are_refused(tmp_path, tiny_model, capsys, monkeypatch):
+    """Two inputs whose outputs would have one name are refused before any work; on a file system that ignores
+    letter case (macOS' and Windows' defaults) also a/Img.png and b/img.png, one file there (the second upscale
+    silently replaced the first), while a case-sensitive one (Linux) keeps both."""
+    import yoda.cli_upscale as U
+
+    assert not U.case_insensitive(tmp_path / "not" / "made")  # this machine's tmp: case-sensitive
+    for d, name in (("a", "x.png"), ("b", "x.png"), ("a", "Img.png"), ("b", "img.png")):
+        (tmp_path / d).mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / d / name)
+
+    def upscale(name_a, name_b, out):
+        return run(["upscale", str(tmp_path / "a" / name_a), str(tmp_path / "b" / name_b), "-o", str(tmp_path / out),
+                    "--model", tiny_model, "--steps", "1", "-q"], capsys)
+
+    code, out, err = upscale("x.png", "x.png", "o1")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "a/x.png and " in err and "b/x.png have the same file name stem: both would be written to " in err
+    assert not (tmp_path / "o1").exists()
+    code, out, err = upscale("Img.png", "img.png", "o2")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["Img_x4.png", "img_x4.png"], err
+    monkeypatch.setattr(U, "case_insensitive", lambda folder: True)
+    code, out, err = upscale("Img.png", "img.png", "o3")
+    assert code == 2 and "b/img.png have the same file name stem (letter case aside): both would be" in err
+    assert not (tmp_path / "o3").exists()
 
 
 def test_every_command_runs_under_sigterm_exits(tmp_path, monkeypatch, capsys):

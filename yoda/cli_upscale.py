@@ -307,15 +307,35 @@ def output_targets(a, out_dir: Optional[Path]) -> list[str]:
         return [a.output]
     targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
     seen, ids = {}, _file_ids(a.inputs)
+    fold = case_insensitive(out_dir)  # Img and img are one file on macOS' and Windows' file systems
     for src, dst in zip(a.inputs, targets):
-        key = os.path.normcase(dst).casefold()  # Img and img are one file on macOS' and Windows' file systems
+        key = dst.casefold() if fold else dst
         if key in seen:
-            raise UserError(f"{seen[key]} and {src} have the same file name stem (letter case aside): both would be "
-                            f"written to {dst}")
+            raise UserError(f"{seen[key]} and {src} have the same file name stem{' (letter case aside)' if fold else ''}: "
+                            f"both would be written to {dst}")
         seen[key] = src
         check_not_an_input(ids, dst)
     check_out_folder(a.output, targets)
     return targets
+
+
+def case_insensitive(folder: Path) -> bool:
+    """Whether file names in ``folder`` (or, before it is made, its nearest existing parent) ignore letter case:
+    a file is made there and looked up with its name's case swapped."""
+    import tempfile
+
+    up = Path(folder).absolute()
+    while not up.is_dir() and up != up.parent:
+        up = up.parent
+    try:
+        fd, path = tempfile.mkstemp(prefix=".yoda-case-", dir=up)
+    except OSError:
+        return False  # not writable: check_out_folder says so
+    try:
+        os.close(fd)
+        return os.path.exists(os.path.join(up, os.path.basename(path).swapcase()))
+    finally:
+        os.unlink(path)
 
 
 def _file_ids(paths) -> dict:
