@@ -271,7 +271,7 @@ def test_auto_backend_order(monkeypatch, cuda_built, triton_ok, device, want):
     kernels = {op: frozenset({"CPU", "CUDA"} if cuda_built else {"CPU"}) for op in ops.OPS}
     monkeypatch.setattr(ops, "DEVICE_KERNELS", kernels)
     monkeypatch.setattr(ops, "triton_available", lambda: triton_ok)
-    monkeypatch.setattr(ops, "_warned_reference", {"cuda"})  # the one-time warning is tested below
+    monkeypatch.setattr(ops, "_warned", {"reference on cuda"})  # the one-time warning is tested below
     assert ops.resolve_backend("auto", torch.device(device)) == want
 
 
@@ -286,7 +286,7 @@ def test_fallback_is_per_op_and_visible(monkeypatch):
     assert ops.active_backends("cpu", "cpp")["tile_stats"] == "naive"
     monkeypatch.setattr(ops, "DEVICE_KERNELS", {op: frozenset() for op in ops.OPS})
     monkeypatch.setattr(ops, "triton_available", lambda: False)
-    monkeypatch.setattr(ops, "_warned_reference", set())
+    monkeypatch.setattr(ops, "_warned", set())
     with pytest.warns(RuntimeWarning, match="reference runs there"):
         assert ops.active_backends("cuda") == {op: "naive" for op in ops.OPS}
     with warnings.catch_warnings():

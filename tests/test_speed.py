@@ -230,24 +230,35 @@ def test_cli_speed_flags_reach_the_sampler(tmp_path, tiny_model, monkeypatch):
     assert (tmp_path / "out.png").exists()
 
 
-def test_cuda_graph_replay_logic_with_a_fake_capture(monkeypatch):
-    """FastNet's CUDA-graph path without a GPU: capture_cuda_graph replaced by a fake whose replay recomputes into
-    the captured output buffers. Checked: one capture per input signature, inputs copied into the static buffers
-    before each replay, outputs cloned out (a later replay does not change an earlier result)."""
+def fake_capture(monkeypatch, pause: float = 0.0) -> list:
+    """capture_cuda_graph replaced for the CPU: the call run once (its output is the graph's output buffer), and a
+    replay that runs it again into that buffer, after ``pause`` seconds; returns the list of the static inputs of
+    every capture."""
+    import time
+
     import yoda.sampling.speed as S
 
     captures = []
 
-    def fake_capture(fn, inputs):
+    def capture(fn, inputs):
         out = fn()
         captures.append(inputs)
 
         def replay():
+            time.sleep(pause)
             out.copy_(fn())
 
         return replay, out
 
-    monkeypatch.setattr(S, "capture_cuda_graph", fake_capture)
+    monkeypatch.setattr(S, "capture_cuda_graph", capture)
+    return captures
+
+
+def test_cuda_graph_replay_logic_with_a_fake_capture(monkeypatch):
+    """FastNet's CUDA-graph path without a GPU: capture_cuda_graph replaced by a fake whose replay recomputes into
+    the captured output buffers. Checked: one capture per input signature, inputs copied into the static buffers
+    before each replay, outputs cloned out (a later replay does not change an earlier result)."""
+    captures = fake_capture(monkeypatch)
     net = Net()
     fast = FastNet(net, Speed(cuda_graphs=True))
     g = torch.Generator().manual_seed(3)
@@ -274,14 +285,7 @@ def test_cuda_graphs_are_kept_across_calls_in_a_graph_cache(monkeypatch):
     call, baked into a graph, must not be replayed by the next call)."""
     import yoda.sampling.speed as S
 
-    captures = []
-
-    def fake_capture(fn, inputs):
-        out = fn()
-        captures.append(inputs)
-        return (lambda: out.copy_(fn())), out
-
-    monkeypatch.setattr(S, "capture_cuda_graph", fake_capture)
+    captures = fake_capture(monkeypatch)
     net, cache = Net(), S.GraphCache()
     speed = check_speed(cuda_graphs=cache, device=torch.device("cuda", 0))
     assert speed.cuda_graphs and speed.graph_cache is cache and speed == Speed(cuda_graphs=True)
@@ -336,20 +340,10 @@ def test_threads_sharing_a_graph_take_turns(monkeypatch):
     into the one static buffer and replaying could each get the other's output. They take turns now (a fake
     replay that yields the GIL midway made the interleaving happen at every call without the lock)."""
     import threading
-    import time
 
     import yoda.sampling.speed as S
 
-    def fake_capture(fn, inputs):
-        out = fn()
-
-        def replay():
-            time.sleep(0.002)  # another thread runs here: it would overwrite the static inputs
-            out.copy_(fn())
-
-        return replay, out
-
-    monkeypatch.setattr(S, "capture_cuda_graph", fake_capture)
+    fake_capture(monkeypatch, pause=0.002)  # another thread runs in the pause: it would overwrite the static inputs
     net, lv = Net(), torch.full((1, 1), 0.5)
     speed = check_speed(cuda_graphs=S.GraphCache(), device=torch.device("cuda", 0))
     xs = [torch.full((1, 6, 8, 8), float(i)) for i in range(2)]

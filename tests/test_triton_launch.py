@@ -282,7 +282,7 @@ def test_triton_that_cannot_register_leaves_the_other_backends(monkeypatch):
         raise ValueError("Unsupported type annotation list[float]. It is not a type.")
 
     monkeypatch.setattr(ops, "_triton_module", broken)
-    monkeypatch.setattr(ops, "_warned_triton", [])
+    monkeypatch.setattr(ops, "_warned", set())
     with pytest.warns(UserWarning, match=r"the Triton kernels could not be registered \(ValueError: Unsupported "
                                          r"type annotation"):
         assert ops.available_backends("cpu") == ["naive", "cpp"]

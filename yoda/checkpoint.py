@@ -192,9 +192,7 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
     bad_type = [k for k in sd if k in own and not isinstance(sd[k], torch.Tensor)]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sd if k in own and isinstance(sd[k], torch.Tensor) and sd[k].shape != own[k].shape]
-    # a view whose storage is smaller than its shape (expand / stride 0) costs nothing in the file but its full
-    # size once copied into a module: a few bytes could declare gigabytes
-    expanded = [k for k in sd if k in own and isinstance(sd[k], torch.Tensor) and _storage_short(sd[k])]
+    expanded = _expanded({k: v for k, v in sd.items() if k in own})
     not_float = [k for k in sd if k in own and isinstance(sd[k], torch.Tensor)
                  and own[k].is_floating_point() and not sd[k].is_floating_point()]  # load_state_dict would cast
     fits = {k: v for k, v in sd.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
@@ -202,8 +200,7 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
     nonfinite = nonfinite_keys(fits)
     problems = []
     if expanded:
-        problems.append(f"tensors whose storage is smaller than their shape (expanded views, not saved weights): "
-                        f"{fmt_keys(expanded)}")
+        problems.append(f"{_EXPANDED}: {fmt_keys(expanded)}")
     if missing:
         problems.append(f"missing keys: {fmt_keys(missing)}")
     if unexpected:
@@ -225,11 +222,19 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], where: str, hint:
                               f"(a damaged file or a diverged training run; use another checkpoint)")
 
 
-def _storage_short(t: torch.Tensor) -> bool:
-    """True when the strided tensor t has fewer bytes of storage behind it than its numel would need."""
-    if t.layout != torch.strided or t.device.type == "meta" or t.numel() == 0:
-        return False
-    return t.untyped_storage().nbytes() - t.storage_offset() * t.element_size() < t.numel() * t.element_size()
+_EXPANDED = "tensors whose storage is smaller than their shape (expanded views, not saved weights)"
+
+
+def _expanded(sd: Mapping[str, Any]) -> list:
+    """The keys of the strided tensors of ``sd`` with fewer bytes of storage behind them than their numel needs: a
+    view of one stored value (expand, stride 0) costs nothing in a file but its full size once copied into a
+    module or computed with, so a few bytes could declare gigabytes."""
+    def short(t: torch.Tensor) -> bool:
+        if t.layout != torch.strided or t.device.type == "meta" or t.numel() == 0:
+            return False
+        return t.untyped_storage().nbytes() - t.storage_offset() * t.element_size() < t.numel() * t.element_size()
+
+    return [k for k, v in sd.items() if isinstance(v, torch.Tensor) and short(v)]
 
 
 def build_checked(build: Callable[[], nn.Module], sd: Mapping[str, Any], where: str, hint: str = "") -> nn.Module:
@@ -251,10 +256,9 @@ def as_state_dict(obj: Any, where: str) -> Dict[str, Any]:
     bad = [k for k in obj if not isinstance(k, str)]
     if bad:
         raise CheckpointError(f"{where}: state-dict keys must be strings, got {fmt_keys(bad)}")
-    short = [k for k, v in obj.items() if isinstance(v, torch.Tensor) and _storage_short(v)]
+    short = _expanded(obj)
     if short:  # before any loader computes with them (a weight_norm fold, a schedule from a betas buffer)
-        raise CheckpointError(f"{where}: tensors whose storage is smaller than their shape (expanded views, not "
-                              f"saved weights): {fmt_keys(short)}")
+        raise CheckpointError(f"{where}: {_EXPANDED}: {fmt_keys(short)}")
     return dict(obj)
 
 

@@ -311,8 +311,9 @@ def output_targets(a, out_dir: Optional[Path]) -> list[str]:
     for src, dst in zip(a.inputs, targets):
         key = dst.casefold() if fold else dst
         if key in seen:
-            raise UserError(f"{seen[key]} and {src} have the same file name stem{' (letter case aside)' if fold else ''}: "
-                            f"both would be written to {dst}")
+            case = " (letter case aside)" if fold else ""
+            raise UserError(f"{seen[key]} and {src} have the same file name stem{case}: both would be written to "
+                            f"{dst}")
         seen[key] = src
         check_not_an_input(ids, dst)
     check_out_folder(a.output, targets)

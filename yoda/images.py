@@ -264,10 +264,9 @@ def _is_tiff(p: Path) -> bool:
 
 def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
     """Read an image file (a raster format of READ_FORMATS: PNG, JPEG, WebP, TIFF ...) as uint8 (H, W, 3), see
-    to_rgb_u8: grey repeated,
-    alpha (RGBA, LA, transparent palette) composited on white, 16-bit and float samples mapped by the range of
-    their type (module docstring), turned upright by its EXIF orientation, converted to sRGB from an embedded ICC
-    profile.
+    to_rgb_u8: grey repeated, alpha (RGBA, LA, transparent palette) composited on white, 16-bit and float samples
+    mapped by the range of their type (module docstring), turned upright by its EXIF orientation, converted to
+    sRGB from an embedded ICC profile.
 
     max_pixels: refuse images with more pixels (None: MAX_PIXELS; 0: no limit). The size is read from the
     header, so a decompression bomb is refused before anything is decoded.

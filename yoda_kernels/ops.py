@@ -126,14 +126,9 @@ def triton_available() -> bool:
     except ImportError:
         return False
     except Exception as e:  # any failure to register them leaves the other backends usable
-        if not _warned_triton:
-            _warned_triton.append(True)
-            warnings.warn(f"yoda_kernels: the Triton kernels could not be registered ({type(e).__name__}: {e}); "
-                          "they are not used", stacklevel=2)
+        _warn_once("triton", f"yoda_kernels: the Triton kernels could not be registered ({type(e).__name__}: {e}); "
+                   "they are not used", UserWarning, stacklevel=2)
         return False
-
-
-_warned_triton: list = []
 
 
 def _built(backend: str, op: Optional[str] = None) -> bool:
@@ -174,16 +169,20 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-_warned_reference: set = set()
+_warned: set = set()  # what _warn_once has said in this process
+
+
+def _warn_once(key: str, message: str, category: type, stacklevel: int) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
 
 
 def _reference_on(device: torch.device) -> str:
     """"naive", with a one-time warning: a GPU runs the reference when neither CUDA kernels nor triton exist."""
-    if device.type not in _warned_reference:
-        _warned_reference.add(device.type)
-        warnings.warn(f"yoda_kernels: no compiled kernels and no triton for {device.type}; the pure-PyTorch "
-                      f"reference runs there ({extension_error or 'the extension was built without them'})",
-                      RuntimeWarning, stacklevel=3)
+    _warn_once(f"reference on {device.type}", f"yoda_kernels: no compiled kernels and no triton for {device.type}; "
+               f"the pure-PyTorch reference runs there ({extension_error or 'the extension was built without them'})",
+               RuntimeWarning, stacklevel=3)
     return "naive"
 
 

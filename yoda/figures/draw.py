@@ -47,12 +47,12 @@ def method_colours(methods: Sequence[str]) -> dict:
     seen twice (two DINO checkpoints) or an unknown one takes a colour no known name has, then any unused one."""
     from ..attention import NAMES
 
-    known = [_method_label(n) for n in NAMES]
+    own = {_method_label(n): _COLOURS[i] for i, n in enumerate(NAMES)}  # each known name's colour
     cols: dict = {}
     for m in methods:  # known names first, each its own colour once
-        if _method_label(m) in known and _COLOURS[known.index(_method_label(m))] not in cols.values():
-            cols[m] = _COLOURS[known.index(_method_label(m))]
-    spare = [c for c in _COLOURS[len(known):] + _COLOURS[:len(known)] if c not in cols.values()]
+        if own.get(_method_label(m)) is not None and own[_method_label(m)] not in cols.values():
+            cols[m] = own[_method_label(m)]
+    spare = [c for c in _COLOURS[len(own):] + _COLOURS[:len(own)] if c not in cols.values()]
     for i, m in enumerate([m for m in methods if m not in cols]):
         cols[m] = spare[i] if i < len(spare) else _COLOURS[i % len(_COLOURS)]
     return {m: cols[m] for m in methods}

@@ -282,8 +282,8 @@ def vae_codec(vae: Any, sample_latent: bool = False, latent_seed: int = 0) -> Tu
     distribution's mean (or, ``sample_latent``, a draw from a CPU generator seeded with ``latent_seed`` at every
     call: the same image gives the same latent, and torch's global RNG is left alone), then (z - shift_factor) *
     scaling_factor, or with the config's latents_mean / latents_std (z - mean) * scaling_factor / std; decode
-    inverts that and decodes. The VAE
-    runs in its parameters' dtype (vae_upcast for fp16 with force_upcast), the results in the caller's."""
+    inverts that and decodes. The VAE runs in its parameters' dtype (vae_upcast for fp16 with force_upcast), the
+    results in the caller's."""
     C = int(vae.config.latent_channels)
     sf = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3 / Flux VAEs: (z - shift) * sf
@@ -322,8 +322,9 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
     cat(z_t, c), c the VAE encoding of the upsampled or stage-1 image) and ``AutoencoderKL``: encode(x) =
     vae.encode(x).latent_dist.mode() * scaling_factor (the mean, so that c is deterministic; ``sample_latent``
     draws instead, from a CPU generator seeded with ``latent_seed``), decode(z) = vae.decode(z /
-    scaling_factor).sample. latent_factor = 2 ** (len(vae block_out_channels) - 1). Only such a model loads: not LDM-SR (a VQModel, conditioned on the LR pixels) nor
-    the SD x4 upscaler (a UNet2DConditionModel with text and noise-level conditioning on cat(z_t, LR pixels)).
+    scaling_factor).sample. latent_factor = 2 ** (len(vae block_out_channels) - 1). Only such a model loads: not
+    LDM-SR (a VQModel, conditioned on the LR pixels) nor the SD x4 upscaler (a UNet2DConditionModel with text and
+    noise-level conditioning on cat(z_t, LR pixels)).
 
     The VAE's shift_factor (SD3 / Flux) or latents_mean / latents_std are applied as diffusers' pipelines apply
     them; the scheduler config's clip_sample becomes the adapter's clip_x0 (x0 clipped to [-1, 1]); weights in

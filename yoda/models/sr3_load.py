@@ -57,12 +57,9 @@ def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Con
             opt = json.loads(_strip_json_comments(text))
         except json.JSONDecodeError as e:
             raise ValueError(f"SR3 config {where} is not valid JSON (after removing // comments): {e}") from e
-    try:
-        model = opt["model"]
-        unet = model["unet"]
-        sched = model["beta_schedule"]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"SR3 config {where} lacks model.unet / model.beta_schedule ({e})") from e
+    model = opt.get("model") if isinstance(opt, dict) else None
+    if not isinstance(model, dict) or "unet" not in model or "beta_schedule" not in model:
+        raise ValueError(f"SR3 config {where} lacks model.unet / model.beta_schedule")
 
     def section(d: Any, key: str) -> dict:  # an object of the JSON ({} when absent or null), else a clear error
         v = d.get(key)

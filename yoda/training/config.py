@@ -16,7 +16,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from yoda_kernels.contract import PREDICTIONS
 
@@ -173,10 +173,7 @@ class TrainConfig:
             if io != (6, 3):
                 raise ValueError(f"model.in_channel and model.out_channel must be 6 and 3 for SR3 (the noisy image "
                                  f"and up(lr) in, 3 channels out), got {io[0]} and {io[1]}")
-        kind = self.model.get("kind")  # a list or dict here was a TypeError (unhashable), not a config error
-        if not isinstance(kind, str) or kind not in SPACE_OF_KIND:
-            raise ValueError(f"model must be a dict with 'kind' in {tuple(SPACE_OF_KIND)}, got {self.model!r}")
-        space = SPACE_OF_KIND[kind]
+        space = model_space(self.model)
         if space != self.loss.space:
             raise ValueError(f"model.kind {self.model['kind']!r} is trained in the {space} space, but loss.space "
                              f"is {self.loss.space!r}")
@@ -246,6 +243,15 @@ class TrainConfig:
             return Schedule.linear(**s) if kind == "linear" else Schedule.cosine(**s)
         except (TypeError, ValueError) as e:
             raise ValueError(f"config schedule {self.schedule}: {e}") from None
+
+
+def model_space(spec: Any) -> str:
+    """The space ("pixel" / "residual") a model spec {"kind": "sr3" | "srdiff", **constructor args} is trained in;
+    ValueError for any other spec (a list or dict as kind was a TypeError of the lookup, not a config error)."""
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if not isinstance(kind, str) or kind not in SPACE_OF_KIND:
+        raise ValueError(f"model must be a dict with 'kind' in {tuple(SPACE_OF_KIND)}, got {spec!r}")
+    return SPACE_OF_KIND[kind]
 
 
 def _from_dict(cls, d: dict, what: str):

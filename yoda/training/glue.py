@@ -11,18 +11,16 @@ import torch.nn.functional as F
 from ..data import make_lr
 from ..images import from_uint8
 from ..models.card import ModelCard
-from ..models.yoda_format import SPACE_OF_KIND
 from ..models.yoda_format import build_model as build
 from ..sampling.prepare import resolve_attention
-from .config import LossConfig, TrainConfig
+from .config import LossConfig, TrainConfig, model_space
 
 
 def build_model(spec: dict) -> torch.nn.Module:
     """A model from a config dict {"kind": "sr3" | "srdiff", **constructor args} (yoda.models).
 
     sr3: the keys of yoda.models.sr3.SR3Config (upstream SR3UNet arguments, plus "scale")."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) or spec["kind"] not in SPACE_OF_KIND:
-        raise ValueError(f"model must be a dict with 'kind' in {tuple(SPACE_OF_KIND)}, got {spec!r}")
+    model_space(spec)  # a dict with a known kind
     try:
         return build(spec["kind"], {k: v for k, v in spec.items() if k != "kind"})
     except TypeError as e:
