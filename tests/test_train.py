@@ -952,3 +952,57 @@ def test_masked_loss_of_a_batch_without_active_pixels_is_zero_not_nan():
     assert out.loss.item() == 0.0 and out.active_fraction == 0.0
 
 
+
+
+def test_init_fine_tunes_from_a_model_file(tmp_path, img_folder, monkeypatch):
+    """init: the model and its EMA start at the file's weights (bit for bit), the step and optimiser at 0; a resumed
+    run keeps its checkpoint's weights; train_main makes the path absolute and TRAINING.md names it with its hash."""
+    import hashlib
+
+    from yoda.training import train_main
+
+    first = Trainer(tiny_config(img_folder, steps=2, val_every=0), str(tmp_path / "a"), device="cpu", progress=False)
+    first.run()
+    src = tmp_path / "a" / "model.safetensors"
+    cfg = tiny_config(img_folder, steps=3, val_every=0, seed=7, init=str(src))
+    tr = Trainer(cfg, str(tmp_path / "b"), device="cpu", progress=False)
+    assert tr.step == 0 and not tr.opt.state
+    for k, want in first.ema.state_dict().items():
+        assert torch.equal(tr.model.state_dict()[k], want) and torch.equal(tr.ema.state_dict()[k], want), k
+    fresh = Trainer(cfg.replace(init=""), str(tmp_path / "c"), device="cpu", progress=False)
+    assert not torch.equal(next(fresh.model.parameters()), next(tr.model.parameters()))  # seed 7's own init
+    tr.run()
+    trained = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    again = Trainer(cfg, str(tmp_path / "b"), device="cpu", progress=False)  # resumes: init is not read again
+    assert again.step == 3 and all(torch.equal(again.model.state_dict()[k], v) for k, v in trained.items())
+
+    path = tmp_path / "c.json"
+    path.write_text(tiny_config(img_folder, steps=1, val_every=0).to_json())
+    monkeypatch.chdir(tmp_path)
+    train_main(str(path), str(tmp_path / "d"), device="cpu", progress=False, init="a/model.safetensors")
+    record = (tmp_path / "d" / "TRAINING.md").read_text()
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert f"- started from: `{src}` (sha256 {digest})\n" in record
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["init"] == str(src)
+
+
+def test_init_refuses_another_model(tmp_path, img_folder):
+    """A file of another architecture or another prediction target is refused with the difference named."""
+    Trainer(tiny_config(img_folder, steps=1, val_every=0), str(tmp_path / "a"), device="cpu", progress=False).run()
+    src = str(tmp_path / "a" / "model.safetensors")
+    wider = dict(TINY_MODEL, inner_channel=16)
+    with pytest.raises(ValueError, match=r"init .*model\.safetensors.*shape") as e:
+        Trainer(tiny_config(img_folder, model=wider, init=src), str(tmp_path / "b"), device="cpu", progress=False)
+    assert "the config's model" in str(e.value)
+    eps = {"mask_input": True, "mask_loss": True, "target": "x0"}
+    with pytest.raises(ValueError, match=r"the file's model has prediction 'eps', this config trains prediction 'x0'"):
+        Trainer(tiny_config(img_folder, loss=eps, init=src), str(tmp_path / "c"), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="init must be the path"):
+        tiny_config(img_folder, init="  ")
+    with pytest.raises(FileNotFoundError, match=r"init \(--init\): .*missing.safetensors"):
+        Trainer(tiny_config(img_folder, init=str(tmp_path / "missing.safetensors")), str(tmp_path / "e"),
+                device="cpu", progress=False)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"init \(--init\): .*junk.safetensors: not a readable safetensors file"):
+        Trainer(tiny_config(img_folder, init=str(tmp_path / "junk.safetensors")), str(tmp_path / "f"),
+                device="cpu", progress=False)

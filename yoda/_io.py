@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -245,3 +246,11 @@ def folder_lock(folder: PathLike, what: str):
 class FolderInUse(UserError):
     """Another process holds the folder (folder_lock)."""
 
+
+def file_sha256(path: str) -> str:
+    """The hex SHA-256 of the file ``path``, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

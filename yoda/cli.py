@@ -417,7 +417,7 @@ def cmd_train(a) -> int:
     with _user_input():  # the config, its data, the device, a checkpoint of another config, a diverging loss
         s = train_main(a.config, a.out or None, steps=a.steps, device=a.device, minutes=a.minutes,
                        progress=bars(a), command=command, weights_name=a.weights_name, data_dir=a.data_dir,
-                       decay_from=a.decay_from)
+                       decay_from=a.decay_from, init=a.init)
     if s["rank"] == 0:
         start = s["start_step"]
         resumed = f" (resumed at step {start})" if start else ""

@@ -19,7 +19,6 @@ lomiri-wallpapers-20.04 mate-backgrounds``. PHOTOS lists the files of those pack
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -29,7 +28,7 @@ from typing import Callable, NamedTuple, Optional
 
 from PIL import Image
 
-from ._io import atomic_write, check_folder_writable, folder_lock, made_dirs, remove_empty
+from ._io import atomic_write, check_folder_writable, file_sha256, folder_lock, made_dirs, remove_empty
 from .images import DataError, read_image, save_pil
 
 __all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "installed_photos"]
@@ -72,14 +71,6 @@ class Photo:
     sha256: str
     size: tuple[int, int]
     split: str  # "train" | "heldout"
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _package_version(package: str) -> Optional[str]:
@@ -217,8 +208,8 @@ def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Call
             rel = f"{split}/{name}.png"
             os.makedirs(os.path.join(stage, split), exist_ok=True)
             save_pil(img, os.path.join(stage, rel))
-            rows.append(Photo(name, pkg, version, str(path), _sha256(path), (w, h), rel,
-                              _sha256(os.path.join(stage, rel)), img.size, split))
+            rows.append(Photo(name, pkg, version, str(path), file_sha256(path), (w, h), rel,
+                              file_sha256(os.path.join(stage, rel)), img.size, split))
             if progress is not None:
                 progress(f"{split:8s} {name} {w}x{h} -> {img.size[0]}x{img.size[1]}")
         if not rows:

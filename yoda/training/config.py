@@ -134,6 +134,7 @@ class TrainConfig:
     val_every: int = 0  # steps between validation runs (0: no validation)
     val_steps: int = 20  # DDIM steps of validation sampling
     ckpt_every: int = 0  # steps between checkpoints (0: only at the end)
+    init: str = ""  # weights to start from (a yoda model file, e.g. an earlier run's export; "": a random init)
 
     def __post_init__(self):
         if isinstance(self.data, dict):
@@ -156,6 +157,8 @@ class TrainConfig:
                              f"{self.name!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
             raise ValueError(f"seed must be an int in [0, 2**32 - 1], got {self.seed!r}")
+        if self.init and not self.init.strip():
+            raise ValueError(f"init must be the path of a yoda model file (.safetensors) or empty, got {self.init!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 
 from .. import data as _data
-from .._io import FolderInUse, atomic_write_text, check_folder_writable, folder_lock, made_dirs, remove_empty
+from .._io import (FolderInUse, atomic_write_text, check_folder_writable, file_sha256, folder_lock, made_dirs,
+                   remove_empty)
 from ..errors import sigterm_exits
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
@@ -75,6 +76,7 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"- loss: {cfg.loss}",
         f"- model: {cfg.model.get('kind')} with {n_params:,} parameters; weights {weights_name} "
         f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
+        *([f"- started from: `{cfg.init}` (sha256 {file_sha256(cfg.init)})"] if cfg.init else []),
         f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr})"
         + (f"; stopped by {stopped_by} before step {cfg.steps}: the same command resumes" if stopped_by else ""),
         f"- wall time of this run: {seconds:.1f} s ({(tr.step - start_step) / max(seconds, 1e-9):.2f} steps/s)",
@@ -118,7 +120,7 @@ def hold_out(stack: contextlib.ExitStack, out: str, ranks, dev: torch.device) ->
 def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = None, device: str = "auto",
                minutes: Optional[float] = None, progress: bool = True, command: str = "",
                weights_name: str = "model.safetensors", data_dir: Optional[str] = None,
-               decay_from: Optional[int] = None) -> dict:
+               decay_from: Optional[int] = None, init: Optional[str] = None) -> dict:
     """Train from a JSON config into ``out`` (None: runs/<config name>); writes the weights, config.json, log.csv
     and TRAINING.md.
 
@@ -127,7 +129,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
 
     data_dir: a folder with train/ and heldout/ image folders, written by ``yoda data build`` (photographs: it
     replaces the "photos" / "photos-heldout" sources) or ``yoda data export`` (it replaces "builtin" /
-    "heldout" with the same images, for machines without scikit-image)."""
+    "heldout" with the same images, for machines without scikit-image). init: a yoda model file to start from
+    (TrainConfig.init; the path is made absolute)."""
     cfg = TrainConfig.load(config_path)
     if out is None:
         out = os.path.join("runs", cfg.name)
@@ -135,6 +138,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
         cfg = cfg.replace(steps=int(steps))
     if decay_from is not None:
         cfg = cfg.replace(decay_from=int(decay_from))
+    if init is not None:
+        cfg = cfg.replace(init=os.path.abspath(init))
     if data_dir is not None:
         cfg = with_data_dir(cfg, data_dir)
     ranks = env_ranks()

@@ -29,9 +29,9 @@ import torch
 
 from .. import data as _data
 from .._io import atomic_write, atomic_write_text
-from ..checkpoint import zip_expansion
+from ..checkpoint import load_state_dict_checked, zip_expansion
 from ..devices import resolve_device
-from ..errors import NonFiniteError, lr_from_images
+from ..errors import NonFiniteError, UserError, lr_from_images
 from ..evaluate import psnr_u8
 from ..photos import check_not_held_out
 from .config import TrainConfig
@@ -199,6 +199,8 @@ class Trainer:
         self.ckpt_path = os.path.join(out, "checkpoint.pt")
         if resume and os.path.exists(self.ckpt_path):
             self.load_checkpoint(self.ckpt_path)
+        elif cfg.init:
+            self.load_init(cfg.init)
         self.ddp = None
         if self.ranks.world > 1:
             self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
@@ -299,6 +301,27 @@ class Trainer:
                           "(README changelog, ninth pass)", UserWarning, stacklevel=2)
 
     # -- one step ------------------------------------------------------------------------------------------
+    def load_init(self, path: str) -> None:
+        """Start from the weights of the yoda model file ``path`` (model and EMA; the optimiser, the step and the
+        data stream start afresh): fine-tuning. The file must hold this config's architecture and have been
+        trained in its space to predict its target, or a ValueError says which differs."""
+        from ..models.yoda_format import load_yoda
+
+        try:
+            src = load_yoda(path)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"init (--init): {e}") from e
+        except (OSError, ValueError, UserError) as e:  # CheckpointError is a UserError
+            raise ValueError(f"init (--init): {e}") from e
+        card, want = src.card, model_card(self.cfg, self.schedule)
+        for what in ("space", "prediction", "scale"):
+            if getattr(card, what) != getattr(want, what):
+                raise ValueError(f"init {path}: the file's model has {what} {getattr(card, what)!r}, this config "
+                                 f"trains {what} {getattr(want, what)!r}")
+        hint = " (init must have the config's model: the same kind and sizes)"
+        load_state_dict_checked(self.model, src.state_dict(), f"init {path}", hint)
+        self.ema.load_state_dict(self.model.state_dict())
+
     def learning_rate(self, step: int) -> float:
         """The learning rate at ``step``: cfg.lr after a linear warm-up of cfg.warmup steps, then (cfg.decay_from > 0)
         falling linearly from cfg.lr at step decay_from to 0 at step cfg.steps."""
