@@ -820,6 +820,47 @@ def _torchrun(args, tmp_path, nproc=2):
         return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
+def test_skip_existing_leaves_an_output_another_process_is_making(tmp_path, tiny_model, capsys):
+    """Two `yoda upscale DIR -o OUT --skip-existing` started together did every image twice; now an output that
+    another process has claimed (yoda._io.output_claim, held while it makes the file) is left to it, and the claim
+    files go with the claims."""
+    from yoda._io import CLAIM_SUFFIX, output_claim
+
+    rng = np.random.default_rng(4)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / f"im{k}.png")
+    common = ["--model", tiny_model, "--steps", "1", "-q", "--skip-existing"]
+    with output_claim(out / "im0_x4.png") as mine:  # another process making im0
+        assert mine
+        code, printed, err = run(["upscale", str(src), "-o", str(out), *common], capsys)
+        assert code == 0, err
+        assert f"{src / 'im0.png'} -> {out / 'im0_x4.png'} is being made by another process, skipped " \
+               f"(--skip-existing)" in printed
+        assert sorted(f.name for f in out.iterdir()) == [".im0_x4.png" + CLAIM_SUFFIX, "im1_x4.png"]
+    assert sorted(f.name for f in out.iterdir()) == ["im1_x4.png"]  # the holder's claim file went with it
+    code, printed, err = run(["upscale", str(src), "-o", str(out), *common], capsys)
+    assert code == 0 and "im1_x4.png exists, skipped" in printed and printed.count("skipped") == 1, err
+    assert sorted(f.name for f in out.iterdir()) == ["im0_x4.png", "im1_x4.png"]
+
+
+def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):
+    from yoda._io import CLAIM_SUFFIX, output_claim
+
+    path = tmp_path / "sr.png"
+    with output_claim(path) as first:
+        with output_claim(path) as second:
+            assert first and not second
+        assert (tmp_path / (".sr.png" + CLAIM_SUFFIX)).exists()  # the refused one leaves the holder's file
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / (".sr.png" + CLAIM_SUFFIX)).write_bytes(b"")  # a killed process's claim file: taken over
+    with output_claim(path) as mine:
+        assert mine
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):
     """`torchrun -m yoda upscale DIR -o OUT` with 2 gloo ranks on the CPU: the sorted inputs are sharded over the
     ranks and the outputs are byte-identical to a single-process run; a bad image is reported by its rank, the

@@ -380,6 +380,31 @@ def test_a_second_run_into_one_out_is_refused_while_one_trains(tmp_path, img_fol
     assert train_main(str(cfg_path), str(run), device="cpu", progress=False)["start_step"] == 0  # free again
 
 
+def test_a_refused_run_leaves_the_folder_it_made_to_its_holder(tmp_path, img_folder, monkeypatch):
+    """This run makes RUN, another process takes it before this one can (the race of two runs started at once):
+    the refused run must not remove the folder, now the other run's, even while it is still empty."""
+    import contextlib
+
+    import yoda.training.report as report
+    from yoda._io import FolderInUse, folder_lock
+    from yoda.training import train_main
+
+    cfg_path = tmp_path / "tiny.json"
+    cfg_path.write_text(tiny_config(img_folder, steps=1, val_every=0).to_json())
+    run, other = tmp_path / "run", contextlib.ExitStack()
+    real = report.made_dirs
+
+    def made_then_taken(path):
+        made = real(path)
+        other.enter_context(folder_lock(path, "--out"))  # the other process, between mkdir and the lock
+        return made
+
+    monkeypatch.setattr(report, "made_dirs", made_then_taken)
+    with other, pytest.raises(FolderInUse):
+        train_main(str(cfg_path), str(run), device="cpu", progress=False)
+    assert run.is_dir()  # still there for its holder
+
+
 def test_resume_refuses_other_config(tmp_path, img_folder):
     cfg = tiny_config(img_folder, steps=1)
     Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()

@@ -14,6 +14,8 @@
                                 are still empty after a failure (no empty output folder is left behind).
     folder_lock(folder, what)   exclusive use of a folder by one process (a training run, a data build): a second
                                 process is refused at once, naming ``what``.
+    output_claim(path)          a claim on one output file while it is made (`yoda upscale --skip-existing`): a
+                                second process is told the file is taken and leaves it to the first.
 
 The temporary file is created with os.open(..., 0o666), so the kernel applies the process umask (and a
 folder's default ACL) exactly as for any new file: a model saved with umask 022 is 0644, not the 0600 that
@@ -240,6 +242,45 @@ def folder_lock(folder: PathLike, what: str):
             pass  # a file system without flock: unlocked, as before
         yield
     finally:
+        os.close(fd)
+
+
+CLAIM_SUFFIX = ".yoda-claim"
+
+
+@contextlib.contextmanager
+def output_claim(path: PathLike):
+    """Yields False when another process is making the output ``path`` (an flock on the hidden file
+    ``.NAME.yoda-claim`` next to it, which it holds), else True, holding the claim until the block ends; the claim
+    file is removed then. A killed process releases its claim (a stale file is taken over by the next run). The
+    caller must write ``path`` inside the block and look for it again after a True: a process that got the claim
+    on a file just unlinked finds the output made. Where flock is missing (Windows) or refused, it yields True."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    folder, name = os.path.split(os.fspath(path))
+    claim = os.path.join(folder, "." + name + CLAIM_SUFFIX)
+    try:
+        fd = os.open(claim, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield True
+        return
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            pass
+        except OSError:
+            held = True  # a file system without flock: unclaimed, as before
+        yield held
+    finally:
+        if held:
+            with contextlib.suppress(OSError):
+                os.unlink(claim)  # before the lock goes: a waiter on this file then finds the output made
         os.close(fd)
 
 

@@ -44,8 +44,8 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, c
                          cli_device, default_steps, folder_images, load_model, padded_lr_side, read_input,
                          save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, mebibytes,
-                          output_folder, output_targets, plan_windows, run_items, run_sharded, skip_existing,
-                          speed_options, tune_malloc)
+                          output_folder, output_targets, plan_windows, run_items, run_sharded, speed_options,
+                          to_make, tune_malloc)
 from .errors import UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .errors import user_input as _user_input
 
@@ -70,10 +70,11 @@ def cmd_upscale(a) -> int:
 
     def work(item):
         src, dst = item
-        if not skip_existing(a.skip_existing, src, dst):
-            arr, grey = read_input(src, a.max_pixels)
-            check_hr_size(src, arr, a.scale, a.max_pixels, dst)
-            _upscale_one(a, run, arr, grey, src, dst)
+        with to_make(a.skip_existing, src, dst) as mine:
+            if mine:
+                arr, grey = read_input(src, a.max_pixels)
+                check_hr_size(src, arr, a.scale, a.max_pixels, dst)
+                _upscale_one(a, run, arr, grey, src, dst)
 
     def one_line(e: BaseException) -> str:
         if out_of_memory(e):

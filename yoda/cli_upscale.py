@@ -5,6 +5,7 @@ gloo), and the checks of -o (a file or a folder; no input overwritten) made befo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -13,6 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
+from ._io import output_claim
 from .cli_models import check_out_folder, check_output_option, folder_images
 from .errors import UserError, out_of_memory, printable
 
@@ -191,11 +193,19 @@ def dist_env() -> tuple[int, int]:
     return env_int("RANK", 0), env_int("WORLD_SIZE", 1)
 
 
-def skip_existing(skip: bool, src: str, dst: str) -> bool:
-    if skip and os.path.exists(dst):
-        print(f"{printable(src)} -> {printable(dst)} exists, skipped (--skip-existing)")
-        return True
-    return False
+@contextlib.contextmanager
+def to_make(skip: bool, src: str, dst: str):
+    """Yields whether to upscale ``src`` to ``dst``: always without --skip-existing; with it, not when dst exists or
+    another process is making it (yoda._io.output_claim, held while this one does), so that runs started together
+    over one folder share its images instead of each doing all of them."""
+    if not skip:
+        yield True
+        return
+    with output_claim(dst) as mine:
+        why = "is being made by another process" if not mine else "exists" if os.path.exists(dst) else None
+        if why is not None:
+            print(f"{printable(src)} -> {printable(dst)} {why}, skipped (--skip-existing)")
+        yield why is None
 
 
 def run_items(items: list, work: Callable[[object], None], one_line: Callable[[BaseException], str],

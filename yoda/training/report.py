@@ -167,6 +167,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                                          weights_name=weights_name, start_step=start_step,
                                          seconds=summary["seconds"], stopped_by=summary["stopped_by"])
                 atomic_write_text(os.path.join(out, "TRAINING.md"), record)
+    except FolderInUse:
+        raise  # another process holds --out: it may be using the folder this one made, so it stays
     except BaseException:
         remove_empty(made)  # a run that failed before writing anything leaves no empty folder
         raise
