@@ -22,7 +22,26 @@
 #define YODA_HD inline
 #endif
 
+// __builtin_bit_cast: GCC >= 11 and Clang; older compilers (or -DYODA_NO_BIT_CAST, which the tests use to build
+// this path) copy the bytes with memcpy, which compiles to the same register move.
+#if defined(__has_builtin) && !defined(YODA_NO_BIT_CAST)
+#if __has_builtin(__builtin_bit_cast)
+#define YODA_BIT_CAST(T, v) __builtin_bit_cast(T, v)
+#endif
+#endif
+
 namespace yoda {
+
+#ifndef YODA_BIT_CAST
+template <typename To, typename From>
+inline To bit_cast_copy(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast_copy: sizes differ");
+  To to;
+  __builtin_memcpy(&to, &v, sizeof to);
+  return to;
+}
+#define YODA_BIT_CAST(T, v) bit_cast_copy<T>(v)
+#endif
 
 constexpr uint32_t kPhiloxKeyA = 0x9E3779B9u;    // golden ratio
 constexpr uint32_t kPhiloxKeyB = 0xBB67AE85u;    // sqrt(3) - 1
@@ -97,7 +116,7 @@ YODA_HD uint32_t f32_bits(float v) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(v);
 #else
-  return __builtin_bit_cast(uint32_t, v);
+  return YODA_BIT_CAST(uint32_t, v);
 #endif
 }
 
@@ -105,7 +124,7 @@ YODA_HD float bits_f32(uint32_t v) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(v);
 #else
-  return __builtin_bit_cast(float, v);
+  return YODA_BIT_CAST(float, v);
 #endif
 }
 

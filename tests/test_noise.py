@@ -433,3 +433,31 @@ def test_polynomials_are_the_fits_and_every_copy_agrees():
         for c in coefs:
             assert float(c).hex().replace("0000000p", "p") + "f" in header, (name, c)
             assert repr(c) in triton_src, (name, c)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("g++"), reason="no g++ to build the header alone")
+@pytest.mark.parametrize("bit_cast", ["builtin", "memcpy"])
+def test_header_alone_with_either_bit_cast(tmp_path, bit_cast):
+    """csrc/philox.h built on its own with the host flags (-O2 -ffp-contract=off): __builtin_bit_cast (GCC >= 11,
+    Clang) and the memcpy path of older compilers (forced by -DYODA_NO_BIT_CAST) give the reference's words and
+    normals, bit for bit."""
+    import pathlib
+    import subprocess
+
+    csrc = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+    seed, step, n = 0x1234ABCD, 0x9E37, 4096
+    prog = tmp_path / "p.cpp"
+    prog.write_text(
+        '#include <cstdio>\n#include "philox.h"\n'
+        f"int main() {{ for (uint32_t g = 0; g < {n}u; ++g) {{\n"
+        f"  yoda::Normal4 z = yoda::randn4({seed}u, {step}u, g * 2654435761u);\n"
+        "  for (int k = 0; k < 4; ++k) std::printf(\"%08x\\n\", yoda::f32_bits(z.v[k])); } }\n")
+    flags = ["-DYODA_NO_BIT_CAST"] if bit_cast == "memcpy" else []
+    exe = tmp_path / "p"
+    subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", *flags, f"-I{csrc}", str(prog), "-o", str(exe)],
+                   check=True, capture_output=True, timeout=120)
+    got = [int(w, 16) for w in subprocess.run([str(exe)], check=True, capture_output=True, text=True,
+                                              timeout=60).stdout.split()]
+    counter = (torch.arange(n, dtype=torch.int64) * 2654435761) % 2**32
+    want = torch.stack(philox.randn4(seed, step, counter), dim=1).reshape(-1)
+    assert got == want.view(torch.int32).to(torch.int64).remainder(2**32).tolist()
