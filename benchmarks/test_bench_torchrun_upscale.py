@@ -15,7 +15,6 @@ model, with the CLI defaults (DDIM, 1 step) and with 8 steps (more sampling per 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -62,11 +61,7 @@ def test_torchrun_two_ranks_vs_one_process(benchmark, tmp_path, steps):
                     {**os.environ, "OMP_NUM_THREADS": "1"})
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     threads_s = _run([sys.executable, "-m", "yoda", *args, "-o", str(tmp_path / "threads")], tmp_path, env)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(port),
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # a free port
                 "-m", "yoda", *args, "-o", str(tmp_path / "multi")]
     benchmark.pedantic(lambda: _run(torchrun, tmp_path, {**os.environ, "OMP_NUM_THREADS": "1"}), rounds=1,
                        iterations=1, warmup_rounds=0)

@@ -806,15 +806,12 @@ def test_upscale_window_options_are_checked(tmp_path, tiny_model, images, capsys
 
 def _torchrun(args, tmp_path, nproc=2):
     """`python -m torch.distributed.run --nproc_per_node nproc -m yoda ARGS` on the CPU (gloo), one thread each."""
-    import socket
     import subprocess
     import tempfile
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "yoda", *args]
+    # --standalone: the agent's store binds port 0 itself (a port picked here first could be taken before it binds)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "yoda",
+           *args]
     with tempfile.TemporaryDirectory() as tmp:  # torchrun's torchelastic_* log folders go there, not into /tmp
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": tmp}
         return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
