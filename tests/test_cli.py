@@ -1158,7 +1158,7 @@ def test_eval_writes_per_image_csv_and_resolves_attention_once(tmp_path, tiny_mo
     assert f"| {np.mean(plain):.2f} |" in table["plain"]  # the table is the mean of the rows
     code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
                              "--attention", "edge", "--lower-bounds", "0.4", "--y-channel"], capsys)
-    assert code == 0 and "| PSNR-Y (dB) | SSIM-Y |" in stdout, err
+    assert code == 0 and "| PSNR-Y (dB) | vs plain (dB) | SSIM-Y |" in stdout, err
 
 
 def test_steps_default_depends_on_the_model(tmp_path, tiny_model, images, capsys):

@@ -117,8 +117,12 @@ def test_evaluate_rows_and_table():
     table = markdown_table(summ)
     assert table.splitlines()[0].startswith("| method | attention | l |")
     s = summ[3]
-    assert (f"| yoda | gaussian | 0.5 | 2 | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['L_shift']:.3f} | "
-            f"{s['ab_shift']:.3f} | 3 |") in table
+    d = [rows[3]["psnr"] - rows[2]["psnr"], rows[n + 3]["psnr"] - rows[n + 2]["psnr"]]  # yoda minus plain per image
+    half = 12.706204736174707 * abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2)  # t(0.975, 1) * sd / sqrt(n)
+    assert s["vs_plain"] == pytest.approx(sum(d) / 2, rel=1e-12) and s["vs_plain_ci"] == pytest.approx(half)
+    assert (f"| yoda | gaussian | 0.5 | 2 | {s['psnr']:.2f} | {s['vs_plain']:+.2f} ± {half:.2f} | {s['ssim']:.4f} | "
+            f"{s['L_shift']:.3f} | {s['ab_shift']:.3f} | 3 |") in table
+    assert "| plain | - | - | 2 | " + f"{summ[2]['psnr']:.2f} | - |" in table and "vs_plain" not in summ[2]
 
 
 def test_luma_metrics_are_the_papers_protocol():
@@ -169,6 +173,27 @@ def test_an_exact_image_is_left_out_of_every_methods_psnr():
     (alone,) = summarize([row("a", "plain", math.inf)])
     assert alone["psnr"] == math.inf and alone["exact"] == 1
     assert math.isnan(summarize([row("x", "plain", math.inf), row("x", "bicubic", 40.0)])[1]["psnr"])
+
+
+def test_vs_plain_is_the_paired_mean_with_its_t_interval():
+    """Per-image differences 1, 2, 3 dB: mean 2, sd 1, t(0.975, 2) = 4.302652729749464 (tables), so 2 ± 2.484;
+    an image reproduced exactly is out of the differences as it is out of the means; one image: no interval."""
+    def row(image, method, psnr):
+        return {"image": image, "method": method, "attention": "", "lower_bound": "", "psnr": psnr, "ssim": 1.0,
+                "L_shift": 0.0, "ab_shift": 0.0, "calls": 1, "seconds": 0.1}
+
+    rows = [row(i, "plain", p) for i, p in (("a", 20.0), ("b", 25.0), ("c", 30.0), ("flat", math.inf))]
+    rows += [row(i, "yoda", p) for i, p in (("a", 21.0), ("b", 27.0), ("c", 33.0), ("flat", 60.0))]
+    plain, yoda = summarize(rows)
+    assert "vs_plain" not in plain and yoda["vs_plain"] == pytest.approx(2.0, abs=1e-12)
+    assert yoda["vs_plain_ci"] == pytest.approx(4.302652729749464 / math.sqrt(3), rel=1e-12)
+    table = markdown_table([plain, yoda])
+    assert "| yoda | - | - | 4 | 27.00 | +2.00 ± 2.48 |" in table and "95% Student-t confidence interval" in table
+    (one, solo) = summarize(rows[:1] + rows[4:5])
+    assert solo["vs_plain"] == 1.0 and solo["vs_plain_ci"] is None
+    assert "| yoda | - | - | 1 | 21.00 | +1.00 |" in markdown_table([one, solo])
+    assert "confidence" not in markdown_table([one, solo])
+    assert "vs_plain" not in summarize([row("a", "yoda", 20.0)])[0]  # nothing to compare with
 
 
 def test_progress_bars_shrink_by_the_runs_of_a_skipped_image(tmp_path, monkeypatch):

@@ -236,7 +236,9 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
-    """Mean over images of every metric, one row per (method, attention, lower_bound), in first-seen order.
+    """Mean over images of every metric, one row per (method, attention, lower_bound), in first-seen order; every
+    row but plain's also has "vs_plain" and "vs_plain_ci" (paired_mean_ci of its PSNR minus plain's per image),
+    when there is a plain row.
 
     An image that some method reproduces exactly has PSNR inf there, which would make that mean inf and hide
     every other image; leaving it out of that method's mean alone would compare the methods over different
@@ -259,7 +261,23 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         if all("lpips" in r for r in rs):
             row["lpips"] = float(np.mean([r["lpips"] for r in rs]))
         out.append(row)
+    plain = {r["image"]: r["psnr"] for r in groups.get(("plain", "", ""), [])}
+    for row, rs in zip(out, groups.values()):
+        diffs = [r["psnr"] - plain[r["image"]] for r in rs if r["image"] in plain and r["image"] not in exact]
+        if row["method"] != "plain" and diffs:
+            row["vs_plain"], row["vs_plain_ci"] = paired_mean_ci(diffs)
     return out
+
+
+def paired_mean_ci(diffs: Sequence[float], level: float = 0.95) -> tuple[float, Optional[float]]:
+    """The mean of per-image differences and the half-width of its ``level`` Student-t confidence interval (None
+    for one image): whether a method beats another on these images by more than the images' spread."""
+    n, mean = len(diffs), float(np.mean(diffs))
+    if n < 2:
+        return mean, None
+    from scipy.stats import t
+
+    return mean, float(t.ppf(0.5 + level / 2, n - 1) * np.std(diffs, ddof=1) / math.sqrt(n))
 
 
 def write_csv(path: str, rows: Sequence[dict]) -> None:
@@ -273,21 +291,24 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
 
 
 def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_channel: bool = False) -> str:
-    """The summary as a markdown table (PSNR dB, SSIM, [LPIPS,] colour shift in Lab units, calls, seconds).
+    """The summary as a markdown table (PSNR dB, PSNR vs plain with its 95% interval, SSIM, [LPIPS,] colour shift in
+    Lab units, calls, seconds).
 
     The LPIPS column appears when every row has "lpips"; then the LPIPS_NOTE is not printed. y_channel: the
     PSNR and SSIM columns are luma_metrics' (headed PSNR-Y, SSIM-Y)."""
     has_lpips = bool(rows) and all("lpips" in r for r in rows)
     lp_head = " LPIPS |" if has_lpips else ""
     y = "-Y" if y_channel else ""
-    head = (f"| method | attention | l | images | PSNR{y} (dB) | SSIM{y} |{lp_head} L shift | ab shift | denoiser "
-            "calls | time (s) |")
-    lines = [head, "|" + "---|" * (11 if has_lpips else 10)]
+    head = (f"| method | attention | l | images | PSNR{y} (dB) | vs plain (dB) | SSIM{y} |{lp_head} L shift | "
+            "ab shift | denoiser calls | time (s) |")
+    lines = [head, "|" + "---|" * (12 if has_lpips else 11)]
     for r in rows:
         lb = "" if r["lower_bound"] == "" else f"{r['lower_bound']:g}"
         lp = f" {r['lpips']:.4f} |" if has_lpips else ""
+        vs = "-" if "vs_plain" not in r else f"{r['vs_plain']:+.2f}" + (
+            "" if r["vs_plain_ci"] is None else f" ± {r['vs_plain_ci']:.2f}")
         lines.append(f"| {r['method']} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f} | "
-                     f"{r['ssim']:.4f} |{lp} {r['L_shift']:.3f} | {r['ab_shift']:.3f} | {r['calls']:.0f} | "
+                     f"{vs} | {r['ssim']:.4f} |{lp} {r['L_shift']:.3f} | {r['ab_shift']:.3f} | {r['calls']:.0f} | "
                      f"{r['seconds']:.2f} |")
     if has_lpips and note == LPIPS_NOTE:
         note = None
@@ -295,6 +316,9 @@ def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_cha
     if n_exact:
         lines += ["", f"PSNR{y}: mean over the images that no method reproduces exactly; {n_exact} image(s) that some "
                       "method reproduces exactly (PSNR inf) are left out of every row's PSNR."]
+    if any(r.get("vs_plain_ci") is not None for r in rows):
+        lines += ["", f"vs plain: the mean of each image's PSNR{y} minus plain's on it, ± the half-width of its 95% "
+                      "Student-t confidence interval over the images; a difference inside it is not shown to be one."]
     if note:
         lines += ["", note + "."]
     return "\n".join(lines)
