@@ -1008,6 +1008,9 @@ def test_init_fine_tunes_from_a_model_file(tmp_path, img_folder, monkeypatch):
     record = (tmp_path / "d" / "TRAINING.md").read_text()
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     assert f"- started from: `{src}` (sha256 {digest})\n" in record
+    src.write_bytes(b"replaced")  # the record keeps the hash of the file as it was read, on resume too
+    train_main(str(path), str(tmp_path / "d"), steps=2, device="cpu", progress=False, init="a/model.safetensors")
+    assert f"(sha256 {digest})\n" in (tmp_path / "d" / "TRAINING.md").read_text()
     assert json.loads((tmp_path / "d" / "config.json").read_text())["init"] == str(src)
 
 

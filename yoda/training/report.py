@@ -11,8 +11,7 @@ from typing import Optional
 import torch
 
 from .. import data as _data
-from .._io import (FolderInUse, atomic_write_text, check_folder_writable, file_sha256, folder_lock, made_dirs,
-                   remove_empty)
+from .._io import FolderInUse, atomic_write_text, check_folder_writable, folder_lock, made_dirs, remove_empty
 from ..errors import sigterm_exits
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
@@ -76,7 +75,7 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"- loss: {cfg.loss}",
         f"- model: {cfg.model.get('kind')} with {n_params:,} parameters; weights {weights_name} "
         f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
-        *([f"- started from: `{cfg.init}` (sha256 {file_sha256(cfg.init)})"] if cfg.init else []),
+        *([f"- started from: `{cfg.init}` (sha256 {tr.init_sha256})"] if cfg.init else []),
         f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr})"
         + (f"; stopped by {stopped_by} before step {cfg.steps}: the same command resumes" if stopped_by else ""),
         f"- wall time of this run: {seconds:.1f} s ({(tr.step - start_step) / max(seconds, 1e-9):.2f} steps/s)",

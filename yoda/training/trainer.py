@@ -4,7 +4,8 @@ Files in ``out``: checkpoint.pt (resume state), log.csv, config.json, and at the
 "yoda" format (model.safetensors unless told otherwise). Every file is written through yoda._io (atomic).
 
 The checkpoint is a torch file holding {"step", "config" (TrainConfig.to_dict()), "model", "ema", "opt",
-"gen", "rows"}: a run resumes only with the config it was started with (``steps`` may differ).
+"gen", "rows", "init_sha256"}: a run resumes only with the config it was started with (``steps`` may differ).
+With ``cfg.init`` a run starts from that model file's weights (fine-tuning; load_init), and its hash is kept.
 
 Under torchrun (``ranks`` with world > 1, yoda.training.distributed) the model runs in DistributedDataParallel,
 each rank takes its share of the global batch drawn from the shared generator, and only rank 0 validates and
@@ -28,7 +29,7 @@ from typing import Optional
 import torch
 
 from .. import data as _data
-from .._io import atomic_write, atomic_write_text
+from .._io import atomic_write, atomic_write_text, file_sha256
 from ..checkpoint import load_state_dict_checked, zip_expansion
 from ..devices import resolve_device
 from ..errors import NonFiniteError, UserError, lr_from_images
@@ -178,6 +179,7 @@ class Trainer:
                                      weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
+        self.init_sha256: Optional[str] = None  # of the cfg.init file, hashed when it is read
         validate = bool(cfg.val_every and cfg.data.val_crops)
         self._check_sizes_and_sampling(validate)  # before the images are read
         self.extractor = None
@@ -252,6 +254,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "rows": list(self.rows),
             "loss_version": LOSS_VERSION,
+            "init_sha256": self.init_sha256,
         }
 
     def save_checkpoint(self, path: Optional[str] = None) -> None:
@@ -292,6 +295,7 @@ class Trainer:
         if st.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(st["cuda_rng"].cpu(), self.device)
         self.step = int(st["step"])
+        self.init_sha256 = st.get("init_sha256")  # the file started from, as it was then
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
         self._logged = 0  # log.csv may hold rows past the checkpoint: rewritten whole
         if self.cfg.loss.yoda and st.get("loss_version", 1) < LOSS_VERSION:
@@ -321,6 +325,7 @@ class Trainer:
         hint = " (init must have the config's model: the same kind and sizes)"
         load_state_dict_checked(self.model, src.state_dict(), f"init {path}", hint)
         self.ema.load_state_dict(self.model.state_dict())
+        self.init_sha256 = file_sha256(path)  # the record's, taken now: the file may be replaced during the run
 
     def learning_rate(self, step: int) -> float:
         """The learning rate at ``step``: cfg.lr after a linear warm-up of cfg.warmup steps, then (cfg.decay_from > 0)
