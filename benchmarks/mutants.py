@@ -255,6 +255,19 @@ MUTANTS = [
            "metrics(sr_u8, hr_u8, scale if settings.y_channel else None)", "metrics(sr_u8, hr_u8, None)",
            ("tests/test_evaluate.py", "-k", "y_channel_rows"),
            "yoda eval --y-channel prints RGB PSNR under the PSNR-Y header"),
+    Mutant("vs-plain-population-sd", "yoda/evaluate.py",
+           "np.std(diffs, ddof=1)", "np.std(diffs)",
+           ("tests/test_evaluate.py", "-k", "vs_plain"),
+           "the interval uses the population sd: too narrow, a difference looks shown that is not"),
+    Mutant("claim-ignored", "yoda/_io.py",
+           "        except BlockingIOError:\n            pass\n", "        except BlockingIOError:\n            held = True\n",
+           ("tests/test_cli.py", "-k", "claim"),
+           "two upscales with --skip-existing both make every image again"),
+    Mutant("init-ema-random", "yoda/training/trainer.py",
+           "        self.ema.load_state_dict(self.model.state_dict())\n        self.init_sha256",
+           "        self.init_sha256",
+           ("tests/test_train.py", "-k", "init_fine_tunes"),
+           "fine-tuning keeps a random EMA: the exported weights average the init away from a random net"),
 ]
 
 
