@@ -856,6 +856,10 @@ def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):
     with output_claim(path) as mine:
         assert mine
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / (".sr.png" + CLAIM_SUFFIX)).symlink_to(tmp_path / "elsewhere")  # a link planted in its place
+    with output_claim(path) as mine:
+        assert mine  # unclaimed, as where flock is missing
+    assert not (tmp_path / "elsewhere").exists()  # not followed: nothing made where it points
 
 
 def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):

@@ -263,7 +263,7 @@ def output_claim(path: PathLike):
     folder, name = os.path.split(os.fspath(path))
     claim = os.path.join(folder, "." + name + CLAIM_SUFFIX)
     try:
-        fd = os.open(claim, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(claim, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)  # never a planted link
     except OSError:
         yield True
         return
