@@ -862,6 +862,38 @@ def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):
     assert not (tmp_path / "elsewhere").exists()  # not followed: nothing made where it points
 
 
+def test_output_claim_handed_over_is_one_holders(tmp_path, monkeypatch):
+    """B opens the claim file while A holds it, A finishes (unlinks it) before B's lock: B's lock is on a deleted
+    file, which claims nothing (C would claim too, and B's unlink would then remove C's file); B must take the
+    file now at the path. A name too long for its claim file's is claimed under a hash of it."""
+    import contextlib
+    import fcntl
+
+    from yoda._io import claim_path, output_claim
+
+    path, a = tmp_path / "sr.png", contextlib.ExitStack()
+    assert a.enter_context(output_claim(path))
+    real, calls = fcntl.flock, []
+
+    def flock_after_a_ends(fd, op):
+        if not calls:
+            a.close()  # A's unlink and close fall between B's open and B's lock
+        calls.append(fd)
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_ends)
+    with output_claim(path) as b:
+        assert b and len(calls) == 2  # the first lock was on A's deleted file: tried again
+        with output_claim(path) as c:
+            assert not c
+        assert os.path.exists(claim_path(path))
+    assert list(tmp_path.iterdir()) == []
+    long = tmp_path / ("a" * 246 + ".png")  # a valid name; its claim file's would be 258 bytes
+    assert len(os.path.basename(claim_path(long))) < 255
+    with output_claim(long) as first, output_claim(long) as second:
+        assert first and not second
+
+
 def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):
     """`torchrun -m yoda upscale DIR -o OUT` with 2 gloo ranks on the CPU: the sorted inputs are sharded over the
     ranks and the outputs are byte-identical to a single-process run; a bad image is reported by its rank, the

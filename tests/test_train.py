@@ -977,8 +977,6 @@ def test_masked_loss_of_a_batch_without_active_pixels_is_zero_not_nan():
     assert out.loss.item() == 0.0 and out.active_fraction == 0.0
 
 
-
-
 def test_init_fine_tunes_from_a_model_file(tmp_path, img_folder, monkeypatch):
     """init: the model and its EMA start at the file's weights (bit for bit), the step and optimiser at 0; a resumed
     run keeps its checkpoint's weights; train_main makes the path absolute and TRAINING.md names it with its hash."""
@@ -1009,9 +1007,24 @@ def test_init_fine_tunes_from_a_model_file(tmp_path, img_folder, monkeypatch):
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     assert f"- started from: `{src}` (sha256 {digest})\n" in record
     src.write_bytes(b"replaced")  # the record keeps the hash of the file as it was read, on resume too
-    train_main(str(path), str(tmp_path / "d"), steps=2, device="cpu", progress=False, init="a/model.safetensors")
-    assert f"(sha256 {digest})\n" in (tmp_path / "d" / "TRAINING.md").read_text()
-    assert json.loads((tmp_path / "d" / "config.json").read_text())["init"] == str(src)
+    train_main(str(path), str(tmp_path / "d"), steps=2, device="cpu", progress=False)  # resumed without --init
+    assert f"- started from: `{src}` (sha256 {digest})\n" in (tmp_path / "d" / "TRAINING.md").read_text()
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["init"] == str(src)  # the run's, kept
+    with pytest.raises(ValueError, match=r"^--init must be the path of a yoda model file \(\.safetensors\), got ''$"):
+        train_main(str(path), str(tmp_path / "e"), device="cpu", progress=False, init="")
+
+
+def test_a_checkpoint_from_before_init_resumes(tmp_path, img_folder):
+    """Checkpoints written before TrainConfig.init existed have no "init" in their config (nor init_sha256): they
+    resume, and were refused as "a different config (differs in: init)"."""
+    cfg = tiny_config(img_folder, steps=1, val_every=0)
+    Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
+    path = tmp_path / "run" / "checkpoint.pt"
+    st = torch.load(path, weights_only=True)
+    del st["config"]["init"], st["init_sha256"]
+    torch.save(st, path)
+    tr = Trainer(cfg.replace(steps=2), str(tmp_path / "run"), device="cpu", progress=False)
+    assert tr.step == 1 and tr.cfg.init == "" and tr.init_sha256 is None
 
 
 def test_init_refuses_another_model(tmp_path, img_folder):
@@ -1019,9 +1032,16 @@ def test_init_refuses_another_model(tmp_path, img_folder):
     Trainer(tiny_config(img_folder, steps=1, val_every=0), str(tmp_path / "a"), device="cpu", progress=False).run()
     src = str(tmp_path / "a" / "model.safetensors")
     wider = dict(TINY_MODEL, inner_channel=16)
-    with pytest.raises(ValueError, match=r"init .*model\.safetensors.*shape") as e:
+    with pytest.raises(ValueError, match=r"^init \(--init\) .*model\.safetensors: the file's model differs from the "
+                                         r"config's model in inner_channel \(8, the config 16\)$"):
         Trainer(tiny_config(img_folder, model=wider, init=src), str(tmp_path / "b"), device="cpu", progress=False)
-    assert "the config's model" in str(e.value)
+    with pytest.raises(ValueError, match=r"differs from the config's model in dropout \(0\.0, the config 0\.1\)"):
+        Trainer(tiny_config(img_folder, model=dict(TINY_MODEL, dropout=0.1), init=src), str(tmp_path / "g"),
+                device="cpu", progress=False)
+    longer = {"kind": "linear", "T": 60, "beta_start": 1e-3, "beta_end": 0.1}
+    with pytest.raises(ValueError, match=r"^init \(--init\) .*: the file's model was trained on another schedule"):
+        Trainer(tiny_config(img_folder, schedule=longer, init=src), str(tmp_path / "h"), device="cpu",
+                progress=False)
     eps = {"mask_input": True, "mask_loss": True, "target": "x0"}
     with pytest.raises(ValueError, match=r"the file's model has prediction 'eps', this config trains prediction 'x0'"):
         Trainer(tiny_config(img_folder, loss=eps, init=src), str(tmp_path / "c"), device="cpu", progress=False)

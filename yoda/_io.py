@@ -246,41 +246,67 @@ def folder_lock(folder: PathLike, what: str):
 
 
 CLAIM_SUFFIX = ".yoda-claim"
+_NAME_MAX = 255  # bytes of one file name on Linux / macOS file systems
+
+
+def claim_path(path: PathLike) -> str:
+    """The hidden claim file of output_claim: ``.NAME.yoda-claim`` next to ``path`` (a hash of NAME where that name
+    would be too long for the file system)."""
+    folder, name = os.path.split(os.fspath(path))
+    claim = "." + name + CLAIM_SUFFIX
+    if len(os.fsencode(claim)) > _NAME_MAX:
+        claim = "." + hashlib.sha256(os.fsencode(name)).hexdigest()[:40] + CLAIM_SUFFIX
+    return os.path.join(folder, claim)
+
+
+def _take_claim(claim: str) -> Optional[int]:
+    """The open, flocked claim file (its fd), -1 when another process holds it, None when nothing can be claimed
+    here (no flock, a file that cannot be made, a link in its place). A lock taken on a file that its holder
+    unlinked meanwhile is on no claim at all: then the file at the path is tried again."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    for _ in range(8):
+        try:
+            fd = os.open(claim, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)  # never a link
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return -1
+        except OSError:  # a file system without flock
+            os.close(fd)
+            return None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(claim, follow_symlinks=False))
+        except OSError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder finished (unlinked it) between our open and our lock
+    return None
 
 
 @contextlib.contextmanager
 def output_claim(path: PathLike):
-    """Yields False when another process is making the output ``path`` (an flock on the hidden file
-    ``.NAME.yoda-claim`` next to it, which it holds), else True, holding the claim until the block ends; the claim
-    file is removed then. A killed process releases its claim (a stale file is taken over by the next run). The
-    caller must write ``path`` inside the block and look for it again after a True: a process that got the claim
-    on a file just unlinked finds the output made. Where flock is missing (Windows) or refused, it yields True."""
-    try:
-        import fcntl
-    except ImportError:
-        yield True
+    """Yields False when another process is making the output ``path`` (it holds an flock on the claim file
+    claim_path(path)), else True, holding the claim until the block ends; the claim file is removed then. A killed
+    process releases its claim (a stale file is taken over by the next run). The caller must write ``path`` inside
+    the block and look for it again after a True: the claim may come just after another process made the file.
+    Where nothing can be claimed (no flock, as on Windows) it yields True."""
+    claim = claim_path(path)
+    fd = _take_claim(claim)
+    if fd is None or fd < 0:
+        yield fd is None
         return
-    folder, name = os.path.split(os.fspath(path))
-    claim = os.path.join(folder, "." + name + CLAIM_SUFFIX)
     try:
-        fd = os.open(claim, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)  # never a planted link
-    except OSError:
         yield True
-        return
-    held = False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = True
-        except BlockingIOError:
-            pass
-        except OSError:
-            held = True  # a file system without flock: unclaimed, as before
-        yield held
     finally:
-        if held:
-            with contextlib.suppress(OSError):
-                os.unlink(claim)  # before the lock goes: a waiter on this file then finds the output made
+        with contextlib.suppress(OSError):
+            os.unlink(claim)  # while still locked: a process that opened this file finds it gone and tries anew
         os.close(fd)
 
 

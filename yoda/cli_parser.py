@@ -176,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
                    help="classifier-free guidance scale, for a model with an unconditional branch (default: the "
                         "model's own; the embedded and yoda-format models have none)")
-    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave inputs whose output file exists, or that another `yoda upscale --skip-existing` is "
+                        "making")
     p.add_argument("--tiles", type=_tiles_arg, default=None, metavar="W[,O]",
                    help="denoise in Gaussian-blended windows of W HR pixels overlapping by O (default W/4 rounded "
                         "down to the model's size multiple, at least one multiple); both "

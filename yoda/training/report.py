@@ -75,7 +75,7 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"- loss: {cfg.loss}",
         f"- model: {cfg.model.get('kind')} with {n_params:,} parameters; weights {weights_name} "
         f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
-        *([f"- started from: `{cfg.init}` (sha256 {tr.init_sha256})"] if cfg.init else []),
+        *([f"- started from: `{tr.cfg.init}` (sha256 {tr.init_sha256 or 'not recorded'})"] if tr.cfg.init else []),
         f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr})"
         + (f"; stopped by {stopped_by} before step {cfg.steps}: the same command resumes" if stopped_by else ""),
         f"- wall time of this run: {seconds:.1f} s ({(tr.step - start_step) / max(seconds, 1e-9):.2f} steps/s)",
@@ -138,6 +138,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     if decay_from is not None:
         cfg = cfg.replace(decay_from=int(decay_from))
     if init is not None:
+        if not init.strip():
+            raise ValueError(f"--init must be the path of a yoda model file (.safetensors), got {init!r}")
         cfg = cfg.replace(init=os.path.abspath(init))
     if data_dir is not None:
         cfg = with_data_dir(cfg, data_dir)

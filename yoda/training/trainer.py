@@ -66,8 +66,9 @@ def check_weights_name(name: str) -> None:
 
 
 # May change when a run is resumed: where it ends and its learning rate decays, and how often it logs,
-# validates and checkpoints (none of them changes a training step).
-RESUME_FREE = ("steps", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every")
+# validates and checkpoints (none of them changes a training step); init is read only at the start (the
+# checkpoint's own is kept, and a checkpoint from before init existed has none).
+RESUME_FREE = ("steps", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every", "init")
 
 
 def _resume_view(d: dict) -> dict:
@@ -295,7 +296,8 @@ class Trainer:
         if st.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(st["cuda_rng"].cpu(), self.device)
         self.step = int(st["step"])
-        self.init_sha256 = st.get("init_sha256")  # the file started from, as it was then
+        self.cfg = self.cfg.replace(init=st["config"].get("init", ""))  # what the run started from, not --init now
+        self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
         self._logged = 0  # log.csv may hold rows past the checkpoint: rewritten whole
         if self.cfg.loss.yoda and st.get("loss_version", 1) < LOSS_VERSION:
@@ -307,25 +309,37 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------------------------
     def load_init(self, path: str) -> None:
         """Start from the weights of the yoda model file ``path`` (model and EMA; the optimiser, the step and the
-        data stream start afresh): fine-tuning. The file must hold this config's architecture and have been
-        trained in its space to predict its target, or a ValueError says which differs."""
+        data stream start afresh): fine-tuning. The file must hold this config's model (kind, sizes and the other
+        arguments both give), trained in its space, to predict its target, on its schedule, or a ValueError says
+        which differs. Its sha256 is kept for the record (init_sha256)."""
         from ..models.yoda_format import load_yoda
 
+        where = f"init (--init) {path}"
         try:
+            digest = file_sha256(path)
             src = load_yoda(path)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"init (--init): {e}") from e
         except (OSError, ValueError, UserError) as e:  # CheckpointError is a UserError
             raise ValueError(f"init (--init): {e}") from e
+        if file_sha256(path) != digest:
+            raise ValueError(f"{where}: the file changed while it was read; start again when nothing writes it")
         card, want = src.card, model_card(self.cfg, self.schedule)
         for what in ("space", "prediction", "scale"):
             if getattr(card, what) != getattr(want, what):
-                raise ValueError(f"init {path}: the file's model has {what} {getattr(card, what)!r}, this config "
-                                 f"trains {what} {getattr(want, what)!r}")
-        hint = " (init must have the config's model: the same kind and sizes)"
-        load_state_dict_checked(self.model, src.state_dict(), f"init {path}", hint)
+                raise ValueError(f"{where}: the file's model has {what} {getattr(card, what)!r}, this config trains "
+                                 f"{what} {getattr(want, what)!r}")
+        if not torch.equal(card.schedule.betas, want.schedule.betas):
+            raise ValueError(f"{where}: the file's model was trained on another schedule ({card.schedule!r}) than "
+                             f"this config's ({want.schedule!r})")
+        args = (card.config or {}).get("args", {})
+        other = sorted(k for k, v in self.cfg.model.items() if k != "kind" and k in args and args[k] != v)
+        if other:
+            raise ValueError(f"{where}: the file's model differs from the config's model in "
+                             + ", ".join(f"{k} ({args[k]!r}, the config {self.cfg.model[k]!r})" for k in other))
+        load_state_dict_checked(self.model, src.state_dict(), where, " (the config's model must be the file's)")
         self.ema.load_state_dict(self.model.state_dict())
-        self.init_sha256 = file_sha256(path)  # the record's, taken now: the file may be replaced during the run
+        self.init_sha256 = digest
 
     def learning_rate(self, step: int) -> float:
         """The learning rate at ``step``: cfg.lr after a linear warm-up of cfg.warmup steps, then (cfg.decay_from > 0)
