@@ -249,3 +249,39 @@ def test_mutants_list_quotes_its_commands(capsys):
     assert mutants.main(["--list", with_spaces.name]) == 0
     command = capsys.readouterr().out.splitlines()[1].strip()
     assert shlex.split(command) == ["pytest", *with_spaces.tests]  # unquoted, "-k a and b" splits into more words
+
+
+def test_unseen_photos_takes_the_largest_picture_of_an_edje_file():
+    """Enlightenment's backgrounds are Eet archives holding the photograph at several sizes: the largest entry that
+    Pillow reads is taken, as stored; other entries and unreadable images are passed over; a file that is not an Eet
+    archive, or whose records point outside it, is refused."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    m = load_script("unseen_photos")
+
+    def jpeg(w, h):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (w % 256, 10, 20)).save(buf, "JPEG")
+        return buf.getvalue()
+
+    entries = [("edje/images/0", jpeg(8, 6)), ("edje/images/1", jpeg(20, 12)), ("edje/images/2", b"raw pixels"),
+               ("edje/edje_file", jpeg(40, 40))]  # the largest picture, but not an image entry
+    names = b"".join(n.encode() + b"\0" for n, _ in entries)
+    head = 12 + 24 * len(entries)
+    blobs_at = head + len(names)
+    records, pos, name_at = b"", blobs_at, head
+    for n, blob in entries:
+        records += struct.pack(">6I", pos, len(blob), len(blob), name_at, len(n) + 1, 0)
+        pos, name_at = pos + len(blob), name_at + len(n) + 1
+    edj = struct.pack(">III", m.EET_MAGIC, len(entries), len(names)) + records + names + b"".join(b for _, b in entries)
+    assert m.largest_image(edj) == entries[1][1]
+    with pytest.raises(ValueError, match="not an Eet archive"):
+        m.largest_image(b"\x89PNG" + edj[4:])
+    with pytest.raises(ValueError, match="lies outside the file"):
+        m.largest_image(edj[:-200])
+    small = m.resized(Image.new("RGBA", (2048, 1024)))
+    assert small.size == (1024, 512) and small.mode == "RGB"
+    assert m.resized(Image.new("RGB", (300, 200))).size == (300, 200)  # never enlarged

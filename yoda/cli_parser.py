@@ -273,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-from", type=int, default=None, metavar="STEP",
                    help="decay the learning rate linearly from STEP to 0 at the last step (overrides the config)")
     p.add_argument("--init", default=None, metavar="WEIGHTS",
-                   help="start from these weights (a yoda model file of the config's model, e.g. an earlier run's "
-                        "export or yoda/weights/default_x4.safetensors): fine-tuning; the same command resumes, from the "
-                        "checkpoint's weights")
+                   help="start from these weights (a yoda model file of the config's model, e.g. an earlier "
+                        "run's export or yoda/weights/default_x4.safetensors): fine-tuning; the same command resumes, "
+                        "from the checkpoint's weights")
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop (and save) after this much wall time")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (the default): cuda when torch sees a GPU, else cpu")

@@ -1,0 +1,140 @@
+"""A second test set of photographs no yoda model has seen: 25 colour photographs from two Debian packages that
+`yoda data build` does not use, prepared as it prepares its own (Pillow Lanczos to a short side of 512 px, PNG).
+
+    python benchmarks/unseen_photos.py OUT      # apt-get download the two packages into OUT/debs, then OUT/*.png
+    yoda eval --images OUT --max-size 256 --steps 1 --attention edge --lower-bounds 0.8
+
+- lxqt-themes (LXQt's wallpapers, CC-BY-SA-3.0 / LGPL-2.1+): the 11 photographs of usr/share/lxqt/wallpapers;
+  the folder's other files are renders and logos.
+- enlightenment-data (BSD-2-clause): the 14 photographs among its backgrounds. Each is an Edje file (.edj), an
+  Eet archive: a big-endian header (magic 0x1EE70F42, entry count, dictionary size) and one 24-byte record per
+  entry (offset, size, unpacked size, name offset, name size, flags). The picture is stored at several sizes as
+  JPEG entries "edje/images/N"; the largest, as stored, is the photograph. Their other backgrounds are drawings,
+  gradients and patterns.
+
+OUT/manifest.json records each file's package, version, source, the source's sha256 and the PNG's. Chosen by eye
+(2026-12-03) from contact sheets of every image with a short side of at least 1024 px in the Debian 12 packages
+that ship wallpapers; the others had none (gnome-backgrounds, ukui-wallpapers: renders; desktop-base,
+debian-edu-artwork-*: theme artwork). Never used to train, tune or choose anything: a report-only test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from yoda._io import atomic_write_text, file_sha256  # noqa: E402
+from yoda.images import save_pil  # noqa: E402
+
+LXQT = ("Butterfly-Kenneth-Wimer.jpg", "Valendas.png", "after-the-rain.jpg", "appleflower.png", "beam.png",
+        "butterfly.png", "cloud.png", "drop.png", "flowers.png", "fog.jpg", "this-is-not-windows.jpg")
+ENLIGHTENMENT = ("Bamboo", "Foggy-Trees", "God-Rays", "Green-Maple", "Lichen-Branches", "Mountain", "Peaks",
+                 "Red-Maple", "Sea-of-Lanterns", "Snow-Trees", "Spruce-Needles", "Sunset-Clouds", "White-Flower",
+                 "Yellow-Flower")
+EET_MAGIC = 0x1EE70F42
+SHORT_SIDE = 512
+
+
+def eet_entries(data: bytes) -> dict:
+    """{name: stored bytes} of an Eet archive (uncompressed entries as stored; a compressed one as its bytes)."""
+    if len(data) < 12:
+        raise ValueError("not an Eet archive: shorter than its header")
+    magic, count, _ = struct.unpack(">III", data[:12])
+    if magic != EET_MAGIC or 12 + 24 * count > len(data):
+        raise ValueError(f"not an Eet archive (magic {magic:#x}, {count} entries in {len(data)} bytes)")
+    out = {}
+    for i in range(count):
+        off, size, _, name_off, name_size, _ = struct.unpack(">6I", data[12 + 24 * i:36 + 24 * i])
+        if off + size > len(data) or name_off + name_size > len(data):
+            raise ValueError(f"Eet entry {i} lies outside the file")
+        out[data[name_off:name_off + name_size].rstrip(b"\0").decode()] = data[off:off + size]
+    return out
+
+
+def largest_image(edj: bytes) -> bytes:
+    """The bytes of the largest picture among an Edje file's "edje/images/*" entries."""
+    best, best_px = None, -1
+    for name, blob in eet_entries(edj).items():
+        if not name.startswith("edje/images/"):
+            continue
+        try:
+            w, h = Image.open(io.BytesIO(blob)).size
+        except OSError:
+            continue  # Edje's own raw format, which Pillow does not read: the JPEG entries are the photographs
+        if w * h > best_px:
+            best, best_px = blob, w * h
+    if best is None:
+        raise ValueError("no picture Pillow can read among its edje/images entries")
+    return best
+
+
+def resized(img: Image.Image) -> Image.Image:
+    """As `yoda data build` stores a photograph: RGB, short side SHORT_SIDE (Lanczos), never enlarged."""
+    img = img.convert("RGB")
+    w, h = img.size
+    f = SHORT_SIDE / min(w, h)
+    return img.resize((round(w * f), round(h * f)), Image.LANCZOS, reducing_gap=3.0) if f < 1 else img
+
+
+def _deb(name: str, debs: Path) -> tuple[Path, str]:
+    """(the package's .deb in ``debs``, downloaded if it is not there, and its version)."""
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(debs.glob(f"{name}_*.deb"))
+    if not found:
+        subprocess.run(["apt-get", "download", name], cwd=debs, check=True)
+        found = sorted(debs.glob(f"{name}_*.deb"))
+    version = subprocess.run(["dpkg-deb", "-f", str(found[-1]), "Version"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    return found[-1], version
+
+
+# (package, folder inside it, [(file in it, output stem)], how a file becomes a picture)
+SOURCES = (
+    ("lxqt-themes", "usr/share/lxqt/wallpapers", [(f, "lxqt-" + Path(f).stem) for f in LXQT],
+     lambda path: Image.open(path)),
+    ("enlightenment-data", "usr/share/enlightenment/data/backgrounds", [(f"{n}.edj", "e-" + n) for n in ENLIGHTENMENT],
+     lambda path: Image.open(io.BytesIO(largest_image(path.read_bytes())))),
+)
+
+
+def build(out: Path) -> list[dict]:
+    """The PNGs and manifest.json in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for pkg, folder, files, picture in SOURCES:
+        deb, version = _deb(pkg, out / "debs")
+        with tempfile.TemporaryDirectory() as root:
+            subprocess.run(["dpkg-deb", "-x", str(deb), root], check=True)
+            for name, stem in files:
+                src = Path(root) / folder / name
+                img = picture(src)
+                small = resized(img)
+                save_pil(small, str(out / f"{stem}.png"))
+                manifest.append({"file": f"{stem}.png", "package": pkg, "version": version,
+                                 "source": f"{folder}/{name}", "source_size": list(img.size),
+                                 "source_sha256": file_sha256(str(src)),
+                                 "sha256": file_sha256(str(out / f"{stem}.png")), "size": list(small.size)})
+                print(f"{stem}: {img.size[0]}x{img.size[1]} -> {small.size[0]}x{small.size[1]}")
+    atomic_write_text(str(out / "manifest.json"), json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path, help="the folder of PNGs (and debs/, manifest.json)")
+    build(p.parse_args(argv).out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
