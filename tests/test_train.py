@@ -1047,7 +1047,7 @@ def test_init_refuses_another_model(tmp_path, img_folder):
         Trainer(tiny_config(img_folder, loss=eps, init=src), str(tmp_path / "c"), device="cpu", progress=False)
     with pytest.raises(ValueError, match="init must be the path"):
         tiny_config(img_folder, init="  ")
-    with pytest.raises(FileNotFoundError, match=r"init \(--init\): .*missing.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"^init \(--init\): checkpoint file not found: .*missing.safetensors"):
         Trainer(tiny_config(img_folder, init=str(tmp_path / "missing.safetensors")), str(tmp_path / "e"),
                 device="cpu", progress=False)
     (tmp_path / "junk.safetensors").write_bytes(b"junk")

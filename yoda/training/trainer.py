@@ -30,7 +30,7 @@ import torch
 
 from .. import data as _data
 from .._io import atomic_write, atomic_write_text, file_sha256
-from ..checkpoint import load_state_dict_checked, zip_expansion
+from ..checkpoint import check_path, load_state_dict_checked, zip_expansion
 from ..devices import resolve_device
 from ..errors import NonFiniteError, UserError, lr_from_images
 from ..evaluate import psnr_u8
@@ -316,7 +316,7 @@ class Trainer:
 
         where = f"init (--init) {path}"
         try:
-            digest = file_sha256(path)
+            digest = file_sha256(check_path(path))
             src = load_yoda(path)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"init (--init): {e}") from e
