@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from yoda._io import atomic_write_text, file_sha256  # noqa: E402
 from yoda.images import save_pil  # noqa: E402
+from yoda.photos import downscaled  # noqa: E402
 
 LXQT = ("Butterfly-Kenneth-Wimer.jpg", "Valendas.png", "after-the-rain.jpg", "appleflower.png", "beam.png",
         "butterfly.png", "cloud.png", "drop.png", "flowers.png", "fog.jpg", "this-is-not-windows.jpg")
@@ -79,11 +80,8 @@ def largest_image(edj: bytes) -> bytes:
 
 
 def resized(img: Image.Image) -> Image.Image:
-    """As `yoda data build` stores a photograph: RGB, short side SHORT_SIDE (Lanczos), never enlarged."""
-    img = img.convert("RGB")
-    w, h = img.size
-    f = SHORT_SIDE / min(w, h)
-    return img.resize((round(w * f), round(h * f)), Image.LANCZOS, reducing_gap=3.0) if f < 1 else img
+    """As `yoda data build` stores a photograph (yoda.photos.downscaled): RGB, short side SHORT_SIDE."""
+    return downscaled(img.convert("RGB"), SHORT_SIDE)
 
 
 def _deb(name: str, debs: Path) -> tuple[Path, str]:

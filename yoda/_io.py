@@ -216,6 +216,22 @@ def remove_empty(made: list[Path]) -> None:
             d.rmdir()
 
 
+def _flock_now(fd: int) -> Optional[bool]:
+    """An exclusive flock on ``fd`` without waiting: True when taken, False when another process holds it, None
+    where there is no flock (Windows, some NFS): then nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
 @contextlib.contextmanager
 def folder_lock(folder: PathLike, what: str):
     """Hold ``folder`` (which must exist) for this process while the block runs: an exclusive flock on the folder
@@ -223,23 +239,14 @@ def folder_lock(folder: PathLike, what: str):
     gets a FolderInUse naming ``what`` at once, instead of both writing the same files. Where flock is missing
     (Windows) or the file system refuses it (some NFS), nothing is locked."""
     try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
         fd = os.open(os.fspath(folder), os.O_RDONLY)
     except OSError:
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if _flock_now(fd) is False:
             raise FolderInUse(f"{what} {os.fspath(folder)} is in use by another yoda process; wait for it to end, "
-                              "or use another folder") from None
-        except OSError:
-            pass  # a file system without flock: unlocked, as before
+                              "or use another folder")
         yield
     finally:
         os.close(fd)
@@ -263,23 +270,15 @@ def _take_claim(claim: str) -> Optional[int]:
     """The open, flocked claim file (its fd), -1 when another process holds it, None when nothing can be claimed
     here (no flock, a file that cannot be made, a link in its place). A lock taken on a file that its holder
     unlinked meanwhile is on no claim at all: then the file at the path is tried again."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        return None
     for _ in range(8):
         try:
             fd = os.open(claim, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)  # never a link
         except OSError:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        locked = _flock_now(fd)
+        if not locked:
             os.close(fd)
-            return -1
-        except OSError:  # a file system without flock
-            os.close(fd)
-            return None
+            return -1 if locked is False else None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(claim, follow_symlinks=False))
         except OSError:

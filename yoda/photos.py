@@ -31,7 +31,8 @@ from PIL import Image
 from ._io import atomic_write, check_folder_writable, file_sha256, folder_lock, made_dirs, remove_empty
 from .images import DataError, read_image, save_pil
 
-__all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "installed_photos"]
+__all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "downscaled",
+           "installed_photos"]
 
 PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "mate-backgrounds")
 _PLASMA = "/usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
@@ -184,6 +185,14 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
             remove_empty(made)  # a folder made for a build that wrote nothing (while still held)
 
 
+def downscaled(img: Image.Image, short_side: int) -> Image.Image:
+    """``img`` as build() stores a photograph: its short side brought down to ``short_side`` pixels (Pillow's
+    antialiased Lanczos), never enlarged."""
+    w, h = img.size
+    f = short_side / min(w, h)
+    return img.resize((round(w * f), round(h * f)), Image.LANCZOS, reducing_gap=3.0) if f < 1 else img
+
+
 def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Callable[[str], None]]) -> Built:
     """build()'s work in the existing folder ``out``, which this process holds."""
     import shutil
@@ -202,9 +211,7 @@ def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Call
                 continue
             img = Image.fromarray(arr)
             w, h = img.size
-            f = short_side / min(w, h)
-            if f < 1:
-                img = img.resize((round(w * f), round(h * f)), Image.LANCZOS, reducing_gap=3.0)
+            img = downscaled(img, short_side)
             rel = f"{split}/{name}.png"
             os.makedirs(os.path.join(stage, split), exist_ok=True)
             save_pil(img, os.path.join(stage, rel))
