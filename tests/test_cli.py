@@ -817,10 +817,16 @@ def _torchrun(args, tmp_path, nproc=2):
         return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
-def test_skip_existing_leaves_an_output_another_process_is_making(tmp_path, tiny_model, capsys):
-    """Two `yoda upscale DIR -o OUT --skip-existing` started together did every image twice; now an output that
-    another process has claimed (yoda._io.output_claim, held while it makes the file) is left to it, and the claim
-    files go with the claims."""
+@pytest.mark.parametrize("maker_fails", [False, True])
+def test_skip_existing_waits_for_an_output_another_process_is_making(tmp_path, tiny_model, capsys, monkeypatch,
+                                                                     maker_fails):
+    """Two `yoda upscale DIR -o OUT --skip-existing` started together did every image twice; then an output that
+    another process had claimed (yoda._io.output_claim, held while it makes the file) was left to it, and left
+    unmade when that process failed. Now the run does the others first, then waits for the claim to go: made
+    there, the output is skipped; left unmade, it is made here. The claim files go with the claims."""
+    import contextlib
+
+    from yoda import cli_upscale
     from yoda._io import CLAIM_SUFFIX, output_claim
 
     rng = np.random.default_rng(4)
@@ -830,17 +836,51 @@ def test_skip_existing_leaves_an_output_another_process_is_making(tmp_path, tiny
     for k in range(2):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / f"im{k}.png")
     common = ["--model", tiny_model, "--steps", "1", "-q", "--skip-existing"]
-    with output_claim(out / "im0_x4.png") as mine:  # another process making im0
-        assert mine
-        code, printed, err = run(["upscale", str(src), "-o", str(out), *common], capsys)
-        assert code == 0, err
-        assert f"{src / 'im0.png'} -> {out / 'im0_x4.png'} is being made by another process, skipped " \
-               f"(--skip-existing)" in printed
-        assert sorted(f.name for f in out.iterdir()) == [".im0_x4.png" + CLAIM_SUFFIX, "im1_x4.png"]
-    assert sorted(f.name for f in out.iterdir()) == ["im1_x4.png"]  # the holder's claim file went with it
+    other = contextlib.ExitStack()  # another process making im0
+    assert other.enter_context(output_claim(out / "im0_x4.png"))
+    seen = []
+
+    def sleep(seconds):  # the run polling im0's claim: the other process finishes at the second look
+        seen.append(sorted(f.name for f in out.iterdir()))
+        if len(seen) == 2:
+            if not maker_fails:
+                (out / "im0_x4.png").write_bytes(b"the other process's")
+            other.close()
+
+    monkeypatch.setattr(cli_upscale.time, "sleep", sleep)
     code, printed, err = run(["upscale", str(src), "-o", str(out), *common], capsys)
-    assert code == 0 and "im1_x4.png exists, skipped" in printed and printed.count("skipped") == 1, err
+    assert code == 0, err
+    assert f"{src / 'im0.png'} -> {out / 'im0_x4.png'} is being made by another process; back to it at the end " \
+           f"(--skip-existing)" in printed
+    assert "waiting for another process to finish 1 output(s)" in err
+    assert seen == [[".im0_x4.png" + CLAIM_SUFFIX, "im1_x4.png"]] * 2  # im1 first; polled until the claim went
     assert sorted(f.name for f in out.iterdir()) == ["im0_x4.png", "im1_x4.png"]
+    if maker_fails:  # made here
+        assert printed.count("skipped") == 0 and Image.open(out / "im0_x4.png").size == (32, 32)
+    else:
+        assert "im0_x4.png exists, skipped" in printed and (out / "im0_x4.png").read_bytes() == b"the other process's"
+    code, printed, err = run(["upscale", str(src), "-o", str(out), *common], capsys)
+    assert code == 0 and printed.count("exists, skipped") == 2, err
+
+
+def test_skip_existing_one_input_waits_for_its_maker(tmp_path, tiny_model, capsys, monkeypatch):
+    """One input whose output another process is making: the run waits for it (and makes it, the other having
+    failed), instead of an error or a silent skip."""
+    import contextlib
+
+    from yoda import cli_upscale
+    from yoda._io import output_claim
+
+    src = tmp_path / "im.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src)
+    other, looks = contextlib.ExitStack(), []
+    assert other.enter_context(output_claim(tmp_path / "sr.png"))
+    monkeypatch.setattr(cli_upscale.time, "sleep", lambda s: (looks.append(s), other.close()))
+    code, printed, err = run(["upscale", str(src), "-o", str(tmp_path / "sr.png"), "--model", tiny_model,
+                              "--steps", "1", "-q", "--skip-existing"], capsys)
+    assert code == 0, err
+    assert printed.count("is being made by another process: waiting for it") == 1 and looks == [1.0]
+    assert Image.open(tmp_path / "sr.png").size == (32, 32)
 
 
 def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):

@@ -45,7 +45,7 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, c
                          save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, mebibytes,
                           output_folder, output_targets, plan_windows, run_items, run_sharded, speed_options,
-                          to_make, tune_malloc)
+                          to_make, tune_malloc, until_free)
 from .errors import UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .errors import user_input as _user_input
 
@@ -87,7 +87,7 @@ def cmd_upscale(a) -> int:
     made = made_dirs(out_dir) if out_dir is not None else []
     try:
         if len(items) == 1:
-            work(items[0])  # its error is the command's
+            until_free(work, items[0])  # its error is the command's
             return 0
         failed = run_items(items, work, one_line, debug=a.debug)
     finally:

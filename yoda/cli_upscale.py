@@ -10,6 +10,7 @@ import datetime
 import math
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Callable, Optional
@@ -193,42 +194,87 @@ def dist_env() -> tuple[int, int]:
     return env_int("RANK", 0), env_int("WORLD_SIZE", 1)
 
 
+class Busy(Exception):
+    """Another process holds the claim on the output (to_make): run_items comes back to the input at the end."""
+
+
 @contextlib.contextmanager
 def to_make(skip: bool, src: str, dst: str):
-    """Yields whether to upscale ``src`` to ``dst``: always without --skip-existing; with it, not when dst exists or
-    another process is making it (yoda._io.output_claim, held while this one does), so that runs started together
-    over one folder share its images instead of each doing all of them."""
+    """Yields whether to upscale ``src`` to ``dst``: always without --skip-existing; with it, not when dst exists,
+    and raises Busy while another process is making it (yoda._io.output_claim, held while this one does), so that
+    runs started together over one folder share its images instead of each doing all of them."""
     if not skip:
         yield True
         return
     with output_claim(dst) as mine:
-        why = "is being made by another process" if not mine else "exists" if os.path.exists(dst) else None
-        if why is not None:
-            print(f"{printable(src)} -> {printable(dst)} {why}, skipped (--skip-existing)")
-        yield why is None
+        if not mine:
+            raise Busy(f"{printable(src)} -> {printable(dst)} is being made by another process")
+        exists = os.path.exists(dst)
+        if exists:
+            print(f"{printable(src)} -> {printable(dst)} exists, skipped (--skip-existing)")
+        yield not exists
+
+
+# Seconds between looks at the outputs another process is making (run_items, until_free)
+BUSY_POLL_S = 1.0
+
+
+def until_free(work: Callable[[object], None], item) -> None:
+    """work(item), waiting while another process is making its output (Busy); its errors are the caller's."""
+    said = False
+    while True:
+        try:
+            return work(item)
+        except Busy as e:
+            if not said:
+                print(f"{e}: waiting for it (--skip-existing)")
+                said = True
+        time.sleep(BUSY_POLL_S)
 
 
 def run_items(items: list, work: Callable[[object], None], one_line: Callable[[BaseException], str],
               where: str = "", debug: bool = False) -> int:
     """work(item) for each item; a UserError, an OSError or an allocation that failed (errors.out_of_memory: one
     large image must not cost the others) is reported in one line (``yoda: error: WHERE...``; with ``debug``
-    after its traceback) and the next item goes on. Returns the number of items that failed."""
-    failed = 0
+    after its traceback) and the next item goes on. An item whose work raises Busy (to_make: another process is
+    making its output) is tried again after the others, until that process lets it go: made there, it is
+    skipped; left unmade (that process failed or was killed), it is made here. Returns the number that failed."""
+    failed, busy = 0, []
     for item in items:
-        oom = False
-        try:
-            work(item)
-        except Exception as e:
-            oom = out_of_memory(e)
-            if not (oom or isinstance(e, (UserError, OSError))):
-                raise
-            failed += 1
-            if debug:
-                traceback.print_exc()
-            print(f"yoda: error: {where}{one_line(e)}", file=sys.stderr)
-        if oom:  # out of the handler: its traceback held the failed input's tensors
-            free_memory()
+        failed += _run_one(item, work, one_line, where, debug, busy)
+    if busy:
+        print(f"{where}waiting for another process to finish {len(busy)} output(s) (--skip-existing)",
+              file=sys.stderr)
+    while busy:
+        time.sleep(BUSY_POLL_S)
+        again, busy = busy, []
+        for item in again:
+            failed += _run_one(item, work, one_line, where, debug, busy, quiet=True)
     return failed
+
+
+def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseException], str], where: str,
+             debug: bool, busy: list, quiet: bool = False) -> int:
+    """run_items' work(item): 1 when it failed (reported), else 0; the item is appended to ``busy`` on Busy."""
+    oom = False
+    try:
+        work(item)
+        return 0
+    except Busy as e:
+        if not quiet:
+            print(f"{e}; back to it at the end (--skip-existing)")
+        busy.append(item)
+        return 0
+    except Exception as e:
+        oom = out_of_memory(e)
+        if not (oom or isinstance(e, (UserError, OSError))):
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"yoda: error: {where}{one_line(e)}", file=sys.stderr)
+    if oom:  # out of the handler: its traceback held the failed input's tensors
+        free_memory()
+    return 1
 
 
 def free_memory() -> None:
