@@ -5,6 +5,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -462,6 +463,39 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
     assert im.width >= 6 * 160  # small crops are drawn enlarged, so that the labels fit
 
 
+def test_every_command_writing_o_refuses_an_input(tmp_path, tiny_model, capsys):
+    """`yoda eval -o` wrote its table over an image of --images or the --model file, `yoda attention IMG -o IMG`
+    replaced the picture with its figure, and `yoda plot` wrote through a hard link to its log: every command
+    that writes -o now refuses one of its inputs, before any work. A file of the images folder that is not an
+    image (the table of an earlier run) is no input."""
+    from yoda.figures import FIGURE_FILES
+
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"im{k}.png")
+    fig = folder / FIGURE_FILES[0]
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(fig)  # an input named as a figure
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,lr,seconds\n1,0.5,0.001,1\n")
+    os.link(log, tmp_path / "log.png")
+    kept = {p: p.read_bytes() for p in (folder / "im0.png", Path(tiny_model), fig, log)}
+    common = ["--images", str(folder), "--model", tiny_model, "--steps", "1", "-q"]
+    for args, dst in ((["eval", *common, "-o", str(folder / "im0.png")], folder / "im0.png"),
+                      (["eval", *common, "-o", tiny_model], tiny_model),
+                      (["figures", *common, "-o", str(folder)], fig),
+                      (["attention", str(folder / "im0.png"), "-o", str(folder / "im0.png")], folder / "im0.png"),
+                      (["plot", str(log), "-o", str(tmp_path / "log.png")], tmp_path / "log.png")):
+        code, _, err = run(args, capsys)
+        assert code == 2 and err.count("\n") == 1 and f"-o {dst} is the input " in err, (args, err)
+        assert "does not overwrite its inputs" in err
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    for _ in range(2):  # the second run writes over the first one's table, which is in the folder now
+        code, out, err = run(["eval", *common, "-o", str(folder / "table.md")], capsys)
+        assert code == 0 and (folder / "table.md").read_text() == out, err
+
+
 def test_eval_command(tmp_path, tiny_model, capsys):
     folder = tmp_path / "hr"
     folder.mkdir()
@@ -881,6 +915,30 @@ def test_skip_existing_one_input_waits_for_its_maker(tmp_path, tiny_model, capsy
     assert code == 0, err
     assert printed.count("is being made by another process: waiting for it") == 1 and looks == [1.0]
     assert Image.open(tmp_path / "sr.png").size == (32, 32)
+
+
+def test_upscale_of_a_folder_stops_at_a_full_disk(tmp_path, tiny_model, capsys, monkeypatch):
+    """A full disk failed each input of a folder in turn, after all its denoising (hours on a large folder, and a
+    line per image); now the first write that finds no room ends the run, naming the file."""
+    import errno
+
+    import yoda.cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / f"{k}.png")
+    tried = []
+
+    def full(sr, dst, grey):
+        tried.append(os.path.basename(dst))
+        raise OSError(errno.ENOSPC, f"cannot write {dst}: No space left on device")
+
+    monkeypatch.setattr(yoda.cli, "save_output", full)
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model, "--steps", "1",
+                        "-q"], capsys)
+    assert code == 2 and tried == ["0_x4.png"] and err.count("\n") == 1, err
+    assert "No space left on device" in err and "0_x4.png" in err and not (tmp_path / "out").exists()
 
 
 def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):

@@ -278,21 +278,75 @@ def test_resuming_a_checkpoint_of_the_per_crop_masks_is_warned_of(tmp_path, img_
         assert Trainer(cfg, str(out), device="cpu", progress=False).step == 1
 
 
-def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path, img_folder, monkeypatch):
-    """A full disk while writing checkpoint.pt must leave the previous one whole (the run can still resume)."""
-    t = Trainer(tiny_config(img_folder, val_every=0), str(tmp_path / "o"), device="cpu", progress=False)
-    t.save_checkpoint()
-    before = (tmp_path / "o" / "checkpoint.pt").read_bytes()
+def _disk_fills_after(monkeypatch, n: int) -> None:
+    """Binary files that yoda._io opens for writing take ``n`` bytes, then fail as a full disk does."""
+    import builtins
 
-    def disk_full(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+    import yoda._io
+
+    class Full(io.FileIO):
+        def write(self, b):
+            room = n - self.tell()
+            if len(b) > room:
+                super().write(bytes(b)[:max(room, 0)])
+                raise OSError(28, "No space left on device")
+            return super().write(b)
+
+    monkeypatch.setattr(yoda._io, "open", lambda f, mode="r", *a, **k: Full(f, "w") if mode == "wb"
+                        else builtins.open(f, mode, *a, **k), raising=False)
+
+
+def test_a_full_disk_is_an_oserror_naming_the_file_and_keeps_the_last_one(tmp_path, img_folder, monkeypatch,
+                                                                          capsys):
+    """A full disk while writing checkpoint.pt or the model file was torch.save's RuntimeError ("unexpected pos")
+    and safetensors' SafetensorError: `yoda train` called it a bug in yoda, with a traceback. Both are serialised
+    to bytes first now, and the write's OSError names the user's file; the previous file stays whole, and no
+    temporary file is left."""
+    import json
+
+    from yoda.cli import main
+
+    out = tmp_path / "o"
+    t = Trainer(tiny_config(img_folder, val_every=0), str(out), device="cpu", progress=False)
+    t.save_checkpoint()
+    t.export(str(out / "model.safetensors"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _disk_fills_after(monkeypatch, 1000)
+    for save, name in ((t.save_checkpoint, "checkpoint.pt"), (lambda: t.export(str(out / "model.safetensors")),
+                                                              "model.safetensors")):
+        with pytest.raises(OSError, match=f"cannot write {out / name}: No space left on device"):
+            save()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(tiny_config(img_folder, val_every=0).to_dict()))
+    code = main(["train", "--config", str(cfg_path), "--out", str(tmp_path / "run"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"yoda: error: cannot write {tmp_path / 'run'}" in err and "No space left on device" in err
+
+
+def test_a_log_append_that_fails_leaves_no_half_row(tmp_path):
+    """log.csv appended on a full disk ended in half a row, and the error named no file."""
+    from yoda._io import append_whole
+
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"step,loss\r\n1,0.5\r\n")
+    real = os.write
+    calls = []
+
+    def write_some(fd, data):  # the first write goes through in part, the next finds the disk full
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real(fd, bytes(data)[:4])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        t.save_checkpoint()
-    assert (tmp_path / "o" / "checkpoint.pt").read_bytes() == before
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "write", write_some)
+        with pytest.raises(OSError, match=f"cannot write {log}: No space left on device"):
+            append_whole(log, b"2,0.25\r\n3,0.125\r\n")
+    assert log.read_bytes() == b"step,loss\r\n1,0.5\r\n" and calls == [17, 13]
+    append_whole(log, b"2,0.25\r\n")
+    assert log.read_bytes() == b"step,loss\r\n1,0.5\r\n2,0.25\r\n"
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -700,6 +754,25 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_during_the_export_does_not_cut_it_short(tmp_path, img_folder, monkeypatch):
+    """The stop handlers were put back before the weights were exported: a Ctrl-C then (the first one, which
+    promises to save) aborted the export and left no model file. Now only a second one aborts."""
+    import signal
+
+    cfg = tiny_config(img_folder, steps=2, ckpt_every=0, val_every=0)
+    tr = Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
+    real = tr.export
+
+    def ctrl_c_then_export(path):
+        os.kill(os.getpid(), signal.SIGINT)
+        real(path)
+
+    monkeypatch.setattr(tr, "export", ctrl_c_then_export)
+    tr.run()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.json", "log.csv",
+                                                                     "model.safetensors"]
+
+
 def test_out_and_weights_are_checked_before_training(tmp_path, img_folder, monkeypatch):
     """An --out that cannot be written, or a folder where a run file goes, failed only after training (with
     log_every and ckpt_every 0, after every step), in errno text that did not name --out."""
@@ -821,6 +894,9 @@ def test_a_finished_run_rerun_keeps_its_record(tmp_path, img_folder, capsys):
     assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
     assert "trained 0 steps (resumed at step 4) in" in capsys.readouterr().out
     assert (out / "TRAINING.md").read_text() == record
+    (out / "TRAINING.md").unlink()  # the run that trained was stopped before it wrote its record: a rerun writes it
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
+    assert "- steps: 4 (this run: 0;" in (out / "TRAINING.md").read_text()
 
 
 def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):

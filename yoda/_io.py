@@ -8,6 +8,9 @@
                                 written through, as open() would: its target is replaced and the link stays
                                 (not another user's link in a shared /tmp-like folder, as open() refuses it).
     atomic_write_text(path, s)  the same for a text file (UTF-8; newline as open()'s)
+    atomic_write_bytes(path, b) the same for bytes (what torch.save and safetensors serialise: a full disk is then
+                                an OSError naming path, not a serialiser's error of its own)
+    append_whole(path, b)       append and fsync, or cut the file back: a log never ends in half a row
     check_writable(path)        before any long work: path is not a folder, its folder exists and a file can
                                 be created there (tried, then removed); errors name ``path``.
     made_dirs / remove_empty    mkdir -p that remembers what it created, and the cleanup of those folders that
@@ -148,6 +151,36 @@ def atomic_write_text(path: PathLike, text: str, newline: Optional[str] = None) 
             f.write(text)
 
     return atomic_write(path, write)
+
+
+def atomic_write_bytes(path: PathLike, data) -> Path:
+    """Write the bytes ``data`` to ``path`` atomically, through :func:`atomic_write`. For serialisers that wrap a
+    failed write in their own exception (torch.save's RuntimeError, safetensors' SafetensorError): serialised to
+    bytes first and written here, a full disk is an OSError naming ``path``."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
+
+
+def append_whole(path: PathLike, data: bytes) -> None:
+    """Append ``data`` to the existing file ``path`` and fsync it, or nothing: a write that fails (a full disk)
+    is cut back off, so that the file never ends in part of a record, and raised as an OSError naming ``path``."""
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, end)
+            raise _named(e, Path(os.fspath(path))) from None
+    finally:
+        os.close(fd)
 
 
 def _named(e: OSError, path: Path) -> OSError:

@@ -42,7 +42,7 @@ from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, folder_images, load_model, padded_lr_side, read_input,
-                         save_figure, save_output, upscale_tensor)
+                         refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, mebibytes,
                           output_folder, output_targets, plan_windows, run_items, run_sharded, speed_options,
                           to_make, tune_malloc, until_free)
@@ -178,6 +178,7 @@ def cmd_attention(a) -> int:
     from .sampling.prepare import resolve_attention
 
     check_output_option(a.output)
+    refuse_overwriting([a.output], [a.image])
     arr, _ = read_input(a.image, a.max_pixels)
     check_hr_size(a.image, arr, a.scale, a.max_pixels)  # the map is drawn at the HR size
     lr = from_uint8(arr)
@@ -296,8 +297,9 @@ def cmd_demo(a) -> int:
     return 0
 
 
-def _check_eval_options(a) -> None:
-    """eval's and figures' --max-size and --lpips files, before any work."""
+def _check_eval_options(a, outputs) -> None:
+    """eval's and figures' --max-size and --lpips files, and ``outputs`` (none an input), before any work."""
+    refuse_overwriting(outputs, [a.images, a.model, a.model.partition(":")[2], a.model_config, *(a.lpips or ())])
     if a.max_size < 0:
         raise UserError(f"--max-size must be >= 0 (0: full size), got {a.max_size}")
     for f in a.lpips or ():
@@ -333,7 +335,7 @@ def cmd_eval(a) -> int:
 
     if a.output:
         check_writable(a.output, "-o")
-    _check_eval_options(a)
+    _check_eval_options(a, [a.output] if a.output else [])
     skipped = _Skipped()
     with _user_input():
         images = _eval_images(a.images, a.max_pixels)
@@ -370,7 +372,7 @@ def cmd_figures(a) -> int:
         raise UserError(f"-o {a.output}: yoda figures writes {len(FIGURE_FILES)} PNGs into a folder; give a folder "
                         f"name, not an image file's")
     check_out_folder(a.output, [out / name for name in FIGURE_FILES])
-    _check_eval_options(a)
+    _check_eval_options(a, [out / name for name in FIGURE_FILES])
     with _user_input():
         settings = FigureSettings(attentions=tuple(a.attention), lower_bound=a.lower_bound,
                                   lower_bounds=tuple(a.lower_bounds), steps=a.steps, sampler=a.sampler, eta=a.eta,
@@ -440,6 +442,7 @@ def cmd_plot(a) -> int:
     if Path(a.output).suffix.lower() != ".png":
         raise UserError(f"-o {a.output} must end in .png")
     check_output_option(a.output)
+    refuse_overwriting([a.output], logs)
     with _user_input():  # a missing file or one that is not a training log
         plot_logs(logs, labels, a.output)
     print(f"wrote {a.output}")

@@ -226,3 +226,43 @@ def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int], dst: Opt
             images.check_fits(dst, scale * w, scale * h, what=f"{src}: output")
         except ValueError as e:
             raise UserError(str(e)) from None
+
+
+def file_ids(paths) -> dict:
+    """{(st_dev, st_ino): path} of the files among ``paths`` that exist: one stat each."""
+    ids = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        ids.setdefault((st.st_dev, st.st_ino), p)
+    return ids
+
+
+def check_not_an_input(ids: dict, dst: str) -> None:
+    """yoda never writes over one of its inputs (-o naming the input, or an output name an input already has);
+    ``ids``: file_ids of the inputs (a set lookup per output, so a resumed folder of 10,000 images checks fast)."""
+    try:
+        st = os.stat(dst)
+    except OSError:
+        return
+    src = ids.get((st.st_dev, st.st_ino))
+    if src is not None:
+        raise UserError(f"-o {dst} is the input {src}: yoda does not overwrite its inputs; choose another name")
+
+
+def refuse_overwriting(outputs, inputs) -> None:
+    """No path of ``outputs`` is one of the command's input files (``inputs``: paths; a folder among them stands
+    for the images in it, as the commands read it; None and names that are no file are passed over)."""
+    files = []
+    for p in inputs:
+        if p and os.path.isdir(p):
+            from .data import IMAGE_EXTENSIONS
+
+            files += [e.path for e in os.scandir(p) if e.name.lower().endswith(IMAGE_EXTENSIONS)]
+        elif p:
+            files.append(p)
+    ids = file_ids(files)
+    for dst in outputs:
+        check_not_an_input(ids, os.fspath(dst))

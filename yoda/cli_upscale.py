@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import math
 import os
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ._io import output_claim
-from .cli_models import check_out_folder, check_output_option, folder_images
+from .cli_models import check_not_an_input, check_out_folder, check_output_option, file_ids, folder_images
 from .errors import UserError, out_of_memory, printable
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
@@ -215,6 +216,10 @@ def to_make(skip: bool, src: str, dst: str):
         yield not exists
 
 
+# A write that fails so ends the loop over inputs (run_items): no room for any output (a full disk or quota, a
+# read-only file system)
+NO_ROOM = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
+
 # Seconds between looks at the outputs another process is making (run_items, until_free)
 BUSY_POLL_S = 1.0
 
@@ -236,7 +241,7 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
               where: str = "", debug: bool = False) -> int:
     """work(item) for each item; a UserError, an OSError or an allocation that failed (errors.out_of_memory: one
     large image must not cost the others) is reported in one line (``yoda: error: WHERE...``; with ``debug``
-    after its traceback) and the next item goes on. An item whose work raises Busy (to_make: another process is
+    after its traceback) and the next item goes on; a write that finds no room (NO_ROOM) ends the loop. An item whose work raises Busy (to_make: another process is
     making its output) is tried again after the others, until that process lets it go: made there, it is
     skipped; left unmade (that process failed or was killed), it is made here. Returns the number that failed."""
     failed, busy = 0, []
@@ -267,8 +272,8 @@ def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseExcep
         return 0
     except Exception as e:
         oom = out_of_memory(e)
-        if not (oom or isinstance(e, (UserError, OSError))):
-            raise
+        if not (oom or isinstance(e, (UserError, OSError))) or getattr(e, "errno", None) in NO_ROOM:
+            raise  # a full disk: every next input would fail the same way, after all its work
         if debug:
             traceback.print_exc()
         print(f"yoda: error: {where}{one_line(e)}", file=sys.stderr)
@@ -347,7 +352,7 @@ def output_folder(a) -> Optional[Path]:
         if not image_suffix:
             raise UserError(f"-o {a.output}: cannot write images with the suffix {out.suffix!r}; use one of "
                             f"{', '.join(OUTPUT_SUFFIXES)}, or end the name with / for a folder")
-        check_not_an_input(_file_ids(a.inputs), a.output)
+        check_not_an_input(file_ids(a.inputs), a.output)
         check_output_option(a.output)
         return None
     if out.exists() and not out.is_dir():
@@ -362,7 +367,7 @@ def output_targets(a, out_dir: Optional[Path]) -> list[str]:
     if out_dir is None:
         return [a.output]
     targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
-    seen, ids = {}, _file_ids(a.inputs)
+    seen, ids = {}, file_ids(a.inputs)
     fold = case_insensitive(out_dir)  # Img and img are one file on macOS' and Windows' file systems
     for src, dst in zip(a.inputs, targets):
         key = dst.casefold() if fold else dst
@@ -393,27 +398,3 @@ def case_insensitive(folder: Path) -> bool:
         return os.path.exists(os.path.join(up, os.path.basename(path).swapcase()))
     finally:
         os.unlink(path)
-
-
-def _file_ids(paths) -> dict:
-    """{(st_dev, st_ino): path} of the files among ``paths`` that exist: one stat each."""
-    ids = {}
-    for p in paths:
-        try:
-            st = os.stat(p)
-        except OSError:
-            continue
-        ids.setdefault((st.st_dev, st.st_ino), p)
-    return ids
-
-
-def check_not_an_input(ids: dict, dst: str) -> None:
-    """yoda never writes over one of its inputs (-o naming the input, or an output name an input already has);
-    ``ids``: _file_ids of the inputs (a set lookup per output, so a resumed folder of 10,000 images checks fast)."""
-    try:
-        st = os.stat(dst)
-    except OSError:
-        return
-    src = ids.get((st.st_dev, st.st_ino))
-    if src is not None:
-        raise UserError(f"-o {dst} is the input {src}: yoda does not overwrite its inputs; choose another name")

@@ -32,7 +32,7 @@ from torch import nn
 
 from yoda_kernels.contract import PREDICTIONS
 
-from .._io import atomic_write
+from .._io import atomic_write_bytes
 from ..checkpoint import (CheckpointError, check_state_dict, fmt_keys, keeps_global_rng, nonfinite_keys,
                           read_checkpoint)
 from ..schedule import Schedule
@@ -109,8 +109,8 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     """Write ``model`` in the "yoda" format (module docstring). config: the model's config dataclass
     (default ``model.config``); schedule, scale, prediction: given here, else from the model's card
     (``model.card``), else the config's (SR3's ``scale``, SRDiff's ``sr_scale`` and schedule) and "eps".
-    Written through yoda._io.atomic_write, so a failure never leaves a half-written file at ``path``."""
-    from safetensors.torch import save_file
+    Written through yoda._io.atomic_write_bytes, so a failure never leaves a half-written file at ``path``."""
+    from safetensors.torch import save
 
     kind = model_kind(model)
     config = model.config if config is None else config
@@ -164,7 +164,8 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
                          f"nothing was written")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
     metadata = {"format": FORMAT, "version": FORMAT_VERSION if upsampling == "torch" else "2", "config": meta_json}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    # bytes first: safetensors reports a full disk as a SafetensorError of its own, not an OSError naming path
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 @keeps_global_rng

@@ -163,7 +163,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                 raise ValueError(f"the checkpoint in {out} is at step {start_step}, past {told}: nothing to train "
                                  f"(give more steps, or another --out)")
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
-            if ranks.main and tr.step > start_step:  # a run that trained nothing keeps the record of the one that did
+            # a run that trained nothing keeps the record of the one that did, if that one got to write it
+            if ranks.main and (tr.step > start_step or not os.path.isfile(os.path.join(out, "TRAINING.md"))):
                 record = training_record(cfg, tr, config_path=config_path, out=out, command=command,
                                          weights_name=weights_name, start_step=start_step,
                                          seconds=summary["seconds"], stopped_by=summary["stopped_by"])

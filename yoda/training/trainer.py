@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from .. import data as _data
-from .._io import atomic_write, atomic_write_text, file_sha256
+from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256
 from ..checkpoint import check_path, load_state_dict_checked, zip_expansion
 from ..devices import resolve_device
 from ..errors import NonFiniteError, UserError, lr_from_images
@@ -261,8 +261,9 @@ class Trainer:
     def save_checkpoint(self, path: Optional[str] = None) -> None:
         if not self.ranks.main:  # every rank holds the same state; rank 0 writes it
             return
-        state = self.state_dict()
-        atomic_write(path or self.ckpt_path, lambda tmp: torch.save(state, tmp))
+        buf = io.BytesIO()  # in memory first: torch.save reports a full disk as a RuntimeError of its own
+        torch.save(self.state_dict(), buf)
+        atomic_write_bytes(path or self.ckpt_path, buf.getbuffer())
 
     def load_checkpoint(self, path: str) -> None:
         def unusable(why: str) -> ValueError:
@@ -458,13 +459,14 @@ class Trainer:
                     self.save_checkpoint()
                 if stop is not None:
                     break
+            bar.close()
+            if self.ranks.main:  # with the stop handlers still set: a Ctrl-C now does not cut the export short
+                self.export(os.path.join(self.out, self.weights_name))
+                atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         finally:
             bar.close()
             for sig, old in old_handlers.items():
                 signal.signal(sig, old)
-        if self.ranks.main:
-            self.export(os.path.join(self.out, self.weights_name))
-            atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         barrier(self.ranks, self.device)  # every rank returns once rank 0's files are written
         if self.step >= total:  # finished: a signal during the last step stopped nothing
             stop = None
@@ -506,8 +508,5 @@ class Trainer:
         if whole:
             atomic_write_text(path, buf.getvalue(), newline="")
         else:
-            with open(path, "a", newline="", encoding="utf-8") as f:
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
+            append_whole(path, buf.getvalue().encode("utf-8"))  # whole rows or none (a full disk)
         self._logged = len(self.rows)
