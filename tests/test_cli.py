@@ -1125,6 +1125,10 @@ def test_inputs_that_would_write_one_output_are_refused(tmp_path, tiny_model, ca
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert "a/x.png and " in err and "b/x.png have the same file name stem: both would be written to " in err
     assert not (tmp_path / "o1").exists()
+    # one file met twice (in a named folder and named itself) is one input, not two with one stem
+    code, out, err = run(["upscale", str(tmp_path / "a"), str(tmp_path / "a" / "x.png"), "-o", str(tmp_path / "o4"),
+                          "--model", tiny_model, "--steps", "1", "-q"], capsys)
+    assert code == 0 and sorted(os.listdir(tmp_path / "o4")) == ["Img_x4.png", "x_x4.png"], err
     code, out, err = upscale("Img.png", "img.png", "o2")
     assert code == 0 and sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["Img_x4.png", "img_x4.png"], err
     monkeypatch.setattr(U, "case_insensitive", lambda folder: True)
@@ -1145,6 +1149,10 @@ def test_every_command_runs_under_sigterm_exits(tmp_path, monkeypatch, capsys):
     before = signal.getsignal(signal.SIGTERM)
     assert run(["plot", str(tmp_path), "-o", str(tmp_path / "p.png")], capsys)[0] == 0
     assert seen[0].__qualname__ == "sigterm_exits.<locals>.stop" and signal.getsignal(signal.SIGTERM) == before
+    # it ended without a word (exit 143); it is said as Ctrl-C is
+    monkeypatch.setitem(yoda.cli.COMMANDS, "plot", lambda a: os.kill(os.getpid(), signal.SIGTERM))
+    assert run(["plot", str(tmp_path), "-o", str(tmp_path / "p.png")], capsys)[::2] == (143, "yoda: terminated "
+                                                                                            "(SIGTERM)\n")
 
 
 def test_upscale_makes_its_output_folder_again_if_it_went(tmp_path, tiny_model, capsys, monkeypatch):

@@ -5,6 +5,7 @@ comment pointing to a file that is not in the repository; and setup.py's choice 
 import ast
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -186,3 +187,14 @@ def test_windows_installs_without_the_extension(monkeypatch):
     linux = run_setup("linux")
     assert [e.name for e in linux["ext_modules"]] == ["yoda_kernels._C"]
     assert linux["install_requires"][0] == "torch==" + torch.__version__.split("+")[0]
+
+
+def test_commands_that_need_no_torch_do_not_import_it(tmp_path):
+    """`yoda plot` and `yoda data build` imported torch (2 s) through yoda.images, and so did every early CLI error
+    (a wrong -o suffix, --steps 0) through errors.out_of_memory: each waited for torch it never used."""
+    code = ("import sys\nfrom yoda.cli import main\nimport yoda.images, yoda.plots, yoda.photos\n"
+            "codes = [main(['upscale', 'x.png', '-o', 'o.xyz']), main(['upscale', 'x.png', '--steps', '0']),\n"
+            "         main(['plot', 'missing.csv', '-o', 'p.png'])]\n"
+            "print(codes, 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "[2, 2, 2] False", r.stdout + r.stderr

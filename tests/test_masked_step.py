@@ -275,6 +275,17 @@ def test_auto_backend_order(monkeypatch, cuda_built, triton_ok, device, want):
     assert ops.resolve_backend("auto", torch.device(device)) == want
 
 
+@pytest.mark.parametrize("triton_ok, interpret, why", [
+    (False, True, "triton is not installed, or its kernels did not register"),
+    (True, False, "off a GPU Triton runs through its interpreter: set TRITON_INTERPRET=1 before triton is imported")])
+def test_triton_not_available_says_why(monkeypatch, triton_ok, interpret, why):
+    """backend='triton' where it cannot run said only "not available"; it says why now."""
+    monkeypatch.setattr(ops, "triton_available", lambda: triton_ok)
+    monkeypatch.setattr(ops, "_triton_module", lambda: type("T", (), {"INTERPRET": interpret}))
+    with pytest.raises(RuntimeError, match=f"backend 'triton' is not available on device cpu \\({why}\\)"):
+        ops.resolve_backend("triton", torch.device("cpu"))
+
+
 def test_fallback_is_per_op_and_visible(monkeypatch):
     """The reference stands in per op for the device kernels the extension did not bring, and active_backends()
     says so; a GPU with neither CUDA kernels nor triton warns once that the reference runs there."""

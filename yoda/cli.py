@@ -26,7 +26,6 @@ pixels (and, for upscale, outputs over it) are refused (--max-pixels N).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
@@ -42,11 +41,11 @@ from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, folder_images, load_model, padded_lr_side, read_input,
-                         refuse_overwriting, save_figure, save_output, upscale_tensor)
+                         pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, mebibytes,
                           output_folder, output_targets, plan_windows, run_items, run_sharded, speed_options,
                           to_make, tune_malloc, until_free)
-from .errors import UserError, lr_from_images, out_of_memory, printable, sigterm_exits
+from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .errors import user_input as _user_input
 
 
@@ -488,27 +487,6 @@ COMMANDS = {"upscale": cmd_upscale, "attention": cmd_attention, "demo": cmd_demo
             "figures": cmd_figures, "train": cmd_train, "plot": cmd_plot, "data": cmd_data}
 
 
-@contextlib.contextmanager
-def _pillow_limit(max_pixels: Optional[int]):
-    """For one command: Pillow's own decompression-bomb limit raised to --max-pixels (restored after), and its
-    DecompressionBombWarning silenced (yoda.images.MAX_PIXELS decides, in one line)."""
-    import warnings
-
-    from PIL import Image
-
-    old = Image.MAX_IMAGE_PIXELS
-    if max_pixels == 0:
-        Image.MAX_IMAGE_PIXELS = None
-    elif max_pixels is not None and old is not None and max_pixels > old:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning of the library (an ICC profile it cannot read, a model in training mode, ...) as one line."""
     print(f"yoda: warning: {printable(message)}", file=sys.stderr)
@@ -530,13 +508,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(a, "max_pixels", None) is not None and a.max_pixels < 0:
             raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {a.max_pixels}")
         # lr_from_images: every image the commands sample is read as 8 bits and made [-1, 1] here (from_uint8)
-        with _pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings(), lr_from_images(), \
+        with pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings(), lr_from_images(), \
                 sigterm_exits():
             warnings.showwarning = _show_warning
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
         print("yoda: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("yoda: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except Exception as e:
         if out_of_memory(e):
             if a.debug:

@@ -5,6 +5,7 @@ Parsing stays torch-free: torch and the library load inside these functions."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -266,3 +267,24 @@ def refuse_overwriting(outputs, inputs) -> None:
     ids = file_ids(files)
     for dst in outputs:
         check_not_an_input(ids, os.fspath(dst))
+
+
+@contextlib.contextmanager
+def pillow_limit(max_pixels: Optional[int]):
+    """For one command (cli.main): Pillow's own decompression-bomb limit raised to --max-pixels (restored after), and its
+    DecompressionBombWarning silenced (yoda.images.MAX_PIXELS decides, in one line)."""
+    import warnings
+
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    if max_pixels == 0:
+        Image.MAX_IMAGE_PIXELS = None
+    elif max_pixels is not None and old is not None and max_pixels > old:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old

@@ -130,8 +130,8 @@ def speed_options(a, dev) -> dict:
 def expand_inputs(inputs: list) -> tuple[list, set]:
     """(paths, the real paths of those that only a folder named): a folder among the inputs stands for its image
     files (yoda.data.list_folder), sorted by name; what it leaves out (subfolders, other files) is named in a
-    note."""
-    out, from_folders, named = [], set(), set()
+    note. A file met twice (named and in a named folder, or named twice) is one input, where it is first met."""
+    out, from_folders, named, seen = [], set(), set(), set()
     for p in inputs:
         if os.path.isdir(p):
             found = folder_images(p)
@@ -139,7 +139,11 @@ def expand_inputs(inputs: list) -> tuple[list, set]:
         else:
             found = [p]
             named.add(os.path.realpath(p))
-        out.extend(found)
+        for f in found:
+            real = os.path.realpath(f)
+            if real not in seen:
+                seen.add(real)
+                out.append(f)
     return out, from_folders - named
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 
 
 class UserError(ValueError):
@@ -34,11 +35,19 @@ def user_input():
         raise UserError(str(e)) from e
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised by sigterm_exits (and by yoda train's second one): SystemExit(143), which the CLI reports
+    in one line, as it reports Ctrl-C."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+
 @contextlib.contextmanager
 def sigterm_exits():
-    """Within, in the main thread: SIGTERM (timeout, a job scheduler, kill) raises SystemExit(143), so that what
-    runs on Ctrl-C runs on it too: a temporary file half-written is removed, a folder made for outputs and still
-    empty is removed. (It ended the process at once, leaving them.)"""
+    """Within, in the main thread: SIGTERM (timeout, a job scheduler, kill) raises Terminated (SystemExit(143)), so
+    that what runs on Ctrl-C runs on it too: a temporary file half-written is removed, a folder made for outputs
+    and still empty is removed. (It ended the process at once, leaving them.)"""
     import signal
     import threading
 
@@ -47,7 +56,7 @@ def sigterm_exits():
         return
 
     def stop(signum, frame):
-        raise SystemExit(128 + signum)
+        raise Terminated
 
     old = signal.signal(signal.SIGTERM, stop)
     try:
@@ -81,9 +90,8 @@ def lr_from_images_now() -> bool:
 def out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` is an allocation that failed (CPU or GPU): the machine's limit, not a bug (the CLI says it in
     one line with what needs less memory)."""
-    import torch
-
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+    torch = sys.modules.get("torch")  # not imported yet: no tensor failed (and an early CLI error stays quick)
+    if isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.OutOfMemoryError)):
         return True
     text = str(e)
     return isinstance(e, RuntimeError) and ("not enough memory" in text or "can't allocate memory" in text)

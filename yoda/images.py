@@ -43,14 +43,16 @@ import re
 import struct
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ._io import atomic_write, check_writable
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: yoda plot and yoda data build read images without it
+    import torch
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # the formats yoda writes
@@ -138,6 +140,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] float tensor (B, C, H, W) or (C, H, W), C in {1, 3} -> uint8 numpy HWC (batch kept if given).
 
     Out-of-range values are clamped; NaN is an error (it has no pixel value)."""
+    import torch
+
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() not in (3, 4):
@@ -157,6 +161,8 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
     """uint8 image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> float32 (1, 3, H, W) in [-1, 1].
 
     Grey is repeated to 3 channels and RGBA is composited on white (to_rgb_u8); x = u / 127.5 - 1."""
+    import torch
+
     if isinstance(arr, Image.Image):
         arr = np.asarray(arr)
     if not isinstance(arr, np.ndarray):
@@ -377,6 +383,8 @@ def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
 
     Atomic: written to a temporary file in the same folder, then os.replace'd, so a failure never leaves
     a half-written image at ``path``. Returns the path."""
+    import torch
+
     p = Path(path)
     if isinstance(x, torch.Tensor) and x.dim() == 4:
         if x.shape[0] != 1:

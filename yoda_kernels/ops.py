@@ -165,6 +165,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     have = available_backends(device)
     if backend not in have:
         why = f" ({extension_error})" if backend in ("cpp", "cuda") and extension_error else ""
+        if backend == "triton":
+            why = (" (triton is not installed, or its kernels did not register)" if not triton_available() else
+                   " (off a GPU Triton runs through its interpreter: set TRITON_INTERPRET=1 before triton is imported)")
         raise RuntimeError(f"backend {backend!r} is not available on device {device}{why}; available: {have}")
     return backend
 

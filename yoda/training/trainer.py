@@ -32,7 +32,7 @@ from .. import data as _data
 from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256
 from ..checkpoint import check_path, load_state_dict_checked, zip_expansion
 from ..devices import resolve_device
-from ..errors import NonFiniteError, UserError, lr_from_images
+from ..errors import NonFiniteError, Terminated, UserError, lr_from_images
 from ..evaluate import psnr_u8
 from ..photos import check_not_held_out
 from .config import TrainConfig
@@ -128,7 +128,7 @@ def _stop_on_interrupt() -> tuple[list, dict]:
 
     def handler(signum, frame):
         if flag:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         flag.append(signum)
         print(f"\nyoda train: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
               f"without saving)", file=sys.stderr)
