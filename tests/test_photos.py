@@ -240,6 +240,45 @@ def test_data_export_is_a_cli_command(tmp_path, capsys):
     assert main(["data", "export", "--help"]) == 0 and "usage: yoda data export" in capsys.readouterr().out
 
 
+def test_data_export_is_whole_or_nothing_and_keeps_out_of_other_folders(tmp_path, capsys, monkeypatch):
+    """`yoda data export` wrote straight into DIR: an interrupt left empty folders or a partial set (which
+    `yoda train --data-dir` then used silently), and an export into a `yoda data build` folder merged into it,
+    leaving its manifest wrong. Now it stages and swaps as a build does, and refuses a build's folder and
+    foreign files."""
+    import yoda.images
+    from yoda.data import BUILTIN_TRAIN
+
+    d = tmp_path / "d"
+    assert main(["data", "export", str(d)]) == 0
+    files = lambda: {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    before = files()
+    real, n = yoda.images.save_pil, []
+
+    def interrupted(img, path):
+        n.append(path)
+        if len(n) == len(BUILTIN_TRAIN) + 1:  # the first held-out image
+            raise KeyboardInterrupt
+        return real(img, path)
+
+    monkeypatch.setattr(yoda.images, "save_pil", interrupted)
+    for folder in (d, tmp_path / "new"):
+        n.clear()
+        assert main(["data", "export", str(folder)]) == 130
+    assert files() == before and sorted(os.listdir(d)) == ["heldout", "train"]  # no stage left
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(yoda.images, "save_pil", real)
+    assert main(["data", "export", str(d)]) == 0 and files() == before  # again into its own folder
+    capsys.readouterr()
+    (d / "manifest.json").write_text("{}")
+    assert main(["data", "export", str(d)]) == 2
+    assert "holds a `yoda data build` (manifest.json)" in capsys.readouterr().err
+    (d / "manifest.json").unlink()
+    (d / "train" / "mine.jpg").write_bytes(b"x")
+    assert main(["data", "export", str(d)]) == 2
+    assert "train holds files that `yoda data export` does not write (mine.jpg)" in capsys.readouterr().err
+    assert (d / "train" / "mine.jpg").exists()
+
+
 def test_data_commands_name_their_folder_alike(tmp_path, capsys):
     """`yoda data build --out DIR` but `yoda data export DIR`: each refused the other's form. Both take either,
     and exactly one of them."""

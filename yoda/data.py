@@ -371,19 +371,53 @@ def fixed_crops(images: Sequence[tuple[str, np.ndarray]], n: int, crop: int, see
 def export_builtin(folder: str) -> dict:
     """Write the built-in training set to folder/train and the held-out set to folder/heldout as PNG, so a
     machine without scikit-image trains on the same images (`yoda train --data-dir folder`).
-    Returns {"train": n, "heldout": n}."""
+    Returns {"train": n, "heldout": n}.
+
+    As `yoda data build` writes: into a staging folder inside ``folder`` first, then train/ and heldout/ replace
+    an earlier export's as a whole, so an interrupted export leaves no partial set (and a new folder nothing). A
+    folder of `yoda data build` (manifest.json), other files in train/ or heldout/, and a second export into the
+    folder at once are refused."""
+    import glob
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     from PIL import Image
 
+    from ._io import folder_lock, made_dirs, remove_empty
     from .images import save_pil
 
-    for d in (folder, os.path.join(folder, "train"), os.path.join(folder, "heldout")):  # before any write
+    splits = {"train": BUILTIN_TRAIN, "heldout": HELD_OUT}
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DataError(f"{folder} is a file, not a folder")
+    if os.path.exists(os.path.join(folder, "manifest.json")):
+        raise DataError(f"{folder} holds a `yoda data build` (manifest.json), which an export would leave "
+                        f"describing other images: export into another folder")
+    for sub, names in splits.items():  # before any write
+        d = os.path.join(folder, sub)
         if os.path.exists(d) and not os.path.isdir(d):
             raise DataError(f"{d} is a file, not a folder")
-    counts = {}
-    for sub, names in (("train", BUILTIN_TRAIN), ("heldout", HELD_OUT)):
-        d = os.path.join(folder, sub)
-        os.makedirs(d, exist_ok=True)
-        for n in names:
-            save_pil(Image.fromarray(builtin_image(n)), os.path.join(d, f"{n}.png"))
-        counts[sub] = len(names)
-    return counts
+        others = sorted(set(os.listdir(d)) - {f"{n}.png" for n in names}) if os.path.isdir(d) else []
+        if others:
+            raise DataError(f"{d} holds files that `yoda data export` does not write ({_names(others)}), and an "
+                            f"export replaces the whole folder: choose another folder or move them")
+    made = made_dirs(Path(folder))
+    try:
+        with folder_lock(folder, "the export folder"):
+            for old in glob.glob(os.path.join(glob.escape(folder), ".export-*")):  # of a killed export
+                shutil.rmtree(old, ignore_errors=True)
+            stage = tempfile.mkdtemp(prefix=".export-", dir=folder)
+            try:
+                for sub, names in splits.items():
+                    os.mkdir(os.path.join(stage, sub))
+                    for n in names:
+                        save_pil(Image.fromarray(builtin_image(n)), os.path.join(stage, sub, f"{n}.png"))
+                for sub in splits:  # an earlier export's split aside (removed with the stage), the new one in
+                    if os.path.isdir(os.path.join(folder, sub)):
+                        os.rename(os.path.join(folder, sub), os.path.join(stage, f"old-{sub}"))
+                    os.rename(os.path.join(stage, sub), os.path.join(folder, sub))
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        remove_empty(made)
+    return {sub: len(names) for sub, names in splits.items()}
