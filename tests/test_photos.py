@@ -111,6 +111,11 @@ def test_rerun_replaces_the_splits_and_an_interrupted_one_keeps_the_last_build(t
     monkeypatch.setattr(photos, "save_pil", save)
     with pytest.raises(KeyboardInterrupt):
         photos.build(str(out), short_side=64, photos=fewer)
+    # a full disk: named as the user knows it (the staging file it failed on is gone by then)
+    calls.clear()
+    monkeypatch.setattr(photos, "save_pil", lambda img, path: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError, match=f"cannot write train/{sorted(fewer)[0]}.png in --out {out}: No space left$"):
+        photos.build(str(out), short_side=64, photos=fewer)
     monkeypatch.setattr(photos, "save_pil", real_save)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # interrupted in the swap (the new manifest's write): undone, the earlier build is whole

@@ -213,8 +213,13 @@ def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Call
             w, h = img.size
             img = downscaled(img, short_side)
             rel = f"{split}/{name}.png"
-            os.makedirs(os.path.join(stage, split), exist_ok=True)
-            save_pil(img, os.path.join(stage, rel))
+            try:
+                os.makedirs(os.path.join(stage, split), exist_ok=True)
+                save_pil(img, os.path.join(stage, rel))
+            except OSError as e:  # named as the user knows it: the staging file is gone when the error is read
+                if e.errno is None:
+                    raise
+                raise type(e)(e.errno, f"cannot write {rel} in --out {out}: {e.strerror}") from None
             rows.append(Photo(name, pkg, version, str(path), file_sha256(path), (w, h), rel,
                               file_sha256(os.path.join(stage, rel)), img.size, split))
             if progress is not None:
