@@ -271,8 +271,8 @@ def refuse_overwriting(outputs, inputs) -> None:
 
 @contextlib.contextmanager
 def pillow_limit(max_pixels: Optional[int]):
-    """For one command (cli.main): Pillow's own decompression-bomb limit raised to --max-pixels (restored after), and its
-    DecompressionBombWarning silenced (yoda.images.MAX_PIXELS decides, in one line)."""
+    """For one command (cli.main): Pillow's own decompression-bomb limit raised to --max-pixels (restored after),
+    and its DecompressionBombWarning silenced (yoda.images.MAX_PIXELS decides, in one line)."""
     import warnings
 
     from PIL import Image

@@ -245,9 +245,10 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
               where: str = "", debug: bool = False) -> int:
     """work(item) for each item; a UserError, an OSError or an allocation that failed (errors.out_of_memory: one
     large image must not cost the others) is reported in one line (``yoda: error: WHERE...``; with ``debug``
-    after its traceback) and the next item goes on; a write that finds no room (NO_ROOM) ends the loop. An item whose work raises Busy (to_make: another process is
-    making its output) is tried again after the others, until that process lets it go: made there, it is
-    skipped; left unmade (that process failed or was killed), it is made here. Returns the number that failed."""
+    after its traceback) and the next item goes on; a write that finds no room (NO_ROOM) ends the loop. An item
+    whose work raises Busy (to_make: another process is making its output) is tried again after the others,
+    until that process lets it go: made there, it is skipped; left unmade (that process failed or was killed),
+    it is made here. Returns the number that failed."""
     failed, busy = 0, []
     for item in items:
         failed += _run_one(item, work, one_line, where, debug, busy)
