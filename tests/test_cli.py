@@ -941,6 +941,31 @@ def test_upscale_of_a_folder_stops_at_a_full_disk(tmp_path, tiny_model, capsys, 
     assert "No space left on device" in err and "0_x4.png" in err and not (tmp_path / "out").exists()
 
 
+def test_upscale_with_attention_takes_the_steps_that_refine_every_pixel(tmp_path, capsys):
+    """`yoda upscale --attention edge` with the embedded model ran its default 1 step: YODA's masks never widened
+    past A >= 0.4 (at l = 0.6), the other pixels kept the bicubic image, and a sawtooth showed where the refined
+    ones began. Without --steps it now takes the fewest steps whose last one refines every pixel (2 at l = 0.6,
+    10 at l = 0.1), saying so; given --steps are kept, with a note when they leave pixels unrefined."""
+    src = tmp_path / "lr.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src)
+    out = lambda name: str(tmp_path / name)  # noqa: E731
+    code, _, err = run(["upscale", str(src), "-o", out("auto.png"), "--attention", "edge", "-q"], capsys)
+    assert code == 0 and "yoda: note: --attention: 2 steps, the fewest whose last step refines every pixel (at 1, " \
+                          "pixels whose attention is below 0.40 keep the bicubic image" in err, err
+    code, _, err = run(["upscale", str(src), "-o", out("two.png"), "--attention", "edge", "--steps", "2", "-q"], capsys)
+    assert code == 0 and err == ""
+    assert Image.open(out("auto.png")).tobytes() == Image.open(out("two.png")).tobytes()
+    code, _, err = run(["upscale", str(src), "-o", out("one.png"), "--attention", "edge", "--steps", "1", "-q"], capsys)
+    assert code == 0 and "at 1 step(s) with --lower-bound 0.6 pixels whose attention is below 0.40 keep the " \
+                         "bicubic image" in err and err.endswith("--steps 2 refines every pixel by the end\n"), err
+    assert Image.open(out("one.png")).tobytes() != Image.open(out("two.png")).tobytes()
+    code, _, err = run(["upscale", str(src), "-o", out("l01.png"), "--attention", "edge", "--lower-bound", "0.1",
+                        "-q"], capsys)
+    assert code == 0 and "--attention: 10 steps" in err
+    code, _, err = run(["upscale", str(src), "-o", out("plain.png"), "-q"], capsys)
+    assert code == 0 and err == ""  # plain: the default 1 step, no note
+
+
 def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):
     from yoda._io import CLAIM_SUFFIX, output_claim
 
@@ -1262,6 +1287,10 @@ def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
         yoda.sample(net, torch.zeros(1, 3, 8, 8), steps=1, windows=(8, 0))
     code, _, err = run(["upscale", str(tmp_path / "t.png"), "-o", str(tmp_path / "w.png"), "--tiles", "8,0"], capsys)
     assert code == 2 and "--tiles 8,0: the window must be at least 16 pixels" in err
+    code, _, err = run(["upscale", str(tmp_path / "t.png"), "-o", str(tmp_path / "w.png"), "--tiles", "64,0", "-q"],
+                       capsys)  # windows without overlap: accepted, with a word on the seams they leave
+    assert code == 0 and err == "yoda: note: --tiles 64,0: windows that do not overlap leave seams where they meet; " \
+                                "--tiles 64 blends them over 16 pixels\n", err
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "a.png")

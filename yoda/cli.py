@@ -44,7 +44,7 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, c
                          pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, mebibytes,
                           output_folder, output_targets, plan_windows, run_items, run_sharded, speed_options,
-                          to_make, tune_malloc, until_free)
+                          to_make, tune_malloc, until_free, yoda_steps)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .errors import user_input as _user_input
 
@@ -122,6 +122,7 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", env_int("LOCAL_RANK", 0) % torch.cuda.device_count())
     model = guided_model(load_model(a.model, dev, a.model_config), getattr(a, "cfg_scale", None))
+    given = a.steps is not None
     default_steps(a, model)
     scale = adapter_of(model).scale
     if a.scale is None:
@@ -138,13 +139,19 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
     if a.tiles is not None and a.tiles[0] < least:
         raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: the window must be at least {least} pixels, the "
                         f"smallest side this model takes")
+    if a.tiles is not None and a.tiles[1] == 0:
+        print(f"yoda: note: --tiles {a.tiles[0]},0: windows that do not overlap leave seams where they meet; "
+              f"--tiles {a.tiles[0]} blends them over {default_overlap(a.tiles[0], unit)} pixels", file=sys.stderr)
     if a.window_batch is not None and a.window_batch < 1:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
     attention = None if a.attention is None else attention_extractor(a.attention)
     with _user_input():  # --steps, --sampler, --eta, --lower-bound, --seed, --sigmas on the smallest LR the model takes
         lr = torch.zeros(1, 3, least // scale, least // scale, device=dev)
-        make_spec(adapter_of(model), lr, steps=a.steps, sampler=a.sampler, eta=a.eta, lower_bound=a.lower_bound,
-                  seed=a.seed, sigmas=a.sigmas, progress=False)
+        last_tau = lambda n: make_spec(adapter_of(model), lr, steps=n, sampler=a.sampler, eta=a.eta,  # noqa: E731
+                                       lower_bound=a.lower_bound, seed=a.seed, sigmas=a.sigmas, progress=False).taus[-1]
+        last_tau(a.steps)
+        if attention is not None:
+            a.steps = yoda_steps(last_tau, a.steps, given, a.lower_bound, min(50, adapter_of(model).schedule.T))
     return _UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
 
 

@@ -67,7 +67,8 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
         p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
     p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler,
                    help=f"the sampler: DDPM (ancestral), DDIM{', or a k-diffusion solver' if solvers else ''} "
-                        f"(default {sampler})")
+                        f"(default {sampler}; with the embedded model DDIM at 1 step is best, and the two-call "
+                        f"solvers heun, dpm_2, dpm_2_a at few steps spoil the picture: benchmarks/QUALITY.md)")
     if solvers:
         p.add_argument("--eta", type=float, default=None,
                        help="DDIM eta (default 0), or the noise scale of the ancestral (euler_a, dpm_2_a, dpmpp_2s_a) "

@@ -127,6 +127,26 @@ def speed_options(a, dev) -> dict:
                 cuda_graphs=GraphCache() if a.cuda_graphs else False)
 
 
+def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_bound: float, most: int) -> int:
+    """upscale's steps with --attention. YODA's masks widen as sampling goes on and cover every pixel once the
+    threshold tau = t/T - l reaches 0 (DESIGN.md §4); with few steps the last step comes before that, and the pixels
+    it leaves keep the bicubic image, next to sharpened ones: the edge between them shows. --steps not given
+    (``given`` False): the fewest steps from ``steps`` up to ``most`` whose last step refines every pixel, with a
+    note. Given: kept, with a note saying so. last_tau(n): the last step's tau at n steps."""
+    if last_tau(steps) <= 0:
+        return steps
+    enough = next((n for n in range(steps + 1, most + 1) if last_tau(n) <= 0), None)
+    left = (f"pixels whose attention is below {last_tau(steps):.2f} keep the bicubic image, and the edge where "
+            f"the refined ones begin can show")
+    if given or enough is None:
+        fix = f"; --steps {enough} refines every pixel by the end" if enough else ""
+        print(f"yoda: note: at {steps} step(s) with --lower-bound {lower_bound:g} {left}{fix}", file=sys.stderr)
+        return steps
+    print(f"yoda: note: --attention: {enough} steps, the fewest whose last step refines every pixel (at {steps}, "
+          f"{left}; --steps sets them)", file=sys.stderr)
+    return enough
+
+
 def expand_inputs(inputs: list) -> tuple[list, set]:
     """(paths, the real paths of those that only a folder named): a folder among the inputs stands for its image
     files (yoda.data.list_folder), sorted by name; what it leaves out (subfolders, other files) is named in a
