@@ -614,6 +614,9 @@ def test_demo_with_the_embedded_default_model(tmp_path, capsys):
     assert set(psnr) == {"bicubic", "plain", "YODA"}
     assert psnr["plain"] > psnr["bicubic"] - 1.5 and psnr["YODA"] > psnr["bicubic"] - 1.5, psnr
     assert Image.open(out).size[0] > 6 * 128  # six 128-px panels in the top row
+    # at the defaults the YODA column takes the steps `yoda upscale --attention` takes (2 at l = 0.6), plain 1
+    code, stdout, err = run(["demo", "-o", str(out), "--lr-size", "16", "-q"], capsys)
+    assert code == 0 and "ddim 1 step (YODA 2 steps), attention edge" in stdout and "--attention: 2 steps" in err
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -42,9 +42,9 @@ from ._io import atomic_write_text, check_writable, made_dirs, remove_empty
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, folder_images, load_model, padded_lr_side, read_input,
                          pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
-from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, mebibytes,
-                          output_folder, output_targets, plan_windows, run_items, run_sharded, speed_options,
-                          to_make, tune_malloc, until_free, yoda_steps)
+from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
+                          mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
+                          speed_options, to_make, tune_malloc, until_free, yoda_steps)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .errors import user_input as _user_input
 
@@ -116,7 +116,6 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
     import torch
 
     from .adapters import hr_grid
-    from .sampling.spec import make_spec
 
     dev = cli_device(a.device)
     if dev.type == "cuda" and world > 1:
@@ -146,12 +145,10 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
     attention = None if a.attention is None else attention_extractor(a.attention)
     with _user_input():  # --steps, --sampler, --eta, --lower-bound, --seed, --sigmas on the smallest LR the model takes
-        lr = torch.zeros(1, 3, least // scale, least // scale, device=dev)
-        last_tau = lambda n: make_spec(adapter_of(model), lr, steps=n, sampler=a.sampler, eta=a.eta,  # noqa: E731
-                                       lower_bound=a.lower_bound, seed=a.seed, sigmas=a.sigmas, progress=False).taus[-1]
-        last_tau(a.steps)
+        tau = last_tau(adapter_of(model), a, dev)
+        tau(a.steps)
         if attention is not None:
-            a.steps = yoda_steps(last_tau, a.steps, given, a.lower_bound, min(50, adapter_of(model).schedule.T))
+            a.steps = yoda_steps(tau, a.steps, given, a.lower_bound, min(50, adapter_of(model).schedule.T))
     return _UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
 
 
@@ -220,6 +217,7 @@ def cmd_demo(a) -> int:
     check_output_option(a.output)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
+    given = a.steps is not None
     default_steps(a, model)
     ad = adapter_of(model)
     s = ad.scale
@@ -232,6 +230,9 @@ def cmd_demo(a) -> int:
     hr_u8 = np.ascontiguousarray(full[y : y + size, x : x + size])
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
+    with _user_input():  # YODA's steps as upscale takes them (cli_upscale.yoda_steps)
+        steps = {"plain": a.steps, "YODA": yoda_steps(last_tau(ad, a, dev), a.steps, given, a.lower_bound,
+                                                      min(50, ad.schedule.T))}
     extractor = attention_extractor(a.attention)
     with _user_input():  # drawn: the map the sampler uses (at HR, normalised after the resize; upscale_tensor pads it)
         A = resolve_attention(extractor, lr, (size, size))
@@ -245,7 +246,7 @@ def cmd_demo(a) -> int:
         t0 = time.perf_counter()
         record = (lambda d: visited.append((d["t"] + 1, d["tau"]))) if attn is not None else None
         with torch.no_grad():
-            results[name] = upscale_tensor(model, lr, attention=attn, steps=a.steps, sampler=a.sampler, eta=0.0,
+            results[name] = upscale_tensor(model, lr, attention=attn, steps=steps[name], sampler=a.sampler, eta=0.0,
                                            lower_bound=a.lower_bound, seed=a.seed, progress=bars(a),
                                            callback=record)
         timing[name] = time.perf_counter() - t0
@@ -278,7 +279,8 @@ def cmd_demo(a) -> int:
         err = drawing.error_map(one, other)
         bottom.append((f"|{label}|, mean {err.mean():.2f}", big(Image.fromarray(drawing.error_image(err)))))
     ratio = float(sum(active_fraction(A, tau) for _, tau in visited)) / len(visited)
-    steps = f"{a.steps} step{'s' if a.steps != 1 else ''}"
+    plural = lambda n: f"{n} step{'s' if n != 1 else ''}"  # noqa: E731
+    steps = plural(steps["plain"]) + (f" (YODA {plural(steps['YODA'])})" if steps["YODA"] != steps["plain"] else "")
     title = (f"yoda demo: {a.image}, x{s} ({a.lr_size} -> {size} px), model {a.model}, {a.sampler} {steps}, "
              f"seed {a.seed}")
     caption = (f"YODA: {a.attention.split(':')[0]} attention, l = {a.lower_bound:g}; masks M(t) = "

@@ -127,6 +127,21 @@ def speed_options(a, dev) -> dict:
                 cuda_graphs=GraphCache() if a.cuda_graphs else False)
 
 
+def last_tau(adapter, a, device) -> Callable[[int], float]:
+    """n -> the last step's mask threshold tau of yoda.sample(adapter, lr, steps=n, ...) with the options of ``a``
+    (checked as yoda.sample checks them, on the smallest LR the model takes: a bad one raises before any work)."""
+    import torch
+
+    from .adapters import hr_grid
+    from .sampling.spec import make_spec
+
+    side = hr_grid(adapter)[1] // adapter.scale
+    lr = torch.zeros(1, 3, side, side, device=device)
+    return lambda n: make_spec(adapter, lr, steps=n, sampler=a.sampler, eta=getattr(a, "eta", None),
+                               lower_bound=a.lower_bound, seed=a.seed, sigmas=getattr(a, "sigmas", None),
+                               progress=False).taus[-1]
+
+
 def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_bound: float, most: int) -> int:
     """upscale's steps with --attention. YODA's masks widen as sampling goes on and cover every pixel once the
     threshold tau = t/T - l reaches 0 (DESIGN.md §4); with few steps the last step comes before that, and the pixels
