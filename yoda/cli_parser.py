@@ -62,7 +62,8 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
     if steps is None:  # the model decides (cli.default_steps)
         p.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps (default {DEFAULT_STEPS} with the embedded model, {OTHER_MODEL_STEPS} "
-                            f"with any other --model, at most its T)")
+                            f"with any other --model, at most its T; YODA in upscale and demo: at least the fewest "
+                            f"whose last step refines every pixel)")
     else:
         p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
     p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler,
