@@ -120,8 +120,8 @@ def _stop_on_interrupt() -> tuple[list, dict]:
     """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes and torchrun send to stop a job) while training: the
     first one sets a flag (the signal's number), and Trainer.run stops after the step in progress and saves as at a
     time-out (checkpoint, log, weights: the same command resumes); a second one interrupts at once
-    (KeyboardInterrupt). Returns (the flag list, the handlers to restore; none off the main thread, where signals
-    cannot be handled and Ctrl-C stays Python's KeyboardInterrupt)."""
+    (KeyboardInterrupt; errors.Terminated for SIGTERM). Returns (the flag list, the handlers to restore; none off
+    the main thread, where signals cannot be handled and Ctrl-C stays Python's KeyboardInterrupt)."""
     flag: list = []
     if threading.current_thread() is not threading.main_thread():
         return flag, {}
