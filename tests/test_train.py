@@ -754,6 +754,26 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_second_signal_aborts_as_its_kind():
+    """The second SIGTERM while training raised KeyboardInterrupt: `yoda: interrupted`, exit 130. It is
+    errors.Terminated now (`yoda: terminated (SIGTERM)`, 143); a second Ctrl-C stays KeyboardInterrupt."""
+    import signal
+
+    from yoda.errors import Terminated
+    from yoda.training.trainer import _stop_on_interrupt
+
+    for sig, want in ((signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)):
+        flag, old = _stop_on_interrupt()
+        try:
+            os.kill(os.getpid(), sig)
+            assert flag == [sig]
+            with pytest.raises(want):
+                os.kill(os.getpid(), sig)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
 def test_ctrl_c_during_the_export_does_not_cut_it_short(tmp_path, img_folder, monkeypatch):
     """The stop handlers were put back before the weights were exported: a Ctrl-C then (the first one, which
     promises to save) aborted the export and left no model file. Now only a second one aborts."""
