@@ -969,6 +969,28 @@ def test_upscale_with_attention_takes_the_steps_that_refine_every_pixel(tmp_path
     assert code == 0 and err == ""  # plain: the default 1 step, no note
 
 
+def test_upscale_removes_the_temporary_files_a_killed_run_left(tmp_path, tiny_model, capsys):
+    """A run killed while writing (SIGKILL, a power loss) left .NAME.RANDOM.tmp next to its output for good. The
+    next run over those outputs removes the ones untouched for an hour (a write lasts seconds: a younger one may
+    be another process's write in progress), of its own outputs only."""
+    import time
+
+    from yoda._io import STALE_TEMP_S, _create_temp
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "a.png")
+    old, young = (_create_temp(str(out), "a_x4.png")[0] for _ in range(2))
+    other = _create_temp(str(out), "b_x4.png")[0]  # not an output of this run
+    long_ago = time.time() - STALE_TEMP_S - 60
+    for p in (old, other):
+        os.utime(p, (long_ago, long_ago))
+    code, _, err = run(["upscale", str(src), "-o", str(out), "--model", tiny_model, "--steps", "1", "-q"], capsys)
+    assert code == 0 and err == "yoda: note: removed 1 temporary file(s) a killed run left next to the outputs\n"
+    assert sorted(os.listdir(out)) == sorted(["a_x4.png", os.path.basename(young), os.path.basename(other)])
+
+
 def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):
     from yoda._io import CLAIM_SUFFIX, output_claim
 

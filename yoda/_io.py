@@ -50,9 +50,7 @@ _NAME_MAX = 255  # the longest file name, in bytes, of Linux's, macOS's and Wind
 def _create_temp(folder: str, name: str) -> tuple[str, int]:
     """(a new empty file's path in ``folder``, the permission bits the kernel gave it). Its name is
     .NAME.RANDOM.tmp, NAME cut short so that a name that fits the file system gives a temporary name that fits."""
-    stem = name
-    while len(os.fsencode(f".{stem}.{'0' * 12}.tmp")) > _NAME_MAX:
-        stem = stem[:-1]
+    stem = _temp_stem(name)
     for _ in range(_TRIES):
         tmp = os.path.join(folder, f".{stem}.{os.urandom(6).hex()}.tmp")
         try:
@@ -65,6 +63,48 @@ def _create_temp(folder: str, name: str) -> tuple[str, int]:
             os.close(fd)
         return tmp, mode
     raise FileExistsError(f"could not create a temporary file next to {os.path.join(folder, name)}")
+
+
+def _temp_stem(name: str) -> str:
+    """The NAME of _create_temp's .NAME.RANDOM.tmp for a file called ``name``."""
+    stem = name
+    while len(os.fsencode(f".{stem}.{'0' * 12}.tmp")) > _NAME_MAX:
+        stem = stem[:-1]
+    return stem
+
+
+# A temporary file of atomic_write untouched this long belongs to a process that was killed while writing (a
+# write lasts seconds): remove_stale_temps takes it away
+STALE_TEMP_S = 3600
+
+
+def remove_stale_temps(paths) -> int:
+    """Remove the temporary files that atomic_write left for any of ``paths`` in processes killed while writing
+    them (SIGKILL, a power loss): .NAME.RANDOM.tmp untouched for STALE_TEMP_S. One listing per folder. Returns
+    how many went."""
+    import re
+    import time
+
+    stems: dict = {}
+    for p in paths:
+        folder, name = os.path.split(os.path.abspath(os.fspath(p)))
+        stems.setdefault(folder, set()).add(_temp_stem(name))
+    gone, now = 0, time.time()
+    for folder, names in stems.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            m = re.fullmatch(r"\.(.+)\.[0-9a-f]{12}\.tmp", e.name, re.DOTALL)
+            try:
+                if m and m.group(1) in names and e.is_file(follow_symlinks=False) and \
+                        now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S:
+                    os.unlink(e.path)
+                    gone += 1
+            except OSError:
+                continue
+    return gone
 
 
 def _target(p: Path) -> Path:
@@ -286,7 +326,6 @@ def folder_lock(folder: PathLike, what: str):
 
 
 CLAIM_SUFFIX = ".yoda-claim"
-_NAME_MAX = 255  # bytes of one file name on Linux / macOS file systems
 
 
 def claim_path(path: PathLike) -> str:

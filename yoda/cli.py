@@ -38,7 +38,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .cli_parser import build_parser
-from ._io import atomic_write_text, check_writable, made_dirs, remove_empty
+from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, folder_images, load_model, padded_lr_side, read_input,
                          pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
@@ -66,6 +66,9 @@ def cmd_upscale(a) -> int:
     run = _upscale_model(a, rank, world)  # sets a.scale
     a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale)
     targets = output_targets(a, out_dir)
+    stale = remove_stale_temps(targets) if rank == 0 else 0  # of a run killed while writing (SIGKILL, power loss)
+    if stale:
+        print(f"yoda: note: removed {stale} temporary file(s) a killed run left next to the outputs", file=sys.stderr)
 
     def work(item):
         src, dst = item
