@@ -151,7 +151,7 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
         tau = last_tau(adapter_of(model), a, dev)
         tau(a.steps)
         if attention is not None:
-            a.steps = yoda_steps(tau, a.steps, given, a.lower_bound, min(50, adapter_of(model).schedule.T))
+            a.steps = yoda_steps(tau, a.steps, given, a.lower_bound, adapter_of(model).schedule.T)
     return _UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
 
 
@@ -235,7 +235,7 @@ def cmd_demo(a) -> int:
     lr = make_lr(hr, s)
     with _user_input():  # YODA's steps as upscale takes them (cli_upscale.yoda_steps)
         steps = {"plain": a.steps, "YODA": yoda_steps(last_tau(ad, a, dev), a.steps, given, a.lower_bound,
-                                                      min(50, ad.schedule.T))}
+                                                      ad.schedule.T)}
     extractor = attention_extractor(a.attention)
     with _user_input():  # drawn: the map the sampler uses (at HR, normalised after the resize; upscale_tensor pads it)
         A = resolve_attention(extractor, lr, (size, size))

@@ -259,9 +259,10 @@ def refuse_overwriting(outputs, inputs) -> None:
     files = []
     for p in inputs:
         if p and os.path.isdir(p):
-            from .data import IMAGE_EXTENSIONS
+            from .data import DataError, list_folder
 
-            files += [e.path for e in os.scandir(p) if e.name.lower().endswith(IMAGE_EXTENSIONS)]
+            with contextlib.suppress(DataError):  # no images: the command says so where it reads the folder
+                files += list_folder(p)
         elif p:
             files.append(p)
     ids = file_ids(files)

@@ -142,17 +142,22 @@ def last_tau(adapter, a, device) -> Callable[[int], float]:
                                progress=False).taus[-1]
 
 
-def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_bound: float, most: int) -> int:
+# The most steps yoda_steps raises --steps to (at most the model's T)
+MOST_YODA_STEPS = 50
+
+
+def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_bound: float, T: int) -> int:
     """upscale's steps with --attention. YODA's masks widen as sampling goes on and cover every pixel once the
     threshold tau = t/T - l reaches 0 (DESIGN.md §4); with few steps the last step comes before that, and the pixels
     it leaves keep the bicubic image, next to sharpened ones: the edge between them shows. --steps not given
-    (``given`` False): the fewest steps from ``steps`` up to ``most`` whose last step refines every pixel, with a
-    note. Given: kept, with a note saying so. last_tau(n): the last step's tau at n steps."""
-    if last_tau(steps) <= 0:
+    (``given`` False): the fewest steps from ``steps`` up to MOST_YODA_STEPS (and T) whose last step refines every
+    pixel, with a note. Given: kept, with a note saying so. last_tau(n): the last step's tau at n steps."""
+    tau = last_tau(steps)
+    if tau <= 0:
         return steps
-    enough = next((n for n in range(steps + 1, most + 1) if last_tau(n) <= 0), None)
-    left = (f"pixels whose attention is below {last_tau(steps):.2f} keep the bicubic image, and the edge where "
-            f"the refined ones begin can show")
+    enough = next((n for n in range(steps + 1, min(MOST_YODA_STEPS, T) + 1) if last_tau(n) <= 0), None)
+    left = (f"pixels whose attention is below {tau:.2f} keep the bicubic image, and the edge where the refined "
+            f"ones begin can show")
     if given or enough is None:
         fix = f"; --steps {enough} refines every pixel by the end" if enough else ""
         print(f"yoda: note: at {steps} step(s) with --lower-bound {lower_bound:g} {left}{fix}", file=sys.stderr)
