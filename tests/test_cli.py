@@ -1205,6 +1205,40 @@ def test_every_command_runs_under_sigterm_exits(tmp_path, monkeypatch, capsys):
                                                                                             "(SIGTERM)\n")
 
 
+def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
+    """A Ctrl-C in the first fraction of a second, while the console script imported yoda.cli, printed an
+    import traceback. The console script (and `python -m yoda`) is yoda.__main__.run, which loads the command
+    inside its own handler."""
+    import importlib.util
+    import signal
+    import tomllib
+
+    import yoda.__main__ as entry
+
+    with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["yoda"] == "yoda.__main__:run"
+
+    ran = []
+
+    class CtrlC:  # a stand-in yoda.cli, during whose import the key is pressed
+        def find_spec(self, name, path=None, target=None):
+            return importlib.util.spec_from_loader(name, self) if name == "yoda.cli" else None
+
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            os.kill(os.getpid(), signal.SIGINT)
+            module.main = lambda: ran.append(1) or 0
+
+    monkeypatch.delitem(sys.modules, "yoda.cli")
+    monkeypatch.delattr(yoda, "cli")
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    assert entry.run() == 130 and not ran  # the held Ctrl-C ends it before main
+    assert capsys.readouterr().err == "yoda: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_upscale_makes_its_output_folder_again_if_it_went(tmp_path, tiny_model, capsys, monkeypatch):
     """A second `yoda upscale -o OUT` started by mistake and stopped removes OUT, which it made, while OUT is still
     empty; the first run then failed every write ("folder does not exist"). The folder is made again before
