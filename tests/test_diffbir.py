@@ -381,11 +381,14 @@ def test_yoda_masking_holds_inactive_latents_at_the_noised_condition(zero_snr):
     log = []
     with torch.no_grad():
         yoda.sample(ad, lr, attention=ramp, steps=steps, sampler="ddpm", spacing="idpm", lower_bound=0.6,
-                    noise=noises, progress=False, callback=lambda d: log.append((d["tau"], d["x"].clone())))
+                    noise=noises, progress=False,
+                    callback=lambda d: log.append((d["tau"], d["x"].clone(), d["active_fraction"])))
     pairs = ad.schedule.pairs(steps, "idpm")
     partial = 0
-    for i, ((tau, x), (_, _, ab_prev)) in enumerate(zip(log, pairs)):
+    for i, ((tau, x, fraction), (_, _, ab_prev)) in enumerate(zip(log, pairs)):
         active = A_lat >= torch.tensor(tau, dtype=torch.float32)
+        # of the 3 x 5 latents that cover the 24 x 40 image: the padding's (replicated attention) counted too
+        assert torch.equal(fraction, active[..., :3, :5].float().mean(dim=(1, 2, 3))), i
         held = math.sqrt(ab_prev) * c + math.sqrt(1 - ab_prev) * noises[i + 1]
         inactive = ~active.expand_as(x)
         assert torch.allclose(x[inactive], held[inactive], atol=1e-6), i
@@ -1027,15 +1030,16 @@ def test_half_precision_lr_runs_the_vae_in_its_own_dtype():
 
     d = StandInDiffusion("eps")
     lr = _lr(B=1, h=7, w=11)
-    ref = yoda.sample(DiffBIRAdapter(Recording(d).eval(), d, stage1=stage1), lr, steps=2, seed=0, progress=False,
-                      attention="edge")
-    for lr_dtype, vae_dtype, tol in ((torch.float16, None, 0.03), (torch.bfloat16, None, 0.15),
-                                     (torch.float16, torch.float32, 0.03), (torch.float32, torch.bfloat16, 0.15)):
-        cldm = Recording(d, vae_dtype).eval()
-        sr = yoda.sample(DiffBIRAdapter(cldm, d, stage1=stage1), lr.to(lr_dtype), steps=2, seed=0, progress=False,
-                         attention="edge")
-        assert cldm.seen == [vae_dtype or torch.float32] * 2, (lr_dtype, vae_dtype, cldm.seen)  # encode, decode
-        assert sr.dtype == lr_dtype and (sr.float() - ref).abs().max() < tol, (lr_dtype, vae_dtype)
+    for s1 in (stage1, None):  # without a stage 1 (the default) the bicubic image went to the VAE in lr's dtype
+        ref = yoda.sample(DiffBIRAdapter(Recording(d).eval(), d, stage1=s1), lr, steps=2, seed=0, progress=False,
+                          attention="edge")
+        for lr_dtype, vae_dtype, tol in ((torch.float16, None, 0.03), (torch.bfloat16, None, 0.15),
+                                         (torch.float16, torch.float32, 0.03), (torch.float32, torch.bfloat16, 0.15)):
+            cldm = Recording(d, vae_dtype).eval()
+            sr = yoda.sample(DiffBIRAdapter(cldm, d, stage1=s1), lr.to(lr_dtype), steps=2, seed=0, progress=False,
+                             attention="edge")
+            assert cldm.seen == [vae_dtype or torch.float32] * 2, (s1, lr_dtype, vae_dtype, cldm.seen)  # enc, dec
+            assert sr.dtype == lr_dtype and (sr.float() - ref).abs().max() < tol, (s1, lr_dtype, vae_dtype)
 
 
 def test_guidance_with_equal_prompts_is_warned_of():

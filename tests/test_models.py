@@ -536,6 +536,9 @@ def test_latent_adapter_prepare_decode_and_pooling():
         assert torch.equal(pr.c, want) and pr.c.shape == (1, 4, 3, 3)
         out = ad.decode(pr.c, lr, pr.cond)
         assert out.shape == (1, 3, 20, 24)
+    assert ad.image_extent(pr.cond, pr.c.shape) == (3, 3) and ad.latent_factor == 8  # 20 x 24: 2.5 x 3 latents
+    big = tl.adapter(latent_multiple=2).prepare(_lr(1, 4, 20))  # HR 8 x 40: padded to 16 x 48, 2 x 6 latents
+    assert big.c.shape[-2:] == (2, 6) and tl.adapter().image_extent(big.cond, big.c.shape) == (1, 5)
     A = torch.rand(1, 1, 20, 24)
     Am = ad.attention_to_state(A, pr.c.shape)
     Aa = tl.adapter(pool="area").attention_to_state(A, pr.c.shape)

@@ -686,6 +686,33 @@ def test_window_knobs_names_and_default_batch():
     assert default_window_batch(4, 3, 512, 512, budget=1) == 1
 
 
+def test_default_window_batch_follows_the_adapters_activation_scale():
+    """The default window batch budgeted every model as a pixel-space UNet per state element, so a latent model
+    (an element stands for latent_factor ** 2 pixels of a far wider network) got 64 windows a call, 128 with
+    guidance. adapter.activation_scale scales the estimate; yoda.sample's tiler uses it."""
+    from yoda.models import DiffBIRAdapter
+    from yoda.models.latent import LatentAdapter
+    from yoda.sampling.tiles import ACTIVATION_BYTES_PER_ELEMENT, WINDOW_BATCH_BYTES, default_window_batch
+    from test_diffbir import StandInControlLDM, StandInDiffusion
+
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr = lr_image(h=8, w=12)  # HR 16x24: 24 windows of 4x4
+    per_window = 3 * 4 * 4 * ACTIVATION_BYTES_PER_ELEMENT
+    passes = []
+    run(model, lr, seed=2, windows=(4, 0), steps=1, callback=lambda d: passes.append(d["batches"]))
+    model.activation_scale = WINDOW_BATCH_BYTES // (5 * per_window)  # 5 windows a call
+    run(model, lr, seed=2, windows=(4, 0), steps=1, callback=lambda d: passes.append(d["batches"]))
+    assert passes == [1, 5]
+    assert default_window_batch(1, 3, 4, 4, activation_scale=model.activation_scale) == 5
+    assert Adapter.activation_scale == 1
+    ident = lambda *a: a[0]  # noqa: E731
+    assert LatentAdapter(ident, ident, ident, SCHED, latent_factor=8).activation_scale == 64
+    d = StandInDiffusion("eps")
+    assert DiffBIRAdapter(StandInControlLDM(d), d).activation_scale == 64
+    assert DiffBIRAdapter(StandInControlLDM(d), d, cfg_scale=4.0).activation_scale == 128
+    assert DiffBIRAdapter(StandInControlLDM(d), d, cfg_scale=4.0, cfg_batch=False).activation_scale == 64  # 2 calls
+
+
 def test_stack_conds_default():
     """Adapter.stack_conds concatenates tensors along dim 0 through tuples, lists and NamedTuples, keeps equal
     plain values, and refuses what it cannot stack."""
@@ -1210,6 +1237,25 @@ def test_an_int_window_overlaps_by_a_quarter():
     from yoda.sampling.spec import check_windows
     assert check_windows(16) == check_windows((16, 4)) == check_windows((16, 4, True))
     assert check_windows(10).overlap == 2
+
+
+def test_a_map_of_another_aspect_ratio_is_warned_of():
+    """A map of another aspect ratio (a transposed one, an (h, w) mix-up) was stretched to the image silently. A
+    rounding of a map pixel is not warned of (a patch model's map of a side that is not a multiple of its patch)."""
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
+    lr = lr_image(h=6, w=10)  # HR 12 x 20
+    with pytest.warns(UserWarning, match=r"attention of size 10x6 is stretched to the 12x20 image, whose aspect "
+                                         r"ratio differs") as seen:
+        run(model, lr, attention=torch.rand(1, 1, 10, 6), seed=0)
+    assert seen[0].filename == __file__  # the caller's line (run here)
+    with pytest.warns(UserWarning, match=r"attention\(lr\) of size 3x100"):
+        run(model, lr, attention=lambda x: torch.rand(1, 1, 3, 100), seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for h, w in ((6, 10), (12, 20), (3, 5), (2, 3), (4, 6), (7, 10)):  # exact, or within a map pixel
+            run(model, lr, attention=torch.rand(1, 1, h, w), seed=0)
+        run(model, lr, attention=lambda x: torch.rand(1, 1, 3, 7), seed=0)  # 3.6 x 6: a pixel's rounding a side
+        run(model, lr, attention="edge", seed=0)
 
 
 def test_default_attention_to_state_halving_is_2x2_means():

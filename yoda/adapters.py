@@ -30,6 +30,12 @@ Extensions of the contract (all with defaults in Adapter, so existing adapters k
                                    B elements first), from their crop_cond results; the default concatenates
                                    tensors (also inside tuples, lists, NamedTuples, dicts) and keeps equal
                                    non-tensors
+    adapter.image_extent(cond, shape)
+                                -> (h', w'), the top-left part of the state grid that holds the image (the rest
+                                   is padding, e.g. a latent adapter's): what active_fraction counts
+    adapter.activation_scale    the model's activations per state element, in units of a pixel-space UNet's, for
+                                   the default window batch (1; the latent adapters latent_factor ** 2, doubled
+                                   under guidance)
     adapter.supports_cfg        whether the model has an unconditional branch (classifier-free guidance)
     adapter.with_cfg_scale(w)   -> a copy of the adapter that guides with scale w; yoda.sample(cfg_scale=w) calls it
                                    and the default raises ValueError naming cfg_scale. A guided adapter's denoise
@@ -83,6 +89,10 @@ class Adapter:
     # "karras" / "interpolate"); DiffBIRAdapter sets DiffBIR's ("diffbir" / "visited"). yoda.sampling.solvers
     solver_sigmas: Optional[str] = None
     solver_timesteps: Optional[str] = None
+    # how many times a pixel-space UNet's activations the model needs per element of the state, for the default
+    # window batch (yoda.sampling.tiles.default_window_batch): the latent adapters say latent_factor ** 2 (an element
+    # stands for that many pixels, in a far wider network), twice that when guidance doubles the batch
+    activation_scale: int = 1
 
     def prepare(self, lr: torch.Tensor) -> Prepared:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -114,6 +124,11 @@ class Adapter:
                 f"lr of size {lr.shape[-2]}x{lr.shape[-1]} gives an HR size {H}x{W} that this model cannot take: "
                 f"both sides must be at least {least} (pad lr to at least {-(-least // self.scale)} pixels a side)"
             )
+
+    def image_extent(self, cond: Any, shape: torch.Size) -> tuple[int, int]:
+        """(h', w'): the top-left part of the state grid of ``shape`` that holds the image, the rest being padding
+        that decode crops away; the callback's active_fraction counts this part. Default: the whole grid."""
+        return int(shape[-2]), int(shape[-1])
 
     def crop_cond(self, cond: Any, ys: slice, xs: slice) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not support tiled denoising (crop_cond)")

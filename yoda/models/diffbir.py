@@ -264,6 +264,10 @@ class DiffBIRAdapter(Adapter):
         """Whether prepare makes the unconditional branch (the scale can differ from 1 at some step)."""
         return self.cfg_scale != 1.0
 
+    @property
+    def activation_scale(self) -> int:  # Adapter.activation_scale
+        return self.latent_factor ** 2 * (2 if self.guided and self.cfg_batch else 1)
+
     def scale_at(self, t: float) -> float:
         """The guidance scale at timestep t (an int for ddpm / ddim and timesteps="nearest" / "visited", else
         fractional)."""
@@ -280,18 +284,19 @@ class DiffBIRAdapter(Adapter):
         B, _, h, w = lr.shape
         want = (B, 3, h * self.scale, w * self.scale)
         if self.stage1 is None:
-            return (upsample(lr, self.scale) + 1) / 2
-        if isinstance(self.stage1, torch.Tensor):
-            img, src = self.stage1, "stage1"
-            if img.dim() == 4 and img.shape[0] == 1 and B > 1:
-                img = img.expand(B, *img.shape[1:])
+            img = (upsample(lr, self.scale) + 1) / 2
         else:
-            img, src = self.stage1((lr + 1) / 2), "stage1(lq)"
-        if not isinstance(img, torch.Tensor) or tuple(img.shape) != want:
-            got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-            raise ValueError(f"{src} must be the stage-1 image at the SR size {want} in [0, 1], got {got}")
-        if not img.is_floating_point() or not bool(torch.isfinite(img).all()):
-            raise ValueError(f"{src} must be a finite float tensor in [0, 1]")
+            if isinstance(self.stage1, torch.Tensor):
+                img, src = self.stage1, "stage1"
+                if img.dim() == 4 and img.shape[0] == 1 and B > 1:
+                    img = img.expand(B, *img.shape[1:])
+            else:
+                img, src = self.stage1((lr + 1) / 2), "stage1(lq)"
+            if not isinstance(img, torch.Tensor) or tuple(img.shape) != want:
+                got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+                raise ValueError(f"{src} must be the stage-1 image at the SR size {want} in [0, 1], got {got}")
+            if not img.is_floating_point() or not bool(torch.isfinite(img).all()):
+                raise ValueError(f"{src} must be a finite float tensor in [0, 1]")
         return img.to(device=lr.device, dtype=self._vae_dtype(lr.dtype))
 
     def _vae_dtype(self, default: torch.dtype) -> torch.dtype:
@@ -390,6 +395,11 @@ class DiffBIRAdapter(Adapter):
                              f"times latent_factor {f}")
         Ap = F.pad(A, (0, pw, 0, ph), mode="replicate") if (ph or pw) else A
         return F.max_pool2d(Ap, kernel_size=f, stride=f)
+
+    def image_extent(self, cond: DiffBIRCond, shape: torch.Size) -> tuple[int, int]:
+        """The latents that cover the image at its work size (the rest cover the padding to pad_multiple)."""
+        f = self.latent_factor
+        return -(-cond.work_size[0] // f), -(-cond.work_size[1] // f)
 
     def crop_cond(self, cond: DiffBIRCond, ys: slice, xs: slice) -> DiffBIRCond:
         """c_img cropped to the window, the other entries (c_txt) kept, as DiffBIR's tiled sampling does."""

@@ -98,6 +98,10 @@ class LatentAdapter(Adapter):
         self.clip_x0 = bool(clip_x0)
         self.modules = tuple(modules)
 
+    @property
+    def activation_scale(self) -> int:  # Adapter.activation_scale (SDUpscalerAdapter's guided: one doubled batch)
+        return self.latent_factor ** 2 * (2 if getattr(self, "guided", False) else 1)
+
     def device(self) -> Optional[torch.device]:
         for m in self.modules:
             for p in m.parameters():
@@ -141,6 +145,11 @@ class LatentAdapter(Adapter):
             raise ValueError(f"decode must return a floating tensor of shape {want} for the latent "
                              f"{tuple(x0.shape)} and latent_factor {f}, got {got}")
         return img[..., :H, :W].clamp(-1.0, 1.0)
+
+    def image_extent(self, cond: LatentCond, shape: torch.Size) -> tuple[int, int]:
+        """The latents that cover the HR image (the rest cover the padding to latent_factor * latent_multiple)."""
+        f = self.latent_factor
+        return -(-cond.size[0] // f), -(-cond.size[1] // f)
 
     def crop_cond(self, cond: LatentCond, ys: slice, xs: slice) -> LatentCond:
         return LatentCond(cond.c[..., ys, xs], cond.size)

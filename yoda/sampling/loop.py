@@ -102,8 +102,9 @@ def sample(
     clip: clip x0_hat to [-1, 1] (None: adapter.clip_x0).
     kernel_tile: the fused ops' kernel tile (8, 16, 32; default 16): how the kernels split the work, no effect
         on the result.
-    callback(d): after each step, d = {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,),
-        calls (windows denoised at this step; 1 untiled), batches (denoiser forward passes at this step)}; the
+    callback(d): after each step, d = {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,:
+        of the state pixels that hold the image, a latent adapter's padding not counted), calls (windows denoised
+        at this step; 1 untiled), batches (denoiser forward passes at this step)}; the
         solvers add sigma; t is then the solver's timestep (fractional with timesteps="interpolate"), and the
         two-call solvers' (heun, dpm_2, dpm_2_a, dpmpp_2s_a) calls / batches include their second model call.
     windows: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,

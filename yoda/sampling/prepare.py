@@ -5,6 +5,7 @@ them (denoise, step or solve, report) and the start and the end (start, decode).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -28,6 +29,8 @@ class Run:
                  A: Optional[torch.Tensor], stats: Optional[tuple], noise: Optional[list], tiler: Optional[Tiler]):
         self.adapter, self.spec, self.lr_state, self.c, self.cond = adapter, spec, lr_state, c, cond
         self.A, self.stats, self.noise, self.tiler = A, stats, noise, tiler
+        h, w = adapter.image_extent(cond, c.shape)  # what active_fraction counts: the image, not its padding
+        self.A_image = None if A is None else A[..., :h, :w]
         # a multistep solver's history: as deep as its highest order reads (none for the one-step solvers)
         self.history = max(st.n for st in spec.solver) - 1 if spec.solver else 0
 
@@ -144,7 +147,7 @@ class Run:
             "x": x_new,
             "x0_hat": (x0_hat(x, pred, ab_t, self.adapter.prediction, self.spec.clip) if extra is None
                        else extra["x0_hat"]),
-            "active_fraction": (masks.active_fraction(self.A, tau) if self.A is not None
+            "active_fraction": (masks.active_fraction(self.A_image, tau) if self.A is not None
                                 else torch.ones(x.shape[0], device=self.c.device)),
             "calls": calls,
             "batches": batches,
@@ -196,7 +199,8 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     noise = check_noise(entries, c)
     if w is not None:
         check_window_size(adapter, w.size, w.overlap, c.shape[-2:])
-    tiler = Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch) if w is not None else None
+    tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale)
+             if w is not None else None)
     return Run(adapter, spec, lr_state, c, prep.cond, A, stats, noise, tiler)
 
 
@@ -267,6 +271,11 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
         if not isinstance(attention, torch.Tensor):
             raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")
     A = checked_map(attention, src, lr)
+    (h, w), (H, W) = A.shape[2:], hr_size
+    # no scale of the image gives the map's size to a pixel a side (the rounding of a patch model's map)
+    if not extracted and max((h - 1) / H, (w - 1) / W) > min((h + 1) / H, (w + 1) / W):
+        warnings.warn(f"{src} of size {h}x{w} is stretched to the {H}x{W} image, whose aspect ratio differs: a map "
+                      "of another image, or one with its height and width swapped?", UserWarning, stacklevel=4)
     if tuple(A.shape[2:]) != hr_size:
         A = F.interpolate(A, size=hr_size, mode="bilinear", align_corners=False)
         if extracted:  # DESIGN §3: resize, then min-max per image (upsampling pulls the peak below 1)

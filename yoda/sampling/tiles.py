@@ -19,11 +19,11 @@ ACTIVATION_BYTES_PER_ELEMENT = 1024
 
 
 def default_window_batch(batch: int, channels: int, height: int, width: int,
-                         budget: int = WINDOW_BATCH_BYTES) -> int:
+                         budget: int = WINDOW_BATCH_BYTES, activation_scale: int = 1) -> int:
     """How many windows of (batch, channels, height, width) one denoiser call takes within ``budget`` bytes
-    (at least 1), by the fixed estimate ACTIVATION_BYTES_PER_ELEMENT."""
-    per_window = max(1, batch * channels * height * width) * ACTIVATION_BYTES_PER_ELEMENT
-    return max(1, int(budget) // per_window)
+    (at least 1), by the fixed estimate ACTIVATION_BYTES_PER_ELEMENT times the adapter's activation_scale."""
+    per_window = max(1, batch * channels * height * width) * ACTIVATION_BYTES_PER_ELEMENT * max(1, activation_scale)
+    return max(1, int(int(budget) // per_window))
 
 
 def checked_output(adapter: Adapter, out: Any, shape: tuple, what: str = "") -> torch.Tensor:
@@ -62,7 +62,7 @@ class Tiler:
     respect to dense tiled sampling: at an active pixel the same windows are summed in the same order."""
 
     def __init__(self, shape: torch.Size, window: int, overlap: int, skip: bool, A: Optional[torch.Tensor],
-                 device, batch: Optional[int] = None) -> None:
+                 device, batch: Optional[int] = None, activation_scale: int = 1) -> None:
         self.skip = skip
         H, W = shape[-2:]
         self.windows = []
@@ -76,7 +76,8 @@ class Tiler:
                     weights[size] = _gauss_1d(size[0], device)[:, None] * _gauss_1d(size[1], device)[None, :]
                 self.windows.append((ys, xs, wmax, weights[size]))
         hmax, wmax_ = min(window, H), min(window, W)
-        self.batch = int(batch) if batch is not None else default_window_batch(shape[0], shape[1], hmax, wmax_)
+        self.batch = int(batch) if batch is not None else default_window_batch(
+            shape[0], shape[1], hmax, wmax_, activation_scale=activation_scale)
         self.last_batches = 0  # denoiser forward passes of the last denoise()
 
     def _groups(self, todo: list) -> list:
