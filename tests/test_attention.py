@@ -89,6 +89,20 @@ def test_other_float_dtypes_give_float32(dtype):
         assert np.abs(att.edge()(lr).numpy() - _edge64(lr.to(dtype))).max() > 1e-4
 
 
+@pytest.mark.parametrize("name", ["edge", "gaussian", "sift"])
+def test_a_float64_default_dtype_changes_nothing(name):
+    """torch.set_default_dtype(torch.float64), as notebooks do, made edge fail on a float32 lr ("expected scalar
+    type Float but found Double"): its Sobel kernel took the default dtype."""
+    lr = _rand_lr()
+    want = att.get(name)(lr)
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = att.get(name)(lr)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
 @pytest.mark.parametrize("name", ["edge", "sift"])
 def test_constant_image_gives_all_ones(name):
     lr = torch.full((2, 3, 13, 17), 0.3)

@@ -164,6 +164,10 @@ def test_dir_of_yoda_lists_each_public_name_once():
     names = dir(yoda)
     assert len(names) == len(set(names)) and set(_LAZY) <= set(names)
     assert "importlib" not in names and "annotations" not in names
+    # `from yoda import *` gave 'annotations' and 'importlib' (the names not yet loaded were missing): yoda.__all__
+    ns: dict = {}
+    exec("from yoda import *", ns)
+    assert set(ns) - {"__builtins__"} == set(_LAZY) and ns["sample"] is yoda.sample
 
 
 def test_windows_installs_without_the_extension(monkeypatch):

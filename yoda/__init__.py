@@ -37,6 +37,7 @@ _LAZY = {
     "UserError": ("yoda.errors", "UserError"),
     "sampling": ("yoda.sampling", None),
 }
+__all__ = sorted(_LAZY)  # `from yoda import *` loads them (and torch) as attribute access does
 
 
 def __getattr__(name: str):

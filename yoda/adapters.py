@@ -33,6 +33,8 @@ Extensions of the contract (all with defaults in Adapter, so existing adapters k
     adapter.image_extent(cond, shape)
                                 -> (h', w'), the top-left part of the state grid that holds the image (the rest
                                    is padding, e.g. a latent adapter's): what active_fraction counts
+    adapter.sampling_defaults   {"sampler": ..., "steps": ...}: yoda.sample's defaults for the model where a call
+                                   leaves them out (empty: DDPM over every step; a ModelCard's sampling)
     adapter.activation_scale    the model's activations per state element, in units of a pixel-space UNet's, for
                                    the default window batch (1; the latent adapters latent_factor ** 2, doubled
                                    under guidance)
@@ -57,7 +59,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 import math
 import numbers
-from typing import Any, Callable, Optional
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +96,9 @@ class Adapter:
     # window batch (yoda.sampling.tiles.default_window_batch): the latent adapters say latent_factor ** 2 (an element
     # stands for that many pixels, in a far wider network), twice that when guidance doubles the batch
     activation_scale: int = 1
+    # yoda.sample's sampler= / steps= where the call leaves them out ({"sampler": ..., "steps": ...}; empty: DDPM
+    # over every step); the yoda models' adapters take their ModelCard's sampling (the embedded model: DDIM, 1 step)
+    sampling_defaults: Mapping[str, Any] = MappingProxyType({})
 
     def prepare(self, lr: torch.Tensor) -> Prepared:  # pragma: no cover - abstract
         raise NotImplementedError

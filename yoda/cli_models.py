@@ -20,28 +20,14 @@ MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.
 
 
 def default_steps(a, model) -> None:
-    """--steps not given: DEFAULT_STEPS for the embedded model (chosen for it, QUALITY.md), else OTHER_MODEL_STEPS
-    (at most the model's T): one step turns an eps model's prediction error into noise."""
-    from .cli_parser import DEFAULT_STEPS, OTHER_MODEL_STEPS
+    """--steps not given: the model's own (its ModelCard's sampling: DEFAULT_STEPS for the embedded model, chosen
+    for it, QUALITY.md), else OTHER_MODEL_STEPS (at most the model's T): one step turns an eps model's prediction
+    error into noise."""
+    from .cli_parser import OTHER_MODEL_STEPS
 
     if a.steps is None:
-        a.steps = DEFAULT_STEPS if is_embedded(a.model) else min(OTHER_MODEL_STEPS, adapter_of(model).schedule.T)
-
-
-def is_embedded(spec: str) -> bool:
-    """--model names the embedded model: "default", its file, or a copy of it (the same bytes), so that the same
-    weights get the same defaults however they are named."""
-    from .models.loading import DEFAULT_WEIGHTS
-
-    if spec == "default":
-        return True
-    p = Path(spec)
-    try:
-        if not p.is_file() or p.stat().st_size != DEFAULT_WEIGHTS.stat().st_size:
-            return False
-        return p.samefile(DEFAULT_WEIGHTS) or p.read_bytes() == DEFAULT_WEIGHTS.read_bytes()
-    except OSError:
-        return False
+        ad = adapter_of(model)
+        a.steps = ad.sampling_defaults.get("steps") or min(OTHER_MODEL_STEPS, ad.schedule.T)
 
 
 def load_model(spec: str, device, config: Optional[str] = None):

@@ -185,7 +185,7 @@ class Edge:
     def maps(self, lr: torch.Tensor) -> torch.Tensor:
         x = check_lr(lr)
         g = luma(x)
-        sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=g.device)
+        sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=g.dtype, device=g.device)
         sy = sx.t().contiguous()
         inner = min(g.shape[-2:]) >= 3  # the outer ring takes its neighbour's magnitude (class docstring)
         gp = g if inner else F.pad(g, (1, 1, 1, 1), mode="replicate")

@@ -1,21 +1,4 @@
-"""ModelCard: what yoda.sample must know about a network besides its weights, in one explicit object.
-
-    card = ModelCard(schedule=Schedule.linear(1000), scale=4, prediction="x0", space="pixel")
-    net.card = card                  # yoda.load, the trainer and save_model set / read it
-    adapter = net.yoda_adapter()     # SR3Adapter / SRDiffAdapter take schedule, scale and prediction from it
-
-schedule    the Schedule the model samples with (T, alpha_bar)
-scale       the SR factor (HR = scale * LR)
-prediction  what the network outputs: "eps", "x0" or "v" (yoda_kernels.contract.PREDICTIONS)
-space       where x_t lives: "pixel" (SR3) or "residual" (SRDiff) (yoda.adapters.SPACES)
-config      where the card came from, as JSON-like data: for a "yoda" model file its metadata config
-            ({"kind", "args", "schedule", "scale", "prediction", "extra"}), for an upstream SR3 checkpoint
-            {"kind", "args", "train_schedule"}; None when the card was made by hand
-
-The card is frozen: to sample a model with another schedule, make a new card (dataclasses.replace) or pass
-the value to ``yoda_adapter(...)``, which takes precedence over the card. Its repr is short: the schedule's T and
-first / last beta, and the config's kind and keys (a model file's config holds all T betas, ~23 kB at T = 1000).
-"""
+"""ModelCard: what yoda.sample must know about a network besides its weights (the class says what)."""
 
 from __future__ import annotations
 
@@ -30,11 +13,35 @@ from ..schedule import Schedule
 
 @dataclass(frozen=True)
 class ModelCard:
+    """What yoda.sample must know about a network besides its weights, in one explicit object.
+
+        card = ModelCard(schedule=Schedule.linear(1000), scale=4, prediction="x0", space="pixel")
+        net.card = card                  # yoda.load, the trainer and save_model set / read it
+        adapter = net.yoda_adapter()     # SR3Adapter / SRDiffAdapter take schedule, scale and prediction from it
+
+    schedule    the Schedule the model samples with (T, alpha_bar)
+    scale       the SR factor (HR = scale * LR)
+    prediction  what the network outputs: "eps", "x0" or "v" (yoda_kernels.contract.PREDICTIONS)
+    space       where x_t lives: "pixel" (SR3) or "residual" (SRDiff) (yoda.adapters.SPACES)
+    config      where the card came from, as JSON-like data: for a "yoda" model file its metadata config
+                ({"kind", "args", "schedule", "scale", "prediction", "extra"}), for an upstream SR3 checkpoint
+                {"kind", "args", "train_schedule"}; None when the card was made by hand
+    sampling    yoda.sample's defaults for this model where a call leaves them out: {"sampler": name,
+                "steps": n} (either key may be absent). yoda.load gives the embedded model its own (DDIM, 1 step:
+                an x0 regressor trained for one step, QUALITY.md); None: yoda.sample's (DDPM, every step of T)
+
+    The card is frozen: to sample a model with another schedule, make a new card (dataclasses.replace) or pass
+    the value to ``yoda_adapter(...)``, which takes precedence over the card. Its repr is short: the schedule's T
+    and first / last beta, and the config's kind and keys (a model file's config holds all T betas, ~23 kB at
+    T = 1000).
+    """
+
     schedule: Schedule
     scale: int
     prediction: str = "eps"
     space: str = "pixel"
     config: Optional[Mapping[str, Any]] = None
+    sampling: Optional[Mapping[str, Any]] = None
 
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
@@ -47,6 +54,15 @@ class ModelCard:
             raise ValueError(f"ModelCard.space must be one of {SPACES}, got {self.space!r}")
         if self.config is not None and not isinstance(self.config, Mapping):
             raise TypeError(f"ModelCard.config must be a mapping or None, got {type(self.config).__name__}")
+        if self.sampling is not None:
+            s = self.sampling
+            if not isinstance(s, Mapping) or not set(s) <= {"sampler", "steps"}:
+                raise ValueError(f"ModelCard.sampling must be None or a mapping with the keys 'sampler' and / or "
+                                 f"'steps', got {s!r}")
+            steps = s.get("steps", 1)
+            if not isinstance(s.get("sampler", ""), str) or isinstance(steps, bool) or not isinstance(steps, int) \
+                    or steps < 1:
+                raise ValueError(f"ModelCard.sampling: 'sampler' must be a name and 'steps' an int >= 1, got {s!r}")
 
     def __repr__(self) -> str:
         cfg = self.config
@@ -54,5 +70,6 @@ class ModelCard:
             kind = f"{cfg['kind']} " if isinstance(cfg.get("kind"), str) else ""
             keys = list(cfg)
             cfg = f"<{kind}config with keys {', '.join(map(str, keys[:8]))}{', ...' if len(keys) > 8 else ''}>"
+        sampling = "" if self.sampling is None else f", sampling={dict(self.sampling)!r}"
         return (f"ModelCard(schedule={self.schedule!r}, scale={self.scale}, prediction={self.prediction!r}, "
-                f"space={self.space!r}, config={cfg})")
+                f"space={self.space!r}, config={cfg}{sampling})")

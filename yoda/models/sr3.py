@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -500,7 +501,8 @@ class SR3Adapter(PixelAdapter):
         if not isinstance(schedule, Schedule):
             raise ValueError("schedule: this SR3 net has no ModelCard (yoda.load gives one, holding the config's val "
                              "schedule); pass the schedule it samples with: yoda.sample(net.yoda_adapter("
-                             "schedule=yoda.Schedule.linear(...)), lr), or set net.card = yoda.models.ModelCard(...)")
+                             "schedule=yoda.Schedule.linear(...), scale=4), lr), or set net.card = "
+                             "yoda.models.ModelCard(...)")
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale: the SR factor must be a positive int (from the config's l/r_resolution "
                              f"or passed explicitly), got {scale!r}")
@@ -509,6 +511,8 @@ class SR3Adapter(PixelAdapter):
                              f"(got {net.config.in_channel}, {net.config.out_channel})")
         super().__init__(net, schedule, scale=scale, prediction=prediction, clip_x0=bool(clip_x0),
                          multiple=net.multiple, upsampling=getattr(net, "upsampling", "torch"))
+        if card is not None and card.sampling is not None:
+            self.sampling_defaults = MappingProxyType(dict(card.sampling))
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         C = self.net.config.out_channel

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -529,6 +530,8 @@ class SRDiffAdapter(Adapter):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.prediction = prediction
+        if card is not None and card.sampling is not None:
+            self.sampling_defaults = MappingProxyType(dict(card.sampling))
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         if not isinstance(lr, torch.Tensor) or lr.dim() != 4 or lr.shape[1] != 3:

@@ -39,7 +39,7 @@ def sample(
     *,
     attention: Any = None,
     steps: Optional[int] = None,
-    sampler: str = "ddpm",
+    sampler: Optional[str] = None,
     eta: Optional[float] = None,
     lower_bound: float = 0.6,
     seed: Optional[int] = None,
@@ -68,10 +68,12 @@ def sample(
     lr: (B, 3, h, w) or (B, 1, h, w) in [-1, 1].
     attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
         bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get, or f(lr) -> A.
-    steps: sampling steps (default T; heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
+    steps: sampling steps (default: the model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T;
+        heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
         last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default "trailing"; ddpm /
         ddim only).
-    sampler: "ddpm" (ancestral, fixed-small variance) or "ddim" with ``eta`` (default 0: deterministic); or a
+    sampler: default: the model's (adapter.sampling_defaults: "ddim" for the embedded model), else "ddpm".
+        "ddpm" (ancestral, fixed-small variance) or "ddim" with ``eta`` (default 0: deterministic); or a
         sigma-space solver of yoda.sampling.solvers, named as in k-diffusion / DiffBIR: "euler", "euler_a"
         (ancestral), "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a" (ancestral),
         "dpmpp_2s_a" (ancestral); eta scales the noise of the ancestral and SDE solvers (default 1, k-diffusion's;
@@ -131,6 +133,11 @@ def sample(
     windows = _alias("windows", windows, "tiles", tiles, None)
     adapter = apply_cfg_scale(as_adapter(model), cfg_scale)
     warn_if_training(adapter)
+    defaults = adapter.sampling_defaults  # the model's (its ModelCard's), for what the call leaves out
+    if sampler is None:
+        sampler = defaults.get("sampler", "ddpm")
+    if steps is None and (sigmas is None or isinstance(sigmas, str)):  # a sequence of sigmas gives its own count
+        steps = defaults.get("steps")
     lr_checked = check_lr(lr)
     spec = make_spec(adapter, lr_checked, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
                      backend=backend, progress=progress, callback=callback, clip=clip, kernel_tile=kernel_tile,
