@@ -103,6 +103,26 @@ def test_srdiff_upstream_ckpt_nesting_and_inferred_config(tmp_path):
     assert torch.equal(_srdiff_out(got2), _srdiff_out(m))
 
 
+def test_a_bare_state_dict_without_betas_is_warned_of(tmp_path):
+    """torch.save(model.state_dict()) of yoda's own SRDiff loaded as "srdiff" without a word, with upstream's
+    default schedule, eps and MATLAB up(lr) guessed (12.9 dB instead of 26.7 for an x0 model): upstream's
+    checkpoints always hold their betas, so a file without them and without a config is warned of."""
+    m = _srdiff()
+    p = tmp_path / "sd.pt"
+    torch.save(m.state_dict(), p)
+    with pytest.warns(UserWarning, match=r"sd.pt: no betas buffer and no config, so its schedule is a guess, "
+                                         r"upstream's default \(cosine, T=100\), as is its prediction \(eps\)"):
+        got = yoda.load("srdiff", p)
+    assert torch.equal(_srdiff_out(got), _srdiff_out(m))  # the weights themselves load
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yoda.load("srdiff", p, config=m.config)  # the run's config: nothing guessed
+        sd = m.state_dict()
+        sd.update(_bufs(m.schedule))
+        torch.save(sd, p)
+        yoda.load("srdiff", p)  # upstream's layout: the betas say the schedule
+
+
 def test_a_small_file_cannot_declare_a_huge_model(tmp_path):
     """SR3 and SRDiff built the net a file (or its config) declares before comparing it with the file's tensors: a
     2 KB SRDiff checkpoint of zero-element tensors, whose shapes say hidden_size 65536, made yoda allocate

@@ -5,6 +5,7 @@ Sizes are tiny (LR 1x3x8x8, scale 2, T = 50, 5 steps) so the whole file runs in 
 """
 
 import math
+import sys
 import warnings
 
 import pytest
@@ -983,11 +984,27 @@ def test_ddim_eta_above_one_is_refused():
     assert run(model, lr_image(), sampler="ddim", eta=1.0, seed=0).shape == (1, 3, 16, 16)
 
 
-def test_progress_and_clip_are_bools_and_the_bar_changes_nothing():
-    """progress="no" was bool("no"), a bar; the bar itself must not change the image."""
+def test_progress_and_clip_are_bools_and_the_bar_changes_nothing(monkeypatch):
+    """progress="no" was bool("no"), a bar; the bar itself must not change the image. progress=None is a bar on a
+    terminal only (it was a TypeError; into a log file every redraw of a bar is written)."""
+    import io
+
+    import yoda.sampling.loop as loop
+
     model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
     lr, A = lr_image(), attention_map()
-    for kw, name in ((dict(progress="no"), "progress must be a bool, got str"),
+    bars = []
+    monkeypatch.setattr(loop, "trange", lambda n, **kw: bars.append(n) or range(n))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stderr, want in ((io.StringIO(), []), (Terminal(), [STEPS])):
+        monkeypatch.setattr(sys, "stderr", stderr)
+        run(model, lr, progress=None)
+        assert bars == want
+    for kw, name in ((dict(progress="no"), "progress must be None or a bool, got str"),
                      (dict(clip="yes"), "clip must be None or a bool, got str")):
         with pytest.raises(TypeError, match=name):
             run(model, lr, **kw)
@@ -1200,6 +1217,10 @@ def test_warns_for_a_network_in_training_mode_and_for_a_0_1_image():
         yoda.sample(ad, lr.clamp(0.3, 1.0), steps=1, seed=0, progress=False)
     with pytest.warns(UserWarning, match=r"lr has no negative value \(range \[0\.008213, 0\.9916\]\): yoda takes "
                                          r"images in \[-1, 1\]"):
+        yoda.sample(ad, (lr + 1) / 2, steps=1, seed=0, progress=False)
+    with warnings.catch_warnings():  # what the warning says silences it
+        warnings.simplefilter("error")
+        warnings.filterwarnings('ignore', 'lr has no negative value')
         yoda.sample(ad, (lr + 1) / 2, steps=1, seed=0, progress=False)
 
 

@@ -190,6 +190,11 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
             if config is not None:
                 warnings.warn(f"{p}: the checkpoint's betas differ from the config's {cfg.beta_schedule} schedule "
                               f"(T={cfg.timesteps}); sampling uses the checkpoint's, as upstream does", stacklevel=3)
+    elif config is None:  # upstream's GaussianDiffusion always saves its betas: this is a bare state dict
+        warnings.warn(f"{p}: no betas buffer and no config, so its schedule is a guess, upstream's default "
+                      f"({cfg.beta_schedule}, T={cfg.timesteps}), as is its prediction (eps) and its up(lr) "
+                      "(SRDiff's MATLAB bicubic): pass the run's config, or save a yoda model with yoda.save_model "
+                      "(its file carries all three)", stacklevel=3)
     model.card = ModelCard(schedule=sched, scale=cfg.sr_scale, prediction="eps", space="residual",
                            config={"kind": "srdiff", "args": cfg.to_dict()})
     model.upsampling = "srdiff"  # up(lr) as its training data made it (yoda.upsampling)

@@ -45,7 +45,7 @@ def sample(
     seed: Optional[int] = None,
     noise: Optional[torch.Tensor | Sequence[torch.Tensor]] = None,
     backend: str = "auto",
-    progress: bool = True,
+    progress: Optional[bool] = True,
     callback: Optional[Callable[[dict], None]] = None,
     clip: Optional[bool] = None,
     kernel_tile: Optional[int] = None,
@@ -99,16 +99,25 @@ def sample(
         (DESIGN §9), so an image sampled alone differs from the same image at position k > 0 of a batch.
     noise: explicit noise, one entry per visited step + 1 (steps + 1, more with spacing="ldm_uniform"), of the state's shape (entry 0 for the start,
         i + 1 for loop step i), overriding the seed.
-    progress: a tqdm bar over the steps (cleared once done).
+    progress: a tqdm bar over the steps (cleared once done); None: only when stderr is a terminal (not into a log
+        file or a notebook's captured stream); False: none (tqdm's own TQDM_DISABLE=1 also turns it off).
     backend: of the fused ops ("auto", "naive", "cpp", "cuda", "triton"), resolved once for lr's device.
     clip: clip x0_hat to [-1, 1] (None: adapter.clip_x0).
     kernel_tile: the fused ops' kernel tile (8, 16, 32; default 16): how the kernels split the work, no effect
         on the result.
-    callback(d): after each step, d = {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,:
+    callback(d): after each step, d = {i, t (0-based index), tau, x (new state), x0_hat, active_fraction (B,):
         of the state pixels that hold the image, a latent adapter's padding not counted), calls (windows denoised
         at this step; 1 untiled), batches (denoiser forward passes at this step)}; the
         solvers add sigma; t is then the solver's timestep (fractional with timesteps="interpolate"), and the
         two-call solvers' (heun, dpm_2, dpm_2_a, dpmpp_2s_a) calls / batches include their second model call.
+        x and x0_hat are in the model's space (pixels for SR3, the residual (HR - up(lr)) * 2 for SRDiff and the
+        embedded model, latents for a latent model), and inference tensors: clone them to keep or change them
+        (an in-place op outside torch.inference_mode is an error). To see x0_hat as an image, decode it as the
+        loop does at the end: ad = yoda.adapters.as_adapter(model); cond = ad.prepare(lr).cond (once, under
+        torch.inference_mode()), then ad.decode(d["x0_hat"], lr, cond) in the callback.
+        With attention, the last step's active_fraction says how much was refined at all: with few steps the
+        masks may not reach every pixel (at the last step t, pixels with A < t / T - lower_bound keep the LR
+        image; the CLI takes enough steps for them, cli_upscale.yoda_steps).
     windows: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,
         skip_inactive=True): tiled denoising over the state grid with Gaussian blending; windows with no
         active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -90,7 +91,7 @@ def make_spec(
     lower_bound: Any = 0.6,
     seed: Any = None,
     backend: Any = "auto",
-    progress: bool = True,
+    progress: Optional[bool] = True,
     callback: Any = None,
     clip: Any = None,
     kernel_tile: Any = 16,
@@ -137,8 +138,10 @@ def make_spec(
     lower_bound = masks.check_lower_bound(lower_bound)
     if clip is not None and not isinstance(clip, bool):
         raise TypeError(f"clip must be None or a bool, got {type(clip).__name__}")
+    if progress is None:  # tqdm's disable=None: a bar only on a terminal (not into a log file, every redraw)
+        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     if not isinstance(progress, bool):  # progress="no" would show a bar
-        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+        raise TypeError(f"progress must be None or a bool, got {type(progress).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
     windows = check_windows(windows, window_batch)
@@ -198,7 +201,9 @@ def check_lr(lr: Any) -> torch.Tensor:
     # themselves silence the warning (yoda.errors.lr_from_images)
     if 0.0 <= lo <= 0.02 and hi > 0.5 and not lr_from_images_now():
         warnings.warn(f"lr has no negative value (range [{lo:.4g}, {hi:.4g}]): yoda takes images in [-1, 1] "
-                      "(yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out washed out",
+                      "(yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out washed out. "
+                      "A light image already in [-1, 1] (its darkest pixel just above mid-grey) is right as it is: "
+                      "warnings.filterwarnings('ignore', 'lr has no negative value') silences this",
                       UserWarning, stacklevel=3)
     if C == 1:
         lr = lr.expand(B, 3, h, w)
