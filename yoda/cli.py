@@ -40,7 +40,7 @@ import numpy as np
 from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
-                         cli_device, default_steps, folder_images, load_model, padded_lr_side, read_input,
+                         cli_device, default_steps, folder_images, load_model, note, padded_lr_side, read_input,
                          pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
@@ -58,7 +58,7 @@ def cmd_upscale(a) -> int:
     or upscaled is reported in one line and the others go on; the exit status is then 2."""
     tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
     if a.attention is None and any(v.startswith("--lower-bound") for v in a.argv):
-        print("yoda: note: --lower-bound has no effect without --attention (plain sampling)", file=sys.stderr)
+        note("--lower-bound has no effect without --attention (plain sampling)")
     a.inputs, from_folders = expand_inputs(a.inputs)
     rank, world = dist_env()
     a.quiet = a.quiet or rank > 0  # under torchrun one rank's bars, not every rank's interleaved
@@ -68,7 +68,7 @@ def cmd_upscale(a) -> int:
     targets = output_targets(a, out_dir)
     stale = remove_stale_temps(targets) if rank == 0 else 0  # of a run killed while writing (SIGKILL, power loss)
     if stale:
-        print(f"yoda: note: removed {stale} temporary file(s) a killed run left next to the outputs", file=sys.stderr)
+        note(f"removed {stale} temporary file(s) a killed run left next to the outputs")
 
     def work(item):
         src, dst = item
@@ -142,8 +142,8 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
         raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: the window must be at least {least} pixels, the "
                         f"smallest side this model takes")
     if a.tiles is not None and a.tiles[1] == 0:
-        print(f"yoda: note: --tiles {a.tiles[0]},0: windows that do not overlap leave seams where they meet; "
-              f"--tiles {a.tiles[0]} blends them over {default_overlap(a.tiles[0], unit)} pixels", file=sys.stderr)
+        note(f"--tiles {a.tiles[0]},0: windows that do not overlap leave seams where they meet; --tiles "
+             f"{a.tiles[0]} blends them over {default_overlap(a.tiles[0], unit)} pixels")
     if a.window_batch is not None and a.window_batch < 1:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
     attention = None if a.attention is None else attention_extractor(a.attention)

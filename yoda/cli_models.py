@@ -166,6 +166,12 @@ def padded_lr_side(n: int, scale: int, unit: int, least: int) -> int:
     return max(-(-n // lr_unit) * lr_unit, least // scale)
 
 
+def note(text: str) -> None:
+    """``yoda: note: TEXT`` on stderr, once: under torchrun rank 0 says it (every rank reads the same inputs)."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        print(f"yoda: note: {text}", file=sys.stderr)
+
+
 def folder_images(folder: str) -> list:
     """yoda.data.list_folder of ``folder``, with a note on stderr naming what it left out."""
     from .data import left_out_note, list_folder
@@ -174,7 +180,7 @@ def folder_images(folder: str) -> list:
     with _user_input():
         paths = list_folder(folder, left_out)
     if left_out:
-        print(f"yoda: note: {printable(left_out_note(folder, left_out))}", file=sys.stderr)
+        note(printable(left_out_note(folder, left_out)))
     return paths
 
 

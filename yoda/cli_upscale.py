@@ -1,7 +1,8 @@
 """The parts of ``yoda upscale`` that need nothing else of the CLI: the memory plan (--max-memory, --tiles,
 --window-batch) and glibc's malloc settings, the speed options (--compile, --autocast, --channels-last,
 --cuda-graphs), folder inputs, --skip-existing, the loop over inputs and its torchrun shards (RANK / WORLD_SIZE,
-gloo), and the checks of -o (a file or a folder; no input overwritten) made before any image is read."""
+meeting in torchrun's store), and the checks of -o (a file or a folder; no input overwritten) made before any
+image is read."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ._io import output_claim
-from .cli_models import check_not_an_input, check_out_folder, check_output_option, file_ids, folder_images
+from .cli_models import check_not_an_input, check_out_folder, check_output_option, file_ids, folder_images, note
 from .errors import UserError, out_of_memory, printable
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
@@ -160,10 +161,10 @@ def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_
             f"ones begin can show")
     if given or enough is None:
         fix = f"; --steps {enough} refines every pixel by the end" if enough else ""
-        print(f"yoda: note: at {steps} step(s) with --lower-bound {lower_bound:g} {left}{fix}", file=sys.stderr)
+        note(f"at {steps} step(s) with --lower-bound {lower_bound:g} {left}{fix}")
         return steps
-    print(f"yoda: note: --attention: {enough} steps, the fewest whose last step refines every pixel (at {steps}, "
-          f"{left}; --steps sets them)", file=sys.stderr)
+    note(f"--attention: {enough} steps, the fewest whose last step refines every pixel (at {steps}, {left}; --steps "
+         "sets them)")
     return enough
 
 
@@ -201,9 +202,9 @@ def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], s
     dropped = {p for p in inputs if Path(p).name in sources and os.path.realpath(p) in from_folders
                and Path(p).parent.samefile(out_dir) and _upscaled_from(p, sources[Path(p).name], scale)}
     if dropped:
-        print(f"yoda: note: left out {printable(', '.join(sorted(Path(p).name for p in dropped)))}: "
-              f"{'it is the output' if len(dropped) == 1 else 'they are the outputs'} of an earlier run into "
-              f"{out_dir} (-o), not an input", file=sys.stderr)
+        note(f"left out {printable(', '.join(sorted(Path(p).name for p in dropped)))}: "
+             f"{'it is the output' if len(dropped) == 1 else 'they are the outputs'} of an earlier run into "
+             f"{out_dir} (-o), not an input")
     return [p for p in inputs if p not in dropped]
 
 
@@ -338,41 +339,59 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-# How long a rank that has done its share waits for the others at the end (torch's default, 30 minutes, ended a
-# rank with a small share of a large folder on the CPU, and torchrun then stopped the others mid-image)
-SHARD_WAIT_DAYS = 30
+# How often a rank that has done its share looks whether the others have (it sleeps in between, in Python, so that
+# Ctrl-C and SIGTERM end it at once: a blocking collective held it in C++ until torchrun killed it 30 s later)
+SHARD_POLL_S = 0.2
+
+
+def shard_store(rank: int, world: int):
+    """The key-value store the ranks meet in: torchrun's own (TORCHELASTIC_USE_AGENT_STORE), else one rank 0 hosts
+    at MASTER_ADDR:MASTER_PORT, as torch's env:// rendezvous makes it. No process group: the ranks share nothing
+    but the count of failed inputs, and a collective cannot be interrupted."""
+    import torch.distributed as dist
+
+    addr = os.environ.get("MASTER_ADDR")
+    if not addr or not os.environ.get("MASTER_PORT"):
+        raise UserError(f"WORLD_SIZE={world}, but MASTER_ADDR / MASTER_PORT are not set, so the ranks cannot meet; "
+                        "run under torchrun, or unset WORLD_SIZE")
+    host = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = dist.TCPStore(addr, env_int("MASTER_PORT", 0), world, is_master=host, wait_for_workers=False,
+                          timeout=datetime.timedelta(minutes=5))
+    run = f"yoda-upscale/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '')}"
+    return dist.PrefixStore(run, store), host
+
+
+def wait_for_keys(store, keys: list) -> None:
+    """Until every key is in ``store``: polled, so that a signal ends the wait (KeyboardInterrupt, Terminated)."""
+    while not store.check(keys):
+        time.sleep(SHARD_POLL_S)
 
 
 def run_sharded(items: list, rank: int, world: int, work: Callable[[object], None],
                 one_line: Callable[[BaseException], str], debug: bool = False, folder: Optional[Path] = None) -> int:
-    """Rank ``rank`` of ``world`` (gloo) runs work(item) for items rank, rank + world, ... (run_items: a failing
-    item is reported and the rank goes on); the ranks meet once at the end and all return 2 if anything failed
-    anywhere, else 0. folder: the output folder, created by rank 0 before any rank writes, and removed by it at
-    the end if it made it and nothing was written there (every input failing), as one process does."""
-    import torch
-    import torch.distributed as dist
-
+    """Rank ``rank`` of ``world`` runs work(item) for items rank, rank + world, ... (run_items: a failing item is
+    reported and the rank goes on); then it says how many failed in the store (shard_store) and waits until every
+    rank has, so that none exits with an error while others work (torchrun would stop them), and all return 2 if
+    anything failed anywhere, else 0. A signal ends the wait at once; torchrun stops the other ranks when one
+    ends. folder: the output folder; a rank that made it removes it at the end if nothing was written there
+    (every input failing), as one process does (an output's write makes its folder again if it went)."""
     from ._io import made_dirs, remove_empty
 
-    try:  # the ranks meet once, at the end: a rank whose share is done waits for the others as long as it takes
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=SHARD_WAIT_DAYS))
-    except ValueError as e:  # WORLD_SIZE set without torchrun's MASTER_ADDR / MASTER_PORT
-        raise UserError(f"WORLD_SIZE={world}, but the process group cannot start ({e}); run under torchrun, or "
-                        "unset WORLD_SIZE") from None
-    failed, made = 0, []
+    store, host = shard_store(rank, world)
+    made = made_dirs(folder) if folder is not None else []
     try:
-        if rank == 0 and folder is not None:
-            made = made_dirs(folder)
-        dist.barrier()
         failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ", debug)
+        store.set(f"failed/{rank}", str(failed))
+        wait_for_keys(store, [f"failed/{r}" for r in range(world)])
+        total = sum(int(store.get(f"failed/{r}")) for r in range(world))
     finally:
-        total = torch.tensor([failed], dtype=torch.int64)
-        dist.all_reduce(total)  # every rank has written its outputs
         remove_empty(made)
-        dist.destroy_process_group()
-    if int(total.item()):
+    store.set(f"left/{rank}", "1")
+    if host:  # the others still read the store: it closes when this rank exits
+        wait_for_keys(store, [f"left/{r}" for r in range(world)])
+    if total:
         if rank == 0:
-            print(f"yoda: error: {int(total.item())} input(s) failed (see the lines above)", file=sys.stderr)
+            print(f"yoda: error: {total} input(s) failed (see the lines above)", file=sys.stderr)
         return 2
     return 0
 
