@@ -107,11 +107,13 @@ MUTANTS = [
            ("tests/test_checkpoint.py", "-k", "dino_kinds"),
            "a file without DINO keys gives a KeyError, not the list of missing keys (the test accepted any "
            "exception)"),
-    Mutant("cli-attention-unpadded", "yoda/cli_models.py",
-           "sr = sample(ad, x, attention=attention, steps=steps,",
-           "sr = sample(ad, x, attention=attention if attention is None else attention(lr), steps=steps,",
-           ("tests/test_cli.py", "-k", "upscale_one_file"),
-           "the CLI's attention map precomputed from the unpadded LR, not yoda.sample's map of the name"),
+    Mutant("pad-map-of-the-padded-lr", "yoda/sampling/prepare.py",
+           "A = resolve_attention(attention, lr, (s * h, s * w))",
+           "A = resolve_attention(attention, F.pad(lr, (0, pw, 0, ph), mode='replicate'), "
+           "(s * (h + ph), s * (w + pw)))[..., : s * h, : s * w]",
+           ("tests/test_sampler.py", "-k", "pad_samples"),
+           "yoda.sample(pad=True) makes the map of the padded LR (a Gaussian's centre moved onto the padding), "
+           "not of the LR itself as `yoda attention` draws it"),
     Mutant("train-val-lower-bound", "yoda/training/trainer.py",
            "lower_bound=self.cfg.loss.lower_bound, seed=self.cfg.seed, progress=False)",
            "lower_bound=1.0, seed=self.cfg.seed, progress=False)",

@@ -443,8 +443,11 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
     drawn, given = [], []
     colormap = yoda.attention.figure.colormap  # the demo draws the map through it
     monkeypatch.setattr(yoda.attention.figure, "colormap", lambda a: drawn.append(a) or colormap(a))
-    real = yoda.sampling.sample
-    monkeypatch.setattr(yoda.sampling, "sample", lambda m, x, **k: given.append((x, k["attention"])) or real(m, x, **k))
+    import yoda.sampling.loop as loop
+
+    real = loop.prepare  # what yoda.sample(pad=True) samples: the padded lr, and the map it pads
+    monkeypatch.setattr(loop, "prepare", lambda ad, spec, x, A, noise: given.append((x, A)) or real(ad, spec, x, A,
+                                                                                                      noise))
     for attention in ("edge", "gaussian"):
         code, _, err = run(["demo", "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--steps", "1",
                             "--lr-size", "7", "--attention", attention, "-q"], capsys)
@@ -1395,7 +1398,8 @@ def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
     want = yoda.to_uint8(yoda.sample(net, padded, steps=1, sampler="ddim", seed=0)[..., :8, :8])[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "t_x4.png")), want)
     with pytest.raises(ValueError, match=r"^lr of size 2x2 gives an HR size 8x8 that this model cannot take: both "
-                                         r"sides must be at least 16 \(pad lr to at least 4 pixels a side\)"):
+                                         r"sides must be at least 16 \(pad lr to at least 4 pixels a side; yoda.sample\(..., pad=True\) "
+                                         r"does\)"):
         yoda.sample(net, lr, steps=1)
     with pytest.raises(ValueError, match=r"^windows: the window 8 must be at least 16 pixels"):
         yoda.sample(net, torch.zeros(1, 3, 8, 8), steps=1, windows=(8, 0))

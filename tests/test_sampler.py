@@ -1279,6 +1279,30 @@ def test_a_map_of_another_aspect_ratio_is_warned_of():
         run(model, lr, attention="edge", seed=0)
 
 
+def test_pad_samples_any_size_as_the_cli_does():
+    """Odd-sized images had no path in the library (only the CLI padded them, with the map made of the unpadded
+    image: a map of the padded image moves a Gaussian's centre). yoda.sample(pad=True) edge-pads lr to what the
+    model takes, pads the map made of lr itself the same way, and crops the SR back."""
+    import torch.nn.functional as F
+
+    from yoda.sampling.prepare import resolve_attention
+
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE, multiple=4)  # HR sides: multiples of 4
+    lr = lr_image(h=5, w=7)  # HR 10x14: not multiples of 4
+    with pytest.raises(ValueError, match=r"yoda.sample\(..., pad=True\) pads lr and crops the SR back"):
+        run(model, lr, seed=1)
+    A = resolve_attention("gaussian", lr, (10, 14))
+    padded = F.pad(lr, (0, 1, 0, 1), mode="replicate")  # 6x8: HR 12x16
+    want = run(model, padded, attention=F.pad(A, (0, 2, 0, 2), mode="replicate"), seed=1)[..., :10, :14]
+    got = run(model, lr, attention="gaussian", seed=1, pad=True)
+    assert got.shape == (1, 3, 10, 14) and torch.equal(got, want)
+    assert not torch.equal(got, run(model, padded, attention="gaussian", seed=1)[..., :10, :14])  # the map matters
+    fits = lr_image(h=6, w=8)
+    assert torch.equal(run(model, fits, attention="edge", seed=1, pad=True), run(model, fits, attention="edge", seed=1))
+    with pytest.raises(TypeError, match="pad must be a bool, got str"):
+        run(model, lr, pad="yes")
+
+
 def test_default_attention_to_state_halving_is_2x2_means():
     """bilinear with half-pixel centres (align_corners=False) halving a grid samples at 2i + 0.5: the mean of each
     2 x 2 block, exactly."""

@@ -123,12 +123,14 @@ class Adapter:
         if H % m or W % m:
             raise ValueError(
                 f"lr of size {lr.shape[-2]}x{lr.shape[-1]} gives an HR size {H}x{W} that this model cannot take: "
-                f"both must be multiples of {m} (pad or crop lr so that {self.scale}*h and {self.scale}*w are)"
+                f"both must be multiples of {m} (yoda.sample(..., pad=True) pads lr and crops the SR back; or pad or "
+                f"crop lr so that {self.scale}*h and {self.scale}*w are)"
             )
         if min(H, W) < least:
             raise ValueError(
                 f"lr of size {lr.shape[-2]}x{lr.shape[-1]} gives an HR size {H}x{W} that this model cannot take: "
-                f"both sides must be at least {least} (pad lr to at least {-(-least // self.scale)} pixels a side)"
+                f"both sides must be at least {least} (pad lr to at least {-(-least // self.scale)} pixels a side; "
+                "yoda.sample(..., pad=True) does)"
             )
 
     def image_extent(self, cond: Any, shape: torch.Size) -> tuple[int, int]:
@@ -446,3 +448,10 @@ def hr_grid(adapter: Any) -> tuple[int, int]:
     unit = math.lcm(int(adapter.scale), max(1, int(getattr(adapter, "multiple", 1))))
     least = max(1, int(getattr(adapter, "min_size", 1)))
     return unit, -(-least // unit) * unit
+
+
+def padded_lr_side(n: int, scale: int, unit: int, least: int) -> int:
+    """An LR side of n pixels edge-padded to what the model takes (hr_grid's unit and least, HR pixels): the
+    smallest LR side >= n whose HR side is a multiple of ``unit`` and at least ``least``."""
+    lr_unit = unit // scale
+    return max(-(-n // lr_unit) * lr_unit, least // scale)

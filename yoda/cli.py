@@ -40,7 +40,7 @@ import numpy as np
 from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
-                         cli_device, default_steps, folder_images, load_model, note, padded_lr_side, read_input,
+                         cli_device, default_steps, folder_images, load_model, note, read_input,
                          pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
@@ -158,6 +158,7 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
 def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> None:
     import torch
 
+    from .adapters import padded_lr_side
     from .images import from_uint8
 
     lr = from_uint8(arr).to(run.dev)

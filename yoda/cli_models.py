@@ -86,44 +86,18 @@ def adapter_of(model):
     return as_adapter(model)
 
 
-def pad_to_model(lr, ad):
-    """lr (B, C, h, w) edge-padded at the bottom and right to the smallest size adapter ``ad`` takes (its multiple
-    and smallest side, adapters.hr_grid); lr itself if it fits."""
-    import torch.nn.functional as F
-
-    from .adapters import hr_grid
-
-    ph, pw = (padded_lr_side(n, ad.scale, *hr_grid(ad)) - n for n in lr.shape[-2:])
-    return F.pad(lr, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lr
-
-
 def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
                    windows=None, window_batch=None, sigmas=None, speed=None, callback=None):
-    """SR of lr (1, 3, h, w) of any size: lr is edge-padded to a size the model takes (its multiple and smallest
-    side, adapters.hr_grid), the result is cropped back to (1, 3, s*h, s*w). windows / window_batch: yoda.sample's
+    """SR of lr (1, 3, h, w) of any size (yoda.sample(pad=True): edge-padded to a size the model takes, the SR
+    cropped back to (1, 3, s*h, s*w), the attention map made of lr itself). windows / window_batch: yoda.sample's
     tiled denoising; speed: a dict of its speed options (compile, autocast, channels_last, cuda_graphs); callback:
-    yoda.sample's.
-
-    attention: an extractor (attention_extractor(name)) or None. Its map is made of lr itself, at (s*h, s*w), the
-    map `yoda attention` draws and yoda.sample(attention=name) makes of an lr the model takes, and is then
-    edge-padded as lr is: the padding must not move a Gaussian's centre or an edge map's range."""
-    import torch.nn.functional as F
-
+    yoda.sample's; attention: an extractor (attention_extractor(name)) or None."""
     from .sampling import sample
-    from .sampling.prepare import resolve_attention
 
-    ad = adapter_of(model)
-    s = ad.scale
-    h, w = lr.shape[-2:]
-    x = pad_to_model(lr, ad)
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
-        if attention is not None and x is not lr and lower_bound < 1:  # (lower_bound >= 1: no map is used)
-            A = resolve_attention(attention, lr, (s * h, s * w))
-            attention = F.pad(A, (0, s * (x.shape[-1] - w), 0, s * (x.shape[-2] - h)), mode="replicate")
-        sr = sample(ad, x, attention=attention, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound,
-                    seed=seed, progress=progress, backend=backend, windows=windows, window_batch=window_batch,
-                    sigmas=sigmas, callback=callback, **(speed or {}))
-    return sr[..., : s * h, : s * w]
+        return sample(adapter_of(model), lr, attention=attention, steps=steps, sampler=sampler, eta=eta,
+                      lower_bound=lower_bound, seed=seed, progress=progress, backend=backend, windows=windows,
+                      window_batch=window_batch, sigmas=sigmas, callback=callback, pad=True, **(speed or {}))
 
 
 def read_input(path: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray, bool]:
@@ -157,13 +131,6 @@ def save_figure(img, path: str) -> None:
 
     check_output_option(path)
     save_pil(img, path)
-
-
-def padded_lr_side(n: int, scale: int, unit: int, least: int) -> int:
-    """An LR side of n pixels edge-padded to what the model takes (adapters.hr_grid's unit and least, HR pixels):
-    the smallest LR side >= n whose HR side is a multiple of ``unit`` and at least ``least``."""
-    lr_unit = unit // scale
-    return max(-(-n // lr_unit) * lr_unit, least // scale)
 
 
 def note(text: str) -> None:

@@ -26,7 +26,7 @@ from tqdm.auto import trange
 
 from ..adapters import Adapter, apply_cfg_scale, as_adapter
 from ..errors import NonFiniteError
-from .prepare import prepare
+from .prepare import pad_to_model, prepare
 from .spec import all_finite, check_lr, make_spec
 from .speed import check_speed, network_attr, speed_adapter
 
@@ -61,6 +61,7 @@ def sample(
     cfg_scale: Optional[float] = None,
     sigmas: Any = None,
     timesteps: Optional[str] = None,
+    pad: bool = False,
 ) -> torch.Tensor:
     """Super-resolve ``lr`` with YODA (DESIGN.md §5): returns SR (B, 3, s*h, s*w) in [-1, 1], dtype/device of lr.
 
@@ -99,6 +100,10 @@ def sample(
         (DESIGN §9), so an image sampled alone differs from the same image at position k > 0 of a batch.
     noise: explicit noise, one entry per visited step + 1 (steps + 1, more with spacing="ldm_uniform"), of the state's shape (entry 0 for the start,
         i + 1 for loop step i), overriding the seed.
+    pad: an lr whose HR size the model cannot take (not a multiple of its size multiple, a side too small) is a
+        ValueError; pad=True edge-pads it at the bottom and right to the smallest size the model takes and crops
+        the SR back to (s*h, s*w), the attention map made of lr itself and padded the same way (as `yoda upscale`
+        does). Explicit noise= then has the padded state's shape.
     progress: a tqdm bar over the steps (cleared once done); None: only when stderr is a terminal (not into a log
         file or a notebook's captured stream); False: none (tqdm's own TQDM_DISABLE=1 also turns it off).
     backend: of the fused ops ("auto", "naive", "cpp", "cuda", "triton"), resolved once for lr's device.
@@ -142,12 +147,17 @@ def sample(
     windows = _alias("windows", windows, "tiles", tiles, None)
     adapter = apply_cfg_scale(as_adapter(model), cfg_scale)
     warn_if_training(adapter)
+    if not isinstance(pad, bool):
+        raise TypeError(f"pad must be a bool, got {type(pad).__name__}")
     defaults = adapter.sampling_defaults  # the model's (its ModelCard's), for what the call leaves out
     if sampler is None:
         sampler = defaults.get("sampler", "ddpm")
     if steps is None and (sigmas is None or isinstance(sigmas, str)):  # a sequence of sigmas gives its own count
         steps = defaults.get("steps")
     lr_checked = check_lr(lr)
+    crop = None
+    if pad:
+        lr_checked, attention, crop = pad_to_model(adapter, lr_checked, attention, lower_bound)
     spec = make_spec(adapter, lr_checked, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
                      backend=backend, progress=progress, callback=callback, clip=clip, kernel_tile=kernel_tile,
                      spacing=spacing, windows=windows, window_batch=window_batch, sigmas=sigmas,
@@ -179,6 +189,8 @@ def sample(
         if not all_finite(sr):
             raise NonFiniteError(f"yoda.sample: {type(adapter).__name__}.decode returned NaN or Inf from a "
                                  f"finite final state (model {_model_name(model, adapter)})")
+    if crop is not None:
+        sr = sr[..., : crop[0], : crop[1]]
     return sr.clamp(-1.0, 1.0).to(lr.dtype)
 
 

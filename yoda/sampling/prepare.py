@@ -15,7 +15,7 @@ import yoda_kernels as K
 
 from .. import attention as _attention
 from .. import masks
-from ..adapters import Adapter
+from ..adapters import Adapter, hr_grid, padded_lr_side
 from ..attention.classic import minmax_normalize
 from .spec import SamplingSpec, all_finite, check_noise, noise_entries
 from .tiles import Tiler, checked_output
@@ -281,3 +281,20 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
         if extracted:  # DESIGN §3: resize, then min-max per image (upsampling pulls the peak below 1)
             A = minmax_normalize(A)
     return A.clamp(0.0, 1.0).contiguous()
+
+
+def pad_to_model(adapter: Adapter, lr: torch.Tensor, attention: Any, lower_bound: float):
+    """yoda.sample(pad=True): (lr edge-padded at the bottom and right to the smallest size ``adapter`` takes (its
+    multiple and smallest side, adapters.hr_grid), the attention for it, the SR size (s*h, s*w) to crop back to).
+    The map is made of lr itself at (s*h, s*w), the map yoda.sample makes of an lr the model takes, and then
+    edge-padded as lr is: the padding must not move a Gaussian's centre or an edge map's range."""
+    lower_bound = masks.check_lower_bound(lower_bound)
+    s = adapter.scale
+    h, w = lr.shape[-2:]
+    ph, pw = (padded_lr_side(n, s, *hr_grid(adapter)) - n for n in (h, w))
+    if not (ph or pw):
+        return lr, attention, (s * h, s * w)
+    if attention is not None and lower_bound < 1:  # (lower_bound >= 1: no map is used)
+        A = resolve_attention(attention, lr, (s * h, s * w))
+        attention = F.pad(A, (0, s * pw, 0, s * ph), mode="replicate")
+    return F.pad(lr, (0, pw, 0, ph), mode="replicate"), attention, (s * h, s * w)
