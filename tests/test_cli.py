@@ -1167,7 +1167,8 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
     slow.set()
     for t in threads:
         t.join(10)
-    assert not any(t.is_alive() for t in threads) and codes == {0: 2, 1: 2} and sorted(order) == ["fast", "ok", "slow"]  # rank 0's failure counts for both
+    assert not any(t.is_alive() for t in threads)
+    assert codes == {0: 2, 1: 2} and sorted(order) == ["fast", "ok", "slow"]  # rank 0's failure counts for both
     assert store.get("failed/0") == b"1" and store.get("failed/1") == b"0"
     # a rank waiting for one that never comes (rank 0 hosting the store, as without torchrun) ends on SIGTERM
     script = ("import os, signal, threading, sys\n"
@@ -1185,6 +1186,31 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
     assert p.returncode == 1 and p.stderr.strip().endswith("ended by SIGTERM"), p.stderr[-2000:]
 
 
+def test_each_ranks_closing_line_names_it(tmp_path, monkeypatch, capsys):
+    """Under torchrun every rank printed the same `yoda: terminated (SIGTERM)` or full-disk error, and the notes
+    of the inputs (which every rank reads) once per rank. The closing lines name the rank; notes come from rank 0."""
+    import signal
+
+    import yoda.cli
+    from yoda.cli_models import note
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, signum, line in (("1", signal.SIGTERM, "yoda: rank 1: terminated (SIGTERM)\n"),
+                               ("0", signal.SIGINT, "yoda: rank 0: interrupted\n")):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setitem(yoda.cli.COMMANDS, "plot", lambda a: os.kill(os.getpid(), signum))
+        assert run(["plot", str(tmp_path), "-o", str(tmp_path / "p.png")], capsys)[::2] == (
+            143 if signum == signal.SIGTERM else 130, line)
+        note("the same for every rank")
+        assert capsys.readouterr().err == ("yoda: note: the same for every rank\n" if rank == "0" else "")
+    monkeypatch.setitem(yoda.cli.COMMANDS, "plot", lambda a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    assert run(["plot", str(tmp_path), "-o", str(tmp_path / "p.png")], capsys)[::2] == (
+        2, "yoda: error: rank 0: No space left\n")
+    monkeypatch.delenv("WORLD_SIZE")  # one process: no prefix
+    assert run(["plot", str(tmp_path), "-o", str(tmp_path / "p.png")], capsys)[::2] == (
+        2, "yoda: error: No space left\n")
+
+
 def test_world_size_alone_is_one_line(tmp_path, tiny_model, capsys, monkeypatch):
     """WORLD_SIZE set without torchrun's MASTER_ADDR gave an internal error with a traceback."""
     for k in ("MASTER_ADDR", "MASTER_PORT"):
@@ -1195,7 +1221,7 @@ def test_world_size_alone_is_one_line(tmp_path, tiny_model, capsys, monkeypatch)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
     code, _, err = run(["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "o"),
                         "--model", tiny_model, "-q"], capsys)
-    assert code == 2 and err == ("yoda: error: WORLD_SIZE=2, but MASTER_ADDR / MASTER_PORT are not set, so the "
+    assert code == 2 and err == ("yoda: error: rank 0: WORLD_SIZE=2, but MASTER_ADDR / MASTER_PORT are not set, so the "
                                  "ranks cannot meet; run under torchrun, or unset WORLD_SIZE\n"), err
 
 
@@ -1398,8 +1424,8 @@ def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
     want = yoda.to_uint8(yoda.sample(net, padded, steps=1, sampler="ddim", seed=0)[..., :8, :8])[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "t_x4.png")), want)
     with pytest.raises(ValueError, match=r"^lr of size 2x2 gives an HR size 8x8 that this model cannot take: both "
-                                         r"sides must be at least 16 \(pad lr to at least 4 pixels a side; yoda.sample\(..., pad=True\) "
-                                         r"does\)"):
+                                         r"sides must be at least 16 \(pad lr to at least 4 pixels a side; "
+                                         r"yoda.sample\(..., pad=True\) does\)"):
         yoda.sample(net, lr, steps=1)
     with pytest.raises(ValueError, match=r"^windows: the window 8 must be at least 16 pixels"):
         yoda.sample(net, torch.zeros(1, 3, 8, 8), steps=1, windows=(8, 0))

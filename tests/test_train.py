@@ -754,19 +754,27 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_second_signal_aborts_as_its_kind():
+@pytest.mark.parametrize("rank", [None, "1"])
+def test_a_second_signal_aborts_as_its_kind(rank, monkeypatch, capsys):
     """The second SIGTERM while training raised KeyboardInterrupt: `yoda: interrupted`, exit 130. It is
-    errors.Terminated now (`yoda: terminated (SIGTERM)`, 143); a second Ctrl-C stays KeyboardInterrupt."""
+    errors.Terminated now (`yoda: terminated (SIGTERM)`, 143); a second Ctrl-C stays KeyboardInterrupt. Under
+    torchrun every rank printed "stopping after this step": rank 0 says it."""
     import signal
 
     from yoda.errors import Terminated
     from yoda.training.trainer import _stop_on_interrupt
 
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
     for sig, want in ((signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)):
         flag, old = _stop_on_interrupt()
         try:
             os.kill(os.getpid(), sig)
             assert flag == [sig]
+            said = capsys.readouterr().err.count("stopping after this step and saving")
+            assert said == (1 if rank is None else 0)
             with pytest.raises(want):
                 os.kill(os.getpid(), sig)
         finally:

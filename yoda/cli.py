@@ -40,7 +40,7 @@ import numpy as np
 from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
-                         cli_device, default_steps, folder_images, load_model, note, read_input,
+                         cli_device, default_steps, folder_images, load_model, note, rank_prefix, read_input,
                          pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
@@ -526,16 +526,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.showwarning = _show_warning
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
-        print("yoda: interrupted", file=sys.stderr)
+        print(f"yoda: {rank_prefix()}interrupted", file=sys.stderr)
         return 130
     except Terminated:
-        print("yoda: terminated (SIGTERM)", file=sys.stderr)
+        print(f"yoda: {rank_prefix()}terminated (SIGTERM)", file=sys.stderr)
         return 143
     except Exception as e:
         if out_of_memory(e):
             if a.debug:
                 traceback.print_exc()
-            print(f"yoda: error: out of memory ({_one_line(e, options=False)}); "
+            print(f"yoda: error: {rank_prefix()}out of memory ({_one_line(e, options=False)}); "
                   f"{MEMORY_ADVICE.get(a.cmd, 'smaller images need less')}", file=sys.stderr)
             return 2
         user = isinstance(e, (UserError, OSError)) or _missing_package(e) is not None
@@ -545,7 +545,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"yoda: internal error: {type(e).__name__} (a bug in yoda, or in code it ran; the traceback is "
                   "above)", file=sys.stderr)
             return 1
-        print(f"yoda: error: {_one_line(e, options=a.cmd != 'train')}", file=sys.stderr)
+        print(f"yoda: error: {rank_prefix()}{_one_line(e, options=a.cmd != 'train')}", file=sys.stderr)
         return 2
 
 

@@ -133,6 +133,12 @@ def save_figure(img, path: str) -> None:
     save_pil(img, path)
 
 
+def rank_prefix() -> str:
+    """"rank R: " under torchrun (WORLD_SIZE > 1), so that each rank's closing line says whose it is; else ""."""
+    rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "1")
+    return f"rank {rank}: " if rank and world not in ("", "1") else ""
+
+
 def note(text: str) -> None:
     """``yoda: note: TEXT`` on stderr, once: under torchrun rank 0 says it (every rank reads the same inputs)."""
     if os.environ.get("RANK", "0") in ("", "0"):

@@ -130,8 +130,9 @@ def _stop_on_interrupt() -> tuple[list, dict]:
         if flag:
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         flag.append(signum)
-        print(f"\nyoda train: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
-              f"without saving)", file=sys.stderr)
+        if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun every rank gets it: said once
+            print(f"\nyoda train: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
+                  f"without saving)", file=sys.stderr)
 
     return flag, {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
 
