@@ -286,6 +286,23 @@ MUTANTS = [
            "        self.init_sha256",
            ("tests/test_train.py", "-k", "init_fine_tunes"),
            "fine-tuning keeps a random EMA: the exported weights average the init away from a random net"),
+    Mutant("latent-window-batch-unscaled", "yoda/sampling/tiles.py",
+           " * ACTIVATION_BYTES_PER_ELEMENT * max(1, activation_scale)", " * ACTIVATION_BYTES_PER_ELEMENT",
+           ("tests/test_sampler.py", "-k", "activation_scale"),
+           "a latent model's default window batch is a pixel UNet's: 64 SD-sized windows in one call"),
+    Mutant("active-fraction-counts-padding", "yoda/sampling/prepare.py",
+           "masks.active_fraction(self.A_image, tau)", "masks.active_fraction(self.A, tau)",
+           ("tests/test_diffbir.py", "-k", "holds_inactive"),
+           "the callback's active_fraction counts a latent adapter's padding (with the border's attention)"),
+    Mutant("card-sampling-ignored", "yoda/sampling/loop.py",
+           'sampler = defaults.get("sampler", "ddpm")', 'sampler = "ddpm"',
+           ("tests/test_checkpoint.py", "-k", "sampling_defaults"),
+           "yoda.sample(net, lr) of the embedded model runs DDPM instead of its own DDIM step"),
+    Mutant("stretched-map-not-warned", "yoda/sampling/prepare.py",
+           "if not extracted and max((h - 1) / H, (w - 1) / W) > min((h + 1) / H, (w + 1) / W):",
+           "if False:",
+           ("tests/test_sampler.py", "-k", "aspect_ratio"),
+           "a transposed attention map is stretched to the image without a word"),
 ]
 
 

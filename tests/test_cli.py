@@ -277,7 +277,7 @@ def test_upscale_a_folder_into_itself_can_be_rerun(tmp_path, tiny_model, capsys)
     code, out, err = run(["upscale", str(src), "-o", str(src), *common, "--skip-existing"], capsys)
     assert code == 0, err
     assert "left out a_x4.png, b_x4_x4.png: they are the outputs of an earlier run" in err
-    assert out.count("skipped") == 2 and (src / "a_x4.png").read_bytes() == first
+    assert "0 written, 2 skipped, 0 failed, of 2 inputs" in out and (src / "a_x4.png").read_bytes() == first
     code, _, err = run(["upscale", str(src), str(src / "a_x4.png"), "-o", str(src), *common], capsys)
     assert code == 2 and "is the input" in err
     # another folder's outputs in it too: `upscale other/ in/ -o in/` twice
@@ -287,7 +287,7 @@ def test_upscale_a_folder_into_itself_can_be_rerun(tmp_path, tiny_model, capsys)
     for _ in range(2):
         code, out, err = run(["upscale", str(other), str(src), "-o", str(src), *common, "--skip-existing"], capsys)
         assert code == 0, err
-    assert "left out a_x4.png, b_x4_x4.png, c_x4.png: they are the outputs" in err and out.count("skipped") == 3
+    assert "left out a_x4.png, b_x4_x4.png, c_x4.png: they are the outputs" in err and "0 written, 3 skipped, 0 failed, of 3 inputs" in out
     # a picture of the user's that has an output's name but not its size is an input, never overwritten
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -896,11 +896,11 @@ def test_skip_existing_waits_for_an_output_another_process_is_making(tmp_path, t
     assert seen == [[".im0_x4.png" + CLAIM_SUFFIX, "im1_x4.png"]] * 2  # im1 first; polled until the claim went
     assert sorted(f.name for f in out.iterdir()) == ["im0_x4.png", "im1_x4.png"]
     if maker_fails:  # made here
-        assert printed.count("skipped") == 0 and Image.open(out / "im0_x4.png").size == (32, 32)
+        assert "2 written, 0 skipped" in printed and Image.open(out / "im0_x4.png").size == (32, 32)
     else:
-        assert "im0_x4.png exists, skipped" in printed and (out / "im0_x4.png").read_bytes() == b"the other process's"
+        assert "1 written, 1 skipped" in printed and (out / "im0_x4.png").read_bytes() == b"the other process's"
     code, printed, err = run(["upscale", str(src), "-o", str(out), *common], capsys)
-    assert code == 0 and printed.count("exists, skipped") == 2, err
+    assert code == 0 and "0 written, 2 skipped, 0 failed, of 2 inputs" in printed, err
 
 
 def test_skip_existing_one_input_waits_for_its_maker(tmp_path, tiny_model, capsys, monkeypatch):
@@ -1067,7 +1067,7 @@ def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):
     # --skip-existing: nothing is recomputed (an output made unreadable by sampling would show)
     before = {n: (tmp_path / "multi" / n).stat().st_mtime_ns for n in names}
     code, out, _ = run(["upscale", str(src), "-o", str(tmp_path / "multi"), *common, "--skip-existing"], capsys)
-    assert code == 0 and out.count("skipped") == 3
+    assert code == 0 and "0 written, 3 skipped, 0 failed, of 3 inputs" in out
     assert before == {n: (tmp_path / "multi" / n).stat().st_mtime_ns for n in names}
     # a bad image (sorted first: rank 0 gets it and im1, rank 1 gets im0 and im2)
     (src / "a_bad.png").write_bytes(b"not a png")
@@ -1087,6 +1087,49 @@ def test_upscale_folder_sharded_under_torchrun(tmp_path, tiny_model, capsys):
     assert not (tmp_path / "none").exists()
 
 
+def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_path, tiny_model, capsys,
+                                                                             monkeypatch):
+    """A folder run showed no progress over its inputs and ended on the last image's line; -q hid only the bars
+    (500 lines for 500 images); Ctrl-C said nothing of what was done; and `yoda upscale DIR -o OUT | head -1`
+    reported every image after the first as failed ("Broken pipe", exit 2), though each was written."""
+    import subprocess
+
+    import yoda.cli as cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(src / f"im{k}.png")
+    common = ["--model", tiny_model, "--steps", "1"]
+    code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "a"), *common, "-q"], capsys)
+    assert code == 0 and out.startswith("3 written, 0 skipped, 0 failed, of 3 inputs in ") and out.count("\n") == 1
+    monkeypatch.setattr(cli, "bars", lambda a: True)  # a terminal: the bar over the inputs, on stderr
+    code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "a"), *common, "--skip-existing"], capsys)
+    assert code == 0 and out.count("exists, skipped (--skip-existing)") == 3 and "0 written, 3 skipped" in out
+    assert "yoda upscale: 100%" in err and "3/3" in err
+    real = cli._upscale_one
+
+    def ctrl_c_at_the_second(a, run_, arr, grey, src_, dst, tally):
+        if "im1" in src_:
+            raise KeyboardInterrupt
+        return real(a, run_, arr, grey, src_, dst, tally)
+
+    monkeypatch.setattr(cli, "_upscale_one", ctrl_c_at_the_second)
+    code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "b"), *common, "-q"], capsys)
+    assert code == 130 and err.endswith("yoda: interrupted\n")
+    assert "1 written, 0 skipped, 0 failed, of 3 inputs in " in out
+    assert out.rstrip().endswith("s; a rerun with --skip-existing makes the rest")
+    # a reader that stops after one line: the run goes on and writes every image
+    p = subprocess.Popen([sys.executable, "-m", "yoda", "upscale", str(src), "-o", str(tmp_path / "c"), *common],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0 and "im0.png -> " in first and err == "", err
+    assert sorted(os.listdir(tmp_path / "c")) == ["im0_x4.png", "im1_x4.png", "im2_x4.png"]
+
+
 def test_upscale_folder_goes_on_after_an_out_of_memory_input_and_leaves_hidden_files(tmp_path, tiny_model, capsys,
                                                                                       monkeypatch):
     """An input that ran out of memory ended the whole folder run (run_items caught only UserError and OSError),
@@ -1101,10 +1144,10 @@ def test_upscale_folder_goes_on_after_an_out_of_memory_input_and_leaves_hidden_f
     (src / "._b.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     real = cli._upscale_one
 
-    def upscale_one(a, run_, arr, grey, src_, dst):
+    def upscale_one(a, run_, arr, grey, src_, dst, tally):
         if "a_big" in src_:
             raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 4294967296 bytes.")
-        return real(a, run_, arr, grey, src_, dst)
+        return real(a, run_, arr, grey, src_, dst, tally)
 
     monkeypatch.setattr(cli, "_upscale_one", upscale_one)
     code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model, "--steps", "1",
@@ -1232,8 +1275,8 @@ def test_file_names_with_terminal_escapes_are_shown_not_obeyed(tmp_path, tiny_mo
     folder.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a\x1b]0;owned\x07\x1b[2K.png")
     (folder / "b\x1b[31m.png").write_bytes(b"not an image")
-    code, out, err = run(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", tiny_model, "--steps", "1",
-                          "-q"], capsys)
+    code, out, err = run(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", tiny_model, "--steps",
+                          "1"], capsys)  # not -q: the line per image is what is looked at
     assert code == 2 and "\x1b" not in out and "\x1b" not in err and "\x07" not in out
     assert "a\\x1b]0;owned\\x07\\x1b[2K.png -> " in out
     assert "b\\x1b[31m.png: not an image in a format yoda reads" in err

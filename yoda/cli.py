@@ -33,18 +33,18 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
-                         cli_device, default_steps, folder_images, load_model, note, rank_prefix, read_input,
+                         cli_device, default_steps, folder_images, load_model, note, rank_prefix, read_input, say,
                          pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
-                          speed_options, to_make, tune_malloc, until_free, yoda_steps)
+                          speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun, yoda_steps)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .errors import user_input as _user_input
 
@@ -70,28 +70,32 @@ def cmd_upscale(a) -> int:
     if stale:
         note(f"removed {stale} temporary file(s) a killed run left next to the outputs")
 
+    items = list(zip(a.inputs, targets))
+    tally = Tally(len(items[rank::world]), bars(a), a.quiet, rank_prefix())
+
     def work(item):
         src, dst = item
-        with to_make(a.skip_existing, src, dst) as mine:
+        with tally.one(), to_make(a.skip_existing, src, dst, tally.say) as mine:
             if mine:
                 arr, grey = read_input(src, a.max_pixels)
                 check_hr_size(src, arr, a.scale, a.max_pixels, dst)
-                _upscale_one(a, run, arr, grey, src, dst)
+                _upscale_one(a, run, arr, grey, src, dst, tally)
 
     def one_line(e: BaseException) -> str:
         if out_of_memory(e):
             return f"out of memory ({_one_line(e, options=False)}); {MEMORY_ADVICE['upscale']}"
         return _one_line(e)
 
-    items = list(zip(a.inputs, targets))
     if world > 1:  # the outputs are the same files as one process writes (atomically)
-        return run_sharded(sorted(items), rank, world, work, one_line, a.debug, out_dir)
+        with tally.closed():
+            return run_sharded(sorted(items), rank, world, work, one_line, a.debug, out_dir)
     made = made_dirs(out_dir) if out_dir is not None else []
     try:
-        if len(items) == 1:
-            until_free(work, items[0])  # its error is the command's
-            return 0
-        failed = run_items(items, work, one_line, debug=a.debug)
+        with tally.closed():
+            if len(items) == 1:
+                until_free(work, items[0])  # its error is the command's
+                return 0
+            failed = run_items(items, work, one_line, debug=a.debug)
     finally:
         remove_empty(made)  # leave no empty folder behind (every input failing, a full disk, an interrupt)
     if failed:
@@ -100,21 +104,8 @@ def cmd_upscale(a) -> int:
     return 0
 
 
-class _UpscaleRun(NamedTuple):
-    """What every input of an upscale run shares: the model, its device, the HR sizes it takes (adapters.hr_grid:
-    sides multiples of unit, at least least), the attention extractor (None: plain; resolved once, so DINO weights
-    are read once) and yoda.sample's speed options."""
-
-    model: Any
-    dev: Any
-    unit: int
-    least: int
-    attention: Any
-    speed: dict
-
-
-def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
-    """The _UpscaleRun of upscale; --scale checked against the model's, or set to it. Every option is checked here,
+def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
+    """The UpscaleRun of upscale; --scale checked against the model's, or set to it. Every option is checked here,
     once, so that a bad one is one error and not one per input of a folder."""
     import torch
 
@@ -152,10 +143,10 @@ def _upscale_model(a, rank: int, world: int) -> _UpscaleRun:
         tau(a.steps)
         if attention is not None:
             a.steps = yoda_steps(tau, a.steps, given, a.lower_bound, adapter_of(model).schedule.T)
-    return _UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
+    return UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
 
 
-def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> None:
+def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally: Tally) -> None:
     import torch
 
     from .adapters import padded_lr_side
@@ -166,16 +157,17 @@ def _upscale_one(a, run: _UpscaleRun, arr, grey: bool, src: str, dst: str) -> No
     windows, window_batch, need = plan_windows(hr_h, hr_w, 1, run.unit, a.max_memory, a.tiles, a.window_batch,
                                                run.least)
     if windows is not None and a.tiles is None:
-        print(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
-              f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap "
-              f"{windows[1]}), {window_batch} per call")
+        say(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
+                  f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap {windows[1]}), "
+                  f"{window_batch} per call")
     t0 = time.perf_counter()
     with torch.no_grad():
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
                             eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=bars(a),
                             windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=run.speed)
     save_output(sr, dst, grey)
-    print(f"{printable(src)} -> {printable(dst)} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
+    tally.written += 1
+    tally.say(f"{printable(src)} -> {printable(dst)} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
 
 
 def cmd_attention(a) -> int:

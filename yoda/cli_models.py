@@ -133,6 +133,21 @@ def save_figure(img, path: str) -> None:
     save_pil(img, path)
 
 
+def say(line: str) -> None:
+    """A line on stdout, above any progress bar (tqdm.write). A reader that went away (`yoda upscale ... | head`)
+    ends the lines, not the command: stdout then goes to os.devnull (each written image's line was an EPIPE error,
+    and the image counted as failed)."""
+    from tqdm import tqdm
+
+    try:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def rank_prefix() -> str:
     """"rank R: " under torchrun (WORLD_SIZE > 1), so that each rank's closing line says whose it is; else ""."""
     rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "1")

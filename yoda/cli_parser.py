@@ -83,7 +83,8 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (the default): cuda when torch sees a GPU, else cpu")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bars (none either when stderr is not a terminal)")
+                   help="no progress bars (none either when stderr is not a terminal); for upscale also no line per "
+                        "image: errors, notes and the closing count only")
 
 
 def _max_pixels_arg(p) -> None:

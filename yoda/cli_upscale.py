@@ -15,10 +15,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ._io import output_claim
-from .cli_models import check_not_an_input, check_out_folder, check_output_option, file_ids, folder_images, note
+from .cli_models import check_not_an_input, check_out_folder, check_output_option, file_ids, folder_images, note, say
 from .errors import UserError, out_of_memory, printable
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
@@ -244,8 +244,63 @@ class Busy(Exception):
     """Another process holds the claim on the output (to_make): run_items comes back to the input at the end."""
 
 
+class Tally:
+    """What a run over several inputs did: a bar over them (``bar``: on a terminal, without -q) and the closing count
+    ("W written, S skipped, F failed of N inputs in T s"); ``quiet``: no line per input (say)."""
+
+    def __init__(self, total: int, bar: bool, quiet: bool, where: str = ""):
+        self.total, self.quiet, self.where, self.t0 = total, quiet, where, time.perf_counter()
+        self.done = self.written = self.failed = 0
+        self.bar = None
+        if bar and total > 1:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="yoda upscale", unit="image", dynamic_ncols=True)
+
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            say(line)
+
+    @contextlib.contextmanager
+    def one(self):
+        """Around one input's work: counted once it is done (made, skipped, or failed), not when Busy (later)."""
+        try:
+            yield
+        except Busy:
+            raise
+        except Exception:
+            self.failed += 1
+            self._done()
+            raise
+        self._done()
+
+    def _done(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+
+    @contextlib.contextmanager
+    def closed(self):
+        """The closing count at the end of the run, also when it is stopped (Ctrl-C, SIGTERM, a full disk)."""
+        try:
+            yield
+        except BaseException:
+            self.close(stopped=True)
+            raise
+        self.close()
+
+    def close(self, stopped: bool = False) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.total > 1:
+            skipped = self.done - self.written - self.failed
+            rest = "; a rerun with --skip-existing makes the rest" if stopped and self.done < self.total else ""
+            say(f"{self.where}{self.written} written, {skipped} skipped, {self.failed} failed, of {self.total} "
+                f"inputs in {time.perf_counter() - self.t0:.1f} s{rest}")
+
+
 @contextlib.contextmanager
-def to_make(skip: bool, src: str, dst: str):
+def to_make(skip: bool, src: str, dst: str, tell: Callable[[str], None] = print):
     """Yields whether to upscale ``src`` to ``dst``: always without --skip-existing; with it, not when dst exists,
     and raises Busy while another process is making it (yoda._io.output_claim, held while this one does), so that
     runs started together over one folder share its images instead of each doing all of them."""
@@ -257,8 +312,21 @@ def to_make(skip: bool, src: str, dst: str):
             raise Busy(f"{printable(src)} -> {printable(dst)} is being made by another process")
         exists = os.path.exists(dst)
         if exists:
-            print(f"{printable(src)} -> {printable(dst)} exists, skipped (--skip-existing)")
+            tell(f"{printable(src)} -> {printable(dst)} exists, skipped (--skip-existing)")
         yield not exists
+
+
+class UpscaleRun(NamedTuple):
+    """What every input of an upscale run shares: the model, its device, the HR sizes it takes (adapters.hr_grid:
+    sides multiples of unit, at least least), the attention extractor (None: plain; resolved once, so DINO weights
+    are read once) and yoda.sample's speed options."""
+
+    model: Any
+    dev: Any
+    unit: int
+    least: int
+    attention: Any
+    speed: dict
 
 
 # A write that fails so ends the loop over inputs (run_items): no room for any output (a full disk or quota, a
