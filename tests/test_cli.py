@@ -287,7 +287,8 @@ def test_upscale_a_folder_into_itself_can_be_rerun(tmp_path, tiny_model, capsys)
     for _ in range(2):
         code, out, err = run(["upscale", str(other), str(src), "-o", str(src), *common, "--skip-existing"], capsys)
         assert code == 0, err
-    assert "left out a_x4.png, b_x4_x4.png, c_x4.png: they are the outputs" in err and "0 written, 3 skipped, 0 failed, of 3 inputs" in out
+    assert "left out a_x4.png, b_x4_x4.png, c_x4.png: they are the outputs" in err
+    assert "0 written, 3 skipped, 0 failed, of 3 inputs" in out
     # a picture of the user's that has an output's name but not its size is an input, never overwritten
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -1130,6 +1131,31 @@ def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_p
     assert sorted(os.listdir(tmp_path / "c")) == ["im0_x4.png", "im1_x4.png", "im2_x4.png"]
 
 
+def test_clashes_links_and_left_out_entries_are_all_named(tmp_path, tiny_model, capsys):
+    """Only the first pair of inputs with one stem was named (three pairs took three runs); a link to an image of
+    the folder was dropped without a word; a broken link was said to be left out for its suffix, and subfolders
+    were lost in a long list of other files."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "a.jpg", "b.png", "b.bmp", "c.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / name)
+    code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", tiny_model, "-q"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "a.jpg and " in err and "a.png have the same file name stem" in err and "(and 1 more: " in err
+    assert "b.bmp and " in err and "b.png have the same file name stem" in err
+    for name in ("a.jpg", "b.bmp"):
+        (src / name).unlink()
+    os.symlink(src / "c.png", src / "link.png")
+    os.symlink(src / "gone.png", src / "broken.png")
+    for k in range(6):
+        (src / f"n{k}.txt").write_text("not an image")
+    (src / "z_sub").mkdir()
+    code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", tiny_model, "-q"], capsys)
+    assert code == 0 and "3 written, 0 skipped, 0 failed, of 3 inputs" in out, err
+    assert f"upscaled once: {src / 'link.png'} (the same file as {src / 'c.png'})" in err
+    assert "left out z_sub/, broken.png (a broken link), n0.txt, " in err and "(8 in all)" in err
+
+
 def test_upscale_folder_goes_on_after_an_out_of_memory_input_and_leaves_hidden_files(tmp_path, tiny_model, capsys,
                                                                                       monkeypatch):
     """An input that ran out of memory ended the whole folder run (run_items caught only UserError and OSError),
@@ -1599,7 +1625,7 @@ def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
     code, _, err = run(["upscale", str(folder), "-o", str(tmp_path / "out") + "/", "--model", tiny_model,
                         "--steps", "1", "-q"], capsys)
     assert code == 0, err
-    assert err.splitlines() == [f"yoda: note: {folder}: left out anim.gif, nested/ (a folder stands for its own "
+    assert err.splitlines() == [f"yoda: note: {folder}: left out nested/, anim.gif (a folder stands for its own "
                                 "files with the suffixes .png, .jpg, .jpeg, .webp, .tif, .tiff, .bmp, not its "
                                 "subfolders or hidden files)"]
     assert os.listdir(tmp_path / "out") == ["a_x4.png"]
@@ -1607,7 +1633,7 @@ def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
     assert code == 2 and f"image folder {folder / 'a.png'} is a file, not a folder" in err
     (folder / "a.png").unlink()  # only a subfolder and a GIF left: the error names them
     code, _, err = run(["upscale", str(folder), "-o", str(tmp_path / "out2") + "/", "--model", tiny_model], capsys)
-    assert code == 2 and "; it holds anim.gif, nested/, and a folder's subfolders are not read" in err, err
+    assert code == 2 and "; it holds nested/, anim.gif, and a folder's subfolders are not read" in err, err
 
 
 def test_small_budget_windows_overlap_and_say_kib():

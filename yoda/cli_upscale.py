@@ -172,7 +172,7 @@ def expand_inputs(inputs: list) -> tuple[list, set]:
     """(paths, the real paths of those that only a folder named): a folder among the inputs stands for its image
     files (yoda.data.list_folder), sorted by name; what it leaves out (subfolders, other files) is named in a
     note. A file met twice (named and in a named folder, or named twice) is one input, where it is first met."""
-    out, from_folders, named, seen = [], set(), set(), set()
+    out, from_folders, named, seen, twice = [], set(), set(), {}, []
     for p in inputs:
         if os.path.isdir(p):
             found = folder_images(p)
@@ -183,8 +183,12 @@ def expand_inputs(inputs: list) -> tuple[list, set]:
         for f in found:
             real = os.path.realpath(f)
             if real not in seen:
-                seen.add(real)
+                seen[real] = f
                 out.append(f)
+            elif os.path.abspath(f) != os.path.abspath(seen[real]):  # a link to a file, or the file by two names
+                twice.append(f"{f} (the same file as {seen[real]})")
+    if twice:
+        note(f"upscaled once: {printable(', '.join(twice))}")
     return out, from_folders - named
 
 
@@ -499,16 +503,19 @@ def output_targets(a, out_dir: Optional[Path]) -> list[str]:
     if out_dir is None:
         return [a.output]
     targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
-    seen, ids = {}, file_ids(a.inputs)
+    seen, ids, clashes = {}, file_ids(a.inputs), []
     fold = case_insensitive(out_dir)  # Img and img are one file on macOS' and Windows' file systems
     for src, dst in zip(a.inputs, targets):
         key = dst.casefold() if fold else dst
-        if key in seen:
-            case = " (letter case aside)" if fold else ""
-            raise UserError(f"{seen[key]} and {src} have the same file name stem{case}: both would be written to "
-                            f"{dst}")
+        if key in seen:  # every clash is named at once, not one per run
+            clashes.append(f"{seen[key]} and {src} have the same file name stem{' (letter case aside)' * fold}: both "
+                           f"would be written to {dst}")
+            continue
         seen[key] = src
         check_not_an_input(ids, dst)
+    if clashes:
+        more = f" (and {len(clashes) - 1} more: {'; '.join(clashes[1:])})" if len(clashes) > 1 else ""
+        raise UserError(clashes[0] + more)
     check_out_folder(a.output, targets)
     return targets
 

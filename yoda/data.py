@@ -234,7 +234,12 @@ def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
         full = os.path.join(folder, f)
         # a hidden file (.name; macOS's AppleDouble ._name beside every file of a copied folder) is no input
         ok = f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(full) and not f.startswith(".")
-        (paths if ok else others).append(full if ok else f + ("/" if os.path.isdir(full) else ""))
+        if ok:
+            paths.append(full)
+        else:
+            broken = os.path.islink(full) and not os.path.exists(full)
+            others.append(f + ("/" if os.path.isdir(full) else " (a broken link)" if broken else ""))
+    others.sort(key=lambda n: not n.endswith("/"))  # subfolders first: not lost in a long list of other files
     if not paths:
         held = f"; it holds {_names(others)}, and a folder's subfolders are not read" if others else ""
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}{held}")
