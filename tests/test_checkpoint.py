@@ -719,6 +719,8 @@ def test_sample_takes_the_models_sampling_defaults(tmp_path):
         return yoda.sample(net, lr, seed=0, progress=False, callback=lambda d: seen.append(d["t"]), **kw)
 
     assert torch.equal(run(), run(sampler="ddim", steps=1)) and seen == [999, 999]
+    two = run(steps=2)  # the model's sampler: DDIM (DDPM's second step draws noise; at one step they are equal)
+    assert torch.equal(two, run(sampler="ddim", steps=2)) and not torch.equal(two, run(sampler="ddpm", steps=2))
     seen.clear()
     run(steps=2)  # the model's sampler, the call's steps
     run(sampler="ddpm")  # the call's sampler, the model's steps
