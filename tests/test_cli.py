@@ -1570,6 +1570,36 @@ def test_steps_default_depends_on_the_model(tmp_path, tiny_model, images, capsys
     assert_same_pixels(out, expected_upscale(tiny_model, rgb, steps=20, sampler="ddim", attention=None))
 
 
+def test_eval_stopped_keeps_the_images_it_finished(tmp_path, tiny_model, capsys, monkeypatch):
+    """Ctrl-C in `yoda eval` lost everything, however long it had run: no table, no CSV. Now the images whose every
+    method is done are summarised and written, marked partial, and the run still ends as interrupted (130)."""
+    import csv
+
+    import yoda.evaluate
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for n in ("a", "b", "c"):
+        Image.fromarray(np.full((16, 24, 3), 90, np.uint8)).save(folder / f"{n}.png")
+    real, calls = yoda.evaluate.run_sample, []
+
+    def stop_in_the_second_image(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # image b's second sampled method (plain, yoda edge 0.6 for each image)
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(yoda.evaluate, "run_sample", stop_in_the_second_image)
+    out = tmp_path / "rows.csv"
+    code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+                             "--attention", "edge", "--lower-bounds", "0.6", "-o", str(out)], capsys)
+    assert code == 130 and err.endswith("yoda: interrupted\n"), err
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["image"] for r in rows} == {str(folder / "a.png")} and len(rows) == 4  # a's 4 methods, none of b's
+    assert stdout.rstrip().endswith("(partial: stopped after 1 of 3 images)") and "| plain |" in stdout
+
+
 def test_eval_and_figures_take_max_pixels(tmp_path, tiny_model, capsys):
     """The pixel-limit error told eval / figures users to pass --max-pixels, which they did not have."""
     folder = tmp_path / "imgs"

@@ -316,8 +316,10 @@ class _Skipped(list):
     on (the command then exits with status 2)."""
 
     def __call__(self, name: str, e: BaseException) -> None:
+        from tqdm import tqdm
+
         self.append(name)
-        print(f"yoda: error: {_one_line(e)} (skipped)", file=sys.stderr)
+        tqdm.write(f"yoda: error: {_one_line(e)} (skipped)", file=sys.stderr)  # above the bar, not stuck to it
 
     def status(self, total: int) -> int:
         if self:
@@ -335,7 +337,7 @@ def _eval_images(folder: Optional[str], max_pixels: Optional[int]):
 
 
 def cmd_eval(a) -> int:
-    from .evaluate import EvalSettings, evaluate, markdown_table, summarize, write_csv
+    from .evaluate import EvalSettings, evaluate
 
     if a.output:
         check_writable(a.output, "-o")
@@ -351,16 +353,28 @@ def cmd_eval(a) -> int:
                                 lower_bounds=tuple(a.lower_bounds), attentions=tuple(a.attention), seed=a.seed,
                                 max_size=a.max_size if a.max_size > 0 else None, progress=bars(a),
                                 lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
-        rows = evaluate(model, images, settings, on_error=skipped)
-    if not rows:
-        return skipped.status(len(images))
-    table = markdown_table(summarize(rows), y_channel=a.y_channel)
+        rows: list = []
+        try:
+            evaluate(model, images, settings, on_error=skipped, rows=rows)
+        except (KeyboardInterrupt, Terminated):  # what was done is kept, said to be partial
+            if rows:
+                _eval_results(a, rows, f"stopped after {len({r['image'] for r in rows})} of {len(images)} images")
+            raise
+    if rows:
+        _eval_results(a, rows)
+    return skipped.status(len(images))
+
+
+def _eval_results(a, rows: list, partial: str = "") -> None:
+    """eval's table on stdout and in -o (a .csv: the rows themselves); ``partial``: why they are not all."""
+    from .evaluate import markdown_table, summarize, write_csv
+
+    table = markdown_table(summarize(rows), y_channel=a.y_channel) + (f"\n\n(partial: {partial})" if partial else "")
     if a.output and a.output.lower().endswith(".csv"):
         write_csv(a.output, rows)
     elif a.output:
         atomic_write_text(a.output, table + "\n")
     print(table)
-    return skipped.status(len(images))
 
 
 def cmd_figures(a) -> int:

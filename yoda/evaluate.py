@@ -181,7 +181,8 @@ def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSe
 
 
 def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: EvalSettings = EvalSettings(),
-             on_error: Optional[Callable[[str, BaseException], None]] = None) -> list[dict]:
+             on_error: Optional[Callable[[str, BaseException], None]] = None,
+             rows: Optional[list] = None) -> list[dict]:
     """Per-image rows {image, method, attention, lower_bound, psnr, ssim, L_shift, ab_shift, calls, seconds},
     plus "lpips" when settings.lpips names the weight files.
 
@@ -191,7 +192,9 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     (yoda.data.model_crop); an image too small for it is an error naming it, raised before any sampling for a
     list, or given to ``on_error(name, error)`` and skipped when on_error is given.
     Before any sampling, each attention extractor is made once (DINO weights read once; its loading is not in
-    YODA's time) and the LPIPS weights are loaded."""
+    YODA's time) and the LPIPS weights are loaded.
+    rows: a list the rows are appended to, each image's once all its methods are done, and returned: what was done
+    when the run is stopped (Ctrl-C) or fails part way."""
     adapter = as_adapter(model)
     scale = adapter.scale
     upsamplings = {"bicubic": "torch", "bicubic-matlab": "matlab"}  # rows without sampling (yoda.upsampling)
@@ -204,13 +207,14 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
         from .lpips import LPIPS
 
         lpips_fn = LPIPS(*settings.lpips).to(dev)
-    rows = []
+    rows = [] if rows is None else rows
     bar, skip = _data.sampling_bar(images, len(variants) - len(upsamplings), "yoda eval", settings.progress, on_error)
     try:
         images, _ = _data.crops_to_sample(images, adapter, settings.max_size, skip)
         for name, hr_u8 in images:
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
+            done = []
             for method, attn, lb in variants:
                 if method in upsamplings:
                     t0 = time.perf_counter()
@@ -229,7 +233,8 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
                     with torch.no_grad():  # on the rounded image, like the other metrics
                         row["lpips"] = float(lpips_fn(from_uint8(sr_u8).to(dev), hr)[0])
                 row.update(calls=calls, seconds=secs)
-                rows.append(row)
+                done.append(row)
+            rows.extend(done)
     finally:
         bar.close()
     return rows
