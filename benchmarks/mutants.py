@@ -230,7 +230,7 @@ MUTANTS = [
            "arr = _samples(_to_srgb(_upright(im), p), p)", "arr = _samples(_upright(im), p)",
            ("tests/test_images.py", "-k", "icc"),
            "a Display P3 / Adobe RGB photo is read as sRGB: shifted colours"),
-    Mutant("eval-reads-all-first", "yoda/cli.py",
+    Mutant("eval-reads-all-first", "yoda/cli_models.py",
            "ImageStream(folder_images(folder), max_pixels)",
            "list(ImageStream(folder_images(folder), max_pixels))",
            ("tests/test_cli.py", "-k", "one_image_at_a_time"),

@@ -1511,7 +1511,7 @@ def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
     code, out, err = run(["eval", "--images", str(folder), "-q", "--attention", "edge", "--lower-bounds", "0.6"],
                          capsys)
     assert code == 2 and err.count("\n") == 2  # the other image is evaluated
-    assert f"{folder / 'thin.webp'}: image of size 40x12 is smaller than 16, the smallest HR side" in err
+    assert f"{folder / 'thin.webp'}: image of size 40x12: its height is below 16, the smallest HR side" in err
     assert "1 of 2 images could not be used" in err and "| plain | - | - | 1 |" in out
 
 
@@ -1598,6 +1598,8 @@ def test_eval_stopped_keeps_the_images_it_finished(tmp_path, tiny_model, capsys,
         rows = list(csv.DictReader(f))
     assert {r["image"] for r in rows} == {str(folder / "a.png")} and len(rows) == 4  # a's 4 methods, none of b's
     assert stdout.rstrip().endswith("(partial: stopped after 1 of 3 images)") and "| plain |" in stdout
+    # the crop the rows were measured on is said (the default --max-size 128 was silent)
+    assert "(each image centre-cropped to at most 128 pixels a side (--max-size; 0: whole images))" in stdout
 
 
 def test_eval_and_figures_take_max_pixels(tmp_path, tiny_model, capsys):

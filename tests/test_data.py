@@ -124,7 +124,7 @@ def test_crop_for_model_names_the_small_image_and_knows_the_models_smallest_side
     big, small = np.zeros((40, 52, 3), np.uint8), np.zeros((12, 40, 3), np.uint8)
     out = data.crop_for_model([("big.png", big), ("a/thin.png", small)][:1], ad)
     assert out[0][1].shape == (40, 48, 3)
-    with pytest.raises(data.DataError, match=r"^a/thin.png: image of size 40x12 is smaller than 16, the smallest HR"):
+    with pytest.raises(data.DataError, match=r"^a/thin.png: image of size 40x12: its height is below 16, the smallest HR"):
         data.crop_for_model([("big.png", big), ("a/thin.png", small)], ad)
     with pytest.raises(data.DataError, match=r"^max_size 8 is below 16, the smallest HR side this model takes"):
         data.crop_for_model([("big.png", big)], ad, max_size=8)

@@ -40,7 +40,7 @@ import numpy as np
 from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
-                         cli_device, default_steps, folder_images, load_model, note, rank_prefix, read_input, say,
+                         cli_device, default_steps, eval_images, load_model, note, rank_prefix, read_input, say,
                          pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
@@ -328,14 +328,6 @@ class _Skipped(list):
         return 2 if self else 0
 
 
-def _eval_images(folder: Optional[str], max_pixels: Optional[int]):
-    """--images FOLDER (always a folder, whatever its name; its images are read one at a time as the work reaches
-    them, and evaluate / compute skip an unreadable one through their on_error), else the held-out set."""
-    from .data import ImageStream, load_source
-
-    return ImageStream(folder_images(folder), max_pixels) if folder else load_source("heldout")
-
-
 def cmd_eval(a) -> int:
     from .evaluate import EvalSettings, evaluate
 
@@ -344,7 +336,7 @@ def cmd_eval(a) -> int:
     _check_eval_options(a, [a.output] if a.output else [])
     skipped = _Skipped()
     with _user_input():
-        images = _eval_images(a.images, a.max_pixels)
+        images = eval_images(a.images, a.max_pixels)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
     default_steps(a, model)
@@ -357,19 +349,22 @@ def cmd_eval(a) -> int:
         try:
             evaluate(model, images, settings, on_error=skipped, rows=rows)
         except (KeyboardInterrupt, Terminated):  # what was done is kept, said to be partial
-            if rows:
-                _eval_results(a, rows, f"stopped after {len({r['image'] for r in rows})} of {len(images)} images")
+            _eval_results(a, rows, f"stopped after {len({r['image'] for r in rows})} of {len(images)} images")
             raise
-    if rows:
-        _eval_results(a, rows)
+    _eval_results(a, rows)
     return skipped.status(len(images))
 
 
 def _eval_results(a, rows: list, partial: str = "") -> None:
-    """eval's table on stdout and in -o (a .csv: the rows themselves); ``partial``: why they are not all."""
+    """eval's table on stdout and in -o (a .csv: the rows themselves), if there are rows; ``partial``: why they are
+    not all. The table says how the images were cropped."""
     from .evaluate import markdown_table, summarize, write_csv
 
-    table = markdown_table(summarize(rows), y_channel=a.y_channel) + (f"\n\n(partial: {partial})" if partial else "")
+    if not rows:
+        return
+    crop = f"each image centre-cropped to at most {a.max_size} pixels a side (--max-size; 0: whole images)"
+    notes = [n for n in (crop if a.max_size > 0 else "", f"partial: {partial}" if partial else "") if n]
+    table = markdown_table(summarize(rows), y_channel=a.y_channel) + "".join(f"\n\n({n})" for n in notes)
     if a.output and a.output.lower().endswith(".csv"):
         write_csv(a.output, rows)
     elif a.output:
@@ -397,7 +392,7 @@ def cmd_figures(a) -> int:
                                   seed=a.seed, max_size=a.max_size or None, bins=a.bins, degree=a.degree,
                                   crops=a.crops, progress=bars(a), lpips=tuple(a.lpips) if a.lpips else None)
         skipped = _Skipped()
-        images = _eval_images(a.images, a.max_pixels)
+        images = eval_images(a.images, a.max_pixels)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
     made = made_dirs(out)

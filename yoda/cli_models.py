@@ -160,6 +160,14 @@ def note(text: str) -> None:
         print(f"yoda: note: {text}", file=sys.stderr)
 
 
+def eval_images(folder: Optional[str], max_pixels: Optional[int]):
+    """--images FOLDER (always a folder, whatever its name; its images are read one at a time as the work reaches
+    them, and evaluate / compute skip an unreadable one through their on_error), else the held-out set."""
+    from .data import ImageStream, load_source
+
+    return ImageStream(folder_images(folder), max_pixels) if folder else load_source("heldout")
+
+
 def folder_images(folder: str) -> list:
     """yoda.data.list_folder of ``folder``, with a note on stderr naming what it left out."""
     from .data import left_out_note, list_folder

@@ -100,7 +100,8 @@ def crop_to_multiple(a: np.ndarray, multiple: int, max_size: Optional[int] = Non
         m = max_size - max_size % multiple
         h, w = min(h, m), min(w, m)
     if h < least or w < least:
-        raise DataError(f"image of size {W}x{H} is smaller than {least}, the smallest HR side this model takes")
+        side = "width" if w < least else "height"
+        raise DataError(f"image of size {W}x{H}: its {side} is below {least}, the smallest HR side this model takes")
     y, x = (H - h) // 2, (W - w) // 2
     return a[y : y + h, x : x + w]
 
