@@ -434,6 +434,45 @@ def test_a_second_run_into_one_out_is_refused_while_one_trains(tmp_path, img_fol
     assert train_main(str(cfg_path), str(run), device="cpu", progress=False)["start_step"] == 0  # free again
 
 
+def test_stale_temporary_files_of_a_killed_run_go(tmp_path, img_folder, capsys):
+    """Only `yoda upscale` removed the temporary files a run killed mid-write (SIGKILL, a power loss) left next to
+    its outputs; `yoda train` (checkpoint, log, weights, record), `yoda eval -o` and `yoda figures` left theirs for
+    good. Each now removes those of its own outputs untouched for an hour; a fresh one (another run's) stays."""
+    import time
+
+    from yoda._io import STALE_TEMP_S, _create_temp
+    from yoda.cli import main
+    from yoda.training import train_main
+
+    def temps(folder, names):
+        made = {}
+        for name, age in names:
+            path, _ = _create_temp(str(folder), name)
+            os.utime(path, (time.time() - age,) * 2)
+            made[name, age] = path
+        return made
+
+    old, fresh = STALE_TEMP_S + 60, 60
+    run = tmp_path / "run"
+    run.mkdir()
+    left = temps(run, [("checkpoint.pt", old), ("model.safetensors", old), ("log.csv", fresh), ("mine.txt", old)])
+    cfg_path = tmp_path / "tiny.json"
+    cfg_path.write_text(tiny_config(img_folder, steps=1, val_every=0).to_json())
+    train_main(str(cfg_path), str(run), device="cpu", progress=False)
+    assert {k for k, p in left.items() if os.path.exists(p)} == {("log.csv", fresh), ("mine.txt", old)}
+    table = tmp_path / "t" / "rows.csv"
+    table.parent.mkdir()
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    left = {**temps(table.parent, [("rows.csv", old)]), **temps(figs, [("fig3_update_ratio.png", old)])}
+    model = str(run / "model.safetensors")
+    assert main(["eval", "--images", img_folder, "--model", model, "--steps", "1", "-q", "-o", str(table),
+                 "--attention", "edge", "--max-size", "16"]) == 0
+    assert main(["figures", "--images", img_folder, "--model", model, "--steps", "1", "-q", "-o", str(figs),
+                 "--max-size", "16"]) == 0
+    assert not any(os.path.exists(p) for p in left.values()), capsys.readouterr().err
+
+
 def test_a_refused_run_leaves_the_folder_it_made_to_its_holder(tmp_path, img_folder, monkeypatch):
     """This run makes RUN, another process takes it before this one can (the race of two runs started at once):
     the refused run must not remove the folder, now the other run's, even while it is still empty."""

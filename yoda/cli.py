@@ -333,6 +333,7 @@ def cmd_eval(a) -> int:
 
     if a.output:
         check_writable(a.output, "-o")
+        remove_stale_temps([a.output])  # of a run killed while writing it (SIGKILL, a power loss)
     _check_eval_options(a, [a.output] if a.output else [])
     skipped = _Skipped()
     with _user_input():
@@ -386,6 +387,7 @@ def cmd_figures(a) -> int:
                         f"name, not an image file's")
     check_out_folder(a.output, [out / name for name in FIGURE_FILES])
     _check_eval_options(a, [out / name for name in FIGURE_FILES])
+    remove_stale_temps([out / name for name in FIGURE_FILES])
     with _user_input():
         settings = FigureSettings(attentions=tuple(a.attention), lower_bound=a.lower_bound,
                                   lower_bounds=tuple(a.lower_bounds), steps=a.steps, sampler=a.sampler, eta=a.eta,

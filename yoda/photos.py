@@ -28,7 +28,8 @@ from typing import Callable, NamedTuple, Optional
 
 from PIL import Image
 
-from ._io import atomic_write, check_folder_writable, file_sha256, folder_lock, made_dirs, remove_empty
+from ._io import (atomic_write, check_folder_writable, file_sha256, folder_lock, made_dirs, remove_empty,
+                  remove_stale_temps)
 from .images import DataError, read_image, save_pil
 
 __all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "downscaled",
@@ -179,6 +180,7 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
                         f"{' '.join(PACKAGES)}")
     made = made_dirs(Path(out))
     with folder_lock(out, "--out"):  # a second build at once would delete this one's staging folder
+        remove_stale_temps([os.path.join(out, "manifest.json")])  # of a build killed while writing it
         try:
             return _build_into(out, short_side, photos, progress)
         finally:

@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 
 from .. import data as _data
-from .._io import FolderInUse, atomic_write_text, check_folder_writable, folder_lock, made_dirs, remove_empty
+from .._io import (FolderInUse, atomic_write_text, check_folder_writable, folder_lock, made_dirs, remove_empty,
+                   remove_stale_temps)
 from ..errors import sigterm_exits
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
@@ -154,6 +155,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     try:
         with sigterm_exits(), process_group(ranks, dev), contextlib.ExitStack() as stack:
             hold_out(stack, out, ranks, dev)
+            if ranks.main:  # the temporary files of a run killed while writing (SIGKILL, a power loss)
+                remove_stale_temps([os.path.join(out, name) for name in (*RUN_FILES, weights_name)])
             stack.callback(remove_empty, made)  # while --out is held: a run that wrote nothing leaves no folder
             tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
             stack.callback(tr.close)  # before the process group goes (the with's exit)
