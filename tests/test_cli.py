@@ -1120,14 +1120,14 @@ def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_p
     assert code == 130 and err.endswith("yoda: interrupted\n")
     assert "1 written, 0 skipped, 0 failed, of 3 inputs in " in out
     assert out.rstrip().endswith("s; a rerun with --skip-existing makes the rest")
-    # a reader that stops after one line: the run goes on and writes every image
-    p = subprocess.Popen([sys.executable, "-m", "yoda", "upscale", str(src), "-o", str(tmp_path / "c"), *common],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    first = p.stdout.readline()
-    p.stdout.close()
-    err = p.stderr.read()
-    assert p.wait(timeout=120) == 0 and "im0.png -> " in first and err == "", err
+    # a reader that went away (its end of the pipe closed before the first line): the run writes every image
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    p = subprocess.run([sys.executable, "-m", "yoda", "upscale", str(src), "-o", str(tmp_path / "c"), *common],
+                       stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(write_end)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
     assert sorted(os.listdir(tmp_path / "c")) == ["im0_x4.png", "im1_x4.png", "im2_x4.png"]
 
 
@@ -1281,17 +1281,56 @@ def test_each_ranks_closing_line_names_it(tmp_path, monkeypatch, capsys):
 
 
 def test_world_size_alone_is_one_line(tmp_path, tiny_model, capsys, monkeypatch):
-    """WORLD_SIZE set without torchrun's MASTER_ADDR gave an internal error with a traceback."""
+    """WORLD_SIZE set without torchrun's MASTER_ADDR gave an internal error with a traceback (and, for a while, a
+    closing count of no work done above it). A rank above 0 prints its line per image (only its bars are off)."""
+    from yoda import cli_upscale
+
     for k in ("MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    for name in ("a.png", "b.png"):
+    inputs = []
+    for name in ("a.png", "b.png", "c.png", "d.png"):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
-    code, _, err = run(["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "o"),
-                        "--model", tiny_model, "-q"], capsys)
-    assert code == 2 and err == ("yoda: error: rank 0: WORLD_SIZE=2, but MASTER_ADDR / MASTER_PORT are not set, so the "
-                                 "ranks cannot meet; run under torchrun, or unset WORLD_SIZE\n"), err
+        inputs.append(str(tmp_path / name))
+    code, out, err = run(["upscale", *inputs, "-o", str(tmp_path / "o"), "--model", tiny_model, "-q"], capsys)
+    assert code == 2 and out == "" and err == (
+        "yoda: error: rank 0: WORLD_SIZE=2, but MASTER_ADDR / MASTER_PORT are not set, so the ranks cannot meet; run "
+        "under torchrun, or unset WORLD_SIZE\n"), err
+
+    class Store(dict):  # rank 0 done already, with no failure
+        def set(self, k, v):
+            self[k] = str(v).encode()
+
+        def check(self, keys):
+            return all(k in self for k in keys)
+
+        get = dict.__getitem__
+
+    monkeypatch.setattr(cli_upscale, "shard_store", lambda rank, world: (Store({"failed/0": b"0"}), False))
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = run(["upscale", *inputs, "-o", str(tmp_path / "o"), "--model", tiny_model], capsys)
+    assert code == 0, err
+    assert out.count(" -> ") == 2 and "b.png -> " in out and "d.png -> " in out  # rank 1's share: b and d
+    assert "rank 1: 2 written, 0 skipped, 0 failed, of 2 inputs in " in out
+
+
+def test_say_survives_a_closed_stdout_without_a_file_descriptor(monkeypatch):
+    """A stdout that is not a file (a wrapper) raised io.UnsupportedOperation from the redirect to os.devnull, an
+    OSError: the image whose line it was counted as failed although it was written."""
+    import io
+
+    from yoda.cli_models import say
+
+    class Gone(io.TextIOBase):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    say("a line nobody reads")
+    assert sys.stdout.name == os.devnull
+    say("and the next one")
+    sys.stdout.close()
 
 
 def test_file_names_with_terminal_escapes_are_shown_not_obeyed(tmp_path, tiny_model, capsys):

@@ -1294,8 +1294,11 @@ def test_pad_samples_any_size_as_the_cli_does():
     A = resolve_attention("gaussian", lr, (10, 14))
     padded = F.pad(lr, (0, 1, 0, 1), mode="replicate")  # 6x8: HR 12x16
     want = run(model, padded, attention=F.pad(A, (0, 2, 0, 2), mode="replicate"), seed=1)[..., :10, :14]
-    got = run(model, lr, attention="gaussian", seed=1, pad=True)
+    seen = []
+    got = run(model, lr, attention="gaussian", seed=1, pad=True, callback=lambda d: seen.append(d))
     assert got.shape == (1, 3, 10, 14) and torch.equal(got, want)
+    for d in seen:  # of the SR's pixels, not of the padding's
+        assert torch.equal(d["active_fraction"], (A >= torch.tensor(d["tau"]).float()).float().mean(dim=(1, 2, 3)))
     assert not torch.equal(got, run(model, padded, attention="gaussian", seed=1)[..., :10, :14])  # the map matters
     fits = lr_image(h=6, w=8)
     assert torch.equal(run(model, fits, attention="edge", seed=1, pad=True), run(model, fits, attention="edge", seed=1))

@@ -285,8 +285,11 @@ def made_dirs(folder: Path) -> list[Path]:
 def remove_empty(made: list[Path]) -> None:
     """Remove the folders of made_dirs that are still empty (deepest first), e.g. after a failure."""
     for d in made:
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
+        try:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        except FileNotFoundError:  # another process (a torchrun rank) removed it first
+            continue
 
 
 def _flock_now(fd: int) -> Optional[bool]:

@@ -61,7 +61,7 @@ def cmd_upscale(a) -> int:
         note("--lower-bound has no effect without --attention (plain sampling)")
     a.inputs, from_folders = expand_inputs(a.inputs)
     rank, world = dist_env()
-    a.quiet = a.quiet or rank > 0  # under torchrun one rank's bars, not every rank's interleaved
+    quiet, a.quiet = a.quiet, a.quiet or rank > 0  # -q hides the lines; under torchrun one rank's bars only
     out_dir = output_folder(a)  # -o before the model loads; the folder's file names carry the model's scale
     run = _upscale_model(a, rank, world)  # sets a.scale
     a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale)
@@ -71,7 +71,7 @@ def cmd_upscale(a) -> int:
         note(f"removed {stale} temporary file(s) a killed run left next to the outputs")
 
     items = list(zip(a.inputs, targets))
-    tally = Tally(len(items[rank::world]), bars(a), a.quiet, rank_prefix())
+    tally = Tally(len(items[rank::world]), bars(a), quiet, rank_prefix())
 
     def work(item):
         src, dst = item

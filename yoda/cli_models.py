@@ -143,9 +143,12 @@ def say(line: str) -> None:
         tqdm.write(line, file=sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        try:  # the file descriptor itself, so that the flush at exit finds it writable too
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # a stdout without a file descriptor (a wrapper, a tee)
+            sys.stdout = open(os.devnull, "w")
 
 
 def rank_prefix() -> str:

@@ -296,7 +296,7 @@ class Tally:
     def close(self, stopped: bool = False) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.total > 1:
+        if self.total > 1 and (self.done or not stopped):  # not for a run stopped before its first input
             skipped = self.done - self.written - self.failed
             rest = "; a rerun with --skip-existing makes the rest" if stopped and self.done < self.total else ""
             say(f"{self.where}{self.written} written, {skipped} skipped, {self.failed} failed, of {self.total} "
@@ -349,7 +349,7 @@ def until_free(work: Callable[[object], None], item) -> None:
             return work(item)
         except Busy as e:
             if not said:
-                print(f"{e}: waiting for it (--skip-existing)")
+                say(f"{e}: waiting for it (--skip-existing)")
                 said = True
         time.sleep(BUSY_POLL_S)
 
@@ -366,14 +366,20 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
     for item in items:
         failed += _run_one(item, work, one_line, where, debug, busy)
     if busy:
-        print(f"{where}waiting for another process to finish {len(busy)} output(s) (--skip-existing)",
-              file=sys.stderr)
+        _error_line(f"{where}waiting for another process to finish {len(busy)} output(s) (--skip-existing)")
     while busy:
         time.sleep(BUSY_POLL_S)
         again, busy = busy, []
         for item in again:
             failed += _run_one(item, work, one_line, where, debug, busy, quiet=True)
     return failed
+
+
+def _error_line(text: str) -> None:
+    """A line on stderr above the bar over the inputs (Tally), not stuck to its end."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
 
 
 def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseException], str], where: str,
@@ -385,7 +391,7 @@ def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseExcep
         return 0
     except Busy as e:
         if not quiet:
-            print(f"{e}; back to it at the end (--skip-existing)")
+            say(f"{e}; back to it at the end (--skip-existing)")
         busy.append(item)
         return 0
     except Exception as e:
@@ -394,7 +400,7 @@ def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseExcep
             raise  # a full disk: every next input would fail the same way, after all its work
         if debug:
             traceback.print_exc()
-        print(f"yoda: error: {where}{one_line(e)}", file=sys.stderr)
+        _error_line(f"yoda: error: {where}{one_line(e)}")
     if oom:  # out of the handler: its traceback held the failed input's tensors
         free_memory()
     return 1

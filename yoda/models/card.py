@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 from yoda_kernels.contract import PREDICTIONS
@@ -63,6 +64,7 @@ class ModelCard:
             if not isinstance(s.get("sampler", ""), str) or isinstance(steps, bool) or not isinstance(steps, int) \
                     or steps < 1:
                 raise ValueError(f"ModelCard.sampling: 'sampler' must be a name and 'steps' an int >= 1, got {s!r}")
+            object.__setattr__(self, "sampling", MappingProxyType(dict(s)))  # frozen, as the card is
 
     def __repr__(self) -> str:
         cfg = self.config

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
-from types import MappingProxyType
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -512,7 +511,7 @@ class SR3Adapter(PixelAdapter):
         super().__init__(net, schedule, scale=scale, prediction=prediction, clip_x0=bool(clip_x0),
                          multiple=net.multiple, upsampling=getattr(net, "upsampling", "torch"))
         if card is not None and card.sampling is not None:
-            self.sampling_defaults = MappingProxyType(dict(card.sampling))
+            self.sampling_defaults = card.sampling
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         C = self.net.config.out_channel

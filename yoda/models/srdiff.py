@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from types import MappingProxyType
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -531,7 +530,7 @@ class SRDiffAdapter(Adapter):
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.prediction = prediction
         if card is not None and card.sampling is not None:
-            self.sampling_defaults = MappingProxyType(dict(card.sampling))
+            self.sampling_defaults = card.sampling
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         if not isinstance(lr, torch.Tensor) or lr.dim() != 4 or lr.shape[1] != 3:

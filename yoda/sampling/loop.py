@@ -166,6 +166,8 @@ def sample(
                         device=lr_checked.device)
     with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
         run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise)
+        if crop is not None:
+            run.count_image_only(crop, tuple(adapter.scale * n for n in lr_checked.shape[-2:]))
         x = run.start()
         last_ok = -1  # the last step after which the state was checked finite
         hist: tuple = ()  # a solver's earlier denoised estimates, newest first

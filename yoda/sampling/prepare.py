@@ -34,6 +34,13 @@ class Run:
         # a multistep solver's history: as deep as its highest order reads (none for the one-step solvers)
         self.history = max(st.n for st in spec.solver) - 1 if spec.solver else 0
 
+    def count_image_only(self, size: tuple, padded: tuple) -> None:
+        """yoda.sample(pad=True): active_fraction counts the state pixels of the SR ``size``, not of the ``padded``
+        HR size the model sampled."""
+        if self.A_image is not None:
+            h, w = (-(-g * n // p) for g, n, p in zip(self.c.shape[-2:], size, padded))
+            self.A_image = self.A_image[..., :h, :w]
+
     def _noise(self, step: int) -> Optional[torch.Tensor]:
         """noise[step] in the state's dtype and on its device, converted when used: a list in another dtype or
         on another device is not copied whole (steps + 1 states) for the run."""
