@@ -40,8 +40,8 @@ import numpy as np
 from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
-                         cli_device, default_steps, eval_images, load_model, note, rank_prefix, read_input, say,
-                         pillow_limit, refuse_overwriting, save_figure, save_output, upscale_tensor)
+                         cli_device, default_steps, error_line, eval_images, load_model, note, pillow_limit,
+                         rank_prefix, read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
 from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun, yoda_steps)
@@ -158,8 +158,8 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
                                                run.least)
     if windows is not None and a.tiles is None:
         say(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
-                  f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap {windows[1]}), "
-                  f"{window_batch} per call")
+            f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap {windows[1]}), {window_batch} "
+            "per call")
     t0 = time.perf_counter()
     with torch.no_grad():
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
@@ -316,10 +316,8 @@ class _Skipped(list):
     on (the command then exits with status 2)."""
 
     def __call__(self, name: str, e: BaseException) -> None:
-        from tqdm import tqdm
-
         self.append(name)
-        tqdm.write(f"yoda: error: {_one_line(e)} (skipped)", file=sys.stderr)  # above the bar, not stuck to it
+        error_line(f"yoda: error: {_one_line(e)} (skipped)")
 
     def status(self, total: int) -> int:
         if self:

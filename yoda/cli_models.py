@@ -151,6 +151,13 @@ def say(line: str) -> None:
             sys.stdout = open(os.devnull, "w")
 
 
+def error_line(text: str) -> None:
+    """A line on stderr above any progress bar (tqdm.write), not stuck to its end."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
+
+
 def rank_prefix() -> str:
     """"rank R: " under torchrun (WORLD_SIZE > 1), so that each rank's closing line says whose it is; else ""."""
     rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "1")

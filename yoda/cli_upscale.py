@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 from ._io import output_claim
-from .cli_models import check_not_an_input, check_out_folder, check_output_option, file_ids, folder_images, note, say
+from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
+                         folder_images, note, say)
 from .errors import UserError, out_of_memory, printable
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
@@ -366,20 +367,13 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
     for item in items:
         failed += _run_one(item, work, one_line, where, debug, busy)
     if busy:
-        _error_line(f"{where}waiting for another process to finish {len(busy)} output(s) (--skip-existing)")
+        error_line(f"{where}waiting for another process to finish {len(busy)} output(s) (--skip-existing)")
     while busy:
         time.sleep(BUSY_POLL_S)
         again, busy = busy, []
         for item in again:
             failed += _run_one(item, work, one_line, where, debug, busy, quiet=True)
     return failed
-
-
-def _error_line(text: str) -> None:
-    """A line on stderr above the bar over the inputs (Tally), not stuck to its end."""
-    from tqdm import tqdm
-
-    tqdm.write(text, file=sys.stderr)
 
 
 def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseException], str], where: str,
@@ -400,7 +394,7 @@ def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseExcep
             raise  # a full disk: every next input would fail the same way, after all its work
         if debug:
             traceback.print_exc()
-        _error_line(f"yoda: error: {where}{one_line(e)}")
+        error_line(f"yoda: error: {where}{one_line(e)}")
     if oom:  # out of the handler: its traceback held the failed input's tensors
         free_memory()
     return 1

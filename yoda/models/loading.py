@@ -33,7 +33,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default_
 # How the embedded model samples where a call does not say (its ModelCard's sampling; the CLI's defaults too): chosen
 # for it on a selection set (scikit-image's held-out colour images, not the test photographs) as the highest
 # PSNR, benchmarks/QUALITY.md. It is an x0 regressor trained for one step: DDPM over its T = 1000 steps gives a
-# picture below bicubic's in 500 times the time.
+# worse picture (2.7 dB lower on an astronaut crop, below bicubic on some) in about 450 times the time (RESULTS.md).
 DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 1}
 
 PathLike = Union[str, os.PathLike]
