@@ -1,5 +1,11 @@
 import os
+import signal
 import sys
+
+# A shell's background job (`pytest ... &`, nohup, some CI runners) starts with SIGINT ignored, and Python then
+# keeps it ignored: the tests that press Ctrl-C (os.kill(SIGINT)) would see nothing happen. Give them Python's own.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The Triton interpreter must be chosen before triton is first imported (CPU-only machines).
 import torch

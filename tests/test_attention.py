@@ -348,8 +348,13 @@ def test_attention_figure_panels_show_the_masks():
     img = att.attention_figure(lr, A, lower_bound=0.6, T=1000, ts=ts)
     Hp, Wp = fig._panel_size(h, w)
     assert (Hp, Wp) == (160, 200)  # 16 px blown up x10 (nearest)
-    assert img.size == (fig._GAP + 3 * (Wp + fig._GAP), fig._LABEL_H + 4 + 2 * (fig._LABEL_H + Hp + fig._GAP) + fig._GAP)
+    # three masks: the top row's three panels and the colour key after them set the width (the key was left out
+    # unless the masks outnumbered the top row's panels)
+    assert img.size == (fig._GAP + 4 * (Wp + fig._GAP), fig._LABEL_H + 4 + 2 * (fig._LABEL_H + Hp + fig._GAP) + fig._GAP)
     arr = np.asarray(img)
+    key = np.asarray(fig.colour_key(Hp, Wp, [(t, t / 1000 - 0.6) for t in ts], fig._font()))
+    x0 = fig._GAP + 3 * (Wp + fig._GAP)
+    assert np.array_equal(arr[fig._LABEL_H + 4 + fig._LABEL_H:][:Hp, x0 : x0 + Wp], key)
     y0 = fig._LABEL_H + 4 + (fig._LABEL_H + Hp + fig._GAP) + fig._LABEL_H
     for i, t in enumerate(ts):
         x0 = fig._GAP + i * (Wp + fig._GAP)
@@ -375,12 +380,51 @@ def test_attention_figure_panels_show_the_masks():
     assert float(pixel_update_ratio(A, 0.6)[0]) == pytest.approx((10 * 1.0 + 5 * 0.85 + 5 * 0.6) / 20)
     # lower_bound >= 1 (plain sampling): one panel, t = T, every pixel active
     img3 = att.attention_figure(lr, A, lower_bound=1.2)
-    assert img3.size[0] == fig._GAP + 3 * (Wp + fig._GAP)  # the top row's three panels set the width
+    assert img3.size[0] == fig._GAP + 4 * (Wp + fig._GAP)  # the top row's three panels and the key set the width
     assert (np.asarray(img3)[y0 : y0 + Hp, fig._GAP : fig._GAP + Wp] == 255).all()
     # ratio= (a sampling run's own update ratio) changes the title alone
     a, b = (np.asarray(att.attention_figure(lr, A, ts=ts, ratio=r)) for r in (0.1, 0.9))
     title = fig._LABEL_H + 4
     assert not np.array_equal(a[:title], b[:title]) and np.array_equal(a[title:], b[title:])
+
+
+def test_attention_figure_of_a_runs_steps():
+    """steps=N: the masks drawn are those of the N steps a run visits (Schedule.respace, trailing: t = 1000 and 500
+    at N = 2, the full mask of the last step too), and the title's ratio is the exact one over them, labelled with N;
+    above MAX_STEP_PANELS steps the default five masks are drawn. ts given wins over the steps' own."""
+    from yoda.attention import figure as fig
+
+    h, w = 16, 20
+    A = torch.zeros(1, 1, h, w)
+    A[..., :, :10] = 1.0
+    A[..., :, 10:15] = 0.25
+    lr = _rand_lr(B=1, h=h, w=w)
+    from PIL import ImageDraw
+
+    drawn, orig = [], ImageDraw.ImageDraw.text
+
+    def masks_drawn(**kw):
+        drawn.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: drawn.append(t) or orig(self, xy, t, *a, **k))
+            img = att.attention_figure(lr, A, **kw)
+        return img, [t.split()[0] for t in drawn if t.startswith("M(") and t.endswith("%")]  # the panels' labels
+
+    img, masks = masks_drawn(steps=2)
+    assert masks == ["M(t=1000)", "M(t=500)"]
+    want = (10 / 20 + 1.0) / 2  # t = 1000: tau 0.4, the A = 1 half; t = 500: tau -0.1, every pixel
+    assert fig.update_ratio(A, 1000, 0.6, 2) == (want, "2 steps of T=1000")
+    assert any(f"pixel update ratio (2 steps of T=1000)={want:.3f}" in t for t in drawn), drawn
+    assert "M(t=1000) 50%" in drawn and "M(t=500) 100%" in drawn
+    Hp, Wp = fig._panel_size(h, w)
+    y0 = fig._LABEL_H + 4 + (fig._LABEL_H + Hp + fig._GAP) + fig._LABEL_H
+    last = np.asarray(img)[y0 : y0 + Hp, fig._GAP + (Wp + fig._GAP) :][:, :Wp]
+    assert (last == 255).all()
+    assert masks_drawn(steps=fig.MAX_STEP_PANELS)[1] == [f"M(t={t})" for t in (1000, 833, 667, 500, 333, 167)]
+    assert masks_drawn(steps=fig.MAX_STEP_PANELS + 1)[1] == masks_drawn()[1]  # the default five masks
+    assert masks_drawn(steps=2, ts=[850])[1] == ["M(t=850)"]  # ts decides the panels
+    with pytest.raises(ValueError, match="steps must be in"):
+        att.attention_figure(lr, A, steps=1001)
 
 
 def test_attention_figure_hr_attention_and_grey(tmp_path):
@@ -397,7 +441,7 @@ def test_attention_figure_hr_attention_and_grey(tmp_path):
     img.save(tmp_path / "fig.png")
     arr = np.asarray(img)
     P, gap, lab = 192, fig._GAP, fig._LABEL_H
-    assert img.mode == "RGB" and img.size == (gap + 3 * (P + gap), lab + 4 + 2 * (lab + P + gap) + gap)
+    assert img.mode == "RGB" and img.size == (gap + 4 * (P + gap), lab + 4 + 2 * (lab + P + gap) + gap)
 
     def panel(row, col):
         y0 = lab + 4 + row * (lab + P + gap) + lab
@@ -485,12 +529,12 @@ def test_percent_label_bad_counts():
 def test_ratio_text_says_which_steps_it_counts():
     from yoda.attention.figure import _ratio_text
 
-    assert _ratio_text(0.8125, False, 1000) == "pixel update ratio (every step of T=1000)=0.812"
-    assert _ratio_text(0.177, True, 1000) == "pixel update ratio (this run's steps)=0.177"
-    assert _ratio_text(1.0, False, 3) == "pixel update ratio (every step of T=3)=1.000"
-    assert _ratio_text(0.99996, True, 50) == "pixel update ratio (this run's steps)=>0.999"
-    assert _ratio_text(0.0002, True, 50) == "pixel update ratio (this run's steps)=<0.001"
-    assert _ratio_text(0.0, True, 50) == "pixel update ratio (this run's steps)=0.000"
+    assert _ratio_text(0.8125, "every step of T=1000") == "pixel update ratio (every step of T=1000)=0.812"
+    assert _ratio_text(0.177, "this run's steps") == "pixel update ratio (this run's steps)=0.177"
+    assert _ratio_text(1.0, "every step of T=3") == "pixel update ratio (every step of T=3)=1.000"
+    assert _ratio_text(0.99996, "this run's steps") == "pixel update ratio (this run's steps)=>0.999"
+    assert _ratio_text(0.0002, "this run's steps") == "pixel update ratio (this run's steps)=<0.001"
+    assert _ratio_text(0.0, "this run's steps") == "pixel update ratio (this run's steps)=0.000"
 
 
 def _count_ratio(A, T, lb):
@@ -591,8 +635,8 @@ def test_attention_figure_keys_colour_to_a_and_the_masks_thresholds(monkeypatch)
     att.attention_figure(lr, A)  # default: 5 masks, so the top row has two free columns
     assert calls == [[(t, t / 1000 - 0.6) for t in (1000, 920, 840, 760, 680)]]
     calls.clear()
-    att.attention_figure(lr, A, ts=[1000, 800])  # no free column: no key
-    assert calls == []
+    att.attention_figure(lr, A, ts=[1000, 800])  # two masks: the key still has its column (it had none)
+    assert calls == [[(1000, 1000 / 1000 - 0.6), (800, 800 / 1000 - 0.6)]]
 
 
 @pytest.mark.parametrize(
@@ -615,7 +659,7 @@ def test_attention_figure_labels_fit_and_title_is_whole(hw, lb):
     Hp, Wp = fig._panel_size(h, w)
     ts = [1000, 920, 840, 760, 680] if lb < 1 else [1000]
     ratio = float(every_step_ratio(A, 1000, lb)[0])
-    title = f"lower_bound={lb:g}  T=1000  " + fig._ratio_text(ratio, False, 1000)
+    title = f"lower_bound={lb:g}  T=1000  " + fig._ratio_text(ratio, "every step of T=1000")
     top = ["LR", "attention A", "A over LR"]
     bottom = [f"M(t={t}) {fig.percent_label(int(mask_at(A, t, 1000, lb).sum()), h * w)}" for t in ts]
     lay = fig._layout((Hp, Wp), top, bottom, title, font())

@@ -349,6 +349,27 @@ def test_attention_command(tmp_path, images, capsys, monkeypatch):
     assert code == 0 and float(stdout.split("):")[1].split()[0]) == 1.0, err
 
 
+def test_attention_steps_gives_the_ratio_of_yoda_samples_run(tmp_path, capsys):
+    """--steps N: the ratio printed (and drawn) was always over every step of T, which no run of the embedded model
+    takes (2 steps with --attention at l = 0.6). It is now the mean active fraction of the N steps yoda.sample
+    visits, the number its callback reports."""
+    import yoda
+    from yoda.images import from_uint8
+
+    arr = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "in.png")
+    out = tmp_path / "att.png"
+    code, stdout, err = run(["attention", str(tmp_path / "in.png"), "-o", str(out), "--steps", "2"], capsys)
+    assert code == 0 and "(edge, lower bound 0.6, 2 steps of T=1000): " in stdout, err
+    fractions = []
+    yoda.sample(yoda.load("yoda", "default"), from_uint8(arr), steps=2, attention="edge", lower_bound=0.6,
+                callback=lambda d: fractions.append(float(d["active_fraction"][0])), progress=False)
+    assert 0 < fractions[0] < 1 and fractions[-1] == 1.0
+    assert float(stdout.split("):")[1].split()[0]) == pytest.approx(np.mean(fractions), abs=5e-4)
+    code, _, err = run(["attention", str(tmp_path / "in.png"), "-o", str(out), "--steps", "2", "--T", "1"], capsys)
+    assert code == 2 and "--steps must be at most --T (1), got 2" in err
+
+
 def test_attention_none_is_a_user_error_where_a_map_is_drawn(tmp_path, images, capsys):
     rgb, _ = images
     for cmd in (["attention", rgb, "-o", str(tmp_path / "a.png")], ["demo", "-o", str(tmp_path / "d.png")]):

@@ -173,22 +173,23 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
 def cmd_attention(a) -> int:
     from .attention import attention_figure
     from .images import from_uint8
-    from .masks import every_step_ratio
+    from .attention.figure import update_ratio
     from .sampling.prepare import resolve_attention
 
     check_output_option(a.output)
     refuse_overwriting([a.output], [a.image])
+    if a.steps is not None and a.steps > a.T:
+        raise UserError(f"--steps must be at most --T ({a.T}), got {a.steps}")
     arr, _ = read_input(a.image, a.max_pixels)
     check_hr_size(a.image, arr, a.scale, a.max_pixels)  # the map is drawn at the HR size
     lr = from_uint8(arr)
     with _user_input():  # --lower-bound, --T; the map yoda.sample uses at the HR size (resized, renormalised)
         A = resolve_attention(attention_extractor(a.attention), lr, (lr.shape[-2] * a.scale, lr.shape[-1] * a.scale))
-        ratio = float(every_step_ratio(A, a.T, a.lower_bound)[0])
-        fig = attention_figure(lr, A, a.lower_bound, a.T,  # its title: the same every-step ratio, printed below
+        ratio, what = update_ratio(A, a.T, a.lower_bound, a.steps)  # --steps: over the steps yoda.sample visits
+        fig = attention_figure(lr, A, a.lower_bound, a.T, steps=a.steps,  # its title: the ratio printed below
                                label=f"{a.attention} attention of {os.path.basename(a.image)}, x{a.scale}")
     save_figure(fig, a.output)
-    print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, every step of T={a.T}): {ratio:.3f}  "
-          f"-> {a.output}")
+    print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}  -> {a.output}")
     return 0
 
 

@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default="edge", help=ATTENTION_HELP)
     p.add_argument("--lower-bound", type=float, default=0.6, help="l of the mask schedule tau = t/T - l")
     p.add_argument("--T", type=_positive_int, default=1000, help="training steps T of the mask schedule")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="count the update ratio over the steps of a run of this many steps (yoda.sample's spacing "
+                        "for SR3 / SRDiff models; `yoda upscale --attention` says how many it takes) and draw their "
+                        "masks; default: over every step of T")
     p.add_argument("--scale", type=_positive_int, default=4,
                    help="the SR factor: the map is the one yoda.sample uses at the HR size (resized, renormalised)")
     _max_pixels_arg(p)

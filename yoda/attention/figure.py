@@ -6,7 +6,8 @@
 
 The title line gives lower_bound, T and a pixel update ratio, labelled with what it counts: by default the
 exact fraction of (pixel, step) pairs refined over every step t = 1..T (its large-T limit is
-mean(min(1, A + lower_bound))), or the ratio the caller passes (e.g. that of a sampling run's own steps).
+mean(min(1, A + lower_bound))), the exact fraction over the steps of a ``steps``-step run, or the ratio the
+caller passes (e.g. a sampling run's own, from its callback).
 Masks and thresholds come from :mod:`yoda.masks` (the one definition of the schedule).
 
 Layout: every column is as wide as its panel or its widest label, whichever is wider (a narrow panel is centred
@@ -29,6 +30,7 @@ __all__ = ["attention_figure", "colormap", "colour_key"]
 _MIN_PANEL = 160  # px: the short side of a panel; LR images of 16 px are blown up (nearest) to this
 _MAX_PANEL = 384  # px: larger images are shown shrunk (area) so the figure stays a few hundred px
 _MIN_SHORT = 32  # the least panel side, whatever the aspect ratio
+MAX_STEP_PANELS = 6  # attention_figure(steps=N): the masks of each step drawn up to this many steps
 _GAP = 6
 _LABEL_H = 18  # px: the strip above each panel (and the title's) that holds one line of text
 _LABEL_Y = 2  # px: where a label's origin sits in its strip
@@ -107,9 +109,28 @@ def percent_label(active: int, total: int) -> str:
     return "<0.1%" if p < 50 else ">99.9%"
 
 
-def _ratio_text(ratio: float, given: bool, T: int) -> str:
+def visited_steps(T: int, steps: int) -> list:
+    """The 0-based indices a ``steps``-step run visits: Schedule.respace's trailing spacing, yoda.sample's for the
+    DDIM / DDPM of SR3 and SRDiff models (only T matters, not the betas)."""
+    from yoda.schedule import Schedule
+
+    return Schedule.linear(T).respace(steps)
+
+
+def update_ratio(A: torch.Tensor, T: int, lower_bound: float, steps: Optional[int] = None) -> tuple[float, str]:
+    """(the pixel update ratio of A's first image, what it counts): the exact fraction of (pixel, step) pairs
+    refined over every step t = 1..T (masks.every_step_ratio), or over the visited steps of a ``steps``-step run
+    (masks.refine_fraction)."""
+    from yoda.masks import every_step_ratio, refine_fraction
+
+    a = A.reshape(-1, 1, *A.shape[-2:])[:1]
+    if steps is None:
+        return float(every_step_ratio(a, T, lower_bound)[0]), f"every step of T={T}"
+    return float(refine_fraction(a, visited_steps(T, steps), T, lower_bound)[0]), f"{steps} steps of T={T}"
+
+
+def _ratio_text(ratio: float, what: str) -> str:
     """The title's update ratio: what it counts, then its value to 3 decimals (0 / 1 only when exact)."""
-    what = "this run's steps" if given else f"every step of T={T}"
     v = f"{ratio:.3f}"
     if ratio > 0 and float(v) == 0:
         v = "<0.001"
@@ -139,7 +160,7 @@ def _layout(size: tuple, top: Sequence[str], bottom: Sequence[str], title: str, 
     panel_dx = (cell_w - Wp) // 2
     title_h = _LABEL_H + 4
     row_h = _LABEL_H + Hp + _GAP
-    ncol = max(len(top), len(bottom))
+    ncol = max(len(top) + 1, len(bottom))  # a column after the top row's panels for the colour key
     width = max(_GAP + ncol * (cell_w + _GAP), 2 * _GAP + _ink(title, font)[2])
     height = title_h + 2 * row_h + _GAP
 
@@ -165,6 +186,7 @@ def attention_figure(
     ts: Optional[Sequence[int]] = None,
     ratio: Optional[float] = None,
     label: Optional[str] = None,
+    steps: Optional[int] = None,
 ):
     """Draw the LR image, its attention map and the masks M(t) at several t.
 
@@ -178,11 +200,15 @@ def attention_figure(
         every step t = 1..T, refine_fraction(A, range(T), T, lower_bound), labelled "every step of T=..." (for
         large T it tends to pixel_update_ratio(A, lower_bound) = mean(min(1, A + lower_bound))).
     label: what the map is (e.g. "edge attention of in.png, x4"), put first in the title and on the map's panel.
+    steps: a sampling run's number of steps (its visited indices: Schedule.respace(steps), the trailing spacing
+        that yoda.sample's DDIM / DDPM take for SR3 and SRDiff models): the title's ratio is the exact one over
+        those steps, refine_fraction(A, indices, T, lower_bound), labelled "N steps of T=...", and, where ts is
+        not given and steps <= MAX_STEP_PANELS, the masks drawn are those of its steps (full ones too).
     Returns a PIL.Image (RGB).
     """
     from PIL import Image, ImageDraw
 
-    from yoda.masks import check_lower_bound, check_T, every_step_ratio, mask_at
+    from yoda.masks import check_lower_bound, check_T, mask_at
 
     T, lower_bound = check_T(T), check_lower_bound(lower_bound)
     x = _image0(lr, "lr", (1, 3))
@@ -191,6 +217,8 @@ def attention_figure(
     a = _image0(A, "A", (1,))
     if float(a.min()) < 0.0 or float(a.max()) > 1.0:
         raise ValueError(f"A values must lie in [0, 1], got min {float(a.min()):.4g}, max {float(a.max()):.4g}")
+    if steps is not None and ts is None and steps <= MAX_STEP_PANELS:
+        ts = [i + 1 for i in visited_steps(T, steps)]
     if ts is None:  # 5 steps over (lower_bound * T, T]: at t <= lower_bound * T every mask is full, nothing to see
         span = np.linspace(T, min(T, max(0.0, lower_bound * T)), 6)[:-1]
         ts = sorted({t for t in (int(round(v)) for v in span) if t == T or t / T - lower_bound > 0}, reverse=True)
@@ -207,8 +235,7 @@ def attention_figure(
     heat = colormap(a_show)
     overlay = np.rint(0.5 * img.astype(np.float32) + 0.5 * heat.astype(np.float32)).astype(np.uint8)
 
-    given = ratio is not None
-    ratio = float(ratio) if given else float(every_step_ratio(a[None], T, lower_bound)[0])
+    ratio, what = (float(ratio), "this run's steps") if ratio is not None else update_ratio(a, T, lower_bound, steps)
     masks = []
     for t in ts:
         m = mask_at(a[None], int(t), T, lower_bound)[0, 0]  # at A's own resolution
@@ -220,7 +247,7 @@ def attention_figure(
     if label is not None and not isinstance(label, str):
         raise TypeError(f"label must be a str or None, got {type(label).__name__}")
     label = (label or "").strip()  # a blank label (" ") is no label
-    title = (f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + _ratio_text(ratio, given, T)
+    title = (f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + _ratio_text(float(ratio), what)
     top = ["LR", f"attention A ({label.split()[0]})" if label else "attention A", "A over LR"]
     bottom = [f"M(t={t}) {percent_label(k, n)}" for t, k, n, _ in masks]
     lay = _layout(size, top, bottom, title, font)
@@ -235,9 +262,9 @@ def attention_figure(
         canvas.paste(Image.fromarray(arr), (x0, y0))
         # a frame, so that an all-white mask (every pixel active) still reads as a panel
         draw.rectangle((x0 - 1, y0 - 1, x0 + arr.shape[1], y0 + arr.shape[0]), outline=(150, 150, 150))
-    if len(masks) > len(top):  # the top row has a free column: the key from colour to A, and the masks' thresholds
-        key = colour_key(size[0], lay["cell_w"], [(t, t / T - lower_bound) for t, *_ in masks], font)
-        canvas.paste(key, (_GAP + len(top) * (lay["cell_w"] + _GAP), lay["title_h"] + _LABEL_H))
+    # the top row's last column: the key from colour to A, and the masks' thresholds
+    key = colour_key(size[0], lay["cell_w"], [(t, t / T - lower_bound) for t, *_ in masks], font)
+    canvas.paste(key, (_GAP + len(top) * (lay["cell_w"] + _GAP), lay["title_h"] + _LABEL_H))
     return canvas
 
 
