@@ -281,8 +281,29 @@ BAD = [
     (lambda: torch.zeros(1, 3, 8, 8).index_fill_(2, torch.tensor([3]), float("nan")), ValueError, "lr contains NaN"),
     (lambda: torch.zeros(1, 3, 8, 8).index_fill_(3, torch.tensor([1]), float("inf")), ValueError, "lr contains NaN or inf"),
     (lambda: torch.rand(1, 3, 8, 8) * 255, ValueError, r"lr values must lie in \[-1, 1\]"),
-    (lambda: torch.full((1, 3, 8, 8), -1.01), ValueError, r"lr values must lie in \[-1, 1\]"),
+    (lambda: torch.full((1, 3, 8, 8), -1.3), ValueError, r"lr values must lie in \[-1, 1\] .*lr.clamp\(-1, 1\)"),
 ]
+
+
+def test_a_resizes_overshoot_is_clamped_as_yoda_sample_clamps_it():
+    """torch's bicubic downscale of 8-bit photographs overshoots [-1, 1] (to -1.07 and 1.18): yoda.sample
+    refused beyond 0.02, the extractors beyond 1e-4 (refusing what yoda.sample took). Both now clamp up to
+    LR_MARGIN, the same for each, and refuse beyond it."""
+    import yoda
+    from yoda.images import LR_MARGIN
+
+    g = torch.Generator().manual_seed(0)
+    lr = (torch.rand(1, 3, 8, 8, generator=g) * 2 - 1) * 1.18
+    assert lr.max() > 1.1
+    for name in ("edge", "gaussian", "sift"):
+        assert torch.equal(att.get(name)(lr), att.get(name)(lr.clamp(-1, 1))), name
+    net = yoda.load("yoda", "default")
+    assert torch.equal(yoda.sample(net, lr, seed=0, progress=False),
+                       yoda.sample(net, lr.clamp(-1, 1), seed=0, progress=False))
+    far = torch.full((1, 3, 8, 8), 1.0 + LR_MARGIN + 0.01)
+    for f in (att.edge(), lambda x: yoda.sample(net, x, progress=False)):
+        with pytest.raises(ValueError, match=r"lr values must lie in \[-1, 1\]"):
+            f(far)
 
 
 @pytest.mark.parametrize("name", sorted(EXTRACTORS))

@@ -3,6 +3,7 @@ upstream checkpoint layouts, the "yoda" format, model cards, and clear errors.""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import json
@@ -725,8 +726,27 @@ def test_sample_takes_the_models_sampling_defaults(tmp_path):
     run(steps=2)  # the model's sampler, the call's steps
     run(sampler="ddpm")  # the call's sampler, the model's steps
     assert seen == [999, 499, 999]
-    # another model file (the same weights saved again) has no such card: yoda.sample's own defaults
+    # saved again, the file keeps how the model samples (save_model dropped it: the copy ran DDPM over T = 1000)
     other = tmp_path / "other.safetensors"
+    save_model(net, other)
+    assert yoda.load("yoda", other).card.sampling == DEFAULT_SAMPLING
+    save_model(net, other, sampling={"sampler": "ddpm", "steps": 3})
+    assert yoda.load("yoda", other).card.sampling == {"sampler": "ddpm", "steps": 3}
+    with pytest.raises(ValueError, match="ModelCard.sampling"):
+        save_model(net, tmp_path / "bad.safetensors", sampling={"steps": 0})
+    assert not (tmp_path / "bad.safetensors").exists()
+    from safetensors import safe_open
+
+    with safe_open(str(other), "pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    cfg = json.loads(meta["config"])
+    save_file(tensors, str(tmp_path / "bad.safetensors"),
+              metadata={**meta, "config": json.dumps({**cfg, "sampling": {"steps": "two"}})})
+    with pytest.raises(yoda.checkpoint.CheckpointError, match=r"bad\.safetensors: the yoda config in the metadata is "
+                                                              r"malformed: ValueError: ModelCard.sampling"):
+        yoda.load("yoda", tmp_path / "bad.safetensors")
+    # a model whose card has no sampling: yoda.sample's own defaults
+    net.card = dataclasses.replace(net.card, sampling=None)
     save_model(net, other)
     plain = yoda.load("yoda", other)
     assert plain.card.sampling is None and as_adapter(plain).sampling_defaults == {}
@@ -742,6 +762,33 @@ def test_sample_takes_the_models_sampling_defaults(tmp_path):
     for bad in ({"steps": 0}, {"sampler": 3}, {"eta": 0}, ["steps"]):
         with pytest.raises(ValueError, match="ModelCard.sampling"):
             ModelCard(Schedule.linear(5), 2, sampling=bad)
+
+
+def test_sample_with_attention_raises_the_models_steps_until_every_pixel_is_refined():
+    """yoda.sample(net, lr, attention="edge") with the embedded model took its card's 1 step: at lower_bound 0.6
+    only A >= 0.4 was refined (13 % of an astronaut crop, 0.8 dB below 2 steps, a seam where the refined pixels
+    began), where the CLI takes 2 steps. The model's own steps are now raised as the CLI raises them (the fewest
+    whose last step refines every pixel); steps the call gives are kept, and plain sampling keeps the card's."""
+    net = yoda.load("yoda", "default")
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def steps(**kw):
+        seen = []
+        out = yoda.sample(net, lr, progress=False, callback=lambda d: seen.append((d["t"], float(d["active_fraction"][0]))),
+                          **{"seed": 0, **kw})
+        return out, seen
+
+    sr, seen = steps(attention="edge")
+    assert [t for t, _ in seen] == [999, 499] and seen[0][1] < 1 and seen[-1][1] == 1.0
+    assert torch.equal(sr, steps(attention="edge", steps=2)[0])
+    assert [t for t, _ in steps(attention="edge", steps=1)[1]] == [999]  # given: kept
+    assert [t for t, _ in steps()[1]] == [999]  # plain: the card's one step
+    assert len(steps(attention="edge", lower_bound=0.1)[1]) == 10  # the last tau, 1/n - 0.1, is <= 0 from n = 10
+    assert len(steps(attention="edge", lower_bound=1.0)[1]) == 1  # every pixel at every step already
+    torch.manual_seed(5)
+    a = steps(attention="edge", seed=None)[0]
+    torch.manual_seed(5)
+    assert torch.equal(a, steps(attention="edge", seed=None)[0])  # seed=None: still one draw from torch's generator
 
 
 @pytest.mark.parametrize("kind", ["srdiff", "sr3"])

@@ -67,6 +67,38 @@ def test_metric_input_errors():
         ssim(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8))
 
 
+def test_settings_are_yoda_evals_and_take_one_value_alone():
+    """EvalSettings said "how `yoda eval` samples" but sampled 20 steps (the embedded model's plain row fell below
+    bicubic: 24.3 against 26.3 dB at its own 1 step) with other YODA rows than the command's; attentions="edge"
+    was read letter by letter ("'e' is given twice"), lower_bounds=0.6 was a TypeError, seed=None made two runs
+    differ, max_size=0 failed only in evaluate(). The defaults are now the command's, steps=None the model's own."""
+    import yoda
+    from yoda.cli_parser import build_parser
+    from yoda.figures import FigureSettings
+
+    a = build_parser().parse_args(["eval"])
+    s = EvalSettings()
+    assert (s.steps, s.sampler, s.lower_bounds, s.attentions, s.seed, s.max_size, s.eta, s.sigmas) == (
+        a.steps, a.sampler, tuple(a.lower_bounds), tuple(a.attention), a.seed, a.max_size, a.eta, a.sigmas)
+    one = EvalSettings(attentions="edge", lower_bounds=0.6)
+    assert (one.attentions, one.lower_bounds) == (("edge",), (0.6,))
+    f = FigureSettings(attentions="sift", lower_bounds=np.float32(0.5))
+    assert (f.attentions, f.lower_bounds) == (("sift",), (0.5,))
+    for bad, msg in (({"seed": None}, r"seed must be an int in \[0, 2\*\*32 - 1\], got None"),
+                     ({"seed": -1}, r"seed must be an int in \[0, 2\*\*32 - 1\]"),
+                     ({"max_size": 0}, r"max_size must be an int >= 1 or None \(whole images\), got 0"),
+                     ({"steps": 2.5}, r"steps must be an int >= 1 or None \(the model's own\), got 2.5"),
+                     ({"steps": True}, "steps must be an int"),
+                     ({"lower_bounds": None}, "lower_bounds must be a value or a sequence of them, got NoneType")):
+        with pytest.raises((TypeError, ValueError), match=msg):
+            EvalSettings(**bad)
+    net = yoda.load("yoda", "default")
+    hr = rand_img(3, (32, 32, 3))
+    rows = evaluate(net, [("a", hr)], EvalSettings(lower_bounds=0.6, attentions="gaussian"))
+    calls = {(r["method"], r["attention"]): r["calls"] for r in rows}
+    assert calls == {("bicubic", ""): 0, ("bicubic-matlab", ""): 0, ("plain", ""): 1, ("yoda", "gaussian"): 1}
+
+
 def test_evaluate_rows_and_table():
     """Every row's metrics are those of its SR recomputed here: make_lr of the HR, bicubic (F.interpolate), the
     plain and the YODA samples from yoda.sample with the settings' seed, scored with skimage directly."""

@@ -840,6 +840,9 @@ def test_cli_names_match_the_library():
     from yoda import cli_parser
 
     assert cli_parser.SOLVERS == S.SOLVERS and cli_parser.SIGMA_SCHEDULES == S.SIGMA_SCHEDULES
+    from yoda import adapters
+
+    assert cli_parser.OTHER_MODEL_STEPS == adapters.OTHER_MODEL_STEPS
     a = cli_parser.build_parser().parse_args(["upscale", "x.png", "-o", "y.png", "--sampler", "dpmpp_3m_sde",
                                               "--sigmas", "exponential"])
     assert (a.sampler, a.sigmas, a.eta) == ("dpmpp_3m_sde", "exponential", None)

@@ -559,6 +559,15 @@ def test_psnr_u8_matches_skimage():
         peak_signal_noise_ratio(to_uint8(zero[0]), to_uint8(x[0]), data_range=255), abs=1e-9)
     assert torch.equal(psnr_u8(x, x), torch.tensor([math.inf], dtype=torch.float64))
     assert psnr(to_uint8(sr[0]), to_uint8(sr[0])) == math.inf
+    # uint8 tensors gave 35.8 dB for two unrelated images (clamped to [-1, 1]); a (C, H, W) tensor one PSNR per
+    # channel; numpy arrays an AttributeError
+    u8 = torch.from_numpy(to_uint8(hr)).permute(0, 3, 1, 2)
+    for bad, what in (((u8, u8), "sr must be a float .* got torch.uint8 \\(2, 3, 9, 7\\)"),
+                      ((sr[0], hr[0]), "sr must be a float .* got torch.float32 \\(3, 9, 7\\)"),
+                      ((sr, to_uint8(hr)), "hr must be a float .* got uint8 \\(2, 9, 7, 3\\)"),
+                      ((sr, hr[..., :4]), "sr and hr must have the same shape")):
+        with pytest.raises(ValueError, match=what):
+            psnr_u8(*bad)
 
 
 def test_noise_level_follows_the_space():

@@ -442,6 +442,18 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
     )
 
 
+# The steps `yoda upscale` / `yoda eval` and yoda.evaluate take for a model whose card names none (yoda.sample's
+# own default is every step of T): few enough to be practical on a CPU, many enough that DDPM / DDIM turn an eps
+# model's one-step error into an image (one step of an eps model is noise). cli_parser writes it out (no torch).
+OTHER_MODEL_STEPS = 50
+
+
+def model_steps(adapter: Adapter) -> int:
+    """The steps a model samples with where the user names none: its card's (adapter.sampling_defaults; 1 for the
+    embedded model), else OTHER_MODEL_STEPS, at most its T."""
+    return adapter.sampling_defaults.get("steps") or min(OTHER_MODEL_STEPS, adapter.schedule.T)
+
+
 def hr_grid(adapter: Any) -> tuple[int, int]:
     """(unit, least) of HR sizes the adapter takes: sides multiples of ``unit`` = lcm(scale, multiple) (whole LR
     pixels and the model's multiple) and at least ``least``, the smallest such multiple >= adapter.min_size."""

@@ -20,14 +20,12 @@ MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.
 
 
 def default_steps(a, model) -> None:
-    """--steps not given: the model's own (its ModelCard's sampling: DEFAULT_STEPS for the embedded model, chosen
-    for it, QUALITY.md), else OTHER_MODEL_STEPS (at most the model's T): one step turns an eps model's prediction
-    error into noise."""
-    from .cli_parser import OTHER_MODEL_STEPS
+    """--steps not given: adapters.model_steps, the model's own (its ModelCard's sampling: DEFAULT_STEPS for the
+    embedded model, chosen for it, QUALITY.md), else OTHER_MODEL_STEPS (at most the model's T)."""
+    from .adapters import model_steps
 
     if a.steps is None:
-        ad = adapter_of(model)
-        a.steps = ad.sampling_defaults.get("steps") or min(OTHER_MODEL_STEPS, ad.schedule.T)
+        a.steps = model_steps(adapter_of(model))
 
 
 def load_model(spec: str, device, config: Optional[str] = None):

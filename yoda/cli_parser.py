@@ -37,7 +37,8 @@ class _Parser(argparse.ArgumentParser):
 DEFAULT_STEPS, DEFAULT_SAMPLER, DEFAULT_ATTENTION = 1, "ddim", "none"
 # Any other --model (an upstream SR3 / SRDiff checkpoint, a model you trained) gets this many steps (at most its
 # schedule's T): one step is right for the embedded x0 model only; an eps model's one-step x0 multiplies its
-# noise error by 1 / sqrt(ab_T) (about 150 for SR3's schedule) and gives noise.
+# noise error by 1 / sqrt(ab_T) (about 150 for SR3's schedule) and gives noise. yoda.adapters.OTHER_MODEL_STEPS,
+# written out so that parsing imports no torch (a test ties them).
 OTHER_MODEL_STEPS = 50
 
 

@@ -144,9 +144,6 @@ def last_tau(adapter, a, device) -> Callable[[int], float]:
                                progress=False).taus[-1]
 
 
-# The most steps yoda_steps raises --steps to (at most the model's T)
-MOST_YODA_STEPS = 50
-
 
 def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_bound: float, T: int) -> int:
     """upscale's steps with --attention. YODA's masks widen as sampling goes on and cover every pixel once the
@@ -154,10 +151,12 @@ def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_
     it leaves keep the bicubic image, next to sharpened ones: the edge between them shows. --steps not given
     (``given`` False): the fewest steps from ``steps`` up to MOST_YODA_STEPS (and T) whose last step refines every
     pixel, with a note. Given: kept, with a note saying so. last_tau(n): the last step's tau at n steps."""
+    from .sampling.spec import covering_steps
+
     tau = last_tau(steps)
     if tau <= 0:
         return steps
-    enough = next((n for n in range(steps + 1, min(MOST_YODA_STEPS, T) + 1) if last_tau(n) <= 0), None)
+    enough = covering_steps(last_tau, steps + 1, T)
     left = (f"pixels whose attention is below {tau:.2f} keep the bicubic image, and the edge where the refined "
             f"ones begin can show")
     if given or enough is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -30,11 +31,12 @@ from . import attention as _attention
 from . import data as _data
 from . import sampling as _sampling
 from ._io import atomic_write_text
-from .adapters import as_adapter, upsample
+from .adapters import as_adapter, model_steps, upsample
 from .errors import lr_from_images
 from .images import from_uint8, quantize_u8, to_uint8
 from .masks import check_lower_bound
 from .sampling.spec import ALL_SAMPLERS as SAMPLER_NAMES
+from .sampling.spec import resolve_seed
 
 LPIPS_NOTE = "LPIPS omitted: it needs local backbone + LPIPS head weights, none were given"
 
@@ -73,7 +75,16 @@ def _odd_window(largest: int, shape) -> int:
 def psnr_u8(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     """(B,) PSNR in dB of [-1, 1] images after rounding to 8 bits (yoda.images.quantize_u8, the pixels a
     saved PNG has): 10 log10(255^2 / MSE), MSE in float64 in torch, so training needs no scikit-image.
-    Equal to :func:`psnr` (skimage's peak_signal_noise_ratio) on to_uint8 of the same images."""
+    Equal to :func:`psnr` (skimage's peak_signal_noise_ratio) on to_uint8 of the same images.
+    sr, hr: float (B, C, H, W) tensors of one shape (a uint8 tensor, clamped to [-1, 1], gave a silent wrong
+    number; a (C, H, W) one, one PSNR per channel)."""
+    for name, x in (("sr", sr), ("hr", hr)):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
+            raise ValueError(f"{name} must be a float (B, C, H, W) tensor in [-1, 1] (yoda.from_uint8 of 8-bit "
+                             f"images; psnr() takes uint8 (H, W, 3) arrays), got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+    if sr.shape != hr.shape:
+        raise ValueError(f"sr and hr must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
     mse = (quantize_u8(sr).double() - quantize_u8(hr).double()).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(255.0**2 / mse)
 
@@ -120,6 +131,17 @@ def metrics(sr: np.ndarray, hr: np.ndarray, y_border: Optional[int] = None) -> d
     return {"psnr": p, "ssim": s, "L_shift": cs["L_shift"], "ab_shift": cs["ab_shift"]}
 
 
+def one_or_many(values: Any, name: str) -> tuple:
+    """A settings field of several values as a tuple: one name or number alone is one value (a str was taken
+    letter by letter, a float was a TypeError)."""
+    if isinstance(values, (str, numbers.Real)):
+        return (values,)
+    try:
+        return tuple(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a value or a sequence of them, got {type(values).__name__}") from None
+
+
 def check_distinct(values: Sequence, name: str) -> None:
     """A value given twice would be pooled into one table row with twice the images: refused, naming ``name``."""
     seen = set()
@@ -131,16 +153,18 @@ def check_distinct(values: Sequence, name: str) -> None:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How `yoda eval` samples. lower_bounds x attentions are the YODA variants; "plain", "bicubic" (torch's, the
-    up(lr) of yoda's models) and "bicubic-matlab" (MATLAB's imresize, SR papers' bicubic row) are always
-    included. max_size: HR images are centre-cropped to at most this size (CPU budget)."""
+    """How `yoda eval` samples (its defaults are the command's). lower_bounds x attentions are the YODA variants
+    (one value alone is one variant); "plain", "bicubic" (torch's, the up(lr) of yoda's models) and
+    "bicubic-matlab" (MATLAB's imresize, SR papers' bicubic row) are always included. steps: None is the model's
+    own (adapters.model_steps: its card's, 1 for the embedded model; else OTHER_MODEL_STEPS), the same for every
+    row. max_size: HR images are centre-cropped to at most this size (CPU budget; None: whole images)."""
 
-    steps: int = 20
+    steps: Optional[int] = None
     sampler: str = "ddim"
     eta: Optional[float] = None  # None: the sampler's default (DDIM 0, the SDE / ancestral solvers 1)
     sigmas: Optional[str] = None  # the sigma-space solvers' noise levels (None: their default, karras)
-    lower_bounds: tuple = (0.6,)
-    attentions: tuple = ("edge",)
+    lower_bounds: tuple = (0.4, 0.6, 0.8)
+    attentions: tuple = ("edge", "gaussian")
     seed: int = 0
     max_size: Optional[int] = 128
     backend: str = "auto"
@@ -155,17 +179,24 @@ class EvalSettings:
                 raise ValueError(f"lpips must be None or (backbone weights path, lin weights path), got {self.lpips!r}")
             object.__setattr__(self, "lpips", tuple(os.fspath(v) for v in lp))
         object.__setattr__(self, "lower_bounds", tuple(check_lower_bound(v, f"lower_bounds[{i}]")
-                                                          for i, v in enumerate(self.lower_bounds)))
-        object.__setattr__(self, "attentions", tuple(self.attentions))
+                                                          for i, v in enumerate(one_or_many(self.lower_bounds,
+                                                                                            "lower_bounds"))))
+        object.__setattr__(self, "attentions", one_or_many(self.attentions, "attentions"))
         check_distinct(self.attentions, "attentions")
         check_distinct(self.lower_bounds, "lower_bounds")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        for name, none in (("steps", "the model's own"), ("max_size", "whole images")):
+            v = getattr(self, name)
+            if not (v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1)):
+                raise ValueError(f"{name} must be an int >= 1 or None ({none}), got {v!r}")
+        if self.seed is None:  # yoda.sample would draw one per run: two evaluations would differ
+            raise ValueError("seed must be an int in [0, 2**32 - 1], got None")
+        resolve_seed(self.seed)
         if self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {self.sampler!r}")
 
 
-def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings) -> tuple[torch.Tensor, int, float]:
+def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings,
+               steps: int) -> tuple[torch.Tensor, int, float]:
     """(SR, denoiser calls, seconds) of one yoda.sample run (no progress bar of its own: evaluate has one)."""
     calls = [0]
 
@@ -174,7 +205,7 @@ def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSe
 
     t0 = time.perf_counter()
     with lr_from_images():  # lr is make_lr's, of an 8-bit HR image
-        sr = _sampling.sample(model, lr, attention=attention, steps=s.steps, sampler=s.sampler, eta=s.eta,
+        sr = _sampling.sample(model, lr, attention=attention, steps=steps, sampler=s.sampler, eta=s.eta,
                               sigmas=s.sigmas, lower_bound=lower_bound, seed=s.seed, backend=s.backend,
                               progress=False, callback=count)
     return sr, calls[0], time.perf_counter() - t0
@@ -197,6 +228,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     when the run is stopped (Ctrl-C) or fails part way."""
     adapter = as_adapter(model)
     scale = adapter.scale
+    steps = model_steps(adapter) if settings.steps is None else settings.steps
     upsamplings = {"bicubic": "torch", "bicubic-matlab": "matlab"}  # rows without sampling (yoda.upsampling)
     variants = [(name, None, None) for name in upsamplings] + [("plain", None, None)]
     variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
@@ -223,7 +255,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
                 else:
                     bar.set_postfix_str(f"{os.path.basename(name)} {method}{f' {attn} l={lb:g}' if attn else ''}")
                     sr, calls, secs = run_sample(adapter, lr, extractors.get(attn), 1.0 if lb is None else lb,
-                                                 settings)
+                                                 settings, steps)
                     bar.update()
                 row = {"image": name, "method": method, "attention": attn or "",
                        "lower_bound": "" if lb is None else lb}

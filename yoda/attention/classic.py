@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..images import check_lr_range
+
 __all__ = [
     "check_lr",
     "aggregate",
@@ -36,10 +38,6 @@ __all__ = [
 
 # ITU-R BT.601 luma weights: the grey image the edge and SIFT extractors look at.
 _LUMA = (0.299, 0.587, 0.114)
-
-# Values a hair outside [-1, 1] come from float rounding in upstream resizes (bicubic overshoot is
-# clamped there); anything further out means the caller passed [0, 1] or [0, 255] data.
-_RANGE_ATOL = 1e-4
 
 
 def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
@@ -65,11 +63,7 @@ def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     lo, hi = float(x.min()), float(x.max())
-    if lo < -1.0 - _RANGE_ATOL or hi > 1.0 + _RANGE_ATOL:
-        raise ValueError(
-            f"{name} values must lie in [-1, 1], got min {lo:.4g}, max {hi:.4g} "
-            "(convert [0, 1] images with 2*x - 1)"
-        )
+    check_lr_range(name, lo, hi)  # yoda.sample's margin: what it takes, its extractors take
     x = x.clamp(-1.0, 1.0)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)

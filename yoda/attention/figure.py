@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..drawing import font as _font
+from ..images import check_lr_range
 
 __all__ = ["attention_figure", "colormap", "colour_key"]
 
@@ -212,8 +213,7 @@ def attention_figure(
 
     T, lower_bound = check_T(T), check_lower_bound(lower_bound)
     x = _image0(lr, "lr", (1, 3))
-    if float(x.min()) < -1.0 - 1e-4 or float(x.max()) > 1.0 + 1e-4:
-        raise ValueError(f"lr values must lie in [-1, 1], got min {float(x.min()):.4g}, max {float(x.max()):.4g}")
+    check_lr_range("lr", float(x.min()), float(x.max()))
     a = _image0(A, "A", (1,))
     if float(a.min()) < 0.0 or float(a.max()) > 1.0:
         raise ValueError(f"A values must lie in [0, 1], got min {float(a.min()):.4g}, max {float(a.max()):.4g}")

@@ -16,7 +16,7 @@ from .. import data as _data
 from .. import sampling as _sampling
 from ..adapters import as_adapter, upsample
 from ..errors import lr_from_images
-from ..evaluate import check_distinct
+from ..evaluate import check_distinct, one_or_many
 from ..images import from_uint8, to_uint8
 from ..masks import check_lower_bound
 from .numbers import (RegionalError, attention_map, best_crop, crop_metrics, lpips_map, poly_fit,
@@ -51,12 +51,13 @@ class FigureSettings:
     lpips: Optional[tuple] = None
 
     def __post_init__(self):
-        object.__setattr__(self, "attentions", tuple(self.attentions))
+        object.__setattr__(self, "attentions", one_or_many(self.attentions, "attentions"))
         if not self.attentions:
             raise ValueError("attentions must name at least one attention method")
         object.__setattr__(self, "lower_bound", check_lower_bound(self.lower_bound))
         object.__setattr__(self, "lower_bounds", tuple(check_lower_bound(v, f"lower_bounds[{i}]")
-                                                          for i, v in enumerate(self.lower_bounds)))
+                                                          for i, v in enumerate(one_or_many(self.lower_bounds,
+                                                                                            "lower_bounds"))))
         if not self.lower_bounds:
             raise ValueError("lower_bounds must not be empty")
         check_distinct(self.attentions, "attentions")

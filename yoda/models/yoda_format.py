@@ -13,11 +13,13 @@ metadata holds:
                      "prediction": "eps" | "x0" | "v", what the network outputs (absent: "eps"),
                      "upsampling": how up(lr) is made, yoda.upsampling's method: "sr3" / "srdiff" for a
                                    released checkpoint saved again (absent: "torch", yoda's own models),
+                     "sampling": {"sampler": name, "steps": n}, yoda.sample's defaults for the model
+                                 (ModelCard.sampling; absent: yoda.sample's own, DDPM over every step),
                      "extra": free-form JSON object (training notes, data, metrics) or absent}
 
 ``load_yoda(path)`` (``yoda.load("yoda", path)``) checks the declared architecture against the tensors on the
 meta device, rebuilds the model from "args", loads the tensors strictly and returns it with its ModelCard
-(schedule, scale, prediction, the space of its kind, and the whole config as ``card.config``), so
+(schedule, scale, prediction, the space of its kind, sampling, and the whole config as ``card.config``), so
 ``yoda.sample(model, lr)`` needs nothing else.
 """
 
@@ -105,10 +107,12 @@ def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping
 
 
 def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: Any = None, *,
-               scale: Optional[int] = None, extra: Optional[dict] = None, prediction: Optional[str] = None) -> None:
+               scale: Optional[int] = None, extra: Optional[dict] = None, prediction: Optional[str] = None,
+               sampling: Optional[Mapping] = None) -> None:
     """Write ``model`` in the "yoda" format (module docstring). config: the model's config dataclass
     (default ``model.config``); schedule, scale, prediction: given here, else from the model's card
-    (``model.card``), else the config's (SR3's ``scale``, SRDiff's ``sr_scale`` and schedule) and "eps".
+    (``model.card``), else the config's (SR3's ``scale``, SRDiff's ``sr_scale`` and schedule) and "eps";
+    sampling (yoda.sample's defaults for the model, ModelCard.sampling): given here, else the card's, else none.
     Written through yoda._io.atomic_write_bytes, so a failure never leaves a half-written file at ``path``."""
     from safetensors.torch import save
 
@@ -134,6 +138,10 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
         prediction = card.prediction if card is not None else "eps"
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if sampling is None and card is not None:
+        sampling = card.sampling
+    if sampling is not None:  # checked as the card that load_yoda makes of it checks it
+        sampling = dict(ModelCard(schedule, scale, sampling=sampling).sampling)
     upsampling = getattr(model, "upsampling", "torch")  # a released SR3 / SRDiff checkpoint's ("sr3", "srdiff")
     if upsampling not in UPSAMPLINGS:
         raise ValueError(f"the model's upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
@@ -152,6 +160,7 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     try:
         meta_json = json.dumps({"kind": kind, "args": args, "schedule": schedule.to_dict(), "scale": scale,
                                 "prediction": prediction, "upsampling": upsampling,
+                                **({"sampling": sampling} if sampling is not None else {}),
                                 **({"extra": extra} if extra is not None else {})})
     except TypeError as e:
         raise ValueError(f"extra / config must be JSON-serialisable: {e}") from e
@@ -201,6 +210,11 @@ def load_yoda(p: str) -> nn.Module:
         raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: {type(e).__name__}: {e}") from e
     if not isinstance(kind, str) or kind not in SPACE_OF_KIND:
         raise CheckpointError(f"{p}: unknown model kind {kind!r} in the yoda config (expected 'sr3' or 'srdiff')")
+    try:
+        card = ModelCard(schedule=schedule, scale=int(scale), prediction=prediction, space=SPACE_OF_KIND[kind],
+                         config=cfg, sampling=cfg.get("sampling"))
+    except ValueError as e:  # a bad "sampling"
+        raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: ValueError: {e}") from e
     _check_declared(p, kind, args, tensors, schedule.T)  # before anything is allocated
     try:
         model = build_model(kind, args)
@@ -208,6 +222,5 @@ def load_yoda(p: str) -> nn.Module:
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind} model: {e}") from e
     model.load_state_dict(tensors, strict=True)  # keys, shapes and values were checked on the meta model
     model.upsampling = upsampling
-    model.card = ModelCard(schedule=schedule, scale=int(scale), prediction=prediction, space=SPACE_OF_KIND[kind],
-                           config=cfg)
+    model.card = card
     return model.eval()

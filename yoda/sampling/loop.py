@@ -27,7 +27,7 @@ from tqdm.auto import trange
 from ..adapters import Adapter, apply_cfg_scale, as_adapter
 from ..errors import NonFiniteError
 from .prepare import pad_to_model, prepare
-from .spec import all_finite, check_lr, make_spec
+from .spec import all_finite, check_lr, covering_steps, make_spec
 from .speed import check_speed, network_attr, speed_adapter
 
 FINITE_EVERY = 10  # the state is checked for NaN/Inf after step 0, every this many steps, and at the end
@@ -70,7 +70,8 @@ def sample(
     attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
         bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get, or f(lr) -> A.
     steps: sampling steps (default: the model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T;
-        heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
+        with attention the model's steps are raised to the fewest whose last step refines every pixel, at most
+        MOST_YODA_STEPS: 2 for the embedded model at lower_bound 0.6, as the CLI takes them; heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
         last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default "trailing"; ddpm /
         ddim only).
     sampler: default: the model's (adapter.sampling_defaults: "ddim" for the embedded model), else "ddpm".
@@ -122,7 +123,7 @@ def sample(
         torch.inference_mode()), then ad.decode(d["x0_hat"], lr, cond) in the callback.
         With attention, the last step's active_fraction says how much was refined at all: with few steps the
         masks may not reach every pixel (at the last step t, pixels with A < t / T - lower_bound keep the LR
-        image; the CLI takes enough steps for them, cli_upscale.yoda_steps).
+        image; yoda.sample takes enough where the steps are the model's own, and so does the CLI).
     windows: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,
         skip_inactive=True): tiled denoising over the state grid with Gaussian blending; windows with no
         active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.
@@ -152,16 +153,25 @@ def sample(
     defaults = adapter.sampling_defaults  # the model's (its ModelCard's), for what the call leaves out
     if sampler is None:
         sampler = defaults.get("sampler", "ddpm")
-    if steps is None and (sigmas is None or isinstance(sigmas, str)):  # a sequence of sigmas gives its own count
+    own_steps = steps is None and (sigmas is None or isinstance(sigmas, str))  # a sequence of sigmas: its own count
+    if own_steps:
         steps = defaults.get("steps")
     lr_checked = check_lr(lr)
     crop = None
     if pad:
         lr_checked, attention, crop = pad_to_model(adapter, lr_checked, attention, lower_bound)
-    spec = make_spec(adapter, lr_checked, steps=steps, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
-                     backend=backend, progress=progress, callback=callback, clip=clip, kernel_tile=kernel_tile,
-                     spacing=spacing, windows=windows, window_batch=window_batch, sigmas=sigmas,
-                     timesteps=timesteps)
+    def spec_of(n, seed=seed):
+        return make_spec(adapter, lr_checked, steps=n, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
+                         backend=backend, progress=progress, callback=callback, clip=clip, kernel_tile=kernel_tile,
+                         spacing=spacing, windows=windows, window_batch=window_batch, sigmas=sigmas,
+                         timesteps=timesteps)
+
+    spec = spec_of(steps)
+    if own_steps and steps is not None and attention is not None and spec.taus[-1] > 0:
+        # the model's steps would leave pixels at the LR image beside refined ones: the fewest that refine them all
+        # (trial specs with seed 0: seed=None draws its seed from torch's generator once, in the last spec)
+        enough = covering_steps(lambda n: spec_of(n, 0).taus[-1], steps + 1, spec.T)
+        spec = spec if enough is None else spec_of(enough)
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)
     with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor

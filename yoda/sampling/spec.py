@@ -28,12 +28,23 @@ from ..masks import as_int
 from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter
 from ..errors import lr_from_images_now
+from ..images import check_lr_range
 from . import solvers as S
 
 ALL_SAMPLERS = SAMPLERS + S.SOLVERS  # the kernels' two (masked_step) and the sigma-space solvers (masked_combine)
 
 STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-LR_MARGIN = 0.02  # lr may exceed [-1, 1] by this much (bicubic/antialiased resizing overshoots slightly)
+# yoda.sample with attention and the model's own steps (the call gives none), and the CLI with --attention: the
+# steps are raised, up to this many (and the model's T), until the last one refines every pixel (covering_steps)
+MOST_YODA_STEPS = 50
+
+
+def covering_steps(last_tau: Callable[[int], float], steps: int, T: int) -> Optional[int]:
+    """The fewest n from ``steps`` up to MOST_YODA_STEPS (and T) whose last step refines every pixel, else None.
+    YODA's masks widen as sampling goes on and cover every pixel once the threshold tau = t/T - l reaches 0
+    (DESIGN.md §4); with few steps the last step comes before that, and the pixels it leaves keep the LR image
+    next to refined ones: the edge between them shows. last_tau(n): the last step's tau at n steps."""
+    return next((n for n in range(steps, min(MOST_YODA_STEPS, T) + 1) if last_tau(n) <= 0), None)
 
 
 @dataclass(frozen=True)
@@ -191,10 +202,7 @@ def check_lr(lr: Any) -> torch.Tensor:
     if not all_finite(lr):
         raise ValueError("lr contains NaN or Inf")
     lo, hi = lr.min().item(), lr.max().item()
-    if lo < -1.0 - LR_MARGIN or hi > 1.0 + LR_MARGIN:
-        raise ValueError(
-            f"lr values must be in [-1, 1] (x / 127.5 - 1 for 8-bit images), got range [{lo:.4g}, {hi:.4g}]"
-        )
+    check_lr_range("lr", lo, hi)
     # a [0, 1] photograph has its darkest pixel at about 0 and none below; a bright image in [-1, 1] (a white
     # page, fog) has its darkest pixel well above mid-gray and is not warned of. A light photograph whose darkest
     # pixel is just above mid-gray cannot be told from a [0, 1] image: callers that made lr of 8-bit images
