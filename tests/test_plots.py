@@ -306,10 +306,10 @@ def test_the_loss_is_described_from_the_runs_config(tmp_path, monkeypatch):
         cfg.update(data={"val_crops": n, "val_crop": size}, val_steps=steps)
         (tmp_path / name / "config.json").write_text(json.dumps(cfg))
         log(tmp_path / name, "log.csv", ["1,0.5,0.0002,1.0,27.9,28.0", "2,0.4,0.0002,1.0,30.7,30.6"])
-    assert plots.validation_description(paths[0]) == "1 crop of 32², DDIM 4 steps"
-    assert plots.validation_description(paths[1]) == "4 crops of 64², DDIM 20 steps"
+    assert plots.validation_description(paths[0]) == "1 crop of 32x32, DDIM 4 steps"
+    assert plots.validation_description(paths[1]) == "4 crops of 64x64, DDIM 20 steps"
     _, texts = plot(tmp_path, paths[1:], monkeypatch=monkeypatch)
-    assert "validation PSNR (dB): 4 crops of 64², DDIM 20 steps" in [s for _, s in texts]
+    assert "validation PSNR (dB): 4 crops of 64x64, DDIM 20 steps" in [s for _, s in texts]
     texts.clear()
     plot(tmp_path, paths, monkeypatch=monkeypatch)  # two runs measured differently: the bare title
     assert "validation PSNR (dB)" in [s for _, s in texts]

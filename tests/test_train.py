@@ -951,6 +951,8 @@ def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):
     from yoda.training.report import with_data_dir
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "dexp" / "train").mkdir(parents=True)
+    (tmp_path / "dexp" / "heldout").mkdir()
     cfg = with_data_dir(TrainConfig(), "dexp")
     assert cfg.data.source == str(tmp_path / "dexp" / "train")
 
@@ -989,7 +991,9 @@ def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
     assert "stopped by --minutes before step 50: the same command resumes" in (out / "TRAINING.md").read_text()
     assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q", "--steps", "2"]) == 0  # finishes
     o, e = capsys.readouterr()
-    assert "now at step 2 of 2" in o and e == "" and "stopped by" not in (out / "TRAINING.md").read_text()
+    assert "now at step 2 of 2" in o and "stopped by" not in (out / "TRAINING.md").read_text()
+    # a finished run says how to use what it made
+    assert e == f"yoda: note: next: yoda upscale IMAGE -o OUT --model {out / 'model.safetensors'}; yoda plot {out}\n"
 
 
 @pytest.mark.parametrize("name", ["edge", "sift"])
@@ -1206,3 +1210,94 @@ def test_init_refuses_another_model(tmp_path, img_folder):
     with pytest.raises(ValueError, match=r"init \(--init\): .*junk.safetensors: not a readable safetensors file"):
         Trainer(tiny_config(img_folder, init=str(tmp_path / "junk.safetensors")), str(tmp_path / "f"),
                 device="cpu", progress=False)
+
+
+def test_a_trained_model_samples_as_its_config_says(tmp_path, img_folder):
+    """A model trained (or fine-tuned) with the shipped default_x4 config sampled with DDPM over T = 1000 steps in
+    yoda.sample and 50 steps in the CLI (12.2 s and 28.9 dB against 32.5 dB at its 1 DDIM step): its card had no
+    sampling. The config's ``sampling`` is now its card's; it may change on resume (no training step depends on
+    it), and a bad one is refused when the config is read."""
+    import yoda
+    from yoda.adapters import as_adapter, model_steps
+    from yoda.training.config import CONFIGS
+
+    assert TrainConfig.load(str(CONFIGS / "default_x4.json")).sampling == {"sampler": "ddim", "steps": 1}
+    cfg = tiny_config(img_folder, steps=1, val_every=0, sampling={"sampler": "ddim", "steps": 3})
+    Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
+    net = yoda.load("yoda", str(tmp_path / "run" / "model.safetensors"))
+    assert net.card.sampling == {"sampler": "ddim", "steps": 3} and model_steps(as_adapter(net)) == 3
+    again = cfg.replace(steps=2, sampling={"sampler": "ddpm", "steps": 2})
+    Trainer(again, str(tmp_path / "run"), device="cpu", progress=False).run()  # resumes (was "differs in: sampling")
+    assert yoda.load("yoda", str(tmp_path / "run" / "model.safetensors")).card.sampling == {"sampler": "ddpm",
+                                                                                             "steps": 2}
+    Trainer(cfg.replace(sampling={}), str(tmp_path / "plain"), device="cpu", progress=False).run()
+    assert yoda.load("yoda", str(tmp_path / "plain" / "model.safetensors")).card.sampling is None
+    for bad in ({"sampler": "DDIM"}, {"steps": 51}, {"steps": 0}, {"eta": 0}):
+        with pytest.raises(ValueError, match=r"sampling.*'sampler' must be one of|sampling must be None or"):
+            tiny_config(img_folder, sampling=bad)  # T = 50
+
+
+def test_train_main_checks_data_dir_and_makes_folders_absolute(tmp_path, img_folder, monkeypatch):
+    """--data-dir was ignored without a word when the config trains on a folder (even --data-dir /nonexistent); a
+    --data-dir without train/ said only "image folder DIR/train not found"; a relative data.source was stored
+    relative, so a resume from another working folder trained on other images (or none); config.json was
+    written at the end only, so a killed or diverged run had none, though the errors point to it."""
+    from yoda.training import train_main
+
+    cfg_path = tmp_path / "tiny.json"
+    monkeypatch.chdir(os.path.dirname(img_folder))
+    rel = os.path.basename(img_folder)
+    cfg_path.write_text(tiny_config(rel, steps=1, val_every=0).to_json())
+    with pytest.raises(ValueError, match=r"--data-dir replaces the config's data sources .* this config trains on "
+                                         r"the folder 'imgs': leave --data-dir out"):
+        train_main(str(cfg_path), str(tmp_path / "r0"), device="cpu", progress=False, data_dir="/nonexistent")
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({**tiny_config(rel).to_dict(), "data": {**tiny_config(rel).to_dict()["data"],
+                                                                          "source": "photos"}}))
+    with pytest.raises(ValueError, match=r"--data-dir .*: no folder train/ in it .* train/ \(training images\) and "
+                                         r"heldout/"):
+        train_main(str(named), str(tmp_path / "r0"), device="cpu", progress=False, data_dir=img_folder)
+    assert not (tmp_path / "r0").exists()
+    train_main(str(cfg_path), str(tmp_path / "r1"), device="cpu", progress=False)
+    saved = json.loads((tmp_path / "r1" / "config.json").read_text())
+    assert saved["data"]["source"] == saved["data"]["val_source"] == os.path.abspath(img_folder)
+    # a run that diverges keeps a config.json, and says what to do
+    monkeypatch.setattr(Trainer, "train_step", lambda self: float("nan"))
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 0: training diverged; try a lower lr "
+                                                 r"\(now 0.001\), a longer warmup or grad_clip > 0"):
+        train_main(str(cfg_path), str(tmp_path / "r2"), device="cpu", progress=False)
+    assert json.loads((tmp_path / "r2" / "config.json").read_text())["lr"] == 1e-3
+
+
+def test_a_run_folder_or_its_checkpoint_named_as_a_model_says_where_the_model_is(tmp_path, img_folder, capsys):
+    """--model RUN said "model file not found" of a folder that exists; --model / --init RUN/checkpoint.pt sent the
+    user to sr3:PATH / srdiff:PATH. --init default is the embedded model, as --model default is."""
+    import yoda
+    from yoda.cli import main
+    from yoda.models.loading import DEFAULT_WEIGHTS
+    from yoda.training import train_main
+
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(tiny_config(img_folder, steps=1, val_every=0).to_json())
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_path), "--out", str(run), "-q"]) == 0
+    capsys.readouterr()
+    lr = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (90, 120, 30)).save(lr)
+    assert main(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(run)]) == 2
+    assert capsys.readouterr().err == f"yoda: error: --model {run} is a folder: its model is {run / 'model.safetensors'}\n"
+    assert main(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(run / "checkpoint.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is a `yoda train` checkpoint (the state a run resumes from), not a model file" in err
+    assert "sr3:PATH" not in err
+    with pytest.raises(ValueError, match=r"init \(--init\): .*checkpoint.pt is a `yoda train` checkpoint"):
+        train_main(str(cfg_path), str(tmp_path / "ft"), device="cpu", progress=False, init=str(run / "checkpoint.pt"))
+    ft = json.loads(TrainConfig.load("default_x4").replace(steps=1).to_json())
+    ft["data"].update(source=img_folder, val_source=img_folder, crop=32)
+    (tmp_path / "ft.json").write_text(json.dumps(ft))
+    s = train_main(str(tmp_path / "ft.json"), str(tmp_path / "ft2"), device="cpu", progress=False, init="default")
+    assert s["steps"] == 1
+    assert json.loads((tmp_path / "ft2" / "config.json").read_text())["init"] == str(DEFAULT_WEIGHTS)
+    assert yoda.load("yoda", s["weights"]).card.sampling == {"sampler": "ddim", "steps": 1}

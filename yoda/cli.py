@@ -445,6 +445,7 @@ def cmd_train(a) -> int:
             print(f"yoda: {how} at step {s['steps']} of {s['total']}; the checkpoint is saved: the same command "
                   f"resumes", file=sys.stderr)
             return 0 if s["signal"] is None else 128 + int(s["signal"])
+        note(f"next: yoda upscale IMAGE -o OUT --model {s['weights']}; yoda plot {s['out']}")
     return 0
 
 

@@ -39,6 +39,10 @@ def load_model(spec: str, device, config: Optional[str] = None):
         path = DEFAULT_WEIGHTS
         if not path.exists():
             raise UserError(f"the embedded default model {path} is not installed; pass --model PATH")
+    if path.is_dir():  # a training run's folder: its weights are in it
+        found = sorted(path.glob("*.safetensors"))
+        hint = f": its model is {found[0]}" if len(found) == 1 else " (--model takes a model file)"
+        raise UserError(f"--model {spec} is a folder{hint}")
     if not path.is_file():
         raise UserError(f"--model {spec}: model file not found: {path}")
     if config is not None:

@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decay the learning rate linearly from STEP to 0 at the last step (overrides the config)")
     p.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="start from these weights (a yoda model file of the config's model, e.g. an earlier "
-                        "run's export or yoda/weights/default_x4.safetensors): fine-tuning; the same command resumes, "
+                        "run's export, or default: the embedded model): fine-tuning; the same command resumes, "
                         "from the checkpoint's weights")
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop (and save) after this much wall time")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

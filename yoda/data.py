@@ -290,6 +290,9 @@ def load_source(source: str, min_size: int = 0) -> list[tuple[str, np.ndarray]]:
 # ----------------------------------------------------------------------------------------------------------
 # Random crops
 # ----------------------------------------------------------------------------------------------------------
+NAMED_SOURCES = ("builtin", "heldout", "photos", "photos-heldout")  # DataConfig sources that are not folders
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where HR crops come from and how LR is made. JSON-friendly (plain fields)."""

@@ -147,14 +147,14 @@ def loss_description(log: str) -> str:
 
 
 def validation_description(log: str) -> str:
-    """How a run's validation PSNR was measured, from its config.json: "4 crops of 64², DDIM 20 steps" (one
+    """How a run's validation PSNR was measured, from its config.json: "4 crops of 64x64, DDIM 20 steps" (one
     crop's PSNR moves by tenths of a dB from step to step; "" when there is no config)."""
     try:
         cfg = _run_config(log)
         n, size, steps = int(cfg["data"]["val_crops"]), int(cfg["data"]["val_crop"]), int(cfg["val_steps"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return ""
-    return f"{n} crop{'s' if n != 1 else ''} of {size}², DDIM {steps} step{'s' if steps != 1 else ''}"
+    return f"{n} crop{'s' if n != 1 else ''} of {size}x{size}, DDIM {steps} step{'s' if steps != 1 else ''}"
 
 
 def log_ticks(lo: float, hi: float) -> list[tuple[float, str]]:

@@ -12,6 +12,21 @@ from ..adapters import SPACES
 from ..schedule import Schedule
 
 
+def check_sampling(s: Any, name: str, T: Optional[int] = None) -> dict:
+    """``s`` as a dict {"sampler": a yoda.sample sampler, "steps": an int in [1, T]} (either key may be left out),
+    else ValueError naming ``name``: a bad sampler ("DDIM") or steps failed only at the model's first sample."""
+    from ..sampling.spec import ALL_SAMPLERS
+
+    if not isinstance(s, Mapping) or not set(s) <= {"sampler", "steps"}:
+        raise ValueError(f"{name} must be None or a mapping with the keys 'sampler' and / or 'steps', got {s!r}")
+    steps = s.get("steps", 1)
+    if s.get("sampler", "ddpm") not in ALL_SAMPLERS or isinstance(steps, bool) or not isinstance(steps, int) \
+            or not 1 <= steps <= (T or steps):
+        raise ValueError(f"{name}: 'sampler' must be one of {', '.join(ALL_SAMPLERS)} and 'steps' an int in "
+                         f"[1, {T or 'T'}], got {dict(s)!r}")
+    return dict(s)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """What yoda.sample must know about a network besides its weights, in one explicit object.
@@ -55,16 +70,9 @@ class ModelCard:
             raise ValueError(f"ModelCard.space must be one of {SPACES}, got {self.space!r}")
         if self.config is not None and not isinstance(self.config, Mapping):
             raise TypeError(f"ModelCard.config must be a mapping or None, got {type(self.config).__name__}")
-        if self.sampling is not None:
-            s = self.sampling
-            if not isinstance(s, Mapping) or not set(s) <= {"sampler", "steps"}:
-                raise ValueError(f"ModelCard.sampling must be None or a mapping with the keys 'sampler' and / or "
-                                 f"'steps', got {s!r}")
-            steps = s.get("steps", 1)
-            if not isinstance(s.get("sampler", ""), str) or isinstance(steps, bool) or not isinstance(steps, int) \
-                    or steps < 1:
-                raise ValueError(f"ModelCard.sampling: 'sampler' must be a name and 'steps' an int >= 1, got {s!r}")
-            object.__setattr__(self, "sampling", MappingProxyType(dict(s)))  # frozen, as the card is
+        if self.sampling is not None:  # frozen, as the card is
+            object.__setattr__(self, "sampling", MappingProxyType(check_sampling(self.sampling, "ModelCard.sampling",
+                                                                                 self.schedule.T)))
 
     def __repr__(self) -> str:
         cfg = self.config

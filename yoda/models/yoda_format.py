@@ -181,6 +181,9 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
 def load_yoda(p: str) -> nn.Module:
     """The model of the "yoda" file ``p`` (eval mode, CPU) with its ModelCard (module docstring)."""
     tensors, meta = read_checkpoint(p)
+    if meta is None and isinstance(tensors, dict) and {"model", "ema", "step", "config"} <= set(tensors):
+        raise CheckpointError(f"{p} is a `yoda train` checkpoint (the state a run resumes from), not a model file: "
+                              f"the run's model is the .safetensors file next to it (model.safetensors by default)")
     if meta is None or meta.get("format") != FORMAT:
         hint = ("; an upstream SR3 *_gen.pth or SRDiff model_ckpt_steps_*.ckpt loads as sr3:PATH / srdiff:PATH "
                 "(yoda.load('sr3' / 'srdiff', PATH))" if meta is None else "")

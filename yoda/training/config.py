@@ -135,6 +135,10 @@ class TrainConfig:
     val_steps: int = 20  # DDIM steps of validation sampling
     ckpt_every: int = 0  # steps between checkpoints (0: only at the end)
     init: str = ""  # weights to start from (a yoda model file, e.g. an earlier run's export; "": a random init)
+    # how the exported model samples where a call names nothing (its ModelCard.sampling: yoda.sample's and the CLI's
+    # default), e.g. {"sampler": "ddim", "steps": 1} for an x0 model like the embedded one; {}: none (yoda.sample
+    # then takes DDPM over every step, the CLI 50 steps)
+    sampling: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.data, dict):
@@ -157,6 +161,10 @@ class TrainConfig:
                              f"{self.name!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
             raise ValueError(f"seed must be an int in [0, 2**32 - 1], got {self.seed!r}")
+        if self.sampling:
+            from ..models.card import check_sampling
+
+            check_sampling(self.sampling, "sampling", int(self.schedule.get("T", 1000)))
         if self.init and not self.init.strip():
             raise ValueError(f"init must be the path of a yoda model file (.safetensors) or empty, got {self.init!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):

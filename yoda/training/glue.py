@@ -64,9 +64,9 @@ def whole_image_maps(extractor: Callable, images, scale: int) -> list[torch.Tens
 
 def model_card(cfg: TrainConfig, schedule) -> ModelCard:
     """The card of a model trained with ``cfg``: its schedule, scale, space and parameterisation (the loss
-    target), so it is sampled as what it was trained to predict."""
+    target), so it is sampled as what it was trained to predict, and how it samples by default (cfg.sampling)."""
     return ModelCard(schedule=schedule, scale=int(cfg.data.scale), prediction=cfg.loss.target,
-                     space=cfg.loss.space)
+                     space=cfg.loss.space, sampling=cfg.sampling or None)
 
 
 def sampling_adapter(module: torch.nn.Module, cfg: TrainConfig, schedule):

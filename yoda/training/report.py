@@ -44,9 +44,27 @@ def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
     sub = {"builtin": "train", "heldout": "heldout", "photos": "train", "photos-heldout": "heldout"}
     data_dir = os.path.abspath(data_dir)  # config.json and the checkpoint resume from any working folder
     d = cfg.data
+    if d.source not in sub and d.val_source not in sub:  # it was ignored without a word
+        raise ValueError(f"--data-dir replaces the config's data sources {', '.join(map(repr, sub))}; this config "
+                         f"trains on the folder {d.source!r}: leave --data-dir out, or set data.source in the config")
+    for src in {d.source, d.val_source} & set(sub):
+        if not os.path.isdir(os.path.join(data_dir, sub[src])):
+            raise ValueError(f"--data-dir {data_dir}: no folder {sub[src]}/ in it (the {src!r} source of the config); "
+                             f"--data-dir takes a folder with train/ (training images) and heldout/ (validation) "
+                             f"folders, as `yoda data build --out DIR` writes; a folder of your own images can "
+                             f"instead be data.source in your config")
     return cfg.replace(data=dataclasses.replace(
         d, source=os.path.join(data_dir, sub[d.source]) if d.source in sub else d.source,
         val_source=os.path.join(data_dir, sub[d.val_source]) if d.val_source in sub else d.val_source))
+
+
+def absolute_folders(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with image-folder sources made absolute (against the working folder, as --data-dir): a relative one
+    was stored relative, so config.json and a resume from another folder read other images, or none."""
+    d = cfg.data
+    fix = {k: os.path.abspath(v) for k, v in (("source", d.source), ("val_source", d.val_source))
+           if v not in _data.NAMED_SOURCES and not os.path.isabs(v)}
+    return cfg.replace(data=dataclasses.replace(d, **fix)) if fix else cfg
 
 
 def _describe_source(source: str) -> str:
@@ -141,9 +159,14 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     if init is not None:
         if not init.strip():
             raise ValueError(f"--init must be the path of a yoda model file (.safetensors), got {init!r}")
+        if init == "default":  # as --model default: the embedded model
+            from ..models.loading import DEFAULT_WEIGHTS
+
+            init = str(DEFAULT_WEIGHTS)
         cfg = cfg.replace(init=os.path.abspath(init))
     if data_dir is not None:
         cfg = with_data_dir(cfg, data_dir)
+    cfg = absolute_folders(cfg)
     ranks = env_ranks()
     local_batch(cfg.batch, ranks.world)  # before the process group: a clear error on every rank
     from ..devices import resolve_device
@@ -165,6 +188,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                 told = f"--steps {steps}" if steps is not None else f"the config's steps ({cfg.steps})"
                 raise ValueError(f"the checkpoint in {out} is at step {start_step}, past {told}: nothing to train "
                                  f"(give more steps, or another --out)")
+            if ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
+                atomic_write_text(os.path.join(out, "config.json"), tr.cfg.to_json() + "\n")
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
             # a run that trained nothing keeps the record of the one that did, if that one got to write it
             if ranks.main and (tr.step > start_step or not os.path.isfile(os.path.join(out, "TRAINING.md"))):

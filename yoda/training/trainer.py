@@ -66,9 +66,9 @@ def check_weights_name(name: str) -> None:
 
 
 # May change when a run is resumed: where it ends and its learning rate decays, and how often it logs,
-# validates and checkpoints (none of them changes a training step); init is read only at the start (the
-# checkpoint's own is kept, and a checkpoint from before init existed has none).
-RESUME_FREE = ("steps", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every", "init")
+# validates and checkpoints, and how the exported model samples (none of them changes a training step); init is
+# read only at the start (the checkpoint's own is kept, and a checkpoint from before init existed has none).
+RESUME_FREE = ("steps", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every", "init", "sampling")
 
 
 def _resume_view(d: dict) -> dict:
@@ -440,7 +440,7 @@ class Trainer:
             while self.step < total:
                 loss = self.train_step()
                 if not math.isfinite(loss):
-                    raise NonFiniteError(f"loss became {loss} at step {self.step}")
+                    raise NonFiniteError(self._diverged(loss))
                 acc, n = acc + loss, n + 1
                 bar.update(1)
                 last = self.step == total
@@ -474,6 +474,13 @@ class Trainer:
         sig = next((int(s) for s, name in STOP_SIGNALS.items() if name == stop), None)
         return {"steps": self.step, "seconds": time.perf_counter() - t0, "total": total, "stopped_by": stop,
                 "interrupted": sig is not None, "signal": sig}
+
+    def _diverged(self, loss: float) -> str:
+        """What to do when the loss is NaN / Inf: the same config diverges again from the run's checkpoint."""
+        again = (f"; {self.ckpt_path}, from before it, would resume into the same divergence: train into another "
+                 f"--out (or delete it)" if os.path.isfile(self.ckpt_path) else "")
+        return (f"loss became {loss} at step {self.step}: training diverged; try a lower lr (now {self.cfg.lr:g}), "
+                f"a longer warmup or grad_clip > 0{again}")
 
     def _stop_reason(self, signals: list, timed_out: bool) -> Optional[str]:
         """Why the run stops after this step, the same on every rank (the ranks stop together, and a job manager
