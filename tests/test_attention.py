@@ -326,9 +326,16 @@ def test_bad_parameters():
         att.sift(min_size=0)
     with pytest.raises(ValueError, match="n_features"):
         att.sift(n_features=-2)
-    for bad in (True, "1", torch.tensor(1.0)):
+    for bad in (True, "1"):
         with pytest.raises(TypeError, match="sigma must be a finite number"):
             att.edge(sigma=bad)
+    # the image given to the factory (edge(lr) for edge()(lr)) printed the whole tensor in an 8 kB message
+    lr = torch.zeros(1, 3, 40, 40)
+    for make, param in ((att.edge, "sigma"), (att.gaussian, "sigma"), (att.sift, "min_size")):
+        with pytest.raises(TypeError) as e:
+            make(lr)
+        assert str(e.value) == (f"{param} must be a number, got a tensor of shape (1, 3, 40, 40): {make.__name__}(...) "
+                                f"makes an extractor, which takes the image: yoda.attention.{make.__name__}()(lr)")
     assert att.edge(sigma=np.float32(1.5)).sigma == 1.5 and att.gaussian(sigma=np.float64(0.25)).sigma == 0.25
 
 

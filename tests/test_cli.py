@@ -1753,7 +1753,8 @@ def test_automatic_windows_are_as_few_and_as_small_as_they_can_be():
     pixels, which doubled the CPU time of ordinary photographs. The windows are now as few as that largest side
     needs, each the smallest multiple of the unit that covers the image with that many."""
     from yoda.cli_parser import DEFAULT_MAX_MEMORY
-    from yoda.cli_upscale import HR_BYTES_PER_PIXEL, default_overlap, plan_windows
+    from yoda.cli_upscale import HR_BYTES_PER_PIXEL, plan_windows
+    from yoda.sampling.tiles import default_overlap
     from yoda.sampling.tiles import window_starts
 
     def count(h, w, side):
@@ -1783,7 +1784,7 @@ def test_library_warnings_are_one_line(tmp_path, tiny_model, capsys):
 def test_window_batch_and_tiles_w_on_a_folder_of_mixed_sizes(tmp_path, tiny_model, capsys):
     """--window-batch made every image that needs no windows fail ("applies to tiled denoising only: give
     windows="), and --tiles W's default overlap W // 4 was refused unless W was a multiple of 4 units."""
-    from yoda.cli_upscale import default_overlap
+    from yoda.sampling.tiles import default_overlap
 
     rng = np.random.default_rng(4)
     src = tmp_path / "mix"

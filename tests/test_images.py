@@ -717,3 +717,23 @@ def test_every_16_bit_level_maps_to_round_u_255_over_65535(tmp_path):
     got = read_image(p)[..., 0]
     want = np.round(u.astype(np.float64) * 255 / 65535).astype(np.uint8)  # no exact halves: u / 257 + k / 2 never
     assert np.array_equal(got, want), np.argwhere(got != want)[:3]
+
+
+def test_from_uint8_takes_back_what_to_uint8_gives_and_sample_says_how_to_convert():
+    """from_uint8(to_uint8(x)) was a ValueError (to_uint8 keeps the batch: (1, H, W, 3)); yoda.sample(net, a PIL
+    image or an array) said only "lr must be a torch.Tensor", not how to make one."""
+    import torch
+
+    import yoda
+    from yoda.images import from_uint8, to_uint8
+
+    x = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    q = from_uint8(to_uint8(x))
+    assert q.shape == (1, 3, 5, 7) and torch.equal(from_uint8(to_uint8(q)), q) and (q - x).abs().max() <= 1 / 127.5
+    pil = Image.fromarray(to_uint8(x)[0])
+    assert torch.equal(from_uint8(pil), q)
+    net = yoda.load("yoda", "default")
+    for bad in (pil, np.asarray(pil)):
+        with pytest.raises(TypeError, match=r"lr must be a torch.Tensor \(B, 3, h, w\) in \[-1, 1\], got "
+                                            r"\w+: yoda.load_image\(path\) reads a file, yoda.from_uint8\(image\)"):
+            yoda.sample(net, bad)

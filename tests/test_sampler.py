@@ -1107,6 +1107,9 @@ def test_validation_happens_before_any_work_and_the_backend_is_chosen_once(monke
                               (dict(eta=-1.0, sampler="ddim"), ValueError, "eta must be >= 0, got -1.0"),
                               (dict(windows=(4, 4)), ValueError, r"0 <= overlap < window, got \(4, 4\)$"),
                               (dict(callback=3), TypeError, "callback must be callable or None, got int"),
+                              # diffusers' callback(step, timestep, latents) failed after the first model call
+                              (dict(callback=lambda i, t, latents: None), TypeError,
+                               r"callback must take one argument, a dict of the step .* not diffusers' callback"),
                               (dict(steps=T + 1), ValueError, rf"steps must be in \[1, T={T}\]")):
         with pytest.raises(exc, match=message):
             run(spy, lr_image(), attention=attention_map(), **bad)
@@ -1255,10 +1258,24 @@ def test_a_half_precision_lr_keeps_a_half_precision_state(dtype):
     assert seen == [dtype] * 3 and out.dtype == dtype
 
 
-def test_an_int_window_overlaps_by_a_quarter():
+def test_an_int_window_overlaps_by_a_quarter_on_the_models_grid():
+    """windows=40 took the overlap 40 // 4 = 10, off the embedded SRDiff model's grid: refused after its encoder
+    ran, where `yoda upscale --tiles 40` worked (overlap 8). W alone now overlaps as the CLI's W does."""
     from yoda.sampling.spec import check_windows
-    assert check_windows(16) == check_windows((16, 4)) == check_windows((16, 4, True))
-    assert check_windows(10).overlap == 2
+    from yoda.sampling.tiles import default_overlap
+
+    assert check_windows(16).overlap is None and check_windows((16, 4)) == check_windows((16, 4, True))
+    assert (default_overlap(40, 8), default_overlap(10, 2), default_overlap(16, 8)) == (8, 2, 8)
+    net = yoda.load("yoda", "default")
+    lr = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    calls = []
+    out = yoda.sample(net, lr, windows=40, seed=0, progress=False, callback=lambda d: calls.append(d["calls"]))
+    assert torch.equal(out, yoda.sample(net, lr, windows=(40, 8), seed=0, progress=False)) and calls == [9]
+    with pytest.raises(ValueError, match="windows must satisfy window >= 1"):
+        check_windows(0)
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)  # multiple 1, scale 2: unit 2
+    small = lr_image(h=8, w=8)
+    assert torch.equal(run(model, small, windows=10, seed=0), run(model, small, windows=(10, 2), seed=0))
 
 
 def test_a_map_of_another_aspect_ratio_is_warned_of():

@@ -237,3 +237,16 @@ def test_rescale_zero_terminal_snr_against_diffusers_schedulers():
 def test_rescale_zero_terminal_snr_errors():
     with pytest.raises(ValueError, match="T >= 2"):
         Schedule.linear(1).rescale_zero_terminal_snr()
+
+
+def test_numpy_integers_are_ints_here_too():
+    """yoda.sample took steps=np.int64(2), but Schedule.respace refused it and alpha_bar(np.int64(5)) said the
+    index was not an int."""
+    import numpy as np
+
+    s = Schedule.linear(1000)
+    assert s.respace(np.int64(5)) == s.respace(5) and s.alpha_bar(np.int32(5)) == s.alpha_bar(5)
+    with pytest.raises(TypeError, match="steps must be an int, got float"):
+        s.respace(5.0)
+    with pytest.raises(ValueError, match=r"idx must be an int in \[0, 1000\), got 5.0"):
+        s.alpha_bar(5.0)

@@ -42,7 +42,7 @@ from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, rem
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, error_line, eval_images, load_model, note, pillow_limit,
                          rank_prefix, read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
-from .cli_upscale import (default_overlap, dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
+from .cli_upscale import (dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun, yoda_steps)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
@@ -123,6 +123,8 @@ def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
     elif a.scale != scale:
         raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale} (leave --scale "
                         "out)")
+    from .sampling.tiles import default_overlap
+
     unit, least = hr_grid(adapter_of(model))
     if a.tiles is not None and a.tiles[1] is None:  # --tiles W: the overlap on the model's grid
         a.tiles = (a.tiles[0], default_overlap(a.tiles[0], unit))

@@ -35,6 +35,8 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
     smallest side that needs no more windows than the largest side that fits.
     window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's); None
     when there are no windows (--window-batch applies to the images denoised in windows)."""
+    from .sampling.tiles import default_overlap
+
     need = hr_h * hr_w * batch * HR_BYTES_PER_PIXEL
     if tiles is None and max_memory and need > max_memory:
         least = max(unit, -(-least // unit) * unit)
@@ -52,16 +54,10 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
 
 def _window_count(hr_h: int, hr_w: int, side: int, unit: int) -> int:
     """The number of windows of ``side`` (default overlap) that yoda.sample's tiler lays over hr_h x hr_w."""
-    from .sampling.tiles import window_starts
+    from .sampling.tiles import default_overlap, window_starts
 
     overlap = default_overlap(side, unit)
     return len(window_starts(hr_h, side, overlap)) * len(window_starts(hr_w, side, overlap))
-
-
-def default_overlap(window: int, unit: int) -> int:
-    """The windows' overlap when none is given: a quarter of the window rounded down to ``unit``, and at least
-    ``unit`` (a seam shows without overlap) when the window spans two units."""
-    return max(window // 4 // unit * unit, unit if window >= 2 * unit else 0)
 
 
 def mebibytes(n: float) -> str:

@@ -171,9 +171,11 @@ def check_lr_range(name: str, lo: float, hi: float) -> None:
 
 
 def from_uint8(arr: np.ndarray) -> torch.Tensor:
-    """uint8 image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> float32 (1, 3, H, W) in [-1, 1].
+    """uint8 image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), or a PIL image of 8-bit samples -> float32
+    (1, 3, H, W) in [-1, 1]; a (1, H, W, C) array (to_uint8 of one image) too, so the two round-trip.
 
-    Grey is repeated to 3 channels and RGBA is composited on white (to_rgb_u8); x = u / 127.5 - 1."""
+    Grey is repeated to 3 channels and RGBA is composited on white (to_rgb_u8); x = u / 127.5 - 1. Files of
+    other bit depths: yoda.load_image."""
     import torch
 
     if isinstance(arr, Image.Image):
@@ -181,7 +183,9 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"arr must be a numpy array, got {type(arr).__name__}")
     if arr.dtype != np.uint8:
-        raise TypeError(f"arr must be uint8, got {arr.dtype}")
+        raise TypeError(f"arr must be uint8, got {arr.dtype} (yoda.load_image reads a file of any bit depth)")
+    if arr.ndim == 4 and arr.shape[0] == 1:  # to_uint8 keeps the batch
+        arr = arr[0]
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:

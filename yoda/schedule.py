@@ -13,13 +13,14 @@ Everything is float64: the kernels receive per-step scalars computed from these 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Sequence
 
 import torch
 
-from .masks import check_T
+from .masks import as_int, check_T
 
 SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform", "sd_leading")
 MAX_FILE_T = 100_000  # the longest schedule read from a config or checkpoint (released models use <= 4000 steps)
@@ -147,6 +148,8 @@ class Schedule:
     def _check_idx(self, idx: Any) -> int:
         if isinstance(idx, torch.Tensor) and idx.numel() == 1:
             idx = int(idx.item())
+        if isinstance(idx, numbers.Integral) and not isinstance(idx, bool):  # numpy integers too
+            idx = int(idx)
         if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < self.T:
             raise ValueError(f"idx must be an int in [0, {self.T}), got {idx!r}")
         return idx
@@ -189,8 +192,7 @@ class Schedule:
         timesteps (never the case here). steps > T is an error.
         """
         T = self.T
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+        steps = as_int(steps, "steps")  # numpy integers too
         if not 1 <= steps <= T:
             raise ValueError(f"steps must be in [1, T={T}], got {steps}")
         if spacing == "trailing":

@@ -48,7 +48,8 @@ def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
     than 4, a channel count other than 1 or 3, empty tensors, NaN/inf, values outside [-1, 1].
     """
     if not isinstance(lr, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, h, w), got {type(lr).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, h, w), got {type(lr).__name__} "
+                        f"(yoda.from_uint8(image) takes a PIL image or uint8 array)")
     if lr.dim() != 4:
         raise ValueError(f"{name} must be 4-D (B, C, h, w) with C in (1, 3), got shape {tuple(lr.shape)}")
     if lr.shape[1] not in (1, 3):
@@ -147,7 +148,16 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x
 
 
-def _check_positive(value, name: str, allow_zero: bool = False) -> float:
+def _not_an_image(value, name: str, maker: str) -> None:
+    """An extractor's parameter given the image (yoda.attention.edge(lr)): a TypeError saying how to call it (the
+    parameter's own check printed the whole tensor, 8 kB)."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}: {maker}(...) makes "
+                        f"an extractor, which takes the image: yoda.attention.{maker}()(lr)")
+
+
+def _check_positive(value, name: str, allow_zero: bool = False, maker: str = "edge") -> float:
+    _not_an_image(value, name, maker)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's too
         raise TypeError(f"{name} must be a finite number, got {value!r}")
     if not math.isfinite(value):  # a number, but not a usable value
@@ -214,7 +224,7 @@ class Gaussian:
     minmax_after_resize = True  # yoda.sample normalises its map again after the resize (DESIGN §3)
 
     def __init__(self, sigma: float = 0.25):
-        self.sigma = _check_positive(sigma, "sigma")
+        self.sigma = _check_positive(sigma, "sigma", maker="gaussian")
 
     def maps(self, lr: torch.Tensor) -> torch.Tensor:
         x = check_lr(lr)
@@ -264,6 +274,7 @@ class Sift:
     ):
         import cv2  # noqa: F401  (fail early with a clear ImportError)
 
+        _not_an_image(min_size, "min_size", "sift")
         if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
             raise ValueError(f"min_size must be a positive int, got {min_size!r}")
         if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 0:

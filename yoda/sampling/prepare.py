@@ -5,6 +5,7 @@ them (denoise, step or solve, report) and the start and the end (start, decode).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Optional
 
@@ -17,8 +18,8 @@ from .. import attention as _attention
 from .. import masks
 from ..adapters import Adapter, hr_grid, padded_lr_side
 from ..attention.classic import minmax_normalize
-from .spec import SamplingSpec, all_finite, check_noise, noise_entries
-from .tiles import Tiler, checked_output
+from .spec import SamplingSpec, Windows, all_finite, check_noise, noise_entries
+from .tiles import Tiler, checked_output, default_overlap
 
 
 class Run:
@@ -205,19 +206,24 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None
     noise = check_noise(entries, c)
     if w is not None:
-        check_window_size(adapter, w.size, w.overlap, c.shape[-2:])
+        w = check_window_size(adapter, w, c.shape[-2:])
     tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale)
              if w is not None else None)
     return Run(adapter, spec, lr_state, c, prep.cond, A, stats, noise, tiler)
 
 
-def check_window_size(adapter: Any, window: int, overlap: int, grid) -> None:
-    """A window narrower than the state grid goes through the model at its own size, so it must be a multiple of
-    the model's size multiple on that grid (``latent_multiple`` of a latent adapter, else ``multiple``): a
-    ValueError naming ``windows`` before any denoiser call, not the model's own error at the first step. It must
-    also be at least the model's ``min_size`` (HR pixels: not for latents; the grid itself is, check_lr)."""
+def check_window_size(adapter: Any, w: Windows, grid) -> Windows:
+    """``w`` with its overlap resolved (None, from windows=W: tiles.default_overlap on the model's grid, hr_grid's
+    unit for an HR-space model, whose windows of an SRDiff model must lie on the LR grid; W // 4 need not). A window
+    narrower than the state grid goes through the model at its own size, so it must be a multiple of the model's
+    size multiple on that grid (``latent_multiple`` of a latent adapter, else ``multiple``): a ValueError naming
+    ``windows`` before any denoiser call, not the model's own error at the first step. It must also be at least
+    the model's ``min_size`` (HR pixels: not for latents; the grid itself is, check_lr)."""
     latent = getattr(adapter, "latent_multiple", None)
     m = int(latent or getattr(adapter, "multiple", 1))
+    if w.overlap is None:
+        w = dataclasses.replace(w, overlap=default_overlap(w.size, m if latent else hr_grid(adapter)[0]))
+    window, overlap = w.size, w.overlap
     if window % m and any(n > window for n in grid):
         raise ValueError(f"windows: the window {window} must be a multiple of {m}, the model's size multiple on the "
                          f"state grid {tuple(grid)}, got windows=({window}, {overlap})")
@@ -225,6 +231,7 @@ def check_window_size(adapter: Any, window: int, overlap: int, grid) -> None:
     if window < least:
         raise ValueError(f"windows: the window {window} must be at least {least} pixels, the smallest side this model "
                          f"takes, got windows=({window}, {overlap})")
+    return w
 
 
 def x0_hat(x: torch.Tensor, pred: torch.Tensor, ab_t: float, prediction: str, clip: bool) -> torch.Tensor:

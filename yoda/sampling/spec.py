@@ -10,6 +10,7 @@ and timesteps= of None take the adapter's solver_sigmas / solver_timesteps (None
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import operator
@@ -54,7 +55,7 @@ class Windows:
     denoiser call (``window_batch=``; None: what fits yoda.sampling.tiles.WINDOW_BATCH_BYTES)."""
 
     size: int
-    overlap: int
+    overlap: Optional[int]  # None (windows=W): tiles.default_overlap on the model's grid, resolved by prepare
     skip_inactive: bool = True
     batch: Optional[int] = None
 
@@ -155,6 +156,8 @@ def make_spec(
         raise TypeError(f"progress must be None or a bool, got {type(progress).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    if callback is not None:
+        check_takes_one(callback)
     windows = check_windows(windows, window_batch)
     kernel_tile = check_tile(kernel_tile, "kernel_tile")
     bound = K.bind_backend(backend, lr.device)
@@ -186,7 +189,8 @@ def make_spec(
 def check_lr(lr: Any) -> torch.Tensor:
     """lr -> (B, 3, h, w) float, clamped to [-1, 1]; errors name ``lr``."""
     if not isinstance(lr, torch.Tensor):
-        raise TypeError(f"lr must be a torch.Tensor, got {type(lr).__name__}")
+        raise TypeError(f"lr must be a torch.Tensor (B, 3, h, w) in [-1, 1], got {type(lr).__name__}: "
+                        f"yoda.load_image(path) reads a file, yoda.from_uint8(image) takes a PIL image or uint8 array")
     if lr.dim() != 4:
         raise ValueError(f"lr must be 4-D (B, C, h, w), got shape {tuple(lr.shape)}")
     if not lr.is_floating_point():
@@ -267,6 +271,20 @@ def check_float(name: str, v: Any) -> float:
     return v
 
 
+def check_takes_one(callback: Callable) -> None:
+    """The callback is called with one dict: one that takes another number of arguments (diffusers' callback(step,
+    timestep, latents)) failed after the first model call, with Python's own TypeError."""
+    try:
+        sig = inspect.signature(callback)
+    except (TypeError, ValueError):  # some builtins and C callables have no signature: they may take one
+        return
+    try:
+        sig.bind(object())
+    except TypeError as e:
+        raise TypeError(f"callback must take one argument, a dict of the step (d['i'], d['t'], d['x'], d['x0_hat'], "
+                        f"d['active_fraction'], ...), not diffusers' callback(step, timestep, latents): {e}") from None
+
+
 def resolve_seed(seed: Any) -> int:
     if seed is None:
         # drawn from torch's default generator, so torch.manual_seed(...) reproduces the image
@@ -304,7 +322,9 @@ def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
         return None
     tiles = windows
     if isinstance(tiles, numbers.Integral) and not isinstance(tiles, bool):
-        tiles = (tiles, operator.index(tiles) // 4)
+        if operator.index(tiles) < 1:
+            raise ValueError(f"windows must satisfy window >= 1, got {windows!r}")
+        return Windows(operator.index(tiles), None, True, window_batch)  # W // 4 may be off the model's grid
     if isinstance(tiles, (tuple, list)) and len(tiles) == 2:
         tiles = (*tiles, True)
     if (not isinstance(tiles, (tuple, list)) or len(tiles) != 3

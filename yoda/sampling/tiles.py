@@ -18,6 +18,13 @@ WINDOW_BATCH_BYTES = 1 << 30
 ACTIVATION_BYTES_PER_ELEMENT = 1024
 
 
+def default_overlap(window: int, unit: int) -> int:
+    """The windows' overlap when none is given (yoda.sample(windows=W), `yoda upscale --tiles W`): a quarter of the
+    window rounded down to ``unit`` (the model's size multiple on the state grid), and at least ``unit`` (a seam
+    shows without overlap) when the window spans two units."""
+    return max(window // 4 // unit * unit, unit if window >= 2 * unit else 0)
+
+
 def default_window_batch(batch: int, channels: int, height: int, width: int,
                          budget: int = WINDOW_BATCH_BYTES, activation_scale: int = 1) -> int:
     """How many windows of (batch, channels, height, width) one denoiser call takes within ``budget`` bytes
