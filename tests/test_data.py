@@ -38,6 +38,12 @@ def test_folder_errors_name_the_file(tmp_path):
         data.load_source(str(tmp_path), min_size=24)
     items = data.load_source(str(tmp_path), min_size=16)
     assert [n.endswith("ok.png") for n, _ in items] == [True]
+    # every unusable image in one error (a corrupt one, then a small one took a run each)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(data.DataError, match=r"2 image\(s\) of .* cannot be used \(move them out, or fix them\): "
+                                             r".*broken.jpg.*; image .*ok.png is 30x20, smaller than the val crop 24$"):
+        data.load_source(str(tmp_path), min_size=24, what="the val crop")
 
 
 def test_read_image_modes(tmp_path):

@@ -1301,3 +1301,12 @@ def test_a_run_folder_or_its_checkpoint_named_as_a_model_says_where_the_model_is
     assert s["steps"] == 1
     assert json.loads((tmp_path / "ft2" / "config.json").read_text())["init"] == str(DEFAULT_WEIGHTS)
     assert yoda.load("yoda", s["weights"]).card.sampling == {"sampler": "ddim", "steps": 1}
+
+
+def test_config_errors_met_by_a_new_user(tmp_path, img_folder):
+    """A misspelt attention was accepted until validation was switched on for a resume; --config FOLDER said only
+    "Is a directory"."""
+    with pytest.raises(ValueError, match=r"attention: unknown attention 'edges'; known: edge"):
+        tiny_config(img_folder, attention="edges", val_every=0, loss={})
+    with pytest.raises(ValueError, match=f"config file {tmp_path} is a folder; --config takes a JSON file"):
+        TrainConfig.load(str(tmp_path))

@@ -267,32 +267,45 @@ def load_folder(folder: str, max_pixels: Optional[int] = None) -> list[tuple[str
     return [(p, read_image(p, max_pixels)) for p in list_folder(folder)]
 
 
-def load_source(source: str, min_size: int = 0) -> list[tuple[str, np.ndarray]]:
+NAMED_SOURCES = ("builtin", "heldout", "photos", "photos-heldout")  # DataConfig sources that are not folders
+
+
+def load_source(source: str, min_size: int = 0, what: str = "the crop size") -> list[tuple[str, np.ndarray]]:
     """[(name, uint8 (H, W, 3))] for "builtin", "heldout" or a folder path.
 
-    min_size: every image's height and width must be >= min_size (the crop size); otherwise an error
-    names the image and its size."""
+    min_size: every image's height and width must be >= min_size (``what``: the crop size); a folder's images that
+    cannot be read or are smaller are all named in one DataError (they were found one run at a time)."""
+    if source not in NAMED_SOURCES:
+        items, bad = [], []
+        for p in list_folder(source):
+            try:
+                a = read_image(p)
+            except DataError as e:
+                bad.append(str(e))
+                continue
+            if a.shape[0] < min_size or a.shape[1] < min_size:
+                bad.append(f"image {p} is {a.shape[1]}x{a.shape[0]}, smaller than {what} {min_size}")
+            items.append((p, a))
+        if bad:
+            raise DataError(f"{len(bad)} image(s) of {source} cannot be used (move them out, or fix them): "
+                            + "; ".join(bad[:8]) + (f"; ... ({len(bad)} in all)" if len(bad) > 8 else ""))
+        return items
     if source == "builtin":
         items = [(n, builtin_image(n)) for n in BUILTIN_TRAIN]
     elif source == "heldout":
         items = [(n, builtin_image(n)) for n in HELD_OUT]
-    elif source in ("photos", "photos-heldout"):
+    else:
         raise DataError(f"source {source!r} is the train/ or heldout/ folder of `yoda data build --out DIR`: "
                         f"pass --data-dir DIR to yoda train, or give the folder itself")
-    else:
-        items = load_folder(source)
     for name, a in items:
         if a.shape[0] < min_size or a.shape[1] < min_size:
-            raise DataError(f"image {name} is {a.shape[1]}x{a.shape[0]}, smaller than the crop size {min_size}")
+            raise DataError(f"image {name} is {a.shape[1]}x{a.shape[0]}, smaller than {what} {min_size}")
     return items
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Random crops
 # ----------------------------------------------------------------------------------------------------------
-NAMED_SOURCES = ("builtin", "heldout", "photos", "photos-heldout")  # DataConfig sources that are not folders
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Where HR crops come from and how LR is made. JSON-friendly (plain fields)."""

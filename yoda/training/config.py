@@ -161,6 +161,12 @@ class TrainConfig:
                              f"{self.name!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
             raise ValueError(f"seed must be an int in [0, 2**32 - 1], got {self.seed!r}")
+        from ..attention import check_name
+
+        try:  # a misspelt name failed only when a resume switched validation on (the extractor is made when used)
+            check_name(self.attention)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"attention: {e}") from None
         if self.sampling:
             from ..models.card import check_sampling
 
@@ -241,6 +247,9 @@ class TrainConfig:
         except UnicodeDecodeError as e:
             raise ValueError(f"config file {path} is not UTF-8 text (byte {e.start}); a config is a JSON file") \
                 from None
+        except IsADirectoryError:
+            raise ValueError(f"config file {path} is a folder; --config takes a JSON file (or an installed "
+                             f"config's name)") from None
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)

@@ -189,13 +189,13 @@ class Trainer:
             from .. import attention
 
             self.extractor = attention.get(cfg.attention)
-        train_images = _data.load_source(cfg.data.source, cfg.data.crop)
+        train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop")
         check_train_images(train_images)
         maps = whole_image_maps(self.extractor, train_images, cfg.data.scale) if cfg.loss.yoda else None
         self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips, maps)
         self.val_hr = None
         if validate:
-            val = _data.load_source(cfg.data.val_source, cfg.data.val_crop)
+            val = _data.load_source(cfg.data.val_source, cfg.data.val_crop, "the validation crop size data.val_crop")
             self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
         os.makedirs(out, exist_ok=True)
         self.rows: list[dict] = []
