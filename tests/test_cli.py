@@ -130,6 +130,24 @@ def test_upscale_refuses_an_output_its_format_cannot_hold_before_sampling(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["pano.png"]
 
 
+def test_a_model_that_names_no_steps_gets_a_note(tmp_path, tiny_model, images, capsys):
+    """A model whose file names no steps (trained without a config's "sampling", an upstream checkpoint) was
+    sampled with 50 steps (at most T) without a word, 15-30 times slower than its 1 step (a new user's fine-tune)."""
+    import dataclasses
+
+    import yoda
+
+    net = yoda.load("yoda", tiny_model)
+    net.card = dataclasses.replace(net.card, sampling=None)
+    bare = tmp_path / "bare.safetensors"
+    yoda.save_model(net, bare)
+    rgb, _ = images
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", str(bare), "-q"], capsys)
+    assert code == 0 and err == "yoda: note: 20 sampling steps: the model's file names none (--steps sets them)\n"
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o2.png"), "--model", tiny_model, "-q"], capsys)
+    assert code == 0 and err == ""  # its card says 20
+
+
 def test_upscale_bad_path_exit_2_no_output(tmp_path, tiny_model, images, capsys):
     rgb, _ = images
     out = tmp_path / "out.png"

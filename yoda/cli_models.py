@@ -25,7 +25,10 @@ def default_steps(a, model) -> None:
     from .adapters import model_steps
 
     if a.steps is None:
-        a.steps = model_steps(adapter_of(model))
+        ad = adapter_of(model)
+        a.steps = model_steps(ad)
+        if "steps" not in ad.sampling_defaults:  # a model trained without a config's "sampling", an upstream one
+            note(f"{a.steps} sampling steps: the model's file names none (--steps sets them)")
 
 
 def load_model(spec: str, device, config: Optional[str] = None):
