@@ -657,6 +657,9 @@ def test_default_names_the_embedded_model_and_cards_print_short():
 
     path = Path(yoda.__file__).resolve().parent / "weights" / "default_x4.safetensors"  # the CLI's DEFAULT_WEIGHTS
     net, ref = yoda.load("yoda", "default"), yoda.load("yoda", str(path))
+    bare = yoda.load()  # what a notebook tries first
+    assert bare.card == ref.card and all(torch.equal(a, b) for a, b in zip(bare.state_dict().values(),
+                                                                            ref.state_dict().values()))
     assert net.card == ref.card and net.card.scale == 4 and net.card.schedule.T == 1000
     sd, sd_ref = net.state_dict(), ref.state_dict()
     assert sd.keys() == sd_ref.keys() and all(torch.equal(sd[k], sd_ref[k]) for k in sd)

@@ -39,7 +39,7 @@ DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 1}
 PathLike = Union[str, os.PathLike]
 
 
-def load(kind: str, path: PathLike, config: Any = None) -> nn.Module:
+def load(kind: str = "yoda", path: PathLike = "default", config: Any = None) -> nn.Module:
     """Load a model of ``kind`` from ``path`` (an nn.Module in eval mode, on the CPU; for the DINO kinds an attention
     extractor, a callable A = extractor(lr), which holds its network).
 
@@ -47,8 +47,8 @@ def load(kind: str, path: PathLike, config: Any = None) -> nn.Module:
     "srdiff" (``model_ckpt_steps_*.ckpt``; config: SRDiffConfig / dict / YAML path, default: read from the
     weights), "dino-vits8" / "dino-resnet50" (official DINO files -> the attention extractor of
     yoda.attention.dino, usable as ``attention=``; config: None or a dict of its keyword arguments),
-    "yoda" (a file written by :func:`yoda.save_model`; config must be None). ``yoda.load("yoda", "default")``
-    is the embedded default x4 model (DEFAULT_WEIGHTS, the CLI's ``--model default``): the name "default" always
+    "yoda" (a file written by :func:`yoda.save_model`; config must be None). ``yoda.load()``, i.e.
+    ``yoda.load("yoda", "default")``, is the embedded default x4 model (DEFAULT_WEIGHTS, the CLI's ``--model default``): the name "default" always
     means it, never a file of that name.
     Models come back with their ModelCard (``model.card``), so ``yoda.sample(model, lr)`` needs nothing else; the
     embedded model's card (and that of any byte-identical copy) also says how it samples (DEFAULT_SAMPLING).
