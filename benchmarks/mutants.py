@@ -305,7 +305,7 @@ MUTANTS = [
            "a transposed attention map is stretched to the image without a word"),
     # ---- the sixteenth session: the Python API review and a new user's training -----------------------------
     Mutant("yoda-card-steps-kept", "yoda/sampling/loop.py",
-           "if own_steps and steps is not None and attention is not None and spec.taus[-1] > 0:",
+           "if own_steps and steps is not None and attention is not None and noise is None and spec.taus[-1] > 0:",
            "if False:",
            ("tests/test_checkpoint.py", "-k", "raises_the_models_steps"),
            "yoda.sample(net, lr, attention=...) keeps the card's 1 step: 13 % of the pixels refined, a seam"),
@@ -324,7 +324,7 @@ MUTANTS = [
            ("tests/test_train.py", "-k", "psnr_u8"),
            "psnr_u8 of uint8 tensors: a plausible, wrong PSNR"),
     Mutant("window-overlap-quarter", "yoda/sampling/prepare.py",
-           "overlap=default_overlap(w.size, m if latent else hr_grid(adapter)[0])",
+           "overlap=default_overlap(w.size, 1 if latent else hr_grid(adapter)[0])",
            "overlap=w.size // 4",
            ("tests/test_sampler.py", "-k", "int_window"),
            "windows=40 overlaps by 10, off an SRDiff model's LR grid: refused after its encoder ran"),

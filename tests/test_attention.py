@@ -290,7 +290,7 @@ def test_a_resizes_overshoot_is_clamped_as_yoda_sample_clamps_it():
     refused beyond 0.02, the extractors beyond 1e-4 (refusing what yoda.sample took). Both now clamp up to
     LR_MARGIN, the same for each, and refuse beyond it."""
     import yoda
-    from yoda.images import LR_MARGIN
+    from yoda.attention.classic import LR_MARGIN
 
     g = torch.Generator().manual_seed(0)
     lr = (torch.rand(1, 3, 8, 8, generator=g) * 2 - 1) * 1.18

@@ -788,10 +788,17 @@ def test_sample_with_attention_raises_the_models_steps_until_every_pixel_is_refi
     assert [t for t, _ in steps()[1]] == [999]  # plain: the card's one step
     assert len(steps(attention="edge", lower_bound=0.1)[1]) == 10  # the last tau, 1/n - 0.1, is <= 0 from n = 10
     assert len(steps(attention="edge", lower_bound=1.0)[1]) == 1  # every pixel at every step already
+    # seed=None: one draw from torch's generator, as with steps given (the raised run drew twice: another image)
     torch.manual_seed(5)
     a = steps(attention="edge", seed=None)[0]
+    after = torch.rand(1)
     torch.manual_seed(5)
-    assert torch.equal(a, steps(attention="edge", seed=None)[0])  # seed=None: still one draw from torch's generator
+    assert torch.equal(a, steps(attention="edge", steps=2, seed=None)[0]) and torch.equal(torch.rand(1), after)
+    torch.manual_seed(5)
+    assert torch.equal(a, steps(attention="edge", seed=int(torch.randint(0, 2**32, (1,)).item()))[0])
+    # explicit noise gives the count, as the docstring says (steps + 1 entries for the model's 1 step)
+    noise = [torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    assert [t for t, _ in steps(attention="edge", noise=noise)[1]] == [999]
 
 
 @pytest.mark.parametrize("kind", ["srdiff", "sr3"])

@@ -525,6 +525,20 @@ class TinyLatent(torch.nn.Module):
                              scale=2, **kw)
 
 
+def test_a_latent_models_int_window_keeps_a_quarter_overlap():
+    """windows=W takes the CLI's overlap on an HR model's grid (an SRDiff model's windows must lie on the LR grid);
+    a latent window may start anywhere, so W // 4 is kept there (it was rounded to the latent multiple)."""
+    tl = TinyLatent()
+    lr = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1  # latents 28 x 28
+    ad = tl.adapter(latent_multiple=4)
+    import yoda
+
+    with torch.no_grad():
+        got = yoda.sample(ad, lr, windows=12, steps=2, seed=0, progress=False)
+        assert torch.equal(got, yoda.sample(ad, lr, windows=(12, 3), steps=2, seed=0, progress=False))
+        assert not torch.equal(got, yoda.sample(ad, lr, windows=(12, 4), steps=2, seed=0, progress=False))
+
+
 def test_latent_adapter_prepare_decode_and_pooling():
     tl = TinyLatent()
     ad = tl.adapter()

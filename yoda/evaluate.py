@@ -80,7 +80,7 @@ def psnr_u8(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     number; a (C, H, W) one, one PSNR per channel)."""
     for name, x in (("sr", sr), ("hr", hr)):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
-            raise ValueError(f"{name} must be a float (B, C, H, W) tensor in [-1, 1] (yoda.from_uint8 of 8-bit "
+            raise (ValueError if isinstance(x, torch.Tensor) and x.is_floating_point() else TypeError)(f"{name} must be a float (B, C, H, W) tensor in [-1, 1] (yoda.from_uint8 of 8-bit "
                              f"images; psnr() takes uint8 (H, W, 3) arrays), got "
                              f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
     if sr.shape != hr.shape:

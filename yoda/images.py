@@ -157,19 +157,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return quantize_u8(x.cpu()).to(torch.uint8).movedim(-3, -1).contiguous().numpy()
 
 
-# How far an LR tensor may stray outside [-1, 1] and be clamped: resampling overshoot (torch's bicubic of 8-bit
-# photographs reaches -1.07 and 1.18; the old 0.02 refused them). Further out is another range ([0, 255], an
-# ImageNet normalisation), refused by check_lr_range. yoda.sample, the attention extractors and figures share it.
-LR_MARGIN = 0.25
-
-
-def check_lr_range(name: str, lo: float, hi: float) -> None:
-    """ValueError naming ``name`` where an LR tensor's values [lo, hi] stray beyond [-1, 1] by more than LR_MARGIN."""
-    if not (-1.0 - LR_MARGIN <= lo and hi <= 1.0 + LR_MARGIN):
-        raise ValueError(f"{name} values must lie in [-1, 1] (x / 127.5 - 1 for 8-bit images, 2 * x - 1 for [0, 1] "
-                         f"ones; lr.clamp(-1, 1) for a resize's overshoot), got range [{lo:.4g}, {hi:.4g}]")
-
-
 def from_uint8(arr: np.ndarray) -> torch.Tensor:
     """uint8 image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), or a PIL image of 8-bit samples -> float32
     (1, 3, H, W) in [-1, 1]; a (1, H, W, C) array (to_uint8 of one image) too, so the two round-trip.

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..images import check_lr_range
 
 __all__ = [
     "check_lr",
@@ -38,6 +37,20 @@ __all__ = [
 
 # ITU-R BT.601 luma weights: the grey image the edge and SIFT extractors look at.
 _LUMA = (0.299, 0.587, 0.114)
+
+
+# How far an LR tensor may stray outside [-1, 1] and be clamped: resampling overshoot (torch's bicubic of 8-bit
+# photographs reaches -1.07 and 1.18; the old 0.02 refused them). Further out is another range ([0, 255], an
+# ImageNet normalisation), refused by check_lr_range. yoda.sample (sampling.spec), the extractors and the figure
+# share it.
+LR_MARGIN = 0.25
+
+
+def check_lr_range(name: str, lo: float, hi: float) -> None:
+    """ValueError naming ``name`` where an LR tensor's values [lo, hi] stray beyond [-1, 1] by more than LR_MARGIN."""
+    if not (-1.0 - LR_MARGIN <= lo and hi <= 1.0 + LR_MARGIN):
+        raise ValueError(f"{name} values must lie in [-1, 1] (x / 127.5 - 1 for 8-bit images, 2 * x - 1 for [0, 1] "
+                         f"ones; lr.clamp(-1, 1) for a resize's overshoot), got range [{lo:.4g}, {hi:.4g}]")
 
 
 def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
@@ -151,7 +164,7 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def _not_an_image(value, name: str, maker: str) -> None:
     """An extractor's parameter given the image (yoda.attention.edge(lr)): a TypeError saying how to call it (the
     parameter's own check printed the whole tensor, 8 kB)."""
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) and value.dim() >= 2:
         raise TypeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}: {maker}(...) makes "
                         f"an extractor, which takes the image: yoda.attention.{maker}()(lr)")
 
@@ -280,9 +293,9 @@ class Sift:
         if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 0:
             raise ValueError(f"n_features must be an int >= 0 (0 = all), got {n_features!r}")
         self.min_size = min_size
-        self.size_scale = _check_positive(size_scale, "size_scale")
-        self.contrast_threshold = _check_positive(contrast_threshold, "contrast_threshold")
-        self.edge_threshold = _check_positive(edge_threshold, "edge_threshold")
+        self.size_scale = _check_positive(size_scale, "size_scale", maker="sift")
+        self.contrast_threshold = _check_positive(contrast_threshold, "contrast_threshold", maker="sift")
+        self.edge_threshold = _check_positive(edge_threshold, "edge_threshold", maker="sift")
         self.n_features = n_features
 
     def keypoints(self, grey: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..drawing import font as _font
-from ..images import check_lr_range
+from .classic import check_lr_range
 
 __all__ = ["attention_figure", "colormap", "colour_key"]
 
@@ -209,7 +209,7 @@ def attention_figure(
     """
     from PIL import Image, ImageDraw
 
-    from yoda.masks import check_lower_bound, check_T, mask_at
+    from yoda.masks import as_int, check_lower_bound, check_T, mask_at
 
     T, lower_bound = check_T(T), check_lower_bound(lower_bound)
     x = _image0(lr, "lr", (1, 3))
@@ -217,6 +217,7 @@ def attention_figure(
     a = _image0(A, "A", (1,))
     if float(a.min()) < 0.0 or float(a.max()) > 1.0:
         raise ValueError(f"A values must lie in [0, 1], got min {float(a.min()):.4g}, max {float(a.max()):.4g}")
+    steps = None if steps is None else as_int(steps, "steps")
     if steps is not None and ts is None and steps <= MAX_STEP_PANELS:
         ts = [i + 1 for i in visited_steps(T, steps)]
     if ts is None:  # 5 steps over (lower_bound * T, T]: at t <= lower_bound * T every mask is full, nothing to see

@@ -17,6 +17,7 @@ from .. import sampling as _sampling
 from ..adapters import as_adapter, upsample
 from ..errors import lr_from_images
 from ..evaluate import check_distinct, one_or_many
+from ..sampling.spec import resolve_seed
 from ..images import from_uint8, to_uint8
 from ..masks import check_lower_bound
 from .numbers import (RegionalError, attention_map, best_crop, crop_metrics, lpips_map, poly_fit,
@@ -62,6 +63,9 @@ class FigureSettings:
             raise ValueError("lower_bounds must not be empty")
         check_distinct(self.attentions, "attentions")
         check_distinct(self.lower_bounds, "lower_bounds")
+        if self.seed is None:  # yoda.sample would draw one per run: plain and YODA would not share their noise
+            raise ValueError("seed must be an int in [0, 2**32 - 1], got None")
+        resolve_seed(self.seed)
         for name in ("steps", "bins", "degree", "crops"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

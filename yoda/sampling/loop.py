@@ -27,7 +27,7 @@ from tqdm.auto import trange
 from ..adapters import Adapter, apply_cfg_scale, as_adapter
 from ..errors import NonFiniteError
 from .prepare import pad_to_model, prepare
-from .spec import all_finite, check_lr, covering_steps, make_spec
+from .spec import all_finite, check_lr, covering_steps, make_spec, resolve_seed
 from .speed import check_speed, network_attr, speed_adapter
 
 FINITE_EVERY = 10  # the state is checked for NaN/Inf after step 0, every this many steps, and at the end
@@ -70,8 +70,9 @@ def sample(
     attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
         bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get, or f(lr) -> A.
     steps: sampling steps (default: the model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T;
-        with attention the model's steps are raised to the fewest whose last step refines every pixel, at most
-        MOST_YODA_STEPS: 2 for the embedded model at lower_bound 0.6, as the CLI takes them; heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
+        with attention the model's steps are raised to the fewest whose last step refines every pixel (at most
+        yoda.sampling.spec.MOST_YODA_STEPS; 2 for the embedded model at lower_bound 0.6, as the CLI takes them),
+        unless noise= gives the count; heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
         last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default "trailing"; ddpm /
         ddim only).
     sampler: default: the model's (adapter.sampling_defaults: "ddim" for the embedded model), else "ddpm".
@@ -128,6 +129,8 @@ def sample(
         skip_inactive=True): tiled denoising over the state grid with Gaussian blending; windows with no
         active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.
         skip_inactive=False). The adapter must implement crop_cond (and stack_conds, default: concatenation).
+        A window alone overlaps by a quarter of it, rounded down to the model's grid as `yoda upscale --tiles W`
+        rounds it (yoda.sampling.tiles.default_overlap; a latent model: W // 4).
     window_batch: the active windows of a step go through the model in batches of this many (None: what fits
         yoda.sampling.tiles.WINDOW_BATCH_BYTES by a fixed activation estimate). Batching does not change the
         result for a model whose forward is batch-invariant (bit for bit); CPU convolutions (oneDNN) and matmuls
@@ -160,17 +163,18 @@ def sample(
     crop = None
     if pad:
         lr_checked, attention, crop = pad_to_model(adapter, lr_checked, attention, lower_bound)
-    def spec_of(n, seed=seed):
+    seed = resolve_seed(seed)  # once: seed=None draws one seed from torch's generator, however many specs are made
+
+    def spec_of(n):
         return make_spec(adapter, lr_checked, steps=n, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
                          backend=backend, progress=progress, callback=callback, clip=clip, kernel_tile=kernel_tile,
                          spacing=spacing, windows=windows, window_batch=window_batch, sigmas=sigmas,
                          timesteps=timesteps)
 
     spec = spec_of(steps)
-    if own_steps and steps is not None and attention is not None and spec.taus[-1] > 0:
+    if own_steps and steps is not None and attention is not None and noise is None and spec.taus[-1] > 0:
         # the model's steps would leave pixels at the LR image beside refined ones: the fewest that refine them all
-        # (trial specs with seed 0: seed=None draws its seed from torch's generator once, in the last spec)
-        enough = covering_steps(lambda n: spec_of(n, 0).taus[-1], steps + 1, spec.T)
+        enough = covering_steps(lambda n: spec_of(n).taus[-1], steps + 1, spec.T)
         spec = spec if enough is None else spec_of(enough)
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)

@@ -29,7 +29,7 @@ from ..masks import as_int
 from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter
 from ..errors import lr_from_images_now
-from ..images import check_lr_range
+from ..attention.classic import check_lr_range
 from . import solvers as S
 
 ALL_SAMPLERS = SAMPLERS + S.SOLVERS  # the kernels' two (masked_step) and the sigma-space solvers (masked_combine)
@@ -281,8 +281,9 @@ def check_takes_one(callback: Callable) -> None:
     try:
         sig.bind(object())
     except TypeError as e:
+        habit = ", not diffusers' callback(step, timestep, latents)" if len(sig.parameters) >= 3 else ""
         raise TypeError(f"callback must take one argument, a dict of the step (d['i'], d['t'], d['x'], d['x0_hat'], "
-                        f"d['active_fraction'], ...), not diffusers' callback(step, timestep, latents): {e}") from None
+                        f"d['active_fraction'], ...){habit}: {e}") from None
 
 
 def resolve_seed(seed: Any) -> int:

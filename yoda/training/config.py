@@ -135,9 +135,9 @@ class TrainConfig:
     val_steps: int = 20  # DDIM steps of validation sampling
     ckpt_every: int = 0  # steps between checkpoints (0: only at the end)
     init: str = ""  # weights to start from (a yoda model file, e.g. an earlier run's export; "": a random init)
-    # how the exported model samples where a call names nothing (its ModelCard.sampling: yoda.sample's and the CLI's
-    # default), e.g. {"sampler": "ddim", "steps": 1} for an x0 model like the embedded one; {}: none (yoda.sample
-    # then takes DDPM over every step, the CLI 50 steps)
+    # how the exported model samples where a call names nothing (its ModelCard.sampling: yoda.sample's sampler and
+    # steps, the CLI's steps), e.g. {"sampler": "ddim", "steps": 1} for an x0 model like the embedded one; {}: none
+    # (yoda.sample then takes DDPM over every step, the CLI 50 steps)
     sampling: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -170,7 +170,8 @@ class TrainConfig:
         if self.sampling:
             from ..models.card import check_sampling
 
-            check_sampling(self.sampling, "sampling", int(self.schedule.get("T", 1000)))
+            T = self.schedule.get("T", 1000)  # a bad T is make_schedule's error, not this one's
+            check_sampling(self.sampling, "sampling", T if isinstance(T, int) and not isinstance(T, bool) else None)
         if self.init and not self.init.strip():
             raise ValueError(f"init must be the path of a yoda model file (.safetensors) or empty, got {self.init!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -479,8 +479,9 @@ class Trainer:
         """What to do when the loss is NaN / Inf: the same config diverges again from the run's checkpoint."""
         again = (f"; {self.ckpt_path}, from before it, would resume into the same divergence: train into another "
                  f"--out (or delete it)" if os.path.isfile(self.ckpt_path) else "")
+        clip = f"a smaller grad_clip (now {self.cfg.grad_clip:g})" if self.cfg.grad_clip else "grad_clip > 0"
         return (f"loss became {loss} at step {self.step}: training diverged; try a lower lr (now {self.cfg.lr:g}), "
-                f"a longer warmup or grad_clip > 0{again}")
+                f"a longer warmup or {clip}{again}")
 
     def _stop_reason(self, signals: list, timed_out: bool) -> Optional[str]:
         """Why the run stops after this step, the same on every rank (the ranks stop together, and a job manager
