@@ -777,8 +777,8 @@ def test_sample_with_attention_raises_the_models_steps_until_every_pixel_is_refi
 
     def steps(**kw):
         seen = []
-        out = yoda.sample(net, lr, progress=False, callback=lambda d: seen.append((d["t"], float(d["active_fraction"][0]))),
-                          **{"seed": 0, **kw})
+        out = yoda.sample(net, lr, progress=False, **{"seed": 0, **kw},
+                          callback=lambda d: seen.append((d["t"], float(d["active_fraction"][0]))))
         return out, seen
 
     sr, seen = steps(attention="edge")

@@ -1288,7 +1288,8 @@ def test_a_run_folder_or_its_checkpoint_named_as_a_model_says_where_the_model_is
 
     Image.new("RGB", (8, 8), (90, 120, 30)).save(lr)
     assert main(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(run)]) == 2
-    assert capsys.readouterr().err == f"yoda: error: --model {run} is a folder: its model is {run / 'model.safetensors'}\n"
+    want = f"yoda: error: --model {run} is a folder: its model is {run / 'model.safetensors'}\n"
+    assert capsys.readouterr().err == want
     assert main(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(run / "checkpoint.pt")]) == 2
     err = capsys.readouterr().err
     assert "checkpoint.pt is a `yoda train` checkpoint (the state a run resumes from), not a model file" in err

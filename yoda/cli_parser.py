@@ -113,7 +113,8 @@ def _bytes_arg(v: str) -> int:
 
 
 def _tiles_arg(v: str) -> tuple:
-    """'W' or 'W,O' -> (W, O); O None when not given (yoda.sampling.tiles.default_overlap: W / 4 on the model's grid)."""
+    """'W' or 'W,O' -> (W, O); O None when not given (yoda.sampling.tiles.default_overlap: W / 4 on the model's
+    grid)."""
     parts = v.split(",")
     try:
         nums = [int(p) for p in parts]

@@ -80,9 +80,10 @@ def psnr_u8(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     number; a (C, H, W) one, one PSNR per channel)."""
     for name, x in (("sr", sr), ("hr", hr)):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
-            raise (ValueError if isinstance(x, torch.Tensor) and x.is_floating_point() else TypeError)(f"{name} must be a float (B, C, H, W) tensor in [-1, 1] (yoda.from_uint8 of 8-bit "
-                             f"images; psnr() takes uint8 (H, W, 3) arrays), got "
-                             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+            exc = ValueError if isinstance(x, torch.Tensor) and x.is_floating_point() else TypeError  # the shape
+            raise exc(f"{name} must be a float (B, C, H, W) tensor in [-1, 1] (yoda.from_uint8 of 8-bit images; "
+                      f"psnr() takes uint8 (H, W, 3) arrays), got {getattr(x, 'dtype', type(x).__name__)} "
+                      f"{tuple(getattr(x, 'shape', ()))}")
     if sr.shape != hr.shape:
         raise ValueError(f"sr and hr must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
     mse = (quantize_u8(sr).double() - quantize_u8(hr).double()).pow(2).flatten(1).mean(dim=1)

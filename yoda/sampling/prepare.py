@@ -215,11 +215,11 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
 def check_window_size(adapter: Any, w: Windows, grid) -> Windows:
     """``w`` with its overlap resolved (None, from windows=W: tiles.default_overlap on hr_grid's unit for an HR-space
     model, as the CLI's --tiles W, since an SRDiff model's windows must lie on the LR grid and W // 4 need not; W // 4
-    for a latent model). A window
-    narrower than the state grid goes through the model at its own size, so it must be a multiple of the model's
-    size multiple on that grid (``latent_multiple`` of a latent adapter, else ``multiple``): a ValueError naming
-    ``windows`` before any denoiser call, not the model's own error at the first step. It must also be at least
-    the model's ``min_size`` (HR pixels: not for latents; the grid itself is, check_lr)."""
+    for a latent model). A window narrower than the state grid goes through the model at its own size, so it must be
+    a multiple of the model's size multiple on that grid (``latent_multiple`` of a latent adapter, else
+    ``multiple``): a ValueError naming ``windows`` before any denoiser call, not the model's own error at the first
+    step. It must also be at least the model's ``min_size`` (HR pixels: not for latents; the grid itself is,
+    check_lr)."""
     latent = getattr(adapter, "latent_multiple", None)
     m = int(latent or getattr(adapter, "multiple", 1))
     if w.overlap is None:  # as `yoda upscale --tiles W` (HR models); a latent window may start anywhere
