@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import shutil
 import re
 import zipfile
 
@@ -1312,3 +1313,73 @@ def test_config_errors_met_by_a_new_user(tmp_path, img_folder):
         tiny_config(img_folder, attention="edges", val_every=0, loss={})
     with pytest.raises(ValueError, match=f"config file {tmp_path} is a folder; --config takes a JSON file"):
         TrainConfig.load(str(tmp_path))
+
+
+def test_the_python_training_api_takes_what_a_notebook_gives(tmp_path, img_folder, monkeypatch):
+    """A notebook review: train_main(Path) trained the whole run, then failed before TRAINING.md; train_main(a
+    TrainConfig) was a stat() TypeError; a tuple or a numpy int in the model / schedule made a run that its own
+    config.json could not resume, or that failed at the export after every step; from_dict refused numpy numbers
+    the constructor takes; steps=2.7 trained 2 and minutes=NaN never ran out; Trainer kept a relative data folder
+    and out relative (a resume from elsewhere trained on other images), made its folders before a bad init failed,
+    gave tr.ema no card (yoda.sample took the x0 model for eps), and refused a new validation crop on resume."""
+    import pathlib
+
+    import numpy as np
+
+    import yoda
+    from yoda.training import train_main
+
+    cfg = tiny_config(img_folder, steps=2, val_every=0)
+    s = train_main(cfg, pathlib.Path(tmp_path / "p"), device="cpu", progress=False)
+    assert (tmp_path / "p" / "TRAINING.md").is_file() and s["steps"] == 2
+    (tmp_path / "c.json").write_text(cfg.to_json())
+    assert train_main(pathlib.Path(tmp_path / "c.json"), tmp_path / "p2", device="cpu", progress=False)["steps"] == 2
+    with pytest.raises(TypeError, match="config_path must be a JSON file's path, an installed config's name or a "
+                                        "TrainConfig, got dict"):
+        train_main(cfg.to_dict(), str(tmp_path / "p3"), device="cpu", progress=False)
+    for kw, msg in (({"steps": 2.7}, "steps must be an int, got 2.7"),
+                    ({"minutes": float("nan")}, r"minutes \(--minutes\) must be a finite number > 0, got nan"),
+                    ({"minutes": -1}, "minutes .* got -1")):
+        with pytest.raises(ValueError, match=msg):
+            train_main(cfg, str(tmp_path / "p3"), device="cpu", progress=False, **kw)
+    assert not (tmp_path / "p3").exists()
+    # numpy numbers and tuples in the free-form fields are kept as their JSON reads back
+    odd = cfg.replace(schedule={**cfg.schedule, "T": np.int64(50), "beta_end": np.float64(0.1)},
+                      model={**cfg.model, "channel_mults": tuple(cfg.model["channel_mults"])})
+    assert TrainConfig.from_json(odd.to_json()) == odd and type(odd.schedule["T"]) is int
+    assert TrainConfig.from_dict({**cfg.to_dict(), "batch": np.int64(2)}).batch == 2
+    Trainer(odd, str(tmp_path / "odd"), device="cpu", progress=False).run(steps=1)
+    assert Trainer(TrainConfig.load(str(tmp_path / "odd" / "config.json")), str(tmp_path / "odd"), device="cpu",
+                   progress=False).step == 1
+    # a relative data folder and out, resumed from another working folder
+    monkeypatch.chdir(os.path.dirname(img_folder))
+    rel = tiny_config(os.path.basename(img_folder), steps=2, val_every=0)
+    tr = Trainer(rel, "relrun", device="cpu", progress=False)
+    assert tr.cfg.data.source == img_folder and tr.out == str(tmp_path / "relrun")
+    tr.run(steps=1)
+    other = tmp_path / "elsewhere"
+    (other / os.path.basename(img_folder)).mkdir(parents=True)
+    shutil.copy(os.path.join(img_folder, "im0.png"), other / os.path.basename(img_folder) / "x.png")
+    monkeypatch.chdir(other)
+    with pytest.raises(ValueError, match=r"differs in: data.source"):
+        Trainer(rel, str(tmp_path / "relrun"), device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"steps must be an int >= 1 \(the total to reach\), got 2.5"):
+        tr.run(steps=2.5)
+    # the validation crop may change on resume; the in-memory EMA samples as the file does
+    again = cfg.replace(data=dataclasses.replace(cfg.data, val_crop=8, val_crops=1))
+    Trainer(cfg, str(tmp_path / "v"), device="cpu", progress=False).run(steps=1)
+    tr = Trainer(again, str(tmp_path / "v"), device="cpu", progress=False)
+    assert tr.step == 1 and tr.ema.card == tr.model.card and tr.ema.card.prediction == cfg.loss.target
+    lr = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    tr.run()
+    assert torch.equal(yoda.sample(tr.ema, lr, seed=0, progress=False, steps=2),
+                       yoda.sample(yoda.load("yoda", tmp_path / "v" / "model.safetensors"), lr, seed=0, progress=False,
+                                   steps=2))
+    # a bad init leaves no folder; a dict or an empty out is named
+    with pytest.raises(FileNotFoundError):
+        Trainer(cfg.replace(init=str(tmp_path / "nope.safetensors")), str(tmp_path / "a" / "b"), device="cpu")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(TypeError, match="cfg must be a TrainConfig"):
+        Trainer(cfg.to_dict(), str(tmp_path / "d"))
+    with pytest.raises(TypeError, match="out must be the run's folder"):
+        Trainer(cfg, "")

@@ -74,6 +74,12 @@ class ModelCard:
             object.__setattr__(self, "sampling", MappingProxyType(check_sampling(self.sampling, "ModelCard.sampling",
                                                                                  self.schedule.T)))
 
+    def __reduce__(self):
+        """Pickled and copied (copy.deepcopy of a model, torch.save of a whole module) through its fields: the frozen
+        mapping of ``sampling`` cannot be pickled itself."""
+        sampling = None if self.sampling is None else dict(self.sampling)
+        return (type(self), (self.schedule, self.scale, self.prediction, self.space, self.config, sampling))
+
     def __repr__(self) -> str:
         cfg = self.config
         if cfg is not None:  # kind and keys only: the full config repeats the schedule's betas

@@ -174,7 +174,17 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
     metadata = {"format": FORMAT, "version": FORMAT_VERSION if upsampling == "torch" else "2", "config": meta_json}
     # bytes first: safetensors reports a full disk as a SafetensorError of its own, not an OSError naming path
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, _sorted_header(save(tensors, metadata=metadata)))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """safetensors bytes with the JSON header's keys sorted (padded with spaces to 8 bytes, as the format asks):
+    its writer orders the metadata by a hash map, so the same model saved twice gave files of other sha256 (5 of 8
+    saves differed). The tensors' offsets count from the end of the header, so they stand."""
+    n = int.from_bytes(data[:8], "little")
+    text = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 @keeps_global_rng

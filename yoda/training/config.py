@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import typing
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any, Optional
 from yoda_kernels.contract import PREDICTIONS
 
 from .. import data as _data
-from .._json_fields import check_field_types, json_type_name, json_type_ok
+from .._json_fields import _python_numbers, check_field_types, json_type_name, json_type_ok
 from ..adapters import SPACES
 from ..masks import check_lower_bound
 from ..models.yoda_format import SPACE_OF_KIND
@@ -141,6 +142,8 @@ class TrainConfig:
     sampling: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for name in ("model", "schedule", "sampling"):  # free-form objects: kept as their JSON reads back
+            object.__setattr__(self, name, _json_form(getattr(self, name), name))
         if isinstance(self.data, dict):
             object.__setattr__(self, "data", _from_dict(_data.DataConfig, self.data, "data"))
         if isinstance(self.loss, dict):
@@ -266,6 +269,15 @@ class TrainConfig:
             raise ValueError(f"config schedule {self.schedule}: {e}") from None
 
 
+def absolute_folders(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with image-folder sources made absolute (against the working folder, as --data-dir): a relative one
+    was stored relative, so config.json and a resume from another folder read other images, or none."""
+    d = cfg.data
+    fix = {k: os.path.abspath(v) for k, v in (("source", d.source), ("val_source", d.val_source))
+           if v not in _data.NAMED_SOURCES and not os.path.isabs(v)}
+    return cfg.replace(data=dataclasses.replace(d, **fix)) if fix else cfg
+
+
 def model_space(spec: Any) -> str:
     """The space ("pixel" / "residual") a model spec {"kind": "sr3" | "srdiff", **constructor args} is trained in;
     ValueError for any other spec (a list or dict as kind was a TypeError of the lookup, not a config error)."""
@@ -273,6 +285,25 @@ def model_space(spec: Any) -> str:
     if not isinstance(kind, str) or kind not in SPACE_OF_KIND:
         raise ValueError(f"model must be a dict with 'kind' in {tuple(SPACE_OF_KIND)}, got {spec!r}")
     return SPACE_OF_KIND[kind]
+
+
+def _json_form(value: Any, name: str) -> Any:
+    """A free-form field (model, schedule, sampling) as config.json gives it back: tuples as lists, numpy numbers as
+    Python's. A tuple in the model made a run that its own config.json could not resume ("differs in: model"), and
+    a numpy int64 T trained the whole run before its export failed."""
+    def plain(v):
+        if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            return int(v)
+        if isinstance(v, numbers.Real):
+            return float(v)
+        if hasattr(v, "tolist"):  # a numpy array
+            return v.tolist()
+        raise TypeError(f"{type(v).__name__} is not JSON")
+
+    try:
+        return json.loads(json.dumps(value, default=plain))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must hold only JSON values (numbers, strings, lists, objects): {e}") from None
 
 
 def _from_dict(cls, d: dict, what: str):
@@ -285,10 +316,11 @@ def _from_dict(cls, d: dict, what: str):
     if unknown:
         raise ValueError(f"unknown key(s) in {what}: {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
+    given, d = d, {name: _python_numbers(value, hints[name]) for name, value in d.items()}  # numpy's too
     for name, value in d.items():
         if not json_type_ok(value, hints[name]):
             key = name if what == "config" else f"{what}.{name}"
-            raise ValueError(f"{key} must be {json_type_name(hints[name])}, got {value!r}")
+            raise ValueError(f"{key} must be {json_type_name(hints[name])}, got {given[name]!r}")
     if what == "config":
         return cls(**d)
     try:  # a section's own checks (DataConfig: "scale must be >= 1") name the section

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Optional
@@ -15,7 +17,7 @@ from .._io import (FolderInUse, atomic_write_text, check_folder_writable, folder
                    remove_stale_temps)
 from ..errors import sigterm_exits
 from ..photos import HELD_OUT_PHOTOS
-from .config import TrainConfig
+from .config import TrainConfig, absolute_folders
 from .distributed import all_reduce_sum, env_ranks, local_batch, process_group, rank_device
 from .trainer import RUN_FILES, Trainer, check_weights_name
 
@@ -57,15 +59,6 @@ def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
     return cfg.replace(data=dataclasses.replace(
         d, source=os.path.join(data_dir, sub[d.source]) if d.source in sub else d.source,
         val_source=os.path.join(data_dir, sub[d.val_source]) if d.val_source in sub else d.val_source))
-
-
-def absolute_folders(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with image-folder sources made absolute (against the working folder, as --data-dir): a relative one
-    was stored relative, so config.json and a resume from another folder read other images, or none."""
-    d = cfg.data
-    fix = {k: os.path.abspath(v) for k, v in (("source", d.source), ("val_source", d.val_source))
-           if v not in _data.NAMED_SOURCES and not os.path.isabs(v)}
-    return cfg.replace(data=dataclasses.replace(d, **fix)) if fix else cfg
 
 
 def _describe_source(source: str) -> str:
@@ -149,14 +142,25 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     data_dir: a folder with train/ and heldout/ image folders, written by ``yoda data build`` (photographs: it
     replaces the "photos" / "photos-heldout" sources) or ``yoda data export`` (it replaces "builtin" /
     "heldout" with the same images, for machines without scikit-image). init: a yoda model file to start from
-    (TrainConfig.init; the path is made absolute)."""
-    cfg = TrainConfig.load(config_path)
-    if out is None:
-        out = os.path.join("runs", cfg.name)
-    if steps is not None:
-        cfg = cfg.replace(steps=int(steps))
+    (TrainConfig.init; the path is made absolute). config_path may also be a TrainConfig; paths may be
+    pathlib.Path (one for out ended a finished run in a TypeError, before its record)."""
+    if isinstance(config_path, TrainConfig):
+        cfg, config_path = config_path, "(a TrainConfig given in Python)"
+    elif isinstance(config_path, (str, os.PathLike)):
+        config_path = os.fspath(config_path)
+        cfg = TrainConfig.load(config_path)
+    else:
+        raise TypeError(f"config_path must be a JSON file's path, an installed config's name or a TrainConfig, got "
+                        f"{type(config_path).__name__}")
+    out = os.path.join("runs", cfg.name) if out is None else os.fspath(out)
+    init = None if init is None else os.fspath(init)
+    if minutes is not None and not (isinstance(minutes, numbers.Real) and not isinstance(minutes, bool)
+                                    and math.isfinite(minutes) and minutes > 0):  # NaN never ran out
+        raise ValueError(f"minutes (--minutes) must be a finite number > 0, got {minutes!r}")
+    if steps is not None:  # the config's checks: 2.7 was taken as 2
+        cfg = cfg.replace(steps=steps)
     if decay_from is not None:
-        cfg = cfg.replace(decay_from=int(decay_from))
+        cfg = cfg.replace(decay_from=decay_from)
     if init is not None:
         if not init.strip():
             raise ValueError(f"--init must be the path of a yoda model file (.safetensors), got {init!r}")

@@ -18,6 +18,7 @@ import copy
 import csv
 import io
 import math
+import numbers
 import os
 import signal
 import sys
@@ -35,7 +36,7 @@ from ..devices import resolve_device
 from ..errors import NonFiniteError, Terminated, UserError, lr_from_images
 from ..evaluate import psnr_u8
 from ..photos import check_not_held_out
-from .config import TrainConfig
+from .config import TrainConfig, absolute_folders
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, local_batch, rank_device, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
 from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensors
@@ -65,10 +66,11 @@ def check_weights_name(name: str) -> None:
                          f"safetensors file, e.g. model.safetensors")
 
 
-# May change when a run is resumed: where it ends and its learning rate decays, and how often it logs,
-# validates and checkpoints, and how the exported model samples (none of them changes a training step); init is
-# read only at the start (the checkpoint's own is kept, and a checkpoint from before init existed has none).
-RESUME_FREE = ("steps", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every", "init", "sampling")
+# May change when a run is resumed: where it ends and its learning rate decays, how often it logs, validates (and
+# on what) and checkpoints, its name, and how the exported model samples (none of them changes a training step);
+# init is read only at the start (the checkpoint's own is kept, and a checkpoint from before init existed has none).
+RESUME_FREE = ("steps", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every", "init", "sampling", "name",
+               "data.val_source", "data.val_crops", "data.val_crop")
 
 
 def _resume_view(d: dict) -> dict:
@@ -79,10 +81,10 @@ def _resume_view(d: dict) -> dict:
         if k in RESUME_FREE:
             continue
         if isinstance(v, dict) and k in ("data", "loss"):
-            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if f"{k}.{kk}" not in RESUME_FREE})
         else:
             flat[k] = v
-    for k in ("data.source", "data.val_source"):
+    for k in ("data.source",):
         v = flat.get(k)
         if isinstance(v, str) and os.path.isdir(v):
             flat[k] = os.path.realpath(v)
@@ -164,6 +166,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
                  resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None):
         check_weights_name(weights_name)
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"cfg must be a TrainConfig (TrainConfig.from_dict(d) of a dict), got {type(cfg).__name__}")
+        if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+            raise TypeError(f"out must be the run's folder (a path), got {out!r}")
+        # absolute, as train_main makes them: a relative folder resumed from another working folder read others
+        cfg, out = absolute_folders(cfg), os.path.abspath(out)
         self.ranks = ranks or Ranks()
         local_batch(cfg.batch, self.ranks.world)  # the global batch must split evenly over the ranks
         check_group(self.ranks)
@@ -176,6 +184,7 @@ class Trainer:
         self.ab = alphas_cumprod(self.schedule)
         torch.manual_seed(cfg.seed)  # model init
         self.model = build_model(cfg.model).to(self.device)
+        self.model.card = model_card(cfg, self.schedule)  # yoda.sample(tr.ema, lr) samples what it was trained for
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                      weight_decay=cfg.weight_decay)
@@ -197,7 +206,6 @@ class Trainer:
         if validate:
             val = _data.load_source(cfg.data.val_source, cfg.data.val_crop, "the validation crop size data.val_crop")
             self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
-        os.makedirs(out, exist_ok=True)
         self.rows: list[dict] = []
         self._logged = 0  # how many of self.rows log.csv holds (0: write it whole next time)
         self.ckpt_path = os.path.join(out, "checkpoint.pt")
@@ -205,6 +213,7 @@ class Trainer:
             self.load_checkpoint(self.ckpt_path)
         elif cfg.init:
             self.load_init(cfg.init)
+        os.makedirs(out, exist_ok=True)  # after the init is read: a bad one left the folders made
         self.ddp = None
         if self.ranks.world > 1:
             self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
@@ -429,6 +438,8 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
+            raise ValueError(f"steps must be an int >= 1 (the total to reach), got {steps!r}")  # 2.5 trained 2
         total = cfg.steps if steps is None else int(steps)
         t0 = time.perf_counter()
         t_base = float(self.rows[-1]["time"]) if self.rows else 0.0  # time column is cumulative over resumes
