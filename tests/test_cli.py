@@ -930,8 +930,8 @@ def test_skip_existing_waits_for_an_output_another_process_is_making(tmp_path, t
     monkeypatch.setattr(cli_upscale.time, "sleep", sleep)
     code, printed, err = run(["upscale", str(src), "-o", str(out), *common], capsys)
     assert code == 0, err
-    assert f"{src / 'im0.png'} -> {out / 'im0_x4.png'} is being made by another process; back to it at the end " \
-           f"(--skip-existing)" in printed
+    # -q hides the line per input (it printed this one), not the wait on stderr
+    assert "is being made by another process" not in printed
     assert "waiting for another process to finish 1 output(s)" in err
     assert seen == [[".im0_x4.png" + CLAIM_SUFFIX, "im1_x4.png"]] * 2  # im1 first; polled until the claim went
     assert sorted(f.name for f in out.iterdir()) == ["im0_x4.png", "im1_x4.png"]
@@ -1874,3 +1874,23 @@ def test_a_light_photograph_is_not_taken_for_a_0_1_image(tmp_path, tiny_model, c
         evaluate(model, [("light", np.repeat(np.repeat(light, 4, 0), 4, 1))], EvalSettings(steps=1))
     with pytest.warns(UserWarning, match="lr has no negative value"):
         yoda.sample(model, from_uint8(light), steps=1, progress=False)
+
+
+def test_q_hides_the_line_of_an_input_taken_up_later(capsys, monkeypatch):
+    """-q hid the per-input lines but not "... is being made by another process; back to it at the end", printed
+    once per input another --skip-existing run held (15 lines of a shared folder)."""
+    from yoda import cli_upscale
+
+    monkeypatch.setattr(cli_upscale.time, "sleep", lambda s: None)
+    for quiet in (False, True):
+        tries = []
+
+        def work(item):
+            tries.append(item)
+            if len(tries) == 1:
+                raise cli_upscale.Busy(f"{item} is being made by another process")
+
+        assert cli_upscale.run_items(["a.png"], work, str, quiet=quiet) == 0 and tries == ["a.png", "a.png"]
+        out, err = capsys.readouterr()
+        assert ("a.png is being made by another process; back to it at the end (--skip-existing)" in out) != quiet
+        assert "waiting for another process to finish 1 output(s)" in err

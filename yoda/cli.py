@@ -88,14 +88,14 @@ def cmd_upscale(a) -> int:
 
     if world > 1:  # the outputs are the same files as one process writes (atomically)
         with tally.closed():
-            return run_sharded(sorted(items), rank, world, work, one_line, a.debug, out_dir)
+            return run_sharded(sorted(items), rank, world, work, one_line, a.debug, out_dir, quiet)
     made = made_dirs(out_dir) if out_dir is not None else []
     try:
         with tally.closed():
             if len(items) == 1:
                 until_free(work, items[0])  # its error is the command's
                 return 0
-            failed = run_items(items, work, one_line, debug=a.debug)
+            failed = run_items(items, work, one_line, debug=a.debug, quiet=quiet)
     finally:
         remove_empty(made)  # leave no empty folder behind (every input failing, a full disk, an interrupt)
     if failed:

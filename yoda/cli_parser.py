@@ -62,15 +62,17 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
                         "srdiff:PATH, its YAML config (default: read from the weights)")
     if steps is None:  # the model decides (cli.default_steps)
         p.add_argument("--steps", type=int, default=None,
-                       help=f"sampling steps (default {DEFAULT_STEPS} with the embedded model, {OTHER_MODEL_STEPS} "
-                            f"with any other --model, at most its T; YODA in upscale and demo: at least the fewest "
-                            f"whose last step refines every pixel)")
+                       help=f"sampling steps (default: the model file's own, {DEFAULT_STEPS} for the embedded model "
+                            f"and models trained with its config; {OTHER_MODEL_STEPS} (at most T) for a --model "
+                            f"that names none; YODA in upscale and demo: at least the fewest whose last step refines "
+                            f"every pixel)")
     else:
         p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
     p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler,
                    help=f"the sampler: DDPM (ancestral), DDIM{', or a k-diffusion solver' if solvers else ''} "
-                        f"(default {sampler}; with the embedded model DDIM at 1 step is best, and the two-call "
-                        f"solvers heun, dpm_2, dpm_2_a at few steps spoil the picture: benchmarks/QUALITY.md)")
+                        f"(default {sampler}; with the embedded model DDIM at 1 step is best"
+                        + (", and the two-call solvers heun, dpm_2, dpm_2_a at few steps spoil the picture: "
+                           "benchmarks/QUALITY.md)" if solvers else ")"))
     if solvers:
         p.add_argument("--eta", type=float, default=None,
                        help="DDIM eta (default 0), or the noise scale of the ancestral (euler_a, dpm_2_a, dpmpp_2s_a) "

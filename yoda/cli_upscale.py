@@ -351,16 +351,16 @@ def until_free(work: Callable[[object], None], item) -> None:
 
 
 def run_items(items: list, work: Callable[[object], None], one_line: Callable[[BaseException], str],
-              where: str = "", debug: bool = False) -> int:
+              where: str = "", debug: bool = False, quiet: bool = False) -> int:
     """work(item) for each item; a UserError, an OSError or an allocation that failed (errors.out_of_memory: one
     large image must not cost the others) is reported in one line (``yoda: error: WHERE...``; with ``debug``
     after its traceback) and the next item goes on; a write that finds no room (NO_ROOM) ends the loop. An item
     whose work raises Busy (to_make: another process is making its output) is tried again after the others,
     until that process lets it go: made there, it is skipped; left unmade (that process failed or was killed),
-    it is made here. Returns the number that failed."""
+    it is made here. Returns the number that failed. ``quiet`` (-q): no line per input taken up later."""
     failed, busy = 0, []
     for item in items:
-        failed += _run_one(item, work, one_line, where, debug, busy)
+        failed += _run_one(item, work, one_line, where, debug, busy, quiet)
     if busy:
         error_line(f"{where}waiting for another process to finish {len(busy)} output(s) (--skip-existing)")
     while busy:
@@ -435,7 +435,8 @@ def wait_for_keys(store, keys: list) -> None:
 
 
 def run_sharded(items: list, rank: int, world: int, work: Callable[[object], None],
-                one_line: Callable[[BaseException], str], debug: bool = False, folder: Optional[Path] = None) -> int:
+                one_line: Callable[[BaseException], str], debug: bool = False, folder: Optional[Path] = None,
+                quiet: bool = False) -> int:
     """Rank ``rank`` of ``world`` runs work(item) for items rank, rank + world, ... (run_items: a failing item is
     reported and the rank goes on); then it says how many failed in the store (shard_store) and waits until every
     rank has, so that none exits with an error while others work (torchrun would stop them), and all return 2 if
@@ -447,7 +448,7 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     store, host = shard_store(rank, world)
     made = made_dirs(folder) if folder is not None else []
     try:
-        failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ", debug)
+        failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ", debug, quiet)
         store.set(f"failed/{rank}", str(failed))
         wait_for_keys(store, [f"failed/{r}" for r in range(world)])
         total = sum(int(store.get(f"failed/{r}")) for r in range(world))
