@@ -1383,3 +1383,27 @@ def test_the_python_training_api_takes_what_a_notebook_gives(tmp_path, img_folde
         Trainer(cfg.to_dict(), str(tmp_path / "d"))
     with pytest.raises(TypeError, match="out must be the run's folder"):
         Trainer(cfg, "")
+
+
+def test_a_trainer_leaves_the_callers_generator_alone(tmp_path, img_folder):
+    """Trainer() reseeded torch's global generator and a resume set it to the checkpoint's; dropout drew from it,
+    so the same config and seed gave other weights when the notebook drew numbers between Trainer() and run()."""
+    cfg = tiny_config(img_folder, model={**TINY_MODEL, "dropout": 0.1}, steps=3, val_every=0, ckpt_every=0)
+
+    def weights(run_dir, draw_between):
+        torch.manual_seed(123)
+        want = torch.rand(3)
+        torch.manual_seed(123)
+        tr = Trainer(cfg, str(tmp_path / run_dir), device="cpu", progress=False)
+        if draw_between:
+            torch.rand(1000)
+        else:
+            assert torch.equal(torch.rand(3), want)  # untouched by Trainer()
+            torch.manual_seed(123)
+        tr.run()
+        if not draw_between:
+            assert torch.equal(torch.rand(3), want)  # and by run()
+        return [p.detach().clone() for p in tr.ema.parameters()]
+
+    a, b = weights("a", False), weights("b", True)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

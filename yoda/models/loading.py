@@ -48,8 +48,8 @@ def load(kind: str = "yoda", path: PathLike = "default", config: Any = None) -> 
     weights), "dino-vits8" / "dino-resnet50" (official DINO files -> the attention extractor of
     yoda.attention.dino, usable as ``attention=``; config: None or a dict of its keyword arguments),
     "yoda" (a file written by :func:`yoda.save_model`; config must be None). ``yoda.load()``, i.e.
-    ``yoda.load("yoda", "default")``, is the embedded default x4 model (DEFAULT_WEIGHTS, the CLI's ``--model default``): the name "default" always
-    means it, never a file of that name.
+    ``yoda.load("yoda", "default")``, is the embedded default x4 model (DEFAULT_WEIGHTS, the CLI's ``--model
+    default``): the name "default" always means it, never a file of that name.
     Models come back with their ModelCard (``model.card``), so ``yoda.sample(model, lr)`` needs nothing else; the
     embedded model's card (and that of any byte-identical copy) also says how it samples (DEFAULT_SAMPLING).
     Loading leaves torch's random number generator as it was (checkpoint.keeps_global_rng).

@@ -14,6 +14,7 @@ writes files; the checkpoint is the same as one process's and resumes with any n
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -182,8 +183,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolutions
         self.schedule = cfg.make_schedule()
         self.ab = alphas_cumprod(self.schedule)
-        torch.manual_seed(cfg.seed)  # model init
-        self.model = build_model(cfg.model).to(self.device)
+        self._rng_inside = False  # whether torch's global generators hold the trainer's own state (run)
+        with self._seeded(cfg.seed):  # model init; the caller's generators are left as they were
+            self.model = build_model(cfg.model).to(self.device)
+            self._keep_rng()
         self.model.card = model_card(cfg, self.schedule)  # yoda.sample(tr.ema, lr) samples what it was trained for
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
@@ -217,7 +220,38 @@ class Trainer:
         self.ddp = None
         if self.ranks.world > 1:
             self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
-            torch.manual_seed(cfg.seed + 1 + self.ranks.rank)  # dropout: each rank its own masks
+            with self._seeded(cfg.seed + 1 + self.ranks.rank):  # dropout: each rank its own masks
+                self._keep_rng()
+
+    # -- torch's generators: the trainer's own (dropout draws from them), not the caller's -----------------------
+    def _devices(self) -> list:
+        return [self.device] if self.device.type == "cuda" else []
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int):
+        with torch.random.fork_rng(devices=self._devices()):
+            torch.manual_seed(seed)
+            yield
+
+    def _keep_rng(self) -> None:
+        self._rng = torch.get_rng_state()
+        self._cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        """Torch's global generators (the CPU's and this rank's GPU's) hold the trainer's state inside and the
+        caller's again after: Trainer() reseeded a notebook's generator, and the weights of a run with dropout
+        depended on what the notebook drew between Trainer() and run()."""
+        with torch.random.fork_rng(devices=self._devices()):
+            torch.set_rng_state(self._rng)
+            if self._cuda_rng is not None:
+                torch.cuda.set_rng_state(self._cuda_rng, self.device)
+            self._rng_inside = True
+            try:
+                yield
+            finally:
+                self._rng_inside = False
+                self._keep_rng()
 
     def close(self) -> None:
         """Drop the DistributedDataParallel wrapper while its process group exists. Its reducer holds the group;
@@ -261,8 +295,9 @@ class Trainer:
             "gen": self.gen.get_state(),
             # torch's own generators draw the dropout masks: a resumed run draws the masks of the steps it
             # resumes at, not those of step 1 again (one process; DDP ranks reseed per rank, see __init__)
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "torch_rng": torch.get_rng_state() if self._rng_inside else self._rng,
+            "cuda_rng": (torch.cuda.get_rng_state(self.device) if self._rng_inside else self._cuda_rng)
+            if self.device.type == "cuda" else None,
             "rows": list(self.rows),
             "loss_version": LOSS_VERSION,
             "init_sha256": self.init_sha256,
@@ -303,9 +338,9 @@ class Trainer:
             raise unusable(f"its tensors do not fit this config's model ({str(e).strip().splitlines()[0][:300]})") \
                 from None
         if st.get("torch_rng") is not None:  # absent in checkpoints written before it was saved
-            torch.set_rng_state(st["torch_rng"].cpu())
+            self._rng = st["torch_rng"].cpu()
         if st.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(st["cuda_rng"].cpu(), self.device)
+            self._cuda_rng = st["cuda_rng"].cpu()
         self.step = int(st["step"])
         self.cfg = self.cfg.replace(init=st["config"].get("init", ""))  # what the run started from, not --init now
         self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
@@ -448,29 +483,30 @@ class Trainer:
         interrupted, old_handlers = _stop_on_interrupt()
         stop = None
         try:
-            while self.step < total:
-                loss = self.train_step()
-                if not math.isfinite(loss):
-                    raise NonFiniteError(self._diverged(loss))
-                acc, n = acc + loss, n + 1
-                bar.update(1)
-                last = self.step == total
-                stop = self._stop_reason(interrupted, max_seconds is not None and
-                                         time.perf_counter() - t0 > max_seconds)
-                val_now = self.val_hr is not None and (self.step % cfg.val_every == 0 or last or stop is not None)
-                if (cfg.log_every and self.step % cfg.log_every == 0) or last or stop is not None or val_now:
-                    row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
-                           "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
-                    if val_now and self.ranks.main:
-                        row.update(self.validate())  # the EMA is the same on every rank: rank 0 validates
-                    self.rows.append(row)
-                    self.write_log()
-                    bar.set_postfix(loss=f"{acc / n:.4f}")
-                    acc, n = 0.0, 0
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or stop is not None:
-                    self.save_checkpoint()
-                if stop is not None:
-                    break
+            with self._own_rng():  # dropout draws from the trainer's generators, not the caller's
+                while self.step < total:
+                    loss = self.train_step()
+                    if not math.isfinite(loss):
+                        raise NonFiniteError(self._diverged(loss))
+                    acc, n = acc + loss, n + 1
+                    bar.update(1)
+                    last = self.step == total
+                    stop = self._stop_reason(interrupted, max_seconds is not None and
+                                             time.perf_counter() - t0 > max_seconds)
+                    val_now = self.val_hr is not None and (self.step % cfg.val_every == 0 or last or stop is not None)
+                    if (cfg.log_every and self.step % cfg.log_every == 0) or last or stop is not None or val_now:
+                        row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
+                               "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
+                        if val_now and self.ranks.main:
+                            row.update(self.validate())  # the EMA is the same on every rank: rank 0 validates
+                        self.rows.append(row)
+                        self.write_log()
+                        bar.set_postfix(loss=f"{acc / n:.4f}")
+                        acc, n = 0.0, 0
+                    if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or stop is not None:
+                        self.save_checkpoint()
+                    if stop is not None:
+                        break
             bar.close()
             if self.ranks.main:  # with the stop handlers still set: a Ctrl-C now does not cut the export short
                 self.export(os.path.join(self.out, self.weights_name))
