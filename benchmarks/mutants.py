@@ -189,7 +189,7 @@ MUTANTS = [
            ("tests/test_checkpoint.py", "-k", "no_checkpoint"),
            "a PNG given as a checkpoint gets torch's pickle refusal, naming classes it does not hold"),
     Mutant("resume-dropout-rng", "yoda/training/trainer.py",
-           'torch.set_rng_state(st["torch_rng"].cpu())', "torch.get_rng_state()",
+           'self._rng = st["torch_rng"].cpu()', "pass",
            ("tests/test_train.py", "-k", "resume_equals"),
            "a resumed run with dropout draws the dropout masks of step 1 again"),
     Mutant("train-masks-unnormalised", "yoda/training/glue.py",
