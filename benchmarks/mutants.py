@@ -368,9 +368,9 @@ MUTANTS = [
            ("tests/test_cli.py", "-k", "taken_up_later"),
            "-q still prints a line per input another --skip-existing run is making"),
     Mutant("trainer-global-rng", "yoda/training/trainer.py",
-           "            with self._own_rng():  # dropout draws from the trainer's generators, not the caller's",
-           "            with contextlib.nullcontext():",
-           ("tests/test_train.py", "-k", "callers_generator or resume_equals"),
+           "        with self._own_rng():\n            return self._train_step()",
+           "        return self._train_step()",
+           ("tests/test_train.py", "-k", "callers_generator or loop_of_ones_own"),
            "dropout draws from the caller's generator: the weights depend on the notebook's draws"),
 ]
 

@@ -1407,3 +1407,24 @@ def test_a_trainer_leaves_the_callers_generator_alone(tmp_path, img_folder):
 
     a, b = weights("a", False), weights("b", True)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_train_step_in_a_loop_of_ones_own_draws_from_the_trainer(tmp_path, img_folder):
+    """Outside run(), train_step's dropout drew from the caller's generator, and the checkpoint saved the trainer's
+    state, which had not moved: a resume repeated the masks of step 1."""
+    cfg = tiny_config(img_folder, model={**TINY_MODEL, "dropout": 0.1}, steps=3, val_every=0)
+
+    def two_steps(run_dir, draw):
+        tr = Trainer(cfg, str(tmp_path / run_dir), device="cpu", progress=False)
+        tr.train_step()
+        if draw:
+            torch.rand(100)
+        tr.train_step()
+        return tr
+
+    a, b = two_steps("a", False), two_steps("b", True)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.parameters(), b.model.parameters()))
+    ref = Trainer(cfg, str(tmp_path / "ref"), device="cpu", progress=False)
+    ref.run(steps=2)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.parameters(), ref.model.parameters()))
+    assert torch.equal(a.state_dict()["torch_rng"], ref.state_dict()["torch_rng"])

@@ -37,7 +37,7 @@ from ..devices import resolve_device
 from ..errors import NonFiniteError, Terminated, UserError, lr_from_images
 from ..evaluate import psnr_u8
 from ..photos import check_not_held_out
-from .config import TrainConfig, absolute_folders
+from .config import TrainConfig, _json_form, absolute_folders
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, local_batch, rank_device, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
 from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensors
@@ -230,7 +230,10 @@ class Trainer:
     @contextlib.contextmanager
     def _seeded(self, seed: int):
         with torch.random.fork_rng(devices=self._devices()):
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every GPU too
+            if self.device.type == "cuda":
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(seed)
             yield
 
     def _keep_rng(self) -> None:
@@ -241,7 +244,10 @@ class Trainer:
     def _own_rng(self):
         """Torch's global generators (the CPU's and this rank's GPU's) hold the trainer's state inside and the
         caller's again after: Trainer() reseeded a notebook's generator, and the weights of a run with dropout
-        depended on what the notebook drew between Trainer() and run()."""
+        depended on what the notebook drew between Trainer() and run(). Nested (train_step inside run): as it is."""
+        if self._rng_inside:
+            yield
+            return
         with torch.random.fork_rng(devices=self._devices()):
             torch.set_rng_state(self._rng)
             if self._cuda_rng is not None:
@@ -324,7 +330,8 @@ class Trainer:
             raise unusable(_load_failure(e)) from None
         if not isinstance(st, dict) or not all(k in st for k in ("config", "model", "ema", "opt", "gen", "step")):
             raise unusable("it is not a yoda training checkpoint (no config, model, optimiser and step)")
-        mine, theirs = _resume_view(self.cfg.to_dict()), _resume_view(st["config"])
+        # the checkpoint's config as its JSON reads back (one written before a tuple in the model became a list)
+        mine, theirs = _resume_view(self.cfg.to_dict()), _resume_view(_json_form(st["config"], "config"))
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise ValueError(f"checkpoint {path} was written with a different config (differs in: {', '.join(diff)}); "
@@ -398,7 +405,12 @@ class Trainer:
         return cfg.lr
 
     def train_step(self) -> float:
-        """One optimizer step on the global batch; returns its loss (the mean over the ranks' shares)."""
+        """One optimizer step on the global batch; returns its loss (the mean over the ranks' shares). Its dropout
+        draws from the trainer's generators, in run() or in a loop of one's own."""
+        with self._own_rng():
+            return self._train_step()
+
+    def _train_step(self) -> float:
         cfg, ranks = self.cfg, self.ranks
         # the whole global batch is drawn, in one process's order (crops, then diffusion_loss's steps, levels and
         # noise); this rank keeps its share, so N ranks train on exactly the samples one process trains on
