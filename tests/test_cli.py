@@ -146,6 +146,17 @@ def test_a_model_that_names_no_steps_gets_a_note(tmp_path, tiny_model, images, c
     assert code == 0 and err == "yoda: note: 20 sampling steps: the model's file names none (--steps sets them)\n"
     code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o2.png"), "--model", tiny_model, "-q"], capsys)
     assert code == 0 and err == ""  # its card says 20
+    # the file's sampler too (a card's "ddpm" was sampled with DDIM, the CLI's default)
+    net.card = dataclasses.replace(net.card, sampling={"sampler": "ddpm", "steps": 2})
+    own = tmp_path / "own.safetensors"
+    yoda.save_model(net, own)
+    outs = {}
+    for name, extra in (("own", []), ("ddpm", ["--sampler", "ddpm", "--steps", "2"]),
+                        ("ddim", ["--sampler", "ddim", "--steps", "2"])):
+        assert run(["upscale", rgb, "-o", str(tmp_path / f"{name}.png"), "--model", str(own), "-q", *extra],
+                   capsys)[0] == 0
+        outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+    assert np.array_equal(outs["own"], outs["ddpm"]) and not np.array_equal(outs["own"], outs["ddim"])
 
 
 def test_upscale_bad_path_exit_2_no_output(tmp_path, tiny_model, images, capsys):

@@ -84,6 +84,17 @@ def test_settings_are_yoda_evals_and_take_one_value_alone():
     assert (one.attentions, one.lower_bounds) == (("edge",), (0.6,))
     f = FigureSettings(attentions="sift", lower_bounds=np.float32(0.5))
     assert (f.attentions, f.lower_bounds) == (("sift",), (0.5,))
+    # the model's own sampler too: a card's "ddpm" was sampled with DDIM
+    import dataclasses
+
+    ddpm = yoda.load()
+    ddpm.card = dataclasses.replace(ddpm.card, sampling={"sampler": "ddpm", "steps": 2})
+    seen = []
+    real = yoda.sampling.sample
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(yoda.sampling, "sample", lambda *a, **k: seen.append(k["sampler"]) or real(*a, **k))
+        evaluate(ddpm, [("a", rand_img(3, (32, 32, 3)))], EvalSettings(attentions=(), lower_bounds=()))
+    assert seen == ["ddpm"]
     for bad, msg in (({"seed": None}, r"seed must be an int in \[0, 2\*\*32 - 1\], got None"),
                      ({"seed": -1}, r"seed must be an int in \[0, 2\*\*32 - 1\]"),
                      ({"max_size": 0}, r"max_size must be an int >= 1 or None \(whole images\), got 0"),

@@ -21,9 +21,13 @@ MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.
 
 def default_steps(a, model) -> None:
     """--steps not given: adapters.model_steps, the model's own (its ModelCard's sampling: DEFAULT_STEPS for the
-    embedded model, chosen for it, QUALITY.md), else OTHER_MODEL_STEPS (at most the model's T)."""
+    embedded model, chosen for it, QUALITY.md), else OTHER_MODEL_STEPS (at most the model's T). --sampler not
+    given: the card's, else DEFAULT_SAMPLER."""
     from .adapters import model_steps
+    from .cli_parser import DEFAULT_SAMPLER
 
+    if getattr(a, "sampler", "") is None:  # the model file's own sampler (it said "ddpm" and got DDIM)
+        a.sampler = adapter_of(model).sampling_defaults.get("sampler", DEFAULT_SAMPLER)
     if a.steps is None:
         ad = adapter_of(model)
         a.steps = model_steps(ad)

@@ -68,9 +68,12 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
                             f"every pixel)")
     else:
         p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
-    p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()), default=sampler,
+    own = steps is None  # the model decides (cli_models.default_steps): its file's sampler, else this one
+    p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()),
+                   default=None if own else sampler,
                    help=f"the sampler: DDPM (ancestral), DDIM{', or a k-diffusion solver' if solvers else ''} "
-                        f"(default {sampler}; with the embedded model DDIM at 1 step is best"
+                        f"(default {'the model file' + chr(39) + 's own, else ' if own else ''}{sampler}; with the "
+                        f"embedded model DDIM at 1 step is best"
                         + (", and the two-call solvers heun, dpm_2, dpm_2_a at few steps spoil the picture: "
                            "benchmarks/QUALITY.md)" if solvers else ")"))
     if solvers:

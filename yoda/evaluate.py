@@ -158,10 +158,10 @@ class EvalSettings:
     (one value alone is one variant); "plain", "bicubic" (torch's, the up(lr) of yoda's models) and
     "bicubic-matlab" (MATLAB's imresize, SR papers' bicubic row) are always included. steps: None is the model's
     own (adapters.model_steps: its card's, 1 for the embedded model; else OTHER_MODEL_STEPS), the same for every
-    row. max_size: HR images are centre-cropped to at most this size (CPU budget; None: whole images)."""
+    row; sampler: None is the card's, else "ddim". max_size: HR images are centre-cropped to at most this size (CPU budget; None: whole images)."""
 
     steps: Optional[int] = None
-    sampler: str = "ddim"
+    sampler: Optional[str] = None  # None: the model's own (its card's), else "ddim"
     eta: Optional[float] = None  # None: the sampler's default (DDIM 0, the SDE / ancestral solvers 1)
     sigmas: Optional[str] = None  # the sigma-space solvers' noise levels (None: their default, karras)
     lower_bounds: tuple = (0.4, 0.6, 0.8)
@@ -192,12 +192,12 @@ class EvalSettings:
         if self.seed is None:  # yoda.sample would draw one per run: two evaluations would differ
             raise ValueError("seed must be an int in [0, 2**32 - 1], got None")
         resolve_seed(self.seed)
-        if self.sampler not in SAMPLER_NAMES:
+        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {self.sampler!r}")
 
 
-def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings,
-               steps: int) -> tuple[torch.Tensor, int, float]:
+def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings, steps: int,
+               sampler: str) -> tuple[torch.Tensor, int, float]:
     """(SR, denoiser calls, seconds) of one yoda.sample run (no progress bar of its own: evaluate has one)."""
     calls = [0]
 
@@ -206,7 +206,7 @@ def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSe
 
     t0 = time.perf_counter()
     with lr_from_images():  # lr is make_lr's, of an 8-bit HR image
-        sr = _sampling.sample(model, lr, attention=attention, steps=steps, sampler=s.sampler, eta=s.eta,
+        sr = _sampling.sample(model, lr, attention=attention, steps=steps, sampler=sampler, eta=s.eta,
                               sigmas=s.sigmas, lower_bound=lower_bound, seed=s.seed, backend=s.backend,
                               progress=False, callback=count)
     return sr, calls[0], time.perf_counter() - t0
@@ -230,6 +230,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     adapter = as_adapter(model)
     scale = adapter.scale
     steps = model_steps(adapter) if settings.steps is None else settings.steps
+    sampler = settings.sampler or adapter.sampling_defaults.get("sampler", "ddim")
     upsamplings = {"bicubic": "torch", "bicubic-matlab": "matlab"}  # rows without sampling (yoda.upsampling)
     variants = [(name, None, None) for name in upsamplings] + [("plain", None, None)]
     variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]
@@ -256,7 +257,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
                 else:
                     bar.set_postfix_str(f"{os.path.basename(name)} {method}{f' {attn} l={lb:g}' if attn else ''}")
                     sr, calls, secs = run_sample(adapter, lr, extractors.get(attn), 1.0 if lb is None else lb,
-                                                 settings, steps)
+                                                 settings, steps, sampler)
                     bar.update()
                 row = {"image": name, "method": method, "attention": attn or "",
                        "lower_bound": "" if lb is None else lb}

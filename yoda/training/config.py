@@ -136,8 +136,8 @@ class TrainConfig:
     val_steps: int = 20  # DDIM steps of validation sampling
     ckpt_every: int = 0  # steps between checkpoints (0: only at the end)
     init: str = ""  # weights to start from (a yoda model file, e.g. an earlier run's export; "": a random init)
-    # how the exported model samples where a call names nothing (its ModelCard.sampling: yoda.sample's sampler and
-    # steps, the CLI's steps), e.g. {"sampler": "ddim", "steps": 1} for an x0 model like the embedded one; {}: none
+    # how the exported model samples where a call names nothing (its ModelCard.sampling: the sampler and steps of
+    # yoda.sample and of the CLI), e.g. {"sampler": "ddim", "steps": 1} for an x0 model like the embedded one; {}: none
     # (yoda.sample then takes DDPM over every step, the CLI 50 steps)
     sampling: dict = field(default_factory=dict)
 
