@@ -372,6 +372,10 @@ MUTANTS = [
            "        return self._train_step()",
            ("tests/test_train.py", "-k", "callers_generator or loop_of_ones_own"),
            "dropout draws from the caller's generator: the weights depend on the notebook's draws"),
+    Mutant("cli-sampler-not-the-cards", "yoda/cli_parser.py",
+           "                   default=None if own else sampler,", "                   default=sampler,",
+           ("tests/test_cli.py", "-k", "names_no_steps"),
+           "a model file whose card says ddpm is sampled with DDIM by the CLI"),
 ]
 
 

@@ -766,6 +766,15 @@ def test_trainer_refuses_held_out_scikit_image_files(tmp_path, img_folder):
         check_train_images([(f"d/{HELD_OUT_PHOTOS[0]}.png", own)])
     # a user's own picture named like one (cat.jpg, coffee.png) is not the held-out picture: it trains
     check_train_images([("d/im0.png", own), ("camera", own), ("d/cat.jpg", own), ("d/coffee.png", chelsea)])
+    # a JPEG copy of one is (it trained, and TRAINING.md said the model never saw it)
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(builtin_image("coffee")).save(buf, format="JPEG", quality=85)
+    jpeg = np.asarray(Image.open(buf).convert("RGB"))
+    assert not np.array_equal(jpeg, builtin_image("coffee"))
+    with pytest.raises(DataError, match=r"training: d/coffee\.jpg \("):
+        check_train_images([("d/coffee.jpg", jpeg)])
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
