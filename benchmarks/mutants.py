@@ -376,6 +376,10 @@ MUTANTS = [
            "                   default=None if own else sampler,", "                   default=sampler,",
            ("tests/test_cli.py", "-k", "names_no_steps"),
            "a model file whose card says ddpm is sampled with DDIM by the CLI"),
+    Mutant("held-out-exact-only", "yoda/training/trainer.py",
+           "- a).mean()) <= HELD_OUT_MEAN_LEVELS", "- a).mean()) <= 0",
+           ("tests/test_train.py", "-k", "held_out"),
+           "a JPEG copy of a held-out picture trains, and TRAINING.md says the model never saw it"),
 ]
 
 
