@@ -17,7 +17,7 @@ from .._io import (FolderInUse, atomic_write_text, check_folder_writable, folder
                    remove_stale_temps)
 from ..errors import sigterm_exits
 from ..photos import HELD_OUT_PHOTOS
-from .config import TrainConfig, absolute_folders
+from .config import TrainConfig
 from .distributed import all_reduce_sum, env_ranks, local_batch, process_group, rank_device
 from .trainer import RUN_FILES, Trainer, check_weights_name
 
@@ -171,7 +171,6 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
         cfg = cfg.replace(init=os.path.abspath(init))
     if data_dir is not None:
         cfg = with_data_dir(cfg, data_dir)
-    cfg = absolute_folders(cfg)
     ranks = env_ranks()
     local_batch(cfg.batch, ranks.world)  # before the process group: a clear error on every rank
     from ..devices import resolve_device
@@ -198,7 +197,7 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
             # a run that trained nothing keeps the record of the one that did, if that one got to write it
             if ranks.main and (tr.step > start_step or not os.path.isfile(os.path.join(out, "TRAINING.md"))):
-                record = training_record(cfg, tr, config_path=config_path, out=out, command=command,
+                record = training_record(tr.cfg, tr, config_path=config_path, out=out, command=command,
                                          weights_name=weights_name, start_step=start_step,
                                          seconds=summary["seconds"], stopped_by=summary["stopped_by"])
                 atomic_write_text(os.path.join(out, "TRAINING.md"), record)
