@@ -843,6 +843,8 @@ def test_cli_names_match_the_library():
     from yoda import adapters
 
     assert cli_parser.OTHER_MODEL_STEPS == adapters.OTHER_MODEL_STEPS
+    assert adapters.model_sampler(adapters.as_adapter(lambda x, t, c: x, prediction="eps",
+                                                      schedule=SCHED, scale=2)) == cli_parser.DEFAULT_SAMPLER
     a = cli_parser.build_parser().parse_args(["upscale", "x.png", "-o", "y.png", "--sampler", "dpmpp_3m_sde",
                                               "--sigmas", "exponential"])
     assert (a.sampler, a.sigmas, a.eta) == ("dpmpp_3m_sde", "exponential", None)

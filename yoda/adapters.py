@@ -448,6 +448,12 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
 OTHER_MODEL_STEPS = 50
 
 
+def model_sampler(adapter: Adapter) -> str:
+    """The sampler of the CLI and yoda.evaluate where the user names none: the card's (adapter.sampling_defaults),
+    else "ddim" (yoda.sample's own default is "ddpm", upstream's). cli_parser writes out "ddim" (no torch)."""
+    return adapter.sampling_defaults.get("sampler", "ddim")
+
+
 def model_steps(adapter: Adapter) -> int:
     """The steps a model samples with where the user names none: its card's (adapter.sampling_defaults; 1 for the
     embedded model), else OTHER_MODEL_STEPS, at most its T."""

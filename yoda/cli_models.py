@@ -22,14 +22,13 @@ MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.
 def default_steps(a, model) -> None:
     """--steps not given: adapters.model_steps, the model's own (its ModelCard's sampling: DEFAULT_STEPS for the
     embedded model, chosen for it, QUALITY.md), else OTHER_MODEL_STEPS (at most the model's T). --sampler not
-    given: the card's, else DEFAULT_SAMPLER."""
-    from .adapters import model_steps
-    from .cli_parser import DEFAULT_SAMPLER
+    given: adapters.model_sampler, the card's, else DEFAULT_SAMPLER."""
+    from .adapters import model_sampler, model_steps
 
+    ad = adapter_of(model)
     if getattr(a, "sampler", "") is None:  # the model file's own sampler (it said "ddpm" and got DDIM)
-        a.sampler = adapter_of(model).sampling_defaults.get("sampler", DEFAULT_SAMPLER)
+        a.sampler = model_sampler(ad)
     if a.steps is None:
-        ad = adapter_of(model)
         a.steps = model_steps(ad)
         if "steps" not in ad.sampling_defaults:  # a model trained without a config's "sampling", an upstream one
             note(f"{a.steps} sampling steps: the model's file names none (--steps sets them)")

@@ -261,10 +261,25 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
 
 
-def load_folder(folder: str, max_pixels: Optional[int] = None) -> list[tuple[str, np.ndarray]]:
+def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0,
+                what: str = "the crop size") -> list[tuple[str, np.ndarray]]:
     """[(path, uint8 (H, W, 3))] of the images in ``folder`` (list_folder), whatever the folder's name;
-    max_pixels: read_image's (None: yoda.images.MAX_PIXELS)."""
-    return [(p, read_image(p, max_pixels)) for p in list_folder(folder)]
+    max_pixels: read_image's (None: yoda.images.MAX_PIXELS). The images that cannot be read or are smaller than
+    min_size on a side (``what``) are all named in one DataError (they were found one run at a time)."""
+    items, bad = [], []
+    for p in list_folder(folder):
+        try:
+            a = read_image(p, max_pixels)
+        except DataError as e:
+            bad.append(str(e))
+            continue
+        if a.shape[0] < min_size or a.shape[1] < min_size:
+            bad.append(f"image {p} is {a.shape[1]}x{a.shape[0]}, smaller than {what} {min_size}")
+        items.append((p, a))
+    if bad:
+        raise DataError(f"{len(bad)} image(s) of {folder} cannot be used (move them out, or fix them): "
+                        + "; ".join(bad[:8]) + (f"; ... ({len(bad)} in all)" if len(bad) > 8 else ""))
+    return items
 
 
 NAMED_SOURCES = ("builtin", "heldout", "photos", "photos-heldout")  # DataConfig sources that are not folders
@@ -274,22 +289,9 @@ def load_source(source: str, min_size: int = 0, what: str = "the crop size") -> 
     """[(name, uint8 (H, W, 3))] for "builtin", "heldout" or a folder path.
 
     min_size: every image's height and width must be >= min_size (``what``: the crop size); a folder's images that
-    cannot be read or are smaller are all named in one DataError (they were found one run at a time)."""
+    cannot be read or are smaller are all named in one DataError (load_folder)."""
     if source not in NAMED_SOURCES:
-        items, bad = [], []
-        for p in list_folder(source):
-            try:
-                a = read_image(p)
-            except DataError as e:
-                bad.append(str(e))
-                continue
-            if a.shape[0] < min_size or a.shape[1] < min_size:
-                bad.append(f"image {p} is {a.shape[1]}x{a.shape[0]}, smaller than {what} {min_size}")
-            items.append((p, a))
-        if bad:
-            raise DataError(f"{len(bad)} image(s) of {source} cannot be used (move them out, or fix them): "
-                            + "; ".join(bad[:8]) + (f"; ... ({len(bad)} in all)" if len(bad) > 8 else ""))
-        return items
+        return load_folder(source, min_size=min_size, what=what)
     if source == "builtin":
         items = [(n, builtin_image(n)) for n in BUILTIN_TRAIN]
     elif source == "heldout":

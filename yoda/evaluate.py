@@ -31,7 +31,7 @@ from . import attention as _attention
 from . import data as _data
 from . import sampling as _sampling
 from ._io import atomic_write_text
-from .adapters import as_adapter, model_steps, upsample
+from .adapters import as_adapter, model_sampler, model_steps, upsample
 from .errors import lr_from_images
 from .images import from_uint8, quantize_u8, to_uint8
 from .masks import check_lower_bound
@@ -230,7 +230,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     adapter = as_adapter(model)
     scale = adapter.scale
     steps = model_steps(adapter) if settings.steps is None else settings.steps
-    sampler = settings.sampler or adapter.sampling_defaults.get("sampler", "ddim")
+    sampler = settings.sampler or model_sampler(adapter)
     upsamplings = {"bicubic": "torch", "bicubic-matlab": "matlab"}  # rows without sampling (yoda.upsampling)
     variants = [(name, None, None) for name in upsamplings] + [("plain", None, None)]
     variants += [("yoda", a, lb) for a in settings.attentions for lb in settings.lower_bounds]

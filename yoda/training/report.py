@@ -192,8 +192,6 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                 told = f"--steps {steps}" if steps is not None else f"the config's steps ({cfg.steps})"
                 raise ValueError(f"the checkpoint in {out} is at step {start_step}, past {told}: nothing to train "
                                  f"(give more steps, or another --out)")
-            if ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
-                atomic_write_text(os.path.join(out, "config.json"), tr.cfg.to_json() + "\n")
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
             # a run that trained nothing keeps the record of the one that did, if that one got to write it
             if ranks.main and (tr.step > start_step or not os.path.isfile(os.path.join(out, "TRAINING.md"))):

@@ -497,6 +497,8 @@ class Trainer:
         t_base = float(self.rows[-1]["time"]) if self.rows else 0.0  # time column is cumulative over resumes
         acc, n = 0.0, 0
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
+        if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
+            atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         interrupted, old_handlers = _stop_on_interrupt()
         stop = None
         try:
@@ -527,7 +529,6 @@ class Trainer:
             bar.close()
             if self.ranks.main:  # with the stop handlers still set: a Ctrl-C now does not cut the export short
                 self.export(os.path.join(self.out, self.weights_name))
-                atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         finally:
             bar.close()
             for sig, old in old_handlers.items():
