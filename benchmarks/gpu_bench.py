@@ -124,10 +124,13 @@ def minimal_bytes(shape, es: int, A: torch.Tensor, tau: float, tmax, tmin) -> tu
     return int(total), active / pixels
 
 
-def sizes():
+def bench_cases():
+    """(shape, dtype) in the order they are run: the target shape in float32 first, then its half-precision
+    states (half the bytes), then a smaller shape."""
     if DEV == "cpu":
-        return [(1, 3, 32, 48)]
-    return [(4, 3, 2048, 2048), (4, 3, 1024, 1024)]
+        return [((1, 3, 32, 48), torch.float32), ((1, 3, 32, 48), torch.float16)]
+    big = (4, 3, 2048, 2048)
+    return [(big, torch.float32), (big, torch.float16), (big, torch.bfloat16), ((4, 3, 1024, 1024), torch.float32)]
 
 
 def main() -> int:
@@ -156,7 +159,7 @@ def main() -> int:
                         ("4 MiB", "median of 3 host timer (perf_counter) runs after one warm-up call"))
     emit(f"{'Device-to-device' if DEV == 'cuda' else 'Host'} copy ({copy_size}, read + write): "
          f"**{copy_gbs:.0f} GB/s** ({copy_ms:.3f} ms)")
-    emit(f"tile {TILE}; fp32; timings: {timer}; GB/s on the minimal bytes.")
+    emit(f"tile {TILE}; timings: {timer}; GB/s on the minimal bytes.")
     emit()
 
     impls = {"naive eager": lambda *a: naive.masked_step(*a)}
@@ -170,29 +173,34 @@ def main() -> int:
     if "cuda" in have:
         impls["cuda"] = lambda *a: torch.ops.yoda.masked_step(*a)
 
-    emit("| shape | active | noise | impl | ms | GB/s | % of copy | vs compile | check |")
-    emit("|---|---|---|---|---|---|---|---|---|")
+    emit("| shape | dtype | active | noise | impl | ms | GB/s | % of copy | vs compile | check |")
+    emit("|---|---|---|---|---|---|---|---|---|---|")
     failures = 0
     sweep_cases = {}  # (active fraction, noise mode) -> (args, minimal bytes) of the first shape
-    for shape in sizes():
+    first = bench_cases()[0]
+    for shape, dtype in bench_cases():
         gen = torch.Generator().manual_seed(0)
-        x, o, c, z = (torch.randn(shape, generator=gen).to(DEV) for _ in range(4))
+        x, o, c, z = (torch.randn(shape, generator=gen).to(DEV, dtype) for _ in range(4))
         A = blob_attention(shape[0], shape[2], shape[3], gen)
         tmax, tmin = naive.tile_stats(A, TILE)
+        es = x.element_size()
+        # the kernels compute in float32 and round once: half a unit in the last place of the state's dtype
+        tol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
         for frac in (0.0, 0.5, 1.0):
             tau = tau_for(A, frac)
-            nbytes, act = minimal_bytes(shape, 4, A, tau, tmax, tmin)
+            nbytes, act = minimal_bytes(shape, es, A, tau, tmax, tmin)
             for mode in NOISE_MODES:
                 cf = coefs_mod.step_coefficients(0.3, 1.0 if mode == "none" else 0.35)
                 args = (x, o, c, A, tmax, tmin, tau, cf, False, 1234, 5, z if mode == "tensor" else None, TILE)
-                mode_bytes = nbytes + (z.numel() * 4 if mode == "tensor" else 0)  # the explicit noise is read
+                mode_bytes = nbytes + (z.numel() * es if mode == "tensor" else 0)  # the explicit noise is read
                 ref = naive.masked_step(*args)
                 t_compile = None
                 for name, fn in impls.items():
-                    tag = f"| {'x'.join(map(str, shape))} | {act:.0%} | {mode} | {name} "
-                    if name == "torch.compile(naive)" and mode == "philox":
-                        emit(tag + "| not compiled: the int64 Philox of the reference did not finish compiling "
-                                   "in 15 min (2-core CPU) | | | | |")
+                    tag = f"| {'x'.join(map(str, shape))} | {str(dtype).split('.')[-1]} | {act:.0%} | {mode} | {name} "
+                    if name == "torch.compile(naive)" and (mode == "philox" or dtype != torch.float32):
+                        if mode == "philox" and (shape, dtype) == first:
+                            emit(tag + "| not compiled: the int64 Philox of the reference did not finish compiling "
+                                       "in 15 min (2-core CPU) | | | | |")
                         continue
                     spent = time.time() - START
                     if spent > ARGS.hard_budget_s or (name == "torch.compile(naive)" and spent > ARGS.budget_s):
@@ -201,7 +209,7 @@ def main() -> int:
                     try:
                         got = fn(*args)
                         err = (got.float() - ref.float()).abs().max().item()
-                        ok = err <= 1e-5 * max(1.0, ref.abs().max().item())
+                        ok = err <= tol * max(1.0, ref.float().abs().max().item())
                         failures += not ok
                         ms = bench(lambda: fn(*args))
                     except Exception as e:  # report and go on: one broken backend must not hide the others
@@ -214,7 +222,7 @@ def main() -> int:
                     vs = f"{t_compile / ms:.2f}x" if t_compile else ""
                     emit(tag + f"| {ms:.3f} | {gbs:.0f} | {100 * gbs / copy_gbs:.1f}% | {vs} | "
                          f"{'ok' if ok else 'MISMATCH'} (max err {err:.1e}) |")
-                if shape == sizes()[0]:
+                if (shape, dtype) == first:
                     sweep_cases[(frac, mode)] = (args, mode_bytes)
                 del ref
         del x, o, c, z, A

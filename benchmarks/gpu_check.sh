@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a lent H100 / H200 machine (Python 3.12, CUDA torch, triton, nvcc; no network):
-#   1. build the extension in place (C++ CPU + CUDA kernels)
-#   2. GPU tests: tests/test_gpu.py tests/test_masked_step.py (pytest -x -q)
-#   3. benchmark: benchmarks/gpu_bench.py                 -> $OUT/gpu_results.md (rewritten row by row)
-#   4. if time is left: tests/test_triton_launch.py compiled for the GPU
+#   1. build the extension in place (C++ CPU + CUDA kernels); the stripped .so is copied to $OUT
+#   2. GPU tests: tests/test_gpu.py (both backends vs the reference, noise bit-identity, speed options)
+#   3. the fused step's benchmark: benchmarks/gpu_bench.py -> $OUT/gpu_results.md (rewritten row by row)
+#   4. the whole loop's speed options: benchmarks/gpu_loop.py -> $OUT/gpu_loop.md
+#   5. if time is left: tests/test_masked_step.py and tests/test_triton_launch.py compiled for the GPU
 # Everything is logged to $OUT/gpu_log.txt. No step stops the next one: exit codes are collected and printed at
 # the end (exit status 1 if any step failed). Installs nothing. Every step runs under a time limit taken from
-# one deadline (DEADLINE_S, default 290 s), so the whole script ends in under 5 minutes.
+# one deadline (DEADLINE_S, default 540 s), so the whole script ends in under 9 minutes.
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh        (OUT defaults to ./out)
 set -u
@@ -18,7 +19,7 @@ LOG="$OUT/gpu_log.txt"
 unset TRITON_INTERPRET
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
-DEADLINE_S="${DEADLINE_S:-290}"
+DEADLINE_S="${DEADLINE_S:-540}"
 declare -A RC
 ORDER=()
 
@@ -52,29 +53,36 @@ step() {
   nvcc --version 2>&1 | tail -1
 } | tee -a "$LOG"
 
-# 1. Build in place (ninja, parallel). Reserve 130 s for tests and benchmark.
-step build 150 130 env TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS="${MAX_JOBS:-8}" "$PY" setup.py build_ext --inplace
-step import 30 120 "$PY" -c "
+# 1. Build in place (ninja, parallel). Reserve 360 s for the tests and benchmarks.
+step build 150 360 env TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
+step import 30 340 "$PY" -c "
 import torch, yoda_kernels as k
 print('extension:', k.extension_error or 'loaded')
 print('backends on cuda:', k.available_backends('cuda'))
 assert 'cuda' in k.available_backends('cuda') and 'triton' in k.available_backends('cuda')"
+# the built extension comes back (stripped), so that a second call can carry it instead of building again
+for so in yoda_kernels/_C*.so; do [ -f "$so" ] && strip -o "$OUT/$(basename "$so")" "$so" 2>/dev/null; done
 
-# 2. Tests (TRITON_INTERPRET unset: Triton compiles for the GPU, seconds per kernel variant), one step per file
-#    so that a slow or failing file does not hide the other's results. Reserve 100 s for the benchmark.
-step tests_gpu 90 120 "$PY" -m pytest tests/test_gpu.py -x -q -p no:cacheprovider --durations=5
-# tests/test_masked_step.py compiles many Triton variants (2-4 s each): 90 s covered 30 % of it on an H200.
-# MASKED_STEP_S=240 (with DEADLINE_S >= 480) runs it all.
-step tests_masked_step "${MASKED_STEP_S:-90}" 100 "$PY" -m pytest tests/test_masked_step.py -x -q -p no:cacheprovider --durations=5
+# 2. GPU tests (TRITON_INTERPRET unset: Triton compiles for the GPU, seconds per kernel variant): both backends
+#    against the reference, noise bit-identity, yoda.sample's speed options on the GPU. Reserve 300 s.
+step tests_gpu 100 300 "$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider --durations=5
 
-# 3. Benchmark: its own budgets stop torch.compile cases, then every case, before the step's limit.
-BENCH_LIMIT=$(( $(left) - 5 ))
-(( BENCH_LIMIT > 200 )) && BENCH_LIMIT=200
-step bench "$BENCH_LIMIT" 5 "$PY" benchmarks/gpu_bench.py --out "$OUT/gpu_results.md" \
+# 3. The fused step's benchmark (issue 13): its own budgets stop torch.compile cases, then every case, before the
+#    step's limit. Reserve 140 s for the whole-loop benchmark.
+BENCH_LIMIT=$(( $(left) - 140 ))
+(( BENCH_LIMIT > 170 )) && BENCH_LIMIT=170
+step bench "$BENCH_LIMIT" 140 "$PY" benchmarks/gpu_bench.py --out "$OUT/gpu_results.md" \
   --budget-s $(( BENCH_LIMIT - 60 )) --hard-budget-s $(( BENCH_LIMIT - 20 ))
 
-# 4. Triton-specific tests on the GPU, with what is left.
-step triton_launch 60 2 "$PY" -m pytest tests/test_triton_launch.py -x -q -p no:cacheprovider
+# 4. yoda.sample's whole loop with the speed options (issue 12): compile, autocast, channels-last, CUDA graphs.
+LOOP_LIMIT=$(( $(left) - 20 ))
+(( LOOP_LIMIT > 150 )) && LOOP_LIMIT=150
+step loop "$LOOP_LIMIT" 20 "$PY" benchmarks/gpu_loop.py --out "$OUT/gpu_loop.md" --budget-s $(( LOOP_LIMIT - 40 ))
+
+# 5. With what is left: the masked-step grid on CUDA (it compiles many Triton variants, 2-4 s each; MASKED_STEP_S=240
+#    runs it all) and the Triton launch tests compiled for the GPU.
+step tests_masked_step "${MASKED_STEP_S:-60}" 10 "$PY" -m pytest tests/test_masked_step.py -x -q -p no:cacheprovider --durations=5
+step triton_launch 40 2 "$PY" -m pytest tests/test_triton_launch.py -x -q -p no:cacheprovider
 
 echo "=== [${SECONDS} s] summary (exit codes; 124 = hit its time limit)" | tee -a "$LOG"
 FAIL=0
@@ -82,5 +90,5 @@ for name in "${ORDER[@]}"; do
   echo "  $name: ${RC[$name]}" | tee -a "$LOG"
   [ "${RC[$name]}" = "0" ] || FAIL=1
 done
-[ -f "$OUT/gpu_results.md" ] && cat "$OUT/gpu_results.md"
+for f in "$OUT/gpu_results.md" "$OUT/gpu_loop.md"; do [ -f "$f" ] && cat "$f"; done
 exit $FAIL

@@ -65,6 +65,34 @@ def test_gpu_bench_dry_run_header_says_what_it_measures(tmp_path):
     assert "1 GiB" not in text and "do_bench" not in text
 
 
+# ---- gpu_loop.py --------------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_gpu_loop_without_cuda_says_so_and_creates_nothing(tmp_path):
+    out = tmp_path / "new" / "loop.md"
+    r = run("gpu_loop.py", "--out", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert last_line(r.stderr) == ("gpu_loop.py: error: no CUDA device visible; --cpu-dry-run checks the logic on "
+                                   "the CPU")
+    assert not (tmp_path / "new").exists()
+    r = run("gpu_loop.py", "--cpu-dry-run", "--only", "bf16,channels_last")
+    assert r.returncode == 2 and last_line(r.stderr).startswith("gpu_loop.py: error: --only: unknown bf16; the rows")
+
+
+def test_gpu_loop_dry_run_rows(tmp_path):
+    """The reference row compares with itself (bit-identical, 1.00x); channels-last only reorders the network's
+    arithmetic (close, not necessarily equal); a row left out is not printed."""
+    out = tmp_path / "loop.md"
+    r = run("gpu_loop.py", "--cpu-dry-run", "--only", "channels_last", "--no-overhead", "--out", out, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in out.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| options")}
+    assert set(rows) == {"fp32", "channels_last"}
+    assert rows["fp32"][3:6] == ["1.00x", "0.0e+00", "inf"]
+    assert float(rows["channels_last"][4]) < 1e-4 and float(rows["channels_last"][5]) > 80
+    assert "failures: 0" in out.read_text() and "overhead" not in out.read_text()
+
+
 # ---- stability.py -------------------------------------------------------------------------------------------------
 
 def test_stability_loss_cv_needs_two_points():

@@ -355,3 +355,35 @@ def test_cuda_errors_name_the_argument():
         torch.ops.yoda.masked_combine(x, x, x.cpu(), None, x, None, None, None, 0.5, cc, 0, 0, None, 8)
     with pytest.raises(RuntimeError, match="cd1 = .* but d1 is not given"):
         torch.ops.yoda.masked_combine(x, x, None, None, x, None, None, None, 0.5, cc, 0, 0, None, 8)
+
+
+def test_speed_options_on_cuda():
+    """yoda.sample's speed options on a real GPU (tests/test_speed.py checks their logic on the CPU, with a fake
+    capture): a CUDA graph replays the very kernels of the eager call, so the image is bit-identical and a
+    GraphCache captures once for several calls; channels-last and bf16 autocast change only the network's
+    arithmetic (within float / bf16 rounding of the eager image)."""
+    import yoda
+    from yoda.sampling.speed import GRAPH_WARMUP, GraphCache
+
+    m = yoda.load().to(DEV).eval()
+    lr = (torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(4)) * 2 - 1).to(DEV)
+
+    def run(**kw):
+        with torch.inference_mode():
+            return yoda.sample(m, lr, steps=3, sampler="ddim", eta=0.0, seed=5, progress=False, **kw)
+
+    plain = run()
+    calls = []
+    forward = m.forward
+    m.forward = lambda *a, **k: (calls.append(1), forward(*a, **k))[1]
+    try:
+        cache = GraphCache()
+        first, second = run(cuda_graphs=cache), run(cuda_graphs=cache)
+    finally:
+        del m.forward
+    assert len(cache) == 1 and len(calls) == GRAPH_WARMUP + 1  # one capture, then replays only (no Python call)
+    torch.testing.assert_close(first, plain, rtol=0, atol=0)
+    torch.testing.assert_close(second, plain, rtol=0, atol=0)
+    torch.testing.assert_close(run(channels_last=True), plain, rtol=0, atol=1e-4)
+    bf16 = run(autocast="bf16")
+    assert bf16.dtype == plain.dtype and 0 < (bf16 - plain).abs().max().item() < 0.1

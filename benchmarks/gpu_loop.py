@@ -1,0 +1,211 @@
+"""Whole-loop speed of yoda.sample on a GPU (issue 12, item 5): the embedded model, one photograph, DDIM.
+
+Each row is one set of speed options of yoda.sample (compile, autocast, channels_last, cuda_graphs), timed over
+the whole call (features, every step's network call and masked step, decoding) and checked against the plain
+float32 run of the same seed: the largest difference and the PSNR to it (inf: bit-identical). One call warms up
+(torch.compile compiles, a CUDA graph is captured), then the median of --repeats calls is reported, with
+torch.cuda.synchronize around each.
+
+The sampler's overhead is measured the way benchmarks/test_bench_large.py does on the CPU: the time outside the
+network (timed by wrapping it, with a synchronize on each side) beyond a bare DDIM loop written by hand, over the
+total.
+
+    python3 benchmarks/gpu_loop.py --out $OUT/gpu_loop.md            # on the GPU machine
+    python3 benchmarks/gpu_loop.py --cpu-dry-run                     # logic check on a CPU (tiny, no graphs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import torch  # noqa: E402
+
+# (label, yoda.sample speed options); the first is the reference of every other row
+CONFIGS = (
+    ("fp32", {}),
+    ("channels_last", dict(channels_last=True)),
+    ("autocast bf16", dict(autocast="bf16")),
+    ("autocast fp16", dict(autocast="fp16")),
+    ("bf16 + channels_last", dict(autocast="bf16", channels_last=True)),
+    ("cuda_graphs", dict(cuda_graphs=True)),
+    ("bf16 + channels_last + cuda_graphs", dict(autocast="bf16", channels_last=True, cuda_graphs=True)),
+    ("compile", dict(compile=True)),
+    ("compile + bf16 + channels_last", dict(compile=True, autocast="bf16", channels_last=True)),
+)
+
+
+def make_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="markdown results file (rewritten row by row)")
+    p.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on the CPU, no CUDA graphs")
+    p.add_argument("--lr", type=int, default=256, help="LR side (HR = 4x)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=240.0, help="later rows are skipped once this is spent")
+    p.add_argument("--only", default=None, help="comma-separated labels of the rows to run (default: all; "
+                                                "the first row, fp32, always runs: it is every row's reference)")
+    p.add_argument("--no-overhead", action="store_true", help="skip the sampler-overhead measurement")
+    return p
+
+
+def photo_lr(side: int, batch: int, dev: str) -> torch.Tensor:
+    """skimage's astronaut resized to side x side, in [-1, 1], repeated batch times."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    im = Image.fromarray(data.astronaut()).resize((side, side), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div(127.5).sub(1)
+    return x.unsqueeze(0).repeat(batch, 1, 1, 1).to(dev)
+
+
+def sync(dev: str) -> None:
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, dev: str, repeats: int) -> tuple[float, object]:
+    """(median seconds over repeats, the last output), after one warm-up call."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        sync(dev)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def psnr_to(a: torch.Tensor, ref: torch.Tensor) -> float:
+    mse = (a.float() - ref.float()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)  # range [-1, 1]: peak-to-peak 2
+
+
+def main() -> int:
+    parser = make_parser()
+    args = parser.parse_args()
+    labels = [label for label, _ in CONFIGS]
+    only = set(labels) if args.only is None else {v.strip() for v in args.only.split(",")} | {labels[0]}
+    if only - set(labels):
+        parser.error(f"--only: unknown {', '.join(sorted(only - set(labels)))}; the rows are: {', '.join(labels)}")
+    if not args.cpu_dry_run and not torch.cuda.is_available():  # before --out's folder is made
+        parser.error("no CUDA device visible; --cpu-dry-run checks the logic on the CPU")
+    dev = "cpu" if args.cpu_dry_run else "cuda"
+    if args.cpu_dry_run:
+        args.lr, args.steps, args.repeats = min(args.lr, 16), min(args.steps, 2), 1
+    import yoda
+
+    start = time.time()
+    lines: list[str] = []
+
+    def emit(s: str = "") -> None:
+        print(s, flush=True)
+        lines.append(s)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write("\n".join(lines) + "\n")
+
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    card = torch.cuda.get_device_name() if dev == "cuda" else "CPU dry run"
+    m = yoda.load().to(dev).eval()
+    lr = photo_lr(args.lr, args.batch, dev)
+    hr = args.lr * 4
+    emit(f"# yoda.sample whole-loop speed on {card}")
+    emit()
+    emit(f"torch {torch.__version__}; embedded model (SRDiff residual, x0), {args.batch}x3x{args.lr}^2 LR -> "
+         f"{hr}^2 HR, DDIM eta 0, {args.steps} steps, no attention, seed 0; median of {args.repeats} calls "
+         f"after one warm-up; backend auto ({yoda_backend(dev)}).")
+    emit()
+    emit("| options | s per call | ms per step | vs fp32 | max diff to fp32 | PSNR to fp32 (dB) | warm-up s |")
+    emit("|---|---|---|---|---|---|---|")
+    ref = base_s = None
+    failures = 0
+    for label, opts in CONFIGS:
+        if label not in only:
+            continue
+        if dev == "cpu" and opts.get("cuda_graphs"):
+            emit(f"| {label} | skipped on the CPU | | | | | |")
+            continue
+        if time.time() - start > args.budget_s:
+            emit(f"| {label} | skipped (time budget) | | | | | |")
+            continue
+
+        def run(opts=opts):
+            with torch.inference_mode():
+                return yoda.sample(m, lr, steps=args.steps, sampler="ddim", eta=0.0, seed=0, progress=False, **opts)
+
+        try:
+            t0 = time.time()
+            run()
+            warm = time.time() - t0
+            s, out = timed(run, dev, args.repeats)
+        except Exception as e:  # one failing option must not hide the others
+            failures += 1
+            emit(f"| {label} | ERROR {type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''} | | | | | |")
+            continue
+        if ref is None:
+            ref, base_s = out, s
+        diff = (out.float() - ref.float()).abs().max().item()
+        emit(f"| {label} | {s:.3f} | {1e3 * s / args.steps:.2f} | {base_s / s:.2f}x | {diff:.1e} | "
+             f"{psnr_to(out, ref):.1f} | {warm:.1f} |")
+        if not math.isfinite(out.float().sum().item()):
+            failures += 1
+    if not args.no_overhead:
+        emit()
+        emit(overhead_line(m, lr, args, dev))
+    emit()
+    emit(f"failures: {failures}; wall time {time.time() - start:.0f} s")
+    return 1 if failures else 0
+
+
+def yoda_backend(dev: str) -> str:
+    import yoda_kernels as yk
+
+    return ", ".join(yk.available_backends(dev))
+
+
+def overhead_line(m, lr, args, dev) -> str:
+    """The sampler's time outside the network beyond a bare hand-written loop's, over its total (fp32)."""
+    try:
+        from test_bench_large import NetTimer, bare_loop
+    except Exception as e:  # pragma: no cover - the benchmark module moved
+        return f"overhead: not measured ({type(e).__name__}: {e})"
+    import yoda
+
+    z = torch.randn(lr.shape[0], 3, lr.shape[2] * 4, lr.shape[3] * 4, generator=torch.Generator().manual_seed(0))
+    z = z.to(dev)
+    best = {}
+    with torch.inference_mode():
+        for _ in range(3):
+            for name in ("yoda", "bare"):
+                with NetTimer(m) as nt:
+                    sync(dev)
+                    t0 = time.perf_counter()
+                    if name == "yoda":
+                        yoda.sample(m, lr, steps=args.steps, sampler="ddim", eta=0.0, seed=0, progress=False)
+                    else:
+                        bare_loop(m, lr, args.steps, z)
+                    sync(dev)
+                    total = time.perf_counter() - t0
+                best[name] = min(best.get(name, (math.inf, 0.0)), (total, nt.seconds))
+    (ty, ny), (tb, nb) = best["yoda"], best["bare"]
+    over = ((ty - ny) - (tb - nb)) / ty
+    return (f"Sampler overhead (fp32, best of 3, network timed with a synchronize on each side): yoda.sample "
+            f"{ty:.3f} s of which {ny:.3f} s in the network; bare loop {tb:.3f} s of which {nb:.3f} s; "
+            f"**overhead {100 * over:.2f}%** of yoda's total (target <= 1%).")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
