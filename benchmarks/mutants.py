@@ -376,6 +376,14 @@ MUTANTS = [
            "- a).mean()) <= HELD_OUT_MEAN_LEVELS", "- a).mean()) <= 0",
            ("tests/test_train.py", "-k", "held_out"),
            "a JPEG copy of a held-out picture trains, and TRAINING.md says the model never saw it"),
+    Mutant("init-sampling-dropped", "yoda/training/trainer.py",
+           "if not self.cfg.sampling and card.sampling:", "if False:",
+           ("tests/test_train.py", "-k", "keeps_the_files"),
+           "a fine-tune of the embedded model exports a model that samples 50 DDIM steps instead of the file's"),
+    Mutant("resume-sampling-dropped", "yoda/training/trainer.py",
+           'if not self.cfg.sampling and st["config"].get("sampling"):', "if False:",
+           ("tests/test_train.py", "-k", "keeps_the_files"),
+           "a resumed fine-tune forgets the sampling its init file gave it"),
 ]
 
 

@@ -1181,6 +1181,29 @@ def test_init_fine_tunes_from_a_model_file(tmp_path, img_folder, monkeypatch):
         train_main(str(path), str(tmp_path / "e"), device="cpu", progress=False, init="")
 
 
+def test_init_without_sampling_keeps_the_files(tmp_path, img_folder):
+    """A fine-tune whose config names no sampling keeps its init file's (the sampler and steps the model samples
+    with by default): in its config.json, its exported card and on resume; a config naming one wins."""
+    from yoda.models.yoda_format import load_yoda
+
+    own = {"sampler": "ddim", "steps": 3}
+    Trainer(tiny_config(img_folder, steps=1, val_every=0, sampling=own), str(tmp_path / "a"), device="cpu",
+            progress=False).run()
+    src = str(tmp_path / "a" / "model.safetensors")
+    tr = Trainer(tiny_config(img_folder, steps=1, val_every=0, init=src), str(tmp_path / "b"), device="cpu",
+                 progress=False)
+    assert tr.cfg.sampling == own and tr.ema.card.sampling == own and tr.model.card.sampling == own
+    tr.run()
+    assert load_yoda(str(tmp_path / "b" / "model.safetensors")).card.sampling == own
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["sampling"] == own
+    again = Trainer(tiny_config(img_folder, steps=2, val_every=0), str(tmp_path / "b"), device="cpu", progress=False)
+    assert again.step == 1 and again.cfg.sampling == own and again.ema.card.sampling == own
+    mine = {"sampler": "ddpm", "steps": 5}
+    tr = Trainer(tiny_config(img_folder, steps=1, val_every=0, init=src, sampling=mine), str(tmp_path / "c"),
+                 device="cpu", progress=False)
+    assert tr.cfg.sampling == mine and tr.ema.card.sampling == mine
+
+
 def test_a_checkpoint_from_before_init_resumes(tmp_path, img_folder):
     """Checkpoints written before TrainConfig.init existed have no "init" in their config (nor init_sha256): they
     resume, and were refused as "a different config (differs in: init)"."""

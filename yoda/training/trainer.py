@@ -355,6 +355,8 @@ class Trainer:
             self._cuda_rng = st["cuda_rng"].cpu()
         self.step = int(st["step"])
         self.cfg = self.cfg.replace(init=st["config"].get("init", ""))  # what the run started from, not --init now
+        if not self.cfg.sampling and st["config"].get("sampling"):  # e.g. what its init file named
+            self._set_sampling(_json_form(st["config"]["sampling"], "sampling"))
         self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
         self._logged = 0  # log.csv may hold rows past the checkpoint: rewritten whole
@@ -398,6 +400,13 @@ class Trainer:
         load_state_dict_checked(self.model, src.state_dict(), where, " (the config's model must be the file's)")
         self.ema.load_state_dict(self.model.state_dict())
         self.init_sha256 = digest
+        if not self.cfg.sampling and card.sampling:  # a config naming no sampling keeps the file's
+            self._set_sampling(card.sampling)
+
+    def _set_sampling(self, sampling: dict) -> None:
+        """cfg.sampling (how the exported model samples by default), on the config and both modules' cards."""
+        self.cfg = self.cfg.replace(sampling=dict(sampling))
+        self.model.card = self.ema.card = model_card(self.cfg, self.schedule)
 
     def learning_rate(self, step: int) -> float:
         """The learning rate at ``step``: cfg.lr after a linear warm-up of cfg.warmup steps, then (cfg.decay_from > 0)
