@@ -1532,7 +1532,8 @@ def test_no_progress_bars_into_a_file_or_a_pipe(monkeypatch):
 
 def test_torchrun_variables_must_be_integers(monkeypatch):
     """LOCAL_RANK (read on a GPU to pick the device) was int()ed bare: a bad value was an internal-error traceback."""
-    from yoda.cli_upscale import dist_env, env_int
+    from yoda.torchrun import dist_env, env_int, main_rank, rank_prefix
+    from yoda.training.distributed import env_ranks
     from yoda.errors import UserError
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -1544,6 +1545,17 @@ def test_torchrun_variables_must_be_integers(monkeypatch):
         monkeypatch.setenv(k, "one")
         with pytest.raises(UserError, match=rf"^{k} must be an integer \(as torchrun sets it\), got 'one'$"):
             env_int(k, 0) if k == "LOCAL_RANK" else dist_env()
+        with pytest.raises(UserError, match=rf"^{k} must be an integer"):  # training reads them in the same place
+            env_ranks()
+        monkeypatch.delenv(k)
+    # messages read them leniently: a line about another error must not fail on a bad variable
+    monkeypatch.setenv("RANK", "one")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rank_prefix() == "rank one: " and not main_rank()
+    monkeypatch.setenv("RANK", "0")
+    assert main_rank() and rank_prefix() == "rank 0: "
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert rank_prefix() == ""
 
 
 def test_upscale_cfg_scale_needs_a_guided_model(tmp_path, tiny_model, images, capsys, no_sampling):

@@ -41,11 +41,12 @@ from .cli_parser import build_parser
 from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, error_line, eval_images, load_model, note, pillow_limit,
-                         rank_prefix, read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
-from .cli_upscale import (dist_env, drop_own_outputs, env_int, expand_inputs, guided_model, last_tau,
+                         read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
+from .cli_upscale import (drop_own_outputs, expand_inputs, guided_model, last_tau,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun, yoda_steps)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
+from .torchrun import dist_env, env_int, launched_world, rank_prefix
 from .errors import user_input as _user_input
 
 
@@ -430,7 +431,7 @@ def cmd_train(a) -> int:
     from .training import train_main
 
     command = "yoda " + " ".join(a.argv)
-    world = os.environ.get("WORLD_SIZE", "1")
+    world = launched_world()
     if world != "1":  # torchrun: data-parallel training (yoda.training.distributed)
         command = f"torchrun (WORLD_SIZE={world}) -m {command}"
     with _user_input():  # the config, its data, the device, a checkpoint of another config, a diverging loss

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import UserError, printable
 from .errors import user_input as _user_input
+from .torchrun import main_rank
 
 MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
 
@@ -166,15 +167,9 @@ def error_line(text: str) -> None:
     tqdm.write(text, file=sys.stderr)
 
 
-def rank_prefix() -> str:
-    """"rank R: " under torchrun (WORLD_SIZE > 1), so that each rank's closing line says whose it is; else ""."""
-    rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "1")
-    return f"rank {rank}: " if rank and world not in ("", "1") else ""
-
-
 def note(text: str) -> None:
     """``yoda: note: TEXT`` on stderr, once: under torchrun rank 0 says it (every rank reads the same inputs)."""
-    if os.environ.get("RANK", "0") in ("", "0"):
+    if main_rank():
         print(f"yoda: note: {text}", file=sys.stderr)
 
 

@@ -21,6 +21,7 @@ from ._io import output_claim
 from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
                          folder_images, note, say)
 from .errors import UserError, out_of_memory, printable
+from .torchrun import env_int
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
@@ -224,20 +225,6 @@ def _upscaled_from(path: str, sources: list, scale: int) -> bool:
         return any((W, H) in ((scale * w, scale * h), (scale * h, scale * w)) for w, h in map(size, sources))
     except (OSError, ValueError, Image.DecompressionBombError):
         return False
-
-
-def env_int(name: str, default: int) -> int:
-    """The integer environment variable ``name`` (torchrun's RANK, WORLD_SIZE, LOCAL_RANK), else ``default``."""
-    value = os.environ.get(name, str(default))
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"{name} must be an integer (as torchrun sets it), got {value!r}") from None
-
-
-def dist_env() -> tuple[int, int]:
-    """(rank, world size) under torchrun (RANK / WORLD_SIZE in the environment), else (0, 1)."""
-    return env_int("RANK", 0), env_int("WORLD_SIZE", 1)
 
 
 class Busy(Exception):

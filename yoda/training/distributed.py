@@ -18,10 +18,11 @@ Backend: gloo on the CPU, nccl on GPUs (rank r on cuda:LOCAL_RANK).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
+
+from ..torchrun import dist_env, env_int
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,8 @@ def local_batch(batch: int, world: int) -> int:
 
 def env_ranks() -> Ranks:
     """The Ranks torchrun puts in the environment (RANK, WORLD_SIZE, LOCAL_RANK); Ranks() without them."""
-    try:
-        return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                     int(os.environ.get("LOCAL_RANK", "0")))
-    except ValueError as e:
-        raise ValueError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers as torchrun sets them ({e})") from None
+    rank, world = dist_env()
+    return Ranks(rank, world, env_int("LOCAL_RANK", 0))
 
 
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:

@@ -38,6 +38,7 @@ from ..devices import resolve_device
 from ..errors import NonFiniteError, Terminated, UserError, lr_from_images
 from ..evaluate import psnr_u8
 from ..photos import check_not_held_out
+from ..torchrun import main_rank
 from .config import TrainConfig, _json_form, absolute_folders
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, local_batch, rank_device, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
@@ -138,7 +139,7 @@ def _stop_on_interrupt() -> tuple[list, dict]:
         if flag:
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         flag.append(signum)
-        if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun every rank gets it: said once
+        if main_rank():  # under torchrun every rank gets it: said once
             print(f"\nyoda train: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
                   f"without saving)", file=sys.stderr)
 

@@ -1,0 +1,41 @@
+"""torchrun's environment, read in one place: RANK, WORLD_SIZE and LOCAL_RANK (and MASTER_PORT). No torch.
+
+Work reads them strictly (env_int, dist_env: a value that is not an integer is a UserError naming it); messages
+read them leniently (main_rank, rank_prefix: a message about another error must not fail on a bad variable).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import UserError
+
+
+def env_int(name: str, default: int) -> int:
+    """The integer environment variable ``name`` (torchrun's RANK, WORLD_SIZE, LOCAL_RANK), else ``default``."""
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{name} must be an integer (as torchrun sets it), got {value!r}") from None
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world size) under torchrun (RANK / WORLD_SIZE in the environment), else (0, 1)."""
+    return env_int("RANK", 0), env_int("WORLD_SIZE", 1)
+
+
+def main_rank() -> bool:
+    """Whether this process says what every rank would say: rank 0, or no torchrun (lenient)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def launched_world() -> str:
+    """WORLD_SIZE as torchrun set it ("1" without torchrun), for messages (lenient)."""
+    return os.environ.get("WORLD_SIZE", "1")
+
+
+def rank_prefix() -> str:
+    """"rank R: " under torchrun (WORLD_SIZE > 1), so that each rank's closing line says whose it is; else ""."""
+    rank = os.environ.get("RANK", "")
+    return f"rank {rank}: " if rank and launched_world() not in ("", "1") else ""
