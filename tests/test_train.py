@@ -1,5 +1,6 @@
 """Training loss (DESIGN.md §7) and the trainer: switches, plain-loss equality, masked averaging, resume."""
 
+import base64
 import csv
 import dataclasses
 import io
@@ -741,40 +742,71 @@ def test_train_main_refuses_a_checkpoint_past_the_steps_and_records_the_flips(tm
     assert ", random 16x16 HR crops with flips, LR = " in (tmp_path / "flips" / "TRAINING.md").read_text()
 
 
-def test_trainer_refuses_held_out_scikit_image_files(tmp_path, img_folder):
-    """A data folder holding a held-out scikit-image picture (a file named like one and holding it) is refused,
-    naming the file: TRAINING.md says the model never saw them."""
-    from yoda.data import HELD_OUT, DataError
-    from yoda.photos import HELD_OUT_PHOTOS
-    from yoda.training.trainer import check_train_images
+def test_trainer_refuses_held_out_images_by_content(tmp_path, img_folder):
+    """A data folder holding a held-out image is refused, naming the file and the image, whatever the file's name:
+    the picture itself, a resized JPEG copy, a grey copy. A user's own picture named like one trains. TRAINING.md
+    says the model never saw them (a renamed or resized copy trained before)."""
+    import io
 
     import numpy as np
     from PIL import Image
 
-    from yoda.data import builtin_image
+    from yoda.data import BUILTIN_TRAIN, HELD_OUT, DataError, builtin_image
+    from yoda.photos import HELD_OUT_PHOTOS
+    from yoda.training.trainer import check_train_images
 
     bad = os.path.join(img_folder, "astronaut.png")
     Image.fromarray(builtin_image("astronaut")).save(bad)  # the picture itself, as `yoda data export` writes
     with pytest.raises(DataError) as e:
         Trainer(tiny_config(img_folder), str(tmp_path / "run"), device="cpu", progress=False)
-    assert str(e.value) == (f"held-out scikit-image images may not be used for training: {bad} (yoda.data.HELD_OUT: "
-                            f"{', '.join(HELD_OUT)}; they are for evaluation)")
-    chelsea, own = builtin_image("chelsea"), np.zeros((32, 32, 3), np.uint8)
-    with pytest.raises(DataError, match=r"training: d/Cat\.JPG \("):  # chelsea's other name, any case
-        check_train_images([("d/im.png", own), ("d/Cat.JPG", chelsea)])
-    with pytest.raises(DataError, match="held-out photographs"):  # and still the photographs
-        check_train_images([(f"d/{HELD_OUT_PHOTOS[0]}.png", own)])
-    # a user's own picture named like one (cat.jpg, coffee.png) is not the held-out picture: it trains
-    check_train_images([("d/im0.png", own), ("camera", own), ("d/cat.jpg", own), ("d/coffee.png", chelsea)])
-    # a JPEG copy of one is (it trained, and TRAINING.md said the model never saw it)
-    import io
+    assert str(e.value) == (f"held-out images may not be used for training: {bad} (a copy of astronaut) "
+                            f"(yoda.data.HELD_OUT and yoda.photos.HELD_OUT_PHOTOS are for evaluation)")
 
-    buf = io.BytesIO()
-    Image.fromarray(builtin_image("coffee")).save(buf, format="JPEG", quality=85)
-    jpeg = np.asarray(Image.open(buf).convert("RGB"))
-    assert not np.array_equal(jpeg, builtin_image("coffee"))
-    with pytest.raises(DataError, match=r"training: d/coffee\.jpg \("):
-        check_train_images([("d/coffee.jpg", jpeg)])
+    def copy(name, width, grey=False):
+        im = Image.fromarray(builtin_image(name))
+        im = im.resize((width, round(width * im.height / im.width)), Image.BICUBIC).convert("L" if grey else "RGB")
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=50)
+        return np.asarray(Image.open(buf).convert("RGB"))
+
+    chelsea, own = builtin_image("chelsea"), np.zeros((32, 32, 3), np.uint8)
+    for held in HELD_OUT:
+        with pytest.raises(DataError, match=rf"training: d/im7\.jpg \(a copy of {held}\) \("):
+            check_train_images([("d/own.png", own), ("d/im7.jpg", copy(held, 301, grey=held == "coffee"))])
+    with pytest.raises(DataError, match="held-out photographs"):  # a file named like a photograph, as before
+        check_train_images([(f"d/{HELD_OUT_PHOTOS[0]}.png", own)])
+    # pictures that are not held out train, whatever their names
+    check_train_images([("d/im0.png", own), ("camera", own), ("d/cat.jpg", own), ("d/coffee.png", chelsea[:200])]
+                       + [(n, builtin_image(n)) for n in BUILTIN_TRAIN])
+
+
+def test_held_out_signatures_are_the_images():
+    """yoda.heldout.SIGNATURES are the held-out images' own: remade from scikit-image's pictures (and from the
+    installed photographs, where their packages are), they agree within one level; every held-out image is
+    recognised as itself, and the other images yoda ships or builds from are recognised as nothing."""
+    import numpy as np
+    from PIL import Image
+
+    from yoda import heldout
+    from yoda.data import BUILTIN_TRAIN, HELD_OUT, builtin_image
+    from yoda.photos import HELD_OUT_PHOTOS, installed_photos
+
+    installed = installed_photos()
+    images = {n: builtin_image(n) for n in HELD_OUT}
+    images.update({n: np.asarray(Image.open(installed[n][2]).convert("RGB")) for n in HELD_OUT_PHOTOS
+                   if n in installed})
+    assert set(heldout.SIGNATURES) == set(HELD_OUT) | set(HELD_OUT_PHOTOS)
+    for name, (aspect, data) in heldout.make_signatures(images).items():
+        want_aspect, want = heldout.SIGNATURES[name]
+        assert aspect == pytest.approx(want_aspect, rel=1e-4), name
+        diff = np.frombuffer(base64.b64decode(data), np.uint8).astype(int) - np.frombuffer(
+            base64.b64decode(want), np.uint8)
+        assert np.abs(diff).max() <= 1, name
+        assert heldout.held_out_copy(images[name]) == name
+    others = [builtin_image(n) for n in BUILTIN_TRAIN]
+    others += [np.asarray(Image.open(p).convert("RGB").reduce(4)) for n, (_, _, p) in sorted(installed.items())
+               if n not in HELD_OUT_PHOTOS]
+    assert [heldout.held_out_copy(a) for a in others] == [None] * len(others)
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])

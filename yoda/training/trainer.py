@@ -28,7 +28,6 @@ import time
 import warnings
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .. import data as _data
@@ -37,6 +36,7 @@ from ..checkpoint import check_path, load_state_dict_checked, zip_expansion
 from ..devices import resolve_device
 from ..errors import NonFiniteError, Terminated, UserError, lr_from_images
 from ..evaluate import psnr_u8
+from ..heldout import held_out_copy
 from ..photos import check_not_held_out
 from ..torchrun import main_rank
 from .config import TrainConfig, _json_form, absolute_folders
@@ -95,31 +95,16 @@ def _resume_view(d: dict) -> dict:
 
 
 def check_train_images(items) -> None:
-    """DataError if any training image is held out for evaluation: a scikit-image held-out picture (yoda.data.HELD_OUT
-    and its other names) saved as a file, e.g. DIR/train/astronaut.png -- a file named like one is compared with the
-    picture itself, so a user's own cat.jpg trains (without scikit-image the name alone decides) -- or a held-out
-    photograph (yoda.photos.check_not_held_out, by name). TRAINING.md says the model never saw them.
-    items: (name or path, uint8 (H, W, 3)) pairs, as yoda.data.load_source gives them."""
-    bad = [str(n) for n, a in items if _is_held_out_picture(str(n), a)]
-    if bad:
-        raise _data.DataError(f"held-out scikit-image images may not be used for training: {', '.join(bad)} "
-                              f"(yoda.data.HELD_OUT: {', '.join(_data.HELD_OUT)}; they are for evaluation)")
+    """DataError if any training image is held out for evaluation: a copy of a held-out image, whatever its name
+    (yoda.heldout: scikit-image's yoda.data.HELD_OUT and the photographs of yoda.photos.HELD_OUT_PHOTOS, renamed,
+    resized, re-encoded or grey), or a file named like a held-out photograph (yoda.photos.check_not_held_out).
+    TRAINING.md says the model never saw them. items: (name or path, uint8 (H, W, 3)) pairs, as
+    yoda.data.load_source gives them."""
+    copies = [f"{n} (a copy of {held})" for n, a in items if (held := held_out_copy(a))]
+    if copies:
+        raise _data.DataError(f"held-out images may not be used for training: {', '.join(copies)} (yoda.data.HELD_OUT "
+                              f"and yoda.photos.HELD_OUT_PHOTOS are for evaluation)")
     check_not_held_out(n for n, _ in items)
-
-
-HELD_OUT_MEAN_LEVELS = 8  # a file named like a held-out picture is that picture within this mean difference
-
-
-def _is_held_out_picture(name: str, a) -> bool:
-    stem = os.path.splitext(os.path.basename(name))[0].lower()
-    if stem not in _data.HELD_OUT and stem not in _data.HELD_OUT_ALIASES:
-        return False
-    try:
-        held = _data.builtin_image(stem)
-    except ImportError:  # no scikit-image to compare with: the name decides
-        return True
-    # the picture, or a copy re-encoded (a JPEG of it differs by a few levels; another picture by dozens)
-    return held.shape == a.shape and float(np.abs(held.astype(np.int16) - a).mean()) <= HELD_OUT_MEAN_LEVELS
 
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}

@@ -1,0 +1,123 @@
+"""Held-out images recognised by their content: a training image that is a copy of one (renamed, resized,
+re-encoded, grey) is refused whatever its name, so TRAINING.md's "the model never saw them" holds.
+
+Each held-out image (scikit-image's yoda.data.HELD_OUT, the photographs of yoda.photos.HELD_OUT_PHOTOS) is kept
+here as its aspect ratio and a THUMB x THUMB grey thumbnail of the whole picture (Pillow's box filter, 256
+bytes; ``signature``). An image whose aspect is within ASPECT_TOLERANCE of one's and whose thumbnail is within
+COPY_LEVELS mean 8-bit levels of it is a copy. Measured when the signatures were made: copies resized to 300
+pixels wide and saved as JPEG quality 50 are within 1.0 level; every other pair among the 40 photographs and
+scikit-image's images is 19.4 levels apart or more. A crop of a held-out image is not recognised.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Optional
+
+import numpy as np
+
+THUMB = 16
+COPY_LEVELS = 6.0
+ASPECT_TOLERANCE = 0.02  # relative: a resize rounds each side to whole pixels
+
+
+def signature(a: np.ndarray) -> tuple[float, np.ndarray]:
+    """(width / height, THUMB x THUMB float32 grey thumbnail) of a uint8 (H, W, 3) or (H, W) image."""
+    from PIL import Image
+
+    grey = Image.fromarray(np.ascontiguousarray(a)).convert("L")
+    return a.shape[1] / a.shape[0], np.asarray(grey.resize((THUMB, THUMB), Image.BOX), dtype=np.float32)
+
+
+def held_out_copy(a: np.ndarray) -> Optional[str]:
+    """The name of the held-out image ``a`` is a copy of, else None."""
+    aspect, thumb = signature(a)
+    for name, (their_aspect, data) in SIGNATURES.items():
+        if abs(aspect / their_aspect - 1) <= ASPECT_TOLERANCE:
+            theirs = np.frombuffer(base64.b64decode(data), np.uint8).reshape(THUMB, THUMB)
+            if float(np.abs(thumb - theirs).mean()) <= COPY_LEVELS:
+                return name
+    return None
+
+
+def make_signatures(images: dict) -> dict:
+    """{name: (aspect rounded to 5 digits, base64 of the rounded uint8 thumbnail)}: how SIGNATURES was made."""
+    out = {}
+    for name, a in images.items():
+        aspect, thumb = signature(a)
+        out[name] = (round(aspect, 5), base64.b64encode(np.round(thumb).astype(np.uint8).tobytes()).decode())
+    return out
+
+
+SIGNATURES: dict[str, tuple[float, str]] = {
+    "astronaut": (1.0,
+        "OIqusLnBqLG8w8TPjWqhhShTsbO7iHCRX7jHyJRorJcnMa2xomOdkTeUxcJzf7ClLV+utLaCuqlUqMHGjGm4sD44qry5m7+ktdHS"
+        "1JpRuretM2rBQx6eerXV0dGqaLi3sXQ9j3ocCgMfyNfUt7qto2SbiZJRRy8QQYfSumxtmJYvfJKPfDMyWDVYmZheQVZNR3SMjYiB"
+        "XlhbdYBbBAAAAKSKinaNhX91gXptUz8XAAC4nIhxdYl5kKVzIkhtn2wAhI5/W3iJXI+VNQAAAAR7MEJ+jVp2Yl5zghIOZQNKEUk2"
+        "UoSJdZp5lGMEDysGXgowW0dvezGObFN9AwAAAAoCMg=="),
+    "coffee": (1.5,
+        "FBsdNWxrbZGCeXt+gY+YtRYZL2hsi8/K2LJ7fIWJlakVKWdwcMmirb/RoISBfo+mJmNxY4uvkoeavtOSgH6Pp2trYViMnVpeZZnS"
+        "hH2DkapoXmlPcZiDl5eEtGt+ipSkZn9cTUu3pKKkpo9UhYmMgYiCVE1WVcW8wK1JUW11f4CLkFlaT0AwV0xCUVNjdGpxiYZiSzIi"
+        "Jx84NUJTYGhhZ4eEVkEmOjYPIGYrVVpcX3GNjzc+JTUZDzOANVhNXmRuj5o2Sy8WFBAZXjpVQV1iZ5ymaChKIA0NEBxKMEhnZGih"
+        "r6kaKi0eIzFMLR5XbWxppcbCgA4OLTgzEw0/b21xYQ=="),
+    "rocket": (1.49883,
+        "IhohJSYnJyYkIiAeHBkUFCUgJyosLSwrKSclIh8cGBYqJS0xMjIxMC4sKicjHxsYLykzNjc3NjQyMC4rJyMdGTIvODw7Ozo4NTMx"
+        "LyomIBszNT1AQD89Qzo3NDYtKSIdNz5CRUZDQUxJOTY5LywkHztDSEtHRUVQUT05ODIuKCI9R01QSElKVlxAPDY1MCskQk9UVk9Q"
+        "T15eRUA7ODMvJ0VRXF1VV1ZmYkpEPDo0MCpEU2RlW11bb2pORz47NDMtSlxral9iXnVvUElBOjMyJkJbbXBhYFp3dVFKQTguMDUo"
+        "MTphcEY2aIRtV0EqISogIihxRFJFSHyNakx3Jh0tLQ=="),
+    "chelsea": (1.50333,
+        "jHloj3tqY3BXTWp9inw6MqNmc3ttaGVvZ1ZdfYRqUk+nan12cWRnb29gYXx8cWRiu32Adnt1am14bW6Ag2Vub7V2YmV/ZGV2jH6I"
+        "goV9b3WnaVZ0eWUsboaOkX2NmV1tal6BenxYPFqGjHlBaohYX118l3pnbUhLkYhnSIutp4VdaIN2bHSCUIiIaGGAeYGMcHNnXGRo"
+        "d1lzlmx5bGRfcHKEa36BeXlkWI5oaoB5fqpnj3pxjo53dk5/ZHiYrZSpWY6Oc4CUfIVJSWB9ep2KqlqBnpN8i3WIfkN8h4B7ia1i"
+        "h6SdjoZ4bmVicX6PkZyoZIqjn5SKgHNse3qUrId8mw=="),
+    "lomiri-Dragonfly": (1.33333,
+        "fHZxbGl8ajpdblVGI2ZGN355dG51ZT49bmpmazE/JDSAemBdZmZVX2NscG1vdU4qhH2Ae293ZF5iSGp2eW9EMIeBhXNkd0RCXEJV"
+        "RHFaKSWLhIxuWUZdQHFvUlBPeHNajY9rcVNZTm9xYjUyfm6Ic2Fyh3ZuWndRVUxHK25HQVWggFxkdmVxhXVrXlZlKUNXm0g2SGpP"
+        "fW4xODRaHS2WYIxxKBM1bDFqUxolMQpMU3BXYkMdEkpKGVsjPkMYOGhnMzhgMQ4fXF8oKRo6Q2uYQW9/gjwNDxUuPxkYMyRMdl1i"
+        "MCs8OS0SBRQsHjkZJj4bb6GIeFQmHA4PLHpGHS0OIg=="),
+    "lomiri-Wine": (0.66719,
+        "TVNkXWZcY15fa2SCamljX1NNXGJkYmRoXm1XdllucWg8N1mMj5KUhmGHjZyPmYtlPitZsLW5pnFvgr7IpbWbX0E1QIKKg2WQdIiF"
+        "eUSKml07MUOCfFpYPUFVTEVtnj9ZOiQpZlM6OS43PSIuS3o2Vy0fK0ZDQD1EOFM7M1luP1lYVFZmY3KSnZZbTVhfVFxVenh2XT2I"
+        "kJurt4dyfoCHh2MuLyotc3yIoJ2tpKqoo6J8SXF7Z0tkeX99fnmcsqythYeKh4KAg4N2cG5mh6moqHl+enZzcnFubmpiXXCJkJFp"
+        "ZmReXF1dXV5bVEpJbXl9bEo0NjpARk5VWFlbcHt8ew=="),
+    "lomiri-friends": (0.6658,
+        "n52VUFhaysalw8PBwMC/v6yimVZdTsfJosTFxsTDwsKrpaBaY1fEy6LHxsTExMTEtaimW2ZpuMykzs3LysrJybKqql5fSUBwo8rJ"
+        "yMjHxsa5q61gVikiQJDMy8rJyMbGuqGoYFszb6ObysvLy8vKybOXrWNiPW6Ihp2jn6CipKK1pLBlZkVkP05TgnN6foGHjn16dnBw"
+        "fT5IW2tjYmNpaKGHgomNhYVsUW19fHdvcXWCh3x8gISAcmtucnJvcIF/n5aRlJOgop+IcHBvbW2TfH+Oj4+JiH98a1pbXl9hh3Sa"
+        "gHaAhImNiHhhZmhlZ4Zyj4mLkIx/cXNgQ0lRTlN/Yw=="),
+    "lomiri-seeding": (1.77778,
+        "qNvUwPb9//////+/icXl23CSl3bZzuv7/v771ozQxZxSQFarr7qqvc3Ps4l1gXFTU090pZ+hop+/mXBRUFBDT0RBfpt6k6mSb3pj"
+        "T1pCQ3w3NH2ESX+tYllfSkltP0dzNjBpg1aHs1JXXlhFSzVYfy8oQpFXi5g9SE16UjcwQlsnIylLUHJGNDQ5VTooMCwyIiIsI1Zc"
+        "Kio5SDIsIyUiNyMmLiA/RyAmVk8oJR4nJioiICMdLCggJkU/ISBffB4oHSAhGykaHyIiHhoYXl8kKhwZGhUmGCMfHx8TEzc0GSMf"
+        "HRYUJBkfGRsZDg8YGBUeIRkUFiMUHRMUEg8QFRobIQ=="),
+    "mate-Dune": (1.6,
+        "naKnrK+xtLS0s7Gvq6ejnp6kqa2ws7W2t7Wzsa2ppKCepKmusrS2tbO3s7KuqqWgnaOqrrG0sbeyt66yraqjn5ufp6ytsq6zsbOp"
+        "rqWhm5eAiIqQkZeVk5WSko2HgH96dYB+hZGKkIyNjouHgn57d3+GhomUjZGPk5CHe3ZveWN+hIqAkouKlYxua09WXWNUcH2FdYF7"
+        "gYp+dHFoYl9HVXeAjJKGlJeXiYR0b25gW1B9iISDjpuhlYyCdXtsbFtUe4yYeqClp5GajYp7hH1jXH6IgYmVlpegmpaOh4R6a0x1"
+        "e3uFjoiXlZKZiIh/bVhfcnByfHmGi4yQjoyOh3SBjA=="),
+    "mate-LadyBird": (1.6,
+        "hnSGin9vXHB2bl9DQmSErl91bpF5bGN2dktBYTlot/ZIVn2MZm5wfW1XXXBbpqP/TYOLtHJvfYNwc2VGX2F870i0smRfeIZzaVVi"
+        "PFBOXXg8qKpTRG6AcmBFXVxDWVVdQ3CJW0VzhIdlVX15dX9BQUFYV1RGfJluhHJsdZCRjmNIU0FKS3mdel11bn+Wcmk3Tk81QU9u"
+        "sY1fUXiLrYpJNU9aRVFba9CzYm2lhKe1moNPWV5cZbfhpG2O1JWzqrq9Pk1vWXPj3U5sebOayfWVsCpBdmSX2aZFb2CRoKzaoGQv"
+        "P2x9vdCHUnBnkJiJsqRbODdalryXeVx1bnaMc5afYA=="),
+    "mate-Wood": (1.33333,
+        "x9DV2Nvc3dzc2tnY1tTSz8HByNDV2Nzc3Nzc2tnY1dC7vsDEz9LY29zc3d3c29nXwcPDxsPM19je3t7f3tzb2cbHzMvHxcfX2tve"
+        "393d3NrFy8nMz8/PxtHe3N3b29nWx8vJzc/Pzc/GxNve2drd2cPJycjQ0dDOzMrBzt3b1dTKy9DOztLQ0s/T08jA09zVyszQ09HP"
+        "19HY0tXUzLu/18jNztPR0dTX1NHSz9HMwrbLz87R0djT1dDQ1NTS1NLIxdDO0c7U1NLO09bY0dHNzsPPz87Q0tnQ087RztTLxc7C"
+        "zMzH0c7S1dHT0s3S0cjAvsbKx8/MztDS0NLSzMfMyQ=="),
+    "plasma-ColdRipple": (1.6,
+        "s7O0tbW2tra2tra2tbW0tLOztLW1tra2tra2tbW1tLSys7S1tba2tra2tra1tbSzsrOztLW2tra2tra2tbW0s7Gys7O0tba2tra1"
+        "tbS0tLOwsbKys7O0tbW1tLOzs7OzrK6ur7Cxs7Kzs7KxsbGysqSlpaaoqq2oqqyqqKanp6eeoJpyVV1pa2xiWFV1oaGfl5iFHCdC"
+        "UF5aUEIjMJmZl46PhDk6RFJaV1VLQEaPjo6DhGAzO0RLTktKRT05X4KDd1YzNTxCQ0RDQj46NzBJdUcuMjY7Oz08Pj46OTQwKzss"
+        "LDM1Nzo7Ozs7OTYzMi4sKSowMDM1NjY0NTEwLy0sKQ=="),
+    "plasma-FallenLeaf": (1.6,
+        "KCovKCgtKig+PDVDKz1lfEdRTkJHRzs5Qz0/WjNPVG1CUkdTWFBOR05KUEcqNEtUKS87WW1fcGp1gW5NT0hKQ01KZWx6XWF4YnyH"
+        "nKdjaEFtfndYX1BgT2x+pr+nSUpPWoyqgVRBcXizzMPNb1J+m2l0j25ktZi90s69yp2Qvoq8zc+jsZq2sb/CvrZ+TlRaip5vdaml"
+        "d4e7qJqglEqij1hneWq3uICdqbWfnX1ZnmAwfq2QrtPTx4N3lptxdldCSZS1erzPtXN4fLC5pHw5O2J1fGKIvMqXb4a/s6FhQkRt"
+        "dEtAUn64g0BfaWRnalVneVpBUERdejosOj9AnaeEkg=="),
+    "plasma-Path": (1.6,
+        "HhgnVG03Hyx5OmUoIBkYHR0bRU42JCUmZCpBIxgaHB4fJEU3LB4hJD0gNx8YGhwbGh0tLCccHSUzIi0aGhkcHRohHyEnIB0kMB4r"
+        "GhsaGxwdJSEcIx8eIysfKB4eFxobHyMdHiMeHyQpIjomIxgcGyEiISc9JCgqRStMJyEZIBwpKx0pRD0wM0ImOSYpICIhKCcsMj8t"
+        "LyUmKCsqMSohIx8iJjA+Mi4iJCotKCsZGyAiJSw7NSwjIiwoLSkkGxsbJSouOC0nJiApLislJygfHikoKDs7JyUpIx8jJiIbIiQi"
+        "ISM3NSEiJyQdHiUrJiQkHB8iPD4oKB8hKh8jIBslJg=="),
+}
