@@ -7,9 +7,12 @@
 #   5. if time is left: tests/test_masked_step.py and tests/test_triton_launch.py compiled for the GPU
 # Everything is logged to $OUT/gpu_log.txt. No step stops the next one: exit codes are collected and printed at
 # the end (exit status 1 if any step failed). Installs nothing. Every step runs under a time limit taken from
-# one deadline (DEADLINE_S, default 540 s), so the whole script ends in under 9 minutes.
+# one deadline (DEADLINE_S, default 570 s), so the whole script ends in under 10 minutes.
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh        (OUT defaults to ./out)
+#
+# With the device tool: DEADLINE_S = the session's device time left - 150 (the machine's start counts against it),
+# and the call's timeout_s = DEADLINE_S + 30.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out}"
@@ -19,7 +22,7 @@ LOG="$OUT/gpu_log.txt"
 unset TRITON_INTERPRET
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
-DEADLINE_S="${DEADLINE_S:-540}"
+DEADLINE_S="${DEADLINE_S:-570}"
 declare -A RC
 ORDER=()
 
@@ -33,14 +36,15 @@ step() {
   ORDER+=("$name")
   local avail=$(( $(left) - reserve ))
   (( avail < limit )) && limit=$avail
-  if (( limit < 10 )); then
+  if (( limit < 30 )); then  # pytest alone takes 10 s to start: a step with less would only time out
     RC[$name]="skipped (no time left)"
     echo "=== [${SECONDS} s] $name: skipped, no time left" | tee -a "$LOG"
     return
   fi
   echo "=== [${SECONDS} s] $name (limit ${limit} s): $*" | tee -a "$LOG"
   set -o pipefail
-  timeout --signal=TERM --kill-after=5 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  # SIGINT first: pytest then prints its summary (which tests passed, which failed) and the scripts their tables
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   RC[$name]=$?
   set +o pipefail
   echo "=== [${SECONDS} s] $name: exit ${RC[$name]}" | tee -a "$LOG"
@@ -53,9 +57,9 @@ step() {
   nvcc --version 2>&1 | tail -1
 } | tee -a "$LOG"
 
-# 1. Build in place (ninja, parallel). Reserve 360 s for the tests and benchmarks.
-step build 150 360 env TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
-step import 30 340 "$PY" -c "
+# 1. Build in place (ninja, parallel). Reserve 420 s for the tests and benchmarks.
+step build 150 420 env TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
+step import 30 400 "$PY" -c "
 import torch, yoda_kernels as k
 print('extension:', k.extension_error or 'loaded')
 print('backends on cuda:', k.available_backends('cuda'))
@@ -65,7 +69,8 @@ for so in yoda_kernels/_C*.so; do [ -f "$so" ] && strip -o "$OUT/$(basename "$so
 
 # 2. GPU tests (TRITON_INTERPRET unset: Triton compiles for the GPU, seconds per kernel variant): both backends
 #    against the reference, noise bit-identity, yoda.sample's speed options on the GPU. Reserve 300 s.
-step tests_gpu 100 300 "$PY" -m pytest tests/test_gpu.py -q -p no:cacheprovider --durations=5
+step tests_speed 60 380 "$PY" -m pytest tests/test_gpu.py -v -p no:cacheprovider -k speed_options
+step tests_gpu 100 300 "$PY" -m pytest tests/test_gpu.py -v -p no:cacheprovider --durations=5 -k "not speed_options"
 
 # 3. The fused step's benchmark (issue 13): its own budgets stop torch.compile cases, then every case, before the
 #    step's limit. Reserve 140 s for the whole-loop benchmark.
@@ -88,7 +93,7 @@ echo "=== [${SECONDS} s] summary (exit codes; 124 = hit its time limit)" | tee -
 FAIL=0
 for name in "${ORDER[@]}"; do
   echo "  $name: ${RC[$name]}" | tee -a "$LOG"
-  [ "${RC[$name]}" = "0" ] || FAIL=1
+  case "${RC[$name]}" in 0|skipped*) ;; *) FAIL=1 ;; esac  # a step skipped for time is not a failure
 done
 for f in "$OUT/gpu_results.md" "$OUT/gpu_loop.md"; do [ -f "$f" ] && cat "$f"; done
 exit $FAIL
