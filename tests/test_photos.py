@@ -119,11 +119,11 @@ def test_rerun_replaces_the_splits_and_an_interrupted_one_keeps_the_last_build(t
     monkeypatch.setattr(photos, "save_pil", real_save)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # interrupted in the swap (the new manifest's write): undone, the earlier build is whole
-    real_write = photos.atomic_write
-    monkeypatch.setattr(photos, "atomic_write", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    real_write = photos.atomic_write_text
+    monkeypatch.setattr(photos, "atomic_write_text", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         photos.build(str(out), short_side=64, photos=fewer)
-    monkeypatch.setattr(photos, "atomic_write", real_write)
+    monkeypatch.setattr(photos, "atomic_write_text", real_write)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # killed in the swap (no undo ran): the next build puts the earlier one back first, and leaves no staging
     stage = out / ".build-killed"

@@ -42,9 +42,9 @@ from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, rem
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, error_line, eval_images, load_model, note, pillow_limit,
                          read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
-from .cli_upscale import (drop_own_outputs, expand_inputs, guided_model, last_tau,
+from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
-                          speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun, yoda_steps)
+                          speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .torchrun import dist_env, env_int, launched_world, rank_prefix
 from .errors import user_input as _user_input
@@ -116,9 +116,9 @@ def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", env_int("LOCAL_RANK", 0) % torch.cuda.device_count())
     model = guided_model(load_model(a.model, dev, a.model_config), getattr(a, "cfg_scale", None))
-    given = a.steps is not None
-    default_steps(a, model)
-    scale = adapter_of(model).scale
+    given = default_steps(a, model)
+    ad = adapter_of(model)
+    scale = ad.scale
     if a.scale is None:
         a.scale = scale
     elif a.scale != scale:
@@ -126,7 +126,7 @@ def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
                         "out)")
     from .sampling.tiles import default_overlap
 
-    unit, least = hr_grid(adapter_of(model))
+    unit, least = hr_grid(ad)
     if a.tiles is not None and a.tiles[1] is None:  # --tiles W: the overlap on the model's grid
         a.tiles = (a.tiles[0], default_overlap(a.tiles[0], unit))
     if a.tiles is not None and (a.tiles[0] % unit or a.tiles[1] % unit):
@@ -142,10 +142,7 @@ def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
     attention = None if a.attention is None else attention_extractor(a.attention)
     with _user_input():  # --steps, --sampler, --eta, --lower-bound, --seed, --sigmas on the smallest LR the model takes
-        tau = last_tau(adapter_of(model), a, dev)
-        tau(a.steps)
-        if attention is not None:
-            a.steps = yoda_steps(tau, a.steps, given, a.lower_bound, adapter_of(model).schedule.T)
+        a.steps = checked_steps(ad, a, dev, given, yoda=attention is not None)
     return UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
 
 
@@ -217,8 +214,7 @@ def cmd_demo(a) -> int:
     check_output_option(a.output)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
-    given = a.steps is not None
-    default_steps(a, model)
+    given = default_steps(a, model)
     ad = adapter_of(model)
     s = ad.scale
     full = builtin_image(a.image)
@@ -230,9 +226,8 @@ def cmd_demo(a) -> int:
     hr_u8 = np.ascontiguousarray(full[y : y + size, x : x + size])
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
-    with _user_input():  # YODA's steps as upscale takes them (cli_upscale.yoda_steps)
-        steps = {"plain": a.steps, "YODA": yoda_steps(last_tau(ad, a, dev), a.steps, given, a.lower_bound,
-                                                      ad.schedule.T)}
+    with _user_input():  # YODA's steps as upscale takes them
+        steps = {"plain": a.steps, "YODA": checked_steps(ad, a, dev, given, yoda=True)}
     extractor = attention_extractor(a.attention)
     with _user_input():  # drawn: the map the sampler uses (at HR, normalised after the resize; upscale_tensor pads it)
         A = resolve_attention(extractor, lr, (size, size))

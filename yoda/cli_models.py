@@ -20,12 +20,13 @@ from .torchrun import main_rank
 MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
 
 
-def default_steps(a, model) -> None:
+def default_steps(a, model) -> bool:
     """--steps not given: adapters.model_steps, the model's own (its ModelCard's sampling: DEFAULT_STEPS for the
     embedded model, chosen for it, QUALITY.md), else OTHER_MODEL_STEPS (at most the model's T). --sampler not
-    given: adapters.model_sampler, the card's, else DEFAULT_SAMPLER."""
+    given: adapters.model_sampler, the card's, else DEFAULT_SAMPLER. Returns whether --steps was given."""
     from .adapters import model_sampler, model_steps
 
+    given = a.steps is not None
     ad = adapter_of(model)
     if getattr(a, "sampler", "") is None:  # the model file's own sampler (it said "ddpm" and got DDIM)
         a.sampler = model_sampler(ad)
@@ -33,6 +34,7 @@ def default_steps(a, model) -> None:
         a.steps = model_steps(ad)
         if "steps" not in ad.sampling_defaults:  # a model trained without a config's "sampling", an upstream one
             note(f"{a.steps} sampling steps: the model's file names none (--steps sets them)")
+    return given
 
 
 def load_model(spec: str, device, config: Optional[str] = None):

@@ -21,7 +21,7 @@ from ._io import output_claim
 from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
                          folder_images, note, say)
 from .errors import UserError, out_of_memory, printable
-from .torchrun import env_int
+from .torchrun import rendezvous
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
@@ -140,6 +140,14 @@ def last_tau(adapter, a, device) -> Callable[[int], float]:
                                lower_bound=a.lower_bound, seed=a.seed, sigmas=getattr(a, "sigmas", None),
                                progress=False).taus[-1]
 
+
+def checked_steps(adapter, a, device, given: bool, *, yoda: bool) -> int:
+    """The steps a run samples with: --steps (a.steps, the model's own where not ``given``) after the sampling
+    options are checked on the smallest LR the model takes (a bad one raises before any work); with ``yoda``
+    (--attention), YODA's steps (yoda_steps)."""
+    tau = last_tau(adapter, a, device)
+    tau(a.steps)
+    return yoda_steps(tau, a.steps, given, a.lower_bound, adapter.schedule.T) if yoda else a.steps
 
 
 def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_bound: float, T: int) -> int:
@@ -404,15 +412,11 @@ def shard_store(rank: int, world: int):
     but the count of failed inputs, and a collective cannot be interrupted."""
     import torch.distributed as dist
 
-    addr = os.environ.get("MASTER_ADDR")
-    if not addr or not os.environ.get("MASTER_PORT"):
-        raise UserError(f"WORLD_SIZE={world}, but MASTER_ADDR / MASTER_PORT are not set, so the ranks cannot meet; "
-                        "run under torchrun, or unset WORLD_SIZE")
-    host = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-    store = dist.TCPStore(addr, env_int("MASTER_PORT", 0), world, is_master=host, wait_for_workers=False,
+    addr, port, agent_store, run = rendezvous(world)
+    host = rank == 0 and not agent_store
+    store = dist.TCPStore(addr, port, world, is_master=host, wait_for_workers=False,
                           timeout=datetime.timedelta(minutes=5))
-    run = f"yoda-upscale/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '')}"
-    return dist.PrefixStore(run, store), host
+    return dist.PrefixStore(f"yoda-upscale/{run}", store), host
 
 
 def wait_for_keys(store, keys: list) -> None:

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Optional
 
 from PIL import Image
 
-from ._io import (atomic_write, check_folder_writable, file_sha256, folder_lock, made_dirs, remove_empty,
+from ._io import (atomic_write_text, check_folder_writable, file_sha256, folder_lock, made_dirs, remove_empty,
                   remove_stale_temps)
 from .images import DataError, read_image, save_pil
 
@@ -239,12 +239,6 @@ def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Call
             "skipped": skipped,
             "not_installed": not_installed,
         }
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(manifest, fh, indent=1)
-                fh.write("\n")
-
         # the swap: the earlier build aside (manifest first), the new splits in, the new manifest last; undone if
         # it does not complete (a kill that allows no undo is mended by the next build, _recover)
         renames = [(os.path.join(out, n), os.path.join(stage, f"old-{n}")) for n in _BUILT]
@@ -255,7 +249,7 @@ def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Call
                 if os.path.exists(src):
                     os.rename(src, dst)
                     moved.append((src, dst))
-            atomic_write(os.path.join(out, "manifest.json"), write)
+            atomic_write_text(os.path.join(out, "manifest.json"), json.dumps(manifest, indent=1) + "\n")
         except BaseException:
             for src, dst in reversed(moved):
                 if os.path.exists(dst) and not os.path.exists(src):

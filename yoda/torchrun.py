@@ -1,4 +1,4 @@
-"""torchrun's environment, read in one place: RANK, WORLD_SIZE and LOCAL_RANK (and MASTER_PORT). No torch.
+"""torchrun's environment, read in one place: RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous. No torch.
 
 Work reads them strictly (env_int, dist_env: a value that is not an integer is a UserError naming it); messages
 read them leniently (main_rank, rank_prefix: a message about another error must not fail on a bad variable).
@@ -23,6 +23,17 @@ def env_int(name: str, default: int) -> int:
 def dist_env() -> tuple[int, int]:
     """(rank, world size) under torchrun (RANK / WORLD_SIZE in the environment), else (0, 1)."""
     return env_int("RANK", 0), env_int("WORLD_SIZE", 1)
+
+
+def rendezvous(world: int) -> tuple[str, int, bool, str]:
+    """(MASTER_ADDR, MASTER_PORT, whether torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE), this
+    run's name: TORCHELASTIC_RUN_ID/TORCHELASTIC_RESTART_COUNT); a UserError without an address to meet at."""
+    addr = os.environ.get("MASTER_ADDR")
+    if not addr or not os.environ.get("MASTER_PORT"):
+        raise UserError(f"WORLD_SIZE={world}, but MASTER_ADDR / MASTER_PORT are not set, so the ranks cannot meet; "
+                        "run under torchrun, or unset WORLD_SIZE")
+    run = f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '')}"
+    return addr, env_int("MASTER_PORT", 0), os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True", run
 
 
 def main_rank() -> bool:

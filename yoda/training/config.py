@@ -258,6 +258,11 @@ class TrainConfig:
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
 
+    @property
+    def validates(self) -> bool:
+        """Whether the run validates (val_every > 0 and data.val_crops > 0): only then is data.val_source read."""
+        return bool(self.val_every and self.data.val_crops)
+
     def make_schedule(self):
         from ..schedule import Schedule
 

@@ -185,7 +185,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.init_sha256: Optional[str] = None  # of the cfg.init file, hashed when it is read
-        validate = bool(cfg.val_every and cfg.data.val_crops)
+        validate = cfg.validates
         self._check_sizes_and_sampling(validate)  # before the images are read
         self.extractor = None
         if cfg.loss.yoda or validate:
