@@ -14,7 +14,8 @@
     check_writable(path)        before any long work: path is not a folder, its folder exists and a file can
                                 be created there (tried, then removed); errors name ``path``.
     made_dirs / remove_empty    mkdir -p that remembers what it created, and the cleanup of those folders that
-                                are still empty after a failure (no empty output folder is left behind).
+                                are still empty after a failure (no empty output folder is left behind);
+    made_folder(folder)         the two around a block
     folder_lock(folder, what)   exclusive use of a folder by one process (a training run, a data build): a second
                                 process is refused at once, naming ``what``.
     output_claim(path)          a claim on one output file while it is made (`yoda upscale --skip-existing`): a
@@ -290,6 +291,17 @@ def remove_empty(made: list[Path]) -> None:
                 d.rmdir()
         except FileNotFoundError:  # another process (a torchrun rank) removed it first
             continue
+
+
+@contextlib.contextmanager
+def made_folder(folder: Optional[PathLike]):
+    """mkdir -p ``folder`` (None: nothing) for the block; at its end, however it ends, the folders it made are
+    removed if they are still empty (every input failing, a full disk, an interrupt leave no empty folder)."""
+    made = made_dirs(Path(folder)) if folder is not None else []
+    try:
+        yield
+    finally:
+        remove_empty(made)
 
 
 def _flock_now(fd: int) -> Optional[bool]:

@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_parser import build_parser
-from ._io import atomic_write_text, check_writable, made_dirs, remove_empty, remove_stale_temps
+from ._io import atomic_write_text, check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, error_line, eval_images, load_model, note, pillow_limit,
                          read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
@@ -90,15 +90,11 @@ def cmd_upscale(a) -> int:
     if world > 1:  # the outputs are the same files as one process writes (atomically)
         with tally.closed():
             return run_sharded(sorted(items), rank, world, work, one_line, a.debug, out_dir, quiet)
-    made = made_dirs(out_dir) if out_dir is not None else []
-    try:
-        with tally.closed():
-            if len(items) == 1:
-                until_free(work, items[0])  # its error is the command's
-                return 0
-            failed = run_items(items, work, one_line, debug=a.debug, quiet=quiet)
-    finally:
-        remove_empty(made)  # leave no empty folder behind (every input failing, a full disk, an interrupt)
+    with made_folder(out_dir), tally.closed():
+        if len(items) == 1:
+            until_free(work, items[0])  # its error is the command's
+            return 0
+        failed = run_items(items, work, one_line, debug=a.debug, quiet=quiet)
     if failed:
         print(f"yoda: error: {failed} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
         return 2
@@ -394,14 +390,10 @@ def cmd_figures(a) -> int:
         images = eval_images(a.images, a.max_pixels)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
-    made = made_dirs(out)
-    try:
+    with made_folder(out):
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)
         paths = write_figures(data, out)
-    except BaseException:
-        remove_empty(made)  # leave no empty folder behind
-        raise
     print(f"pixel update ratio (mean over {len(data.names)} images):")
     print("| attention | " + " | ".join(f"l={lb:g}" for lb in settings.lower_bounds) + " |")
     print("|---|" + "---|" * len(settings.lower_bounds))

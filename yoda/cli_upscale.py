@@ -434,17 +434,14 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     anything failed anywhere, else 0. A signal ends the wait at once; torchrun stops the other ranks when one
     ends. folder: the output folder; a rank that made it removes it at the end if nothing was written there
     (every input failing), as one process does (an output's write makes its folder again if it went)."""
-    from ._io import made_dirs, remove_empty
+    from ._io import made_folder
 
     store, host = shard_store(rank, world)
-    made = made_dirs(folder) if folder is not None else []
-    try:
+    with made_folder(folder):
         failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ", debug, quiet)
         store.set(f"failed/{rank}", str(failed))
         wait_for_keys(store, [f"failed/{r}" for r in range(world)])
         total = sum(int(store.get(f"failed/{r}")) for r in range(world))
-    finally:
-        remove_empty(made)
     store.set(f"left/{rank}", "1")
     if host:  # the others still read the store: it closes when this rank exits
         wait_for_keys(store, [f"left/{r}" for r in range(world)])

@@ -404,11 +404,10 @@ def export_builtin(folder: str) -> dict:
     import glob
     import shutil
     import tempfile
-    from pathlib import Path
 
     from PIL import Image
 
-    from ._io import folder_lock, made_dirs, remove_empty
+    from ._io import folder_lock, made_folder
     from .images import save_pil
 
     splits = {"train": BUILTIN_TRAIN, "heldout": HELD_OUT}
@@ -425,8 +424,7 @@ def export_builtin(folder: str) -> dict:
         if others:
             raise DataError(f"{d} holds files that `yoda data export` does not write ({_names(others)}), and an "
                             f"export replaces the whole folder: choose another folder or move them")
-    made = made_dirs(Path(folder))
-    try:
+    with made_folder(folder):
         with folder_lock(folder, "the export folder"):
             for old in glob.glob(os.path.join(glob.escape(folder), ".export-*")):  # of a killed export
                 shutil.rmtree(old, ignore_errors=True)
@@ -442,6 +440,4 @@ def export_builtin(folder: str) -> dict:
                     os.rename(os.path.join(stage, sub), os.path.join(folder, sub))
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
-    finally:
-        remove_empty(made)
     return {sub: len(names) for sub, names in splits.items()}
