@@ -274,3 +274,15 @@ def test_masked_loss_shares_average_to_the_global_masked_mean():
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:  # a rank of two_ranks, under torchrun
     _worker(sys.argv[2])
+
+
+def test_rank_device(monkeypatch):
+    """One rule for training and `yoda upscale` under torchrun: a CUDA run of several processes puts each rank on
+    cuda:LOCAL_RANK modulo the visible GPUs; one process, or the CPU, keeps the device asked for."""
+    from yoda.devices import rank_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert rank_device(torch.device("cuda"), 4, 3) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cuda"), 4, 0) == torch.device("cuda", 0)
+    assert rank_device(torch.device("cuda", 1), 1, 3) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cpu"), 4, 3) == torch.device("cpu")

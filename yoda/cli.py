@@ -104,13 +104,10 @@ def cmd_upscale(a) -> int:
 def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
     """The UpscaleRun of upscale; --scale checked against the model's, or set to it. Every option is checked here,
     once, so that a bad one is one error and not one per input of a folder."""
-    import torch
-
     from .adapters import hr_grid
+    from .devices import rank_device
 
-    dev = cli_device(a.device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", env_int("LOCAL_RANK", 0) % torch.cuda.device_count())
+    dev = rank_device(cli_device(a.device), world, env_int("LOCAL_RANK", 0) if world > 1 else 0)
     model = guided_model(load_model(a.model, dev, a.model_config), getattr(a, "cfg_scale", None))
     given = default_steps(a, model)
     ad = adapter_of(model)

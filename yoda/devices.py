@@ -16,3 +16,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda requested but no CUDA GPU is available")
     return torch.device(device)
+
+
+def rank_device(device: torch.device, world: int, local_rank: int) -> torch.device:
+    """The device of a torchrun rank: cuda:LOCAL_RANK (modulo the visible GPUs) for a CUDA run of several
+    processes, else ``device``."""
+    if device.type == "cuda" and world > 1:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device

@@ -62,13 +62,6 @@ def env_ranks() -> Ranks:
     return Ranks(rank, world, env_int("LOCAL_RANK", 0))
 
 
-def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
-    """The device of this rank: cuda:LOCAL_RANK (modulo the visible GPUs) for a CUDA run, else ``device``."""
-    if device.type == "cuda" and ranks.world > 1:
-        return torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
-    return device
-
-
 @contextlib.contextmanager
 def process_group(ranks: Ranks, device: torch.device):
     """The torch.distributed process group of a run with ranks.world > 1 (env:// from torchrun; gloo on the CPU,

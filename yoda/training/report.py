@@ -18,7 +18,7 @@ from .._io import (FolderInUse, atomic_write_text, check_folder_writable, folder
 from ..errors import sigterm_exits
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
-from .distributed import all_reduce_sum, env_ranks, local_batch, process_group, rank_device
+from .distributed import all_reduce_sum, env_ranks, local_batch, process_group
 from .trainer import RUN_FILES, Trainer, check_weights_name
 
 
@@ -172,12 +172,12 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
         cfg = with_data_dir(cfg, data_dir)
     ranks = env_ranks()
     local_batch(cfg.batch, ranks.world)  # before the process group: a clear error on every rank
-    from ..devices import resolve_device
+    from ..devices import rank_device, resolve_device
 
     if ranks.main:  # rank 0 writes; the other ranks making the folder at the same time must not race its check
         check_out(out, weights_name)
     made = made_dirs(Path(out))
-    dev = rank_device(resolve_device(device), ranks)
+    dev = rank_device(resolve_device(device), ranks.world, ranks.local_rank)
     try:
         with sigterm_exits(), process_group(ranks, dev), contextlib.ExitStack() as stack:
             hold_out(stack, out, ranks, dev)

@@ -33,14 +33,14 @@ import torch
 from .. import data as _data
 from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256
 from ..checkpoint import check_path, load_state_dict_checked, zip_expansion
-from ..devices import resolve_device
+from ..devices import rank_device, resolve_device
 from ..errors import NonFiniteError, Terminated, UserError, lr_from_images
 from ..evaluate import psnr_u8
 from ..heldout import held_out_copy
 from ..photos import check_not_held_out
 from ..torchrun import main_rank
 from .config import TrainConfig, _json_form, absolute_folders
-from .distributed import Ranks, all_reduce_sum, barrier, check_group, local_batch, rank_device, wrap_ddp
+from .distributed import Ranks, all_reduce_sum, barrier, check_group, local_batch, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
 from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensors
 
@@ -169,7 +169,7 @@ class Trainer:
         check_group(self.ranks)
         self.cfg, self.out, self.weights_name = cfg, out, weights_name
         self.progress = progress and self.ranks.main
-        self.device = rank_device(resolve_device(device), self.ranks)
+        self.device = rank_device(resolve_device(device), self.ranks.world, self.ranks.local_rank)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolutions
         self.schedule = cfg.make_schedule()
