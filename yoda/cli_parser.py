@@ -53,6 +53,23 @@ SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde
 SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
 
 
+def _device_arg(p) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (the default): cuda when torch sees a GPU, else cpu")
+
+
+def _quiet_arg(p) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (none either when stderr is not a terminal)")
+
+
+def _images_arg(p) -> None:
+    p.add_argument("--images", default=None,
+                   help="folder of HR images (default: scikit-image's astronaut, coffee, rocket, chelsea: never "
+                        "trained on, but the CLI's defaults were chosen on them; for a test, give the held-out "
+                        "photographs' folder, `yoda data build`'s heldout/)")
+
+
 def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bound: bool = True) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (the embedded x4 model), a yoda model file, sr3:PATH (an upstream SR3 "
@@ -86,8 +103,7 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
         p.add_argument("--lower-bound", type=float, default=0.6,
                        help="l of the mask schedule tau = t/T - l (default 0.6; >= 1: plain sampling)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto (the default): cuda when torch sees a GPU, else cpu")
+    _device_arg(p)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars (none either when stderr is not a terminal); for upscale also no line per "
                         "image: errors, notes and the closing count only")
@@ -229,10 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("eval", help="PSNR / SSIM / colour shift table, plain vs YODA")
-    p.add_argument("--images", default=None,
-                   help="folder of HR images (default: scikit-image's astronaut, coffee, rocket, chelsea: never "
-                        "trained on, but the CLI's defaults were chosen on them; for a test, give the held-out "
-                        "photographs' folder, `yoda data build`'s heldout/)")
+    _images_arg(p)
     p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.4, 0.6, 0.8],
                    help="lower bounds l of the YODA rows (default 0.4 0.6 0.8)")
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian"],
@@ -252,10 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("figures", help="the paper's Fig. 3, 4 and 5 (update ratio, crops, regional error) as PNGs")
-    p.add_argument("--images", default=None,
-                   help="folder of HR images (default: scikit-image's astronaut, coffee, rocket, chelsea: never "
-                        "trained on, but the CLI's defaults were chosen on them; for a test, give the held-out "
-                        "photographs' folder, `yoda data build`'s heldout/)")
+    _images_arg(p)
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian", "sift"],
                    help=f"attention methods of Fig. 3; the first one is YODA's in Fig. 4 and 5: {ATTENTION_HELP}")
@@ -291,15 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "run's export, or default: the embedded model): fine-tuning; the same command resumes, "
                         "from the checkpoint's weights")
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop (and save) after this much wall time")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto (the default): cuda when torch sees a GPU, else cpu")
+    _device_arg(p)
     p.add_argument("--weights-name", default="model.safetensors",
                    help="file name of the exported weights, in --out (a .safetensors file)")
     p.add_argument("--data-dir", default=None,
                    help="a folder with train/ and heldout/ image folders, from `yoda data build --out DIR` "
                         "(photographs) or `yoda data export DIR` (scikit-image's bundled images)")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bar (none either when stderr is not a terminal)")
+    _quiet_arg(p)
     _debug_arg(p)
 
     p = sub.add_parser("plot", help="loss curves + validation PSNR of training logs in one PNG")
@@ -319,8 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("build", help=what, description=what)
     _data_out_args(p)
     p.add_argument("--short-side", type=int, default=512, help="downscale each photograph to this short side")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bar (none either when stderr is not a terminal)")
+    _quiet_arg(p)
     _debug_arg(p)
     p = dsub.add_parser("export", help="write DIR/train and DIR/heldout from scikit-image's bundled images (no "
                                        "package needed; few and small: for trying yoda train out)")
