@@ -1235,7 +1235,7 @@ def test_upscale_folder_goes_on_after_an_out_of_memory_input_and_leaves_hidden_f
     assert "left out ._b.png, .hidden.png (" in err and "cannot read" not in err, err
 
 
-def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatch):
+def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatch, capsys):
     """The ranks met in gloo collectives, which hold a process in C++: a rank killed mid-run made the others'
     final all_reduce fail ("a bug in yoda"), and Ctrl-C or SIGTERM could not end a rank waiting for the others
     (torchrun killed it 30 s later). They now meet in the store, polled: each rank says how many inputs failed
@@ -1289,6 +1289,8 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
     assert not any(t.is_alive() for t in threads)
     assert codes == {0: 2, 1: 2} and sorted(order) == ["fast", "ok", "slow"]  # rank 0's failure counts for both
     assert store.get("failed/0") == b"1" and store.get("failed/1") == b"0"
+    # rank 0 says it once, as one process does: how many of all the inputs failed
+    assert capsys.readouterr().err.count("yoda: error: 1 of 4 inputs failed (see the lines above)\n") == 1
     # a rank waiting for one that never comes (rank 0 hosting the store, as without torchrun) ends on SIGTERM
     script = ("import os, signal, threading, sys\n"
               "from yoda.cli_upscale import run_sharded\n"

@@ -447,7 +447,7 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
         wait_for_keys(store, [f"left/{r}" for r in range(world)])
     if total:
         if rank == 0:
-            print(f"yoda: error: {total} input(s) failed (see the lines above)", file=sys.stderr)
+            print(f"yoda: error: {total} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
         return 2
     return 0
 
