@@ -334,7 +334,7 @@ def cmd_eval(a) -> int:
     with _user_input():  # the options, the images, the model and the LPIPS weights are the user's
         settings = EvalSettings(steps=a.steps, sampler=a.sampler, eta=a.eta, sigmas=a.sigmas,
                                 lower_bounds=tuple(a.lower_bounds), attentions=tuple(a.attention), seed=a.seed,
-                                max_size=a.max_size if a.max_size > 0 else None, progress=bars(a),
+                                max_size=a.max_size or None, progress=bars(a),
                                 lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
         rows: list = []
         try:
@@ -472,8 +472,8 @@ def cmd_data(a) -> int:
           f"(manifest: {os.path.join(out, 'manifest.json')})")
     if built.not_installed:
         missing = sorted({PHOTOS[n][0] for n in built.not_installed})
-        print(f"yoda: note: {len(built.not_installed)} of the {len(PHOTOS)} photographs are not installed, from "
-              f"{', '.join(missing)} (apt-get install {' '.join(missing)})", file=sys.stderr)
+        note(f"{len(built.not_installed)} of the {len(PHOTOS)} photographs are not installed, from "
+             f"{', '.join(missing)} (apt-get install {' '.join(missing)})")
     for name, why in built.skipped.items():
         print(f"yoda: error: {name}: {why}", file=sys.stderr)
     if built.skipped:
