@@ -152,6 +152,29 @@ def check_distinct(values: Sequence, name: str) -> None:
         seen.add(v)
 
 
+def lower_bounds_of(values: Any) -> tuple:
+    """A settings field of lower bounds l (one alone is one), each checked (check_lower_bound, naming its index)."""
+    return tuple(check_lower_bound(v, f"lower_bounds[{i}]") for i, v in enumerate(one_or_many(values, "lower_bounds")))
+
+
+def lpips_paths(value: Any) -> Optional[tuple[str, str]]:
+    """A settings field ``lpips``: None, or (backbone weights path, lin weights path) as two str."""
+    if value is None:
+        return None
+    lp = tuple(value)
+    if len(lp) != 2 or not all(isinstance(v, (str, os.PathLike)) for v in lp):
+        raise ValueError(f"lpips must be None or (backbone weights path, lin weights path), got {value!r}")
+    return tuple(os.fspath(v) for v in lp)
+
+
+def fixed_seed(seed: Any) -> None:
+    """A settings field ``seed``: an int yoda.sample takes, not None (which draws one per call: the rows of one
+    table would not share their noise, nor two runs their numbers)."""
+    if seed is None:
+        raise ValueError("seed must be an int in [0, 2**32 - 1], got None")
+    resolve_seed(seed)
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """How `yoda eval` samples (its defaults are the command's). lower_bounds x attentions are the YODA variants
@@ -174,14 +197,8 @@ class EvalSettings:
     y_channel: bool = False  # PSNR / SSIM on Y with a border of the scale cut off, as SR papers (luma_metrics)
 
     def __post_init__(self):
-        if self.lpips is not None:
-            lp = tuple(self.lpips)
-            if len(lp) != 2 or not all(isinstance(v, (str, os.PathLike)) for v in lp):
-                raise ValueError(f"lpips must be None or (backbone weights path, lin weights path), got {self.lpips!r}")
-            object.__setattr__(self, "lpips", tuple(os.fspath(v) for v in lp))
-        object.__setattr__(self, "lower_bounds", tuple(check_lower_bound(v, f"lower_bounds[{i}]")
-                                                          for i, v in enumerate(one_or_many(self.lower_bounds,
-                                                                                            "lower_bounds"))))
+        object.__setattr__(self, "lpips", lpips_paths(self.lpips))
+        object.__setattr__(self, "lower_bounds", lower_bounds_of(self.lower_bounds))
         object.__setattr__(self, "attentions", one_or_many(self.attentions, "attentions"))
         check_distinct(self.attentions, "attentions")
         check_distinct(self.lower_bounds, "lower_bounds")
@@ -189,9 +206,7 @@ class EvalSettings:
             v = getattr(self, name)
             if not (v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1)):
                 raise ValueError(f"{name} must be an int >= 1 or None ({none}), got {v!r}")
-        if self.seed is None:  # yoda.sample would draw one per run: two evaluations would differ
-            raise ValueError("seed must be an int in [0, 2**32 - 1], got None")
-        resolve_seed(self.seed)
+        fixed_seed(self.seed)  # None: yoda.sample would draw one per run, and two evaluations would differ
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {self.sampler!r}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -16,8 +15,7 @@ from .. import data as _data
 from .. import sampling as _sampling
 from ..adapters import as_adapter, upsample
 from ..errors import lr_from_images
-from ..evaluate import check_distinct, one_or_many
-from ..sampling.spec import resolve_seed
+from ..evaluate import check_distinct, fixed_seed, lower_bounds_of, lpips_paths, one_or_many
 from ..images import from_uint8, to_uint8
 from ..masks import check_lower_bound
 from .numbers import (RegionalError, attention_map, best_crop, crop_metrics, lpips_map, poly_fit,
@@ -56,16 +54,12 @@ class FigureSettings:
         if not self.attentions:
             raise ValueError("attentions must name at least one attention method")
         object.__setattr__(self, "lower_bound", check_lower_bound(self.lower_bound))
-        object.__setattr__(self, "lower_bounds", tuple(check_lower_bound(v, f"lower_bounds[{i}]")
-                                                          for i, v in enumerate(one_or_many(self.lower_bounds,
-                                                                                            "lower_bounds"))))
+        object.__setattr__(self, "lower_bounds", lower_bounds_of(self.lower_bounds))
         if not self.lower_bounds:
             raise ValueError("lower_bounds must not be empty")
         check_distinct(self.attentions, "attentions")
         check_distinct(self.lower_bounds, "lower_bounds")
-        if self.seed is None:  # yoda.sample would draw one per run: plain and YODA would not share their noise
-            raise ValueError("seed must be an int in [0, 2**32 - 1], got None")
-        resolve_seed(self.seed)
+        fixed_seed(self.seed)  # None: yoda.sample would draw one per run, and plain and YODA would not share it
         for name in ("steps", "bins", "degree", "crops"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -80,11 +74,7 @@ class FigureSettings:
             raise ValueError(f"max_size must be >= 1 or None, got {self.max_size}")
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError(f"crop_size must be >= 1 or None, got {self.crop_size}")
-        if self.lpips is not None:
-            lp = tuple(self.lpips)
-            if len(lp) != 2 or not all(isinstance(v, (str, os.PathLike)) for v in lp):
-                raise ValueError(f"lpips must be None or (backbone weights path, lin weights path), got {self.lpips!r}")
-            object.__setattr__(self, "lpips", tuple(os.fspath(v) for v in lp))
+        object.__setattr__(self, "lpips", lpips_paths(self.lpips))
 
 
 @dataclass
