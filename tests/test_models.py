@@ -959,3 +959,41 @@ def test_diffusers_sample_prediction_is_x0():
     from yoda.models.latent import schedule_from_diffusers
     for name, want in (("epsilon", "eps"), ("v_prediction", "v"), ("sample", "x0")):  # diffusers' three names
         assert schedule_from_diffusers({"num_train_timesteps": 10, "prediction_type": name})[1] == want
+
+
+def test_from_diffusers_samples_as_its_scheduler_config_says():
+    """A call naming no sampler or spacing sampled a diffusers model with yoda's defaults (DDPM, "trailing") whatever
+    its scheduler config said: now the config's class gives the sampler and its timestep_spacing the spacing
+    (Stable Diffusion's DDIM: "sd_leading"); what a call names wins, and a config stating nothing changes nothing."""
+    diffusers = pytest.importorskip("diffusers")
+    from yoda.models import from_diffusers
+    from yoda.models.latent import sampling_from_diffusers
+
+    cfg = {"num_train_timesteps": 20, "beta_start": 1e-3, "beta_end": 0.02}
+    sd = diffusers.DDIMScheduler(**cfg, steps_offset=1, set_alpha_to_one=False)
+    sd_ddim = {"_class_name": "DDIMScheduler", **sd.config}  # as its scheduler_config.json reads
+    want = {"sampler": "ddim", "spacing": "sd_leading"}
+    assert sampling_from_diffusers(sd) == sampling_from_diffusers(sd_ddim) == want
+    assert sampling_from_diffusers(dict(sd.config)) == {"spacing": "leading"}  # a bare config names no class
+    assert sampling_from_diffusers(diffusers.DDIMScheduler(**cfg)) == {"sampler": "ddim", "spacing": "leading"}
+    assert sampling_from_diffusers(diffusers.DDPMScheduler(**cfg, timestep_spacing="trailing")) == {
+        "sampler": "ddpm", "spacing": "trailing"}
+    assert sampling_from_diffusers(diffusers.EulerDiscreteScheduler(**cfg, timestep_spacing="linspace")) == {
+        "spacing": "linspace"}
+    assert sampling_from_diffusers(cfg) == {}
+    unet, vae = _tiny_diffusers(diffusers)
+    # a scheduler object is read with its class, as its saved config: Euler does not clip x0 (it was clipped)
+    assert not from_diffusers(unet, vae, diffusers.EulerDiscreteScheduler(**cfg), scale=2).clip_x0
+    lr = _lr(1, 4, 4)
+    ad = from_diffusers(unet, vae, sd_ddim, scale=2)
+    assert dict(ad.sampling_defaults) == {"sampler": "ddim", "spacing": "sd_leading"}
+    with torch.no_grad():
+        got = sample(ad, lr, steps=4, seed=3, progress=False)
+        assert torch.equal(got, sample(ad, lr, steps=4, seed=3, sampler="ddim", spacing="sd_leading", progress=False))
+        assert not torch.equal(got, sample(ad, lr, steps=4, seed=3, sampler="ddim", spacing="trailing",
+                                           progress=False))
+        # DDPM named by the call with the config's DDIM discretisation: DDPM's own spacing, as before
+        plain = from_diffusers(unet, vae, cfg, scale=2)
+        assert not plain.sampling_defaults
+        torch.testing.assert_close(sample(ad, lr, steps=4, seed=3, sampler="ddpm", progress=False),
+                                   sample(plain, lr, steps=4, seed=3, sampler="ddpm", progress=False), rtol=0, atol=0)

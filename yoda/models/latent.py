@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
@@ -31,7 +32,7 @@ from yoda_kernels.contract import PREDICTIONS
 
 from ..adapters import Adapter, Prepared, upsample
 from ..masks import as_int
-from ..schedule import Schedule
+from ..schedule import SPACINGS, Schedule
 
 __all__ = ["LatentAdapter", "LatentCond", "from_diffusers", "schedule_from_diffusers"]
 
@@ -57,6 +58,8 @@ class LatentAdapter(Adapter):
         the image is padded (replicate) to multiples of latent_factor * latent_multiple and cropped back.
     modules: the networks behind the callables (from_diffusers: the UNet and the VAE): the adapter's device is
         theirs, so that an lr on another device is refused before any work.
+    sampling: yoda.sample's defaults for the model where a call leaves them out (adapter.sampling_defaults):
+        {"sampler", "steps", "spacing"}, any of them (from_diffusers: what the scheduler config names).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class LatentAdapter(Adapter):
         clip_x0: bool = False,
         latent_multiple: int = 1,
         modules: Tuple[torch.nn.Module, ...] = (),
+        sampling: Optional[dict] = None,
     ):
         for name, fn in (("encode", encode), ("decode", decode), ("denoise", denoise)):
             if not callable(fn):
@@ -97,6 +101,8 @@ class LatentAdapter(Adapter):
         self.pool = pool
         self.clip_x0 = bool(clip_x0)
         self.modules = tuple(modules)
+        if sampling:
+            self.sampling_defaults = MappingProxyType(check_sampling_defaults(sampling))
 
     @property
     def activation_scale(self) -> int:  # Adapter.activation_scale (SDUpscalerAdapter's guided: one doubled batch)
@@ -179,9 +185,10 @@ _CLIPS_BY_DEFAULT = frozenset({"DDPMScheduler", "DDIMScheduler", "DDIMInverseSch
 
 def scheduler_config_dict(config: Any) -> dict:
     """The config of a diffusers scheduler (``scheduler.config``), a scheduler itself, or a plain dict, as a dict;
-    anything else is a TypeError naming scheduler_config."""
+    anything else is a TypeError naming scheduler_config. A scheduler's own config names no _class_name (its saved
+    scheduler_config.json does): the scheduler's class is added, as the JSON has it."""
     if hasattr(config, "config") and not isinstance(config, dict):
-        config = config.config  # a scheduler object: its config
+        config = {"_class_name": type(config).__name__, **config.config}  # a scheduler object: its config
     try:
         return dict(config)
     except (TypeError, ValueError):
@@ -197,6 +204,36 @@ def clip_sample_of(config: dict) -> bool:
         return bool(config["clip_sample"])
     name = str(config.get("_class_name", ""))
     return not name or name in _CLIPS_BY_DEFAULT
+
+
+def check_sampling_defaults(s: Any) -> dict:
+    """An adapter's sampling defaults: a dict of "sampler" / "steps" (check_sampling) and "spacing" (SPACINGS)."""
+    from .card import check_sampling
+
+    if not isinstance(s, dict):
+        raise TypeError(f"sampling must be a dict with any of 'sampler', 'steps', 'spacing', got {type(s).__name__}")
+    rest = {k: v for k, v in s.items() if k != "spacing"}
+    if "spacing" in s and s["spacing"] not in SPACINGS:
+        raise ValueError(f"sampling: 'spacing' must be one of {SPACINGS}, got {s['spacing']!r}")
+    return {**check_sampling(rest, "sampling"), **({"spacing": s["spacing"]} if "spacing" in s else {})}
+
+
+def sampling_from_diffusers(config: Any) -> dict:
+    """yoda.sample's defaults that a diffusers scheduler config names, so that a call naming none samples as the
+    pipeline does (README, "diffusers"): the sampler of its class (DDIMScheduler "ddim", DDPMScheduler "ddpm"; other
+    classes name none) and the spacing of the timestep_spacing it states: "trailing" and "linspace" by those names,
+    "leading" with steps_offset 1 and set_alpha_to_one False under DDIM (Stable Diffusion's) "sd_leading", else
+    "leading". A config stating no timestep_spacing names no spacing (yoda's default, "trailing")."""
+    config = scheduler_config_dict(config)
+    sampler = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}.get(str(config.get("_class_name", "")))
+    out = {"sampler": sampler} if sampler else {}
+    spacing = config.get("timestep_spacing")
+    if spacing == "leading" and sampler == "ddim" and int(config.get("steps_offset", 0)) == 1 \
+            and config.get("set_alpha_to_one") is False:
+        spacing = "sd_leading"
+    if spacing is not None:
+        out["spacing"] = spacing
+    return out
 
 
 def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
@@ -336,7 +373,8 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
     noise-level conditioning on cat(z_t, LR pixels)).
 
     The VAE's shift_factor (SD3 / Flux) or latents_mean / latents_std are applied as diffusers' pipelines apply
-    them; the scheduler config's clip_sample becomes the adapter's clip_x0 (x0 clipped to [-1, 1]); weights in
+    them; the scheduler config's clip_sample becomes the adapter's clip_x0 (x0 clipped to [-1, 1]), its class and
+    timestep_spacing yoda.sample's default sampler and spacing (sampling_from_diffusers); weights in
     fp16 / bf16 take the float32 state (inputs cast to their dtype, results cast back)."""
     from diffusers import AutoencoderKL, UNet2DModel  # optional dependency, imported on use
 
@@ -370,4 +408,4 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
 
     return LatentAdapter(encode, decode, denoise, sched, prediction=pred, scale=scale, stage1=stage1,
                          latent_factor=f, pool=pool, latent_multiple=m, clip_x0=clip_sample_of(config),
-                         modules=(unet, vae))
+                         modules=(unet, vae), sampling=sampling_from_diffusers(config))

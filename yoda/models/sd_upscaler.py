@@ -27,7 +27,8 @@ from typing import Any, NamedTuple, Optional, Tuple
 import torch
 
 from ..adapters import Prepared, check_cfg_scale, guided_call
-from .latent import LatentAdapter, clip_sample_of, schedule_from_diffusers, scheduler_config_dict, vae_codec
+from .latent import (LatentAdapter, clip_sample_of, sampling_from_diffusers, schedule_from_diffusers,
+                     scheduler_config_dict, vae_codec)
 
 __all__ = ["SDUpscalerAdapter", "UpscalerCond"]
 
@@ -85,7 +86,7 @@ class SDUpscalerAdapter(LatentAdapter):
         encode, decode = vae_codec(vae)
         super().__init__(encode, decode, self._unused, sched, prediction=pred, scale=f,
                          latent_factor=f, pool=pool, clip_x0=clip_sample_of(config),
-                         modules=(unet, vae))
+                         modules=(unet, vae), sampling=sampling_from_diffusers(config))
         self.net = unet  # the denoiser call, which yoda.sampling.speed may wrap
         ab = low.alphas_cumprod.float()[noise_level]  # diffusers' add_noise: float32 alphas_cumprod
         self.low_res = (float(ab ** 0.5), float((1 - ab) ** 0.5))

@@ -26,6 +26,7 @@ from tqdm.auto import trange
 
 from ..adapters import Adapter, apply_cfg_scale, as_adapter
 from ..errors import NonFiniteError
+from ..schedule import FINAL_AT_FIRST
 from .prepare import pad_to_model, prepare
 from .spec import all_finite, check_lr, covering_steps, make_spec, resolve_seed
 from .speed import check_speed, network_attr, speed_adapter
@@ -73,8 +74,9 @@ def sample(
         with attention the model's steps are raised to the fewest whose last step refines every pixel (at most
         yoda.sampling.spec.MOST_YODA_STEPS; 2 for the embedded model at lower_bound 0.6, as the CLI takes them),
         unless noise= gives the count; heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
-        last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default "trailing"; ddpm /
-        ddim only).
+        last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default: the model's,
+        adapter.sampling_defaults["spacing"] (from_diffusers: the scheduler's timestep_spacing), else "trailing";
+        ddpm / ddim only).
     sampler: default: the model's (adapter.sampling_defaults: "ddim" for the embedded model), else "ddpm".
         "ddpm" (ancestral, fixed-small variance) or "ddim" with ``eta`` (default 0: deterministic); or a
         sigma-space solver of yoda.sampling.solvers, named as in k-diffusion / DiffBIR: "euler", "euler_a"
@@ -156,6 +158,10 @@ def sample(
     defaults = adapter.sampling_defaults  # the model's (its ModelCard's), for what the call leaves out
     if sampler is None:
         sampler = defaults.get("sampler", "ddpm")
+    if spacing is None and sampler in ("ddpm", "ddim"):
+        spacing = defaults.get("spacing")  # the model's own (a diffusers scheduler's timestep_spacing)
+        if sampler == "ddpm" and spacing in FINAL_AT_FIRST:  # a DDIM discretisation: DDPM takes its own
+            spacing = None
     own_steps = steps is None and (sigmas is None or isinstance(sigmas, str))  # a sequence of sigmas: its own count
     if own_steps:
         steps = defaults.get("steps")
