@@ -11,8 +11,8 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh        (OUT defaults to ./out)
 #
-# With the device tool: DEADLINE_S = the session's device time left - 150 (the machine's start counts against it),
-# and the call's timeout_s = DEADLINE_S + 30.
+# With the device tool: DEADLINE_S = min(570, the session's device time left - 150) (the machine's start counts
+# against it; one call runs at most 600 s), and the call's timeout_s = DEADLINE_S + 30.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/out}"

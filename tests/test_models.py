@@ -981,6 +981,12 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
     assert sampling_from_diffusers(diffusers.EulerDiscreteScheduler(**cfg, timestep_spacing="linspace")) == {
         "spacing": "linspace"}
     assert sampling_from_diffusers(cfg) == {}
+    # an older saved config states none of timestep_spacing / steps_offset / set_alpha_to_one: diffusers' defaults
+    old_sd = {"_class_name": "DDIMScheduler", **cfg, "steps_offset": 1, "set_alpha_to_one": False}
+    assert sampling_from_diffusers(old_sd) == want
+    assert sampling_from_diffusers({"_class_name": "DDPMScheduler", **cfg}) == {"sampler": "ddpm", "spacing": "leading"}
+    assert sampling_from_diffusers({"_class_name": "DDIMScheduler", **cfg, "steps_offset": None}) == {
+        "sampler": "ddim", "spacing": "leading"}
     unet, vae = _tiny_diffusers(diffusers)
     # a scheduler object is read with its class, as its saved config: Euler does not clip x0 (it was clipped)
     assert not from_diffusers(unet, vae, diffusers.EulerDiscreteScheduler(**cfg), scale=2).clip_x0
@@ -992,8 +998,16 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
         assert torch.equal(got, sample(ad, lr, steps=4, seed=3, sampler="ddim", spacing="sd_leading", progress=False))
         assert not torch.equal(got, sample(ad, lr, steps=4, seed=3, sampler="ddim", spacing="trailing",
                                            progress=False))
-        # DDPM named by the call with the config's DDIM discretisation: DDPM's own spacing, as before
+        # DDPM named by the call on SD's DDIM config: what DDPMScheduler.from_config makes of it, "leading"
         plain = from_diffusers(unet, vae, cfg, scale=2)
         assert not plain.sampling_defaults
         torch.testing.assert_close(sample(ad, lr, steps=4, seed=3, sampler="ddpm", progress=False),
-                                   sample(plain, lr, steps=4, seed=3, sampler="ddpm", progress=False), rtol=0, atol=0)
+                                   sample(plain, lr, steps=4, seed=3, sampler="ddpm", spacing="leading",
+                                          progress=False), rtol=0, atol=0)
+    # defaults that could never apply are refused where they are given
+    from yoda.models.latent import LatentAdapter
+
+    for bad in ({"sampler": "ddpm", "spacing": "sd_leading"}, {"sampler": "euler", "spacing": "leading"},
+                {"spacing": "bogus"}, {"steps": 21}):
+        with pytest.raises(ValueError, match="sampling"):
+            LatentAdapter(lambda x: x, lambda z: z, lambda z, t, c: z, plain.schedule, sampling=bad)

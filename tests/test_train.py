@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import re
+import warnings
 import zipfile
 
 import pytest
@@ -775,9 +776,19 @@ def test_trainer_refuses_held_out_images_by_content(tmp_path, img_folder):
             check_train_images([("d/own.png", own), ("d/im7.jpg", copy(held, 301, grey=held == "coffee"))])
     with pytest.raises(DataError, match="held-out photographs"):  # a file named like a photograph, as before
         check_train_images([(f"d/{HELD_OUT_PHOTOS[0]}.png", own)])
-    # pictures that are not held out train, whatever their names
-    check_train_images([("d/im0.png", own), ("camera", own), ("d/cat.jpg", own), ("d/coffee.png", chelsea[:200])]
-                       + [(n, builtin_image(n)) for n in BUILTIN_TRAIN])
+    mirrored, brighter = builtin_image("rocket")[:, ::-1], np.clip(builtin_image("astronaut") * 0.9 + 20, 0, 255)
+    for held, a in (("rocket", mirrored), ("astronaut", brighter.astype(np.uint8))):
+        with pytest.raises(DataError, match=rf"\(a copy of {held}\)"):
+            check_train_images([("d/x.png", a)])
+    # pictures that are not held out train, whatever their names: flat ones, a smooth gradient of mate-Wood's
+    # aspect (its signature is the flattest, 6 levels from a plane), crops, other pictures
+    y, x = np.mgrid[0:480, 0:640]
+    gradient = np.repeat((209 + 10.8 * (x / 640 - 0.5) - 7.8 * (y / 480 - 0.5))[..., None], 3, -1).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a flat picture is no copy, without a division by its zero deviation
+        check_train_images([("d/im0.png", own), ("camera", own), ("d/cat.jpg", own), ("d/coffee.png", chelsea[:200]),
+                            ("d/grad.png", gradient), ("d/grey.png", np.full((480, 640, 3), 128, np.uint8))]
+                           + [(n, builtin_image(n)) for n in BUILTIN_TRAIN])
 
 
 def test_held_out_signatures_are_the_images():
@@ -1234,6 +1245,11 @@ def test_init_without_sampling_keeps_the_files(tmp_path, img_folder):
     tr = Trainer(tiny_config(img_folder, steps=1, val_every=0, init=src, sampling=mine), str(tmp_path / "c"),
                  device="cpu", progress=False)
     assert tr.cfg.sampling == mine and tr.ema.card.sampling == mine
+    # a run whose config named its sampling may drop it on resume (it was the config's, not an init file's)
+    tr.run()
+    again = Trainer(tiny_config(img_folder, steps=2, val_every=0, init=src), str(tmp_path / "c"), device="cpu",
+                    progress=False)
+    assert again.step == 1 and again.cfg.sampling == {} and again.ema.card.sampling is None
 
 
 def test_a_checkpoint_from_before_init_resumes(tmp_path, img_folder):

@@ -33,8 +33,9 @@ Extensions of the contract (all with defaults in Adapter, so existing adapters k
     adapter.image_extent(cond, shape)
                                 -> (h', w'), the top-left part of the state grid that holds the image (the rest
                                    is padding, e.g. a latent adapter's): what active_fraction counts
-    adapter.sampling_defaults   {"sampler": ..., "steps": ...}: yoda.sample's defaults for the model where a call
-                                   leaves them out (empty: DDPM over every step; a ModelCard's sampling)
+    adapter.sampling_defaults   {"sampler": ..., "steps": ..., "spacing": ...}: yoda.sample's defaults for the
+                                   model where a call leaves them out (empty: DDPM over every step, "trailing"; a
+                                   ModelCard's sampling; a diffusers scheduler config's sampler and spacing)
     adapter.activation_scale    the model's activations per state element, in units of a pixel-space UNet's, for
                                    the default window batch (1; the latent adapters latent_factor ** 2, doubled
                                    under guidance)

@@ -1,12 +1,16 @@
 """Held-out images recognised by their content: a training image that is a copy of one (renamed, resized,
-re-encoded, grey) is refused whatever its name, so TRAINING.md's "the model never saw them" holds.
+re-encoded, grey, mirrored, brightened) is refused whatever its name, so TRAINING.md's "the model never saw
+them" holds.
 
 Each held-out image (scikit-image's yoda.data.HELD_OUT, the photographs of yoda.photos.HELD_OUT_PHOTOS) is kept
 here as its aspect ratio and a THUMB x THUMB grey thumbnail of the whole picture (Pillow's box filter, 256
-bytes; ``signature``). An image whose aspect is within ASPECT_TOLERANCE of one's and whose thumbnail is within
-COPY_LEVELS mean 8-bit levels of it is a copy. Measured when the signatures were made: copies resized to 300
-pixels wide and saved as JPEG quality 50 are within 1.0 level; every other pair among the 40 photographs and
-scikit-image's images is 19.4 levels apart or more. A crop of a held-out image is not recognised.
+bytes; ``signature``). Thumbnails are compared as shapes: each minus its mean, over its standard deviation
+(``standardised``). An image whose aspect is within ASPECT_TOLERANCE of one's and whose standardised thumbnail,
+or its mirror image, is within COPY_DISTANCE of that one's (mean absolute difference) is a copy. Measured when
+the signatures were made: copies resized to 300 pixels wide and saved as JPEG quality 50 are within 0.042; the
+nearest other picture of the same aspect among the 40 photographs and scikit-image's images is 0.51 away, and a
+smooth grey gradient 0.79 from the flattest signature (mate-Wood, whose thumbnail is 6 levels from a plane). A
+flat image (thumbnail deviation below FLAT_LEVELS) is no copy. A crop of a held-out image is not recognised.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Optional
 import numpy as np
 
 THUMB = 16
-COPY_LEVELS = 6.0
+COPY_DISTANCE = 0.2  # of standardised thumbnails
+FLAT_LEVELS = 2.0  # a thumbnail deviating less (8-bit levels) has no shape to compare: the signatures' least is 8.3
 ASPECT_TOLERANCE = 0.02  # relative: a resize rounds each side to whole pixels
 
 
@@ -29,13 +34,22 @@ def signature(a: np.ndarray) -> tuple[float, np.ndarray]:
     return a.shape[1] / a.shape[0], np.asarray(grey.resize((THUMB, THUMB), Image.BOX), dtype=np.float32)
 
 
+def standardised(thumb: np.ndarray) -> Optional[np.ndarray]:
+    """(thumb - its mean) / its standard deviation; None for a flat one (deviation below FLAT_LEVELS)."""
+    sd = float(thumb.std())
+    return None if sd < FLAT_LEVELS else (thumb - thumb.mean()) / sd
+
+
 def held_out_copy(a: np.ndarray) -> Optional[str]:
     """The name of the held-out image ``a`` is a copy of, else None."""
     aspect, thumb = signature(a)
+    mine = standardised(thumb)
+    if mine is None:
+        return None
     for name, (their_aspect, data) in SIGNATURES.items():
         if abs(aspect / their_aspect - 1) <= ASPECT_TOLERANCE:
-            theirs = np.frombuffer(base64.b64decode(data), np.uint8).reshape(THUMB, THUMB)
-            if float(np.abs(thumb - theirs).mean()) <= COPY_LEVELS:
+            theirs = standardised(np.frombuffer(base64.b64decode(data), np.uint8).reshape(THUMB, THUMB) * 1.0)
+            if min(float(np.abs(m - theirs).mean()) for m in (mine, mine[:, ::-1])) <= COPY_DISTANCE:
                 return name
     return None
 

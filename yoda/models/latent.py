@@ -32,7 +32,7 @@ from yoda_kernels.contract import PREDICTIONS
 
 from ..adapters import Adapter, Prepared, upsample
 from ..masks import as_int
-from ..schedule import SPACINGS, Schedule
+from ..schedule import FINAL_AT_FIRST, SPACINGS, Schedule
 
 __all__ = ["LatentAdapter", "LatentCond", "from_diffusers", "schedule_from_diffusers"]
 
@@ -102,7 +102,7 @@ class LatentAdapter(Adapter):
         self.clip_x0 = bool(clip_x0)
         self.modules = tuple(modules)
         if sampling:
-            self.sampling_defaults = MappingProxyType(check_sampling_defaults(sampling))
+            self.sampling_defaults = MappingProxyType(check_sampling_defaults(sampling, schedule.T))
 
     @property
     def activation_scale(self) -> int:  # Adapter.activation_scale (SDUpscalerAdapter's guided: one doubled batch)
@@ -206,16 +206,22 @@ def clip_sample_of(config: dict) -> bool:
     return not name or name in _CLIPS_BY_DEFAULT
 
 
-def check_sampling_defaults(s: Any) -> dict:
-    """An adapter's sampling defaults: a dict of "sampler" / "steps" (check_sampling) and "spacing" (SPACINGS)."""
+def check_sampling_defaults(s: Any, T: int) -> dict:
+    """An adapter's sampling defaults: a dict of "sampler" / "steps" (check_sampling) and "spacing" (SPACINGS, for
+    ddpm / ddim; not a DDIM discretisation under ddpm), else a ValueError naming what is wrong."""
     from .card import check_sampling
 
     if not isinstance(s, dict):
         raise TypeError(f"sampling must be a dict with any of 'sampler', 'steps', 'spacing', got {type(s).__name__}")
-    rest = {k: v for k, v in s.items() if k != "spacing"}
-    if "spacing" in s and s["spacing"] not in SPACINGS:
-        raise ValueError(f"sampling: 'spacing' must be one of {SPACINGS}, got {s['spacing']!r}")
-    return {**check_sampling(rest, "sampling"), **({"spacing": s["spacing"]} if "spacing" in s else {})}
+    out = check_sampling({k: v for k, v in s.items() if k != "spacing"}, "sampling", T)
+    if "spacing" in s:
+        spacing, sampler = s["spacing"], out.get("sampler", "ddpm")
+        if spacing not in SPACINGS or sampler not in ("ddpm", "ddim") or (sampler == "ddpm" and
+                                                                         spacing in FINAL_AT_FIRST):
+            raise ValueError(f"sampling: 'spacing' must be one of {SPACINGS} with the sampler ddpm or ddim, and not "
+                             f"{FINAL_AT_FIRST} with ddpm; got {dict(s)!r}")
+        out["spacing"] = spacing
+    return out
 
 
 def sampling_from_diffusers(config: Any) -> dict:
@@ -223,13 +229,15 @@ def sampling_from_diffusers(config: Any) -> dict:
     pipeline does (README, "diffusers"): the sampler of its class (DDIMScheduler "ddim", DDPMScheduler "ddpm"; other
     classes name none) and the spacing of the timestep_spacing it states: "trailing" and "linspace" by those names,
     "leading" with steps_offset 1 and set_alpha_to_one False under DDIM (Stable Diffusion's) "sd_leading", else
-    "leading". A config stating no timestep_spacing names no spacing (yoda's default, "trailing")."""
+    "leading". A config of those two classes reads as diffusers reads it (a missing timestep_spacing is "leading",
+    steps_offset 0, set_alpha_to_one True: an older saved config has none of them); a config of another class, or
+    naming none, that states no timestep_spacing names no spacing (yoda's default, "trailing")."""
     config = scheduler_config_dict(config)
     sampler = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}.get(str(config.get("_class_name", "")))
     out = {"sampler": sampler} if sampler else {}
-    spacing = config.get("timestep_spacing")
-    if spacing == "leading" and sampler == "ddim" and int(config.get("steps_offset", 0)) == 1 \
-            and config.get("set_alpha_to_one") is False:
+    spacing = config.get("timestep_spacing", "leading" if sampler else None)
+    if spacing == "leading" and sampler == "ddim" and (config.get("steps_offset") or 0) == 1 \
+            and config.get("set_alpha_to_one", True) is False:
         spacing = "sd_leading"
     if spacing is not None:
         out["spacing"] = spacing

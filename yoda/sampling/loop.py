@@ -160,8 +160,8 @@ def sample(
         sampler = defaults.get("sampler", "ddpm")
     if spacing is None and sampler in ("ddpm", "ddim"):
         spacing = defaults.get("spacing")  # the model's own (a diffusers scheduler's timestep_spacing)
-        if sampler == "ddpm" and spacing in FINAL_AT_FIRST:  # a DDIM discretisation: DDPM takes its own
-            spacing = None
+        if sampler == "ddpm" and spacing in FINAL_AT_FIRST:  # DDIM's discretisation: DDPM's own of that config
+            spacing = "leading" if spacing == "sd_leading" else None
     own_steps = steps is None and (sigmas is None or isinstance(sigmas, str))  # a sequence of sigmas: its own count
     if own_steps:
         steps = defaults.get("steps")

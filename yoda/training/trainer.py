@@ -71,7 +71,8 @@ def check_weights_name(name: str) -> None:
 
 # May change when a run is resumed: where it ends and its learning rate decays, how often it logs, validates (and
 # on what) and checkpoints, its name, and how the exported model samples (none of them changes a training step);
-# init is read only at the start (the checkpoint's own is kept, and a checkpoint from before init existed has none).
+# init is read only at the start (the checkpoint's own is kept, and a checkpoint from before init existed has none);
+# a resumed config naming no sampling keeps the one its run took from its init file (sampling_from_init).
 RESUME_FREE = ("steps", "decay_from", "log_every", "val_every", "val_steps", "ckpt_every", "init", "sampling", "name",
                "data.val_source", "data.val_crops", "data.val_crop")
 
@@ -185,6 +186,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.init_sha256: Optional[str] = None  # of the cfg.init file, hashed when it is read
+        self.sampling_from_init = False  # cfg.sampling is the init file's (the config named none): kept on resume
         validate = cfg.validates
         self._check_sizes_and_sampling(validate)  # before the images are read
         self.extractor = None
@@ -298,6 +300,7 @@ class Trainer:
             "rows": list(self.rows),
             "loss_version": LOSS_VERSION,
             "init_sha256": self.init_sha256,
+            "sampling_from_init": self.sampling_from_init,
         }
 
     def save_checkpoint(self, path: Optional[str] = None) -> None:
@@ -341,8 +344,9 @@ class Trainer:
             self._cuda_rng = st["cuda_rng"].cpu()
         self.step = int(st["step"])
         self.cfg = self.cfg.replace(init=st["config"].get("init", ""))  # what the run started from, not --init now
-        if not self.cfg.sampling and st["config"].get("sampling"):  # e.g. what its init file named
+        if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
             self._set_sampling(_json_form(st["config"]["sampling"], "sampling"))
+            self.sampling_from_init = True
         self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
         self._logged = 0  # log.csv may hold rows past the checkpoint: rewritten whole
@@ -388,6 +392,7 @@ class Trainer:
         self.init_sha256 = digest
         if not self.cfg.sampling and card.sampling:  # a config naming no sampling keeps the file's
             self._set_sampling(card.sampling)
+            self.sampling_from_init = True
 
     def _set_sampling(self, sampling: dict) -> None:
         """cfg.sampling (how the exported model samples by default), on the config and both modules' cards."""
