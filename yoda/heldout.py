@@ -16,6 +16,7 @@ flat image (thumbnail deviation below FLAT_LEVELS) is no copy. A crop of a held-
 from __future__ import annotations
 
 import base64
+import functools
 from typing import Optional
 
 import numpy as np
@@ -40,17 +41,23 @@ def standardised(thumb: np.ndarray) -> Optional[np.ndarray]:
     return None if sd < FLAT_LEVELS else (thumb - thumb.mean()) / sd
 
 
+@functools.cache
+def _held_out_shapes() -> dict[str, tuple[float, np.ndarray]]:
+    """SIGNATURES decoded and standardised, once: {name: (aspect, standardised thumbnail)}."""
+    return {name: (aspect, standardised(np.frombuffer(base64.b64decode(data), np.uint8).reshape(THUMB, THUMB) * 1.0))
+            for name, (aspect, data) in SIGNATURES.items()}
+
+
 def held_out_copy(a: np.ndarray) -> Optional[str]:
     """The name of the held-out image ``a`` is a copy of, else None."""
     aspect, thumb = signature(a)
     mine = standardised(thumb)
     if mine is None:
         return None
-    for name, (their_aspect, data) in SIGNATURES.items():
-        if abs(aspect / their_aspect - 1) <= ASPECT_TOLERANCE:
-            theirs = standardised(np.frombuffer(base64.b64decode(data), np.uint8).reshape(THUMB, THUMB) * 1.0)
-            if min(float(np.abs(m - theirs).mean()) for m in (mine, mine[:, ::-1])) <= COPY_DISTANCE:
-                return name
+    for name, (their_aspect, theirs) in _held_out_shapes().items():
+        if abs(aspect / their_aspect - 1) <= ASPECT_TOLERANCE and \
+                min(float(np.abs(m - theirs).mean()) for m in (mine, mine[:, ::-1])) <= COPY_DISTANCE:
+            return name
     return None
 
 

@@ -98,9 +98,9 @@ def _resume_view(d: dict) -> dict:
 def check_train_images(items) -> None:
     """DataError if any training image is held out for evaluation: a copy of a held-out image, whatever its name
     (yoda.heldout: scikit-image's yoda.data.HELD_OUT and the photographs of yoda.photos.HELD_OUT_PHOTOS, renamed,
-    resized, re-encoded or grey), or a file named like a held-out photograph (yoda.photos.check_not_held_out).
-    TRAINING.md says the model never saw them. items: (name or path, uint8 (H, W, 3)) pairs, as
-    yoda.data.load_source gives them."""
+    resized, re-encoded, grey, mirrored or brightened), or a file named like a held-out photograph
+    (yoda.photos.check_not_held_out). TRAINING.md says the model never saw them. items: (name or path, uint8
+    (H, W, 3)) pairs, as yoda.data.load_source gives them."""
     copies = [f"{n} (a copy of {held})" for n, a in items if (held := held_out_copy(a))]
     if copies:
         raise _data.DataError(f"held-out images may not be used for training: {', '.join(copies)} (yoda.data.HELD_OUT "
@@ -345,8 +345,7 @@ class Trainer:
         self.step = int(st["step"])
         self.cfg = self.cfg.replace(init=st["config"].get("init", ""))  # what the run started from, not --init now
         if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
-            self._set_sampling(_json_form(st["config"]["sampling"], "sampling"))
-            self.sampling_from_init = True
+            self._inherit_sampling(_json_form(st["config"]["sampling"], "sampling"))
         self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
         self._logged = 0  # log.csv may hold rows past the checkpoint: rewritten whole
@@ -391,13 +390,14 @@ class Trainer:
         self.ema.load_state_dict(self.model.state_dict())
         self.init_sha256 = digest
         if not self.cfg.sampling and card.sampling:  # a config naming no sampling keeps the file's
-            self._set_sampling(card.sampling)
-            self.sampling_from_init = True
+            self._inherit_sampling(card.sampling)
 
-    def _set_sampling(self, sampling: dict) -> None:
-        """cfg.sampling (how the exported model samples by default), on the config and both modules' cards."""
+    def _inherit_sampling(self, sampling: dict) -> None:
+        """cfg.sampling (how the exported model samples by default) taken from the init file, on the config and both
+        modules' cards, and marked so (sampling_from_init: a resume keeps it)."""
         self.cfg = self.cfg.replace(sampling=dict(sampling))
         self.model.card = self.ema.card = model_card(self.cfg, self.schedule)
+        self.sampling_from_init = True
 
     def learning_rate(self, step: int) -> float:
         """The learning rate at ``step``: cfg.lr after a linear warm-up of cfg.warmup steps, then (cfg.decay_from > 0)
