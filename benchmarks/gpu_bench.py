@@ -2,8 +2,9 @@
 
 Checks first, then times: every implementation's output is compared with the reference before it is timed, and
 must equal it bit for bit (the kernels compute the reference's float32 operations in its order and round once to
-the state's dtype: fp32, fp16 and bf16 states). torch.compile of the reference runs last, on the first shape, with
-explicit noise or none, within 1e-5 (Inductor may fuse multiply-adds). Timing: triton.testing.do_bench (CUDA events, warm-up, median, L2 flushed between runs), inputs
+the state's dtype: fp32, fp16 and bf16 states). torch.compile of the reference runs right after the first shape's
+rows, with explicit noise or none, within 1e-5 (Inductor may fuse multiply-adds); its table is printed after the
+main one. Timing: triton.testing.do_bench (CUDA events, warm-up, median, L2 flushed between runs), inputs
 random normal (never zeros). Bandwidth is counted on the *minimal* bytes of the step at the given active
 fraction (each needed input read once, the output written once):
 

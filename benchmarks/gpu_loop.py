@@ -63,13 +63,13 @@ def make_parser():
 
 def photo_lr(side: int, batch: int, dev: str) -> torch.Tensor:
     """skimage's astronaut resized to side x side, in [-1, 1], repeated batch times."""
-    import numpy as np
     from PIL import Image
-    from skimage import data
 
-    im = Image.fromarray(data.astronaut()).resize((side, side), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div(127.5).sub(1)
-    return x.unsqueeze(0).repeat(batch, 1, 1, 1).to(dev)
+    from yoda.data import builtin_image
+    from yoda.images import from_uint8
+
+    im = Image.fromarray(builtin_image("astronaut")).resize((side, side), Image.Resampling.BICUBIC)
+    return from_uint8(im).repeat(batch, 1, 1, 1).to(dev)
 
 
 def sync(dev: str) -> None:
