@@ -5,8 +5,10 @@ must equal it bit for bit (the kernels compute the reference's float32 operation
 the state's dtype: fp32, fp16 and bf16 states). torch.compile of the reference runs right after the first shape's
 rows, with explicit noise or none, within 1e-5 (Inductor may fuse multiply-adds); its table is printed after the
 main one. Timing: triton.testing.do_bench (CUDA events, warm-up, median, L2 flushed between runs), inputs
-random normal (never zeros). Bandwidth is counted on the *minimal* bytes of the step at the given active
-fraction (each needed input read once, the output written once):
+random normal (never zeros); each kernel also replayed from a CUDA graph (do_bench_cudagraph: its own time,
+without the host's launch cost), and the host's time per call is measured last on a tiny shape. Bandwidth is
+counted on the *minimal* bytes of the step at the given active fraction (each needed input read once, the
+output written once):
 
     out (all pixels)  +  x, model_out (active pixels)  +  c (inactive pixels)
     +  A (pixels of mixed tiles only)  +  tile_max, tile_min  (+ the noise tensor, when it is explicit)
@@ -84,6 +86,61 @@ def bench(fn) -> float:
     return sorted(times)[1]
 
 
+def bench_graph(fn) -> float | None:
+    """Median milliseconds of fn() replayed from a CUDA graph: the kernel's own time, without the host's launch
+    cost (Python, Triton's argument binding), which an eager call exposes once it exceeds the GPU's. None off a
+    GPU or if fn cannot be captured."""
+    if DEV != "cuda":
+        return None
+    import triton.testing
+
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"))
+    except Exception as e:  # report, do not fail the table: the eager time is the main column
+        print(f"  (CUDA graph timing failed: {type(e).__name__}: {str(e).splitlines()[0][:100]})", flush=True)
+        return None
+
+
+def host_us_per_call(fn) -> float:
+    """Microseconds of host time per call of fn() issued back to back on a tiny shape, where the GPU finishes each
+    kernel before the next launch is issued: the launch overhead (the rate the host can feed the GPU)."""
+    n = 300 if DEV == "cuda" else 2  # the CPU dry run only checks the logic (Triton's interpreter is slow)
+    for _ in range(min(n, 20)):
+        fn()
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def launch_overhead_lines(have: list[str]) -> list[str]:
+    """Host microseconds per call of each kernel on 1x3x64x64 with attention and Philox noise: the raw op, the
+    public entry point (yoda_kernels.masked_step, with checks, TileStats given as the sampler gives it), and for
+    Triton the launch function alone."""
+    gen = torch.Generator().manual_seed(1)
+    x, o, c = (torch.randn(1, 3, 64, 64, generator=gen).to(DEV) for _ in range(3))
+    A = blob_attention(1, 64, 64, gen)
+    stats = yk.tile_stats(A, TILE)
+    cf = coefs_mod.step_coefficients(0.3, 0.35)
+    args = (x, o, c, A, *stats, 0.5, cf, False, 1234, 5, None, TILE)
+    rows = []
+    for name in [n for n in ("cuda", "triton") if n in have]:
+        op = torch.ops.yoda.masked_step if name == "cuda" else torch.ops.yoda.masked_step_triton
+        public = lambda: yk.masked_step(x, o, c, A, 0.5, coefs=cf, seed=1234, step=5, tile=TILE,  # noqa: E731
+                                        stats=stats, backend=name)  # noqa: B023
+        cells = [f"op {host_us_per_call(lambda: op(*args)):.1f}", f"public {host_us_per_call(public):.1f}"]
+        if name == "triton":
+            from yoda_kernels.triton.masked_step import launch_masked_step
+
+            cells.append(f"launch function {host_us_per_call(lambda: launch_masked_step(*args)):.1f}")
+        rows.append(f"- {name}: " + ", ".join(cells) + " us per call")
+    return rows
+
+
 def copy_bandwidth() -> tuple[float, float]:
     """(GB/s, ms) of a large device-to-device copy, counting bytes read + written."""
     n = (256 << 20) if DEV == "cuda" else (1 << 20)  # 1 GiB of fp32 on the GPU, 4 MiB on the CPU
@@ -127,12 +184,13 @@ def minimal_bytes(shape, es: int, A: torch.Tensor, tau: float, tmax, tmin) -> tu
     return int(total), active / pixels
 
 
-def check_and_time(fn, args, ref) -> tuple[float, float]:
-    """(median ms of fn(*args), max |fn(*args) - ref|): every backend computes the reference's float32 operations
-    in its order and rounds once to the state's dtype, so anything but 0 is a mismatch."""
+def check_and_time(fn, args, ref, graph: bool = False) -> tuple[float, float, float | None]:
+    """(median ms of fn(*args), max |fn(*args) - ref|, median ms replayed from a CUDA graph if ``graph``, else
+    None): every backend computes the reference's float32 operations in its order and rounds once to the state's
+    dtype, so anything but 0 is a mismatch."""
     got = fn(*args)
     err = (got.float() - ref.float()).abs().max().item()
-    return bench(lambda: fn(*args)), err
+    return bench(lambda: fn(*args)), err, (bench_graph(lambda: fn(*args)) if graph else None)
 
 
 def compile_pass(sweep_cases: dict, first_ms: dict, copy_gbs: float) -> tuple[int, list[str]]:
@@ -159,7 +217,7 @@ def compile_pass(sweep_cases: dict, first_ms: dict, copy_gbs: float) -> tuple[in
             continue
         try:
             ref = naive.masked_step(*args)
-            ms, err = check_and_time(compiled, args, ref)
+            ms, err, _ = check_and_time(compiled, args, ref)
             ok = err <= 1e-5 * max(1.0, ref.abs().max().item())  # Inductor may contract a * b + c into an FMA
         except Exception as e:
             failures += 1
@@ -219,8 +277,8 @@ def main() -> int:
     if "cuda" in have:
         impls["cuda"] = lambda *a: torch.ops.yoda.masked_step(*a)
 
-    emit("| shape | dtype | active | noise | impl | ms | GB/s | % of copy | check |")
-    emit("|---|---|---|---|---|---|---|---|---|")
+    emit("| shape | dtype | active | noise | impl | ms | GB/s | % of copy | graph ms | % of copy in a graph | check |")
+    emit("|---|---|---|---|---|---|---|---|---|---|---|")
     failures = 0
     sweep_cases = {}  # (active fraction, noise mode) -> (args, minimal bytes) of the first shape
     first_ms = {}  # (active fraction, noise mode, impl) -> ms of the first shape
@@ -243,19 +301,20 @@ def main() -> int:
                 for name, fn in impls.items():
                     tag = f"| {'x'.join(map(str, shape))} | {str(dtype).split('.')[-1]} | {act:.0%} | {mode} | {name} "
                     if time.time() - START > ARGS.hard_budget_s:
-                        emit(tag + "| skipped (time budget) | | | |")
+                        emit(tag + "| skipped (time budget) | | | | | |")
                         continue
                     try:
-                        ms, err = check_and_time(fn, args, ref)
+                        ms, err, gms = check_and_time(fn, args, ref, graph=name != "naive eager")
                     except Exception as e:  # report and go on: one broken backend must not hide the others
                         failures += 1
-                        emit(tag + f"| ERROR {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | |")
+                        emit(tag + f"| ERROR {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | | | |")
                         continue
                     failures += err != 0
                     if (shape, dtype) == first:
                         first_ms[(frac, mode, name)] = ms
                     gbs = mode_bytes / ms / 1e6
-                    emit(tag + f"| {ms:.3f} | {gbs:.0f} | {100 * gbs / copy_gbs:.1f}% | "
+                    graph = (f"{gms:.3f} | {100 * mode_bytes / gms / 1e6 / copy_gbs:.1f}%" if gms else " | ")
+                    emit(tag + f"| {ms:.3f} | {gbs:.0f} | {100 * gbs / copy_gbs:.1f}% | {graph} | "
                          f"{'ok' if err == 0 else 'MISMATCH'} (max err {err:.1e}) |")
                 if (shape, dtype) == first:
                     sweep_cases[(frac, mode)] = (args, mode_bytes)
@@ -303,6 +362,11 @@ def main() -> int:
                     cells.append(f"ERROR {type(e).__name__}")
             emit(f"| {bw} | {nw} | {TILE * bw // (32 * nw)} | " + " | ".join(cells) + " |")
     for line in compile_lines:
+        emit(line)
+    emit()
+    emit("Launch overhead: host time per call on 1x3x64x64 (attention, Philox), calls issued back to back:")
+    emit()
+    for line in launch_overhead_lines(have):
         emit(line)
     emit()
     emit(f"checks failed: {failures}; wall time {time.time() - START:.0f} s")

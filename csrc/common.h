@@ -10,12 +10,35 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "step.h"
 
 namespace yoda {
+
+// Numbers and shapes in messages are text made here, never streamed: on the lent H200 (torch 2.11.0+cu130, the
+// extension built with the machine's /opt/gcc, 2026-12-04) every check whose message streamed an integer or a
+// double into c10::str crashed the process (SIGSEGV), while messages of strings, devices and dtypes were raised;
+// std::to_string and snprintf do not go through the stream's number formatting.
+inline std::string num(int64_t v) { return std::to_string(v); }
+
+inline std::string num(double v) {  // as an ostream prints it by default (%g, 6 significant digits)
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+template <typename T>
+std::string nums(c10::ArrayRef<T> values) {  // "[1, 2, 3]", as c10 prints an ArrayRef
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + num(values[i]);
+  return out + "]";
+}
+
+inline std::string shape(const at::Tensor& t) { return nums(t.sizes()); }
 
 // The backend whose kernel checks its arguments: it decides where the tensors must live.
 enum class Backend { kCPU, kCUDA };
@@ -50,21 +73,21 @@ inline at::MemoryFormat output_format(const at::Tensor& x) {
 
 // tile in {8, 16, 32}: a multiple of 4 (one Philox group of rows) that divides a CUDA warp.
 inline void check_tile(int64_t tile) {
-  TORCH_CHECK(tile == 8 || tile == 16 || tile == 32, "yoda: tile must be one of (8, 16, 32), got ", tile);
+  TORCH_CHECK(tile == 8 || tile == 16 || tile == 32, "yoda: tile must be one of (8, 16, 32), got ", num(tile));
 }
 
 // An attention map: (B, 1, H, W) or (B, H, W), fp32/fp16/bf16 (device and size checked by the op).
 inline void check_attention(const at::Tensor& A, const char* name) {
   TORCH_CHECK(A.dim() == 3 || (A.dim() == 4 && A.size(1) == 1), "yoda: ", name,
-              " must be (B, 1, H, W) or (B, H, W), got ", A.sizes());
+              " must be (B, 1, H, W) or (B, H, W), got ", shape(A));
   TORCH_CHECK(is_float3(A.scalar_type()), "yoda: ", name, " must be float32, float16 or bfloat16, got ",
               A.scalar_type());
 }
 
 // A's batch and spatial sizes match the state's (B, H, W).
 inline void check_attention_size(const char* op, const at::Tensor& A, int64_t B, int64_t H, int64_t W) {
-  TORCH_CHECK(A.size(0) == B && A.size(-2) == H && A.size(-1) == W, op, ": A must be (", B, ", 1, ", H, ", ", W,
-              ") or (", B, ", ", H, ", ", W, "), got ", A.sizes());
+  TORCH_CHECK(A.size(0) == B && A.size(-2) == H && A.size(-1) == W, op, ": A must be (", num(B), ", 1, ",
+              num(H), ", ", num(W), ") or (", num(B), ", ", num(H), ", ", num(W), "), got ", shape(A));
 }
 
 // t lives where the backend's kernel reads it: on the CPU, or on some CUDA device.
@@ -99,18 +122,18 @@ inline void check_device(const char* op, Backend be, const char* name, const at:
 // kernels' messages say "the first input").
 inline void check_state(const char* op, Backend be, const char* name, const at::Tensor& t, const at::Tensor& ref,
                         const char* ref_name) {
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (B, C, H, W), got shape ", t.sizes());
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (B, C, H, W), got shape ", shape(t));
   TORCH_CHECK(is_float3(t.scalar_type()), op, ": ", name, " must be float32, float16 or bfloat16, got ",
               t.scalar_type());
   check_on_backend(op, be, name, t);
   if (be == Backend::kCPU) {
-    TORCH_CHECK(t.sizes() == ref.sizes(), op, ": ", name, " must have the shape of ", ref_name, " ", ref.sizes(),
-                ", got ", t.sizes());
+    TORCH_CHECK(t.sizes() == ref.sizes(), op, ": ", name, " must have the shape of ", ref_name, " ", shape(ref),
+                ", got ", shape(t));
     TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ",
                 ref_name, " has ", ref.scalar_type());
   } else {
     check_same_device(op, name, t, ref, "the first input");
-    TORCH_CHECK(t.sizes() == ref.sizes(), op, ": ", name, " must have shape ", ref.sizes(), ", got ", t.sizes());
+    TORCH_CHECK(t.sizes() == ref.sizes(), op, ": ", name, " must have shape ", shape(ref), ", got ", shape(t));
     TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
                 " but the first input has ", ref.scalar_type());
   }
@@ -124,7 +147,8 @@ inline at::Tensor checked_stats(const char* op, Backend be, const char* name, co
   check_device(op, be, name, t, x, "x");
   const int64_t B = x.size(0);
   TORCH_CHECK(t.dim() == 3 && t.size(0) == B && t.size(1) == TY && t.size(2) == TX, op, ": ", name,
-              " must have shape (", B, ", ", TY, ", ", TX, ") = tile_stats(A, ", tile, "), got ", t.sizes());
+              " must have shape (", num(B), ", ", num(TY), ", ", num(TX), ") = tile_stats(A, ", num(tile), "), got ",
+              shape(t));
   return t.contiguous();
 }
 
@@ -165,7 +189,7 @@ inline at::Tensor per_batch(const char* op, Backend be, const char* name, const 
   const int64_t B = x0.size(0);
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a float tensor, got ", t.scalar_type());
   check_device(op, be, name, t, x0, "x0");
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == B, op, ": ", name, " must have shape (", B, "), got ", t.sizes());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == B, op, ": ", name, " must have shape (", num(B), "), got ", shape(t));
   return t.to(at::kFloat).contiguous();
 }
 
@@ -177,13 +201,13 @@ inline void check_masked_common(const char* op, Backend be, const at::Tensor& x,
                                 int n_coefs, int64_t seed, int64_t step, int64_t tile) {
   check_tile(tile);
   TORCH_CHECK(!std::isnan(tau), op, ": tau must not be NaN");
-  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == n_coefs, op, ": coefs must hold ", n_coefs, " floats, got ",
-              coefs.size());
-  for (double v : coefs) TORCH_CHECK(std::isfinite(v), op, ": coefs must be finite, got ", coefs);
-  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, op, ": seed must be in [0, 2**32 - 1], got ", seed);
-  TORCH_CHECK(step >= 0 && step <= 0x7FFFFFFFLL, op, ": step must be in [0, 2**31 - 1], got ", step);
+  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == n_coefs, op, ": coefs must hold ", num(int64_t{n_coefs}),
+              " floats, got ", num(static_cast<int64_t>(coefs.size())));
+  for (double v : coefs) TORCH_CHECK(std::isfinite(v), op, ": coefs must be finite, got ", nums(coefs));
+  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, op, ": seed must be in [0, 2**32 - 1], got ", num(seed));
+  TORCH_CHECK(step >= 0 && step <= 0x7FFFFFFFLL, op, ": step must be in [0, 2**31 - 1], got ", num(step));
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(B * C * ((H + 3) / 4) * W < (int64_t(1) << 31), op, ": x of shape ", x.sizes(),
+  TORCH_CHECK(B * C * ((H + 3) / 4) * W < (int64_t(1) << 31), op, ": x of shape ", shape(x),
               " is too large for the 32-bit noise counter");
   if (noise.has_value()) check_state(op, be, "noise", *noise, x, "x");
 }
@@ -213,8 +237,8 @@ inline int check_combine_args(const char* op, Backend be, const at::Tensor& x, c
   check_state(op, be, "c", c, x, "x");
   check_masked_common(op, be, x, noise, tau, coefs, kNumCombineCoefs, seed, step, tile);
   const int nd = 1 + static_cast<int>(d1.has_value()) + static_cast<int>(d2.has_value());
-  TORCH_CHECK(nd > 1 || coefs[2] == 0.0, op, ": coefs: cd1 = ", coefs[2], " but d1 is not given");
-  TORCH_CHECK(nd > 2 || coefs[3] == 0.0, op, ": coefs: cd2 = ", coefs[3], " but d2 is not given");
+  TORCH_CHECK(nd > 1 || coefs[2] == 0.0, op, ": coefs: cd1 = ", num(coefs[2]), " but d1 is not given");
+  TORCH_CHECK(nd > 2 || coefs[3] == 0.0, op, ": coefs: cd2 = ", num(coefs[3]), " but d2 is not given");
   return nd;
 }
 

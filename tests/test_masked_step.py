@@ -366,25 +366,46 @@ def test_nan_in_attention_is_refused_with_given_stats():
     assert stats[0].isfinite().all()  # stats of the clean map pass
 
 
+def test_stats_from_tile_stats_are_not_searched_again(monkeypatch):
+    """tile_stats' TileStats, given back every step, is not searched for NaN again (a device sync per step on a
+    GPU); a plain tuple is, and either way the step is the same."""
+    x, o, c, A = _good()
+    stats = yk.tile_stats(A, 8)
+    assert isinstance(stats, yk.TileStats) and torch.equal(stats.tile_max, naive.tile_stats(A, 8)[0])
+    searched = []
+    real = ops._check_nan
+    monkeypatch.setattr(ops, "_check_nan", lambda name, t: (searched.append(name), real(name, t)))
+    kw = dict(ab_t=0.3, ab_prev=0.45, tile=8, backend="cpp")
+    fast = yk.masked_step(x, o, c, A, 0.5, stats=stats, **kw)
+    assert searched == []
+    assert torch.equal(yk.masked_step(x, o, c, A, 0.5, stats=tuple(stats), **kw), fast)
+    assert searched == ["A", "A"]
+
+
 def test_unknown_backend():
     x, o, c, A = _good()
     with pytest.raises(ValueError, match="backend must be one of"):
         yk.masked_step(x, o, c, A, 0.5, ab_t=0.3, ab_prev=0.45, backend="fortran")
 
 
+# Numbers and shapes pinned in full: the C++ messages format them without iostreams (csrc/common.h, num / shape)
 CPP_BAD = [
-    ("model_out-shape", dict(model_out=lambda t: t[:, :, :8]), "model_out must have the shape of x"),
+    ("model_out-shape", dict(model_out=lambda t: t[:, :, :8]),
+     r"model_out must have the shape of x \[1, 3, 16, 20\], got \[1, 3, 8, 20\]"),
     ("c-dtype", dict(c=lambda t: t.half()), "c has dtype"),
     ("x-float64", dict(x=lambda t: t.double(), model_out=lambda t: t.double(), c=lambda t: t.double()),
      "x must be float32, float16 or bfloat16"),
-    ("A-shape", dict(A=lambda t: t[:, :, :8]), "A must be"),
-    ("tile_max-shape", dict(tile_max=lambda t: t[:, :, :1]), "tile_max must have shape"),
+    ("A-shape", dict(A=lambda t: t[:, :, :8]), r"A must be \(1, 1, 16, 20\) or \(1, 16, 20\), got \[1, 1, 8, 20\]"),
+    ("tile_max-shape", dict(tile_max=lambda t: t[:, :, :1]),
+     r"tile_max must have shape \(1, 1, 2\) = tile_stats\(A, 16\), got \[1, 1, 1\]"),
     ("tile_max-alone", dict(tile_min=lambda t: None), "both tile_max and tile_min"),
     ("tile_min-dtype", dict(tile_min=lambda t: t.double()), "tile_min must be float32"),
     ("noise-dtype", dict(noise=lambda t: t.half()), "noise has dtype"),
-    ("tile-24", dict(tile=lambda t: 24), "tile must be one of"),
-    ("coefs-3", dict(coefs=lambda t: [1.0, 2.0, 3.0]), "coefs must hold 10"),
-    ("seed", dict(seed=lambda t: 2**32), "seed must be in"),
+    ("tile-24", dict(tile=lambda t: 24), r"tile must be one of \(8, 16, 32\), got 24$"),
+    ("coefs-3", dict(coefs=lambda t: [1.0, 2.0, 3.0]), "coefs must hold 10 floats, got 3$"),
+    ("seed", dict(seed=lambda t: 2**32), r"seed must be in \[0, 2\*\*32 - 1\], got 4294967296$"),
+    ("coefs-inf", dict(coefs=lambda t: [1.0, float("inf")] + [0.25] * 8),
+     r"coefs must be finite, got \[1, inf, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25\]$"),
 ]
 
 

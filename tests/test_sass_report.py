@@ -23,12 +23,12 @@ def _ptxas_available() -> bool:
 
 
 # The widest global load of each row, the same for every tile size (launch_config, benchmarks/RESULTS.md): float4
-# where W is unit-stride; float2 with Philox (launch_config halves the strip: 8 pixels per thread); one float at a
-# time for channels-last (W stride C)
+# where W is unit-stride, with Philox too (16 pixels per thread since noise stream 2); one float at a time for
+# channels-last (W stride C)
 WIDEST_LOAD = {
     ("contiguous", "none"): "128 bit",
     ("contiguous", "tensor"): "128 bit",
-    ("contiguous", "philox"): "64 bit",
+    ("contiguous", "philox"): "128 bit",
     ("channels_last", "none"): "32 bit",
     ("channels_last", "tensor"): "32 bit",
     ("channels_last", "philox"): "32 bit",

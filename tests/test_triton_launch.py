@@ -74,8 +74,9 @@ def test_schemas_match_the_contract():
 @pytest.mark.parametrize("W, tile, noise, unit_w, block_w, warps", [
     (2048, 8, False, True, 256, 4), (2048, 16, False, True, 128, 4), (2048, 32, False, True, 64, 4),  # 2048 px
     (2048, 16, False, False, 128, 8),  # strided tensors: 8 warps (the 4-warp build spills)
-    (2048, 8, True, True, 128, 4), (2048, 16, True, True, 64, 4), (2048, 32, True, False, 32, 4),  # 1024 px
-    (53, 8, False, True, 64, 2), (53, 32, True, True, 32, 4), (20, 32, False, True, 32, 4),  # narrow images:
+    (2048, 8, True, True, 256, 4), (2048, 16, True, True, 128, 4),  # Philox, unit stride: 2048 px too
+    (2048, 32, True, False, 32, 4), (2048, 16, True, False, 64, 4),  # Philox, strided: 1024 px (2048 spills)
+    (53, 8, False, True, 64, 2), (53, 32, True, True, 64, 4), (20, 32, False, True, 32, 4),  # narrow images:
     (5, 16, True, True, 16, 1), (1, 8, False, False, 8, 1)])  # >= 8 pixels per thread
 def test_launch_config(W, tile, noise, unit_w, block_w, warps):
     assert launch_config(W, tile, noise, unit_w) == (block_w, warps)
@@ -272,6 +273,34 @@ def test_ops_are_opaque_to_torch_compile():
     torch.library.opcheck(torch.ops.yoda.masked_step_triton.default,
                           (x, o, c, A, *naive.tile_stats(A, 8), TAU, cf, False, 1, 2, z, 8))
     torch.library.opcheck(torch.ops.yoda.tile_stats_triton.default, (A, 8))
+
+
+def test_eager_calls_launch_directly_and_compiled_calls_take_the_op():
+    """On a plain tensor outside torch.compile the public ops call the Triton launch function itself (the
+    custom_op's dispatch costs as much again as the launch's Python); under torch.compile, and for tensor
+    subclasses such as fake tensors, they take the op, whose fake gives the output's metadata."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, o, c, A, z = _inputs((1, 1, 8, 16), seed=12)
+    for op in ops.OPS:
+        assert ops._impl(op, "triton", x) is ytr.EAGER[f"{op}_triton"], op
+        assert ops._impl(op, "triton", torch.nn.Parameter(x)) is getattr(torch.ops.yoda, f"{op}_triton"), op
+    with FakeTensorMode() as mode:
+        fx = mode.from_tensor(x)
+        assert ops._impl("masked_step", "triton", fx) is torch.ops.yoda.masked_step_triton
+        out = ops._impl("masked_step", "triton", fx)(fx, fx, fx, None, None, None, TAU,
+                                                      coefs_mod.step_coefficients(0.5, 0.6), False, 0, 0, None, 8)
+        assert type(out) is type(fx) and out.shape == x.shape and out.dtype == x.dtype
+    seen = []
+
+    def step(x, o, c):  # without A: no tile statistics, whose NaN check would break the graph
+        seen.append(ops._impl("masked_step", "triton", x))
+        return yk.masked_step(x, o, c, None, ab_t=0.5, ab_prev=0.6, noise=z, tile=8, backend="triton")
+
+    got = torch.compile(step, backend="eager", fullgraph=True)(x, o, c)
+    assert seen == [torch.ops.yoda.masked_step_triton]
+    torch.testing.assert_close(got, step(x, o, c), rtol=0, atol=0)
+    assert seen[-1] is ytr.EAGER["masked_step_triton"]
 
 
 def test_triton_that_cannot_register_leaves_the_other_backends(monkeypatch):

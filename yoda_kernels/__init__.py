@@ -13,6 +13,7 @@ from .contract import CombineCoefs, StepCoefs
 from .ops import (
     BACKENDS,
     Backend,
+    TileStats,
     active_backends,
     active_tiles,
     available_backends,
@@ -30,6 +31,7 @@ __all__ = [
     "Backend",
     "CombineCoefs",
     "StepCoefs",
+    "TileStats",
     "active_backends",
     "active_tiles",
     "available_backends",

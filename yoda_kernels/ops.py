@@ -226,10 +226,16 @@ def active_backends(device: torch.device | str = "cpu", backend: str = "auto") -
     return {op: ("naive" if name in DISPATCH_KEYS and not _built(name, op) else name) for op in OPS}
 
 
-def _impl(op: str, backend: str):
+def _impl(op: str, backend: str, first: Optional[torch.Tensor] = None):
+    """What runs ``op`` on ``backend``; ``first``: the op's first tensor argument. Triton's op on a plain tensor
+    outside torch.compile is its launch function itself: the custom_op's dispatch around it (autograd, aliasing
+    checks) costs about 20 us a call on a 2-core CPU, a launch's Python time again. torch.compile, tensor
+    subclasses (fake tensors) and ``first=None`` get the op."""
     if backend == "naive":
         return getattr(naive, op)
     if backend == "triton":
+        if type(first) is torch.Tensor and not torch.compiler.is_compiling():
+            return _triton_module().EAGER[f"{op}_triton"]
         return getattr(torch.ops.yoda, f"{op}_triton")
     return getattr(torch.ops.yoda, op)  # the device kernel, or the reference registered in its place
 
@@ -289,8 +295,17 @@ def _check_no_grad(op: str, backend: str, *tensors: Optional[torch.Tensor]) -> N
 # ----------------------------------------------------------------------------------------------------------
 # Public entry points
 # ----------------------------------------------------------------------------------------------------------
-def tile_stats(A: torch.Tensor, tile: int = 16, *,
-               backend: Union[str, Backend] = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+class TileStats(NamedTuple):
+    """What :func:`tile_stats` returns: per-tile max and min of A, each (B, ceil(H/tile), ceil(W/tile)) float32.
+    Given back as ``stats=`` it is not searched for NaN again (tile_stats refused a NaN in A when it made it):
+    a loop that passes it every step waits for the device once, not at every step. A plain tuple is searched
+    (two device syncs); so change A in place only before calling tile_stats."""
+
+    tile_max: torch.Tensor
+    tile_min: torch.Tensor
+
+
+def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] = "auto") -> TileStats:
     """Per-tile (max, min) of the attention map, each (B, ceil(H/tile), ceil(W/tile)) float32.
 
     A: (B, 1, H, W) or (B, H, W) in [0, 1]. A tile is active at threshold tau if max >= tau, full if
@@ -300,10 +315,10 @@ def tile_stats(A: torch.Tensor, tile: int = 16, *,
     if A.dtype not in FLOAT_DTYPES:
         raise TypeError(f"A must be a float tensor, got {A.dtype}")
     tile = check_tile(tile)
-    tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device))(A.contiguous(), tile)
+    tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device), A)(A.contiguous(), tile)
     _check_nan("A", tmax)
     _check_nan("A", tmin)
-    return tmax, tmin
+    return TileStats(tmax, tmin)
 
 
 def active_tiles(tile_max: torch.Tensor, tau: float) -> torch.Tensor:
@@ -351,7 +366,7 @@ def masked_step(
     c, A, tau, coefs, tile, backend, tmax, tmin = _check_masked(x, c, A, tau, coefs, NUM_COEFS, seed, step, noise,
                                                                 tile, stats, backend)
     _check_no_grad("masked_step", backend, x, model_out, c, A, noise)
-    return _impl("masked_step", backend)(
+    return _impl("masked_step", backend, x)(
         x, model_out, c, A, tmax, tmin, tau, coefs, bool(clip), int(seed), int(step), noise, tile
     )
 
@@ -392,7 +407,7 @@ def masked_combine(
             raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
     d = list(denoised) + [None] * (MAX_HISTORY - len(denoised))
     _check_no_grad("masked_combine", backend, x, *d, c, A, noise)
-    return _impl("masked_combine", backend)(
+    return _impl("masked_combine", backend, x)(
         x, d[0], d[1], d[2], c, A, tmax, tmin, tau, coefs, int(seed), int(step), noise, tile
     )
 
@@ -430,7 +445,8 @@ def _check_masked(x, c, A, tau, coefs, n_coefs, seed, step, noise, tile, stats, 
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile}))")
         if tmax.dtype != torch.float32 or tmin.dtype != torch.float32 or tmax.device != x.device or tmin.device != x.device:
             raise ValueError(f"stats must be float32 tensors on {x.device} (tile_stats(A, {tile}))")
-        if given:  # a tile holding a NaN of A has NaN stats (tile_stats refuses it when it makes them)
+        if given and not isinstance(stats, TileStats):  # a tile holding a NaN of A has NaN stats (TileStats:
+            # tile_stats refused that when it made them)
             _check_nan("A", tmax)
             _check_nan("A", tmin)
     return c, A, tau, coefs, tile, backend, tmax, tmin
@@ -475,4 +491,4 @@ def masked_q_sample(
     _check_no_grad("masked_q_sample", backend, x0, c, noise, A)
     # sqrt(1 - ab) in float64: 1 - ab cancels badly in float32 at the smallest noise levels (ab ~ 1 - 1e-6)
     sqrt_ab, sqrt_1m_ab = ab.sqrt().float(), (1 - ab).sqrt().float()
-    return _impl("masked_q_sample", backend)(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau)
+    return _impl("masked_q_sample", backend, x0)(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau)

@@ -167,8 +167,8 @@ at::Tensor masked_combine_cuda(const at::Tensor& x, const at::Tensor& d0, const 
   const int nd = check_combine_args(op, be, x, d0, d1, d2, c, noise_opt, tau, coefs, seed, step, tile);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
-  TORCH_CHECK(TY <= kMaxGridYZ && B <= kMaxGridYZ, op, ": x of shape ", x.sizes(), " needs ", TY,
-              " tile rows and ", B, " images in the grid; at most ", kMaxGridYZ, " each");
+  TORCH_CHECK(TY <= kMaxGridYZ && B <= kMaxGridYZ, op, ": x of shape ", shape(x), " needs ",
+              num(TY), " tile rows and ", num(B), " images in the grid; at most ", num(kMaxGridYZ), " each");
   const CombineCoefs k = make_combine_coefs(coefs.data());
   const bool need_noise = combine_needs_noise(k);
   const at::Tensor noise = need_noise && noise_opt.has_value() ? *noise_opt : at::Tensor();

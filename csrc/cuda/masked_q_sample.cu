@@ -72,7 +72,7 @@ at::Tensor masked_q_sample_cuda(const at::Tensor& x0, const at::Tensor& c, const
   constexpr Backend be = Backend::kCUDA;
   const at::Tensor A = checked_q_sample_args(op, be, x0, c, noise, A_opt);
   const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
-  TORCH_CHECK(B <= kMaxGridYZ && (H + kRowsY - 1) / kRowsY <= kMaxGridYZ, op, ": x0 of shape ", x0.sizes(),
+  TORCH_CHECK(B <= kMaxGridYZ && (H + kRowsY - 1) / kRowsY <= kMaxGridYZ, op, ": x0 of shape ", shape(x0),
               " is too large for the grid");
   const c10::cuda::CUDAGuard guard(x0.device());
   const at::Tensor sa = per_batch(op, be, "sqrt_ab", sqrt_ab, x0);

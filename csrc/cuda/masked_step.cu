@@ -154,8 +154,8 @@ at::Tensor masked_step_cuda(const at::Tensor& x, const at::Tensor& model_out, co
   check_step_args(op, be, x, model_out, c, noise_opt, tau, coefs, seed, step, tile);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
-  TORCH_CHECK(TY <= kMaxGridYZ && B <= kMaxGridYZ, op, ": x of shape ", x.sizes(), " needs ", TY,
-              " tile rows and ", B, " images in the grid; at most ", kMaxGridYZ, " each");
+  TORCH_CHECK(TY <= kMaxGridYZ && B <= kMaxGridYZ, op, ": x of shape ", shape(x), " needs ",
+              num(TY), " tile rows and ", num(B), " images in the grid; at most ", num(kMaxGridYZ), " each");
   const StepCoefs k = make_step_coefs(coefs.data());
   const bool need_noise = step_needs_noise(k);
   const at::Tensor noise = need_noise && noise_opt.has_value() ? *noise_opt : at::Tensor();

@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor> tile_stats_cuda(const at::Tensor& A, int64_t 
   check_tile_stats_args(Backend::kCUDA, A, tile);
   const int64_t B = A.size(0), H = A.size(-2), W = A.size(-1);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
-  TORCH_CHECK(B <= kMaxGridYZ, "yoda::tile_stats: at most ", kMaxGridYZ, " images, got ", B);
+  TORCH_CHECK(B <= kMaxGridYZ, "yoda::tile_stats: at most ", num(kMaxGridYZ), " images, got ", num(B));
   const c10::cuda::CUDAGuard guard(A.device());
   auto opts = A.options().dtype(at::kFloat);
   at::Tensor tmax = at::empty({B, TY, TX}, opts), tmin = at::empty({B, TY, TX}, opts);

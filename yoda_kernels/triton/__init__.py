@@ -14,12 +14,14 @@ from .interpret import INTERPRET
 
 import triton  # noqa: E402,F401  ImportError here means "no triton backend" (ops.triton_available)
 
+from .launch import EAGER  # noqa: E402
 from .masked_combine import masked_combine_triton  # noqa: E402
 from .masked_q_sample import masked_q_sample_triton  # noqa: E402
 from .masked_step import launch_config, masked_step_triton  # noqa: E402
 from .tile_stats import tile_stats_triton  # noqa: E402
 
 __all__ = [
+    "EAGER",
     "INTERPRET",
     "launch_config",
     "masked_combine_triton",

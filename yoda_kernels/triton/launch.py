@@ -14,19 +14,36 @@ import contextlib
 import torch
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints. Not ``triton.cdiv``: that is a ``@jit`` function in triton 3.x, and a call from
+    Python goes through its JIT wrapper (about 5 us each, a sixth of a launch's Python time)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1); ``triton.next_power_of_2`` is ``@jit`` too."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
 def on_device(t: torch.Tensor):
     """Context of a launch: the CUDA device of ``t`` made current (Triton launches on the current device and its
     current stream, so tensors on cuda:1 would be launched on cuda:0), nothing for a CPU tensor (interpreter)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+# op name -> the function registered as it: yoda_kernels.ops calls it directly on plain tensors outside
+# torch.compile (the op's dispatch would cost as much again as the launch's own Python)
+EAGER: dict = {}
+
+
 def register(name: str, fake):
     """Decorator: the function as the op ``yoda::<name>`` (schema from its annotations), with ``fake`` (the
-    base op's fake, yoda_kernels.ops.FAKES) for meta tensors and torch.compile."""
+    base op's fake, yoda_kernels.ops.FAKES) for meta tensors and torch.compile; the function itself in EAGER."""
 
     def wrap(fn):
         op = torch.library.custom_op(f"yoda::{name}", mutates_args=())(fn)
         op.register_fake(fake)
+        EAGER[name] = fn
         return op
 
     return wrap

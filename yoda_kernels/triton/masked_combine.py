@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ..contract import (FAKES, MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format,
                         needs_noise)
-from .launch import on_device, register
+from .launch import cdiv, on_device, register
 from .masked_step import (
     NOISE_NONE,
     NOISE_PHILOX,
@@ -247,7 +247,7 @@ def launch_masked_combine(
     cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX, unit_w)
     block_w = block_w or cfg_w
     dd = ds + [x] * (MAX_HISTORY - nd)  # absent estimates: never read (ND is a compile-time constant)
-    grid = (triton.cdiv(W, block_w), TY, B)
+    grid = (cdiv(W, block_w), TY, B)
     with on_device(x):
         _masked_combine_kernel[grid](
             x, dd[0], dd[1], dd[2], c, A, tmax, tmin, used_noise if used_noise is not None else x, out,

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ..contract import FAKES, memory_format
-from .launch import on_device, register
+from .launch import cdiv, next_pow2, on_device, register
 from .masked_step import MAX_GRID_YZ, soft_bf16, to_output
 from .tile_stats import attention_strides
 
@@ -84,15 +84,15 @@ def masked_q_sample_triton(
     for name, t in (("sqrt_ab", sqrt_ab), ("sqrt_1m_ab", sqrt_1m_ab), ("tau", tau)):
         if t.shape != (B,):
             raise ValueError(f"{name} must have shape ({B},), got {tuple(t.shape)}")
-    block_h, block_w = 16, max(16, min(128, triton.next_power_of_2(max(W, 1))))
-    if triton.cdiv(H, block_h) > MAX_GRID_YZ or B > MAX_GRID_YZ:
+    block_h, block_w = 16, max(16, min(128, next_pow2(max(W, 1))))
+    if cdiv(H, block_h) > MAX_GRID_YZ or B > MAX_GRID_YZ:
         raise ValueError(f"x0 of shape {tuple(x0.shape)} is too large for the grid")
     out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device, memory_format=memory_format(x0))
     if out.numel() == 0:
         return out
     has_a = A is not None
     sab, sah, saw = attention_strides(A) if has_a else (0, 0, 0)
-    grid = (triton.cdiv(W, block_w), triton.cdiv(H, block_h), B)
+    grid = (cdiv(W, block_w), cdiv(H, block_h), B)
     with on_device(x0):
         _masked_q_sample_kernel[grid](
             x0, c, noise, A if has_a else x0,

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ..contract import FAKES, NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
 from .interpret import INTERPRET
-from .launch import on_device, register
+from .launch import cdiv, next_pow2, on_device, register
 from .noise import randn4
 from .tile_stats import attention_strides, optional_stats
 
@@ -51,15 +51,16 @@ def launch_config(W: int, tile: int, noise: bool = False, unit_w: bool = True) -
     tensors whose W-stride is 1 (``unit_w``: Triton folds the stride in and loads float4) or not.
 
     The reasons (measurements: benchmarks/RESULTS.md, the H200 launch sweep and the offline sm_90 compile):
-      - without Philox, 2048-pixel strips at 4 warps: 16 pixels of a channel per thread, float4 loads;
-      - with Philox, 1024-pixel strips at 4 warps: the 2048-pixel strip spills registers once Philox and
-        Box-Muller are in flight for 16 pixels per thread (0.300 ms against 0.238 ms at 50 % active);
-      - strided tensors (channels-last) load one float at a time and need more registers: 8 warps (at 4 the
-        kernel with an explicit noise tensor spills; benchmarks/sass_report.py compiles every case offline).
+      - unit-stride tensors: 2048-pixel strips at 4 warps, 16 pixels of a channel per thread, float4 loads,
+        with Philox too since noise stream 2 (no spill at 136-168 registers; the 2026-12-04 sweep: 69 / 73 /
+        82 % of copy bandwidth at 0 / 50 / 100 % active against 62 / 66 / 76 % at 8 pixels per thread);
+      - strided tensors (channels-last) load one float at a time and need more registers: 8 warps without
+        Philox (at 4 the kernel with an explicit noise tensor spills), 1024-pixel strips at 4 warps with it
+        (2048 spills); benchmarks/sass_report.py compiles every case offline.
     Narrow images shrink BLOCK_W to the next power of two >= W (never below one tile), and the warps to at
     least 8 pixels each."""
-    pixels, warps = (1024, 4) if noise else (2048, 4 if unit_w else 8)
-    block_w = max(tile, min(pixels // tile, triton.next_power_of_2(max(W, 1))))
+    pixels, warps = (2048, 4) if unit_w else ((1024, 4) if noise else (2048, 8))
+    block_w = max(tile, min(pixels // tile, next_pow2(max(W, 1))))
     return block_w, max(1, min(warps, tile * block_w // (32 * 8)))
 
 
@@ -293,7 +294,7 @@ def _strides(t: Optional[torch.Tensor]) -> tuple[int, int, int, int]:
 def tile_grid(x: torch.Tensor, tile: int) -> tuple[int, int]:
     """(TY, TX): tile rows and columns of x (B, C, H, W); the kernels' grid takes TY and B along y and z."""
     B, _, H, W = x.shape
-    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
+    TY, TX = cdiv(H, tile), cdiv(W, tile)
     if TY > MAX_GRID_YZ or B > MAX_GRID_YZ:
         raise ValueError(f"x of shape {tuple(x.shape)} needs a grid over {TY} tile rows and {B} images; "
                          f"at most {MAX_GRID_YZ} each")
@@ -308,7 +309,7 @@ def attention_args(x: torch.Tensor, A: Optional[torch.Tensor], tile_max: Optiona
     if A is None:
         return x, x, x, (0, 0, 0)
     B, _, H, W = x.shape
-    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
+    TY, TX = cdiv(H, tile), cdiv(W, tile)
     if A.shape[0] != B or tuple(A.shape[-2:]) != (H, W) or A.dim() not in (3, 4):
         raise ValueError(f"A must be ({B}, 1, {H}, {W}) or ({B}, {H}, {W}), got {tuple(A.shape)}")
     tmax, tmin = optional_stats(A, tile_max, tile_min, tile)
@@ -359,7 +360,7 @@ def launch_masked_step(
     unit_w = all(t.stride(-1) == 1 for t in (x, model_out, c, out) + ((noise,) if noise is not None else ()))
     cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX, unit_w)
     block_w = block_w or cfg_w
-    grid = (triton.cdiv(W, block_w), TY, B)
+    grid = (cdiv(W, block_w), TY, B)
     with on_device(x):
         _masked_step_kernel[grid](
             x, model_out, c, A, tmax, tmin, noise if noise is not None else x, out,

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..contract import FAKES, check_tile
-from .launch import on_device, register
+from .launch import cdiv, next_pow2, on_device, register
 
 
 @triton.jit
@@ -49,7 +49,7 @@ def _tile_stats_kernel(
 
 def _strip_width(W: int, tile: int) -> int:
     """Columns per program: 128 (4 tiles of 32 .. 16 tiles of 8), fewer for narrow maps."""
-    return max(tile, min(128, triton.next_power_of_2(W)))
+    return max(tile, min(128, next_pow2(W)))
 
 
 def attention_strides(A: torch.Tensor) -> tuple[int, int, int]:
@@ -64,7 +64,7 @@ def launch_tile_stats(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.T
         raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {tuple(A.shape)}")
     check_tile(tile)
     B, H, W = A.shape[0], A.shape[-2], A.shape[-1]
-    TY, TX = triton.cdiv(H, tile), triton.cdiv(W, tile)
+    TY, TX = cdiv(H, tile), cdiv(W, tile)
     if TY > 65535 or B > 65535:  # CUDA's limit on grid dimensions y and z
         raise ValueError(f"A of shape {tuple(A.shape)} needs a grid over {TY} tile rows and {B} images; "
                          "at most 65535 each")
@@ -73,7 +73,7 @@ def launch_tile_stats(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.T
     if tmax.numel() == 0:
         return tmax, tmin
     block_w = _strip_width(W, tile)
-    grid = (triton.cdiv(W, block_w), TY, B)
+    grid = (cdiv(W, block_w), TY, B)
     with on_device(A):
         _tile_stats_kernel[grid](
             A, tmax, tmin, H, W, TY, TX, *attention_strides(A), TILE=tile, BLOCK_W=block_w, num_warps=4
