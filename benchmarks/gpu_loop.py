@@ -8,7 +8,7 @@ torch.cuda.synchronize around each.
 
 The sampler's overhead is measured the way benchmarks/test_bench_large.py does on the CPU: the time outside the
 network (timed by wrapping it, with a synchronize on each side) beyond a bare DDIM loop written by hand, over the
-total.
+total; then the same call with attention (YODA, the Gaussian map) is timed against the plain one.
 
     python3 benchmarks/gpu_loop.py --out $OUT/gpu_loop.md            # on the GPU machine
     python3 benchmarks/gpu_loop.py --cpu-dry-run                     # logic check on a CPU (tiny, no graphs)
@@ -169,7 +169,7 @@ def main() -> int:
         if ref is None:
             ref, base_s = out, s
             if not args.no_overhead:  # right after the reference row: a slow compile row must not cost this line
-                overhead = overhead_line(m, lr, args, dev)
+                overhead = overhead_line(m, lr, args, dev) + "\n\n" + yoda_line(m, lr, args, dev, s)
         diff = (out.float() - ref.float()).abs().max().item()
         emit(f"| {label} | {s:.3f} | {1e3 * s / args.steps:.2f} | {base_s / s:.2f}x | {diff:.1e} | "
              f"{psnr_to(out, ref):.1f} | {warm:.1f} |")
@@ -187,6 +187,25 @@ def yoda_backend(dev: str) -> str:
     import yoda_kernels as yk
 
     return ", ".join(yk.available_backends(dev))
+
+
+def yoda_line(m, lr, args, dev, plain_s: float) -> str:
+    """yoda.sample with attention (the Gaussian map, lower_bound 0.4; fp32) against the plain fp32 call of the same
+    steps: the network still sees the whole state at every step, so the difference is the masked loop's own cost
+    (the map, its tile statistics, and nothing synchronised per step)."""
+    import yoda
+
+    def run():
+        with torch.inference_mode():
+            return yoda.sample(m, lr, attention="gaussian", lower_bound=0.4, steps=args.steps, sampler="ddim",
+                               eta=0.0, seed=0, progress=False)
+
+    try:
+        s, _ = timed(run, dev, args.repeats)
+    except Exception as e:
+        return f"YODA call: not measured ({type(e).__name__}: {e})"
+    return (f"YODA (attention 'gaussian', lower_bound 0.4, fp32, {args.steps} steps): {s:.3f} s per call against "
+            f"the plain call's {plain_s:.3f} s ({100 * (s - plain_s) / plain_s:+.1f}%).")
 
 
 def overhead_line(m, lr, args, dev) -> str:
