@@ -221,31 +221,27 @@ def overhead_line(m, lr, args, dev) -> str:
 
     z = torch.randn(lr.shape[0], 3, lr.shape[2] * 4, lr.shape[3] * 4, generator=torch.Generator().manual_seed(0))
     z = z.to(dev)
-    best = {}
+
+    def seconds(name: str) -> float:
+        sync(dev)
+        t0 = time.perf_counter()
+        if name == "yoda":
+            yoda.sample(m, lr, steps=args.steps, sampler="ddim", eta=0.0, seed=0, progress=False)
+        else:
+            bare_loop(m, lr, args.steps, z)
+        sync(dev)
+        return time.perf_counter() - t0
+
+    best, wall = {}, {}
     with torch.inference_mode():
         for _ in range(3):
             for name in ("yoda", "bare"):
                 with NetTimer(m) as nt:
-                    sync(dev)
-                    t0 = time.perf_counter()
-                    if name == "yoda":
-                        yoda.sample(m, lr, steps=args.steps, sampler="ddim", eta=0.0, seed=0, progress=False)
-                    else:
-                        bare_loop(m, lr, args.steps, z)
-                    sync(dev)
-                    total = time.perf_counter() - t0
+                    total = seconds(name)
                 best[name] = min(best.get(name, (math.inf, 0.0)), (total, nt.seconds))
-        wall = {}
         for _ in range(3):  # untimed: kernels queue as they do in use
             for name in ("yoda", "bare"):
-                sync(dev)
-                t0 = time.perf_counter()
-                if name == "yoda":
-                    yoda.sample(m, lr, steps=args.steps, sampler="ddim", eta=0.0, seed=0, progress=False)
-                else:
-                    bare_loop(m, lr, args.steps, z)
-                sync(dev)
-                wall[name] = min(wall.get(name, math.inf), time.perf_counter() - t0)
+                wall[name] = min(wall.get(name, math.inf), seconds(name))
     (ty, ny), (tb, nb) = best["yoda"], best["bare"]
     over = ((ty - ny) - (tb - nb)) / ty
     return (f"Sampler overhead (fp32, best of 3, network timed with a synchronize on each side): yoda.sample "
