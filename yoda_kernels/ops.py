@@ -226,15 +226,23 @@ def active_backends(device: torch.device | str = "cpu", backend: str = "auto") -
     return {op: ("naive" if name in DISPATCH_KEYS and not _built(name, op) else name) for op in OPS}
 
 
+def _plain_eager(first: Optional[torch.Tensor]) -> bool:
+    """Whether a call on ``first`` runs plainly: a torch.Tensor (no subclass: fake tensors) outside torch.compile,
+    torch.jit.trace, functorch transforms (vmap: batched tensors pass the type test) and dispatch modes (flop
+    counters, debug modes), each of which must see the op."""
+    return (type(first) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and torch._C._len_torch_dispatch_stack() == 0 and not torch._C._are_functorch_transforms_active())
+
+
 def _impl(op: str, backend: str, first: Optional[torch.Tensor] = None):
-    """What runs ``op`` on ``backend``; ``first``: the op's first tensor argument. Triton's op on a plain tensor
-    outside torch.compile is its launch function itself: the custom_op's dispatch around it (autograd, aliasing
-    checks) costs about 20 us a call on a 2-core CPU, a launch's Python time again. torch.compile, tensor
-    subclasses (fake tensors) and ``first=None`` get the op."""
+    """What runs ``op`` on ``backend``; ``first``: the op's first tensor argument. Triton's op in a plain eager
+    call (_plain_eager) is its launch function itself: the custom_op's dispatch around it (autograd, aliasing
+    checks) costs 20 us a call on a 2-core CPU, 40 us on the H200's host. Everything else, and ``first=None``,
+    gets the op."""
     if backend == "naive":
         return getattr(naive, op)
     if backend == "triton":
-        if type(first) is torch.Tensor and not torch.compiler.is_compiling():
+        if _plain_eager(first):
             return _triton_module().EAGER[f"{op}_triton"]
         return getattr(torch.ops.yoda, f"{op}_triton")
     return getattr(torch.ops.yoda, op)  # the device kernel, or the reference registered in its place

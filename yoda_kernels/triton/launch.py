@@ -31,8 +31,8 @@ def on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-# op name -> the function registered as it: yoda_kernels.ops calls it directly on plain tensors outside
-# torch.compile (the op's dispatch would cost as much again as the launch's own Python)
+# op name -> the function registered as it: yoda_kernels.ops calls it directly in a plain eager call
+# (ops._plain_eager; the op's dispatch would cost as much again as the launch's own Python)
 EAGER: dict = {}
 
 

@@ -244,7 +244,7 @@ def launch_masked_combine(
     A, tmax, tmin, (sab, sah, saw) = attention_args(x, A, tile_max, tile_min, tile)
     used_noise = noise if noise_mode == NOISE_TENSOR else None
     unit_w = all(t.stride(-1) == 1 for t in [x, c, out] + ds + ([used_noise] if used_noise is not None else []))
-    cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX, unit_w)
+    cfg_w, cfg_warps = launch_config(W, tile, noise_mode == NOISE_PHILOX, unit_w, philox_pixels=1024)
     block_w = block_w or cfg_w
     dd = ds + [x] * (MAX_HISTORY - nd)  # absent estimates: never read (ND is a compile-time constant)
     grid = (cdiv(W, block_w), TY, B)

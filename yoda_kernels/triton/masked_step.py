@@ -46,9 +46,12 @@ NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
 MAX_GRID_YZ = 65535  # CUDA limit of grid dimensions y and z
 
 
-def launch_config(W: int, tile: int, noise: bool = False, unit_w: bool = True) -> tuple[int, int]:
+def launch_config(W: int, tile: int, noise: bool = False, unit_w: bool = True,
+                  philox_pixels: int = 2048) -> tuple[int, int]:
     """(BLOCK_W, num_warps) for images of width W, tile size ``tile``, a step that draws Philox noise or not, and
     tensors whose W-stride is 1 (``unit_w``: Triton folds the stride in and loads float4) or not.
+    ``philox_pixels``: the strip of a Philox launch on unit-stride tensors (masked_combine keeps 1024: its
+    2048-pixel build takes 208-210 registers against 147, and has not been measured on a GPU).
 
     The reasons (measurements: benchmarks/RESULTS.md, the H200 launch sweep and the offline sm_90 compile):
       - unit-stride tensors: 2048-pixel strips at 4 warps, 16 pixels of a channel per thread, float4 loads,
@@ -59,7 +62,7 @@ def launch_config(W: int, tile: int, noise: bool = False, unit_w: bool = True) -
         (2048 spills); benchmarks/sass_report.py compiles every case offline.
     Narrow images shrink BLOCK_W to the next power of two >= W (never below one tile), and the warps to at
     least 8 pixels each."""
-    pixels, warps = (2048, 4) if unit_w else ((1024, 4) if noise else (2048, 8))
+    pixels, warps = ((philox_pixels if noise else 2048), 4) if unit_w else ((1024, 4) if noise else (2048, 8))
     block_w = max(tile, min(pixels // tile, next_pow2(max(W, 1))))
     return block_w, max(1, min(warps, tile * block_w // (32 * 8)))
 
