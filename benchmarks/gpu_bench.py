@@ -233,6 +233,45 @@ def compile_pass(sweep_cases: dict, first_ms: dict, copy_gbs: float) -> tuple[in
     return failures, lines
 
 
+def combine_strips(sweep_cases: dict) -> tuple[int, list[str]]:
+    """masked_combine (three estimates, Philox) on the first shape at its 1024-pixel Philox strips (the default)
+    and at masked_step's 2048 (launch_config's philox_pixels): whether the default should follow masked_step's.
+    Both must equal the reference bit for bit. Returns (failed checks, the table's lines)."""
+    from yoda_kernels.triton.masked_combine import launch_masked_combine
+    from yoda_kernels.triton.masked_step import launch_config
+
+    lines = ["", "masked_combine, 3 estimates, Philox, first shape: 1024- vs 2048-pixel strips:", "",
+             "| active | 1024 px (default) ms | 2048 px ms | 2048 / 1024 speed-up | check |", "|---|---|---|---|---|"]
+    failures = 0
+    coefs = [0.2, 0.5, 0.2, 0.1, 0.3, 0.6, 0.4]  # cx, cd0, cd1, cd2, sigma, la, lb
+    for (frac, mode), (args, _) in sorted(sweep_cases.items()):
+        if mode != "philox":
+            continue
+        if time.time() - START > ARGS.hard_budget_s:
+            lines.append(f"| {frac:.0%} | skipped (time budget) | | | |")
+            continue
+        x, o, c, A, tmax, tmin, tau = args[:7]
+        cargs = (x, o, c, x, c, A, tmax, tmin, tau, coefs, 1234, 5, None, TILE)
+        W = x.shape[-1]
+        try:
+            ref = naive.masked_combine(*cargs)
+            cells, ok = [], True
+            for pixels in (1024, 2048):
+                bw, nw = launch_config(W, TILE, True, True, philox_pixels=pixels)
+                got = launch_masked_combine(*cargs, block_w=bw, num_warps=nw)
+                ok = ok and torch.equal(got, ref)
+                cells.append(bench(lambda: launch_masked_combine(*cargs, block_w=bw, num_warps=nw)))  # noqa: B023
+        except Exception as e:
+            failures += 1
+            lines.append(f"| {frac:.0%} | ERROR {type(e).__name__}: {str(e).splitlines()[0][:100]} | | | |")
+            continue
+        failures += not ok
+        lines.append(f"| {frac:.0%} | {cells[0]:.3f} | {cells[1]:.3f} | {cells[0] / cells[1]:.2f}x | "
+                     f"{'ok' if ok else 'MISMATCH'} |")
+        print(lines[-1], flush=True)
+    return failures, lines
+
+
 def bench_cases():
     """(shape, dtype) in the order they are run: the target shape in float32 first, then its half-precision
     states (half the bytes), then a smaller shape."""
@@ -329,6 +368,12 @@ def main() -> int:
         if DEV == "cuda":
             torch.cuda.empty_cache()
 
+    # masked_combine's pending launch question first (the sweep below may run out of the time budget)
+    if "triton" in have and sweep_cases:
+        bad, combine_lines = combine_strips(sweep_cases)
+        failures += bad
+        for line in combine_lines:
+            emit(line)
     # Launch-configuration sweep of the Triton kernel on the first shape: pixels per thread (TILE x BLOCK_W over
     # the threads) and warps, at every active fraction, with and without Philox noise.
     if "triton" in have and sweep_cases:
