@@ -289,9 +289,9 @@ def test_ops_are_opaque_to_torch_compile():
 
 
 def test_eager_calls_launch_directly_and_compiled_calls_take_the_op():
-    """On a plain tensor outside torch.compile the public ops call the Triton launch function itself (the
-    custom_op's dispatch costs as much again as the launch's Python); under torch.compile, and for tensor
-    subclasses such as fake tensors, they take the op, whose fake gives the output's metadata."""
+    """In a plain eager call the public ops call the Triton launch function itself (the custom_op's dispatch costs
+    as much again as the launch's Python); under torch.compile, torch.jit.trace, vmap and dispatch modes, and for
+    tensor subclasses such as fake tensors, they take the op (a fake tensor's output comes from the op's fake)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     x, o, c, A, z = _inputs((1, 1, 8, 16), seed=12)
