@@ -26,6 +26,8 @@ run"):
   network calls, the DDIM x0 update in torch ops, the same image to 1e-4); the time outside the network (RRDB
   features + denoiser, timed by wrapping them) over the total, for both. The sampler's overhead is yoda's
   time outside the network beyond the bare loop's, over yoda's total. Target: <= 1%.
+- ``host``: the host's own time a call and a step, the network stubbed out (StubNet), for yoda.sample plain and
+  with attention and for the bare loop: what a GPU's host adds where it cannot run ahead of the kernels.
 
 ``test_summary`` prints the table (markdown, for RESULTS.md) and checks the targets.
 """
@@ -313,6 +315,62 @@ def test_sampler_overhead_vs_bare_loop(benchmark):
                                 extra=out["extra"], overhead=out["overhead"])
 
 
+class StubNet:
+    """The model's networks replaced by a stand-in of almost no cost (the state halved; the RRDB features of ``lr``
+    computed once): what is left of a call is the host's work around the network, which a GPU's host adds to every
+    step when it cannot run ahead of the kernels (a synchronising network timer, a small image)."""
+
+    def __init__(self, m, lr: torch.Tensor):
+        self.m, self.lr = m, lr
+
+    def __enter__(self):
+        feas = self.m.rrdb.features(self.lr)
+        self.m.forward, self.m.rrdb.features = (lambda x, t, f, up: x * 0.5), (lambda lr: feas)
+        return self
+
+    def __exit__(self, *exc):
+        del self.m.forward, self.m.rrdb.features
+
+
+HOST_HR, HOST_STEPS, HOST_ROUNDS = 64, (5, 45), 15
+
+
+@NO_TIMING
+def test_sampler_host_time(benchmark):
+    """Host time a call and a step of yoda.sample (plain, and with gaussian attention at l = 0.4) and of the bare
+    loop, the network stubbed out (StubNet), from calls of 5 and 45 steps (the slope and the intercept of the
+    fastest of HOST_ROUNDS alternated rounds)."""
+    m = model()
+    g = torch.Generator().manual_seed(SEED)  # what the picture holds does not change the host's work
+    lr = (torch.rand(1, 3, HOST_HR // 4, HOST_HR // 4, generator=g) * 2 - 1).to(DEVICE)
+    z = torch.randn(1, 3, HOST_HR, HOST_HR, generator=torch.Generator().manual_seed(SEED)).to(DEVICE)
+    runs = {
+        "yoda": lambda n: yoda.sample(m, lr, steps=n, sampler="ddim", seed=SEED, progress=False),
+        "yoda, gaussian attention": lambda n: yoda.sample(m, lr, steps=n, sampler="ddim", seed=SEED, progress=False,
+                                                          attention="gaussian", lower_bound=0.4),
+        "bare loop": lambda n: bare_loop(m, lr, n, z),
+    }
+    best: dict = {}
+    with torch.inference_mode(), StubNet(m, lr):
+        for _ in range(HOST_ROUNDS):
+            for name, run in runs.items():
+                for n in HOST_STEPS:
+                    if DEVICE == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    run(n)
+                    if DEVICE == "cuda":
+                        torch.cuda.synchronize()
+                    best[name, n] = min(best.get((name, n), math.inf), time.perf_counter() - t0)
+    (a, b), out = HOST_STEPS, {}
+    for name in runs:
+        per_step = (best[name, b] - best[name, a]) / (b - a)
+        out[name] = dict(call_us=1e6 * (best[name, a] - a * per_step), step_us=1e6 * per_step)
+    RESULTS["host"] = out
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update({f"{k} {u}": v[u] for k, v in out.items() for u in ("call_us", "step_us")})
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The table
 # ------------------------------------------------------------------------------------------------------------
@@ -351,6 +409,10 @@ def test_summary(benchmark):
                      f"{o['bare']['total_s']:.2f} s (outside {100 * o['bare']['outside']:.2f}%); wall time yoda vs "
                      f"bare {100 * o['extra']:+.2f}%; sampler overhead (outside time beyond the bare loop's / total) "
                      f"{100 * o['overhead']:+.2f}%")
+    h = RESULTS.get("host")
+    if h:
+        parts = "; ".join(f"{k} {v['call_us']:.0f} µs a call + {v['step_us']:.1f} µs a step" for k, v in h.items())
+        lines.append(f"\nhost time with the network stubbed at {HOST_HR}² ({DEVICE}): {parts}")
     print("\n" + "\n".join(lines))
     if worst < math.inf:
         assert worst >= 0.9, f"YODA tiled reached {worst:.2f} of its ideal speedup (target >= 0.9)"

@@ -13,6 +13,7 @@ from .contract import CombineCoefs, StepCoefs
 from .ops import (
     BACKENDS,
     Backend,
+    MaskedOps,
     TileStats,
     active_backends,
     active_tiles,
@@ -30,6 +31,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "CombineCoefs",
+    "MaskedOps",
     "StepCoefs",
     "TileStats",
     "active_backends",

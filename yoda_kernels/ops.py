@@ -269,7 +269,8 @@ def _check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None)
             raise TypeError(f"{name} has dtype {t.dtype} but x has {ref.dtype}")
 
 
-def _check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A") -> Optional[torch.Tensor]:
+def _check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A",
+                     ref: str = "x") -> Optional[torch.Tensor]:
     if A is None:
         return None
     if not isinstance(A, torch.Tensor):
@@ -283,7 +284,7 @@ def _check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A"
     if A.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float tensor, got {A.dtype}")
     if A.device != x.device:
-        raise ValueError(f"{name} is on {A.device} but x is on {x.device}")
+        raise ValueError(f"{name} is on {A.device} but {ref} is on {x.device}")
     return A
 
 
@@ -422,25 +423,19 @@ def masked_combine(
 
 def _check_masked(x, c, A, tau, coefs, n_coefs, seed, step, noise, tile, stats, backend):
     """The checks that masked_step and masked_combine share -> (c, A, tau, coefs, tile, backend, tmax, tmin)."""
+    A, tile, backend, tmax, tmin = _check_fixed(x, c, A, tile, stats, backend)
+    tau, coefs = _check_call(x, A, tau, coefs, n_coefs, seed, step, noise)
+    return c, A, tau, coefs, tile, backend, tmax, tmin
+
+
+def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
+    """The checks of what a loop of steps keeps fixed (MaskedOps checks them once, with c for x: ``ref`` names
+    it) -> (A, tile, backend name, tmax, tmin)."""
     _check_state("c", c, x)
-    A = _check_attention(A, x)
+    A = _check_attention(A, x, ref=ref)
     tile = check_tile(tile)
-    if noise is not None:
-        _check_state("noise", noise, x)
-    philox.check_seed_step(seed, step)
     if philox.num_groups(x.shape) >= 2**31:
-        raise ValueError(f"x of shape {tuple(x.shape)} is too large for the 32-bit noise counter")
-    if isinstance(tau, (bool, str, bytes)) or not isinstance(tau, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"tau must be a float, got {type(tau).__name__}")
-    tau = float(tau)
-    if math.isnan(tau):
-        raise ValueError("tau must not be NaN")
-    coefs = [float(v) for v in coefs]
-    if len(coefs) != n_coefs or not all(math.isfinite(v) for v in coefs):
-        raise ValueError(f"coefs must be {n_coefs} finite floats, got {coefs}")
-    if A is None:  # every pixel active: the LR branch is never taken, and its noise weight must not draw noise
-        names = StepCoefs._fields if n_coefs == NUM_COEFS else CombineCoefs._fields
-        coefs[names.index("la")] = coefs[names.index("lb")] = 0.0
+        raise ValueError(f"{ref} of shape {tuple(x.shape)} is too large for the 32-bit noise counter")
     backend = _backend_name(backend, x.device)
     tmax = tmin = None
     if A is not None:
@@ -457,7 +452,93 @@ def _check_masked(x, c, A, tau, coefs, n_coefs, seed, step, noise, tile, stats, 
             # tile_stats refused that when it made them)
             _check_nan("A", tmax)
             _check_nan("A", tmin)
-    return c, A, tau, coefs, tile, backend, tmax, tmin
+    return A, tile, backend, tmax, tmin
+
+
+def _check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
+    """The checks of what changes from step to step -> (tau, coefs as floats; with A None the LR branch's weights
+    zeroed, so that it never draws noise). Plain ints and floats take the short way (a loop's host time)."""
+    if noise is not None:
+        _check_state("noise", noise, x)
+    if not (type(seed) is int and type(step) is int and 0 <= seed <= philox.MAX_SEED and 0 <= step <= philox.MAX_STEP):
+        philox.check_seed_step(seed, step)
+    if type(tau) is not float and (isinstance(tau, (bool, str, bytes)) or not isinstance(tau, (numbers.Real, torch.Tensor))):
+        raise TypeError(f"tau must be a float, got {type(tau).__name__}")
+    tau = float(tau)
+    if math.isnan(tau):
+        raise ValueError("tau must not be NaN")
+    coefs = [float(v) for v in coefs]
+    if len(coefs) != n_coefs or not all(map(math.isfinite, coefs)):
+        raise ValueError(f"coefs must be {n_coefs} finite floats, got {coefs}")
+    if A is None:  # every pixel active: the LR branch is never taken, and its noise weight must not draw noise
+        la, lb = _LR_WEIGHTS[n_coefs]
+        coefs[la] = coefs[lb] = 0.0
+    return tau, coefs
+
+
+# where the LR branch's weights (la, lb) sit in StepCoefs and in CombineCoefs
+_LR_WEIGHTS = {len(f): (f.index("la"), f.index("lb")) for f in (StepCoefs._fields, CombineCoefs._fields)}
+
+
+class MaskedOps:
+    """:func:`masked_step` and :func:`masked_combine` for a loop of steps over one LR state ``c`` (B, C, H, W) and
+    attention ``A`` (None: every pixel active)::
+
+        ops = MaskedOps(c, A, tile=16, stats=None, seed=0, backend="auto")   # stats: tile_stats(A, tile) if None
+        x = ops.step(x, model_out, tau, coefs=k, step=i + 1)                 # or ops.combine(x, [d0, ...], ...)
+
+    What the loop keeps fixed (c, A, its tile statistics, tile, seed, backend) is checked once, here; each call
+    checks what changes (tau, coefs, step, noise) and that its tensors have c's shape, dtype and device. A call
+    whose tensors fail that test goes through the full entry point: the same result, or the same error naming the
+    argument. Each result is masked_step's / masked_combine's with the same arguments, bit for bit."""
+
+    def __init__(self, c: torch.Tensor, A: Optional[torch.Tensor] = None, *, tile: int = 16,
+                 stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None, seed: int = 0,
+                 backend: Union[str, Backend] = "auto"):
+        _check_state("c", c)
+        philox.check_seed_step(seed, 0)
+        A, tile, name, tmax, tmin = _check_fixed(c, c, A, tile, stats, backend, ref="c")
+        self.c, self.A, self.tile, self.seed = c, A, tile, int(seed)
+        self.stats = None if A is None else TileStats(tmax, tmin)
+        self.backend = Backend(name, c.device.type)
+
+    def _fits(self, *tensors: Optional[torch.Tensor]) -> bool:
+        c = self.c
+        return all(t is None or (isinstance(t, torch.Tensor) and t.shape == c.shape and t.dtype == c.dtype
+                                 and t.device == c.device) for t in tensors)
+
+    def step(self, x: torch.Tensor, model_out: torch.Tensor, tau: float = 0.0, *, coefs: Sequence[float],
+             step: int = 0, clip: bool = False, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """masked_step(x, model_out, c, A, tau, coefs=coefs, clip=clip, seed=, step=step, noise=noise, tile=,
+        stats=, backend=) with this object's c, A, seed, tile, stats and backend."""
+        if not self._fits(x, model_out):
+            return masked_step(x, model_out, self.c, self.A, tau, coefs=coefs, clip=clip, seed=self.seed, step=step,
+                               noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
+        tau, coefs = _check_call(x, self.A, tau, coefs, NUM_COEFS, self.seed, step, noise)
+        _check_no_grad("masked_step", self.backend.name, x, model_out, self.c, self.A, noise)
+        s = self.stats or (None, None)
+        return _impl("masked_step", self.backend.name, x)(
+            x, model_out, self.c, self.A, s[0], s[1], tau, coefs, bool(clip), self.seed, int(step), noise, self.tile
+        )
+
+    def combine(self, x: torch.Tensor, denoised: Sequence[torch.Tensor], tau: float = 0.0, *, coefs: Sequence[float],
+                step: int = 0, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """masked_combine(x, denoised, c, A, tau, coefs=coefs, seed=, step=step, noise=noise, tile=, stats=,
+        backend=) with this object's c, A, seed, tile, stats and backend."""
+        if not (isinstance(denoised, (list, tuple)) and 1 <= len(denoised) <= MAX_HISTORY
+                and self._fits(x, *denoised)):
+            return masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=self.seed, step=step,
+                                  noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
+        tau, coefs = _check_call(x, self.A, tau, coefs, NUM_COMBINE_COEFS, self.seed, step, noise)
+        for j in range(len(denoised), MAX_HISTORY):
+            if coefs[1 + j] != 0.0:
+                raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
+        d = list(denoised) + [None] * (MAX_HISTORY - len(denoised))
+        _check_no_grad("masked_combine", self.backend.name, x, *d, self.c, self.A, noise)
+        s = self.stats or (None, None)
+        return _impl("masked_combine", self.backend.name, x)(
+            x, d[0], d[1], d[2], self.c, self.A, s[0], s[1], tau, coefs, self.seed, int(step), noise, self.tile
+        )
 
 
 def masked_q_sample(
@@ -477,7 +558,7 @@ def masked_q_sample(
     _check_state("x0", x0)
     _check_state("c", c, x0)
     _check_state("noise", noise, x0)
-    A = _check_attention(A, x0)
+    A = _check_attention(A, x0, ref="x0")
     B = x0.shape[0]
 
     def per_batch(name, v):

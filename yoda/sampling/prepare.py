@@ -27,9 +27,11 @@ class Run:
     i + 1) or noise[i + 1], the start's Philox(seed, 0) or noise[0]."""
 
     def __init__(self, adapter: Adapter, spec: SamplingSpec, lr_state: torch.Tensor, c: torch.Tensor, cond: Any,
-                 A: Optional[torch.Tensor], stats: Optional[tuple], noise: Optional[list], tiler: Optional[Tiler]):
+                 A: Optional[torch.Tensor], noise: Optional[list], tiler: Optional[Tiler]):
         self.adapter, self.spec, self.lr_state, self.c, self.cond = adapter, spec, lr_state, c, cond
-        self.A, self.stats, self.noise, self.tiler = A, stats, noise, tiler
+        self.A, self.noise, self.tiler = A, noise, tiler
+        # the fused ops, with c, A, its tile stats, tile, seed and backend checked once, not at every step
+        self.ops = K.MaskedOps(c, A, tile=spec.kernel_tile, seed=spec.seed, backend=spec.backend)
         h, w = adapter.image_extent(cond, c.shape)  # what active_fraction counts: the image, not its padding
         self.A_image = None if A is None else A[..., :h, :w]
         # a multistep solver's history: as deep as its highest order reads (none for the one-step solvers)
@@ -49,16 +51,14 @@ class Run:
             return None
         return self.noise[step].to(device=self.c.device, dtype=self.c.dtype).contiguous()
 
-    def _fused_step(self, x, pred, tau, step, **coefficients):
-        s = self.spec
-        return K.masked_step(x, pred, self.c, self.A, tau, seed=s.seed, step=step, tile=s.kernel_tile,
-                             noise=self._noise(step), stats=self.stats, backend=s.backend, **coefficients)
+    def _fused_step(self, x, pred, tau, step, coefs, clip):
+        return self.ops.step(x, pred, tau, coefs=coefs, step=step, clip=clip, noise=self._noise(step))
 
     def start(self) -> torch.Tensor:
         """x at the first visited step (DESIGN §5): noise where active, the LR noised to ab there elsewhere."""
         _, ab, _ = self.spec.pairs[0]
         c = self.c
-        return self._fused_step(c, c, self.spec.taus[0], 0, coefs=K.init_coefficients(ab), clip=False)
+        return self._fused_step(c, c, self.spec.taus[0], 0, K.init_coefficients(ab), False)
 
     def denoise(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, int]:
         """(model output at step i in the state's dtype, denoiser calls made)."""
@@ -75,7 +75,7 @@ class Run:
         if self.tiler is not None:
             return self.tiler.denoise(self.adapter, x, t, ab_t, self.cond, tau)
         pred = checked_output(self.adapter, self.adapter.denoise(x, t, ab_t, self.cond), x.shape)
-        return pred.to(self.spec.state_dtype), 1
+        return (pred if pred.dtype == self.spec.state_dtype else pred.to(self.spec.state_dtype)), 1
 
     def step(self, x: torch.Tensor, pred: torch.Tensor, i: int) -> torch.Tensor:
         """x at step i + 1: the sampler update where active, the LR noised to ab_prev elsewhere (one fused op)."""
@@ -83,7 +83,7 @@ class Run:
         _, ab_t, ab_prev = s.pairs[i]
         k = K.step_coefficients(ab_t, ab_prev, prediction=self.adapter.prediction, sampler=s.sampler, eta=s.eta)
         # plain (A None): the op drops the LR branch, so a step with sigma == 0 (DDIM eta 0) draws no noise
-        return self._fused_step(x, pred, s.taus[i], i + 1, coefs=k, clip=s.clip)
+        return self._fused_step(x, pred, s.taus[i], i + 1, k, s.clip)
 
     def solve(self, x: torch.Tensor, pred: torch.Tensor, i: int, hist: tuple) -> tuple[torch.Tensor, tuple, dict]:
         """Step i of a sigma-space solver (yoda.sampling.solvers): (x at step i + 1, the new history, extras for
@@ -132,10 +132,7 @@ class Run:
         return self.tiler.last_batches if self.tiler is not None else 1
 
     def _combine(self, x, denoised, coefs, tau: float, step: int) -> torch.Tensor:
-        s = self.spec
-        return K.masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=s.seed, step=step,
-                                noise=self._noise(step), tile=s.kernel_tile,
-                                stats=self.stats, backend=s.backend)
+        return self.ops.combine(x, denoised, tau, coefs=coefs, step=step, noise=self._noise(step))
 
     def report(self, i: int, x: torch.Tensor, x_new: torch.Tensor, pred: torch.Tensor, calls: int,
                extra: Optional[dict] = None) -> dict:
@@ -203,13 +200,12 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
             raise ValueError(f"{type(adapter).__name__}.attention_to_state returned {tuple(A.shape)}, "
                              f"expected {(B, 1, *c.shape[-2:])}")
         A = A.float().contiguous()
-    stats = K.tile_stats(A, spec.kernel_tile, backend=spec.backend) if A is not None else None
     noise = check_noise(entries, c)
     if w is not None:
         w = check_window_size(adapter, w, c.shape[-2:])
     tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale)
              if w is not None else None)
-    return Run(adapter, spec, lr_state, c, prep.cond, A, stats, noise, tiler)
+    return Run(adapter, spec, lr_state, c, prep.cond, A, noise, tiler)
 
 
 def check_window_size(adapter: Any, w: Windows, grid) -> Windows:

@@ -1,0 +1,126 @@
+"""MaskedOps: masked_step and masked_combine with the loop's fixed arguments checked once. Each call equals the
+public op bit for bit on every backend; a bad argument raises the public op's error (at construction for what
+is fixed, at the call for what changes); tensors that fit take the short path, those that do not the full one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import test_masked_combine as TC
+import test_masked_step as TS
+import yoda_kernels as yk
+from yoda_kernels import ops
+from yoda_kernels import testing as T
+
+FIXED = {"c", "A", "tile", "stats", "seed"}  # what MaskedOps takes once
+CALL = {"x", "model_out", "denoised", "tau", "noise", "step", "coefs"}  # what each call takes
+BACKENDS = yk.available_backends("cpu")
+
+
+def _loop_inputs(shape, attention: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x, c = torch.randn(shape, generator=g), torch.randn(shape, generator=g) * 0.5
+    A = T.blob_attention(shape[0], *shape[2:]) if attention else None
+    preds = [torch.randn(shape, generator=g) for _ in range(3)]
+    return g, x, c, A, preds
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("attention", [False, True], ids=["plain", "masked"])
+@pytest.mark.parametrize("explicit_noise", [False, True], ids=["philox", "noise"])
+def test_a_loop_equals_the_public_ops(backend, attention, explicit_noise):
+    """Three steps of masked_step and one masked_combine of 1, 2 and 3 estimates: the same bits as the public
+    ops with the same arguments, Philox or explicit noise, plain or masked."""
+    shape = (1, 3, 16, 24) if backend == "triton" else (2, 3, 24, 40)
+    g, x, c, A, preds = _loop_inputs(shape, attention)
+    tile = 8
+    fixed = dict(tile=tile, seed=2**32 - 1, backend=backend)
+    step_ops = yk.MaskedOps(c, A, **fixed)
+    for i, (ab_t, ab_prev) in enumerate([(0.2, 0.35), (0.35, 0.6), (0.6, 0.9)]):
+        k = yk.step_coefficients(ab_t, ab_prev, prediction="v", sampler="ddim", eta=0.5)
+        z = torch.randn(shape, generator=g) if explicit_noise else None
+        tau = 0.6 - 0.2 * i
+        got = step_ops.step(x, preds[i], tau, coefs=k, step=i + 1, clip=True, noise=z)
+        want = yk.masked_step(x, preds[i], c, A, tau, coefs=k, step=i + 1, clip=True, noise=z, **fixed)
+        assert torch.equal(got, want)
+        assert not torch.equal(got, x)
+        x = got
+    for n in (1, 2, 3):
+        coefs = TC.coefs_for("sde", n)
+        z = torch.randn(shape, generator=g) if explicit_noise else None
+        got = step_ops.combine(x, preds[:n], 0.3, coefs=coefs, step=7, noise=z)
+        want = yk.masked_combine(x, preds[:n], c, A, 0.3, coefs=coefs, step=7, noise=z, **fixed)
+        assert torch.equal(got, want)
+
+
+def test_fitting_calls_skip_the_fixed_checks(monkeypatch):
+    """The fixed arguments are checked (and A's tile stats made) once, at construction; a call whose tensors
+    have c's shape, dtype and device does not check them again, one that does not goes through the full op."""
+    _, x, c, A, preds = _loop_inputs((1, 3, 16, 20), True)
+    checked, stats_made = [], []
+    real_fixed, real_stats = ops._check_fixed, ops.tile_stats
+    monkeypatch.setattr(ops, "_check_fixed", lambda *a, **k: (checked.append(1), real_fixed(*a, **k))[1])
+    monkeypatch.setattr(ops, "tile_stats", lambda *a, **k: (stats_made.append(1), real_stats(*a, **k))[1])
+    m = yk.MaskedOps(c, A, tile=8, backend="cpp")
+    assert (len(checked), len(stats_made)) == (1, 1)
+    k = yk.step_coefficients(0.3, 0.45)
+    for step in range(1, 4):
+        m.step(x, preds[0], 0.5, coefs=k, step=step)
+        m.combine(x, preds[:2], 0.5, coefs=TC.coefs_for("ode", 2), step=step)
+    assert (len(checked), len(stats_made)) == (1, 1)
+    # another shape than c's: the full entry point, its check and its error
+    with pytest.raises(ValueError, match="model_out must have the shape of x"):
+        m.step(x, preds[0][:, :, :8], 0.5, coefs=k, step=1)
+    assert len(checked) == 1  # _check_state refused model_out before the fixed checks
+    # x of c's shape but half precision: the full op's dtype check names c (x and the model output agree)
+    with pytest.raises(TypeError, match="c has dtype torch.float32 but x has torch.float16"):
+        m.step(x.half(), preds[0].half(), 0.5, coefs=k, step=1)
+    assert len(checked) == 2
+
+
+def _split(kw_changes: dict) -> str:
+    """Where a BAD case's change goes in MaskedOps: "fixed" (construction), "call", or "" (not applicable: the
+    (ab_t, ab_prev) form of masked_step, or a change of both)."""
+    keys = set(kw_changes)
+    if keys <= FIXED:
+        return "fixed"
+    if keys <= CALL:
+        return "call"
+    return ""
+
+
+STEP_BAD = [pytest.param(n, m, e, s, id=n) for n, m, e, s in TS.BAD
+            if _split(m(*TS._good())) and n != "x-int"]  # x-int changes c too (covered by c-dtype)
+COMBINE_BAD = [pytest.param(n, ch, e, s, id=n) for n, ch, e, s in TC.BAD if _split(ch)]
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+@pytest.mark.parametrize("name, make, exc, match", STEP_BAD)
+def test_bad_step_input_names_the_argument(backend, name, make, exc, match):
+    x, o, c, A = TS._good()
+    change = make(x, o, c, A)
+    fixed = dict(c=c, A=A, tile=16, stats=None, seed=0)
+    call = dict(x=x, model_out=o, tau=0.5, coefs=yk.step_coefficients(0.3, 0.45), step=3, noise=None)
+    (fixed if _split(change) == "fixed" else call).update(change)
+    with pytest.raises(exc, match=match):
+        m = yk.MaskedOps(fixed.pop("c"), fixed.pop("A"), backend=backend, **fixed)
+        m.step(call.pop("x"), call.pop("model_out"), **call)
+    if _split(change) == "call":  # the object itself was fine: a good call after the bad one works
+        good = yk.masked_step(x, o, c, A, 0.5, coefs=yk.step_coefficients(0.3, 0.45), step=3, backend=backend)
+        assert torch.equal(m.step(x, o, 0.5, coefs=yk.step_coefficients(0.3, 0.45), step=3), good)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+@pytest.mark.parametrize("name, change, exc, match", COMBINE_BAD)
+def test_bad_combine_input_names_the_argument(backend, name, change, exc, match):
+    x, ds, c, A = TC._good()
+    fixed = dict(c=c, A=A, tile=16, seed=0)
+    call = dict(x=x, denoised=ds, tau=0.5, coefs=[0.5, 0.3, 0.2, 0.0, 0.1, 0.9, 0.4], step=0, noise=None)
+    for key, v in change.items():
+        where = fixed if key in FIXED else call
+        src = x if key == "noise" else where.get(key)
+        where[key] = v(src) if callable(v) else v
+    with pytest.raises(exc, match=match):
+        m = yk.MaskedOps(fixed.pop("c"), fixed.pop("A"), backend=backend, **fixed)
+        m.combine(call.pop("x"), call.pop("denoised"), **call)
