@@ -120,7 +120,7 @@ def host_us_per_call(fn) -> float:
 def launch_overhead_lines(have: list[str]) -> list[str]:
     """Host microseconds per call of each kernel on 1x3x64x64 with attention and Philox noise: the raw op (for
     Triton the custom_op, which torch.compile calls), the public entry point (yoda_kernels.masked_step, with its
-    checks, TileStats given as the sampler gives it), and for Triton the launch function alone (what the public
+    checks, TileStats given), MaskedOps.step (what yoda.sample calls: the fixed arguments checked once), and for Triton the launch function alone (what the public
     entry point calls outside torch.compile, and what the table times)."""
     gen = torch.Generator().manual_seed(1)
     x, o, c = (torch.randn(1, 3, 64, 64, generator=gen).to(DEV) for _ in range(3))
@@ -133,7 +133,10 @@ def launch_overhead_lines(have: list[str]) -> list[str]:
         op = torch.ops.yoda.masked_step if name == "cuda" else torch.ops.yoda.masked_step_triton
         public = lambda: yk.masked_step(x, o, c, A, 0.5, coefs=cf, seed=1234, step=5, tile=TILE,  # noqa: E731
                                         stats=stats, backend=name)  # noqa: B023
-        cells = [f"op {host_us_per_call(lambda: op(*args)):.1f}", f"public {host_us_per_call(public):.1f}"]
+        bound = yk.MaskedOps(c, A, tile=TILE, stats=stats, seed=1234, backend=name)
+        loop = lambda: bound.step(x, o, 0.5, coefs=cf, step=5)  # noqa: E731,B023 - what yoda.sample calls
+        cells = [f"op {host_us_per_call(lambda: op(*args)):.1f}", f"public {host_us_per_call(public):.1f}",
+                 f"MaskedOps.step {host_us_per_call(loop):.1f}"]
         if name == "triton":
             from yoda_kernels.triton import EAGER
 
