@@ -1066,18 +1066,19 @@ def test_inf_model_is_caught_within_a_few_steps_and_checks_are_sparse(monkeypatc
         return torch.zeros_like(x) if int(t[0]) >= 45 else torch.full_like(x, float("inf"))
 
     model = CallableAdapter(fn, prediction="eps", schedule=SCHED, scale=SCALE)
-    checked = []
-    real = sampler._check_finite
-    monkeypatch.setattr(sampler, "_check_finite", lambda x, what, i, *a: (checked.append(i), real(x, what, i, *a)))
-    calls = []
+    checked, calls = [], []  # (the last step done, tensors checked) of each finiteness check: one device sync
+    real = sampler.all_finite
+    monkeypatch.setattr(sampler, "all_finite", lambda *xs: (checked.append((calls[-1], len(xs))), real(*xs))[1])
     with pytest.raises(FloatingPointError, match=r"between steps 1 and 10 \(t index 47 to 29\) of 25 steps: the "
                                                  r"model CallableAdapter of .*fn"):
         run(model, lr_image(), seed=0, steps=25, callback=lambda d: calls.append(d["i"]))
-    assert calls == list(range(11)) and checked == [0, 0, 10]  # stopped at the check after step 10
-    checked.clear()
+    # stopped at the check after step 10; only then is each looked at alone (the model output: the culprit)
+    assert calls == list(range(11)) and checked == [(0, 2), (10, 2), (10, 1)]
+    checked.clear(), calls.clear()
     good = CallableAdapter(lambda x, t, c: torch.zeros_like(x), prediction="eps", schedule=SCHED, scale=SCALE)
-    assert torch.isfinite(run(good, lr_image(), seed=0, steps=25)).all()
-    assert checked == [0, 0, 10, 10, 20, 20, 24, 24]  # model output and state at steps 0, 10, 20 and the last
+    assert torch.isfinite(run(good, lr_image(), seed=0, steps=25, callback=lambda d: calls.append(d["i"]))).all()
+    # model output and state together at steps 0, 10, 20 and the last; the decoded image once
+    assert checked == [(0, 2), (10, 2), (20, 2), (24, 2), (24, 1)]
 
 
 def test_nan_from_decode_is_an_error():
@@ -1192,6 +1193,28 @@ def test_all_finite_is_exact(dtype):
     for name, t in cases.items():
         assert all_finite(t) == bool(torch.isfinite(t).all()), name
     assert all_finite(cases["overflowing sum"]) and not torch.isfinite(cases["overflowing sum"].sum())
+    # several tensors at once (one device sync): finite only when each is, whichever holds the NaN or Inf
+    for a in cases.values():
+        for b in cases.values():
+            assert all_finite(a, b) == (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_check_lr_takes_an_overflowing_sum_and_refuses_nan_and_inf(dtype):
+    """check_lr reads the sum, least and greatest value in one transfer: an lr whose sum overflows its dtype (a
+    white fp16 image of 300² pixels) is taken, one NaN or Inf anywhere is refused, and the range is that of lr."""
+    from yoda.sampling.spec import check_lr
+
+    white = torch.ones(1, 3, 300, 300, dtype=dtype)
+    assert not torch.isfinite(white.sum()) or dtype != torch.float16
+    assert torch.equal(check_lr(white), white)
+    for v in (float("nan"), float("inf"), -float("inf")):
+        bad = white.clone()
+        bad[0, 1, 7, 9] = v
+        with pytest.raises(ValueError, match="lr contains NaN or Inf"):
+            check_lr(bad)
+    with pytest.raises(ValueError, match=r"lr"):
+        check_lr(white * 1.5)  # out of [-1, 1] by more than rounding
 
 
 def test_warns_for_a_network_in_training_mode_and_for_a_0_1_image():

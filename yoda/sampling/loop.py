@@ -202,9 +202,10 @@ def sample(
                 spec.callback(run.report(i, x, x_new, pred, calls, extra))
             x = x_new
             if i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1:  # cheap: not every step
-                name = _model_name(model, adapter)
-                _check_finite(pred, "the model output", i, last_ok, spec.pairs, name)
-                _check_finite(x, "the state", i, last_ok, spec.pairs, name)
+                if not all_finite(pred, x):  # one device sync for both; which one, only when one is not
+                    name = _model_name(model, adapter)
+                    _check_finite(pred, "the model output", i, last_ok, spec.pairs, name)
+                    _check_finite(x, "the state", i, last_ok, spec.pairs, name)
                 last_ok = i
             pred = extra = x_new = None  # only x (and a solver's history) is held through the next model call
         sr = run.decode(x)
