@@ -26,6 +26,14 @@ def test_bad_args():
         tau_at(1, 0)
     with pytest.raises(ValueError, match="lower_bound"):
         tau_at(1, 10, -0.1)
+    # what tau_at's short way (plain ints and a float) must leave to the checks
+    for bad_lb in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="lower_bound must be a finite float"):
+            tau_at(5, 10, bad_lb)
+    with pytest.raises(TypeError, match="t must be an int"):
+        tau_at(True, 10, 0.5)
+    with pytest.raises(ValueError, match="t must be in 1..T=10"):
+        tau_at(11, 10, 0.5)
     with pytest.raises(ValueError, match="lower_bound"):
         pixel_update_ratio(torch.rand(1, 1, 4, 4), float("nan"))
     with pytest.raises(ValueError, match="A must be"):

@@ -71,6 +71,8 @@ def check_unit_range(A: torch.Tensor, name: str = "A") -> None:
 
 def tau_at(t: int, T: int, lower_bound: float = 0.6) -> float:
     """tau(t) = t / T - lower_bound for DESIGN's t in 1..T (t = 0-based index + 1). Float64 scalar."""
+    if type(t) is int and type(T) is int and type(lower_bound) is float and 1 <= t <= T and 0 <= lower_bound < math.inf:
+        return t / T - lower_bound  # plain ints and a float in range (the sampler's every step): nothing to convert
     T = check_T(T)
     if (isinstance(t, torch.Tensor) and t.is_floating_point()) or (
             isinstance(t, numbers.Real) and not isinstance(t, numbers.Integral)):

@@ -139,6 +139,11 @@ class Schedule:
         """alpha_bar (T,) float64: alpha_bar[idx] = prod_{k <= idx} (1 - betas[k])."""
         return torch.cumprod(1.0 - self.betas, dim=0)
 
+    @cached_property
+    def _alpha_bars(self) -> list:
+        """alphas_cumprod as Python floats, for pairs() (float(tensor[i]) costs about 1 us of host time a value)."""
+        return self.alphas_cumprod.tolist()
+
     @property
     def zero_terminal_snr(self) -> bool:
         """Whether alpha_bar[T-1] = 0 (the last beta is exactly 1): the first sampling step starts from pure noise
@@ -237,10 +242,9 @@ class Schedule:
         samplers (LDM's DDIM: alphas_prev starts with alpha_bar[0]; diffusers' with set_alpha_to_one False) end at
         alpha_bar[0]."""
         idxs = self.respace(steps, spacing)
-        ab = self.alphas_cumprod
-        final = float(ab[0]) if spacing in FINAL_AT_FIRST else 1.0
-        nxt = idxs[1:] + [-1]
-        return [(i, float(ab[i]), final if j < 0 else float(ab[j])) for i, j in zip(idxs, nxt)]
+        ab = [self._alpha_bars[i] for i in idxs]
+        final = self._alpha_bars[0] if spacing in FINAL_AT_FIRST else 1.0
+        return [(i, a, b) for i, a, b in zip(idxs, ab, ab[1:] + [final])]
 
     # ------------------------------------------------------------------------------------------------------
     # Serialisation and comparison
