@@ -306,8 +306,10 @@ def all_finite(*xs: torch.Tensor) -> bool:
     every term finite; only a non-finite sum (a NaN or Inf, or finite values whose sum overflows) takes the full
     elementwise check. ``torch.isfinite(x).all()`` writes a bool tensor first: 389 ms against 10 ms for the sum on
     a 3x4096^2 float32 state (one core of the 2-core development CPU)."""
-    sums = xs[0].sum() if len(xs) == 1 else torch.stack([x.sum().float() for x in xs])
-    if bool(torch.isfinite(sums).all()):
+    total = xs[0].sum()
+    for x in xs[1:]:  # a NaN or an Inf in any sum makes the total NaN or Inf (+Inf and -Inf: NaN)
+        total = total + x.sum()
+    if bool(torch.isfinite(total)):
         return True
     return all(bool(torch.isfinite(x).all()) for x in xs)
 
