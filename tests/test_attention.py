@@ -1,5 +1,7 @@
 """yoda.attention: the shared pipeline, the non-learnable extractors, get() and the figure."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -165,6 +167,25 @@ def test_aggregate_is_max_resize_minmax():
     assert bool((A[1] == 1).all())
 
 
+def test_a_grid_finer_than_the_image_keeps_every_hot_cell():
+    """DINO enlarges an LR whose short side is under 224 / 8 = 28 patches; its patch grid is then finer than the LR.
+    Resized bilinearly (no antialiasing), a 16-pixel side read 2 of every 1.75 cells: of two equally hot patches,
+    one could come out at 1.6% of the other. Max-pooled, each pixel is as hot as the hottest cell it covers, and
+    every hot cell reaches 1 wherever it lies; the coarse side of a mixed grid is still resized bilinearly."""
+    for i in range(28):
+        for j in range(28):
+            maps = torch.zeros(1, 2, 28, 28)
+            maps[0, 0, i, j] = maps[0, 1, 20, 20] = 0.7
+            A = att.aggregate(maps, (16, 16))
+            y, x = i * 16 // 28, j * 16 // 28  # the pixel that covers cell (i, j)
+            assert float(A[0, 0, y, x]) == 1.0 and float(A[0, 0, 11, 11]) == 1.0, (i, j)
+    # rows finer than the image, columns coarser: pooled along the rows, bilinear along the columns
+    maps = torch.rand(1, 1, 40, 5, generator=torch.Generator().manual_seed(3))
+    pooled = F.adaptive_max_pool2d(maps, (10, 5))
+    ref = minmax_normalize(F.interpolate(pooled, size=(10, 12), mode="bilinear", align_corners=False))
+    assert torch.equal(att.aggregate(maps, (10, 12)), ref)
+
+
 def test_minmax_against_float64():
     g = torch.Generator().manual_seed(2)
     m = torch.randn(3, 1, 9, 11, generator=g) * 5 + 3
@@ -282,6 +303,7 @@ BAD = [
     (lambda: torch.zeros(1, 3, 8, 8).index_fill_(3, torch.tensor([1]), float("inf")), ValueError, "lr contains NaN or inf"),
     (lambda: torch.rand(1, 3, 8, 8) * 255, ValueError, r"lr values must lie in \[-1, 1\]"),
     (lambda: torch.full((1, 3, 8, 8), -1.3), ValueError, r"lr values must lie in \[-1, 1\] .*lr.clamp\(-1, 1\)"),
+    (lambda: torch.zeros(1, 3, 8, 8, device="meta"), ValueError, "lr is on the meta device"),
 ]
 
 
@@ -749,6 +771,17 @@ def test_attention_figure_bad_inputs(kw, exc, msg):
     args.update(kw)
     with pytest.raises(exc, match=msg):
         att.attention_figure(**args)
+
+
+def test_attention_figure_warns_of_a_stretched_map():
+    """A map whose aspect ratio is not the image's (another image's, or its sides swapped) was drawn stretched
+    without a word, where yoda.sample warns; a map of the image's shape at another scale is not warned of."""
+    lr = torch.zeros(1, 3, 8, 12)
+    with pytest.warns(UserWarning, match="A of size 12x8 is stretched to the 8x12 image"):
+        att.attention_figure(lr, torch.rand(1, 1, 12, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        att.attention_figure(lr, torch.rand(1, 1, 32, 48))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

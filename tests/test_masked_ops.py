@@ -124,3 +124,21 @@ def test_bad_combine_input_names_the_argument(backend, name, change, exc, match)
     with pytest.raises(exc, match=match):
         m = yk.MaskedOps(fixed.pop("c"), fixed.pop("A"), backend=backend, **fixed)
         m.combine(call.pop("x"), call.pop("denoised"), **call)
+
+
+def test_what_the_public_ops_refuse_is_refused():
+    """None where a tensor belongs (a missing estimate took the fast path and its term was left out), and inputs
+    that want a gradient (the kernels have no backward): the public ops' errors."""
+    _, x, c, A, preds = _loop_inputs((1, 3, 16, 20), True)
+    k, coefs = yk.step_coefficients(0.3, 0.45), [0.5, 0.3, 0.2, 0.0, 0.1, 0.9, 0.4]
+    for backend in ("naive", "cpp"):
+        m = yk.MaskedOps(c, A, tile=8, backend=backend)
+        with pytest.raises(TypeError, match=r"denoised\[1\] must be a torch.Tensor"):
+            m.combine(x, [preds[0], None], 0.5, coefs=coefs)
+        with pytest.raises(TypeError, match="model_out must be a torch.Tensor"):
+            m.step(x, None, 0.5, coefs=k)
+        if backend != "naive":  # the reference differentiates
+            with pytest.raises(RuntimeError, match="not differentiable on the 'cpp' backend"):
+                m.step(x, preds[0].clone().requires_grad_(), 0.5, coefs=k)
+            with pytest.raises(RuntimeError, match="not differentiable on the 'cpp' backend"):
+                m.combine(x.clone().requires_grad_(), preds[:2], 0.5, coefs=coefs)

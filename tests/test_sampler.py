@@ -1213,8 +1213,28 @@ def test_check_lr_takes_an_overflowing_sum_and_refuses_nan_and_inf(dtype):
         bad[0, 1, 7, 9] = v
         with pytest.raises(ValueError, match="lr contains NaN or Inf"):
             check_lr(bad)
-    with pytest.raises(ValueError, match=r"lr"):
+    with pytest.raises(ValueError, match=r"lr values must lie in \[-1, 1\]"):
         check_lr(white * 1.5)  # out of [-1, 1] by more than rounding
+
+
+def test_check_lr_reads_float64_values_exactly():
+    """The range check and the [0, 1] warning see a float64 lr's own least and greatest values (rounded to float32
+    they let 1 + LR_MARGIN + 1e-12 through, and warned of a darkest pixel of 0.0200000001)."""
+    from yoda.attention.classic import LR_MARGIN
+    from yoda.sampling.spec import check_lr
+
+    lr = torch.linspace(-0.5, 0.5, 48, dtype=torch.float64).reshape(1, 3, 4, 4)
+    lr[0, 0, 0, 0] = 1 + LR_MARGIN + 1e-12
+    with pytest.raises(ValueError, match="lr values must lie in"):
+        check_lr(lr)
+    bright = torch.full((1, 3, 4, 4), 0.9, dtype=torch.float64)
+    bright[0, 0, 0, 0] = 0.0200000001
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_lr(bright)  # darkest pixel above 0.02: no warning
+    bright[0, 0, 0, 0] = 0.02
+    with pytest.warns(UserWarning, match="lr has no negative value"):
+        check_lr(bright)
 
 
 def test_warns_for_a_network_in_training_mode_and_for_a_0_1_image():

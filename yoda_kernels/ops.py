@@ -490,22 +490,22 @@ class MaskedOps:
     What the loop keeps fixed (c, A, its tile statistics, tile, seed, backend) is checked once, here; each call
     checks what changes (tau, coefs, step, noise) and that its tensors have c's shape, dtype and device. A call
     whose tensors fail that test goes through the full entry point: the same result, or the same error naming the
-    argument. Each result is masked_step's / masked_combine's with the same arguments, bit for bit."""
+    argument. Each result is masked_step's / masked_combine's with the same arguments, bit for bit, as long as A
+    is not changed in place after construction (its tile statistics are made once, here)."""
 
     def __init__(self, c: torch.Tensor, A: Optional[torch.Tensor] = None, *, tile: int = 16,
                  stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None, seed: int = 0,
                  backend: Union[str, Backend] = "auto"):
-        _check_state("c", c)
         philox.check_seed_step(seed, 0)
-        A, tile, name, tmax, tmin = _check_fixed(c, c, A, tile, stats, backend, ref="c")
+        A, tile, name, self._tmax, self._tmin = _check_fixed(c, c, A, tile, stats, backend, ref="c")
         self.c, self.A, self.tile, self.seed = c, A, tile, int(seed)
-        self.stats = None if A is None else TileStats(tmax, tmin)
+        self.stats = None if A is None else TileStats(self._tmax, self._tmin)
         self.backend = Backend(name, c.device.type)
 
-    def _fits(self, *tensors: Optional[torch.Tensor]) -> bool:
+    def _fits(self, *tensors: torch.Tensor) -> bool:
         c = self.c
-        return all(t is None or (isinstance(t, torch.Tensor) and t.shape == c.shape and t.dtype == c.dtype
-                                 and t.device == c.device) for t in tensors)
+        return all(isinstance(t, torch.Tensor) and t.shape == c.shape and t.dtype == c.dtype and t.device == c.device
+                   for t in tensors)
 
     def step(self, x: torch.Tensor, model_out: torch.Tensor, tau: float = 0.0, *, coefs: Sequence[float],
              step: int = 0, clip: bool = False, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -516,9 +516,9 @@ class MaskedOps:
                                noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
         tau, coefs = _check_call(x, self.A, tau, coefs, NUM_COEFS, self.seed, step, noise)
         _check_no_grad("masked_step", self.backend.name, x, model_out, self.c, self.A, noise)
-        s = self.stats or (None, None)
         return _impl("masked_step", self.backend.name, x)(
-            x, model_out, self.c, self.A, s[0], s[1], tau, coefs, bool(clip), self.seed, int(step), noise, self.tile
+            x, model_out, self.c, self.A, self._tmax, self._tmin, tau, coefs, bool(clip), self.seed, int(step), noise,
+            self.tile
         )
 
     def combine(self, x: torch.Tensor, denoised: Sequence[torch.Tensor], tau: float = 0.0, *, coefs: Sequence[float],
@@ -535,9 +535,9 @@ class MaskedOps:
                 raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
         d = list(denoised) + [None] * (MAX_HISTORY - len(denoised))
         _check_no_grad("masked_combine", self.backend.name, x, *d, self.c, self.A, noise)
-        s = self.stats or (None, None)
         return _impl("masked_combine", self.backend.name, x)(
-            x, d[0], d[1], d[2], self.c, self.A, s[0], s[1], tau, coefs, self.seed, int(step), noise, self.tile
+            x, d[0], d[1], d[2], self.c, self.A, self._tmax, self._tmin, tau, coefs, self.seed, int(step), noise,
+            self.tile
         )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Tuple
 
 import numpy as np
@@ -53,6 +54,16 @@ def check_lr_range(name: str, lo: float, hi: float) -> None:
                          f"ones; lr.clamp(-1, 1) for a resize's overshoot), got range [{lo:.4g}, {hi:.4g}]")
 
 
+def warn_if_stretched(src: str, map_hw: Tuple[int, int], image_hw: Tuple[int, int], stacklevel: int) -> None:
+    """A UserWarning when no scale of the image gives the map's size to within a pixel a side (the rounding of a
+    patch model's map): a map of another image, or one with its sides swapped, would be stretched silently."""
+    (h, w), (H, W) = map_hw, image_hw
+    if max((h - 1) / H, (w - 1) / W) > min((h + 1) / H, (w + 1) / W):
+        warnings.warn(f"{src} of size {h}x{w} is stretched to the {H}x{W} image, whose aspect ratio differs: a map "
+                      "of another image, or one with its height and width swapped?", UserWarning,
+                      stacklevel=stacklevel + 1)
+
+
 def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
     """Validate an LR batch and return it as float32 (B, 3, h, w) in [-1, 1].
 
@@ -73,6 +84,8 @@ def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
         raise ValueError(f"{name} is empty (shape {tuple(lr.shape)})")
     if not lr.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor with values in [-1, 1], got {lr.dtype}")
+    if lr.is_meta:
+        raise ValueError(f"{name} is on the meta device (a shape without values): an attention map needs the image")
     x = lr.detach().float()
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
@@ -114,7 +127,8 @@ def minmax_normalize(m: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
 def aggregate(maps: torch.Tensor, size: Tuple[int, int], cell_centre: float = 0.5) -> torch.Tensor:
     """The shared pipeline: (B, K, h', w') maps -> A (B, 1, h, w) float32 in [0, 1].
 
-    A = minmax( bilinear_resize( max_k maps[:, k], size ) ). cell_centre: where cell i of the grid sits, at
+    A = minmax( bilinear_resize( max_k maps[:, k], size ) ), a grid finer than ``size`` max-pooled to it first (a
+    pixel is as attended as the most attended cell it covers). cell_centre: where cell i of the grid sits, at
     i + cell_centre cells from the image's edge: 0.5, a patch's middle (a ViT's; bilinear with align_corners=False),
     or 0.5 / stride for a CNN whose cell i is centred on its input pixel stride * i (a ResNet's layer4, stride 32).
     Either way the map is held constant beyond the first and last cell centres.
@@ -124,8 +138,13 @@ def aggregate(maps: torch.Tensor, size: Tuple[int, int], cell_centre: float = 0.
     m = maps.float().amax(dim=1, keepdim=True)
     if cell_centre != 0.5:
         return minmax_normalize(_resample_cells(m, tuple(size), cell_centre))
-    if tuple(m.shape[-2:]) != tuple(size):
-        m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+    (n, k), (h, w) = m.shape[-2:], size
+    if n > h or k > w:  # a grid finer than the image (a small LR enlarged for the network): each pixel takes the
+        # most attended cell it covers; bilinear would read two cells a side and lose the others (a single hot
+        # patch fell to 1.6% of an equal one elsewhere at 28 -> 16)
+        m = F.adaptive_max_pool2d(m, (min(n, h), min(k, w)))
+    if tuple(m.shape[-2:]) != (h, w):
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
     return minmax_normalize(m)
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..drawing import font as _font
-from .classic import check_lr_range
+from .classic import check_lr_range, warn_if_stretched
 
 __all__ = ["attention_figure", "colormap", "colour_key"]
 
@@ -217,6 +217,7 @@ def attention_figure(
     a = _image0(A, "A", (1,))
     if float(a.min()) < 0.0 or float(a.max()) > 1.0:
         raise ValueError(f"A values must lie in [0, 1], got min {float(a.min()):.4g}, max {float(a.max()):.4g}")
+    warn_if_stretched("A", tuple(a.shape[-2:]), tuple(x.shape[-2:]), stacklevel=2)
     steps = None if steps is None else as_int(steps, "steps")
     if steps is not None and ts is None and steps <= MAX_STEP_PANELS:
         ts = [i + 1 for i in visited_steps(T, steps)]

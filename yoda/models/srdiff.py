@@ -554,7 +554,8 @@ class SRDiffAdapter(Adapter):
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
         t = t.float() if t.is_floating_point() else t.long()  # a solver's fractional t: sinusoidal embedding
         # run in the weights' dtype, return the state's; prepare made the features in it (a lookup through
-        # parameters() would cost 5 us of host time a step)
+        # parameters() would cost 5 us of host time a step): a cond made before the model's dtype changed
+        # (model.half()) must be made again
         dt = cond.feas[0].dtype
         out = self.model(_as(x_t, dt), t, [_as(f, dt) for f in cond.feas], _as(cond.up, dt))
         return _as(out, x_t.dtype)

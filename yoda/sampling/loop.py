@@ -69,7 +69,9 @@ def sample(
     model: an Adapter, an object with ``yoda_adapter()``, or a callable wrapped by yoda.adapters.as_adapter.
     lr: (B, 3, h, w) or (B, 1, h, w) in [-1, 1].
     attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
-        bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get, or f(lr) -> A.
+        bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get (a "dino-...:PATH"
+        name reads its weights at every call: pass yoda.attention.get(name), made once, to sample many), or
+        f(lr) -> A.
     steps: sampling steps (default: the model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T;
         with attention the model's steps are raised to the fewest whose last step refines every pixel (at most
         yoda.sampling.spec.MOST_YODA_STEPS; 2 for the embedded model at lower_bound 0.6, as the CLI takes them),

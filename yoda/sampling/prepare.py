@@ -6,7 +6,6 @@ them (denoise, step or solve, report) and the start and the end (start, decode).
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, Optional
 
 import torch
@@ -17,7 +16,7 @@ import yoda_kernels as K
 from .. import attention as _attention
 from .. import masks
 from ..adapters import Adapter, hr_grid, padded_lr_side
-from ..attention.classic import minmax_normalize
+from ..attention.classic import minmax_normalize, warn_if_stretched
 from .spec import SamplingSpec, Windows, all_finite, check_noise, noise_entries
 from .tiles import Tiler, checked_output, default_overlap
 
@@ -282,11 +281,8 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
         if not isinstance(attention, torch.Tensor):
             raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")
     A = checked_map(attention, src, lr)
-    (h, w), (H, W) = A.shape[2:], hr_size
-    # no scale of the image gives the map's size to a pixel a side (the rounding of a patch model's map)
-    if not extracted and max((h - 1) / H, (w - 1) / W) > min((h + 1) / H, (w + 1) / W):
-        warnings.warn(f"{src} of size {h}x{w} is stretched to the {H}x{W} image, whose aspect ratio differs: a map "
-                      "of another image, or one with its height and width swapped?", UserWarning, stacklevel=4)
+    if not extracted:
+        warn_if_stretched(src, tuple(A.shape[2:]), hr_size, stacklevel=4)
     if tuple(A.shape[2:]) != hr_size:
         A = F.interpolate(A, size=hr_size, mode="bilinear", align_corners=False)
         if extracted:  # DESIGN §3: resize, then min-max per image (upsampling pulls the peak below 1)
