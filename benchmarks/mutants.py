@@ -47,7 +47,7 @@ class Mutant:
 MUTANTS = [
     # ---- the holes of issue 15 -----------------------------------------------------------------------------
     Mutant("window-axes", "yoda/sampling/tiles.py",
-           "float(A[..., ys, xs].amax())", "float(A[..., xs, ys].amax())",
+           "A[..., ys, xs].amax() for ys, xs in spans", "A[..., xs, ys].amax() for ys, xs in spans",
            ("tests/test_sampler.py", "-k", "tiled"),
            "window maximum over swapped axes: wrong windows skipped on a non-square image"),
     Mutant("window-batch-split", "yoda/sampling/tiles.py",

@@ -72,16 +72,17 @@ class Tiler:
                  device, batch: Optional[int] = None, activation_scale: int = 1) -> None:
         self.skip = skip
         H, W = shape[-2:]
+        spans = [(slice(y, min(y + window, H)), slice(x, min(x + window, W)))
+                 for y in window_starts(H, window, overlap) for x in window_starts(W, window, overlap)]
+        # each window's attention maximum, read back in one transfer (one device sync, not one a window)
+        wmaxes = [None] * len(spans) if A is None else torch.stack([A[..., ys, xs].amax() for ys, xs in spans]).tolist()
         self.windows = []
         weights: dict = {}  # one blending weight per window size, shared by the windows of that size
-        for y in window_starts(H, window, overlap):
-            for x in window_starts(W, window, overlap):
-                ys, xs = slice(y, min(y + window, H)), slice(x, min(x + window, W))
-                wmax = None if A is None else float(A[..., ys, xs].amax())
-                size = (ys.stop - ys.start, xs.stop - xs.start)
-                if size not in weights:
-                    weights[size] = _gauss_1d(size[0], device)[:, None] * _gauss_1d(size[1], device)[None, :]
-                self.windows.append((ys, xs, wmax, weights[size]))
+        for (ys, xs), wmax in zip(spans, wmaxes):
+            size = (ys.stop - ys.start, xs.stop - xs.start)
+            if size not in weights:
+                weights[size] = _gauss_1d(size[0], device)[:, None] * _gauss_1d(size[1], device)[None, :]
+            self.windows.append((ys, xs, wmax, weights[size]))
         hmax, wmax_ = min(window, H), min(window, W)
         self.batch = int(batch) if batch is not None else default_window_batch(
             shape[0], shape[1], hmax, wmax_, activation_scale=activation_scale)
