@@ -762,6 +762,10 @@ def test_stack_conds_default():
         (None, {"attention": torch.rand(1, 2, 8, 8)}, ValueError, "attention must be"),
         (None, {"attention": torch.rand(1, 1, 8, 8) + 1}, ValueError, r"attention values must be in \[0, 1\]"),
         (None, {"attention": torch.full((1, 1, 8, 8), float("nan"))}, ValueError, "attention contains NaN"),
+        (None, {"attention": torch.rand(1, 1, 8, 8).index_fill_(3, torch.tensor([2]), float("inf"))}, ValueError,
+         "attention contains NaN or Inf"),
+        (None, {"attention": torch.rand(1, 1, 8, 8).index_fill_(2, torch.tensor([5]), float("nan"))}, ValueError,
+         "attention contains NaN or Inf"),
         # checked when lower_bound >= 1 leaves it unused too (a NaN map passed silently)
         (None, {"attention": torch.full((1, 1, 8, 8), float("nan")), "lower_bound": 1.0}, ValueError,
          "attention contains NaN"),

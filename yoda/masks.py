@@ -63,8 +63,11 @@ def check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:
 
 
 def check_unit_range(A: torch.Tensor, name: str = "A") -> None:
-    """ValueError naming ``name`` unless every value of A is in [0, 1] (within A_MARGIN)."""
-    lo, hi = (v.item() for v in torch.aminmax(A.detach()))
+    """ValueError naming ``name`` unless every value of A is finite and in [0, 1] (within A_MARGIN). One reduction and
+    one transfer (a device sync): a NaN or an Inf shows in A's least or greatest value."""
+    lo, hi = torch.stack(torch.aminmax(A.detach())).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or Inf")
     if lo < -A_MARGIN or hi > 1.0 + A_MARGIN:
         raise ValueError(f"{name} values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
 
