@@ -288,8 +288,12 @@ def _check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A"
     return A
 
 
-def _check_nan(name: str, t: torch.Tensor) -> None:
-    if torch.isnan(t).any():
+def _check_nan(name: str, *tensors: torch.Tensor) -> None:
+    """ValueError if any of ``tensors`` holds a NaN: one device sync for all of them."""
+    found = torch.isnan(tensors[0]).any()
+    for t in tensors[1:]:
+        found = found | torch.isnan(t).any()
+    if found:
         raise ValueError(f"{name} contains NaN")
 
 
@@ -325,8 +329,7 @@ def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] 
         raise TypeError(f"A must be a float tensor, got {A.dtype}")
     tile = check_tile(tile)
     tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device), A)(A.contiguous(), tile)
-    _check_nan("A", tmax)
-    _check_nan("A", tmin)
+    _check_nan("A", tmax, tmin)
     return TileStats(tmax, tmin)
 
 
@@ -450,8 +453,7 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
             raise ValueError(f"stats must be float32 tensors on {x.device} (tile_stats(A, {tile}))")
         if given and not isinstance(stats, TileStats):  # a tile holding a NaN of A has NaN stats (TileStats:
             # tile_stats refused that when it made them)
-            _check_nan("A", tmax)
-            _check_nan("A", tmin)
+            _check_nan("A", tmax, tmin)
     return A, tile, backend, tmax, tmin
 
 
