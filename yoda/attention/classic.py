@@ -87,9 +87,9 @@ def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
     if lr.is_meta:
         raise ValueError(f"{name} is on the meta device (a shape without values): an attention map needs the image")
     x = lr.detach().float()
-    if not bool(torch.isfinite(x).all()):
+    lo, hi = torch.stack(torch.aminmax(x)).tolist()  # a NaN or an inf shows in the extremes: one device sync
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or inf")
-    lo, hi = float(x.min()), float(x.max())
     check_lr_range(name, lo, hi)  # yoda.sample's margin: what it takes, its extractors take
     x = x.clamp(-1.0, 1.0)
     if x.shape[1] == 1:
