@@ -1378,3 +1378,29 @@ def test_default_attention_to_state_halving_is_2x2_means():
     A = torch.rand(2, 1, 8, 12, generator=torch.Generator().manual_seed(0))
     got = Adapter().attention_to_state(A, torch.Size([2, 3, 4, 6]))
     torch.testing.assert_close(got, torch.nn.functional.avg_pool2d(A, 2), rtol=0, atol=1e-6)
+
+
+def test_host_reads_do_not_grow_with_steps_or_windows(monkeypatch):
+    """Every read of a tensor's value on the host (``.item()``, ``float()``, ``bool()``, ``.tolist()``) is a device
+    sync on a GPU, after which the GPU waits for the host. yoda.sample reads a fixed few a call (lr's check, the
+    attention map's, the tile statistics', the windows' maxima, the decoded image's) and one a finiteness check
+    (FINITE_EVERY steps): none a step, none a window (the windows' maxima were read one by one, the tile
+    statistics' NaN search and lr's range took three reads each)."""
+    reads = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda t, *a, _real=real, _name=name: (reads.append(_name), _real(t, *a))[1])
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr = lr_image(h=16, w=24)
+
+    def count(steps, windows):
+        reads.clear()
+        run(model, lr, steps=steps, attention="gaussian", lower_bound=0.3, seed=1, windows=windows, backend="cpp")
+        return len(reads)
+
+    count(11, (16, 4))  # once first: the schedule's alpha_bar list is made (on the CPU) at the first call
+    base = count(11, (16, 4))  # 12 windows; finiteness checks after steps 0, 10
+    assert count(11, (8, 2)) == base  # 35 windows
+    assert count(21, (16, 4)) == base + 1  # one check more (after step 20)
+    assert base <= 12, reads

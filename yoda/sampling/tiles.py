@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from ..adapters import Adapter
@@ -105,7 +106,7 @@ class Tiler:
         """-> (blended prediction of x's shape and dtype, number of windows denoised). The windows go through the
         model in batches (self.last_batches forward passes); each window's output is added in window order, so
         the result is that of one call per window wherever the model treats batch elements independently."""
-        tau32 = torch.tensor(tau, dtype=torch.float32).item()  # compare as the kernels do, in float32
+        tau32 = float(np.float32(tau))  # compare as the kernels do, in float32
         todo = [win for win in self.windows if not (self.skip and win[2] is not None and not win[2] >= tau32)]
         B = x.shape[0]
         self.last_batches = 0
