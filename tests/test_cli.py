@@ -459,6 +459,16 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     for bad in ("0", "-5"):
         code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--lr-size", bad], capsys)
         assert code == 2 and err.count("\n") == 1 and f"--lr-size must be >= 1, got {bad}" in err
+    code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--lr-size", "5000"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--lr-size 5000 is too large for astronaut (512x512) at x4: at most 128" in err
+
+
+def test_demo_names_yodas_steps_as_yodas(tmp_path, capsys):
+    """yoda demo always has a YODA column; with the model's own steps (1 for the embedded model) it takes YODA's
+    2, and its note said so naming --attention, a flag the user never gave."""
+    code, stdout, err = run(["demo", "-o", str(tmp_path / "d.png"), "--lr-size", "8", "-q"], capsys)
+    assert code == 0 and "(YODA 2 steps)" in stdout.splitlines()[0] and "--attention" not in err, (stdout, err)
+    assert err.startswith("yoda: note: YODA: 2 steps, the fewest whose last step refines every pixel"), err
 
 
 def test_demo_error_maps():
@@ -581,7 +591,7 @@ def test_eval_command(tmp_path, tiny_model, capsys):
                        (["--attention", "edge", "edge"], "--attention: 'edge' is given twice"),
                        (["--lower-bounds", "0.4", "0.4"], "--lower-bounds: 0.4 is given twice"),
                        (["--lpips", "nope1", "nope2"], "--lpips: weights file not found: nope1"),
-                       (["--seed", "-1"], "--seed must be an int in [0, 2**32 - 1]")):
+                       (["--seed", "-1"], "argument --seed: '-1' must be an integer in [0, 4294967295]")):
         code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q", *args],
                            capsys)
         assert code == 2 and err.count("\n") == 1 and want in err, (args, err)
@@ -670,7 +680,7 @@ def test_demo_with_the_embedded_default_model(tmp_path, capsys):
     assert Image.open(out).size[0] > 6 * 128  # six 128-px panels in the top row
     # at the defaults the YODA column takes the steps `yoda upscale --attention` takes (2 at l = 0.6), plain 1
     code, stdout, err = run(["demo", "-o", str(out), "--lr-size", "16", "-q"], capsys)
-    assert code == 0 and "ddim 1 step (YODA 2 steps), attention edge" in stdout and "--attention: 2 steps" in err
+    assert code == 0 and "ddim 1 step (YODA 2 steps), attention edge" in stdout and "note: YODA: 2 steps" in err
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -886,7 +896,13 @@ def test_upscale_runs_tiled_over_max_memory(tmp_path, tiny_model, images, capsys
 def test_upscale_window_options_are_checked(tmp_path, tiny_model, images, capsys, no_sampling):
     """Bad --tiles / --window-batch / --max-memory values: one line, exit 2, before any sampling."""
     rgb, _ = images
-    for extra, msg in ((["--tiles", "60,8"], "multiples of 8"), (["--tiles", "64,64"], "--tiles"),
+    for extra, msg in ((["--tiles", "60,8"], "--tiles 60,8: window and overlap must be multiples of 8 (this model's "
+                                           "size multiple and scale), e.g. --tiles 56 or 64"),
+                       # the value as typed (100, not 100,24), and a window to use instead
+                       (["--tiles", "100"], "--tiles 100: window and overlap must be multiples of 8 (this model's "
+                                            "size multiple and scale), e.g. --tiles 96 or 104"),
+                       (["--tiles", "64,12"], "multiples of 8 (this model's size multiple and scale), e.g. --tiles 64"),
+                       (["--tiles", "64,64"], "--tiles"),
                        (["--tiles", "a"], "--tiles"), (["--window-batch", "0"], "--window-batch"),
                        (["--max-memory", "lots"], "--max-memory"),
                        # 0.5 (meant as GB?) was 0 bytes, which means no limit
@@ -1170,6 +1186,12 @@ def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_p
     assert code == 130 and err.endswith("yoda: interrupted\n")
     assert "1 written, 0 skipped, 0 failed, of 3 inputs in " in out
     assert out.rstrip().endswith("s; a rerun with --skip-existing makes the rest")
+    # stopped in the first input (a slow first image): the count and the hint all the same
+    monkeypatch.setattr(cli, "_upscale_one", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "b2"), *common, "-q"], capsys)
+    assert code == 130 and err.endswith("yoda: interrupted\n")
+    assert "0 written, 0 skipped, 0 failed, of 3 inputs in " in out
+    assert out.rstrip().endswith("s; a rerun with --skip-existing makes the rest")
     # a reader that went away (its end of the pipe closed before the first line): the run writes every image
     read_end, write_end = os.pipe()
     os.close(read_end)
@@ -1193,6 +1215,7 @@ def test_clashes_links_and_left_out_entries_are_all_named(tmp_path, tiny_model, 
     assert code == 2 and err.count("\n") == 1, err
     assert "a.jpg and " in err and "a.png have the same file name stem" in err and "(and 1 more: " in err
     assert "b.bmp and " in err and "b.png have the same file name stem" in err
+    assert err.rstrip().endswith("; rename one of each pair, or upscale them in separate runs")
     for name in ("a.jpg", "b.bmp"):
         (src / name).unlink()
     os.symlink(src / "c.png", src / "link.png")

@@ -251,7 +251,7 @@ def check_writable(path: PathLike, what: str = "output") -> Path:
         raise IsADirectoryError(f"{what} {p} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(_target(p)))
     if not os.path.exists(folder):
-        raise FileNotFoundError(f"{what} {p}: the folder {folder} does not exist")
+        raise FileNotFoundError(f"{what} {p}: the folder {folder} does not exist (create it first, mkdir -p)")
     if not os.path.isdir(folder):
         raise NotADirectoryError(f"{what} {p}: {folder} is not a folder")
     _probe(folder, p.name, f"{what} {p}")

@@ -120,11 +120,13 @@ def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
     from .sampling.tiles import default_overlap
 
     unit, least = hr_grid(ad)
+    typed = None if a.tiles is None else (f"{a.tiles[0]}" if a.tiles[1] is None else f"{a.tiles[0]},{a.tiles[1]}")
     if a.tiles is not None and a.tiles[1] is None:  # --tiles W: the overlap on the model's grid
         a.tiles = (a.tiles[0], default_overlap(a.tiles[0], unit))
     if a.tiles is not None and (a.tiles[0] % unit or a.tiles[1] % unit):
-        raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: window and overlap must be multiples of {unit} "
-                        f"(this model's size multiple and scale)")
+        near = sorted({max(unit, a.tiles[0] // unit * unit), -(-a.tiles[0] // unit) * unit})
+        raise UserError(f"--tiles {typed}: window and overlap must be multiples of {unit} (this model's size "
+                        f"multiple and scale), e.g. --tiles {' or '.join(map(str, near))}")
     if a.tiles is not None and a.tiles[0] < least:
         raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: the window must be at least {least} pixels, the "
                         f"smallest side this model takes")
@@ -214,13 +216,14 @@ def cmd_demo(a) -> int:
     size = a.lr_size * s
     H, W = full.shape[:2]
     if H < size or W < size:
-        raise UserError(f"--lr-size {a.lr_size} is too large for {a.image} ({W}x{H}) at x{s}")
+        raise UserError(f"--lr-size {a.lr_size} is too large for {a.image} ({W}x{H}) at x{s}: at most "
+                        f"{min(H, W) // s}")
     y, x = (H - size) // 2, (W - size) // 2
     hr_u8 = np.ascontiguousarray(full[y : y + size, x : x + size])
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
     with _user_input():  # YODA's steps as upscale takes them
-        steps = {"plain": a.steps, "YODA": checked_steps(ad, a, dev, given, yoda=True)}
+        steps = {"plain": a.steps, "YODA": checked_steps(ad, a, dev, given, yoda=True, what="YODA")}
     extractor = attention_extractor(a.attention)
     with _user_input():  # drawn: the map the sampler uses (at HR, normalised after the resize; upscale_tensor pads it)
         A = resolve_attention(extractor, lr, (size, size))

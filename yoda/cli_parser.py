@@ -102,7 +102,7 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
     if lower_bound:
         p.add_argument("--lower-bound", type=float, default=0.6,
                        help="l of the mask schedule tau = t/T - l (default 0.6; >= 1: plain sampling)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the noise, 0 to 4294967295 (default 0)")
     _device_arg(p)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars (none either when stderr is not a terminal); for upscale also no line per "
@@ -166,6 +166,17 @@ def _positive_int(v: str) -> int:
         raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"{v!r} must be an integer >= 1")
+    return n
+
+
+def _seed_arg(v: str) -> int:
+    """--seed: an integer in [0, 2**32 - 1] (yoda.sample's None, a drawn seed, has no command-line form)."""
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
+    if not 0 <= n <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{v!r} must be an integer in [0, 4294967295]")
     return n
 
 

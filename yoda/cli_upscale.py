@@ -141,21 +141,23 @@ def last_tau(adapter, a, device) -> Callable[[int], float]:
                                progress=False).taus[-1]
 
 
-def checked_steps(adapter, a, device, given: bool, *, yoda: bool) -> int:
+def checked_steps(adapter, a, device, given: bool, *, yoda: bool, what: str = "--attention") -> int:
     """The steps a run samples with: --steps (a.steps, the model's own where not ``given``) after the sampling
     options are checked on the smallest LR the model takes (a bad one raises before any work); with ``yoda``
-    (--attention), YODA's steps (yoda_steps)."""
+    (--attention), YODA's steps (yoda_steps; ``what`` names them in its note: the flag, or the demo's "YODA")."""
     tau = last_tau(adapter, a, device)
     tau(a.steps)
-    return yoda_steps(tau, a.steps, given, a.lower_bound, adapter.schedule.T) if yoda else a.steps
+    return yoda_steps(tau, a.steps, given, a.lower_bound, adapter.schedule.T, what) if yoda else a.steps
 
 
-def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_bound: float, T: int) -> int:
+def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_bound: float, T: int,
+               what: str = "--attention") -> int:
     """upscale's steps with --attention. YODA's masks widen as sampling goes on and cover every pixel once the
     threshold tau = t/T - l reaches 0 (DESIGN.md §4); with few steps the last step comes before that, and the pixels
     it leaves keep the bicubic image, next to sharpened ones: the edge between them shows. --steps not given
     (``given`` False): the fewest steps from ``steps`` up to MOST_YODA_STEPS (and T) whose last step refines every
-    pixel, with a note. Given: kept, with a note saying so. last_tau(n): the last step's tau at n steps."""
+    pixel, with a note (``what`` names them: the flag that asked for them). Given: kept, with a note saying so.
+    last_tau(n): the last step's tau at n steps."""
     from .sampling.spec import covering_steps
 
     tau = last_tau(steps)
@@ -168,7 +170,7 @@ def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_
         fix = f"; --steps {enough} refines every pixel by the end" if enough else ""
         note(f"at {steps} step(s) with --lower-bound {lower_bound:g} {left}{fix}")
         return steps
-    note(f"--attention: {enough} steps, the fewest whose last step refines every pixel (at {steps}, {left}; --steps "
+    note(f"{what}: {enough} steps, the fewest whose last step refines every pixel (at {steps}, {left}; --steps "
          "sets them)")
     return enough
 
@@ -279,15 +281,16 @@ class Tally:
         """The closing count at the end of the run, also when it is stopped (Ctrl-C, SIGTERM, a full disk)."""
         try:
             yield
-        except BaseException:
-            self.close(stopped=True)
+        except BaseException as e:
+            self.close(stopped=True, interrupted=isinstance(e, (KeyboardInterrupt, SystemExit)))
             raise
         self.close()
 
-    def close(self, stopped: bool = False) -> None:
+    def close(self, stopped: bool = False, interrupted: bool = False) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.total > 1 and (self.done or not stopped):  # not for a run stopped before its first input
+        # not for a run that failed before its first input; for one stopped (Ctrl-C, SIGTERM) in it, with the hint
+        if self.total > 1 and (self.done or not stopped or interrupted):
             skipped = self.done - self.written - self.failed
             rest = "; a rerun with --skip-existing makes the rest" if stopped and self.done < self.total else ""
             say(f"{self.where}{self.written} written, {skipped} skipped, {self.failed} failed, of {self.total} "
@@ -499,7 +502,7 @@ def output_targets(a, out_dir: Optional[Path]) -> list[str]:
         check_not_an_input(ids, dst)
     if clashes:
         more = f" (and {len(clashes) - 1} more: {'; '.join(clashes[1:])})" if len(clashes) > 1 else ""
-        raise UserError(clashes[0] + more)
+        raise UserError(clashes[0] + more + "; rename one of each pair, or upscale them in separate runs")
     check_out_folder(a.output, targets)
     return targets
 
