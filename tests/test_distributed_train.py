@@ -143,6 +143,14 @@ def _worker(folder: str) -> None:
         s = tr.run(steps=60)
         torch.save({"step": tr.step - start, "signal": s["signal"]}, os.path.join(out, f"sigterm{ranks.rank}.pt"))
         tr.close()  # its DDP wrapper goes before the group (yoda.training.report.train_main does the same)
+        # dropout on 2 ranks: 4 steps straight, and 2 steps + a resume to 4 (each rank's masks from where it was)
+        drop = TrainConfig.load("dropout.json")
+        for name, stops in (("drop_full", (4,)), ("drop_resumed", (2, 4))):
+            for n in stops:
+                tr = Trainer(drop, name, device="cpu", progress=False, ranks=ranks)
+                tr.run(steps=n)
+                tr.close()
+            torch.save(tr.model.state_dict(), os.path.join(name, f"rank{ranks.rank}.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +160,8 @@ def two_ranks(tmp_path_factory):
     folder = _images(str(tmp / "imgs"))
     configs = {"cli": _config(folder),  # SR3, YODA input mixing + masked L1 loss
                "trainer": _config(folder, model=TINY_SRDIFF, steps=4, warmup=3, grad_clip=0.05,
-                                  loss={"space": "residual", "mask_loss": True, "loss": "l2", "target": "x0"})}
+                                  loss={"space": "residual", "mask_loss": True, "loss": "l2", "target": "x0"}),
+               "dropout": _config(folder, model={**TINY_SR3, "dropout": 0.3}, steps=4, ckpt_every=2)}
     for name, d in configs.items():
         (tmp / f"{name}.json").write_text(json.dumps(d))
     stdout = _torchrun([os.path.abspath(__file__), "--worker", str(tmp)], tmp)
@@ -286,3 +295,18 @@ def test_rank_device(monkeypatch):
     assert rank_device(torch.device("cuda"), 4, 0) == torch.device("cuda", 0)
     assert rank_device(torch.device("cuda", 1), 1, 3) == torch.device("cuda", 1)
     assert rank_device(torch.device("cpu"), 4, 3) == torch.device("cpu")
+
+
+def test_dropout_ranks_resume_their_own_masks(two_ranks):
+    """With dropout each DDP rank draws its own masks from its own generator state. Only rank 0's was saved, and
+    a resume reseeded every rank: a run stopped at step 2 and resumed drew step 1's masks again (1.2e-2 off an
+    uninterrupted run after 30 steps). Now every rank's state is in the checkpoint: the same weights, bit for bit."""
+    tmp, _, _ = two_ranks
+    for r in range(2):
+        full = torch.load(tmp / "drop_full" / f"rank{r}.pt", weights_only=True)
+        resumed = torch.load(tmp / "drop_resumed" / f"rank{r}.pt", weights_only=True)
+        assert full.keys() == resumed.keys()
+        for k in full:
+            assert torch.equal(full[k], resumed[k]), (r, k)
+    st = torch.load(tmp / "drop_resumed" / "checkpoint.pt", weights_only=True)
+    assert len(st["rank_rng"]) == 2 and not torch.equal(st["rank_rng"][0][0], st["rank_rng"][1][0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -110,6 +111,18 @@ def all_reduce_sum(t: torch.Tensor, ranks: Ranks) -> torch.Tensor:
 
     out = t.detach().clone()
     dist.all_reduce(out)
+    return out
+
+
+def gather_to_main(obj, ranks: Ranks) -> Optional[list]:
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the others. A collective: every rank
+    calls it. One process: [obj]."""
+    if ranks.world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * ranks.world if ranks.main else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 

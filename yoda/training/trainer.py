@@ -40,7 +40,7 @@ from ..heldout import held_out_copy
 from ..photos import check_not_held_out
 from ..torchrun import main_rank
 from .config import TrainConfig, _json_form, absolute_folders
-from .distributed import Ranks, all_reduce_sum, barrier, check_group, local_batch, wrap_ddp
+from .distributed import Ranks, all_reduce_sum, barrier, check_group, gather_to_main, local_batch, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
 from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensors
 
@@ -176,6 +176,7 @@ class Trainer:
         self.schedule = cfg.make_schedule()
         self.ab = alphas_cumprod(self.schedule)
         self._rng_inside = False  # whether torch's global generators hold the trainer's own state (run)
+        self._resumed_rank_rng: Optional[list] = None  # a resumed checkpoint's DDP ranks' generator states
         with self._seeded(cfg.seed):  # model init; the caller's generators are left as they were
             self.model = build_model(cfg.model).to(self.device)
             self._keep_rng()
@@ -213,8 +214,14 @@ class Trainer:
         self.ddp = None
         if self.ranks.world > 1:
             self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
-            with self._seeded(cfg.seed + 1 + self.ranks.rank):  # dropout: each rank its own masks
-                self._keep_rng()
+            states = self._resumed_rank_rng
+            if states is not None and len(states) == self.ranks.world:  # resumed: the masks it would draw next
+                self._rng, self._cuda_rng = states[self.ranks.rank]
+                if self.device.type != "cuda":
+                    self._cuda_rng = None
+            else:
+                with self._seeded(cfg.seed + 1 + self.ranks.rank):  # dropout: each rank its own masks
+                    self._keep_rng()
 
     # -- torch's generators: the trainer's own (dropout draws from them), not the caller's -----------------------
     def _devices(self) -> list:
@@ -284,7 +291,16 @@ class Trainer:
                 raise ValueError(f"config {key}: {e}") from None
 
     # -- state ---------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def _rng_states(self) -> tuple:
+        """(CPU, this rank's GPU or None) states of torch's generators as the trainer holds them (dropout draws
+        from them)."""
+        if not self._rng_inside:
+            return self._rng, self._cuda_rng
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
+    def state_dict(self, rank_rng: Optional[list] = None) -> dict:
+        """``rank_rng``: every rank's _rng_states() (DDP: each rank draws its own dropout masks)."""
+        torch_rng, cuda_rng = self._rng_states()
         return {
             "step": self.step,
             "config": self.cfg.to_dict(),
@@ -293,10 +309,10 @@ class Trainer:
             "opt": self.opt.state_dict(),
             "gen": self.gen.get_state(),
             # torch's own generators draw the dropout masks: a resumed run draws the masks of the steps it
-            # resumes at, not those of step 1 again (one process; DDP ranks reseed per rank, see __init__)
-            "torch_rng": torch.get_rng_state() if self._rng_inside else self._rng,
-            "cuda_rng": (torch.cuda.get_rng_state(self.device) if self._rng_inside else self._cuda_rng)
-            if self.device.type == "cuda" else None,
+            # resumes at, not those of step 1 again; under DDP each rank's (rank_rng)
+            "torch_rng": torch_rng,
+            "cuda_rng": cuda_rng,
+            "rank_rng": rank_rng,
             "rows": list(self.rows),
             "loss_version": LOSS_VERSION,
             "init_sha256": self.init_sha256,
@@ -304,10 +320,15 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: Optional[str] = None) -> None:
-        if not self.ranks.main:  # every rank holds the same state; rank 0 writes it
+        """Every rank calls it (under DDP each sends rank 0 its generators' states); rank 0 writes."""
+        rank_rng = None
+        if self.ranks.world > 1:
+            cpu, cuda = self._rng_states()
+            rank_rng = gather_to_main((cpu, None if cuda is None else cuda.cpu()), self.ranks)
+        if not self.ranks.main:  # every rank holds the same weights; rank 0 writes them
             return
         buf = io.BytesIO()  # in memory first: torch.save reports a full disk as a RuntimeError of its own
-        torch.save(self.state_dict(), buf)
+        torch.save(self.state_dict(rank_rng), buf)
         atomic_write_bytes(path or self.ckpt_path, buf.getbuffer())
 
     def load_checkpoint(self, path: str) -> None:
@@ -342,6 +363,7 @@ class Trainer:
             self._rng = st["torch_rng"].cpu()
         if st.get("cuda_rng") is not None and self.device.type == "cuda":
             self._cuda_rng = st["cuda_rng"].cpu()
+        self._resumed_rank_rng = st.get("rank_rng")  # DDP ranks' own (restored with the ranks in __init__)
         self.step = int(st["step"])
         self.cfg = self.cfg.replace(init=st["config"].get("init", ""))  # what the run started from, not --init now
         if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
