@@ -501,11 +501,24 @@ def test_a_refused_run_leaves_the_folder_it_made_to_its_holder(tmp_path, img_fol
     assert run.is_dir()  # still there for its holder
 
 
-def test_resume_refuses_other_config(tmp_path, img_folder):
+def test_resume_refuses_other_config(tmp_path, img_folder, monkeypatch):
     cfg = tiny_config(img_folder, steps=1)
     Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
+    # refused before the training images are read and their attention maps made (minutes for a large set)
+    import yoda.training.trainer as trainer_mod
+
+    read = []
+    real = trainer_mod._data.load_source
+    monkeypatch.setattr(trainer_mod._data, "load_source", lambda *a, **k: (read.append(a[0]), real(*a, **k))[1])
     with pytest.raises(ValueError, match="different config.*lr"):
         Trainer(cfg.replace(lr=5e-4), str(tmp_path / "run"), device="cpu", progress=False)
+    assert read == []
+    # so is a missing validation folder
+    gone = cfg.replace(val_every=1, data=dataclasses.replace(cfg.data, val_source=str(tmp_path / "missing")))
+    with pytest.raises(Exception, match="missing"):
+        Trainer(gone, str(tmp_path / "run2"), device="cpu", progress=False)
+    assert read == [str(tmp_path / "missing")]
+    monkeypatch.undo()
     # a difference inside a section names its field (was "differs in: loss")
     with pytest.raises(ValueError, match=r"differs in: loss.lower_bound\)"):
         Trainer(cfg.replace(loss=dataclasses.replace(cfg.loss, lower_bound=0.5)), str(tmp_path / "run"),

@@ -195,21 +195,23 @@ class Trainer:
             from .. import attention
 
             self.extractor = attention.get(cfg.attention)
-        train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop")
-        check_train_images(train_images)
-        maps = whole_image_maps(self.extractor, train_images, cfg.data.scale) if cfg.loss.yoda else None
-        self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips, maps)
-        self.val_hr = None
-        if validate:
-            val = _data.load_source(cfg.data.val_source, cfg.data.val_crop, "the validation crop size data.val_crop")
-            self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
         self.rows: list[dict] = []
         self._logged = 0  # how many of self.rows log.csv holds (0: write it whole next time)
+        # what can refuse the run in seconds comes first (a checkpoint of another config, a bad init file or
+        # validation folder); the training images and their attention maps take minutes on a large set
         self.ckpt_path = os.path.join(out, "checkpoint.pt")
         if resume and os.path.exists(self.ckpt_path):
             self.load_checkpoint(self.ckpt_path)
         elif cfg.init:
             self.load_init(cfg.init)
+        self.val_hr = None
+        if validate:
+            val = _data.load_source(cfg.data.val_source, cfg.data.val_crop, "the validation crop size data.val_crop")
+            self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
+        train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop")
+        check_train_images(train_images)
+        maps = whole_image_maps(self.extractor, train_images, cfg.data.scale) if cfg.loss.yoda else None
+        self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips, maps)
         os.makedirs(out, exist_ok=True)  # after the init is read: a bad one left the folders made
         self.ddp = None
         if self.ranks.world > 1:
