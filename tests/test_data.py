@@ -115,7 +115,12 @@ def test_a_folder_reads_every_format_yoda_writes(tmp_path):
     for suffix in (".png", ".TIF", ".tiff", ".webp", ".bmp"):
         Image.fromarray(a).save(tmp_path / f"x{suffix}", **({"lossless": True} if suffix == ".webp" else {}))
     (tmp_path / "notes.txt").write_text("not an image")
-    items = data.load_folder(str(tmp_path))
+    Image.fromarray(a).save(tmp_path / "y.gif")
+    (tmp_path / "more").mkdir()
+    Image.fromarray(a).save(tmp_path / "more" / "z.png")
+    # what is left out is said (training on a folder whose images sat in subfolders took one image without a word)
+    with pytest.warns(UserWarning, match=r": left out more/, notes.txt, y.gif \(a folder stands for its own files"):
+        items = data.load_folder(str(tmp_path))
     assert [os.path.basename(n) for n, _ in items] == ["x.TIF", "x.bmp", "x.png", "x.tiff", "x.webp"]
     assert all(np.array_equal(arr, a) for _, arr in items)
 

@@ -20,6 +20,7 @@ in training what a saved-and-reloaded LR PNG gives it at inference.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -266,8 +267,11 @@ def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0
     """[(path, uint8 (H, W, 3))] of the images in ``folder`` (list_folder), whatever the folder's name;
     max_pixels: read_image's (None: yoda.images.MAX_PIXELS). The images that cannot be read or are smaller than
     min_size on a side (``what``) are all named in one DataError (they were found one run at a time)."""
-    items, bad = [], []
-    for p in list_folder(folder):
+    items, bad, left_out = [], [], []
+    paths = list_folder(folder, left_out)
+    if left_out:  # a subfolder of images, or a .gif, was skipped without a word
+        warnings.warn(left_out_note(folder, left_out), UserWarning, stacklevel=2)
+    for p in paths:
         try:
             a = read_image(p, max_pixels)
         except DataError as e:
