@@ -1,5 +1,6 @@
 """Training loss (DESIGN.md §7) and the trainer: switches, plain-loss equality, masked averaging, resume."""
 
+import argparse
 import base64
 import csv
 import dataclasses
@@ -1243,26 +1244,27 @@ def test_init_without_sampling_keeps_the_files(tmp_path, img_folder):
     from yoda.models.yoda_format import load_yoda
 
     own = {"sampler": "ddim", "steps": 3}
+    lb = {"lower_bound": 0.6}  # the card's: trained with YODA's masked input (the config's own, not the init's)
     Trainer(tiny_config(img_folder, steps=1, val_every=0, sampling=own), str(tmp_path / "a"), device="cpu",
             progress=False).run()
     src = str(tmp_path / "a" / "model.safetensors")
     tr = Trainer(tiny_config(img_folder, steps=1, val_every=0, init=src), str(tmp_path / "b"), device="cpu",
                  progress=False)
-    assert tr.cfg.sampling == own and tr.ema.card.sampling == own and tr.model.card.sampling == own
+    assert tr.cfg.sampling == own and tr.ema.card.sampling == tr.model.card.sampling == {**own, **lb}
     tr.run()
-    assert load_yoda(str(tmp_path / "b" / "model.safetensors")).card.sampling == own
+    assert load_yoda(str(tmp_path / "b" / "model.safetensors")).card.sampling == {**own, **lb}
     assert json.loads((tmp_path / "b" / "config.json").read_text())["sampling"] == own
     again = Trainer(tiny_config(img_folder, steps=2, val_every=0), str(tmp_path / "b"), device="cpu", progress=False)
-    assert again.step == 1 and again.cfg.sampling == own and again.ema.card.sampling == own
+    assert again.step == 1 and again.cfg.sampling == own and again.ema.card.sampling == {**own, **lb}
     mine = {"sampler": "ddpm", "steps": 5}
     tr = Trainer(tiny_config(img_folder, steps=1, val_every=0, init=src, sampling=mine), str(tmp_path / "c"),
                  device="cpu", progress=False)
-    assert tr.cfg.sampling == mine and tr.ema.card.sampling == mine
+    assert tr.cfg.sampling == mine and tr.ema.card.sampling == {**mine, **lb}
     # a run whose config named its sampling may drop it on resume (it was the config's, not an init file's)
     tr.run()
     again = Trainer(tiny_config(img_folder, steps=2, val_every=0, init=src), str(tmp_path / "c"), device="cpu",
                     progress=False)
-    assert again.step == 1 and again.cfg.sampling == {} and again.ema.card.sampling is None
+    assert again.step == 1 and again.cfg.sampling == {} and again.ema.card.sampling == lb
 
 
 def test_a_checkpoint_from_before_init_resumes(tmp_path, img_folder):
@@ -1320,13 +1322,17 @@ def test_a_trained_model_samples_as_its_config_says(tmp_path, img_folder):
     cfg = tiny_config(img_folder, steps=1, val_every=0, sampling={"sampler": "ddim", "steps": 3})
     Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
     net = yoda.load("yoda", str(tmp_path / "run" / "model.safetensors"))
-    assert net.card.sampling == {"sampler": "ddim", "steps": 3} and model_steps(as_adapter(net)) == 3
+    lb = {"lower_bound": 0.6}  # trained with YODA's masked input: the card keeps its masks' l
+    assert net.card.sampling == {"sampler": "ddim", "steps": 3, **lb} and model_steps(as_adapter(net)) == 3
     again = cfg.replace(steps=2, sampling={"sampler": "ddpm", "steps": 2})
     Trainer(again, str(tmp_path / "run"), device="cpu", progress=False).run()  # resumes (was "differs in: sampling")
     assert yoda.load("yoda", str(tmp_path / "run" / "model.safetensors")).card.sampling == {"sampler": "ddpm",
-                                                                                             "steps": 2}
+                                                                                             "steps": 2, **lb}
     Trainer(cfg.replace(sampling={}), str(tmp_path / "plain"), device="cpu", progress=False).run()
-    assert yoda.load("yoda", str(tmp_path / "plain" / "model.safetensors")).card.sampling is None
+    assert yoda.load("yoda", str(tmp_path / "plain" / "model.safetensors")).card.sampling == lb
+    unmasked = cfg.replace(sampling={}, loss=dataclasses.replace(cfg.loss, mask_input=False))
+    Trainer(unmasked, str(tmp_path / "unmasked"), device="cpu", progress=False).run()
+    assert yoda.load("yoda", str(tmp_path / "unmasked" / "model.safetensors")).card.sampling is None
     for bad in ({"sampler": "DDIM"}, {"steps": 51}, {"steps": 0}, {"eta": 0}):
         with pytest.raises(ValueError, match=r"sampling.*'sampler' must be one of|sampling must be None or"):
             tiny_config(img_folder, sampling=bad)  # T = 50
@@ -1521,3 +1527,32 @@ def test_train_step_in_a_loop_of_ones_own_draws_from_the_trainer(tmp_path, img_f
     ref.run(steps=2)
     assert all(torch.equal(x, y) for x, y in zip(a.model.parameters(), ref.model.parameters()))
     assert torch.equal(a.state_dict()["torch_rng"], ref.state_dict()["torch_rng"])
+
+
+def test_a_model_trained_with_masked_input_samples_with_its_masks_lower_bound(tmp_path, img_folder):
+    """A model trained on states held at the LR image by masks of l = 0.3 (loss.mask_input) was sampled with
+    yoda.sample's l = 0.6 unless the user knew to pass 0.3: its card now records the l, and yoda.sample and the CLI
+    take it where the call names none; a call naming one wins."""
+    import yoda
+    from yoda.cli_models import default_steps
+
+    cfg = tiny_config(img_folder, steps=1, val_every=0, sampling={"sampler": "ddim", "steps": 4},
+                      loss={"mask_input": True, "mask_loss": True, "lower_bound": 0.3})
+    Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
+    net = yoda.load("yoda", str(tmp_path / "run" / "model.safetensors"))
+    assert net.card.sampling["lower_bound"] == 0.3
+    lr = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def taus(**kw):
+        seen = []
+        yoda.sample(net, lr, attention="gaussian", seed=0, progress=False, callback=lambda d: seen.append(d["tau"]),
+                    **kw)
+        return seen
+
+    assert taus() == taus(lower_bound=0.3) != taus(lower_bound=0.6)
+    a = argparse.Namespace(steps=None, sampler=None, lower_bound=None)
+    default_steps(a, net)
+    assert a.lower_bound == 0.3
+    a = argparse.Namespace(steps=None, sampler=None, lower_bound=0.5)  # --lower-bound given
+    default_steps(a, net)
+    assert a.lower_bound == 0.5

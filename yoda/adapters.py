@@ -461,6 +461,15 @@ def model_steps(adapter: Adapter) -> int:
     return adapter.sampling_defaults.get("steps") or min(OTHER_MODEL_STEPS, adapter.schedule.T)
 
 
+DEFAULT_LOWER_BOUND = 0.6  # yoda.sample's l where neither the call nor the model's card names one (DESIGN §4)
+
+
+def model_lower_bound(adapter: Adapter) -> float:
+    """The l of YODA's masks where the user names none: the card's (a model trained with masked input records its
+    training masks' l), else DEFAULT_LOWER_BOUND."""
+    return adapter.sampling_defaults.get("lower_bound", DEFAULT_LOWER_BOUND)
+
+
 def hr_grid(adapter: Any) -> tuple[int, int]:
     """(unit, least) of HR sizes the adapter takes: sides multiples of ``unit`` = lcm(scale, multiple) (whole LR
     pixels and the model's multiple) and at least ``least``, the smallest such multiple >= adapter.min_size."""

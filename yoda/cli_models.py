@@ -23,13 +23,16 @@ MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.
 def default_steps(a, model) -> bool:
     """--steps not given: adapters.model_steps, the model's own (its ModelCard's sampling: DEFAULT_STEPS for the
     embedded model, chosen for it, QUALITY.md), else OTHER_MODEL_STEPS (at most the model's T). --sampler not
-    given: adapters.model_sampler, the card's, else DEFAULT_SAMPLER. Returns whether --steps was given."""
-    from .adapters import model_sampler, model_steps
+    given: adapters.model_sampler, the card's, else DEFAULT_SAMPLER. --lower-bound not given: the card's (a model
+    trained with YODA's masked input), else 0.6. Returns whether --steps was given."""
+    from .adapters import model_lower_bound, model_sampler, model_steps
 
     given = a.steps is not None
     ad = adapter_of(model)
     if getattr(a, "sampler", "") is None:  # the model file's own sampler (it said "ddpm" and got DDIM)
         a.sampler = model_sampler(ad)
+    if getattr(a, "lower_bound", "") is None:  # the l of the masks the model was trained with, else 0.6
+        a.lower_bound = model_lower_bound(ad)
     if a.steps is None:
         a.steps = model_steps(ad)
         if "steps" not in ad.sampling_defaults:  # a model trained without a config's "sampling", an upstream one

@@ -100,8 +100,9 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
         p.add_argument("--sigmas", choices=SIGMA_SCHEDULES, default=None,
                        help="noise levels of the sigma-space solvers (euler ... dpmpp_3m_sde; default karras)")
     if lower_bound:
-        p.add_argument("--lower-bound", type=float, default=0.6,
-                       help="l of the mask schedule tau = t/T - l (default 0.6; >= 1: plain sampling)")
+        p.add_argument("--lower-bound", type=float, default=None,
+                       help="l of the mask schedule tau = t/T - l (default: the model file's, which a model trained "
+                            "with YODA's masked input records, else 0.6; >= 1: plain sampling)")
     p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the noise, 0 to 4294967295 (default 0)")
     _device_arg(p)
     p.add_argument("-q", "--quiet", action="store_true",

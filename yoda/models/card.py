@@ -13,18 +13,24 @@ from ..schedule import Schedule
 
 
 def check_sampling(s: Any, name: str, T: Optional[int] = None) -> dict:
-    """``s`` as a dict {"sampler": a yoda.sample sampler, "steps": an int in [1, T]} (either key may be left out),
-    else ValueError naming ``name``: a bad sampler ("DDIM") or steps failed only at the model's first sample."""
+    """``s`` as a dict {"sampler": a yoda.sample sampler, "steps": an int in [1, T], "lower_bound": a float >= 0}
+    (any key may be left out), else ValueError naming ``name``: a bad sampler ("DDIM") or steps failed only at the
+    model's first sample."""
+    from ..masks import check_lower_bound
     from ..sampling.spec import ALL_SAMPLERS
 
-    if not isinstance(s, Mapping) or not set(s) <= {"sampler", "steps"}:
-        raise ValueError(f"{name} must be None or a mapping with the keys 'sampler' and / or 'steps', got {s!r}")
+    if not isinstance(s, Mapping) or not set(s) <= {"sampler", "steps", "lower_bound"}:
+        raise ValueError(f"{name} must be None or a mapping with the keys 'sampler', 'steps' and / or "
+                         f"'lower_bound', got {s!r}")
     steps = s.get("steps", 1)
     if s.get("sampler", "ddpm") not in ALL_SAMPLERS or isinstance(steps, bool) or not isinstance(steps, int) \
             or not 1 <= steps <= (T or steps):
         raise ValueError(f"{name}: 'sampler' must be one of {', '.join(ALL_SAMPLERS)} and 'steps' an int in "
                          f"[1, {T or 'T'}], got {dict(s)!r}")
-    return dict(s)
+    out = dict(s)
+    if "lower_bound" in out:
+        out["lower_bound"] = check_lower_bound(out["lower_bound"], f"{name}['lower_bound']")
+    return out
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,8 @@ class ModelCard:
                 ({"kind", "args", "schedule", "scale", "prediction", "extra"}), for an upstream SR3 checkpoint
                 {"kind", "args", "train_schedule"}; None when the card was made by hand
     sampling    yoda.sample's defaults for this model where a call leaves them out: {"sampler": name,
-                "steps": n} (either key may be absent). yoda.load gives the embedded model its own (DDIM, 1 step:
+                "steps": n, "lower_bound": l} (any key may be absent; a model trained with YODA's masks records
+                the l of its training masks). yoda.load gives the embedded model its own (DDIM, 1 step:
                 an x0 regressor trained for one step, QUALITY.md); None: yoda.sample's (DDPM, every step of T)
 
     The card is frozen: to sample a model with another schedule, make a new card (dataclasses.replace) or pass

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from tqdm.auto import trange
 
-from ..adapters import Adapter, apply_cfg_scale, as_adapter
+from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
 from ..errors import NonFiniteError
 from ..schedule import FINAL_AT_FIRST
 from .prepare import pad_to_model, prepare
@@ -42,7 +42,7 @@ def sample(
     steps: Optional[int] = None,
     sampler: Optional[str] = None,
     eta: Optional[float] = None,
-    lower_bound: float = 0.6,
+    lower_bound: Optional[float] = None,
     seed: Optional[int] = None,
     noise: Optional[torch.Tensor | Sequence[torch.Tensor]] = None,
     backend: str = "auto",
@@ -101,7 +101,9 @@ def sample(
         at the two-call solvers' midpoints); None: the adapter's solver_timesteps, else "interpolate".
         DiffBIRAdapter defaults to sigmas="diffbir", timesteps="visited", so sampler="dpmpp_3m_sde", steps=10 is
         DiffBIR's default edm_dpm++_3m_sde sampler.
-    lower_bound: l of tau = t / T - l; >= 1 makes every pixel active (the plain sampler, bit for bit).
+    lower_bound: l of tau = t / T - l; >= 1 makes every pixel active (the plain sampler, bit for bit). None: the
+        model's (adapter.sampling_defaults["lower_bound"]: a model trained with YODA's masked input records the l
+        of its training masks), else 0.6.
     seed: Philox seed (None: drawn from torch's default generator); the noise of image k of a batch depends on k
         (DESIGN §9), so an image sampled alone differs from the same image at position k > 0 of a batch.
     noise: explicit noise, one entry per visited step + 1 (steps + 1, more with spacing="ldm_uniform"), of the state's shape (entry 0 for the start,
@@ -164,6 +166,8 @@ def sample(
         spacing = defaults.get("spacing")  # the model's own (a diffusers scheduler's timestep_spacing)
         if sampler == "ddpm" and spacing in FINAL_AT_FIRST:  # DDIM's discretisation: DDPM's own of that config
             spacing = "leading" if spacing == "sd_leading" else None
+    if lower_bound is None:  # the model's (a model trained with YODA's masked input: its masks' l), else 0.6
+        lower_bound = model_lower_bound(adapter)
     own_steps = steps is None and (sigmas is None or isinstance(sigmas, str))  # a sequence of sigmas: its own count
     if own_steps:
         steps = defaults.get("steps")

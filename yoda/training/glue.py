@@ -64,9 +64,13 @@ def whole_image_maps(extractor: Callable, images, scale: int) -> list[torch.Tens
 
 def model_card(cfg: TrainConfig, schedule) -> ModelCard:
     """The card of a model trained with ``cfg``: its schedule, scale, space and parameterisation (the loss
-    target), so it is sampled as what it was trained to predict, and how it samples by default (cfg.sampling)."""
+    target), so it is sampled as what it was trained to predict, and how it samples by default (cfg.sampling;
+    with the masked input of YODA training, the lower bound of its masks)."""
+    sampling = dict(cfg.sampling or {})
+    if cfg.loss.mask_input:  # trained on states held at the LR image by masks of this l: sampled with the same
+        sampling.setdefault("lower_bound", cfg.loss.lower_bound)
     return ModelCard(schedule=schedule, scale=int(cfg.data.scale), prediction=cfg.loss.target,
-                     space=cfg.loss.space, sampling=cfg.sampling or None)
+                     space=cfg.loss.space, sampling=sampling or None)
 
 
 def sampling_adapter(module: torch.nn.Module, cfg: TrainConfig, schedule):

@@ -418,8 +418,9 @@ class Trainer:
 
     def _inherit_sampling(self, sampling: dict) -> None:
         """cfg.sampling (how the exported model samples by default) taken from the init file, on the config and both
-        modules' cards, and marked so (sampling_from_init: a resume keeps it)."""
-        self.cfg = self.cfg.replace(sampling=dict(sampling))
+        modules' cards, and marked so (sampling_from_init: a resume keeps it). Not its masks' lower bound: this
+        run's own masks set that (model_card)."""
+        self.cfg = self.cfg.replace(sampling={k: v for k, v in sampling.items() if k != "lower_bound"})
         self.model.card = self.ema.card = model_card(self.cfg, self.schedule)
         self.sampling_from_init = True
 
