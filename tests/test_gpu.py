@@ -272,6 +272,29 @@ def test_sampler_free_ddpm_loop(backend):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_masked_ops_equal_the_public_ops(backend):
+    """MaskedOps (what yoda.sample calls: the fixed arguments checked once) gives the public ops' bits on the GPU:
+    three masked steps with Philox noise and a 3-estimate combine, and refuses a model output of another shape."""
+    _need(backend)
+    gen = torch.Generator().manual_seed(5)
+    shape = (2, 3, 40, 56)
+    x, c, *preds = (torch.randn(shape, generator=gen).to(DEV) for _ in range(5))
+    A = torch.rand(2, 1, 40, 56, generator=gen).to(DEV)
+    ops = yk.MaskedOps(c, A, tile=16, seed=7, backend=backend)
+    for i in range(3):
+        k = coefs_mod.step_coefficients(0.2 + 0.2 * i, 0.35 + 0.2 * i, prediction="v", sampler="ddim", eta=0.5)
+        got = ops.step(x, preds[i], 0.5 - 0.1 * i, coefs=k, step=i + 1)
+        want = yk.masked_step(x, preds[i], c, A, 0.5 - 0.1 * i, coefs=k, step=i + 1, seed=7, tile=16, backend=backend)
+        assert torch.equal(got, want)
+        x = got
+    k = [0.6, 0.5, -0.2, 0.04, 0.27, 0.83, 0.56]
+    assert torch.equal(ops.combine(x, preds, 0.3, coefs=k, step=9),
+                       yk.masked_combine(x, preds, c, A, 0.3, coefs=k, step=9, seed=7, tile=16, backend=backend))
+    with pytest.raises(ValueError, match="model_out must have the shape of x"):
+        ops.step(x, preds[0][..., :8], 0.5, coefs=coefs_mod.step_coefficients(0.3, 0.4), step=1)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_tile_stats_and_q_sample(backend, dtype):
     _need(backend)

@@ -14,7 +14,6 @@ writes files; the checkpoint is the same as one process's and resumes with any n
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import io
@@ -43,6 +42,7 @@ from .config import TrainConfig, _json_form, absolute_folders
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, gather_to_main, local_batch, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
 from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensors
+from .rng import TorchRNG
 
 CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")  # "lr": the learning rate
 
@@ -175,11 +175,11 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolutions
         self.schedule = cfg.make_schedule()
         self.ab = alphas_cumprod(self.schedule)
-        self._rng_inside = False  # whether torch's global generators hold the trainer's own state (run)
+        self.rng = TorchRNG(self.device)  # torch's generators as the trainer's own: dropout draws from them
         self._resumed_rank_rng: Optional[list] = None  # a resumed checkpoint's DDP ranks' generator states
-        with self._seeded(cfg.seed):  # model init; the caller's generators are left as they were
+        with self.rng.seeded(cfg.seed):  # model init; the caller's generators are left as they were
             self.model = build_model(cfg.model).to(self.device)
-            self._keep_rng()
+            self.rng.keep()
         self.model.card = model_card(cfg, self.schedule)  # yoda.sample(tr.ema, lr) samples what it was trained for
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
@@ -218,48 +218,9 @@ class Trainer:
             self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
             states = self._resumed_rank_rng
             if states is not None and len(states) == self.ranks.world:  # resumed: the masks it would draw next
-                self._rng, self._cuda_rng = states[self.ranks.rank]
-                if self.device.type != "cuda":
-                    self._cuda_rng = None
+                self.rng.set_states(*states[self.ranks.rank])
             else:
-                with self._seeded(cfg.seed + 1 + self.ranks.rank):  # dropout: each rank its own masks
-                    self._keep_rng()
-
-    # -- torch's generators: the trainer's own (dropout draws from them), not the caller's -----------------------
-    def _devices(self) -> list:
-        return [self.device] if self.device.type == "cuda" else []
-
-    @contextlib.contextmanager
-    def _seeded(self, seed: int):
-        with torch.random.fork_rng(devices=self._devices()):
-            torch.random.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every GPU too
-            if self.device.type == "cuda":
-                with torch.cuda.device(self.device):
-                    torch.cuda.manual_seed(seed)
-            yield
-
-    def _keep_rng(self) -> None:
-        self._rng = torch.get_rng_state()
-        self._cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-
-    @contextlib.contextmanager
-    def _own_rng(self):
-        """Torch's global generators (the CPU's and this rank's GPU's) hold the trainer's state inside and the
-        caller's again after: Trainer() reseeded a notebook's generator, and the weights of a run with dropout
-        depended on what the notebook drew between Trainer() and run(). Nested (train_step inside run): as it is."""
-        if self._rng_inside:
-            yield
-            return
-        with torch.random.fork_rng(devices=self._devices()):
-            torch.set_rng_state(self._rng)
-            if self._cuda_rng is not None:
-                torch.cuda.set_rng_state(self._cuda_rng, self.device)
-            self._rng_inside = True
-            try:
-                yield
-            finally:
-                self._rng_inside = False
-                self._keep_rng()
+                self.rng.reseed(cfg.seed + 1 + self.ranks.rank)  # dropout: each rank its own masks
 
     def close(self) -> None:
         """Drop the DistributedDataParallel wrapper while its process group exists. Its reducer holds the group;
@@ -293,16 +254,9 @@ class Trainer:
                 raise ValueError(f"config {key}: {e}") from None
 
     # -- state ---------------------------------------------------------------------------------------------
-    def _rng_states(self) -> tuple:
-        """(CPU, this rank's GPU or None) states of torch's generators as the trainer holds them (dropout draws
-        from them)."""
-        if not self._rng_inside:
-            return self._rng, self._cuda_rng
-        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-
     def state_dict(self, rank_rng: Optional[list] = None) -> dict:
-        """``rank_rng``: every rank's _rng_states() (DDP: each rank draws its own dropout masks)."""
-        torch_rng, cuda_rng = self._rng_states()
+        """``rank_rng``: every rank's rng.states() (DDP: each rank draws its own dropout masks)."""
+        torch_rng, cuda_rng = self.rng.states()
         return {
             "step": self.step,
             "config": self.cfg.to_dict(),
@@ -325,7 +279,7 @@ class Trainer:
         """Every rank calls it (under DDP each sends rank 0 its generators' states); rank 0 writes."""
         rank_rng = None
         if self.ranks.world > 1:
-            cpu, cuda = self._rng_states()
+            cpu, cuda = self.rng.states()
             rank_rng = gather_to_main((cpu, None if cuda is None else cuda.cpu()), self.ranks)
         if not self.ranks.main:  # every rank holds the same weights; rank 0 writes them
             return
@@ -361,10 +315,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise unusable(f"its tensors do not fit this config's model ({str(e).strip().splitlines()[0][:300]})") \
                 from None
-        if st.get("torch_rng") is not None:  # absent in checkpoints written before it was saved
-            self._rng = st["torch_rng"].cpu()
-        if st.get("cuda_rng") is not None and self.device.type == "cuda":
-            self._cuda_rng = st["cuda_rng"].cpu()
+        self.rng.set_states(st.get("torch_rng"), st.get("cuda_rng"))  # absent before they were saved
         self._resumed_rank_rng = st.get("rank_rng")  # DDP ranks' own (restored with the ranks in __init__)
         self.step = int(st["step"])
         self.cfg = self.cfg.replace(init=st["config"].get("init", ""))  # what the run started from, not --init now
@@ -437,7 +388,7 @@ class Trainer:
     def train_step(self) -> float:
         """One optimizer step on the global batch; returns its loss (the mean over the ranks' shares). Its dropout
         draws from the trainer's generators, in run() or in a loop of one's own."""
-        with self._own_rng():
+        with self.rng.use():
             return self._train_step()
 
     def _train_step(self) -> float:
@@ -527,7 +478,7 @@ class Trainer:
         interrupted, old_handlers = _stop_on_interrupt()
         stop = None
         try:
-            with self._own_rng():  # dropout draws from the trainer's generators, not the caller's
+            with self.rng.use():  # dropout draws from the trainer's generators, not the caller's
                 while self.step < total:
                     loss = self.train_step()
                     if not math.isfinite(loss):
