@@ -381,10 +381,6 @@ def cmd_figures(a) -> int:
     check_out_folder(a.output, [out / name for name in FIGURE_FILES])
     _check_eval_options(a, [out / name for name in FIGURE_FILES])
     remove_stale_temps([out / name for name in FIGURE_FILES])
-    if a.lower_bound is None:  # the figures' own l (their sweep is --lower-bounds)
-        from .adapters import DEFAULT_LOWER_BOUND
-
-        a.lower_bound = DEFAULT_LOWER_BOUND
     with _user_input():
         settings = FigureSettings(attentions=tuple(a.attention), lower_bound=a.lower_bound,
                                   lower_bounds=tuple(a.lower_bounds), steps=a.steps, sampler=a.sampler, eta=a.eta,

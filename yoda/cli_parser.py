@@ -70,7 +70,8 @@ def _images_arg(p) -> None:
                         "photographs' folder, `yoda data build`'s heldout/)")
 
 
-def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bound: bool = True) -> None:
+def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bound: bool = True,
+                   models_lower_bound: bool = True) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (the embedded x4 model), a yoda model file, sr3:PATH (an upstream SR3 "
                         "*_gen.pth) or srdiff:PATH (an upstream SRDiff model_ckpt_steps_*.ckpt)")
@@ -99,10 +100,13 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
                             "and SDE solvers (default 1)")
         p.add_argument("--sigmas", choices=SIGMA_SCHEDULES, default=None,
                        help="noise levels of the sigma-space solvers (euler ... dpmpp_3m_sde; default karras)")
-    if lower_bound:
+    if lower_bound and models_lower_bound:  # None: the model's (cli_models.default_steps)
         p.add_argument("--lower-bound", type=float, default=None,
                        help="l of the mask schedule tau = t/T - l (default: the model file's, which a model trained "
                             "with YODA's masked input records, else 0.6; >= 1: plain sampling)")
+    elif lower_bound:
+        p.add_argument("--lower-bound", type=float, default=0.6,
+                       help="l of the mask schedule tau = t/T - l (default 0.6; >= 1: plain sampling)")
     p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the noise, 0 to 4294967295 (default 0)")
     _device_arg(p)
     p.add_argument("-q", "--quiet", action="store_true",
@@ -292,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS-per-bin panel to Fig. 5 from local files (torchvision vgg16 weights and "
                         "the lpips package's v0.1 vgg.pth linear heads; nothing is downloaded)")
-    _sampling_args(p, 20, "ddim")
+    _sampling_args(p, 20, "ddim", models_lower_bound=False)  # the figures' own l (their sweep: --lower-bounds)
     _max_pixels_arg(p)
     _debug_arg(p)
 
