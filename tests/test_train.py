@@ -746,6 +746,7 @@ def test_train_main_refuses_a_checkpoint_past_the_steps_and_records_the_flips(tm
     assert train_main(str(path), out, device="cpu", progress=False)["steps"] == 2
     record = (tmp_path / "run" / "TRAINING.md").read_text()
     assert ", random 16x16 HR crops without flips, LR = " in record and "with flips" not in record
+    assert f"- data: the images in {img_folder} (2 images), random" in record  # how many it trained on
     weights = (tmp_path / "run" / "model.safetensors").read_bytes()
     with pytest.raises(ValueError) as e:
         train_main(str(path), out, steps=1, device="cpu", progress=False)

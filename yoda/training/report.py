@@ -80,7 +80,8 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         "",
         f"- command: `{command or 'yoda train --config ' + config_path + ' --out ' + out}`",
         f"- config: `{config_path}` (copied to config.json; also stored in the weights' metadata)",
-        f"- data: {_describe_source(cfg.data.source)}, random {cfg.data.crop}x{cfg.data.crop} HR crops "
+        f"- data: {_describe_source(cfg.data.source)} ({len(tr.train_images.names)} images), random "
+        f"{cfg.data.crop}x{cfg.data.crop} HR crops "
         f"{'with' if cfg.data.flips else 'without'} flips, "
         f"LR = yoda.data.make_lr (x{cfg.data.scale} torch bicubic, antialias, 8-bit); never trained on: "
         f"{', '.join(_data.HELD_OUT)} (scikit-image) and {', '.join(HELD_OUT_PHOTOS)} (yoda.photos)",
