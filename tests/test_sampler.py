@@ -1205,8 +1205,8 @@ def test_all_finite_is_exact(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_check_lr_takes_an_overflowing_sum_and_refuses_nan_and_inf(dtype):
-    """check_lr reads the sum, least and greatest value in one transfer: an lr whose sum overflows its dtype (a
-    white fp16 image of 300² pixels) is taken, one NaN or Inf anywhere is refused, and the range is that of lr."""
+    """check_lr reads lr's least and greatest value in one transfer: an lr whose sum overflows its dtype (a white fp16
+    image of 300² pixels) is taken, one NaN or Inf anywhere is refused, and the range is that of lr."""
     from yoda.sampling.spec import check_lr
 
     white = torch.ones(1, 3, 300, 300, dtype=dtype)

@@ -62,10 +62,17 @@ def check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:
     return A
 
 
+def extremes(t: torch.Tensor) -> tuple[float, float]:
+    """(least, greatest) value of a non-empty float tensor in one reduction and one transfer (one device sync). A NaN
+    anywhere makes both NaN and an Inf shows in one of them, so they also say whether every value is finite."""
+    lo, hi = torch.stack(torch.aminmax(t.detach())).tolist()
+    return lo, hi
+
+
 def check_unit_range(A: torch.Tensor, name: str = "A") -> None:
-    """ValueError naming ``name`` unless every value of A is finite and in [0, 1] (within A_MARGIN). One reduction and
-    one transfer (a device sync): a NaN or an Inf shows in A's least or greatest value."""
-    lo, hi = torch.stack(torch.aminmax(A.detach())).tolist()
+    """ValueError naming ``name`` unless every value of A is finite and in [0, 1] (within A_MARGIN): one device
+    sync (extremes)."""
+    lo, hi = extremes(A)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or Inf")
     if lo < -A_MARGIN or hi > 1.0 + A_MARGIN:

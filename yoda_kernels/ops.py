@@ -312,7 +312,7 @@ class TileStats(NamedTuple):
     """What :func:`tile_stats` returns: per-tile max and min of A, each (B, ceil(H/tile), ceil(W/tile)) float32.
     Given back as ``stats=`` it is not searched for NaN again (tile_stats refused a NaN in A when it made it):
     a loop that passes it every step waits for the device once, not at every step. A plain tuple is searched
-    (two device syncs); so change A in place only before calling tile_stats."""
+    (a device sync); so change A in place only before calling tile_stats."""
 
     tile_max: torch.Tensor
     tile_min: torch.Tensor
@@ -501,8 +501,12 @@ class MaskedOps:
         philox.check_seed_step(seed, 0)
         A, tile, name, self._tmax, self._tmin = _check_fixed(c, c, A, tile, stats, backend, ref="c")
         self.c, self.A, self.tile, self.seed = c, A, tile, int(seed)
-        self.stats = None if A is None else TileStats(self._tmax, self._tmin)
         self.backend = Backend(name, c.device.type)
+
+    @property
+    def stats(self) -> Optional[TileStats]:
+        """A's tile statistics (None without A), made or checked once at construction."""
+        return None if self.A is None else TileStats(self._tmax, self._tmin)
 
     def _fits(self, *tensors: torch.Tensor) -> bool:
         c = self.c

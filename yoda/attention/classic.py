@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..masks import extremes
 
 __all__ = [
     "check_lr",
@@ -87,7 +88,7 @@ def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
     if lr.is_meta:
         raise ValueError(f"{name} is on the meta device (a shape without values): an attention map needs the image")
     x = lr.detach().float()
-    lo, hi = torch.stack(torch.aminmax(x)).tolist()  # a NaN or an inf shows in the extremes: one device sync
+    lo, hi = extremes(x)  # a NaN or an inf shows in them: one device sync
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or inf")
     check_lr_range(name, lo, hi)  # yoda.sample's margin: what it takes, its extractors take

@@ -203,10 +203,8 @@ def check_lr(lr: Any) -> torch.Tensor:
         raise ValueError(f"lr must have 3 channels (or 1, repeated to 3), got {C}")
     if B == 0 or h == 0 or w == 0:
         raise ValueError(f"lr must not be empty, got shape {tuple(lr.shape)}")
-    # the sum (finiteness, as all_finite), the least and the greatest value in one transfer: one device sync
-    total = _sum(lr)  # float16 / bfloat16 in float32 (exact for their least and greatest value), else lr's dtype
-    total, lo, hi = torch.stack([total, lr.min().to(total.dtype), lr.max().to(total.dtype)]).tolist()
-    if not math.isfinite(total) and not bool(torch.isfinite(lr).all()):
+    lo, hi = masks.extremes(lr)  # in lr's own dtype; a NaN or an Inf shows in them: one device sync
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("lr contains NaN or Inf")
     check_lr_range("lr", lo, hi)
     # a [0, 1] photograph has its darkest pixel at about 0 and none below; a bright image in [-1, 1] (a white

@@ -176,10 +176,11 @@ class Trainer:
         self.schedule = cfg.make_schedule()
         self.ab = alphas_cumprod(self.schedule)
         self.rng = TorchRNG(self.device)  # torch's generators as the trainer's own: dropout draws from them
-        self._resumed_rank_rng: Optional[list] = None  # a resumed checkpoint's DDP ranks' generator states
         with self.rng.seeded(cfg.seed):  # model init; the caller's generators are left as they were
             self.model = build_model(cfg.model).to(self.device)
             self.rng.keep()
+        if self.ranks.world > 1:  # dropout: each rank its own masks (a resumed checkpoint's, load_checkpoint)
+            self.rng.reseed(cfg.seed + 1 + self.ranks.rank)
         self.model.card = model_card(cfg, self.schedule)  # yoda.sample(tr.ema, lr) samples what it was trained for
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
@@ -216,11 +217,6 @@ class Trainer:
         self.ddp = None
         if self.ranks.world > 1:
             self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
-            states = self._resumed_rank_rng
-            if states is not None and len(states) == self.ranks.world:  # resumed: the masks it would draw next
-                self.rng.set_states(*states[self.ranks.rank])
-            else:
-                self.rng.reseed(cfg.seed + 1 + self.ranks.rank)  # dropout: each rank its own masks
 
     def close(self) -> None:
         """Drop the DistributedDataParallel wrapper while its process group exists. Its reducer holds the group;
@@ -277,10 +273,7 @@ class Trainer:
 
     def save_checkpoint(self, path: Optional[str] = None) -> None:
         """Every rank calls it (under DDP each sends rank 0 its generators' states); rank 0 writes."""
-        rank_rng = None
-        if self.ranks.world > 1:
-            cpu, cuda = self.rng.states()
-            rank_rng = gather_to_main((cpu, None if cuda is None else cuda.cpu()), self.ranks)
+        rank_rng = gather_to_main(self.rng.states(), self.ranks) if self.ranks.world > 1 else None
         if not self.ranks.main:  # every rank holds the same weights; rank 0 writes them
             return
         buf = io.BytesIO()  # in memory first: torch.save reports a full disk as a RuntimeError of its own
@@ -315,8 +308,13 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise unusable(f"its tensors do not fit this config's model ({str(e).strip().splitlines()[0][:300]})") \
                 from None
-        self.rng.set_states(st.get("torch_rng"), st.get("cuda_rng"))  # absent before they were saved
-        self._resumed_rank_rng = st.get("rank_rng")  # DDP ranks' own (restored with the ranks in __init__)
+        # torch's generators as the run left them, to draw the dropout masks of the steps it resumes at (absent in
+        # checkpoints written before they were saved); under DDP this rank's own, if the run had as many ranks
+        rank_rng = st.get("rank_rng")
+        if self.ranks.world == 1:
+            self.rng.set_states(st.get("torch_rng"), st.get("cuda_rng"))
+        elif rank_rng is not None and len(rank_rng) == self.ranks.world:
+            self.rng.set_states(*rank_rng[self.ranks.rank])
         self.step = int(st["step"])
         self.cfg = self.cfg.replace(init=st["config"].get("init", ""))  # what the run started from, not --init now
         if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
