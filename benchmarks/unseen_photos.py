@@ -1,5 +1,6 @@
 """A second test set of photographs no yoda model has seen: 25 colour photographs from two Debian packages that
-`yoda data build` does not use, prepared as it prepares its own (Pillow Lanczos to a short side of 512 px, PNG).
+`yoda data build` does not use, prepared as it prepares its own (decoded by yoda.images.read_image, Pillow Lanczos
+to a short side of 512 px, PNG).
 
     python benchmarks/unseen_photos.py OUT      # apt-get download the two packages into OUT/debs, then OUT/*.png
     yoda eval --images OUT --max-size 256 --steps 1 --attention edge --lower-bounds 0.8
@@ -34,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from yoda._io import atomic_write_text, file_sha256  # noqa: E402
-from yoda.images import save_pil  # noqa: E402
+from yoda.images import read_image, save_pil  # noqa: E402
 from yoda.photos import downscaled  # noqa: E402
 
 LXQT = ("Butterfly-Kenneth-Wimer.jpg", "Valendas.png", "after-the-rain.jpg", "appleflower.png", "beam.png",
@@ -80,8 +81,8 @@ def largest_image(edj: bytes) -> bytes:
 
 
 def resized(img: Image.Image) -> Image.Image:
-    """As `yoda data build` stores a photograph (yoda.photos.downscaled): RGB, short side SHORT_SIDE."""
-    return downscaled(img.convert("RGB"), SHORT_SIDE)
+    """As `yoda data build` stores a photograph (yoda.photos.downscaled): short side SHORT_SIDE."""
+    return downscaled(img, SHORT_SIDE)
 
 
 def _deb(name: str, debs: Path) -> tuple[Path, str]:
@@ -96,12 +97,25 @@ def _deb(name: str, debs: Path) -> tuple[Path, str]:
     return found[-1], version
 
 
+def decoded(path: Path) -> Image.Image:
+    """The picture in ``path`` decoded as `yoda data build` decodes a photograph (yoda.images.read_image: EXIF
+    orientation, an ICC profile to sRGB, alpha on white, 16-bit samples mapped)."""
+    return Image.fromarray(read_image(path, max_pixels=0))
+
+
+def edje_picture(path: Path) -> Image.Image:
+    """The photograph of an Edje file (largest_image), decoded as ``decoded`` decodes a file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        blob = Path(tmp) / "picture"
+        blob.write_bytes(largest_image(path.read_bytes()))
+        return decoded(blob)
+
+
 # (package, folder inside it, [(file in it, output stem)], how a file becomes a picture)
 SOURCES = (
-    ("lxqt-themes", "usr/share/lxqt/wallpapers", [(f, "lxqt-" + Path(f).stem) for f in LXQT],
-     lambda path: Image.open(path)),
+    ("lxqt-themes", "usr/share/lxqt/wallpapers", [(f, "lxqt-" + Path(f).stem) for f in LXQT], decoded),
     ("enlightenment-data", "usr/share/enlightenment/data/backgrounds", [(f"{n}.edj", "e-" + n) for n in ENLIGHTENMENT],
-     lambda path: Image.open(io.BytesIO(largest_image(path.read_bytes())))),
+     edje_picture),
 )
 
 

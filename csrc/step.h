@@ -127,6 +127,9 @@ YODA_HD float min_nan(float m, float v) { return (v < m || v != v) ? v : m; }
 enum TileKind : int { kTileInactive = 0, kTileMixed = 1, kTileFull = 2 };
 
 YODA_HD TileKind classify_tile(float tile_max, float tile_min, float tau) {
+  // A NaN in the tile (its stats are NaN; only direct calls of the ops reach here, the public ones refuse it):
+  // each pixel decides, as in the reference, where only the NaN pixel is inactive
+  if (tile_max != tile_max) return kTileMixed;
   if (!(tile_max >= tau)) return kTileInactive;  // no pixel with A >= tau: x and model_out are not read
   if (tile_min >= tau) return kTileFull;         // every pixel active: A is not read
   return kTileMixed;

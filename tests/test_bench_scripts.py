@@ -310,6 +310,39 @@ def test_unseen_photos_takes_the_largest_picture_of_an_edje_file():
         m.largest_image(b"\x89PNG" + edj[4:])
     with pytest.raises(ValueError, match="lies outside the file"):
         m.largest_image(edj[:-200])
-    small = m.resized(Image.new("RGBA", (2048, 1024)))
-    assert small.size == (1024, 512) and small.mode == "RGB"
+    assert m.resized(Image.new("RGB", (2048, 1024))).size == (1024, 512)
     assert m.resized(Image.new("RGB", (300, 200))).size == (300, 200)  # never enlarged
+
+
+def test_unseen_photos_decodes_as_data_build(tmp_path):
+    """The unseen photographs are decoded as `yoda data build` decodes its own (yoda.images.read_image): a
+    transparent pixel is white, not black, a phone's EXIF orientation turns the picture, 16-bit samples are
+    mapped, not clipped to white. (The 25 files of the Debian 12 packages have none of these, so QUALITY.md §7's
+    images are unchanged: compared pixel for pixel.)"""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    m = load_script("unseen_photos")
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[:, :3] = (10, 20, 30, 255)  # the left half opaque, the right half transparent black
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    a = np.asarray(m.decoded(tmp_path / "a.png"))
+    assert a.shape == (4, 6, 3) and (a[:, :3] == (10, 20, 30)).all() and (a[:, 3:] == 255).all()
+    exif = Image.Exif()
+    exif[274] = 6  # turned 90 degrees: stored 8 wide, 4 high
+    Image.new("RGB", (8, 4), (200, 0, 0)).save(tmp_path / "p.jpg", exif=exif)
+    assert m.decoded(tmp_path / "p.jpg").size == (4, 8)
+    Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(tmp_path / "g.png")  # half of 16 bits: grey 128
+    assert (np.asarray(m.decoded(tmp_path / "g.png")) == 128).all()
+    entries = [(b"edje/images/0", Image.new("RGBA", (6, 2), (0, 0, 0, 0)))]
+    buf = io.BytesIO()
+    entries[0][1].save(buf, "PNG")
+    blob, name = buf.getvalue(), entries[0][0] + b"\0"
+    head = 12 + 24
+    edj = (struct.pack(">III", m.EET_MAGIC, 1, len(name)) + struct.pack(">6I", head + len(name), len(blob), len(blob),
+           head, len(name), 0) + name + blob)
+    (tmp_path / "x.edj").write_bytes(edj)
+    assert (np.asarray(m.edje_picture(tmp_path / "x.edj")) == 255).all()  # its transparent pixels on white

@@ -918,3 +918,22 @@ def test_the_same_model_saved_twice_gives_the_same_bytes(tmp_path):
     assert (back.card.sampling, back.card.schedule) == (net.card.sampling, net.card.schedule) and all(torch.equal(a, b) for a, b in zip(back.state_dict().values(),
                                                                             net.state_dict().values()))
     assert len(next(iter(digests))[8:8 + int.from_bytes(next(iter(digests))[:8], "little")]) % 8 == 0
+
+
+def test_an_upstream_checkpoint_loaded_as_the_other_kind_says_which_it_is(tmp_path):
+    """SR3's *_gen.pth loaded as srdiff asked for "its config" (its weights lack 'denoise_fn.cond_proj.weight'),
+    and SRDiff's model_ckpt_steps_*.ckpt loaded as sr3 had "unexpected keys: 'model'" and asked for SR3's JSON:
+    both asked for the wrong fix. Each now names the kind the file is."""
+    net, m = _sr3(), _srdiff()
+    sr3_file, srdiff_file = tmp_path / "I1_E1_gen.pth", tmp_path / "model_ckpt_steps_1.ckpt"
+    torch.save({f"denoise_fn.{k}": v for k, v in net.state_dict().items()}, sr3_file)
+    torch.save({"state_dict": {"model": {**m.state_dict(), **_bufs(m.schedule)}}}, srdiff_file)
+    flat = tmp_path / "flat.ckpt"  # the 'model.'-prefixed layout upstream's load_ckpt also reads
+    torch.save({"state_dict": {"model." + k: v for k, v in m.state_dict().items()}}, flat)
+    with pytest.raises(CheckpointError, match=r"I1_E1_gen.pth: an SR3 checkpoint .* load it as kind 'sr3'"):
+        yoda.load("srdiff", sr3_file)
+    for p in (srdiff_file, flat):
+        with pytest.raises(CheckpointError, match=rf"{p.name}: an SRDiff checkpoint .* load it as kind 'srdiff'"):
+            yoda.load("sr3", p)
+    assert torch.equal(_sr3_out(yoda.load("sr3", sr3_file, config=CFG)), _sr3_out(net))  # each loads as its kind
+    assert torch.equal(_srdiff_out(yoda.load("srdiff", srdiff_file)), _srdiff_out(m))

@@ -228,7 +228,7 @@ def test_upscale_with_upstream_checkpoints(tmp_path, images, capsys):
     out3 = tmp_path / "out3.png"
     for args, words in (([f"srdiff:{tmp_path / 'nope.ckpt'}"], ("--model", "nope.ckpt")),
                         ([f"sr3:{ck}", "--model-config", str(tmp_path / "nope.json")], ("--model-config", "nope.json")),
-                        ([f"sr3:{ck2}"], ("--model (sr3)", "--model-config")),  # SRDiff weights read as SR3
+                        ([f"sr3:{ck2}"], ("--model (sr3)", "an SRDiff checkpoint", "--model srdiff:PATH")),  # as SR3
                         ([str(ck2)], ("ckpt",)),  # an upstream checkpoint without its kind: not a yoda file
                         ([f"srdiff:{ck2}", "--model-config", str(cfg)], ("config",))):
         code, _, err = run(["upscale", rgb, "-o", str(out3), "--model", *args, "-q"], capsys)
@@ -507,8 +507,8 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
     import yoda.sampling.loop as loop
 
     real = loop.prepare  # what yoda.sample(pad=True) samples: the padded lr, and the map it pads
-    monkeypatch.setattr(loop, "prepare", lambda ad, spec, x, A, noise: given.append((x, A)) or real(ad, spec, x, A,
-                                                                                                      noise))
+    monkeypatch.setattr(loop, "prepare", lambda ad, spec, x, A, noise, **kw: given.append((x, A)) or real(
+        ad, spec, x, A, noise, **kw))
     for attention in ("edge", "gaussian"):
         code, _, err = run(["demo", "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--steps", "1",
                             "--lr-size", "7", "--attention", attention, "-q"], capsys)
@@ -1942,3 +1942,37 @@ def test_q_hides_the_line_of_an_input_taken_up_later(capsys, monkeypatch):
         out, err = capsys.readouterr()
         assert ("a.png is being made by another process; back to it at the end (--skip-existing)" in out) != quiet
         assert "waiting for another process to finish 1 output(s)" in err
+
+
+def test_warnings_under_torchrun_are_said_once(monkeypatch, capsys):
+    """Under torchrun every rank printed every warning: a model's or an option's (the same on every rank) came
+    WORLD_SIZE times. Rank 0 alone says those; one met on an input is said by the rank working on it, named."""
+    import warnings
+
+    from yoda import cli, cli_upscale
+
+    def work(item):
+        warnings.warn(f"{item}: odd")
+
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = cli._show_warning
+            warnings.warn("the model is odd")
+            assert cli_upscale.run_items(["a.png"], work, str, where=f"rank {rank}: ") == 0
+            warnings.warn("the model is odd")
+        lines = capsys.readouterr().err.splitlines()
+        model = ["yoda: warning: the model is odd"] if rank == "0" else []
+        assert lines == model + [f"yoda: warning: rank {rank}: a.png: odd"] + model
+
+
+def test_tiles_of_one_unit_say_which_windows_overlap(tmp_path, tiny_model, images, capsys):
+    """--tiles 8 on a model of 8-px units (default overlap 0) said "--tiles 8,0: ...; --tiles 8 blends them over 0
+    pixels": what was typed, as the fix. It now quotes what was typed and names the windows that overlap."""
+    rgb, _ = images
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--steps", "1",
+                        "--tiles", "8", "-q"], capsys)
+    assert code == 0 and err == ("yoda: note: --tiles 8: windows that do not overlap leave seams where they meet; "
+                                 "windows of 16 or more overlap by default\n"), err

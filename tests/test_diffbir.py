@@ -1078,3 +1078,7 @@ def test_enlarged_work_size_truncates_like_diffbirs_resize_short_edge_to():
     with torch.no_grad():
         cond = ad.prepare(_lr(B=1, h=13, w=17)).cond
     assert cond.work_size == (512, int(68 * (512 / 52))) == (512, 669)
+    # a square one is made square: 196 * (512 / 196) truncates to 511, which DiffBIR's h == w case never does
+    with torch.no_grad():
+        cond = ad.prepare(_lr(B=1, h=49, w=49)).cond
+    assert cond.work_size == (512, 512) and int(196 * (512 / 196)) == 511

@@ -600,3 +600,24 @@ def test_resnet_map_is_centred_where_its_cells_are():
         w = ex(x)[0, 0].double() ** 8  # the peak's centre of mass
         cy, cx = ((w.sum(d) * ys).sum() / w.sum() for d in (1, 0))
         assert abs(cy - (c + 0.5)) < 0.3 and abs(cx - (c + 0.5)) < 0.3, (c, float(cy), float(cx))
+
+
+def test_a_dino_name_read_again_says_how_to_read_it_once(vit_file, monkeypatch):
+    """yoda.sample(attention="dino-vits8:PATH") reads the weights file at every call: a loop over a folder read
+    85 MB per image without a word. The second read of a name says how to make the extractor once."""
+    import re
+    import warnings
+
+    from yoda.sampling import prepare
+
+    monkeypatch.setattr(prepare, "_READ_BEFORE", set())
+    lr, name = _lr(B=1, h=8, w=8, seed=3), f"dino-vits8:{vit_file}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = prepare.resolve_attention(name, lr, (16, 16))
+        prepare.resolve_attention("edge", lr, (16, 16))  # no weights file: nothing to say, ever
+        prepare.resolve_attention("edge", lr, (16, 16))
+    with pytest.warns(UserWarning, match=rf"attention '{re.escape(name)}' reads its weights file at every "
+                                         rf"yoda.sample call; make the extractor once, ex = yoda.attention.get"):
+        again = prepare.resolve_attention(name, lr, (16, 16))
+    assert torch.equal(first, again)

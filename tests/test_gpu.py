@@ -295,6 +295,24 @@ def test_masked_ops_equal_the_public_ops(backend):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_a_nan_in_A_leaves_only_its_pixel_inactive_on_the_gpu(backend):
+    """The registered ops called directly with a NaN in A (its tile's stats NaN): only that pixel takes the LR
+    branch, as in the reference (the whole tile did: classify_tile in csrc/step.h, Triton's tile_classes)."""
+    _need(backend)
+    from yoda_kernels import ops as ops_mod
+
+    gen = torch.Generator().manual_seed(6)
+    x, out, c = (torch.randn(1, 2, 16, 24, generator=gen) for _ in range(3))
+    A = torch.ones(1, 1, 16, 24)
+    A[0, 0, 3, 5] = float("nan")
+    tmax, tmin = naive.tile_stats(A, 8)
+    args = (x, out, c, A, tmax, tmin, 0.5, coefs_mod.step_coefficients(0.3, 0.45), False, 1, 2, None, 8)
+    want = ops_mod._impl("masked_step", "naive")(*args)
+    got = ops_mod._impl("masked_step", backend)(*(a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args))
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_tile_stats_and_q_sample(backend, dtype):
     _need(backend)

@@ -10,7 +10,7 @@ import torch
 import test_masked_combine as TC
 import test_masked_step as TS
 import yoda_kernels as yk
-from yoda_kernels import ops
+from yoda_kernels import masked_ops, ops
 from yoda_kernels import testing as T
 
 FIXED = {"c", "A", "tile", "stats", "seed"}  # what MaskedOps takes once
@@ -60,7 +60,9 @@ def test_fitting_calls_skip_the_fixed_checks(monkeypatch):
     _, x, c, A, preds = _loop_inputs((1, 3, 16, 20), True)
     checked, stats_made = [], []
     real_fixed, real_stats = ops._check_fixed, ops.tile_stats
-    monkeypatch.setattr(ops, "_check_fixed", lambda *a, **k: (checked.append(1), real_fixed(*a, **k))[1])
+    counted = lambda *a, **k: (checked.append(1), real_fixed(*a, **k))[1]  # noqa: E731
+    monkeypatch.setattr(ops, "_check_fixed", counted)  # the full entry point's
+    monkeypatch.setattr(masked_ops, "_check_fixed", counted)  # MaskedOps
     monkeypatch.setattr(ops, "tile_stats", lambda *a, **k: (stats_made.append(1), real_stats(*a, **k))[1])
     m = yk.MaskedOps(c, A, tile=8, backend="cpp")
     assert (len(checked), len(stats_made)) == (1, 1)

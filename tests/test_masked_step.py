@@ -201,6 +201,27 @@ def test_tile_classes_skip_reads(backend):
     assert torch.equal(dirty, clean)
 
 
+@pytest.mark.parametrize("backend", [b for b in yk.available_backends("cpu") if b != "naive"])
+@pytest.mark.parametrize("op_name", ["masked_step", "masked_combine"])
+def test_a_nan_in_A_leaves_only_its_pixel_inactive_in_direct_calls(backend, op_name):
+    """The public ops refuse a NaN in A, but the registered ops take one (direct calls, a TileStats made before A
+    changed in place): its tile's stats are NaN, and the kernels took the whole tile as inactive (63 of 64 pixels
+    off the reference, which leaves only the NaN pixel inactive). Now such a tile is mixed: the reference's bits."""
+    shape = (1, 2, 16, 24)
+    g = torch.Generator().manual_seed(6)
+    x, out, c = (torch.randn(shape, generator=g) for _ in range(3))
+    A = torch.ones(1, 1, 16, 24)
+    A[0, 0, 3, 5] = float("nan")
+    tmax, tmin = naive.tile_stats(A, 8)
+    assert tmax.isnan().sum() == 1
+    if op_name == "masked_step":
+        args = (x, out, c, A, tmax, tmin, 0.5, yk.step_coefficients(0.3, 0.45), False, 1, 2, None, 8)
+    else:
+        args = (x, out, None, None, c, A, tmax, tmin, 0.5, [0.9, 0.1, 0.0, 0.0, 0.0, 0.8, 0.0], 1, 2, None, 8)
+    want, got = ops._impl(op_name, "naive")(*args), ops._impl(op_name, backend)(*args)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("backend", yk.available_backends("cpu"))
 def test_noiseless_step_ignores_an_explicit_noise_tensor(backend):
     """A step that draws no noise (the last DDPM step, DDIM with eta = 0: sigma = lb = 0) does not read the noise
@@ -245,6 +266,11 @@ BAD = [
     ("coefs-9", lambda x, o, c, A: dict(coefs=[0.0] * 9), ValueError, "coefs"),
     ("coefs-inf", lambda x, o, c, A: dict(coefs=[math.inf] + [0.0] * 9), ValueError, "coefs"),
     ("stats-shape", lambda x, o, c, A: dict(stats=naive.tile_stats(A, 8)), ValueError, "stats"),
+    # three were taken: stats without A (ignored: every pixel active), clip="no" (clipped), A in float64
+    ("stats-no-A", lambda x, o, c, A: dict(A=None, stats=yk.tile_stats(A)), ValueError, "stats given without A"),
+    ("clip-str", lambda x, o, c, A: dict(clip="no"), TypeError, "clip must be True or False, got 'no'"),
+    ("A-float64", lambda x, o, c, A: dict(A=A.double()), TypeError, "A must be float32, float16 or bfloat16"),
+    ("tau-2", lambda x, o, c, A: dict(tau=torch.tensor([0.5, 0.6])), ValueError, r"tau must be one number"),
     ("no-schedule", lambda x, o, c, A: dict(ab_t=None), ValueError, "coefs or both ab_t"),
     # eta > 1 was taken (the direction term clamped to 0: a wrong step), and eta with DDPM ignored
     ("ddim-eta-2", lambda x, o, c, A: dict(sampler="ddim", eta=2.0), ValueError, r"eta must be a float in \[0, 1\]"),
@@ -593,3 +619,24 @@ def _C_tag() -> str:
     from yoda_kernels import _C
 
     return _C.source_hash
+
+
+@pytest.mark.skipif("triton" not in yk.available_backends("cpu"), reason="triton not installed")
+def test_triton_takes_views_whose_rows_span_2_to_the_31_elements():
+    """Triton addresses a strip from a 64-bit base plus 32-bit offsets: a view with a column stride of 2**29 (W
+    outermost of a 4 GiB buffer; only a few pages of it are touched) wrapped to a negative offset and read out of
+    bounds (a segfault under the interpreter, an illegal address or wrong data on a GPU). Such views are copied
+    dense first; C++ and CUDA index in 64 bits."""
+    from yoda_kernels.triton.launch import narrow_offsets
+
+    S, H, W = 2**29, 4, 5
+    store = torch.empty(4 * S + H, dtype=torch.float16)
+    x = store.as_strided((1, 1, H, W), (0, 0, 1, S))  # also the map: 0 .. 0.59, tau 0.3
+    dense = torch.arange(H * W, dtype=torch.float16).view(1, 1, H, W) / 32
+    x.copy_(dense)
+    o, c = torch.zeros_like(dense), torch.full_like(dense, -1.0)
+    coefs = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # active: x; inactive: c
+    want = yk.masked_step(dense, o, c, dense, 0.3, coefs=coefs, backend="naive")
+    assert torch.equal(yk.masked_step(x, o, c, x, 0.3, coefs=coefs, backend="triton"), want)
+    assert torch.equal(yk.tile_stats(x, 8, backend="triton")[0], dense.float().amax().view(1, 1, 1))
+    assert narrow_offsets(x, 16) is not x and narrow_offsets(dense, 16) is dense and narrow_offsets(None, 16) is None

@@ -11,6 +11,7 @@ import copy
 import inspect
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -192,13 +193,17 @@ _GOOD_SR3 = {"model": {"unet": {"inner_channel": 8, "norm_groups": 4, "channel_m
     (("model", "diffusion"), [1], "diffusion must be a JSON object, got list"),
     (("model", "unet"), [1], "unet must be a JSON object, got list"),
     (("model", "beta_schedule"), ["train", "val"], "beta_schedule must be a JSON object, got list"),
-    (("model", "beta_schedule", "train"), "linear", "model.beta_schedule: beta_schedule entry must be a dict"),
-    (("model", "beta_schedule", "train", "linear_start"), [1], "linear_start / linear_end must be numbers"),
+    (("model", "beta_schedule", "train"), "linear", "model.beta_schedule.train: beta_schedule entry must be a dict"),
+    (("model", "beta_schedule", "train", "linear_start"), [1],
+     "model.beta_schedule.train: beta_schedule entry's linear_start / linear_end must be numbers"),
+    (("model", "beta_schedule", "val", "n_timestep"), "abc",
+     "SR3 config config dict: model.beta_schedule.val: beta_schedule entry needs an int 'n_timestep'"),
     (("datasets", "val", "l_resolution"), None, "l_resolution / r_resolution must be ints, got None"),
-], ids=["datasets", "diffusion", "unet", "schedule", "train-entry", "linear_start", "l_resolution"])
+], ids=["datasets", "diffusion", "unet", "schedule", "train-entry", "linear_start", "n_timestep", "l_resolution"])
 def test_load_sr3_config_names_a_section_of_the_wrong_type(where, value, message):
     """A config whose sections had the wrong JSON type (a list for an object, null for a number) failed with
-    AttributeError / TypeError: the CLI's "internal error (a bug in yoda)" and a traceback, not a config error."""
+    AttributeError / TypeError: the CLI's "internal error (a bug in yoda)" and a traceback, not a config error. A
+    bad value in a schedule entry named neither the file nor the entry."""
     cfg = copy.deepcopy(_GOOD_SR3)
     load_sr3_config(cfg)  # the good one loads
     d = cfg
@@ -1011,3 +1016,18 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
                 {"spacing": "bogus"}, {"steps": 21}):
         with pytest.raises(ValueError, match="sampling"):
             LatentAdapter(lambda x: x, lambda z: z, lambda z, t, c: z, plain.schedule, sampling=bad)
+
+
+def test_load_sr3_config_warns_of_keys_sr3_does_not_read():
+    """A misspelt model.unet key (norm_group for norm_groups) changes no weight's shape, so strict loading let the
+    default 32 groups stand without a word, and the model's output was wrong. Unknown keys are now warned of."""
+    cfg = copy.deepcopy(_GOOD_SR3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_sr3_config(cfg)[0].norm_groups == 4  # SR3's own keys: no warning
+    cfg["model"]["unet"]["norm_group"] = cfg["model"]["unet"].pop("norm_groups")
+    cfg["model"]["unet"]["inner_channel"] = 32  # so that the default 32 groups divide its channels
+    cfg["model"]["diffusion"]["imagesize"] = 16
+    with pytest.warns(UserWarning, match=r"'model.unet.norm_group', 'model.diffusion.imagesize' unknown to SR3 "
+                                         r"\(a misspelling\? model.unet takes in_channel, .*norm_groups"):
+        assert load_sr3_config(cfg)[0].norm_groups == 32

@@ -1371,6 +1371,24 @@ def test_pad_samples_any_size_as_the_cli_does():
         run(model, lr, pad="yes")
 
 
+def test_pad_with_a_window_wider_than_the_image_is_the_untiled_call():
+    """pad=True pads the state to lcm(scale, multiple); a window of the model's multiple may cover the SR image
+    and not the padded state (scale 3, multiple 2: SR 15, state 18, window 16). The tiler laid two windows a side,
+    overlapping almost wholly: 4 calls a step and another image. A window that covers the image along an axis now
+    covers the state there: one call, the untiled image bit for bit. One that covers a single axis takes it whole."""
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=3, multiple=2)
+    lr, A = lr_image(h=5, w=5), torch.rand(1, 1, 15, 15, generator=torch.Generator().manual_seed(1))
+    want = run(model, lr, attention=A, seed=1, pad=True, steps=5)
+    calls = []
+    got = run(model, lr, attention=A, seed=1, pad=True, steps=5, windows=16,
+              callback=lambda d: calls.append(d["calls"]))
+    assert torch.equal(got, want) and calls == [1] * 5
+    wide = lr_image(h=5, w=12)  # SR 15 x 36, state 18 x 36: windows of 16 wide, whole in height
+    calls.clear()
+    run(model, wide, seed=1, pad=True, steps=2, windows=(16, 4), callback=lambda d: calls.append(d["calls"]))
+    assert calls == [3, 3]  # 3 windows along the width (starts 0, 12, 20), one along the height
+
+
 def test_default_attention_to_state_halving_is_2x2_means():
     """bilinear with half-pixel centres (align_corners=False) halving a grid samples at 2i + 0.5: the mean of each
     2 x 2 block, exactly."""

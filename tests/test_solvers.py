@@ -156,6 +156,9 @@ def test_sigma_to_t_is_log_sigma_interpolation():
         assert S.sigma_to_t(math.exp(logs[idx]), logs) == pytest.approx(idx, abs=1e-9)
         assert S.t_to_sigma(float(idx), logs) == math.exp(logs[idx])
     assert S.t_to_sigma(S.sigma_to_t(0.7, logs), logs) == pytest.approx(0.7, rel=1e-12)
+    # a table ending in two equal sigmas (a last beta below 2^-53) divided by zero at its largest sigma
+    flat = logs[:-1] + [logs[-2]]
+    assert S.sigma_to_t(math.exp(flat[-1]), flat) == T - 2 and S.sigma_to_t(math.exp(logs[5]), flat) == 5
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -402,10 +405,10 @@ def test_dpm_solvers_match_diffusers(solver, order, algorithm, solver_type, pred
 
 
 def test_3m_sde_third_order_differs_from_diffusers_by_its_sign_of_one_half():
-    """DPM++(3M) SDE: yoda follows k-diffusion (phi_3 = phi_2 / h_eta - 1/2, the exact integral of the
-    second-order Taylor term); diffusers' sde-dpmsolver++ third-order update adds -1/2 where the integral has +1/2
-    (DESIGN.md §5b). With the same noise, diffusers' loop equals the float64 transcription with the sign flipped,
-    and ours the transcription as k-diffusion writes it."""
+    """DPM++(3M) SDE: yoda follows k-diffusion (phi_3 = phi_2 / h_eta - 1/2; half the exponential integrator's
+    weight on its second difference, DESIGN.md §5b); diffusers' sde-dpmsolver++ third-order update adds -1/2
+    where k-diffusion has +1/2. With the same noise, diffusers' loop equals the float64 transcription with the sign
+    flipped, and ours the transcription as k-diffusion writes it."""
     d = DPMSolverMultistepScheduler(**SD, algorithm_type="sde-dpmsolver++", solver_order=3,
                                     solver_type="heun", use_karras_sigmas=True, lower_order_final=False)
     d.set_timesteps(STEPS)

@@ -77,8 +77,8 @@ def test_nan_is_rejected(backend):
     [
         pytest.param(torch.rand(1, 2, 8, 8), 8, ValueError, "A must be", id="two-channels"),
         pytest.param(torch.rand(8, 8), 8, ValueError, "A must be", id="2d"),
-        pytest.param(torch.rand(1, 8, 8).double(), 8, TypeError, "A must be a float tensor", id="float64"),
-        pytest.param(torch.ones(1, 8, 8, dtype=torch.int32), 8, TypeError, "A must be a float tensor", id="int"),
+        pytest.param(torch.rand(1, 8, 8).double(), 8, TypeError, "A must be float32, float16 or bfloat16, got torch.float64", id="float64"),
+        pytest.param(torch.ones(1, 8, 8, dtype=torch.int32), 8, TypeError, "A must be float32, float16 or bfloat16", id="int"),
         pytest.param(torch.rand(1, 8, 8), 4, ValueError, "tile must be one of", id="tile-4"),
     ],
 )
@@ -106,3 +106,17 @@ def test_cpp_checks():
 )
 def test_opcheck(A, tile):
     torch.library.opcheck(torch.ops.yoda.tile_stats.default, (A, tile))
+
+
+def test_sides_of_2_to_the_31_are_refused():
+    """The GPU kernels of tile_stats and masked_q_sample index a row or column in 32 bits: a side of 2**31 pixels
+    gave back an uninitialised output (CUDA) or wrapped (Triton). Refused, naming the argument (meta tensors: no
+    memory)."""
+    import yoda_kernels as yk
+
+    A = torch.empty(1, 1, 1, 2**31, dtype=torch.float16, device="meta")
+    with pytest.raises(ValueError, match=r"A of shape \(1, 1, 1, 2147483648\) has a side of 2\*\*31 or more"):
+        yk.tile_stats(A)
+    x = torch.empty(1, 1, 2**31, 1, device="meta")
+    with pytest.raises(ValueError, match=r"x0 of shape \(1, 1, 2147483648, 1\) has a side of 2\*\*31"):
+        yk.masked_q_sample(x, x, x, None, 0.5, 0.5)

@@ -726,6 +726,10 @@ def test_config_refuses_a_model_scale_other_than_the_data_scale(img_folder):
 
 
 def test_config_refuses_a_decay_that_starts_at_or_after_the_end(img_folder):
+    # or in the warm-up: the rate was held there, then dropped at once (0.89 lr at step 200 for 100 / 200 / 1000)
+    with pytest.raises(ValueError, match=r"^decay_from \(100\) must not be below warmup \(200\)"):
+        tiny_config(img_folder, steps=1000, warmup=200, decay_from=100)
+    assert tiny_config(img_folder, steps=1000, warmup=200, decay_from=200).decay_from == 200
     for decay_from in (10, 3):
         with pytest.raises(ValueError) as e:
             tiny_config(img_folder, steps=3, decay_from=decay_from)
@@ -760,8 +764,10 @@ def test_train_main_refuses_a_checkpoint_past_the_steps_and_records_the_flips(tm
 
 def test_trainer_refuses_held_out_images_by_content(tmp_path, img_folder):
     """A data folder holding a held-out image is refused, naming the file and the image, whatever the file's name:
-    the picture itself, a resized JPEG copy, a grey copy. A user's own picture named like one trains. TRAINING.md
-    says the model never saw them (a renamed or resized copy trained before)."""
+    the picture itself, a resized JPEG copy, a grey, mirrored, flipped, turned or darkened copy. A user's own
+    picture named like one trains. TRAINING.md says the model never saw them (a renamed or resized copy trained
+    before; a flipped or turned one until the eight orientations were compared, and a copy at 5% of the brightness
+    until the thumbnails were left unrounded)."""
     import io
 
     import numpy as np
@@ -792,7 +798,10 @@ def test_trainer_refuses_held_out_images_by_content(tmp_path, img_folder):
     with pytest.raises(DataError, match="held-out photographs"):  # a file named like a photograph, as before
         check_train_images([(f"d/{HELD_OUT_PHOTOS[0]}.png", own)])
     mirrored, brighter = builtin_image("rocket")[:, ::-1], np.clip(builtin_image("astronaut") * 0.9 + 20, 0, 255)
-    for held, a in (("rocket", mirrored), ("astronaut", brighter.astype(np.uint8))):
+    turned, turned_mirrored = np.rot90(builtin_image("coffee")), np.rot90(builtin_image("chelsea")[:, ::-1], 3)
+    for held, a in (("rocket", mirrored), ("astronaut", brighter.astype(np.uint8)), ("coffee", turned),
+                    ("chelsea", turned_mirrored), ("rocket", np.rot90(builtin_image("rocket"), 2)),
+                    ("rocket", builtin_image("rocket")[::-1]), ("chelsea", np.round(builtin_image("chelsea") * 0.05).astype(np.uint8))):
         with pytest.raises(DataError, match=rf"\(a copy of {held}\)"):
             check_train_images([("d/x.png", a)])
     # pictures that are not held out train, whatever their names: flat ones, a smooth gradient of mate-Wood's
@@ -1282,7 +1291,8 @@ def test_a_checkpoint_from_before_init_resumes(tmp_path, img_folder):
 
 
 def test_init_refuses_another_model(tmp_path, img_folder):
-    """A file of another architecture or another prediction target is refused with the difference named."""
+    """A file of another architecture, prediction target or up(lr) is refused with the difference named (a
+    released model's Pillow up(lr) was replaced by torch's without a word: up to 18 levels apart at edges)."""
     Trainer(tiny_config(img_folder, steps=1, val_every=0), str(tmp_path / "a"), device="cpu", progress=False).run()
     src = str(tmp_path / "a" / "model.safetensors")
     wider = dict(TINY_MODEL, inner_channel=16)
@@ -1296,6 +1306,17 @@ def test_init_refuses_another_model(tmp_path, img_folder):
     with pytest.raises(ValueError, match=r"^init \(--init\) .*: the file's model was trained on another schedule"):
         Trainer(tiny_config(img_folder, schedule=longer, init=src), str(tmp_path / "h"), device="cpu",
                 progress=False)
+    # a released model saved again keeps its up(lr) (Pillow's bicubic, "sr3"): training would feed torch's instead
+    import yoda
+    from yoda.models import save_model
+
+    released = yoda.load("yoda", src)
+    released.upsampling = "sr3"
+    save_model(released, tmp_path / "released.safetensors")
+    with pytest.raises(ValueError, match=r"the file's model takes up\(lr\) = 'sr3' \(a released model's\); yoda "
+                                         r"trains with torch's bicubic \('torch'\) only"):
+        Trainer(tiny_config(img_folder, init=str(tmp_path / "released.safetensors")), str(tmp_path / "r"),
+                device="cpu", progress=False)
     eps = {"mask_input": True, "mask_loss": True, "target": "x0"}
     with pytest.raises(ValueError, match=r"the file's model has prediction 'eps', this config trains prediction 'x0'"):
         Trainer(tiny_config(img_folder, loss=eps, init=src), str(tmp_path / "c"), device="cpu", progress=False)
@@ -1557,3 +1578,53 @@ def test_a_model_trained_with_masked_input_samples_with_its_masks_lower_bound(tm
     a = argparse.Namespace(steps=None, sampler=None, lower_bound=0.5)  # --lower-bound given
     default_steps(a, net)
     assert a.lower_bound == 0.5
+
+
+def test_a_batch_with_no_active_value_moves_no_weight(tmp_path, img_folder, monkeypatch):
+    """With mask_loss, a global batch none of whose pixels is active at its step (small batches, late steps) has a
+    zero loss and zero gradients, yet AdamW stepped along its momentum (6.7e-3 at lr 1e-2) and the EMA moved.
+    Now such a step counts and moves nothing; the other steps train as before."""
+    from yoda.training import trainer as trainer_mod
+
+    cfg = tiny_config(img_folder, batch=1, steps=12, val_every=0, ckpt_every=0,
+                      loss={"mask_input": True, "mask_loss": True, "lower_bound": 0.5})
+    tr = Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
+    real_maps, real_loss = tr.train_images.sample_with_maps, trainer_mod.diffusion_loss
+
+    def zero_maps(batch, gen):  # A = 0: every pixel active while tau <= 0 (t <= T / 2), none after
+        hr, A = real_maps(batch, gen)
+        return hr, torch.zeros_like(A)
+
+    fractions = []
+    monkeypatch.setattr(tr.train_images, "sample_with_maps", zero_maps)
+    monkeypatch.setattr(trainer_mod, "diffusion_loss", lambda *a, **k: (o := real_loss(*a, **k), fractions.append(
+        o.active_fraction))[0])
+    for _ in range(cfg.steps):
+        before = [p.detach().clone() for p in (*tr.model.parameters(), *tr.ema.parameters())]
+        tr.train_step()
+        after = list((*tr.model.parameters(), *tr.ema.parameters()))
+        moved = any(not torch.equal(a, b) for a, b in zip(after, before))
+        assert moved == (fractions[-1] > 0), (tr.step, fractions[-1])
+    assert tr.step == cfg.steps  # and an empty step came after a trained one (AdamW had momentum to move by):
+    assert any(f == 0.0 and 1.0 in fractions[:i] for i, f in enumerate(fractions)), fractions
+
+
+def test_residual_training_clamps_as_the_model_samples(tmp_path, img_folder, monkeypatch):
+    """SRDiff's clip_input = false (no clamp of the residual, in its sampler and upstream's img2res) was ignored in
+    training: the residual was always clamped to [-1, 1], so the model learnt another target than it samples."""
+    from yoda.data import make_lr
+    from yoda.training import trainer as trainer_mod
+
+    hr = torch.ones(1, 3, 16, 16)
+    hr[..., 7:9, :] = -1.0  # a dark line: the bicubic of its LR misses it by more than 1 / residual_scale
+    lr = make_lr(hr, 4)
+    cfg = LossConfig(space="residual")
+    assert space_tensors(hr, lr, cfg, 4)[0].abs().max() == 1.0
+    assert space_tensors(hr, lr, cfg, 4, clip_input=False)[0].abs().max() > 1.2
+    srdiff = {"kind": "srdiff", "hidden_size": 8, "dim_mults": [1, 2], "rrdb_num_block": 2, "rrdb_num_feat": 8,
+              "clip_input": False}
+    seen, real = [], trainer_mod.space_tensors
+    monkeypatch.setattr(trainer_mod, "space_tensors", lambda *a: (seen.append(a[4:]), real(*a))[1])
+    cfg = tiny_config(img_folder, model=srdiff, loss={"space": "residual"}, val_every=0)
+    Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).train_step()
+    assert seen == [(False,)]

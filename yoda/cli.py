@@ -44,9 +44,9 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, c
                          read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
-                          speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun)
+                          speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun, working_where)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
-from .torchrun import dist_env, env_int, launched_world, rank_prefix
+from .torchrun import dist_env, env_int, launched_world, main_rank, rank_prefix
 from .errors import user_input as _user_input
 
 
@@ -131,8 +131,10 @@ def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
         raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: the window must be at least {least} pixels, the "
                         f"smallest side this model takes")
     if a.tiles is not None and a.tiles[1] == 0:
-        note(f"--tiles {a.tiles[0]},0: windows that do not overlap leave seams where they meet; --tiles "
-             f"{a.tiles[0]} blends them over {default_overlap(a.tiles[0], unit)} pixels")
+        blend = default_overlap(a.tiles[0], unit)
+        fix = (f"--tiles {a.tiles[0]} blends them over {blend} pixels" if blend else
+               f"windows of {2 * unit} or more overlap by default")  # --tiles W of one unit: no room to overlap
+        note(f"--tiles {typed}: windows that do not overlap leave seams where they meet; {fix}")
     if a.window_batch is not None and a.window_batch < 1:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
     attention = None if a.attention is None else attention_extractor(a.attention)
@@ -494,8 +496,13 @@ COMMANDS = {"upscale": cmd_upscale, "attention": cmd_attention, "demo": cmd_demo
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning of the library (an ICC profile it cannot read, a model in training mode, ...) as one line."""
-    print(f"yoda: warning: {printable(message)}", file=sys.stderr)
+    """A warning of the library (an ICC profile it cannot read, a model in training mode, ...) as one line, above
+    any progress bar. Under torchrun a warning met while a rank works on one of its inputs is said by that rank,
+    named; one met outside (loading the model, reading the options: the same on every rank) by rank 0 alone."""
+    where = working_where()
+    if where is None and not main_rank():
+        return
+    error_line(f"yoda: warning: {where or ''}{printable(message)}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

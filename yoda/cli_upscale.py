@@ -334,6 +334,15 @@ NO_ROOM = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
 # Seconds between looks at the outputs another process is making (run_items, until_free)
 BUSY_POLL_S = 1.0
 
+# run_items' ``where`` while an input's work runs, else None: the CLI's warnings say which rank met them
+_working = None
+
+
+def working_where() -> Optional[str]:
+    """The ``where`` of the input being worked on by run_items ("rank R: " under torchrun, else ""), or None
+    outside an input's work."""
+    return _working
+
 
 def until_free(work: Callable[[object], None], item) -> None:
     """work(item), waiting while another process is making its output (Busy); its errors are the caller's."""
@@ -372,7 +381,8 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
 def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseException], str], where: str,
              debug: bool, busy: list, quiet: bool = False) -> int:
     """run_items' work(item): 1 when it failed (reported), else 0; the item is appended to ``busy`` on Busy."""
-    oom = False
+    global _working
+    oom, _working = False, where
     try:
         work(item)
         return 0
@@ -388,6 +398,8 @@ def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseExcep
         if debug:
             traceback.print_exc()
         error_line(f"yoda: error: {where}{one_line(e)}")
+    finally:
+        _working = None
     if oom:  # out of the handler: its traceback held the failed input's tensors
         free_memory()
     return 1

@@ -372,7 +372,8 @@ def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_cha
                       "method reproduces exactly (PSNR inf) are left out of every row's PSNR."]
     if any(r.get("vs_plain_ci") is not None for r in rows):
         lines += ["", f"vs plain: the mean of each image's PSNR{y} minus plain's on it, ± the half-width of its 95% "
-                      "Student-t confidence interval over the images; an interval that contains 0 shows no difference."]
+                      "Student-t confidence interval over the images; an interval that contains 0 shows no "
+                      "significant difference."]
     if note:
         lines += ["", note + "."]
     return "\n".join(lines)

@@ -1,16 +1,18 @@
 """Held-out images recognised by their content: a training image that is a copy of one (renamed, resized,
-re-encoded, grey, mirrored, brightened) is refused whatever its name, so TRAINING.md's "the model never saw
+re-encoded, grey, mirrored, turned, brightened) is refused whatever its name, so TRAINING.md's "the model never saw
 them" holds.
 
 Each held-out image (scikit-image's yoda.data.HELD_OUT, the photographs of yoda.photos.HELD_OUT_PHOTOS) is kept
 here as its aspect ratio and a THUMB x THUMB grey thumbnail of the whole picture (Pillow's box filter, 256
 bytes; ``signature``). Thumbnails are compared as shapes: each minus its mean, over its standard deviation
-(``standardised``). An image whose aspect is within ASPECT_TOLERANCE of one's and whose standardised thumbnail,
-or its mirror image, is within COPY_DISTANCE of that one's (mean absolute difference) is a copy. Measured when
-the signatures were made: copies resized to 300 pixels wide and saved as JPEG quality 50 are within 0.042; the
-nearest other picture of the same aspect among the 40 photographs and scikit-image's images is 0.51 away, and a
-smooth grey gradient 0.79 from the flattest signature (mate-Wood, whose thumbnail is 6 levels from a plane). A
-flat image (thumbnail deviation below FLAT_LEVELS) is no copy. A crop of a held-out image is not recognised.
+(``standardised``). An image is a copy when, in one of its eight orientations (turned by a multiple of 90 degrees,
+mirrored or not: a box-filtered thumbnail turns with its image), its aspect is within ASPECT_TOLERANCE of one's and
+its standardised thumbnail within COPY_DISTANCE of that one's (mean absolute difference). Measured when the
+signatures were made: copies resized to 300 pixels wide and saved as JPEG quality 50 are within 0.047, and copies
+darkened to 5% of their brightness are recognised; the nearest other picture of the same aspect, in any
+orientation, among the 40 photographs and scikit-image's images is 0.51 away, and a smooth grey gradient 0.78 from
+the flattest signature (mate-Wood, whose thumbnail is 6 levels from a plane). A flat image (thumbnail deviation
+below FLAT_LEVELS) is no copy. A crop of a held-out image is not recognised.
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ import numpy as np
 
 THUMB = 16
 COPY_DISTANCE = 0.2  # of standardised thumbnails
-FLAT_LEVELS = 2.0  # a thumbnail deviating less (8-bit levels) has no shape to compare: the signatures' least is 8.3
+FLAT_LEVELS = 0.25  # a thumbnail deviating less (8-bit levels) has no shape to compare: the signatures' least is 8.3
 ASPECT_TOLERANCE = 0.02  # relative: a resize rounds each side to whole pixels
 
 
 def signature(a: np.ndarray) -> tuple[float, np.ndarray]:
-    """(width / height, THUMB x THUMB float32 grey thumbnail) of a uint8 (H, W, 3) or (H, W) image."""
+    """(width / height, THUMB x THUMB float32 grey thumbnail) of a uint8 (H, W, 3) or (H, W) image: ITU-R 601
+    luma, box-filtered, unrounded (a dark copy keeps its shape)."""
     from PIL import Image
 
-    grey = Image.fromarray(np.ascontiguousarray(a)).convert("L")
-    return a.shape[1] / a.shape[0], np.asarray(grey.resize((THUMB, THUMB), Image.BOX), dtype=np.float32)
+    grey = a.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]) if a.ndim == 3 else a.astype(np.float32)
+    return a.shape[1] / a.shape[0], np.asarray(Image.fromarray(grey, "F").resize((THUMB, THUMB), Image.BOX))
 
 
 def standardised(thumb: np.ndarray) -> Optional[np.ndarray]:
@@ -54,9 +57,10 @@ def held_out_copy(a: np.ndarray) -> Optional[str]:
     mine = standardised(thumb)
     if mine is None:
         return None
+    turns = [(aspect if k % 2 == 0 else 1 / aspect, np.rot90(m, k)) for k in range(4) for m in (mine, mine[:, ::-1])]
     for name, (their_aspect, theirs) in _held_out_shapes().items():
-        if abs(aspect / their_aspect - 1) <= ASPECT_TOLERANCE and \
-                min(float(np.abs(m - theirs).mean()) for m in (mine, mine[:, ::-1])) <= COPY_DISTANCE:
+        if any(abs(asp / their_aspect - 1) <= ASPECT_TOLERANCE and float(np.abs(m - theirs).mean()) <= COPY_DISTANCE
+               for asp, m in turns):
             return name
     return None
 

@@ -215,6 +215,7 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
                     font=f)
         pts = [p for _, _, runs, _ in series for run in runs for p in run]
         if not pts:
+            dr.text((x0, 8), title, fill=(0, 0, 0), font=f)
             if not bad:
                 dr.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0), font=f)
             continue

@@ -3,6 +3,7 @@
     contract.py   what every backend agrees on: named step coefficients, tile sizes, predictions, memory format
     naive.py      the reference (the test oracle, and the fallback on any device and for any missing kernel)
     ops.py        schemas, registration, backend choice (active_backends says what runs) and checked entry points
+    masked_ops.py MaskedOps: masked_step / masked_combine for a loop, its fixed arguments checked once
     coefs.py      the step coefficients from a schedule; philox.py the noise stream
     triton/       the Triton backend; csrc/ (compiled into yoda_kernels._C) the C++ and CUDA ones
 """
@@ -10,10 +11,10 @@
 from . import contract, naive, philox
 from .coefs import init_coefficients, needs_noise, step_coefficients
 from .contract import CombineCoefs, StepCoefs
+from .masked_ops import MaskedOps
 from .ops import (
     BACKENDS,
     Backend,
-    MaskedOps,
     TileStats,
     active_backends,
     active_tiles,

@@ -282,7 +282,7 @@ def _check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A"
     if not ok:
         raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W) = ({B}, 1, {H}, {W}), got {tuple(A.shape)}")
     if A.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a float tensor, got {A.dtype}")
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {A.dtype}")
     if A.device != x.device:
         raise ValueError(f"{name} is on {A.device} but {ref} is on {x.device}")
     return A
@@ -326,8 +326,9 @@ def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] 
     if not isinstance(A, torch.Tensor) or A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
         raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {getattr(A, 'shape', type(A))}")
     if A.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"A must be a float tensor, got {A.dtype}")
+        raise TypeError(f"A must be float32, float16 or bfloat16, got {A.dtype}")
     tile = check_tile(tile)
+    _check_sides("A", A)
     tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device), A)(A.contiguous(), tile)
     _check_nan("A", tmax, tmin)
     return TileStats(tmax, tmin)
@@ -379,7 +380,7 @@ def masked_step(
                                                                 tile, stats, backend)
     _check_no_grad("masked_step", backend, x, model_out, c, A, noise)
     return _impl("masked_step", backend, x)(
-        x, model_out, c, A, tmax, tmin, tau, coefs, bool(clip), int(seed), int(step), noise, tile
+        x, model_out, c, A, tmax, tmin, tau, coefs, _check_clip(clip), int(seed), int(step), noise, tile
     )
 
 
@@ -441,6 +442,8 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
         raise ValueError(f"{ref} of shape {tuple(x.shape)} is too large for the 32-bit noise counter")
     backend = _backend_name(backend, x.device)
     tmax = tmin = None
+    if A is None and stats is not None:  # every pixel would be active, whatever the stats say
+        raise ValueError("stats given without A: pass the A that tile_stats made them of")
     if A is not None:
         given = stats is not None
         if not given:
@@ -457,6 +460,24 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
     return A, tile, backend, tmax, tmin
 
 
+def _check_sides(name: str, t: torch.Tensor) -> None:
+    """Every dimension of ``t`` but the batch below 2**31: the GPU kernels index a channel, row or column in 32
+    bits (masked_step / masked_combine are bounded tighter by the noise counter)."""
+    if max(t.shape[1:], default=0) >= 2**31:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} has a side of 2**31 or more; the kernels take less")
+
+
+def _check_clip(clip) -> bool:
+    """``clip`` as a bool: True / False (numpy's too); "no" or 0.5 would have clipped (bool("no") is True)."""
+    if type(clip) is bool:
+        return clip
+    import numpy as np
+
+    if not isinstance(clip, np.bool_):
+        raise TypeError(f"clip must be True or False, got {clip!r}")
+    return bool(clip)
+
+
 def _check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
     """The checks of what changes from step to step -> (tau, coefs as floats; with A None the LR branch's weights
     zeroed, so that it never draws noise). Plain ints and floats take the short way (a loop's host time)."""
@@ -466,6 +487,8 @@ def _check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
         philox.check_seed_step(seed, step)
     if type(tau) is not float and (isinstance(tau, (bool, str, bytes)) or not isinstance(tau, (numbers.Real, torch.Tensor))):
         raise TypeError(f"tau must be a float, got {type(tau).__name__}")
+    if isinstance(tau, torch.Tensor) and tau.numel() != 1:
+        raise ValueError(f"tau must be one number (masked_q_sample takes one per image), got shape {tuple(tau.shape)}")
     tau = float(tau)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")
@@ -480,71 +503,6 @@ def _check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
 
 # where the LR branch's weights (la, lb) sit in StepCoefs and in CombineCoefs
 _LR_WEIGHTS = {len(f): (f.index("la"), f.index("lb")) for f in (StepCoefs._fields, CombineCoefs._fields)}
-
-
-class MaskedOps:
-    """:func:`masked_step` and :func:`masked_combine` for a loop of steps over one LR state ``c`` (B, C, H, W) and
-    attention ``A`` (None: every pixel active)::
-
-        ops = MaskedOps(c, A, tile=16, stats=None, seed=0, backend="auto")   # stats: tile_stats(A, tile) if None
-        x = ops.step(x, model_out, tau, coefs=k, step=i + 1)                 # or ops.combine(x, [d0, ...], ...)
-
-    What the loop keeps fixed (c, A, its tile statistics, tile, seed, backend) is checked once, here; each call
-    checks what changes (tau, coefs, step, noise) and that its tensors have c's shape, dtype and device. A call
-    whose tensors fail that test goes through the full entry point: the same result, or the same error naming the
-    argument. Each result is masked_step's / masked_combine's with the same arguments, bit for bit, as long as A
-    is not changed in place after construction (its tile statistics are made once, here)."""
-
-    def __init__(self, c: torch.Tensor, A: Optional[torch.Tensor] = None, *, tile: int = 16,
-                 stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None, seed: int = 0,
-                 backend: Union[str, Backend] = "auto"):
-        philox.check_seed_step(seed, 0)
-        A, tile, name, self._tmax, self._tmin = _check_fixed(c, c, A, tile, stats, backend, ref="c")
-        self.c, self.A, self.tile, self.seed = c, A, tile, int(seed)
-        self.backend = Backend(name, c.device.type)
-
-    @property
-    def stats(self) -> Optional[TileStats]:
-        """A's tile statistics (None without A), made or checked once at construction."""
-        return None if self.A is None else TileStats(self._tmax, self._tmin)
-
-    def _fits(self, *tensors: torch.Tensor) -> bool:
-        c = self.c
-        return all(isinstance(t, torch.Tensor) and t.shape == c.shape and t.dtype == c.dtype and t.device == c.device
-                   for t in tensors)
-
-    def step(self, x: torch.Tensor, model_out: torch.Tensor, tau: float = 0.0, *, coefs: Sequence[float],
-             step: int = 0, clip: bool = False, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """masked_step(x, model_out, c, A, tau, coefs=coefs, clip=clip, seed=, step=step, noise=noise, tile=,
-        stats=, backend=) with this object's c, A, seed, tile, stats and backend."""
-        if not self._fits(x, model_out):
-            return masked_step(x, model_out, self.c, self.A, tau, coefs=coefs, clip=clip, seed=self.seed, step=step,
-                               noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
-        tau, coefs = _check_call(x, self.A, tau, coefs, NUM_COEFS, self.seed, step, noise)
-        _check_no_grad("masked_step", self.backend.name, x, model_out, self.c, self.A, noise)
-        return _impl("masked_step", self.backend.name, x)(
-            x, model_out, self.c, self.A, self._tmax, self._tmin, tau, coefs, bool(clip), self.seed, int(step), noise,
-            self.tile
-        )
-
-    def combine(self, x: torch.Tensor, denoised: Sequence[torch.Tensor], tau: float = 0.0, *, coefs: Sequence[float],
-                step: int = 0, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """masked_combine(x, denoised, c, A, tau, coefs=coefs, seed=, step=step, noise=noise, tile=, stats=,
-        backend=) with this object's c, A, seed, tile, stats and backend."""
-        if not (isinstance(denoised, (list, tuple)) and 1 <= len(denoised) <= MAX_HISTORY
-                and self._fits(x, *denoised)):
-            return masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=self.seed, step=step,
-                                  noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
-        tau, coefs = _check_call(x, self.A, tau, coefs, NUM_COMBINE_COEFS, self.seed, step, noise)
-        for j in range(len(denoised), MAX_HISTORY):
-            if coefs[1 + j] != 0.0:
-                raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
-        d = list(denoised) + [None] * (MAX_HISTORY - len(denoised))
-        _check_no_grad("masked_combine", self.backend.name, x, *d, self.c, self.A, noise)
-        return _impl("masked_combine", self.backend.name, x)(
-            x, d[0], d[1], d[2], self.c, self.A, self._tmax, self._tmin, tau, coefs, self.seed, int(step), noise,
-            self.tile
-        )
 
 
 def masked_q_sample(
@@ -564,6 +522,7 @@ def masked_q_sample(
     _check_state("x0", x0)
     _check_state("c", c, x0)
     _check_state("noise", noise, x0)
+    _check_sides("x0", x0)
     A = _check_attention(A, x0, ref="x0")
     B = x0.shape[0]
 

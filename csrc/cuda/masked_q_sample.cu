@@ -74,6 +74,8 @@ at::Tensor masked_q_sample_cuda(const at::Tensor& x0, const at::Tensor& c, const
   const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
   TORCH_CHECK(B <= kMaxGridYZ && (H + kRowsY - 1) / kRowsY <= kMaxGridYZ, op, ": x0 of shape ", shape(x0),
               " is too large for the grid");
+  TORCH_CHECK(C <= INT32_MAX && W <= INT32_MAX, op, ": x0 of shape ", shape(x0),  // p.C, p.H, p.W are int
+              " has a side of 2^31 or more");
   const c10::cuda::CUDAGuard guard(x0.device());
   const at::Tensor sa = per_batch(op, be, "sqrt_ab", sqrt_ab, x0);
   const at::Tensor s1 = per_batch(op, be, "sqrt_1m_ab", sqrt_1m_ab, x0);

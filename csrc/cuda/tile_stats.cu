@@ -55,6 +55,8 @@ std::tuple<at::Tensor, at::Tensor> tile_stats_cuda(const at::Tensor& A, int64_t 
   const int64_t B = A.size(0), H = A.size(-2), W = A.size(-1);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
   TORCH_CHECK(B <= kMaxGridYZ, "yoda::tile_stats: at most ", num(kMaxGridYZ), " images, got ", num(B));
+  TORCH_CHECK(H <= INT32_MAX && W <= INT32_MAX, "yoda::tile_stats: A of shape ", shape(A),  // passed as int
+              " has a side of 2^31 or more");
   const c10::cuda::CUDAGuard guard(A.device());
   auto opts = A.options().dtype(at::kFloat);
   at::Tensor tmax = at::empty({B, TY, TX}, opts), tmin = at::empty({B, TY, TX}, opts);

@@ -15,6 +15,7 @@ from ..drawing import font as _font
 from ..drawing import legend as _legend
 from ..drawing import limits as _limits
 from ..drawing import text_wh as _text_wh
+from ..drawing import tick_labels
 from ..drawing import title as _title
 from .compute import FigureData, FigureSettings, _method_label
 
@@ -79,9 +80,9 @@ def draw_update_ratio(ratios: Mapping[str, Sequence[float]], lower_bounds: Seque
     # left: groups = lower bounds, one bar per method
     n_g, n_m = len(lower_bounds), max(1, len(methods))
     ax = _Axes(canvas, (80, 60, 480, 330), (-0.5, n_g - 0.5), (0.0, 1.05), font)
-    ax.frame("pixel update ratio = mean(min(1, A + l))", "lower bound l", "fraction of plain diffusion's updates",
-             xticks=list(range(n_g)), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0],
-             xticklabels=[_fmt(v) for v in lower_bounds])
+    ax.frame("pixel update ratio over all T steps = mean(min(1, A + l))", "lower bound l",
+             "fraction of plain diffusion's updates", xticks=list(range(n_g)), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0],
+             xticklabels=tick_labels(lower_bounds))
     bw = 0.8 / n_m
     for g in range(n_g):
         for j, m in enumerate(methods):

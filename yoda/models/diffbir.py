@@ -100,9 +100,12 @@ def _need_method(obj: Any, name: str, arg: str, what: str) -> None:
 
 def _work_size(H: int, W: int, enlarge_to: Optional[int]) -> Tuple[int, int]:
     """The size DiffBIR's pipeline samples an (H, W) stage-1 image at: its shorter side enlarged to enlarge_to
-    when below it, the longer side in proportion, truncated (its resize_short_edge_to); else (H, W)."""
+    when below it, the longer side in proportion, truncated (its resize_short_edge_to: a square one is made
+    enlarge_to square, not truncated); else (H, W)."""
     if not enlarge_to or min(H, W) >= enlarge_to:
         return H, W
+    if H == W:
+        return enlarge_to, enlarge_to
     if H <= W:
         return enlarge_to, int(W * (enlarge_to / H))
     return int(H * (enlarge_to / W)), enlarge_to

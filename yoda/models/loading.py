@@ -1,6 +1,6 @@
 """``yoda.load(kind, path)``: one entry point for every weight file yoda reads.
 
-    net = yoda.load("sr3", "I830000_E32_gen.pth", config="sr_sr3_16_128.json")   # yoda.models.sr3_load
+    net = yoda.load("sr3", "I640000_E37_gen.pth", config="sr_sr3_16_128.json")   # yoda.models.sr3_load
     net = yoda.load("srdiff", "model_ckpt_steps_400000.ckpt")                     # yoda.models.srdiff_load
     net = yoda.load("yoda", "yoda/weights/default_x4.safetensors")                # yoda.models.yoda_format
     net = yoda.load("yoda", "default")                                            # the embedded x4 model

@@ -1,7 +1,7 @@
 """Loading SR3 checkpoints released by Janspiry/Image-Super-Resolution-via-Iterative-Refinement, and its JSON
 configs (:func:`load_sr3_config`).
 
-    net = load_sr3("I830000_E32_gen.pth", config="sr_sr3_16_128.json")    # or yoda.load("sr3", ...)
+    net = load_sr3("I640000_E37_gen.pth", config="sr_sr3_16_128.json")    # or yoda.load("sr3", ...)
 
 The ``*_gen.pth`` file holds ``GaussianDiffusion.state_dict()``: the UNet under ``denoise_fn.`` plus the 12
 schedule buffers (SR3_DIFFUSION_BUFFERS). The prefix is stripped, the buffers are compared with the config's
@@ -27,6 +27,11 @@ from .card import ModelCard
 from .sr3 import SR3_16_128, SR3_DIFFUSION_BUFFERS, SR3Config, SR3UNet, sr3_beta_schedule, sr3_default_schedule
 
 __all__ = ["load_sr3", "load_sr3_config", "split_diffusion_buffers"]
+
+# The keys of SR3's config sections that its define_G reads (model/networks.py); others are warned of
+SR3_UNET_KEYS = ("in_channel", "out_channel", "inner_channel", "norm_groups", "channel_multiplier", "attn_res",
+                 "res_blocks", "dropout")
+SR3_DIFFUSION_KEYS = ("image_size", "channels", "conditional")
 
 
 def _strip_json_comments(text: str) -> str:
@@ -88,6 +93,13 @@ def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Con
                 raise ValueError(f"SR3 config {where}: r_resolution {hi} is not a multiple of l_resolution {lo}")
             scale = hi // lo
             break
+    unknown = [f"model.{name}.{k}" for name, sec, known in (("unet", unet, SR3_UNET_KEYS),
+                                                              ("diffusion", diffusion, SR3_DIFFUSION_KEYS))
+               for k in sec if k not in known]
+    if unknown:  # a misspelt norm_groups changes no shape, so strict loading cannot catch it
+        warnings.warn(f"SR3 config {where}: {', '.join(map(repr, unknown))} unknown to SR3 (a misspelling? "
+                      f"model.unet takes {', '.join(SR3_UNET_KEYS)}); left unused, its default stands",
+                      stacklevel=3)
     norm_groups = unet.get("norm_groups")
     try:
         cfg = SR3Config(
@@ -106,10 +118,13 @@ def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Con
         raise ValueError(f"SR3 config {where}: bad model.unet entry: {e}") from e
     if "train" not in sched or "val" not in sched:
         raise ValueError(f"SR3 config {where}: model.beta_schedule needs both 'train' and 'val'")
-    try:
-        return cfg, sr3_beta_schedule(sched["train"]), sr3_beta_schedule(sched["val"])
-    except TypeError as e:  # an entry that is not an object
-        raise ValueError(f"SR3 config {where}: model.beta_schedule: {e}") from e
+    schedules = []
+    for phase in ("train", "val"):
+        try:
+            schedules.append(sr3_beta_schedule(sched[phase]))
+        except (TypeError, ValueError) as e:  # an entry that is not an object, or a bad value in it
+            raise ValueError(f"SR3 config {where}: model.beta_schedule.{phase}: {e}") from e
+    return (cfg, *schedules)
 
 
 def split_diffusion_buffers(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -145,6 +160,10 @@ def load_sr3(p: str, config: Any = None) -> nn.Module:
                               "load the *_gen.pth saved next to it")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
+        if isinstance(obj.get("model"), Mapping) or any(str(k).startswith("model.rrdb.") for k in obj):
+            raise CheckpointError(f"{p}: an SRDiff checkpoint (model_ckpt_steps_*.ckpt: state_dict's 'model'), not "
+                                  "SR3's: load it as kind 'srdiff' (yoda.load('srdiff', ...), the CLI's --model "
+                                  "srdiff:PATH)")
     sd = strip_prefix(as_state_dict(obj, p), "module.")
     sd, bufs = split_diffusion_buffers(sd)
     if any(k.startswith("denoise_fn.") for k in sd):  # GaussianDiffusion.state_dict(): the *_gen.pth layout

@@ -151,6 +151,10 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
             obj = {k[len("model."):]: v for k, v in obj.items() if isinstance(k, str) and k.startswith("model.")}
     sd = strip_prefix(as_state_dict(obj, p), "module.")
     sd, bufs = split_diffusion_buffers(fold_weight_norm(sd))
+    if any(k.startswith("denoise_fn.noise_level_mlp.") for k in sd) and not any(k.startswith("rrdb.") for k in sd):
+        raise CheckpointError(f"{p}: an SR3 checkpoint (*_gen.pth: 'denoise_fn.noise_level_mlp.*' weights, no RRDB "
+                              "encoder), not SRDiff's: load it as kind 'sr3' (yoda.load('sr3', ...), the CLI's "
+                              "--model sr3:PATH)")
     if not any(k.startswith("denoise_fn.") for k in sd):
         raise CheckpointError(f"{p}: not an SRDiff checkpoint: it has no 'denoise_fn.*' weights (upstream's "
                               "GaussianDiffusion, saved as model_ckpt_steps_*.ckpt; an RRDB pretraining checkpoint "

@@ -70,7 +70,8 @@ def sample(
     lr: (B, 3, h, w) or (B, 1, h, w) in [-1, 1].
     attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
         bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get (a "dino-...:PATH"
-        name reads its weights at every call: pass yoda.attention.get(name), made once, to sample many), or
+        name reads its weights at every call, and warns the second time: pass yoda.attention.get(name), made
+        once, to sample many), or
         f(lr) -> A.
     steps: sampling steps (default: the model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T;
         with attention the model's steps are raised to the fewest whose last step refines every pixel (at most
@@ -191,9 +192,7 @@ def sample(
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)
     with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
-        run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise)
-        if crop is not None:
-            run.count_image_only(crop, tuple(adapter.scale * n for n in lr_checked.shape[-2:]))
+        run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop)
         x = run.start()
         last_ok = -1  # the last step after which the state was checked finite
         hist: tuple = ()  # a solver's earlier denoised estimates, newest first

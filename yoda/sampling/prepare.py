@@ -6,6 +6,7 @@ them (denoise, step or solve, report) and the start and the end (start, decode).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -26,22 +27,15 @@ class Run:
     i + 1) or noise[i + 1], the start's Philox(seed, 0) or noise[0]."""
 
     def __init__(self, adapter: Adapter, spec: SamplingSpec, lr_state: torch.Tensor, c: torch.Tensor, cond: Any,
-                 A: Optional[torch.Tensor], noise: Optional[list], tiler: Optional[Tiler]):
+                 A: Optional[torch.Tensor], noise: Optional[list], tiler: Optional[Tiler], extent: tuple):
         self.adapter, self.spec, self.lr_state, self.c, self.cond = adapter, spec, lr_state, c, cond
         self.A, self.noise, self.tiler = A, noise, tiler
         # the fused ops, with c, A, its tile stats, tile, seed and backend checked once, not at every step
         self.ops = K.MaskedOps(c, A, tile=spec.kernel_tile, seed=spec.seed, backend=spec.backend)
-        h, w = adapter.image_extent(cond, c.shape)  # what active_fraction counts: the image, not its padding
-        self.A_image = None if A is None else A[..., :h, :w]
+        # what active_fraction counts: the image's part of the state grid, not its padding
+        self.A_image = None if A is None else A[..., : extent[0], : extent[1]]
         # a multistep solver's history: as deep as its highest order reads (none for the one-step solvers)
         self.history = max(st.n for st in spec.solver) - 1 if spec.solver else 0
-
-    def count_image_only(self, size: tuple, padded: tuple) -> None:
-        """yoda.sample(pad=True): active_fraction counts the state pixels of the SR ``size``, not of the ``padded``
-        HR size the model sampled."""
-        if self.A_image is not None:
-            h, w = (-(-g * n // p) for g, n, p in zip(self.c.shape[-2:], size, padded))
-            self.A_image = self.A_image[..., :h, :w]
 
     def _noise(self, step: int) -> Optional[torch.Tensor]:
         """noise[step] in the state's dtype and on its device, converted when used: a list in another dtype or
@@ -164,11 +158,12 @@ class Run:
         return self.adapter.decode(x, self.lr_state, self.cond)
 
 
-def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: Any, noise: Any) -> Run:
+def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: Any, noise: Any,
+            image_size: Optional[tuple] = None) -> Run:
     """The Run of ``spec`` for the checked ``lr`` (B, 3, h, w): adapter.prepare on lr in the state's dtype, A from
     ``attention`` at HR resolved to the state grid (None when attention is None or lower_bound >= 1), the
-    explicit ``noise`` checked against the state, the denoiser windows. Call under torch.inference_mode() (or
-    torch.no_grad())."""
+    explicit ``noise`` checked against the state, the denoiser windows. image_size: the SR size of an lr that
+    yoda.sample(pad=True) padded (the rest is padding). Call under torch.inference_mode() (or torch.no_grad())."""
     # the user's arguments first: adapter.prepare may be the heavy part (an RRDB, a VAE encode, DiffBIR's stage 1)
     w = spec.windows
     if w is not None and type(adapter).crop_cond is Adapter.crop_cond:
@@ -200,11 +195,14 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
                              f"expected {(B, 1, *c.shape[-2:])}")
         A = A.float().contiguous()
     noise = check_noise(entries, c)
+    extent = adapter.image_extent(prep.cond, c.shape)  # the image's part of the state grid, the rest padding
+    if image_size is not None:  # and yoda.sample(pad=True)'s padding
+        extent = tuple(min(e, -(-g * n // p)) for e, g, n, p in zip(extent, c.shape[-2:], image_size, hr))
     if w is not None:
         w = check_window_size(adapter, w, c.shape[-2:])
-    tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale)
-             if w is not None else None)
-    return Run(adapter, spec, lr_state, c, prep.cond, A, noise, tiler)
+    tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale,
+                   extent=extent) if w is not None else None)
+    return Run(adapter, spec, lr_state, c, prep.cond, A, noise, tiler, extent)
 
 
 def check_window_size(adapter: Any, w: Windows, grid) -> Windows:
@@ -259,6 +257,10 @@ def checked_map(attention: torch.Tensor, src: str, lr: torch.Tensor) -> torch.Te
     return A.expand(B, 1, *A.shape[2:])
 
 
+# The attention names with a weights file that resolve_attention has read in this process (to say so the second time)
+_READ_BEFORE: set = set()
+
+
 def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]) -> torch.Tensor:
     """attention (tensor, name or callable f(lr)) -> A (B, 1, H, W) float32 in [0, 1] on lr's device."""
     src = "attention"
@@ -267,8 +269,13 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
     # something (a calibrated saliency, a constant)
     extracted = isinstance(attention, str) or getattr(attention, "minmax_after_resize", False)
     if isinstance(attention, str):
-        attention = _attention.get(attention)
-        src = f"attention {src!r}"
+        name, attention = attention, _attention.get(attention)
+        if name.partition(":")[2]:  # "NAME:PATH": a network's weights, read again at every call
+            if name in _READ_BEFORE:
+                warnings.warn(f"attention {name!r} reads its weights file at every yoda.sample call; make the "
+                              f"extractor once, ex = yoda.attention.get({name!r}), and pass attention=ex",
+                              stacklevel=4)
+            _READ_BEFORE.add(name)
     if not isinstance(attention, torch.Tensor):
         if not callable(attention):
             raise TypeError(f"attention must be None, a tensor, a name or a callable f(lr) -> A; "

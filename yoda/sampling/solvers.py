@@ -21,7 +21,9 @@ Solvers (names as DiffBIR / k-diffusion; eta as k-diffusion's, default 1 where i
     heun           Karras et al. Algorithm 2: Euler predictor, trapezoidal corrector; Euler at the last step
     dpmpp_2m       DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), first order at the first and last step
     dpmpp_2m_sde   DPM-Solver++(2M) SDE, midpoint form (eta)
-    dpmpp_3m_sde   DPM-Solver++(3M) SDE (eta; eta = 0 is the third-order multistep ODE solver)
+    dpmpp_3m_sde   DPM-Solver++(3M) SDE (eta), k-diffusion's: its second difference d2 ~ h^2 D''/2 is weighted by
+                   -phi_3, half the exponential integrator's -2 phi_3 (as DPM-Solver's 3M), so with eta = 0 it
+                   converges with order 2, not 3 (DESIGN.md §5b); kept so for DiffBIR's images
     dpm_2          k-diffusion's sample_dpm_2: Euler to sigma_mid = sqrt(sigma sigma'), a second model call there,
                    the step to sigma' with that slope (a midpoint method; DPM-Solver-2's form in sigma)
     dpm_2_a        ancestral dpm_2: the same to sigma_down, then sigma_up z (eta)
@@ -135,7 +137,7 @@ def sigma_to_t(sigma: float, logs: Sequence[float]) -> float:
     ls = math.log(sigma)
     low = min(max(bisect.bisect_right(logs, ls) - 1, 0), n - 2)
     lo, hi = logs[low], logs[low + 1]
-    w = min(max((lo - ls) / (lo - hi), 0.0), 1.0)
+    w = 0.0 if hi == lo else min(max((lo - ls) / (lo - hi), 0.0), 1.0)  # a flat run of the table: its first t
     return (1.0 - w) * low + w * (low + 1)
 
 

@@ -70,11 +70,16 @@ class Tiler:
     respect to dense tiled sampling: at an active pixel the same windows are summed in the same order."""
 
     def __init__(self, shape: torch.Size, window: int, overlap: int, skip: bool, A: Optional[torch.Tensor],
-                 device, batch: Optional[int] = None, activation_scale: int = 1) -> None:
+                 device, batch: Optional[int] = None, activation_scale: int = 1,
+                 extent: Optional[tuple] = None) -> None:
+        """extent: the image's part of the state grid (h', w'), the rest padding: a window that covers the image
+        along an axis covers the whole grid there (one window, not two that overlap almost wholly)."""
         self.skip = skip
         H, W = shape[-2:]
-        spans = [(slice(y, min(y + window, H)), slice(x, min(x + window, W)))
-                 for y in window_starts(H, window, overlap) for x in window_starts(W, window, overlap)]
+        eh, ew = (H, W) if extent is None else extent
+        wy, wx = (H if window >= eh else window), (W if window >= ew else window)
+        spans = [(slice(y, min(y + wy, H)), slice(x, min(x + wx, W)))
+                 for y in window_starts(H, wy, overlap) for x in window_starts(W, wx, overlap)]
         # each window's attention maximum, read back in one transfer (one device sync, not one a window)
         wmaxes = [None] * len(spans) if A is None else torch.stack([A[..., ys, xs].amax() for ys, xs in spans]).tolist()
         self.windows = []
@@ -84,7 +89,7 @@ class Tiler:
             if size not in weights:
                 weights[size] = _gauss_1d(size[0], device)[:, None] * _gauss_1d(size[1], device)[None, :]
             self.windows.append((ys, xs, wmax, weights[size]))
-        hmax, wmax_ = min(window, H), min(window, W)
+        hmax, wmax_ = min(wy, H), min(wx, W)
         self.batch = int(batch) if batch is not None else default_window_batch(
             shape[0], shape[1], hmax, wmax_, activation_scale=activation_scale)
         self.last_batches = 0  # denoiser forward passes of the last denoise()

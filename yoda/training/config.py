@@ -158,6 +158,9 @@ class TrainConfig:
         if self.decay_from and self.decay_from >= self.steps:  # the decay would start after the run's end
             raise ValueError(f"decay_from ({self.decay_from}) must be below steps ({self.steps}), the step at which "
                              f"the learning rate has decayed to 0 (decay_from 0: no decay)")
+        if 0 < self.decay_from < self.warmup:  # warm-up would hold the rate, then it would drop at once
+            raise ValueError(f"decay_from ({self.decay_from}) must not be below warmup ({self.warmup}): the decay "
+                             "starts from the full learning rate, after the warm-up")
         if not isinstance(self.name, str) or not self.name.strip() or self.name in (".", "..") or \
                 any(sep in self.name for sep in ("/", "\\", os.sep)):
             raise ValueError(f"name must be a plain folder name (a run without --out goes to runs/<name>), got "

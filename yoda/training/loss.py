@@ -71,13 +71,15 @@ def step_taus(idx: torch.Tensor, T: int, lower_bound: float) -> torch.Tensor:
     return torch.tensor([tau_at(int(i) + 1, T, lower_bound) for i in idx.tolist()], dtype=torch.float32)
 
 
-def space_tensors(hr: torch.Tensor, lr: torch.Tensor, cfg: LossConfig, scale: int) -> tuple[torch.Tensor, ...]:
-    """(x0, c, up) of DESIGN.md §6: pixel space x0 = HR, c = up(lr); residual x0 = (HR - up(lr)) k, c = 0."""
+def space_tensors(hr: torch.Tensor, lr: torch.Tensor, cfg: LossConfig, scale: int,
+                  clip_input: bool = True) -> tuple[torch.Tensor, ...]:
+    """(x0, c, up) of DESIGN.md §6: pixel space x0 = HR, c = up(lr); residual x0 = (HR - up(lr)) k, c = 0, clamped
+    to [-1, 1] as SRDiff's img2res when ``clip_input`` (the model's; its sampler clamps the same way)."""
     up = upsample(lr, scale)
     if cfg.space == "pixel":
         return hr, up, up
-    # clamped to [-1, 1] as SRDiff's img2res (clip_input=True): the state lives in the diffusion's range
-    return ((hr - up) * cfg.residual_scale).clamp(-1.0, 1.0), torch.zeros_like(hr), up
+    x0 = (hr - up) * cfg.residual_scale
+    return x0.clamp(-1.0, 1.0) if clip_input else x0, torch.zeros_like(hr), up
 
 
 def diffusion_loss(

@@ -347,6 +347,10 @@ class Trainer:
         if file_sha256(path) != digest:
             raise ValueError(f"{where}: the file changed while it was read; start again when nothing writes it")
         card, want = src.card, model_card(self.cfg, self.schedule)
+        up = getattr(src, "upsampling", "torch")
+        if up != "torch":  # training makes up(lr) with torch's bicubic: the condition (and a residual) would change
+            raise ValueError(f"{where}: the file's model takes up(lr) = {up!r} (a released model's); yoda trains "
+                             "with torch's bicubic ('torch') only, so a fine-tune would change what it is given")
         for what in ("space", "prediction", "scale"):
             if getattr(card, what) != getattr(want, what):
                 raise ValueError(f"{where}: the file's model has {what} {getattr(card, what)!r}, this config trains "
@@ -404,23 +408,33 @@ class Trainer:
         idx, sqrt_ab = draw_noise_level(self.ab, cfg.batch, cfg.loss, self.gen)
         noise = torch.randn((cfg.batch, *hr.shape[1:]), generator=self.gen, dtype=torch.float32)
         lr_img = _data.make_lr(hr, cfg.data.scale)
-        x0, c, up = space_tensors(hr, lr_img, cfg.loss, cfg.data.scale)
+        x0, c, up = space_tensors(hr, lr_img, cfg.loss, cfg.data.scale, bool(cfg.model.get("clip_input", True)))
         for g in self.opt.param_groups:
             g["lr"] = self.learning_rate(self.step)
         self.model.train()
+        counts = []  # the global batch's count of active values (mask_loss)
+
+        def reduce_count(n: torch.Tensor) -> torch.Tensor:  # what the masked mean of this rank's share divides by
+            total = n if self.ddp is None else all_reduce_sum(n, ranks)
+            counts.append(total)
+            return total.clamp_min(1.0) / ranks.world
+
         if self.ddp is None:
-            denoise, reduce_count = make_denoiser(self.model, lr_img, up, cfg.loss), None
+            denoise = make_denoiser(self.model, lr_img, up, cfg.loss)
         else:
             denoise = lambda x_t, i, s: self.ddp(x_t, i, s, lr_img, up)  # noqa: E731
-            reduce_count = lambda n: all_reduce_sum(n, ranks).clamp_min(1.0) / ranks.world  # noqa: E731
         out = diffusion_loss(denoise, x0, c, A, self.ab, cfg.loss, idx=idx[share], sqrt_ab=sqrt_ab[share],
                              noise=noise[share], reduce_count=reduce_count)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()  # under DDP: the ranks' mean gradient, that of the global batch's loss
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
-        self._update_ema()
+        # a global batch with no active value (mask_loss; small batches, late steps) has a zero loss and zero
+        # gradients, which AdamW's momentum and the EMA would still move the weights by: the step counts, nothing
+        # moves (every rank agrees: the count is global)
+        if not (counts and float(counts[0]) == 0.0):
+            self.opt.step()
+            self._update_ema()
         self.step += 1
         return float(all_reduce_sum(out.loss.detach(), ranks)) / ranks.world
 

@@ -31,6 +31,17 @@ def on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def narrow_offsets(t, rows: int):
+    """``t`` itself, or a dense copy where the kernels' 32-bit offsets could wrap. A kernel addresses a block of
+    ``rows`` rows from a 64-bit base (batch, channel, first row) plus ``r * stride_h + col * stride_w`` in 32 bits
+    (Triton types a stride below 2**31 as int32): a view whose block spans 2**31 elements or more (H or W the
+    outermost dimension of a tensor that large) would read and write out of bounds. None stays None."""
+    if t is None:
+        return t
+    span = (rows - 1) * abs(t.stride(-2)) + (t.shape[-1] - 1) * abs(t.stride(-1))
+    return t if span < 2**31 else t.contiguous()
+
+
 # op name -> the function registered as it: yoda_kernels.ops calls it directly in a plain eager call
 # (ops._plain_eager; the op's dispatch would cost as much again as the launch's own Python)
 EAGER: dict = {}

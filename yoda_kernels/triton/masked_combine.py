@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ..contract import (FAKES, MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format,
                         needs_noise)
-from .launch import cdiv, on_device, register
+from .launch import cdiv, narrow_offsets, on_device, register
 from .masked_step import (
     NOISE_NONE,
     NOISE_PHILOX,
@@ -228,6 +228,7 @@ def launch_masked_combine(
     check_tile(tile)
     if len(coefs) != NUM_COMBINE_COEFS:
         raise ValueError(f"coefs must be {NUM_COMBINE_COEFS} floats, got {len(coefs)}")
+    x, d0, d1, d2, c, noise, A = (narrow_offsets(t, tile) for t in (x, d0, d1, d2, c, noise, A))
     k = CombineCoefs(*(float(v) for v in coefs))
     ds = [d for d in (d0, d1, d2) if d is not None]
     nd = len(ds)

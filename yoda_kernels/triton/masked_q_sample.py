@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ..contract import FAKES, memory_format
-from .launch import cdiv, next_pow2, on_device, register
+from .launch import cdiv, narrow_offsets, next_pow2, on_device, register
 from .masked_step import MAX_GRID_YZ, soft_bf16, to_output
 from .tile_stats import attention_strides
 
@@ -85,6 +85,7 @@ def masked_q_sample_triton(
         if t.shape != (B,):
             raise ValueError(f"{name} must have shape ({B},), got {tuple(t.shape)}")
     block_h, block_w = 16, max(16, min(128, next_pow2(max(W, 1))))
+    x0, c, noise, A = (narrow_offsets(t, block_h) for t in (x0, c, noise, A))
     if cdiv(H, block_h) > MAX_GRID_YZ or B > MAX_GRID_YZ:
         raise ValueError(f"x0 of shape {tuple(x0.shape)} is too large for the grid")
     out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device, memory_format=memory_format(x0))

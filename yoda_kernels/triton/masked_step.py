@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ..contract import FAKES, NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
 from .interpret import INTERPRET
-from .launch import cdiv, next_pow2, on_device, register
+from .launch import cdiv, narrow_offsets, next_pow2, on_device, register
 from .noise import randn4
 from .tile_stats import attention_strides, optional_stats
 
@@ -105,12 +105,13 @@ def _lane_active(a_ptr, r, cols, inb, full, mixed, sah, saw, tau, PATH: tl.const
 def tile_classes(tmax_ptr, tmin_ptr, b, ty, cols, col_in, TY, TX, tau, TILE: tl.constexpr):
     """The tile classes under a strip's columns (shared with masked_combine's kernel): full (tile_min >= tau),
     mixed, and how many columns are full and how many idle (no active pixel). Columns past W count as full and
-    idle, so that they never force the per-pixel path."""
+    idle, so that they never force the per-pixel path. A tile with a NaN of A (NaN stats: direct calls only) is
+    mixed, so that each pixel decides, as in the reference."""
     st = (b * TY + ty).to(tl.int64) * TX + cols // TILE
     tmax = tl.load(tmax_ptr + st, mask=col_in, other=float("-inf"))
     tmin = tl.load(tmin_ptr + st, mask=col_in, other=float("inf"))
     full = tmin >= tau
-    active = tmax >= tau
+    active = (tmax >= tau) | (tmax != tmax)
     mixed = active & (full == 0)
     return full, mixed, tl.sum(full.to(tl.int32), axis=0), tl.sum((active == 0).to(tl.int32), axis=0)
 
@@ -351,6 +352,7 @@ def launch_masked_step(
     check_tile(tile)
     if len(coefs) != NUM_COEFS:
         raise ValueError(f"coefs must be {NUM_COEFS} floats, got {len(coefs)}")
+    x, model_out, c, noise, A = (narrow_offsets(t, tile) for t in (x, model_out, c, noise, A))
     B, C, H, W = x.shape
     TY, TX = tile_grid(x, tile)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
