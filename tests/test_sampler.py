@@ -716,7 +716,7 @@ def test_default_window_batch_follows_the_adapters_activation_scale():
 
 def test_stack_conds_default():
     """Adapter.stack_conds concatenates tensors along dim 0 through tuples, lists and NamedTuples, keeps equal
-    plain values, and refuses what it cannot stack."""
+    plain values and 0-d tensors, and refuses what it cannot stack."""
     from yoda.models.srdiff import SRDiffCond
 
     a = SRDiffCond([torch.ones(1, 2, 3, 3), torch.zeros(1, 2, 3, 3)], torch.full((1, 3, 6, 6), 2.0))
@@ -730,6 +730,12 @@ def test_stack_conds_default():
         Adapter().stack_conds([(torch.ones(1), (4, 5)), (torch.ones(1), (4, 6))])
     with pytest.raises(NotImplementedError):
         Adapter().stack_conds([object(), object()])
+    # a 0-d tensor (a scale in the cond) has no batch dim: torch.cat raised a RuntimeError, which the tiler does not
+    # take as "denoise the windows one at a time", so the default window batch failed where window_batch=1 ran
+    u = Adapter().stack_conds([(torch.ones(1, 1), torch.tensor(1.5)), (torch.zeros(1, 1), torch.tensor(1.5))])
+    assert torch.equal(u[1], torch.tensor(1.5)) and u[0].shape == (2, 1)
+    with pytest.raises(NotImplementedError, match="0-d tensor"):
+        Adapter().stack_conds([(torch.ones(1), torch.tensor(1.5)), (torch.ones(1), torch.tensor(2.0))])
 
 
 # ------------------------------------------------------------------------------------------------------------

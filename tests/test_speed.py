@@ -368,3 +368,98 @@ def test_cuda_graph_capture_refuses_cpu_tensors():
 
     with pytest.raises(ValueError, match="CUDA device"):
         capture_cuda_graph(lambda: None, [torch.zeros(1)])
+
+
+def test_graph_cache_keys_the_options_and_survives_running_out_of_memory(monkeypatch):
+    """A GraphCache shared by calls with other options replayed the first call's graph: a later autocast="bf16"
+    call gave the float32 image (and compile on / off the same). The options are now in the key. A capture that
+    runs out of memory while the cache holds other graphs (their memory pools) frees them and tries once more
+    (`yoda upscale --cuda-graphs` on a folder of sizes kept failing after the first); a network output the graph
+    cannot clone out (a plain object) is refused at capture."""
+    import yoda.sampling.speed as S
+
+    captures = fake_capture(monkeypatch)
+    net, cache = Net(), S.GraphCache()
+    net.record = False
+    x, lv = torch.randn(1, 6, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((1, 1), 0.5)
+    y32 = FastNet(net, check_speed(cuda_graphs=cache, device=torch.device("cuda")))(x, lv)
+    bf16 = check_speed(cuda_graphs=cache, autocast="bf16", device=torch.device("cuda"))
+    y16 = FastNet(net, bf16)(x, lv)
+    assert len(captures) == 2 and torch.equal(y16, FastNet(net, Speed(autocast="bf16"))(x, lv))
+    assert not torch.equal(y16, y32)
+    real, failed = S.capture_cuda_graph, []
+
+    def short_of_memory(fn, inputs):  # the first try of a capture beside other graphs fails
+        if len(cache) and not failed:
+            failed.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(fn, inputs)
+
+    monkeypatch.setattr(S, "capture_cuda_graph", short_of_memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    y = FastNet(net, bf16)(torch.zeros(2, 6, 8, 8), torch.full((2, 1), 0.5))
+    assert failed == [1] and len(cache) == 1 and y.shape == (2, 3, 8, 8)  # the others freed, this one kept
+
+    class Box:
+        def __init__(self, t):
+            self.t = t
+
+    with pytest.raises(TypeError, match="cuda_graphs: the network returned a Box, which torch's pytree does not"):
+        FastNet(lambda a, b: Box(a), Speed(cuda_graphs=True))(x, lv)
+
+
+def test_compile_modes_with_their_own_cuda_graphs_and_failed_compiles_say_compile():
+    """compile={"mode": "max-autotune"} (the README's example) turns on inductor's CUDA graphs, which overwrite a
+    call's output at the next call: the two-call solvers read it after and failed. Refused on a GPU, naming
+    compile; the CPU keeps the mode. A compile that failed (no C++ compiler) was "an internal error (a bug in
+    yoda)" in the CLI, with a 116-line traceback: it is a UserError naming compile."""
+    from torch._dynamo.exc import BackendCompilerFailed  # noqa: F401  (the module such errors come from)
+
+    from yoda.errors import UserError
+
+    gpu = torch.device("cuda")
+    for opts in ({"mode": "max-autotune"}, {"mode": "reduce-overhead"}, {"options": {"triton.cudagraphs": True}}):
+        with pytest.raises(ValueError, match="^compile: mode .* captures CUDA graphs of its own"):
+            check_speed(compile=opts, device=gpu)
+    assert check_speed(compile={"mode": "max-autotune-no-cudagraphs"}, device=gpu).compile
+    assert check_speed(compile={"mode": "max-autotune"}, device=torch.device("cpu")).compile
+
+    class InductorError(RuntimeError):
+        pass
+
+    InductorError.__module__ = "torch._inductor.exc"
+    fast = FastNet(Net(), Speed(compile=True, compile_options=(("backend", "eager"),)))
+
+    def fail(*a, **k):
+        raise InductorError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
+
+    fast.__dict__["_call"] = fail
+    with pytest.raises(UserError, match=r"^compile: torch.compile of the network failed \(InductorError: "
+                                        r"InvalidCxxCompiler: No working C\+\+ compiler found\); leave compile off"):
+        fast(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
+
+
+def test_windows_under_cuda_graphs_go_in_batches_of_one_size(monkeypatch):
+    """With windows and attention the count of active windows grows from step to step, and every new batch size
+    was a new CUDA graph (GRAPH_WARMUP + 1 network calls and a memory pool each: 7 in 10 steps). Under
+    cuda_graphs each window size now goes in batches of one size, the last padded with its last window (its
+    output dropped): the image of eager windows, a few captures."""
+    import yoda.sampling.loop as L
+
+    captures = fake_capture(monkeypatch)
+    real_check = L.check_speed
+    monkeypatch.setattr(L, "check_speed", lambda **kw: real_check(**{**kw, "device": torch.device("cuda")}))
+    model = PixelAdapter(Net().eval(), SCHED, scale=2)
+    model.net.record = False
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(1, 1, 32, 32)  # more windows active every step
+    kw = dict(attention=ramp, steps=6, sampler="ddim", seed=0, progress=False, lower_bound=0.1, windows=(8, 2),
+              window_batch=4)
+    sizes, calls = set(), []
+    with torch.backends.mkldnn.flags(enabled=False):  # oneDNN's convolutions round by batch size; these do not
+        want = yoda.sample(model, lr_image(), callback=lambda d: calls.append(d["calls"]), **kw)
+        real_denoise = model.denoise
+        monkeypatch.setattr(PixelAdapter, "denoise",
+                            lambda self, x, *a: (sizes.add(x.shape[0]), real_denoise(x, *a))[1])
+        got = yoda.sample(model, lr_image(), cuda_graphs=True, **kw)
+    assert len(set(calls)) > 2  # the active windows changed from step to step
+    assert torch.equal(got, want) and sizes == {4} and len(captures) <= 4  # per window size (inner, 2 edges, corner)

@@ -164,10 +164,14 @@ class Adapter:
 
 def stack_along_batch(items: list) -> Any:
     """Concatenate tensors along dim 0, recursively through tuples, lists, NamedTuples and dicts (same keys) of
-    the same structure; other values must be equal in every item (e.g. a size) and are kept.
-    NotImplementedError otherwise."""
+    the same structure; other values and 0-d tensors must be equal in every item (e.g. a size, a scale) and are
+    kept. NotImplementedError otherwise."""
     first = items[0]
     if all(isinstance(v, torch.Tensor) for v in items):
+        if first.dim() == 0:  # a scalar (a guidance scale, a level) has no batch dim: kept if every item's is it
+            if all(v.shape == first.shape and torch.equal(v, first) for v in items):
+                return first
+            raise NotImplementedError("conds differ in a 0-d tensor, which has no batch dim to stack along")
         return torch.cat(items, dim=0)
     if isinstance(first, dict) and all(isinstance(v, dict) and v.keys() == first.keys() for v in items):
         return type(first)((k, stack_along_batch([v[k] for v in items])) for k in first)

@@ -559,7 +559,8 @@ _OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", 
               "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
               "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
               "attentions": "--attention", "attention": "--attention", "bins": "--bins", "degree": "--degree",
-              "crops": "--crops", "short_side": "--short-side", "labels": "--labels"}
+              "crops": "--crops", "short_side": "--short-side", "labels": "--labels", "compile": "--compile",
+              "autocast": "--autocast", "cuda_graphs": "--cuda-graphs", "channels_last": "--channels-last"}
 
 
 def _one_line(e: BaseException, options: bool = True) -> str:

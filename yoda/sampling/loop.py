@@ -192,7 +192,8 @@ def sample(
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)
     with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
-        run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop)
+        run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop,
+                      fixed_batch=speed.cuda_graphs)
         x = run.start()
         last_ok = -1  # the last step after which the state was checked finite
         hist: tuple = ()  # a solver's earlier denoised estimates, newest first

@@ -159,11 +159,12 @@ class Run:
 
 
 def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: Any, noise: Any,
-            image_size: Optional[tuple] = None) -> Run:
+            image_size: Optional[tuple] = None, fixed_batch: bool = False) -> Run:
     """The Run of ``spec`` for the checked ``lr`` (B, 3, h, w): adapter.prepare on lr in the state's dtype, A from
     ``attention`` at HR resolved to the state grid (None when attention is None or lower_bound >= 1), the
     explicit ``noise`` checked against the state, the denoiser windows. image_size: the SR size of an lr that
-    yoda.sample(pad=True) padded (the rest is padding). Call under torch.inference_mode() (or torch.no_grad())."""
+    yoda.sample(pad=True) padded (the rest is padding). fixed_batch: Tiler's (cuda_graphs). Call under
+    torch.inference_mode() (or torch.no_grad())."""
     # the user's arguments first: adapter.prepare may be the heavy part (an RRDB, a VAE encode, DiffBIR's stage 1)
     w = spec.windows
     if w is not None and type(adapter).crop_cond is Adapter.crop_cond:
@@ -201,7 +202,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     if w is not None:
         w = check_window_size(adapter, w, c.shape[-2:])
     tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale,
-                   extent=extent) if w is not None else None)
+                   extent=extent, fixed_batch=fixed_batch) if w is not None else None)
     return Run(adapter, spec, lr_state, c, prep.cond, A, noise, tiler, extent)
 
 

@@ -11,7 +11,10 @@ outlives the call except torch.compile's own code cache (keyed on the network's 
 same shapes does not compile again).
 
 - ``compile``: ``torch.compile(network)``; a dict gives torch.compile's keyword arguments (``{"mode":
-  "max-autotune"}``, ``{"backend": "aot_eager"}``). Same image up to float rounding (inductor fuses and reorders).
+  "max-autotune-no-cudagraphs"}``, ``{"backend": "aot_eager"}``). Same image up to float rounding (inductor fuses
+  and reorders). On a GPU the modes that capture CUDA graphs of their own ("reduce-overhead", "max-autotune") are
+  refused: their graphs overwrite a call's output at the next call, and two-call solvers read it after (yoda's
+  ``cuda_graphs`` captures instead). A compile that fails says ``compile`` (a UserError).
 - ``autocast``: ``"bf16"`` or ``"fp16"``: the network call runs under ``torch.autocast`` of its device; the
   adapter casts the output back to the state's dtype.
 - ``channels_last``: 4-D tensor inputs of the network are made channels-last (the weights are left alone; the
@@ -22,10 +25,15 @@ same shapes does not compile again).
   batch), each captured once. The graphs live as long as the call, unless ``cuda_graphs`` is a
   :class:`GraphCache`: then they live in it, and later calls given the same cache replay them (``yoda upscale
   --cuda-graphs`` keeps one for the images of a run). A cache is for calls on one network whose Python state
-  does not change between them (a DiffBIR strength, a training flag: a graph replays what was captured); a
-  network whose weights moved (``.to()``, ``.half()``) is captured anew. Threads take turns at the graphs
-  (their buffers are shared; the threads must use one CUDA stream). The network must be capturable: no host
-  syncs, no data-dependent shapes.
+  does not change between them (a DiffBIR strength, a training flag: a graph replays what was captured); an
+  ``nn.Module`` network whose weights moved (``.to()``, ``.half()``) is captured anew, and so are other speed
+  options; for another callable (a closure, a bound method) the cache cannot see the weights: ``clear()`` it
+  after moving them. A new signature costs GRAPH_WARMUP + 1 network calls (a 1-step call without a cache is
+  about 4x eager). Windows are denoised in batches of one size under cuda_graphs (the last batch padded with
+  its last window, whose output is dropped), so that a step's changing count of active windows is no new
+  signature. A capture that runs out of memory frees the cache's other graphs and tries once more. Threads
+  take turns at the graphs (their buffers are shared; the threads must use one CUDA stream; captures are
+  thread-local). The network must be capturable: no host syncs, no data-dependent shapes.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from ..errors import UserError, out_of_memory
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NETWORK_ATTRS = ("net", "model", "fn", "_denoise")  # where adapters keep their network, in this order
@@ -98,6 +108,12 @@ def check_speed(*, compile: Any = False, autocast: Any = None, channels_last: An
         autocast = {v: k for k, v in AUTOCAST_DTYPES.items()}.get(autocast, autocast)
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
         raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+    opts = dict(options)
+    if torch.device(device).type == "cuda" and (opts.get("mode") in ("reduce-overhead", "max-autotune")
+                                                 or (opts.get("options") or {}).get("triton.cudagraphs")):
+        raise ValueError(f"compile: mode {opts.get('mode') or 'with triton.cudagraphs'!r} captures CUDA graphs of "
+                         "its own, which overwrite a call's output at the next call (the two-call solvers read it "
+                         "after); use 'max-autotune-no-cudagraphs', and cuda_graphs=True for yoda's own graphs")
     if cuda_graphs and torch.device(device).type != "cuda":
         raise ValueError(f"cuda_graphs=True captures the denoiser call in a CUDA graph and needs a CUDA device; "
                          f"lr is on {device} (leave cuda_graphs=False on the CPU)")
@@ -139,7 +155,7 @@ class FastNet:
 
     def __init__(self, net: Any, speed: Speed) -> None:
         graphs = speed.graph_cache.graphs if speed.graph_cache is not None else OrderedDict()
-        self.__dict__.update(_net=net, _speed=speed, _graphs=graphs,
+        self.__dict__.update(_net=net, _speed=speed, _graphs=graphs, _key=None,
                              _call=torch.compile(net, **dict(speed.compile_options)) if speed.compile else net)
 
     def __getattr__(self, name: str) -> Any:
@@ -149,14 +165,21 @@ class FastNet:
         return getattr(net, name)
 
     def _run(self, args: tuple, kwargs: dict) -> Any:
-        """One network call with autocast (of the inputs' device) when asked."""
+        """One network call with autocast (of the inputs' device) when asked; a failed compile says compile."""
         dt = self._speed.autocast
-        if dt is None:
-            return self._call(*args, **kwargs)
-        leaves = [v for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.Tensor)]
-        device_type = leaves[0].device.type if leaves else "cpu"
-        with torch.autocast(device_type, dtype=AUTOCAST_DTYPES[dt]):
-            return self._call(*args, **kwargs)
+        try:
+            if dt is None:
+                return self._call(*args, **kwargs)
+            leaves = [v for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.Tensor)]
+            device_type = leaves[0].device.type if leaves else "cpu"
+            with torch.autocast(device_type, dtype=AUTOCAST_DTYPES[dt]):
+                return self._call(*args, **kwargs)
+        except Exception as e:
+            if self._speed.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise UserError(f"compile: torch.compile of the network failed ({type(e).__name__}: {first}); "
+                                "leave compile off (yoda upscale: without --compile)") from e
+            raise
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._speed.channels_last:
@@ -167,12 +190,22 @@ class FastNet:
     def _graphed(self, args: tuple, kwargs: dict) -> Any:
         """The call replayed from a CUDA graph captured for this input signature (captured on first sight)."""
         leaves, spec = tree_flatten((args, kwargs))
+        if self._key is None:  # once a call: the weights (a walk over every parameter) and the other options
+            sp = self._speed
+            self.__dict__["_key"] = (_weights_key(self._net), repr((sp.compile, sp.compile_options, sp.autocast)))
         key = (str(spec), tuple((tuple(v.shape), v.dtype, v.device, v.stride()) if isinstance(v, torch.Tensor)
-                                else repr(v) for v in leaves), _weights_key(self._net))
+                                else repr(v) for v in leaves), self._key)
         with _GRAPH_LOCK:  # threads sharing a graph take turns: its input and output buffers are shared
             entry = self._graphs.get(key)
             if entry is None:
-                entry = self._capture(leaves, spec)
+                try:
+                    entry = self._capture(leaves, spec)
+                except Exception as e:  # the cache's other graphs hold their memory pools: free them, once
+                    if not (out_of_memory(e) and self._graphs):
+                        raise
+                    self._graphs.clear()
+                    torch.cuda.empty_cache()
+                    entry = self._capture(leaves, spec)
                 self._graphs[key] = entry
                 while len(self._graphs) > MAX_GRAPHS:
                     self._graphs.popitem(last=False)
@@ -188,6 +221,11 @@ class FastNet:
         static = [v.clone() if isinstance(v, torch.Tensor) else v for v in leaves]
         args, kwargs = tree_unflatten(static, spec)
         replay, out = capture_cuda_graph(lambda: self._run(args, kwargs), static)
+        odd = sorted({type(v).__name__ for v in tree_flatten(out)[0]
+                      if not isinstance(v, (torch.Tensor, int, float, bool, str, type(None)))})
+        if odd:  # its tensors could not be cloned out: the next replay would overwrite what this call returned
+            raise TypeError(f"cuda_graphs: the network returned a {', '.join(odd)}, which torch's pytree does not "
+                            "open; return tensors (or tuples, lists, dicts of them)")
         return replay, static, out
 
 
@@ -212,6 +250,6 @@ def capture_cuda_graph(fn: Callable[[], Any], inputs: list) -> tuple[Callable[[]
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may sync meanwhile
         out = fn()
     return graph.replay, out

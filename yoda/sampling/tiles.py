@@ -71,10 +71,13 @@ class Tiler:
 
     def __init__(self, shape: torch.Size, window: int, overlap: int, skip: bool, A: Optional[torch.Tensor],
                  device, batch: Optional[int] = None, activation_scale: int = 1,
-                 extent: Optional[tuple] = None) -> None:
+                 extent: Optional[tuple] = None, fixed_batch: bool = False) -> None:
         """extent: the image's part of the state grid (h', w'), the rest padding: a window that covers the image
-        along an axis covers the whole grid there (one window, not two that overlap almost wholly)."""
-        self.skip = skip
+        along an axis covers the whole grid there (one window, not two that overlap almost wholly).
+        fixed_batch (cuda_graphs): each window size goes through the model in batches of one size, the last one
+        padded with its last window (whose output is dropped), so that the count of active windows, which grows
+        from step to step, makes no new input signature (a new CUDA graph each)."""
+        self.skip, self.fixed_batch = skip, fixed_batch
         H, W = shape[-2:]
         eh, ew = (H, W) if extent is None else extent
         wy, wx = (H if window >= eh else window), (W if window >= ew else window)
@@ -89,6 +92,8 @@ class Tiler:
             if size not in weights:
                 weights[size] = _gauss_1d(size[0], device)[:, None] * _gauss_1d(size[1], device)[None, :]
             self.windows.append((ys, xs, wmax, weights[size]))
+        self._per_size = {size: sum(1 for ys, xs, _, _ in self.windows if (ys.stop - ys.start, xs.stop - xs.start)
+                                    == size) for size in weights}
         hmax, wmax_ = min(wy, H), min(wx, W)
         self.batch = int(batch) if batch is not None else default_window_batch(
             shape[0], shape[1], hmax, wmax_, activation_scale=activation_scale)
@@ -123,17 +128,21 @@ class Tiler:
         acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         wsum = torch.zeros(x.shape[-2:], dtype=torch.float32, device=x.device)
         for group in self._groups(todo):
-            conds = [adapter.crop_cond(cond, ys, xs) for ys, xs, _, _ in group]
-            if len(group) > 1:
+            run = group
+            if self.fixed_batch:  # padded to this size's one batch size (the padding's outputs are dropped below)
+                size = (group[0][0].stop - group[0][0].start, group[0][1].stop - group[0][1].start)
+                run = group + [group[-1]] * (min(self.batch, self._per_size[size]) - len(group))
+            conds = [adapter.crop_cond(cond, ys, xs) for ys, xs, _, _ in run]
+            if len(run) > 1:
                 try:
                     cb = adapter.stack_conds(conds)
                 except NotImplementedError:  # this adapter's cond cannot be stacked: one window per call
                     self.batch = 1
                     return self.denoise(adapter, x, t, ab_t, cond, tau)
-                xb = torch.cat([x[..., ys, xs] for ys, xs, _, _ in group], dim=0)
-                tb = t.repeat(len(group))
+                xb = torch.cat([x[..., ys, xs] for ys, xs, _, _ in run], dim=0)
+                tb = t.repeat(len(run))
             else:
-                cb, xb, tb = conds[0], x[..., group[0][0], group[0][1]], t
+                cb, xb, tb = conds[0], x[..., run[0][0], run[0][1]], t
             out = checked_output(adapter, adapter.denoise(xb, tb, ab_t, cb), xb.shape, " for a window batch")
             self.last_batches += 1
             for j, (ys, xs, _, w) in enumerate(group):
