@@ -12,7 +12,7 @@
                      papers report, which `yoda eval` shows next to the model's own up(lr)
 
 yoda.load gives released SR3 / SRDiff checkpoints their method (the model's ``upsampling`` attribute, read by
-their adapters); the three differ by about 2 8-bit levels on average and up to ~20 at edges. An LR image that is
+their adapters); the three differ by about 1 8-bit level on average and up to ~26 at edges (benchmarks/RESULTS.md). An LR image that is
 not on the 8-bit grid is rounded to it for "sr3", "srdiff" and "matlab" (their data were 8-bit images).
 """
 

@@ -21,7 +21,7 @@ sampling a set of images; draw.py: the Pillow figures; the plotting primitives a
     best_crop(A, size), crop_metrics(...)          Fig. 4
     compute(model, images, settings)               everything above for a set of HR images, sampling plain
                                                    and YODA with one seed -> FigureData
-    draw_update_ratio / draw_regional_error / draw_crops(data) -> PIL.Image;  write_figures(data, folder)
+    draw_update_ratio(ratios, ...) / draw_regional_error(regional, fits, degree) / draw_crops(crops) -> PIL.Image;  write_figures(data, folder)
 
 Conventions:
 - A is the map yoda.sample uses: the extractor's map of the LR image, resized bilinearly to HR and min-max

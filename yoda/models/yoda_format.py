@@ -13,8 +13,10 @@ metadata holds:
                      "prediction": "eps" | "x0" | "v", what the network outputs (absent: "eps"),
                      "upsampling": how up(lr) is made, yoda.upsampling's method: "sr3" / "srdiff" for a
                                    released checkpoint saved again (absent: "torch", yoda's own models),
-                     "sampling": {"sampler": name, "steps": n}, yoda.sample's defaults for the model
-                                 (ModelCard.sampling; absent: yoda.sample's own, DDPM over every step),
+                     "sampling": {"sampler": name, "steps": n, "lower_bound": l}, yoda.sample's defaults
+                                 for the model (ModelCard.sampling; any key may be absent, lower_bound for a
+                                 model trained with YODA's masked input; absent: yoda.sample's own, DDPM over
+                                 every step, l = 0.6),
                      "extra": free-form JSON object (training notes, data, metrics) or absent}
 
 ``load_yoda(path)`` (``yoda.load("yoda", path)``) checks the declared architecture against the tensors on the
