@@ -580,6 +580,10 @@ MUTANTS = [
            'if torch.device(device).type == "cuda" and (opts.get("mode")', 'if False and (opts.get("mode")',
            ("tests/test_speed.py", "-k", "own_cuda_graphs"),
            "compile mode max-autotune on a GPU breaks the two-call solvers"),
+    Mutant("autocast-float64-silent", "yoda/sampling/speed.py",
+           "        if module_dtype(getattr(adapter, name)) == torch.float64:", "        if False:",
+           ("tests/test_speed.py", "-k", "float64_network"),
+           "autocast on a float64 network changes nothing, without a word"),
 ]
 
 

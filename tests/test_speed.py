@@ -463,3 +463,18 @@ def test_windows_under_cuda_graphs_go_in_batches_of_one_size(monkeypatch):
         got = yoda.sample(model, lr_image(), cuda_graphs=True, **kw)
     assert len(set(calls)) > 2  # the active windows changed from step to step
     assert torch.equal(got, want) and sizes == {4} and len(captures) <= 4  # per window size (inner, 2 edges, corner)
+
+
+def test_autocast_of_a_float64_network_says_it_changes_nothing():
+    """torch.autocast leaves float64 operations alone: autocast="bf16" on a float64 network gave the float64
+    image bit for bit, without a word. It now warns; a float32 network does not."""
+    import warnings
+
+    model = PixelAdapter(Net().double().eval(), SCHED, scale=2)
+    model.net.record = False
+    with pytest.warns(UserWarning, match=r"autocast='bf16' changes nothing for a float64 network"):
+        got = run(model, autocast="bf16")
+    assert torch.equal(got, run(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(PixelAdapter(Net().eval(), SCHED, scale=2), autocast="bf16")

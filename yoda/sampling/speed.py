@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -134,6 +135,12 @@ def speed_adapter(adapter: Any, speed: Speed) -> Any:
     if not speed.active:
         return adapter
     name = network_attr(adapter)
+    if speed.autocast is not None:
+        from ..adapters import module_dtype
+
+        if module_dtype(getattr(adapter, name)) == torch.float64:
+            warnings.warn(f"autocast={speed.autocast!r} changes nothing for a float64 network: torch.autocast casts "
+                          "only float32 operations (make the model float32 first)", stacklevel=3)
     fast = copy.copy(adapter)
     setattr(fast, name, FastNet(getattr(adapter, name), speed))
     return fast
