@@ -413,8 +413,6 @@ def test_compile_modes_with_their_own_cuda_graphs_and_failed_compiles_say_compil
     call's output at the next call: the two-call solvers read it after and failed. Refused on a GPU, naming
     compile; the CPU keeps the mode. A compile that failed (no C++ compiler) was "an internal error (a bug in
     yoda)" in the CLI, with a 116-line traceback: it is a UserError naming compile."""
-    from torch._dynamo.exc import BackendCompilerFailed  # noqa: F401  (the module such errors come from)
-
     from yoda.errors import UserError
 
     gpu = torch.device("cuda")
