@@ -415,10 +415,7 @@ def masked_combine(
         _check_state(f"denoised[{j}]", d, x)
     c, A, tau, coefs, tile, backend, tmax, tmin = _check_masked(x, c, A, tau, coefs, NUM_COMBINE_COEFS, seed, step,
                                                                 noise, tile, stats, backend)
-    for j in range(len(denoised), MAX_HISTORY):
-        if coefs[1 + j] != 0.0:
-            raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
-    d = list(denoised) + [None] * (MAX_HISTORY - len(denoised))
+    d = _history(denoised, coefs)
     _check_no_grad("masked_combine", backend, x, *d, c, A, noise)
     return _impl("masked_combine", backend, x)(
         x, d[0], d[1], d[2], c, A, tmax, tmin, tau, coefs, int(seed), int(step), noise, tile
@@ -458,6 +455,14 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
             # tile_stats refused that when it made them)
             _check_nan("A", tmax, tmin)
     return A, tile, backend, tmax, tmin
+
+
+def _history(denoised: Sequence[torch.Tensor], coefs: list) -> list:
+    """masked_combine's [d0, d1, d2], None for each absent estimate, whose weight in ``coefs`` must be 0."""
+    for j in range(len(denoised), MAX_HISTORY):
+        if coefs[1 + j] != 0.0:
+            raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
+    return list(denoised) + [None] * (MAX_HISTORY - len(denoised))
 
 
 def _check_sides(name: str, t: torch.Tensor) -> None:

@@ -33,20 +33,21 @@ class TorchRNG:
                     torch.cuda.manual_seed(seed)
             yield
 
+    def _now(self) -> tuple:
+        """(torch's CPU generator state, this device's GPU state or None) as they are now."""
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
     def keep(self) -> None:
         """Take the generators' current states as this object's."""
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self.cpu, self.cuda = self._now()
 
     def reseed(self, seed: int) -> None:
         with self.seeded(seed):
             self.keep()
 
     def states(self) -> tuple:
-        """(CPU state, this device's GPU state or None) as they are now."""
-        if not self.inside:
-            return self.cpu, self.cuda
-        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        """(CPU state, this device's GPU state or None) as they are now: the generators' inside use(), else kept."""
+        return self._now() if self.inside else (self.cpu, self.cuda)
 
     def set_states(self, cpu: Optional[torch.Tensor], cuda: Optional[torch.Tensor]) -> None:
         """Restore saved states (None: the one held is kept; a GPU state only on a GPU)."""
