@@ -584,6 +584,16 @@ MUTANTS = [
            "        if module_dtype(getattr(adapter, name)) == torch.float64:", "        if False:",
            ("tests/test_speed.py", "-k", "float64_network"),
            "autocast on a float64 network changes nothing, without a word"),
+    # ---- twenty-first pass ---------------------------------------------------------------------------------
+    Mutant("diffbir-grid-latent-multiple", "yoda/models/diffbir.py",
+           "_round_up(_round_up(n, self.pad_multiple) // self.latent_factor, self.latent_multiple)",
+           "_round_up(n, self.pad_multiple) // self.latent_factor",
+           ("tests/test_diffbir.py", "-k", "state_grid"),
+           "DiffBIR's predicted grid forgets the latent padding: windows checked on the wrong grid"),
+    Mutant("window-check-after-prepare", "yoda/sampling/prepare.py",
+           "    if w is not None and grid is not None:", "    if False:",
+           ("tests/test_models.py", "-k", "bad_window_is_refused"),
+           "a bad window is refused only after the VAE encode"),
 ]
 
 

@@ -543,6 +543,25 @@ def test_small_images_are_sampled_enlarged():
 
 
 # ==========================================================================================================
+def test_state_grid_is_prepares_and_bad_windows_fail_before_stage_1():
+    """state_grid, from which yoda.sample checks windows= before the stage-1 model and the VAE run, is the grid
+    prepare makes: enlarged, padded to pad_multiple (64, or 8 with a tiled encoder), then to latent_multiple."""
+    diffusion = StandInDiffusion("eps")
+    cldm = StandInControlLDM(diffusion)
+    for kw in (dict(), dict(enlarge_to=48), dict(enlarge_to=48, latent_multiple=3), dict(pad_multiple=8),
+               dict(encoder_tile=16, latent_multiple=4)):
+        for h, w in ((6, 10), (5, 5), (13, 4), (16, 24)):
+            ad = _DiffBIRAdapter(cldm, diffusion, **{"enlarge_to": None, **kw})
+            with torch.no_grad():
+                assert ad.state_grid((4 * h, 4 * w)) == tuple(ad.prepare(_lr(1, h, w)).c.shape[-2:]), (kw, h, w)
+    calls = []
+    ad = _DiffBIRAdapter(cldm, diffusion, stage1=lambda lq: calls.append(lq) or stage1(lq))  # 512 x 512: 64 x 64
+    with pytest.raises(ValueError, match=r"^windows: the window 20 must be a multiple of 8, the model's size "
+                                         r"multiple on the state grid \(64, 64\)"):
+        yoda.sample(ad, _lr(1, 4, 4), windows=(20, 8), progress=False)
+    assert calls == []
+
+
 def test_prepare_decode_color_fix_and_condition_sources():
     diffusion = StandInDiffusion("eps")
     cldm = StandInControlLDM(diffusion)

@@ -544,6 +544,42 @@ def test_a_latent_models_int_window_keeps_a_quarter_overlap():
         assert not torch.equal(got, yoda.sample(ad, lr, windows=(12, 4), steps=2, seed=0, progress=False))
 
 
+def test_pixel_and_residual_adapters_state_grid_is_the_hr_grid():
+    """SR3, SRDiff and a callable's state is up(lr)'s grid (state_grid, which yoda.sample checks windows= on before
+    prepare runs an SRDiff's RRDB); an adapter that does not say (the base class) gets None: checked after."""
+    from yoda.adapters import Adapter, CallableAdapter
+
+    sched = Schedule.linear(10)
+    ads = (_tiny_sr3().yoda_adapter(sched, scale=2), _tiny_srdiff().yoda_adapter(),
+           CallableAdapter(lambda x, t, c: x, prediction="eps", schedule=sched, scale=2, space="residual"))
+    for ad in ads:
+        with torch.no_grad():
+            assert ad.state_grid((16, 24)) == tuple(ad.prepare(_lr(1, 8, 12)).c.shape[-2:]) == (16, 24)
+    assert Adapter().state_grid((16, 24)) is None
+
+
+def test_a_bad_window_is_refused_before_the_encoder_runs():
+    """A latent model's windows were checked against the latent grid only after adapter.prepare (stage 1 and the
+    VAE encode, the slow part of a DiffBIR call): now state_grid tells the grid first. It is prepare's own, for
+    sizes that pad, and a window wider than the grid is still taken whatever its multiple."""
+    tl = TinyLatent()
+    encoded = []
+    enc = lambda x: encoded.append(x.shape) or tl.enc(x)  # noqa: E731
+    for m, (h, w) in ((1, (10, 12)), (2, (4, 20)), (4, (56, 56)), (3, (9, 31))):
+        ad = LatentAdapter(enc, tl.dec, tl.denoise, Schedule.linear(10), scale=2, latent_multiple=m)
+        with torch.no_grad():
+            assert ad.state_grid((2 * h, 2 * w)) == tuple(ad.prepare(_lr(1, h, w)).c.shape[-2:])
+    ad = LatentAdapter(enc, tl.dec, tl.denoise, Schedule.linear(10), scale=2, latent_multiple=4)
+    encoded.clear()
+    with pytest.raises(ValueError, match=r"^windows: the window 6 must be a multiple of 4, the model's size "
+                                         r"multiple on the state grid \(16, 16\)"):
+        sample(ad, _lr(1, 64, 64), windows=(6, 2), steps=1, progress=False)
+    assert encoded == []
+    with torch.no_grad():
+        sample(ad, _lr(1, 8, 8), windows=(6, 2), steps=1, progress=False)  # a 4 x 4 grid: one window, any size
+    assert len(encoded) == 1
+
+
 def test_latent_adapter_prepare_decode_and_pooling():
     tl = TinyLatent()
     ad = tl.adapter()

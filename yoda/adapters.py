@@ -100,6 +100,7 @@ class Adapter:
     # yoda.sample's sampler= / steps= where the call leaves them out ({"sampler": ..., "steps": ...}; empty: DDPM
     # over every step); the yoda models' adapters take their ModelCard's sampling (the embedded model: DDIM, 1 step)
     sampling_defaults: Mapping[str, Any] = MappingProxyType({})
+    hr_state: bool = False  # prepare's state lies on the HR grid (up(lr)'s): state_grid(hr) is hr
 
     def prepare(self, lr: torch.Tensor) -> Prepared:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -133,6 +134,13 @@ class Adapter:
                 f"both sides must be at least {least} (pad lr to at least {-(-least // self.scale)} pixels a side; "
                 "yoda.sample(..., pad=True) does)"
             )
+
+    def state_grid(self, hr: tuple[int, int]) -> Optional[tuple[int, int]]:
+        """The state grid (h', w') that prepare makes for an HR size ``hr``, or None when it cannot be told before
+        preparing. yoda.sample checks windows= against it before adapter.prepare (an RRDB, a VAE encode, DiffBIR's
+        stage 1), and against the prepared state again. Default: ``hr`` for an adapter whose state is up(lr)'s
+        grid (``hr_state``), else None."""
+        return (int(hr[0]), int(hr[1])) if self.hr_state else None
 
     def image_extent(self, cond: Any, shape: torch.Size) -> tuple[int, int]:
         """(h', w'): the top-left part of the state grid of ``shape`` that holds the image, the rest being padding
@@ -316,6 +324,8 @@ class PixelAdapter(Adapter):
     upsampling: how up(lr) is made (yoda.upsampling: "torch", or "sr3" for SR3's released checkpoints).
     """
 
+    hr_state = True
+
     def __init__(
         self,
         net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -364,6 +374,8 @@ class CallableAdapter(Adapter):
     space "residual": x_t is SRDiff's residual (HR - up(lr)) * residual_scale, c = 0,
                       decode = up(lr) + x0 / residual_scale, clamped to [-1, 1].
     """
+
+    hr_state = True
 
     def __init__(
         self,

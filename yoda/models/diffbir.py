@@ -116,6 +116,10 @@ def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x.float(), size=size, mode="bicubic", antialias=True).to(x.dtype)
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero padding at the bottom and right to multiples of ``multiple`` (DiffBIR's pad_to_multiples_of)."""
     ph, pw = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
@@ -344,6 +348,13 @@ class DiffBIRAdapter(Adapter):
         latent_size = (padded.shape[-2] // f, padded.shape[-1] // f)
         return Prepared(c=cond["c_img"], cond=DiffBIRCond(cond, uncond, size, latent_size,
                                                           img if self.color_fix is not None else None, work))
+
+    def state_grid(self, hr: tuple[int, int]) -> tuple[int, int]:
+        """The latent grid of prepare for a stage-1 image of the HR size: enlarged (enlarge_to), zero-padded to
+        multiples of pad_multiple, over latent_factor, padded to multiples of latent_multiple."""
+        work = _work_size(int(hr[0]), int(hr[1]), self.enlarge_to)
+        return tuple(_round_up(_round_up(n, self.pad_multiple) // self.latent_factor, self.latent_multiple)
+                     for n in work)
 
     @contextmanager
     def _control_strength(self):

@@ -129,12 +129,17 @@ class LatentAdapter(Adapter):
         if tuple(img.shape) != tuple(up.shape):
             raise ValueError(f"stage1 must return the HR shape {tuple(up.shape)}, got {tuple(img.shape)}")
         c = self._encode(self._pad(img))
-        f, m = self.latent_factor, self.latent_multiple
-        want = (lr.shape[0], -(-H // (f * m)) * m, -(-W // (f * m)) * m)
+        f = self.latent_factor
+        want = (lr.shape[0], *self.state_grid((H, W)))
         if not isinstance(c, torch.Tensor) or c.dim() != 4 or (c.shape[0], c.shape[2], c.shape[3]) != want:
             raise ValueError(f"encode must return (B, C', {want[1]}, {want[2]}) for HR {H}x{W} and latent_factor "
                              f"{f}, got {tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__}")
         return Prepared(c=c, cond=LatentCond(c, (int(H), int(W))))
+
+    def state_grid(self, hr: tuple[int, int]) -> tuple[int, int]:
+        """The latent grid of prepare: the HR size padded to multiples of latent_factor * latent_multiple, / f."""
+        f, m = self.latent_factor, self.latent_multiple
+        return -(-int(hr[0]) // (f * m)) * m, -(-int(hr[1]) // (f * m)) * m
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: LatentCond) -> torch.Tensor:
         return self._denoise(x_t, t, cond.c)

@@ -503,6 +503,8 @@ class SRDiffAdapter(Adapter):
     MATLAB imresize of lr / 256; else "torch", yoda.upsampling).
     """
 
+    hr_state = True
+
     def __init__(self, model: SRDiff, schedule: Optional[Schedule] = None, clip_x0: Optional[bool] = None,
                  clip_input: Optional[bool] = None, res_rescale: Optional[float] = None, *,
                  prediction: Optional[str] = None, card: Optional[ModelCard] = None):

@@ -171,6 +171,9 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
         raise ValueError(f"windows: {type(adapter).__name__} cannot denoise in windows (it has no crop_cond, which "
                          f"cuts its cond to a window); leave windows out")
     hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
+    grid = adapter.state_grid(hr)
+    if w is not None and grid is not None:  # before prepare where the state grid is known without it
+        w = check_window_size(adapter, w, grid)
     A_hr = None
     if attention is not None and spec.masked:
         A_hr = resolve_attention(attention, lr, hr)
