@@ -594,6 +594,10 @@ MUTANTS = [
            "    if w is not None and grid is not None:", "    if False:",
            ("tests/test_models.py", "-k", "bad_window_is_refused"),
            "a bad window is refused only after the VAE encode"),
+    Mutant("triton-op-unchecked", "yoda_kernels/triton/launch.py",
+           "            check(*args)\n", "            pass\n",
+           ("tests/test_triton_launch.py", "-k", "checks"),
+           "a direct Triton op call runs seed 2**32 as 0 and reads a float16 c as float32"),
 ]
 
 

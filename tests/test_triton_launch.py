@@ -242,6 +242,74 @@ def test_launch_rejects_inconsistent_inputs():
         op(x, x[:, :1], x, None, None, None, 0.5, cf, False, 0, 0, None, 8)
 
 
+# what the C++ ops refuse (test_masked_step.CPP_BAD), given to the Triton op: a change of the good arguments and
+# the argument the message must name
+TRITON_BAD = [
+    ("model_out-shape", dict(model_out=lambda t: t[:, :, :8]), "model_out must have the shape of x"),
+    ("c-dtype", dict(c=lambda t: t.half()), "c has dtype"),
+    ("x-float64", dict(x=lambda t: t.double(), model_out=lambda t: t.double(), c=lambda t: t.double()),
+     "x must be float32, float16 or bfloat16"),
+    ("A-shape", dict(A=lambda t: t[:, :, :8]), "A must be"),
+    ("A-float64", dict(A=lambda t: t.double()), "A must be float32"),
+    ("tile_max-shape", dict(tile_max=lambda t: t[:, :, :1]), "tile_max must have shape"),
+    ("tile_max-alone", dict(tile_min=lambda t: None), "both tile_max and tile_min"),
+    ("tile_min-dtype", dict(tile_min=lambda t: t.double()), "tile_min must have shape"),
+    ("noise-dtype", dict(noise=lambda t: t.half()), "noise has dtype"),
+    ("tile-24", dict(tile=lambda t: 24), "tile must be one of"),
+    ("coefs-3", dict(coefs=lambda t: [1.0, 2.0, 3.0]), "coefs must be 10 finite floats"),
+    ("coefs-inf", dict(coefs=lambda t: [1.0, float("inf")] + [0.25] * 8), "coefs must be 10 finite floats"),
+    ("seed", dict(seed=lambda t: 2**32), r"seed must be in \[0, 2\*\*32 - 1\]"),
+    ("step", dict(step=lambda t: -1), "step must be in"),
+    ("tau-nan", dict(tau=lambda t: float("nan")), "tau must not be NaN"),
+]
+
+
+@pytest.mark.parametrize("change, match", [pytest.param(c, m, id=n) for n, c, m in TRITON_BAD])
+def test_the_op_checks_what_the_cpp_op_checks(change, match):
+    """torch.ops.yoda.masked_step_triton called as an op (directly, under a dispatch mode or in a compiled graph;
+    no public entry point in front) refuses what the C++ op refuses, naming the argument: a seed of 2**32 ran as
+    seed 0, a float16 c or noise was read as the state's dtype, a NaN tau made every pixel inactive. The public
+    entry point's plain eager call takes the unchecked launch (checked before it)."""
+    x = torch.rand(1, 3, 16, 20, device=DEVICE)
+    A = torch.rand(1, 1, 16, 20, device=DEVICE)
+    tmax, tmin = naive.tile_stats(A, 16)
+    args = dict(x=x, model_out=x.clone(), c=x.clone(), A=A, tile_max=tmax, tile_min=tmin, tau=0.5,
+                coefs=yk.step_coefficients(0.3, 0.45), clip=False, seed=0, step=0, noise=torch.randn_like(x), tile=16)
+    for k, f in change.items():
+        args[k] = f(args[k])
+    with pytest.raises((ValueError, TypeError), match=match):
+        torch.ops.yoda.masked_step_triton(*args.values())
+
+
+def test_the_other_ops_check_as_the_cpp_ops():
+    """masked_combine_triton, masked_q_sample_triton and tile_stats_triton as ops: what csrc/common.h refuses."""
+    x = torch.rand(1, 3, 8, 8, device=DEVICE)
+    cf = [0.5, 0.5, 0.0, 0.0, 0.0, 0.5, 0.5]  # cx, cd0, cd1, cd2, sigma, la, lb
+    combine = torch.ops.yoda.masked_combine_triton
+    with pytest.raises(ValueError, match="d2 is given without d1"):
+        combine(x, x, None, x, x, None, None, None, 0.5, cf, 0, 0, None, 8)
+    with pytest.raises(ValueError, match=r"coefs: cd1 = 0.25 but d1 is not given"):
+        combine(x, x, None, None, x, None, None, None, 0.5, [0.5, 0.5, 0.25, 0.0, 0.0, 0.5, 0.5], 0, 0, None, 8)
+    with pytest.raises(TypeError, match="d1 has dtype"):
+        combine(x, x, x.half(), None, x, None, None, None, 0.5, cf, 0, 0, None, 8)
+    with pytest.raises(ValueError, match="seed must be in"):
+        combine(x, x, None, None, x, None, None, None, 0.5, cf, -1, 0, None, 8)
+    v = torch.full((1,), 0.5, device=DEVICE)
+    q = torch.ops.yoda.masked_q_sample_triton
+    with pytest.raises(TypeError, match="noise has dtype"):
+        q(x, x, x.half(), None, v, v, v)
+    with pytest.raises(ValueError, match=r"tau must be a float tensor of shape \(1,\)"):
+        q(x, x, x, None, v, v, v.long())
+    with pytest.raises(ValueError, match=r"A must be \(B, 1, H, W\) or \(B, H, W\)"):
+        q(x, x, x, x, v, v, v)
+    with pytest.raises(TypeError, match="A must be float32"):
+        torch.ops.yoda.tile_stats_triton(x[:, :1].double(), 8)
+    with pytest.raises(ValueError, match="tile must be one of"):
+        torch.ops.yoda.tile_stats_triton(x[:, :1], 4)
+    good = combine(x, x, None, None, x, None, None, None, 0.5, cf, 0, 0, None, 8)  # the checks pass what is right
+    assert torch.equal(good, naive.masked_combine(x, x, None, None, x, None, None, None, 0.5, cf, 0, 0, None, 8))
+
+
 def test_signed_zeros_as_the_reference():
     """A step that draws no noise (sigma = lb = 0) skipped the reference's + sigma * z: an output of -0 stayed
     -0 where the reference (and C++ / CUDA) add 0 * 0 and give +0. Now the sign bits match, for both ops."""

@@ -10,6 +10,7 @@ is, so the bits are those of the eager launch.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -47,12 +48,19 @@ def narrow_offsets(t, rows: int):
 EAGER: dict = {}
 
 
-def register(name: str, fake):
-    """Decorator: the function as the op ``yoda::<name>`` (schema from its annotations), with ``fake`` (the
-    base op's fake, yoda_kernels.ops.FAKES) for meta tensors and torch.compile; the function itself in EAGER."""
+def register(name: str, fake, check):
+    """Decorator: the function as the op ``yoda::<name>`` (schema from its annotations), its arguments checked
+    first by ``check`` (triton/checks.py), with ``fake`` (the base op's fake, yoda_kernels.ops.FAKES) for meta
+    tensors and torch.compile; the function itself, unchecked, in EAGER (its callers have checked)."""
 
     def wrap(fn):
-        op = torch.library.custom_op(f"yoda::{name}", mutates_args=())(fn)
+        @functools.wraps(fn)
+        def checked(*args):
+            check(*args)
+            return fn(*args)
+
+        schema = torch.library.infer_schema(fn, mutates_args=())  # fn's annotations, read in fn's module
+        op = torch.library.custom_op(f"yoda::{name}", checked, mutates_args=(), schema=schema)
         op.register_fake(fake)
         EAGER[name] = fn
         return op
