@@ -327,6 +327,20 @@ def test_signed_zeros_as_the_reference():
     args = (x, neg0, None, None, neg0, A, *naive.tile_stats(A, tile), TAU, cc, 0, 0, None, tile)
     got, ref = torch.ops.yoda.masked_combine_triton(*args), naive.masked_combine(*args)
     assert torch.equal(torch.signbit(got), torch.signbit(ref)) and not torch.signbit(ref).any()
+    # a weight of -0.0 (a user's coefs): Triton takes a -0.0 argument as +0.0 (under the interpreter), so the
+    # reference's -0 * 0 = -0 (a -0 sum stays -0) became +0. The entry points take -0.0 as +0.0 on every backend.
+    backends = [b for b in ("naive", "cpp", "triton") if b in yk.available_backends(DEVICE)]
+    x = -torch.ones(shape, device=DEVICE)  # every term -0
+    for j in range(contract.NUM_COEFS):
+        cf = [0.0] * contract.NUM_COEFS
+        cf[j] = -0.0
+        signs = [torch.signbit(yk.masked_step(x, neg0, neg0, A, TAU, coefs=cf, backend=b)) for b in backends]
+        assert all(torch.equal(s, signs[0]) for s in signs), (contract.COEF_NAMES[j], backends)
+    for j in (0, 1, 4, 5, 6):  # cx, cd0, sigma, la, lb
+        cc = [0.0] * contract.NUM_COMBINE_COEFS
+        cc[j] = -0.0
+        signs = [torch.signbit(yk.masked_combine(x, [neg0], neg0, A, TAU, coefs=cc, backend=b)) for b in backends]
+        assert all(torch.equal(s, signs[0]) for s in signs), (j, backends)
 
 
 def test_masked_q_sample_nan_attention_takes_c():

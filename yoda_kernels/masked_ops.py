@@ -9,8 +9,8 @@ import torch
 
 from . import philox
 from .contract import MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS
-from .ops import (Backend, TileStats, _check_call, _check_clip, _check_fixed, _check_no_grad, _history, _impl,
-                  masked_combine, masked_step)
+from .checks import check_call, check_clip
+from .ops import Backend, TileStats, _check_fixed, _check_no_grad, _history, _impl, masked_combine, masked_step
 
 
 class MaskedOps:
@@ -51,10 +51,10 @@ class MaskedOps:
         if not self._fits(x, model_out):
             return masked_step(x, model_out, self.c, self.A, tau, coefs=coefs, clip=clip, seed=self.seed, step=step,
                                noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
-        tau, coefs = _check_call(x, self.A, tau, coefs, NUM_COEFS, self.seed, step, noise)
+        tau, coefs = check_call(x, self.A, tau, coefs, NUM_COEFS, self.seed, step, noise)
         _check_no_grad("masked_step", self.backend.name, x, model_out, self.c, self.A, noise)
         return _impl("masked_step", self.backend.name, x)(
-            x, model_out, self.c, self.A, self._tmax, self._tmin, tau, coefs, _check_clip(clip), self.seed, int(step),
+            x, model_out, self.c, self.A, self._tmax, self._tmin, tau, coefs, check_clip(clip), self.seed, int(step),
             noise, self.tile
         )
 
@@ -66,7 +66,7 @@ class MaskedOps:
                 and self._fits(x, *denoised)):
             return masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=self.seed, step=step,
                                   noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
-        tau, coefs = _check_call(x, self.A, tau, coefs, NUM_COMBINE_COEFS, self.seed, step, noise)
+        tau, coefs = check_call(x, self.A, tau, coefs, NUM_COMBINE_COEFS, self.seed, step, noise)
         d = _history(denoised, coefs)
         _check_no_grad("masked_combine", self.backend.name, x, *d, self.c, self.A, noise)
         return _impl("masked_combine", self.backend.name, x)(

@@ -14,17 +14,15 @@ that runs many ops (the sampler) resolves it once with :func:`bind_backend` and 
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
 from . import coefs as _coefs
-from . import naive, philox
-from .contract import (FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, CombineCoefs, StepCoefs,
-                       check_tile)
+from . import naive
+from .checks import check_attention, check_call, check_clip, check_counter, check_nan, check_sides, check_state
+from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile
 
 SCHEMAS = {
     "masked_step": (
@@ -253,50 +251,6 @@ def _impl(op: str, backend: str, first: Optional[torch.Tensor] = None):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (B, C, H, W), got shape {tuple(t.shape)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
-    if ref is not None:
-        if t.shape != ref.shape:
-            raise ValueError(f"{name} must have the shape of x {tuple(ref.shape)}, got {tuple(t.shape)}")
-        if t.device != ref.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {ref.device}")
-        if t.dtype != ref.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but x has {ref.dtype}")
-
-
-def _check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A",
-                     ref: str = "x") -> Optional[torch.Tensor]:
-    if A is None:
-        return None
-    if not isinstance(A, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(A).__name__}")
-    B, _, H, W = x.shape
-    ok = (A.dim() == 4 and A.shape[1] == 1 and tuple(A.shape[2:]) == (H, W) and A.shape[0] == B) or (
-        A.dim() == 3 and tuple(A.shape) == (B, H, W)
-    )
-    if not ok:
-        raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W) = ({B}, 1, {H}, {W}), got {tuple(A.shape)}")
-    if A.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {A.dtype}")
-    if A.device != x.device:
-        raise ValueError(f"{name} is on {A.device} but {ref} is on {x.device}")
-    return A
-
-
-def _check_nan(name: str, *tensors: torch.Tensor) -> None:
-    """ValueError if any of ``tensors`` holds a NaN: one device sync for all of them."""
-    found = torch.isnan(tensors[0]).any()
-    for t in tensors[1:]:
-        found = found | torch.isnan(t).any()
-    if found:
-        raise ValueError(f"{name} contains NaN")
-
-
 def _check_no_grad(op: str, backend: str, *tensors: Optional[torch.Tensor]) -> None:
     """The fused kernels have no backward: refuse inputs that want a gradient, instead of returning a result whose
     backward silently gives none (the reference is plain torch and differentiates)."""
@@ -328,9 +282,9 @@ def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] 
     if A.dtype not in FLOAT_DTYPES:
         raise TypeError(f"A must be float32, float16 or bfloat16, got {A.dtype}")
     tile = check_tile(tile)
-    _check_sides("A", A)
+    check_sides("A", A)
     tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device), A)(A.contiguous(), tile)
-    _check_nan("A", tmax, tmin)
+    check_nan("A", tmax, tmin)
     return TileStats(tmax, tmin)
 
 
@@ -370,8 +324,8 @@ def masked_step(
     unless ``noise`` (same shape as x) is given. ``stats`` = tile_stats(A, tile) may be passed to avoid
     recomputing it every step. Returns x_prev, dtype and memory format of x.
     """
-    _check_state("x", x)
-    _check_state("model_out", model_out, x)
+    check_state("x", x)
+    check_state("model_out", model_out, x)
     if coefs is None:
         if ab_t is None or ab_prev is None:
             raise ValueError("give either coefs or both ab_t and ab_prev")
@@ -380,7 +334,7 @@ def masked_step(
                                                                 tile, stats, backend)
     _check_no_grad("masked_step", backend, x, model_out, c, A, noise)
     return _impl("masked_step", backend, x)(
-        x, model_out, c, A, tmax, tmin, tau, coefs, _check_clip(clip), int(seed), int(step), noise, tile
+        x, model_out, c, A, tmax, tmin, tau, coefs, check_clip(clip), int(seed), int(step), noise, tile
     )
 
 
@@ -407,12 +361,12 @@ def masked_combine(
     x (the state), denoised = [d0, d1, d2][:n] (this step's denoised estimate and up to two earlier ones), c:
     (B, C, H, W), one dtype and device. ``coefs``: the seven CombineCoefs (float64, from the solver); terms of
     absent estimates must have weight 0. Noise, A, tau, tile and stats as in :func:`masked_step`."""
-    _check_state("x", x)
+    check_state("x", x)
     if not isinstance(denoised, (list, tuple)) or not 1 <= len(denoised) <= MAX_HISTORY:
         raise ValueError(f"denoised must be a list of 1 to {MAX_HISTORY} tensors, got "
                          f"{len(denoised) if isinstance(denoised, (list, tuple)) else type(denoised).__name__}")
     for j, d in enumerate(denoised):
-        _check_state(f"denoised[{j}]", d, x)
+        check_state(f"denoised[{j}]", d, x)
     c, A, tau, coefs, tile, backend, tmax, tmin = _check_masked(x, c, A, tau, coefs, NUM_COMBINE_COEFS, seed, step,
                                                                 noise, tile, stats, backend)
     d = _history(denoised, coefs)
@@ -425,18 +379,17 @@ def masked_combine(
 def _check_masked(x, c, A, tau, coefs, n_coefs, seed, step, noise, tile, stats, backend):
     """The checks that masked_step and masked_combine share -> (c, A, tau, coefs, tile, backend, tmax, tmin)."""
     A, tile, backend, tmax, tmin = _check_fixed(x, c, A, tile, stats, backend)
-    tau, coefs = _check_call(x, A, tau, coefs, n_coefs, seed, step, noise)
+    tau, coefs = check_call(x, A, tau, coefs, n_coefs, seed, step, noise)
     return c, A, tau, coefs, tile, backend, tmax, tmin
 
 
 def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
     """The checks of what a loop of steps keeps fixed (MaskedOps checks them once, with c for x: ``ref`` names
     it) -> (A, tile, backend name, tmax, tmin)."""
-    _check_state("c", c, x)
-    A = _check_attention(A, x, ref=ref)
+    check_state("c", c, x)
+    A = check_attention(A, x, ref=ref)
     tile = check_tile(tile)
-    if philox.num_groups(x.shape) >= 2**31:
-        raise ValueError(f"{ref} of shape {tuple(x.shape)} is too large for the 32-bit noise counter")
+    check_counter(x, ref)
     backend = _backend_name(backend, x.device)
     tmax = tmin = None
     if A is None and stats is not None:  # every pixel would be active, whatever the stats say
@@ -453,7 +406,7 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
             raise ValueError(f"stats must be float32 tensors on {x.device} (tile_stats(A, {tile}))")
         if given and not isinstance(stats, TileStats):  # a tile holding a NaN of A has NaN stats (TileStats:
             # tile_stats refused that when it made them)
-            _check_nan("A", tmax, tmin)
+            check_nan("A", tmax, tmin)
     return A, tile, backend, tmax, tmin
 
 
@@ -463,51 +416,6 @@ def _history(denoised: Sequence[torch.Tensor], coefs: list) -> list:
         if coefs[1 + j] != 0.0:
             raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
     return list(denoised) + [None] * (MAX_HISTORY - len(denoised))
-
-
-def _check_sides(name: str, t: torch.Tensor) -> None:
-    """Every dimension of ``t`` but the batch below 2**31: the GPU kernels index a channel, row or column in 32
-    bits (masked_step / masked_combine are bounded tighter by the noise counter)."""
-    if max(t.shape[1:], default=0) >= 2**31:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} has a side of 2**31 or more; the kernels take less")
-
-
-def _check_clip(clip) -> bool:
-    """``clip`` as a bool: True / False (numpy's too); "no" or 0.5 would have clipped (bool("no") is True)."""
-    if type(clip) is bool:
-        return clip
-    import numpy as np
-
-    if not isinstance(clip, np.bool_):
-        raise TypeError(f"clip must be True or False, got {clip!r}")
-    return bool(clip)
-
-
-def _check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
-    """The checks of what changes from step to step -> (tau, coefs as floats; with A None the LR branch's weights
-    zeroed, so that it never draws noise). Plain ints and floats take the short way (a loop's host time)."""
-    if noise is not None:
-        _check_state("noise", noise, x)
-    if not (type(seed) is int and type(step) is int and 0 <= seed <= philox.MAX_SEED and 0 <= step <= philox.MAX_STEP):
-        philox.check_seed_step(seed, step)
-    if type(tau) is not float and (isinstance(tau, (bool, str, bytes)) or not isinstance(tau, (numbers.Real, torch.Tensor))):
-        raise TypeError(f"tau must be a float, got {type(tau).__name__}")
-    if isinstance(tau, torch.Tensor) and tau.numel() != 1:
-        raise ValueError(f"tau must be one number (masked_q_sample takes one per image), got shape {tuple(tau.shape)}")
-    tau = float(tau)
-    if math.isnan(tau):
-        raise ValueError("tau must not be NaN")
-    coefs = [float(v) for v in coefs]
-    if len(coefs) != n_coefs or not all(map(math.isfinite, coefs)):
-        raise ValueError(f"coefs must be {n_coefs} finite floats, got {coefs}")
-    if A is None:  # every pixel active: the LR branch is never taken, and its noise weight must not draw noise
-        la, lb = _LR_WEIGHTS[n_coefs]
-        coefs[la] = coefs[lb] = 0.0
-    return tau, coefs
-
-
-# where the LR branch's weights (la, lb) sit in StepCoefs and in CombineCoefs
-_LR_WEIGHTS = {len(f): (f.index("la"), f.index("lb")) for f in (StepCoefs._fields, CombineCoefs._fields)}
 
 
 def masked_q_sample(
@@ -524,11 +432,11 @@ def masked_q_sample(
     x_t = sqrt(ab) (x0 where A >= tau else c) + sqrt(1 - ab) noise, per batch element.
 
     x0, c, noise: (B, C, H, W); A: (B, 1, H, W), (B, H, W) or None; tau and ab: floats or (B,) tensors."""
-    _check_state("x0", x0)
-    _check_state("c", c, x0)
-    _check_state("noise", noise, x0)
-    _check_sides("x0", x0)
-    A = _check_attention(A, x0, ref="x0")
+    check_state("x0", x0)
+    check_state("c", c, x0)
+    check_state("noise", noise, x0)
+    check_sides("x0", x0)
+    A = check_attention(A, x0, ref="x0")
     B = x0.shape[0]
 
     def per_batch(name, v):
@@ -537,7 +445,7 @@ def masked_q_sample(
             v = v.expand(B)
         if v.shape != (B,):
             raise ValueError(f"{name} must be a float or a ({B},) tensor, got shape {tuple(v.shape)}")
-        _check_nan(name, v)
+        check_nan(name, v)
         return v.contiguous()
 
     ab = per_batch("ab", ab)
@@ -545,7 +453,7 @@ def masked_q_sample(
         raise ValueError("ab must be in (0, 1]")
     tau = per_batch("tau", tau).float()
     if A is not None:
-        _check_nan("A", A)
+        check_nan("A", A)
     backend = _backend_name(backend, x0.device)
     _check_no_grad("masked_q_sample", backend, x0, c, noise, A)
     # sqrt(1 - ab) in float64: 1 - ab cancels badly in float32 at the smallest noise levels (ab ~ 1 - 1e-6)

@@ -50,7 +50,7 @@ EAGER: dict = {}
 
 def register(name: str, fake, check):
     """Decorator: the function as the op ``yoda::<name>`` (schema from its annotations), its arguments checked
-    first by ``check`` (triton/checks.py), with ``fake`` (the base op's fake, yoda_kernels.ops.FAKES) for meta
+    first by ``check`` (yoda_kernels/checks.py), with ``fake`` (the base op's fake, yoda_kernels.ops.FAKES) for meta
     tensors and torch.compile; the function itself, unchecked, in EAGER (its callers have checked)."""
 
     def wrap(fn):

@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import checks
 from ..contract import (FAKES, MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format,
                         needs_noise)
-from . import checks
 from .launch import cdiv, narrow_offsets, on_device, register
 from .masked_step import (
     NOISE_NONE,
@@ -263,7 +263,7 @@ def launch_masked_combine(
     return out
 
 
-@register("masked_combine_triton", FAKES["masked_combine"], checks.masked_combine)
+@register("masked_combine_triton", FAKES["masked_combine"], checks.masked_combine_args)
 def masked_combine_triton(
     x: torch.Tensor,
     d0: torch.Tensor,

@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import checks
 from ..contract import FAKES, memory_format
-from . import checks
 from .launch import cdiv, narrow_offsets, next_pow2, on_device, register
 from .masked_step import MAX_GRID_YZ, soft_bf16, to_output
 from .tile_stats import attention_strides
@@ -65,7 +65,7 @@ def _masked_q_sample_kernel(
         tl.store(y_s + rr * syh + cc * syw, to_output(res, y_ptr, SOFT_BF16), mask=inb)
 
 
-@register("masked_q_sample_triton", FAKES["masked_q_sample"], checks.masked_q_sample)
+@register("masked_q_sample_triton", FAKES["masked_q_sample"], checks.masked_q_sample_args)
 def masked_q_sample_triton(
     x0: torch.Tensor,
     c: torch.Tensor,

@@ -34,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import checks
 from ..contract import FAKES, NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
 from .interpret import INTERPRET
-from . import checks
 from .launch import cdiv, narrow_offsets, next_pow2, on_device, register
 from .noise import randn4
 from .tile_stats import attention_strides, optional_stats
@@ -379,7 +379,7 @@ def launch_masked_step(
     return out
 
 
-@register("masked_step_triton", FAKES["masked_step"], checks.masked_step)
+@register("masked_step_triton", FAKES["masked_step"], checks.masked_step_args)
 def masked_step_triton(
     x: torch.Tensor,
     model_out: torch.Tensor,

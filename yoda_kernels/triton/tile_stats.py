@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import checks
 from ..contract import FAKES, check_tile
-from . import checks
 from .launch import cdiv, narrow_offsets, next_pow2, on_device, register
 
 
@@ -83,7 +83,7 @@ def launch_tile_stats(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.T
     return tmax, tmin
 
 
-@register("tile_stats_triton", FAKES["tile_stats"], checks.tile_stats)
+@register("tile_stats_triton", FAKES["tile_stats"], checks.tile_stats_args)
 def tile_stats_triton(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(tile_max, tile_min), each (B, ceil(H/tile), ceil(W/tile)) float32; A: (B, 1, H, W) or (B, H, W)."""
     return launch_tile_stats(A, tile)

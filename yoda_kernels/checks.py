@@ -1,0 +1,177 @@
+"""Argument checks of the yoda ops, errors naming the argument.
+
+- The public entry points' (yoda_kernels.ops, MaskedOps): check_state, check_attention, check_nan, check_sides,
+  check_clip and check_call (what a loop changes from step to step).
+- The Triton ops' when they are called as ops (``torch.ops.yoda.<op>_triton``: a direct call, a dispatch mode, a
+  compiled graph): masked_step_args, masked_combine_args, masked_q_sample_args and tile_stats_args check what
+  the C++ ops check in csrc/common.h. Without them a direct call ran a seed of 2**32 as 0, read tensors of another dtype or
+  device, or took a NaN tau. The public entry points check first and then call the launch function itself
+  (triton/launch.py EAGER), so nothing is checked twice there. Only shapes, dtypes, devices and scalars: nothing
+  that reads a tensor's values (a device sync, which a CUDA-graph capture must not make).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+
+from . import philox
+from .contract import FLOAT_DTYPES, NUM_COEFS, NUM_COMBINE_COEFS, CombineCoefs, StepCoefs, check_tile
+
+
+def check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (B, C, H, W), got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if ref is not None:
+        if t.shape != ref.shape:
+            raise ValueError(f"{name} must have the shape of x {tuple(ref.shape)}, got {tuple(t.shape)}")
+        if t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {ref.device}")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has {ref.dtype}")
+
+
+def check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A",
+                     ref: str = "x") -> Optional[torch.Tensor]:
+    if A is None:
+        return None
+    if not isinstance(A, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(A).__name__}")
+    B, _, H, W = x.shape
+    ok = (A.dim() == 4 and A.shape[1] == 1 and tuple(A.shape[2:]) == (H, W) and A.shape[0] == B) or (
+        A.dim() == 3 and tuple(A.shape) == (B, H, W)
+    )
+    if not ok:
+        raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W) = ({B}, 1, {H}, {W}), got {tuple(A.shape)}")
+    if A.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {A.dtype}")
+    if A.device != x.device:
+        raise ValueError(f"{name} is on {A.device} but {ref} is on {x.device}")
+    return A
+
+
+def check_nan(name: str, *tensors: torch.Tensor) -> None:
+    """ValueError if any of ``tensors`` holds a NaN: one device sync for all of them."""
+    found = torch.isnan(tensors[0]).any()
+    for t in tensors[1:]:
+        found = found | torch.isnan(t).any()
+    if found:
+        raise ValueError(f"{name} contains NaN")
+
+
+def check_sides(name: str, t: torch.Tensor) -> None:
+    """Every dimension of ``t`` but the batch below 2**31: the GPU kernels index a channel, row or column in 32
+    bits (masked_step / masked_combine are bounded tighter by the noise counter)."""
+    if max(t.shape[1:], default=0) >= 2**31:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} has a side of 2**31 or more; the kernels take less")
+
+
+def check_counter(x: torch.Tensor, name: str = "x") -> None:
+    """The noise counter of every element of ``x`` within 32 bits (philox.py; csrc/common.h)."""
+    if philox.num_groups(x.shape) >= 2**31:
+        raise ValueError(f"{name} of shape {tuple(x.shape)} is too large for the 32-bit noise counter")
+
+
+def check_clip(clip) -> bool:
+    """``clip`` as a bool: True / False (numpy's too); "no" or 0.5 would have clipped (bool("no") is True)."""
+    if type(clip) is bool:
+        return clip
+    import numpy as np
+
+    if not isinstance(clip, np.bool_):
+        raise TypeError(f"clip must be True or False, got {clip!r}")
+    return bool(clip)
+
+
+def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
+    """The checks of what changes from step to step -> (tau, coefs as floats, -0.0 as +0.0; with A None the LR
+    branch's weights zeroed, so that it never draws noise). Plain ints and floats take the short way (a loop's host time)."""
+    if noise is not None:
+        check_state("noise", noise, x)
+    if not (type(seed) is int and type(step) is int and 0 <= seed <= philox.MAX_SEED and 0 <= step <= philox.MAX_STEP):
+        philox.check_seed_step(seed, step)
+    if type(tau) is not float and (isinstance(tau, (bool, str, bytes)) or not isinstance(tau, (numbers.Real, torch.Tensor))):
+        raise TypeError(f"tau must be a float, got {type(tau).__name__}")
+    if isinstance(tau, torch.Tensor) and tau.numel() != 1:
+        raise ValueError(f"tau must be one number (masked_q_sample takes one per image), got shape {tuple(tau.shape)}")
+    tau = float(tau)
+    if math.isnan(tau):
+        raise ValueError("tau must not be NaN")
+    coefs = [float(v) + 0.0 for v in coefs]  # -0.0 as +0.0: Triton takes a -0.0 argument as +0.0 (the interpreter)
+    if len(coefs) != n_coefs or not all(map(math.isfinite, coefs)):
+        raise ValueError(f"coefs must be {n_coefs} finite floats, got {coefs}")
+    if A is None:  # every pixel active: the LR branch is never taken, and its noise weight must not draw noise
+        la, lb = LR_WEIGHTS[n_coefs]
+        coefs[la] = coefs[lb] = 0.0
+    return tau, coefs
+
+
+# where the LR branch's weights (la, lb) sit in StepCoefs and in CombineCoefs
+LR_WEIGHTS = {len(f): (f.index("la"), f.index("lb")) for f in (StepCoefs._fields, CombineCoefs._fields)}
+
+
+# ---- the Triton ops called as ops -----------------------------------------------------------------------
+def _masked(x, estimates: dict, c, A, tile_max, tile_min, tau, coefs, n_coefs, seed, step, noise, tile) -> None:
+    """What masked_step and masked_combine share: check_step_args / check_combine_args and
+    checked_attention_and_stats of csrc/common.h."""
+    check_state("x", x)
+    for name, t in estimates.items():
+        check_state(name, t, x)
+    check_state("c", c, x)
+    check_attention(A, x)
+    check_tile(tile)
+    if (tile_max is None) != (tile_min is None):
+        raise ValueError("give both tile_max and tile_min or neither")
+    if A is not None and tile_max is not None:
+        B, _, H, W = x.shape
+        expect = (B, -(-H // tile), -(-W // tile))
+        for name, t in (("tile_max", tile_max), ("tile_min", tile_min)):
+            if t.dtype != torch.float32 or t.device != x.device or tuple(t.shape) != expect:
+                raise ValueError(f"{name} must have shape {expect} = tile_stats(A, {tile}), float32, on {x.device}; "
+                                 f"got {tuple(t.shape)}, {t.dtype}, on {t.device}")
+    check_counter(x)
+    check_call(x, A, tau, coefs, n_coefs, seed, step, noise)
+
+
+def masked_step_args(x, model_out, c, A, tile_max, tile_min, tau, coefs, clip, seed, step, noise, tile) -> None:
+    _masked(x, {"model_out": model_out}, c, A, tile_max, tile_min, tau, coefs, NUM_COEFS, seed, step, noise, tile)
+
+
+def masked_combine_args(x, d0, d1, d2, c, A, tile_max, tile_min, tau, coefs, seed, step, noise, tile) -> None:
+    if d2 is not None and d1 is None:
+        raise ValueError("d2 is given without d1")
+    given = {name: d for name, d in (("d0", d0), ("d1", d1), ("d2", d2)) if d is not None}
+    _masked(x, given, c, A, tile_max, tile_min, tau, coefs, NUM_COMBINE_COEFS, seed, step, noise, tile)
+    for j, d in ((1, d1), (2, d2)):  # an absent estimate's weight must be 0
+        if d is None and float(coefs[1 + j]) != 0.0:
+            raise ValueError(f"coefs: cd{j} = {float(coefs[1 + j])} but d{j} is not given")
+
+
+def masked_q_sample_args(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau) -> None:
+    check_state("x0", x0)
+    check_state("c", c, x0)
+    check_state("noise", noise, x0)
+    check_sides("x0", x0)
+    check_attention(A, x0, ref="x0")
+    B = x0.shape[0]
+    for name, t in (("sqrt_ab", sqrt_ab), ("sqrt_1m_ab", sqrt_1m_ab), ("tau", tau)):
+        if not t.is_floating_point() or tuple(t.shape) != (B,) or t.device != x0.device:
+            raise ValueError(f"{name} must be a float tensor of shape ({B},) on {x0.device}, got {t.dtype} "
+                             f"{tuple(t.shape)} on {t.device}")
+
+
+def tile_stats_args(A: torch.Tensor, tile: int) -> None:
+    if A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
+        raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {tuple(A.shape)}")
+    if A.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"A must be float32, float16 or bfloat16, got {A.dtype}")
+    check_tile(tile)
+    check_sides("A", A)
+
