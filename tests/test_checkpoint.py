@@ -615,14 +615,14 @@ def test_tampered_architecture_is_refused_before_building(tmp_path, monkeypatch)
                                               r"mismatches: .*checkpoint \(8, 6, 3, 3\) vs model \(1024, 6, 3, 3\)"):
         yoda.load("yoda", wide)
     assert built == ["meta"]
-    got = yoda.load("yoda", p)  # the honest file: checked on meta, then built once for real
-    assert built == ["meta", "meta", "cpu"] and torch.equal(_sr3_out(got), _sr3_out(_sr3()))
+    got = yoda.load("yoda", p)  # the honest file: checked on meta, then built on meta and given the file's weights
+    assert built == ["meta", "meta", "meta"] and torch.equal(_sr3_out(got), _sr3_out(_sr3()))
     # a depth no file of this size can hold is refused from the counts alone, without any build
     deep = _tamper(p, tmp_path / "deep.safetensors", args={"res_blocks": 10**7})
     with pytest.raises(CheckpointError, match=r"deep\.safetensors: the yoda config declares 20000000 blocks but "
                                               r"the file holds only \d+ tensors"):
         yoda.load("yoda", deep)
-    assert built == ["meta", "meta", "cpu"]
+    assert built == ["meta", "meta", "meta"]
 
 
 def test_tampered_scale_and_kind_name_the_file(tmp_path):
@@ -937,3 +937,37 @@ def test_an_upstream_checkpoint_loaded_as_the_other_kind_says_which_it_is(tmp_pa
             yoda.load("sr3", p)
     assert torch.equal(_sr3_out(yoda.load("sr3", sr3_file, config=CFG)), _sr3_out(net))  # each loads as its kind
     assert torch.equal(_srdiff_out(yoda.load("srdiff", srdiff_file)), _srdiff_out(m))
+
+
+def test_materialise_gives_the_meta_model_own_float32_copies_and_names_what_no_file_holds():
+    """Loaders build on the meta device and hand the file's tensors over (checkpoint.materialise) instead of
+    initialising a network and copying into it: the result must be what that copy gave, float32 parameters from a
+    float16 file, contiguous, and not sharing memory with the file's tensors; a tensor made in __init__ that is no
+    parameter or buffer (so in no file) stays on the meta device and is named, not silently left empty."""
+    from yoda.checkpoint import build_checked
+
+    src = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    sd = {k: v.half() for k, v in src.state_dict().items() if v.is_floating_point()}
+    sd["0.weight"] = sd["0.weight"].permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)  # a non-contiguous view
+    sd["1.num_batches_tracked"] = torch.tensor(5)
+    state = torch.get_rng_state()
+    got = build_checked(lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)), sd, "f")
+    assert torch.equal(torch.get_rng_state(), state)  # nothing initialised, nothing drawn
+    want = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    want.load_state_dict(sd)  # what loading into an initialised network gives
+    for (k, a), b in zip(got.state_dict().items(), want.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b) and a.is_contiguous() and a.device.type == "cpu", k
+    assert all(p.requires_grad for p in got.parameters())
+    sd["0.bias"].fill_(7)
+    assert not torch.equal(got[0].bias, sd["0.bias"].float())  # own copies
+    assert int(got[1].num_batches_tracked) == 5
+
+    class Cached(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.table = torch.arange(4.0)  # neither a parameter nor a buffer
+
+    lin = torch.nn.Linear(2, 2).state_dict()
+    with pytest.raises(RuntimeError, match=r"^Cached: 'table' stayed on the meta device; make them persistent buffers"):
+        build_checked(Cached, {f"lin.{k}": v for k, v in lin.items()}, "f")

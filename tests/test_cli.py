@@ -325,8 +325,15 @@ def test_upscale_a_folder_into_itself_can_be_rerun(tmp_path, tiny_model, capsys)
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(mine / name)
     before = (mine / "d_x4.png").read_bytes()
     code, _, err = run(["upscale", str(mine), "-o", str(mine), *common], capsys)
-    assert code == 2 and "d_x4.png" in err and "is the input" in err and "left out" not in err
+    assert code == 2 and err.count("\n") == 1 and "left out" not in err
+    assert (f"the output of {mine / 'd.png'} would be {mine / 'd_x4.png'}, which is the input {mine / 'd_x4.png'} "
+            "(it has an output's name but not an output's size)" in err)  # it said "-o DIR/d_x4.png", never typed
     assert (mine / "d_x4.png").read_bytes() == before and sorted(os.listdir(mine)) == ["d.png", "d_x4.png"]
+    # with --skip-existing d.png is left out (its output's name is taken), and d_x4.png is upscaled
+    code, out, err = run(["upscale", str(mine), "-o", str(mine), "--skip-existing", *common], capsys)
+    assert code == 0 and (mine / "d_x4.png").read_bytes() == before, err
+    assert sorted(os.listdir(mine)) == ["d.png", "d_x4.png", "d_x4_x4.png"]
+    assert "1 written, 1 skipped, 0 failed, of 2 inputs" in out
 
 def test_upscale_scale_defaults_to_the_models(tmp_path, images, capsys):
     """--scale is the model's unless given (a x2 model needs no option); a wrong one is refused."""

@@ -3,6 +3,7 @@ formats DINO uses, a float64 reference of the CLS attention, MAX over heads/grou
 
 import argparse
 import math
+import time
 
 import numpy as np
 import pytest
@@ -263,6 +264,27 @@ def test_vit_round_trip_teacher_checkpoint_and_safetensors(vit, vit_want, tmp_pa
     q = tmp_path / "dino_deitsmall8.safetensors"
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(q))
     torch.testing.assert_close(att.dino_vits8(str(q), **VIT_KW)(lr), want, rtol=0, atol=0)
+
+
+def test_training_checkpoints_load_from_threads_and_keep_the_users_allow_list(vit, tmp_path):
+    """The argparse.Namespace of a DINO training checkpoint is allowed for its torch.load only: torch's allow-list is
+    process-wide and its safe_globals context removes the entry on exit, so loads from 4 threads failed at random
+    (9 of 12), and a Namespace the user had allowed was gone after any DINO load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ckpt = {"teacher": vit.state_dict(), "args": argparse.Namespace(arch="vit_small")}
+    p = tmp_path / "checkpoint.pth"
+    torch.save(ckpt, p)
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(lambda _: att.dino_vits8(str(p), **VIT_KW), range(12)))
+    assert all(torch.equal(e.model.pos_embed, vit.pos_embed) for e in loaded)
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        att.dino_vits8(str(p), **VIT_KW)
+        assert argparse.Namespace in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
 
 
 def test_vit_other_grid_checkpoint(tmp_path):
@@ -561,18 +583,46 @@ def test_cuda_matches_cpu(vit, resnet):
 
 
 def test_loading_leaves_the_global_rng_alone(vit_file, resnet_file):
-    """Building the networks draws their layers' init: from a fork, so that yoda.sample(seed=None) and the user's
-    own draws do not depend on whether an extractor or a model was loaded first."""
+    """yoda.sample(seed=None) and the user's own draws do not depend on whether an extractor or a model was loaded
+    first, nor on a load in another thread meanwhile: the networks are built on the meta device and given the
+    file's weights, so nothing is initialised and no number is drawn. (A fork_rng around the initialisation put
+    the generator back when it ended, undoing the other thread's draws meanwhile: 163 of 300 repeated.)"""
+    import threading
+
     import yoda
     from yoda.attention import dino
 
+    makers = (lambda: dino.dino_vits8(vit_file, **VIT_KW), lambda: yoda.load("dino-resnet50", resnet_file),
+              lambda: yoda.load("yoda", "default"))
     torch.manual_seed(0)
     want = torch.randn(4)
-    for make in (lambda: dino.dino_vits8(vit_file, **VIT_KW), lambda: yoda.load("dino-resnet50", resnet_file),
-                 lambda: yoda.load("yoda", "default")):
+    for make in makers:
         torch.manual_seed(0)
         make()
         assert torch.equal(torch.randn(4), want)
+    done, loads = threading.Event(), []
+
+    def load_meanwhile():
+        while not done.is_set():
+            for make in makers:
+                make()
+                loads.append(1)
+
+    loader = threading.Thread(target=load_meanwhile)
+    loader.start()
+    try:
+        torch.manual_seed(123)
+        got = []
+        while len(loads) < 2 * len(makers):  # draws before, during and after loads
+            got.append(torch.rand(1).item())
+            if len(got) % 10 == 0:
+                time.sleep(0.001)  # let the loader run between draws
+    finally:
+        done.set()
+        loader.join()
+    torch.manual_seed(123)
+    want = [torch.rand(1).item() for _ in got]
+    assert got == want
 
 
 def test_resnet_map_is_centred_where_its_cells_are():

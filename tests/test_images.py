@@ -522,8 +522,9 @@ def test_rgb_float_tiff_is_refused_as_an_undecodable_tiff_not_as_no_image(tmp_pa
     were no image. The same writer's uint8 file decodes to its pixels, so the file itself is a valid TIFF."""
     u = (np.arange(2 * 3 * 3).reshape(2, 3, 3) * 14).astype(np.uint8)
     assert np.array_equal(images.read_image(_rgb_tiff(tmp_path / "u8.tif", u)), u)
-    with pytest.raises(images.DataError, match=r"f32\.tif is a TIFF that Pillow cannot decode \(multi-channel float "
-                                               r"TIFFs are not supported.*convert it to 8/16-bit PNG or TIFF") as e:
+    with pytest.raises(images.DataError, match=r"f32\.tif is a TIFF that Pillow cannot decode \(of float TIFFs only "
+                                               r"single-channel float32 is read: not float16, float64 or several "
+                                               r"float channels\); convert it to 8/16-bit PNG or TIFF") as e:
         load_image(_rgb_tiff(tmp_path / "f32.tif", u.astype(np.float32) / 255))
     assert "cannot read image" not in str(e.value)
     (tmp_path / "junk.tif").write_bytes(b"not a TIFF at all")  # a file that is no TIFF keeps the plain message
@@ -737,3 +738,26 @@ def test_from_uint8_takes_back_what_to_uint8_gives_and_sample_says_how_to_conver
         with pytest.raises(TypeError, match=r"lr must be a torch.Tensor \(B, 3, h, w\) in \[-1, 1\], got "
                                             r"\w+: yoda.load_image\(path\) reads a file, yoda.from_uint8\(image\)"):
             yoda.sample(net, bad)
+
+
+def test_from_uint8_converts_a_pil_image_of_any_8_bit_mode_as_read_image_does(tmp_path):
+    """from_uint8(PIL image) took np.asarray of any mode: a palette image's indices as grey, CMYK's K channel as
+    alpha (white), YCbCr / HSV channels as RGB; LA and 1-bit were shape / dtype errors. Each mode now gives what
+    read_image gives for the same image saved as TIFF (which keeps every one of these modes)."""
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 9, 3), dtype=np.uint8))
+    modes = {"P": rgb.convert("P"), "PA": rgb.convert("P").convert("PA"), "CMYK": rgb.convert("CMYK"),
+             "YCbCr": rgb.convert("YCbCr"), "LA": rgb.convert("LA"), "1": rgb.convert("1"), "L": rgb.convert("L"),
+             "RGBA": rgb.convert("RGBA")}
+    for mode, im in modes.items():
+        alpha = np.linspace(0, 255, im.size[0] * im.size[1]).astype(np.uint8).reshape(im.size[::-1])
+        if mode in ("LA", "RGBA", "PA"):  # a real alpha, composited on white
+            im.putalpha(Image.fromarray(alpha))
+        p = tmp_path / f"{mode}.tif"
+        im.save(p)
+        want = from_uint8(images.read_image(p))
+        assert torch.equal(from_uint8(im), want), mode
+    assert (from_uint8(modes["CMYK"]) - from_uint8(rgb)).abs().max() <= 2 / 127.5  # not white
+    for mode in ("I;16", "F", "I"):
+        with pytest.raises(TypeError, match=rf"arr: a PIL image of mode '{re.escape(mode)}' has samples wider than "
+                                            r"8 bits; yoda.load_image reads such files"):
+            from_uint8(rgb.convert("L").convert(mode))

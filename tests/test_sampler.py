@@ -861,6 +861,9 @@ def test_errors_name_the_argument_the_caller_gave():
     assert run(model, lr_image(B=2), attention=attention_map(B=1), seed=0).shape == (2, 3, 16, 16)  # 1: shared
     with pytest.raises(ValueError, match=r"^lr is on the meta device \(a shape without values\)"):
         yoda.sample(model, lr_image().to("meta"), steps=2, progress=False)
+    with pytest.raises(TypeError, match=r"^lr must be a dense tensor, got layout torch.sparse_coo: pass "
+                                        r"lr.to_dense\(\)$"):  # was 14 kB of dispatcher error
+        yoda.sample(model, lr_image().to_sparse(), steps=2, progress=False)
     ad, _ = _tiny_unet_adapter("srdiff")  # scale 2: windows of 6 every 5 pixels start at 5, off the LR grid
     with pytest.raises(ValueError, match=r"^windows: SRDiff windows must start and end on multiples of the scale 2 "
                                          r".*give window and overlap multiples of 2\), got rows 0:6, cols 5:11$"):

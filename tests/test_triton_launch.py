@@ -7,6 +7,7 @@ before triton is imported). The interpreter takes ~1-3 s per launch here, so sha
 """
 
 import math
+import time
 import warnings
 
 import pytest
@@ -308,6 +309,32 @@ def test_the_other_ops_check_as_the_cpp_ops():
         torch.ops.yoda.tile_stats_triton(x[:, :1], 4)
     good = combine(x, x, None, None, x, None, None, None, 0.5, cf, 0, 0, None, 8)  # the checks pass what is right
     assert torch.equal(good, naive.masked_combine(x, x, None, None, x, None, None, None, 0.5, cf, 0, 0, None, 8))
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's lock: CPU tensors")
+def test_interpreter_launches_take_turns_across_threads():
+    """Triton's interpreter keeps global state (the grid index, its patches of triton.language): launches from 4
+    threads at once raised InterpreterError ("Did you forget to add @triton.jit ?") in 7 of 8 first calls here.
+    A launch on CPU tensors now holds a lock: one in another thread waits for it, then gives the right bits."""
+    import threading
+
+    from yoda_kernels.triton import launch
+
+    x = torch.rand(1, 3, 8, 8)
+    cf = coefs_mod.step_coefficients(0.5, 0.6)
+    call = lambda: torch.ops.yoda.masked_step_triton(x, x, x, None, None, None, 0.5, cf, False, 3, 1, None, 8)  # noqa
+    call()  # warm: the interpreter's first launch of a kernel rewrites it
+    t0 = time.perf_counter()
+    call()
+    took = time.perf_counter() - t0
+    out = []
+    worker = threading.Thread(target=lambda: out.append(call()))
+    with launch.on_device(x):  # a launch in progress in this thread
+        worker.start()
+        worker.join(timeout=3 * took + 0.2)
+        assert worker.is_alive() and out == []  # waiting for the lock
+    worker.join()
+    assert torch.equal(out[0], naive.masked_step(x, x, x, None, None, None, 0.5, cf, False, 3, 1, None, 8))
 
 
 def test_signed_zeros_as_the_reference():

@@ -21,7 +21,7 @@ Model loading itself (``yoda.load``) is yoda.models.loading; the "yoda" model fo
 
 from __future__ import annotations
 
-import functools
+import itertools
 import os
 import pickle
 import re
@@ -32,17 +32,6 @@ from torch import nn
 
 from .errors import UserError
 
-
-def keeps_global_rng(load):
-    """Decorate a loader that builds a network: its layers' random initialisation (overwritten by the weights)
-    draws from a fork of torch's global RNG, so loading leaves the user's RNG as it was (yoda.sample(seed=None)
-    and the user's own draws do not depend on whether a model was loaded first)."""
-    @functools.wraps(load)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return load(*args, **kwargs)
-
-    return wrapper
 
 __all__ = ["CheckpointError", "read_checkpoint", "load_state_dict_checked", "check_state_dict", "build_checked",
            "as_state_dict", "strip_prefix", "betas_match", "check_path", "fmt_keys"]
@@ -238,15 +227,33 @@ def _expanded(sd: Mapping[str, Any]) -> list:
 
 
 def build_checked(build: Callable[[], nn.Module], sd: Mapping[str, Any], where: str, hint: str = "") -> nn.Module:
-    """``build()`` loaded strictly with ``sd``, built first on the meta device and checked there
-    (check_state_dict): an architecture read from a file (a config, or the tensors' shapes) that the file's
-    tensors do not fill is refused before anything is allocated, so a file of a few KB cannot make yoda build a
-    model of gigabytes."""
+    """``build()`` loaded strictly with ``sd``, built on the meta device and checked there (check_state_dict): an
+    architecture read from a file (a config, or the tensors' shapes) that the file's tensors do not fill is
+    refused before anything is allocated, so a file of a few KB cannot make yoda build a model of gigabytes. The
+    weights are then given to the meta model (materialise)."""
     with torch.device("meta"):
-        probe = build()
-    check_state_dict(probe, sd, where, hint)  # everything load_state_dict_checked would check
-    model = build()
-    model.load_state_dict(dict(sd), strict=True)
+        model = build()
+    check_state_dict(model, sd, where, hint)  # everything load_state_dict_checked would check
+    return materialise(model, sd)
+
+
+def materialise(model: nn.Module, sd: Mapping[str, Any]) -> nn.Module:
+    """``model``, built on the meta device, holding ``sd`` (strictly: every parameter and buffer): its tensors are
+    copies of sd's, on the CPU, contiguous, in the model's own dtypes (as load_state_dict's copy into an
+    initialised model casts). Nothing is initialised first, so loading draws no random numbers: torch's global
+    generator is left alone, in this thread and in every other (a fork_rng around an initialisation restored its
+    state on exit, undoing other threads' draws meanwhile), and no time goes into initialising what is overwritten."""
+    own = model.state_dict(keep_vars=True)
+    weights = {k: (v.detach().to("cpu", own[k].dtype if k in own else v.dtype, copy=True,
+                                 memory_format=torch.contiguous_format) if isinstance(v, torch.Tensor) else v)
+               for k, v in sd.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
+    left = [f"{name}.{k}" if name else k for name, m in model.named_modules() for k, v in vars(m).items()
+            if isinstance(v, torch.Tensor) and v.is_meta]
+    left += [k for k, v in itertools.chain(model.named_parameters(), model.named_buffers()) if v.is_meta]
+    if left:  # a tensor made in __init__ that is no parameter or persistent buffer: not in any file
+        raise RuntimeError(f"{type(model).__name__}: {fmt_keys(sorted(set(left)))} stayed on the meta device; "
+                           "make them persistent buffers or compute them in forward")
     return model
 
 

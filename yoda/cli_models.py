@@ -247,16 +247,22 @@ def file_ids(paths) -> dict:
     return ids
 
 
-def check_not_an_input(ids: dict, dst: str) -> None:
+def check_not_an_input(ids: dict, dst: str, made_from: Optional[str] = None) -> None:
     """yoda never writes over one of its inputs (-o naming the input, or an output name an input already has);
-    ``ids``: file_ids of the inputs (a set lookup per output, so a resumed folder of 10,000 images checks fast)."""
+    ``ids``: file_ids of the inputs (a set lookup per output, so a resumed folder of 10,000 images checks fast);
+    ``made_from``: the input whose output name ``dst`` is (a folder's), named in the message."""
     try:
         st = os.stat(dst)
     except OSError:
         return
     src = ids.get((st.st_dev, st.st_ino))
-    if src is not None:
+    if src is None:
+        return
+    if made_from is None:
         raise UserError(f"-o {dst} is the input {src}: yoda does not overwrite its inputs; choose another name")
+    raise UserError(f"the output of {made_from} would be {dst}, which is the input {src} (it has an output's name "
+                    f"but not an output's size): yoda does not overwrite its inputs; rename it, write elsewhere with "
+                    f"-o DIR, or pass --skip-existing to leave {made_from} out")
 
 
 def refuse_overwriting(outputs, inputs) -> None:

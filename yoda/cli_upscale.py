@@ -511,7 +511,8 @@ def output_targets(a, out_dir: Optional[Path]) -> list[str]:
                            f"would be written to {dst}")
             continue
         seen[key] = src
-        check_not_an_input(ids, dst)
+        if not (a.skip_existing and os.path.exists(dst)):  # an existing output is skipped, never written
+            check_not_an_input(ids, dst, src)
     if clashes:
         more = f" (and {len(clashes) - 1} more: {'; '.join(clashes[1:])})" if len(clashes) > 1 else ""
         raise UserError(clashes[0] + more + "; rename one of each pair, or upscale them in separate runs")

@@ -161,12 +161,16 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
     """uint8 image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), or a PIL image of 8-bit samples -> float32
     (1, 3, H, W) in [-1, 1]; a (1, H, W, C) array (to_uint8 of one image) too, so the two round-trip.
 
-    Grey is repeated to 3 channels and RGBA is composited on white (to_rgb_u8); x = u / 127.5 - 1. Files of
-    other bit depths: yoda.load_image."""
+    Grey is repeated to 3 channels and RGBA is composited on white (to_rgb_u8); x = u / 127.5 - 1. A PIL image
+    of another mode is converted as read_image converts a file's (palette, 1-bit, LA, CMYK, YCbCr ...; from its
+    ICC profile to sRGB; not turned by its EXIF orientation). Files of other bit depths: yoda.load_image."""
     import torch
 
     if isinstance(arr, Image.Image):
-        arr = np.asarray(arr)
+        if arr.mode.startswith(("I", "F")):
+            raise TypeError(f"arr: a PIL image of mode {arr.mode!r} has samples wider than 8 bits; "
+                            "yoda.load_image reads such files")
+        arr = _samples(_to_srgb(arr, Path("arr")), Path("arr"))
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"arr must be a numpy array, got {type(arr).__name__}")
     if arr.dtype != np.uint8:
@@ -311,9 +315,9 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
                         "too, or pass --max-pixels to the CLI)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, UnidentifiedImageError) and _is_tiff(p):  # not "no image at all", as Pillow says
-            raise DataError(f"path: {p} is a TIFF that Pillow cannot decode (multi-channel float TIFFs are not "
-                            f"supported; a single-channel float32 TIFF is); convert it to 8/16-bit PNG or TIFF "
-                            f"({e})") from None
+            raise DataError(f"path: {p} is a TIFF that Pillow cannot decode (of float TIFFs only single-channel "
+                            f"float32 is read: not float16, float64 or several float channels); convert it to "
+                            f"8/16-bit PNG or TIFF ({e})") from None
         if isinstance(e, UnidentifiedImageError):
             raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
                             "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None

@@ -25,13 +25,14 @@ import argparse
 import contextlib
 import math
 import os
+import threading
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, build_checked, check_zip_size, keeps_global_rng, weights_only_refusal
+from ..checkpoint import CheckpointError, build_checked, check_zip_size, weights_only_refusal
 from .classic import aggregate, check_lr
 
 __all__ = [
@@ -92,6 +93,7 @@ def _check_sizes(min_size, max_size) -> Tuple[int, int]:
 # Checkpoint loading
 # --------------------------------------------------------------------------------------------------
 _WRAPPER_KEYS = ("teacher", "state_dict", "model", "student")
+_ALLOW_LIST_LOCK = threading.Lock()  # around torch.load of a DINO pickle (read_weights)
 
 
 def _read_file(path: str, fmt: str) -> Mapping:
@@ -122,9 +124,14 @@ def _read_file(path: str, fmt: str) -> Mapping:
     try:
         # DINO's training checkpoints also pickle the run's argparse.Namespace ("args"): a plain
         # attribute bag, safe to allow; every other non-tensor object is still refused
+        # torch's allow-list is process-wide and its context removes the entry on exit, whoever added it: one
+        # load at a time edits it, and an entry the user added is left alone
         allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-        with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with _ALLOW_LIST_LOCK:
+            if allow is None or argparse.Namespace in torch.serialization.get_safe_globals():
+                allow = lambda _: contextlib.nullcontext()  # noqa: E731
+            with allow([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's advice to retry with weights_only=False would run the file's code
         refused = weights_only_refusal(path, e)
         if refused:
@@ -501,7 +508,6 @@ class DinoResNet50(_NetExtractor):
         )
 
 
-@keeps_global_rng
 def dino_vits8(
     weights: str, min_size: int = 224, max_size: int = 448, checkpoint_key: Optional[str] = None
 ) -> DinoViTS8:
@@ -518,7 +524,6 @@ def dino_vits8(
     return DinoViTS8(model, min_size=min_size, max_size=max_size, source=os.fspath(weights))
 
 
-@keeps_global_rng
 def dino_resnet50(
     weights: str, groups: int = 8, min_size: int = 224, max_size: int = 448, checkpoint_key: Optional[str] = None
 ) -> DinoResNet50:

@@ -52,7 +52,7 @@ def load(kind: str = "yoda", path: PathLike = "default", config: Any = None) -> 
     default``): the name "default" always means it, never a file of that name.
     Models come back with their ModelCard (``model.card``), so ``yoda.sample(model, lr)`` needs nothing else; the
     embedded model's card (and that of any byte-identical copy) also says how it samples (DEFAULT_SAMPLING).
-    Loading leaves torch's random number generator as it was (checkpoint.keeps_global_rng).
+    Loading draws no random numbers (checkpoint.materialise): torch's generator is left as it was.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Tuple, Union
 import torch
 from torch import nn
 
-from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked, keeps_global_rng,
+from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
                           read_checkpoint, refuse_yoda_file, strip_prefix)
 from ..schedule import Schedule
 from .card import ModelCard
@@ -148,7 +148,6 @@ def _sr3_config(config: Any):
                     f"got {type(config).__name__}")
 
 
-@keeps_global_rng
 def load_sr3(p: str, config: Any = None) -> nn.Module:
     """The SR3UNet of the checkpoint file ``p`` (eval mode, CPU) with its ModelCard. config: SR3's JSON (path or
     parsed), an SR3Config or a dict of its fields; None: the released 16->128 configuration."""

@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked, keeps_global_rng,
+from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
                           read_checkpoint, refuse_yoda_file, strip_prefix)
 from ..schedule import Schedule
 from .card import ModelCard
@@ -132,7 +132,6 @@ def srdiff_config_from_state_dict(sd: Mapping[str, Any], bufs: Optional[Mapping[
         raise CheckpointError(f"SRDiff weights imply an invalid config {args}: {e}") from e
 
 
-@keeps_global_rng
 def load_srdiff(p: str, config: Any = None) -> nn.Module:
     """The SRDiff of the checkpoint file ``p`` (eval mode, CPU) with its ModelCard. config: an SRDiffConfig, a dict
     or upstream's YAML path; None: read from the weights' shapes and betas buffer (betas that match neither of

@@ -37,7 +37,7 @@ from torch import nn
 from yoda_kernels.contract import PREDICTIONS
 
 from .._io import atomic_write_bytes
-from ..checkpoint import (CheckpointError, check_state_dict, fmt_keys, keeps_global_rng, nonfinite_keys,
+from ..checkpoint import (CheckpointError, check_state_dict, fmt_keys, materialise, nonfinite_keys,
                           read_checkpoint)
 from ..schedule import Schedule
 from ..upsampling import METHODS as UPSAMPLINGS
@@ -189,7 +189,6 @@ def _sorted_header(data: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
-@keeps_global_rng
 def load_yoda(p: str) -> nn.Module:
     """The model of the "yoda" file ``p`` (eval mode, CPU) with its ModelCard (module docstring)."""
     tensors, meta = read_checkpoint(p)
@@ -232,10 +231,11 @@ def load_yoda(p: str) -> nn.Module:
         raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: ValueError: {e}") from e
     _check_declared(p, kind, args, tensors, schedule.T)  # before anything is allocated
     try:
-        model = build_model(kind, args)
+        with torch.device("meta"):
+            model = build_model(kind, args)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind} model: {e}") from e
-    model.load_state_dict(tensors, strict=True)  # keys, shapes and values were checked on the meta model
+    model = materialise(model, tensors)  # keys, shapes and values were checked on the meta model
     model.upsampling = upsampling
     model.card = card
     return model.eval()

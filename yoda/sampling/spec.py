@@ -191,6 +191,8 @@ def check_lr(lr: Any) -> torch.Tensor:
     if not isinstance(lr, torch.Tensor):
         raise TypeError(f"lr must be a torch.Tensor (B, 3, h, w) in [-1, 1], got {type(lr).__name__}: "
                         f"yoda.load_image(path) reads a file, yoda.from_uint8(image) takes a PIL image or uint8 array")
+    if lr.layout != torch.strided:
+        raise TypeError(f"lr must be a dense tensor, got layout {lr.layout}: pass lr.to_dense()")
     if lr.dim() != 4:
         raise ValueError(f"lr must be 4-D (B, C, h, w), got shape {tuple(lr.shape)}")
     if not lr.is_floating_point():

@@ -9,8 +9,8 @@ is, so the bits are those of the eager launch.
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import threading
 
 import torch
 
@@ -28,8 +28,13 @@ def next_pow2(n: int) -> int:
 
 def on_device(t: torch.Tensor):
     """Context of a launch: the CUDA device of ``t`` made current (Triton launches on the current device and its
-    current stream, so tensors on cuda:1 would be launched on cuda:0), nothing for a CPU tensor (interpreter)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    current stream, so tensors on cuda:1 would be launched on cuda:0); for a CPU tensor, the interpreter's lock:
+    Triton's interpreter keeps global state (the grid index, its patches of triton.language), so launches from
+    two threads at once failed ("Did you forget to add @triton.jit ?") or read each other's grid."""
+    return torch.cuda.device(t.device) if t.is_cuda else _INTERPRETER_LOCK
+
+
+_INTERPRETER_LOCK = threading.RLock()
 
 
 def narrow_offsets(t, rows: int):
