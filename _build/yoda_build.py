@@ -11,6 +11,7 @@ runtime resolver cannot pick another release. YODA_BUILD_TORCH=<requirement> ove
 
 import glob
 import os
+import sys
 import sysconfig
 
 from setuptools.build_meta import *  # noqa: F401,F403  (the hooks this module does not override)
@@ -21,7 +22,7 @@ DEFAULT_TORCH = "torch==2.13.0"
 def _target_torch() -> str:
     if os.environ.get("YODA_BUILD_TORCH"):
         return os.environ["YODA_BUILD_TORCH"]
-    if os.environ.get("YODA_NO_EXTENSION") == "1":
+    if os.environ.get("YODA_NO_EXTENSION") == "1" or sys.platform == "win32":  # setup.py builds nothing there
         return ""
     # pip hides the target environment's site-packages from the build, but the interpreter (and so its
     # install scheme) is the target's: read the installed torch's version from its dist-info folder name

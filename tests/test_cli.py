@@ -1415,6 +1415,33 @@ def test_say_survives_a_closed_stdout_without_a_file_descriptor(monkeypatch):
     sys.stdout.close()
 
 
+def test_say_takes_windows_closed_pipe_and_raises_other_errors(monkeypatch):
+    """On Windows a closed pipe raises OSError(EINVAL), not BrokenPipeError (cpython#79935): `yoda upscale | head`
+    counted every later image as failed there. Any other OSError still raises (a full disk is no closed pipe)."""
+    import errno
+    import io
+
+    from yoda.cli_models import say
+
+    class Gone(io.TextIOBase):
+        def __init__(self, err):
+            self.err = err
+
+        def write(self, s):
+            raise OSError(self.err, os.strerror(self.err))
+
+    monkeypatch.setattr(sys, "stdout", Gone(errno.EINVAL))
+    with pytest.raises(OSError):  # EINVAL is a closed pipe on Windows only
+        say("a line")
+    monkeypatch.setattr(sys, "platform", "win32")
+    say("a line nobody reads")
+    assert sys.stdout.name == os.devnull
+    sys.stdout.close()
+    monkeypatch.setattr(sys, "stdout", Gone(errno.ENOSPC))
+    with pytest.raises(OSError, match="No space"):
+        say("a line")
+
+
 def test_file_names_with_terminal_escapes_are_shown_not_obeyed(tmp_path, tiny_model, capsys):
     """A file named with escape sequences (one that sets the terminal's title and erases the line) was printed
     raw in `src -> dst` and in error lines: the terminal obeyed it. Control characters are escaped now."""
@@ -1485,8 +1512,9 @@ def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     inside its own handler."""
     import importlib.util
     import signal
-    import tomllib
     import types
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     import yoda.__main__ as entry
 

@@ -191,6 +191,18 @@ def test_windows_installs_without_the_extension(monkeypatch):
     linux = run_setup("linux")
     assert [e.name for e in linux["ext_modules"]] == ["yoda_kernels._C"]
     assert linux["install_requires"][0] == "torch==" + torch.__version__.split("+")[0]
+    # the build backend asks for no torch there either (it downloaded one for nothing, and failed where PyPI has
+    # none: Windows on ARM64); on Linux it asks for the torch the extension is compiled against
+    sys.path.insert(0, os.path.join(ROOT, "_build"))
+    try:
+        import yoda_build
+    finally:
+        sys.path.pop(0)
+    monkeypatch.delenv("YODA_BUILD_TORCH", raising=False)
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert yoda_build.get_requires_for_build_editable() == ["setuptools>=64", "wheel"]
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert yoda_build.get_requires_for_build_editable()[2:] == ["torch==" + torch.__version__.split("+")[0], "ninja"]
 
 
 def test_commands_that_need_no_torch_do_not_import_it(tmp_path):

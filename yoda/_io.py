@@ -209,7 +209,7 @@ def atomic_write_bytes(path: PathLike, data) -> Path:
 def append_whole(path: PathLike, data: bytes) -> None:
     """Append ``data`` to the existing file ``path`` and fsync it, or nothing: a write that fails (a full disk)
     is cut back off, so that the file never ends in part of a record, and raised as an OSError naming ``path``."""
-    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND)
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0))  # Windows: no \r\r\n
     try:
         end = os.fstat(fd).st_size
         try:

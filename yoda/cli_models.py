@@ -6,6 +6,7 @@ Parsing stays torch-free: torch and the library load inside these functions."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -156,7 +157,9 @@ def say(line: str) -> None:
     try:
         tqdm.write(line, file=sys.stdout)
         sys.stdout.flush()
-    except BrokenPipeError:
+    except OSError as e:  # BrokenPipeError; on Windows a closed pipe is EINVAL (cpython#79935)
+        if not (isinstance(e, BrokenPipeError) or (sys.platform == "win32" and e.errno == errno.EINVAL)):
+            raise
         try:  # the file descriptor itself, so that the flush at exit finds it writable too
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())

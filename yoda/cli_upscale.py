@@ -430,7 +430,8 @@ def shard_store(rank: int, world: int):
     addr, port, agent_store, run = rendezvous(world)
     host = rank == 0 and not agent_store
     store = dist.TCPStore(addr, port, world, is_master=host, wait_for_workers=False,
-                          timeout=datetime.timedelta(minutes=5))
+                          timeout=datetime.timedelta(minutes=5),
+                          **({"use_libuv": False} if sys.platform == "win32" else {}))  # Windows builds lack libuv
     return dist.PrefixStore(f"yoda-upscale/{run}", store), host
 
 

@@ -79,7 +79,7 @@ def process_group(ranks: Ranks, device: torch.device):
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo")  # Windows: none
     try:
         if dist.get_world_size() != ranks.world or dist.get_rank() != ranks.rank:
             raise ValueError(f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) is not the "
