@@ -913,3 +913,19 @@ def test_explicit_sigmas_above_the_models_top_warn():
         warnings.simplefilter("error")
         yoda.sample(ad, lr, sampler="euler", sigmas=[1.3, 0.1], progress=False, seed=0)
         yoda.sample(ad, lr, sampler="euler", sigmas="karras", steps=3, progress=False, seed=0)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_a_float16_state_takes_an_x0_beyond_its_range(sampler):
+    """At alpha_bar 1e-8 (sigmas="diffbir") an unclipped x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) reaches ~7e4, finite in
+    float32 but Inf in float16: the cast before the combine made the state NaN at step 0 and NonFiniteError blamed
+    the model. It is clamped to float16's largest value (DDIM's fused step computes x0 in float32 and never cast)."""
+    lr = (torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).half()
+    f = lambda x, t, c: 8 * torch.tanh(3 * x + c)  # noqa: E731 (eps far from the state's own)
+    ad = CallableAdapter(f, prediction="eps", schedule=Schedule.linear(1000), clip_x0=False, scale=2)
+    seen = []
+    half = yoda.sample(ad, lr, steps=3, sampler=sampler, sigmas="diffbir", seed=0, progress=False,
+                       callback=lambda r: seen.append(r["x0_hat"].abs().max().item()))
+    assert max(seen) > torch.finfo(torch.float16).max  # the case itself
+    full = yoda.sample(ad, lr.float(), steps=3, sampler=sampler, sigmas="diffbir", seed=0, progress=False)
+    assert half.dtype == torch.float16 and (half.float() - full).abs().max() <= 2e-3

@@ -476,3 +476,17 @@ def test_autocast_of_a_float64_network_says_it_changes_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(PixelAdapter(Net().eval(), SCHED, scale=2), autocast="bf16")
+
+
+@pytest.mark.parametrize("net_dtype, autocast", [(torch.float16, "bf16"), (torch.bfloat16, "fp16")])
+def test_autocast_to_the_other_half_dtype_is_refused_before_prepare(net_dtype, autocast):
+    """A float16 network under autocast="bf16" (or the reverse) failed at its first call, after prepare (an SRDiff's
+    RRDB), with torch's "Unexpected floating ScalarType in at::autocast::prioritize". Refused first, naming autocast;
+    autocast of the network's own half dtype runs."""
+    model = PixelAdapter(Net().to(net_dtype).eval(), SCHED, scale=2)
+    model.net.record = False
+    with pytest.raises(ValueError, match=rf"^autocast='{autocast}': the network is {net_dtype}, which torch.autocast "
+                                         r"to torch.\w+ cannot run; leave autocast out"):
+        run(model, autocast=autocast)
+    own = {torch.float16: "fp16", torch.bfloat16: "bf16"}[net_dtype]
+    assert run(model, autocast=own).dtype == torch.float32

@@ -384,6 +384,49 @@ def test_resume_equals_uninterrupted_run(tmp_path, img_folder, dropout):
     assert all(math.isfinite(float(r["loss"])) for r in rows_full)
 
 
+def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path, img_folder):
+    """A run stopped between log rows (Ctrl-C, --minutes) writes a row at the stop; its resume then averaged the next
+    row over the steps after the stop only, and kept the stop's row: a kink in `yoda plot` (0.0988 against 0.0907).
+    The checkpoint keeps the steps since the last regular row, and the resume replaces the stop's row."""
+    cfg = tiny_config(img_folder, steps=6, log_every=3, ckpt_every=0, val_every=0)
+    full = Trainer(cfg, str(tmp_path / "full"), device="cpu", progress=False)
+    full.run()
+    part = Trainer(cfg, str(tmp_path / "part"), device="cpu", progress=False)
+    assert part.run(max_seconds=0)["stopped_by"] == "--minutes"  # after step 1
+    assert [r["step"] for r in part.rows] == [1]  # the stop's row, until the run resumes
+    del part
+    resumed = Trainer(cfg, str(tmp_path / "part"), device="cpu", progress=False)
+    assert resumed.step == 1 and resumed.rows == []
+    resumed.run()
+
+    def log(run):
+        with open(tmp_path / run / "log.csv") as f:
+            return [(r["step"], r["loss"], r["lr"]) for r in csv.DictReader(f)]
+
+    assert log("part") == log("full") and [r[0] for r in log("full")] == ["3", "6"]
+    assert [r["loss"] for r in resumed.rows] == [r["loss"] for r in full.rows]
+
+
+def test_a_resume_on_other_images_is_warned_of(tmp_path, img_folder):
+    """Training images removed, added or replaced between a stop and its resume went unnoticed: the resume could not
+    match the uninterrupted run and TRAINING.md named the new count for the whole run. The checkpoint keeps a digest
+    of each image's pixels; a resume on other images warns, naming them."""
+    from PIL import Image
+
+    cfg = tiny_config(img_folder, steps=4, val_every=0)
+    Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run(steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)  # the same images: no word
+    os.remove(os.path.join(img_folder, "im0.png"))
+    Image.new("RGB", (36, 40)).save(os.path.join(img_folder, "im1.png"))  # the same name, other pixels
+    Image.new("RGB", (40, 40)).save(os.path.join(img_folder, "new.png"))
+    with pytest.warns(UserWarning, match=r"the training images differ from those .*checkpoint\.pt was trained on "
+                                         r"\(added 'new\.png'; removed 'im0\.png'; changed 'im1\.png'\): the run "
+                                         r"goes on with these"):
+        Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
+
+
 def test_the_log_is_appended_not_rewritten(tmp_path, img_folder, monkeypatch):
     """log.csv was rewritten whole (every row, atomically) at each log step: 0.4 s a write at 50,000 rows, minutes
     over a long run. It is written whole once and after a resume (which drops rows past the checkpoint), and
@@ -757,9 +800,13 @@ def test_train_main_refuses_a_checkpoint_past_the_steps_and_records_the_flips(tm
     assert str(e.value) == f"the checkpoint in {out} is at step 2, past --steps 1: nothing to train (give more " \
                            f"steps, or another --out)"
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights  # nothing exported again
-    path.write_text(tiny_config(img_folder, steps=1).to_json())
+    path.write_text(tiny_config(img_folder, steps=4, warmup=1, decay_from=2).to_json())
     train_main(str(path), str(tmp_path / "flips"), device="cpu", progress=False)
-    assert ", random 16x16 HR crops with flips, LR = " in (tmp_path / "flips" / "TRAINING.md").read_text()
+    record = (tmp_path / "flips" / "TRAINING.md").read_text()
+    assert ", random 16x16 HR crops with flips, LR = " in record
+    # the learning-rate schedule (it said only "AdamW lr 0.001"), and what the held-out check does recognise
+    assert "; AdamW lr 0.001, warm-up 1 steps, linear decay from step 2 to 0 at step 4)" in record
+    assert "refused as held out (by content, whole images, not crops): astronaut" in record
 
 
 def test_trainer_refuses_held_out_images_by_content(tmp_path, img_folder):
@@ -1148,10 +1195,11 @@ def test_bad_settings_are_refused_before_step_1(tmp_path, img_folder, monkeypatc
                         (dict(val_every=2, val_steps=0), "config data.val_crop / val_steps: steps must be in"),
                         (dict(model=deep, data={"source": img_folder, "crop": 12, "scale": 4,
                                                 "val_source": img_folder}),
-                         r"config data.crop: lr of size 3x3 gives an HR size 12x12 that this model cannot take"),
+                         r"^config data.crop: the crop 12 must be a multiple of 8 \(the scale and the model's size "
+                         r"multiple\) and at least 8$"),  # it said "lr of size 3x3 ... yoda.sample(..., pad=True)"
                         (dict(model=deep, val_every=2, data={"source": img_folder, "crop": 16, "scale": 4,
                                                              "val_source": img_folder, "val_crop": 12}),
-                         "config data.val_crop / val_steps: lr of size 3x3")):
+                         "config data.val_crop / val_steps: the crop 12 must be a multiple of 8")):
         out = tmp_path / "run"
         with pytest.raises(ValueError, match=message):
             Trainer(tiny_config(img_folder, **kw), str(out), device="cpu", progress=False)
@@ -1355,9 +1403,15 @@ def test_a_trained_model_samples_as_its_config_says(tmp_path, img_folder):
     unmasked = cfg.replace(sampling={}, loss=dataclasses.replace(cfg.loss, mask_input=False))
     Trainer(unmasked, str(tmp_path / "unmasked"), device="cpu", progress=False).run()
     assert yoda.load("yoda", str(tmp_path / "unmasked" / "model.safetensors")).card.sampling is None
-    for bad in ({"sampler": "DDIM"}, {"steps": 51}, {"steps": 0}, {"eta": 0}):
-        with pytest.raises(ValueError, match=r"sampling.*'sampler' must be one of|sampling must be None or"):
+    for bad, says in (({"sampler": "DDIM"}, r": 'sampler' must be one of .*, got 'DDIM'$"),  # one message said both
+                      ({"steps": 51}, r": 'steps' must be an int in \[1, 50\] \(the schedule's T\), got 51$"),
+                      ({"steps": 0}, r": 'steps' must be an int in \[1, 50\] .*, got 0$"),
+                      ({"eta": 0}, " must be None or")):
+        with pytest.raises(ValueError, match="^sampling" + says):
             tiny_config(img_folder, sampling=bad)  # T = 50
+    bad_T = tiny_config(img_folder, sampling={"steps": 2}, schedule={"kind": "linear", "T": -5})
+    with pytest.raises(ValueError, match="T must be a positive int"):  # it said 'sampler' must be one of ...
+        Trainer(bad_T, str(tmp_path / "bad"), device="cpu", progress=False)
 
 
 def test_train_main_checks_data_dir_and_makes_folders_absolute(tmp_path, img_folder, monkeypatch):

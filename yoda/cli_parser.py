@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/<name>); resumes if it has a checkpoint")
     p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
     p.add_argument("--decay-from", type=int, default=None, metavar="STEP",
-                   help="decay the learning rate linearly from STEP to 0 at the last step (overrides the config)")
+                   help="decay the learning rate linearly from STEP to 0 at --steps (the last step trains at "
+                        "lr / (steps - STEP); overrides the config)")
     p.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="start from these weights (a yoda model file of the config's model, e.g. an earlier "
                         "run's export, or default: the embedded model): fine-tuning; the same command resumes, "

@@ -309,6 +309,25 @@ def load_source(source: str, min_size: int = 0, what: str = "the crop size") -> 
     return items
 
 
+def image_digests(items: Sequence[tuple[str, np.ndarray]], source: str) -> dict[str, str]:
+    """{name: sha256 of the decoded pixels and their shape} of load_source's images (a folder's by their path in
+    ``source``): what a resumed training run compares with the images its checkpoint was trained on."""
+    import hashlib
+
+    return {(os.path.relpath(n, source) if os.path.isabs(n) else n):
+            hashlib.sha256(repr(a.shape).encode() + np.ascontiguousarray(a).tobytes()).hexdigest() for n, a in items}
+
+
+def digest_change(then: dict, now: dict) -> Optional[str]:
+    """How the images of image_digests ``now`` differ from ``then`` (the names added, removed and changed), or None."""
+    from .checkpoint import fmt_keys
+
+    changed = sorted(k for k in now.keys() & then.keys() if now[k] != then[k])
+    parts = [f"{what} {fmt_keys(sorted(names))}" for what, names in
+             (("added", now.keys() - then.keys()), ("removed", then.keys() - now.keys()), ("changed", changed)) if names]
+    return "; ".join(parts) or None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Random crops
 # ----------------------------------------------------------------------------------------------------------

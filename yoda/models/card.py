@@ -23,10 +23,10 @@ def check_sampling(s: Any, name: str, T: Optional[int] = None) -> dict:
         raise ValueError(f"{name} must be None or a mapping with the keys 'sampler', 'steps' and / or "
                          f"'lower_bound', got {s!r}")
     steps = s.get("steps", 1)
-    if s.get("sampler", "ddpm") not in ALL_SAMPLERS or isinstance(steps, bool) or not isinstance(steps, int) \
-            or not 1 <= steps <= (T or steps):
-        raise ValueError(f"{name}: 'sampler' must be one of {', '.join(ALL_SAMPLERS)} and 'steps' an int in "
-                         f"[1, {T or 'T'}], got {dict(s)!r}")
+    if s.get("sampler", "ddpm") not in ALL_SAMPLERS:
+        raise ValueError(f"{name}: 'sampler' must be one of {', '.join(ALL_SAMPLERS)}, got {s['sampler']!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= (T or steps):
+        raise ValueError(f"{name}: 'steps' must be an int in [1, {T or 'T'}] (the schedule's T), got {steps!r}")
     out = dict(s)
     if "lower_bound" in out:
         out["lower_bound"] = check_lower_bound(out["lower_bound"], f"{name}['lower_bound']")

@@ -88,14 +88,14 @@ class Run:
         st = s.solver[i]
         tau, step = s.taus[i], i + 1
         raw = x0_hat(x, pred, st.ab, self.adapter.prediction, s.clip)
-        d0 = raw.to(x.dtype)  # at pixels inactive now the combine takes the LR branch and never reads it
+        d0 = in_state_dtype(raw, x.dtype)  # at pixels inactive now the combine takes the LR branch, never reads it
         extra = {"x0_hat": raw if s.callback is not None else None, "calls": 0}
         del raw  # a fp16 state's float32 x0 is not held through the combine unless the callback wants it
         if st.predictor is not None:  # the second estimate, at the predictor's sigma (st.t2, st.ab2)
             first = self._batches()
             x2 = self._combine(x, [d0], st.predictor, tau, step)
             pred2, calls2 = self._denoise(x2, st.t2, st.ab2, tau)
-            d1 = x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip).to(x.dtype)
+            d1 = in_state_dtype(x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip), x.dtype)
             del x2, pred2
             extra.update(calls=calls2, batches=first + self._batches())
             return self._combine(x, [d0, d1], st.coefs, tau, step), (), extra
@@ -230,6 +230,16 @@ def check_window_size(adapter: Any, w: Windows, grid) -> Windows:
         raise ValueError(f"windows: the window {window} must be at least {least} pixels, the smallest side this model "
                          f"takes, got windows=({window}, {overlap})")
     return w
+
+
+def in_state_dtype(x0: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A float32 denoised estimate in the state's dtype, for the solvers' combine: a float16 state's estimate
+    clamped to float16's largest finite value, not cast to Inf. At alpha_bar ~ 1e-8 (sigmas="diffbir") an
+    unclipped x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) of a latent model can reach 1e5, finite in float32; as Inf it
+    made the state NaN at step 0, and the error blamed the model. bfloat16 has float32's range."""
+    if dtype == torch.float16:
+        x0 = x0.clamp(-torch.finfo(dtype).max, torch.finfo(dtype).max)
+    return x0.to(dtype)
 
 
 def x0_hat(x: torch.Tensor, pred: torch.Tensor, ab_t: float, prediction: str, clip: bool) -> torch.Tensor:

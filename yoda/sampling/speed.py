@@ -138,9 +138,13 @@ def speed_adapter(adapter: Any, speed: Speed) -> Any:
     if speed.autocast is not None:
         from ..adapters import module_dtype
 
-        if module_dtype(getattr(adapter, name)) == torch.float64:
+        dt, want = module_dtype(getattr(adapter, name)), AUTOCAST_DTYPES[speed.autocast]
+        if dt == torch.float64:
             warnings.warn(f"autocast={speed.autocast!r} changes nothing for a float64 network: torch.autocast casts "
                           "only float32 operations (make the model float32 first)", stacklevel=3)
+        elif dt in AUTOCAST_DTYPES.values() and dt != want:  # torch's own error: "Unexpected floating ScalarType"
+            raise ValueError(f"autocast={speed.autocast!r}: the network is {dt}, which torch.autocast to {want} "
+                             f"cannot run; leave autocast out (the network already runs in {dt}) or make it float32")
     fast = copy.copy(adapter)
     setattr(fast, name, FastNet(getattr(adapter, name), speed))
     return fast

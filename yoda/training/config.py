@@ -177,7 +177,7 @@ class TrainConfig:
             from ..models.card import check_sampling
 
             T = self.schedule.get("T", 1000)  # a bad T is make_schedule's error, not this one's
-            check_sampling(self.sampling, "sampling", T if isinstance(T, int) and not isinstance(T, bool) else None)
+            check_sampling(self.sampling, "sampling", T if type(T) is int and T >= 1 else None)
         if self.init and not self.init.strip():
             raise ValueError(f"init must be the path of a yoda model file (.safetensors) or empty, got {self.init!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):

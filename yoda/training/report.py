@@ -83,13 +83,16 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"- data: {_describe_source(cfg.data.source)} ({len(tr.train_images.names)} images), random "
         f"{cfg.data.crop}x{cfg.data.crop} HR crops "
         f"{'with' if cfg.data.flips else 'without'} flips, "
-        f"LR = yoda.data.make_lr (x{cfg.data.scale} torch bicubic, antialias, 8-bit); never trained on: "
-        f"{', '.join(_data.HELD_OUT)} (scikit-image) and {', '.join(HELD_OUT_PHOTOS)} (yoda.photos)",
+        f"LR = yoda.data.make_lr (x{cfg.data.scale} torch bicubic, antialias, 8-bit); refused as held out (by "
+        f"content, whole images, not crops): {', '.join(_data.HELD_OUT)} (scikit-image) and "
+        f"{', '.join(HELD_OUT_PHOTOS)} (yoda.photos)",
         f"- loss: {cfg.loss}",
         f"- model: {cfg.model.get('kind')} with {n_params:,} parameters; weights {weights_name} "
         f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
         *([f"- started from: `{tr.cfg.init}` (sha256 {tr.init_sha256 or 'not recorded'})"] if tr.cfg.init else []),
-        f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr})"
+        f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr}"
+        + (f", warm-up {cfg.warmup} steps" if cfg.warmup else "")
+        + (f", linear decay from step {cfg.decay_from} to 0 at step {cfg.steps}" if cfg.decay_from else "") + ")"
         + (f"; stopped by {stopped_by} before step {cfg.steps}: the same command resumes" if stopped_by else ""),
         f"- wall time of this run: {seconds:.1f} s ({(tr.step - start_step) / max(seconds, 1e-9):.2f} steps/s)",
         f"- machine: {machine_description(tr.device)}"

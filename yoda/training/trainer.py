@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 
 from .. import data as _data
+from ..adapters import hr_grid
 from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256
 from ..checkpoint import check_path, load_state_dict_checked, zip_expansion
 from ..devices import rank_device, resolve_device
@@ -199,6 +200,8 @@ class Trainer:
 
             self.extractor = attention.get(cfg.attention)
         self.rows: list[dict] = []
+        self._pending = None  # (loss sum, steps, time) of the steps after the last regular log row, at a stop
+        self._images_then = None  # the checkpoint's image_digests (None: not resumed, or written before them)
         self._logged = 0  # how many of self.rows log.csv holds (0: write it whole next time)
         # what can refuse the run in seconds comes first (a checkpoint of another config, a bad init file or
         # validation folder); the training images and their attention maps take minutes on a large set
@@ -213,6 +216,11 @@ class Trainer:
             self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
         train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop")
         check_train_images(train_images)
+        self.images = _data.image_digests(train_images, cfg.data.source)
+        change = self._images_then is not None and _data.digest_change(self._images_then, self.images)
+        if change:  # a resume that cannot match the uninterrupted run
+            warnings.warn(f"the training images differ from those {self.ckpt_path} was trained on ({change}): the run "
+                          f"goes on with these", UserWarning, stacklevel=2)
         maps = whole_image_maps(self.extractor, train_images, cfg.data.scale) if cfg.loss.yoda else None
         self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips, maps)
         os.makedirs(out, exist_ok=True)  # after the init is read: a bad one left the folders made
@@ -241,10 +249,13 @@ class Trainer:
         checks = [("data.crop", cfg.data.crop, None)]
         if validate:
             checks.append(("data.val_crop / val_steps", cfg.data.val_crop, cfg.val_steps))
+        unit, least = hr_grid(adapter)  # the crop sizes the model takes (its check_lr speaks of sampling's lr)
         for key, crop, steps in checks:
+            if crop % unit or crop < least:
+                raise ValueError(f"config {key}: the crop {crop} must be a multiple of {unit} (the scale and the "
+                                 f"model's size multiple) and at least {least}")
             lr = torch.zeros(1, 3, crop // cfg.data.scale, crop // cfg.data.scale, device=self.device)
             try:
-                adapter.check_lr(lr)
                 if steps is not None:
                     make_spec(adapter, lr, steps=steps, sampler="ddim", lower_bound=cfg.loss.lower_bound,
                               seed=cfg.seed, progress=False)
@@ -268,6 +279,8 @@ class Trainer:
             "cuda_rng": cuda_rng,
             "rank_rng": rank_rng,
             "rows": list(self.rows),
+            "pending": self._pending,
+            "images": self.images,
             "loss_version": LOSS_VERSION,
             "init_sha256": self.init_sha256,
             "sampling_from_init": self.sampling_from_init,
@@ -323,6 +336,9 @@ class Trainer:
             self._inherit_sampling(_json_form(st["config"]["sampling"], "sampling"))
         self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
+        self._pending, self._images_then = st.get("pending"), st.get("images")
+        if self._pending and self.rows and self.rows[-1]["step"] == self.step:  # the stop's row: the next regular
+            self.rows.pop()  # row averages from the last regular one on, as an uninterrupted run's does
         self._logged = 0  # log.csv may hold rows past the checkpoint: rewritten whole
         if self.cfg.loss.yoda and st.get("loss_version", 1) < LOSS_VERSION:
             warnings.warn(f"checkpoint {path} was written by a yoda that made the YODA masks of each training crop "
@@ -484,8 +500,8 @@ class Trainer:
             raise ValueError(f"steps must be an int >= 1 (the total to reach), got {steps!r}")  # 2.5 trained 2
         total = cfg.steps if steps is None else int(steps)
         t0 = time.perf_counter()
-        t_base = float(self.rows[-1]["time"]) if self.rows else 0.0  # time column is cumulative over resumes
-        acc, n = 0.0, 0
+        acc, n, t_base = self._pending or (0.0, 0, float(self.rows[-1]["time"]) if self.rows else 0.0)
+        self._pending = None  # the time column is cumulative over resumes
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
@@ -502,8 +518,10 @@ class Trainer:
                     last = self.step == total
                     stop = self._stop_reason(interrupted, max_seconds is not None and
                                              time.perf_counter() - t0 > max_seconds)
-                    val_now = self.val_hr is not None and (self.step % cfg.val_every == 0 or last or stop is not None)
-                    if (cfg.log_every and self.step % cfg.log_every == 0) or last or stop is not None or val_now:
+                    val_due = self.val_hr is not None and (self.step % cfg.val_every == 0 or last)
+                    regular = (cfg.log_every and self.step % cfg.log_every == 0) or last or val_due
+                    val_now = val_due or (self.val_hr is not None and stop is not None)
+                    if regular or stop is not None:
                         row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
                                "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
                         if val_now and self.ranks.main:
@@ -511,6 +529,8 @@ class Trainer:
                         self.rows.append(row)
                         self.write_log()
                         bar.set_postfix(loss=f"{acc / n:.4f}")
+                        if not regular:  # a stop's row: a resume replaces it (load_checkpoint)
+                            self._pending = (acc, n, row["time"])
                         acc, n = 0.0, 0
                     if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or stop is not None:
                         self.save_checkpoint()
