@@ -80,8 +80,9 @@ def build_model(kind: str, args: Mapping[str, Any]) -> nn.Module:
     return SR3UNet.from_config(cfg) if kind == "sr3" else SRDiff(cfg)
 
 
-def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping[str, Any], T: int) -> None:
-    """Before anything is built: the architecture the metadata declares must fit the file's tensors.
+def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping[str, Any], T: int) -> nn.Module:
+    """Before anything is built: the architecture the metadata declares must fit the file's tensors; returns the
+    model, on the meta device.
 
     Cheap counts first (every block holds at least one tensor; SRDiff's default schedule has ``timesteps``
     entries), so a config declaring millions of blocks is refused at once; then the model is built on the meta
@@ -106,6 +107,7 @@ def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind!r} model: {e}") from e
     check_state_dict(probe, tensors, p)
+    return probe
 
 
 def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: Any = None, *,
@@ -229,13 +231,8 @@ def load_yoda(p: str) -> nn.Module:
                          config=cfg, sampling=cfg.get("sampling"))
     except ValueError as e:  # a bad "sampling"
         raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: ValueError: {e}") from e
-    _check_declared(p, kind, args, tensors, schedule.T)  # before anything is allocated
-    try:
-        with torch.device("meta"):
-            model = build_model(kind, args)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{p}: the yoda config's args do not build a {kind} model: {e}") from e
-    model = materialise(model, tensors)  # keys, shapes and values were checked on the meta model
+    # checked on the meta device before anything is allocated, then given the file's tensors
+    model = materialise(_check_declared(p, kind, args, tensors, schedule.T), tensors)
     model.upsampling = upsampling
     model.card = card
     return model.eval()
