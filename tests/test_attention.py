@@ -213,6 +213,20 @@ def test_edge_gradient_is_as_large_on_the_border():
         assert float(m.max() - m.min()) <= 1e-5 * float(m.max()), (m.min(), m.max())
 
 
+@pytest.mark.parametrize("hw", [(3, 3), (3, 9), (9, 3)])
+def test_edge_of_a_three_pixel_side_follows_the_image(hw):
+    """At a side of 3 the outer ring copied the single inner pixel over everything: a 3 x 3 image with one bright
+    corner gave all ones, and a 3 x N image a map that never varied across its 3 rows. Such an image is padded
+    as thinner ones are: the bright corner's pixel is the most attended, the far one the least."""
+    h, w = hw
+    lr = torch.full((1, 3, h, w), -0.5)
+    lr[..., 0, 0] = 0.9
+    m = att.edge(sigma=0).maps(lr)[0, 0]
+    assert m[0, 0] == m.max() and m[-1, -1] == m.min() and float(m.max() - m.min()) > 0.1
+    if min(hw) == 3 and max(hw) > 3:
+        assert not torch.equal(m[0], m[-1])  # the rows differ
+
+
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 def test_edge_peaks_on_the_step(sigma):
     lr = torch.full((1, 3, 13, 17), -0.8)
@@ -756,7 +770,7 @@ def test_attention_figure_labels_fit_and_title_is_whole(hw, lb):
 @pytest.mark.parametrize(
     "kw, exc, msg",
     [
-        (dict(A=torch.full((1, 1, 8, 8), 1.5)), ValueError, r"A values must lie in \[0, 1\]"),
+        (dict(A=torch.full((1, 1, 8, 8), 1.5)), ValueError, r"A values must be in \[0, 1\], got range \[1.5, 1.5\]"),
         (dict(A=torch.zeros(1, 2, 8, 8)), ValueError, "A must be"),
         (dict(lr=torch.full((1, 3, 8, 8), 3.0)), ValueError, r"lr values must lie in \[-1, 1\]"),
         (dict(lr=torch.zeros(1, 3, 8, 8).fill_(float("nan"))), ValueError, "lr contains NaN"),
@@ -771,6 +785,16 @@ def test_attention_figure_bad_inputs(kw, exc, msg):
     args.update(kw)
     with pytest.raises(exc, match=msg):
         att.attention_figure(**args)
+
+
+def test_attention_figure_draws_what_sampling_takes():
+    """A map within A_MARGIN of [0, 1] (bilinear resizes overshoot by float rounding) is taken by yoda.sample but
+    was refused by the figure, with a message that rounded 1.0005 to "max 1"."""
+    lr, A = torch.zeros(1, 3, 8, 8), torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    over = A.clone()
+    over[..., 0, 0] = 1.0005
+    assert np.array_equal(np.asarray(att.attention_figure(lr, over)),
+                          np.asarray(att.attention_figure(lr, over.clamp(0, 1))))
 
 
 def test_attention_figure_warns_of_a_stretched_map():

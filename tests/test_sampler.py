@@ -846,6 +846,26 @@ def test_model_and_lr_on_different_devices_is_a_clear_error():
         yoda.sample(model, torch.zeros(1, 3, 4, 4), steps=2, progress=False)
 
 
+def test_an_attention_callable_may_use_gradients():
+    """A Grad-CAM-like callable (gradients of the image, under torch.enable_grad) failed with torch's "element 0 of
+    tensors does not require grad": it ran inside yoda.sample's inference mode, where enable_grad does nothing. It
+    worked only when pad=True padded (resolved before that mode). It now gives what its map as a tensor gives."""
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
+    lr, grad_on = lr_image(), []
+
+    def saliency(x):
+        grad_on.append(torch.is_grad_enabled())
+        with torch.enable_grad():
+            x = x.detach().clone().requires_grad_(True)
+            (x.sin() * x).sum().backward()
+            g = x.grad.abs().mean(1, keepdim=True)
+        return g / g.max()
+
+    got = run(model, lr, attention=saliency, lower_bound=0.5, seed=0)
+    assert grad_on == [False]  # called under no_grad, as documented
+    assert torch.equal(got, run(model, lr, attention=saliency(lr), lower_bound=0.5, seed=0))
+
+
 def test_errors_name_the_argument_the_caller_gave():
     """yoda.sample's errors used to name other things: windows= errors said "tiles:", kernel_tile= errors "tile",
     a wrong attention batch read "with B = 1 (or 1)", and an lr on the meta device raised torch's raw

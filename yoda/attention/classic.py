@@ -210,7 +210,8 @@ class Edge:
 
     Sobel inside the image; the outer ring takes the magnitude of the pixel next to it inward (replicate padding
     of the image halved the gradient across the border there, and linear extrapolation doubles its noise); an
-    image thinner than 3 pixels is replicate-padded. ``sigma`` (LR pixels) spreads the response from the edge
+    image of 3 pixels or fewer on a side is replicate-padded (at 3 the ring would copy the one inner pixel
+    everywhere: a 3 x 3 map was constant whatever the image). ``sigma`` (LR pixels) spreads the response from the edge
     line to the pixels around it, which the SR step also has to refine; 0 disables the blur.
     """
 
@@ -224,7 +225,7 @@ class Edge:
         g = luma(x)
         sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=g.dtype, device=g.device)
         sy = sx.t().contiguous()
-        inner = min(g.shape[-2:]) >= 3  # the outer ring takes its neighbour's magnitude (class docstring)
+        inner = min(g.shape[-2:]) > 3  # the outer ring takes its neighbour's magnitude (class docstring)
         gp = g if inner else F.pad(g, (1, 1, 1, 1), mode="replicate")
         gx = F.conv2d(gp, sx.view(1, 1, 3, 3))
         gy = F.conv2d(gp, sy.view(1, 1, 3, 3))
@@ -250,7 +251,10 @@ class Gaussian:
         map(y, x) = exp(-((x - cx)^2 / (2 (sigma w)^2) + (y - cy)^2 / (2 (sigma h)^2)))
         cx = (w - 1) / 2, cy = (h - 1) / 2   (pixel centres; the map is symmetric under flips)
 
-    ``sigma`` is a fraction of the image side, so the prior covers the same part of any image.
+    ``sigma`` is a fraction of the image side, so the prior covers the same part of any image. The map is min-max
+    normalised (aggregate), which removes the prior's height: above sigma ~ 1 every sigma gives about the same
+    map (1 at the centre, 0 in the corners), and a sigma so wide that float32 cannot tell the corners from the
+    centre gives a flat map (all ones: every pixel active).
     The input's content is validated but otherwise ignored.
     """
 
@@ -292,7 +296,9 @@ class Sift:
 
     LR images are tiny (a 16x16 face); SIFT finds nothing on them, so the luma image is first resized
     (bicubic) so that its short side is at least ``min_size`` and keypoints are mapped back. An image
-    with no keypoint gives a zero map, i.e. A = all ones (every pixel active).
+    with no keypoint gives a zero map, i.e. A = all ones (every pixel active). ``n_features`` is OpenCV's
+    nfeatures (0: all): OpenCV counts a keypoint's extra orientations towards it, and those copies are merged
+    into one location here, so N may give fewer than N locations.
     """
 
     minmax_after_resize = True  # yoda.sample normalises its map again after the resize (DESIGN §3)

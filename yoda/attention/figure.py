@@ -209,14 +209,14 @@ def attention_figure(
     """
     from PIL import Image, ImageDraw
 
-    from yoda.masks import as_int, check_lower_bound, check_T, mask_at
+    from yoda.masks import as_int, check_lower_bound, check_T, check_unit_range, mask_at
 
     T, lower_bound = check_T(T), check_lower_bound(lower_bound)
     x = _image0(lr, "lr", (1, 3))
     check_lr_range("lr", float(x.min()), float(x.max()))
     a = _image0(A, "A", (1,))
-    if float(a.min()) < 0.0 or float(a.max()) > 1.0:
-        raise ValueError(f"A values must lie in [0, 1], got min {float(a.min()):.4g}, max {float(a.max()):.4g}")
+    check_unit_range(a, "A")  # yoda.sample's own check and clamp (A_MARGIN): a map sampling takes is drawn
+    a = a.clamp(0.0, 1.0)
     warn_if_stretched("A", tuple(a.shape[-2:]), tuple(x.shape[-2:]), stacklevel=2)
     steps = None if steps is None else as_int(steps, "steps")
     if steps is not None and ts is None and steps <= MAX_STEP_PANELS:

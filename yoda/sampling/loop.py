@@ -102,7 +102,9 @@ def sample(
         at the two-call solvers' midpoints); None: the adapter's solver_timesteps, else "interpolate".
         DiffBIRAdapter defaults to sigmas="diffbir", timesteps="visited", so sampler="dpmpp_3m_sde", steps=10 is
         DiffBIR's default edm_dpm++_3m_sde sampler.
-    lower_bound: l of tau = t / T - l; >= 1 makes every pixel active (the plain sampler, bit for bit). None: the
+    lower_bound: l of tau = t / T - l; >= 1 makes every pixel active (the plain sampler, bit for bit); below 1 / T
+        the last step's tau is above 0, so pixels with A = 0 (one in every min-max normalised map) are never
+        refined, however many steps (the CLI notes it; the callback's active_fraction shows it). None: the
         model's (adapter.sampling_defaults["lower_bound"]: a model trained with YODA's masked input records the l
         of its training masks), else 0.6.
     seed: Philox seed (None: drawn from torch's default generator); the noise of image k of a batch depends on k

@@ -294,7 +294,9 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
         if not callable(attention):
             raise TypeError(f"attention must be None, a tensor, a name or a callable f(lr) -> A; "
                             f"got {type(attention).__name__}")
-        with torch.no_grad():
+        # outside yoda.sample's inference mode, under no_grad: a callable that needs gradients (Grad-CAM) can
+        # turn them on with torch.enable_grad(), which inference mode would ignore ("does not require grad")
+        with torch.inference_mode(False), torch.no_grad():
             attention = attention(lr)
         src = "attention(lr)"
         if not isinstance(attention, torch.Tensor):
