@@ -578,6 +578,10 @@ def test_eval_command(tmp_path, tiny_model, capsys):
     lines = [l for l in stdout.splitlines() if l.startswith("| ")]
     assert [l.split("|")[1].strip() for l in lines[1:]] == ["bicubic", "bicubic-matlab", "plain", "yoda", "yoda"]
     assert "LPIPS omitted" in stdout
+    # what was measured heads the table (the tables of two samplers looked alike)
+    assert stdout.splitlines()[0] == f"yoda eval: model {tiny_model}, ddim 2 steps, seed 0, PSNR / SSIM on RGB"
+    code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--model", "default"], capsys)
+    assert code == 2 and f"--model is given twice ({tiny_model} and default); give it once" in err  # took the last
     code, _, err = run(["eval", "--images", str(tmp_path / "empty_missing"), "--model", tiny_model], capsys)
     assert code == 2 and "empty_missing" in err
     # a folder named like one of yoda.data's sources is still the folder
@@ -1754,7 +1758,8 @@ def test_eval_stopped_keeps_the_images_it_finished(tmp_path, tiny_model, capsys,
 
     def stop_in_the_second_image(*args, **kw):
         calls.append(1)
-        if len(calls) == 3:  # image b's second sampled method (plain, yoda edge 0.6 for each image)
+        if len(calls) == 5:  # image b's second sampled method (the untimed first call, then plain and yoda edge
+            # 0.6 for each image)
             raise KeyboardInterrupt
         return real(*args, **kw)
 
@@ -1805,8 +1810,8 @@ def test_eval_and_figures_read_one_image_at_a_time_and_skip_bad_ones(tmp_path, t
     assert err.splitlines() == [f"yoda: error: cannot read image {folder / 'b.png'}: not an image in a format yoda "
                                 "reads (PNG, JPEG, WebP, TIFF, BMP, GIF ...: yoda.images.READ_FORMATS) (skipped)",
                                 "yoda: error: 1 of 3 images could not be used (see the lines above)"]
-    # plain and YODA sampled for a before b is read, and c after
-    assert events == [("read", "a.png"), ("sample",), ("sample",), ("read", "b.png"), ("read", "c.png"),
+    # plain and YODA sampled for a (after the untimed first call at its size) before b is read, and c after
+    assert events == [("read", "a.png"), ("sample",), ("sample",), ("sample",), ("read", "b.png"), ("read", "c.png"),
                       ("sample",), ("sample",)]
     assert "| plain | - | - | 2 |" in out
     code, out, err = run(["figures", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",

@@ -360,7 +360,12 @@ def _eval_results(a, rows: list, partial: str = "") -> None:
         return
     crop = f"each image centre-cropped to at most {a.max_size} pixels a side (--max-size; 0: whole images)"
     notes = [n for n in (crop if a.max_size > 0 else "", f"partial: {partial}" if partial else "") if n]
-    table = markdown_table(summarize(rows), y_channel=a.y_channel) + "".join(f"\n\n({n})" for n in notes)
+    sampled = next(r for r in rows if r["method"] == "plain")  # the same sampler and steps in every sampled row
+    k = sampled["steps"]
+    head = (f"yoda eval: model {a.model}, {sampled['sampler']} {k} step{'s' * (k != 1)}"
+            + (f", eta {a.eta:g}" if a.eta is not None else "") + f", seed {a.seed}, "
+            + ("PSNR-Y / SSIM-Y (luma, a border of the scale cut)" if a.y_channel else "PSNR / SSIM on RGB") + "\n\n")
+    table = head + markdown_table(summarize(rows), y_channel=a.y_channel) + "".join(f"\n\n({n})" for n in notes)
     if a.output and a.output.lower().endswith(".csv"):
         write_csv(a.output, rows)
     elif a.output:

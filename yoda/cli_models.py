@@ -117,12 +117,11 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
 
 def read_input(path: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray, bool]:
     """(uint8 RGB (H, W, 3), whether the file is grey). max_pixels: None = yoda.images.MAX_PIXELS."""
-    from .images import read_image
+    from .images import is_grey, read_image
 
     with _user_input():
         a = read_image(path, max_pixels)
-    grey = bool((a[:, :, 0] == a[:, :, 1]).all() and (a[:, :, 1] == a[:, :, 2]).all())
-    return a, grey
+    return a, is_grey(a)
 
 
 def bars(a) -> bool:

@@ -19,6 +19,19 @@ class _Help(argparse.HelpFormatter):
         return f"{text} (default {shown})" if text else f"default {shown}"
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: argparse keeps the last of several (`yoda eval --model A --model B`
+    evaluated B alone, naming neither)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in seen:
+            parser.error(f"{option_string} is given twice ({getattr(namespace, self.dest)} and {values}); give it once "
+                         "(run the command once for each)")
+        seen.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (``yoda upscale: error: ...``) instead of the usage block, and the defaults
     in the help (_Help)."""
@@ -72,7 +85,7 @@ def _images_arg(p) -> None:
 
 def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bound: bool = True,
                    models_lower_bound: bool = True) -> None:
-    p.add_argument("--model", default="default",
+    p.add_argument("--model", default="default", action=_Once,
                    help="'default' (the embedded x4 model), a yoda model file, sr3:PATH (an upstream SR3 "
                         "*_gen.pth) or srdiff:PATH (an upstream SRDiff model_ckpt_steps_*.ckpt)")
     p.add_argument("--model-config", default=None, metavar="PATH",

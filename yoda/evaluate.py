@@ -33,7 +33,7 @@ from . import sampling as _sampling
 from ._io import atomic_write_text
 from .adapters import as_adapter, model_sampler, model_steps, upsample
 from .errors import lr_from_images
-from .images import from_uint8, quantize_u8, to_uint8
+from .images import from_uint8, is_grey, output_u8, quantize_u8
 from .masks import check_lower_bound
 from .sampling.spec import ALL_SAMPLERS as SAMPLER_NAMES
 from .sampling.spec import resolve_seed
@@ -256,13 +256,17 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
         from .lpips import LPIPS
 
         lpips_fn = LPIPS(*settings.lpips).to(dev)
-    rows = [] if rows is None else rows
+    rows, warmed = [] if rows is None else rows, set()
     bar, skip = _data.sampling_bar(images, len(variants) - len(upsamplings), "yoda eval", settings.progress, on_error)
     try:
         images, _ = _data.crops_to_sample(images, adapter, settings.max_size, skip)
         for name, hr_u8 in images:
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
+            grey = is_grey(hr_u8)  # scored as `yoda upscale` writes it: grey
+            if tuple(hr.shape) not in warmed:  # untimed: the first call at a size pays for its allocations (and
+                warmed.add(tuple(hr.shape))  # oneDNN's choices), which the first timed row took (plain 0.39 s, yoda 0.04)
+                run_sample(adapter, lr, None, 1.0, settings, 1, sampler)
             done = []
             for method, attn, lb in variants:
                 if method in upsamplings:
@@ -276,12 +280,14 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
                     bar.update()
                 row = {"image": name, "method": method, "attention": attn or "",
                        "lower_bound": "" if lb is None else lb}
-                sr_u8 = to_uint8(sr)[0]
+                sr_u8 = output_u8(sr, grey)
                 row.update(metrics(sr_u8, hr_u8, scale if settings.y_channel else None))
                 if lpips_fn is not None:
                     with torch.no_grad():  # on the rounded image, like the other metrics
                         row["lpips"] = float(lpips_fn(from_uint8(sr_u8).to(dev), hr)[0])
-                row.update(calls=calls, seconds=secs)
+                row.update(calls=calls, seconds=secs, sampler="" if method in upsamplings else sampler,
+                           steps="" if method in upsamplings else steps, seed=settings.seed,
+                           metrics="Y" if settings.y_channel else "RGB")  # what was measured, in the CSV too
                 done.append(row)
             rows.extend(done)
     finally:

@@ -157,6 +157,20 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return quantize_u8(x.cpu()).to(torch.uint8).movedim(-3, -1).contiguous().numpy()
 
 
+def is_grey(a: np.ndarray) -> bool:
+    """Whether the uint8 (H, W, 3) image ``a`` is grey (its three channels equal): `yoda upscale` writes a grey
+    input's output as grey, and yoda eval scores that."""
+    return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+
+
+def output_u8(sr: torch.Tensor, grey: bool) -> np.ndarray:
+    """uint8 (H, W, 3) of the first image of ``sr`` as `yoda upscale` writes it: for a grey input the channels'
+    mean, repeated (the grey file read back)."""
+    if grey:
+        sr = sr.mean(dim=-3, keepdim=True).expand(*sr.shape[:-3], 3, *sr.shape[-2:])
+    return to_uint8(sr)[0]
+
+
 def from_uint8(arr: np.ndarray) -> torch.Tensor:
     """uint8 image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), or a PIL image of 8-bit samples -> float32
     (1, 3, H, W) in [-1, 1]; a (1, H, W, C) array (to_uint8 of one image) too, so the two round-trip.

@@ -16,7 +16,7 @@ from .. import sampling as _sampling
 from ..adapters import as_adapter, upsample
 from ..errors import lr_from_images
 from ..evaluate import check_distinct, fixed_seed, lower_bounds_of, lpips_paths, one_or_many
-from ..images import from_uint8, to_uint8
+from ..images import from_uint8, is_grey, output_u8
 from ..masks import check_lower_bound
 from .numbers import (RegionalError, attention_map, best_crop, crop_metrics, lpips_map, poly_fit,
                       refined_area_curve, update_ratio_table)
@@ -143,14 +143,15 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
                 ratio_sums[a_name] = ratio_sums[a_name] + update_ratio_table({a_name: [A]}, s.lower_bounds)[a_name]
                 ts, curve = refined_area_curve([A], T, s.lower_bound)
                 curve_sums[a_name] = curve_sums[a_name] + curve
-            sr_u8s = {"bicubic": to_uint8(upsample(lr, scale))[0]}
+            grey = is_grey(hr_u8)  # scored as `yoda upscale` writes it: grey
+            sr_u8s = {"bicubic": output_u8(upsample(lr, scale), grey)}
             for label, attn in (("plain", None), ("YODA", amaps[yoda_name].to(dev))):
                 bar.set_postfix_str(f"{Path(str(name)).name} {label}")
                 with torch.no_grad(), lr_from_images():  # lr is make_lr's, of an 8-bit HR image
                     sr = _sampling.sample(adapter, lr, attention=attn, steps=s.steps, sampler=s.sampler, eta=s.eta,
                                           lower_bound=s.lower_bound if attn is not None else 1.0, seed=s.seed,
                                           backend=s.backend, progress=False)
-                sr_u8s[label] = sr_u8 = to_uint8(sr)[0]
+                sr_u8s[label] = sr_u8 = output_u8(sr, grey)
                 extra = None
                 if lpips_fn is not None:  # on the rounded image, like every other metric
                     extra = {"lpips": lpips_map(lpips_fn, from_uint8(sr_u8).to(dev), hr)[0].cpu().numpy()}
