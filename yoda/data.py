@@ -322,9 +322,9 @@ def digest_change(then: dict, now: dict) -> Optional[str]:
     """How the images of image_digests ``now`` differ from ``then`` (the names added, removed and changed), or None."""
     from .checkpoint import fmt_keys
 
-    changed = sorted(k for k in now.keys() & then.keys() if now[k] != then[k])
-    parts = [f"{what} {fmt_keys(sorted(names))}" for what, names in
-             (("added", now.keys() - then.keys()), ("removed", then.keys() - now.keys()), ("changed", changed)) if names]
+    changes = (("added", now.keys() - then.keys()), ("removed", then.keys() - now.keys()),
+               ("changed", [k for k in now.keys() & then.keys() if now[k] != then[k]]))
+    parts = [f"{what} {fmt_keys(sorted(names))}" for what, names in changes if names]
     return "; ".join(parts) or None
 
 

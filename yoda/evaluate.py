@@ -264,9 +264,9 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
             hr = from_uint8(hr_u8).to(dev)
             lr = _data.make_lr(hr, scale)
             grey = is_grey(hr_u8)  # scored as `yoda upscale` writes it: grey
-            if tuple(hr.shape) not in warmed:  # untimed: the first call at a size pays for its allocations (and
-                warmed.add(tuple(hr.shape))  # oneDNN's choices), which the first timed row took (plain 0.39 s, yoda 0.04)
-                run_sample(adapter, lr, None, 1.0, settings, 1, sampler)
+            if tuple(hr.shape) not in warmed:  # one untimed call at each size: the first call pays for allocations
+                warmed.add(tuple(hr.shape))  # and oneDNN's choices, which charged the first timed row (plain 0.39 s
+                run_sample(adapter, lr, None, 1.0, settings, 1, sampler)  # against yoda's 0.04)
             done = []
             for method, attn, lb in variants:
                 if method in upsamplings:

@@ -4,8 +4,8 @@
   check_clip and check_call (what a loop changes from step to step).
 - The Triton ops' when they are called as ops (``torch.ops.yoda.<op>_triton``: a direct call, a dispatch mode, a
   compiled graph): masked_step_args, masked_combine_args, masked_q_sample_args and tile_stats_args check what
-  the C++ ops check in csrc/common.h. Without them a direct call ran a seed of 2**32 as 0, read tensors of another dtype or
-  device, or took a NaN tau. The public entry points check first and then call the launch function itself
+  the C++ ops check in csrc/common.h. Without them a direct call ran a seed of 2**32 as 0, read tensors of
+  another dtype or device, or took a NaN tau. The public entry points check first and then call the launch function itself
   (triton/launch.py EAGER), so nothing is checked twice there. Only shapes, dtypes, devices and scalars: nothing
   that reads a tensor's values (a device sync, which a CUDA-graph capture must not make).
 """
@@ -39,7 +39,7 @@ def check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None) 
 
 
 def check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A",
-                     ref: str = "x") -> Optional[torch.Tensor]:
+                    ref: str = "x") -> Optional[torch.Tensor]:
     if A is None:
         return None
     if not isinstance(A, torch.Tensor):
@@ -92,7 +92,8 @@ def check_clip(clip) -> bool:
 
 def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
     """The checks of what changes from step to step -> (tau, coefs as floats, -0.0 as +0.0; with A None the LR
-    branch's weights zeroed, so that it never draws noise). Plain ints and floats take the short way (a loop's host time)."""
+    branch's weights zeroed, so that it never draws noise). Plain ints and floats take the short way (a loop's
+    host time)."""
     if noise is not None:
         check_state("noise", noise, x)
     if not (type(seed) is int and type(step) is int and 0 <= seed <= philox.MAX_SEED and 0 <= step <= philox.MAX_STEP):
