@@ -302,6 +302,34 @@ def test_inactive_pixels_hold_the_noised_lr_and_masks_grow():
     assert fr == sorted(fr) and fr[0] < 0.9 and fr[-1] == 1.0
 
 
+def test_explicit_noise_gives_the_step_count():
+    """The docstring and README say explicit noise= gives the count where the call gives no steps; it did not:
+    the embedded model with attention took its card's 1 step, refused noise of 3 entries ("must have 2"), and
+    with 2 entries left a quarter of the pixels at the LR image. A model without steps of its own asked for T + 1."""
+    net = yoda.load("yoda", "default")
+    lr = lr_image(h=8, w=8)
+    noise = [torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    seen = []
+    got = yoda.sample(net, lr, attention="edge", noise=noise, progress=False, callback=seen.append)
+    assert len(seen) == 3 and seen[-1]["active_fraction"].min() == 1.0
+    assert torch.equal(got, yoda.sample(net, lr, attention="edge", noise=noise, steps=3, progress=False))
+    f = CallableAdapter(lambda x, t, c: torch.zeros_like(x), prediction="eps", schedule=SCHED, scale=SCALE)
+    assert run(f, lr_image(), noise=torch.randn(5, 1, 3, 16, 16), steps=None).shape == (1, 3, 16, 16)  # 4 steps
+
+
+@pytest.mark.parametrize("sampler, key", [("ddim", "x"), ("dpmpp_2m", "x0_hat")])
+def test_a_callback_cannot_change_the_image_in_place(sampler, key):
+    """The docstring says an in-place op on the report's tensors is an error; the callback ran inside the loop's
+    inference mode, where it is not: d["x"].mul_(0) changed the image by up to 0.96, and a solver's
+    d["x0_hat"], its history, by 0.70. The callback now runs outside it."""
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
+    with pytest.raises(RuntimeError, match="[Ii]nplace update to inference tensor outside InferenceMode"):
+        run(model, lr_image(), sampler=sampler, seed=0, callback=lambda d: d[key].mul_(0))
+    kept = []
+    run(model, lr_image(), sampler=sampler, seed=0, callback=lambda d: kept.append(d[key].clone().mul_(2)))
+    assert len(kept) == STEPS  # a clone may be changed
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_callback_x0_hat_and_last_step(sampler):
     """d["x0_hat"] at every step is x0 of the model output in float64 (v-prediction: x0 = sqrt(ab) x - sqrt(1 - ab)
@@ -884,10 +912,15 @@ def test_errors_name_the_argument_the_caller_gave():
     with pytest.raises(TypeError, match=r"^lr must be a dense tensor, got layout torch.sparse_coo: pass "
                                         r"lr.to_dense\(\)$"):  # was 14 kB of dispatcher error
         yoda.sample(model, lr_image().to_sparse(), steps=2, progress=False)
-    ad, _ = _tiny_unet_adapter("srdiff")  # scale 2: windows of 6 every 5 pixels start at 5, off the LR grid
-    with pytest.raises(ValueError, match=r"^windows: SRDiff windows must start and end on multiples of the scale 2 "
-                                         r".*give window and overlap multiples of 2\), got rows 0:6, cols 5:11$"):
-        run(ad, lr_image(), windows=(6, 1), seed=0)
+    ad, seen = _tiny_unet_adapter("srdiff")  # scale 2: windows of 6 every 5 pixels start at 5, off the LR grid
+    rrdb = []
+    ad.model.rrdb.register_forward_hook(lambda *a: rrdb.append(1))
+    for bad in ((6, 1), (8, 3)):  # refused before prepare ran the RRDB (it was at the first step's crop_cond)
+        with pytest.raises(ValueError, match=r"^windows: SRDiffAdapter windows must lie on the LR grid: window and "
+                                             rf"overlap multiples of the scale 2, got windows=\({bad[0]}, {bad[1]}\)$"):
+            run(ad, lr_image(), windows=bad, seed=0)
+    assert rrdb == [] and seen == []
+    assert run(ad, lr_image(), windows=(17, 1), seed=0).shape == (1, 3, 16, 16)  # wider than the state: one window
 
 
 def test_a_users_module_runs_in_its_own_dtype_and_reports_its_device():

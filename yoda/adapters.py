@@ -101,6 +101,7 @@ class Adapter:
     # over every step); the yoda models' adapters take their ModelCard's sampling (the embedded model: DDIM, 1 step)
     sampling_defaults: Mapping[str, Any] = MappingProxyType({})
     hr_state: bool = False  # prepare's state lies on the HR grid (up(lr)'s): state_grid(hr) is hr
+    window_unit: int = 1  # windows= narrower than the state: window and overlap multiples of it (SRDiff: scale)
 
     def prepare(self, lr: torch.Tensor) -> Prepared:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -505,6 +505,10 @@ class SRDiffAdapter(Adapter):
 
     hr_state = True
 
+    @property
+    def window_unit(self) -> int:  # Adapter.window_unit: a window's LR features are cropped (crop_cond)
+        return self.scale
+
     def __init__(self, model: SRDiff, schedule: Optional[Schedule] = None, clip_x0: Optional[bool] = None,
                  clip_input: Optional[bool] = None, res_rescale: Optional[float] = None, *,
                  prediction: Optional[str] = None, card: Optional[ModelCard] = None):

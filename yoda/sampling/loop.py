@@ -73,10 +73,10 @@ def sample(
         name reads its weights at every call, and warns the second time: pass yoda.attention.get(name), made
         once, to sample many), or
         f(lr) -> A.
-    steps: sampling steps (default: the model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T;
-        with attention the model's steps are raised to the fewest whose last step refines every pixel (at most
-        yoda.sampling.spec.MOST_YODA_STEPS; 2 for the embedded model at lower_bound 0.6, as the CLI takes them),
-        unless noise= gives the count; heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
+    steps: sampling steps (default: explicit noise='s entries - 1, except with spacing="ldm_uniform"; else the
+        model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T; with attention the model's steps
+        are raised to the fewest whose last step refines every pixel (at most yoda.sampling.spec.MOST_YODA_STEPS; 2
+        for the embedded model at lower_bound 0.6, as the CLI takes them); heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
         last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default: the model's,
         adapter.sampling_defaults["spacing"] (from_diffusers: the scheduler's timestep_spacing), else "trailing";
         ddpm / ddim only).
@@ -174,6 +174,10 @@ def sample(
     own_steps = steps is None and (sigmas is None or isinstance(sigmas, str))  # a sequence of sigmas: its own count
     if own_steps:
         steps = defaults.get("steps")
+        if noise is not None and spacing != "ldm_uniform":  # explicit noise gives the count (one entry a step + 1)
+            n = len(noise) if isinstance(noise, (list, tuple)) else (
+                noise.shape[0] if isinstance(noise, torch.Tensor) and noise.dim() else None)
+            steps = steps if n is None else n - 1
     lr_checked = check_lr(lr)
     crop = None
     if pad:
@@ -207,7 +211,9 @@ def sample(
             else:
                 x_new, hist, extra = run.solve(x, pred, i, hist)
             if spec.callback is not None:
-                spec.callback(run.report(i, x, x_new, pred, calls, extra))
+                report = run.report(i, x, x_new, pred, calls, extra)
+                with torch.inference_mode(False):  # an in-place op on its tensors is an error, as documented: run
+                    spec.callback(report)  # inside inference mode, mul_ of x or a solver's x0_hat changed the image
             x = x_new
             if i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1:  # cheap: not every step
                 if not all_finite(pred, x):  # one device sync for both; which one, only when one is not

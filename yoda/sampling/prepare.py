@@ -225,6 +225,10 @@ def check_window_size(adapter: Any, w: Windows, grid) -> Windows:
     if window % m and any(n > window for n in grid):
         raise ValueError(f"windows: the window {window} must be a multiple of {m}, the model's size multiple on the "
                          f"state grid {tuple(grid)}, got windows=({window}, {overlap})")
+    unit = int(getattr(adapter, "window_unit", 1))
+    if (window % unit or overlap % unit) and any(n > window for n in grid):
+        raise ValueError(f"windows: {type(adapter).__name__} windows must lie on the LR grid: window and overlap "
+                         f"multiples of the scale {unit}, got windows=({window}, {overlap})")
     least = 1 if latent else int(getattr(adapter, "min_size", 1))
     if window < least:
         raise ValueError(f"windows: the window {window} must be at least {least} pixels, the smallest side this model "
