@@ -789,10 +789,11 @@ def test_stack_conds_default():
         (None, {"lower_bound": -0.1}, ValueError, "lower_bound"),
         (None, {"seed": -1}, ValueError, "seed"),
         (None, {"seed": 2**32}, ValueError, "seed"),
-        (None, {"noise": [torch.zeros(1, 3, 16, 16)] * STEPS}, ValueError, "noise must have steps \\+ 1"),
+        (None, {"noise": [torch.zeros(1, 3, 16, 16)] * STEPS}, ValueError,
+         rf"noise must have {STEPS + 1} entries \(one for the start and one for each of the {STEPS} visited"),
         (None, {"noise": torch.zeros(STEPS + 1, 1, 3, 8, 8)}, ValueError,
          r"noise\[0\] must be a tensor of the state's"),
-        (None, {"noise": torch.zeros(STEPS, 1, 3, 16, 16)}, ValueError, "noise must have steps \\+ 1"),
+        (None, {"noise": torch.zeros(STEPS, 1, 3, 16, 16)}, ValueError, rf"noise must have {STEPS + 1} entries along"),
         (None, {"attention": torch.rand(1, 2, 8, 8)}, ValueError, "attention must be"),
         (None, {"attention": torch.rand(1, 1, 8, 8) + 1}, ValueError, r"attention values must be in \[0, 1\]"),
         (None, {"attention": torch.full((1, 1, 8, 8), float("nan"))}, ValueError, "attention contains NaN"),
@@ -823,7 +824,7 @@ def test_bad_inputs(lr, kw, err, match):
     ({"attention": torch.full((1, 1, 8, 8), float("nan"))}, "attention contains NaN"),
     ({"attention": "edgy"}, "edgy"),
     ({"attention": lambda x: "no"}, r"attention\(lr\) must return a tensor"),
-    ({"noise": [torch.zeros(1, 3, 16, 16)] * STEPS}, r"noise must have steps \+ 1"),
+    ({"noise": [torch.zeros(1, 3, 16, 16)] * STEPS}, rf"noise must have {STEPS + 1} entries"),
     ({"noise": 1.0}, "noise must be a tensor or a sequence"),
 ])
 def test_bad_arguments_are_refused_before_the_model_prepares(kw, match):

@@ -358,12 +358,14 @@ def noise_entries(noise: Any, n: int) -> Optional[list]:
         return None
     if isinstance(noise, torch.Tensor):
         if noise.dim() < 1 or noise.shape[0] != n:
-            raise ValueError(f"noise must have steps + 1 = {n} entries along its first dimension (entry 0 for the "
-                             f"start, each of the state's shape), got shape {tuple(noise.shape)}")
+            raise ValueError(f"noise must have {n} entries along its first dimension (one for the start and one for "
+                             f"each of the {n - 1} visited steps, each of the state's shape), got shape "
+                             f"{tuple(noise.shape)}")
         return list(noise.unbind(0))
     if isinstance(noise, (list, tuple)):
         if len(noise) != n:
-            raise ValueError(f"noise must have steps + 1 = {n} entries (entry 0 for the start), got {len(noise)}")
+            raise ValueError(f"noise must have {n} entries (one for the start and one for each of the {n - 1} "
+                             f"visited steps), got {len(noise)}")
         return list(noise)
     raise TypeError(f"noise must be a tensor or a sequence of tensors, got {type(noise).__name__}")
 
