@@ -302,6 +302,24 @@ def test_inactive_pixels_hold_the_noised_lr_and_masks_grow():
     assert fr == sorted(fr) and fr[0] < 0.9 and fr[-1] == 1.0
 
 
+def test_seed_none_draws_only_for_a_call_that_samples_with_it():
+    """seed=None drew from torch's generator first thing, so a call refused for a bad argument, or one whose
+    explicit noise= made the seed unused, still moved the user's random stream. It draws once the arguments are
+    known good, and not at all with explicit noise; torch.manual_seed still reproduces the image."""
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
+    torch.manual_seed(3)
+    want = torch.rand(4)
+    torch.manual_seed(3)
+    with pytest.raises(ValueError, match="sampler"):
+        run(model, lr_image(), sampler="lms")
+    run(model, lr_image(), noise=[torch.zeros(1, 3, 16, 16)] * (STEPS + 1))
+    assert torch.equal(torch.rand(4), want)
+    torch.manual_seed(3)
+    a = run(model, lr_image())
+    torch.manual_seed(3)
+    assert torch.equal(run(model, lr_image()), a) and not torch.equal(torch.rand(4), want)  # one draw: it moved
+
+
 def test_explicit_noise_gives_the_step_count():
     """The docstring and README say explicit noise= gives the count where the call gives no steps; it did not:
     the embedded model with attention took its card's 1 step, refused noise of 3 entries ("must have 2"), and

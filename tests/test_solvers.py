@@ -719,6 +719,11 @@ def test_nan_model_is_stopped_with_the_fractional_t_named():
     (dict(sampler="euler", sigmas=[1.0, 1e-9]), ValueError, "sigmas: 1e-09 is too small to tell from no noise"),
     (dict(sampler="euler", sigmas=3.0), TypeError, "sigmas must be None"),
     (dict(sampler="euler", sigmas=[2.0, 1.0], steps=3), ValueError, r"steps \(3\) must be None or the number"),
+    # the count and the echo are of what was given (they said 3 levels of [10, 3, 1, 0], and [10.0, 0.0] of [10, 0, 0])
+    (dict(sampler="euler", sigmas=[10.0, 3.0, 1.0, 0.0], steps=4), ValueError,
+     r"steps \(4\) must be None or the number of noise levels > 0 among the sigmas given \(3; a trailing 0 is"),
+    (dict(sampler="euler", sigmas=[10.0, 0.0, 0.0]), ValueError,
+     r"sigmas must be finite and > 0 \(a trailing 0 is allowed\), got \[10.0, 0.0, 0.0\]$"),
     (dict(sampler="euler", steps=T + 1), ValueError, "steps must be in"),
     (dict(sampler="lms"), ValueError, "sampler must be one of .*dpmpp_3m_sde"),
     (dict(sampler="euler", timesteps="round"), ValueError, "timesteps must be one of"),

@@ -18,6 +18,7 @@ None (every pixel active) and the very same loop is the plain sampler.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
@@ -182,7 +183,8 @@ def sample(
     crop = None
     if pad:
         lr_checked, attention, crop = pad_to_model(adapter, lr_checked, attention, lower_bound)
-    seed = resolve_seed(seed)  # once: seed=None draws one seed from torch's generator, however many specs are made
+    draw = seed is None and noise is None  # explicit noise fixes the image: nothing is drawn for it
+    seed = 0 if seed is None else resolve_seed(seed)  # None: drawn below, once the arguments are known good
 
     def spec_of(n):
         return make_spec(adapter, lr_checked, steps=n, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
@@ -197,6 +199,8 @@ def sample(
         spec = spec if enough is None else spec_of(enough)
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)
+    if draw:  # from torch's generator, so that torch.manual_seed(...) reproduces the image; one draw a call
+        spec = dataclasses.replace(spec, seed=resolve_seed(None))
     with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
         run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop,
                       fixed_batch=speed.cuda_graphs)

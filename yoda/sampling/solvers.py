@@ -199,7 +199,8 @@ def make_sigmas(kind: Any, steps: Optional[int], schedule: Schedule) -> tuple[fl
         return tuple(out) + (0.0,)
     out = _sequence(kind)
     if steps is not None and steps != len(out):
-        raise ValueError(f"steps ({steps}) must be None or the number of sigmas given ({len(out)})")
+        raise ValueError(f"steps ({steps}) must be None or the number of noise levels > 0 among the sigmas given "
+                         f"({len(out)}; a trailing 0 is the end, not a step)")
     top = math.exp(float(logs[-1]))
     if out[0] > top * (1 + 1e-6):
         import warnings
@@ -242,15 +243,14 @@ def _sequence(sigmas: Any) -> list[float]:
                                                     for v in sigmas):
         raise TypeError(f"sigmas must be None, one of {SIGMA_SCHEDULES} or a sequence of floats, got "
                         f"{type(sigmas).__name__}")
-    out = [float(v) for v in sigmas]
-    if out and out[-1] == 0.0:
-        out = out[:-1]
+    given = [float(v) for v in sigmas]
+    out = given[:-1] if given and given[-1] == 0.0 else given
     if not out:
         raise ValueError("sigmas must hold at least one noise level > 0")
     if not all(math.isfinite(v) and v > 0 for v in out):
-        raise ValueError(f"sigmas must be finite and > 0 (a trailing 0 is allowed), got {out}")
+        raise ValueError(f"sigmas must be finite and > 0 (a trailing 0 is allowed), got {given}")
     if any(b >= a for a, b in zip(out, out[1:])):
-        raise ValueError(f"sigmas must be strictly decreasing, got {out}")
+        raise ValueError(f"sigmas must be strictly decreasing, got {given}")
     if 1.0 / (1.0 + out[-1] * out[-1]) >= 1.0:  # its alpha_bar rounds to 1: no noise at all
         raise ValueError(f"sigmas: {out[-1]:g} is too small to tell from no noise (alpha_bar = 1 / (1 + sigma^2) "
                          f"rounds to 1 below about 1.5e-8); end the sequence with 0 instead")
