@@ -4,8 +4,9 @@ the DINO extractors of yoda.attention.dino, the LPIPS heads of yoda.lpips).
     read_checkpoint(path)                    -> (object, safetensors metadata or None)
     load_state_dict_checked(module, sd, where) strict load after one error listing every problem
     check_state_dict(module, sd, where)      that check alone (works on a meta-device module)
-    build_checked(build, sd, where)          build() checked on the meta device first, then built and loaded: a
-                                             net whose size a file sets costs nothing until the file fits it
+    build_checked(build, sd, where)          build() on the meta device, checked there, then given sd's tensors
+                                             (materialise): a net whose size a file sets costs nothing until the
+                                             file fits it, and nothing is initialised (no random draws)
     as_state_dict(obj, where), strip_prefix(sd, prefix), betas_match(buffers, schedule)
 
 Files are read with safetensors (recognised by content: an 8-byte header length followed by '{') or with

@@ -19,8 +19,8 @@ Sample values map to 8 bits by the range of their type, never by the image's own
 8-bit u -> u; 16-bit u -> round(u * 255 / 65535) (16-bit RGB PNG: Pillow keeps the high byte, u >> 8);
 float (TIFF mode "F") f in [0, 1] -> round(f * 255), other float values (or NaN/Inf) are refused; 32-bit
 integer samples must lie in 0..65535 (read as 16-bit) and are refused otherwise. Then x = u / 127.5 - 1.
-Pillow decodes single-channel float TIFFs only: an RGB float32 TIFF (tifffile, cv2) is refused with a DataError
-saying so, not as "not an image".
+Pillow decodes single-channel float32 TIFFs only: float16, float64 and RGB float TIFFs (tifffile, cv2) are refused
+with a DataError saying so, not as "not an image".
 
 Colour: an image with an embedded ICC profile (RGB, RGBA, CMYK: phone photos in Display P3, Adobe RGB prints) is
 converted to sRGB with Pillow's ImageCms (LittleCMS, perceptual intent) before anything else; yoda's models and

@@ -4,6 +4,7 @@
     naive.py      the reference (the test oracle, and the fallback on any device and for any missing kernel)
     ops.py        schemas, registration, backend choice (active_backends says what runs) and checked entry points
     masked_ops.py MaskedOps: masked_step / masked_combine for a loop, its fixed arguments checked once
+    checks.py     the argument checks the entry points and the Triton ops (called as ops) share
     coefs.py      the step coefficients from a schedule; philox.py the noise stream
     triton/       the Triton backend; csrc/ (compiled into yoda_kernels._C) the C++ and CUDA ones
 """

@@ -20,7 +20,7 @@ metadata holds:
                      "extra": free-form JSON object (training notes, data, metrics) or absent}
 
 ``load_yoda(path)`` (``yoda.load("yoda", path)``) checks the declared architecture against the tensors on the
-meta device, rebuilds the model from "args", loads the tensors strictly and returns it with its ModelCard
+meta device, gives that model the tensors (checkpoint.materialise: strictly) and returns it with its ModelCard
 (schedule, scale, prediction, the space of its kind, sampling, and the whole config as ``card.config``), so
 ``yoda.sample(model, lr)`` needs nothing else.
 """

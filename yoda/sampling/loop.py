@@ -129,8 +129,8 @@ def sample(
         two-call solvers' (heun, dpm_2, dpm_2_a, dpmpp_2s_a) calls / batches include their second model call.
         x and x0_hat are in the model's space (pixels for SR3, the residual (HR - up(lr)) * 2 for SRDiff and the
         embedded model, latents for a latent model), and inference tensors: clone them to keep or change them
-        (an in-place op outside torch.inference_mode is an error). To see x0_hat as an image, decode it as the
-        loop does at the end: ad = yoda.adapters.as_adapter(model); cond = ad.prepare(lr).cond (once, under
+        (an in-place op outside torch.inference_mode is an error; the callback runs outside it, under
+        torch.no_grad()). To see x0_hat as an image, decode it as the loop does at the end: ad = yoda.adapters.as_adapter(model); cond = ad.prepare(lr).cond (once, under
         torch.inference_mode()), then ad.decode(d["x0_hat"], lr, cond) in the callback.
         With attention, the last step's active_fraction says how much was refined at all: with few steps the
         masks may not reach every pixel (at the last step t, pixels with A < t / T - lower_bound keep the LR
@@ -216,8 +216,8 @@ def sample(
                 x_new, hist, extra = run.solve(x, pred, i, hist)
             if spec.callback is not None:
                 report = run.report(i, x, x_new, pred, calls, extra)
-                with torch.inference_mode(False):  # an in-place op on its tensors is an error, as documented: run
-                    spec.callback(report)  # inside inference mode, mul_ of x or a solver's x0_hat changed the image
+                with torch.inference_mode(False), torch.no_grad():  # an in-place op on its tensors is an error, as
+                    spec.callback(report)  # documented: in inference mode mul_ of x or a solver's x0_hat changed the image
             x = x_new
             if i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1:  # cheap: not every step
                 if not all_finite(pred, x):  # one device sync for both; which one, only when one is not

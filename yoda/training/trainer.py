@@ -4,8 +4,9 @@ Files in ``out``: checkpoint.pt (resume state), log.csv, config.json, and at the
 "yoda" format (model.safetensors unless told otherwise). Every file is written through yoda._io (atomic).
 
 The checkpoint is a torch file holding {"step", "config" (TrainConfig.to_dict()), "model", "ema", "opt",
-"gen", "torch_rng" / "cuda_rng" / "rank_rng" (dropout's generators, every rank's), "rows", "init_sha256",
-"loss_version", "sampling_from_init"}: a run resumes only with the config it was started with (``steps`` may
+"gen", "torch_rng" / "cuda_rng" / "rank_rng" (dropout's generators, every rank's), "rows", "pending" (the log
+average since the last regular row, at a stop), "images" (image_digests: a resume on other images warns),
+"init_sha256", "loss_version", "sampling_from_init"}: a run resumes only with the config it was started with (``steps`` may
 differ).
 With ``cfg.init`` a run starts from that model file's weights (fine-tuning; load_init), and its hash is kept.
 
