@@ -76,7 +76,9 @@ def images(seed, b=2, h=32, w=32):
 def test_matches_float64_reference(files, fmt):
     d, vgg, lin = files
     names = ("vgg16.pth", "vgg.pth") if fmt == "pth" else ("vgg16.safetensors", "lin.safetensors")
+    state = torch.get_rng_state()
     m = LPIPS(backbone_weights=d / names[0], lin_weights=str(d / names[1]))
+    assert torch.equal(torch.get_rng_state(), state)  # built on the meta device: no initialisation drew numbers
     x0 = images(1)
     x1 = (x0 + 0.3 * images(2)).clamp(-1, 1)
     ref = reference(vgg, lin, x0, x1)

@@ -29,7 +29,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint
+from .checkpoint import CheckpointError, build_checked, read_checkpoint
 
 __all__ = ["LPIPS", "VGG16Features", "LPIPSHeads", "LPIPS_SHIFT", "LPIPS_SCALE", "VGG16_CFG", "VGG16_TAPS",
            "LPIPS_CHANNELS"]
@@ -103,9 +103,8 @@ def _load_backbone(path: PathLike) -> VGG16Features:
     # the classifier (fully connected layers) is not part of LPIPS: drop it, keep everything else so that
     # foreign keys are reported
     sd = {k: v for k, v in obj.items() if not (isinstance(k, str) and k.startswith("classifier."))}
-    net = VGG16Features()
-    return load_state_dict_checked(net, sd, p, hint="backbone_weights must be torchvision's vgg16 state dict "
-                                   "(keys features.N.weight / features.N.bias)")
+    return build_checked(VGG16Features, sd, p, hint="backbone_weights must be torchvision's vgg16 state dict "
+                         "(keys features.N.weight / features.N.bias)")  # no initialisation: no random draws
 
 
 def _load_heads(path: PathLike) -> LPIPSHeads:
@@ -113,9 +112,8 @@ def _load_heads(path: PathLike) -> LPIPSHeads:
     p = os.fspath(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p}: expected the lpips linear-head state dict, got {type(obj).__name__}")
-    heads = LPIPSHeads()
-    return load_state_dict_checked(heads, obj, p, hint="lin_weights must be the lpips package's "
-                                   "weights/v0.1/vgg.pth (keys lin0.model.1.weight .. lin4.model.1.weight)")
+    return build_checked(LPIPSHeads, obj, p, hint="lin_weights must be the lpips package's "
+                         "weights/v0.1/vgg.pth (keys lin0.model.1.weight .. lin4.model.1.weight)")
 
 
 def _check_path_arg(name: str, value) -> None:
