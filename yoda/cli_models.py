@@ -132,12 +132,10 @@ def bars(a) -> bool:
 def save_output(x, path: str, grey: bool = False) -> None:
     """upscale's output: its folder is made again if it went meanwhile (a second upscale into it, started twice
     by mistake and stopped, removes the folder it made while that folder is still empty)."""
-    from .images import save_image
+    from .images import as_written, save_image
 
-    if grey:
-        x = x.mean(dim=-3, keepdim=True)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_image(x.cpu(), path)
+    save_image(as_written(x, grey).cpu(), path)
 
 
 def save_figure(img, path: str) -> None:

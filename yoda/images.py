@@ -163,12 +163,16 @@ def is_grey(a: np.ndarray) -> bool:
     return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
 
 
+def as_written(sr: torch.Tensor, grey: bool) -> torch.Tensor:
+    """``sr`` as `yoda upscale` writes it: for a grey input the channels' mean (one channel), else ``sr``."""
+    return sr.mean(dim=-3, keepdim=True) if grey else sr
+
+
 def output_u8(sr: torch.Tensor, grey: bool) -> np.ndarray:
-    """uint8 (H, W, 3) of the first image of ``sr`` as `yoda upscale` writes it: for a grey input the channels'
-    mean, repeated (the grey file read back)."""
-    if grey:
-        sr = sr.mean(dim=-3, keepdim=True).expand(*sr.shape[:-3], 3, *sr.shape[-2:])
-    return to_uint8(sr)[0]
+    """uint8 (H, W, 3) of the first image of ``sr`` as `yoda upscale` writes it (as_written), grey repeated: the
+    file read back."""
+    u = to_uint8(as_written(sr, grey))[0]
+    return np.repeat(u, 3, axis=2) if grey else u
 
 
 def from_uint8(arr: np.ndarray) -> torch.Tensor:

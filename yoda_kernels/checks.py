@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from . import philox
-from .contract import FLOAT_DTYPES, NUM_COEFS, NUM_COMBINE_COEFS, CombineCoefs, StepCoefs, check_tile
+from .contract import FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, CombineCoefs, StepCoefs, check_tile
 
 
 def check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None) -> None:
@@ -118,6 +118,24 @@ def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
 LR_WEIGHTS = {len(f): (f.index("la"), f.index("lb")) for f in (StepCoefs._fields, CombineCoefs._fields)}
 
 
+def check_history(denoised: Sequence, coefs: Sequence[float], name: str = "denoised[{}]") -> list:
+    """masked_combine's [d0, d1, d2] from the ``denoised`` given, None for each absent estimate, whose weight in
+    ``coefs`` must be 0 (``name``: how the message names estimate j)."""
+    for j in range(len(denoised), MAX_HISTORY):
+        if coefs[1 + j] != 0.0:
+            raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but {name.format(j)} is not given")
+    return list(denoised) + [None] * (MAX_HISTORY - len(denoised))
+
+
+def check_q_sample_states(x0, c, noise, A) -> Optional[torch.Tensor]:
+    """masked_q_sample's tensors (x0, c, noise of one shape, dtype and device; A None or its map) -> A."""
+    check_state("x0", x0)
+    check_state("c", c, x0)
+    check_state("noise", noise, x0)
+    check_sides("x0", x0)
+    return check_attention(A, x0, ref="x0")
+
+
 # ---- the Triton ops called as ops -----------------------------------------------------------------------
 def _masked(x, estimates: dict, c, A, tile_max, tile_min, tau, coefs, n_coefs, seed, step, noise, tile) -> None:
     """What masked_step and masked_combine share: check_step_args / check_combine_args and
@@ -150,17 +168,11 @@ def masked_combine_args(x, d0, d1, d2, c, A, tile_max, tile_min, tau, coefs, see
         raise ValueError("d2 is given without d1")
     given = {name: d for name, d in (("d0", d0), ("d1", d1), ("d2", d2)) if d is not None}
     _masked(x, given, c, A, tile_max, tile_min, tau, coefs, NUM_COMBINE_COEFS, seed, step, noise, tile)
-    for j, d in ((1, d1), (2, d2)):  # an absent estimate's weight must be 0
-        if d is None and float(coefs[1 + j]) != 0.0:
-            raise ValueError(f"coefs: cd{j} = {float(coefs[1 + j])} but d{j} is not given")
+    check_history(list(given.values()), [float(v) for v in coefs], "d{}")
 
 
 def masked_q_sample_args(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau) -> None:
-    check_state("x0", x0)
-    check_state("c", c, x0)
-    check_state("noise", noise, x0)
-    check_sides("x0", x0)
-    check_attention(A, x0, ref="x0")
+    check_q_sample_states(x0, c, noise, A)
     B = x0.shape[0]
     for name, t in (("sqrt_ab", sqrt_ab), ("sqrt_1m_ab", sqrt_1m_ab), ("tau", tau)):
         if not t.is_floating_point() or tuple(t.shape) != (B,) or t.device != x0.device:
@@ -168,11 +180,12 @@ def masked_q_sample_args(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau) -> None:
                              f"{tuple(t.shape)} on {t.device}")
 
 
-def tile_stats_args(A: torch.Tensor, tile: int) -> None:
-    if A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
-        raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {tuple(A.shape)}")
+def tile_stats_args(A: torch.Tensor, tile: int) -> int:
+    """tile_stats' arguments (the entry point's and the Triton op's) -> tile as an int."""
+    if not isinstance(A, torch.Tensor) or A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
+        raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {getattr(A, 'shape', type(A))}")
     if A.dtype not in FLOAT_DTYPES:
         raise TypeError(f"A must be float32, float16 or bfloat16, got {A.dtype}")
-    check_tile(tile)
     check_sides("A", A)
+    return check_tile(tile)
 

@@ -9,8 +9,8 @@ import torch
 
 from . import philox
 from .contract import MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS
-from .checks import check_call, check_clip
-from .ops import Backend, TileStats, _check_fixed, _check_no_grad, _history, _impl, masked_combine, masked_step
+from .checks import check_call, check_clip, check_history
+from .ops import Backend, TileStats, _check_fixed, _check_no_grad, _impl, masked_combine, masked_step
 
 
 class MaskedOps:
@@ -67,7 +67,7 @@ class MaskedOps:
             return masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=self.seed, step=step,
                                   noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
         tau, coefs = check_call(x, self.A, tau, coefs, NUM_COMBINE_COEFS, self.seed, step, noise)
-        d = _history(denoised, coefs)
+        d = check_history(denoised, coefs)
         _check_no_grad("masked_combine", self.backend.name, x, *d, self.c, self.A, noise)
         return _impl("masked_combine", self.backend.name, x)(
             x, d[0], d[1], d[2], self.c, self.A, self._tmax, self._tmin, tau, coefs, self.seed, int(step), noise,

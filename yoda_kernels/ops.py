@@ -22,8 +22,10 @@ import torch
 
 from . import coefs as _coefs
 from . import naive
-from .checks import check_attention, check_call, check_clip, check_counter, check_nan, check_sides, check_state
-from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile
+from .checks import (check_attention, check_call, check_clip, check_counter, check_history, check_nan,
+                     check_q_sample_states, check_state, tile_stats_args)
+from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile  # noqa: F401
+# (FLOAT_DTYPES: re-exported, ops.FLOAT_DTYPES is the contract's; the checks themselves are checks.py's)
 
 SCHEMAS = {
     "masked_step": (
@@ -278,12 +280,7 @@ def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] 
 
     A: (B, 1, H, W) or (B, H, W) in [0, 1]. A tile is active at threshold tau if max >= tau, full if
     min >= tau (DESIGN.md §8). Raises if A holds NaN."""
-    if not isinstance(A, torch.Tensor) or A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
-        raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {getattr(A, 'shape', type(A))}")
-    if A.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"A must be float32, float16 or bfloat16, got {A.dtype}")
-    tile = check_tile(tile)
-    check_sides("A", A)
+    tile = tile_stats_args(A, tile)
     tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device), A)(A.contiguous(), tile)
     check_nan("A", tmax, tmin)
     return TileStats(tmax, tmin)
@@ -370,7 +367,7 @@ def masked_combine(
         check_state(f"denoised[{j}]", d, x)
     c, A, tau, coefs, tile, backend, tmax, tmin = _check_masked(x, c, A, tau, coefs, NUM_COMBINE_COEFS, seed, step,
                                                                 noise, tile, stats, backend)
-    d = _history(denoised, coefs)
+    d = check_history(denoised, coefs)
     _check_no_grad("masked_combine", backend, x, *d, c, A, noise)
     return _impl("masked_combine", backend, x)(
         x, d[0], d[1], d[2], c, A, tmax, tmin, tau, coefs, int(seed), int(step), noise, tile
@@ -411,14 +408,6 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
     return A, tile, backend, tmax, tmin
 
 
-def _history(denoised: Sequence[torch.Tensor], coefs: list) -> list:
-    """masked_combine's [d0, d1, d2], None for each absent estimate, whose weight in ``coefs`` must be 0."""
-    for j in range(len(denoised), MAX_HISTORY):
-        if coefs[1 + j] != 0.0:
-            raise ValueError(f"coefs: cd{j} = {coefs[1 + j]} but denoised[{j}] is not given")
-    return list(denoised) + [None] * (MAX_HISTORY - len(denoised))
-
-
 def masked_q_sample(
     x0: torch.Tensor,
     c: torch.Tensor,
@@ -433,11 +422,7 @@ def masked_q_sample(
     x_t = sqrt(ab) (x0 where A >= tau else c) + sqrt(1 - ab) noise, per batch element.
 
     x0, c, noise: (B, C, H, W); A: (B, 1, H, W), (B, H, W) or None; tau and ab: floats or (B,) tensors."""
-    check_state("x0", x0)
-    check_state("c", c, x0)
-    check_state("noise", noise, x0)
-    check_sides("x0", x0)
-    A = check_attention(A, x0, ref="x0")
+    A = check_q_sample_states(x0, c, noise, A)
     B = x0.shape[0]
 
     def per_batch(name, v):

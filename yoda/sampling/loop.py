@@ -77,8 +77,8 @@ def sample(
     steps: sampling steps (default: explicit noise='s entries - 1, except with spacing="ldm_uniform"; else the
         model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T; with attention the model's steps
         are raised to the fewest whose last step refines every pixel (at most yoda.sampling.spec.MOST_YODA_STEPS; 2
-        for the embedded model at lower_bound 0.6, as the CLI takes them); heun, dpm_2, dpm_2_a and dpmpp_2s_a call the model twice per step but the
-        last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default: the model's,
+        for the embedded model at lower_bound 0.6, as the CLI takes them); heun, dpm_2, dpm_2_a and dpmpp_2s_a
+        call the model twice per step but the last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default: the model's,
         adapter.sampling_defaults["spacing"] (from_diffusers: the scheduler's timestep_spacing), else "trailing";
         ddpm / ddim only).
     sampler: default: the model's (adapter.sampling_defaults: "ddim" for the embedded model), else "ddpm".
@@ -130,8 +130,9 @@ def sample(
         x and x0_hat are in the model's space (pixels for SR3, the residual (HR - up(lr)) * 2 for SRDiff and the
         embedded model, latents for a latent model), and inference tensors: clone them to keep or change them
         (an in-place op outside torch.inference_mode is an error; the callback runs outside it, under
-        torch.no_grad()). To see x0_hat as an image, decode it as the loop does at the end: ad = yoda.adapters.as_adapter(model); cond = ad.prepare(lr).cond (once, under
-        torch.inference_mode()), then ad.decode(d["x0_hat"], lr, cond) in the callback.
+        torch.no_grad()). To see x0_hat as an image, decode it as the loop does at the end: ad =
+        yoda.adapters.as_adapter(model); cond = ad.prepare(lr).cond (once, under torch.inference_mode()), then
+        ad.decode(d["x0_hat"], lr, cond) in the callback.
         With attention, the last step's active_fraction says how much was refined at all: with few steps the
         masks may not reach every pixel (at the last step t, pixels with A < t / T - lower_bound keep the LR
         image; yoda.sample takes enough where the steps are the model's own, and so does the CLI).
@@ -217,7 +218,7 @@ def sample(
             if spec.callback is not None:
                 report = run.report(i, x, x_new, pred, calls, extra)
                 with torch.inference_mode(False), torch.no_grad():  # an in-place op on its tensors is an error, as
-                    spec.callback(report)  # documented: in inference mode mul_ of x or a solver's x0_hat changed the image
+                    spec.callback(report)  # documented (in inference mode it changed the image)
             x = x_new
             if i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1:  # cheap: not every step
                 if not all_finite(pred, x):  # one device sync for both; which one, only when one is not

@@ -255,11 +255,12 @@ class Trainer:
             if crop % unit or crop < least:
                 raise ValueError(f"config {key}: the crop {crop} must be a multiple of {unit} (the scale and the "
                                  f"model's size multiple) and at least {least}")
+            if steps is None:
+                continue
             lr = torch.zeros(1, 3, crop // cfg.data.scale, crop // cfg.data.scale, device=self.device)
             try:
-                if steps is not None:
-                    make_spec(adapter, lr, steps=steps, sampler="ddim", lower_bound=cfg.loss.lower_bound,
-                              seed=cfg.seed, progress=False)
+                make_spec(adapter, lr, steps=steps, sampler="ddim", lower_bound=cfg.loss.lower_bound, seed=cfg.seed,
+                          progress=False)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"config {key}: {e}") from None
 
