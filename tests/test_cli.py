@@ -658,10 +658,13 @@ def test_train_and_plot_commands(tmp_path, capsys):
                         str(out / "model.safetensors"), "--steps", "2", "-q"], capsys)
     assert code == 0, err
     png = tmp_path / "curves.png"
-    code, _, err = run(["plot", str(out / "log.csv"), str(out / "log.csv"), "--labels", "a", "b", "-o", str(png)],
-                       capsys)
+    (tmp_path / "copy.csv").write_bytes((out / "log.csv").read_bytes())
+    code, _, err = run(["plot", str(out / "log.csv"), str(tmp_path / "copy.csv"), "--labels", "a", "b", "-o",
+                        str(png)], capsys)
     assert code == 0, err
     assert I.open(png).size == (900, 360)
+    code, _, err = run(["plot", str(out), str(out / "log.csv"), "-o", str(tmp_path / "c3.png")], capsys)
+    assert code == 2 and err.endswith(f"{out / 'log.csv'} and {out / 'log.csv'} are the same log; give each once\n")
     code, _, err = run(["plot", str(out / "log.csv"), str(out / "log.csv"), "--labels", "a", "-o", str(png)], capsys)
     assert code == 2 and "--labels: give one label per log (2 logs, 1 labels)" in err  # the option, not "labels"
     code, _, err = run(["train", "--config", str(tmp_path / "none.json")], capsys)
@@ -1764,14 +1767,17 @@ def test_eval_stopped_keeps_the_images_it_finished(tmp_path, tiny_model, capsys,
         return real(*args, **kw)
 
     monkeypatch.setattr(yoda.evaluate, "run_sample", stop_in_the_second_image)
-    out = tmp_path / "rows.csv"
+    out, part = tmp_path / "rows.csv", tmp_path / "rows.partial.csv"
+    out.write_text("an earlier run's rows\n")
     code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
                              "--attention", "edge", "--lower-bounds", "0.6", "-o", str(out)], capsys)
     assert code == 130 and err.endswith("yoda: interrupted\n"), err
-    with open(out, newline="") as f:
+    with open(part, newline="") as f:  # under a name of their own: they were in -o, taken for a whole run's
         rows = list(csv.DictReader(f))
     assert {r["image"] for r in rows} == {str(folder / "a.png")} and len(rows) == 4  # a's 4 methods, none of b's
-    assert stdout.rstrip().endswith("(partial: stopped after 1 of 3 images)") and "| plain |" in stdout
+    assert out.read_text() == "an earlier run's rows\n"
+    assert stdout.rstrip().endswith(f"(partial: stopped after 1 of 3 images; their rows are in {part})")
+    assert "| plain |" in stdout
     # the crop the rows were measured on is said (the default --max-size 128 was silent)
     assert "(each image centre-cropped to at most 128 pixels a side (--max-size; 0: whole images))" in stdout
 

@@ -487,6 +487,11 @@ def test_fig5_legend_states_the_degree_fitted(monkeypatch):
     texts.clear()
     draw_regional_error({"plain": r}, {k: fg.poly_fit(x, r[k[1]], 2) for k in fits}, 2)
     assert any("lines: degree-2 numpy.polyfit, weighted by sqrt(pixels per bin)" in s for _, s in texts)
+    texts.clear()  # --bins 1: no bin pair to fit, no lines drawn; the legend said "lines: degree-2 numpy.polyfit"
+    one = {"centres": x[:1], "mse": r["mse"][:1], "psnr": r["psnr"][:1], "count": np.ones(1)}
+    draw_regional_error({"plain": one}, {k: fg.poly_fit(x[:1], one[k[1]], 2) for k in fits}, 2)
+    assert [s for _, s in texts if s.startswith("points:")] == [
+        "points: per-bin means; no lines (a fit needs 2 bins with pixels)"]
 
 
 def test_fig5_draws_yoda_minus_plain_per_bin(monkeypatch):

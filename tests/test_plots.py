@@ -184,8 +184,8 @@ def test_series_without_finite_values_is_named(tmp_path, monkeypatch):
                                      "third", "fourth-run-name", "fifth", "sixth-and-last"]])
 def test_legend_does_not_overlap_the_note(tmp_path, labels):
     rows = ["10,0.5,0.0002,1.0,,", "20,0.4,0.0002,1.0,24.5,24.7", "40,0.3,0.0002,1.0,25.1,25.0"]
-    path = log(tmp_path, "four.csv", rows)
-    img, _ = plot(tmp_path, [path] * len(labels), labels)
+    paths = [log(tmp_path, f"{i}.csv", rows) for i in range(len(labels))]
+    img, _ = plot(tmp_path, paths, labels)
     d, f = ImageDraw.Draw(Image.new("RGB", (W, H))), plots._font()
     pos, (nx, nrow), nrows = plots._legend_layout([text_wh(d, s, f)[0] for s in labels], text_wh(d, NOTE, f)[0],
                                                   60, W - 15)
@@ -233,6 +233,18 @@ def test_default_labels_tell_runs_apart(tmp_path):
     assert plots.log_path(j("run")) == j("run", "log.csv") and plots.log_path(j("x.csv")) == j("x.csv")
     with pytest.raises(ValueError, match=r"^labels: give one label per log \(1 logs, 2 labels\)"):
         plots.plot_logs([j("x.csv")], ["a", "b"], j("o.png"))
+
+
+def test_one_log_given_twice_is_refused(tmp_path):
+    """One log under two names (or one name twice) drew one curve over the other under two legend entries."""
+    (tmp_path / "run").mkdir()
+    path = log(tmp_path / "run", "log.csv", ["1,0.5,0.0002,1.0,,"])
+    other = log(tmp_path, "other.csv", ["1,0.5,0.0002,1.0,,"])
+    alias = plots.log_path(str(tmp_path / "run" / ".." / "run"))
+    for twice, first in (([path, other, alias], path), ([other, other], other)):
+        with pytest.raises(ValueError, match=f"^logs: {first} and {twice[-1]} are the same log; give each once$"):
+            plots.plot_logs(twice, [f"r{i}" for i in range(len(twice))], str(tmp_path / "o.png"))
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_round_ticks_with_grid_lines_at_their_values(tmp_path, monkeypatch):

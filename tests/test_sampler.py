@@ -893,6 +893,21 @@ def test_model_and_lr_on_different_devices_is_a_clear_error():
         yoda.sample(model, torch.zeros(1, 3, 4, 4), steps=2, progress=False)
 
 
+def test_mps_is_refused_by_name(monkeypatch):
+    """An lr or a model on Apple's MPS failed deep inside, at the first float64 tensor (MPS has none)."""
+    class OnMps(torch.Tensor):  # this machine has no MPS: a CPU tensor that reports it
+        device = property(lambda self: torch.device("mps"))
+
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
+    tail = (r" is on mps, which yoda does not support \(its noise and the SR3 / SRDiff upsampling compute in "
+            r"float64, which MPS lacks\): move lr and the model to the CPU$")
+    with pytest.raises(ValueError, match="^lr" + tail):
+        yoda.sample(model, lr_image().as_subclass(OnMps), steps=2, progress=False)
+    monkeypatch.setattr(model, "device", lambda: torch.device("mps"))
+    with pytest.raises(ValueError, match="^the model" + tail):
+        yoda.sample(model, lr_image(), steps=2, progress=False)
+
+
 def test_an_attention_callable_may_use_gradients():
     """A Grad-CAM-like callable (gradients of the image, under torch.enable_grad) failed with torch's "element 0 of
     tensors does not require grad": it ran inside yoda.sample's inference mode, where enable_grad does nothing. It

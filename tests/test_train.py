@@ -1338,6 +1338,27 @@ def test_a_checkpoint_from_before_init_resumes(tmp_path, img_folder):
     assert tr.step == 1 and tr.cfg.init == "" and tr.init_sha256 is None
 
 
+def test_init_named_on_resume_is_warned_of(tmp_path, img_folder):
+    """A resumed run keeps what it started from; an --init that names another file was dropped without a word."""
+    Trainer(tiny_config(img_folder, steps=1, val_every=0), str(tmp_path / "a"), device="cpu", progress=False).run()
+    src, other = str(tmp_path / "a" / "model.safetensors"), str(tmp_path / "other.safetensors")
+    shutil.copy(src, other)
+    cfg = tiny_config(img_folder, steps=1, val_every=0, init=src)
+    Trainer(cfg, str(tmp_path / "b"), device="cpu", progress=False).run()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the run's own init, by another spelling of its path: no word
+        same = Trainer(cfg.replace(steps=2, init=str(tmp_path / "a" / ".." / "a" / "model.safetensors")),
+                       str(tmp_path / "b"), device="cpu", progress=False)
+    assert same.step == 1 and same.cfg.init == src
+    for run, new, then in (("b", other, src), ("a", src, "a random init")):
+        ckpt = str(tmp_path / run / "checkpoint.pt")
+        with pytest.warns(UserWarning, match=f"^init \\(--init\\) {re.escape(new)} is not read: the run resumes "
+                                             f"from checkpoint {re.escape(ckpt)}, which started from {re.escape(then)};"
+                                             f" train into another --out to start from it$"):
+            tr = Trainer(cfg.replace(steps=2, init=new), str(tmp_path / run), device="cpu", progress=False)
+        assert tr.step == 1 and tr.cfg.init == (src if run == "b" else "")
+
+
 def test_init_refuses_another_model(tmp_path, img_folder):
     """A file of another architecture, prediction target or up(lr) is refused with the difference named (a
     released model's Pillow up(lr) was replaced by torch's without a word: up to 18 levels apart at edges)."""

@@ -38,10 +38,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_parser import build_parser
-from ._io import atomic_write_text, check_writable, made_folder, remove_stale_temps
+from ._io import check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
-                         cli_device, default_steps, error_line, eval_images, load_model, note, pillow_limit,
-                         read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
+                         cli_device, default_steps, error_line, eval_images, eval_results, load_model, note,
+                         pillow_limit, read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun, working_where)
@@ -328,7 +328,7 @@ def cmd_eval(a) -> int:
 
     if a.output:
         check_writable(a.output, "-o")
-        remove_stale_temps([a.output])  # of a run killed while writing it (SIGKILL, a power loss)
+        remove_stale_temps([a.output, "{}.partial{}".format(*os.path.splitext(a.output))])  # of a killed run
     _check_eval_options(a, [a.output] if a.output else [])
     skipped = _Skipped()
     with _user_input():
@@ -345,32 +345,10 @@ def cmd_eval(a) -> int:
         try:
             evaluate(model, images, settings, on_error=skipped, rows=rows)
         except (KeyboardInterrupt, Terminated):  # what was done is kept, said to be partial
-            _eval_results(a, rows, f"stopped after {len({r['image'] for r in rows})} of {len(images)} images")
+            eval_results(a, rows, f"stopped after {len({r['image'] for r in rows})} of {len(images)} images")
             raise
-    _eval_results(a, rows)
+    eval_results(a, rows)
     return skipped.status(len(images))
-
-
-def _eval_results(a, rows: list, partial: str = "") -> None:
-    """eval's table on stdout and in -o (a .csv: the rows themselves), if there are rows; ``partial``: why they are
-    not all. The table says how the images were cropped."""
-    from .evaluate import markdown_table, summarize, write_csv
-
-    if not rows:
-        return
-    crop = f"each image centre-cropped to at most {a.max_size} pixels a side (--max-size; 0: whole images)"
-    notes = [n for n in (crop if a.max_size > 0 else "", f"partial: {partial}" if partial else "") if n]
-    sampled = next(r for r in rows if r["method"] == "plain")  # the same sampler and steps in every sampled row
-    k = sampled["steps"]
-    head = (f"yoda eval: model {a.model}, {sampled['sampler']} {k} step{'s' * (k != 1)}"
-            + (f", eta {a.eta:g}" if a.eta is not None else "") + f", seed {a.seed}, "
-            + ("PSNR-Y / SSIM-Y (luma, a border of the scale cut)" if a.y_channel else "PSNR / SSIM on RGB") + "\n\n")
-    table = head + markdown_table(summarize(rows), y_channel=a.y_channel) + "".join(f"\n\n({n})" for n in notes)
-    if a.output and a.output.lower().endswith(".csv"):
-        write_csv(a.output, rows)
-    elif a.output:
-        atomic_write_text(a.output, table + "\n")
-    print(table)
 
 
 def cmd_figures(a) -> int:

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from ._io import atomic_write_text
 from .errors import UserError, printable
 from .errors import user_input as _user_input
 from .torchrun import main_rank
@@ -184,6 +185,32 @@ def eval_images(folder: Optional[str], max_pixels: Optional[int]):
     from .data import ImageStream, load_source
 
     return ImageStream(folder_images(folder), max_pixels) if folder else load_source("heldout")
+
+
+def eval_results(a, rows: list, partial: str = "") -> None:
+    """eval's table on stdout and in -o (a .csv: the rows themselves), if there are rows; ``partial``: why they are
+    not all. The table says how the images were cropped."""
+    from .evaluate import markdown_table, summarize, write_csv
+
+    if not rows:
+        return
+    csv_path = a.output if a.output and a.output.lower().endswith(".csv") else None
+    if csv_path and partial:  # not taken for a whole run's rows (nor written over an earlier run's)
+        csv_path = "{}.partial{}".format(*os.path.splitext(csv_path))
+        partial += f"; their rows are in {csv_path}"
+    crop = f"each image centre-cropped to at most {a.max_size} pixels a side (--max-size; 0: whole images)"
+    notes = [n for n in (crop if a.max_size > 0 else "", f"partial: {partial}" if partial else "") if n]
+    sampled = next(r for r in rows if r["method"] == "plain")  # the same sampler and steps in every sampled row
+    k = sampled["steps"]
+    head = (f"yoda eval: model {a.model}, {sampled['sampler']} {k} step{'s' * (k != 1)}"
+            + (f", eta {a.eta:g}" if a.eta is not None else "") + f", seed {a.seed}, "
+            + ("PSNR-Y / SSIM-Y (luma, a border of the scale cut)" if a.y_channel else "PSNR / SSIM on RGB") + "\n\n")
+    table = head + markdown_table(summarize(rows), y_channel=a.y_channel) + "".join(f"\n\n({n})" for n in notes)
+    if csv_path:
+        write_csv(csv_path, rows)
+    elif a.output:
+        atomic_write_text(a.output, table + "\n")
+    print(table)
 
 
 def folder_images(folder: str) -> list:

@@ -182,6 +182,10 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
 
     if len(paths) != len(labels):
         raise ValueError(f"labels: give one label per log ({len(paths)} logs, {len(labels)} labels)")
+    real = [os.path.realpath(p) for p in paths]
+    for i, r in enumerate(real):  # one log twice: one curve drawn over the other, under two legend entries
+        if r in real[:i]:
+            raise ValueError(f"logs: {paths[real.index(r)]} and {paths[i]} are the same log; give each once")
     logs = [read_log(p) for p in paths]
     W, H = size
     img = Image.new("RGB", (W, H), "white")

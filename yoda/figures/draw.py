@@ -161,10 +161,10 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
                 style.get(lab, other)[1] + ("--" if style.get(lab, other)[3] else "-")) for lab in regional]
     y = _legend(draw, 80, 372, entries, font, max_x=canvas.width - 10)
     used = sorted({len(c) - 1 for c in fits.values() if c is not None})  # poly_fit lowers it to points - 1
-    fit = (f"degree-{degree} numpy.polyfit" if used in ([], [degree]) else
+    fit = (f"degree-{degree} numpy.polyfit" if used == [degree] else
            f"numpy.polyfit of degree {'/'.join(map(str, used))} (--degree {degree} is lowered to the points - 1)")
-    draw.text((80, y), f"points: per-bin means; lines: {fit}, weighted by sqrt(pixels per bin)", fill=_BLACK,
-              font=font)
+    lines = f"lines: {fit}, weighted by sqrt(pixels per bin)" if used else "no lines (a fit needs 2 bins with pixels)"
+    draw.text((80, y), f"points: per-bin means; {lines}", fill=_BLACK, font=font)
     if note:
         draw.text((80, y + 17), note, fill=_BLACK, font=font)
     return canvas
@@ -274,7 +274,7 @@ def write_figures(data: FigureData, folder) -> list[Path]:
     yname = _method_label(s.attentions[0])
     fig5 = draw_regional_error(
         data.regional, data.fits, s.degree,
-        title_note=f"{pooled}, {s.bins} bins of A ({yname}), pixels pooled per bin; "
+        title_note=f"{pooled}, {s.bins} bin{'s' if s.bins != 1 else ''} of A ({yname}), pixels pooled per bin; "
                    f"{_sampling_text(s)}; YODA l = {_fmt(s.lower_bound)}",
         note=data.lpips_note)
     fig4 = draw_crops(data.crops, caption=f"YODA: {yname}, l = {_fmt(s.lower_bound)}; {_sampling_text(s)}")

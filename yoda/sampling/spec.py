@@ -116,6 +116,10 @@ def make_spec(
     """The SamplingSpec of yoda.sample's arguments for ``adapter`` and the checked ``lr`` (check_lr); errors
     name the argument. A seed of None is drawn here from torch's default generator."""
     dev = adapter.device()
+    for what, d in (("lr", lr.device), ("the model", dev)):
+        if d is not None and d.type == "mps":  # it fails deep inside, at the first float64 tensor
+            raise ValueError(f"{what} is on mps, which yoda does not support (its noise and the SR3 / SRDiff "
+                             f"upsampling compute in float64, which MPS lacks): move lr and the model to the CPU")
     if dev is not None and (dev.type != lr.device.type or (dev.index or 0) != (lr.device.index or 0)):
         raise ValueError(f"lr is on {lr.device} but the model is on {dev}: move one of them")
     adapter.check_lr(lr)

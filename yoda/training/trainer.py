@@ -6,9 +6,9 @@ Files in ``out``: checkpoint.pt (resume state), log.csv, config.json, and at the
 The checkpoint is a torch file holding {"step", "config" (TrainConfig.to_dict()), "model", "ema", "opt",
 "gen", "torch_rng" / "cuda_rng" / "rank_rng" (dropout's generators, every rank's), "rows", "pending" (the log
 average since the last regular row, at a stop), "images" (image_digests: a resume on other images warns),
-"init_sha256", "loss_version", "sampling_from_init"}: a run resumes only with the config it was started with (``steps`` may
-differ).
-With ``cfg.init`` a run starts from that model file's weights (fine-tuning; load_init), and its hash is kept.
+"init_sha256", "loss_version", "sampling_from_init"}: a run resumes only with the config it was started with
+(RESUME_FREE may differ). With ``cfg.init`` a run starts from that model file's weights (fine-tuning; load_init),
+and its hash is kept; a resumed run keeps what it started from (another --init is warned of).
 
 Under torchrun (``ranks`` with world > 1, yoda.training.distributed) the model runs in DistributedDataParallel,
 each rank takes its share of the global batch drawn from the shared generator, and only rank 0 validates and
@@ -92,10 +92,8 @@ def _resume_view(d: dict) -> dict:
             flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if f"{k}.{kk}" not in RESUME_FREE})
         else:
             flat[k] = v
-    for k in ("data.source",):
-        v = flat.get(k)
-        if isinstance(v, str) and os.path.isdir(v):
-            flat[k] = os.path.realpath(v)
+    if isinstance(v := flat.get("data.source"), str) and os.path.isdir(v):
+        flat["data.source"] = os.path.realpath(v)
     return flat
 
 
@@ -333,7 +331,11 @@ class Trainer:
         elif rank_rng is not None and len(rank_rng) == self.ranks.world:
             self.rng.set_states(*rank_rng[self.ranks.rank])
         self.step = int(st["step"])
-        self.cfg = self.cfg.replace(init=st["config"].get("init", ""))  # what the run started from, not --init now
+        then = st["config"].get("init", "")  # what the run started from, not --init now
+        if self.cfg.init and not (then and os.path.realpath(then) == os.path.realpath(self.cfg.init)):
+            warnings.warn(f"init (--init) {self.cfg.init} is not read: the run resumes from checkpoint {path}, which "
+                          f"started from {then or 'a random init'}; train into another --out to start from it")
+        self.cfg = self.cfg.replace(init=then)
         if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
             self._inherit_sampling(_json_form(st["config"]["sampling"], "sampling"))
         self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
