@@ -701,6 +701,18 @@ MUTANTS = [
            '        csv_path = "{}.partial{}".format(*os.path.splitext(csv_path))', "        pass",
            ("tests/test_cli.py", "-k", "eval_stopped"),
            "a stopped eval writes its partial rows over -o, unmarked"),
+    Mutant("scheduler-config-any-object", "yoda/models/latent.py",
+           '    if name is not None and not str(name).endswith("Scheduler"):', "    if False:",
+           ("tests/test_models.py", "-k", "every_sampling_key"),
+           "a VAE passed as scheduler_config is read as a linear T = 1000 eps schedule"),
+    Mutant("latent-modules-apart", "yoda/models/latent.py",
+           "        if len({d for _, d in found}) > 1:", "        if False:",
+           ("tests/test_models.py", "-k", "half_precision_weights"),
+           "a UNet and a VAE on different devices fail deep in torch"),
+    Mutant("diffbir-stage1-range", "yoda/models/diffbir.py",
+           "            if lo < -0.1 or hi > 1.1:", "            if False:",
+           ("tests/test_diffbir.py", "-k", "condition_sources"),
+           "a [-1, 1] stage-1 image conditions DiffBIR without a word"),
 ]
 
 

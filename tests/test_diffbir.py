@@ -590,6 +590,15 @@ def test_prepare_decode_color_fix_and_condition_sources():
         DiffBIRAdapter(cldm, diffusion, stage1=img[..., :20, :]).prepare(lr)
     with pytest.raises(ValueError, match=r"stage1\(lq\)"):
         DiffBIRAdapter(cldm, diffusion, stage1=lambda lq: lq).prepare(lr)
+    # a stage 1 of the [-1, 1] convention (LatentAdapter's) ran on without a word, its image 0.25 off
+    for bad, src in ((lambda lq: stage1(lq) * 2 - 1, r"stage1\(lq\)"), (img * 255, "stage1")):
+        got = bad * 1 if isinstance(bad, torch.Tensor) else bad((lr + 1) / 2)
+        lo, hi = got.min().item(), got.max().item()
+        with pytest.raises(ValueError, match=f"^{src} must be in \\[0, 1\\] \\(DiffBIR's convention\\), got values "
+                                             f"in \\[{lo:.3g}, {hi:.3g}\\]: a \\[-1, 1\\] image becomes"):
+            DiffBIRAdapter(cldm, diffusion, stage1=bad).prepare(lr)
+    over = DiffBIRAdapter(cldm, diffusion, stage1=lambda lq: stage1(lq) * 1.09 - 0.09).prepare(lr)  # overshoot: kept
+    assert over.c.shape == by_call.c.shape
 
 
 def test_windows_batch_conds_with_guidance():

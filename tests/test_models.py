@@ -835,6 +835,11 @@ def test_from_diffusers_half_precision_weights_and_device():
     noise = _noise((1, 4, 4, 4), 3)
     ref = from_diffusers(unet, vae, cfg, scale=2)
     assert ref.device() == torch.device("cpu")
+    # a UNet moved without its VAE failed deep in torch ("Tensor on device meta is not on the expected device")
+    apart = from_diffusers(unet, copy.deepcopy(vae).to("meta"), cfg, scale=2)
+    with pytest.raises(ValueError, match=r"^the model's modules are on different devices \(UNet2DModel on cpu, "
+                                         r"AutoencoderKL on meta\): move them to one$"):
+        sample(apart, lr, steps=2, progress=False)
     a = sample(ref, lr, attention="edge", steps=2, sampler="ddim", noise=noise, progress=False)
     for dt, tol in ((torch.bfloat16, 0.04), (torch.float16, 0.006)):  # measured 0.011 and 0.0018
         half = from_diffusers(copy.deepcopy(unet).to(dt), copy.deepcopy(vae).to(dt), cfg, scale=2)
@@ -957,6 +962,17 @@ def test_from_diffusers_takes_or_refuses_every_sampling_key():
         schedule_from_diffusers(dict(cfg, variance_type="fixed_large"))
     with pytest.raises(TypeError, match="scheduler_config must be a diffusers scheduler's config"):
         from_diffusers(unet, vae, None, scale=2)
+    # a module (or its config) in the scheduler's place: the VAE was read as a linear T = 1000 eps schedule, the
+    # UNet failed in int(None)
+    for wrong, name in ((vae, "AutoencoderKL"), (unet, "UNet2DModel"), (vae.config, r"a model \(block_out_channels\)"),
+                        (dict(unet.config, _class_name="UNet2DModel"), "UNet2DModel")):
+        with pytest.raises(TypeError, match=r"^scheduler_config must be a diffusers scheduler's config "
+                                            rf"\(scheduler.config\), the scheduler, or a dict, got the config of "
+                                            rf"{name}$"):
+            from_diffusers(unet, vae, wrong, scale=2)
+    for T in (None, 10.0, "10"):
+        with pytest.raises(TypeError, match="^scheduler_config: num_train_timesteps must be an int, got "):
+            schedule_from_diffusers(dict(cfg, num_train_timesteps=T))
     grey = diffusers.AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8,), latent_channels=4,
                                    norm_num_groups=4, layers_per_block=1)
     with pytest.raises(ValueError, match="vae: in_channels and out_channels must be 3"):

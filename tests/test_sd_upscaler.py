@@ -114,6 +114,10 @@ def test_bad_modules_and_arguments_are_named():
         yoda.sample(ad, torch.zeros(1, 3, 8, 8), cfg_scale=4.0, steps=2, sampler="ddim", progress=False)
     with pytest.raises(ValueError, match=r"noise_level must be an int in \[0, 350\]"):
         SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0, noise_level=351)
+    with pytest.raises(ValueError, match=rf"^noise_level {LEVEL} must be below the low-res scheduler's T = "
+                                         rf"{sched.config.num_train_timesteps} \(low_res_scheduler_config: the "
+                                         r"pipeline's DDPMScheduler, T = 1000, not its sampler's\)$"):
+        SDUpscalerAdapter(unet, vae, sched, sched, emb, guidance_scale=1.0, noise_level=LEVEL)  # the two swapped
     for scale in (0.0, 0.5, 1.0):  # the pipeline guides only above 1: no negative embeddings needed, none used
         assert not SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=scale).guided
     with pytest.raises(ValueError, match="negative_prompt_embeds must have prompt_embeds' shape"):

@@ -21,6 +21,7 @@ the SD x4 upscaler is a text-conditioned UNet2DConditionModel on cat(z_t, LR pix
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional, Tuple
@@ -51,7 +52,8 @@ class LatentAdapter(Adapter):
     decode(latent) -> img (B, 3, H', W')
     denoise(z_t (B, C', h', w'), t (B,) int64 0-based index (float32 and fractional under the sigma-space
         solvers of yoda.sampling.solvers), c (B, C', h', w')) -> model output
-    stage1(up(lr)) -> restored image at HR size (optional)
+    stage1(up(lr)) -> restored image at HR size (optional), in [-1, 1] as up(lr) is (DiffBIRAdapter's stage1 takes
+        and gives [0, 1], DiffBIR's convention)
     pool: "max" (default) or "area" -- how A is brought to the latent grid.
     clip_x0: latents are not bounded, so False by default.
     latent_multiple: the latent grid is padded to multiples of it (2 ** downsamplings of the denoiser);
@@ -109,10 +111,12 @@ class LatentAdapter(Adapter):
         return self.latent_factor ** 2 * (2 if getattr(self, "guided", False) else 1)
 
     def device(self) -> Optional[torch.device]:
-        for m in self.modules:
-            for p in m.parameters():
-                return p.device
-        return super().device()
+        """The modules' device (their first parameters'); modules on different devices are a ValueError."""
+        found = [(type(m).__name__, p.device) for m in self.modules for p in itertools.islice(m.parameters(), 1)]
+        if len({d for _, d in found}) > 1:  # a UNet moved to the GPU without its VAE failed deep in torch
+            where = ", ".join(f"{name} on {d}" for name, d in found)
+            raise ValueError(f"the model's modules are on different devices ({where}): move them to one")
+        return found[0][1] if found else super().device()
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         f = self.latent_factor * self.latent_multiple
@@ -182,6 +186,7 @@ _NOT_DDPM = ("EDM", "FlowMatch", "ScoreSdeVe", "KarrasVe", "CMStochastic", "LCMS
 _NOT_DDPM_KEYS = ("sigma_data", "shift", "snr")  # EDM, flow matching, score-SDE VE (present only in those configs)
 _NOT_DDPM_FLAGS = ("use_dynamic_shifting", "use_flow_sigmas")  # in every DPM-Solver / UniPC config: refused if true
 SPACINGS_DIFFUSERS = ("leading", "trailing", "linspace")
+_MODEL_KEYS = ("block_out_channels", "in_channels", "latent_channels", "down_block_types")
 # the diffusers schedulers (0.42) whose clip_sample defaults to True; the others clip only when told
 _CLIPS_BY_DEFAULT = frozenset({"DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "DDPMParallelScheduler",
                                "DDIMParallelScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler",
@@ -192,13 +197,19 @@ def scheduler_config_dict(config: Any) -> dict:
     """The config of a diffusers scheduler (``scheduler.config``), a scheduler itself, or a plain dict, as a dict;
     anything else is a TypeError naming scheduler_config. A scheduler's own config names no _class_name (its saved
     scheduler_config.json does): the scheduler's class is added, as the JSON has it."""
+    what = "scheduler_config must be a diffusers scheduler's config (scheduler.config), the scheduler, or a dict"
     if hasattr(config, "config") and not isinstance(config, dict):
         config = {"_class_name": type(config).__name__, **config.config}  # a scheduler object: its config
     try:
-        return dict(config)
+        config = dict(config)
     except (TypeError, ValueError):
-        raise TypeError(f"scheduler_config must be a diffusers scheduler's config (scheduler.config), the scheduler, "
-                        f"or a dict, got {type(config).__name__}") from None
+        raise TypeError(f"{what}, got {type(config).__name__}") from None
+    # diffusers' schedulers are all named *Scheduler, and no scheduler has a model's keys: a VAE's config was
+    # taken for a linear T = 1000 schedule (a model's own config names its class only once saved)
+    name = config.get("_class_name") or next((f"a model ({k})" for k in _MODEL_KEYS if k in config), None)
+    if name is not None and not str(name).endswith("Scheduler"):
+        raise TypeError(f"{what}, got the config of {name}")
+    return config
 
 
 def clip_sample_of(config: dict) -> bool:
@@ -283,7 +294,7 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     if spacing is not None and spacing not in SPACINGS_DIFFUSERS:
         raise ValueError(f"scheduler_config: timestep_spacing {spacing!r} is not one of diffusers' "
                          f"{SPACINGS_DIFFUSERS}")
-    T = int(config.get("num_train_timesteps", 1000))
+    T = as_int(config.get("num_train_timesteps", 1000), "scheduler_config: num_train_timesteps")
     b0, b1 = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 2e-2))
     kind = config.get("beta_schedule", "linear")
     if config.get("trained_betas") is not None:

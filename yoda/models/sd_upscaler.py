@@ -75,7 +75,8 @@ class SDUpscalerAdapter(LatentAdapter):
         sched, pred = schedule_from_diffusers(config)
         low, _ = schedule_from_diffusers(low_res_scheduler_config)
         if noise_level >= low.T:
-            raise ValueError(f"noise_level {noise_level} is beyond the low-res scheduler's {low.T} steps")
+            raise ValueError(f"noise_level {noise_level} must be below the low-res scheduler's T = {low.T} "
+                             f"(low_res_scheduler_config: the pipeline's DDPMScheduler, T = 1000, not its sampler's)")
         emb, neg = prompt_embeds, negative_prompt_embeds
         if not isinstance(emb, torch.Tensor) or emb.dim() != 3:
             raise ValueError(f"prompt_embeds must be a (1 or B, L, D) tensor, got {getattr(emb, 'shape', type(emb))}")
