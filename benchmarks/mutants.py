@@ -713,6 +713,10 @@ MUTANTS = [
            "            if lo < -0.1 or hi > 1.1:", "            if False:",
            ("tests/test_diffbir.py", "-k", "condition_sources"),
            "a [-1, 1] stage-1 image conditions DiffBIR without a word"),
+    Mutant("own-steps-uncovered-silent", "yoda/sampling/loop.py",
+           "        if enough is None:  # (it kept the model's steps without a word)", "        if False:",
+           ("tests/test_checkpoint.py", "-k", "raises_the_models_steps"),
+           "the model's steps that leave pixels unrefined are kept without a word when no count covers them"),
 ]
 
 

@@ -788,6 +788,11 @@ def test_sample_with_attention_raises_the_models_steps_until_every_pixel_is_refi
     assert [t for t, _ in steps()[1]] == [999]  # plain: the card's one step
     assert len(steps(attention="edge", lower_bound=0.1)[1]) == 10  # the last tau, 1/n - 0.1, is <= 0 from n = 10
     assert len(steps(attention="edge", lower_bound=1.0)[1]) == 1  # every pixel at every step already
+    # no count up to 50 covers l = 0.01 (it takes 100): the card's step is kept, and it is said (it was silent)
+    with pytest.warns(UserWarning, match=r"^attention: at the model's 1 step\(s\) with lower_bound 0.01, pixels "
+                                         r"whose attention is below 0.99 keep the LR image, and no step count up to "
+                                         r"50 refines every pixel: give steps= or a larger lower_bound$"):
+        assert [t for t, _ in steps(attention="edge", lower_bound=0.01)[1]] == [999]
     # seed=None: one draw from torch's generator, as with steps given (the raised run drew twice: another image)
     torch.manual_seed(5)
     a = steps(attention="edge", seed=None)[0]

@@ -29,7 +29,7 @@ from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
 from ..errors import NonFiniteError
 from ..schedule import FINAL_AT_FIRST
 from .prepare import pad_to_model, prepare
-from .spec import all_finite, check_lr, covering_steps, make_spec, resolve_seed
+from .spec import MOST_YODA_STEPS, all_finite, check_lr, covering_steps, make_spec, resolve_seed
 from .speed import check_speed, network_attr, speed_adapter
 
 FINITE_EVERY = 10  # the state is checked for NaN/Inf after step 0, every this many steps, and at the end
@@ -197,6 +197,11 @@ def sample(
     if own_steps and steps is not None and attention is not None and noise is None and spec.taus[-1] > 0:
         # the model's steps would leave pixels at the LR image beside refined ones: the fewest that refine them all
         enough = covering_steps(lambda n: spec_of(n).taus[-1], steps + 1, spec.T)
+        if enough is None:  # (it kept the model's steps without a word)
+            warnings.warn(f"attention: at the model's {steps} step(s) with lower_bound {lower_bound:g}, pixels whose "
+                          f"attention is below {spec.taus[-1]:.2f} keep the LR image, and no step count up to "
+                          f"{min(MOST_YODA_STEPS, spec.T)} refines every pixel: give steps= or a larger lower_bound",
+                          UserWarning, stacklevel=2)
         spec = spec if enough is None else spec_of(enough)
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)
