@@ -717,6 +717,10 @@ MUTANTS = [
            "        if enough is None:  # (it kept the model's steps without a word)", "        if False:",
            ("tests/test_checkpoint.py", "-k", "raises_the_models_steps"),
            "the model's steps that leave pixels unrefined are kept without a word when no count covers them"),
+    Mutant("compile-error-unnoted", "yoda/sampling/speed.py",
+           '            if self._speed.compile and hasattr(e, "add_note"):', "            if False:",
+           ("tests/test_speed.py", "-k", "failed_compiles"),
+           "an error of torch's compiled code reads like the network's own"),
 ]
 
 

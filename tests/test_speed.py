@@ -435,6 +435,18 @@ def test_compile_modes_with_their_own_cuda_graphs_and_failed_compiles_say_compil
     with pytest.raises(UserError, match=r"^compile: torch.compile of the network failed \(InductorError: "
                                         r"InvalidCxxCompiler: No working C\+\+ compiler found\); leave compile off"):
         fast(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
+    # an error from compiled code outside dynamo / inductor (aot_eager's "Expected X.is_contiguous") is the
+    # network's as far as its type says, so it passes unchanged, with a note naming compile (it had none)
+    fast.__dict__["_call"] = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("Expected X.is_contiguous"))
+    with pytest.raises(RuntimeError, match="^Expected X.is_contiguous\n") as e:
+        fast(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
+    assert getattr(e.value, "__notes__", None) == [
+        "(raised under compile=: if the network runs without compile, torch.compile is the cause)"]
+    plain = FastNet(Net(), Speed())
+    plain.__dict__["_call"] = fast.__dict__["_call"]
+    with pytest.raises(RuntimeError) as e:
+        plain(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
+    assert not hasattr(e.value, "__notes__")
 
 
 def test_windows_under_cuda_graphs_go_in_batches_of_one_size(monkeypatch):

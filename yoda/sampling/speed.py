@@ -190,6 +190,9 @@ class FastNet:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise UserError(f"compile: torch.compile of the network failed ({type(e).__name__}: {first}); "
                                 "leave compile off (yoda upscale: without --compile)") from e
+            if self._speed.compile and hasattr(e, "add_note"):  # an error of torch's compiled code (aot_eager's
+                # strides) reads like the network's own: say where it came from (Python 3.11+)
+                e.add_note("(raised under compile=: if the network runs without compile, torch.compile is the cause)")
             raise
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
