@@ -721,6 +721,10 @@ MUTANTS = [
            '            if self._speed.compile and hasattr(e, "add_note"):', "            if False:",
            ("tests/test_speed.py", "-k", "failed_compiles"),
            "an error of torch's compiled code reads like the network's own"),
+    Mutant("training-record-forgets-sessions", "yoda/training/report.py",
+           '    return f"{before[1]}; {last}" if before else last', "    return last",
+           ("tests/test_train.py", "-k", "earlier_commands"),
+           "TRAINING.md of a run resumed twice names only the session before the last"),
 ]
 
 

@@ -1102,6 +1102,29 @@ def test_a_finished_run_rerun_keeps_its_record(tmp_path, img_folder, capsys):
     assert "- steps: 4 (this run: 0;" in (out / "TRAINING.md").read_text()
 
 
+def test_a_resumed_runs_record_names_its_earlier_commands(tmp_path, img_folder, capsys):
+    """TRAINING.md named the last session's command only: how the run's first steps were asked for was lost."""
+    import json
+
+    from yoda.cli import main
+
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(tiny_config(img_folder, val_every=0).to_dict()))
+    out = tmp_path / "run"
+    run = ["train", "--config", str(cfg_path), "--out", str(out), "-q"]
+    for steps in ("1", "3", "4"):
+        assert main(run + ["--steps", steps]) == 0
+    record = (out / "TRAINING.md").read_text()
+    first, second = (f"`yoda {' '.join(run + ['--steps', n])}`" for n in "13")
+    assert f"- command: `yoda {' '.join(run + ['--steps', '4'])}`\n" in record
+    assert f"\n- earlier sessions: {first} (steps 0-1); {second} (steps 1-3)\n" in record
+    (out / "checkpoint.pt").unlink()  # the folder started afresh: the record of the run before is not its own
+    assert main(run + ["--steps", "2"]) == 0
+    assert "earlier sessions" not in (out / "TRAINING.md").read_text()
+    assert [l for l in (out / "TRAINING.md").read_text().splitlines() if l.startswith("- steps:")][0].startswith(
+        "- steps: 2 (this run: 2;")
+
+
 def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
     """A --minutes stop printed what a finished run prints, and TRAINING.md did not record it."""
     from yoda.cli import main

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import numbers
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -69,9 +70,26 @@ def _describe_source(source: str) -> str:
     return f"the images in {source}"
 
 
+def earlier_sessions(out: str, start_step: int) -> str:
+    """The commands of a resumed run's earlier sessions, oldest first ("`CMD` (steps A-B); ..."), as its
+    TRAINING.md names them: each rewrite of it carries the last one's command over. "" for a fresh run."""
+    try:
+        text = Path(out, "TRAINING.md").read_text(encoding="utf-8") if start_step > 0 else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+    before = re.search(r"^- earlier sessions: (.*)$", text, re.M)
+    cmd = re.search(r"^- command: `(.*)`$", text, re.M)
+    steps = re.search(r"^- steps: (\d+) \(this run: (\d+)", text, re.M)
+    if not (cmd and steps) or int(steps[1]) > start_step:  # no record, or one past the checkpoint: not this run's
+        return ""
+    last = f"`{cmd[1]}` (steps {int(steps[1]) - int(steps[2])}-{steps[1]})"
+    return f"{before[1]}; {last}" if before else last
+
+
 def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str, command: str, weights_name: str,
-                    start_step: int, seconds: float, stopped_by: Optional[str] = None) -> str:
-    """The Markdown of TRAINING.md for a finished (or stopped: ``stopped_by`` says what stopped it) run."""
+                    start_step: int, seconds: float, stopped_by: Optional[str] = None, earlier: str = "") -> str:
+    """The Markdown of TRAINING.md for a finished (or stopped: ``stopped_by`` says what stopped it) run;
+    ``earlier``: the commands of its earlier sessions (earlier_sessions)."""
     last = tr.rows[-1] if tr.rows else {}
     n_params = sum(p.numel() for p in tr.model.parameters())
     size = os.path.getsize(os.path.join(out, weights_name))
@@ -79,6 +97,7 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"# Training record: {cfg.name}",
         "",
         f"- command: `{command or 'yoda train --config ' + config_path + ' --out ' + out}`",
+        *([f"- earlier sessions: {earlier}"] if earlier else []),
         f"- config: `{config_path}` (copied to config.json; also stored in the weights' metadata)",
         f"- data: {_describe_source(cfg.data.source)} ({len(tr.train_images.names)} images), random "
         f"{cfg.data.crop}x{cfg.data.crop} HR crops "
@@ -200,7 +219,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
             if ranks.main and (tr.step > start_step or not os.path.isfile(os.path.join(out, "TRAINING.md"))):
                 record = training_record(tr.cfg, tr, config_path=config_path, out=out, command=command,
                                          weights_name=weights_name, start_step=start_step,
-                                         seconds=summary["seconds"], stopped_by=summary["stopped_by"])
+                                         seconds=summary["seconds"], stopped_by=summary["stopped_by"],
+                                         earlier=earlier_sessions(out, start_step))
                 atomic_write_text(os.path.join(out, "TRAINING.md"), record)
     except FolderInUse:
         raise  # another process holds --out: it may be using the folder this one made, so it stays
