@@ -725,6 +725,22 @@ MUTANTS = [
            '    return f"{before[1]}; {last}" if before else last', "    return last",
            ("tests/test_train.py", "-k", "earlier_commands"),
            "TRAINING.md of a run resumed twice names only the session before the last"),
+    Mutant("own-buffers-unsaid", "yoda/cli_upscale.py",
+           "    if own > max_memory:", "    if False:",
+           ("tests/test_cli.py", "-k", "window_notes"),
+           "--max-memory far below the image's own buffers is taken as if it bounded the run"),
+    Mutant("small-windows-unsaid", "yoda/cli_upscale.py",
+           "    if side < SMALL_WINDOW:", "    if False:",
+           ("tests/test_cli.py", "-k", "window_notes or tiled_over_max_memory"),
+           "tiny automatic windows (slow, soft) are taken without a word"),
+    Mutant("oom-input-unnamed", "yoda/cli.py",
+           'return f"{printable(working[0][0])}: out of memory', 'return f"out of memory',
+           ("tests/test_cli.py", "-k", "out_of_memory_input"),
+           "an out-of-memory error in a folder run does not say which image"),
+    Mutant("window-bar-missing", "yoda/sampling/tiles.py",
+           "        if self.progress and len(groups) > 1:", "        if False:",
+           ("tests/test_sampler.py", "-k", "progress_bar"),
+           "a step of many windows shows no progress"),
 ]
 
 

@@ -888,23 +888,41 @@ def test_upscale_runs_tiled_over_max_memory(tmp_path, tiny_model, images, capsys
     rng = np.random.default_rng(1)
     big = tmp_path / "big.png"
     Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(big)  # HR 144 x 160
-    common = ["--model", tiny_model, "--steps", "2", "-q"]
+    common = ["--model", tiny_model, "--steps", "2"]
     outs = {}
     for name, extra in (("auto", ["--max-memory", "16M"]),
                         ("explicit", ["--tiles", "64,16", "--window-batch", "1", "--max-memory", "0"]),
-                        ("untiled", ["--max-memory", "0"])):
+                        ("untiled", ["--max-memory", "0"]), ("quiet", ["--max-memory", "16M", "-q"])):
         code, stdout, err = run(["upscale", str(big), "-o", str(tmp_path / f"{name}.png"), *common, *extra], capsys)
         assert code == 0, err
+        # a line per image, which -q hides (it was printed under -q too)
         assert ("windows of 64 (overlap 16), 1 per call" in stdout) == (name == "auto"), stdout
+        small = f"yoda: note: {big}: windows of 64 pixels give the model little around each pixel: slower, and " \
+                "softer than windows of 128 or more (a larger --max-memory)\n"
+        assert (small in err) == (name in ("auto", "quiet")), err
         outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
     assert outs["auto"].shape == (144, 160, 3)
     assert np.array_equal(outs["auto"], outs["explicit"])
     assert not np.array_equal(outs["auto"], outs["untiled"])
     rgb, _ = images
-    code, stdout, _ = run(["upscale", rgb, "-o", str(tmp_path / "small.png"), *common], capsys)
-    code0, _, _ = run(["upscale", rgb, "-o", str(tmp_path / "small0.png"), *common, "--max-memory", "0"], capsys)
+    code, stdout, _ = run(["upscale", rgb, "-o", str(tmp_path / "small.png"), *common, "-q"], capsys)
+    code0, _, _ = run(["upscale", rgb, "-o", str(tmp_path / "small0.png"), *common, "--max-memory", "0", "-q"], capsys)
     assert code == code0 == 0 and "windows" not in stdout
     assert (tmp_path / "small.png").read_bytes() == (tmp_path / "small0.png").read_bytes()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_device_and_autocast_are_named(tmp_path, tiny_model, images, capsys):
+    """--device cuda without a GPU did not name --device; --autocast fp16 on the CPU ran 4-6 times slower than
+    float32 without a word."""
+    rgb, _ = images
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--device", "cuda"],
+                       capsys)
+    assert code == 2 and err == "yoda: error: --device cuda requested but no CUDA GPU is available\n", err
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--steps", "1",
+                        "--autocast", "fp16", "-q"], capsys)
+    assert code == 0 and err == ("yoda: note: --autocast fp16 on the CPU is slower than float32 (few CPUs compute in "
+                                 "float16); --autocast bf16 or none\n"), err
 
 
 def test_upscale_window_options_are_checked(tmp_path, tiny_model, images, capsys, no_sampling):
@@ -1267,8 +1285,9 @@ def test_upscale_folder_goes_on_after_an_out_of_memory_input_and_leaves_hidden_f
                         "-q"], capsys)
     assert code == 2
     assert sorted(os.listdir(tmp_path / "out")) == ["b_x4.png"]
-    assert ("yoda: error: out of memory (DefaultCPUAllocator: not enough memory: you tried to allocate 4294967296 "
-            "bytes.); a lower --max-memory, or smaller --tiles, denoises in smaller windows") in err, err
+    assert (f"yoda: error: {src / 'a_big.png'}: out of memory (DefaultCPUAllocator: not enough memory: you tried to "
+            "allocate 4294967296 bytes.); a lower --max-memory, or smaller --tiles, denoises in smaller windows\n"
+            ) in err, err  # the input named: it was not, in a folder of hundreds
     assert "left out ._b.png, .hidden.png (" in err and "cannot read" not in err, err
 
 
@@ -1676,6 +1695,8 @@ def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
         yoda.sample(net, torch.zeros(1, 3, 8, 8), steps=1, windows=(8, 0))
     code, _, err = run(["upscale", str(tmp_path / "t.png"), "-o", str(tmp_path / "w.png"), "--tiles", "8,0"], capsys)
     assert code == 2 and "--tiles 8,0: the window must be at least 16 pixels" in err
+    code, _, err = run(["upscale", str(tmp_path / "t.png"), "-o", str(tmp_path / "w.png"), "--tiles", "8"], capsys)
+    assert code == 2 and "--tiles 8: the window must be at least 16 pixels" in err  # as typed (it said "8,0")
     code, _, err = run(["upscale", str(tmp_path / "t.png"), "-o", str(tmp_path / "w.png"), "--tiles", "64,0", "-q"],
                        capsys)  # windows without overlap: accepted, with a word on the seams they leave
     assert code == 0 and err == "yoda: note: --tiles 64,0: windows that do not overlap leave seams where they meet; " \
@@ -1860,6 +1881,24 @@ def test_small_budget_windows_overlap_and_say_kib():
     assert (mebibytes(64 * 1024), mebibytes(3 * 2**20)) == ("64 KiB", "3 MiB")
 
 
+def test_window_notes_say_what_max_memory_does_not_bound(capsys):
+    """--max-memory 256M on a 4096² output took 1.2 GB over the process, and 1M chose 16-px windows (250 times
+    slower, visibly softer), both without a word: the image's own buffers and small windows are noted."""
+    from yoda.cli_upscale import IMAGE_BYTES_PER_PIXEL, SMALL_WINDOW, window_notes
+
+    window_notes("a.png", 4096, 4096, 256, 256 * 2**20)
+    own = 4096 * 4096 * IMAGE_BYTES_PER_PIXEL
+    assert capsys.readouterr().err == (f"yoda: note: a.png: its own buffers (state, condition, blend; about "
+                                       f"{own // 2**20} MiB at 4096x4096) come on top of --max-memory 256 MiB, "
+                                       "whatever the windows\n")
+    window_notes("b.png", 300, 200, SMALL_WINDOW - 8, 2**31)
+    assert capsys.readouterr().err == ("yoda: note: b.png: windows of 120 pixels give the model little around each "
+                                       "pixel: slower, and softer than windows of 128 or more (a larger "
+                                       "--max-memory)\n")
+    window_notes("c.png", 300, 200, SMALL_WINDOW, 300 * 200 * IMAGE_BYTES_PER_PIXEL)  # neither: no word
+    assert capsys.readouterr().err == ""
+
+
 def test_automatic_windows_are_as_few_and_as_small_as_they_can_be():
     """The largest window that fit --max-memory covered an 800² output with 2 x 2 windows of 720², 3.2 times its
     pixels, which doubled the CPU time of ordinary photographs. The windows are now as few as that largest side
@@ -1905,7 +1944,7 @@ def test_window_batch_and_tiles_w_on_a_folder_of_mixed_sizes(tmp_path, tiny_mode
     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / "small.png")  # HR 32 x 32
     common = ["--model", tiny_model, "--steps", "1", "-q"]
     code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "o") + "/", "--max-memory", "16M",
-                          "--window-batch", "2", *common], capsys)
+                          "--window-batch", "2", *common[:-1]], capsys)
     assert code == 0, err
     assert "big.png: about" in out and "small.png: about" not in out  # only the big one in windows
     code, _, err = run(["upscale", str(src / "small.png"), "-o", str(tmp_path / "s.png"), *common], capsys)

@@ -885,6 +885,13 @@ def test_progress_bar(capsys):
     assert "yoda.sample" in capsys.readouterr().err
     run(model, lr_image(), seed=0, progress=False)
     assert "yoda.sample" not in capsys.readouterr().err
+    # in windows, a bar over each step's denoiser calls too (one step of hundreds of windows sat at 0/1)
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
+    tiled = run(model, lr_image(), seed=0, progress=True, windows=(8, 4), window_batch=2)
+    err = capsys.readouterr().err
+    assert "windows: " in err and "/5 [" in err  # 9 windows of 8 over the 16² state, 2 per call: 5 calls
+    assert torch.equal(tiled, run(model, lr_image(), seed=0, progress=False, windows=(8, 4), window_batch=2))
+    assert "windows" not in capsys.readouterr().err
 
 
 def test_model_and_lr_on_different_devices_is_a_clear_error():

@@ -41,9 +41,9 @@ from .cli_parser import build_parser
 from ._io import check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, error_line, eval_images, eval_results, load_model, note,
-                         pillow_limit, read_input, refuse_overwriting, save_figure, save_output, say, upscale_tensor)
+                         pillow_limit, read_input, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
-                          mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
+                          mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded, window_notes,
                           speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun, working_where)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .torchrun import dist_env, env_int, launched_world, main_rank, rank_prefix
@@ -74,8 +74,10 @@ def cmd_upscale(a) -> int:
     items = list(zip(a.inputs, targets))
     tally = Tally(len(items[rank::world]), bars(a), quiet, rank_prefix())
 
+    working = [""]  # the input being upscaled, for an out-of-memory error (it names no file)
+
     def work(item):
-        src, dst = item
+        src, dst = working[0] = item
         with tally.one(), to_make(a.skip_existing, src, dst, tally.say) as mine:
             if mine:
                 arr, grey = read_input(src, a.max_pixels)
@@ -84,7 +86,8 @@ def cmd_upscale(a) -> int:
 
     def one_line(e: BaseException) -> str:
         if out_of_memory(e):
-            return f"out of memory ({_one_line(e, options=False)}); {MEMORY_ADVICE['upscale']}"
+            return f"{printable(working[0][0])}: out of memory ({_one_line(e, options=False)}); " \
+                   f"{MEMORY_ADVICE['upscale']}"
         return _one_line(e)
 
     if world > 1:  # the outputs are the same files as one process writes (atomically)
@@ -128,7 +131,7 @@ def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
         raise UserError(f"--tiles {typed}: window and overlap must be multiples of {unit} (this model's size "
                         f"multiple and scale), e.g. --tiles {' or '.join(map(str, near))}")
     if a.tiles is not None and a.tiles[0] < least:
-        raise UserError(f"--tiles {a.tiles[0]},{a.tiles[1]}: the window must be at least {least} pixels, the "
+        raise UserError(f"--tiles {typed}: the window must be at least {least} pixels, the "
                         f"smallest side this model takes")
     if a.tiles is not None and a.tiles[1] == 0:
         blend = default_overlap(a.tiles[0], unit)
@@ -154,9 +157,10 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
     windows, window_batch, need = plan_windows(hr_h, hr_w, 1, run.unit, a.max_memory, a.tiles, a.window_batch,
                                                run.least)
     if windows is not None and a.tiles is None:
-        say(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
-            f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap {windows[1]}), {window_batch} "
-            "per call")
+        tally.say(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
+                  f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap {windows[1]}), "
+                  f"{window_batch} per call")
+        window_notes(src, hr_h, hr_w, windows[0], a.max_memory)
     t0 = time.perf_counter()
     with torch.no_grad():
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
@@ -543,7 +547,8 @@ _OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", 
               "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
               "attentions": "--attention", "attention": "--attention", "bins": "--bins", "degree": "--degree",
               "crops": "--crops", "short_side": "--short-side", "labels": "--labels", "compile": "--compile",
-              "autocast": "--autocast", "cuda_graphs": "--cuda-graphs", "channels_last": "--channels-last"}
+              "autocast": "--autocast", "cuda_graphs": "--cuda-graphs", "channels_last": "--channels-last",
+              "device": "--device"}
 
 
 def _one_line(e: BaseException, options: bool = True) -> str:

@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="windows per denoiser call when denoising in windows (default: what fits --max-memory)")
     p.add_argument("--max-memory", type=_bytes_arg, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
                    help="memory budget of the denoiser, e.g. 2G, 512M (default 2G; 0: no limit): an image whose "
-                        "estimated need (yoda.cli_upscale.HR_BYTES_PER_PIXEL per HR pixel) exceeds it runs in windows")
+                        "estimated need (yoda.cli_upscale.HR_BYTES_PER_PIXEL per HR pixel) exceeds it runs in windows; "
+                        "the image's own buffers (about 96 bytes per HR pixel) come on top")
     _speed_args(p)
     _max_pixels_arg(p)
     _sampling_args(p, None, DEFAULT_SAMPLER, solvers=True)

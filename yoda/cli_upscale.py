@@ -26,6 +26,10 @@ from .torchrun import rendezvous
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
 HR_BYTES_PER_PIXEL = 4096
+# What the image's own buffers take per HR pixel whatever the windows (state, up(lr), noise, the windows' blend
+# sums, the output): measured 70-90 bytes over the process at 2048² and 4096² (2-vCPU EPYC, fp32)
+IMAGE_BYTES_PER_PIXEL = 96
+SMALL_WINDOW = 128  # automatic windows below this side (HR pixels) are noted: little context, many calls
 
 
 def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, tiles=None, window_batch=None,
@@ -51,6 +55,18 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
         per_window = min(tiles[0], hr_h) * min(tiles[0], hr_w) * batch * HR_BYTES_PER_PIXEL
         window_batch = max(1, max_memory // per_window)
     return tiles, window_batch if tiles is not None else None, need
+
+
+def window_notes(src: str, hr_h: int, hr_w: int, side: int, max_memory: int) -> None:
+    """The notes of upscale's automatic windows: the image's own buffers (IMAGE_BYTES_PER_PIXEL), which no window
+    size shrinks, over --max-memory; windows so small that the model sees little around each pixel."""
+    own = hr_h * hr_w * IMAGE_BYTES_PER_PIXEL
+    if own > max_memory:  # a 4096² output took 1.2 GB over the process under --max-memory 256M, and said nothing
+        note(f"{printable(src)}: its own buffers (state, condition, blend; about {mebibytes(own)} at {hr_w}x{hr_h}) "
+             f"come on top of --max-memory {mebibytes(max_memory)}, whatever the windows")
+    if side < SMALL_WINDOW:  # --max-memory 1M: 16-px windows, 250 times slower and visibly softer (38 dB)
+        note(f"{printable(src)}: windows of {side} pixels give the model little around each pixel: slower, and "
+             f"softer than windows of {SMALL_WINDOW} or more (a larger --max-memory)")
 
 
 def _window_count(hr_h: int, hr_w: int, side: int, unit: int) -> int:
@@ -120,6 +136,9 @@ def speed_options(a, dev) -> dict:
     if a.cuda_graphs and dev.type != "cuda":
         raise UserError(f"--cuda-graphs captures the denoiser in CUDA graphs and needs a CUDA device; this run is on "
                         f"{dev} (--device cuda, or leave --cuda-graphs out)")
+    if a.autocast == "fp16" and dev.type == "cpu":  # measured 4-6 times slower than float32 (2-vCPU EPYC)
+        note("--autocast fp16 on the CPU is slower than float32 (few CPUs compute in float16); --autocast bf16 or "
+             "none")
     from .sampling.speed import GraphCache  # one for the run: its images replay the graphs the first captured
 
     return dict(compile=a.compile, autocast=a.autocast, channels_last=a.channels_last,

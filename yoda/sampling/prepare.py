@@ -205,7 +205,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     if w is not None:
         w = check_window_size(adapter, w, c.shape[-2:])
     tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale,
-                   extent=extent, fixed_batch=fixed_batch) if w is not None else None)
+                   extent=extent, fixed_batch=fixed_batch, progress=spec.progress) if w is not None else None)
     return Run(adapter, spec, lr_state, c, prep.cond, A, noise, tiler, extent)
 
 

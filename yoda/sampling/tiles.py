@@ -71,13 +71,15 @@ class Tiler:
 
     def __init__(self, shape: torch.Size, window: int, overlap: int, skip: bool, A: Optional[torch.Tensor],
                  device, batch: Optional[int] = None, activation_scale: int = 1,
-                 extent: Optional[tuple] = None, fixed_batch: bool = False) -> None:
+                 extent: Optional[tuple] = None, fixed_batch: bool = False, progress: bool = False) -> None:
         """extent: the image's part of the state grid (h', w'), the rest padding: a window that covers the image
         along an axis covers the whole grid there (one window, not two that overlap almost wholly).
         fixed_batch (cuda_graphs): each window size goes through the model in batches of one size, the last one
         padded with its last window (whose output is dropped), so that the count of active windows, which grows
-        from step to step, makes no new input signature (a new CUDA graph each)."""
-        self.skip, self.fixed_batch = skip, fixed_batch
+        from step to step, makes no new input signature (a new CUDA graph each).
+        progress: a bar over each step's denoiser calls, where a step makes more than one (yoda.sample's bar
+        counts steps: one step of an image in hundreds of windows sat at 0/1 for minutes)."""
+        self.skip, self.fixed_batch, self.progress = skip, fixed_batch, progress
         H, W = shape[-2:]
         eh, ew = (H, W) if extent is None else extent
         wy, wx = (H if window >= eh else window), (W if window >= ew else window)
@@ -127,7 +129,12 @@ class Tiler:
             return out.to(x.dtype), 1
         acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         wsum = torch.zeros(x.shape[-2:], dtype=torch.float32, device=x.device)
-        for group in self._groups(todo):
+        groups = self._groups(todo)
+        if self.progress and len(groups) > 1:
+            from tqdm.auto import tqdm
+
+            groups = tqdm(groups, desc="windows", unit="call", leave=False)
+        for group in groups:
             run = group
             if self.fixed_batch:  # padded to this size's one batch size (the padding's outputs are dropped below)
                 size = (group[0][0].stop - group[0][0].start, group[0][1].stop - group[0][1].start)
