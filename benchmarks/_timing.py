@@ -23,3 +23,9 @@ def median(values) -> float:
 def ratio(times: dict, a, b) -> float:
     """The median over the rounds of times[a] / times[b]."""
     return median([x / y for x, y in zip(times[a], times[b])])
+
+
+def fastest(benchmark):
+    """Seconds of the fastest round pytest-benchmark timed (one stalled round does not count), or None where it
+    timed nothing (--benchmark-disable, xdist: benchmark.stats is None): the test then checks correctness only."""
+    return benchmark.stats.stats.min if benchmark.enabled and benchmark.stats is not None else None

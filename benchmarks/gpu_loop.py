@@ -46,14 +46,25 @@ CONFIGS = (
 COMPILE_RESERVE_S = 60.0  # a torch.compile row starts only with this much of --budget-s left (a cold compile)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (a size, batch or count of 0 would fail later with a traceback)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return n
+
+
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="markdown results file (rewritten row by row)")
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on the CPU, no CUDA graphs")
-    p.add_argument("--lr", type=int, default=256, help="LR side (HR = 4x)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--lr", type=positive_int, default=256, help="LR side (HR = 4x)")
+    p.add_argument("--steps", type=positive_int, default=20)
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--budget-s", type=float, default=240.0, help="later rows are skipped once this is spent")
     p.add_argument("--only", default=None, help="comma-separated labels of the rows to run (default: all; "
                                                 "the first row, fp32, always runs: it is every row's reference)")

@@ -193,8 +193,11 @@ def cmd_eval(a, parser) -> None:
 
 def cmd_table(a, parser) -> None:
     """The JSON of cmd_eval as one markdown table: a row per (model, sampler, steps, method, attention, l)."""
-    with open(a.input, encoding="utf-8") as f:
-        results = json.load(f)
+    try:
+        with open(a.input, encoding="utf-8") as f:
+            results = json.load(f)
+    except (OSError, ValueError) as e:  # missing, unreadable, not JSON: one line, not a traceback
+        parser.error(f"{a.input}: {e.strerror or e if isinstance(e, OSError) else e}")
     print("| model | sampler | steps | method | attention | l | PSNR (dB) | SSIM | ab shift | s / image |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for key, cell in results.items():

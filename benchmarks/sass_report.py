@@ -242,8 +242,12 @@ def power_of_two(text: str) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100 / H200)")
-    ap.add_argument("--tiles", type=int, nargs="+", default=[8, 16, 32])
+    from yoda_kernels.contract import TILE_SIZES
+
+    # the architectures with 64 resident warps per SM (MAX_WARPS_PER_SM); another number aborted in LLVM
+    ap.add_argument("--arch", type=int, default=90, choices=(80, 90, 100),
+                    help="compute capability x 10 (default 90: H100 / H200)")
+    ap.add_argument("--tiles", type=int, nargs="+", default=list(TILE_SIZES), choices=TILE_SIZES)
     ap.add_argument("--noise", nargs="+", default=["none", "philox", "tensor"], choices=list(NOISE_NAMES.values()))
     ap.add_argument("--layouts", nargs="+", default=["contiguous", "channels_last"],
                     choices=["contiguous", "channels_last"])

@@ -392,7 +392,13 @@ def main() -> None:
     configs = study_configs(a)
     if not a.report_only:
         train_all(configs, a)
-    res = analyse(configs, a)
+    from yoda.images import DataError
+
+    try:
+        res = analyse(configs, a)
+    except DataError as e:  # the held-out photographs of the bicubic PSNRs: one line, not a traceback
+        print(f"stability.py: error: --data {a.data}: {e}", file=sys.stderr)
+        sys.exit(2)
     draw_figure(res, a, a.figure)
     text = report(configs, res, a, load_json(os.path.join(a.runs, "wall_s.json")))
     print(text)

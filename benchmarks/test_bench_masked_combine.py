@@ -24,7 +24,7 @@ import torch
 
 import yoda_kernels as yk
 from yoda_kernels import testing as T
-from _timing import interleaved, median, ratio  # benchmarks/_timing.py
+from _timing import fastest, interleaved, median, ratio  # benchmarks/_timing.py
 
 
 # one table (and one baseline for the relative columns) per file: pytest-benchmark compares within a group
@@ -37,7 +37,10 @@ SEED, STEP = 7, 3
 ND = 3
 COEFS = list(yk.CombineCoefs(cx=0.6130456789, cd0=0.5234567891, cd1=-0.1876543219, cd2=0.0412345679,
                              sigma=0.2712345678, la=0.8312345671, lb=0.5587654321))
-HAVE_CPP = "cpp" in yk.available_backends("cpu")
+# why the C++ kernel is not timed (None: it is): a skip line, not a row missing from the collection
+CPP_UNAVAILABLE = (f"C++ backend unavailable: {yk.extension_error}" if yk.extension_error is not None else
+                   None if "cpp" in yk.available_backends("cpu") else
+                   "C++ backend unavailable: the extension has no CPU kernel")
 
 _inputs_cache: dict = {}
 
@@ -83,8 +86,10 @@ def _reference(fraction, explicit_noise):
 
 @pytest.mark.parametrize("noise", ["philox", "explicit"])
 @pytest.mark.parametrize("fraction", FRACTIONS, ids=lambda f: f"active{int(f * 100)}")
-@pytest.mark.parametrize("backend", ["naive"] + (["cpp"] if HAVE_CPP else []))
+@pytest.mark.parametrize("backend", ["naive", "cpp"])
 def test_masked_combine(benchmark, backend, fraction, noise):
+    if backend == "cpp" and CPP_UNAVAILABLE:
+        pytest.skip(CPP_UNAVAILABLE)
     explicit = noise == "explicit"
     ref = _reference(fraction, explicit)
     if backend != "naive":
@@ -100,21 +105,25 @@ def test_masked_combine(benchmark, backend, fraction, noise):
     x, _, _, _, A, tau, stats = _inputs(fraction)
     nbytes = minimal_bytes(x, A, tau, stats, explicit)
     benchmark.extra_info.update(device=f"cpu x{torch.get_num_threads()} threads", active_fraction=fraction,
-                                estimates=ND, minimal_bytes=nbytes,
-                                effective_GBps=round(nbytes / benchmark.stats.stats.mean / 1e9, 3))
+                                estimates=ND, minimal_bytes=nbytes)
+    if fastest(benchmark):  # over the fastest round: one stalled round on the shared machine does not count
+        benchmark.extra_info["effective_GBps_min"] = round(nbytes / fastest(benchmark) / 1e9, 3)
 
 
-@pytest.mark.skipif(not HAVE_CPP, reason="C++ extension not built")
+@pytest.mark.skipif(CPP_UNAVAILABLE is not None, reason=str(CPP_UNAVAILABLE))
 def test_cpp_speedup_over_naive(benchmark):
     """C++ / naive time ratios at 4x3x512^2, 3 estimates, half the pixels active: medians of per-round ratios,
-    interleaved (the machine is shared). Philox noise: asserted >= 4x; explicit noise: recorded."""
+    interleaved (the machine is shared). Philox noise: asserted >= 4x, which only catches a broken C++ path (the
+    recorded ratios are far above it); explicit noise: recorded."""
     fraction = 0.5
     for explicit in (False, True):  # warm up and check once
-        _reference(fraction, explicit)
-        _run("cpp", fraction, explicit)
+        ref, got = _reference(fraction, explicit), _run("cpp", fraction, explicit)
+        assert (got - ref).abs().max().item() <= 4e-6  # as test_masked_combine checks it
     fns = {(b, e): (lambda b=b, e=e: _run(b, fraction, e)) for b in ("naive", "cpp") for e in (False, True)}
-    times = interleaved(fns, 5)
     benchmark.pedantic(fns[("cpp", False)], rounds=3, iterations=1, warmup_rounds=0)
+    if not benchmark.enabled:  # timing off (--benchmark-disable, xdist): the checks above are the test
+        return
+    times = interleaved(fns, 5)
     philox = ratio(times, ("naive", False), ("cpp", False))
     explicit = ratio(times, ("naive", True), ("cpp", True))
     benchmark.extra_info.update(

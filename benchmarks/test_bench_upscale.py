@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _timing import fastest  # benchmarks/_timing.py
 from yoda.cli import main
 from yoda.data import builtin_image
 from yoda.models.loading import DEFAULT_WEIGHTS
@@ -35,6 +36,8 @@ def test_upscale_64_to_256_with_defaults(benchmark, tmp_path):
 
     benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
     assert np.asarray(Image.open(out)).shape == (256, 256, 3)
-    seconds = benchmark.stats.stats.mean
+    seconds = fastest(benchmark)
+    if seconds is None:  # timing off (--benchmark-disable, xdist): the run and its output are the test
+        return
     benchmark.extra_info["seconds"] = seconds
     assert seconds <= TARGET_S, f"yoda upscale 64->256 took {seconds:.1f} s (target {TARGET_S} s)"

@@ -85,15 +85,28 @@ def resized(img: Image.Image) -> Image.Image:
     return downscaled(img, SHORT_SIDE)
 
 
+def _run(cmd: list[str], hint: str = "", **kw) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, check=True), a failure ending the script with one line (the tool has printed its own
+    error above it), not a CalledProcessError traceback."""
+    try:
+        return subprocess.run(cmd, check=True, **kw)
+    except FileNotFoundError:
+        sys.exit(f"unseen_photos.py: error: {cmd[0]} not found (a Debian tool){hint}")
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"unseen_photos.py: error: {' '.join(cmd)} failed (exit {e.returncode}){hint}")
+
+
 def _deb(name: str, debs: Path) -> tuple[Path, str]:
     """(the package's .deb in ``debs``, downloaded if it is not there, and its version)."""
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{name}_*.deb"))
     if not found:
-        subprocess.run(["apt-get", "download", name], cwd=debs, check=True)
+        hint = f"; a {name}_*.deb (Debian 12) put in {debs} is used without a download"
+        _run(["apt-get", "download", name], hint, cwd=debs)
         found = sorted(debs.glob(f"{name}_*.deb"))
-    version = subprocess.run(["dpkg-deb", "-f", str(found[-1]), "Version"], capture_output=True, text=True,
-                             check=True).stdout.strip()
+        if not found:
+            sys.exit(f"unseen_photos.py: error: apt-get download {name} left no {name}_*.deb in {debs}")
+    version = _run(["dpkg-deb", "-f", str(found[-1]), "Version"], capture_output=True, text=True).stdout.strip()
     return found[-1], version
 
 
@@ -126,7 +139,7 @@ def build(out: Path) -> list[dict]:
     for pkg, folder, files, picture in SOURCES:
         deb, version = _deb(pkg, out / "debs")
         with tempfile.TemporaryDirectory() as root:
-            subprocess.run(["dpkg-deb", "-x", str(deb), root], check=True)
+            _run(["dpkg-deb", "-x", str(deb), root])
             for name, stem in files:
                 src = Path(root) / folder / name
                 img = picture(src)
