@@ -741,6 +741,10 @@ MUTANTS = [
            "        if self.progress and len(groups) > 1:", "        if False:",
            ("tests/test_sampler.py", "-k", "progress_bar"),
            "a step of many windows shows no progress"),
+    Mutant("eval-uncovered-silent", "yoda/cli_upscale.py",
+           "        if tau_of(a.steps) > 0:", "        if False:",
+           ("tests/test_cli.py", "-k", "unrefined"),
+           "eval's YODA rows at too few steps read as the method's loss, without a word"),
 ]
 
 

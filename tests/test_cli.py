@@ -603,8 +603,8 @@ def test_eval_command(tmp_path, tiny_model, capsys):
                        (["--lower-bounds", "0.4", "0.4"], "--lower-bounds: 0.4 is given twice"),
                        (["--lpips", "nope1", "nope2"], "--lpips: weights file not found: nope1"),
                        (["--seed", "-1"], "argument --seed: '-1' must be an integer in [0, 4294967295]")):
-        code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q", *args],
-                           capsys)
+        code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "3", "-q", *args],
+                           capsys)  # (3 steps cover every default lower bound: no note)
         assert code == 2 and err.count("\n") == 1 and want in err, (args, err)
 
 
@@ -1705,8 +1705,8 @@ def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
     folder.mkdir()
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "a.png")
     Image.fromarray(rng.integers(0, 256, (12, 40, 3), dtype=np.uint8)).save(folder / "thin.webp")
-    code, out, err = run(["eval", "--images", str(folder), "-q", "--attention", "edge", "--lower-bounds", "0.6"],
-                         capsys)
+    code, out, err = run(["eval", "--images", str(folder), "-q", "--attention", "edge", "--lower-bounds", "0.6",
+                          "--steps", "2"], capsys)
     assert code == 2 and err.count("\n") == 2  # the other image is evaluated
     assert f"{folder / 'thin.webp'}: image of size 40x12: its height is below 16, the smallest HR side" in err
     assert "1 of 2 images could not be used" in err and "| plain | - | - | 1 |" in out
@@ -1803,6 +1803,21 @@ def test_eval_stopped_keeps_the_images_it_finished(tmp_path, tiny_model, capsys,
     assert "(each image centre-cropped to at most 128 pixels a side (--max-size; 0: whole images))" in stdout
 
 
+def test_eval_says_where_its_yoda_rows_leave_pixels_unrefined(tmp_path, tiny_model, capsys):
+    """At the model's 1 step and l = 0.6 eval's YODA rows never refine attention below 0.4, and their PSNR read as
+    the method's loss (-0.52 dB, -0.02 at 2 steps) without a word; upscale and demo raise the steps instead."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "a.png")
+    args = ["eval", "--images", str(folder), "--model", tiny_model, "--attention", "edge", "-q", "--lower-bounds"]
+    code, _, err = run(args + ["0.6", "0.3", "--steps", "1"], capsys)
+    assert code == 0 and err == ("yoda: note: at 1 step(s) the YODA rows keep the bicubic image where the attention "
+                                 "is below 0.40 at l = 0.6, 0.70 at l = 0.3 (the plain rows refine every pixel); "
+                                 "--steps 4 refines every pixel\n"), err
+    code, _, err = run(args + ["0.6", "--steps", "2"], capsys)
+    assert code == 0 and err == "", err
+
+
 def test_eval_and_figures_take_max_pixels(tmp_path, tiny_model, capsys):
     """The pixel-limit error told eval / figures users to pass --max-pixels, which they did not have."""
     folder = tmp_path / "imgs"
@@ -1831,7 +1846,7 @@ def test_eval_and_figures_read_one_image_at_a_time_and_skip_bad_ones(tmp_path, t
     monkeypatch.setattr(yoda.data, "read_image", lambda p, *a: events.append(("read", os.path.basename(p)))
                         or real_read(p, *a))
     monkeypatch.setattr(yoda.evaluate, "run_sample", lambda *a: events.append(("sample",)) or real_sample(*a))
-    code, out, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+    code, out, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "2", "-q",
                           "--attention", "edge", "--lower-bounds", "0.6"], capsys)
     assert code == 2
     assert err.splitlines() == [f"yoda: error: cannot read image {folder / 'b.png'}: not an image in a format yoda "
@@ -1997,7 +2012,7 @@ def test_a_light_photograph_is_not_taken_for_a_0_1_image(tmp_path, tiny_model, c
     (tmp_path / "hr").mkdir()
     Image.fromarray(np.repeat(np.repeat(light, 4, 0), 4, 1)).save(tmp_path / "hr" / "light.png")
     for args in (["upscale", str(tmp_path / "light.png"), "-o", str(tmp_path / "sr.png"), "--steps", "1"],
-                 ["eval", "--images", str(tmp_path / "hr"), "--model", tiny_model, "--steps", "1",
+                 ["eval", "--images", str(tmp_path / "hr"), "--model", tiny_model, "--steps", "2",
                   "--attention", "edge", "--lower-bounds", "0.6"]):
         code, _, err = run(args + (["--model", tiny_model, "-q"] if args[0] == "upscale" else ["-q"]), capsys)
         assert code == 0 and err == "", err

@@ -144,6 +144,9 @@ def test_sr3_tiny_default_is_fully_convolutional():
     net = SR3UNet.from_config(cfg).eval()
     n = sum(p.numel() for p in net.parameters())
     assert 1_000_000 <= n <= 4_000_000
+    with pytest.raises(TypeError, match=r"^SR3UNet takes the config's fields as arguments; build one of an "
+                                        r"SR3Config with SR3UNet.from_config\(cfg\)"):
+        SR3UNet(cfg)  # (it said "SR3Config.in_channel must be a positive int")
     assert not any(isinstance(m, SelfAttention) for m in net.modules())
     assert net.scale == 4 and net.multiple == 8
     with torch.no_grad():

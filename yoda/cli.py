@@ -43,8 +43,9 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, c
                          cli_device, default_steps, error_line, eval_images, eval_results, load_model, note,
                          pillow_limit, read_input, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
-                          mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded, window_notes,
-                          speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun, working_where)
+                          mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
+                          speed_options, Tally, to_make, tune_malloc, uncovered_note, until_free, UpscaleRun,
+                          window_notes, working_where)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .torchrun import dist_env, env_int, launched_world, main_rank, rank_prefix
 from .errors import user_input as _user_input
@@ -345,6 +346,8 @@ def cmd_eval(a) -> int:
                                 lower_bounds=tuple(a.lower_bounds), attentions=tuple(a.attention), seed=a.seed,
                                 max_size=a.max_size or None, progress=bars(a),
                                 lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
+        if a.attention:
+            uncovered_note(adapter_of(model), a, dev)
         rows: list = []
         try:
             evaluate(model, images, settings, on_error=skipped, rows=rows)

@@ -344,7 +344,8 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
 
 
 def load_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> torch.Tensor:
-    """Read an image file (READ_FORMATS) -> float32 (1, 3, H, W) in [-1, 1] (RGB; see read_image)."""
+    """Read an image file (READ_FORMATS) -> float32 (1, 3, H, W) in [-1, 1] (RGB; see read_image). max_pixels:
+    the largest image read (None: yoda.images.MAX_PIXELS); a larger one is a DataError."""
     return from_uint8(read_image(path, max_pixels))
 
 

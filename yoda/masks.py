@@ -124,7 +124,7 @@ def active_fraction(A: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def pixel_update_ratio(A: torch.Tensor, lower_bound: float = 0.6) -> torch.Tensor:
-    """(B,) float32: mean over pixels of min(1, A + lower_bound), the seed's Fig. 3 "pixel update ratio".
+    """(B,) float32: mean over pixels of min(1, A + lower_bound), the paper's Fig. 3 "pixel update ratio".
 
     A pixel is refined at every t with t / T <= A + l, i.e. for about T * min(1, A + l) of the T steps, so
     this is the fraction of plain diffusion's per-pixel denoising work that YODA does (full schedule)."""

@@ -1,4 +1,4 @@
-"""A picture of an attention map and the YODA mask schedule it induces (the seed's Fig. 1 idea).
+"""A picture of an attention map and the YODA mask schedule it induces (the paper's Fig. 1 idea).
 
     top row:    LR image | A (viridis) | A over the LR
     bottom row: M(t) = 1[A >= t/T - lower_bound] for t in ts (white = refined at step t),

@@ -348,6 +348,9 @@ class SR3UNet(nn.Module):
         mid_attn: bool = True,
     ):
         super().__init__()
+        if isinstance(in_channel, SR3Config):  # it failed as "SR3Config.in_channel must be a positive int"
+            raise TypeError("SR3UNet takes the config's fields as arguments; build one of an SR3Config with "
+                            "SR3UNet.from_config(cfg) (which keeps its scale too)")
         cfg = SR3Config(in_channel, out_channel, inner_channel, norm_groups, tuple(channel_mults),
                         attn_res, res_blocks, dropout, with_noise_level_emb, image_size, mid_attn)
         self.config = cfg
