@@ -745,6 +745,22 @@ MUTANTS = [
            "        if tau_of(a.steps) > 0:", "        if False:",
            ("tests/test_cli.py", "-k", "unrefined"),
            "eval's YODA rows at too few steps read as the method's loss, without a word"),
+    Mutant("rank-outside-world", "yoda/torchrun.py",
+           "    if world < 1 or not 0 <= rank < world:", "    if False:",
+           ("tests/test_cli.py", "-k", "rank_and_world"),
+           "RANK=1 alone upscales every input and miscounts"),
+    Mutant("host-wait-in-cpp", "yoda/cli_upscale.py",
+           "    if not host:\n        wait_for_host(addr, port)\n", "",
+           ("tests/test_cli.py", "-k", "rank_and_world or meet_in_the_store"),
+           "a rank whose store host is not up waits deaf to signals in TCPStore's C++ connect"),
+    Mutant("every-rank-exits-2", "yoda/cli_upscale.py",
+           "    if total and rank == 0:  # rank 0 alone exits 2", "    if total:  # rank 0 alone exits 2",
+           ("tests/test_cli.py", "-k", "meet_in_the_store"),
+           "every rank exits 2: torchrun stops rank 0 before its closing line"),
+    Mutant("rank-share-of-one-silent", "yoda/cli_upscale.py",
+           "        self.several = total > 1 if several is None else several", "        self.several = total > 1",
+           ("tests/test_cli.py", "-k", "rank_and_world"),
+           "a rank with one input of a sharded run prints no closing line"),
 ]
 
 

@@ -1291,6 +1291,55 @@ def test_upscale_folder_goes_on_after_an_out_of_memory_input_and_leaves_hidden_f
     assert "left out ._b.png, .hidden.png (" in err and "cannot read" not in err, err
 
 
+def test_rank_and_world_are_checked_and_a_missing_host_is_waited_for_in_python(monkeypatch, capsys):
+    """RANK=1 alone upscaled every input and said "5 written ... of 4 inputs"; a rank whose store host (rank 0) was
+    not up waited in TCPStore's C++ connect for 5 minutes, deaf to Ctrl-C and SIGTERM; a rank with one input of a
+    sharded run printed no closing line."""
+    import socket
+
+    from yoda import cli_upscale
+    from yoda.errors import UserError
+    from yoda.torchrun import dist_env
+
+    for env, ok in (({"RANK": "1"}, False), ({"RANK": "3", "WORLD_SIZE": "2"}, False),
+                    ({"RANK": "0", "WORLD_SIZE": "0"}, False), ({"RANK": "1", "WORLD_SIZE": "2"}, True)):
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        if ok:
+            assert dist_env() == (1, 2)
+            continue
+        rank, world = env["RANK"], env.get("WORLD_SIZE", "1")
+        with pytest.raises(UserError, match=rf"^RANK={rank} and WORLD_SIZE={world} do not go together: RANK must "
+                                            r"be in \[0, WORLD_SIZE\) \(torchrun sets both\)$"):
+            dist_env()
+    with socket.socket() as s:  # a port nobody listens at (bound, not listening)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        monkeypatch.setattr(cli_upscale, "HOST_WAIT_S", 0.3)
+        with pytest.raises(UserError, match=rf"^nothing answers at MASTER_ADDR:MASTER_PORT 127.0.0.1:{port} after "
+                                            r"0.3 s: is rank 0 running \(or torchrun's agent\)\?$"):
+            cli_upscale.wait_for_host("127.0.0.1", port)
+        s.listen()
+        cli_upscale.wait_for_host("127.0.0.1", port)  # answers: no wait
+    # a rank that does not host the store waits for it so, before TCPStore's connect
+    waited = []
+    monkeypatch.setattr(cli_upscale, "wait_for_host", lambda *a: waited.append(a) or (_ for _ in ()).throw(
+        UserError("stop here")))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    with pytest.raises(UserError, match="^stop here$"):
+        cli_upscale.shard_store(1, 2)
+    assert waited == [("127.0.0.1", 29999)]
+    tally = cli_upscale.Tally(1, bar=False, quiet=True, where="rank 1: ", several=True)
+    with tally.one():
+        tally.written += 1
+    tally.close()
+    assert capsys.readouterr().out.startswith("rank 1: 1 written, 0 skipped, 0 failed, of 1 inputs in ")
+    cli_upscale.Tally(1, bar=False, quiet=True).close()  # one input of one process: no closing line
+    assert capsys.readouterr().out == ""
+
+
 def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatch, capsys):
     """The ranks met in gloo collectives, which hold a process in C++: a rank killed mid-run made the others'
     final all_reduce fail ("a bug in yoda"), and Ctrl-C or SIGTERM could not end a rank waiting for the others
@@ -1343,7 +1392,9 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
     for t in threads:
         t.join(10)
     assert not any(t.is_alive() for t in threads)
-    assert codes == {0: 2, 1: 2} and sorted(order) == ["fast", "ok", "slow"]  # rank 0's failure counts for both
+    # rank 0 says it and exits 2, the other 0: torchrun stops the ranks still running when one exits with an error,
+    # and rank 1's exit 2 stopped rank 0 before its closing line (or made it "terminated (SIGTERM)")
+    assert codes == {0: 2, 1: 0} and sorted(order) == ["fast", "ok", "slow"]
     assert store.get("failed/0") == b"1" and store.get("failed/1") == b"0"
     # rank 0 says it once, as one process does: how many of all the inputs failed
     assert capsys.readouterr().err.count("yoda: error: 1 of 4 inputs failed (see the lines above)\n") == 1

@@ -73,7 +73,7 @@ def cmd_upscale(a) -> int:
         note(f"removed {stale} temporary file(s) a killed run left next to the outputs")
 
     items = list(zip(a.inputs, targets))
-    tally = Tally(len(items[rank::world]), bars(a), quiet, rank_prefix())
+    tally = Tally(len(items[rank::world]), bars(a), quiet, rank_prefix(), several=len(items) > 1)
 
     working = [""]  # the input being upscaled, for an out-of-memory error (it names no file)
 

@@ -284,8 +284,11 @@ class Tally:
     """What a run over several inputs did: a bar over them (``bar``: on a terminal, without -q) and the closing count
     ("W written, S skipped, F failed of N inputs in T s"); ``quiet``: no line per input (say)."""
 
-    def __init__(self, total: int, bar: bool, quiet: bool, where: str = ""):
+    def __init__(self, total: int, bar: bool, quiet: bool, where: str = "", several: Optional[bool] = None):
+        """total: this process's inputs; several: whether the run has more than one (under torchrun a rank's share
+        may be one or none, and its closing line was left out: 2 images on 2 ranks said nothing)."""
         self.total, self.quiet, self.where, self.t0 = total, quiet, where, time.perf_counter()
+        self.several = total > 1 if several is None else several
         self.done = self.written = self.failed = 0
         self.bar = None
         if bar and total > 1:
@@ -329,7 +332,7 @@ class Tally:
         if self.bar is not None:
             self.bar.close()
         # not for a run that failed before its first input; for one stopped (Ctrl-C, SIGTERM) in it, with the hint
-        if self.total > 1 and (self.done or not stopped or interrupted):
+        if self.several and (self.done or not stopped or interrupted):
             skipped = self.done - self.written - self.failed
             rest = "; a rerun with --skip-existing makes the rest" if stopped and self.done < self.total else ""
             say(f"{self.where}{self.written} written, {skipped} skipped, {self.failed} failed, of {self.total} "
@@ -468,10 +471,32 @@ def shard_store(rank: int, world: int):
 
     addr, port, agent_store, run = rendezvous(world)
     host = rank == 0 and not agent_store
+    if not host:
+        wait_for_host(addr, port)
     store = dist.TCPStore(addr, port, world, is_master=host, wait_for_workers=False,
                           timeout=datetime.timedelta(minutes=5),
                           **({"use_libuv": False} if sys.platform == "win32" else {}))  # Windows builds lack libuv
     return dist.PrefixStore(f"yoda-upscale/{run}", store), host
+
+
+HOST_WAIT_S = 300.0  # how long a rank waits for the store's host (rank 0, or torchrun's agent) to answer
+
+
+def wait_for_host(addr: str, port: int) -> None:
+    """Until something listens at addr:port, tried in Python every SHARD_POLL_S: TCPStore's own connect waits in C++
+    (up to its 5-minute timeout, with stack dumps at each retry), where Ctrl-C and SIGTERM could not end it."""
+    import socket
+
+    deadline = time.monotonic() + HOST_WAIT_S
+    while True:
+        try:
+            socket.create_connection((addr, port), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise UserError(f"nothing answers at MASTER_ADDR:MASTER_PORT {addr}:{port} after {HOST_WAIT_S:g} s: "
+                                "is rank 0 running (or torchrun's agent)?") from None
+            time.sleep(SHARD_POLL_S)
 
 
 def wait_for_keys(store, keys: list) -> None:
@@ -485,8 +510,8 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
                 quiet: bool = False) -> int:
     """Rank ``rank`` of ``world`` runs work(item) for items rank, rank + world, ... (run_items: a failing item is
     reported and the rank goes on); then it says how many failed in the store (shard_store) and waits until every
-    rank has, so that none exits with an error while others work (torchrun would stop them), and all return 2 if
-    anything failed anywhere, else 0. A signal ends the wait at once; torchrun stops the other ranks when one
+    rank has, so that none exits with an error while others work (torchrun would stop them); rank 0 returns 2 if
+    anything failed anywhere (and says so), the others 0. A signal ends the wait at once; torchrun stops the other ranks when one
     ends. folder: the output folder; a rank that made it removes it at the end if nothing was written there
     (every input failing), as one process does (an output's write makes its folder again if it went)."""
     from ._io import made_folder
@@ -500,9 +525,9 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     store.set(f"left/{rank}", "1")
     if host:  # the others still read the store: it closes when this rank exits
         wait_for_keys(store, [f"left/{r}" for r in range(world)])
-    if total:
-        if rank == 0:
-            print(f"yoda: error: {total} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
+    if total and rank == 0:  # rank 0 alone exits 2: torchrun stops the ranks still running when one fails, and
+        # another's exit 2 stopped rank 0 before its closing line (or made it "terminated (SIGTERM)")
+        print(f"yoda: error: {total} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
         return 2
     return 0
 

@@ -21,8 +21,13 @@ def env_int(name: str, default: int) -> int:
 
 
 def dist_env() -> tuple[int, int]:
-    """(rank, world size) under torchrun (RANK / WORLD_SIZE in the environment), else (0, 1)."""
-    return env_int("RANK", 0), env_int("WORLD_SIZE", 1)
+    """(rank, world size) under torchrun (RANK / WORLD_SIZE in the environment), else (0, 1); a UserError unless
+    0 <= RANK < WORLD_SIZE (RANK=1 alone upscaled every input and counted "5 written ... of 4 inputs")."""
+    rank, world = env_int("RANK", 0), env_int("WORLD_SIZE", 1)
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"RANK={rank} and WORLD_SIZE={world} do not go together: RANK must be in [0, WORLD_SIZE) "
+                        "(torchrun sets both)")
+    return rank, world
 
 
 def rendezvous(world: int) -> tuple[str, int, bool, str]:
