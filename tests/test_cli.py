@@ -1297,7 +1297,7 @@ def test_rank_and_world_are_checked_and_a_missing_host_is_waited_for_in_python(m
     sharded run printed no closing line."""
     import socket
 
-    from yoda import cli_upscale
+    from yoda import cli_upscale, torchrun
     from yoda.errors import UserError
     from yoda.torchrun import dist_env
 
@@ -1316,12 +1316,12 @@ def test_rank_and_world_are_checked_and_a_missing_host_is_waited_for_in_python(m
     with socket.socket() as s:  # a port nobody listens at (bound, not listening)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        monkeypatch.setattr(cli_upscale, "HOST_WAIT_S", 0.3)
+        monkeypatch.setattr(torchrun, "HOST_WAIT_S", 0.3)
         with pytest.raises(UserError, match=rf"^nothing answers at MASTER_ADDR:MASTER_PORT 127.0.0.1:{port} after "
                                             r"0.3 s: is rank 0 running \(or torchrun's agent\)\?$"):
-            cli_upscale.wait_for_host("127.0.0.1", port)
+            torchrun.wait_for_host("127.0.0.1", port)
         s.listen()
-        cli_upscale.wait_for_host("127.0.0.1", port)  # answers: no wait
+        torchrun.wait_for_host("127.0.0.1", port)  # answers: no wait
     # a rank that does not host the store waits for it so, before TCPStore's connect
     waited = []
     monkeypatch.setattr(cli_upscale, "wait_for_host", lambda *a: waited.append(a) or (_ for _ in ()).throw(

@@ -21,7 +21,7 @@ from ._io import output_claim
 from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
                          folder_images, note, say)
 from .errors import UserError, out_of_memory, printable
-from .torchrun import rendezvous
+from .torchrun import rendezvous, wait_for_host
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
@@ -477,26 +477,6 @@ def shard_store(rank: int, world: int):
                           timeout=datetime.timedelta(minutes=5),
                           **({"use_libuv": False} if sys.platform == "win32" else {}))  # Windows builds lack libuv
     return dist.PrefixStore(f"yoda-upscale/{run}", store), host
-
-
-HOST_WAIT_S = 300.0  # how long a rank waits for the store's host (rank 0, or torchrun's agent) to answer
-
-
-def wait_for_host(addr: str, port: int) -> None:
-    """Until something listens at addr:port, tried in Python every SHARD_POLL_S: TCPStore's own connect waits in C++
-    (up to its 5-minute timeout, with stack dumps at each retry), where Ctrl-C and SIGTERM could not end it."""
-    import socket
-
-    deadline = time.monotonic() + HOST_WAIT_S
-    while True:
-        try:
-            socket.create_connection((addr, port), timeout=1.0).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise UserError(f"nothing answers at MASTER_ADDR:MASTER_PORT {addr}:{port} after {HOST_WAIT_S:g} s: "
-                                "is rank 0 running (or torchrun's agent)?") from None
-            time.sleep(SHARD_POLL_S)
 
 
 def wait_for_keys(store, keys: list) -> None:

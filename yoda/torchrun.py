@@ -1,4 +1,5 @@
-"""torchrun's environment, read in one place: RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous. No torch.
+"""torchrun's environment, read in one place: RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous (and the wait for
+its host). No torch.
 
 Work reads them strictly (env_int, dist_env: a value that is not an integer is a UserError naming it); messages
 read them leniently (main_rank, rank_prefix: a message about another error must not fail on a bad variable).
@@ -7,6 +8,8 @@ read them leniently (main_rank, rank_prefix: a message about another error must 
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 from .errors import UserError
 
@@ -39,6 +42,25 @@ def rendezvous(world: int) -> tuple[str, int, bool, str]:
                         "run under torchrun, or unset WORLD_SIZE")
     run = f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '')}"
     return addr, env_int("MASTER_PORT", 0), os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True", run
+
+
+HOST_POLL_S = 0.2  # seconds between wait_for_host's tries
+HOST_WAIT_S = 300.0  # how long a rank waits for the store's host (rank 0, or torchrun's agent) to answer
+
+
+def wait_for_host(addr: str, port: int) -> None:
+    """Until something listens at addr:port, tried in Python every HOST_POLL_S: TCPStore's own connect waits in C++
+    (up to its 5-minute timeout, with stack dumps at each retry), where Ctrl-C and SIGTERM could not end it."""
+    deadline = time.monotonic() + HOST_WAIT_S
+    while True:
+        try:
+            socket.create_connection((addr, port), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise UserError(f"nothing answers at MASTER_ADDR:MASTER_PORT {addr}:{port} after {HOST_WAIT_S:g} s: "
+                                "is rank 0 running (or torchrun's agent)?") from None
+            time.sleep(HOST_POLL_S)
 
 
 def main_rank() -> bool:
