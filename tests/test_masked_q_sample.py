@@ -125,3 +125,23 @@ def test_nan_in_attention_is_rejected():
     A[0, 0, 2, 3] = float("nan")
     with pytest.raises(ValueError, match="A contains NaN"):
         yk.masked_q_sample(x0, x0, x0, A, 0.5, 0.5)
+
+
+def test_gradients_of_ab_and_tau_and_bad_values_are_named():
+    """A tensor ab (or tau) that wants a gradient passed the no-grad check, and C++ / Triton returned a result
+    whose backward left ab.grad None; a tau of "high" said "new(): invalid data type 'str'"; on the meta device
+    the ab range check failed in Tensor.item()."""
+    x0, c, noise = (torch.rand(2, 3, 8, 8) for _ in range(3))
+    A = torch.rand(2, 1, 8, 8)
+    ab = torch.tensor([0.3, 0.6], requires_grad=True)
+    yk.masked_q_sample(x0, c, noise, A, 0.5, ab, backend="naive").sum().backward()
+    assert ab.grad is not None and torch.isfinite(ab.grad).all()
+    for backend in set(yk.available_backends("cpu")) - {"naive"}:
+        with pytest.raises(RuntimeError, match=f"^masked_q_sample is not differentiable on the '{backend}' backend"):
+            yk.masked_q_sample(x0, c, noise, A, 0.5, ab, backend=backend)
+    for name, args in (("tau", ("high", 0.3)), ("ab", (0.5, [0.3, "a"]))):
+        with pytest.raises(TypeError, match=rf"^{name} must be a float or a \(2,\) tensor, got "):
+            yk.masked_q_sample(x0, c, noise, A, *args)
+    meta = [t.to("meta") for t in (x0, c, noise)]
+    out = yk.masked_q_sample(*meta, None, 0.5, torch.tensor([0.3, 0.6], device="meta"))
+    assert out.device.type == "meta" and out.shape == x0.shape

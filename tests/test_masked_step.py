@@ -640,3 +640,67 @@ def test_triton_takes_views_whose_rows_span_2_to_the_31_elements():
     assert torch.equal(yk.masked_step(x, o, c, x, 0.3, coefs=coefs, backend="triton"), want)
     assert torch.equal(yk.tile_stats(x, 8, backend="triton")[0], dense.float().amax().view(1, 1, 1))
     assert narrow_offsets(x, 16) is not x and narrow_offsets(dense, 16) is dense and narrow_offsets(None, 16) is None
+
+
+# ---- found by a review of the ops as their direct users (twenty-second session) ----
+def test_every_backend_rounds_the_coefficients_to_float32_first():
+    """The reference and Triton decided whether a step draws noise on float64 coefficients, C++ on float32 ones: a
+    sigma of 1e-300 (0 in float32) took an explicit noise of NaN / Inf in two backends and not in the third
+    ([nan, nan, 1, 1] against [1, 1, 1, 1]); a coefficient of 1e300 (Inf in float32) made every output Inf."""
+    x = torch.ones(1, 1, 1, 4)
+    noise = torch.tensor([[[[math.nan, math.inf, 1.0, 2.0]]]])
+    coefs = yk.StepCoefs(k1=1, k2=0, e1=0, e2=0, cx0=1, cx=0, ceps=0, sigma=1e-300, la=0, lb=0)
+    for backend in yk.available_backends("cpu"):
+        out = yk.masked_step(x, x, x, None, coefs=coefs, noise=noise, backend=backend)
+        assert torch.equal(out, torch.ones(1, 1, 1, 4)), backend
+        with pytest.raises(ValueError, match=r"^coefs must be 10 finite floats \(in float32's range: the kernels "
+                                             r"compute in float32\), got \[1e\+300, 0"):
+            yk.masked_step(x, x, x, None, coefs=[1e300] + [0.0] * 9, backend=backend)
+        with pytest.raises(ValueError, match=r"^coefs must be 10 finite floats .*, got \[1, 0, 0, 0, 'a'"):
+            yk.masked_step(x, x, x, None, coefs=[1, 0, 0, 0, "a"] + [0.0] * 5, backend=backend)
+
+
+def test_schedule_arguments_beside_coefs_are_refused():
+    """masked_step(coefs=k, prediction="x0") took the eps coefficients of k without a word."""
+    x = torch.rand(1, 3, 4, 4)
+    k = yk.step_coefficients(0.3, 0.45)
+    with pytest.raises(ValueError, match=r"^give coefs or \(ab_t, ab_prev, prediction, sampler, eta\), not both: "
+                                         r"coefs already fix the update \(got prediction, eta too\)$"):
+        yk.masked_step(x, x, x, coefs=k, prediction="x0", eta=0.0)
+    by_schedule = yk.masked_step(x, x, x, ab_t=0.3, ab_prev=0.45, seed=1)  # the defaults: eps, ddpm, eta 0
+    assert torch.equal(by_schedule, yk.masked_step(x, x, x, coefs=k, seed=1))
+
+
+def test_meta_tensors_and_named_stats_errors():
+    """On the meta device the public functions failed in their NaN checks ("Tensor.item() cannot be called on meta
+    tensors"; Triton: "Cannot copy out of meta tensor") where the op itself gives the shape; stats=A said "not
+    enough values to unpack"."""
+    x, A = torch.empty(1, 3, 8, 8, device="meta"), torch.empty(1, 1, 8, 8, device="meta")
+    k = yk.step_coefficients(0.3, 0.45)
+    for backend in yk.available_backends("meta"):  # the reference and Triton (their fakes)
+        out = yk.masked_step(x, x, x, A, 0.5, coefs=k, backend=backend)
+        assert out.device.type == "meta" and out.shape == x.shape, backend
+    stats = yk.tile_stats(A, 8)
+    assert stats.tile_max.device.type == "meta" and stats.tile_max.shape == (1, 1, 1)
+    xs, As = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
+    for bad in (As, (*yk.tile_stats(As, 16), As)):
+        with pytest.raises(ValueError, match=r"^stats must be two tensors of shape \(1, 1, 1\) \(tile_stats\(A, 16\)\), "
+                                             r"got (Tensor|tuple)$"):
+            yk.masked_step(xs, xs, xs, As, 0.5, coefs=k, stats=bad)
+
+
+def test_the_ops_compile_whole():
+    """torch.compile(fullgraph=True) failed at the NaN checks' data-dependent branch ("Unsupported"); they are
+    skipped while compiling, and the compiled graph gives eager's bits."""
+    x, A = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
+    k = yk.step_coefficients(0.3, 0.45)
+
+    def step(x, A):
+        return yk.masked_step(x, x, x, A, 0.5, coefs=k, seed=3, step=1, tile=8, backend="naive")
+
+    torch._dynamo.reset()
+    try:
+        got = torch.compile(step, fullgraph=True, backend="aot_eager")(x, A)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(got, step(x, A))

@@ -23,7 +23,7 @@ import torch
 from . import coefs as _coefs
 from . import naive
 from .checks import (check_attention, check_call, check_clip, check_counter, check_history, check_nan,
-                     check_q_sample_states, check_state, tile_stats_args)
+                     check_q_sample_states, check_state, tile_stats_args, values_checkable)
 from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile  # noqa: F401
 # (FLOAT_DTYPES: re-exported, ops.FLOAT_DTYPES is the contract's; the checks themselves are checks.py's)
 
@@ -231,7 +231,8 @@ def _plain_eager(first: Optional[torch.Tensor]) -> bool:
     """Whether a call on ``first`` runs plainly: a torch.Tensor (no subclass: fake tensors) outside torch.compile,
     torch.jit.trace, functorch transforms (vmap: batched tensors pass the type test) and dispatch modes (flop
     counters, debug modes), each of which must see the op."""
-    return (type(first) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+    return (type(first) is torch.Tensor and first.device.type != "meta" and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
             and torch._C._len_torch_dispatch_stack() == 0 and not torch._C._are_functorch_transforms_active())
 
 
@@ -278,8 +279,9 @@ class TileStats(NamedTuple):
 def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] = "auto") -> TileStats:
     """Per-tile (max, min) of the attention map, each (B, ceil(H/tile), ceil(W/tile)) float32.
 
-    A: (B, 1, H, W) or (B, H, W) in [0, 1]. A tile is active at threshold tau if max >= tau, full if
-    min >= tau (DESIGN.md §8). Raises if A holds NaN."""
+    A: (B, 1, H, W) or (B, H, W), fp32 / fp16 / bf16 (values in [0, 1] as yoda makes them; any real value is
+    taken). A tile is active at threshold tau if max >= tau, full if min >= tau (DESIGN.md §8). Raises if A holds
+    NaN (not searched for on the meta device or under torch.compile)."""
     tile = tile_stats_args(A, tile)
     tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device), A)(A.contiguous(), tile)
     check_nan("A", tmax, tmin)
@@ -300,9 +302,9 @@ def masked_step(
     *,
     ab_t: Optional[float] = None,
     ab_prev: Optional[float] = None,
-    prediction: str = "eps",
-    sampler: str = "ddpm",
-    eta: float = 0.0,
+    prediction: Optional[str] = None,
+    sampler: Optional[str] = None,
+    eta: Optional[float] = None,
     coefs: Optional[Sequence[float]] = None,
     clip: bool = False,
     seed: int = 0,
@@ -318,16 +320,27 @@ def masked_step(
     fp32/fp16/bf16, same dtype and device. A: (B, 1, H, W) or (B, H, W) attention at the state's grid, or
     None (every pixel active: the plain sampler). Pixels with A >= tau take the sampler update, the others
     sqrt(ab_prev) c + sqrt(1 - ab_prev) z. The schedule enters as (ab_t, ab_prev) with ``sampler`` and
-    ``eta``, or as precomputed ``coefs`` (see yoda_kernels.coefs). Noise z is Philox(seed, step, element)
-    unless ``noise`` (same shape as x) is given. ``stats`` = tile_stats(A, tile) may be passed to avoid
-    recomputing it every step. Returns x_prev, dtype and memory format of x.
+    ``eta`` (defaults "eps", "ddpm", 0), or as precomputed ``coefs`` (see yoda_kernels.coefs; not both).
+    Noise z is Philox(seed, step, element) unless ``noise`` (same shape as x) is given. ``stats`` =
+    tile_stats(A, tile) may be passed to avoid recomputing it every step. Returns x_prev, dtype and memory
+    format of x.
+
+    Refused, naming the argument: float64 states or A, NaN in A or tau (not searched for on the meta device or
+    under torch.compile, where a check on values would break the graph), a seed outside [0, 2**32 - 1] or a step
+    outside [0, 2**31 - 1], coefficients that are not finite in float32, and inputs that want a gradient on any
+    backend but "naive" (the kernels have no backward). Any strides are taken (views, channels-last).
     """
     check_state("x", x)
     check_state("model_out", model_out, x)
+    schedule = dict(ab_t=ab_t, ab_prev=ab_prev, prediction=prediction, sampler=sampler, eta=eta)
     if coefs is None:
         if ab_t is None or ab_prev is None:
             raise ValueError("give either coefs or both ab_t and ab_prev")
-        coefs = _coefs.step_coefficients(ab_t, ab_prev, prediction=prediction, sampler=sampler, eta=eta)
+        coefs = _coefs.step_coefficients(ab_t, ab_prev, prediction=prediction or "eps", sampler=sampler or "ddpm",
+                                         eta=0.0 if eta is None else eta)
+    elif any(v is not None for v in schedule.values()):  # they were ignored without a word
+        raise ValueError(f"give coefs or ({', '.join(schedule)}), not both: coefs already fix the update "
+                         f"(got {', '.join(k for k, v in schedule.items() if v is not None)} too)")
     c, A, tau, coefs, tile, backend, tmax, tmin = _check_masked(x, c, A, tau, coefs, NUM_COEFS, seed, step, noise,
                                                                 tile, stats, backend)
     _check_no_grad("masked_step", backend, x, model_out, c, A, noise)
@@ -396,8 +409,12 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
         given = stats is not None
         if not given:
             stats = tile_stats(A, tile, backend=Backend(backend, x.device.type))
-        tmax, tmin = stats
         expect = (x.shape[0], -(-x.shape[2] // tile), -(-x.shape[3] // tile))
+        try:
+            tmax, tmin = stats
+        except (TypeError, ValueError):  # (it said "too many values to unpack")
+            raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile})), got "
+                             f"{type(stats).__name__}") from None
         if tuple(tmax.shape) != expect or tuple(tmin.shape) != expect:
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile}))")
         if tmax.dtype != torch.float32 or tmin.dtype != torch.float32 or tmax.device != x.device or tmin.device != x.device:
@@ -421,12 +438,17 @@ def masked_q_sample(
     """Training-time forward noising with YODA masks (DESIGN.md §7):
     x_t = sqrt(ab) (x0 where A >= tau else c) + sqrt(1 - ab) noise, per batch element.
 
-    x0, c, noise: (B, C, H, W); A: (B, 1, H, W), (B, H, W) or None; tau and ab: floats or (B,) tensors."""
+    x0, c, noise: (B, C, H, W); A: (B, 1, H, W), (B, H, W) or None; tau and ab: floats or (B,) tensors, ab in
+    (0, 1]. NaN in A, tau or ab and an ab out of range are refused (not on the meta device or under
+    torch.compile); inputs that want a gradient only on the "naive" backend."""
     A = check_q_sample_states(x0, c, noise, A)
     B = x0.shape[0]
 
     def per_batch(name, v):
-        v = torch.as_tensor(v, dtype=torch.float64, device=x0.device)
+        try:
+            v = torch.as_tensor(v, dtype=torch.float64, device=x0.device)
+        except (TypeError, ValueError, RuntimeError):  # (it said "new(): invalid data type 'str'")
+            raise TypeError(f"{name} must be a float or a ({B},) tensor, got {v!r}") from None
         if v.dim() == 0:
             v = v.expand(B)
         if v.shape != (B,):
@@ -435,13 +457,13 @@ def masked_q_sample(
         return v.contiguous()
 
     ab = per_batch("ab", ab)
-    if ((ab <= 0) | (ab > 1)).any():
+    if values_checkable(ab) and ((ab <= 0) | (ab > 1)).any():
         raise ValueError("ab must be in (0, 1]")
     tau = per_batch("tau", tau).float()
     if A is not None:
         check_nan("A", A)
     backend = _backend_name(backend, x0.device)
-    _check_no_grad("masked_q_sample", backend, x0, c, noise, A)
+    _check_no_grad("masked_q_sample", backend, x0, c, noise, A, ab, tau)  # ab, tau: a tensor's grad was dropped
     # sqrt(1 - ab) in float64: 1 - ab cancels badly in float32 at the smallest noise levels (ab ~ 1 - 1e-6)
     sqrt_ab, sqrt_1m_ab = ab.sqrt().float(), (1 - ab).sqrt().float()
     return _impl("masked_q_sample", backend, x0)(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau)
