@@ -742,7 +742,7 @@ MUTANTS = [
            ("tests/test_sampler.py", "-k", "progress_bar"),
            "a step of many windows shows no progress"),
     Mutant("eval-uncovered-silent", "yoda/cli_upscale.py",
-           "        if tau_of(a.steps) > 0:", "        if False:",
+           "        if tau > 0:\n            left.append(", "        if False:\n            left.append(",
            ("tests/test_cli.py", "-k", "unrefined"),
            "eval's YODA rows at too few steps read as the method's loss, without a word"),
     Mutant("rank-outside-world", "yoda/torchrun.py",

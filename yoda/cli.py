@@ -75,7 +75,7 @@ def cmd_upscale(a) -> int:
     items = list(zip(a.inputs, targets))
     tally = Tally(len(items[rank::world]), bars(a), quiet, rank_prefix(), several=len(items) > 1)
 
-    working = [""]  # the input being upscaled, for an out-of-memory error (it names no file)
+    working = [("", "")]  # the input being upscaled, for an out-of-memory error (it names no file)
 
     def work(item):
         src, dst = working[0] = item

@@ -205,8 +205,9 @@ def uncovered_note(adapter, a, device) -> None:
     left = []
     for lb in a.lower_bounds:
         tau_of = last_tau(adapter, argparse.Namespace(**{**vars(a), "lower_bound": lb}), device)
-        if tau_of(a.steps) > 0:
-            left.append((lb, tau_of(a.steps), covering_steps(tau_of, a.steps + 1, adapter.schedule.T)))
+        tau = tau_of(a.steps)
+        if tau > 0:
+            left.append((lb, tau, covering_steps(tau_of, a.steps + 1, adapter.schedule.T)))
     if left:
         below = ", ".join(f"{tau:.2f} at l = {lb:g}" for lb, tau, _ in left)
         fix = "" if None in [n for *_, n in left] else f"; --steps {max(n for *_, n in left)} refines every pixel"
@@ -491,8 +492,8 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     """Rank ``rank`` of ``world`` runs work(item) for items rank, rank + world, ... (run_items: a failing item is
     reported and the rank goes on); then it says how many failed in the store (shard_store) and waits until every
     rank has, so that none exits with an error while others work (torchrun would stop them); rank 0 returns 2 if
-    anything failed anywhere (and says so), the others 0. A signal ends the wait at once; torchrun stops the other ranks when one
-    ends. folder: the output folder; a rank that made it removes it at the end if nothing was written there
+    anything failed anywhere (and says so), the others 0. A signal ends the wait at once; torchrun stops the other
+    ranks when one ends. folder: the output folder; a rank that made it removes it at the end if nothing was written there
     (every input failing), as one process does (an output's write makes its folder again if it went)."""
     from ._io import made_folder
 
