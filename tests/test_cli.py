@@ -1335,7 +1335,7 @@ def test_rank_and_world_are_checked_and_a_missing_host_is_waited_for_in_python(m
     with tally.one():
         tally.written += 1
     tally.close()
-    assert capsys.readouterr().out.startswith("rank 1: 1 written, 0 skipped, 0 failed, of 1 inputs in ")
+    assert capsys.readouterr().out.startswith("rank 1: 1 written, 0 skipped, 0 failed, of 1 input in ")
     cli_upscale.Tally(1, bar=False, quiet=True).close()  # one input of one process: no closing line
     assert capsys.readouterr().out == ""
 
@@ -1359,6 +1359,7 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
         def set(self, k, v):
             with self.lock:
                 self.d[k] = str(v).encode()
+                events.append(k)
 
         def get(self, k):
             return self.d[k]
@@ -1367,9 +1368,10 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
             with self.lock:
                 return all(k in self.d for k in keys)
 
-    store, order, codes = Store(), [], {}
-    monkeypatch.setattr(cli_upscale, "shard_store", lambda rank, world: (store, rank == 0))
+    store, order, codes, events = Store(), [], {}, []
+    monkeypatch.setattr(cli_upscale, "shard_store", lambda rank, world: (store, False))  # torchrun's agent hosts it
     monkeypatch.setattr(cli_upscale, "SHARD_POLL_S", 0.01)
+    monkeypatch.setattr(cli_upscale, "EXIT_GRACE_S", 0.0)
     slow = threading.Event()
 
     def work(item):
@@ -1380,7 +1382,9 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
         order.append(item)
 
     def rank(r):
-        codes[r] = cli_upscale.run_sharded(["bad", "fast", "slow", "ok"], r, 2, work, str)
+        codes[r] = cli_upscale.run_sharded(["bad", "fast", "slow", "ok"], r, 2, work, str,
+                                           close=lambda: events.append(f"close/{r}"))
+        events.append(f"return/{r}")
 
     threads = [threading.Thread(target=rank, args=(r,), daemon=True) for r in (0, 1)]
     for t in threads:
@@ -1395,6 +1399,10 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
     # rank 0 says it and exits 2, the other 0: torchrun stops the ranks still running when one exits with an error,
     # and rank 1's exit 2 stopped rank 0 before its closing line (or made it "terminated (SIGTERM)")
     assert codes == {0: 2, 1: 0} and sorted(order) == ["fast", "ok", "slow"]
+    # and rank 0 exits last: every rank's closing line comes before it leaves, and rank 0 waits for them all, its
+    # store hosted or not (under torchrun's agent store a finished rank 1 was stopped as "terminated (SIGTERM)")
+    at = {e: i for i, e in enumerate(events)}
+    assert at["close/0"] < at["left/0"] and at["close/1"] < at["left/1"] < at["return/0"]
     assert store.get("failed/0") == b"1" and store.get("failed/1") == b"0"
     # rank 0 says it once, as one process does: how many of all the inputs failed
     assert capsys.readouterr().err.count("yoda: error: 1 of 4 inputs failed (see the lines above)\n") == 1
@@ -1848,8 +1856,18 @@ def test_eval_stopped_keeps_the_images_it_finished(tmp_path, tiny_model, capsys,
         rows = list(csv.DictReader(f))
     assert {r["image"] for r in rows} == {str(folder / "a.png")} and len(rows) == 4  # a's 4 methods, none of b's
     assert out.read_text() == "an earlier run's rows\n"
-    assert stdout.rstrip().endswith(f"(partial: stopped after 1 of 3 images; their rows are in {part})")
+    assert stdout.rstrip().endswith(f"(partial: stopped after 1 of 3 images; written to {part})")
     assert "| plain |" in stdout
+    calls.clear()  # a table (-o table.md) the same way; a whole run removes a stopped one's partial file
+    table, tpart = tmp_path / "table.md", tmp_path / "table.partial.md"
+    table.write_text("an earlier run's table\n")
+    code, stdout, _ = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+                           "--attention", "edge", "--lower-bounds", "0.6", "-o", str(table)], capsys)
+    assert code == 130 and table.read_text() == "an earlier run's table\n" and "| plain |" in tpart.read_text()
+    monkeypatch.setattr(yoda.evaluate, "run_sample", real)
+    code, stdout, _ = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+                           "--attention", "edge", "--lower-bounds", "0.6", "-o", str(out)], capsys)
+    assert code == 0 and not part.exists() and len(list(csv.DictReader(out.open()))) == 12
     # the crop the rows were measured on is said (the default --max-size 128 was silent)
     assert "(each image centre-cropped to at most 128 pixels a side (--max-size; 0: whole images))" in stdout
 
@@ -1947,7 +1965,7 @@ def test_small_budget_windows_overlap_and_say_kib():
     assert (mebibytes(64 * 1024), mebibytes(3 * 2**20)) == ("64 KiB", "3 MiB")
 
 
-def test_window_notes_say_what_max_memory_does_not_bound(capsys):
+def test_window_notes_say_what_max_memory_does_not_bound(capsys, monkeypatch):
     """--max-memory 256M on a 4096² output took 1.2 GB over the process, and 1M chose 16-px windows (250 times
     slower, visibly softer), both without a word: the image's own buffers and small windows are noted."""
     from yoda.cli_upscale import IMAGE_BYTES_PER_PIXEL, SMALL_WINDOW, window_notes
@@ -1963,6 +1981,10 @@ def test_window_notes_say_what_max_memory_does_not_bound(capsys):
                                        "--max-memory)\n")
     window_notes("c.png", 300, 200, SMALL_WINDOW, 300 * 200 * IMAGE_BYTES_PER_PIXEL)  # neither: no word
     assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "1")  # under torchrun the rank upscaling the image says it (rank 0's notes: no)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    window_notes("d.png", 300, 200, SMALL_WINDOW - 8, 2**31)
+    assert capsys.readouterr().err.startswith("yoda: note: rank 1: d.png: windows of 120 pixels")
 
 
 def test_automatic_windows_are_as_few_and_as_small_as_they_can_be():

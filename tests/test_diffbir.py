@@ -597,7 +597,13 @@ def test_prepare_decode_color_fix_and_condition_sources():
         with pytest.raises(ValueError, match=f"^{src} must be in \\[0, 1\\] \\(DiffBIR's convention\\), got values "
                                              f"in \\[{lo:.3g}, {hi:.3g}\\]: a \\[-1, 1\\] image becomes"):
             DiffBIRAdapter(cldm, diffusion, stage1=bad).prepare(lr)
-    over = DiffBIRAdapter(cldm, diffusion, stage1=lambda lq: stage1(lq) * 1.09 - 0.09).prepare(lr)  # overshoot: kept
+    # a bicubic resize of a [0, 1] image overshoots by up to ~0.19 (its kernel's lobes): kept
+    bicubic = lambda lq: F.interpolate(lq, scale_factor=4, mode="bicubic", align_corners=False)  # noqa: E731
+    lines = torch.zeros(2, 3, 6, 10)
+    lines[..., 2:4, :] = 1.0  # bright 2-px lines: -0.11 to 1.18 after the resize
+    lo, hi = bicubic(lines).min(), bicubic(lines).max()
+    assert lo < -0.1 and hi > 1.1
+    over = DiffBIRAdapter(cldm, diffusion, stage1=lambda lq: bicubic(lines)).prepare(lr)
     assert over.c.shape == by_call.c.shape
 
 

@@ -669,6 +669,9 @@ def test_schedule_arguments_beside_coefs_are_refused():
         yk.masked_step(x, x, x, coefs=k, prediction="x0", eta=0.0)
     by_schedule = yk.masked_step(x, x, x, ab_t=0.3, ab_prev=0.45, seed=1)  # the defaults: eps, ddpm, eta 0
     assert torch.equal(by_schedule, yk.masked_step(x, x, x, coefs=k, seed=1))
+    for bad in (dict(prediction=""), dict(sampler="")):  # not taken for the defaults
+        with pytest.raises(ValueError, match="must be one of"):
+            yk.masked_step(x, x, x, ab_t=0.3, ab_prev=0.45, **bad)
 
 
 def test_meta_tensors_and_named_stats_errors():

@@ -967,12 +967,18 @@ def test_from_diffusers_takes_or_refuses_every_sampling_key():
         from_diffusers(unet, vae, None, scale=2)
     # a module (or its config) in the scheduler's place: the VAE was read as a linear T = 1000 eps schedule, the
     # UNet failed in int(None)
-    for wrong, name in ((vae, "AutoencoderKL"), (unet, "UNet2DModel"), (vae.config, r"a model \(block_out_channels\)"),
-                        (dict(unet.config, _class_name="UNet2DModel"), "UNet2DModel")):
+    for wrong, got in ((vae, "AutoencoderKL"), (unet, "UNet2DModel"),
+                       (vae.config, r"the config of a model \(it has block_out_channels\)"),
+                       (dict(unet.config, _class_name="UNet2DModel"),
+                        r"the config of UNet2DModel \(it has block_out_channels\)")):
         with pytest.raises(TypeError, match=r"^scheduler_config must be a diffusers scheduler's config "
-                                            rf"\(scheduler.config\), the scheduler, or a dict, got the config of "
-                                            rf"{name}$"):
+                                            rf"\(scheduler.config\), the scheduler, or a dict, got {got}$"):
             from_diffusers(unet, vae, wrong, scale=2)
+
+    class MyDDIM(diffusers.DDIMScheduler):  # a subclass of a scheduler is one, whatever its name
+        pass
+
+    assert schedule_from_diffusers(MyDDIM(**cfg))[0] == schedule_from_diffusers(cfg)[0]
     for T in (None, 10.0, "10"):
         with pytest.raises(TypeError, match="^scheduler_config: num_train_timesteps must be an int, got "):
             schedule_from_diffusers(dict(cfg, num_train_timesteps=T))

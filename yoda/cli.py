@@ -93,7 +93,7 @@ def cmd_upscale(a) -> int:
 
     if world > 1:  # the outputs are the same files as one process writes (atomically)
         with tally.closed():
-            return run_sharded(sorted(items), rank, world, work, one_line, a.debug, out_dir, quiet)
+            return run_sharded(sorted(items), rank, world, work, one_line, a.debug, out_dir, quiet, tally.close)
     with made_folder(out_dir), tally.closed():
         if len(items) == 1:
             until_free(work, items[0])  # its error is the command's

@@ -194,10 +194,15 @@ def eval_results(a, rows: list, partial: str = "") -> None:
 
     if not rows:
         return
-    csv_path = a.output if a.output and a.output.lower().endswith(".csv") else None
-    if csv_path and partial:  # not taken for a whole run's rows (nor written over an earlier run's)
-        csv_path = "{}.partial{}".format(*os.path.splitext(csv_path))
-        partial += f"; their rows are in {csv_path}"
+    out = a.output
+    if out:  # a stopped run's rows or table go to NAME.partial.EXT: not taken for a whole run's (nor written over
+        # an earlier run's); a whole run removes a stopped one's
+        part = "{}.partial{}".format(*os.path.splitext(out))
+        out = part if partial else out
+        if partial:
+            partial += f"; written to {part}"
+        elif os.path.isfile(part):
+            os.remove(part)
     crop = f"each image centre-cropped to at most {a.max_size} pixels a side (--max-size; 0: whole images)"
     notes = [n for n in (crop if a.max_size > 0 else "", f"partial: {partial}" if partial else "") if n]
     sampled = next(r for r in rows if r["method"] == "plain")  # the same sampler and steps in every sampled row
@@ -206,10 +211,10 @@ def eval_results(a, rows: list, partial: str = "") -> None:
             + (f", eta {a.eta:g}" if a.eta is not None else "") + f", seed {a.seed}, "
             + ("PSNR-Y / SSIM-Y (luma, a border of the scale cut)" if a.y_channel else "PSNR / SSIM on RGB") + "\n\n")
     table = head + markdown_table(summarize(rows), y_channel=a.y_channel) + "".join(f"\n\n({n})" for n in notes)
-    if csv_path:
-        write_csv(csv_path, rows)
-    elif a.output:
-        atomic_write_text(a.output, table + "\n")
+    if out and out.lower().endswith(".csv"):
+        write_csv(out, rows)
+    elif out:
+        atomic_write_text(out, table + "\n")
     print(table)
 
 

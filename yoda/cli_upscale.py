@@ -21,7 +21,7 @@ from ._io import output_claim
 from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
                          folder_images, note, say)
 from .errors import UserError, out_of_memory, printable
-from .torchrun import rendezvous, wait_for_host
+from .torchrun import rank_prefix, rendezvous, wait_for_host
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
@@ -60,6 +60,9 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
 def window_notes(src: str, hr_h: int, hr_w: int, side: int, max_memory: int) -> None:
     """The notes of upscale's automatic windows: the image's own buffers (IMAGE_BYTES_PER_PIXEL), which no window
     size shrinks, over --max-memory; windows so small that the model sees little around each pixel."""
+    def note(text):  # on the rank that upscales the image (cli_models.note: rank 0's, for what every rank meets)
+        error_line(f"yoda: note: {rank_prefix()}{text}")
+
     own = hr_h * hr_w * IMAGE_BYTES_PER_PIXEL
     if own > max_memory:  # a 4096² output took 1.2 GB over the process under --max-memory 256M, and said nothing
         note(f"{printable(src)}: its own buffers (state, condition, blend; about {mebibytes(own)} at {hr_w}x{hr_h}) "
@@ -291,7 +294,7 @@ class Tally:
         self.total, self.quiet, self.where, self.t0 = total, quiet, where, time.perf_counter()
         self.several = total > 1 if several is None else several
         self.done = self.written = self.failed = 0
-        self.bar = None
+        self.bar, self._closed = None, False
         if bar and total > 1:
             from tqdm.auto import tqdm
 
@@ -330,6 +333,9 @@ class Tally:
         self.close()
 
     def close(self, stopped: bool = False, interrupted: bool = False) -> None:
+        if self._closed:  # once (run_sharded closes it before the ranks part)
+            return
+        self._closed = True
         if self.bar is not None:
             self.bar.close()
         # not for a run that failed before its first input; for one stopped (Ctrl-C, SIGTERM) in it, with the hint
@@ -337,7 +343,7 @@ class Tally:
             skipped = self.done - self.written - self.failed
             rest = "; a rerun with --skip-existing makes the rest" if stopped and self.done < self.total else ""
             say(f"{self.where}{self.written} written, {skipped} skipped, {self.failed} failed, of {self.total} "
-                f"inputs in {time.perf_counter() - self.t0:.1f} s{rest}")
+                f"input{'s' * (self.total != 1)} in {time.perf_counter() - self.t0:.1f} s{rest}")
 
 
 @contextlib.contextmanager
@@ -486,15 +492,20 @@ def wait_for_keys(store, keys: list) -> None:
         time.sleep(SHARD_POLL_S)
 
 
+EXIT_GRACE_S = 1.0  # how long rank 0, about to exit 2, leaves the others (done) to exit first
+
+
 def run_sharded(items: list, rank: int, world: int, work: Callable[[object], None],
                 one_line: Callable[[BaseException], str], debug: bool = False, folder: Optional[Path] = None,
-                quiet: bool = False) -> int:
+                quiet: bool = False, close: Callable[[], None] = lambda: None) -> int:
     """Rank ``rank`` of ``world`` runs work(item) for items rank, rank + world, ... (run_items: a failing item is
     reported and the rank goes on); then it says how many failed in the store (shard_store) and waits until every
     rank has, so that none exits with an error while others work (torchrun would stop them); rank 0 returns 2 if
     anything failed anywhere (and says so), the others 0. A signal ends the wait at once; torchrun stops the other
-    ranks when one ends. folder: the output folder; a rank that made it removes it at the end if nothing was written there
-    (every input failing), as one process does (an output's write makes its folder again if it went)."""
+    ranks when one ends, so rank 0 exits last: every rank says its closing line (``close``) before it leaves the
+    store, and rank 0 waits for all of them and EXIT_GRACE_S more (torchrun stopped a finished rank 1 as
+    "terminated (SIGTERM)"). folder: the output folder; a rank that made it removes it at the end if nothing was
+    written there (every input failing), as one process does (an output's write makes its folder again)."""
     from ._io import made_folder
 
     store, host = shard_store(rank, world)
@@ -503,12 +514,13 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
         store.set(f"failed/{rank}", str(failed))
         wait_for_keys(store, [f"failed/{r}" for r in range(world)])
         total = sum(int(store.get(f"failed/{r}")) for r in range(world))
+    close()
     store.set(f"left/{rank}", "1")
-    if host:  # the others still read the store: it closes when this rank exits
+    if host or rank == 0:  # the host's store closes when it exits; rank 0 exits last (above)
         wait_for_keys(store, [f"left/{r}" for r in range(world)])
-    if total and rank == 0:  # rank 0 alone exits 2: torchrun stops the ranks still running when one fails, and
-        # another's exit 2 stopped rank 0 before its closing line (or made it "terminated (SIGTERM)")
+    if total and rank == 0:  # rank 0 alone exits 2: torchrun stops the ranks still running when one fails
         print(f"yoda: error: {total} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
+        time.sleep(EXIT_GRACE_S)
         return 2
     return 0
 

@@ -304,8 +304,8 @@ class DiffBIRAdapter(Adapter):
                 raise ValueError(f"{src} must be the stage-1 image at the SR size {want} in [0, 1], got {got}")
             if not img.is_floating_point() or not bool(torch.isfinite(img).all()):
                 raise ValueError(f"{src} must be a finite float tensor in [0, 1]")
-            lo, hi = torch.aminmax(img.detach())  # a restorer may overshoot a little; a [-1, 1] image is refused
-            if lo < -0.1 or hi > 1.1:  # (it ran on without a word: the image 0.25 off, no error)
+            lo, hi = torch.aminmax(img.detach())  # a [-1, 1] image is refused (it ran on without a word, 0.25 off);
+            if lo < -0.5 or hi > 1.5:  # a restorer's or a bicubic resize's overshoot (up to ~0.19) is not
                 raise ValueError(f"{src} must be in [0, 1] (DiffBIR's convention), got values in [{lo:.3g}, {hi:.3g}]"
                                  f": a [-1, 1] image becomes (x + 1) / 2")
         return img.to(device=lr.device, dtype=self._vae_dtype(lr.dtype))

@@ -198,17 +198,18 @@ def scheduler_config_dict(config: Any) -> dict:
     anything else is a TypeError naming scheduler_config. A scheduler's own config names no _class_name (its saved
     scheduler_config.json does): the scheduler's class is added, as the JSON has it."""
     what = "scheduler_config must be a diffusers scheduler's config (scheduler.config), the scheduler, or a dict"
-    if hasattr(config, "config") and not isinstance(config, dict):
-        config = {"_class_name": type(config).__name__, **config.config}  # a scheduler object: its config
+    if hasattr(config, "config") and not isinstance(config, dict):  # an object: a scheduler (diffusers' are all
+        # named *Scheduler, a subclass of one too), not a model (a VAE was read as a linear T = 1000 schedule)
+        if not any(c.__name__.endswith("Scheduler") for c in type(config).__mro__):
+            raise TypeError(f"{what}, got {type(config).__name__}")
+        config = {"_class_name": type(config).__name__, **config.config}
     try:
         config = dict(config)
     except (TypeError, ValueError):
         raise TypeError(f"{what}, got {type(config).__name__}") from None
-    # diffusers' schedulers are all named *Scheduler, and no scheduler has a model's keys: a VAE's config was
-    # taken for a linear T = 1000 schedule (a model's own config names its class only once saved)
-    name = config.get("_class_name") or next((f"a model ({k})" for k in _MODEL_KEYS if k in config), None)
-    if name is not None and not str(name).endswith("Scheduler"):
-        raise TypeError(f"{what}, got the config of {name}")
+    model_key = next((k for k in _MODEL_KEYS if k in config), None)  # no scheduler has a model's keys
+    if model_key is not None:
+        raise TypeError(f"{what}, got the config of {config.get('_class_name') or 'a model'} (it has {model_key})")
     return config
 
 
