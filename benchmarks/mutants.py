@@ -337,8 +337,8 @@ MUTANTS = [
            ("tests/test_train.py", "-k", "data_dir_and_makes"),
            "--data-dir is ignored without a word where the config trains on a folder"),
     Mutant("attention-steps-ignored", "yoda/attention/figure.py",
-           "    return float(refine_fraction(a, visited_steps(T, steps), T, lower_bound)[0]), f\"{steps} steps of T={T}\"",
-           "    return float(every_step_ratio(a, T, lower_bound)[0]), f\"{steps} steps of T={T}\"",
+           "    return (float(refine_fraction(a, visited_steps(T, steps), T, lower_bound)[0]),",
+           "    return (float(every_step_ratio(a, T, lower_bound)[0]),",
            ("tests/test_cli.py", "-k", "attention_steps"),
            "yoda attention --steps 2 prints the every-step ratio, not the run's"),
     Mutant("header-hash-order", "yoda/models/yoda_format.py",
@@ -789,6 +789,15 @@ MUTANTS = [
            "    if host or rank == 0:  # the host's store closes", "    if host:  # the host's store closes",
            ("tests/test_cli.py", "-k", "meet_in_the_store"),
            "under torchrun's agent store rank 0 exits 2 before the others finish: torchrun stops them"),
+    Mutant("figures-into-images", "yoda/cli.py",
+           "    if a.images and out.exists() and os.path.samefile(out, a.images):", "    if False:",
+           ("tests/test_figures.py", "-k", "output_folder_before"),
+           "yoda figures writes its PNGs among the photos, and the next run reads them as photos"),
+    Mutant("figure-ratio-unchecked", "yoda/attention/figure.py",
+           "    if ratio is not None and not (isinstance(ratio, numbers.Real) and 0.0 <= float(ratio) <= 1.0):",
+           "    if False:",
+           ("tests/test_attention.py", "-k", "steps"),
+           "attention_figure draws a ratio of 2 or NaN in its title"),
 ]
 
 

@@ -478,6 +478,10 @@ def test_attention_figure_of_a_runs_steps():
     assert masks == ["M(t=1000)", "M(t=500)"]
     want = (10 / 20 + 1.0) / 2  # t = 1000: tau 0.4, the A = 1 half; t = 500: tau -0.1, every pixel
     assert fig.update_ratio(A, 1000, 0.6, 2) == (want, "2 steps of T=1000")
+    assert fig.update_ratio(A, 1, 0.6, 1)[1] == "1 step of T=1"  # (it said "1 steps")
+    for bad in (2.0, -1.0, float("nan"), "0.5"):  # drawn as "=2.000" / "=nan" before
+        with pytest.raises(ValueError, match=r"^ratio must be a pixel update ratio in \[0, 1\], got "):
+            att.attention_figure(lr, A, ratio=bad)
     assert any(f"pixel update ratio (2 steps of T=1000)={want:.3f}" in t for t in drawn), drawn
     assert "M(t=1000) 50%" in drawn and "M(t=500) 100%" in drawn
     Hp, Wp = fig._panel_size(h, w)
@@ -591,14 +595,14 @@ def test_percent_label_bad_counts():
 
 
 def test_ratio_text_says_which_steps_it_counts():
-    from yoda.attention.figure import _ratio_text
+    from yoda.attention.figure import ratio_text
 
-    assert _ratio_text(0.8125, "every step of T=1000") == "pixel update ratio (every step of T=1000)=0.812"
-    assert _ratio_text(0.177, "this run's steps") == "pixel update ratio (this run's steps)=0.177"
-    assert _ratio_text(1.0, "every step of T=3") == "pixel update ratio (every step of T=3)=1.000"
-    assert _ratio_text(0.99996, "this run's steps") == "pixel update ratio (this run's steps)=>0.999"
-    assert _ratio_text(0.0002, "this run's steps") == "pixel update ratio (this run's steps)=<0.001"
-    assert _ratio_text(0.0, "this run's steps") == "pixel update ratio (this run's steps)=0.000"
+    assert ratio_text(0.8125, "every step of T=1000") == "pixel update ratio (every step of T=1000)=0.812"
+    assert ratio_text(0.177, "this run's steps") == "pixel update ratio (this run's steps)=0.177"
+    assert ratio_text(1.0, "every step of T=3") == "pixel update ratio (every step of T=3)=1.000"
+    assert ratio_text(0.99996, "this run's steps") == "pixel update ratio (this run's steps)=>0.999"
+    assert ratio_text(0.0002, "this run's steps") == "pixel update ratio (this run's steps)=<0.001"
+    assert ratio_text(0.0, "this run's steps") == "pixel update ratio (this run's steps)=0.000"
 
 
 def _count_ratio(A, T, lb):
@@ -723,7 +727,7 @@ def test_attention_figure_labels_fit_and_title_is_whole(hw, lb):
     Hp, Wp = fig._panel_size(h, w)
     ts = [1000, 920, 840, 760, 680] if lb < 1 else [1000]
     ratio = float(every_step_ratio(A, 1000, lb)[0])
-    title = f"lower_bound={lb:g}  T=1000  " + fig._ratio_text(ratio, "every step of T=1000")
+    title = f"lower_bound={lb:g}  T=1000  " + fig.ratio_text(ratio, "every step of T=1000")
     top = ["LR", "attention A", "A over LR"]
     bottom = [f"M(t={t}) {fig.percent_label(int(mask_at(A, t, 1000, lb).sum()), h * w)}" for t in ts]
     lay = fig._layout((Hp, Wp), top, bottom, title, font())

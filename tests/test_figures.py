@@ -391,6 +391,14 @@ def test_cli_lpips_panel(tmp_path, tiny_model, capsys):
     assert "LPIPS per bin omitted" not in stdout and "spatial LPIPS map" in stdout
 
 
+def test_sampling_text_counts_its_steps():
+    """Fig. 4 and 5 said "DDIM 1 steps"."""
+    from yoda.figures.draw import _sampling_text
+
+    assert _sampling_text(fg.FigureSettings(steps=1, sampler="ddim", seed=0)) == "DDIM 1 step, seed 0"
+    assert _sampling_text(fg.FigureSettings(steps=3, sampler="ddpm", seed=2)) == "DDPM 3 steps, seed 2"
+
+
 def test_cli_default_images_are_the_held_out_set(tmp_path, tiny_model, capsys):
     out = tmp_path / "figs"
     code, stdout, err = run(["figures", "-o", str(out), "--model", tiny_model, "--steps", "1", "--max-size", "32",
@@ -427,6 +435,9 @@ def test_cli_checks_the_output_folder_before_sampling(tmp_path, tiny_model, caps
         (["-o", str(tmp_path / "new"), "--lower-bounds", "-1"], "--lower-bounds[0]"),
         (["-o", str(tmp_path / "new"), "--sampler", "ddpm", "--eta", "0.5"], "eta"),
         (["-o", str(tmp_path / "new"), "--images", str(tmp_path / "missing")], "missing"),
+        # the figures in the photos' folder: the next run read them as photos (and refused its own outputs)
+        (["-o", folder + os.sep + "."], f"-o {folder}{os.sep}. is the --images folder; give the figures a folder "
+                                        "of their own"),
     ]
     for extra, want in cases:
         code, _, err = run(base + extra, capsys)

@@ -201,7 +201,7 @@ def cmd_demo(a) -> int:
 
     from . import drawing
     from .adapters import upsample
-    from .attention.figure import colormap, colour_key, percent_label
+    from .attention.figure import ratio_text, colormap, colour_key, percent_label
     from .sampling.prepare import resolve_attention
     from .data import HELD_OUT, builtin_image, make_lr
     from .evaluate import metrics
@@ -284,7 +284,7 @@ def cmd_demo(a) -> int:
     caption = (f"YODA: {a.attention.split(':')[0]} attention, l = {a.lower_bound:g}; masks M(t) = "
                f"1[A >= t/T - {a.lower_bound:g}] at {'its' if len(ts) == len(visited) else f'{len(ts)} of its'} "
                f"{len(visited)} step{'s' if len(visited) != 1 else ''} (white: refined, the rest stays bicubic); "
-               f"pixel update ratio of the run {ratio:.3f}")
+               f"{ratio_text(ratio, 'of the run')}")
     errors = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {drawing.ERROR_WHITE}"
     if len(bottom) <= len(top):
         rows = [(None, top), (f"{caption}; {errors}", bottom)]
@@ -365,6 +365,8 @@ def cmd_figures(a) -> int:
 
     # the output folder first: an existing folder must take the three files; a new one must be creatable
     out = Path(a.output)
+    if a.images and out.exists() and os.path.samefile(out, a.images):  # the next run read the figures as photos
+        raise UserError(f"-o {a.output} is the --images folder; give the figures a folder of their own")
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; yoda figures writes {len(FIGURE_FILES)} PNGs into a folder")
     if not out.exists() and out.suffix.lower() in OUTPUT_SUFFIXES:
@@ -386,7 +388,7 @@ def cmd_figures(a) -> int:
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)
         paths = write_figures(data, out)
-    print(f"pixel update ratio (mean over {len(data.names)} images):")
+    print(f"pixel update ratio (mean over {len(data.names)} image{'s' * (len(data.names) != 1)}):")
     print("| attention | " + " | ".join(f"l={lb:g}" for lb in settings.lower_bounds) + " |")
     print("|---|" + "---|" * len(settings.lower_bounds))
     for name, row in data.ratios.items():

@@ -16,6 +16,8 @@ in its column), and the canvas is at least as wide as the title; text is measure
 
 from __future__ import annotations
 
+import numbers
+
 import math
 from typing import Optional, Sequence
 
@@ -127,10 +129,11 @@ def update_ratio(A: torch.Tensor, T: int, lower_bound: float, steps: Optional[in
     a = A.reshape(-1, 1, *A.shape[-2:])[:1]
     if steps is None:
         return float(every_step_ratio(a, T, lower_bound)[0]), f"every step of T={T}"
-    return float(refine_fraction(a, visited_steps(T, steps), T, lower_bound)[0]), f"{steps} steps of T={T}"
+    return (float(refine_fraction(a, visited_steps(T, steps), T, lower_bound)[0]),
+            f"{steps} step{'s' * (steps != 1)} of T={T}")
 
 
-def _ratio_text(ratio: float, what: str) -> str:
+def ratio_text(ratio: float, what: str) -> str:
     """The title's update ratio: what it counts, then its value to 3 decimals (0 / 1 only when exact)."""
     v = f"{ratio:.3f}"
     if ratio > 0 and float(v) == 0:
@@ -237,6 +240,8 @@ def attention_figure(
     heat = colormap(a_show)
     overlay = np.rint(0.5 * img.astype(np.float32) + 0.5 * heat.astype(np.float32)).astype(np.uint8)
 
+    if ratio is not None and not (isinstance(ratio, numbers.Real) and 0.0 <= float(ratio) <= 1.0):
+        raise ValueError(f"ratio must be a pixel update ratio in [0, 1], got {ratio!r}")  # it drew "=2.000", "=nan"
     ratio, what = (float(ratio), "this run's steps") if ratio is not None else update_ratio(a, T, lower_bound, steps)
     masks = []
     for t in ts:
@@ -249,7 +254,7 @@ def attention_figure(
     if label is not None and not isinstance(label, str):
         raise TypeError(f"label must be a str or None, got {type(label).__name__}")
     label = (label or "").strip()  # a blank label (" ") is no label
-    title = (f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + _ratio_text(float(ratio), what)
+    title = (f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + ratio_text(float(ratio), what)
     top = ["LR", f"attention A ({label.split()[0]})" if label else "attention A", "A over LR"]
     bottom = [f"M(t={t}) {percent_label(k, n)}" for t, k, n, _ in masks]
     lay = _layout(size, top, bottom, title, font)

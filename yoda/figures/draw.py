@@ -39,7 +39,7 @@ AB_NOTE = ("ab: the distance between the mean CIELAB (a*, b*) of the SR image an
 
 def _sampling_text(s: FigureSettings) -> str:
     eta = f" eta={s.eta:g}" if s.sampler == "ddim" and s.eta else ""
-    return f"{s.sampler.upper()}{eta} {s.steps} steps, seed {s.seed}"
+    return f"{s.sampler.upper()}{eta} {s.steps} step{'s' * (s.steps != 1)}, seed {s.seed}"
 
 
 def method_colours(methods: Sequence[str]) -> dict:
