@@ -798,6 +798,10 @@ MUTANTS = [
            "    if False:",
            ("tests/test_attention.py", "-k", "steps"),
            "attention_figure draws a ratio of 2 or NaN in its title"),
+    Mutant("fig5-fit-extrapolated", "yoda/figures/draw.py",
+           "        return np.linspace(c.min(), c.max(), 101)", "        return np.linspace(0.0, 1.0, 101)",
+           ("tests/test_figures.py", "-k", "over_their_bins"),
+           "Fig. 5's fit lines run past their bins, and their extrapolation sets the axis"),
 ]
 
 

@@ -485,6 +485,29 @@ def _drawn_text(monkeypatch):
     return texts
 
 
+def test_fig5_fits_are_drawn_over_their_bins_only(monkeypatch):
+    """The fit lines ran from A = 0 to 1, past the bins they were fitted to: a degree-9 fit of bins at 18-26 dB
+    reached 80 dB at A = 0, and the axis stretched to it, squashing the points into a band."""
+    from yoda.figures import draw as fd
+
+    x = (np.arange(10) + 0.5) / 10
+    count = np.array([0, 5, 9, 9, 9, 9, 9, 9, 4, 0])  # the first and last bins are empty
+    y = 22 + 4 * np.sin(7 * x)
+    r = {"centres": x, "mse": 5 + x, "psnr": y, "count": count}
+    fits = {("plain", k): fg.poly_fit(x, r[k], 9, count) for k in ("mse", "psnr")}
+    lines, limits = [], []
+    real_line, real_init = fd._Axes.line, fd._Axes.__init__
+    monkeypatch.setattr(fd._Axes, "line", lambda self, xs, ys, *a, **k: lines.append(np.asarray(xs))
+                        or real_line(self, xs, ys, *a, **k))
+    monkeypatch.setattr(fd._Axes, "__init__", lambda self, canvas, box, xlim, ylim, *a: limits.append(ylim)
+                        or real_init(self, canvas, box, xlim, ylim, *a))
+    fd.draw_regional_error({"plain": r}, fits, 9)
+    fitted = [xs for xs in lines if len(xs) == 101]
+    assert len(fitted) == 2 and all(xs[0] == x[1] and xs[-1] == x[8] for xs in fitted)
+    span = np.polyval(fits[("plain", "psnr")], np.linspace(x[1], x[8], 101))
+    assert limits[1][1] <= max(span.max(), y.max()) + 5  # the PSNR axis: the points and the fit over them
+
+
 def test_fig5_legend_states_the_degree_fitted(monkeypatch):
     """--degree 20 with 10 bins fits degree 9 (poly_fit lowers it), but the legend said "degree-20"."""
     from yoda.figures.draw import draw_regional_error

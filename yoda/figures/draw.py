@@ -128,14 +128,19 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
     # plain: big circles, solid fit; YODA: small squares on top, dashed fit (both stay visible when they agree)
     style = {"plain": (_PLAIN, "o", 6.0, False), "YODA": (_YODA, "s", 3.5, True)}
     other = (_COLOURS[2], "^", 4.0, False)
-    xs_fine = np.linspace(0.0, 1.0, 101)
+    def fit_xs(r, key):  # a fit over the bins it was fitted to: extrapolated to 0 and 1, a degree-9 fit of bins
+        # at 18-26 dB reached 80 dB at A = 0 and set the axis (poly_fit's points: count > 0, finite values)
+        c = np.asarray(r["centres"], dtype=np.float64)
+        c = c[(np.asarray(r["count"]) > 0) & np.isfinite(np.asarray(r[key], dtype=np.float64)) & np.isfinite(c)]
+        return np.linspace(c.min(), c.max(), 101)
+
     for k, (key, title, ylabel) in enumerate(keys):
         vals = []
         for label, r in regional.items():
             vals.append(r[key])
             c = fits.get((label, key))
             if c is not None:
-                vals.append(np.polyval(c, xs_fine))
+                vals.append(np.polyval(c, fit_xs(r, key)))
         lo, hi = _limits(np.concatenate([np.ravel(v) for v in vals]) if vals else [0, 1],
                          floor=0.0 if key != "psnr" else None)
         ax = _Axes(canvas, (k * pw + 80, 60, (k + 1) * pw - 20, 330), (0.0, 1.0), (lo, hi), font)
@@ -144,7 +149,7 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
             colour, shape, size, dashed = style.get(label, other)
             c = fits.get((label, key))
             if c is not None:
-                ax.line(xs_fine, np.polyval(c, xs_fine), colour, width=2, dashed=dashed)
+                ax.line(fit_xs(r, key), np.polyval(c, fit_xs(r, key)), colour, width=2, dashed=dashed)
         for label, r in regional.items():
             colour, shape, size, _ = style.get(label, other)
             ax.points(r["centres"], r[key], colour, shape, size)
