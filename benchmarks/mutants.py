@@ -802,6 +802,10 @@ MUTANTS = [
            "        return np.linspace(c.min(), c.max(), 101)", "        return np.linspace(0.0, 1.0, 101)",
            ("tests/test_figures.py", "-k", "over_their_bins"),
            "Fig. 5's fit lines run past their bins, and their extrapolation sets the axis"),
+    Mutant("key-labels-overlap", "yoda/attention/figure.py",
+           "        ly.append(max(y - 7, ly[-1] + _KEY_LINE) if ly else y - 7)", "        ly.append(y - 7)",
+           ("tests/test_attention.py", "-k", "colour_key_labels"),
+           "the key's M(t=...) labels of close thresholds print over each other"),
 ]
 
 

@@ -681,6 +681,28 @@ def test_attention_figure_title_and_labels_are_exact():
     assert drawn(att.attention_figure(lr, A3, T=3), title3, labels3)
 
 
+def test_colour_key_labels_do_not_overlap(monkeypatch):
+    """At l = 0.95 the thresholds lie 2 px apart on the key and their M(t=...) labels printed over each other; they
+    are now a line apart, each with a leader line to its threshold, and inside the key."""
+    from PIL import ImageDraw
+
+    from yoda.attention import figure as fig
+
+    at = []
+    real = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, s, *a, **k: at.append((xy, s))
+                        or real(self, xy, s, *a, **k))
+    h = 160
+    fig.colour_key(h, 120, [(t, t / 1000 - 0.95) for t in (1000, 990, 980, 970, 960)])
+    ys = [y for (x, y), s in at if s.startswith("M(t=")]
+    assert [s for _, s in at if s.startswith("M(t=")] == [f"M(t={t})" for t in (1000, 990, 980, 970, 960)]
+    assert all(b - a >= fig._KEY_LINE for a, b in zip(ys, ys[1:])) and ys[-1] <= h - fig._KEY_LINE
+    at.clear()  # thresholds far apart: each label at its own line, as before
+    fig.colour_key(h, 120, [(1000, 0.4), (600, 0.0)])
+    top, n = fig._LABEL_H + 6, h - fig._LABEL_H - 12
+    assert [y for (x, y), s in at if s.startswith("M(t=")] == [top + round(0.6 * (n - 1)) - 7, top + n - 1 - 7]
+
+
 def test_attention_figure_keys_colour_to_a_and_the_masks_thresholds(monkeypatch):
     """No picture said what a colour of A is worth, nor where each mask's threshold lies on that scale: a key runs
     from A = 1 (top) to 0, with a white line at each drawn mask's tau = t/T - l; the attention figure puts it in

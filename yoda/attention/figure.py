@@ -275,6 +275,9 @@ def attention_figure(
     return canvas
 
 
+_KEY_LINE = 14  # the key's label spacing (px)
+
+
 def colour_key(h: int, w: int, thresholds, font=None):
     """A PIL image (w x h, white) keying attention colours: a vertical viridis bar from A = 1 (top) to 0 under the
     heading "value of A", its values on the right, and a white line across it at each (t, tau) of
@@ -293,9 +296,16 @@ def colour_key(h: int, w: int, thresholds, font=None):
     for v in (1.0, 0.5, 0.0):
         draw.line((bar_w + 2, y_of(v), bar_w + 5, y_of(v)), fill=(0, 0, 0))
         draw.text((bar_w + 8, y_of(v) - 7), f"{v:g}", fill=(0, 0, 0), font=font)
-    for t, tau in thresholds:
-        if 0.0 <= tau <= 1.0:
-            draw.line((1, y_of(tau), bar_w, y_of(tau)), fill=(255, 255, 255))
-            draw.line((bar_w + 26, y_of(tau), bar_w + 34, y_of(tau)), fill=(150, 150, 150))
-            draw.text((bar_w + 38, y_of(tau) - 7), f"M(t={t})", fill=(0, 0, 0), font=font)
+    shown = sorted(((y_of(tau), t) for t, tau in thresholds if 0.0 <= tau <= 1.0))
+    # labels one line apart, pushed down past the one above (and up from the bottom): thresholds a few pixels apart
+    # (l = 0.95: 0.05 down to 0.01) printed their labels over each other; a leader line goes to each
+    ly = []
+    for y, _ in shown:
+        ly.append(max(y - 7, ly[-1] + _KEY_LINE) if ly else y - 7)
+    for i in range(len(ly) - 1, -1, -1):
+        ly[i] = min(ly[i], (ly[i + 1] if i + 1 < len(ly) else h) - _KEY_LINE)
+    for (y, t), yl in zip(shown, ly):
+        draw.line((1, y, bar_w, y), fill=(255, 255, 255))
+        draw.line((bar_w + 26, y, bar_w + 34, yl + 7), fill=(150, 150, 150))
+        draw.text((bar_w + 38, yl), f"M(t={t})", fill=(0, 0, 0), font=font)
     return img
