@@ -697,6 +697,10 @@ def test_colour_key_labels_do_not_overlap(monkeypatch):
     ys = [y for (x, y), s in at if s.startswith("M(t=")]
     assert [s for _, s in at if s.startswith("M(t=")] == [f"M(t={t})" for t in (1000, 990, 980, 970, 960)]
     assert all(b - a >= fig._KEY_LINE for a, b in zip(ys, ys[1:])) and ys[-1] <= h - fig._KEY_LINE
+    at.clear()  # near the top (l = 0): pushed down, not off the key's top
+    fig.colour_key(h, 120, [(t, t / 1000) for t in (1000, 995, 990, 985)])
+    ys = [y for (x, y), s in at if s.startswith("M(t=")]
+    assert ys[0] == fig._LABEL_H + 6 - 7 and all(b - a == fig._KEY_LINE for a, b in zip(ys, ys[1:]))
     at.clear()  # thresholds far apart: each label at its own line, as before
     fig.colour_key(h, 120, [(1000, 0.4), (600, 0.0)])
     top, n = fig._LABEL_H + 6, h - fig._LABEL_H - 12
