@@ -1333,6 +1333,9 @@ def test_rank_and_world_are_checked_and_a_missing_host_is_waited_for_in_python(m
         UserError("stop here")))
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29999")
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "TCPStore", lambda *a, **k: (_ for _ in ()).throw(UserError("TCPStore reached")))
     with pytest.raises(UserError, match="^stop here$"):
         cli_upscale.shard_store(1, 2)
     assert waited == [("127.0.0.1", 29999)]
