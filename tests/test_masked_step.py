@@ -687,8 +687,8 @@ def test_meta_tensors_and_named_stats_errors():
     assert stats.tile_max.device.type == "meta" and stats.tile_max.shape == (1, 1, 1)
     xs, As = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
     for bad in (As, (*yk.tile_stats(As, 16), As)):
-        with pytest.raises(ValueError, match=r"^stats must be two tensors of shape \(1, 1, 1\) \(tile_stats\(A, 16\)\), "
-                                             r"got (Tensor|tuple)$"):
+        with pytest.raises(ValueError, match=r"^stats must be two tensors of shape \(1, 1, 1\) "
+                                             r"\(tile_stats\(A, 16\)\), got (Tensor|tuple)$"):
             yk.masked_step(xs, xs, xs, As, 0.5, coefs=k, stats=bad)
 
 

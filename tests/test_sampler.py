@@ -344,7 +344,8 @@ def test_a_callback_cannot_change_the_image_in_place(sampler, key):
     with pytest.raises(RuntimeError, match="[Ii]nplace update to inference tensor outside InferenceMode"):
         run(model, lr_image(), sampler=sampler, seed=0, callback=lambda d: d[key].mul_(0))
     kept, conv = [], torch.nn.Conv2d(3, 3, 1)  # a module with weights, as a decoder has: under no_grad, as documented
-    run(model, lr_image(), sampler=sampler, seed=0, callback=lambda d: kept.append((d[key].clone().mul_(2), conv(d[key]))))
+    run(model, lr_image(), sampler=sampler, seed=0,
+        callback=lambda d: kept.append((d[key].clone().mul_(2), conv(d[key]))))
     assert len(kept) == STEPS  # a clone may be changed
 
 

@@ -198,9 +198,8 @@ def eval_results(a, rows: list, partial: str = "") -> None:
     if out:  # a stopped run's rows or table go to NAME.partial.EXT: not taken for a whole run's (nor written over
         # an earlier run's); a whole run removes a stopped one's
         part = "{}.partial{}".format(*os.path.splitext(out))
-        out = part if partial else out
         if partial:
-            partial += f"; written to {part}"
+            out, partial = part, f"{partial}; written to {part}"
         elif os.path.isfile(part):
             os.remove(part)
     crop = f"each image centre-cropped to at most {a.max_size} pixels a side (--max-size; 0: whole images)"

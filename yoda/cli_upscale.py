@@ -60,15 +60,15 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
 def window_notes(src: str, hr_h: int, hr_w: int, side: int, max_memory: int) -> None:
     """The notes of upscale's automatic windows: the image's own buffers (IMAGE_BYTES_PER_PIXEL), which no window
     size shrinks, over --max-memory; windows so small that the model sees little around each pixel."""
-    def note(text):  # on the rank that upscales the image (cli_models.note: rank 0's, for what every rank meets)
+    def tell(text):  # on the rank that upscales the image (cli_models.note: rank 0's, for what every rank meets)
         error_line(f"yoda: note: {rank_prefix()}{text}")
 
     own = hr_h * hr_w * IMAGE_BYTES_PER_PIXEL
     if own > max_memory:  # a 4096² output took 1.2 GB over the process under --max-memory 256M, and said nothing
-        note(f"{printable(src)}: its own buffers (state, condition, blend; about {mebibytes(own)} at {hr_w}x{hr_h}) "
+        tell(f"{printable(src)}: its own buffers (state, condition, blend; about {mebibytes(own)} at {hr_w}x{hr_h}) "
              f"come on top of --max-memory {mebibytes(max_memory)}, whatever the windows")
     if side < SMALL_WINDOW:  # --max-memory 1M: 16-px windows, 250 times slower and visibly softer (38 dB)
-        note(f"{printable(src)}: windows of {side} pixels give the model little around each pixel: slower, and "
+        tell(f"{printable(src)}: windows of {side} pixels give the model little around each pixel: slower, and "
              f"softer than windows of {SMALL_WINDOW} or more (a larger --max-memory)")
 
 

@@ -5,9 +5,9 @@
 - The Triton ops' when they are called as ops (``torch.ops.yoda.<op>_triton``: a direct call, a dispatch mode, a
   compiled graph): masked_step_args, masked_combine_args, masked_q_sample_args and tile_stats_args check what
   the C++ ops check in csrc/common.h. Without them a direct call ran a seed of 2**32 as 0, read tensors of
-  another dtype or device, or took a NaN tau. The public entry points check first and then call the launch function itself
-  (triton/launch.py EAGER), so nothing is checked twice there. Only shapes, dtypes, devices and scalars: nothing
-  that reads a tensor's values (a device sync, which a CUDA-graph capture must not make).
+  another dtype or device, or took a NaN tau. The public entry points check first and then call the launch
+  function itself (triton/launch.py EAGER), so nothing is checked twice there. Only shapes, dtypes, devices and
+  scalars: nothing that reads a tensor's values (a device sync, which a CUDA-graph capture must not make).
 """
 
 from __future__ import annotations

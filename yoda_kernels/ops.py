@@ -337,7 +337,8 @@ def masked_step(
         if ab_t is None or ab_prev is None:
             raise ValueError("give either coefs or both ab_t and ab_prev")
         coefs = _coefs.step_coefficients(ab_t, ab_prev, prediction="eps" if prediction is None else prediction,
-                                         sampler="ddpm" if sampler is None else sampler, eta=0.0 if eta is None else eta)
+                                         sampler="ddpm" if sampler is None else sampler,
+                                         eta=0.0 if eta is None else eta)
     elif any(v is not None for v in schedule.values()):  # they were ignored without a word
         raise ValueError(f"give coefs or ({', '.join(schedule)}), not both: coefs already fix the update "
                          f"(got {', '.join(k for k, v in schedule.items() if v is not None)} too)")

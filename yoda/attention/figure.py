@@ -16,9 +16,8 @@ in its column), and the canvas is at least as wide as the title; text is measure
 
 from __future__ import annotations
 
-import numbers
-
 import math
+import numbers
 from typing import Optional, Sequence
 
 import numpy as np
@@ -222,6 +221,8 @@ def attention_figure(
     a = a.clamp(0.0, 1.0)
     warn_if_stretched("A", tuple(a.shape[-2:]), tuple(x.shape[-2:]), stacklevel=2)
     steps = None if steps is None else as_int(steps, "steps")
+    if ratio is not None and not (isinstance(ratio, numbers.Real) and 0.0 <= float(ratio) <= 1.0):
+        raise ValueError(f"ratio must be a pixel update ratio in [0, 1], got {ratio!r}")  # it drew "=2.000", "=nan"
     if steps is not None and ts is None and steps <= MAX_STEP_PANELS:
         ts = [i + 1 for i in visited_steps(T, steps)]
     if ts is None:  # 5 steps over (lower_bound * T, T]: at t <= lower_bound * T every mask is full, nothing to see
@@ -240,8 +241,6 @@ def attention_figure(
     heat = colormap(a_show)
     overlay = np.rint(0.5 * img.astype(np.float32) + 0.5 * heat.astype(np.float32)).astype(np.uint8)
 
-    if ratio is not None and not (isinstance(ratio, numbers.Real) and 0.0 <= float(ratio) <= 1.0):
-        raise ValueError(f"ratio must be a pixel update ratio in [0, 1], got {ratio!r}")  # it drew "=2.000", "=nan"
     ratio, what = (float(ratio), "this run's steps") if ratio is not None else update_ratio(a, T, lower_bound, steps)
     masks = []
     for t in ts:

@@ -108,6 +108,15 @@ def draw_update_ratio(ratios: Mapping[str, Sequence[float]], lower_bounds: Seque
     return canvas
 
 
+def _fit_curve(coefs, r: Mapping, key: str) -> tuple:
+    """(xs, ys) of a Fig. 5 fit over the bins it was fitted to (poly_fit's points: count > 0, finite values):
+    extrapolated to A = 0 and 1, a degree-9 fit of bins at 18-26 dB reached 80 dB at A = 0 and set the axis."""
+    c = np.asarray(r["centres"], dtype=np.float64)
+    c = c[(np.asarray(r["count"]) > 0) & np.isfinite(np.asarray(r[key], dtype=np.float64)) & np.isfinite(c)]
+    xs = np.linspace(c.min(), c.max(), 101)
+    return xs, np.polyval(coefs, xs)
+
+
 def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any], degree: int, *, title_note: str = "",
                         note: str = ""):
     """Fig. 5: per-bin MSE and PSNR (and LPIPS when the regional dicts have "lpips") against the attention value,
@@ -128,28 +137,17 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
     # plain: big circles, solid fit; YODA: small squares on top, dashed fit (both stay visible when they agree)
     style = {"plain": (_PLAIN, "o", 6.0, False), "YODA": (_YODA, "s", 3.5, True)}
     other = (_COLOURS[2], "^", 4.0, False)
-    def fit_xs(r, key):  # a fit over the bins it was fitted to: extrapolated to 0 and 1, a degree-9 fit of bins
-        # at 18-26 dB reached 80 dB at A = 0 and set the axis (poly_fit's points: count > 0, finite values)
-        c = np.asarray(r["centres"], dtype=np.float64)
-        c = c[(np.asarray(r["count"]) > 0) & np.isfinite(np.asarray(r[key], dtype=np.float64)) & np.isfinite(c)]
-        return np.linspace(c.min(), c.max(), 101)
-
     for k, (key, title, ylabel) in enumerate(keys):
-        vals = []
-        for label, r in regional.items():
-            vals.append(r[key])
-            c = fits.get((label, key))
-            if c is not None:
-                vals.append(np.polyval(c, fit_xs(r, key)))
+        curves = {label: _fit_curve(fits[label, key], r, key) for label, r in regional.items()
+                  if fits.get((label, key)) is not None}
+        vals = [r[key] for r in regional.values()] + [ys for _, ys in curves.values()]
         lo, hi = _limits(np.concatenate([np.ravel(v) for v in vals]) if vals else [0, 1],
                          floor=0.0 if key != "psnr" else None)
         ax = _Axes(canvas, (k * pw + 80, 60, (k + 1) * pw - 20, 330), (0.0, 1.0), (lo, hi), font)
         ax.frame(title, "attention value A (bin centre)", ylabel, xticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
-        for label, r in regional.items():
+        for label, (xs, ys) in curves.items():
             colour, shape, size, dashed = style.get(label, other)
-            c = fits.get((label, key))
-            if c is not None:
-                ax.line(fit_xs(r, key), np.polyval(c, fit_xs(r, key)), colour, width=2, dashed=dashed)
+            ax.line(xs, ys, colour, width=2, dashed=dashed)
         for label, r in regional.items():
             colour, shape, size, _ = style.get(label, other)
             ax.points(r["centres"], r[key], colour, shape, size)

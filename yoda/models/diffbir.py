@@ -302,10 +302,12 @@ class DiffBIRAdapter(Adapter):
             if not isinstance(img, torch.Tensor) or tuple(img.shape) != want:
                 got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
                 raise ValueError(f"{src} must be the stage-1 image at the SR size {want} in [0, 1], got {got}")
-            if not img.is_floating_point() or not bool(torch.isfinite(img).all()):
+            # one device sync for both checks: a NaN or an Inf shows in the extremes
+            lo, hi = (float(v) for v in torch.aminmax(img.detach())) if img.is_floating_point() else (math.nan,) * 2
+            if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise ValueError(f"{src} must be a finite float tensor in [0, 1]")
-            lo, hi = torch.aminmax(img.detach())  # a [-1, 1] image is refused (it ran on without a word, 0.25 off);
-            if lo < -0.5 or hi > 1.5:  # a restorer's or a bicubic resize's overshoot (up to ~0.19) is not
+            # a [-1, 1] image is refused (it ran on without a word, 0.25 off); a restorer's or a bicubic resize's
+            if lo < -0.5 or hi > 1.5:  # overshoot (up to ~0.19) is not
                 raise ValueError(f"{src} must be in [0, 1] (DiffBIR's convention), got values in [{lo:.3g}, {hi:.3g}]"
                                  f": a [-1, 1] image becomes (x + 1) / 2")
         return img.to(device=lr.device, dtype=self._vae_dtype(lr.dtype))

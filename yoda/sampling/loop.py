@@ -78,9 +78,9 @@ def sample(
         model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T; with attention the model's steps
         are raised to the fewest whose last step refines every pixel (at most yoda.sampling.spec.MOST_YODA_STEPS; 2
         for the embedded model at lower_bound 0.6, as the CLI takes them); heun, dpm_2, dpm_2_a and dpmpp_2s_a
-        call the model twice per step but the last). ddpm / ddim visit the indices schedule.respace(steps, spacing) (spacing default: the model's,
-        adapter.sampling_defaults["spacing"] (from_diffusers: the scheduler's timestep_spacing), else "trailing";
-        ddpm / ddim only).
+        call the model twice per step but the last). ddpm / ddim visit the indices schedule.respace(steps,
+        spacing) (spacing default: the model's, adapter.sampling_defaults["spacing"] (from_diffusers: the
+        scheduler's timestep_spacing), else "trailing"; ddpm / ddim only).
     sampler: default: the model's (adapter.sampling_defaults: "ddim" for the embedded model), else "ddpm".
         "ddpm" (ancestral, fixed-small variance) or "ddim" with ``eta`` (default 0: deterministic); or a
         sigma-space solver of yoda.sampling.solvers, named as in k-diffusion / DiffBIR: "euler", "euler_a"
