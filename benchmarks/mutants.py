@@ -807,6 +807,14 @@ MUTANTS = [
            "        ly.append(max(y - 7, ly[-1] + _KEY_LINE) if ly else y - 7)", "        ly.append(y - 7)",
            ("tests/test_attention.py", "-k", "colour_key_labels"),
            "the key's M(t=...) labels of close thresholds print over each other"),
+    Mutant("key-panel-height", "yoda/attention/figure.py",
+           "    key_h, key_w = max(Hp, key[0]), max(cell_w, key[1])", "    key_h, key_w = Hp, max(cell_w, key[1])",
+           ("tests/test_attention.py", "-k", "whole_beside"),
+           "the key takes a short panel's height, and its labels print over each other"),
+    Mutant("key-column-width", "yoda/attention/figure.py",
+           "[_KEY_BAR + 38 + _ink(s, font)[2] for s in labels]", "[]",
+           ("tests/test_attention.py", "-k", "whole_beside"),
+           "the key in a narrow image's column cuts its labels"),
 ]
 
 

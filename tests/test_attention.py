@@ -733,6 +733,45 @@ def test_attention_figure_keys_colour_to_a_and_the_masks_thresholds(monkeypatch)
     assert calls == [[(1000, 1000 / 1000 - 0.6), (800, 800 / 1000 - 0.6)]]
 
 
+@pytest.mark.parametrize("hw", [(16, 120), (120, 16), (40, 2000)], ids=["short", "narrow", "wide-short"])
+def test_colour_key_is_whole_beside_short_or_narrow_panels(monkeypatch, hw):
+    """The key took the panel's height and the column's width: beside a 51 px tall panel (16 x 120 LR) its five
+    labels were printed over each other and over its heading, in a 40 x 2000 one its bar was 6 px tall, and in a
+    column of a narrow image (120 x 16) its labels were cut at "M(t=1". It now has at least key_size: every label
+    whole, inside the key, a line apart; the top row grows to hold it and the canvas holds its column."""
+    from PIL import ImageDraw
+
+    from yoda.attention import figure as fig
+    from yoda.drawing import font
+
+    keys, at = [], []
+    real_key, real_text = fig.colour_key, ImageDraw.ImageDraw.text
+    monkeypatch.setattr(fig, "colour_key", lambda *a: keys.append(real_key(*a)) or keys[-1])
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, s, *a, **k: at.append((xy, s))
+                        or real_text(self, xy, s, *a, **k))
+    lr = _rand_lr(B=1, h=hw[0], w=hw[1], seed=2)
+    img = att.attention_figure(lr, torch.rand(1, 1, *hw, generator=torch.Generator().manual_seed(1)))
+    (key,) = keys
+    ts = (1000, 920, 840, 760, 680)
+    need = fig.key_size([(t, t / 1000 - 0.6) for t in ts])
+    assert key.size[1] >= need[0] and key.size[0] >= need[1]
+    assert need[0] > fig._panel_size(*hw)[0] or need[1] > fig._panel_size(*hw)[1]  # the case the key outgrew
+    drawn = at[at.index(((0, 0), "value of A")):]  # the key's own texts, after the figure's
+    boxes = []
+    for (x, y), s in drawn:
+        l, t, r, b = fig._ink(s, font())
+        assert 0 <= x + l and x + r <= key.size[0] and 0 <= y + t and y + b <= key.size[1], s
+        boxes.append((x + l, y + t, x + r, y + b))
+    for i in range(len(boxes)):  # no text over another
+        for j in range(i):
+            a, b = boxes[i], boxes[j]
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (drawn[i][1], drawn[j][1])
+    assert [s for _, s in drawn if s.startswith("M(t=")] == [f"M(t={t})" for t in ts]
+    assert img.size[0] >= key.size[0] + fig._GAP and img.size[1] >= key.size[1] + 2 * fig._LABEL_H
+    with pytest.raises(ValueError, match=r"colour key of 5 thresholds needs at least \d+x\d+ px \(w x h\), got 40x"):
+        fig.colour_key(need[0], 40, [(t, t / 1000 - 0.6) for t in ts])
+
+
 @pytest.mark.parametrize(
     "hw, lb",
     [((24, 2), 0.6), ((2, 24), 0.6), ((64, 6), 0.6), ((16, 20), 0.6), ((64, 6), 1.2)],
@@ -756,7 +795,7 @@ def test_attention_figure_labels_fit_and_title_is_whole(hw, lb):
     title = f"lower_bound={lb:g}  T=1000  " + fig.ratio_text(ratio, "every step of T=1000")
     top = ["LR", "attention A", "A over LR"]
     bottom = [f"M(t={t}) {fig.percent_label(int(mask_at(A, t, 1000, lb).sum()), h * w)}" for t in ts]
-    lay = fig._layout((Hp, Wp), top, bottom, title, font())
+    lay = fig._layout((Hp, Wp), top, bottom, title, font(), fig.key_size([(t, t / 1000 - lb) for t in ts]))
     assert img.size == (lay["width"], lay["height"])
     # the layout: columns as wide as the widest label's drawn ink, the canvas as wide as the title's
     cell_w = max([Wp] + [_ink_right(s) for s in top + bottom])

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..drawing import font as _font
 from .classic import check_lr_range, warn_if_stretched
 
-__all__ = ["attention_figure", "colormap", "colour_key"]
+__all__ = ["attention_figure", "colormap", "colour_key", "key_size"]
 
 _MIN_PANEL = 160  # px: the short side of a panel; LR images of 16 px are blown up (nearest) to this
 _MAX_PANEL = 384  # px: larger images are shown shrunk (area) so the figure stays a few hundred px
@@ -148,24 +148,27 @@ def _ink(s: str, font) -> tuple:
     return math.floor(l), math.floor(t), math.ceil(r), math.ceil(b)
 
 
-def _layout(size: tuple, top: Sequence[str], bottom: Sequence[str], title: str, font) -> dict:
+def _layout(size: tuple, top: Sequence[str], bottom: Sequence[str], title: str, font, key: tuple = (0, 0)) -> dict:
     """Where everything goes. Columns of one width cell_w = max(panel width, widest label's ink) apart by _GAP;
     each panel centred in its column; a label that fits over its panel starts at the panel's left edge, a wider
-    one is centred over the panel (so it stays inside its column); the canvas is as wide as the columns or the
-    title, whichever is wider.
+    one is centred over the panel (so it stays inside its column); after the top row's panels, the colour key, at
+    least ``key`` = (h, w) (key_size: the top row grows to hold it, and its column widens); the canvas is as
+    wide as the columns or the title, whichever is wider.
 
-    Returns cell_w, panel_dx (the panel's x offset in its column), title_h, row_h, width, height, and
-    texts: (string, origin (x, y), ink box (x0, y0, x1, y1) on the canvas) for the title, then the top row's
-    labels, then the bottom row's (the text drawn at origin covers only pixels of its box)."""
+    Returns cell_w, panel_dx (the panel's x offset in its column), title_h, row_h (the top row's height: where
+    the bottom row starts), key_h and key_w (the key's size), width, height, and texts: (string, origin (x, y),
+    ink box (x0, y0, x1, y1) on the canvas) for the title, then the top row's labels, then the bottom row's (the
+    text drawn at origin covers only pixels of its box)."""
     Hp, Wp = size
     labels = [(0, c, s) for c, s in enumerate(top)] + [(1, c, s) for c, s in enumerate(bottom)]
     cell_w = max([Wp] + [_ink(s, font)[2] for _, _, s in labels])
     panel_dx = (cell_w - Wp) // 2
     title_h = _LABEL_H + 4
-    row_h = _LABEL_H + Hp + _GAP
-    ncol = max(len(top) + 1, len(bottom))  # a column after the top row's panels for the colour key
-    width = max(_GAP + ncol * (cell_w + _GAP), 2 * _GAP + _ink(title, font)[2])
-    height = title_h + 2 * row_h + _GAP
+    key_h, key_w = max(Hp, key[0]), max(cell_w, key[1])
+    row_h = _LABEL_H + key_h + _GAP
+    width = max(_GAP + len(top) * (cell_w + _GAP) + key_w + _GAP, _GAP + len(bottom) * (cell_w + _GAP),
+                2 * _GAP + _ink(title, font)[2])
+    height = title_h + row_h + _LABEL_H + Hp + 2 * _GAP
 
     def text(s, x, y):
         l, t, r, b = _ink(s, font)
@@ -177,8 +180,8 @@ def _layout(size: tuple, top: Sequence[str], bottom: Sequence[str], title: str, 
         w = _ink(s, font)[2]
         x = x0 + panel_dx if w <= Wp else x0 + (cell_w - w) // 2
         texts.append(text(s, x, y0 + _LABEL_Y))
-    return dict(cell_w=cell_w, panel_dx=panel_dx, title_h=title_h, row_h=row_h, width=width, height=height,
-                texts=texts)
+    return dict(cell_w=cell_w, panel_dx=panel_dx, title_h=title_h, row_h=row_h, key_h=key_h, key_w=key_w,
+                width=width, height=height, texts=texts)
 
 
 def attention_figure(
@@ -256,7 +259,8 @@ def attention_figure(
     title = (f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + ratio_text(float(ratio), what)
     top = ["LR", f"attention A ({label.split()[0]})" if label else "attention A", "A over LR"]
     bottom = [f"M(t={t}) {percent_label(k, n)}" for t, k, n, _ in masks]
-    lay = _layout(size, top, bottom, title, font)
+    thresholds = [(t, t / T - lower_bound) for t, *_ in masks]
+    lay = _layout(size, top, bottom, title, font, key_size(thresholds, font))
     canvas = Image.new("RGB", (lay["width"], lay["height"]), _BG)
     draw = ImageDraw.Draw(canvas)
     for s, xy, _ in lay["texts"]:
@@ -269,25 +273,46 @@ def attention_figure(
         # a frame, so that an all-white mask (every pixel active) still reads as a panel
         draw.rectangle((x0 - 1, y0 - 1, x0 + arr.shape[1], y0 + arr.shape[0]), outline=(150, 150, 150))
     # the top row's last column: the key from colour to A, and the masks' thresholds
-    key = colour_key(size[0], lay["cell_w"], [(t, t / T - lower_bound) for t, *_ in masks], font)
+    key = colour_key(lay["key_h"], lay["key_w"], thresholds, font)
     canvas.paste(key, (_GAP + len(top) * (lay["cell_w"] + _GAP), lay["title_h"] + _LABEL_H))
     return canvas
 
 
 _KEY_LINE = 14  # the key's label spacing (px)
+_KEY_BAR = 14  # the key's bar width (px)
+_KEY_MIN_BAR = 5 * _KEY_LINE  # the key's least bar height (px): its three values and a few labels fit
+
+
+def _key_labels(thresholds) -> list:
+    """The (y fraction 1 - tau, t) of the thresholds a key shows (tau in [0, 1]), top first."""
+    return sorted((1.0 - tau, t) for t, tau in thresholds if 0.0 <= tau <= 1.0)
+
+
+def key_size(thresholds, font=None) -> tuple[int, int]:
+    """The least (h, w) in px at which colour_key draws these thresholds with every label whole and a line apart
+    (a key as tall as a 32 px panel printed its labels over each other; one as narrow as a 50 px column cut them)."""
+    font = _font() if font is None else font
+    labels = [f"M(t={t})" for _, t in _key_labels(thresholds)]
+    w = max([_ink("value of A", font)[2], _KEY_BAR + 8 + _ink("0.5", font)[2]]
+            + [_KEY_BAR + 38 + _ink(s, font)[2] for s in labels])
+    return _LABEL_H + 12 + max(_KEY_MIN_BAR, (len(labels) + 1) * _KEY_LINE), w + 1
 
 
 def colour_key(h: int, w: int, thresholds, font=None):
     """A PIL image (w x h, white) keying attention colours: a vertical viridis bar from A = 1 (top) to 0 under the
     heading "value of A", its values on the right, and a white line across it at each (t, tau) of
-    ``thresholds`` (the mask M(t) is white above its line), labelled M(t=...)."""
+    ``thresholds`` (the mask M(t) is white above its line), labelled M(t=...). At least key_size(thresholds)."""
     from PIL import Image, ImageDraw
 
     font = _font() if font is None else font
+    need = key_size(thresholds, font)
+    if h < need[0] or w < need[1]:
+        raise ValueError(f"a colour key of {len(_key_labels(thresholds))} thresholds needs at least {need[1]}x"
+                         f"{need[0]} px (w x h), got {w}x{h}")
     img = Image.new("RGB", (w, h), _BG)
     draw = ImageDraw.Draw(img)
     draw.text((0, 0), "value of A", fill=(0, 0, 0), font=font)
-    top, bar_w = _LABEL_H + 6, 14
+    top, bar_w = _LABEL_H + 6, _KEY_BAR
     n = max(2, h - _LABEL_H - 12)
     img.paste(Image.fromarray(colormap(np.linspace(1.0, 0.0, n)[:, None].repeat(bar_w, 1))), (1, top))
     draw.rectangle((0, top - 1, bar_w + 1, top + n), outline=(150, 150, 150))
@@ -295,7 +320,7 @@ def colour_key(h: int, w: int, thresholds, font=None):
     for v in (1.0, 0.5, 0.0):
         draw.line((bar_w + 2, y_of(v), bar_w + 5, y_of(v)), fill=(0, 0, 0))
         draw.text((bar_w + 8, y_of(v) - 7), f"{v:g}", fill=(0, 0, 0), font=font)
-    shown = sorted(((y_of(tau), t) for t, tau in thresholds if 0.0 <= tau <= 1.0))
+    shown = [(y_of(1.0 - f), t) for f, t in _key_labels(thresholds)]
     # labels one line apart, pushed down past the one above (and up from the bottom): thresholds a few pixels apart
     # (l = 0.95: 0.05 down to 0.01) printed their labels over each other; a leader line goes to each
     ly = []
