@@ -815,6 +815,10 @@ MUTANTS = [
            "[_KEY_BAR + 38 + _ink(s, font)[2] for s in labels]", "[]",
            ("tests/test_attention.py", "-k", "whole_beside"),
            "the key in a narrow image's column cuts its labels"),
+    Mutant("tick-labels-crowded", "yoda/drawing.py",
+           "            if i % every == 0:", "            if True:",
+           ("tests/test_figures.py", "-k", "tick_labels_of_many"),
+           "Fig. 3's x labels of 20 lower bounds print over each other"),
 ]
 
 

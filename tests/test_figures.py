@@ -567,6 +567,31 @@ def test_fig3_colours_follow_the_method_not_its_place(monkeypatch):
         assert bars == [drawing.COLOURS[0 if m == "edge" else 2] for m in order]
 
 
+def test_fig3_tick_labels_of_many_lower_bounds_do_not_overlap(monkeypatch):
+    """Fig. 3 with 20 lower bounds printed its 20 x labels over each other in 400 px: every k-th is labelled now,
+    the least k at which they keep apart (every tick is still drawn), and all of them while they fit."""
+    from PIL import Image, ImageDraw
+
+    from yoda.drawing import font, label_stride, text_wh
+    from yoda.figures.draw import draw_update_ratio
+
+    at = []
+    real = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, s, *a, **k: at.append((xy, s))
+                        or real(self, xy, s, *a, **k))
+    for n, every in ((20, 2), (5, 1)):
+        at.clear()
+        lbs = [round(0.05 * (i + 1), 2) for i in range(n)]
+        draw_update_ratio({"edge": [0.5] * n}, lbs, [2, 1], {"edge": [0.5, 1.0]}, 2, 0.4, 1)
+        labels = [(xy, s) for xy, s in at if xy[1] == 330 + 6 and xy[0] < 500]  # under the left plot's frame
+        assert [s for _, s in labels] == [f"{v:.2f}" for v in lbs][::every]
+        d = ImageDraw.Draw(Image.new("RGB", (8, 8)))
+        boxes = sorted((x, x + text_wh(d, s, font(12))[0]) for (x, _), s in labels)
+        assert all(b[0] - a[1] >= 6 for a, b in zip(boxes, boxes[1:]))
+    assert label_stride([0, 10, 20, 30], [30, 30, 30, 30]) == 4 and label_stride([0, 40, 80], [30, 30, 30]) == 1
+    assert label_stride([0, 20, 40, 60, 80], [30] * 5) == 2 and label_stride([], []) == 1
+
+
 def test_fig4_shows_where_each_crop_lies_and_defines_ab(monkeypatch):
     """Fig. 4 showed crops with no way to see where in the image they lie, and "ab" was not defined anywhere in
     the picture: a first column shows the whole HR image with the crop's box in red, and a line under the rows
