@@ -805,7 +805,7 @@ def test_train_main_refuses_a_checkpoint_past_the_steps_and_records_the_flips(tm
     record = (tmp_path / "flips" / "TRAINING.md").read_text()
     assert ", random 16x16 HR crops with flips, LR = " in record
     # the learning-rate schedule (it said only "AdamW lr 0.001"), and what the held-out check does recognise
-    assert "; AdamW lr 0.001, warm-up 1 steps, linear decay from step 2 to 0 at step 4)" in record
+    assert "; AdamW lr 0.001, warm-up 1 step, linear decay from step 2 to 0 at step 4)" in record
     assert "refused as held out (by content, whole images, not crops): astronaut" in record
 
 
@@ -1134,7 +1134,7 @@ def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
     out = tmp_path / "run"
     assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q", "--minutes", "1e-9"]) == 0
     o, e = capsys.readouterr()
-    assert "trained 1 steps in" in o and "now at step 1 of 50" in o
+    assert "trained 1 step in" in o and "now at step 1 of 50" in o
     assert e == "yoda: --minutes 1e-09 ran out at step 1 of 50; the checkpoint is saved: the same command resumes\n"
     assert "stopped by --minutes before step 50: the same command resumes" in (out / "TRAINING.md").read_text()
     assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q", "--steps", "2"]) == 0  # finishes

@@ -422,7 +422,8 @@ def cmd_train(a) -> int:
     if s["rank"] == 0:
         start = s["start_step"]
         resumed = f" (resumed at step {start})" if start else ""
-        print(f"trained {s['steps'] - start} steps{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} of "
+        n = s["steps"] - start
+        print(f"trained {n} step{'s' * (n != 1)}{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} of "
               f"{s['total']} -> {s['weights']}")
         if s["stopped_by"] is not None:
             how = f"--minutes {a.minutes:g} ran out" if s["signal"] is None else f"stopped by {s['stopped_by']}"

@@ -110,7 +110,7 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
         *([f"- started from: `{tr.cfg.init}` (sha256 {tr.init_sha256 or 'not recorded'})"] if tr.cfg.init else []),
         f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr}"
-        + (f", warm-up {cfg.warmup} steps" if cfg.warmup else "")
+        + (f", warm-up {cfg.warmup} step{'s' * (cfg.warmup != 1)}" if cfg.warmup else "")
         + (f", linear decay from step {cfg.decay_from} to 0 at step {cfg.steps}" if cfg.decay_from else "") + ")"
         + (f"; stopped by {stopped_by} before step {cfg.steps}: the same command resumes" if stopped_by else ""),
         f"- wall time of this run: {seconds:.1f} s ({(tr.step - start_step) / max(seconds, 1e-9):.2f} steps/s)",
