@@ -266,6 +266,94 @@ def test_vit_round_trip_teacher_checkpoint_and_safetensors(vit, vit_want, tmp_pa
     torch.testing.assert_close(att.dino_vits8(str(q), **VIT_KW)(lr), want, rtol=0, atol=0)
 
 
+def _transformers_layout(sd):
+    """A DINO ViT state dict under Hugging Face transformers' ViTModel names (facebook/dino-vits8; the names of
+    transformers' convert_dino_to_pytorch.py), q, k and v split from qkv."""
+    top = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+           "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+           "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+           "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
+    block = {"norm1": "layernorm_before", "attn.proj": "attention.output.dense", "norm2": "layernorm_after",
+             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    out = {}
+    for k, v in sd.items():
+        if k in top:
+            out[top[k]] = v
+            continue
+        _, i, rest = k.split(".", 2)
+        name, wb = rest.rsplit(".", 1)
+        if name == "attn.qkv":
+            for part, t in zip(("query", "key", "value"), v.chunk(3)):
+                out[f"encoder.layer.{i}.attention.attention.{part}.{wb}"] = t.contiguous()
+        else:
+            out[f"encoder.layer.{i}.{block[name]}.{wb}"] = v
+    return out
+
+
+def test_vit_from_transformers_layout(vit, vit_want, tmp_path):
+    """Hugging Face's facebook/dino-vits8 (transformers ViTModel names) was refused with 150 missing keys; it is
+    the same weights, renamed, with q, k and v apart: loaded, the maps are the in-memory model's bit for bit, as a
+    ViTModel (model.safetensors) and as a ViTForImageClassification (vit. prefix, a classifier) whose pooler is
+    dropped."""
+    lr, want = vit_want
+    hf = _transformers_layout(vit.state_dict())
+    assert len(hf) == len(VIT_KEYS) + 12 * 4 and "encoder.layer.11.attention.attention.value.bias" in hf
+    p = tmp_path / "model.safetensors"
+    save_file(hf, str(p))
+    torch.testing.assert_close(att.dino_vits8(str(p), **VIT_KW)(lr), want, rtol=0, atol=0)
+    cls = {f"vit.{k}": v for k, v in hf.items()}
+    cls |= {"classifier.weight": torch.zeros(10, 384), "classifier.bias": torch.zeros(10),
+            "vit.pooler.dense.weight": torch.zeros(384, 384)}
+    q = tmp_path / "pytorch_model.bin"
+    torch.save(cls, q)
+    torch.testing.assert_close(att.get(f"dino-vits8:{q}", **VIT_KW)(lr), want, rtol=0, atol=0)
+    del hf["encoder.layer.3.attention.attention.key.weight"]
+    save_file(hf, str(p))
+    with pytest.raises(ValueError, match=r"layer 3's attention has \['query', 'value'\] weights, not query, key"):
+        att.dino_vits8(str(p))
+
+
+def test_prefixes_that_make_one_key_of_two_are_refused(vit, vit_want, tmp_path):
+    """A flat dict with a student's (module.backbone.*) and a teacher's (backbone.*) weights loaded whichever came
+    last, silently: refused, naming both keys. torch.compile's _orig_mod. prefix and an EMA wrapper load; a file
+    that is not a tensor dict names its top-level keys and checkpoint_key."""
+    lr, want = vit_want
+    sd = vit.state_dict()
+    p = tmp_path / "both.pth"
+    teacher, student = ({f"{pre}{k}": v + i for k, v in sd.items()}
+                        for i, pre in enumerate(("backbone.", "module.backbone.")))
+    torch.save(teacher | student, p)
+    with pytest.raises(ValueError, match=r"both\.pth': the keys 'backbone\.cls_token' and 'module\.backbone\."
+                                         r"cls_token' are both 'cls_token' without the prefixes module\., _orig_mod\., "
+                                         r"backbone\."):
+        att.dino_vits8(str(p))
+    torch.save({"model_ema": {f"module._orig_mod.{k}": v for k, v in sd.items()}, "epoch": 3}, p)
+    torch.testing.assert_close(att.dino_vits8(str(p), **VIT_KW)(lr), want, rtol=0, atol=0)
+    torch.save({"ema": {"weights": sd}, "epoch": 3}, p)
+    with pytest.raises(ValueError, match=r"not a dict of tensors .*top-level keys: \['ema', 'epoch'\]\): "
+                                         r"checkpoint_key= names the entry"):
+        att.dino_vits8(str(p))
+
+
+def test_a_torchscript_archive_is_refused_before_torch_load(tmp_path, monkeypatch):
+    """A TorchScript file got torch's warning and its advice to retry with weights_only=False (which would run the
+    archive's code): refused before torch.load reads it, as what it is, by the attention loaders and yoda.load."""
+    import warnings
+
+    from yoda.checkpoint import read_checkpoint
+
+    net = torch.nn.Conv2d(3, 4, 1)
+    p = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 4, 4)), str(p))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load read a TorchScript archive"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for load in (att.dino_resnet50, read_checkpoint):
+            with pytest.raises(CheckpointError, match=r"scripted\.pt: it is a TorchScript archive \(torch\.jit\.save\)"
+                                                      r", a program rather than weights.*state_dict"):
+                load(str(p))
+
+
 def test_training_checkpoints_load_from_threads_and_keep_the_users_allow_list(vit, tmp_path):
     """The argparse.Namespace of a DINO training checkpoint is allowed for its torch.load only: torch's allow-list is
     process-wide and its safe_globals context removes the entry on exit, so loads from 4 threads failed at random
@@ -634,7 +722,7 @@ def test_resnet_map_is_centred_where_its_cells_are():
     # the general resampling at a patch's centre is bilinear with align_corners=False
     m = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(1))
     want = F.interpolate(m, size=(19, 23), mode="bilinear", align_corners=False)
-    assert torch.allclose(_resample_cells(m, (19, 23), 0.5), want, atol=1e-6)
+    assert torch.allclose(_resample_cells(m, (19, 23), (0.5, 0.5)), want, atol=1e-6)
     r = ResNet50(with_fc=False, init=False)
     with torch.no_grad():
         for mod in r.modules():
@@ -650,6 +738,23 @@ def test_resnet_map_is_centred_where_its_cells_are():
         w = ex(x)[0, 0].double() ** 8  # the peak's centre of mass
         cy, cx = ((w.sum(d) * ys).sum() / w.sum() for d in (1, 0))
         assert abs(cy - (c + 0.5)) < 0.3 and abs(cx - (c + 0.5)) < 0.3, (c, float(cy), float(cx))
+
+
+def test_a_resnet_grid_finer_than_the_image_is_max_pooled_too():
+    """A ResNet's cells (centred at 0.5 / 32) finer than the LR image were resampled without the max-pool a ViT's
+    get: of a hot cell (1.0) and a warm one (0.9) at 7 -> 4 the hot one showed as 0.14 and the warm one became the
+    maximum. Pooled now, whatever the centre; finer along one axis only, pooled along that one."""
+    from yoda.attention.classic import aggregate
+
+    m = torch.zeros(1, 1, 7, 7)
+    m[0, 0, 5, 5], m[0, 0, 6, 6] = 1.0, 0.9
+    A = aggregate(m, (4, 4), 0.5 / 32)
+    assert torch.equal(A, aggregate(m, (4, 4), 0.5))  # pooled to the image's grid: each pixel its cells' max
+    assert A[0, 0, 3, 3] == 1.0 and A[0, 0, 2, 2] == 1.0 and A[0, 0, 0, 0] == 0.0
+    tall = torch.zeros(1, 1, 7, 2)
+    tall[0, 0, 5, 1] = 1.0
+    A = aggregate(tall, (4, 16), 0.5 / 32)  # rows finer than the image, columns coarser
+    assert A.shape == (1, 1, 4, 16) and A[0, 0, 2:, -1].eq(1.0).all() and A[0, 0, :2].eq(0.0).all()
 
 
 def test_a_dino_name_read_again_says_how_to_read_it_once(vit_file, monkeypatch):

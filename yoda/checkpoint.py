@@ -75,29 +75,35 @@ def _head(p: str, n: int = 8) -> bytes:
         return fh.read(n)
 
 
-def zip_expansion(p: str) -> Optional[str]:
-    """Why a zip checkpoint is refused when its entries expand to far more than the file (None: not a zip, or not
-    so): torch.save stores its records uncompressed, but torch.load also inflates compressed ones, so a 1 MB file
-    could unpack to gigabytes before any key or shape is checked."""
+def zip_refusal(p: str) -> Optional[str]:
+    """Why a zip checkpoint is refused before torch.load reads it (None: not a zip, or not refused): a TorchScript
+    archive (torch.jit.save: a program, not weights; torch.load's advice on it is weights_only=False, which would
+    run its code), or entries that expand to far more than the file: torch.save stores its records uncompressed,
+    but torch.load also inflates compressed ones, so a 1 MB file could unpack to gigabytes before any key or shape
+    is checked."""
     import zipfile
 
     if _head(p, 4) != b"PK\x03\x04":
         return None
     try:
         with zipfile.ZipFile(p) as z:
-            total = sum(i.file_size for i in z.infolist())
+            infos = z.infolist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return None  # torch.load says what is wrong with it
-    size = os.path.getsize(p)
+    if any(i.filename.endswith("/constants.pkl") or "/code/" in i.filename for i in infos):
+        return ("it is a TorchScript archive (torch.jit.save), a program rather than weights, and yoda never runs "
+                "code from a file: save the model's state dict instead (torch.save(model.state_dict(), ...) or "
+                "safetensors)")
+    total, size = sum(i.file_size for i in infos), os.path.getsize(p)
     if total <= 2 * size + (1 << 20):
         return None
     return (f"its zip entries expand to {total} bytes from {size} on disk (compressed records; torch.save writes "
             "them uncompressed): refused, as a file that unpacks to far more memory than its size")
 
 
-def check_zip_size(p: str) -> None:
-    """CheckpointError (naming p) for a zip checkpoint that zip_expansion refuses."""
-    why = zip_expansion(p)
+def check_zip(p: str) -> None:
+    """CheckpointError (naming p) for a zip checkpoint that zip_refusal refuses."""
+    why = zip_refusal(p)
     if why:
         raise CheckpointError(f"{p}: {why}")
 
@@ -130,7 +136,7 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{p}: not a readable safetensors file (corrupt or truncated?): {e}") from e
         return tensors, meta
-    check_zip_size(p)
+    check_zip(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...

@@ -128,36 +128,39 @@ def minmax_normalize(m: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
 def aggregate(maps: torch.Tensor, size: Tuple[int, int], cell_centre: float = 0.5) -> torch.Tensor:
     """The shared pipeline: (B, K, h', w') maps -> A (B, 1, h, w) float32 in [0, 1].
 
-    A = minmax( bilinear_resize( max_k maps[:, k], size ) ), a grid finer than ``size`` max-pooled to it first (a
-    pixel is as attended as the most attended cell it covers). cell_centre: where cell i of the grid sits, at
-    i + cell_centre cells from the image's edge: 0.5, a patch's middle (a ViT's; bilinear with align_corners=False),
-    or 0.5 / stride for a CNN whose cell i is centred on its input pixel stride * i (a ResNet's layer4, stride 32).
+    A = minmax( bilinear_resize( max_k maps[:, k], size ) ), a grid finer than ``size`` (along either axis)
+    max-pooled to it first, whatever cell_centre (a pixel is as attended as the most attended cell it covers).
+    cell_centre: where cell i of the grid sits, at i + cell_centre cells from the image's edge: 0.5, a patch's
+    middle (a ViT's; bilinear with align_corners=False), or 0.5 / stride for a CNN whose cell i is centred on its input pixel stride * i (a ResNet's layer4, stride 32).
     Either way the map is held constant beyond the first and last cell centres.
     """
     if maps.dim() != 4 or maps.shape[1] < 1:
         raise ValueError(f"maps must be (B, K, h', w') with K >= 1, got shape {tuple(maps.shape)}")
     m = maps.float().amax(dim=1, keepdim=True)
-    if cell_centre != 0.5:
-        return minmax_normalize(_resample_cells(m, tuple(size), cell_centre))
     (n, k), (h, w) = m.shape[-2:], size
+    centres = (cell_centre, cell_centre)
     if n > h or k > w:  # a grid finer than the image (a small LR enlarged for the network): each pixel takes the
         # most attended cell it covers; bilinear would read two cells a side and lose the others (a single hot
-        # patch fell to 1.6% of an equal one elsewhere at 28 -> 16)
+        # patch fell to 1.6% of an equal one elsewhere at 28 -> 16; a ResNet's to 14% at 7 -> 4). A pooled cell
+        # covers its pixel: centred on it
         m = F.adaptive_max_pool2d(m, (min(n, h), min(k, w)))
-    if tuple(m.shape[-2:]) != (h, w):
+        centres = (0.5 if n > h else cell_centre, 0.5 if k > w else cell_centre)
+    if centres != (0.5, 0.5):
+        m = _resample_cells(m, (h, w), centres)
+    elif tuple(m.shape[-2:]) != (h, w):
         m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
     return minmax_normalize(m)
 
 
-def _resample_cells(m: torch.Tensor, size: Tuple[int, int], centre: float) -> torch.Tensor:
+def _resample_cells(m: torch.Tensor, size: Tuple[int, int], centres: Tuple[float, float]) -> torch.Tensor:
     """m (B, 1, n, k) -> (B, 1, h, w), bilinear: output pixel y reads cell coordinate (y + 0.5) n / h - centre
-    (cells beyond the grid: its border)."""
-    def coords(out: int, n: int) -> torch.Tensor:
+    (centres: the rows' and the columns'; cells beyond the grid: its border)."""
+    def coords(out: int, n: int, centre: float) -> torch.Tensor:
         idx = (torch.arange(out, dtype=torch.float64) + 0.5) * n / out - centre
         return (idx / (n - 1) * 2 - 1).clamp(-1, 1) if n > 1 else torch.zeros(out, dtype=torch.float64)
 
     (h, w), (n, k) = size, m.shape[-2:]
-    gy, gx = torch.meshgrid(coords(h, n), coords(w, k), indexing="ij")
+    gy, gx = torch.meshgrid(coords(h, n, centres[0]), coords(w, k, centres[1]), indexing="ij")
     grid = torch.stack([gx, gy], dim=-1).to(device=m.device, dtype=m.dtype).expand(m.shape[0], h, w, 2)
     return F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
 

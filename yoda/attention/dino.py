@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import threading
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
@@ -32,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, build_checked, check_zip_size, weights_only_refusal
+from ..checkpoint import CheckpointError, build_checked, check_zip, weights_only_refusal
 from .classic import aggregate, check_lr
 
 __all__ = [
@@ -92,7 +93,8 @@ def _check_sizes(min_size, max_size) -> Tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 # Checkpoint loading
 # --------------------------------------------------------------------------------------------------
-_WRAPPER_KEYS = ("teacher", "state_dict", "model", "student")
+_WRAPPER_KEYS = ("teacher", "state_dict", "model", "student", "model_ema", "state_dict_ema")
+_PREFIXES = ("module.", "_orig_mod.", "backbone.")  # DDP, torch.compile, DINO's MultiCropWrapper
 _ALLOW_LIST_LOCK = threading.Lock()  # around torch.load of a DINO pickle (read_weights)
 
 
@@ -120,7 +122,7 @@ def _read_file(path: str, fmt: str) -> Mapping:
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise ValueError(f"weights file {path!r} is neither a PyTorch checkpoint nor a safetensors file "
                          f"(expected {fmt})")
-    check_zip_size(path)
+    check_zip(path)
     try:
         # DINO's training checkpoints also pickle the run's argparse.Namespace ("args"): a plain
         # attribute bag, safe to allow; every other non-tensor object is still refused
@@ -146,17 +148,19 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
     """Read a state dict from a local .pth/.pt/.bin (torch.load, weights_only=True) or .safetensors file.
 
     Unwraps DINO training checkpoints: if the top level is not a tensor dict, the entry
-    ``checkpoint_key`` (default: the first of teacher, state_dict, model, student present) is taken;
-    then the prefixes "module." and "backbone." are stripped (DINO's load_pretrained_weights), and when
-    "backbone." was present the DINO projection head's "head.*" keys are dropped.
+    ``checkpoint_key`` (default: the first of teacher, state_dict, model, student, model_ema, state_dict_ema
+    present) is taken; then the prefixes "module.", "_orig_mod." and "backbone." are stripped (DINO's
+    load_pretrained_weights; torch.compile's), and when "backbone." was present the DINO projection head's
+    "head.*" keys are dropped. Two keys that become one are refused (a student's and a teacher's in one dict).
     """
     sd = _read_file(path, fmt)
     if not isinstance(sd, Mapping):
         raise ValueError(f"weights {path!r} hold a {type(sd).__name__}, expected {fmt}")
+    top = sorted(map(str, sd))[:8]
     if checkpoint_key is not None:
         if checkpoint_key not in sd:
             raise ValueError(
-                f"weights {path!r} have no entry {checkpoint_key!r} (top-level keys: {sorted(sd)[:8]})"
+                f"weights {path!r} have no entry {checkpoint_key!r} (top-level keys: {top})"
             )
         sd = sd[checkpoint_key]
     elif not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -165,15 +169,21 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
                 sd = sd[k]
                 break
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"weights {path!r} are not a dict of tensors (expected {fmt})")
+        raise ValueError(f"weights {path!r} are not a dict of tensors (expected {fmt}; top-level keys: {top}): "
+                         f"checkpoint_key= names the entry that holds the weights")
     out: Dict[str, torch.Tensor] = {}
+    source: Dict[str, str] = {}
     wrapped = False
-    for k, v in sd.items():
-        for prefix in ("module.", "backbone."):
+    for k0, v in sd.items():
+        k = k0
+        for prefix in _PREFIXES:
             if k.startswith(prefix):
                 wrapped = wrapped or prefix == "backbone."
                 k = k[len(prefix):]
-        out[k] = v
+        if k in out:
+            raise ValueError(f"weights {path!r}: the keys {source[k]!r} and {k0!r} are both {k!r} without the "
+                             f"prefixes {', '.join(_PREFIXES)} (two models' weights in one dict?); keep one")
+        out[k], source[k] = v, k0
     if wrapped:
         out = {k: v for k, v in out.items() if not k.startswith("head.")}
     return out
@@ -405,7 +415,8 @@ class ResNet50(nn.Module):
 # --------------------------------------------------------------------------------------------------
 _VIT_FMT = (
     "a DINO ViT-S/8 state dict (dino_deitsmall8_pretrain.pth: keys cls_token, pos_embed, "
-    "patch_embed.proj.*, blocks.0-11.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*, norm.*)"
+    "patch_embed.proj.*, blocks.0-11.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*, norm.*; or Hugging "
+    "Face's facebook/dino-vits8)"
 )
 _RESNET_FMT = (
     "a DINO ResNet-50 state dict (dino_resnet50_pretrain.pth: torchvision resnet50 keys conv1.weight, "
@@ -508,12 +519,50 @@ class DinoResNet50(_NetExtractor):
         )
 
 
+# Hugging Face transformers' ViTModel names (facebook/dino-vits8, converted by transformers' convert_dino_to_pytorch)
+_HF_TOP = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+           "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+           "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+           "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+_HF_BLOCK = {"layernorm_before": "norm1", "attention.output.dense": "attn.proj", "layernorm_after": "norm2",
+             "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
+_HF_QKV = ("query", "key", "value")
+
+
+def from_transformers(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """DINO's key names for a transformers ViTModel / ViTForImageClassification state dict ("vit." prefix): each
+    layer's query, key and value concatenated into DINO's qkv (that order), the pooler and a classifier dropped;
+    other keys are kept, for the strict load to name. The weights are DINO's own, run with DINO's LayerNorm eps
+    (1e-6; transformers' config says 1e-12)."""
+    out: Dict[str, torch.Tensor] = {}
+    qkv: Dict[tuple, Dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        k = k[len("vit."):] if k.startswith("vit.") else k
+        if k.startswith(("pooler.", "classifier.")):
+            continue
+        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", k)
+        if m and m[2].startswith("attention.attention.") and m[2].split(".")[-1] in _HF_QKV:
+            qkv.setdefault((int(m[1]), m[3]), {})[m[2].split(".")[-1]] = v
+        elif m and m[2] in _HF_BLOCK:
+            out[f"blocks.{m[1]}.{_HF_BLOCK[m[2]]}.{m[3]}"] = v
+        else:
+            out[_HF_TOP.get(k, k)] = v
+    for (i, wb), parts in sorted(qkv.items()):
+        if len(parts) != 3:
+            raise ValueError(f"layer {i}'s attention has {sorted(parts)} {wb}s, not query, key and value")
+        out[f"blocks.{i}.attn.qkv.{wb}"] = torch.cat([parts[n] for n in _HF_QKV])
+    return out
+
+
 def dino_vits8(
     weights: str, min_size: int = 224, max_size: int = 448, checkpoint_key: Optional[str] = None
 ) -> DinoViTS8:
     """DINO ViT-S/8 extractor from a local checkpoint (``dino_deitsmall8_pretrain.pth`` or a
-    .safetensors with the same keys, or a DINO training checkpoint), loaded strictly."""
+    .safetensors with the same keys, or a DINO training checkpoint, or Hugging Face's facebook/dino-vits8
+    ``model.safetensors`` / ``pytorch_model.bin``: from_transformers), loaded strictly."""
     sd = load_state_dict(weights, _VIT_FMT, checkpoint_key)
+    if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in sd):
+        sd = from_transformers(sd)
     img_size = 224
     pe = sd.get("pos_embed")
     if isinstance(pe, torch.Tensor) and pe.dim() == 3:

@@ -35,7 +35,7 @@ import torch
 from .. import data as _data
 from ..adapters import hr_grid
 from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256
-from ..checkpoint import check_path, load_state_dict_checked, zip_expansion
+from ..checkpoint import check_path, load_state_dict_checked, zip_refusal
 from ..devices import rank_device, resolve_device
 from ..errors import NonFiniteError, Terminated, UserError, lr_from_images
 from ..evaluate import psnr_u8
@@ -300,7 +300,7 @@ class Trainer:
             return ValueError(f"checkpoint {path} cannot be resumed: {why}; delete it to start this run afresh, or "
                               f"train into another --out")
 
-        why = zip_expansion(path)  # a compressed zip could unpack to gigabytes
+        why = zip_refusal(path)  # a TorchScript archive, or a compressed zip that could unpack to gigabytes
         if why:
             raise unusable(why)
         try:
