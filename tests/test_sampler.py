@@ -8,6 +8,7 @@ import math
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -456,6 +457,29 @@ def test_dtype_device_and_grey_input():
     assert out64.dtype == torch.float64 and torch.equal(out64, out32.double())
     grey = lr[:, :1]
     assert torch.equal(run(model, grey, seed=1), run(model, grey.expand(1, 3, 8, 8).contiguous(), seed=1))
+
+
+def test_a_channels_last_lr_samples_as_a_contiguous_one():
+    """yoda.from_uint8 (and load_image) returned a permuted view, channels-last, and sample passed that layout to
+    the network, whose convolutions round otherwise in it (1e-4 apart after 3 heun steps on the embedded model):
+    the image depended on where lr came from. from_uint8 returns a contiguous tensor, and sample makes lr
+    contiguous (channels_last=True is the layout's opt-in)."""
+    seen = []
+
+    class Spy(SR3Net):
+        def forward(self, inp, level):
+            seen.append(inp.is_contiguous())
+            return super().forward(inp, level)
+
+    u8 = np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    lr = yoda.from_uint8(u8)
+    assert lr.is_contiguous() and torch.equal(lr, yoda.from_uint8(u8).contiguous())
+    cl = lr.contiguous(memory_format=torch.channels_last)
+    assert not cl.is_contiguous()
+    model = PixelAdapter(Spy().eval(), SCHED, scale=SCALE)
+    assert torch.equal(run(model, cl, seed=2, sampler="heun", steps=3), run(model, lr, seed=2, sampler="heun",
+                                                                               steps=3))
+    assert seen and all(seen)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
         raise ValueError(f"arr must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
     u = to_rgb_u8(arr, "arr")
     x = torch.from_numpy(np.array(u, copy=True)).permute(2, 0, 1).unsqueeze(0).float()  # own, writable
-    return x / 127.5 - 1.0
+    return (x / 127.5 - 1.0).contiguous()  # not the permuted view's channels-last strides
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -225,7 +225,9 @@ def check_lr(lr: Any) -> torch.Tensor:
                       UserWarning, stacklevel=3)
     if C == 1:
         lr = lr.expand(B, 3, h, w)
-    return lr.clamp(-1.0, 1.0)
+    # contiguous: a channels-last lr (a permuted array's view) ran the network's convolutions in that layout, which
+    # round otherwise (up to 1e-4 after a few solver steps); that layout is channels_last=True's, asked for
+    return lr.clamp(-1.0, 1.0).contiguous()
 
 
 def check_steps(steps: Any, T: int) -> int:

@@ -67,7 +67,9 @@ class Tiler:
 
     A window whose attention maximum (over the whole batch) is below tau at a step has no active pixel: its
     prediction lands only on pixels that take the LR branch, so its call is skipped. That is exact with
-    respect to dense tiled sampling: at an active pixel the same windows are summed in the same order."""
+    respect to dense tiled sampling: at an active pixel the same windows are summed in the same order (bit for bit
+    at batch 1; in batches the skipped windows change which windows share a call, so to the model's batch
+    rounding)."""
 
     def __init__(self, shape: torch.Size, window: int, overlap: int, skip: bool, A: Optional[torch.Tensor],
                  device, batch: Optional[int] = None, activation_scale: int = 1,
