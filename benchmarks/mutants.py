@@ -837,6 +837,15 @@ MUTANTS = [
            "        centres = (cell_centre, cell_centre)",
            ("tests/test_dino.py", "-k", "finer_than_the_image"),
            "a ResNet's pooled grid is resampled as if its cells were still the network's, shifting the map"),
+    Mutant("eval-yoda-model-steps", "yoda/evaluate.py",
+           "        out[lb] = steps if tau(steps) <= 0 else covering_steps(tau, steps + 1, adapter.schedule.T) or steps",
+           "        out[lb] = steps",
+           ("tests/test_evaluate.py", "-k", "grey_image_is_scored"),
+           "eval's YODA rows score 1-step pictures that upscale --attention never writes"),
+    Mutant("contiguous-lr-dropped", "yoda/sampling/spec.py",
+           "    return lr.clamp(-1.0, 1.0).contiguous()", "    return lr.clamp(-1.0, 1.0)",
+           ("tests/test_sampler.py", "-k", "channels_last_lr"),
+           "a channels-last lr runs the network in that layout: the image depends on where lr came from"),
 ]
 
 

@@ -1897,6 +1897,20 @@ def test_eval_says_where_its_yoda_rows_leave_pixels_unrefined(tmp_path, tiny_mod
                                  "--steps 4 refines every pixel\n"), err
     code, _, err = run(args + ["0.6", "--steps", "2"], capsys)
     assert code == 0 and err == "", err
+    # without --steps the YODA rows take upscale's steps (they scored a picture upscale does not make), and say so:
+    # a model whose own steps are 1, as the embedded model's
+    from yoda.models import save_model
+    from yoda.models.yoda_format import load_yoda
+
+    one = tmp_path / "one_step.safetensors"
+    net = load_yoda(tiny_model)
+    save_model(net, one, schedule=net.card.schedule, sampling={"steps": 1})
+    args[args.index(tiny_model)] = str(one)
+    code, out, err = run(args + ["0.6", "0.3"], capsys)
+    assert code == 0 and err == ("yoda: note: the YODA rows take 2 steps at l = 0.6, 4 steps at l = 0.3, the fewest "
+                                 "whose last step refines every pixel, as upscale --attention (plain 1); --steps "
+                                 "sets one count for every row\n"), err
+    assert "| yoda, 2 steps | edge | 0.6 |" in out and "| yoda, 4 steps | edge | 0.3 |" in out
 
 
 def test_eval_and_figures_take_max_pixels(tmp_path, tiny_model, capsys):

@@ -107,7 +107,8 @@ def test_settings_are_yoda_evals_and_take_one_value_alone():
     hr = rand_img(3, (32, 32, 3))
     rows = evaluate(net, [("a", hr)], EvalSettings(lower_bounds=0.6, attentions="gaussian"))
     calls = {(r["method"], r["attention"]): r["calls"] for r in rows}
-    assert calls == {("bicubic", ""): 0, ("bicubic-matlab", ""): 0, ("plain", ""): 1, ("yoda", "gaussian"): 1}
+    # YODA: the 2 steps whose last one refines every pixel at l = 0.6, as upscale --attention takes them
+    assert calls == {("bicubic", ""): 0, ("bicubic-matlab", ""): 0, ("plain", ""): 1, ("yoda", "gaussian"): 2}
 
 
 def test_evaluate_rows_and_table():
@@ -188,7 +189,15 @@ def test_a_grey_image_is_scored_as_upscale_writes_it_and_rows_say_how_sampled():
     assert plain["ab_shift"] < 1e-3
     assert {(r["method"], r["sampler"], r["steps"], r["seed"], r["metrics"]) for r in rows} == {
         ("bicubic", "", "", 0, "RGB"), ("bicubic-matlab", "", "", 0, "RGB"), ("plain", "ddim", 1, 0, "RGB"),
-        ("yoda", "ddim", 1, 0, "RGB")}
+        ("yoda", "ddim", 2, 0, "RGB")}
+    # the YODA row scores what yoda.sample (and upscale --attention) gives with the model's own steps: raised to 2
+    with torch.no_grad():
+        sr = yoda.sample(net, make_lr(from_uint8(grey), 4), seed=0, attention="gaussian", lower_bound=0.5,
+                         progress=False)
+    row = next(r for r in rows if r["method"] == "yoda")
+    assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(grey, output_u8(sr, True), data_range=255), abs=1e-9)
+    table = markdown_table(summarize(rows))
+    assert "| yoda, 2 steps | gaussian | 0.5 | 1 |" in table and "| plain | - | - | 1 |" in table
 
 
 

@@ -44,7 +44,7 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, c
                          pillow_limit, read_input, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
-                          speed_options, Tally, to_make, tune_malloc, uncovered_note, until_free, UpscaleRun,
+                          speed_options, Tally, to_make, tune_malloc, eval_steps_note, until_free, UpscaleRun,
                           window_notes, working_where)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .torchrun import dist_env, env_int, launched_world, main_rank, rank_prefix
@@ -340,14 +340,14 @@ def cmd_eval(a) -> int:
         images = eval_images(a.images, a.max_pixels)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
-    default_steps(a, model)
+    given = default_steps(a, model)
     with _user_input():  # the options, the images, the model and the LPIPS weights are the user's
-        settings = EvalSettings(steps=a.steps, sampler=a.sampler, eta=a.eta, sigmas=a.sigmas,
+        settings = EvalSettings(steps=a.steps if given else None, sampler=a.sampler, eta=a.eta, sigmas=a.sigmas,
                                 lower_bounds=tuple(a.lower_bounds), attentions=tuple(a.attention), seed=a.seed,
                                 max_size=a.max_size or None, progress=bars(a),
                                 lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
         if a.attention:
-            uncovered_note(adapter_of(model), a, dev)
+            eval_steps_note(adapter_of(model), a, dev, settings, given)
         rows: list = []
         try:
             evaluate(model, images, settings, on_error=skipped, rows=rows)

@@ -197,16 +197,26 @@ def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_
     return enough
 
 
-def uncovered_note(adapter, a, device) -> None:
-    """eval's note where its YODA rows leave pixels at the bicubic image: every row samples with the same --steps
-    (the model's 1 by default), so at l = 0.6 the pixels of attention below 0.4 are never refined, and the rows
-    read as a loss of the method (-0.52 dB where 2 steps give -0.02); upscale and demo raise the steps instead."""
+def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
+    """eval's note on its YODA rows' steps: without --steps, where they take more than plain's
+    (evaluate.yoda_row_steps, as upscale takes them); where a row's steps leave pixels at the bicubic image (with
+    --steps; they read as a loss of the method: -0.52 dB at 1 step and l = 0.6, where 2 steps give -0.02)."""
     import argparse
 
+    from .evaluate import yoda_row_steps
     from .sampling.spec import covering_steps
 
+    lbs = a.lower_bounds
+    if not given:
+        by_lb = yoda_row_steps(adapter, settings)
+        raised = [(lb, n) for lb, n in by_lb.items() if n != a.steps]
+        if raised:
+            note("the YODA rows take " + ", ".join(f"{n} steps at l = {lb:g}" for lb, n in raised) + ", the fewest "
+                 f"whose last step refines every pixel, as upscale --attention (plain {a.steps}); --steps sets one "
+                 "count for every row")
+        lbs = [lb for lb, n in by_lb.items() if n == a.steps]  # covered already, or by no count: said below
     left = []
-    for lb in a.lower_bounds:
+    for lb in lbs:
         tau_of = last_tau(adapter, argparse.Namespace(**{**vars(a), "lower_bound": lb}), device)
         tau = tau_of(a.steps)
         if tau > 0:

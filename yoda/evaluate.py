@@ -180,8 +180,9 @@ class EvalSettings:
     """How `yoda eval` samples (its defaults are the command's). lower_bounds x attentions are the YODA variants
     (one value alone is one variant); "plain", "bicubic" (torch's, the up(lr) of yoda's models) and
     "bicubic-matlab" (MATLAB's imresize, SR papers' bicubic row) are always included. steps: None is the model's
-    own (adapters.model_steps: its card's, 1 for the embedded model; else OTHER_MODEL_STEPS), the same for every
-    row; sampler: None is the card's, else "ddim". max_size: HR images are centre-cropped to at most this size (CPU budget; None: whole images)."""
+    own (adapters.model_steps: its card's, 1 for the embedded model; else OTHER_MODEL_STEPS) for plain, and for
+    each lower bound's YODA rows the fewest from there whose last step refines every pixel (yoda_row_steps), as
+    yoda.sample and `yoda upscale --attention` take them; an int is every row's; sampler: None is the card's, else "ddim". max_size: HR images are centre-cropped to at most this size (CPU budget; None: whole images)."""
 
     steps: Optional[int] = None
     sampler: Optional[str] = None  # None: the model's own (its card's), else "ddim"
@@ -209,6 +210,30 @@ class EvalSettings:
         fixed_seed(self.seed)  # None: yoda.sample would draw one per run, and two evaluations would differ
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {self.sampler!r}")
+
+
+def yoda_row_steps(adapter, settings: EvalSettings) -> dict:
+    """{lower bound: the steps of its YODA rows}: settings.steps where given; else the model's own, raised as
+    yoda.sample and `yoda upscale --attention` raise them to the fewest (up to MOST_YODA_STEPS) whose last step
+    refines every pixel (the masks cover every pixel once tau = t/T - l reaches 0): at the embedded model's 1 step
+    and l = 0.6 the pixels of attention below 0.4 kept the bicubic image, and the rows read as a loss of the method
+    (-0.52 dB, against -0.02 at the 2 steps upscale takes). The model's own where no count up to that covers."""
+    from .adapters import hr_grid
+    from .sampling.spec import covering_steps, make_spec
+
+    steps = model_steps(adapter) if settings.steps is None else settings.steps
+    if settings.steps is not None:
+        return {lb: steps for lb in settings.lower_bounds}
+    side = hr_grid(adapter)[1] // adapter.scale
+    lr = torch.zeros(1, 3, side, side, device=adapter.device() or torch.device("cpu"))
+    out = {}
+    for lb in settings.lower_bounds:
+        def tau(n):
+            return make_spec(adapter, lr, steps=n, sampler=settings.sampler or model_sampler(adapter),
+                             eta=settings.eta, lower_bound=lb, seed=settings.seed, sigmas=settings.sigmas,
+                             progress=False).taus[-1]
+        out[lb] = steps if tau(steps) <= 0 else covering_steps(tau, steps + 1, adapter.schedule.T) or steps
+    return out
 
 
 def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSettings, steps: int,
@@ -245,6 +270,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     adapter = as_adapter(model)
     scale = adapter.scale
     steps = model_steps(adapter) if settings.steps is None else settings.steps
+    by_lb = yoda_row_steps(adapter, settings) if settings.attentions else {}
     sampler = settings.sampler or model_sampler(adapter)
     upsamplings = {"bicubic": "torch", "bicubic-matlab": "matlab"}  # rows without sampling (yoda.upsampling)
     variants = [(name, None, None) for name in upsamplings] + [("plain", None, None)]
@@ -269,6 +295,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
                 run_sample(adapter, lr, None, 1.0, settings, 1, sampler)  # against yoda's 0.04)
             done = []
             for method, attn, lb in variants:
+                n = "" if method in upsamplings else steps if lb is None else by_lb[lb]
                 if method in upsamplings:
                     t0 = time.perf_counter()
                     sr, calls = upsample(lr, scale, upsamplings[method]), 0
@@ -276,7 +303,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
                 else:
                     bar.set_postfix_str(f"{os.path.basename(name)} {method}{f' {attn} l={lb:g}' if attn else ''}")
                     sr, calls, secs = run_sample(adapter, lr, extractors.get(attn), 1.0 if lb is None else lb,
-                                                 settings, steps, sampler)
+                                                 settings, n, sampler)
                     bar.update()
                 row = {"image": name, "method": method, "attention": attn or "",
                        "lower_bound": "" if lb is None else lb}
@@ -286,7 +313,7 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
                     with torch.no_grad():  # on the rounded image, like the other metrics
                         row["lpips"] = float(lpips_fn(from_uint8(sr_u8).to(dev), hr)[0])
                 row.update(calls=calls, seconds=secs, sampler="" if method in upsamplings else sampler,
-                           steps="" if method in upsamplings else steps, seed=settings.seed,
+                           steps=n, seed=settings.seed,
                            metrics="Y" if settings.y_channel else "RGB")  # what was measured, in the CSV too
                 done.append(row)
             rows.extend(done)
@@ -311,7 +338,8 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         groups.setdefault((r["method"], r["attention"], r["lower_bound"]), []).append(r)
     out = []
     for (method, attn, lb), rs in groups.items():
-        row = {"method": method, "attention": attn, "lower_bound": lb, "images": len(rs)}
+        row = {"method": method, "attention": attn, "lower_bound": lb, "images": len(rs),
+               "steps": rs[0].get("steps", "")}
         for k in ("ssim", "L_shift", "ab_shift", "calls", "seconds"):
             row[k] = float(np.mean([r[k] for r in rs]))
         kept = [r["psnr"] for r in rs if r["image"] not in exact]
@@ -362,12 +390,15 @@ def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_cha
     head = (f"| method | attention | l | images | PSNR{y} (dB) | vs plain (dB) | SSIM{y} |{lp_head} L shift | "
             "ab shift | denoiser calls | time (s) |")
     lines = [head, "|" + "---|" * (12 if has_lpips else 11)]
+    plain_steps = next((r.get("steps") for r in rows if r["method"] == "plain"), None)
     for r in rows:
         lb = "" if r["lower_bound"] == "" else f"{r['lower_bound']:g}"
+        k = r.get("steps", "")  # the steps of a row that samples with other steps than plain: in its method cell
+        method = r["method"] + (f", {k} step{'s' * (k != 1)}" if k not in ("", plain_steps) else "")
         lp = f" {r['lpips']:.4f} |" if has_lpips else ""
         vs = "-" if "vs_plain" not in r else f"{r['vs_plain']:+.2f}" + (
             "" if r["vs_plain_ci"] is None else f" ± {r['vs_plain_ci']:.2f}")
-        lines.append(f"| {r['method']} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f} | "
+        lines.append(f"| {method} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f} | "
                      f"{vs} | {r['ssim']:.4f} |{lp} {r['L_shift']:.3f} | {r['ab_shift']:.3f} | {r['calls']:.0f} | "
                      f"{r['seconds']:.2f} |")
     if has_lpips and note == LPIPS_NOTE:
