@@ -846,6 +846,15 @@ MUTANTS = [
            "    return lr.clamp(-1.0, 1.0).contiguous()", "    return lr.clamp(-1.0, 1.0)",
            ("tests/test_sampler.py", "-k", "channels_last_lr"),
            "a channels-last lr runs the network in that layout: the image depends on where lr came from"),
+    Mutant("finetune-torch-up", "yoda/training/trainer.py",
+           "                                  self.upsampling)", "                                  \"torch\")",
+           ("tests/test_train.py", "-k", "released_model"),
+           "a released model fine-tunes on torch's bicubic instead of the up(lr) it was trained with"),
+    Mutant("finetune-named-args-only", "yoda/training/finetune.py",
+           "    other = sorted(k for k in want if want[k] != have.get(k))",
+           "    other = sorted(k for k in cfg.model if k in want and want[k] != have.get(k))",
+           ("tests/test_train.py", "-k", "init_refuses_another_model"),
+           "a config leaving out an argument fine-tunes a model built otherwise, and exports the config's default"),
 ]
 
 

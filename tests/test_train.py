@@ -1383,32 +1383,26 @@ def test_init_named_on_resume_is_warned_of(tmp_path, img_folder):
 
 
 def test_init_refuses_another_model(tmp_path, img_folder):
-    """A file of another architecture, prediction target or up(lr) is refused with the difference named (a
-    released model's Pillow up(lr) was replaced by torch's without a word: up to 18 levels apart at edges)."""
+    """A file of another architecture or prediction target is refused with the difference named, compared with
+    every argument resolved (a config leaving one out compares its default); dropout, which changes only how the
+    model trains, is warned of."""
     Trainer(tiny_config(img_folder, steps=1, val_every=0), str(tmp_path / "a"), device="cpu", progress=False).run()
     src = str(tmp_path / "a" / "model.safetensors")
     wider = dict(TINY_MODEL, inner_channel=16)
     with pytest.raises(ValueError, match=r"^init \(--init\) .*model\.safetensors: the file's model differs from the "
-                                         r"config's model in inner_channel \(8, the config 16\)$"):
+                                         r"config's model in inner_channel \(8, the config 16\) \(defaults included"):
         Trainer(tiny_config(img_folder, model=wider, init=src), str(tmp_path / "b"), device="cpu", progress=False)
-    with pytest.raises(ValueError, match=r"differs from the config's model in dropout \(0\.0, the config 0\.1\)"):
+    with pytest.warns(UserWarning, match=r"model\.safetensors: fine-tuned with the config's dropout 0\.1 \(the file's "
+                                         r"model 0\.0\)$"):
         Trainer(tiny_config(img_folder, model=dict(TINY_MODEL, dropout=0.1), init=src), str(tmp_path / "g"),
                 device="cpu", progress=False)
+    no_mid = {k: v for k, v in TINY_MODEL.items() if k != "mid_attn"}  # left out: the default, True
+    with pytest.raises(ValueError, match=r"differs from the config's model in mid_attn \(False, the config True\)"):
+        Trainer(tiny_config(img_folder, model=no_mid, init=src), str(tmp_path / "m"), device="cpu", progress=False)
     longer = {"kind": "linear", "T": 60, "beta_start": 1e-3, "beta_end": 0.1}
     with pytest.raises(ValueError, match=r"^init \(--init\) .*: the file's model was trained on another schedule"):
         Trainer(tiny_config(img_folder, schedule=longer, init=src), str(tmp_path / "h"), device="cpu",
                 progress=False)
-    # a released model saved again keeps its up(lr) (Pillow's bicubic, "sr3"): training would feed torch's instead
-    import yoda
-    from yoda.models import save_model
-
-    released = yoda.load("yoda", src)
-    released.upsampling = "sr3"
-    save_model(released, tmp_path / "released.safetensors")
-    with pytest.raises(ValueError, match=r"the file's model takes up\(lr\) = 'sr3' \(a released model's\); yoda "
-                                         r"trains with torch's bicubic \('torch'\) only"):
-        Trainer(tiny_config(img_folder, init=str(tmp_path / "released.safetensors")), str(tmp_path / "r"),
-                device="cpu", progress=False)
     eps = {"mask_input": True, "mask_loss": True, "target": "x0"}
     with pytest.raises(ValueError, match=r"the file's model has prediction 'eps', this config trains prediction 'x0'"):
         Trainer(tiny_config(img_folder, loss=eps, init=src), str(tmp_path / "c"), device="cpu", progress=False)
@@ -1421,6 +1415,44 @@ def test_init_refuses_another_model(tmp_path, img_folder):
     with pytest.raises(ValueError, match=r"init \(--init\): .*junk.safetensors: not a readable safetensors file"):
         Trainer(tiny_config(img_folder, init=str(tmp_path / "junk.safetensors")), str(tmp_path / "f"),
                 device="cpu", progress=False)
+
+
+def test_a_released_model_fine_tunes_with_its_own_up_lr(tmp_path, img_folder, monkeypatch):
+    """A released SR3 / SRDiff model saved as a yoda file (its up(lr) Pillow's or MATLAB's) was refused as --init:
+    yoda trained with torch's bicubic only. The run now trains with the file's up(lr), the exported model keeps it,
+    and a resume keeps it; an upstream checkpoint itself given to --init says how to fine-tune it."""
+    import yoda
+    from yoda.models import save_model
+    from yoda.training import trainer as trainer_mod
+
+    Trainer(tiny_config(img_folder, steps=1, val_every=0), str(tmp_path / "a"), device="cpu", progress=False).run()
+    released = yoda.load("yoda", str(tmp_path / "a" / "model.safetensors"))
+    released.upsampling = "sr3"  # as yoda.load("sr3", ...) gives it
+    init = tmp_path / "released.safetensors"
+    save_model(released, init)
+    seen, real = [], trainer_mod.space_tensors
+    monkeypatch.setattr(trainer_mod, "space_tensors", lambda *a: (seen.append(a[5]), real(*a))[1])
+    cfg = tiny_config(img_folder, steps=2, val_every=0, ckpt_every=1, init=str(init))
+    tr = Trainer(cfg, str(tmp_path / "r"), device="cpu", progress=False)
+    assert tr.upsampling == "sr3" and tr.ema.upsampling == "sr3"
+    tr.train_step()
+    tr.save_checkpoint()
+    assert seen == ["sr3"]
+    again = Trainer(cfg, str(tmp_path / "r"), device="cpu", progress=False)  # resumed
+    assert again.step == 1 and again.upsampling == "sr3"
+    again.run()
+    assert seen == ["sr3", "sr3"]
+    assert yoda.load("yoda", str(tmp_path / "r" / "model.safetensors")).upsampling == "sr3"
+    from yoda.training.report import training_record
+
+    record = training_record(cfg, again, config_path="c.json", out=str(tmp_path / "r"), command="yoda train",
+                             weights_name="model.safetensors", start_step=1, seconds=1.0)
+    assert "; up(lr) 'sr3', the file's own (yoda.upsampling)" in record
+    upstream = tmp_path / "I10_E1_gen.pth"
+    torch.save(released.state_dict(), upstream)
+    with pytest.raises(ValueError, match=r"not a yoda model file .*fine-tunes once saved as a yoda model file: "
+                                         r"yoda\.save_model\(yoda\.load\('sr3', PATH, config=JSON\)"):
+        Trainer(tiny_config(img_folder, init=str(upstream)), str(tmp_path / "u"), device="cpu", progress=False)
 
 
 def test_a_trained_model_samples_as_its_config_says(tmp_path, img_folder):
@@ -1725,4 +1757,4 @@ def test_residual_training_clamps_as_the_model_samples(tmp_path, img_folder, mon
     monkeypatch.setattr(trainer_mod, "space_tensors", lambda *a: (seen.append(a[4:]), real(*a))[1])
     cfg = tiny_config(img_folder, model=srdiff, loss={"space": "residual"}, val_every=0)
     Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).train_step()
-    assert seen == [(False,)]
+    assert seen == [(False, "torch")]

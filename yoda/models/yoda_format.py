@@ -191,15 +191,19 @@ def _sorted_header(data: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
-def load_yoda(p: str) -> nn.Module:
-    """The model of the "yoda" file ``p`` (eval mode, CPU) with its ModelCard (module docstring)."""
+UPSTREAM_HINT = ("an upstream SR3 *_gen.pth or SRDiff model_ckpt_steps_*.ckpt loads as sr3:PATH / srdiff:PATH "
+                 "(yoda.load('sr3' / 'srdiff', PATH))")
+
+
+def load_yoda(p: str, upstream_hint: str = UPSTREAM_HINT) -> nn.Module:
+    """The model of the "yoda" file ``p`` (eval mode, CPU) with its ModelCard (module docstring). upstream_hint: what
+    the error for a file without yoda's metadata (an upstream checkpoint, perhaps) says to do."""
     tensors, meta = read_checkpoint(p)
     if meta is None and isinstance(tensors, dict) and {"model", "ema", "step", "config"} <= set(tensors):
         raise CheckpointError(f"{p} is a `yoda train` checkpoint (the state a run resumes from), not a model file: "
                               f"the run's model is the .safetensors file next to it (model.safetensors by default)")
     if meta is None or meta.get("format") != FORMAT:
-        hint = ("; an upstream SR3 *_gen.pth or SRDiff model_ckpt_steps_*.ckpt loads as sr3:PATH / srdiff:PATH "
-                "(yoda.load('sr3' / 'srdiff', PATH))" if meta is None else "")
+        hint = f"; {upstream_hint}" if meta is None else ""
         raise CheckpointError(f"{p}: not a yoda model file (safetensors metadata 'format' must be {FORMAT!r}; "
                               f"got {None if meta is None else meta.get('format')!r}){hint}")
     if meta.get("version") not in FORMAT_VERSIONS:

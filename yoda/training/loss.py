@@ -72,10 +72,11 @@ def step_taus(idx: torch.Tensor, T: int, lower_bound: float) -> torch.Tensor:
 
 
 def space_tensors(hr: torch.Tensor, lr: torch.Tensor, cfg: LossConfig, scale: int,
-                  clip_input: bool = True) -> tuple[torch.Tensor, ...]:
+                  clip_input: bool = True, upsampling: str = "torch") -> tuple[torch.Tensor, ...]:
     """(x0, c, up) of DESIGN.md §6: pixel space x0 = HR, c = up(lr); residual x0 = (HR - up(lr)) k, c = 0, clamped
-    to [-1, 1] as SRDiff's img2res when ``clip_input`` (the model's; its sampler clamps the same way)."""
-    up = upsample(lr, scale)
+    to [-1, 1] as SRDiff's img2res when ``clip_input`` (the model's; its sampler clamps the same way). up(lr) by
+    ``upsampling`` (yoda.upsampling's methods: the model's own)."""
+    up = upsample(lr, scale, upsampling)
     if cfg.space == "pixel":
         return hr, up, up
     x0 = (hr - up) * cfg.residual_scale

@@ -108,7 +108,9 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"- loss: {cfg.loss}",
         f"- model: {cfg.model.get('kind')} with {n_params:,} parameters; weights {weights_name} "
         f"({size / 1e6:.1f} MB, EMA decay {cfg.ema_decay})",
-        *([f"- started from: `{tr.cfg.init}` (sha256 {tr.init_sha256 or 'not recorded'})"] if tr.cfg.init else []),
+        *([f"- started from: `{tr.cfg.init}` (sha256 {tr.init_sha256 or 'not recorded'})"
+           + (f"; up(lr) {tr.upsampling!r}, the file's own (yoda.upsampling)" if tr.upsampling != "torch" else "")]
+          if tr.cfg.init else []),
         f"- steps: {tr.step} (this run: {tr.step - start_step}; batch {cfg.batch}; AdamW lr {cfg.lr}"
         + (f", warm-up {cfg.warmup} step{'s' * (cfg.warmup != 1)}" if cfg.warmup else "")
         + (f", linear decay from step {cfg.decay_from} to 0 at step {cfg.steps}" if cfg.decay_from else "") + ")"

@@ -6,7 +6,7 @@ Files in ``out``: checkpoint.pt (resume state), log.csv, config.json, and at the
 The checkpoint is a torch file holding {"step", "config" (TrainConfig.to_dict()), "model", "ema", "opt",
 "gen", "torch_rng" / "cuda_rng" / "rank_rng" (dropout's generators, every rank's), "rows", "pending" (the log
 average since the last regular row, at a stop), "images" (image_digests: a resume on other images warns),
-"init_sha256", "loss_version", "sampling_from_init"}: a run resumes only with the config it was started with
+"init_sha256", "loss_version", "sampling_from_init", "upsampling"}: a run resumes only with the config it was started with
 (RESUME_FREE may differ). With ``cfg.init`` a run starts from that model file's weights (fine-tuning; load_init),
 and its hash is kept; a resumed run keeps what it started from (another --init is warned of).
 
@@ -34,15 +34,16 @@ import torch
 
 from .. import data as _data
 from ..adapters import hr_grid
-from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256
-from ..checkpoint import check_path, load_state_dict_checked, zip_refusal
+from .._io import append_whole, atomic_write_bytes, atomic_write_text
+from ..checkpoint import load_state_dict_checked, zip_refusal
 from ..devices import rank_device, resolve_device
-from ..errors import NonFiniteError, Terminated, UserError, lr_from_images
+from ..errors import NonFiniteError, Terminated, lr_from_images
 from ..evaluate import psnr_u8
 from ..heldout import held_out_copy
 from ..photos import check_not_held_out
 from ..torchrun import main_rank
 from .config import TrainConfig, _json_form, absolute_folders
+from .finetune import read_init
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, gather_to_main, local_batch, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
 from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensors
@@ -191,6 +192,7 @@ class Trainer:
         self.step = 0
         self.init_sha256: Optional[str] = None  # of the cfg.init file, hashed when it is read
         self.sampling_from_init = False  # cfg.sampling is the init file's (the config named none): kept on resume
+        self.upsampling = "torch"  # up(lr): torch's bicubic, or an init file's (_set_upsampling)
         validate = cfg.validates
         self._check_sizes_and_sampling(validate)  # before the images are read
         self.extractor = None
@@ -284,6 +286,7 @@ class Trainer:
             "loss_version": LOSS_VERSION,
             "init_sha256": self.init_sha256,
             "sampling_from_init": self.sampling_from_init,
+            "upsampling": self.upsampling,
         }
 
     def save_checkpoint(self, path: Optional[str] = None) -> None:
@@ -339,6 +342,7 @@ class Trainer:
         if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
             self._inherit_sampling(_json_form(st["config"]["sampling"], "sampling"))
         self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
+        self._set_upsampling(st.get("upsampling", "torch"))
         self.rows = [r for r in st["rows"] if r["step"] <= self.step]
         self._pending, self._images_then = st.get("pending"), st.get("images")
         if self._pending and self.rows and self.rows[-1]["step"] == self.step:  # the stop's row: the next regular
@@ -353,43 +357,20 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------------------------
     def load_init(self, path: str) -> None:
         """Start from the weights of the yoda model file ``path`` (model and EMA; the optimiser, the step and the
-        data stream start afresh): fine-tuning. The file must hold this config's model (kind, sizes and the other
-        arguments both give), trained in its space, to predict its target, on its schedule, or a ValueError says
-        which differs. Its sha256 is kept for the record (init_sha256)."""
-        from ..models.yoda_format import load_yoda
-
-        where = f"init (--init) {path}"
-        try:
-            digest = file_sha256(check_path(path))
-            src = load_yoda(path)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"init (--init): {e}") from e
-        except (OSError, ValueError, UserError) as e:  # CheckpointError is a UserError
-            raise ValueError(f"init (--init): {e}") from e
-        if file_sha256(path) != digest:
-            raise ValueError(f"{where}: the file changed while it was read; start again when nothing writes it")
-        card, want = src.card, model_card(self.cfg, self.schedule)
-        up = getattr(src, "upsampling", "torch")
-        if up != "torch":  # training makes up(lr) with torch's bicubic: the condition (and a residual) would change
-            raise ValueError(f"{where}: the file's model takes up(lr) = {up!r} (a released model's); yoda trains "
-                             "with torch's bicubic ('torch') only, so a fine-tune would change what it is given")
-        for what in ("space", "prediction", "scale"):
-            if getattr(card, what) != getattr(want, what):
-                raise ValueError(f"{where}: the file's model has {what} {getattr(card, what)!r}, this config trains "
-                                 f"{what} {getattr(want, what)!r}")
-        if not torch.equal(card.schedule.betas, want.schedule.betas):
-            raise ValueError(f"{where}: the file's model was trained on another schedule ({card.schedule!r}) than "
-                             f"this config's ({want.schedule!r})")
-        args = (card.config or {}).get("args", {})
-        other = sorted(k for k, v in self.cfg.model.items() if k != "kind" and k in args and args[k] != v)
-        if other:
-            raise ValueError(f"{where}: the file's model differs from the config's model in "
-                             + ", ".join(f"{k} ({args[k]!r}, the config {self.cfg.model[k]!r})" for k in other))
-        load_state_dict_checked(self.model, src.state_dict(), where, " (the config's model must be the file's)")
+        data stream start afresh): fine-tuning (finetune.read_init says what must fit, and refuses what does not).
+        Its up(lr) is the run's; its sha256 is kept for the record (init_sha256)."""
+        src, self.init_sha256 = read_init(path, self.cfg, model_card(self.cfg, self.schedule))
+        load_state_dict_checked(self.model, src.state_dict(), f"init (--init) {path}",
+                                " (the config's model must be the file's)")
         self.ema.load_state_dict(self.model.state_dict())
-        self.init_sha256 = digest
-        if not self.cfg.sampling and card.sampling:  # a config naming no sampling keeps the file's
-            self._inherit_sampling(card.sampling)
+        self._set_upsampling(getattr(src, "upsampling", "torch"))
+        if not self.cfg.sampling and src.card.sampling:  # a config naming no sampling keeps the file's
+            self._inherit_sampling(src.card.sampling)
+
+    def _set_upsampling(self, method: str) -> None:
+        """up(lr) as the run makes it, and the modules' (the exported file records it; validation samples with it):
+        torch's bicubic, or a released model's own (an init file's)."""
+        self.upsampling = self.model.upsampling = self.ema.upsampling = method
 
     def _inherit_sampling(self, sampling: dict) -> None:
         """cfg.sampling (how the exported model samples by default) taken from the init file, on the config and both
@@ -430,7 +411,8 @@ class Trainer:
         idx, sqrt_ab = draw_noise_level(self.ab, cfg.batch, cfg.loss, self.gen)
         noise = torch.randn((cfg.batch, *hr.shape[1:]), generator=self.gen, dtype=torch.float32)
         lr_img = _data.make_lr(hr, cfg.data.scale)
-        x0, c, up = space_tensors(hr, lr_img, cfg.loss, cfg.data.scale, bool(cfg.model.get("clip_input", True)))
+        x0, c, up = space_tensors(hr, lr_img, cfg.loss, cfg.data.scale, bool(cfg.model.get("clip_input", True)),
+                                  self.upsampling)
         for g in self.opt.param_groups:
             g["lr"] = self.learning_rate(self.step)
         self.model.train()
