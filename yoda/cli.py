@@ -40,11 +40,11 @@ import numpy as np
 from .cli_parser import build_parser
 from ._io import check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
-                         cli_device, default_steps, error_line, eval_images, eval_results, load_model, note,
-                         pillow_limit, read_input, refuse_overwriting, save_figure, save_output, upscale_tensor)
+                         cli_device, default_steps, error_line, eval_images, eval_results, eval_steps_note, load_model,
+                         note, pillow_limit, read_input, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
-                          speed_options, Tally, to_make, tune_malloc, eval_steps_note, until_free, UpscaleRun,
+                          speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun,
                           window_notes, working_where)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .torchrun import dist_env, env_int, launched_world, main_rank, rank_prefix

@@ -10,7 +10,7 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -215,6 +215,52 @@ def eval_results(a, rows: list, partial: str = "") -> None:
     elif out:
         atomic_write_text(out, table + "\n")
     print(table)
+
+
+def last_tau(adapter, a, device) -> Callable[[int], float]:
+    """n -> the last step's mask threshold tau of yoda.sample(adapter, lr, steps=n, ...) with the options of ``a``
+    (checked as yoda.sample checks them, on the smallest LR the model takes: a bad one raises before any work)."""
+    import torch
+
+    from .adapters import hr_grid
+    from .sampling.spec import make_spec
+
+    side = hr_grid(adapter)[1] // adapter.scale
+    lr = torch.zeros(1, 3, side, side, device=device)
+    return lambda n: make_spec(adapter, lr, steps=n, sampler=a.sampler, eta=getattr(a, "eta", None),
+                               lower_bound=a.lower_bound, seed=a.seed, sigmas=getattr(a, "sigmas", None),
+                               progress=False).taus[-1]
+
+
+def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
+    """eval's note on its YODA rows' steps: without --steps, where they take more than plain's
+    (evaluate.yoda_row_steps, as upscale takes them); where a row's steps leave pixels at the bicubic image (with
+    --steps; they read as a loss of the method: -0.52 dB at 1 step and l = 0.6, where 2 steps give -0.02)."""
+    import argparse
+
+    from .evaluate import yoda_row_steps
+    from .sampling.spec import covering_steps
+
+    lbs = a.lower_bounds
+    if not given:
+        by_lb = yoda_row_steps(adapter, settings)
+        raised = [(lb, n) for lb, n in by_lb.items() if n != a.steps]
+        if raised:
+            note("the YODA rows take " + ", ".join(f"{n} steps at l = {lb:g}" for lb, n in raised) + ", the fewest "
+                 f"whose last step refines every pixel, as upscale --attention (plain {a.steps}); --steps sets one "
+                 "count for every row")
+        lbs = [lb for lb, n in by_lb.items() if n == a.steps]  # covered already, or by no count: said below
+    left = []
+    for lb in lbs:
+        tau_of = last_tau(adapter, argparse.Namespace(**{**vars(a), "lower_bound": lb}), device)
+        tau = tau_of(a.steps)
+        if tau > 0:
+            left.append((lb, tau, covering_steps(tau_of, a.steps + 1, adapter.schedule.T)))
+    if left:
+        below = ", ".join(f"{tau:.2f} at l = {lb:g}" for lb, tau, _ in left)
+        fix = "" if None in [n for *_, n in left] else f"; --steps {max(n for *_, n in left)} refines every pixel"
+        note(f"at {a.steps} step(s) the YODA rows keep the bicubic image where the attention is below {below} "
+             f"(the plain rows refine every pixel){fix}")
 
 
 def folder_images(folder: str) -> list:

@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ._io import output_claim
 from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
-                         folder_images, note, say)
+                         folder_images, last_tau, note, say)
 from .errors import UserError, out_of_memory, printable
 from .torchrun import rank_prefix, rendezvous, wait_for_host
 
@@ -148,21 +148,6 @@ def speed_options(a, dev) -> dict:
                 cuda_graphs=GraphCache() if a.cuda_graphs else False)
 
 
-def last_tau(adapter, a, device) -> Callable[[int], float]:
-    """n -> the last step's mask threshold tau of yoda.sample(adapter, lr, steps=n, ...) with the options of ``a``
-    (checked as yoda.sample checks them, on the smallest LR the model takes: a bad one raises before any work)."""
-    import torch
-
-    from .adapters import hr_grid
-    from .sampling.spec import make_spec
-
-    side = hr_grid(adapter)[1] // adapter.scale
-    lr = torch.zeros(1, 3, side, side, device=device)
-    return lambda n: make_spec(adapter, lr, steps=n, sampler=a.sampler, eta=getattr(a, "eta", None),
-                               lower_bound=a.lower_bound, seed=a.seed, sigmas=getattr(a, "sigmas", None),
-                               progress=False).taus[-1]
-
-
 def checked_steps(adapter, a, device, given: bool, *, yoda: bool, what: str = "--attention") -> int:
     """The steps a run samples with: --steps (a.steps, the model's own where not ``given``) after the sampling
     options are checked on the smallest LR the model takes (a bad one raises before any work); with ``yoda``
@@ -195,37 +180,6 @@ def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_
     note(f"{what}: {enough} steps, the fewest whose last step refines every pixel (at {steps}, {left}; --steps "
          "sets them)")
     return enough
-
-
-def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
-    """eval's note on its YODA rows' steps: without --steps, where they take more than plain's
-    (evaluate.yoda_row_steps, as upscale takes them); where a row's steps leave pixels at the bicubic image (with
-    --steps; they read as a loss of the method: -0.52 dB at 1 step and l = 0.6, where 2 steps give -0.02)."""
-    import argparse
-
-    from .evaluate import yoda_row_steps
-    from .sampling.spec import covering_steps
-
-    lbs = a.lower_bounds
-    if not given:
-        by_lb = yoda_row_steps(adapter, settings)
-        raised = [(lb, n) for lb, n in by_lb.items() if n != a.steps]
-        if raised:
-            note("the YODA rows take " + ", ".join(f"{n} steps at l = {lb:g}" for lb, n in raised) + ", the fewest "
-                 f"whose last step refines every pixel, as upscale --attention (plain {a.steps}); --steps sets one "
-                 "count for every row")
-        lbs = [lb for lb, n in by_lb.items() if n == a.steps]  # covered already, or by no count: said below
-    left = []
-    for lb in lbs:
-        tau_of = last_tau(adapter, argparse.Namespace(**{**vars(a), "lower_bound": lb}), device)
-        tau = tau_of(a.steps)
-        if tau > 0:
-            left.append((lb, tau, covering_steps(tau_of, a.steps + 1, adapter.schedule.T)))
-    if left:
-        below = ", ".join(f"{tau:.2f} at l = {lb:g}" for lb, tau, _ in left)
-        fix = "" if None in [n for *_, n in left] else f"; --steps {max(n for *_, n in left)} refines every pixel"
-        note(f"at {a.steps} step(s) the YODA rows keep the bicubic image where the attention is below {below} "
-             f"(the plain rows refine every pixel){fix}")
 
 
 def expand_inputs(inputs: list) -> tuple[list, set]:
