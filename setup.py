@@ -2,7 +2,8 @@
 
 Switches (environment): FORCE_CUDA=1 builds the CUDA kernels even without a visible GPU (needs a CUDA torch
 and nvcc); FORCE_ONLY_CPU=1 never builds them; YODA_NO_EXTENSION=1 skips the extension (pure-Python install,
-the reference backend is used). As pytorch_scatter's setup.py does. On Windows the extension is skipped: its
+the reference backend is used); YODA_DEBUG=1 keeps debug information in the library. As pytorch_scatter's
+setup.py does. On Windows the extension is skipped: its
 sources are written for GCC / Clang (__restrict__, __builtin_*, -ffp-contract=off), not MSVC.
 """
 
@@ -10,7 +11,7 @@ import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -49,13 +50,25 @@ def _no_extension() -> bool:
     return _flag("YODA_NO_EXTENSION") or "sdist" in sys.argv or sys.platform == "win32"
 
 
+def _import_torch():
+    """torch, or an error saying how on: a --no-build-isolation build compiles against the installed torch."""
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("error: yoda's C++ kernels compile against torch, and this build sees none: install torch "
+                         "first (pip install torch==2.13.0), or build without --no-build-isolation (pip then "
+                         "brings it), or set YODA_NO_EXTENSION=1 (no kernels: the pure-PyTorch reference runs)") \
+            from None
+    return torch
+
+
 def extensions():
     if _no_extension():
         if sys.platform == "win32" and not _flag("YODA_NO_EXTENSION"):
             print("yoda: the C++ kernels are not built on Windows (GCC / Clang sources); the pure-PyTorch "
                   "reference runs instead (README.md, Platforms)", file=sys.stderr)
         return [], {}
-    import torch
+    torch = _import_torch()
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     with_cuda = not _flag("FORCE_ONLY_CPU") and torch.version.cuda is not None and CUDA_HOME is not None
@@ -63,8 +76,9 @@ def extensions():
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
     # No -std flag: torch's BuildExtension adds the standard its headers need (C++20 for torch >= 2.10);
-    # forcing c++17 gives warnings in c10 headers and breaks with newer ones.
-    cxx = ["-O3", "-fno-math-errno", "-ffp-contract=off"] + openmp
+    # forcing c++17 gives warnings in c10 headers and breaks with newer ones. -g0: Python's CFLAGS carry -g, 20 of
+    # the library's 22 MB (YODA_DEBUG=1 keeps it).
+    cxx = ["-O3", "-fno-math-errno", "-ffp-contract=off"] + openmp + ([] if _flag("YODA_DEBUG") else ["-g0"])
     # the sources' fingerprint, compiled in (a number: no quoting through ninja's shell) and checked at import
     define_macros = [("YODA_SOURCE_HASH", f"0x{_source_hash()}ULL")]
     kwargs = dict(
@@ -83,7 +97,9 @@ def extensions():
     return [ext], {"build_ext": _build_ext(BuildExtension.with_options(use_ninja=True))}
 
 
-REQUIRES = ["numpy", "pillow", "scikit-image>=0.22", "opencv-python-headless>=4.8", "safetensors", "tqdm"]
+# scipy: eval's confidence intervals; pyyaml: SRDiff's configs
+REQUIRES = ["numpy", "pillow", "scikit-image>=0.22", "scipy", "opencv-python-headless>=4.8", "safetensors", "tqdm",
+            "pyyaml"]
 
 
 def torch_requirement() -> str:
@@ -91,15 +107,14 @@ def torch_requirement() -> str:
     load them); any torch >= 2.4 when no extension is built."""
     if _no_extension():
         return "torch>=2.4"
-    import torch
-
-    return "torch==" + torch.__version__.split("+")[0]
+    return "torch==" + _import_torch().__version__.split("+")[0]
 
 
 ext_modules, cmdclass = extensions()
 setup(
     install_requires=[torch_requirement()] + REQUIRES,
-    packages=find_packages(include=["yoda", "yoda.*", "yoda_kernels", "yoda_kernels.*"]),
+    packages=find_namespace_packages(include=["yoda", "yoda.*", "yoda_kernels", "yoda_kernels.*"],
+                                     exclude=["*.__pycache__"]),  # namespace: the data folders (weights, configs)
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

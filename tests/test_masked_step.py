@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -613,6 +614,36 @@ def test_a_stale_build_is_not_loaded(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_missing_extension_says_how_to_get_it_where_it_is(tmp_path):
+    """Without yoda_kernels._C the warning told everyone to run `pip install --no-build-isolation -e .` in a clone:
+    a source tree imported from its own folder (which hides an installed yoda-sr) is told so; an installed package
+    is told to reinstall."""
+    import shutil
+
+    def warning_of(root):
+        shutil.copytree(Path(ROOT) / "yoda_kernels", root / "yoda_kernels",
+                        ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+        code = ("import sys, warnings\n"  # not this checkout's editable install: the copy, as it is
+                "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
+                "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')"
+                "\n    import yoda_kernels\nprint([str(m.message) for m in w if m.category is RuntimeWarning])")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=str(root)))
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    tree = tmp_path / "clone"
+    (tree / "csrc").mkdir(parents=True)
+    (tree / "csrc" / "yoda.cpp").write_text("")
+    (tree / "setup.py").write_text("")
+    out = warning_of(tree)
+    assert f"yoda_kernels is imported from the source tree {tree}, which has no built extension (and hides an " \
+           "installed yoda-sr): build it there (`pip install -e .`), or run from another folder" in out, out
+    out = warning_of(tmp_path / "site-packages")
+    assert "no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); reinstall it: " \
+           "`pip install --force-reinstall --no-deps --no-cache-dir yoda-sr`" in out, out
 
 
 def _C_tag() -> str:

@@ -63,21 +63,26 @@ def _load_extension() -> Optional[str]:
         spec = importlib.util.find_spec(f"{__package__}._C")
     except (ImportError, ValueError) as e:
         return f"{type(e).__name__}: {e}"
-    if spec is None or not spec.origin:
-        return ("no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); to build "
-                "it, run `pip install --no-build-isolation -e .` in a clone")
     root = Path(__file__).resolve().parent.parent
+    tree = (root / "csrc" / "yoda.cpp").is_file() and (root / "setup.py").is_file()  # a source tree, not an install
+    rebuild = (f"rebuild it in {root} with the command it was installed with (`pip install -e .`, or `pip install "
+               f"--no-build-isolation -e .`)" if tree else
+               "reinstall it: `pip install --force-reinstall --no-deps --no-cache-dir yoda-sr`")
+    if spec is None or not spec.origin:
+        if tree:  # python run in a clone imports the clone's package, which hides an installed one
+            return (f"yoda_kernels is imported from the source tree {root}, which has no built extension (and "
+                    f"hides an installed yoda-sr): build it there (`pip install -e .`), or run from another folder")
+        return f"no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); {rebuild}"
     try:  # a source tree (an editable install) only: yoda's own csrc/ and setup.py beside the package
-        stale = stale_build(spec.origin, root / "csrc") if (root / "csrc" / "yoda.cpp").is_file() and \
-            (root / "setup.py").is_file() else None
+        stale = stale_build(spec.origin, root / "csrc") if tree else None
     except (OSError, ValueError) as e:  # an empty (interrupted link) or unreadable build
-        return f"{type(e).__name__}: {e}; rebuild it: `pip install --no-build-isolation -e .`"
+        return f"{type(e).__name__}: {e}; {rebuild}"
     if stale:
-        return f"{stale}; rebuild it: `pip install --no-build-isolation -e .`"
+        return f"{stale}; {rebuild}"
     try:
         from . import _C  # noqa: F401  registers the CPU (and, if built, CUDA) kernels
     except (ImportError, OSError) as e:  # unloadable (another torch's ABI, a missing symbol)
-        return f"{type(e).__name__}: {e}; rebuild it: `pip install --no-build-isolation -e .`"
+        return f"{type(e).__name__}: {e}; {rebuild}"
     return None
 
 
