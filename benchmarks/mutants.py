@@ -851,6 +851,18 @@ MUTANTS = [
            "    other = sorted(k for k in cfg.model if k in want and want[k] != have.get(k))",
            ("tests/test_train.py", "-k", "init_refuses_another_model"),
            "a config leaving out an argument fine-tunes a model built otherwise, and exports the config's default"),
+    Mutant("attention-path-relative", "yoda/training/config.py",
+           "    if sep and path.strip():", "    if False:",
+           ("tests/test_train.py", "-k", "stored_absolute"),
+           "a relative dino-*:PATH is stored relative: a resume from another folder reads another file, or none"),
+    Mutant("budget-left-hidden", "yoda/training/trainer.py",
+           "                    if max_seconds is not None:\n", "                    if False:\n",
+           ("tests/test_train.py", "-k", "budget_left"),
+           "with --minutes the bar's ETA counts to the config's steps, weeks away"),
+    Mutant("srdiff-config-any-file", "yoda/models/srdiff_load.py",
+           "    if not known & set(d):", "    if False:",
+           ("tests/test_checkpoint.py", "-k", "yaml_config_chain"),
+           "SR3's JSON given as an SRDiff config is read as every default, and the weights take the blame"),
 ]
 
 

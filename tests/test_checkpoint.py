@@ -257,6 +257,11 @@ def test_srdiff_yaml_config_chain(tmp_path):
         assert load_srdiff_config(run / "config.yaml") == cfg
     with pytest.raises(FileNotFoundError, match="SRDiff config file not found"):
         load_srdiff_config(run / "nope.yaml")
+    # SR3's JSON is YAML too: it was read as every default, and the weights took the blame (242 missing keys)
+    (tmp_path / "sr3.json").write_text('{"name": "sr_sr3", "phase": "val", "model": {"which_model_G": "sr3"}}')
+    with pytest.raises(ValueError, match=r"sr3\.json sets none of SRDiff's settings \(model, name, phase\): is it "
+                                         r"another model's config \(SR3's JSON\)\?"):
+        load_srdiff_config(tmp_path / "sr3.json")
 
 
 def test_srdiff_yaml_base_config_fan_out_is_bounded(tmp_path):

@@ -42,7 +42,8 @@ def test_folder_errors_name_the_file(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "big.png")
     with pytest.raises(data.DataError, match=r"2 image\(s\) of .* cannot be used \(move them out, or fix them\): "
-                                             r".*broken.jpg.*; image .*ok.png is 30x20, smaller than the val crop 24$"):
+                                             r"cannot read image .*broken.jpg.*; image .*ok.png is 30x20, smaller "
+                                             r"than the val crop 24$"):
         data.load_source(str(tmp_path), min_size=24, what="the val crop")
 
 

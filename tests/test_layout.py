@@ -200,7 +200,7 @@ def test_windows_installs_without_the_extension(monkeypatch):
         sys.path.pop(0)
     monkeypatch.delenv("YODA_BUILD_TORCH", raising=False)
     monkeypatch.setattr(sys, "platform", "win32")
-    assert yoda_build.get_requires_for_build_editable() == ["setuptools>=64", "wheel"]
+    assert yoda_build.get_requires_for_build_editable() == ["setuptools>=77", "wheel"]
     monkeypatch.setattr(sys, "platform", "linux")
     assert yoda_build.get_requires_for_build_editable()[2:] == ["torch==" + torch.__version__.split("+")[0], "ninja"]
 

@@ -998,6 +998,16 @@ def test_out_and_weights_are_checked_before_training(tmp_path, img_folder, monke
     assert not (tmp_path / "run3").exists()
 
 
+def test_a_long_load_error_is_cut_between_words():
+    """The checkpoint's load error was cut at 300 characters mid-word ("... transferred incorrectly, o);")."""
+    from yoda.training.trainer import _first_line
+
+    text = " ".join(["word"] * 100) + " incorrectly, or the file is corrupt\nsecond line"
+    cut = _first_line(text)
+    assert len(cut) <= 300 and cut.endswith("word ...") and "second" not in cut
+    assert _first_line("short\nnext") == "short" and _first_line("  ") == "empty" and _first_line("") == "empty"
+
+
 @pytest.mark.parametrize("content, message", [
     (b"\x00garbage bytes, not a torch file", "it is corrupt, or holds objects other than tensors"),
     (b"", r"it is corrupt or truncated \(EOFError: empty\)"),
@@ -1080,6 +1090,12 @@ def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):
     assert cfg.data.source == str(tmp_path / "dexp" / "train")
     with pytest.raises(ValueError, match=r"--data-dir .*dexp: no folder heldout/ in it \(the 'heldout' source"):
         with_data_dir(TrainConfig(val_every=5), "dexp")
+    # a folder that is not there said "no folder train/ in it"
+    with pytest.raises(FileNotFoundError, match=r"--data-dir .*/nothere: not found \(a folder with train/ and"):
+        with_data_dir(TrainConfig(), "nothere")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"--data-dir .*/afile: not a folder"):
+        with_data_dir(TrainConfig(), "afile")
 
 
 def test_a_finished_run_rerun_keeps_its_record(tmp_path, img_folder, capsys):
@@ -1415,6 +1431,32 @@ def test_init_refuses_another_model(tmp_path, img_folder):
     with pytest.raises(ValueError, match=r"init \(--init\): .*junk.safetensors: not a readable safetensors file"):
         Trainer(tiny_config(img_folder, init=str(tmp_path / "junk.safetensors")), str(tmp_path / "f"),
                 device="cpu", progress=False)
+
+
+def test_the_bar_shows_the_time_budget_left(tmp_path, img_folder, capsys):
+    """With --minutes the bar's total and ETA counted to the config's steps (weeks for default_x4) while the run
+    stopped at the budget: the bar shows the time left of it."""
+    tr = Trainer(tiny_config(img_folder, steps=50, val_every=0, log_every=1), str(tmp_path / "run"), device="cpu",
+                 progress=True)
+    tr.run(steps=2, max_seconds=3600)
+    err = capsys.readouterr().err
+    assert "budget left=59:5" in err and "loss=" in err, err[-500:]
+    tr.run(steps=3)
+    assert "budget left" not in capsys.readouterr().err
+
+
+def test_an_attention_weights_path_is_stored_absolute(tmp_path, img_folder, monkeypatch):
+    """attention "dino-resnet50:w/x.pth" was stored relative in config.json: a resume from another folder read
+    another file, or none, with an error that did not name the config's attention. Made absolute as the data
+    folders are; a missing file is named with the key."""
+    from yoda.training.config import absolute_folders
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(img_folder, attention="dino-resnet50:w/x.pth")
+    assert absolute_folders(cfg).attention == f"dino-resnet50:{tmp_path / 'w' / 'x.pth'}"
+    assert absolute_folders(tiny_config(img_folder)).attention == "edge"
+    with pytest.raises(FileNotFoundError, match=r"^attention 'dino-resnet50:.*/w/x\.pth': weights file not found"):
+        Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
 
 
 def test_a_released_model_fine_tunes_with_its_own_up_lr(tmp_path, img_folder, monkeypatch):

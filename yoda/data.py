@@ -275,7 +275,7 @@ def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0
         try:
             a = read_image(p, max_pixels)
         except DataError as e:
-            bad.append(str(e))
+            bad.append(str(e).removeprefix("path: "))  # read_image's argument name: the file follows
             continue
         if a.shape[0] < min_size or a.shape[1] < min_size:
             bad.append(f"image {p} is {a.shape[1]}x{a.shape[0]}, smaller than {what} {min_size}")

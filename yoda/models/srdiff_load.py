@@ -12,6 +12,7 @@ sr_scale, "eps", residual space.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Any, Dict, Mapping, Optional, Union
@@ -24,7 +25,7 @@ from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_che
 from ..schedule import Schedule
 from .card import ModelCard
 from .sr3_load import split_diffusion_buffers
-from .srdiff import SRDiff, SRDiffConfig, srdiff_beta_schedule
+from .srdiff import UPSTREAM_HPARAMS, SRDiff, SRDiffConfig, srdiff_beta_schedule
 
 __all__ = ["load_srdiff", "load_srdiff_config", "srdiff_config_from_state_dict", "fold_weight_norm"]
 
@@ -74,7 +75,13 @@ def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
         out.update(d)
         return out
 
-    return SRDiffConfig.from_dict(read(os.fspath(path)), ignore_unknown=True)
+    d = read(os.fspath(path))
+    known = {f.name for f in dataclasses.fields(SRDiffConfig)} | {"unet_dim_mults"} | UPSTREAM_HPARAMS
+    if not known & set(d):  # an SR3 JSON (or any other file) read as every default: the weights got the blame
+        raise ValueError(f"SRDiff config {os.fspath(path)} sets none of SRDiff's settings ({', '.join(sorted(d)[:6])}"
+                         f"{', ...' if len(d) > 6 else ''}): is it another model's config (SR3's JSON)? Without "
+                         "--model-config the settings are read from the weights")
+    return SRDiffConfig.from_dict(d, ignore_unknown=True)
 
 
 def fold_weight_norm(sd: Dict[str, Any]) -> Dict[str, Any]:

@@ -50,6 +50,9 @@ def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
     if d.source not in sub and d.val_source not in sub:  # it was ignored without a word
         raise ValueError(f"--data-dir replaces the config's data sources {', '.join(map(repr, sub))}; this config "
                          f"trains on the folder {d.source!r}: leave --data-dir out, or set data.source in the config")
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data-dir {data_dir}: {'not a folder' if os.path.exists(data_dir) else 'not found'}"
+                                f" (a folder with train/ and heldout/, as `yoda data build --out DIR` writes)")
     for src in ({d.source} | ({d.val_source} if cfg.validates else set())) & set(sub):
         if not os.path.isdir(os.path.join(data_dir, sub[src])):
             raise ValueError(f"--data-dir {data_dir}: no folder {sub[src]}/ in it (the {src!r} source of the config); "

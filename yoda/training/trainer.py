@@ -147,8 +147,15 @@ def _load_failure(e: BaseException) -> str:
                           r"|invalid load key[^.\n]*)", text)
         return "it is corrupt, or holds objects other than tensors and plain data" + (f" ({found.group(1)})"
                                                                                       if found else "")
-    first = text.strip().splitlines()[0][:300] if text.strip() else "empty"
-    return f"it is corrupt or truncated ({type(e).__name__}: {first})"
+    return f"it is corrupt or truncated ({type(e).__name__}: {_first_line(text)})"
+
+
+def _first_line(text: str) -> str:
+    """The first line of an error's text, at most 300 characters, cut between words (it ended "... o);")."""
+    import textwrap
+
+    lines = text.strip().splitlines()
+    return textwrap.shorten(lines[0], 300, placeholder=" ...") if lines else "empty"
 
 
 class Trainer:
@@ -199,7 +206,10 @@ class Trainer:
         if cfg.loss.yoda or validate:
             from .. import attention
 
-            self.extractor = attention.get(cfg.attention)
+            try:
+                self.extractor = attention.get(cfg.attention)
+            except (OSError, ValueError) as e:  # the weights of dino-vits8:PATH: name the config's key
+                raise type(e)(f"attention {cfg.attention!r}: {e}") from e
         self.rows: list[dict] = []
         self._pending = None  # (loss sum, steps, time) of the steps after the last regular log row, at a stop
         self._images_then = None  # the checkpoint's image_digests (None: not resumed, or written before them)
@@ -324,7 +334,7 @@ class Trainer:
             self.opt.load_state_dict(st["opt"])
             self.gen.set_state(st["gen"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise unusable(f"its tensors do not fit this config's model ({str(e).strip().splitlines()[0][:300]})") \
+            raise unusable(f"its tensors do not fit this config's model ({_first_line(str(e))})") \
                 from None
         # torch's generators as the run left them, to draw the dropout masks of the steps it resumes at (absent in
         # checkpoints written before they were saved); under DDP this rank's own, if the run had as many ranks
@@ -489,6 +499,7 @@ class Trainer:
         acc, n, t_base = self._pending or (0.0, 0, float(self.rows[-1]["time"]) if self.rows else 0.0)
         self._pending = None  # the time column is cumulative over resumes
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
+        post: dict = {}  # the bar's loss, and with max_seconds the time left (its ETA counts to total, not that)
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         interrupted, old_handlers = _stop_on_interrupt()
@@ -500,6 +511,10 @@ class Trainer:
                     if not math.isfinite(loss):
                         raise NonFiniteError(self._diverged(loss))
                     acc, n = acc + loss, n + 1
+                    if max_seconds is not None:
+                        left = max(0.0, max_seconds - (time.perf_counter() - t0))
+                        post["budget left"] = tqdm.format_interval(left)
+                        bar.set_postfix(post, refresh=False)
                     bar.update(1)
                     last = self.step == total
                     stop = self._stop_reason(interrupted, max_seconds is not None and
@@ -514,7 +529,8 @@ class Trainer:
                             row.update(self.validate())  # the EMA is the same on every rank: rank 0 validates
                         self.rows.append(row)
                         self.write_log()
-                        bar.set_postfix(loss=f"{acc / n:.4f}")
+                        post["loss"] = f"{acc / n:.4f}"
+                        bar.set_postfix(post)
                         if not regular:  # a stop's row: a resume replaces it (load_checkpoint)
                             self._pending = (acc, n, row["time"])
                         acc, n = 0.0, 0
