@@ -622,7 +622,7 @@ def test_a_missing_extension_says_how_to_get_it_where_it_is(tmp_path):
     is told to reinstall."""
     import shutil
 
-    def warning_of(root):
+    def warning_of(root, **env):
         shutil.copytree(Path(ROOT) / "yoda_kernels", root / "yoda_kernels",
                         ignore=shutil.ignore_patterns("_C*", "__pycache__"))
         code = ("import sys, warnings\n"  # not this checkout's editable install: the copy, as it is
@@ -630,7 +630,7 @@ def test_a_missing_extension_says_how_to_get_it_where_it_is(tmp_path):
                 "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')"
                 "\n    import yoda_kernels\nprint([str(m.message) for m in w if m.category is RuntimeWarning])")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
-                           env=dict(os.environ, PYTHONPATH=str(root)))
+                           env=dict(os.environ, PYTHONPATH=str(root), **env))
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout
 
@@ -644,6 +644,7 @@ def test_a_missing_extension_says_how_to_get_it_where_it_is(tmp_path):
     out = warning_of(tmp_path / "site-packages")
     assert "no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); reinstall it: " \
            "`pip install --force-reinstall --no-deps --no-cache-dir yoda-sr`" in out, out
+    assert warning_of(tmp_path / "opted-out", YODA_NO_EXTENSION="1").strip() == "[]"  # asked for: no warning
 
 
 def _C_tag() -> str:

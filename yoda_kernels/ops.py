@@ -14,6 +14,7 @@ that runs many ops (the sampler) resolves it once with :func:`bind_backend` and 
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import NamedTuple, Optional, Sequence, Union
@@ -87,7 +88,8 @@ def _load_extension() -> Optional[str]:
 
 
 extension_error: Optional[str] = _load_extension()
-if extension_error is not None and sys.platform != "win32":  # Windows builds none (setup.py; README, Platforms)
+# Windows builds none (setup.py; README, Platforms); YODA_NO_EXTENSION=1 at run time too: none was asked for
+if extension_error is not None and sys.platform != "win32" and os.environ.get("YODA_NO_EXTENSION") != "1":
     warnings.warn(f"yoda_kernels: the compiled extension is not used ({extension_error}). The pure-PyTorch "
                   "reference runs instead.", RuntimeWarning, stacklevel=2)
 
