@@ -863,6 +863,23 @@ MUTANTS = [
            "    if not known & set(d):", "    if False:",
            ("tests/test_checkpoint.py", "-k", "yaml_config_chain"),
            "SR3's JSON given as an SRDiff config is read as every default, and the weights take the blame"),
+    Mutant("help-breaks-hyphens", "yoda/cli_parser.py",
+           "break_on_hyphens=False)\n\n    def _fill_text", "break_on_hyphens=True)\n\n    def _fill_text",
+           ("tests/test_cli.py", "-k", "says_what_its_help"),
+           "help lines break dino-vits8:PATH and package names at their hyphens"),
+    Mutant("unknown-option-top-parser", "yoda/cli.py",
+           "            command_parser(parser, a).error(", "            parser.error(",
+           ("tests/test_cli.py", "-k", "says_what_its_help"),
+           "an unknown option of a command points to `yoda -h`, which lists none of its options"),
+    Mutant("attention-none-case", "yoda/cli.py",
+           'given.strip().lower() in ("none", "plain")', 'given in ("none", "plain")',
+           ("tests/test_cli.py", "-k", "says_what_its_help"),
+           "--attention NONE is an unknown attention while Edge works"),
+    Mutant("empty-path-taken", "yoda/cli_parser.py",
+           "    if not v.strip():\n        raise argparse.ArgumentTypeError",
+           "    if False:\n        raise argparse.ArgumentTypeError",
+           ("tests/test_cli.py", "-k", "never_overwrites_an_input"),
+           "an unset $DIR makes `--images \"\"` the built-in images and `-o \"\"` the working folder"),
 ]
 
 

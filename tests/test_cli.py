@@ -257,7 +257,13 @@ def test_upscale_never_overwrites_an_input_and_names_colliding_inputs(tmp_path, 
     code, _, err = run(["upscale", rgb, str(other), "-o", str(tmp_path / "o2"), "--model", tiny_model], capsys)
     assert code == 2 and err.count("\n") == 1 and rgb in err and str(other) in err and "rgb_x4.png" in err
     code, _, err = run(["upscale", rgb, "-o", "", "--model", tiny_model], capsys)
-    assert code == 2 and "-o must name an output file or folder" in err
+    assert code == 2 and "argument -o/--output: an empty path (an unset shell variable?)" in err
+    for args in (["eval", "--images", ""], ["figures", "-o", ""], ["upscale", "", "-o", "x.png"], ["eval", "-o", ""]):
+        code, _, err = run(args, capsys)  # an unset $DIR: the built-in images, the working folder, "."
+        assert code == 2 and "an empty path" in err, (args, err)
+    code, _, err = run(["eval", "-o", str(tmp_path / "table.png")], capsys)
+    assert code == 2 and "table.png: eval writes a table (Markdown, any other name) or a CSV (.csv), not an image" \
+        in err and not (tmp_path / "table.png").exists()
     assert not (tmp_path / "o2").exists()
 
 
@@ -563,6 +569,10 @@ def test_every_command_writing_o_refuses_an_input(tmp_path, tiny_model, capsys):
         if args[0] == "figures":  # the images' folder itself is refused first (the next run read the figures)
             assert code == 2 and err == f"yoda: error: -o {folder} is the --images folder; give the figures a " \
                                         "folder of their own\n", err
+            continue
+        if dst == folder / "im0.png" and args[0] == "eval":  # an image name is no table's, input or not
+            assert code == 2 and err.endswith("eval writes a table (Markdown, any other name) or a CSV (.csv), not "
+                                              "an image\n"), err
             continue
         assert code == 2 and err.count("\n") == 1 and f"-o {dst} is the input " in err, (args, err)
         assert "does not overwrite its inputs" in err
@@ -2175,3 +2185,34 @@ def test_tiles_of_one_unit_say_which_windows_overlap(tmp_path, tiny_model, image
                         "--tiles", "8", "-q"], capsys)
     assert code == 0 and err == ("yoda: note: --tiles 8: windows that do not overlap leave seams where they meet; "
                                  "windows of 16 or more overlap by default\n"), err
+
+
+def test_the_command_line_says_what_its_help_says(tmp_path, tiny_model, images, capsys, monkeypatch):
+    """A review read every command's --help and tried it: --minutes 1e308 crashed (inf seconds), --T had no bound
+    (1e8 took 5 GB), an unknown option was reported by `yoda` with `yoda -h` (which lists no command's options),
+    help lines broke names at hyphens (dino-/vits8:PATH, package names) and --sampler's choices ran past 80
+    columns, --attention NONE was unknown while Edge worked, --lower abbreviated silently lost its note, and demo
+    noted YODA's steps before refusing --attention none."""
+    code, _, err = run(["train", "--config", "default_x4", "--minutes", "1e308"], capsys)
+    assert code == 2 and "argument --minutes: '1e308' must be a finite number > 0" in err, err
+    code, _, err = run(["attention", images[0], "-o", str(tmp_path / "a.png"), "--T", "100000000"], capsys)
+    assert code == 2 and "argument --T: '100000000' must be an integer >= 1 and <= 1000000" in err, err
+    code, _, err = run(["upscale", images[0], "-o", str(tmp_path / "x.png"), "--bogus"], capsys)
+    assert code == 2 and err == "yoda upscale: error: unrecognized arguments: --bogus (see: yoda upscale -h)\n", err
+    code, _, err = run(["data", "--debug", "export", str(tmp_path / "d"), "extra"], capsys)
+    assert code == 2 and "yoda data export: error: unrecognized arguments: extra" in err, err
+    monkeypatch.setenv("COLUMNS", "80")
+    for cmd in (["upscale"], ["eval"], ["figures"], ["attention"], ["data", "build"], ["train"]):
+        code, text, _ = run([*cmd, "--help"], capsys)
+        assert code == 0
+        assert max(map(len, text.splitlines())) <= 80, (cmd, [s for s in text.splitlines() if len(s) > 80])
+        assert not any(s.rstrip().endswith(("dino-", "plasma-workspace-", "lomiri-", "data-")) for s in
+                       text.splitlines()), (cmd, text)
+    out = tmp_path / "none.png"
+    code, _, err = run(["upscale", images[0], "-o", str(out), "--model", tiny_model, "--attention", " NONE",
+                        "--lower", "0.3", "-q"], capsys)
+    assert code == 0 and out.exists() and err == "yoda: note: --lower-bound has no effect without --attention " \
+                                                 "(plain sampling)\n", err
+    code, _, err = run(["demo", "--attention", "plain", "-o", str(tmp_path / "d.png"), "--model", tiny_model],
+                       capsys)
+    assert code == 2 and err.startswith("yoda: error: --attention none (or plain, no map)") and "note" not in err

@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli_parser import build_parser
+from .cli_parser import build_parser, command_parser
 from ._io import check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, error_line, eval_images, eval_results, eval_steps_note, load_model,
@@ -59,7 +59,7 @@ def cmd_upscale(a) -> int:
     time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
     or upscaled is reported in one line and the others go on; the exit status is then 2."""
     tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
-    if a.attention is None and any(v.startswith("--lower-bound") for v in a.argv):
+    if a.attention is None and a.lower_bound is not None:  # given (its default is the model's, set later)
         note("--lower-bound has no effect without --attention (plain sampling)")
     a.inputs, from_folders = expand_inputs(a.inputs)
     rank, world = dist_env()
@@ -229,9 +229,9 @@ def cmd_demo(a) -> int:
     hr_u8 = np.ascontiguousarray(full[y : y + size, x : x + size])
     hr = from_uint8(hr_u8).to(dev)
     lr = make_lr(hr, s)
+    extractor = attention_extractor(a.attention)  # before the note on YODA's steps: a bad name makes it moot
     with _user_input():  # YODA's steps as upscale takes them
         steps = {"plain": a.steps, "YODA": checked_steps(ad, a, dev, given, yoda=True, what="YODA")}
-    extractor = attention_extractor(a.attention)
     with _user_input():  # drawn: the map the sampler uses (at HR, normalised after the resize; upscale_tensor pads it)
         A = resolve_attention(extractor, lr, (size, size))
     t0 = time.perf_counter()
@@ -332,6 +332,11 @@ def cmd_eval(a) -> int:
     from .evaluate import EvalSettings, evaluate
 
     if a.output:
+        from .images import OUTPUT_SUFFIXES
+
+        if os.path.splitext(a.output)[1].lower() in OUTPUT_SUFFIXES:  # it wrote a Markdown table into R.png
+            raise UserError(f"-o {a.output}: eval writes a table (Markdown, any other name) or a CSV (.csv), not "
+                            f"an image")
         check_writable(a.output, "-o")
         remove_stale_temps([a.output, "{}.partial{}".format(*os.path.splitext(a.output))])  # of a killed run
     _check_eval_options(a, [a.output] if a.output else [])
@@ -347,6 +352,10 @@ def cmd_eval(a) -> int:
                                 max_size=a.max_size or None, progress=bars(a),
                                 lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
         if a.attention:
+            from .attention import check_name
+
+            for name in a.attention:  # before the note on the YODA rows' steps: a bad name makes it moot
+                check_name(name, file_exists=True)
             eval_steps_note(adapter_of(model), a, dev, settings, given)
         rows: list = []
         try:
@@ -502,11 +511,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        a = parser.parse_args(argv)
+        a, extra = parser.parse_known_args(argv)
+        if extra:  # named by the command's own parser: its -h lists its options
+            command_parser(parser, a).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse already printed one usage line + error
         return int(e.code or 0)
     a.argv = argv
-    if getattr(a, "attention", None) in ("none", "plain"):
+    given = getattr(a, "attention", None)
+    if isinstance(given, str) and given.strip().lower() in ("none", "plain"):  # as the names, any case
         a.attention = None
     try:
         if getattr(a, "steps", None) is not None and a.steps < 1:

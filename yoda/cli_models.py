@@ -87,8 +87,8 @@ def attention_extractor(name: str):
     from .attention import get
 
     if name is None:  # --attention none
-        raise UserError("--attention none: this command draws or compares an attention map; name one "
-                        "(edge, gaussian, sift, dino-vits8:PATH, dino-resnet50:PATH)")
+        raise UserError("--attention none (or plain, no map): this command draws or compares an attention map; "
+                        "name one (edge, gaussian, sift, dino-vits8:PATH, dino-resnet50:PATH)")
     try:
         with _user_input():
             return get(name)

@@ -18,6 +18,17 @@ class _Help(argparse.HelpFormatter):
         shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else d
         return f"{text} (default {shown})" if text else f"default {shown}"
 
+    def _split_lines(self, text, width):  # not at hyphens: dino-vits8:PATH, package names stay whole
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        return textwrap.fill(self._whitespace_matcher.sub(" ", text).strip(), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
 
 class _Once(argparse.Action):
     """An option that may be given once: argparse keeps the last of several (`yoda eval --model A --model B`
@@ -77,7 +88,7 @@ def _quiet_arg(p) -> None:
 
 
 def _images_arg(p) -> None:
-    p.add_argument("--images", default=None,
+    p.add_argument("--images", type=_path, default=None,
                    help="folder of HR images (default: scikit-image's astronaut, coffee, rocket, chelsea: never "
                         "trained on, but the CLI's defaults were chosen on them; for a test, give the held-out "
                         "photographs' folder, `yoda data build`'s heldout/)")
@@ -85,24 +96,25 @@ def _images_arg(p) -> None:
 
 def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bound: bool = True,
                    models_lower_bound: bool = True) -> None:
-    p.add_argument("--model", default="default", action=_Once,
+    p.add_argument("--model", type=_path, default="default", action=_Once,
                    help="'default' (the embedded x4 model), a yoda model file, sr3:PATH (an upstream SR3 "
                         "*_gen.pth) or srdiff:PATH (an upstream SRDiff model_ckpt_steps_*.ckpt)")
-    p.add_argument("--model-config", default=None, metavar="PATH",
+    p.add_argument("--model-config", type=_path, default=None, metavar="PATH",
                    help="with sr3:PATH, the checkpoint's SR3 JSON config (default: the 16->128 config); with "
                         "srdiff:PATH, its YAML config (default: read from the weights)")
     if steps is None:  # the model decides (cli.default_steps)
         p.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps (default: the model file's own, {DEFAULT_STEPS} for the embedded model "
                             f"and models trained with its config; {OTHER_MODEL_STEPS} (at most T) for a --model "
-                            f"that names none; YODA in upscale and demo: at least the fewest whose last step refines "
-                            f"every pixel)")
+                            f"that names none; YODA's (upscale, demo, eval's YODA rows): at least the fewest whose "
+                            f"last step refines every pixel)")
     else:
         p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default {steps})")
     own = steps is None  # the model decides (cli_models.default_steps): its file's sampler, else this one
     p.add_argument("--sampler", choices=("ddpm", "ddim") + (SOLVERS if solvers else ()),
-                   default=None if own else sampler,
-                   help=f"the sampler: DDPM (ancestral), DDIM{', or a k-diffusion solver' if solvers else ''} "
+                   default=None if own else sampler, metavar="SAMPLER",
+                   help=f"the sampler: ddpm (ancestral), ddim"
+                        f"{', or a k-diffusion solver: ' + ', '.join(SOLVERS) if solvers else ''} "
                         f"(default {'the model file' + chr(39) + 's own, else ' if own else ''}{sampler}; with the "
                         f"embedded model DDIM at 1 step is best"
                         + (", and the two-call solvers heun, dpm_2, dpm_2_a at few steps spoil the picture: "
@@ -112,7 +124,7 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
                        help="DDIM eta (default 0), or the noise scale of the ancestral (euler_a, dpm_2_a, dpmpp_2s_a) "
                             "and SDE solvers (default 1)")
         p.add_argument("--sigmas", choices=SIGMA_SCHEDULES, default=None,
-                       help="noise levels of the sigma-space solvers (euler ... dpmpp_3m_sde; default karras)")
+                       help="noise levels of the k-diffusion solvers (default karras)")
     if lower_bound and models_lower_bound:  # None: the model's (cli_models.default_steps)
         p.add_argument("--lower-bound", type=float, default=None,
                        help="l of the mask schedule tau = t/T - l (default: the model file's, which a model trained "
@@ -172,19 +184,34 @@ def _positive_float(v: str) -> float:
         f = float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
-    if not (math.isfinite(f) and f > 0):
+    if not (math.isfinite(f * 60) and f > 0):  # 1e308 minutes overflowed to inf seconds
         raise argparse.ArgumentTypeError(f"{v!r} must be a finite number > 0")
     return f
 
 
-def _positive_int(v: str) -> int:
+MAX_T = 10**6  # `yoda attention --T / --steps`: the update ratio lists every step's threshold (1e8: 5 GB)
+
+
+def _positive_int(v: str, most: int | None = None) -> int:
     try:
         n = int(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{v!r} must be an integer >= 1")
+    if n < 1 or (most is not None and n > most):
+        raise argparse.ArgumentTypeError(f"{v!r} must be an integer >= 1" + (f" and <= {most}" if most else ""))
     return n
+
+
+def _step_count(v: str) -> int:
+    return _positive_int(v, MAX_T)
+
+
+def _path(v: str) -> str:
+    """A path option: not empty (an unset $DIR in a script made `--images ""` the built-in images, `-o ""` the
+    working folder, and an input "" the folder ".")."""
+    if not v.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    return v
 
 
 def _seed_arg(v: str) -> int:
@@ -221,8 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("upscale", help="super-resolve images (PNG, JPEG, WebP, TIFF, BMP) or folders of them")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files, or folders of them (sorted by name)")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("inputs", nargs="+", type=_path, metavar="IN",
+                   help="image files, or folders of them (sorted by name)")
+    p.add_argument("-o", "--output", type=_path, required=True,
+                   help="output file (one input; its suffix sets the format) or folder (several inputs, or a name "
+                        "without a suffix: created, holding STEM_x4.png for each input)")
     p.add_argument("--scale", type=int, default=None,
                    help="the model's factor, checked (default: the model's; the embedded model's is 4)")
     p.add_argument("--attention", default=DEFAULT_ATTENTION,
@@ -250,12 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("attention", help="draw an image's attention map and mask growth")
-    p.add_argument("image", help="the LR image")
-    p.add_argument("-o", "--output", required=True, help="the figure (PNG, JPEG, WebP, TIFF, BMP)")
+    p.add_argument("image", type=_path, help="the LR image")
+    p.add_argument("-o", "--output", type=_path, required=True, help="the figure (PNG, JPEG, WebP, TIFF, BMP)")
     p.add_argument("--attention", default="edge", help=ATTENTION_HELP)
     p.add_argument("--lower-bound", type=float, default=0.6, help="l of the mask schedule tau = t/T - l")
-    p.add_argument("--T", type=_positive_int, default=1000, help="training steps T of the mask schedule")
-    p.add_argument("--steps", type=_positive_int, default=None,
+    p.add_argument("--T", type=_step_count, default=1000,
+                   help=f"training steps T of the mask schedule (at most {MAX_T})")
+    p.add_argument("--steps", type=_step_count, default=None,
                    help="count the update ratio over the steps of a run of this many steps (yoda.sample's spacing "
                         "for SR3 / SRDiff models; `yoda upscale --attention` says how many it takes) and draw their "
                         "masks; default: over every step of T")
@@ -265,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("demo", help="plain vs YODA on an image no model here was trained on, one comparison picture")
-    p.add_argument("-o", "--output", default="demo.png", help="the picture (PNG, JPEG, WebP, TIFF, BMP)")
+    p.add_argument("-o", "--output", type=_path, default="demo.png", help="the picture (PNG, JPEG, WebP, TIFF, BMP)")
     p.add_argument("--image", default="astronaut",
                    help="one of scikit-image's images that no model here was trained on (astronaut, coffee, rocket, "
                         "chelsea; the CLI defaults were chosen on them)")
@@ -282,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"attention maps of the YODA rows: {ATTENTION_HELP}")
     p.add_argument("--max-size", type=int, default=128,
                    help="centre-crop HR to at most this (0: full size; QUALITY.md's tables use 256)")
-    p.add_argument("-o", "--output", default=None,
+    p.add_argument("-o", "--output", type=_path, default=None,
                    help="also write the results: FILE.csv one row per image and method, any other name the table")
     p.add_argument("--y-channel", action="store_true",
                    help="PSNR and SSIM on the luma Y (ITU-R BT.601) with a border of scale pixels cut off and an "
@@ -296,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figures", help="the paper's Fig. 3, 4 and 5 (update ratio, crops, regional error) as PNGs")
     _images_arg(p)
-    p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    p.add_argument("-o", "--output", type=_path, required=True, help="output folder (created if missing)")
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian", "sift"],
                    help=f"attention methods of Fig. 3; the first one is YODA's in Fig. 4 and 5: {ATTENTION_HELP}")
     p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0],
@@ -320,14 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "aborts at once); the same command resumes from --out's checkpoint (delete it, "
                                    "or choose another --out, to start afresh). Under torchrun it trains "
                                    "data-parallel.")
-    p.add_argument("--config", required=True,
+    p.add_argument("--config", type=_path, required=True,
                    help="a JSON config file, or the name of an installed one (default_x4, compare_plain, compare_yoda)")
-    p.add_argument("--out", default=None, help="output folder (default runs/<name>); resumes if it has a checkpoint")
+    p.add_argument("--out", type=_path, default=None,
+                   help="output folder (default runs/<name>); resumes if it has a checkpoint")
     p.add_argument("--steps", type=int, default=None, help="total steps (overrides the config)")
     p.add_argument("--decay-from", type=int, default=None, metavar="STEP",
                    help="decay the learning rate linearly from STEP to 0 at --steps (the last step trains at "
-                        "lr / (steps - STEP); overrides the config)")
-    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                        "lr / (steps - STEP); 0: no decay; at least the config's warm-up steps; overrides the config)")
+    p.add_argument("--init", type=_path, default=None, metavar="WEIGHTS",
                    help="start from these weights (a yoda model file of the config's model, e.g. an earlier "
                         "run's export, or default: the embedded model): fine-tuning; the same command resumes, "
                         "from the checkpoint's weights")
@@ -335,16 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     p.add_argument("--weights-name", default="model.safetensors",
                    help="file name of the exported weights, in --out (a .safetensors file)")
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", type=_path, default=None,
                    help="a folder with train/ and heldout/ image folders, from `yoda data build --out DIR` "
                         "(photographs) or `yoda data export DIR` (scikit-image's bundled images)")
     _quiet_arg(p)
     _debug_arg(p)
 
     p = sub.add_parser("plot", help="loss curves + validation PSNR of training logs in one PNG")
-    p.add_argument("logs", nargs="+", metavar="LOG",
+    p.add_argument("logs", nargs="+", type=_path, metavar="LOG",
                    help="log.csv files that yoda train writes, or run folders holding one")
-    p.add_argument("-o", "--output", required=True, help="the picture (PNG)")
+    p.add_argument("-o", "--output", type=_path, required=True, help="the picture (PNG)")
     p.add_argument("--labels", nargs="+", default=None,
                    help="one legend label per log (default: the run folder's name, more of the path where two "
                         "would be alike)")
@@ -352,13 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="training and test images: photographs from installed Debian wallpaper "
                                     "packages, or scikit-image's bundled images")
+    _debug_arg(p)
     dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{build,export}")
     what = ("write DIR/train, DIR/heldout and DIR/manifest.json from the photographs of the installed packages "
             + ", ".join(WALLPAPER_PACKAGES) + " (yoda.photos); a rerun replaces DIR/train and DIR/heldout whole")
     p = dsub.add_parser("build", help=what, description=what)
     _data_out_args(p)
-    p.add_argument("--short-side", type=int, default=512, help="downscale each photograph to this short side")
-    _quiet_arg(p)
+    p.add_argument("--short-side", type=int, default=512,
+                   help="downscale each photograph to this short side (at least 64)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no line per photograph, no progress bar")
     _debug_arg(p)
     p = dsub.add_parser("export", help="write DIR/train and DIR/heldout from scikit-image's bundled images (no "
                                        "package needed; few and small: for trying yoda train out)")
@@ -367,7 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def command_parser(ap: argparse.ArgumentParser, a: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command ``a`` names (``yoda data build``'s for data build), for its errors: an unknown
+    option was reported by the main parser, whose help (`yoda -h`) does not list the command's options."""
+    def sub(p, name):
+        actions = p._subparsers._group_actions if p._subparsers else []
+        return next((act.choices[name] for act in actions if name in act.choices), p)
+
+    p = sub(ap, a.cmd)
+    return sub(p, a.data_cmd) if getattr(a, "data_cmd", None) else p
+
+
 def _data_out_args(p) -> None:
     """`yoda data build` and `export` name their folder alike: DIR or -o/--out DIR (checked in yoda.cli.cmd_data)."""
-    p.add_argument("dir", nargs="?", metavar="DIR", default=None, help="output folder")
-    p.add_argument("-o", "--out", default=None, metavar="DIR", help="output folder (the same as DIR)")
+    p.add_argument("dir", nargs="?", type=_path, metavar="DIR", default=None, help="output folder")
+    p.add_argument("-o", "--out", type=_path, default=None, metavar="DIR", help="output folder (the same as DIR)")

@@ -94,8 +94,9 @@ def guided_model(model, cfg_scale):
 
     adapter = as_adapter(model)
     if not getattr(adapter, "supports_cfg", False):
-        raise UserError(f"--cfg-scale {cfg_scale:g}: this model ({type(model).__name__}) has no unconditional "
-                        f"branch, so it cannot use classifier-free guidance; leave --cfg-scale out")
+        raise UserError(f"--cfg-scale {cfg_scale:g}: this model (a {type(model).__name__}; the embedded model, yoda's "
+                        f"own and SR3 / SRDiff checkpoints all are SR3 or SRDiff) has no unconditional branch, so it "
+                        f"cannot use classifier-free guidance; leave --cfg-scale out")
     try:
         return apply_cfg_scale(adapter, cfg_scale)
     except (TypeError, ValueError) as e:

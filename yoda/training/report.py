@@ -181,8 +181,9 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                         f"{type(config_path).__name__}")
     out = os.path.join("runs", cfg.name) if out is None else os.fspath(out)
     init = None if init is None else os.fspath(init)
+    # NaN never ran out; 1e308 minutes overflowed to inf seconds
     if minutes is not None and not (isinstance(minutes, numbers.Real) and not isinstance(minutes, bool)
-                                    and math.isfinite(minutes) and minutes > 0):  # NaN never ran out
+                                    and math.isfinite(minutes * 60) and minutes > 0):
         raise ValueError(f"minutes (--minutes) must be a finite number > 0, got {minutes!r}")
     if steps is not None:  # the config's checks: 2.7 was taken as 2
         cfg = cfg.replace(steps=steps)
