@@ -352,10 +352,6 @@ def cmd_eval(a) -> int:
                                 max_size=a.max_size or None, progress=bars(a),
                                 lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
         if a.attention:
-            from .attention import check_name
-
-            for name in a.attention:  # before the note on the YODA rows' steps: a bad name makes it moot
-                check_name(name, file_exists=True)
             eval_steps_note(adapter_of(model), a, dev, settings, given)
         rows: list = []
         try:

@@ -238,9 +238,12 @@ def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
     --steps; they read as a loss of the method: -0.52 dB at 1 step and l = 0.6, where 2 steps give -0.02)."""
     import argparse
 
+    from .attention import check_name
     from .evaluate import yoda_row_steps
     from .sampling.spec import covering_steps
 
+    for name in a.attention:  # first: a bad name makes the note moot
+        check_name(name, file_exists=True)
     lbs = a.lower_bounds
     if not given:
         by_lb = yoda_row_steps(adapter, settings)
