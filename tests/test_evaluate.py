@@ -357,3 +357,24 @@ def test_eval_y_channel_rows_are_the_papers_luma_psnr():
     d = y(sr[4:-4, 4:-4]) - y(hr[4:-4, 4:-4])  # a border of the scale cut off
     assert rows[0]["method"] == "bicubic"
     assert rows[0]["psnr"] == pytest.approx(10 * math.log10(255.0**2 / np.mean(d**2)), abs=1e-9)
+
+
+@pytest.mark.parametrize("spacing", [None, "leading", "linspace"])
+def test_yoda_rows_take_the_steps_yoda_sample_takes(spacing):
+    """eval's YODA rows took the covering steps of the trailing spacing whatever the model's own (a diffusers
+    scheduler's leading one visits t = 0 at its 1 step, already every pixel): 4 steps where yoda.sample takes 1."""
+    import yoda
+    from yoda.adapters import as_adapter
+    from yoda.evaluate import yoda_row_steps
+
+    ad = as_adapter(yoda.load())
+    ad.sampling_defaults = {"sampler": "ddim", "steps": 1, **({"spacing": spacing} if spacing else {})}
+    lbs = (0.3, 0.6)
+    got = yoda_row_steps(ad, EvalSettings(lower_bounds=lbs, attentions=("edge",)))
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for lb in lbs:
+        seen = []
+        with torch.no_grad():
+            yoda.sample(ad, lr, attention="edge", lower_bound=lb, progress=False, callback=seen.append)
+        assert got[lb] == len(seen), (spacing, lb, got, len(seen))
+    assert got == ({0.3: 4, 0.6: 2} if spacing is None else {0.3: 1, 0.6: 1})

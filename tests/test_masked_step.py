@@ -630,7 +630,8 @@ def test_a_missing_extension_says_how_to_get_it_where_it_is(tmp_path):
                 "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')"
                 "\n    import yoda_kernels\nprint([str(m.message) for m in w if m.category is RuntimeWarning])")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
-                           env=dict(os.environ, PYTHONPATH=str(root), **env))
+                           env={**{k: v for k, v in os.environ.items() if k != "YODA_NO_EXTENSION"},
+                                "PYTHONPATH": str(root), **env})
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout
 
@@ -639,8 +640,8 @@ def test_a_missing_extension_says_how_to_get_it_where_it_is(tmp_path):
     (tree / "csrc" / "yoda.cpp").write_text("")
     (tree / "setup.py").write_text("")
     out = warning_of(tree)
-    assert f"yoda_kernels is imported from the source tree {tree}, which has no built extension (and hides an " \
-           "installed yoda-sr): build it there (`pip install -e .`), or run from another folder" in out, out
+    assert f"yoda_kernels is imported from the source tree {tree}, which has no built extension: build it there " \
+           "(`pip install -e .`); Python started in a clone imports it before an installed yoda-sr" in out, out
     out = warning_of(tmp_path / "site-packages")
     assert "no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); reinstall it: " \
            "`pip install --force-reinstall --no-deps --no-cache-dir yoda-sr`" in out, out

@@ -508,8 +508,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
         a, extra = parser.parse_known_args(argv)
-        if extra:  # named by the command's own parser: its -h lists its options
-            command_parser(parser, a).error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:  # after the command: named by its own parser, whose -h lists its options
+            after = argv.index(extra[0]) > argv.index(a.cmd) if extra[0] in argv else True
+            (command_parser(parser, a) if after else parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse already printed one usage line + error
         return int(e.code or 0)
     a.argv = argv

@@ -223,13 +223,13 @@ def last_tau(adapter, a, device) -> Callable[[int], float]:
     import torch
 
     from .adapters import hr_grid
-    from .sampling.spec import make_spec
+    from .sampling.spec import make_spec, model_spacing
 
     side = hr_grid(adapter)[1] // adapter.scale
     lr = torch.zeros(1, 3, side, side, device=device)
     return lambda n: make_spec(adapter, lr, steps=n, sampler=a.sampler, eta=getattr(a, "eta", None),
                                lower_bound=a.lower_bound, seed=a.seed, sigmas=getattr(a, "sigmas", None),
-                               progress=False).taus[-1]
+                               spacing=model_spacing(adapter, a.sampler), progress=False).taus[-1]
 
 
 def eval_steps_note(adapter, a, device, settings, given: bool) -> None:

@@ -176,16 +176,17 @@ def _tiles_arg(v: str) -> tuple:
     return (nums[0], nums[1] if len(nums) == 2 else None)
 
 
-def _positive_float(v: str) -> float:
-    """A finite float > 0 (--minutes: 0, a negative number or nan trained one step or the whole run)."""
-    import math
+MAX_MINUTES = 1e8  # yoda.training.report.MAX_MINUTES, written out so that parsing imports no torch (a test ties them)
 
+
+def _positive_float(v: str) -> float:
+    """A float in (0, MAX_MINUTES] (--minutes: 0, a negative number or nan trained one step or the whole run)."""
     try:
         f = float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
-    if not (math.isfinite(f * 60) and f > 0):  # 1e308 minutes overflowed to inf seconds
-        raise argparse.ArgumentTypeError(f"{v!r} must be a finite number > 0")
+    if not 0 < f <= MAX_MINUTES:  # NaN; 1e308 minutes overflowed to inf seconds
+        raise argparse.ArgumentTypeError(f"{v!r} must be a number > 0 and <= {MAX_MINUTES:g}")
     return f
 
 
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--y-channel", action="store_true",
                    help="PSNR and SSIM on the luma Y (ITU-R BT.601) with a border of scale pixels cut off and an "
                         "11x11 Gaussian SSIM window, as SR papers report them (default: RGB, whole image)")
-    p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
+    p.add_argument("--lpips", nargs=2, type=_path, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
                         "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
     _sampling_args(p, None, DEFAULT_SAMPLER, solvers=True, lower_bound=False)
@@ -338,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=10, help="bins of the attention value in Fig. 5")
     p.add_argument("--degree", type=int, default=2, help="degree of Fig. 5's polynomial fit")
     p.add_argument("--crops", type=int, default=3, help="images shown in Fig. 4")
-    p.add_argument("--lpips", nargs=2, metavar=("BACKBONE", "LIN"), default=None,
+    p.add_argument("--lpips", nargs=2, type=_path, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS-per-bin panel to Fig. 5 from local files (torchvision vgg16 weights and "
                         "the lpips package's v0.1 vgg.pth linear heads; nothing is downloaded)")
     _sampling_args(p, 20, "ddim", models_lower_bound=False)  # the figures' own l (their sweep: --lower-bounds)

@@ -219,18 +219,18 @@ def yoda_row_steps(adapter, settings: EvalSettings) -> dict:
     and l = 0.6 the pixels of attention below 0.4 kept the bicubic image, and the rows read as a loss of the method
     (-0.52 dB, against -0.02 at the 2 steps upscale takes). The model's own where no count up to that covers."""
     from .adapters import hr_grid
-    from .sampling.spec import covering_steps, make_spec
+    from .sampling.spec import covering_steps, make_spec, model_spacing
 
     steps = model_steps(adapter) if settings.steps is None else settings.steps
     if settings.steps is not None:
         return {lb: steps for lb in settings.lower_bounds}
     side = hr_grid(adapter)[1] // adapter.scale
     lr = torch.zeros(1, 3, side, side, device=adapter.device() or torch.device("cpu"))
-    out = {}
+    out, sampler = {}, settings.sampler or model_sampler(adapter)
     for lb in settings.lower_bounds:
-        def tau(n):
-            return make_spec(adapter, lr, steps=n, sampler=settings.sampler or model_sampler(adapter),
-                             eta=settings.eta, lower_bound=lb, seed=settings.seed, sigmas=settings.sigmas,
+        def tau(n):  # the last step's threshold of yoda.sample at n steps
+            return make_spec(adapter, lr, steps=n, sampler=sampler, eta=settings.eta, lower_bound=lb,
+                             seed=settings.seed, sigmas=settings.sigmas, spacing=model_spacing(adapter, sampler),
                              progress=False).taus[-1]
         out[lb] = steps if tau(steps) <= 0 else covering_steps(tau, steps + 1, adapter.schedule.T) or steps
     return out

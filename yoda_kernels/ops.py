@@ -71,8 +71,8 @@ def _load_extension() -> Optional[str]:
                "reinstall it: `pip install --force-reinstall --no-deps --no-cache-dir yoda-sr`")
     if spec is None or not spec.origin:
         if tree:  # python run in a clone imports the clone's package, which hides an installed one
-            return (f"yoda_kernels is imported from the source tree {root}, which has no built extension (and "
-                    f"hides an installed yoda-sr): build it there (`pip install -e .`), or run from another folder")
+            return (f"yoda_kernels is imported from the source tree {root}, which has no built extension: build it "
+                    f"there (`pip install -e .`); Python started in a clone imports it before an installed yoda-sr")
         return f"no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); {rebuild}"
     try:  # a source tree (an editable install) only: yoda's own csrc/ and setup.py beside the package
         stale = stale_build(spec.origin, root / "csrc") if tree else None

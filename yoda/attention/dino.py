@@ -176,10 +176,9 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
     wrapped = False
     for k0, v in sd.items():
         k = k0
-        for prefix in _PREFIXES:
-            if k.startswith(prefix):
-                wrapped = wrapped or prefix == "backbone."
-                k = k[len(prefix):]
+        while prefix := next((p for p in _PREFIXES if k.startswith(p)), None):  # in any order: compile(DDP(m))
+            wrapped = wrapped or prefix == "backbone."
+            k = k[len(prefix):]
         if k in out:
             raise ValueError(f"weights {path!r}: the keys {source[k]!r} and {k0!r} are both {k!r} without the "
                              f"prefixes {', '.join(_PREFIXES)} (two models' weights in one dict?); keep one")

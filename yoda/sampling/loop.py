@@ -27,9 +27,8 @@ from tqdm.auto import trange
 
 from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
 from ..errors import NonFiniteError
-from ..schedule import FINAL_AT_FIRST
 from .prepare import pad_to_model, prepare
-from .spec import MOST_YODA_STEPS, all_finite, check_lr, covering_steps, make_spec, resolve_seed
+from .spec import MOST_YODA_STEPS, all_finite, check_lr, covering_steps, make_spec, model_spacing, resolve_seed
 from .speed import check_speed, network_attr, speed_adapter
 
 FINITE_EVERY = 10  # the state is checked for NaN/Inf after step 0, every this many steps, and at the end
@@ -167,10 +166,7 @@ def sample(
     defaults = adapter.sampling_defaults  # the model's (its ModelCard's), for what the call leaves out
     if sampler is None:
         sampler = defaults.get("sampler", "ddpm")
-    if spacing is None and sampler in ("ddpm", "ddim"):
-        spacing = defaults.get("spacing")  # the model's own (a diffusers scheduler's timestep_spacing)
-        if sampler == "ddpm" and spacing in FINAL_AT_FIRST:  # DDIM's discretisation: DDPM's own of that config
-            spacing = "leading" if spacing == "sd_leading" else None
+    spacing = model_spacing(adapter, sampler, spacing)  # the model's own (a diffusers scheduler's)
     if lower_bound is None:  # the model's (a model trained with YODA's masked input: its masks' l), else 0.6
         lower_bound = model_lower_bound(adapter)
     own_steps = steps is None and (sigmas is None or isinstance(sigmas, str))  # a sequence of sigmas: its own count

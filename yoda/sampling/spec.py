@@ -40,6 +40,17 @@ STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MOST_YODA_STEPS = 50
 
 
+def model_spacing(adapter, sampler: str, spacing: Optional[str] = None) -> Optional[str]:
+    """The spacing yoda.sample takes where the call names none: the model's own for DDPM / DDIM (a diffusers
+    scheduler's timestep_spacing, on the adapter's sampling_defaults), DDPM taking DDIM's discretisation of a
+    spacing whose last step lands on alpha_bar[0] in its own form (sd_leading: leading; ldm_uniform: none)."""
+    if spacing is None and sampler in ("ddpm", "ddim"):
+        spacing = adapter.sampling_defaults.get("spacing")
+        if sampler == "ddpm" and spacing in FINAL_AT_FIRST:
+            spacing = "leading" if spacing == "sd_leading" else None
+    return spacing
+
+
 def covering_steps(last_tau: Callable[[int], float], steps: int, T: int) -> Optional[int]:
     """The fewest n from ``steps`` up to MOST_YODA_STEPS (and T) whose last step refines every pixel, else None.
     YODA's masks widen as sampling goes on and cover every pixel once the threshold tau = t/T - l reaches 0

@@ -19,6 +19,9 @@ from ..checkpoint import check_path
 from ..errors import UserError
 
 TRAINING_ONLY = ("dropout",)  # model arguments that change how a model trains, not what it computes
+# compared through the card instead: the SR factor (save_model writes SR3's from the card; a config may leave it
+# out) and SRDiff's upstream schedule fields (a card's schedule is the model's; its betas are compared)
+ON_THE_CARD = ("scale", "sr_scale", "timesteps", "beta_schedule", "beta_s", "beta_end")
 
 FINE_TUNE_HINT = ("an upstream SR3 *_gen.pth or SRDiff model_ckpt_steps_*.ckpt fine-tunes once saved as a yoda model "
                   "file: yoda.save_model(yoda.load('sr3', PATH, config=JSON), 'init.safetensors') (or 'srdiff'), "
@@ -60,7 +63,7 @@ def read_init(path: str, cfg, card) -> tuple[torch.nn.Module, str]:
         raise ValueError(f"{where}: the file's model is {file_cfg['kind']!r}, the config's {kind!r}")
     have = resolved_args(kind, file_cfg.get("args", {}))
     want = resolved_args(kind, {k: v for k, v in cfg.model.items() if k != "kind"})
-    other = sorted(k for k in want if want[k] != have.get(k))
+    other = sorted(k for k in want if k not in ON_THE_CARD and want[k] != have.get(k))
     arch = [k for k in other if k not in TRAINING_ONLY]
     if arch:  # (a config leaving out clip_input trained and exported an SRDiff whose file said clip_input False)
         raise ValueError(f"{where}: the file's model differs from the config's model in "

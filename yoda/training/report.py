@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import numbers
 import os
 import re
@@ -21,6 +20,8 @@ from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
 from .distributed import all_reduce_sum, env_ranks, local_batch, process_group
 from .trainer import RUN_FILES, Trainer, check_weights_name
+
+MAX_MINUTES = 1e8  # --minutes at most (about 190 years; 1e308 overflowed to inf seconds); cli_parser's, tied by a test
 
 
 def machine_description(device: torch.device) -> str:
@@ -183,8 +184,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     init = None if init is None else os.fspath(init)
     # NaN never ran out; 1e308 minutes overflowed to inf seconds
     if minutes is not None and not (isinstance(minutes, numbers.Real) and not isinstance(minutes, bool)
-                                    and math.isfinite(minutes * 60) and minutes > 0):
-        raise ValueError(f"minutes (--minutes) must be a finite number > 0, got {minutes!r}")
+                                    and 0 < minutes <= MAX_MINUTES):
+        raise ValueError(f"minutes (--minutes) must be a number > 0 and <= {MAX_MINUTES:g}, got {minutes!r}")
     if steps is not None:  # the config's checks: 2.7 was taken as 2
         cfg = cfg.replace(steps=steps)
     if decay_from is not None:

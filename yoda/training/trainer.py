@@ -25,6 +25,7 @@ import numbers
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 import warnings
@@ -84,7 +85,8 @@ RESUME_FREE = ("steps", "decay_from", "log_every", "val_every", "val_steps", "ck
 
 def _resume_view(d: dict) -> dict:
     """A config dict as resume compares it: flat "section.key" entries (so a difference names its field), without
-    RESUME_FREE, with image folders as absolute real paths (data/small and ./data/small are one folder)."""
+    RESUME_FREE, with image folders and an attention's weights as absolute real paths (data/small and ./data/small
+    are one folder)."""
     flat = {}
     for k, v in d.items():
         if k in RESUME_FREE:
@@ -95,6 +97,9 @@ def _resume_view(d: dict) -> dict:
             flat[k] = v
     if isinstance(v := flat.get("data.source"), str) and os.path.isdir(v):
         flat["data.source"] = os.path.realpath(v)
+    name, sep, path = str(flat.get("attention", "")).partition(":")  # dino-*:PATH (stored relative before 12-05)
+    if sep and path.strip():
+        flat["attention"] = f"{name}:{os.path.realpath(os.path.expanduser(path))}"
     return flat
 
 
@@ -152,8 +157,6 @@ def _load_failure(e: BaseException) -> str:
 
 def _first_line(text: str) -> str:
     """The first line of an error's text, at most 300 characters, cut between words (it ended "... o);")."""
-    import textwrap
-
     lines = text.strip().splitlines()
     return textwrap.shorten(lines[0], 300, placeholder=" ...") if lines else "empty"
 
@@ -378,8 +381,7 @@ class Trainer:
             self._inherit_sampling(src.card.sampling)
 
     def _set_upsampling(self, method: str) -> None:
-        """up(lr) as the run makes it, and the modules' (the exported file records it; validation samples with it):
-        torch's bicubic, or a released model's own (an init file's)."""
+        """up(lr) of the run and its modules (the export records it): torch's, or an init file's own."""
         self.upsampling = self.model.upsampling = self.ema.upsampling = method
 
     def _inherit_sampling(self, sampling: dict) -> None:
