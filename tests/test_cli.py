@@ -2217,6 +2217,10 @@ def test_the_command_line_says_what_its_help_says(tmp_path, tiny_model, images, 
                         "--lower", "0.3", "-q"], capsys)
     assert code == 0 and out.exists() and err == "yoda: note: --lower-bound has no effect without --attention " \
                                                  "(plain sampling)\n", err
+    code, _, err = run(["upscale", images[0], images[1], "-o", str(tmp_path / "wb"), "--model", tiny_model,
+                        "--window-batch", "4", "-q"], capsys)  # ignored without a word
+    assert code == 0 and err == f"yoda: note: --window-batch has no effect on {images[0]}: it is not split into " \
+                                "windows (--tiles, or a --max-memory it needs more than, splits an image)\n", err
     code, _, err = run(["demo", "--attention", "plain", "-o", str(tmp_path / "d.png"), "--model", tiny_model],
                        capsys)
     assert code == 2 and err.startswith("yoda: error: --attention none (or plain, no map)") and "note" not in err

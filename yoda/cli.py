@@ -44,8 +44,8 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, c
                          note, pillow_limit, read_input, refuse_overwriting, save_figure, save_output, upscale_tensor)
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
-                          speed_options, Tally, to_make, tune_malloc, until_free, UpscaleRun,
-                          window_notes, working_where)
+                          speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
+                          UpscaleRun, window_notes, working_where)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .torchrun import dist_env, env_int, launched_world, main_rank, rank_prefix
 from .errors import user_input as _user_input
@@ -162,6 +162,7 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
                   f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap {windows[1]}), "
                   f"{window_batch} per call")
         window_notes(src, hr_h, hr_w, windows[0], a.max_memory)
+    unused_window_batch_note(a, src, windows)
     t0 = time.perf_counter()
     with torch.no_grad():
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,

@@ -72,6 +72,14 @@ def window_notes(src: str, hr_h: int, hr_w: int, side: int, max_memory: int) -> 
              f"softer than windows of {SMALL_WINDOW} or more (a larger --max-memory)")
 
 
+def unused_window_batch_note(a, src: str, windows) -> None:
+    """Once a run: --window-batch given, and an image not split into windows (it was ignored without a word)."""
+    if windows is None and a.window_batch is not None and not getattr(a, "window_batch_said", False):
+        a.window_batch_said = True
+        note(f"--window-batch has no effect on {printable(src)}: it is not split into windows (--tiles, or a "
+             f"--max-memory it needs more than, splits an image)")
+
+
 def _window_count(hr_h: int, hr_w: int, side: int, unit: int) -> int:
     """The number of windows of ``side`` (default overlap) that yoda.sample's tiler lays over hr_h x hr_w."""
     from .sampling.tiles import default_overlap, window_starts
