@@ -182,7 +182,8 @@ class EvalSettings:
     "bicubic-matlab" (MATLAB's imresize, SR papers' bicubic row) are always included. steps: None is the model's
     own (adapters.model_steps: its card's, 1 for the embedded model; else OTHER_MODEL_STEPS) for plain, and for
     each lower bound's YODA rows the fewest from there whose last step refines every pixel (yoda_row_steps), as
-    yoda.sample and `yoda upscale --attention` take them; an int is every row's; sampler: None is the card's, else "ddim". max_size: HR images are centre-cropped to at most this size (CPU budget; None: whole images)."""
+    yoda.sample and `yoda upscale --attention` take them; an int is every row's; sampler: None is the card's, else
+    "ddim". max_size: HR images are centre-cropped to at most this size (CPU budget; None: whole images)."""
 
     steps: Optional[int] = None
     sampler: Optional[str] = None  # None: the model's own (its card's), else "ddim"
@@ -221,9 +222,9 @@ def yoda_row_steps(adapter, settings: EvalSettings) -> dict:
     from .adapters import hr_grid
     from .sampling.spec import covering_steps, make_spec, model_spacing
 
-    steps = model_steps(adapter) if settings.steps is None else settings.steps
     if settings.steps is not None:
-        return {lb: steps for lb in settings.lower_bounds}
+        return {lb: settings.steps for lb in settings.lower_bounds}
+    steps = model_steps(adapter)
     side = hr_grid(adapter)[1] // adapter.scale
     lr = torch.zeros(1, 3, side, side, device=adapter.device() or torch.device("cpu"))
     out, sampler = {}, settings.sampler or model_sampler(adapter)
