@@ -6,9 +6,9 @@ Files in ``out``: checkpoint.pt (resume state), log.csv, config.json, and at the
 The checkpoint is a torch file holding {"step", "config" (TrainConfig.to_dict()), "model", "ema", "opt",
 "gen", "torch_rng" / "cuda_rng" / "rank_rng" (dropout's generators, every rank's), "rows", "pending" (the log
 average since the last regular row, at a stop), "images" (image_digests: a resume on other images warns),
-"init_sha256", "loss_version", "sampling_from_init", "upsampling"}: a run resumes only with the config it was started with
-(RESUME_FREE may differ). With ``cfg.init`` a run starts from that model file's weights (fine-tuning; load_init),
-and its hash is kept; a resumed run keeps what it started from (another --init is warned of).
+"init_sha256", "loss_version", "sampling_from_init", "upsampling"}: a run resumes only with the config it was
+started with (RESUME_FREE may differ). With ``cfg.init`` a run starts from that model file's weights (fine-tuning;
+load_init), and its hash is kept; a resumed run keeps what it started from (another --init is warned of).
 
 Under torchrun (``ranks`` with world > 1, yoda.training.distributed) the model runs in DistributedDataParallel,
 each rank takes its share of the global batch drawn from the shared generator, and only rank 0 validates and
