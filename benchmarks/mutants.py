@@ -898,6 +898,23 @@ MUTANTS = [
            "    if sep and path.strip():\n        flat[\"attention\"]", "    if False:\n        flat[\"attention\"]",
            ("tests/test_train.py", "-k", "stored_absolute"),
            "a run that stored its dino-*:PATH relative cannot resume"),
+    Mutant("noise-short-unchecked", "yoda/sampling/loop.py",
+           "            if n is not None and n < 2:", "            if False:",
+           ("tests/test_evaluate.py", "-k", "refuse_what"),
+           "a noise list too short for one step is said as a steps error"),
+    Mutant("to-uint8-clamps-all", "yoda/images.py",
+           '    check_lr_range("x", float(x.min()), float(x.max()))', "    pass",
+           ("tests/test_images.py", "-k", "no_image_has"),
+           "a [0, 255] tensor is saved as an all-white image"),
+    Mutant("adapter-flag-truthy", "yoda/adapters.py",
+           "    if not isinstance(v, bool):\n        raise TypeError(f\"{name} must be a bool",
+           "    if False:\n        raise TypeError(f\"{name} must be a bool",
+           ("tests/test_evaluate.py", "-k", "refuse_what"),
+           "clip_input=\"no\" is taken as True"),
+    Mutant("eval-flags-truthy", "yoda/evaluate.py",
+           "            if not isinstance(getattr(self, name), bool):", "            if False:",
+           ("tests/test_evaluate.py", "-k", "refuse_what"),
+           "EvalSettings(y_channel=\"no\") scores on Y"),
 ]
 
 

@@ -378,3 +378,25 @@ def test_yoda_rows_take_the_steps_yoda_sample_takes(spacing):
             yoda.sample(ad, lr, attention="edge", lower_bound=lb, progress=False, callback=seen.append)
         assert got[lb] == len(seen), (spacing, lb, got, len(seen))
     assert got == ({0.3: 4, 0.6: 2} if spacing is None else {0.3: 1, 0.6: 1})
+
+
+def test_settings_refuse_what_would_change_or_break_the_rows_later():
+    """y_channel="no" scored on Y, lpips="ab" was the paths "a" and "b", a misspelt attention failed after the
+    first image was sampled; a noise list too short for a step was said as a steps error."""
+    import yoda
+
+    for bad, err, msg in (({"y_channel": "no"}, TypeError, "y_channel must be a bool, got str"),
+                          ({"progress": 1}, TypeError, "progress must be a bool, got int"),
+                          ({"lpips": "ab"}, ValueError, "lpips must be None or \\(backbone weights path"),
+                          ({"attentions": "edgy"}, ValueError, "unknown attention 'edgy'")):
+        with pytest.raises(err, match=msg):
+            EvalSettings(**bad)
+    net = yoda.load()
+    for noise in ([], [torch.zeros(1, 3, 32, 32)]):
+        with pytest.raises(ValueError, match=rf"noise must have at least 2 entries \(the start, then one a step\), "
+                                             rf"got {len(noise)}"):
+            yoda.sample(net, torch.zeros(1, 3, 8, 8), noise=noise, progress=False)
+    with pytest.raises(TypeError, match="clip_input must be a bool, got str"):
+        net.yoda_adapter(clip_input="no")
+    with pytest.raises(ValueError, match="res_rescale must be a finite number > 0, got inf"):
+        net.yoda_adapter(res_rescale=float("inf"))

@@ -16,7 +16,7 @@ from yoda.images import from_uint8, load_image, save_image, to_uint8
 
 
 def test_known_values_and_exact_round_trip():
-    x = torch.tensor([-1.0, 0.0, 1.0, -2.0, 3.0]).view(1, 1, 1, 5)
+    x = torch.tensor([-1.0, 0.0, 1.0, -1.2, 1.2]).view(1, 1, 1, 5)
     assert to_uint8(x).reshape(-1).tolist() == [0, 128, 255, 0, 255]  # 127.5 rounds half to even -> 128
     u = np.arange(256, dtype=np.uint8).reshape(16, 16)
     u3 = np.stack([u, u[::-1], u.T], axis=-1)
@@ -761,3 +761,18 @@ def test_from_uint8_converts_a_pil_image_of_any_8_bit_mode_as_read_image_does(tm
         with pytest.raises(TypeError, match=rf"arr: a PIL image of mode '{re.escape(mode)}' has samples wider than "
                                             r"8 bits; yoda.load_image reads such files"):
             from_uint8(rgb.convert("L").convert(mode))
+
+
+def test_to_uint8_refuses_values_no_image_has():
+    """save_image of a [0, 255] tensor wrote an all-white file and Inf was written as white; a little overshoot is
+    still clamped."""
+    import torch
+
+    from yoda.images import to_uint8
+
+    for x, msg in ((torch.full((1, 3, 4, 4), 200.0), r"x values must lie in \[-1, 1\].*got range \[200, 200\]"),
+                   (torch.full((1, 3, 4, 4), float("inf")), "x contains NaN or Inf"),
+                   (torch.zeros(1, 3, 0, 4), r"x is an empty image \(shape \(1, 3, 0, 4\)\)")):
+        with pytest.raises(ValueError, match=msg):
+            to_uint8(x)
+    assert (to_uint8(torch.full((1, 3, 2, 2), 1.1)) == 255).all()

@@ -276,6 +276,13 @@ def _no_cfg_message(adapter: Any, scale: Any) -> str:
 SPACES = ("pixel", "residual")  # where x_t lives for the models yoda builds and trains (DESIGN.md §6)
 
 
+def check_flag(v: Any, name: str) -> bool:
+    """An adapter's switch: a bool ("no" and 0.5 were taken as True), or TypeError naming it."""
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return v
+
+
 def _check_common(schedule: Any, prediction: str, scale: Any, clip_x0: Any, multiple: Any) -> None:
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a yoda.schedule.Schedule, got {type(schedule).__name__}")
@@ -283,8 +290,7 @@ def _check_common(schedule: Any, prediction: str, scale: Any, clip_x0: Any, mult
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive int, got {scale!r}")
-    if not isinstance(clip_x0, bool):
-        raise TypeError(f"clip_x0 must be a bool, got {type(clip_x0).__name__}")
+    check_flag(clip_x0, "clip_x0")
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ValueError(f"multiple must be a positive int, got {multiple!r}")
 

@@ -161,7 +161,7 @@ def lpips_paths(value: Any) -> Optional[tuple[str, str]]:
     """A settings field ``lpips``: None, or (backbone weights path, lin weights path) as two str."""
     if value is None:
         return None
-    lp = tuple(value)
+    lp = () if isinstance(value, (str, os.PathLike)) else tuple(value)  # "ab" was ("a", "b")
     if len(lp) != 2 or not all(isinstance(v, (str, os.PathLike)) for v in lp):
         raise ValueError(f"lpips must be None or (backbone weights path, lin weights path), got {value!r}")
     return tuple(os.fspath(v) for v in lp)
@@ -209,6 +209,11 @@ class EvalSettings:
             if not (v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1)):
                 raise ValueError(f"{name} must be an int >= 1 or None ({none}), got {v!r}")
         fixed_seed(self.seed)  # None: yoda.sample would draw one per run, and two evaluations would differ
+        for name in ("progress", "y_channel"):  # y_channel="no" scored on Y
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        for name in self.attentions:  # a misspelt one failed only after the first image's rows
+            _attention.check_name(name)
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {self.sampler!r}")
 

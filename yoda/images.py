@@ -139,8 +139,11 @@ def quantize_u8(x: torch.Tensor) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] float tensor (B, C, H, W) or (C, H, W), C in {1, 3} -> uint8 numpy HWC (batch kept if given).
 
-    Out-of-range values are clamped; NaN is an error (it has no pixel value)."""
+    Values a little out of range (a resize's overshoot, up to LR_MARGIN) are clamped; NaN, Inf, values further out
+    (a [0, 255] tensor was written all white) and an empty image are errors naming ``x``."""
     import torch
+
+    from .attention.classic import check_lr_range
 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -152,8 +155,11 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
         raise ValueError(f"x must have 1 or 3 channels, got {x.shape[-3]}")
     if x.is_meta:
         raise ValueError("x is on the meta device: it holds no values")
-    if torch.isnan(x).any():
-        raise ValueError("x contains NaN")
+    if x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise ValueError(f"x is an empty image (shape {tuple(x.shape)})")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or Inf")
+    check_lr_range("x", float(x.min()), float(x.max()))
     return quantize_u8(x.cpu()).to(torch.uint8).movedim(-3, -1).contiguous().numpy()
 
 

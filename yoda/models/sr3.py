@@ -511,7 +511,7 @@ class SR3Adapter(PixelAdapter):
         if net.config.in_channel != 2 * net.config.out_channel:
             raise ValueError("net: SR3 conditioning needs in_channel == 2 * out_channel "
                              f"(got {net.config.in_channel}, {net.config.out_channel})")
-        super().__init__(net, schedule, scale=scale, prediction=prediction, clip_x0=bool(clip_x0),
+        super().__init__(net, schedule, scale=scale, prediction=prediction, clip_x0=clip_x0,
                          multiple=net.multiple, upsampling=getattr(net, "upsampling", "torch"))
         if card is not None and card.sampling is not None:
             self.sampling_defaults = card.sampling

@@ -21,6 +21,7 @@ neither of upstream's schedules at its defaults become the model's schedule).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from yoda_kernels.contract import PREDICTIONS
 
-from ..adapters import Adapter, Prepared, upsample
+from ..adapters import Adapter, Prepared, check_flag, upsample
 from ..schedule import MAX_FILE_T, Schedule
 from .card import ModelCard
 
@@ -528,11 +529,12 @@ class SRDiffAdapter(Adapter):
         if not isinstance(self.schedule, Schedule):
             raise TypeError(f"schedule must be a yoda.Schedule, got {type(self.schedule).__name__}")
         self.scale = cfg.sr_scale
-        self.clip_x0 = cfg.clip_denoised if clip_x0 is None else bool(clip_x0)
-        self.clip_input = cfg.clip_input if clip_input is None else bool(clip_input)
-        self.res_rescale = float(cfg.res_rescale if res_rescale is None else res_rescale)
-        if not self.res_rescale > 0:
-            raise ValueError(f"res_rescale must be > 0, got {res_rescale}")
+        self.clip_x0 = cfg.clip_denoised if clip_x0 is None else check_flag(clip_x0, "clip_x0")
+        self.clip_input = cfg.clip_input if clip_input is None else check_flag(clip_input, "clip_input")
+        rr = cfg.res_rescale if res_rescale is None else res_rescale
+        if isinstance(rr, bool) or not isinstance(rr, numbers.Real) or not (math.isfinite(rr) and rr > 0):
+            raise ValueError(f"res_rescale must be a finite number > 0, got {rr!r}")  # inf gave the bicubic image
+        self.res_rescale = float(rr)
         self.multiple = model.multiple
         self.min_size = 2 * model.multiple  # the bottleneck's ReflectionPad2d(1) needs 2 pixels a side
         self.upsampling = getattr(model, "upsampling", "torch")  # "srdiff" for a released checkpoint

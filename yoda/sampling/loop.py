@@ -175,6 +175,8 @@ def sample(
         if noise is not None and spacing != "ldm_uniform":  # explicit noise gives the count (one entry a step + 1)
             n = len(noise) if isinstance(noise, (list, tuple)) else (
                 noise.shape[0] if isinstance(noise, torch.Tensor) and noise.dim() else None)
+            if n is not None and n < 2:  # it was said as "steps must be in [1, T], got -1"
+                raise ValueError(f"noise must have at least 2 entries (the start, then one a step), got {n}")
             steps = steps if n is None else n - 1
     lr_checked = check_lr(lr)
     crop = None
