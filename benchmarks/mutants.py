@@ -915,6 +915,10 @@ MUTANTS = [
            "            if not isinstance(getattr(self, name), bool):", "            if False:",
            ("tests/test_evaluate.py", "-k", "refuse_what"),
            "EvalSettings(y_channel=\"no\") scores on Y"),
+    Mutant("image-pairs-unchecked", "yoda/data.py",
+           "    for name, a in map(_image_pair, images):", "    for name, a in images:",
+           ("tests/test_evaluate.py", "-k", "names_what_is_wrong"),
+           "a grey image in a stream of evaluate's images fails after the first sampling, unnamed"),
 ]
 
 

@@ -400,3 +400,28 @@ def test_settings_refuse_what_would_change_or_break_the_rows_later():
         net.yoda_adapter(clip_input="no")
     with pytest.raises(ValueError, match="res_rescale must be a finite number > 0, got inf"):
         net.yoda_adapter(res_rescale=float("inf"))
+
+
+def test_evaluate_names_what_is_wrong_with_its_images_and_settings():
+    """An array alone gave "too many values to unpack", a grey image failed after the first sampling, and
+    settings=None an AttributeError; a list schedule of an SR3 net said it had no ModelCard."""
+    import yoda
+    from yoda.data import DataError
+    from yoda.models.sr3 import SR3Config, SR3UNet
+
+    net = yoda.load()
+    img = rand_img(1, (32, 32, 3))
+    for images, msg in (([img], r"images must hold \(name, uint8 \(H, W, 3\) array\) pairs, got a ndarray"),
+                        ([(1, img)], r"pairs, got a tuple of 2"),
+                        ([("a", img[..., 0])], r"images: a must be a uint8 \(H, W, 3\) array \(yoda\.data\.read_image "
+                                               r"gives one\), got uint8 \(32, 32\)")):
+        with pytest.raises(DataError, match=msg):
+            evaluate(net, images, EvalSettings(attentions=(), lower_bounds=()))
+        with pytest.raises(DataError, match=msg):  # a stream, whose bad items are met one at a time
+            evaluate(net, iter(images), EvalSettings(attentions=(), lower_bounds=()), on_error=lambda *a: None)
+    with pytest.raises(TypeError, match="settings must be a yoda.evaluate.EvalSettings, got NoneType"):
+        evaluate(net, [("a", img)], None)
+    sr3 = SR3UNet.from_config(SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
+                                        res_blocks=1, image_size=16, mid_attn=False))
+    with pytest.raises(TypeError, match="schedule must be a yoda.Schedule, got list"):
+        sr3.yoda_adapter(schedule=[0.1, 0.2], scale=2)

@@ -125,12 +125,25 @@ def model_crop(adapter: Any, max_size: Optional[int] = None) -> Callable[[str, n
     return crop
 
 
+def _image_pair(item: Any) -> tuple[str, np.ndarray]:
+    """An item of ``images``: a (name, uint8 (H, W, 3)) pair, or a DataError saying what it is instead (an array
+    alone, or a grey one, failed on Python's unpacking or after the first sampling)."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+        raise DataError(f"images must hold (name, uint8 (H, W, 3) array) pairs, got a {type(item).__name__}"
+                        + (f" of {len(item)}" if isinstance(item, (tuple, list)) else ""))
+    name, a = item
+    if not (isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3):
+        what = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise DataError(f"images: {name} must be a uint8 (H, W, 3) array (yoda.data.read_image gives one), got {what}")
+    return name, a
+
+
 def crop_for_model(images: Sequence[tuple[str, np.ndarray]], adapter: Any, max_size: Optional[int] = None
                    ) -> list[tuple[str, np.ndarray]]:
     """Every (name, HR uint8) cropped by model_crop, before any sampling; an image too small for the model is a
     DataError naming it."""
     crop = model_crop(adapter, max_size)
-    return [(name, crop(name, a)) for name, a in images]
+    return [(name, crop(name, a)) for name, a in map(_image_pair, images)]
 
 
 def crops_to_sample(images: Iterable[tuple[str, np.ndarray]], adapter: Any, max_size: Optional[int] = None,
@@ -171,7 +184,7 @@ def sampling_bar(images: Iterable, runs: int, desc: str, progress: bool,
 
 def _cropped(images: Iterable[tuple[str, np.ndarray]], crop: Callable, on_error: Optional[Callable]
              ) -> Iterator[tuple[str, np.ndarray]]:
-    for name, a in images:
+    for name, a in map(_image_pair, images):
         try:
             c = crop(name, a)
         except DataError as e:

@@ -273,6 +273,8 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
     YODA's time) and the LPIPS weights are loaded.
     rows: a list the rows are appended to, each image's once all its methods are done, and returned: what was done
     when the run is stopped (Ctrl-C) or fails part way."""
+    if not isinstance(settings, EvalSettings):
+        raise TypeError(f"settings must be a yoda.evaluate.EvalSettings, got {type(settings).__name__}")
     adapter = as_adapter(model)
     scale = adapter.scale
     steps = model_steps(adapter) if settings.steps is None else settings.steps
