@@ -217,27 +217,19 @@ def eval_results(a, rows: list, partial: str = "") -> None:
     print(table)
 
 
-def last_tau(adapter, a, device) -> Callable[[int], float]:
-    """n -> the last step's mask threshold tau of yoda.sample(adapter, lr, steps=n, ...) with the options of ``a``
-    (checked as yoda.sample checks them, on the smallest LR the model takes: a bad one raises before any work)."""
-    import torch
+def last_tau(adapter, a, device, lower_bound: Optional[float] = None) -> Callable[[int], float]:
+    """yoda.sampling.spec.last_tau_at with the sampling options of ``a`` (lower_bound: another than a's)."""
+    from .sampling.spec import last_tau_at
 
-    from .adapters import hr_grid
-    from .sampling.spec import make_spec, model_spacing
-
-    side = hr_grid(adapter)[1] // adapter.scale
-    lr = torch.zeros(1, 3, side, side, device=device)
-    return lambda n: make_spec(adapter, lr, steps=n, sampler=a.sampler, eta=getattr(a, "eta", None),
-                               lower_bound=a.lower_bound, seed=a.seed, sigmas=getattr(a, "sigmas", None),
-                               spacing=model_spacing(adapter, a.sampler), progress=False).taus[-1]
+    return last_tau_at(adapter, sampler=a.sampler, eta=getattr(a, "eta", None), seed=a.seed, device=device,
+                       lower_bound=a.lower_bound if lower_bound is None else lower_bound,
+                       sigmas=getattr(a, "sigmas", None))
 
 
 def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
     """eval's note on its YODA rows' steps: without --steps, where they take more than plain's
     (evaluate.yoda_row_steps, as upscale takes them); where a row's steps leave pixels at the bicubic image (with
     --steps; they read as a loss of the method: -0.52 dB at 1 step and l = 0.6, where 2 steps give -0.02)."""
-    import argparse
-
     from .attention import check_name
     from .evaluate import yoda_row_steps
     from .sampling.spec import covering_steps
@@ -255,7 +247,7 @@ def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
         lbs = [lb for lb, n in by_lb.items() if n == a.steps]  # covered already, or by no count: said below
     left = []
     for lb in lbs:
-        tau_of = last_tau(adapter, argparse.Namespace(**{**vars(a), "lower_bound": lb}), device)
+        tau_of = last_tau(adapter, a, device, lb)
         tau = tau_of(a.steps)
         if tau > 0:
             left.append((lb, tau, covering_steps(tau_of, a.steps + 1, adapter.schedule.T)))

@@ -224,20 +224,14 @@ def yoda_row_steps(adapter, settings: EvalSettings) -> dict:
     refines every pixel (the masks cover every pixel once tau = t/T - l reaches 0): at the embedded model's 1 step
     and l = 0.6 the pixels of attention below 0.4 kept the bicubic image, and the rows read as a loss of the method
     (-0.52 dB, against -0.02 at the 2 steps upscale takes). The model's own where no count up to that covers."""
-    from .adapters import hr_grid
-    from .sampling.spec import covering_steps, make_spec, model_spacing
+    from .sampling.spec import covering_steps, last_tau_at
 
     if settings.steps is not None:
         return {lb: settings.steps for lb in settings.lower_bounds}
-    steps = model_steps(adapter)
-    side = hr_grid(adapter)[1] // adapter.scale
-    lr = torch.zeros(1, 3, side, side, device=adapter.device() or torch.device("cpu"))
-    out, sampler = {}, settings.sampler or model_sampler(adapter)
+    steps, out = model_steps(adapter), {}
     for lb in settings.lower_bounds:
-        def tau(n):  # the last step's threshold of yoda.sample at n steps
-            return make_spec(adapter, lr, steps=n, sampler=sampler, eta=settings.eta, lower_bound=lb,
-                             seed=settings.seed, sigmas=settings.sigmas, spacing=model_spacing(adapter, sampler),
-                             progress=False).taus[-1]
+        tau = last_tau_at(adapter, sampler=settings.sampler or model_sampler(adapter), eta=settings.eta,
+                          lower_bound=lb, seed=settings.seed, sigmas=settings.sigmas)
         out[lb] = steps if tau(steps) <= 0 else covering_steps(tau, steps + 1, adapter.schedule.T) or steps
     return out
 

@@ -27,7 +27,7 @@ from yoda_kernels.contract import SAMPLERS, check_tile
 from .. import masks
 from ..masks import as_int
 from ..schedule import FINAL_AT_FIRST
-from ..adapters import Adapter
+from ..adapters import Adapter, hr_grid
 from ..errors import lr_from_images_now
 from ..attention.classic import check_lr_range
 from . import solvers as S
@@ -49,6 +49,18 @@ def model_spacing(adapter, sampler: str, spacing: Optional[str] = None) -> Optio
         if sampler == "ddpm" and spacing in FINAL_AT_FIRST:
             spacing = "leading" if spacing == "sd_leading" else None
     return spacing
+
+
+def last_tau_at(adapter, *, sampler: str, eta: Any, lower_bound: float, seed: int, sigmas: Any,
+                device: Any = None) -> Callable[[int], float]:
+    """n -> the last step's mask threshold tau of yoda.sample(adapter, lr, steps=n, ...) with these options and the
+    model's own spacing (model_spacing), checked as yoda.sample checks them on the smallest LR the model takes (a
+    bad option raises at the first call, before any work). What covering_steps asks."""
+    side = hr_grid(adapter)[1] // adapter.scale
+    lr = torch.zeros(1, 3, side, side, device=device or adapter.device() or torch.device("cpu"))
+    spacing = model_spacing(adapter, sampler)
+    return lambda n: make_spec(adapter, lr, steps=n, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
+                               sigmas=sigmas, spacing=spacing, progress=False).taus[-1]
 
 
 def covering_steps(last_tau: Callable[[int], float], steps: int, T: int) -> Optional[int]:

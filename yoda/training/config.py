@@ -285,10 +285,14 @@ def absolute_folders(cfg: TrainConfig) -> TrainConfig:
     fix = {k: os.path.abspath(v) for k, v in (("source", d.source), ("val_source", d.val_source))
            if v not in _data.NAMED_SOURCES and not os.path.isabs(v)}
     out = cfg.replace(data=dataclasses.replace(d, **fix)) if fix else cfg
-    name, sep, path = cfg.attention.partition(":")
-    if sep and path.strip():
-        out = out.replace(attention=f"{name}:{os.path.abspath(os.path.expanduser(path))}")
-    return out
+    return out.replace(attention=weights_path(cfg.attention, os.path.abspath))
+
+
+def weights_path(attention: str, resolve) -> str:
+    """An attention name with its weights file (dino-vits8:PATH) passed through ``resolve`` (os.path.abspath,
+    realpath), ~ expanded; a name without one as it is."""
+    name, sep, path = attention.partition(":")
+    return f"{name}:{resolve(os.path.expanduser(path))}" if sep and path.strip() else attention
 
 
 def model_space(spec: Any) -> str:

@@ -43,7 +43,7 @@ from ..evaluate import psnr_u8
 from ..heldout import held_out_copy
 from ..photos import check_not_held_out
 from ..torchrun import main_rank
-from .config import TrainConfig, _json_form, absolute_folders
+from .config import TrainConfig, _json_form, absolute_folders, weights_path
 from .finetune import read_init
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, gather_to_main, local_batch, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
@@ -97,9 +97,8 @@ def _resume_view(d: dict) -> dict:
             flat[k] = v
     if isinstance(v := flat.get("data.source"), str) and os.path.isdir(v):
         flat["data.source"] = os.path.realpath(v)
-    name, sep, path = str(flat.get("attention", "")).partition(":")  # dino-*:PATH (stored relative before 12-05)
-    if sep and path.strip():
-        flat["attention"] = f"{name}:{os.path.realpath(os.path.expanduser(path))}"
+    if isinstance(v := flat.get("attention"), str):  # dino-*:PATH (stored relative before 2026-12-05)
+        flat["attention"] = weights_path(v, os.path.realpath)
     return flat
 
 
