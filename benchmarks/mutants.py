@@ -919,6 +919,10 @@ MUTANTS = [
            "    for name, a in map(_image_pair, images):", "    for name, a in images:",
            ("tests/test_evaluate.py", "-k", "names_what_is_wrong"),
            "a grey image in a stream of evaluate's images fails after the first sampling, unnamed"),
+    Mutant("cli-library-words", "yoda/cli_parser.py",
+           "    if options:  # the library's", "    if False:  # the library's",
+           ("tests/test_cli.py", "-k", "argument_words"),
+           "a CLI error says \"leave eta None\" and \"sampler='ddim'\" where the options are --eta and --sampler"),
 ]
 
 

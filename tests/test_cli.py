@@ -852,6 +852,19 @@ def test_bad_choice_is_one_line(capsys):
     assert code == 2 and "argument --T: '0' must be an integer >= 1" in err
 
 
+def test_library_argument_words_become_options():
+    """The library's "leave eta None", "sampler='ddim'" and "steps=" inside a message read as the options; the
+    CLI has no spacing option (the model card's); a name that is no option, or train's config keys, stay."""
+    one = yoda.cli_parser.one_line
+    msg = ValueError("eta applies to sampler='ddim' or 'euler_a' only; leave eta None (or 0) for 'ddpm'")
+    assert one(msg) == "--eta applies to --sampler ddim or 'euler_a' only; leave out --eta (or 0) for 'ddpm'"
+    msg = ValueError("sigmas applies to the solvers only; sampler='ddim' visits the timesteps of steps= and spacing=")
+    assert one(msg) == ("--sigmas applies to the solvers only; --sampler ddim visits the timesteps of --steps and "
+                        "the model's spacing")
+    assert one(ValueError("T=5 and noise= differ; leave x None")) == "T=5 and noise= differ; leave x None"
+    assert one(msg, options=False) == str(msg)
+
+
 def test_model_with_inf_output_is_a_one_line_error(tmp_path, images, capsys):
     torch.manual_seed(0)
     cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2),

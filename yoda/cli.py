@@ -27,7 +27,6 @@ pixels (and, for upscale, outputs over it) are refused (--max-pixels N).
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 import traceback
@@ -37,7 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli_parser import build_parser, command_parser
+from .cli_parser import build_parser, command_parser, missing_package, one_line
 from ._io import check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
                          cli_device, default_steps, error_line, eval_images, eval_results, eval_steps_note, load_model,
@@ -85,20 +84,20 @@ def cmd_upscale(a) -> int:
                 check_hr_size(src, arr, a.scale, a.max_pixels, dst)
                 _upscale_one(a, run, arr, grey, src, dst, tally)
 
-    def one_line(e: BaseException) -> str:
+    def message(e: BaseException) -> str:
         if out_of_memory(e):
-            return f"{printable(working[0][0])}: out of memory ({_one_line(e, options=False)}); " \
+            return f"{printable(working[0][0])}: out of memory ({one_line(e, options=False)}); " \
                    f"{MEMORY_ADVICE['upscale']}"
-        return _one_line(e)
+        return one_line(e)
 
     if world > 1:  # the outputs are the same files as one process writes (atomically)
         with tally.closed():
-            return run_sharded(sorted(items), rank, world, work, one_line, a.debug, out_dir, quiet, tally.close)
+            return run_sharded(sorted(items), rank, world, work, message, a.debug, out_dir, quiet, tally.close)
     with made_folder(out_dir), tally.closed():
         if len(items) == 1:
             until_free(work, items[0])  # its error is the command's
             return 0
-        failed = run_items(items, work, one_line, debug=a.debug, quiet=quiet)
+        failed = run_items(items, work, message, debug=a.debug, quiet=quiet)
     if failed:
         print(f"yoda: error: {failed} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
         return 2
@@ -320,7 +319,7 @@ class _Skipped(list):
 
     def __call__(self, name: str, e: BaseException) -> None:
         self.append(name)
-        error_line(f"yoda: error: {_one_line(e)} (skipped)")
+        error_line(f"yoda: error: {one_line(e)} (skipped)")
 
     def status(self, total: int) -> int:
         if self:
@@ -538,61 +537,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if out_of_memory(e):
             if a.debug:
                 traceback.print_exc()
-            print(f"yoda: error: {rank_prefix()}out of memory ({_one_line(e, options=False)}); "
+            print(f"yoda: error: {rank_prefix()}out of memory ({one_line(e, options=False)}); "
                   f"{MEMORY_ADVICE.get(a.cmd, 'smaller images need less')}", file=sys.stderr)
             return 2
-        user = isinstance(e, (UserError, OSError)) or _missing_package(e) is not None
+        user = isinstance(e, (UserError, OSError)) or missing_package(e) is not None
         if a.debug or not user:
             traceback.print_exc()
         if not user:
             print(f"yoda: internal error: {type(e).__name__} (a bug in yoda, or in code it ran; the traceback is "
                   "above)", file=sys.stderr)
             return 1
-        print(f"yoda: error: {rank_prefix()}{_one_line(e, options=a.cmd != 'train')}", file=sys.stderr)
+        print(f"yoda: error: {rank_prefix()}{one_line(e, options=a.cmd != 'train')}", file=sys.stderr)
         return 2
 
 
 MEMORY_ADVICE = {"upscale": "a lower --max-memory, or smaller --tiles, denoises in smaller windows",
                  "train": "a smaller batch, data.crop or data.val_crops in the config needs less",
                  "eval": "a lower --max-size needs less", "figures": "a lower --max-size needs less"}
-
-
-# The library's messages start with the name of the argument at fault; the command line names its option.
-_OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", "steps": "--steps", "seed": "--seed",
-              "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
-              "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
-              "attentions": "--attention", "attention": "--attention", "bins": "--bins", "degree": "--degree",
-              "crops": "--crops", "short_side": "--short-side", "labels": "--labels", "compile": "--compile",
-              "autocast": "--autocast", "cuda_graphs": "--cuda-graphs", "channels_last": "--channels-last",
-              "device": "--device"}
-
-
-def _one_line(e: BaseException, options: bool = True) -> str:
-    """The message of ``e`` on one line; ``options``: a leading library argument name becomes its option's (not
-    for train, whose config keys share those names)."""
-    pkg = _missing_package(e)
-    if pkg is not None:
-        return f"this needs the Python package {pkg!r}, which is not installed ({e})"
-    msg = str(e).strip()
-    if isinstance(e, OSError) and e.strerror:  # not Python's "[Errno 28] " prefix
-        msg = e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
-    if not msg:
-        return type(e).__name__
-    line = printable(msg.splitlines()[0])
-    name = re.match(r"\w+(?=[ :\[])", line)
-    if options and name and name.group() in _OPTION_OF:
-        return _OPTION_OF[name.group()] + line[name.end():]
-    if options and line.startswith("unknown attention "):  # yoda.attention.check_name's
-        return f"--attention: {line}"
-    return line[len("path: "):] if line.startswith("path: ") else line  # read_image's argument: the file follows
-
-
-def _missing_package(e: BaseException) -> Optional[str]:
-    """The third-party package a ModuleNotFoundError names (an optional dependency that is not installed), or
-    None (not such an error, or a yoda module: a bug)."""
-    if isinstance(e, ModuleNotFoundError) and e.name and not e.name.split(".")[0] in ("yoda", "yoda_kernels"):
-        return e.name.split(".")[0]
-    return None
 
 
 if __name__ == "__main__":  # python -m yoda.cli ...

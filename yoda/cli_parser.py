@@ -1,9 +1,14 @@
-"""The `yoda` command line's options: one argparse subparser per command (yoda.cli runs them)."""
+"""The `yoda` command line's options: one argparse subparser per command (yoda.cli runs them), and the one-line
+form of an error that names them."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from typing import Optional
+
+from .errors import printable
 
 
 class _Help(argparse.HelpFormatter):
@@ -151,8 +156,6 @@ _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 def _bytes_arg(v: str) -> int:
     """'2G', '512M', '1.5GB', '100KiB', '1000000' -> bytes (binary units)."""
-    import re
-
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", v.upper())
     if m is None:
         raise argparse.ArgumentTypeError(f"{v!r} is not a size (e.g. 2G, 512M, 0)")
@@ -417,3 +420,47 @@ def _data_out_args(p) -> None:
     """`yoda data build` and `export` name their folder alike: DIR or -o/--out DIR (checked in yoda.cli.cmd_data)."""
     p.add_argument("dir", nargs="?", type=_path, metavar="DIR", default=None, help="output folder")
     p.add_argument("-o", "--out", type=_path, default=None, metavar="DIR", help="output folder (the same as DIR)")
+
+
+# The library's messages start with the name of the argument at fault; the command line names its option.
+OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", "steps": "--steps", "seed": "--seed",
+              "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
+              "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
+              "attentions": "--attention", "attention": "--attention", "bins": "--bins", "degree": "--degree",
+              "crops": "--crops", "short_side": "--short-side", "labels": "--labels", "compile": "--compile",
+              "autocast": "--autocast", "cuda_graphs": "--cuda-graphs", "channels_last": "--channels-last",
+              "device": "--device"}
+
+
+def one_line(e: BaseException, options: bool = True) -> str:
+    """The message of ``e`` on one line; ``options``: a leading library argument name becomes its option's (not
+    for train, whose config keys share those names)."""
+    pkg = missing_package(e)
+    if pkg is not None:
+        return f"this needs the Python package {pkg!r}, which is not installed ({e})"
+    msg = str(e).strip()
+    if isinstance(e, OSError) and e.strerror:  # not Python's "[Errno 28] " prefix
+        msg = e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
+    if not msg:
+        return type(e).__name__
+    line = printable(msg.splitlines()[0])
+    name = re.match(r"\w+(?=[ :\[])", line)
+    if options and name and name.group() in OPTION_OF:
+        line = OPTION_OF[name.group()] + line[name.end():]
+    if options:  # the library's "leave eta None", "sampler='ddim'", "steps=" further on: the options' words
+        line = re.sub(r"\bleave (\w+) None\b", lambda m: f"leave out {OPTION_OF[m[1]]}" if m[1] in OPTION_OF
+                      else m[0], line)
+        line = re.sub(r"\bspacing=(?=[\s,;:)]|$)", "the model's spacing", line)  # no option: the model card's
+        line = re.sub(r"\b(\w+)=(?:'([\w-]*)'|(?=[\s,;:)]|$))", lambda m: (
+            m[0] if m[1] not in OPTION_OF else OPTION_OF[m[1]] + ("" if m[2] is None else f" {m[2]}")), line)
+    if options and line.startswith("unknown attention "):  # yoda.attention.check_name's
+        return f"--attention: {line}"
+    return line[len("path: "):] if line.startswith("path: ") else line  # read_image's argument: the file follows
+
+
+def missing_package(e: BaseException) -> Optional[str]:
+    """The third-party package a ModuleNotFoundError names (an optional dependency that is not installed), or
+    None (not such an error, or a yoda module: a bug)."""
+    if isinstance(e, ModuleNotFoundError) and e.name and not e.name.split(".")[0] in ("yoda", "yoda_kernels"):
+        return e.name.split(".")[0]
+    return None
