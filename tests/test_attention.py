@@ -455,7 +455,7 @@ def test_attention_figure_panels_show_the_masks():
 def test_attention_figure_of_a_runs_steps():
     """steps=N: the masks drawn are those of the N steps a run visits (Schedule.respace, trailing: t = 1000 and 500
     at N = 2, the full mask of the last step too), and the title's ratio is the exact one over them, labelled with N;
-    above MAX_STEP_PANELS steps the default five masks are drawn. ts given wins over the steps' own."""
+    above MAX_STEP_PANELS steps five of them. ts given wins over the steps' own."""
     from yoda.attention import figure as fig
 
     h, w = 16, 20
@@ -489,7 +489,11 @@ def test_attention_figure_of_a_runs_steps():
     last = np.asarray(img)[y0 : y0 + Hp, fig._GAP + (Wp + fig._GAP) :][:, :Wp]
     assert (last == 255).all()
     assert masks_drawn(steps=fig.MAX_STEP_PANELS)[1] == [f"M(t={t})" for t in (1000, 833, 667, 500, 333, 167)]
-    assert masks_drawn(steps=fig.MAX_STEP_PANELS + 1)[1] == masks_drawn()[1]  # the default five masks
+    # more steps than panels: 5 of the run's own steps, first and last among them, as the title says (it drew the
+    # default t = 1000, 920, ... of "every step", under a title of the 8 steps' ratio)
+    img, masks = masks_drawn(steps=8)
+    assert masks == [f"M(t={t})" for t in (1000, 750, 500, 375, 125)]
+    assert any(t.endswith("masks at 5 of its 8 steps") and "(8 steps of T=1000)" in t for t in drawn), drawn
     assert masks_drawn(steps=2, ts=[850])[1] == ["M(t=850)"]  # ts decides the panels
     with pytest.raises(ValueError, match="steps must be in"):
         att.attention_figure(lr, A, steps=1001)
@@ -669,6 +673,9 @@ def test_attention_figure_title_and_labels_are_exact():
     img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177, label="sift attention of a.png, x4")
     assert drawn(img, "sift attention of a.png, x4:  lower_bound=0.6  T=1000  pixel update ratio (this run's "
                       "steps)=0.177", top=("LR", "attention A (sift)", "A over LR"))
+    img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177, label="my map")  # it drew "attention A (my)"
+    assert drawn(img, "my map:  lower_bound=0.6  T=1000  pixel update ratio (this run's steps)=0.177",
+                 top=("LR", "attention A", "A over LR"))
     # T = 3: the default ts are 3 and 2 (t = 1 <= 0.6 T has a full mask, not drawn); the title is the mean over
     # every step, the full mask included
     A3 = att.edge()(lr)

@@ -427,6 +427,63 @@ def test_key_and_shape_errors_are_listed(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # the "yoda" format
 # ----------------------------------------------------------------------------------------------------------
+def test_save_model_writes_strict_json_and_refuses_what_would_load_as_other_data(tmp_path):
+    """extra: a NaN was written as a NaN token (not JSON), {1: 2} loaded as {'1': 2}, {1: 'a', '1': 'b'} as one
+    key, a list or a str was taken as extra and a circle was a bare ValueError; nothing is written for any."""
+    net, p = _sr3(), tmp_path / "m.safetensors"
+    for bad, err, match in (({"a": float("nan")}, ValueError, "JSON-serialisable"), ({1: 2}, TypeError,
+                            r"^extra: keys must be strings \(JSON's\), got 1$"), ({"x": [{None: 1}]}, TypeError,
+                            r"^extra\['x'\]\[0\]: keys must be strings"), ([1], TypeError,
+                            "^extra must be a dict"), ("s", TypeError, "^extra must be a dict")):
+        with pytest.raises(err, match=match):
+            save_model(net, p, schedule=Schedule.linear(5), extra=bad)
+    circle: dict = {}
+    circle["self"] = circle
+    with pytest.raises(ValueError, match="JSON-serialisable.*Circular"):
+        save_model(net, p, schedule=Schedule.linear(5), extra=circle)
+    assert not p.exists()
+    # numpy scalars, as a training script holds them, are numbers (they were "not JSON serializable")
+    import numpy as np
+
+    save_model(net, p, schedule=Schedule.linear(5), scale=np.int64(4), extra={"n": np.int64(3), "f": np.float32(0.5),
+                                                                            "b": np.bool_(True)},
+               sampling={"steps": np.int64(2)})
+    card = yoda.load("yoda", p).card
+    assert card.config["extra"] == {"n": 3, "f": 0.5, "b": True} and card.scale == 4 and card.sampling["steps"] == 2
+    assert type(card.sampling["steps"]) is int
+
+
+def test_numpy_and_tensor_integers_are_ints_in_cards_and_configs(tmp_path):
+    """ModelCard(scale=np.int64(4)), sampling={"steps": np.int64(2)}, SR3Config / SRDiffConfig fields and
+    load_image(max_pixels=) refused numpy ints that yoda.sample takes; SR3Config(scale=4.0) was stored as 4.0."""
+    import numpy as np
+
+    card = ModelCard(Schedule.linear(10), np.int64(4), sampling={"steps": np.int32(2)})
+    assert type(card.scale) is int and type(card.sampling["steps"]) is int and card.scale == 4
+    assert ModelCard(Schedule.linear(10), torch.tensor(4)).scale == 4
+    with pytest.raises(TypeError, match="^ModelCard.scale must be a positive int, got float"):
+        ModelCard(Schedule.linear(10), 4.0)
+    cfg = SR3Config(inner_channel=np.int64(32), res_blocks=np.int16(1), scale=np.int64(4))
+    assert (type(cfg.inner_channel), type(cfg.res_blocks), type(cfg.scale)) == (int, int, int)
+    with pytest.raises(ValueError, match="^SR3Config.scale must be a positive int or None, got float"):
+        SR3Config(scale=4.0)
+    d = SRDiffConfig(hidden_size=np.int64(8), sr_scale=np.int64(4), rrdb_num_block=np.int64(2))
+    assert (type(d.hidden_size), type(d.sr_scale), type(d.rrdb_num_block)) == (int, int, int)
+    with pytest.raises(ValueError, match="^SRDiffConfig.hidden_size must be a positive int, got str"):
+        SRDiffConfig(hidden_size="8")  # a config file's: a ValueError, which its loaders name the file in
+    with pytest.raises(ValueError, match="^SRDiffConfig.sr_scale must be 2, 4 or 8, got 3"):
+        SRDiffConfig(sr_scale=np.int64(3))
+    with pytest.raises(ValueError, match="^cfg_scale must be a finite float >= 0, got -1.0"):
+        yoda.adapters.check_cfg_scale(np.float32(-1))
+    assert yoda.adapters.check_cfg_scale(np.float32(1.5)) == 1.5
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    assert yoda.load_image(tmp_path / "a.png", max_pixels=np.int64(16)).shape == (1, 3, 4, 4)
+    with pytest.raises(yoda.images.DataError, match="pixels"):
+        yoda.load_image(tmp_path / "a.png", max_pixels=np.int64(15))
+
+
 def test_yoda_format_round_trip_sr3(tmp_path):
     cfg = SR3UNet.tiny_x4_config()
     torch.manual_seed(2)

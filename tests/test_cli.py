@@ -438,8 +438,9 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     real = yoda.sampling.sample
     monkeypatch.setattr(yoda.sampling, "sample", sample)
     draw_text = ImageDraw.ImageDraw.text
+    at = {}  # where each text is drawn
     monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: texts.append(t) or
-                        draw_text(self, xy, t, *a, **k))
+                        at.setdefault(t, xy) and draw_text(self, xy, t, *a, **k))
     out = tmp_path / "demo.png"
     code, stdout, err = run(["demo", "-o", str(out), "--model", tiny_model, "--steps", "2", "--lr-size", "8",
                              "--lower-bound", "0.3", "-q"], capsys)
@@ -463,11 +464,13 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     title = next(t for t in texts if t.startswith("yoda demo: "))
     assert title.startswith("yoda demo: astronaut, x4 (8 -> 32 px), model ") and "ddim 2 steps, seed 0" in title
     # the error maps: |plain - HR|, |YODA - HR|, |YODA - plain| with their means (the two runs differ here), on a
-    # third row (the map, 2 masks and the key fill the second with the first error map), under their scale
+    # third row of their own under their scale (the first of them sat beside the key, under the masks' caption)
     errors = [t for t in texts if t.startswith("|") and ", mean " in t]
     assert [t.split(",")[0] for t in errors] == ["|plain - HR|", "|YODA - HR|", "|YODA - plain|"]
     assert float(errors[2].split("mean ")[1]) > 0
-    assert "|a - b|: mean over RGB, 8-bit levels, black 0, white >= 32" in texts
+    scale = "|a - b|: mean over RGB, 8-bit levels, black 0, white >= 32"
+    assert at[masks[0]][1] == at["key"][1] < at[scale][1] < at[errors[0]][1] == at[errors[2]][1]
+    assert at[errors[0]][0] == at["A over LR"][0]  # the row's first panel
     code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--image", "camera"], capsys)
     assert code == 2 and "--image must be one of the images no model here was trained on (astronaut," in err
     for bad in ("0", "-5"):

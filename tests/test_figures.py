@@ -494,7 +494,7 @@ def test_fig5_fits_are_drawn_over_their_bins_only(monkeypatch):
     count = np.array([0, 5, 9, 9, 9, 9, 9, 9, 4, 0])  # the first and last bins are empty
     y = 22 + 4 * np.sin(7 * x)
     r = {"centres": x, "mse": 5 + x, "psnr": y, "count": count}
-    fits = {("plain", k): fg.poly_fit(x, r[k], 9, count) for k in ("mse", "psnr")}
+    fits = {("plain", k): fg.bin_fit(r, k, 9) for k in ("mse", "psnr")}
     lines, limits = [], []
     real_line, real_init = fd._Axes.line, fd._Axes.__init__
     monkeypatch.setattr(fd._Axes, "line", lambda self, xs, ys, *a, **k: lines.append(np.asarray(xs))
@@ -506,6 +506,30 @@ def test_fig5_fits_are_drawn_over_their_bins_only(monkeypatch):
     assert len(fitted) == 2 and all(xs[0] == x[1] and xs[-1] == x[8] for xs in fitted)
     span = np.polyval(fits[("plain", "psnr")], np.linspace(x[1], x[8], 101))
     assert limits[1][1] <= max(span.max(), y.max()) + 5  # the PSNR axis: the points and the fit over them
+
+
+def test_fig5_mse_line_stays_positive_and_agrees_with_the_psnr_line(monkeypatch):
+    """The shipped Fig. 5's quadratic of MSE went below 0 inside the bins' range (a negative MSE) while the PSNR
+    panel's stayed up: MSE is fitted as log(MSE), so its line is 255^2 10^(-PSNR line / 10) (a bin's PSNR is
+    10 log10(255^2 / MSE), and a weighted least-squares fit commutes with that affine map)."""
+    from yoda.figures import draw as fd
+
+    x = (np.arange(10) + 0.5) / 10
+    mse = np.array([60.0, 140, 150, 120, 90, 60, 35, 18, 8, 3])  # falls steeply: a quadratic of it dips below 0
+    count = np.array([50, 400, 900, 900, 800, 700, 600, 500, 300, 40])
+    r = {"centres": x, "mse": mse, "psnr": 10 * np.log10(255.0**2 / mse), "count": count}
+    assert np.polyval(fg.poly_fit(x, mse, 2, count), np.linspace(x[0], x[-1], 101)).min() < 0  # the old line
+    fits = {("plain", k): fg.bin_fit(r, k, 2) for k in ("mse", "psnr")}
+    lines = []
+    real_line = fd._Axes.line
+    monkeypatch.setattr(fd._Axes, "line", lambda self, xs, ys, *a, **k: lines.append(np.asarray(ys))
+                        or real_line(self, xs, ys, *a, **k))
+    fd.draw_regional_error({"plain": r}, fits, 2)
+    mse_line, psnr_line = [ys for ys in lines if len(ys) == 101]
+    assert mse_line.min() > 0
+    np.testing.assert_allclose(mse_line, 255.0**2 * 10 ** (-psnr_line / 10), rtol=1e-9)
+    r0 = dict(r, mse=np.where(np.arange(10) == 9, 0.0, mse))  # a bin the model got exactly: left out of the log fit
+    np.testing.assert_allclose(fg.bin_fit(r0, "mse", 2), fg.poly_fit(x[:9], np.log(mse[:9]), 2, count[:9]))
 
 
 def test_fig5_legend_states_the_degree_fitted(monkeypatch):
@@ -520,7 +544,8 @@ def test_fig5_legend_states_the_degree_fitted(monkeypatch):
     assert any("lines: numpy.polyfit of degree 9 (--degree 20 is lowered to the points - 1)" in s for _, s in texts)
     texts.clear()
     draw_regional_error({"plain": r}, {k: fg.poly_fit(x, r[k[1]], 2) for k in fits}, 2)
-    assert any("lines: degree-2 numpy.polyfit, weighted by sqrt(pixels per bin)" in s for _, s in texts)
+    assert any("lines: degree-2 numpy.polyfit (of log MSE for MSE), weighted by sqrt(pixels per bin)" in s
+               for _, s in texts)
     texts.clear()  # --bins 1: no bin pair to fit, no lines drawn; the legend said "lines: degree-2 numpy.polyfit"
     one = {"centres": x[:1], "mse": r["mse"][:1], "psnr": r["psnr"][:1], "count": np.ones(1)}
     draw_regional_error({"plain": one}, {k: fg.poly_fit(x[:1], one[k[1]], 2) for k in fits}, 2)

@@ -78,8 +78,8 @@ def test_closed_forms(backend):
 
 
 BAD = [
-    ("c-shape", lambda a: dict(c=a["c"][:, :1]), ValueError, "c must have the shape"),
-    ("noise-dtype", lambda a: dict(noise=a["noise"].half()), TypeError, "noise has dtype"),
+    ("c-shape", lambda a: dict(c=a["c"][:, :1]), ValueError, r"^c must have the shape of x0 \(2, 3, 8, 9\)"),
+    ("noise-dtype", lambda a: dict(noise=a["noise"].half()), TypeError, "^noise has dtype torch.float16 but x0 has"),
     ("A-shape", lambda a: dict(A=a["A"][..., :5]), ValueError, "A must be"),
     ("A-device", lambda a: dict(A=a["A"].to("meta")), ValueError, "A is on meta"),
     ("ab-zero", lambda a: dict(ab=0.0), ValueError, "ab must be in"),

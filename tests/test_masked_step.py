@@ -406,13 +406,46 @@ def test_stats_from_tile_stats_are_not_searched_again(monkeypatch):
     stats = yk.tile_stats(A, 8)
     assert isinstance(stats, yk.TileStats) and torch.equal(stats.tile_max, naive.tile_stats(A, 8)[0])
     searched = []
-    real = ops.check_nan
-    monkeypatch.setattr(ops, "check_nan", lambda name, *t: (searched.append(name), real(name, *t)))
+    real = ops.values_checkable
+    monkeypatch.setattr(ops, "values_checkable", lambda t: (searched.append(t is stats.tile_max), real(t))[1])
     kw = dict(ab_t=0.3, ab_prev=0.45, tile=8, backend="cpp")
     fast = yk.masked_step(x, o, c, A, 0.5, stats=stats, **kw)
-    assert searched == []
+    assert True not in searched
     assert torch.equal(yk.masked_step(x, o, c, A, 0.5, stats=tuple(stats), **kw), fast)
-    assert searched == ["A"]  # both statistics, one device sync
+    assert searched.count(True) == 1  # both statistics, one device sync
+    # a TileStats made by hand is a plain tuple: searched (NaN of A, max < min), and trusted to describe A
+    assert torch.equal(yk.masked_step(x, o, c, A, 0.5, stats=yk.TileStats(*stats), **kw), fast)
+    assert searched.count(True) == 2
+
+
+@pytest.mark.parametrize("backend", yk.available_backends("cpu"))
+def test_given_stats_of_another_A_are_refused(backend):
+    """stats= made of another A (or of this A before an in-place change, or in another dtype) gave wrong results
+    on the C++ and Triton backends, which classify tiles by them, and right ones on the naive reference, which reads
+    A; a plain tuple with max and min swapped made mixed tiles full. Now each is refused on every backend."""
+    x, o, c, A = _good()
+    kw = dict(ab_t=0.3, ab_prev=0.45, tile=8, backend=backend, seed=1, step=1)
+    want = yk.masked_step(x, o, c, A, 0.5, **kw)
+    stats = yk.tile_stats(A, 8)
+    assert torch.equal(yk.masked_step(x, o, c, A, 0.5, stats=stats, **kw), want)
+    tmax, tmin = stats  # still a pair
+    other = A.flip(-1).contiguous()
+    stale = A.clone()
+    st_stale = yk.tile_stats(stale, 8)
+    stale.mul_(0.5)
+    for B, st in ((other, stats), (A.half(), stats), (stale, st_stale), (A, yk.tile_stats(A, 8 * 2))):
+        with pytest.raises(ValueError, match=r"^stats (were made of another A, or of this A before it changed in "
+                                             r"place: call tile_stats\(A, 8\) again|must be two tensors)"):
+            yk.masked_step(x if B.dtype == x.dtype else x.half(), o.to(B.dtype), c.to(B.dtype), B, 0.5,
+                           stats=st, **kw)
+    with pytest.raises(ValueError, match=r"^stats must be \(tile_max, tile_min\), in that order"):
+        yk.masked_step(x, o, c, A, 0.5, stats=(tmin, tmax), **kw)
+    ops_ = yk.MaskedOps(c, stale, tile=8, backend=backend, seed=1)
+    k = yk.step_coefficients(0.3, 0.45)
+    ops_.step(x, o, 0.5, coefs=k, step=1)
+    stale.add_(0.1)  # MaskedOps made its statistics once: a change after that is refused, not ignored
+    with pytest.raises(ValueError, match="^stats were made of another A"):
+        ops_.step(x, o, 0.5, coefs=k, step=1)
 
 
 def test_unknown_backend():

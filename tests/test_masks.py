@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from yoda import masks
 from yoda.masks import active_fraction, mask_at, pixel_update_ratio, refine_fraction, tau_at
 from yoda.schedule import Schedule
 
@@ -167,3 +168,26 @@ def test_three_d_attention_batches_are_read_per_image():
     np.testing.assert_allclose(active_fraction(A[:, 0], 0.5).numpy(), want, rtol=0, atol=1e-7)
     want_pur = np.minimum(1.0, A.numpy().astype(np.float64) + 0.6).reshape(2, -1).mean(1)
     np.testing.assert_allclose(pixel_update_ratio(A[:, 0], 0.6).numpy(), want_pur, rtol=1e-6)
+
+
+def test_numbers_given_as_meta_tensors_or_of_the_wrong_type_are_named():
+    """steps, seed and lower_bound as meta tensors raised torch's "Tensor.item() cannot be called on meta tensors",
+    naming nothing; a seed of 3.0 or '3' was a ValueError where steps=2.0 is a TypeError."""
+    from yoda.sampling.spec import resolve_seed
+
+    meta = torch.tensor(3, device="meta")
+    for check, name in ((lambda v: masks.as_int(v, "steps"), "steps"), (resolve_seed, "seed"),
+                        (masks.check_lower_bound, "lower_bound"), (lambda v: masks.as_float(v, "eta"), "eta")):
+        with pytest.raises(ValueError, match=f"^{name} is on the meta device"):
+            check(meta)
+    for bad in (3.0, "3", True):
+        with pytest.raises(TypeError, match=r"^seed must be an int in \[0, 2\*\*32 - 1\] or None, got "):
+            resolve_seed(bad)
+    with pytest.raises(ValueError, match=r"^seed must be an int in \[0, 2\*\*32 - 1\] or None, got -1"):
+        resolve_seed(-1)
+    assert masks.check_lower_bound(np.float32(0.5)) == 0.5 and masks.as_float(torch.tensor(2), "eta") == 2.0
+    for bad in (True, "0.4", torch.tensor([0.4])):
+        with pytest.raises(TypeError, match="^lower_bound must be a float, got "):
+            masks.check_lower_bound(bad)
+    with pytest.raises(ValueError, match="^lower_bound must be a finite float >= 0, got inf"):
+        masks.check_lower_bound(float("inf"))

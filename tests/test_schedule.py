@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -250,3 +251,49 @@ def test_numpy_integers_are_ints_here_too():
         s.respace(5.0)
     with pytest.raises(ValueError, match=r"idx must be an int in \[0, 1000\), got 5.0"):
         s.alpha_bar(5.0)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda v: Schedule.linear(10, v), "beta_start"), (lambda v: Schedule.linear(10, 1e-4, v), "beta_end"),
+    (lambda v: Schedule.scaled_linear(10, v), "beta_start"), (lambda v: Schedule.cosine(10, s=v), "s"),
+    (lambda v: Schedule.cosine(10, max_beta=v), "max_beta"),
+])
+def test_every_constructor_argument_follows_one_rule(make, name):
+    """Each float argument: Python / numpy reals and 0-d tensors are taken, as yoda.sample takes them; a str, a bool,
+    a 1-element 1-D tensor and a meta tensor are refused naming the argument. ('0.001' was taken by linear and an
+    error of math.sqrt's in scaled_linear; cosine took s=True as 1.0; a meta tensor said only 'Tensor.item()')."""
+    want = make(0.005)
+    for same in (np.float32(0.005), np.float64(0.005), torch.tensor(0.005, dtype=torch.float64)):
+        assert make(same) == want if not isinstance(same, np.float32) else make(same).T == 10
+    for bad in ("0.005", True, False, torch.tensor([0.005]), [0.005], None):
+        with pytest.raises(TypeError, match=f"^{name} must be a float, got "):
+            make(bad)
+    with pytest.raises(ValueError, match=f"^{name} is on the meta device"):
+        make(torch.tensor(0.005, device="meta"))
+    with pytest.raises(ValueError, match=f"^{name} must be finite"):
+        make(float("inf"))
+    with pytest.raises(ValueError, match="^T is on the meta device"):
+        Schedule.linear(torch.tensor(10, device="meta"))
+
+
+def test_from_betas_takes_what_schedule_takes():
+    """from_betas and Schedule(betas) agreed on nothing: ['0.1'] was an error of torch's in one and a TypeError in
+    the other, 0.1 'not iterable' in one; [True] was beta 1; a meta tensor an error of torch's copy."""
+    want = Schedule.from_betas(torch.tensor([0.1, 0.2], dtype=torch.float64))
+    for same in ([0.1, 0.2], (0.1, 0.2), np.array([0.1, 0.2]), (v for v in [0.1, 0.2]), [np.float64(0.1), 0.2]):
+        assert Schedule.from_betas(same) == want
+    assert Schedule(v for v in [0.1, 0.2]) == want and Schedule(np.array([0.1, 0.2])) == want
+    for bad, match in ((["0.1"], "got an entry '0.1'"), ([True], "got an entry True"), (0.1, "got float"),
+                       ("0.1", "got str"), ({0.1: 1}, "got dict"), (np.array([0.1, None]), "numpy array of object"),
+                       (torch.tensor([True]), "torch.bool tensor")):
+        for make in (Schedule, Schedule.from_betas):
+            with pytest.raises(TypeError, match=r"^betas must be .*" + re.escape(match)):
+                make(bad)
+    with pytest.raises(ValueError, match="^betas is on the meta device"):
+        Schedule.from_betas(torch.zeros(3, device="meta"))
+    assert Schedule.from_betas(torch.tensor([1], dtype=torch.int16)).zero_terminal_snr  # an integer dtype: its value
+
+
+def test_cosine_with_a_huge_s_names_s():
+    with pytest.raises(ValueError, match=r"^s = 1e\+308 is too large for T = 10"):
+        Schedule.cosine(10, s=1e308)

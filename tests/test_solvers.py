@@ -899,7 +899,7 @@ def test_numpy_and_0d_tensor_scalars_are_numbers():
                       (dict(steps=torch.tensor(True)), "steps must be an int or None, got tensor"),
                       (dict(steps=torch.tensor([3])), "steps must be an int or None, got tensor"),
                       (dict(eta=True), "eta must be a float, got bool"),
-                      (dict(eta=torch.tensor([0.5])), "eta must be a float, got Tensor")):
+                      (dict(eta=torch.tensor([0.5])), r"eta must be a float, got tensor\(\[0.5000\]\)")):
         with pytest.raises(TypeError, match=match):
             yoda.sample(ad, lr, sampler="euler_a", progress=False, **{"steps": 3, **kw})
 

@@ -68,6 +68,7 @@ import torch.nn.functional as F
 
 from yoda_kernels.contract import PREDICTIONS
 
+from .masks import as_float
 from .schedule import Schedule
 from .upsampling import METHODS as UPSAMPLINGS
 from .upsampling import upsample  # up(lr), DESIGN.md §2: yoda.upsampling
@@ -212,11 +213,9 @@ def _leaves(v: Any) -> list:
 # --------------------------------------------------------------------------------------------------------------
 def check_cfg_scale(scale: Any, name: str = "cfg_scale") -> float:
     """A guidance scale: a finite float >= 0 (1: no guidance, one conditional pass; 0: the unconditional one)."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(scale).__name__}")
-    v = float(scale)
+    v = as_float(scale, name, finite=False)  # numpy and 0-d tensor scalars too
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite float >= 0, got {scale!r}")
+        raise ValueError(f"{name} must be a finite float >= 0, got {v}")
     return v
 
 

@@ -250,8 +250,7 @@ def cmd_demo(a) -> int:
         timing[name] = time.perf_counter() - t0
     scores = {name: metrics(to_uint8(results[name])[0], hr_u8) for name in ("bicubic", "plain", "YODA")}
     # row 1: LR (nearest), bicubic, plain, YODA (with PSNR / SSIM), HR, the attention map; row 2: the map over the
-    # LR, the masks of the YODA run's steps (5 at most), the key, the error maps (a third row takes what does not
-    # fit). Small crops are enlarged (nearest, by a whole factor) to panels of at least 160 px: the labels fit
+    # LR, the masks of the YODA run's steps (5 at most), the key; row 3: the error maps. Small crops are enlarged (nearest, by a whole factor) to panels of at least 160 px: the labels fit
     panel = size * -(-160 // size)
     big = lambda im: im.resize((panel, panel), Image.Resampling.NEAREST) if panel > size else im  # noqa: E731
     lr_big = Image.fromarray(to_uint8(lr)[0]).resize((panel, panel), Image.Resampling.NEAREST)
@@ -272,10 +271,11 @@ def cmd_demo(a) -> int:
         bottom.append((f"M(t={t}): {percent_label(int(m.sum()), m.numel())} refined", im))
     bottom.append(("key", colour_key(panel, panel, ts)))  # colour -> A, with the drawn masks' thresholds
     sr_u8 = {name: to_uint8(results[name])[0] for name in ("plain", "YODA")}
+    errors = []  # where each errs, where they differ: a row of their own, under their own caption
     for label, one, other in (("plain - HR", sr_u8["plain"], hr_u8), ("YODA - HR", sr_u8["YODA"], hr_u8),
-                              ("YODA - plain", sr_u8["YODA"], sr_u8["plain"])):  # where each errs, where they differ
+                              ("YODA - plain", sr_u8["YODA"], sr_u8["plain"])):
         err = drawing.error_map(one, other)
-        bottom.append((f"|{label}|, mean {err.mean():.2f}", big(Image.fromarray(drawing.error_image(err)))))
+        errors.append((f"|{label}|, mean {err.mean():.2f}", big(Image.fromarray(drawing.error_image(err)))))
     ratio = float(sum(active_fraction(A, tau) for _, tau in visited)) / len(visited)
     plural = lambda n: f"{n} step{'s' if n != 1 else ''}"  # noqa: E731
     steps = plural(steps["plain"]) + (f" (YODA {plural(steps['YODA'])})" if steps["YODA"] != steps["plain"] else "")
@@ -285,12 +285,8 @@ def cmd_demo(a) -> int:
                f"1[A >= t/T - {a.lower_bound:g}] at {'its' if len(ts) == len(visited) else f'{len(ts)} of its'} "
                f"{len(visited)} step{'s' if len(visited) != 1 else ''} (white: refined, the rest stays bicubic); "
                f"{ratio_text(ratio, 'of the run')}")
-    errors = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {drawing.ERROR_WHITE}"
-    if len(bottom) <= len(top):
-        rows = [(None, top), (f"{caption}; {errors}", bottom)]
-    else:  # what does not fit beside the masks goes on a third row
-        rows = [(None, top), (caption, bottom[:len(top)]), (errors, bottom[len(top):])]
-    canvas = drawing.panel_grid(title, rows, panel)
+    key = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {drawing.ERROR_WHITE}"
+    canvas = drawing.panel_grid(title, [(None, top), (caption, bottom), (key, errors)], panel)
     save_figure(canvas, a.output)
     print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
           f"attention {a.attention}, lower bound {a.lower_bound:g}")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 import re
 import struct
@@ -317,6 +318,8 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file name (str or os.PathLike), got {type(path).__name__}")
     p = Path(path)
+    if isinstance(max_pixels, numbers.Integral) and not isinstance(max_pixels, bool):  # numpy ints too (not torch's
+        max_pixels = int(max_pixels)  # as_int: image I/O does not import torch)
     limit = pixel_limit(max_pixels)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"max_pixels must be an int >= 0 (0: no limit) or None, got {max_pixels!r}")

@@ -20,6 +20,11 @@ _FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 A_MARGIN = 1e-3  # attention may exceed [0, 1] by float rounding (a bilinear or bicubic resize)
 
 
+def _not_meta(v: Any, name: str) -> None:
+    if isinstance(v, torch.Tensor) and v.device.type == "meta":  # .item() of it raised, naming nothing
+        raise ValueError(f"{name} is on the meta device (a shape without a value): give a number")
+
+
 def as_int(v: Any, name: str, what: str = "an int") -> int:
     """v as an int: Python and numpy integers, 0-d integer tensors; TypeError naming ``name`` otherwise."""
     tensor = isinstance(v, torch.Tensor)
@@ -27,19 +32,38 @@ def as_int(v: Any, name: str, what: str = "an int") -> int:
             or (tensor and (v.dim() != 0 or v.dtype == torch.bool or v.is_floating_point() or v.is_complex()))):
         raise TypeError(f"{name} must be {what}, got {v!r}" if tensor else f"{name} must be {what}, got "
                         f"{type(v).__name__}")
+    _not_meta(v, name)
     return operator.index(v)
+
+
+def config_int(v: Any, name: str, what: str = "a positive int") -> int:
+    """as_int for a field of a model config (SR3Config, SRDiffConfig), raising ValueError: configs come from files,
+    and their loaders report a bad value, of any type, as a ValueError naming the file."""
+    try:
+        return as_int(v, name, what)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+
+def as_float(v: Any, name: str, finite: bool = True) -> float:
+    """v as a float (``finite``: a finite one): Python and numpy reals, 0-d real tensors (not bools, strings or
+    1-element arrays); TypeError / ValueError naming ``name`` otherwise. The one rule of every float argument."""
+    if (isinstance(v, bool) or not isinstance(v, (numbers.Real, torch.Tensor))
+            or (isinstance(v, torch.Tensor) and (v.dim() != 0 or v.dtype == torch.bool or v.is_complex()))):
+        raise TypeError(f"{name} must be a float, got {v!r}" if isinstance(v, torch.Tensor) else
+                        f"{name} must be a float, got {type(v).__name__}")
+    _not_meta(v, name)
+    v = float(v)
+    if finite and not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
 
 
 def check_lower_bound(lower_bound: float, name: str = "lower_bound") -> float:
     """lower_bound l of DESIGN §4 as a float; the one check shared by sampling, training and evaluation."""
-    if isinstance(lower_bound, (bool, str, bytes)):
-        raise TypeError(f"{name} must be a float, got {type(lower_bound).__name__}")
-    try:
-        lb = float(lower_bound)  # Python and numpy scalars, 0-d tensors
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a float, got {type(lower_bound).__name__}") from None
+    lb = as_float(lower_bound, name, finite=False)  # Python and numpy scalars, 0-d tensors
     if not math.isfinite(lb) or lb < 0:
-        raise ValueError(f"{name} must be a finite float >= 0, got {lower_bound}")
+        raise ValueError(f"{name} must be a finite float >= 0, got {lb}")
     return lb
 
 

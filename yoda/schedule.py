@@ -14,23 +14,51 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
-from .masks import as_int, check_T
+from .masks import as_float, as_int, check_T
 
 SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform", "sd_leading")
 MAX_FILE_T = 100_000  # the longest schedule read from a config or checkpoint (released models use <= 4000 steps)
 FINAL_AT_FIRST = ("ldm_uniform", "sd_leading")  # spacings whose last step lands on alpha_bar[0], not on 1 (pairs)
 
 
-def _check_beta_range(beta_start: float, beta_end: float) -> None:
+def _check_beta_range(beta_start: Any, beta_end: Any) -> tuple[float, float]:
+    out = []
     for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if not (0.0 < float(v) < 1.0):
+        v = as_float(v, name)
+        if not 0.0 < v < 1.0:
             raise ValueError(f"{name} must be in (0, 1), got {v}")
+        out.append(v)
+    return out[0], out[1]
+
+
+def _as_betas(b: Any) -> torch.Tensor:
+    """betas as a tensor: a tensor or numpy array of a real dtype, or an iterable of real numbers (not bools,
+    strings or a mapping); errors name betas."""
+    if isinstance(b, np.ndarray):
+        if b.dtype.kind not in "biuf":
+            raise TypeError(f"betas must be real numbers, got a numpy array of {b.dtype}")
+        b = torch.from_numpy(b)
+    if isinstance(b, torch.Tensor):
+        if b.dtype == torch.bool or b.is_complex():
+            raise TypeError(f"betas must be real numbers, got a {b.dtype} tensor")
+        if b.device.type == "meta":
+            raise ValueError("betas is on the meta device (shapes without values): give the numbers")
+        return b
+    if isinstance(b, (str, bytes, Mapping)) or not isinstance(b, Iterable):
+        raise TypeError(f"betas must be a 1-D sequence of floats, got {type(b).__name__}")
+    b = list(b)
+    bad = next((v for v in b if isinstance(v, bool) or not isinstance(v, numbers.Real)), None)
+    if bad is not None:  # [True] was beta 1, ['0.1'] an error of torch's
+        raise TypeError(f"betas must be a 1-D sequence of floats, got an entry {bad!r}")
+    return torch.tensor([float(v) for v in b], dtype=torch.float64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,16 +74,9 @@ class Schedule:
     betas: torch.Tensor = field(repr=False)
 
     def __post_init__(self) -> None:
-        b = self.betas
-        if not isinstance(b, torch.Tensor):
-            try:
-                b = torch.as_tensor(b, dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError) as e:
-                raise TypeError(f"betas must be a 1-D sequence of floats, got {type(self.betas).__name__}") from e
+        b = _as_betas(self.betas)
         if b.dim() != 1 or b.numel() < 1:
             raise ValueError(f"betas must be 1-D with at least one entry, got shape {tuple(b.shape)}")
-        if not (b.is_floating_point() or b.dtype in (torch.int32, torch.int64)):
-            raise TypeError(f"betas must be a float tensor, got {b.dtype}")
         b = b.detach().to("cpu", torch.float64).clone()
         if not torch.isfinite(b).all():
             raise ValueError("betas must be finite")
@@ -72,15 +93,15 @@ class Schedule:
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> "Schedule":
         """DDPM's linear schedule: betas = linspace(beta_start, beta_end, T) (diffusers "linear")."""
         T = check_T(T)
-        _check_beta_range(beta_start, beta_end)
-        return cls(torch.linspace(float(beta_start), float(beta_end), T, dtype=torch.float64))
+        beta_start, beta_end = _check_beta_range(beta_start, beta_end)
+        return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
 
     @classmethod
     def scaled_linear(cls, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> "Schedule":
         """Latent-diffusion schedule: betas = linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2
         (diffusers "scaled_linear")."""
         T = check_T(T)
-        _check_beta_range(beta_start, beta_end)
+        beta_start, beta_end = _check_beta_range(beta_start, beta_end)
         return cls(torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64) ** 2)
 
     @classmethod
@@ -90,19 +111,24 @@ class Schedule:
             f(u) = cos((u / T + s) / (1 + s) * pi / 2) ** 2,  beta_i = min(1 - f(i + 1) / f(i), max_beta)
         """
         T = check_T(T)
-        if not (0.0 <= float(s)) or not math.isfinite(float(s)):
+        s, max_beta = as_float(s, "s"), as_float(max_beta, "max_beta")
+        if s < 0:
             raise ValueError(f"s must be a finite float >= 0, got {s}")
-        if not (0.0 < float(max_beta) < 1.0):
+        if not 0.0 < max_beta < 1.0:
             raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
         u = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((u + s) / (1.0 + s) * (math.pi / 2)) ** 2
-        betas = (1.0 - f[1:] / f[:-1]).clamp(max=float(max_beta))
+        betas = (1.0 - f[1:] / f[:-1]).clamp(max=max_beta)
+        if not bool((betas > 0).all()):  # a huge s flattens f: some betas round to 0
+            raise ValueError(f"s = {s} is too large for T = {T}: some betas are 0 (the cosine schedule uses s = "
+                             f"0.008)")
         return cls(betas)
 
     @classmethod
     def from_betas(cls, betas: Sequence[float] | torch.Tensor) -> "Schedule":
-        """Any user schedule (e.g. the ``trained_betas`` of a checkpoint)."""
-        return cls(betas if isinstance(betas, torch.Tensor) else torch.as_tensor(list(betas), dtype=torch.float64))
+        """Any user schedule (e.g. the ``trained_betas`` of a checkpoint): a tensor or numpy array, or a sequence of
+        floats; Schedule(betas) is the same."""
+        return cls(betas)
 
     def rescale_zero_terminal_snr(self) -> "Schedule":
         """This schedule with zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample

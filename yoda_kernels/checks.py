@@ -23,7 +23,7 @@ from . import philox
 from .contract import FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, CombineCoefs, StepCoefs, check_tile
 
 
-def check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None) -> None:
+def check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None, ref_name: str = "x") -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 4:
@@ -32,11 +32,11 @@ def check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None) 
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
     if ref is not None:
         if t.shape != ref.shape:
-            raise ValueError(f"{name} must have the shape of x {tuple(ref.shape)}, got {tuple(t.shape)}")
+            raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
         if t.device != ref.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {ref.device}")
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
         if t.dtype != ref.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but x has {ref.dtype}")
+            raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
 
 
 def check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A",
@@ -148,8 +148,8 @@ def check_history(denoised: Sequence, coefs: Sequence[float], name: str = "denoi
 def check_q_sample_states(x0, c, noise, A) -> Optional[torch.Tensor]:
     """masked_q_sample's tensors (x0, c, noise of one shape, dtype and device; A None or its map) -> A."""
     check_state("x0", x0)
-    check_state("c", c, x0)
-    check_state("noise", noise, x0)
+    check_state("c", c, x0, "x0")
+    check_state("noise", noise, x0, "x0")
     check_sides("x0", x0)
     return check_attention(A, x0, ref="x0")
 

@@ -10,7 +10,7 @@ import torch
 from . import philox
 from .contract import MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS
 from .checks import check_call, check_clip, check_history
-from .ops import Backend, TileStats, _check_fixed, _check_no_grad, _impl, masked_combine, masked_step
+from .ops import Backend, TileStats, _check_fixed, _check_no_grad, _impl, _made_of, masked_combine, masked_step
 
 
 class MaskedOps:
@@ -23,8 +23,9 @@ class MaskedOps:
     What the loop keeps fixed (c, A, its tile statistics, tile, seed, backend) is checked once, here; each call
     checks what changes (tau, coefs, step, noise) and that its tensors have c's shape, dtype and device. A call
     whose tensors fail that test goes through the full entry point: the same result, or the same error naming the
-    argument. Each result is masked_step's / masked_combine's with the same arguments, bit for bit, as long as A
-    is not changed in place after construction (its tile statistics are made once, here)."""
+    argument. Each result is masked_step's / masked_combine's with the same arguments, bit for bit; A changed in
+    place after construction is refused (its tile statistics are made once, here; TileStats says which writes
+    torch does not count)."""
 
     def __init__(self, c: torch.Tensor, A: Optional[torch.Tensor] = None, *, tile: int = 16,
                  stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None, seed: int = 0,
@@ -33,11 +34,17 @@ class MaskedOps:
         A, tile, name, self._tmax, self._tmin = _check_fixed(c, c, A, tile, stats, backend, ref="c")
         self.c, self.A, self.tile, self.seed = c, A, tile, int(seed)
         self.backend = Backend(name, c.device.type)
+        self._stats = None if A is None else _made_of(TileStats(self._tmax, self._tmin), A, tile)
+        self._version = None if A is None or A.is_inference() else A._version
 
     @property
     def stats(self) -> Optional[TileStats]:
         """A's tile statistics (None without A), made or checked once at construction."""
-        return None if self.A is None else TileStats(self._tmax, self._tmin)
+        return self._stats
+
+    def _same_A(self) -> bool:
+        """A not changed in place since construction, as far as torch counts (TileStats)."""
+        return self._version is None or self.A._version == self._version
 
     def _fits(self, *tensors: torch.Tensor) -> bool:
         c = self.c
@@ -48,7 +55,7 @@ class MaskedOps:
              step: int = 0, clip: bool = False, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """masked_step(x, model_out, c, A, tau, coefs=coefs, clip=clip, seed=, step=step, noise=noise, tile=,
         stats=, backend=) with this object's c, A, seed, tile, stats and backend."""
-        if not self._fits(x, model_out):
+        if not (self._fits(x, model_out) and self._same_A()):  # (a changed A: refused there, naming it)
             return masked_step(x, model_out, self.c, self.A, tau, coefs=coefs, clip=clip, seed=self.seed, step=step,
                                noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
         tau, coefs = check_call(x, self.A, tau, coefs, NUM_COEFS, self.seed, step, noise)
@@ -63,7 +70,7 @@ class MaskedOps:
         """masked_combine(x, denoised, c, A, tau, coefs=coefs, seed=, step=step, noise=noise, tile=, stats=,
         backend=) with this object's c, A, seed, tile, stats and backend."""
         if not (isinstance(denoised, (list, tuple)) and 1 <= len(denoised) <= MAX_HISTORY
-                and self._fits(x, *denoised)):
+                and self._fits(x, *denoised) and self._same_A()):
             return masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=self.seed, step=step,
                                   noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
         tau, coefs = check_call(x, self.A, tau, coefs, NUM_COMBINE_COEFS, self.seed, step, noise)

@@ -273,14 +273,39 @@ def _check_no_grad(op: str, backend: str, *tensors: Optional[torch.Tensor]) -> N
 # ----------------------------------------------------------------------------------------------------------
 # Public entry points
 # ----------------------------------------------------------------------------------------------------------
-class TileStats(NamedTuple):
-    """What :func:`tile_stats` returns: per-tile max and min of A, each (B, ceil(H/tile), ceil(W/tile)) float32.
-    Given back as ``stats=`` it is not searched for NaN again (tile_stats refused a NaN in A when it made it):
-    a loop that passes it every step waits for the device once, not at every step. A plain tuple is searched
-    (a device sync); so change A in place only before calling tile_stats."""
-
+class _Stats(NamedTuple):
     tile_max: torch.Tensor
     tile_min: torch.Tensor
+
+
+class TileStats(_Stats):
+    """What :func:`tile_stats` returns: per-tile max and min of A, each (B, ceil(H/tile), ceil(W/tile)) float32.
+    Given back as ``stats=`` with the A it was made of, it is not searched for NaN again (tile_stats refused a NaN
+    in A when it made it): a loop that passes it every step waits for the device once, not at every step.
+
+    It remembers which A it was made of (storage, shape, strides, dtype, device, tile and torch's in-place version
+    counter): given with another A, or with an A changed in place since, it is refused, since the C++ and Triton
+    kernels classify tiles by it (and the naive reference reads A). Writes that torch does not count (through
+    ``A.numpy()`` or ``A.data``, or to an A made under torch.inference_mode, which has no counter) are not seen. A
+    TileStats made by hand, or a plain (max, min) tuple, is searched for NaN and for max < min (a device sync), and
+    is trusted to describe A."""
+
+    def matches(self, A: torch.Tensor, tile: int) -> Optional[bool]:
+        """Whether these stats were made of ``A`` at ``tile`` as it is now; None: not known (made by hand)."""
+        made_of = getattr(self, "_source", None)
+        return None if made_of is None else made_of == _source(A, tile)
+
+
+def _source(A: torch.Tensor, tile: int) -> tuple:
+    """What identifies ``A`` as tile_stats saw it (TileStats.matches): ~1 us."""
+    version = None if A.is_inference() else A._version  # an inference tensor has no version counter
+    return A.data_ptr(), tuple(A.shape), A.stride(), A.dtype, A.device, version, tile
+
+
+def _made_of(stats: TileStats, A: torch.Tensor, tile: int) -> TileStats:
+    if _plain_eager(A):  # (fake and traced tensors have no storage to name)
+        stats._source = _source(A, tile)
+    return stats
 
 
 def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] = "auto") -> TileStats:
@@ -288,11 +313,12 @@ def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] 
 
     A: (B, 1, H, W) or (B, H, W), fp32 / fp16 / bf16 (values in [0, 1] as yoda makes them; any real value is
     taken). A tile is active at threshold tau if max >= tau, full if min >= tau (DESIGN.md §8). Raises if A holds
-    NaN (not searched for on the meta device or under torch.compile)."""
+    NaN (not searched for on the meta device or under torch.compile). Pass the result as ``stats=`` only with
+    this A (TileStats)."""
     tile = tile_stats_args(A, tile)
     tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device), A)(A.contiguous(), tile)
     check_nan("A", tmax, tmin)
-    return TileStats(tmax, tmin)
+    return _made_of(TileStats(tmax, tmin), A, tile)
 
 
 def active_tiles(tile_max: torch.Tensor, tau: float) -> torch.Tensor:
@@ -329,11 +355,14 @@ def masked_step(
     sqrt(ab_prev) c + sqrt(1 - ab_prev) z. The schedule enters as (ab_t, ab_prev) with ``sampler`` and
     ``eta`` (defaults "eps", "ddpm", 0), or as precomputed ``coefs`` (see yoda_kernels.coefs; not both).
     Noise z is Philox(seed, step, element) unless ``noise`` (same shape as x) is given. ``stats`` =
-    tile_stats(A, tile) may be passed to avoid recomputing it every step. Returns x_prev, dtype and memory
+    tile_stats(A, tile) of this very A may be passed to avoid recomputing it every step: the C++ and Triton
+    kernels classify tiles by it (reading A only in mixed tiles), the naive reference reads A; stats made of
+    another A, or of A before an in-place change, are refused (TileStats). Returns x_prev, dtype and memory
     format of x.
 
-    Refused, naming the argument: float64 states or A, NaN in A or tau (not searched for on the meta device or
-    under torch.compile, where a check on values would break the graph), a seed outside [0, 2**32 - 1] or a step
+    Refused, naming the argument: float64 states or A, NaN in A or tau (not searched for on the meta device, under
+    torch.compile, where a check on values would break the graph, or in a TileStats of this A, made when A had
+    none), a seed outside [0, 2**32 - 1] or a step
     outside [0, 2**31 - 1], coefficients that are not finite in float32, and inputs that want a gradient on any
     backend but "naive" (the kernels have no backward). Any strides are taken (views, channels-last).
     """
@@ -427,10 +456,24 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile}))")
         if tmax.dtype != torch.float32 or tmin.dtype != torch.float32 or tmax.device != x.device or tmin.device != x.device:
             raise ValueError(f"stats must be float32 tensors on {x.device} (tile_stats(A, {tile}))")
-        if given and not isinstance(stats, TileStats):  # a tile holding a NaN of A has NaN stats (TileStats:
-            # tile_stats refused that when it made them)
-            check_nan("A", tmax, tmin)
+        if given:
+            check_given_stats(stats, A, tile, tmax, tmin)
     return A, tile, backend, tmax, tmin
+
+
+def check_given_stats(stats, A: torch.Tensor, tile: int, tmax: torch.Tensor, tmin: torch.Tensor) -> None:
+    """stats= made by tile_stats of this very A (TileStats.matches), else (by hand, a plain tuple) searched for a NaN
+    of A (a tile holding one has NaN stats) and for max < min, in one device sync."""
+    known = stats.matches(A, tile) if isinstance(stats, TileStats) and _plain_eager(A) else None
+    if known is False:  # the C++ and Triton kernels would classify tiles by another A's statistics
+        raise ValueError(f"stats were made of another A, or of this A before it changed in place: call "
+                         f"tile_stats(A, {tile}) again")
+    if known is None and values_checkable(tmax):
+        nan, swapped = torch.stack([(tmax.isnan() | tmin.isnan()).any(), (tmax < tmin).any()]).tolist()
+        if nan:
+            raise ValueError("A contains NaN")
+        if swapped:
+            raise ValueError("stats must be (tile_max, tile_min), in that order: some tile_max < tile_min")
 
 
 def masked_q_sample(

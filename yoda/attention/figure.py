@@ -209,7 +209,8 @@ def attention_figure(
     steps: a sampling run's number of steps (its visited indices: Schedule.respace(steps), the trailing spacing
         that yoda.sample's DDIM / DDPM take for SR3 and SRDiff models): the title's ratio is the exact one over
         those steps, refine_fraction(A, indices, T, lower_bound), labelled "N steps of T=...", and, where ts is
-        not given and steps <= MAX_STEP_PANELS, the masks drawn are those of its steps (full ones too).
+        not given, the masks drawn are those of its steps (full ones too; of more than MAX_STEP_PANELS steps,
+        MAX_STEP_PANELS - 1 spread over them, first and last included, as the title says).
     Returns a PIL.Image (RGB).
     """
     from PIL import Image, ImageDraw
@@ -226,8 +227,12 @@ def attention_figure(
     steps = None if steps is None else as_int(steps, "steps")
     if ratio is not None and not (isinstance(ratio, numbers.Real) and 0.0 <= float(ratio) <= 1.0):
         raise ValueError(f"ratio must be a pixel update ratio in [0, 1], got {ratio!r}")  # it drew "=2.000", "=nan"
-    if steps is not None and ts is None and steps <= MAX_STEP_PANELS:
+    picked = ""
+    if steps is not None and ts is None:  # a run's own steps; more than fit: MAX_STEP_PANELS - 1 of them, spread
         ts = [i + 1 for i in visited_steps(T, steps)]
+        if len(ts) > MAX_STEP_PANELS:
+            ts = [ts[k] for k in sorted({round(v) for v in np.linspace(0, len(ts) - 1, MAX_STEP_PANELS - 1)})]
+            picked = f"  masks at {len(ts)} of its {steps} steps"
     if ts is None:  # 5 steps over (lower_bound * T, T]: at t <= lower_bound * T every mask is full, nothing to see
         span = np.linspace(T, min(T, max(0.0, lower_bound * T)), 6)[:-1]
         ts = sorted({t for t in (int(round(v)) for v in span) if t == T or t / T - lower_bound > 0}, reverse=True)
@@ -256,8 +261,11 @@ def attention_figure(
     if label is not None and not isinstance(label, str):
         raise TypeError(f"label must be a str or None, got {type(label).__name__}")
     label = (label or "").strip()  # a blank label (" ") is no label
-    title = (f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + ratio_text(float(ratio), what)
-    top = ["LR", f"attention A ({label.split()[0]})" if label else "attention A", "A over LR"]
+    title = ((f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + ratio_text(float(ratio), what)
+             + picked)
+    words = label.split()  # "edge attention of in.png, x4" (yoda attention's) names its method first
+    method = words[0].split(":")[0] if words[1:2] == ["attention"] else ""
+    top = ["LR", f"attention A ({method})" if method else "attention A", "A over LR"]
     bottom = [f"M(t={t}) {percent_label(k, n)}" for t, k, n, _ in masks]
     thresholds = [(t, t / T - lower_bound) for t, *_ in masks]
     lay = _layout(size, top, bottom, title, font, key_size(thresholds, font))

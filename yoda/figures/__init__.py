@@ -16,7 +16,7 @@ sampling a set of images; draw.py: the Pillow figures; the plotting primitives a
     update_ratio_table(maps, lower_bounds)         Fig. 3 left
     refined_area_curve(maps, T, lower_bound)       Fig. 3 right
     regional_error(srs, hrs, maps, bins, extra)    Fig. 5 (pixels pooled over images in each bin)
-    poly_fit(x, y, degree, count)                  Fig. 5 lines
+    poly_fit(x, y, degree, count)                  Fig. 5 lines (bin_fit: of a bin table's key; of log MSE)
     lpips_layer_maps / lpips_map(metric, sr, hr)   spatial LPIPS (the lpips package's spatial=True)
     best_crop(A, size), crop_metrics(...)          Fig. 4
     compute(model, images, settings)               everything above for a set of HR images, sampling plain
@@ -37,8 +37,8 @@ from ..drawing import nice_ticks  # noqa: F401  (the tick rule of every axis; te
 from .compute import FigureData, FigureSettings, compute
 from .draw import (CROP_COLUMNS, FIG3_SIZE, FIG5_PANEL, FIGURE_FILES, crops_figure_size,  # noqa: F401
                    draw_crops, draw_regional_error, draw_update_ratio, write_figures)
-from .numbers import (attention_map, best_crop, bin_edges, crop_metrics, lpips_layer_maps, lpips_map, poly_fit,
-                      refined_area_curve, regional_error, update_ratio_table)
+from .numbers import (attention_map, best_crop, bin_edges, bin_fit, crop_metrics, lpips_layer_maps, lpips_map,
+                      poly_fit, refined_area_curve, regional_error, update_ratio_table)
 
 __all__ = [
     "FIGURE_FILES",
@@ -50,6 +50,7 @@ __all__ = [
     "bin_edges",
     "regional_error",
     "poly_fit",
+    "bin_fit",
     "lpips_layer_maps",
     "lpips_map",
     "best_crop",

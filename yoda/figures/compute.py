@@ -18,7 +18,7 @@ from ..errors import lr_from_images
 from ..evaluate import check_distinct, fixed_seed, lower_bounds_of, lpips_paths, one_or_many
 from ..images import from_uint8, is_grey, output_u8
 from ..masks import check_lower_bound
-from .numbers import (RegionalError, attention_map, best_crop, crop_metrics, lpips_map, poly_fit,
+from .numbers import (RegionalError, attention_map, best_crop, bin_fit, crop_metrics, lpips_map,
                       refined_area_curve, update_ratio_table)
 
 
@@ -175,7 +175,7 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     for label in ("plain", "YODA"):
         regional[label] = r = regional_acc[label].result()
         for key in ("mse", "psnr") + (("lpips",) if lpips_fn is not None else ()):
-            fits[(label, key)] = poly_fit(r["centres"], r[key], s.degree, r["count"])
+            fits[(label, key)] = bin_fit(r, key, s.degree)
 
     crops = []
     for i in range(len(hrs)):

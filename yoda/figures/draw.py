@@ -18,6 +18,7 @@ from ..drawing import text_wh as _text_wh
 from ..drawing import tick_labels
 from ..drawing import title as _title
 from .compute import FigureData, FigureSettings, _method_label
+from .numbers import fit_values
 
 FIGURE_FILES = ("fig3_update_ratio.png", "fig5_regional_error.png", "fig4_crops.png")
 
@@ -114,7 +115,7 @@ def _fit_curve(coefs, r: Mapping, key: str) -> tuple:
     c = np.asarray(r["centres"], dtype=np.float64)
     c = c[(np.asarray(r["count"]) > 0) & np.isfinite(np.asarray(r[key], dtype=np.float64)) & np.isfinite(c)]
     xs = np.linspace(c.min(), c.max(), 101)
-    return xs, np.polyval(coefs, xs)
+    return xs, fit_values(coefs, key, xs)
 
 
 def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any], degree: int, *, title_note: str = "",
@@ -166,7 +167,8 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
     used = sorted({len(c) - 1 for c in fits.values() if c is not None})  # poly_fit lowers it to points - 1
     fit = (f"degree-{degree} numpy.polyfit" if used == [degree] else
            f"numpy.polyfit of degree {'/'.join(map(str, used))} (--degree {degree} is lowered to the points - 1)")
-    lines = f"lines: {fit}, weighted by sqrt(pixels per bin)" if used else "no lines (a fit needs 2 bins with pixels)"
+    lines = (f"lines: {fit} (of log MSE for MSE), weighted by sqrt(pixels per bin)" if used else
+             "no lines (a fit needs 2 bins with pixels)")
     draw.text((80, y), f"points: per-bin means; {lines}", fill=_BLACK, font=font)
     if note:
         draw.text((80, y + 17), note, fill=_BLACK, font=font)

@@ -184,6 +184,26 @@ def poly_fit(x: Sequence[float], y: Sequence[float], degree: int = 2,
     return np.polyfit(x[ok], y[ok], min(int(degree), n - 1), w=w)
 
 
+LOG_FITS = ("mse",)  # fitted as log(y): a quadratic of MSE itself went below 0 inside the bins' range (Fig. 5)
+
+
+def bin_fit(r: Mapping, key: str, degree: int) -> Optional[np.ndarray]:
+    """Fig. 5's fit of regional_error's ``r[key]`` over the bin centres (poly_fit, weighted by the bins' pixels); of
+    log(y) for the keys of LOG_FITS (fit_values undoes it), so that a line of MSE stays > 0 (a bin with MSE 0 is
+    left out of it)."""
+    y = np.asarray(r[key], dtype=np.float64)
+    if key in LOG_FITS:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log(y)
+    return poly_fit(r["centres"], y, degree, r["count"])
+
+
+def fit_values(coefs: np.ndarray, key: str, xs: np.ndarray) -> np.ndarray:
+    """The values of bin_fit's line for ``key`` at ``xs``."""
+    ys = np.polyval(coefs, xs)
+    return np.exp(ys) if key in LOG_FITS else ys
+
+
 def lpips_layer_maps(metric, sr: torch.Tensor, hr: torch.Tensor) -> list[torch.Tensor]:
     """The per-layer LPIPS maps (B, 1, H / 2^l, W / 2^l): lin_l((n_l(sr) - n_l(hr))^2) of yoda.lpips.LPIPS;
     the sum over layers of their spatial means is metric(sr, hr)."""

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Optional
 from yoda_kernels.contract import PREDICTIONS
 
 from ..adapters import SPACES
+from ..masks import as_int, check_lower_bound
 from ..schedule import Schedule
 
 
@@ -16,18 +17,23 @@ def check_sampling(s: Any, name: str, T: Optional[int] = None) -> dict:
     """``s`` as a dict {"sampler": a yoda.sample sampler, "steps": an int in [1, T], "lower_bound": a float >= 0}
     (any key may be left out), else ValueError naming ``name``: a bad sampler ("DDIM") or steps failed only at the
     model's first sample."""
-    from ..masks import check_lower_bound
     from ..sampling.spec import ALL_SAMPLERS
 
     if not isinstance(s, Mapping) or not set(s) <= {"sampler", "steps", "lower_bound"}:
         raise ValueError(f"{name} must be None or a mapping with the keys 'sampler', 'steps' and / or "
                          f"'lower_bound', got {s!r}")
-    steps = s.get("steps", 1)
     if s.get("sampler", "ddpm") not in ALL_SAMPLERS:
         raise ValueError(f"{name}: 'sampler' must be one of {', '.join(ALL_SAMPLERS)}, got {s['sampler']!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= (T or steps):
-        raise ValueError(f"{name}: 'steps' must be an int in [1, {T or 'T'}] (the schedule's T), got {steps!r}")
     out = dict(s)
+    if "steps" in out:  # numpy ints too, stored as ints (the card goes to JSON)
+        try:
+            steps = as_int(out["steps"], "steps")
+        except (TypeError, ValueError):  # one ValueError for all: a card's sampling comes from files too
+            steps = 0
+        if not 1 <= steps <= (T or steps):
+            raise ValueError(f"{name}: 'steps' must be an int in [1, {T or 'T'}] (the schedule's T), got "
+                             f"{out['steps']!r}")
+        out["steps"] = steps
     if "lower_bound" in out:
         out["lower_bound"] = check_lower_bound(out["lower_bound"], f"{name}['lower_bound']")
     return out
@@ -69,8 +75,9 @@ class ModelCard:
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
             raise TypeError(f"ModelCard.schedule must be a yoda.Schedule, got {type(self.schedule).__name__}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
-            raise ValueError(f"ModelCard.scale must be a positive int, got {self.scale!r}")
+        object.__setattr__(self, "scale", as_int(self.scale, "ModelCard.scale", "a positive int"))
+        if self.scale < 1:
+            raise ValueError(f"ModelCard.scale must be a positive int, got {self.scale}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"ModelCard.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if self.space not in SPACES:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters import PixelAdapter, Prepared
+from ..masks import config_int
 from ..schedule import MAX_FILE_T, Schedule
 from .card import ModelCard
 
@@ -94,9 +95,10 @@ class SR3Config:
         object.__setattr__(self, "attn_res", ar)
         object.__setattr__(self, "channel_mults", tuple(int(v) for v in self.channel_mults))
         for name in ("in_channel", "out_channel", "inner_channel", "norm_groups", "res_blocks", "image_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"SR3Config.{name} must be a positive int, got {v!r}")
+            v = config_int(getattr(self, name), f"SR3Config.{name}")  # numpy ints: stored as ints
+            if v < 1:
+                raise ValueError(f"SR3Config.{name} must be a positive int, got {v}")
+            object.__setattr__(self, name, v)
         if not self.channel_mults or min(self.channel_mults) < 1:
             raise ValueError(f"SR3Config.channel_mults must be non-empty positive ints, got {self.channel_mults}")
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -107,9 +109,10 @@ class SR3Config:
                     f"SR3Config: inner_channel * channel_mult = {self.inner_channel * m} is not divisible by "
                     f"norm_groups = {self.norm_groups} (GroupNorm needs it)"
                 )
-        if self.scale is not None and (isinstance(self.scale, bool) or int(self.scale) != self.scale
-                                       or self.scale < 1):
-            raise ValueError(f"SR3Config.scale must be a positive int or None, got {self.scale!r}")
+        if self.scale is not None:  # 4.0 was taken and stored as a float
+            object.__setattr__(self, "scale", config_int(self.scale, "SR3Config.scale", "a positive int or None"))
+            if self.scale < 1:
+                raise ValueError(f"SR3Config.scale must be a positive int or None, got {self.scale}")
 
     def unet_kwargs(self) -> dict:
         """The keyword arguments of SR3UNet (everything but ``scale``)."""

@@ -32,6 +32,7 @@ from torch import nn
 from yoda_kernels.contract import PREDICTIONS
 
 from ..adapters import Adapter, Prepared, check_flag, upsample
+from ..masks import config_int
 from ..schedule import MAX_FILE_T, Schedule
 from .card import ModelCard
 
@@ -86,15 +87,16 @@ class SRDiffConfig:
         for name in ("clip_input", "clip_denoised"):
             if not isinstance(getattr(self, name), bool):  # a quoted 'false' would be truthy
                 raise ValueError(f"SRDiffConfig.{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("hidden_size", "rrdb_num_feat", "timesteps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"SRDiffConfig.{name} must be a positive int, got {v!r}")
+        for name in ("hidden_size", "rrdb_num_feat", "timesteps", "rrdb_num_block", "sr_scale"):
+            v = config_int(getattr(self, name), f"SRDiffConfig.{name}")  # numpy ints: stored as ints
+            if v < 1:
+                raise ValueError(f"SRDiffConfig.{name} must be a positive int, got {v}")
+            object.__setattr__(self, name, v)
         if self.timesteps > MAX_FILE_T:  # a config of a few bytes could ask for gigabytes of schedule
             raise ValueError(f"SRDiffConfig.timesteps {self.timesteps} is over {MAX_FILE_T} (upstream SRDiff: 100)")
         if not self.dim_mults or min(self.dim_mults) < 1:
             raise ValueError(f"SRDiffConfig.dim_mults must be non-empty positive ints, got {self.dim_mults}")
-        if isinstance(self.rrdb_num_block, bool) or not isinstance(self.rrdb_num_block, int) or self.rrdb_num_block < 2:
+        if self.rrdb_num_block < 2:
             raise ValueError(f"SRDiffConfig.rrdb_num_block must be an int >= 2 (the UNet uses features[2::3]), "
                              f"got {self.rrdb_num_block!r}")
         if self.sr_scale not in (2, 4, 8):

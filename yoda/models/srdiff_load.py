@@ -135,7 +135,7 @@ def srdiff_config_from_state_dict(sd: Mapping[str, Any], bufs: Optional[Mapping[
     args.update(over)
     try:
         return SRDiffConfig(**args)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"SRDiff weights imply an invalid config {args}: {e}") from e
 
 
@@ -195,7 +195,7 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
         if betas_match(bufs, sched) is False:  # another schedule, or a beta_s / beta_end other than the defaults
             try:
                 sched = Schedule.from_betas(b.double())
-            except ValueError as e:
+            except (TypeError, ValueError) as e:
                 raise CheckpointError(f"{p}: its betas buffer is not a schedule ({e})") from None
             if config is not None:
                 warnings.warn(f"{p}: the checkpoint's betas differ from the config's {cfg.beta_schedule} schedule "

@@ -31,6 +31,7 @@ import json
 import os
 from typing import Any, Mapping, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +40,7 @@ from yoda_kernels.contract import PREDICTIONS
 from .._io import atomic_write_bytes
 from ..checkpoint import (CheckpointError, check_state_dict, fmt_keys, materialise, nonfinite_keys,
                           read_checkpoint)
+from ..masks import as_int
 from ..schedule import Schedule
 from ..upsampling import METHODS as UPSAMPLINGS
 from .card import ModelCard
@@ -110,6 +112,27 @@ def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping
     return probe
 
 
+def _numpy_scalar(o: Any) -> Any:
+    """json.dumps' default= for numpy scalars (np.int64(4) -> 4); anything else is not JSON."""
+    if isinstance(o, np.generic) and o.dtype.kind in "biuf":
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def check_str_keys(obj: Any, name: str) -> None:
+    """Every key of every mapping in ``obj`` a str: json.dumps writes {1: 2} as {"1": 2}, which loads as another
+    dict (and {1: "a", "1": "b"} as one key)."""
+    if isinstance(obj, Mapping):
+        bad = [k for k in obj if not isinstance(k, str)]
+        if bad:  # (None is a key too)
+            raise TypeError(f"{name}: keys must be strings (JSON's), got {bad[0]!r}")
+        for k, v in obj.items():
+            check_str_keys(v, f"{name}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_str_keys(v, f"{name}[{i}]")
+
+
 def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: Any = None, *,
                scale: Optional[int] = None, extra: Optional[dict] = None, prediction: Optional[str] = None,
                sampling: Optional[Mapping] = None) -> None:
@@ -136,8 +159,9 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
                          "or as the model's card)")
     if scale is None:
         scale = card.scale if card is not None else (args.get("scale") if kind == "sr3" else args.get("sr_scale"))
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale: the SR factor must be a positive int, got {scale!r}")
+    scale = as_int(scale, "scale", "the SR factor, a positive int")  # numpy ints too: stored as an int
+    if scale < 1:
+        raise ValueError(f"scale: the SR factor must be a positive int, got {scale}")
     if prediction is None:
         prediction = card.prediction if card is not None else "eps"
     if prediction not in PREDICTIONS:
@@ -161,13 +185,17 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()))
         raise ValueError(f"config does not describe this model (state-dict keys/shapes differ: {diff[:_SHOW]})")
-    try:
-        meta_json = json.dumps({"kind": kind, "args": args, "schedule": schedule.to_dict(), "scale": scale,
-                                "prediction": prediction, "upsampling": upsampling,
-                                **({"sampling": sampling} if sampling is not None else {}),
-                                **({"extra": extra} if extra is not None else {})})
-    except TypeError as e:
-        raise ValueError(f"extra / config must be JSON-serialisable: {e}") from e
+    if extra is not None and not isinstance(extra, Mapping):
+        raise TypeError(f"extra must be a dict (a JSON object) or None, got {type(extra).__name__}")
+    meta = {"kind": kind, "args": args, "schedule": schedule.to_dict(), "scale": scale, "prediction": prediction,
+            "upsampling": upsampling, **({"sampling": sampling} if sampling is not None else {}),
+            **({"extra": dict(extra)} if extra is not None else {})}
+    try:  # strict JSON (no NaN token), numpy scalars as numbers; a circle is a ValueError of json's
+        meta_json = json.dumps(meta, allow_nan=False, default=_numpy_scalar)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"extra / config must be JSON-serialisable (finite numbers): {e}") from e
+    for name in ("extra", "args"):
+        check_str_keys(meta.get(name), name if name == "extra" else "config")
     sd = model.state_dict()
     if any(v.is_meta for v in sd.values()):
         raise ValueError("model: its weights are on the meta device (never loaded); there is nothing to save")
@@ -233,8 +261,8 @@ def load_yoda(p: str, upstream_hint: str = UPSTREAM_HINT) -> nn.Module:
     try:
         card = ModelCard(schedule=schedule, scale=int(scale), prediction=prediction, space=SPACE_OF_KIND[kind],
                          config=cfg, sampling=cfg.get("sampling"))
-    except ValueError as e:  # a bad "sampling"
-        raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: ValueError: {e}") from e
+    except (TypeError, ValueError) as e:  # a bad "sampling"
+        raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: {type(e).__name__}: {e}") from e
     # checked on the meta device before anything is allocated, then given the file's tensors
     model = materialise(_check_declared(p, kind, args, tensors, schedule.T), tensors)
     model.upsampling = upsampling

@@ -25,7 +25,7 @@ import yoda_kernels as K
 from yoda_kernels.contract import SAMPLERS, check_tile
 
 from .. import masks
-from ..masks import as_int
+from ..masks import as_float, as_int
 from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter, hr_grid
 from ..errors import lr_from_images_now
@@ -266,7 +266,7 @@ def check_eta(eta: Any, sampler: str) -> float:
     """eta of ``sampler`` (None: its default): DDIM's (default 0, at most 1), or k-diffusion's noise scale of the
     ancestral and SDE solvers (S.ETA_SOLVERS, default 1); the other samplers take none (None or 0)."""
     if eta is not None:
-        eta = check_float("eta", eta)
+        eta = as_float(eta, "eta")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
     if sampler == "ddim" and eta is not None and eta > 1:
@@ -291,17 +291,6 @@ def check_timesteps(timesteps: Any) -> str:
     return timesteps
 
 
-def check_float(name: str, v: Any) -> float:
-    """v as a float: Python and numpy reals, 0-d real tensors (not bools)."""
-    if (isinstance(v, bool) or not isinstance(v, (numbers.Real, torch.Tensor))
-            or (isinstance(v, torch.Tensor) and (v.dim() != 0 or v.dtype == torch.bool or v.is_complex()))):
-        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
-
-
 def check_takes_one(callback: Callable) -> None:
     """The callback is called with one dict: one that takes another number of arguments (diffusers' callback(step,
     timestep, latents)) failed after the first model call, with Python's own TypeError."""
@@ -321,10 +310,7 @@ def resolve_seed(seed: Any) -> int:
     if seed is None:
         # drawn from torch's default generator, so torch.manual_seed(...) reproduces the image
         return int(torch.randint(0, 2**32, (1,), dtype=torch.int64).item())
-    try:
-        seed = as_int(seed, "seed")  # numpy integers and 0-d integer tensors too
-    except TypeError:
-        raise ValueError(f"seed must be an int in [0, 2**32 - 1] or None, got {seed!r}") from None
+    seed = as_int(seed, "seed", "an int in [0, 2**32 - 1] or None")  # numpy integers and 0-d integer tensors too
     if not 0 <= seed <= K.philox.MAX_SEED:
         raise ValueError(f"seed must be an int in [0, 2**32 - 1] or None, got {seed!r}")
     return seed
