@@ -307,8 +307,14 @@ def test_wrong_kind_and_missing_file(tmp_path):
         yoda.load("sr3", tmp_path / "x.pth")
     with pytest.raises(FileNotFoundError, match=r"checkpoint file not found: .*x\.pth"):
         yoda.load("dino-vits8", tmp_path / "x.pth")
-    with pytest.raises(CheckpointError, match="not a file"):
+    with pytest.raises(CheckpointError, match="is a folder, not a file$"):
         yoda.load("srdiff", tmp_path)
+    # a training run's folder names its model; a path given as the kind says that the kind comes first
+    save_model(_sr3(), tmp_path / "model.safetensors", schedule=Schedule.linear(5))
+    with pytest.raises(CheckpointError, match=r"is a folder, not a file: its model is .*model\.safetensors$"):
+        yoda.load("yoda", tmp_path)
+    with pytest.raises(ValueError, match=r"got '.*model\.safetensors': that is a path; yoda\.load\('yoda', '"):
+        yoda.load(str(tmp_path / "model.safetensors"))
     with pytest.raises(TypeError, match="path"):
         yoda.load("sr3", 123)
 

@@ -445,7 +445,7 @@ def test_the_log_is_appended_not_rewritten(tmp_path, img_folder, monkeypatch):
 
     def rendered(rows):
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=T.CSV_FIELDS)
+        w = csv.DictWriter(buf, fieldnames=T.CSV_FIELDS, lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -1816,3 +1816,53 @@ def test_residual_training_clamps_as_the_model_samples(tmp_path, img_folder, mon
     cfg = tiny_config(img_folder, model=srdiff, loss={"space": "residual"}, val_every=0)
     Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).train_step()
     assert seen == [(False, "torch")]
+
+
+def test_what_a_new_user_gets_wrong_is_named(tmp_path, img_folder, monkeypatch, capsys):
+    """From a review of training from scratch: a misspelt key said only "unknown key(s) in config: batchsize" (a
+    schedule's, Python's "unexpected keyword argument"); a misspelt data.source or an empty heldout/ did not say
+    which config key read it; a copy of default_x4.json beside the bare name default_x4 was silently not read;
+    --decay-from's error named decay_from; a residual config without its model section named an SR3 nobody
+    wrote; --device cuda without a GPU left an empty --out folder; log.csv ended its lines with \\r\\n."""
+    import yoda.training.config
+    from yoda.cli import main
+
+    d = json.loads(tiny_config(img_folder).to_json())
+    with pytest.raises(ValueError, match=r"^unknown key\(s\) in config: batchsize \(did you mean batch\?\); known: "
+                                         r"attention, batch, betas, "):
+        TrainConfig.from_dict({**d, "batchsize": 4})
+    with pytest.raises(ValueError, match=r"^unknown key\(s\) in loss: mask_lose \(did you mean mask_loss\?\); known:"):
+        TrainConfig.from_dict({**d, "loss": {"mask_lose": True}})
+    bad = TrainConfig.from_dict({**d, "schedule": {"kind": "linear", "T": 50, "beta_strat": 1e-3}})
+    with pytest.raises(ValueError, match=r"^unknown key\(s\) in schedule: beta_strat \(did you mean beta_start\?\); "
+                                         r"known: T, beta_end, beta_start, kind$"):
+        bad.make_schedule()
+    with pytest.raises(ValueError, match=r"^model.kind 'sr3' \(the default, which a config without a model section "
+                                         r"gets\) is trained in the pixel space, but loss.space is 'residual'"):
+        TrainConfig.from_dict({k: v for k, v in d.items() if k != "model"} | {"loss": {"space": "residual"}})
+    for key, source, says in (("source", str(tmp_path / "phtos"), "; the named sources are builtin, heldout, photos"),
+                              ("val_source", str(tmp_path / "empty"), "")):
+        os.makedirs(tmp_path / "empty", exist_ok=True)
+        cfg = tiny_config(img_folder, val_every=1, data={**d["data"], key: source})
+        with pytest.raises(ValueError, match=f"^data.{key}" + (r" \(validation crops, as val_every > 0; val_every: 0 "
+                                                               r"skips them\)" if key == "val_source" else "")
+                           + f": .*{os.path.basename(source)}.*{re.escape(says)}"):
+            Trainer(cfg, str(tmp_path / f"o_{key}"), device="cpu", progress=False)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(yoda.training.config.CONFIGS / "default_x4.json", "default_x4.json")
+    with pytest.raises(ValueError, match="^config 'default_x4' names both the installed .* and default_x4.json here: "
+                                         "give ./default_x4.json"):
+        TrainConfig.load("default_x4")
+    with open("default_x4.json", "r+") as f:  # the copy made to edit, edited
+        edited = f.read().replace('"batch": 8', '"batch": 2')
+        f.seek(0), f.write(edited), f.truncate()
+    assert TrainConfig.load("./default_x4.json").batch == TrainConfig.load("default_x4.json").batch == 2
+    (tmp_path / "c.json").write_text(json.dumps({**d, "warmup": 10}))
+    args = ["train", "--config", "c.json", "--out", "o", "-q"]
+    assert main(args + ["--steps", "20", "--decay-from", "5", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith("yoda: error: --decay-from 5: decay_from (5) must not be below warmup")
+    if not torch.cuda.is_available():
+        assert main(args + ["--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(args + ["--steps", "1", "--device", "cpu"]) == 0
+    assert b"\r" not in (tmp_path / "o" / "log.csv").read_bytes()

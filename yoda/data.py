@@ -302,13 +302,21 @@ def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0
 NAMED_SOURCES = ("builtin", "heldout", "photos", "photos-heldout")  # DataConfig sources that are not folders
 
 
-def load_source(source: str, min_size: int = 0, what: str = "the crop size") -> list[tuple[str, np.ndarray]]:
+def load_source(source: str, min_size: int = 0, what: str = "the crop size",
+                key: Optional[str] = None) -> list[tuple[str, np.ndarray]]:
     """[(name, uint8 (H, W, 3))] for "builtin", "heldout" or a folder path.
 
     min_size: every image's height and width must be >= min_size (``what``: the crop size); a folder's images that
-    cannot be read or are smaller are all named in one DataError (load_folder)."""
+    cannot be read or are smaller are all named in one DataError (load_folder). key: the config key that gave
+    ``source``, which a folder's errors name first (with the named sources, for a folder not found)."""
     if source not in NAMED_SOURCES:
-        return load_folder(source, min_size=min_size, what=what)
+        try:
+            return load_folder(source, min_size=min_size, what=what)
+        except DataError as e:
+            if key is None:
+                raise
+            named = "" if os.path.exists(source) else f"; the named sources are {', '.join(NAMED_SOURCES)}"
+            raise DataError(f"{key}: {e}{named}") from None
     if source == "builtin":
         items = [(n, builtin_image(n)) for n in BUILTIN_TRAIN]
     elif source == "heldout":

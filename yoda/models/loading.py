@@ -21,7 +21,7 @@ from typing import Any, Mapping, Union
 
 from torch import nn
 
-from ..checkpoint import check_path
+from ..checkpoint import CheckpointError, check_path
 from .sr3_load import load_sr3
 from .srdiff_load import load_srdiff
 from .yoda_format import load_yoda
@@ -55,9 +55,15 @@ def load(kind: str = "yoda", path: PathLike = "default", config: Any = None) -> 
     Loading draws no random numbers (checkpoint.materialise): torch's generator is left as it was.
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        hint = (f": that is a path; yoda.load('yoda', {os.fspath(kind)!r}) loads a model file of yoda's (KIND first, "
+                f"then the path)" if isinstance(kind, (str, os.PathLike)) and os.path.exists(kind) else "")
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}{hint}")
     if kind == "yoda" and isinstance(path, str) and path == "default":
         path = DEFAULT_WEIGHTS
+    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):  # a training run's folder: its weights are in it
+        found = sorted(Path(path).glob("*.safetensors"))
+        raise CheckpointError(f"checkpoint path {os.fspath(path)} is a folder, not a file" + (
+            f": its model is {found[0]}" if len(found) == 1 else ""))
     p = check_path(path)
     if kind == "sr3":
         return load_sr3(p, config)

@@ -10,6 +10,8 @@ names and their JSON forms are a file format: change them only with a migration.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import json
 import math
 import numbers
@@ -17,7 +19,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from yoda_kernels.contract import PREDICTIONS
 
@@ -104,6 +106,9 @@ def _packaged_config(path: str) -> str:
         return path
     for name in (path, path + ".json"):
         if (CONFIGS / name).is_file():
+            if os.path.exists(name):  # a copy made to edit, named as the installed one: which was meant?
+                raise ValueError(f"config {path!r} names both the installed {CONFIGS / name} and {name} here: give "
+                                 f"./{name} for the file here, or the installed path")
             return str(CONFIGS / name)
     return path
 
@@ -199,8 +204,10 @@ class TrainConfig:
                                  f"and up(lr) in, 3 channels out), got {io[0]} and {io[1]}")
         space = model_space(self.model)
         if space != self.loss.space:
-            raise ValueError(f"model.kind {self.model['kind']!r} is trained in the {space} space, but loss.space "
-                             f"is {self.loss.space!r}")
+            default = " (the default, which a config without a model section gets)" if self.model == _default_model() \
+                else ""
+            raise ValueError(f"model.kind {self.model['kind']!r}{default} is trained in the {space} space, but "
+                             f"loss.space is {self.loss.space!r}")
         # the model's own scale (SR3Config.scale, None: unknown; SRDiffConfig.sr_scale, default 4) is what the
         # exported file says it upscales by; the model card says data.scale: both must be the scale it learnt
         key = "sr_scale" if space == "residual" else "scale"
@@ -271,8 +278,12 @@ class TrainConfig:
 
         s = dict(self.schedule)
         kind = s.pop("kind")
+        make = Schedule.linear if kind == "linear" else Schedule.cosine
+        known = set(inspect.signature(make).parameters)
+        if set(s) - known:  # Python's "got an unexpected keyword argument 'beta_strat'"
+            raise ValueError(f"unknown key(s) in schedule: {unknown_keys(sorted(set(s) - known), known | {'kind'})}")
         try:
-            return Schedule.linear(**s) if kind == "linear" else Schedule.cosine(**s)
+            return make(**s)
         except (TypeError, ValueError) as e:
             raise ValueError(f"config schedule {self.schedule}: {e}") from None
 
@@ -323,6 +334,14 @@ def _json_form(value: Any, name: str) -> Any:
         raise ValueError(f"{name} must hold only JSON values (numbers, strings, lists, objects): {e}") from None
 
 
+def unknown_keys(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """'batchsize (did you mean batch?); known: ...': each unknown key with its closest known one, then the known."""
+    known = sorted(known)
+    near = {k: difflib.get_close_matches(k, known, n=1, cutoff=0.6) for k in unknown}
+    return (", ".join(k + (f" (did you mean {near[k][0]}?)" if near[k] else "") for k in unknown)
+            + f"; known: {', '.join(known)}")
+
+
 def _from_dict(cls, d: dict, what: str):
     """``cls(**d)`` for the JSON object ``d`` of the section ``what`` ("config" for the top level, "data",
     "loss"): unknown keys and values of the wrong JSON type are refused, naming the key."""
@@ -331,7 +350,7 @@ def _from_dict(cls, d: dict, what: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"unknown key(s) in {what}: {', '.join(unknown)}")
+        raise ValueError(f"unknown key(s) in {what}: {unknown_keys(unknown, names)}")
     hints = typing.get_type_hints(cls)
     given, d = d, {name: _python_numbers(value, hints[name]) for name, value in d.items()}  # numpy's too
     for name, value in d.items():

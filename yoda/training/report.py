@@ -189,7 +189,10 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     if steps is not None:  # the config's checks: 2.7 was taken as 2
         cfg = cfg.replace(steps=steps)
     if decay_from is not None:
-        cfg = cfg.replace(decay_from=decay_from)
+        try:
+            cfg = cfg.replace(decay_from=decay_from)
+        except ValueError as e:  # the config's check names its key: the option too
+            raise ValueError(f"--decay-from {decay_from}: {e}") from None
     if init is not None:
         if not init.strip():
             raise ValueError(f"--init must be the path of a yoda model file (.safetensors), got {init!r}")
@@ -206,8 +209,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
 
     if ranks.main:  # rank 0 writes; the other ranks making the folder at the same time must not race its check
         check_out(out, weights_name)
+    dev = rank_device(resolve_device(device), ranks.world, ranks.local_rank)  # before the folder: none left on error
     made = made_dirs(Path(out))
-    dev = rank_device(resolve_device(device), ranks.world, ranks.local_rank)
     try:
         with sigterm_exits(), process_group(ranks, dev), contextlib.ExitStack() as stack:
             hold_out(stack, out, ranks, dev)

@@ -225,9 +225,10 @@ class Trainer:
             self.load_init(cfg.init)
         self.val_hr = None
         if validate:
-            val = _data.load_source(cfg.data.val_source, cfg.data.val_crop, "the validation crop size data.val_crop")
+            val = _data.load_source(cfg.data.val_source, cfg.data.val_crop, "the validation crop size data.val_crop",
+                                    "data.val_source (validation crops, as val_every > 0; val_every: 0 skips them)")
             self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
-        train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop")
+        train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop", "data.source")
         check_train_images(train_images)
         self.images = _data.image_digests(train_images, cfg.data.source)
         change = self._images_then is not None and _data.digest_change(self._images_then, self.images)
@@ -587,7 +588,7 @@ class Trainer:
         path = os.path.join(self.out, "log.csv")
         whole = not (self._logged and os.path.isfile(path))
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")  # not csv's \r\n: awk read a \r
         if whole:
             w.writeheader()
         for r in self.rows if whole else self.rows[self._logged:]:
