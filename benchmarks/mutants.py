@@ -1028,6 +1028,10 @@ MUTANTS = [
            "if False else \"\")",
            ("tests/test_checkpoint.py", "-k", "wrong_kind"),
            "yoda.load('runs/B/model.safetensors') says only that kind must be one of sr3, ..."),
+    Mutant("train-abort-says-nothing", "yoda/cli.py",
+           "if a.cmd == \"train\" else \"\"", "if False else \"\"",
+           ("tests/test_cli.py", "-k", "second_ctrl_c"),
+           "a second Ctrl-C while training says only 'interrupted', not that the checkpoint stays"),
 ]
 
 

@@ -1672,6 +1672,20 @@ def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_train_aborted_by_a_second_ctrl_c_says_what_stays(monkeypatch, capsys):
+    """A second Ctrl-C while training (the first promises to save; this one aborts) said only "yoda: interrupted",
+    though the run's last checkpoint stays and the same command resumes from it; other commands keep the one word."""
+    def ctrl_c(a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(yoda.cli.COMMANDS, "train", ctrl_c)
+    assert yoda.cli.main(["train", "--config", "c.json"]) == 130
+    assert capsys.readouterr().err == ("yoda: interrupted; the last checkpoint written stays, and the same command "
+                                       "resumes from it\n")
+    monkeypatch.setitem(yoda.cli.COMMANDS, "plot", ctrl_c)
+    assert yoda.cli.main(["plot", "runs/x", "-o", "p.png"]) == 130 and capsys.readouterr().err == "yoda: interrupted\n"
+
+
 def test_upscale_makes_its_output_folder_again_if_it_went(tmp_path, tiny_model, capsys, monkeypatch):
     """A second `yoda upscale -o OUT` started by mistake and stopped removes OUT, which it made, while OUT is still
     empty; the first run then failed every write ("folder does not exist"). The folder is made again before

@@ -524,7 +524,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.showwarning = _show_warning
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
-        print(f"yoda: {rank_prefix()}interrupted", file=sys.stderr)
+        kept = "; the last checkpoint written stays, and the same command resumes from it" if a.cmd == "train" else ""
+        print(f"yoda: {rank_prefix()}interrupted{kept}", file=sys.stderr)
         return 130
     except Terminated:
         print(f"yoda: {rank_prefix()}terminated (SIGTERM)", file=sys.stderr)
