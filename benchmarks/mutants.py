@@ -1032,6 +1032,10 @@ MUTANTS = [
            "if a.cmd == \"train\" else \"\"", "if False else \"\"",
            ("tests/test_cli.py", "-k", "second_ctrl_c"),
            "a second Ctrl-C while training says only 'interrupted', not that the checkpoint stays"),
+    Mutant("fig4-flat-most-attended", "yoda/figures/draw.py",
+           "if c.get('flat') else 'most attended window'", "if False else 'most attended window'",
+           ("tests/test_figures.py", "-k", "fig4_shows"),
+           "Fig. 4 calls the top-left window of a flat map its most attended"),
 ]
 
 

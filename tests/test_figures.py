@@ -646,6 +646,12 @@ def test_fig4_shows_where_each_crop_lies_and_defines_ab(monkeypatch):
     # the rows without the whole image draw no locator (the four columns as before)
     bare = {k: v for k, v in row.items() if k != "hr"}
     assert fd.draw_crops([bare]).size == fd.crops_figure_size(1, c, locator=False)[:2]
+    # the window of a flat map is the top-left one, not "the most attended"
+    texts.clear()
+    fd.draw_crops([row, dict(row, flat=True)])
+    said = [s for _, s in texts if s.startswith("a.png: ")]
+    assert said == [f"a.png: 16x16 crop at x=16, y=32 ({w}), shown x10" for w in
+                    ("most attended window", "a flat map: the top-left window")]
 
 
 def test_a_long_title_is_set_smaller_to_fit(monkeypatch):

@@ -186,7 +186,9 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
         cut = {k: np.ascontiguousarray(v[y : y + c, x : x + c]) for k, v in ims.items()}
         met = {k: {"crop": crop_metrics(cut[k], cut["HR"]), "image": crop_metrics(ims[k], hrs[i])}
                for k in ("bicubic", "plain", "YODA")}
-        crops.append({"name": names[i], "box": (y, x, c), "images": cut, "metrics": met, "hr": hrs[i]})
+        A = maps[yoda_name][i]
+        crops.append({"name": names[i], "box": (y, x, c), "images": cut, "metrics": met, "hr": hrs[i],
+                      "flat": bool(A.max() == A.min())})  # no window is more attended than another
     if lpips_fn is not None:
         note = ("LPIPS per bin: mean of the spatial LPIPS map (layer maps upsampled bilinearly and summed, as "
                 "lpips' spatial=True)")

@@ -233,7 +233,8 @@ def draw_crops(crops: Sequence[dict], caption: str = ""):
     for c in crops:
         cy, cx, cs = c["box"]
         draw.text((_PAD, y + 3), f"{Path(str(c['name'])).name}: {cs}x{cs} crop at x={cx}, y={cy} "
-                                 f"(most attended window), shown x{panel / cs:.3g}",
+                                 f"({'a flat map: the top-left window' if c.get('flat') else 'most attended window'}"
+                                 f"), shown x{panel / cs:.3g}",
                   fill=_BLACK, font=font)
         y += 20
         for j, name in enumerate(columns):
