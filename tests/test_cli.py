@@ -865,6 +865,10 @@ def test_library_argument_words_become_options():
     assert one(msg) == ("--sigmas applies to the solvers only; --sampler ddim visits the timesteps of --steps and "
                         "the model's spacing")
     assert one(ValueError("T=5 and noise= differ; leave x None")) == "T=5 and noise= differ; leave x None"
+    assert one(ValueError("autocast='bf16' is slow here; leave autocast out")) == ("--autocast bf16 is slow here; "
+                                                                                   "leave out --autocast")
+    msg = ValueError("settings must be EvalSettings, got EvalSettings(steps=None, sampler='ddpm'); steps= too")
+    assert one(msg) == "settings must be EvalSettings, got EvalSettings(steps=None, sampler='ddpm'); --steps too"
     assert one(msg, options=False) == str(msg)
 
 

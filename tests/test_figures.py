@@ -530,6 +530,8 @@ def test_fig5_mse_line_stays_positive_and_agrees_with_the_psnr_line(monkeypatch)
     np.testing.assert_allclose(mse_line, 255.0**2 * 10 ** (-psnr_line / 10), rtol=1e-9)
     r0 = dict(r, mse=np.where(np.arange(10) == 9, 0.0, mse))  # a bin the model got exactly: left out of the log fit
     np.testing.assert_allclose(fg.bin_fit(r0, "mse", 2), fg.poly_fit(x[:9], np.log(mse[:9]), 2, count[:9]))
+    xs, _ = fd._fit_curve(fg.bin_fit(r0, "mse", 2), r0, "mse")  # and out of the line's span (no extrapolation)
+    assert (xs[0], xs[-1]) == (x[0], x[8])
 
 
 def test_fig5_legend_states_the_degree_fitted(monkeypatch):

@@ -4,7 +4,9 @@ tile class must not do, bad inputs, opcheck, torch.compile and the extension-mis
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import gc
 import math
 import os
 import subprocess
@@ -440,6 +442,19 @@ def test_given_stats_of_another_A_are_refused(backend):
                            stats=st, **kw)
     with pytest.raises(ValueError, match=r"^stats must be \(tile_max, tile_min\), in that order"):
         yk.masked_step(x, o, c, A, 0.5, stats=(tmin, tmax), **kw)
+    # the same map as (B, H, W) and as its (B, 1, H, W) view is one A; a copy of the stats is searched, not refused
+    flat = A[:, 0].clone()
+    assert torch.equal(yk.masked_step(x, o, c, flat[:, None], 0.5, stats=yk.tile_stats(flat, 8), **kw), want)
+    assert torch.equal(yk.masked_step(x, o, c, A.squeeze(1), 0.5, stats=copy.deepcopy(stats), **kw), want)
+    # once the A they were made of is freed, another A may take its memory (the CUDA caching allocator hands it
+    # out at once), with the same pointer, shape and strides: refused (the address is made to match here)
+    gone = A.clone()
+    st_gone = yk.tile_stats(gone, 8)
+    del gone
+    gc.collect()
+    st_gone._source = ops._source(A, 8)
+    with pytest.raises(ValueError, match="^stats were made of another A"):
+        yk.masked_step(x, o, c, A, 0.5, stats=st_gone, **kw)
     ops_ = yk.MaskedOps(c, stale, tile=8, backend=backend, seed=1)
     k = yk.step_coefficients(0.3, 0.45)
     ops_.step(x, o, 0.5, coefs=k, step=1)

@@ -186,6 +186,7 @@ def test_numbers_given_as_meta_tensors_or_of_the_wrong_type_are_named():
     with pytest.raises(ValueError, match=r"^seed must be an int in \[0, 2\*\*32 - 1\] or None, got -1"):
         resolve_seed(-1)
     assert masks.check_lower_bound(np.float32(0.5)) == 0.5 and masks.as_float(torch.tensor(2), "eta") == 2.0
+    assert masks.check_lower_bound(np.array(0.5)) == 0.5 and masks.as_int(np.array(3), "steps") == 3  # np.load's
     for bad in (True, "0.4", torch.tensor([0.4])):
         with pytest.raises(TypeError, match="^lower_bound must be a float, got "):
             masks.check_lower_bound(bad)

@@ -280,14 +280,20 @@ def test_from_betas_takes_what_schedule_takes():
     """from_betas and Schedule(betas) agreed on nothing: ['0.1'] was an error of torch's in one and a TypeError in
     the other, 0.1 'not iterable' in one; [True] was beta 1; a meta tensor an error of torch's copy."""
     want = Schedule.from_betas(torch.tensor([0.1, 0.2], dtype=torch.float64))
-    for same in ([0.1, 0.2], (0.1, 0.2), np.array([0.1, 0.2]), (v for v in [0.1, 0.2]), [np.float64(0.1), 0.2]):
-        assert Schedule.from_betas(same) == want
+    both = np.array([0.2, 0.1])
+    for same in ([0.1, 0.2], (0.1, 0.2), np.array([0.1, 0.2]), (v for v in [0.1, 0.2]), [np.float64(0.1), 0.2],
+                 both[::-1], np.array([0.1, 0.2], dtype=">f8"), list(torch.tensor([0.1, 0.2], dtype=torch.float64)),
+                 np.array([0.1, 0.2], dtype=object), [np.array(0.1), 0.2]):  # (a reversed or big-endian array, a
+        assert Schedule.from_betas(same) == want  # list of 0-d tensors: from_betas took them, and takes them again)
     assert Schedule(v for v in [0.1, 0.2]) == want and Schedule(np.array([0.1, 0.2])) == want
-    for bad, match in ((["0.1"], "got an entry '0.1'"), ([True], "got an entry True"), (0.1, "got float"),
-                       ("0.1", "got str"), ({0.1: 1}, "got dict"), (np.array([0.1, None]), "numpy array of object"),
-                       (torch.tensor([True]), "torch.bool tensor")):
+    for bad, match in ((["0.1"], "betas[0] must be a float, got str"), ([0.1, True], "betas[1] must be a float, "
+                       "got bool"), (0.1, "betas must be a 1-D sequence of floats, got float"), ("0.1", "got str"),
+                       ({0.1: 1}, "got dict"), (np.array([0.1, None]), "betas[1] must be a float, got NoneType"),
+                       (torch.tensor([True]), "betas must be real numbers, got a torch.bool tensor"),
+                       (np.array([True]), "numpy array of bool")):
         for make in (Schedule, Schedule.from_betas):
-            with pytest.raises(TypeError, match=r"^betas must be .*" + re.escape(match)):
+            said = "^" + re.escape(match) if match.startswith("betas") else r"^betas\b.*" + re.escape(match)
+            with pytest.raises(TypeError, match=said):
                 make(bad)
     with pytest.raises(ValueError, match="^betas is on the meta device"):
         Schedule.from_betas(torch.zeros(3, device="meta"))

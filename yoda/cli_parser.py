@@ -447,15 +447,21 @@ def one_line(e: BaseException, options: bool = True) -> str:
     name = re.match(r"\w+(?=[ :\[])", line)
     if options and name and name.group() in OPTION_OF:
         line = OPTION_OF[name.group()] + line[name.end():]
-    if options:  # the library's "leave eta None", "sampler='ddim'", "steps=" further on: the options' words
-        line = re.sub(r"\bleave (\w+) None\b", lambda m: f"leave out {OPTION_OF[m[1]]}" if m[1] in OPTION_OF
-                      else m[0], line)
-        line = re.sub(r"\bspacing=(?=[\s,;:)]|$)", "the model's spacing", line)  # no option: the model card's
-        line = re.sub(r"\b(\w+)=(?:'([\w-]*)'|(?=[\s,;:)]|$))", lambda m: (
-            m[0] if m[1] not in OPTION_OF else OPTION_OF[m[1]] + ("" if m[2] is None else f" {m[2]}")), line)
+    if options:  # the library's "leave eta None", "sampler='ddim'", "steps=" further on: the options' words, but
+        # not inside a repr (EvalSettings(steps=None, sampler='ddpm')), which stays as Python wrote it
+        line = "".join(part if re.fullmatch(r"\w+\([^()]*\)", part) else _option_words(part)
+                       for part in re.split(r"(\w+\([^()]*\))", line))
     if options and line.startswith("unknown attention "):  # yoda.attention.check_name's
         return f"--attention: {line}"
     return line[len("path: "):] if line.startswith("path: ") else line  # read_image's argument: the file follows
+
+
+def _option_words(text: str) -> str:
+    text = re.sub(r"\bleave (\w+) (None|out)\b", lambda m: f"leave out {OPTION_OF[m[1]]}" if m[1] in OPTION_OF
+                  else m[0], text)
+    text = re.sub(r"\bspacing=(?=[\s,;:)]|$)", "the model's spacing", text)  # no option: the model card's
+    return re.sub(r"\b(\w+)=(?:'([\w-]*)'|(?=[\s,;:)]|$))", lambda m: (
+        m[0] if m[1] not in OPTION_OF else OPTION_OF[m[1]] + ("" if m[2] is None else f" {m[2]}")), text)
 
 
 def missing_package(e: BaseException) -> Optional[str]:

@@ -14,6 +14,7 @@ import numbers
 import operator
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 _FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -25,8 +26,15 @@ def _not_meta(v: Any, name: str) -> None:
         raise ValueError(f"{name} is on the meta device (a shape without a value): give a number")
 
 
+def _scalar_array(v: Any) -> Any:
+    """A 0-d numpy array (np.array(0.3), np.load of a scalar) as its numpy scalar; anything else as it is."""
+    return v[()] if isinstance(v, np.ndarray) and v.ndim == 0 else v
+
+
 def as_int(v: Any, name: str, what: str = "an int") -> int:
-    """v as an int: Python and numpy integers, 0-d integer tensors; TypeError naming ``name`` otherwise."""
+    """v as an int: Python and numpy integers (0-d arrays too), 0-d integer tensors; TypeError naming ``name``
+    otherwise."""
+    v = _scalar_array(v)
     tensor = isinstance(v, torch.Tensor)
     if (isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.Tensor))
             or (tensor and (v.dim() != 0 or v.dtype == torch.bool or v.is_floating_point() or v.is_complex()))):
@@ -38,7 +46,10 @@ def as_int(v: Any, name: str, what: str = "an int") -> int:
 
 def config_int(v: Any, name: str, what: str = "a positive int") -> int:
     """as_int for a field of a model config (SR3Config, SRDiffConfig), raising ValueError: configs come from files,
-    and their loaders report a bad value, of any type, as a ValueError naming the file."""
+    and their loaders report a bad value, of any type, as a ValueError naming the file. A whole float (4.0, as a
+    JSON writer may write 4) is its int, as it always was for SR3Config.scale."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
     try:
         return as_int(v, name, what)
     except TypeError as e:
@@ -47,7 +58,9 @@ def config_int(v: Any, name: str, what: str = "a positive int") -> int:
 
 def as_float(v: Any, name: str, finite: bool = True) -> float:
     """v as a float (``finite``: a finite one): Python and numpy reals, 0-d real tensors (not bools, strings or
-    1-element arrays); TypeError / ValueError naming ``name`` otherwise. The one rule of every float argument."""
+    1-element arrays; 0-d numpy arrays are taken); TypeError / ValueError naming ``name`` otherwise. The one rule of
+    every float argument."""
+    v = _scalar_array(v)
     if (isinstance(v, bool) or not isinstance(v, (numbers.Real, torch.Tensor))
             or (isinstance(v, torch.Tensor) and (v.dim() != 0 or v.dtype == torch.bool or v.is_complex()))):
         raise TypeError(f"{name} must be a float, got {v!r}" if isinstance(v, torch.Tensor) else

@@ -40,12 +40,12 @@ def _check_beta_range(beta_start: Any, beta_end: Any) -> tuple[float, float]:
 
 
 def _as_betas(b: Any) -> torch.Tensor:
-    """betas as a tensor: a tensor or numpy array of a real dtype, or an iterable of real numbers (not bools,
-    strings or a mapping); errors name betas."""
-    if isinstance(b, np.ndarray):
-        if b.dtype.kind not in "biuf":
-            raise TypeError(f"betas must be real numbers, got a numpy array of {b.dtype}")
-        b = torch.from_numpy(b)
+    """betas as a tensor: a tensor or numpy array of a real dtype, or an iterable of real numbers (Python / numpy
+    scalars, 0-d tensors; not bools, strings or a mapping); errors name betas."""
+    if isinstance(b, np.ndarray) and b.dtype.kind in "iuf":  # any order, stride or byte order: a native copy
+        return torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64))
+    if isinstance(b, np.ndarray) and b.dtype.kind == "b":
+        raise TypeError(f"betas must be real numbers, got a numpy array of {b.dtype}")
     if isinstance(b, torch.Tensor):
         if b.dtype == torch.bool or b.is_complex():
             raise TypeError(f"betas must be real numbers, got a {b.dtype} tensor")
@@ -54,11 +54,8 @@ def _as_betas(b: Any) -> torch.Tensor:
         return b
     if isinstance(b, (str, bytes, Mapping)) or not isinstance(b, Iterable):
         raise TypeError(f"betas must be a 1-D sequence of floats, got {type(b).__name__}")
-    b = list(b)
-    bad = next((v for v in b if isinstance(v, bool) or not isinstance(v, numbers.Real)), None)
-    if bad is not None:  # [True] was beta 1, ['0.1'] an error of torch's
-        raise TypeError(f"betas must be a 1-D sequence of floats, got an entry {bad!r}")
-    return torch.tensor([float(v) for v in b], dtype=torch.float64)
+    # each entry by the rule of every float argument (masks.as_float): [True] was beta 1, ['0.1'] an error of torch's
+    return torch.tensor([as_float(v, f"betas[{i}]", finite=False) for i, v in enumerate(b)], dtype=torch.float64)
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+import weakref
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -284,27 +285,38 @@ class TileStats(_Stats):
     in A when it made it): a loop that passes it every step waits for the device once, not at every step.
 
     It remembers which A it was made of (storage, shape, strides, dtype, device, tile and torch's in-place version
-    counter): given with another A, or with an A changed in place since, it is refused, since the C++ and Triton
-    kernels classify tiles by it (and the naive reference reads A). Writes that torch does not count (through
-    ``A.numpy()`` or ``A.data``, or to an A made under torch.inference_mode, which has no counter) are not seen. A
-    TileStats made by hand, or a plain (max, min) tuple, is searched for NaN and for max < min (a device sync), and
-    is trusted to describe A."""
+    counter; A itself must still be alive): given with another A (a copy of A too), with an A changed in place
+    since, or once that A is freed, it is refused, since the C++ and Triton kernels classify tiles by it (the naive
+    reference reads A). Writes that torch does not count (through ``A.numpy()`` or ``A.data``, or to an A made under
+    torch.inference_mode, which has no counter) are not seen. A TileStats made by hand or copied, or a plain
+    (max, min) tuple, is searched for NaN and for max < min (a device sync), and is trusted to describe A."""
 
     def matches(self, A: torch.Tensor, tile: int) -> Optional[bool]:
-        """Whether these stats were made of ``A`` at ``tile`` as it is now; None: not known (made by hand)."""
+        """Whether these stats were made of ``A`` at ``tile`` as it is now; None: not known (made by hand, or a
+        copy). The A they were made of must still be alive: once it is freed, another A can take its memory."""
         made_of = getattr(self, "_source", None)
-        return None if made_of is None else made_of == _source(A, tile)
+        if made_of is None:
+            return None
+        return self._of() is not None and made_of == _source(A, tile)
+
+    def __reduce__(self):
+        """A copy (pickle, copy.deepcopy) is made by hand: it does not know which A it was made of."""
+        return (type(self), tuple(self))
 
 
 def _source(A: torch.Tensor, tile: int) -> tuple:
-    """What identifies ``A`` as tile_stats saw it (TileStats.matches): ~1 us."""
+    """What identifies ``A`` as tile_stats saw it (TileStats.matches), the same for (B, H, W) and its (B, 1, H, W)
+    views: ~1 us."""
+    shape, stride = tuple(A.shape), A.stride()
+    if A.dim() == 4:  # the channel of 1 is no part of the map
+        shape, stride = shape[:1] + shape[2:], stride[:1] + stride[2:]
     version = None if A.is_inference() else A._version  # an inference tensor has no version counter
-    return A.data_ptr(), tuple(A.shape), A.stride(), A.dtype, A.device, version, tile
+    return A.data_ptr(), shape, stride, A.dtype, A.device, version, tile
 
 
 def _made_of(stats: TileStats, A: torch.Tensor, tile: int) -> TileStats:
     if _plain_eager(A):  # (fake and traced tensors have no storage to name)
-        stats._source = _source(A, tile)
+        stats._source, stats._of = _source(A, tile), weakref.ref(A)
     return stats
 
 

@@ -205,7 +205,8 @@ def attention_figure(
         fraction of the steps a sampling run took, its callback's active_fraction); default: the exact ratio over
         every step t = 1..T, refine_fraction(A, range(T), T, lower_bound), labelled "every step of T=..." (for
         large T it tends to pixel_update_ratio(A, lower_bound) = mean(min(1, A + lower_bound))).
-    label: what the map is (e.g. "edge attention of in.png, x4"), put first in the title and on the map's panel.
+    label: what the map is (e.g. "edge attention of in.png, x4"), put first in the title; a label of the form
+        "METHOD attention ..." also names METHOD on the map's panel.
     steps: a sampling run's number of steps (its visited indices: Schedule.respace(steps), the trailing spacing
         that yoda.sample's DDIM / DDPM take for SR3 and SRDiff models): the title's ratio is the exact one over
         those steps, refine_fraction(A, indices, T, lower_bound), labelled "N steps of T=...", and, where ts is

@@ -18,7 +18,7 @@ from ..drawing import text_wh as _text_wh
 from ..drawing import tick_labels
 from ..drawing import title as _title
 from .compute import FigureData, FigureSettings, _method_label
-from .numbers import fit_values
+from .numbers import LOG_FITS, fit_values
 
 FIGURE_FILES = ("fig3_update_ratio.png", "fig5_regional_error.png", "fig4_crops.png")
 
@@ -112,8 +112,9 @@ def draw_update_ratio(ratios: Mapping[str, Sequence[float]], lower_bounds: Seque
 def _fit_curve(coefs, r: Mapping, key: str) -> tuple:
     """(xs, ys) of a Fig. 5 fit over the bins it was fitted to (poly_fit's points: count > 0, finite values):
     extrapolated to A = 0 and 1, a degree-9 fit of bins at 18-26 dB reached 80 dB at A = 0 and set the axis."""
-    c = np.asarray(r["centres"], dtype=np.float64)
-    c = c[(np.asarray(r["count"]) > 0) & np.isfinite(np.asarray(r[key], dtype=np.float64)) & np.isfinite(c)]
+    c, y = np.asarray(r["centres"], dtype=np.float64), np.asarray(r[key], dtype=np.float64)
+    fitted = np.isfinite(y) & ((y > 0) if key in LOG_FITS else True)  # (a bin of MSE 0 is no point of log MSE)
+    c = c[(np.asarray(r["count"]) > 0) & fitted & np.isfinite(c)]
     xs = np.linspace(c.min(), c.max(), 101)
     return xs, fit_values(coefs, key, xs)
 
