@@ -1061,6 +1061,10 @@ MUTANTS = [
            "((y > 0) if key in LOG_FITS else True)", "True",
            ("tests/test_figures.py", "-k", "stays_positive"),
            "Fig. 5's MSE line is extrapolated over a bin of MSE 0 that it was not fitted to"),
+    Mutant("noise-decided-in-float64", "yoda_kernels/contract.py",
+           "    return _nonzero_f32(c.sigma) or _nonzero_f32(c.lb)", "    return c.sigma != 0.0 or c.lb != 0.0",
+           ("tests/test_contract.py", "-k", "built_and_read"),
+           "a sigma of 1e-300 draws noise in the reference and none in the C++ op"),
 ]
 
 

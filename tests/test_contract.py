@@ -46,6 +46,19 @@ def test_coefficients_are_built_and_read_by_name():
     start = coefs.init_coefficients(0.5)
     assert start.sigma == 1.0 and contract.needs_noise(start)
     assert not contract.needs_noise(coefs.step_coefficients(0.3, 1.0))
+    # decided in float32, as the kernels hold the coefficients: a sigma of 1e-300 drew noise in the reference (a NaN
+    # of an Inf noise entry, -0.0 of 0 * -1) and none in the C++ op called directly
+    tiny = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1e-300, 0.5, 0.0]
+    assert not contract.needs_noise(tiny) and contract.needs_noise(tiny[:7] + [1e-44, 0.5, 0.0])  # (a subnormal)
+    assert contract.needs_noise(tiny[:9] + [1e300])  # beyond float32: inf
+    x, A = torch.full((1, 1, 4, 8), -0.0), torch.ones(1, 1, 4, 8)
+    noise = torch.full((1, 1, 4, 8), -1.0)
+    noise[0, 0, 0, 0] = float("inf")
+    args = (x, x, x, A, None, None, 0.5, tiny, False, 0, 0, noise, 8)
+    ref = naive.masked_step(*args)
+    assert ref.isfinite().all() and not ref.signbit().any()
+    for op in [torch.ops.yoda.masked_step] if hasattr(torch.ops.yoda, "masked_step") else []:
+        assert torch.equal(op(*args), ref) and not op(*args).signbit().any()
     # the reference and the Triton launch unpack them through the contract, never by position
     triton_ms = pytest.importorskip("yoda_kernels.triton.masked_step")
     params = list(inspect.signature(triton_ms._masked_step_kernel.fn).parameters)

@@ -18,8 +18,11 @@ One step of DESIGN.md §5 in the coefficients (the float32 operation order below
     lr   = la * c + lb * z
     x'   = sr where A >= tau else lr            (A is None: every pixel active)
 
-Noise z is drawn only when ``needs_noise``: sigma or lb nonzero; otherwise every backend uses z = 0, an
-explicit noise tensor included.
+Noise z is drawn only when ``needs_noise``: sigma or lb nonzero in float32; otherwise every backend uses z = 0,
+an explicit noise tensor included.
+
+Same bits means same values: a NaN is a NaN on every backend, but its sign and payload are not part of the
+contract (the C++ kernels store a bfloat16 NaN as 0x7FC0, torch's conversion as 0xFFFF).
 
 The solver op (masked_combine, for the multistep / SDE solvers of yoda.sampling.solvers) takes the denoised
 estimates d0 (this step's), d1, d2 (the history; absent terms are not added) and seven coefficients:
@@ -32,6 +35,7 @@ estimates d0 (this step's), d1, d2 (the history; absent terms are not added) and
 from __future__ import annotations
 
 import numbers
+import struct
 from typing import NamedTuple, Sequence
 
 import torch
@@ -79,9 +83,17 @@ MAX_HISTORY = 3  # d0, d1, d2
 
 
 def needs_noise(coefs: Sequence[float]) -> bool:
-    """Whether a step with these coefficients (StepCoefs or CombineCoefs) draws noise (sigma or lb nonzero)."""
+    """Whether a step with these coefficients (StepCoefs or CombineCoefs) draws noise: sigma or lb nonzero in
+    float32, as the kernels hold them (a sigma of 1e-300 is 0 there: the C++ op drew none where the reference did)."""
     c = (StepCoefs if len(coefs) == NUM_COEFS else CombineCoefs)(*coefs)
-    return c.sigma != 0.0 or c.lb != 0.0
+    return _nonzero_f32(c.sigma) or _nonzero_f32(c.lb)
+
+
+def _nonzero_f32(v: float) -> bool:
+    try:
+        return struct.unpack("f", struct.pack("f", v))[0] != 0.0
+    except OverflowError:  # beyond float32: inf there
+        return True
 
 
 def check_tile(tile: int, name: str = "tile") -> int:
