@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a lent H100 / H200 machine (Python 3.12, CUDA torch, triton, nvcc; no network):
 #   1. build the extension in place (C++ CPU + CUDA kernels); the stripped .so is copied to $OUT
-#   2. GPU tests: tests/test_gpu.py (both backends vs the reference, noise bit-identity, speed options)
+#   2. GPU tests: tests/test_gpu.py (the crash fix first; both backends vs the reference, noise bit-identity,
+#      speed options)
 #   3. the fused step's benchmark: benchmarks/gpu_bench.py -> $OUT/gpu_results.md (rewritten row by row)
 #   4. the whole loop's speed options: benchmarks/gpu_loop.py -> $OUT/gpu_loop.md
 #   5. if time is left: tests/test_masked_step.py and tests/test_triton_launch.py compiled for the GPU
@@ -56,10 +57,12 @@ step() {
   "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name())" 2>&1
   nvcc --version 2>&1 | tail -1
 } | tee -a "$LOG"
+source benchmarks/gpu_setuptools.sh  # an older setuptools there: pyproject's license in the form it reads
 
-# 1. Build in place (ninja, parallel). Reserve 420 s for the tests and benchmarks.
-step build 150 420 env TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
-step import 30 400 "$PY" -c "
+# 1. Build in place (ninja, parallel; about 50 s a .cu file). Nothing of the CUDA backend runs without it: it
+#    gets its 150 s whatever the deadline leaves the later steps (reserve 60 s).
+step build 150 60 env TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
+step import 30 40 "$PY" -c "
 import torch, yoda_kernels as k
 print('extension:', k.extension_error or 'loaded')
 print('backends on cuda:', k.available_backends('cuda'))
@@ -67,13 +70,14 @@ assert 'cuda' in k.available_backends('cuda') and 'triton' in k.available_backen
 # the built extension comes back (stripped), so that a second call can carry it instead of building again
 for so in yoda_kernels/_C*.so; do [ -f "$so" ] && strip -o "$OUT/$(basename "$so")" "$so" 2>/dev/null; done
 
-# 2. GPU tests (TRITON_INTERPRET unset: Triton compiles for the GPU, seconds per kernel variant): both backends
-#    against the reference, noise bit-identity, yoda.sample's speed options on the GPU. Reserve 300 s.
+# 2. GPU tests (TRITON_INTERPRET unset: Triton compiles for the GPU, seconds per kernel variant). First, alone and
+#    short (~15 s), the owed check of the crash fix: its calls crashed the process on 2026-12-04 (SIGSEGV in
+#    messages that streamed a number; csrc/common.h). Then both backends against the reference, noise
+#    bit-identity, yoda.sample's speed options on the GPU. Reserve 300 s.
+step tests_errors 30 330 "$PY" -X faulthandler -m pytest tests/test_gpu.py -v -p no:cacheprovider -k errors_name
 step tests_speed 60 380 "$PY" -m pytest tests/test_gpu.py -v -p no:cacheprovider -k speed_options
 step tests_gpu 100 300 "$PY" -m pytest tests/test_gpu.py -v -p no:cacheprovider --durations=5 \
   -k "not speed_options and not errors_name"
-# alone: its calls crashed the process on 2026-12-04 (SIGSEGV in messages that streamed a number; csrc/common.h)
-step tests_errors 30 290 "$PY" -X faulthandler -m pytest tests/test_gpu.py -v -p no:cacheprovider -k errors_name
 
 # 3. The fused step's benchmark (issue 13): its own budgets stop torch.compile cases, then every case, before the
 #    step's limit. Reserve 140 s for the whole-loop benchmark.
@@ -95,8 +99,10 @@ step triton_launch 40 2 "$PY" -m pytest tests/test_triton_launch.py -x -q -p no:
 echo "=== [${SECONDS} s] summary (exit codes; 124 = hit its time limit)" | tee -a "$LOG"
 FAIL=0
 for name in "${ORDER[@]}"; do
+  # the masked-step grid is run for what time is left: stopped at its limit it is partial, not failed
+  [[ $name == tests_masked_step && ${RC[$name]} == 124 ]] && RC[$name]="partial (124: stopped at its limit)"
   echo "  $name: ${RC[$name]}" | tee -a "$LOG"
-  case "${RC[$name]}" in 0|skipped*) ;; *) FAIL=1 ;; esac  # a step skipped for time is not a failure
+  case "${RC[$name]}" in 0|skipped*|partial*) ;; *) FAIL=1 ;; esac  # a step skipped for time is not a failure
 done
 for f in "$OUT/gpu_results.md" "$OUT/gpu_loop.md"; do [ -f "$f" ] && cat "$f"; done
 exit $FAIL

@@ -142,8 +142,8 @@ def main() -> int:
          f"{hr}^2 HR, DDIM eta 0, {args.steps} steps, no attention, seed 0; median of {args.repeats} calls "
          f"after one warm-up; backend auto ({yoda_backend(dev)}).")
     emit()
-    emit("| options | s per call | ms per step | vs fp32 | max diff to fp32 | PSNR to fp32 (dB) | warm-up s |")
-    emit("|---|---|---|---|---|---|---|")
+    for line in HEADER:
+        emit(line)
     ref = base_s = overhead = None
     failures = 0
     for label, opts in CONFIGS:
@@ -184,14 +184,19 @@ def main() -> int:
         diff = (out.float() - ref.float()).abs().max().item()
         emit(f"| {label} | {s:.3f} | {1e3 * s / args.steps:.2f} | {base_s / s:.2f}x | {diff:.1e} | "
              f"{psnr_to(out, ref):.1f} | {warm:.1f} |")
+        if overhead:  # written at once, below the reference row (a SIGINT in a slow compile row lost it)
+            for line in ("", overhead, "", *HEADER):
+                emit(line)
+            overhead = None
         if not math.isfinite(out.float().sum().item()):
             failures += 1
-    if overhead:
-        emit()
-        emit(overhead)
     emit()
     emit(f"failures: {failures}; wall time {time.time() - start:.0f} s")
     return 1 if failures else 0
+
+
+HEADER = ("| options | s per call | ms per step | vs fp32 | max diff to fp32 | PSNR to fp32 (dB) | warm-up s |",
+          "|---|---|---|---|---|---|---|")
 
 
 def yoda_backend(dev: str) -> str:

@@ -23,7 +23,9 @@ train() {  # name config extra-args...
 train default default_x4 --weights-name default_x4.safetensors &
 train plain compare_plain &
 train yoda compare_yoda &
-TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=12 "$PY" setup.py build_ext --inplace > "$W/build.log" 2>&1
+LOG="$W/build.log"; : > "$LOG"
+source benchmarks/gpu_setuptools.sh  # an older setuptools there: pyproject's license in the form it reads
+TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=12 "$PY" setup.py build_ext --inplace >> "$LOG" 2>&1
 echo "build: exit $?" >> "$W/summary.txt"
 wait
 cat "$W/summary.txt"; tail -3 "$W"/*.log

@@ -1065,6 +1065,11 @@ MUTANTS = [
            "    return _nonzero_f32(c.sigma) or _nonzero_f32(c.lb)", "    return c.sigma != 0.0 or c.lb != 0.0",
            ("tests/test_contract.py", "-k", "built_and_read"),
            "a sigma of 1e-300 draws noise in the reference and none in the C++ op"),
+    Mutant("noise-decision-breaks-compile", "yoda_kernels/contract.py",
+           "    return not abs(v) <= 2.0**-150",
+           "    return __import__('struct').unpack('f', __import__('struct').pack('f', v))[0] != 0.0",
+           ("tests/test_masked_step.py", "-k", "compiles_whole"),
+           "torch.compile of the reference (the benchmarks' comparison) fails with a RecursionError at its second step"),
 ]
 
 

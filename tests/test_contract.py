@@ -51,6 +51,8 @@ def test_coefficients_are_built_and_read_by_name():
     tiny = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1e-300, 0.5, 0.0]
     assert not contract.needs_noise(tiny) and contract.needs_noise(tiny[:7] + [1e-44, 0.5, 0.0])  # (a subnormal)
     assert contract.needs_noise(tiny[:9] + [1e300])  # beyond float32: inf
+    for v in (2.0**-150, 2.0**-150 * (1 + 2**-52), 2.0**-149, 1e-45, 7e-46, -1e-300, 3.4e38, 1.0):  # float32's own
+        assert contract._nonzero_f32(v) == (torch.tensor(v, dtype=torch.float32).item() != 0.0), v  # rounding
     x, A = torch.full((1, 1, 4, 8), -0.0), torch.ones(1, 1, 4, 8)
     noise = torch.full((1, 1, 4, 8), -1.0)
     noise[0, 0, 0, 0] = float("inf")

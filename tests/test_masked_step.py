@@ -541,6 +541,19 @@ def test_torch_compile_cpu():
     assert torch.equal(compiled(x, o, c, A, tmax, tmin), step(x, o, c, A, tmax, tmin))
 
 
+def test_the_reference_compiles_whole_for_every_step():
+    """torch.compile of the reference itself, as the benchmarks compare against (fullgraph: nothing breaks the graph,
+    across the recompiles of other coefficients and explicit noise): deciding in float32 whether a step draws noise
+    with struct.pack sent dynamo into a RecursionError at the second step."""
+    x, o, c, A = _good((1, 3, 16, 24))
+    z = torch.randn_like(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(naive.masked_step, backend="eager", fullgraph=True)
+    for ab_prev, noise in ((1.0, None), (0.45, z), (0.45, None)):
+        args = (x, o, c, A, None, None, 0.5, list(yk.step_coefficients(0.3, ab_prev)), False, 3, 4, noise, 8)
+        assert torch.equal(compiled(*args), naive.masked_step(*args))
+
+
 def test_fallback_warns_once_without_extension():
     """With yoda_kernels._C unimportable, importing yoda_kernels warns once, the reference serves the ops
     and asking for the C++ backend says why it is missing."""

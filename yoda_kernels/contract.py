@@ -35,7 +35,6 @@ estimates d0 (this step's), d1, d2 (the history; absent terms are not added) and
 from __future__ import annotations
 
 import numbers
-import struct
 from typing import NamedTuple, Sequence
 
 import torch
@@ -90,10 +89,9 @@ def needs_noise(coefs: Sequence[float]) -> bool:
 
 
 def _nonzero_f32(v: float) -> bool:
-    try:
-        return struct.unpack("f", struct.pack("f", v))[0] != 0.0
-    except OverflowError:  # beyond float32: inf there
-        return True
+    """Whether ``v`` is nonzero in float32: |v| above half the smallest subnormal, 2**-150 (which rounds to the even
+    0); a NaN is nonzero. Plain arithmetic, which torch.compile traces (struct.pack sent dynamo into a recursion)."""
+    return not abs(v) <= 2.0**-150
 
 
 def check_tile(tile: int, name: str = "tile") -> int:
