@@ -1070,6 +1070,14 @@ MUTANTS = [
            "    return __import__('struct').unpack('f', __import__('struct').pack('f', v))[0] != 0.0",
            ("tests/test_masked_step.py", "-k", "compiles_whole"),
            "torch.compile of the reference (the benchmarks' comparison) fails with a RecursionError at its second step"),
+    Mutant("train-sigma-float32", "yoda/training/loss.py",
+           "    sigma = (1.0 - s64 * s64).sqrt()", "    sigma = (1.0 - sqrt_ab * sqrt_ab).sqrt()",
+           ("tests/test_train.py", "-k", "keep_their_digits"),
+           "training's sqrt(1 - ab) at SR3's first step is 2.3% off (taken from the float32 level)"),
+    Mutant("train-masked-ab-float32", "yoda/training/loss.py",
+           "tau, s64 * s64, backend=backend)", "tau, (s64 * s64).float(), backend=backend)",
+           ("tests/test_train.py", "-k", "keep_their_digits"),
+           "mask_input's x_t at SR3's first step takes ab rounded to float32"),
 ]
 
 

@@ -50,9 +50,11 @@ def alphas_cumprod(schedule) -> torch.Tensor:
 def draw_noise_level(
     ab: torch.Tensor, batch: int, cfg: LossConfig, generator: Optional[torch.Generator] = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(idx (B,) int64, sqrt_ab (B,) float32) for one batch.
+    """(idx (B,) int64, sqrt_ab (B,) float64) for one batch; the model is fed its float32 value.
 
-    continuous: sqrt_ab ~ U[sqrt(ab[idx]), sqrt(ab[idx - 1])], ab[-1] := 1 (SR3); discrete: sqrt(ab[idx])."""
+    continuous: sqrt_ab ~ U[sqrt(ab[idx]), sqrt(ab[idx - 1])], ab[-1] := 1 (SR3); discrete: sqrt(ab[idx]).
+    float64, so that sqrt(1 - sqrt_ab^2) keeps its digits where ab is close to 1 (the first steps: 2.3% off at idx 0
+    of SR3's schedule when taken from the float32 value)."""
     T = ab.numel()
     if cfg.same_t_in_batch:
         idx = torch.randint(T, (1,), generator=generator).expand(batch).clone()
@@ -62,7 +64,7 @@ def draw_noise_level(
     lo = ab[idx].sqrt()
     hi = torch.cat([torch.ones(1, dtype=torch.float64), ab])[idx].sqrt()  # sqrt(ab[idx-1]), 1 at idx = 0
     sab = lo + u * (hi - lo) if cfg.noise_level == "continuous" else lo
-    return idx, sab.float()
+    return idx, sab
 
 
 def step_taus(idx: torch.Tensor, T: int, lower_bound: float) -> torch.Tensor:
@@ -129,19 +131,20 @@ def diffusion_loss(
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
     tau = step_taus(idx, T, cfg.lower_bound).to(x0.device)
-    idx, sqrt_ab, noise = idx.to(x0.device), sqrt_ab.to(x0.device), noise.to(x0.device, x0.dtype)
+    s64 = sqrt_ab.to(x0.device, torch.float64)  # the coefficients in float64 (draw_noise_level), the model float32's
+    idx, sqrt_ab, noise = idx.to(x0.device), s64.float(), noise.to(x0.device, x0.dtype)
+    sigma = (1.0 - s64 * s64).sqrt().view(B, 1, 1, 1).to(x0.dtype)  # sqrt(1 - ab), from the float64 ab
 
     if cfg.mask_input:
         from yoda_kernels import masked_q_sample
 
         A = A.to(x0.dtype)
-        x_t = masked_q_sample(x0, c, noise, A, tau, sqrt_ab.double().pow(2).float(), backend=backend)
+        x_t = masked_q_sample(x0, c, noise, A, tau, s64 * s64, backend=backend)  # its float64 path: same sigma
         # the targets are those of the image x_t was made from (c where inactive), so that eps, x0 and v agree
         # (a perfect predictor of one is a perfect predictor of the others); with mask_loss those pixels don't count
         x0 = torch.where(A >= tau.view(B, 1, 1, 1), x0, c)
     else:
-        s = sqrt_ab.view(B, 1, 1, 1)
-        x_t = s * x0 + (1.0 - s * s).sqrt() * noise
+        x_t = sqrt_ab.view(B, 1, 1, 1).to(x0.dtype) * x0 + sigma * noise
     pred = denoise(x_t, idx, sqrt_ab)
     if pred.shape != x0.shape:
         raise ValueError(f"model output has shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
@@ -150,8 +153,7 @@ def diffusion_loss(
     elif cfg.target == "x0":
         target = x0
     else:  # v-prediction (Salimans & Ho), the convention of yoda.sample and diffusers
-        s = sqrt_ab.view(B, 1, 1, 1).to(x0.dtype)
-        target = s * noise - (1.0 - s * s).sqrt() * x0
+        target = sqrt_ab.view(B, 1, 1, 1).to(x0.dtype) * noise - sigma * x0
     err = (pred - target).abs() if cfg.loss == "l1" else (pred - target).pow(2)
     if cfg.mask_loss:
         m = (A >= tau.view(B, 1, 1, 1)).to(err.dtype)  # (B, 1, H, W): the pixels refined at this step
