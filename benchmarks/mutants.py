@@ -1078,6 +1078,18 @@ MUTANTS = [
            "tau, s64 * s64, backend=backend)", "tau, (s64 * s64).float(), backend=backend)",
            ("tests/test_train.py", "-k", "keep_their_digits"),
            "mask_input's x_t at SR3's first step takes ab rounded to float32"),
+    Mutant("cli-words-nested-repr", "yoda/cli_parser.py",
+           "_REPR = r\"\\w+\\((?:[^()]|\\([^()]*\\))*\\)\"", "_REPR = r\"\\w+\\([^()]*\\)\"",
+           ("tests/test_cli.py", "-k", "argument_words"),
+           "EvalSettings' repr in an error (it holds tuples) is rewritten to (--sampler ddpm)"),
+    Mutant("stats-view-of-A", "yoda_kernels/ops.py",
+           "weakref.ref(A.untyped_storage())", "weakref.ref(A)",
+           ("tests/test_masked_step.py", "-k", "another_A"),
+           "stats of a temporary view of A (tile_stats(A.detach())) are refused as another A's"),
+    Mutant("gpu-check-pyproject-kept", "benchmarks/gpu_setuptools.sh",
+           "  trap 'printf", "  : 'printf",
+           ("tests/test_bench_scripts.py", "-k", "gpu_check"),
+           "gpu_check.sh run in a checkout with an old setuptools rewrites its pyproject.toml for good"),
 ]
 
 

@@ -80,7 +80,9 @@ def test_gpu_check_order_and_old_setuptools(tmp_path):
     stub = tmp_path / "py"
     stub.write_text(f"""#!/bin/bash
 echo "$*" >> {calls}
-case "$*" in *setuptools.__version__.split*) exit 1;; *setuptools*) echo 65.5;; *test_masked_step*) exit 124;; esac
+case "$*" in *setuptools.__version__.split*) exit 1;; *setuptools*) echo 65.5;; *test_masked_step*) exit 124;;
+  *build_ext*) grep -q 'license = {{ text = "MIT" }}' pyproject.toml && ! grep -q license-files pyproject.toml \
+    && echo "built with the table form" >> {calls};; esac
 exit 0
 """)
     stub.chmod(0o755)
@@ -89,10 +91,9 @@ exit 0
     steps = [line.split()[3] for line in r.stdout.splitlines() if line.startswith("=== [") and "(limit" in line]
     assert steps == ["build", "import", "tests_errors", "tests_speed", "tests_gpu", "bench", "loop",
                      "tests_masked_step", "triton_launch"], r.stdout
-    assert "setuptools 65.5 < 77: license as a TOML table" in r.stdout
-    toml = (tmp_path / "pyproject.toml").read_text()
-    assert 'license = { text = "MIT" }' in toml and "license-files" not in toml
-    assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text()  # (the repository's own is untouched)
+    assert "setuptools 65.5 < 77: license as a TOML table for the build" in r.stdout
+    assert "built with the table form" in calls.read_text()  # what the build read
+    assert (tmp_path / "pyproject.toml").read_text() == (ROOT / "pyproject.toml").read_text()  # put back at exit
     assert "tests_masked_step: partial (124: stopped at its limit)" in r.stdout and r.returncode == 0
     assert "setup.py build_ext --inplace" in calls.read_text()
 

@@ -472,6 +472,7 @@ def test_numpy_and_tensor_integers_are_ints_in_cards_and_configs(tmp_path):
     cfg = SR3Config(inner_channel=np.int64(32), res_blocks=np.int16(1), scale=np.int64(4))
     assert (type(cfg.inner_channel), type(cfg.res_blocks), type(cfg.scale)) == (int, int, int)
     assert SR3Config(scale=4.0).scale == 4 and type(SR3Config(scale=4.0, res_blocks=2.0).res_blocks) is int  # files
+    assert SR3Config(scale=np.float32(4.0)).scale == SR3Config(scale=np.array(4.0)).scale == 4
     with pytest.raises(ValueError, match="^SR3Config.scale must be a positive int or None, got float"):  # written
         SR3Config(scale=4.5)  # before hold 4.0, and JSON writers may write 4 so
     d = SRDiffConfig(hidden_size=np.int64(8), sr_scale=np.int64(4), rrdb_num_block=np.int64(2))

@@ -867,8 +867,12 @@ def test_library_argument_words_become_options():
     assert one(ValueError("T=5 and noise= differ; leave x None")) == "T=5 and noise= differ; leave x None"
     assert one(ValueError("autocast='bf16' is slow here; leave autocast out")) == ("--autocast bf16 is slow here; "
                                                                                    "leave out --autocast")
-    msg = ValueError("settings must be EvalSettings, got EvalSettings(steps=None, sampler='ddpm'); steps= too")
-    assert one(msg) == "settings must be EvalSettings, got EvalSettings(steps=None, sampler='ddpm'); --steps too"
+    from yoda.evaluate import EvalSettings
+
+    got = repr(EvalSettings(steps=50, sampler="ddpm"))  # with tuples inside (lower_bounds=(0.4, 0.6, 0.8))
+    assert "(" in got[got.index("(") + 1:] and "sampler='ddpm'" in got
+    assert one(ValueError(f"settings must be EvalSettings, got {got}; steps= too")) == (
+        f"settings must be EvalSettings, got {got}; --steps too")
     assert one(msg, options=False) == str(msg)
 
 

@@ -445,6 +445,11 @@ def test_given_stats_of_another_A_are_refused(backend):
     # the same map as (B, H, W) and as its (B, 1, H, W) view is one A; a copy of the stats is searched, not refused
     flat = A[:, 0].clone()
     assert torch.equal(yk.masked_step(x, o, c, flat[:, None], 0.5, stats=yk.tile_stats(flat, 8), **kw), want)
+    for view in (lambda a: a.detach(), lambda a: a.view_as(a), lambda a: a[:, 0], lambda a: a.squeeze(1)):
+        # stats of a temporary view of A: the memory they describe is A's, still held (a weak reference to the
+        # view's own tensor object refused them once it was gone)
+        got = yk.masked_step(x, o, c, A, 0.5, stats=yk.tile_stats(view(A), 8), **kw)  # (not in an assert, whose
+        assert torch.equal(got, want)  # rewriting keeps the view alive)
     assert torch.equal(yk.masked_step(x, o, c, A.squeeze(1), 0.5, stats=copy.deepcopy(stats), **kw), want)
     # once the A they were made of is freed, another A may take its memory (the CUDA caching allocator hands it
     # out at once), with the same pointer, shape and strides: refused (the address is made to match here)

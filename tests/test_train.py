@@ -194,16 +194,24 @@ def test_the_first_noise_levels_keep_their_digits(mask_input):
     from the float64 level, within float32 rounding of the float64 value; the target v too."""
     a = Schedule.linear(2000, 1e-6, 0.01).alphas_cumprod
     cfg = LossConfig(noise_level="discrete", mask_input=mask_input, lower_bound=1.0, target="v", loss="l2")
-    x0, noise = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)  # x_t = sigma, v = sqrt(ab): read off directly
+    zeros, noise = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)  # x_t = sigma, v = sqrt(ab): read off directly
     idx = torch.tensor([0, 1])
     sab = draw_noise_level(a, 2, cfg)[1] * 0 + a[idx].sqrt()  # (draw_noise_level's dtype: float64)
     seen = {}
-    out = diffusion_loss(lambda x_t, i, s: seen.setdefault("x_t", x_t) * 0, x0, x0, torch.ones(2, 1, 4, 4) if
+    out = diffusion_loss(lambda x_t, i, s: seen.setdefault("x_t", x_t) * 0, zeros, zeros, torch.ones(2, 1, 4, 4) if
                          mask_input else None, a, cfg, idx=idx, sqrt_ab=sab, noise=noise)
     want = (1 - a[:2]).sqrt()
     got = seen["x_t"][:, 0, 0, 0].double()
     assert torch.allclose(got, want, rtol=1e-6, atol=0), (got, want)
     assert out.loss.item() == pytest.approx(float(a[:2].mean()), rel=1e-6)  # mean of v^2 = ab
+    # v = sqrt(ab) noise - sqrt(1 - ab) x0: with x0 = 1 and no noise, v = -sigma, whose square is the loss
+    out = diffusion_loss(lambda x_t, i, s: x_t * 0, torch.ones(2, 3, 4, 4), zeros, torch.ones(2, 1, 4, 4) if
+                         mask_input else None, a, cfg, idx=idx, sqrt_ab=sab, noise=zeros)
+    assert out.loss.item() == pytest.approx(float((1 - a[:2]).mean()), rel=1e-5)
+    if not mask_input:  # a half-precision x0 gives the model a float32 x_t, as before (masked_q_sample: x0's dtype)
+        diffusion_loss(lambda x_t, i, s: seen.__setitem__("half", x_t.dtype) or x_t.half() * 0, zeros.half(),
+                       zeros.half(), None, a, cfg, idx=idx, sqrt_ab=sab, noise=noise)
+        assert seen["half"] == torch.float32
 
 
 def test_residual_space():

@@ -449,11 +449,14 @@ def one_line(e: BaseException, options: bool = True) -> str:
         line = OPTION_OF[name.group()] + line[name.end():]
     if options:  # the library's "leave eta None", "sampler='ddim'", "steps=" further on: the options' words, but
         # not inside a repr (EvalSettings(steps=None, sampler='ddpm')), which stays as Python wrote it
-        line = "".join(part if re.fullmatch(r"\w+\([^()]*\)", part) else _option_words(part)
-                       for part in re.split(r"(\w+\([^()]*\))", line))
+        parts = re.split(f"({_REPR})", line)
+        line = "".join(part if re.fullmatch(_REPR, part) else _option_words(part) for part in parts)
     if options and line.startswith("unknown attention "):  # yoda.attention.check_name's
         return f"--attention: {line}"
     return line[len("path: "):] if line.startswith("path: ") else line  # read_image's argument: the file follows
+
+
+_REPR = r"\w+\((?:[^()]|\([^()]*\))*\)"  # a call's repr, with tuples in it: Name(a=1, b=(2, 3))
 
 
 def _option_words(text: str) -> str:

@@ -48,7 +48,8 @@ def config_int(v: Any, name: str, what: str = "a positive int") -> int:
     """as_int for a field of a model config (SR3Config, SRDiffConfig), raising ValueError: configs come from files,
     and their loaders report a bad value, of any type, as a ValueError naming the file. A whole float (4.0, as a
     JSON writer may write 4) is its int, as it always was for SR3Config.scale."""
-    if isinstance(v, float) and v.is_integer():
+    v = _scalar_array(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return int(v)
     try:
         return as_int(v, name, what)

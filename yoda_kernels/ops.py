@@ -285,15 +285,16 @@ class TileStats(_Stats):
     in A when it made it): a loop that passes it every step waits for the device once, not at every step.
 
     It remembers which A it was made of (storage, shape, strides, dtype, device, tile and torch's in-place version
-    counter; A itself must still be alive): given with another A (a copy of A too), with an A changed in place
-    since, or once that A is freed, it is refused, since the C++ and Triton kernels classify tiles by it (the naive
+    counter; A's memory must still be held, by A or any view of it): given with another A (a copy of A too), with
+    an A changed in place since, or once that memory is freed, it is refused, since the C++ and Triton kernels classify tiles by it (the naive
     reference reads A). Writes that torch does not count (through ``A.numpy()`` or ``A.data``, or to an A made under
     torch.inference_mode, which has no counter) are not seen. A TileStats made by hand or copied, or a plain
     (max, min) tuple, is searched for NaN and for max < min (a device sync), and is trusted to describe A."""
 
     def matches(self, A: torch.Tensor, tile: int) -> Optional[bool]:
         """Whether these stats were made of ``A`` at ``tile`` as it is now; None: not known (made by hand, or a
-        copy). The A they were made of must still be alive: once it is freed, another A can take its memory."""
+        copy). The memory they were made of must still be held (by A or a view of it): once it is freed, another
+        A can take it."""
         made_of = getattr(self, "_source", None)
         if made_of is None:
             return None
@@ -316,7 +317,7 @@ def _source(A: torch.Tensor, tile: int) -> tuple:
 
 def _made_of(stats: TileStats, A: torch.Tensor, tile: int) -> TileStats:
     if _plain_eager(A):  # (fake and traced tensors have no storage to name)
-        stats._source, stats._of = _source(A, tile), weakref.ref(A)
+        stats._source, stats._of = _source(A, tile), weakref.ref(A.untyped_storage())  # its memory, whichever view
     return stats
 
 

@@ -133,7 +133,7 @@ def diffusion_loss(
     tau = step_taus(idx, T, cfg.lower_bound).to(x0.device)
     s64 = sqrt_ab.to(x0.device, torch.float64)  # the coefficients in float64 (draw_noise_level), the model float32's
     idx, sqrt_ab, noise = idx.to(x0.device), s64.float(), noise.to(x0.device, x0.dtype)
-    sigma = (1.0 - s64 * s64).sqrt().view(B, 1, 1, 1).to(x0.dtype)  # sqrt(1 - ab), from the float64 ab
+    sigma = (1.0 - s64 * s64).sqrt().view(B, 1, 1, 1).float()  # sqrt(1 - ab), from the float64 ab
 
     if cfg.mask_input:
         from yoda_kernels import masked_q_sample
@@ -144,7 +144,7 @@ def diffusion_loss(
         # (a perfect predictor of one is a perfect predictor of the others); with mask_loss those pixels don't count
         x0 = torch.where(A >= tau.view(B, 1, 1, 1), x0, c)
     else:
-        x_t = sqrt_ab.view(B, 1, 1, 1).to(x0.dtype) * x0 + sigma * noise
+        x_t = sqrt_ab.view(B, 1, 1, 1) * x0 + sigma * noise  # float32 (a half-precision x0 is promoted, as before)
     pred = denoise(x_t, idx, sqrt_ab)
     if pred.shape != x0.shape:
         raise ValueError(f"model output has shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
@@ -153,7 +153,7 @@ def diffusion_loss(
     elif cfg.target == "x0":
         target = x0
     else:  # v-prediction (Salimans & Ho), the convention of yoda.sample and diffusers
-        target = sqrt_ab.view(B, 1, 1, 1).to(x0.dtype) * noise - sigma * x0
+        target = sqrt_ab.view(B, 1, 1, 1).to(x0.dtype) * noise - sigma.to(x0.dtype) * x0
     err = (pred - target).abs() if cfg.loss == "l1" else (pred - target).pow(2)
     if cfg.mask_loss:
         m = (A >= tau.view(B, 1, 1, 1)).to(err.dtype)  # (B, 1, H, W): the pixels refined at this step
