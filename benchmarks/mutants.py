@@ -1090,6 +1090,10 @@ MUTANTS = [
            "  trap 'printf", "  : 'printf",
            ("tests/test_bench_scripts.py", "-k", "gpu_check"),
            "gpu_check.sh run in a checkout with an old setuptools rewrites its pyproject.toml for good"),
+    Mutant("fig-masks-spread-over-full", "yoda/attention/figure.py",
+           "    growing = [t for t in ts if t / T - lower_bound > 0]", "    growing = list(ts)",
+           ("tests/test_attention.py", "-k", "runs_steps"),
+           "yoda attention --steps 8 spends three of its five mask panels on full masks"),
 ]
 
 

@@ -489,11 +489,13 @@ def test_attention_figure_of_a_runs_steps():
     last = np.asarray(img)[y0 : y0 + Hp, fig._GAP + (Wp + fig._GAP) :][:, :Wp]
     assert (last == 255).all()
     assert masks_drawn(steps=fig.MAX_STEP_PANELS)[1] == [f"M(t={t})" for t in (1000, 833, 667, 500, 333, 167)]
-    # more steps than panels: 5 of the run's own steps, first and last among them, as the title says (it drew the
-    # default t = 1000, 920, ... of "every step", under a title of the 8 steps' ratio)
+    # more steps than panels: 5 of the run's own steps, those whose mask grows and the first full one, as the title
+    # says (it drew the default t = 1000, 920, ... of "every step", under a title of the 8 steps' ratio)
     img, masks = masks_drawn(steps=8)
-    assert masks == [f"M(t={t})" for t in (1000, 750, 500, 375, 125)]
+    assert masks == [f"M(t={t})" for t in (1000, 875, 750, 625, 500)]
     assert any(t.endswith("masks at 5 of its 8 steps") and "(8 steps of T=1000)" in t for t in drawn), drawn
+    assert masks_drawn(steps=50)[1] == [f"M(t={t})" for t in (1000, 880, 740, 620, 600)]  # 20 grow: 4 spread
+    assert fig._growing_masks([10, 8, 6], 10, 0.0, 5) == [10, 8, 6]  # (no full one at l = 0)
     assert masks_drawn(steps=2, ts=[850])[1] == ["M(t=850)"]  # ts decides the panels
     with pytest.raises(ValueError, match="steps must be in"):
         att.attention_figure(lr, A, steps=1001)

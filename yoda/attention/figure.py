@@ -184,6 +184,17 @@ def _layout(size: tuple, top: Sequence[str], bottom: Sequence[str], title: str, 
                 width=width, height=height, texts=texts)
 
 
+def _growing_masks(ts: list, T: int, lower_bound: float, n: int) -> list:
+    """n of a run's steps ``ts`` (t = T first) to draw: those whose mask still grows (tau = t/T - l > 0), spread
+    from the first, then the first full one (every later mask is full too, nothing more to see)."""
+    growing = [t for t in ts if t / T - lower_bound > 0]
+    full = [t for t in ts if t / T - lower_bound <= 0][:1]
+    k = n - len(full)
+    if len(growing) > k:
+        growing = [growing[i] for i in sorted({round(v) for v in np.linspace(0, len(growing) - 1, k)})]
+    return growing + full
+
+
 def attention_figure(
     lr: torch.Tensor,
     A: torch.Tensor,
@@ -211,7 +222,7 @@ def attention_figure(
         that yoda.sample's DDIM / DDPM take for SR3 and SRDiff models): the title's ratio is the exact one over
         those steps, refine_fraction(A, indices, T, lower_bound), labelled "N steps of T=...", and, where ts is
         not given, the masks drawn are those of its steps (full ones too; of more than MAX_STEP_PANELS steps,
-        MAX_STEP_PANELS - 1 spread over them, first and last included, as the title says).
+        MAX_STEP_PANELS - 1: those whose mask still grows, spread, and the first full one, as the title says).
     Returns a PIL.Image (RGB).
     """
     from PIL import Image, ImageDraw
@@ -229,10 +240,10 @@ def attention_figure(
     if ratio is not None and not (isinstance(ratio, numbers.Real) and 0.0 <= float(ratio) <= 1.0):
         raise ValueError(f"ratio must be a pixel update ratio in [0, 1], got {ratio!r}")  # it drew "=2.000", "=nan"
     picked = ""
-    if steps is not None and ts is None:  # a run's own steps; more than fit: MAX_STEP_PANELS - 1 of them, spread
+    if steps is not None and ts is None:  # a run's own steps; more than fit: MAX_STEP_PANELS - 1 of them
         ts = [i + 1 for i in visited_steps(T, steps)]
         if len(ts) > MAX_STEP_PANELS:
-            ts = [ts[k] for k in sorted({round(v) for v in np.linspace(0, len(ts) - 1, MAX_STEP_PANELS - 1)})]
+            ts = _growing_masks(ts, T, lower_bound, MAX_STEP_PANELS - 1)
             picked = f"  masks at {len(ts)} of its {steps} steps"
     if ts is None:  # 5 steps over (lower_bound * T, T]: at t <= lower_bound * T every mask is full, nothing to see
         span = np.linspace(T, min(T, max(0.0, lower_bound * T)), 6)[:-1]
