@@ -1046,7 +1046,7 @@ MUTANTS = [
            ("tests/test_masked_step.py", "-k", "another_A"),
            "stats of a (B, H, W) map are refused with its (B, 1, H, W) view"),
     Mutant("config-int-whole-float", "yoda/masks.py",
-           "    if isinstance(v, float) and v.is_integer():\n        return int(v)\n", "",
+           "    if isinstance(v, (float, np.floating)) and float(v).is_integer():\n        return int(v)\n", "",
            ("tests/test_checkpoint.py", "-k", "numpy_and_tensor"),
            "SR3Config(scale=4.0), which configs and model files written before hold, is refused"),
     Mutant("scalar-array-refused", "yoda/masks.py",
