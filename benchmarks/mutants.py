@@ -1094,6 +1094,10 @@ MUTANTS = [
            "    growing = [t for t in ts if t / T - lower_bound > 0]", "    growing = list(ts)",
            ("tests/test_attention.py", "-k", "runs_steps"),
            "yoda attention --steps 8 spends three of its five mask panels on full masks"),
+    Mutant("transparent-image-silent", "yoda/images.py",
+           "        if a.size and not a[..., 3].any():", "        if False:",
+           ("tests/test_images.py", "-k", "composited_on_white"),
+           "a fully transparent training image is read as a blank white one without a word"),
 ]
 
 

@@ -130,6 +130,14 @@ def test_alpha_is_composited_on_white_like_yoda_data(tmp_path):
     assert torch.equal(load_image(tmp_path / "a.png"), from_uint8(want))
     assert np.array_equal(data.read_image(str(tmp_path / "a.png")), want)
     assert data.read_image is images.read_image and data.DataError is images.DataError
+    # a file whose every pixel is transparent is a blank white image: said (a training set took it without a word)
+    rgba[..., 3] = 0
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "clear.png")
+    with pytest.warns(UserWarning, match=r"clear\.png: every pixel is fully transparent \(alpha 0\)"):
+        assert (data.read_image(str(tmp_path / "clear.png")) == 255).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the partly transparent one says nothing
+        data.read_image(str(tmp_path / "a.png"))
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])

@@ -265,7 +265,11 @@ def _samples(im: Image.Image, p: Path) -> np.ndarray:
     docstring: 16-bit and float samples map by the range of their type)."""
     key = im.info.get("transparency")  # P: a palette's alpha; L, RGB, I;16: a colour key (PNG's tRNS)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "L", "RGB") and key is not None):
-        return np.asarray(im.convert("RGBA"))
+        a = np.asarray(im.convert("RGBA"))
+        if a.size and not a[..., 3].any():  # (a training set took such a file as a white image, without a word)
+            warnings.warn(f"{p}: every pixel is fully transparent (alpha 0): composited on white, it is a blank "
+                          f"white image", UserWarning, stacklevel=4)
+        return a
     if im.mode in ("L", "RGB"):
         return np.asarray(im)
     if im.mode.startswith("I"):  # 16-bit grey (I;16*), or 32-bit integer (I) holding 16-bit values
