@@ -1098,6 +1098,10 @@ MUTANTS = [
            "        if a.size and not a[..., 3].any():", "        if False:",
            ("tests/test_images.py", "-k", "composited_on_white"),
            "a fully transparent training image is read as a blank white one without a word"),
+    Mutant("yoda-images-unreachable", "yoda/__init__.py",
+           "    \"images\": (\"yoda.images\", None),\n", "",
+           ("tests/test_layout.py", "-k", "each_public_name_once"),
+           "import yoda; yoda.images.MAX_PIXELS (as the README writes it) is an AttributeError"),
 ]
 
 

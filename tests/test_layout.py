@@ -168,6 +168,12 @@ def test_dir_of_yoda_lists_each_public_name_once():
     ns: dict = {}
     exec("from yoda import *", ns)
     assert set(ns) - {"__builtins__"} == set(_LAZY) and ns["sample"] is yoda.sample
+    # the modules the README names by their dotted path are reached from `import yoda` alone (a subprocess: a fresh
+    # interpreter, where no test has imported them yet)
+    code = ("import yoda; print(yoda.images.MAX_PIXELS > 0, yoda.schedule.MAX_FILE_T, callable(yoda.upsampling."
+            "upsample), callable(yoda.figures.compute), callable(yoda.data.make_lr), callable(yoda.masks.tau_at))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "100000", "True", "True", "True", "True"], out.stderr
 
 
 def test_windows_installs_without_the_extension(monkeypatch):

@@ -36,6 +36,14 @@ _LAZY = {
     "ModelCard": ("yoda.models.card", "ModelCard"),
     "UserError": ("yoda.errors", "UserError"),
     "sampling": ("yoda.sampling", None),
+    # the modules the README names by their dotted path (yoda.images.MAX_PIXELS, yoda.schedule.MAX_FILE_T ...)
+    "images": ("yoda.images", None),
+    "schedule": ("yoda.schedule", None),
+    "masks": ("yoda.masks", None),
+    "upsampling": ("yoda.upsampling", None),
+    "data": ("yoda.data", None),
+    "evaluate": ("yoda.evaluate", None),
+    "figures": ("yoda.figures", None),
 }
 __all__ = sorted(_LAZY)  # `from yoda import *` loads them (and torch) as attribute access does
 
