@@ -1102,6 +1102,10 @@ MUTANTS = [
            "    \"images\": (\"yoda.images\", None),\n", "",
            ("tests/test_layout.py", "-k", "each_public_name_once"),
            "import yoda; yoda.images.MAX_PIXELS (as the README writes it) is an AttributeError"),
+    Mutant("train-masked-half-xt", "yoda/training/loss.py",
+           "masked_q_sample(x0.float(), c.float(), noise.float(), A,", "masked_q_sample(x0, c, noise, A,",
+           ("tests/test_train.py", "-k", "keep_their_digits"),
+           "mask_input hands a half-precision x0's model a half-precision x_t (the plain path a float32 one)"),
 ]
 
 

@@ -208,10 +208,11 @@ def test_the_first_noise_levels_keep_their_digits(mask_input):
     out = diffusion_loss(lambda x_t, i, s: x_t * 0, torch.ones(2, 3, 4, 4), zeros, torch.ones(2, 1, 4, 4) if
                          mask_input else None, a, cfg, idx=idx, sqrt_ab=sab, noise=zeros)
     assert out.loss.item() == pytest.approx(float((1 - a[:2]).mean()), rel=1e-5)
-    if not mask_input:  # a half-precision x0 gives the model a float32 x_t, as before (masked_q_sample: x0's dtype)
-        diffusion_loss(lambda x_t, i, s: seen.__setitem__("half", x_t.dtype) or x_t.half() * 0, zeros.half(),
-                       zeros.half(), None, a, cfg, idx=idx, sqrt_ab=sab, noise=noise)
-        assert seen["half"] == torch.float32
+    # a half-precision x0 gives the model a float32 x_t, on both paths (the masked one gave a half-precision one)
+    diffusion_loss(lambda x_t, i, s: seen.__setitem__("half", x_t.dtype) or x_t.half() * 0, zeros.half(),
+                   zeros.half(), torch.ones(2, 1, 4, 4) if mask_input else None, a, cfg, idx=idx, sqrt_ab=sab,
+                   noise=noise)
+    assert seen["half"] == torch.float32
 
 
 def test_residual_space():

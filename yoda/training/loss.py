@@ -139,7 +139,9 @@ def diffusion_loss(
         from yoda_kernels import masked_q_sample
 
         A = A.to(x0.dtype)
-        x_t = masked_q_sample(x0, c, noise, A, tau, s64 * s64, backend=backend)  # its float64 path: same sigma
+        # float32 states, as the plain path's (a half-precision x0 gave the model a half-precision x_t there only);
+        # ab in float64: its sqrt(1 - ab) is the plain path's sigma
+        x_t = masked_q_sample(x0.float(), c.float(), noise.float(), A, tau, s64 * s64, backend=backend)
         # the targets are those of the image x_t was made from (c where inactive), so that eps, x0 and v agree
         # (a perfect predictor of one is a perfect predictor of the others); with mask_loss those pixels don't count
         x0 = torch.where(A >= tau.view(B, 1, 1, 1), x0, c)
