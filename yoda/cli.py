@@ -250,7 +250,8 @@ def cmd_demo(a) -> int:
         timing[name] = time.perf_counter() - t0
     scores = {name: metrics(to_uint8(results[name])[0], hr_u8) for name in ("bicubic", "plain", "YODA")}
     # row 1: LR (nearest), bicubic, plain, YODA (with PSNR / SSIM), HR, the attention map; row 2: the map over the
-    # LR, the masks of the YODA run's steps (5 at most), the key; row 3: the error maps. Small crops are enlarged (nearest, by a whole factor) to panels of at least 160 px: the labels fit
+    # LR, the masks of the YODA run's steps (5 at most), the key; row 3: the error maps. Small crops are enlarged
+    # (nearest, by a whole factor) to panels of at least 160 px: the labels fit
     panel = size * -(-160 // size)
     big = lambda im: im.resize((panel, panel), Image.Resampling.NEAREST) if panel > size else im  # noqa: E731
     lr_big = Image.fromarray(to_uint8(lr)[0]).resize((panel, panel), Image.Resampling.NEAREST)

@@ -424,12 +424,12 @@ def _data_out_args(p) -> None:
 
 # The library's messages start with the name of the argument at fault; the command line names its option.
 OPTION_OF = {"lower_bound": "--lower-bound", "lower_bounds": "--lower-bounds", "steps": "--steps", "seed": "--seed",
-              "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
-              "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
-              "attentions": "--attention", "attention": "--attention", "bins": "--bins", "degree": "--degree",
-              "crops": "--crops", "short_side": "--short-side", "labels": "--labels", "compile": "--compile",
-              "autocast": "--autocast", "cuda_graphs": "--cuda-graphs", "channels_last": "--channels-last",
-              "device": "--device"}
+             "eta": "--eta", "sigmas": "--sigmas", "sampler": "--sampler", "max_size": "--max-size",
+             "windows": "--tiles", "window_batch": "--window-batch", "cfg_scale": "--cfg-scale",
+             "attentions": "--attention", "attention": "--attention", "bins": "--bins", "degree": "--degree",
+             "crops": "--crops", "short_side": "--short-side", "labels": "--labels", "compile": "--compile",
+             "autocast": "--autocast", "cuda_graphs": "--cuda-graphs", "channels_last": "--channels-last",
+             "device": "--device"}
 
 
 def one_line(e: BaseException, options: bool = True) -> str:

@@ -31,7 +31,7 @@ from . import attention as _attention
 from . import data as _data
 from . import sampling as _sampling
 from ._io import atomic_write_text
-from .adapters import as_adapter, model_sampler, model_steps, upsample
+from .adapters import as_adapter, check_flag, model_sampler, model_steps, upsample
 from .errors import lr_from_images
 from .images import from_uint8, is_grey, output_u8, quantize_u8
 from .masks import check_lower_bound
@@ -210,8 +210,7 @@ class EvalSettings:
                 raise ValueError(f"{name} must be an int >= 1 or None ({none}), got {v!r}")
         fixed_seed(self.seed)  # None: yoda.sample would draw one per run, and two evaluations would differ
         for name in ("progress", "y_channel"):  # y_channel="no" scored on Y
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+            check_flag(getattr(self, name), name)
         for name in self.attentions:  # a misspelt one failed only after the first image's rows
             _attention.check_name(name)
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:

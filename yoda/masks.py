@@ -44,15 +44,23 @@ def as_int(v: Any, name: str, what: str = "an int") -> int:
     return operator.index(v)
 
 
+def positive_int(v: Any, name: str, what: str = "a positive int") -> int:
+    """as_int, and >= 1 (ValueError naming ``name`` otherwise)."""
+    v = as_int(v, name, what)
+    if v < 1:
+        raise ValueError(f"{name} must be {what}, got {v}")
+    return v
+
+
 def config_int(v: Any, name: str, what: str = "a positive int") -> int:
-    """as_int for a field of a model config (SR3Config, SRDiffConfig), raising ValueError: configs come from files,
-    and their loaders report a bad value, of any type, as a ValueError naming the file. A whole float (4.0, as a
-    JSON writer may write 4) is its int, as it always was for SR3Config.scale."""
+    """positive_int for a field of a model config (SR3Config, SRDiffConfig), raising ValueError: configs come from
+    files, and their loaders report a bad value, of any type, as a ValueError naming the file. A whole float (4.0,
+    as a JSON writer may write 4) is its int, as it always was for SR3Config.scale."""
     v = _scalar_array(v)
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return int(v)
+        v = int(v)
     try:
-        return as_int(v, name, what)
+        return positive_int(v, name, what)
     except TypeError as e:
         raise ValueError(str(e)) from None
 
@@ -134,10 +142,7 @@ def tau_at(t: int, T: int, lower_bound: float = 0.6) -> float:
 
 def check_T(T: Any) -> int:
     """T (the number of training steps) as a positive int (Python / numpy ints, 0-d integer tensors)."""
-    T = as_int(T, "T", "a positive int")
-    if T < 1:
-        raise ValueError(f"T must be a positive int, got {T}")
-    return T
+    return positive_int(T, "T")
 
 
 def active(A: torch.Tensor, tau: float) -> torch.Tensor:

@@ -132,7 +132,8 @@ def aggregate(maps: torch.Tensor, size: Tuple[int, int], cell_centre: float = 0.
     max-pooled to it first, whatever cell_centre (a pixel is as attended as the most attended cell it covers).
     cell_centre: where cell i of the grid sits, at i + cell_centre cells from the image's edge: 0.5, a patch's
     middle (a ViT's; bilinear with align_corners=False), or 0.5 / stride for a CNN whose cell i is centred on its
-    input pixel stride * i (a ResNet's layer4, stride 32). Either way the map is held constant beyond the first and last cell centres.
+    input pixel stride * i (a ResNet's layer4, stride 32). Either way the map is held constant beyond the first and
+    last cell centres.
     """
     if maps.dim() != 4 or maps.shape[1] < 1:
         raise ValueError(f"maps must be (B, K, h', w') with K >= 1, got shape {tuple(maps.shape)}")

@@ -273,8 +273,8 @@ def attention_figure(
     if label is not None and not isinstance(label, str):
         raise TypeError(f"label must be a str or None, got {type(label).__name__}")
     label = (label or "").strip()  # a blank label (" ") is no label
-    title = ((f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  " + ratio_text(float(ratio), what)
-             + picked)
+    title = ((f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  "
+             + ratio_text(float(ratio), what) + picked)
     words = label.split()  # "edge attention of in.png, x4" (yoda attention's) names its method first
     method = words[0].split(":")[0] if words[1:2] == ["attention"] else ""
     top = ["LR", f"attention A ({method})" if method else "attention A", "A over LR"]

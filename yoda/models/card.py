@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional
 from yoda_kernels.contract import PREDICTIONS
 
 from ..adapters import SPACES
-from ..masks import as_int, check_lower_bound
+from ..masks import as_int, check_lower_bound, positive_int
 from ..schedule import Schedule
 
 
@@ -75,9 +75,7 @@ class ModelCard:
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
             raise TypeError(f"ModelCard.schedule must be a yoda.Schedule, got {type(self.schedule).__name__}")
-        object.__setattr__(self, "scale", as_int(self.scale, "ModelCard.scale", "a positive int"))
-        if self.scale < 1:
-            raise ValueError(f"ModelCard.scale must be a positive int, got {self.scale}")
+        object.__setattr__(self, "scale", positive_int(self.scale, "ModelCard.scale"))
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"ModelCard.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if self.space not in SPACES:

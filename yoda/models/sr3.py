@@ -95,10 +95,7 @@ class SR3Config:
         object.__setattr__(self, "attn_res", ar)
         object.__setattr__(self, "channel_mults", tuple(int(v) for v in self.channel_mults))
         for name in ("in_channel", "out_channel", "inner_channel", "norm_groups", "res_blocks", "image_size"):
-            v = config_int(getattr(self, name), f"SR3Config.{name}")  # numpy ints: stored as ints
-            if v < 1:
-                raise ValueError(f"SR3Config.{name} must be a positive int, got {v}")
-            object.__setattr__(self, name, v)
+            object.__setattr__(self, name, config_int(getattr(self, name), f"SR3Config.{name}"))  # numpy: ints
         if not self.channel_mults or min(self.channel_mults) < 1:
             raise ValueError(f"SR3Config.channel_mults must be non-empty positive ints, got {self.channel_mults}")
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -111,8 +108,6 @@ class SR3Config:
                 )
         if self.scale is not None:  # 4.0 was taken and stored as a float
             object.__setattr__(self, "scale", config_int(self.scale, "SR3Config.scale", "a positive int or None"))
-            if self.scale < 1:
-                raise ValueError(f"SR3Config.scale must be a positive int or None, got {self.scale}")
 
     def unet_kwargs(self) -> dict:
         """The keyword arguments of SR3UNet (everything but ``scale``)."""

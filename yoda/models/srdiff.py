@@ -88,10 +88,7 @@ class SRDiffConfig:
             if not isinstance(getattr(self, name), bool):  # a quoted 'false' would be truthy
                 raise ValueError(f"SRDiffConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("hidden_size", "rrdb_num_feat", "timesteps", "rrdb_num_block", "sr_scale"):
-            v = config_int(getattr(self, name), f"SRDiffConfig.{name}")  # numpy ints: stored as ints
-            if v < 1:
-                raise ValueError(f"SRDiffConfig.{name} must be a positive int, got {v}")
-            object.__setattr__(self, name, v)
+            object.__setattr__(self, name, config_int(getattr(self, name), f"SRDiffConfig.{name}"))  # numpy: ints
         if self.timesteps > MAX_FILE_T:  # a config of a few bytes could ask for gigabytes of schedule
             raise ValueError(f"SRDiffConfig.timesteps {self.timesteps} is over {MAX_FILE_T} (upstream SRDiff: 100)")
         if not self.dim_mults or min(self.dim_mults) < 1:
