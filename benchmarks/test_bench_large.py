@@ -78,7 +78,14 @@ def _sizes() -> list[int]:
 SIZES = _sizes()
 # Threads of torch on the CPU: 1 by default (YODA_BENCH_THREADS=N), since the development machine's 2 cores are
 # shared with a training run and 2 threads there make small ops 5-10x slower (RESULTS.md, the torchrun section)
-THREADS = int(os.environ.get("YODA_BENCH_THREADS", "1"))
+def _threads() -> int:
+    text = os.environ.get("YODA_BENCH_THREADS", "1")
+    if not (text.strip().isdigit() and int(text) >= 1):  # torch's own message came from inside the fixture
+        raise pytest.UsageError(f"YODA_BENCH_THREADS={text!r}: give torch's CPU threads, an integer >= 1")
+    return int(text)
+
+
+THREADS = _threads()
 CONFIGS = ["dense", "tiled"] + [f"yoda-{a}-{lb}" for a in ATTENTIONS for lb in LOWER_BOUNDS]
 RESULTS: dict = {}  # (hr, name) -> dict of the measured numbers
 
@@ -202,8 +209,9 @@ def warm():
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("hr", SIZES)
 def test_large(benchmark, hr, name):
-    """A YODA run checks its target itself: its speedup over plain tiled (the median of per-round ratios, plain
-    tiled run just before each round) >= 0.9 x ideal."""
+    """A YODA run checks its target itself: its speedup over plain tiled (plain tiled run just before each round;
+    the fastest round of each, as the seconds and tiled_s recorded: the load of a shared machine only adds time)
+    >= 0.9 x ideal. speedup_median: the median of the per-round ratios, for the record."""
     lr = photo_lr(hr)
     window = WINDOWS[hr]
     kw: dict = dict(steps=STEPS)
@@ -231,7 +239,8 @@ def test_large(benchmark, hr, name):
     assert box["sr"].shape == (1, 3, hr, hr) and torch.isfinite(box["sr"]).all()
     if box["tiled"]:
         m["tiled_s"] = min(box["tiled"])
-        m["speedup"] = ratio({"tiled": box["tiled"], name: [v["seconds"] for v in box["m"]]}, "tiled", name)
+        m["speedup"] = m["tiled_s"] / m["seconds"]
+        m["speedup_median"] = ratio({"tiled": box["tiled"], name: [v["seconds"] for v in box["m"]]}, "tiled", name)
         m["of_ideal"] = m["speedup"] * m["fraction"]  # ideal speedup = 1 / fraction
     RESULTS[(hr, name)] = m
     benchmark.extra_info.update(m)

@@ -874,6 +874,15 @@ def test_sample_with_attention_raises_the_models_steps_until_every_pixel_is_refi
     # explicit noise gives the count, as the docstring says (steps + 1 entries for the model's 1 step)
     noise = [torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(k)) for k in range(2)]
     assert [t for t, _ in steps(attention="edge", noise=noise)[1]] == [999]
+    # down to the least attended pixel: a flat map (a flat image's edge map, all ones) is refined everywhere at the
+    # card's step, which is plain sampling (it took 2 steps: another image); a floor of 0.5 needs l >= 0.5 at t/T
+    plain, _ = steps()
+    flat = torch.zeros(1, 3, 8, 8)
+    assert [t for t, _ in steps(attention=torch.ones(1, 1, 32, 32))[1]] == [999]
+    assert torch.equal(steps(attention=torch.ones(1, 1, 32, 32))[0], plain)
+    assert [t for t, _ in steps(attention=torch.full((1, 1, 32, 32), 0.5), lower_bound=0.4)[1]] == [999, 499]
+    assert torch.equal(yoda.sample(net, flat, attention="edge", seed=0, progress=False),
+                       yoda.sample(net, flat, seed=0, progress=False))
 
 
 @pytest.mark.parametrize("kind", ["srdiff", "sr3"])

@@ -1290,13 +1290,15 @@ def test_clashes_links_and_left_out_entries_are_all_named(tmp_path, tiny_model, 
     for name in ("a.jpg", "b.bmp"):
         (src / name).unlink()
     os.symlink(src / "c.png", src / "link.png")
+    os.link(src / "c.png", src / "hard.png")  # was upscaled twice
     os.symlink(src / "gone.png", src / "broken.png")
     for k in range(6):
         (src / f"n{k}.txt").write_text("not an image")
     (src / "z_sub").mkdir()
     code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", tiny_model, "-q"], capsys)
     assert code == 0 and "3 written, 0 skipped, 0 failed, of 3 inputs" in out, err
-    assert f"upscaled once: {src / 'link.png'} (the same file as {src / 'c.png'})" in err
+    assert f"upscaled once, under the name met first (its output is named after it): {src / 'hard.png'} (as "\
+           f"{src / 'c.png'}), {src / 'link.png'} (as {src / 'c.png'})" in err
     assert "left out z_sub/, broken.png (a broken link), n0.txt, " in err and "(8 in all)" in err
 
 
@@ -2262,3 +2264,99 @@ def test_the_command_line_says_what_its_help_says(tmp_path, tiny_model, images, 
     code, _, err = run(["demo", "--attention", "plain", "-o", str(tmp_path / "d.png"), "--model", tiny_model],
                        capsys)
     assert code == 2 and err.startswith("yoda: error: --attention none (or plain, no map)") and "note" not in err
+
+
+def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
+    """--model diffbir:FILE said "model file not found" of a file that exists: the CLI loads no latent model."""
+    lr = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lr)
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"")
+    for spec, want in ((f"diffbir:{ckpt}", f"--model diffbir:{ckpt}: unknown model kind 'diffbir' (DiffBIR and "
+                        "other latent models are for the Python API: yoda.models.DiffBIRAdapter"),
+                       (f"gan:{ckpt}", f"--model gan:{ckpt}: unknown model kind 'gan'; --model takes a yoda model "
+                        "file's path, 'default', or sr3:PATH / srdiff:PATH"),
+                       (f"sr3:{tmp_path / 'nope.pth'}", f"model file not found: {tmp_path / 'nope.pth'}")):
+        code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", spec], capsys)
+        assert code == 2 and err.count("\n") == 1 and want in err, (spec, err)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_eval_scores_a_file_met_twice_once(tmp_path, tiny_model, capsys):
+    """A symlink (or a hard link) beside its image was scored as another image: it counted twice in every mean."""
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src / name)
+    args = ["eval", "--images", str(src), "--model", tiny_model, "--steps", "1", "-o", str(tmp_path / "r.csv")]
+    def scores():  # the csv's rows less their timings
+        with open(tmp_path / "r.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if "time" not in k and "seconds" not in k} for r in csv.DictReader(f)]
+
+    code, _, err = run(args, capsys)
+    rows = scores()
+    os.symlink(src / "a.png", src / "c.png")
+    os.link(src / "b.png", src / "d.png")
+    code2, _, err2 = run(args, capsys)
+    assert code == code2 == 0 and scores() == rows and {r["image"] for r in rows} >= {str(src / "b.png")}, err2
+    assert f"scored once, under the name met first: {src / 'c.png'} (as {src / 'a.png'}), {src / 'd.png'} (as " \
+           f"{src / 'b.png'})" in err2
+
+
+def test_eval_says_when_its_output_is_not_written(tmp_path, tiny_model, capsys):
+    """With no image scored, eval exited 2 and left an earlier run's -o as it was, without a word."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "bad.png").write_bytes(b"not an image")
+    out = tmp_path / "r.csv"
+    out.write_text("an earlier run's rows\n")
+    code, _, err = run(["eval", "--images", str(src), "--model", tiny_model, "--steps", "1", "-o", str(out)], capsys)
+    assert code == 2 and out.read_text() == "an earlier run's rows\n"
+    assert f"yoda: -o {out} is not written: no image was scored (the file there is an earlier run's)" in err, err
+
+
+def test_a_rank_that_lost_another_says_so_in_one_line(monkeypatch, capsys):
+    """When a training rank was killed, the other's collective failed in gloo ("Connection closed by peer") and it
+    printed gloo's traceback and "yoda: internal error: RuntimeError (a bug in yoda ...)", without its rank."""
+    from yoda import cli
+
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by "
+                        "peer [127.0.0.1]:1938. This is typically caused by a remote worker crashing.")
+    monkeypatch.setitem(cli.COMMANDS, "train", lambda a: (_ for _ in ()).throw(gloo))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["train", "--config", "c.json"]) == 1
+    assert capsys.readouterr().err == ("yoda: error: rank 0: another rank ended (killed, or out of memory?), so this "
+                                       "one cannot go on (Connection closed by peer); the run resumes from its last "
+                                       "checkpoint (the same command)\n")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: not another rank's doing
+    assert cli.main(["train", "--config", "c.json"]) == 1 and "internal error" in capsys.readouterr().err
+
+
+def test_an_error_line_is_one_write(monkeypatch):
+    """Ranks failing at once printed "...multiple of 3yoda: error: rank 0: ..." on one line: print (and tqdm.write)
+    wrote the newline in a write of its own, between which another rank's line got in."""
+    import io
+
+    from yoda.cli_models import error_line
+
+    class Writes(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def write(self, s):
+            self.calls.append(s)
+            return super().write(s)
+
+    err = Writes()
+    monkeypatch.setattr(sys, "stderr", err)
+    error_line("yoda: error: rank 1: the batch must be a multiple of 3")
+    assert [c for c in err.calls if c] == ["yoda: error: rank 1: the batch must be a multiple of 3\n"]  # ("": none)
+
+
+def test_an_os_error_on_a_name_with_a_newline_stays_on_its_line():
+    from yoda.cli_parser import one_line
+
+    assert one_line(PermissionError(13, "Permission denied", "out/a\nb.png")) == "out/a\\nb.png: Permission denied"

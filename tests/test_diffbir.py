@@ -1065,15 +1065,60 @@ def test_half_precision_lr_runs_the_vae_in_its_own_dtype():
     d = StandInDiffusion("eps")
     lr = _lr(B=1, h=7, w=11)
     for s1 in (stage1, None):  # without a stage 1 (the default) the bicubic image went to the VAE in lr's dtype
-        ref = yoda.sample(DiffBIRAdapter(Recording(d).eval(), d, stage1=s1), lr, steps=2, seed=0, progress=False,
-                          attention="edge")
+        ref = yoda.sample(DiffBIRAdapter(Recording(d).eval(), d, stage1=s1), lr, sampler="ddpm", steps=2, seed=0,
+                          progress=False, attention="edge")
         for lr_dtype, vae_dtype, tol in ((torch.float16, None, 0.03), (torch.bfloat16, None, 0.15),
                                          (torch.float16, torch.float32, 0.03), (torch.float32, torch.bfloat16, 0.15)):
             cldm = Recording(d, vae_dtype).eval()
-            sr = yoda.sample(DiffBIRAdapter(cldm, d, stage1=s1), lr.to(lr_dtype), steps=2, seed=0, progress=False,
-                             attention="edge")
+            sr = yoda.sample(DiffBIRAdapter(cldm, d, stage1=s1), lr.to(lr_dtype), sampler="ddpm", steps=2, seed=0,
+                             progress=False, attention="edge")
             assert cldm.seen == [vae_dtype or torch.float32] * 2, (s1, lr_dtype, vae_dtype, cldm.seen)  # enc, dec
             assert sr.dtype == lr_dtype and (sr.float() - ref).abs().max() < tol, (s1, lr_dtype, vae_dtype)
+
+
+def test_a_stage1_network_runs_in_its_own_dtype_whatever_lr_s():
+    """A fp16 / bf16 lr crashed in a stage-1 network with float32 weights (DiffBIR keeps SwinIR in float32): stage 1
+    was called on lq in the state's dtype ("Input type (c10::Half) and bias type (float) should be the same"). It
+    gets float32, or a module's own weights' dtype."""
+
+    class Cleaner(torch.nn.Module):  # a 1x1 convolution near identity, then x4, as the README's SwinIR stage 1
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.eye(3)[..., None, None] * 0.9)
+                self.conv.bias.fill_(0.05)
+            self.seen = []
+
+        def forward(self, lq):
+            self.seen.append(lq.dtype)
+            return stage1(self.conv(lq))
+
+    d = StandInDiffusion("eps")
+    lr = _lr(B=1, h=7, w=11)
+    kw = dict(sampler="ddpm", steps=2, seed=0, progress=False)
+    net = Cleaner()
+    ref = yoda.sample(DiffBIRAdapter(StandInControlLDM(d).eval(), d, stage1=net), lr, **kw)
+    for lr_dtype, tol in ((torch.float16, 0.03), (torch.bfloat16, 0.15)):
+        for s1, want in ((net, torch.float32), (lambda lq: net(lq), torch.float32), (Cleaner().to(lr_dtype), lr_dtype)):
+            seen = s1.seen if isinstance(s1, Cleaner) else net.seen
+            seen.clear()
+            sr = yoda.sample(DiffBIRAdapter(StandInControlLDM(d).eval(), d, stage1=s1), lr.to(lr_dtype), **kw)
+            assert seen == [want] and sr.dtype == lr_dtype, (lr_dtype, s1, seen)
+            if want == torch.float32:
+                assert (sr.float() - ref).abs().max() < tol
+
+
+def test_the_adapter_samples_as_diffbirs_inference_by_default():
+    """yoda.sample(adapter, lr) ran DDPM over all 1000 steps (no sampling defaults): DiffBIR's inference.py runs
+    edm_dpm++_3m_sde for 10 steps."""
+    d = StandInDiffusion("v")
+    ad = DiffBIRAdapter(StandInControlLDM(d).eval(), d, stage1=stage1)
+    lr = _lr(B=1)
+    calls = []
+    got = yoda.sample(ad, lr, seed=0, progress=False, callback=lambda info: calls.append(info["i"]))
+    want = yoda.sample(ad, lr, sampler="dpmpp_3m_sde", steps=10, sigmas="diffbir", seed=0, progress=False)
+    assert calls == list(range(10)) and torch.equal(got, want)
 
 
 def test_guidance_with_equal_prompts_is_warned_of():
@@ -1081,7 +1126,7 @@ def test_guidance_with_equal_prompts_is_warned_of():
     (the docs called it DiffBIR's default sampler, whose prompts differ)."""
     d = StandInDiffusion("eps")
     lr = _lr(B=1)
-    kw = dict(steps=2, seed=0, progress=False)
+    kw = dict(sampler="ddpm", steps=2, seed=0, progress=False)
     ad = DiffBIRAdapter(StandInControlLDM(d).eval(), d, stage1=stage1)
     with pytest.warns(UserWarning, match=r"cfg_scale 6 has no effect: pos_prompt and neg_prompt are the same \(''\)"):
         guided = yoda.sample(ad, lr, cfg_scale=6.0, **kw)

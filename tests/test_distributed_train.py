@@ -310,3 +310,30 @@ def test_dropout_ranks_resume_their_own_masks(two_ranks):
             assert torch.equal(full[k], resumed[k]), (r, k)
     st = torch.load(tmp / "drop_resumed" / "checkpoint.pt", weights_only=True)
     assert len(st["rank_rng"]) == 2 and not torch.equal(st["rank_rng"][0][0], st["rank_rng"][1][0])
+
+
+def test_a_rank_waiting_for_rank_0_can_be_stopped(monkeypatch):
+    """A rank started without rank 0 (by hand, no torchrun) waited in TCPStore's C++ connect, where neither Ctrl-C
+    nor SIGTERM ended it: it waits in Python now (yoda.torchrun.wait_for_host, as upscale's ranks), and says so
+    after HOST_WAIT_S."""
+    import socket
+
+    import yoda.torchrun
+    from yoda.errors import UserError
+    from yoda.training.distributed import process_group
+
+    with socket.socket() as s:  # a port nothing listens at
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setattr(yoda.torchrun, "HOST_WAIT_S", 0.3)
+
+    def connect_in_cpp(*a, **k):  # what waited (up to torch's timeout) where no signal ends it
+        raise AssertionError("init_process_group was reached before rank 0 answered")
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", connect_in_cpp)
+    with pytest.raises(UserError, match=rf"nothing answers at MASTER_ADDR:MASTER_PORT 127.0.0.1:{port} after 0.3 s"):
+        with process_group(Ranks(rank=1, world=2), torch.device("cpu")):
+            pass
+    assert not torch.distributed.is_initialized()

@@ -578,6 +578,11 @@ def test_16_bit_rgb_and_32_bit_integer(tmp_path):
     Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(tmp_path / "i32.tif")
     with pytest.raises(images.DataError, match=r"i32\.tif: integer samples in \[0, 70000\]"):
         load_image(tmp_path / "i32.tif")
+    # 8-bit values in 32-bit integers are read as 16-bit, as the type says: a nearly black image, with a warning
+    Image.fromarray(np.array([[0, 255]], dtype=np.int32)).save(tmp_path / "i32_8bit.tif")
+    with pytest.warns(UserWarning, match=r"i32_8bit\.tif: integer samples in \[0, 255\] read as 16-bit "
+                                         r"\(0\.\.65535\): the image is nearly black"):
+        assert images.read_image(tmp_path / "i32_8bit.tif")[:, :, 0].tolist() == [[0, 1]]
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -784,3 +789,23 @@ def test_to_uint8_refuses_values_no_image_has():
         with pytest.raises(ValueError, match=msg):
             to_uint8(x)
     assert (to_uint8(torch.full((1, 3, 2, 2), 1.1)) == 255).all()
+
+
+def test_a_broken_link_is_named_so(tmp_path):
+    os.symlink(tmp_path / "gone.png", tmp_path / "link.png")
+    with pytest.raises(FileNotFoundError, match=r"no such image file: .*link\.png \(a broken link to .*gone\.png\)"):
+        load_image(tmp_path / "link.png")
+
+
+def test_a_name_with_a_newline_is_shown_escaped(tmp_path):
+    """The CLI prints an error's first line: for "bad\\nname.png" that was "cannot read image .../bad", the name of
+    another file (which may exist). The name is escaped in read_image's errors; the file is still the one read."""
+    bad = tmp_path / "bad\nname.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(images.DataError) as e:
+        load_image(bad)
+    assert "\n" not in str(e.value) and f"cannot read image {tmp_path}/bad\\nname.png: not an image" in str(e.value)
+    with pytest.raises(FileNotFoundError, match=r"no such image file: .*/gone\\nname\.png$"):
+        load_image(tmp_path / "gone\nname.png")
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "ok\nname.png", format="PNG")
+    assert images.read_image(tmp_path / "ok\nname.png").shape == (2, 2, 3)

@@ -620,8 +620,14 @@ def test_resume_may_move_the_end_and_the_decay(tmp_path, img_folder):
     """steps and decay_from may change when a run is resumed (training longer, or ending it with a decay)."""
     cfg = tiny_config(img_folder, steps=2)
     Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False).run()
-    tr = Trainer(cfg.replace(steps=4, decay_from=2), str(tmp_path / "run"), device="cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rate at step 2 is lr before and after: no jump
+        tr = Trainer(cfg.replace(steps=4, decay_from=2), str(tmp_path / "run"), device="cpu", progress=False)
     assert tr.step == 2 and tr.learning_rate(3) == pytest.approx(cfg.lr / 2)
+    # a decay that would have started before the step drops the rate at once: lr * (8 - 2) / (8 - 1) at step 2
+    with pytest.warns(UserWarning, match=r"learning rate at step 2, where the run resumes, is 0.000857; the run's "
+                                         r"config gave 0.001 there \(steps 2, decay_from 0; now steps 8, decay_from 1"):
+        Trainer(cfg.replace(steps=8, decay_from=1), str(tmp_path / "run"), device="cpu", progress=False)
 
 
 def test_psnr_u8_matches_skimage():
@@ -980,6 +986,19 @@ def test_a_second_signal_aborts_as_its_kind(rank, monkeypatch, capsys):
             assert said == (1 if rank is None else 0)
             with pytest.raises(want):
                 os.kill(os.getpid(), sig)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    # Ctrl-C under torchrun: the ranks get SIGINT from the terminal and SIGTERM from torchrun at once; that SIGTERM
+    # aborted without saving. It is the same stop; a second Ctrl-C or SIGTERM after it aborts
+    for second, want in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
+        flag, old = _stop_on_interrupt()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert flag == [signal.SIGINT, signal.SIGTERM]
+            with pytest.raises(want):
+                os.kill(os.getpid(), second)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)

@@ -46,7 +46,7 @@ from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided
                           speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
                           UpscaleRun, window_notes, working_where)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
-from .torchrun import dist_env, env_int, launched_world, main_rank, rank_prefix
+from .torchrun import dist_env, env_int, launched_world, lost_rank, main_rank, rank_prefix
 from .errors import user_input as _user_input
 
 
@@ -526,26 +526,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
         kept = "; the last checkpoint written stays, and the same command resumes from it" if a.cmd == "train" else ""
-        print(f"yoda: {rank_prefix()}interrupted{kept}", file=sys.stderr)
+        error_line(f"yoda: {rank_prefix()}interrupted{kept}")
         return 130
     except Terminated:
-        print(f"yoda: {rank_prefix()}terminated (SIGTERM)", file=sys.stderr)
+        error_line(f"yoda: {rank_prefix()}terminated (SIGTERM)")
         return 143
     except Exception as e:
         if out_of_memory(e):
             if a.debug:
                 traceback.print_exc()
-            print(f"yoda: error: {rank_prefix()}out of memory ({one_line(e, options=False)}); "
-                  f"{MEMORY_ADVICE.get(a.cmd, 'smaller images need less')}", file=sys.stderr)
+            error_line(f"yoda: error: {rank_prefix()}out of memory ({one_line(e, options=False)}); "
+                       f"{MEMORY_ADVICE.get(a.cmd, 'smaller images need less')}")
             return 2
+        if lost := lost_rank(e):  # a rank died in a collective: the survivors said "internal error (a bug)"
+            if a.debug:
+                traceback.print_exc()
+            kept = "; the run resumes from its last checkpoint (the same command)" if a.cmd == "train" else ""
+            error_line(f"yoda: error: {rank_prefix()}another rank ended (killed, or out of memory?), so this one "
+                       f"cannot go on ({lost}){kept}")
+            return 1
         user = isinstance(e, (UserError, OSError)) or missing_package(e) is not None
         if a.debug or not user:
             traceback.print_exc()
         if not user:
-            print(f"yoda: internal error: {type(e).__name__} (a bug in yoda, or in code it ran; the traceback is "
-                  "above)", file=sys.stderr)
+            error_line(f"yoda: internal error: {rank_prefix()}{type(e).__name__} (a bug in yoda, or in code it ran; "
+                       "the traceback is above)")
             return 1
-        print(f"yoda: error: {rank_prefix()}{one_line(e, options=a.cmd != 'train')}", file=sys.stderr)
+        error_line(f"yoda: error: {rank_prefix()}{one_line(e, options=a.cmd != 'train')}")
         return 2
 
 

@@ -20,6 +20,7 @@ from .errors import user_input as _user_input
 from .torchrun import main_rank
 
 MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
+LATENT_WORDS = ("diffbir", "latent", "ldm", "diffusers", "sd")  # --model KIND:PATH the CLI cannot load: the API
 
 
 def default_steps(a, model) -> bool:
@@ -58,6 +59,12 @@ def load_model(spec: str, device, config: Optional[str] = None):
         hint = f": its model is {found[0]}" if len(found) == 1 else " (--model takes a model file)"
         raise UserError(f"--model {spec} is a folder{hint}")
     if not path.is_file():
+        word = spec.partition(":")[0]
+        if rest and word not in MODEL_KINDS and len(word) > 1 and word.replace("-", "").replace("_", "").isalnum():
+            latent = " (DiffBIR and other latent models are for the Python API: yoda.models.DiffBIRAdapter, " \
+                     "LatentAdapter.from_diffusers)" if word.lower() in LATENT_WORDS else ""
+            raise UserError(f"--model {spec}: unknown model kind {word!r}{latent}; --model takes a yoda model "
+                            f"file's path, 'default', or {' / '.join(k + ':PATH' for k in MODEL_KINDS)}")
         raise UserError(f"--model {spec}: model file not found: {path}")
     if config is not None:
         if kind == "yoda":
@@ -167,10 +174,11 @@ def say(line: str) -> None:
 
 
 def error_line(text: str) -> None:
-    """A line on stderr above any progress bar (tqdm.write), not stuck to its end."""
+    """A line on stderr above any progress bar (tqdm.write), not stuck to its end; one write, so that the lines of
+    ranks writing at once do not run into each other (print writes the newline on its own)."""
     from tqdm import tqdm
 
-    tqdm.write(text, file=sys.stderr)
+    tqdm.write(text + "\n", file=sys.stderr, end="")
 
 
 def note(text: str) -> None:
@@ -184,7 +192,13 @@ def eval_images(folder: Optional[str], max_pixels: Optional[int]):
     them, and evaluate / compute skip an unreadable one through their on_error), else the held-out set."""
     from .data import ImageStream, load_source
 
-    return ImageStream(folder_images(folder), max_pixels) if folder else load_source("heldout")
+    if not folder:
+        return load_source("heldout")
+    twice: list = []
+    paths = once_each(folder_images(folder), {}, twice)  # a link's image counted twice in every mean
+    if twice:
+        note(f"scored once, under the name met first: {printable(', '.join(twice))}")
+    return ImageStream(paths, max_pixels)
 
 
 def eval_results(a, rows: list, partial: str = "") -> None:
@@ -193,6 +207,9 @@ def eval_results(a, rows: list, partial: str = "") -> None:
     from .evaluate import markdown_table, summarize, write_csv
 
     if not rows:
+        if a.output:  # a script reading it after exit code 2 got an earlier run's rows without a word
+            left = " (the file there is an earlier run's)" if os.path.exists(a.output) else ""
+            error_line(f"yoda: -o {printable(a.output)} is not written: no image was scored{left}")
         return
     out = a.output
     if out:  # a stopped run's rows or table go to NAME.partial.EXT: not taken for a whole run's (nor written over
@@ -317,6 +334,25 @@ def file_ids(paths) -> dict:
             continue
         ids.setdefault((st.st_dev, st.st_ino), p)
     return ids
+
+
+def once_each(paths, seen: dict, twice: list) -> list:
+    """``paths`` less the files already in ``seen`` ({file id or real path: the name it was first met by}; a link to
+    a file, a hard link, the file by two names), each added there; a repeat under another name is described in
+    ``twice`` ("NAME (as FIRST)")."""
+    out = []
+    for f in paths:
+        try:
+            st = os.stat(f)
+            key: object = (st.st_dev, st.st_ino)
+        except OSError:  # a broken link: its reader says so
+            key = os.path.realpath(f)
+        if key not in seen:
+            seen[key] = f
+            out.append(f)
+        elif os.path.abspath(f) != os.path.abspath(seen[key]):
+            twice.append(f"{f} (as {seen[key]})")
+    return out
 
 
 def check_not_an_input(ids: dict, dst: str, made_from: Optional[str] = None) -> None:

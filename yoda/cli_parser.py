@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the results: FILE.csv one row per image and method, any other name the table")
     p.add_argument("--y-channel", action="store_true",
                    help="PSNR and SSIM on the luma Y (ITU-R BT.601) with a border of scale pixels cut off and an "
-                        "11x11 Gaussian SSIM window, as SR papers report them (default: RGB, whole image)")
+                        "11x11 Gaussian SSIM window (smaller on images under 11 px a side), as SR papers report them "
+                        "(default: RGB, whole image)")
     p.add_argument("--lpips", nargs=2, type=_path, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
                         "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
@@ -440,7 +441,7 @@ def one_line(e: BaseException, options: bool = True) -> str:
         return f"this needs the Python package {pkg!r}, which is not installed ({e})"
     msg = str(e).strip()
     if isinstance(e, OSError) and e.strerror:  # not Python's "[Errno 28] " prefix
-        msg = e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
+        msg = e.strerror if e.filename is None else f"{printable(str(e.filename))}: {e.strerror}"  # a name's \n
     if not msg:
         return type(e).__name__
     line = printable(msg.splitlines()[0])

@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ._io import output_claim
 from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
-                         folder_images, last_tau, note, say)
+                         folder_images, last_tau, note, once_each, say)
 from .errors import UserError, out_of_memory, printable
 from .torchrun import rank_prefix, rendezvous, wait_for_host
 
@@ -203,15 +203,9 @@ def expand_inputs(inputs: list) -> tuple[list, set]:
         else:
             found = [p]
             named.add(os.path.realpath(p))
-        for f in found:
-            real = os.path.realpath(f)
-            if real not in seen:
-                seen[real] = f
-                out.append(f)
-            elif os.path.abspath(f) != os.path.abspath(seen[real]):  # a link to a file, or the file by two names
-                twice.append(f"{f} (the same file as {seen[real]})")
+        out += once_each(found, seen, twice)
     if twice:
-        note(f"upscaled once: {printable(', '.join(twice))}")
+        note(f"upscaled once, under the name met first (its output is named after it): {printable(', '.join(twice))}")
     return out, from_folders - named
 
 

@@ -111,7 +111,8 @@ def colour_shift(sr: np.ndarray, hr: np.ndarray) -> dict:
 def luma_metrics(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, float]:
     """(PSNR, SSIM) as SR papers report them (BasicSR's test_y_channel / MATLAB): on the luma Y of ITU-R BT.601
     (16..235, unrounded; skimage.color.rgb2ycbcr), ``border`` pixels (usually the scale) cut from every side,
-    SSIM with an 11x11 Gaussian window of sigma 1.5 and population covariances (Wang et al. 2004)."""
+    SSIM with an 11x11 Gaussian window of sigma 1.5 (the largest odd side that fits a smaller image) and
+    population covariances (Wang et al. 2004)."""
     from skimage.color import rgb2ycbcr
     from skimage.metrics import structural_similarity
 

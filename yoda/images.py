@@ -51,7 +51,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ._io import atomic_write, check_writable
-from .errors import UserError
+from .errors import UserError, printable
 
 if TYPE_CHECKING:  # torch is imported where it is used: yoda plot and yoda data build read images without it
     import torch
@@ -278,6 +278,10 @@ def _samples(im: Image.Image, p: Path) -> np.ndarray:
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise DataError(f"path: {p}: integer samples in [{a.min():.0f}, {a.max():.0f}]; only 8- and 16-bit "
                             "images (0..65535) are supported")
+        if a.size and 0 < a.max() <= 255:  # an 8-bit image saved as 16/32-bit integers (it became a black one)
+            warnings.warn(f"{p}: integer samples in [{a.min():.0f}, {a.max():.0f}] read as 16-bit (0..65535): the "
+                          f"image is nearly black; if it holds 8-bit values, save it as an 8-bit image",
+                          UserWarning, stacklevel=4)
         a /= 65535.0
         if isinstance(key, int):  # the keyed grey is transparent: on white, as alpha is
             a[raw == key] = 1.0
@@ -322,41 +326,48 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file name (str or os.PathLike), got {type(path).__name__}")
     p = Path(path)
-    if isinstance(max_pixels, numbers.Integral) and not isinstance(max_pixels, bool):  # numpy ints too (not torch's
-        max_pixels = int(max_pixels)  # as_int: image I/O does not import torch)
-    limit = pixel_limit(max_pixels)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ValueError(f"max_pixels must be an int >= 0 (0: no limit) or None, got {max_pixels!r}")
-    if not p.exists():
-        raise FileNotFoundError(f"path: no such image file: {p}")
-    if not p.is_file():
-        raise ValueError(f"path: {p} is a folder, not an image file" if p.is_dir() else f"path: {p} is not a file")
     try:
-        with open_image(p) as im:
-            _check_pixels(p, im.size, limit)
-            im.load()  # decode now, so a truncated file fails here and not later
-            if getattr(im, "n_frames", 1) > 1:  # an animated GIF / WebP / PNG, a multi-page TIFF
-                warnings.warn(f"{p} holds {im.n_frames} frames; only the first is read", stacklevel=2)
-            arr = _samples(_to_srgb(_upright(im), p), p)
-    except DataError:
-        raise
-    except Image.DecompressionBombError as e:  # Pillow refuses above 2 * PIL.Image.MAX_IMAGE_PIXELS at open
-        pillow = Image.MAX_IMAGE_PIXELS
-        if limit and pillow is not None and limit <= 2 * pillow:  # ours refuses it too: say so, in our words
-            n = re.search(r"\((\d+) pixels\)", str(e))
-            raise _too_large(p, n.group(1) if n else f"more than {2 * pillow}", limit) from None
-        raise DataError(f"path: {p} is refused by Pillow's own limit: {e} (raise PIL.Image.MAX_IMAGE_PIXELS "
-                        "too, or pass --max-pixels to the CLI)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, UnidentifiedImageError) and _is_tiff(p):  # not "no image at all", as Pillow says
-            raise DataError(f"path: {p} is a TIFF that Pillow cannot decode (of float TIFFs only single-channel "
-                            f"float32 is read: not float16, float64 or several float channels); convert it to "
-                            f"8/16-bit PNG or TIFF ({e})") from None
-        if isinstance(e, UnidentifiedImageError):
-            raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
-                            "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None
-        raise DataError(f"path: cannot read image {p}: {e}") from None
-    return to_rgb_u8(arr, str(p))
+        if isinstance(max_pixels, numbers.Integral) and not isinstance(max_pixels, bool):  # numpy ints too (not torch's
+            max_pixels = int(max_pixels)  # as_int: image I/O does not import torch)
+        limit = pixel_limit(max_pixels)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"max_pixels must be an int >= 0 (0: no limit) or None, got {max_pixels!r}")
+        if not p.exists():
+            link = f" (a broken link to {os.readlink(p)})" if p.is_symlink() else ""
+            raise FileNotFoundError(f"path: no such image file: {p}{link}")
+        if not p.is_file():
+            raise ValueError(f"path: {p} is a folder, not an image file" if p.is_dir() else f"path: {p} is not a file")
+        try:
+            with open_image(p) as im:
+                _check_pixels(p, im.size, limit)
+                im.load()  # decode now, so a truncated file fails here and not later
+                if getattr(im, "n_frames", 1) > 1:  # an animated GIF / WebP / PNG, a multi-page TIFF
+                    warnings.warn(f"{p} holds {im.n_frames} frames; only the first is read", stacklevel=2)
+                arr = _samples(_to_srgb(_upright(im), p), p)
+        except DataError:
+            raise
+        except Image.DecompressionBombError as e:  # Pillow refuses above 2 * PIL.Image.MAX_IMAGE_PIXELS at open
+            pillow = Image.MAX_IMAGE_PIXELS
+            if limit and pillow is not None and limit <= 2 * pillow:  # ours refuses it too: say so, in our words
+                n = re.search(r"\((\d+) pixels\)", str(e))
+                raise _too_large(p, n.group(1) if n else f"more than {2 * pillow}", limit) from None
+            raise DataError(f"path: {p} is refused by Pillow's own limit: {e} (raise PIL.Image.MAX_IMAGE_PIXELS "
+                            "too, or pass --max-pixels to the CLI)") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            if isinstance(e, UnidentifiedImageError) and _is_tiff(p):  # not "no image at all", as Pillow says
+                raise DataError(f"path: {p} is a TIFF that Pillow cannot decode (of float TIFFs only single-channel "
+                                f"float32 is read: not float16, float64 or several float channels); convert it to "
+                                f"8/16-bit PNG or TIFF ({e})") from None
+            if isinstance(e, UnidentifiedImageError):
+                raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
+                                "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None
+            raise DataError(f"path: cannot read image {p}: {e}") from None
+        return to_rgb_u8(arr, str(p))
+    except (DataError, FileNotFoundError, ValueError) as e:  # a name with a newline: the CLI's line ended in it
+        shown = printable(str(p))
+        if shown == str(p) or str(p) not in str(e):
+            raise
+        raise type(e)(str(e).replace(str(p), shown)).with_traceback(e.__traceback__) from None
 
 
 def load_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> torch.Tensor:

@@ -8,6 +8,7 @@ read them leniently (main_rank, rank_prefix: a message about another error must 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 
@@ -77,3 +78,14 @@ def rank_prefix() -> str:
     """"rank R: " under torchrun (WORLD_SIZE > 1), so that each rank's closing line says whose it is; else ""."""
     rank = os.environ.get("RANK", "")
     return f"rank {rank}: " if rank and launched_world() not in ("", "1") else ""
+
+
+# what a collective raises when the rank at the other end has ended (gloo's tcp pair, NCCL's abort)
+LOST_PEER = re.compile(r"Connection closed by peer|Connection reset by peer|NCCL communicator was aborted")
+
+
+def lost_rank(e: BaseException) -> str:
+    """Under torchrun, the words of ``e`` that say another rank ended (killed, out of memory) in a collective this
+    rank was in (gloo: "Connection closed by peer"), else "": not a bug of this rank, which cannot go on."""
+    found = LOST_PEER.search(str(e)) if launched_world() not in ("", "1") else None
+    return found.group(0) if found else ""

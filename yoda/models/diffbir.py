@@ -60,6 +60,7 @@ import math
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -126,13 +127,22 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="constant", value=0.0) if (ph or pw) else x
 
 
+def _weights_dtype(module: Any) -> Optional[torch.dtype]:
+    """The dtype of a module's first parameter; None for a parameterless module or another callable."""
+    if isinstance(module, torch.nn.Module):
+        for p in module.parameters():
+            return p.dtype
+    return None
+
+
 class DiffBIRAdapter(Adapter):
     """Adapter over DiffBIR's ``ControlLDM`` (``cldm``) and ``Diffusion`` (``diffusion``); see the module docstring.
 
     stage1: the stage-1 cleaned image that conditions the ControlNet, in DiffBIR's [0, 1] range at the SR size
         (B, 3, s*h, s*w): a tensor (batch 1 is broadcast), or a callable stage1(lq) -> that tensor called with the
-        LR image in [0, 1] (B, 3, h, w), e.g. DiffBIR's cleaner followed by a resize to the SR size. None: the
-        bicubic up(lr) (no stage 1).
+        LR image in [0, 1] (B, 3, h, w), e.g. DiffBIR's cleaner followed by a resize to the SR size, in float32
+        (DiffBIR keeps its stage-1 network there) or, for a torch module, in its weights' dtype, whatever lr's.
+        None: the bicubic up(lr) (no stage 1).
     scale: SR factor s. cfg_scale: guidance scale w (1: none, one pass). rescale_cfg: DiffBIR's ramp of w over t.
     guidance_rescale: phi of Lin et al. 2024 §3.4 (diffusers' guidance_rescale; not in DiffBIR), 0 = off.
     pos_prompt, neg_prompt: the prompts of cond and uncond. cfg_batch: cond and uncond in one call of batch 2B
@@ -157,9 +167,14 @@ class DiffBIRAdapter(Adapter):
     sigmas, timesteps: yoda.sample's defaults for the sigma-space solvers with this adapter (its sigmas= /
         timesteps= of None): "diffbir" and "visited" are DiffBIR's EDM sampler (module docstring); e.g. "karras" /
         "interpolate" for k-diffusion's.
+
+    yoda.sample(adapter, lr) without sampler= / steps= samples as DiffBIR's inference.py does by default
+    (``--sampler edm_dpm++_3m_sde --steps 10``): sampler "dpmpp_3m_sde", 10 steps (``sampling_defaults``).
     """
 
     supports_cfg = True
+    # DiffBIR's inference.py defaults (v2.1); its cfg_scale 6 needs its prompts, which are the user's (cfg_scale=)
+    sampling_defaults = MappingProxyType({"sampler": "dpmpp_3m_sde", "steps": 10})
 
     def __init__(
         self,
@@ -297,8 +312,8 @@ class DiffBIRAdapter(Adapter):
                 img, src = self.stage1, "stage1"
                 if img.dim() == 4 and img.shape[0] == 1 and B > 1:
                     img = img.expand(B, *img.shape[1:])
-            else:
-                img, src = self.stage1((lr + 1) / 2), "stage1(lq)"
+            else:  # in float32 (DiffBIR keeps SwinIR there) or a stage-1 module's own dtype, whatever the state's
+                img, src = self.stage1(((lr + 1) / 2).to(_weights_dtype(self.stage1) or torch.float32)), "stage1(lq)"
             if not isinstance(img, torch.Tensor) or tuple(img.shape) != want:
                 got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
                 raise ValueError(f"{src} must be the stage-1 image at the SR size {want} in [0, 1], got {got}")
@@ -315,11 +330,7 @@ class DiffBIRAdapter(Adapter):
     def _vae_dtype(self, default: torch.dtype) -> torch.dtype:
         """The dtype the VAE takes: its weights' (DiffBIR keeps the VAE in float32 when it casts the UNet and the
         ControlNet to fp16 / bf16, ControlLDM.cast_dtype), else the cldm's, else ``default``."""
-        for module in (getattr(self.cldm, "vae", None), self.cldm):
-            if isinstance(module, torch.nn.Module):
-                for p in module.parameters():
-                    return p.dtype
-        return default
+        return _weights_dtype(getattr(self.cldm, "vae", None)) or _weights_dtype(self.cldm) or default
 
     def _condition(self, img: torch.Tensor, prompt: str) -> dict:
         B = img.shape[0]

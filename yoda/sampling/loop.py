@@ -27,7 +27,7 @@ from tqdm.auto import trange
 
 from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
 from ..errors import NonFiniteError
-from .prepare import pad_to_model, prepare
+from .prepare import pad_to_model, prepare, resolve_attention
 from .spec import MOST_YODA_STEPS, all_finite, check_lr, covering_steps, make_spec, model_spacing, resolve_seed
 from .speed import check_speed, network_attr, speed_adapter
 
@@ -75,8 +75,9 @@ def sample(
         f(lr) -> A.
     steps: sampling steps (default: explicit noise='s entries - 1, except with spacing="ldm_uniform"; else the
         model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T; with attention the model's steps
-        are raised to the fewest whose last step refines every pixel (at most yoda.sampling.spec.MOST_YODA_STEPS; 2
-        for the embedded model at lower_bound 0.6, as the CLI takes them); heun, dpm_2, dpm_2_a and dpmpp_2s_a
+        are raised to the fewest whose last step refines every pixel, down to the map's least attention (at most
+        yoda.sampling.spec.MOST_YODA_STEPS; 2 for the embedded model at lower_bound 0.6, as the CLI takes them; a
+        flat map, all ones, keeps the model's steps); heun, dpm_2, dpm_2_a and dpmpp_2s_a
         call the model twice per step but the last). ddpm / ddim visit the indices schedule.respace(steps,
         spacing) (spacing default: the model's, adapter.sampling_defaults["spacing"] (from_diffusers: the
         scheduler's timestep_spacing), else "trailing"; ddpm / ddim only).
@@ -193,14 +194,17 @@ def sample(
 
     spec = spec_of(steps)
     if own_steps and steps is not None and attention is not None and noise is None and spec.taus[-1] > 0:
-        # the model's steps would leave pixels at the LR image beside refined ones: the fewest that refine them all
-        enough = covering_steps(lambda n: spec_of(n).taus[-1], steps + 1, spec.T)
+        # the model's steps may leave pixels at the LR image beside refined ones: the fewest that refine them all,
+        # down to the least attended pixel (a flat map, all ones, is refined everywhere at the model's own steps)
+        attention = resolve_attention(attention, lr_checked, tuple(n * adapter.scale for n in lr_checked.shape[-2:]))
+        floor = float(attention.min())
+        enough = covering_steps(lambda n: spec_of(n).taus[-1], steps, spec.T, floor)
         if enough is None:  # (it kept the model's steps without a word)
             warnings.warn(f"attention: at the model's {steps} step(s) with lower_bound {lower_bound:g}, pixels whose "
                           f"attention is below {spec.taus[-1]:.2f} keep the LR image, and no step count up to "
                           f"{min(MOST_YODA_STEPS, spec.T)} refines every pixel: give steps= or a larger lower_bound",
                           UserWarning, stacklevel=2)
-        spec = spec if enough is None else spec_of(enough)
+        spec = spec if enough in (None, steps) else spec_of(enough)
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)
     if draw:  # from torch's generator, so that torch.manual_seed(...) reproduces the image; one draw a call

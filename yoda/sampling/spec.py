@@ -63,12 +63,13 @@ def last_tau_at(adapter, *, sampler: str, eta: Any, lower_bound: float, seed: in
                                sigmas=sigmas, spacing=spacing, progress=False).taus[-1]
 
 
-def covering_steps(last_tau: Callable[[int], float], steps: int, T: int) -> Optional[int]:
+def covering_steps(last_tau: Callable[[int], float], steps: int, T: int, floor: float = 0.0) -> Optional[int]:
     """The fewest n from ``steps`` up to MOST_YODA_STEPS (and T) whose last step refines every pixel, else None.
-    YODA's masks widen as sampling goes on and cover every pixel once the threshold tau = t/T - l reaches 0
-    (DESIGN.md §4); with few steps the last step comes before that, and the pixels it leaves keep the LR image
-    next to refined ones: the edge between them shows. last_tau(n): the last step's tau at n steps."""
-    return next((n for n in range(steps, min(MOST_YODA_STEPS, T) + 1) if last_tau(n) <= 0), None)
+    YODA's masks widen as sampling goes on and cover every pixel once the threshold tau = t/T - l reaches the
+    least attention of the image, ``floor`` (0 for yoda's min-max normalised maps, DESIGN.md §4); with few steps the
+    last step comes before that, and the pixels it leaves keep the LR image next to refined ones: the edge between
+    them shows. last_tau(n): the last step's tau at n steps."""
+    return next((n for n in range(steps, min(MOST_YODA_STEPS, T) + 1) if last_tau(n) <= floor), None)
 
 
 @dataclass(frozen=True)

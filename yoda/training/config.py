@@ -268,6 +268,15 @@ class TrainConfig:
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate at ``step``: lr after a linear warm-up of warmup steps, then (decay_from > 0) falling
+        linearly from lr at step decay_from to 0 at step ``steps``."""
+        if self.warmup and step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if self.decay_from and step >= self.decay_from:
+            return self.lr * max(self.steps - step, 0) / max(self.steps - self.decay_from, 1)
+        return self.lr
+
     @property
     def validates(self) -> bool:
         """Whether the run validates (val_every > 0 and data.val_crops > 0): only then is data.val_source read."""
@@ -363,3 +372,16 @@ def _from_dict(cls, d: dict, what: str):
         return cls(**d)
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
+
+
+def rate_jump(cfg: TrainConfig, then: dict, step: int) -> Optional[str]:
+    """What a resume at ``step`` does to the learning rate, where cfg moves steps or decay_from (both may change)
+    from ``then`` (the checkpoint's config dict): a message if the rate there moves by more than 1% (--decay-from
+    below the step drops it at once), else None."""
+    was = cfg.replace(steps=then.get("steps", cfg.steps), decay_from=then.get("decay_from", 0))
+    now, before = cfg.learning_rate(step), was.learning_rate(step)
+    if abs(now - before) <= 0.01 * before:
+        return None
+    return (f"the learning rate at step {step}, where the run resumes, is {now:.3g}; the run's config gave "
+            f"{before:.3g} there (steps {was.steps}, decay_from {was.decay_from}; now steps {cfg.steps}, decay_from "
+            f"{cfg.decay_from}): it jumps")

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from ..torchrun import dist_env, env_int
+from ..torchrun import dist_env, env_int, rendezvous, wait_for_host
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ def process_group(ranks: Ranks, device: torch.device):
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if ranks.rank != 0:  # rank 0 hosts the store (or torchrun's agent): TCPStore's own connect would wait for it in
+        addr, port, _, _ = rendezvous(ranks.world)  # C++, where neither Ctrl-C nor SIGTERM ends it
+        wait_for_host(addr, port)
     dist.init_process_group("nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo")  # Windows: none
     try:
         if dist.get_world_size() != ranks.world or dist.get_rank() != ranks.rank:

@@ -43,7 +43,7 @@ from ..evaluate import psnr_u8
 from ..heldout import held_out_copy
 from ..photos import check_not_held_out
 from ..torchrun import main_rank
-from .config import TrainConfig, _json_form, absolute_folders, weights_path
+from .config import TrainConfig, _json_form, absolute_folders, rate_jump, weights_path
 from .finetune import read_init
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, gather_to_main, local_batch, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
@@ -122,13 +122,17 @@ def _stop_on_interrupt() -> tuple[list, dict]:
     """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes and torchrun send to stop a job) while training: the
     first one sets a flag (the signal's number), and Trainer.run stops after the step in progress and saves as at a
     time-out (checkpoint, log, weights: the same command resumes); a second one interrupts at once
-    (KeyboardInterrupt; errors.Terminated for SIGTERM). Returns (the flag list, the handlers to restore; none off
+    (KeyboardInterrupt; errors.Terminated for SIGTERM), except a first SIGTERM after a Ctrl-C, which torchrun sends
+    its ranks at once when the terminal's Ctrl-C reached them and it. Returns (the flag list, the handlers to restore; none off
     the main thread, where signals cannot be handled and Ctrl-C stays Python's KeyboardInterrupt)."""
     flag: list = []
     if threading.current_thread() is not threading.main_thread():
         return flag, {}
 
     def handler(signum, frame):
+        if flag == [signal.SIGINT] and signum == signal.SIGTERM:  # torchrun's follow-up to the Ctrl-C the ranks got
+            flag.append(signum)  # too (it SIGTERMs its workers at once): the same stop, not a second one
+            return
         if flag:
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         flag.append(signum)
@@ -347,6 +351,8 @@ class Trainer:
         elif rank_rng is not None and len(rank_rng) == self.ranks.world:
             self.rng.set_states(*rank_rng[self.ranks.rank])
         self.step = int(st["step"])
+        if jump := rate_jump(self.cfg, st["config"], self.step):
+            warnings.warn(jump, UserWarning, stacklevel=2)
         then = st["config"].get("init", "")  # what the run started from, not --init now
         if self.cfg.init and not (then and os.path.realpath(then) == os.path.realpath(self.cfg.init)):
             warnings.warn(f"init (--init) {self.cfg.init} is not read: the run resumes from checkpoint {path}, which "
@@ -393,14 +399,8 @@ class Trainer:
         self.sampling_from_init = True
 
     def learning_rate(self, step: int) -> float:
-        """The learning rate at ``step``: cfg.lr after a linear warm-up of cfg.warmup steps, then (cfg.decay_from > 0)
-        falling linearly from cfg.lr at step decay_from to 0 at step cfg.steps."""
-        cfg = self.cfg
-        if cfg.warmup and step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        if cfg.decay_from and step >= cfg.decay_from:
-            return cfg.lr * max(cfg.steps - step, 0) / max(cfg.steps - cfg.decay_from, 1)
-        return cfg.lr
+        """The learning rate at ``step`` (TrainConfig.learning_rate)."""
+        return self.cfg.learning_rate(step)
 
     def train_step(self) -> float:
         """One optimizer step on the global batch; returns its loss (the mean over the ranks' shares). Its dropout
