@@ -907,3 +907,33 @@ def test_sift_keypoint_scale_is_the_blobs_sigma(s0):
     img = -0.5 + 1.2 * np.exp(-((yy - 15) ** 2 + (xx - 16) ** 2) / (2 * s0**2))
     kps = Sift().keypoints(img)
     assert len(kps) == 1 and 0.7 < kps[0, 2] / s0 < 1.3, kps
+
+
+def test_a_narrow_gaussian_on_an_even_side_keeps_its_peak():
+    """gaussian(0.003) on a 16x16 image underflowed to zeros in float32 (no pixel at the centre), which min-max made a
+    flat map: plain sampling. The peak is computed at 1: the four centre pixels."""
+    A = att.get("gaussian", sigma=0.003)(torch.zeros(1, 3, 16, 16))
+    assert A[0, 0, 7:9, 7:9].eq(1).all() and float(A.sum()) == 4.0
+
+
+def test_an_attention_callable_that_changes_its_input_changes_nothing_sampled():
+    """yoda.sample handed the callable the LR tensor it then sampled: x.add_(1).div_(2) inside the callable changed
+    the SR image (by up to 1.3). The callable gets a copy."""
+    import yoda
+    from yoda.models import SR3UNet
+    from yoda.schedule import Schedule
+
+    torch.manual_seed(0)
+    net = SR3UNet(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
+                  res_blocks=1, image_size=16).eval()
+    ad = net.yoda_adapter(scale=2, schedule=Schedule.linear(10))
+    lr = torch.rand(1, 3, 8, 8) * 2 - 1
+
+    def rude(x):
+        out = att.get("edge")(x)
+        x.add_(1).div_(2)
+        return out
+
+    kw = dict(steps=2, seed=0, lower_bound=0.3, progress=False)
+    polite = lambda x: att.get("edge")(x)  # (a plain callable's map is not normalised again after the resize)
+    assert torch.equal(yoda.sample(ad, lr, attention=rude, **kw), yoda.sample(ad, lr, attention=polite, **kw))

@@ -881,6 +881,11 @@ def test_sample_with_attention_raises_the_models_steps_until_every_pixel_is_refi
     assert [t for t, _ in steps(attention=torch.ones(1, 1, 32, 32))[1]] == [999]
     assert torch.equal(steps(attention=torch.ones(1, 1, 32, 32))[0], plain)
     assert [t for t, _ in steps(attention=torch.full((1, 1, 32, 32), 0.5), lower_bound=0.4)[1]] == [999, 499]
+    # compared in float32, as the masks compare: tau = 1 - 0.55 is 0.44999999999999996 in float64, float32(0.45)
+    # after rounding, so the floor 0.45 is covered at the card's step (a float64 comparison took 2 steps)
+    floor = torch.full((1, 1, 32, 32), 0.45)
+    floor[..., 0, 0] = 1.0
+    assert steps(attention=floor, lower_bound=0.55)[1] == [(999, 1.0)]
     assert torch.equal(yoda.sample(net, flat, attention="edge", seed=0, progress=False),
                        yoda.sample(net, flat, seed=0, progress=False))
 

@@ -2272,10 +2272,12 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lr)
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
-    for spec, want in ((f"diffbir:{ckpt}", f"--model diffbir:{ckpt}: unknown model kind 'diffbir' (DiffBIR and "
-                        "other latent models are for the Python API: yoda.models.DiffBIRAdapter"),
-                       (f"gan:{ckpt}", f"--model gan:{ckpt}: unknown model kind 'gan'; --model takes a yoda model "
-                        "file's path, 'default', or sr3:PATH / srdiff:PATH"),
+    for spec, want in ((f"diffbir:{ckpt}", f"--model diffbir:{ckpt}: no such model file, and 'diffbir' is not a "
+                        "model kind (DiffBIR and other latent models are for the Python API: "
+                        "yoda.models.DiffBIRAdapter"),
+                       (f"gan:{ckpt}", f"--model gan:{ckpt}: no such model file, and 'gan' is not a model kind; "
+                        "--model takes a yoda model file's path, 'default', or sr3:PATH / srdiff:PATH"),
+                       (f"SR3:{ckpt}", "is not a model kind (kinds are lower case)"),
                        (f"sr3:{tmp_path / 'nope.pth'}", f"model file not found: {tmp_path / 'nope.pth'}")):
         code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", spec], capsys)
         assert code == 2 and err.count("\n") == 1 and want in err, (spec, err)
@@ -2332,6 +2334,10 @@ def test_a_rank_that_lost_another_says_so_in_one_line(monkeypatch, capsys):
                                        "checkpoint (the same command)\n")
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: not another rank's doing
     assert cli.main(["train", "--config", "c.json"]) == 1 and "internal error" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # an OSError of the user's (a network share) is not a rank's death
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    monkeypatch.setitem(cli.COMMANDS, "train", lambda a: (_ for _ in ()).throw(reset))
+    assert cli.main(["train", "--config", "c.json"]) == 2 and "another rank" not in capsys.readouterr().err
 
 
 def test_an_error_line_is_one_write(monkeypatch):
@@ -2360,3 +2366,12 @@ def test_an_os_error_on_a_name_with_a_newline_stays_on_its_line():
     from yoda.cli_parser import one_line
 
     assert one_line(PermissionError(13, "Permission denied", "out/a\nb.png")) == "out/a\\nb.png: Permission denied"
+
+
+def test_a_missing_dino_weights_file_names_the_option(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    missing = tmp_path / "missing.pth"
+    code, _, err = run(["attention", str(img), "-o", str(tmp_path / "o.png"), "--attention",
+                        f"dino-vits8:{missing}"], capsys)
+    assert code == 2 and err.startswith(f"yoda: error: --attention dino-vits8:{missing}: weights file not found"), err

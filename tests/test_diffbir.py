@@ -1119,6 +1119,9 @@ def test_the_adapter_samples_as_diffbirs_inference_by_default():
     got = yoda.sample(ad, lr, seed=0, progress=False, callback=lambda info: calls.append(info["i"]))
     want = yoda.sample(ad, lr, sampler="dpmpp_3m_sde", steps=10, sigmas="diffbir", seed=0, progress=False)
     assert calls == list(range(10)) and torch.equal(got, want)
+    with pytest.raises(ValueError, match=r"^spacing='idpm' is for sampler='ddpm' / 'ddim'; this model samples with "
+                                         r"'dpmpp_3m_sde' where the call names none"):
+        yoda.sample(ad, lr, spacing="idpm", steps=2, progress=False)
 
 
 def test_guidance_with_equal_prompts_is_warned_of():

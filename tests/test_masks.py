@@ -127,6 +127,13 @@ def test_pixel_update_ratio_closed_form_and_counting():
     # by hand for one pixel: A = 0.25, l = 0.6 -> refined at t / T <= 0.85 -> 850 of 1000 steps
     one = torch.full((1, 1, 1, 1), 0.25)
     assert refine_fraction(one, list(range(T)), T, 0.6).item() == pytest.approx(0.85, abs=1e-6)
+    # the binary search counts what active_fraction counts step by step, ties at tau included (A equal to some
+    # float32 thresholds), per image, for any visited indices
+    idx = [999, 800, 613, 400, 37, 0]
+    taus = torch.tensor([tau_at(i + 1, T, 0.3) for i in idx], dtype=torch.float64).float()
+    A = torch.cat([torch.rand(2, 1, 9, 7), taus.clamp(0, 1).repeat(11)[:63].view(1, 1, 9, 7)])
+    by_step = sum(active_fraction(A, tau_at(i + 1, T, 0.3)).double() for i in idx) / len(idx)
+    torch.testing.assert_close(refine_fraction(A, idx, T, 0.3).double(), by_step, atol=1e-7, rtol=0)
 
 
 def test_mask_compares_in_float32_like_the_kernels():

@@ -1038,10 +1038,11 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
     cfg = {"num_train_timesteps": 20, "beta_start": 1e-3, "beta_end": 0.02}
     sd = diffusers.DDIMScheduler(**cfg, steps_offset=1, set_alpha_to_one=False)
     sd_ddim = {"_class_name": "DDIMScheduler", **sd.config}  # as its scheduler_config.json reads
-    want = {"sampler": "ddim", "spacing": "sd_leading"}
+    want = {"sampler": "ddim", "steps": 19, "spacing": "sd_leading"}  # the pipelines' 50 steps, at most T - 1 here
     assert sampling_from_diffusers(sd) == sampling_from_diffusers(sd_ddim) == want
     assert sampling_from_diffusers(dict(sd.config)) == {"spacing": "leading"}  # a bare config names no class
-    assert sampling_from_diffusers(diffusers.DDIMScheduler(**cfg)) == {"sampler": "ddim", "spacing": "leading"}
+    assert sampling_from_diffusers(diffusers.DDIMScheduler(**cfg)) == {"sampler": "ddim", "steps": 20,
+                                                                       "spacing": "leading"}
     assert sampling_from_diffusers(diffusers.DDPMScheduler(**cfg, timestep_spacing="trailing")) == {
         "sampler": "ddpm", "spacing": "trailing"}
     assert sampling_from_diffusers(diffusers.EulerDiscreteScheduler(**cfg, timestep_spacing="linspace")) == {
@@ -1052,23 +1053,24 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
     assert sampling_from_diffusers(old_sd) == want
     assert sampling_from_diffusers({"_class_name": "DDPMScheduler", **cfg}) == {"sampler": "ddpm", "spacing": "leading"}
     assert sampling_from_diffusers({"_class_name": "DDIMScheduler", **cfg, "steps_offset": None}) == {
-        "sampler": "ddim", "spacing": "leading"}
+        "sampler": "ddim", "steps": 20, "spacing": "leading"}
     unet, vae = _tiny_diffusers(diffusers)
     # a scheduler object is read with its class, as its saved config: Euler does not clip x0 (it was clipped)
     assert not from_diffusers(unet, vae, diffusers.EulerDiscreteScheduler(**cfg), scale=2).clip_x0
     lr = _lr(1, 4, 4)
     ad = from_diffusers(unet, vae, sd_ddim, scale=2)
-    assert dict(ad.sampling_defaults) == {"sampler": "ddim", "spacing": "sd_leading"}
+    assert dict(ad.sampling_defaults) == want
     with torch.no_grad():
         got = sample(ad, lr, steps=4, seed=3, progress=False)
         assert torch.equal(got, sample(ad, lr, steps=4, seed=3, sampler="ddim", spacing="sd_leading", progress=False))
         assert not torch.equal(got, sample(ad, lr, steps=4, seed=3, sampler="ddim", spacing="trailing",
                                            progress=False))
-        # DDPM named by the call on SD's DDIM config: what DDPMScheduler.from_config makes of it, "leading"
+        # DDPM named by the call on SD's DDIM config: what DDPMScheduler.from_config makes of it, "leading" with
+        # steps_offset 1 (it was "leading": 900, 800, ... where diffusers visits 901, 801, ...)
         plain = from_diffusers(unet, vae, cfg, scale=2)
         assert not plain.sampling_defaults
         torch.testing.assert_close(sample(ad, lr, steps=4, seed=3, sampler="ddpm", progress=False),
-                                   sample(plain, lr, steps=4, seed=3, sampler="ddpm", spacing="leading",
+                                   sample(plain, lr, steps=4, seed=3, sampler="ddpm", spacing="leading_offset",
                                           progress=False), rtol=0, atol=0)
     # defaults that could never apply are refused where they are given
     from yoda.models.latent import LatentAdapter
@@ -1092,3 +1094,46 @@ def test_load_sr3_config_warns_of_keys_sr3_does_not_read():
     with pytest.warns(UserWarning, match=r"'model.unet.norm_group', 'model.diffusion.imagesize' unknown to SR3 "
                                          r"\(a misspelling\? model.unet takes in_channel, .*norm_groups"):
         assert load_sr3_config(cfg)[0].norm_groups == 32
+
+
+def test_the_spacing_a_diffusers_config_names_visits_its_scheduler_s_timesteps():
+    """Only Stable Diffusion's DDIM config (leading, steps_offset 1, no alpha-to-one) was followed: DDPM on that
+    config, DDIM with alpha-to-one and offset 1, and DDIM trailing without alpha-to-one (zero-SNR recipes) fell back
+    to plain "leading" / "trailing" (final latents 3e-2 to 7e-2 off diffusers'). Each visits what diffusers'
+    scheduler visits now, down to the alpha_bar its last step ends at (diffusers' DDIM steps to t - T // steps:
+    where that index is >= 0, its last step ends at alpha_bar there, README's documented difference; else at
+    final_alpha_cumprod, which set_alpha_to_one chooses)."""
+    diffusers = pytest.importorskip("diffusers")
+    from yoda.models.latent import sampling_from_diffusers, schedule_from_diffusers
+
+    base = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+    seen = set()
+    for cls in (diffusers.DDIMScheduler, diffusers.DDPMScheduler):
+        for spacing in ("leading", "trailing", "linspace"):
+            for offset in (0, 1):
+                for one in (True, False):
+                    kw = dict(base, timestep_spacing=spacing, steps_offset=offset)
+                    if cls is diffusers.DDIMScheduler:
+                        kw["set_alpha_to_one"] = one
+                    elif not one:
+                        continue
+                    sched = cls(**kw)
+                    with warnings.catch_warnings(record=True) as w:
+                        warnings.simplefilter("always")
+                        defaults = sampling_from_diffusers(sched)
+                    if not one and (spacing == "linspace" or (spacing, offset) == ("leading", 0)):  # none of yoda's
+                        assert len(w) == 1 and "no spacing of yoda's visits" in str(w[0].message)
+                        continue
+                    assert not w, [str(x.message) for x in w]
+                    schedule, _ = schedule_from_diffusers(sched)
+                    for steps in (7, 10, 50, 600):
+                        sched.set_timesteps(steps)
+                        pairs = schedule.pairs(steps, defaults["spacing"])
+                        assert [p[0] for p in pairs] == sched.timesteps.tolist(), (cls.__name__, kw, steps)
+                        ddim = cls is diffusers.DDIMScheduler
+                        if ddim and pairs[-1][0] - 1000 // steps >= 0:  # trailing at 7 steps, leading_offset at 600
+                            continue
+                        final = float(sched.final_alpha_cumprod) if ddim else 1.0
+                        assert pairs[-1][2] == pytest.approx(final, rel=1e-6), (cls.__name__, kw, steps)
+                    seen.add(defaults["spacing"])
+    assert seen == {"leading", "leading_offset", "sd_leading", "trailing", "sd_trailing", "linspace"}

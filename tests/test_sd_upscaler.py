@@ -3,6 +3,7 @@ the latents and the image of StableDiffusionUpscalePipeline's loop, written out 
 pipeline itself needs transformers' text encoder, which is not a dependency), with and without guidance; YODA's
 masks run on it; bad modules and arguments are refused by name."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,6 +119,19 @@ def test_bad_modules_and_arguments_are_named():
                                          rf"{sched.config.num_train_timesteps} \(low_res_scheduler_config: the "
                                          r"pipeline's DDPMScheduler, T = 1000, not its sampler's\)$"):
         SDUpscalerAdapter(unet, vae, sched, sched, emb, guidance_scale=1.0, noise_level=LEVEL)  # the two swapped
+    # swapped where both configs have T = 1000 (the real pipeline's): the check above never fired, and the sampler
+    # took the low-res DDPM's eps for the upscaler's v
+    with pytest.raises(ValueError, match=r"^scheduler_config predicts eps and low_res_scheduler_config v: are the two "
+                                         r"swapped\?"):
+        SDUpscalerAdapter(unet, vae, low, sched, emb, guidance_scale=1.0)
+    # numpy / tensor ints as the seeds take them (were refused); a UNet without noise-level classes is named so
+    # (it said "an int in [0, -1]")
+    for level in (np.int64(LEVEL), torch.tensor(LEVEL)):
+        assert SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0, noise_level=level).noise_level == LEVEL
+    unet.config.num_class_embeds = None  # (a FrozenDict: as a UNet built without it reads)
+    with pytest.raises(ValueError, match=r"^unet has no noise-level class embedding \(num_class_embeds is None\)"):
+        SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0)
+    unet.config.num_class_embeds = 351
     for scale in (0.0, 0.5, 1.0):  # the pipeline guides only above 1: no negative embeddings needed, none used
         assert not SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=scale).guided
     with pytest.raises(ValueError, match="negative_prompt_embeds must have prompt_embeds' shape"):
@@ -129,3 +143,16 @@ def test_bad_modules_and_arguments_are_named():
     with pytest.raises(ValueError, match="prompt embeddings have batch 2, lr has 3"):
         bad = SDUpscalerAdapter(unet, vae, sched, low, torch.zeros(2, 3, 8), guidance_scale=1.0)
         yoda.sample(bad, torch.zeros(3, 3, 8, 8), steps=2, sampler="ddim", progress=False)
+
+
+def test_a_call_naming_nothing_samples_as_the_pipeline():
+    """yoda.sample(adapter, lr) failed ("steps=1000 with spacing='sd_leading' ... fewer steps"): the config gave the
+    spacing but no steps, so it took T. The pipeline's 75 steps (at most T - 1 under its steps_offset 1)."""
+    unet, vae, sched, low = modules()
+    emb = torch.zeros(1, 3, 8)
+    ad = SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0)
+    assert dict(ad.sampling_defaults) == {"sampler": "ddim", "steps": T - 1, "spacing": "sd_leading"}
+    lr = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    got = yoda.sample(ad, lr, seed=0, progress=False)
+    assert torch.equal(got, yoda.sample(ad, lr, sampler="ddim", spacing="sd_leading", steps=T - 1, seed=0,
+                                        progress=False))

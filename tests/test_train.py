@@ -3,6 +3,7 @@
 import argparse
 import base64
 import csv
+import contextlib
 import dataclasses
 import io
 import json
@@ -977,31 +978,39 @@ def test_a_second_signal_aborts_as_its_kind(rank, monkeypatch, capsys):
         monkeypatch.delenv("RANK", raising=False)
     else:
         monkeypatch.setenv("RANK", rank)
-    for sig, want in ((signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)):
+    @contextlib.contextmanager
+    def stop_handlers():
         flag, old = _stop_on_interrupt()
         try:
+            yield flag
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    for sig, want in ((signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)):
+        with stop_handlers() as flag:
             os.kill(os.getpid(), sig)
             assert flag == [sig]
             said = capsys.readouterr().err.count("stopping after this step and saving")
             assert said == (1 if rank is None else 0)
             with pytest.raises(want):
                 os.kill(os.getpid(), sig)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-    # Ctrl-C under torchrun: the ranks get SIGINT from the terminal and SIGTERM from torchrun at once; that SIGTERM
-    # aborted without saving. It is the same stop; a second Ctrl-C or SIGTERM after it aborts
+    # Ctrl-C under torchrun: torchrun forwards the SIGINT, then SIGTERMs the ranks still running (saving); that
+    # SIGTERM aborted without saving. It is the same stop there; a second Ctrl-C or SIGTERM after it aborts. In one
+    # process a SIGTERM after a Ctrl-C (a job's time limit) still aborts at once
+    monkeypatch.setenv("WORLD_SIZE", "2")
     for second, want in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
-        flag, old = _stop_on_interrupt()
-        try:
+        with stop_handlers() as flag:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGTERM)
             assert flag == [signal.SIGINT, signal.SIGTERM]
             with pytest.raises(want):
                 os.kill(os.getpid(), second)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with stop_handlers():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_ctrl_c_during_the_export_does_not_cut_it_short(tmp_path, img_folder, monkeypatch):

@@ -62,9 +62,11 @@ def load_model(spec: str, device, config: Optional[str] = None):
         word = spec.partition(":")[0]
         if rest and word not in MODEL_KINDS and len(word) > 1 and word.replace("-", "").replace("_", "").isalnum():
             latent = " (DiffBIR and other latent models are for the Python API: yoda.models.DiffBIRAdapter, " \
-                     "LatentAdapter.from_diffusers)" if word.lower() in LATENT_WORDS else ""
-            raise UserError(f"--model {spec}: unknown model kind {word!r}{latent}; --model takes a yoda model "
-                            f"file's path, 'default', or {' / '.join(k + ':PATH' for k in MODEL_KINDS)}")
+                     "yoda.models.from_diffusers)" if word.lower() in LATENT_WORDS else ""
+            case = " (kinds are lower case)" if word.lower() in MODEL_KINDS else ""
+            raise UserError(f"--model {spec}: no such model file, and {word!r} is not a model kind{latent}{case}; "
+                            f"--model takes a yoda model file's path, 'default', or "
+                            f"{' / '.join(k + ':PATH' for k in MODEL_KINDS)}")
         raise UserError(f"--model {spec}: model file not found: {path}")
     if config is not None:
         if kind == "yoda":
@@ -99,7 +101,7 @@ def attention_extractor(name: str):
     try:
         with _user_input():
             return get(name)
-    except UserError as e:
+    except (UserError, FileNotFoundError) as e:  # (a missing weights file was said without the option)
         raise UserError(f"--attention {name}: {e}") from None
 
 

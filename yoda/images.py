@@ -333,7 +333,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"max_pixels must be an int >= 0 (0: no limit) or None, got {max_pixels!r}")
         if not p.exists():
-            link = f" (a broken link to {os.readlink(p)})" if p.is_symlink() else ""
+            link = f" (a broken link to {printable(os.readlink(p))})" if p.is_symlink() else ""
             raise FileNotFoundError(f"path: no such image file: {p}{link}")
         if not p.is_file():
             raise ValueError(f"path: {p} is a folder, not an image file" if p.is_dir() else f"path: {p} is not a file")

@@ -199,7 +199,11 @@ def refine_fraction(A: torch.Tensor, indices: Sequence[int], T: int, lower_bound
     A = check_A(A)
     if len(indices) == 0:
         raise ValueError("indices must not be empty")
-    total = torch.zeros(A.shape[0], dtype=torch.float32, device=A.device)
-    for idx in indices:
-        total += active_fraction(A, tau_at(int(idx) + 1, T, lower_bound))
-    return total / len(indices)
+    # each step's count of A >= tau (float32, as active compares) by a binary search in the sorted map: one sort, not
+    # one pass over A per step (yoda attention --steps 30000 on a 512^2 image ran for minutes)
+    taus = torch.tensor([tau_at(int(idx) + 1, T, lower_bound) for idx in indices], dtype=torch.float64).float()
+    out = []
+    for a in A.detach().float().cpu().flatten(1):
+        below = torch.searchsorted(torch.sort(a).values, taus, right=False)  # pixels with A < tau
+        out.append(float((a.numel() - below).sum()) / (a.numel() * len(indices)))
+    return torch.tensor(out, dtype=torch.float32, device=A.device)

@@ -24,9 +24,10 @@ import torch
 
 from .masks import as_float, as_int, check_T
 
-SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform", "sd_leading")
+SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform", "sd_leading", "leading_offset", "sd_trailing")
 MAX_FILE_T = 100_000  # the longest schedule read from a config or checkpoint (released models use <= 4000 steps)
-FINAL_AT_FIRST = ("ldm_uniform", "sd_leading")  # spacings whose last step lands on alpha_bar[0], not on 1 (pairs)
+# spacings whose last step lands on alpha_bar[0], not on 1 (pairs)
+FINAL_AT_FIRST = ("ldm_uniform", "sd_leading", "sd_trailing")
 
 
 def _check_beta_range(beta_start: Any, beta_end: Any) -> tuple[float, float]:
@@ -213,6 +214,10 @@ class Schedule:
                      set_alpha_to_one False (Stable Diffusion's scheduler configs, the SD x4 upscaler's):
                      idx_i = (steps - 1 - i) * (T // steps) + 1, exactly ``steps`` of them, the last step ending
                      at alpha_bar[0]. The same as "ldm_uniform" when T % steps == 0; otherwise LDM's visits more.
+          "leading_offset": the indices of "sd_leading", the last step ending at 1: diffusers' "leading" with
+                     steps_offset 1 in a DDPMScheduler, or a DDIMScheduler with set_alpha_to_one True.
+          "sd_trailing": the indices of "trailing", the last step ending at alpha_bar[0]: diffusers' DDIMScheduler
+                     with timestep_spacing "trailing" and set_alpha_to_one False (zero-terminal-SNR recipes).
         "trailing" and "linspace" round the exact rational value half to even. diffusers rounds float64 values
         (np.arange / np.linspace), whose error settles some ties the other way: for T = 1000, 127 of the 1000
         step counts differ by one index somewhere (48 trailing steps: 999, 978, 957, 937 here, ..., 936 there;
@@ -223,7 +228,7 @@ class Schedule:
         steps = as_int(steps, "steps")  # numpy integers too
         if not 1 <= steps <= T:
             raise ValueError(f"steps must be in [1, T={T}], got {steps}")
-        if spacing == "trailing":
+        if spacing in ("trailing", "sd_trailing"):
             # exact rational T * (steps - i) / steps, rounded half-to-even by Python's round on ints/floats
             out = [_round_half_even(T * (steps - i), steps) - 1 for i in range(steps)]
         elif spacing == "leading":
@@ -241,11 +246,11 @@ class Schedule:
                 taken.append(round(pos))  # Python's round: half to even on the float sum
                 pos += stride
             out = sorted(set(taken), reverse=True)
-        elif spacing == "sd_leading":
+        elif spacing in ("sd_leading", "leading_offset"):
             r = T // steps
             out = [(steps - 1 - i) * r + 1 for i in range(steps)]
             if out[0] >= T:
-                raise ValueError(f"steps={steps} with spacing='sd_leading' visits (steps - 1) * (T // steps) + 1 = "
+                raise ValueError(f"steps={steps} with spacing={spacing!r} visits (steps - 1) * (T // steps) + 1 = "
                                  f"{out[0]}, past the last index {T - 1} (diffusers fails there too): fewer steps")
         elif spacing == "ldm_uniform":
             out = [k + 1 for k in range(0, T, T // steps)][::-1]
@@ -261,9 +266,9 @@ class Schedule:
 
     def pairs(self, steps: int, spacing: str = "trailing") -> list[tuple[int, float, float]]:
         """[(idx, alpha_bar[idx], alpha_bar at the next visited index)] per step; after the last visited index
-        1.0 (no noise left), except for the spacings of FINAL_AT_FIRST ("ldm_uniform", "sd_leading"), whose
-        samplers (LDM's DDIM: alphas_prev starts with alpha_bar[0]; diffusers' with set_alpha_to_one False) end at
-        alpha_bar[0]."""
+        1.0 (no noise left), except for the spacings of FINAL_AT_FIRST ("ldm_uniform", "sd_leading",
+        "sd_trailing"), whose samplers (LDM's DDIM: alphas_prev starts with alpha_bar[0]; diffusers' with
+        set_alpha_to_one False) end at alpha_bar[0]."""
         idxs = self.respace(steps, spacing)
         ab = [self._alpha_bars[i] for i in idxs]
         final = self._alpha_bars[0] if spacing in FINAL_AT_FIRST else 1.0

@@ -85,7 +85,8 @@ LOST_PEER = re.compile(r"Connection closed by peer|Connection reset by peer|NCCL
 
 
 def lost_rank(e: BaseException) -> str:
-    """Under torchrun, the words of ``e`` that say another rank ended (killed, out of memory) in a collective this
-    rank was in (gloo: "Connection closed by peer"), else "": not a bug of this rank, which cannot go on."""
-    found = LOST_PEER.search(str(e)) if launched_world() not in ("", "1") else None
+    """Under torchrun, the words of ``e`` (a RuntimeError: what torch.distributed's collectives raise, its DistError
+    among them; not an OSError of the user's) that say another rank ended (killed, out of memory) in a collective
+    this rank was in (gloo: "Connection closed by peer"), else "": not a bug of this rank, which cannot go on."""
+    found = LOST_PEER.search(str(e)) if isinstance(e, RuntimeError) and launched_world() not in ("", "1") else None
     return found.group(0) if found else ""

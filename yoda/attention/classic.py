@@ -273,9 +273,10 @@ class Gaussian:
         # float64 so that the mirror pixels (x, w-1-x) get bit-identical values
         ys = torch.arange(h, dtype=torch.float64) - (h - 1) / 2.0
         xs = torch.arange(w, dtype=torch.float64) - (w - 1) / 2.0
-        gy = torch.exp(-0.5 * (ys / (self.sigma * h)) ** 2)
-        gx = torch.exp(-0.5 * (xs / (self.sigma * w)) ** 2)
-        m = (gy[:, None] * gx[None, :]).to(dtype=torch.float32, device=x.device)
+        # in the log domain, the peak at 1: a narrow sigma on an even side (no pixel at the centre) underflowed to
+        # all zeros in float32, a flat map (all ones after min-max)
+        log_m = -0.5 * (ys / (self.sigma * h))[:, None] ** 2 - 0.5 * (xs / (self.sigma * w))[None, :] ** 2
+        m = torch.exp(log_m - log_m.max()).to(dtype=torch.float32, device=x.device)
         return m.expand(B, 1, h, w).contiguous()
 
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:

@@ -182,7 +182,7 @@ class LatentAdapter(Adapter):
 
 
 # diffusers schedulers that are not a discrete VP (DDPM-family) schedule of betas: refused, not misread as one
-_NOT_DDPM = ("EDM", "FlowMatch", "ScoreSdeVe", "KarrasVe", "CMStochastic", "LCMScheduler")
+_NOT_DDPM = ("EDM", "FlowMatch", "ScoreSdeVe", "KarrasVe", "CMStochastic", "LCMScheduler", "TCDScheduler")
 _NOT_DDPM_KEYS = ("sigma_data", "shift", "snr")  # EDM, flow matching, score-SDE VE (present only in those configs)
 _NOT_DDPM_FLAGS = ("use_dynamic_shifting", "use_flow_sigmas")  # in every DPM-Solver / UniPC config: refused if true
 SPACINGS_DIFFUSERS = ("leading", "trailing", "linspace")
@@ -241,21 +241,47 @@ def check_sampling_defaults(s: Any, T: int) -> dict:
     return out
 
 
-def sampling_from_diffusers(config: Any) -> dict:
+# (timestep_spacing, steps_offset (diffusers adds it under "leading" only), whether the last step ends at 1) -> the
+# spacing of yoda's that visits what a DDIMScheduler / DDPMScheduler of that config visits (Schedule.respace)
+_DIFFUSERS_SPACINGS = {("leading", 0, True): "leading", ("leading", 1, True): "leading_offset",
+                       ("leading", 1, False): "sd_leading", ("trailing", 0, True): "trailing",
+                       ("trailing", 0, False): "sd_trailing", ("linspace", 0, True): "linspace"}
+PIPELINE_STEPS = 50  # diffusers' Stable Diffusion / DDIM pipelines' num_inference_steps
+
+
+def sampling_from_diffusers(config: Any, steps: Optional[int] = None) -> dict:
     """yoda.sample's defaults that a diffusers scheduler config names, so that a call naming none samples as the
     pipeline does (README, "diffusers"): the sampler of its class (DDIMScheduler "ddim", DDPMScheduler "ddpm"; other
-    classes name none) and the spacing of the timestep_spacing it states: "trailing" and "linspace" by those names,
-    "leading" with steps_offset 1 and set_alpha_to_one False under DDIM (Stable Diffusion's) "sd_leading", else
-    "leading". A config of those two classes reads as diffusers reads it (a missing timestep_spacing is "leading",
-    steps_offset 0, set_alpha_to_one True: an older saved config has none of them); a config of another class, or
-    naming none, that states no timestep_spacing names no spacing (yoda's default, "trailing")."""
+    classes name none), the spacing whose timesteps that scheduler visits (_DIFFUSERS_SPACINGS: its
+    timestep_spacing, steps_offset and, for DDIM, set_alpha_to_one; diffusers' DDPM always ends at a clean image),
+    and the steps: ``steps`` (a pipeline's num_inference_steps; for any class), else PIPELINE_STEPS for DDIM (none
+    for DDPM: DDPMPipeline's are T), at most what the spacing takes. A config of those two classes reads as diffusers reads it (a missing
+    timestep_spacing is "leading", steps_offset 0, set_alpha_to_one True: an older saved config has none of them); a
+    combination no spacing of yoda's visits (linspace without alpha-to-one, another offset) warns and takes its
+    timestep_spacing's own. A config of another class that states no timestep_spacing names no spacing (yoda's
+    default, "trailing")."""
     config = scheduler_config_dict(config)
-    sampler = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}.get(str(config.get("_class_name", "")))
+    name = str(config.get("_class_name", ""))
+    sampler = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}.get(name)
     out = {"sampler": sampler} if sampler else {}
     spacing = config.get("timestep_spacing", "leading" if sampler else None)
-    if spacing == "leading" and sampler == "ddim" and (config.get("steps_offset") or 0) == 1 \
-            and config.get("set_alpha_to_one", True) is False:
-        spacing = "sd_leading"
+    if sampler is not None and spacing in SPACINGS_DIFFUSERS:
+        offset = as_int(config.get("steps_offset") or 0, "scheduler_config: steps_offset") if spacing == "leading" \
+            else 0
+        to_one = sampler == "ddpm" or config.get("set_alpha_to_one", True) is not False
+        found = _DIFFUSERS_SPACINGS.get((spacing, offset, to_one))
+        if found is None:
+            import warnings
+
+            warnings.warn(f"scheduler_config: no spacing of yoda's visits the timesteps of a {name} with "
+                          f"timestep_spacing {spacing!r}, steps_offset {offset} and set_alpha_to_one {to_one}: a call "
+                          f"naming no spacing= takes {spacing!r} (the last step ending at 1)", stacklevel=3)
+        spacing = found or spacing
+    n = steps if steps is not None else PIPELINE_STEPS if sampler == "ddim" else None
+    if n is not None:  # (DDPM: T, as DDPMPipeline; with steps_offset 1 an error, as there)
+        T = as_int(config.get("num_train_timesteps", 1000), "scheduler_config: num_train_timesteps")
+        top = T - 1 if spacing in ("sd_leading", "leading_offset") else T  # 1 + leading's indices: T reaches T
+        out["steps"] = max(1, min(n, top))
     if spacing is not None:
         out["spacing"] = spacing
     return out
@@ -270,8 +296,10 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
     score-SDE scheduler (not a schedule of betas), thresholding (dynamic thresholding), a clip_sample_range other
     than 1, a timestep_spacing that diffusers does not have. A variance_type other than DDPM's fixed_small warns
     (yoda's DDPM uses fixed_small). Keys that choose among yoda.sample's own options are the caller's:
-    timestep_spacing / steps_offset / set_alpha_to_one are ``spacing=`` (README, "diffusers"), use_karras_sigmas
-    ``sigmas=``; clip_sample is read by from_diffusers (clip_sample_of)."""
+    timestep_spacing / steps_offset / set_alpha_to_one are ``spacing=`` (README, "diffusers"; sampling_from_diffusers
+    reads them for DDIM / DDPM), the sigma discretisations (use_karras_sigmas, use_exponential_sigmas,
+    use_beta_sigmas, use_lu_lambdas) ``sigmas=``; clip_sample is read by from_diffusers (clip_sample_of).
+    Consistency-distilled schedulers (LCM, TCD) are refused: their sampling is not a DDPM-family one."""
     config = scheduler_config_dict(config)
     name = str(config.get("_class_name", ""))
     if (any(k in name for k in _NOT_DDPM) or any(k in config for k in _NOT_DDPM_KEYS)

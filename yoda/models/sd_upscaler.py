@@ -15,8 +15,8 @@ max-pools the HR attention map to the latent grid (LatentAdapter's rule). The pr
 as the pipeline draws it from a CPU generator of that seed (the LR is not padded: the UNet takes any size).
 Guidance runs when the scale is above 1, as in the pipeline. An fp16 VAE with force_upcast runs in float32 (the
 pipeline's upcast). With lower_bound >= 1, the same latents, sampler="ddim" and spacing="sd_leading" (the
-pipeline's DDIM config: leading, steps_offset 1, set_alpha_to_one False) this gives the pipeline's latents and
-image (tests/test_sd_upscaler.py).
+pipeline's DDIM config: leading, steps_offset 1, set_alpha_to_one False; what a call naming none takes, with the
+pipeline's 75 steps) this gives the pipeline's latents and image (tests/test_sd_upscaler.py).
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ from typing import Any, NamedTuple, Optional, Tuple
 import torch
 
 from ..adapters import Prepared, check_cfg_scale, guided_call
+from ..masks import as_int
 from .latent import (LatentAdapter, clip_sample_of, sampling_from_diffusers, schedule_from_diffusers,
                      scheduler_config_dict, vae_codec)
 
 __all__ = ["SDUpscalerAdapter", "UpscalerCond"]
+
+PIPELINE_STEPS = 75  # StableDiffusionUpscalePipeline's num_inference_steps
 
 
 class UpscalerCond(NamedTuple):
@@ -67,13 +70,20 @@ class SDUpscalerAdapter(LatentAdapter):
         if int(unet.config.in_channels) != C + 3 or int(unet.config.out_channels) != C:
             raise ValueError(f"unet: in_channels must be latent_channels + 3 = {C + 3} (cat(z_t, noised LR pixels)) "
                              f"and out_channels {C}, got {unet.config.in_channels} / {unet.config.out_channels}")
-        top = min(int(max_noise_level), int(unet.config.num_class_embeds or 0) - 1)
-        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= top:
+        if not unet.config.num_class_embeds:
+            raise ValueError("unet has no noise-level class embedding (num_class_embeds is None): the x4 upscaler's "
+                             "UNet takes noise_level as its class label")
+        top = min(int(max_noise_level), int(unet.config.num_class_embeds) - 1)
+        noise_level = as_int(noise_level, "noise_level")  # numpy / 0-d tensor ints too, as seeds
+        if not 0 <= noise_level <= top:
             raise ValueError(f"noise_level must be an int in [0, {top}] (the pipeline's max_noise_level and the "
                              f"UNet's noise-level classes), got {noise_level!r}")
         config = scheduler_config_dict(scheduler_config)
         sched, pred = schedule_from_diffusers(config)
-        low, _ = schedule_from_diffusers(low_res_scheduler_config)
+        low, low_pred = schedule_from_diffusers(low_res_scheduler_config)
+        if pred == "eps" and low_pred != "eps":  # the x4 upscaler samples v; its low-res DDPMScheduler is eps
+            raise ValueError(f"scheduler_config predicts eps and low_res_scheduler_config {low_pred}: are the two "
+                             f"swapped? (the pipeline's scheduler, then its low_res_scheduler)")
         if noise_level >= low.T:
             raise ValueError(f"noise_level {noise_level} must be below the low-res scheduler's T = {low.T} "
                              f"(low_res_scheduler_config: the pipeline's DDPMScheduler, T = 1000, not its sampler's)")
@@ -87,7 +97,7 @@ class SDUpscalerAdapter(LatentAdapter):
         encode, decode = vae_codec(vae)
         super().__init__(encode, decode, self._unused, sched, prediction=pred, scale=f,
                          latent_factor=f, pool=pool, clip_x0=clip_sample_of(config),
-                         modules=(unet, vae), sampling=sampling_from_diffusers(config))
+                         modules=(unet, vae), sampling=sampling_from_diffusers(config, PIPELINE_STEPS))
         self.net = unet  # the denoiser call, which yoda.sampling.speed may wrap
         ab = low.alphas_cumprod.float()[noise_level]  # diffusers' add_noise: float32 alphas_cumprod
         self.low_res = (float(ab ** 0.5), float((1 - ab) ** 0.5))

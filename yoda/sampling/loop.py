@@ -75,7 +75,8 @@ def sample(
         f(lr) -> A.
     steps: sampling steps (default: explicit noise='s entries - 1, except with spacing="ldm_uniform"; else the
         model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T; with attention the model's steps
-        are raised to the fewest whose last step refines every pixel, down to the map's least attention (at most
+        are raised to the fewest whose last step refines every pixel, down to the map's least attention (the
+        batch's: the steps are shared; at most
         yoda.sampling.spec.MOST_YODA_STEPS; 2 for the embedded model at lower_bound 0.6, as the CLI takes them; a
         flat map, all ones, keeps the model's steps); heun, dpm_2, dpm_2_a and dpmpp_2s_a
         call the model twice per step but the last). ddpm / ddim visit the indices schedule.respace(steps,
@@ -167,6 +168,9 @@ def sample(
     defaults = adapter.sampling_defaults  # the model's (its ModelCard's), for what the call leaves out
     if sampler is None:
         sampler = defaults.get("sampler", "ddpm")
+        if spacing is not None and sampler not in ("ddpm", "ddim"):  # (the error named a sampler the call did not)
+            raise ValueError(f"spacing={spacing!r} is for sampler='ddpm' / 'ddim'; this model samples with "
+                             f"{sampler!r} where the call names none (adapter.sampling_defaults): give sampler=")
     spacing = model_spacing(adapter, sampler, spacing)  # the model's own (a diffusers scheduler's)
     if lower_bound is None:  # the model's (a model trained with YODA's masked input: its masks' l), else 0.6
         lower_bound = model_lower_bound(adapter)

@@ -300,8 +300,8 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
                             f"got {type(attention).__name__}")
         # outside yoda.sample's inference mode, under no_grad: a callable that needs gradients (Grad-CAM) can
         # turn them on with torch.enable_grad(), which inference mode would ignore ("does not require grad")
-        with torch.inference_mode(False), torch.no_grad():
-            attention = attention(lr)
+        with torch.inference_mode(False), torch.no_grad():  # a copy: a callable changing its input in place
+            attention = attention(lr.clone())  # changed the LR image sampled (its SR, by up to 1.3)
         src = "attention(lr)"
         if not isinstance(attention, torch.Tensor):
             raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")

@@ -43,11 +43,12 @@ MOST_YODA_STEPS = 50
 def model_spacing(adapter, sampler: str, spacing: Optional[str] = None) -> Optional[str]:
     """The spacing yoda.sample takes where the call names none: the model's own for DDPM / DDIM (a diffusers
     scheduler's timestep_spacing, on the adapter's sampling_defaults), DDPM taking DDIM's discretisation of a
-    spacing whose last step lands on alpha_bar[0] in its own form (sd_leading: leading; ldm_uniform: none)."""
+    spacing whose last step lands on alpha_bar[0] in its own form, as DDPMScheduler.from_config reads that config
+    (sd_leading: leading_offset; sd_trailing: trailing; ldm_uniform: none)."""
     if spacing is None and sampler in ("ddpm", "ddim"):
         spacing = adapter.sampling_defaults.get("spacing")
         if sampler == "ddpm" and spacing in FINAL_AT_FIRST:
-            spacing = "leading" if spacing == "sd_leading" else None
+            spacing = {"sd_leading": "leading_offset", "sd_trailing": "trailing"}.get(spacing)
     return spacing
 
 
@@ -66,10 +67,12 @@ def last_tau_at(adapter, *, sampler: str, eta: Any, lower_bound: float, seed: in
 def covering_steps(last_tau: Callable[[int], float], steps: int, T: int, floor: float = 0.0) -> Optional[int]:
     """The fewest n from ``steps`` up to MOST_YODA_STEPS (and T) whose last step refines every pixel, else None.
     YODA's masks widen as sampling goes on and cover every pixel once the threshold tau = t/T - l reaches the
-    least attention of the image, ``floor`` (0 for yoda's min-max normalised maps, DESIGN.md §4); with few steps the
+    least attention of the image (of the batch), ``floor`` (0 for yoda's min-max normalised maps, DESIGN.md §4;
+    both compared in float32, as the masks compare them); with few steps the
     last step comes before that, and the pixels it leaves keep the LR image next to refined ones: the edge between
     them shows. last_tau(n): the last step's tau at n steps."""
-    return next((n for n in range(steps, min(MOST_YODA_STEPS, T) + 1) if last_tau(n) <= floor), None)
+    f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731 (the masks compare in float32)
+    return next((n for n in range(steps, min(MOST_YODA_STEPS, T) + 1) if f32(last_tau(n)) <= floor), None)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,8 @@ def make_spec(
     if sampler == "ddpm" and spacing in FINAL_AT_FIRST:
         raise ValueError(f"spacing={spacing!r} is a DDIM discretisation whose last step ends at alpha_bar[0], not at "
                          f"a clean image, where DDPM's posterior would add noise; use sampler='ddim' with it, or "
-                         f"spacing='idpm' (DiffBIR's DDPM respacing), 'leading' or 'trailing' with sampler='ddpm'")
+                         f"spacing='idpm' (DiffBIR's DDPM respacing), 'leading', 'leading_offset' (sd_leading's "
+                         f"indices) or 'trailing' with sampler='ddpm'")
     if not solver and sigmas is not None:
         raise ValueError(f"sigmas applies to the sigma-space solvers {S.SOLVERS} only; sampler={sampler!r} visits "
                          f"the training timesteps of steps= and spacing=")
