@@ -1124,7 +1124,7 @@ MUTANTS = [
            ("tests/test_cli.py", "-k", "cannot_load"),
            "--model diffbir:FILE says the existing file is not found"),
     Mutant("torchrun-sigterm-aborts", "yoda/training/trainer.py",
-           "        if flag == [signal.SIGINT] and signum == signal.SIGTERM and launched_world() != \"1\":",
+           "        if flag == [signal.SIGINT] and signum == signal.SIGTERM and under_torchrun():",
            "        if False:",
            ("tests/test_train.py", "-k", "second_signal"),
            "Ctrl-C under torchrun (SIGINT, then torchrun's SIGTERM) aborts training without saving"),

@@ -1122,7 +1122,7 @@ def test_the_spacing_a_diffusers_config_names_visits_its_scheduler_s_timesteps()
                         warnings.simplefilter("always")
                         defaults = sampling_from_diffusers(sched)
                     if not one and (spacing == "linspace" or (spacing, offset) == ("leading", 0)):  # none of yoda's
-                        assert len(w) == 1 and "no spacing of yoda's visits" in str(w[0].message)
+                        assert len(w) == 1 and "no spacing of yoda's follows" in str(w[0].message)
                         continue
                     assert not w, [str(x.message) for x in w]
                     schedule, _ = schedule_from_diffusers(sched)

@@ -1007,6 +1007,12 @@ def test_a_second_signal_aborts_as_its_kind(rank, monkeypatch, capsys):
             with pytest.raises(want):
                 os.kill(os.getpid(), second)
     monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # torchrun --nproc-per-node 1: torchrun all the same
+    with stop_handlers() as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag == [signal.SIGINT, signal.SIGTERM]
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     with stop_handlers():
         os.kill(os.getpid(), signal.SIGINT)
         with pytest.raises(Terminated):

@@ -64,6 +64,11 @@ def wait_for_host(addr: str, port: int) -> None:
             time.sleep(HOST_POLL_S)
 
 
+def under_torchrun() -> bool:
+    """Whether torchrun started this process (its TORCHELASTIC_RUN_ID, set for one rank too), or WORLD_SIZE > 1."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or launched_world() not in ("", "1")
+
+
 def main_rank() -> bool:
     """Whether this process says what every rank would say: rank 0, or no torchrun (lenient)."""
     return os.environ.get("RANK", "0") in ("", "0")

@@ -195,8 +195,9 @@ _CLIPS_BY_DEFAULT = frozenset({"DDPMScheduler", "DDIMScheduler", "DDIMInverseSch
 
 def scheduler_config_dict(config: Any) -> dict:
     """The config of a diffusers scheduler (``scheduler.config``), a scheduler itself, or a plain dict, as a dict;
-    anything else is a TypeError naming scheduler_config. A scheduler's own config names no _class_name (its saved
-    scheduler_config.json does): the scheduler's class is added, as the JSON has it."""
+    anything else is a TypeError naming scheduler_config. The config of a scheduler built in code names no
+    _class_name (a saved scheduler_config.json, and a loaded scheduler's config, do): for a scheduler object its
+    class is added, as the JSON has it; a bare dict without one names no class."""
     what = "scheduler_config must be a diffusers scheduler's config (scheduler.config), the scheduler, or a dict"
     if hasattr(config, "config") and not isinstance(config, dict):  # an object: a scheduler (diffusers' are all
         # named *Scheduler, a subclass of one too), not a model (a VAE was read as a linear T = 1000 schedule)
@@ -255,10 +256,11 @@ def sampling_from_diffusers(config: Any, steps: Optional[int] = None) -> dict:
     classes name none), the spacing whose timesteps that scheduler visits (_DIFFUSERS_SPACINGS: its
     timestep_spacing, steps_offset and, for DDIM, set_alpha_to_one; diffusers' DDPM always ends at a clean image),
     and the steps: ``steps`` (a pipeline's num_inference_steps; for any class), else PIPELINE_STEPS for DDIM (none
-    for DDPM: DDPMPipeline's are T), at most what the spacing takes. A config of those two classes reads as diffusers reads it (a missing
-    timestep_spacing is "leading", steps_offset 0, set_alpha_to_one True: an older saved config has none of them); a
-    combination no spacing of yoda's visits (linspace without alpha-to-one, another offset) warns and takes its
-    timestep_spacing's own. A config of another class that states no timestep_spacing names no spacing (yoda's
+    for DDPM: DDPMPipeline's are T), at most what the spacing takes. A config of those two classes reads as
+    diffusers reads it (a missing timestep_spacing is "leading", steps_offset 0, set_alpha_to_one True: an older
+    saved config has none of them); a combination no spacing of yoda's follows (leading or linspace without
+    alpha-to-one, a steps_offset other than 0 or 1 under leading) warns and takes its timestep_spacing's own. A
+    config of another class that states no timestep_spacing names no spacing (yoda's
     default, "trailing")."""
     config = scheduler_config_dict(config)
     name = str(config.get("_class_name", ""))
@@ -273,9 +275,10 @@ def sampling_from_diffusers(config: Any, steps: Optional[int] = None) -> dict:
         if found is None:
             import warnings
 
-            warnings.warn(f"scheduler_config: no spacing of yoda's visits the timesteps of a {name} with "
-                          f"timestep_spacing {spacing!r}, steps_offset {offset} and set_alpha_to_one {to_one}: a call "
-                          f"naming no spacing= takes {spacing!r} (the last step ending at 1)", stacklevel=3)
+            warnings.warn(f"scheduler_config: no spacing of yoda's follows a {name} with timestep_spacing "
+                          f"{spacing!r}, steps_offset {offset} and set_alpha_to_one {to_one} (its timesteps and its "
+                          f"last step's alpha_bar): a call naming no spacing= takes {spacing!r} (the last step ending "
+                          f"at 1)", stacklevel=3)
         spacing = found or spacing
     n = steps if steps is not None else PIPELINE_STEPS if sampler == "ddim" else None
     if n is not None:  # (DDPM: T, as DDPMPipeline; with steps_offset 1 an error, as there)

@@ -42,7 +42,7 @@ from ..errors import NonFiniteError, Terminated, lr_from_images
 from ..evaluate import psnr_u8
 from ..heldout import held_out_copy
 from ..photos import check_not_held_out
-from ..torchrun import launched_world, main_rank
+from ..torchrun import main_rank, under_torchrun
 from .config import TrainConfig, _json_form, absolute_folders, rate_jump, weights_path
 from .finetune import read_init
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, gather_to_main, local_batch, wrap_ddp
@@ -123,16 +123,16 @@ def _stop_on_interrupt() -> tuple[list, dict]:
     first one sets a flag (the signal's number), and Trainer.run stops after the step in progress and saves as at a
     time-out (checkpoint, log, weights: the same command resumes); a second one interrupts at once
     (KeyboardInterrupt; errors.Terminated for SIGTERM), except, under torchrun, a first SIGTERM after a Ctrl-C:
-    torchrun forwards the Ctrl-C to its ranks and SIGTERMs those still running as it shuts down. Returns (the flag list, the handlers to restore; none off
-    the main thread, where signals cannot be handled and Ctrl-C stays Python's KeyboardInterrupt)."""
+    torchrun forwards the Ctrl-C to its ranks and SIGTERMs those still running as it shuts down. Returns (the flag
+    list, the handlers to restore; none off the main thread, where signals cannot be handled and Ctrl-C stays
+    Python's KeyboardInterrupt)."""
     flag: list = []
     if threading.current_thread() is not threading.main_thread():
         return flag, {}
 
     def handler(signum, frame):
-        if flag == [signal.SIGINT] and signum == signal.SIGTERM and launched_world() != "1":  # torchrun forwards
-            flag.append(signum)  # the Ctrl-C, then SIGTERMs the ranks still running: the same stop, not a second one
-            return
+        if flag == [signal.SIGINT] and signum == signal.SIGTERM and under_torchrun():  # (docstring) the same stop
+            return flag.append(signum)
         if flag:
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         flag.append(signum)
