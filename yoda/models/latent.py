@@ -260,8 +260,7 @@ def sampling_from_diffusers(config: Any, steps: Optional[int] = None) -> dict:
     diffusers reads it (a missing timestep_spacing is "leading", steps_offset 0, set_alpha_to_one True: an older
     saved config has none of them); a combination no spacing of yoda's follows (leading or linspace without
     alpha-to-one, a steps_offset other than 0 or 1 under leading) warns and takes its timestep_spacing's own. A
-    config of another class that states no timestep_spacing names no spacing (yoda's
-    default, "trailing")."""
+    config of another class that states no timestep_spacing names no spacing (yoda's default, "trailing")."""
     config = scheduler_config_dict(config)
     name = str(config.get("_class_name", ""))
     sampler = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}.get(name)
