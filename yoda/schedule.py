@@ -28,6 +28,8 @@ SPACINGS = ("trailing", "leading", "linspace", "idpm", "ldm_uniform", "sd_leadin
 MAX_FILE_T = 100_000  # the longest schedule read from a config or checkpoint (released models use <= 4000 steps)
 # spacings whose last step lands on alpha_bar[0], not on 1 (pairs)
 FINAL_AT_FIRST = ("ldm_uniform", "sd_leading", "sd_trailing")
+# spacings visiting "leading"'s indices + 1 (diffusers' steps_offset 1): at most T - 1 steps (T would reach index T)
+LEADING_PLUS_ONE = ("sd_leading", "leading_offset")
 
 
 def _check_beta_range(beta_start: Any, beta_end: Any) -> tuple[float, float]:
@@ -246,7 +248,7 @@ class Schedule:
                 taken.append(round(pos))  # Python's round: half to even on the float sum
                 pos += stride
             out = sorted(set(taken), reverse=True)
-        elif spacing in ("sd_leading", "leading_offset"):
+        elif spacing in LEADING_PLUS_ONE:
             r = T // steps
             out = [(steps - 1 - i) * r + 1 for i in range(steps)]
             if out[0] >= T:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import warnings
 from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
@@ -33,7 +34,7 @@ from yoda_kernels.contract import PREDICTIONS
 
 from ..adapters import Adapter, Prepared, upsample
 from ..masks import as_int
-from ..schedule import FINAL_AT_FIRST, SPACINGS, Schedule
+from ..schedule import FINAL_AT_FIRST, LEADING_PLUS_ONE, SPACINGS, Schedule
 
 __all__ = ["LatentAdapter", "LatentCond", "from_diffusers", "schedule_from_diffusers"]
 
@@ -272,8 +273,6 @@ def sampling_from_diffusers(config: Any, steps: Optional[int] = None) -> dict:
         to_one = sampler == "ddpm" or config.get("set_alpha_to_one", True) is not False
         found = _DIFFUSERS_SPACINGS.get((spacing, offset, to_one))
         if found is None:
-            import warnings
-
             warnings.warn(f"scheduler_config: no spacing of yoda's follows a {name} with timestep_spacing "
                           f"{spacing!r}, steps_offset {offset} and set_alpha_to_one {to_one} (its timesteps and its "
                           f"last step's alpha_bar): a call naming no spacing= takes {spacing!r} (the last step ending "
@@ -282,7 +281,7 @@ def sampling_from_diffusers(config: Any, steps: Optional[int] = None) -> dict:
     n = steps if steps is not None else PIPELINE_STEPS if sampler == "ddim" else None
     if n is not None:  # (DDPM: T, as DDPMPipeline; with steps_offset 1 an error, as there)
         T = as_int(config.get("num_train_timesteps", 1000), "scheduler_config: num_train_timesteps")
-        top = T - 1 if spacing in ("sd_leading", "leading_offset") else T  # 1 + leading's indices: T reaches T
+        top = T - 1 if spacing in LEADING_PLUS_ONE else T
         out["steps"] = max(1, min(n, top))
     if spacing is not None:
         out["spacing"] = spacing
@@ -317,8 +316,6 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
                          f"(yoda clips x0 to [-1, 1])")
     variance = config.get("variance_type")
     if variance not in (None, "fixed_small", "fixed_small_log"):
-        import warnings
-
         warnings.warn(f"scheduler_config: variance_type {variance!r} is not yoda's: its DDPM samples with the "
                       f"posterior variance (fixed_small); DDIM and the solvers are unaffected", stacklevel=3)
     spacing = config.get("timestep_spacing")
