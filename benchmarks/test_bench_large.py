@@ -80,7 +80,8 @@ SIZES = _sizes()
 # shared with a training run and 2 threads there make small ops 5-10x slower (RESULTS.md, the torchrun section)
 def _threads() -> int:
     text = os.environ.get("YODA_BENCH_THREADS", "1")
-    if not (text.strip().isdecimal() and text.isascii() and int(text) >= 1):  # torch's own message came from inside the fixture
+    # (torch's own message came from inside the fixture)
+    if not (text.strip().isdecimal() and text.isascii() and int(text) >= 1):
         raise pytest.UsageError(f"YODA_BENCH_THREADS={text!r}: give torch's CPU threads, an integer >= 1")
     return int(text)
 

@@ -287,8 +287,8 @@ class TileStats(_Stats):
     It remembers which A it was made of (storage, shape, strides, dtype, device, tile and torch's in-place version
     counter; A's memory must still be held, by A or any view of it): given with another A (a copy of A too), with
     an A changed in place since, or once that memory is freed, it is refused, since the C++ and Triton kernels
-    classify tiles by it (the naive reference reads A). Writes that torch does not count (through ``A.numpy()`` or ``A.data``, or to an A made under
-    torch.inference_mode, which has no counter) are not seen. A TileStats made by hand or copied, or a plain
+    classify tiles by it (the naive reference reads A). Writes that torch does not count (through ``A.numpy()`` or
+    ``A.data``, or to an A made under torch.inference_mode, which has no counter) are not seen. A TileStats made by hand or copied, or a plain
     (max, min) tuple, is searched for NaN and for max < min (a device sync), and is trusted to describe A."""
 
     def matches(self, A: torch.Tensor, tile: int) -> Optional[bool]:

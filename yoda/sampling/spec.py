@@ -68,9 +68,8 @@ def covering_steps(last_tau: Callable[[int], float], steps: int, T: int, floor: 
     """The fewest n from ``steps`` up to MOST_YODA_STEPS (and T) whose last step refines every pixel, else None.
     YODA's masks widen as sampling goes on and cover every pixel once the threshold tau = t/T - l reaches the
     least attention of the image (of the batch), ``floor`` (0 for yoda's min-max normalised maps, DESIGN.md §4;
-    both compared in float32, as the masks compare them); with few steps the
-    last step comes before that, and the pixels it leaves keep the LR image next to refined ones: the edge between
-    them shows. last_tau(n): the last step's tau at n steps."""
+    both compared in float32, as the masks compare them); with few steps the last step comes before that, and the
+    pixels it leaves keep the LR image next to refined ones: the edge between them shows. last_tau(n): the last step's tau at n steps."""
     f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731 (the masks compare in float32)
     return next((n for n in range(steps, min(MOST_YODA_STEPS, T) + 1) if f32(last_tau(n)) <= floor), None)
 
