@@ -67,6 +67,26 @@ def _srdiff_out(m):
         return m(x, torch.tensor([7]), m.rrdb(lr, True)[1], up)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_betas_saved_in_half_precision_are_their_schedule(tmp_path, dtype):
+    """A checkpoint saved after net.half() holds its betas in fp16 / bf16. Compared at float32's tolerance, SR3's
+    1e-6 .. 1e-2 buffer "matched neither" its schedule (a false warning), and an SRDiff file's linear schedule read
+    as cosine and sampled with the rounded betas."""
+    from yoda.checkpoint import betas_match
+
+    sr3 = Schedule.linear(2000, 1e-6, 1e-2)
+    assert betas_match({"betas": sr3.betas.to(dtype)}, sr3)
+    assert not betas_match({"betas": sr3.betas.to(dtype)}, Schedule.linear(2000, 1e-5, 1e-2))
+    m = _srdiff(beta_schedule="linear", beta_end=0.02)
+    p = tmp_path / "model_ckpt_steps_5.ckpt"
+    torch.save({"state_dict": {"model": {k: v.to(dtype) for k, v in {**m.state_dict(), **_bufs(m.schedule)}.items()}}},
+               p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = yoda.load("srdiff", p)
+    assert got.config.beta_schedule == "linear" and got.card.schedule == m.schedule  # the exact betas
+
+
 # ----------------------------------------------------------------------------------------------------------
 # upstream layouts
 # ----------------------------------------------------------------------------------------------------------
@@ -854,7 +874,9 @@ def test_sample_with_attention_raises_the_models_steps_until_every_pixel_is_refi
     sr, seen = steps(attention="edge")
     assert [t for t, _ in seen] == [999, 499] and seen[0][1] < 1 and seen[-1][1] == 1.0
     assert torch.equal(sr, steps(attention="edge", steps=2)[0])
-    assert [t for t, _ in steps(attention="edge", steps=1)[1]] == [999]  # given: kept
+    with pytest.warns(UserWarning, match=r"at steps=1 with lower_bound 0.6, pixels whose attention is below 0.4 keep "
+                                         r"the LR image .*; steps=2 refines every pixel"):
+        assert [t for t, _ in steps(attention="edge", steps=1)[1]] == [999]  # given: kept, and said
     assert [t for t, _ in steps()[1]] == [999]  # plain: the card's one step
     assert len(steps(attention="edge", lower_bound=0.1)[1]) == 10  # the last tau, 1/n - 0.1, is <= 0 from n = 10
     assert len(steps(attention="edge", lower_bound=1.0)[1]) == 1  # every pixel at every step already
@@ -982,15 +1004,65 @@ def test_a_safetensors_file_named_pth_is_read_by_its_content(tmp_path):
 
 
 def test_betas_half_a_percent_off_the_config_are_warned_of(tmp_path):
-    """An SR3 betas buffer is compared with the config's schedules at float32 resolution: 0.5 % off warns."""
+    """An SR3 betas buffer is compared with the JSON config's schedules at float32 resolution: 0.5 % off warns,
+    and the JSON's val schedule samples. An SR3Config (or a dict of its fields) gives no schedule: the buffer's
+    samples, without a word (it took the 16->128 config's T = 2000 schedule, whatever the file held)."""
     net = _sr3()
+    json_cfg = {"model": {"unet": {"inner_channel": 8, "norm_groups": 4, "channel_multiplier": [1, 2],
+                                   "attn_res": [8], "res_blocks": 1},
+                          "beta_schedule": {"train": {"schedule": "linear", "n_timestep": 2000, "linear_start": 1e-6,
+                                                      "linear_end": 1e-2},
+                                            "val": {"schedule": "linear", "n_timestep": 100}},
+                          "diffusion": {"image_size": 16}},
+                "datasets": {"val": {"l_resolution": 8, "r_resolution": 16}}}
     p = tmp_path / "w.pth"
-    torch.save({**net.state_dict(), **_bufs(Schedule.linear(2000, 1e-6, 1.005e-2))}, p)
+    off = Schedule.linear(2000, 1e-6, 1.005e-2)
+    torch.save({**net.state_dict(), **_bufs(off)}, p)
     with pytest.warns(UserWarning, match="matches neither"):
-        yoda.load("sr3", p, config=CFG)
+        assert yoda.load("sr3", p, config=json_cfg).card.schedule.T == 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for cfg in (CFG, CFG.to_dict()):
+            got = yoda.load("sr3", p, config=cfg).card.schedule
+            assert torch.equal(got.betas, off.betas.float().double())
     torch.save({**net.state_dict(), **_bufs(Schedule.linear(2000, 1e-6, 1e-2))}, p)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        assert yoda.load("sr3", p, config=json_cfg).card.schedule.T == 100
+        assert yoda.load("sr3", p, config=CFG).card.schedule == Schedule.linear(2000, 1e-6, 1e-2)  # (16->128's)
+
+
+def test_sr3_scale_where_its_config_gives_none(tmp_path):
+    """A JSON without datasets (or an SR3Config without scale) could not be loaded at all: the CLI's --scale was
+    only checked against the model. yoda.load's scale= (the CLI passes --scale) fills it; another than the
+    config's is refused; other kinds take none."""
+    net = _sr3()
+    p = tmp_path / "w_gen.pth"
+    torch.save(net.state_dict(), p)
+    bare = dataclasses.replace(CFG, scale=None)
+    with pytest.raises(CheckpointError, match=r"gives no scale: give SR3Config\(scale=...\), or yoda.load's scale="):
+        yoda.load("sr3", p, config=bare)
+    with pytest.raises(CheckpointError, match=r"gives no scale: give a 'scale' entry of the config dict"):
+        yoda.load("sr3", p, config={k: v for k, v in CFG.to_dict().items() if k != "scale"})
+    assert yoda.load("sr3", p, config=bare, scale=2).card.scale == 2
+    with pytest.raises(ValueError, match=r"scale 4 \(yoda.load's scale=, the CLI's --scale\) does not match the SR3 "
+                                         r"config's scale 2"):
+        yoda.load("sr3", p, config=CFG, scale=4)
+    with pytest.raises(ValueError, match="scale= is for kind 'sr3'"):
+        yoda.load("yoda", "default", scale=4)
+
+
+def test_a_lightning_checkpoint_that_is_not_srdiff_is_not_called_srdiff(tmp_path):
+    """{'state_dict': {'model': ...}} without SRDiff's rrdb.* weights: the sr3 loader said "an SRDiff checkpoint,
+    load it as kind 'srdiff'", and the srdiff loader then said it was not one."""
+    p = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"model": {"conv1.weight": torch.zeros(4, 3, 3, 3)}}}, p)
+    with pytest.raises(CheckpointError) as e:
+        yoda.load("sr3", p, config=CFG)
+    assert "SRDiff" not in str(e.value)
+    m = _srdiff()
+    torch.save({"state_dict": {"model": {**m.state_dict(), **_bufs(m.schedule)}}}, p)
+    with pytest.raises(CheckpointError, match="an SRDiff checkpoint .* load it as kind 'srdiff'"):
         yoda.load("sr3", p, config=CFG)
 
 

@@ -4,6 +4,7 @@ the plain-sampler identity, masks, noise/seed conventions, attention forms, tile
 Sizes are tiny (LR 1x3x8x8, scale 2, T = 50, 5 steps) so the whole file runs in seconds on a CPU.
 """
 
+import dataclasses
 import math
 import sys
 import warnings
@@ -301,6 +302,31 @@ def test_inactive_pixels_hold_the_noised_lr_and_masks_grow():
         assert torch.equal(d["x"][inactive], lr_branch[inactive])
     fr = [d["active_fraction"].mean().item() for d in seen]
     assert fr == sorted(fr) and fr[0] < 0.9 and fr[-1] == 1.0
+
+
+@pytest.mark.parametrize("spacing", ["sd_trailing", "trailing"])
+def test_never_refined_pixels_end_at_the_lr_image(spacing):
+    """A spacing whose last step ends at ab[0] (not 1) took the held pixels to sqrt(ab[0]) c + sqrt(1 - ab[0]) z
+    with a fresh draw z at the last step (0.07 off c on the embedded schedule of this test, the noise entry's
+    pattern); DESIGN §4 says they end at the LR image, as they do under "trailing". The refined pixels are not
+    touched. Also: a caller's step count that leaves pixels at the LR image is warned of, once, with no count
+    that would refine them (l = 0.05: the last threshold stays above 0)."""
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
+    lr = lr_image()
+    c = upsample(lr, SCALE)
+    A = torch.zeros(1, 1, *lr.shape[-2:])
+    A[..., lr.shape[-1] // 2:] = 1.0
+    noise = torch.randn(STEPS + 1, *c.shape, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(UserWarning, match=r"at steps=5 with lower_bound 0.05, pixels whose attention is below 0\.\d+ keep "
+                      r"the LR image \(the last step's threshold\); a larger lower_bound refines every pixel"):
+        out = run(model, lr, attention=A, lower_bound=0.05, noise=noise, sampler="ddim", spacing=spacing)
+    held = (torch.nn.functional.interpolate(A, scale_factor=SCALE, mode="bilinear") == 0).expand_as(c)
+    assert held.float().mean() > 0.3 and torch.equal(out[held], c[held])
+    plain = run(model, lr, noise=noise, sampler="ddim", spacing=spacing)
+    assert not torch.equal(out, plain)
+    with warnings.catch_warnings():  # every pixel refined by the last step: nothing to say
+        warnings.simplefilter("error")
+        run(model, lr, attention=A, lower_bound=0.6, noise=noise, sampler="ddim", spacing=spacing)
 
 
 def test_seed_none_draws_only_for_a_call_that_samples_with_it():
@@ -904,6 +930,15 @@ def test_model_returning_wrong_shape():
         run(NoPrepare(), lr_image())
 
 
+def test_a_uint8_lr_is_told_how_to_convert():
+    """A uint8 tensor (torchvision's read_image, batched) was refused without the conversion the other refusals
+    name."""
+    with pytest.raises(TypeError, match=r"got torch.uint8: lr.float\(\) / 127.5 - 1 makes 8-bit values \[-1, 1\]"):
+        yoda.sample(PixelAdapter(SR3Net(), SCHED, scale=SCALE), torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"got torch.int64$"):
+        yoda.sample(PixelAdapter(SR3Net(), SCHED, scale=SCALE), torch.zeros(1, 3, 8, 8, dtype=torch.int64))
+
+
 def test_progress_bar(capsys):
     model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
     run(model, lr_image(), seed=0, progress=True)
@@ -1136,6 +1171,10 @@ def test_progress_and_clip_are_bools_and_the_bar_changes_nothing(monkeypatch):
         monkeypatch.setattr(sys, "stderr", stderr)
         run(model, lr, progress=None)
         assert bars == want
+        bars.clear()
+        yoda.sample(model, lr, steps=STEPS, seed=0)  # the default is None: no bar into a log (it was True)
+        assert bars == want
+        bars.clear()
     for kw, name in ((dict(progress="no"), "progress must be None or a bool, got str"),
                      (dict(clip="yes"), "clip must be None or a bool, got str")):
         with pytest.raises(TypeError, match=name):
@@ -1380,7 +1419,7 @@ def test_warns_for_a_network_in_training_mode_and_for_a_0_1_image():
     net = SR3UNet.from_config(cfg)
     ad = net.yoda_adapter(yoda.Schedule.linear(10))
     lr = torch.rand(1, 3, 8, 8) * 2 - 1
-    with pytest.warns(UserWarning, match=r"the model \(SR3UNet\) is in training mode: dropout is on"):
+    with pytest.warns(UserWarning, match=r"the model \(SR3UNet\) is in training mode: its Dropout layers"):
         a = yoda.sample(ad, lr, steps=2, seed=0, progress=False)
     b = yoda.sample(ad, lr, steps=2, seed=0, progress=False)
     assert not torch.equal(a, b)  # what the warning is about
@@ -1389,6 +1428,11 @@ def test_warns_for_a_network_in_training_mode_and_for_a_0_1_image():
         warnings.simplefilter("error")
         c, d = (yoda.sample(ad, lr, steps=2, seed=0, progress=False) for _ in range(2))
     assert torch.equal(c, d)
+    quiet = SR3UNet.from_config(dataclasses.replace(cfg, dropout=0.0)).yoda_adapter(yoda.Schedule.linear(10))
+    with warnings.catch_warnings():  # in training mode without dropout or batch norm: the same image, no warning
+        warnings.simplefilter("error")
+        e, f = (yoda.sample(quiet, lr, steps=2, seed=0, progress=False) for _ in range(2))
+    assert quiet.net.training and torch.equal(e, f)
     with warnings.catch_warnings():  # a white page or a light image in [-1, 1] is not a [0, 1] image
         warnings.simplefilter("error")
         yoda.sample(ad, torch.ones(1, 3, 8, 8), steps=1, seed=0, progress=False)

@@ -185,6 +185,10 @@ def test_bad_constructor_args():
         Schedule.linear(0)
     with pytest.raises(ValueError, match="beta_end"):
         Schedule.linear(10, 1e-4, 1.5)
+    for make in (Schedule.linear, Schedule.scaled_linear):  # the two swapped: a decreasing schedule, silently
+        with pytest.raises(ValueError, match=r"beta_start must be <= beta_end \(betas grow with t\), got 0.02 > 0.0001"):
+            make(10, 0.02, 1e-4)
+    assert Schedule.linear(3, 0.01, 0.01).betas.tolist() == [0.01] * 3  # constant betas are a schedule
     with pytest.raises(ValueError, match="idx"):
         Schedule.linear(10).noise_level(10)
     with pytest.raises(ValueError, match="betas"):

@@ -288,8 +288,11 @@ def betas_match(bufs: Dict[str, Any], schedule) -> Optional[bool]:
         return None
     if b.numel() != schedule.T:
         return False
-    # the checkpoint keeps float32 copies of float64 betas: compare at float32 resolution
-    return bool(torch.allclose(b.double(), schedule.betas, rtol=1e-5, atol=1e-9))
+    # the checkpoint keeps float32 copies of float64 betas (float16 / bfloat16 ones after net.half()): compare at
+    # the buffer's resolution (fp16 keeps 1e-6 as a subnormal, to ~3e-8)
+    fi = torch.finfo(b.dtype) if b.is_floating_point() else torch.finfo(torch.float32)
+    rtol, atol = max(1e-5, fi.eps), max(1e-9, fi.smallest_normal * fi.eps)
+    return bool(torch.allclose(b.double(), schedule.betas, rtol=rtol, atol=atol))
 
 
 def refuse_yoda_file(meta: Optional[Dict[str, str]], p: Any, kind: str) -> None:

@@ -111,7 +111,7 @@ def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
     from .devices import rank_device
 
     dev = rank_device(cli_device(a.device), world, env_int("LOCAL_RANK", 0) if world > 1 else 0)
-    model = guided_model(load_model(a.model, dev, a.model_config), getattr(a, "cfg_scale", None))
+    model = guided_model(load_model(a.model, dev, a.model_config, a.scale), getattr(a, "cfg_scale", None))
     given = default_steps(a, model)
     ad = adapter_of(model)
     scale = ad.scale
@@ -523,6 +523,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings(), lr_from_images(), \
                 sigterm_exits():
             warnings.showwarning = _show_warning
+            warnings.filterwarnings("ignore", "yoda.sample: at steps=")  # the commands note it, in their words
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
         kept = "; the last checkpoint written stays, and the same command resumes from it" if a.cmd == "train" else ""

@@ -43,9 +43,10 @@ def default_steps(a, model) -> bool:
     return given
 
 
-def load_model(spec: str, device, config: Optional[str] = None):
+def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[int] = None):
     """--model: "default" (the embedded x4 model), a path to a "yoda" model file, or KIND:PATH with KIND one of
-    MODEL_KINDS (an upstream SR3 / SRDiff checkpoint; --model-config: its config file)."""
+    MODEL_KINDS (an upstream SR3 / SRDiff checkpoint; --model-config: its config file). scale: upscale's --scale,
+    the scale of an SR3 checkpoint whose config gives none."""
     from .models.loading import DEFAULT_WEIGHTS, load
 
     kind, _, rest = spec.partition(":")
@@ -76,7 +77,7 @@ def load_model(spec: str, device, config: Optional[str] = None):
             raise UserError(f"--model-config: file not found: {config}")
     try:
         with _user_input():
-            model = load(kind, str(path), config=config)
+            model = load(kind, str(path), config=config, scale=scale if kind == "sr3" else None)
     except UserError as e:  # the file's own complaint, said of the options that named it
         raise UserError(f"--model{' / --model-config' if config is not None else ''} ({kind}): {e}") from e
     return model.to(device).eval()

@@ -39,6 +39,8 @@ def _check_beta_range(beta_start: Any, beta_end: Any) -> tuple[float, float]:
         if not 0.0 < v < 1.0:
             raise ValueError(f"{name} must be in (0, 1), got {v}")
         out.append(v)
+    if out[0] > out[1]:  # a decreasing schedule (the two swapped) removes most noise first
+        raise ValueError(f"beta_start must be <= beta_end (betas grow with t), got {out[0]} > {out[1]}")
     return out[0], out[1]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 from torch import nn
 
@@ -39,7 +39,7 @@ DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 1}
 PathLike = Union[str, os.PathLike]
 
 
-def load(kind: str = "yoda", path: PathLike = "default", config: Any = None) -> nn.Module:
+def load(kind: str = "yoda", path: PathLike = "default", config: Any = None, *, scale: Optional[int] = None) -> nn.Module:
     """Load a model of ``kind`` from ``path`` (an nn.Module in eval mode, on the CPU; for the DINO kinds an attention
     extractor, a callable A = extractor(lr), which holds its network).
 
@@ -47,7 +47,9 @@ def load(kind: str = "yoda", path: PathLike = "default", config: Any = None) -> 
     "srdiff" (``model_ckpt_steps_*.ckpt``; config: SRDiffConfig / dict / YAML path, default: read from the
     weights), "dino-vits8" / "dino-resnet50" (official DINO files -> the attention extractor of
     yoda.attention.dino, usable as ``attention=``; config: None or a dict of its keyword arguments),
-    "yoda" (a file written by :func:`yoda.save_model`; config must be None). ``yoda.load()``, i.e.
+    "yoda" (a file written by :func:`yoda.save_model`; config must be None).
+    scale: for "sr3" only, the scale where its config gives none (a JSON without ``datasets``, an SR3Config or
+    dict without ``scale``); one that gives another is an error. ``yoda.load()``, i.e.
     ``yoda.load("yoda", "default")``, is the embedded default x4 model (DEFAULT_WEIGHTS, the CLI's ``--model
     default``): the name "default" always means it, never a file of that name.
     Models come back with their ModelCard (``model.card``), so ``yoda.sample(model, lr)`` needs nothing else; the
@@ -58,6 +60,8 @@ def load(kind: str = "yoda", path: PathLike = "default", config: Any = None) -> 
         hint = (f": that is a path; yoda.load('yoda', {os.fspath(kind)!r}) loads a model file of yoda's (KIND first, "
                 f"then the path)" if isinstance(kind, (str, os.PathLike)) and os.path.exists(kind) else "")
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}{hint}")
+    if scale is not None and kind != "sr3":
+        raise ValueError(f"scale= is for kind 'sr3' (whose config may not give one); kind {kind!r} has its own")
     if kind == "yoda" and isinstance(path, str) and path == "default":
         path = DEFAULT_WEIGHTS
     if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):  # a training run's folder: its weights are in it
@@ -66,7 +70,7 @@ def load(kind: str = "yoda", path: PathLike = "default", config: Any = None) -> 
             f": its model is {found[0]}" if len(found) == 1 else ""))
     p = check_path(path)
     if kind == "sr3":
-        return load_sr3(p, config)
+        return load_sr3(p, config, scale)
     if kind == "srdiff":
         return load_srdiff(p, config)
     if kind == "yoda":

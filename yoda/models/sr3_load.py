@@ -11,11 +11,12 @@ its scale, "eps", pixel space.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import warnings
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -148,10 +149,19 @@ def _sr3_config(config: Any):
                     f"got {type(config).__name__}")
 
 
-def load_sr3(p: str, config: Any = None) -> nn.Module:
+def load_sr3(p: str, config: Any = None, scale: Optional[int] = None) -> nn.Module:
     """The SR3UNet of the checkpoint file ``p`` (eval mode, CPU) with its ModelCard. config: SR3's JSON (path or
-    parsed), an SR3Config or a dict of its fields; None: the released 16->128 configuration."""
+    parsed), an SR3Config or a dict of its fields; None: the released 16->128 configuration. Its schedule: the
+    JSON's val schedule; an SR3Config or dict gives none, so the checkpoint's betas buffer where it has one (else
+    the 16->128 config's). scale: the scale where the config gives none (yoda.load's scale=)."""
     cfg, train_sched, val_sched = _sr3_config(config)
+    if scale is not None:
+        if cfg.scale is not None and cfg.scale != scale:
+            raise ValueError(f"scale {scale} (yoda.load's scale=, the CLI's --scale) does not match the SR3 "
+                             f"config's scale {cfg.scale}")
+        cfg = dataclasses.replace(cfg, scale=scale)
+    schedule_given = config is None or isinstance(config, (str, os.PathLike)) or (
+        isinstance(config, Mapping) and "model" in config)  # SR3's JSON (or the released one's): its val schedule
     obj, meta = read_checkpoint(p)
     refuse_yoda_file(meta, p, "sr3")
     if isinstance(obj, Mapping) and "optimizer" in obj and not any(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -159,7 +169,8 @@ def load_sr3(p: str, config: Any = None) -> nn.Module:
                               "load the *_gen.pth saved next to it")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-        if isinstance(obj.get("model"), Mapping) or any(str(k).startswith("model.rrdb.") for k in obj):
+        inner = obj.get("model") if isinstance(obj.get("model"), Mapping) else {}
+        if any(str(k).startswith("model.rrdb.") for k in obj) or any(str(k).startswith("rrdb.") for k in inner):
             raise CheckpointError(f"{p}: an SRDiff checkpoint (model_ckpt_steps_*.ckpt: state_dict's 'model'), not "
                                   "SR3's: load it as kind 'srdiff' (yoda.load('srdiff', ...), the CLI's --model "
                                   "srdiff:PATH)")
@@ -171,11 +182,20 @@ def load_sr3(p: str, config: Any = None) -> nn.Module:
                         "trained with (yoda.load's config=, the CLI's --model-config; default: the 16->128 config).")
     match = [betas_match(bufs, s) for s in (train_sched, val_sched)]
     if bufs.get("betas") is not None and not any(match):
-        warnings.warn(f"{p}: the checkpoint's betas buffer matches neither the train nor the val schedule of the "
-                      f"config; sampling uses the config's val schedule (T={val_sched.T})", stacklevel=3)
+        if schedule_given:
+            warnings.warn(f"{p}: the checkpoint's betas buffer matches neither the train nor the val schedule of "
+                          f"the config; sampling uses the config's val schedule (T={val_sched.T})", stacklevel=3)
+        else:  # an SR3Config / dict has no schedule: the one the file was saved with, not the 16->128 config's
+            try:
+                train_sched = val_sched = Schedule.from_betas(bufs["betas"].double())
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{p}: its betas buffer is not a schedule ({e})") from None
     if not isinstance(cfg.scale, int):
-        raise CheckpointError(f"{p}: the SR3 config gives no scale (l_resolution / r_resolution); pass one "
-                              "that does (yoda.load's config=, the CLI's --model-config)")
+        where = ("SR3Config(scale=...)" if isinstance(config, SR3Config) else "a 'scale' entry of the config dict"
+                 if isinstance(config, Mapping) and not schedule_given else
+                 "the JSON's datasets l_resolution / r_resolution")
+        raise CheckpointError(f"{p}: the SR3 config gives no scale: give {where}, or yoda.load's scale= (the "
+                              f"CLI's --scale)")
     net.card = ModelCard(schedule=val_sched, scale=cfg.scale, prediction="eps", space="pixel",
                          config={"kind": "sr3", "args": cfg.to_dict(), "train_schedule": train_sched.to_dict()})
     net.upsampling = "sr3"  # up(lr) as its training data made it (yoda.upsampling)

@@ -28,7 +28,8 @@ from tqdm.auto import trange
 from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
 from ..errors import NonFiniteError
 from .prepare import pad_to_model, prepare, resolve_attention
-from .spec import MOST_YODA_STEPS, all_finite, check_lr, covering_steps, make_spec, model_spacing, resolve_seed
+from .spec import (MOST_YODA_STEPS, all_finite, check_lr, covering_steps, make_spec, model_spacing,
+                   refines_all, resolve_seed)
 from .speed import check_speed, network_attr, speed_adapter
 
 FINITE_EVERY = 10  # the state is checked for NaN/Inf after step 0, every this many steps, and at the end
@@ -46,7 +47,7 @@ def sample(
     seed: Optional[int] = None,
     noise: Optional[torch.Tensor | Sequence[torch.Tensor]] = None,
     backend: str = "auto",
-    progress: Optional[bool] = True,
+    progress: Optional[bool] = None,
     callback: Optional[Callable[[dict], None]] = None,
     clip: Optional[bool] = None,
     kernel_tile: Optional[int] = None,
@@ -69,7 +70,7 @@ def sample(
     model: an Adapter, an object with ``yoda_adapter()``, or a callable wrapped by yoda.adapters.as_adapter.
     lr: (B, 3, h, w) or (B, 1, h, w) in [-1, 1].
     attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
-        bilinearly to HR, then to the state grid by the adapter), a name for yoda.attention.get (a "dino-...:PATH"
+        bilinearly to HR, then to the state grid by the adapter; batch 1 is one map for every image), a name for yoda.attention.get (a "dino-...:PATH"
         name reads its weights at every call, and warns the second time: pass yoda.attention.get(name), made
         once, to sample many), or
         f(lr) -> A.
@@ -116,8 +117,9 @@ def sample(
         ValueError; pad=True edge-pads it at the bottom and right to the smallest size the model takes and crops
         the SR back to (s*h, s*w), the attention map made of lr itself and padded the same way (as `yoda upscale`
         does). Explicit noise= then has the padded state's shape.
-    progress: a tqdm bar over the steps (cleared once done); None: only when stderr is a terminal (not into a log
-        file or a notebook's captured stream); False: none (tqdm's own TQDM_DISABLE=1 also turns it off).
+    progress: a tqdm bar over the steps (cleared once done); None (default): only when stderr is a terminal (not
+        into a log file or a notebook's captured stream); True: always; False: none (tqdm's own TQDM_DISABLE=1
+        also turns it off).
     backend: of the fused ops ("auto", "naive", "cpp", "cuda", "triton"), resolved once for lr's device.
     clip: clip x0_hat to [-1, 1] (None: adapter.clip_x0).
     kernel_tile: the fused ops' kernel tile (8, 16, 32; default 16): how the kernels split the work, no effect
@@ -208,6 +210,7 @@ def sample(
                           f"{min(MOST_YODA_STEPS, spec.T)} refines every pixel: give steps= or a larger lower_bound",
                           UserWarning, stacklevel=2)
         spec = spec if enough in (None, steps) else spec_of(enough)
+    said = own_steps  # the model's steps: raised to cover every pixel above, or said there
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)
     if draw:  # from torch's generator, so that torch.manual_seed(...) reproduces the image; one draw a call
@@ -215,6 +218,10 @@ def sample(
     with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
         run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop,
                       fixed_batch=speed.cuda_graphs)
+        if not said and run.A is not None and spec.taus[-1] > 0:
+            count = (lambda n: spec_of(n).taus[-1]) if noise is None and (sigmas is None or isinstance(sigmas, str)) \
+                else None
+            warn_unrefined(spec, float(run.A.min()), count)
         x = run.start()
         last_ok = -1  # the last step after which the state was checked finite
         hist: tuple = ()  # a solver's earlier denoised estimates, newest first
@@ -277,14 +284,35 @@ def _check_finite(x: torch.Tensor, what: str, i: int, last_ok: int, pairs: Seque
                          f"{model} returned non-finite values (check its weights, dtype and inputs)")
 
 
+def warn_unrefined(spec: Any, floor: float, last_tau: Optional[Callable[[int], float]]) -> None:
+    """The caller's step count leaves pixels at the LR image (their attention, down to ``floor``, stays below the
+    last step's threshold): said once, with the count that refines them all (last_tau(n): the last tau at n steps;
+    None where the call fixes the count: explicit noise or sigmas). The words do not depend on the image, so that
+    Python's default filter says it once for a folder sampled at one count; the CLI notes it itself."""
+    if refines_all(spec.taus[-1], floor):
+        return  # the last step reaches the least attended pixel
+    enough = None if last_tau is None else covering_steps(last_tau, spec.steps + 1, spec.T)
+    fix = f"steps={enough} refines every pixel" if enough else "a larger lower_bound refines every pixel"
+    warnings.warn(f"yoda.sample: at steps={spec.steps} with lower_bound {spec.lower_bound:g}, pixels whose attention "
+                  f"is below {spec.taus[-1]:.3g} keep the LR image (the last step's threshold); {fix}",
+                  UserWarning, stacklevel=3)
+
+
 def warn_if_training(adapter: Any) -> None:
     """A network left in training mode samples with dropout on (the seed no longer fixes the image) and batch norm
-    on the batch's statistics: said once per call, naming the fix."""
+    on the batch's statistics: said once per call, naming the layers and the fix, where it has such layers (a
+    network that uses dropout functionally, F.dropout(x, p, self.training), is not seen)."""
     try:
         net = getattr(adapter, network_attr(adapter))
     except ValueError:  # an adapter that keeps no network where yoda looks
         return
-    if isinstance(net, torch.nn.Module) and net.training:
-        warnings.warn(f"the model ({type(net).__name__}) is in training mode: dropout is on, so the seed does not fix "
-                      f"the image; call model.eval() before yoda.sample", UserWarning, stacklevel=3)
+    if not isinstance(net, torch.nn.Module) or not net.training:
+        return
+    on = {type(m).__name__ for m in net.modules() if m.training and (
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or
+        isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)}
+    if on:  # (a module without either samples the same in both modes: said of it, the warning was noise)
+        warnings.warn(f"the model ({type(net).__name__}) is in training mode: its {', '.join(sorted(on))} layers "
+                      f"change the image (dropout draws outside the seed, batch norm uses the batch's statistics); "
+                      f"call model.eval() before yoda.sample", UserWarning, stacklevel=3)
 

@@ -75,6 +75,8 @@ class Run:
         s = self.spec
         _, ab_t, ab_prev = s.pairs[i]
         k = K.step_coefficients(ab_t, ab_prev, prediction=self.adapter.prediction, sampler=s.sampler, eta=s.eta)
+        if i == s.steps - 1:  # the last step (ab_prev = ab[0] where the spacing ends there): the held pixels end
+            k = k._replace(la=1.0, lb=0.0)  # at the LR image, not at it noised to ab[0] with a fresh draw
         # plain (A None): the op drops the LR branch, so a step with sigma == 0 (DDIM eta 0) draws no noise
         return self._fused_step(x, pred, s.taus[i], i + 1, k, s.clip)
 

@@ -70,8 +70,13 @@ def covering_steps(last_tau: Callable[[int], float], steps: int, T: int, floor: 
     least attention of the image (of the batch), ``floor`` (0 for yoda's min-max normalised maps, DESIGN.md §4;
     both compared in float32, as the masks compare them); with few steps the last step comes before that, and the
     pixels it leaves keep the LR image next to refined ones: the edge between them shows. last_tau(n): the last step's tau at n steps."""
-    f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731 (the masks compare in float32)
-    return next((n for n in range(steps, min(MOST_YODA_STEPS, T) + 1) if f32(last_tau(n)) <= floor), None)
+    return next((n for n in range(steps, min(MOST_YODA_STEPS, T) + 1) if refines_all(last_tau(n), floor)), None)
+
+
+def refines_all(tau: float, floor: float) -> bool:
+    """Whether a step of threshold ``tau`` refines every pixel of a map whose least attention is ``floor``
+    (compared in float32, as the masks compare them)."""
+    return float(torch.tensor(tau, dtype=torch.float32)) <= floor
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ def make_spec(
     lower_bound: Any = 0.6,
     seed: Any = None,
     backend: Any = "auto",
-    progress: Optional[bool] = True,
+    progress: Optional[bool] = None,
     callback: Any = None,
     clip: Any = None,
     kernel_tile: Any = 16,
@@ -227,7 +232,8 @@ def check_lr(lr: Any) -> torch.Tensor:
     if lr.dim() != 4:
         raise ValueError(f"lr must be 4-D (B, C, h, w), got shape {tuple(lr.shape)}")
     if not lr.is_floating_point():
-        raise TypeError(f"lr must be a float tensor with values in [-1, 1], got {lr.dtype}")
+        hint = ": lr.float() / 127.5 - 1 makes 8-bit values [-1, 1]" if lr.dtype == torch.uint8 else ""
+        raise TypeError(f"lr must be a float tensor with values in [-1, 1], got {lr.dtype}{hint}")
     if lr.device.type == "meta":  # shapes without values: the value checks below cannot run on it
         raise ValueError("lr is on the meta device (a shape without values); yoda.sample needs the image: "
                          "create or load lr on the CPU or a GPU")
