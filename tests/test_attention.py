@@ -495,7 +495,7 @@ def test_attention_figure_of_a_runs_steps():
     assert masks == [f"M(t={t})" for t in (1000, 875, 750, 625, 500)]
     assert any(t.endswith("masks at 5 of its 8 steps") and "(8 steps of T=1000)" in t for t in drawn), drawn
     assert masks_drawn(steps=50)[1] == [f"M(t={t})" for t in (1000, 880, 740, 620, 600)]  # 20 grow: 4 spread
-    assert fig._growing_masks([10, 8, 6], 10, 0.0, 5) == [10, 8, 6]  # (no full one at l = 0)
+    assert fig.growing_masks([(10, 1.0), (8, 0.8), (6, 0.6)], 5) == [(10, 1.0), (8, 0.8), (6, 0.6)]  # none full
     assert masks_drawn(steps=2, ts=[850])[1] == ["M(t=850)"]  # ts decides the panels
     with pytest.raises(ValueError, match="steps must be in"):
         att.attention_figure(lr, A, steps=1001)

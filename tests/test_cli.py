@@ -480,6 +480,29 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     assert code == 2 and err.count("\n") == 1 and "--lr-size 5000 is too large for astronaut (512x512) at x4: at most 128" in err
 
 
+def test_demo_draws_the_growing_masks_and_the_first_full_one(tmp_path, tiny_model, capsys, monkeypatch):
+    """With more steps than panels demo drew evenly spaced steps: it skipped the last mask that still grows and
+    drew a later full one instead of the first; it now picks them as `yoda attention` does."""
+    import yoda.sampling
+    from PIL import ImageDraw
+
+    taus, texts = [], []
+    real = yoda.sampling.sample
+    monkeypatch.setattr(yoda.sampling, "sample", lambda *a, callback=None, **k: real(
+        *a, callback=lambda d: taus.append((d["t"] + 1, d["tau"])) or (callback and callback(d)), **k))
+    draw_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: texts.append(t) or
+                        draw_text(self, xy, t, *a, **k))
+    code, _, err = run(["demo", "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--steps", "12", "--lr-size",
+                        "8", "--lower-bound", "0.2", "-q"], capsys)
+    assert code == 0, err
+    yoda_steps = taus[-12:]
+    drawn = [int(t[4:t.index(")")]) for t in texts if t.startswith("M(t=") and t.endswith("refined")]
+    growing = [t for t, tau in yoda_steps if tau > 0]
+    full = [t for t, tau in yoda_steps if tau <= 0]
+    assert len(drawn) == 5 and drawn[0] == yoda_steps[0][0] and drawn[-1] == full[0] and drawn[-2] == growing[-1]
+
+
 def test_demo_names_yodas_steps_as_yodas(tmp_path, capsys):
     """yoda demo always has a YODA column; with the model's own steps (1 for the embedded model) it takes YODA's
     2, and its note said so naming --attention, a flag the user never gave."""
@@ -685,6 +708,9 @@ def test_train_and_plot_commands(tmp_path, capsys):
     assert code == 2 and err.endswith(f"{out / 'log.csv'} and {out / 'log.csv'} are the same log; give each once\n")
     code, _, err = run(["plot", str(out / "log.csv"), str(out / "log.csv"), "--labels", "a", "-o", str(png)], capsys)
     assert code == 2 and "--labels: give one label per log (2 logs, 1 labels)" in err  # the option, not "labels"
+    for bad in (tmp_path, tmp_path / "c.jpg"):  # a folder was told to give .jpg too, which was then refused
+        code, _, err = run(["plot", str(out / "log.csv"), "-o", str(bad)], capsys)
+        assert code == 2 and err == f"yoda: error: -o {bad}: yoda plot writes a PNG; give a file name ending in .png\n"
     code, _, err = run(["train", "--config", str(tmp_path / "none.json")], capsys)
     assert code == 2 and "none.json" in err
     # a binary file given as a log is named; a run that fails before writing anything leaves no folder
@@ -1961,6 +1987,30 @@ def test_eval_says_where_its_yoda_rows_leave_pixels_unrefined(tmp_path, tiny_mod
                                  "whose last step refines every pixel, as upscale --attention (plain 1); --steps "
                                  "sets one count for every row\n"), err
     assert "| yoda, 2 steps | edge | 0.6 |" in out and "| yoda, 4 steps | edge | 0.3 |" in out
+
+
+def test_figures_say_where_yoda_leaves_pixels_unrefined_and_bad_names_are_said_first(tmp_path, tiny_model, capsys):
+    """figures --steps 1 sampled Fig. 4 and 5's YODA images at 1 step without a word (attention below 0.4 stays
+    bicubic, and Fig. 5 showed it as the method's loss); a missing DINO file was said without --attention by
+    figures, and after the steps note by eval; a missing --images folder without the option."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "a.png")
+    args = ["figures", "--images", str(folder), "--model", tiny_model, "--attention", "edge", "-q", "--max-size", "0"]
+    code, _, err = run(args + ["--steps", "1", "-o", str(tmp_path / "f1")], capsys)
+    assert code == 0 and err == ("yoda: note: at 1 step(s) Fig. 4 and 5's YODA images keep the bicubic image where "
+                                 "the attention is below 0.40 at l = 0.6 (plain refines every pixel); --steps 2 "
+                                 "refines every pixel\n"), err
+    code, _, err = run(args + ["--steps", "2", "-o", str(tmp_path / "f2")], capsys)
+    assert code == 0 and err == "", err
+    missing = str(tmp_path / "nope.pth")
+    for cmd in (["figures", "-o", str(tmp_path / "f3")], ["eval", "--steps", "1", "--lower-bounds", "0.6"]):
+        code, _, err = run(cmd + ["--images", str(folder), "--model", tiny_model, "--attention",
+                                  f"dino-vits8:{missing}"], capsys)
+        assert code == 2 and err.startswith(f"yoda: error: --attention dino-vits8:{missing}: weights file not "
+                                            f"found"), err
+    code, _, err = run(["eval", "--images", str(tmp_path / "none"), "--model", tiny_model], capsys)
+    assert code == 2 and err.startswith("yoda: error: --images: image folder "), err
 
 
 def test_eval_and_figures_take_max_pixels(tmp_path, tiny_model, capsys):

@@ -656,6 +656,35 @@ def test_fig4_shows_where_each_crop_lies_and_defines_ab(monkeypatch):
                     ("most attended window", "a flat map: the top-left window")]
 
 
+def test_long_names_and_titles_fit_their_canvas(monkeypatch):
+    """Fig. 4's row caption ran off the canvas with a long image name ("... (most attende"), and `yoda demo`'s
+    title with a long --model path: the name is shortened in its middle, and demo's canvas is as wide as its
+    title."""
+    from PIL import Image, ImageDraw
+
+    from yoda import drawing
+    from yoda.figures import draw as fd
+    from yoda.figures.numbers import crop_metrics
+
+    d, face = ImageDraw.Draw(Image.new("RGB", (8, 8))), drawing.font(12)
+    name = "holiday photographs " * 5 + "(final v3).png"
+    short = drawing.fit_width(d, name, face, 200)
+    assert 170 <= drawing.text_wh(d, short, face)[0] <= 200  # as much of the name as fits
+    assert short.startswith("holiday") and short.endswith("v3).png") and "..." in short
+    assert drawing.fit_width(d, "a.png", face, 200) == "a.png" and drawing.fit_width(d, name, face, 1) == "..."
+    hr = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    met = {k: {"crop": crop_metrics(hr, hr), "image": crop_metrics(hr, hr)} for k in ("bicubic", "plain", "YODA")}
+    row = {"name": name, "box": (0, 0, 32), "images": {k: hr for k in fd.CROP_COLUMNS}, "metrics": met, "hr": hr}
+    texts = _drawn_text(monkeypatch)
+    img = fd.draw_crops([row])
+    caption = next(s for _, s in texts if "crop at x=0, y=0" in s)
+    assert caption.endswith("(most attended window), shown x5") and "..." in caption
+    assert drawing.text_wh(d, caption, face)[0] <= img.size[0] - 16
+    title = "yoda demo: " + "a/long/model/path/" * 20 + "model.safetensors"
+    canvas = drawing.panel_grid(title, [(None, [("x", Image.new("RGB", (16, 16)))])], 16)
+    assert canvas.size[0] >= drawing.text_wh(d, title, face)[0] + 12
+
+
 def test_a_long_title_is_set_smaller_to_fit(monkeypatch):
     """Fig. 5's title ran off both edges of the canvas once it named the images with flat maps: a title wider than
     the canvas is drawn in the largest smaller font that fits, on one line (the layout below it stays free)."""

@@ -38,9 +38,10 @@ import numpy as np
 
 from .cli_parser import build_parser, command_parser, missing_package, one_line
 from ._io import check_writable, made_folder, remove_stale_temps
-from .cli_models import (adapter_of, attention_extractor, bars, check_hr_size, check_out_folder, check_output_option,
-                         cli_device, default_steps, error_line, eval_images, eval_results, eval_steps_note, load_model,
-                         note, pillow_limit, read_input, refuse_overwriting, save_figure, save_output, upscale_tensor)
+from .cli_models import (adapter_of, attention_extractor, bars, check_attentions, check_hr_size, check_out_folder,
+                         check_output_option, cli_device, default_steps, error_line, eval_images, eval_results,
+                         eval_steps_note, load_model, note, pillow_limit, read_input, refuse_overwriting, save_figure,
+                         save_output, unrefined_note, upscale_tensor)
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
@@ -201,7 +202,7 @@ def cmd_demo(a) -> int:
 
     from . import drawing
     from .adapters import upsample
-    from .attention.figure import ratio_text, colormap, colour_key, percent_label
+    from .attention.figure import colormap, colour_key, growing_masks, percent_label, ratio_text
     from .sampling.prepare import resolve_attention
     from .data import HELD_OUT, builtin_image, make_lr
     from .evaluate import metrics
@@ -264,7 +265,7 @@ def cmd_demo(a) -> int:
     heat = big(Image.fromarray(colormap(A[0, 0].clamp(0, 1).cpu().numpy())).resize((size, size),
                                                                                    Image.Resampling.BILINEAR))
     top.append((f"attention A ({a.attention.split(':')[0]})", heat))
-    ts = sorted({visited[round(k)] for k in np.linspace(0, len(visited) - 1, min(5, len(visited)))}, reverse=True)
+    ts = growing_masks(visited, 5)  # as `yoda attention` picks them: the growing ones, then the first full one
     bottom = [("A over LR", Image.blend(lr_big.convert("RGB"), heat, 0.5))]
     for t, tau in ts:  # the mask the sampler used at step t (white: refined), its share of the picture
         m = active(A[0, 0], tau).cpu()
@@ -384,8 +385,10 @@ def cmd_figures(a) -> int:
                                   crops=a.crops, progress=bars(a), lpips=tuple(a.lpips) if a.lpips else None)
         skipped = _Skipped()
         images = eval_images(a.images, a.max_pixels)
+    check_attentions(a.attention)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
+    unrefined_note(adapter_of(model), a, dev, [a.lower_bound], "Fig. 4 and 5's YODA images", "plain refines")
     with made_folder(out):
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)
@@ -441,8 +444,8 @@ def cmd_plot(a) -> int:
 
     logs = [log_path(p) for p in a.logs]
     labels = a.labels or default_labels(logs)
-    if Path(a.output).suffix.lower() != ".png":
-        raise UserError(f"-o {a.output} must end in .png")
+    if Path(a.output).is_dir() or Path(a.output).suffix.lower() != ".png":  # (check_output's advice lists JPEG...)
+        raise UserError(f"-o {a.output}: yoda plot writes a PNG; give a file name ending in .png")
     check_output_option(a.output)
     refuse_overwriting([a.output], logs)
     with _user_input():  # a missing file or one that is not a training log

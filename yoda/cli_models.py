@@ -198,7 +198,11 @@ def eval_images(folder: Optional[str], max_pixels: Optional[int]):
     if not folder:
         return load_source("heldout")
     twice: list = []
-    paths = once_each(folder_images(folder), {}, twice)  # a link's image counted twice in every mean
+    try:
+        found = folder_images(folder)
+    except UserError as e:
+        raise UserError(f"--images: {e}") from None
+    paths = once_each(found, {}, twice)  # a link's image counted twice in every mean
     if twice:
         note(f"scored once, under the name met first: {printable(', '.join(twice))}")
     return ImageStream(paths, max_pixels)
@@ -250,12 +254,9 @@ def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
     """eval's note on its YODA rows' steps: without --steps, where they take more than plain's
     (evaluate.yoda_row_steps, as upscale takes them); where a row's steps leave pixels at the bicubic image (with
     --steps; they read as a loss of the method: -0.52 dB at 1 step and l = 0.6, where 2 steps give -0.02)."""
-    from .attention import check_name
     from .evaluate import yoda_row_steps
-    from .sampling.spec import covering_steps
 
-    for name in a.attention:  # first: a bad name makes the note moot
-        check_name(name, file_exists=True)
+    check_attentions(a.attention)  # first: a bad name makes the note moot
     lbs = a.lower_bounds
     if not given:
         by_lb = yoda_row_steps(adapter, settings)
@@ -265,8 +266,16 @@ def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
                  f"whose last step refines every pixel, as upscale --attention (plain {a.steps}); --steps sets one "
                  "count for every row")
         lbs = [lb for lb, n in by_lb.items() if n == a.steps]  # covered already, or by no count: said below
+    unrefined_note(adapter, a, device, lbs, "the YODA rows", "the plain rows refine")
+
+
+def unrefined_note(adapter, a, device, lower_bounds, what: str, plain: str) -> None:
+    """A note where a.steps leave pixels of ``what`` (YODA at each of ``lower_bounds``) at the bicubic image, with
+    the count that refines every pixel (yoda.sample warns of it; the commands say it in their words)."""
+    from .sampling.spec import covering_steps
+
     left = []
-    for lb in lbs:
+    for lb in lower_bounds:
         tau_of = last_tau(adapter, a, device, lb)
         tau = tau_of(a.steps)
         if tau > 0:
@@ -274,8 +283,15 @@ def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
     if left:
         below = ", ".join(f"{tau:.2f} at l = {lb:g}" for lb, tau, _ in left)
         fix = "" if None in [n for *_, n in left] else f"; --steps {max(n for *_, n in left)} refines every pixel"
-        note(f"at {a.steps} step(s) the YODA rows keep the bicubic image where the attention is below {below} "
-             f"(the plain rows refine every pixel){fix}")
+        note(f"at {a.steps} step(s) {what} keep the bicubic image where the attention is below {below} "
+             f"({plain} every pixel){fix}")
+
+
+def check_attentions(names) -> None:
+    """--attention NAME ...: each made once (attention_extractor), so that a bad name or weights file is said of
+    --attention before any work or note (the commands that take several make them again as they use them)."""
+    for name in names:
+        attention_extractor(name)
 
 
 def folder_images(folder: str) -> list:

@@ -95,7 +95,7 @@ def crop_to_multiple(a: np.ndarray, multiple: int, max_size: Optional[int] = Non
     H, W = a.shape[:2]
     if max_size is not None and max_size < least:
         raise DataError(f"max_size {max_size} is below {least}, the smallest HR side this model takes (sides are "
-                        f"multiples of {multiple}: the scale times the model's size multiple): no crop fits")
+                        f"multiples of {multiple}: of the scale and of the model's size multiple): no crop fits")
     h, w = H - H % multiple, W - W % multiple
     if max_size is not None:
         m = max_size - max_size % multiple

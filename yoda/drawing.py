@@ -29,6 +29,21 @@ def text_wh(draw, s: str, font) -> tuple[int, int]:
     return r - l, b - t
 
 
+def fit_width(draw, s: str, font, width: int) -> str:
+    """``s`` as it fits ``width`` px: whole, or with its middle replaced by "..." (a long file name keeps its start
+    and its extension)."""
+    if text_wh(draw, s, font)[0] <= width:
+        return s
+    lo, hi = 0, len(s)  # the most characters kept, by bisection
+    while lo < hi:
+        k = (lo + hi + 1) // 2
+        if text_wh(draw, s[: (k + 1) // 2] + "..." + s[len(s) - k // 2:], font)[0] <= width:
+            lo = k
+        else:
+            hi = k - 1
+    return s[: (lo + 1) // 2] + "..." + s[len(s) - lo // 2:] if lo else "..."
+
+
 def fmt(v: float) -> str:
     if v == 0:
         return "0"
@@ -269,7 +284,7 @@ def panel_grid(title_text: str, rows, panel: int):
     pad, label_h = 6, text_wh(measure, "Mg", face)[1] + 6
     cell = panel + pad
     widths = [pad + len(panels) * cell for _, panels in rows]
-    widths += [2 * pad + text_wh(measure, caption, face)[0] for caption, _ in rows if caption]
+    widths += [2 * pad + text_wh(measure, line, face)[0] for line in (title_text, *(c for c, _ in rows)) if line]
     height = 2 * label_h + sum((label_h if caption else 0) + label_h + panel + pad for caption, _ in rows)
     canvas = Image.new("RGB", (max(widths), height), "white")
     draw = ImageDraw.Draw(canvas)

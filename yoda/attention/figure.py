@@ -184,11 +184,12 @@ def _layout(size: tuple, top: Sequence[str], bottom: Sequence[str], title: str, 
                 width=width, height=height, texts=texts)
 
 
-def _growing_masks(ts: list, T: int, lower_bound: float, n: int) -> list:
-    """n of a run's steps ``ts`` (t = T first) to draw: those whose mask still grows (tau = t/T - l > 0), spread
-    from the first, then the first full one (every later mask is full too, nothing more to see)."""
-    growing = [t for t in ts if t / T - lower_bound > 0]
-    full = [t for t in ts if t / T - lower_bound <= 0][:1]
+def growing_masks(visited: list, n: int) -> list:
+    """n of a run's steps ``visited`` ((t, tau) pairs, the first step first) to draw: those whose mask still grows
+    (tau > 0), spread from the first, then the first full one (every later mask is full too, nothing more to see).
+    `yoda attention` and `yoda demo` draw these."""
+    growing = [v for v in visited if v[1] > 0]
+    full = [v for v in visited if v[1] <= 0][:1]
     k = n - len(full)
     if len(growing) > k:
         growing = [growing[i] for i in sorted({round(v) for v in np.linspace(0, len(growing) - 1, k)})]
@@ -243,7 +244,7 @@ def attention_figure(
     if steps is not None and ts is None:  # a run's own steps; more than fit: MAX_STEP_PANELS - 1 of them
         ts = [i + 1 for i in visited_steps(T, steps)]
         if len(ts) > MAX_STEP_PANELS:
-            ts = _growing_masks(ts, T, lower_bound, MAX_STEP_PANELS - 1)
+            ts = [t for t, _ in growing_masks([(t, t / T - lower_bound) for t in ts], MAX_STEP_PANELS - 1)]
             picked = f"  masks at {len(ts)} of its {steps} steps"
     if ts is None:  # 5 steps over (lower_bound * T, T]: at t <= lower_bound * T every mask is full, nothing to see
         span = np.linspace(T, min(T, max(0.0, lower_bound * T)), 6)[:-1]

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..drawing import COLOURS as _COLOURS
 from ..drawing import Axes as _Axes
+from ..drawing import fit_width as _fit_width
 from ..drawing import fmt as _fmt
 from ..drawing import font as _font
 from ..drawing import legend as _legend
@@ -233,10 +234,11 @@ def draw_crops(crops: Sequence[dict], caption: str = ""):
     y = 30 + 18
     for c in crops:
         cy, cx, cs = c["box"]
-        draw.text((_PAD, y + 3), f"{Path(str(c['name'])).name}: {cs}x{cs} crop at x={cx}, y={cy} "
-                                 f"({'a flat map: the top-left window' if c.get('flat') else 'most attended window'}"
-                                 f"), shown x{panel / cs:.3g}",
-                  fill=_BLACK, font=font)
+        where = (f": {cs}x{cs} crop at x={cx}, y={cy} ("
+                 f"{'a flat map: the top-left window' if c.get('flat') else 'most attended window'}), shown "
+                 f"x{panel / cs:.3g}")
+        name = _fit_width(draw, Path(str(c["name"])).name, font, W - 2 * _PAD - _text_wh(draw, where, font)[0])
+        draw.text((_PAD, y + 3), name + where, fill=_BLACK, font=font)
         y += 20
         for j, name in enumerate(columns):
             x0 = _PAD + j * (panel + _PAD)
