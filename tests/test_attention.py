@@ -123,6 +123,23 @@ def test_edge_of_a_resized_flat_image_is_all_ones():
     assert float(att.edge()(step).min()) == 0.0
 
 
+def test_edge_of_a_linear_ramp_is_flat_in_any_batch():
+    """A ramp's gradient is the same everywhere, to float noise: 9.9e-7 of its magnitude alone (flat, under min-max's
+    tolerance), 1.1e-6 after a textured image in a batch (the convolution rounds otherwise), which min-max stretched
+    into a random mask (0..1, mean 0.29): the image sampled differed with its batch by up to 0.012."""
+    y, x = torch.linspace(-1, 1, 24)[:, None].expand(24, 32), torch.linspace(-1, 1, 32)[None, :].expand(24, 32)
+    ramp = torch.stack([-0.56 * x, -0.56 * y, -0.28 * (x + y)])[None]  # in x and y, a slope of its own per channel
+    texture = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert bool((att.edge()(ramp) == 1).all())
+    assert bool((att.edge().maps(ramp) == 0).all())  # flat whatever its rounding: the map has no range to stretch
+    for batch, k in ((torch.cat([texture, ramp]), 1), (torch.cat([ramp, texture]), 0)):
+        A = att.edge()(batch)
+        assert bool((A[k] == 1).all()) and float(A[1 - k].min()) == 0.0
+    gentle = ramp.clone()
+    gentle[..., 12:, :] *= 0.5  # two slopes: an edge between them, a map
+    assert float(att.edge()(gentle).min()) == 0.0
+
+
 def test_sift_enlarges_thin_images_within_bounds(monkeypatch):
     """A 1 x 2000 image was enlarged to 128 x 256000 for the detector (7.8 GB, and 1 x 8000 was killed)."""
     import cv2

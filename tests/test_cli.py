@@ -1006,6 +1006,10 @@ def test_upscale_window_options_are_checked(tmp_path, tiny_model, images, capsys
                        (["--max-memory", "0.5"], "'0.5' is 0 bytes, less than any image needs (0 means no limit")):
         code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, *extra], capsys)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (extra, err)
+    from yoda.cli_parser import _bytes_arg
+
+    assert _bytes_arg("1e9") == _bytes_arg("1000000000") == 10**9 and _bytes_arg("1.5E3K") == 1500 * 1024  # was
+    # "not a size", where 1000000000 was taken
 
 
 def _torchrun(args, tmp_path, nproc=2):

@@ -1559,6 +1559,14 @@ def test_pad_with_a_window_wider_than_the_image_is_the_untiled_call():
     calls.clear()
     run(model, wide, seed=1, pad=True, steps=2, windows=(16, 4), callback=lambda d: calls.append(d["calls"]))
     assert calls == [3, 3]  # 3 windows along the width (starts 0, 12, 20), one along the height
+    # a window the size of the SR image that is no multiple of the model's (15: SR 15 x 15, state 18 x 18) was
+    # refused as "must be a multiple of 2 on the state grid (18, 18)", though it covers the image as 16 does
+    calls.clear()
+    assert torch.equal(run(model, lr, attention=A, seed=1, pad=True, steps=5, windows=15,
+                           callback=lambda d: calls.append(d["calls"])), want) and calls == [1] * 5
+    with pytest.raises(ValueError, match=r"the window 13 must be a multiple of 2, the model's size multiple on the "
+                                         r"state grid \(18, 18\), got windows=13$"):  # (not the overlap it took)
+        run(model, lr, pad=True, windows=13)
 
 
 def test_default_attention_to_state_halving_is_2x2_means():

@@ -155,8 +155,8 @@ _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def _bytes_arg(v: str) -> int:
-    """'2G', '512M', '1.5GB', '100KiB', '1000000' -> bytes (binary units)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", v.upper())
+    """'2G', '512M', '1.5GB', '100KiB', '1000000', '1e9' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:E\+?\d+)?)\s*([KMGT]?)(?:I?B)?\s*", v.upper())
     if m is None:
         raise argparse.ArgumentTypeError(f"{v!r} is not a size (e.g. 2G, 512M, 0)")
     n = int(float(m.group(1)) * _UNITS[m.group(2)])

@@ -204,7 +204,7 @@ def _check_positive(value, name: str, allow_zero: bool = False, maker: str = "ed
     return float(value)
 
 
-EDGE_FLOOR = 1e-4  # Edge: an image whose largest gradient magnitude is below this is flat
+EDGE_FLOOR = 1e-4  # Edge: an image whose gradient magnitudes are all below this, or all within it, is flat
 
 
 class Edge:
@@ -237,8 +237,11 @@ class Edge:
         if inner:
             mag = F.pad(mag, (1, 1, 1, 1), mode="replicate")
         # an image whose gradients are all float noise (far below one 8-bit level, ~0.008 here) is flat: its map
-        # is zero, so that min-max makes it all ones, instead of stretching the noise of a resize into a mask
-        mag = mag * (mag.flatten(1).amax(dim=1) >= EDGE_FLOOR).view(-1, 1, 1, 1)
+        # is zero, so that min-max makes it all ones, instead of stretching the noise of a resize into a mask. So
+        # is one whose gradient is the same everywhere within float noise (a linear ramp): its range, ~1e-6 of
+        # its magnitude, rounds differently in another batch, and min-max made a random mask of it
+        hi, lo = mag.flatten(1).amax(dim=1), mag.flatten(1).amin(dim=1)
+        mag = mag * ((hi >= EDGE_FLOOR) & (hi - lo >= EDGE_FLOOR)).view(-1, 1, 1, 1)
         return _blur(mag, self.sigma)
 
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:

@@ -175,7 +175,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
     grid = adapter.state_grid(hr)
     if w is not None and grid is not None:  # before prepare where the state grid is known without it
-        w = check_window_size(adapter, w, grid)
+        w = check_window_size(adapter, w, grid, None if image_size is None else image_extent(grid, image_size, hr))
     A_hr = None
     if attention is not None and spec.masked:
         A_hr = resolve_attention(attention, lr, hr)
@@ -203,39 +203,48 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     noise = check_noise(entries, c)
     extent = adapter.image_extent(prep.cond, c.shape)  # the image's part of the state grid, the rest padding
     if image_size is not None:  # and yoda.sample(pad=True)'s padding
-        extent = tuple(min(e, -(-g * n // p)) for e, g, n, p in zip(extent, c.shape[-2:], image_size, hr))
+        extent = tuple(min(e, n) for e, n in zip(extent, image_extent(c.shape[-2:], image_size, hr)))
     if w is not None:
-        w = check_window_size(adapter, w, c.shape[-2:])
+        w = check_window_size(adapter, w, c.shape[-2:], extent)
     tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale,
                    extent=extent, fixed_batch=fixed_batch, progress=spec.progress) if w is not None else None)
     return Run(adapter, spec, lr_state, c, prep.cond, A, noise, tiler, extent)
 
 
-def check_window_size(adapter: Any, w: Windows, grid) -> Windows:
+def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
     """``w`` with its overlap resolved (None, from windows=W: tiles.default_overlap on hr_grid's unit for an HR-space
     model, as the CLI's --tiles W, since an SRDiff model's windows must lie on the LR grid and W // 4 need not; W // 4
     for a latent model). A window narrower than the state grid goes through the model at its own size, so it must be
     a multiple of the model's size multiple on that grid (``latent_multiple`` of a latent adapter, else
     ``multiple``): a ValueError naming ``windows`` before any denoiser call, not the model's own error at the first
     step. It must also be at least the model's ``min_size`` (HR pixels: not for latents; the grid itself is,
-    check_lr)."""
+    check_lr). extent: the image's part of the grid (yoda.sample(pad=True) pads it): a window that covers it along
+    an axis covers the grid there (Tiler), whatever its size."""
     latent = getattr(adapter, "latent_multiple", None)
     m = int(latent or getattr(adapter, "multiple", 1))
+    typed = f"windows={w.size}" if w.overlap is None else f"windows=({w.size}, {w.overlap})"  # as the call gave it
     if w.overlap is None:  # as `yoda upscale --tiles W` (HR models); a latent window may start anywhere
         w = dataclasses.replace(w, overlap=default_overlap(w.size, 1 if latent else hr_grid(adapter)[0]))
     window, overlap = w.size, w.overlap
-    if window % m and any(n > window for n in grid):
+    narrower = any(n > window for n in (grid if extent is None else extent))  # than the image: a window of its own
+    if window % m and narrower:
         raise ValueError(f"windows: the window {window} must be a multiple of {m}, the model's size multiple on the "
-                         f"state grid {tuple(grid)}, got windows=({window}, {overlap})")
+                         f"state grid {tuple(grid)}, got {typed}")
     unit = int(getattr(adapter, "window_unit", 1))
-    if (window % unit or overlap % unit) and any(n > window for n in grid):
+    if (window % unit or overlap % unit) and narrower:
         raise ValueError(f"windows: {type(adapter).__name__} windows must lie on the LR grid: window and overlap "
-                         f"multiples of the scale {unit}, got windows=({window}, {overlap})")
+                         f"multiples of the scale {unit}, got {typed}")
     least = 1 if latent else int(getattr(adapter, "min_size", 1))
     if window < least:
         raise ValueError(f"windows: the window {window} must be at least {least} pixels, the smallest side this model "
-                         f"takes, got windows=({window}, {overlap})")
+                         f"takes, got {typed}")
     return w
+
+
+def image_extent(grid, image_size, hr) -> tuple:
+    """The part of the state ``grid`` that holds an SR image of ``image_size`` padded to ``hr`` (yoda.sample(pad=True)),
+    rounded up to whole grid cells."""
+    return tuple(-(-g * n // p) for g, n, p in zip(grid, image_size, hr))
 
 
 def in_state_dtype(x0: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
