@@ -323,11 +323,12 @@ def test_the_loss_is_described_from_the_runs_config(tmp_path, monkeypatch):
     _, texts = plot(tmp_path, paths[1:], monkeypatch=monkeypatch)
     assert "validation PSNR (dB): 4 crops of 64x64, DDIM 20 steps" in [s for _, s in texts]
     texts.clear()
-    plot(tmp_path, paths, monkeypatch=monkeypatch)  # two runs measured differently: the bare title
-    assert "validation PSNR (dB)" in [s for _, s in texts]
+    plot(tmp_path, paths, monkeypatch=monkeypatch)  # two runs measured differently: the bare title, and the
+    assert "validation PSNR (dB)" in [s for _, s in texts]  # legend says which is which (it said nothing)
     _, texts = plot(tmp_path, paths[:1], monkeypatch=monkeypatch)
     assert "training loss: L1 on eps" in [s for _, s in texts]
     texts.clear()
     plot(tmp_path, paths, monkeypatch=monkeypatch)
     drawn = [s for _, s in texts]
-    assert "training loss" in drawn and "run0 (L1 on eps)" in drawn and "run1 (L2 on x0, active pixels only)" in drawn
+    assert "training loss" in drawn and "run0 (L1 on eps; 1 crop of 32x32, DDIM 4 steps)" in drawn
+    assert "run1 (L2 on x0, active pixels only; 4 crops of 64x64, DDIM 20 steps)" in drawn

@@ -288,10 +288,18 @@ def unrefined_note(adapter, a, device, lower_bounds, what: str, plain: str) -> N
 
 
 def check_attentions(names) -> None:
-    """--attention NAME ...: each made once (attention_extractor), so that a bad name or weights file is said of
-    --attention before any work or note (the commands that take several make them again as they use them)."""
+    """--attention NAME ...: each checked, a weights file read once (attention_extractor), so that a bad name or
+    file is said of --attention before any work or note (eval and figures make the extractors as they use them)."""
+    from .attention import check_name
+
     for name in names:
-        attention_extractor(name)
+        try:
+            with _user_input():
+                needs_file = check_name(name)[1] is not None
+        except UserError as e:
+            raise UserError(f"--attention {name}: {e}") from None
+        if needs_file:
+            attention_extractor(name)
 
 
 def folder_images(folder: str) -> list:

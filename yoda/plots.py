@@ -194,12 +194,15 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
     note = "PSNR: solid, dots = plain sampling; dashed, rings = YODA"
     kinds = [loss_description(p) for p in paths]
     loss_title = "training loss" + (f": {kinds[0]}" if len(set(kinds)) == 1 and kinds[0] else "")
-    if len(set(kinds)) > 1:  # losses of different kinds are not comparable: say which is which in the legend
-        labels = [f"{lab} ({k or 'loss unknown'})" for lab, k in zip(labels, kinds)]
+    vals_each = [validation_description(p) for p in paths]
+    apart = [k for k, differ in (("loss", len(set(kinds)) > 1), ("val", len(set(vals_each)) > 1)) if differ]
+    if apart:  # losses of different kinds, or PSNRs measured differently, are not comparable: said in the legend
+        words = {"loss": [k or "loss unknown" for k in kinds], "val": [v or "validation unknown" for v in vals_each]}
+        labels = [f"{lab} ({'; '.join(words[k][i] for k in apart)})" for i, lab in enumerate(labels)]
     entries, (nx, nrow), nrows = _legend_layout([text_wh(dr, lab, f)[0] for lab in labels], text_wh(dr, note, f)[0],
                                                 60, W - 15)
     ly = H - 10 - 18 * nrows  # the top of the legend's first row
-    vals = {validation_description(p) for p in paths}
+    vals = set(vals_each)
     val_title = "validation PSNR (dB)" + (f": {vals.pop()}" if len(vals) == 1 and "" not in vals else "")
     panels = [(loss_title, PLOTTED[1:2]), (val_title, PLOTTED[2:])]
     # one step axis for both panels, so that a step sits at the same place in each
