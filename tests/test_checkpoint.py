@@ -230,7 +230,8 @@ def test_srdiff_config_dict_refuses_unknown_keys(tmp_path):
     p = tmp_path / "model_ckpt_steps_5.ckpt"
     torch.save({"state_dict": {"model": {**m.state_dict(), **_bufs(m.schedule)}}}, p)
     fields = dict(hidden_size=8, dim_mults=[1, 2, 3], rrdb_num_block=3, rrdb_num_feat=8, sr_scale=4)
-    with pytest.raises(ValueError, match=r"SRDiffConfig: unknown keys \['beta_schedul', 'timestep'\]; known: "):
+    with pytest.raises(ValueError, match=r"SRDiffConfig: unknown key\(s\) beta_schedul \(did you mean beta_schedule\?\), "
+                                         r"timestep \(did you mean timesteps\?\); known: "):
         yoda.load("srdiff", p, config={**fields, "timestep": 12, "beta_schedul": "linear"})
     got = yoda.load("srdiff", p, config={**fields, "timesteps": 12, "beta_schedule": "linear"})
     assert got.card.schedule == m.schedule and torch.equal(_srdiff_out(got), _srdiff_out(m))
@@ -243,7 +244,7 @@ def test_srdiff_config_dict_refuses_unknown_keys(tmp_path):
     del hparams["dim_mults"]
     assert yoda.load("srdiff", p, config=hparams).card.schedule == m.schedule
     # ... but a key of neither kind is still a typo
-    with pytest.raises(ValueError, match=r"unknown keys \['beta_schedul'\]; .* and upstream's hparams"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) beta_schedul \(did you mean beta_schedule\?\); .* and upstream's hparams"):
         yoda.load("srdiff", p, config={**hparams, "beta_schedul": "cosine"})
     # upstream switches that change what the weights mean are refused, not sampled as yoda's model
     for key, value in (("res", False), ("use_rrdb", False)):

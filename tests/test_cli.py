@@ -1712,9 +1712,10 @@ def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_train_aborted_by_a_second_ctrl_c_says_what_stays(monkeypatch, capsys):
+def test_train_aborted_by_a_second_ctrl_c_says_what_stays(tmp_path, monkeypatch, capsys):
     """A second Ctrl-C while training (the first promises to save; this one aborts) said only "yoda: interrupted",
-    though the run's last checkpoint stays and the same command resumes from it; other commands keep the one word."""
+    though the run's last checkpoint stays and the same command resumes from it; other commands keep the one word.
+    A Ctrl-C while the run starts up (before any checkpoint in --out) promised one all the same."""
     def ctrl_c(a):
         raise KeyboardInterrupt
 
@@ -1722,6 +1723,13 @@ def test_train_aborted_by_a_second_ctrl_c_says_what_stays(monkeypatch, capsys):
     assert yoda.cli.main(["train", "--config", "c.json"]) == 130
     assert capsys.readouterr().err == ("yoda: interrupted; the last checkpoint written stays, and the same command "
                                        "resumes from it\n")
+    out = tmp_path / "run"
+    assert yoda.cli.main(["train", "--config", "c.json", "--out", str(out)]) == 130
+    assert capsys.readouterr().err == "yoda: interrupted; no checkpoint was written\n"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"")
+    assert yoda.cli.main(["train", "--config", "c.json", "--out", str(out)]) == 130
+    assert "the last checkpoint written stays" in capsys.readouterr().err
     monkeypatch.setitem(yoda.cli.COMMANDS, "plot", ctrl_c)
     assert yoda.cli.main(["plot", "runs/x", "-o", "p.png"]) == 130 and capsys.readouterr().err == "yoda: interrupted\n"
 

@@ -194,7 +194,9 @@ def test_the_first_noise_levels_keep_their_digits(mask_input):
     sqrt_ab the model is fed (and mask_input passed ab rounded to float32): 2.3% off at idx 0, 0.2% at idx 1. Now
     from the float64 level, within float32 rounding of the float64 value; the target v too."""
     a = Schedule.linear(2000, 1e-6, 0.01).alphas_cumprod
-    cfg = LossConfig(noise_level="discrete", mask_input=mask_input, lower_bound=1.0, target="v", loss="l2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (l = 1 makes the mask all ones, as this test wants)
+        cfg = LossConfig(noise_level="discrete", mask_input=mask_input, lower_bound=1.0, target="v", loss="l2")
     zeros, noise = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)  # x_t = sigma, v = sqrt(ab): read off directly
     idx = torch.tensor([0, 1])
     sab = draw_noise_level(a, 2, cfg)[1] * 0 + a[idx].sqrt()  # (draw_noise_level's dtype: float64)
@@ -766,6 +768,18 @@ def test_a_config_built_in_python_takes_numpy_numbers(img_folder):
         DataConfig(crop="64")  # was "'<' not supported between instances of 'str' and 'int'"
 
 
+def test_a_yoda_loss_whose_masks_are_all_ones_is_warned_of():
+    """loss.lower_bound >= 1 with mask_input / mask_loss trained plain training under a YODA label (TRAINING.md,
+    the plot's "active pixels only"), without a word."""
+    for kw in (dict(mask_input=True), dict(mask_loss=True)):
+        with pytest.warns(UserWarning, match=r"lower_bound 1.5 >= 1 makes every YODA mask all ones"):
+            LossConfig(lower_bound=1.5, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LossConfig(lower_bound=1.5)  # plain: l is unused
+        LossConfig(lower_bound=0.6, mask_input=True)
+
+
 def test_config_takes_json_ints_for_numbers_and_null_for_optional(img_folder):
     d = json.loads(tiny_config(img_folder).to_json())
     d.update(lr=1, betas=[0, 0], ema_decay=0)
@@ -788,6 +802,16 @@ def test_cli_says_a_wrong_config_type_in_one_line(tmp_path, img_folder, capsys):
     (tmp_path / "c.json").write_text(json.dumps(d))
     assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o"), "-q"]) == 2
     assert capsys.readouterr().err == "yoda: error: seed must be an int, got '0'\n"
+    # a typo in model or sampling was said without its section, or without the key, and with no suggestion
+    d["seed"] = 0
+    for section, typo, said in (("model", "inner_chanel", "model: SR3Config: unknown key(s) inner_chanel (did you "
+                                                            "mean inner_channel?); known: "),
+                                ("sampling", "stpes", "unknown key(s) in sampling: stpes (did you mean steps?); "
+                                                      "known: lower_bound, sampler, steps")):
+        (tmp_path / "c.json").write_text(json.dumps(dict(d, **{section: dict(d[section], **{typo: 2})})))
+        assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o"), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"yoda: error: {said}") and err.count("\n") == 1, err
 
 
 def test_config_refuses_a_model_scale_other_than_the_data_scale(img_folder):
@@ -962,6 +986,36 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch
     assert not resumed.run()["interrupted"]
     a, b = full.ema.state_dict(), resumed.ema.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_signal_saves_without_validating_and_a_time_budget_validates(tmp_path, img_folder, monkeypatch):
+    """A stop by Ctrl-C / SIGTERM validated the EMA before saving: 33 s after SIGTERM with compare_yoda's
+    validation, past Kubernetes' 30 s grace period and torchrun's. A signal's stop saves at once; a --minutes stop
+    still validates the model it ends with."""
+    import os
+    import signal
+
+    cfg = tiny_config(img_folder, steps=6, ckpt_every=0, val_every=4)
+    for name, stop in (("signal", lambda: os.kill(os.getpid(), signal.SIGTERM)), ("budget", None)):
+        tr = Trainer(cfg, str(tmp_path / name), device="cpu", progress=False)
+        real_step, validated = tr.train_step, []
+        monkeypatch.setattr(tr, "validate", lambda: validated.append(tr.step) or {"val_psnr_plain": 20.0})
+
+        def step_then_stop(stop=stop, tr=tr, real_step=real_step):
+            loss = real_step()
+            if tr.step == 2 and stop is not None:
+                stop()
+            return loss
+
+        monkeypatch.setattr(tr, "train_step", step_then_stop)
+        with monkeypatch.context() as m:
+            if stop is None:  # --minutes: 10 s a step, so the budget of 15 s ends after step 2
+                import yoda.training.trainer as trainer_module
+
+                m.setattr(trainer_module.time, "perf_counter", lambda tr=tr: 10.0 * tr.step)
+            summary = tr.run(max_seconds=None if stop else 15.0)
+        assert summary["steps"] == 2 and (tmp_path / name / "checkpoint.pt").is_file()
+        assert validated == ([] if stop else [2]), (name, validated)
 
 
 @pytest.mark.parametrize("rank", [None, "1"])
@@ -1207,12 +1261,15 @@ def test_a_resumed_runs_record_names_its_earlier_commands(tmp_path, img_folder, 
 
 
 def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
-    """A --minutes stop printed what a finished run prints, and TRAINING.md did not record it."""
+    """A --minutes stop printed what a finished run prints, and TRAINING.md did not record it. The lines to paste
+    back (the note, TRAINING.md's command) quote a path with a space."""
+    import shlex
+
     from yoda.cli import main
 
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(tiny_config(img_folder, val_every=0, steps=50).to_json())
-    out = tmp_path / "run"
+    out = tmp_path / "my run"
     assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q", "--minutes", "1e-9"]) == 0
     o, e = capsys.readouterr()
     assert "trained 1 step in" in o and "now at step 1 of 50" in o
@@ -1222,7 +1279,11 @@ def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
     o, e = capsys.readouterr()
     assert "now at step 2 of 2" in o and "stopped by" not in (out / "TRAINING.md").read_text()
     # a finished run says how to use what it made
-    assert e == f"yoda: note: next: yoda upscale IMAGE -o OUT --model {out / 'model.safetensors'}; yoda plot {out}\n"
+    assert e == (f"yoda: note: next: yoda upscale IMAGE -o OUT --model '{out / 'model.safetensors'}'; "
+                 f"yoda plot '{out}'\n")
+    assert (f"- command: `yoda train --config {cfg_path} --out '{out}' -q --steps 2`"
+            in (out / "TRAINING.md").read_text())
+    assert shlex.split(f"yoda plot '{out}'")[-1] == str(out)
 
 
 @pytest.mark.parametrize("name", ["edge", "sift"])
@@ -1604,8 +1665,8 @@ def test_a_trained_model_samples_as_its_config_says(tmp_path, img_folder):
     for bad, says in (({"sampler": "DDIM"}, r": 'sampler' must be one of .*, got 'DDIM'$"),  # one message said both
                       ({"steps": 51}, r": 'steps' must be an int in \[1, 50\] \(the schedule's T\), got 51$"),
                       ({"steps": 0}, r": 'steps' must be an int in \[1, 50\] .*, got 0$"),
-                      ({"eta": 0}, " must be None or")):
-        with pytest.raises(ValueError, match="^sampling" + says):
+                      ({"eta": 0}, ": eta; known: lower_bound, sampler, steps$")):
+        with pytest.raises(ValueError, match=("^unknown key\\(s\\) in sampling" if "eta" in bad else "^sampling") + says):
             tiny_config(img_folder, sampling=bad)  # T = 50
     bad_T = tiny_config(img_folder, sampling={"steps": 2}, schedule={"kind": "linear", "T": -5})
     with pytest.raises(ValueError, match="T must be a positive int"):  # it said 'sampler' must be one of ...
@@ -1679,13 +1740,20 @@ def test_a_run_folder_or_its_checkpoint_named_as_a_model_says_where_the_model_is
     assert yoda.load("yoda", s["weights"]).card.sampling == {"sampler": "ddim", "steps": 1}
 
 
-def test_config_errors_met_by_a_new_user(tmp_path, img_folder):
+def test_config_errors_met_by_a_new_user(tmp_path, img_folder, monkeypatch):
     """A misspelt attention was accepted until validation was switched on for a resume; --config FOLDER said only
     "Is a directory"."""
     with pytest.raises(ValueError, match=r"attention: unknown attention 'edges'; known: edge"):
         tiny_config(img_folder, attention="edges", val_every=0, loss={})
     with pytest.raises(ValueError, match=f"config file {tmp_path} is a folder; --config takes a JSON file"):
         TrainConfig.load(str(tmp_path))
+    # `--config default_x4 --out default_x4`: the run's folder hid the installed name, and the same command could
+    # not resume ("config file default_x4 is a folder")
+    from yoda.training.config import CONFIGS
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default_x4").mkdir()
+    assert TrainConfig.load("default_x4") == TrainConfig.load(str(CONFIGS / "default_x4.json"))
 
 
 def test_the_python_training_api_takes_what_a_notebook_gives(tmp_path, img_folder, monkeypatch):

@@ -10,9 +10,10 @@ for a config read from JSON and one built in Python.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import numbers
 import typing
-from typing import Union
+from typing import Iterable, Union
 
 import numpy as np
 
@@ -68,3 +69,11 @@ def json_type_name(tp) -> str:
         return f"a list of {len(args)} items, each {json_type_name(args[0])}"
     names = {bool: "true or false", int: "an int", float: "a number", str: "a string", type(None): "null"}
     return names.get(tp, "a JSON object")
+
+
+def unknown_keys(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """'batchsize (did you mean batch?); known: ...': each unknown key with its closest known one, then the known."""
+    known = sorted(known)
+    near = {k: difflib.get_close_matches(k, known, n=1, cutoff=0.6) for k in unknown}
+    return (", ".join(k + (f" (did you mean {near[k][0]}?)" if near[k] else "") for k in unknown)
+            + f"; known: {', '.join(known)}")

@@ -27,6 +27,7 @@ pixels (and, for upscale, outputs over it) are refused (--max-pixels N).
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -416,7 +417,7 @@ def cmd_figures(a) -> int:
 def cmd_train(a) -> int:
     from .training import train_main
 
-    command = "yoda " + " ".join(a.argv)
+    command = "yoda " + shlex.join(a.argv)  # as it can be pasted back (a path with a space)
     world = launched_world()
     if world != "1":  # torchrun: data-parallel training (yoda.training.distributed)
         command = f"torchrun (WORLD_SIZE={world}) -m {command}"
@@ -435,7 +436,8 @@ def cmd_train(a) -> int:
             print(f"yoda: {how} at step {s['steps']} of {s['total']}; the checkpoint is saved: the same command "
                   f"resumes", file=sys.stderr)
             return 0 if s["signal"] is None else 128 + int(s["signal"])
-        note(f"next: yoda upscale IMAGE -o OUT --model {s['weights']}; yoda plot {s['out']}")
+        note(f"next: yoda upscale IMAGE -o OUT --model {shlex.quote(s['weights'])}; "
+             f"yoda plot {shlex.quote(s['out'])}")
     return 0
 
 
@@ -529,7 +531,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.filterwarnings("ignore", "yoda.sample: at steps=")  # the commands note it, in their words
             return COMMANDS[a.cmd](a)
     except KeyboardInterrupt:
-        kept = "; the last checkpoint written stays, and the same command resumes from it" if a.cmd == "train" else ""
+        kept = ""
+        if a.cmd == "train":  # (a Ctrl-C while it starts up has written none: the run's --out, where it is given)
+            none = a.out and not os.path.isfile(os.path.join(a.out, "checkpoint.pt"))
+            kept = ("; no checkpoint was written" if none else
+                    "; the last checkpoint written stays, and the same command resumes from it")
         error_line(f"yoda: {rank_prefix()}interrupted{kept}")
         return 130
     except Terminated:

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 
 from yoda_kernels.contract import PREDICTIONS
 
+from .._json_fields import unknown_keys
 from ..adapters import SPACES
 from ..masks import as_int, check_lower_bound, positive_int
 from ..schedule import Schedule
@@ -19,9 +20,12 @@ def check_sampling(s: Any, name: str, T: Optional[int] = None) -> dict:
     model's first sample."""
     from ..sampling.spec import ALL_SAMPLERS
 
-    if not isinstance(s, Mapping) or not set(s) <= {"sampler", "steps", "lower_bound"}:
+    known = {"sampler", "steps", "lower_bound"}
+    if not isinstance(s, Mapping):
         raise ValueError(f"{name} must be None or a mapping with the keys 'sampler', 'steps' and / or "
                          f"'lower_bound', got {s!r}")
+    if not set(s) <= known:
+        raise ValueError(f"unknown key(s) in {name}: {unknown_keys(sorted(map(str, set(s) - known)), known)}")
     if s.get("sampler", "ddpm") not in ALL_SAMPLERS:
         raise ValueError(f"{name}: 'sampler' must be one of {', '.join(ALL_SAMPLERS)}, got {s['sampler']!r}")
     out = dict(s)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._json_fields import unknown_keys
 from ..adapters import PixelAdapter, Prepared
 from ..masks import config_int
 from ..schedule import MAX_FILE_T, Schedule
@@ -126,7 +127,7 @@ class SR3Config:
         names = {f.name for f in fields(cls)}
         bad = sorted(set(d) - names)
         if bad:
-            raise ValueError(f"SR3Config: unknown keys {bad}; known: {sorted(names)}")
+            raise ValueError(f"SR3Config: unknown key(s) {unknown_keys(bad, names)}")
         return cls(**d)
 
 

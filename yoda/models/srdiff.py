@@ -31,6 +31,7 @@ from torch import nn
 
 from yoda_kernels.contract import PREDICTIONS
 
+from .._json_fields import unknown_keys
 from ..adapters import Adapter, Prepared, check_flag, upsample
 from ..masks import config_int
 from ..schedule import MAX_FILE_T, Schedule
@@ -126,7 +127,7 @@ class SRDiffConfig:
         names = {f.name for f in fields(cls)}
         bad = sorted(set(d) - names - (UPSTREAM_HPARAMS if hparams else set()))
         if bad and not ignore_unknown:
-            raise ValueError(f"SRDiffConfig: unknown keys {bad}; known: {sorted(names)}"
+            raise ValueError(f"SRDiffConfig: unknown key(s) {unknown_keys(bad, names)}"
                              + (" and upstream's hparams (yoda.models.srdiff.UPSTREAM_HPARAMS)" if hparams else ""))
         return cls(**{k: v for k, v in d.items() if k in names})
 

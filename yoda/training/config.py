@@ -10,21 +10,21 @@ names and their JSON forms are a file format: change them only with a migration.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import json
 import math
 import numbers
 import os
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from yoda_kernels.contract import PREDICTIONS
 
 from .. import data as _data
-from .._json_fields import _python_numbers, check_field_types, json_type_name, json_type_ok
+from .._json_fields import _python_numbers, check_field_types, json_type_name, json_type_ok, unknown_keys
 from ..adapters import SPACES
 from ..masks import check_lower_bound
 from ..models.yoda_format import SPACE_OF_KIND
@@ -62,6 +62,10 @@ class LossConfig:
             object.__setattr__(self, "noise_level", "continuous" if self.space == "pixel" else "discrete")
         _check_choice("noise_level", self.noise_level, NOISE_LEVELS)
         object.__setattr__(self, "lower_bound", check_lower_bound(self.lower_bound))
+        if self.yoda and self.lower_bound >= 1.0:  # tau = t/T - l <= 0 at every t: every mask is all ones
+            warnings.warn(f"loss: lower_bound {self.lower_bound:g} >= 1 makes every YODA mask all ones: mask_input / "
+                          f"mask_loss change nothing, and the run trains as plain training under a YODA label; "
+                          f"give lower_bound < 1 (e.g. 0.6)", UserWarning, stacklevel=3)
         if not self.residual_scale > 0:
             raise ValueError(f"residual_scale must be > 0, got {self.residual_scale}")
         if self.space == "residual" and self.noise_level == "continuous":
@@ -101,12 +105,13 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # yoda/configs/, i
 
 
 def _packaged_config(path: str) -> str:
-    """``path``, or the installed config it names when it is a bare name (no folder) that is not a file here."""
-    if os.path.exists(path) or os.path.dirname(path):
+    """``path``, or the installed config it names when it is a bare name (no folder) that is not a file here (a
+    folder of that name, e.g. `--out default_x4` of an earlier run, hides nothing: the same command resumes)."""
+    if os.path.isfile(path) or os.path.dirname(path):
         return path
     for name in (path, path + ".json"):
         if (CONFIGS / name).is_file():
-            if os.path.exists(name):  # a copy made to edit, named as the installed one: which was meant?
+            if os.path.isfile(name):  # a copy made to edit, named as the installed one: which was meant?
                 raise ValueError(f"config {path!r} names both the installed {CONFIGS / name} and {name} here: give "
                                  f"./{name} for the file here, or the installed path")
             return str(CONFIGS / name)
@@ -341,14 +346,6 @@ def _json_form(value: Any, name: str) -> Any:
         return json.loads(json.dumps(value, default=plain))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must hold only JSON values (numbers, strings, lists, objects): {e}") from None
-
-
-def unknown_keys(unknown: Iterable[str], known: Iterable[str]) -> str:
-    """'batchsize (did you mean batch?); known: ...': each unknown key with its closest known one, then the known."""
-    known = sorted(known)
-    near = {k: difflib.get_close_matches(k, known, n=1, cutoff=0.6) for k in unknown}
-    return (", ".join(k + (f" (did you mean {near[k][0]}?)" if near[k] else "") for k in unknown)
-            + f"; known: {', '.join(known)}")
 
 
 def _from_dict(cls, d: dict, what: str):

@@ -25,6 +25,8 @@ def build_model(spec: dict) -> torch.nn.Module:
         return build(spec["kind"], {k: v for k, v in spec.items() if k != "kind"})
     except TypeError as e:
         raise ValueError(f"bad model arguments for {spec['kind']}: {e}") from None
+    except ValueError as e:  # the config's own words, said of its section
+        raise ValueError(f"model: {e}") from None
 
 
 def make_denoiser(model: torch.nn.Module, lr_img: torch.Tensor, up: torch.Tensor, cfg: LossConfig):

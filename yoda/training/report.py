@@ -7,6 +7,7 @@ import dataclasses
 import numbers
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -100,7 +101,7 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
     lines = [
         f"# Training record: {cfg.name}",
         "",
-        f"- command: `{command or 'yoda train --config ' + config_path + ' --out ' + out}`",
+        f"- command: `{command or shlex.join(['yoda', 'train', '--config', config_path, '--out', out])}`",
         *([f"- earlier sessions: {earlier}"] if earlier else []),
         f"- config: `{config_path}` (copied to config.json; also stored in the weights' metadata)",
         f"- data: {_describe_source(cfg.data.source)} ({len(tr.train_images.names)} images), random "

@@ -523,7 +523,7 @@ class Trainer:
                                              time.perf_counter() - t0 > max_seconds)
                     val_due = self.val_hr is not None and (self.step % cfg.val_every == 0 or last)
                     regular = (cfg.log_every and self.step % cfg.log_every == 0) or last or val_due
-                    val_now = val_due or (self.val_hr is not None and stop is not None)
+                    val_now = val_due or (self.val_hr is not None and stop == "--minutes")  # a signal: save at once
                     if regular or stop is not None:
                         row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
                                "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
