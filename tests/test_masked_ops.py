@@ -75,10 +75,13 @@ def test_fitting_calls_skip_the_fixed_checks(monkeypatch):
     with pytest.raises(ValueError, match="model_out must have the shape of x"):
         m.step(x, preds[0][:, :, :8], 0.5, coefs=k, step=1)
     assert len(checked) == 1  # _check_state refused model_out before the fixed checks
-    # x of c's shape but half precision: the full op's dtype check names c (x and the model output agree)
-    with pytest.raises(TypeError, match="c has dtype torch.float32 but x has torch.float16"):
+    # x of c's shape but half precision: said of x, the caller's (the full op's check blamed the fixed c); so is
+    # an x of another shape
+    with pytest.raises(TypeError, match="x has dtype torch.float16 but this MaskedOps' c has torch.float32"):
         m.step(x.half(), preds[0].half(), 0.5, coefs=k, step=1)
-    assert len(checked) == 2
+    with pytest.raises(ValueError, match=r"x must have the shape of this MaskedOps' c \(1, 3, 16, 20\), got \(1, 3, 16, 8\)"):
+        m.combine(x[..., :8], [p[..., :8] for p in preds[:2]], 0.5, coefs=TC.coefs_for("ode", 2), step=1)
+    assert len(checked) == 1
 
 
 def _split(kw_changes: dict) -> str:

@@ -759,6 +759,32 @@ def test_every_backend_rounds_the_coefficients_to_float32_first():
             yk.masked_step(x, x, x, None, coefs=[1, 0, 0, 0, "a"] + [0.0] * 5, backend=backend)
 
 
+def test_every_backend_compares_A_with_float32_tau():
+    """A subnormal tau: Triton (the interpreter) compared A >= tau in float64 (16 of 64 pixels active where the
+    reference and C++ made 48); tau is rounded to float32 for every backend, as the contract says."""
+    k = yk.step_coefficients(0.3, 0.45)
+    x, o, c = (torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    A = torch.zeros(1, 1, 8, 8)
+    A.view(-1)[:32], A.view(-1)[32:48], A.view(-1)[48:] = 1e-45, 3e-45, -1e-45  # 1, 2, -1 ulps of 2 ** -149
+    plain = yk.masked_step(x, o, c, None, 0.0, coefs=k, tile=8, seed=1, backend="naive")
+    for tau, active in ((2e-45, 48), (-1e-45, 64), (3e-45, 16)):  # float32: 1, -1 and 2 ulps
+        for backend in yk.available_backends("cpu"):
+            out = yk.masked_step(x, o, c, A, tau, coefs=k, tile=8, seed=1, backend=backend)
+            assert int((out == plain).sum()) == active, (tau, backend)
+    # tile_stats and active_tiles refuse what the ops refuse: a gradient the kernel drops, a NaN threshold
+    with pytest.raises(RuntimeError, match="tile_stats is not differentiable on the 'cpp' backend"):
+        yk.tile_stats(A.clone().requires_grad_(True), 8, backend="cpp")
+    tmax, _ = yk.tile_stats(A, 8)
+    with pytest.raises(ValueError, match="tau must be a float, not NaN, got nan"):
+        yk.active_tiles(tmax, float("nan"))
+    with pytest.raises(RuntimeError, match=r"tau is not differentiable \(a threshold\)"):
+        yk.masked_step(x, o, c, A, torch.tensor(0.5, requires_grad=True), coefs=k, backend="cpp")
+    with pytest.raises(TypeError, match=r"ab must be a float or a \(1,\) tensor, got a bool"):
+        yk.masked_q_sample(x, c, o, A, 0.5, True)
+    with pytest.raises(TypeError, match=r"tau must be a float or a \(1,\) tensor, got a bool"):
+        yk.masked_q_sample(x, c, o, A, torch.tensor([True]), 0.5)
+
+
 def test_schedule_arguments_beside_coefs_are_refused():
     """masked_step(coefs=k, prediction="x0") took the eps coefficients of k without a word."""
     x = torch.rand(1, 3, 4, 4)

@@ -112,9 +112,13 @@ def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
         raise TypeError(f"tau must be a float, got {type(tau).__name__}")
     if isinstance(tau, torch.Tensor) and tau.numel() != 1:
         raise ValueError(f"tau must be one number (masked_q_sample takes one per image), got shape {tuple(tau.shape)}")
+    if isinstance(tau, torch.Tensor) and tau.requires_grad and torch.is_grad_enabled():  # as masked_q_sample's
+        raise RuntimeError("tau is not differentiable (a threshold): pass a float, or tau.detach()")
     tau = float(tau)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")
+    if abs(tau) < 3.4e38:  # float32's value: every backend compares A >= float32(tau), as the reference (Triton's
+        tau = struct.unpack("f", struct.pack("f", tau))[0]  # interpreter took float64's subnormal tau as it was)
     given = coefs
     # rounded to float32 here, as the kernels compute: every backend then decides on the same numbers whether a
     # step draws noise (a sigma of 1e-300 drew it in the reference and Triton, not in C++); 1e300 (inf in float32)

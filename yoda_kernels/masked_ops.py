@@ -9,7 +9,7 @@ import torch
 
 from . import philox
 from .contract import MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS
-from .checks import check_call, check_clip, check_history
+from .checks import check_call, check_clip, check_history, check_state
 from .ops import Backend, TileStats, _check_fixed, _check_no_grad, _impl, _made_of, masked_combine, masked_step
 
 
@@ -56,6 +56,7 @@ class MaskedOps:
         """masked_step(x, model_out, c, A, tau, coefs=coefs, clip=clip, seed=, step=step, noise=noise, tile=,
         stats=, backend=) with this object's c, A, seed, tile, stats and backend."""
         if not (self._fits(x, model_out) and self._same_A()):  # (a changed A: refused there, naming it)
+            check_state("x", x, self.c, "this MaskedOps' c")  # x is the caller's: said of x, not of the fixed c
             return masked_step(x, model_out, self.c, self.A, tau, coefs=coefs, clip=clip, seed=self.seed, step=step,
                                noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
         tau, coefs = check_call(x, self.A, tau, coefs, NUM_COEFS, self.seed, step, noise)
@@ -71,6 +72,7 @@ class MaskedOps:
         backend=) with this object's c, A, seed, tile, stats and backend."""
         if not (isinstance(denoised, (list, tuple)) and 1 <= len(denoised) <= MAX_HISTORY
                 and self._fits(x, *denoised) and self._same_A()):
+            check_state("x", x, self.c, "this MaskedOps' c")
             return masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=self.seed, step=step,
                                   noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
         tau, coefs = check_call(x, self.A, tau, coefs, NUM_COMBINE_COEFS, self.seed, step, noise)

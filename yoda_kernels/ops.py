@@ -14,6 +14,8 @@ that runs many ops (the sampler) resolves it once with :func:`bind_backend` and 
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import sys
 import warnings
@@ -329,13 +331,17 @@ def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] 
     NaN (not searched for on the meta device or under torch.compile). Pass the result as ``stats=`` only with
     this A (TileStats)."""
     tile = tile_stats_args(A, tile)
-    tmax, tmin = _impl("tile_stats", _backend_name(backend, A.device), A)(A.contiguous(), tile)
+    name = _backend_name(backend, A.device)
+    _check_no_grad("tile_stats", name, A)  # the C++ kernel's stats wanted a gradient and gave none
+    tmax, tmin = _impl("tile_stats", name, A)(A.contiguous(), tile)
     check_nan("A", tmax, tmin)
     return _made_of(TileStats(tmax, tmin), A, tile)
 
 
 def active_tiles(tile_max: torch.Tensor, tau: float) -> torch.Tensor:
     """(n, 3) int64 [b, tile_y, tile_x] of the tiles with any pixel active at tau (SIGE's reduce_mask)."""
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or math.isnan(tau):  # NaN gave no tile
+        raise ValueError(f"tau must be a float, not NaN, got {tau!r}")
     return torch.nonzero(tile_max >= torch.tensor(tau, dtype=torch.float32))
 
 
@@ -509,6 +515,8 @@ def masked_q_sample(
     B = x0.shape[0]
 
     def per_batch(name, v):
+        if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):  # (True was 1.0)
+            raise TypeError(f"{name} must be a float or a ({B},) tensor, got a bool")
         try:
             v = torch.as_tensor(v, dtype=torch.float64, device=x0.device)
         except (TypeError, ValueError, RuntimeError):  # (it said "new(): invalid data type 'str'")
