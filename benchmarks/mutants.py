@@ -1319,7 +1319,10 @@ MUTANTS = [
            "            check_state(\"x\", x, self.c, \"this MaskedOps' c\")  # x is the caller's: said of x, not of the fixed c",
            "            pass",
            ("tests/test_masked_ops.py", "-k", "fitting_calls"),
-           "MaskedOps.step with a wrong x blames the fixed c"),
+           "MaskedOps.step with a wrong x blames the fixed c"),    Mutant("hf-dino-file-unnamed", "yoda/attention/dino.py",
+           "        except ValueError as e:  # (said without the file)", "        except KeyError as e:  # (said without the file)",
+           ("tests/test_dino.py", "-k", "transformers_layout"),
+           "a broken Hugging Face DINO file is refused without naming it"),
 ]
 
 

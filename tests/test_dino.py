@@ -309,8 +309,9 @@ def test_vit_from_transformers_layout(vit, vit_want, tmp_path):
     torch.testing.assert_close(att.get(f"dino-vits8:{q}", **VIT_KW)(lr), want, rtol=0, atol=0)
     del hf["encoder.layer.3.attention.attention.key.weight"]
     save_file(hf, str(p))
-    with pytest.raises(ValueError, match=r"layer 3's attention has \['query', 'value'\] weights, not query, key"):
-        att.dino_vits8(str(p))
+    with pytest.raises(ValueError, match=r"model\.safetensors' \(Hugging Face's facebook/dino-vits8 layout\): layer 3's "
+                                         r"attention has \['query', 'value'\] weights, not query, key"):  # (the file
+        att.dino_vits8(str(p))  # was not named)
 
 
 def test_prefixes_that_make_one_key_of_two_are_refused(vit, vit_want, tmp_path):

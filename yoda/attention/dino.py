@@ -15,8 +15,10 @@ model exactly (strict loading).
 
 Input pre-processing for both (the LR may be a 16x16 face, i.e. 2x2 ViT patches):
     x = (lr + 1) / 2, resized (bicubic) so that its short side is >= min_size and its long side <=
-    max_size, each side rounded to a multiple of the network stride; then (x - mean) / std with the
-    ImageNet mean/std DINO was trained with.
+    max_size (max_size wins where both cannot hold: an image wider than max_size / min_size keeps a short
+    side below min_size), each side then rounded to the nearest multiple of the network stride (so a side
+    may end up to half a stride past either limit where they are no multiples of it; the defaults, 224 and
+    448, are multiples of both strides); then (x - mean) / std with the ImageNet mean/std DINO was trained with.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Pre-processing
 # --------------------------------------------------------------------------------------------------
 def _target_size(h: int, w: int, min_size: int, max_size: int, multiple: int) -> Tuple[int, int]:
-    """(h, w) scaled by f = max(1, min_size / min(h, w)), then down so the long side <= max_size,
-    each side rounded to a multiple of ``multiple`` (at least one multiple)."""
+    """(h, w) scaled by f = max(1, min_size / min(h, w)), then down so the long side <= max_size (max_size
+    wins), each side rounded to the nearest multiple of ``multiple`` (at least one multiple): the module
+    docstring says what that leaves of the two limits."""
     f = max(1.0, min_size / min(h, w))
     f = min(f, max_size / max(h, w))
     H = max(multiple, int(round(h * f / multiple)) * multiple)
@@ -561,7 +564,11 @@ def dino_vits8(
     ``model.safetensors`` / ``pytorch_model.bin``: from_transformers), loaded strictly."""
     sd = load_state_dict(weights, _VIT_FMT, checkpoint_key)
     if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in sd):
-        sd = from_transformers(sd)
+        try:
+            sd = from_transformers(sd)
+        except ValueError as e:  # (said without the file)
+            raise ValueError(f"weights {os.fspath(weights)!r} (Hugging Face's facebook/dino-vits8 layout): {e}") \
+                from None
     img_size = 224
     pe = sd.get("pos_embed")
     if isinstance(pe, torch.Tensor) and pe.dim() == 3:
