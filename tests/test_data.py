@@ -75,6 +75,30 @@ def test_make_lr_is_antialiased_bicubic_close_to_pillow():
     assert torch.allclose(data.make_lr(flat, 4), torch.full((1, 3, 4, 4), round(1.2 * 127.5) / 127.5 - 1))
     with pytest.raises(ValueError, match="not a multiple of scale 4"):
         data.make_lr(torch.zeros(1, 3, 10, 12), 4)
+    # a uint8 image came back all ones, scale 2.5 made x2 and True x1, all without a word
+    with pytest.raises(TypeError, match=r"hr must be a float tensor in \[-1, 1\], got torch.uint8"):
+        data.make_lr(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), 4)
+    for bad in (2.5, True, "2"):
+        with pytest.raises(TypeError, match=f"scale must be an int, got {bad!r}"):
+            data.make_lr(torch.zeros(1, 3, 8, 8), bad)
+    assert data.make_lr(torch.zeros(1, 3, 8, 8), np.int64(2)).shape == (1, 3, 4, 4)
+
+
+def test_a_folder_lists_in_one_order_whatever_the_unicode_form_of_its_names(tmp_path):
+    """Composed names (Linux) and decomposed ones (a folder copied from macOS) sorted apart: "café" before "caff"
+    in one form, after it in the other (NFC: after), so the same seed drew other crops; the digests' names differed too."""
+    import unicodedata
+
+    orders, digests = [], []
+    for form in ("NFC", "NFD"):
+        d = tmp_path / form
+        d.mkdir()
+        for i, name in enumerate(("café", "caff")):
+            Image.fromarray(np.full((4, 4, 3), 50 * i, np.uint8)).save(d / (unicodedata.normalize(form, name) + ".png"))
+        paths = data.list_folder(str(d))
+        orders.append([unicodedata.normalize("NFC", os.path.basename(p)) for p in paths])
+        digests.append(data.image_digests([(p, data.read_image(p)) for p in paths], str(d)))
+    assert orders[0] == orders[1] == ["caff.png", "café.png"] and digests[0] == digests[1]
 
 
 def test_crop_sampler_reproducible_and_in_range():

@@ -179,6 +179,18 @@ def test_build_checks_out_before_any_work(tmp_path, fake_photos, monkeypatch):
     with pytest.raises(NotADirectoryError, match=r"--out .*f/sub: cannot create the folder, .*f is a file"):
         photos.build(str(tmp_path / "f" / "sub"), photos=fake_photos)
     assert sorted(os.listdir(tmp_path)) == ["f", "h", "m", "src", "t"]
+    # `build b1/train` (a slip for `build b1`) nested a build in the build's train folder; a read-only train/ of
+    # an earlier build was found after all the work (a build moves it aside): checked first
+    b1 = tmp_path / "b1"
+    (b1 / "train").mkdir(parents=True)
+    (b1 / "manifest.json").write_text("{}")
+    with pytest.raises(DataError, match=f"--out {b1 / 'train'} is a split of the build in {b1}: give {b1} to build"):
+        photos.build(str(b1 / "train"), photos=fake_photos)
+    checked = []
+    monkeypatch.setattr(photos, "check_folder_writable", lambda f, what: checked.append(os.path.basename(f)))
+    with pytest.raises(pytest.fail.Exception, match="work started"):
+        photos.build(str(b1), photos=fake_photos)
+    assert checked == ["train", "b1"]
 
 
 def test_build_errors(tmp_path):

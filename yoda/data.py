@@ -19,7 +19,9 @@ in training what a saved-and-reloaded LR PNG gives it at inference.
 
 from __future__ import annotations
 
+import numbers
 import os
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -78,6 +80,10 @@ def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
     hr: (B, C, H, W) in [-1, 1], H and W multiples of ``scale``. Returns (B, C, H/scale, W/scale)."""
     if not isinstance(hr, torch.Tensor) or hr.dim() != 4:
         raise ValueError(f"hr must be a (B, C, H, W) tensor, got {getattr(hr, 'shape', type(hr))}")
+    if not hr.is_floating_point():  # a uint8 image came back all ones
+        raise TypeError(f"hr must be a float tensor in [-1, 1], got {hr.dtype} (yoda.from_uint8 converts 8-bit images)")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral):  # 2.5 made x2, True x1
+        raise TypeError(f"scale must be an int, got {scale!r}")
     scale = int(scale)
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
@@ -245,7 +251,8 @@ def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
         what = "is a file, not a folder" if os.path.exists(folder) else "not found"
         raise DataError(f"image folder {folder} {what}")
     paths, others = [], []
-    for f in sorted(os.listdir(folder)):
+    for f in sorted(os.listdir(folder), key=lambda n: (unicodedata.normalize("NFC", n), n)):  # one order for a
+        # name stored composed (Linux) or decomposed (a folder copied from macOS): the crops follow it
         full = os.path.join(folder, f)
         # a hidden file (.name; macOS's AppleDouble ._name beside every file of a copied folder) is no input
         ok = f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(full) and not f.startswith(".")
@@ -332,10 +339,11 @@ def load_source(source: str, min_size: int = 0, what: str = "the crop size",
 
 def image_digests(items: Sequence[tuple[str, np.ndarray]], source: str) -> dict[str, str]:
     """{name: sha256 of the decoded pixels and their shape} of load_source's images (a folder's by their path in
-    ``source``): what a resumed training run compares with the images its checkpoint was trained on."""
+    ``source``; NFC, as list_folder orders them): what a resumed training run compares with the images its
+    checkpoint was trained on."""
     import hashlib
 
-    return {(os.path.relpath(n, source) if os.path.isabs(n) else n):
+    return {unicodedata.normalize("NFC", os.path.relpath(n, source) if os.path.isabs(n) else n):
             hashlib.sha256(repr(a.shape).encode() + np.ascontiguousarray(a).tobytes()).hexdigest() for n, a in items}
 
 

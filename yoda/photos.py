@@ -123,6 +123,10 @@ def _check_out(out: str) -> None:
         raise DataError("--out must name a folder, got an empty string")
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"--out {out} is a file, not a folder")
+    parent = os.path.dirname(os.path.abspath(out))
+    if os.path.basename(os.path.normpath(out)) in ("train", "heldout") and os.path.isfile(
+            os.path.join(parent, "manifest.json")):  # (`build b1/train` for `build b1`: a build inside a build)
+        raise DataError(f"--out {out} is a split of the build in {parent}: give {parent} to build it again")
     manifest = os.path.join(out, "manifest.json")
     if os.path.exists(manifest) and not os.path.isfile(manifest):
         raise DataError(f"--out {out}: {manifest} is not a file")
@@ -135,6 +139,8 @@ def _check_out(out: str) -> None:
             raise DataError(f"--out {out}: {d} holds files that `yoda data build` does not write ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}), and a build replaces the whole folder: choose "
                             f"another --out or move them")
+        if os.path.isdir(d):  # a build moves it aside: a read-only one was found after all the work
+            check_folder_writable(d, "--out")
     check_folder_writable(out, "--out")
 
 
