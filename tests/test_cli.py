@@ -1,5 +1,6 @@
 """The `yoda` CLI through yoda.cli.main([...]) on tiny images with a tiny random model in the "yoda" format."""
 
+import argparse
 import csv
 import json
 import math
@@ -1009,7 +1010,9 @@ def test_upscale_window_options_are_checked(tmp_path, tiny_model, images, capsys
     from yoda.cli_parser import _bytes_arg
 
     assert _bytes_arg("1e9") == _bytes_arg("1000000000") == 10**9 and _bytes_arg("1.5E3K") == 1500 * 1024  # was
-    # "not a size", where 1000000000 was taken
+    # "not a size", where 1000000000 was taken; 1e400 is not a size either (it ended in OverflowError's traceback)
+    with pytest.raises(argparse.ArgumentTypeError, match="'1e400' is not a size"):
+        _bytes_arg("1e400")
 
 
 def _torchrun(args, tmp_path, nproc=2):
@@ -1720,8 +1723,8 @@ def test_train_aborted_by_a_second_ctrl_c_says_what_stays(tmp_path, monkeypatch,
         raise KeyboardInterrupt
 
     monkeypatch.setitem(yoda.cli.COMMANDS, "train", ctrl_c)
-    assert yoda.cli.main(["train", "--config", "c.json"]) == 130
-    assert capsys.readouterr().err == ("yoda: interrupted; the last checkpoint written stays, and the same command "
+    assert yoda.cli.main(["train", "--config", "c.json"]) == 130  # (runs/<name>, the config's: not known here)
+    assert capsys.readouterr().err == ("yoda: interrupted; any checkpoint written stays, and the same command "
                                        "resumes from it\n")
     out = tmp_path / "run"
     assert yoda.cli.main(["train", "--config", "c.json", "--out", str(out)]) == 130

@@ -99,6 +99,10 @@ def test_a_folder_lists_in_one_order_whatever_the_unicode_form_of_its_names(tmp_
         orders.append([unicodedata.normalize("NFC", os.path.basename(p)) for p in paths])
         digests.append(data.image_digests([(p, data.read_image(p)) for p in paths], str(d)))
     assert orders[0] == orders[1] == ["caff.png", "café.png"] and digests[0] == digests[1]
+    both = tmp_path / "NFD" / (unicodedata.normalize("NFC", "café") + ".png")  # one name written both ways (Linux
+    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(both)  # keeps them apart): two images, two digests
+    paths = data.list_folder(str(tmp_path / "NFD"))
+    assert len(paths) == 3 and len(data.image_digests([(p, data.read_image(p)) for p in paths], str(tmp_path))) == 3
 
 
 def test_crop_sampler_reproducible_and_in_range():

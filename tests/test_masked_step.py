@@ -771,6 +771,10 @@ def test_every_backend_compares_A_with_float32_tau():
         for backend in yk.available_backends("cpu"):
             out = yk.masked_step(x, o, c, A, tau, coefs=k, tile=8, seed=1, backend=backend)
             assert int((out == plain).sum()) == active, (tau, backend)
+    from yoda_kernels.checks import check_call
+
+    for tau, f32 in ((3.4e38, 3.3999999521443642e38), (1e39, math.inf), (-1e39, -math.inf), (0.1, 0.10000000149011612)):
+        assert check_call(x, A, tau, list(k), 10, 0, 0, None)[0] == f32  # (3.4e38 was left unrounded)
     # tile_stats and active_tiles refuse what the ops refuse: a gradient the kernel drops, a NaN threshold
     with pytest.raises(RuntimeError, match="tile_stats is not differentiable on the 'cpp' backend"):
         yk.tile_stats(A.clone().requires_grad_(True), 8, backend="cpp")

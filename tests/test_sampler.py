@@ -309,8 +309,8 @@ def test_never_refined_pixels_end_at_the_lr_image(spacing):
     """A spacing whose last step ends at ab[0] (not 1) took the held pixels to sqrt(ab[0]) c + sqrt(1 - ab[0]) z
     with a fresh draw z at the last step (0.07 off c on the embedded schedule of this test, the noise entry's
     pattern); DESIGN §4 says they end at the LR image, as they do under "trailing". The refined pixels are not
-    touched. Also: a caller's step count that leaves pixels at the LR image is warned of, once, with no count
-    that would refine them (l = 0.05: the last threshold stays above 0)."""
+    touched. Also: a caller's step count that leaves pixels at the LR image is warned of (with no count to try:
+    explicit noise fixes it)."""
     model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
     lr = lr_image()
     c = upsample(lr, SCALE)
@@ -318,7 +318,7 @@ def test_never_refined_pixels_end_at_the_lr_image(spacing):
     A[..., lr.shape[-1] // 2:] = 1.0
     noise = torch.randn(STEPS + 1, *c.shape, generator=torch.Generator().manual_seed(5))
     with pytest.warns(UserWarning, match=r"at steps=5 with lower_bound 0.05, pixels whose attention is below 0\.\d+ keep "
-                      r"the LR image \(the last step's threshold\); a larger lower_bound refines every pixel"):
+                      r"the LR image \(the last step's threshold\); more steps or a larger lower_bound refine"):
         out = run(model, lr, attention=A, lower_bound=0.05, noise=noise, sampler="ddim", spacing=spacing)
     held = (torch.nn.functional.interpolate(A, scale_factor=SCALE, mode="bilinear") == 0).expand_as(c)
     assert held.float().mean() > 0.3 and torch.equal(out[held], c[held])
@@ -327,6 +327,26 @@ def test_never_refined_pixels_end_at_the_lr_image(spacing):
     with warnings.catch_warnings():  # every pixel refined by the last step: nothing to say
         warnings.simplefilter("error")
         run(model, lr, attention=A, lower_bound=0.6, noise=noise, sampler="ddim", spacing=spacing)
+
+
+def test_the_unrefined_warning_quotes_the_callers_count_and_never_fails_the_call():
+    """The count the warning suggests was searched by making a spec of every count up to 50, and "ldm_uniform"
+    refuses some (past T): yoda.sample(steps=2, spacing="ldm_uniform", lower_bound=0) raised, where it sampled
+    before the warning. It quoted the steps visited (ldm_uniform visits more), and said nothing for explicit
+    noise alone where the same call with steps= warned."""
+    model = PixelAdapter(SR3Net().eval(), Schedule.linear(100, 1e-4, 2e-2), scale=SCALE)
+    lr, A = lr_image(), attention_map().clone()
+    A[..., : A.shape[-1] // 2] = 0.0
+    for steps, lb in ((2, 0.0), (40, 0.001)):
+        with pytest.warns(UserWarning, match=rf"at steps={steps} with lower_bound {lb:g}, pixels whose attention is "
+                                             r"below 0\.0\d+ keep the LR image .*; a larger lower_bound refines"):
+            run(model, lr, attention=A, lower_bound=lb, sampler="ddim", steps=steps, spacing="ldm_uniform")
+    noise = list(torch.randn(6, 1, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    for kw in (dict(), dict(steps=5)):
+        with pytest.warns(UserWarning, match=r"at steps=5 with lower_bound 0.1, .*; more steps or a larger lower_b"):
+            yoda.sample(model, lr, attention=A, lower_bound=0.1, sampler="ddim", noise=noise, progress=False, **kw)
+    with pytest.warns(UserWarning, match=r"at steps=3 with lower_bound 0.1, .*; steps=10 refines every pixel"):
+        run(model, lr, attention=A, lower_bound=0.1, sampler="ddim", steps=3)
 
 
 def test_seed_none_draws_only_for_a_call_that_samples_with_it():

@@ -996,14 +996,15 @@ def test_a_signal_saves_without_validating_and_a_time_budget_validates(tmp_path,
     import signal
 
     cfg = tiny_config(img_folder, steps=6, ckpt_every=0, val_every=4)
-    for name, stop in (("signal", lambda: os.kill(os.getpid(), signal.SIGTERM)), ("budget", None)):
+    sigterm = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+    for name, stop, at in (("signal", sigterm, 2), ("signal_at_val_step", sigterm, 4), ("budget", None, 2)):
         tr = Trainer(cfg, str(tmp_path / name), device="cpu", progress=False)
         real_step, validated = tr.train_step, []
         monkeypatch.setattr(tr, "validate", lambda: validated.append(tr.step) or {"val_psnr_plain": 20.0})
 
-        def step_then_stop(stop=stop, tr=tr, real_step=real_step):
+        def step_then_stop(stop=stop, tr=tr, real_step=real_step, at=at):
             loss = real_step()
-            if tr.step == 2 and stop is not None:
+            if tr.step == at and stop is not None:
                 stop()
             return loss
 
@@ -1014,7 +1015,7 @@ def test_a_signal_saves_without_validating_and_a_time_budget_validates(tmp_path,
 
                 m.setattr(trainer_module.time, "perf_counter", lambda tr=tr: 10.0 * tr.step)
             summary = tr.run(max_seconds=None if stop else 15.0)
-        assert summary["steps"] == 2 and (tmp_path / name / "checkpoint.pt").is_file()
+        assert summary["steps"] == at and (tmp_path / name / "checkpoint.pt").is_file()
         assert validated == ([] if stop else [2]), (name, validated)
 
 

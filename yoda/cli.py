@@ -535,7 +535,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.cmd == "train":  # (a Ctrl-C while it starts up has written none: the run's --out, where it is given)
             none = a.out and not os.path.isfile(os.path.join(a.out, "checkpoint.pt"))
             kept = ("; no checkpoint was written" if none else
-                    "; the last checkpoint written stays, and the same command resumes from it")
+                    f"; {'the last' if a.out else 'any'} checkpoint written stays, and the same command resumes "
+                    f"from it")
         error_line(f"yoda: {rank_prefix()}interrupted{kept}")
         return 130
     except Terminated:

@@ -4,6 +4,7 @@ form of an error that names them."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from typing import Optional
@@ -158,6 +159,8 @@ def _bytes_arg(v: str) -> int:
     """'2G', '512M', '1.5GB', '100KiB', '1000000', '1e9' -> bytes (binary units)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:E\+?\d+)?)\s*([KMGT]?)(?:I?B)?\s*", v.upper())
     if m is None:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a size (e.g. 2G, 512M, 0)")
+    if not math.isfinite(float(m.group(1)) * _UNITS[m.group(2)]):  # 1e400: an OverflowError's traceback
         raise argparse.ArgumentTypeError(f"{v!r} is not a size (e.g. 2G, 512M, 0)")
     n = int(float(m.group(1)) * _UNITS[m.group(2)])
     if float(m.group(1)) and n < 1024:  # 0.5 (meant as GB?) was 0: no limit

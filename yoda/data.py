@@ -339,12 +339,15 @@ def load_source(source: str, min_size: int = 0, what: str = "the crop size",
 
 def image_digests(items: Sequence[tuple[str, np.ndarray]], source: str) -> dict[str, str]:
     """{name: sha256 of the decoded pixels and their shape} of load_source's images (a folder's by their path in
-    ``source``; NFC, as list_folder orders them): what a resumed training run compares with the images its
-    checkpoint was trained on."""
+    ``source``; NFC, as list_folder orders them, unless two names are one in NFC): what a resumed training run
+    compares with the images its checkpoint was trained on."""
     import hashlib
 
-    return {unicodedata.normalize("NFC", os.path.relpath(n, source) if os.path.isabs(n) else n):
-            hashlib.sha256(repr(a.shape).encode() + np.ascontiguousarray(a).tobytes()).hexdigest() for n, a in items}
+    names = [os.path.relpath(n, source) if os.path.isabs(n) else n for n, _ in items]
+    nfc = [unicodedata.normalize("NFC", n) for n in names]
+    keys = nfc if len(set(nfc)) == len(nfc) else names  # (café.png written both ways: two images, two keys)
+    return {k: hashlib.sha256(repr(a.shape).encode() + np.ascontiguousarray(a).tobytes()).hexdigest()
+            for k, (_, a) in zip(keys, items)}
 
 
 def digest_change(then: dict, now: dict) -> Optional[str]:

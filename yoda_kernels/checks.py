@@ -117,8 +117,10 @@ def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
     tau = float(tau)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")
-    if abs(tau) < 3.4e38:  # float32's value: every backend compares A >= float32(tau), as the reference (Triton's
-        tau = struct.unpack("f", struct.pack("f", tau))[0]  # interpreter took float64's subnormal tau as it was)
+    try:  # float32's value: every backend compares A >= float32(tau), as the reference (Triton's interpreter took
+        tau = struct.unpack("f", struct.pack("f", tau))[0]  # a subnormal tau in float64)
+    except OverflowError:  # past float32's largest: its infinity
+        tau = math.copysign(math.inf, tau)
     given = coefs
     # rounded to float32 here, as the kernels compute: every backend then decides on the same numbers whether a
     # step draws noise (a sigma of 1e-300 drew it in the reference and Triton, not in C++); 1e300 (inf in float32)

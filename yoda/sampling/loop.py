@@ -210,7 +210,7 @@ def sample(
                           f"{min(MOST_YODA_STEPS, spec.T)} refines every pixel: give steps= or a larger lower_bound",
                           UserWarning, stacklevel=2)
         spec = spec if enough in (None, steps) else spec_of(enough)
-    said = own_steps  # the model's steps: raised to cover every pixel above, or said there
+    said = own_steps and steps is not None and noise is None  # the model's steps: covered above, or said there
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)
     if draw:  # from torch's generator, so that torch.manual_seed(...) reproduces the image; one draw a call
@@ -221,7 +221,7 @@ def sample(
         if not said and run.A is not None and spec.taus[-1] > 0:
             count = (lambda n: spec_of(n).taus[-1]) if noise is None and (sigmas is None or isinstance(sigmas, str)) \
                 else None
-            warn_unrefined(spec, float(run.A.min()), count)
+            warn_unrefined(spec, spec.steps if steps is None else steps, float(run.A.min()), count)
         x = run.start()
         last_ok = -1  # the last step after which the state was checked finite
         hist: tuple = ()  # a solver's earlier denoised estimates, newest first
@@ -284,16 +284,17 @@ def _check_finite(x: torch.Tensor, what: str, i: int, last_ok: int, pairs: Seque
                          f"{model} returned non-finite values (check its weights, dtype and inputs)")
 
 
-def warn_unrefined(spec: Any, floor: float, last_tau: Optional[Callable[[int], float]]) -> None:
-    """The caller's step count leaves pixels at the LR image (their attention, down to ``floor``, stays below the
-    last step's threshold): said once, with the count that refines them all (last_tau(n): the last tau at n steps;
-    None where the call fixes the count: explicit noise or sigmas). The words do not depend on the image, so that
-    Python's default filter says it once for a folder sampled at one count; the CLI notes it itself."""
+def warn_unrefined(spec: Any, steps: int, floor: float, last_tau: Optional[Callable[[int], float]]) -> None:
+    """The caller's step count ``steps`` leaves pixels at the LR image (their attention, down to ``floor``, stays
+    below the last step's threshold): said once, with the count that refines them all (last_tau(n): the last tau at
+    n steps; None where the call fixes the count: explicit noise or sigmas). The words do not depend on the image,
+    so that Python's default filter says it once for a folder sampled at one count; the CLI notes it itself."""
     if refines_all(spec.taus[-1], floor):
         return  # the last step reaches the least attended pixel
-    enough = None if last_tau is None else covering_steps(last_tau, spec.steps + 1, spec.T)
-    fix = f"steps={enough} refines every pixel" if enough else "a larger lower_bound refines every pixel"
-    warnings.warn(f"yoda.sample: at steps={spec.steps} with lower_bound {spec.lower_bound:g}, pixels whose attention "
+    enough = None if last_tau is None else covering_steps(last_tau, steps + 1, spec.T)
+    fix = (f"steps={enough} refines every pixel" if enough else "a larger lower_bound refines every pixel"
+           if last_tau is not None else "more steps or a larger lower_bound refine every pixel")
+    warnings.warn(f"yoda.sample: at steps={steps} with lower_bound {spec.lower_bound:g}, pixels whose attention "
                   f"is below {spec.taus[-1]:.3g} keep the LR image (the last step's threshold); {fix}",
                   UserWarning, stacklevel=3)
 

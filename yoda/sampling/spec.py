@@ -70,7 +70,14 @@ def covering_steps(last_tau: Callable[[int], float], steps: int, T: int, floor: 
     least attention of the image (of the batch), ``floor`` (0 for yoda's min-max normalised maps, DESIGN.md §4;
     both compared in float32, as the masks compare them); with few steps the last step comes before that, and the
     pixels it leaves keep the LR image next to refined ones: the edge between them shows. last_tau(n): the last step's tau at n steps."""
-    return next((n for n in range(steps, min(MOST_YODA_STEPS, T) + 1) if refines_all(last_tau(n), floor)), None)
+    for n in range(steps, min(MOST_YODA_STEPS, T) + 1):
+        try:
+            tau = last_tau(n)
+        except ValueError:  # a count the spacing cannot take ("ldm_uniform" past T): the next one may
+            continue
+        if refines_all(tau, floor):
+            return n
+    return None
 
 
 def refines_all(tau: float, floor: float) -> bool:

@@ -504,8 +504,7 @@ class Trainer:
         post: dict = {}  # the bar's loss, and with max_seconds the time left (its ETA counts to total, not that)
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
-        interrupted, old_handlers = _stop_on_interrupt()
-        stop = None
+        (interrupted, old_handlers), stop = _stop_on_interrupt(), None
         try:
             with self.rng.use():  # dropout draws from the trainer's generators, not the caller's
                 while self.step < total:
@@ -523,7 +522,9 @@ class Trainer:
                                              time.perf_counter() - t0 > max_seconds)
                     val_due = self.val_hr is not None and (self.step % cfg.val_every == 0 or last)
                     regular = (cfg.log_every and self.step % cfg.log_every == 0) or last or val_due
-                    val_now = val_due or (self.val_hr is not None and stop == "--minutes")  # a signal: save at once
+                    # a signal's stop saves at once, unvalidated (a job's grace period); --minutes validates its end
+                    timed_out = stop == "--minutes"
+                    val_now = val_due and (last or stop is None or timed_out) or timed_out and self.val_hr is not None
                     if regular or stop is not None:
                         row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
                                "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
@@ -580,9 +581,8 @@ class Trainer:
         save_model(module, path, extra={"train_config": self.cfg.to_dict(), "steps": self.step})
 
     def write_log(self) -> None:
-        """log.csv: written whole (atomically) the first time and after a resume, then only the new rows appended
-        (and fsynced): rewriting every row at every log step cost time growing with the run (0.4 s a write at
-        50,000 rows)."""
+        """log.csv: written whole (atomically) the first time and after a resume, then only the new rows appended (and
+        fsynced): rewriting every row at every log step cost time growing with the run (0.4 s a write, 50,000 rows)."""
         if not self.ranks.main:
             return
         path = os.path.join(self.out, "log.csv")
