@@ -70,10 +70,9 @@ def sample(
     model: an Adapter, an object with ``yoda_adapter()``, or a callable wrapped by yoda.adapters.as_adapter.
     lr: (B, 3, h, w) or (B, 1, h, w) in [-1, 1].
     attention: None (plain sampler), a tensor (B, 1, h', w') / (B, h', w') in [0, 1] at any resolution (resized
-        bilinearly to HR, then to the state grid by the adapter; batch 1 is one map for every image), a name for yoda.attention.get (a "dino-...:PATH"
-        name reads its weights at every call, and warns the second time: pass yoda.attention.get(name), made
-        once, to sample many), or
-        f(lr) -> A.
+        bilinearly to HR, then to the state grid by the adapter; batch 1 is one map for every image), a name for
+        yoda.attention.get (a "dino-...:PATH" name reads its weights at every call, and warns the second time: pass
+        yoda.attention.get(name), made once, to sample many), or f(lr) -> A.
     steps: sampling steps (default: explicit noise='s entries - 1, except with spacing="ldm_uniform"; else the
         model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T; with attention the model's steps
         are raised to the fewest whose last step refines every pixel, down to the map's least attention (the
