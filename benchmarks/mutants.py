@@ -1374,6 +1374,10 @@ MUTANTS = [
            "    keys = nfc if len(set(nfc)) == len(nfc) else names", "    keys = nfc",
            ("tests/test_data.py", "-k", "unicode"),
            "two files named alike but for their Unicode form share one digest"),
+    Mutant("eval-trained-photos-silent", "yoda/cli_models.py",
+           "    seen = sorted(Path(p).name for p in paths if Path(p).stem in trained)", "    seen = []",
+           ("tests/test_cli.py", "-k", "training_photographs"),
+           "eval --images of the embedded model's training photographs prints held-out-looking scores silently"),
 ]
 
 

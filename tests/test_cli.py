@@ -2028,6 +2028,25 @@ def test_figures_say_where_yoda_leaves_pixels_unrefined_and_bad_names_are_said_f
     assert code == 2 and err.startswith("yoda: error: --images: image folder "), err
 
 
+def test_eval_notes_images_named_as_the_embedded_models_training_photographs(tmp_path, tiny_model, capsys):
+    """`yoda eval --images` on photographs the embedded model was trained on printed a table like any other;
+    training refuses the held-out ones, the reverse was silent. Said by name, for the embedded model only."""
+    from yoda.photos import HELD_OUT_PHOTOS, PHOTOS
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    trained = sorted(set(PHOTOS) - set(HELD_OUT_PHOTOS))[0]
+    for name in (trained, HELD_OUT_PHOTOS[0], "mine"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            folder / f"{name}.png")
+    args = ["eval", "--images", str(folder), "--steps", "1", "-q", "--attention", "edge", "--lower-bounds", "0.2"]
+    code, _, err = run(args, capsys)
+    assert code == 0 and err.startswith(f"yoda: note: 1 of the images are named as photographs the embedded model "
+                                        f"(default_x4.safetensors) was trained on ({trained}.png): their scores"), err
+    code, _, err = run(args + ["--model", tiny_model], capsys)
+    assert code == 0 and "trained on" not in err, err
+
+
 def test_eval_and_figures_take_max_pixels(tmp_path, tiny_model, capsys):
     """The pixel-limit error told eval / figures users to pass --max-pixels, which they did not have."""
     folder = tmp_path / "imgs"

@@ -341,7 +341,7 @@ def cmd_eval(a) -> int:
     _check_eval_options(a, [a.output] if a.output else [])
     skipped = _Skipped()
     with _user_input():
-        images = eval_images(a.images, a.max_pixels)
+        images = eval_images(a.images, a.max_pixels, a.model)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
     given = default_steps(a, model)
@@ -385,7 +385,7 @@ def cmd_figures(a) -> int:
                                   seed=a.seed, max_size=a.max_size or None, bins=a.bins, degree=a.degree,
                                   crops=a.crops, progress=bars(a), lpips=tuple(a.lpips) if a.lpips else None)
         skipped = _Skipped()
-        images = eval_images(a.images, a.max_pixels)
+        images = eval_images(a.images, a.max_pixels, a.model)
     check_attentions(a.attention)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)

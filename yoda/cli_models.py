@@ -190,9 +190,10 @@ def note(text: str) -> None:
         print(f"yoda: note: {text}", file=sys.stderr)
 
 
-def eval_images(folder: Optional[str], max_pixels: Optional[int]):
+def eval_images(folder: Optional[str], max_pixels: Optional[int], model: Optional[str] = None):
     """--images FOLDER (always a folder, whatever its name; its images are read one at a time as the work reaches
-    them, and evaluate / compute skip an unreadable one through their on_error), else the held-out set."""
+    them, and evaluate / compute skip an unreadable one through their on_error), else the held-out set. model:
+    --model; where it is the embedded model, images named as its training photographs are noted."""
     from .data import ImageStream, load_source
 
     if not folder:
@@ -205,7 +206,25 @@ def eval_images(folder: Optional[str], max_pixels: Optional[int]):
     paths = once_each(found, {}, twice)  # a link's image counted twice in every mean
     if twice:
         note(f"scored once, under the name met first: {printable(', '.join(twice))}")
+    if model is not None:
+        trained_on_note(model, paths)
     return ImageStream(paths, max_pixels)
+
+
+def trained_on_note(model: str, paths) -> None:
+    """A note on the images of ``paths`` named as a training photograph of the embedded model (`yoda data build`'s
+    train/ names them so): their scores are not held-out scores. By name only (a renamed copy is not seen)."""
+    from .models.loading import DEFAULT_WEIGHTS, is_default_weights
+    from .photos import HELD_OUT_PHOTOS, PHOTOS
+
+    if model != "default" and not is_default_weights(model):
+        return
+    trained = set(PHOTOS) - set(HELD_OUT_PHOTOS)
+    seen = sorted(Path(p).name for p in paths if Path(p).stem in trained)
+    if seen:
+        note(f"{len(seen)} of the images are named as photographs the embedded model ({DEFAULT_WEIGHTS.name}) was "
+             f"trained on ({printable(', '.join(seen[:3]))}{', ...' if len(seen) > 3 else ''}): their scores are "
+             f"not held-out scores (`yoda data build` puts the held-out photographs in heldout/)")
 
 
 def eval_results(a, rows: list, partial: str = "") -> None:
