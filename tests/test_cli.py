@@ -2041,7 +2041,7 @@ def test_eval_notes_images_named_as_the_embedded_models_training_photographs(tmp
             folder / f"{name}.png")
     args = ["eval", "--images", str(folder), "--steps", "1", "-q", "--attention", "edge", "--lower-bounds", "0.2"]
     code, _, err = run(args, capsys)
-    assert code == 0 and err.startswith(f"yoda: note: 1 of the images are named as photographs the embedded model "
+    assert code == 0 and err.startswith(f"yoda: note: 1 of the images is named as photographs the embedded model "
                                         f"(default_x4.safetensors) was trained on ({trained}.png): their scores"), err
     code, _, err = run(args + ["--model", tiny_model], capsys)
     assert code == 0 and "trained on" not in err, err

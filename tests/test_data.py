@@ -103,6 +103,8 @@ def test_a_folder_lists_in_one_order_whatever_the_unicode_form_of_its_names(tmp_
     Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(both)  # keeps them apart): two images, two digests
     paths = data.list_folder(str(tmp_path / "NFD"))
     assert len(paths) == 3 and len(data.image_digests([(p, data.read_image(p)) for p in paths], str(tmp_path))) == 3
+    # a checkpoint's NFD names (before names were NFC) are the same names: not "added 'café.png'; removed 'café.png'"
+    assert data.digest_change({unicodedata.normalize("NFD", k): v for k, v in digests[0].items()}, digests[0]) is None
 
 
 def test_crop_sampler_reproducible_and_in_range():

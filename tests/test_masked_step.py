@@ -779,8 +779,16 @@ def test_every_backend_compares_A_with_float32_tau():
     with pytest.raises(RuntimeError, match="tile_stats is not differentiable on the 'cpp' backend"):
         yk.tile_stats(A.clone().requires_grad_(True), 8, backend="cpp")
     tmax, _ = yk.tile_stats(A, 8)
-    with pytest.raises(ValueError, match="tau must be a float, not NaN, got nan"):
+    with pytest.raises(ValueError, match="tau must not be NaN"):
         yk.active_tiles(tmax, float("nan"))
+    assert torch.equal(yk.active_tiles(tmax, torch.tensor(0.5)), yk.active_tiles(tmax, 0.5))  # as the ops take it
+    with pytest.raises(TypeError, match="tau must be a float, got True"):
+        yk.active_tiles(tmax, True)
+    with pytest.raises(RuntimeError, match=r"tau is not differentiable \(a threshold\)"):
+        yk.masked_q_sample(x, c, o, A, torch.tensor([0.5], requires_grad=True), 0.5, backend="naive")
+    # an A that wants a gradient is refused by the op the caller called, not by tile_stats within it
+    with pytest.raises(RuntimeError, match="masked_step is not differentiable on the 'cpp' backend"):
+        yk.masked_step(x, o, c, A.clone().requires_grad_(True), 0.5, coefs=k, backend="cpp")
     with pytest.raises(RuntimeError, match=r"tau is not differentiable \(a threshold\)"):
         yk.masked_step(x, o, c, A, torch.tensor(0.5, requires_grad=True), coefs=k, backend="cpp")
     with pytest.raises(TypeError, match=r"ab must be a float or a \(1,\) tensor, got a bool"):

@@ -351,9 +351,12 @@ def image_digests(items: Sequence[tuple[str, np.ndarray]], source: str) -> dict[
 
 
 def digest_change(then: dict, now: dict) -> Optional[str]:
-    """How the images of image_digests ``now`` differ from ``then`` (the names added, removed and changed), or None."""
+    """How the images of image_digests ``now`` differ from ``then`` (the names added, removed and changed), or None.
+    A checkpoint's names stored in another Unicode form (NFD, before names were NFC) are the same names."""
     from .checkpoint import fmt_keys
 
+    nfc = {unicodedata.normalize("NFC", k): v for k, v in then.items()}
+    then = nfc if len(nfc) == len(then) else then
     changes = (("added", now.keys() - then.keys()), ("removed", then.keys() - now.keys()),
                ("changed", [k for k in now.keys() & then.keys() if now[k] != then[k]]))
     parts = [f"{what} {fmt_keys(sorted(names))}" for what, names in changes if names]

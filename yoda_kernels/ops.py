@@ -340,8 +340,11 @@ def tile_stats(A: torch.Tensor, tile: int = 16, *, backend: Union[str, Backend] 
 
 def active_tiles(tile_max: torch.Tensor, tau: float) -> torch.Tensor:
     """(n, 3) int64 [b, tile_y, tile_x] of the tiles with any pixel active at tau (SIGE's reduce_mask)."""
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or math.isnan(tau):  # NaN gave no tile
-        raise ValueError(f"tau must be a float, not NaN, got {tau!r}")
+    if isinstance(tau, bool) or not isinstance(tau, (numbers.Real, torch.Tensor)) or (
+            isinstance(tau, torch.Tensor) and tau.numel() != 1):
+        raise TypeError(f"tau must be a float, got {tau!r}")
+    if math.isnan(float(tau)):  # no tile was active
+        raise ValueError("tau must not be NaN")
     return torch.nonzero(tile_max >= torch.tensor(tau, dtype=torch.float32))
 
 
@@ -464,7 +467,7 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
     if A is not None:
         given = stats is not None
         if not given:
-            stats = tile_stats(A, tile, backend=Backend(backend, x.device.type))
+            stats = tile_stats(A.detach(), tile, backend=Backend(backend, x.device.type))  # (the op names a grad)
         expect = (x.shape[0], -(-x.shape[2] // tile), -(-x.shape[3] // tile))
         try:
             tmax, tmin = stats
@@ -517,6 +520,8 @@ def masked_q_sample(
     def per_batch(name, v):
         if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):  # (True was 1.0)
             raise TypeError(f"{name} must be a float or a ({B},) tensor, got a bool")
+        if name == "tau" and isinstance(v, torch.Tensor) and v.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("tau is not differentiable (a threshold): pass a float, or tau.detach()")  # (as step's)
         try:
             v = torch.as_tensor(v, dtype=torch.float64, device=x0.device)
         except (TypeError, ValueError, RuntimeError):  # (it said "new(): invalid data type 'str'")

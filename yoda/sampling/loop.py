@@ -291,8 +291,12 @@ def warn_unrefined(spec: Any, steps: int, floor: float, last_tau: Optional[Calla
     if refines_all(spec.taus[-1], floor):
         return  # the last step reaches the least attended pixel
     enough = None if last_tau is None else covering_steps(last_tau, steps + 1, spec.T)
-    fix = (f"steps={enough} refines every pixel" if enough else "a larger lower_bound refines every pixel"
-           if last_tau is not None else "more steps or a larger lower_bound refine every pixel")
+    if enough:
+        fix = f"steps={enough} refines every pixel"
+    elif last_tau is not None:
+        fix = "a larger lower_bound refines every pixel"
+    else:  # the call fixes the count
+        fix = "more steps or a larger lower_bound refine every pixel"
     warnings.warn(f"yoda.sample: at steps={steps} with lower_bound {spec.lower_bound:g}, pixels whose attention "
                   f"is below {spec.taus[-1]:.3g} keep the LR image (the last step's threshold); {fix}",
                   UserWarning, stacklevel=3)

@@ -524,7 +524,7 @@ class Trainer:
                     regular = (cfg.log_every and self.step % cfg.log_every == 0) or last or val_due
                     # a signal's stop saves at once, unvalidated (a job's grace period); --minutes validates its end
                     timed_out = stop == "--minutes"
-                    val_now = val_due and (last or stop is None or timed_out) or timed_out and self.val_hr is not None
+                    val_now = self.val_hr is not None and (timed_out or val_due and (last or stop is None))
                     if regular or stop is not None:
                         row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
                                "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
