@@ -768,6 +768,59 @@ def test_a_config_built_in_python_takes_numpy_numbers(img_folder):
         DataConfig(crop="64")  # was "'<' not supported between instances of 'str' and 'int'"
 
 
+def test_the_loss_api_names_what_a_notebook_gets_wrong(tmp_path, img_folder):
+    """A review of yoda.training as a library: an idx given without sqrt_ab was dropped for a drawn one; a float64
+    x0 with mask_input was said of A; noise of one image was broadcast to the batch; sqrt_ab 1.5, ab > 1, a bool
+    or float idx, a tuple output and a cfg dict failed deep inside or gave a NaN loss; with mask_loss, an Inf
+    outside the mask made the loss NaN (0 * Inf); Trainer.run(max_seconds="60") failed after a step, nan never
+    stopped; device "cuda:1" / torch.device("cpu") were refused."""
+    from yoda.devices import resolve_device
+
+    ab = Schedule.linear(T, 1e-2, 0.3).alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    x0, c = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, torch.zeros(2, 3, 8, 8)
+    A = torch.rand(2, 1, 8, 8, generator=g)
+    cfg = LossConfig(mask_input=True, mask_loss=True, lower_bound=0.3, target="x0")
+    net = lambda x, i, s: x * 0.5  # noqa: E731
+    idx, sab = torch.tensor([3, 5]), ab[torch.tensor([3, 5])].sqrt()
+    for kw, err, said in ((dict(idx=idx), ValueError, "give idx and sqrt_ab together"),
+                          (dict(idx=idx[:1], sqrt_ab=sab[:1]), ValueError, r"idx must be a \(2,\) tensor"),
+                          (dict(idx=idx.float(), sqrt_ab=sab), ValueError, "idx must hold integer steps in \\[0, 9\\]"),
+                          (dict(idx=idx, sqrt_ab=sab * 0 + 1.5), ValueError, r"sqrt_ab must be in \(0, 1\]"),
+                          (dict(noise=torch.zeros(1, 3, 8, 8)), ValueError, r"noise must have the shape of x0")):
+        with pytest.raises(err, match=said):
+            diffusion_loss(net, x0, c, A, ab, cfg, **kw)
+    with pytest.raises(TypeError, match="x0 must be float32, float16 or bfloat16, got torch.float64"):
+        diffusion_loss(net, x0.double(), c.double(), A, ab, cfg)
+    with pytest.raises(ValueError, match=r"ab must hold values in \(0, 1\]"):
+        diffusion_loss(net, x0, c, A, ab * 0 + 1.5, cfg)
+    with pytest.raises(TypeError, match="cfg must be a LossConfig, got dict"):
+        diffusion_loss(net, x0, c, A, ab, {"target": "x0"})
+    with pytest.raises(TypeError, match="the model output must be a tensor of x0's shape, got tuple"):
+        diffusion_loss(lambda x, i, s: (x,), x0, c, A, ab, cfg)
+    for bad, err in ((dict(batch=0), ValueError), (dict(batch=-1), ValueError), (dict(ab=[0.5]), ValueError),
+                     (dict(generator=0), TypeError), (dict(ab=ab * 0 + 1.5), ValueError)):
+        with pytest.raises(err, match=next(iter(bad))):
+            draw_noise_level(**{"ab": ab, "batch": 2, "cfg": cfg, **bad})
+    # an Inf where the mask excludes the pixel counts nothing: the loss of the same output with 0 there
+    noise = torch.randn(2, 3, 8, 8, generator=g)
+    out = diffusion_loss(net, x0, c, A, ab, cfg, idx=idx, sqrt_ab=sab, noise=noise)
+    tau = step_taus(idx, T, 0.3).view(2, 1, 1, 1)
+    poisoned = diffusion_loss(lambda x, i, s: torch.where(A >= tau, x * 0.5, torch.inf), x0, c, A, ab, cfg, idx=idx,
+                              sqrt_ab=sab, noise=noise)
+    assert 0 < out.active_fraction < 1 and torch.isfinite(poisoned.loss) and poisoned.loss == out.loss
+    tr = Trainer(tiny_config(img_folder, val_every=0, steps=3), str(tmp_path / "run"), device=torch.device("cpu"),
+                 progress=False)
+    for bad in ("60", float("nan"), -5, True):
+        with pytest.raises(ValueError, match=f"max_seconds must be a number >= 0, or None, got {bad!r}"):
+            tr.run(max_seconds=bad)
+    assert tr.step == 0
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device cuda:1 requested but there is no such CUDA GPU"):
+            resolve_device("cuda:1")
+
+
 def test_a_yoda_loss_whose_masks_are_all_ones_is_warned_of():
     """loss.lower_bound >= 1 with mask_input / mask_loss trained plain training under a YODA label (TRAINING.md,
     the plot's "active pixels only"), without a word."""

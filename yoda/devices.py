@@ -7,8 +7,15 @@ import torch
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(device: str) -> torch.device:
-    """"auto": CUDA if torch sees a GPU, else the CPU; "cpu" / "cuda" as asked (ValueError if no GPU)."""
+def resolve_device(device) -> torch.device:
+    """"auto": CUDA if torch sees a GPU, else the CPU; "cpu" / "cuda" / "cuda:N" (or a torch.device of them) as
+    asked (ValueError if there is no such GPU)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():  # a notebook's GPU 1
+        if not torch.cuda.is_available() or int(device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device {device} requested but there is no such CUDA GPU")
+        return torch.device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in DEVICE_NAMES:

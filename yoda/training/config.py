@@ -348,6 +348,16 @@ def _json_form(value: Any, name: str) -> Any:
         raise ValueError(f"{name} must hold only JSON values (numbers, strings, lists, objects): {e}") from None
 
 
+def check_run_args(steps: Any, max_seconds: Any) -> None:
+    """Trainer.run's steps (an int >= 1, the total to reach, or None) and max_seconds (a number >= 0, or None: 0
+    stops after one step)."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
+        raise ValueError(f"steps must be an int >= 1 (the total to reach), got {steps!r}")  # 2.5 trained 2
+    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, numbers.Real)
+                                    or not 0 <= max_seconds < math.inf):  # "60" failed after a step, nan never
+        raise ValueError(f"max_seconds must be a number >= 0, or None, got {max_seconds!r}")
+
+
 def _from_dict(cls, d: dict, what: str):
     """``cls(**d)`` for the JSON object ``d`` of the section ``what`` ("config" for the top level, "data",
     "loss"): unknown keys and values of the wrong JSON type are refused, naming the key."""

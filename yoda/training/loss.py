@@ -39,6 +39,18 @@ class LossOutput:
     active_fraction: float  # fraction of pixels the loss counted (1.0 without mask_loss)
 
 
+def _check_ab(ab) -> torch.Tensor:
+    """ab as the (T,) float64 alpha_bar of a schedule, each in (0, 1] (DESIGN §6: training needs ab > 0); errors
+    name ab."""
+    if not isinstance(ab, torch.Tensor) or ab.dim() != 1 or ab.numel() == 0:
+        raise ValueError(f"ab must be the (T,) alpha_bar of the schedule, got "
+                         f"{tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__}")
+    ab = ab.to(torch.float64)
+    if not bool(((ab > 0) & (ab <= 1)).all()):  # NaN too; ab = 1.5 drew sqrt_ab 1.22, a NaN loss
+        raise ValueError("ab must hold values in (0, 1] (a zero-terminal-SNR schedule trains on none at ab = 0)")
+    return ab
+
+
 def alphas_cumprod(schedule) -> torch.Tensor:
     """alpha_bar of a yoda.schedule.Schedule (or any object with .alphas_cumprod), float64 (T,) on CPU."""
     ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float64).cpu().reshape(-1)
@@ -55,6 +67,11 @@ def draw_noise_level(
     continuous: sqrt_ab ~ U[sqrt(ab[idx]), sqrt(ab[idx - 1])], ab[-1] := 1 (SR3); discrete: sqrt(ab[idx]).
     float64, so that sqrt(1 - sqrt_ab^2) keeps its digits where ab is close to 1 (the first steps: 2.3% off at idx 0
     of SR3's schedule when taken from the float32 value)."""
+    ab = _check_ab(ab)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     T = ab.numel()
     if cfg.same_t_in_batch:
         idx = torch.randint(T, (1,), generator=generator).expand(batch).clone()
@@ -113,9 +130,12 @@ def diffusion_loss(
     global batch's masked mean and its gradient (the mean of the ranks' own masked means is not)."""
     if x0.dim() != 4 or c.shape != x0.shape:
         raise ValueError(f"x0 and c must be (B, C, H, W) of the same shape, got {tuple(x0.shape)}, {tuple(c.shape)}")
-    if not isinstance(ab, torch.Tensor) or ab.dim() != 1 or ab.numel() == 0:
-        raise ValueError(f"ab must be the (T,) alpha_bar of the schedule, got "
-                         f"{tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__}")
+    if not isinstance(cfg, LossConfig):
+        raise TypeError(f"cfg must be a LossConfig, got {type(cfg).__name__}")
+    for name, t in (("x0", x0), ("c", c)):  # (a float64 x0 was said of A, through masked_q_sample)
+        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    ab = _check_ab(ab)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     B, C = x0.shape[:2]
@@ -126,10 +146,22 @@ def diffusion_loss(
         raise ValueError(f"A must be (B, 1, H, W) = ({B}, 1, {x0.shape[2]}, {x0.shape[3]}), got {tuple(A.shape)}")
     if A is not None:
         check_A(A)  # float, no NaN, in [0, 1]: a map outside it would mask every pixel or none without a word
-    if idx is None or sqrt_ab is None:
+    if (idx is None) != (sqrt_ab is None):  # (an idx alone was dropped for a drawn one)
+        raise ValueError("give idx and sqrt_ab together (the noise level of each step), or neither")
+    if idx is None:
         idx, sqrt_ab = draw_noise_level(ab, B, cfg, generator)
+    for name, v in (("idx", idx), ("sqrt_ab", sqrt_ab)):
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != (B,):
+            raise ValueError(f"{name} must be a ({B},) tensor, got {tuple(v.shape) if isinstance(v, torch.Tensor) else v!r}")
+    if idx.is_floating_point() or idx.dtype == torch.bool or not bool(((idx >= 0) & (idx < T)).all()):
+        raise ValueError(f"idx must hold integer steps in [0, {T - 1}], got {idx.tolist()}")
+    if not bool(((sqrt_ab > 0) & (sqrt_ab <= 1)).all()):
+        raise ValueError(f"sqrt_ab must be in (0, 1], got {sqrt_ab.tolist()}")
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+    elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:  # (broadcast one image's to the batch)
+        raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got "
+                         f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
     tau = step_taus(idx, T, cfg.lower_bound).to(x0.device)
     s64 = sqrt_ab.to(x0.device, torch.float64)  # the coefficients in float64 (draw_noise_level), the model float32's
     idx, sqrt_ab, noise = idx.to(x0.device), s64.float(), noise.to(x0.device, x0.dtype)
@@ -148,6 +180,8 @@ def diffusion_loss(
     else:
         x_t = sqrt_ab.view(B, 1, 1, 1) * x0 + sigma * noise  # float32 (a half-precision x0 is promoted, as before)
     pred = denoise(x_t, idx, sqrt_ab)
+    if not isinstance(pred, torch.Tensor):
+        raise TypeError(f"the model output must be a tensor of x0's shape, got {type(pred).__name__}")
     if pred.shape != x0.shape:
         raise ValueError(f"model output has shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
     if cfg.target == "eps":
@@ -161,7 +195,7 @@ def diffusion_loss(
         m = (A >= tau.view(B, 1, 1, 1)).to(err.dtype)  # (B, 1, H, W): the pixels refined at this step
         count = m.sum() * C
         denom = count.clamp_min(1.0) if reduce_count is None else reduce_count(count)
-        loss = (err * m).sum() / denom
+        loss = torch.where(m.bool(), err, 0.0).sum() / denom  # an Inf outside the mask is not 0 * Inf = NaN
         frac = float(count) / err.numel()
     else:
         loss, frac = err.mean(), 1.0

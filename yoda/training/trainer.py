@@ -21,7 +21,6 @@ import copy
 import csv
 import io
 import math
-import numbers
 import os
 import signal
 import sys
@@ -43,7 +42,7 @@ from ..evaluate import psnr_u8
 from ..heldout import held_out_copy
 from ..photos import check_not_held_out
 from ..torchrun import main_rank, under_torchrun
-from .config import TrainConfig, _json_form, absolute_folders, rate_jump, weights_path
+from .config import TrainConfig, _json_form, absolute_folders, check_run_args, rate_jump, weights_path
 from .finetune import read_init
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, gather_to_main, local_batch, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
@@ -165,12 +164,12 @@ def _first_line(text: str) -> str:
 
 
 class Trainer:
-    """Train ``cfg`` into the folder ``out``.
+    """Train ``cfg`` into the folder ``out``: device "auto" / "cpu" / "cuda" / "cuda:N" / a torch.device; progress,
+    a tqdm bar; resume, from ``out``'s checkpoint.pt where there is one (False: afresh, writing over it).
 
     Randomness (crops, flips, steps, noise) comes from one CPU torch.Generator saved in the checkpoint, so a
     resumed run on the CPU equals an uninterrupted one. ``ranks``: this process's rank in a data-parallel run
-    (the process group must exist; yoda.training.distributed), None for a single process.
-    """
+    (the process group must exist; yoda.training.distributed), None for a single process."""
 
     def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
                  resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None):
@@ -494,8 +493,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
-            raise ValueError(f"steps must be an int >= 1 (the total to reach), got {steps!r}")  # 2.5 trained 2
+        check_run_args(steps, max_seconds)
         total = cfg.steps if steps is None else int(steps)
         t0 = time.perf_counter()
         acc, n, t_base = self._pending or (0.0, 0, float(self.rows[-1]["time"]) if self.rows else 0.0)
