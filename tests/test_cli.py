@@ -1583,7 +1583,8 @@ def test_say_survives_a_closed_stdout_without_a_file_descriptor(monkeypatch):
 
 def test_say_takes_windows_closed_pipe_and_raises_other_errors(monkeypatch):
     """On Windows a closed pipe raises OSError(EINVAL), not BrokenPipeError (cpython#79935): `yoda upscale | head`
-    counted every later image as failed there. Any other OSError still raises (a full disk is no closed pipe)."""
+    counted every later image as failed there. A stdout on a full disk ends the lines as a closed pipe does (it
+    stopped a folder at its first image); any other OSError still raises."""
     import errno
     import io
 
@@ -1603,8 +1604,8 @@ def test_say_takes_windows_closed_pipe_and_raises_other_errors(monkeypatch):
     say("a line nobody reads")
     assert sys.stdout.name == os.devnull
     sys.stdout.close()
-    monkeypatch.setattr(sys, "stdout", Gone(errno.ENOSPC))
-    with pytest.raises(OSError, match="No space"):
+    monkeypatch.setattr(sys, "stdout", Gone(errno.EACCES))
+    with pytest.raises(OSError, match="Permission denied"):
         say("a line")
 
 
@@ -2045,6 +2046,50 @@ def test_eval_notes_images_named_as_the_embedded_models_training_photographs(tmp
                                         f"(default_x4.safetensors) was trained on ({trained}.png): their scores"), err
     code, _, err = run(args + ["--model", tiny_model], capsys)
     assert code == 0 and "trained on" not in err, err
+
+
+def test_the_cli_runs_where_its_streams_cannot_be_written(tmp_path, monkeypatch):
+    """An environment review: `>&-` (a closed stdout / stderr) ended the run with an AttributeError of None after
+    the work, or before it; an ASCII stdout crashed on eval's "±"; `>/dev/full` stopped a folder at its first image
+    with "No space left on device", read as the output disk's; TRAINING.md of an --out named in Latin-1 (a path of
+    surrogates) failed at the end of the run; a ~ after --model= (which the shell leaves) or in a config's source
+    was not expanded."""
+    import errno
+    import io
+
+    from yoda._io import atomic_write_text
+    from yoda.cli import _usable_streams
+    from yoda.cli_models import say
+    from yoda.cli_parser import _path
+    from yoda.training.config import TrainConfig, absolute_folders
+
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stderr", None)
+    _usable_streams()
+    assert sys.stdout.name == sys.stderr.name == os.devnull
+    sys.stdout.close()
+    sys.stderr.close()
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    _usable_streams()
+    print("28.1 \u00b1 0.3")
+    ascii_out.flush()
+    assert ascii_out.buffer.getvalue() == b"28.1 \\xb1 0.3\n"
+
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    full = Full()
+    monkeypatch.setattr(sys, "stdout", full)
+    say("wrote a_x4.png")  # the line goes nowhere, the run goes on
+    assert sys.stdout is not full and sys.stdout.name == os.devnull
+    sys.stdout.close()
+    atomic_write_text(tmp_path / "r.md", "--out w/r\udce9\n")
+    assert (tmp_path / "r.md").read_bytes() == b"--out w/r\xe9\n"
+    assert _path("~/m.safetensors") == os.path.expanduser("~/m.safetensors")
+    cfg = absolute_folders(TrainConfig(data={"source": "~/photos", "crop": 16, "scale": 4}, val_every=0))
+    assert cfg.data.source == os.path.expanduser("~/photos")
 
 
 def test_eval_and_figures_take_max_pixels(tmp_path, tiny_model, capsys):

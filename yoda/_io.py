@@ -185,10 +185,11 @@ def _fsync(path: str) -> None:
 
 
 def atomic_write_text(path: PathLike, text: str, newline: Optional[str] = None) -> Path:
-    """Write the string ``text`` to ``path`` atomically (UTF-8), through :func:`atomic_write`."""
+    """Write the string ``text`` to ``path`` atomically (UTF-8; a path's undecodable bytes, Python's surrogates, as
+    they were: TRAINING.md of an --out named in Latin-1 failed at the end of the run), through :func:`atomic_write`."""
 
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline=newline) as f:
             f.write(text)
 
     return atomic_write(path, write)

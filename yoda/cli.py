@@ -505,7 +505,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     error_line(f"yoda: warning: {where or ''}{printable(message)}")
 
 
+def _usable_streams() -> None:
+    """A closed stdout / stderr (`>&-`) takes os.devnull (the work is done, its lines go nowhere: an AttributeError
+    of None ended the run); stdout escapes what its encoding cannot write ("±" under PYTHONIOENCODING=ascii)."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
+    try:
+        sys.stdout.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError, OSError):  # a stream of another kind
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _usable_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

@@ -50,7 +50,7 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
     from .models.loading import DEFAULT_WEIGHTS, load
 
     kind, _, rest = spec.partition(":")
-    kind, path = (kind, Path(rest)) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
+    kind, path = (kind, Path(rest).expanduser()) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
     if spec == "default":
         path = DEFAULT_WEIGHTS
         if not path.exists():
@@ -159,14 +159,16 @@ def save_figure(img, path: str) -> None:
 def say(line: str) -> None:
     """A line on stdout, above any progress bar (tqdm.write). A reader that went away (`yoda upscale ... | head`)
     ends the lines, not the command: stdout then goes to os.devnull (each written image's line was an EPIPE error,
-    and the image counted as failed)."""
+    and the image counted as failed); so does a stdout that cannot be written (`>/dev/full` stopped a folder at its
+    first image, with "No space left on device" read as the output disk's)."""
     from tqdm import tqdm
 
     try:
         tqdm.write(line, file=sys.stdout)
         sys.stdout.flush()
     except OSError as e:  # BrokenPipeError; on Windows a closed pipe is EINVAL (cpython#79935)
-        if not (isinstance(e, BrokenPipeError) or (sys.platform == "win32" and e.errno == errno.EINVAL)):
+        if not (isinstance(e, BrokenPipeError) or e.errno in (errno.ENOSPC, errno.EIO) or
+                (sys.platform == "win32" and e.errno == errno.EINVAL)):
             raise
         try:  # the file descriptor itself, so that the flush at exit finds it writable too
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from typing import Optional
@@ -218,7 +219,7 @@ def _path(v: str) -> str:
     working folder, and an input "" the folder ".")."""
     if not v.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
-    return v
+    return os.path.expanduser(v)  # --model=~/m.safetensors: the shell leaves a ~ after "=" as it is
 
 
 def _seed_arg(v: str) -> int:

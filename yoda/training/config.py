@@ -303,12 +303,12 @@ class TrainConfig:
 
 
 def absolute_folders(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with image-folder sources and an attention's weights file (dino-vits8:PATH) made absolute (against
-    the working folder, as --data-dir): a relative one was stored relative, so config.json and a resume from another
-    folder read other images or weights, or none."""
+    """``cfg`` with image-folder sources (~ expanded) and an attention's weights file (dino-vits8:PATH) made
+    absolute (against the working folder, as --data-dir): a relative one was stored relative, so config.json and a
+    resume from another folder read other images or weights, or none."""
     d = cfg.data
-    fix = {k: os.path.abspath(v) for k, v in (("source", d.source), ("val_source", d.val_source))
-           if v not in _data.NAMED_SOURCES and not os.path.isabs(v)}
+    fix = {k: os.path.abspath(os.path.expanduser(v)) for k, v in (("source", d.source), ("val_source", d.val_source))
+           if v not in _data.NAMED_SOURCES and not os.path.isabs(v)}  # (a JSON's "~/photos", as the shell would)
     out = cfg.replace(data=dataclasses.replace(d, **fix)) if fix else cfg
     return out.replace(attention=weights_path(cfg.attention, os.path.abspath))
 
