@@ -790,6 +790,8 @@ def test_the_loss_api_names_what_a_notebook_gets_wrong(tmp_path, img_folder):
                           (dict(noise=torch.zeros(1, 3, 8, 8)), ValueError, r"noise must have the shape of x0")):
         with pytest.raises(err, match=said):
             diffusion_loss(net, x0, c, A, ab, cfg, **kw)
+    with pytest.raises(ValueError, match=r"noise must have the shape of x0 \(2, 3, 8, 8\), got \(1, 3, 8, 8\)"):
+        diffusion_loss(net, x0, c, None, ab, LossConfig(), noise=torch.zeros(1, 3, 8, 8))  # (plain: broadcast)
     with pytest.raises(TypeError, match="x0 must be float32, float16 or bfloat16, got torch.float64"):
         diffusion_loss(net, x0.double(), c.double(), A, ab, cfg)
     with pytest.raises(ValueError, match=r"ab must hold values in \(0, 1\]"):
