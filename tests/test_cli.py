@@ -2075,6 +2075,10 @@ def test_the_cli_runs_where_its_streams_cannot_be_written(tmp_path, monkeypatch)
     print("28.1 \u00b1 0.3")
     ascii_out.flush()
     assert ascii_out.buffer.getvalue() == b"28.1 \\xb1 0.3\n"
+    host = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="surrogateescape")  # main() called from a program
+    monkeypatch.setattr(sys, "stdout", host)
+    _usable_streams()
+    assert host.errors == "surrogateescape"  # its own policy, kept
 
     class Full(io.StringIO):
         def write(self, s):
@@ -2087,6 +2091,12 @@ def test_the_cli_runs_where_its_streams_cannot_be_written(tmp_path, monkeypatch)
     sys.stdout.close()
     atomic_write_text(tmp_path / "r.md", "--out w/r\udce9\n")
     assert (tmp_path / "r.md").read_bytes() == b"--out w/r\xe9\n"
+    from yoda.training.report import earlier_sessions  # and a resume reads the record back (its history was lost)
+
+    out = os.path.join(str(tmp_path), os.fsdecode(b"run\xe9"))
+    os.makedirs(out)
+    atomic_write_text(os.path.join(out, "TRAINING.md"), f"- command: `yoda train --out {out}`\n- steps: 10 (this run: 10)\n")
+    assert earlier_sessions(out, 10).startswith(f"`yoda train --out {out}`")
     assert _path("~/m.safetensors") == os.path.expanduser("~/m.safetensors")
     cfg = absolute_folders(TrainConfig(data={"source": "~/photos", "crop": 16, "scale": 4}, val_every=0))
     assert cfg.data.source == os.path.expanduser("~/photos")

@@ -811,9 +811,13 @@ def test_the_loss_api_names_what_a_notebook_gets_wrong(tmp_path, img_folder):
     poisoned = diffusion_loss(lambda x, i, s: torch.where(A >= tau, x * 0.5, torch.inf), x0, c, A, ab, cfg, idx=idx,
                               sqrt_ab=sab, noise=noise)
     assert 0 < out.active_fraction < 1 and torch.isfinite(poisoned.loss) and poisoned.loss == out.loss
+    w = torch.ones((), requires_grad=True)  # and its gradient: L2's backward made 2 * Inf * 0 = NaN of it
+    diffusion_loss(lambda x, i, s: torch.where(A >= tau, x * w, torch.inf), x0, c, A, ab,
+                   dataclasses.replace(cfg, loss="l2"), idx=idx, sqrt_ab=sab, noise=noise).loss.backward()
+    assert torch.isfinite(w.grad) and w.grad != 0
     tr = Trainer(tiny_config(img_folder, val_every=0, steps=3), str(tmp_path / "run"), device=torch.device("cpu"),
                  progress=False)
-    for bad in ("60", float("nan"), -5, True):
+    for bad in ("60", float("nan"), -5, True):  # (inf: no limit)
         with pytest.raises(ValueError, match=f"max_seconds must be a number >= 0, or None, got {bad!r}"):
             tr.run(max_seconds=bad)
     assert tr.step == 0

@@ -512,7 +512,8 @@ def _usable_streams() -> None:
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w"))
     try:
-        sys.stdout.reconfigure(errors="backslashreplace")
+        if sys.stdout.errors == "strict":  # (main() called from a program: its own policy otherwise kept)
+            sys.stdout.reconfigure(errors="backslashreplace")
     except (AttributeError, ValueError, OSError):  # a stream of another kind
         pass
 

@@ -345,7 +345,7 @@ def active_tiles(tile_max: torch.Tensor, tau: float) -> torch.Tensor:
         raise TypeError(f"tau must be a float, got {tau!r}")
     if math.isnan(float(tau)):  # no tile was active
         raise ValueError("tau must not be NaN")
-    return torch.nonzero(tile_max >= torch.tensor(tau, dtype=torch.float32))
+    return torch.nonzero(tile_max >= torch.tensor(float(tau), dtype=torch.float32))
 
 
 def masked_step(

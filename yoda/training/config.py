@@ -349,12 +349,12 @@ def _json_form(value: Any, name: str) -> Any:
 
 
 def check_run_args(steps: Any, max_seconds: Any) -> None:
-    """Trainer.run's steps (an int >= 1, the total to reach, or None) and max_seconds (a number >= 0, or None: 0
-    stops after one step)."""
+    """Trainer.run's steps (an int >= 1, the total to reach, or None) and max_seconds (a number >= 0, or None /
+    inf: no limit; 0 stops after one step)."""
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
         raise ValueError(f"steps must be an int >= 1 (the total to reach), got {steps!r}")  # 2.5 trained 2
     if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, numbers.Real)
-                                    or not 0 <= max_seconds < math.inf):  # "60" failed after a step, nan never
+                                    or not 0 <= max_seconds):  # "60" failed after a step, nan never stopped
         raise ValueError(f"max_seconds must be a number >= 0, or None, got {max_seconds!r}")
 
 

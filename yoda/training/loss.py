@@ -21,6 +21,7 @@ the default draws a t per element (lower-variance gradients, as in DDPM). Its de
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -68,8 +69,9 @@ def draw_noise_level(
     float64, so that sqrt(1 - sqrt_ab^2) keeps its digits where ab is close to 1 (the first steps: 2.3% off at idx 0
     of SR3's schedule when taken from the float32 value)."""
     ab = _check_ab(ab)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    batch = int(batch)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     T = ab.numel()
@@ -190,12 +192,15 @@ def diffusion_loss(
         target = x0
     else:  # v-prediction (Salimans & Ho), the convention of yoda.sample and diffusers
         target = sqrt_ab.view(B, 1, 1, 1).to(x0.dtype) * noise - sigma.to(x0.dtype) * x0
-    err = (pred - target).abs() if cfg.loss == "l1" else (pred - target).pow(2)
+    diff = pred - target
+    if cfg.mask_loss:  # only the pixels refined at this step count; an Inf elsewhere is selected away, before the
+        m = A >= tau.view(B, 1, 1, 1)  # square: 0 * Inf made the loss NaN, and pow's backward 2 * Inf * 0 NaN grads
+        diff = torch.where(m, diff, 0.0)
+    err = diff.abs() if cfg.loss == "l1" else diff.pow(2)
     if cfg.mask_loss:
-        m = (A >= tau.view(B, 1, 1, 1)).to(err.dtype)  # (B, 1, H, W): the pixels refined at this step
-        count = m.sum() * C
+        count = m.sum().to(err.dtype) * C
         denom = count.clamp_min(1.0) if reduce_count is None else reduce_count(count)
-        loss = torch.where(m.bool(), err, 0.0).sum() / denom  # an Inf outside the mask is not 0 * Inf = NaN
+        loss = err.sum() / denom
         frac = float(count) / err.numel()
     else:
         loss, frac = err.mean(), 1.0

@@ -79,7 +79,7 @@ def earlier_sessions(out: str, start_step: int) -> str:
     """The commands of a resumed run's earlier sessions, oldest first ("`CMD` (steps A-B); ..."), as its
     TRAINING.md names them: each rewrite of it carries the last one's command over. "" for a fresh run."""
     try:
-        text = Path(out, "TRAINING.md").read_text(encoding="utf-8") if start_step > 0 else ""
+        text = Path(out, "TRAINING.md").read_text(encoding="utf-8", errors="surrogateescape") if start_step > 0 else ""
     except (OSError, UnicodeDecodeError):
         return ""
     before = re.search(r"^- earlier sessions: (.*)$", text, re.M)
