@@ -224,9 +224,10 @@ def trained_on_note(model: str, paths) -> None:
     trained = set(PHOTOS) - set(HELD_OUT_PHOTOS)
     seen = sorted(Path(p).name for p in paths if Path(p).stem in trained)
     if seen:
-        note(f"{len(seen)} of the images {'is' if len(seen) == 1 else 'are'} named as photographs the embedded model ({DEFAULT_WEIGHTS.name}) was "
-             f"trained on ({printable(', '.join(seen[:3]))}{', ...' if len(seen) > 3 else ''}): their scores are "
-             f"not held-out scores (`yoda data build` puts the held-out photographs in heldout/)")
+        note(f"{len(seen)} of the images {'is' if len(seen) == 1 else 'are'} named as photographs the embedded model "
+             f"({DEFAULT_WEIGHTS.name}) was trained on ({printable(', '.join(seen[:3]))}"
+             f"{', ...' if len(seen) > 3 else ''}): their scores are not held-out scores (`yoda data build` puts the "
+             f"held-out photographs in heldout/)")
 
 
 def eval_results(a, rows: list, partial: str = "") -> None:

@@ -100,6 +100,13 @@ def check_clip(clip) -> bool:
     return bool(clip)
 
 
+def refuse_tau_grad(tau) -> None:
+    """A tau that wants a gradient is refused on every backend, the reference too: a threshold has none (the step
+    ops and masked_q_sample alike)."""
+    if isinstance(tau, torch.Tensor) and tau.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("tau is not differentiable (a threshold): pass a float, or tau.detach()")
+
+
 def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
     """The checks of what changes from step to step -> (tau, coefs as floats, -0.0 as +0.0; with A None the LR
     branch's weights zeroed, so that it never draws noise). Plain ints and floats take the short way (a loop's
@@ -112,8 +119,7 @@ def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
         raise TypeError(f"tau must be a float, got {type(tau).__name__}")
     if isinstance(tau, torch.Tensor) and tau.numel() != 1:
         raise ValueError(f"tau must be one number (masked_q_sample takes one per image), got shape {tuple(tau.shape)}")
-    if isinstance(tau, torch.Tensor) and tau.requires_grad and torch.is_grad_enabled():  # as masked_q_sample's
-        raise RuntimeError("tau is not differentiable (a threshold): pass a float, or tau.detach()")
+    refuse_tau_grad(tau)
     tau = float(tau)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")

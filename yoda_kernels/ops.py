@@ -27,7 +27,7 @@ import torch
 from . import coefs as _coefs
 from . import naive
 from .checks import (check_attention, check_call, check_clip, check_counter, check_history, check_nan,
-                     check_q_sample_states, check_state, tile_stats_args, values_checkable)
+                     check_q_sample_states, check_state, refuse_tau_grad, tile_stats_args, values_checkable)
 from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile  # noqa: F401
 # (FLOAT_DTYPES: re-exported, ops.FLOAT_DTYPES is the contract's; the checks themselves are checks.py's)
 
@@ -520,8 +520,8 @@ def masked_q_sample(
     def per_batch(name, v):
         if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):  # (True was 1.0)
             raise TypeError(f"{name} must be a float or a ({B},) tensor, got a bool")
-        if name == "tau" and isinstance(v, torch.Tensor) and v.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("tau is not differentiable (a threshold): pass a float, or tau.detach()")  # (as step's)
+        if name == "tau":
+            refuse_tau_grad(v)
         try:
             v = torch.as_tensor(v, dtype=torch.float64, device=x0.device)
         except (TypeError, ValueError, RuntimeError):  # (it said "new(): invalid data type 'str'")

@@ -196,13 +196,16 @@ def sample(
                          spacing=spacing, windows=windows, window_batch=window_batch, sigmas=sigmas,
                          timesteps=timesteps)
 
+    def last_tau(n):  # the last step's threshold at n steps (covering_steps)
+        return spec_of(n).taus[-1]
+
     spec = spec_of(steps)
     if own_steps and steps is not None and attention is not None and noise is None and spec.taus[-1] > 0:
         # the model's steps may leave pixels at the LR image beside refined ones: the fewest that refine them all,
         # down to the least attended pixel (a flat map, all ones, is refined everywhere at the model's own steps)
         attention = resolve_attention(attention, lr_checked, tuple(n * adapter.scale for n in lr_checked.shape[-2:]))
         floor = float(attention.min())
-        enough = covering_steps(lambda n: spec_of(n).taus[-1], steps, spec.T, floor)
+        enough = covering_steps(last_tau, steps, spec.T, floor)
         if enough is None:  # (it kept the model's steps without a word)
             warnings.warn(f"attention: at the model's {steps} step(s) with lower_bound {lower_bound:g}, pixels whose "
                           f"attention is below {spec.taus[-1]:.2f} keep the LR image, and no step count up to "
@@ -218,8 +221,7 @@ def sample(
         run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop,
                       fixed_batch=speed.cuda_graphs)
         if not said and run.A is not None and spec.taus[-1] > 0:
-            count = (lambda n: spec_of(n).taus[-1]) if noise is None and (sigmas is None or isinstance(sigmas, str)) \
-                else None
+            count = last_tau if noise is None and (sigmas is None or isinstance(sigmas, str)) else None
             warn_unrefined(spec, spec.steps if steps is None else steps, float(run.A.min()), count)
         x = run.start()
         last_ok = -1  # the last step after which the state was checked finite

@@ -27,6 +27,8 @@ from typing import Callable, Optional
 
 import torch
 
+from yoda_kernels.checks import check_state
+
 from ..adapters import upsample
 from ..masks import check_A, tau_at
 from .config import LossConfig
@@ -40,24 +42,22 @@ class LossOutput:
     active_fraction: float  # fraction of pixels the loss counted (1.0 without mask_loss)
 
 
-def _check_ab(ab) -> torch.Tensor:
+def _check_ab(ab, name: str = "ab") -> torch.Tensor:
     """ab as the (T,) float64 alpha_bar of a schedule, each in (0, 1] (DESIGN §6: training needs ab > 0); errors
-    name ab."""
+    name ``name``."""
     if not isinstance(ab, torch.Tensor) or ab.dim() != 1 or ab.numel() == 0:
-        raise ValueError(f"ab must be the (T,) alpha_bar of the schedule, got "
+        raise ValueError(f"{name} must be the (T,) alpha_bar of the schedule, got "
                          f"{tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__}")
     ab = ab.to(torch.float64)
     if not bool(((ab > 0) & (ab <= 1)).all()):  # NaN too; ab = 1.5 drew sqrt_ab 1.22, a NaN loss
-        raise ValueError("ab must hold values in (0, 1] (a zero-terminal-SNR schedule trains on none at ab = 0)")
+        raise ValueError(f"{name} must hold values in (0, 1] (a zero-terminal-SNR schedule trains on none at ab = 0)")
     return ab
 
 
 def alphas_cumprod(schedule) -> torch.Tensor:
     """alpha_bar of a yoda.schedule.Schedule (or any object with .alphas_cumprod), float64 (T,) on CPU."""
-    ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float64).cpu().reshape(-1)
-    if ab.numel() < 1 or not bool(((ab > 0) & (ab <= 1)).all()):
-        raise ValueError("schedule.alphas_cumprod must be a non-empty sequence of values in (0, 1]")
-    return ab
+    return _check_ab(torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float64).cpu().reshape(-1),
+                     "schedule.alphas_cumprod")
 
 
 def draw_noise_level(
@@ -135,8 +135,7 @@ def diffusion_loss(
     if not isinstance(cfg, LossConfig):
         raise TypeError(f"cfg must be a LossConfig, got {type(cfg).__name__}")
     for name, t in (("x0", x0), ("c", c)):  # (a float64 x0 was said of A, through masked_q_sample)
-        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        check_state(name, t)
     ab = _check_ab(ab)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
