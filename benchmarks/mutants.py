@@ -1446,6 +1446,10 @@ MUTANTS = [
            "        if sys.stdout.errors == \"strict\":", "        if True:",
            ("tests/test_cli.py", "-k", "streams_cannot"),
            "main() called from a program changes its stdout's error policy for good"),
+    Mutant("signal-skipped-validation-lost", "yoda/training/trainer.py",
+           "and last_row[\"val_psnr_plain\"] == \"\":", "and False:",
+           ("tests/test_train.py", "-k", "signal_saves_without"),
+           "a SIGTERM at a val_every step left that step's PSNR out of log.csv for good"),
 ]
 
 

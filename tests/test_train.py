@@ -1076,6 +1076,15 @@ def test_a_signal_saves_without_validating_and_a_time_budget_validates(tmp_path,
             summary = tr.run(max_seconds=None if stop else 15.0)
         assert summary["steps"] == at and (tmp_path / name / "checkpoint.pt").is_file()
         assert validated == ([] if stop else [2]), (name, validated)
+    # the validation a signal skipped at step 4 (val_every) is made when the run resumes, before it trains on:
+    # its row had no PSNR for good (a resume replaces only a stop's own row, not a regular one)
+    tr = Trainer(cfg, str(tmp_path / "signal_at_val_step"), device="cpu", progress=False)
+    validated = []
+    monkeypatch.setattr(tr, "validate", lambda: validated.append(tr.step) or {"val_psnr_plain": 20.0})
+    tr.run()
+    assert validated == [4, 6]
+    rows = list(csv.DictReader(open(tmp_path / "signal_at_val_step" / "log.csv")))
+    assert [(r["step"], r["val_psnr_plain"]) for r in rows if r["step"] in ("4", "6")] == [("4", "20"), ("6", "20")]
 
 
 @pytest.mark.parametrize("rank", [None, "1"])
@@ -1179,7 +1188,7 @@ def test_out_and_weights_are_checked_before_training(tmp_path, img_folder, monke
 
 def test_a_long_load_error_is_cut_between_words():
     """The checkpoint's load error was cut at 300 characters mid-word ("... transferred incorrectly, o);")."""
-    from yoda.training.trainer import _first_line
+    from yoda.checkpoint import first_line as _first_line
 
     text = " ".join(["word"] * 100) + " incorrectly, or the file is corrupt\nsecond line"
     cut = _first_line(text)

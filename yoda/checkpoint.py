@@ -26,6 +26,7 @@ import itertools
 import os
 import pickle
 import re
+import textwrap
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
@@ -120,6 +121,24 @@ def weights_only_refusal(p: str, e: BaseException) -> Optional[str]:
             "weights where the model was made, as a state dict (torch.save(model.state_dict(), ...)) or as "
             "safetensors; or, if the named classes are plain data types you trust, allow just those with "
             "torch.serialization.add_safe_globals([...]) before loading")
+
+
+def load_failure(e: BaseException) -> str:
+    """What went wrong in torch.load, in a line: torch's weights-only message advises weights_only=False, which is
+    wrong for a corrupt file and unsafe for a foreign one, and carries terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"([Uu]nsupported (?:global: )?GLOBAL [\w.]+|Unsupported operand \d+"
+                          r"|invalid load key[^.\n]*)", text)
+        return "it is corrupt, or holds objects other than tensors and plain data" + (f" ({found.group(1)})"
+                                                                                      if found else "")
+    return f"it is corrupt or truncated ({type(e).__name__}: {first_line(text)})"
+
+
+def first_line(text: str) -> str:
+    """The first line of an error's text, at most 300 characters, cut between words (it ended "... o);")."""
+    lines = text.strip().splitlines()
+    return textwrap.shorten(lines[0], 300, placeholder=" ...") if lines else "empty"
 
 
 def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:

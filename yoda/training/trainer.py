@@ -24,7 +24,6 @@ import math
 import os
 import signal
 import sys
-import textwrap
 import threading
 import time
 import warnings
@@ -35,7 +34,7 @@ import torch
 from .. import data as _data
 from ..adapters import hr_grid
 from .._io import append_whole, atomic_write_bytes, atomic_write_text
-from ..checkpoint import load_state_dict_checked, zip_refusal
+from ..checkpoint import first_line, load_failure, load_state_dict_checked, zip_refusal
 from ..devices import rank_device, resolve_device
 from ..errors import NonFiniteError, Terminated, lr_from_images
 from ..evaluate import psnr_u8
@@ -140,27 +139,6 @@ def _stop_on_interrupt() -> tuple[list, dict]:
                   f"without saving)", file=sys.stderr)
 
     return flag, {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-
-
-def _load_failure(e: BaseException) -> str:
-    """What went wrong in torch.load, in a line: torch's weights-only message advises weights_only=False, which is
-    wrong for a corrupt file and unsafe for a foreign one, and carries terminal colour codes."""
-    import pickle
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in text:
-        found = re.search(r"([Uu]nsupported (?:global: )?GLOBAL [\w.]+|Unsupported operand \d+"
-                          r"|invalid load key[^.\n]*)", text)
-        return "it is corrupt, or holds objects other than tensors and plain data" + (f" ({found.group(1)})"
-                                                                                      if found else "")
-    return f"it is corrupt or truncated ({type(e).__name__}: {_first_line(text)})"
-
-
-def _first_line(text: str) -> str:
-    """The first line of an error's text, at most 300 characters, cut between words (it ended "... o);")."""
-    lines = text.strip().splitlines()
-    return textwrap.shorten(lines[0], 300, placeholder=" ...") if lines else "empty"
 
 
 class Trainer:
@@ -325,7 +303,7 @@ class Trainer:
         try:
             st = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain data only
         except Exception as e:  # corrupt / truncated file, or one that holds other objects than tensors
-            raise unusable(_load_failure(e)) from None
+            raise unusable(load_failure(e)) from None
         if not isinstance(st, dict) or not all(k in st for k in ("config", "model", "ema", "opt", "gen", "step")):
             raise unusable("it is not a yoda training checkpoint (no config, model, optimiser and step)")
         # the checkpoint's config as its JSON reads back (one written before a tuple in the model became a list)
@@ -340,7 +318,7 @@ class Trainer:
             self.opt.load_state_dict(st["opt"])
             self.gen.set_state(st["gen"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise unusable(f"its tensors do not fit this config's model ({_first_line(str(e))})") \
+            raise unusable(f"its tensors do not fit this config's model ({first_line(str(e))})") \
                 from None
         # torch's generators as the run left them, to draw the dropout masks of the steps it resumes at (absent in
         # checkpoints written before they were saved); under DDP this rank's own, if the run had as many ranks
@@ -498,6 +476,9 @@ class Trainer:
         t0 = time.perf_counter()
         acc, n, t_base = self._pending or (0.0, 0, float(self.rows[-1]["time"]) if self.rows else 0.0)
         self._pending = None  # the time column is cumulative over resumes
+        last_row = self.rows[-1] if self.rows and self.rows[-1]["step"] == self.step else None
+        if last_row and self.val_hr is not None and self.step % cfg.val_every == 0 and last_row["val_psnr_plain"] == "":
+            last_row.update(self.validate() if self.ranks.main else {})  # a signal's stop skipped it (below)
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
         post: dict = {}  # the bar's loss, and with max_seconds the time left (its ETA counts to total, not that)
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
