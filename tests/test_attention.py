@@ -305,6 +305,21 @@ def test_sift_keypoint_at_a_single_blob():
     assert 1.25 < kps[0, 2] < 5.0
 
 
+@pytest.mark.parametrize("side, centre", [(200, (100.0, 100.0)), (200, (80.0, 120.0)), (40, (20.0, 17.0)),
+                                          (64, (30.0, 21.0))])
+def test_sift_keypoint_lies_on_its_blob(side, centre):
+    """OpenCV's default SIFT doubles its first octave with a half-pixel-centred resize and halves the coordinates
+    back without the half-pixel term: every keypoint came out 0.25 detector pixels right of and below its feature
+    (0.93 HR px at x4 on a 128-px LR; 200 px: +0.233 LR px; on a 64-px LR, enlarged x2 for the detector: +0.10).
+    A blob's keypoint lies on the blob's centre, to the detector's sub-pixel fit (0.017-0.032 LR px here)."""
+    x0, y0 = centre
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64)
+    img = -0.8 + 1.6 * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * 4.0**2))
+    kps = Sift().keypoints(img)
+    near = kps[np.hypot(kps[:, 0] - x0, kps[:, 1] - y0).argmin()]
+    assert abs(near[0] - x0) < 0.04 and abs(near[1] - y0) < 0.04, near
+
+
 def test_sift_splat_formula():
     kps = np.array([[3.0, 4.0, 1.5], [10.2, 1.7, 0.8]])
     m = Sift.splat(kps, 7, 13)
@@ -379,6 +394,11 @@ def test_bad_parameters():
         att.sift(min_size=0)
     with pytest.raises(ValueError, match="n_features"):
         att.sift(n_features=-2)
+    # numpy ints as everywhere else ("min_size must be a positive int, got np.int64(64)")
+    assert att.sift(min_size=np.int64(64), n_features=np.int32(5)).min_size == 64
+    for bad in (1.5, "3"):
+        with pytest.raises(TypeError, match="^n_features must be an int >= 0"):
+            att.sift(n_features=bad)
     for bad in (True, "1"):
         with pytest.raises(TypeError, match="sigma must be a finite number"):
             att.edge(sigma=bad)

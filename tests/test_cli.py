@@ -2413,8 +2413,8 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
     for spec, want in ((f"diffbir:{ckpt}", f"--model diffbir:{ckpt}: no such model file, and 'diffbir' is not a "
-                        "model kind (DiffBIR and other latent models are for the Python API: "
-                        "yoda.models.DiffBIRAdapter"),
+                        "model kind (latent models (the SD x4 upscaler, DiffBIR, other diffusers models) are for "
+                        "the Python API: yoda.models.SDUpscalerAdapter, yoda.models.DiffBIRAdapter"),
                        (f"gan:{ckpt}", f"--model gan:{ckpt}: no such model file, and 'gan' is not a model kind; "
                         "--model takes a yoda model file's path, 'default', or sr3:PATH / srdiff:PATH"),
                        (f"SR3:{ckpt}", "is not a model kind (kinds are lower case)"),
@@ -2422,6 +2422,24 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
         code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", spec], capsys)
         assert code == 2 and err.count("\n") == 1 and want in err, (spec, err)
     assert not (tmp_path / "o.png").exists()
+    # a diffusers pipeline's folder, its unet folder, or the UNet's weights in it: "is a folder: its model is
+    # .../diffusion_pytorch_model.safetensors", and that file then "not a yoda model file"
+    pipe = tmp_path / "sd-x4"
+    (pipe / "unet").mkdir(parents=True)
+    (pipe / "model_index.json").write_text('{"_class_name": "StableDiffusionUpscalePipeline"}')
+    (pipe / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    weights = pipe / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"{}")
+    for spec in (pipe, pipe / "unet", weights):
+        code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(spec)], capsys)
+        assert code == 2 and err == f"yoda: error: --model {spec}: a diffusers model (latent models (the SD x4 " \
+            "upscaler, DiffBIR, other diffusers models) are for the Python API: yoda.models.SDUpscalerAdapter, " \
+            "yoda.models.DiffBIRAdapter, yoda.models.from_diffusers); the command line loads yoda model files " \
+            "and sr3: / srdiff: checkpoints\n", err
+    (pipe / "model_index.json").unlink()
+    (pipe / "unet" / "config.json").write_text('["a list"]')  # no diffusers config: the folder's own message
+    code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(pipe / "unet")], capsys)
+    assert code == 2 and err == f"yoda: error: --model {pipe / 'unet'} is a folder: its model is {weights}\n", err
 
 
 def test_eval_scores_a_file_met_twice_once(tmp_path, tiny_model, capsys):
@@ -2515,3 +2533,15 @@ def test_a_missing_dino_weights_file_names_the_option(tmp_path, capsys):
     code, _, err = run(["attention", str(img), "-o", str(tmp_path / "o.png"), "--attention",
                         f"dino-vits8:{missing}"], capsys)
     assert code == 2 and err.startswith(f"yoda: error: --attention dino-vits8:{missing}: weights file not found"), err
+
+
+def test_a_file_named_like_an_option_is_said_to_be_one(tmp_path, monkeypatch, capsys):
+    """`yoda upscale -dash.png -o x.png` said "the following arguments are required: IN", naming no file."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save("-dash.png")
+    code, _, err = run(["upscale", "-dash.png", "-o", "x.png"], capsys)
+    assert code == 2 and err == ("yoda upscale: error: the following arguments are required: IN; -dash.png is a file: "
+                                 "write ./-dash.png (a name starting with '-' is read as an option) (see: yoda "
+                                 "upscale -h)\n"), err
+    code, _, err = run(["upscale", "-nofile.png", "-o", "x.png"], capsys)  # no such file: argparse's words alone
+    assert code == 2 and "is a file" not in err and not os.path.exists("x.png"), err

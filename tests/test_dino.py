@@ -594,6 +594,33 @@ def test_wrong_model_file(resnet_file, vit_file, vit, tmp_path):
         att.dino_vits8(str(p))
 
 
+def test_a_damaged_file_is_called_corrupt_and_an_overflowing_map_names_its_weights(resnet, tmp_path):
+    """One flipped byte in a state dict's pickle was reported as "pickled Python objects that are not tensors ...
+    allow just those with add_safe_globals" (no class named: torch's "Unsupported operand"). A file whose
+    BatchNorm variances make the network overflow gave an all-NaN map, and yoda.sample said "attention(lr)
+    contains NaN or Inf", naming neither the option nor the file."""
+    good = tmp_path / "good.pth"
+    torch.save(resnet.state_dict(), good)
+    data = bytearray(good.read_bytes())
+    data[data.index(b"OrderedDict\nq") + len(b"OrderedDict\n")] ^= 0x5A  # the pickle's first BINPUT becomes a "+"
+    flip = tmp_path / "flip.pth"
+    flip.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"^cannot read weights .*flip\.pth.* \(expected a DINO ResNet-50 state dict.*: "
+                                         r"it is corrupt, or holds objects other than tensors and plain data "
+                                         r"\(Unsupported operand 43\)$") as e:
+        att.dino_resnet50(weights=str(flip))
+    assert "add_safe_globals" not in str(e.value) and "weights_only=False" not in str(e.value)
+    sd = {k: (torch.full_like(v, 1e-30) if k.endswith("running_var") else v) for k, v in resnet.state_dict().items()}
+    hot = tmp_path / "overflow.pth"
+    torch.save(sd, hot)
+    from yoda.sampling import prepare
+
+    lr = _lr(B=1, h=16, w=16, seed=2)
+    with pytest.raises(ValueError, match=r"^dino_resnet50\(weights='.*overflow\.pth'.*: the network's map of lr is "
+                                         r"not finite"):
+        prepare.resolve_attention(f"dino-resnet50:{hot}", lr, (32, 32))  # what yoda.sample(attention=NAME) calls
+
+
 class NotAllowed:  # a pickled custom class: torch.load(weights_only=True) must refuse it
     pass
 

@@ -173,6 +173,8 @@ def test_immutable_and_copied():
         ([0.1, float("nan")], ValueError, "finite"),
         ([], ValueError, "at least one"),
         ([[0.1, 0.2]], ValueError, "1-D"),
+        # alpha_bar[0] == 1: "ab_t must be < 1" after the model ran, or log(0) in the solvers' sigmas
+        ([1e-17, 0.5, 0.6], ValueError, r"^betas\[0\] = 1e-17 is too small: alpha_bar\[0\] = 1 - betas\[0\] rounds"),
     ],
 )
 def test_bad_betas(betas, err, match):

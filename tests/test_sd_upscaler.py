@@ -138,6 +138,16 @@ def test_bad_modules_and_arguments_are_named():
         SDUpscalerAdapter(unet, vae, sched, low, emb, torch.zeros(1, 4, 8))
     with pytest.raises(ValueError, match="prompt_embeds must be a"):
         SDUpscalerAdapter(unet, vae, sched, low, torch.zeros(3, 8), guidance_scale=1.0)
+    # embeddings of another text encoder's width, or integer ones: a matmul error at the first UNet call (after
+    # the VAE encode) or a silent cast; a noise_seed that is no int: int("a")'s message, or 1.7 taken as 1
+    for bad in (torch.zeros(1, 3, 16), torch.zeros(1, 3, 8, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"^prompt_embeds must be floating with D = 8 \(the UNet's "
+                                             r"cross_attention_dim"):
+            SDUpscalerAdapter(unet, vae, sched, low, bad, guidance_scale=1.0)
+    for seed in ("a", 1.7):
+        with pytest.raises(TypeError, match="^noise_seed must be an int"):
+            SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0, noise_seed=seed)
+    assert SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0, noise_seed=np.int64(5)).noise_seed == 5
     with pytest.raises(TypeError, match="unet must be a diffusers UNet2DConditionModel"):
         SDUpscalerAdapter(vae, vae, sched, low, emb)
     with pytest.raises(ValueError, match="prompt embeddings have batch 2, lr has 3"):

@@ -145,6 +145,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     p = Path(os.fspath(path))
     target = _target(p)
     folder = os.path.dirname(os.path.abspath(target))
+    _not_read_only(target, f"cannot write {p}")
     try:
         tmp, mode = _create_temp(folder, target.name)
     except OSError as e:
@@ -153,9 +154,9 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(target):  # an existing file keeps its mode, as open(path, "w") keeps it
             mode = os.stat(target).st_mode & 0o7777
         write(tmp)
+        _fsync(tmp)  # the data is on disk before the name points at it (before a mode that may forbid writing)
         if os.stat(tmp).st_mode & 0o7777 != mode:  # the writer made a new file (safetensors: 0600)
             os.chmod(tmp, mode)
-        _fsync(tmp)  # the data is on disk before the name points at it
         os.replace(tmp, target)
     except BaseException as e:
         if os.path.lexists(tmp):
@@ -256,7 +257,16 @@ def check_writable(path: PathLike, what: str = "output") -> Path:
     if not os.path.isdir(folder):
         raise NotADirectoryError(f"{what} {p}: {folder} is not a folder")
     _probe(folder, p.name, f"{what} {p}")
+    _not_read_only(_target(p), f"{what} {p}")
     return p
+
+
+def _not_read_only(target: Path, said: str) -> None:
+    """PermissionError when ``target`` exists and this user may not write it: atomic_write could replace it (the
+    folder is writable), and open(path, "w") would refuse it; a read-only file is one somebody protected."""
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, f"{said}: the file exists and is read-only (chmod u+w it to replace it, "
+                              f"or write another name)", str(target))
 
 
 def check_folder_writable(folder: PathLike, what: str = "output") -> None:

@@ -112,11 +112,10 @@ def check_zip(p: str) -> None:
 def weights_only_refusal(p: str, e: BaseException) -> Optional[str]:
     """The message for torch.load(weights_only=True) refusing a pickled object, naming what it found; None for
     any other error. torch's own message advises weights_only=False, which would run the file's code."""
-    if not (isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e)):
-        return None
     found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
-    return (f"{p}: it holds pickled Python objects that are not tensors"
-            f"{' (' + ', '.join(found) + ')' if found else ''}; yoda reads "
+    if not (isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e) and found):
+        return None  # a corrupt file fails there too ("Unsupported operand 122"): it holds no class to allow
+    return (f"{p}: it holds pickled Python objects that are not tensors ({', '.join(found)}); yoda reads "
             "only tensors and plain containers and never runs code from a file. Safe ways on: re-save the "
             "weights where the model was made, as a state dict (torch.save(model.state_dict(), ...)) or as "
             "safetensors; or, if the named classes are plain data types you trust, allow just those with "
@@ -166,10 +165,8 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
         refused = weights_only_refusal(p, e)
         if refused:  # torch's own advice (load with weights_only=False) would run the file's code: say what is safe
             raise CheckpointError(refused) from None
-        raise CheckpointError(
-            f"{p}: could not read it as a torch checkpoint with weights_only=True "
-            f"(corrupt, truncated, or it contains pickled code): {type(e).__name__}: {e}"
-        ) from e
+        raise CheckpointError(f"{p}: could not read it as a torch checkpoint with weights_only=True: "
+                              f"{load_failure(e)}") from None
     return obj, None
 
 

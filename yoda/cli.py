@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli_parser import build_parser, command_parser, missing_package, one_line
+from .cli_parser import _Parser, build_parser, command_parser, missing_package, one_line
 from ._io import check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_attentions, check_hr_size, check_out_folder,
                          check_output_option, cli_device, default_steps, error_line, eval_images, eval_results,
@@ -522,6 +522,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _usable_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    # a file named "-x.png" is read as an option: argparse's error says why ("the following arguments are required")
+    _Parser.dashed_files = tuple(t for t in argv if t.startswith("-") and t != "-" and os.path.isfile(t))
     try:
         a, extra = parser.parse_known_args(argv)
         if extra:  # after the command: named by its own parser, whose -h lists its options

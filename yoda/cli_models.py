@@ -20,6 +20,8 @@ from .errors import user_input as _user_input
 from .torchrun import main_rank
 
 MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
+LATENT_API = ("latent models (the SD x4 upscaler, DiffBIR, other diffusers models) are for the Python API: "
+              "yoda.models.SDUpscalerAdapter, yoda.models.DiffBIRAdapter, yoda.models.from_diffusers")
 LATENT_WORDS = ("diffbir", "latent", "ldm", "diffusers", "sd")  # --model KIND:PATH the CLI cannot load: the API
 
 
@@ -55,6 +57,9 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
         path = DEFAULT_WEIGHTS
         if not path.exists():
             raise UserError(f"the embedded default model {path} is not installed; pass --model PATH")
+    if kind == "yoda" and _in_diffusers_folder(path):  # it pointed at the UNet's weights, then refused them
+        raise UserError(f"--model {spec}: a diffusers model ({LATENT_API}); the command line loads yoda model "
+                        f"files and sr3: / srdiff: checkpoints")
     if path.is_dir():  # a training run's folder: its weights are in it
         found = sorted(path.glob("*.safetensors"))
         hint = f": its model is {found[0]}" if len(found) == 1 else " (--model takes a model file)"
@@ -62,8 +67,7 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
     if not path.is_file():
         word = spec.partition(":")[0]
         if rest and word not in MODEL_KINDS and len(word) > 1 and word.replace("-", "").replace("_", "").isalnum():
-            latent = " (DiffBIR and other latent models are for the Python API: yoda.models.DiffBIRAdapter, " \
-                     "yoda.models.from_diffusers)" if word.lower() in LATENT_WORDS else ""
+            latent = f" ({LATENT_API})" if word.lower() in LATENT_WORDS else ""
             case = " (kinds are lower case)" if word.lower() in MODEL_KINDS else ""
             raise UserError(f"--model {spec}: no such model file, and {word!r} is not a model kind{latent}{case}; "
                             f"--model takes a yoda model file's path, 'default', or "
@@ -81,6 +85,23 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
     except UserError as e:  # the file's own complaint, said of the options that named it
         raise UserError(f"--model{' / --model-config' if config is not None else ''} ({kind}): {e}") from e
     return model.to(device).eval()
+
+
+def _in_diffusers_folder(path: Path) -> bool:
+    """Whether path is a diffusers model folder or a file in one: a model_index.json there or one folder up (a
+    pipeline's), or a config.json / scheduler_config.json naming a diffusers class (``_class_name``)."""
+    import json
+
+    folder = path if path.is_dir() else path.parent
+    if any((d / "model_index.json").is_file() for d in (folder, folder.parent)):
+        return True
+    for name in ("config.json", "scheduler_config.json"):
+        try:
+            if "_class_name" in json.loads((folder / name).read_text(encoding="utf-8")):
+                return True
+        except (OSError, ValueError, TypeError):  # absent, unreadable, not JSON, or JSON that is no container
+            pass
+    return False
 
 
 def cli_device(name: str):

@@ -58,8 +58,12 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
 
+    dashed_files: tuple = ()  # main's arguments that start with "-" and name an existing file
+
     def error(self, message: str):
-        print(f"{self.prog}: error: {message} (see: {self.prog} -h)", file=sys.stderr)
+        files = "".join(f"; {t} is a file: write ./{t} (a name starting with '-' is read as an option)"
+                        for t in self.dashed_files)
+        print(f"{self.prog}: error: {message}{files} (see: {self.prog} -h)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -60,6 +60,9 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # the formats yoda writes
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}  # the widest / tallest image these formats hold (libwebp; libjpeg-turbo)
 LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, loses several dB of PSNR)
+# BMP's file size is a 32-bit field; a TIFF of more than this many bytes is written as BigTIFF (Pillow's classic
+# TIFF failed there with struct.error, after all the sampling)
+MAX_CLASSIC_BYTES = 2**32 - 1
 # The formats read_image decodes: raster image formats. Pillow picks a decoder by the file's content, not its
 # name, so without this list an EPS file named .png would go to Ghostscript, and an ICO file would decode the
 # PNG inside it at open(), before its size is checked.
@@ -337,12 +340,16 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
             raise FileNotFoundError(f"path: no such image file: {p}{link}")
         if not p.is_file():
             raise ValueError(f"path: {p} is a folder, not an image file" if p.is_dir() else f"path: {p} is not a file")
+        said: list = []
         try:
-            with open_image(p) as im:
+            with warnings.catch_warnings(record=True) as said, open_image(p) as im:
+                warnings.simplefilter("always")
                 _check_pixels(p, im.size, limit)
                 im.load()  # decode now, so a truncated file fails here and not later
-                if getattr(im, "n_frames", 1) > 1:  # an animated GIF / WebP / PNG, a multi-page TIFF
-                    warnings.warn(f"{p} holds {im.n_frames} frames; only the first is read", stacklevel=2)
+                # an animated GIF / WebP / PNG, a multi-page TIFF; not a camera JPEG's previews (MPO: its first
+                # frame is the photograph) nor a Photoshop file's layers (PSD: its first frame is the composite)
+                if getattr(im, "n_frames", 1) > 1 and im.format not in ("MPO", "PSD"):
+                    warnings.warn(f"{p} holds {im.n_frames} frames; only the first is read")
                 arr = _samples(_to_srgb(_upright(im), p), p)
         except DataError:
             raise
@@ -362,6 +369,10 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
                 raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
                                 "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None
             raise DataError(f"path: cannot read image {p}: {e}") from None
+        finally:  # said again of the file, read or not: Pillow's own ("Corrupt EXIF data ...") named none
+            for w in said:
+                text = str(w.message)
+                warnings.warn(text if str(p) in text else f"{p}: {text}", w.category, stacklevel=2)
         return to_rgb_u8(arr, str(p))
     except (DataError, FileNotFoundError, ValueError) as e:  # a name with a newline: the CLI's line ended in it
         shown = printable(str(p))
@@ -394,6 +405,9 @@ def check_fits(path: str | os.PathLike, width: int, height: int, what: str = "pa
     if side is not None and max(width, height) > side:
         raise ValueError(f"{what} {path}: a {width}x{height} image does not fit in {fmt} (at most {side} pixels "
                          f"a side); write .png or .tif instead")
+    if fmt == "BMP" and 54 + (3 * width + 3) // 4 * 4 * height > MAX_CLASSIC_BYTES:  # 24-bit rows, 4-byte aligned
+        raise ValueError(f"{what} {path}: a {width}x{height} image does not fit in BMP (at most 4 GiB a file); "
+                         f"write .png or .tif instead")
 
 
 def _not_a_folder(path: str | os.PathLike, what: str) -> Path:
@@ -419,10 +433,15 @@ def save_pil(img: Image.Image, path: str | os.PathLike) -> Path:
     """Write a Pillow image atomically (yoda._io.atomic_write), format from the suffix. Returns the path.
 
     JPEG and WebP are written at quality LOSSY_QUALITY = 95, not Pillow's default 75, which costs a super-resolved
-    image several dB of PSNR against its PNG (the quality is the point of the output)."""
+    image several dB of PSNR against its PNG (the quality is the point of the output); JPEG without chroma
+    subsampling (4:4:4). A TIFF over 4 GiB is a BigTIFF."""
     fmt = image_format(path)
     check_fits(path, *img.size)
     options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
+    if fmt == "JPEG":  # full-resolution colour: Pillow's 4:2:0 halved it and cost 2.0-3.4 dB at quality 95
+        options["subsampling"] = 0
+    if fmt == "TIFF" and img.size[0] * img.size[1] * len(img.getbands()) > MAX_CLASSIC_BYTES - (1 << 20):
+        options["big_tiff"] = True
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, build_checked, check_zip, weights_only_refusal
+from ..checkpoint import CheckpointError, build_checked, check_zip, load_failure, weights_only_refusal
 from .classic import aggregate, check_lr
 
 __all__ = [
@@ -141,10 +141,8 @@ def _read_file(path: str, fmt: str) -> Mapping:
         refused = weights_only_refusal(path, e)
         if refused:
             raise CheckpointError(f"{refused} (expected {fmt})") from None
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(
-            f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): {first}"
-        ) from e
+        raise ValueError(f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): "
+                         f"{load_failure(e)}") from None
 
 
 def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -440,8 +438,13 @@ class _NetExtractor:
         return self.model
 
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
-        """lr (B, 3|1, h, w) in [-1, 1] -> A (B, 1, h, w) float32 in [0, 1]."""
-        return aggregate(self.maps(lr), tuple(lr.shape[-2:]), self.cell_centre)
+        """lr (B, 3|1, h, w) in [-1, 1] -> A (B, 1, h, w) float32 in [0, 1]; a ValueError naming the weights when the
+        network's map is not finite (a file whose BatchNorm statistics overflow gave an all-NaN map)."""
+        A = aggregate(self.maps(lr), tuple(lr.shape[-2:]), self.cell_centre)
+        if not torch.isfinite(A).all():
+            raise ValueError(f"{self!r}: the network's map of lr is not finite (NaN / Inf): its weights overflow "
+                             f"on this image (a damaged file, or weights of another model?)")
+        return A
 
 
 class DinoViTS8(_NetExtractor):

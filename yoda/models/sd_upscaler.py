@@ -90,6 +90,10 @@ class SDUpscalerAdapter(LatentAdapter):
         emb, neg = prompt_embeds, negative_prompt_embeds
         if not isinstance(emb, torch.Tensor) or emb.dim() != 3:
             raise ValueError(f"prompt_embeds must be a (1 or B, L, D) tensor, got {getattr(emb, 'shape', type(emb))}")
+        width = unet.config.cross_attention_dim  # it failed at the first UNet call, after the VAE encode
+        if emb.shape[-1] != width or not emb.is_floating_point():
+            raise ValueError(f"prompt_embeds must be floating with D = {width} (the UNet's cross_attention_dim: "
+                             f"the text encoder's width), got {emb.dtype} of shape {tuple(emb.shape)}")
         if neg is not None and (not isinstance(neg, torch.Tensor) or neg.shape != emb.shape):
             raise ValueError(f"negative_prompt_embeds must have prompt_embeds' shape {tuple(emb.shape)}, got "
                              f"{getattr(neg, 'shape', type(neg).__name__)}")
@@ -101,7 +105,8 @@ class SDUpscalerAdapter(LatentAdapter):
         self.net = unet  # the denoiser call, which yoda.sampling.speed may wrap
         ab = low.alphas_cumprod.float()[noise_level]  # diffusers' add_noise: float32 alphas_cumprod
         self.low_res = (float(ab ** 0.5), float((1 - ab) ** 0.5))
-        self.emb, self.neg, self.noise_level, self.noise_seed = emb, neg, noise_level, int(noise_seed)
+        self.emb, self.neg, self.noise_level = emb, neg, noise_level
+        self.noise_seed = as_int(noise_seed, "noise_seed")  # int("a") said nothing of it; 1.7 became 1
         self.cfg_scale = check_cfg_scale(guidance_scale, "guidance_scale")
         self._check_guidance()
 

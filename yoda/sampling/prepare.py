@@ -297,8 +297,9 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
     # resize (DESIGN §3); a tensor or a user's callable is taken as it is (resized, clamped): its values may mean
     # something (a calibrated saliency, a constant)
     extracted = isinstance(attention, str) or getattr(attention, "minmax_after_resize", False)
-    if isinstance(attention, str):
-        name, attention = attention, _attention.get(attention)
+    name = attention if isinstance(attention, str) else None
+    if name is not None:
+        attention = _attention.get(name)
         if name.partition(":")[2]:  # "NAME:PATH": a network's weights, read again at every call
             if name in _READ_BEFORE:
                 warnings.warn(f"attention {name!r} reads its weights file at every yoda.sample call; make the "
@@ -313,7 +314,7 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
         # turn them on with torch.enable_grad(), which inference mode would ignore ("does not require grad")
         with torch.inference_mode(False), torch.no_grad():  # a copy: a callable changing its input in place
             attention = attention(lr.clone())  # changed the LR image sampled (its SR, by up to 1.3)
-        src = "attention(lr)"
+        src = f"attention {name!r}" if name else "attention(lr)"  # a name's weights, not "attention(lr)"
         if not isinstance(attention, torch.Tensor):
             raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")
     A = checked_map(attention, src, lr)
