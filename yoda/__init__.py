@@ -44,6 +44,10 @@ _LAZY = {
     "data": ("yoda.data", None),
     "evaluate": ("yoda.evaluate", None),
     "figures": ("yoda.figures", None),
+    "cli_upscale": ("yoda.cli_upscale", None),
+    "photos": ("yoda.photos", None),
+    "heldout": ("yoda.heldout", None),
+    "devices": ("yoda.devices", None),
 }
 __all__ = sorted(_LAZY)  # `from yoda import *` loads them (and torch) as attribute access does
 

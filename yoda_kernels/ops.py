@@ -163,6 +163,9 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that runs on ``device`` for ``backend`` ("auto": the CUDA kernel, else Triton, else the
+    reference on a GPU; the C++ kernel, else the reference on the CPU); ValueError for an unknown name,
+    RuntimeError naming what is missing for a backend that is not available there."""
     if backend not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
     if backend == "auto":  # without importing triton unless it is a candidate (the import takes seconds)
@@ -374,8 +377,8 @@ def masked_step(
     x (x_t), model_out (eps, x0 or v: ``prediction``), c (the LR image in the model's space): (B, C, H, W),
     fp32/fp16/bf16, same dtype and device. A: (B, 1, H, W) or (B, H, W) attention at the state's grid, or
     None (every pixel active: the plain sampler). Pixels with A >= tau take the sampler update, the others
-    sqrt(ab_prev) c + sqrt(1 - ab_prev) z. The schedule enters as (ab_t, ab_prev) with ``sampler`` and
-    ``eta`` (defaults "eps", "ddpm", 0), or as precomputed ``coefs`` (see yoda_kernels.coefs; not both).
+    sqrt(ab_prev) c + sqrt(1 - ab_prev) z. The schedule enters as (ab_t, ab_prev) with ``prediction``,
+    ``sampler`` and ``eta`` (defaults "eps", "ddpm", 0), or as precomputed ``coefs`` (see yoda_kernels.coefs; not both).
     Noise z is Philox(seed, step, element) unless ``noise`` (same shape as x) is given. ``stats`` =
     tile_stats(A, tile) of this very A may be passed to avoid recomputing it every step: the C++ and Triton
     kernels classify tiles by it (reading A only in mixed tiles), the naive reference reads A; stats made of
