@@ -1398,7 +1398,7 @@ def test_rank_and_world_are_checked_and_a_missing_host_is_waited_for_in_python(m
         torchrun.wait_for_host("127.0.0.1", port)  # answers: no wait
     # a rank that does not host the store waits for it so, before TCPStore's connect
     waited = []
-    monkeypatch.setattr(cli_upscale, "wait_for_host", lambda *a: waited.append(a) or (_ for _ in ()).throw(
+    monkeypatch.setattr(torchrun, "wait_for_host", lambda *a: waited.append(a) or (_ for _ in ()).throw(
         UserError("stop here")))
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29999")
@@ -1406,7 +1406,7 @@ def test_rank_and_world_are_checked_and_a_missing_host_is_waited_for_in_python(m
 
     monkeypatch.setattr(dist, "TCPStore", lambda *a, **k: (_ for _ in ()).throw(UserError("TCPStore reached")))
     with pytest.raises(UserError, match="^stop here$"):
-        cli_upscale.shard_store(1, 2)
+        torchrun.meeting_store(1, 2, "yoda-upscale")
     assert waited == [("127.0.0.1", 29999)]
     tally = cli_upscale.Tally(1, bar=False, quiet=True, where="rank 1: ", several=True)
     with tally.one():
@@ -1427,7 +1427,7 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
     import threading
     import time
 
-    from yoda import cli_upscale
+    from yoda import cli_upscale, torchrun
     from yoda.errors import UserError
 
     class Store:  # torchrun's store, shared by two ranks run as threads here
@@ -1447,8 +1447,8 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
                 return all(k in self.d for k in keys)
 
     store, order, codes, events = Store(), [], {}, []
-    monkeypatch.setattr(cli_upscale, "shard_store", lambda rank, world: (store, False))  # torchrun's agent hosts it
-    monkeypatch.setattr(cli_upscale, "SHARD_POLL_S", 0.01)
+    monkeypatch.setattr(cli_upscale, "meeting_store", lambda rank, world, purpose: (store, False))  # the agent's
+    monkeypatch.setattr(torchrun, "MEET_POLL_S", 0.01)
     monkeypatch.setattr(cli_upscale, "EXIT_GRACE_S", 0.0)
     slow = threading.Event()
 
@@ -1546,21 +1546,29 @@ def test_world_size_alone_is_one_line(tmp_path, tiny_model, capsys, monkeypatch)
         "yoda: error: rank 0: WORLD_SIZE=2, but MASTER_ADDR / MASTER_PORT are not set, so the ranks cannot meet; run "
         "under torchrun, or unset WORLD_SIZE\n"), err
 
-    class Store(dict):  # rank 0 done already, with no failure
+    class Store(dict):  # rank 0 done already, with no failure, having listed what rank 1 lists
         def set(self, k, v):
             self[k] = str(v).encode()
+            if k == "listed/1":
+                self["listed/0"] = self[k]
 
         def check(self, keys):
             return all(k in self for k in keys)
 
         get = dict.__getitem__
 
-    monkeypatch.setattr(cli_upscale, "shard_store", lambda rank, world: (Store({"failed/0": b"0"}), False))
+    monkeypatch.setattr(cli_upscale, "meeting_store", lambda rank, world, purpose: (Store({"failed/0": b"0"}), False))
     monkeypatch.setenv("RANK", "1")
     code, out, err = run(["upscale", *inputs, "-o", str(tmp_path / "o"), "--model", tiny_model], capsys)
     assert code == 0, err
     assert out.count(" -> ") == 2 and "b.png -> " in out and "d.png -> " in out  # rank 1's share: b and d
     assert "rank 1: 2 written, 0 skipped, 0 failed, of 2 inputs in " in out
+    assert all(line.startswith("rank 1: ") for line in out.splitlines()), out
+    # on a terminal, where rank 0 draws its bar, rank 1 says only its closing line
+    monkeypatch.setattr(cli_upscale, "meeting_store", lambda rank, world, purpose: (Store({"failed/0": b"0"}), False))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, err = run(["upscale", *inputs, "-o", str(tmp_path / "o2"), "--model", tiny_model], capsys)
+    assert code == 0 and " -> " not in out and "rank 1: 2 written, 0 skipped, 0 failed, of 2 inputs in " in out, out
 
 
 def test_say_survives_a_closed_stdout_without_a_file_descriptor(monkeypatch):
@@ -2545,3 +2553,30 @@ def test_a_file_named_like_an_option_is_said_to_be_one(tmp_path, monkeypatch, ca
                                  "upscale -h)\n"), err
     code, _, err = run(["upscale", "-nofile.png", "-o", "x.png"], capsys)  # no such file: argparse's words alone
     assert code == 2 and "is a file" not in err and not os.path.exists("x.png"), err
+
+
+def test_ranks_shard_one_list_and_their_lines_name_them(monkeypatch, capsys):
+    """Each rank lists its input folders itself: -o inside an input folder, listed by one rank after rank 0 had
+    written there, gave the ranks different lists, so inputs were skipped or made twice. The ranks now compare their
+    lists before any work. A rank's per-input lines were unprefixed, and on a terminal they broke rank 0's bar."""
+    from yoda import cli_upscale
+    from yoda.errors import UserError
+
+    class Store(dict):
+        def set(self, k, v):
+            self[k] = str(v).encode()
+
+        def check(self, keys):
+            return all(k in self for k in keys)
+
+        get = dict.__getitem__
+
+    done = []
+    store = Store({"listed/0": b"another list", "failed/0": b"0", "left/0": b"1"})
+    monkeypatch.setattr(cli_upscale, "meeting_store", lambda rank, world, purpose: (store, False))
+    with pytest.raises(UserError, match=r"^the ranks found different inputs \(a folder changed while they started\?\)"):
+        cli_upscale.run_sharded(["a", "b"], 1, 2, done.append, str)
+    assert done == [] and "failed/1" not in store
+    tally = cli_upscale.Tally(2, bar=False, quiet=False, where="rank 1: ", several=True)
+    tally.say("b.png -> b_x4.png")
+    assert capsys.readouterr().out == "rank 1: b.png -> b_x4.png\n"

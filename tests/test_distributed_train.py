@@ -337,3 +337,48 @@ def test_a_rank_waiting_for_rank_0_can_be_stopped(monkeypatch):
         with process_group(Ranks(rank=1, world=2), torch.device("cpu")):
             pass
     assert not torch.distributed.is_initialized()
+
+
+def test_rank_0_waiting_for_ranks_that_never_come_says_so_and_a_signal_ends_it(tmp_path):
+    """Rank 0 of `yoda train` (or one started by hand with WORLD_SIZE=2) waited in init_process_group's C++ for the
+    other ranks: 10 minutes without a word, and neither Ctrl-C nor SIGTERM ended it (only SIGKILL; torch's
+    timeout is 30 minutes). It waits in the store, in Python: it says for which ranks after WAIT_NOTE_S, and a
+    signal ends the wait."""
+    script = ("import os, signal, threading, sys, torch\n"
+              "import yoda.torchrun as t\n"
+              "t.WAIT_NOTE_S = 0.3\n"
+              "from yoda.errors import Terminated, sigterm_exits\n"
+              "from yoda.training import Ranks\n"
+              "from yoda.training.distributed import process_group\n"
+              "threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+              "try:\n"
+              "    with sigterm_exits(), process_group(Ranks(0, 3), torch.device('cpu')):\n"
+              "        pass\n"
+              "except Terminated:\n"
+              "    sys.exit('ended by SIGTERM')\n")
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0", "WORLD_SIZE": "3", "RANK": "0"}
+    env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stderr.strip().endswith("ended by SIGTERM"), p.stderr[-2000:]
+    assert "yoda: note: rank 0: waiting for ranks 1, 2 (a rank that never comes: stop with Ctrl-C)\n" in p.stderr
+
+
+def test_world_size_without_rank_and_a_batch_the_ranks_do_not_split_are_named(tmp_path, monkeypatch, capsys):
+    """WORLD_SIZE=2 alone: `yoda train` gave torch's "environment variable RANK expected, but not set" (and with
+    MASTER_* set every process took rank 0). A batch of 4 on 3 ranks advised "a batch that is a multiple of 3",
+    which a resumed run cannot take (its config is fixed): the rank counts that divide it are named too."""
+    folder = _images(str(tmp_path / "imgs"))
+    (tmp_path / "cfg.json").write_text(json.dumps(_config(folder)))
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for cmd in (["train", "--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "run"), "-q"],
+                ["upscale", str(tmp_path / "imgs" / "train"), "-o", str(tmp_path / "up")]):
+        code = main(cmd)
+        err = capsys.readouterr().err
+        assert code == 2 and err.endswith("WORLD_SIZE=2 without RANK: each process needs its rank (torchrun sets "
+                                          "both); run under torchrun, or unset WORLD_SIZE\n"), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "up").exists()
+    with pytest.raises(ValueError, match=r"not divisible by the 3 processes: each rank must take the same number of "
+                                         r"samples; run on a number of processes that divides it \(1, 2, 4\), or "
+                                         r"\(for a new run\) use a batch that is a multiple of 3$"):
+        local_batch(4, 3)

@@ -74,7 +74,9 @@ def cmd_upscale(a) -> int:
         note(f"removed {stale} temporary file(s) a killed run left next to the outputs")
 
     items = list(zip(a.inputs, targets))
-    tally = Tally(len(items[rank::world]), bars(a), quiet, rank_prefix(), several=len(items) > 1)
+    # another rank's lines on the terminal would break rank 0's bar: they go to a file or a pipe only
+    tally = Tally(len(items[rank::world]), bars(a), quiet or (rank > 0 and sys.stdout.isatty()), rank_prefix(),
+                  several=len(items) > 1)
 
     working = [("", "")]  # the input being upscaled, for an out-of-memory error (it names no file)
 

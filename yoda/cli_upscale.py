@@ -7,7 +7,6 @@ image is read."""
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import math
 import os
@@ -21,7 +20,7 @@ from ._io import output_claim
 from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
                          folder_images, last_tau, note, once_each, say)
 from .errors import UserError, out_of_memory, printable
-from .torchrun import rank_prefix, rendezvous, wait_for_host
+from .torchrun import meeting_store, rank_prefix, wait_for_keys
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
@@ -265,11 +264,12 @@ class Tally:
         if bar and total > 1:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc="yoda upscale", unit="image", dynamic_ncols=True)
+            desc = f"yoda upscale ({where.rstrip(': ')}'s share)" if where else "yoda upscale"  # of a torchrun run
+            self.bar = tqdm(total=total, desc=desc, unit="image", dynamic_ncols=True)
 
     def say(self, line: str) -> None:
         if not self.quiet:
-            say(line)
+            say(f"{self.where}{line}")
 
     @contextlib.contextmanager
     def one(self):
@@ -385,7 +385,8 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
     for item in items:
         failed += _run_one(item, work, one_line, where, debug, busy, quiet)
     if busy:
-        error_line(f"{where}waiting for another process to finish {len(busy)} output(s) (--skip-existing)")
+        error_line(f"yoda: note: {where}waiting for another process to finish {len(busy)} output(s) "
+                   f"(--skip-existing)")
     while busy:
         time.sleep(BUSY_POLL_S)
         again, busy = busy, []
@@ -432,33 +433,6 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-# How often a rank that has done its share looks whether the others have (it sleeps in between, in Python, so that
-# Ctrl-C and SIGTERM end it at once: a blocking collective held it in C++ until torchrun killed it 30 s later)
-SHARD_POLL_S = 0.2
-
-
-def shard_store(rank: int, world: int):
-    """The key-value store the ranks meet in: torchrun's own (TORCHELASTIC_USE_AGENT_STORE), else one rank 0 hosts
-    at MASTER_ADDR:MASTER_PORT, as torch's env:// rendezvous makes it. No process group: the ranks share nothing
-    but the count of failed inputs, and a collective cannot be interrupted."""
-    import torch.distributed as dist
-
-    addr, port, agent_store, run = rendezvous(world)
-    host = rank == 0 and not agent_store
-    if not host:
-        wait_for_host(addr, port)
-    store = dist.TCPStore(addr, port, world, is_master=host, wait_for_workers=False,
-                          timeout=datetime.timedelta(minutes=5),
-                          **({"use_libuv": False} if sys.platform == "win32" else {}))  # Windows builds lack libuv
-    return dist.PrefixStore(f"yoda-upscale/{run}", store), host
-
-
-def wait_for_keys(store, keys: list) -> None:
-    """Until every key is in ``store``: polled, so that a signal ends the wait (KeyboardInterrupt, Terminated)."""
-    while not store.check(keys):
-        time.sleep(SHARD_POLL_S)
-
-
 EXIT_GRACE_S = 1.0  # how long rank 0, about to exit 2, leaves the others (done) to exit first
 
 
@@ -466,7 +440,7 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
                 one_line: Callable[[BaseException], str], debug: bool = False, folder: Optional[Path] = None,
                 quiet: bool = False, close: Callable[[], None] = lambda: None) -> int:
     """Rank ``rank`` of ``world`` runs work(item) for items rank, rank + world, ... (run_items: a failing item is
-    reported and the rank goes on); then it says how many failed in the store (shard_store) and waits until every
+    reported and the rank goes on); then it says how many failed in the store (torchrun.meeting_store) and waits until every
     rank has, so that none exits with an error while others work (torchrun would stop them); rank 0 returns 2 if
     anything failed anywhere (and says so), the others 0. A signal ends the wait at once; torchrun stops the other
     ranks when one ends, so rank 0 exits last: every rank says its closing line (``close``) before it leaves the
@@ -475,16 +449,25 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     written there (every input failing), as one process does (an output's write makes its folder again)."""
     from ._io import made_folder
 
-    store, host = shard_store(rank, world)
+    import hashlib
+
+    store, host = meeting_store(rank, world, "yoda-upscale")
+    # every rank shards the same list: each listed its folders itself, and none writes before all have
+    # (-o inside an input folder: a rank that listed it after rank 0 had written there took other shares)
+    listed = hashlib.sha256(repr(items).encode("utf-8", "surrogateescape")).hexdigest()
+    store.set(f"listed/{rank}", listed)
+    wait_for_keys(store, [f"listed/{r}" for r in range(world)], "waiting for ranks")
+    if any(store.get(f"listed/{r}").decode() != listed for r in range(world)):
+        raise UserError("the ranks found different inputs (a folder changed while they started?): run again")
     with made_folder(folder):
         failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ", debug, quiet)
         store.set(f"failed/{rank}", str(failed))
-        wait_for_keys(store, [f"failed/{r}" for r in range(world)])
+        wait_for_keys(store, [f"failed/{r}" for r in range(world)], "done; waiting for ranks")
         total = sum(int(store.get(f"failed/{r}")) for r in range(world))
     close()
     store.set(f"left/{rank}", "1")
     if host or rank == 0:  # the host's store closes when it exits; rank 0 exits last (above)
-        wait_for_keys(store, [f"left/{r}" for r in range(world)])
+        wait_for_keys(store, [f"left/{r}" for r in range(world)], "waiting for ranks to exit:")
     if total and rank == 0:  # rank 0 alone exits 2: torchrun stops the ranks still running when one fails
         print(f"yoda: error: {total} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
         time.sleep(EXIT_GRACE_S)

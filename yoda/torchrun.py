@@ -28,6 +28,9 @@ def dist_env() -> tuple[int, int]:
     """(rank, world size) under torchrun (RANK / WORLD_SIZE in the environment), else (0, 1); a UserError unless
     0 <= RANK < WORLD_SIZE (RANK=1 alone upscaled every input and counted "5 written ... of 4 inputs")."""
     rank, world = env_int("RANK", 0), env_int("WORLD_SIZE", 1)
+    if world > 1 and not os.environ.get("RANK"):  # every process took rank 0 (yoda train: torch's own error)
+        raise UserError(f"WORLD_SIZE={world} without RANK: each process needs its rank (torchrun sets both); run "
+                        "under torchrun, or unset WORLD_SIZE")
     if world < 1 or not 0 <= rank < world:
         raise UserError(f"RANK={rank} and WORLD_SIZE={world} do not go together: RANK must be in [0, WORLD_SIZE) "
                         "(torchrun sets both)")
@@ -62,6 +65,48 @@ def wait_for_host(addr: str, port: int) -> None:
                 raise UserError(f"nothing answers at MASTER_ADDR:MASTER_PORT {addr}:{port} after {HOST_WAIT_S:g} s: "
                                 "is rank 0 running (or torchrun's agent)?") from None
             time.sleep(HOST_POLL_S)
+
+
+# seconds between wait_for_keys' looks at the store (a rank sleeps in between, in Python, so that Ctrl-C and SIGTERM
+# end the wait at once: a blocking collective held it in C++ until torchrun killed it 30 s later)
+MEET_POLL_S = 0.2
+WAIT_NOTE_S = 10.0  # after this long, wait_for_keys says once what it waits for
+
+
+def meeting_store(rank: int, world: int, purpose: str):
+    """(store, whether this process hosts it): the key-value store the ranks meet in, torchrun's own
+    (TORCHELASTIC_USE_AGENT_STORE), else one rank 0 hosts at MASTER_ADDR:MASTER_PORT as torch's env:// rendezvous
+    makes it, without waiting there for the others (wait_for_keys does, in Python); keys under ``purpose`` and
+    this run's name. The other ranks wait for the host in Python too (wait_for_host). A wait in TCPStore's or
+    init_process_group's C++ could last torch's 30-minute timeout, and neither Ctrl-C nor SIGTERM ended it."""
+    import datetime
+    import sys
+
+    import torch.distributed as dist
+
+    addr, port, agent_store, run = rendezvous(world)
+    host = rank == 0 and not agent_store
+    if not host:
+        wait_for_host(addr, port)
+    store = dist.TCPStore(addr, port, world, is_master=host, wait_for_workers=False,
+                          timeout=datetime.timedelta(minutes=5),
+                          **({"use_libuv": False} if sys.platform == "win32" else {}))  # Windows builds lack libuv
+    return dist.PrefixStore(f"{purpose}/{run}", store), host
+
+
+def wait_for_keys(store, keys: list, waiting: str = "") -> None:
+    """Until every key is in ``store``: polled, so that a signal ends the wait (KeyboardInterrupt, Terminated).
+    After WAIT_NOTE_S, says once (on stderr) ``waiting`` and the ranks whose "<prefix>/<rank>" keys are missing."""
+    import sys
+
+    start, said = time.monotonic(), not waiting
+    while not store.check(keys):
+        if not said and time.monotonic() - start > WAIT_NOTE_S:
+            said = True
+            missing = [k.rpartition("/")[2] for k in keys if not store.check([k])]
+            print(f"yoda: note: {rank_prefix() or 'rank 0: '}{waiting} {', '.join(missing)} (a rank that never "
+                  "comes: stop with Ctrl-C)", file=sys.stderr, flush=True)
+        time.sleep(MEET_POLL_S)
 
 
 def under_torchrun() -> bool:

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from ..torchrun import dist_env, env_int, rendezvous, wait_for_host
+from ..torchrun import dist_env, env_int, meeting_store, wait_for_keys
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,11 @@ class Ranks:
 
 def local_batch(batch: int, world: int) -> int:
     """Samples per rank; the global batch must split evenly over the ranks (ValueError otherwise)."""
-    if batch % world:
+    if batch % world:  # a resumed run keeps its batch: the rank counts that divide it are the way on
+        fits = ", ".join(str(n) for n in range(1, batch + 1) if batch % n == 0)
         raise ValueError(f"the global batch ({batch}, config 'batch') is not divisible by the {world} processes: "
-                         f"each rank must take the same number of samples; use a batch that is a multiple of {world}")
+                         f"each rank must take the same number of samples; run on a number of processes that divides "
+                         f"it ({fits}), or (for a new run) use a batch that is a multiple of {world}")
     return batch // world
 
 
@@ -79,10 +81,13 @@ def process_group(ranks: Ranks, device: torch.device):
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if ranks.rank != 0:  # rank 0 hosts the store (or torchrun's agent): TCPStore's own connect would wait for it in
-        addr, port, _, _ = rendezvous(ranks.world)  # C++, where neither Ctrl-C nor SIGTERM ends it
-        wait_for_host(addr, port)
-    dist.init_process_group("nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo")  # Windows: none
+    # the ranks meet in the store first, waiting in Python: rank 0 waited in init_process_group's C++ for ranks that
+    # never came (30 minutes), where neither Ctrl-C nor SIGTERM ended it
+    store, _ = meeting_store(ranks.rank, ranks.world, "yoda-train")
+    store.set(f"here/{ranks.rank}", "1")
+    wait_for_keys(store, [f"here/{r}" for r in range(ranks.world)], "waiting for ranks")
+    dist.init_process_group("nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo",  # Windows: no
+                            store=dist.PrefixStore("group", store), rank=ranks.rank, world_size=ranks.world)
     try:
         if dist.get_world_size() != ranks.world or dist.get_rank() != ranks.rank:
             raise ValueError(f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) is not the "
