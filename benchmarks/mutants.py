@@ -1534,6 +1534,10 @@ MUTANTS = [
            "quiet or (rank > 0 and sys.stdout.isatty())", "quiet",
            ("tests/test_cli.py", "-k", "world_size_alone"),
            "rank 1's per-input lines broke rank 0's progress bar on the terminal"),
+    Mutant("png-level-6", "yoda/images.py",
+           "options[\"compress_level\"] = PNG_LEVEL", "options[\"compress_level\"] = 6",
+           ("tests/test_images.py", "-k", "level_3"),
+           "PNG outputs at zlib level 6: 7.7% of a 2048² upscale's time in the encode"),
 ]
 
 

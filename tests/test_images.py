@@ -891,3 +891,17 @@ def test_a_read_only_output_is_refused_before_the_work(tmp_path, monkeypatch):
     keep.chmod(0o644)
     _io.atomic_write(keep, lambda tmp: Path(tmp).write_bytes(b"x"))  # writable again: replaced, mode kept
     assert keep.read_bytes() == b"x" and keep.stat().st_mode & 0o777 == 0o644
+
+
+def test_png_outputs_are_compressed_at_level_3(tmp_path):
+    """PNG outputs took Pillow's zlib level 6: 7.7% of a 512² -> 2048² upscale went to the encode (1.25 s), against
+    0.4 s at level 3 for a file 9% larger and the same pixels. The zlib header's FLEVEL says which was used."""
+    import zlib
+
+    x = torch.rand(1, 3, 32, 48) * 2 - 1
+    data = save_image(x, tmp_path / "a.png").read_bytes()
+    i = data.index(b"IDAT") + 4
+    assert (data[i + 1] >> 6) == 1  # FLEVEL 1: "fast" (levels 2-5); level 6 writes 2
+    assert zlib.decompress(data[i:i + int.from_bytes(data[i - 8:i - 4], "big")])  # a whole zlib stream
+    with Image.open(tmp_path / "a.png") as im:
+        np.testing.assert_array_equal(np.asarray(im), to_uint8(x)[0])

@@ -63,6 +63,7 @@ LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, los
 # BMP's file size is a 32-bit field; a TIFF of more than this many bytes is written as BigTIFF (Pillow's classic
 # TIFF failed there with struct.error, after all the sampling)
 MAX_CLASSIC_BYTES = 2**32 - 1
+PNG_LEVEL = 3  # zlib level of PNG outputs (save_pil)
 # The formats read_image decodes: raster image formats. Pillow picks a decoder by the file's content, not its
 # name, so without this list an EPS file named .png would go to Ghostscript, and an ICO file would decode the
 # PNG inside it at open(), before its size is checked.
@@ -440,6 +441,8 @@ def save_pil(img: Image.Image, path: str | os.PathLike) -> Path:
     options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
     if fmt == "JPEG":  # full-resolution colour: Pillow's 4:2:0 halved it and cost 2.0-3.4 dB at quality 95
         options["subsampling"] = 0
+    if fmt == "PNG":  # zlib level 3, not Pillow's 6: the same pixels, 9% larger, in a third of the time (the encode
+        options["compress_level"] = PNG_LEVEL  # was 7.7% of a 512² -> 2048² upscale, 1.25 s of 16)
     if fmt == "TIFF" and img.size[0] * img.size[1] * len(img.getbands()) > MAX_CLASSIC_BYTES - (1 << 20):
         options["big_tiff"] = True
 
