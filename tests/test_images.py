@@ -834,8 +834,13 @@ def test_camera_previews_are_no_frames_and_pillows_warnings_name_the_file(tmp_pa
     data[data.index(b"Exif\x00\x00") + 6 + 8] = 0xFF  # the IFD's entry count: more entries than the block holds
     bad = tmp_path / "bad exif.jpg"
     bad.write_bytes(bytes(data))
-    with pytest.warns(UserWarning) as said:
-        images.read_image(bad)
+    with pytest.warns(UserWarning) as said:  # the library passes Pillow's warning on as it is (no catch_warnings:
+        images.read_image(bad)  # process-wide, it broke every warning of a service reading in two threads)
+    assert [str(w.message) for w in said] == ["Corrupt EXIF data.  Expecting to read 12 bytes but only got 10. "]
+    from yoda.cli_models import read_input
+
+    with pytest.warns(UserWarning) as said:  # the CLI, in its one thread, names the file
+        read_input(str(bad))
     assert [str(w.message) for w in said] == [f"{bad}: Corrupt EXIF data.  Expecting to read 12 bytes but only got "
                                               "10. "], [str(w.message) for w in said]
 

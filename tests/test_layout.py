@@ -228,3 +228,19 @@ def test_commands_that_need_no_torch_do_not_import_it(tmp_path):
             "print(codes, 'torch' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[2, 2, 2] False", r.stdout + r.stderr
+
+
+def test_the_library_leaves_the_warnings_filters_alone():
+    """yoda.images.read_image recorded Pillow's warnings with warnings.catch_warnings, which swaps the process-wide
+    filters: two threads loading images left an "always" filter and a dead list that swallowed every later warning
+    of the process. Only the CLI (one thread, its own process) may catch warnings."""
+    found = []
+    for folder in ("yoda", "yoda_kernels"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+            for f in files:
+                path = os.path.join(dirpath, f)
+                if f.endswith(".py") and not f.startswith("cli") and f != "__main__.py":
+                    with open(path, encoding="utf-8") as fh:
+                        if "catch_warnings(" in fh.read():
+                            found.append(os.path.relpath(path, ROOT))
+    assert found == []

@@ -359,6 +359,13 @@ def test_seed_none_draws_only_for_a_call_that_samples_with_it():
     torch.manual_seed(3)
     with pytest.raises(ValueError, match="sampler"):
         run(model, lr_image(), sampler="lms")
+    # refused in prepare, after the spec was made: a window off the model's grid, a map of another batch (a
+    # rejected request of a service moved the stream that its torch.manual_seed workflow relies on)
+    srdiff = yoda.load("yoda", "default")
+    with pytest.raises(ValueError, match="windows"):
+        yoda.sample(srdiff, lr_image(h=8, w=8), attention="edge", windows=7, progress=False)
+    with pytest.raises(ValueError, match="attention"):
+        run(model, lr_image(), attention=torch.zeros(3, 1, 16, 16), steps=2)
     run(model, lr_image(), noise=[torch.zeros(1, 3, 16, 16)] * (STEPS + 1))
     assert torch.equal(torch.rand(4), want)
     torch.manual_seed(3)
@@ -716,6 +723,61 @@ def test_window_blend_weights_are_gaussians_of_a_quarter_window():
     g = lambda k: math.exp(-0.5 * ((k - 3.5) / 2.0) ** 2)  # noqa: E731
     assert out[0, 0, 0, 6].item() == pytest.approx((1 * g(6) + 2 * g(0)) / (g(6) + g(0)), rel=1e-6)
     assert out[0, 0, 0, 0].item() == 1.0 and out[0, 0, 0, 13].item() == 2.0
+
+
+def test_rectangular_windows_lay_and_blend_each_axis_by_its_own_side():
+    """windows=((H, W), O): windows of H rows and W columns (yoda upscale's automatic windows: a wide image in
+    squares overlapped along its short side, 2.3 times its pixels at 800 x 6000). Each axis is laid with
+    window_starts of its own side and blended with a Gaussian of a quarter of it; batching changes nothing."""
+    from yoda.sampling.spec import Windows, check_windows
+    from yoda.sampling.tiles import Tiler, window_starts
+
+    assert check_windows(((8, 16), 2)) == Windows((8, 16), 2, True, None) and check_windows(8).size == (8, 8)
+    assert check_windows(((8, 16), 2)).typed() == "windows=((8, 16), 2)" and check_windows(8).typed() == "windows=8"
+    for bad, err in ((((8, 16), 8), ValueError), (((0, 16), 0), ValueError), (((8, 16, 4), 2), TypeError),
+                     (((8, 1.5), 2), TypeError)):
+        with pytest.raises(err, match="windows must"):
+            check_windows(bad)
+
+    class Numbered:  # window k predicts k + 1 everywhere
+        def __init__(self):
+            self.calls = 0
+
+        def crop_cond(self, cond, ys, xs):
+            return None
+
+        def stack_conds(self, conds):
+            return None
+
+        def denoise(self, x, t, ab, cond):
+            out = torch.stack([torch.full_like(x[k], float(self.calls + k + 1)) for k in range(x.shape[0])])
+            self.calls += x.shape[0]
+            return out
+
+    H, W, (wh, ww), O = 10, 20, (6, 12), 2
+    ys, xs = window_starts(H, wh, O), window_starts(W, ww, O)
+    assert (ys, xs) == ([0, 4], [0, 8])
+    g = lambda k, n: math.exp(-0.5 * ((k - (n - 1) / 2) / (n / 4)) ** 2)  # noqa: E731
+    want = torch.zeros(H, W, dtype=torch.float64)
+    total = torch.zeros(H, W, dtype=torch.float64)
+    for k, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        for i in range(wh):
+            for j in range(ww):
+                wgt = g(i, wh) * g(j, ww)
+                want[y + i, x + j] += wgt * (k + 1)
+                total[y + i, x + j] += wgt
+    for batch in (1, 3):
+        tiler = Tiler(torch.Size([1, 1, H, W]), (wh, ww), O, False, None, "cpu", batch=batch)
+        out, n = tiler.denoise(Numbered(), torch.zeros(1, 1, H, W), torch.zeros(1), 0.5, None, 0.0)
+        assert n == 4 and tiler.last_batches == -(-4 // batch)
+        torch.testing.assert_close(out[0, 0].double(), want / total, rtol=0, atol=2e-6)
+    # through yoda.sample: the rectangle's sides each checked against the model's multiple
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE)
+    lr, A = lr_image(h=8, w=12), _asym_A(16, 24)
+    with torch.backends.mkldnn.flags(enabled=False):
+        one = run(model, lr, attention=A, seed=2, windows=((8, 12), 2), window_batch=1)
+        assert torch.equal(run(model, lr, attention=A, seed=2, windows=((8, 12), 2), window_batch=4), one)
+    assert not torch.equal(one, run(model, lr, attention=A, seed=2, windows=(8, 2)))
 
 
 def _tiny_unet_adapter(kind):
@@ -1297,7 +1359,8 @@ def test_validation_happens_before_any_work_and_the_backend_is_chosen_once(monke
                           schedule=SCHED, scale=SCALE)
     for bad, exc, message in ((dict(kernel_tile=12), ValueError, r"kernel_tile must be one of \(8, 16, 32\), got 12"),
                               (dict(eta=-1.0, sampler="ddim"), ValueError, "eta must be >= 0, got -1.0"),
-                              (dict(windows=(4, 4)), ValueError, r"0 <= overlap < window, got \(4, 4\)$"),
+                              (dict(windows=(4, 4)), ValueError, r"0 <= overlap < window, got \(4, 4\); a window of H "
+                                                                 r"x W pixels is windows=\(\(H, W\), overlap\)$"),
                               (dict(callback=3), TypeError, "callback must be callable or None, got int"),
                               # diffusers' callback(step, timestep, latents) failed after the first model call
                               (dict(callback=lambda i, t, latents: None), TypeError,
@@ -1426,6 +1489,14 @@ def test_check_lr_reads_float64_values_exactly():
     bright[0, 0, 0, 0] = 0.02
     with pytest.warns(UserWarning, match="lr has no negative value"):
         check_lr(bright)
+    # the same words for every image: a loop over [0, 1] images got a line (and a registry entry) per image
+    said = []
+    for k in range(3):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            check_lr(torch.linspace(0.001 * k, 0.6 + 0.1 * k, 48).reshape(1, 3, 4, 4))
+        said += [str(x.message) for x in w]
+    assert len(said) == 3 and len(set(said)) == 1, said
 
 
 def test_warns_for_a_network_in_training_mode_and_for_a_0_1_image():
@@ -1457,8 +1528,8 @@ def test_warns_for_a_network_in_training_mode_and_for_a_0_1_image():
         warnings.simplefilter("error")
         yoda.sample(ad, torch.ones(1, 3, 8, 8), steps=1, seed=0, progress=False)
         yoda.sample(ad, lr.clamp(0.3, 1.0), steps=1, seed=0, progress=False)
-    with pytest.warns(UserWarning, match=r"lr has no negative value \(range \[0\.008213, 0\.9916\]\): yoda takes "
-                                         r"images in \[-1, 1\]"):
+    with pytest.warns(UserWarning, match=r"lr has no negative value and its darkest pixel is within 0\.02 of 0: yoda "
+                                         r"takes images in \[-1, 1\]"):
         yoda.sample(ad, (lr + 1) / 2, steps=1, seed=0, progress=False)
     with warnings.catch_warnings():  # what the warning says silences it
         warnings.simplefilter("error")

@@ -2,7 +2,7 @@
 cli_models; upscale's machinery: cli_upscale; the options: cli_parser).
 
     yoda upscale IN|DIR... -o OUT [--model default|PATH|sr3:PATH|srdiff:PATH] [--attention none] [--steps 1] ...
-                 [--sampler ddim] [--tiles W[,O]] [--window-batch N] [--max-memory 2G] [--skip-existing]
+                 [--sampler ddim] [--tiles W[xH][,O]] [--window-batch N] [--max-memory 2G] [--skip-existing]
                  (torchrun -m yoda: sharded)
     yoda attention IMAGE -o OUT.png [--attention edge] [--lower-bound 0.6]
     yoda demo [-o demo.png]
@@ -46,7 +46,7 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_attentions
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
-                          UpscaleRun, window_notes, working_where)
+                          UpscaleRun, check_tiles, window_notes, window_text, working_where)
 from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
 from .torchrun import dist_env, env_int, launched_world, lost_rank, main_rank, rank_prefix
 from .errors import user_input as _user_input
@@ -124,24 +124,8 @@ def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
     elif a.scale != scale:
         raise UserError(f"--scale {a.scale} does not match the model, which upscales x{scale} (leave --scale "
                         "out)")
-    from .sampling.tiles import default_overlap
-
     unit, least = hr_grid(ad)
-    typed = None if a.tiles is None else (f"{a.tiles[0]}" if a.tiles[1] is None else f"{a.tiles[0]},{a.tiles[1]}")
-    if a.tiles is not None and a.tiles[1] is None:  # --tiles W: the overlap on the model's grid
-        a.tiles = (a.tiles[0], default_overlap(a.tiles[0], unit))
-    if a.tiles is not None and (a.tiles[0] % unit or a.tiles[1] % unit):
-        near = sorted({max(unit, a.tiles[0] // unit * unit), -(-a.tiles[0] // unit) * unit})
-        raise UserError(f"--tiles {typed}: window and overlap must be multiples of {unit} (this model's size "
-                        f"multiple and scale), e.g. --tiles {' or '.join(map(str, near))}")
-    if a.tiles is not None and a.tiles[0] < least:
-        raise UserError(f"--tiles {typed}: the window must be at least {least} pixels, the "
-                        f"smallest side this model takes")
-    if a.tiles is not None and a.tiles[1] == 0:
-        blend = default_overlap(a.tiles[0], unit)
-        fix = (f"--tiles {a.tiles[0]} blends them over {blend} pixels" if blend else
-               f"windows of {2 * unit} or more overlap by default")  # --tiles W of one unit: no room to overlap
-        note(f"--tiles {typed}: windows that do not overlap leave seams where they meet; {fix}")
+    check_tiles(a, unit, least)
     if a.window_batch is not None and a.window_batch < 1:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
     attention = None if a.attention is None else attention_extractor(a.attention)
@@ -162,8 +146,8 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
                                                run.least)
     if windows is not None and a.tiles is None:
         tally.say(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
-                  f"{mebibytes(a.max_memory)}: denoising in windows of {windows[0]} (overlap {windows[1]}), "
-                  f"{window_batch} per call")
+                  f"{mebibytes(a.max_memory)}: denoising in windows of {window_text(windows[0])} (overlap "
+                  f"{windows[1]}), {window_batch} per call")
         window_notes(src, hr_h, hr_w, windows[0], a.max_memory)
     unused_window_batch_note(a, src, windows)
     t0 = time.perf_counter()

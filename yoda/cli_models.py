@@ -149,10 +149,19 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
 
 def read_input(path: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray, bool]:
     """(uint8 RGB (H, W, 3), whether the file is grey). max_pixels: None = yoda.images.MAX_PIXELS."""
+    import warnings
+
     from .images import is_grey, read_image
 
-    with _user_input():
-        a = read_image(path, max_pixels)
+    said: list = []
+    try:  # the CLI's one thread (catch_warnings is process-wide: no place for it in the library)
+        with _user_input(), warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            a = read_image(path, max_pixels)
+    finally:  # said again of the file, read or not: Pillow's own ("Corrupt EXIF data ...") named none
+        for w in said:
+            text = str(w.message)
+            warnings.warn(text if path in text else f"{path}: {text}", w.category, stacklevel=2)
     return a, is_grey(a)
 
 

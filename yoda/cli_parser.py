@@ -175,16 +175,18 @@ def _bytes_arg(v: str) -> int:
 
 
 def _tiles_arg(v: str) -> tuple:
-    """'W' or 'W,O' -> (W, O); O None when not given (yoda.sampling.tiles.default_overlap: W / 4 on the model's
-    grid)."""
-    parts = v.split(",")
+    """'W', 'W,O', 'WxH' or 'WxH,O' -> (window, O): window W, or (H, W) for a rectangle (width x height, as image
+    sizes are said); O None when not given (yoda.sampling.tiles.default_overlap: a quarter of the shorter side
+    on the model's grid)."""
+    size, _, over = v.partition(",")
     try:
-        nums = [int(p) for p in parts]
+        sides = [int(p) for p in size.lower().split("x")]
+        overlap = int(over) if over else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} must be W or W,O (integers)") from None
-    if len(nums) not in (1, 2) or nums[0] < 1 or (len(nums) == 2 and not 0 <= nums[1] < nums[0]):
-        raise argparse.ArgumentTypeError(f"{v!r} must be W or W,O with W >= 1 and 0 <= O < W")
-    return (nums[0], nums[1] if len(nums) == 2 else None)
+        raise argparse.ArgumentTypeError(f"{v!r} must be W, W,O, WxH or WxH,O (integers)") from None
+    if len(sides) not in (1, 2) or min(sides) < 1 or (overlap is not None and not 0 <= overlap < min(sides)):
+        raise argparse.ArgumentTypeError(f"{v!r} must be W, W,O, WxH or WxH,O with W, H >= 1 and 0 <= O < W, H")
+    return (sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[1], sides[0]), overlap)
 
 
 MAX_MINUTES = 1e8  # yoda.training.report.MAX_MINUTES, written out so that parsing imports no torch (a test ties them)
@@ -276,10 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output file exists, or that another `yoda upscale --skip-existing` is "
                         "making")
-    p.add_argument("--tiles", type=_tiles_arg, default=None, metavar="W[,O]",
-                   help="denoise in Gaussian-blended windows of W HR pixels overlapping by O (default W/4 rounded "
-                        "down to the model's size multiple, at least one multiple); both "
-                        "multiples of the model's size multiple (default: chosen when --max-memory needs it)")
+    p.add_argument("--tiles", type=_tiles_arg, default=None, metavar="W[xH][,O]",
+                   help="denoise in Gaussian-blended windows of W HR pixels (WxH: W wide, H high) overlapping by O "
+                        "(default a quarter of the shorter side rounded down to the model's size multiple, at least "
+                        "one multiple); all multiples of the model's size multiple (default: chosen when "
+                        "--max-memory needs it)")
     p.add_argument("--window-batch", type=int, default=None, metavar="N",
                    help="windows per denoiser call when denoising in windows (default: what fits --max-memory)")
     p.add_argument("--max-memory", type=_bytes_arg, default=DEFAULT_MAX_MEMORY, metavar="SIZE",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import os
 import sys
 import time
@@ -28,35 +27,72 @@ HR_BYTES_PER_PIXEL = 4096
 # What the image's own buffers take per HR pixel whatever the windows (state, up(lr), noise, the windows' blend
 # sums, the output): measured 70-90 bytes over the process at 2048² and 4096² (2-vCPU EPYC, fp32)
 IMAGE_BYTES_PER_PIXEL = 96
-SMALL_WINDOW = 128  # automatic windows below this side (HR pixels) are noted: little context, many calls
 
 
 def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, tiles=None, window_batch=None,
                  least: int = 1):
-    """(windows, window_batch, estimated bytes) of `yoda upscale`: --tiles as given, else windows when the HR
+    """(windows, window_batch, estimated bytes) of `yoda upscale`: --tiles as given (W, O), else windows when the HR
     state's estimated need (HR_BYTES_PER_PIXEL per pixel and batch element) exceeds max_memory (0: no limit):
-    of a multiple of ``unit`` (at least ``least``, the model's smallest side), overlapping by default_overlap: the
-    smallest side that needs no more windows than the largest side that fits.
+    ((height, width), overlap), sides multiples of ``unit`` (at least ``least``, the model's smallest side) whose
+    area fits, overlapping by default_overlap of the shorter side (yoda.sampling.tiles.fewest_pixel_windows).
     window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's); None
     when there are no windows (--window-batch applies to the images denoised in windows)."""
-    from .sampling.tiles import default_overlap
+    from .sampling.tiles import fewest_pixel_windows
 
     need = hr_h * hr_w * batch * HR_BYTES_PER_PIXEL
     if tiles is None and max_memory and need > max_memory:
         least = max(unit, -(-least // unit) * unit)
-        side = max(least, math.isqrt(max_memory // (batch * HR_BYTES_PER_PIXEL)) // unit * unit)
-        # as few windows as the largest side that fits needs, each as small as covers the image with that many:
-        # an 800² output took 2 x 2 windows of 720², 3.2 times its pixels (now 2 x 2 of 456²)
-        fewest = _window_count(hr_h, hr_w, side, unit)
-        side = next(s for s in range(least, side + 1, unit) if _window_count(hr_h, hr_w, s, unit) <= fewest)
-        tiles = (side, default_overlap(side, unit))
+        tiles = fewest_pixel_windows(hr_h, hr_w, unit, least, max_memory // (batch * HR_BYTES_PER_PIXEL))
     if tiles is not None and window_batch is None and max_memory:
-        per_window = min(tiles[0], hr_h) * min(tiles[0], hr_w) * batch * HR_BYTES_PER_PIXEL
+        wh, ww = window_sides(tiles[0])
+        per_window = min(wh, hr_h) * min(ww, hr_w) * batch * HR_BYTES_PER_PIXEL
         window_batch = max(1, max_memory // per_window)
     return tiles, window_batch if tiles is not None else None, need
 
 
-def window_notes(src: str, hr_h: int, hr_w: int, side: int, max_memory: int) -> None:
+def check_tiles(a, unit: int, least: int) -> None:
+    """--tiles W[,O] or WxH[,O] against the model's grid (``unit``) and smallest side (``least``): a UserError quoting
+    it as typed; a.tiles becomes (window, overlap), the overlap resolved (a quarter of the shorter side) and the
+    window a side or a (height, width) pair, as yoda.sample's windows= takes it."""
+    from .sampling.tiles import default_overlap
+
+    if a.tiles is None:
+        return
+    window, overlap = a.tiles
+    text = window_text(window)
+    typed = text if overlap is None else f"{text},{overlap}"
+    if overlap is None:  # --tiles W: the overlap on the model's grid
+        overlap = default_overlap(min(window_sides(window)), unit)
+    sides = window_sides(window)
+    if any(n % unit for n in (*sides, overlap)):
+        down = [max(unit, n // unit * unit) for n in sides]
+        near = (" or ".join(map(str, sorted({down[0], -(-sides[0] // unit) * unit}))) if sides[0] == sides[1]
+                else f"{down[1]}x{down[0]}")
+        raise UserError(f"--tiles {typed}: window and overlap must be multiples of {unit} (this model's size "
+                        f"multiple and scale), e.g. --tiles {near}")
+    if min(sides) < least:
+        raise UserError(f"--tiles {typed}: the window must be at least {least} pixels, the "
+                        f"smallest side this model takes")
+    if overlap == 0:
+        blend = default_overlap(min(sides), unit)
+        fix = (f"--tiles {text} blends them over {blend} pixels" if blend else
+               f"windows of {2 * unit} or more overlap by default")  # --tiles W of one unit: no room to overlap
+        note(f"--tiles {typed}: windows that do not overlap leave seams where they meet; {fix}")
+    a.tiles = (window, overlap)
+
+
+def window_sides(window) -> tuple:
+    """(height, width) of a window given as a side or a pair."""
+    return tuple(window) if isinstance(window, (tuple, list)) else (window, window)
+
+
+def window_text(window) -> str:
+    """A window for a message: its side, or WIDTHxHEIGHT as image sizes are said."""
+    h, w = window_sides(window)
+    return str(h) if h == w else f"{w}x{h}"
+
+
+def window_notes(src: str, hr_h: int, hr_w: int, window, max_memory: int) -> None:
     """The notes of upscale's automatic windows: the image's own buffers (IMAGE_BYTES_PER_PIXEL), which no window
     size shrinks, over --max-memory; windows so small that the model sees little around each pixel."""
     def tell(text):  # on the rank that upscales the image (cli_models.note: rank 0's, for what every rank meets)
@@ -66,6 +102,9 @@ def window_notes(src: str, hr_h: int, hr_w: int, side: int, max_memory: int) -> 
     if own > max_memory:  # a 4096² output took 1.2 GB over the process under --max-memory 256M, and said nothing
         tell(f"{printable(src)}: its own buffers (state, condition, blend; about {mebibytes(own)} at {hr_w}x{hr_h}) "
              f"come on top of --max-memory {mebibytes(max_memory)}, whatever the windows")
+    from .sampling.tiles import SMALL_WINDOW
+
+    side = min(window_sides(window))
     if side < SMALL_WINDOW:  # --max-memory 1M: 16-px windows, 250 times slower and visibly softer (38 dB)
         tell(f"{printable(src)}: windows of {side} pixels give the model little around each pixel: slower, and "
              f"softer than windows of {SMALL_WINDOW} or more (a larger --max-memory)")
@@ -77,14 +116,6 @@ def unused_window_batch_note(a, src: str, windows) -> None:
         a.window_batch_said = True
         note(f"--window-batch has no effect on {printable(src)}: it is not split into windows (--tiles, or a "
              f"--max-memory it needs more than, splits an image)")
-
-
-def _window_count(hr_h: int, hr_w: int, side: int, unit: int) -> int:
-    """The number of windows of ``side`` (default overlap) that yoda.sample's tiler lays over hr_h x hr_w."""
-    from .sampling.tiles import default_overlap, window_starts
-
-    overlap = default_overlap(side, unit)
-    return len(window_starts(hr_h, side, overlap)) * len(window_starts(hr_w, side, overlap))
 
 
 def mebibytes(n: float) -> str:

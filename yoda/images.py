@@ -341,16 +341,14 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
             raise FileNotFoundError(f"path: no such image file: {p}{link}")
         if not p.is_file():
             raise ValueError(f"path: {p} is a folder, not an image file" if p.is_dir() else f"path: {p} is not a file")
-        said: list = []
         try:
-            with warnings.catch_warnings(record=True) as said, open_image(p) as im:
-                warnings.simplefilter("always")
+            with open_image(p) as im:
                 _check_pixels(p, im.size, limit)
                 im.load()  # decode now, so a truncated file fails here and not later
                 # an animated GIF / WebP / PNG, a multi-page TIFF; not a camera JPEG's previews (MPO: its first
                 # frame is the photograph) nor a Photoshop file's layers (PSD: its first frame is the composite)
                 if getattr(im, "n_frames", 1) > 1 and im.format not in ("MPO", "PSD"):
-                    warnings.warn(f"{p} holds {im.n_frames} frames; only the first is read")
+                    warnings.warn(f"{p} holds {im.n_frames} frames; only the first is read", stacklevel=2)
                 arr = _samples(_to_srgb(_upright(im), p), p)
         except DataError:
             raise
@@ -370,10 +368,6 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
                 raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
                                 "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None
             raise DataError(f"path: cannot read image {p}: {e}") from None
-        finally:  # said again of the file, read or not: Pillow's own ("Corrupt EXIF data ...") named none
-            for w in said:
-                text = str(w.message)
-                warnings.warn(text if str(p) in text else f"{p}: {text}", w.category, stacklevel=2)
         return to_rgb_u8(arr, str(p))
     except (DataError, FileNotFoundError, ValueError) as e:  # a name with a newline: the CLI's line ended in it
         shown = printable(str(p))

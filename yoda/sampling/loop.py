@@ -138,11 +138,12 @@ def sample(
         masks may not reach every pixel (at the last step t, pixels with A < t / T - lower_bound keep the LR
         image; yoda.sample takes enough where the steps are the model's own, and so does the CLI).
     windows: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,
-        skip_inactive=True): tiled denoising over the state grid with Gaussian blending; windows with no
+        skip_inactive=True), the window a side W or a (height, width) pair (windows=((H, W), O)): tiled
+        denoising over the state grid with Gaussian blending (per axis, a quarter of that side); windows with no
         active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.
         skip_inactive=False). The adapter must implement crop_cond (and stack_conds, default: concatenation).
-        A window alone overlaps by a quarter of it, rounded down to the model's grid as `yoda upscale --tiles W`
-        rounds it (yoda.sampling.tiles.default_overlap; a latent model: W // 4).
+        A window alone overlaps by a quarter of its shorter side, rounded down to the model's grid as
+        `yoda upscale --tiles W` rounds it (yoda.sampling.tiles.default_overlap; a latent model: W // 4).
     window_batch: the active windows of a step go through the model in batches of this many (None: what fits
         yoda.sampling.tiles.WINDOW_BATCH_BYTES by a fixed activation estimate). Batching does not change the
         result for a model whose forward is batch-invariant (bit for bit); CPU convolutions (oneDNN) and matmuls
@@ -188,7 +189,7 @@ def sample(
     if pad:
         lr_checked, attention, crop = pad_to_model(adapter, lr_checked, attention, lower_bound)
     draw = seed is None and noise is None  # explicit noise fixes the image: nothing is drawn for it
-    seed = 0 if seed is None else resolve_seed(seed)  # None: drawn below, once the arguments are known good
+    seed = 0 if seed is None else resolve_seed(seed)  # None: drawn after prepare, once the arguments are known good
 
     def spec_of(n):
         return make_spec(adapter, lr_checked, steps=n, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
@@ -215,11 +216,13 @@ def sample(
     said = own_steps and steps is not None and noise is None  # the model's steps: covered above, or said there
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
                         device=lr_checked.device)
-    if draw:  # from torch's generator, so that torch.manual_seed(...) reproduces the image; one draw a call
-        spec = dataclasses.replace(spec, seed=resolve_seed(None))
     with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
         run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop,
                       fixed_batch=speed.cuda_graphs)
+        if draw:  # from torch's generator, so that torch.manual_seed(...) reproduces the image; one draw a call, made
+            # once prepare's checks passed (a call refused there drew it, and changed the caller's next draws)
+            spec = run.spec = dataclasses.replace(spec, seed=resolve_seed(None))
+            run.ops.seed = spec.seed
         if not said and run.A is not None and spec.taus[-1] > 0:
             count = last_tau if noise is None and (sigmas is None or isinstance(sigmas, str)) else None
             warn_unrefined(spec, spec.steps if steps is None else steps, float(run.A.min()), count)

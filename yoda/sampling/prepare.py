@@ -222,22 +222,22 @@ def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
     an axis covers the grid there (Tiler), whatever its size."""
     latent = getattr(adapter, "latent_multiple", None)
     m = int(latent or getattr(adapter, "multiple", 1))
-    typed = f"windows={w.size}" if w.overlap is None else f"windows=({w.size}, {w.overlap})"  # as the call gave it
+    typed = w.typed()  # as the call gave it
     if w.overlap is None:  # as `yoda upscale --tiles W` (HR models); a latent window may start anywhere
-        w = dataclasses.replace(w, overlap=default_overlap(w.size, 1 if latent else hr_grid(adapter)[0]))
-    window, overlap = w.size, w.overlap
-    narrower = any(n > window for n in (grid if extent is None else extent))  # than the image: a window of its own
-    if window % m and narrower:
-        raise ValueError(f"windows: the window {window} must be a multiple of {m}, the model's size multiple on the "
-                         f"state grid {tuple(grid)}, got {typed}")
-    unit = int(getattr(adapter, "window_unit", 1))
-    if (window % unit or overlap % unit) and narrower:
+        w = dataclasses.replace(w, overlap=default_overlap(min(w.size), 1 if latent else hr_grid(adapter)[0]))
+    overlap, unit = w.overlap, int(getattr(adapter, "window_unit", 1))
+    # the sides narrower than the image go through the model at their size (Tiler: a wider one spans the grid)
+    sides = [s for s, n in zip(w.size, grid if extent is None else extent) if n > s]
+    if any(s % m for s in sides):
+        raise ValueError(f"windows: the window {next(s for s in sides if s % m)} must be a multiple of {m}, the "
+                         f"model's size multiple on the state grid {tuple(grid)}, got {typed}")
+    if any(s % unit or overlap % unit for s in sides):
         raise ValueError(f"windows: {type(adapter).__name__} windows must lie on the LR grid: window and overlap "
                          f"multiples of the scale {unit}, got {typed}")
     least = 1 if latent else int(getattr(adapter, "min_size", 1))
-    if window < least:
-        raise ValueError(f"windows: the window {window} must be at least {least} pixels, the smallest side this model "
-                         f"takes, got {typed}")
+    if min(w.size) < least:
+        raise ValueError(f"windows: the window {min(w.size)} must be at least {least} pixels, the smallest side this "
+                         f"model takes, got {typed}")
     return w
 
 

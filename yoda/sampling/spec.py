@@ -88,14 +88,20 @@ def refines_all(tau: float, floor: float) -> bool:
 
 @dataclass(frozen=True)
 class Windows:
-    """Tiled denoising (``windows=``): windows of ``size`` pixels of the state grid overlapping by ``overlap``;
-    ``skip_inactive``: a window with no active pixel at a step makes no denoiser call; ``batch``: windows per
-    denoiser call (``window_batch=``; None: what fits yoda.sampling.tiles.WINDOW_BATCH_BYTES)."""
+    """Tiled denoising (``windows=``): windows of ``size`` = (height, width) pixels of the state grid overlapping by
+    ``overlap``; ``skip_inactive``: a window with no active pixel at a step makes no denoiser call; ``batch``:
+    windows per denoiser call (``window_batch=``; None: what fits yoda.sampling.tiles.WINDOW_BATCH_BYTES)."""
 
-    size: int
+    size: tuple  # (height, width); windows=W gives (W, W)
     overlap: Optional[int]  # None (windows=W): tiles.default_overlap on the model's grid, resolved by prepare
     skip_inactive: bool = True
     batch: Optional[int] = None
+
+    def typed(self) -> str:
+        """windows= as a call gives it, for messages."""
+        h, w = self.size
+        side = h if h == w else (h, w)
+        return f"windows={side}" if self.overlap is None else f"windows=({side}, {self.overlap})"
 
 
 @dataclass(frozen=True)
@@ -258,8 +264,11 @@ def check_lr(lr: Any) -> torch.Tensor:
     # pixel is just above mid-gray cannot be told from a [0, 1] image: callers that made lr of 8-bit images
     # themselves silence the warning (yoda.errors.lr_from_images)
     if 0.0 <= lo <= 0.02 and hi > 0.5 and not lr_from_images_now():
-        warnings.warn(f"lr has no negative value (range [{lo:.4g}, {hi:.4g}]): yoda takes images in [-1, 1] "
-                      "(yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out washed out. "
+        # words that do not depend on the image: Python's default filter says it once for a loop over images (a
+        # service got one line, and one warning-registry entry, per image)
+        warnings.warn("lr has no negative value and its darkest pixel is within 0.02 of 0: yoda takes images in "
+                      "[-1, 1] (yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out "
+                      "washed out. "
                       "A light image already in [-1, 1] (its darkest pixel just above mid-grey) is right as it is: "
                       "warnings.filterwarnings('ignore', 'lr has no negative value') silences this",
                       UserWarning, stacklevel=3)
@@ -353,9 +362,13 @@ def _sum(x: torch.Tensor) -> torch.Tensor:
     return x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
-    """windows = None | window | (window, overlap) | (window, overlap, skip_inactive), window_batch = None | int
-    >= 1 -> Windows or None."""
+    """windows = None | window | (window, overlap) | (window, overlap, skip_inactive), window an int W (W x W) or a
+    pair (H, W), window_batch = None | int >= 1 -> Windows or None."""
     if window_batch is not None:
         window_batch = as_int(window_batch, "window_batch", "None or an int >= 1")
         if window_batch < 1:
@@ -365,22 +378,24 @@ def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
     if windows is None:
         return None
     tiles = windows
-    if isinstance(tiles, numbers.Integral) and not isinstance(tiles, bool):
+    if _is_int(tiles):
         if operator.index(tiles) < 1:
             raise ValueError(f"windows must satisfy window >= 1, got {windows!r}")
-        return Windows(operator.index(tiles), None, True, window_batch)  # W // 4 may be off the model's grid
+        return Windows((operator.index(tiles),) * 2, None, True, window_batch)  # W // 4 may be off the model's grid
     if isinstance(tiles, (tuple, list)) and len(tiles) == 2:
         tiles = (*tiles, True)
-    if (not isinstance(tiles, (tuple, list)) or len(tiles) != 3
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in tiles[:2])
-            or not isinstance(tiles[2], bool)):
+    window = tiles[0] if isinstance(tiles, (tuple, list)) and tiles else None
+    pair = isinstance(window, (tuple, list)) and len(window) == 2 and all(map(_is_int, window))
+    if (not isinstance(tiles, (tuple, list)) or len(tiles) != 3 or not (_is_int(window) or pair)
+            or not _is_int(tiles[1]) or not isinstance(tiles[2], bool)):
         raise TypeError(f"windows must be None, an int window, (window, overlap) or (window, overlap, "
-                        f"skip_inactive), got {windows!r}")
-    tiles = (operator.index(tiles[0]), operator.index(tiles[1]), tiles[2])  # numpy integers too
-    window, overlap, skip = tiles
-    if window < 1 or not 0 <= overlap < window:
-        raise ValueError(f"windows must satisfy window >= 1 and 0 <= overlap < window, got {windows!r}")
-    return Windows(window, overlap, skip, window_batch)
+                        f"skip_inactive), the window an int or a (height, width) pair, got {windows!r}")
+    size = tuple(map(operator.index, window)) if pair else (operator.index(window),) * 2  # numpy integers too
+    overlap, skip = operator.index(tiles[1]), tiles[2]
+    if min(size) < 1 or not 0 <= overlap < min(size):
+        pairs = "" if pair else "; a window of H x W pixels is windows=((H, W), overlap)"
+        raise ValueError(f"windows must satisfy window >= 1 and 0 <= overlap < window, got {windows!r}{pairs}")
+    return Windows(size, overlap, skip, window_batch)
 
 
 def noise_entries(noise: Any, n: int) -> Optional[list]:
