@@ -1554,6 +1554,14 @@ MUTANTS = [
            "size = tuple(map(operator.index, window)) if pair else", "size = (operator.index(window[0]),) * 2 if pair else",
            ("tests/test_sampler.py", "-k", "rectangular"),
            "windows=((H, W), O) denoised H x H windows"),
+    Mutant("seed-drawn-before-checks", "yoda/sampling/loop.py",
+           "    seed = 0 if seed is None else resolve_seed(seed)", "    seed = resolve_seed(seed)",
+           ("tests/test_sampler.py", "-k", "seed_none_draws"),
+           "seed=None drawn before prepare's checks: a refused call moved the caller's random stream"),
+    Mutant("zero-one-warning-per-image", "yoda/sampling/spec.py",
+           "warnings.warn(\"lr has no negative value and its darkest", "warnings.warn(f\"lr has no negative value ({lo}) and its darkest",
+           ("tests/test_sampler.py", "-k", "darkest or 0_1"),
+           "a loop over [0, 1] images got one warning line (and registry entry) per image"),
 ]
 
 
