@@ -2461,7 +2461,13 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
             "upscaler, DiffBIR, other diffusers models) are for the Python API: yoda.models.SDUpscalerAdapter, " \
             "yoda.models.DiffBIRAdapter, yoda.models.from_diffusers); the command line loads yoda model files " \
             "and sr3: / srdiff: checkpoints\n", err
+    code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(pipe / "unet" / "typo.pt")],
+                       capsys)  # a name not found in such a folder is said so
+    assert code == 2 and err.endswith(f"model file not found: {pipe / 'unet' / 'typo.pt'}\n"), err
     (pipe / "model_index.json").unlink()
+    (pipe / "unet" / "config.json").write_text('"my _class_name notes"')  # a string, not a diffusers config
+    code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(pipe / "unet")], capsys)
+    assert code == 2 and err == f"yoda: error: --model {pipe / 'unet'} is a folder: its model is {weights}\n", err
     (pipe / "unet" / "config.json").write_text('["a list"]')  # no diffusers config: the folder's own message
     code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(pipe / "unet")], capsys)
     assert code == 2 and err == f"yoda: error: --model {pipe / 'unet'} is a folder: its model is {weights}\n", err
@@ -2570,6 +2576,8 @@ def test_a_file_named_like_an_option_is_said_to_be_one(tmp_path, monkeypatch, ca
                                  "upscale -h)\n"), err
     code, _, err = run(["upscale", "-nofile.png", "-o", "x.png"], capsys)  # no such file: argparse's words alone
     assert code == 2 and "is a file" not in err and not os.path.exists("x.png"), err
+    code, _, err = run(["upscale", "-o", "x.png", "--steps", "abc", "--", "-dash.png"], capsys)  # after --: a name
+    assert code == 2 and "is a file" not in err and "--steps" in err, err
 
 
 def test_ranks_shard_one_list_and_their_lines_name_them(monkeypatch, capsys):
@@ -2622,3 +2630,29 @@ def test_rectangular_windows_are_chosen_said_and_given_back_with_tiles(tmp_path,
                             *common], capsys)
         assert code == 2 and "must be W, W,O, WxH or WxH,O" in err, (bad, err)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_skip_existing_keeps_a_read_only_output_and_pillows_warnings_are_named_once(tmp_path, tiny_model, capsys,
+                                                                                   monkeypatch):
+    """--skip-existing over a folder whose finished outputs are read-only stopped the whole run ("the file exists
+    and is read-only"), though it skips them; a warning of yoda's about ./anim.gif named the file twice."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / f"{name}.png")
+    (out / "a_x4.png").write_bytes(b"finished")
+    (out / "a_x4.png").chmod(0o444)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if os.fspath(p).endswith("a_x4.png") and m == os.W_OK
+                        else real(p, m, **k))
+    common = ["--model", tiny_model, "--steps", "1", "-q"]
+    code, out_text, err = run(["upscale", str(src), "-o", str(out), "--skip-existing", *common], capsys)
+    assert code == 0 and (out / "b_x4.png").is_file() and (out / "a_x4.png").read_bytes() == b"finished", err
+    code, _, err = run(["upscale", str(src), "-o", str(out), *common], capsys)  # without it: refused before the work
+    assert code == 2 and "a_x4.png: the file exists and is read-only" in err and err.count("a_x4.png") == 1, err
+    monkeypatch.chdir(tmp_path)
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (0, 99)]
+    frames[0].save("anim.gif", save_all=True, append_images=frames[1:])
+    code, _, err = run(["upscale", "./anim.gif", "-o", "x.png", *common], capsys)
+    assert code == 0 and err == "yoda: warning: anim.gif holds 2 frames; only the first is read\n", err

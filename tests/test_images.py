@@ -856,6 +856,7 @@ def test_jpeg_keeps_full_colour_and_huge_outputs_fit_their_format(tmp_path, monk
     with Image.open(jpg) as im:
         assert JpegImagePlugin.get_sampling(im) == 0  # 4:4:4
     images.check_fits(tmp_path / "a.bmp", 37000, 38000)  # 4.2e9 bytes: fits
+    images.check_fits(tmp_path / "g.bmp", 60000, 60000, grey=True)  # 8-bit grey: 3.6e9 bytes, fits
     with pytest.raises(ValueError, match=r"^out .*b\.bmp: a 38000x38000 image does not fit in BMP \(at most 4 GiB a "
                                          r"file\); write \.png or \.tif instead$"):
         images.check_fits(tmp_path / "b.bmp", 38000, 38000, "out")
@@ -865,6 +866,9 @@ def test_jpeg_keeps_full_colour_and_huge_outputs_fit_their_format(tmp_path, monk
         assert p.read_bytes()[:4] == (b"II+\x00" if big else b"II*\x00"), name  # BigTIFF's magic is 43
         with Image.open(p) as im:
             np.testing.assert_array_equal(np.asarray(im), to_uint8(x)[0])
+    monkeypatch.setattr(images, "MAX_CLASSIC_BYTES", (1 << 20) + 16 * 24 * 2 - 1)  # 16-bit samples count twice
+    p = images.save_pil(Image.fromarray(np.full((16, 24), 40000, np.uint16)), tmp_path / "deep.tif")
+    assert p.read_bytes()[:4] == b"II+\x00"
     monkeypatch.setattr(images, "MAX_CLASSIC_BYTES", 54 + 16 * 24 * 3 - 1)  # the BMP's size, less 1
     with pytest.raises(ValueError, match="does not fit in BMP"):
         save_image(x, tmp_path / "c.bmp")
@@ -892,7 +896,14 @@ def test_a_read_only_output_is_refused_before_the_work(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="the file exists and is read-only"):
         save_image(torch.ones(1, 3, 4, 4), keep)
     assert keep.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["keep.png"]
+    # --skip-existing keeps it: not refused for being read-only (a finished output, protected, stopped the run)
+    images.check_output(keep, "-o", kept=True)
     monkeypatch.setattr(os, "access", real)
+    # another user's file this one may write (an ACL on a 0444 file): replaced, and writable to its new owner
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(keep).st_uid + 1)
+    _io.atomic_write(keep, lambda tmp: Path(tmp).write_bytes(b"acl"))
+    assert keep.stat().st_mode & 0o777 == 0o644
+    monkeypatch.undo()
     keep.chmod(0o644)
     _io.atomic_write(keep, lambda tmp: Path(tmp).write_bytes(b"x"))  # writable again: replaced, mode kept
     assert keep.read_bytes() == b"x" and keep.stat().st_mode & 0o777 == 0o644

@@ -1078,6 +1078,12 @@ def test_a_signal_saves_without_validating_and_a_time_budget_validates(tmp_path,
         assert validated == ([] if stop else [2]), (name, validated)
     # the validation a signal skipped at step 4 (val_every) is made when the run resumes, before it trains on:
     # its row had no PSNR for good (a resume replaces only a stop's own row, not a regular one)
+    shutil.copytree(tmp_path / "signal_at_val_step", tmp_path / "no_step_left")
+    tr = Trainer(cfg, str(tmp_path / "no_step_left"), device="cpu", progress=False)
+    monkeypatch.setattr(tr, "validate", lambda: {"val_psnr_plain": 21.0})
+    tr.run(steps=4)  # nothing left to train: the owed row is still written
+    rows = list(csv.DictReader(open(tmp_path / "no_step_left" / "log.csv")))
+    assert [(r["step"], r["val_psnr_plain"]) for r in rows if r["step"] == "4"] == [("4", "21")]
     tr = Trainer(cfg, str(tmp_path / "signal_at_val_step"), device="cpu", progress=False)
     validated = []
     monkeypatch.setattr(tr, "validate", lambda: validated.append(tr.step) or {"val_psnr_plain": 20.0})

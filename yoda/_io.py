@@ -152,7 +152,10 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
         raise _named(e, p) from None
     try:
         if os.path.exists(target):  # an existing file keeps its mode, as open(path, "w") keeps it
-            mode = os.stat(target).st_mode & 0o7777
+            st = os.stat(target)
+            mode = st.st_mode & 0o7777
+            if hasattr(os, "geteuid") and st.st_uid != os.geteuid() and os.access(target, os.W_OK):
+                mode |= stat.S_IWUSR  # another's file this user may write (an ACL): its new owner can write it again
         write(tmp)
         _fsync(tmp)  # the data is on disk before the name points at it (before a mode that may forbid writing)
         if os.stat(tmp).st_mode & 0o7777 != mode:  # the writer made a new file (safetensors: 0600)
@@ -243,11 +246,12 @@ def _probe(folder: str, name: str, named: str) -> None:
     os.unlink(tmp)
 
 
-def check_writable(path: PathLike, what: str = "output") -> Path:
+def check_writable(path: PathLike, what: str = "output", kept: bool = False) -> Path:
     """Check, before any long work, that ``path`` can be written: it is not a folder, its folder exists and is
     a folder, and a file can be created there (a temporary file is created and removed, which also catches
-    read-only file systems). Errors name ``path`` (``what`` says which argument it is): IsADirectoryError,
-    FileNotFoundError, NotADirectoryError, PermissionError / OSError. Returns ``Path(path)``."""
+    read-only file systems), and an existing file there is not read-only, unless ``kept`` (--skip-existing: an
+    existing file is kept, never written). Errors name ``path`` (``what`` says which argument it is):
+    IsADirectoryError, FileNotFoundError, NotADirectoryError, PermissionError / OSError. Returns ``Path(path)``."""
     p = Path(os.fspath(path))
     if p.is_dir():
         raise IsADirectoryError(f"{what} {p} is a folder; give a file name")
@@ -257,7 +261,8 @@ def check_writable(path: PathLike, what: str = "output") -> Path:
     if not os.path.isdir(folder):
         raise NotADirectoryError(f"{what} {p}: {folder} is not a folder")
     _probe(folder, p.name, f"{what} {p}")
-    _not_read_only(_target(p), f"{what} {p}")
+    if not kept:
+        _not_read_only(_target(p), f"{what} {p}")
     return p
 
 
@@ -266,7 +271,7 @@ def _not_read_only(target: Path, said: str) -> None:
     folder is writable), and open(path, "w") would refuse it; a read-only file is one somebody protected."""
     if os.path.exists(target) and not os.access(target, os.W_OK):
         raise PermissionError(errno.EACCES, f"{said}: the file exists and is read-only (chmod u+w it to replace it, "
-                              f"or write another name)", str(target))
+                              f"or write another name)")
 
 
 def check_folder_writable(folder: PathLike, what: str = "output") -> None:

@@ -85,7 +85,7 @@ def cmd_upscale(a) -> int:
         with tally.one(), to_make(a.skip_existing, src, dst, tally.say) as mine:
             if mine:
                 arr, grey = read_input(src, a.max_pixels)
-                check_hr_size(src, arr, a.scale, a.max_pixels, dst)
+                check_hr_size(src, arr, a.scale, a.max_pixels, dst, grey)
                 _upscale_one(a, run, arr, grey, src, dst, tally)
 
     def message(e: BaseException) -> str:
@@ -509,7 +509,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # a file named "-x.png" is read as an option: argparse's error says why ("the following arguments are required")
-    _Parser.dashed_files = tuple(t for t in argv if t.startswith("-") and t != "-" and os.path.isfile(t))
+    options = argv[:argv.index("--")] if "--" in argv else argv  # after "--" a name is a name
+    _Parser.dashed_files = tuple(t for t in options if t.startswith("-") and t != "-" and os.path.isfile(t))
     try:
         a, extra = parser.parse_known_args(argv)
         if extra:  # after the command: named by its own parser, whose -h lists its options

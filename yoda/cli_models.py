@@ -92,15 +92,18 @@ def _in_diffusers_folder(path: Path) -> bool:
     pipeline's), or a config.json / scheduler_config.json naming a diffusers class (``_class_name``)."""
     import json
 
-    folder = path if path.is_dir() else path.parent
+    if not path.exists():  # a name not found is said so
+        return False
+    folder = (path if path.is_dir() else path.parent).absolute()
     if any((d / "model_index.json").is_file() for d in (folder, folder.parent)):
         return True
     for name in ("config.json", "scheduler_config.json"):
         try:
-            if "_class_name" in json.loads((folder / name).read_text(encoding="utf-8")):
-                return True
-        except (OSError, ValueError, TypeError):  # absent, unreadable, not JSON, or JSON that is no container
-            pass
+            config = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # absent, unreadable, not JSON
+            continue
+        if isinstance(config, dict) and "_class_name" in config:
+            return True
     return False
 
 
@@ -161,7 +164,8 @@ def read_input(path: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray,
     finally:  # said again of the file, read or not: Pillow's own ("Corrupt EXIF data ...") named none
         for w in said:
             text = str(w.message)
-            warnings.warn(text if path in text else f"{path}: {text}", w.category, stacklevel=2)
+            named = path in text or str(Path(path)) in text  # yoda's own name it ("./a.gif" as "a.gif")
+            warnings.warn(text if named else f"{path}: {text}", w.category, stacklevel=2)
     return a, is_grey(a)
 
 
@@ -366,27 +370,29 @@ def folder_images(folder: str) -> list:
     return paths
 
 
-def check_output_option(path: str) -> None:
-    """-o of an image: suffix, folder, writable, checked before any work (yoda.images.check_output)."""
+def check_output_option(path: str, kept: bool = False) -> None:
+    """-o of an image: suffix, folder, writable, checked before any work (yoda.images.check_output; ``kept``: an
+    existing file is skipped, --skip-existing, so it may be read-only)."""
     from .images import check_output
 
     with _user_input():
-        check_output(path, "-o")
+        check_output(path, "-o", kept and os.path.exists(path))
 
 
-def check_out_folder(output: str, files) -> None:
-    """-o as a folder: an existing one must take ``files``; a new one must be creatable (its nearest existing
-    ancestor a writable folder)."""
+def check_out_folder(output: str, files, kept: bool = False) -> None:
+    """-o as a folder: an existing one must take ``files`` (``kept``: --skip-existing, an existing file is skipped,
+    so it may be read-only); a new one must be creatable (its nearest existing ancestor a writable folder)."""
     from ._io import check_folder_writable, check_writable
 
     if Path(output).is_dir():
         for f in files:
-            check_writable(f, "-o")
+            check_writable(f, "-o", kept and os.path.exists(f))
     else:
         check_folder_writable(output, "-o")
 
 
-def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int], dst: Optional[str] = None) -> None:
+def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int], dst: Optional[str] = None,
+                  grey: bool = False) -> None:
     """Refuse an input whose x``scale`` output would exceed the pixel limit, or not fit in the format of the
     output file ``dst`` (WebP, JPEG: images.MAX_SIDE), before sampling it."""
     from . import images
@@ -398,7 +404,7 @@ def check_hr_size(src: str, arr, scale: int, max_pixels: Optional[int], dst: Opt
                         f"pixels, more than the limit of {limit} (--max-pixels N raises it)")
     if dst is not None:
         try:
-            images.check_fits(dst, scale * w, scale * h, what=f"{src}: output")
+            images.check_fits(dst, scale * w, scale * h, what=f"{src}: output", grey=grey)
         except ValueError as e:
             raise UserError(str(e)) from None
 

@@ -527,7 +527,7 @@ def output_folder(a) -> Optional[Path]:
             raise UserError(f"-o {a.output}: cannot write images with the suffix {out.suffix!r}; use one of "
                             f"{', '.join(OUTPUT_SUFFIXES)}, or end the name with / for a folder")
         check_not_an_input(file_ids(a.inputs), a.output)
-        check_output_option(a.output)
+        check_output_option(a.output, a.skip_existing)
         return None
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; several inputs (or a name without a suffix) need a folder")
@@ -555,7 +555,7 @@ def output_targets(a, out_dir: Optional[Path]) -> list[str]:
     if clashes:
         more = f" (and {len(clashes) - 1} more: {'; '.join(clashes[1:])})" if len(clashes) > 1 else ""
         raise UserError(clashes[0] + more + "; rename one of each pair, or upscale them in separate runs")
-    check_out_folder(a.output, targets)
+    check_out_folder(a.output, targets, a.skip_existing)
     return targets
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from ._io import atomic_write, check_writable
 from .errors import UserError, printable
@@ -392,15 +392,17 @@ def image_format(path: str | os.PathLike) -> str:
     return Image.registered_extensions()[p.suffix.lower()]
 
 
-def check_fits(path: str | os.PathLike, width: int, height: int, what: str = "path") -> None:
-    """ValueError naming ``path`` (``what``: which argument) when a width x height image cannot be stored in its
-    format (MAX_SIDE: WebP up to 16383 pixels a side, JPEG 65500): checked before the work, not at the write."""
+def check_fits(path: str | os.PathLike, width: int, height: int, what: str = "path", grey: bool = False) -> None:
+    """ValueError naming ``path`` (``what``: which argument) when a width x height image (RGB, or ``grey``) cannot
+    be stored in its format (MAX_SIDE: WebP up to 16383 pixels a side, JPEG 65500; a BMP file up to 4 GiB):
+    checked before the work, not at the write."""
     fmt = image_format(path)
     side = MAX_SIDE.get(fmt)
     if side is not None and max(width, height) > side:
         raise ValueError(f"{what} {path}: a {width}x{height} image does not fit in {fmt} (at most {side} pixels "
                          f"a side); write .png or .tif instead")
-    if fmt == "BMP" and 54 + (3 * width + 3) // 4 * 4 * height > MAX_CLASSIC_BYTES:  # 24-bit rows, 4-byte aligned
+    depth, palette = (1, 1024) if grey else (3, 0)  # Pillow's BMP: 8-bit grey with a palette, or 24-bit
+    if fmt == "BMP" and 54 + palette + (depth * width + 3) // 4 * 4 * height > MAX_CLASSIC_BYTES:  # rows 4-aligned
         raise ValueError(f"{what} {path}: a {width}x{height} image does not fit in BMP (at most 4 GiB a file); "
                          f"write .png or .tif instead")
 
@@ -413,15 +415,16 @@ def _not_a_folder(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def check_output(path: str | os.PathLike, what: str = "output") -> Path:
+def check_output(path: str | os.PathLike, what: str = "output", kept: bool = False) -> Path:
     """Check an image output path before any work: its suffix is one of OUTPUT_SUFFIXES (PNG, JPEG, WebP,
     TIFF, BMP) and it can be written (yoda._io.check_writable: not a folder, the folder exists, a file can be
-    created there). Errors name ``path`` (``what``: which argument). Returns ``Path(path)``."""
+    created there, an existing one is not read-only unless ``kept``). Errors name ``path`` (``what``: which
+    argument). Returns ``Path(path)``."""
     p = _not_a_folder(path, what)
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"{what} {p}: cannot write images with the suffix {p.suffix!r}; use one of "
                          f"{', '.join(OUTPUT_SUFFIXES)}")
-    return check_writable(p, what)
+    return check_writable(p, what, kept)
 
 
 def save_pil(img: Image.Image, path: str | os.PathLike) -> Path:
@@ -431,13 +434,14 @@ def save_pil(img: Image.Image, path: str | os.PathLike) -> Path:
     image several dB of PSNR against its PNG (the quality is the point of the output); JPEG without chroma
     subsampling (4:4:4). A TIFF over 4 GiB is a BigTIFF."""
     fmt = image_format(path)
-    check_fits(path, *img.size)
+    check_fits(path, *img.size, grey=img.mode == "L")
     options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
     if fmt == "JPEG":  # full-resolution colour: Pillow's 4:2:0 halved it and cost 2.0-3.4 dB at quality 95
         options["subsampling"] = 0
     if fmt == "PNG":  # zlib level 3, not Pillow's 6: the same pixels, 9% larger, in a third of the time (the encode
         options["compress_level"] = PNG_LEVEL  # was 7.7% of a 512² -> 2048² upscale, 1.25 s of 16)
-    if fmt == "TIFF" and img.size[0] * img.size[1] * len(img.getbands()) > MAX_CLASSIC_BYTES - (1 << 20):
+    sample = np.dtype(ImageMode.getmode(img.mode).typestr).itemsize  # bytes: 1, or 2 / 4 for I;16, I, F
+    if fmt == "TIFF" and img.size[0] * img.size[1] * len(img.getbands()) * sample > MAX_CLASSIC_BYTES - (1 << 20):
         options["big_tiff"] = True
 
     def write(tmp: str) -> None:

@@ -88,7 +88,7 @@ class Schedule:
                              + (f" at index {int(b.argmax())}" if b.max() >= 1 else ""))
         if 1.0 - b[0].item() == 1.0:  # every sampler then failed at its last step, or in log(sigma = 0), unnamed
             raise ValueError(f"betas[0] = {b[0].item():g} is too small: alpha_bar[0] = 1 - betas[0] rounds to 1 in "
-                             f"float64, so t = 1 would carry no noise (betas must exceed about 1.1e-16)")
+                             f"float64, so t = 1 would carry no noise (betas[0] must exceed about 5.6e-17)")
         object.__setattr__(self, "betas", b)
 
     # ------------------------------------------------------------------------------------------------------

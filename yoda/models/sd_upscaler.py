@@ -90,8 +90,10 @@ class SDUpscalerAdapter(LatentAdapter):
         emb, neg = prompt_embeds, negative_prompt_embeds
         if not isinstance(emb, torch.Tensor) or emb.dim() != 3:
             raise ValueError(f"prompt_embeds must be a (1 or B, L, D) tensor, got {getattr(emb, 'shape', type(emb))}")
-        width = unet.config.cross_attention_dim  # it failed at the first UNet call, after the VAE encode
-        if emb.shape[-1] != width or not emb.is_floating_point():
+        # the text encoder's width (a UNet with encoder_hid_dim projects it), checked where it is one number: it failed
+        # at the first UNet call, after the VAE encode
+        width = getattr(unet.config, "encoder_hid_dim", None) or unet.config.cross_attention_dim
+        if (isinstance(width, int) and emb.shape[-1] != width) or not emb.is_floating_point():
             raise ValueError(f"prompt_embeds must be floating with D = {width} (the UNet's cross_attention_dim: "
                              f"the text encoder's width), got {emb.dtype} of shape {tuple(emb.shape)}")
         if neg is not None and (not isinstance(neg, torch.Tensor) or neg.shape != emb.shape):

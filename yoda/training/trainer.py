@@ -479,6 +479,7 @@ class Trainer:
         last_row = self.rows[-1] if self.rows and self.rows[-1]["step"] == self.step else None
         if last_row and self.val_hr is not None and self.step % cfg.val_every == 0 and last_row["val_psnr_plain"] == "":
             last_row.update(self.validate() if self.ranks.main else {})  # a signal's stop skipped it (below)
+            self.write_log()  # (also when no step is left to write it)
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
         post: dict = {}  # the bar's loss, and with max_seconds the time left (its ETA counts to total, not that)
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
