@@ -36,6 +36,18 @@ def images(tmp_path):
     return str(rgb), str(grey)
 
 
+class DictStore(dict):
+    """torchrun's key-value store as the ranks use it (set / check / get), in a dict."""
+
+    def set(self, k, v):
+        self[k] = str(v).encode()
+
+    def check(self, keys):
+        return all(k in self for k in keys)
+
+    get = dict.__getitem__
+
+
 def run(args, capsys):
     code = main(args)
     out, err = capsys.readouterr()
@@ -1546,16 +1558,11 @@ def test_world_size_alone_is_one_line(tmp_path, tiny_model, capsys, monkeypatch)
         "yoda: error: rank 0: WORLD_SIZE=2, but MASTER_ADDR / MASTER_PORT are not set, so the ranks cannot meet; run "
         "under torchrun, or unset WORLD_SIZE\n"), err
 
-    class Store(dict):  # rank 0 done already, with no failure, having listed what rank 1 lists
+    class Store(DictStore):  # rank 0 done already, with no failure, having listed what rank 1 lists
         def set(self, k, v):
-            self[k] = str(v).encode()
+            super().set(k, v)
             if k == "listed/1":
                 self["listed/0"] = self[k]
-
-        def check(self, keys):
-            return all(k in self for k in keys)
-
-        get = dict.__getitem__
 
     monkeypatch.setattr(cli_upscale, "meeting_store", lambda rank, world, purpose: (Store({"failed/0": b"0"}), False))
     monkeypatch.setenv("RANK", "1")
@@ -2217,10 +2224,11 @@ def test_automatic_windows_are_as_few_and_as_small_as_they_can_be():
     each the smallest that covers the image with that many: still 1.5-1.6 times a photograph's pixels, 2.3 times an
     800 x 6000 panorama's. Now the rectangles (sides >= 128, at most 4 to 1 unless the shorter spans the image,
     overlapping by a quarter of the shorter side) that denoise the fewest pixels in no more calls than those
-    squares: checked against every such rectangle."""
+    squares: checked against every such rectangle. An image thinner than 128 took squares of 152 in about twice the
+    calls: its windows span it."""
     from yoda.cli_parser import DEFAULT_MAX_MEMORY
-    from yoda.cli_upscale import HR_BYTES_PER_PIXEL, plan_windows, window_sides
-    from yoda.sampling.tiles import default_overlap, window_starts
+    from yoda.cli_upscale import HR_BYTES_PER_PIXEL, plan_windows
+    from yoda.sampling.tiles import default_overlap, window_sides, window_starts
 
     def count(h, w, wh, ww, o):
         return len(window_starts(h, wh, o)) * len(window_starts(w, ww, o))
@@ -2228,13 +2236,14 @@ def test_automatic_windows_are_as_few_and_as_small_as_they_can_be():
     area = DEFAULT_MAX_MEMORY // HR_BYTES_PER_PIXEL
     largest = math.isqrt(area) // 8 * 8  # 720
     assert plan_windows(800, 800, 1, 8, DEFAULT_MAX_MEMORY)[0] == ((456, 800), 112)  # 2 calls, not 2 x 2 of 456²
-    for h, w in ((800, 800), (1000, 1000), (730, 3000), (300, 6000), (1536, 2048), (8192, 72)):
+    for h, w in ((800, 800), (1000, 1000), (730, 3000), (300, 6000), (1536, 2048), (8192, 72), (96, 6000)):
         sq = lambda s: count(h, w, s, s, default_overlap(s, 8))  # noqa: E731
         side = next(s for s in range(8, largest + 1, 8) if sq(s) <= sq(largest))  # the squares of before
         best = (sq(side) * min(side, h) * min(side, w), sq(side))
         whole = (-(-h // 8) * 8, -(-w // 8) * 8)
-        for wh in range(128, whole[0] + 1, 8):
-            for ww in range(128, min(whole[1], area // wh) + 1, 8):
+        sides = [[n] if n < 128 else range(128, n + 1, 8) for n in whole]  # a thin image's windows span it
+        for wh in sides[0]:
+            for ww in [v for v in sides[1] if v <= area // wh]:
                 short = min(wh, ww)
                 if max(wh, ww) <= 4 * short or short == whole[wh > ww]:
                     n = count(h, w, wh, ww, default_overlap(short, 8))
@@ -2246,6 +2255,9 @@ def test_automatic_windows_are_as_few_and_as_small_as_they_can_be():
         n = count(h, w, wh, ww, overlap)
         assert (n * min(wh, h) * min(ww, w), n) == best, (h, w, window, best)
     assert plan_windows(800, 6000, 1, 8, DEFAULT_MAX_MEMORY)[0] == ((456, 1096), 112)  # 12 calls, 1.25 x its pixels
+    assert plan_windows(96, 6000, 1, 8, DEFAULT_MAX_MEMORY)[0] == ((96, 3016), 24)  # 2 calls, not 11 squares of 712
+    # as many windows a call as fit, counted by the rectangle's own area
+    assert plan_windows(160, 640, 1, 8, 200 << 20, tiles=((64, 128), 16))[1] == 6  # 200M / (64 * 128 * 4096)
 
 
 def test_library_warnings_are_one_line(tmp_path, tiny_model, capsys):
@@ -2587,21 +2599,21 @@ def test_ranks_shard_one_list_and_their_lines_name_them(monkeypatch, capsys):
     from yoda import cli_upscale
     from yoda.errors import UserError
 
-    class Store(dict):
-        def set(self, k, v):
-            self[k] = str(v).encode()
-
-        def check(self, keys):
-            return all(k in self for k in keys)
-
-        get = dict.__getitem__
-
     done = []
-    store = Store({"listed/0": b"another list", "failed/0": b"0", "left/0": b"1"})
+    import threading
+    import time
+
+    from yoda import torchrun
+
+    monkeypatch.setattr(torchrun, "MEET_POLL_S", 0.01)
+    store = DictStore({"listed/0": b"another list", "failed/0": b"0", "left/0": b"1"})
     monkeypatch.setattr(cli_upscale, "meeting_store", lambda rank, world, purpose: (store, False))
+    threading.Timer(0.3, store.set, ("differ/0", "1")).start()  # rank 0 (the store's host) has read the lists too
+    t0 = time.monotonic()
     with pytest.raises(UserError, match=r"^the ranks found different inputs \(a folder changed while they started\?\)"):
         cli_upscale.run_sharded(["a", "b"], 1, 2, done.append, str)
-    assert done == [] and "failed/1" not in store
+    assert time.monotonic() - t0 >= 0.25  # it left after rank 0 had read, not while rank 0 could still be reading
+    assert done == [] and "failed/1" not in store and store["differ/1"] == b"1"
     tally = cli_upscale.Tally(2, bar=False, quiet=False, where="rank 1: ", several=True)
     tally.say("b.png -> b_x4.png")
     assert capsys.readouterr().out == "rank 1: b.png -> b_x4.png\n"
@@ -2656,3 +2668,26 @@ def test_skip_existing_keeps_a_read_only_output_and_pillows_warnings_are_named_o
     frames[0].save("anim.gif", save_all=True, append_images=frames[1:])
     code, _, err = run(["upscale", "./anim.gif", "-o", "x.png", *common], capsys)
     assert code == 0 and err == "yoda: warning: anim.gif holds 2 frames; only the first is read\n", err
+
+
+def test_a_rank_waiting_at_the_end_says_so_on_rank_0_only(monkeypatch, capsys):
+    """Every finished rank said "done; waiting for ranks 0 (a rank that never comes: stop with Ctrl-C)" after 10 s,
+    under -q too and over rank 0's bar, of a rank 0 that was only still working. Rank 0 says which ranks are still
+    working (not under -q); the others say nothing."""
+    import hashlib
+    import threading
+
+    from yoda import cli_upscale, torchrun
+
+    monkeypatch.setattr(torchrun, "WAIT_NOTE_S", 0.0)
+    monkeypatch.setattr(torchrun, "MEET_POLL_S", 0.01)
+    monkeypatch.setattr(cli_upscale, "EXIT_GRACE_S", 0.0)
+    listed = hashlib.sha256(repr(["a", "b"]).encode()).hexdigest()  # what run_sharded publishes of its list
+    note = "yoda: note: rank 0: done; rank 1 still working\n"
+    for rank, quiet, said in ((1, False, ""), (0, True, ""), (0, False, note)):
+        other = 1 - rank
+        store = DictStore({f"listed/{other}": listed.encode(), f"left/{other}": b"1"})
+        monkeypatch.setattr(cli_upscale, "meeting_store", lambda r, w, purpose, store=store: (store, False))
+        threading.Timer(0.2, store.set, (f"failed/{other}", "0")).start()  # the other rank, still working
+        assert cli_upscale.run_sharded(["a", "b"], rank, 2, lambda item: None, str, quiet=quiet) == 0
+        assert capsys.readouterr().err == said, (rank, quiet)

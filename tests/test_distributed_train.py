@@ -360,7 +360,7 @@ def test_rank_0_waiting_for_ranks_that_never_come_says_so_and_a_signal_ends_it(t
     env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
     p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and p.stderr.strip().endswith("ended by SIGTERM"), p.stderr[-2000:]
-    assert "yoda: note: rank 0: waiting for ranks 1, 2 (a rank that never comes: stop with Ctrl-C)\n" in p.stderr
+    assert "yoda: note: rank 0: waiting for ranks 1, 2 to join (one that never comes: stop with Ctrl-C)\n" in p.stderr
 
 
 def test_world_size_without_rank_and_a_batch_the_ranks_do_not_split_are_named(tmp_path, monkeypatch, capsys):

@@ -778,6 +778,11 @@ def test_rectangular_windows_lay_and_blend_each_axis_by_its_own_side():
         one = run(model, lr, attention=A, seed=2, windows=((8, 12), 2), window_batch=1)
         assert torch.equal(run(model, lr, attention=A, seed=2, windows=((8, 12), 2), window_batch=4), one)
     assert not torch.equal(one, run(model, lr, attention=A, seed=2, windows=(8, 2)))
+    # each side narrower than the image is checked against the model's grid, and named (the embedded model: 8)
+    net = yoda.load("yoda", "default")
+    for windows, side in ((((36, 64), 16), 36), (((24, 60), 16), 60)):
+        with pytest.raises(ValueError, match=rf"^windows: the window {side} must be a multiple of 8"):
+            yoda.sample(net, lr_image(h=16, w=16), windows=windows, progress=False)
 
 
 def _tiny_unet_adapter(kind):

@@ -19,7 +19,7 @@ from ._io import output_claim
 from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
                          folder_images, last_tau, note, once_each, say)
 from .errors import UserError, out_of_memory, printable
-from .torchrun import meeting_store, rank_prefix, wait_for_keys
+from .torchrun import JOIN_NOTE, meeting_store, rank_prefix, wait_for_keys
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
@@ -37,7 +37,7 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
     area fits, overlapping by default_overlap of the shorter side (yoda.sampling.tiles.fewest_pixel_windows).
     window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's); None
     when there are no windows (--window-batch applies to the images denoised in windows)."""
-    from .sampling.tiles import fewest_pixel_windows
+    from .sampling.tiles import fewest_pixel_windows, window_sides
 
     need = hr_h * hr_w * batch * HR_BYTES_PER_PIXEL
     if tiles is None and max_memory and need > max_memory:
@@ -54,16 +54,16 @@ def check_tiles(a, unit: int, least: int) -> None:
     """--tiles W[,O] or WxH[,O] against the model's grid (``unit``) and smallest side (``least``): a UserError quoting
     it as typed; a.tiles becomes (window, overlap), the overlap resolved (a quarter of the shorter side) and the
     window a side or a (height, width) pair, as yoda.sample's windows= takes it."""
-    from .sampling.tiles import default_overlap
+    from .sampling.tiles import default_overlap, window_sides
 
     if a.tiles is None:
         return
     window, overlap = a.tiles
     text = window_text(window)
     typed = text if overlap is None else f"{text},{overlap}"
-    if overlap is None:  # --tiles W: the overlap on the model's grid
-        overlap = default_overlap(min(window_sides(window)), unit)
     sides = window_sides(window)
+    if overlap is None:  # --tiles W: the overlap on the model's grid
+        overlap = default_overlap(min(sides), unit)
     if any(n % unit for n in (*sides, overlap)):
         down = [max(unit, n // unit * unit) for n in sides]
         near = (" or ".join(map(str, sorted({down[0], -(-sides[0] // unit) * unit}))) if sides[0] == sides[1]
@@ -81,13 +81,10 @@ def check_tiles(a, unit: int, least: int) -> None:
     a.tiles = (window, overlap)
 
 
-def window_sides(window) -> tuple:
-    """(height, width) of a window given as a side or a pair."""
-    return tuple(window) if isinstance(window, (tuple, list)) else (window, window)
-
-
 def window_text(window) -> str:
     """A window for a message: its side, or WIDTHxHEIGHT as image sizes are said."""
+    from .sampling.tiles import window_sides
+
     h, w = window_sides(window)
     return str(h) if h == w else f"{w}x{h}"
 
@@ -102,7 +99,7 @@ def window_notes(src: str, hr_h: int, hr_w: int, window, max_memory: int) -> Non
     if own > max_memory:  # a 4096² output took 1.2 GB over the process under --max-memory 256M, and said nothing
         tell(f"{printable(src)}: its own buffers (state, condition, blend; about {mebibytes(own)} at {hr_w}x{hr_h}) "
              f"come on top of --max-memory {mebibytes(max_memory)}, whatever the windows")
-    from .sampling.tiles import SMALL_WINDOW
+    from .sampling.tiles import SMALL_WINDOW, window_sides
 
     side = min(window_sides(window))
     if side < SMALL_WINDOW:  # --max-memory 1M: 16-px windows, 250 times slower and visibly softer (38 dB)
@@ -487,18 +484,21 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     # (-o inside an input folder: a rank that listed it after rank 0 had written there took other shares)
     listed = hashlib.sha256(repr(items).encode("utf-8", "surrogateescape")).hexdigest()
     store.set(f"listed/{rank}", listed)
-    wait_for_keys(store, [f"listed/{r}" for r in range(world)], "waiting for ranks")
-    if any(store.get(f"listed/{r}").decode() != listed for r in range(world)):
+    wait_for_keys(store, [f"listed/{r}" for r in range(world)], rank, JOIN_NOTE)
+    if any(store.get(f"listed/{r}").decode() != listed for r in range(world)):  # every rank finds it so
+        store.set(f"differ/{rank}", "1")  # and leaves once all have read the lists (rank 0 may host the store)
+        wait_for_keys(store, [f"differ/{r}" for r in range(world)])
         raise UserError("the ranks found different inputs (a folder changed while they started?): run again")
     with made_folder(folder):
         failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ", debug, quiet)
         store.set(f"failed/{rank}", str(failed))
-        wait_for_keys(store, [f"failed/{r}" for r in range(world)], "done; waiting for ranks")
+        wait_for_keys(store, [f"failed/{r}" for r in range(world)], rank,  # rank 0's bar shows the run, not -q
+                      "done; {ranks} still working" if rank == 0 and not quiet else "")
         total = sum(int(store.get(f"failed/{r}")) for r in range(world))
     close()
     store.set(f"left/{rank}", "1")
     if host or rank == 0:  # the host's store closes when it exits; rank 0 exits last (above)
-        wait_for_keys(store, [f"left/{r}" for r in range(world)], "waiting for ranks to exit:")
+        wait_for_keys(store, [f"left/{r}" for r in range(world)], rank, "" if quiet else "waiting for {ranks} to exit")
     if total and rank == 0:  # rank 0 alone exits 2: torchrun stops the ranks still running when one fails
         print(f"yoda: error: {total} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
         time.sleep(EXIT_GRACE_S)

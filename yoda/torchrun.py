@@ -94,9 +94,10 @@ def meeting_store(rank: int, world: int, purpose: str):
     return dist.PrefixStore(f"{purpose}/{run}", store), host
 
 
-def wait_for_keys(store, keys: list, waiting: str = "") -> None:
+def wait_for_keys(store, keys: list, rank: int = 0, waiting: str = "") -> None:
     """Until every key is in ``store``: polled, so that a signal ends the wait (KeyboardInterrupt, Terminated).
-    After WAIT_NOTE_S, says once (on stderr) ``waiting`` and the ranks whose "<prefix>/<rank>" keys are missing."""
+    After WAIT_NOTE_S, rank ``rank`` says once on stderr ``waiting``, "{ranks}" replaced by the ranks whose
+    "<prefix>/<rank>" keys are missing ("" : nothing said)."""
     import sys
 
     start, said = time.monotonic(), not waiting
@@ -104,9 +105,12 @@ def wait_for_keys(store, keys: list, waiting: str = "") -> None:
         if not said and time.monotonic() - start > WAIT_NOTE_S:
             said = True
             missing = [k.rpartition("/")[2] for k in keys if not store.check([k])]
-            print(f"yoda: note: {rank_prefix() or 'rank 0: '}{waiting} {', '.join(missing)} (a rank that never "
-                  "comes: stop with Ctrl-C)", file=sys.stderr, flush=True)
+            ranks = f"rank{'s' * (len(missing) > 1)} {', '.join(missing)}"
+            print(f"yoda: note: rank {rank}: {waiting.format(ranks=ranks)}", file=sys.stderr, flush=True)
         time.sleep(MEET_POLL_S)
+
+
+JOIN_NOTE = "waiting for {ranks} to join (one that never comes: stop with Ctrl-C)"  # wait_for_keys before the work
 
 
 def under_torchrun() -> bool:

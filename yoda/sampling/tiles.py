@@ -58,13 +58,19 @@ def window_starts(n: int, window: int, overlap: int) -> list[int]:
     return out
 
 
+def window_sides(window) -> tuple:
+    """(height, width) of a window given as a side or a (height, width) pair."""
+    return tuple(window) if isinstance(window, (tuple, list)) else (window, window)
+
+
 def fewest_pixel_windows(hr_h: int, hr_w: int, unit: int, least: int, area: int) -> tuple:
     """The automatic windows ((height, width), overlap) of an hr_h x hr_w image whose windows hold at most ``area``
     pixels: of the windows that need no more calls than the square plan (as few windows as the largest fitting
     square side needs, each side as small as covers the image with that many: an 800² output took 2 x 2 windows of
     720², 3.2 times its pixels, then 2 x 2 of 456²), the ones that denoise the fewest pixels, sides at most
     WINDOW_ASPECT to one (unless the shorter spans the image) and at least SMALL_WINDOW (else squares: no less
-    context than they give), overlapping by default_overlap of the shorter side, as any window does. Squares made a
+    context than they give; an image thinner than that: windows that span it), overlapping by default_overlap of
+    the shorter side, as any window does. Squares made a
     wide image's windows overlap along its short side: an 800 x 6000 output took 2 x 11 windows of 712², 2.3 times
     its pixels, now 12 of 456 x 1096 (1.25 times); photographs took 1.5-1.6 times their pixels, now 1.25-1.4."""
     top = max(least, math.isqrt(area) // unit * unit)
@@ -90,6 +96,13 @@ def fewest_pixel_windows(hr_h: int, hr_w: int, unit: int, least: int, area: int)
                 n = len(window_starts(hr_h, wh, overlap)) * len(window_starts(hr_w, ww, overlap))
                 if n <= calls and wh * ww <= area and lo <= min(wh, ww) <= hi:
                     best = min(best, (n * min(wh, hr_h) * min(ww, hr_w), n, (wh, ww)))
+    for axis, thin in enumerate(whole):  # an image thinner than SMALL_WINDOW: windows that span it (all the
+        if least <= thin < SMALL_WINDOW:  # context there is that way), as long as the area allows
+            overlap, n_long = default_overlap(thin, unit), (hr_w, hr_h)[axis]
+            for s in range(thin, min(whole[1 - axis], area // thin) + 1, unit):
+                n = len(window_starts(n_long, s, overlap))
+                if n <= calls:
+                    best = min(best, (n * (hr_h, hr_w)[axis] * min(s, n_long), n, (thin, s)[::1 - 2 * axis]))
     wh, ww = best[2]
     return (wh if wh == ww else (wh, ww)), default_overlap(min(wh, ww), unit)
 
@@ -126,7 +139,7 @@ class Tiler:
     at batch 1; in batches the skipped windows change which windows share a call, so to the model's batch
     rounding)."""
 
-    def __init__(self, shape: torch.Size, window: int, overlap: int, skip: bool, A: Optional[torch.Tensor],
+    def __init__(self, shape: torch.Size, window: Any, overlap: int, skip: bool, A: Optional[torch.Tensor],
                  device, batch: Optional[int] = None, activation_scale: int = 1,
                  extent: Optional[tuple] = None, fixed_batch: bool = False, progress: bool = False) -> None:
         """extent: the image's part of the state grid (h', w'), the rest padding: a window that covers the image
@@ -139,7 +152,7 @@ class Tiler:
         self.skip, self.fixed_batch, self.progress = skip, fixed_batch, progress
         H, W = shape[-2:]
         eh, ew = (H, W) if extent is None else extent
-        window = (window, window) if isinstance(window, int) else tuple(window)  # a side, or (height, width)
+        window = window_sides(window)
         wy, wx = (H if window[0] >= eh else window[0]), (W if window[1] >= ew else window[1])
         spans = [(slice(y, min(y + wy, H)), slice(x, min(x + wx, W)))
                  for y in window_starts(H, wy, overlap) for x in window_starts(W, wx, overlap)]

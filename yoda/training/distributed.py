@@ -18,12 +18,13 @@ Backend: gloo on the CPU, nccl on GPUs (rank r on cuda:LOCAL_RANK).
 from __future__ import annotations
 
 import contextlib
+import datetime
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from ..torchrun import dist_env, env_int, meeting_store, wait_for_keys
+from ..torchrun import JOIN_NOTE, dist_env, env_int, meeting_store, wait_for_keys
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def process_group(ranks: Ranks, device: torch.device):
     # never came (30 minutes), where neither Ctrl-C nor SIGTERM ended it
     store, _ = meeting_store(ranks.rank, ranks.world, "yoda-train")
     store.set(f"here/{ranks.rank}", "1")
-    wait_for_keys(store, [f"here/{r}" for r in range(ranks.world)], "waiting for ranks")
+    wait_for_keys(store, [f"here/{r}" for r in range(ranks.world)], ranks.rank, JOIN_NOTE)
+    store.set_timeout(datetime.timedelta(minutes=30))  # torch's own for a process group (meeting_store's: 5)
     dist.init_process_group("nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo",  # Windows: no
                             store=dist.PrefixStore("group", store), rank=ranks.rank, world_size=ranks.world)
     try:
