@@ -468,16 +468,17 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
                 one_line: Callable[[BaseException], str], debug: bool = False, folder: Optional[Path] = None,
                 quiet: bool = False, close: Callable[[], None] = lambda: None) -> int:
     """Rank ``rank`` of ``world`` runs work(item) for items rank, rank + world, ... (run_items: a failing item is
-    reported and the rank goes on); then it says how many failed in the store (torchrun.meeting_store) and waits until every
-    rank has, so that none exits with an error while others work (torchrun would stop them); rank 0 returns 2 if
+    reported and the rank goes on), after the ranks compared their lists of items; then it says how many failed in
+    the store (torchrun.meeting_store) and waits until every rank has, so that none exits with an error while
+    others work (torchrun would stop them); rank 0 returns 2 if
     anything failed anywhere (and says so), the others 0. A signal ends the wait at once; torchrun stops the other
     ranks when one ends, so rank 0 exits last: every rank says its closing line (``close``) before it leaves the
     store, and rank 0 waits for all of them and EXIT_GRACE_S more (torchrun stopped a finished rank 1 as
     "terminated (SIGTERM)"). folder: the output folder; a rank that made it removes it at the end if nothing was
     written there (every input failing), as one process does (an output's write makes its folder again)."""
-    from ._io import made_folder
-
     import hashlib
+
+    from ._io import made_folder
 
     store, host = meeting_store(rank, world, "yoda-upscale")
     # every rank shards the same list: each listed its folders itself, and none writes before all have

@@ -7,9 +7,11 @@ read them leniently (main_rank, rank_prefix: a message about another error must 
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import socket
+import sys
 import time
 
 from .errors import UserError
@@ -79,9 +81,6 @@ def meeting_store(rank: int, world: int, purpose: str):
     makes it, without waiting there for the others (wait_for_keys does, in Python); keys under ``purpose`` and
     this run's name. The other ranks wait for the host in Python too (wait_for_host). A wait in TCPStore's or
     init_process_group's C++ could last torch's 30-minute timeout, and neither Ctrl-C nor SIGTERM ended it."""
-    import datetime
-    import sys
-
     import torch.distributed as dist
 
     addr, port, agent_store, run = rendezvous(world)
@@ -98,8 +97,6 @@ def wait_for_keys(store, keys: list, rank: int = 0, waiting: str = "") -> None:
     """Until every key is in ``store``: polled, so that a signal ends the wait (KeyboardInterrupt, Terminated).
     After WAIT_NOTE_S, rank ``rank`` says once on stderr ``waiting``, "{ranks}" replaced by the ranks whose
     "<prefix>/<rank>" keys are missing ("" : nothing said)."""
-    import sys
-
     start, said = time.monotonic(), not waiting
     while not store.check(keys):
         if not said and time.monotonic() - start > WAIT_NOTE_S:

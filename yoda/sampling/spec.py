@@ -268,8 +268,8 @@ def check_lr(lr: Any) -> torch.Tensor:
         # service got one line, and one warning-registry entry, per image)
         warnings.warn("lr has no negative value and its darkest pixel is within 0.02 of 0: yoda takes images in "
                       "[-1, 1] (yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out "
-                      "washed out. "
-                      "A light image already in [-1, 1] (its darkest pixel just above mid-grey) is right as it is: "
+                      "washed out. A light image already in [-1, 1] (its darkest pixel just above mid-grey) is right "
+                      "as it is: "
                       "warnings.filterwarnings('ignore', 'lr has no negative value') silences this",
                       UserWarning, stacklevel=3)
     if C == 1:
