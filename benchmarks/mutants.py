@@ -1614,6 +1614,10 @@ MUTANTS = [
            "\"done; {ranks} still working\" if rank == 0 and not quiet else \"\"", "\"done; {ranks} still working\"",
            ("tests/test_cli.py", "-k", "waiting_at_the_end"),
            "a finished rank said it waited for the others under -q and over rank 0's bar"),
+    Mutant("pair-overlap-required", "yoda/sampling/spec.py",
+           "or not (tiles[1] is None or _is_int(tiles[1])) or", "or not _is_int(tiles[1]) or",
+           ("tests/test_sampler.py", "-k", "rectangular"),
+           "windows=((H, W), None) was refused: a rectangle needed its overlap spelled out"),
 ]
 
 

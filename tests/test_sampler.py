@@ -734,6 +734,9 @@ def test_rectangular_windows_lay_and_blend_each_axis_by_its_own_side():
 
     assert check_windows(((8, 16), 2)) == Windows((8, 16), 2, True, None) and check_windows(8).size == (8, 8)
     assert check_windows(((8, 16), 2)).typed() == "windows=((8, 16), 2)" and check_windows(8).typed() == "windows=8"
+    # a pair with the default overlap (a quarter of the shorter side, as windows=W): it was refused
+    assert check_windows(((8, 16), None)) == Windows((8, 16), None, True, None)
+    assert check_windows(((8, 16), None)).typed() == "windows=((8, 16), None)"
     for bad, err in ((((8, 16), 8), ValueError), (((0, 16), 0), ValueError), (((8, 16, 4), 2), TypeError),
                      (((8, 1.5), 2), TypeError)):
         with pytest.raises(err, match="windows must"):
@@ -783,6 +786,9 @@ def test_rectangular_windows_lay_and_blend_each_axis_by_its_own_side():
     for windows, side in ((((36, 64), 16), 36), (((24, 60), 16), 60)):
         with pytest.raises(ValueError, match=rf"^windows: the window {side} must be a multiple of 8"):
             yoda.sample(net, lr_image(h=16, w=16), windows=windows, progress=False)
+    lr16 = lr_image(h=16, w=16)
+    assert torch.equal(yoda.sample(net, lr16, windows=((32, 48), None), seed=1, progress=False),
+                       yoda.sample(net, lr16, windows=((32, 48), 8), seed=1, progress=False))  # 32 // 4 on the grid
 
 
 def _tiny_unet_adapter(kind):

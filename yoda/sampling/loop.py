@@ -138,8 +138,9 @@ def sample(
         masks may not reach every pixel (at the last step t, pixels with A < t / T - lower_bound keep the LR
         image; yoda.sample takes enough where the steps are the model's own, and so does the CLI).
     windows: the denoiser windows, not the kernel tile: None, window, (window, overlap) or (window, overlap,
-        skip_inactive=True), the window a side W or a (height, width) pair (windows=((H, W), O)): tiled
-        denoising over the state grid with Gaussian blending (per axis, a quarter of that side); windows with no
+        skip_inactive=True), the window a side W or a (height, width) pair (windows=((H, W), O); O None: the
+        default below): tiled denoising over the state grid with Gaussian blending (per axis, a quarter of that
+        side); windows with no
         active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.
         skip_inactive=False). The adapter must implement crop_cond (and stack_conds, default: concatenation).
         A window alone overlaps by a quarter of its shorter side, rounded down to the model's grid as

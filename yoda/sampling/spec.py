@@ -100,8 +100,9 @@ class Windows:
     def typed(self) -> str:
         """windows= as a call gives it, for messages."""
         h, w = self.size
-        side = h if h == w else (h, w)
-        return f"windows={side}" if self.overlap is None else f"windows=({side}, {self.overlap})"
+        if h == w and self.overlap is None:
+            return f"windows={h}"
+        return f"windows=({h if h == w else (h, w)}, {self.overlap})"
 
 
 @dataclass(frozen=True)
@@ -368,7 +369,7 @@ def _is_int(v: Any) -> bool:
 
 def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
     """windows = None | window | (window, overlap) | (window, overlap, skip_inactive), window an int W (W x W) or a
-    pair (H, W), window_batch = None | int >= 1 -> Windows or None."""
+    pair (H, W), overlap an int or None (the default), window_batch = None | int >= 1 -> Windows or None."""
     if window_batch is not None:
         window_batch = as_int(window_batch, "window_batch", "None or an int >= 1")
         if window_batch < 1:
@@ -387,12 +388,13 @@ def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
     window = tiles[0] if isinstance(tiles, (tuple, list)) and tiles else None
     pair = isinstance(window, (tuple, list)) and len(window) == 2 and all(map(_is_int, window))
     if (not isinstance(tiles, (tuple, list)) or len(tiles) != 3 or not (_is_int(window) or pair)
-            or not _is_int(tiles[1]) or not isinstance(tiles[2], bool)):
+            or not (tiles[1] is None or _is_int(tiles[1])) or not isinstance(tiles[2], bool)):
         raise TypeError(f"windows must be None, an int window, (window, overlap) or (window, overlap, "
                         f"skip_inactive), the window an int or a (height, width) pair, got {windows!r}")
     size = tuple(map(operator.index, window)) if pair else (operator.index(window),) * 2  # numpy integers too
-    overlap, skip = operator.index(tiles[1]), tiles[2]
-    if min(size) < 1 or not 0 <= overlap < min(size):
+    # overlap None: a quarter of the shorter side on the model's grid, as windows=W (prepare)
+    overlap, skip = None if tiles[1] is None else operator.index(tiles[1]), tiles[2]
+    if min(size) < 1 or not (overlap is None or 0 <= overlap < min(size)):
         pairs = "" if pair else "; a window of H x W pixels is windows=((H, W), overlap)"
         raise ValueError(f"windows must satisfy window >= 1 and 0 <= overlap < window, got {windows!r}{pairs}")
     return Windows(size, overlap, skip, window_batch)
