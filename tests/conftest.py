@@ -82,3 +82,28 @@ def tiny_model(tmp_path_factory):
     # its card names its steps (all 20; a model without them gets a note from the CLI)
     save_model(SR3UNet.from_config(cfg), path, schedule=Schedule.linear(20, 1e-3, 0.2), sampling={"steps": 20})
     return str(path)
+
+
+@pytest.fixture
+def lone_rank_0():
+    """run(code, world, after_s, prelude=""): in a fresh interpreter, ``code`` as rank 0 of ``world`` processes that
+    never come, hosting the store itself (MASTER_ADDR:0, no torchrun), inside yoda's SIGTERM handling, with a SIGTERM
+    after ``after_s`` seconds; asserts the signal ended it (a wait in C++ would not end) and returns its stderr."""
+    import subprocess
+    import textwrap
+
+    def run(code: str, world: int, after_s: float, prelude: str = "") -> str:
+        script = ("import os, signal, threading, sys\n" + prelude +
+                  "from yoda.errors import Terminated, sigterm_exits\n"
+                  f"threading.Timer({after_s}, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+                  "try:\n"
+                  "    with sigterm_exits():\n" + textwrap.indent(code, " " * 8) + "\n"
+                  "except Terminated:\n"
+                  "    sys.exit('ended by SIGTERM')\n")
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0", "WORLD_SIZE": str(world), "RANK": "0"}
+        env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+        p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1 and p.stderr.strip().endswith("ended by SIGTERM"), p.stderr[-2000:]
+        return p.stderr
+
+    return run

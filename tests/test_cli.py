@@ -1429,13 +1429,12 @@ def test_rank_and_world_are_checked_and_a_missing_host_is_waited_for_in_python(m
     assert capsys.readouterr().out == ""
 
 
-def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatch, capsys):
+def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatch, capsys, lone_rank_0):
     """The ranks met in gloo collectives, which hold a process in C++: a rank killed mid-run made the others'
     final all_reduce fail ("a bug in yoda"), and Ctrl-C or SIGTERM could not end a rank waiting for the others
     (torchrun killed it 30 s later). They now meet in the store, polled: each rank says how many inputs failed
     and waits until all have (every rank then exits 2 if any input failed anywhere, none before the others
     finish); a signal ends the wait at once."""
-    import subprocess
     import threading
     import time
 
@@ -1500,19 +1499,8 @@ def test_ranks_meet_in_the_store_and_a_signal_ends_the_wait(tmp_path, monkeypatc
     # rank 0 says it once, as one process does: how many of all the inputs failed
     assert capsys.readouterr().err.count("yoda: error: 1 of 4 inputs failed (see the lines above)\n") == 1
     # a rank waiting for one that never comes (rank 0 hosting the store, as without torchrun) ends on SIGTERM
-    script = ("import os, signal, threading, sys\n"
-              "from yoda.cli_upscale import run_sharded\n"
-              "from yoda.errors import Terminated, sigterm_exits\n"
-              "threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
-              "try:\n"
-              "    with sigterm_exits():\n"
-              "        run_sharded([], 0, 2, lambda item: None, str)\n"
-              "except Terminated:\n"
-              "    sys.exit('ended by SIGTERM')\n")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0", "WORLD_SIZE": "2", "RANK": "0"}
-    env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
-    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 1 and p.stderr.strip().endswith("ended by SIGTERM"), p.stderr[-2000:]
+    lone_rank_0("run_sharded([], 0, 2, lambda item: None, str)", 2, 1.0,
+                prelude="from yoda.cli_upscale import run_sharded\n")
 
 
 def test_each_ranks_closing_line_names_it(tmp_path, monkeypatch, capsys):

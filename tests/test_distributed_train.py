@@ -339,28 +339,15 @@ def test_a_rank_waiting_for_rank_0_can_be_stopped(monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
-def test_rank_0_waiting_for_ranks_that_never_come_says_so_and_a_signal_ends_it(tmp_path):
+def test_rank_0_waiting_for_ranks_that_never_come_says_so_and_a_signal_ends_it(lone_rank_0):
     """Rank 0 of `yoda train` (or one started by hand with WORLD_SIZE=2) waited in init_process_group's C++ for the
     other ranks: 10 minutes without a word, and neither Ctrl-C nor SIGTERM ended it (only SIGKILL; torch's
     timeout is 30 minutes). It waits in the store, in Python: it says for which ranks after WAIT_NOTE_S, and a
     signal ends the wait."""
-    script = ("import os, signal, threading, sys, torch\n"
-              "import yoda.torchrun as t\n"
-              "t.WAIT_NOTE_S = 0.3\n"
-              "from yoda.errors import Terminated, sigterm_exits\n"
-              "from yoda.training import Ranks\n"
-              "from yoda.training.distributed import process_group\n"
-              "threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
-              "try:\n"
-              "    with sigterm_exits(), process_group(Ranks(0, 3), torch.device('cpu')):\n"
-              "        pass\n"
-              "except Terminated:\n"
-              "    sys.exit('ended by SIGTERM')\n")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0", "WORLD_SIZE": "3", "RANK": "0"}
-    env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
-    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 1 and p.stderr.strip().endswith("ended by SIGTERM"), p.stderr[-2000:]
-    assert "yoda: note: rank 0: waiting for ranks 1, 2 to join (one that never comes: stop with Ctrl-C)\n" in p.stderr
+    err = lone_rank_0("with process_group(Ranks(0, 3), torch.device('cpu')):\n    pass", 3, 2.0,
+                      prelude="import torch\nimport yoda.torchrun as t\nt.WAIT_NOTE_S = 0.3\n"
+                              "from yoda.training import Ranks\nfrom yoda.training.distributed import process_group\n")
+    assert "yoda: note: rank 0: waiting for ranks 1, 2 to join (one that never comes: stop with Ctrl-C)\n" in err
 
 
 def test_world_size_without_rank_and_a_batch_the_ranks_do_not_split_are_named(tmp_path, monkeypatch, capsys):

@@ -376,7 +376,7 @@ def check_output_option(path: str, kept: bool = False) -> None:
     from .images import check_output
 
     with _user_input():
-        check_output(path, "-o", kept and os.path.exists(path))
+        check_output(path, "-o", kept)
 
 
 def check_out_folder(output: str, files, kept: bool = False) -> None:
@@ -386,7 +386,7 @@ def check_out_folder(output: str, files, kept: bool = False) -> None:
 
     if Path(output).is_dir():
         for f in files:
-            check_writable(f, "-o", kept and os.path.exists(f))
+            check_writable(f, "-o", kept)
     else:
         check_folder_writable(output, "-o")
 
