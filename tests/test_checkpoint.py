@@ -195,6 +195,47 @@ def test_a_small_file_cannot_declare_a_huge_model(tmp_path):
         sr3_beta_schedule({"schedule": "linear", "n_timestep": 50_000_000})
     with pytest.raises(ValueError, match="timesteps 200000 is over 100000"):
         SRDiffConfig(timesteps=200_000)
+    # and from a training config, and a model file's betas (T = 3e8 ran 34 s into 7 GB, then "out of memory")
+    from yoda.training import TrainConfig
+
+    with pytest.raises(ValueError, match=r"^schedule.T 300000000 is over 100000, the longest schedule"):
+        TrainConfig(schedule={"kind": "linear", "T": 300_000_000}).make_schedule()
+    with pytest.raises(ValueError, match=r"^betas: 100001 steps is over 100000"):
+        Schedule.from_dict({"betas": [0.01] * 100_001})
+
+
+def test_an_upstream_config_of_millions_of_blocks_and_hostile_config_files_are_refused_at_once(tmp_path):
+    """The yoda format refused a config declaring more blocks than its file holds tensors; the upstream loaders built
+    them (res_blocks 1000000: 92 s and 3.5 GB before a review stopped it, even on the meta device). Config files
+    were read whole whatever they were (/dev/zero: 22 GB, then killed; a FIFO: a wait forever), and a thousand-deep
+    nest of JSON or YAML was an internal error with a traceback."""
+    from yoda.models.sr3_load import load_sr3_config
+    from yoda.models.srdiff_load import load_srdiff_config
+    from yoda.training import TrainConfig
+
+    torch.save({f"denoise_fn.{k}": v for k, v in _sr3().state_dict().items()}, tmp_path / "I1_E1_gen.pth")
+    deep = dataclasses.replace(CFG, res_blocks=10**6)
+    with pytest.raises(CheckpointError, match=r"I1_E1_gen\.pth: the config declares 2000000 blocks but the file "
+                                              r"holds only \d+ tensors"):
+        yoda.load("sr3", tmp_path / "I1_E1_gen.pth", config=deep)
+    m = _srdiff()
+    torch.save({"state_dict": {"model": {**m.state_dict(), **_bufs(m.schedule)}}}, tmp_path / "s.ckpt")
+    with pytest.raises(CheckpointError, match=r"s\.ckpt: the config declares 1000003 blocks but the file holds only"):
+        yoda.load("srdiff", tmp_path / "s.ckpt", config=dataclasses.replace(m.config, rrdb_num_block=10**6))
+    nest = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text('{"model": ' + nest + "}")
+    (tmp_path / "deep.yaml").write_text("a: " + nest + "\n")
+    (tmp_path / "big.json").write_bytes(b" " * (17 << 20))
+    os.mkfifo(tmp_path / "fifo.json")
+    for load, what in ((TrainConfig.load, "config file"), (load_sr3_config, "SR3 config"),
+                       (load_srdiff_config, "SRDiff config")):
+        deep_file = str(tmp_path / ("deep.yaml" if what == "SRDiff config" else "deep.json"))
+        with pytest.raises(ValueError, match=f"^{what} [^:]*deep\\.(json|yaml) is nested too deeply to be a config$"):
+            load(deep_file)
+        with pytest.raises(ValueError, match=f"^{what} [^:]*fifo\\.json is not a regular file \\(a device or a "):
+            load(str(tmp_path / "fifo.json"))
+        with pytest.raises(ValueError, match=f"^{what} [^:]*big\\.json is over 16 MB; a config is a few KB"):
+            load(str(tmp_path / "big.json"))
 
 
 def test_a_compressed_zip_checkpoint_is_refused_before_it_is_unpacked(tmp_path):

@@ -521,7 +521,8 @@ def test_demo_names_yodas_steps_as_yodas(tmp_path, capsys):
     2, and its note said so naming --attention, a flag the user never gave."""
     code, stdout, err = run(["demo", "-o", str(tmp_path / "d.png"), "--lr-size", "8", "-q"], capsys)
     assert code == 0 and "(YODA 2 steps)" in stdout.splitlines()[0] and "--attention" not in err, (stdout, err)
-    assert err.startswith("yoda: note: YODA: 2 steps, the fewest whose last step refines every pixel"), err
+    assert err.startswith("yoda: note: YODA: 2 steps, the fewest whose last step refines every pixel whatever "
+                          "the map (at 1, "), err
 
 
 def test_demo_error_maps():
@@ -1139,8 +1140,9 @@ def test_upscale_with_attention_takes_the_steps_that_refine_every_pixel(tmp_path
     Image.fromarray(np.random.default_rng(8).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src)
     out = lambda name: str(tmp_path / name)  # noqa: E731
     code, _, err = run(["upscale", str(src), "-o", out("auto.png"), "--attention", "edge", "-q"], capsys)
-    assert code == 0 and "yoda: note: --attention: 2 steps, the fewest whose last step refines every pixel (at 1, " \
-                          "pixels whose attention is below 0.40 keep the bicubic image" in err, err
+    assert code == 0 and ("yoda: note: --attention: 2 steps, the fewest whose last step refines every pixel "
+                          "whatever the map (at 1, pixels whose attention is below 0.40 keep the bicubic "
+                          "image") in err, err
     code, _, err = run(["upscale", str(src), "-o", out("two.png"), "--attention", "edge", "--steps", "2", "-q"], capsys)
     assert code == 0 and err == ""
     assert Image.open(out("auto.png")).tobytes() == Image.open(out("two.png")).tobytes()
@@ -1194,6 +1196,17 @@ def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):
     with output_claim(path) as mine:
         assert mine  # unclaimed, as where flock is missing
     assert not (tmp_path / "elsewhere").exists()  # not followed: nothing made where it points
+
+
+def test_output_claim_without_flock_leaves_no_claim_file(tmp_path, monkeypatch):
+    """Where nothing locks (Windows, some NFS) the claim file was made, closed and left beside every output of
+    --skip-existing (.sr.png.yoda-claim, which Windows shows): it is removed, and the output is unclaimed."""
+    import yoda._io as io
+
+    monkeypatch.setattr(io, "_flock_now", lambda fd: None)
+    with io.output_claim(tmp_path / "sr.png") as mine:
+        assert mine and list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_output_claim_handed_over_is_one_holders(tmp_path, monkeypatch):
@@ -2625,11 +2638,21 @@ def test_rectangular_windows_are_chosen_said_and_given_back_with_tiles(tmp_path,
                           *common], capsys)
     assert code == 2 and err == ("yoda: error: --tiles 130x164: window and overlap must be multiples of 8 (this "
                                  "model's size multiple and scale), e.g. --tiles 128x160\n"), err
-    for bad in ("10x0", "8x8x8", "16x8,8", "ax8"):
+    range_ = "with W, H >= 1 and 0 <= O < W, H"
+    for bad, why in (("10x0", range_), ("8x8x8", "(integers)"), ("16x8,8", range_), ("ax8", "(integers)")):
+        # three sides were told of the range, not of the form
         code, _, err = run(["upscale", str(tmp_path / "wide.png"), "-o", str(tmp_path / "x.png"), "--tiles", bad,
                             *common], capsys)
-        assert code == 2 and "must be W, W,O, WxH or WxH,O" in err, (bad, err)
+        assert code == 2 and f"'{bad}' must be W, W,O, WxH or WxH,O {why}" in err, (bad, err)
     assert not (tmp_path / "x.png").exists()
+    # --tiles WxH without O overlaps as windows=((H, W), None): by a quarter of the side that tiles the image (a
+    # window as high as it tiles its width: 80, not a quarter of its height, 40)
+    for name, tiles in (("none.png", "320x160"), ("80.png", "320x160,80"), ("40.png", "320x160,40")):
+        code, _, err = run(["upscale", str(tmp_path / "wide.png"), "-o", str(tmp_path / name), "--tiles", tiles,
+                            *common], capsys)
+        assert code == 0, err
+    assert (tmp_path / "none.png").read_bytes() == (tmp_path / "80.png").read_bytes()
+    assert (tmp_path / "none.png").read_bytes() != (tmp_path / "40.png").read_bytes()
 
 
 def test_skip_existing_keeps_a_read_only_output_and_pillows_warnings_are_named_once(tmp_path, tiny_model, capsys,

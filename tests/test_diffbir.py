@@ -545,7 +545,8 @@ def test_small_images_are_sampled_enlarged():
 # ==========================================================================================================
 def test_state_grid_is_prepares_and_bad_windows_fail_before_stage_1():
     """state_grid, from which yoda.sample checks windows= before the stage-1 model and the VAE run, is the grid
-    prepare makes: enlarged, padded to pad_multiple (64, or 8 with a tiled encoder), then to latent_multiple."""
+    prepare makes: enlarged, padded to pad_multiple (64, or 8 with a tiled encoder), then to latent_multiple; and
+    state_extent is the image's part of it that image_extent tells after prepare."""
     diffusion = StandInDiffusion("eps")
     cldm = StandInControlLDM(diffusion)
     for kw in (dict(), dict(enlarge_to=48), dict(enlarge_to=48, latent_multiple=3), dict(pad_multiple=8),
@@ -553,7 +554,11 @@ def test_state_grid_is_prepares_and_bad_windows_fail_before_stage_1():
         for h, w in ((6, 10), (5, 5), (13, 4), (16, 24)):
             ad = _DiffBIRAdapter(cldm, diffusion, **{"enlarge_to": None, **kw})
             with torch.no_grad():
-                assert ad.state_grid((4 * h, 4 * w)) == tuple(ad.prepare(_lr(1, h, w)).c.shape[-2:]), (kw, h, w)
+                pr = ad.prepare(_lr(1, h, w))
+            assert ad.state_grid((4 * h, 4 * w)) == tuple(pr.c.shape[-2:]), (kw, h, w)
+            # the latents of the work size, the rest padding (image_extent's formula before it called state_extent)
+            want = tuple(-(-n // ad.latent_factor) for n in pr.cond.work_size)
+            assert ad.state_extent((4 * h, 4 * w)) == ad.image_extent(pr.cond, pr.c.shape) == want, (kw, h, w)
     calls = []
     ad = _DiffBIRAdapter(cldm, diffusion, stage1=lambda lq: calls.append(lq) or stage1(lq))  # 512 x 512: 64 x 64
     with pytest.raises(ValueError, match=r"^windows: the window 20 must be a multiple of 8, the model's size "

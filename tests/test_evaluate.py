@@ -262,7 +262,13 @@ def test_an_exact_image_is_left_out_of_every_methods_psnr():
     assert "exactly" not in markdown_table(summarize([row("a", "plain", 30.0)]))  # no note when nothing was exact
     (alone,) = summarize([row("a", "plain", math.inf)])
     assert alone["psnr"] == math.inf and alone["exact"] == 1
-    assert math.isnan(summarize([row("x", "plain", math.inf), row("x", "bicubic", 40.0)])[1]["psnr"])
+    none_left = summarize([row("x", "plain", math.inf), row("x", "bicubic", 40.0)])
+    assert math.isnan(none_left[1]["psnr"])
+    # the table printed inf and nan, and its note said the exact image was left out of a row that showed inf
+    table = markdown_table(none_left)
+    assert "| plain | - | - | 1 | inf |" in table and "| bicubic | - | - | 1 | - |" in table
+    assert ("are left out of every row's PSNR; none is left: a row that reproduces every image exactly shows inf, "
+            "the others -.") in table and "nan" not in table
 
 
 def test_vs_plain_is_the_paired_mean_with_its_t_interval():

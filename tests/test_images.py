@@ -26,6 +26,10 @@ def test_known_values_and_exact_round_trip():
     assert f.shape == (1, 3, 16, 16) and f.dtype == torch.float32
     assert f.min().item() == -1.0 and f.max().item() == 1.0
     torch.testing.assert_close(f[0, 0, 0, 1], torch.tensor(1 / 127.5 - 1.0))
+    batch = torch.cat([f, from_uint8(255 - u3), from_uint8(u3[:, ::-1])])  # to_uint8 of a batch was refused
+    assert torch.equal(from_uint8(to_uint8(batch)), batch)
+    with pytest.raises(ValueError, match=r"or a batch \(B, H, W, C\) of them, got shape \(0, 16, 16, 3\)"):
+        from_uint8(np.zeros((0, 16, 16, 3), np.uint8))
 
 
 def test_channels_grey_and_alpha():
@@ -251,6 +255,36 @@ def test_atomic_write_keeps_an_existing_files_mode_and_syncs_before_the_rename(t
     assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
     assert os.path.basename(events[0][1]).startswith(".ckpt.bin.") and events[1][1] == str(p)
     assert events[2][1] == str(tmp_path)
+
+
+def test_atomic_write_tries_again_where_a_held_file_refuses_its_replacement(tmp_path, monkeypatch):
+    """Windows refuses to replace a file another process holds open (a viewer, a virus scan of the new file): the
+    write failed with PermissionError. Where _REPLACE_TRIES > 1 (Windows) it is tried again after a wait; a file
+    still held after the last try is the error, and the temporary file is gone."""
+    import yoda._io as io
+
+    p, replace, waits, refusals = tmp_path / "sr.png", os.replace, [], [2]
+
+    def held(a, b):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise PermissionError(13, "The process cannot access the file", str(b))
+        replace(a, b)
+
+    monkeypatch.setattr(io.os, "replace", held)
+    monkeypatch.setattr(io.time, "sleep", waits.append)
+    monkeypatch.setattr(io, "_REPLACE_TRIES", 4)
+    io.atomic_write(p, lambda tmp: open(tmp, "w").write("new"))
+    assert p.read_text() == "new" and waits == [0.05, 0.1]
+    refusals[0] = 9
+    with pytest.raises(PermissionError):
+        io.atomic_write(p, lambda tmp: open(tmp, "w").write("newer"))
+    assert p.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["sr.png"]
+    monkeypatch.setattr(io, "_REPLACE_TRIES", 1)  # elsewhere (POSIX replaces a held file): no wait at all
+    refusals[0], waits[:] = 1, []
+    with pytest.raises(PermissionError):
+        io.atomic_write(p, lambda tmp: open(tmp, "w").write("newer"))
+    assert waits == []
 
 
 @pytest.mark.parametrize("name", ["a" * 251 + ".png", "漢" * 83 + ".png"], ids=["ascii", "utf8"])

@@ -110,12 +110,12 @@ def test_file_errors(files, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing_lin"):
         LPIPS(d / "vgg16.pth", tmp_path / "missing_lin.pth")
     # backbone and heads swapped: wrong keys, named with the path
-    with pytest.raises(CheckpointError, match=r"vgg\.pth.*missing keys.*features\.0\.weight"):
+    with pytest.raises(CheckpointError, match=r"^LPIPS backbone_weights: .*vgg\.pth.*missing keys.*features\.0\."):
         LPIPS(d / "vgg.pth", d / "vgg16.pth")
     bad = dict(lin)
     bad["lin9.model.1.weight"] = bad.pop("lin4.model.1.weight")
     torch.save(bad, tmp_path / "badlin.pth")
-    with pytest.raises(CheckpointError, match=r"badlin\.pth.*lin4\.model\.1\.weight.*lin9"):
+    with pytest.raises(CheckpointError, match=r"^LPIPS lin_weights: .*badlin\.pth.*lin4\.model\.1\.weight.*lin9"):
         LPIPS(d / "vgg16.pth", tmp_path / "badlin.pth")
     shp = dict(lin)
     shp["lin2.model.1.weight"] = torch.rand(1, 128, 1, 1)
@@ -123,7 +123,7 @@ def test_file_errors(files, tmp_path):
     with pytest.raises(CheckpointError, match=r"shape\.pth.*shape mismatches.*lin2"):
         LPIPS(d / "vgg16.pth", tmp_path / "shape.pth")
     (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
-    with pytest.raises(CheckpointError, match="corrupt.safetensors"):
+    with pytest.raises(CheckpointError, match="^LPIPS backbone_weights: .*corrupt.safetensors"):
         LPIPS(tmp_path / "corrupt.safetensors", d / "vgg.pth")
     with pytest.raises(ValueError, match="net must be 'vgg'"):
         LPIPS(d / "vgg16.pth", d / "vgg.pth", net="alex")

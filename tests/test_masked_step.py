@@ -464,7 +464,7 @@ def test_given_stats_of_another_A_are_refused(backend):
     k = yk.step_coefficients(0.3, 0.45)
     ops_.step(x, o, 0.5, coefs=k, step=1)
     stale.add_(0.1)  # MaskedOps made its statistics once: a change after that is refused, not ignored
-    with pytest.raises(ValueError, match="^stats were made of another A"):
+    with pytest.raises(ValueError, match="^stats were made of another A.*; make a new MaskedOps\\(c, A, ...\\) of it$"):
         ops_.step(x, o, 0.5, coefs=k, step=1)
 
 
@@ -544,6 +544,35 @@ def test_torch_compile_cpu():
     torch._dynamo.reset()
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x, o, c, A, tmax, tmin), step(x, o, c, A, tmax, tmin))
+
+
+def test_the_ops_compile_whole_across_new_tau_coefs_and_sizes():
+    """A compiled sampling loop passes new tau and coefs at every step, and sizes change: the recompile makes them
+    dynamic, on which the scalar checks (struct's float32 round trip, math.isnan, max(shape, default=)) sent dynamo
+    into a RecursionError or "Unsupported", and MaskedOps' look at A._version into a data-dependent guard, from the
+    second call on. Every call equals eager, on the default backend, fullgraph included."""
+    x, o, c, A = _good((2, 3, 8, 8))
+    ops = yk.MaskedOps(c, A, seed=1)
+    comb = [[0.9, 0.2, -0.1, 0.0, 0.05, 0.7, 0.3], [0.8, 0.3, -0.1, 0.0, 0.0, 0.6, 0.4]]
+    calls = [
+        (lambda x, k, t: yk.masked_step(x, o, c, A, t, coefs=k, seed=1),
+         [(x, yk.step_coefficients(a, a + 0.1), t) for a, t in ((0.3, 0.5), (0.4, 0.6), (0.5, 0.7))]),
+        (lambda x, k, t: yk.masked_combine(x, [o, x], c, A, t, coefs=k, seed=1),
+         [(x, k, t) for k, t in zip(comb, (0.5, 0.6))]),
+        (lambda x, k, t: ops.step(x, o, t, coefs=k),
+         [(x, yk.step_coefficients(a, 0.5), t) for a, t in ((0.3, 0.5), (0.35, 0.55), (0.4, 0.6))]),
+    ]
+    for fn, args in calls:
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend="eager", fullgraph=True)
+        for a in args:
+            assert torch.equal(compiled(*a), fn(*a))
+    sized = lambda x: yk.masked_step(x, x, x, x[:, :1].abs().clamp(max=1), 0.5, coefs=yk.step_coefficients(0.3, 0.4))
+    torch._dynamo.reset()
+    compiled = torch.compile(sized, backend="eager", fullgraph=True)
+    for h in (8, 16, 24):
+        y = _good((1, 3, h, 8))[0]
+        assert torch.equal(compiled(y), sized(y))
 
 
 def test_the_reference_compiles_whole_for_every_step():

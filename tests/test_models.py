@@ -559,6 +559,17 @@ def test_pixel_and_residual_adapters_state_grid_is_the_hr_grid():
         with torch.no_grad():
             assert ad.state_grid((16, 24)) == tuple(ad.prepare(_lr(1, 8, 12)).c.shape[-2:]) == (16, 24)
     assert Adapter().state_grid((16, 24)) is None
+    # state_extent: the grid, all of it, unless the adapter pads (its own image_extent): then unknown before prepare
+    # (a default overlap taken from the whole grid there disagreed with the image's part after prepare)
+    assert ads[0].state_extent((16, 24)) == (16, 24) and Adapter().state_extent((16, 24)) is None
+
+    class Pads(type(ads[0])):
+        def image_extent(self, cond, shape):
+            return int(shape[-2]) - 2, int(shape[-1])
+
+    padded = copy.copy(ads[0])
+    padded.__class__ = Pads
+    assert padded.state_grid((16, 24)) == (16, 24) and padded.state_extent((16, 24)) is None
 
 
 def test_a_bad_window_is_refused_before_the_encoder_runs():
@@ -581,6 +592,37 @@ def test_a_bad_window_is_refused_before_the_encoder_runs():
     with torch.no_grad():
         sample(ad, _lr(1, 8, 8), windows=(6, 2), steps=1, progress=False)  # a 4 x 4 grid: one window, any size
     assert len(encoded) == 1
+
+
+def test_a_window_that_covers_the_latents_of_the_image_is_taken_whatever_its_multiple():
+    """Before prepare, windows were checked against the padded latent grid: a window as large as the image's latents
+    (5 x 13 of a 8 x 16 grid, latent_multiple 4) was refused as no multiple of 4, though it is one call on the
+    whole state (state_extent tells the image's latents before prepare now). The overlap is held to the sides that
+    tile the image, and its default is a quarter of the shorter of those: a window as high as a thin image tiles
+    along its width only (an overlap of 6 at height 5 was refused, and the default took 5 // 4 = 1)."""
+    tl = TinyLatent()
+    encoded = []
+    enc = lambda x: encoded.append(x.shape) or tl.enc(x)  # noqa: E731
+    ad = LatentAdapter(enc, tl.dec, tl.denoise, Schedule.linear(10), scale=2, latent_multiple=4)
+    lr = _lr(1, 20, 52)  # HR 40 x 104: latents 5 x 13 of the grid 8 x 16
+    assert ad.state_extent((40, 104)) == (5, 13) and ad.state_grid((40, 104)) == (8, 16)
+    calls = []
+    with torch.no_grad():
+        want = sample(ad, lr, steps=2, seed=0, progress=False)
+        got = sample(ad, lr, windows=((5, 13), 2), steps=2, seed=0, progress=False,
+                     callback=lambda d: calls.append(d["calls"]))
+        assert torch.equal(got, want) and calls == [1, 1]
+        thin = sample(ad, lr, windows=((5, 8), None), steps=2, seed=0, progress=False)
+        assert torch.equal(thin, sample(ad, lr, windows=((5, 8), 2), steps=2, seed=0, progress=False))
+        assert not torch.equal(thin, sample(ad, lr, windows=((5, 8), 1), steps=2, seed=0, progress=False))
+        sample(ad, lr, windows=((5, 8), 6), steps=1, progress=False)  # 6 >= 5, but the height spans the grid
+    encoded.clear()
+    for bad, text in ((((5, 6), 2), "the window 6 must be a multiple of 4"),
+                      (((8, 4), 4), r"the overlap 4 must be less than the window's side 4, along which it tiles the "
+                                    r"state grid \(8, 16\), got windows=\(\(8, 4\), 4\)")):
+        with pytest.raises(ValueError, match=f"^windows: {text}"):
+            sample(ad, lr, windows=bad, steps=1, progress=False)
+    assert encoded == []  # both before the encoder ran
 
 
 def test_latent_adapter_prepare_decode_and_pooling():
@@ -1045,8 +1087,12 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
                                                                        "spacing": "leading"}
     assert sampling_from_diffusers(diffusers.DDPMScheduler(**cfg, timestep_spacing="trailing")) == {
         "sampler": "ddpm", "spacing": "trailing"}
-    assert sampling_from_diffusers(diffusers.EulerDiscreteScheduler(**cfg, timestep_spacing="linspace")) == {
-        "spacing": "linspace"}
+    # another class names no sampler: a call naming none samples with DDPM, said with yoda's counterpart
+    with pytest.warns(UserWarning, match=r"^scheduler_config: a EulerDiscreteScheduler names no default sampler of "
+                                         r"yoda's: a call naming no sampler= samples with DDPM; its counterpart is "
+                                         r"sampler='euler'"):
+        assert sampling_from_diffusers(diffusers.EulerDiscreteScheduler(**cfg, timestep_spacing="linspace")) == {
+            "spacing": "linspace"}
     assert sampling_from_diffusers(cfg) == {}
     # an older saved config states none of timestep_spacing / steps_offset / set_alpha_to_one: diffusers' defaults
     old_sd = {"_class_name": "DDIMScheduler", **cfg, "steps_offset": 1, "set_alpha_to_one": False}
@@ -1056,7 +1102,8 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
         "sampler": "ddim", "steps": 20, "spacing": "leading"}
     unet, vae = _tiny_diffusers(diffusers)
     # a scheduler object is read with its class, as its saved config: Euler does not clip x0 (it was clipped)
-    assert not from_diffusers(unet, vae, diffusers.EulerDiscreteScheduler(**cfg), scale=2).clip_x0
+    with pytest.warns(UserWarning, match="a EulerDiscreteScheduler names no default sampler"):
+        assert not from_diffusers(unet, vae, diffusers.EulerDiscreteScheduler(**cfg), scale=2).clip_x0
     lr = _lr(1, 4, 4)
     ad = from_diffusers(unet, vae, sd_ddim, scale=2)
     assert dict(ad.sampling_defaults) == want

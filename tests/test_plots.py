@@ -295,6 +295,10 @@ def test_log_ticks():
     assert [s for _, s in plots.log_ticks(0.3, 12.0)] == ["1", "10"]
     assert [s for _, s in plots.log_ticks(0.15, 0.9)] == ["0.2", "0.5"]  # no power of ten inside: 2 and 5
     assert [v for v, _ in plots.log_ticks(0.31, 0.45)] == [0.31, 0.45]  # none at all: the ends
+    # a diverged loss (1e30 beside 1e-6) labelled all 37 decades, one over the other, as 100000 beside 1e+06
+    assert [s for _, s in plots.log_ticks(1e-6, 1e30)] == ["1e0", "1e10", "1e20", "1e30"]
+    assert [s for _, s in plots.log_ticks(0.001, 2e9)] == ["1e-2", "1e0", "1e2", "1e4", "1e6", "1e8"]
+    assert [s for _, s in plots.log_ticks(1e-4, 1e2)] == ["0.0001", "0.001", "0.01", "0.1", "1", "10", "100"]
 
 
 def test_the_loss_is_described_from_the_runs_config(tmp_path, monkeypatch):

@@ -115,6 +115,21 @@ def test_bad_modules_and_arguments_are_named():
         yoda.sample(ad, torch.zeros(1, 3, 8, 8), cfg_scale=4.0, steps=2, sampler="ddim", progress=False)
     with pytest.raises(ValueError, match=r"noise_level must be an int in \[0, 350\]"):
         SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0, noise_level=351)
+    with pytest.raises(ValueError, match=r"got a tuple: unpack encode_prompt's pair, emb, neg = pipe.encode_prompt"):
+        SDUpscalerAdapter(unet, vae, sched, low, (emb, emb), guidance_scale=1.0)
+    # a missing low-res scheduler was said of scheduler_config, which was fine
+    with pytest.raises(TypeError, match=r"^low_res_scheduler_config must be a diffusers scheduler's config "
+                                        r"\(scheduler.config\), the scheduler, or a dict, got NoneType"):
+        SDUpscalerAdapter(unet, vae, sched, None, emb, guidance_scale=1.0)
+    # a pipeline given whole: told to pass its parts (as the model, it was "a plain callable: say what it predicts")
+    pipe = diffusers.DDPMPipeline(unet=diffusers.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2), scheduler=diffusers.DDPMScheduler())
+    hint = r"\(a diffusers pipeline: yoda takes its parts, e.g. yoda.models.from_diffusers\(pipe.unet, pipe.vae, "
+    with pytest.raises(TypeError, match=r"^model is a DDPMPipeline " + hint):
+        yoda.sample(pipe, torch.zeros(1, 3, 8, 8))
+    with pytest.raises(TypeError, match=r"^unet must be a diffusers UNet2DConditionModel, got DDPMPipeline " + hint):
+        SDUpscalerAdapter(pipe, vae, sched, low, emb, guidance_scale=1.0)
     with pytest.raises(ValueError, match=rf"^noise_level {LEVEL} must be below the low-res scheduler's T = "
                                          rf"{sched.config.num_train_timesteps} \(low_res_scheduler_config: the "
                                          r"pipeline's DDPMScheduler, T = 1000, not its sampler's\)$"):

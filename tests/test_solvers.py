@@ -428,9 +428,12 @@ def test_3m_sde_third_order_differs_from_diffusers_by_its_sign_of_one_half():
         kd = ref_loop("dpmpp_3m_sde", x0, up, sig, zs)
         flipped = ref_loop("dpmpp_3m_sde", x0, up, sig, zs, d2_sign=1.0)
     _, ours = sample(ad, lr, sampler="dpmpp_3m_sde", noise=zs, clip=False)
-    assert max(err(a, b) for a, b in zip(ours, kd)) <= TOL
-    assert max(err(a, b) for a, b in zip(theirs, flipped)) <= TOL
-    assert err(theirs[-1], ours[-1]) > 100 * TOL  # a real difference, not rounding
+    # the float32 network's rounding, which oneDNN's kernels make differ by CPU, grows over these SDE steps (eta 1):
+    # 1.07e-5 at step 8 of 10 on an AVX-512 Xeon (2026-12-05), under 1e-5 on the machines before: twice TOL here,
+    # a hundredth of the sign's effect
+    assert max(err(a, b) for a, b in zip(ours, kd)) <= 2 * TOL
+    assert max(err(a, b) for a, b in zip(theirs, flipped)) <= 2 * TOL
+    assert err(theirs[-1], ours[-1]) > 200 * TOL  # a real difference, not rounding
 
 
 # ------------------------------------------------------------------------------------------------------------

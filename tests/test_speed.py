@@ -121,6 +121,33 @@ def test_compile_traces_the_network_and_keeps_the_image():
     assert torch.equal(out, ref)
 
 
+def test_a_compiled_module_passed_as_the_model_runs_compiled():
+    """torch.compile(net) forwards yoda_adapter to the original module, whose adapter held and ran the original: the
+    user's compile did nothing, silently. Its adapter now runs the compiled module (the same image here); an
+    adapter that holds no reference to the original says so."""
+
+    class WithAdapter(Net):
+        def yoda_adapter(self):
+            return PixelAdapter(self, SCHED, scale=2)
+
+    class Elsewhere(Net):  # keeps a bound method, not the module: nothing to swap
+        def yoda_adapter(self):
+            return yoda.adapters.CallableAdapter(lambda x, t, c: self(torch.cat([c, x], 1), t.float()[:, None]),
+                                                 prediction="eps", schedule=SCHED, scale=2)
+
+    net = WithAdapter()
+    net.record = False
+    ref = run(net)
+    calls = []
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend=_recording_backend(calls))
+    assert yoda.adapters.as_adapter(compiled).net is compiled and net.yoda_adapter().net is net
+    assert torch.equal(run(compiled), ref) and calls, "the network was not compiled"
+    with pytest.warns(UserWarning, match=r"model is a torch.compile'd Elsewhere, whose CallableAdapter runs the "
+                                         r"original module: the compile changes nothing here; pass compile=True"):
+        yoda.adapters.as_adapter(torch.compile(Elsewhere(), backend="eager"))
+
+
 @pytest.mark.slow  # inductor's C++ build: about 17 s with an empty cache on the 2-core CPU
 def test_compile_inductor_same_image_within_float_tolerance():
     """The real thing: inductor's CPU code for the network, same image within float rounding, and a second call

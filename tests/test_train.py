@@ -699,6 +699,14 @@ def test_config_refuses_a_model_of_the_other_space_and_a_second_residual_scale(i
         TrainConfig.from_dict(dict(cfg.to_dict(), model=dict(srdiff, beta_schedule="cosine"), loss=loss2))
     assert TrainConfig.from_dict(dict(cfg.to_dict(), model=dict(srdiff, timesteps=50, beta_schedule="linear"),
                                       loss=loss2)).model["timesteps"] == 50
+    # and beta_end / beta_s too (the model file's SRDiffConfig said beta_end 0.5 beside a card of 0.02)
+    end = cfg.schedule.get("beta_end", 2e-2)
+    with pytest.raises(ValueError, match=rf"model.beta_end \(0.5\) disagrees with the schedule trained on "
+                                         rf"\(schedule: {end}\)"):
+        TrainConfig.from_dict(dict(cfg.to_dict(), model=dict(srdiff, beta_end=0.5), loss=loss2))
+    with pytest.raises(ValueError, match=r"model.beta_s \(0.1\) is no parameter of the linear schedule trained on"):
+        TrainConfig.from_dict(dict(cfg.to_dict(), model=dict(srdiff, beta_s=0.1), loss=loss2))
+    assert TrainConfig.from_dict(dict(cfg.to_dict(), model=dict(srdiff, beta_end=end), loss=loss2))
 
 
 def test_resume_loads_no_code(tmp_path, img_folder):
@@ -715,6 +723,28 @@ def test_resume_loads_no_code(tmp_path, img_folder):
     with pytest.raises(ValueError, match="cannot be resumed: it is corrupt, or holds objects other than tensors"):
         Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_checkpoint_with_a_malformed_run_state_is_refused_by_name(tmp_path, img_folder):
+    """A checkpoint whose rows, torch RNG state, step or upsampling were not what a run writes was an internal
+    error (KeyError; "RNG state must be a torch.ByteTensor"), a message naming no file, or (step -5) resumed and
+    trained 8 steps of a 3-step run."""
+    cfg = tiny_config(img_folder, steps=1)
+    run = tmp_path / "run"
+    Trainer(cfg, str(run), device="cpu", progress=False).run()
+    good = torch.load(run / "checkpoint.pt", weights_only=True)
+    for change, why in (({"rows": [{"x": 1}]}, "its log rows are not rows of steps"),
+                        ({"torch_rng": torch.zeros(3)}, "its torch generator state is not one"),
+                        ({"step": -5}, "its step -5 is not a count of steps"),
+                        ({"step": "abc"}, "its step 'abc' is not a count of steps"),
+                        ({"upsampling": "evil"}, "its upsampling 'evil' is not one of")):
+        torch.save({**good, **change}, run / "checkpoint.pt")
+        with pytest.raises(ValueError, match=f"^checkpoint {re.escape(str(run))}/checkpoint.pt cannot be resumed: "
+                                             f"{re.escape(why)}"):
+            Trainer(cfg, str(run), device="cpu", progress=False)
+    torch.save({k: v for k, v in good.items() if k != "rows"}, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match="cannot be resumed: its log rows are not rows of steps"):
+        Trainer(cfg, str(run), device="cpu", progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -855,12 +885,13 @@ def test_cli_says_a_wrong_config_type_in_one_line(tmp_path, img_folder, capsys):
     d["loss"]["mask_input"] = "false"
     (tmp_path / "c.json").write_text(json.dumps(d))
     assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o"), "-q"]) == 2
-    assert capsys.readouterr().err == "yoda: error: loss.mask_input must be true or false, got 'false'\n"
+    cfg_file = f"config file {tmp_path / 'c.json'}: "  # the file that holds the key, which the error names
+    assert capsys.readouterr().err == f"yoda: error: {cfg_file}loss.mask_input must be true or false, got 'false'\n"
     assert not (tmp_path / "o").exists()
     d["loss"]["mask_input"], d["seed"] = True, "0"  # a config key is named as in the config, not as an option
     (tmp_path / "c.json").write_text(json.dumps(d))
     assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o"), "-q"]) == 2
-    assert capsys.readouterr().err == "yoda: error: seed must be an int, got '0'\n"
+    assert capsys.readouterr().err == f"yoda: error: {cfg_file}seed must be an int, got '0'\n"
     # a typo in model or sampling was said without its section, or without the key, and with no suggestion
     d["seed"] = 0
     for section, typo, said in (("model", "inner_chanel", "model: SR3Config: unknown key(s) inner_chanel (did you "
@@ -870,7 +901,8 @@ def test_cli_says_a_wrong_config_type_in_one_line(tmp_path, img_folder, capsys):
         (tmp_path / "c.json").write_text(json.dumps(dict(d, **{section: dict(d[section], **{typo: 2})})))
         assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o"), "-q"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"yoda: error: {said}") and err.count("\n") == 1, err
+        where = "" if section == "model" else cfg_file  # the model's keys are read when it is built
+        assert err.startswith(f"yoda: error: {where}{said}") and err.count("\n") == 1, err
 
 
 def test_config_refuses_a_model_scale_other_than_the_data_scale(img_folder):
@@ -1290,6 +1322,28 @@ def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("")
     with pytest.raises(FileNotFoundError, match=r"--data-dir .*/afile: not a folder"):
         with_data_dir(TrainConfig(), "afile")
+    # a folder source beside a named val_source that is never read (val_every 0): --data-dir changed nothing
+    folder = TrainConfig(data={"source": "mine", "val_source": "photos-heldout"})
+    with pytest.raises(ValueError, match=r"this config trains on the folder 'mine' and does not validate: leave "
+                                         r"--data-dir out"):
+        with_data_dir(folder, "dexp")
+    (tmp_path / "dexp" / "heldout").mkdir()
+    assert with_data_dir(folder.replace(val_every=5), "dexp").data.val_source == str(tmp_path / "dexp" / "heldout")
+
+
+def test_a_named_source_with_a_folder_of_its_name_here_is_refused(tmp_path, monkeypatch):
+    """val_source "heldout" beside a folder heldout/ read scikit-image's held-out images, not the folder the user
+    meant, without a word; it is refused as ambiguous (as a config file named like an installed one), where read."""
+    from yoda.training.config import absolute_folders
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "heldout").mkdir()
+    absolute_folders(TrainConfig())  # val_every 0: val_source is never read
+    with pytest.raises(ValueError, match=r"^data.val_source 'heldout' names yoda's heldout source \(a named source, "
+                                         r"never a folder\) while a folder heldout/ lies here: give \"./heldout\""):
+        absolute_folders(TrainConfig(val_every=5))
+    cfg = absolute_folders(TrainConfig(val_every=5, data={"val_source": "./heldout"}))
+    assert cfg.data.val_source == str(tmp_path / "heldout")
 
 
 def test_a_finished_run_rerun_keeps_its_record(tmp_path, img_folder, capsys):
@@ -2041,6 +2095,13 @@ def test_what_a_new_user_gets_wrong_is_named(tmp_path, img_folder, monkeypatch, 
         TrainConfig.from_dict({**d, "batchsize": 4})
     with pytest.raises(ValueError, match=r"^unknown key\(s\) in loss: mask_lose \(did you mean mask_loss\?\); known:"):
         TrainConfig.from_dict({**d, "loss": {"mask_lose": True}})
+    # other programs' names, which spelling does not lead to; and the file the key is in
+    with pytest.raises(ValueError, match=r"^unknown key\(s\) in config: epochs \(did you mean steps\?\), "
+                                         r"learning_rate \(did you mean lr\?\); known: "):
+        TrainConfig.from_dict({**d, "learning_rate": 1e-3, "epochs": 4})
+    (tmp_path / "zero.json").write_text(json.dumps({**d, "batch": 0}))
+    with pytest.raises(ValueError, match=r"^config file .*zero\.json: batch must be >= 1, got 0$"):
+        TrainConfig.load(str(tmp_path / "zero.json"))
     bad = TrainConfig.from_dict({**d, "schedule": {"kind": "linear", "T": 50, "beta_strat": 1e-3}})
     with pytest.raises(ValueError, match=r"^unknown key\(s\) in schedule: beta_strat \(did you mean beta_start\?\); "
                                          r"known: T, beta_end, beta_start, kind$"):
@@ -2074,3 +2135,42 @@ def test_what_a_new_user_gets_wrong_is_named(tmp_path, img_folder, monkeypatch, 
         assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(args + ["--steps", "1", "--device", "cpu"]) == 0
     assert b"\r" not in (tmp_path / "o" / "log.csv").read_bytes()
+
+
+def test_the_readmes_own_loop_runs_as_printed():
+    """README's "your own model and loop" lines used names it never made (denoise, x0, c, A, schedule): they run
+    now as printed, after the block's imports, and the loss reaches the network's weights."""
+    import pathlib
+
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "diffusion_loss(denoise" in b)
+    lines = block.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# your own model and loop"))
+    code = "\n".join([line for line in lines[:start] if line.startswith(("import ", "from "))] + lines[start:])
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    out, net = scope["out"], scope["net"]
+    assert torch.isfinite(out.loss) and out.loss > 0
+    assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
+
+
+def test_the_readme_lists_every_config_field_with_its_default():
+    """The config format had no reference: fields such as ema_decay or data.val_crop were named nowhere but in
+    dumps, and a left-out field took a default no document gave. README's table lists every field of TrainConfig,
+    data (DataConfig) and loss (LossConfig), each scalar with the code's default as JSON."""
+    import pathlib
+
+    from yoda.data import DataConfig
+
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| (.+?) \| ", text, re.M))
+    for cls, prefix in ((TrainConfig, ""), (DataConfig, "data."), (LossConfig, "loss.")):
+        for f in dataclasses.fields(cls):
+            name = prefix + f.name
+            if name in ("data", "loss"):  # sections: their fields are the rows
+                continue
+            assert name in rows, f"README's config table lacks {name}"
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if not isinstance(default, dict):  # model / schedule: described, the schedule's in full below
+                assert rows[name] == f"`{json.dumps(default)}`", (name, rows[name])
+    assert rows["schedule"] == f"`{json.dumps(TrainConfig().schedule)}`"

@@ -37,6 +37,7 @@ import errno
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -160,7 +161,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
         _fsync(tmp)  # the data is on disk before the name points at it (before a mode that may forbid writing)
         if os.stat(tmp).st_mode & 0o7777 != mode:  # the writer made a new file (safetensors: 0600)
             os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        _replace(tmp, target)
     except BaseException as e:
         if os.path.lexists(tmp):
             os.unlink(tmp)
@@ -169,6 +170,22 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
         raise
     _fsync(folder)  # and the rename itself (best effort: not every file system syncs a folder)
     return p
+
+
+# Windows refuses to replace a file another process holds open (an image viewer, a virus scan of the new file): tried
+# again there, after 50 ms doubling to 3.2 s (6.35 s in all), as pip does
+_REPLACE_TRIES = 8 if os.name == "nt" else 1
+
+
+def _replace(src: str, dst) -> None:
+    for i in range(_REPLACE_TRIES):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if i + 1 == _REPLACE_TRIES:
+                raise
+            time.sleep(0.05 * 2 ** i)
 
 
 def _fsync(path: str) -> None:
@@ -381,6 +398,9 @@ def _take_claim(claim: str) -> Optional[int]:
         locked = _flock_now(fd)
         if not locked:
             os.close(fd)
+            if locked is None:  # nothing locks here (Windows, some NFS): no claim file left beside each output
+                with contextlib.suppress(OSError):
+                    os.unlink(claim)
             return -1 if locked is False else None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(claim, follow_symlinks=False))

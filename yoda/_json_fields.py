@@ -5,13 +5,18 @@ for a config read from JSON and one built in Python.
                                Python numbers they hold); ValueError naming the field otherwise
     json_type_ok(value, tp)    whether a JSON value has the field type ``tp``
     json_type_name(tp)         ``tp`` in words, for messages ("an int", "a list of 2 items, each a number")
+    read_config_text(path, what) a config file's text: a regular file of at most MAX_CONFIG_BYTES, else a
+                               ValueError naming it (``what``: "config file")
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import numbers
+import os
+import stat
 import typing
 from typing import Iterable, Union
 
@@ -71,9 +76,35 @@ def json_type_name(tp) -> str:
     return names.get(tp, "a JSON object")
 
 
+# other programs' names of a field that spelling does not lead to (difflib passed "learning_rate" for lr)
+ALIASES = {"learning_rate": "lr", "epochs": "steps", "max_steps": "steps", "iterations": "steps", "iters": "steps",
+           "batch_size": "batch", "num_steps": "steps", "ema": "ema_decay", "timesteps": "T"}
+
+
 def unknown_keys(unknown: Iterable[str], known: Iterable[str]) -> str:
-    """'batchsize (did you mean batch?); known: ...': each unknown key with its closest known one, then the known."""
+    """'batchsize (did you mean batch?); known: ...': each unknown key with its closest known one (or the field
+    another program's name stands for, ALIASES), then the known."""
     known = sorted(known)
-    near = {k: difflib.get_close_matches(k, known, n=1, cutoff=0.6) for k in unknown}
+    near = {k: [ALIASES[k]] if ALIASES.get(k) in known else difflib.get_close_matches(k, known, n=1, cutoff=0.6)
+            for k in unknown}
     return (", ".join(k + (f" (did you mean {near[k][0]}?)" if near[k] else "") for k in unknown)
             + f"; known: {', '.join(known)}")
+
+
+MAX_CONFIG_BYTES = 16 << 20  # a config is a few KB; /dev/zero as --config was read whole (22 GB, then killed)
+
+
+def read_config_text(path: str, what: str) -> str:
+    """The UTF-8 text of the config file ``path``: FileNotFoundError / IsADirectoryError as open's, a ValueError
+    naming it (``what`` first) for a device or a pipe (a FIFO waited forever) and for a file over
+    MAX_CONFIG_BYTES."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{what} {path} is not a regular file (a device or a pipe); a config is a small text file")
+    with open(path, encoding="utf-8") as f:
+        text = f.read(MAX_CONFIG_BYTES + 1)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{what} {path} is over {MAX_CONFIG_BYTES >> 20} MB; a config is a few KB")
+    return text

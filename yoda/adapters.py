@@ -33,6 +33,9 @@ Extensions of the contract (all with defaults in Adapter, so existing adapters k
     adapter.image_extent(cond, shape)
                                 -> (h', w'), the top-left part of the state grid that holds the image (the rest
                                    is padding, e.g. a latent adapter's): what active_fraction counts
+    adapter.state_grid(hr), adapter.state_extent(hr)
+                                -> the state grid prepare makes for an HR size, and the image's part of it, told
+                                   before prepare (None: unknown) so that windows= is checked before the heavy part
     adapter.sampling_defaults   {"sampler": ..., "steps": ..., "spacing": ...}: yoda.sample's defaults for the
                                    model where a call leaves them out (empty: DDPM over every step, "trailing"; a
                                    ModelCard's sampling; a diffusers scheduler config's sampler and spacing)
@@ -57,11 +60,13 @@ user passes to yoda.sample into an Adapter; ``hr_grid`` gives the HR sizes an ad
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 import math
 import numbers
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +148,12 @@ class Adapter:
         stage 1), and against the prepared state again. Default: ``hr`` for an adapter whose state is up(lr)'s
         grid (``hr_state``), else None."""
         return (int(hr[0]), int(hr[1])) if self.hr_state else None
+
+    def state_extent(self, hr: tuple[int, int]) -> Optional[tuple[int, int]]:
+        """The image's part (h', w') of state_grid(hr), the rest padding (image_extent, told before prepare), or None
+        when unknown: a window that covers it along an axis spans the grid there, whatever its size. Default:
+        state_grid(hr), all of it, where image_extent is the default's too (an adapter that pads tells its own)."""
+        return self.state_grid(hr) if type(self).image_extent is Adapter.image_extent else None
 
     def image_extent(self, cond: Any, shape: torch.Size) -> tuple[int, int]:
         """(h', w'): the top-left part of the state grid of ``shape`` that holds the image, the rest being padding
@@ -430,11 +441,21 @@ class CallableAdapter(Adapter):
         return cond[..., ys, xs]
 
 
+def pipeline_hint(obj: Any) -> str:
+    """What to say of a diffusers pipeline given where yoda takes one of its parts ("" for anything else)."""
+    if not any(c.__name__ == "DiffusionPipeline" for c in type(obj).__mro__):
+        return ""
+    return (" (a diffusers pipeline: yoda takes its parts, e.g. yoda.models.from_diffusers(pipe.unet, pipe.vae, "
+            "pipe.scheduler), or SDUpscalerAdapter(pipe.unet, pipe.vae, pipe.scheduler, pipe.low_res_scheduler, ...) "
+            "for the x4 upscaler)")
+
+
 def as_adapter(model: Any, **kw: Any) -> Adapter:
     """What yoda.sample accepts as ``model`` -> an Adapter.
 
     - an Adapter: returned as is (keyword arguments are then an error: configure the adapter instead);
-    - an object with a ``yoda_adapter(**kw)`` method (yoda.models' SR3UNet, SRDiff): its adapter;
+    - an object with a ``yoda_adapter(**kw)`` method (yoda.models' SR3UNet, SRDiff): its adapter (of a
+      torch.compile'd one: the adapter runs the compiled module);
     - a plain callable f(x_t, t, cond): CallableAdapter(f, **kw), which needs prediction= and schedule=;
     - anything else: TypeError.
     """
@@ -450,7 +471,9 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
                 f"{type(model).__name__}.yoda_adapter() must return a yoda.adapters.Adapter, "
                 f"got {type(adapter).__name__}"
             )
-        return adapter
+        return _compiled_network(model, adapter)
+    if pipeline_hint(model):  # callable, but no f(x_t, t, cond): "say what it predicts" misled
+        raise TypeError(f"model is a {type(model).__name__}{pipeline_hint(model)}")
     if callable(model):
         missing = [k for k in ("prediction", "schedule") if k not in kw]
         if missing:
@@ -463,6 +486,25 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
         f"model must be a yoda.adapters.Adapter, an object with a yoda_adapter() method, or a callable "
         f"f(x_t, t, cond); got {type(model).__name__}"
     )
+
+
+def _compiled_network(model: Any, adapter: Adapter) -> Adapter:
+    """A torch.compile'd module forwards yoda_adapter to its original module, whose adapter then held (and ran) the
+    original: the compile did nothing, silently. The adapter's attributes that hold the original hold the compiled
+    module instead (a copy of the adapter); where none does, a warning says to pass compile= instead."""
+    orig = getattr(model, "_orig_mod", None)
+    if type(model).__name__ != "OptimizedModule" or not isinstance(orig, torch.nn.Module):
+        return adapter
+    held = [name for name, v in vars(adapter).items() if v is orig]
+    if not held:
+        warnings.warn(f"model is a torch.compile'd {type(orig).__name__}, whose {type(adapter).__name__} runs the "
+                      f"original module: the compile changes nothing here; pass compile=True to yoda.sample "
+                      f"(or a dict of torch.compile's arguments) instead", stacklevel=3)
+        return adapter
+    adapter = copy.copy(adapter)
+    for name in held:
+        setattr(adapter, name, model)
+    return adapter
 
 
 # The steps `yoda upscale` / `yoda eval` and yoda.evaluate take for a model whose card names none (yoda.sample's

@@ -249,15 +249,27 @@ def _expanded(sd: Mapping[str, Any]) -> list:
     return [k for k, v in sd.items() if isinstance(v, torch.Tensor) and short(v)]
 
 
-def build_checked(build: Callable[[], nn.Module], sd: Mapping[str, Any], where: str, hint: str = "") -> nn.Module:
+def build_checked(build: Callable[[], nn.Module], sd: Mapping[str, Any], where: str, hint: str = "",
+                  blocks: int = 0) -> nn.Module:
     """``build()`` loaded strictly with ``sd``, built on the meta device and checked there (check_state_dict): an
     architecture read from a file (a config, or the tensors' shapes) that the file's tensors do not fill is
     refused before anything is allocated, so a file of a few KB cannot make yoda build a model of gigabytes. The
-    weights are then given to the meta model (materialise)."""
+    weights are then given to the meta model (materialise). blocks: the blocks the config declares, each holding
+    at least one tensor: more than sd has tensors is refused before the build (a config of res_blocks 1000000
+    built modules for minutes, even on the meta device)."""
+    check_block_count(where, blocks, sd)
     with torch.device("meta"):
         model = build()
     check_state_dict(model, sd, where, hint)  # everything load_state_dict_checked would check
     return materialise(model, sd)
+
+
+def check_block_count(where: str, blocks: int, tensors: Mapping[str, Any], what: str = "the config") -> None:
+    """A CheckpointError when ``what`` declares more blocks (each holding at least one tensor) than ``tensors``
+    holds: the file is not these weights, and building that model only costs time and memory."""
+    if blocks > len(tensors):
+        raise CheckpointError(f"{where}: {what} declares {blocks} blocks but the file holds only {len(tensors)} "
+                              f"tensors: it does not describe these weights")
 
 
 def materialise(model: nn.Module, sd: Mapping[str, Any]) -> nn.Module:

@@ -92,6 +92,8 @@ def _in_diffusers_folder(path: Path) -> bool:
     pipeline's), or a config.json / scheduler_config.json naming a diffusers class (``_class_name``)."""
     import json
 
+    from ._json_fields import read_config_text
+
     if not path.exists():  # a name not found is said so
         return False
     folder = (path if path.is_dir() else path.parent).absolute()
@@ -99,8 +101,8 @@ def _in_diffusers_folder(path: Path) -> bool:
         return True
     for name in ("config.json", "scheduler_config.json"):
         try:
-            config = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # absent, unreadable, not JSON
+            config = json.loads(read_config_text(str(folder / name), "config file"))
+        except (OSError, ValueError, RecursionError):  # absent, unreadable, a pipe, huge, not JSON, too deep
             continue
         if isinstance(config, dict) and "_class_name" in config:
             return True

@@ -182,9 +182,11 @@ def _tiles_arg(v: str) -> tuple:
     try:
         sides = [int(p) for p in size.lower().split("x")]
         overlap = int(over) if over else None
+        if len(sides) not in (1, 2):
+            raise ValueError
     except ValueError:
         raise argparse.ArgumentTypeError(f"{v!r} must be W, W,O, WxH or WxH,O (integers)") from None
-    if len(sides) not in (1, 2) or min(sides) < 1 or (overlap is not None and not 0 <= overlap < min(sides)):
+    if min(sides) < 1 or (overlap is not None and not 0 <= overlap < min(sides)):
         raise argparse.ArgumentTypeError(f"{v!r} must be W, W,O, WxH or WxH,O with W, H >= 1 and 0 <= O < W, H")
     return (sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[1], sides[0]), overlap)
 
@@ -327,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", nargs="+", default=["edge", "gaussian"],
                    help=f"attention maps of the YODA rows: {ATTENTION_HELP}")
     p.add_argument("--max-size", type=int, default=128,
-                   help="centre-crop HR to at most this (0: full size; QUALITY.md's tables use 256)")
+                   help="centre-crop HR to at most this (0: full size, cut to what the model takes, a multiple of the "
+                        "scale and its size multiple; QUALITY.md's tables use 256)")
     p.add_argument("-o", "--output", type=_path, default=None,
                    help="also write the results: FILE.csv one row per image and method, any other name the table")
     p.add_argument("--y-channel", action="store_true",
@@ -350,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lower bounds l of Fig. 3's update-ratio bars")
     p.add_argument("--eta", type=float, default=0, help="DDIM eta")
     p.add_argument("--max-size", type=int, default=128,
-                   help="centre-crop HR to at most this (0: full size; QUALITY.md's figures use 256)")
+                   help="centre-crop HR to at most this (0: full size, cut to what the model takes, a multiple of the "
+                        "scale and its size multiple; QUALITY.md's figures use 256)")
     p.add_argument("--bins", type=int, default=10, help="bins of the attention value in Fig. 5")
     p.add_argument("--degree", type=int, default=2, help="degree of Fig. 5's polynomial fit")
     p.add_argument("--crops", type=int, default=3, help="images shown in Fig. 4")

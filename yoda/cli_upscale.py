@@ -52,8 +52,9 @@ def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, t
 
 def check_tiles(a, unit: int, least: int) -> None:
     """--tiles W[,O] or WxH[,O] against the model's grid (``unit``) and smallest side (``least``): a UserError quoting
-    it as typed; a.tiles becomes (window, overlap), the overlap resolved (a quarter of the shorter side) and the
-    window a side or a (height, width) pair, as yoda.sample's windows= takes it."""
+    it as typed; a.tiles becomes (window, overlap), the window a side or a (height, width) pair, as yoda.sample's
+    windows= takes it, and an overlap not given None: yoda.sample resolves it for each image as windows=((H, W),
+    None), a quarter of the shorter side that tiles it, on the same grid."""
     from .sampling.tiles import default_overlap, window_sides
 
     if a.tiles is None:
@@ -62,9 +63,7 @@ def check_tiles(a, unit: int, least: int) -> None:
     text = window_text(window)
     typed = text if overlap is None else f"{text},{overlap}"
     sides = window_sides(window)
-    if overlap is None:  # --tiles W: the overlap on the model's grid
-        overlap = default_overlap(min(sides), unit)
-    if any(n % unit for n in (*sides, overlap)):
+    if any(n % unit for n in (*sides, overlap or 0)):
         down = [max(unit, n // unit * unit) for n in sides]
         near = (" or ".join(map(str, sorted({down[0], -(-sides[0] // unit) * unit}))) if sides[0] == sides[1]
                 else f"{down[1]}x{down[0]}")
@@ -73,7 +72,7 @@ def check_tiles(a, unit: int, least: int) -> None:
     if min(sides) < least:
         raise UserError(f"--tiles {typed}: the window must be at least {least} pixels, the "
                         f"smallest side this model takes")
-    if overlap == 0:
+    if overlap == 0 or (overlap is None and default_overlap(max(sides), unit) == 0):
         blend = default_overlap(min(sides), unit)
         fix = (f"--tiles {text} blends them over {blend} pixels" if blend else
                f"windows of {2 * unit} or more overlap by default")  # --tiles W of one unit: no room to overlap
@@ -213,8 +212,8 @@ def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_
         fix = f"; --steps {enough} refines every pixel by the end" if enough else ""
         note(f"at {steps} step(s) with --lower-bound {lower_bound:g} {left}{fix}")
         return steps
-    note(f"{what}: {enough} steps, the fewest whose last step refines every pixel (at {steps}, {left}; --steps "
-         "sets them)")
+    note(f"{what}: {enough} steps, the fewest whose last step refines every pixel whatever the map (at {steps}, "
+         f"{left}; --steps sets them)")
     return enough
 
 

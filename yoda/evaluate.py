@@ -400,7 +400,8 @@ def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_cha
         lp = f" {r['lpips']:.4f} |" if has_lpips else ""
         vs = "-" if "vs_plain" not in r else f"{r['vs_plain']:+.2f}" + (
             "" if r["vs_plain_ci"] is None else f" ± {r['vs_plain_ci']:.2f}")
-        lines.append(f"| {method} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {r['psnr']:.2f} | "
+        psnr = f"{r['psnr']:.2f}" if math.isfinite(r["psnr"]) else "inf" if r["psnr"] > 0 else "-"
+        lines.append(f"| {method} | {r['attention'] or '-'} | {lb or '-'} | {r['images']} | {psnr} | "
                      f"{vs} | {r['ssim']:.4f} |{lp} {r['L_shift']:.3f} | {r['ab_shift']:.3f} | {r['calls']:.0f} | "
                      f"{r['seconds']:.2f} |")
     if has_lpips and note == LPIPS_NOTE:
@@ -408,7 +409,9 @@ def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_cha
     n_exact = max((r.get("exact", 0) for r in rows), default=0)
     if n_exact:
         lines += ["", f"PSNR{y}: mean over the images that no method reproduces exactly; {n_exact} image(s) that some "
-                      "method reproduces exactly (PSNR inf) are left out of every row's PSNR."]
+                      "method reproduces exactly (PSNR inf) are left out of every row's PSNR" +
+                      ("" if any(math.isfinite(r["psnr"]) for r in rows) else
+                       "; none is left: a row that reproduces every image exactly shows inf, the others -") + "."]
     if any(r.get("vs_plain_ci") is not None for r in rows):
         lines += ["", f"vs plain: the mean of each image's PSNR{y} minus plain's on it, ± the half-width of its 95% "
                       "Student-t confidence interval over the images; an interval that contains 0 shows no "

@@ -191,7 +191,7 @@ def output_u8(sr: torch.Tensor, grey: bool) -> np.ndarray:
 
 def from_uint8(arr: np.ndarray) -> torch.Tensor:
     """uint8 image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), or a PIL image of 8-bit samples -> float32
-    (1, 3, H, W) in [-1, 1]; a (1, H, W, C) array (to_uint8 of one image) too, so the two round-trip.
+    (1, 3, H, W) in [-1, 1]; a batch (B, H, W, C) (to_uint8 of a batch) -> (B, 3, H, W), so the two round-trip.
 
     Grey is repeated to 3 channels and RGBA is composited on white (to_rgb_u8); x = u / 127.5 - 1. A PIL image
     of another mode is converted as read_image converts a file's (palette, 1-bit, LA, CMYK, YCbCr ...; from its
@@ -207,12 +207,13 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
         raise TypeError(f"arr must be a numpy array, got {type(arr).__name__}")
     if arr.dtype != np.uint8:
         raise TypeError(f"arr must be uint8, got {arr.dtype} (yoda.load_image reads a file of any bit depth)")
-    if arr.ndim == 4 and arr.shape[0] == 1:  # to_uint8 keeps the batch
-        arr = arr[0]
+    if arr.ndim == 4 and arr.shape[0] > 0 and arr.shape[3] in (1, 3, 4) and arr.shape[1] and arr.shape[2]:  # a batch
+        return torch.cat([from_uint8(a) for a in arr]) if arr.shape[0] > 1 else from_uint8(arr[0])
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"arr must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+        raise ValueError(f"arr must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), or a batch (B, H, W, C) of them, "
+                         f"got shape {arr.shape}")
     u = to_rgb_u8(arr, "arr")
     x = torch.from_numpy(np.array(u, copy=True)).permute(2, 0, 1).unsqueeze(0).float()  # own, writable
     return (x / 127.5 - 1.0).contiguous()  # not the permuted view's channels-last strides
@@ -223,7 +224,8 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 def _too_large(p: Path, pixels: str, limit: int) -> DataError:
     return DataError(f"path: {p} is {pixels} pixels, more than the limit of {limit} (yoda.images.MAX_PIXELS; "
-                     f"raise it with --max-pixels N, read_image(..., max_pixels=N) or YODA_MAX_PIXELS=N)")
+                     f"raise it with YODA_MAX_PIXELS=N, --max-pixels N of upscale, attention, demo, eval and "
+                     f"figures, or read_image(..., max_pixels=N))")
 
 
 def _check_pixels(p: Path, size: tuple[int, int], limit: int) -> None:

@@ -116,6 +116,15 @@ def _load_heads(path: PathLike) -> LPIPSHeads:
                          "weights/v0.1/vgg.pth (keys lin0.model.1.weight .. lin4.model.1.weight)")
 
 
+def _named(name: str, load, path: PathLike) -> nn.Module:
+    """load(path), its CheckpointError naming the argument (a bad file of `yoda eval --lpips A B` said which file,
+    not as what)."""
+    try:
+        return load(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"LPIPS {name}: {e}") from None
+
+
 def _check_path_arg(name: str, value) -> None:
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
@@ -135,8 +144,8 @@ class LPIPS(nn.Module):
             raise ValueError(f"net must be 'vgg' (the only LPIPS backbone implemented), got {net!r}")
         _check_path_arg("backbone_weights", backbone_weights)
         _check_path_arg("lin_weights", lin_weights)
-        self.net = _load_backbone(backbone_weights)
-        self.lins = _load_heads(lin_weights)
+        self.net = _named("backbone_weights", _load_backbone, backbone_weights)
+        self.lins = _named("lin_weights", _load_heads, lin_weights)
         self.requires_grad_(False)
         self.eval()
 

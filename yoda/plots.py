@@ -127,10 +127,12 @@ def _run_config(log: str) -> dict:
     JSON)."""
     import json
 
+    from ._json_fields import read_config_text
+
     try:
-        with open(os.path.join(os.path.dirname(os.path.abspath(log)), "config.json"), encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, ValueError):
+        cfg = json.loads(read_config_text(os.path.join(os.path.dirname(os.path.abspath(log)), "config.json"),
+                                          "config file"))
+    except (OSError, ValueError, RecursionError):  # absent, unreadable, a pipe, huge, not JSON, nested too deep
         return {}
     return cfg if isinstance(cfg, dict) else {}
 
@@ -157,14 +159,25 @@ def validation_description(log: str) -> str:
     return f"{n} crop{'s' if n != 1 else ''} of {size}x{size}, DDIM {steps} step{'s' if steps != 1 else ''}"
 
 
+MAX_LOG_TICKS = 7  # a log axis over more decades labels every 2nd, 5th, ... power of ten
+
+
 def log_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
     """Ticks of a log axis over [lo, hi] (0 < lo < hi): 1, 2 and 5 times the powers of ten inside it, only the
-    powers of ten when that leaves at least two; the ends themselves when none lies inside."""
+    powers of ten when that leaves at least two (at most MAX_LOG_TICKS of them: every n-th, n in 1, 2, 5, 10, ...;
+    a diverged loss's 1e30 labelled 37 decades, one over the other), written 1e-6 ... 1e30 alike where any is
+    past 1e±4; the ends themselves when none lies inside."""
     ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
              for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi]
-    decades = [t for t in ticks if math.isclose(math.log10(t), round(math.log10(t)))]
-    ticks = decades if len(decades) >= 2 else ticks if len(ticks) >= 2 else [lo, hi]
-    return [(t, fmt(t)) for t in ticks]
+    powers = [round(math.log10(t)) for t in ticks if math.isclose(math.log10(t), round(math.log10(t)))]
+    if len(powers) < 2:
+        ticks = ticks if len(ticks) >= 2 else [lo, hi]
+        return [(t, fmt(t)) for t in ticks]
+    every = next(n * 10 ** e for e in range(400) for n in (1, 2, 5) if len(powers) / (n * 10 ** e) <= MAX_LOG_TICKS)
+    kept = [k for k in powers if k % every == 0]
+    powers = kept if len(kept) >= 2 else powers[::every]
+    wide = any(abs(k) > 4 for k in powers)
+    return [(10.0 ** k, f"1e{k}" if wide else fmt(10.0 ** k)) for k in powers]
 
 
 LOG_SCALE_SPAN = 30.0  # a loss whose largest value is this many times its 10th percentile is drawn on a log axis

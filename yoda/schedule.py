@@ -292,6 +292,9 @@ class Schedule:
     def from_dict(cls, d: dict) -> "Schedule":
         if not isinstance(d, dict) or "betas" not in d:
             raise ValueError("d must be a dict with a 'betas' list (as written by Schedule.to_dict)")
+        if isinstance(d["betas"], (list, tuple)) and len(d["betas"]) > MAX_FILE_T:  # (a model file's: 2e6 took 12 s)
+            raise ValueError(f"betas: {len(d['betas'])} steps is over {MAX_FILE_T}, the longest schedule read from a "
+                             f"file")
         s = cls.from_betas(d["betas"])
         if "T" in d and int(d["T"]) != s.T:
             raise ValueError(f"d['T'] = {d['T']} does not match len(d['betas']) = {s.T}")

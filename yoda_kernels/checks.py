@@ -79,7 +79,7 @@ def check_nan(name: str, *tensors: torch.Tensor) -> None:
 def check_sides(name: str, t: torch.Tensor) -> None:
     """Every dimension of ``t`` but the batch below 2**31: the GPU kernels index a channel, row or column in 32
     bits (masked_step / masked_combine are bounded tighter by the noise counter)."""
-    if max(t.shape[1:], default=0) >= 2**31:
+    if any(n >= 2**31 for n in t.shape[1:]):  # (max(..., default=) does not trace symbolic sizes)
         raise ValueError(f"{name} of shape {tuple(t.shape)} has a side of 2**31 or more; the kernels take less")
 
 
@@ -107,14 +107,28 @@ def refuse_tau_grad(tau) -> None:
         raise RuntimeError("tau is not differentiable (a threshold): pass a float, or tau.detach()")
 
 
+def traced() -> bool:
+    """Whether torch.compile is tracing: it makes a float argument dynamic when it recompiles for a new value (tau,
+    coefs, ab of a sampling loop), and struct, math.isnan and Python's float checks do not trace one (a
+    RecursionError in dynamo, "torch.* op returned non-Tensor"): their checks are the eager call's."""
+    return torch.compiler.is_compiling()
+
+
 def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
     """The checks of what changes from step to step -> (tau, coefs as floats, -0.0 as +0.0; with A None the LR
     branch's weights zeroed, so that it never draws noise). Plain ints and floats take the short way (a loop's
-    host time)."""
+    host time). Traced (torch.compile), tau and coefs pass unchecked and unrounded (traced()): the kernels round
+    them to float32 as they compute; an eager call checks them."""
     if noise is not None:
         check_state("noise", noise, x)
     if not (type(seed) is int and type(step) is int and 0 <= seed <= philox.MAX_SEED and 0 <= step <= philox.MAX_STEP):
         philox.check_seed_step(seed, step)
+    if isinstance(coefs, (list, tuple)) and len(coefs) == n_coefs and traced():
+        coefs = list(coefs)
+        if A is None:
+            la, lb = LR_WEIGHTS[n_coefs]
+            coefs[la] = coefs[lb] = 0.0
+        return tau, coefs
     if type(tau) is not float and (isinstance(tau, (bool, str, bytes)) or not isinstance(tau, (numbers.Real, torch.Tensor))):
         raise TypeError(f"tau must be a float, got {type(tau).__name__}")
     if isinstance(tau, torch.Tensor) and tau.numel() != 1:

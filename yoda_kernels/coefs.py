@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 import numbers
 
+from .checks import traced
 from .contract import PREDICTIONS, SAMPLERS, StepCoefs, needs_noise
 
 __all__ = ["step_coefficients", "init_coefficients", "needs_noise"]
 
 
 def _check_ab(name: str, v: float, zero_ok: bool = False) -> float:
+    if traced():  # torch.compile's (a dynamic float does not trace the checks: checks.traced)
+        return v
     v = float(v)
     if not ((0.0 <= v if zero_ok else 0.0 < v) and v <= 1.0) or math.isnan(v):
         raise ValueError(f"{name} must be in {'[0' if zero_ok else '(0'}, 1], got {v}")

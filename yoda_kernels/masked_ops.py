@@ -9,7 +9,7 @@ import torch
 
 from . import philox
 from .contract import MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS
-from .checks import check_call, check_clip, check_history, check_state
+from .checks import check_call, check_clip, check_history, check_state, traced
 from .ops import Backend, TileStats, _check_fixed, _check_no_grad, _impl, _made_of, masked_combine, masked_step
 
 
@@ -43,8 +43,16 @@ class MaskedOps:
         return self._stats
 
     def _same_A(self) -> bool:
-        """A not changed in place since construction, as far as torch counts (TileStats)."""
-        return self._version is None or self.A._version == self._version
+        """A not changed in place since construction, as far as torch counts (TileStats); not looked at where
+        torch.compile traces (a tensor's _version does not trace: fullgraph=True failed on it)."""
+        return self._version is None or traced() or self.A._version == self._version
+
+    def _refuse_changed_A(self) -> None:
+        """A changed in place since construction: said of this object (masked_step's own error told its caller to
+        call tile_stats again, which a MaskedOps user never did)."""
+        if not self._same_A():
+            raise ValueError("stats were made of another A, or of this A before it changed in place: A changed "
+                             "since this MaskedOps was made; make a new MaskedOps(c, A, ...) of it")
 
     def _fits(self, *tensors: torch.Tensor) -> bool:
         c = self.c
@@ -55,7 +63,8 @@ class MaskedOps:
              step: int = 0, clip: bool = False, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """masked_step(x, model_out, c, A, tau, coefs=coefs, clip=clip, seed=, step=step, noise=noise, tile=,
         stats=, backend=) with this object's c, A, seed, tile, stats and backend."""
-        if not (self._fits(x, model_out) and self._same_A()):  # (a changed A: refused there, naming it)
+        if not (self._fits(x, model_out) and self._same_A()):
+            self._refuse_changed_A()
             check_state("x", x, self.c, "this MaskedOps' c")  # x is the caller's: said of x, not of the fixed c
             return masked_step(x, model_out, self.c, self.A, tau, coefs=coefs, clip=clip, seed=self.seed, step=step,
                                noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)
@@ -72,6 +81,7 @@ class MaskedOps:
         backend=) with this object's c, A, seed, tile, stats and backend."""
         if not (isinstance(denoised, (list, tuple)) and 1 <= len(denoised) <= MAX_HISTORY
                 and self._fits(x, *denoised) and self._same_A()):
+            self._refuse_changed_A()
             check_state("x", x, self.c, "this MaskedOps' c")
             return masked_combine(x, denoised, self.c, self.A, tau, coefs=coefs, seed=self.seed, step=step,
                                   noise=noise, tile=self.tile, stats=self.stats, backend=self.backend)

@@ -7,9 +7,10 @@
 
 #include "philox.h"
 
-// target_clones("arch=...") needs GCC 12 or later (GCC 11 fails the whole build): older compilers take the baseline.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && \
-    (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && !defined(YODA_NO_TARGET_CLONES)
+// target_clones("arch=...") needs GCC 12 or later (GCC 11 fails the whole build): older compilers take the baseline,
+// and so does clang (clang 14 refuses __builtin_cpu_supports("x86-64-v4") and makes no clones of the attribute).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && !defined(__clang__) && \
+    defined(__GNUC__) && __GNUC__ >= 12 && !defined(YODA_NO_TARGET_CLONES)
 #define YODA_NOISE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define YODA_HAVE_NOISE_CLONES 1
 #include <immintrin.h>

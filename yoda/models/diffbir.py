@@ -150,8 +150,9 @@ class DiffBIRAdapter(Adapter):
     strength: the ControlNet strength (cldm.control_scales = [strength] * n during each call); None: as set.
     pad_multiple, latent_multiple: the image and its latent are zero-padded to these multiples (DiffBIR: 64 and
         8; pad_multiple None is DiffBIR's rule for its VAE encoder: 64, or latent_factor when the encoder is
-        tiled; DiffBIR also pads to 8 when its denoiser is tiled, which yoda's windows= cannot tell the adapter:
-        pass pad_multiple=8 to match that); the state is the padded latent, the SR image is cropped back.
+        tiled; when its denoiser is tiled, DiffBIR pads the image to 8 and leaves the latent unpadded, which
+        yoda's windows= cannot tell the adapter: pass pad_multiple=8, latent_multiple=1 to match that); the state
+        is the padded latent, the SR image is cropped back.
     latent_factor: the VAE's downsampling (8); c's size must be the padded image's over it.
     enlarge_to: as DiffBIR's pipeline, a stage-1 image whose shorter side is below enlarge_to (512, what Stable
         Diffusion was trained at) is enlarged to it (bicubic with antialias, the longer side in proportion), sampled
@@ -427,10 +428,13 @@ class DiffBIRAdapter(Adapter):
         Ap = F.pad(A, (0, pw, 0, ph), mode="replicate") if (ph or pw) else A
         return F.max_pool2d(Ap, kernel_size=f, stride=f)
 
-    def image_extent(self, cond: DiffBIRCond, shape: torch.Size) -> tuple[int, int]:
+    def state_extent(self, hr: tuple[int, int]) -> tuple[int, int]:
         """The latents that cover the image at its work size (the rest cover the padding to pad_multiple)."""
         f = self.latent_factor
-        return -(-cond.work_size[0] // f), -(-cond.work_size[1] // f)
+        return tuple(-(-n // f) for n in _work_size(int(hr[0]), int(hr[1]), self.enlarge_to))
+
+    def image_extent(self, cond: DiffBIRCond, shape: torch.Size) -> tuple[int, int]:
+        return self.state_extent(cond.size)
 
     def crop_cond(self, cond: DiffBIRCond, ys: slice, xs: slice) -> DiffBIRCond:
         """c_img cropped to the window, the other entries (c_txt) kept, as DiffBIR's tiled sampling does."""

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from yoda_kernels.contract import PREDICTIONS
 
-from ..adapters import Adapter, Prepared, upsample
+from ..adapters import Adapter, Prepared, pipeline_hint, upsample
 from ..masks import as_int
 from ..schedule import FINAL_AT_FIRST, LEADING_PLUS_ONE, SPACINGS, Schedule
 
@@ -162,10 +162,13 @@ class LatentAdapter(Adapter):
                              f"{tuple(x0.shape)} and latent_factor {f}, got {got}")
         return img[..., :H, :W].clamp(-1.0, 1.0)
 
-    def image_extent(self, cond: LatentCond, shape: torch.Size) -> tuple[int, int]:
+    def state_extent(self, hr: tuple[int, int]) -> tuple[int, int]:
         """The latents that cover the HR image (the rest cover the padding to latent_factor * latent_multiple)."""
         f = self.latent_factor
-        return -(-cond.size[0] // f), -(-cond.size[1] // f)
+        return -(-int(hr[0]) // f), -(-int(hr[1]) // f)
+
+    def image_extent(self, cond: LatentCond, shape: torch.Size) -> tuple[int, int]:
+        return self.state_extent(cond.size)
 
     def crop_cond(self, cond: LatentCond, ys: slice, xs: slice) -> LatentCond:
         return LatentCond(cond.c[..., ys, xs], cond.size)
@@ -194,12 +197,12 @@ _CLIPS_BY_DEFAULT = frozenset({"DDPMScheduler", "DDIMScheduler", "DDIMInverseSch
                                "RePaintScheduler", "UnCLIPScheduler"})
 
 
-def scheduler_config_dict(config: Any) -> dict:
+def scheduler_config_dict(config: Any, name: str = "scheduler_config") -> dict:
     """The config of a diffusers scheduler (``scheduler.config``), a scheduler itself, or a plain dict, as a dict;
-    anything else is a TypeError naming scheduler_config. The config of a scheduler built in code names no
+    anything else is a TypeError naming ``name`` (the argument). The config of a scheduler built in code names no
     _class_name (a saved scheduler_config.json, and a loaded scheduler's config, do): for a scheduler object its
     class is added, as the JSON has it; a bare dict without one names no class."""
-    what = "scheduler_config must be a diffusers scheduler's config (scheduler.config), the scheduler, or a dict"
+    what = f"{name} must be a diffusers scheduler's config (scheduler.config), the scheduler, or a dict"
     if hasattr(config, "config") and not isinstance(config, dict):  # an object: a scheduler (diffusers' are all
         # named *Scheduler, a subclass of one too), not a model (a VAE was read as a linear T = 1000 schedule)
         if not any(c.__name__.endswith("Scheduler") for c in type(config).__mro__):
@@ -251,6 +254,12 @@ _DIFFUSERS_SPACINGS = {("leading", 0, True): "leading", ("leading", 1, True): "l
 PIPELINE_STEPS = 50  # diffusers' Stable Diffusion / DDIM pipelines' num_inference_steps
 
 
+# diffusers' scheduler classes and yoda's solver of the same update (default arguments), named in a warning
+_DIFFUSERS_COUNTERPARTS = {"DPMSolverMultistepScheduler": "dpmpp_2m", "EulerDiscreteScheduler": "euler",
+                           "EulerAncestralDiscreteScheduler": "euler_a", "HeunDiscreteScheduler": "heun",
+                           "KDPM2DiscreteScheduler": "dpm_2", "KDPM2AncestralDiscreteScheduler": "dpm_2_a"}
+
+
 def sampling_from_diffusers(config: Any, steps: Optional[int] = None) -> dict:
     """yoda.sample's defaults that a diffusers scheduler config names, so that a call naming none samples as the
     pipeline does (README, "diffusers"): the sampler of its class (DDIMScheduler "ddim", DDPMScheduler "ddpm"; other
@@ -265,6 +274,11 @@ def sampling_from_diffusers(config: Any, steps: Optional[int] = None) -> dict:
     config = scheduler_config_dict(config)
     name = str(config.get("_class_name", ""))
     sampler = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}.get(name)
+    if sampler is None and name:  # a call naming no sampler= then samples with DDPM: said, not silent
+        like = _DIFFUSERS_COUNTERPARTS.get(name)
+        warnings.warn(f"scheduler_config: a {name} names no default sampler of yoda's: a call naming no sampler= "
+                      f"samples with DDPM" + (f"; its counterpart is sampler={like!r} (give sigmas= and steps= as "
+                                              f"the pipeline's)" if like else ""), stacklevel=3)
     out = {"sampler": sampler} if sampler else {}
     spacing = config.get("timestep_spacing", "leading" if sampler else None)
     if sampler is not None and spacing in SPACINGS_DIFFUSERS:
@@ -433,7 +447,7 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
     if not isinstance(unet, UNet2DModel):
         hint = (" (the SD x4 upscaler's UNet2DConditionModel, text- and noise-level-conditioned on the LR pixels, is "
                 "not this form: yoda.models.SDUpscalerAdapter takes it)"
-                if type(unet).__name__ == "UNet2DConditionModel" else "")
+                if type(unet).__name__ == "UNet2DConditionModel" else pipeline_hint(unet))
         raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}{hint}")
     if not isinstance(vae, AutoencoderKL):
         raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")

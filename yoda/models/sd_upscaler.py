@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import torch
 
-from ..adapters import Prepared, check_cfg_scale, guided_call
+from ..adapters import Prepared, check_cfg_scale, guided_call, pipeline_hint
 from ..masks import as_int
 from .latent import (LatentAdapter, clip_sample_of, sampling_from_diffusers, schedule_from_diffusers,
                      scheduler_config_dict, vae_codec)
@@ -51,7 +51,10 @@ class SDUpscalerAdapter(LatentAdapter):
     vae: AutoencoderKL; scheduler_config / low_res_scheduler_config: the pipeline's scheduler and low_res_scheduler
     (or their configs); prompt_embeds: (1 or B, L, D); negative_prompt_embeds: the same shape, needed when
     guidance_scale != 1 (the pipeline's default 9.0); noise_level: the pipeline's (default 20, below the UNet's
-    class count); noise_seed: the CPU generator seed of the LR noise. yoda.sample(cfg_scale=w) changes the scale.
+    class count); noise_seed: the CPU generator seed of the LR noise, drawn for the whole batch at once as the
+    pipeline draws it (so even image 0 of a batch differs from that image alone where 3 h w is no multiple of 16:
+    torch's CPU randn fills its last 16 values another way; 2e-3 after 3 steps in a review). yoda.sample(cfg_scale=w)
+    changes the scale.
     """
 
     supports_cfg = True
@@ -63,7 +66,8 @@ class SDUpscalerAdapter(LatentAdapter):
         from diffusers import AutoencoderKL, UNet2DConditionModel  # optional dependency, imported on use
 
         if not isinstance(unet, UNet2DConditionModel):
-            raise TypeError(f"unet must be a diffusers UNet2DConditionModel, got {type(unet).__name__}")
+            raise TypeError(f"unet must be a diffusers UNet2DConditionModel, got {type(unet).__name__}"
+                            f"{pipeline_hint(unet)}")
         if not isinstance(vae, AutoencoderKL):
             raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
         C = int(vae.config.latent_channels)
@@ -80,7 +84,8 @@ class SDUpscalerAdapter(LatentAdapter):
                              f"UNet's noise-level classes), got {noise_level!r}")
         config = scheduler_config_dict(scheduler_config)
         sched, pred = schedule_from_diffusers(config)
-        low, low_pred = schedule_from_diffusers(low_res_scheduler_config)
+        low, low_pred = schedule_from_diffusers(scheduler_config_dict(low_res_scheduler_config,
+                                                                      "low_res_scheduler_config"))
         if pred == "eps" and low_pred != "eps":  # the x4 upscaler samples v; its low-res DDPMScheduler is eps
             raise ValueError(f"scheduler_config predicts eps and low_res_scheduler_config {low_pred}: are the two "
                              f"swapped? (the pipeline's scheduler, then its low_res_scheduler)")
@@ -88,6 +93,9 @@ class SDUpscalerAdapter(LatentAdapter):
             raise ValueError(f"noise_level {noise_level} must be below the low-res scheduler's T = {low.T} "
                              f"(low_res_scheduler_config: the pipeline's DDPMScheduler, T = 1000, not its sampler's)")
         emb, neg = prompt_embeds, negative_prompt_embeds
+        if isinstance(emb, tuple):  # encode_prompt's (prompt_embeds, negative_prompt_embeds) given whole
+            raise ValueError("prompt_embeds must be a (1 or B, L, D) tensor, got a tuple: unpack encode_prompt's "
+                             "pair, emb, neg = pipe.encode_prompt(...), and pass emb, neg")
         if not isinstance(emb, torch.Tensor) or emb.dim() != 3:
             raise ValueError(f"prompt_embeds must be a (1 or B, L, D) tensor, got {getattr(emb, 'shape', type(emb))}")
         # the text encoder's width (a UNet with encoder_hid_dim projects it), checked where it is one number: it failed

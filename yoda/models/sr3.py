@@ -110,6 +110,11 @@ class SR3Config:
         if self.scale is not None:  # 4.0 was taken and stored as a float
             object.__setattr__(self, "scale", config_int(self.scale, "SR3Config.scale", "a positive int or None"))
 
+    @property
+    def blocks(self) -> int:
+        """Residual blocks of the encoder, each holding tensors: a file with fewer tensors is not this model."""
+        return len(self.channel_mults) * self.res_blocks
+
     def unet_kwargs(self) -> dict:
         """The keyword arguments of SR3UNet (everything but ``scale``)."""
         d = asdict(self)

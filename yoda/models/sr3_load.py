@@ -21,6 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .._json_fields import read_config_text
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
                           read_checkpoint, refuse_yoda_file, strip_prefix)
 from ..schedule import Schedule
@@ -55,14 +56,15 @@ def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Con
         where = "config dict"
     else:
         where = os.fspath(path_or_dict)
-        if not os.path.isfile(where):
+        if not os.path.exists(where) or os.path.isdir(where):
             raise FileNotFoundError(f"SR3 config file not found: {where}")
-        with open(where, "r", encoding="utf-8") as fh:
-            text = fh.read()
+        text = read_config_text(where, "SR3 config")
         try:
             opt = json.loads(_strip_json_comments(text))
         except json.JSONDecodeError as e:
             raise ValueError(f"SR3 config {where} is not valid JSON (after removing // comments): {e}") from e
+        except RecursionError:
+            raise ValueError(f"SR3 config {where} is nested too deeply to be a config") from None
     model = opt.get("model") if isinstance(opt, dict) else None
     if not isinstance(model, dict) or "unet" not in model or "beta_schedule" not in model:
         raise ValueError(f"SR3 config {where} lacks model.unet / model.beta_schedule")
@@ -179,7 +181,8 @@ def load_sr3(p: str, config: Any = None, scale: Optional[int] = None) -> nn.Modu
     if any(k.startswith("denoise_fn.") for k in sd):  # GaussianDiffusion.state_dict(): the *_gen.pth layout
         sd = {(k[len("denoise_fn."):] if k.startswith("denoise_fn.") else k): v for k, v in sd.items()}
     net = build_checked(lambda: SR3UNet.from_config(cfg), sd, p, hint="For SR3 pass the JSON the model was "
-                        "trained with (yoda.load's config=, the CLI's --model-config; default: the 16->128 config).")
+                        "trained with (yoda.load's config=, the CLI's --model-config; default: the 16->128 config).",
+                        blocks=cfg.blocks)
     match = [betas_match(bufs, s) for s in (train_sched, val_sched)]
     if bufs.get("betas") is not None and not any(match):
         if schedule_given:

@@ -106,6 +106,11 @@ class SRDiffConfig:
         if not self.res_rescale > 0:
             raise ValueError(f"SRDiffConfig.res_rescale must be > 0, got {self.res_rescale}")
 
+    @property
+    def blocks(self) -> int:
+        """The UNet's levels and the RRDB's blocks, each holding tensors: a file with fewer is not this model."""
+        return len(self.dim_mults) + self.rrdb_num_block
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["dim_mults"] = list(self.dim_mults)

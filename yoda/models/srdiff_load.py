@@ -20,6 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from .._json_fields import read_config_text
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
                           read_checkpoint, refuse_yoda_file, strip_prefix)
 from ..schedule import Schedule
@@ -49,13 +50,14 @@ def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
         files_read.append(p)
         if len(files_read) > 64:  # a file naming its base several times, at every level, would read 4^16 files
             raise ValueError(f"SRDiff config {files_read[0]}: its base_config chains read more than 64 files")
-        if not os.path.isfile(p):
+        if not os.path.exists(p) or os.path.isdir(p):
             raise FileNotFoundError(f"SRDiff config file not found: {p}")
-        with open(p, "r", encoding="utf-8") as fh:
-            try:
-                d = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as e:
-                raise ValueError(f"SRDiff config {p} is not valid YAML: {e}") from e
+        try:
+            d = yaml.safe_load(read_config_text(p, "SRDiff config")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"SRDiff config {p} is not valid YAML: {e}") from e
+        except RecursionError:
+            raise ValueError(f"SRDiff config {p} is nested too deeply to be a config") from None
         if not isinstance(d, dict):
             raise ValueError(f"SRDiff config {p} must be a mapping")
         bases = d.pop("base_config", None) or []
@@ -182,7 +184,7 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
                         f"got {type(config).__name__}")
     model = build_checked(lambda: SRDiff(cfg), sd, p, hint="SRDiff weights need 'denoise_fn.*' and 'rrdb.*' keys "
                           "(upstream GaussianDiffusion layout); check the config (yoda.load's config=, the CLI's "
-                          "--model-config)")
+                          "--model-config)", blocks=cfg.blocks)
     sched = srdiff_beta_schedule(cfg)
     b = bufs.get("betas")
     if isinstance(b, torch.Tensor):

@@ -38,8 +38,8 @@ from torch import nn
 from yoda_kernels.contract import PREDICTIONS
 
 from .._io import atomic_write_bytes
-from ..checkpoint import (CheckpointError, check_state_dict, fmt_keys, materialise, nonfinite_keys,
-                          read_checkpoint)
+from ..checkpoint import (CheckpointError, check_block_count, check_state_dict, fmt_keys, materialise,
+                          nonfinite_keys, read_checkpoint)
 from ..masks import as_int
 from ..schedule import Schedule
 from ..upsampling import METHODS as UPSAMPLINGS
@@ -93,11 +93,7 @@ def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping
         cfg = _config(kind, args)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind!r} model: {e}") from e
-    blocks = (len(cfg.channel_mults) * cfg.res_blocks if kind == "sr3"
-              else len(cfg.dim_mults) + cfg.rrdb_num_block)
-    if blocks > len(tensors):
-        raise CheckpointError(f"{p}: the yoda config declares {blocks} blocks but the file holds only "
-                              f"{len(tensors)} tensors: the metadata does not describe these weights")
+    check_block_count(p, cfg.blocks, tensors, "the yoda config")
     # SRDiff builds its own schedule of cfg.timesteps betas (the file's schedule may differ): one far longer than
     # both the file's T and any real schedule (10,000 steps) only serves to allocate memory, so it is refused
     if kind == "srdiff" and cfg.timesteps > max(T, 10_000):
@@ -254,7 +250,7 @@ def load_yoda(p: str, upstream_hint: str = UPSTREAM_HINT) -> nn.Module:
             raise ValueError(f"scale {scale} differs from the SRDiff args' sr_scale {args.get('sr_scale')}")
         if not isinstance(args, Mapping):
             raise TypeError(f"args must be a JSON object, got {type(args).__name__}")
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:  # (a thousand-deep nest: RecursionError)
         raise CheckpointError(f"{p}: the yoda config in the metadata is malformed: {type(e).__name__}: {e}") from e
     if not isinstance(kind, str) or kind not in SPACE_OF_KIND:
         raise CheckpointError(f"{p}: unknown model kind {kind!r} in the yoda config (expected 'sr3' or 'srdiff')")

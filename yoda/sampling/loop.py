@@ -65,7 +65,8 @@ def sample(
     timesteps: Optional[str] = None,
     pad: bool = False,
 ) -> torch.Tensor:
-    """Super-resolve ``lr`` with YODA (DESIGN.md §5): returns SR (B, 3, s*h, s*w) in [-1, 1], dtype/device of lr.
+    """Super-resolve ``lr`` with YODA (DESIGN.md §5): returns SR (B, 3, s*h, s*w) in [-1, 1], dtype/device of lr
+    (a float64 lr is sampled in float32, the fused kernels' widest state, and its SR cast back).
 
     model: an Adapter, an object with ``yoda_adapter()``, or a callable wrapped by yoda.adapters.as_adapter.
     lr: (B, 3, h, w) or (B, 1, h, w) in [-1, 1].
@@ -109,7 +110,8 @@ def sample(
         model's (adapter.sampling_defaults["lower_bound"]: a model trained with YODA's masked input records the l
         of its training masks), else 0.6.
     seed: Philox seed (None: drawn from torch's default generator); the noise of image k of a batch depends on k
-        (DESIGN §9), so an image sampled alone differs from the same image at position k > 0 of a batch.
+        (DESIGN §9), so an image sampled alone differs from the same image at position k > 0 of a batch (and,
+        with the SD x4 upscaler, whose LR noise is the pipeline's, drawn for the batch, at position 0 too).
     noise: explicit noise, one entry per visited step + 1 (steps + 1, more with spacing="ldm_uniform"), of the state's shape (entry 0 for the start,
         i + 1 for loop step i), overriding the seed.
     pad: an lr whose HR size the model cannot take (not a multiple of its size multiple, a side too small) is a
@@ -143,7 +145,8 @@ def sample(
         side); windows with no
         active pixel at a step skip their denoiser call (exact w.r.t. dense tiled sampling, i.e.
         skip_inactive=False). The adapter must implement crop_cond (and stack_conds, default: concatenation).
-        A window alone overlaps by a quarter of its shorter side, rounded down to the model's grid as
+        A window alone overlaps by a quarter of its shorter side that tiles the image (a side that covers the
+        image spans the state grid there, whatever its multiple), rounded down to the model's grid as
         `yoda upscale --tiles W` rounds it (yoda.sampling.tiles.default_overlap; a latent model: W // 4).
     window_batch: the active windows of a step go through the model in batches of this many (None: what fits
         yoda.sampling.tiles.WINDOW_BATCH_BYTES by a fixed activation estimate). Batching does not change the

@@ -174,8 +174,11 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
                          f"cuts its cond to a window); leave windows out")
     hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
     grid = adapter.state_grid(hr)
-    if w is not None and grid is not None:  # before prepare where the state grid is known without it
-        w = check_window_size(adapter, w, grid, None if image_size is None else image_extent(grid, image_size, hr))
+    extent = None if w is None or grid is None else adapter.state_extent(hr)
+    if extent is not None:  # before prepare where the state grid and the image's part are known without it
+        if image_size is not None:
+            extent = tuple(min(e, n) for e, n in zip(extent, image_extent(grid, image_size, hr)))
+        w = check_window_size(adapter, w, grid, extent)
     A_hr = None
     if attention is not None and spec.masked:
         A_hr = resolve_attention(attention, lr, hr)
@@ -212,22 +215,28 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
 
 
 def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
-    """``w`` with its overlap resolved (None, from windows=W: tiles.default_overlap on hr_grid's unit for an HR-space
-    model, as the CLI's --tiles W, since an SRDiff model's windows must lie on the LR grid and W // 4 need not; W // 4
-    for a latent model). A window narrower than the state grid goes through the model at its own size, so it must be
-    a multiple of the model's size multiple on that grid (``latent_multiple`` of a latent adapter, else
-    ``multiple``): a ValueError naming ``windows`` before any denoiser call, not the model's own error at the first
-    step. It must also be at least the model's ``min_size`` (HR pixels: not for latents; the grid itself is,
-    check_lr). extent: the image's part of the grid (yoda.sample(pad=True) pads it): a window that covers it along
-    an axis covers the grid there (Tiler), whatever its size."""
+    """``w`` with its overlap resolved (None, from windows=W: tiles.default_overlap of the shorter side among those
+    that tile the image (a side that covers it spans the grid: a 16 x 128 window of a 16-high grid overlaps by 32,
+    not 4), on hr_grid's unit for an HR-space model, as the CLI's --tiles W, since an SRDiff model's windows must lie
+    on the LR grid and W // 4 need not; W // 4 for a latent model), and less than each side that tiles. A window
+    narrower than the state grid goes through the model at its own size, so it must be a multiple of the model's
+    size multiple on that grid (``latent_multiple`` of a latent adapter, else ``multiple``): a ValueError naming
+    ``windows`` before any denoiser call, not the model's own error at the first step. It must also be at least the
+    model's ``min_size`` (HR pixels: not for latents; the grid itself is, check_lr). extent: the image's part of the
+    grid (yoda.sample(pad=True) pads it): a window that covers it along an axis covers the grid there (Tiler),
+    whatever its size."""
     latent = getattr(adapter, "latent_multiple", None)
     m = int(latent or getattr(adapter, "multiple", 1))
     typed = w.typed()  # as the call gave it
-    if w.overlap is None:  # as `yoda upscale --tiles W` (HR models); a latent window may start anywhere
-        w = dataclasses.replace(w, overlap=default_overlap(min(w.size), 1 if latent else hr_grid(adapter)[0]))
-    overlap, unit = w.overlap, int(getattr(adapter, "window_unit", 1))
     # the sides narrower than the image go through the model at their size (Tiler: a wider one spans the grid)
     sides = [s for s, n in zip(w.size, grid if extent is None else extent) if n > s]
+    if w.overlap is None:  # as `yoda upscale --tiles W` (HR models); a latent window may start anywhere
+        unit = 1 if latent else hr_grid(adapter)[0]
+        w = dataclasses.replace(w, overlap=default_overlap(min(sides or w.size), unit))
+    overlap, unit = w.overlap, int(getattr(adapter, "window_unit", 1))
+    if sides and overlap >= min(sides):
+        raise ValueError(f"windows: the overlap {overlap} must be less than the window's side {min(sides)}, along "
+                         f"which it tiles the state grid {tuple(grid)}, got {typed}")
     if any(s % m for s in sides):
         raise ValueError(f"windows: the window {next(s for s in sides if s % m)} must be a multiple of {m}, the "
                          f"model's size multiple on the state grid {tuple(grid)}, got {typed}")

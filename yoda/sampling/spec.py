@@ -165,6 +165,9 @@ def make_spec(
         if d is not None and d.type == "mps":  # it fails deep inside, at the first float64 tensor
             raise ValueError(f"{what} is on mps, which yoda does not support (its noise and the SR3 / SRDiff "
                              f"upsampling compute in float64, which MPS lacks): move lr and the model to the CPU")
+    if dev is not None and dev.type == "meta":  # "move one of them": lr on meta was refused in turn
+        raise ValueError("the model's weights are on the meta device (made without their values): load them "
+                         "first (load_state_dict(..., assign=True), or module.to_empty(device=...) and a load)")
     if dev is not None and (dev.type != lr.device.type or (dev.index or 0) != (lr.device.index or 0)):
         raise ValueError(f"lr is on {lr.device} but the model is on {dev}: move one of them")
     adapter.check_lr(lr)
@@ -392,9 +395,10 @@ def check_windows(windows: Any, window_batch: Any = None) -> Optional[Windows]:
         raise TypeError(f"windows must be None, an int window, (window, overlap) or (window, overlap, "
                         f"skip_inactive), the window an int or a (height, width) pair, got {windows!r}")
     size = tuple(map(operator.index, window)) if pair else (operator.index(window),) * 2  # numpy integers too
-    # overlap None: a quarter of the shorter side on the model's grid, as windows=W (prepare)
+    # overlap None: a quarter of the shorter side that tiles the image, on the model's grid, as windows=W (prepare)
     overlap, skip = None if tiles[1] is None else operator.index(tiles[1]), tiles[2]
-    if min(size) < 1 or not (overlap is None or 0 <= overlap < min(size)):
+    # the overlap against the sides that tile the image: prepare (a side that covers it spans the grid)
+    if min(size) < 1 or not (overlap is None or 0 <= overlap < max(size)):
         pairs = "" if pair else "; a window of H x W pixels is windows=((H, W), overlap)"
         raise ValueError(f"windows must satisfy window >= 1 and 0 <= overlap < window, got {windows!r}{pairs}")
     return Windows(size, overlap, skip, window_batch)

@@ -125,7 +125,7 @@ def _window_count(hr_h: int, hr_w: int, side: int, unit: int) -> int:
 
 def _gauss_1d(n: int, device: torch.device) -> torch.Tensor:
     """Blend weights over a window side: Gaussian centred on the window, sigma = n / 4 (weights at the border
-    ~0.13 of the centre, so every pixel has a positive weight and overlaps blend smoothly)."""
+    e^-2 ~ 0.135 of the centre, so every pixel has a positive weight and overlaps blend smoothly)."""
     k = torch.arange(n, dtype=torch.float32, device=device)
     return torch.exp(-0.5 * ((k - (n - 1) / 2) / (n / 4)) ** 2)
 

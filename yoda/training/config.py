@@ -24,7 +24,8 @@ from typing import Any, Optional
 from yoda_kernels.contract import PREDICTIONS
 
 from .. import data as _data
-from .._json_fields import _python_numbers, check_field_types, json_type_name, json_type_ok, unknown_keys
+from .._json_fields import (_python_numbers, check_field_types, json_type_name, json_type_ok, read_config_text,
+                            unknown_keys)
 from ..adapters import SPACES
 from ..masks import check_lower_bound
 from ..models.yoda_format import SPACE_OF_KIND
@@ -227,12 +228,17 @@ class TrainConfig:
                              f"be equal: the model file decodes residuals with the former")
 
         if space == "residual":  # upstream SRDiff sets its schedule in the model's hparams; here schedule does
-            mine = {"timesteps": self.schedule.get("T"), "beta_schedule": self.schedule.get("kind")}
+            linear = self.schedule.get("kind") == "linear"
+            mine = {"timesteps": self.schedule.get("T", 1000), "beta_schedule": self.schedule.get("kind"),
+                    # accepted and ignored, while the exported file's SRDiffConfig said them (the card the schedule)
+                    "beta_end": self.schedule.get("beta_end", 2e-2) if linear else None,
+                    "beta_s": None if linear else self.schedule.get("s", 0.008)}
             for key, want in mine.items():
                 if key in self.model and self.model[key] != want:
-                    raise ValueError(f"model.{key} ({self.model[key]!r}) disagrees with the schedule trained on "
-                                     f"(schedule: {want!r}); set the schedule in 'schedule' and leave model.{key} "
-                                     f"out")
+                    told = (f"is no parameter of the {self.schedule.get('kind')} schedule trained on" if want is None
+                            else f"disagrees with the schedule trained on (schedule: {want!r})")
+                    raise ValueError(f"model.{key} ({self.model[key]!r}) {told}; set the schedule in 'schedule' and "
+                                     f"leave model.{key} out")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -255,20 +261,25 @@ class TrainConfig:
         """A JSON file; a bare name that is not a file (``default_x4``, ``default_x4.json``) is one of the configs
         installed with the package (yoda/configs/), so they are at hand outside a clone too."""
         path = _packaged_config(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                return cls.from_json(f.read())
+        try:  # (its own errors name the file: a device or a pipe, a file over 16 MB)
+            text = read_config_text(path, "config file")
         except FileNotFoundError:
             names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.json")))
             raise ValueError(f"config file not found: {path} (the installed configs, by name: {names})") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"config file {path} is not UTF-8 text (byte {e.start}); a config is a JSON file") \
                 from None
         except IsADirectoryError:
             raise ValueError(f"config file {path} is a folder; --config takes a JSON file (or an installed "
                              f"config's name)") from None
+        try:
+            return cls.from_json(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        except RecursionError:  # json's (and the dataclasses') recursion into a thousand-deep nest: a traceback
+            raise ValueError(f"config file {path} is nested too deeply to be a config") from None
+        except (TypeError, ValueError) as e:  # a field's error named the key, not the file that holds it
+            raise (TypeError if isinstance(e, TypeError) else ValueError)(f"config file {path}: {e}") from None
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
@@ -288,7 +299,7 @@ class TrainConfig:
         return bool(self.val_every and self.data.val_crops)
 
     def make_schedule(self):
-        from ..schedule import Schedule
+        from ..schedule import MAX_FILE_T, Schedule
 
         s = dict(self.schedule)
         kind = s.pop("kind")
@@ -296,6 +307,10 @@ class TrainConfig:
         known = set(inspect.signature(make).parameters)
         if set(s) - known:  # Python's "got an unexpected keyword argument 'beta_strat'"
             raise ValueError(f"unknown key(s) in schedule: {unknown_keys(sorted(set(s) - known), known | {'kind'})}")
+        T = s.get("T")
+        if isinstance(T, numbers.Integral) and T > MAX_FILE_T:  # T = 3e8 ran 34 s into 7 GB, then "out of memory"
+            raise ValueError(f"schedule.T {T} is over {MAX_FILE_T}, the longest schedule yoda reads from a file "
+                             f"(released models use at most 4000 steps)")
         try:
             return make(**s)
         except (TypeError, ValueError) as e:
@@ -307,6 +322,10 @@ def absolute_folders(cfg: TrainConfig) -> TrainConfig:
     absolute (against the working folder, as --data-dir): a relative one was stored relative, so config.json and a
     resume from another folder read other images or weights, or none."""
     d = cfg.data
+    for key, v in (("source", d.source), ("val_source", d.val_source if cfg.validates else None)):
+        if v in _data.NAMED_SOURCES and os.path.isdir(v):  # the user's folder, or the named images?
+            raise ValueError(f"data.{key} {v!r} names yoda's {v} source (a named source, never a folder) while a "
+                             f"folder {v}/ lies here: give \"./{v}\" in the config for the folder")
     fix = {k: os.path.abspath(os.path.expanduser(v)) for k, v in (("source", d.source), ("val_source", d.val_source))
            if v not in _data.NAMED_SOURCES and not os.path.isabs(v)}  # (a JSON's "~/photos", as the shell would)
     out = cfg.replace(data=dataclasses.replace(d, **fix)) if fix else cfg

@@ -49,9 +49,12 @@ def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
     sub = {"builtin": "train", "heldout": "heldout", "photos": "train", "photos-heldout": "heldout"}
     data_dir = os.path.abspath(data_dir)  # config.json and the checkpoint resume from any working folder
     d = cfg.data
-    if d.source not in sub and d.val_source not in sub:  # it was ignored without a word
+    read = {d.source} | ({d.val_source} if cfg.validates else set())  # val_source only where the run validates
+    if not read & set(sub):  # it was ignored without a word
         raise ValueError(f"--data-dir replaces the config's data sources {', '.join(map(repr, sub))}; this config "
-                         f"trains on the folder {d.source!r}: leave --data-dir out, or set data.source in the config")
+                         f"trains on the folder {d.source!r}"
+                         + ("" if cfg.validates or d.val_source not in sub else " and does not validate")
+                         + ": leave --data-dir out, or set data.source in the config")
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data-dir {data_dir}: {'not a folder' if os.path.exists(data_dir) else 'not found'}"
                                 f" (a folder with train/ and heldout/, as `yoda data build --out DIR` writes)")

@@ -50,7 +50,12 @@ class TorchRNG:
         return self._now() if self.inside else (self.cpu, self.cuda)
 
     def set_states(self, cpu: Optional[torch.Tensor], cuda: Optional[torch.Tensor]) -> None:
-        """Restore saved states (None: the one held is kept; a GPU state only on a GPU)."""
+        """Restore saved states (None: the one held is kept; a GPU state only on a GPU). A state that is no
+        generator's (not bytes, or the CPU's of another size) is a ValueError here, not torch's at the next use."""
+        for name, st in (("torch generator", cpu), ("CUDA generator", cuda)):
+            if st is not None and (not isinstance(st, torch.Tensor) or st.dtype != torch.uint8 or
+                                   (name == "torch generator" and st.numel() != torch.get_rng_state().numel())):
+                raise ValueError(f"its {name} state is not one (RNG state must be a torch.ByteTensor of a generator)")
         if cpu is not None:
             self.cpu = cpu.cpu()
         if cuda is not None and self.device.type == "cuda":

@@ -322,12 +322,20 @@ class Trainer:
                 from None
         # torch's generators as the run left them, to draw the dropout masks of the steps it resumes at (absent in
         # checkpoints written before they were saved); under DDP this rank's own, if the run had as many ranks
-        rank_rng = st.get("rank_rng")
-        if self.ranks.world == 1:
-            self.rng.set_states(st.get("torch_rng"), st.get("cuda_rng"))
-        elif rank_rng is not None and len(rank_rng) == self.ranks.world:
-            self.rng.set_states(*rank_rng[self.ranks.rank])
-        self.step = int(st["step"])
+        rank_rng, step, rows = st.get("rank_rng"), st["step"], st.get("rows")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:  # -5 resumed and trained 8 steps
+            raise unusable(f"its step {step!r} is not a count of steps")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in rows):
+            raise unusable("its log rows are not rows of steps")
+        try:  # (a tensor of the wrong dtype: torch's "RNG state must be a torch.ByteTensor", as an internal error)
+            if self.ranks.world == 1:
+                self.rng.set_states(st.get("torch_rng"), st.get("cuda_rng"))
+            elif rank_rng is not None and len(rank_rng) == self.ranks.world:
+                self.rng.set_states(*rank_rng[self.ranks.rank])
+            self._set_upsampling(st.get("upsampling", "torch"))
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise unusable(first_line(str(e))) from None
+        self.step = step
         if jump := rate_jump(self.cfg, st["config"], self.step):
             warnings.warn(jump, UserWarning, stacklevel=2)
         then = st["config"].get("init", "")  # what the run started from, not --init now
@@ -338,8 +346,7 @@ class Trainer:
         if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
             self._inherit_sampling(_json_form(st["config"]["sampling"], "sampling"))
         self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
-        self._set_upsampling(st.get("upsampling", "torch"))
-        self.rows = [r for r in st["rows"] if r["step"] <= self.step]
+        self.rows = [r for r in rows if r["step"] <= self.step]
         self._pending, self._images_then = st.get("pending"), st.get("images")
         if self._pending and self.rows and self.rows[-1]["step"] == self.step:  # the stop's row: the next regular
             self.rows.pop()  # row averages from the last regular one on, as an uninterrupted run's does
@@ -365,6 +372,10 @@ class Trainer:
 
     def _set_upsampling(self, method: str) -> None:
         """up(lr) of the run and its modules (the export records it): torch's, or an init file's own."""
+        from ..upsampling import METHODS
+
+        if method not in METHODS:  # a checkpoint's: refused here, not at the first step
+            raise ValueError(f"its upsampling {method!r} is not one of {METHODS}")
         self.upsampling = self.model.upsampling = self.ema.upsampling = method
 
     def _inherit_sampling(self, sampling: dict) -> None:
