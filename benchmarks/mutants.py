@@ -1709,6 +1709,14 @@ MUTANTS = [
            "            if locked is None:  # nothing locks here", "            if False:  # nothing locks here",
            ("tests/test_cli.py", "-k", "without_flock"),
            "without flock (Windows) --skip-existing left a claim file beside every output"),
+    Mutant("resume-diff-values-unsaid", "yoda/training/trainer.py",
+           'f"{k}: {said(theirs.get(k))} there, {said(mine.get(k))} now"', 'f"{k}"',
+           ("tests/test_train.py", "-k", "resume_refuses_other_config"),
+           "a resume refused over a changed field named it but not its two values"),
+    Mutant("steps-error-unnamed", "yoda/training/report.py",
+           'raise ValueError(f"--steps {steps}: {e}") from None', "raise",
+           ("tests/test_train.py", "-k", "steps_below_the_configs_decay"),
+           "--steps below a config's decay_from was told of steps, not of the option"),
 ]
 
 

@@ -597,8 +597,8 @@ def test_resume_refuses_other_config(tmp_path, img_folder, monkeypatch):
         Trainer(gone, str(tmp_path / "run2"), device="cpu", progress=False)
     assert read == [str(tmp_path / "missing")]
     monkeypatch.undo()
-    # a difference inside a section names its field (was "differs in: loss")
-    with pytest.raises(ValueError, match=r"differs in: loss.lower_bound\)"):
+    # a difference inside a section names its field (was "differs in: loss"), and its two values (were not said)
+    with pytest.raises(ValueError, match=r"differs in: loss.lower_bound: 0.6 there, 0.5 now\)"):
         Trainer(cfg.replace(loss=dataclasses.replace(cfg.loss, lower_bound=0.5)), str(tmp_path / "run"),
                 device="cpu", progress=False)
     # the same folder written another way, and how often it logs / validates / checkpoints, may change (were refused)
@@ -935,6 +935,18 @@ def test_config_refuses_a_decay_that_starts_at_or_after_the_end(img_folder):
     with pytest.raises(ValueError, match=r"decay_from \(10\) must be below steps \(3\)"):
         cfg.replace(decay_from=10)  # what yoda train --steps 3 --decay-from 10 does
     assert cfg.replace(decay_from=2).decay_from == 2
+
+
+def test_steps_below_the_configs_decay_name_the_option(tmp_path, img_folder):
+    """--steps 250 against a config's decay_from 300 said "must be below steps (250)" without naming --steps (as
+    --decay-from's error names its option)."""
+    from yoda.training import train_main
+
+    path = tmp_path / "c.json"
+    path.write_text(tiny_config(img_folder, steps=10, decay_from=5).to_json())
+    with pytest.raises(ValueError, match=r"^--steps 4: decay_from \(5\) must be below steps \(4\)"):
+        train_main(str(path), str(tmp_path / "run"), steps=4, device="cpu", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_main_refuses_a_checkpoint_past_the_steps_and_records_the_flips(tmp_path, img_folder):

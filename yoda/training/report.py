@@ -191,7 +191,10 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                                     and 0 < minutes <= MAX_MINUTES):
         raise ValueError(f"minutes (--minutes) must be a number > 0 and <= {MAX_MINUTES:g}, got {minutes!r}")
     if steps is not None:  # the config's checks: 2.7 was taken as 2
-        cfg = cfg.replace(steps=steps)
+        try:
+            cfg = cfg.replace(steps=steps)
+        except ValueError as e:  # (the config's decay_from 300 beside --steps 250 named no option)
+            raise ValueError(f"--steps {steps}: {e}") from None
     if decay_from is not None:
         try:
             cfg = cfg.replace(decay_from=decay_from)

@@ -309,8 +309,13 @@ class Trainer:
         # the checkpoint's config as its JSON reads back (one written before a tuple in the model became a list)
         mine, theirs = _resume_view(self.cfg.to_dict()), _resume_view(_json_form(st["config"], "config"))
         if mine != theirs:
-            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise ValueError(f"checkpoint {path} was written with a different config (differs in: {', '.join(diff)}); "
+            def said(v) -> str:  # a value as the message shows it (a model's dict cut short)
+                text = "absent" if v is None else repr(v)
+                return text if len(text) <= 60 else text[:57] + "..."
+
+            diff = ", ".join(f"{k}: {said(theirs.get(k))} there, {said(mine.get(k))} now"
+                             for k in sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)))
+            raise ValueError(f"checkpoint {path} was written with a different config (differs in: {diff}); "
                              f"resume with the run's own config.json, or train into another --out")
         try:
             self.model.load_state_dict(st["model"])
