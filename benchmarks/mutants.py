@@ -1676,7 +1676,7 @@ MUTANTS = [
            ("tests/test_checkpoint.py", "-k", "huge_model"),
            "a model file's schedule of millions of betas was read (2e6: 12 s, 469 MB)"),
     Mutant("pipeline-as-callable", "yoda/adapters.py",
-           "    if pipeline_hint(model):  # callable", "    if False:  # callable",
+           "    if hint := pipeline_hint(model):  # callable", "    if hint := False:  # callable",
            ("tests/test_sd_upscaler.py", "-k", "bad_modules"),
            "a diffusers pipeline given as the model was told to say what it predicts, as a plain callable"),
     Mutant("other-scheduler-silent", "yoda/models/latent.py",

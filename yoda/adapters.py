@@ -472,8 +472,8 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
                 f"got {type(adapter).__name__}"
             )
         return _compiled_network(model, adapter)
-    if pipeline_hint(model):  # callable, but no f(x_t, t, cond): "say what it predicts" misled
-        raise TypeError(f"model is a {type(model).__name__}{pipeline_hint(model)}")
+    if hint := pipeline_hint(model):  # callable, but no f(x_t, t, cond): "say what it predicts" misled
+        raise TypeError(f"model is a {type(model).__name__}{hint}")
     if callable(model):
         missing = [k for k in ("prediction", "schedule") if k not in kw]
         if missing:
