@@ -1717,6 +1717,23 @@ MUTANTS = [
            'raise ValueError(f"--steps {steps}: {e}") from None', "raise",
            ("tests/test_train.py", "-k", "steps_below_the_configs_decay"),
            "--steps below a config's decay_from was told of steps, not of the option"),
+    # ---- the twenty-ninth session --------------------------------------------------------------------------
+    Mutant("stretched-warning-sized", "yoda/attention/classic.py",
+           'f"{src} is stretched to the image', 'f"{src} of size {h}x{w} is stretched to the image',
+           ("tests/test_sampler.py", "-k", "aspect_ratio"),
+           "the stretched-map warning named the sizes: one line and one registry entry per size in a service"),
+    Mutant("uint8-hint-unsaid", "yoda/attention/classic.py",
+           'if lr.dtype == torch.uint8 else ""', 'if False else ""',
+           ("tests/test_attention.py", "-k", "bad_inputs_raise"),
+           "an extractor given a uint8 tensor did not say how to make [-1, 1] of it, as yoda.sample does"),
+    Mutant("from-uint8-tensor-unsaid", "yoda/images.py",
+           "    if isinstance(arr, torch.Tensor):  # torchvision", "    if False:  # torchvision",
+           ("tests/test_images.py", "-k", "from_uint8_takes_back"),
+           "from_uint8 of read_image's uint8 tensor said only 'got Tensor'"),
+    Mutant("minmax-flat-not-ones", "yoda/attention/classic.py",
+           ".masked_fill_(const[:, None], 1.0)", "",
+           ("tests/test_attention.py", "-k", "constant_image_gives_all_ones"),
+           "a flat map min-max normalised to zeros (no pixel refined) instead of ones"),
 ]
 
 

@@ -60,7 +60,9 @@ def warn_if_stretched(src: str, map_hw: Tuple[int, int], image_hw: Tuple[int, in
     patch model's map): a map of another image, or one with its sides swapped, would be stretched silently."""
     (h, w), (H, W) = map_hw, image_hw
     if max((h - 1) / H, (w - 1) / W) > min((h + 1) / H, (w + 1) / W):
-        warnings.warn(f"{src} of size {h}x{w} is stretched to the {H}x{W} image, whose aspect ratio differs: a map "
+        # words that do not depend on the sizes: Python's default filter says it once for a loop over images (each
+        # new pair of sizes was a line and a warning-registry entry, without bound in a service)
+        warnings.warn(f"{src} is stretched to the image, whose aspect ratio differs (compare their shapes): a map "
                       "of another image, or one with its height and width swapped?", UserWarning,
                       stacklevel=stacklevel + 1)
 
@@ -85,7 +87,8 @@ def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
     if lr.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(lr.shape)})")
     if not lr.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor with values in [-1, 1], got {lr.dtype}")
+        hint = ": lr.float() / 127.5 - 1 makes 8-bit values [-1, 1]" if lr.dtype == torch.uint8 else ""
+        raise TypeError(f"{name} must be a floating-point tensor with values in [-1, 1], got {lr.dtype}{hint}")
     if lr.is_meta:
         raise ValueError(f"{name} is on the meta device (a shape without values): an attention map needs the image")
     x = lr.detach().float()
@@ -121,8 +124,8 @@ def minmax_normalize(m: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
     scale = torch.maximum(lo.abs(), hi.abs())
     const = rng <= rtol * scale
     safe = torch.where(const, torch.ones_like(rng), rng)
-    out = (flat - lo[:, None]) / safe[:, None]
-    out = torch.where(const[:, None], torch.ones_like(out), out)
+    # in place after the one new map: at 8192² HR two map-sized buffers at the peak, not four
+    out = (flat - lo[:, None]).div_(safe[:, None]).masked_fill_(const[:, None], 1.0)
     return out.clamp_(0.0, 1.0).reshape(m.shape)
 
 
@@ -304,7 +307,8 @@ class Sift:
     large-scale structures are not drowned by fine ones).
 
     LR images are tiny (a 16x16 face); SIFT finds nothing on them, so the luma image is first resized
-    (bicubic) so that its short side is at least ``min_size`` and keypoints are mapped back. An image
+    (bicubic) so that its short side is at least ``min_size``, its long side at most MAX_SIFT_SIDE (a thin strip
+    is enlarged less, or not at all), and keypoints are mapped back. An image
     with no keypoint gives a zero map, i.e. A = all ones (every pixel active). ``n_features`` is OpenCV's
     nfeatures (0: all): OpenCV counts a keypoint's extra orientations towards it, and those copies are merged
     into one location here, so N may give fewer than N locations.

@@ -329,11 +329,12 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
     A = checked_map(attention, src, lr)
     if not extracted:
         warn_if_stretched(src, tuple(A.shape[2:]), hr_size, stacklevel=4)
-    if tuple(A.shape[2:]) != hr_size:
-        A = F.interpolate(A, size=hr_size, mode="bilinear", align_corners=False)
-        if extracted:  # DESIGN §3: resize, then min-max per image (upsampling pulls the peak below 1)
-            A = minmax_normalize(A)
-    return A.clamp(0.0, 1.0).contiguous()
+    if tuple(A.shape[2:]) == hr_size:
+        return A.clamp(0.0, 1.0).contiguous()
+    A = F.interpolate(A, size=hr_size, mode="bilinear", align_corners=False)
+    if extracted:  # DESIGN §3: resize, then min-max per image (upsampling pulls the peak below 1)
+        A = minmax_normalize(A)
+    return A.clamp_(0.0, 1.0)  # the resize's own map, contiguous: in place (no third HR-sized map at the peak)
 
 
 def pad_to_model(adapter: Adapter, lr: torch.Tensor, attention: Any, lower_bound: float):
