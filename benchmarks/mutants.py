@@ -1734,6 +1734,16 @@ MUTANTS = [
            ".masked_fill_(const[:, None], 1.0)", "",
            ("tests/test_attention.py", "-k", "constant_image_gives_all_ones"),
            "a flat map min-max normalised to zeros (no pixel refined) instead of ones"),
+    Mutant("compile-refusal-unnamed", "yoda/sampling/speed.py",
+           "            except (TypeError, ValueError, RuntimeError) as e:\n",
+           "            except ZeroDivisionError as e:\n",
+           ("tests/test_speed.py", "-k", "refuses_and_channels_last"),
+           "compile={'mode': 'bogus'} gave torch's own error, naming no option of yoda's"),
+    Mutant("channels-last-failure-unsaid", "yoda/sampling/speed.py",
+           "            if self._speed.channels_last and hasattr(e, \"add_note\"):",
+           "            if False:",
+           ("tests/test_speed.py", "-k", "refuses_and_channels_last"),
+           "a network failing on channels-last input said nothing of channels_last"),
 ]
 
 

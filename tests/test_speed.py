@@ -7,6 +7,8 @@ The networks are small: two convolutions at 32² HR. torch.compile is checked wi
 traces the network, the image is the eager one bit for bit) and with inductor (marked slow: its C++ build).
 """
 
+import re
+
 import pytest
 import torch
 
@@ -474,6 +476,28 @@ def test_compile_modes_with_their_own_cuda_graphs_and_failed_compiles_say_compil
     with pytest.raises(RuntimeError) as e:
         plain(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
     assert not hasattr(e.value, "__notes__")
+
+
+def test_compile_options_torch_refuses_and_channels_last_failures_name_the_option():
+    """compile={"mode": "bogus"} (or an unknown backend or keyword) gave torch's own error, which names no option of
+    yoda's; np.True_ was refused as "got bool"; a network that fails on channels-last input said nothing of
+    channels_last (compile= adds a note of its own)."""
+    np = pytest.importorskip("numpy")
+    for opts, said in (({"mode": "bogus"}, "RuntimeError: Unrecognized mode=bogus"),
+                       ({"backend": "nosuch"}, "InvalidBackend"), ({"bogus_kw": 1}, "TypeError")):
+        with pytest.raises(ValueError, match=rf"^compile: torch.compile refused {re.escape(repr(opts))} \({said}"):
+            run(PixelAdapter(Net(), SCHED), compile=opts)
+    with pytest.raises(TypeError, match=r"^compile must be a bool or a dict, got numpy.bool"):
+        check_speed(compile=np.True_, device=torch.device("cpu"))
+
+    class Flat(torch.nn.Module):  # views its input as contiguous
+        def forward(self, inp, level):
+            return inp[:, :3] + 0 * inp.view(inp.shape[0], -1).sum()
+
+    with pytest.raises(RuntimeError) as e:
+        FastNet(Flat(), Speed(channels_last=True))(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
+    assert e.value.__notes__ == ["(raised under channels_last=True: a network that views its input as contiguous "
+                                 "cannot take channels-last tensors; leave channels_last off)"]
 
 
 def test_windows_under_cuda_graphs_go_in_batches_of_one_size(monkeypatch):

@@ -104,7 +104,8 @@ def check_speed(*, compile: Any = False, autocast: Any = None, channels_last: An
     for name, v in (("compile", compile), ("channels_last", channels_last), ("cuda_graphs", cuda_graphs)):
         if not isinstance(v, bool):
             kind = {"compile": " or a dict", "cuda_graphs": " or a GraphCache"}.get(name, "")
-            raise TypeError(f"{name} must be a bool{kind}, got {type(v).__name__}")
+            what = type(v).__name__ if type(v).__module__ == "builtins" else f"{type(v).__module__}.{type(v).__name__}"
+            raise TypeError(f"{name} must be a bool{kind}, got {what}")  # numpy.bool, not "bool", for np.True_
     if isinstance(autocast, torch.dtype):
         autocast = {v: k for k, v in AUTOCAST_DTYPES.items()}.get(autocast, autocast)
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
@@ -166,8 +167,15 @@ class FastNet:
 
     def __init__(self, net: Any, speed: Speed) -> None:
         graphs = speed.graph_cache.graphs if speed.graph_cache is not None else OrderedDict()
-        self.__dict__.update(_net=net, _speed=speed, _graphs=graphs, _key=None,
-                             _call=torch.compile(net, **dict(speed.compile_options)) if speed.compile else net)
+        call = net
+        if speed.compile:
+            try:  # a mode, backend or keyword torch.compile does not know: its own error named no option of yoda's
+                call = torch.compile(net, **dict(speed.compile_options))
+            except (TypeError, ValueError, RuntimeError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ValueError(f"compile: torch.compile refused {dict(speed.compile_options)!r} "
+                                 f"({type(e).__name__}: {first})") from e
+        self.__dict__.update(_net=net, _speed=speed, _graphs=graphs, _key=None, _call=call)
 
     def __getattr__(self, name: str) -> Any:
         net = self.__dict__.get("_net")
@@ -193,6 +201,9 @@ class FastNet:
             if self._speed.compile and hasattr(e, "add_note"):  # an error of torch's compiled code (aot_eager's
                 # strides) reads like the network's own: say where it came from (Python 3.11+)
                 e.add_note("(raised under compile=: if the network runs without compile, torch.compile is the cause)")
+            if self._speed.channels_last and hasattr(e, "add_note"):  # x.view(B, -1) of a channels-last input
+                e.add_note("(raised under channels_last=True: a network that views its input as contiguous cannot "
+                           "take channels-last tensors; leave channels_last off)")
             raise
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
