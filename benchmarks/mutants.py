@@ -1744,6 +1744,14 @@ MUTANTS = [
            "            if False:",
            ("tests/test_speed.py", "-k", "refuses_and_channels_last"),
            "a network failing on channels-last input said nothing of channels_last"),
+    Mutant("splat-reach-short", "yoda/attention/classic.py",
+           "reach = SPLAT_REACH * s", "reach = 2 * s",
+           ("tests/test_attention.py", "-k", "splat_formula"),
+           "SIFT's tiled splat drops keypoints whose Gaussian still reaches a tile"),
+    Mutant("splat-tile-rows", "yoda/attention/classic.py",
+           "(y - reach <= y1 - 1))", "(y <= y1 - 1))",
+           ("tests/test_attention.py", "-k", "splat_formula"),
+           "SIFT's tiled splat drops keypoints below a tile whose Gaussian reaches up into it"),
 ]
 
 

@@ -327,6 +327,16 @@ def test_sift_splat_formula():
     ref = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * s**2)) for x, y, s in kps)
     np.testing.assert_allclose(m, ref, rtol=1e-12, atol=1e-14)
     assert Sift.splat(np.zeros((0, 3)), 7, 13).shape == (7, 13)
+    # over several tiles (each sums the keypoints that reach it: the whole grid's product took 15 s at a 2048²
+    # LR): small and wide keypoints, some off the grid, against the formula over the whole grid
+    rng = np.random.default_rng(0)
+    h, w, n = 300, 260, 400
+    kps = np.stack([rng.uniform(-20, w + 20, n), rng.uniform(-20, h + 20, n), np.exp(rng.normal(0.3, 1.0, n))], 1)
+    kps[:3, 2] = (0.2, 40.0, 90.0)
+    s = np.maximum(kps[:, 2], 0.5)[:, None]
+    gy = np.exp(-0.5 * ((np.arange(h)[None, :] - kps[:, 1:2]) / s) ** 2)
+    gx = np.exp(-0.5 * ((np.arange(w)[None, :] - kps[:, 0:1]) / s) ** 2)
+    np.testing.assert_allclose(Sift.splat(kps, h, w), gy.T @ gx, rtol=1e-12, atol=1e-14)
 
 
 def test_sift_no_keypoints_defined():
