@@ -1752,6 +1752,14 @@ MUTANTS = [
            "(y - reach <= y1 - 1))", "(y <= y1 - 1))",
            ("tests/test_attention.py", "-k", "splat_formula"),
            "SIFT's tiled splat drops keypoints below a tile whose Gaussian reaches up into it"),
+    Mutant("extractor-zero-one-unsaid", "yoda/attention/classic.py",
+           "    warn_if_zero_one(lo, hi, stacklevel=2)  # in the extractor's module", "    pass  # in the extractor's module",
+           ("tests/test_sampler.py", "-k", "extractor_given_a_0_1"),
+           "an extractor called by itself took a [0, 1] image without a word"),
+    Mutant("sample-zero-one-twice", "yoda/sampling/prepare.py",
+           "torch.no_grad(), lr_from_images():", "torch.no_grad():",
+           ("tests/test_sampler.py", "-k", "extractor_given_a_0_1"),
+           "yoda.sample with attention said the [0, 1] warning twice (its extractor again)"),
 ]
 
 

@@ -18,6 +18,7 @@ from .. import attention as _attention
 from .. import masks
 from ..adapters import Adapter, hr_grid, padded_lr_side
 from ..attention.classic import minmax_normalize, warn_if_stretched
+from ..errors import lr_from_images
 from .spec import SamplingSpec, Windows, check_noise, noise_entries
 from .tiles import Tiler, checked_output, default_overlap
 
@@ -321,8 +322,10 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
                             f"got {type(attention).__name__}")
         # outside yoda.sample's inference mode, under no_grad: a callable that needs gradients (Grad-CAM) can
         # turn them on with torch.enable_grad(), which inference mode would ignore ("does not require grad")
-        with torch.inference_mode(False), torch.no_grad():  # a copy: a callable changing its input in place
-            attention = attention(lr.clone())  # changed the LR image sampled (its SR, by up to 1.3)
+        # lr_from_images: yoda.sample's check_lr has said whether lr looks like a [0, 1] image (the extractors' own
+        # check said it again)
+        with torch.inference_mode(False), torch.no_grad(), lr_from_images():  # a copy: a callable changing its
+            attention = attention(lr.clone())  # input in place changed the LR image sampled (its SR, by up to 1.3)
         src = f"attention {name!r}" if name else "attention(lr)"  # a name's weights, not "attention(lr)"
         if not isinstance(attention, torch.Tensor):
             raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")

@@ -15,7 +15,6 @@ import math
 import numbers
 import operator
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -28,8 +27,7 @@ from .. import masks
 from ..masks import as_float, as_int
 from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter, hr_grid
-from ..errors import lr_from_images_now
-from ..attention.classic import check_lr_range
+from ..attention.classic import check_lr_range, warn_if_zero_one
 from . import solvers as S
 
 ALL_SAMPLERS = SAMPLERS + S.SOLVERS  # the kernels' two (masked_step) and the sigma-space solvers (masked_combine)
@@ -263,19 +261,7 @@ def check_lr(lr: Any) -> torch.Tensor:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("lr contains NaN or Inf")
     check_lr_range("lr", lo, hi)
-    # a [0, 1] photograph has its darkest pixel at about 0 and none below; a bright image in [-1, 1] (a white
-    # page, fog) has its darkest pixel well above mid-gray and is not warned of. A light photograph whose darkest
-    # pixel is just above mid-gray cannot be told from a [0, 1] image: callers that made lr of 8-bit images
-    # themselves silence the warning (yoda.errors.lr_from_images)
-    if 0.0 <= lo <= 0.02 and hi > 0.5 and not lr_from_images_now():
-        # words that do not depend on the image: Python's default filter says it once for a loop over images (a
-        # service got one line, and one warning-registry entry, per image)
-        warnings.warn("lr has no negative value and its darkest pixel is within 0.02 of 0: yoda takes images in "
-                      "[-1, 1] (yoda.from_uint8; 2 * x - 1 for a [0, 1] tensor), and a [0, 1] image comes out "
-                      "washed out. A light image already in [-1, 1] (its darkest pixel just above mid-grey) is right "
-                      "as it is: "
-                      "warnings.filterwarnings('ignore', 'lr has no negative value') silences this",
-                      UserWarning, stacklevel=3)
+    warn_if_zero_one(lo, hi, stacklevel=3)
     if C == 1:
         lr = lr.expand(B, 3, h, w)
     # contiguous: a channels-last lr (a permuted array's view) ran the network's convolutions in that layout, which
