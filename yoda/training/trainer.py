@@ -483,7 +483,8 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------------
     def run(self, steps: Optional[int] = None, max_seconds: Optional[float] = None) -> dict:
         """Train up to ``steps`` (default cfg.steps) total steps, or until max_seconds of wall time have
-        passed; checkpoint, write the log and the EMA weights. Returns a summary dict."""
+        passed; checkpoint, write the log and the EMA weights. Returns a summary dict; its "stopped_by" is a stop
+        signal's name, "--minutes" where max_seconds ran out (the CLI's name for it), or None."""
         from tqdm import tqdm
 
         cfg = self.cfg
