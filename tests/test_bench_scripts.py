@@ -33,7 +33,7 @@ def load_script(name: str):
     return module
 
 
-def run(script: str, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+def run(script: str, *args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)
@@ -58,7 +58,7 @@ def test_gpu_bench_without_cuda_says_so_and_creates_nothing(tmp_path):
 
 def test_gpu_bench_dry_run_header_says_what_it_measures(tmp_path):
     out = tmp_path / "res.md"  # --hard-budget-s 0: every case skipped, only the header and the copy are measured
-    r = run("gpu_bench.py", "--cpu-dry-run", "--no-compile", "--hard-budget-s", "0", "--out", out, timeout=120)
+    r = run("gpu_bench.py", "--cpu-dry-run", "--no-compile", "--hard-budget-s", "0", "--out", out)
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert "Host copy (4 MiB, read + write)" in text
@@ -116,7 +116,7 @@ def test_gpu_loop_dry_run_rows(tmp_path):
     """The reference row compares with itself (bit-identical, 1.00x); channels-last only reorders the network's
     arithmetic (close, not necessarily equal); a row left out is not printed."""
     out = tmp_path / "loop.md"
-    r = run("gpu_loop.py", "--cpu-dry-run", "--only", "channels_last", "--no-overhead", "--out", out, timeout=120)
+    r = run("gpu_loop.py", "--cpu-dry-run", "--only", "channels_last", "--no-overhead", "--out", out)
     assert r.returncode == 0, r.stderr
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in out.read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| options")}
