@@ -1735,8 +1735,8 @@ MUTANTS = [
            ("tests/test_attention.py", "-k", "constant_image_gives_all_ones"),
            "a flat map min-max normalised to zeros (no pixel refined) instead of ones"),
     Mutant("compile-refusal-unnamed", "yoda/sampling/speed.py",
-           "            except (TypeError, ValueError, RuntimeError) as e:\n",
-           "            except ZeroDivisionError as e:\n",
+           "            except (TypeError, ValueError, RuntimeError, AssertionError) as e:",
+           "            except ZeroDivisionError as e:",
            ("tests/test_speed.py", "-k", "refuses_and_channels_last"),
            "compile={'mode': 'bogus'} gave torch's own error, naming no option of yoda's"),
     Mutant("channels-last-failure-unsaid", "yoda/sampling/speed.py",
@@ -1757,9 +1757,13 @@ MUTANTS = [
            ("tests/test_sampler.py", "-k", "extractor_given_a_0_1"),
            "an extractor called by itself took a [0, 1] image without a word"),
     Mutant("sample-zero-one-twice", "yoda/sampling/prepare.py",
-           "torch.no_grad(), lr_from_images():", "torch.no_grad():",
+           "quiet = lr_from_images() if extracted else contextlib.nullcontext()", "quiet = contextlib.nullcontext()",
            ("tests/test_sampler.py", "-k", "extractor_given_a_0_1"),
            "yoda.sample with attention said the [0, 1] warning twice (its extractor again)"),
+    Mutant("callable-zero-one-quiet", "yoda/sampling/prepare.py",
+           "quiet = lr_from_images() if extracted else", "quiet = lr_from_images() if True else",
+           ("tests/test_sampler.py", "-k", "extractor_given_a_0_1"),
+           "a user's callable that made a [0, 1] image of lr was silenced as yoda's own extractors are"),
 ]
 
 

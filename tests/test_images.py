@@ -786,8 +786,8 @@ def test_from_uint8_takes_back_what_to_uint8_gives_and_sample_says_how_to_conver
                                             r"\w+: yoda.load_image\(path\) reads a file, yoda.from_uint8\(image\)"):
             yoda.sample(net, bad)
     # torchvision.io.read_image's uint8 (C, H, W) tensor: it said only "arr must be a numpy array, got Tensor"
-    with pytest.raises(TypeError, match=r"got a torch tensor: a uint8 tensor \(C, H, W\) or \(B, C, H, W\) is "
-                                        r"x.float\(\) / 127.5 - 1"):
+    with pytest.raises(TypeError, match=r"got a torch tensor: yoda's lr of a uint8 \(C, H, W\) tensor x "
+                                        r"\(torchvision.io.read_image's\) is x\[None\].float\(\) / 127.5 - 1"):
         from_uint8(torch.zeros(3, 5, 7, dtype=torch.uint8))
 
 

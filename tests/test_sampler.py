@@ -1592,6 +1592,9 @@ def test_an_extractor_given_a_0_1_image_warns_as_yoda_sample_does_and_sample_war
         warnings.simplefilter("always")
         yoda.sample(_zero_model(), lr, steps=1, seed=0, progress=False, attention="edge")
     assert sum(str(w.message).startswith("lr has no negative value") for w in seen) == 1
+    with pytest.warns(UserWarning, match="^lr has no negative value"):  # a callable of its own making a [0, 1] image
+        yoda.sample(_zero_model(), lr * 2 - 1, steps=2, seed=0, progress=False,
+                    attention=lambda x: yoda.attention.get("edge")((x + 1) / 2))
     with warnings.catch_warnings():  # an lr in [-1, 1]: no word from the extractor
         warnings.simplefilter("error")
         yoda.attention.get("edge")(lr * 2 - 1)

@@ -204,8 +204,9 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
                             "yoda.load_image reads such files")
         arr = _samples(_to_srgb(arr, Path("arr")), Path("arr"))
     if isinstance(arr, torch.Tensor):  # torchvision.io.read_image's (C, H, W), not this function's (H, W, C)
-        raise TypeError("arr must be a numpy array (H, W, C) or a PIL image, got a torch tensor: a uint8 tensor "
-                        "(C, H, W) or (B, C, H, W) is x.float() / 127.5 - 1 (3 channels)")
+        raise TypeError("arr must be a numpy array (H, W, C) or a PIL image, got a torch tensor: yoda's lr of a "
+                        "uint8 (C, H, W) tensor x (torchvision.io.read_image's) is x[None].float() / 127.5 - 1, "
+                        "of an (H, W, C) one from_uint8(x.numpy())")
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"arr must be a numpy array, got {type(arr).__name__}")
     if arr.dtype != np.uint8:

@@ -5,6 +5,7 @@ them (denoise, step or solve, report) and the start and the end (start, decode).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from typing import Any, Optional
@@ -322,10 +323,11 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
                             f"got {type(attention).__name__}")
         # outside yoda.sample's inference mode, under no_grad: a callable that needs gradients (Grad-CAM) can
         # turn them on with torch.enable_grad(), which inference mode would ignore ("does not require grad")
-        # lr_from_images: yoda.sample's check_lr has said whether lr looks like a [0, 1] image (the extractors' own
-        # check said it again)
-        with torch.inference_mode(False), torch.no_grad(), lr_from_images():  # a copy: a callable changing its
-            attention = attention(lr.clone())  # input in place changed the LR image sampled (its SR, by up to 1.3)
+        # yoda's own extractor is given lr itself, of which yoda.sample's check_lr has said whether it looks like a
+        # [0, 1] image: its own check is quiet (it said it again); a user's callable may make another image of lr
+        quiet = lr_from_images() if extracted else contextlib.nullcontext()
+        with torch.inference_mode(False), torch.no_grad(), quiet:  # a copy: a callable changing its input in
+            attention = attention(lr.clone())  # place changed the LR image sampled (its SR, by up to 1.3)
         src = f"attention {name!r}" if name else "attention(lr)"  # a name's weights, not "attention(lr)"
         if not isinstance(attention, torch.Tensor):
             raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")

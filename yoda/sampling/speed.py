@@ -171,9 +171,11 @@ class FastNet:
         if speed.compile:
             try:  # a mode, backend or keyword torch.compile does not know: its own error named no option of yoda's
                 call = torch.compile(net, **dict(speed.compile_options))
-            except (TypeError, ValueError, RuntimeError) as e:
+            except (TypeError, ValueError, RuntimeError, AssertionError) as e:  # {"dynamic": "yes"}: an assert
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise ValueError(f"compile: torch.compile refused {dict(speed.compile_options)!r} "
+                first = first if len(first) <= 200 else first[:200] + " ..."  # an unknown option: every known one
+                opts = dict(speed.compile_options)
+                raise ValueError(f"compile: torch.compile {f'refused {opts!r}' if opts else 'failed'} "
                                  f"({type(e).__name__}: {first})") from e
         self.__dict__.update(_net=net, _speed=speed, _graphs=graphs, _key=None, _call=call)
 
@@ -202,8 +204,8 @@ class FastNet:
                 # strides) reads like the network's own: say where it came from (Python 3.11+)
                 e.add_note("(raised under compile=: if the network runs without compile, torch.compile is the cause)")
             if self._speed.channels_last and hasattr(e, "add_note"):  # x.view(B, -1) of a channels-last input
-                e.add_note("(raised under channels_last=True: a network that views its input as contiguous cannot "
-                           "take channels-last tensors; leave channels_last off)")
+                e.add_note("(raised under channels_last=True: if the network runs without it, the channels-last "
+                           "layout is the cause, e.g. a .view of its input; leave channels_last off)")
             raise
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
