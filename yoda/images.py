@@ -228,7 +228,7 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 def _too_large(p: Path, pixels: str, limit: int) -> DataError:
     return DataError(f"path: {p} is {pixels} pixels, more than the limit of {limit} (yoda.images.MAX_PIXELS; "
-                     f"raise it with YODA_MAX_PIXELS=N, --max-pixels N of upscale, attention, demo, eval and "
+                     f"raise it with YODA_MAX_PIXELS=N, --max-pixels N of upscale, attention, eval and "
                      f"figures, or read_image(..., max_pixels=N))")
 
 
