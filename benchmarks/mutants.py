@@ -1772,6 +1772,11 @@ MUTANTS = [
            "{printable(os.path.basename(a.image))}", "{os.path.basename(a.image)}",
            ("tests/test_cli.py", "-k", "title_escapes"),
            "a newline in the image's name drew a second title line over the labels"),
+    Mutant("stretched-panels-unsaid", "yoda/attention/figure.py",
+           'f"  (drawn {stretch:.1f}x taller than it is)" if stretch > 1.1 else',
+           'f"  (drawn {stretch:.1f}x taller than it is)" if stretch > 1e9 else',
+           ("tests/test_attention.py", "-k", "elongated"),
+           "a 3000 x 40 panorama was drawn 6x taller in yoda attention's figure without a word"),
 ]
 
 

@@ -160,6 +160,20 @@ def test_panels_of_elongated_maps_stay_visible():
 
     assert _panel_size(1, 300) == (32, 384) and _panel_size(300, 1) == (384, 32)
     assert _panel_size(16, 16) == (160, 160) and _panel_size(1000, 500) == (384, 192)
+    # ... and the figure's title says so (a 3000 x 40 panorama was drawn 6x taller without a word)
+    from PIL import ImageDraw
+
+    texts = []
+    real = ImageDraw.ImageDraw.text
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: texts.append(t) or
+                   real(self, xy, t, *a, **k))
+        for h, w in ((1, 300), (300, 1), (16, 24)):
+            att.attention_figure(torch.zeros(1, 3, h, w), torch.rand(1, 1, h, w))
+    titles = [t for t in texts if t.startswith("lower_bound=")]
+    assert titles[0].endswith("(drawn 32.0x taller than it is)")
+    assert titles[1].endswith("(drawn 32.0x wider than it is)")
+    assert "drawn" not in titles[2]
 
 
 def test_constant_image_gaussian_is_the_prior():

@@ -496,11 +496,12 @@ def test_compile_options_torch_refuses_and_channels_last_failures_name_the_optio
 
     with pytest.raises(RuntimeError) as e:
         FastNet(Flat(), Speed(channels_last=True))(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
-    assert e.value.__notes__ == ["(raised under channels_last=True: if the network runs without it, the "
-                                 "channels-last layout is the cause, e.g. a .view of its input; leave channels_last off)"]
+    assert e.value.__notes__ == ["(raised under channels_last=True: if the network runs without it, the channels-last "
+                                 "layout is the cause, e.g. a .view of its input; leave channels_last off)"]
     with pytest.raises(ValueError, match=r"^compile: torch.compile refused \{'dynamic': 'yes'\} \(AssertionError"):
         FastNet(Net(), Speed(compile=True, compile_options=(("dynamic", "yes"),)))
-    with pytest.raises(ValueError, match=r"^compile: torch.compile refused .*'bogus': 1.*\(RuntimeError: .{1,200} \.\.\.\)$"):
+    with pytest.raises(ValueError,
+                       match=r"^compile: torch.compile refused .*'bogus': 1.*\(RuntimeError: .{1,200} \.\.\.\)$"):
         FastNet(Net(), Speed(compile=True, compile_options=(("options", {"bogus": 1}),)))
 
 

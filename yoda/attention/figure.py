@@ -254,6 +254,10 @@ def attention_figure(
         raise ValueError(f"ts must be a non-empty sequence of ints in [1, T={T}], got {ts!r}")
 
     size = _panel_size(*a.shape[-2:], lr_hw=tuple(x.shape[-2:]))
+    # a very elongated image keeps a visible short side (_MIN_SHORT), out of proportion: the title says so
+    stretch = (a.shape[-1] / a.shape[-2]) / (size[1] / size[0])  # > 1: drawn taller than it is, < 1: wider
+    picked += (f"  (drawn {stretch:.1f}x taller than it is)" if stretch > 1.1 else
+               f"  (drawn {1 / stretch:.1f}x wider than it is)" if stretch < 1 / 1.1 else "")
     img = ((_show(x, size).clamp(-1, 1) + 1.0) * 127.5).round().byte()
     if img.shape[0] == 1:
         img = img.expand(3, -1, -1)
