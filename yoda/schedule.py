@@ -215,7 +215,7 @@ class Schedule:
                      the sum's float error decides a tie (e.g. T = 1000, steps = 21: 499 here, 500 there).
           "ldm_uniform": the "uniform" discretisation of LDM's DDIM sampler (CompVis, Stable Diffusion; DiffBIR's
                      DDIMSampler): range(0, T, T // steps) + 1. It can visit more than ``steps`` indices
-                     (ceil(T / (T // steps)) of them, e.g. 31 for T = 1000, steps = 30), and its last step
+                     (ceil(T / (T // steps)): 31 for T = 1000, steps = 30; 500 for 334), and its last step
                      ends at alpha_bar[0], not at 1 (:meth:`pairs`); steps that reach index T are an error.
           "sd_leading": diffusers' DDIMScheduler with timestep_spacing "leading", steps_offset 1 and
                      set_alpha_to_one False (Stable Diffusion's scheduler configs, the SD x4 upscaler's):
