@@ -1777,6 +1777,10 @@ MUTANTS = [
            'f"  (drawn {stretch:.1f}x taller than it is)" if stretch > 1e9 else',
            ("tests/test_attention.py", "-k", "elongated"),
            "a 3000 x 40 panorama was drawn 6x taller in yoda attention's figure without a word"),
+    Mutant("empty-file-as-format", "yoda/images.py",
+           "UnidentifiedImageError) and p.stat().st_size == 0:", "UnidentifiedImageError) and p.stat().st_size < 0:",
+           ("tests/test_images.py", "-k", "load_errors"),
+           "a zero-byte .png was called a format yoda does not read"),
 ]
 
 

@@ -96,6 +96,9 @@ def test_load_errors(tmp_path):
         load_image(tmp_path / "trunc.png")
     with pytest.raises(ValueError, match="is a folder, not an image file"):
         load_image(tmp_path)
+    (tmp_path / "empty.png").write_bytes(b"")  # said as empty, not as a format yoda does not read
+    with pytest.raises(ValueError, match=r"cannot read image .*empty\.png: the file is empty \(0 bytes\)$"):
+        load_image(tmp_path / "empty.png")
 
 
 def test_save_errors_and_atomicity(tmp_path, monkeypatch):

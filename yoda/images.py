@@ -370,6 +370,8 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
                 raise DataError(f"path: {p} is a TIFF that Pillow cannot decode (of float TIFFs only single-channel "
                                 f"float32 is read: not float16, float64 or several float channels); convert it to "
                                 f"8/16-bit PNG or TIFF ({e})") from None
+            if isinstance(e, UnidentifiedImageError) and p.stat().st_size == 0:  # not "an unknown format"
+                raise DataError(f"path: cannot read image {p}: the file is empty (0 bytes)") from None
             if isinstance(e, UnidentifiedImageError):
                 raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
                                 "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None
