@@ -1781,6 +1781,22 @@ MUTANTS = [
            "UnidentifiedImageError) and p.stat().st_size == 0:", "UnidentifiedImageError) and p.stat().st_size < 0:",
            ("tests/test_images.py", "-k", "load_errors"),
            "a zero-byte .png was called a format yoda does not read"),
+    Mutant("damaged-record-read", "yoda/checkpoint.py",
+           "                if info.CRC:", "                if not info.CRC:",
+           ("tests/test_checkpoint.py", "-k", "damaged_zip"),
+           "a checkpoint with a byte flipped on disk loaded as a weight of 4900, resumed without a word"),
+    Mutant("resume-model-unflattened", "yoda/training/trainer.py",
+           'k in ("data", "loss", "model"):', 'k in ("data", "loss"):',
+           ("tests/test_train.py", "-k", "resume_refuses_other_config"),
+           "a resume refused for a model change cut the model's dict at 60 characters, before the key that changed"),
+    Mutant("plot-unvalidated-crops", "yoda/plots.py",
+           'if cfg.get("val_every") == 0:', 'if cfg.get("val_every") == -1:',
+           ("tests/test_plots.py", "-k", "described_from_the_runs_config"),
+           "yoda plot's legend named validation crops for a run that never validated"),
+    Mutant("grey-sr3-taken", "yoda/models/sr3.py",
+           "if net.config.out_channel != 3:", "if net.config.out_channel > 3:",
+           ("tests/test_models.py", "-k", "sr3_adapter_is_a_pixel_adapter"),
+           "a grey SR3 model was taken and then refused every lr, grey ones included"),
 ]
 
 

@@ -85,6 +85,24 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture
+def flip_record_byte():
+    """flip(path, suffix): flip one byte inside the data of the zip record of torch.save's file ``path`` whose name
+    ends with ``suffix`` (e.g. "data/0"), as a damaged disk or copy would; torch.load reads such a file unchanged."""
+    import struct
+    import zipfile
+
+    def flip(path, suffix: str) -> None:
+        with zipfile.ZipFile(path) as z:
+            info = next(i for i in z.infolist() if i.filename.endswith(suffix))
+        data = bytearray(open(path, "rb").read())
+        name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+        data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x55  # the local header's
+        open(path, "wb").write(bytes(data))  # extra field, not the central directory's: torch pads records there
+
+    return flip
+
+
+@pytest.fixture
 def lone_rank_0():
     """run(code, world, after_s, prelude=""): in a fresh interpreter, ``code`` as rank 0 of ``world`` processes that
     never come, hosting the store itself (MASTER_ADDR:0, no torchrun), inside yoda's SIGTERM handling, with a SIGTERM

@@ -263,6 +263,33 @@ def test_a_compressed_zip_checkpoint_is_refused_before_it_is_unpacked(tmp_path):
         dino_vits8(str(deflated))
 
 
+def test_a_damaged_zip_checkpoint_is_refused(tmp_path, flip_record_byte):
+    """torch.load does not check the CRC-32 of torch.save's records: a byte flipped on disk loaded as a weight of 4900
+    (a resumed training's loss 230x) or a NaN. Every loader refuses such a file; a file saved without CRCs
+    (torch.serialization.set_crc32_options(False): every record's CRC 0) is read as before."""
+    from yoda.attention import dino_vits8
+    from yoda.checkpoint import read_checkpoint, zip_refusal
+
+    w = torch.arange(1000.0)
+    torch.save({"w": w, "b": torch.ones(3)}, tmp_path / "ok.pth")
+    assert zip_refusal(str(tmp_path / "ok.pth")) is None
+    assert torch.equal(read_checkpoint(tmp_path / "ok.pth")[0]["w"], w)
+    torch.save({"w": w, "b": torch.ones(3)}, tmp_path / "bad.pth")
+    flip_record_byte(tmp_path / "bad.pth", "data/0")
+    assert not torch.equal(torch.load(tmp_path / "bad.pth", weights_only=True)["w"], w)  # torch reads it
+    message = r"bad\.pth: it is corrupt: Bad CRC-32 for file '[^']*data/0' \(a damaged copy or disk\)$"
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=message):
+        dino_vits8(str(tmp_path / "bad.pth"))
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"w": w}, tmp_path / "no_crc.pth")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(read_checkpoint(tmp_path / "no_crc.pth")[0]["w"], w)
+
+
 def test_srdiff_config_dict_refuses_unknown_keys(tmp_path):
     """A dict config used to skip every unknown key, so a misspelled field silently kept its default (a cosine T=100
     card for timestep=1000, beta_schedul="linear"). It takes SRDiffConfig fields and upstream's other hparams keys

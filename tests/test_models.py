@@ -336,6 +336,13 @@ def test_sr3_adapter_is_a_pixel_adapter():
     assert net.yoda_adapter(card=ModelCard(Schedule.cosine(7), 3)).schedule == Schedule.cosine(7)
     with pytest.raises(ValueError, match="pixel space"):
         net.yoda_adapter(card=ModelCard(sched, 2, space="residual"))
+    # a grey SR3 model was taken and then refused every lr ("lr must be (B, 1, h, w), got (1, 3, 8, 8)" for a
+    # (1, 1, 8, 8) one too: yoda.sample repeats grey to RGB)
+    grey = SR3UNet(in_channel=2, out_channel=1, inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
+                   res_blocks=1, image_size=16)
+    with pytest.raises(ValueError, match=r"^net: yoda samples RGB SR3 models \(out_channel 3, in_channel 6\); this "
+                                         r"one has out_channel 1$"):
+        grey.yoda_adapter(schedule=sched, scale=2)
     net.card = ModelCard(sched, 2)
     lr = _lr(2, 8, 8)
     pr = ad.prepare(lr)

@@ -601,6 +601,9 @@ def test_resume_refuses_other_config(tmp_path, img_folder, monkeypatch):
     with pytest.raises(ValueError, match=r"differs in: loss.lower_bound: 0.6 there, 0.5 now\)"):
         Trainer(cfg.replace(loss=dataclasses.replace(cfg.loss, lower_bound=0.5)), str(tmp_path / "run"),
                 device="cpu", progress=False)
+    # so does one in the model's dict, a late key too (was "model: {'kind': 'sr3', ...", cut before it)
+    with pytest.raises(ValueError, match=r"differs in: model.dropout: 0.0 there, 0.1 now\)"):
+        Trainer(cfg.replace(model={**cfg.model, "dropout": 0.1}), str(tmp_path / "run"), device="cpu", progress=False)
     # the same folder written another way, and how often it logs / validates / checkpoints, may change (were refused)
     rel = os.path.relpath(img_folder)
     again = cfg.replace(data=dataclasses.replace(cfg.data, source="./" + rel, val_source=img_folder + "/"),
@@ -1254,8 +1257,9 @@ def test_a_long_load_error_is_cut_between_words():
     ("foreign-pickle", r"holds objects other than tensors and plain data \(Unsupported global: GLOBAL "
                        r"datetime.date\)"),
     ("deflated", r"its zip entries expand to \d+ bytes from \d+ on disk \(compressed records"),
+    ("damaged", r"it is corrupt: Bad CRC-32 for file '[^']*data/0' \(a damaged copy or disk\)"),
 ])
-def test_an_unusable_checkpoint_says_what_to_do(tmp_path, img_folder, content, message):
+def test_an_unusable_checkpoint_says_what_to_do(tmp_path, img_folder, content, message, flip_record_byte):
     """A checkpoint without a config, or with tensors of another shape, gave a traceback; a corrupt one torch's
     advice to load it with weights_only=False (unsafe), with terminal colour codes."""
     import datetime
@@ -1274,6 +1278,9 @@ def test_an_unusable_checkpoint_says_what_to_do(tmp_path, img_folder, content, m
         with zipfile.ZipFile(tmp_path / "stored.pt") as src, zipfile.ZipFile(ckpt, "w", zipfile.ZIP_DEFLATED) as dst:
             for info in src.infolist():
                 dst.writestr(info.filename, src.read(info))
+    elif content == "damaged":  # a byte of a weight flipped on disk: resumed with a weight of 4900 (the loss 230x)
+        torch.save(tr.state_dict(), ckpt)
+        flip_record_byte(ckpt, "data/0")
     elif content == "wrong-shape":
         st = tr.state_dict()
         k = next(iter(st["model"]))

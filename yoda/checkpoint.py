@@ -81,7 +81,7 @@ def zip_refusal(p: str) -> Optional[str]:
     archive (torch.jit.save: a program, not weights; torch.load's advice on it is weights_only=False, which would
     run its code), or entries that expand to far more than the file: torch.save stores its records uncompressed,
     but torch.load also inflates compressed ones, so a 1 MB file could unpack to gigabytes before any key or shape
-    is checked."""
+    is checked; or a record that fails its CRC-32 (_bad_record)."""
     import zipfile
 
     if _head(p, 4) != b"PK\x03\x04":
@@ -96,10 +96,30 @@ def zip_refusal(p: str) -> Optional[str]:
                 "code from a file: save the model's state dict instead (torch.save(model.state_dict(), ...) or "
                 "safetensors)")
     total, size = sum(i.file_size for i in infos), os.path.getsize(p)
-    if total <= 2 * size + (1 << 20):
-        return None
-    return (f"its zip entries expand to {total} bytes from {size} on disk (compressed records; torch.save writes "
-            "them uncompressed): refused, as a file that unpacks to far more memory than its size")
+    if total > 2 * size + (1 << 20):
+        return (f"its zip entries expand to {total} bytes from {size} on disk (compressed records; torch.save writes "
+                "them uncompressed): refused, as a file that unpacks to far more memory than its size")
+    return _bad_record(p, infos)
+
+
+def _bad_record(p: str, infos) -> Optional[str]:
+    """Why a zip checkpoint's tensors are damaged (None: every record matches its CRC-32): torch.load does not check
+    them, so a flipped byte on disk became a weight of 4900 or a NaN in the optimiser's state, resumed without a
+    word. Records stored with CRC 0 (torch.serialization.set_crc32_options(False)) are not checked."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            for info in infos:
+                if info.CRC:
+                    with z.open(info) as fh:  # raises BadZipFile at the end of a record that fails its CRC
+                        while fh.read(1 << 24):
+                            pass
+    except zipfile.BadZipFile as e:
+        return f"it is corrupt: {e} (a damaged copy or disk)"
+    except (OSError, ValueError):
+        return None  # torch.load says what is wrong with it
+    return None
 
 
 def check_zip(p: str) -> None:

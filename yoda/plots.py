@@ -150,9 +150,12 @@ def loss_description(log: str) -> str:
 
 def validation_description(log: str) -> str:
     """How a run's validation PSNR was measured, from its config.json: "4 crops of 64x64, DDIM 20 steps" (one
-    crop's PSNR moves by tenths of a dB from step to step; "" when there is no config)."""
+    crop's PSNR moves by tenths of a dB from step to step; "" when there is no config; "not validated" for a run
+    with val_every 0, whose legend entry named crops it never sampled)."""
     try:
         cfg = _run_config(log)
+        if cfg.get("val_every") == 0:
+            return "not validated (val_every 0)"
         n, size, steps = int(cfg["data"]["val_crops"]), int(cfg["data"]["val_crop"]), int(cfg["val_steps"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return ""

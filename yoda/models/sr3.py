@@ -517,6 +517,9 @@ class SR3Adapter(PixelAdapter):
         if net.config.in_channel != 2 * net.config.out_channel:
             raise ValueError("net: SR3 conditioning needs in_channel == 2 * out_channel "
                              f"(got {net.config.in_channel}, {net.config.out_channel})")
+        if net.config.out_channel != 3:  # yoda.sample makes every lr RGB (a grey one repeated): none would fit
+            raise ValueError(f"net: yoda samples RGB SR3 models (out_channel 3, in_channel 6); this one has "
+                             f"out_channel {net.config.out_channel}")
         super().__init__(net, schedule, scale=scale, prediction=prediction, clip_x0=clip_x0,
                          multiple=net.multiple, upsampling=getattr(net, "upsampling", "torch"))
         if card is not None and card.sampling is not None:

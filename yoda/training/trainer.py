@@ -89,7 +89,7 @@ def _resume_view(d: dict) -> dict:
     for k, v in d.items():
         if k in RESUME_FREE:
             continue
-        if isinstance(v, dict) and k in ("data", "loss"):
+        if isinstance(v, dict) and k in ("data", "loss", "model"):
             flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if f"{k}.{kk}" not in RESUME_FREE})
         else:
             flat[k] = v
