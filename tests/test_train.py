@@ -1239,6 +1239,27 @@ def test_out_and_weights_are_checked_before_training(tmp_path, img_folder, monke
     assert not (tmp_path / "run3").exists()
 
 
+def test_resume_under_another_weights_name_says_the_old_file_stays(tmp_path, img_folder):
+    """A resume with another --weights-name wrote other.safetensors beside the first session's model.safetensors
+    without a word: the stale file was the one a user picked up."""
+    import warnings
+
+    from yoda.training import train_main
+
+    cfg_path = tmp_path / "c.json"
+    cfg_path.write_text(tiny_config(img_folder, steps=1, val_every=0).to_json())
+    run = tmp_path / "run"
+    train_main(str(cfg_path), str(run), device="cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same name again says nothing
+        train_main(str(cfg_path), str(run), device="cpu", progress=False, steps=2)
+    with pytest.warns(UserWarning, match=rf"^--out {re.escape(str(run))} also holds model\.safetensors: weights of an "
+                                         r"earlier session under another --weights-name, left as they are; this run "
+                                         r"writes other\.safetensors$"):
+        train_main(str(cfg_path), str(run), device="cpu", progress=False, steps=3, weights_name="other.safetensors")
+    assert (run / "other.safetensors").is_file() and (run / "model.safetensors").is_file()
+
+
 def test_a_long_load_error_is_cut_between_words():
     """The checkpoint's load error was cut at 300 characters mid-word ("... transferred incorrectly, o);")."""
     from yoda.checkpoint import first_line as _first_line

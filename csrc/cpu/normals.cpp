@@ -154,7 +154,7 @@ const char* normals_isa() {
   if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
   return __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3" : "default";
 #else
-  return "default";
+  return "default (built without clones)";  // GCC < 12, clang, -DYODA_NO_TARGET_CLONES, not x86-64 Linux
 #endif
 }
 

@@ -57,7 +57,8 @@ inline void randn4_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, i
   randn4_block(seed, step, g0, n, pairs, w, zc, zs, [](int64_t, int64_t, int) {});
 }
 
-// "x86-64-v4", "x86-64-v3" or "default": the clone box_muller_block runs on this CPU (tests, benchmark records).
+// "x86-64-v4", "x86-64-v3" or "default": the clone box_muller_block runs on this CPU (tests, benchmark records);
+// "default (built without clones)" for a build that made none (normals.cpp's YODA_HAVE_NOISE_CLONES).
 const char* normals_isa();
 
 }  // namespace yoda
