@@ -1797,6 +1797,18 @@ MUTANTS = [
            "if net.config.out_channel != 3:", "if net.config.out_channel > 3:",
            ("tests/test_models.py", "-k", "sr3_adapter_is_a_pixel_adapter"),
            "a grey SR3 model was taken and then refused every lr, grey ones included"),
+    Mutant("stale-weights-unsaid", "yoda/training/report.py",
+           "if ranks.main and start_step > 0 and (older := sorted(", "if ranks.main and start_step < 0 and (older := sorted(",
+           ("tests/test_train.py", "-k", "another_weights_name"),
+           "a resume under another --weights-name left the first session's weights beside the new ones without a word"),
+    Mutant("say-two-writes", "yoda/cli_models.py",
+           'tqdm.write(line + "\\n", file=sys.stdout, end="")', "tqdm.write(line, file=sys.stdout)",
+           ("tests/test_cli.py", "-k", "error_line_is_one_write"),
+           "the lines of torchrun's ranks on a pipe ran into each other: the newline was a write of its own"),
+    Mutant("busy-line-no-rank", "yoda/cli_upscale.py",
+           'say(f"{where}{e}; back to it at the end', 'say(f"{e}; back to it at the end',
+           ("tests/test_cli.py", "-k", "taken_up_later"),
+           "a rank's line about an output another process was making did not say which rank"),
 ]
 
 

@@ -2397,6 +2397,10 @@ def test_q_hides_the_line_of_an_input_taken_up_later(capsys, monkeypatch):
         out, err = capsys.readouterr()
         assert ("a.png is being made by another process; back to it at the end (--skip-existing)" in out) != quiet
         assert "waiting for another process to finish 1 output(s)" in err
+    # a rank's line names the rank, as its other lines do (it had no "rank R: ")
+    tries.clear()
+    assert cli_upscale.run_items(["a.png"], work, str, where="rank 1: ") == 0
+    assert "rank 1: a.png is being made by another process; back to it" in capsys.readouterr().out
 
 
 def test_warnings_under_torchrun_are_said_once(monkeypatch, capsys):
@@ -2572,10 +2576,11 @@ def test_a_rank_that_lost_another_says_so_in_one_line(monkeypatch, capsys):
 
 def test_an_error_line_is_one_write(monkeypatch):
     """Ranks failing at once printed "...multiple of 3yoda: error: rank 0: ..." on one line: print (and tqdm.write)
-    wrote the newline in a write of its own, between which another rank's line got in."""
+    wrote the newline in a write of its own, between which another rank's line got in. So did the lines of
+    images written on stdout (say), glued 0-5 times in a run of 40 images on 3 ranks piped to a file."""
     import io
 
-    from yoda.cli_models import error_line
+    from yoda.cli_models import error_line, say
 
     class Writes(io.StringIO):
         def __init__(self):
@@ -2590,6 +2595,10 @@ def test_an_error_line_is_one_write(monkeypatch):
     monkeypatch.setattr(sys, "stderr", err)
     error_line("yoda: error: rank 1: the batch must be a multiple of 3")
     assert [c for c in err.calls if c] == ["yoda: error: rank 1: the batch must be a multiple of 3\n"]  # ("": none)
+    out = Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+    say("rank 2: a.png -> b.png (96x64, 0.2 s)")
+    assert [c for c in out.calls if c] == ["rank 2: a.png -> b.png (96x64, 0.2 s)\n"]
 
 
 def test_an_os_error_on_a_name_with_a_newline_stays_on_its_line():

@@ -200,8 +200,8 @@ def say(line: str) -> None:
     from tqdm import tqdm
 
     try:
-        tqdm.write(line, file=sys.stdout)
-        sys.stdout.flush()
+        tqdm.write(line + "\n", file=sys.stdout, end="")  # one write, as error_line's: torchrun's ranks run
+        sys.stdout.flush()  # unbuffered (python -u), and a rank's line got between another's text and its newline
     except OSError as e:  # BrokenPipeError; on Windows a closed pipe is EINVAL (cpython#79935)
         if not (isinstance(e, BrokenPipeError) or e.errno in (errno.ENOSPC, errno.EIO) or
                 (sys.platform == "win32" and e.errno == errno.EINVAL)):

@@ -432,7 +432,7 @@ def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseExcep
         return 0
     except Busy as e:
         if not quiet:
-            say(f"{e}; back to it at the end (--skip-existing)")
+            say(f"{where}{e}; back to it at the end (--skip-existing)")
         busy.append(item)
         return 0
     except Exception as e:
