@@ -1809,6 +1809,10 @@ MUTANTS = [
            'say(f"{where}{e}; back to it at the end', 'say(f"{e}; back to it at the end',
            ("tests/test_cli.py", "-k", "taken_up_later"),
            "a rank's line about an output another process was making did not say which rank"),
+    Mutant("resolve-backend-str-device", "yoda_kernels/ops.py",
+           '    device = torch.device(device)  # "cpu" too', '    device = device  # "cpu" too',
+           ("tests/test_masked_step.py", "-k", "auto_backend_order"),
+           "resolve_backend('auto', 'cpu') failed with AttributeError, where its neighbours take a device's name"),
 ]
 
 

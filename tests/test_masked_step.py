@@ -302,6 +302,7 @@ def test_auto_backend_order(monkeypatch, cuda_built, triton_ok, device, want):
     monkeypatch.setattr(ops, "triton_available", lambda: triton_ok)
     monkeypatch.setattr(ops, "_warned", {"reference on cuda"})  # the one-time warning is tested below
     assert ops.resolve_backend("auto", torch.device(device)) == want
+    assert ops.resolve_backend("auto", device) == want  # a device's name too (was AttributeError: 'str' ... 'type')
 
 
 @pytest.mark.parametrize("triton_ok, interpret, why", [

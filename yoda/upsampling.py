@@ -28,7 +28,9 @@ _PIL_BITS = 22  # Pillow's PRECISION_BITS for 8-bit images (32 - 8 - 2)
 
 
 def upsample(lr: torch.Tensor, scale: int, method: str = "torch") -> torch.Tensor:
-    """up(lr) (B, C, s*h, s*w) in [-1, 1] of lr (B, C, h, w) in [-1, 1], by ``method`` (module docstring)."""
+    """up(lr) (B, C, s*h, s*w) of lr (B, C, h, w) in [-1, 1], by ``method`` (module docstring): in [-1, 1] for
+    "torch" and "sr3"; "srdiff" and "matlab" are not clamped, as upstream's are not: bicubic overshoots at edges
+    (a black / white step to about +-1.15, a checkerboard to +-1.52), so clamp(-1, 1) before saving one."""
     if method == "torch":
         return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
     if method not in METHODS:

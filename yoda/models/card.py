@@ -56,7 +56,8 @@ class ModelCard:
     prediction  what the network outputs: "eps", "x0" or "v" (yoda_kernels.contract.PREDICTIONS)
     space       where x_t lives: "pixel" (SR3) or "residual" (SRDiff) (yoda.adapters.SPACES)
     config      where the card came from, as JSON-like data: for a "yoda" model file its metadata config
-                ({"kind", "args", "schedule", "scale", "prediction", "extra"}), for an upstream SR3 checkpoint
+                ({"kind", "args", "schedule", "scale", "prediction", "upsampling", and "sampling" / "extra" where
+                given: yoda.models.yoda_format), for an upstream SR3 checkpoint
                 {"kind", "args", "train_schedule"}; None when the card was made by hand
     sampling    yoda.sample's defaults for this model where a call leaves them out: {"sampler": name,
                 "steps": n, "lower_bound": l} (any key may be absent; a model trained with YODA's masks records

@@ -411,6 +411,8 @@ class SR3UNet(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: SR3Config) -> "SR3UNet":
+        """A randomly initialised SR3UNet of ``cfg``'s architecture, which keeps ``cfg`` (its scale too) as
+        ``net.config``."""
         net = cls(**cfg.unet_kwargs())
         net.config = cfg  # with its scale
         return net

@@ -482,6 +482,9 @@ class SRDiff(nn.Module):
     def yoda_adapter(self, schedule: Optional[Schedule] = None, clip_x0: Optional[bool] = None,
                      clip_input: Optional[bool] = None, res_rescale: Optional[float] = None, *,
                      prediction: Optional[str] = None, card: Optional[ModelCard] = None) -> "SRDiffAdapter":
+        """The adapter yoda.sample uses (SRDiffAdapter): schedule / prediction from ``card`` (default
+        ``self.card``) unless given here. No ``scale``: SRDiff's is always ``config.sr_scale``, which its RRDB
+        encoder and its residual space are built for."""
         return SRDiffAdapter(self, schedule=schedule, clip_x0=clip_x0, clip_input=clip_input, res_rescale=res_rescale,
                              prediction=prediction, card=card)
 
