@@ -267,5 +267,6 @@ def test_cpp_box_muller(benchmark, path):
     C = _noise_hooks()
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randint(0, 2**32, (2**20,), generator=g).numpy().astype("uint32").tobytes() for _ in range(2))
-    benchmark.pedantic(lambda: C.box_muller_block(a, b, path=path), rounds=5, iterations=1, warmup_rounds=1)
+    out = benchmark.pedantic(lambda: C.box_muller_block(a, b, path=path), rounds=5, iterations=1, warmup_rounds=1)
+    assert out == C.box_muller_block(a, b, path="scalar")  # the same bits on every path (it timed them only)
     benchmark.extra_info.update(isa=C.noise_isa() if path == "block" else "scalar", pairs=2**20)
