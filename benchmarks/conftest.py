@@ -1,5 +1,11 @@
 import os
 
+# This tree's yoda for the commands the tests start too (python -m yoda, torchrun; cwd a temporary folder), as
+# pyproject's pythonpath gives it to the tests themselves: not the tree an editable install elsewhere points at.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                      if p and os.path.abspath(p) != _ROOT])
+
 # The Triton interpreter must be chosen before triton is first imported (CPU-only machines).
 import torch
 

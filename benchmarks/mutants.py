@@ -1790,7 +1790,7 @@ MUTANTS = [
            ("tests/test_train.py", "-k", "resume_refuses_other_config"),
            "a resume refused for a model change cut the model's dict at 60 characters, before the key that changed"),
     Mutant("plot-unvalidated-crops", "yoda/plots.py",
-           'if cfg.get("val_every") == 0:', 'if cfg.get("val_every") == -1:',
+           'if not (cfg.get("val_every", 1) and', 'if False and not (cfg.get("val_every", 1) and',
            ("tests/test_plots.py", "-k", "described_from_the_runs_config"),
            "yoda plot's legend named validation crops for a run that never validated"),
     Mutant("grey-sr3-taken", "yoda/models/sr3.py",
@@ -1813,6 +1813,14 @@ MUTANTS = [
            '    device = torch.device(device)  # "cpu" too', '    device = device  # "cpu" too',
            ("tests/test_masked_step.py", "-k", "auto_backend_order"),
            "resolve_backend('auto', 'cpu') failed with AttributeError, where its neighbours take a device's name"),
+    Mutant("zip-size-past-end-escapes", "yoda/checkpoint.py",
+           "except (zipfile.BadZipFile, EOFError, zlib.error) as e:", "except (zipfile.BadZipFile, zlib.error) as e:",
+           ("tests/test_checkpoint.py", "-k", "damaged_zip"),
+           "a checkpoint whose central directory gives a size past the file's end was an internal error (EOFError)"),
+    Mutant("init-called-old-weights", "yoda/training/report.py",
+           "and os.path.realpath(os.path.join(out, f)) != init)):", "and True)):",
+           ("tests/test_train.py", "-k", "another_weights_name"),
+           "a fine-tune's --init file inside its --out was called an earlier session's weights at every resume"),
 ]
 
 

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import warnings
 
 import pytest
@@ -282,6 +283,16 @@ def test_a_damaged_zip_checkpoint_is_refused(tmp_path, flip_record_byte):
         read_checkpoint(tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match=message):
         dino_vits8(str(tmp_path / "bad.pth"))
+    # a record's sizes in the central directory past the file's end (zipfile: EOFError), an encrypted record
+    # (RuntimeError): both were CheckpointErrors before the records were read, and stay so (not internal errors)
+    for name, field, value in (("sizes.pth", slice(20, 28), None), ("encrypted.pth", slice(8, 10), b"\x01\x00")):
+        torch.save({"w": w}, tmp_path / name)
+        data = bytearray((tmp_path / name).read_bytes())
+        at = data.rfind(b"PK\x01\x02", 0, data.find(b"data/0", data.find(b"PK\x01\x02")) + 1)
+        data[at + field.start:at + field.stop] = value or struct.pack("<II", len(data) + 5000, len(data) + 5000)
+        (tmp_path / name).write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match=rf"{name}: (it is corrupt|could not read it)"):
+            read_checkpoint(tmp_path / name)
     torch.serialization.set_crc32_options(False)
     try:
         torch.save({"w": w}, tmp_path / "no_crc.pth")

@@ -599,11 +599,22 @@ def test_a_damaged_file_is_called_corrupt_and_an_overflowing_map_names_its_weigh
     allow just those with add_safe_globals" (no class named: torch's "Unsupported operand"). A file whose
     BatchNorm variances make the network overflow gave an all-NaN map, and yoda.sample said "attention(lr)
     contains NaN or Inf", naming neither the option nor the file."""
-    good = tmp_path / "good.pth"
+    from yoda.checkpoint import CheckpointError
+
+    good, flip = tmp_path / "good.pth", tmp_path / "flip.pth"
     torch.save(resnet.state_dict(), good)
     data = bytearray(good.read_bytes())
     data[data.index(b"OrderedDict\nq") + len(b"OrderedDict\n")] ^= 0x5A  # the pickle's first BINPUT becomes a "+"
-    flip = tmp_path / "flip.pth"
+    flip.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"flip\.pth: it is corrupt: Bad CRC-32 for file 'good/data\.pkl'"):
+        att.dino_resnet50(weights=str(flip))  # the record's CRC-32 says so first
+    torch.serialization.set_crc32_options(False)  # a file saved without them: the pickle's own error
+    try:
+        torch.save(resnet.state_dict(), good)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    data = bytearray(good.read_bytes())
+    data[data.index(b"OrderedDict\nq") + len(b"OrderedDict\n")] ^= 0x5A
     flip.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"^cannot read weights .*flip\.pth.* \(expected a DINO ResNet-50 state dict.*: "
                                          r"it is corrupt, or holds objects other than tensors and plain data "

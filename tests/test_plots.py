@@ -336,10 +336,15 @@ def test_the_loss_is_described_from_the_runs_config(tmp_path, monkeypatch):
     drawn = [s for _, s in texts]
     assert "training loss" in drawn and "run0 (L1 on eps; 1 crop of 32x32, DDIM 4 steps)" in drawn
     assert "run1 (L2 on x0, active pixels only; 4 crops of 64x64, DDIM 20 steps)" in drawn
-    # a run that never validated (val_every 0) named the crops it never sampled
+    # a run that never validated (val_every 0, or no validation crops) named the crops it never sampled; one
+    # resumed with val_every 0 after it validated keeps what its PSNRs were measured on
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     (tmp_path / "a" / "config.json").write_text(json.dumps({**cfg, "val_every": 0}))
-    assert plots.validation_description(paths[0]) == "not validated (val_every 0)"
+    assert plots.validation_description(paths[0]) == "1 crop of 32x32, DDIM 4 steps"
+    log(tmp_path / "a", "log.csv", rows)
+    assert plots.validation_description(paths[0]) == "not validated"
+    (tmp_path / "a" / "config.json").write_text(json.dumps({**cfg, "data": {**cfg["data"], "val_crops": 0}}))
+    assert plots.validation_description(paths[0]) == "not validated"
     texts.clear()
     plot(tmp_path, paths, monkeypatch=monkeypatch)
-    assert "run0 (L1 on eps; not validated (val_every 0))" in [s for _, s in texts]
+    assert "run0 (L1 on eps; not validated)" in [s for _, s in texts]

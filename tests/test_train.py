@@ -1258,6 +1258,15 @@ def test_resume_under_another_weights_name_says_the_old_file_stays(tmp_path, img
                                          r"writes other\.safetensors$"):
         train_main(str(cfg_path), str(run), device="cpu", progress=False, steps=3, weights_name="other.safetensors")
     assert (run / "other.safetensors").is_file() and (run / "model.safetensors").is_file()
+    # the file a fine-tune started from (--init), kept in its --out, is no earlier session's weights
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    shutil.copy(run / "model.safetensors", tuned / "init.safetensors")
+    train_main(str(cfg_path), str(tuned), device="cpu", progress=False, init=str(tuned / "init.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_main(str(cfg_path), str(tuned), device="cpu", progress=False, steps=2,
+                   init=str(tuned / "init.safetensors"))
 
 
 def test_a_long_load_error_is_cut_between_words():

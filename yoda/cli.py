@@ -96,8 +96,7 @@ def cmd_upscale(a) -> int:
 
     if world > 1:  # the outputs are the same files as one process writes (atomically)
         with tally.closed():
-            # tally.quiet: the lines of ranks > 0 are muted on a terminal, as their per-input ones are
-            return run_sharded(sorted(items), rank, world, work, message, a.debug, out_dir, tally.quiet, tally.close)
+            return run_sharded(sorted(items), rank, world, work, message, a.debug, out_dir, quiet, tally.close)
     with made_folder(out_dir), tally.closed():
         if len(items) == 1:
             until_free(work, items[0])  # its error is the command's

@@ -151,11 +151,13 @@ def loss_description(log: str) -> str:
 def validation_description(log: str) -> str:
     """How a run's validation PSNR was measured, from its config.json: "4 crops of 64x64, DDIM 20 steps" (one
     crop's PSNR moves by tenths of a dB from step to step; "" when there is no config; "not validated" for a run
-    with val_every 0, whose legend entry named crops it never sampled)."""
+    that does not validate (val_every or data.val_crops 0, TrainConfig.validates) and logged no PSNR, whose legend
+    entry named crops it never sampled)."""
     try:
         cfg = _run_config(log)
-        if cfg.get("val_every") == 0:
-            return "not validated (val_every 0)"
+        if not (cfg.get("val_every", 1) and cfg.get("data", {}).get("val_crops", 1)) and not any(
+                r.get(k) not in ("", None) for r in read_log(log) for k in PLOTTED[2:]):
+            return "not validated"
         n, size, steps = int(cfg["data"]["val_crops"]), int(cfg["data"]["val_crop"]), int(cfg["val_steps"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return ""

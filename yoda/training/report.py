@@ -232,8 +232,10 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                 told = f"--steps {steps}" if steps is not None else f"the config's steps ({cfg.steps})"
                 raise ValueError(f"the checkpoint in {out} is at step {start_step}, past {told}: nothing to train "
                                  f"(give more steps, or another --out)")
+            init = os.path.realpath(tr.cfg.init) if tr.cfg.init else ""  # the file it started from is no old weights
             if ranks.main and start_step > 0 and (older := sorted(
-                    f for f in os.listdir(out) if f.endswith(".safetensors") and f != weights_name)):
+                    f for f in os.listdir(out) if f.endswith(".safetensors") and f != weights_name
+                    and os.path.realpath(os.path.join(out, f)) != init)):
                 warnings.warn(f"--out {out} also holds {', '.join(older)}: weights of an earlier session under "
                               f"another --weights-name, left as they are; this run writes {weights_name}")
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
