@@ -1810,7 +1810,7 @@ MUTANTS = [
            ("tests/test_cli.py", "-k", "taken_up_later"),
            "a rank's line about an output another process was making did not say which rank"),
     Mutant("resolve-backend-str-device", "yoda_kernels/ops.py",
-           '    device = torch.device(device)  # "cpu" too', '    device = device  # "cpu" too',
+           '        device = torch.device(device)  # op', '        device = device  # op',
            ("tests/test_masked_step.py", "-k", "auto_backend_order"),
            "resolve_backend('auto', 'cpu') failed with AttributeError, where its neighbours take a device's name"),
     Mutant("zip-size-past-end-escapes", "yoda/checkpoint.py",

@@ -166,7 +166,8 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     """The backend that runs on ``device`` for ``backend`` ("auto": the CUDA kernel, else Triton, else the
     reference on a GPU; the C++ kernel, else the reference on the CPU); ValueError for an unknown name,
     RuntimeError naming what is missing for a backend that is not available there."""
-    device = torch.device(device)  # "cpu" too, as available_backends / bind_backend take it
+    if not isinstance(device, torch.device):  # "cpu" too, as available_backends / bind_backend take it (a public
+        device = torch.device(device)  # op's every call comes here with a device: not made again)
     if backend not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
     if backend == "auto":  # without importing triton unless it is a candidate (the import takes seconds)
