@@ -1782,7 +1782,7 @@ MUTANTS = [
            ("tests/test_images.py", "-k", "load_errors"),
            "a zero-byte .png was called a format yoda does not read"),
     Mutant("damaged-record-read", "yoda/checkpoint.py",
-           "                if info.CRC:", "                if not info.CRC:",
+           "            if info.CRC:", "            if not info.CRC:",
            ("tests/test_checkpoint.py", "-k", "damaged_zip"),
            "a checkpoint with a byte flipped on disk loaded as a weight of 4900, resumed without a word"),
     Mutant("resume-model-unflattened", "yoda/training/trainer.py",

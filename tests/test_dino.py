@@ -602,20 +602,21 @@ def test_a_damaged_file_is_called_corrupt_and_an_overflowing_map_names_its_weigh
     from yoda.checkpoint import CheckpointError
 
     good, flip = tmp_path / "good.pth", tmp_path / "flip.pth"
-    torch.save(resnet.state_dict(), good)
-    data = bytearray(good.read_bytes())
-    data[data.index(b"OrderedDict\nq") + len(b"OrderedDict\n")] ^= 0x5A  # the pickle's first BINPUT becomes a "+"
-    flip.write_bytes(bytes(data))
+
+    def save_flipped(crc32: bool) -> None:  # good.pth saved with or without its records' CRC-32, one byte flipped
+        torch.serialization.set_crc32_options(crc32)
+        try:
+            torch.save(resnet.state_dict(), good)
+        finally:
+            torch.serialization.set_crc32_options(True)
+        data = bytearray(good.read_bytes())
+        data[data.index(b"OrderedDict\nq") + len(b"OrderedDict\n")] ^= 0x5A  # the pickle's first BINPUT: a "+"
+        flip.write_bytes(bytes(data))
+
+    save_flipped(crc32=True)
     with pytest.raises(CheckpointError, match=r"flip\.pth: it is corrupt: Bad CRC-32 for file 'good/data\.pkl'"):
         att.dino_resnet50(weights=str(flip))  # the record's CRC-32 says so first
-    torch.serialization.set_crc32_options(False)  # a file saved without them: the pickle's own error
-    try:
-        torch.save(resnet.state_dict(), good)
-    finally:
-        torch.serialization.set_crc32_options(True)
-    data = bytearray(good.read_bytes())
-    data[data.index(b"OrderedDict\nq") + len(b"OrderedDict\n")] ^= 0x5A
-    flip.write_bytes(bytes(data))
+    save_flipped(crc32=False)  # a file saved without them: the pickle's own error
     with pytest.raises(ValueError, match=r"^cannot read weights .*flip\.pth.* \(expected a DINO ResNet-50 state dict.*: "
                                          r"it is corrupt, or holds objects other than tensors and plain data "
                                          r"\(Unsupported operand 43\)$") as e:

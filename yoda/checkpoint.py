@@ -87,36 +87,37 @@ def zip_refusal(p: str) -> Optional[str]:
     if _head(p, 4) != b"PK\x03\x04":
         return None
     try:
-        with zipfile.ZipFile(p) as z:
-            infos = z.infolist()
+        z = zipfile.ZipFile(p)
     except (zipfile.BadZipFile, OSError, ValueError):
         return None  # torch.load says what is wrong with it
-    if any(i.filename.endswith("/constants.pkl") or "/code/" in i.filename for i in infos):
-        return ("it is a TorchScript archive (torch.jit.save), a program rather than weights, and yoda never runs "
-                "code from a file: save the model's state dict instead (torch.save(model.state_dict(), ...) or "
-                "safetensors)")
-    total, size = sum(i.file_size for i in infos), os.path.getsize(p)
-    if total > 2 * size + (1 << 20):
-        return (f"its zip entries expand to {total} bytes from {size} on disk (compressed records; torch.save writes "
-                "them uncompressed): refused, as a file that unpacks to far more memory than its size")
-    return _bad_record(p, infos)
+    with z:
+        infos = z.infolist()
+        if any(i.filename.endswith("/constants.pkl") or "/code/" in i.filename for i in infos):
+            return ("it is a TorchScript archive (torch.jit.save), a program rather than weights, and yoda never runs "
+                    "code from a file: save the model's state dict instead (torch.save(model.state_dict(), ...) or "
+                    "safetensors)")
+        total, size = sum(i.file_size for i in infos), os.path.getsize(p)
+        if total > 2 * size + (1 << 20):
+            return (f"its zip entries expand to {total} bytes from {size} on disk (compressed records; torch.save "
+                    "writes them uncompressed): refused, as a file that unpacks to far more memory than its size")
+        return _bad_record(z, infos)
 
 
-def _bad_record(p: str, infos) -> Optional[str]:
-    """Why a zip checkpoint's tensors are damaged (None: every record matches its CRC-32): torch.load does not check
-    them, so a flipped byte on disk became a weight of 4900 or a NaN in the optimiser's state, resumed without a
-    word. Records stored with CRC 0 (torch.serialization.set_crc32_options(False)) are not checked. It reads the
-    whole file once more (a 1 GiB file ~0.7 s, about what torch.load takes), 16 MiB at a time."""
+def _bad_record(z, infos) -> Optional[str]:
+    """Why a zip checkpoint's tensors are damaged (None: every record of the open zipfile.ZipFile ``z`` matches its
+    CRC-32): torch.load does not check them, so a flipped byte on disk became a weight of 4900 or a NaN in the
+    optimiser's state, resumed without a word. Records stored with CRC 0 (torch.serialization.set_crc32_options(False))
+    are not checked. It reads the whole file once more (a 1 GiB file ~0.7 s, about what torch.load takes), 16 MiB at
+    a time."""
     import zipfile
     import zlib
 
     try:
-        with zipfile.ZipFile(p) as z:
-            for info in infos:
-                if info.CRC:
-                    with z.open(info) as fh:  # raises BadZipFile at the end of a record that fails its CRC
-                        while fh.read(1 << 24):
-                            pass
+        for info in infos:
+            if info.CRC:
+                with z.open(info) as fh:  # raises BadZipFile at the end of a record that fails its CRC
+                    while fh.read(1 << 24):
+                        pass
     except (zipfile.BadZipFile, EOFError, zlib.error) as e:  # EOFError: a size past the file's end
         return f"it is corrupt: {e or type(e).__name__} (a damaged copy or disk)"
     except (OSError, ValueError, RuntimeError, NotImplementedError):  # an encrypted record, deflate64, ...
