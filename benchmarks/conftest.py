@@ -1,18 +1,3 @@
-import os
-
-# This tree's yoda for the commands the tests start too (python -m yoda, torchrun; cwd a temporary folder), as
-# pyproject's pythonpath gives it to the tests themselves: not the tree an editable install elsewhere points at.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                                      if p and os.path.abspath(p) != _ROOT])
-
-# The Triton interpreter must be chosen before triton is first imported (CPU-only machines).
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
 # The figures the targets are about (ratios measured interleaved inside a test, the sizes of what was timed) are in
 # each benchmark's extra_info, which pytest-benchmark's table does not show: list them after it.
 SHOWN = ("speedup", "ideal", "over", "ratio", "_ms", "_s", "_us", "seconds", "_pct", "_mb", "GBps", "calls", "fraction",

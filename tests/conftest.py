@@ -1,25 +1,8 @@
 import os
-import signal
 import sys
 
-# A shell's background job (`pytest ... &`, nohup, some CI runners) starts with SIGINT ignored, and Python then
-# keeps it ignored: the tests that press Ctrl-C (os.kill(SIGINT)) would see nothing happen. Give them Python's own.
-if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-# This tree's yoda for the commands the tests start too (python -m yoda, torchrun; cwd a temporary folder), as
-# pyproject's pythonpath gives it to the tests themselves: not the tree an editable install elsewhere points at.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                                      if p and os.path.abspath(p) != _ROOT])
-
-# The Triton interpreter must be chosen before triton is first imported (CPU-only machines).
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
 
 # Without the compiled extension (or triton) the backend-parametrised tests are not collected at all (about two
 # thirds of test_masked_step.py) and everything else passes on the reference: a green run that tested much less. The
