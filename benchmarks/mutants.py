@@ -1821,6 +1821,22 @@ MUTANTS = [
            "and os.path.realpath(os.path.join(out, f)) != init)):", "and True)):",
            ("tests/test_train.py", "-k", "another_weights_name"),
            "a fine-tune's --init file inside its --out was called an earlier session's weights at every resume"),
+    Mutant("output-clash-nfd", "yoda/cli_upscale.py",
+           'key = unicodedata.normalize("NFC", dst).casefold() if fold', "key = dst.casefold() if fold",
+           ("tests/test_cli.py", "-k", "inputs_that_would_write_one_output"),
+           "on macOS, café.png composed and decomposed wrote one output file: the second overwrote the first"),
+    Mutant("unportable-colon", "yoda/_io.py",
+           """if c in '<>:"|?*' or ord(c) < 32})""", """if c in '<>"|?*' or ord(c) < 32})""",
+           ("tests/test_train.py", "-k", "bad_settings_are_refused_before_step_1 or config_values_are_checked"),
+           "--weights-name C:m.safetensors wrote to another drive on Windows, best:v2.safetensors into a hidden stream"),
+    Mutant("unportable-device-name", "yoda/_io.py",
+           'if name.split(".")[0].strip().upper() in _WINDOWS_DEVICES:', "if False:",
+           ("tests/test_train.py", "-k", "bad_settings_are_refused_before_step_1 or config_values_are_checked"),
+           "a run named CON or weights named nul.safetensors wrote to a device on Windows"),
+    Mutant("mps-not-refused", "yoda_kernels/ops.py",
+           'if device.type == "mps":  # said here', 'if False:  # said here',
+           ("tests/test_masked_step.py", "-k", "mps"),
+           "an Apple GPU's tensors failed inside the reference with torch's float64 error"),
 ]
 
 

@@ -238,6 +238,7 @@ def test_save_image_refuses_what_the_format_cannot_hold(tmp_path, suffix, side):
     check_fits(tmp_path / "x.png", side + 1, side + 1)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads which file a descriptor is from /proc")
 def test_atomic_write_keeps_an_existing_files_mode_and_syncs_before_the_rename(tmp_path, monkeypatch):
     """Overwriting a private (0600) file leaves it private, through a link too; the new data is fsynced before
     the rename and the folder after it (a power loss leaves the old file or the new one)."""
@@ -366,7 +367,7 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
 
     def write(tmp):
         open(tmp, "w").write("half")
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
 
     with pytest.raises(SystemExit) as e:
         with sigterm_exits():
@@ -679,7 +680,8 @@ def test_check_output_names_the_users_path(tmp_path, monkeypatch):
     assert sorted(f.name for f in tmp_path.iterdir()) == ["dir.png", "file", "plain_dir"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root writes into read-only folders (and Windows ignores a folder's mode)")
 def test_check_output_read_only_folder(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()

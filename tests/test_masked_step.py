@@ -305,6 +305,15 @@ def test_auto_backend_order(monkeypatch, cuda_built, triton_ok, device, want):
     assert ops.resolve_backend("auto", device) == want  # a device's name too (was AttributeError: 'str' ... 'type')
 
 
+def test_mps_is_refused_by_name():
+    """An Apple GPU's tensors failed deep inside the reference with torch's own float64 error (MPS has none); the
+    backend's choice (every op's first step) says so first, for every backend name."""
+    for backend in ("auto", "naive", "cpp"):
+        with pytest.raises(ValueError, match=r"^device mps \(an Apple GPU\) is not supported: .*keep the tensors "
+                                             r"on the CPU$"):
+            ops.resolve_backend(backend, "mps")
+
+
 @pytest.mark.parametrize("triton_ok, interpret, why", [
     (False, True, "triton is not installed, or its kernels did not register"),
     (True, False, "off a GPU Triton runs through its interpreter: set TRITON_INTERPRET=1 before triton is imported")])

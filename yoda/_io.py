@@ -20,6 +20,8 @@
                                 process is refused at once, naming ``what``.
     output_claim(path)          a claim on one output file while it is made (`yoda upscale --skip-existing`): a
                                 second process is told the file is taken and leaves it to the first.
+    unportable(name)            why a name a config or option gives cannot be one plain file or folder name on
+                                Linux, macOS and Windows alike (None where it can)
 
 The temporary file is created with os.open(..., 0o666), so the kernel applies the process umask (and a
 folder's default ACL) exactly as for any new file: a model saved with umask 022 is 0644, not the 0600 that
@@ -47,6 +49,29 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _TRIES = 100  # O_EXCL name collisions with 48 random bits are not expected; bound the loop anyway
 _NAME_MAX = 255  # the longest file name, in bytes, of Linux's, macOS's and Windows' file systems
+
+
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10))}
+
+
+def unportable(name: str) -> Optional[str]:
+    """Why ``name`` cannot be one plain file or folder name on every system (None where it can): empty, "." or
+    "..", a folder part, a character Windows refuses (``<>:"/\\|?*`` and control characters; ``C:x`` is
+    another drive's folder there and ``x:y`` a hidden stream of the file x), a trailing dot or space (which
+    Windows drops), or a device name (CON, NUL, COM1, ... with any extension: a write there goes to the device).
+    One rule on every system, so that a config written on one runs on the others."""
+    if not name.strip() or name in (".", ".."):
+        return "not a name"
+    if any(sep in name for sep in ("/", "\\", os.sep)):
+        return "a folder part"
+    bad = sorted({c for c in name if c in '<>:"|?*' or ord(c) < 32})
+    if bad:
+        return f"characters Windows refuses: {' '.join(map(repr, bad))}"
+    if name[-1] in ". ":
+        return "a name ending in a dot or a space (Windows drops it)"
+    if name.split(".")[0].strip().upper() in _WINDOWS_DEVICES:
+        return f"a device name on Windows ({name.split('.')[0]})"
+    return None
 
 
 def _create_temp(folder: str, name: str) -> tuple[str, int]:

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -542,12 +543,13 @@ def output_targets(a, out_dir: Optional[Path]) -> list[str]:
         return [a.output]
     targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
     seen, ids, clashes = {}, file_ids(a.inputs), []
-    fold = case_insensitive(out_dir)  # Img and img are one file on macOS' and Windows' file systems
+    # Img and img are one file on macOS' and Windows' file systems, and on macOS' an é composed and decomposed
+    fold = case_insensitive(out_dir)  # (NFC / NFD: names typed vs copied from some tools): both folded there
     for src, dst in zip(a.inputs, targets):
-        key = dst.casefold() if fold else dst
+        key = unicodedata.normalize("NFC", dst).casefold() if fold else dst
         if key in seen:  # every clash is named at once, not one per run
-            clashes.append(f"{seen[key]} and {src} have the same file name stem{' (letter case aside)' * fold}: both "
-                           f"would be written to {dst}")
+            aside = " (letter case and accents aside)" * fold
+            clashes.append(f"{seen[key]} and {src} have the same file name stem{aside}: both would be written to {dst}")
             continue
         seen[key] = src
         if not (a.skip_existing and os.path.exists(dst)):  # an existing output is skipped, never written

@@ -73,6 +73,8 @@ def _load_extension() -> Optional[str]:
                f"--no-build-isolation -e .`)" if tree else
                "reinstall it: `pip install --force-reinstall --no-deps --no-cache-dir yoda-sr`")
     if spec is None or not spec.origin:
+        if sys.platform == "win32":
+            return "the C++ kernels are not built on Windows (README, Platforms): the reference runs"
         if tree:  # python run in a clone imports the clone's package, which hides an installed one
             return (f"yoda_kernels is imported from the source tree {root}, which has no built extension: build it "
                     f"there (`pip install -e .`); Python started in a clone imports it before an installed yoda-sr")
@@ -170,6 +172,9 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
         device = torch.device(device)  # op's every call comes here with a device: not made again)
     if backend not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+    if device.type == "mps":  # said here, not as torch's float64 error from deep inside the reference
+        raise ValueError("device mps (an Apple GPU) is not supported: the reference's noise computes in float64, "
+                         "which MPS lacks; keep the tensors on the CPU")
     if backend == "auto":  # without importing triton unless it is a candidate (the import takes seconds)
         if device.type == "cuda":
             # The prebuilt CUDA kernel first: it needs no JIT compiler at run time (benchmarks/RESULTS.md

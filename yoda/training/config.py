@@ -24,6 +24,7 @@ from typing import Any, Optional
 from yoda_kernels.contract import PREDICTIONS
 
 from .. import data as _data
+from .._io import unportable
 from .._json_fields import (_python_numbers, check_field_types, json_type_name, json_type_ok, read_config_text,
                             unknown_keys)
 from ..adapters import SPACES
@@ -172,10 +173,10 @@ class TrainConfig:
         if 0 < self.decay_from < self.warmup:  # warm-up would hold the rate, then it would drop at once
             raise ValueError(f"decay_from ({self.decay_from}) must not be below warmup ({self.warmup}): the decay "
                              "starts from the full learning rate, after the warm-up")
-        if not isinstance(self.name, str) or not self.name.strip() or self.name in (".", "..") or \
-                any(sep in self.name for sep in ("/", "\\", os.sep)):
+        if not isinstance(self.name, str) or unportable(self.name):
+            why = unportable(self.name) if isinstance(self.name, str) else "not a string"
             raise ValueError(f"name must be a plain folder name (a run without --out goes to runs/<name>), got "
-                             f"{self.name!r}")
+                             f"{self.name!r} ({why})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
             raise ValueError(f"seed must be an int in [0, 2**32 - 1], got {self.seed!r}")
         from ..attention import check_name

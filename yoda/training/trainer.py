@@ -33,7 +33,7 @@ import torch
 
 from .. import data as _data
 from ..adapters import hr_grid
-from .._io import append_whole, atomic_write_bytes, atomic_write_text
+from .._io import append_whole, atomic_write_bytes, atomic_write_text, unportable
 from ..checkpoint import first_line, load_failure, load_state_dict_checked, zip_refusal
 from ..devices import rank_device, resolve_device
 from ..errors import NonFiniteError, Terminated, lr_from_images
@@ -62,9 +62,9 @@ def check_weights_name(name: str) -> None:
     """The file name of the exported weights (--weights-name), before any training: a plain name in the run's
     folder, not one of the run's own files (the config written after it replaced the weights; the checkpoint
     written over made the run impossible to resume)."""
-    if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or os.sep in name:
-        raise ValueError(f"weights_name (--weights-name) must be a file name in the run's folder (no folder part), "
-                         f"got {name!r}")
+    if not isinstance(name, str) or unportable(name):  # the one rule of yoda._io.unportable: a config runs anywhere
+        raise ValueError(f"weights_name (--weights-name) must be a plain file name in the run's folder, got {name!r} "
+                         f"({unportable(name) if isinstance(name, str) else 'not a string'})")
     if name in RUN_FILES:
         raise ValueError(f"weights_name (--weights-name) {name!r} is one of the run's own files "
                          f"({', '.join(RUN_FILES)}): choose another name, e.g. model.safetensors")
