@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import warnings
 
@@ -415,6 +416,13 @@ def test_wrong_kind_and_missing_file(tmp_path):
         yoda.load("yoda", tmp_path)
     with pytest.raises(ValueError, match=r"got '.*model\.safetensors': that is a path; yoda\.load\('yoda', '"):
         yoda.load(str(tmp_path / "model.safetensors"))
+    # a run's folder, or its checkpoint, given as the kind: the hint names the run's model file, which loads (it
+    # named the folder or checkpoint, which then failed a second time)
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    for given in (tmp_path, tmp_path / "checkpoint.pt"):
+        with pytest.raises(ValueError, match=rf"that is a path; yoda\.load\('yoda', "
+                                             rf"'{re.escape(str(tmp_path / 'model.safetensors'))}'\) loads"):
+            yoda.load(str(given))
     with pytest.raises(TypeError, match="path"):
         yoda.load("sr3", 123)
 

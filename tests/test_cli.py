@@ -2097,6 +2097,21 @@ def test_eval_notes_images_named_as_the_embedded_models_training_photographs(tmp
                                         f"(default_x4.safetensors) was trained on ({trained}.png): their scores"), err
     code, _, err = run(args + ["--model", tiny_model], capsys)
     assert code == 0 and "trained on" not in err, err
+    # a model of `yoda train`, scored on its own training folder (its file records it): said (it was silent)
+    import shutil
+
+    from yoda.models import save_model
+
+    net = yoda.load("yoda", tiny_model)
+    mine = tmp_path / "mine.safetensors"
+    save_model(net, mine, schedule=net.card.schedule, sampling={"steps": 20},
+               extra={"train_config": {"data": {"source": str(tmp_path / "." / "imgs")}}, "steps": 1})
+    code, _, err = run(args + ["--model", str(mine)], capsys)
+    assert code == 0 and err.startswith(f"yoda: note: 3 of the images are in {folder}, the folder the model was "
+                                        f"trained on ({sorted(os.listdir(folder))[0]}, "), err
+    shutil.copytree(folder, tmp_path / "other")  # the same images elsewhere: by folder only
+    code, _, err = run(args[:2] + [str(tmp_path / "other")] + args[3:] + ["--model", str(mine)], capsys)
+    assert code == 0 and "trained on" not in err, err
 
 
 def test_the_cli_runs_where_its_streams_cannot_be_written(tmp_path, monkeypatch):

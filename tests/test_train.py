@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import math
+import glob
 import os
 import shutil
 import re
@@ -1030,6 +1031,56 @@ def test_trainer_refuses_held_out_images_by_content(tmp_path, img_folder):
                            + [(n, builtin_image(n)) for n in BUILTIN_TRAIN])
 
 
+def test_validation_images_that_are_training_images_are_refused(tmp_path, img_folder):
+    """A run's own split leaked silently: a validation image that is a copy of a training image (the same file, a
+    re-encoded or grey copy) scored the model on what it trains on. Refused by content before any step, naming
+    both; images that are only alike (another picture, a crop) are no copies."""
+    from PIL import Image
+
+    from yoda.data import DataError, builtin_image
+
+    val = tmp_path / "val"
+    val.mkdir()
+    train = sorted(os.listdir(img_folder))
+    shutil.copy(os.path.join(img_folder, train[0]), val / "same.png")
+    Image.open(os.path.join(img_folder, train[1])).convert("L").save(val / "grey.jpg", quality=60)
+    Image.fromarray(builtin_image("camera")).save(val / "other.png")
+    cfg = tiny_config(img_folder, val_every=1, data={**json.loads(tiny_config(img_folder).to_json())["data"],
+                                                      "val_source": str(val), "val_crops": 2})
+    with pytest.raises(DataError) as e:
+        Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
+    assert str(e.value) == (
+        f"validation images (data.val_source) are also training images (data.source), by their content: "
+        f"{val / 'grey.jpg'} is {os.path.join(img_folder, train[1])}, {val / 'same.png'} is "
+        f"{os.path.join(img_folder, train[0])}; the validation PSNR would score images the model trains on: move "
+        f"them out of one of the folders")
+    assert not (tmp_path / "run").exists()
+    os.remove(val / "same.png"), os.remove(val / "grey.jpg")
+    Image.open(os.path.join(img_folder, train[0])).crop((0, 0, 40, 40)).save(val / "crop.png")
+    Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)  # a crop and another picture validate
+
+
+def test_heldout_images_unused_are_warned_of(tmp_path, img_folder):
+    """Images put in --data-dir's heldout/ were ignored without a word by a config that does not validate
+    (default_x4): warned of, naming --val-every; a validating config, or an empty heldout/, says nothing."""
+    from yoda.training.report import with_data_dir
+
+    d = tmp_path / "data"
+    shutil.copytree(img_folder, d / "train")
+    (d / "heldout").mkdir()
+    cfg = tiny_config(img_folder, val_every=0, data={"source": "builtin", "crop": 16, "scale": 4,
+                                                      "val_source": "heldout", "val_crops": 2, "val_crop": 16})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with_data_dir(cfg, str(d))  # empty heldout/
+        shutil.copy(os.path.join(img_folder, "im0.png"), d / "heldout")
+        assert with_data_dir(cfg.replace(val_every=5), str(d)).data.val_source == str(d / "heldout")
+    with pytest.warns(UserWarning, match=f"^--data-dir {re.escape(str(d))}: its heldout/ images are not used: this "
+                                         r"config does not validate \(val_every 0, data.val_crops 2\); --val-every N "
+                                         "validates on them every N steps$"):
+        with_data_dir(cfg, str(d))
+
+
 def test_held_out_signatures_are_the_images():
     """yoda.heldout.SIGNATURES are the held-out images' own: remade from scikit-image's pictures (and from the
     installed photographs, where their packages are), they agree within one level; every held-out image is
@@ -1460,10 +1511,11 @@ def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
     assert "now at step 2 of 2" in o and "stopped by" not in (out / "TRAINING.md").read_text()
     # a finished run says how to use what it made
     assert e == (f"yoda: note: next: yoda upscale IMAGE -o OUT --model '{out / 'model.safetensors'}'; "
-                 f"yoda plot '{out}'\n")
+                 f"yoda plot '{out}' -o '{out / 'curves.png'}'\n")
     assert (f"- command: `yoda train --config {cfg_path} --out '{out}' -q --steps 2`"
             in (out / "TRAINING.md").read_text())
-    assert shlex.split(f"yoda plot '{out}'")[-1] == str(out)
+    # the plot it names runs as printed (it lacked -o, which plot requires)
+    assert main(shlex.split(e.split("; ")[-1].strip())[1:]) == 0 and (out / "curves.png").is_file()
 
 
 @pytest.mark.parametrize("name", ["edge", "sift"])
@@ -1684,25 +1736,31 @@ def test_a_checkpoint_from_before_init_resumes(tmp_path, img_folder):
     assert tr.step == 1 and tr.cfg.init == "" and tr.init_sha256 is None
 
 
-def test_init_named_on_resume_is_warned_of(tmp_path, img_folder):
-    """A resumed run keeps what it started from; an --init that names another file was dropped without a word."""
+def test_init_named_on_resume_is_refused(tmp_path, img_folder):
+    """A resumed run keeps what it started from; an --init that names another file was dropped with a warning (a
+    fine-tune into the default --out, runs/<name>, of a scratch run went on training the scratch run and replaced
+    its model): refused now, before any step. The same file by another path, or moved (its sha256), resumes."""
     Trainer(tiny_config(img_folder, steps=1, val_every=0), str(tmp_path / "a"), device="cpu", progress=False).run()
     src, other = str(tmp_path / "a" / "model.safetensors"), str(tmp_path / "other.safetensors")
     shutil.copy(src, other)
     cfg = tiny_config(img_folder, steps=1, val_every=0, init=src)
     Trainer(cfg, str(tmp_path / "b"), device="cpu", progress=False).run()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the run's own init, by another spelling of its path: no word
-        same = Trainer(cfg.replace(steps=2, init=str(tmp_path / "a" / ".." / "a" / "model.safetensors")),
-                       str(tmp_path / "b"), device="cpu", progress=False)
-    assert same.step == 1 and same.cfg.init == src
+        warnings.simplefilter("error")  # the run's own init, by another spelling of its path, or a copy: no word
+        for same_file in (str(tmp_path / "a" / ".." / "a" / "model.safetensors"), other):
+            same = Trainer(cfg.replace(steps=2, init=same_file), str(tmp_path / "b"), device="cpu", progress=False)
+            assert same.step == 1 and same.cfg.init == src
+    with open(other, "r+b") as f:  # now another file
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x20")
+    before = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "*" / "*"))}
     for run, new, then in (("b", other, src), ("a", src, "a random init")):
         ckpt = str(tmp_path / run / "checkpoint.pt")
-        with pytest.warns(UserWarning, match=f"^init \\(--init\\) {re.escape(new)} is not read: the run resumes "
-                                             f"from checkpoint {re.escape(ckpt)}, which started from {re.escape(then)};"
-                                             f" train into another --out to start from it$"):
-            tr = Trainer(cfg.replace(steps=2, init=new), str(tmp_path / run), device="cpu", progress=False)
-        assert tr.step == 1 and tr.cfg.init == (src if run == "b" else "")
+        with pytest.raises(ValueError, match=f"^checkpoint {re.escape(ckpt)} cannot be resumed: it started from "
+                                             f"{re.escape(then)}, not from --init {re.escape(new)}; delete it to start "
+                                             f"this run afresh, or train into another --out$"):
+            Trainer(cfg.replace(steps=2, init=new), str(tmp_path / run), device="cpu", progress=False)
+    assert {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "*" / "*"))} == before
 
 
 def test_init_refuses_another_model(tmp_path, img_folder):
@@ -1912,7 +1970,7 @@ def test_a_run_folder_or_its_checkpoint_named_as_a_model_says_where_the_model_is
     assert "sr3:PATH" not in err
     with pytest.raises(ValueError, match=r"init \(--init\): .*checkpoint.pt is a `yoda train` checkpoint"):
         train_main(str(cfg_path), str(tmp_path / "ft"), device="cpu", progress=False, init=str(run / "checkpoint.pt"))
-    ft = json.loads(TrainConfig.load("default_x4").replace(steps=1).to_json())
+    ft = json.loads(TrainConfig.load("default_x4").replace(steps=1, warmup=0).to_json())
     ft["data"].update(source=img_folder, val_source=img_folder, crop=32)
     (tmp_path / "ft.json").write_text(json.dumps(ft))
     s = train_main(str(tmp_path / "ft.json"), str(tmp_path / "ft2"), device="cpu", progress=False, init="default")
@@ -2182,6 +2240,15 @@ def test_what_a_new_user_gets_wrong_is_named(tmp_path, img_folder, monkeypatch, 
     args = ["train", "--config", "c.json", "--out", "o", "-q"]
     assert main(args + ["--steps", "20", "--decay-from", "5", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.startswith("yoda: error: --decay-from 5: decay_from (5) must not be below warmup")
+    # --warmup lowers it (applied before --decay-from); a run that ends inside its warm-up is warned of
+    assert main(args + ["--steps", "20", "--warmup", "5", "--decay-from", "5", "--device", "cpu", "--minutes",
+                        "1e-9"]) == 0
+    assert TrainConfig.load("o/config.json").warmup == 5 and capsys.readouterr().err.count("warning") == 0
+    shutil.rmtree("o")
+    assert main(args + ["--steps", "4", "--device", "cpu"]) == 0
+    assert ("the run ends inside its warm-up (warmup 10, steps 4): the learning rate reaches 0.0004, not lr (0.001); "
+            "give --warmup below --steps") in capsys.readouterr().err
+    shutil.rmtree("o")
     if not torch.cuda.is_available():
         assert main(args + ["--device", "cuda"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "o").exists()

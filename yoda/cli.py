@@ -416,7 +416,7 @@ def cmd_train(a) -> int:
     with _user_input():  # the config, its data, the device, a checkpoint of another config, a diverging loss
         s = train_main(a.config, a.out or None, steps=a.steps, device=a.device, minutes=a.minutes,
                        progress=bars(a), command=command, weights_name=a.weights_name, data_dir=a.data_dir,
-                       decay_from=a.decay_from, init=a.init)
+                       warmup=a.warmup, decay_from=a.decay_from, val_every=a.val_every, init=a.init)
     if s["rank"] == 0:
         start = s["start_step"]
         resumed = f" (resumed at step {start})" if start else ""
@@ -429,7 +429,7 @@ def cmd_train(a) -> int:
                   f"resumes", file=sys.stderr)
             return 0 if s["signal"] is None else 128 + int(s["signal"])
         note(f"next: yoda upscale IMAGE -o OUT --model {shlex.quote(s['weights'])}; "
-             f"yoda plot {shlex.quote(s['out'])}")
+             f"yoda plot {shlex.quote(s['out'])} -o {shlex.quote(os.path.join(s['out'], 'curves.png'))}")
     return 0
 
 

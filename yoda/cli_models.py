@@ -256,6 +256,12 @@ def trained_on_note(model: str, paths) -> None:
     from .photos import HELD_OUT_PHOTOS, PHOTOS
 
     if model != "default" and not is_default_weights(model):
+        folder = training_folder(model)
+        seen = sorted(Path(p).name for p in paths if folder and os.path.realpath(p).startswith(folder + os.sep))
+        if seen:
+            note(f"{len(seen)} of the images {'is' if len(seen) == 1 else 'are'} in {printable(folder)}, the folder "
+                 f"the model was trained on ({printable(', '.join(seen[:3]))}{', ...' if len(seen) > 3 else ''}): "
+                 f"their scores are not held-out scores")
         return
     trained = set(PHOTOS) - set(HELD_OUT_PHOTOS)
     seen = sorted(Path(p).name for p in paths if Path(p).stem in trained)
@@ -264,6 +270,21 @@ def trained_on_note(model: str, paths) -> None:
              f"({DEFAULT_WEIGHTS.name}) was trained on ({printable(', '.join(seen[:3]))}"
              f"{', ...' if len(seen) > 3 else ''}): their scores are not held-out scores (`yoda data build` puts the "
              f"held-out photographs in heldout/)")
+
+
+def training_folder(model: str) -> Optional[str]:
+    """The real path of the image folder a model file of `yoda train` was trained on (its metadata's
+    extra.train_config.data.source), or None (another file, a named source such as "builtin", unreadable)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(model, "pt") as f:
+            source = json.loads((f.metadata() or {})["config"])["extra"]["train_config"]["data"]["source"]
+        return os.path.realpath(source) if os.path.isabs(source) and os.path.isdir(source) else None
+    except Exception:  # noqa: BLE001 - a note only: any file it cannot read this way has none
+        return None
 
 
 def eval_results(a, rows: list, partial: str = "") -> None:

@@ -379,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-from", type=int, default=None, metavar="STEP",
                    help="decay the learning rate linearly from STEP to 0 at --steps (the last step trains at "
                         "lr / (steps - STEP); 0: no decay; at least the config's warm-up steps; overrides the config)")
+    p.add_argument("--warmup", type=int, default=None, metavar="STEPS",
+                   help="warm the learning rate up linearly over the first STEPS steps (0: none; overrides the "
+                        "config, e.g. default_x4's 200 for a short fine-tune)")
+    p.add_argument("--val-every", type=int, default=None, metavar="STEPS",
+                   help="validate every STEPS steps on the held-out images (--data-dir's heldout/; 0: never; "
+                        "overrides the config: default_x4 does not validate)")
     p.add_argument("--init", type=_path, default=None, metavar="WEIGHTS",
                    help="start from these weights (a yoda model file of the config's model, e.g. an earlier "
                         "run's export, or default: the embedded model): fine-tuning; the same command resumes, "

@@ -51,18 +51,64 @@ def _held_out_shapes() -> dict[str, tuple[float, np.ndarray]]:
             for name, (aspect, data) in SIGNATURES.items()}
 
 
-def held_out_copy(a: np.ndarray) -> Optional[str]:
-    """The name of the held-out image ``a`` is a copy of, else None."""
+def _orientations(a: np.ndarray) -> Optional[list[tuple[float, np.ndarray]]]:
+    """(aspect, standardised thumbnail) of ``a`` in its eight orientations; None for a flat image."""
     aspect, thumb = signature(a)
     mine = standardised(thumb)
     if mine is None:
         return None
-    turns = [(aspect if k % 2 == 0 else 1 / aspect, np.rot90(m, k)) for k in range(4) for m in (mine, mine[:, ::-1])]
-    for name, (their_aspect, theirs) in _held_out_shapes().items():
-        if any(abs(asp / their_aspect - 1) <= ASPECT_TOLERANCE and float(np.abs(m - theirs).mean()) <= COPY_DISTANCE
-               for asp, m in turns):
+    return [(aspect if k % 2 == 0 else 1 / aspect, np.rot90(m, k)) for k in range(4) for m in (mine, mine[:, ::-1])]
+
+
+def _copy_of(turns: list, their_aspect: float, theirs: np.ndarray) -> bool:
+    return any(abs(asp / their_aspect - 1) <= ASPECT_TOLERANCE and float(np.abs(m - theirs).mean()) <= COPY_DISTANCE
+               for asp, m in turns)
+
+
+def held_out_copy(a: np.ndarray) -> Optional[str]:
+    """The name of the held-out image ``a`` is a copy of, else None."""
+    turns = _orientations(a)
+    for name, (their_aspect, theirs) in _held_out_shapes().items() if turns else ():
+        if _copy_of(turns, their_aspect, theirs):
             return name
     return None
+
+
+def shared_images(items, others) -> list[tuple[str, str]]:
+    """(name in items, name in others) for each image of ``items`` that is a copy of one of ``others`` (as
+    held_out_copy tells copies: renamed, resized, re-encoded, grey, mirrored, turned, brightened; near-identical
+    frames too). items, others: (name, uint8 image) pairs."""
+    theirs = []
+    for name, a in others:
+        aspect, thumb = signature(a)
+        if (shape := standardised(thumb)) is not None:
+            theirs.append((name, aspect, shape))
+    found = []
+    for name, a in items:
+        turns = _orientations(a)
+        found += [(name, other) for other, asp, t in theirs if turns and _copy_of(turns, asp, t)][:1]
+    return found
+
+
+def check_train_images(items, val=()) -> None:
+    """DataError if any training image is held out for evaluation: a copy of a held-out image, whatever its name
+    (scikit-image's yoda.data.HELD_OUT and the photographs of yoda.photos.HELD_OUT_PHOTOS, renamed, resized,
+    re-encoded, grey, mirrored or brightened), or a file named like a held-out photograph
+    (yoda.photos.check_not_held_out); or a copy of one of the run's own validation images ``val`` (its validation
+    PSNR would score what it trains on). TRAINING.md says the model never saw them. items, val: (name or path,
+    uint8 (H, W, 3)) pairs, as yoda.data.load_source gives them."""
+    from .images import DataError
+    from .photos import check_not_held_out
+
+    copies = [f"{n} (a copy of {held})" for n, a in items if (held := held_out_copy(a))]
+    if copies:
+        raise DataError(f"held-out images may not be used for training: {', '.join(copies)} (yoda.data.HELD_OUT "
+                        f"and yoda.photos.HELD_OUT_PHOTOS are for evaluation)")
+    check_not_held_out(n for n, _ in items)
+    if shared := shared_images(val, items):
+        raise DataError(f"validation images (data.val_source) are also training images (data.source), by their "
+                        f"content: {', '.join(f'{v} is {t}' for v, t in shared)}; the validation PSNR would score "
+                        f"images the model trains on: move them out of one of the folders")
 
 
 def make_signatures(images: dict) -> dict:

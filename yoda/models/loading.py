@@ -39,6 +39,16 @@ DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 1}
 PathLike = Union[str, os.PathLike]
 
 
+def _model_file(path: PathLike) -> str:
+    """``path``, or for a training run's folder or a file in it that is no model (checkpoint.pt, log.csv) the run's
+    one .safetensors file: what the hint of yoda.load(PATH) names."""
+    path = os.fspath(path)
+    run_file = os.path.basename(path) in ("checkpoint.pt", "config.json", "log.csv", "TRAINING.md")
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "." if run_file else None
+    found = sorted(Path(folder).glob("*.safetensors")) if folder is not None else []
+    return str(found[0]) if len(found) == 1 else path
+
+
 def load(kind: str = "yoda", path: PathLike = "default", config: Any = None, *, scale: Optional[int] = None) -> nn.Module:
     """Load a model of ``kind`` from ``path`` (an nn.Module in eval mode, on the CPU; for the DINO kinds an attention
     extractor, a callable A = extractor(lr), which holds its network).
@@ -57,8 +67,8 @@ def load(kind: str = "yoda", path: PathLike = "default", config: Any = None, *, 
     Loading draws no random numbers (checkpoint.materialise): torch's generator is left as it was.
     """
     if kind not in KINDS:
-        hint = (f": that is a path; yoda.load('yoda', {os.fspath(kind)!r}) loads a model file of yoda's (KIND first, "
-                f"then the path)" if isinstance(kind, (str, os.PathLike)) and os.path.exists(kind) else "")
+        hint = (f": that is a path; yoda.load('yoda', {_model_file(kind)!r}) loads a model file of yoda's (KIND "
+                f"first, then the path)" if isinstance(kind, (str, os.PathLike)) and os.path.exists(kind) else "")
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}{hint}")
     if scale is not None and kind != "sr3":
         raise ValueError(f"scale= is for kind 'sr3' (whose config may not give one); kind {kind!r} has its own")

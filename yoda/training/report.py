@@ -65,6 +65,12 @@ def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
                              f"--data-dir takes a folder with train/ (training images) and heldout/ (validation) "
                              f"folders, as `yoda data build --out DIR` writes; a folder of your own images can "
                              f"instead be data.source in your config")
+    held = os.path.join(data_dir, "heldout")
+    if not cfg.validates and d.val_source in sub and os.path.isdir(held) and any(
+            not n.startswith(".") for n in os.listdir(held)):  # images put there for validation, silently unused
+        warnings.warn(f"--data-dir {data_dir}: its heldout/ images are not used: this config does not validate "
+                      f"(val_every {cfg.val_every}, data.val_crops {d.val_crops}); --val-every N validates on them "
+                      f"every N steps", UserWarning, stacklevel=3)
     return cfg.replace(data=dataclasses.replace(
         d, source=os.path.join(data_dir, sub[d.source]) if d.source in sub else d.source,
         val_source=os.path.join(data_dir, sub[d.val_source]) if d.val_source in sub else d.val_source))
@@ -165,7 +171,8 @@ def hold_out(stack: contextlib.ExitStack, out: str, ranks, dev: torch.device) ->
 def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = None, device: str = "auto",
                minutes: Optional[float] = None, progress: bool = True, command: str = "",
                weights_name: str = "model.safetensors", data_dir: Optional[str] = None,
-               decay_from: Optional[int] = None, init: Optional[str] = None) -> dict:
+               warmup: Optional[int] = None, decay_from: Optional[int] = None, val_every: Optional[int] = None,
+               init: Optional[str] = None) -> dict:
     """Train from a JSON config into ``out`` (None: runs/<config name>); writes the weights, config.json, log.csv
     and TRAINING.md.
 
@@ -196,11 +203,17 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
             cfg = cfg.replace(steps=steps)
         except ValueError as e:  # (the config's decay_from 300 beside --steps 250 named no option)
             raise ValueError(f"--steps {steps}: {e}") from None
-    if decay_from is not None:
-        try:
-            cfg = cfg.replace(decay_from=decay_from)
-        except ValueError as e:  # the config's check names its key: the option too
-            raise ValueError(f"--decay-from {decay_from}: {e}") from None
+    for option, key, value in (("--warmup", "warmup", warmup), ("--decay-from", "decay_from", decay_from),
+                               ("--val-every", "val_every", val_every)):
+        if value is not None:  # warm-up first: --warmup 10 --decay-from 50 beside a config's warmup of 200
+            try:
+                cfg = cfg.replace(**{key: value})
+            except ValueError as e:  # the config's check names its key: the option too
+                raise ValueError(f"{option} {value}: {e}") from None
+    if cfg.warmup > cfg.steps:
+        warnings.warn(f"the run ends inside its warm-up (warmup {cfg.warmup}, steps {cfg.steps}): the learning rate "
+                      f"reaches {cfg.learning_rate(cfg.steps - 1):.3g}, not lr ({cfg.lr:g}); give --warmup below "
+                      f"--steps", UserWarning, stacklevel=2)
     if init is not None:
         if not init.strip():
             raise ValueError(f"--init must be the path of a yoda model file (.safetensors), got {init!r}")

@@ -33,13 +33,12 @@ import torch
 
 from .. import data as _data
 from ..adapters import hr_grid
-from .._io import append_whole, atomic_write_bytes, atomic_write_text, unportable
+from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256, unportable
 from ..checkpoint import first_line, load_failure, load_state_dict_checked, zip_refusal
 from ..devices import rank_device, resolve_device
 from ..errors import NonFiniteError, Terminated, lr_from_images
 from ..evaluate import psnr_u8
-from ..heldout import held_out_copy
-from ..photos import check_not_held_out
+from ..heldout import check_train_images
 from ..torchrun import main_rank, under_torchrun
 from .config import TrainConfig, _json_form, absolute_folders, check_run_args, rate_jump, weights_path
 from .finetune import read_init
@@ -98,19 +97,6 @@ def _resume_view(d: dict) -> dict:
     if isinstance(v := flat.get("attention"), str):  # dino-*:PATH (stored relative before 2026-12-05)
         flat["attention"] = weights_path(v, os.path.realpath)
     return flat
-
-
-def check_train_images(items) -> None:
-    """DataError if any training image is held out for evaluation: a copy of a held-out image, whatever its name
-    (yoda.heldout: scikit-image's yoda.data.HELD_OUT and the photographs of yoda.photos.HELD_OUT_PHOTOS, renamed,
-    resized, re-encoded, grey, mirrored or brightened), or a file named like a held-out photograph
-    (yoda.photos.check_not_held_out). TRAINING.md says the model never saw them. items: (name or path, uint8
-    (H, W, 3)) pairs, as yoda.data.load_source gives them."""
-    copies = [f"{n} (a copy of {held})" for n, a in items if (held := held_out_copy(a))]
-    if copies:
-        raise _data.DataError(f"held-out images may not be used for training: {', '.join(copies)} (yoda.data.HELD_OUT "
-                              f"and yoda.photos.HELD_OUT_PHOTOS are for evaluation)")
-    check_not_held_out(n for n, _ in items)
 
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
@@ -210,7 +196,8 @@ class Trainer:
                                     "data.val_source (validation crops, as val_every > 0; val_every: 0 skips them)")
             self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
         train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop", "data.source")
-        check_train_images(train_images)
+        apart = validate and os.path.realpath(cfg.data.val_source) != os.path.realpath(cfg.data.source)
+        check_train_images(train_images, val if apart else ())  # (one folder for both is the config's own choice)
         self.images = _data.image_digests(train_images, cfg.data.source)
         change = self._images_then is not None and _data.digest_change(self._images_then, self.images)
         if change:  # a resume that cannot match the uninterrupted run
@@ -344,9 +331,9 @@ class Trainer:
         if jump := rate_jump(self.cfg, st["config"], self.step):
             warnings.warn(jump, UserWarning, stacklevel=2)
         then = st["config"].get("init", "")  # what the run started from, not --init now
-        if self.cfg.init and not (then and os.path.realpath(then) == os.path.realpath(self.cfg.init)):
-            warnings.warn(f"init (--init) {self.cfg.init} is not read: the run resumes from checkpoint {path}, which "
-                          f"started from {then or 'a random init'}; train into another --out to start from it")
+        if self.cfg.init and not (then and (os.path.realpath(then) == os.path.realpath(self.cfg.init) or (  # moved
+                os.path.isfile(self.cfg.init) and file_sha256(self.cfg.init) == st.get("init_sha256")))):
+            raise unusable(f"it started from {then or 'a random init'}, not from --init {self.cfg.init}")
         self.cfg = self.cfg.replace(init=then)
         if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
             self._inherit_sampling(_json_form(st["config"]["sampling"], "sampling"))
