@@ -726,10 +726,11 @@ def test_attention_figure_title_and_labels_are_exact():
 
     r = _count_ratio(A, 1000, 0.6)
     img = att.attention_figure(lr, A, ts=[1000, 900, 600])
-    assert drawn(img, f"lower_bound=0.6  T=1000  pixel update ratio (every step of T=1000)={r:.3f}")
-    assert not drawn(img, f"lower_bound=0.6  T=1000  pixel update ratio (every step of T=1000)={r + 0.001:.3f}")
+    assert drawn(img, f"lower_bound=0.6  T=1000  pixel update ratio (every step of T=1000)={r:.3f}" + fig.MASKS_NOTE)
+    assert not drawn(img, f"lower_bound=0.6  T=1000  pixel update ratio (every step of T=1000)={r + 0.001:.3f}"
+                     + fig.MASKS_NOTE)
     img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177)
-    assert drawn(img, "lower_bound=0.6  T=1000  pixel update ratio (this run's steps)=0.177")
+    assert drawn(img, "lower_bound=0.6  T=1000  pixel update ratio (this run's steps)=0.177" + fig.MASKS_NOTE)
     # label: what the map is, first in the title and on its panel (`yoda attention` outputs were indistinguishable)
     assert np.array_equal(np.asarray(att.attention_figure(lr, A, ts=[1000], label=" ")),  # blank: IndexError before
                           np.asarray(att.attention_figure(lr, A, ts=[1000])))
@@ -737,9 +738,9 @@ def test_attention_figure_title_and_labels_are_exact():
         att.attention_figure(lr, A, label=3)
     img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177, label="sift attention of a.png, x4")
     assert drawn(img, "sift attention of a.png, x4:  lower_bound=0.6  T=1000  pixel update ratio (this run's "
-                      "steps)=0.177", top=("LR", "attention A (sift)", "A over LR"))
+                      "steps)=0.177" + fig.MASKS_NOTE, top=("LR", "attention A (sift)", "A over LR"))
     img = att.attention_figure(lr, A, ts=[1000, 900, 600], ratio=0.177, label="my map")  # it drew "attention A (my)"
-    assert drawn(img, "my map:  lower_bound=0.6  T=1000  pixel update ratio (this run's steps)=0.177",
+    assert drawn(img, "my map:  lower_bound=0.6  T=1000  pixel update ratio (this run's steps)=0.177" + fig.MASKS_NOTE,
                  top=("LR", "attention A", "A over LR"))
     # T = 3: the default ts are 3 and 2 (t = 1 <= 0.6 T has a full mask, not drawn); the title is the mean over
     # every step, the full mask included
@@ -749,7 +750,7 @@ def test_attention_figure_title_and_labels_are_exact():
     assert abs(sum(fracs) / 3 - float(pixel_update_ratio(A3, 0.6)[0])) > 0.05  # the limit would be wrong here
     assert float(every_step_ratio(A3, 3, 0.6)[0]) == pytest.approx(sum(fracs) / 3, abs=1e-12)
     labels3 = [f"M(t={t}) {fig.percent_label(int(mask_at(A3, t, 3, 0.6).sum()), 1600)}" for t in (3, 2)]
-    title3 = f"lower_bound=0.6  T=3  pixel update ratio (every step of T=3)={sum(fracs) / 3:.3f}"
+    title3 = f"lower_bound=0.6  T=3  pixel update ratio (every step of T=3)={sum(fracs) / 3:.3f}" + fig.MASKS_NOTE
     assert drawn(att.attention_figure(lr, A3, T=3), title3, labels3)
 
 
@@ -864,7 +865,7 @@ def test_attention_figure_labels_fit_and_title_is_whole(hw, lb):
     Hp, Wp = fig._panel_size(h, w)
     ts = [1000, 920, 840, 760, 680] if lb < 1 else [1000]
     ratio = float(every_step_ratio(A, 1000, lb)[0])
-    title = f"lower_bound={lb:g}  T=1000  " + fig.ratio_text(ratio, "every step of T=1000")
+    title = f"lower_bound={lb:g}  T=1000  " + fig.ratio_text(ratio, "every step of T=1000") + fig.MASKS_NOTE
     top = ["LR", "attention A", "A over LR"]
     bottom = [f"M(t={t}) {fig.percent_label(int(mask_at(A, t, 1000, lb).sum()), h * w)}" for t in ts]
     lay = fig._layout((Hp, Wp), top, bottom, title, font(), fig.key_size([(t, t / 1000 - lb) for t in ts]))

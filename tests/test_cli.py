@@ -256,19 +256,6 @@ def test_upscale_never_overwrites_an_input_and_names_colliding_inputs(tmp_path, 
     before = open(rgb, "rb").read()
     code, _, err = run(["upscale", rgb, "-o", rgb, "--model", tiny_model], capsys)
     assert code == 2 and err.count("\n") == 1 and f"-o {rgb} is the input {rgb}" in err
-    # in a folder: an input already named as its output would be
-    (tmp_path / "out").mkdir()
-    own = tmp_path / "out" / "rgb_x4.png"
-    own.write_bytes(before)
-    code, _, err = run(["upscale", str(own.parent / ".." / "out" / "rgb_x4.png"), rgb, "-o", str(own.parent),
-                        "--model", tiny_model], capsys)
-    assert code == 2 and "is the input" in err and "rgb_x4.png" in err
-    assert open(rgb, "rb").read() == before and own.read_bytes() == before
-    # two inputs with one stem: both named, and the file they would share
-    other = tmp_path / "rgb.jpg"
-    Image.open(rgb).save(other)
-    code, _, err = run(["upscale", rgb, str(other), "-o", str(tmp_path / "o2"), "--model", tiny_model], capsys)
-    assert code == 2 and err.count("\n") == 1 and rgb in err and str(other) in err and "rgb_x4.png" in err
     code, _, err = run(["upscale", rgb, "-o", "", "--model", tiny_model], capsys)
     assert code == 2 and "argument -o/--output: an empty path (an unset shell variable?)" in err
     for args in (["eval", "--images", ""], ["figures", "-o", ""], ["upscale", "", "-o", "x.png"], ["eval", "-o", ""]):
@@ -277,7 +264,58 @@ def test_upscale_never_overwrites_an_input_and_names_colliding_inputs(tmp_path, 
     code, _, err = run(["eval", "-o", str(tmp_path / "table.png")], capsys)
     assert code == 2 and "table.png: eval writes a table (Markdown, any other name) or a CSV (.csv), not an image" \
         in err and not (tmp_path / "table.png").exists()
-    assert not (tmp_path / "o2").exists()
+
+
+def test_an_input_whose_output_cannot_be_made_is_refused_alone(tmp_path, tiny_model, images, capsys):
+    """An input whose output name is an input of the user's, a pair of inputs with one stem, an output name a
+    folder holds: each such input is refused in its own line and the others are made (one such pair stopped a
+    whole folder before any image); nothing of the user's is written over."""
+    rgb, grey = images
+    before = open(rgb, "rb").read()
+    common = ["--model", tiny_model, "--steps", "1", "-q"]
+    (tmp_path / "out").mkdir()
+    own = tmp_path / "out" / "rgb_x4.png"  # an input already named as rgb.png's output would be
+    own.write_bytes(before)
+    code, _, err = run(["upscale", str(own.parent / ".." / "out" / "rgb_x4.png"), rgb, "-o", str(own.parent),
+                        *common], capsys)
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 2 and lines[0].startswith(f"yoda: error: the output of {rgb} would be {own}, "
+                                                                  f"which is the input "), err
+    assert open(rgb, "rb").read() == before and own.read_bytes() == before and (own.parent / "rgb_x4_x4.png").is_file()
+    # two inputs with one stem: each refused, naming both and the file they would share; a third is made
+    other = tmp_path / "rgb.jpg"
+    Image.open(rgb).save(other)
+    code, _, err = run(["upscale", rgb, str(other), grey, "-o", str(tmp_path / "o2"), *common], capsys)
+    lines = err.splitlines()
+    clash = f"{rgb} and {other} have the same file name stem: both would be written to {tmp_path / 'o2' / 'rgb_x4.png'}"
+    assert code == 2 and len(lines) == 3 and all(clash in line for line in lines[:2]), err
+    assert lines[2] == "yoda: error: 2 of 3 inputs failed (see the lines above)"
+    assert sorted(os.listdir(tmp_path / "o2")) == ["grey_x4.png"]
+    code, _, err = run(["upscale", rgb, str(other), "-o", str(tmp_path / "o3"), *common], capsys)
+    assert code == 2 and not (tmp_path / "o3").exists()  # nothing made: no folder left
+    (tmp_path / "o4" / "rgb_x4.png").mkdir(parents=True)  # a folder where an output goes
+    code, _, err = run(["upscale", rgb, grey, "-o", str(tmp_path / "o4"), *common], capsys)
+    assert code == 2 and err.startswith(f"yoda: error: {rgb}: its output {tmp_path / 'o4' / 'rgb_x4.png'} is a "
+                                        f"folder; remove or rename it\n"), err
+    assert (tmp_path / "o4" / "grey_x4.png").is_file()
+    # -o a dangling symbolic link: said so (mkdir's bare "File exists" named neither the link nor why)
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "dangling"), *common], capsys)
+    assert code == 2 and err == (f"yoda: error: {tmp_path / 'dangling'}: {tmp_path / 'dangling'} is a symbolic link "
+                                 f"to {tmp_path / 'nowhere'}, which does not exist\n"), err
+
+
+def test_contradictory_messages_are_one(tmp_path, tiny_model, images, capsys):
+    """--lower-bound nan without --attention was noted to have no effect, then refused; eval and figures
+    said "unknown attention 'none'" where demo and attention say what none means."""
+    rgb, _ = images
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--lower-bound", "nan"],
+                       capsys)
+    assert code == 2 and err == "yoda: error: --lower-bound must be a finite float >= 0, got nan\n", err
+    for cmd in (["eval"], ["figures", "-o", str(tmp_path / "f")]):
+        code, _, err = run([*cmd, "--attention", "edge", "none", "--model", tiny_model, "-q"], capsys)
+        assert code == 2 and err.startswith("yoda: error: --attention none (or plain, no map): this command draws or "
+                                            "compares an attention map; name one"), err
 
 
 def test_upscale_folder_goes_on_past_a_bad_image(tmp_path, tiny_model, capsys):
@@ -327,7 +365,9 @@ def test_upscale_a_folder_into_itself_can_be_rerun(tmp_path, tiny_model, capsys)
     assert "left out a_x4.png, b_x4_x4.png: they are the outputs of an earlier run" in err
     assert "0 written, 2 skipped, 0 failed, of 2 inputs" in out and (src / "a_x4.png").read_bytes() == first
     code, _, err = run(["upscale", str(src), str(src / "a_x4.png"), "-o", str(src), *common], capsys)
-    assert code == 2 and "is the input" in err
+    assert code == 2 and f"the output of {src / 'a.png'} would be {src / 'a_x4.png'}, which is the input" in err
+    assert (src / "a_x4.png").read_bytes() == first  # a.png refused alone: the named a_x4.png was upscaled
+    os.remove(src / "a_x4_x4.png")
     # another folder's outputs in it too: `upscale other/ in/ -o in/` twice
     other = tmp_path / "other"
     other.mkdir()
@@ -343,16 +383,19 @@ def test_upscale_a_folder_into_itself_can_be_rerun(tmp_path, tiny_model, capsys)
     for name, size in (("d.png", (10, 8)), ("d_x4.png", (53, 37))):
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(mine / name)
     before = (mine / "d_x4.png").read_bytes()
-    code, _, err = run(["upscale", str(mine), "-o", str(mine), *common], capsys)
-    assert code == 2 and err.count("\n") == 1 and "left out" not in err
+    code, out, err = run(["upscale", str(mine), "-o", str(mine), *common], capsys)
+    assert code == 2 and err.count("\n") == 2 and "left out" not in err
     assert (f"the output of {mine / 'd.png'} would be {mine / 'd_x4.png'}, which is the input {mine / 'd_x4.png'} "
             "(it has an output's name but not an output's size)" in err)  # it said "-o DIR/d_x4.png", never typed
-    assert (mine / "d_x4.png").read_bytes() == before and sorted(os.listdir(mine)) == ["d.png", "d_x4.png"]
-    # with --skip-existing d.png is left out (its output's name is taken), and d_x4.png is upscaled
+    # d.png alone is refused; d_x4.png, an input, is upscaled
+    assert (mine / "d_x4.png").read_bytes() == before and sorted(os.listdir(mine)) == ["d.png", "d_x4.png",
+                                                                                        "d_x4_x4.png"]
+    assert "1 written, 0 skipped, 1 failed, of 2 inputs" in out
+    # with --skip-existing d.png is left out (its output's name is taken), and d_x4.png is skipped now
     code, out, err = run(["upscale", str(mine), "-o", str(mine), "--skip-existing", *common], capsys)
     assert code == 0 and (mine / "d_x4.png").read_bytes() == before, err
     assert sorted(os.listdir(mine)) == ["d.png", "d_x4.png", "d_x4_x4.png"]
-    assert "1 written, 1 skipped, 0 failed, of 2 inputs" in out
+    assert "0 written, 2 skipped, 0 failed, of 2 inputs" in out
 
 def test_upscale_scale_defaults_to_the_models(tmp_path, images, capsys):
     """--scale is the model's unless given (a x2 model needs no option); a wrong one is refused."""
@@ -665,6 +708,14 @@ def test_eval_command(tmp_path, tiny_model, capsys):
     assert stdout.splitlines()[0] == f"yoda eval: model {tiny_model}, ddim 2 steps, seed 0, PSNR / SSIM on RGB"
     code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--model", "default"], capsys)
     assert code == 2 and f"--model is given twice ({tiny_model} and default); give it once" in err  # took the last
+    # so is every option whose second occurrence dropped the first without a word (0.4 and edge were lost)
+    for twice, said in ((["--lower-bounds", "0.4", "--lower-bounds", "0.8"],
+                         "--lower-bounds is given twice; give its values after one: --lower-bounds 0.4 0.8"),
+                        (["--attention", "edge", "--attention", "gaussian"],
+                         "--attention is given twice; give its values after one: --attention edge gaussian"),
+                        (["-o", "a.md", "-o", "b.md"], "-o is given twice (a.md and b.md)")):
+        code, _, err = run(["eval", "--images", str(folder), *twice], capsys)  # (refused as it is parsed)
+        assert code == 2 and said in err, err
     code, _, err = run(["eval", "--images", str(tmp_path / "empty_missing"), "--model", tiny_model], capsys)
     assert code == 2 and "empty_missing" in err
     # a folder named like one of yoda.data's sources is still the folder
@@ -1370,10 +1421,11 @@ def test_clashes_links_and_left_out_entries_are_all_named(tmp_path, tiny_model, 
     for name in ("a.png", "a.jpg", "b.png", "b.bmp", "c.png"):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / name)
     code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", tiny_model, "-q"], capsys)
-    assert code == 2 and err.count("\n") == 1, err
-    assert "a.jpg and " in err and "a.png have the same file name stem" in err and "(and 1 more: " in err
-    assert "b.bmp and " in err and "b.png have the same file name stem" in err
-    assert err.rstrip().endswith("; rename one of each pair, or upscale them in separate runs")
+    lines = err.splitlines()  # each input of a pair in its own line; c.png made
+    assert code == 2 and len(lines) == 5 and lines[4] == "yoda: error: 4 of 5 inputs failed (see the lines above)"
+    assert all(f"{src / 'a.jpg'} and {src / 'a.png'} have the same file name stem" in x for x in lines[:2]), err
+    assert all(f"{src / 'b.bmp'} and {src / 'b.png'} have the same file name stem" in x for x in lines[2:4]), err
+    assert all(x.endswith("; rename one of them") for x in lines[:4]) and os.listdir(tmp_path / "o") == ["c_x4.png"]
     for name in ("a.jpg", "b.bmp"):
         (src / name).unlink()
     os.symlink(src / "c.png", src / "link.png")
@@ -1685,7 +1737,7 @@ def test_inputs_that_would_write_one_output_are_refused(tmp_path, tiny_model, ca
                     "--model", tiny_model, "--steps", "1", "-q"], capsys)
 
     code, out, err = upscale("x.png", "x.png", "o1")
-    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert code == 2 and out.startswith("0 written, 0 skipped, 2 failed, of 2 inputs") and err.count("\n") == 3, err
     assert "a/x.png and " in err and "b/x.png have the same file name stem: both would be written to " in err
     assert not (tmp_path / "o1").exists()
     # one file met twice (in a named folder and named itself) is one input, not two with one stem

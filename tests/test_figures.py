@@ -408,6 +408,17 @@ def test_cli_default_images_are_the_held_out_set(tmp_path, tiny_model, capsys):
     assert Image.open(out / "fig4_crops.png").size == fg.crops_figure_size(2, 16)[:2]
 
 
+def test_cli_sampling_options_checked_on_the_model_are_one_line(tmp_path, tiny_model, capsys):
+    """figures --eta 2 or --steps past the model's T printed a traceback and "internal error" (exit 1): checked on
+    the model outside the conversion of user errors; one line, exit 2, as eval and upscale say it."""
+    for args, said in ((["--eta", "2"], "yoda: error: --eta must be in [0, 1] for --sampler ddim "),
+                       (["--steps", "5000"], "yoda: error: --steps must be in [1, T=20] ")):
+        code, _, err = run(["figures", "-o", str(tmp_path / "f"), "--model", tiny_model, "--max-size", "32", "-q",
+                            "--attention", "edge", *args], capsys)
+        assert code == 2 and err.startswith(said) and err.count("\n") == 1, err
+        assert not (tmp_path / "f").exists()
+
+
 @pytest.fixture
 def no_sampling(monkeypatch):
     import yoda.sampling

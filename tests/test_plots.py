@@ -348,3 +348,8 @@ def test_the_loss_is_described_from_the_runs_config(tmp_path, monkeypatch):
     texts.clear()
     plot(tmp_path, paths, monkeypatch=monkeypatch)
     assert "run0 (L1 on eps; not validated)" in [s for _, s in texts]
+    # the dashed YODA curve's attention and lower bound (validation samples with the config's)
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**cfg, "attention": "dino-vits8:/w/dino.pth",
+                                                            "loss": {**cfg["loss"], "lower_bound": 0.6}}))
+    assert plots.validation_description(paths[1]) == "4 crops of 64x64, DDIM 20 steps, YODA dino-vits8 l = 0.6"

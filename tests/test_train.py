@@ -1763,6 +1763,29 @@ def test_init_named_on_resume_is_refused(tmp_path, img_folder):
     assert {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "*" / "*"))} == before
 
 
+def test_init_that_is_the_runs_own_export_is_refused(tmp_path, img_folder):
+    """--init OUT/model.safetensors on a fresh run into OUT: the export at its end wrote over the weights it
+    started from (and config.json named the overwritten file as its start). Refused before any step; another
+    --weights-name trains."""
+    from yoda.training.report import train_main
+
+    Trainer(tiny_config(img_folder, steps=1, val_every=0), str(tmp_path / "a"), device="cpu", progress=False).run()
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors")
+    before = (tmp_path / "b" / "model.safetensors").read_bytes()
+    cfg_path = tmp_path / "c.json"
+    cfg_path.write_text(tiny_config(img_folder, steps=1, val_every=0).to_json())
+    init = str(tmp_path / "b" / "." / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"^init \(--init\) .*model\.safetensors is the file this run exports its "
+                                         rf"weights to \(model\.safetensors in --out {re.escape(str(tmp_path / 'b'))}\)"):
+        train_main(str(cfg_path), str(tmp_path / "b"), device="cpu", progress=False, init=init)
+    assert sorted(os.listdir(tmp_path / "b")) == ["model.safetensors"]
+    assert (tmp_path / "b" / "model.safetensors").read_bytes() == before
+    s = train_main(str(cfg_path), str(tmp_path / "b"), device="cpu", progress=False, init=init,
+                   weights_name="tuned.safetensors")
+    assert s["steps"] == 1 and (tmp_path / "b" / "model.safetensors").read_bytes() == before
+
+
 def test_init_refuses_another_model(tmp_path, img_folder):
     """A file of another architecture or prediction target is refused with the difference named, compared with
     every argument resolved (a config leaving one out compares its default); dropout, which changes only how the

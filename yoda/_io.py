@@ -335,6 +335,9 @@ def made_dirs(folder: Path) -> list[Path]:
     made = []
     up = folder.absolute()
     while not up.exists():
+        if up.is_symlink():  # mkdir's bare "File exists" named neither the link nor why
+            raise FileNotFoundError(errno.ENOENT, f"{folder}: {up} is a symbolic link to {os.readlink(up)}, which "
+                                                  f"does not exist")
         made.append(up)
         up = up.parent
     folder.mkdir(parents=True, exist_ok=True)

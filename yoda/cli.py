@@ -60,7 +60,8 @@ def cmd_upscale(a) -> int:
     time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
     or upscaled is reported in one line and the others go on; the exit status is then 2."""
     tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
-    if a.attention is None and a.lower_bound is not None:  # given (its default is the model's, set later)
+    if a.attention is None and a.lower_bound is not None and a.lower_bound >= 0:  # given (its default is the
+        # model's, set later); a bad one (nan, -1) is refused below, not noted first
         note("--lower-bound has no effect without --attention (plain sampling)")
     a.inputs, from_folders = expand_inputs(a.inputs)
     rank, world = dist_env()
@@ -68,7 +69,7 @@ def cmd_upscale(a) -> int:
     out_dir = output_folder(a)  # -o before the model loads; the folder's file names carry the model's scale
     run = _upscale_model(a, rank, world)  # sets a.scale
     a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale)
-    targets = output_targets(a, out_dir)
+    targets, refused = output_targets(a, out_dir)
     stale = remove_stale_temps(targets) if rank == 0 else 0  # of a run killed while writing (SIGKILL, power loss)
     if stale:
         note(f"removed {stale} temporary file(s) a killed run left next to the outputs")
@@ -82,7 +83,9 @@ def cmd_upscale(a) -> int:
 
     def work(item):
         src, dst = working[0] = item
-        with tally.one(), to_make(a.skip_existing, src, dst, tally.say) as mine:
+        with tally.one(), to_make(a.skip_existing and src not in refused, src, dst, tally.say) as mine:
+            if src in refused:  # (output_targets: its output cannot be made)
+                raise UserError(refused[src])
             if mine:
                 arr, grey = read_input(src, a.max_pixels)
                 check_hr_size(src, arr, a.scale, a.max_pixels, dst, grey)
@@ -297,6 +300,8 @@ def cmd_demo(a) -> int:
 def _check_eval_options(a, outputs) -> None:
     """eval's and figures' --max-size and --lpips files, and ``outputs`` (none an input), before any work."""
     refuse_overwriting(outputs, [a.images, a.model, a.model.partition(":")[2], a.model_config, *(a.lpips or ())])
+    if any(n.strip().lower() in ("none", "plain") for n in a.attention):  # the YODA rows' map: said as demo says it
+        attention_extractor(None)
     if a.max_size < 0:
         raise UserError(f"--max-size must be >= 0 (0: full size), got {a.max_size}")
     for f in a.lpips or ():
@@ -381,7 +386,8 @@ def cmd_figures(a) -> int:
     check_attentions(a.attention)
     dev = cli_device(a.device)
     model = load_model(a.model, dev, a.model_config)
-    unrefined_note(adapter_of(model), a, dev, [a.lower_bound], "Fig. 4 and 5's YODA images", "plain refines")
+    with _user_input():  # --steps, --sampler, --eta, --seed checked on the model (a traceback before)
+        unrefined_note(adapter_of(model), a, dev, [a.lower_bound], "Fig. 4 and 5's YODA images", "plain refines")
     with made_folder(out):
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)

@@ -536,29 +536,41 @@ def output_folder(a) -> Optional[Path]:
     return out
 
 
-def output_targets(a, out_dir: Optional[Path]) -> list[str]:
-    """The output file of each input (``out_dir``: output_folder's; the names carry ``a.scale``), checked before
-    any image is read: no two alike, none an input, each writable."""
+def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str]]:
+    """(the output file of each input, refused) before any image is read (``out_dir``: output_folder's; the names
+    carry ``a.scale``). An input whose output cannot be made (its name is another input's output too, or an input
+    of the user's, or a folder or read-only file stands there) is refused alone: ``refused`` maps it to why, which
+    its turn reports as its error while the others go on (one clashing pair stopped a whole folder); a single
+    input's is the command's error, as is an output folder that cannot be written at all."""
     if out_dir is None:
-        return [a.output]
+        return [a.output], {}
+    from ._io import check_folder_writable, check_writable
+
+    check_folder_writable(a.output, "-o")  # one error for all, not one per input
     targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
-    seen, ids, clashes = {}, file_ids(a.inputs), []
+    seen, ids, refused = {}, file_ids(a.inputs), {}
     # Img and img are one file on macOS' and Windows' file systems, and on macOS' an é composed and decomposed
     fold = case_insensitive(out_dir)  # (NFC / NFD: names typed vs copied from some tools): both folded there
     for src, dst in zip(a.inputs, targets):
         key = unicodedata.normalize("NFC", dst).casefold() if fold else dst
-        if key in seen:  # every clash is named at once, not one per run
+        if key in seen:
             aside = " (letter case and accents aside)" * fold
-            clashes.append(f"{seen[key]} and {src} have the same file name stem{aside}: both would be written to {dst}")
+            refused[src] = refused[seen[key]] = (f"{seen[key]} and {src} have the same file name stem{aside}: both "
+                                                 f"would be written to {dst}; rename one of them")
             continue
         seen[key] = src
-        if not (a.skip_existing and os.path.exists(dst)):  # an existing output is skipped, never written
-            check_not_an_input(ids, dst, src)
-    if clashes:
-        more = f" (and {len(clashes) - 1} more: {'; '.join(clashes[1:])})" if len(clashes) > 1 else ""
-        raise UserError(clashes[0] + more + "; rename one of each pair, or upscale them in separate runs")
-    check_out_folder(a.output, targets, a.skip_existing)
-    return targets
+        try:
+            if not (a.skip_existing and os.path.exists(dst)):  # an existing output is skipped, never written
+                check_not_an_input(ids, dst, src)
+            if out_dir.is_dir():
+                check_writable(dst, f"{src}: its output", a.skip_existing)
+        except IsADirectoryError:
+            refused[src] = f"{src}: its output {dst} is a folder; remove or rename it"
+        except (UserError, OSError) as e:
+            refused[src] = str(e)
+    if refused and len(targets) == 1:
+        raise UserError(refused[a.inputs[0]])
+    return targets, refused
 
 
 def case_insensitive(folder: Path) -> bool:

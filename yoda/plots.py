@@ -149,8 +149,8 @@ def loss_description(log: str) -> str:
 
 
 def validation_description(log: str) -> str:
-    """How a run's validation PSNR was measured, from its config.json: "4 crops of 64x64, DDIM 20 steps" (one
-    crop's PSNR moves by tenths of a dB from step to step; "" when there is no config; "not validated" for a run
+    """How a run's validation PSNR was measured, from its config.json: "4 crops of 64x64, DDIM 20 steps, YODA edge
+    l = 0.6" (the attention and lower bound of the YODA curve; one crop's PSNR moves by tenths of a dB from step to step; "" when there is no config; "not validated" for a run
     that does not validate (val_every or data.val_crops 0, TrainConfig.validates) and logged no PSNR, whose legend
     entry named crops it never sampled)."""
     try:
@@ -159,9 +159,11 @@ def validation_description(log: str) -> str:
                 r.get(k) not in ("", None) for r in read_log(log) for k in PLOTTED[2:]):
             return "not validated"
         n, size, steps = int(cfg["data"]["val_crops"]), int(cfg["data"]["val_crop"]), int(cfg["val_steps"])
+        att, lb = cfg.get("attention"), cfg.get("loss", {}).get("lower_bound")  # the dashed line's (Trainer.validate)
+        yoda = f", YODA {att.split(':')[0]} l = {float(lb):g}" if isinstance(att, str) and lb is not None else ""
     except (ValueError, KeyError, TypeError, AttributeError):
         return ""
-    return f"{n} crop{'s' if n != 1 else ''} of {size}x{size}, DDIM {steps} step{'s' if steps != 1 else ''}"
+    return f"{n} crop{'s' if n != 1 else ''} of {size}x{size}, DDIM {steps} step{'s' if steps != 1 else ''}{yoda}"
 
 
 MAX_LOG_TICKS = 7  # a log axis over more decades labels every 2nd, 5th, ... power of ten

@@ -132,6 +132,9 @@ def update_ratio(A: torch.Tensor, T: int, lower_bound: float, steps: Optional[in
             f"{steps} step{'s' * (steps != 1)} of T={T}")
 
 
+MASKS_NOTE = "  masks: white = refined"  # in the title: the bottom row's panels said nothing of their colours
+
+
 def ratio_text(ratio: float, what: str) -> str:
     """The title's update ratio: what it counts, then its value to 3 decimals (0 / 1 only when exact)."""
     v = f"{ratio:.3f}"
@@ -279,7 +282,7 @@ def attention_figure(
         raise TypeError(f"label must be a str or None, got {type(label).__name__}")
     label = (label or "").strip()  # a blank label (" ") is no label
     title = ((f"{label}:  " if label else "") + f"lower_bound={lower_bound:g}  T={T}  "
-             + ratio_text(float(ratio), what) + picked)
+             + ratio_text(float(ratio), what) + MASKS_NOTE + picked)
     words = label.split()  # "edge attention of in.png, x4" (yoda attention's) names its method first
     method = words[0].split(":")[0] if words[1:2] == ["attention"] else ""
     top = ["LR", f"attention A ({method})" if method else "attention A", "A over LR"]

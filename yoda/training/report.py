@@ -222,6 +222,12 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
 
             init = str(DEFAULT_WEIGHTS)
         cfg = cfg.replace(init=os.path.abspath(init))
+    export = os.path.join(out, weights_name)  # a fresh run would write its weights over the file it starts from
+    if cfg.init and os.path.isfile(cfg.init) and os.path.isfile(export) and os.path.samefile(cfg.init, export) \
+            and not os.path.exists(os.path.join(out, "checkpoint.pt")):
+        raise ValueError(f"init (--init) {cfg.init} is the file this run exports its weights to ({weights_name} in "
+                         f"--out {out}): training would write over it; copy it elsewhere first, or give another "
+                         f"--weights-name")
     if data_dir is not None:
         cfg = with_data_dir(cfg, data_dir)
     ranks = env_ranks()
