@@ -1563,7 +1563,7 @@ MUTANTS = [
            ("tests/test_sampler.py", "-k", "darkest or 0_1"),
            "a loop over [0, 1] images got one warning line (and registry entry) per image"),
     Mutant("skip-existing-read-only", "yoda/cli_upscale.py",
-           "check_out_folder(a.output, targets, a.skip_existing)", "check_out_folder(a.output, targets)",
+           'check_writable(dst, f"{src}: its output", a.skip_existing)', 'check_writable(dst, f"{src}: its output")',
            ("tests/test_cli.py", "-k", "read_only_output"),
            "--skip-existing stopped the run over a read-only output it would skip"),
     Mutant("acl-owner-read-only", "yoda/_io.py",

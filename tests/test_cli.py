@@ -256,6 +256,7 @@ def test_upscale_never_overwrites_an_input_and_names_colliding_inputs(tmp_path, 
     before = open(rgb, "rb").read()
     code, _, err = run(["upscale", rgb, "-o", rgb, "--model", tiny_model], capsys)
     assert code == 2 and err.count("\n") == 1 and f"-o {rgb} is the input {rgb}" in err
+    assert open(rgb, "rb").read() == before
     code, _, err = run(["upscale", rgb, "-o", "", "--model", tiny_model], capsys)
     assert code == 2 and "argument -o/--output: an empty path (an unset shell variable?)" in err
     for args in (["eval", "--images", ""], ["figures", "-o", ""], ["upscale", "", "-o", "x.png"], ["eval", "-o", ""]):
