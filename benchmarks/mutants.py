@@ -1909,6 +1909,10 @@ MUTANTS = [
            """yoda = f", YODA {att.split(':')[0]} l = {float(lb):g}" if""", 'yoda = "" if',
            ("tests/test_plots.py", "-k", "described_from_the_runs_config"),
            "yoda plot's dashed YODA curve did not say which attention and lower bound it sampled with"),
+    Mutant("fig4-crop-most-attended", "yoda/figures/compute.py",
+           "        y, x = best_crop(diff, c)", "        y, x = best_crop(maps[yoda_name][i], c)",
+           ("tests/test_figures.py", "-k", "compute"),
+           "Fig. 4 cropped the most attended window, where YODA refines from step 1 and looks like plain"),
 ]
 
 

@@ -307,7 +307,9 @@ def test_compute_samples_plain_and_yoda_with_one_seed(tiny_model):
     assert np.allclose(c, data.fits[("YODA", "psnr")])
     crop = data.crops[0]
     y, x, side = crop["box"]
-    assert side == 16 and (y, x) == fg.best_crop(data.maps["edge"][0], 16)
+    diff = np.abs(data.sr["YODA"][0].astype(float) - data.sr["plain"][0].astype(float)).mean(-1)
+    assert side == 16 and (y, x) == fg.best_crop(diff, 16)  # where the two differ most (not the most attended)
+    assert (y, x) != fg.best_crop(data.maps["edge"][0], 16)
     assert np.array_equal(crop["images"]["plain"], data.sr["plain"][0][y : y + 16, x : x + 16])
     assert crop["metrics"]["YODA"]["image"] == fg.crop_metrics(data.sr["YODA"][0], hr_u8)
     assert "LPIPS per bin omitted" in data.lpips_note
@@ -659,12 +661,12 @@ def test_fig4_shows_where_each_crop_lies_and_defines_ab(monkeypatch):
     # the rows without the whole image draw no locator (the four columns as before)
     bare = {k: v for k, v in row.items() if k != "hr"}
     assert fd.draw_crops([bare]).size == fd.crops_figure_size(1, c, locator=False)[:2]
-    # the window of a flat map is the top-left one, not "the most attended"
+    # where plain and YODA are alike everywhere, the window is the top-left one, not "where they differ most"
     texts.clear()
     fd.draw_crops([row, dict(row, flat=True)])
     said = [s for _, s in texts if s.startswith("a.png: ")]
     assert said == [f"a.png: 16x16 crop at x=16, y=32 ({w}), shown x10" for w in
-                    ("most attended window", "a flat map: the top-left window")]
+                    ("where plain and YODA differ most", "plain = YODA: the top-left window")]
 
 
 def test_long_names_and_titles_fit_their_canvas(monkeypatch):
@@ -689,7 +691,7 @@ def test_long_names_and_titles_fit_their_canvas(monkeypatch):
     texts = _drawn_text(monkeypatch)
     img = fd.draw_crops([row])
     caption = next(s for _, s in texts if "crop at x=0, y=0" in s)
-    assert caption.endswith("(most attended window), shown x5") and "..." in caption
+    assert caption.endswith("(where plain and YODA differ most), shown x5") and "..." in caption
     assert drawing.text_wh(d, caption, face)[0] <= img.size[0] - 16
     title = "yoda demo: " + "a/long/model/path/" * 20 + "model.safetensors"
     canvas = drawing.panel_grid(title, [(None, [("x", Image.new("RGB", (16, 16)))])], 16)

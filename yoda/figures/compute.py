@@ -181,14 +181,16 @@ def compute(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Figu
     for i in range(len(hrs)):
         H, W = hrs[i].shape[:2]
         c = min(H, W, s.crop_size) if s.crop_size else min(H, W, max(16, min(H, W) // 2))
-        y, x = best_crop(maps[yoda_name][i], c)
+        # where plain and YODA differ most (the most attended window, chosen before, is where YODA refines from
+        # its first step: the two crops looked alike), by the mean |YODA - plain| over RGB
+        diff = np.abs(srs["YODA"][i].astype(np.float64) - srs["plain"][i].astype(np.float64)).mean(-1)
+        y, x = best_crop(diff, c)
         ims = {"bicubic": srs["bicubic"][i], "plain": srs["plain"][i], "YODA": srs["YODA"][i], "HR": hrs[i]}
         cut = {k: np.ascontiguousarray(v[y : y + c, x : x + c]) for k, v in ims.items()}
         met = {k: {"crop": crop_metrics(cut[k], cut["HR"]), "image": crop_metrics(ims[k], hrs[i])}
                for k in ("bicubic", "plain", "YODA")}
-        A = maps[yoda_name][i]
         crops.append({"name": names[i], "box": (y, x, c), "images": cut, "metrics": met, "hr": hrs[i],
-                      "flat": bool(A.max() == A.min())})  # no window is more attended than another
+                      "flat": bool(diff.max() == diff.min())})  # no window differs more than another
     if lpips_fn is not None:
         note = ("LPIPS per bin: mean of the spatial LPIPS map (layer maps upsampled bilinearly and summed, as "
                 "lpips' spatial=True)")

@@ -235,7 +235,8 @@ def draw_crops(crops: Sequence[dict], caption: str = ""):
     for c in crops:
         cy, cx, cs = c["box"]
         where = (f": {cs}x{cs} crop at x={cx}, y={cy} ("
-                 f"{'a flat map: the top-left window' if c.get('flat') else 'most attended window'}), shown "
+                 f"{'plain = YODA: the top-left window' if c.get('flat') else 'where plain and YODA differ most'}"
+                 f"), shown "
                  f"x{panel / cs:.3g}")
         name = _fit_width(draw, Path(str(c["name"])).name, font, W - 2 * _PAD - _text_wh(draw, where, font)[0])
         draw.text((_PAD, y + 3), name + where, fill=_BLACK, font=font)
