@@ -1913,6 +1913,14 @@ MUTANTS = [
            "        y, x = best_crop(diff, c)", "        y, x = best_crop(maps[yoda_name][i], c)",
            ("tests/test_figures.py", "-k", "compute"),
            "Fig. 4 cropped the most attended window, where YODA refines from step 1 and looks like plain"),
+    Mutant("fifo-said-left-for-suffix", "yoda/data.py",
+           '" (not a regular file)" if special else ""', '""',
+           ("tests/test_cli.py", "-k", "clashes_links_and_left_out"),
+           "a FIFO named x.png in a folder was said to be left out for its suffix"),
+    Mutant("stale-claim-stays", "yoda/_io.py",
+           "                elif e.name in claims[folder]:", "                elif False:",
+           ("tests/test_cli.py", "-k", "removes_the_temporary_files"),
+           "the claim file of a --skip-existing run killed with SIGKILL stayed beside the outputs for good"),
 ]
 
 

@@ -1257,6 +1257,20 @@ def test_upscale_removes_the_temporary_files_a_killed_run_left(tmp_path, tiny_mo
     code, _, err = run(["upscale", str(src), "-o", str(out), "--model", tiny_model, "--steps", "1", "-q"], capsys)
     assert code == 0 and err == "yoda: note: removed 1 temporary file(s) a killed run left next to the outputs\n"
     assert sorted(os.listdir(out)) == sorted(["a_x4.png", os.path.basename(young), os.path.basename(other)])
+    # the claim file of a --skip-existing run killed so (SIGKILL) went only with a later --skip-existing run; one
+    # another process holds stays
+    from yoda._io import claim_path, output_claim
+
+    open(claim_path(out / "a_x4.png"), "w").close()
+    (src / "b.png").write_bytes((src / "a.png").read_bytes())
+    with output_claim(out / "b_x4.png") as mine:
+        assert mine
+        code, _, err = run(["upscale", str(src), "-o", str(out), "--model", tiny_model, "--steps", "1", "-q"],
+                           capsys)
+        # a's claim, and b_x4.png's old temporary file (b_x4.png is an output now)
+        assert code == 0 and err == "yoda: note: removed 2 temporary file(s) a killed run left next to the outputs\n"
+        assert os.path.exists(claim_path(out / "b_x4.png")) and not os.path.exists(claim_path(out / "a_x4.png"))
+        assert not os.path.exists(other)
 
 
 def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):
@@ -1435,11 +1449,13 @@ def test_clashes_links_and_left_out_entries_are_all_named(tmp_path, tiny_model, 
     for k in range(6):
         (src / f"n{k}.txt").write_text("not an image")
     (src / "z_sub").mkdir()
+    os.mkfifo(src / "fifo.png")  # named like an image, but no file: it was said to be left out for its suffix
     code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", tiny_model, "-q"], capsys)
     assert code == 0 and "3 written, 0 skipped, 0 failed, of 3 inputs" in out, err
     assert f"upscaled once, under the name met first (its output is named after it): {src / 'hard.png'} (as "\
            f"{src / 'c.png'}), {src / 'link.png'} (as {src / 'c.png'})" in err
-    assert "left out z_sub/, broken.png (a broken link), n0.txt, " in err and "(8 in all)" in err
+    assert "left out z_sub/, broken.png (a broken link), fifo.png (not a regular file), n0.txt, " in err, err
+    assert "(9 in all)" in err
 
 
 def test_upscale_folder_goes_on_after_an_out_of_memory_input_and_leaves_hidden_files(tmp_path, tiny_model, capsys,
@@ -1954,8 +1970,8 @@ def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
     padded = torch.nn.functional.pad(lr, (0, 2, 0, 2), mode="replicate")  # 4x4 LR: 16x16 HR, the model's least
     want = yoda.to_uint8(yoda.sample(net, padded, steps=1, sampler="ddim", seed=0)[..., :8, :8])[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "t_x4.png")), want)
-    with pytest.raises(ValueError, match=r"^lr of size 2x2 gives an HR size 8x8 that this model cannot take: both "
-                                         r"sides must be at least 16 \(pad lr to at least 4 pixels a side; "
+    with pytest.raises(ValueError, match=r"^lr of 2x2 \(width x height\) gives an HR image of 8x8 that this model "
+                                         r"cannot take: both sides must be at least 16 \(pad lr to at least 4 pixels a side; "
                                          r"yoda.sample\(..., pad=True\) does\)"):
         yoda.sample(net, lr, steps=1)
     with pytest.raises(ValueError, match=r"^windows: the window 8 must be at least 16 pixels"):

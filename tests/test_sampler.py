@@ -941,7 +941,7 @@ def test_stack_conds_default():
         (torch.full((1, 3, 8, 8), 1.5), {}, ValueError, r"lr values must lie in \[-1, 1\]"),
         (torch.rand(1, 3, 8, 8) * 255, {}, ValueError, r"lr values"),
         (torch.full((1, 3, 8, 8), float("nan")), {}, ValueError, "lr contains NaN"),
-        (torch.zeros(1, 3, 7, 8), {}, ValueError, "lr of size 7x8"),
+        (torch.zeros(1, 3, 7, 8), {}, ValueError, r"lr of 8x7 \(width x height\) gives an HR image of 16x14 "),
         (None, {"steps": T + 1}, ValueError, r"steps must be in \[1, T=50\]"),
         (None, {"steps": 0}, ValueError, "steps"),
         (None, {"steps": 2.0}, TypeError, "steps"),

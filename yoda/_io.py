@@ -107,15 +107,18 @@ STALE_TEMP_S = 3600
 
 def remove_stale_temps(paths) -> int:
     """Remove the temporary files that atomic_write left for any of ``paths`` in processes killed while writing
-    them (SIGKILL, a power loss): .NAME.RANDOM.tmp untouched for STALE_TEMP_S. One listing per folder. Returns
-    how many went."""
+    them (SIGKILL, a power loss): .NAME.RANDOM.tmp untouched for STALE_TEMP_S, and the claim files of
+    output_claim that no process holds (a run with --skip-existing killed so). One listing per folder. Returns how
+    many went."""
     import re
     import time
 
     stems: dict = {}
+    claims: dict = {}
     for p in paths:
         folder, name = os.path.split(os.path.abspath(os.fspath(p)))
         stems.setdefault(folder, set()).add(_temp_stem(name))
+        claims.setdefault(folder, {})[os.path.basename(claim_path(p))] = p
     gone, now = 0, time.time()
     for folder, names in stems.items():
         try:
@@ -129,6 +132,9 @@ def remove_stale_temps(paths) -> int:
                         now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S:
                     os.unlink(e.path)
                     gone += 1
+                elif e.name in claims[folder]:
+                    with output_claim(claims[folder][e.name]) as free:  # taken (and removed) only if unheld
+                        gone += bool(free)
             except OSError:
                 continue
     return gone

@@ -131,14 +131,14 @@ class Adapter:
         m, least = int(self.multiple), int(self.min_size)
         if H % m or W % m:
             raise ValueError(
-                f"lr of size {lr.shape[-2]}x{lr.shape[-1]} gives an HR size {H}x{W} that this model cannot take: "
-                f"both must be multiples of {m} (yoda.sample(..., pad=True) pads lr and crops the SR back; or pad or "
+                f"lr of {lr.shape[-1]}x{lr.shape[-2]} (width x height) gives an HR image of {W}x{H} that this model "
+                f"cannot take: both sides must be multiples of {m} (yoda.sample(..., pad=True) pads lr and crops the SR back; or pad or "
                 f"crop lr so that {self.scale}*h and {self.scale}*w are)"
             )
         if min(H, W) < least:
             raise ValueError(
-                f"lr of size {lr.shape[-2]}x{lr.shape[-1]} gives an HR size {H}x{W} that this model cannot take: "
-                f"both sides must be at least {least} (pad lr to at least {-(-least // self.scale)} pixels a side; "
+                f"lr of {lr.shape[-1]}x{lr.shape[-2]} (width x height) gives an HR image of {W}x{H} that this model "
+                f"cannot take: both sides must be at least {least} (pad lr to at least {-(-least // self.scale)} pixels a side; "
                 "yoda.sample(..., pad=True) does)"
             )
 

@@ -260,7 +260,9 @@ def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
             paths.append(full)
         else:
             broken = os.path.islink(full) and not os.path.exists(full)
-            others.append(f + ("/" if os.path.isdir(full) else " (a broken link)" if broken else ""))
+            special = os.path.exists(full) and not os.path.isfile(full) and not os.path.isdir(full)  # a FIFO, a device
+            others.append(f + ("/" if os.path.isdir(full) else " (a broken link)" if broken else
+                               " (not a regular file)" if special else ""))
     others.sort(key=lambda n: not n.endswith("/"))  # subfolders first: not lost in a long list of other files
     if not paths:
         held = f"; it holds {_names(others)}, and a folder's subfolders are not read" if others else ""
