@@ -1035,9 +1035,9 @@ MUTANTS = [
            ("tests/test_cli.py", "-k", "second_ctrl_c"),
            "a second Ctrl-C while training says only 'interrupted', not that the checkpoint stays"),
     Mutant("fig4-flat-most-attended", "yoda/figures/draw.py",
-           "if c.get('flat') else 'most attended window'", "if False else 'most attended window'",
+           "if c.get('flat') else 'where plain and YODA differ most'", "if False else 'where plain and YODA differ most'",
            ("tests/test_figures.py", "-k", "fig4_shows"),
-           "Fig. 4 calls the top-left window of a flat map its most attended"),
+           "Fig. 4 calls the top-left window of two identical images the one where they differ most"),
     Mutant("stats-of-a-freed-A", "yoda_kernels/ops.py",
            "        return self._of() is not None and made_of == _source(A, tile)",
            "        return made_of == _source(A, tile)",
@@ -1921,6 +1921,10 @@ MUTANTS = [
            "                elif e.name in claims[folder]:", "                elif False:",
            ("tests/test_cli.py", "-k", "removes_the_temporary_files"),
            "the claim file of a --skip-existing run killed with SIGKILL stayed beside the outputs for good"),
+    Mutant("config-codec-error-unnamed", "yoda/_json_fields.py",
+           "    except UnicodeDecodeError as e:  # (codec words", "    except ImportError as e:  # (codec words",
+           ("tests/test_checkpoint.py", "-k", "wrong_kind_and_missing"),
+           "--model-config of a binary file said only \"'utf-8' codec can't decode byte 0x89\", naming no file"),
 ]
 
 

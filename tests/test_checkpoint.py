@@ -425,6 +425,10 @@ def test_wrong_kind_and_missing_file(tmp_path):
             yoda.load(str(given))
     with pytest.raises(TypeError, match="path"):
         yoda.load("sr3", 123)
+    # a binary file given as the SR3 config: named (the codec's words named no file)
+    (tmp_path / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ValueError, match=r"^SR3 config .*c\.png is not UTF-8 text \(byte 0\); a config is a text "):
+        yoda.load("sr3", tmp_path / "checkpoint.pt", config=str(tmp_path / "c.png"))
 
 
 def test_corrupt_files(tmp_path):

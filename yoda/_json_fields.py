@@ -96,15 +96,18 @@ MAX_CONFIG_BYTES = 16 << 20  # a config is a few KB; /dev/zero as --config was r
 
 def read_config_text(path: str, what: str) -> str:
     """The UTF-8 text of the config file ``path``: FileNotFoundError / IsADirectoryError as open's, a ValueError
-    naming it (``what`` first) for a device or a pipe (a FIFO waited forever) and for a file over
-    MAX_CONFIG_BYTES."""
+    naming it (``what`` first) for a device or a pipe (a FIFO waited forever), a file over MAX_CONFIG_BYTES and one
+    that is not UTF-8."""
     st = os.stat(path)
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{what} {path} is not a regular file (a device or a pipe); a config is a small text file")
-    with open(path, encoding="utf-8") as f:
-        text = f.read(MAX_CONFIG_BYTES + 1)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_CONFIG_BYTES + 1)
+    except UnicodeDecodeError as e:  # (codec words, naming no file: an image given as the config)
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}); a config is a text file") from None
     if len(text) > MAX_CONFIG_BYTES:
         raise ValueError(f"{what} {path} is over {MAX_CONFIG_BYTES >> 20} MB; a config is a few KB")
     return text

@@ -267,9 +267,6 @@ class TrainConfig:
         except FileNotFoundError:
             names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.json")))
             raise ValueError(f"config file not found: {path} (the installed configs, by name: {names})") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"config file {path} is not UTF-8 text (byte {e.start}); a config is a JSON file") \
-                from None
         except IsADirectoryError:
             raise ValueError(f"config file {path} is a folder; --config takes a JSON file (or an installed "
                              f"config's name)") from None
