@@ -341,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the results: FILE.csv one row per image and method, any other name the table")
     p.add_argument("--y-channel", action="store_true",
                    help="PSNR and SSIM on the luma Y (ITU-R BT.601) with a border of scale pixels cut off and an "
-                        "11x11 Gaussian SSIM window (smaller on images under 11 px a side), as SR papers report them "
-                        "(default: RGB, whole image)")
+                        "11x11 Gaussian SSIM window (scikit-image's, reflected at the borders of an image under 11 px "
+                        "a side), as SR papers report them (default: RGB, whole image)")
     p.add_argument("--lpips", action=_Once, nargs=2, type=_path, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
                         "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
