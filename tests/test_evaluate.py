@@ -431,3 +431,20 @@ def test_evaluate_names_what_is_wrong_with_its_images_and_settings():
                                         res_blocks=1, image_size=16, mid_attn=False))
     with pytest.raises(TypeError, match="schedule must be a yoda.Schedule, got list"):
         sr3.yoda_adapter(schedule=[0.1, 0.2], scale=2)
+
+
+def test_metrics_refuse_what_they_cannot_score():
+    """Images under 3 px a side (or empty) were a ZeroDivisionError inside scikit-image's SSIM; y_border 1.5 or "4"
+    a TypeError of slicing or comparison, True taken as 1."""
+    from yoda.evaluate import metrics
+
+    for shape in ((2, 2, 3), (0, 5, 3), (2, 9, 3)):
+        with pytest.raises(ValueError, match=r"^sr and hr must be at least 3x3 pixels"):
+            metrics(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))
+    a = np.zeros((8, 8, 3), np.uint8)
+    for bad in (1.5, "4", True):
+        with pytest.raises(TypeError, match=rf"^y_border must be an int .* got {bad!r}$"):
+            metrics(a, a, y_border=bad)
+    assert metrics(np.zeros((3, 3, 3), np.uint8), np.full((3, 3, 3), 9, np.uint8))["psnr"] == psnr(
+        np.zeros((3, 3, 3), np.uint8), np.full((3, 3, 3), 9, np.uint8))
+

@@ -964,3 +964,15 @@ def test_png_outputs_are_compressed_at_level_3(tmp_path):
     assert zlib.decompress(data[i:i + int.from_bytes(data[i - 8:i - 4], "big")])  # a whole zlib stream
     with Image.open(tmp_path / "a.png") as im:
         np.testing.assert_array_equal(np.asarray(im), to_uint8(x)[0])
+
+
+def test_save_image_names_a_path_of_the_wrong_type(tmp_path):
+    """save_image(x, 5) gave pathlib's "expected str, bytes or os.PathLike object, not int" (bytes is not taken
+    either), naming no argument; load_image's says path."""
+    import torch
+
+    for bad in (5, b"a.png", None):
+        with pytest.raises(TypeError, match=rf"^path must be a file name \(str or os.PathLike\), got "
+                                            rf"{type(bad).__name__}$"):
+            yoda.save_image(torch.zeros(1, 3, 4, 4), bad)
+

@@ -147,3 +147,25 @@ def test_what_the_public_ops_refuse_is_refused():
                 m.step(x, preds[0].clone().requires_grad_(), 0.5, coefs=k)
             with pytest.raises(RuntimeError, match="not differentiable on the 'cpp' backend"):
                 m.combine(x.clone().requires_grad_(), preds[:2], 0.5, coefs=coefs)
+
+
+def test_adversarial_arguments_are_named():
+    """An adversarial review: stats of two ints (or Nones) was an AttributeError of .shape; a meta tensor as tau
+    Tensor.item()'s RuntimeError; a complex 0-d tau of masked_q_sample ran on its real part; tile_stats of a numpy
+    array was told its shape was wrong; ab_t = 1e-320 said coefs (never given) were not finite floats."""
+    x, A = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
+    for stats in ([1, 2], (None, None), "ab"):
+        with pytest.raises(TypeError, match=r"^stats must be two tensors of shape \(1, 1, 1\)"):
+            yk.masked_step(x, x, x, A, 0.5, coefs=[0.1] * 10, stats=stats)
+        with pytest.raises(TypeError, match=r"^stats must be two tensors"):
+            yk.MaskedOps(x, A, stats=stats)
+    with pytest.raises(ValueError, match=r"^tau is a tensor on the meta device"):
+        yk.masked_step(x, x, x, A, torch.tensor(0.5, device="meta"), coefs=[0.1] * 10)
+    for args in ((torch.tensor(0.5 + 3j), 0.3), (0.5, torch.tensor(0.3 + 5j))):
+        with pytest.raises(TypeError, match=r"must be a float or a \(1,\) tensor of floats, got torch.complex64"):
+            yk.masked_q_sample(x, x, x, A, *args)
+    with pytest.raises(TypeError, match=r"^A must be a torch.Tensor, got ndarray$"):
+        yk.tile_stats(A.numpy(), 8)
+    with pytest.raises(ValueError, match=r"^ab_t = 1e-320 gives step coefficients beyond float32's range"):
+        yk.masked_step(x, x, x, A, 0.5, ab_t=1e-320, ab_prev=0.5)
+

@@ -975,12 +975,29 @@ def test_stack_conds_default():
         (None, {"windows": (8, 8)}, ValueError, "windows"),
         (None, {"clip": 1}, TypeError, "clip"),
         (None, {"spacing": "odd"}, ValueError, "spacing"),
+        # an adversarial review: an OverflowError, torch's NotImplementedError for a meta / sparse tensor
+        (None, {"lower_bound": 10**400}, ValueError, "lower_bound must be a finite float >= 0, got inf"),
+        (None, {"eta": 10**400, "sampler": "ddim"}, ValueError, "eta must be finite, got inf"),
+        (None, {"sampler": "euler", "sigmas": [10**400]}, ValueError, r"sigmas must be finite and > 0"),
+        (None, {"sampler": "euler", "sigmas": torch.tensor([2.0, 1.0], device="meta")}, ValueError,
+         "sigmas is a tensor on the meta device"),
+        (None, {"attention": torch.rand(1, 1, 8, 8).to_sparse()}, TypeError,
+         r"attention must be a dense tensor, got layout torch.sparse_coo"),
     ],
 )
 def test_bad_inputs(lr, kw, err, match):
     model = PixelAdapter(SR3Net(), SCHED, scale=SCALE, multiple=4)
     with pytest.raises(err, match=match):
         run(model, lr_image() if lr is None else lr, **kw)
+
+
+def test_numpy_bool_clip_is_a_bool():
+    """clip=np.bool_(True) (a comparison's result) was refused as "clip must be None or a bool, got bool"; the
+    kernels take it: so does yoda.sample, the same image as clip=True."""
+    import numpy as np
+
+    model = PixelAdapter(SR3Net(), SCHED, scale=SCALE, multiple=4)
+    assert torch.equal(run(model, lr_image(), clip=np.bool_(True), seed=3), run(model, lr_image(), clip=True, seed=3))
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -128,3 +128,20 @@ def test_overshooting_lr_is_upsampled_as_its_8_bit_image(method):
         assert np.array_equal(np.rint((got[0].permute(1, 2, 0).double().numpy() + 1) * 127.5).astype(np.uint8), want)
     else:
         assert torch.equal(got, upsample(lr, 4, method))
+
+
+def test_bad_arguments_are_named():
+    """upsample checked nothing: a numpy array was an AttributeError, an int tensor a NotImplementedError (or, for
+    "sr3", values in {-1, 0, 1}), scale 2.5 gave sizes that differ by method, 0 an empty image or an error."""
+    lr = torch.rand(1, 3, 5, 6) * 2 - 1
+    for method in ("torch", "sr3", "srdiff", "matlab"):
+        with pytest.raises(TypeError, match=r"^lr must be a torch.Tensor \(B, C, h, w\), got ndarray$"):
+            upsample(lr.numpy(), 4, method)
+        for bad in ((lr * 100).int(), lr[0], lr[:0]):
+            with pytest.raises(ValueError, match=r"^lr must be a non-empty floating-point \(B, C, h, w\) tensor"):
+                upsample(bad, 4, method)
+        for scale in (0, -2, 2.5, True, "4"):
+            with pytest.raises(ValueError, match=rf"^scale must be an int >= 1, got {scale!r}$"):
+                upsample(lr, scale, method)
+        assert upsample(lr, np.int64(2), method).shape == (1, 3, 10, 12)
+

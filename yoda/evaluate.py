@@ -48,6 +48,8 @@ def check_pair(sr: np.ndarray, hr: np.ndarray) -> None:
                              f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
     if sr.shape != hr.shape:
         raise ValueError(f"sr and hr must have the same shape, got {sr.shape} and {hr.shape}")
+    if min(sr.shape[:2]) < 3:  # (skimage's SSIM divided by zero: a ZeroDivisionError)
+        raise ValueError(f"sr and hr must be at least 3x3 pixels, got {sr.shape[1]}x{sr.shape[0]}")
 
 
 def psnr(sr: np.ndarray, hr: np.ndarray) -> float:
@@ -130,6 +132,8 @@ def luma_metrics(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, fl
 
 def metrics(sr: np.ndarray, hr: np.ndarray, y_border: Optional[int] = None) -> dict:
     """PSNR, SSIM (RGB; with ``y_border`` given: luma_metrics with that border) and the colour shift."""
+    if y_border is not None and (isinstance(y_border, bool) or not isinstance(y_border, numbers.Integral)):
+        raise TypeError(f"y_border must be an int (the border cut, usually the scale) or None, got {y_border!r}")
     cs = colour_shift(sr, hr)
     p, s = (psnr(sr, hr), ssim(sr, hr)) if y_border is None else luma_metrics(sr, hr, y_border)
     return {"psnr": p, "ssim": s, "L_shift": cs["L_shift"], "ab_shift": cs["ab_shift"]}

@@ -467,6 +467,8 @@ def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
     a half-written image at ``path``. Returns the path."""
     import torch
 
+    if not isinstance(path, (str, os.PathLike)):  # (pathlib's TypeError named no argument)
+        raise TypeError(f"path must be a file name (str or os.PathLike), got {type(path).__name__}")
     p = Path(path)
     if isinstance(x, torch.Tensor) and x.dim() == 4:
         if x.shape[0] != 1:

@@ -75,7 +75,10 @@ def as_float(v: Any, name: str, finite: bool = True) -> float:
         raise TypeError(f"{name} must be a float, got {v!r}" if isinstance(v, torch.Tensor) else
                         f"{name} must be a float, got {type(v).__name__}")
     _not_meta(v, name)
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # an int past float's range (10**400): said of name, as an inf is
+        v = math.inf if v > 0 else -math.inf
     if finite and not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     return v
@@ -94,6 +97,8 @@ def check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:
     rounding of a resize), no NaN; errors name ``name``."""
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
+    if A.layout != torch.strided:  # (a sparse map failed in aminmax, NotImplementedError)
+        raise TypeError(f"{name} must be a dense tensor, got layout {A.layout}: pass {name}.to_dense()")
     if A.dim() == 3:
         A = A.unsqueeze(1)
     if A.dim() != 4 or A.shape[1] != 1 or A.numel() == 0:

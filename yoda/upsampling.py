@@ -18,6 +18,8 @@ not on the 8-bit grid is rounded to it for "sr3", "srdiff" and "matlab" (their d
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +32,16 @@ _PIL_BITS = 22  # Pillow's PRECISION_BITS for 8-bit images (32 - 8 - 2)
 def upsample(lr: torch.Tensor, scale: int, method: str = "torch") -> torch.Tensor:
     """up(lr) (B, C, s*h, s*w) of lr (B, C, h, w) in [-1, 1], by ``method`` (module docstring): in [-1, 1] for
     "torch" and "sr3"; "srdiff" and "matlab" are not clamped, as upstream's are not: bicubic overshoots at edges
-    (a black / white step to about +-1.15, a checkerboard to +-1.52), so clamp(-1, 1) before saving one."""
+    (a black / white step to about +-1.15, a checkerboard to +-1.52), so clamp(-1, 1) before saving one.
+    lr: a non-empty floating-point (B, C, h, w) tensor; scale: an int >= 1 (TypeError / ValueError naming them,
+    checked without reading lr's values: a NaN in lr is NaN in up(lr), as torch's own ops give it)."""
+    if not isinstance(lr, torch.Tensor):
+        raise TypeError(f"lr must be a torch.Tensor (B, C, h, w), got {type(lr).__name__}")
+    if lr.dim() != 4 or lr.numel() == 0 or not lr.is_floating_point():
+        raise ValueError(f"lr must be a non-empty floating-point (B, C, h, w) tensor, got {lr.dtype} "
+                         f"{tuple(lr.shape)}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:  # 2.5: the methods
+        raise ValueError(f"scale must be an int >= 1, got {scale!r}")  # disagreed on the size; 0: empty / error
     if method == "torch":
         return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
     if method not in METHODS:

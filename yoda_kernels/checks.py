@@ -134,6 +134,8 @@ def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
     if isinstance(tau, torch.Tensor) and tau.numel() != 1:
         raise ValueError(f"tau must be one number (masked_q_sample takes one per image), got shape {tuple(tau.shape)}")
     refuse_tau_grad(tau)
+    if isinstance(tau, torch.Tensor) and tau.is_meta:  # (.item()'s RuntimeError)
+        raise ValueError("tau is a tensor on the meta device, which holds no value: pass a float")
     tau = float(tau)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")
@@ -226,7 +228,9 @@ def masked_q_sample_args(x0, c, noise, A, sqrt_ab, sqrt_1m_ab, tau) -> None:
 
 def tile_stats_args(A: torch.Tensor, tile: int) -> int:
     """tile_stats' arguments (the entry point's and the Triton op's) -> tile as an int."""
-    if not isinstance(A, torch.Tensor) or A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
+    if not isinstance(A, torch.Tensor):  # (a numpy array was told its shape was wrong)
+        raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
+    if A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
         raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {getattr(A, 'shape', type(A))}")
     if A.dtype not in FLOAT_DTYPES:
         raise TypeError(f"A must be float32, float16 or bfloat16, got {A.dtype}")

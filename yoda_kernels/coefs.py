@@ -88,8 +88,15 @@ def step_coefficients(
         sigma = float(eta) * math.sqrt(max(var, 0.0))
         cx0, cx = math.sqrt(ap), 0.0
         ceps = math.sqrt(max(1.0 - ap - sigma * sigma, 0.0))
-    return StepCoefs(k1=k1, k2=k2, e1=e1, e2=e2, cx0=cx0, cx=cx, ceps=ceps, sigma=sigma,
-                     la=math.sqrt(ap), lb=math.sqrt(1.0 - ap))
+    out = StepCoefs(k1=k1, k2=k2, e1=e1, e2=e2, cx0=cx0, cx=cx, ceps=ceps, sigma=sigma,
+                    la=math.sqrt(ap), lb=math.sqrt(1.0 - ap))
+    if any(abs(v) > _F32_MAX for v in out):  # the kernels compute in float32: said of ab_t, not of coefs
+        raise ValueError(f"ab_t = {a!r} gives step coefficients beyond float32's range (up to "
+                         f"{max(map(abs, out)):.3g}): alpha_bar that small has no usable signal")
+    return out
+
+
+_F32_MAX = 3.4028234663852886e38
 
 
 def init_coefficients(ab_T: float) -> StepCoefs:

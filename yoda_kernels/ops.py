@@ -484,6 +484,9 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
         except (TypeError, ValueError):  # (it said "too many values to unpack")
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile})), got "
                              f"{type(stats).__name__}") from None
+        if not (isinstance(tmax, torch.Tensor) and isinstance(tmin, torch.Tensor)):  # (an AttributeError of .shape)
+            raise TypeError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile})), got "
+                            f"{type(tmax).__name__} and {type(tmin).__name__}")
         if tuple(tmax.shape) != expect or tuple(tmin.shape) != expect:
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile}))")
         if tmax.dtype != torch.float32 or tmin.dtype != torch.float32 or tmax.device != x.device or tmin.device != x.device:
@@ -532,6 +535,8 @@ def masked_q_sample(
             raise TypeError(f"{name} must be a float or a ({B},) tensor, got a bool")
         if name == "tau":
             refuse_tau_grad(v)
+        if isinstance(v, torch.Tensor) and v.is_complex():  # (as_tensor dropped the imaginary part)
+            raise TypeError(f"{name} must be a float or a ({B},) tensor of floats, got {v.dtype}")
         try:
             v = torch.as_tensor(v, dtype=torch.float64, device=x0.device)
         except (TypeError, ValueError, RuntimeError):  # (it said "new(): invalid data type 'str'")

@@ -232,10 +232,19 @@ def diffbir_sigmas(steps: int, schedule: Schedule) -> tuple[float, ...]:
     return out
 
 
+def _as_float(v) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int past float's range: an inf, refused as one (it was an OverflowError)
+        return math.inf if v > 0 else -math.inf
+
+
 def _sequence(sigmas: Any) -> list[float]:
     if isinstance(sigmas, np.ndarray):  # a numpy array reads as the tensor it holds
         sigmas = torch.from_numpy(sigmas)
     if isinstance(sigmas, torch.Tensor):
+        if sigmas.is_meta:  # (a copy out of it: NotImplementedError)
+            raise ValueError("sigmas is a tensor on the meta device, which holds no values")
         if sigmas.dim() != 1:
             raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
         sigmas = sigmas.detach().to("cpu", torch.float64).tolist()
@@ -243,7 +252,7 @@ def _sequence(sigmas: Any) -> list[float]:
                                                     for v in sigmas):
         raise TypeError(f"sigmas must be None, one of {SIGMA_SCHEDULES} or a sequence of floats, got "
                         f"{type(sigmas).__name__}")
-    given = [float(v) for v in sigmas]
+    given = [_as_float(v) for v in sigmas]
     out = given[:-1] if given and given[-1] == 0.0 else given
     if not out:
         raise ValueError("sigmas must hold at least one noise level > 0")

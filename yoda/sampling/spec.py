@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
 import yoda_kernels as K
@@ -199,6 +200,8 @@ def make_spec(
         if sigmas is None:
             sigmas = getattr(adapter, "solver_sigmas", None) or S.DEFAULT_SIGMAS
     lower_bound = masks.check_lower_bound(lower_bound)
+    if isinstance(clip, np.bool_):  # numpy's (a comparison's result), as the kernels take it
+        clip = bool(clip)
     if clip is not None and not isinstance(clip, bool):
         raise TypeError(f"clip must be None or a bool, got {type(clip).__name__}")
     if progress is None:  # tqdm's disable=None: a bar only on a terminal (not into a log file, every redraw)
