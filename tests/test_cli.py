@@ -310,9 +310,10 @@ def test_contradictory_messages_are_one(tmp_path, tiny_model, images, capsys):
     """--lower-bound nan without --attention was noted to have no effect, then refused; eval and figures
     said "unknown attention 'none'" where demo and attention say what none means."""
     rgb, _ = images
-    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--lower-bound", "nan"],
-                       capsys)
-    assert code == 2 and err == "yoda: error: --lower-bound must be a finite float >= 0, got nan\n", err
+    for bad in ("nan", "inf"):
+        code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--lower-bound", bad],
+                           capsys)
+        assert code == 2 and err == f"yoda: error: --lower-bound must be a finite float >= 0, got {bad}\n", err
     for cmd in (["eval"], ["figures", "-o", str(tmp_path / "f")]):
         code, _, err = run([*cmd, "--attention", "edge", "none", "--model", tiny_model, "-q"], capsys)
         assert code == 2 and err.startswith("yoda: error: --attention none (or plain, no map): this command draws or "
@@ -1271,6 +1272,11 @@ def test_upscale_removes_the_temporary_files_a_killed_run_left(tmp_path, tiny_mo
         assert code == 0 and err == "yoda: note: removed 2 temporary file(s) a killed run left next to the outputs\n"
         assert os.path.exists(claim_path(out / "b_x4.png")) and not os.path.exists(claim_path(out / "a_x4.png"))
         assert not os.path.exists(other)
+    # a link in a claim's place is never taken, nor counted as removed (every run said "removed 1")
+    from yoda._io import remove_stale_temps
+
+    os.symlink(tmp_path / "nowhere", claim_path(out / "c_x4.png"))
+    assert remove_stale_temps([out / "c_x4.png"]) == 0 and os.path.islink(claim_path(out / "c_x4.png"))
 
 
 def test_output_claim_is_one_holders_and_rechecked_after_a_handover(tmp_path):
@@ -1765,13 +1771,13 @@ def test_inputs_that_would_write_one_output_are_refused(tmp_path, tiny_model, ca
     assert code == 0 and sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["Img_x4.png", "img_x4.png"], err
     monkeypatch.setattr(U, "case_insensitive", lambda folder: True)
     code, out, err = upscale("Img.png", "img.png", "o3")
-    assert code == 2 and "b/img.png have the same file name stem (letter case and accents aside): both" in err
+    assert code == 2 and "b/img.png have the same file name stem (letter case, and an accent's encoding, aside)" in err
     assert not (tmp_path / "o3").exists()
     # macOS' file systems also take an accented letter composed (NFC) and decomposed (NFD) as one name
     for d, name in (("a", "caf\u00e9.png"), ("b", "cafe\u0301.png")):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / d / name)
     code, out, err = upscale("caf\u00e9.png", "cafe\u0301.png", "o5")
-    assert code == 2 and "have the same file name stem (letter case and accents aside)" in err, err
+    assert code == 2 and "have the same file name stem (letter case, and an accent's encoding, aside)" in err, err
     assert not (tmp_path / "o5").exists()
 
 
@@ -2800,8 +2806,12 @@ def test_skip_existing_keeps_a_read_only_output_and_pillows_warnings_are_named_o
     common = ["--model", tiny_model, "--steps", "1", "-q"]
     code, out_text, err = run(["upscale", str(src), "-o", str(out), "--skip-existing", *common], capsys)
     assert code == 0 and (out / "b_x4.png").is_file() and (out / "a_x4.png").read_bytes() == b"finished", err
-    code, _, err = run(["upscale", str(src), "-o", str(out), *common], capsys)  # without it: refused before the work
-    assert code == 2 and "a_x4.png: the file exists and is read-only" in err and err.count("a_x4.png") == 1, err
+    os.remove(out / "b_x4.png")
+    code, _, err = run(["upscale", str(src), "-o", str(out), *common], capsys)  # without it: a alone is refused
+    assert code == 2 and err.splitlines()[0] == (
+        f"yoda: error: {src / 'a.png'}: its output {out / 'a_x4.png'}: the file exists and is read-only (chmod u+w "
+        f"it to replace it, or write another name)"), err  # (with no "[Errno 13] " before it)
+    assert (out / "b_x4.png").is_file() and (out / "a_x4.png").read_bytes() == b"finished"
     monkeypatch.chdir(tmp_path)
     frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (0, 99)]
     frames[0].save("anim.gif", save_all=True, append_images=frames[1:])

@@ -2,7 +2,7 @@
 schemas, launch configuration, the three strip paths of masked_step, read avoidance (inactive data is never
 loaded: NaN planted there must not reach the output), the noise counter map, strides and dtypes.
 
-Runs on CUDA when present, else through the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1
+Runs on CUDA when present, else through the Triton interpreter (the root conftest.py sets TRITON_INTERPRET=1
 before triton is imported). The interpreter takes ~1-3 s per launch here, so shapes are small and odd.
 """
 

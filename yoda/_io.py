@@ -69,6 +69,8 @@ def unportable(name: str) -> Optional[str]:
         return f"characters Windows refuses: {' '.join(map(repr, bad))}"
     if name[-1] in ". ":
         return "a name ending in a dot or a space (Windows drops it)"
+    if len(os.fsencode(name)) > _NAME_MAX:
+        return f"longer than {_NAME_MAX} bytes, the most a file system takes"
     if name.split(".")[0].strip().upper() in _WINDOWS_DEVICES:
         return f"a device name on Windows ({name.split('.')[0]})"
     return None
@@ -118,7 +120,7 @@ def remove_stale_temps(paths) -> int:
     for p in paths:
         folder, name = os.path.split(os.path.abspath(os.fspath(p)))
         stems.setdefault(folder, set()).add(_temp_stem(name))
-        claims.setdefault(folder, {})[os.path.basename(claim_path(p))] = p
+        claims.setdefault(folder, set()).add(os.path.basename(claim_path(p)))
     gone, now = 0, time.time()
     for folder, names in stems.items():
         try:
@@ -132,9 +134,12 @@ def remove_stale_temps(paths) -> int:
                         now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S:
                     os.unlink(e.path)
                     gone += 1
-                elif e.name in claims[folder]:
-                    with output_claim(claims[folder][e.name]) as free:  # taken (and removed) only if unheld
-                        gone += bool(free)
+                elif e.name in claims[folder] and (fd := _take_claim(e.path)) is not None and fd >= 0:
+                    try:  # held by no process (a link or another user's file: not taken, not counted)
+                        os.unlink(e.path)
+                        gone += 1
+                    finally:
+                        os.close(fd)
             except OSError:
                 continue
     return gone

@@ -60,8 +60,8 @@ def cmd_upscale(a) -> int:
     time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
     or upscaled is reported in one line and the others go on; the exit status is then 2."""
     tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
-    if a.attention is None and a.lower_bound is not None and a.lower_bound >= 0:  # given (its default is the
-        # model's, set later); a bad one (nan, -1) is refused below, not noted first
+    if a.attention is None and a.lower_bound is not None and 0 <= a.lower_bound < float("inf"):  # given (its
+        # default is the model's, set later); a bad one (nan, inf, -1) is refused below, not noted first
         note("--lower-bound has no effect without --attention (plain sampling)")
     a.inputs, from_folders = expand_inputs(a.inputs)
     rank, world = dist_env()
@@ -297,10 +297,15 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def _no_map(name) -> bool:
+    """--attention none / plain (as the names, any case): plain sampling, no map."""
+    return isinstance(name, str) and name.strip().lower() in ("none", "plain")
+
+
 def _check_eval_options(a, outputs) -> None:
     """eval's and figures' --max-size and --lpips files, and ``outputs`` (none an input), before any work."""
     refuse_overwriting(outputs, [a.images, a.model, a.model.partition(":")[2], a.model_config, *(a.lpips or ())])
-    if any(n.strip().lower() in ("none", "plain") for n in a.attention):  # the YODA rows' map: said as demo says it
+    if any(map(_no_map, a.attention)):  # the YODA rows need a map: said as demo says it
         attention_extractor(None)
     if a.max_size < 0:
         raise UserError(f"--max-size must be >= 0 (0: full size), got {a.max_size}")
@@ -532,7 +537,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(e.code or 0)
     a.argv = argv
     given = getattr(a, "attention", None)
-    if isinstance(given, str) and given.strip().lower() in ("none", "plain"):  # as the names, any case
+    if _no_map(given):
         a.attention = None
     try:
         if getattr(a, "steps", None) is not None and a.steps < 1:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 from ._io import output_claim
+from .cli_parser import one_line as said
 from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
                          folder_images, last_tau, note, once_each, say)
 from .errors import UserError, out_of_memory, printable
@@ -554,7 +555,7 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
     for src, dst in zip(a.inputs, targets):
         key = unicodedata.normalize("NFC", dst).casefold() if fold else dst
         if key in seen:
-            aside = " (letter case and accents aside)" * fold
+            aside = " (letter case, and an accent's encoding, aside)" * fold
             refused[src] = refused[seen[key]] = (f"{seen[key]} and {src} have the same file name stem{aside}: both "
                                                  f"would be written to {dst}; rename one of them")
             continue
@@ -567,7 +568,7 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
         except IsADirectoryError:
             refused[src] = f"{src}: its output {dst} is a folder; remove or rename it"
         except (UserError, OSError) as e:
-            refused[src] = str(e)
+            refused[src] = said(e)  # (str() of an OSError starts "[Errno 13] ")
     if refused and len(targets) == 1:
         raise UserError(refused[a.inputs[0]])
     return targets, refused

@@ -68,9 +68,10 @@ def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
     held = os.path.join(data_dir, "heldout")
     if not cfg.validates and d.val_source in sub and os.path.isdir(held) and any(
             not n.startswith(".") for n in os.listdir(held)):  # images put there for validation, silently unused
+        how = ("--val-every N validates on them every N steps" if not cfg.val_every else
+               "give data.val_crops > 0 in a copy of the config to validate on them")
         warnings.warn(f"--data-dir {data_dir}: its heldout/ images are not used: this config does not validate "
-                      f"(val_every {cfg.val_every}, data.val_crops {d.val_crops}); --val-every N validates on them "
-                      f"every N steps", UserWarning, stacklevel=3)
+                      f"(val_every {cfg.val_every}, data.val_crops {d.val_crops}); {how}", UserWarning, stacklevel=3)
     return cfg.replace(data=dataclasses.replace(
         d, source=os.path.join(data_dir, sub[d.source]) if d.source in sub else d.source,
         val_source=os.path.join(data_dir, sub[d.val_source]) if d.val_source in sub else d.val_source))

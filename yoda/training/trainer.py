@@ -333,7 +333,7 @@ class Trainer:
         then = st["config"].get("init", "")  # what the run started from, not --init now
         if self.cfg.init and not (then and (os.path.realpath(then) == os.path.realpath(self.cfg.init) or (  # moved
                 os.path.isfile(self.cfg.init) and file_sha256(self.cfg.init) == st.get("init_sha256")))):
-            raise unusable(f"it started from {then or 'a random init'}, not from --init {self.cfg.init}")
+            raise unusable(f"it started from {then or 'a random init'}, not from init (--init) {self.cfg.init}")
         self.cfg = self.cfg.replace(init=then)
         if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
             self._inherit_sampling(_json_form(st["config"]["sampling"], "sampling"))
