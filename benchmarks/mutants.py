@@ -1952,6 +1952,10 @@ MUTANTS = [
            "    if any(abs(v) > _F32_MAX for v in out):", "    if False:",
            ("tests/test_masked_ops.py", "-k", "adversarial"),
            "ab_t = 1e-320 was said of coefs, which the caller never gave"),
+    Mutant("never-refined-unsaid", "yoda/attention/figure.py",
+           'picked += f"  never refined: {percent_label(never, a.numel())}" if never else ""', 'pass',
+           ("tests/test_attention.py", "-k", "never_refined"),
+           "at l = 0 the attention figure did not say which pixels keep the LR image"),
 ]
 
 

@@ -1001,3 +1001,27 @@ def test_an_attention_callable_that_changes_its_input_changes_nothing_sampled():
     kw = dict(steps=2, seed=0, lower_bound=0.3, progress=False)
     polite = lambda x: att.get("edge")(x)  # (a plain callable's map is not normalised again after the resize)
     assert torch.equal(yoda.sample(ad, lr, attention=rude, **kw), yoda.sample(ad, lr, attention=polite, **kw))
+
+
+def test_attention_figure_says_what_is_never_refined(monkeypatch):
+    """At l near 0 (or with few steps) pixels whose attention is below the last step's tau are never refined: they
+    keep the LR image, which the figure's masks (the last at t = 200 at l = 0) did not show. The title says how
+    many; where every pixel is refined it says nothing."""
+    from PIL import ImageDraw
+
+    from yoda.attention import figure as fig
+
+    texts = []
+    orig = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: texts.append(t) or
+                        orig(self, xy, t, *a, **k))
+    lr = _rand_lr(B=1, h=24, w=24, seed=4)
+    A = torch.rand(1, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    A[..., :6, :] = 0.0005  # a quarter of the map, below t = 1's tau 0.001 at l = 0
+    for kw, want in ((dict(lower_bound=0.0), int((A < 0.001).sum())), (dict(lower_bound=0.6, steps=1),
+                     int((A < 0.4).sum())), (dict(lower_bound=0.6), 0)):
+        texts.clear()
+        att.attention_figure(lr, A, **kw)
+        title = next(t for t in texts if t.startswith("lower_bound="))
+        assert title.endswith(f"  never refined: {fig.percent_label(want, 576)}") if want else \
+            "never refined" not in title, (kw, title)

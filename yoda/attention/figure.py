@@ -270,6 +270,9 @@ def attention_figure(
     overlay = np.rint(0.5 * img.astype(np.float32) + 0.5 * heat.astype(np.float32)).astype(np.uint8)
 
     ratio, what = (float(ratio), "this run's steps") if ratio is not None else update_ratio(a, T, lower_bound, steps)
+    last = (min(visited_steps(T, steps)) + 1 if steps is not None else 1) / T - lower_bound  # the last step's tau
+    never = int((a < last).sum()) if last > 0 else 0  # (l near 0, or few steps: these keep the LR image)
+    picked += f"  never refined: {percent_label(never, a.numel())}" if never else ""
     masks = []
     for t in ts:
         m = mask_at(a[None], int(t), T, lower_bound)[0, 0]  # at A's own resolution
