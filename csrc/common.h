@@ -77,9 +77,13 @@ inline void check_tile(int64_t tile) {
 }
 
 // An attention map: (B, 1, H, W) or (B, H, W), fp32/fp16/bf16 (device and size checked by the op).
+constexpr int64_t kMaxSide = int64_t(1) << 31;  // the Python layer's limit too (checks.check_sides)
+
 inline void check_attention(const at::Tensor& A, const char* name) {
   TORCH_CHECK(A.dim() == 3 || (A.dim() == 4 && A.size(1) == 1), "yoda: ", name,
               " must be (B, 1, H, W) or (B, H, W), got ", shape(A));
+  TORCH_CHECK(A.size(-2) < kMaxSide && A.size(-1) < kMaxSide, "yoda: ", name, " has a side of 2**31 or more, got ",
+              shape(A), "; the kernels take less");
   TORCH_CHECK(is_float3(A.scalar_type()), "yoda: ", name, " must be float32, float16 or bfloat16, got ",
               A.scalar_type());
 }
@@ -123,6 +127,9 @@ inline void check_device(const char* op, Backend be, const char* name, const at:
 inline void check_state(const char* op, Backend be, const char* name, const at::Tensor& t, const at::Tensor& ref,
                         const char* ref_name) {
   TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (B, C, H, W), got shape ", shape(t));
+  // before any (H + tile - 1) / tile: a side near 2**63 (an expanded empty tensor) overflowed it (UB)
+  TORCH_CHECK(t.size(2) < kMaxSide && t.size(3) < kMaxSide, op, ": ", name, " has a side of 2**31 or more, got ",
+              shape(t), "; the kernels take less");
   TORCH_CHECK(is_float3(t.scalar_type()), op, ": ", name, " must be float32, float16 or bfloat16, got ",
               t.scalar_type());
   check_on_backend(op, be, name, t);

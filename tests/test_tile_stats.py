@@ -120,3 +120,15 @@ def test_sides_of_2_to_the_31_are_refused():
     x = torch.empty(1, 1, 2**31, 1, device="meta")
     with pytest.raises(ValueError, match=r"x0 of shape \(1, 1, 2147483648, 1\) has a side of 2\*\*31"):
         yk.masked_q_sample(x, x, x, None, 0.5, 0.5)
+    # the raw C++ ops too (UBSan: (H + tile - 1) / tile overflowed for an expanded empty tensor with a side near
+    # 2**63, and tile_stats asked for a tensor of a negative size)
+    from yoda_kernels.coefs import step_coefficients
+
+    cf = list(step_coefficients(0.3, 0.35))
+    for side in (2**31, 2**63 - 1):
+        x = torch.empty(1, 1, 1, 0).expand(1, 1, side, 0)
+        with pytest.raises(RuntimeError, match=rf"yoda::masked_step: x has a side of 2\*\*31 or more, got "
+                                               rf"\[1, 1, {side}, 0\]; the kernels take less"):
+            torch.ops.yoda.masked_step(x, x, x, None, None, None, 0.5, cf, False, 1, 2, None, 8)
+        with pytest.raises(RuntimeError, match=r"yoda: A has a side of 2\*\*31 or more"):
+            torch.ops.yoda.tile_stats(torch.empty(1, 0, 1).expand(1, 0, side), 8)
