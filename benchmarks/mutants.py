@@ -1956,6 +1956,10 @@ MUTANTS = [
            'picked += f"  never refined: {percent_label(never, a.numel())}" if never else ""', 'pass',
            ("tests/test_attention.py", "-k", "never_refined"),
            "at l = 0 the attention figure did not say which pixels keep the LR image"),
+    Mutant("log-lock-ends-the-run", "yoda/training/trainer.py",
+           "        except PermissionError as e:  # Windows: open in Excel", "        except ImportError as e:  # Windows",
+           ("tests/test_train.py", "-k", "cannot_be_written_for_a_while"),
+           "log.csv open in Excel on Windows ended a training run at its next log step"),
 ]
 
 

@@ -2325,3 +2325,27 @@ def test_the_readme_lists_every_config_field_with_its_default():
             if not isinstance(default, dict):  # model / schedule: described, the schedule's in full below
                 assert rows[name] == f"`{json.dumps(default)}`", (name, rows[name])
     assert rows["schedule"] == f"`{json.dumps(TrainConfig().schedule)}`"
+
+
+def test_a_log_that_cannot_be_written_for_a_while_keeps_its_rows(tmp_path, img_folder, monkeypatch):
+    """log.csv open in Excel on Windows (a deny-write lock: PermissionError) ended the training run at its next log
+    step. Its rows are kept and written at the next log step that can, with one warning; the log ends whole."""
+    import yoda.training.trainer as trainer_mod
+
+    real, refused = trainer_mod.append_whole, []
+
+    def locked(path, data):
+        if len(refused) < 2:  # the second and third log steps: held by another program
+            refused.append(data)
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(trainer_mod, "append_whole", locked)
+    with pytest.warns(UserWarning, match=r"log\.csv cannot be written now \(Permission denied: open in another "
+                                         r"program\?\): its rows are kept and written at the next log step") as seen:
+        tr = Trainer(tiny_config(img_folder, steps=5, ckpt_every=0, val_every=0), str(tmp_path / "run"),
+                     device="cpu", progress=False)
+        tr.run()
+    assert sum("cannot be written now" in str(w.message) for w in seen) == 1 and len(refused) == 2
+    with open(tmp_path / "run" / "log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5]

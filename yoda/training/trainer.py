@@ -183,6 +183,7 @@ class Trainer:
         self._pending = None  # (loss sum, steps, time) of the steps after the last regular log row, at a stop
         self._images_then = None  # the checkpoint's image_digests (None: not resumed, or written before them)
         self._logged = 0  # how many of self.rows log.csv holds (0: write it whole next time)
+        self._log_held = False  # log.csv could not be written at the last try (write_log)
         # what can refuse the run in seconds comes first (a checkpoint of another config, a bad init file or
         # validation folder); the training images and their attention maps take minutes on a large set
         self.ckpt_path = os.path.join(out, "checkpoint.pt")
@@ -577,8 +578,15 @@ class Trainer:
             w.writeheader()
         for r in self.rows if whole else self.rows[self._logged:]:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        if whole:
-            atomic_write_text(path, buf.getvalue(), newline="")
-        else:
-            append_whole(path, buf.getvalue().encode("utf-8"))  # whole rows or none (a full disk)
-        self._logged = len(self.rows)
+        try:
+            if whole:
+                atomic_write_text(path, buf.getvalue(), newline="")
+            else:
+                append_whole(path, buf.getvalue().encode("utf-8"))  # whole rows or none (a full disk)
+        except PermissionError as e:  # Windows: open in Excel (a deny-write lock); the run went down with it
+            if not self._log_held:
+                warnings.warn(f"{path} cannot be written now ({e.strerror or e}: open in another program?): its "
+                              f"rows are kept and written at the next log step that can", UserWarning, stacklevel=2)
+            self._log_held = True
+            return
+        self._logged, self._log_held = len(self.rows), False
