@@ -132,14 +132,14 @@ class Adapter:
         if H % m or W % m:
             raise ValueError(
                 f"lr of {lr.shape[-1]}x{lr.shape[-2]} (width x height) gives an HR image of {W}x{H} that this model "
-                f"cannot take: both sides must be multiples of {m} (yoda.sample(..., pad=True) pads lr and crops the SR back; or pad or "
-                f"crop lr so that {self.scale}*h and {self.scale}*w are)"
+                f"cannot take: both sides must be multiples of {m} (yoda.sample(..., pad=True) pads lr and crops the "
+                f"SR back; or pad or crop lr so that {self.scale}*h and {self.scale}*w are)"
             )
         if min(H, W) < least:
             raise ValueError(
                 f"lr of {lr.shape[-1]}x{lr.shape[-2]} (width x height) gives an HR image of {W}x{H} that this model "
-                f"cannot take: both sides must be at least {least} (pad lr to at least {-(-least // self.scale)} pixels a side; "
-                "yoda.sample(..., pad=True) does)"
+                f"cannot take: both sides must be at least {least} (pad lr to at least {-(-least // self.scale)} "
+                "pixels a side; yoda.sample(..., pad=True) does)"
             )
 
     def state_grid(self, hr: tuple[int, int]) -> Optional[tuple[int, int]]:

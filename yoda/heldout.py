@@ -61,16 +61,12 @@ def _orientations(a: np.ndarray) -> Optional[list[tuple[float, np.ndarray]]]:
     return [(aspect if k % 2 == 0 else 1 / aspect, np.rot90(m, k)) for k in range(4) for m in (mine, mine[:, ::-1])]
 
 
-def _copy_of(turns: list, their_aspect: float, theirs: np.ndarray) -> bool:
-    return any(abs(asp / their_aspect - 1) <= ASPECT_TOLERANCE and float(np.abs(m - theirs).mean()) <= COPY_DISTANCE
-               for asp, m in turns)
-
-
 def held_out_copy(a: np.ndarray) -> Optional[str]:
     """The name of the held-out image ``a`` is a copy of, else None."""
     turns = _orientations(a)
     for name, (their_aspect, theirs) in _held_out_shapes().items() if turns else ():
-        if _copy_of(turns, their_aspect, theirs):
+        if any(abs(asp / their_aspect - 1) <= ASPECT_TOLERANCE and float(np.abs(m - theirs).mean()) <= COPY_DISTANCE
+               for asp, m in turns):
             return name
     return None
 

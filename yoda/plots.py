@@ -150,9 +150,9 @@ def loss_description(log: str) -> str:
 
 def validation_description(log: str) -> str:
     """How a run's validation PSNR was measured, from its config.json: "4 crops of 64x64, DDIM 20 steps, YODA edge
-    l = 0.6" (the attention and lower bound of the YODA curve; one crop's PSNR moves by tenths of a dB from step to step; "" when there is no config; "not validated" for a run
-    that does not validate (val_every or data.val_crops 0, TrainConfig.validates) and logged no PSNR, whose legend
-    entry named crops it never sampled)."""
+    l = 0.6" (the attention and lower bound of the YODA curve; one crop's PSNR moves by tenths of a dB from step
+    to step); "" when there is no config; "not validated" for a run that does not validate (val_every or
+    data.val_crops 0, TrainConfig.validates) and logged no PSNR, whose legend entry named crops it never sampled."""
     try:
         cfg = _run_config(log)
         if not (cfg.get("val_every", 1) and cfg.get("data", {}).get("val_crops", 1)) and not any(
