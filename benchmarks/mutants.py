@@ -1960,6 +1960,10 @@ MUTANTS = [
            "        except PermissionError as e:  # Windows: open in Excel", "        except ImportError as e:  # Windows",
            ("tests/test_train.py", "-k", "cannot_be_written_for_a_while"),
            "log.csv open in Excel on Windows ended a training run at its next log step"),
+    Mutant("missing-package-import-name", "yoda/cli_parser.py",
+           "        dist = DISTRIBUTIONS.get(pkg, pkg)", "        dist = pkg",
+           ("tests/test_cli.py", "-k", "missing_package_is_named"),
+           "a missing OpenCV was named 'cv2', which pip does not install"),
 ]
 
 

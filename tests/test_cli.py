@@ -2840,3 +2840,25 @@ def test_a_rank_waiting_at_the_end_says_so_on_rank_0_only(monkeypatch, capsys):
         threading.Timer(0.2, store.set, (f"failed/{other}", "0")).start()  # the other rank, still working
         assert cli_upscale.run_sharded(["a", "b"], rank, 2, lambda item: None, str, quiet=quiet) == 0
         assert capsys.readouterr().err == said, (rank, quiet)
+
+
+def test_a_missing_package_is_named_as_pip_installs_it(capsys, monkeypatch):
+    """A missing dependency was named by its import ("the Python package 'cv2'"), not by what pip installs
+    (opencv-python-headless), with no command; and with tqdm itself missing, the error line raised again."""
+    import yoda.cli
+
+    for module, said in (("cv2", "opencv-python-headless (import cv2), which is not installed: pip install "
+                                 "opencv-python-headless"),
+                         ("skimage.metrics", "scikit-image (import skimage), which is not installed: pip install "
+                                             "scikit-image"),
+                         ("safetensors", "safetensors, which is not installed: pip install safetensors")):
+        def missing(a, module=module):
+            raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+        monkeypatch.setitem(yoda.cli.COMMANDS, "plot", missing)
+        assert run(["plot", "x", "-o", "p.png"], capsys)[::2] == (2, f"yoda: error: this needs the Python package "
+                                                                      f"{said}\n")
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` raises ImportError
+    assert run(["plot", "x", "-o", "p.png"], capsys)[::2] == (2, "yoda: error: this needs the Python package "
+                                                                 "safetensors, which is not installed: pip install "
+                                                                 "safetensors\n")

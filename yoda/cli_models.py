@@ -217,8 +217,11 @@ def say(line: str) -> None:
 def error_line(text: str) -> None:
     """A line on stderr above any progress bar (tqdm.write), not stuck to its end; one write, so that the lines of
     ranks writing at once do not run into each other (print writes the newline on its own)."""
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:  # (a broken install: the error about it must still be said)
+        sys.stderr.write(text + "\n")
+        return
     tqdm.write(text + "\n", file=sys.stderr, end="")
 
 

@@ -464,8 +464,10 @@ def one_line(e: BaseException, options: bool = True) -> str:
     """The message of ``e`` on one line; ``options``: a leading library argument name becomes its option's (not
     for train, whose config keys share those names)."""
     pkg = missing_package(e)
-    if pkg is not None:
-        return f"this needs the Python package {pkg!r}, which is not installed ({e})"
+    if pkg is not None:  # what pip installs, which is not always what Python imports (cv2, skimage, yaml)
+        dist = DISTRIBUTIONS.get(pkg, pkg)
+        named = dist if dist == pkg else f"{dist} (import {pkg})"
+        return f"this needs the Python package {named}, which is not installed: pip install {dist}"
     msg = str(e).strip()
     if isinstance(e, OSError) and e.strerror:  # not Python's "[Errno 28] " prefix
         msg = e.strerror if e.filename is None else f"{printable(str(e.filename))}: {e.strerror}"  # a name's \n
@@ -493,6 +495,10 @@ def _option_words(text: str) -> str:
     text = re.sub(r"\bspacing=(?=[\s,;:)]|$)", "the model's spacing", text)  # no option: the model card's
     return re.sub(r"\b(\w+)=(?:'([\w-]*)'|(?=[\s,;:)]|$))", lambda m: (
         m[0] if m[1] not in OPTION_OF else OPTION_OF[m[1]] + ("" if m[2] is None else f" {m[2]}")), text)
+
+
+# import name -> the distribution pip installs, where they differ (yoda-sr's own dependencies and extras)
+DISTRIBUTIONS = {"cv2": "opencv-python-headless", "skimage": "scikit-image", "yaml": "pyyaml", "PIL": "pillow"}
 
 
 def missing_package(e: BaseException) -> Optional[str]:
