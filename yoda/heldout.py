@@ -63,7 +63,11 @@ def _orientations(a: np.ndarray) -> Optional[list[tuple[float, np.ndarray]]]:
 
 def held_out_copy(a: np.ndarray) -> Optional[str]:
     """The name of the held-out image ``a`` is a copy of, else None."""
-    turns = _orientations(a)
+    return _held_out_name(_orientations(a))
+
+
+def _held_out_name(turns) -> Optional[str]:
+    """held_out_copy of an image's _orientations."""
     for name, (their_aspect, theirs) in _held_out_shapes().items() if turns else ():
         if any(abs(asp / their_aspect - 1) <= ASPECT_TOLERANCE and float(np.abs(m - theirs).mean()) <= COPY_DISTANCE
                for asp, m in turns):
@@ -74,13 +78,13 @@ def held_out_copy(a: np.ndarray) -> Optional[str]:
 def shared_images(items, others) -> list[tuple[str, str]]:
     """(name in items, name in others) for each image of ``items`` that looks like a copy of one of ``others`` (as
     held_out_copy tells copies: renamed, resized, re-encoded, grey, mirrored, turned, brightened; but also pictures
-    of one layout, e.g. two skies over different ground: a 16 x 16 thumbnail cannot tell them apart). items,
-    others: (name, uint8 image) pairs; the others' thumbnails are compared as one array (1000 x 50 in ~0.1 s)."""
+    of one layout, e.g. two skies over different ground: a 16 x 16 thumbnail cannot tell them apart). items: (name,
+    uint8 image) pairs; others: (name, _orientations of its image) pairs, made once for both of check_train_images'
+    checks; their thumbnails are compared as one array (1000 x 50 in ~0.1 s)."""
     names, aspects, shapes = [], [], []
-    for name, a in others:
-        aspect, thumb = signature(a)
-        if (shape := standardised(thumb)) is not None:
-            names.append(name), aspects.append(aspect), shapes.append(shape.ravel())
+    for name, turns in others:
+        if turns is not None:  # (a flat image has none) the first orientation: the image as it is
+            names.append(name), aspects.append(turns[0][0]), shapes.append(turns[0][1].ravel())
     found = []
     if not names:
         return found
@@ -106,12 +110,13 @@ def check_train_images(items, val=()) -> None:
     from .images import DataError
     from .photos import check_not_held_out
 
-    copies = [f"{n} (a copy of {held})" for n, a in items if (held := held_out_copy(a))]
+    turns = [(n, _orientations(a)) for n, a in items]  # each training image's thumbnail once, for both checks
+    copies = [f"{n} (a copy of {held})" for n, t in turns if (held := _held_out_name(t))]
     if copies:
         raise DataError(f"held-out images may not be used for training: {', '.join(copies)} (yoda.data.HELD_OUT "
                         f"and yoda.photos.HELD_OUT_PHOTOS are for evaluation)")
     check_not_held_out(n for n, _ in items)
-    if shared := shared_images(val, items):  # a warning: a thumbnail also matches pictures of one layout
+    if shared := shared_images(val, turns):  # a warning: a thumbnail also matches pictures of one layout
         warnings.warn(f"validation images (data.val_source) look like copies of training images (data.source): "
                       f"{', '.join(f'{v} like {t}' for v, t in shared)} (by a 16x16 thumbnail, as held-out images "
                       f"are told; pictures of one layout look alike too); a copy's validation PSNR scores an image "

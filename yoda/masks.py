@@ -92,13 +92,19 @@ def check_lower_bound(lower_bound: float, name: str = "lower_bound") -> float:
     return lb
 
 
+def check_dense(t: torch.Tensor, name: str) -> None:
+    """TypeError naming ``name`` for a sparse (or other non-strided) tensor: a map's checks (aminmax, isnan) and the
+    kernels take dense ones only (a sparse map failed with torch's NotImplementedError)."""
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}: pass it .to_dense()")
+
+
 def check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:
     """A as (B, 1, H, W) float; accepts (B, 1, H, W) or (B, H, W), not empty, values in [0, 1] (A_MARGIN: float
     rounding of a resize), no NaN; errors name ``name``."""
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
-    if A.layout != torch.strided:  # (a sparse map failed in aminmax, NotImplementedError)
-        raise TypeError(f"{name} must be a dense tensor, got layout {A.layout}: pass {name}.to_dense()")
+    check_dense(A, name)
     if A.dim() == 3:
         A = A.unsqueeze(1)
     if A.dim() != 4 or A.shape[1] != 1 or A.numel() == 0:

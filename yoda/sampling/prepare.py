@@ -292,8 +292,7 @@ def checked_map(attention: torch.Tensor, src: str, lr: torch.Tensor) -> torch.Te
         raise TypeError(f"{src} must be a float tensor in [0, 1], got {A.dtype}")
     if A.is_meta:
         raise ValueError(f"{src} is on the meta device: it holds no values")
-    if A.layout != torch.strided:  # (aminmax's NotImplementedError for a sparse map)
-        raise TypeError(f"{src} must be a dense tensor, got layout {A.layout}: pass it .to_dense()")
+    masks.check_dense(A, src)
     A = A.detach().to(device=lr.device, dtype=torch.float32)
     masks.check_unit_range(A, src)  # finite and in [0, 1]: one device sync
     return A.expand(B, 1, *A.shape[2:])

@@ -67,6 +67,7 @@ import torch
 
 from yoda_kernels.contract import CombineCoefs
 
+from ..masks import as_float
 from ..schedule import Schedule
 
 SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a", "dpmpp_2s_a")
@@ -232,13 +233,6 @@ def diffbir_sigmas(steps: int, schedule: Schedule) -> tuple[float, ...]:
     return out
 
 
-def _as_float(v) -> float:
-    try:
-        return float(v)
-    except OverflowError:  # an int past float's range: an inf, refused as one (it was an OverflowError)
-        return math.inf if v > 0 else -math.inf
-
-
 def _sequence(sigmas: Any) -> list[float]:
     if isinstance(sigmas, np.ndarray):  # a numpy array reads as the tensor it holds
         sigmas = torch.from_numpy(sigmas)
@@ -252,7 +246,7 @@ def _sequence(sigmas: Any) -> list[float]:
                                                     for v in sigmas):
         raise TypeError(f"sigmas must be None, one of {SIGMA_SCHEDULES} or a sequence of floats, got "
                         f"{type(sigmas).__name__}")
-    given = [_as_float(v) for v in sigmas]
+    given = [as_float(v, "sigmas", finite=False) for v in sigmas]  # (an int past float's range: an inf, refused)
     out = given[:-1] if given and given[-1] == 0.0 else given
     if not out:
         raise ValueError("sigmas must hold at least one noise level > 0")

@@ -173,8 +173,7 @@ class TrainConfig:
         if 0 < self.decay_from < self.warmup:  # warm-up would hold the rate, then it would drop at once
             raise ValueError(f"decay_from ({self.decay_from}) must not be below warmup ({self.warmup}): the decay "
                              "starts from the full learning rate, after the warm-up (--warmup changes it)")
-        if not isinstance(self.name, str) or unportable(self.name):
-            why = unportable(self.name) if isinstance(self.name, str) else "not a string"
+        if why := unportable(self.name) if isinstance(self.name, str) else "not a string":
             raise ValueError(f"name must be a plain folder name (a run without --out goes to runs/<name>), got "
                              f"{self.name!r} ({why})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:

@@ -61,9 +61,9 @@ def check_weights_name(name: str) -> None:
     """The file name of the exported weights (--weights-name), before any training: a plain name in the run's
     folder, not one of the run's own files (the config written after it replaced the weights; the checkpoint
     written over made the run impossible to resume)."""
-    if not isinstance(name, str) or unportable(name):  # the one rule of yoda._io.unportable: a config runs anywhere
+    if why := unportable(name) if isinstance(name, str) else "not a string":  # yoda._io's one rule: runs anywhere
         raise ValueError(f"weights_name (--weights-name) must be a plain file name in the run's folder, got {name!r} "
-                         f"({unportable(name) if isinstance(name, str) else 'not a string'})")
+                         f"({why})")
     if name in RUN_FILES:
         raise ValueError(f"weights_name (--weights-name) {name!r} is one of the run's own files "
                          f"({', '.join(RUN_FILES)}): choose another name, e.g. model.safetensors")
