@@ -2579,16 +2579,33 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lr)
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
-    for spec, want in ((f"diffbir:{ckpt}", f"--model diffbir:{ckpt}: no such model file, and 'diffbir' is not a "
-                        "model kind (latent models (the SD x4 upscaler, DiffBIR, other diffusers models) are for "
-                        "the Python API: yoda.models.SDUpscalerAdapter, yoda.models.DiffBIRAdapter"),
-                       (f"gan:{ckpt}", f"--model gan:{ckpt}: no such model file, and 'gan' is not a model kind; "
+    for spec, want in ((f"diffbir:{ckpt}", f"--model diffbir:{ckpt}: 'diffbir' is not a model kind (latent models "
+                        "(the SD x4 upscaler, DiffBIR, other diffusers models) are for the Python API: "
+                        "yoda.models.SDUpscalerAdapter, yoda.models.DiffBIRAdapter"),
+                       (f"diffbir:{ckpt}x", f"--model diffbir:{ckpt}x: no such model file, and 'diffbir' is not a "
+                        "model kind (latent models"),
+                       (f"gan:{ckpt}", f"--model gan:{ckpt}: 'gan' is not a model kind; "
                         "--model takes a yoda model file's path, 'default', or sr3:PATH / srdiff:PATH"),
                        (f"SR3:{ckpt}", "is not a model kind (kinds are lower case)"),
                        (f"sr3:{tmp_path / 'nope.pth'}", f"model file not found: {tmp_path / 'nope.pth'}")):
         code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", spec], capsys)
         assert code == 2 and err.count("\n") == 1 and want in err, (spec, err)
     assert not (tmp_path / "o.png").exists()
+    # the files of latent models with upstream key names (Stable Diffusion's .ckpt, DiffBIR's ControlNet .pt, a
+    # ControlLDM's state dict) were "not a yoda model file ... loads as sr3:PATH" and, as sr3:, "pass the JSON"
+    t = torch.zeros(2)
+    for name, sd in (("sd.ckpt", {"state_dict": {"model.diffusion_model.out.0.weight": t,
+                                                 "first_stage_model.decoder.conv_in.weight": t}, "global_step": 1}),
+                     ("DiffBIR_v2.1.pt", {"input_blocks.0.0.weight": t, "zero_convs.0.0.weight": t,
+                                          "middle_block_out.0.weight": t}),
+                     ("cldm.pt", {"unet.out.0.weight": t, "vae.decoder.conv_in.weight": t,
+                                  "controlnet.zero_convs.0.0.weight": t})):
+        torch.save(sd, tmp_path / name)
+        for kind in ("", "sr3:"):
+            spec = f"{kind}{tmp_path / name}"
+            code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", spec], capsys)
+            assert code == 2 and err.count("\n") == 1 and "a latent diffusion model's" in err \
+                and "are for the Python API: yoda.models.SDUpscalerAdapter" in err and "JSON" not in err, (spec, err)
     # a diffusers pipeline's folder, its unet folder, or the UNet's weights in it: "is a folder: its model is
     # .../diffusion_pytorch_model.safetensors", and that file then "not a yoda model file"
     pipe = tmp_path / "sd-x4"

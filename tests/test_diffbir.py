@@ -567,6 +567,40 @@ def test_state_grid_is_prepares_and_bad_windows_fail_before_stage_1():
     assert calls == []
 
 
+
+def test_sides_the_unet_cannot_take_fail_before_stage_1():
+    """DiffBIR's UNet (ldm's UNetModel) halves the latent len(channel_mult) - 1 times and fails on other sides with
+    a bare size mismatch. README's recipe for DiffBIR's tiled mode (pad_multiple=8, latent_multiple=1) leaves such
+    a side wherever a window spans the grid, or with no windows: a ValueError before the stage-1 model runs. The
+    stand-in denoiser takes any side, so the same calls ran before the check and still do without channel_mult."""
+    diffusion = StandInDiffusion("eps")
+    cldm = StandInControlLDM(diffusion)
+    calls = []
+    kw = dict(stage1=lambda lq: calls.append(lq) or stage1(lq), pad_multiple=8, latent_multiple=1)
+    lr = _lr(1, 17, 25)  # SR 68 x 100, padded to 72 x 104: latents 9 x 13
+    cldm.unet = torch.nn.Module()
+    cldm.unet.channel_mult = (1, 2, 4, 4)  # SD 2.1's: multiples of 8
+    ad = DiffBIRAdapter(cldm, diffusion, **kw)
+    assert ad.denoiser_multiple == 8 and ad.state_grid((68, 100)) == (9, 13)
+    spans = r"sends a whole side of {} latents of the state grid \(9, 13\) through DiffBIRAdapter's denoiser"
+    for windows, side, start in ((None, 9, "^sampling without windows "), ((16, 8), 9, r"^windows: windows=\(16, 8\) "),
+                                 (((8, 16), 4), 13, r"^windows: windows=\(\(8, 16\), 4\) ")):
+        with pytest.raises(ValueError, match=start + spans.format(side) + r", which takes only multiples of 8"):
+            yoda.sample(ad, lr, windows=windows, sampler="ddim", steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"^windows: the window 4 must be a multiple of 8"):
+        yoda.sample(ad, lr, windows=(4, 2), sampler="ddim", steps=1, progress=False)
+    assert calls == []
+    sr = yoda.sample(ad, lr, windows=(8, 4), sampler="ddim", steps=1, seed=0, progress=False)  # tiles both axes
+    assert sr.shape == (1, 3, 68, 100) and len(calls) == 1
+    # the defaults pad the latent to 8: no windows, one window over all
+    ad8 = DiffBIRAdapter(cldm, diffusion, stage1=stage1, pad_multiple=8)
+    assert ad8.state_grid((68, 100)) == (16, 16)
+    whole = yoda.sample(ad8, lr, sampler="ddim", steps=1, seed=0, progress=False)
+    torch.testing.assert_close(yoda.sample(ad8, lr, windows=(16, 8), sampler="ddim", steps=1, seed=0, progress=False),
+                               whole, rtol=0, atol=0)
+    del cldm.unet
+    assert DiffBIRAdapter(cldm, diffusion, **kw).denoiser_multiple == 1
+
 def test_prepare_decode_color_fix_and_condition_sources():
     diffusion = StandInDiffusion("eps")
     cldm = StandInControlLDM(diffusion)

@@ -108,6 +108,9 @@ class Adapter:
     sampling_defaults: Mapping[str, Any] = MappingProxyType({})
     hr_state: bool = False  # prepare's state lies on the HR grid (up(lr)'s): state_grid(hr) is hr
     window_unit: int = 1  # windows= narrower than the state: window and overlap multiples of it (SRDiff: scale)
+    # every side of the state the denoiser sees, whole or in windows, must be a multiple of this (DiffBIRAdapter:
+    # 2 ** the downsamplings of DiffBIR's UNet, which cannot take other sides; 1: any side)
+    denoiser_multiple: int = 1
 
     def prepare(self, lr: torch.Tensor) -> Prepared:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import LATENT_API, UserError
 
 
 __all__ = ["CheckpointError", "read_checkpoint", "load_state_dict_checked", "check_state_dict", "build_checked",
@@ -191,6 +191,21 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
         raise CheckpointError(f"{p}: could not read it as a torch checkpoint with weights_only=True: "
                               f"{load_failure(e)}") from None
     return obj, None
+
+
+# top-level key names that together mark a latent diffusion checkpoint: Stable Diffusion's .ckpt, DiffBIR's ControlNet
+# (v2 / v2.1 .pt) and a whole ControlLDM's state dict
+_LATENT_KEYS = ({"model", "first_stage_model"}, {"zero_convs", "middle_block_out"}, {"controlnet", "unet", "vae"})
+
+
+def refuse_latent(obj: Any, p: Any) -> None:
+    """A CheckpointError naming the Python API if ``obj`` (a state dict, or a dict with one under "state_dict")
+    holds a latent diffusion model: no yoda model, SR3 or SRDiff config makes its weights fit."""
+    sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
+    heads = {k.split(".", 1)[0] for k in sd if isinstance(k, str)} if isinstance(sd, Mapping) else set()
+    if any(need <= heads for need in _LATENT_KEYS):
+        raise CheckpointError(f"{p}: a latent diffusion model's checkpoint (Stable Diffusion / DiffBIR keys: "
+                              f"{fmt_keys(sorted(heads), 4)}); {LATENT_API}")
 
 
 def fmt_keys(keys, n=_SHOW) -> str:

@@ -15,13 +15,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._io import atomic_write_text
-from .errors import UserError, printable
+from .errors import LATENT_API, UserError, printable
 from .errors import user_input as _user_input
 from .torchrun import main_rank
 
 MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
-LATENT_API = ("latent models (the SD x4 upscaler, DiffBIR, other diffusers models) are for the Python API: "
-              "yoda.models.SDUpscalerAdapter, yoda.models.DiffBIRAdapter, yoda.models.from_diffusers")
 LATENT_WORDS = ("diffbir", "latent", "ldm", "diffusers", "sd")  # --model KIND:PATH the CLI cannot load: the API
 
 
@@ -69,7 +67,8 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
         if rest and word not in MODEL_KINDS and len(word) > 1 and word.replace("-", "").replace("_", "").isalnum():
             latent = f" ({LATENT_API})" if word.lower() in LATENT_WORDS else ""
             case = " (kinds are lower case)" if word.lower() in MODEL_KINDS else ""
-            raise UserError(f"--model {spec}: no such model file, and {word!r} is not a model kind{latent}{case}; "
+            nofile = "" if Path(rest).expanduser().exists() else "no such model file, and "  # diffbir:FILE
+            raise UserError(f"--model {spec}: {nofile}{word!r} is not a model kind{latent}{case}; "
                             f"--model takes a yoda model file's path, 'default', or "
                             f"{' / '.join(k + ':PATH' for k in MODEL_KINDS)}")
         raise UserError(f"--model {spec}: model file not found: {path}")

@@ -257,6 +257,8 @@ class DiffBIRAdapter(Adapter):
         self.solver_sigmas, self.solver_timesteps = sigmas, timesteps  # read by yoda.sample for the solvers
         self.clip_x0 = False  # latents are not bounded; DiffBIR's samplers do not clip
         self.multiple = 1  # any size: the image is padded
+        mult = getattr(getattr(cldm, "unet", None), "channel_mult", None)  # ldm's UNetModel halves len - 1 times
+        self.denoiser_multiple = 2 ** (len(mult) - 1) if isinstance(mult, (list, tuple)) and mult else 1
 
     @staticmethod
     def _read_diffusion(diffusion: Any, prediction: Optional[str]) -> Tuple[Schedule, str]:

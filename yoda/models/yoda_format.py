@@ -39,7 +39,7 @@ from yoda_kernels.contract import PREDICTIONS
 
 from .._io import atomic_write_bytes
 from ..checkpoint import (CheckpointError, check_block_count, check_state_dict, fmt_keys, materialise,
-                          nonfinite_keys, read_checkpoint)
+                          nonfinite_keys, read_checkpoint, refuse_latent)
 from ..masks import as_int
 from ..schedule import Schedule
 from ..upsampling import METHODS as UPSAMPLINGS
@@ -226,6 +226,8 @@ def load_yoda(p: str, upstream_hint: str = UPSTREAM_HINT) -> nn.Module:
     if meta is None and isinstance(tensors, dict) and {"model", "ema", "step", "config"} <= set(tensors):
         raise CheckpointError(f"{p} is a `yoda train` checkpoint (the state a run resumes from), not a model file: "
                               f"the run's model is the .safetensors file next to it (model.safetensors by default)")
+    if meta is None:
+        refuse_latent(tensors, p)
     if meta is None or meta.get("format") != FORMAT:
         hint = f"; {upstream_hint}" if meta is None else ""
         raise CheckpointError(f"{p}: not a yoda model file (safetensors metadata 'format' must be {FORMAT!r}; "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import warnings
 from typing import Any, Optional
 
@@ -177,6 +178,8 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     hr = (lr.shape[-2] * adapter.scale, lr.shape[-1] * adapter.scale)
     grid = adapter.state_grid(hr)
     extent = None if w is None or grid is None else adapter.state_extent(hr)
+    if w is None and grid is not None:
+        check_whole_sides(adapter, grid, grid, "sampling without windows")
     if extent is not None:  # before prepare where the state grid and the image's part are known without it
         if image_size is not None:
             extent = tuple(min(e, n) for e, n in zip(extent, image_extent(grid, image_size, hr)))
@@ -211,6 +214,8 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
         extent = tuple(min(e, n) for e, n in zip(extent, image_extent(c.shape[-2:], image_size, hr)))
     if w is not None:
         w = check_window_size(adapter, w, c.shape[-2:], extent)
+    elif grid is None:  # checked before prepare where the adapter tells its grid
+        check_whole_sides(adapter, c.shape[-2:], c.shape[-2:], "sampling without windows")
     tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale,
                    extent=extent, fixed_batch=fixed_batch, progress=spec.progress) if w is not None else None)
     return Run(adapter, spec, lr_state, c, prep.cond, A, noise, tiler, extent)
@@ -231,7 +236,8 @@ def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
     m = int(latent or getattr(adapter, "multiple", 1))
     typed = w.typed()  # as the call gave it
     # the sides narrower than the image go through the model at their size (Tiler: a wider one spans the grid)
-    sides = [s for s, n in zip(w.size, grid if extent is None else extent) if n > s]
+    tiled = [n > s for s, n in zip(w.size, grid if extent is None else extent)]
+    sides = [s for s, t in zip(w.size, tiled) if t]
     if w.overlap is None:  # as `yoda upscale --tiles W` (HR models); a latent window may start anywhere
         unit = 1 if latent else hr_grid(adapter)[0]
         w = dataclasses.replace(w, overlap=default_overlap(min(sides or w.size), unit))
@@ -239,6 +245,8 @@ def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
     if sides and overlap >= min(sides):
         raise ValueError(f"windows: the overlap {overlap} must be less than the window's side {min(sides)}, along "
                          f"which it tiles the state grid {tuple(grid)}, got {typed}")
+    check_whole_sides(adapter, [n for n, t in zip(grid, tiled) if not t], grid, typed)
+    m = math.lcm(m, int(getattr(adapter, "denoiser_multiple", 1)))
     if any(s % m for s in sides):
         raise ValueError(f"windows: the window {next(s for s in sides if s % m)} must be a multiple of {m}, the "
                          f"model's size multiple on the state grid {tuple(grid)}, got {typed}")
@@ -250,6 +258,19 @@ def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
         raise ValueError(f"windows: the window {min(w.size)} must be at least {least} pixels, the smallest side this "
                          f"model takes, got {typed}")
     return w
+
+
+def check_whole_sides(adapter: Any, sides, grid, what: str) -> None:
+    """A ValueError unless each of ``sides`` (of the state ``grid``, going through the denoiser whole) is a multiple
+    of adapter.denoiser_multiple: DiffBIR's UNet fails on others with a bare size mismatch."""
+    m = int(getattr(adapter, "denoiser_multiple", 1))
+    bad = [n for n in sides if n % m]
+    if bad:
+        name = type(adapter).__name__
+        raise ValueError(f"{'windows: ' if what.startswith('windows') else ''}{what} sends a whole side of {bad[0]} "
+                         f"latents of the state grid {tuple(grid)} through {name}'s denoiser, which takes only "
+                         f"multiples of {m} (denoiser_multiple): keep the adapter's latent_multiple a multiple of {m}, "
+                         "or give windows narrower than the grid on that axis")
 
 
 def image_extent(grid, image_size, hr) -> tuple:
