@@ -1,8 +1,8 @@
-"""A second test set of photographs no yoda model has seen: 25 colour photographs from two Debian packages that
-`yoda data build` does not use, prepared as it prepares its own (decoded by yoda.images.read_image, Pillow Lanczos
-to a short side of 512 px, PNG).
+"""Test sets of photographs no yoda model has seen: colour photographs from Debian packages that `yoda data build`
+does not use, prepared as it prepares its own (decoded by yoda.images.read_image, Pillow Lanczos to a short side of
+512 px, PNG). Set "7" (benchmarks/QUALITY.md §7): 25 photographs of two packages; set "10" (§10): 20 of two others.
 
-    python benchmarks/unseen_photos.py OUT      # apt-get download the two packages into OUT/debs, then OUT/*.png
+    python benchmarks/unseen_photos.py OUT [--set 10]   # apt-get download the packages into OUT/debs, then OUT/*.png
     yoda eval --images OUT --max-size 256 --steps 1 --attention edge --lower-bounds 0.8
 
 - lxqt-themes (LXQt's wallpapers, CC-BY-SA-3.0 / LGPL-2.1+): the 11 photographs of usr/share/lxqt/wallpapers;
@@ -17,6 +17,13 @@ OUT/manifest.json records each file's package, version, source, the source's sha
 (2026-12-03) from contact sheets of every image with a short side of at least 1024 px in the Debian 12 packages
 that ship wallpapers; the others had none (gnome-backgrounds, ukui-wallpapers: renders; desktop-base,
 debian-edu-artwork-*: theme artwork). Never used to train, tune or choose anything: a report-only test set.
+
+Set "10" (chosen by eye by a review, 2026-12-06, from a contact sheet; photographs with a short side of at least
+512 px; nothing chosen on them either):
+- palapeli-data (KDE's jigsaw puzzles; GFDL / public domain by their .desktop files): 5 photographs of
+  usr/share/palapeli/collection.
+- tuxpaint-data (Tux Paint's templates): 15 photographs of usr/share/tuxpaint/templates; several are under 0.8x
+  above 512 px, so some JPEG blocking is left in them (jellyfish's dark background).
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ LXQT = ("Butterfly-Kenneth-Wimer.jpg", "Valendas.png", "after-the-rain.jpg", "ap
 ENLIGHTENMENT = ("Bamboo", "Foggy-Trees", "God-Rays", "Green-Maple", "Lichen-Branches", "Mountain", "Peaks",
                  "Red-Maple", "Sea-of-Lanterns", "Snow-Trees", "Spruce-Needles", "Sunset-Clouds", "White-Flower",
                  "Yellow-Flower")
+PALAPELI = ("castle-maintenon", "cincinnati-bridge", "citrus-fruits", "european-honey-bee", "panther-chameleon-female")
+TUXPAINT = ("burnt_bark", "cliff", "corn_maze", "jellyfish", "lighthouse", "mossy_log", "mudstone", "ocean_splash",
+            "ocean_waves", "redwoods_above", "rocks", "sheep", "spiders_web", "sun_behind_clouds", "sun_behind_leaves")
 EET_MAGIC = 0x1EE70F42
 SHORT_SIDE = 512
 
@@ -124,19 +134,21 @@ def edje_picture(path: Path) -> Image.Image:
         return decoded(blob)
 
 
-# (package, folder inside it, [(file in it, output stem)], how a file becomes a picture)
-SOURCES = (
-    ("lxqt-themes", "usr/share/lxqt/wallpapers", [(f, "lxqt-" + Path(f).stem) for f in LXQT], decoded),
-    ("enlightenment-data", "usr/share/enlightenment/data/backgrounds", [(f"{n}.edj", "e-" + n) for n in ENLIGHTENMENT],
-     edje_picture),
-)
+# each set: (package, folder inside it, [(file in it, output stem)], how a file becomes a picture)
+SETS = {
+    "7": (("lxqt-themes", "usr/share/lxqt/wallpapers", [(f, "lxqt-" + Path(f).stem) for f in LXQT], decoded),
+          ("enlightenment-data", "usr/share/enlightenment/data/backgrounds",
+           [(f"{n}.edj", "e-" + n) for n in ENLIGHTENMENT], edje_picture)),
+    "10": (("palapeli-data", "usr/share/palapeli/collection", [(f"{n}.jpg", "pal-" + n) for n in PALAPELI], decoded),
+           ("tuxpaint-data", "usr/share/tuxpaint/templates", [(f"{n}.jpg", "tux-" + n) for n in TUXPAINT], decoded)),
+}
 
 
-def build(out: Path) -> list[dict]:
-    """The PNGs and manifest.json in ``out``."""
+def build(out: Path, which: str = "7") -> list[dict]:
+    """The PNGs and manifest.json of the set ``which`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     manifest = []
-    for pkg, folder, files, picture in SOURCES:
+    for pkg, folder, files, picture in SETS[which]:
         deb, version = _deb(pkg, out / "debs")
         with tempfile.TemporaryDirectory() as root:
             _run(["dpkg-deb", "-x", str(deb), root])
@@ -157,7 +169,9 @@ def build(out: Path) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="the folder of PNGs (and debs/, manifest.json)")
-    build(p.parse_args(argv).out)
+    p.add_argument("--set", choices=sorted(SETS), default="7", help="benchmarks/QUALITY.md's section (default 7)")
+    a = p.parse_args(argv)
+    build(a.out, a.set)
     return 0
 
 
