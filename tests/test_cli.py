@@ -17,6 +17,7 @@ from PIL import Image
 import yoda
 from yoda.adapters import as_adapter
 from yoda.cli import main
+from yoda.drawing import README_WIDTH
 from yoda.models import save_model
 from yoda.images import load_image, to_uint8
 from yoda.models.sr3 import SR3Config, SR3UNet
@@ -526,7 +527,16 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
         psnr, ssim = float(rows[name][0]), float(rows[name][1])
         assert f"{name}  {psnr:.2f} dB, SSIM {ssim:.3f}" in texts
     im = Image.open(out)
-    assert im.width >= 6 * 160  # six panels in the comparison row, enlarged to 160 px
+    # 160-px panels (32 px enlarged) within README's width, under the title (wrapped to the figure: a tmp path names
+    # the model): LR | bicubic | HR, then plain | YODA | A under them (the six were one row, 1578 px at 256 px)
+    heads = texts[next(i for i, t in enumerate(texts) if t.startswith("yoda demo: ")):texts.index("LR (nearest)")]
+    title, top, line = " ".join(heads), 6 + 18 * len(heads), 18 + 160 + 6  # line: a label and its panel
+    assert title.startswith("yoda demo: astronaut, x4 (8 -> 32 px), model ") and title.endswith("ddim 2 steps, seed 0")
+    assert [at[h] for h in heads] == [(6, 2 + 18 * i) for i in range(len(heads))]
+    label = {name: next(t for t in texts if t.startswith(name + "  ")) for name in ("bicubic", "plain", "YODA")}
+    assert [at["LR (nearest)"], at[label["bicubic"]], at["HR"]] == [(x, top) for x in (6, 172, 338)]
+    a_label = next(t for t in texts if t.startswith("attention A ("))
+    assert [at[label["plain"]], at[label["YODA"]], at[a_label]] == [(x, top + line) for x in (6, 172, 338)]
     yoda_steps = steps[-2:]  # the plain run's two steps come first
     assert yoda_steps[0][0] > yoda_steps[1][0]
     masks = [t for t in texts if t.startswith("M(t=") and t.endswith("refined")]
@@ -534,19 +544,25 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     # the key (room is left in the masks' row): colours of A, with the drawn masks' thresholds on it
     assert "key" in texts and "value of A" in texts
     assert [t for t in texts if t.startswith("M(t=") and t.endswith(")")] == [f"M(t={t})" for t, _ in yoda_steps]
-    ratio = sum(f for _, f in yoda_steps) / 2
-    assert any(t.endswith(f"pixel update ratio (of the run)={ratio:.3f}") for t in texts)  # (ratio_text's: a
-    # ratio above 0 read "0.000" in the demo, "<0.001" in yoda attention's figure)
-    title = next(t for t in texts if t.startswith("yoda demo: "))
-    assert title.startswith("yoda demo: astronaut, x4 (8 -> 32 px), model ") and "ddim 2 steps, seed 0" in title
     # the error maps: |plain - HR|, |YODA - HR|, |YODA - plain| with their means (the two runs differ here), on a
-    # third row of their own under their scale (the first of them sat beside the key, under the masks' caption)
+    # line of their own under their scale (the first of them sat beside the key, under the masks' caption), each
+    # under the panel it is of (|YODA - plain| under the map); then the masks' caption (wrapped), the map over the
+    # LR, the masks and the key on one line (four 160-px panels fit README's width)
     errors = [t for t in texts if t.startswith("|") and ", mean " in t]
     assert [t.split(",")[0] for t in errors] == ["|plain - HR|", "|YODA - HR|", "|YODA - plain|"]
     assert float(errors[2].split("mean ")[1]) > 0
     scale = "|a - b|: mean over RGB, 8-bit levels, black 0, white >= 32"
-    assert at[masks[0]][1] == at["key"][1] < at[scale][1] < at[errors[0]][1] == at[errors[2]][1]
-    assert at[errors[0]][0] == at["A over LR"][0]  # the row's first panel
+    assert at[scale] == (6, top + 2 * line) and [at[e] for e in errors] == [(x, top + 18 + 2 * line)
+                                                                            for x in (6, 172, 338)]
+    cap = texts[texts.index(errors[2]) + 1:texts.index("A over LR")]
+    assert cap[0].startswith("YODA: edge attention, l = 0.3; masks M(t) = 1[A >= t/T - 0.3] at its 2 steps")
+    ratio = sum(f for _, f in yoda_steps) / 2
+    assert " ".join(cap).endswith(f"pixel update ratio (of the run)={ratio:.3f}")  # (ratio_text's: a ratio above 0
+    # read "0.000" in the demo, "<0.001" in yoda attention's figure)
+    assert [at[c] for c in cap] == [(6, top + 18 + 3 * line + 18 * i) for i in range(len(cap))]
+    y = top + 18 + 3 * line + 18 * len(cap)
+    assert [at[t] for t in ["A over LR", *masks, "key"]] == [(x, y) for x in (6, 172, 338, 504)]
+    assert im.size == (6 + 4 * 166, y + line + 12) and im.width <= README_WIDTH
     code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--image", "camera"], capsys)
     assert code == 2 and "--image must be one of the images no model here was trained on (astronaut," in err
     for bad in ("0", "-5"):
@@ -562,8 +578,10 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     assert code == 0, err
     n_yoda = 4  # the fewest steps whose last refines every pixel at l = 0.3 (the caption's "at its 4 steps")
     ratio = sum(f for _, f in steps[-n_yoda:]) / n_yoda  # the plain column: the embedded model's 1 step
-    assert any(t.endswith(f"pixel update ratio (vs plain at its {n_yoda} steps)={ratio:.3f}, "
-                          f"{ratio * n_yoda:.2f}x the plain column's updates") for t in texts)
+    errors = [t for t in texts if t.startswith("|") and ", mean " in t]
+    assert " ".join(texts[texts.index(errors[2]) + 1:texts.index("A over LR")]).endswith(
+        f"pixel update ratio (vs plain at its {n_yoda} steps)={ratio:.3f}, {ratio * n_yoda:.2f}x the plain column's "
+        "updates")
 
 
 def test_demo_draws_the_growing_masks_and_the_first_full_one(tmp_path, tiny_model, capsys, monkeypatch):
@@ -651,7 +669,7 @@ def test_demo_draws_the_map_the_sampler_used_when_the_lr_is_padded(tmp_path, tin
         of_padded = resolve_attention(attention, x, tuple(A.shape[-2:]))[..., :28, :28]
         assert (of_padded - want).abs().max() > 0.01  # the maps of the padded LR differ: the test tells them apart
     im = Image.open(tmp_path / "d.png")
-    assert im.width >= 6 * 160  # small crops are drawn enlarged, so that the labels fit
+    assert (im.width - 6) % (28 * 6 + 6) == 0  # small crops are drawn enlarged (28 -> 168 px), so that labels fit
 
 
 def test_every_command_writing_o_refuses_an_input(tmp_path, tiny_model, capsys):
@@ -830,7 +848,7 @@ def test_demo_with_the_embedded_default_model(tmp_path, capsys):
             if row.startswith("| ") and not row.startswith("| method")}
     assert set(psnr) == {"bicubic", "plain", "YODA"}
     assert psnr["plain"] > psnr["bicubic"] - 1.5 and psnr["YODA"] > psnr["bicubic"] - 1.5, psnr
-    assert Image.open(out).size[0] > 6 * 128  # six 128-px panels in the top row
+    assert Image.open(out).size[0] == 6 + 3 * (256 + 6) <= README_WIDTH  # 128 px enlarged x2, three a line
     # at the defaults the YODA column takes the steps `yoda upscale --attention` takes (2 at l = 0.6), plain 1
     code, stdout, err = run(["demo", "-o", str(out), "--lr-size", "16", "-q"], capsys)
     assert code == 0 and "ddim 1 step (YODA 2 steps), attention edge" in stdout and "note: YODA: 2 steps" in err

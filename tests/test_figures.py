@@ -7,11 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import yoda
 from yoda import figures as fg
 from yoda.cli import main
+from yoda.drawing import README_WIDTH
 from yoda.images import from_uint8, to_uint8
 from yoda.masks import mask_at, pixel_update_ratio
 
@@ -361,7 +362,8 @@ def test_cli_writes_the_three_figures(tmp_path, tiny_model, capsys):
     assert sorted(os.listdir(out)) == sorted(fg.FIGURE_FILES)
     sizes = {name: Image.open(out / name).size for name in fg.FIGURE_FILES}
     assert sizes["fig3_update_ratio.png"] == fg.FIG3_SIZE
-    assert sizes["fig5_regional_error.png"] == (3 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])  # MSE, PSNR, YODA - plain
+    (w, h), (pw, ph) = sizes["fig5_regional_error.png"], fg.FIG5_PANEL  # MSE, PSNR / YODA - plain and the legend
+    assert w == 2 * pw <= README_WIDTH and 2 * ph < h < 2 * ph + 60
     assert sizes["fig4_crops.png"] == fg.crops_figure_size(2, 16)[:2]  # 32x40 HR: 16 px crops, 2 images
     assert "| sift |" in stdout and "| 0.00-0.10 |" in stdout and "LPIPS per bin omitted" in stdout
     # the printed update ratios are those of the attention maps at HR size (l = 0.3, 0.6, 1)
@@ -388,7 +390,8 @@ def test_cli_lpips_panel(tmp_path, tiny_model, capsys):
                              "--attention", "gaussian", "--lpips", str(tmp_path / "vgg.safetensors"),
                              str(tmp_path / "lin.safetensors"), "--crops", "1", "-q"], capsys)
     assert code == 0, err
-    assert Image.open(out / "fig5_regional_error.png").size == (4 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
+    (w, h), (pw, ph) = Image.open(out / "fig5_regional_error.png").size, fg.FIG5_PANEL
+    assert w == 2 * pw <= README_WIDTH and 2 * ph < h < 3 * ph  # MSE, PSNR / LPIPS, YODA - plain; the legend under
     assert Image.open(out / "fig4_crops.png").size == fg.crops_figure_size(1, 16)[:2]
     assert "LPIPS per bin omitted" not in stdout and "spatial LPIPS map" in stdout
 
@@ -572,6 +575,7 @@ def test_fig5_draws_yoda_minus_plain_per_bin(monkeypatch):
     """Plain and YODA PSNR per bin differ by tenths of a dB, which the PSNR panel's 10 dB scale hides: a last
     panel draws YODA - plain per bin (the bins' own differences, not the fits'), around a zero line."""
     from yoda import drawing
+    from yoda.figures import draw as fd
     from yoda.figures.draw import draw_regional_error
 
     x = (np.arange(10) + 0.5) / 10
@@ -580,11 +584,51 @@ def test_fig5_draws_yoda_minus_plain_per_bin(monkeypatch):
     drawn = []
     monkeypatch.setattr(drawing.Axes, "points", lambda self, xs, ys, *a, **k: drawn.append((self.box, list(ys))))
     img = draw_regional_error({"plain": plain, "YODA": yoda_r}, {}, 2)
-    assert img.size == (3 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
     box, ys = drawn[-1]
-    assert box[0] == 2 * fg.FIG5_PANEL[0] + 80 and np.allclose(ys, np.linspace(-0.05, 0.1, 10), atol=1e-12)
+    assert np.allclose(ys, np.linspace(-0.05, 0.1, 10), atol=1e-12)
+    assert [b for b, _ in drawn] == [b for b in fd.fig5_boxes(3, 34)[:2] for _ in range(2)] + [box]  # MSE, PSNR
+    assert box == fd.fig5_boxes(3, 34)[2] and img.size == (2 * fg.FIG5_PANEL[0], 34 + 2 * fg.FIG5_PANEL[1] + 10)
     drawn.clear()
-    assert draw_regional_error({"plain": plain}, {}, 2).size == (2 * fg.FIG5_PANEL[0], fg.FIG5_PANEL[1])
+    assert draw_regional_error({"plain": plain}, {}, 2).size[0] == 2 * fg.FIG5_PANEL[0]
+
+
+def test_fig5_fits_readmes_width(monkeypatch):
+    """README shows Fig. 5; its three panels side by side were 1410 px wide, which GitHub shrinks to about 880 px
+    (its 12 px labels to 7.5 px): the panels are two a row, README_WIDTH wide, the legend and notes in the free
+    cell beside the last panel (with LPIPS: four panels, the legend under them); a long title is wrapped."""
+    from yoda import drawing
+    from yoda.figures import draw as fd
+
+    x = (np.arange(10) + 0.5) / 10
+    plain = {"centres": x, "mse": 5 + x, "psnr": 30 - x, "count": np.ones(10), "lpips": 0.2 + x / 10}
+    yoda_r = dict(plain, psnr=30.05 - x)
+    boxes = []
+    real_init = drawing.Axes.__init__
+    monkeypatch.setattr(drawing.Axes, "__init__", lambda self, canvas, box, *a: boxes.append(box)
+                        or real_init(self, canvas, box, *a))
+    texts = _drawn_text(monkeypatch)
+    pw, ph = fd.FIG5_PANEL
+    assert fd.FIG5_COLUMNS * pw == README_WIDTH
+    for regional, n in (({"plain": plain, "YODA": yoda_r}, 4), ({"plain": plain}, 3)):  # LPIPS: 4 panels, or 3
+        boxes.clear()
+        texts.clear()
+        img = fd.draw_regional_error(regional, {}, 2, title_note="x " * 200, note="LPIPS: a note")
+        heads = [(xy, s) for xy, s in texts if s.startswith("Fig. 5") or set(s) <= set("x ()")]
+        top = 14 + 20 * len(heads)
+        assert len(heads) > 1 and " ".join(s for _, s in heads).startswith("Fig. 5  regional error")
+        assert boxes == fd.fig5_boxes(n, top)
+        assert [(b[0] % pw, b[1] - top) for b in boxes] == [(80, 30 + ph * (k // 2)) for k in range(n)]
+        assert [b[0] // pw for b in boxes] == [k % 2 for k in range(n)]  # two a row
+        legend = [xy for xy, s in texts if s == "plain sampling"][-1]  # (the first: measured on a scratch image)
+        notes = [xy for xy, s in texts if s.startswith("points:") or s == "LPIPS: a note"]
+        if n == 4:  # under the panels, at the left
+            assert legend[0] == 80 + 28 and legend[1] > top + 2 * ph and img.size[1] > notes[-1][1] + 12
+        else:  # in the free cell, at its plot area's height
+            assert legend[0] > pw and legend[1] == top + ph + 30 and img.size[1] == top + 2 * ph + 10
+        d = ImageDraw.Draw(img)
+        size = lambda xy, s: 14 if (xy, s) in heads else 12  # noqa: E731  (the title's font, the rest's)
+        assert img.size[0] == README_WIDTH
+        assert all(drawing.text_wh(d, s, drawing.font(size(xy, s)))[0] <= README_WIDTH - xy[0] for xy, s in texts)
 
 
 def test_fig3_colours_follow_the_method_not_its_place(monkeypatch):
@@ -671,8 +715,8 @@ def test_fig4_shows_where_each_crop_lies_and_defines_ab(monkeypatch):
 
 def test_long_names_and_titles_fit_their_canvas(monkeypatch):
     """Fig. 4's row caption ran off the canvas with a long image name ("... (most attende"), and `yoda demo`'s
-    title with a long --model path: the name is shortened in its middle, and demo's canvas is as wide as its
-    title."""
+    title with a long --model path: the name is shortened in its middle, and demo's title is wrapped (its canvas was
+    as wide as the title, at any width)."""
     from PIL import Image, ImageDraw
 
     from yoda import drawing
@@ -694,13 +738,55 @@ def test_long_names_and_titles_fit_their_canvas(monkeypatch):
     assert caption.endswith("(where plain and YODA differ most), shown x5") and "..." in caption
     assert drawing.text_wh(d, caption, face)[0] <= img.size[0] - 16
     title = "yoda demo: " + "a/long/model/path/" * 20 + "model.safetensors"
+    texts.clear()
     canvas = drawing.panel_grid(title, [(None, [("x", Image.new("RGB", (16, 16)))])], 16)
-    assert canvas.size[0] >= drawing.text_wh(d, title, face)[0] + 12
+    heads = [(xy, s) for xy, s in texts if s != "x"]  # as wide as text may make the canvas, the title wrapped
+    assert canvas.size[0] == drawing.GRID_TEXT_WIDTH and len(heads) > 2 and heads[0][1] == "yoda demo:"
+    assert "".join(s.replace(" ", "") for _, s in heads) == title.replace(" ", "")
+    assert [xy for xy, _ in heads] == [(6, 2 + 18 * i) for i in range(len(heads))]
+    assert all(drawing.text_wh(d, s, face)[0] <= canvas.size[0] - 12 for _, s in heads)
+    assert next(xy for xy, s in texts if s == "x") == (6, 6 + 18 * len(heads))  # the panels under it
+    short = drawing.panel_grid("yoda demo: a short title", [(None, [("x", Image.new("RGB", (16, 16)))])], 16)
+    assert short.size[0] == drawing.text_wh(d, "yoda demo: a short title", face)[0] + 12  # widened to its title
+
+
+def test_panel_grid_wraps_to_readmes_width(monkeypatch):
+    """README's demo was a row of six 256-px panels under a 1066-px caption, 1578 px wide: GitHub showed it at
+    880 px, its 12 px labels at 7 px. Each group's panels now wrap to as many a line as fit README_WIDTH (three of
+    256 px) and the title and captions to the panels' width."""
+    from yoda import drawing
+
+    d, face = ImageDraw.Draw(Image.new("RGB", (8, 8))), drawing.font(12)
+    texts = _drawn_text(monkeypatch)
+    caption = "YODA: " + "word " * 300
+    groups = [(None, [(f"a{i}", Image.new("RGB", (256, 256))) for i in range(3)]),
+              (None, [(f"b{i}", Image.new("RGB", (256, 256))) for i in range(3)]),
+              ("errors", [(f"c{i}", Image.new("RGB", (256, 256))) for i in range(3)]),
+              (caption, [(f"d{i}", Image.new("RGB", (256, 256))) for i in range(4)])]
+    canvas = drawing.panel_grid("a title", groups, 256)
+    at = {s: xy for xy, s in texts}
+    line = 18 + 256 + 6  # a label and its panel
+    assert canvas.size[0] == 6 + 3 * (256 + 6) <= README_WIDTH
+    assert [at[f"{g}{i}"] for g in "ab" for i in range(3)] == [(x, y) for y in (24, 24 + line) for x in (6, 268, 530)]
+    assert at["errors"] == (6, 24 + 2 * line) and [at[f"c{i}"] for i in range(3)] == [(x, 42 + 2 * line)
+                                                                                     for x in (6, 268, 530)]
+    caps = [(xy, s) for xy, s in texts if s.startswith("YODA:") or (s and set(s) <= set("word "))]
+    assert len(caps) > 1 and " ".join(s for _, s in caps) == caption
+    assert [xy for xy, _ in caps] == [(6, 42 + 3 * line + 18 * i) for i in range(len(caps))]
+    assert all(drawing.text_wh(d, s, face)[0] <= canvas.size[0] - 12 for _, s in caps)
+    d0 = at["d0"][1]
+    assert d0 == caps[-1][0][1] + 18 and [at[f"d{i}"] for i in range(4)] == [(6, d0), (268, d0), (530, d0),
+                                                                             (6, d0 + line)]
+    assert canvas.size[1] == d0 + 2 * line + 12
+    # panels wider than README_WIDTH allows three of: fewer a line; one wider than it: one a line, its own width
+    assert drawing.panel_grid("t", groups[:1], 300).size[0] == 6 + 2 * 306
+    assert drawing.panel_grid("t", groups[:1], 1000).size == (6 + 1006, 2 * 18 + 3 * (18 + 1000 + 6))
 
 
 def test_a_long_title_is_set_smaller_to_fit(monkeypatch):
-    """Fig. 5's title ran off both edges of the canvas once it named the images with flat maps: a title wider than
-    the canvas is drawn in the largest smaller font that fits, on one line (the layout below it stays free)."""
+    """Fig. 5's title ran off both edges of the canvas once it named the images with flat maps: a title of Fig. 3 or
+    4 wider than the canvas is drawn in the largest smaller font that fits, on one line (the layout below it stays
+    free; Fig. 5's is wrapped now)."""
     from PIL import Image, ImageDraw
 
     from yoda.drawing import font, text_wh, title

@@ -241,21 +241,19 @@ def cmd_demo(a) -> int:
                                            callback=record)
         timing[name] = time.perf_counter() - t0
     scores = {name: metrics(to_uint8(results[name])[0], hr_u8) for name in ("bicubic", "plain", "YODA")}
-    # row 1: LR (nearest), bicubic, plain, YODA (with PSNR / SSIM), HR, the attention map; row 2: the map over the
-    # LR, the masks of the YODA run's steps (5 at most), the key; row 3: the error maps. Small crops are enlarged
-    # (nearest, by a whole factor) to panels of at least 160 px: the labels fit
+    # LR (nearest), bicubic, HR; plain and YODA (with PSNR / SSIM) and the attention map; under them their error
+    # maps; then the map over the LR, the masks of the YODA run's steps (5 at most) and the key; in lines as wide as
+    # README shows (3 panels of 256 px). Small crops are enlarged (nearest, by a whole factor) to panels of at least
+    # 160 px: the labels fit
     panel = size * -(-160 // size)
     big = lambda im: im.resize((panel, panel), Image.Resampling.NEAREST) if panel > size else im  # noqa: E731
     lr_big = Image.fromarray(to_uint8(lr)[0]).resize((panel, panel), Image.Resampling.NEAREST)
-    top = [("LR (nearest)", lr_big)]
-    for name in ("bicubic", "plain", "YODA"):
-        m = scores[name]
-        im = big(Image.fromarray(to_uint8(results[name])[0]))
-        top.append((f"{name}  {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}", im))
-    top.append(("HR", big(Image.fromarray(hr_u8))))
+    scored = {name: (f"{name}  {scores[name]['psnr']:.2f} dB, SSIM {scores[name]['ssim']:.3f}",
+                     big(Image.fromarray(to_uint8(results[name])[0]))) for name in ("bicubic", "plain", "YODA")}
     heat = big(Image.fromarray(colormap(A[0, 0].clamp(0, 1).cpu().numpy())).resize((size, size),
                                                                                    Image.Resampling.BILINEAR))
-    top.append((f"attention A ({a.attention.split(':')[0]})", heat))
+    top = [("LR (nearest)", lr_big), scored["bicubic"], ("HR", big(Image.fromarray(hr_u8)))]
+    sampled = [scored["plain"], scored["YODA"], (f"attention A ({a.attention.split(':')[0]})", heat)]
     ts = growing_masks(visited, 5)  # as `yoda attention` picks them: the growing ones, then the first full one
     bottom = [("A over LR", Image.blend(lr_big.convert("RGB"), heat, 0.5))]
     for t, tau in ts:  # the mask the sampler used at step t (white: refined), its share of the picture
@@ -264,7 +262,7 @@ def cmd_demo(a) -> int:
         bottom.append((f"M(t={t}): {percent_label(int(m.sum()), m.numel())} refined", im))
     bottom.append(("key", colour_key(panel, panel, ts)))  # colour -> A, with the drawn masks' thresholds
     sr_u8 = {name: to_uint8(results[name])[0] for name in ("plain", "YODA")}
-    errors = []  # where each errs, where they differ: a row of their own, under their own caption
+    errors = []  # where each errs, where they differ: under plain, YODA and the map, under their own caption
     for label, one, other in (("plain - HR", sr_u8["plain"], hr_u8), ("YODA - HR", sr_u8["YODA"], hr_u8),
                               ("YODA - plain", sr_u8["YODA"], sr_u8["plain"])):
         err = drawing.error_map(one, other)
@@ -284,7 +282,7 @@ def cmd_demo(a) -> int:
                f"{len(visited)} step{'s' if len(visited) != 1 else ''} (white: refined, the rest stays bicubic); "
                f"{ratio_text(ratio, of)}{against}")
     key = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {drawing.ERROR_WHITE}"
-    canvas = drawing.panel_grid(title, [(None, top), (caption, bottom), (key, errors)], panel)
+    canvas = drawing.panel_grid(title, [(None, top), (None, sampled), (key, errors), (caption, bottom)], panel)
     save_figure(canvas, a.output)
     print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
           f"attention {a.attention}, lower bound {a.lower_bound:g}")

@@ -1,6 +1,6 @@
 """Pillow plotting primitives shared by yoda.figures and yoda.plots (matplotlib is not a dependency): a font,
-round tick values, axis limits, dashed lines, an Axes (frame, ticks, lines, points, bars), markers, legends; the
-panel grid of yoda demo and its error maps."""
+round tick values, axis limits, dashed lines, an Axes (frame, ticks, lines, points, bars), markers, legends, text
+wrapped to a width; the panel grid of yoda demo and its error maps."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ BLACK = (0, 0, 0)
 GRID = (228, 228, 228)
 # line colours, in the order series take them
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
+# px: about the widest a README's picture is shown at its own size on GitHub; a wider one is shrunk to this, its
+# 12 px labels with it (README's demo, 1578 px wide, had 7 px text). README's pictures are drawn at most this wide
+README_WIDTH = 880
+GRID_TEXT_WIDTH = 480  # px: panel_grid's text widens a figure of small panels up to this, then it is wrapped
 
 
 def font(size: int = 12):
@@ -42,6 +46,27 @@ def fit_width(draw, s: str, font, width: int) -> str:
         else:
             hi = k - 1
     return s[: (lo + 1) // 2] + "..." + s[len(s) - lo // 2:] if lo else "..."
+
+
+def wrap(draw, s: str, font, width: int) -> list[str]:
+    """``s`` in lines of at most ``width`` px: broken at spaces (" ".join of the lines gives ``s`` back), and a word
+    wider than a line (a long path) where it must be."""
+    lines, cur = [], ""
+    for word in s.split(" "):
+        cand = f"{cur} {word}" if cur else word
+        if not cur or text_wh(draw, cand, font)[0] <= width:
+            cur = cand
+        else:
+            lines.append(cur)
+            cur = word
+        while len(cur) > 1 and text_wh(draw, cur, font)[0] > width:  # the most characters that fit, by bisection
+            lo, hi = 1, len(cur) - 1
+            while lo < hi:
+                k = (lo + hi + 1) // 2
+                lo, hi = (k, hi) if text_wh(draw, cur[:k], font)[0] <= width else (lo, k - 1)
+            lines.append(cur[:lo])
+            cur = cur[lo:]
+    return lines + [cur]
 
 
 def fmt(v: float) -> str:
@@ -275,31 +300,43 @@ def title(canvas, draw, s: str, face, y: int = 6) -> None:
     draw.text(((canvas.width - w) / 2, y), s, fill=BLACK, font=face)
 
 
-def panel_grid(title_text: str, rows, panel: int):
-    """A figure of square panels: the title line, then each row (caption, [(label, PIL image of panel x panel)])
-    with its caption line (None: none) above it and each panel's label above the panel, framed in grey."""
+def panel_grid(title_text: str, rows, panel: int, max_width: int = README_WIDTH):
+    """A figure of square panels, at most ``max_width`` px wide (wider only where one panel is): the title, then
+    each group (caption, [(label, PIL image of panel x panel)]) with its caption (None: none) above it and its
+    panels in lines of as many as fit, each panel's label above the panel, framed in grey. The title and the
+    captions are wrapped to the figure's width (a long caption made the demo 1578 px wide), which they widen up to
+    GRID_TEXT_WIDTH."""
     from PIL import Image, ImageDraw
 
     face, measure = font(), ImageDraw.Draw(Image.new("RGB", (1, 1)))
     pad, label_h = 6, text_wh(measure, "Mg", face)[1] + 6
     cell = panel + pad
-    widths = [pad + len(panels) * cell for _, panels in rows]
-    widths += [2 * pad + text_wh(measure, line, face)[0] for line in (title_text, *(c for c, _ in rows)) if line]
-    height = 2 * label_h + sum((label_h if caption else 0) + label_h + panel + pad for caption, _ in rows)
-    canvas = Image.new("RGB", (max(widths), height), "white")
+    per_line = max(1, (max_width - pad) // cell)
+    text_w = max([text_wh(measure, s, face)[0] + 2 * pad for s in (title_text, *(c for c, _ in rows)) if s],
+                 default=0)  # text widens a narrower figure up to GRID_TEXT_WIDTH, then it is wrapped
+    width = max(pad + cell * min(per_line, max([len(panels) for _, panels in rows] + [1])),
+                min(text_w, GRID_TEXT_WIDTH, max_width))
+    lines = lambda s: wrap(measure, s, face, width - 2 * pad) if s else []  # noqa: E731
+    heads = lines(title_text)
+    groups = [(lines(caption), [panels[i : i + per_line] for i in range(0, len(panels), per_line)])
+              for caption, panels in rows]
+    height = (len(heads) + 1) * label_h + sum(len(c) * label_h + len(g) * (label_h + panel + pad) for c, g in groups)
+    canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((pad, 2), title_text, fill=BLACK, font=face)
-    y = label_h + pad
-    for caption, panels in rows:
-        if caption:
-            draw.text((pad, y), caption, fill=BLACK, font=face)
+    for i, line in enumerate(heads):
+        draw.text((pad, 2 + i * label_h), line, fill=BLACK, font=face)
+    y = len(heads) * label_h + pad
+    for caption, group in groups:
+        for line in caption:
+            draw.text((pad, y), line, fill=BLACK, font=face)
             y += label_h
-        for i, (label, im) in enumerate(panels):
-            px = pad + i * cell
-            draw.text((px, y), label, fill=BLACK, font=face)
-            canvas.paste(im, (px, y + label_h))
-            draw.rectangle((px - 1, y + label_h - 1, px + panel, y + label_h + panel), outline=(150, 150, 150))
-        y += label_h + panel + pad
+        for panels in group:
+            for i, (label, im) in enumerate(panels):
+                px = pad + i * cell
+                draw.text((px, y), label, fill=BLACK, font=face)
+                canvas.paste(im, (px, y + label_h))
+                draw.rectangle((px - 1, y + label_h - 1, px + panel, y + label_h + panel), outline=(150, 150, 150))
+            y += label_h + panel + pad
     return canvas
 
 

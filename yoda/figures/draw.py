@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..drawing import COLOURS as _COLOURS
+from ..drawing import README_WIDTH
 from ..drawing import Axes as _Axes
 from ..drawing import fit_width as _fit_width
 from ..drawing import fmt as _fmt
@@ -18,13 +19,16 @@ from ..drawing import limits as _limits
 from ..drawing import text_wh as _text_wh
 from ..drawing import tick_labels
 from ..drawing import title as _title
+from ..drawing import wrap as _wrap
 from .compute import FigureData, FigureSettings, _method_label
 from .numbers import LOG_FITS, fit_values
 
 FIGURE_FILES = ("fig3_update_ratio.png", "fig5_regional_error.png", "fig4_crops.png")
 
 FIG3_SIZE = (1000, 430)
-FIG5_PANEL = (470, 430)  # one panel of Fig. 5 (MSE, PSNR[, LPIPS]) side by side
+FIG5_COLUMNS = 2  # Fig. 5's panels a row: README_WIDTH (three side by side were 1410 px, shown with 7.5 px text)
+FIG5_PANEL = (README_WIDTH // FIG5_COLUMNS, 350)  # one panel of Fig. 5 (MSE, PSNR[, LPIPS][, YODA - plain])
+_FIG5_AXES = (80, 30, FIG5_PANEL[0] - 20, 300)  # a Fig. 5 panel's plot area in the panel
 CROP_COLUMNS = ("bicubic", "plain", "YODA", "HR")
 _MIN_CROP_PANEL = 160  # px: crops are enlarged (nearest) to at least this
 _MAX_CROP_PANEL = 256
@@ -120,33 +124,66 @@ def _fit_curve(coefs, r: Mapping, key: str) -> tuple:
     return xs, fit_values(coefs, key, xs)
 
 
+def fig5_boxes(n_panels: int, top: int) -> list[tuple[int, int, int, int]]:
+    """The plot areas (x0, y0, x1, y1) of Fig. 5's panels in reading order, FIG5_COLUMNS a row under ``top``."""
+    pw, ph = FIG5_PANEL
+    ax0, ay0, ax1, ay1 = _FIG5_AXES
+    cells = [((k % FIG5_COLUMNS) * pw, top + (k // FIG5_COLUMNS) * ph) for k in range(n_panels)]
+    return [(x + ax0, y + ay0, x + ax1, y + ay1) for x, y in cells]
+
+
 def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any], degree: int, *, title_note: str = "",
                         note: str = ""):
     """Fig. 5: per-bin MSE and PSNR (and LPIPS when the regional dicts have "lpips") against the attention value,
     plain vs YODA: points at the bin centres, lines the polynomial fits; with both plain and YODA a last panel of
     YODA - plain PSNR per bin around a zero line (the differences are tenths of a dB, invisible on the PSNR
-    panel's scale). Returns a PIL.Image, one FIG5_PANEL per panel side by side."""
+    panel's scale). Returns a PIL.Image FIG5_COLUMNS panels (FIG5_PANEL) wide, at most README_WIDTH, the panels
+    in rows (fig5_boxes) under the title (wrapped); the legend and notes in the last row's free cell, if any,
+    else under the panels."""
     from PIL import Image, ImageDraw
 
     keys = [("mse", "MSE per bin (8-bit units^2)", "MSE"), ("psnr", "PSNR per bin (dB)", "PSNR (dB)")]
     if all("lpips" in r for r in regional.values()) and regional:
         keys.append(("lpips", "LPIPS per bin (spatial map)", "LPIPS"))
     both = "plain" in regional and "YODA" in regional
-    pw, H = FIG5_PANEL
-    canvas = Image.new("RGB", (pw * (len(keys) + both), H), _BG)
-    draw = ImageDraw.Draw(canvas)
+    n, (pw, ph) = len(keys) + both, FIG5_PANEL
+    W = FIG5_COLUMNS * pw
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font, big = _font(12), _font(14)
-    _title(canvas, draw, "Fig. 5  regional error against attention" + (f" ({title_note})" if title_note else ""), big)
+    heads = _wrap(measure, "Fig. 5  regional error against attention" + (f" ({title_note})" if title_note else ""),
+                  big, W - 16)
+    top = 14 + 20 * len(heads)
+    boxes = fig5_boxes(n, top)
     # plain: big circles, solid fit; YODA: small squares on top, dashed fit (both stay visible when they agree)
     style = {"plain": (_PLAIN, "o", 6.0, False), "YODA": (_YODA, "s", 3.5, True)}
     other = (_COLOURS[2], "^", 4.0, False)
-    for k, (key, title, ylabel) in enumerate(keys):
+    entries = [(f"{lab} sampling", style.get(lab, other)[0],
+                style.get(lab, other)[1] + ("--" if style.get(lab, other)[3] else "-")) for lab in regional]
+    used = sorted({len(c) - 1 for c in fits.values() if c is not None})  # poly_fit lowers it to points - 1
+    fit = (f"degree-{degree} numpy.polyfit" if used == [degree] else
+           f"numpy.polyfit of degree {'/'.join(map(str, used))} (--degree {degree} is lowered to the points - 1)")
+    lines = (f"lines: {fit} (of log MSE for MSE), weighted by sqrt(pixels per bin)" if used else
+             "no lines (a fit needs 2 bins with pixels)")
+    rows = -(-n // FIG5_COLUMNS)
+    if n % FIG5_COLUMNS:  # the legend and the notes in the free cell beside the last panel
+        tx, ty, tw = (n % FIG5_COLUMNS) * pw + 30, top + (rows - 1) * ph + _FIG5_AXES[1], pw - 50
+    else:  # under the panels
+        tx, ty, tw = _FIG5_AXES[0], top + rows * ph + 4, W - _FIG5_AXES[0] - 20
+    notes = [li for s in (f"points: per-bin means; {lines}", note) if s for li in _wrap(measure, s, font, tw)]
+    legend_h = _legend(measure, tx, 0, entries, font, max_x=tx + tw)
+    H = max(top + rows * ph, ty + legend_h + 17 * len(notes)) + 10
+    canvas = Image.new("RGB", (W, H), _BG)
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(heads):
+        w, _ = _text_wh(draw, line, big)
+        draw.text(((W - w) / 2, 6 + 20 * i), line, fill=_BLACK, font=big)
+    for (key, title, ylabel), box in zip(keys, boxes):
         curves = {label: _fit_curve(fits[label, key], r, key) for label, r in regional.items()
                   if fits.get((label, key)) is not None}
         vals = [r[key] for r in regional.values()] + [ys for _, ys in curves.values()]
         lo, hi = _limits(np.concatenate([np.ravel(v) for v in vals]) if vals else [0, 1],
                          floor=0.0 if key != "psnr" else None)
-        ax = _Axes(canvas, (k * pw + 80, 60, (k + 1) * pw - 20, 330), (0.0, 1.0), (lo, hi), font)
+        ax = _Axes(canvas, box, (0.0, 1.0), (lo, hi), font)
         ax.frame(title, "attention value A (bin centre)", ylabel, xticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
         for label, (xs, ys) in curves.items():
             colour, shape, size, dashed = style.get(label, other)
@@ -155,25 +192,15 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
             colour, shape, size, _ = style.get(label, other)
             ax.points(r["centres"], r[key], colour, shape, size)
     if both:
-        k = len(keys)
         diff = np.asarray(regional["YODA"]["psnr"], dtype=np.float64) - np.asarray(regional["plain"]["psnr"])
-        ax = _Axes(canvas, (k * pw + 80, 60, (k + 1) * pw - 20, 330), (0.0, 1.0),
-                   _limits(np.append(diff, 0.0)), font)
+        ax = _Axes(canvas, boxes[-1], (0.0, 1.0), _limits(np.append(diff, 0.0)), font)
         ax.frame("YODA - plain PSNR per bin (dB)", "attention value A (bin centre)", "difference (dB)",
                  xticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.line([0.0, 1.0], [0.0, 0.0], _GREY, width=1)
         ax.points(regional["plain"]["centres"], diff, _YODA, "s", 3.5)
-    entries = [(f"{lab} sampling", style.get(lab, other)[0],
-                style.get(lab, other)[1] + ("--" if style.get(lab, other)[3] else "-")) for lab in regional]
-    y = _legend(draw, 80, 372, entries, font, max_x=canvas.width - 10)
-    used = sorted({len(c) - 1 for c in fits.values() if c is not None})  # poly_fit lowers it to points - 1
-    fit = (f"degree-{degree} numpy.polyfit" if used == [degree] else
-           f"numpy.polyfit of degree {'/'.join(map(str, used))} (--degree {degree} is lowered to the points - 1)")
-    lines = (f"lines: {fit} (of log MSE for MSE), weighted by sqrt(pixels per bin)" if used else
-             "no lines (a fit needs 2 bins with pixels)")
-    draw.text((80, y), f"points: per-bin means; {lines}", fill=_BLACK, font=font)
-    if note:
-        draw.text((80, y + 17), note, fill=_BLACK, font=font)
+    y = _legend(draw, tx, ty, entries, font, max_x=tx + tw)
+    for i, line in enumerate(notes):
+        draw.text((tx, y + 17 * i), line, fill=_BLACK, font=font)
     return canvas
 
 
