@@ -905,6 +905,14 @@ def test_from_diffusers_half_precision_weights_and_device():
         c = ad.prepare(lr).c
         want = from_diffusers(unet, copy.deepcopy(up_vae).to(torch.float32), cfg, scale=2).prepare(lr).c
     assert up_vae.dtype == torch.float16 and torch.equal(c, want)
+    # yoda.sample casts it in its inference mode: the weights stayed inference tensors, so the caller's VAE could
+    # no longer take a gradient or requires_grad_ (a perceptual loss, a fine-tune after sampling)
+    sample(ad, lr, steps=2, sampler="ddim", noise=noise, progress=False)
+    assert up_vae.dtype == torch.float16 and not any(p.is_inference() for p in up_vae.parameters())
+    up_vae.requires_grad_(True)
+    x = lr.repeat_interleave(2, -1).repeat_interleave(2, -2).half().requires_grad_(True)
+    up_vae.encode(x).latent_dist.mean.float().sum().backward()
+    assert x.grad is not None and up_vae.encoder.conv_in.weight.grad is not None
 
 
 def test_vae_upcast_is_shared_by_threads():

@@ -285,6 +285,26 @@ def test_config_json_round_trip(img_folder):
         cfg.replace(batch=0)
 
 
+def test_cudnn_benchmark_is_set_for_the_run_only(tmp_path, img_folder, monkeypatch):
+    """A CUDA Trainer set torch.backends.cudnn.benchmark in its constructor and left it on for the process: every
+    later yoda.sample and the user's own code ran with timed (run-to-run varying) algorithm choices. Now only run()
+    sets it, and gives back the caller's value, also when the run fails. (No GPU here: the device is said to be
+    CUDA after the constructor, and train_step records the flag.)"""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    t = Trainer(tiny_config(img_folder, val_every=0), str(tmp_path / "o"), device="cpu", progress=False)
+    assert torch.backends.cudnn.benchmark is False
+    seen = []
+
+    def step():
+        seen.append(torch.backends.cudnn.benchmark)
+        raise RuntimeError("stop")
+
+    t.train_step, t.device = step, torch.device("cuda")
+    with pytest.raises(RuntimeError, match="stop"):
+        t.run(steps=1)
+    assert seen == [True] and torch.backends.cudnn.benchmark is False
+
+
 def test_ema_after_the_first_step(tmp_path, img_folder):
     """EMA decay min(ema_decay, (1 + step) / (10 + step)) = 0.1 at step 0: ema = 0.1 init + 0.9 model after one step
     (lerp's weight swapped would keep the EMA at the raw weights, which the exported model and validation use)."""

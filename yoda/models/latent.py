@@ -374,8 +374,9 @@ def vae_upcast(vae: Any):
         entry = _upcasts.get(id(vae))
         if entry is None:
             up = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-            if up:
-                vae.to(torch.float32)
+            if up:  # outside yoda.sample's inference mode: its weights would stay inference tensors for good
+                with torch.inference_mode(False), torch.no_grad():
+                    vae.to(torch.float32)
             entry = _upcasts[id(vae)] = [0, up]
         entry[0] += 1
     try:
@@ -386,7 +387,8 @@ def vae_upcast(vae: Any):
             if entry[0] == 0:
                 del _upcasts[id(vae)]
                 if entry[1]:
-                    vae.to(torch.float16)
+                    with torch.inference_mode(False), torch.no_grad():
+                        vae.to(torch.float16)
 
 
 def vae_codec(vae: Any, sample_latent: bool = False, latent_seed: int = 0) -> Tuple[Callable, Callable]:

@@ -150,8 +150,6 @@ class Trainer:
         self.cfg, self.out, self.weights_name = cfg, out, weights_name
         self.progress = progress and self.ranks.main
         self.device = rank_device(resolve_device(device), self.ranks.world, self.ranks.local_rank)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolutions
         self.schedule = cfg.make_schedule()
         self.ab = alphas_cumprod(self.schedule)
         self.rng = TorchRNG(self.device)  # torch's generators as the trainer's own: dropout draws from them
@@ -490,6 +488,8 @@ class Trainer:
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         (interrupted, old_handlers), stop = _stop_on_interrupt(), None
+        bench = torch.backends.cudnn.benchmark  # for the run only (a fixed crop size: cuDNN's fastest convolutions)
+        torch.backends.cudnn.benchmark = bench or self.device.type == "cuda"
         try:
             with self.rng.use():  # dropout draws from the trainer's generators, not the caller's
                 while self.step < total:
@@ -531,6 +531,7 @@ class Trainer:
                 self.export(os.path.join(self.out, self.weights_name))
         finally:
             bar.close()
+            torch.backends.cudnn.benchmark = bench
             for sig, old in old_handlers.items():
                 signal.signal(sig, old)
         barrier(self.ranks, self.device)  # every rank returns once rank 0's files are written
