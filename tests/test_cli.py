@@ -18,6 +18,7 @@ import yoda
 from yoda.adapters import as_adapter
 from yoda.cli import main
 from yoda.drawing import README_WIDTH
+from yoda.errors import Terminated
 from yoda.models import save_model
 from yoda.images import load_image, to_uint8
 from yoda.models.sr3 import SR3Config, SR3UNet
@@ -1440,6 +1441,19 @@ def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_p
     assert code == 130 and err.endswith("yoda: interrupted\n")
     assert "0 written, 0 skipped, 0 failed, of 3 inputs in " in out
     assert out.rstrip().endswith("s; a rerun with --skip-existing makes the rest")
+    # Python <= 3.11 wraps a Ctrl-C (or SIGTERM) that lands while torch's import defines a class in a RuntimeError
+    # ("Error calling __set_name__"): it was "internal error (a bug in yoda)", exit code 1
+    for stop, code_, said in ((KeyboardInterrupt(), 130, "yoda: interrupted\n"),
+                              (Terminated(143), 143, "yoda: terminated (SIGTERM)\n")):
+        def wrapped(*a, stop=stop):
+            try:
+                raise stop
+            except BaseException as e:
+                raise RuntimeError("Error calling __set_name__ on 'cached_property' instance") from e
+
+        monkeypatch.setattr(cli, "_upscale_one", wrapped)
+        code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "b3"), *common, "-q"], capsys)
+        assert code == code_ and err.endswith(said) and "internal error" not in err and "Traceback" not in err, err
     # a reader that went away (its end of the pipe closed before the first line): the run writes every image
     read_end, write_end = os.pipe()
     os.close(read_end)
@@ -2118,6 +2132,22 @@ def test_eval_stopped_keeps_the_images_it_finished(tmp_path, tiny_model, capsys,
     assert code == 0 and not part.exists() and len(list(csv.DictReader(out.open()))) == 12
     # the crop the rows were measured on is said (the default --max-size 128 was silent)
     assert "(each image centre-cropped to at most 128 pixels a side (--max-size; 0: whole images))" in stdout
+    # a disk that fills up: the table was computed and then lost with the file (printed after it), and a stop's
+    # partial file that could not be written turned the Ctrl-C (130) into an error (2)
+    def full_disk(path, rows):
+        raise OSError(28, f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(yoda.evaluate, "write_csv", full_disk)
+    code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+                             "--attention", "edge", "--lower-bounds", "0.6", "-o", str(out)], capsys)
+    assert code == 2 and "| plain |" in stdout and err.endswith(f"\nyoda: error: cannot write {out}: No space left on "
+                                                                "device\n"), err
+    calls.clear()
+    monkeypatch.setattr(yoda.evaluate, "run_sample", stop_in_the_second_image)
+    code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+                             "--attention", "edge", "--lower-bounds", "0.6", "-o", str(out)], capsys)
+    assert code == 130 and "| plain |" in stdout and err.endswith(f"\nyoda: error: cannot write {part}: No space left "
+                                                                  "on device\nyoda: interrupted\n"), err
 
 
 def test_eval_says_where_its_yoda_rows_leave_pixels_unrefined(tmp_path, tiny_model, capsys):

@@ -113,8 +113,13 @@ def test_rerun_replaces_the_splits_and_an_interrupted_one_keeps_the_last_build(t
         photos.build(str(out), short_side=64, photos=fewer)
     # a full disk: named as the user knows it (the staging file it failed on is gone by then)
     calls.clear()
-    monkeypatch.setattr(photos, "save_pil", lambda img, path: (_ for _ in ()).throw(OSError(28, "No space left")))
-    with pytest.raises(OSError, match=f"cannot write train/{sorted(fewer)[0]}.png in --out {out}: No space left$"):
+    from yoda._io import _named
+
+    def full(img, path):  # as atomic_write says it: of the staging file, which is gone when this is read
+        raise _named(OSError(28, "No space left"), path)
+
+    monkeypatch.setattr(photos, "save_pil", full)
+    with pytest.raises(OSError, match=f"] cannot write train/{sorted(fewer)[0]}.png in --out {out}: No space left$"):
         photos.build(str(out), short_side=64, photos=fewer)
     monkeypatch.setattr(photos, "save_pil", real_save)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -308,3 +313,21 @@ def test_data_commands_name_their_folder_alike(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"yoda: error: yoda data {args[1]}: give the output folder once, as DIR or as --out DIR" in err, err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_export_names_the_file_the_user_knows(tmp_path, monkeypatch):
+    """`yoda data export` on a full disk named its staging file (DIR/.export-XXXX/train/coins.png), gone when the
+    message is read."""
+    import yoda.images
+    from yoda._io import _named
+    from yoda.data import export_builtin
+
+    def full(img, path):
+        raise _named(OSError(28, "No space left on device"), path)
+
+    monkeypatch.setattr(yoda.images, "save_pil", full)
+    out = tmp_path / "dx"
+    with pytest.raises(OSError, match=r"] cannot write (.+)/(train|heldout)/(\w+)\.png: No space left on device$") as e:
+        export_builtin(str(out))
+    assert str(e.value).startswith(f"[Errno 28] cannot write {out}{os.sep}") and ".export-" not in str(e.value)
+    assert isinstance(e.value, OSError) and e.value.errno == 28 and not out.exists()

@@ -107,11 +107,12 @@ def _temp_stem(name: str) -> str:
 STALE_TEMP_S = 3600
 
 
-def remove_stale_temps(paths) -> int:
+def remove_stale_temps(paths, max_age: float = STALE_TEMP_S) -> int:
     """Remove the temporary files that atomic_write left for any of ``paths`` in processes killed while writing
-    them (SIGKILL, a power loss): .NAME.RANDOM.tmp untouched for STALE_TEMP_S, and the claim files of
-    output_claim that no process holds (a run with --skip-existing killed so). One listing per folder. Returns how
-    many went."""
+    them (SIGKILL, a power loss): .NAME.RANDOM.tmp untouched for ``max_age`` seconds (0 where the caller holds the
+    folder's lock, so that no live writer can own one: a requeued training job resumes within minutes of the kill),
+    and the claim files of output_claim that no process holds (a run with --skip-existing killed so). One listing
+    per folder. Returns how many went."""
     import re
     import time
 
@@ -131,7 +132,7 @@ def remove_stale_temps(paths) -> int:
             m = re.fullmatch(r"\.(.+)\.[0-9a-f]{12}\.tmp", e.name, re.DOTALL)
             try:
                 if m and m.group(1) in names and e.is_file(follow_symlinks=False) and \
-                        now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S:
+                        now - e.stat(follow_symlinks=False).st_mtime >= max_age:
                     os.unlink(e.path)
                     gone += 1
                 elif e.name in claims[folder] and (fd := _take_claim(e.path)) is not None and fd >= 0:
@@ -286,7 +287,17 @@ def _named(e: OSError, path: Path) -> OSError:
     """The same OSError, naming the user's ``path`` instead of a temporary file."""
     if e.errno is None:
         return e
-    return type(e)(e.errno, f"cannot write {path}: {e.strerror}")
+    named = type(e)(e.errno, f"cannot write {path}: {e.strerror}")
+    named.reason = getattr(e, "reason", e.strerror)  # for renamed
+    return named
+
+
+def renamed(e: OSError, shown: str) -> OSError:
+    """``e``, an OSError of a write (perhaps _named after a file in a staging folder, which is gone when the
+    message is read), as "cannot write ``shown``: the reason"."""
+    if e.errno is None:
+        return e
+    return _named(OSError(e.errno, getattr(e, "reason", e.strerror)), shown)
 
 
 def _probe(folder: str, name: str, named: str) -> None:

@@ -47,7 +47,7 @@ from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
                           UpscaleRun, check_tiles, window_notes, window_text, working_where)
-from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits
+from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits, stop_in
 from .torchrun import dist_env, env_int, launched_world, lost_rank, main_rank, rank_prefix
 from .errors import user_input as _user_input
 
@@ -356,7 +356,10 @@ def cmd_eval(a) -> int:
         try:
             evaluate(model, images, settings, on_error=skipped, rows=rows)
         except (KeyboardInterrupt, Terminated):  # what was done is kept, said to be partial
-            eval_results(a, rows, f"stopped after {len({r['image'] for r in rows})} of {len(images)} images")
+            try:
+                eval_results(a, rows, f"stopped after {len({r['image'] for r in rows})} of {len(images)} images")
+            except OSError as e:  # the stop still ends the run (130 / 143), not the partial file it could not write
+                error_line(f"yoda: error: {one_line(e)}")
             raise
     eval_results(a, rows)
     return skipped.status(len(images))
@@ -543,11 +546,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(a, "max_pixels", None) is not None and a.max_pixels < 0:
             raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {a.max_pixels}")
         # lr_from_images: every image the commands sample is read as 8 bits and made [-1, 1] here (from_uint8)
-        with pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings(), lr_from_images(), \
-                sigterm_exits():
-            warnings.showwarning = _show_warning
-            warnings.filterwarnings("ignore", "yoda.sample: at steps=")  # the commands note it, in their words
-            return COMMANDS[a.cmd](a)
+        try:
+            with pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings(), lr_from_images(), \
+                    sigterm_exits():
+                warnings.showwarning = _show_warning
+                warnings.filterwarnings("ignore", "yoda.sample: at steps=")  # the commands note it, in their words
+                return COMMANDS[a.cmd](a)
+        except Exception as e:  # a Ctrl-C or SIGTERM that Python wrapped (errors.stop_in) is one still
+            raise stop_in(e)
     except KeyboardInterrupt:
         kept = ""
         if a.cmd == "train":  # (a Ctrl-C while it starts up has written none: the run's --out, where it is given)

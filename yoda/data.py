@@ -467,7 +467,7 @@ def export_builtin(folder: str) -> dict:
 
     from PIL import Image
 
-    from ._io import folder_lock, made_folder
+    from ._io import folder_lock, made_folder, renamed
     from .images import save_pil
 
     splits = {"train": BUILTIN_TRAIN, "heldout": HELD_OUT}
@@ -493,7 +493,10 @@ def export_builtin(folder: str) -> dict:
                 for sub, names in splits.items():
                     os.mkdir(os.path.join(stage, sub))
                     for n in names:
-                        save_pil(Image.fromarray(builtin_image(n)), os.path.join(stage, sub, f"{n}.png"))
+                        try:
+                            save_pil(Image.fromarray(builtin_image(n)), os.path.join(stage, sub, f"{n}.png"))
+                        except OSError as e:  # the staging file is gone when the error is read
+                            raise renamed(e, os.path.join(folder, sub, f"{n}.png")) from None
                 for sub in splits:  # an earlier export's split aside (removed with the stage), the new one in
                     if os.path.isdir(os.path.join(folder, sub)):
                         os.rename(os.path.join(folder, sub), os.path.join(stage, f"old-{sub}"))

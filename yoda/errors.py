@@ -44,6 +44,18 @@ class Terminated(SystemExit):
     """SIGTERM, raised by sigterm_exits (and by yoda train's second one): SystemExit(143), which the CLI reports
     in one line, as it reports Ctrl-C."""
 
+
+def stop_in(e: BaseException) -> BaseException:
+    """The KeyboardInterrupt or Terminated in ``e``'s chain of causes, else ``e``: Python <= 3.11 wraps one that
+    lands while a class is being defined (during torch's import, say) in a RuntimeError from __set_name__."""
+    seen, c = set(), e
+    while c is not None and id(c) not in seen:
+        if isinstance(c, (KeyboardInterrupt, Terminated)):
+            return c
+        seen.add(id(c))
+        c = c.__cause__ or c.__context__
+    return e
+
     def __init__(self) -> None:
         super().__init__(143)
 

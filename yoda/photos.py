@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple, Optional
 from PIL import Image
 
 from ._io import (atomic_write_text, check_folder_writable, file_sha256, folder_lock, made_dirs, remove_empty,
-                  remove_stale_temps)
+                  remove_stale_temps, renamed)
 from .images import DataError, read_image, save_pil
 
 __all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "downscaled",
@@ -186,7 +186,7 @@ def build(out: str, *, short_side: int = 512, photos: Optional[dict] = None,
                         f"{' '.join(PACKAGES)}")
     made = made_dirs(Path(out))
     with folder_lock(out, "--out"):  # a second build at once would delete this one's staging folder
-        remove_stale_temps([os.path.join(out, "manifest.json")])  # of a build killed while writing it
+        remove_stale_temps([os.path.join(out, "manifest.json")], 0)  # of a build killed while writing it
         try:
             return _build_into(out, short_side, photos, progress)
         finally:
@@ -225,9 +225,7 @@ def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Call
                 os.makedirs(os.path.join(stage, split), exist_ok=True)
                 save_pil(img, os.path.join(stage, rel))
             except OSError as e:  # named as the user knows it: the staging file is gone when the error is read
-                if e.errno is None:
-                    raise
-                raise type(e)(e.errno, f"cannot write {rel} in --out {out}: {e.strerror}") from None
+                raise renamed(e, f"{rel} in --out {out}") from None
             rows.append(Photo(name, pkg, version, str(path), file_sha256(path), (w, h), rel,
                               file_sha256(os.path.join(stage, rel)), img.size, split))
             if progress is not None:

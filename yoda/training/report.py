@@ -242,8 +242,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     try:
         with sigterm_exits(), process_group(ranks, dev), contextlib.ExitStack() as stack:
             hold_out(stack, out, ranks, dev)
-            if ranks.main:  # the temporary files of a run killed while writing (SIGKILL, a power loss)
-                remove_stale_temps([os.path.join(out, name) for name in (*RUN_FILES, weights_name)])
+            if ranks.main:  # the temporary files of a run killed while writing (SIGKILL, a power loss): --out is
+                remove_stale_temps([os.path.join(out, name) for name in (*RUN_FILES, weights_name)], 0)  # held
             stack.callback(remove_empty, made)  # while --out is held: a run that wrote nothing leaves no folder
             tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
             stack.callback(tr.close)  # before the process group goes (the with's exit)
