@@ -1861,7 +1861,7 @@ MUTANTS = [
            'if name.split(".")[0].strip().upper() in _WINDOWS_DEVICES:', "if False:",
            ("tests/test_train.py", "-k", "bad_settings_are_refused_before_step_1 or config_values_are_checked"),
            "a run named CON or weights named nul.safetensors wrote to a device on Windows"),
-    Mutant("mps-not-refused", "yoda_kernels/ops.py",
+    Mutant("mps-not-refused-by-ops", "yoda_kernels/ops.py",
            'if device.type == "mps":  # said here', 'if False:  # said here',
            ("tests/test_masked_step.py", "-k", "mps"),
            "an Apple GPU's tensors failed inside the reference with torch's float64 error"),
