@@ -516,9 +516,9 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     real = yoda.sampling.sample
     monkeypatch.setattr(yoda.sampling, "sample", sample)
     draw_text = ImageDraw.ImageDraw.text
-    at = {}  # where each text is drawn
+    at, where = {}, []  # where each text is first drawn; where every text is drawn, in order
     monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: texts.append(t) or
-                        at.setdefault(t, xy) and draw_text(self, xy, t, *a, **k))
+                        where.append(xy) or at.setdefault(t, xy) and draw_text(self, xy, t, *a, **k))
     out = tmp_path / "demo.png"
     code, stdout, err = run(["demo", "-o", str(out), "--model", tiny_model, "--steps", "2", "--lr-size", "8",
                              "--lower-bound", "0.3", "-q"], capsys)
@@ -530,10 +530,11 @@ def test_demo_with_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
     im = Image.open(out)
     # 160-px panels (32 px enlarged) within README's width, under the title (wrapped to the figure: a tmp path names
     # the model): LR | bicubic | HR, then plain | YODA | A under them (the six were one row, 1578 px at 256 px)
-    heads = texts[next(i for i, t in enumerate(texts) if t.startswith("yoda demo: ")):texts.index("LR (nearest)")]
+    first = next(i for i, t in enumerate(texts) if t.startswith("yoda demo: "))
+    heads = texts[first:texts.index("LR (nearest)")]
     title, top, line = " ".join(heads), 6 + 18 * len(heads), 18 + 160 + 6  # line: a label and its panel
     assert title.startswith("yoda demo: astronaut, x4 (8 -> 32 px), model ") and title.endswith("ddim 2 steps, seed 0")
-    assert [at[h] for h in heads] == [(6, 2 + 18 * i) for i in range(len(heads))]
+    assert where[first:first + len(heads)] == [(6, 2 + 18 * i) for i in range(len(heads))]  # a line may be "0"
     label = {name: next(t for t in texts if t.startswith(name + "  ")) for name in ("bicubic", "plain", "YODA")}
     assert [at["LR (nearest)"], at[label["bicubic"]], at["HR"]] == [(x, top) for x in (6, 172, 338)]
     a_label = next(t for t in texts if t.startswith("attention A ("))
@@ -862,11 +863,13 @@ def test_demo_with_the_embedded_default_model(tmp_path, capsys):
 def no_sampling(monkeypatch):
     """Sampling raises: a test using it proves that its error came before any sampling."""
     import yoda.cli
+    import yoda.cli_demo
 
     def never(*a, **k):
         raise AssertionError("sampling started")
 
-    monkeypatch.setattr(yoda.cli, "upscale_tensor", never)
+    for module in (yoda.cli, yoda.cli_demo):
+        monkeypatch.setattr(module, "upscale_tensor", never)
 
 
 def test_bomb_png_is_refused_in_one_line(tmp_path, tiny_model, capsys, no_sampling):
@@ -947,7 +950,10 @@ def test_output_paths_are_checked_before_sampling(tmp_path, tiny_model, images, 
     def no_load(*args, **kwargs):  # -o is checked before the model loads (a large checkpoint takes a while)
         raise AssertionError("the model was loaded before -o was checked")
 
-    monkeypatch.setattr(yoda.cli, "load_model", no_load)
+    import yoda.cli_demo
+
+    for module in (yoda.cli, yoda.cli_demo):
+        monkeypatch.setattr(module, "load_model", no_load)
     for args, want in cases:
         code, _, err = run(args + (["--model", tiny_model] if args[0] == "upscale" else []), capsys)
         assert code == 2 and want in err and err.count("\n") == 1, (args, err)
@@ -957,12 +963,14 @@ def test_output_paths_are_checked_before_sampling(tmp_path, tiny_model, images, 
         raise PermissionError(13, "Permission denied", os.path.join(folder, f".{name}.abc.tmp"))
 
     monkeypatch.setattr(_io, "_create_temp", read_only)
+    (tmp_path / "exists").mkdir()  # an existing folder was checked only after the model had loaded
     for args in (["upscale", rgb, "-o", str(tmp_path / "ro.png"), "--model", tiny_model],
-                 ["upscale", rgb, grey, "-o", str(tmp_path / "newdir"), "--model", tiny_model]):
+                 ["upscale", rgb, grey, "-o", str(tmp_path / "newdir"), "--model", tiny_model],
+                 ["upscale", rgb, grey, "-o", str(tmp_path / "exists"), "--model", tiny_model]):
         code, _, err = run(args, capsys)
         assert code == 2 and "Permission denied" in err and ".tmp" not in err, err
         assert args[args.index("-o") + 1] in err  # the user's path, not the temporary file
-    assert sorted(os.listdir(tmp_path)) == ["afile", "grey.jpg", "isdir.png", "rgb.png"]
+    assert sorted(os.listdir(tmp_path)) == ["afile", "exists", "grey.jpg", "isdir.png", "rgb.png"]
 
 
 def test_full_disk_with_several_inputs_leaves_no_empty_folder(tmp_path, tiny_model, images, capsys, monkeypatch):

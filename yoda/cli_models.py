@@ -404,14 +404,14 @@ def check_output_option(path: str, kept: bool = False) -> None:
         check_output(path, "-o", kept)
 
 
-def check_out_folder(output: str, files, kept: bool = False) -> None:
-    """-o as a folder: an existing one must take ``files`` (``kept``: --skip-existing, an existing file is skipped,
-    so it may be read-only); a new one must be creatable (its nearest existing ancestor a writable folder)."""
+def check_out_folder(output: str, files) -> None:
+    """-o as a folder: an existing one must take ``files``; a new one must be creatable (its nearest existing
+    ancestor a writable folder)."""
     from ._io import check_folder_writable, check_writable
 
     if Path(output).is_dir():
         for f in files:
-            check_writable(f, "-o", kept)
+            check_writable(f, "-o")
     else:
         check_folder_writable(output, "-o")
 

@@ -16,9 +16,9 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from ._io import output_claim
-from .cli_parser import one_line as said
-from .cli_models import (check_not_an_input, check_out_folder, check_output_option, error_line, file_ids,
+from ._io import check_folder_writable, output_claim
+from .cli_parser import one_line
+from .cli_models import (check_not_an_input, check_output_option, error_line, file_ids,
                          folder_images, last_tau, note, once_each, say)
 from .errors import UserError, out_of_memory, printable
 from .torchrun import JOIN_NOTE, meeting_store, rank_prefix, wait_for_keys
@@ -402,7 +402,7 @@ def until_free(work: Callable[[object], None], item) -> None:
         time.sleep(BUSY_POLL_S)
 
 
-def run_items(items: list, work: Callable[[object], None], one_line: Callable[[BaseException], str],
+def run_items(items: list, work: Callable[[object], None], describe: Callable[[BaseException], str],
               where: str = "", debug: bool = False, quiet: bool = False) -> int:
     """work(item) for each item; a UserError, an OSError or an allocation that failed (errors.out_of_memory: one
     large image must not cost the others) is reported in one line (``yoda: error: WHERE...``; with ``debug``
@@ -412,7 +412,7 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
     it is made here. Returns the number that failed. ``quiet`` (-q): no line per input taken up later."""
     failed, busy = 0, []
     for item in items:
-        failed += _run_one(item, work, one_line, where, debug, busy, quiet)
+        failed += _run_one(item, work, describe, where, debug, busy, quiet)
     if busy:
         error_line(f"yoda: note: {where}waiting for another process to finish {len(busy)} output(s) "
                    f"(--skip-existing)")
@@ -420,11 +420,11 @@ def run_items(items: list, work: Callable[[object], None], one_line: Callable[[B
         time.sleep(BUSY_POLL_S)
         again, busy = busy, []
         for item in again:
-            failed += _run_one(item, work, one_line, where, debug, busy, quiet=True)
+            failed += _run_one(item, work, describe, where, debug, busy, quiet=True)
     return failed
 
 
-def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseException], str], where: str,
+def _run_one(item, work: Callable[[object], None], describe: Callable[[BaseException], str], where: str,
              debug: bool, busy: list, quiet: bool = False) -> int:
     """run_items' work(item): 1 when it failed (reported), else 0; the item is appended to ``busy`` on Busy."""
     global _working
@@ -443,7 +443,7 @@ def _run_one(item, work: Callable[[object], None], one_line: Callable[[BaseExcep
             raise  # a full disk: every next input would fail the same way, after all its work
         if debug:
             traceback.print_exc()
-        error_line(f"yoda: error: {where}{one_line(e)}")
+        error_line(f"yoda: error: {where}{describe(e)}")
     finally:
         _working = None
     if oom:  # out of the handler: its traceback held the failed input's tensors
@@ -466,7 +466,7 @@ EXIT_GRACE_S = 1.0  # how long rank 0, about to exit 2, leaves the others (done)
 
 
 def run_sharded(items: list, rank: int, world: int, work: Callable[[object], None],
-                one_line: Callable[[BaseException], str], debug: bool = False, folder: Optional[Path] = None,
+                describe: Callable[[BaseException], str], debug: bool = False, folder: Optional[Path] = None,
                 quiet: bool = False, close: Callable[[], None] = lambda: None) -> int:
     """Rank ``rank`` of ``world`` runs work(item) for items rank, rank + world, ... (run_items: a failing item is
     reported and the rank goes on), after the ranks compared their lists of items; then it says how many failed in
@@ -492,7 +492,7 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
         wait_for_keys(store, [f"differ/{r}" for r in range(world)])
         raise UserError("the ranks found different inputs (a folder changed while they started?): run again")
     with made_folder(folder):
-        failed = run_items(items[rank::world], work, one_line, f"rank {rank}: ", debug, quiet)
+        failed = run_items(items[rank::world], work, describe, f"rank {rank}: ", debug, quiet)
         store.set(f"failed/{rank}", str(failed))
         wait_for_keys(store, [f"failed/{r}" for r in range(world)], rank,  # rank 0's bar shows the run, not -q
                       "done; {ranks} still working" if rank == 0 and not quiet else "")
@@ -533,7 +533,7 @@ def output_folder(a) -> Optional[Path]:
         return None
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; several inputs (or a name without a suffix) need a folder")
-    check_out_folder(a.output, [])
+    check_folder_writable(a.output, "-o")  # an existing one too: before the model loads, one error for all inputs
     return out
 
 
@@ -545,9 +545,8 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
     input's is the command's error, as is an output folder that cannot be written at all."""
     if out_dir is None:
         return [a.output], {}
-    from ._io import check_folder_writable, check_writable
+    from ._io import check_writable
 
-    check_folder_writable(a.output, "-o")  # one error for all, not one per input
     targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
     seen, ids, refused = {}, file_ids(a.inputs), {}
     # Img and img are one file on macOS' and Windows' file systems, and on macOS' an é composed and decomposed
@@ -568,7 +567,7 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
         except IsADirectoryError:
             refused[src] = f"{src}: its output {dst} is a folder; remove or rename it"
         except (UserError, OSError) as e:
-            refused[src] = said(e)  # (str() of an OSError starts "[Errno 13] ")
+            refused[src] = one_line(e)  # (str() of an OSError starts "[Errno 13] ")
     if refused and len(targets) == 1:
         raise UserError(refused[a.inputs[0]])
     return targets, refused
@@ -585,7 +584,7 @@ def case_insensitive(folder: Path) -> bool:
     try:
         fd, path = tempfile.mkstemp(prefix=".yoda-case-", dir=up)
     except OSError:
-        return False  # not writable: check_out_folder says so
+        return False  # not writable: check_folder_writable says so
     try:
         os.close(fd)
         return os.path.exists(os.path.join(up, os.path.basename(path).swapcase()))
