@@ -1360,8 +1360,9 @@ def test_a_long_load_error_is_cut_between_words():
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"\x00garbage bytes, not a torch file", "it is corrupt, or holds objects other than tensors"),
-    (b"", r"it is corrupt or truncated \(EOFError: empty\)"),
+    (b"\x80garbage bytes, a pickle's start", r"it is corrupt or truncated \(IndexError"),
+    (b"\x89PNG\r\n\x1a\n\x00", r"it is not a PyTorch checkpoint \(it starts with b'\\x89PNG\\r\\n\\x1a\\n'\)"),
+    (b"", r"it is not a PyTorch checkpoint \(it is empty\)"),
     ("no-config", r"it is not a yoda training checkpoint \(no config, model, optimiser and step\)"),
     ("wrong-shape", r"its tensors do not fit this config's model \(Error\(s\) in loading state_dict"),
     ("foreign-pickle", r"holds objects other than tensors and plain data \(Unsupported global: GLOBAL "
@@ -1371,7 +1372,8 @@ def test_a_long_load_error_is_cut_between_words():
 ])
 def test_an_unusable_checkpoint_says_what_to_do(tmp_path, img_folder, content, message, flip_record_byte):
     """A checkpoint without a config, or with tensors of another shape, gave a traceback; a corrupt one torch's
-    advice to load it with weights_only=False (unsafe), with terminal colour codes."""
+    advice to load it with weights_only=False (unsafe), with terminal colour codes; an image saved over it is
+    named by how it begins, as yoda.load names one."""
     import datetime
 
     cfg = tiny_config(img_folder, steps=2, val_every=0)

@@ -181,16 +181,24 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
-        head = _head(p)
-        if not head.startswith(_TORCH_HEADS):  # torch's errors (e.g. its pickle advice) would mislead here
-            raise CheckpointError(f"{p} is not a PyTorch or safetensors checkpoint ("
-                                  f"{f'it starts with {head!r}' if head else 'it is empty'})") from None
+        foreign = not_torch(p)
+        if foreign:
+            raise CheckpointError(f"{p} is not a PyTorch or safetensors checkpoint ({foreign})") from None
         refused = weights_only_refusal(p, e)
         if refused:  # torch's own advice (load with weights_only=False) would run the file's code: say what is safe
             raise CheckpointError(refused) from None
         raise CheckpointError(f"{p}: could not read it as a torch checkpoint with weights_only=True: "
                               f"{load_failure(e)}") from None
     return obj, None
+
+
+def not_torch(p: str) -> Optional[str]:
+    """How a file that torch.load failed on begins, if no torch file begins so (an image, a text file, an empty
+    file): torch's errors on it (its pickle advice, "invalid load key") would mislead. None for a torch-like start."""
+    head = _head(p)
+    if head.startswith(_TORCH_HEADS):
+        return None
+    return f"it starts with {head!r}" if head else "it is empty"
 
 
 # top-level key names that together mark a latent diffusion checkpoint: Stable Diffusion's .ckpt, DiffBIR's ControlNet

@@ -34,7 +34,7 @@ import torch
 from .. import data as _data
 from ..adapters import hr_grid
 from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256, unportable
-from ..checkpoint import first_line, load_failure, load_state_dict_checked, zip_refusal
+from ..checkpoint import first_line, load_failure, load_state_dict_checked, not_torch, zip_refusal
 from ..devices import rank_device, resolve_device
 from ..errors import NonFiniteError, Terminated, lr_from_images
 from ..evaluate import psnr_u8
@@ -289,7 +289,8 @@ class Trainer:
         try:
             st = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain data only
         except Exception as e:  # corrupt / truncated file, or one that holds other objects than tensors
-            raise unusable(load_failure(e)) from None
+            foreign = not_torch(path)
+            raise unusable(f"it is not a PyTorch checkpoint ({foreign})" if foreign else load_failure(e)) from None
         if not isinstance(st, dict) or not all(k in st for k in ("config", "model", "ema", "opt", "gen", "step")):
             raise unusable("it is not a yoda training checkpoint (no config, model, optimiser and step)")
         # the checkpoint's config as its JSON reads back (one written before a tuple in the model became a list)
