@@ -2065,6 +2065,10 @@ MUTANTS = [
            "            foreign = not_torch(path)", "            foreign = None",
            ("tests/test_train.py", "-k", "unusable_checkpoint"),
            "an image saved over checkpoint.pt is called corrupt (invalid load key) instead of named by its start"),
+    Mutant("cli-says-unrefined-twice", "yoda/cli.py",
+           "                warnings.simplefilter(\"ignore\", UnrefinedWarning)", "                pass",
+           ("tests/test_cli.py", "-k", "takes_the_steps_that_refine_every_pixel"),
+           "upscale --steps 1 --attention prints the library's warning beside its own note"),
 ]
 
 

@@ -345,7 +345,11 @@ def test_the_unrefined_warning_quotes_the_callers_count_and_never_fails_the_call
     for kw in (dict(), dict(steps=5)):
         with pytest.warns(UserWarning, match=r"at steps=5 with lower_bound 0.1, .*; more steps or a larger lower_b"):
             yoda.sample(model, lr, attention=A, lower_bound=0.1, sampler="ddim", noise=noise, progress=False, **kw)
-    with pytest.warns(UserWarning, match=r"at steps=3 with lower_bound 0.1, .*; steps=10 refines every pixel"):
+    with pytest.warns(yoda.UnrefinedWarning, match=r"at steps=3 with lower_bound 0.1, .*; steps=10 refines every pix"):
+        run(model, lr, attention=A, lower_bound=0.1, sampler="ddim", steps=3)
+    with warnings.catch_warnings():  # its own category: a caller who chose the count silences it, and only it
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", yoda.UnrefinedWarning)
         run(model, lr, attention=A, lower_bound=0.1, sampler="ddim", steps=3)
 
 

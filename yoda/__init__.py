@@ -35,6 +35,7 @@ _LAZY = {
     "training": ("yoda.training", None),
     "ModelCard": ("yoda.models.card", "ModelCard"),
     "UserError": ("yoda.errors", "UserError"),
+    "UnrefinedWarning": ("yoda.errors", "UnrefinedWarning"),
     "sampling": ("yoda.sampling", None),
     # the modules the README names by their dotted path (yoda.images.MAX_PIXELS, yoda.schedule.MAX_FILE_T ...)
     "images": ("yoda.images", None),

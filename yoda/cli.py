@@ -46,7 +46,8 @@ from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
                           UpscaleRun, check_tiles, window_notes, window_text, working_where)
-from .errors import Terminated, UserError, lr_from_images, out_of_memory, printable, sigterm_exits, stop_in
+from .errors import (Terminated, UnrefinedWarning, UserError, lr_from_images, out_of_memory, printable, sigterm_exits,
+                     stop_in)
 from .torchrun import dist_env, env_int, launched_world, lost_rank, main_rank, rank_prefix
 from .errors import user_input as _user_input
 
@@ -441,7 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with pillow_limit(getattr(a, "max_pixels", None)), warnings.catch_warnings(), lr_from_images(), \
                     sigterm_exits():
                 warnings.showwarning = _show_warning
-                warnings.filterwarnings("ignore", "yoda.sample: at steps=")  # the commands note it, in their words
+                warnings.simplefilter("ignore", UnrefinedWarning)  # the commands note it, in their words
                 return COMMANDS[a.cmd](a)
         except Exception as e:  # a Ctrl-C or SIGTERM that Python wrapped (errors.stop_in) is one still
             raise stop_in(e)

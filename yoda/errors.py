@@ -28,6 +28,12 @@ class NonFiniteError(UserError, FloatingPointError):
     """A model (or its decoder) returned NaN or Inf while sampling; the message names the step and the model."""
 
 
+class UnrefinedWarning(UserWarning):
+    """yoda.sample's step count leaves the least attended pixels at the LR image (YODA's last step does not reach
+    them); the message names the count that refines them. Its own category, so that a caller who chose the count
+    can silence it without matching its words: warnings.simplefilter("ignore", yoda.UnrefinedWarning)."""
+
+
 @contextlib.contextmanager
 def user_input():
     """Around a library call that reads or runs what the user gave (a file, an option, a config, a model): a

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import trange
 
 from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, UnrefinedWarning
 from .prepare import pad_to_model, prepare, resolve_attention
 from .spec import (MOST_YODA_STEPS, all_finite, check_lr, covering_steps, make_spec, model_spacing,
                    refines_all, resolve_seed)
@@ -308,7 +308,7 @@ def warn_unrefined(spec: Any, steps: int, floor: float, last_tau: Optional[Calla
         fix = "more steps or a larger lower_bound refine every pixel"
     warnings.warn(f"yoda.sample: at steps={steps} with lower_bound {spec.lower_bound:g}, pixels whose attention "
                   f"is below {spec.taus[-1]:.3g} keep the LR image (the last step's threshold); {fix}",
-                  UserWarning, stacklevel=3)
+                  UnrefinedWarning, stacklevel=3)
 
 
 def warn_if_training(adapter: Any) -> None:
