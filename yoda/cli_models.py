@@ -137,8 +137,8 @@ def adapter_of(model):
     return as_adapter(model)
 
 
-def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, backend="auto",
-                   windows=None, window_batch=None, sigmas=None, speed=None, callback=None):
+def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, seed, progress, windows=None,
+                   window_batch=None, sigmas=None, speed=None, callback=None):
     """SR of lr (1, 3, h, w) of any size (yoda.sample(pad=True): edge-padded to a size the model takes, the SR
     cropped back to (1, 3, s*h, s*w), the attention map made of lr itself). windows / window_batch: yoda.sample's
     tiled denoising; speed: a dict of its speed options (compile, autocast, channels_last, cuda_graphs); callback:
@@ -147,7 +147,7 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
 
     with _user_input():  # the options, the model and its outputs (NaN/Inf) are the user's
         return sample(adapter_of(model), lr, attention=attention, steps=steps, sampler=sampler, eta=eta,
-                      lower_bound=lower_bound, seed=seed, progress=progress, backend=backend, windows=windows,
+                      lower_bound=lower_bound, seed=seed, progress=progress, windows=windows,
                       window_batch=window_batch, sigmas=sigmas, callback=callback, pad=True, **(speed or {}))
 
 

@@ -117,7 +117,7 @@ def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bou
     p.add_argument("--model-config", type=_path, default=None, metavar="PATH",
                    help="with sr3:PATH, the checkpoint's SR3 JSON config (default: the 16->128 config); with "
                         "srdiff:PATH, its YAML config (default: read from the weights)")
-    if steps is None:  # the model decides (cli.default_steps)
+    if steps is None:  # the model decides (cli_models.default_steps)
         p.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps (default: the model file's own, {DEFAULT_STEPS} for the embedded model "
                             f"and models trained with its config; {OTHER_MODEL_STEPS} (at most T) for a --model "

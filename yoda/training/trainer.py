@@ -349,7 +349,6 @@ class Trainer:
                           "mask_loss off); its remaining steps train with the crops of the whole images' masks "
                           "(README changelog, ninth pass)", UserWarning, stacklevel=2)
 
-    # -- one step ------------------------------------------------------------------------------------------
     def load_init(self, path: str) -> None:
         """Start from the weights of the yoda model file ``path`` (model and EMA; the optimiser, the step and the
         data stream start afresh): fine-tuning (finetune.read_init says what must fit, and refuses what does not).
@@ -378,6 +377,7 @@ class Trainer:
         self.model.card = self.ema.card = model_card(self.cfg, self.schedule)
         self.sampling_from_init = True
 
+    # -- one step ------------------------------------------------------------------------------------------
     def learning_rate(self, step: int) -> float:
         """The learning rate at ``step`` (TrainConfig.learning_rate)."""
         return self.cfg.learning_rate(step)
