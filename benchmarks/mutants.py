@@ -1135,7 +1135,7 @@ MUTANTS = [
            "        if rest and word not in MODEL_KINDS and", "        if False and rest and word not in MODEL_KINDS and",
            ("tests/test_cli.py", "-k", "cannot_load"),
            "--model diffbir:FILE says the existing file is not found"),
-    Mutant("torchrun-sigterm-aborts", "yoda/training/trainer.py",
+    Mutant("torchrun-sigterm-aborts", "yoda/training/stopping.py",
            "        if flag == [signal.SIGINT] and signum == signal.SIGTERM and under_torchrun():",
            "        if False:",
            ("tests/test_train.py", "-k", "second_signal"),

@@ -1228,7 +1228,7 @@ def test_a_second_signal_aborts_as_its_kind(rank, monkeypatch, capsys):
     import signal
 
     from yoda.errors import Terminated
-    from yoda.training.trainer import _stop_on_interrupt
+    from yoda.training.stopping import stop_on_interrupt
 
     if rank is None:
         monkeypatch.delenv("RANK", raising=False)
@@ -1236,7 +1236,7 @@ def test_a_second_signal_aborts_as_its_kind(rank, monkeypatch, capsys):
         monkeypatch.setenv("RANK", rank)
     @contextlib.contextmanager
     def stop_handlers():
-        flag, old = _stop_on_interrupt()
+        flag, old = stop_on_interrupt()
         try:
             yield flag
         finally:

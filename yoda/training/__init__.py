@@ -6,6 +6,7 @@
     trainer.py  Trainer: AdamW + EMA, checkpoints with resume, validation PSNR, the CSV log
     report.py   train_main (`yoda train`) and the TRAINING.md record
     distributed.py  data-parallel training under torchrun: Ranks, the process group, each rank's share
+    stopping.py the first Ctrl-C / SIGTERM stops after the step in progress and saves; a second aborts
 
 Plots of training logs are in yoda.plots.
 """

@@ -23,8 +23,6 @@ import io
 import math
 import os
 import signal
-import sys
-import threading
 import time
 import warnings
 from typing import Optional
@@ -36,16 +34,16 @@ from ..adapters import hr_grid
 from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256, unportable
 from ..checkpoint import first_line, load_failure, load_state_dict_checked, not_torch, zip_refusal
 from ..devices import rank_device, resolve_device
-from ..errors import NonFiniteError, Terminated, lr_from_images
+from ..errors import NonFiniteError, lr_from_images
 from ..evaluate import psnr_u8
 from ..heldout import check_train_images
-from ..torchrun import main_rank, under_torchrun
 from .config import TrainConfig, _json_form, absolute_folders, check_run_args, rate_jump, weights_path
 from .finetune import read_init
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, gather_to_main, local_batch, wrap_ddp
 from .glue import build_model, make_denoiser, model_card, sampling_adapter, whole_image_maps
 from .loss import alphas_cumprod, diffusion_loss, draw_noise_level, space_tensors
 from .rng import TorchRNG
+from .stopping import STOP_SIGNALS, stop_on_interrupt
 
 CSV_FIELDS = ("step", "loss", "lr", "time", "val_psnr_plain", "val_psnr_yoda")  # "lr": the learning rate
 
@@ -97,34 +95,6 @@ def _resume_view(d: dict) -> dict:
     if isinstance(v := flat.get("attention"), str):  # dino-*:PATH (stored relative before 2026-12-05)
         flat["attention"] = weights_path(v, os.path.realpath)
     return flat
-
-
-STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-
-
-def _stop_on_interrupt() -> tuple[list, dict]:
-    """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes and torchrun send to stop a job) while training: the
-    first one sets a flag (the signal's number), and Trainer.run stops after the step in progress and saves as at a
-    time-out (checkpoint, log, weights: the same command resumes); a second one interrupts at once
-    (KeyboardInterrupt; errors.Terminated for SIGTERM), except, under torchrun, a first SIGTERM after a Ctrl-C:
-    torchrun forwards the Ctrl-C to its ranks and SIGTERMs those still running as it shuts down. Returns (the flag
-    list, the handlers to restore; none off the main thread, where signals cannot be handled and Ctrl-C stays
-    Python's KeyboardInterrupt)."""
-    flag: list = []
-    if threading.current_thread() is not threading.main_thread():
-        return flag, {}
-
-    def handler(signum, frame):
-        if flag == [signal.SIGINT] and signum == signal.SIGTERM and under_torchrun():  # (docstring) the same stop
-            return flag.append(signum)
-        if flag:
-            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
-        flag.append(signum)
-        if main_rank():  # under torchrun every rank gets it: said once
-            print(f"\nyoda train: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
-                  f"without saving)", file=sys.stderr)
-
-    return flag, {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
 
 
 class Trainer:
@@ -488,7 +458,7 @@ class Trainer:
         post: dict = {}  # the bar's loss, and with max_seconds the time left (its ETA counts to total, not that)
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
-        (interrupted, old_handlers), stop = _stop_on_interrupt(), None
+        (interrupted, old_handlers), stop = stop_on_interrupt(), None
         bench = torch.backends.cudnn.benchmark  # for the run only (a fixed crop size: cuDNN's fastest convolutions)
         torch.backends.cudnn.benchmark = bench or self.device.type == "cuda"
         try:

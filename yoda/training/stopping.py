@@ -1,0 +1,38 @@
+"""Stopping a training run: the first Ctrl-C or SIGTERM asks Trainer.run to stop after the step in progress and
+save; a second one aborts."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from ..errors import Terminated
+from ..torchrun import main_rank, under_torchrun
+
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+def stop_on_interrupt() -> tuple[list, dict]:
+    """Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes and torchrun send to stop a job) while training: the
+    first one sets a flag (the signal's number), and Trainer.run stops after the step in progress and saves as at a
+    time-out (checkpoint, log, weights: the same command resumes); a second one interrupts at once
+    (KeyboardInterrupt; errors.Terminated for SIGTERM), except, under torchrun, a first SIGTERM after a Ctrl-C:
+    torchrun forwards the Ctrl-C to its ranks and SIGTERMs those still running as it shuts down. Returns (the flag
+    list, the handlers to restore; none off the main thread, where signals cannot be handled and Ctrl-C stays
+    Python's KeyboardInterrupt)."""
+    flag: list = []
+    if threading.current_thread() is not threading.main_thread():
+        return flag, {}
+
+    def handler(signum, frame):
+        if flag == [signal.SIGINT] and signum == signal.SIGTERM and under_torchrun():  # (docstring) the same stop
+            return flag.append(signum)
+        if flag:
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+        flag.append(signum)
+        if main_rank():  # under torchrun every rank gets it: said once
+            print(f"\nyoda train: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
+                  f"without saving)", file=sys.stderr)
+
+    return flag, {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
