@@ -2069,6 +2069,14 @@ MUTANTS = [
            "                warnings.simplefilter(\"ignore\", UnrefinedWarning)", "                pass",
            ("tests/test_cli.py", "-k", "takes_the_steps_that_refine_every_pixel"),
            "upscale --steps 1 --attention prints the library's warning beside its own note"),
+    Mutant("terminated-code-none", "yoda/errors.py",
+           "        super().__init__(143)", "        super().__init__()",
+           ("tests/test_images.py", "-k", "sigterm_cleans"),
+           "SIGTERM exits with status 0 (SystemExit(None)), not 143: a scheduler reads the job as done"),
+    Mutant("own-steps-warning-uncategorised", "yoda/sampling/loop.py",
+           "                          UnrefinedWarning, stacklevel=2)", "                          UserWarning, stacklevel=2)",
+           ("tests/test_checkpoint.py", "-k", "raises_the_models_steps"),
+           "the model's-own-steps warning is not silenced by warnings.simplefilter('ignore', yoda.UnrefinedWarning)"),
 ]
 
 

@@ -966,14 +966,16 @@ def test_sample_with_attention_raises_the_models_steps_until_every_pixel_is_refi
     sr, seen = steps(attention="edge")
     assert [t for t, _ in seen] == [999, 499] and seen[0][1] < 1 and seen[-1][1] == 1.0
     assert torch.equal(sr, steps(attention="edge", steps=2)[0])
-    with pytest.warns(UserWarning, match=r"at steps=1 with lower_bound 0.6, pixels whose attention is below 0.4 keep "
+    with pytest.warns(yoda.UnrefinedWarning, match=r"at steps=1 with lower_bound 0.6, pixels whose attention is below "
+                      r"0.4 keep "
                                          r"the LR image .*; steps=2 refines every pixel"):
         assert [t for t, _ in steps(attention="edge", steps=1)[1]] == [999]  # given: kept, and said
     assert [t for t, _ in steps()[1]] == [999]  # plain: the card's one step
     assert len(steps(attention="edge", lower_bound=0.1)[1]) == 10  # the last tau, 1/n - 0.1, is <= 0 from n = 10
     assert len(steps(attention="edge", lower_bound=1.0)[1]) == 1  # every pixel at every step already
     # no count up to 50 covers l = 0.01 (it takes 100): the card's step is kept, and it is said (it was silent)
-    with pytest.warns(UserWarning, match=r"^attention: at the model's 1 step\(s\) with lower_bound 0.01, pixels "
+    with pytest.warns(yoda.UnrefinedWarning, match=r"^attention: at the model's 1 step\(s\) with lower_bound 0.01, "
+                      r"pixels "
                                          r"whose attention is below 0.99 keep the LR image, and no step count up to "
                                          r"50 refines every pixel: give steps= or a larger lower_bound$"):
         assert [t for t, _ in steps(attention="edge", lower_bound=0.01)[1]] == [999]

@@ -49,6 +49,7 @@ _LAZY = {
     "photos": ("yoda.photos", None),
     "heldout": ("yoda.heldout", None),
     "devices": ("yoda.devices", None),
+    "errors": ("yoda.errors", None),
 }
 __all__ = sorted(_LAZY)  # `from yoda import *` loads them (and torch) as attribute access does
 

@@ -25,13 +25,15 @@ class UserError(ValueError):
 
 
 class NonFiniteError(UserError, FloatingPointError):
-    """A model (or its decoder) returned NaN or Inf while sampling; the message names the step and the model."""
+    """A model (or its decoder) returned NaN or Inf while sampling; the message names the step where the check found
+    it, or the steps since the last check (yoda.sampling.FINITE_EVERY), their timestep indices, and the model."""
 
 
 class UnrefinedWarning(UserWarning):
     """yoda.sample's step count leaves the least attended pixels at the LR image (YODA's last step does not reach
-    them); the message names the count that refines them. Its own category, so that a caller who chose the count
-    can silence it without matching its words: warnings.simplefilter("ignore", yoda.UnrefinedWarning)."""
+    them); the message names the count that refines them where there is one and the call does not fix the count
+    (noise=, sigmas=). Its own category, so that a caller who chose the count can silence it without matching its
+    words: warnings.simplefilter("ignore", yoda.UnrefinedWarning)."""
 
 
 @contextlib.contextmanager
@@ -50,6 +52,9 @@ class Terminated(SystemExit):
     """SIGTERM, raised by sigterm_exits (and by yoda train's second one): SystemExit(143), which the CLI reports
     in one line, as it reports Ctrl-C."""
 
+    def __init__(self) -> None:
+        super().__init__(143)
+
 
 def stop_in(e: BaseException) -> BaseException:
     """The KeyboardInterrupt or Terminated in ``e``'s chain of causes, else ``e``: Python <= 3.11 wraps one that
@@ -61,9 +66,6 @@ def stop_in(e: BaseException) -> BaseException:
         seen.add(id(c))
         c = c.__cause__ or c.__context__
     return e
-
-    def __init__(self) -> None:
-        super().__init__(143)
 
 
 @contextlib.contextmanager

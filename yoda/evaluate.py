@@ -261,8 +261,8 @@ def run_sample(model, lr: torch.Tensor, attention, lower_bound: float, s: EvalSe
 def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: EvalSettings = EvalSettings(),
              on_error: Optional[Callable[[str, BaseException], None]] = None,
              rows: Optional[list] = None) -> list[dict]:
-    """Per-image rows {image, method, attention, lower_bound, psnr, ssim, L_shift, ab_shift, calls, seconds},
-    plus "lpips" when settings.lpips names the weight files.
+    """Per-image rows {image, method, attention, lower_bound, sampler, steps, seed, psnr, ssim, L_shift, ab_shift,
+    metrics, calls, seconds}, plus "lpips" when settings.lpips names the weight files.
 
     model: anything yoda.sample takes (an adapter or a model with yoda_adapter()).
     images: (name, uint8 (H, W, 3)) HR images; LR = make_lr(HR). A list (yoda.data.load_source), or any iterable

@@ -215,7 +215,7 @@ def sample(
             warnings.warn(f"attention: at the model's {steps} step(s) with lower_bound {lower_bound:g}, pixels whose "
                           f"attention is below {spec.taus[-1]:.2f} keep the LR image, and no step count up to "
                           f"{min(MOST_YODA_STEPS, spec.T)} refines every pixel: give steps= or a larger lower_bound",
-                          UserWarning, stacklevel=2)
+                          UnrefinedWarning, stacklevel=2)
         spec = spec if enough in (None, steps) else spec_of(enough)
     said = own_steps and steps is not None and noise is None  # the model's steps: covered above, or said there
     speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
