@@ -18,7 +18,7 @@ import yoda
 from yoda.adapters import as_adapter
 from yoda.cli import main
 from yoda.drawing import README_WIDTH
-from yoda.errors import Terminated
+from yoda.errors import Terminated, UserError
 from yoda.models import save_model
 from yoda.images import load_image, to_uint8
 from yoda.models.sr3 import SR3Config, SR3UNet
@@ -1128,6 +1128,11 @@ def test_upscale_window_options_are_checked(tmp_path, tiny_model, images, capsys
                        (["--max-memory", "0.5"], "'0.5' is 0 bytes, less than any image needs (0 means no limit")):
         code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, *extra], capsys)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (extra, err)
+    from yoda.cli_upscale import check_tiles
+
+    for tiles, near in ((12, "16"), (4, "16"), ((12, 20), "16x16"), (28, "24 or 32")):  # at least 16: 8 was suggested
+        with pytest.raises(UserError, match=rf"must be multiples of 8 .*, e\.g\. --tiles {near}$"):
+            check_tiles(argparse.Namespace(tiles=(tiles, None)), 8, 16)
     from yoda.cli_parser import _bytes_arg
 
     assert _bytes_arg("1e9") == _bytes_arg("1000000000") == 10**9 and _bytes_arg("1.5E3K") == 1500 * 1024  # was
@@ -1777,10 +1782,12 @@ def test_file_names_with_terminal_escapes_are_shown_not_obeyed(tmp_path, tiny_mo
     folder.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a\x1b]0;owned\x07\x1b[2K.png")
     (folder / "b\x1b[31m.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / os.fsdecode(b"c\xff.png"))  # not UTF-8
     code, out, err = run(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", tiny_model, "--steps",
                           "1"], capsys)  # not -q: the line per image is what is looked at
     assert code == 2 and "\x1b" not in out and "\x1b" not in err and "\x07" not in out
     assert "a\\x1b]0;owned\\x07\\x1b[2K.png -> " in out
+    assert "c\\xff.png -> " in out  # the byte, as ls -b shows it (it was \\udcff)
     assert "b\\x1b[31m.png: not an image in a format yoda reads" in err
     assert (tmp_path / "out" / "a\x1b]0;owned\x07\x1b[2K_x4.png").exists()  # the file itself keeps its name
 

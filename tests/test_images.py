@@ -99,6 +99,15 @@ def test_load_errors(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")  # said as empty, not as a format yoda does not read
     with pytest.raises(ValueError, match=r"cannot read image .*empty\.png: the file is empty \(0 bytes\)$"):
         load_image(tmp_path / "empty.png")
+    # cut off in its header (or a width of 0): it was "not an image in a format yoda reads (PNG, ...)"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.jpg")
+    for name, head, fmt in (("cut.png", data[:30], "PNG"), ("cut.jpg", (tmp_path / "ok.jpg").read_bytes()[:20], "JPEG"),
+                            ("w0.png", data[:16] + b"\0\0\0\0" + data[20:], "PNG")):
+        (tmp_path / name).write_bytes(head)
+        with pytest.raises(ValueError, match=rf"cannot read image .*{name}: a truncated or corrupt {fmt} file$"):
+            load_image(tmp_path / name)
+    with pytest.raises(ValueError, match=r"junk\.png: not an image in a format yoda reads"):
+        load_image(tmp_path / "junk.png")
 
 
 def test_save_errors_and_atomicity(tmp_path, monkeypatch):
@@ -163,6 +172,42 @@ def test_a_transparent_colour_key_is_white_too(tmp_path, mode):
     got = to_uint8(load_image(tmp_path / "k.png"))[0]
     assert got[0, 0].tolist() == ([10, 20, 30] if mode == "RGB" else [77] * 3)
     assert (got.reshape(-1, 3)[1:] == 255).all()
+
+
+def _keyed_png(path, levels: np.ndarray, depth: int, colour: int, trns: bytes) -> None:
+    """A PNG of ``levels`` (rows of samples) with a colour key (Pillow writes no 2-/4-bit grey or 16-bit RGB)."""
+    rows = b""
+    for r in levels:
+        if depth < 8:
+            bits = "".join(format(int(v), f"0{depth}b") for v in r)
+            rows += b"\0" + int(bits + "0" * (-len(bits) % 8), 2).to_bytes(-(-len(bits) // 8), "big")
+        else:
+            rows += b"\0" + r.astype(">u2" if depth == 16 else "u1").tobytes()
+    _png(path, levels.shape[1], levels.shape[0], depth, colour, rows, trns)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_a_low_bit_grey_colour_key_is_white_too(tmp_path, depth):
+    """A 1-, 2- or 4-bit grey PNG with a colour key kept its keyed pixels: Pillow scales 2-/4-bit levels to 8 bits
+    (level 1 of 2 bits is 85) but not the key, and a 1-bit image (mode "1") was not looked at for one."""
+    top, key = (1 << depth) - 1, 0 if depth == 1 else 1  # (1 bit: the black level, white would read white anyway)
+    levels = [0, 1, top, 1, 0]
+    _keyed_png(tmp_path / "k.png", np.array([levels]), depth, 0, key.to_bytes(2, "big"))
+    want = [255 if v == key else v * (255 // top) for v in levels]  # the levels at 8 bits, the keyed ones white
+    assert images.read_image(tmp_path / "k.png")[0, :, 0].tolist() == want
+
+
+def test_a_16_bit_rgb_colour_key_is_said_not_applied(tmp_path):
+    """Pillow reads 16-bit RGB as 8 bits, where the key (1000, 2000, 3000) would also match (1000, 2000, 3001): its
+    pixels are taken as opaque, with a warning (they stayed near black without a word)."""
+    import struct
+
+    levels = np.array([[[1000, 2000, 3000], [1000, 2000, 3001], [65535, 0, 0]]])
+    _keyed_png(tmp_path / "k16.png", levels, 16, 2, struct.pack(">HHH", 1000, 2000, 3000))
+    with pytest.warns(UserWarning, match=r"k16\.png: its 16-bit colour key \(PNG tRNS \(1000, 2000, 3000\)\) is not "
+                                         r"applied: .*taken as opaque"):
+        got = images.read_image(tmp_path / "k16.png")
+    assert got[0].tolist() == [[3, 7, 11], [3, 7, 11], [255, 0, 0]]
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".png", ".tif"])
@@ -409,8 +454,9 @@ def test_atomic_write_does_not_follow_another_users_link_in_a_shared_folder(tmp_
 # ----------------------------------------------------------------------------------------------------------
 # Hostile files: bombs, float / high-bit-depth samples, EXIF orientation, output paths
 # ----------------------------------------------------------------------------------------------------------
-def _png(path, width, height, bit_depth, colour, rows):
-    """A PNG written by hand: IHDR says width x height, IDAT holds only ``rows`` (bytes, filter byte first)."""
+def _png(path, width, height, bit_depth, colour, rows, trns: bytes = b""):
+    """A PNG written by hand: IHDR says width x height, IDAT holds only ``rows`` (bytes, filter byte first); a tRNS
+    chunk of ``trns`` (a colour key) if given."""
     import struct
     import zlib
 
@@ -418,8 +464,8 @@ def _png(path, width, height, bit_depth, colour, rows):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows, 9))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + (chunk(b"tRNS", trns) if trns else b"")
+                     + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
     return path
 
 
@@ -633,6 +679,25 @@ def test_exif_orientation_is_applied(tmp_path):
     assert np.array_equal(images.read_image(tmp_path / "plain.png"), a)
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "CMYK", "RGB"])
+@pytest.mark.parametrize("orientation, turn", [(6, -1), (8, 1), (5, None), (3, 2)])
+def test_a_tiffs_orientation_turns_its_pixels(tmp_path, mode, orientation, turn):
+    """An uncompressed grey, 16-bit, RGBA or CMYK TIFF with a quarter-turn orientation (5-8) came out scrambled and
+    not turned (Pillow 13 turns a TIFF it memory-mapped wrongly: it was opened by name); `yoda upscale` wrote 128x96
+    for a 24x32 portrait. RGB TIFFs and half turns were right."""
+    g = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80 + 5  # every pixel its own value: no symmetry hides
+    a = {"L": (g // 256).astype(np.uint8), "I;16": g}.get(mode, np.stack([g % 251, g // 97, g % 13 * 19, g % 7 + 248],
+                                                                         -1).astype(np.uint8))
+    im = Image.fromarray(a[..., :3] if mode == "RGB" else a)  # uint8 (H, W): L; uint16: I;16; (H, W, 4): RGBA
+    im = Image.frombytes("CMYK", im.size, im.tobytes()) if mode == "CMYK" else im
+    assert im.mode == mode
+    im.save(tmp_path / "o.tif", tiffinfo={274: orientation})
+    im.save(tmp_path / "plain.tif")
+    got, plain = images.read_image(tmp_path / "o.tif"), images.read_image(tmp_path / "plain.tif")
+    want = np.rot90(plain, turn) if turn is not None else np.transpose(plain, (1, 0, 2))  # 5: transposed
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("suffix", images.OUTPUT_SUFFIXES)
 def test_every_output_format_round_trips_its_size(tmp_path, suffix):
     x = torch.linspace(-1, 1, 3 * 8 * 6).reshape(3, 8, 6)
@@ -759,6 +824,14 @@ def test_icc_profile_is_converted_to_srgb(tmp_path, mode, suffix):
     image().save(p, icc_profile=b"not a profile" * 20, **kw)
     with pytest.warns(UserWarning, match="ICC colour profile cannot be read"):
         assert np.array_equal(images.read_image(p), want)
+    # a profile that reads but is of another colour space (an RGB one in a CMYK JPEG): not "cannot be read"
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.new("CMYK", (4, 4), (0, 255, 0, 0)).save(tmp_path / "cmyk_rgb_profile.jpg", icc_profile=srgb)
+    with pytest.warns(UserWarning, match=r"cmyk_rgb_profile\.jpg: its ICC colour profile does not fit its CMYK pixels "
+                                         r"\(.*\); the pixels are taken as sRGB"):
+        images.read_image(tmp_path / "cmyk_rgb_profile.jpg")
 
 
 # ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----

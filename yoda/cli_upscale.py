@@ -66,8 +66,9 @@ def check_tiles(a, unit: int, least: int) -> None:
     typed = text if overlap is None else f"{text},{overlap}"
     sides = window_sides(window)
     if any(n % unit for n in (*sides, overlap or 0)):
-        down = [max(unit, n // unit * unit) for n in sides]
-        near = (" or ".join(map(str, sorted({down[0], -(-sides[0] // unit) * unit}))) if sides[0] == sides[1]
+        lo = max(unit, -(-least // unit) * unit)  # a window it suggests is one it takes (8 was refused: least 16)
+        down = [max(lo, n // unit * unit) for n in sides]
+        near = (" or ".join(map(str, sorted({down[0], max(lo, -(-sides[0] // unit) * unit)}))) if sides[0] == sides[1]
                 else f"{down[1]}x{down[0]}")
         raise UserError(f"--tiles {typed}: window and overlap must be multiples of {unit} (this model's size "
                         f"multiple and scale), e.g. --tiles {near}")

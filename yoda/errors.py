@@ -52,8 +52,8 @@ class Terminated(SystemExit):
     """SIGTERM, raised by sigterm_exits (and by yoda train's second one): SystemExit(143), which the CLI reports
     in one line, as it reports Ctrl-C."""
 
-    def __init__(self) -> None:
-        super().__init__(143)
+    def __init__(self, code: int = 143) -> None:  # (the code: as pickle and copy make one again)
+        super().__init__(code)
 
 
 def stop_in(e: BaseException) -> BaseException:
@@ -124,5 +124,7 @@ def out_of_memory(e: BaseException) -> bool:
 
 def printable(s: str) -> str:
     """``s`` with its control characters escaped (ESC as \\x1b, a newline as \\n): a file name that carries terminal
-    escape sequences is shown, not obeyed, when the CLI prints it."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(s))
+    escape sequences is shown, not obeyed, when the CLI prints it. A byte of a name that is not UTF-8 (Python's
+    surrogate escape, U+DC80-U+DCFF) is shown as that byte, \\xff, not as \\udcff."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else repr(c)[1:-1] for c in str(s))

@@ -37,6 +37,7 @@ along with --max-pixels and silences that warning, so its error stays one line.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import numbers
@@ -45,7 +46,7 @@ import re
 import struct
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
@@ -257,24 +258,43 @@ def _to_srgb(im: Image.Image, p: Path) -> Image.Image:
         return im
     from PIL import ImageCms
 
+    src = None
     try:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         rgb = im.convert("RGB") if im.mode == "RGBA" else im
         out = ImageCms.profileToProfile(rgb, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
-        warnings.warn(f"{p}: its ICC colour profile cannot be read ({e}); the pixels are taken as sRGB",
-                      stacklevel=3)
+        why = ("cannot be read" if src is None else  # read, but of another colour space (an RGB one in a CMYK file)
+               f"does not fit its {im.mode} pixels")
+        warnings.warn(f"{p}: its ICC colour profile {why} ({e}); the pixels are taken as sRGB", stacklevel=3)
         return im
     if im.mode == "RGBA":
         out.putalpha(im.getchannel("A"))
     return out
 
 
+def _png_key(im: Image.Image, p: Path) -> None:
+    """PNG's tRNS colour key (im.info["transparency"]) made what Pillow's decoded pixels hold: Pillow scales the
+    levels of a 2- or 4-bit grey image to 8 bits (level 1 of 2 bits is 85) but not its key; a 16-bit RGB image it
+    decodes to 8 bits, where the 16-bit key no longer picks out one colour: dropped, with a warning."""
+    key = im.info.get("transparency")
+    if key is None or im.format != "PNG" or im.mode not in ("L", "RGB"):
+        return
+    with open(p, "rb") as f:
+        depth = f.read(25)[24:]  # IHDR's bit depth
+    if im.mode == "L" and depth in (b"\x02", b"\x04") and isinstance(key, int):
+        im.info["transparency"] = key * (255 // ((1 << depth[0]) - 1))
+    elif im.mode == "RGB" and depth == b"\x10":
+        del im.info["transparency"]
+        warnings.warn(f"{p}: its 16-bit colour key (PNG tRNS {key}) is not applied: Pillow reads 16-bit RGB as 8 bits, "
+                      f"where the key would match other colours too; its pixels are taken as opaque", stacklevel=4)
+
+
 def _samples(im: Image.Image, p: Path) -> np.ndarray:
     """The decoded image as an array to_rgb_u8 takes: uint8 (H, W[, 3|4]) or float in [0, 1] (module
     docstring: 16-bit and float samples map by the range of their type)."""
-    key = im.info.get("transparency")  # P: a palette's alpha; L, RGB, I;16: a colour key (PNG's tRNS)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "L", "RGB") and key is not None):
+    key = im.info.get("transparency")  # P: a palette's alpha; 1, L, RGB, I;16: a colour key (PNG's tRNS)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "1", "L", "RGB") and key is not None):
         a = np.asarray(im.convert("RGBA"))
         if a.size and not a[..., 3].any():  # (a training set took such a file as a white image, without a word)
             warnings.warn(f"{p}: every pixel is fully transparent (alpha 0): composited on white, it is a blank "
@@ -307,19 +327,31 @@ def _samples(im: Image.Image, p: Path) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def open_image(p: str | os.PathLike) -> Image.Image:
-    """PIL.Image.open(p) with the decoders of READ_FORMATS only (those this Pillow has)."""
+@contextlib.contextmanager
+def open_image(p: str | os.PathLike) -> Iterator[Image.Image]:
+    """PIL.Image.open with the decoders of READ_FORMATS only (those this Pillow has), within the block. From an
+    open file, not by name: Pillow memory-maps an uncompressed TIFF opened by name, and turning that upright
+    (orientation tags 5-8: a quarter turn) scrambled its pixels and kept its sides (Pillow 13)."""
     Image.init()
-    return Image.open(p, formats=[f for f in READ_FORMATS if f in Image.OPEN])
+    with open(p, "rb") as fp, Image.open(fp, formats=[f for f in READ_FORMATS if f in Image.OPEN]) as im:
+        yield im
 
 
-def _is_tiff(p: Path) -> bool:
-    """Whether ``p`` starts with a TIFF (or BigTIFF) signature, little- or big-endian."""
+# how files of the formats yoda reads begin (TIFF and BigTIFF little- or big-endian; WebP: RIFF, a size, WEBP)
+_SIGNATURES = {"TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), "PNG": (b"\x89PNG\r\n\x1a\n",),
+               "JPEG": (b"\xff\xd8\xff",), "GIF": (b"GIF87a", b"GIF89a")}  # (not BMP's "BM": a text file's "BMW ...")
+
+
+def _signature(p: Path) -> Optional[str]:
+    """The format whose signature ``p`` starts with (_SIGNATURES, WebP), else None."""
     try:
         with open(p, "rb") as f:
-            return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+            head = f.read(12)
     except OSError:
-        return False
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for fmt, starts in _SIGNATURES.items() if head.startswith(starts)), None)
 
 
 def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
@@ -351,6 +383,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
             with open_image(p) as im:
                 _check_pixels(p, im.size, limit)
                 im.load()  # decode now, so a truncated file fails here and not later
+                _png_key(im, p)
                 # an animated GIF / WebP / PNG, a multi-page TIFF; not a camera JPEG's previews (MPO: its first
                 # frame is the photograph) nor a Photoshop file's layers (PSD: its first frame is the composite)
                 if getattr(im, "n_frames", 1) > 1 and im.format not in ("MPO", "PSD"):
@@ -366,12 +399,15 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
             raise DataError(f"path: {p} is refused by Pillow's own limit: {e} (raise PIL.Image.MAX_IMAGE_PIXELS "
                             "too, or pass --max-pixels to the CLI)") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            if isinstance(e, UnidentifiedImageError) and _is_tiff(p):  # not "no image at all", as Pillow says
+            signed = _signature(p) if isinstance(e, UnidentifiedImageError) else None
+            if signed == "TIFF":  # not "no image at all", as Pillow says
                 raise DataError(f"path: {p} is a TIFF that Pillow cannot decode (of float TIFFs only single-channel "
                                 f"float32 is read: not float16, float64 or several float channels); convert it to "
-                                f"8/16-bit PNG or TIFF ({e})") from None
+                                "8/16-bit PNG or TIFF") from None
             if isinstance(e, UnidentifiedImageError) and p.stat().st_size == 0:  # not "an unknown format"
                 raise DataError(f"path: cannot read image {p}: the file is empty (0 bytes)") from None
+            if signed:  # a PNG cut off in its header, or with a width of 0: not "an unknown format"
+                raise DataError(f"path: cannot read image {p}: a truncated or corrupt {signed} file") from None
             if isinstance(e, UnidentifiedImageError):
                 raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
                                 "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None
