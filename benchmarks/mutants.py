@@ -2098,6 +2098,20 @@ MUTANTS = [
            "            if signed:  # a PNG cut off", "            if False:  # a PNG cut off",
            ("tests/test_images.py", "-k", "load_errors"),
            "a PNG cut off in its header is called 'not an image in a format yoda reads'"),
+    Mutant("latent-safetensors-with-metadata", "yoda/models/yoda_format.py",
+           "    if meta is None or meta.get(\"format\") != FORMAT:\n        refuse_latent(tensors, p)",
+           "    if meta is None:\n        refuse_latent(tensors, p)",
+           ("tests/test_cli.py", "-k", "kinds_the_cli_cannot_load"),
+           "an SD .safetensors with {'format': 'pt'} metadata is 'not a yoda model file', not named as a latent model"),
+    Mutant("wrapped-stop-counted-failed", "yoda/cli_upscale.py",
+           "            if stop_in(e) is e:  # not a Ctrl-C", "            if True:  # not a Ctrl-C",
+           ("tests/test_cli.py", "-k", "closing_count_and_survives"),
+           "a Ctrl-C that Python wrapped in a RuntimeError counts the stopped input as failed"),
+    Mutant("eval-wrapped-stop-lost", "yoda/cli.py",
+           "            if not isinstance(stop_in(e), (KeyboardInterrupt, Terminated)):",
+           "            if not isinstance(e, (KeyboardInterrupt, Terminated)):",
+           ("tests/test_cli.py", "-k", "eval_stopped_keeps"),
+           "a wrapped Ctrl-C in yoda eval loses the finished rows (no table, no partial file)"),
 ]
 
 

@@ -1468,6 +1468,7 @@ def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_p
         monkeypatch.setattr(cli, "_upscale_one", wrapped)
         code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "b3"), *common, "-q"], capsys)
         assert code == code_ and err.endswith(said) and "internal error" not in err and "Traceback" not in err, err
+        assert "0 written, 0 skipped, 0 failed, of 3 inputs in " in out  # the stopped input is not a failed one
     # a reader that went away (its end of the pipe closed before the first line): the run writes every image
     read_end, write_end = os.pipe()
     os.close(read_end)
@@ -2142,6 +2143,19 @@ def test_eval_stopped_keeps_the_images_it_finished(tmp_path, tiny_model, capsys,
     code, stdout, _ = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
                            "--attention", "edge", "--lower-bounds", "0.6", "-o", str(table)], capsys)
     assert code == 130 and table.read_text() == "an earlier run's table\n" and "| plain |" in tpart.read_text()
+    tpart.unlink()  # a Ctrl-C that Python wrapped in a RuntimeError (a class defined in a lazy import): the same
+
+    def wrapped_stop(*args, **kw):
+        try:
+            return stop_in_the_second_image(*args, **kw)
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error calling __set_name__ on 'cached_property' instance") from e
+
+    calls.clear()
+    monkeypatch.setattr(yoda.evaluate, "run_sample", wrapped_stop)
+    code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
+                             "--attention", "edge", "--lower-bounds", "0.6", "-o", str(table)], capsys)
+    assert code == 130 and "| plain |" in tpart.read_text() and "internal error" not in err, err
     monkeypatch.setattr(yoda.evaluate, "run_sample", real)
     code, stdout, _ = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
                            "--attention", "edge", "--lower-bounds", "0.6", "-o", str(out)], capsys)
@@ -2651,13 +2665,25 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
                        (f"gan:{ckpt}", f"--model gan:{ckpt}: 'gan' is not a model kind; "
                         "--model takes a yoda model file's path, 'default', or sr3:PATH / srdiff:PATH"),
                        (f"SR3:{ckpt}", "is not a model kind (kinds are lower case)"),
-                       (f"sr3:{tmp_path / 'nope.pth'}", f"model file not found: {tmp_path / 'nope.pth'}")):
+                       (f"sr3:{tmp_path / 'nope.pth'}", f"model file not found: {tmp_path / 'nope.pth'}"),
+                       # a ~user that does not exist: Path.expanduser's RuntimeError was an internal error
+                       ("gan:~nosuchuser-yoda/x.pt", "--model gan:~nosuchuser-yoda/x.pt: no such model file, and "
+                        "'gan' is not a model kind"),
+                       ("sr3:~nosuchuser-yoda/x.pth", "model file not found: ~nosuchuser-yoda/x.pth")):
         code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", spec], capsys)
         assert code == 2 and err.count("\n") == 1 and want in err, (spec, err)
     assert not (tmp_path / "o.png").exists()
     # the files of latent models with upstream key names (Stable Diffusion's .ckpt, DiffBIR's ControlNet .pt, a
     # ControlLDM's state dict) were "not a yoda model file ... loads as sr3:PATH" and, as sr3:, "pass the JSON"
     t = torch.zeros(2)
+    from safetensors.torch import save_file
+
+    # SD's .safetensors often carry {"format": "pt"}: it was "metadata 'format' must be 'yoda-model'", unnamed
+    save_file({"model.diffusion_model.out.0.weight": t, "first_stage_model.decoder.conv_in.weight": t.clone()},
+              str(tmp_path / "sd.safetensors"), metadata={"format": "pt"})
+    code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "sd.safetensors")],
+                       capsys)
+    assert code == 2 and "a latent diffusion model's" in err and "yoda.models.SDUpscalerAdapter" in err, err
     for name, sd in (("sd.ckpt", {"state_dict": {"model.diffusion_model.out.0.weight": t,
                                                  "first_stage_model.decoder.conv_in.weight": t}, "global_step": 1}),
                      ("DiffBIR_v2.1.pt", {"input_blocks.0.0.weight": t, "zero_convs.0.0.weight": t,

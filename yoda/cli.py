@@ -247,11 +247,13 @@ def cmd_eval(a) -> int:
         rows: list = []
         try:
             evaluate(model, images, settings, on_error=skipped, rows=rows)
-        except (KeyboardInterrupt, Terminated):  # what was done is kept, said to be partial
+        except BaseException as e:  # a stop: what was done is kept, said to be partial (a wrapped one too, stop_in)
+            if not isinstance(stop_in(e), (KeyboardInterrupt, Terminated)):
+                raise
             try:
                 eval_results(a, rows, f"stopped after {len({r['image'] for r in rows})} of {len(images)} images")
-            except OSError as e:  # the stop still ends the run (130 / 143), not the partial file it could not write
-                error_line(f"yoda: error: {one_line(e)}")
+            except OSError as w:  # the stop still ends the run (130 / 143), not the partial file it could not write
+                error_line(f"yoda: error: {one_line(w)}")
             raise
     eval_results(a, rows)
     return skipped.status(len(images))

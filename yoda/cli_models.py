@@ -50,7 +50,8 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
     from .models.loading import DEFAULT_WEIGHTS, load
 
     kind, _, rest = spec.partition(":")
-    kind, path = (kind, Path(rest).expanduser()) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
+    # (os.path's expanduser: Path's raised RuntimeError, an internal error, for a ~user that does not exist)
+    kind, path = (kind, Path(os.path.expanduser(rest))) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
     if spec == "default":
         path = DEFAULT_WEIGHTS
         if not path.exists():
@@ -67,7 +68,7 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
         if rest and word not in MODEL_KINDS and len(word) > 1 and word.replace("-", "").replace("_", "").isalnum():
             latent = f" ({LATENT_API})" if word.lower() in LATENT_WORDS else ""
             case = " (kinds are lower case)" if word.lower() in MODEL_KINDS else ""
-            nofile = "" if Path(rest).expanduser().exists() else "no such model file, and "  # diffbir:FILE
+            nofile = "" if os.path.exists(os.path.expanduser(rest)) else "no such model file, and "  # diffbir:FILE
             raise UserError(f"--model {spec}: {nofile}{word!r} is not a model kind{latent}{case}; "
                             f"--model takes a yoda model file's path, 'default', or "
                             f"{' / '.join(k + ':PATH' for k in MODEL_KINDS)}")

@@ -20,7 +20,7 @@ from ._io import check_folder_writable, output_claim
 from .cli_parser import one_line
 from .cli_models import (check_not_an_input, check_output_option, error_line, file_ids,
                          folder_images, last_tau, note, once_each, say)
-from .errors import UserError, out_of_memory, printable
+from .errors import UserError, out_of_memory, printable, stop_in
 from .torchrun import JOIN_NOTE, meeting_store, rank_prefix, wait_for_keys
 
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
@@ -308,9 +308,10 @@ class Tally:
             yield
         except Busy:
             raise
-        except Exception:
-            self.failed += 1
-            self._done()
+        except Exception as e:
+            if stop_in(e) is e:  # not a Ctrl-C / SIGTERM that Python wrapped in a RuntimeError: a failed input
+                self.failed += 1
+                self._done()
             raise
         self._done()
 
@@ -325,7 +326,7 @@ class Tally:
         try:
             yield
         except BaseException as e:
-            self.close(stopped=True, interrupted=isinstance(e, (KeyboardInterrupt, SystemExit)))
+            self.close(stopped=True, interrupted=isinstance(stop_in(e), (KeyboardInterrupt, SystemExit)))
             raise
         self.close()
 
@@ -543,7 +544,7 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
     carry ``a.scale``). An input whose output cannot be made (its name is another input's output too, or an input
     of the user's, or a folder or read-only file stands there) is refused alone: ``refused`` maps it to why, which
     its turn reports as its error while the others go on (one clashing pair stopped a whole folder); a single
-    input's is the command's error, as is an output folder that cannot be written at all."""
+    input's is the command's error (an output folder that cannot be written at all: output_folder's)."""
     if out_dir is None:
         return [a.output], {}
     from ._io import check_writable

@@ -226,9 +226,8 @@ def load_yoda(p: str, upstream_hint: str = UPSTREAM_HINT) -> nn.Module:
     if meta is None and isinstance(tensors, dict) and {"model", "ema", "step", "config"} <= set(tensors):
         raise CheckpointError(f"{p} is a `yoda train` checkpoint (the state a run resumes from), not a model file: "
                               f"the run's model is the .safetensors file next to it (model.safetensors by default)")
-    if meta is None:
-        refuse_latent(tensors, p)
     if meta is None or meta.get("format") != FORMAT:
+        refuse_latent(tensors, p)  # (SD's .safetensors often carry {"format": "pt"})
         hint = f"; {upstream_hint}" if meta is None else ""
         raise CheckpointError(f"{p}: not a yoda model file (safetensors metadata 'format' must be {FORMAT!r}; "
                               f"got {None if meta is None else meta.get('format')!r}){hint}")
