@@ -2112,6 +2112,10 @@ MUTANTS = [
            "            if not isinstance(e, (KeyboardInterrupt, Terminated)):",
            ("tests/test_cli.py", "-k", "eval_stopped_keeps"),
            "a wrapped Ctrl-C in yoda eval loses the finished rows (no table, no partial file)"),
+    Mutant("window-least-over-spanning-side", "yoda/sampling/prepare.py",
+           "    if sides and min(sides) < least:", "    if min(w.size) < least:",
+           ("tests/test_cli.py", "-k", "tiny_inputs_with_the_embedded"),
+           "a window that covers an image smaller than the model's least side is refused, though it spans the grid"),
 ]
 
 

@@ -2031,6 +2031,10 @@ def test_tiny_inputs_with_the_embedded_model(tmp_path, capsys):
         yoda.sample(net, lr, steps=1)
     with pytest.raises(ValueError, match=r"^windows: the window 8 must be at least 16 pixels"):
         yoda.sample(net, torch.zeros(1, 3, 8, 8), steps=1, windows=(8, 0))
+    # a window that covers an image smaller than that (SR 12x36, padded to 16x40) spans the grid: it was refused
+    small = torch.rand(1, 3, 3, 9, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(yoda.sample(net, small, steps=1, seed=0, pad=True, windows=((12, 36), 0)),
+                       yoda.sample(net, small, steps=1, seed=0, pad=True))
     code, _, err = run(["upscale", str(tmp_path / "t.png"), "-o", str(tmp_path / "w.png"), "--tiles", "8,0"], capsys)
     assert code == 2 and "--tiles 8,0: the window must be at least 16 pixels" in err
     code, _, err = run(["upscale", str(tmp_path / "t.png"), "-o", str(tmp_path / "w.png"), "--tiles", "8"], capsys)
@@ -2870,7 +2874,8 @@ def test_rectangular_windows_are_chosen_said_and_given_back_with_tiles(tmp_path,
     common = ["--model", tiny_model, "--steps", "1"]
     code, out, err = run(["upscale", str(tmp_path / "wide.png"), "-o", str(tmp_path / "auto.png"), "--max-memory",
                           "96M", *common], capsys)
-    assert code == 0 and "denoising in windows of 136x160 (overlap 32), 1 per call" in out, out + err
+    # the --tiles that gives them back, overlap and all (--tiles WxH alone overlaps by windows='s rule: below)
+    assert code == 0 and "denoising in windows of 136x160 (overlap 32: --tiles 136x160,32), 1 per call" in out, out + err
     code, out, err = run(["upscale", str(tmp_path / "wide.png"), "-o", str(tmp_path / "given.png"), "--tiles",
                           "136x160,32", "--window-batch", "1", *common], capsys)
     assert code == 0, err

@@ -150,7 +150,7 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
     if windows is not None and a.tiles is None:
         tally.say(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
                   f"{mebibytes(a.max_memory)}: denoising in windows of {window_text(windows[0])} (overlap "
-                  f"{windows[1]}), {window_batch} per call")
+                  f"{windows[1]}: --tiles {window_text(windows[0])},{windows[1]}), {window_batch} per call")
         window_notes(src, hr_h, hr_w, windows[0], a.max_memory)
     unused_window_batch_note(a, src, windows)
     t0 = time.perf_counter()

@@ -254,8 +254,8 @@ def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
         raise ValueError(f"windows: {type(adapter).__name__} windows must lie on the LR grid: window and overlap "
                          f"multiples of the scale {unit}, got {typed}")
     least = 1 if latent else int(getattr(adapter, "min_size", 1))
-    if min(w.size) < least:
-        raise ValueError(f"windows: the window {min(w.size)} must be at least {least} pixels, the smallest side this "
+    if sides and min(sides) < least:  # (a side that covers an image smaller than that spans the padded grid)
+        raise ValueError(f"windows: the window {min(sides)} must be at least {least} pixels, the smallest side this "
                          f"model takes, got {typed}")
     return w
 
