@@ -2116,6 +2116,22 @@ MUTANTS = [
            "    if sides and min(sides) < least:", "    if min(w.size) < least:",
            ("tests/test_cli.py", "-k", "tiny_inputs_with_the_embedded"),
            "a window that covers an image smaller than the model's least side is refused, though it spans the grid"),
+    Mutant("options-twice-last-wins", "yoda/cli_parser.py",
+           "            kwargs[\"action\"] = _Once", "            pass",
+           ("tests/test_cli.py", "-k", "eval_command"),
+           "train --config A --config B trains B without a word"),
+    Mutant("output-over-a-device", "yoda/_io.py",
+           "    _not_special(_target(p), f\"{what} {p}\")", "    pass",
+           ("tests/test_cli.py", "-k", "checked_before_sampling"),
+           "-o a FIFO (or /dev/null, as root) is replaced by a regular file"),
+    Mutant("plot-reads-a-pipe", "yoda/plots.py",
+           "        if not stat.S_ISREG(os.stat(path).st_mode):", "        if False:",
+           ("tests/test_plots.py", "-k", "pipe_or_a_device"),
+           "yoda plot FIFO waits forever; /dev/zero fills the memory"),
+    Mutant("blank-data-source", "yoda/data.py",
+           "            if not getattr(self, name).strip():", "            if False:",
+           ("tests/test_train.py", "-k", "bad_settings_are_refused"),
+           "a config's data.source \"\" trains on the working folder's images"),
 ]
 
 

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -738,6 +739,16 @@ def test_eval_command(tmp_path, tiny_model, capsys):
                         (["-o", "a.md", "-o", "b.md"], "-o is given twice (a.md and b.md)")):
         code, _, err = run(["eval", "--images", str(folder), *twice], capsys)  # (refused as it is parsed)
         assert code == 2 and said in err, err
+    # every other command's options too (train --config A --config B trained B; --steps 1 --steps 2 took 2)
+    for args, said in ((["train", "--config", "a.json", "--config", "b.json"], "--config is given twice (a.json and "
+                        "b.json)"),
+                       (["upscale", "x.png", "--steps", "1", "--steps", "2"], "--steps is given twice (1 and 2)"),
+                       (["plot", "log.csv", "--labels", "a", "--labels", "b"], "--labels is given twice; give its "
+                        "values after one: --labels a b"),
+                       (["attention", "x.png", "--lower-bound", "0.2", "--lower-bound", "0.9"], "--lower-bound is "
+                        "given twice (0.2 and 0.9)")):
+        code, _, err = run(args, capsys)
+        assert code == 2 and said in err and err.count("\n") == 1, (args, err)
     code, _, err = run(["eval", "--images", str(tmp_path / "empty_missing"), "--model", tiny_model], capsys)
     assert code == 2 and "empty_missing" in err
     # a folder named like one of yoda.data's sources is still the folder
@@ -945,6 +956,17 @@ def test_output_paths_are_checked_before_sampling(tmp_path, tiny_model, images, 
         (["demo", "-o", str(tmp_path / "nope" / "d.png"), "--model", tiny_model], "nope/d.png: the folder"),
         (["figures", "-o", str(tmp_path / "f.png"), "--model", tiny_model], "f.png: yoda figures writes 3 PNGs"),
     ]
+    # a FIFO or a device (-o /dev/null), or a link to one, was replaced by a regular file (as root, /dev/null itself)
+    fifo, link = tmp_path / "fifo.png", tmp_path / "link.png"
+    os.mkfifo(fifo)
+    os.mkfifo(tmp_path / "fifo.csv")
+    os.symlink(fifo, link)
+    special = "is not a regular file (a device or a pipe)"
+    cases += [(["upscale", rgb, "-o", str(fifo)], f"-o {fifo} {special}"),
+              (["attention", rgb, "-o", str(link)], f"{link} {special}"),
+              (["demo", "-o", str(fifo), "--model", tiny_model], f"{fifo} {special}"),
+              (["eval", "--images", os.path.dirname(rgb), "-o", str(tmp_path / "fifo.csv"), "--model", tiny_model],
+               f"fifo.csv {special}")]
     import yoda.cli
 
     def no_load(*args, **kwargs):  # -o is checked before the model loads (a large checkpoint takes a while)
@@ -970,7 +992,9 @@ def test_output_paths_are_checked_before_sampling(tmp_path, tiny_model, images, 
         code, _, err = run(args, capsys)
         assert code == 2 and "Permission denied" in err and ".tmp" not in err, err
         assert args[args.index("-o") + 1] in err  # the user's path, not the temporary file
-    assert sorted(os.listdir(tmp_path)) == ["afile", "exists", "grey.jpg", "isdir.png", "rgb.png"]
+    assert sorted(os.listdir(tmp_path)) == ["afile", "exists", "fifo.csv", "fifo.png", "grey.jpg", "isdir.png",
+                                            "link.png", "rgb.png"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISFIFO(os.stat(tmp_path / "fifo.csv").st_mode)
 
 
 def test_full_disk_with_several_inputs_leaves_no_empty_folder(tmp_path, tiny_model, images, capsys, monkeypatch):
@@ -1083,7 +1107,7 @@ def test_upscale_runs_tiled_over_max_memory(tmp_path, tiny_model, images, capsys
         code, stdout, err = run(["upscale", str(big), "-o", str(tmp_path / f"{name}.png"), *common, *extra], capsys)
         assert code == 0, err
         # a line per image, which -q hides (it was printed under -q too)
-        assert ("windows of 64 (overlap 16), 1 per call" in stdout) == (name == "auto"), stdout
+        assert ("windows of 64 (overlap 16: --tiles 64,16), 1 per call" in stdout) == (name == "auto"), stdout
         small = f"yoda: note: {big}: windows of 64 pixels give the model little around each pixel: slower, and " \
                 "softer than windows of 128 or more (a larger --max-memory)\n"
         assert (small in err) == (name in ("auto", "quiet")), err
@@ -2227,6 +2251,10 @@ def test_figures_say_where_yoda_leaves_pixels_unrefined_and_bad_names_are_said_f
                                  "refines every pixel\n"), err
     code, _, err = run(args + ["--steps", "2", "-o", str(tmp_path / "f2")], capsys)
     assert code == 0 and err == "", err
+    code, out, err = run([a for a in args if a != "-q"] + ["--steps", "2", "--bins", "200", "-o", str(tmp_path / "fb")],
+                         capsys)  # the bins' edges told apart (--bins 100000 printed rows all "1.00-1.00")
+    rows = [r.split("|")[1].strip() for r in out.splitlines() if r.startswith("| 0.") or r.startswith("| 1.")]
+    assert code == 0 and len(rows) == 200 and rows[0] == "0.000-0.005" and rows[-1] == "0.995-1.000", out
     missing = str(tmp_path / "nope.pth")
     for cmd in (["figures", "-o", str(tmp_path / "f3")], ["eval", "--steps", "1", "--lower-bounds", "0.6"]):
         code, _, err = run(cmd + ["--images", str(folder), "--model", tiny_model, "--attention",
@@ -2673,7 +2701,9 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
                        # a ~user that does not exist: Path.expanduser's RuntimeError was an internal error
                        ("gan:~nosuchuser-yoda/x.pt", "--model gan:~nosuchuser-yoda/x.pt: no such model file, and "
                         "'gan' is not a model kind"),
-                       ("sr3:~nosuchuser-yoda/x.pth", "model file not found: ~nosuchuser-yoda/x.pth")):
+                       ("sr3:~nosuchuser-yoda/x.pth", "model file not found: ~nosuchuser-yoda/x.pth"),
+                       ("sr3:", "--model sr3:: give the checkpoint's path after it: --model sr3:PATH"),
+                       ("/dev/null", "--model /dev/null: /dev/null is not a regular file (a device or a pipe)")):
         code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", spec], capsys)
         assert code == 2 and err.count("\n") == 1 and want in err, (spec, err)
     assert not (tmp_path / "o.png").exists()

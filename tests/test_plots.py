@@ -222,6 +222,16 @@ def test_a_cell_that_is_not_a_number_names_its_line(tmp_path, row, message):
         plots.read_log(path)
 
 
+def test_a_log_that_is_a_pipe_or_a_device_is_refused(tmp_path):
+    """`yoda plot FIFO` waited forever in open(), `yoda plot /dev/zero` read until the memory ran out."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.csv")
+    for path in (str(tmp_path / "fifo.csv"), "/dev/zero"):
+        with pytest.raises(ValueError, match=f"^{path} is not a regular file \\(a device or a pipe\\)"):
+            plots.read_log(path)
+
+
 def test_default_labels_tell_runs_apart(tmp_path):
     """Two logs of one folder were both labelled with the folder's name; a run folder stands for its log.csv."""
     j = lambda *p: str(tmp_path.joinpath(*p))  # noqa: E731

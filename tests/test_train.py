@@ -1621,16 +1621,17 @@ def test_bad_settings_are_refused_before_step_1(tmp_path, img_folder, monkeypatc
     real_load = yoda.data.load_source
     monkeypatch.setattr(yoda.data, "load_source", lambda *a: pytest.fail("images read before the checks"))
     deep = {**TINY_MODEL, "channel_mults": [1, 2, 2, 2]}  # three downsamplings: sizes multiples of 8
-    for kw, message in ((dict(val_every=2, val_steps=200), r"config data.val_crop / val_steps: steps must be in "
-                                                           r"\[1, T=50\]"),
-                        (dict(val_every=2, val_steps=0), "config data.val_crop / val_steps: steps must be in"),
+    for kw, message in ((dict(val_every=2, val_steps=200), r"config val_steps 200 \(validation with val_every 2\): "
+                                                           r"steps must be in \[1, T=50\]"),
+                        (dict(val_every=2, val_steps=0), r"^config val_steps 0 \(validation with val_every 2\): steps "
+                                                         r"must be in"),
                         (dict(model=deep, data={"source": img_folder, "crop": 12, "scale": 4,
                                                 "val_source": img_folder}),
                          r"^config data.crop: the crop 12 must be a multiple of 8 \(the scale and the model's size "
                          r"multiple\) and at least 8$"),  # it said "lr of size 3x3 ... yoda.sample(..., pad=True)"
                         (dict(model=deep, val_every=2, data={"source": img_folder, "crop": 16, "scale": 4,
                                                              "val_source": img_folder, "val_crop": 12}),
-                         "config data.val_crop / val_steps: the crop 12 must be a multiple of 8")):
+                         "config data.val_crop: the crop 12 must be a multiple of 8")):
         out = tmp_path / "run"
         with pytest.raises(ValueError, match=message):
             Trainer(tiny_config(img_folder, **kw), str(out), device="cpu", progress=False)
@@ -1642,6 +1643,9 @@ def test_bad_settings_are_refused_before_step_1(tmp_path, img_folder, monkeypatc
             Trainer(tiny_config(img_folder), str(tmp_path / "w"), device="cpu", progress=False, weights_name=name)
     with pytest.raises(ValueError, match="val_crops must be >= 0"):
         tiny_config(img_folder, data={"source": img_folder, "val_crops": -1, "crop": 16, "scale": 4})
+    for key in ("source", "val_source"):  # "" read the working folder's images
+        with pytest.raises(ValueError, match=f"^data: {key} must name a source or a folder .*, got ' '$"):
+            tiny_config(img_folder, data={"source": img_folder, "crop": 16, "scale": 4, key: " "})
     with pytest.raises(ValueError, match="grad_clip must be a finite float >= 0"):
         tiny_config(img_folder, grad_clip=float("nan"))
     with pytest.raises(ValueError, match="model.in_channel and model.out_channel must be 6 and 3 for SR3"):

@@ -183,6 +183,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     p = Path(os.fspath(path))
     target = _target(p)
     folder = os.path.dirname(os.path.abspath(target))
+    _not_special(target, f"cannot write {p}: it")
     _not_read_only(target, f"cannot write {p}")
     try:
         tmp, mode = _create_temp(folder, target.name)
@@ -325,9 +326,23 @@ def check_writable(path: PathLike, what: str = "output", kept: bool = False) -> 
     if not os.path.isdir(folder):
         raise NotADirectoryError(f"{what} {p}: {folder} is not a folder")
     _probe(folder, p.name, f"{what} {p}")
+    _not_special(_target(p), f"{what} {p}")
     if not kept:
         _not_read_only(_target(p), f"{what} {p}")
     return p
+
+
+def _not_special(target: Path, said: str) -> None:
+    """OSError when ``target`` exists and is neither a regular file nor a folder (a device such as /dev/null, a
+    FIFO, a socket): outputs are written whole and renamed over the old file, which would put a plain file in its
+    place (as root, /dev/null itself was replaced)."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OSError(f"{said} is not a regular file (a device or a pipe): yoda writes its outputs whole and renames "
+                      f"them into place, which would replace it; give a file name")
 
 
 def _not_read_only(target: Path, said: str) -> None:

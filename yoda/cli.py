@@ -26,6 +26,7 @@ pixels (and, for upscale, outputs over it) are refused (--max-pixels N).
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -302,8 +303,9 @@ def cmd_figures(a) -> int:
     print(f"regional error by attention bin ({a.attention[0]}; pixels pooled over the images{flat}):")
     print("| A bin | pixels | MSE plain | MSE YODA | PSNR plain (dB) | PSNR YODA (dB) |")
     print("|---|---|---|---|---|---|")
+    d = max(2, math.ceil(math.log10(len(rp["count"]))))  # decimals that tell the edges apart (--bins 1000: 3)
     for i, n in enumerate(rp["count"]):
-        print(f"| {rp['edges'][i]:.2f}-{rp['edges'][i + 1]:.2f} | {n} | {rp['mse'][i]:.2f} | {ry['mse'][i]:.2f} | "
+        print(f"| {rp['edges'][i]:.{d}f}-{rp['edges'][i + 1]:.{d}f} | {n} | {rp['mse'][i]:.2f} | {ry['mse'][i]:.2f} | "
               f"{rp['psnr'][i]:.2f} | {ry['psnr'][i]:.2f} |")
     if data.lpips_note:
         print(data.lpips_note + ".")

@@ -50,6 +50,8 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
     from .models.loading import DEFAULT_WEIGHTS, load
 
     kind, _, rest = spec.partition(":")
+    if kind in MODEL_KINDS and not rest and spec.endswith(":"):  # it said "model file not found: sr3:"
+        raise UserError(f"--model {spec}: give the checkpoint's path after it: --model {kind}:PATH")
     # (os.path's expanduser: Path's raised RuntimeError, an internal error, for a ~user that does not exist)
     kind, path = (kind, Path(os.path.expanduser(rest))) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
     if spec == "default":
@@ -72,6 +74,8 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
             raise UserError(f"--model {spec}: {nofile}{word!r} is not a model kind{latent}{case}; "
                             f"--model takes a yoda model file's path, 'default', or "
                             f"{' / '.join(k + ':PATH' for k in MODEL_KINDS)}")
+        if path.exists():  # /dev/null, a FIFO: "not found" of a file that is there
+            raise UserError(f"--model {spec}: {path} is not a regular file (a device or a pipe); give a model file")
         raise UserError(f"--model {spec}: model file not found: {path}")
     if config is not None:
         if kind == "yoda":

@@ -55,12 +55,19 @@ class _Once(argparse.Action):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (``yoda upscale: error: ...``) instead of the usage block, and the defaults
-    in the help (_Help)."""
+    """argparse with a one-line error (``yoda upscale: error: ...``) instead of the usage block, the defaults in
+    the help (_Help), and every option that takes a value given at most once (_Once)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        # (train --config A --config B trained B, --steps 1 --steps 2 took 2, without a word: each option that was
+        # not marked _Once by hand)
+        if args and args[0].startswith("-") and "action" not in kwargs:
+            kwargs["action"] = _Once
+        return super().add_argument(*args, **kwargs)
 
     dashed_files: tuple = ()  # main's arguments that start with "-" and name an existing file
 

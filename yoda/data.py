@@ -390,6 +390,11 @@ class DataConfig:
                 raise ValueError(f"{name} ({v}) must be a positive multiple of scale ({self.scale})")
         if self.val_crops < 0:
             raise ValueError(f"val_crops must be >= 0 (0: no validation crops), got {self.val_crops}")
+        for name in ("source", "val_source"):  # "" was the working folder (a run read whatever images were there)
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} must name a source or a folder (\"builtin\", \"heldout\", \"photos\", "
+                                 f"\"photos-heldout\" or a path; \".\" for the working folder), got "
+                                 f"{getattr(self, name)!r}")
 
 
 class CropSampler:

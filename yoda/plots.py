@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import stat
 from typing import Sequence
 
 import numpy as np
@@ -41,6 +42,8 @@ def default_labels(paths: Sequence[str]) -> list[str]:
 
 def read_log(path: str) -> list[dict]:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO waited forever, /dev/zero filled the memory
+            raise ValueError(f"{path} is not a regular file (a device or a pipe); a training log is a CSV file")
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             rows, header = list(reader), reader.fieldnames or []

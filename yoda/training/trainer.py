@@ -199,7 +199,7 @@ class Trainer:
         cfg, adapter = self.cfg, self.sampling_model(self.ema)
         checks = [("data.crop", cfg.data.crop, None)]
         if validate:
-            checks.append(("data.val_crop / val_steps", cfg.data.val_crop, cfg.val_steps))
+            checks.append(("data.val_crop", cfg.data.val_crop, cfg.val_steps))
         unit, least = hr_grid(adapter)  # the crop sizes the model takes (its check_lr speaks of sampling's lr)
         for key, crop, steps in checks:
             if crop % unit or crop < least:
@@ -211,8 +211,8 @@ class Trainer:
             try:
                 make_spec(adapter, lr, steps=steps, sampler="ddim", lower_bound=cfg.loss.lower_bound, seed=cfg.seed,
                           progress=False)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"config {key}: {e}") from None
+            except (ValueError, TypeError) as e:  # (the crop is checked above: the steps it samples with)
+                raise ValueError(f"config val_steps {steps} (validation with val_every {cfg.val_every}): {e}") from None
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self, rank_rng: Optional[list] = None) -> dict:
