@@ -768,7 +768,9 @@ def test_eval_command(tmp_path, tiny_model, capsys):
                        (["--max-size", "3"], "--max-size 3 is below 8, the smallest HR side this model takes"),
                        (["--attention", "edge", "edge"], "--attention: 'edge' is given twice"),
                        (["--lower-bounds", "0.4", "0.4"], "--lower-bounds: 0.4 is given twice"),
-                       (["--lpips", "nope1", "nope2"], "--lpips: weights file not found: nope1"),
+                       (["--lpips", "nope1", "nope2"], "--lpips: weights file nope1: not found"),
+                       (["--lpips", str(folder), "nope2"], f"--lpips: weights file {folder}: a folder"),  # "not found"
+                       (["--lpips", "/dev/null", "nope2"], "--lpips: weights file /dev/null: not a regular file"),
                        (["--seed", "-1"], "argument --seed: '-1' must be an integer in [0, 4294967295]")):
         code, _, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "3", "-q", *args],
                            capsys)  # (3 steps cover every default lower bound: no note)

@@ -544,6 +544,8 @@ def test_corrupt_files(tmp_path, vit):
         att.dino_vits8(str(tmp_path / "empty.pth"))
     with pytest.raises(IsADirectoryError, match=r"is a folder, not a file"):
         att.dino_vits8(str(tmp_path))
+    with pytest.raises(ValueError, match=r"weights '/dev/null' is not a regular file \(a device or a pipe"):
+        att.dino_vits8("/dev/null")  # it was "weights file not found"
     zipped = tmp_path / "cut.pth"  # a torch.save zip cut short: torch's one-line reason, not its advice
     torch.save(vit.state_dict(), zipped)
     zipped.write_bytes(zipped.read_bytes()[:4000])

@@ -201,8 +201,9 @@ def _check_eval_options(a, outputs) -> None:
     if a.max_size < 0:
         raise UserError(f"--max-size must be >= 0 (0: full size), got {a.max_size}")
     for f in a.lpips or ():
-        if not os.path.isfile(f):
-            raise UserError(f"--lpips: weights file not found: {f}")
+        if not os.path.isfile(f):  # (a folder was "not found" too)
+            what = "a folder" if os.path.isdir(f) else "not a regular file" if os.path.exists(f) else "not found"
+            raise UserError(f"--lpips: weights file {f}: {what}")
 
 
 class _Skipped(list):

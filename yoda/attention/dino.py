@@ -107,6 +107,8 @@ def _read_file(path: str, fmt: str) -> Mapping:
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"weights {path!r} is a folder, not a file (expected {fmt})")
+    if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a FIFO: not "not found"
+        raise ValueError(f"weights {path!r} is not a regular file (a device or a pipe; expected {fmt})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path!r} (expected {fmt})")
     with open(path, "rb") as f:
