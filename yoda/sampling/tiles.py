@@ -71,9 +71,9 @@ def fewest_pixel_windows(hr_h: int, hr_w: int, unit: int, least: int, area: int)
     WINDOW_ASPECT to one (unless the shorter spans the image) and at least SMALL_WINDOW (else squares: no less
     context than they give; an image thinner than that: windows that span it), overlapping by default_overlap of
     the shorter side, also one that spans the image (windows=W without an overlap takes the shorter side that tiles
-    it: prepare.check_window_size; the CLI says the overlap it plans). Squares made a wide image's windows overlap along its short side: an
-    800 x 6000 output took 2 x 11 windows of 712², 2.3 times its pixels, now 12 of 456 x 1096 (1.25 times);
-    photographs took 1.5-1.6 times their pixels, now 1.25-1.4."""
+    it: prepare.check_window_size; the CLI says the overlap it plans). Squares made a wide image's windows overlap
+    along its short side: an 800 x 6000 output took 2 x 11 windows of 712², 2.3 times its pixels, now 12 of
+    456 x 1096 (1.25 times); photographs took 1.5-1.6 times their pixels, now 1.25-1.4."""
     top = max(least, math.isqrt(area) // unit * unit)
     fewest = _window_count(hr_h, hr_w, top, unit)
     side = next(s for s in range(least, top + 1, unit) if _window_count(hr_h, hr_w, s, unit) <= fewest)
