@@ -8,6 +8,7 @@ import dataclasses
 import math
 import sys
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -1030,6 +1031,16 @@ def test_model_returning_wrong_shape():
     model = CallableAdapter(lambda x, t, c: x[:, :2], prediction="eps", schedule=SCHED, scale=SCALE)
     with pytest.raises(ValueError, match="fn returned shape"):
         run(model, lr_image())
+    for out, hint in (((1,), r"tuple; return its tensor \(out\[0\]\)"), ({"sample": 1}, r"dict; return its tensor "
+                      r"\(out\['sample'\]\)"), (SimpleNamespace(sample=1), r"SimpleNamespace; return its tensor "
+                      r"\(out\.sample, as of diffusers' outputs\)")):  # (a diffusers UNet's output, its tuple form)
+        model = CallableAdapter(lambda x, t, c, out=out: out, prediction="eps", schedule=SCHED, scale=SCALE)
+        with pytest.raises(TypeError, match=rf"^fn must return a tensor, got {hint}$"):
+            run(model, lr_image())
+    model = CallableAdapter(lambda x, t, c: torch.empty_like(x, device="meta"), prediction="eps", schedule=SCHED,
+                            scale=SCALE)
+    with pytest.raises(ValueError, match=r"^fn returned a tensor on meta, the state is on cpu$"):
+        run(model, lr_image(), sampler="euler")  # (a solver ran its whole step on it, then Tensor.item() failed)
     for bad in (lambda x: x.to(torch.complex64), lambda x: x.round().long()):  # cast silently before
         model = CallableAdapter(lambda x, t, c: bad(x), prediction="eps", schedule=SCHED, scale=SCALE)
         with pytest.raises(TypeError, match=r"^fn must return a real floating tensor, got torch\.(complex64|int64)$"):
@@ -1244,6 +1255,57 @@ def test_an_adapters_output_must_be_a_floating_tensor_of_the_states_shape(window
         run(bad, lr_image(h=4, w=4), windows=windows, seed=0)
     bad.out = lambda x: torch.zeros_like(x, dtype=torch.float64)  # a floating dtype of its own: cast, as before
     assert run(bad, lr_image(h=4, w=4), windows=windows, seed=0).dtype == torch.float32
+    bad.out = lambda x: torch.empty_like(x, device="meta")  # another device: it failed in the fused step or the
+    with pytest.raises(ValueError, match=r"^Bad\.denoise returned a tensor on meta"  # finite check, naming no model
+                       + (" for a window batch" if windows == (4, 2) else "") + r", the state is on cpu$"):
+        run(bad, lr_image(h=4, w=4), windows=windows, seed=0)
+
+
+def test_an_adapter_of_ones_own_that_breaks_the_contract_is_said_before_any_step():
+    """A subclass without a schedule, with a tensor for one, or a prepare that returned a tuple got Python's bare
+    errors at some step ("'NoSched' object has no attribute 'schedule'", "Boolean value of Tensor ... ambiguous")."""
+    class Mine(PixelAdapter):
+        pass
+
+    for attr, value, err, said in (("schedule", None, TypeError, "schedule must be a yoda.schedule.Schedule, got "
+                                    "NoneType"), ("schedule", torch.linspace(1e-4, 0.02, 10), TypeError, "schedule "
+                                    "must be a yoda.schedule.Schedule, got Tensor"),
+                                   ("prediction", "epsilon", ValueError, "prediction must be one of"),
+                                   ("scale", 2.0, ValueError, "scale must be a positive int, got 2.0")):
+        model = Mine(SR3Net().eval(), SCHED, scale=SCALE)
+        setattr(model, attr, value)
+        with pytest.raises(err, match=rf"^Mine breaks the adapter contract \(yoda/adapters\.py\): {said}"):
+            run(model, lr_image())
+
+    class Tuple(PixelAdapter):
+        def prepare(self, lr):
+            p = super().prepare(lr)
+            return p.c, p.cond
+
+    with pytest.raises(TypeError, match=r"^Tuple\.prepare must return a yoda\.adapters\.Prepared\(c=\.\.\., "
+                                        r"cond=\.\.\.\), got tuple$"):
+        run(Tuple(SR3Net().eval(), SCHED, scale=SCALE), lr_image())
+
+
+def test_an_adapters_decode_must_give_the_rgb_image():
+    """A user's decode that gave the state back at another scale, or other channels, was returned as the image."""
+    class BadDecode(PixelAdapter):
+        def decode(self, x0, lr, cond):
+            return self.out(super().decode(x0, lr, cond))
+
+    model = BadDecode(SR3Net().eval(), SCHED, scale=SCALE)
+    lr = lr_image()
+    want = (1, 3, lr.shape[-2] * SCALE, lr.shape[-1] * SCALE)
+    model.out = lambda im: im
+    assert run(model, lr).shape == want
+    for out, got in ((lambda im: im[..., ::2, ::2], rf"torch.float32 \(1, 3, {want[2] // 2}, {want[3] // 2}\)"),
+                     (lambda im: torch.cat([im, im[:, :1]], 1), rf"torch.float32 \(1, 4, {want[2]}, {want[3]}\)"),
+                     (lambda im: im.long(), rf"torch.int64 \(1, 3, {want[2]}, {want[3]}\)"),
+                     (lambda im: im.numpy(), "ndarray")):
+        model.out = out
+        with pytest.raises(ValueError, match=rf"^BadDecode\.decode returned {got}, expected a floating RGB image "
+                                             rf"\(1, 3, {want[2]}, {want[3]}\)"):
+            run(model, lr)
 
 
 def test_windows_must_fit_the_models_size_multiple_before_any_call():

@@ -310,11 +310,17 @@ def _check_common(schedule: Any, prediction: str, scale: Any, clip_x0: Any, mult
 
 def _check_output(out: Any, x_t: torch.Tensor, who: str) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{who} must return a tensor, got {type(out).__name__}")
-    if out.shape != x_t.shape:
-        raise ValueError(f"{who} returned shape {tuple(out.shape)}, expected the state's shape {tuple(x_t.shape)}")
+        hint = ("; return its tensor (out[0])" if isinstance(out, (tuple, list)) else
+                "; return its tensor (out.sample, as of diffusers' outputs)" if hasattr(out, "sample") else
+                "; return its tensor (out['sample'])" if isinstance(out, Mapping) else "")
+        raise TypeError(f"{who} must return a tensor, got {type(out).__name__}{hint}")
+    if out.shape != x_t.shape:  # (x_t: the state, or a batch of its windows)
+        raise ValueError(f"{who} returned shape {tuple(out.shape)}, expected the shape of the x_t it was given "
+                         f"{tuple(x_t.shape)}")
     if not out.is_floating_point():  # complex or integer: the cast below would drop a part or round silently
         raise TypeError(f"{who} must return a real floating tensor, got {out.dtype}")
+    if out.device != x_t.device:
+        raise ValueError(f"{who} returned a tensor on {out.device}, the state is on {x_t.device}")
     return out.to(x_t.dtype)
 
 
@@ -465,6 +471,11 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
     if isinstance(model, Adapter):
         if kw:
             raise TypeError(f"model is already an Adapter; unexpected keyword arguments {sorted(kw)}")
+        try:  # a subclass of one's own that breaks the contract: one line now, not an AttributeError at some step
+            _check_common(getattr(model, "schedule", None), getattr(model, "prediction", None),
+                          getattr(model, "scale", None), getattr(model, "clip_x0", None), getattr(model, "multiple", None))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{type(model).__name__} breaks the adapter contract (yoda/adapters.py): {e}") from None
         return model
     make = getattr(model, "yoda_adapter", None)
     if callable(make):

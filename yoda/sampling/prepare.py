@@ -18,7 +18,7 @@ import yoda_kernels as K
 
 from .. import attention as _attention
 from .. import masks
-from ..adapters import Adapter, hr_grid, padded_lr_side
+from ..adapters import Adapter, Prepared, hr_grid, padded_lr_side
 from ..attention.classic import minmax_normalize, warn_if_stretched
 from ..errors import lr_from_images
 from .spec import SamplingSpec, Windows, check_noise, noise_entries
@@ -70,7 +70,7 @@ class Run:
             t = torch.full((x.shape[0],), idx, dtype=torch.float32, device=self.c.device)
         if self.tiler is not None:
             return self.tiler.denoise(self.adapter, x, t, ab_t, self.cond, tau)
-        pred = checked_output(self.adapter, self.adapter.denoise(x, t, ab_t, self.cond), x.shape)
+        pred = checked_output(self.adapter, self.adapter.denoise(x, t, ab_t, self.cond), x)
         return (pred if pred.dtype == self.spec.state_dtype else pred.to(self.spec.state_dtype)), 1
 
     def step(self, x: torch.Tensor, pred: torch.Tensor, i: int) -> torch.Tensor:
@@ -160,7 +160,16 @@ class Run:
         return out
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.adapter.decode(x, self.lr_state, self.cond)
+        """The adapter's image of the final state, checked: a floating (B, 3, s*h, s*w) tensor (a user's decode that
+        gave a state-shaped or wrongly scaled tensor was returned as the image)."""
+        sr = self.adapter.decode(x, self.lr_state, self.cond)
+        lr = self.lr_state
+        want = (lr.shape[0], 3, *(n * int(self.adapter.scale) for n in lr.shape[-2:]))
+        if not isinstance(sr, torch.Tensor) or tuple(sr.shape) != want or not sr.is_floating_point():
+            got = f"{sr.dtype} {tuple(sr.shape)}" if isinstance(sr, torch.Tensor) else type(sr).__name__
+            raise ValueError(f"{type(self.adapter).__name__}.decode returned {got}, expected a floating RGB image "
+                             f"{want} (B, 3, scale * h, scale * w of lr)")
+        return sr
 
 
 def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: Any, noise: Any,
@@ -196,6 +205,9 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     entries = noise_entries(noise, spec.steps + 1)
     lr_state = lr.to(spec.state_dtype)
     prep = adapter.prepare(lr_state)
+    if not isinstance(prep, Prepared):  # (a tuple: "'tuple' object has no attribute 'c'")
+        raise TypeError(f"{type(adapter).__name__}.prepare must return a yoda.adapters.Prepared(c=..., cond=...), "
+                        f"got {type(prep).__name__}")
     c = prep.c
     if not isinstance(c, torch.Tensor) or c.dim() != 4 or not c.is_floating_point():
         raise TypeError(f"{type(adapter).__name__}.prepare must return c as a 4-D float tensor")
