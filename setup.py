@@ -98,7 +98,7 @@ def extensions():
 
 
 # scipy: eval's confidence intervals; pyyaml: SRDiff's configs
-REQUIRES = ["numpy", "pillow", "scikit-image>=0.22", "scipy", "opencv-python-headless>=4.8", "safetensors", "tqdm",
+REQUIRES = ["numpy", "pillow>=9.1", "scikit-image>=0.22", "scipy", "opencv-python-headless>=4.8", "safetensors", "tqdm",
             "pyyaml"]
 
 

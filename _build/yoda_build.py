@@ -36,7 +36,7 @@ def _target_torch() -> str:
 def _requires():
     # not setuptools' own get_requires_*: it runs setup.py, which imports torch before torch is there
     torch = _target_torch()
-    return ["setuptools>=77", "wheel"] + ([torch, "ninja"] if torch else [])
+    return ["setuptools>=77"] + ([torch, "ninja"] if torch else [])
 
 
 def get_requires_for_build_wheel(config_settings=None):
@@ -48,4 +48,4 @@ def get_requires_for_build_editable(config_settings=None):
 
 
 def get_requires_for_build_sdist(config_settings=None):
-    return ["setuptools>=77", "wheel"]  # an sdist compiles nothing
+    return ["setuptools>=77"]  # an sdist compiles nothing

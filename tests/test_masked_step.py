@@ -748,8 +748,10 @@ def test_a_missing_extension_says_how_to_get_it_where_it_is(tmp_path):
     assert f"yoda_kernels is imported from the source tree {tree}, which has no built extension: build it there " \
            "(`pip install -e .`); Python started in a clone imports it before an installed yoda-sr" in out, out
     out = warning_of(tmp_path / "site-packages")
-    assert "no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); reinstall it: " \
-           "`pip install --force-reinstall --no-deps --no-cache-dir yoda-sr`" in out, out
+    # (by name, `pip install ... yoda-sr` asked an index, where no yoda-sr is: the source it came from)
+    assert "no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); reinstall it from " \
+           "the source you installed it from (its sdist or wheel file, or a clone: `pip install --force-reinstall " \
+           "--no-deps --no-cache-dir SOURCE`)" in out, out
     assert warning_of(tmp_path / "opted-out", YODA_NO_EXTENSION="1").strip() == "[]"  # asked for: no warning
 
 

@@ -71,7 +71,8 @@ def _load_extension() -> Optional[str]:
     tree = (root / "csrc" / "yoda.cpp").is_file() and (root / "setup.py").is_file()  # a source tree, not an install
     rebuild = (f"rebuild it in {root} with the command it was installed with (`pip install -e .`, or `pip install "
                f"--no-build-isolation -e .`)" if tree else
-               "reinstall it: `pip install --force-reinstall --no-deps --no-cache-dir yoda-sr`")
+               "reinstall it from the source you installed it from (its sdist or wheel file, or a clone: `pip install "
+               "--force-reinstall --no-deps --no-cache-dir SOURCE`)")
     if spec is None or not spec.origin:
         if sys.platform == "win32":
             return "the C++ kernels are not built on Windows (README, Platforms): the reference runs"
