@@ -2151,6 +2151,20 @@ MUTANTS = [
            "        raise TypeError(f\"{who} must return a tensor, got {type(out).__name__}\")",
            ("tests/test_sampler.py", "-k", "wrong_shape"),
            "a callable returning diffusers' output object is not told to return out.sample"),
+    Mutant("extractor-under-callers-autocast", "yoda/attention/classic.py",
+           "        with torch.autocast(dev if dev in (\"cpu\", \"cuda\") else \"cpu\", enabled=False):",
+           "        with torch.autocast(dev if dev in (\"cpu\", \"cuda\") else \"cpu\", enabled=torch.is_autocast_enabled(\"cpu\")):",
+           ("tests/test_attention.py", "-k", "ignore_the_callers_autocast"),
+           "an edge map called directly under bf16 autocast is computed in bf16"),
+    Mutant("gaussian-tiny-sigma-nan", "yoda/attention/classic.py",
+           "        s = max(self.sigma, 1e-30)", "        s = self.sigma",
+           ("tests/test_attention.py", "-k", "narrow_gaussian"),
+           "gaussian(sigma=1e-160) gives a NaN map"),
+    Mutant("callable-map-batch-one", "yoda/sampling/prepare.py",
+           "    A = checked_map(attention, src, lr, one_each=src != \"attention\")",
+           "    A = checked_map(attention, src, lr)",
+           ("tests/test_sampler.py", "-k", "errors_name_the_argument"),
+           "a callable that returns one map for a batch of 2 has image 0's map used for both"),
 ]
 
 

@@ -259,6 +259,12 @@ def test_yoda_maps_ignore_the_callers_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         user = resolve_attention(lambda x: F.conv2d(x[:, :1], torch.ones(1, 1, 3, 3) / 9, padding=1).abs(), lr, (24, 24))
     assert user.dtype == torch.float32  # the map is float32 in [0, 1], computed as the user's callable does
+    # an extractor called directly (README's training recipe) too: its convolutions ran in bf16 (0.006 off)
+    for name in ("edge", "gaussian", "sift"):
+        ex = att.get(name)
+        want = ex(lr)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(ex(lr), want), name
 
 
 @pytest.mark.parametrize("sigma", [0.0, 1.0, 2.5])
@@ -1031,6 +1037,15 @@ def test_a_narrow_gaussian_on_an_even_side_keeps_its_peak():
     flat map: plain sampling. The peak is computed at 1: the four centre pixels."""
     A = att.get("gaussian", sigma=0.003)(torch.zeros(1, 3, 16, 16))
     assert A[0, 0, 7:9, 7:9].eq(1).all() and float(A.sum()) == 4.0
+    for sigma in (1e-160, 1e-300):  # (ys / (sigma h))^2 overflowed: a NaN map, blamed on attention(lr)
+        assert torch.equal(att.get("gaussian", sigma=sigma)(torch.zeros(1, 3, 16, 16)), A)
+
+
+def test_an_extractor_refuses_a_sparse_lr_by_name():
+    """A sparse lr failed in torch ("Could not run 'aten::aminmax' ... SparseCPU"); yoda.sample said it already."""
+    for name in ("edge", "gaussian", "sift"):
+        with pytest.raises(TypeError, match=r"^lr must be a dense tensor, got layout torch.sparse_coo"):
+            att.get(name)(torch.zeros(1, 3, 8, 8).to_sparse())
 
 
 def test_an_attention_callable_that_changes_its_input_changes_nothing_sampled():

@@ -1141,6 +1141,9 @@ def test_errors_name_the_argument_the_caller_gave():
     with pytest.raises(ValueError, match=r"^attention must have batch size 2 \(the lr batch\) or 1, got 3 "):
         run(model, lr_image(B=2), attention=attention_map(B=3))
     assert run(model, lr_image(B=2), attention=attention_map(B=1), seed=0).shape == (2, 3, 16, 16)  # 1: shared
+    # a callable's map is one per image: a batch of 1 for 2 hid a callable that looked at lr[0] alone
+    with pytest.raises(ValueError, match=r"^attention\(lr\) must return one map per lr image, batch size 2, got 1 "):
+        run(model, lr_image(B=2), attention=lambda x: attention_map(B=1), seed=0)
     with pytest.raises(ValueError, match=r"^lr is on the meta device \(a shape without values\)"):
         yoda.sample(model, lr_image().to("meta"), steps=2, progress=False)
     with pytest.raises(TypeError, match=r"^lr must be a dense tensor, got layout torch.sparse_coo: pass "

@@ -13,6 +13,7 @@ Pipeline (DESIGN.md §3), shared by all extractors through :func:`aggregate`:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import lr_from_images_now
-from ..masks import as_int, extremes, positive_int
+from ..masks import as_int, check_dense, extremes, positive_int
 
 __all__ = [
     "check_lr",
@@ -110,6 +111,7 @@ def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
         raise TypeError(f"{name} must be a floating-point tensor with values in [-1, 1], got {lr.dtype}{hint}")
     if lr.is_meta:
         raise ValueError(f"{name} is on the meta device (a shape without values): an attention map needs the image")
+    check_dense(lr, name)  # (a sparse lr failed in torch: "Could not run 'aten::aminmax' ... SparseCPU")
     x = lr.detach().float()
     lo, hi = extremes(x)  # a NaN or an inf shows in them: one device sync
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -120,6 +122,18 @@ def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x.contiguous()
+
+
+def float32_maps(call):
+    """An extractor's __call__ with autocast off: a caller's bf16 autocast ran its convolutions (and a network's
+    matmuls) in bf16, which moved an edge map by 0.006 and the masks with it; yoda.sample turned it off, a direct
+    call (README's training recipe) did not."""
+    @functools.wraps(call)
+    def run(self, lr):
+        dev = lr.device.type if isinstance(lr, torch.Tensor) else "cpu"
+        with torch.autocast(dev if dev in ("cpu", "cuda") else "cpu", enabled=False):  # (meta has no autocast)
+            return call(self, lr)
+    return run
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
@@ -268,6 +282,7 @@ class Edge:
         mag = mag * ((hi >= EDGE_FLOOR) & (hi - lo >= EDGE_FLOOR)).view(-1, 1, 1, 1)
         return _blur(mag, self.sigma)
 
+    @float32_maps
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
         m = self.maps(lr)
         return aggregate(m, tuple(lr.shape[-2:]))
@@ -302,10 +317,12 @@ class Gaussian:
         xs = torch.arange(w, dtype=torch.float64) - (w - 1) / 2.0
         # in the log domain, the peak at 1: a narrow sigma on an even side (no pixel at the centre) underflowed to
         # all zeros in float32, a flat map (all ones after min-max)
-        log_m = -0.5 * (ys / (self.sigma * h))[:, None] ** 2 - 0.5 * (xs / (self.sigma * w))[None, :] ** 2
+        s = max(self.sigma, 1e-30)  # (below, (ys / (s h))^2 overflowed to inf: a NaN map; 1e-30 is already a point)
+        log_m = -0.5 * (ys / (s * h))[:, None] ** 2 - 0.5 * (xs / (s * w))[None, :] ** 2
         m = torch.exp(log_m - log_m.max()).to(dtype=torch.float32, device=x.device)
         return m.expand(B, 1, h, w).contiguous()
 
+    @float32_maps
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
         return aggregate(self.maps(lr), tuple(lr.shape[-2:]))
 
@@ -426,6 +443,7 @@ class Sift:
         out = np.stack([self.splat(self.keypoints(grey[b]), h, w) for b in range(B)])
         return torch.from_numpy(out).float().unsqueeze(1).to(x.device)
 
+    @float32_maps
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
         return aggregate(self.maps(lr), tuple(lr.shape[-2:]))
 

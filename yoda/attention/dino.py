@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, build_checked, check_zip, load_failure, weights_only_refusal
-from .classic import aggregate, check_lr
+from .classic import aggregate, check_lr, float32_maps
 
 __all__ = [
     "DinoViT",
@@ -439,6 +439,7 @@ class _NetExtractor:
             self.model.to(device)
         return self.model
 
+    @float32_maps
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
         """lr (B, 3|1, h, w) in [-1, 1] -> A (B, 1, h, w) float32 in [0, 1]; a ValueError naming the weights when the
         network's map is not finite (a file whose BatchNorm statistics overflow gave an all-NaN map)."""

@@ -311,13 +311,17 @@ def x0_hat(x: torch.Tensor, pred: torch.Tensor, ab_t: float, prediction: str, cl
     return x0.clamp_(-1.0, 1.0) if clip else x0
 
 
-def checked_map(attention: torch.Tensor, src: str, lr: torch.Tensor) -> torch.Tensor:
+def checked_map(attention: torch.Tensor, src: str, lr: torch.Tensor, one_each: bool = False) -> torch.Tensor:
     """An attention tensor (B or 1, 1, h, w) or (B or 1, h, w) checked (shape, batch, float, finite, in [0, 1];
-    errors name ``src``) and returned as float32 (B, 1, h, w) on lr's device."""
+    errors name ``src``) and returned as float32 (B, 1, h, w) on lr's device. ``one_each``: a callable's map of lr,
+    which must hold one map per image (a batch of 1 for a batch of B hid a callable that looked at lr[0] alone)."""
     B = lr.shape[0]
     A = attention.unsqueeze(1) if attention.dim() == 3 else attention
     if A.dim() != 4 or A.shape[1] != 1 or A.shape[2] == 0 or A.shape[3] == 0:
         raise ValueError(f"{src} must be (B, 1, h, w) or (B, h, w), not empty, got {tuple(attention.shape)}")
+    if one_each and A.shape[0] != B:
+        raise ValueError(f"{src} must return one map per lr image, batch size {B}, got {A.shape[0]} (shape "
+                         f"{tuple(attention.shape)})")
     if A.shape[0] not in (1, B):
         raise ValueError(f"{src} must have batch size {B} (the lr batch){'' if B == 1 else ' or 1'}, got "
                          f"{A.shape[0]} (shape {tuple(attention.shape)})")
@@ -368,7 +372,7 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
         src = f"attention {name!r}" if name else "attention(lr)"  # a name's weights, not "attention(lr)"
         if not isinstance(attention, torch.Tensor):
             raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")
-    A = checked_map(attention, src, lr)
+    A = checked_map(attention, src, lr, one_each=src != "attention")
     if not extracted:
         warn_if_stretched(src, tuple(A.shape[2:]), hr_size, stacklevel=4)
     if tuple(A.shape[2:]) == hr_size:
