@@ -320,15 +320,16 @@ def check_writable(path: PathLike, what: str = "output", kept: bool = False) -> 
     p = Path(os.fspath(path))
     if p.is_dir():
         raise IsADirectoryError(f"{what} {p} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(_target(p)))
+    target = _target(p)
+    folder = os.path.dirname(os.path.abspath(target))
     if not os.path.exists(folder):
         raise FileNotFoundError(f"{what} {p}: the folder {folder} does not exist (create it first, mkdir -p)")
     if not os.path.isdir(folder):
         raise NotADirectoryError(f"{what} {p}: {folder} is not a folder")
     _probe(folder, p.name, f"{what} {p}")
-    _not_special(_target(p), f"{what} {p}")
+    _not_special(target, f"{what} {p}")
     if not kept:
-        _not_read_only(_target(p), f"{what} {p}")
+        _not_read_only(target, f"{what} {p}")
     return p
 
 

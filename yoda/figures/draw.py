@@ -175,8 +175,7 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
     canvas = Image.new("RGB", (W, H), _BG)
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(heads):
-        w, _ = _text_wh(draw, line, big)
-        draw.text(((W - w) / 2, 6 + 20 * i), line, fill=_BLACK, font=big)
+        _title(canvas, draw, line, big, 6 + 20 * i)
     for (key, title, ylabel), box in zip(keys, boxes):
         curves = {label: _fit_curve(fits[label, key], r, key) for label, r in regional.items()
                   if fits.get((label, key)) is not None}

@@ -363,12 +363,10 @@ def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]
         # turn them on with torch.enable_grad(), which inference mode would ignore ("does not require grad")
         # yoda's own extractor is given lr itself, of which yoda.sample's check_lr has said whether it looks like a
         # [0, 1] image: its own check is quiet (it said it again); a user's callable may make another image of lr
+        # (yoda's extractors compute in float32 whatever autocast the caller set: attention.classic.float32_maps)
         quiet = lr_from_images() if extracted else contextlib.nullcontext()
-        # yoda's maps in float32 whatever autocast the caller set (bf16 convolutions moved an edge map by 0.008,
-        # flipping pixels across tau: 7 levels in the image)
-        exact = torch.autocast(lr.device.type, enabled=False) if extracted else contextlib.nullcontext()
-        with torch.inference_mode(False), torch.no_grad(), quiet, exact:  # a copy: a callable changing its input
-            attention = attention(lr.clone())  # in place changed the LR image sampled (its SR, by up to 1.3)
+        with torch.inference_mode(False), torch.no_grad(), quiet:  # a copy: a callable changing its input in
+            attention = attention(lr.clone())  # place changed the LR image sampled (its SR, by up to 1.3)
         src = f"attention {name!r}" if name else "attention(lr)"  # a name's weights, not "attention(lr)"
         if not isinstance(attention, torch.Tensor):
             raise TypeError(f"{src} must return a tensor (B, 1, h, w), got {type(attention).__name__}")
