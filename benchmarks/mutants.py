@@ -2160,6 +2160,14 @@ MUTANTS = [
            "    A = checked_map(attention, src, lr)",
            ("tests/test_sampler.py", "-k", "errors_name_the_argument"),
            "a callable that returns one map for a batch of 2 has image 0's map used for both"),
+    Mutant("edge-blur-batched", "yoda/attention/classic.py",
+           "    for one in x.split(1):", "    for one in (x,):",
+           ("tests/test_attention.py", "-k", "does_not_depend_on_its_batch"),
+           "an image's edge map changes in its last bits with the images batched beside it"),
+    Mutant("edge-blur-unbounded", "yoda/attention/classic.py",
+           "        radius = min(radius, 4 * max(1, int(side)))", "        pass",
+           ("tests/test_attention.py", "-k", "wider_than_the_image"),
+           "edge(sigma=1e6) pads each map by 3e6 pixels"),
 ]
 
 

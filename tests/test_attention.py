@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import yoda.attention as att
+from yoda.attention import classic
 from yoda.attention.classic import Sift, luma, minmax_normalize
 from yoda.masks import every_step_ratio, mask_at, pixel_update_ratio
 
@@ -233,6 +234,26 @@ def test_aggregate_rejects_bad_maps():
 def test_edge_matches_scipy_reference():
     lr = _rand_lr(B=1, h=13, w=17, seed=5)
     np.testing.assert_allclose(att.edge(sigma=1.0)(lr).numpy(), _edge64(lr), atol=2e-6, rtol=0)
+
+
+def test_edge_map_of_an_image_does_not_depend_on_its_batch():
+    """Each image's map is the same bits alone and batched with others (the Sobel and blur convolutions of oneDNN
+    rounded differently with the batch size, 1-3 ulp, and a pixel at the threshold could change its step)."""
+    lr = _rand_lr(B=6, h=33, w=47, seed=7)
+    for sigma in (0.0, 1.0, 2.5):
+        e = att.edge(sigma=sigma)
+        alone = torch.cat([e(lr[i:i + 1]) for i in range(lr.shape[0])])
+        assert torch.equal(e(lr), alone), sigma
+
+
+def test_edge_blur_wider_than_the_image_is_bounded():
+    """sigma = 1e6 padded each map by 3e6 pixels (gigabytes); the kernel stops at 4 times the image's longer side,
+    and a blur up to 4/3 of the side is the exact one (scipy's)."""
+    lr = _rand_lr(B=1, h=9, w=13, seed=3)
+    assert classic._gaussian_kernel1d(1e6, "cpu", side=13).numel() == 2 * 52 + 1
+    A = att.edge(sigma=1e6)(lr)
+    assert A.shape == (1, 1, 9, 13) and bool(torch.isfinite(A).all())
+    np.testing.assert_allclose(att.edge(sigma=17.0)(lr).numpy(), _edge64(lr, sigma=17.0), atol=2e-5, rtol=0)
 
 
 def test_edge_gradient_is_as_large_on_the_border():

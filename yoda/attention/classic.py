@@ -204,9 +204,13 @@ def _resample_cells(m: torch.Tensor, size: Tuple[int, int], centres: Tuple[float
     return F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def _gaussian_kernel1d(sigma: float, device, dtype=torch.float32) -> torch.Tensor:
-    """Normalised 1-D Gaussian, radius ceil(3 sigma) (99.7 % of the mass)."""
+def _gaussian_kernel1d(sigma: float, device, dtype=torch.float32, side: int | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian, radius ceil(3 sigma) (99.7 % of the mass), at most 4 ``side`` (4 times the image's
+    longer side: sigma = 1e6 padded each map by 3e6 pixels; a sigma above 4/3 of the side blurs the image nearly
+    flat, and its kernel is cut there)."""
     radius = max(1, int(math.ceil(3.0 * sigma)))
+    if side is not None:
+        radius = min(radius, 4 * max(1, int(side)))
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return (k / k.sum()).to(device=device, dtype=dtype)
@@ -216,11 +220,13 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, 1, h, w), replicate padding (works for any h, w >= 1)."""
     if sigma <= 0:
         return x
-    k = _gaussian_kernel1d(sigma, x.device, x.dtype)
+    k = _gaussian_kernel1d(sigma, x.device, x.dtype, max(x.shape[-2:]))
     r = (k.numel() - 1) // 2
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-    return x
+    out = []
+    for one in x.split(1):  # one image per conv: oneDNN's algorithm (and its last bit) depends on the batch size
+        one = F.conv2d(F.pad(one, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        out.append(F.conv2d(F.pad(one, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1)))
+    return torch.cat(out)
 
 
 def _not_an_image(value, name: str, maker: str) -> None:
@@ -265,12 +271,14 @@ class Edge:
     def maps(self, lr: torch.Tensor) -> torch.Tensor:
         x = check_lr(lr)
         g = luma(x)
-        sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=g.dtype, device=g.device)
-        sy = sx.t().contiguous()
         inner = min(g.shape[-2:]) > 3  # the outer ring takes its neighbour's magnitude (class docstring)
         gp = g if inner else F.pad(g, (1, 1, 1, 1), mode="replicate")
-        gx = F.conv2d(gp, sx.view(1, 1, 3, 3))
-        gy = F.conv2d(gp, sy.view(1, 1, 3, 3))
+        # Sobel by shifted differences, not conv2d: oneDNN's convolution rounds differently with the batch size
+        # (1 ulp), so an image's map changed with the images batched beside it
+        dx = gp[..., :, 2:] - gp[..., :, :-2]
+        dy = gp[..., 2:, :] - gp[..., :-2, :]
+        gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
+        gy = dy[..., :, :-2] + 2 * dy[..., :, 1:-1] + dy[..., :, 2:]
         mag = torch.sqrt(gx * gx + gy * gy)
         if inner:
             mag = F.pad(mag, (1, 1, 1, 1), mode="replicate")
