@@ -525,6 +525,16 @@ def test_bad_parameters(vit, resnet):
         DinoResNet50(resnet, groups=0)
     with pytest.raises(ValueError, match="max_size"):
         DinoViTS8(vit, min_size=64, max_size=32)
+    # numpy's integers are whole numbers, as everywhere else (they were refused: "got np.int64(32)")
+    e = DinoResNet50(resnet, groups=np.int64(4), min_size=np.int32(32), max_size=np.int64(64))
+    assert (e.groups, e.min_size, e.max_size) == (4, 32, 64) and type(e.groups) is int
+    # checked before the weights are read: a bad size waited for a large file, or was hidden by its error
+    with pytest.raises(ValueError, match=r"^min_size must be an int in \[1, "):
+        att.dino_vits8("/no/such/dino.pth", min_size=0)
+    with pytest.raises(ValueError, match=r"^groups must be an int in \[1, 2048\], got 4.0"):
+        att.dino_resnet50("/no/such/r50.pth", groups=4.0)
+    with pytest.raises(ValueError, match=r"^max_size \(32\) must be >= min_size \(64\)"):
+        att.dino_resnet50("/no/such/r50.pth", min_size=64, max_size=32)
 
 
 # ----------------------------------------------------------------------------------- loading errors

@@ -23,20 +23,18 @@ Input pre-processing for both (the LR may be a 16x16 face, i.e. 2x2 ViT patches)
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import math
+import numbers
 import os
 import re
-import threading
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, build_checked, check_zip, load_failure, weights_only_refusal
 from .classic import aggregate, check_lr, float32_maps
+from .weights import load_strict, load_state_dict
 
 __all__ = [
     "DinoViT",
@@ -84,118 +82,20 @@ def resize_for_network(
     return (x - mean) / std
 
 
-def _check_sizes(min_size, max_size) -> Tuple[int, int]:
-    for name, v in (("min_size", min_size), ("max_size", max_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+def _check_int(v, name: str, hi: int = 1 << 30) -> int:
+    """A whole number in [1, hi] (numpy's integers too: the argument parsed from an array was refused), as int."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 1 <= v <= hi:
+        raise ValueError(f"{name} must be an int in [1, {hi}], got {v!r}")
+    return int(v)
+
+
+def _check_sizes(min_size, max_size, groups=1) -> Tuple[int, int]:
+    """(min_size, max_size) checked, and ``groups``: before the weights are read (a bad size waited for them)."""
+    _check_int(groups, "groups", 2048)
+    min_size, max_size = _check_int(min_size, "min_size"), _check_int(max_size, "max_size")
     if max_size < min_size:
         raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
     return min_size, max_size
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoint loading
-# --------------------------------------------------------------------------------------------------
-_WRAPPER_KEYS = ("teacher", "state_dict", "model", "student", "model_ema", "state_dict_ema")
-_PREFIXES = ("module.", "_orig_mod.", "backbone.")  # DDP, torch.compile, DINO's MultiCropWrapper
-_ALLOW_LIST_LOCK = threading.Lock()  # around torch.load of a DINO pickle (read_weights)
-
-
-def _read_file(path: str, fmt: str) -> Mapping:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"weights must be a path to {fmt}, got {type(path).__name__}")
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"weights {path!r} is a folder, not a file (expected {fmt})")
-    if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a FIFO: not "not found"
-        raise ValueError(f"weights {path!r} is not a regular file (a device or a pipe; expected {fmt})")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path!r} (expected {fmt})")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if not head:
-        raise ValueError(f"weights file {path!r} is empty (expected {fmt})")
-    # by content, not by name: safetensors = 8-byte header length + "{"; torch.save = a zip ("PK") or, before
-    # torch 1.6, a pickle (protocol byte 0x80)
-    if len(head) == 9 and head[8:9] == b"{":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path, device="cpu")
-        except Exception as e:  # safetensors raises its own error types for bad headers
-            raise ValueError(f"cannot read weights {path!r} as safetensors (expected {fmt}): {e}") from e
-    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
-        raise ValueError(f"weights file {path!r} is neither a PyTorch checkpoint nor a safetensors file "
-                         f"(expected {fmt})")
-    check_zip(path)
-    try:
-        # DINO's training checkpoints also pickle the run's argparse.Namespace ("args"): a plain
-        # attribute bag, safe to allow; every other non-tensor object is still refused
-        # torch's allow-list is process-wide and its context removes the entry on exit, whoever added it: one
-        # load at a time edits it, and an entry the user added is left alone
-        allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-        with _ALLOW_LIST_LOCK:
-            if allow is None or argparse.Namespace in torch.serialization.get_safe_globals():
-                allow = lambda _: contextlib.nullcontext()  # noqa: E731
-            with allow([argparse.Namespace]):
-                return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch's advice to retry with weights_only=False would run the file's code
-        refused = weights_only_refusal(path, e)
-        if refused:
-            raise CheckpointError(f"{refused} (expected {fmt})") from None
-        raise ValueError(f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): "
-                         f"{load_failure(e)}") from None
-
-
-def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """Read a state dict from a local .pth/.pt/.bin (torch.load, weights_only=True) or .safetensors file.
-
-    Unwraps DINO training checkpoints: if the top level is not a tensor dict, the entry
-    ``checkpoint_key`` (default: the first of teacher, state_dict, model, student, model_ema, state_dict_ema
-    present) is taken; then the prefixes "module.", "_orig_mod." and "backbone." are stripped (DINO's
-    load_pretrained_weights; torch.compile's), and when "backbone." was present the DINO projection head's
-    "head.*" keys are dropped. Two keys that become one are refused (a student's and a teacher's in one dict).
-    """
-    sd = _read_file(path, fmt)
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"weights {path!r} hold a {type(sd).__name__}, expected {fmt}")
-    top = sorted(map(str, sd))[:8]
-    if checkpoint_key is not None:
-        if checkpoint_key not in sd:
-            raise ValueError(
-                f"weights {path!r} have no entry {checkpoint_key!r} (top-level keys: {top})"
-            )
-        sd = sd[checkpoint_key]
-    elif not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        for k in _WRAPPER_KEYS:
-            if k in sd and isinstance(sd[k], Mapping):
-                sd = sd[k]
-                break
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"weights {path!r} are not a dict of tensors (expected {fmt}; top-level keys: {top}): "
-                         f"checkpoint_key= names the entry that holds the weights")
-    out: Dict[str, torch.Tensor] = {}
-    source: Dict[str, str] = {}
-    wrapped = False
-    for k0, v in sd.items():
-        k = k0
-        while prefix := next((p for p in _PREFIXES if k.startswith(p)), None):  # in any order: compile(DDP(m))
-            wrapped = wrapped or prefix == "backbone."
-            k = k[len(prefix):]
-        if k in out:
-            raise ValueError(f"weights {path!r}: the keys {source[k]!r} and {k0!r} are both {k!r} without the "
-                             f"prefixes {', '.join(_PREFIXES)} (two models' weights in one dict?); keep one")
-        out[k], source[k] = v, k0
-    if wrapped:
-        out = {k: v for k, v in out.items() if not k.startswith("head.")}
-    return out
-
-
-def _load_strict(build: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor], path: str, fmt: str) -> nn.Module:
-    """build() loaded strictly with sd, checked on the meta device first (a file's shapes set the size, so a tiny
-    file could declare a huge net), with one error that names the file and the expected format and lists a few
-    missing / unexpected / mis-shaped keys (yoda.checkpoint's check, shared with the SR models)."""
-    return build_checked(build, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,10 +402,8 @@ class DinoResNet50(_NetExtractor):
     def __init__(
         self, model: ResNet50, groups: int = 8, min_size: int = 224, max_size: int = 448, source: str = "<module>"
     ):
-        if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= 2048:
-            raise ValueError(f"groups must be an int in [1, 2048], got {groups!r}")
-        self.groups = groups
-        self.min_size, self.max_size = _check_sizes(min_size, max_size)
+        self.min_size, self.max_size = _check_sizes(min_size, max_size, groups)
+        self.groups = int(groups)
         self.model = model.eval().requires_grad_(False)
         self.source = source
 
@@ -568,6 +466,7 @@ def dino_vits8(
     """DINO ViT-S/8 extractor from a local checkpoint (``dino_deitsmall8_pretrain.pth`` or a
     .safetensors with the same keys, or a DINO training checkpoint, or Hugging Face's facebook/dino-vits8
     ``model.safetensors`` / ``pytorch_model.bin``: from_transformers), loaded strictly."""
+    _check_sizes(min_size, max_size)
     sd = load_state_dict(weights, _VIT_FMT, checkpoint_key)
     if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in sd):
         try:
@@ -581,7 +480,7 @@ def dino_vits8(
         n = math.isqrt(max(pe.shape[1] - 1, 0))
         if n * n == pe.shape[1] - 1 and n > 0:
             img_size = n * 8  # checkpoints trained at another size keep their own grid
-    model = _load_strict(lambda: DinoViT(img_size=img_size, init=False), sd, os.fspath(weights), _VIT_FMT)
+    model = load_strict(lambda: DinoViT(img_size=img_size, init=False), sd, os.fspath(weights), _VIT_FMT)
     return DinoViTS8(model, min_size=min_size, max_size=max_size, source=os.fspath(weights))
 
 
@@ -590,10 +489,11 @@ def dino_resnet50(
 ) -> DinoResNet50:
     """DINO ResNet-50 extractor from a local checkpoint (``dino_resnet50_pretrain.pth``, torchvision
     key names, with or without ``fc``), loaded strictly."""
+    _check_sizes(min_size, max_size, groups)
     sd = load_state_dict(weights, _RESNET_FMT, checkpoint_key)
     fc = sd.get("fc.weight")
     with_fc = isinstance(fc, torch.Tensor) and fc.dim() == 2
     n_classes = fc.shape[0] if with_fc else 1000
-    model = _load_strict(lambda: ResNet50(with_fc=with_fc, num_classes=n_classes, init=False), sd,
+    model = load_strict(lambda: ResNet50(with_fc=with_fc, num_classes=n_classes, init=False), sd,
                          os.fspath(weights), _RESNET_FMT)
     return DinoResNet50(model, groups=groups, min_size=min_size, max_size=max_size, source=os.fspath(weights))
