@@ -557,8 +557,9 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
         key = unicodedata.normalize("NFC", dst).casefold() if fold else dst
         if key in seen:
             aside = " (letter case, and an accent's encoding, aside)" * fold
-            refused[src] = refused[seen[key]] = (f"{seen[key]} and {src} have the same file name stem{aside}: both "
-                                                 f"would be written to {dst}; rename one of them")
+            for one, other in ((seen[key], src), (src, seen[key])):  # each input's line leads with its own name
+                refused[one] = (f"{one} and {other} have the same file name stem{aside}: both would be written to "
+                                f"{dst}; rename one of them")
             continue
         seen[key] = src
         try:
