@@ -2173,6 +2173,16 @@ MUTANTS = [
            "    sd = load_state_dict(weights, _RESNET_FMT",
            ("tests/test_dino.py", "-k", "bad_parameters"),
            "dino_resnet50(groups=4.0) reads the weights first, and a missing file hides the bad groups"),
+    Mutant("vs-plain-by-name", "yoda/evaluate.py",
+           "    plain = {keys[id(r)]: r[\"psnr\"] for r in groups.get((\"plain\", \"\", \"\"), [])}",
+           "    plain = {keys[id(r)]: r[\"psnr\"] for r in groups.get((\"plain\", \"\", \"\"), [])}\n"
+           "    keys = {i: (k[0], 0) for i, k in keys.items()}",
+           ("tests/test_evaluate.py", "-k", "paired_mean"),
+           "each row of a name given twice is compared with the last plain row of that name"),
+    Mutant("eval-table-print", "yoda/cli_models.py",
+           "    say(table)  # first:", "    print(table)  # first:",
+           ("tests/test_cli.py", "-k", "stdout_cannot"),
+           "yoda eval -o r.csv > /dev/full writes no r.csv"),
 ]
 
 

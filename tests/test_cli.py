@@ -2794,6 +2794,27 @@ def test_eval_says_when_its_output_is_not_written(tmp_path, tiny_model, capsys):
     assert f"yoda: -o {out} is not written: no image was scored (the file there is an earlier run's)" in err, err
 
 
+def test_eval_writes_its_output_when_stdout_cannot_be_written(tmp_path, tiny_model, images, monkeypatch):
+    """`yoda eval -o r.csv > /dev/full` (or `| head -1`, a race) exited 2 with "No space left on device" and no
+    r.csv: the table was printed with print() before the file was written."""
+    import errno
+    import io
+
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def scores(out):  # the rows without their times
+        assert main(["eval", "--images", os.path.dirname(images[0]), "--model", tiny_model, "--steps", "1", "-q",
+                     "-o", str(out)]) == 0
+        return [line.split(",")[:5] for line in out.read_text().splitlines()]
+
+    want = scores(tmp_path / "want.csv")
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert scores(tmp_path / "r.csv") == want and len(want) > 2
+    sys.stdout.close()
+
+
 def test_a_rank_that_lost_another_says_so_in_one_line(monkeypatch, capsys):
     """When a training rank was killed, the other's collective failed in gloo ("Connection closed by peer") and it
     printed gloo's traceback and "yoda: internal error: RuntimeError (a bug in yoda ...)", without its rank."""

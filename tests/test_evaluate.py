@@ -290,6 +290,16 @@ def test_vs_plain_is_the_paired_mean_with_its_t_interval():
     assert "| yoda | - | - | 1 | 21.00 | +1.00 |" in markdown_table([one, solo])
     assert "confidence" not in markdown_table([one, solo])
     assert "vs_plain" not in summarize([row("a", "yoda", 20.0)])[0]  # nothing to compare with
+    # one name given twice (baby.png of two data sets): each row is compared with its own image's plain row (each
+    # was compared with the last of the name: +4 and -6, "+-1.00 ± 63.53"), and an exact reproduction of one of
+    # them leaves out that one alone (every image of the name was left out)
+    rows = [row("baby", "plain", 20.0), row("baby", "plain", 30.0), row("baby", "yoda", 21.0),
+            row("baby", "yoda", 24.0), row("x", "plain", 25.0), row("x", "yoda", 26.0)]
+    plain, yoda = summarize(rows)
+    assert yoda["vs_plain"] == pytest.approx((1 - 6 + 1) / 3, abs=1e-12)
+    rows[1]["psnr"] = math.inf
+    plain, yoda = summarize(rows)
+    assert (plain["exact"], plain["psnr"], yoda["psnr"]) == (1, 22.5, 23.5) and yoda["vs_plain"] == 1.0
 
 
 def test_progress_bars_shrink_by_the_runs_of_a_skipped_image(tmp_path, monkeypatch):

@@ -339,27 +339,35 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     every other image; leaving it out of that method's mean alone would compare the methods over different
     images. So every method's PSNR is the mean over the images that no method reproduces exactly, and "exact"
     counts the images left out (the same in every row). With none left, the PSNR is inf if the method reproduced
-    all its images exactly, else NaN."""
-    exact = {r["image"] for r in rows if not math.isfinite(r["psnr"])}
+    all its images exactly, else NaN. Images are told apart by name and, for a name given twice (baby.png of two
+    data sets), by its turn among that name's rows of each method: the plain row each row is compared with was the
+    last of its name, and one exact reproduction left out every image of that name."""
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["method"], r["attention"], r["lower_bound"]), []).append(r)
+    keys = {}  # id(row) -> (image, its turn among the rows of that image in its group)
+    for rs in groups.values():
+        seen: dict = {}
+        for r in rs:
+            seen[r["image"]] = seen.get(r["image"], -1) + 1
+            keys[id(r)] = (r["image"], seen[r["image"]])
+    exact = {keys[id(r)] for r in rows if not math.isfinite(r["psnr"])}
     out = []
     for (method, attn, lb), rs in groups.items():
         row = {"method": method, "attention": attn, "lower_bound": lb, "images": len(rs),
                "steps": rs[0].get("steps", "")}
         for k in ("ssim", "L_shift", "ab_shift", "calls", "seconds"):
             row[k] = float(np.mean([r[k] for r in rs]))
-        kept = [r["psnr"] for r in rs if r["image"] not in exact]
+        kept = [r["psnr"] for r in rs if keys[id(r)] not in exact]
         row["psnr"] = (float(np.mean(kept)) if kept else
                        math.inf if all(math.isinf(r["psnr"]) for r in rs) else math.nan)
         row["exact"] = len(rs) - len(kept)
         if all("lpips" in r for r in rs):
             row["lpips"] = float(np.mean([r["lpips"] for r in rs]))
         out.append(row)
-    plain = {r["image"]: r["psnr"] for r in groups.get(("plain", "", ""), [])}
+    plain = {keys[id(r)]: r["psnr"] for r in groups.get(("plain", "", ""), [])}
     for row, rs in zip(out, groups.values()):
-        diffs = [r["psnr"] - plain[r["image"]] for r in rs if r["image"] in plain and r["image"] not in exact]
+        diffs = [r["psnr"] - plain[keys[id(r)]] for r in rs if keys[id(r)] in plain and keys[id(r)] not in exact]
         if row["method"] != "plain" and diffs:
             row["vs_plain"], row["vs_plain_ci"] = paired_mean_ci(diffs)
     return out
