@@ -2183,6 +2183,10 @@ MUTANTS = [
            "    say(table)  # first:", "    print(table)  # first:",
            ("tests/test_cli.py", "-k", "stdout_cannot"),
            "yoda eval -o r.csv > /dev/full writes no r.csv"),
+    Mutant("window-batch-printed-as-given", "yoda/cli.py",
+           "        per_call = min(window_batch, len(", "        per_call = max(window_batch, len(",
+           ("tests/test_cli.py", "-k", "runs_tiled_over_max_memory"),
+           "yoda upscale says 50 windows per call where there are 9"),
 ]
 
 

@@ -1118,6 +1118,10 @@ def test_upscale_runs_tiled_over_max_memory(tmp_path, tiny_model, images, capsys
         outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
     assert outs["auto"].shape == (144, 160, 3)
     assert np.array_equal(outs["auto"], outs["explicit"])
+    # a --window-batch above the 3 x 3 windows is what a call takes: 9 (it printed "50 per call")
+    code, stdout, err = run(["upscale", str(big), "-o", str(tmp_path / "b.png"), *common, "--max-memory", "16M",
+                             "--window-batch", "50"], capsys)
+    assert code == 0 and "windows of 64 (overlap 16: --tiles 64,16), 9 per call" in stdout, stdout + err
     assert not np.array_equal(outs["auto"], outs["untiled"])
     rgb, _ = images
     code, stdout, _ = run(["upscale", rgb, "-o", str(tmp_path / "small.png"), *common, "-q"], capsys)

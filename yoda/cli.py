@@ -149,9 +149,13 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
     windows, window_batch, need = plan_windows(hr_h, hr_w, 1, run.unit, a.max_memory, a.tiles, a.window_batch,
                                                run.least)
     if windows is not None and a.tiles is None:
+        from .sampling.tiles import window_sides, window_starts
+
+        (wh, ww), o = window_sides(windows[0]), windows[1]  # a batch larger than the windows was printed as given
+        per_call = min(window_batch, len(window_starts(hr_h, wh, o)) * len(window_starts(hr_w, ww, o)))
         tally.say(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
                   f"{mebibytes(a.max_memory)}: denoising in windows of {window_text(windows[0])} (overlap "
-                  f"{windows[1]}: --tiles {window_text(windows[0])},{windows[1]}), {window_batch} per call")
+                  f"{windows[1]}: --tiles {window_text(windows[0])},{windows[1]}), {per_call} per call")
         window_notes(src, hr_h, hr_w, windows[0], a.max_memory)
     unused_window_batch_note(a, src, windows)
     t0 = time.perf_counter()
