@@ -2187,6 +2187,11 @@ MUTANTS = [
            "        per_call = min(window_batch, len(", "        per_call = max(window_batch, len(",
            ("tests/test_cli.py", "-k", "runs_tiled_over_max_memory"),
            "yoda upscale says 50 windows per call where there are 9"),
+    Mutant("vae-cast-logs", "yoda/models/latent.py",
+           "    (torch.nn.Module.to if isinstance(vae, torch.nn.Module) else type(vae).to)(vae, dtype)",
+           "    vae.to(dtype)",
+           ("tests/test_models.py", "-k", "half_precision_weights"),
+           "an fp16 VAE with force_upcast logs diffusers' 'should be kept in float32' four times a call"),
 ]
 
 

@@ -907,7 +907,17 @@ def test_from_diffusers_half_precision_weights_and_device():
     assert up_vae.dtype == torch.float16 and torch.equal(c, want)
     # yoda.sample casts it in its inference mode: the weights stayed inference tensors, so the caller's VAE could
     # no longer take a gradient or requires_grad_ (a perceptual loss, a fine-tune after sampling)
-    sample(ad, lr, steps=2, sampler="ddim", noise=noise, progress=False)
+    import logging
+
+    logged = []  # diffusers' Module.to logged "should be kept in float32" at every cast: four times a call
+    handler = logging.Handler()
+    handler.emit = logged.append
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        sample(ad, lr, steps=2, sampler="ddim", noise=noise, progress=False)
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert [r.getMessage() for r in logged] == []
     assert up_vae.dtype == torch.float16 and not any(p.is_inference() for p in up_vae.parameters())
     up_vae.requires_grad_(True)
     x = lr.repeat_interleave(2, -1).repeat_interleave(2, -2).half().requires_grad_(True)

@@ -373,10 +373,11 @@ def vae_upcast(vae: Any):
     with _upcasts_lock:
         entry = _upcasts.get(id(vae))
         if entry is None:
-            up = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+            up = (vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+                  and not getattr(vae, "is_quantized", False))  # (diffusers refuses to cast a quantized one)
             if up:  # outside yoda.sample's inference mode: its weights would stay inference tensors for good
                 with torch.inference_mode(False), torch.no_grad():
-                    vae.to(torch.float32)
+                    _cast(vae, torch.float32)
             entry = _upcasts[id(vae)] = [0, up]
         entry[0] += 1
     try:
@@ -388,7 +389,13 @@ def vae_upcast(vae: Any):
                 del _upcasts[id(vae)]
                 if entry[1]:
                     with torch.inference_mode(False), torch.no_grad():
-                        vae.to(torch.float16)
+                        _cast(vae, torch.float16)
+
+
+def _cast(vae: Any, dtype: torch.dtype) -> None:
+    """vae's floating weights cast to ``dtype`` by torch's Module.to: diffusers' own (ModelMixin.to) logs "There
+    are modules in AutoencoderKL that should be kept in float32" at every cast, four times a sampling call."""
+    (torch.nn.Module.to if isinstance(vae, torch.nn.Module) else type(vae).to)(vae, dtype)
 
 
 def vae_codec(vae: Any, sample_latent: bool = False, latent_seed: int = 0) -> Tuple[Callable, Callable]:
