@@ -2107,6 +2107,12 @@ def test_the_python_training_api_takes_what_a_notebook_gives(tmp_path, img_folde
         Trainer(rel, str(tmp_path / "relrun"), device="cpu", progress=False)
     with pytest.raises(ValueError, match=r"steps must be an int >= 1 \(the total to reach\), got 2.5"):
         tr.run(steps=2.5)
+    # past the config's steps with a decay, the steps trained at a learning rate of 0 without a word (and the
+    # run's config.json, steps 2, was then refused by yoda train as behind the run)
+    with pytest.raises(ValueError, match=r"^steps 3 is past the config's steps \(2\), where its learning rate has "
+                                         r"decayed to 0 \(decay_from 1\): give the config steps=3 instead"):
+        Trainer(rel.replace(decay_from=1), "decayrun", device="cpu", progress=False).run(steps=3)
+    assert not os.path.exists("decayrun/checkpoint.pt")
     # the validation crop may change on resume; the in-memory EMA samples as the file does
     again = cfg.replace(data=dataclasses.replace(cfg.data, val_crop=8, val_crops=1))
     Trainer(cfg, str(tmp_path / "v"), device="cpu", progress=False).run(steps=1)
@@ -2228,6 +2234,14 @@ def test_a_batch_with_no_active_value_moves_no_weight(tmp_path, img_folder, monk
         assert moved == (fractions[-1] > 0), (tr.step, fractions[-1])
     assert tr.step == cfg.steps  # and an empty step came after a trained one (AdamW had momentum to move by):
     assert any(f == 0.0 and 1.0 in fractions[:i] for i, f in enumerate(fractions)), fractions
+    # its zero is not logged as a loss (a row of 0 read as a perfect step): a row of such steps alone is nan
+    fractions.clear()
+    tr = Trainer(cfg, str(tmp_path / "logged"), device="cpu", progress=False)
+    monkeypatch.setattr(tr.train_images, "sample_with_maps", zero_maps)
+    tr.run()
+    assert len(tr.rows) == cfg.steps and 0.0 in fractions and 1.0 in fractions
+    assert all(math.isnan(r["loss"]) == (f == 0.0) for r, f in zip(tr.rows, fractions)), (tr.rows, fractions)
+    assert all(r["loss"] > 0 for r in tr.rows if not math.isnan(r["loss"]))
 
 
 def test_residual_training_clamps_as_the_model_samples(tmp_path, img_folder, monkeypatch):
@@ -2301,6 +2315,22 @@ def test_what_a_new_user_gets_wrong_is_named(tmp_path, img_folder, monkeypatch, 
     args = ["train", "--config", "c.json", "--out", "o", "-q"]
     assert main(args + ["--steps", "20", "--decay-from", "5", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.startswith("yoda: error: --decay-from 5: decay_from (5) must not be below warmup")
+    # the options are applied together: --steps 8 --decay-from 4 beside a config's decay_from 10 (a run's
+    # config.json, fine-tuned again) was refused by --steps against decay_from 10; a clash names its options
+    (tmp_path / "d.json").write_text(json.dumps({**d, "steps": 20, "decay_from": 10}))
+    more = ["train", "--config", "d.json", "-q", "--device", "cpu", "--minutes", "1e-9"]
+    assert main(more + ["--out", "od", "--steps", "8", "--decay-from", "4"]) == 0, capsys.readouterr().err
+    assert (TrainConfig.load("od/config.json").steps, TrainConfig.load("od/config.json").decay_from) == (8, 4)
+    assert main(more + ["--out", "oe", "--steps", "8", "--decay-from", "0", "--warmup", "12"]) == 0
+    capsys.readouterr()
+    assert main(more + ["--out", "of", "--steps", "8", "--decay-from", "9", "--warmup", "2"]) == 2
+    assert capsys.readouterr().err.startswith("yoda: error: --steps 8 --decay-from 9: decay_from (9) must be below "
+                                              "steps (8)")
+    # --val-every of a config with no validation crops was ignored without a word
+    (tmp_path / "v.json").write_text(json.dumps({**d, "data": {**d["data"], "val_crops": 0}}))
+    assert main(["train", "--config", "v.json", "--out", "ov", "-q", "--device", "cpu", "--val-every", "2"]) == 2
+    assert capsys.readouterr().err.startswith("yoda: error: --val-every 2: this config validates on no held-out "
+                                              "crops (data.val_crops 0)") and not os.path.exists("ov")
     # --warmup lowers it (applied before --decay-from); a run that ends inside its warm-up is warned of
     assert main(args + ["--steps", "20", "--warmup", "5", "--decay-from", "5", "--device", "cpu", "--minutes",
                         "1e-9"]) == 0

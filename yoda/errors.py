@@ -81,13 +81,27 @@ def sigterm_exits():
         return
 
     def stop(signum, frame):
+        _SIGTERM_SEEN[0] = True  # (lost_sigterm: Python drops an exception raised in a weakref callback)
         raise Terminated
 
-    old = signal.signal(signal.SIGTERM, stop)
+    old, _SIGTERM_SEEN[0] = signal.signal(signal.SIGTERM, stop), False
     try:
         yield
+        lost_sigterm()  # the work ended as if no SIGTERM had come: it exits 143 all the same
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+_SIGTERM_SEEN = [False]  # whether sigterm_exits' handler ran
+
+
+def lost_sigterm() -> None:
+    """Raise Terminated again if sigterm_exits' handler ran and its exception was lost: one that lands in a weakref
+    or import-lock callback (`Exception ignored in: ... _get_module_lock`) is dropped by Python, and a SIGTERM while
+    `yoda train` started up then trained the whole run and exited 0 (a job manager's stop lost). Each one once."""
+    if _SIGTERM_SEEN[0]:
+        _SIGTERM_SEEN[0] = False
+        raise Terminated
 
 
 _LR_FROM_IMAGES = contextvars.ContextVar("yoda_lr_from_images", default=False)

@@ -199,18 +199,17 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     if minutes is not None and not (isinstance(minutes, numbers.Real) and not isinstance(minutes, bool)
                                     and 0 < minutes <= MAX_MINUTES):
         raise ValueError(f"minutes (--minutes) must be a number > 0 and <= {MAX_MINUTES:g}, got {minutes!r}")
-    if steps is not None:  # the config's checks: 2.7 was taken as 2
-        try:
-            cfg = cfg.replace(steps=steps)
-        except ValueError as e:  # (the config's decay_from 300 beside --steps 250 named no option)
-            raise ValueError(f"--steps {steps}: {e}") from None
-    for option, key, value in (("--warmup", "warmup", warmup), ("--decay-from", "decay_from", decay_from),
-                               ("--val-every", "val_every", val_every)):
-        if value is not None:  # warm-up first: --warmup 10 --decay-from 50 beside a config's warmup of 200
-            try:
-                cfg = cfg.replace(**{key: value})
-            except ValueError as e:  # the config's check names its key: the option too
-                raise ValueError(f"{option} {value}: {e}") from None
+    given = [(option, key, value) for option, key, value in (
+        ("--steps", "steps", steps), ("--warmup", "warmup", warmup), ("--decay-from", "decay_from", decay_from),
+        ("--val-every", "val_every", val_every)) if value is not None]
+    try:  # all at once, with the config's checks (2.7 was taken as 2): one at a time, --steps 8 --decay-from 4 was
+        cfg = cfg.replace(**{key: value for _, key, value in given})  # checked against the config's decay_from 10
+    except ValueError as e:  # the config's check names its keys: the options too
+        named = [f"{o} {v}" for o, k, v in given if re.search(rf"\b{k}\b", str(e))] or [f"{o} {v}" for o, _, v in given]
+        raise ValueError(f"{' '.join(named)}: {e}") from None
+    if val_every and not cfg.data.val_crops:  # (it was ignored without a word)
+        raise ValueError(f"--val-every {val_every}: this config validates on no held-out crops (data.val_crops 0); "
+                         f"give data.val_crops > 0 in a copy of the config")
     if cfg.warmup > cfg.steps:
         warnings.warn(f"the run ends inside its warm-up (warmup {cfg.warmup}, steps {cfg.steps}): the learning rate "
                       f"reaches {cfg.learning_rate(cfg.steps - 1):.3g}, not lr ({cfg.lr:g}); give --warmup below "

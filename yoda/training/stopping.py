@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from ..errors import Terminated
+from ..errors import Terminated, lost_sigterm
 from ..torchrun import main_rank, under_torchrun
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
@@ -24,6 +24,7 @@ def stop_on_interrupt() -> tuple[list, dict]:
     flag: list = []
     if threading.current_thread() is not threading.main_thread():
         return flag, {}
+    lost_sigterm()  # one that came while the run started up, its exception dropped by Python, stops it now
 
     def handler(signum, frame):
         if flag == [signal.SIGINT] and signum == signal.SIGTERM and under_torchrun():  # (docstring) the same stop

@@ -8,7 +8,7 @@ The checkpoint is a torch file holding {"step", "config" (TrainConfig.to_dict())
 average since the last regular row, at a stop), "images" (image_digests: a resume on other images warns),
 "init_sha256", "loss_version", "sampling_from_init", "upsampling"}: a run resumes only with the config it was
 started with (RESUME_FREE may differ). With ``cfg.init`` a run starts from that model file's weights (fine-tuning;
-load_init), and its hash is kept; a resumed run keeps what it started from (another --init is warned of).
+load_init), and its hash is kept; a resumed run keeps what it started from (another --init is refused).
 
 Under torchrun (``ranks`` with world > 1, yoda.training.distributed) the model runs in DistributedDataParallel,
 each rank takes its share of the global batch drawn from the shared generator, and only rank 0 validates and
@@ -149,6 +149,7 @@ class Trainer:
                 raise type(e)(f"attention {cfg.attention!r}: {e}") from e
         self.rows: list[dict] = []
         self._pending = None  # (loss sum, steps, time) of the steps after the last regular log row, at a stop
+        self._empty_step = False  # whether the last train_step had no active value (mask_loss): no loss to log
         self._images_then = None  # the checkpoint's image_digests (None: not resumed, or written before them)
         self._logged = 0  # how many of self.rows log.csv holds (0: write it whole next time)
         self._log_held = False  # log.csv could not be written at the last try (write_log)
@@ -398,7 +399,8 @@ class Trainer:
         # a global batch with no active value (mask_loss; small batches, late steps) has a zero loss and zero
         # gradients, which AdamW's momentum and the EMA would still move the weights by: the step counts, nothing
         # moves (every rank agrees: the count is global)
-        if not (counts and float(counts[0]) == 0.0):
+        self._empty_step = bool(counts and float(counts[0]) == 0.0)  # (run leaves its zero out of the logged loss)
+        if not self._empty_step:
             self.opt.step()
             self._update_ema()
         self.step += 1
@@ -447,6 +449,10 @@ class Trainer:
         cfg = self.cfg
         check_run_args(steps, max_seconds)
         total = cfg.steps if steps is None else int(steps)
+        if cfg.decay_from and total > cfg.steps:  # (the steps past it trained at a learning rate of 0, unsaid)
+            raise ValueError(f"steps {total} is past the config's steps ({cfg.steps}), where its learning rate has "
+                             f"decayed to 0 (decay_from {cfg.decay_from}): give the config steps={total} instead "
+                             f"(cfg.replace(steps={total}), or yoda train --steps {total})")
         t0 = time.perf_counter()
         acc, n, t_base = self._pending or (0.0, 0, float(self.rows[-1]["time"]) if self.rows else 0.0)
         self._pending = None  # the time column is cumulative over resumes
@@ -467,7 +473,8 @@ class Trainer:
                     loss = self.train_step()
                     if not math.isfinite(loss):
                         raise NonFiniteError(self._diverged(loss))
-                    acc, n = acc + loss, n + 1
+                    if not self._empty_step:  # a step with no active value has no loss to log (its 0 read as a
+                        acc, n = acc + loss, n + 1  # perfect step; a row of them alone logs nan, a gap in the plot)
                     if max_seconds is not None:
                         left = max(0.0, max_seconds - (time.perf_counter() - t0))
                         post["budget left"] = tqdm.format_interval(left)
@@ -482,13 +489,14 @@ class Trainer:
                     timed_out = stop == "--minutes"
                     val_now = self.val_hr is not None and (timed_out or val_due and (last or stop is None))
                     if regular or stop is not None:
-                        row = {"step": self.step, "loss": acc / n, "lr": self.learning_rate(self.step - 1),
+                        row = {"step": self.step, "loss": acc / n if n else math.nan,
+                               "lr": self.learning_rate(self.step - 1),
                                "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
                         if val_now and self.ranks.main:
                             row.update(self.validate())  # the EMA is the same on every rank: rank 0 validates
                         self.rows.append(row)
                         self.write_log()
-                        post["loss"] = f"{acc / n:.4f}"
+                        post["loss"] = f"{row['loss']:.4f}"
                         bar.set_postfix(post)
                         if not regular:  # a stop's row: a resume replaces it (load_checkpoint)
                             self._pending = (acc, n, row["time"])
