@@ -1049,8 +1049,8 @@ MUTANTS = [
            ("tests/test_figures.py", "-k", "fig4_shows"),
            "Fig. 4 calls the top-left window of two identical images the one where they differ most"),
     Mutant("stats-of-a-freed-A", "yoda_kernels/ops.py",
-           "        return self._of() is not None and made_of == _source(A, tile)",
-           "        return made_of == _source(A, tile)",
+           "        return _plain_eager(A) and self._of() is A.untyped_storage() and made_of == _source(A, tile)",
+           "        return _plain_eager(A) and made_of == _source(A, tile)",
            ("tests/test_masked_step.py", "-k", "another_A"),
            "stats of an A freed since match a new A that the allocator put at its address"),
     Mutant("stats-channel-view", "yoda_kernels/ops.py",
@@ -2218,6 +2218,11 @@ MUTANTS = [
            "                    if True:  # a step with no active value",
            ("tests/test_train.py", "-k", "no_active_value"),
            "a mask_loss step with no active value logs a loss of 0"),
+    Mutant("stats-storage-by-address", "yoda_kernels/ops.py",
+           "        return _plain_eager(A) and self._of() is A.untyped_storage() and made_of ==",
+           "        return _plain_eager(A) and self._of() is not None and made_of ==",
+           ("tests/test_masked_step.py", "-k", "another_A"),
+           "stats of one tensor over a buffer match another tensor over it after an in-place change (wrong tiles)"),
 ]
 
 

@@ -15,6 +15,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -470,6 +471,14 @@ def test_given_stats_of_another_A_are_refused(backend):
     st_gone._source = ops._source(A, 8)
     with pytest.raises(ValueError, match="^stats were made of another A"):
         yk.masked_step(x, o, c, A, 0.5, stats=st_gone, **kw)
+    # two tensors over one buffer (torch.from_numpy twice; frombuffer, dlpack) each have a storage and a version
+    # counter of their own: stats of the first, changed in place through it, matched the second by its address
+    arr = np.zeros(tuple(A.shape), dtype=np.float32)
+    first = torch.from_numpy(arr)
+    st_first = yk.tile_stats(first, 8)
+    first.fill_(1.0)
+    with pytest.raises(ValueError, match="^stats were made of another A"):
+        yk.masked_step(x, o, c, torch.from_numpy(arr), 0.5, stats=st_first, **kw)
     ops_ = yk.MaskedOps(c, stale, tile=8, backend=backend, seed=1)
     k = yk.step_coefficients(0.3, 0.45)
     ops_.step(x, o, 0.5, coefs=k, step=1)

@@ -311,7 +311,9 @@ class TileStats(_Stats):
         made_of = getattr(self, "_source", None)
         if made_of is None:
             return None
-        return self._of() is not None and made_of == _source(A, tile)
+        # the very storage, not only its address: two tensors over one buffer (torch.from_numpy twice, frombuffer,
+        # dlpack) have storages of their own, and a write counted on the first one's version was not seen
+        return _plain_eager(A) and self._of() is A.untyped_storage() and made_of == _source(A, tile)
 
     def __reduce__(self):
         """A copy (pickle, copy.deepcopy) is made by hand: it does not know which A it was made of."""
