@@ -2223,6 +2223,18 @@ MUTANTS = [
            "        return _plain_eager(A) and self._of() is not None and made_of ==",
            ("tests/test_masked_step.py", "-k", "another_A"),
            "stats of one tensor over a buffer match another tensor over it after an in-place change (wrong tiles)"),
+    Mutant("grey-exactly-equal", "yoda/images.py",
+           "GREY_LEVELS = 2  #", "GREY_LEVELS = 0  #",
+           ("tests/test_cli.py", "-k", "grey_and_folder"),
+           "a grey scan saved as RGB, its channels a level apart, comes out RGB with the model's colour fringe"),
+    Mutant("square-windows-below-small", "yoda/sampling/tiles.py",
+           "    side = next(s for s in range(small, top + 1, unit)", "    side = next(s for s in range(least, top + 1, unit)",
+           ("tests/test_cli.py", "-k", "small_budget_windows"),
+           "automatic windows of 120 where 128 fits, with the CLI's own note that they are softer"),
+    Mutant("seams-unsaid", "yoda/sampling/prepare.py",
+           "    if seams and sides and overlap == 0:", "    if False:",
+           ("tests/test_sampler.py", "-k", "skipping_is_exact"),
+           "yoda.sample(windows=(W, 0)) leaves seams without a word"),
 ]
 
 

@@ -118,6 +118,19 @@ def test_upscale_grey_and_folder_output(tmp_path, tiny_model, images, capsys):
     kw = dict(steps=2, sampler="ddpm", attention="gaussian")
     assert_same_pixels(out / "grey_x4.png", expected_upscale(tiny_model, grey, grey=True, **kw))
     assert_same_pixels(out / "rgb_x4.png", expected_upscale(tiny_model, rgb, **kw))
+    # an RGB file of a grey image whose channels differ by a level or two here and there (a black-and-white scan
+    # saved as RGB) is grey too: its output was RGB, with the model's colour fringe on the grey (up to 18 levels)
+    from yoda.images import is_grey
+
+    a = np.repeat(np.asarray(Image.open(grey))[..., None], 3, axis=2).astype(np.int16)
+    a[0, 0, 0] += 2 if a[0, 0, 0] < 254 else -2
+    a[3, 5, 2] += 1 if a[3, 5, 2] < 255 else -1
+    Image.fromarray(a.astype(np.uint8)).save(tmp_path / "scan.png")
+    assert run(["upscale", str(tmp_path / "scan.png"), "-o", str(out), "--model", tiny_model, "-q"], capsys)[0] == 0
+    assert Image.open(out / "scan_x4.png").mode == "L"
+    a[3, 5] = (100, 103, 101)  # 3 levels apart: a colour, however faint
+    assert is_grey(a.astype(np.uint8)) is False
+    assert is_grey(np.asarray(Image.open(rgb))) is False
 
 
 def test_upscale_into_an_existing_folder_whatever_its_name(tmp_path, tiny_model, images, capsys):
@@ -2466,6 +2479,10 @@ def test_small_budget_windows_overlap_and_say_kib():
     assert plan_windows(64, 64, 1, 8, budget)[0] == (16, 8)
     assert plan_windows(64, 64, 1, 8, 8 * 8 * HR_BYTES_PER_PIXEL)[0] == (8, 0)  # one unit: no room to overlap
     assert plan_windows(512, 512, 1, 8, 128 * 128 * HR_BYTES_PER_PIXEL)[0] == (128, 32)  # a quarter, as before
+    # where a 128-px window fits, none is smaller: 120-px squares (as many, 11 x 11 at 1024²) were taken for their
+    # fewer pixels, with the CLI's own note that windows below 128 are softer
+    assert plan_windows(1024, 1024, 1, 8, 64 << 20)[0] == (128, 32)
+    assert plan_windows(1024, 1024, 1, 8, 48 << 20)[0] == (104, 24)  # 128 does not fit: as large as fits
     assert (mebibytes(64 * 1024), mebibytes(3 * 2**20)) == ("64 KiB", "3 MiB")
 
 

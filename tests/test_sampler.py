@@ -673,6 +673,15 @@ def test_tiled_skipping_is_exact_and_saves_calls():
     # a window that covers the state is the dense call itself (no blend: its w * out / w changed 1 ulp in 10%)
     full = run(model, lr, attention=A, seed=2, windows=(32, 0))
     assert torch.equal(full, run(model, lr, attention=A, seed=2))
+    # windows that tile without overlapping leave seams: warned once a call (in Python only the CLI's --tiles W,0
+    # said so); a window that covers the state, or an overlap, is not
+    with pytest.warns(UserWarning, match=r"^windows=\(8, 0\): windows that do not overlap leave seams") as seen:
+        run(model, lr, attention=A, seed=2, windows=(8, 0), steps=1)
+    assert len([w for w in seen if "seams" in str(w.message)]) == 1 and seen[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "windows=")
+        run(model, lr, attention=A, seed=2, windows=(32, 0), steps=1)
+        run(model, lr, attention=A, seed=2, windows=8, steps=1)
 
 
 def _asym_A(H, W):

@@ -452,6 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     sigterm_exits():
                 warnings.showwarning = _show_warning
                 warnings.simplefilter("ignore", UnrefinedWarning)  # the commands note it, in their words
+                warnings.filterwarnings("ignore", r"windows=.*: windows that do not overlap")  # so does check_tiles
                 return COMMANDS[a.cmd](a)
         except Exception as e:  # a Ctrl-C or SIGTERM that Python wrapped (errors.stop_in) is one still
             raise stop_in(e)

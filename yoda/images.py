@@ -172,10 +172,17 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return quantize_u8(x.cpu()).to(torch.uint8).movedim(-3, -1).contiguous().numpy()
 
 
+GREY_LEVELS = 2  # is_grey: the most a grey image's channels may differ by, in 8-bit levels
+
+
 def is_grey(a: np.ndarray) -> bool:
-    """Whether the uint8 (H, W, 3) image ``a`` is grey (its three channels equal): `yoda upscale` writes a grey
-    input's output as grey, and yoda eval scores that."""
-    return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+    """Whether the uint8 (H, W, 3) image ``a`` is grey (its three channels within GREY_LEVELS of each other at
+    every pixel: a black-and-white scan or photograph saved as RGB): `yoda upscale` writes a grey input's output
+    as grey, and yoda eval scores that. (Exactly equal only: one pixel off by a level made the output RGB, where
+    the model, not colour-neutral, gave grey a faint colour fringe, up to 18 levels.)"""
+    a = a.astype(np.int16)
+    return bool(np.abs(a[..., 0] - a[..., 1]).max() <= GREY_LEVELS and np.abs(a[..., 1] - a[..., 2]).max()
+                <= GREY_LEVELS and np.abs(a[..., 0] - a[..., 2]).max() <= GREY_LEVELS)
 
 
 def as_written(sr: torch.Tensor, grey: bool) -> torch.Tensor:

@@ -225,7 +225,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     if image_size is not None:  # and yoda.sample(pad=True)'s padding
         extent = tuple(min(e, n) for e, n in zip(extent, image_extent(c.shape[-2:], image_size, hr)))
     if w is not None:
-        w = check_window_size(adapter, w, c.shape[-2:], extent)
+        w = check_window_size(adapter, w, c.shape[-2:], extent, seams=True)
     elif grid is None:  # checked before prepare where the adapter tells its grid
         check_whole_sides(adapter, c.shape[-2:], c.shape[-2:], "sampling without windows")
     tiler = (Tiler(c.shape, w.size, w.overlap, w.skip_inactive, A, c.device, w.batch, adapter.activation_scale,
@@ -233,7 +233,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
     return Run(adapter, spec, lr_state, c, prep.cond, A, noise, tiler, extent)
 
 
-def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
+def check_window_size(adapter: Any, w: Windows, grid, extent=None, seams: bool = False) -> Windows:
     """``w`` with its overlap resolved (None, from windows=W: tiles.default_overlap of the shorter side among those
     that tile the image (a side that covers it spans the grid: a 16 x 128 window of a 16-high grid overlaps by 32,
     not 4), on hr_grid's unit for an HR-space model, as the CLI's --tiles W, since an SRDiff model's windows must lie
@@ -243,7 +243,7 @@ def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
     ``windows`` before any denoiser call, not the model's own error at the first step. It must also be at least the
     model's ``min_size`` (HR pixels: not for latents; the grid itself is, check_lr). extent: the image's part of the
     grid (yoda.sample(pad=True) pads it): a window that covers it along an axis covers the grid there (Tiler),
-    whatever its size."""
+    whatever its size. seams: warn of windows that tile without overlapping (the last check of a call)."""
     latent = getattr(adapter, "latent_multiple", None)
     m = int(latent or getattr(adapter, "multiple", 1))
     typed = w.typed()  # as the call gave it
@@ -269,6 +269,10 @@ def check_window_size(adapter: Any, w: Windows, grid, extent=None) -> Windows:
     if sides and min(sides) < least:  # (a side that covers an image smaller than that spans the padded grid)
         raise ValueError(f"windows: the window {min(sides)} must be at least {least} pixels, the smallest side this "
                          f"model takes, got {typed}")
+    if seams and sides and overlap == 0:  # (yoda upscale --tiles W,0 notes it; from Python they came unsaid)
+        warnings.warn(f"{typed}: windows that do not overlap leave seams where they meet (steps of several levels "
+                      f"along their borders); an overlap blends them (windows=W alone overlaps by a quarter of W)",
+                      UserWarning, stacklevel=4)
     return w
 
 

@@ -80,7 +80,8 @@ def fewest_pixel_windows(hr_h: int, hr_w: int, unit: int, least: int, area: int)
     456 x 1096 (1.25 times); photographs took 1.5-1.6 times their pixels, now 1.25-1.4."""
     top = max(least, math.isqrt(area) // unit * unit)
     fewest = _window_count(hr_h, hr_w, top, unit)
-    side = next(s for s in range(least, top + 1, unit) if _window_count(hr_h, hr_w, s, unit) <= fewest)
+    small = min(top, max(least, -(-SMALL_WINDOW // unit) * unit))  # no square below SMALL_WINDOW where one fits
+    side = next(s for s in range(small, top + 1, unit) if _window_count(hr_h, hr_w, s, unit) <= fewest)
     calls = _window_count(hr_h, hr_w, side, unit)
     best = (calls * min(side, hr_h) * min(side, hr_w), calls, (side, side))
     whole = (-(-hr_h // unit) * unit, -(-hr_w // unit) * unit)  # a side as long as the image's
