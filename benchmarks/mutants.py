@@ -2235,6 +2235,10 @@ MUTANTS = [
            "    if seams and sides and overlap == 0:", "    if False:",
            ("tests/test_sampler.py", "-k", "skipping_is_exact"),
            "yoda.sample(windows=(W, 0)) leaves seams without a word"),
+    Mutant("extra-steps-cost-unsaid", "yoda/cli_upscale.py",
+           "            if enough > 2 * steps else \"\")", "            if False else \"\")",
+           ("tests/test_cli.py", "-k", "steps_that_refine_every_pixel"),
+           "--lower-bound 0.1 takes 10 steps of a 1-step model without saying they cost it detail"),
 ]
 
 

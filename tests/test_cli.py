@@ -1312,6 +1312,10 @@ def test_upscale_with_attention_takes_the_steps_that_refine_every_pixel(tmp_path
     code, _, err = run(["upscale", str(src), "-o", out("l01.png"), "--attention", "edge", "--lower-bound", "0.1",
                         "-q"], capsys)
     assert code == 0 and "--attention: 10 steps" in err
+    # many more steps than the model's 1 cost it detail (5 at l = 0.2 etched faces): said; YODA's 2 are not
+    assert "; each step beyond the model's own 1 can cost detail, and a higher --lower-bound needs fewer)" in err
+    assert "cost detail" not in run(["upscale", str(src), "-o", out("l06.png"), "--attention", "edge", "-q"],
+                                    capsys)[2]
     code, _, err = run(["upscale", str(src), "-o", out("plain.png"), "-q"], capsys)
     assert code == 0 and err == ""  # plain: the default 1 step, no note
 
