@@ -2239,6 +2239,11 @@ MUTANTS = [
            "            if enough > 2 * steps else \"\")", "            if False else \"\")",
            ("tests/test_cli.py", "-k", "steps_that_refine_every_pixel"),
            "--lower-bound 0.1 takes 10 steps of a 1-step model without saying they cost it detail"),
+    Mutant("srdiff-proj-every-step", "yoda/models/srdiff.py",
+           "        proj = self.model.denoise_fn.project_cond(feas) if isinstance(self.model.denoise_fn, Unet) else None",
+           "        proj = None",
+           ("tests/test_models.py", "-k", "srdiff_matches_upstream"),
+           "SRDiff's feature projection is made again at every step (2-8% of each UNet call)"),
 ]
 
 
