@@ -615,6 +615,11 @@ def test_yoda_format_round_trip_sr3(tmp_path):
     assert isinstance(got, SR3UNet) and got.config == cfg
     assert got.card.schedule == sched and got.card.scale == 4 and got.card.config["extra"]["steps"] == 10
     assert (got.card.prediction, got.card.space) == ("eps", "pixel")
+    # saved again (a card edited, a copy), it keeps its extra (the training config: it was dropped)
+    save_model(got, tmp_path / "again.safetensors")
+    assert yoda.load("yoda", tmp_path / "again.safetensors").card.config["extra"] == {"data": "div2k-crops", "steps": 10}
+    save_model(got, tmp_path / "again.safetensors", extra={"note": "mine"})  # given: it wins
+    assert yoda.load("yoda", tmp_path / "again.safetensors").card.config["extra"] == {"note": "mine"}
     x, g = torch.randn(1, 6, 32, 24), torch.tensor([0.4])
     with torch.no_grad():
         assert torch.equal(got(x, g), net(x, g))
@@ -929,6 +934,23 @@ def test_sample_takes_the_models_sampling_defaults(tmp_path):
               metadata={**meta, "config": json.dumps({**cfg, "sampling": {"steps": "two"}})})
     with pytest.raises(yoda.checkpoint.CheckpointError, match=r"bad\.safetensors: the yoda config in the metadata is "
                                                               r"malformed: ValueError: ModelCard.sampling"):
+        yoda.load("yoda", tmp_path / "bad.safetensors")
+    # a key edited by hand with a typo was ignored ("predicton": "x0" sampled an x0 model as eps)
+    typo = {k: v for k, v in cfg.items() if k != "prediction"} | {"predicton": "x0"}
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "config": json.dumps(typo)})
+    with pytest.raises(yoda.checkpoint.CheckpointError, match=r"malformed: ValueError: unknown key\(s\) \['predicton'\] "
+                                                              r"\(the keys are .*; data of one's own goes in 'extra'\)"):
+        yoda.load("yoda", tmp_path / "bad.safetensors")
+    # an SR3 file whose scale contradicts its args' loaded at the top-level scale (an SRDiff one was refused)
+    small = _sr3()
+    save_model(small, tmp_path / "sr3.safetensors", schedule=Schedule.linear(5))
+    with safe_open(str(tmp_path / "sr3.safetensors"), "pt") as fh:
+        meta3, tensors3 = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    cfg3 = json.loads(meta3["config"])
+    save_file(tensors3, str(tmp_path / "bad.safetensors"),
+              metadata={**meta3, "config": json.dumps({**cfg3, "scale": cfg3["scale"] + 1})})
+    with pytest.raises(yoda.checkpoint.CheckpointError, match=rf"malformed: ValueError: scale {cfg3['scale'] + 1} "
+                                                              rf"differs from the SR3 args' scale {cfg3['scale']}"):
         yoda.load("yoda", tmp_path / "bad.safetensors")
     # a model whose card has no sampling: yoda.sample's own defaults
     net.card = dataclasses.replace(net.card, sampling=None)

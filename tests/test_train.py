@@ -2029,6 +2029,10 @@ def test_a_run_folder_or_its_checkpoint_named_as_a_model_says_where_the_model_is
     err = capsys.readouterr().err
     assert "checkpoint.pt is a `yoda train` checkpoint (the state a run resumes from), not a model file" in err
     assert "sr3:PATH" not in err
+    for kind in ("sr3", "srdiff"):  # named as an upstream checkpoint: a list of 362 mismatched keys, or "not SRDiff"
+        with pytest.raises(yoda.checkpoint.CheckpointError, match=r"checkpoint.pt is a `yoda train` checkpoint \(the "
+                                                                  r"state a run resumes from\), not a model file"):
+            yoda.load(kind, run / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"init \(--init\): .*checkpoint.pt is a `yoda train` checkpoint"):
         train_main(str(cfg_path), str(tmp_path / "ft"), device="cpu", progress=False, init=str(run / "checkpoint.pt"))
     ft = json.loads(TrainConfig.load("default_x4").replace(steps=1, warmup=0).to_json())
@@ -2037,6 +2041,12 @@ def test_a_run_folder_or_its_checkpoint_named_as_a_model_says_where_the_model_is
     s = train_main(str(tmp_path / "ft.json"), str(tmp_path / "ft2"), device="cpu", progress=False, init="default")
     assert s["steps"] == 1
     assert json.loads((tmp_path / "ft2" / "config.json").read_text())["init"] == str(DEFAULT_WEIGHTS)
+    assert yoda.load("yoda", s["weights"]).card.sampling == {"sampler": "ddim", "steps": 1}
+    # a config naming no sampling keeps the init's: the embedded model's DDIM 1 step are yoda's, not in its file
+    # (its fine-tune had none, and sampled 1000 DDPM steps: 28.0 dB for 30.1)
+    del ft["sampling"]
+    (tmp_path / "ft.json").write_text(json.dumps(ft))
+    s = train_main(str(tmp_path / "ft.json"), str(tmp_path / "ft3"), device="cpu", progress=False, init="default")
     assert yoda.load("yoda", s["weights"]).card.sampling == {"sampler": "ddim", "steps": 1}
 
 

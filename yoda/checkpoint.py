@@ -206,6 +206,14 @@ def not_torch(p: str) -> Optional[str]:
 _LATENT_KEYS = ({"model", "first_stage_model"}, {"zero_convs", "middle_block_out"}, {"controlnet", "unet", "vae"})
 
 
+def refuse_train_checkpoint(obj: Any, meta: Optional[Dict[str, str]], p: Any) -> None:
+    """A CheckpointError if ``obj`` is a `yoda train` checkpoint (model, EMA, optimiser, step and config): not a
+    model file; the run's model is the .safetensors next to it (read as sr3 / srdiff, a key-mismatch list)."""
+    if meta is None and isinstance(obj, Mapping) and {"model", "ema", "step", "config"} <= set(obj):
+        raise CheckpointError(f"{p} is a `yoda train` checkpoint (the state a run resumes from), not a model file: "
+                              f"the run's model is the .safetensors file next to it (model.safetensors by default)")
+
+
 def refuse_latent(obj: Any, p: Any) -> None:
     """A CheckpointError naming the Python API if ``obj`` (a state dict, or a dict with one under "state_dict")
     holds a latent diffusion model: no yoda model, SR3 or SRDiff config makes its weights fit."""

@@ -23,7 +23,8 @@ from torch import nn
 
 from .._json_fields import read_config_text
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
-                          read_checkpoint, refuse_latent, refuse_yoda_file, strip_prefix)
+                          read_checkpoint, refuse_latent, refuse_train_checkpoint, refuse_yoda_file,
+                          strip_prefix)
 from ..schedule import Schedule
 from .card import ModelCard
 from .sr3 import SR3_16_128, SR3_DIFFUSION_BUFFERS, SR3Config, SR3UNet, sr3_beta_schedule, sr3_default_schedule
@@ -166,6 +167,7 @@ def load_sr3(p: str, config: Any = None, scale: Optional[int] = None) -> nn.Modu
         isinstance(config, Mapping) and "model" in config)  # SR3's JSON (or the released one's): its val schedule
     obj, meta = read_checkpoint(p)
     refuse_yoda_file(meta, p, "sr3")
+    refuse_train_checkpoint(obj, meta, p)
     refuse_latent(obj, p)
     if isinstance(obj, Mapping) and "optimizer" in obj and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{p} is SR3's training state (*_opt.pth: epoch, iter, optimizer), not its weights; "

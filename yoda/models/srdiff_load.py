@@ -22,7 +22,8 @@ from torch import nn
 
 from .._json_fields import read_config_text
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
-                          read_checkpoint, refuse_latent, refuse_yoda_file, strip_prefix)
+                          read_checkpoint, refuse_latent, refuse_train_checkpoint, refuse_yoda_file,
+                          strip_prefix)
 from ..schedule import Schedule
 from .card import ModelCard
 from .sr3_load import split_diffusion_buffers
@@ -149,6 +150,7 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
     silently leave its default. A YAML file skips every key that is not a field (upstream's files carry many)."""
     obj, meta = read_checkpoint(p)
     refuse_yoda_file(meta, p, "srdiff")
+    refuse_train_checkpoint(obj, meta, p)
     refuse_latent(obj, p)
     # upstream: {'global_step', 'optimizer_states', 'state_dict': {'model': GaussianDiffusion.state_dict()}};
     # load_ckpt also accepts a flat state_dict with 'model.' prefixes.

@@ -39,7 +39,7 @@ from yoda_kernels.contract import PREDICTIONS
 
 from .._io import atomic_write_bytes
 from ..checkpoint import (CheckpointError, check_block_count, check_state_dict, fmt_keys, materialise,
-                          nonfinite_keys, read_checkpoint, refuse_latent)
+                          nonfinite_keys, read_checkpoint, refuse_latent, refuse_train_checkpoint)
 from ..masks import as_int
 from ..schedule import Schedule
 from ..upsampling import METHODS as UPSAMPLINGS
@@ -55,6 +55,8 @@ FORMAT_VERSION = "1"
 # a reader of version 1 would ignore and sample with torch's bicubic; files with torch's stay version 1
 FORMAT_VERSIONS = ("1", "2")
 SPACE_OF_KIND = {"sr3": "pixel", "srdiff": "residual"}
+# the config's keys (save_model writes them; load_yoda refuses others)
+CONFIG_KEYS = frozenset({"kind", "args", "schedule", "scale", "prediction", "upsampling", "sampling", "extra"})
 _SHOW = 5  # how many differing keys an error message lists
 
 PathLike = Union[str, os.PathLike]
@@ -135,7 +137,8 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     """Write ``model`` in the "yoda" format (module docstring). config: the model's config dataclass
     (default ``model.config``); schedule, scale, prediction: given here, else from the model's card
     (``model.card``), else the config's (SR3's ``scale``, SRDiff's ``sr_scale`` and schedule) and "eps";
-    sampling (yoda.sample's defaults for the model, ModelCard.sampling): given here, else the card's, else none.
+    sampling (yoda.sample's defaults for the model, ModelCard.sampling): given here, else the card's, else none;
+    extra (free-form JSON, e.g. the training config): given here, else a loaded file's (the card's config).
     Written through yoda._io.atomic_write_bytes, so a failure never leaves a half-written file at ``path``."""
     from safetensors.torch import save
 
@@ -181,6 +184,8 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()))
         raise ValueError(f"config does not describe this model (state-dict keys/shapes differ: {diff[:_SHOW]})")
+    if extra is None and card is not None and isinstance(card.config, Mapping):  # a re-save kept no training config
+        extra = card.config.get("extra")
     if extra is not None and not isinstance(extra, Mapping):
         raise TypeError(f"extra must be a dict (a JSON object) or None, got {type(extra).__name__}")
     meta = {"kind": kind, "args": args, "schedule": schedule.to_dict(), "scale": scale, "prediction": prediction,
@@ -223,9 +228,7 @@ def load_yoda(p: str, upstream_hint: str = UPSTREAM_HINT) -> nn.Module:
     """The model of the "yoda" file ``p`` (eval mode, CPU) with its ModelCard (module docstring). upstream_hint: what
     the error for a file without yoda's metadata (an upstream checkpoint, perhaps) says to do."""
     tensors, meta = read_checkpoint(p)
-    if meta is None and isinstance(tensors, dict) and {"model", "ema", "step", "config"} <= set(tensors):
-        raise CheckpointError(f"{p} is a `yoda train` checkpoint (the state a run resumes from), not a model file: "
-                              f"the run's model is the .safetensors file next to it (model.safetensors by default)")
+    refuse_train_checkpoint(tensors, meta, p)
     if meta is None or meta.get("format") != FORMAT:
         refuse_latent(tensors, p)  # (SD's .safetensors often carry {"format": "pt"})
         hint = f"; {upstream_hint}" if meta is None else ""
@@ -249,6 +252,12 @@ def load_yoda(p: str, upstream_hint: str = UPSTREAM_HINT) -> nn.Module:
             raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
         if kind == "srdiff" and isinstance(args, Mapping) and scale != args.get("sr_scale", scale):
             raise ValueError(f"scale {scale} differs from the SRDiff args' sr_scale {args.get('sr_scale')}")
+        if kind == "sr3" and isinstance(args, Mapping) and scale != args.get("scale", scale):  # (loaded as scale)
+            raise ValueError(f"scale {scale} differs from the SR3 args' scale {args.get('scale')}")
+        unknown = sorted(set(cfg) - CONFIG_KEYS)  # a misspelt "predicton" was ignored: an x0 model sampled as eps
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} (the keys are {sorted(CONFIG_KEYS)}; data of one's own "
+                             f"goes in 'extra')")
         if not isinstance(args, Mapping):
             raise TypeError(f"args must be a JSON object, got {type(args).__name__}")
     except (KeyError, TypeError, ValueError, RecursionError) as e:  # (a thousand-deep nest: RecursionError)

@@ -38,6 +38,7 @@ def resolved_args(kind: str, args: dict) -> dict:
 def read_init(path: str, cfg, card) -> tuple[torch.nn.Module, str]:
     """(the module of the yoda model file ``path``, its sha256), or a ValueError naming what differs from the config
     ``cfg`` (a TrainConfig) whose model ``card`` (glue.model_card) the run trains."""
+    from ..models.loading import embedded_card
     from ..models.yoda_format import load_yoda
 
     where = f"init (--init) {path}"
@@ -50,6 +51,7 @@ def read_init(path: str, cfg, card) -> tuple[torch.nn.Module, str]:
         raise ValueError(f"init (--init): {e}") from e
     if file_sha256(path) != digest:
         raise ValueError(f"{where}: the file changed while it was read; start again when nothing writes it")
+    src.card = embedded_card(src.card, path)  # the embedded model's DDIM 1 step, as yoda.load gives it
     for what in ("space", "prediction", "scale"):
         if getattr(src.card, what) != getattr(card, what):
             raise ValueError(f"{where}: the file's model has {what} {getattr(src.card, what)!r}, this config trains "
