@@ -1,14 +1,15 @@
 """Mutation check: plant small, plausible one-line bugs, one at a time, in a temporary copy of the repository and
 check that the tests named for each one catch it.
 
-    .venv/bin/python benchmarks/mutants.py                      # every mutant (about 40 min on 2 cores)
+    .venv/bin/python benchmarks/mutants.py                      # every mutant (about 50-70 min on 2 cores)
     .venv/bin/python benchmarks/mutants.py --list               # the list, with the tests each must fail
     .venv/bin/python benchmarks/mutants.py window-axes noise-h4 # some of them
     .venv/bin/python benchmarks/mutants.py --no-baseline        # skip the unmutated runs of each selection
 
-Not part of the default test run (it runs pytest once a mutant, ~390 times). Each mutant is (name, file, old,
-new, pytest arguments, why): ``old`` must occur exactly once in the file, so a refactoring that moves the code makes the
-script fail loudly instead of testing nothing -- then update the snippet. The copy holds the files git knows
+Not part of the default test run (it runs pytest once a mutant, ~530 times, after each selection once
+unmutated). Each mutant is (name, file, old, new, pytest arguments, why): ``old`` must occur exactly once in the
+file, so a refactoring that moves the code makes the script fail loudly instead of testing nothing -- then update
+the snippet. The copy holds the files git knows
 (tracked and untracked-but-not-ignored, as they are in the working tree) plus the built extension
 (yoda_kernels/_C*.so); the mutants are all in Python, so nothing is rebuilt. First every distinct test selection
 runs unmutated (it must pass, or "caught" would mean nothing); then each mutant is planted, its selection runs
@@ -2037,8 +2038,8 @@ MUTANTS = [
            ("tests/test_train.py", "-k", "stale_temporary"),
            "a checkpoint-sized temporary file of a SIGKILLed save outlives the requeued run"),
     Mutant("eval-table-after-file", "yoda/cli_models.py",
-           "    say(table)  # first: a file that cannot be written",
-           "    pass  # first: a file that cannot be written",
+           "    (say if out else print)(table)",
+           "    pass",
            ("tests/test_cli.py", "-k", "eval_stopped_keeps"),
            "a full disk under eval -o takes the measured table with it"),
     Mutant("eval-stop-write-error-wins", "yoda/cli.py",
@@ -2180,7 +2181,7 @@ MUTANTS = [
            ("tests/test_evaluate.py", "-k", "paired_mean"),
            "each row of a name given twice is compared with the last plain row of that name"),
     Mutant("eval-table-print", "yoda/cli_models.py",
-           "    say(table)  # first:", "    print(table)  # first:",
+           "    (say if out else print)(table)", "    print(table)",
            ("tests/test_cli.py", "-k", "stdout_cannot"),
            "yoda eval -o r.csv > /dev/full writes no r.csv"),
     Mutant("window-batch-printed-as-given", "yoda/cli.py",
@@ -2240,8 +2241,8 @@ MUTANTS = [
            ("tests/test_cli.py", "-k", "steps_that_refine_every_pixel"),
            "--lower-bound 0.1 takes 10 steps of a 1-step model without saying they cost it detail"),
     Mutant("srdiff-proj-every-step", "yoda/models/srdiff.py",
-           "        proj = self.model.denoise_fn.project_cond(feas) if isinstance(self.model.denoise_fn, Unet) else None",
-           "        proj = None",
+           "                        cond=SRDiffCond(feas, up, [] if isinstance(self.model.denoise_fn, Unet) else None))",
+           "                        cond=SRDiffCond(feas, up, None))",
            ("tests/test_models.py", "-k", "srdiff_matches_upstream"),
            "SRDiff's feature projection is made again at every step (2-8% of each UNet call)"),
     Mutant("finetune-default-card-lost", "yoda/training/finetune.py",
@@ -2265,6 +2266,41 @@ MUTANTS = [
            "    refuse_train_checkpoint(obj, meta, p)", "    pass",
            ("tests/test_train.py", "-k", "says_where_the_model_is"),
            "a yoda train checkpoint.pt read as sr3 gives a list of mismatched keys"),
+    Mutant("srdiff-proj-in-prepare", "yoda/models/srdiff.py",
+           "[] if isinstance(self.model.denoise_fn, Unet) else None))",
+           "[self.model.denoise_fn.project_cond(feas)]))",
+           ("tests/test_models.py", "-k", "srdiff_matches_upstream"),
+           "SRDiff's whole-image projection is made in prepare and held through runs in windows (1 GiB at 4096²)"),
+    Mutant("srdiff-proj-cached-with-grad", "yoda/models/srdiff.py",
+           "        if cache is None or torch.is_grad_enabled():", "        if cache is None:",
+           ("tests/test_models.py", "-k", "srdiff_matches_upstream"),
+           "a projection cached with its graph is backpropagated twice"),
+    Mutant("eval-table-swallowed", "yoda/cli_models.py",
+           "    (say if out else print)(table)", "    say(table)",
+           ("tests/test_cli.py", "-k", "stdout_cannot"),
+           "yoda eval > results.md on a full disk leaves it empty and exits 0"),
+    Mutant("sigterm-flag-reset-on-entry", "yoda/errors.py",
+           "    old = signal.signal(signal.SIGTERM, stop)\n", "    old, _SIGTERM_SEEN[0] = signal.signal(signal.SIGTERM, stop), False\n",
+           ("tests/test_cli.py", "-k", "under_sigterm_exits"),
+           "a SIGTERM lost between yoda train's two sigterm_exits is forgotten: the run trains to its end"),
+    Mutant("sigterm-flag-kept", "yoda/errors.py",
+           "        # lost between the two was forgotten; one delivered as usual stopped the process's next Trainer.run\n"
+           "        _SIGTERM_SEEN[0] = False", "        pass",
+           ("tests/test_cli.py", "-k", "under_sigterm_exits"),
+           "a SIGTERM delivered as usual stops the process's next Trainer.run at step 0"),
+    Mutant("next-pow2-off-by-one", "yoda_kernels/triton/launch.py",
+           "    return 1 << max(0, int(n) - 1).bit_length()", "    return 1 << max(0, int(n)).bit_length()",
+           ("tests/test_triton_launch.py", "-k", "next_pow2"),
+           "next_pow2 of a power of two doubles it (blocks twice as wide as needed)"),
+    Mutant("extension-of-another-tree", "yoda_kernels/ops.py",
+           "    if tree and Path(spec.origin).resolve().parent != Path(__file__).resolve().parent:",
+           "    if False:",
+           ("tests/test_masked_step.py", "-k", "missing_extension"),
+           "a clone without a build runs another clone's extension through its editable install, without a word"),
+    Mutant("bench-timer-misses-projection", "benchmarks/test_bench_large.py",
+           "        self.m.denoise_fn.project_cond = self._timed(self._proj)\n", "",
+           ("tests/test_bench_scripts.py", "-k", "stub_and_timer"),
+           "the overhead benchmark counts SRDiff's projection as the sampler's overhead"),
 ]
 
 

@@ -1909,11 +1909,14 @@ def test_every_command_runs_under_sigterm_exits(tmp_path, monkeypatch, capsys):
 
     steps = []
 
-    def train(a):  # as Trainer.run starts
-        lost()
+    def starts():  # as Trainer.run starts
         for sig, handler in stop_on_interrupt()[1].items():
             signal.signal(sig, handler)
         steps.append(1)
+
+    def train(a):
+        lost()
+        starts()
         return 0
 
     monkeypatch.setitem(yoda.cli.COMMANDS, "plot", train)
@@ -1925,6 +1928,22 @@ def test_every_command_runs_under_sigterm_exits(tmp_path, monkeypatch, capsys):
                                                                                             "(SIGTERM)\n")
     monkeypatch.setitem(yoda.cli.COMMANDS, "plot", lambda a: 0)  # each one once: the next run is not stopped
     assert run(["plot", str(tmp_path), "-o", str(tmp_path / "p.png")], capsys)[0] == 0
+    # yoda train enters sigterm_exits twice (cli.main, train_main): one lost between them was forgotten
+    from yoda.errors import sigterm_exits
+
+    def nested(a):
+        lost()
+        with sigterm_exits():
+            starts()
+            return 0
+
+    monkeypatch.setitem(yoda.cli.COMMANDS, "plot", nested)
+    assert run(["plot", str(tmp_path), "-o", str(tmp_path / "p.png")], capsys)[0] == 143 and steps == []
+    # one delivered as usual (the command ended 143) does not stop the process's next training run at step 0
+    monkeypatch.setitem(yoda.cli.COMMANDS, "plot", lambda a: signal.raise_signal(signal.SIGTERM))
+    assert run(["plot", str(tmp_path), "-o", str(tmp_path / "p.png")], capsys)[0] == 143
+    starts()  # Trainer.run from Python afterwards: it trains
+    assert steps == [1]
 
 
 def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
@@ -2868,6 +2887,9 @@ def test_eval_writes_its_output_when_stdout_cannot_be_written(tmp_path, tiny_mod
     monkeypatch.setattr(sys, "stdout", Full())
     assert scores(tmp_path / "r.csv") == want and len(want) > 2
     sys.stdout.close()
+    # without -o the table is the output: `yoda eval > results.md` on a full disk fails (it exited 0, file empty)
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert main(["eval", "--images", os.path.dirname(images[0]), "--model", tiny_model, "--steps", "1", "-q"]) == 2
 
 
 def test_a_rank_that_lost_another_says_so_in_one_line(monkeypatch, capsys):

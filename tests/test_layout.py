@@ -235,7 +235,25 @@ def test_the_library_leaves_the_warnings_filters_alone():
             for f in files:
                 path = os.path.join(dirpath, f)
                 if f.endswith(".py") and not f.startswith("cli") and f != "__main__.py":
-                    with open(path, encoding="utf-8") as fh:
-                        if "catch_warnings(" in fh.read():
-                            found.append(os.path.relpath(path, ROOT))
+                    with open(path, encoding="utf-8") as fh:  # any use of the name, however spelt (a text search
+                        tree = ast.parse(fh.read())  # for "catch_warnings(" missed "catch_warnings ()")
+                    if any(getattr(n, "attr", None) == "catch_warnings" or getattr(n, "id", None) == "catch_warnings"
+                           or isinstance(n, ast.alias) and n.name == "catch_warnings" for n in ast.walk(tree)):
+                        found.append(os.path.relpath(path, ROOT))
+    assert found == []
+
+
+def test_triton_launches_use_no_jit_cdiv():
+    """DEVELOPERS.md: launch-time Python stays lean, no triton.cdiv (a @jit function, slow to call from the host;
+    launch.cdiv does it); nothing refused it."""
+    found = []
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "yoda_kernels")):
+        for f in files:
+            if f.endswith(".py"):
+                with open(os.path.join(dirpath, f), encoding="utf-8") as fh:
+                    tree = ast.parse(fh.read())
+                found += [f for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "cdiv"
+                          and isinstance(n.value, ast.Name) and n.value.id == "triton"
+                          or isinstance(n, ast.ImportFrom) and n.module == "triton"
+                          and any(a.name == "cdiv" for a in n.names)]
     assert found == []

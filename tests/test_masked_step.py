@@ -736,12 +736,13 @@ def test_a_missing_extension_says_how_to_get_it_where_it_is(tmp_path):
     is told to reinstall."""
     import shutil
 
-    def warning_of(root, **env):
+    def warning_of(root, editable=False, **env):
         shutil.copytree(Path(ROOT) / "yoda_kernels", root / "yoda_kernels",
                         ignore=shutil.ignore_patterns("_C*", "__pycache__"))
         code = ("import sys, warnings\n"  # not this checkout's editable install: the copy, as it is
-                "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
-                "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')"
+                + ("" if editable else
+                   "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n")
+                + "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')"
                 "\n    import yoda_kernels\nprint([str(m.message) for m in w if m.category is RuntimeWarning])")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
                            env={**{k: v for k, v in os.environ.items() if k != "YODA_NO_EXTENSION"},
@@ -756,6 +757,14 @@ def test_a_missing_extension_says_how_to_get_it_where_it_is(tmp_path):
     out = warning_of(tree)
     assert f"yoda_kernels is imported from the source tree {tree}, which has no built extension: build it there " \
            "(`pip install -e .`); Python started in a clone imports it before an installed yoda-sr" in out, out
+    # with this checkout's editable install on the path, its finder handed the copy this checkout's _C, without a
+    # word (a sanitizer copy not yet built ran the plain library, and its tests passed): refused, and said
+    clone2 = tmp_path / "clone2"
+    shutil.copytree(tree, clone2, ignore=shutil.ignore_patterns("yoda_kernels"))
+    if any("__editable__" in getattr(f, "__module__", "") for f in sys.meta_path):  # (pip install -e .)
+        out = warning_of(clone2, editable=True)
+        assert f"yoda_kernels is imported from the source tree {clone2}, which has no built extension (the one " \
+               f"found, " in out and "is another tree's, through its editable install)" in out, out
     out = warning_of(tmp_path / "site-packages")
     # (by name, `pip install ... yoda-sr` asked an index, where no yoda-sr is: the source it came from)
     assert "no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); reinstall it from " \

@@ -767,17 +767,30 @@ def test_sample_srdiff_matches_upstream_loop():
     sample(m, lr, attention=A, noise=noise, progress=False, callback=cb)
     assert len(seen) == 4 and max(seen) < 1e-5
     # the features' projection is made once a call, not at every step (2-8% of each UNet call), with the same bits
-    calls = []
-    hook = m.denoise_fn.cond_proj.register_forward_hook(lambda *a: calls.append(1))
+    calls = []  # the output sides of each projection
+    hook = m.denoise_fn.cond_proj.register_forward_hook(lambda mod, i, out: calls.append(tuple(out.shape[-2:])))
     try:
         once = sample(m, lr, attention=None, noise=noise, progress=False)
         ad = m.yoda_adapter()
         prepare = ad.prepare
         ad.prepare = lambda x: Prepared((p := prepare(x)).c, p.cond._replace(proj=None))  # each step makes its own
         every = sample(ad, lr, attention=None, noise=noise, progress=False)
+        assert calls == [(12, 16)] * (1 + 10)
+        # in windows, each window projects its own crop: the whole image's is never made (it held a 16-channel
+        # state-sized map through the run, 1 GiB at 4096²)
+        calls.clear()
+        sample(m, lr, attention=None, seed=0, progress=False, windows=(8, 4), steps=1)
+        assert calls and (12, 16) not in calls
     finally:
         hook.remove()
-    assert torch.equal(once, plain) and torch.equal(every, plain) and len(calls) == 1 + 1 + 10
+    assert torch.equal(once, plain) and torch.equal(every, plain)
+    ad = m.yoda_adapter()  # with gradients on (guidance through the model), each call projects afresh: a cached
+    with torch.no_grad():  # projection's graph was backpropagated twice
+        cond = ad.prepare(lr).cond
+    x = torch.randn(1, 3, 12, 16, requires_grad=True)
+    for _ in range(2):
+        ad.denoise(x, torch.tensor([3]), 0.5, cond).sum().backward()
+    assert cond.proj == [] and x.grad is not None
 
 
 def test_sample_latent_matches_reference_loop():

@@ -84,6 +84,16 @@ def test_launch_config(W, tile, noise, unit_w, block_w, warps):
     assert block_w % tile == 0  # a strip holds whole tiles: the classification is per tile
 
 
+def test_next_pow2_and_cdiv_by_their_definitions():
+    """The host-side next_pow2 and cdiv (triton's are @jit) against their definitions (an off-by-one in next_pow2
+    survived the launch-config cases, whose widths it rounds to the same block)."""
+    from yoda_kernels.triton.launch import cdiv, next_pow2
+
+    for n in range(-2, 1100):
+        assert next_pow2(n) == (1 if n <= 1 else min(p for p in (2 ** k for k in range(12)) if p >= n)), n
+    assert [cdiv(n, 8) for n in (0, 1, 7, 8, 9, 16, 17)] == [0, 1, 1, 1, 2, 2, 3]
+
+
 def test_masked_combine_keeps_1024_pixel_philox_strips(monkeypatch):
     """masked_combine's Philox launch stays at 1024-pixel strips (8 pixels per thread) until measured on a GPU: at
     2048 it takes 208-210 registers against 147 (offline sm_90 compile)."""

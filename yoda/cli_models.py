@@ -320,8 +320,9 @@ def eval_results(a, rows: list, partial: str = "") -> None:
             + (f", eta {a.eta:g}" if a.eta is not None else "") + f", seed {a.seed}, "
             + ("PSNR-Y / SSIM-Y (luma, a border of the scale cut)" if a.y_channel else "PSNR / SSIM on RGB") + "\n\n")
     table = head + markdown_table(summarize(rows), y_channel=a.y_channel) + "".join(f"\n\n({n})" for n in notes)
-    say(table)  # first: a file that cannot be written (a full disk) must not take the measured table with it; a
-    # stdout that cannot be written (`| head -1`, `>/dev/full`) must not take the file
+    # first: a file that cannot be written (a full disk) must not take the measured table with it; with -o, a stdout
+    # that cannot be written (`| head -1`, `>/dev/full`) must not take the file; without, the table is the output
+    (say if out else print)(table)
     if out and out.lower().endswith(".csv"):
         write_csv(out, rows)
     elif out:

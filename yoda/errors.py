@@ -84,12 +84,15 @@ def sigterm_exits():
         _SIGTERM_SEEN[0] = True  # (lost_sigterm: Python drops an exception raised in a weakref callback)
         raise Terminated
 
-    old, _SIGTERM_SEEN[0] = signal.signal(signal.SIGTERM, stop), False
+    old = signal.signal(signal.SIGTERM, stop)
     try:
         yield
         lost_sigterm()  # the work ended as if no SIGTERM had come: it exits 143 all the same
     finally:
         signal.signal(signal.SIGTERM, old)
+        # cleared on the way out, not on the way in: `yoda train` nests this (cli.main, train_main), and a SIGTERM
+        # lost between the two was forgotten; one delivered as usual stopped the process's next Trainer.run
+        _SIGTERM_SEEN[0] = False
 
 
 _SIGTERM_SEEN = [False]  # whether sigterm_exits' handler ran

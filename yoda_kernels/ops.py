@@ -80,6 +80,10 @@ def _load_extension() -> Optional[str]:
             return (f"yoda_kernels is imported from the source tree {root}, which has no built extension: build it "
                     f"there (`pip install -e .`); Python started in a clone imports it before an installed yoda-sr")
         return f"no compiled extension (installed with YODA_NO_EXTENSION=1, or its build did not run); {rebuild}"
+    if tree and Path(spec.origin).resolve().parent != Path(__file__).resolve().parent:  # (another clone's editable
+        return (f"yoda_kernels is imported from the source tree {root}, which has no built extension (the one found, "
+                f"{spec.origin}, is another tree's, through its editable install): build it there (`pip install -e "
+                f".`, or `python setup.py build_ext --inplace`)")  # install's finder: a sanitizer copy ran without)
     try:  # a source tree (an editable install) only: yoda's own csrc/ and setup.py beside the package
         stale = stale_build(spec.origin, root / "csrc") if tree else None
     except (OSError, ValueError) as e:  # an empty (interrupted link) or unreadable build

@@ -261,7 +261,10 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class SRDiffCond(NamedTuple):
     feas: List[torch.Tensor]  # RRDB features of lr, nb + 1 maps (B, nf, h, w)
     up: torch.Tensor  # up(lr) (B, 3, H, W)
-    proj: Optional[torch.Tensor] = None  # Unet.project_cond(feas), made once (untiled sampling; a window: None)
+    # a one-item cache of Unet.project_cond(feas), the same at every step: filled at the first untiled step (a
+    # window's cond, crop_cond, has none: it projects its own crop; prepare making it held a state-sized 16-channel
+    # map, 1 GiB at 4096², through runs in windows, which never read it)
+    proj: Optional[list] = None
 
 
 class SRDiffAdapter(Adapter):
@@ -328,10 +331,9 @@ class SRDiffAdapter(Adapter):
             raise ValueError(f"lr: the HR size {H}x{W} must be divisible by {m} (2 ** UNet downsamplings)")
         up = upsample(lr, self.scale, self.upsampling)
         feas = self.model.rrdb.features(lr.to(next(self.model.parameters()).dtype))
-        # the features' projection is the same at every step: made once (2-8% of each UNet call; a review). A window
-        # crops the features and projects its own (crop_cond): the whole image's, cropped, would see past it
-        proj = self.model.denoise_fn.project_cond(feas) if isinstance(self.model.denoise_fn, Unet) else None
-        return Prepared(c=torch.zeros_like(up), cond=SRDiffCond(feas, up, proj))
+        # the features' projection is the same at every step: made once a call (2-8% of each UNet call; a review)
+        return Prepared(c=torch.zeros_like(up),
+                        cond=SRDiffCond(feas, up, [] if isinstance(self.model.denoise_fn, Unet) else None))
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: SRDiffCond) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
@@ -341,7 +343,13 @@ class SRDiffAdapter(Adapter):
         # (model.half()) must be made again
         dt = cond.feas[0].dtype
         args = (_as(x_t, dt), t, [_as(f, dt) for f in cond.feas], _as(cond.up, dt))
-        out = self.model(*args, cond.proj) if cond.proj is not None and cond.proj.dtype == dt else self.model(*args)
+        cache = cond.proj
+        if cache is None or torch.is_grad_enabled():  # (a graph kept across steps would be backpropagated twice)
+            out = self.model(*args)
+        else:
+            if not cache or cache[0].dtype != dt:
+                cache[:] = [self.model.denoise_fn.project_cond(args[2])]
+            out = self.model(*args, cache[0])
         return _as(out, x_t.dtype)
 
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: SRDiffCond) -> torch.Tensor:
