@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -620,6 +621,10 @@ def test_yoda_format_round_trip_sr3(tmp_path):
     assert yoda.load("yoda", tmp_path / "again.safetensors").card.config["extra"] == {"data": "div2k-crops", "steps": 10}
     save_model(got, tmp_path / "again.safetensors", extra={"note": "mine"})  # given: it wins
     assert yoda.load("yoda", tmp_path / "again.safetensors").card.config["extra"] == {"note": "mine"}
+    for theirs in ("trained on DIV2K", [1, 2], {"best": math.nan}):  # another tool's extra, which yoda reads but
+        got.card = dataclasses.replace(got.card, config={**got.card.config, "extra": theirs})  # cannot write: dropped
+        save_model(got, tmp_path / "again.safetensors")  # (it was refused, naming an extra the caller never gave)
+        assert "extra" not in yoda.load("yoda", tmp_path / "again.safetensors").card.config
     x, g = torch.randn(1, 6, 32, 24), torch.tensor([0.4])
     with torch.no_grad():
         assert torch.equal(got(x, g), net(x, g))

@@ -2887,9 +2887,18 @@ def test_eval_writes_its_output_when_stdout_cannot_be_written(tmp_path, tiny_mod
     monkeypatch.setattr(sys, "stdout", Full())
     assert scores(tmp_path / "r.csv") == want and len(want) > 2
     sys.stdout.close()
-    # without -o the table is the output: `yoda eval > results.md` on a full disk fails (it exited 0, file empty)
+    # without -o the table is the output: `yoda eval > results.md` on a full disk fails (it exited 0, file empty);
+    # a reader that went away (`| head -1`) is no error
     monkeypatch.setattr(sys, "stdout", Full())
     assert main(["eval", "--images", os.path.dirname(images[0]), "--model", tiny_model, "--steps", "1", "-q"]) == 2
+
+    class Gone(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert main(["eval", "--images", os.path.dirname(images[0]), "--model", tiny_model, "--steps", "1", "-q"]) == 0
+    sys.stdout.close()
 
 
 def test_a_rank_that_lost_another_says_so_in_one_line(monkeypatch, capsys):

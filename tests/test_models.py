@@ -791,6 +791,10 @@ def test_sample_srdiff_matches_upstream_loop():
     for _ in range(2):
         ad.denoise(x, torch.tensor([3]), 0.5, cond).sum().backward()
     assert cond.proj == [] and x.grad is not None
+    with torch.no_grad():  # two prepared conds stacked (the API, not yoda's windows) share no cache with them
+        two = ad.stack_conds([cond, cond])
+        ad.denoise(torch.cat([x, x]).detach(), torch.tensor([3, 3]), 0.5, two)
+        assert two.proj is None and cond.proj == [] and ad.denoise(x.detach(), torch.tensor([3]), 0.5, cond).shape[0] == 1
 
 
 def test_sample_latent_matches_reference_loop():

@@ -196,18 +196,19 @@ def save_figure(img, path: str) -> None:
     save_pil(img, path)
 
 
-def say(line: str) -> None:
+def say(line: str, full_ok: bool = True) -> None:
     """A line on stdout, above any progress bar (tqdm.write). A reader that went away (`yoda upscale ... | head`)
     ends the lines, not the command: stdout then goes to os.devnull (each written image's line was an EPIPE error,
     and the image counted as failed); so does a stdout that cannot be written (`>/dev/full` stopped a folder at its
-    first image, with "No space left on device" read as the output disk's)."""
+    first image, with "No space left on device" read as the output disk's), unless not ``full_ok`` (the line is
+    the command's only output: `yoda eval > results.md` on a full disk is an error)."""
     from tqdm import tqdm
 
     try:
         tqdm.write(line + "\n", file=sys.stdout, end="")  # one write, as error_line's: torchrun's ranks run
         sys.stdout.flush()  # unbuffered (python -u), and a rank's line got between another's text and its newline
     except OSError as e:  # BrokenPipeError; on Windows a closed pipe is EINVAL (cpython#79935)
-        if not (isinstance(e, BrokenPipeError) or e.errno in (errno.ENOSPC, errno.EIO) or
+        if not (isinstance(e, BrokenPipeError) or full_ok and e.errno in (errno.ENOSPC, errno.EIO) or
                 (sys.platform == "win32" and e.errno == errno.EINVAL)):
             raise
         try:  # the file descriptor itself, so that the flush at exit finds it writable too
@@ -322,7 +323,8 @@ def eval_results(a, rows: list, partial: str = "") -> None:
     table = head + markdown_table(summarize(rows), y_channel=a.y_channel) + "".join(f"\n\n({n})" for n in notes)
     # first: a file that cannot be written (a full disk) must not take the measured table with it; with -o, a stdout
     # that cannot be written (`| head -1`, `>/dev/full`) must not take the file; without, the table is the output
-    (say if out else print)(table)
+    # (a full disk is an error; a reader that went away, `| head -1`, is not)
+    say(table, full_ok=bool(out))
     if out and out.lower().endswith(".csv"):
         write_csv(out, rows)
     elif out:

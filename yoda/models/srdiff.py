@@ -31,7 +31,7 @@ from torch import nn
 from yoda_kernels.contract import PREDICTIONS
 
 from .._json_fields import unknown_keys
-from ..adapters import Adapter, Prepared, check_flag, upsample
+from ..adapters import Adapter, Prepared, check_flag, stack_along_batch, upsample
 from ..masks import config_int
 from ..schedule import MAX_FILE_T, Schedule
 from .card import ModelCard
@@ -356,6 +356,11 @@ class SRDiffAdapter(Adapter):
         # one image-sized temporary, the rest in place (the peak of a 4096² upscale; issue 12)
         r = x0.clamp(-1.0, 1.0).div_(self.res_rescale) if self.clip_input else x0 / self.res_rescale
         return r.add_(cond.up).clamp_(-1.0, 1.0)
+
+    def stack_conds(self, conds: list) -> SRDiffCond:
+        """Adapter.stack_conds without the projections' caches (one list shared by the stacked cond filled it with a
+        batch's projection, which a later call with one of them took as its own)."""
+        return stack_along_batch([SRDiffCond(c.feas, c.up) for c in conds])
 
     def crop_cond(self, cond: SRDiffCond, ys: slice, xs: slice) -> SRDiffCond:
         """cond for an HR window: up(lr) cropped, the LR features cropped to the window / scale (the window

@@ -131,6 +131,16 @@ def check_str_keys(obj: Any, name: str) -> None:
             check_str_keys(v, f"{name}[{i}]")
 
 
+def _writable_extra(extra: Any) -> Optional[dict]:
+    """A loaded file's extra, if save_model can write it back (a JSON object of finite numbers; another tool's file
+    may hold a string or a NaN there, which yoda reads but never writes): else None, dropped."""
+    try:
+        json.dumps(extra, allow_nan=False, default=_numpy_scalar)
+    except (TypeError, ValueError):
+        return None
+    return dict(extra) if isinstance(extra, Mapping) else None
+
+
 def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: Any = None, *,
                scale: Optional[int] = None, extra: Optional[dict] = None, prediction: Optional[str] = None,
                sampling: Optional[Mapping] = None) -> None:
@@ -185,7 +195,7 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
         diff = sorted(set(want.items()) ^ set(have.items()))
         raise ValueError(f"config does not describe this model (state-dict keys/shapes differ: {diff[:_SHOW]})")
     if extra is None and card is not None and isinstance(card.config, Mapping):  # a re-save kept no training config
-        extra = card.config.get("extra")
+        extra = _writable_extra(card.config.get("extra"))
     if extra is not None and not isinstance(extra, Mapping):
         raise TypeError(f"extra must be a dict (a JSON object) or None, got {type(extra).__name__}")
     meta = {"kind": kind, "args": args, "schedule": schedule.to_dict(), "scale": scale, "prediction": prediction,
