@@ -110,7 +110,7 @@ def _quiet_arg(p) -> None:
 
 
 def _images_arg(p) -> None:
-    p.add_argument("--images", action=_Once, type=_path, default=None,
+    p.add_argument("--images", type=_path, default=None,
                    help="folder of HR images (default: scikit-image's astronaut, coffee, rocket, chelsea: never "
                         "trained on, but the CLI's defaults were chosen on them; for a test, give the held-out "
                         "photographs' folder, `yoda data build`'s heldout/)")
@@ -118,7 +118,7 @@ def _images_arg(p) -> None:
 
 def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bound: bool = True,
                    models_lower_bound: bool = True) -> None:
-    p.add_argument("--model", type=_path, default="default", action=_Once,
+    p.add_argument("--model", type=_path, default="default",
                    help="'default' (the embedded x4 model), a yoda model file, sr3:PATH (an upstream SR3 "
                         "*_gen.pth) or srdiff:PATH (an upstream SRDiff model_ckpt_steps_*.ckpt)")
     p.add_argument("--model-config", type=_path, default=None, metavar="PATH",
@@ -277,12 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upscale", help="super-resolve images (PNG, JPEG, WebP, TIFF, BMP) or folders of them")
     p.add_argument("inputs", nargs="+", type=_path, metavar="IN",
                    help="image files, or folders of them (sorted by name)")
-    p.add_argument("-o", "--output", action=_Once, type=_path, required=True,
+    p.add_argument("-o", "--output", type=_path, required=True,
                    help="output file (one input; its suffix sets the format) or folder (several inputs, or a name "
                         "without a suffix: created, holding STEM_x4.png for each input)")
     p.add_argument("--scale", type=int, default=None,
                    help="the model's factor, checked (default: the model's; the embedded model's is 4)")
-    p.add_argument("--attention", action=_Once, default=DEFAULT_ATTENTION,
+    p.add_argument("--attention", default=DEFAULT_ATTENTION,
                    help="edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH | none (plain sampling; "
                         f"default {DEFAULT_ATTENTION})")
     p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
@@ -309,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("attention", help="draw an image's attention map and mask growth")
     p.add_argument("image", type=_path, help="the LR image")
-    p.add_argument("-o", "--output", action=_Once, type=_path, required=True,
+    p.add_argument("-o", "--output", type=_path, required=True,
                    help="the figure (PNG, JPEG, WebP, TIFF, BMP)")
-    p.add_argument("--attention", action=_Once, default="edge", help=ATTENTION_HELP)
+    p.add_argument("--attention", default="edge", help=ATTENTION_HELP)
     p.add_argument("--lower-bound", type=float, default=0.6, help="l of the mask schedule tau = t/T - l")
     p.add_argument("--T", type=_step_count, default=1000,
                    help=f"training steps T of the mask schedule (at most {MAX_T})")
@@ -325,32 +325,32 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_arg(p)
 
     p = sub.add_parser("demo", help="plain vs YODA on an image no model here was trained on, one comparison picture")
-    p.add_argument("-o", "--output", action=_Once, type=_path, default="demo.png",
+    p.add_argument("-o", "--output", type=_path, default="demo.png",
                    help="the picture (PNG, JPEG, WebP, TIFF, BMP)")
     p.add_argument("--image", default="astronaut",
                    help="one of scikit-image's images that no model here was trained on (astronaut, coffee, rocket, "
                         "chelsea: the CLI's defaults were chosen on these four; default astronaut)")
     p.add_argument("--lr-size", type=int, default=64, help="LR crop size (HR = scale * this)")
-    p.add_argument("--attention", action=_Once, default="edge", help=f"the YODA column's attention: {ATTENTION_HELP}")
+    p.add_argument("--attention", default="edge", help=f"the YODA column's attention: {ATTENTION_HELP}")
     _sampling_args(p, None, DEFAULT_SAMPLER)
     _debug_arg(p)
 
     p = sub.add_parser("eval", help="PSNR / SSIM / colour shift table, plain vs YODA")
     _images_arg(p)
-    p.add_argument("--lower-bounds", action=_Once, type=float, nargs="+", default=[0.4, 0.6, 0.8],
+    p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.4, 0.6, 0.8],
                    help="lower bounds l of the YODA rows (default 0.4 0.6 0.8)")
-    p.add_argument("--attention", action=_Once, nargs="+", default=["edge", "gaussian"],
+    p.add_argument("--attention", nargs="+", default=["edge", "gaussian"],
                    help=f"attention maps of the YODA rows: {ATTENTION_HELP}")
     p.add_argument("--max-size", type=int, default=128,
                    help="centre-crop HR to at most this (0: full size, cut to what the model takes, a multiple of the "
                         "scale and its size multiple; QUALITY.md's tables use 256)")
-    p.add_argument("-o", "--output", action=_Once, type=_path, default=None,
+    p.add_argument("-o", "--output", type=_path, default=None,
                    help="also write the results: FILE.csv one row per image and method, any other name the table")
     p.add_argument("--y-channel", action="store_true",
                    help="PSNR and SSIM on the luma Y (ITU-R BT.601) with a border of scale pixels cut off and an "
                         "11x11 Gaussian SSIM window (scikit-image's, reflected at the borders of an image under 11 px "
                         "a side), as SR papers report them (default: RGB, whole image)")
-    p.add_argument("--lpips", action=_Once, nargs=2, type=_path, metavar=("BACKBONE", "LIN"), default=None,
+    p.add_argument("--lpips", nargs=2, type=_path, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS column from local files: torchvision vgg16 weights and the lpips "
                         "package's v0.1 vgg.pth linear heads (nothing is downloaded)")
     _sampling_args(p, None, DEFAULT_SAMPLER, solvers=True, lower_bound=False)
@@ -359,10 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figures", help="the paper's Fig. 3, 4 and 5 (update ratio, crops, regional error) as PNGs")
     _images_arg(p)
-    p.add_argument("-o", "--output", action=_Once, type=_path, required=True, help="output folder (created if missing)")
-    p.add_argument("--attention", action=_Once, nargs="+", default=["edge", "gaussian", "sift"],
+    p.add_argument("-o", "--output", type=_path, required=True, help="output folder (created if missing)")
+    p.add_argument("--attention", nargs="+", default=["edge", "gaussian", "sift"],
                    help=f"attention methods of Fig. 3; the first one is YODA's in Fig. 4 and 5: {ATTENTION_HELP}")
-    p.add_argument("--lower-bounds", action=_Once, type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0],
+    p.add_argument("--lower-bounds", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0],
                    help="lower bounds l of Fig. 3's update-ratio bars")
     p.add_argument("--eta", type=float, default=0, help="DDIM eta")
     p.add_argument("--max-size", type=int, default=128,
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=10, help="bins of the attention value in Fig. 5")
     p.add_argument("--degree", type=int, default=2, help="degree of Fig. 5's polynomial fit")
     p.add_argument("--crops", type=int, default=3, help="images shown in Fig. 4")
-    p.add_argument("--lpips", action=_Once, nargs=2, type=_path, metavar=("BACKBONE", "LIN"), default=None,
+    p.add_argument("--lpips", nargs=2, type=_path, metavar=("BACKBONE", "LIN"), default=None,
                    help="add an LPIPS-per-bin panel to Fig. 5 from local files (torchvision vgg16 weights and "
                         "the lpips package's v0.1 vgg.pth linear heads; nothing is downloaded)")
     _sampling_args(p, 20, "ddim", models_lower_bound=False)  # the figures' own l (their sweep: --lower-bounds)
@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="loss curves + validation PSNR of training logs in one PNG")
     p.add_argument("logs", nargs="+", type=_path, metavar="LOG",
                    help="log.csv files that yoda train writes, or run folders holding one")
-    p.add_argument("-o", "--output", action=_Once, type=_path, required=True, help="the picture (PNG)")
+    p.add_argument("-o", "--output", type=_path, required=True, help="the picture (PNG)")
     p.add_argument("--labels", nargs="+", default=None,
                    help="one legend label per log (default: the run folder's name, more of the path where two "
                         "would be alike)")
