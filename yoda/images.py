@@ -180,9 +180,7 @@ def is_grey(a: np.ndarray) -> bool:
     every pixel: a black-and-white scan or photograph saved as RGB): `yoda upscale` writes a grey input's output
     as grey, and yoda eval scores that. (Exactly equal only: one pixel off by a level made the output RGB, where
     the model, not colour-neutral, gave grey a faint colour fringe, up to 18 levels.)"""
-    a = a.astype(np.int16)
-    return bool(np.abs(a[..., 0] - a[..., 1]).max() <= GREY_LEVELS and np.abs(a[..., 1] - a[..., 2]).max()
-                <= GREY_LEVELS and np.abs(a[..., 0] - a[..., 2]).max() <= GREY_LEVELS)
+    return bool((a.max(axis=-1) - a.min(axis=-1)).max() <= GREY_LEVELS)  # the widest channel spread of a pixel
 
 
 def as_written(sr: torch.Tensor, grey: bool) -> torch.Tensor:
