@@ -2309,6 +2309,11 @@ MUTANTS = [
            "        return stack_along_batch(conds)",
            ("tests/test_models.py", "-k", "srdiff_matches_upstream"),
            "two stacked prepared SRDiff conds share one projection cache, which a later call takes as its own"),
+    Mutant("training-md-nan-loss", "yoda/training/report.py",
+           "    line = f\"- last logged loss: {losses[-1]['loss']:.4f}\"",
+           "    line = f\"- last logged loss: {rows[-1]['loss']:.4f}\"",
+           ("tests/test_train.py", "-k", "no_active_value_moves"),
+           "TRAINING.md says 'last logged loss: nan' when the last logged steps had no active pixel"),
 ]
 
 

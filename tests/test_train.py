@@ -2252,6 +2252,21 @@ def test_a_batch_with_no_active_value_moves_no_weight(tmp_path, img_folder, monk
     assert len(tr.rows) == cfg.steps and 0.0 in fractions and 1.0 in fractions
     assert all(math.isnan(r["loss"]) == (f == 0.0) for r, f in zip(tr.rows, fractions)), (tr.rows, fractions)
     assert all(r["loss"] > 0 for r in tr.rows if not math.isnan(r["loss"]))
+    # TRAINING.md names the last loss there is ("last logged loss: nan" when the last row had no active pixel)
+    from yoda.training.report import training_record
+
+    def loss_line(rows):
+        tr.rows = rows
+        record = training_record(cfg, tr, config_path="c.json", out=str(tmp_path / "logged"), command="yoda train",
+                                 weights_name="model.safetensors", start_step=0, seconds=1.0)
+        return next(line for line in record.splitlines() if line.startswith(("- last logged", "- no steps")))
+
+    rows = [{"step": 1, "loss": 0.25}, {"step": 2, "loss": math.nan}]
+    assert loss_line(rows) == ("- last logged loss: 0.2500 (step 1; the steps logged after it had no active "
+                               "pixel)")
+    assert loss_line(rows[:1]) == "- last logged loss: 0.2500"
+    assert loss_line(rows[1:]) == "- last logged loss: none (no logged step had an active pixel)"
+    assert loss_line([]) == "- no steps logged"
 
 
 def test_residual_training_clamps_as_the_model_samples(tmp_path, img_folder, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import numbers
 import os
 import re
@@ -102,6 +103,20 @@ def earlier_sessions(out: str, start_step: int) -> str:
     return f"{before[1]}; {last}" if before else last
 
 
+def _last_loss(rows: list) -> str:
+    """TRAINING.md's loss line: the last row with a loss (a row whose steps had no active pixel, with mask_loss, logs
+    nan: the line names the step of the loss it gives instead of printing nan)."""
+    if not rows:
+        return "- no steps logged"
+    losses = [r for r in rows if not math.isnan(float(r.get("loss", math.nan)))]
+    if not losses:
+        return "- last logged loss: none (no logged step had an active pixel)"
+    line = f"- last logged loss: {losses[-1]['loss']:.4f}"
+    if losses[-1] is rows[-1]:
+        return line
+    return line + f" (step {losses[-1]['step']}; the steps logged after it had no active pixel)"
+
+
 def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str, command: str, weights_name: str,
                     start_step: int, seconds: float, stopped_by: Optional[str] = None, earlier: str = "") -> str:
     """The Markdown of TRAINING.md for a finished (or stopped: ``stopped_by`` says what stopped it) run;
@@ -135,7 +150,7 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         f"- machine: {machine_description(tr.device)}"
         + (f"; {tr.ranks.world} processes (torchrun, DistributedDataParallel, {cfg.batch // tr.ranks.world} "
            f"samples each)" if tr.ranks.world > 1 else ""),
-        f"- last logged loss: {last.get('loss', float('nan')):.4f}" if last else "- no steps logged",
+        _last_loss(tr.rows),
     ]
     if last.get("val_psnr_plain", "") != "":
         lines.append(f"- validation PSNR (DDIM {cfg.val_steps} steps, {cfg.data.val_crops} held-out crops): plain "
