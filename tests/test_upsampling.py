@@ -94,7 +94,6 @@ def test_released_checkpoints_are_conditioned_as_they_were_trained(tmp_path):
     torch.save({"state_dict": {"model": m.state_dict()}}, p)
     srdiff = yoda.load("srdiff", p).yoda_adapter()
     assert srdiff.upsampling == "srdiff" and torch.equal(srdiff.prepare(lr).cond.up, upsample(lr, 4, "srdiff"))
-    assert torch.equal(srdiff.encode_hr(torch.zeros(1, 3, 32, 32), lr), (-2 * upsample(lr, 4, "srdiff")).clamp(-1, 1))
     yoda_file = tmp_path / "mine.safetensors"
     m.card = yoda.models.ModelCard(m.schedule, 4)
     yoda.save_model(m, yoda_file)

@@ -308,20 +308,29 @@ def _check_common(schedule: Any, prediction: str, scale: Any, clip_x0: Any, mult
         raise ValueError(f"multiple must be a positive int, got {multiple!r}")
 
 
-def _check_output(out: Any, x_t: torch.Tensor, who: str) -> torch.Tensor:
+def check_output(out: Any, x_t: torch.Tensor, who: str, what: str = "") -> torch.Tensor:
+    """A model's (``who``) output for the state x_t, or a batch of its windows (``what`` says so), checked: a real
+    floating tensor of x_t's shape on x_t's device (an integer, bool or complex one would be cast silently; one on
+    another device failed later, in the fused step or the finite check, naming no model)."""
     if not isinstance(out, torch.Tensor):
         hint = ("; return its tensor (out[0])" if isinstance(out, (tuple, list)) else
                 "; return its tensor (out.sample, as of diffusers' outputs)" if hasattr(out, "sample") else
                 "; return its tensor (out['sample'])" if isinstance(out, Mapping) else "")
         raise TypeError(f"{who} must return a tensor, got {type(out).__name__}{hint}")
-    if out.shape != x_t.shape:  # (x_t: the state, or a batch of its windows)
-        raise ValueError(f"{who} returned shape {tuple(out.shape)}, expected the shape of the x_t it was given "
+    if out.shape != x_t.shape:
+        raise ValueError(f"{who} returned shape {tuple(out.shape)}{what}, expected the shape of the x_t it was given "
                          f"{tuple(x_t.shape)}")
-    if not out.is_floating_point():  # complex or integer: the cast below would drop a part or round silently
+    if not out.is_floating_point():
         raise TypeError(f"{who} must return a real floating tensor, got {out.dtype}")
     if out.device != x_t.device:
-        raise ValueError(f"{who} returned a tensor on {out.device}, the state is on {x_t.device}")
-    return out.to(x_t.dtype)
+        raise ValueError(f"{who} returned a tensor on {out.device}{what}, the state is on {x_t.device}")
+    return out
+
+
+def checked_denoise(adapter: "Adapter", x_t: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any,
+                    what: str = "") -> torch.Tensor:
+    """``adapter.denoise(x_t, t, ab_t, cond)``, its output checked (check_output): the sampler's one call of it."""
+    return check_output(adapter.denoise(x_t, t, ab_t, cond), x_t, f"{type(adapter).__name__}.denoise", what)
 
 
 def module_dtype(net: Any) -> Optional[torch.dtype]:
@@ -384,7 +393,7 @@ class PixelAdapter(Adapter):
         B, dt = x_t.shape[0], self.net_dtype(x_t)
         level = torch.as_tensor(ab_t, dtype=torch.float64).sqrt().reshape(-1, 1).expand(B, 1)
         out = self.net(torch.cat([cond.to(dt), x_t.to(dt)], dim=1), level.to(device=x_t.device, dtype=dt))
-        return _check_output(out, x_t, "net")
+        return check_output(out, x_t, "net").to(x_t.dtype)
 
     def crop_cond(self, cond: torch.Tensor, ys: slice, xs: slice) -> torch.Tensor:
         return cond[..., ys, xs]
@@ -438,8 +447,8 @@ class CallableAdapter(Adapter):
         dt = module_dtype(self.fn)
         if dt is not None and dt != x_t.dtype:
             cond = cond.to(dt) if isinstance(cond, torch.Tensor) and cond.is_floating_point() else cond
-            return _check_output(self.fn(x_t.to(dt), t, cond), x_t, "fn")
-        return _check_output(self.fn(x_t, t, cond), x_t, "fn")
+            return check_output(self.fn(x_t.to(dt), t, cond), x_t, "fn").to(x_t.dtype)
+        return check_output(self.fn(x_t, t, cond), x_t, "fn").to(x_t.dtype)
 
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: Any) -> torch.Tensor:
         if self.space == "pixel":

@@ -68,7 +68,7 @@ def cmd_upscale(a) -> int:
     rank, world = dist_env()
     quiet, a.quiet = a.quiet, a.quiet or rank > 0  # -q hides the lines; under torchrun one rank's bars only
     out_dir = output_folder(a)  # -o before the model loads; the folder's file names carry the model's scale
-    run = _upscale_model(a, rank, world)  # sets a.scale
+    run = _upscale_model(a, world)  # sets a.scale
     a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale)
     targets, refused = output_targets(a, out_dir)
     stale = remove_stale_temps(targets) if rank == 0 else 0  # of a run killed while writing (SIGKILL, power loss)
@@ -112,7 +112,7 @@ def cmd_upscale(a) -> int:
     return 0
 
 
-def _upscale_model(a, rank: int, world: int) -> UpscaleRun:
+def _upscale_model(a, world: int) -> UpscaleRun:
     """The UpscaleRun of upscale; --scale checked against the model's, or set to it. Every option is checked here,
     once, so that a bad one is one error and not one per input of a folder."""
     from .adapters import hr_grid

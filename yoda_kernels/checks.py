@@ -39,22 +39,21 @@ def check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None, 
             raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
 
 
-def check_attention(A: Optional[torch.Tensor], x: torch.Tensor, name: str = "A",
-                    ref: str = "x") -> Optional[torch.Tensor]:
+def check_attention(A: Optional[torch.Tensor], x: torch.Tensor, ref: str = "x") -> Optional[torch.Tensor]:
     if A is None:
         return None
     if not isinstance(A, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(A).__name__}")
+        raise TypeError(f"A must be a torch.Tensor or None, got {type(A).__name__}")
     B, _, H, W = x.shape
     ok = (A.dim() == 4 and A.shape[1] == 1 and tuple(A.shape[2:]) == (H, W) and A.shape[0] == B) or (
         A.dim() == 3 and tuple(A.shape) == (B, H, W)
     )
     if not ok:
-        raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W) = ({B}, 1, {H}, {W}), got {tuple(A.shape)}")
+        raise ValueError(f"A must be (B, 1, H, W) or (B, H, W) = ({B}, 1, {H}, {W}), got {tuple(A.shape)}")
     if A.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {A.dtype}")
+        raise TypeError(f"A must be float32, float16 or bfloat16, got {A.dtype}")
     if A.device != x.device:
-        raise ValueError(f"{name} is on {A.device} but {ref} is on {x.device}")
+        raise ValueError(f"A is on {A.device} but {ref} is on {x.device}")
     return A
 
 

@@ -373,8 +373,3 @@ class SRDiffAdapter(Adapter):
                              f"{ys.start}:{ys.stop}, cols {xs.start}:{xs.stop}")
         ly, lx = slice(ys.start // s, ys.stop // s), slice(xs.start // s, xs.stop // s)
         return SRDiffCond([f[..., ly, lx] for f in cond.feas], cond.up[..., ys, xs])
-
-    def encode_hr(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """x0 of a training pair: (HR - up(lr)) * res_rescale, clamped when clip_input (upstream img2res)."""
-        x = (hr - upsample(lr, self.scale, self.upsampling)) * self.res_rescale
-        return x.clamp(-1.0, 1.0) if self.clip_input else x

@@ -18,11 +18,11 @@ import yoda_kernels as K
 
 from .. import attention as _attention
 from .. import masks
-from ..adapters import Adapter, Prepared, hr_grid, padded_lr_side
+from ..adapters import Adapter, Prepared, checked_denoise, hr_grid, padded_lr_side
 from ..attention.classic import minmax_normalize, warn_if_stretched
 from ..errors import lr_from_images
 from .spec import SamplingSpec, Windows, check_noise, noise_entries
-from .tiles import Tiler, checked_output, default_overlap
+from .tiles import Tiler, default_overlap
 
 
 class Run:
@@ -70,7 +70,7 @@ class Run:
             t = torch.full((x.shape[0],), idx, dtype=torch.float32, device=self.c.device)
         if self.tiler is not None:
             return self.tiler.denoise(self.adapter, x, t, ab_t, self.cond, tau)
-        pred = checked_output(self.adapter, self.adapter.denoise(x, t, ab_t, self.cond), x)
+        pred = checked_denoise(self.adapter, x, t, ab_t, self.cond)
         return (pred if pred.dtype == self.spec.state_dtype else pred.to(self.spec.state_dtype)), 1
 
     def step(self, x: torch.Tensor, pred: torch.Tensor, i: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..adapters import Adapter
+from ..adapters import Adapter, checked_denoise
 
 
 # Default window batch: a denoiser call on a batch of windows is budgeted at WINDOW_BATCH_BYTES, with the model's
@@ -35,21 +35,6 @@ def default_window_batch(batch: int, channels: int, height: int, width: int,
     (at least 1), by the fixed estimate ACTIVATION_BYTES_PER_ELEMENT times the adapter's activation_scale."""
     per_window = max(1, batch * channels * height * width) * ACTIVATION_BYTES_PER_ELEMENT * max(1, activation_scale)
     return max(1, int(int(budget) // per_window))
-
-
-def checked_output(adapter: Adapter, out: Any, x: torch.Tensor, what: str = "") -> torch.Tensor:
-    """The adapter's denoise output for the state ``x``, checked: a real floating tensor of x's shape on x's device
-    (an integer, bool or complex output would be cast silently; one on another device failed later, in the fused
-    step or the finite check, naming no model); ``what`` says what it was called on."""
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        raise ValueError(f"{type(adapter).__name__}.denoise returned {getattr(out, 'shape', type(out).__name__)}"
-                         f"{what}, expected {tuple(x.shape)}")
-    if not out.is_floating_point():
-        raise TypeError(f"{type(adapter).__name__}.denoise must return a real floating tensor, got {out.dtype}")
-    if out.device != x.device:
-        raise ValueError(f"{type(adapter).__name__}.denoise returned a tensor on {out.device}{what}, the state is on "
-                         f"{x.device}")
-    return out
 
 
 def window_starts(n: int, window: int, overlap: int) -> list[int]:
@@ -201,7 +186,7 @@ class Tiler:
         self.last_batches = 0
         if len(self.windows) == 1 and todo:  # one window, the whole state: the model's output as untiled, unblended
             ys, xs = self.windows[0][:2]
-            out = checked_output(adapter, adapter.denoise(x, t, ab_t, adapter.crop_cond(cond, ys, xs)), x)
+            out = checked_denoise(adapter, x, t, ab_t, adapter.crop_cond(cond, ys, xs))
             self.last_batches = 1
             return out.to(x.dtype), 1
         acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -227,7 +212,7 @@ class Tiler:
                 tb = t.repeat(len(run))
             else:
                 cb, xb, tb = conds[0], x[..., run[0][0], run[0][1]], t
-            out = checked_output(adapter, adapter.denoise(xb, tb, ab_t, cb), xb, " for a window batch")
+            out = checked_denoise(adapter, xb, tb, ab_t, cb, " for a window batch")
             self.last_batches += 1
             for j, (ys, xs, _, w) in enumerate(group):
                 acc[..., ys, xs] += w * out[j * B:(j + 1) * B].float()
