@@ -1279,9 +1279,9 @@ def test_an_adapter_of_ones_own_that_breaks_the_contract_is_said_before_any_step
     class Mine(PixelAdapter):
         pass
 
-    for attr, value, err, said in (("schedule", None, TypeError, "schedule must be a yoda.schedule.Schedule, got "
+    for attr, value, err, said in (("schedule", None, TypeError, "schedule must be a yoda.Schedule, got "
                                     "NoneType"), ("schedule", torch.linspace(1e-4, 0.02, 10), TypeError, "schedule "
-                                    "must be a yoda.schedule.Schedule, got Tensor"),
+                                    "must be a yoda.Schedule, got Tensor"),
                                    ("prediction", "epsilon", ValueError, "prediction must be one of"),
                                    ("scale", 2.0, ValueError, "scale must be a positive int, got 2.0")):
         model = Mine(SR3Net().eval(), SCHED, scale=SCALE)

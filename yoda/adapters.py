@@ -296,11 +296,23 @@ def check_flag(v: Any, name: str) -> bool:
     return v
 
 
-def _check_common(schedule: Any, prediction: str, scale: Any, clip_x0: Any, multiple: Any) -> None:
+def check_schedule(schedule: Any) -> Schedule:
+    """An adapter's schedule: a yoda.Schedule, or TypeError."""
     if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a yoda.schedule.Schedule, got {type(schedule).__name__}")
+        raise TypeError(f"schedule must be a yoda.Schedule, got {type(schedule).__name__}")
+    return schedule
+
+
+def check_prediction(prediction: Any) -> str:
+    """An adapter's prediction: one of PREDICTIONS, or ValueError."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    return prediction
+
+
+def _check_common(schedule: Any, prediction: str, scale: Any, clip_x0: Any, multiple: Any) -> None:
+    check_schedule(schedule)
+    check_prediction(prediction)
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive int, got {scale!r}")
     check_flag(clip_x0, "clip_x0")

@@ -30,9 +30,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from yoda_kernels.contract import PREDICTIONS
-
-from ..adapters import Adapter, Prepared, pipeline_hint, upsample
+from ..adapters import Adapter, Prepared, check_prediction, check_schedule, pipeline_hint, upsample
 from ..masks import as_int
 from ..schedule import FINAL_AT_FIRST, LEADING_PLUS_ONE, SPACINGS, Schedule
 
@@ -86,10 +84,8 @@ class LatentAdapter(Adapter):
                 raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
         if stage1 is not None and not callable(stage1):
             raise TypeError(f"stage1 must be callable or None, got {type(stage1).__name__}")
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a yoda.Schedule, got {type(schedule).__name__}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+        check_schedule(schedule)
+        check_prediction(prediction)
         for name, v in (("scale", scale), ("latent_factor", latent_factor), ("latent_multiple", latent_multiple)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")

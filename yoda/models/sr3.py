@@ -506,9 +506,7 @@ class SR3Adapter(PixelAdapter):
             scale = card.scale if card is not None else net.scale
         if prediction is None:
             prediction = card.prediction if card is not None else "eps"
-        if schedule is not None and not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a yoda.Schedule, got {type(schedule).__name__}")
-        if not isinstance(schedule, Schedule):
+        if schedule is None:
             raise ValueError("schedule: this SR3 net has no ModelCard (yoda.load gives one, holding the config's val "
                              "schedule); pass the schedule it samples with: yoda.sample(net.yoda_adapter("
                              "schedule=yoda.Schedule.linear(...), scale=4), lr), or set net.card = "

@@ -28,10 +28,8 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from yoda_kernels.contract import PREDICTIONS
-
 from .._json_fields import unknown_keys
-from ..adapters import Adapter, Prepared, check_flag, stack_along_batch, upsample
+from ..adapters import Adapter, Prepared, check_flag, check_prediction, check_schedule, stack_along_batch, upsample
 from ..masks import config_int
 from ..schedule import MAX_FILE_T, Schedule
 from .card import ModelCard
@@ -300,9 +298,7 @@ class SRDiffAdapter(Adapter):
         self.model = model
         if schedule is None:
             schedule = card.schedule if card is not None else model.schedule
-        self.schedule = schedule
-        if not isinstance(self.schedule, Schedule):
-            raise TypeError(f"schedule must be a yoda.Schedule, got {type(self.schedule).__name__}")
+        self.schedule = check_schedule(schedule)
         self.scale = cfg.sr_scale
         self.clip_x0 = cfg.clip_denoised if clip_x0 is None else check_flag(clip_x0, "clip_x0")
         self.clip_input = cfg.clip_input if clip_input is None else check_flag(clip_input, "clip_input")
@@ -315,9 +311,7 @@ class SRDiffAdapter(Adapter):
         self.upsampling = getattr(model, "upsampling", "torch")  # "srdiff" for a released checkpoint
         if prediction is None:  # upstream SRDiff predicts eps; a model trained to predict x0 or v has a card saying so
             prediction = card.prediction if card is not None else "eps"
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        self.prediction = prediction
+        self.prediction = check_prediction(prediction)
         if card is not None and card.sampling is not None:
             self.sampling_defaults = card.sampling
 
