@@ -838,7 +838,7 @@ MUTANTS = [
            ("tests/test_dino.py", "-k", "finer_than_the_image"),
            "a ResNet's pooled grid is resampled as if its cells were still the network's, shifting the map"),
     Mutant("eval-yoda-model-steps", "yoda/evaluate.py",
-           "        out[lb] = steps if tau(steps) <= 0 else covering_steps(tau, steps + 1, adapter.schedule.T) or steps",
+           "        out[lb] = covering_steps(tau, steps, adapter.schedule.T) or steps",
            "        out[lb] = steps",
            ("tests/test_evaluate.py", "-k", "grey_image_is_scored"),
            "eval's YODA rows score 1-step pictures that upscale --attention never writes"),

@@ -238,7 +238,7 @@ def yoda_row_steps(adapter, settings: EvalSettings) -> dict:
     for lb in settings.lower_bounds:
         tau = last_tau_at(adapter, sampler=settings.sampler or model_sampler(adapter), eta=settings.eta,
                           lower_bound=lb, seed=settings.seed, sigmas=settings.sigmas)
-        out[lb] = steps if tau(steps) <= 0 else covering_steps(tau, steps + 1, adapter.schedule.T) or steps
+        out[lb] = covering_steps(tau, steps, adapter.schedule.T) or steps
     return out
 
 
