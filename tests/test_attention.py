@@ -452,7 +452,7 @@ BAD = [
      r"lr must be a floating-point .*got torch.uint8: lr.float\(\) / 127.5 - 1 makes 8-bit values \[-1, 1\]"),
     (lambda: torch.zeros(1, 3, 8, 8, dtype=torch.int16), TypeError, r"got torch.int16$"),
     (lambda: torch.zeros(1, 3, 8, 8).index_fill_(2, torch.tensor([3]), float("nan")), ValueError, "lr contains NaN"),
-    (lambda: torch.zeros(1, 3, 8, 8).index_fill_(3, torch.tensor([1]), float("inf")), ValueError, "lr contains NaN or inf"),
+    (lambda: torch.zeros(1, 3, 8, 8).index_fill_(3, torch.tensor([1]), float("inf")), ValueError, "lr contains NaN or Inf"),
     (lambda: torch.rand(1, 3, 8, 8) * 255, ValueError, r"lr values must lie in \[-1, 1\]"),
     (lambda: torch.full((1, 3, 8, 8), -1.3), ValueError, r"lr values must lie in \[-1, 1\] .*lr.clamp\(-1, 1\)"),
     (lambda: torch.zeros(1, 3, 8, 8, device="meta"), ValueError, "lr is on the meta device"),

@@ -112,7 +112,7 @@ _LR_FROM_IMAGES = contextvars.ContextVar("yoda_lr_from_images", default=False)
 
 @contextlib.contextmanager
 def lr_from_images():
-    """Within: yoda.sample does not warn that lr may be a [0, 1] image (yoda.sampling.spec.check_lr). For yoda's
+    """Within: yoda.sample does not warn that lr may be a [0, 1] image (yoda.attention.classic.check_lr). For yoda's
     own callers (the CLI, evaluate, figures, training's validation), which make every lr of 8-bit images with
     from_uint8 / make_lr, where the warning could only ever fire on a light photograph (its darkest pixel at 8-bit
     128-130). A context variable, not a warnings filter: it leaves the other warnings' once-per-place bookkeeping

@@ -17,7 +17,7 @@ import functools
 import math
 import numbers
 import warnings
-from typing import Tuple
+from typing import Any, Tuple
 
 import numpy as np
 import torch
@@ -87,41 +87,40 @@ def warn_if_stretched(src: str, map_hw: Tuple[int, int], image_hw: Tuple[int, in
                       stacklevel=stacklevel + 1)
 
 
-def check_lr(lr: torch.Tensor, name: str = "lr") -> torch.Tensor:
-    """Validate an LR batch and return it as float32 (B, 3, h, w) in [-1, 1].
+def check_lr(lr: Any, name: str = "lr", float32: bool = True, stacklevel: int = 2) -> torch.Tensor:
+    """An LR batch checked, as (B, 3, h, w) in [-1, 1], contiguous: float32 and detached (an attention map's input),
+    or in lr's own floating dtype (``float32`` False: yoda.sample's lr, whose dtype is the state's).
 
-    Accepts (B, 1, h, w) (repeated to 3 channels) or (B, 3, h, w), any float dtype, any device.
-    Raises TypeError / ValueError naming ``name`` for: non-tensors, non-float dtypes, a rank other
-    than 4, a channel count other than 1 or 3, empty tensors, NaN/inf, values outside [-1, 1] by more than
-    LR_MARGIN (those within it are clamped).
+    Accepts (B, 1, h, w) (repeated to 3 channels) or (B, 3, h, w) on any device. TypeError / ValueError naming
+    ``name`` for: a non-tensor, a sparse or meta tensor, a non-float dtype, a rank other than 4, a channel count other
+    than 1 or 3, an empty tensor, NaN / Inf, values outside [-1, 1] by more than LR_MARGIN (those within it are
+    clamped); a UserWarning (warn_if_zero_one; ``stacklevel`` from the caller) where it looks like a [0, 1] image.
     """
     if not isinstance(lr, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, h, w), got {type(lr).__name__} "
-                        f"(yoda.from_uint8(image) takes a PIL image or uint8 array)")
+        raise TypeError(f"{name} must be a torch.Tensor (B, 3, h, w) in [-1, 1], got {type(lr).__name__}: "
+                        f"yoda.load_image(path) reads a file, yoda.from_uint8(image) takes a PIL image or uint8 array")
+    check_dense(lr, name)  # (a sparse lr failed in torch: "Could not run 'aten::aminmax' ... SparseCPU")
     if lr.dim() != 4:
         raise ValueError(f"{name} must be 4-D (B, C, h, w) with C in (1, 3), got shape {tuple(lr.shape)}")
     if lr.shape[1] not in (1, 3):
-        raise ValueError(
-            f"{name} must have 1 (grey) or 3 (RGB) channels, got {lr.shape[1]} (shape {tuple(lr.shape)})"
-        )
+        raise ValueError(f"{name} must have 1 (grey) or 3 (RGB) channels, got {lr.shape[1]} (shape {tuple(lr.shape)})")
     if lr.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(lr.shape)})")
     if not lr.is_floating_point():
         hint = ": lr.float() / 127.5 - 1 makes 8-bit values [-1, 1]" if lr.dtype == torch.uint8 else ""
         raise TypeError(f"{name} must be a floating-point tensor with values in [-1, 1], got {lr.dtype}{hint}")
-    if lr.is_meta:
-        raise ValueError(f"{name} is on the meta device (a shape without values): an attention map needs the image")
-    check_dense(lr, name)  # (a sparse lr failed in torch: "Could not run 'aten::aminmax' ... SparseCPU")
-    x = lr.detach().float()
-    lo, hi = extremes(x)  # a NaN or an inf shows in them: one device sync
+    if lr.is_meta:  # shapes without values: the value checks below cannot run on it
+        raise ValueError(f"{name} is on the meta device (a shape without values): create or load it on the CPU or a "
+                         f"GPU")
+    lo, hi = extremes(lr)  # in lr's own dtype (float64 read exactly); a NaN or an Inf shows in them: one device sync
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise ValueError(f"{name} contains NaN or Inf")
     check_lr_range(name, lo, hi)  # yoda.sample's margin: what it takes, its extractors take
-    warn_if_zero_one(lo, hi, stacklevel=2)  # in the extractor's module: said once a process
-    x = x.clamp(-1.0, 1.0)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return x.contiguous()
+    warn_if_zero_one(lo, hi, stacklevel=stacklevel)  # an extractor's: in its module, said once a process
+    x = lr.detach().float() if float32 else lr
+    # contiguous: a channels-last lr (a permuted array's view) ran the network's convolutions in that layout, which
+    # round otherwise (up to 1e-4 after a few solver steps); that layout is channels_last=True's, asked for
+    return x.clamp(-1.0, 1.0).expand(-1, 3, -1, -1).contiguous()
 
 
 def float32_maps(call):

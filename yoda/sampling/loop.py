@@ -26,10 +26,10 @@ import torch
 from tqdm.auto import trange
 
 from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
+from ..attention.classic import check_lr
 from ..errors import NonFiniteError, UnrefinedWarning
 from .prepare import pad_to_model, prepare, resolve_attention
-from .spec import (MOST_YODA_STEPS, all_finite, check_lr, covering_steps, make_spec, model_spacing,
-                   refines_all, resolve_seed)
+from .spec import MOST_YODA_STEPS, all_finite, covering_steps, make_spec, model_spacing, refines_all, resolve_seed
 from .speed import check_speed, network_attr, speed_adapter
 
 FINITE_EVERY = 10  # the state is checked for NaN/Inf after step 0, every this many steps, and at the end
@@ -188,7 +188,7 @@ def sample(
             if n is not None and n < 2:  # it was said as "steps must be in [1, T], got -1"
                 raise ValueError(f"noise must have at least 2 entries (the start, then one a step), got {n}")
             steps = steps if n is None else n - 1
-    lr_checked = check_lr(lr)
+    lr_checked = check_lr(lr, float32=False, stacklevel=3)
     crop = None
     if pad:
         lr_checked, attention, crop = pad_to_model(adapter, lr_checked, attention, lower_bound)

@@ -11,7 +11,6 @@ and timesteps= of None take the adapter's solver_sigmas / solver_timesteps (None
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 import operator
 import sys
@@ -28,7 +27,6 @@ from .. import masks
 from ..masks import as_float, as_int
 from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter, hr_grid
-from ..attention.classic import check_lr_range, warn_if_zero_one
 from . import solvers as S
 
 ALL_SAMPLERS = SAMPLERS + S.SOLVERS  # the kernels' two (masked_step) and the sigma-space solvers (masked_combine)
@@ -240,38 +238,6 @@ def make_spec(
 # --------------------------------------------------------------------------------------------------------------
 # Checks of single arguments
 # --------------------------------------------------------------------------------------------------------------
-def check_lr(lr: Any) -> torch.Tensor:
-    """lr -> (B, 3, h, w) float, clamped to [-1, 1]; errors name ``lr``."""
-    if not isinstance(lr, torch.Tensor):
-        raise TypeError(f"lr must be a torch.Tensor (B, 3, h, w) in [-1, 1], got {type(lr).__name__}: "
-                        f"yoda.load_image(path) reads a file, yoda.from_uint8(image) takes a PIL image or uint8 array")
-    if lr.layout != torch.strided:
-        raise TypeError(f"lr must be a dense tensor, got layout {lr.layout}: pass lr.to_dense()")
-    if lr.dim() != 4:
-        raise ValueError(f"lr must be 4-D (B, C, h, w), got shape {tuple(lr.shape)}")
-    if not lr.is_floating_point():
-        hint = ": lr.float() / 127.5 - 1 makes 8-bit values [-1, 1]" if lr.dtype == torch.uint8 else ""
-        raise TypeError(f"lr must be a float tensor with values in [-1, 1], got {lr.dtype}{hint}")
-    if lr.device.type == "meta":  # shapes without values: the value checks below cannot run on it
-        raise ValueError("lr is on the meta device (a shape without values); yoda.sample needs the image: "
-                         "create or load lr on the CPU or a GPU")
-    B, C, h, w = lr.shape
-    if C not in (1, 3):
-        raise ValueError(f"lr must have 3 channels (or 1, repeated to 3), got {C}")
-    if B == 0 or h == 0 or w == 0:
-        raise ValueError(f"lr must not be empty, got shape {tuple(lr.shape)}")
-    lo, hi = masks.extremes(lr)  # in lr's own dtype; a NaN or an Inf shows in them: one device sync
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError("lr contains NaN or Inf")
-    check_lr_range("lr", lo, hi)
-    warn_if_zero_one(lo, hi, stacklevel=3)
-    if C == 1:
-        lr = lr.expand(B, 3, h, w)
-    # contiguous: a channels-last lr (a permuted array's view) ran the network's convolutions in that layout, which
-    # round otherwise (up to 1e-4 after a few solver steps); that layout is channels_last=True's, asked for
-    return lr.clamp(-1.0, 1.0).contiguous()
-
-
 def check_steps(steps: Any, T: int) -> int:
     if steps is None:
         return T
