@@ -508,6 +508,16 @@ def test_bad_parameters():
     for bad in (True, "1"):
         with pytest.raises(TypeError, match="sigma must be a finite number"):
             att.edge(sigma=bad)
+    # 10**400 raised math's bare "int too large to convert to float"; n_features 2**31 was taken and failed at the
+    # first map, in OpenCV ("integer won't fit into a C int")
+    for make in (att.edge, att.gaussian):
+        with pytest.raises(ValueError, match="^sigma must be a finite number, got an int past float64's range$"):
+            make(sigma=10**400)
+    with pytest.raises(ValueError, match="^contrast_threshold must be a finite number, got an int past"):
+        att.sift(contrast_threshold=10**400)
+    with pytest.raises(ValueError, match=r"^n_features must be an int >= 0 \(0 = all\) and < 2\*\*31, got 2147483648$"):
+        att.sift(n_features=2**31)
+    assert att.sift(n_features=2**31 - 1).n_features == 2**31 - 1
     # the image given to the factory (edge(lr) for edge()(lr)) printed the whole tensor in an 8 kB message
     lr = torch.zeros(1, 3, 40, 40)
     for make, param in ((att.edge, "sigma"), (att.gaussian, "sigma"), (att.sift, "min_size")):

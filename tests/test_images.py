@@ -905,6 +905,8 @@ def test_to_uint8_refuses_values_no_image_has():
         with pytest.raises(ValueError, match=msg):
             to_uint8(x)
     assert (to_uint8(torch.full((1, 3, 2, 2), 1.1)) == 255).all()
+    with pytest.raises(TypeError, match=r"^x must be a dense tensor, got layout torch.sparse_coo"):  # (torch's
+        to_uint8(torch.zeros(1, 3, 2, 2).to_sparse())  # NotImplementedError from aten::aminmax)
 
 
 def test_a_broken_link_is_named_so(tmp_path):

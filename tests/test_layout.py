@@ -243,6 +243,23 @@ def test_the_library_leaves_the_warnings_filters_alone():
     assert found == []
 
 
+def test_the_library_asserts_nothing():
+    """python -O drops assert statements: yoda_kernels.testing planted its ties inside one (the op tests' tie cases
+    then had none) and checked a public helper's dtype, shape and tolerance with them (everything passed). The
+    library raises instead."""
+    found = []
+    for folder in ("yoda", "yoda_kernels"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+            for f in files:
+                if f.endswith(".py"):
+                    path = os.path.join(dirpath, f)
+                    with open(path, encoding="utf-8") as fh:
+                        tree = ast.parse(fh.read())
+                    found += [f"{os.path.relpath(path, ROOT)}:{n.lineno}" for n in ast.walk(tree)
+                              if isinstance(n, ast.Assert)]
+    assert found == []
+
+
 def test_triton_launches_use_no_jit_cdiv():
     """DEVELOPERS.md: launch-time Python stays lean, no triton.cdiv (a @jit function, slow to call from the host;
     launch.cdiv does it); nothing refused it."""

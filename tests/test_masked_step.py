@@ -279,6 +279,21 @@ BAD = [
     # eta > 1 was taken (the direction term clamped to 0: a wrong step), and eta with DDPM ignored
     ("ddim-eta-2", lambda x, o, c, A: dict(sampler="ddim", eta=2.0), ValueError, r"eta must be a float in \[0, 1\]"),
     ("ddpm-eta", lambda x, o, c, A: dict(sampler="ddpm", eta=0.5), ValueError, "eta applies to sampler='ddim' only"),
+    # a review (thirty-fifth pass): sparse tensors reached the dispatcher ("Could not run 'yoda::masked_step' ...
+    # 'SparseCPU'"), a bool tensor tau was 1.0, a dict of coefs ran with its keys 0..9, "0.5" and True as ab were
+    # taken, and 10**400 raised a bare OverflowError
+    ("x-sparse", lambda x, o, c, A: dict(x=x.to_sparse()), TypeError, r"x must be a dense tensor.*\.to_dense\(\)"),
+    ("A-sparse", lambda x, o, c, A: dict(A=A.to_sparse()), TypeError, "A must be a dense tensor"),
+    ("tau-bool-tensor", lambda x, o, c, A: dict(tau=torch.tensor(True)), TypeError, "tau must be a float, got a tensor "
+     "of torch.bool"),
+    ("tau-complex", lambda x, o, c, A: dict(tau=torch.tensor(0.5j)), TypeError, "tau must be a float"),
+    ("coefs-dict", lambda x, o, c, A: dict(coefs=dict(enumerate(yk.step_coefficients(0.3, 0.45))), ab_t=None,
+                                          ab_prev=None), ValueError,
+     "coefs must be 10 finite floats"),
+    ("ab-str", lambda x, o, c, A: dict(ab_t="0.3"), TypeError, "ab_t must be a float, got str"),
+    ("ab-bool", lambda x, o, c, A: dict(ab_prev=True), TypeError, "ab_prev must be a float, got bool"),
+    ("ab-huge", lambda x, o, c, A: dict(ab_t=10**400), ValueError, "ab_t must be in .* past float64's range"),
+    ("eta-bool", lambda x, o, c, A: dict(sampler="ddim", eta=True), TypeError, "eta must be a float in"),
 ]
 
 

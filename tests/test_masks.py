@@ -45,6 +45,9 @@ def test_bad_args():
         active_fraction(torch.full((1, 1, 2, 2), float("nan")), 0.5)
     with pytest.raises(ValueError, match="tau"):
         active_fraction(torch.rand(1, 1, 2, 2), float("nan"))
+    for bad in ("0.5", True, None, torch.tensor([0.5, 0.6])):  # ("0.5" and True were taken, None named nothing)
+        with pytest.raises(TypeError, match="^tau must be a float, got "):
+            active_fraction(torch.rand(1, 1, 2, 2), bad)
 
 
 def test_numpy_and_tensor_integers_and_bad_maps():

@@ -695,6 +695,13 @@ def test_psnr_u8_matches_skimage():
                            ((sr, hr[..., :4]), ValueError, "sr and hr must have the same shape")):
         with pytest.raises(exc, match=what):
             psnr_u8(*bad)
+    # float images in [0, 255] were clamped to white: two different ones scored inf
+    with pytest.raises(ValueError, match=r"^sr values must lie in \[-1, 1\]"):
+        psnr_u8(u8.float(), u8.float() * 0.5)
+    with pytest.raises(ValueError, match=r"^hr values must lie in \[-1, 1\]"):
+        psnr_u8(sr, hr * 3)
+    assert psnr_u8(sr * 1.2, hr).isfinite().all()  # a little out (LR_MARGIN) is clamped as the saved PNG is
+    assert psnr_u8(torch.full_like(sr, math.nan), hr).isnan().all()  # (a diverged model's image scores nan)
 
 
 def test_noise_level_follows_the_space():

@@ -151,10 +151,11 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     import torch
 
     from .attention.classic import check_lr_range
-    from .masks import extremes
+    from .masks import check_dense, extremes
 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_dense(x, "x")  # (a sparse image failed in torch: "Could not run 'aten::aminmax' ... SparseCPU")
     if x.dim() not in (3, 4):
         raise ValueError(f"x must be (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
     if not x.is_floating_point():

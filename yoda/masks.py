@@ -171,7 +171,7 @@ def mask_at(A: torch.Tensor, t: int, T: int, lower_bound: float = 0.6) -> torch.
 def active_fraction(A: torch.Tensor, tau: float) -> torch.Tensor:
     """(B,) float32: the fraction of each image's pixels with A >= tau (float32 comparison)."""
     A = check_A(A)
-    tau = float(tau)
+    tau = as_float(tau, "tau", finite=False)  # ("0.5" and True were taken; None named no argument)
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")
     return active(A, tau).flatten(1).float().mean(dim=1)

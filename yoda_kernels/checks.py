@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import struct
+from collections.abc import Mapping, Set
 from typing import Optional, Sequence
 
 import torch
@@ -23,9 +24,17 @@ from . import philox
 from .contract import FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, CombineCoefs, StepCoefs, check_tile
 
 
+def check_dense(name: str, t: torch.Tensor) -> None:
+    """TypeError naming ``name`` for a sparse (or other non-strided) tensor: the kernels take dense ones only (a
+    sparse state reached the dispatcher's "Could not run 'yoda::masked_step' ... 'SparseCPU'")."""
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}: pass it .to_dense()")
+
+
 def check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None, ref_name: str = "x") -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_dense(name, t)
     if t.dim() != 4:
         raise ValueError(f"{name} must be 4-D (B, C, H, W), got shape {tuple(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
@@ -44,6 +53,7 @@ def check_attention(A: Optional[torch.Tensor], x: torch.Tensor, ref: str = "x") 
         return None
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"A must be a torch.Tensor or None, got {type(A).__name__}")
+    check_dense("A", A)
     B, _, H, W = x.shape
     ok = (A.dim() == 4 and A.shape[1] == 1 and tuple(A.shape[2:]) == (H, W) and A.shape[0] == B) or (
         A.dim() == 3 and tuple(A.shape) == (B, H, W)
@@ -130,12 +140,17 @@ def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
         return tau, coefs
     if type(tau) is not float and (isinstance(tau, (bool, str, bytes)) or not isinstance(tau, (numbers.Real, torch.Tensor))):
         raise TypeError(f"tau must be a float, got {type(tau).__name__}")
+    if isinstance(tau, torch.Tensor) and (tau.dtype == torch.bool or tau.is_complex()):  # (True was 1.0)
+        raise TypeError(f"tau must be a float, got a tensor of {tau.dtype}")
     if isinstance(tau, torch.Tensor) and tau.numel() != 1:
         raise ValueError(f"tau must be one number (masked_q_sample takes one per image), got shape {tuple(tau.shape)}")
     refuse_tau_grad(tau)
     if isinstance(tau, torch.Tensor) and tau.is_meta:  # (.item()'s RuntimeError)
         raise ValueError("tau is a tensor on the meta device, which holds no value: pass a float")
-    tau = float(tau)
+    try:
+        tau = float(tau)
+    except OverflowError:  # an int past float64's range (10**400): past float32's largest too, as below
+        tau = math.inf if tau > 0 else -math.inf
     if math.isnan(tau):
         raise ValueError("tau must not be NaN")
     try:  # float32's value: every backend compares A >= float32(tau), as the reference (Triton's interpreter took
@@ -146,8 +161,9 @@ def check_call(x, A, tau, coefs, n_coefs, seed, step, noise):
     # rounded to float32 here, as the kernels compute: every backend then decides on the same numbers whether a
     # step draws noise (a sigma of 1e-300 drew it in the reference and Triton, not in C++); 1e300 (inf in float32)
     # is refused; -0.0 as +0.0 (Triton takes a -0.0 argument as +0.0, the interpreter)
-    try:
-        coefs = [v + 0.0 for v in struct.unpack(f"{len(coefs)}f", struct.pack(f"{len(coefs)}f", *coefs))]
+    try:  # (a dict's keys were packed as the coefficients: 0, 1, ... in place of its values)
+        coefs = None if isinstance(coefs, (Mapping, Set, str, bytes)) else [
+            v + 0.0 for v in struct.unpack(f"{len(coefs)}f", struct.pack(f"{len(coefs)}f", *coefs))]
     except (TypeError, ValueError, OverflowError, struct.error):
         coefs = None
     if coefs is None or len(coefs) != n_coefs or not all(map(math.isfinite, coefs)):
@@ -229,6 +245,7 @@ def tile_stats_args(A: torch.Tensor, tile: int) -> int:
     """tile_stats' arguments (the entry point's and the Triton op's) -> tile as an int."""
     if not isinstance(A, torch.Tensor):  # (a numpy array was told its shape was wrong)
         raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
+    check_dense("A", A)
     if A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
         raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {getattr(A, 'shape', type(A))}")
     if A.dtype not in FLOAT_DTYPES:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import torch
+
 from .checks import traced
 from .contract import PREDICTIONS, SAMPLERS, StepCoefs, needs_noise
 
@@ -21,7 +23,14 @@ __all__ = ["step_coefficients", "init_coefficients", "needs_noise"]
 def _check_ab(name: str, v: float, zero_ok: bool = False) -> float:
     if traced():  # torch.compile's (a dynamic float does not trace the checks: checks.traced)
         return v
-    v = float(v)
+    if isinstance(v, (bool, str, bytes)) or not isinstance(v, (numbers.Real, torch.Tensor)) or (
+            isinstance(v, torch.Tensor) and (v.dtype == torch.bool or v.is_complex())):  # ("0.5" and True were taken)
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+    try:
+        v = float(v)
+    except OverflowError:  # an int past float64's range
+        raise ValueError(f"{name} must be in {'[0' if zero_ok else '(0'}, 1], got a number past float64's range") \
+            from None
     if not ((0.0 <= v if zero_ok else 0.0 < v) and v <= 1.0) or math.isnan(v):
         raise ValueError(f"{name} must be in {'[0' if zero_ok else '(0'}, 1], got {v}")
     return v
@@ -56,7 +65,9 @@ def step_coefficients(
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= float(eta) <= 1.0:
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
+        raise TypeError(f"eta must be a float in [0, 1], got {type(eta).__name__}")
+    if not 0.0 <= float(eta) <= 1.0:
         # eta > 1 asks some steps for more noise than their level has (sqrt(1 - ab_prev - sigma^2) has no value)
         raise ValueError(f"eta must be a float in [0, 1] (1 is DDPM's variance), got {eta!r}")
     if sampler == "ddpm" and eta != 0:

@@ -57,7 +57,7 @@ class MaskedOps:
     def _fits(self, *tensors: torch.Tensor) -> bool:
         c = self.c
         return all(isinstance(t, torch.Tensor) and t.shape == c.shape and t.dtype == c.dtype and t.device == c.device
-                   for t in tensors)
+                   and t.layout == torch.strided for t in tensors)  # (a sparse x reached the dispatcher)
 
     def step(self, x: torch.Tensor, model_out: torch.Tensor, tau: float = 0.0, *, coefs: Sequence[float],
              step: int = 0, clip: bool = False, noise: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -546,6 +546,9 @@ def masked_q_sample(
             raise TypeError(f"{name} must be a float or a ({B},) tensor of floats, got {v.dtype}")
         try:
             v = torch.as_tensor(v, dtype=torch.float64, device=x0.device)
+        except OverflowError:  # an int past float64's range
+            raise ValueError(f"{name} must be a float or a ({B},) tensor, got a number past float64's range") \
+                from None
         except (TypeError, ValueError, RuntimeError):  # (it said "new(): invalid data type 'str'")
             raise TypeError(f"{name} must be a float or a ({B},) tensor, got {v!r}") from None
         if v.dim() == 0:

@@ -209,7 +209,8 @@ def scenario_attention(case: Case, attention: str, fraction: float, tile: int, g
     A = blob_attention(B, H, W) if attention != "random" else random_attention(B, H, W, gen)
     tau = float(torch.tensor(tau_for_fraction(A, fraction)).to(
         torch.bfloat16 if attention == "blob3d_bf16" else torch.float32))
-    assert plant_ties(A, tau, tile) > 0
+    if plant_ties(A, tau, tile) == 0:  # (not an assert: python -O would skip the planting with it)
+        raise AssertionError(f"no tie planted at tau {tau} for a {attention} map")
     if attention == "blob3d_bf16":
         A = A[:, 0].to(torch.bfloat16)
     return A.to(case.device), tau
@@ -298,13 +299,15 @@ def assert_within_reference_error(
 ) -> None:
     """The flash-attention rule of the module docstring, after the reference's own few-ulps check
     (assert_reference_within_ulps with ``scale`` and ``ref_atol``); also checks dtype, shape and finiteness."""
-    assert out.dtype == naive_out.dtype, f"{what}: dtype {out.dtype} != reference dtype {naive_out.dtype}"
-    assert out.shape == naive_out.shape, f"{what}: shape {tuple(out.shape)} != {tuple(naive_out.shape)}"
+    # raised, not asserted: python -O drops asserts, and a public helper must not pass everything there
+    if out.dtype != naive_out.dtype:
+        raise AssertionError(f"{what}: dtype {out.dtype} != reference dtype {naive_out.dtype}")
+    if out.shape != naive_out.shape:
+        raise AssertionError(f"{what}: shape {tuple(out.shape)} != {tuple(naive_out.shape)}")
     assert_reference_within_ulps(naive_out, ref64, scale, atol=ref_atol)
     err, ref_err = max_err(out, ref64), max_err(naive_out, ref64)
-    assert err <= k * ref_err + atol, (
-        f"{what}: max error vs float64 {err:.3g} > {k} x naive's {ref_err:.3g} + atol {atol:.3g}"
-    )
+    if not err <= k * ref_err + atol:
+        raise AssertionError(f"{what}: max error vs float64 {err:.3g} > {k} x naive's {ref_err:.3g} + atol {atol:.3g}")
 
 
 def reference_noise(shape, seed: int, step: int, coefs: Sequence[float]) -> torch.Tensor:

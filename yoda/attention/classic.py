@@ -240,7 +240,11 @@ def _check_positive(value, name: str, allow_zero: bool = False, maker: str = "ed
     _not_an_image(value, name, maker)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's too
         raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if not math.isfinite(value):  # a number, but not a usable value
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int past float64's range (10**400): math's bare error named nothing
+        raise ValueError(f"{name} must be a finite number, got an int past float64's range") from None
+    if not finite:  # a number, but not a usable value
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -375,8 +379,8 @@ class Sift:
         _not_an_image(min_size, "min_size", "sift")
         min_size = positive_int(min_size, "min_size")  # numpy ints too ("must be a positive int, got np.int64(64)")
         n_features = as_int(n_features, "n_features", "an int >= 0 (0 = all)")
-        if n_features < 0:
-            raise ValueError(f"n_features must be an int >= 0 (0 = all), got {n_features}")
+        if not 0 <= n_features < 2**31:  # (2**31 failed at the first map, in OpenCV: "won't fit into a C int")
+            raise ValueError(f"n_features must be an int >= 0 (0 = all) and < 2**31, got {n_features}")
         self.min_size = min_size
         self.size_scale = _check_positive(size_scale, "size_scale", maker="sift")
         self.contrast_threshold = _check_positive(contrast_threshold, "contrast_threshold", maker="sift")
