@@ -2353,6 +2353,19 @@ MUTANTS = [
            "                   and t.layout == torch.strided for t in tensors)", "                   for t in tensors)",
            ("tests/test_masked_ops.py", "-k", "x-sparse"),
            "MaskedOps.step of a sparse x takes the fast path to the dispatcher's SparseCPU error"),
+    Mutant("train-lines-unwired", "yoda/cli.py",
+           "                       on_row=None if a.quiet or bars(a) else train_lines())", "                       on_row=None)",
+           ("tests/test_cli.py", "-k", "train_and_plot_commands"),
+           "yoda train into a log file says nothing between its start and its end"),
+    Mutant("train-lines-unthrottled", "yoda/cli.py",
+           "        if not (val or row[\"step\"] == total or now - last[0] >= every_s):", "        if False:",
+           ("tests/test_cli.py", "-k", "train_lines_say"),
+           "yoda train's log lines come at every logged row (log_every 1: a line a step)"),
+    Mutant("bar-without-val", "yoda/training/trainer.py",
+           "                            post[\"val\"] = f\"{row['val_psnr_plain']:.2f} dB\"",
+           "                            pass",
+           ("tests/test_train.py", "-k", "bar_shows_the_validation"),
+           "the training bar shows the loss only, never the validation PSNR"),
 ]
 
 

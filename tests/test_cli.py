@@ -792,6 +792,20 @@ def test_eval_command(tmp_path, tiny_model, capsys):
         assert code == 2 and err.count("\n") == 1 and want in err, (args, err)
 
 
+def test_train_lines_say_a_row_a_minute_and_every_validated_one(monkeypatch, capsys):
+    from yoda import cli
+
+    clock = iter([0.0, 10.0, 59.0, 61.0, 62.0, 63.0])
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    say = cli.train_lines(every_s=60.0)
+    for step, val in ((1, ""), (2, ""), (3, 28.5), (4, ""), (5, ""), (6, "")):
+        say({"step": step, "loss": 0.5, "lr": 1e-4, "time": float(step), "val_psnr_plain": val,
+             "val_psnr_yoda": ""}, 6)
+    said = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
+    # 1, the first; 2 within a minute of it; 3 validated (said at 59); 4 and 5 within a minute of 3; 6, the last
+    assert said == ["step 1 of 6", "step 3 of 6", "step 6 of 6"]
+
+
 def test_train_and_plot_commands(tmp_path, capsys):
     import json
 
@@ -816,10 +830,24 @@ def test_train_and_plot_commands(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, err = run(["train", "--config", str(cpath), "--out", str(out), "--device", "cpu", "-q"], capsys)
     assert code == 0, err
+    assert stdout.startswith("trained 2 steps in ") and stdout.count("\n") == 1, stdout  # -q: the result alone
     for f in ("model.safetensors", "log.csv", "config.json", "TRAINING.md", "checkpoint.pt"):
         assert (out / f).exists(), f
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert rows[-1]["step"] == "2"
+    # without a terminal (a CI log, nohup) no bar is drawn, and the run said nothing until it ended: it prints the
+    # logged rows (at most one a minute, each validated one and the last), the validation PSNRs too
+    code, again, err = run(["train", "--config", str(cpath), "--out", str(tmp_path / "run2"), "--device", "cpu"],
+                           capsys)
+    assert code == 0, err
+    row1, row2 = list(csv.DictReader(open(tmp_path / "run2" / "log.csv")))
+    lines = again.splitlines()
+    assert lines[0] == (f"step 1 of 2: loss {float(row1['loss']):.4f}, lr {float(row1['lr']):.3g}, "
+                        f"{float(row1['time']):.0f} s"), again
+    assert lines[1] == (f"step 2 of 2: loss {float(row2['loss']):.4f}, lr {float(row2['lr']):.3g}, "
+                        f"{float(row2['time']):.0f} s; validation PSNR plain {float(row2['val_psnr_plain']):.2f} dB, "
+                        f"YODA {float(row2['val_psnr_yoda']):.2f} dB"), again
+    assert lines[2].startswith("trained 2 steps in ") and len(lines) == 3, again
     # the logged validation PSNRs are those of the exported (EMA) weights on the held-out crop: recomputed here
     # from the saved config with yoda.sample and skimage's PSNR (yoda.evaluate.psnr)
     from yoda.data import fixed_crops, load_source, make_lr

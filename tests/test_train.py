@@ -2440,3 +2440,11 @@ def test_a_log_that_cannot_be_written_for_a_while_keeps_its_rows(tmp_path, img_f
     assert sum("cannot be written now" in str(w.message) for w in seen) == 1 and len(refused) == 2
     with open(tmp_path / "run" / "log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5]
+
+
+def test_the_bar_shows_the_validation_psnr(tmp_path, img_folder, capsys):
+    """The bar showed the loss only: a run's validation PSNR was in log.csv and nowhere on the screen."""
+    tr = Trainer(tiny_config(img_folder, steps=2, val_every=2), str(tmp_path / "r"), device="cpu", progress=True)
+    tr.run()
+    psnr = tr.rows[-1]["val_psnr_plain"]
+    assert isinstance(psnr, float) and f"val={psnr:.2f} dB" in capsys.readouterr().err

@@ -319,6 +319,25 @@ def cmd_figures(a) -> int:
     return skipped.status(len(images))
 
 
+def train_lines(every_s: float = 60.0):
+    """yoda train's progress where no bar is drawn (into a log file or a pipe: CI, nohup, a batch job, which saw
+    nothing between the start and the end): a line for a logged row at most every ``every_s`` seconds, and for
+    every validated row and the last."""
+    last = [-math.inf]
+
+    def say(row: dict, total: int) -> None:
+        now, val = time.monotonic(), row["val_psnr_plain"] != ""
+        if not (val or row["step"] == total or now - last[0] >= every_s):
+            return
+        last[0] = now
+        text = f"step {row['step']} of {total}: loss {row['loss']:.4f}, lr {row['lr']:.3g}, {row['time']:.0f} s"
+        if val:
+            text += f"; validation PSNR plain {row['val_psnr_plain']:.2f} dB" + (
+                f", YODA {row['val_psnr_yoda']:.2f} dB" if row["val_psnr_yoda"] != "" else "")
+        print(text, flush=True)
+    return say
+
+
 def cmd_train(a) -> int:
     from .training import train_main
 
@@ -329,7 +348,8 @@ def cmd_train(a) -> int:
     with _user_input():  # the config, its data, the device, a checkpoint of another config, a diverging loss
         s = train_main(a.config, a.out or None, steps=a.steps, device=a.device, minutes=a.minutes,
                        progress=bars(a), command=command, weights_name=a.weights_name, data_dir=a.data_dir,
-                       warmup=a.warmup, decay_from=a.decay_from, val_every=a.val_every, init=a.init)
+                       warmup=a.warmup, decay_from=a.decay_from, val_every=a.val_every, init=a.init,
+                       on_row=None if a.quiet or bars(a) else train_lines())
     if s["rank"] == 0:
         start = s["start_step"]
         resumed = f" (resumed at step {start})" if start else ""

@@ -11,7 +11,7 @@ import re
 import shlex
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -188,7 +188,7 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                minutes: Optional[float] = None, progress: bool = True, command: str = "",
                weights_name: str = "model.safetensors", data_dir: Optional[str] = None,
                warmup: Optional[int] = None, decay_from: Optional[int] = None, val_every: Optional[int] = None,
-               init: Optional[str] = None) -> dict:
+               init: Optional[str] = None, on_row: Optional[Callable[[dict, int], None]] = None) -> dict:
     """Train from a JSON config into ``out`` (None: runs/<config name>); writes the weights, config.json, log.csv
     and TRAINING.md.
 
@@ -199,7 +199,7 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
     replaces the "photos" / "photos-heldout" sources) or ``yoda data export`` (it replaces "builtin" /
     "heldout" with the same images, for machines without scikit-image). init: a yoda model file to start from
     (TrainConfig.init; the path is made absolute). config_path may also be a TrainConfig; paths may be
-    pathlib.Path (one for out ended a finished run in a TypeError, before its record)."""
+    pathlib.Path (one for out ended a finished run in a TypeError, before its record). on_row: Trainer's."""
     if isinstance(config_path, TrainConfig):
         cfg, config_path = config_path, "(a TrainConfig given in Python)"
     elif isinstance(config_path, (str, os.PathLike)):
@@ -259,7 +259,8 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
             if ranks.main:  # the temporary files of a run killed while writing (SIGKILL, a power loss): --out is
                 remove_stale_temps([os.path.join(out, name) for name in (*RUN_FILES, weights_name)], 0)  # held
             stack.callback(remove_empty, made)  # while --out is held: a run that wrote nothing leaves no folder
-            tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks)
+            tr = Trainer(cfg, out, device=device, progress=progress, weights_name=weights_name, ranks=ranks,
+                         on_row=on_row)
             stack.callback(tr.close)  # before the process group goes (the with's exit)
             start_step = tr.step
             if start_step > cfg.steps:  # run() would train nothing and export the checkpoint's weights again

@@ -25,7 +25,7 @@ import os
 import signal
 import time
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -103,10 +103,12 @@ class Trainer:
 
     Randomness (crops, flips, steps, noise) comes from one CPU torch.Generator saved in the checkpoint, so a
     resumed run on the CPU equals an uninterrupted one. ``ranks``: this process's rank in a data-parallel run
-    (the process group must exist; yoda.training.distributed), None for a single process."""
+    (the process group must exist; yoda.training.distributed), None for a single process. ``on_row(row, total)``:
+    called on rank 0 with each row the run logs (log.csv's columns) and its total steps."""
 
     def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
-                 resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None):
+                 resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None,
+                 on_row: Optional[Callable[[dict, int], None]] = None):
         check_weights_name(weights_name)
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be a TrainConfig (TrainConfig.from_dict(d) of a dict), got {type(cfg).__name__}")
@@ -118,6 +120,7 @@ class Trainer:
         local_batch(cfg.batch, self.ranks.world)  # the global batch must split evenly over the ranks
         check_group(self.ranks)
         self.cfg, self.out, self.weights_name = cfg, out, weights_name
+        self.on_row = on_row  # called with each row logged (and the run's total steps) on rank 0: yoda train's lines
         self.progress = progress and self.ranks.main
         self.device = rank_device(resolve_device(device), self.ranks.world, self.ranks.local_rank)
         self.schedule = cfg.make_schedule()
@@ -497,7 +500,11 @@ class Trainer:
                         self.rows.append(row)
                         self.write_log()
                         post["loss"] = f"{row['loss']:.4f}"
+                        if row["val_psnr_plain"] != "":  # (the bar showed the loss only)
+                            post["val"] = f"{row['val_psnr_plain']:.2f} dB"
                         bar.set_postfix(post)
+                        if self.on_row is not None and self.ranks.main:
+                            self.on_row(row, total)
                         if not regular:  # a stop's row: a resume replaces it (load_checkpoint)
                             self._pending = (acc, n, row["time"])
                         acc, n = 0.0, 0
