@@ -2366,6 +2366,10 @@ MUTANTS = [
            "                            pass",
            ("tests/test_train.py", "-k", "bar_shows_the_validation"),
            "the training bar shows the loss only, never the validation PSNR"),
+    Mutant("dash-path-taken", "yoda/cli_parser.py",
+           "    if v == \"-\":  # (", "    if False:  # (",
+           ("tests/test_cli.py", "-k", "never_overwrites_an_input"),
+           "yoda upscale -o - makes a folder named '-' and prints its lines into the pipe"),
 ]
 
 

@@ -267,7 +267,7 @@ def test_upscale_with_upstream_checkpoints(tmp_path, images, capsys):
 
 
 def test_upscale_never_overwrites_an_input_and_names_colliding_inputs(tmp_path, tiny_model, images, capsys,
-                                                                     no_sampling):
+                                                                     no_sampling, monkeypatch):
     rgb, grey = images
     before = open(rgb, "rb").read()
     code, _, err = run(["upscale", rgb, "-o", rgb, "--model", tiny_model], capsys)
@@ -278,6 +278,13 @@ def test_upscale_never_overwrites_an_input_and_names_colliding_inputs(tmp_path, 
     for args in (["eval", "--images", ""], ["figures", "-o", ""], ["upscale", "", "-o", "x.png"], ["eval", "-o", ""]):
         code, _, err = run(args, capsys)  # an unset $DIR: the built-in images, the working folder, "."
         assert code == 2 and "an empty path" in err, (args, err)
+    # "-" (stdout / stdin): upscale -o - made a folder "-" and printed its lines into the pipe, eval -o - a file "-"
+    monkeypatch.chdir(tmp_path)
+    for args, which in ((["upscale", rgb, "-o", "-", "--model", tiny_model], "-o/--output"),
+                        (["eval", "-o", "-"], "-o/--output"), (["upscale", "-", "-o", "x.png"], "IN")):
+        code, _, err = run(args, capsys)
+        assert code == 2 and f"argument {which}: '-': yoda reads and writes files, not stdin or stdout" in err, err
+    assert not os.path.exists(tmp_path / "-")
     code, _, err = run(["eval", "-o", str(tmp_path / "table.png")], capsys)
     assert code == 2 and "table.png: eval writes a table (Markdown, any other name) or a CSV (.csv), not an image" \
         in err and not (tmp_path / "table.png").exists()

@@ -235,9 +235,12 @@ def _step_count(v: str) -> int:
 
 def _path(v: str) -> str:
     """A path option: not empty (an unset $DIR in a script made `--images ""` the built-in images, `-o ""` the
-    working folder, and an input "" the folder ".")."""
+    working folder, and an input "" the folder "."), and not "-" (stdin / stdout, which no command takes)."""
     if not v.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    if v == "-":  # (-o - made a folder named "-" and printed its lines where a pipe wanted an image)
+        raise argparse.ArgumentTypeError("'-': yoda reads and writes files, not stdin or stdout; give a file name "
+                                         "(./- for a file named -)")
     return os.path.expanduser(v)  # --model=~/m.safetensors: the shell leaves a ~ after "=" as it is
 
 
