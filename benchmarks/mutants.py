@@ -2370,6 +2370,11 @@ MUTANTS = [
            "    if v == \"-\":  # (", "    if False:  # (",
            ("tests/test_cli.py", "-k", "never_overwrites_an_input"),
            "yoda upscale -o - makes a folder named '-' and prints its lines into the pipe"),
+    Mutant("heldout-warning-on-exports", "yoda/training/report.py",
+           "    ours = os.path.isfile(os.path.join(data_dir, \"manifest.json\")) or names <=",
+           "    ours = False and names <=",
+           ("tests/test_train.py", "-k", "heldout_images_unused"),
+           "README's own training command (default_x4 on an export) warns of unused heldout/ images at every run"),
 ]
 
 

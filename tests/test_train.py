@@ -1117,6 +1117,19 @@ def test_heldout_images_unused_are_warned_of(tmp_path, img_folder):
     with pytest.warns(UserWarning, match=r"\(val_every 5, data.val_crops 0\); give data.val_crops > 0 in a copy of "
                                          "the config to validate on them$"):  # (--val-every would not help)
         with_data_dir(no_crops, str(d))
+    # the held-out sets `yoda data export` / `build` write are no images put there: README's own command (default_x4
+    # on an export or a build) warned at every run
+    os.remove(d / "heldout" / "im0.png")
+    shutil.copy(os.path.join(img_folder, "im0.png"), d / "heldout" / "coffee.png")  # an export's name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with_data_dir(cfg, str(d))
+        shutil.copy(os.path.join(img_folder, "im0.png"), d / "heldout" / "mine.png")
+        (d / "manifest.json").write_text("{}")  # a build's folder
+        with_data_dir(cfg, str(d))
+    os.remove(d / "manifest.json")
+    with pytest.warns(UserWarning, match="its heldout/ images are not used"):
+        with_data_dir(cfg, str(d))
 
 
 def test_held_out_signatures_are_the_images():

@@ -67,8 +67,11 @@ def with_data_dir(cfg: TrainConfig, data_dir: str) -> TrainConfig:
                              f"folders, as `yoda data build --out DIR` writes; a folder of your own images can "
                              f"instead be data.source in your config")
     held = os.path.join(data_dir, "heldout")
-    if not cfg.validates and d.val_source in sub and os.path.isdir(held) and any(
-            not n.startswith(".") for n in os.listdir(held)):  # images put there for validation, silently unused
+    # images put there for validation, silently unused; not the held-out sets `yoda data build` / `export` write
+    # (README's own training command warned of them at every run)
+    names = {n for n in os.listdir(held) if not n.startswith(".")} if os.path.isdir(held) else set()
+    ours = os.path.isfile(os.path.join(data_dir, "manifest.json")) or names <= {f"{n}.png" for n in _data.HELD_OUT}
+    if not cfg.validates and d.val_source in sub and names and not ours:
         how = ("--val-every N validates on them every N steps" if not cfg.val_every else
                "give data.val_crops > 0 in a copy of the config to validate on them")
         warnings.warn(f"--data-dir {data_dir}: its heldout/ images are not used: this config does not validate "
