@@ -2375,6 +2375,10 @@ MUTANTS = [
            "    ours = False and names <=",
            ("tests/test_train.py", "-k", "heldout_images_unused"),
            "README's own training command (default_x4 on an export) warns of unused heldout/ images at every run"),
+    Mutant("stop-line-unprefixed", "yoda/training/stopping.py",
+           "            tqdm.write(f\"yoda: {STOP_SIGNALS[signum]}:", "            tqdm.write(f\"\\nyoda train: {STOP_SIGNALS[signum]}:",
+           ("tests/test_train.py", "-k", "second_signal_aborts"),
+           "yoda train's first Ctrl-C line begins with a blank line and another prefix than the CLI's others"),
 ]
 
 

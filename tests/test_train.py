@@ -1267,8 +1267,11 @@ def test_a_second_signal_aborts_as_its_kind(rank, monkeypatch, capsys):
         with stop_handlers() as flag:
             signal.raise_signal(sig)
             assert flag == [sig]
-            said = capsys.readouterr().err.count("stopping after this step and saving")
+            err = capsys.readouterr().err  # one line, prefixed as the CLI's others (it began with a blank line)
+            said = err.count("stopping after this step and saving")
             assert said == (1 if rank is None else 0)
+            assert err == ("" if rank is not None else f"yoda: {'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'}: "
+                           f"stopping after this step and saving (a second one aborts without saving)\n"), err
             with pytest.raises(want):
                 signal.raise_signal(sig)
     # Ctrl-C under torchrun: torchrun forwards the SIGINT, then SIGTERMs the ranks still running (saving); that

@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+from tqdm.auto import tqdm
+
 from ..errors import Terminated, lost_sigterm
 from ..torchrun import main_rank, under_torchrun
 
@@ -32,8 +34,8 @@ def stop_on_interrupt() -> tuple[list, dict]:
         if flag:
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         flag.append(signum)
-        if main_rank():  # under torchrun every rank gets it: said once
-            print(f"\nyoda train: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
-                  f"without saving)", file=sys.stderr)
+        if main_rank():  # under torchrun every rank gets it: said once; above the bar, as the CLI's other lines
+            tqdm.write(f"yoda: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
+                       f"without saving)", file=sys.stderr)  # (a blank line before it in a log, the bar's in a tty)
 
     return flag, {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
