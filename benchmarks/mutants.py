@@ -2379,6 +2379,11 @@ MUTANTS = [
            "            tqdm.write(f\"yoda: {STOP_SIGNALS[signum]}:", "            tqdm.write(f\"\\nyoda train: {STOP_SIGNALS[signum]}:",
            ("tests/test_train.py", "-k", "second_signal_aborts"),
            "yoda train's first Ctrl-C line begins with a blank line and another prefix than the CLI's others"),
+    Mutant("command-metavar-dropped", "yoda/cli_parser.py",
+           "    sub = ap.add_subparsers(dest=\"cmd\", required=True, metavar=\"COMMAND\")",
+           "    sub = ap.add_subparsers(dest=\"cmd\", required=True)",
+           ("tests/test_cli.py", "-k", "says_what_its_help"),
+           "`yoda` alone says 'the following arguments are required: cmd', argparse's own name"),
 ]
 
 

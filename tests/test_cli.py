@@ -2775,6 +2775,12 @@ def test_the_command_line_says_what_its_help_says(tmp_path, tiny_model, images, 
     assert code == 2 and err == "yoda upscale: error: unrecognized arguments: --bogus (see: yoda upscale -h)\n", err
     code, _, err = run(["data", "--debug", "export", str(tmp_path / "d"), "extra"], capsys)
     assert code == 2 and "yoda data export: error: unrecognized arguments: extra" in err, err
+    # no command, or a mistyped one, was said of argparse's name for it ("arguments are required: cmd"); no --version
+    code, _, err = run([], capsys)
+    assert code == 2 and err == "yoda: error: the following arguments are required: COMMAND (see: yoda -h)\n", err
+    code, _, err = run(["upscall"], capsys)
+    assert code == 2 and err.startswith("yoda: error: argument COMMAND: invalid choice: 'upscall'"), err
+    assert run(["--version"], capsys) == (0, f"yoda {yoda.__version__}\n", "")
     monkeypatch.setenv("COLUMNS", "80")
     for cmd in (["upscale"], ["eval"], ["figures"], ["attention"], ["data", "build"], ["train"]):
         code, text, _ = run([*cmd, "--help"], capsys)

@@ -10,6 +10,7 @@ import re
 import sys
 from typing import Optional
 
+from . import __version__
 from .errors import printable
 
 
@@ -275,7 +276,9 @@ def _debug_arg(p, top: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="yoda", description="YODA: attention-guided diffusion super-resolution")
     _debug_arg(ap, top=True)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap.add_argument("--version", action="version", version=f"yoda {__version__}")
+    # (without a metavar, a missing or mistyped command was said of argparse's own name: "arguments are required: cmd")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("upscale", help="super-resolve images (PNG, JPEG, WebP, TIFF, BMP) or folders of them")
     p.add_argument("inputs", nargs="+", type=_path, metavar="IN",
