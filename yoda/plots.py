@@ -197,6 +197,63 @@ def _font():
     return font(11)
 
 
+def _draw_panel(dr, f, box: tuple, title: str, series: list, labels: list, steps: tuple, all_steps: list,
+                loss: bool) -> None:
+    """One panel of plot_logs in ``box`` (x0, y0, x1, y1): its frame, title, ticks and the ``series`` (log index,
+    column, runs of finite (step, value) points, whether any value was seen), on the shared step axis ``steps``;
+    ``loss``: the loss panel (a log scale where the loss spans decades; its empty series named top right)."""
+    x0, y0, x1, y1 = box
+    m = 6  # the data stay m px inside the frame, so a point at the min or max is whole
+    dr.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
+    # a series whose values are all nan or inf is named, top right for the loss and bottom right for the
+    # PSNR, where a falling loss and a rising PSNR leave room
+    bad = [f"{labels[li]}: no finite {k}" for li, k, runs, seen in series if seen and not runs]
+    for i, s in enumerate(bad):
+        w, _ = text_wh(dr, s, f)
+        dr.text((x1 - 8 - w, y0 + 8 + 16 * i if loss else y1 - 8 - 16 * (len(bad) - i)), s, fill=(0, 0, 0), font=f)
+    pts = [p for _, _, runs, _ in series for run in runs for p in run]
+    if not pts:
+        dr.text((x0, 8), title, fill=(0, 0, 0), font=f)
+        if not bad:
+            dr.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0), font=f)
+        return
+    ys = [p[1] for p in pts]
+    # a loss over decades (its 10th percentile, so that one low logging window does not decide it)
+    log_y = loss and min(ys) > 0 and max(ys) >= LOG_SCALE_SPAN * float(np.percentile(ys, 10))
+    g = math.log10 if log_y else float
+    (xmin, xmax), (ymin, ymax) = steps, _extent([g(v) for v in ys])
+    fx = lambda v: x0 + m + (v - xmin) / (xmax - xmin) * (x1 - x0 - 2 * m)  # noqa: E731
+    fy = lambda v: y1 - m - (g(v) - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
+    dr.text((x0, 8), title + (" (log scale)" if log_y else ""), fill=(0, 0, 0), font=f)
+    # round tick values with grid lines, under the curves
+    for v, s in (log_ticks if log_y else axis_ticks)(min(ys), max(ys)):
+        w, h = text_wh(dr, s, f)
+        dr.line([(x0 + 1, fy(v)), (x1 - 1, fy(v))], fill=GRID)
+        dr.line([(x0 - 4, fy(v)), (x0, fy(v))], fill=(0, 0, 0))
+        dr.text((x0 - 6 - w, fy(v) - h / 2 - 2), s, fill=(0, 0, 0), font=f)
+    for v, s in axis_ticks(min(all_steps), max(all_steps), integers=True):
+        w, _ = text_wh(dr, s, f)
+        dr.line([(fx(v), y1), (fx(v), y1 + 4)], fill=(0, 0, 0))
+        dr.text((min(max(fx(v) - w / 2, x0), x1 - w), y1 + 5), s, fill=(0, 0, 0), font=f)
+    for li, k, runs, _ in series:
+        col = COLOURS[li % len(COLOURS)]
+        for run in runs:
+            xy = [(fx(a), fy(b)) for a, b in run]
+            if k == "val_psnr_yoda":
+                for a, b in zip(xy, xy[1:]):
+                    dashed(dr, a, b, col, 2)
+            elif len(xy) > 1:
+                dr.line(xy, fill=col, width=2)
+            r = 2 if k != "loss" else 3 if len(xy) == 1 else 0  # the loss: a dot only where it has no line
+            for p in xy if r else []:  # YODA's PSNR: rings, which tell it from plain's dots without a line too
+                if k == "val_psnr_yoda":
+                    dr.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill="white", outline=col, width=2)
+                else:
+                    dr.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=col)
+    w, _ = text_wh(dr, "steps", f)
+    dr.text(((x0 + x1 - w) / 2, y1 + 18), "steps", fill=(0, 0, 0), font=f)
+
+
 def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) -> None:
     """One PNG with two panels: training loss vs step (left) and validation PSNR vs step (right; solid
     plain sampling, dashed YODA sampling), one colour per log (drawing.COLOURS, cycling after six). Non-finite
@@ -231,59 +288,11 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
     # one step axis for both panels, so that a step sits at the same place in each
     all_steps = [p[0] for rows in logs for k in PLOTTED[1:] for run in _series(rows, k)[0] for p in run]
     steps = _extent(all_steps)
-    pw, m = W // 2, 6  # m: the data stay m px inside the frame, so a point at the min or max is whole
+    pw = W // 2
     for pi, (title, keys) in enumerate(panels):
-        x0, y0, x1, y1 = pi * pw + 50, 30, (pi + 1) * pw - 15, ly - 32
-        dr.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
+        box = (pi * pw + 50, 30, (pi + 1) * pw - 15, ly - 32)
         series = [(li, k, *_series(rows, k)) for li, rows in enumerate(logs) for k in keys]
-        # a series whose values are all nan or inf is named, top right for the loss and bottom right for the
-        # PSNR, where a falling loss and a rising PSNR leave room
-        bad = [f"{labels[li]}: no finite {k}" for li, k, runs, seen in series if seen and not runs]
-        for i, s in enumerate(bad):
-            w, _ = text_wh(dr, s, f)
-            dr.text((x1 - 8 - w, y0 + 8 + 16 * i if pi == 0 else y1 - 8 - 16 * (len(bad) - i)), s, fill=(0, 0, 0),
-                    font=f)
-        pts = [p for _, _, runs, _ in series for run in runs for p in run]
-        if not pts:
-            dr.text((x0, 8), title, fill=(0, 0, 0), font=f)
-            if not bad:
-                dr.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0), font=f)
-            continue
-        ys = [p[1] for p in pts]
-        # a loss over decades (its 10th percentile, so that one low logging window does not decide it)
-        log_y = pi == 0 and min(ys) > 0 and max(ys) >= LOG_SCALE_SPAN * float(np.percentile(ys, 10))
-        g = math.log10 if log_y else float
-        (xmin, xmax), (ymin, ymax) = steps, _extent([g(v) for v in ys])
-        fx = lambda v: x0 + m + (v - xmin) / (xmax - xmin) * (x1 - x0 - 2 * m)  # noqa: E731
-        fy = lambda v: y1 - m - (g(v) - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
-        dr.text((x0, 8), title + (" (log scale)" if log_y else ""), fill=(0, 0, 0), font=f)
-        # round tick values with grid lines, under the curves
-        for v, s in (log_ticks if log_y else axis_ticks)(min(ys), max(ys)):
-            w, h = text_wh(dr, s, f)
-            dr.line([(x0 + 1, fy(v)), (x1 - 1, fy(v))], fill=GRID)
-            dr.line([(x0 - 4, fy(v)), (x0, fy(v))], fill=(0, 0, 0))
-            dr.text((x0 - 6 - w, fy(v) - h / 2 - 2), s, fill=(0, 0, 0), font=f)
-        for v, s in axis_ticks(min(all_steps), max(all_steps), integers=True):
-            w, _ = text_wh(dr, s, f)
-            dr.line([(fx(v), y1), (fx(v), y1 + 4)], fill=(0, 0, 0))
-            dr.text((min(max(fx(v) - w / 2, x0), x1 - w), y1 + 5), s, fill=(0, 0, 0), font=f)
-        for li, k, runs, _ in series:
-            col = COLOURS[li % len(COLOURS)]
-            for run in runs:
-                xy = [(fx(a), fy(b)) for a, b in run]
-                if k == "val_psnr_yoda":
-                    for a, b in zip(xy, xy[1:]):
-                        dashed(dr, a, b, col, 2)
-                elif len(xy) > 1:
-                    dr.line(xy, fill=col, width=2)
-                r = 2 if k != "loss" else 3 if len(xy) == 1 else 0  # the loss: a dot only where it has no line
-                for p in xy if r else []:  # YODA's PSNR: rings, which tell it from plain's dots without a line too
-                    if k == "val_psnr_yoda":
-                        dr.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill="white", outline=col, width=2)
-                    else:
-                        dr.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=col)
-        w, _ = text_wh(dr, "steps", f)
-        dr.text(((x0 + x1 - w) / 2, y1 + 18), "steps", fill=(0, 0, 0), font=f)
+        _draw_panel(dr, f, box, title, series, labels, steps, all_steps, loss=pi == 0)
     for li, (lab, (x, row)) in enumerate(zip(labels, entries)):
         col, y = COLOURS[li % len(COLOURS)], ly + 18 * row
         dr.line([(x, y + 6), (x + 30, y + 6)], fill=col, width=3)
