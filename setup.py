@@ -14,6 +14,10 @@ import sys
 from setuptools import find_namespace_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# The kernels' float arithmetic as written (the reference's bits). -fno-fast-math: a CFLAGS of -ffast-math /
+# -Ofast (the environment's flags come first) reassociated it, and the bits left the reference's without a word;
+# -fno-math-errno after it, which it would turn back on. tests/test_noise.py builds with these.
+CXX_FLAGS = ["-O3", "-fno-fast-math", "-fno-math-errno", "-ffp-contract=off"]
 
 
 def _flag(name):
@@ -78,7 +82,7 @@ def extensions():
     # No -std flag: torch's BuildExtension adds the standard its headers need (C++20 for torch >= 2.10);
     # forcing c++17 gives warnings in c10 headers and breaks with newer ones. -g0: Python's CFLAGS carry -g, 20 of
     # the library's 22 MB (YODA_DEBUG=1 keeps it).
-    cxx = ["-O3", "-fno-math-errno", "-ffp-contract=off"] + openmp + ([] if _flag("YODA_DEBUG") else ["-g0"])
+    cxx = CXX_FLAGS + openmp + ([] if _flag("YODA_DEBUG") else ["-g0"])
     # the sources' fingerprint, compiled in (a number: no quoting through ninja's shell) and checked at import
     define_macros = [("YODA_SOURCE_HASH", f"0x{_source_hash()}ULL")]
     kwargs = dict(

@@ -2384,6 +2384,10 @@ MUTANTS = [
            "    sub = ap.add_subparsers(dest=\"cmd\", required=True)",
            ("tests/test_cli.py", "-k", "says_what_its_help"),
            "`yoda` alone says 'the following arguments are required: cmd', argparse's own name"),
+    Mutant("fast-math-cflags-kept", "setup.py",
+           "CXX_FLAGS = [\"-O3\", \"-fno-fast-math\", ", "CXX_FLAGS = [\"-O3\", ",
+           ("tests/test_noise.py", "-k", "header_alone"),
+           "a CFLAGS of -ffast-math reassociates the kernels' arithmetic: their bits leave the reference's silently"),
 ]
 
 

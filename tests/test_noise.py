@@ -436,12 +436,23 @@ def test_polynomials_are_the_fits_and_every_copy_agrees():
             assert repr(c) in triton_src, (name, c)
 
 
+def _setup_cxx_flags() -> list:
+    """setup.py's CXX_FLAGS, read without running setup.py."""
+    import ast
+    import pathlib
+
+    tree = ast.parse((pathlib.Path(__file__).resolve().parent.parent / "setup.py").read_text())
+    return next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", None) == "CXX_FLAGS")
+
+
 @pytest.mark.skipif(not __import__("shutil").which("g++"), reason="no g++ to build the header alone")
-@pytest.mark.parametrize("bit_cast", ["builtin", "memcpy"])
+@pytest.mark.parametrize("bit_cast", ["builtin", "memcpy", "fast-math-cflags"])
 def test_header_alone_with_either_bit_cast(tmp_path, bit_cast):
     """csrc/philox.h built on its own with the host flags (-O2 -ffp-contract=off): __builtin_bit_cast (GCC >= 11,
     Clang) and the memcpy path of older compilers (forced by -DYODA_NO_BIT_CAST) give the reference's words and
-    normals, bit for bit."""
+    normals, bit for bit. So does a build with -ffast-math in the environment's CFLAGS (they come before
+    setup.py's flags): its normals differed from the reference's, and the extension loaded without a word."""
     import pathlib
     import subprocess
 
@@ -453,9 +464,10 @@ def test_header_alone_with_either_bit_cast(tmp_path, bit_cast):
         f"int main() {{ for (uint32_t g = 0; g < {n}u; ++g) {{\n"
         f"  yoda::Normal4 z = yoda::randn4({seed}u, {step}u, g * 2654435761u);\n"
         "  for (int k = 0; k < 4; ++k) std::printf(\"%08x\\n\", yoda::f32_bits(z.v[k])); } }\n")
-    flags = ["-DYODA_NO_BIT_CAST"] if bit_cast == "memcpy" else []
+    flags = {"memcpy": ["-O2", "-ffp-contract=off", "-DYODA_NO_BIT_CAST"], "builtin": ["-O2", "-ffp-contract=off"],
+             "fast-math-cflags": ["-ffast-math", *_setup_cxx_flags()]}[bit_cast]
     exe = tmp_path / "p"
-    subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", *flags, f"-I{csrc}", str(prog), "-o", str(exe)],
+    subprocess.run(["g++", "-std=c++17", *flags, f"-I{csrc}", str(prog), "-o", str(exe)],
                    check=True, capture_output=True, timeout=120)
     got = [int(w, 16) for w in subprocess.run([str(exe)], check=True, capture_output=True, text=True,
                                               timeout=60).stdout.split()]
