@@ -2388,6 +2388,15 @@ MUTANTS = [
            "CXX_FLAGS = [\"-O3\", \"-fno-fast-math\", ", "CXX_FLAGS = [\"-O3\", ",
            ("tests/test_noise.py", "-k", "header_alone"),
            "a CFLAGS of -ffast-math reassociates the kernels' arithmetic: their bits leave the reference's silently"),
+    Mutant("ci-level-unchecked", "yoda/evaluate.py",
+           "    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:",
+           "    if False:",
+           ("tests/test_evaluate.py", "-k", "paired_mean_ci"),
+           "paired_mean_ci(level=2.0) returns a nan interval without a word"),
+    Mutant("ci-wrong-quantile", "yoda/evaluate.py",
+           "    return mean, float(t.ppf(0.5 + level / 2, n - 1)", "    return mean, float(t.ppf(level, n - 1)",
+           ("tests/test_evaluate.py", "-k", "paired_mean_ci"),
+           "eval's interval is one-sided: a 95% interval at t's 95th percentile, too narrow"),
 ]
 
 

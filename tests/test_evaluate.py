@@ -458,3 +458,18 @@ def test_metrics_refuse_what_they_cannot_score():
     assert metrics(np.zeros((3, 3, 3), np.uint8), np.full((3, 3, 3), 9, np.uint8))["psnr"] == psnr(
         np.zeros((3, 3, 3), np.uint8), np.full((3, 3, 3), 9, np.uint8))
 
+
+
+def test_paired_mean_ci_is_students_interval():
+    """The mean difference and the half-width of its Student-t interval, against values worked by hand (t_{0.975,3}
+    = 3.182446, sd of 1..4 = 1.290994); a level outside (0, 1) gave a nan interval without a word."""
+    from yoda.evaluate import paired_mean_ci
+
+    mean, half = paired_mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and half == pytest.approx(3.182446305284263 * 1.2909944487358056 / 2, rel=1e-12)
+    assert paired_mean_ci([1.0, 2.0, 3.0, 4.0], level=0.99)[1] == pytest.approx(
+        5.840909309733349 * 1.2909944487358056 / 2, rel=1e-12)
+    assert paired_mean_ci([0.7]) == (0.7, None)
+    for bad in (2.0, 0.0, 1.0, float("nan"), True, "0.95"):
+        with pytest.raises(ValueError, match="^level must be a number in \\(0, 1\\)"):
+            paired_mean_ci([1.0, 2.0], level=bad)

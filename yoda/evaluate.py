@@ -381,6 +381,8 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
 def paired_mean_ci(diffs: Sequence[float], level: float = 0.95) -> tuple[float, Optional[float]]:
     """The mean of per-image differences and the half-width of its ``level`` Student-t confidence interval (None
     for one image): whether a method beats another on these images by more than the images' spread."""
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:  # (2.0: a nan interval)
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     n, mean = len(diffs), float(np.mean(diffs))
     if n < 2:
         return mean, None
