@@ -2397,6 +2397,10 @@ MUTANTS = [
            "    return mean, float(t.ppf(0.5 + level / 2, n - 1)", "    return mean, float(t.ppf(level, n - 1)",
            ("tests/test_evaluate.py", "-k", "paired_mean_ci"),
            "eval's interval is one-sided: a 95% interval at t's 95th percentile, too narrow"),
+    Mutant("latent-steps-hr-floor", "yoda/sampling/prepare.py",
+           "    if grid is None or tuple(grid) == hr:", "    if True:",
+           ("tests/test_models.py", "-k", "latent_map_it_masks"),
+           "a latent model's own steps are raised from the HR map's least value: one step that refines every latent becomes two"),
 ]
 
 

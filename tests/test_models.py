@@ -553,6 +553,28 @@ def test_a_latent_models_int_window_keeps_a_quarter_overlap():
         assert not torch.equal(got, yoda.sample(ad, lr, windows=(12, 4), steps=2, seed=0, progress=False))
 
 
+def test_a_latent_models_own_steps_cover_the_latent_map_it_masks_with():
+    """yoda.sample raises a model's own steps to the fewest whose last refines every pixel: for a latent model it
+    counted down to the least value of the HR map, not of the max-pooled latent map the masks compare (higher), and a
+    model whose one step already refined every latent was given two (a review, 2026-12-06)."""
+    import yoda
+
+    tl = TinyLatent()
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # HR 16 x 16, latents 2 x 2
+    A = torch.zeros(1, 1, 8, 8)
+    A[..., ::2, ::2] = 1.0  # at HR, bilinear: near 0 between the ones, but every 8 x 8 cell holds a 1
+    ad = tl.adapter(sampling={"sampler": "ddim", "steps": 1})
+    seen = []
+    with torch.no_grad():
+        yoda.sample(ad, lr, attention=A, seed=0, progress=False, callback=lambda d: seen.append(d["active_fraction"]))
+    assert len(seen) == 1 and seen[0].tolist() == [1.0]  # the model's one step, and it refined every latent
+    A[..., 4:, 4:] = 0.0  # one latent cell of the image now holds no attention: 1 step leaves it, 2 refine it
+    seen.clear()
+    with torch.no_grad():
+        yoda.sample(ad, lr, attention=A, seed=0, progress=False, callback=lambda d: seen.append(d["active_fraction"]))
+    assert [s.tolist() for s in seen] == [[0.75], [1.0]]
+
+
 def test_pixel_and_residual_adapters_state_grid_is_the_hr_grid():
     """SR3, SRDiff and a callable's state is up(lr)'s grid (state_grid, which yoda.sample checks windows= on before
     prepare runs an SRDiff's RRDB); an adapter that does not say (the base class) gets None: checked after."""

@@ -28,7 +28,7 @@ from tqdm.auto import trange
 from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
 from ..attention.classic import check_lr
 from ..errors import NonFiniteError, UnrefinedWarning
-from .prepare import pad_to_model, prepare, resolve_attention
+from .prepare import pad_to_model, prepare, resolve_attention, state_floor
 from .spec import MOST_YODA_STEPS, all_finite, covering_steps, make_spec, model_spacing, refines_all, resolve_seed
 from .speed import check_speed, network_attr, speed_adapter
 
@@ -209,8 +209,7 @@ def sample(
         # the model's steps may leave pixels at the LR image beside refined ones: the fewest that refine them all,
         # down to the least attended pixel (a flat map, all ones, is refined everywhere at the model's own steps)
         attention = resolve_attention(attention, lr_checked, tuple(n * adapter.scale for n in lr_checked.shape[-2:]))
-        floor = float(attention.min())
-        enough = covering_steps(last_tau, steps, spec.T, floor)
+        enough = covering_steps(last_tau, steps, spec.T, state_floor(adapter, attention))
         if enough is None:  # (it kept the model's steps without a word)
             warnings.warn(f"attention: at the model's {steps} step(s) with lower_bound {lower_bound:g}, pixels whose "
                           f"attention is below {spec.taus[-1]:.2f} keep the LR image, and no step count up to "

@@ -343,6 +343,20 @@ def checked_map(attention: torch.Tensor, src: str, lr: torch.Tensor, one_each: b
 _READ_BEFORE: set = set()
 
 
+def state_floor(adapter: Adapter, A_hr: torch.Tensor) -> float:
+    """The least attention the masks will compare (DESIGN.md §4), for choosing the steps before preparing: of the
+    HR map ``A_hr`` brought to the state grid (a latent adapter's pooled cells, whose least value is higher) over the
+    image's part of it, where the adapter tells the grid before preparing; else of the HR map. A latent model whose
+    one step already refined every latent was given two."""
+    hr = tuple(A_hr.shape[-2:])
+    grid = adapter.state_grid(hr)
+    if grid is None or tuple(grid) == hr:
+        return float(A_hr.min())
+    A = adapter.attention_to_state(A_hr, torch.Size((*A_hr.shape[:2], *grid)))
+    extent = adapter.state_extent(hr) or tuple(grid)
+    return float(A[..., :extent[0], :extent[1]].min())
+
+
 def resolve_attention(attention: Any, lr: torch.Tensor, hr_size: tuple[int, int]) -> torch.Tensor:
     """attention (tensor, name or callable f(lr)) -> A (B, 1, H, W) float32 in [0, 1] on lr's device."""
     src = "attention"
