@@ -16,8 +16,11 @@ from setuptools import find_namespace_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # The kernels' float arithmetic as written (the reference's bits). -fno-fast-math: a CFLAGS of -ffast-math /
 # -Ofast (the environment's flags come first) reassociated it, and the bits left the reference's without a word;
-# -fno-math-errno after it, which it would turn back on. tests/test_noise.py builds with these.
+# -fno-math-errno after it, which it would turn back on. tests/test_noise.py builds with these. At the link too,
+# where CFLAGS come first as well: GCC <= 12 linked crtfastmath.o into a -ffast-math library, whose loading turned
+# on flush-to-zero for the whole process (every torch op then flushed subnormals).
 CXX_FLAGS = ["-O3", "-fno-fast-math", "-fno-math-errno", "-ffp-contract=off"]
+LINK_FLAGS = ["-fno-fast-math"]
 
 
 def _flag(name):
@@ -88,7 +91,7 @@ def extensions():
     kwargs = dict(
         name="yoda_kernels._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_link_args=openmp,
+        extra_link_args=openmp + LINK_FLAGS,
     )
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))

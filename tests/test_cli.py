@@ -802,15 +802,20 @@ def test_eval_command(tmp_path, tiny_model, capsys):
 def test_train_lines_say_a_row_a_minute_and_every_validated_one(monkeypatch, capsys):
     from yoda import cli
 
-    clock = iter([0.0, 10.0, 59.0, 61.0, 62.0, 63.0])
+    clock = iter([0.0, 10.0, 59.0, 61.0, 62.0, 63.0, 64.0])
     monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
     say = cli.train_lines(every_s=60.0)
-    for step, val in ((1, ""), (2, ""), (3, 28.5), (4, ""), (5, ""), (6, "")):
-        say({"step": step, "loss": 0.5, "lr": 1e-4, "time": float(step), "val_psnr_plain": val,
-             "val_psnr_yoda": ""}, 6)
-    said = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
-    # 1, the first; 2 within a minute of it; 3 validated (said at 59); 4 and 5 within a minute of 3; 6, the last
-    assert said == ["step 1 of 6", "step 3 of 6", "step 6 of 6"]
+    for step, val, loss, final in ((1, "", 0.5, False), (2, "", 0.5, False), (3, 28.5, 0.5, False),
+                                   (4, "", 0.5, False), (5, "", math.nan, True), (6, "", 0.5, False),
+                                   (7, "", 0.5, True)):
+        say({"step": step, "loss": loss, "lr": 1e-4, "time": float(step), "val_psnr_plain": val,
+             "val_psnr_yoda": ""}, 9, final)
+    said = capsys.readouterr().out.splitlines()
+    # 1, the first; 2 within a minute of it; 3 validated (said at 59); 4 within a minute of 3; 5 a stop's last row
+    # (it was left out: a Ctrl-C'd run's log ended before its stop), whose steps had no active pixel (no "nan"); 6
+    # within a minute; 7, the end
+    assert [line.split(":")[0] for line in said] == ["step 1 of 9", "step 3 of 9", "step 5 of 9", "step 7 of 9"]
+    assert said[2] == "step 5 of 9: no loss (no active pixel), lr 0.0001, 5 s", said
 
 
 def test_train_and_plot_commands(tmp_path, capsys):

@@ -86,7 +86,18 @@ BAD = [
     ("ab-shape", lambda a: dict(ab=torch.rand(3)), ValueError, "ab must be a float or a"),
     ("tau-nan", lambda a: dict(tau=float("nan")), ValueError, "tau contains NaN"),
     ("x0-int", lambda a: dict(x0=a["x0"].int()), TypeError, "x0 must be float"),
+    ("x0-sparse", lambda a: dict(x0=a["x0"].to_sparse()), TypeError, "x0 must be a dense tensor"),
+    ("tau-list-huge", lambda a: dict(tau=[10**400, 0.5]), ValueError, "tau must be a float or a .* past float64"),
 ]
+
+
+def test_a_tau_past_floats_range_is_its_infinity_as_in_masked_step():
+    """masked_step takes tau = 10**400 as +inf (no pixel active); masked_q_sample raised a bare OverflowError."""
+    x0 = torch.randn(1, 3, 8, 9)
+    c, n, A = torch.randn_like(x0), torch.randn_like(x0), torch.rand(1, 1, 8, 9)
+    assert torch.equal(yk.masked_q_sample(x0, c, n, A, 10**400, 0.5), yk.masked_q_sample(x0, c, n, A, math.inf, 0.5))
+    assert torch.equal(yk.masked_q_sample(x0, c, n, A, -10**400, 0.5),
+                       yk.masked_q_sample(x0, c, n, A, -math.inf, 0.5))
 
 
 @pytest.mark.parametrize("backend", [b for b in yk.available_backends("cpu") if b != "triton"])

@@ -294,7 +294,22 @@ BAD = [
     ("ab-bool", lambda x, o, c, A: dict(ab_prev=True), TypeError, "ab_prev must be a float, got bool"),
     ("ab-huge", lambda x, o, c, A: dict(ab_t=10**400), ValueError, "ab_t must be in .* past float64's range"),
     ("eta-bool", lambda x, o, c, A: dict(sampler="ddim", eta=True), TypeError, "eta must be a float in"),
+    ("stats-sparse", lambda x, o, c, A: dict(stats=tuple(s.to_sparse() for s in yk.tile_stats(A))), TypeError,
+     "stats must be a dense tensor"),
 ]
+
+
+def test_alpha_bars_are_numbers_of_any_kind_but_bools_strings_and_complex():
+    """The alpha-bar check that refuses "0.5" and True (taken before) takes what float() reads as a real number:
+    numpy scalars and 0-d arrays, 0-d tensors, Decimal (as it did)."""
+    import decimal
+
+    want = yk.step_coefficients(0.5, 0.625)
+    for v in (np.float32(0.5), np.array(0.5), torch.tensor(0.5, dtype=torch.float64), decimal.Decimal("0.5")):
+        assert yk.step_coefficients(v, 0.625) == want, type(v)
+    for v in (np.bool_(True), np.array(True), torch.tensor(0.5j), np.complex64(0.5), None, [0.5]):
+        with pytest.raises(TypeError, match="^ab_t must be a float, got "):
+            yk.step_coefficients(v, 0.625)
 
 
 @pytest.mark.parametrize("backend", [b for b in yk.available_backends("cpu") if b != "triton"])

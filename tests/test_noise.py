@@ -436,14 +436,29 @@ def test_polynomials_are_the_fits_and_every_copy_agrees():
             assert repr(c) in triton_src, (name, c)
 
 
-def _setup_cxx_flags() -> list:
-    """setup.py's CXX_FLAGS, read without running setup.py."""
+def _setup_cxx_flags(name: str = "CXX_FLAGS") -> list:
+    """setup.py's CXX_FLAGS (or LINK_FLAGS), read without running setup.py."""
     import ast
     import pathlib
 
     tree = ast.parse((pathlib.Path(__file__).resolve().parent.parent / "setup.py").read_text())
     return next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-                and getattr(n.targets[0], "id", None) == "CXX_FLAGS")
+                and getattr(n.targets[0], "id", None) == name)
+
+
+@pytest.mark.skipif(not (__import__("shutil").which("gcc") and __import__("shutil").which("nm")),
+                    reason="no gcc / nm to link a library")
+def test_a_fast_math_cflags_links_no_flush_to_zero(tmp_path):
+    """setuptools puts CFLAGS on the link line too, before setup.py's flags: with -ffast-math there GCC <= 12 linked
+    crtfastmath.o into the library, whose loading set flush-to-zero for the whole process. LINK_FLAGS undo it (a
+    shared library linked the way setup.py links has no set_fast_math)."""
+    import subprocess
+
+    (tmp_path / "s.c").write_text("int f(int x) { return x + 1; }\n")
+    lib = tmp_path / "s.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-ffast-math", str(tmp_path / "s.c"), *_setup_cxx_flags("LINK_FLAGS"),
+                    "-o", str(lib)], check=True, capture_output=True, timeout=120)
+    assert "set_fast_math" not in subprocess.run(["nm", str(lib)], capture_output=True, text=True).stdout
 
 
 @pytest.mark.skipif(not __import__("shutil").which("g++"), reason="no g++ to build the header alone")

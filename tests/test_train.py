@@ -701,7 +701,10 @@ def test_psnr_u8_matches_skimage():
     with pytest.raises(ValueError, match=r"^hr values must lie in \[-1, 1\]"):
         psnr_u8(sr, hr * 3)
     assert psnr_u8(sr * 1.2, hr).isfinite().all()  # a little out (LR_MARGIN) is clamped as the saved PNG is
-    assert psnr_u8(torch.full_like(sr, math.nan), hr).isnan().all()  # (a diverged model's image scores nan)
+    for bad in (math.nan, math.inf):  # as to_uint8 refuses them (+inf and -inf together passed a first version)
+        with pytest.raises(ValueError, match="^sr contains NaN or Inf$"):
+            psnr_u8(torch.cat([torch.full_like(sr[..., :1], bad), -torch.full_like(sr[..., :1], bad),
+                               sr[..., 2:]], dim=-1), hr)
 
 
 def test_noise_level_follows_the_space():
@@ -2464,3 +2467,18 @@ def test_the_bar_shows_the_validation_psnr(tmp_path, img_folder, capsys):
     tr.run()
     psnr = tr.rows[-1]["val_psnr_plain"]
     assert isinstance(psnr, float) and f"val={psnr:.2f} dB" in capsys.readouterr().err
+
+
+def test_on_row_says_which_row_is_the_runs_last(tmp_path, img_folder):
+    """Trainer(on_row=) gets each logged row, its total steps, and whether it is the run's last: the end, or a stop's
+    (yoda train's log lines left a stopped run's last row out)."""
+    seen = []
+    cfg = tiny_config(img_folder, steps=4, log_every=2, val_every=0, ckpt_every=0)
+    tr = Trainer(cfg, str(tmp_path / "a"), device="cpu", progress=False,
+                 on_row=lambda row, total, final: seen.append((row["step"], total, final)))
+    tr.run(max_seconds=0.0)  # stops after its first step (--minutes)
+    assert seen == [(1, 4, True)]
+    seen.clear()
+    Trainer(cfg, str(tmp_path / "b"), device="cpu", progress=False,
+            on_row=lambda row, total, final: seen.append((row["step"], total, final))).run()
+    assert seen == [(2, 4, False), (4, 4, True)]

@@ -328,12 +328,12 @@ def check_output(out: Any, x_t: torch.Tensor, who: str, what: str = "") -> torch
         hint = ("; return its tensor (out[0])" if isinstance(out, (tuple, list)) else
                 "; return its tensor (out.sample, as of diffusers' outputs)" if hasattr(out, "sample") else
                 "; return its tensor (out['sample'])" if isinstance(out, Mapping) else "")
-        raise TypeError(f"{who} must return a tensor, got {type(out).__name__}{hint}")
+        raise TypeError(f"{who} must return a tensor{what}, got {type(out).__name__}{hint}")
     if out.shape != x_t.shape:
         raise ValueError(f"{who} returned shape {tuple(out.shape)}{what}, expected the shape of the x_t it was given "
                          f"{tuple(x_t.shape)}")
     if not out.is_floating_point():
-        raise TypeError(f"{who} must return a real floating tensor, got {out.dtype}")
+        raise TypeError(f"{who} must return a real floating tensor{what}, got {out.dtype}")
     if out.device != x_t.device:
         raise ValueError(f"{who} returned a tensor on {out.device}{what}, the state is on {x_t.device}")
     return out

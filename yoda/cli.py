@@ -322,15 +322,16 @@ def cmd_figures(a) -> int:
 def train_lines(every_s: float = 60.0):
     """yoda train's progress where no bar is drawn (into a log file or a pipe: CI, nohup, a batch job, which saw
     nothing between the start and the end): a line for a logged row at most every ``every_s`` seconds, and for
-    every validated row and the last."""
+    every validated row and the run's last (its end, or a stop's)."""
     last = [-math.inf]
 
-    def say(row: dict, total: int) -> None:
+    def say(row: dict, total: int, final: bool) -> None:
         now, val = time.monotonic(), row["val_psnr_plain"] != ""
-        if not (val or row["step"] == total or now - last[0] >= every_s):
+        if not (val or final or now - last[0] >= every_s):
             return
         last[0] = now
-        text = f"step {row['step']} of {total}: loss {row['loss']:.4f}, lr {row['lr']:.3g}, {row['time']:.0f} s"
+        loss = f"loss {row['loss']:.4f}" if math.isfinite(row["loss"]) else "no loss (no active pixel)"
+        text = f"step {row['step']} of {total}: {loss}, lr {row['lr']:.3g}, {row['time']:.0f} s"
         if val:
             text += f"; validation PSNR plain {row['val_psnr_plain']:.2f} dB" + (
                 f", YODA {row['val_psnr_yoda']:.2f} dB" if row["val_psnr_yoda"] != "" else "")

@@ -90,9 +90,10 @@ def psnr_u8(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     if sr.shape != hr.shape:
         raise ValueError(f"sr and hr must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
     for name, x in (("sr", sr), ("hr", hr)):  # (a [0, 255] float image was clamped to white: two scored inf)
-        lo, hi = extremes(x)
-        if not math.isnan(lo + hi):  # (a diverged model's NaN image scores NaN, as before)
-            check_lr_range(name, lo, hi)
+        lo, hi = extremes(x)  # as to_uint8 (the file's pixels) takes them; yoda.sample's images are finite
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or Inf")
+        check_lr_range(name, lo, hi)
     mse = (quantize_u8(sr).double() - quantize_u8(hr).double()).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(255.0**2 / mse)
 

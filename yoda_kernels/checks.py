@@ -24,9 +24,10 @@ from . import philox
 from .contract import FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, CombineCoefs, StepCoefs, check_tile
 
 
-def check_dense(name: str, t: torch.Tensor) -> None:
+def check_dense(t: torch.Tensor, name: str) -> None:
     """TypeError naming ``name`` for a sparse (or other non-strided) tensor: the kernels take dense ones only (a
-    sparse state reached the dispatcher's "Could not run 'yoda::masked_step' ... 'SparseCPU'")."""
+    sparse state reached the dispatcher's "Could not run 'yoda::masked_step' ... 'SparseCPU'"). yoda.masks has its
+    twin, with the same arguments, for the library's maps and images (yoda_kernels imports nothing of yoda)."""
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}: pass it .to_dense()")
 
@@ -34,7 +35,7 @@ def check_dense(name: str, t: torch.Tensor) -> None:
 def check_state(name: str, t: torch.Tensor, ref: Optional[torch.Tensor] = None, ref_name: str = "x") -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    check_dense(name, t)
+    check_dense(t, name)
     if t.dim() != 4:
         raise ValueError(f"{name} must be 4-D (B, C, H, W), got shape {tuple(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
@@ -53,7 +54,7 @@ def check_attention(A: Optional[torch.Tensor], x: torch.Tensor, ref: str = "x") 
         return None
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"A must be a torch.Tensor or None, got {type(A).__name__}")
-    check_dense("A", A)
+    check_dense(A, "A")
     B, _, H, W = x.shape
     ok = (A.dim() == 4 and A.shape[1] == 1 and tuple(A.shape[2:]) == (H, W) and A.shape[0] == B) or (
         A.dim() == 3 and tuple(A.shape) == (B, H, W)
@@ -245,7 +246,7 @@ def tile_stats_args(A: torch.Tensor, tile: int) -> int:
     """tile_stats' arguments (the entry point's and the Triton op's) -> tile as an int."""
     if not isinstance(A, torch.Tensor):  # (a numpy array was told its shape was wrong)
         raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
-    check_dense("A", A)
+    check_dense(A, "A")
     if A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
         raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {getattr(A, 'shape', type(A))}")
     if A.dtype not in FLOAT_DTYPES:

@@ -23,14 +23,17 @@ __all__ = ["step_coefficients", "init_coefficients", "needs_noise"]
 def _check_ab(name: str, v: float, zero_ok: bool = False) -> float:
     if traced():  # torch.compile's (a dynamic float does not trace the checks: checks.traced)
         return v
-    if isinstance(v, (bool, str, bytes)) or not isinstance(v, (numbers.Real, torch.Tensor)) or (
-            isinstance(v, torch.Tensor) and (v.dtype == torch.bool or v.is_complex())):  # ("0.5" and True were taken)
+    dtype = getattr(v, "dtype", None)  # a tensor's or a numpy value's: a bool or complex one converts silently
+    if isinstance(v, (bool, str, bytes)) or dtype in (torch.bool, bool) or getattr(dtype, "kind", None) in ("b", "c") \
+            or isinstance(v, torch.Tensor) and v.is_complex():  # ("0.5" and True were taken; True as 1.0)
         raise TypeError(f"{name} must be a float, got {type(v).__name__}")
     try:
         v = float(v)
     except OverflowError:  # an int past float64's range
         raise ValueError(f"{name} must be in {'[0' if zero_ok else '(0'}, 1], got a number past float64's range") \
             from None
+    except (TypeError, ValueError):  # (float()'s own words name no argument)
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}") from None
     if not ((0.0 <= v if zero_ok else 0.0 < v) and v <= 1.0) or math.isnan(v):
         raise ValueError(f"{name} must be in {'[0' if zero_ok else '(0'}, 1], got {v}")
     return v

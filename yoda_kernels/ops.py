@@ -26,8 +26,9 @@ import torch
 
 from . import coefs as _coefs
 from . import naive
-from .checks import (check_attention, check_call, check_clip, check_counter, check_history, check_nan,
-                     check_q_sample_states, check_state, refuse_tau_grad, tile_stats_args, values_checkable)
+from .checks import (check_attention, check_call, check_clip, check_counter, check_dense, check_history,
+                     check_nan, check_q_sample_states, check_state, refuse_tau_grad, tile_stats_args,
+                     values_checkable)
 from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile  # noqa: F401
 # (FLOAT_DTYPES: re-exported, ops.FLOAT_DTYPES is the contract's; the checks themselves are checks.py's)
 
@@ -496,6 +497,7 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
                             f"{type(tmax).__name__} and {type(tmin).__name__}")
         if tuple(tmax.shape) != expect or tuple(tmin.shape) != expect:
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile}))")
+        check_dense(tmax, "stats"), check_dense(tmin, "stats")  # (aten::bitwise_or's SparseCPU error)
         if tmax.dtype != torch.float32 or tmin.dtype != torch.float32 or tmax.device != x.device or tmin.device != x.device:
             raise ValueError(f"stats must be float32 tensors on {x.device} (tile_stats(A, {tile}))")
         if given:
@@ -544,9 +546,14 @@ def masked_q_sample(
             refuse_tau_grad(v)
         if isinstance(v, torch.Tensor) and v.is_complex():  # (as_tensor dropped the imaginary part)
             raise TypeError(f"{name} must be a float or a ({B},) tensor of floats, got {v.dtype}")
+        if isinstance(v, numbers.Integral):
+            try:
+                float(v)
+            except OverflowError:  # past float64's range: its infinity, as masked_step takes such a tau (it was a
+                v = math.inf if v > 0 else -math.inf  # bare OverflowError)
         try:
             v = torch.as_tensor(v, dtype=torch.float64, device=x0.device)
-        except OverflowError:  # an int past float64's range
+        except OverflowError:  # (a list holding such an int)
             raise ValueError(f"{name} must be a float or a ({B},) tensor, got a number past float64's range") \
                 from None
         except (TypeError, ValueError, RuntimeError):  # (it said "new(): invalid data type 'str'")

@@ -54,7 +54,7 @@ def check_lr_range(name: str, lo: float, hi: float) -> None:
     """ValueError naming ``name`` where an LR tensor's values [lo, hi] stray beyond [-1, 1] by more than LR_MARGIN."""
     if not (-1.0 - LR_MARGIN <= lo and hi <= 1.0 + LR_MARGIN):
         raise ValueError(f"{name} values must lie in [-1, 1] (x / 127.5 - 1 for 8-bit images, 2 * x - 1 for [0, 1] "
-                         f"ones; lr.clamp(-1, 1) for a resize's overshoot), got range [{lo:.4g}, {hi:.4g}]")
+                         f"ones; {name}.clamp(-1, 1) for a resize's overshoot), got range [{lo:.4g}, {hi:.4g}]")
 
 
 def warn_if_zero_one(lo: float, hi: float, stacklevel: int) -> None:

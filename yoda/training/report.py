@@ -191,7 +191,7 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                minutes: Optional[float] = None, progress: bool = True, command: str = "",
                weights_name: str = "model.safetensors", data_dir: Optional[str] = None,
                warmup: Optional[int] = None, decay_from: Optional[int] = None, val_every: Optional[int] = None,
-               init: Optional[str] = None, on_row: Optional[Callable[[dict, int], None]] = None) -> dict:
+               init: Optional[str] = None, on_row: Optional[Callable[[dict, int, bool], None]] = None) -> dict:
     """Train from a JSON config into ``out`` (None: runs/<config name>); writes the weights, config.json, log.csv
     and TRAINING.md.
 

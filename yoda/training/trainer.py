@@ -103,12 +103,13 @@ class Trainer:
 
     Randomness (crops, flips, steps, noise) comes from one CPU torch.Generator saved in the checkpoint, so a
     resumed run on the CPU equals an uninterrupted one. ``ranks``: this process's rank in a data-parallel run
-    (the process group must exist; yoda.training.distributed), None for a single process. ``on_row(row, total)``:
-    called on rank 0 with each row the run logs (log.csv's columns) and its total steps."""
+    (the process group must exist; yoda.training.distributed), None for a single process. ``on_row(row, total,
+    final)``: called on rank 0 with each row the run logs (log.csv's columns), its total steps, and whether it is the
+    run's last row (its end, or a stop's)."""
 
     def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
                  resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None,
-                 on_row: Optional[Callable[[dict, int], None]] = None):
+                 on_row: Optional[Callable[[dict, int, bool], None]] = None):
         check_weights_name(weights_name)
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be a TrainConfig (TrainConfig.from_dict(d) of a dict), got {type(cfg).__name__}")
@@ -463,6 +464,8 @@ class Trainer:
         if last_row and self.val_hr is not None and self.step % cfg.val_every == 0 and last_row["val_psnr_plain"] == "":
             last_row.update(self.validate() if self.ranks.main else {})  # a signal's stop skipped it (below)
             self.write_log()  # (also when no step is left to write it)
+            if self.on_row is not None and self.ranks.main:
+                self.on_row(last_row, total, self.step >= total)
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
         post: dict = {}  # the bar's loss, and with max_seconds the time left (its ETA counts to total, not that)
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
@@ -504,7 +507,7 @@ class Trainer:
                             post["val"] = f"{row['val_psnr_plain']:.2f} dB"
                         bar.set_postfix(post)
                         if self.on_row is not None and self.ranks.main:
-                            self.on_row(row, total)
+                            self.on_row(row, total, last or stop is not None)
                         if not regular:  # a stop's row: a resume replaces it (load_checkpoint)
                             self._pending = (acc, n, row["time"])
                         acc, n = 0.0, 0
