@@ -146,6 +146,12 @@ def test_alpha_is_composited_on_white_like_yoda_data(tmp_path):
     assert torch.equal(load_image(tmp_path / "a.png"), from_uint8(want))
     assert np.array_equal(data.read_image(str(tmp_path / "a.png")), want)
     assert data.read_image is images.read_image and data.DataError is images.DataError
+    # composites that fall between levels are rounded, not cut (the values above all land on whole numbers):
+    # 200 * 1/255 + 255 * 254/255 = 254.78 -> 255, 0 -> 254.0; alpha 128: 227.39 -> 227, 127.0
+    part = np.zeros((1, 2, 4), dtype=np.uint8)
+    part[..., 0], part[..., 3] = 200, [1, 128]
+    Image.fromarray(part, mode="RGBA").save(tmp_path / "p.png")
+    assert data.read_image(str(tmp_path / "p.png")).tolist() == [[[255, 254, 254], [227, 127, 127]]]
     # a file whose every pixel is transparent is a blank white image: said (a training set took it without a word)
     rgba[..., 3] = 0
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "clear.png")

@@ -65,6 +65,10 @@ def test_closed_forms():
     for idx in (0, 10, 50, 90):
         assert c.alpha_bar(idx) == pytest.approx(f(idx + 1) / f(0), rel=1e-12)
     assert c.betas.max().item() <= 0.999
+    # max_beta caps the betas that pass it, and only those (a fixed cap of 0.999 passed every test)
+    raw = [1 - f(i + 1) / f(i) for i in range(T)]
+    capped = Schedule.cosine(T, s=sc, max_beta=0.1).betas.tolist()
+    assert capped == pytest.approx([min(b, 0.1) for b in raw], rel=1e-12) and sum(b > 0.1 for b in raw) >= 5
     sl = Schedule.scaled_linear(3, 0.01, 0.04)
     np.testing.assert_allclose(sl.betas.numpy(), [0.01, 0.0225, 0.04], rtol=1e-14)
 
