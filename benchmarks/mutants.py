@@ -6,7 +6,7 @@ check that the tests named for each one catch it.
     .venv/bin/python benchmarks/mutants.py window-axes noise-h4 # some of them
     .venv/bin/python benchmarks/mutants.py --no-baseline        # skip the unmutated runs of each selection
 
-Not part of the default test run (it runs pytest once a mutant, ~530 times, after each selection once
+Not part of the default test run (it runs pytest once a mutant, ~570 times, after each selection once
 unmutated). Each mutant is (name, file, old, new, pytest arguments, why): ``old`` must occur exactly once in the
 file, so a refactoring that moves the code makes the script fail loudly instead of testing nothing -- then update
 the snippet. The copy holds the files git knows

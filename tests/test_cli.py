@@ -283,7 +283,8 @@ def test_upscale_never_overwrites_an_input_and_names_colliding_inputs(tmp_path, 
     for args, which in ((["upscale", rgb, "-o", "-", "--model", tiny_model], "-o/--output"),
                         (["eval", "-o", "-"], "-o/--output"), (["upscale", "-", "-o", "x.png"], "IN")):
         code, _, err = run(args, capsys)
-        assert code == 2 and f"argument {which}: '-': yoda reads and writes files, not stdin or stdout" in err, err
+        assert code == 2 and f"argument {which}: '-': yoda reads and writes files and folders, not stdin or " \
+            "stdout; give a path" in err, err
     assert not os.path.exists(tmp_path / "-")
     code, _, err = run(["eval", "-o", str(tmp_path / "table.png")], capsys)
     assert code == 2 and "table.png: eval writes a table (Markdown, any other name) or a CSV (.csv), not an image" \

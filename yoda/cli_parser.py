@@ -240,8 +240,8 @@ def _path(v: str) -> str:
     if not v.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
     if v == "-":  # (-o - made a folder named "-" and printed its lines where a pipe wanted an image)
-        raise argparse.ArgumentTypeError("'-': yoda reads and writes files, not stdin or stdout; give a file name "
-                                         "(./- for a file named -)")
+        raise argparse.ArgumentTypeError("'-': yoda reads and writes files and folders, not stdin or stdout; give "
+                                         "a path")
     return os.path.expanduser(v)  # --model=~/m.safetensors: the shell leaves a ~ after "=" as it is
 
 
