@@ -91,7 +91,7 @@ def extensions():
     kwargs = dict(
         name="yoda_kernels._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_link_args=openmp + LINK_FLAGS,
+        extra_link_args=openmp + (LINK_FLAGS if sys.platform.startswith("linux") else []),  # (GCC's crtfastmath)
     )
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))

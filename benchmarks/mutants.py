@@ -2324,7 +2324,7 @@ MUTANTS = [
            ("tests/test_masked_step.py", "-k", "coefs-dict"),
            "a dict of coefs runs the step with its keys 0..9 as the coefficients"),
     Mutant("ab-string-taken", "yoda_kernels/coefs.py",
-           "    if isinstance(v, (bool, str, bytes)) or dtype in (torch.bool, bool)",
+           "    if isinstance(v, (bool, str, bytes, bytearray, memoryview)) or dtype in (torch.bool, bool)",
            "    if False and dtype in (torch.bool, bool)",
            ("tests/test_masked_step.py", "-k", "ab-str or ab-bool"),
            "ab_t='0.3' and ab_prev=True (the last step: no noise) are taken"),
@@ -2398,7 +2398,7 @@ MUTANTS = [
            ("tests/test_evaluate.py", "-k", "paired_mean_ci"),
            "eval's interval is one-sided: a 95% interval at t's 95th percentile, too narrow"),
     Mutant("latent-steps-hr-floor", "yoda/sampling/prepare.py",
-           "    if grid is None or tuple(grid) == hr:", "    if True:",
+           "    if grid is None or tuple(grid) == hr or not ours:", "    if True:",
            ("tests/test_models.py", "-k", "latent_map_it_masks"),
            "a latent model's own steps are raised from the HR map's least value: one step that refines every latent becomes two"),
     Mutant("stats-sparse-unchecked", "yoda_kernels/ops.py",
@@ -2454,6 +2454,10 @@ MUTANTS = [
            "        betas = (1.0 - f[1:] / f[:-1]).clamp(max=max_beta)", "        betas = (1.0 - f[1:] / f[:-1]).clamp(max=0.999)",
            ("tests/test_schedule.py",),
            "Schedule.cosine(max_beta=) is ignored: the cap is always 0.999"),
+    Mutant("state-floor-any-adapter", "yoda/sampling/prepare.py",
+           "    if grid is None or tuple(grid) == hr or not ours:", "    if grid is None or tuple(grid) == hr:",
+           ("tests/test_models.py", "-k", "latent_map_it_masks"),
+           "a user's attention_to_state is asked before its prepare ran (it may read what prepare keeps)"),
 ]
 
 

@@ -307,7 +307,8 @@ def test_alpha_bars_are_numbers_of_any_kind_but_bools_strings_and_complex():
     want = yk.step_coefficients(0.5, 0.625)
     for v in (np.float32(0.5), np.array(0.5), torch.tensor(0.5, dtype=torch.float64), decimal.Decimal("0.5")):
         assert yk.step_coefficients(v, 0.625) == want, type(v)
-    for v in (np.bool_(True), np.array(True), torch.tensor(0.5j), np.complex64(0.5), None, [0.5]):
+    for v in (np.bool_(True), np.array(True), torch.tensor(0.5j), np.complex64(0.5), None, [0.5], bytearray(b"0.5"),
+              memoryview(b"0.5")):
         with pytest.raises(TypeError, match="^ab_t must be a float, got "):
             yk.step_coefficients(v, 0.625)
 

@@ -574,6 +574,24 @@ def test_a_latent_models_own_steps_cover_the_latent_map_it_masks_with():
         yoda.sample(ad, lr, attention=A, seed=0, progress=False, callback=lambda d: seen.append(d["active_fraction"]))
     assert [s.tolist() for s in seen] == [[0.75], [1.0]]
 
+    class Mine(LatentAdapter):  # an attention_to_state of one's own may need what prepare keeps: not asked before it
+        def prepare(self, lr):
+            self.kept = True
+            return super().prepare(lr)
+
+        def attention_to_state(self, A, shape):
+            assert self.kept, "asked before prepare"
+            return super().attention_to_state(A, shape)
+
+    mine = Mine(tl.enc, lambda z: torch.tanh(tl.dec(z)), tl.denoise, Schedule.linear(10, 1e-3, 0.2), scale=2,
+                sampling={"sampler": "ddim", "steps": 1})
+    mine.kept = False
+    A[..., ::2, ::2] = 1.0
+    seen.clear()
+    with torch.no_grad():  # the HR map's floor for it (the conservative count: two steps)
+        yoda.sample(mine, lr, attention=A, seed=0, progress=False, callback=lambda d: seen.append(d["active_fraction"]))
+    assert [s.tolist() for s in seen] == [[1.0], [1.0]]
+
 
 def test_pixel_and_residual_adapters_state_grid_is_the_hr_grid():
     """SR3, SRDiff and a callable's state is up(lr)'s grid (state_grid, which yoda.sample checks windows= on before

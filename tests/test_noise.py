@@ -455,10 +455,16 @@ def test_a_fast_math_cflags_links_no_flush_to_zero(tmp_path):
     import subprocess
 
     (tmp_path / "s.c").write_text("int f(int x) { return x + 1; }\n")
-    lib = tmp_path / "s.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-ffast-math", str(tmp_path / "s.c"), *_setup_cxx_flags("LINK_FLAGS"),
-                    "-o", str(lib)], check=True, capture_output=True, timeout=120)
-    assert "set_fast_math" not in subprocess.run(["nm", str(lib)], capture_output=True, text=True).stdout
+
+    def fast_math_linked(*flags) -> bool:
+        lib = tmp_path / "s.so"
+        subprocess.run(["gcc", "-shared", "-fPIC", "-ffast-math", str(tmp_path / "s.c"), *flags, "-o", str(lib)],
+                       check=True, capture_output=True, timeout=120)
+        return "set_fast_math" in subprocess.run(["nm", str(lib)], capture_output=True, text=True).stdout
+
+    if not fast_math_linked():  # (GCC >= 13 no longer links it into a shared library: nothing to undo)
+        pytest.skip("this gcc links no crtfastmath.o into a -ffast-math shared library")
+    assert not fast_math_linked(*_setup_cxx_flags("LINK_FLAGS"))
 
 
 @pytest.mark.skipif(not __import__("shutil").which("g++"), reason="no g++ to build the header alone")

@@ -346,11 +346,13 @@ _READ_BEFORE: set = set()
 def state_floor(adapter: Adapter, A_hr: torch.Tensor) -> float:
     """The least attention the masks will compare (DESIGN.md §4), for choosing the steps before preparing: of the
     HR map ``A_hr`` brought to the state grid (a latent adapter's pooled cells, whose least value is higher) over the
-    image's part of it, where the adapter tells the grid before preparing; else of the HR map. A latent model whose
-    one step already refined every latent was given two."""
+    image's part of it, where the adapter tells the grid before preparing and its attention_to_state is yoda's own
+    (which needs the shape alone; one of a user's may read what its prepare keeps); else of the HR map, never
+    higher. A latent model whose one step already refined every latent was given two."""
     hr = tuple(A_hr.shape[-2:])
     grid = adapter.state_grid(hr)
-    if grid is None or tuple(grid) == hr:
+    ours = getattr(type(adapter).attention_to_state, "__module__", "").startswith("yoda.")
+    if grid is None or tuple(grid) == hr or not ours:
         return float(A_hr.min())
     A = adapter.attention_to_state(A_hr, torch.Size((*A_hr.shape[:2], *grid)))
     extent = adapter.state_extent(hr) or tuple(grid)
