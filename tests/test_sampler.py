@@ -1838,3 +1838,33 @@ def test_host_reads_do_not_grow_with_steps_or_windows(monkeypatch):
     assert count(11, (8, 2)) == base  # 35 windows
     assert count(21, (16, 4)) == base + 1  # one check more (after step 20)
     assert base <= 12, reads
+
+
+def test_the_callers_default_dtype_and_device_change_nothing():
+    """A program's torch.set_default_dtype(bfloat16) made yoda.load cast the embedded model's float32 weights (an
+    image 0.9 of a level off) and torch.set_default_device put yoda's own tables there ('meta' here, standing in for
+    'cuda': edge maps, a drawn seed and yoda.load failed). The same image as in a clean process, and the caller's
+    defaults left as they were."""
+    import yoda
+
+    lr = lr_image(h=8, w=8)
+    net = yoda.load()
+    want = yoda.sample(net, lr, attention="edge", seed=0, progress=False)
+    edge = yoda.attention.edge()(lr)  # an extractor called by itself, as README's training recipe does
+    torch.manual_seed(3)
+    drawn = yoda.sample(net, lr, progress=False)
+    for dtype, device in ((torch.bfloat16, "cpu"), (torch.float64, "cpu"), (torch.float32, "meta")):
+        torch.set_default_dtype(dtype)
+        torch.set_default_device(device)
+        try:
+            loaded = yoda.load()
+            assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+            assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+            assert torch.equal(yoda.sample(loaded, lr, attention="edge", seed=0, progress=False), want)
+            assert torch.equal(yoda.attention.edge()(lr), edge)
+            torch.manual_seed(3)
+            assert torch.equal(yoda.sample(net, lr, progress=False), drawn)
+            assert torch.get_default_dtype() == dtype and torch.get_default_device().type == device
+        finally:
+            torch.set_default_dtype(torch.float32)
+            torch.set_default_device(None)

@@ -2504,3 +2504,31 @@ def test_on_row_says_which_row_is_the_runs_last(tmp_path, img_folder):
     Trainer(cfg, str(tmp_path / "b"), device="cpu", progress=False,
             on_row=lambda row, total, final: seen.append((row["step"], total, final))).run()
     assert seen == [(2, 4, False), (4, 4, True)]
+
+
+@pytest.mark.parametrize("state", ["float64-default", "meta-default-device", "no-grad", "inference-mode"])
+def test_training_is_the_same_under_the_callers_torch_state(tmp_path, img_folder, state):
+    """A notebook's torch.set_default_dtype(torch.float64) built a float64 model, whose first float32 batch failed
+    in a Linear; torch.no_grad() / inference_mode around train_step gave torch's "element 0 of tensors does not
+    require grad". The run trains as in a clean process: the same weights, and the caller's state left as it was."""
+    import contextlib
+
+    cfg = tiny_config(img_folder, steps=2, val_every=0)
+    ref = Trainer(cfg, str(tmp_path / "ref"), device="cpu", progress=False)
+    ref.run()
+    ctx = {"no-grad": torch.no_grad, "inference-mode": torch.inference_mode}.get(state, contextlib.nullcontext)
+    if state == "float64-default":
+        torch.set_default_dtype(torch.float64)
+    if state == "meta-default-device":  # (standing in for a notebook's 'cuda')
+        torch.set_default_device("meta")
+    try:
+        with ctx():
+            tr = Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
+            tr.run()
+            assert torch.get_default_dtype() == (torch.float64 if state == "float64-default" else torch.float32)
+            assert torch.is_grad_enabled() == (state in ("float64-default", "meta-default-device"))
+    finally:
+        torch.set_default_dtype(torch.float32)
+        torch.set_default_device(None)
+    for (k, a), b in zip(ref.ema.state_dict().items(), tr.ema.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), k

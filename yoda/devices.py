@@ -1,6 +1,8 @@
-"""The one place a device name from the user ("auto", "cpu", "cuda") becomes a torch.device."""
+"""The one place a device name from the user ("auto", "cpu", "cuda") becomes a torch.device; torch_defaults."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -31,3 +33,22 @@ def rank_device(device: torch.device, world: int, local_rank: int) -> torch.devi
     if device.type == "cuda" and world > 1:
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
+
+
+@contextlib.contextmanager
+def torch_defaults():
+    """torch's own defaults, float32 tensors on the CPU, while yoda builds or loads a model, whatever the caller set:
+    under torch.set_default_dtype(torch.float64) a Trainer built a float64 model (its first float32 batch failed in
+    a Linear) and yoda.load cast a file's float32 weights (bf16: an image 0.9 of a level off); under
+    torch.set_default_device a loaded model's tables went there. Changed only where they differ (no torch-function
+    mode, and no process-wide change another thread could see, in the common case)."""
+    dtype = torch.get_default_dtype()
+    device = torch.get_default_device()
+    if dtype != torch.float32:
+        torch.set_default_dtype(torch.float32)
+    try:
+        with torch.device("cpu") if device.type != "cpu" else contextlib.nullcontext():
+            yield
+    finally:
+        if dtype != torch.float32:
+            torch.set_default_dtype(dtype)

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional, Union
 from torch import nn
 
 from ..checkpoint import CheckpointError, check_path
+from ..devices import torch_defaults
 from .sr3_load import load_sr3
 from .srdiff_load import load_srdiff
 from .yoda_format import load_yoda
@@ -79,6 +80,11 @@ def load(kind: str = "yoda", path: PathLike = "default", config: Any = None, *, 
         raise CheckpointError(f"checkpoint path {os.fspath(path)} is a folder, not a file" + (
             f": its model is {found[0]}" if len(found) == 1 else ""))
     p = check_path(path)
+    with torch_defaults():  # the file's float32 weights, on the CPU, whatever default the caller set
+        return _load(kind, p, config, scale)
+
+
+def _load(kind: str, p: str, config: Any, scale: Optional[int]) -> nn.Module:
     if kind == "sr3":
         return load_sr3(p, config, scale)
     if kind == "srdiff":

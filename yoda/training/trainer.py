@@ -33,7 +33,7 @@ from .. import data as _data
 from ..adapters import hr_grid
 from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256, unportable
 from ..checkpoint import first_line, load_failure, load_state_dict_checked, not_torch, zip_refusal
-from ..devices import rank_device, resolve_device
+from ..devices import rank_device, resolve_device, torch_defaults
 from ..errors import NonFiniteError, lr_from_images
 from ..evaluate import psnr_u8
 from ..heldout import check_train_images
@@ -107,6 +107,8 @@ class Trainer:
     final)``: called on rank 0 with each row the run logs (log.csv's columns), its total steps, and whether it is the
     run's last row (its end, or a stop's)."""
 
+    @torch.inference_mode(False)  # (built in a caller's inference_mode, its parameters could not train)
+    @torch_defaults()  # (a caller's float64 default built a float64 model: its first float32 batch failed)
     def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
                  resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None,
                  on_row: Optional[Callable[[dict, int, bool], None]] = None):
@@ -357,10 +359,13 @@ class Trainer:
         """The learning rate at ``step`` (TrainConfig.learning_rate)."""
         return self.cfg.learning_rate(step)
 
+    @torch_defaults()  # (a caller's default device took its tables; its float64 default, its new tensors)
     def train_step(self) -> float:
         """One optimizer step on the global batch; returns its loss (the mean over the ranks' shares). Its dropout
-        draws from the trainer's generators, in run() or in a loop of one's own."""
-        with self.rng.use():
+        draws from the trainer's generators, in run() or in a loop of one's own. Gradients on whatever the caller
+        set (a notebook left in torch.no_grad() / inference_mode got torch's "element 0 of tensors does not require
+        grad")."""
+        with self.rng.use(), torch.inference_mode(False), torch.enable_grad():
             return self._train_step()
 
     def _train_step(self) -> float:
