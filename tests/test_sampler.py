@@ -1851,6 +1851,7 @@ def test_the_callers_default_dtype_and_device_change_nothing():
     net = yoda.load()
     want = yoda.sample(net, lr, attention="edge", seed=0, progress=False)
     edge = yoda.attention.edge()(lr)  # an extractor called by itself, as README's training recipe does
+    ups = {m: yoda.upsampling.upsample(lr, 4, m) for m in ("sr3", "srdiff")}  # upstream models' up(lr)
     torch.manual_seed(3)
     drawn = yoda.sample(net, lr, progress=False)
     for dtype, device in ((torch.bfloat16, "cpu"), (torch.float64, "cpu"), (torch.float32, "meta")):
@@ -1862,9 +1863,28 @@ def test_the_callers_default_dtype_and_device_change_nothing():
             assert {p.device.type for p in loaded.parameters()} == {"cpu"}
             assert torch.equal(yoda.sample(loaded, lr, attention="edge", seed=0, progress=False), want)
             assert torch.equal(yoda.attention.edge()(lr), edge)
+            assert all(torch.equal(yoda.upsampling.upsample(lr, 4, m), u) for m, u in ups.items())
             torch.manual_seed(3)
             assert torch.equal(yoda.sample(net, lr, progress=False), drawn)
             assert torch.get_default_dtype() == dtype and torch.get_default_device().type == device
         finally:
             torch.set_default_dtype(torch.float32)
             torch.set_default_device(None)
+    # a model of one's own runs under the caller's defaults (yoda's hold for yoda's own tables only): one that makes
+    # a tensor with no dtype / device in its forward got float32 on the CPU, next to float64 (or CUDA) weights
+    seen = []
+
+    def fn(x, t, c):
+        seen.append((torch.get_default_dtype(), torch.empty(0).device.type))
+        return x * 0.5
+
+    model, small = as_adapter(fn, prediction="eps", schedule=SCHED, scale=SCALE), lr_image(h=4, w=4)
+    torch.set_default_dtype(torch.float64)
+    torch.set_default_device("meta")
+    try:
+        yoda.sample(model, small, seed=0, steps=2, progress=False, callback=lambda d: seen.append(
+            (torch.get_default_dtype(), torch.empty(0).device.type)))
+    finally:
+        torch.set_default_dtype(torch.float32)
+        torch.set_default_device(None)
+    assert seen and set(seen) == {(torch.float64, "meta")}

@@ -1106,6 +1106,8 @@ def test_validation_images_that_are_training_images_are_warned_of(tmp_path, img_
     with pytest.warns(UserWarning) as seen:
         Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
     said = [str(w.message) for w in seen if "look like copies" in str(w.message)]
+    # at the caller's line (a decorator around Trainer.__init__ made it contextlib's)
+    assert [w.filename for w in seen if "look like copies" in str(w.message)] == [__file__]
     assert said == [
         f"validation images (data.val_source) look like copies of training images (data.source): "
         f"{val / 'grey.jpg'} like {os.path.join(img_folder, train[1])}, {val / 'same.png'} like "

@@ -35,19 +35,26 @@ def rank_device(device: torch.device, world: int, local_rank: int) -> torch.devi
     return device
 
 
+def cpu_default_device():
+    """torch's default device (the CPU) for yoda's own tables, in this thread, where the caller set another with
+    torch.set_default_device: a 'cuda' default put an edge map's blur kernel, a drawn seed or a loaded model's
+    buffers there, or failed. A no-op otherwise (no torch-function mode in the common case)."""
+    return torch.device("cpu") if torch.get_default_device().type != "cpu" else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def torch_defaults():
     """torch's own defaults, float32 tensors on the CPU, while yoda builds or loads a model, whatever the caller set:
     under torch.set_default_dtype(torch.float64) a Trainer built a float64 model (its first float32 batch failed in
-    a Linear) and yoda.load cast a file's float32 weights (bf16: an image 0.9 of a level off); under
-    torch.set_default_device a loaded model's tables went there. Changed only where they differ (no torch-function
-    mode, and no process-wide change another thread could see, in the common case)."""
+    a Linear) and yoda.load cast a file's float32 weights (bf16: an image 0.9 of a level off). The default dtype is
+    process-wide: where the caller's is not float32, other threads' new tensors are float32 meanwhile (a model's
+    construction or loading); where it is, nothing changes. Not around a user's own model or callback, which run
+    under the caller's defaults."""
     dtype = torch.get_default_dtype()
-    device = torch.get_default_device()
     if dtype != torch.float32:
         torch.set_default_dtype(torch.float32)
     try:
-        with torch.device("cpu") if device.type != "cpu" else contextlib.nullcontext():
+        with cpu_default_device():
             yield
     finally:
         if dtype != torch.float32:

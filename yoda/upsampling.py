@@ -23,6 +23,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from .devices import cpu_default_device
+
 __all__ = ["METHODS", "upsample"]
 
 METHODS = ("torch", "sr3", "srdiff", "matlab")
@@ -48,11 +50,12 @@ def upsample(lr: torch.Tensor, scale: int, method: str = "torch") -> torch.Tenso
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     u8 = torch.round((lr.double().clamp(-1.0, 1.0) + 1.0) * 127.5)
     h, w = lr.shape[-2:]
-    if method == "sr3":
-        x = _pil_pass(u8.transpose(-1, -2), w, scale).transpose(-1, -2)  # Pillow: horizontal first, 8-bit between
-        x = _pil_pass(x, h, scale)
-        return (x / 127.5 - 1.0).to(lr.dtype)
-    wy, wx = (_matlab_weights(n, scale).to(lr.device) for n in (h, w))
+    with cpu_default_device():  # the weights' tables on the CPU, whatever default device the caller set
+        if method == "sr3":
+            x = _pil_pass(u8.transpose(-1, -2), w, scale).transpose(-1, -2)  # Pillow: horizontal first, 8 bits between
+            x = _pil_pass(x, h, scale)
+            return (x / 127.5 - 1.0).to(lr.dtype)
+        wy, wx = (_matlab_weights(n, scale).to(lr.device) for n in (h, w))
     div = 256.0 if method == "srdiff" else 255.0
     x = torch.einsum("yh,...hw,xw->...yx", wy, u8 / div, wx)  # rows first, as imresize; float64: order is moot
     return (2.0 * x - 1.0).to(lr.dtype)

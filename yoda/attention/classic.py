@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..devices import torch_defaults
+from ..devices import cpu_default_device
 from ..errors import lr_from_images_now
 from ..masks import as_int, check_dense, extremes, positive_int
 
@@ -131,8 +131,8 @@ def float32_maps(call):
     @functools.wraps(call)
     def run(self, lr):
         dev = lr.device.type if isinstance(lr, torch.Tensor) else "cpu"
-        with torch.autocast(dev if dev in ("cpu", "cuda") else "cpu", enabled=False), torch_defaults():
-            return call(self, lr)  # (meta has no autocast; torch_defaults: a caller's default device took its tables)
+        with torch.autocast(dev if dev in ("cpu", "cuda") else "cpu", enabled=False), cpu_default_device():
+            return call(self, lr)  # (meta has no autocast)
     return run
 
 

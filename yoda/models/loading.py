@@ -80,33 +80,29 @@ def load(kind: str = "yoda", path: PathLike = "default", config: Any = None, *, 
         raise CheckpointError(f"checkpoint path {os.fspath(path)} is a folder, not a file" + (
             f": its model is {found[0]}" if len(found) == 1 else ""))
     p = check_path(path)
-    with torch_defaults():  # the file's float32 weights, on the CPU, whatever default the caller set
-        return _load(kind, p, config, scale)
-
-
-def _load(kind: str, p: str, config: Any, scale: Optional[int]) -> nn.Module:
-    if kind == "sr3":
-        return load_sr3(p, config, scale)
-    if kind == "srdiff":
-        return load_srdiff(p, config)
-    if kind == "yoda":
-        if config is not None:
-            raise ValueError("config must be None for kind 'yoda' (the file carries its own config)")
-        net = load_yoda(p)
-        net.card = embedded_card(net.card, p)
-        return net
-    try:
-        from ..attention import dino
-    except ImportError as e:
-        raise ImportError(f"kind {kind!r} needs yoda.attention.dino, which could not be imported: {e}") from e
-    fn = dino.dino_vits8 if kind == "dino-vits8" else dino.dino_resnet50
-    if config is None:
-        return fn(p)
-    if not isinstance(config, Mapping):
-        raise TypeError(f"config for kind {kind!r} must be None or a dict of the extractor's keyword arguments "
-                        f"(min_size, max_size, checkpoint_key{', groups' if kind == 'dino-resnet50' else ''}); "
-                        f"got {type(config).__name__}")
-    return fn(p, **dict(config))
+    if config is not None and kind == "yoda":
+        raise ValueError("config must be None for kind 'yoda' (the file carries its own config)")
+    with torch_defaults():  # the file's float32 weights, on the CPU, whatever default the caller set (no frame of
+        if kind == "sr3":  # its own: the loaders' warnings point at the caller's line)
+            return load_sr3(p, config, scale)
+        if kind == "srdiff":
+            return load_srdiff(p, config)
+        if kind == "yoda":
+            net = load_yoda(p)
+            net.card = embedded_card(net.card, p)
+            return net
+        try:
+            from ..attention import dino
+        except ImportError as e:
+            raise ImportError(f"kind {kind!r} needs yoda.attention.dino, which could not be imported: {e}") from e
+        fn = dino.dino_vits8 if kind == "dino-vits8" else dino.dino_resnet50
+        if config is None:
+            return fn(p)
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config for kind {kind!r} must be None or a dict of the extractor's keyword arguments "
+                            f"(min_size, max_size, checkpoint_key{', groups' if kind == 'dino-resnet50' else ''}); "
+                            f"got {type(config).__name__}")
+        return fn(p, **dict(config))
 
 
 def embedded_card(card, path: PathLike):

@@ -27,7 +27,6 @@ from tqdm.auto import trange
 
 from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
 from ..attention.classic import check_lr
-from ..devices import torch_defaults
 from ..errors import NonFiniteError, UnrefinedWarning
 from .prepare import pad_to_model, prepare, resolve_attention, state_floor
 from .spec import MOST_YODA_STEPS, all_finite, covering_steps, make_spec, model_spacing, refines_all, resolve_seed
@@ -165,105 +164,100 @@ def sample(
     step, its timestep index and the model; both are checked after step 0, every FINITE_EVERY steps and after
     the last step (two reductions every few steps), the decoded image once.
     """
-    # its own tables (schedules, a resize's kernels, a drawn seed) on the CPU in float32, whatever default device or
-    # dtype the caller set (a default device of 'cuda' put them there, or failed); not a decorator: its frame
-    # would stand between the warnings below and the caller's line they point at
-    with torch_defaults():
-        kernel_tile = _alias("kernel_tile", kernel_tile, "tile", tile, 16)
-        windows = _alias("windows", windows, "tiles", tiles, None)
-        adapter = apply_cfg_scale(as_adapter(model), cfg_scale)
-        warn_if_training(adapter)
-        if not isinstance(pad, bool):
-            raise TypeError(f"pad must be a bool, got {type(pad).__name__}")
-        defaults = adapter.sampling_defaults  # the model's (its ModelCard's), for what the call leaves out
-        if sampler is None:
-            sampler = defaults.get("sampler", "ddpm")
-            if spacing is not None and sampler not in ("ddpm", "ddim"):  # (the error named a sampler the call did not)
-                raise ValueError(f"spacing={spacing!r} is for sampler='ddpm' / 'ddim'; this model samples with "
-                                 f"{sampler!r} where the call names none (adapter.sampling_defaults): give sampler=")
-        spacing = model_spacing(adapter, sampler, spacing)  # the model's own (a diffusers scheduler's)
-        if lower_bound is None:  # the model's (a model trained with YODA's masked input: its masks' l), else 0.6
-            lower_bound = model_lower_bound(adapter)
-        own_steps = steps is None and (sigmas is None or isinstance(sigmas, str))  # a sequence of sigmas: its own count
-        if own_steps:
-            steps = defaults.get("steps")
-            if noise is not None and spacing != "ldm_uniform":  # explicit noise gives the count (one entry a step + 1)
-                n = len(noise) if isinstance(noise, (list, tuple)) else (
-                    noise.shape[0] if isinstance(noise, torch.Tensor) and noise.dim() else None)
-                if n is not None and n < 2:  # it was said as "steps must be in [1, T], got -1"
-                    raise ValueError(f"noise must have at least 2 entries (the start, then one a step), got {n}")
-                steps = steps if n is None else n - 1
-        lr_checked = check_lr(lr, float32=False, stacklevel=3)
-        crop = None
-        if pad:
-            lr_checked, attention, crop = pad_to_model(adapter, lr_checked, attention, lower_bound)
-        draw = seed is None and noise is None  # explicit noise fixes the image: nothing is drawn for it
-        seed = 0 if seed is None else resolve_seed(seed)  # None: drawn after prepare, once the arguments are known good
+    kernel_tile = _alias("kernel_tile", kernel_tile, "tile", tile, 16)
+    windows = _alias("windows", windows, "tiles", tiles, None)
+    adapter = apply_cfg_scale(as_adapter(model), cfg_scale)
+    warn_if_training(adapter)
+    if not isinstance(pad, bool):
+        raise TypeError(f"pad must be a bool, got {type(pad).__name__}")
+    defaults = adapter.sampling_defaults  # the model's (its ModelCard's), for what the call leaves out
+    if sampler is None:
+        sampler = defaults.get("sampler", "ddpm")
+        if spacing is not None and sampler not in ("ddpm", "ddim"):  # (the error named a sampler the call did not)
+            raise ValueError(f"spacing={spacing!r} is for sampler='ddpm' / 'ddim'; this model samples with "
+                             f"{sampler!r} where the call names none (adapter.sampling_defaults): give sampler=")
+    spacing = model_spacing(adapter, sampler, spacing)  # the model's own (a diffusers scheduler's)
+    if lower_bound is None:  # the model's (a model trained with YODA's masked input: its masks' l), else 0.6
+        lower_bound = model_lower_bound(adapter)
+    own_steps = steps is None and (sigmas is None or isinstance(sigmas, str))  # a sequence of sigmas: its own count
+    if own_steps:
+        steps = defaults.get("steps")
+        if noise is not None and spacing != "ldm_uniform":  # explicit noise gives the count (one entry a step + 1)
+            n = len(noise) if isinstance(noise, (list, tuple)) else (
+                noise.shape[0] if isinstance(noise, torch.Tensor) and noise.dim() else None)
+            if n is not None and n < 2:  # it was said as "steps must be in [1, T], got -1"
+                raise ValueError(f"noise must have at least 2 entries (the start, then one a step), got {n}")
+            steps = steps if n is None else n - 1
+    lr_checked = check_lr(lr, float32=False, stacklevel=3)
+    crop = None
+    if pad:
+        lr_checked, attention, crop = pad_to_model(adapter, lr_checked, attention, lower_bound)
+    draw = seed is None and noise is None  # explicit noise fixes the image: nothing is drawn for it
+    seed = 0 if seed is None else resolve_seed(seed)  # None: drawn after prepare, once the arguments are known good
 
-        def spec_of(n):
-            return make_spec(adapter, lr_checked, steps=n, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
-                             backend=backend, progress=progress, callback=callback, clip=clip, kernel_tile=kernel_tile,
-                             spacing=spacing, windows=windows, window_batch=window_batch, sigmas=sigmas,
-                             timesteps=timesteps)
+    def spec_of(n):
+        return make_spec(adapter, lr_checked, steps=n, sampler=sampler, eta=eta, lower_bound=lower_bound, seed=seed,
+                         backend=backend, progress=progress, callback=callback, clip=clip, kernel_tile=kernel_tile,
+                         spacing=spacing, windows=windows, window_batch=window_batch, sigmas=sigmas,
+                         timesteps=timesteps)
 
-        def last_tau(n):  # the last step's threshold at n steps (covering_steps)
-            return spec_of(n).taus[-1]
+    def last_tau(n):  # the last step's threshold at n steps (covering_steps)
+        return spec_of(n).taus[-1]
 
-        spec = spec_of(steps)
-        if own_steps and steps is not None and attention is not None and noise is None and spec.taus[-1] > 0:
-            # the model's steps may leave pixels at the LR image beside refined ones: the fewest that refine them all,
-            # down to the least attended pixel (a flat map, all ones, is refined everywhere at the model's own steps)
-            hr = tuple(n * adapter.scale for n in lr_checked.shape[-2:])
-            attention = resolve_attention(attention, lr_checked, hr)
-            enough = covering_steps(last_tau, steps, spec.T, state_floor(adapter, attention))
-            if enough is None:  # (it kept the model's steps without a word)
-                warnings.warn(f"attention: at the model's {steps} step(s) with lower_bound {lower_bound:g}, pixels "
-                              f"whose attention is below {spec.taus[-1]:.2f} keep the LR image, and no step count up "
-                              f"to {min(MOST_YODA_STEPS, spec.T)} refines every pixel: give steps= or a larger "
-                              f"lower_bound", UnrefinedWarning, stacklevel=2)
-            spec = spec if enough in (None, steps) else spec_of(enough)
-        said = own_steps and steps is not None and noise is None  # the model's steps: covered above, or said there
-        speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
-                            device=lr_checked.device)
-        with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
-            run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop,
-                          fixed_batch=speed.cuda_graphs)
-            if draw:  # from torch's generator, so that torch.manual_seed(...) reproduces the image; one draw a call,
-                # made once prepare's checks passed (a call refused there drew it, and changed the caller's next draws)
-                spec = run.spec = dataclasses.replace(spec, seed=resolve_seed(None))
-                run.ops.seed = spec.seed
-            if not said and run.A is not None and spec.taus[-1] > 0:
-                count = last_tau if noise is None and (sigmas is None or isinstance(sigmas, str)) else None
-                warn_unrefined(spec, spec.steps if steps is None else steps, float(run.A.min()), count)
-            x = run.start()
-            last_ok = -1  # the last step after which the state was checked finite
-            hist: tuple = ()  # a solver's earlier denoised estimates, newest first
-            # without a bar, no tqdm at all (even disabled it starts its monitor thread and registers an atexit hook)
-            for i in trange(spec.steps, desc="yoda.sample", leave=False) if spec.progress else range(spec.steps):
-                pred, calls = run.denoise(x, i)
-                if spec.solver is None:
-                    x_new, extra = run.step(x, pred, i), None
-                else:
-                    x_new, hist, extra = run.solve(x, pred, i, hist)
-                if spec.callback is not None:
-                    report = run.report(i, x, x_new, pred, calls, extra)
-                    with torch.inference_mode(False), torch.no_grad():  # an in-place op on its tensors is an error, as
-                        spec.callback(report)  # documented (in inference mode it changed the image)
-                x = x_new
-                if i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1:  # cheap: not every step
-                    if not all_finite(pred, x):  # one device sync for both; which one, only when one is not
-                        name = _model_name(model, adapter)
-                        _check_finite(pred, "the model output", i, last_ok, spec.pairs, name)
-                        _check_finite(x, "the state", i, last_ok, spec.pairs, name)
-                    last_ok = i
-                pred = extra = x_new = None  # only x (and a solver's history) is held through the next model call
-            sr = run.decode(x)
-            if not all_finite(sr):
-                raise NonFiniteError(f"yoda.sample: {type(adapter).__name__}.decode returned NaN or Inf from a "
-                                     f"finite final state (model {_model_name(model, adapter)})")
-        if crop is not None:
-            sr = sr[..., : crop[0], : crop[1]]
-        return sr.clamp(-1.0, 1.0).to(lr.dtype)
+    spec = spec_of(steps)
+    if own_steps and steps is not None and attention is not None and noise is None and spec.taus[-1] > 0:
+        # the model's steps may leave pixels at the LR image beside refined ones: the fewest that refine them all,
+        # down to the least attended pixel (a flat map, all ones, is refined everywhere at the model's own steps)
+        attention = resolve_attention(attention, lr_checked, tuple(n * adapter.scale for n in lr_checked.shape[-2:]))
+        enough = covering_steps(last_tau, steps, spec.T, state_floor(adapter, attention))
+        if enough is None:  # (it kept the model's steps without a word)
+            warnings.warn(f"attention: at the model's {steps} step(s) with lower_bound {lower_bound:g}, pixels whose "
+                          f"attention is below {spec.taus[-1]:.2f} keep the LR image, and no step count up to "
+                          f"{min(MOST_YODA_STEPS, spec.T)} refines every pixel: give steps= or a larger lower_bound",
+                          UnrefinedWarning, stacklevel=2)
+        spec = spec if enough in (None, steps) else spec_of(enough)
+    said = own_steps and steps is not None and noise is None  # the model's steps: covered above, or said there
+    speed = check_speed(compile=compile, autocast=autocast, channels_last=channels_last, cuda_graphs=cuda_graphs,
+                        device=lr_checked.device)
+    with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
+        run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop,
+                      fixed_batch=speed.cuda_graphs)
+        if draw:  # from torch's generator, so that torch.manual_seed(...) reproduces the image; one draw a call, made
+            # once prepare's checks passed (a call refused there drew it, and changed the caller's next draws)
+            spec = run.spec = dataclasses.replace(spec, seed=resolve_seed(None))
+            run.ops.seed = spec.seed
+        if not said and run.A is not None and spec.taus[-1] > 0:
+            count = last_tau if noise is None and (sigmas is None or isinstance(sigmas, str)) else None
+            warn_unrefined(spec, spec.steps if steps is None else steps, float(run.A.min()), count)
+        x = run.start()
+        last_ok = -1  # the last step after which the state was checked finite
+        hist: tuple = ()  # a solver's earlier denoised estimates, newest first
+        # without a bar, no tqdm at all (even disabled it starts its monitor thread and registers an atexit hook)
+        for i in trange(spec.steps, desc="yoda.sample", leave=False) if spec.progress else range(spec.steps):
+            pred, calls = run.denoise(x, i)
+            if spec.solver is None:
+                x_new, extra = run.step(x, pred, i), None
+            else:
+                x_new, hist, extra = run.solve(x, pred, i, hist)
+            if spec.callback is not None:
+                report = run.report(i, x, x_new, pred, calls, extra)
+                with torch.inference_mode(False), torch.no_grad():  # an in-place op on its tensors is an error, as
+                    spec.callback(report)  # documented (in inference mode it changed the image)
+            x = x_new
+            if i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1:  # cheap: not every step
+                if not all_finite(pred, x):  # one device sync for both; which one, only when one is not
+                    name = _model_name(model, adapter)
+                    _check_finite(pred, "the model output", i, last_ok, spec.pairs, name)
+                    _check_finite(x, "the state", i, last_ok, spec.pairs, name)
+                last_ok = i
+            pred = extra = x_new = None  # only x (and a solver's history) is held through the next model call
+        sr = run.decode(x)
+        if not all_finite(sr):
+            raise NonFiniteError(f"yoda.sample: {type(adapter).__name__}.decode returned NaN or Inf from a "
+                                 f"finite final state (model {_model_name(model, adapter)})")
+    if crop is not None:
+        sr = sr[..., : crop[0], : crop[1]]
+    return sr.clamp(-1.0, 1.0).to(lr.dtype)
 
 
 def _alias(name: str, value: Any, old: str, old_value: Any, default: Any) -> Any:

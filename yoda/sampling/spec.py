@@ -80,7 +80,7 @@ def covering_steps(last_tau: Callable[[int], float], steps: int, T: int, floor: 
 def refines_all(tau: float, floor: float) -> bool:
     """Whether a step of threshold ``tau`` refines every pixel of a map whose least attention is ``floor``
     (compared in float32, as the masks compare them)."""
-    return float(torch.tensor(tau, dtype=torch.float32)) <= floor
+    return float(torch.tensor(tau, dtype=torch.float32, device="cpu")) <= floor  # (not a caller's default device)
 
 
 @dataclass(frozen=True)
@@ -294,7 +294,7 @@ def check_takes_one(callback: Callable) -> None:
 def resolve_seed(seed: Any) -> int:
     if seed is None:
         # drawn from torch's default generator, so torch.manual_seed(...) reproduces the image
-        return int(torch.randint(0, 2**32, (1,), dtype=torch.int64).item())
+        return int(torch.randint(0, 2**32, (1,), dtype=torch.int64, device="cpu").item())
     seed = as_int(seed, "seed", "an int in [0, 2**32 - 1] or None")  # numpy integers and 0-d integer tensors too
     if not 0 <= seed <= K.philox.MAX_SEED:
         raise ValueError(f"seed must be an int in [0, 2**32 - 1] or None, got {seed!r}")

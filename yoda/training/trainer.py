@@ -33,7 +33,7 @@ from .. import data as _data
 from ..adapters import hr_grid
 from .._io import append_whole, atomic_write_bytes, atomic_write_text, file_sha256, unportable
 from ..checkpoint import first_line, load_failure, load_state_dict_checked, not_torch, zip_refusal
-from ..devices import rank_device, resolve_device, torch_defaults
+from ..devices import cpu_default_device, rank_device, resolve_device, torch_defaults
 from ..errors import NonFiniteError, lr_from_images
 from ..evaluate import psnr_u8
 from ..heldout import check_train_images
@@ -107,84 +107,88 @@ class Trainer:
     final)``: called on rank 0 with each row the run logs (log.csv's columns), its total steps, and whether it is the
     run's last row (its end, or a stop's)."""
 
-    @torch.inference_mode(False)  # (built in a caller's inference_mode, its parameters could not train)
-    @torch_defaults()  # (a caller's float64 default built a float64 model: its first float32 batch failed)
     def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
                  resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None,
                  on_row: Optional[Callable[[dict, int, bool], None]] = None):
-        check_weights_name(weights_name)
-        if not isinstance(cfg, TrainConfig):
-            raise TypeError(f"cfg must be a TrainConfig (TrainConfig.from_dict(d) of a dict), got {type(cfg).__name__}")
-        if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
-            raise TypeError(f"out must be the run's folder (a path), got {out!r}")
-        # absolute, as train_main makes them: a relative folder resumed from another working folder read others
-        cfg, out = absolute_folders(cfg), os.path.abspath(out)
-        self.ranks = ranks or Ranks()
-        local_batch(cfg.batch, self.ranks.world)  # the global batch must split evenly over the ranks
-        check_group(self.ranks)
-        self.cfg, self.out, self.weights_name = cfg, out, weights_name
-        self.on_row = on_row  # called with each row logged (and the run's total steps) on rank 0: yoda train's lines
-        self.progress = progress and self.ranks.main
-        self.device = rank_device(resolve_device(device), self.ranks.world, self.ranks.local_rank)
-        self.schedule = cfg.make_schedule()
-        self.ab = alphas_cumprod(self.schedule)
-        self.rng = TorchRNG(self.device)  # torch's generators as the trainer's own: dropout draws from them
-        with self.rng.seeded(cfg.seed):  # model init; the caller's generators are left as they were
-            self.model = build_model(cfg.model).to(self.device)
-            self.rng.keep()
-        if self.ranks.world > 1:  # dropout: each rank its own masks (a resumed checkpoint's, load_checkpoint)
-            self.rng.reseed(cfg.seed + 1 + self.ranks.rank)
-        self.model.card = model_card(cfg, self.schedule)  # yoda.sample(tr.ema, lr) samples what it was trained for
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                     weight_decay=cfg.weight_decay)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.step = 0
-        self.init_sha256: Optional[str] = None  # of the cfg.init file, hashed when it is read
-        self.sampling_from_init = False  # cfg.sampling is the init file's (the config named none): kept on resume
-        self.upsampling = "torch"  # up(lr): torch's bicubic, or an init file's (_set_upsampling)
-        validate = cfg.validates
-        self._check_sizes_and_sampling(validate)  # before the images are read
-        self.extractor = None
-        if cfg.loss.yoda or validate:
-            from .. import attention
+        # built outside a caller's inference_mode (its parameters could not train) and under torch's defaults (a
+        # float64 default built a float64 model, whose first float32 batch failed); not decorators: their frames
+        # would stand between the warnings below and the caller's line
+        with torch.inference_mode(False), torch_defaults():
+            check_weights_name(weights_name)
+            if not isinstance(cfg, TrainConfig):
+                raise TypeError(f"cfg must be a TrainConfig (TrainConfig.from_dict(d) of a dict), got "
+                                f"{type(cfg).__name__}")
+            if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+                raise TypeError(f"out must be the run's folder (a path), got {out!r}")
+            # absolute, as train_main makes them: a relative folder resumed from another working folder read others
+            cfg, out = absolute_folders(cfg), os.path.abspath(out)
+            self.ranks = ranks or Ranks()
+            local_batch(cfg.batch, self.ranks.world)  # the global batch must split evenly over the ranks
+            check_group(self.ranks)
+            self.cfg, self.out, self.weights_name = cfg, out, weights_name
+            self.on_row = on_row  # each row logged, on rank 0 (class docstring): yoda train's lines
+            self.progress = progress and self.ranks.main
+            self.device = rank_device(resolve_device(device), self.ranks.world, self.ranks.local_rank)
+            self.schedule = cfg.make_schedule()
+            self.ab = alphas_cumprod(self.schedule)
+            self.rng = TorchRNG(self.device)  # torch's generators as the trainer's own: dropout draws from them
+            with self.rng.seeded(cfg.seed):  # model init; the caller's generators are left as they were
+                self.model = build_model(cfg.model).to(self.device)
+                self.rng.keep()
+            if self.ranks.world > 1:  # dropout: each rank its own masks (a resumed checkpoint's, load_checkpoint)
+                self.rng.reseed(cfg.seed + 1 + self.ranks.rank)
+            self.model.card = model_card(cfg, self.schedule)  # yoda.sample(tr.ema, lr) samples what it was trained for
+            self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                         weight_decay=cfg.weight_decay)
+            self.gen = torch.Generator().manual_seed(cfg.seed)
+            self.step = 0
+            self.init_sha256: Optional[str] = None  # of the cfg.init file, hashed when it is read
+            self.sampling_from_init = False  # cfg.sampling is the init file's (the config named none): kept on resume
+            self.upsampling = "torch"  # up(lr): torch's bicubic, or an init file's (_set_upsampling)
+            validate = cfg.validates
+            self._check_sizes_and_sampling(validate)  # before the images are read
+            self.extractor = None
+            if cfg.loss.yoda or validate:
+                from .. import attention
 
-            try:
-                self.extractor = attention.get(cfg.attention)
-            except (OSError, ValueError) as e:  # the weights of dino-vits8:PATH: name the config's key
-                raise type(e)(f"attention {cfg.attention!r}: {e}") from e
-        self.rows: list[dict] = []
-        self._pending = None  # (loss sum, steps, time) of the steps after the last regular log row, at a stop
-        self._empty_step = False  # whether the last train_step had no active value (mask_loss): no loss to log
-        self._images_then = None  # the checkpoint's image_digests (None: not resumed, or written before them)
-        self._logged = 0  # how many of self.rows log.csv holds (0: write it whole next time)
-        self._log_held = False  # log.csv could not be written at the last try (write_log)
-        # what can refuse the run in seconds comes first (a checkpoint of another config, a bad init file or
-        # validation folder); the training images and their attention maps take minutes on a large set
-        self.ckpt_path = os.path.join(out, "checkpoint.pt")
-        if resume and os.path.exists(self.ckpt_path):
-            self.load_checkpoint(self.ckpt_path)
-        elif cfg.init:
-            self.load_init(cfg.init)
-        self.val_hr = None
-        if validate:
-            val = _data.load_source(cfg.data.val_source, cfg.data.val_crop, "the validation crop size data.val_crop",
-                                    "data.val_source (validation crops, as val_every > 0; val_every: 0 skips them)")
-            self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
-        train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop", "data.source")
-        apart = validate and os.path.realpath(cfg.data.val_source) != os.path.realpath(cfg.data.source)
-        check_train_images(train_images, val if apart else ())  # (one folder for both is the config's own choice)
-        self.images = _data.image_digests(train_images, cfg.data.source)
-        change = self._images_then is not None and _data.digest_change(self._images_then, self.images)
-        if change:  # a resume that cannot match the uninterrupted run
-            warnings.warn(f"the training images differ from those {self.ckpt_path} was trained on ({change}): the run "
-                          f"goes on with these", UserWarning, stacklevel=2)
-        maps = whole_image_maps(self.extractor, train_images, cfg.data.scale) if cfg.loss.yoda else None
-        self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips, maps)
-        os.makedirs(out, exist_ok=True)  # after the init is read: a bad one left the folders made
-        self.ddp = None
-        if self.ranks.world > 1:
-            self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
+                try:
+                    self.extractor = attention.get(cfg.attention)
+                except (OSError, ValueError) as e:  # the weights of dino-vits8:PATH: name the config's key
+                    raise type(e)(f"attention {cfg.attention!r}: {e}") from e
+            self.rows: list[dict] = []
+            self._pending = None  # (loss sum, steps, time) of the steps after the last regular log row, at a stop
+            self._empty_step = False  # whether the last train_step had no active value (mask_loss): no loss to log
+            self._images_then = None  # the checkpoint's image_digests (None: not resumed, or written before them)
+            self._logged = 0  # how many of self.rows log.csv holds (0: write it whole next time)
+            self._log_held = False  # log.csv could not be written at the last try (write_log)
+            # what can refuse the run in seconds comes first (a checkpoint of another config, a bad init file or
+            # validation folder); the training images and their attention maps take minutes on a large set
+            self.ckpt_path = os.path.join(out, "checkpoint.pt")
+            if resume and os.path.exists(self.ckpt_path):
+                self.load_checkpoint(self.ckpt_path)
+            elif cfg.init:
+                self.load_init(cfg.init)
+            self.val_hr = None
+            if validate:
+                val = _data.load_source(cfg.data.val_source, cfg.data.val_crop,
+                                        "the validation crop size data.val_crop", "data.val_source (validation crops, "
+                                        "as val_every > 0; val_every: 0 skips them)")
+                self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
+            train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop", "data.source")
+            apart = validate and os.path.realpath(cfg.data.val_source) != os.path.realpath(cfg.data.source)
+            check_train_images(train_images, val if apart else ())  # (one folder for both is the config's own choice)
+            self.images = _data.image_digests(train_images, cfg.data.source)
+            change = self._images_then is not None and _data.digest_change(self._images_then, self.images)
+            if change:  # a resume that cannot match the uninterrupted run
+                warnings.warn(f"the training images differ from those {self.ckpt_path} was trained on ({change}): the "
+                              f"run goes on with these", UserWarning, stacklevel=2)
+            maps = whole_image_maps(self.extractor, train_images, cfg.data.scale) if cfg.loss.yoda else None
+            self.train_images = _data.CropSampler(train_images, cfg.data.crop, cfg.data.flips, maps)
+            os.makedirs(out, exist_ok=True)  # after the init is read: a bad one left the folders made
+            self.ddp = None
+            if self.ranks.world > 1:
+                self.ddp = wrap_ddp(self.model, cfg.loss, self.device)
 
     def close(self) -> None:
         """Drop the DistributedDataParallel wrapper while its process group exists. Its reducer holds the group;
@@ -359,14 +363,13 @@ class Trainer:
         """The learning rate at ``step`` (TrainConfig.learning_rate)."""
         return self.cfg.learning_rate(step)
 
-    @torch_defaults()  # (a caller's default device took its tables; its float64 default, its new tensors)
     def train_step(self) -> float:
         """One optimizer step on the global batch; returns its loss (the mean over the ranks' shares). Its dropout
         draws from the trainer's generators, in run() or in a loop of one's own. Gradients on whatever the caller
         set (a notebook left in torch.no_grad() / inference_mode got torch's "element 0 of tensors does not require
         grad")."""
-        with self.rng.use(), torch.inference_mode(False), torch.enable_grad():
-            return self._train_step()
+        with self.rng.use(), torch.inference_mode(False), torch.enable_grad(), cpu_default_device():
+            return self._train_step()  # (a caller's default device took its new tensors)
 
     def _train_step(self) -> float:
         cfg, ranks = self.cfg, self.ranks
