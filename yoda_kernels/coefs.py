@@ -24,9 +24,9 @@ def _check_ab(name: str, v: float, zero_ok: bool = False) -> float:
     if traced():  # torch.compile's (a dynamic float does not trace the checks: checks.traced)
         return v
     dtype = getattr(v, "dtype", None)  # a tensor's or a numpy value's: a bool or complex one converts silently
-    if isinstance(v, (bool, str, bytes, bytearray, memoryview)) or dtype in (torch.bool, bool) or getattr(dtype, "kind", None) in ("b", "c") \
-            or isinstance(v, torch.Tensor) and v.is_complex():  # ("0.5" and True were taken; True as 1.0)
-        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+    if (isinstance(v, (bool, str, bytes, bytearray, memoryview)) or dtype in (torch.bool, bool)
+            or getattr(dtype, "kind", None) in ("b", "c") or isinstance(v, torch.Tensor) and v.is_complex()):
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}")  # ("0.5" and True were taken)
     try:
         v = float(v)
     except OverflowError:  # an int past float64's range
