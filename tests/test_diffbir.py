@@ -1203,3 +1203,18 @@ def test_enlarged_work_size_truncates_like_diffbirs_resize_short_edge_to():
     with torch.no_grad():
         cond = ad.prepare(_lr(B=1, h=49, w=49)).cond
     assert cond.work_size == (512, 512) and int(196 * (512 / 196)) == 511
+
+
+def test_a_window_reads_its_own_c_img():
+    """crop_cond of a window offset in both axes is the same slice of c_img, c_txt passed through (batch 1 and 9
+    of the windows agreed with a crop from column 0 as well)."""
+    diffusion = StandInDiffusion("v")
+    cldm = StandInControlLDM(diffusion)
+    ad = DiffBIRAdapter(cldm, diffusion, stage1=stage1, cfg_scale=3.0, pos_prompt=POS, neg_prompt=NEG,
+                        latent_multiple=4)
+    with torch.no_grad():
+        cond = ad.prepare(_lr(B=1, h=16, w=16)).cond
+    got = ad.crop_cond(cond, slice(2, 6), slice(3, 7))
+    for k in ("cond", "uncond"):
+        assert torch.equal(getattr(got, k)["c_img"], getattr(cond, k)["c_img"][..., 2:6, 3:7])
+        assert getattr(got, k)["c_txt"] is getattr(cond, k)["c_txt"]

@@ -828,3 +828,39 @@ def test_a_dino_name_read_again_says_how_to_read_it_once(vit_file, monkeypatch):
                                          rf"yoda.sample call; make the extractor once, ex = yoda.attention.get"):
         again = prepare.resolve_attention(name, lr, (16, 16))
     assert torch.equal(first, again)
+
+
+def _ref_resnet50_features(sd, x):
+    """ResNet-50's layer4 features written out with F.* in float64 (torchvision's v1.5 bottleneck: the stride on the
+    3x3 conv), from the state dict alone."""
+    sd = {k: v.double() for k, v in sd.items() if v.is_floating_point()}
+    x = x.double()
+
+    def bn(h, p):
+        return F.batch_norm(h, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"],
+                            False, 0.0, 1e-5)
+
+    h = F.max_pool2d(F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+    for i, (n, stride) in enumerate([(3, 1), (4, 2), (6, 2), (3, 2)]):
+        for j in range(n):
+            p, s = f"layer{i + 1}.{j}", (stride if j == 0 else 1)
+            y = F.relu(bn(F.conv2d(h, sd[p + ".conv1.weight"]), p + ".bn1"))
+            y = F.relu(bn(F.conv2d(y, sd[p + ".conv2.weight"], stride=s, padding=1), p + ".bn2"))
+            y = bn(F.conv2d(y, sd[p + ".conv3.weight"]), p + ".bn3")
+            idt = h if j else bn(F.conv2d(h, sd[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
+            h = F.relu(y + idt)
+    return h
+
+
+def test_resnet50_features_match_a_float64_reference():
+    """The backbone against a forward written out independently: without torchvision (this machine's test set) its
+    maths was checked only against itself (a bottleneck that added the shortcut after the ReLU, or dropped bn3,
+    passed every test here)."""
+    torch.manual_seed(0)
+    m = _randomise(ResNet50(init=False), 2).eval()
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = m.features(x).double()
+    ref = _ref_resnet50_features(m.state_dict(), x)
+    assert got.shape == ref.shape == (1, 2048, 2, 3)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))

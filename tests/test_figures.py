@@ -805,3 +805,26 @@ def test_a_long_title_is_set_smaller_to_fit(monkeypatch):
     calls.clear()
     title(canvas, d, "short", font(14))
     assert calls[0][1] == "short" and calls[0][2].size == 14
+
+
+def test_lpips_map_is_the_bilinear_sum_of_every_layer(tmp_path):
+    """Fig. 5's LPIPS per bin reads lpips_map: it was checked for shape, sign and zero only (four of five layers
+    dropped, or a nearest upsampling, passed). It is the sum of the five layer maps upsampled bilinearly
+    (align_corners=False), as the lpips package's spatial=True makes it, and its mean is about the distance."""
+    from safetensors.torch import save_file
+    from test_lpips import random_weights
+
+    from yoda.lpips import LPIPS
+
+    vgg, lin = random_weights()
+    save_file(vgg, str(tmp_path / "vgg.safetensors"))
+    save_file(lin, str(tmp_path / "lin.safetensors"))
+    metric = LPIPS(str(tmp_path / "vgg.safetensors"), str(tmp_path / "lin.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    sr, hr = (torch.rand(2, 3, 32, 24, generator=g) * 2 - 1 for _ in range(2))
+    spatial = fg.lpips_map(metric, sr, hr)
+    layers = fg.lpips_layer_maps(metric, sr, hr)
+    want = sum(torch.nn.functional.interpolate(m, size=(32, 24), mode="bilinear", align_corners=False)
+               for m in layers)[:, 0]
+    torch.testing.assert_close(spatial, want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(spatial.mean(dim=(1, 2)), metric(sr, hr), rtol=0.05, atol=0)

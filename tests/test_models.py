@@ -593,6 +593,17 @@ def test_a_latent_models_own_steps_cover_the_latent_map_it_masks_with():
     assert [s.tolist() for s in seen] == [[1.0], [1.0]]
 
 
+def test_a_latent_window_reads_its_own_latents():
+    """LatentAdapter.crop_cond of a window offset in both axes is the same slice of c (a crop from column 0 passed
+    every windows test: their stand-in networks differ tiled anyway)."""
+    tl = TinyLatent()
+    ad = tl.adapter()
+    with torch.no_grad():
+        cond = ad.prepare(torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1).cond
+    got = ad.crop_cond(cond, slice(2, 6), slice(3, 7))
+    assert torch.equal(got.c, cond.c[..., 2:6, 3:7]) and got.size == cond.size
+
+
 def test_pixel_and_residual_adapters_state_grid_is_the_hr_grid():
     """SR3, SRDiff and a callable's state is up(lr)'s grid (state_grid, which yoda.sample checks windows= on before
     prepare runs an SRDiff's RRDB); an adapter that does not say (the base class) gets None: checked after."""

@@ -181,3 +181,15 @@ def test_a_call_naming_nothing_samples_as_the_pipeline():
     got = yoda.sample(ad, lr, seed=0, progress=False)
     assert torch.equal(got, yoda.sample(ad, lr, sampler="ddim", spacing="sd_leading", steps=T - 1, seed=0,
                                         progress=False))
+
+
+def test_a_window_reads_its_own_noised_lr():
+    """crop_cond of a window offset in both axes is the same slice of the prepared condition (the windows test's
+    exact check used one window over the whole grid: a crop from column 0 passed), the rest passed through."""
+    unet, vae, sched, low = modules()
+    lr = torch.rand(1, 3, 9, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ad = SDUpscalerAdapter(unet, vae, sched, low, torch.randn(1, 3, 8), torch.randn(1, 3, 8), guidance_scale=3.0)
+    cond = ad.prepare(lr).cond
+    got = ad.crop_cond(cond, slice(2, 6), slice(3, 7))
+    assert torch.equal(got.image, cond.image[..., 2:6, 3:7])
+    assert got.level is cond.level and got.emb is cond.emb and got.neg is cond.neg
