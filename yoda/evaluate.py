@@ -32,10 +32,10 @@ from . import data as _data
 from . import sampling as _sampling
 from ._io import atomic_write_text
 from .adapters import as_adapter, check_flag, model_sampler, model_steps, upsample
-from .attention.classic import check_lr_range
+from .attention.classic import check_values
 from .errors import lr_from_images
 from .images import from_uint8, is_grey, output_u8, quantize_u8
-from .masks import check_lower_bound, extremes
+from .masks import check_lower_bound
 from .sampling.spec import ALL_SAMPLERS as SAMPLER_NAMES
 from .sampling.spec import resolve_seed
 
@@ -90,10 +90,7 @@ def psnr_u8(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     if sr.shape != hr.shape:
         raise ValueError(f"sr and hr must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}")
     for name, x in (("sr", sr), ("hr", hr)):  # (a [0, 255] float image was clamped to white: two scored inf)
-        lo, hi = extremes(x)  # as to_uint8 (the file's pixels) takes them; yoda.sample's images are finite
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"{name} contains NaN or Inf")
-        check_lr_range(name, lo, hi)
+        check_values(x, name)  # as to_uint8 (the file's pixels) takes them; yoda.sample's images are finite
     mse = (quantize_u8(sr).double() - quantize_u8(hr).double()).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(255.0**2 / mse)
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import numbers
 import os
 import re
@@ -150,8 +149,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     (a [0, 255] tensor was written all white) and an empty image are errors naming ``x``."""
     import torch
 
-    from .attention.classic import check_lr_range
-    from .masks import check_dense, extremes
+    from .attention.classic import check_values
+    from .masks import check_dense
 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -166,10 +165,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
         raise ValueError("x is on the meta device: it holds no values")
     if x.shape[-1] == 0 or x.shape[-2] == 0:
         raise ValueError(f"x is an empty image (shape {tuple(x.shape)})")
-    lo, hi = extremes(x)  # one reduction: a NaN or an Inf shows in them
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError("x contains NaN or Inf")
-    check_lr_range("x", lo, hi)
+    check_values(x, "x")
     return quantize_u8(x.cpu()).to(torch.uint8).movedim(-3, -1).contiguous().numpy()
 
 

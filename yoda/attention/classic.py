@@ -58,6 +58,17 @@ def check_lr_range(name: str, lo: float, hi: float) -> None:
                          f"ones; {name}.clamp(-1, 1) for a resize's overshoot), got range [{lo:.4g}, {hi:.4g}]")
 
 
+def check_values(x: torch.Tensor, name: str) -> Tuple[float, float]:
+    """(least, greatest) value of an image tensor meant to be in [-1, 1], read in one reduction in its own dtype
+    (float64 exactly): ValueError naming ``name`` for a NaN or an Inf, or for values beyond [-1, 1] by more than
+    LR_MARGIN (check_lr_range). The one value check of yoda.sample's lr, the extractors', to_uint8 and psnr_u8."""
+    lo, hi = extremes(x)  # a NaN or an Inf shows in them: one device sync
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    check_lr_range(name, lo, hi)
+    return lo, hi
+
+
 def warn_if_zero_one(lo: float, hi: float, stacklevel: int) -> None:
     """A UserWarning where an LR tensor whose values span [lo, hi] looks like a [0, 1] image (yoda.sample's lr, and
     an extractor's when called by itself: SIFT found 42% fewer keypoints on one)."""
@@ -113,10 +124,7 @@ def check_lr(lr: Any, name: str = "lr", float32: bool = True, stacklevel: int = 
     if lr.is_meta:  # shapes without values: the value checks below cannot run on it
         raise ValueError(f"{name} is on the meta device (a shape without values): create or load it on the CPU or a "
                          f"GPU")
-    lo, hi = extremes(lr)  # in lr's own dtype (float64 read exactly); a NaN or an Inf shows in them: one device sync
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{name} contains NaN or Inf")
-    check_lr_range(name, lo, hi)  # yoda.sample's margin: what it takes, its extractors take
+    lo, hi = check_values(lr, name)  # yoda.sample's margin: what it takes, its extractors take
     warn_if_zero_one(lo, hi, stacklevel=stacklevel)  # an extractor's: in its module, said once a process
     x = lr.detach().float() if float32 else lr
     # contiguous: a channels-last lr (a permuted array's view) ran the network's convolutions in that layout, which
