@@ -81,13 +81,19 @@ def test_channels_last_reaches_the_network_and_keeps_the_image():
     assert len(net.seen) > KW["steps"] and all(cl for cl, _ in net.seen)
 
 
-def test_autocast_bf16_runs_the_network_in_bf16_within_a_measured_tolerance():
+def _autocast_run(autocast):
+    """(model, float32 image, image under ``autocast``) of Net, checked to have run every network call under it."""
     net = Net()
     model = PixelAdapter(net, SCHED, scale=2)
     ref = run(model)
     net.seen.clear()
-    out = run(model, autocast="bf16")
+    out = run(model, autocast=autocast)
     assert net.seen and all(ac for _, ac in net.seen)
+    return model, ref, out
+
+
+def test_autocast_bf16_runs_the_network_in_bf16_within_a_measured_tolerance():
+    model, ref, out = _autocast_run("bf16")
     assert not torch.is_autocast_enabled("cpu")  # only inside the network call
     assert out.dtype == torch.float32  # the state (and the fused step) stay float32
     diff = (out - ref).abs()
@@ -99,12 +105,7 @@ def test_autocast_bf16_runs_the_network_in_bf16_within_a_measured_tolerance():
 def test_autocast_fp16_runs_the_network_in_fp16_on_the_cpu():
     """fp16 autocast was only checked to run: fp16 ignored, or run as bf16, passed. fp16 keeps 10 mantissa bits to
     bf16's 7, so its image is nearer the float32 one than bf16's, and not equal to it."""
-    net = Net()
-    model = PixelAdapter(net, SCHED, scale=2)
-    ref = run(model)
-    net.seen.clear()
-    out = run(model, autocast="fp16")
-    assert net.seen and all(ac for _, ac in net.seen)
+    model, ref, out = _autocast_run("fp16")
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     d = (out - ref).abs().max()
     assert 0 < d < (run(model, autocast="bf16") - ref).abs().max() and d <= BF16_MAX, d
