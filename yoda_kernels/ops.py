@@ -497,7 +497,8 @@ def _check_fixed(x, c, A, tile, stats, backend, ref="x"):
                             f"{type(tmax).__name__} and {type(tmin).__name__}")
         if tuple(tmax.shape) != expect or tuple(tmin.shape) != expect:
             raise ValueError(f"stats must be two tensors of shape {expect} (tile_stats(A, {tile}))")
-        check_dense(tmax, "stats"), check_dense(tmin, "stats")  # (aten::bitwise_or's SparseCPU error)
+        for s in (tmax, tmin):  # (aten::bitwise_or's SparseCPU error)
+            check_dense(s, "stats")
         if tmax.dtype != torch.float32 or tmin.dtype != torch.float32 or tmax.device != x.device or tmin.device != x.device:
             raise ValueError(f"stats must be float32 tensors on {x.device} (tile_stats(A, {tile}))")
         if given:
