@@ -2529,6 +2529,10 @@ MUTANTS = [
            "    for m in lpips_layer_maps(metric, sr, hr):", "    for m in lpips_layer_maps(metric, sr, hr)[:1]:",
            ("tests/test_figures.py", "-k", "bilinear_sum"),
            "Fig. 5's LPIPS per bin sums one of the five layers"),
+    Mutant("corrupt-reason-blank", "yoda/checkpoint.py",
+           "{str(e) or type(e).__name__}", "{e or type(e).__name__}",
+           ("tests/test_checkpoint.py", "-k", "damaged_zip"),
+           "a record past the file's end (zipfile's EOFError, no message) is reported as corrupt with a blank reason"),
 ]
 
 

@@ -284,7 +284,7 @@ def append_whole(path: PathLike, data: bytes) -> None:
         os.close(fd)
 
 
-def _named(e: OSError, path: Path) -> OSError:
+def _named(e: OSError, path: Union[str, Path]) -> OSError:
     """The same OSError, naming the user's ``path`` instead of a temporary file."""
     if e.errno is None:
         return e

@@ -119,7 +119,7 @@ def _bad_record(z, infos) -> Optional[str]:
                     while fh.read(1 << 24):
                         pass
     except (zipfile.BadZipFile, EOFError, zlib.error) as e:  # EOFError: a size past the file's end
-        return f"it is corrupt: {e or type(e).__name__} (a damaged copy or disk)"
+        return f"it is corrupt: {str(e) or type(e).__name__} (a damaged copy or disk)"
     except (OSError, ValueError, RuntimeError, NotImplementedError):  # an encrypted record, deflate64, ...
         return None  # torch.load says what is wrong with it
     return None

@@ -121,7 +121,7 @@ def cli_device(name: str):
         return resolve_device(name)
 
 
-def attention_extractor(name: str):
+def attention_extractor(name: Optional[str]):
     """--attention NAME -> the extractor (yoda.attention.get); an unknown name or a bad weights file is a user
     error."""
     from .attention import get

@@ -117,7 +117,7 @@ def _images_arg(p) -> None:
                         "photographs' folder, `yoda data build`'s heldout/)")
 
 
-def _sampling_args(p, steps: int, sampler: str, solvers: bool = False, lower_bound: bool = True,
+def _sampling_args(p, steps: Optional[int], sampler: str, solvers: bool = False, lower_bound: bool = True,
                    models_lower_bound: bool = True) -> None:
     p.add_argument("--model", type=_path, default="default",
                    help="'default' (the embedded x4 model), a yoda model file, sr3:PATH (an upstream SR3 "

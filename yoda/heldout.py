@@ -84,7 +84,9 @@ def shared_images(items, others) -> list[tuple[str, str]]:
     names, aspects, shapes = [], [], []
     for name, turns in others:
         if turns is not None:  # (a flat image has none) the first orientation: the image as it is
-            names.append(name), aspects.append(turns[0][0]), shapes.append(turns[0][1].ravel())
+            names.append(name)
+            aspects.append(turns[0][0])
+            shapes.append(turns[0][1].ravel())
     found = []
     if not names:
         return found
