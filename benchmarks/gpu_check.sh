@@ -92,9 +92,12 @@ LOOP_LIMIT=$(( $(left) - 20 ))
 step loop "$LOOP_LIMIT" 20 "$PY" benchmarks/gpu_loop.py --out "$OUT/gpu_loop.md" --budget-s $(( LOOP_LIMIT - 40 ))
 
 # 5. With what is left: the masked-step grid on CUDA (it compiles many Triton variants, 2-4 s each; MASKED_STEP_S=240
-#    runs it all) and the Triton launch tests compiled for the GPU.
+#    runs it all), the Triton launch tests compiled for the GPU, and the attention maps on CUDA against the CPU's
+#    (and against torchvision's / timm's networks where they are installed): skipped on every CPU machine.
 step tests_masked_step "${MASKED_STEP_S:-60}" 10 "$PY" -m pytest tests/test_masked_step.py -x -q -p no:cacheprovider --durations=5
-step triton_launch 40 2 "$PY" -m pytest tests/test_triton_launch.py -x -q -p no:cacheprovider
+step triton_launch 40 32 "$PY" -m pytest tests/test_triton_launch.py -x -q -p no:cacheprovider
+step tests_maps 30 2 "$PY" -m pytest tests/test_attention.py tests/test_dino.py -q -p no:cacheprovider \
+  -k "cuda_matches_cpu or torchvision or timm"
 
 echo "=== [${SECONDS} s] summary (exit codes; 124 = hit its time limit)" | tee -a "$LOG"
 FAIL=0

@@ -89,6 +89,7 @@ def test_gpu_bench_dry_run_header_says_what_it_measures(tmp_path):
     assert "Host copy (4 MiB, read + write)" in text
     assert "timings: median of 3 host timer (perf_counter) runs after one warm-up call" in text
     assert "1 GiB" not in text and "do_bench" not in text
+    assert "calls issued back to back:\n\n- skipped: past --hard-budget-s\n" in text  # (~20 s of the interpreter)
 
 
 # ---- gpu_check.sh -------------------------------------------------------------------------------------------------
@@ -101,6 +102,7 @@ def test_gpu_check_order_and_old_setuptools(tmp_path):
     for name in ("gpu_check.sh", "gpu_setuptools.sh"):
         shutil.copy(BENCH / name, tmp_path / "benchmarks" / name)
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "pyproject.toml").chmod(0o444)  # a read-only checkout's (put back by a redirect: only root could)
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "py"
     stub.write_text(f"""#!/bin/bash
@@ -115,10 +117,11 @@ exit 0
                        env=dict(os.environ, PYTHON=str(stub), OUT=str(tmp_path / "out"), DEADLINE_S="570"), timeout=60)
     steps = [line.split()[3] for line in r.stdout.splitlines() if line.startswith("=== [") and "(limit" in line]
     assert steps == ["build", "import", "tests_errors", "tests_speed", "tests_gpu", "bench", "loop",
-                     "tests_masked_step", "triton_launch"], r.stdout
+                     "tests_masked_step", "triton_launch", "tests_maps"], r.stdout
     assert "setuptools 65.5 < 77: license as a TOML table for the build" in r.stdout
     assert "built with the table form" in calls.read_text()  # what the build read
     assert (tmp_path / "pyproject.toml").read_text() == (ROOT / "pyproject.toml").read_text()  # put back at exit
+    assert (tmp_path / "pyproject.toml").stat().st_mode & 0o777 == 0o444 and "yoda-orig" not in str(os.listdir(tmp_path))
     assert "tests_masked_step: partial (124: stopped at its limit)" in r.stdout and r.returncode == 0
     assert "setup.py build_ext --inplace" in calls.read_text()
 

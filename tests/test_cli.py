@@ -1763,7 +1763,7 @@ def test_each_ranks_closing_line_names_it(tmp_path, monkeypatch, capsys):
     import signal
 
     import yoda.cli
-    from yoda.cli_models import note
+    from yoda.console import note
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank, signum, line in (("1", signal.SIGTERM, "yoda: rank 1: terminated (SIGTERM)\n"),
@@ -1825,7 +1825,7 @@ def test_say_survives_a_closed_stdout_without_a_file_descriptor(monkeypatch):
     OSError: the image whose line it was counted as failed although it was written."""
     import io
 
-    from yoda.cli_models import say
+    from yoda.console import say
 
     class Gone(io.TextIOBase):
         def write(self, s):
@@ -1838,6 +1838,48 @@ def test_say_survives_a_closed_stdout_without_a_file_descriptor(monkeypatch):
     sys.stdout.close()
 
 
+def test_streams_nobody_reads_end_the_lines_not_the_work(tmp_path, tiny_model, monkeypatch):
+    """`yoda upscale DIR -o OUT 2>&1 | head -1` stopped at its first error line (the handler's own line raised
+    again): the later images were never written; `yoda plot ... | head -0` and the other commands exited 2 ("Broken
+    pipe") after writing their files; argparse's --help / --version raised a traceback on Debian's Python."""
+    import io
+    import subprocess
+
+    class Gone(io.TextIOBase):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in (1, 2, 4):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(src / f"{k}.png")
+    (src / "3.png").write_bytes(b"junk")
+    monkeypatch.setattr(sys, "stdout", Gone())
+    monkeypatch.setattr(sys, "stderr", Gone())
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model, "--steps", "1"]) == 2
+    assert sorted(os.listdir(tmp_path / "out")) == ["1_x4.png", "2_x4.png", "4_x4.png"]
+    assert sys.stdout.name == sys.stderr.name == os.devnull  # (no file descriptor: replaced)
+    for stream in ("stdout", "stderr"):  # a reader that goes away halfway
+        monkeypatch.setattr(sys, stream, Gone())
+    assert main(["attention", str(src / "1.png"), "-o", str(tmp_path / "a.png"), "--attention", "edge"]) == 0
+    assert (tmp_path / "a.png").is_file()
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert main(["--version"]) == 0 and sys.stdout.name == os.devnull
+    monkeypatch.setattr(sys, "stderr", Gone())
+    assert main(["upscale", "--no-such-option"]) == 2 and sys.stderr.name == os.devnull
+    # the real descriptors: a pipe whose reader is gone, in a process of its own
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        for argv, stream in ((["--version"], "stdout"), (["upscale", "--help"], "stdout"), (["upscale"], "stderr")):
+            other = "stderr" if stream == "stdout" else "stdout"
+            p = subprocess.run([sys.executable, "-m", "yoda", *argv], stdin=subprocess.DEVNULL,
+                               **{stream: w, other: subprocess.PIPE})
+            assert p.returncode == (0 if stream == "stdout" else 2) and getattr(p, other) == b"", (argv, p)
+    finally:
+        os.close(w)
+
+
 def test_say_takes_windows_closed_pipe_and_raises_other_errors(monkeypatch):
     """On Windows a closed pipe raises OSError(EINVAL), not BrokenPipeError (cpython#79935): `yoda upscale | head`
     counted every later image as failed there. A stdout on a full disk ends the lines as a closed pipe does (it
@@ -1845,7 +1887,7 @@ def test_say_takes_windows_closed_pipe_and_raises_other_errors(monkeypatch):
     import errno
     import io
 
-    from yoda.cli_models import say
+    from yoda.console import say
 
     class Gone(io.TextIOBase):
         def __init__(self, err):
@@ -2425,7 +2467,7 @@ def test_the_cli_runs_where_its_streams_cannot_be_written(tmp_path, monkeypatch)
 
     from yoda._io import atomic_write_text
     from yoda.cli import _usable_streams
-    from yoda.cli_models import say
+    from yoda.console import say
     from yoda.cli_parser import _path
     from yoda.training.config import TrainConfig, absolute_folders
 
@@ -2976,7 +3018,7 @@ def test_an_error_line_is_one_write(monkeypatch):
     images written on stdout (say), glued 0-5 times in a run of 40 images on 3 ranks piped to a file."""
     import io
 
-    from yoda.cli_models import error_line, say
+    from yoda.console import error_line, say
 
     class Writes(io.StringIO):
         def __init__(self):

@@ -2378,7 +2378,7 @@ def test_what_a_new_user_gets_wrong_is_named(tmp_path, img_folder, monkeypatch, 
                            + f": .*{os.path.basename(source)}.*{re.escape(says)}"):
             Trainer(cfg, str(tmp_path / f"o_{key}"), device="cpu", progress=False)
     monkeypatch.chdir(tmp_path)
-    shutil.copy(yoda.training.config.CONFIGS / "default_x4.json", "default_x4.json")
+    shutil.copyfile(yoda.training.config.CONFIGS / "default_x4.json", "default_x4.json")  # (not a 0444 install's mode)
     with pytest.raises(ValueError, match="^config 'default_x4' names both the installed .* and default_x4.json here: "
                                          "give ./default_x4.json"):
         TrainConfig.load("default_x4")
@@ -2506,6 +2506,15 @@ def test_on_row_says_which_row_is_the_runs_last(tmp_path, img_folder):
     Trainer(cfg, str(tmp_path / "b"), device="cpu", progress=False,
             on_row=lambda row, total, final: seen.append((row["step"], total, final))).run()
     assert seen == [(2, 4, False), (4, 4, True)]
+    # one that fails (`yoda train ... | tee log` whose tee died) is called after the step's checkpoint is saved:
+    # the run resumes at that step (it was called before, and the steps since the last checkpoint were lost)
+
+    def fails(row, total, final):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        Trainer(cfg, str(tmp_path / "c"), device="cpu", progress=False, on_row=fails).run(max_seconds=0.0)
+    assert Trainer(cfg, str(tmp_path / "c"), device="cpu", progress=False).step == 1
 
 
 @pytest.mark.parametrize("state", ["float64-default", "meta-default-device", "no-grad", "inference-mode"])

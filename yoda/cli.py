@@ -40,9 +40,10 @@ from .cli_demo import cmd_demo
 from .cli_parser import _Parser, build_parser, command_parser, missing_package, one_line
 from ._io import check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_attentions, check_hr_size, check_out_folder,
-                         check_output_option, cli_device, default_steps, error_line, eval_images, eval_results,
-                         eval_steps_note, load_model, note, pillow_limit, read_input, refuse_overwriting, save_figure,
-                         save_output, unrefined_note, upscale_tensor)
+                         check_output_option, cli_device, default_steps, eval_images, eval_results, eval_steps_note,
+                         load_model, pillow_limit, read_input, refuse_overwriting, save_figure, save_output,
+                         unrefined_note, upscale_tensor)
+from .console import error_line, note, say
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
@@ -107,7 +108,7 @@ def cmd_upscale(a) -> int:
             return 0
         failed = run_items(items, work, message, debug=a.debug, quiet=quiet)
     if failed:
-        print(f"yoda: error: {failed} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
+        error_line(f"yoda: error: {failed} of {len(items)} inputs failed (see the lines above)")
         return 2
     return 0
 
@@ -188,7 +189,7 @@ def cmd_attention(a) -> int:
                                label=f"{a.attention} attention of {printable(os.path.basename(a.image))}, "
                                      f"x{a.scale}")  # a newline in the name drew a second title line over the labels
     save_figure(fig, a.output)
-    print(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}  -> {a.output}")
+    say(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}  -> {a.output}")
     return 0
 
 
@@ -220,8 +221,7 @@ class _Skipped(list):
 
     def status(self, total: int) -> int:
         if self:
-            print(f"yoda: error: {len(self)} of {total} images could not be used (see the lines above)",
-                  file=sys.stderr)
+            error_line(f"yoda: error: {len(self)} of {total} images could not be used (see the lines above)")
         return 2 if self else 0
 
 
@@ -298,24 +298,24 @@ def cmd_figures(a) -> int:
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)
         paths = write_figures(data, out)
-    print(f"pixel update ratio (mean over {len(data.names)} image{'s' * (len(data.names) != 1)}):")
-    print("| attention | " + " | ".join(f"l={lb:g}" for lb in settings.lower_bounds) + " |")
-    print("|---|" + "---|" * len(settings.lower_bounds))
+    say(f"pixel update ratio (mean over {len(data.names)} image{'s' * (len(data.names) != 1)}):")
+    say("| attention | " + " | ".join(f"l={lb:g}" for lb in settings.lower_bounds) + " |")
+    say("|---|" + "---|" * len(settings.lower_bounds))
     for name, row in data.ratios.items():
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        say(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     rp, ry = data.regional["plain"], data.regional["YODA"]
     flat = f"; {rp['flat']} image(s) with a flat map left out" if rp["flat"] else ""
-    print(f"regional error by attention bin ({a.attention[0]}; pixels pooled over the images{flat}):")
-    print("| A bin | pixels | MSE plain | MSE YODA | PSNR plain (dB) | PSNR YODA (dB) |")
-    print("|---|---|---|---|---|---|")
+    say(f"regional error by attention bin ({a.attention[0]}; pixels pooled over the images{flat}):")
+    say("| A bin | pixels | MSE plain | MSE YODA | PSNR plain (dB) | PSNR YODA (dB) |")
+    say("|---|---|---|---|---|---|")
     d = max(2, math.ceil(math.log10(len(rp["count"]))))  # decimals that tell the edges apart (--bins 1000: 3)
     for i, n in enumerate(rp["count"]):
-        print(f"| {rp['edges'][i]:.{d}f}-{rp['edges'][i + 1]:.{d}f} | {n} | {rp['mse'][i]:.2f} | {ry['mse'][i]:.2f} | "
+        say(f"| {rp['edges'][i]:.{d}f}-{rp['edges'][i + 1]:.{d}f} | {n} | {rp['mse'][i]:.2f} | {ry['mse'][i]:.2f} | "
               f"{rp['psnr'][i]:.2f} | {ry['psnr'][i]:.2f} |")
     if data.lpips_note:
-        print(data.lpips_note + ".")
+        say(data.lpips_note + ".")
     for p in paths:
-        print(f"wrote {p}")
+        say(f"wrote {p}")
     return skipped.status(len(images))
 
 
@@ -325,7 +325,7 @@ def train_lines(every_s: float = 60.0):
     every validated row and the run's last (its end, or a stop's)."""
     last = [-math.inf]
 
-    def say(row: dict, total: int, final: bool) -> None:
+    def line(row: dict, total: int, final: bool) -> None:
         now, val = time.monotonic(), row["val_psnr_plain"] != ""
         if not (val or final or now - last[0] >= every_s):
             return
@@ -335,8 +335,8 @@ def train_lines(every_s: float = 60.0):
         if val:
             text += f"; validation PSNR plain {row['val_psnr_plain']:.2f} dB" + (
                 f", YODA {row['val_psnr_yoda']:.2f} dB" if row["val_psnr_yoda"] != "" else "")
-        print(text, flush=True)
-    return say
+        say(text)
+    return line
 
 
 def cmd_train(a) -> int:
@@ -355,12 +355,12 @@ def cmd_train(a) -> int:
         start = s["start_step"]
         resumed = f" (resumed at step {start})" if start else ""
         n = s["steps"] - start
-        print(f"trained {n} step{'s' * (n != 1)}{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} of "
+        say(f"trained {n} step{'s' * (n != 1)}{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} of "
               f"{s['total']} -> {s['weights']}")
         if s["stopped_by"] is not None:
             how = f"--minutes {a.minutes:g} ran out" if s["signal"] is None else f"stopped by {s['stopped_by']}"
-            print(f"yoda: {how} at step {s['steps']} of {s['total']}; the checkpoint is saved: the same command "
-                  f"resumes", file=sys.stderr)
+            error_line(f"yoda: {how} at step {s['steps']} of {s['total']}; the checkpoint is saved: the same command "
+                       f"resumes")
             return 0 if s["signal"] is None else 128 + int(s["signal"])
         note(f"next: yoda upscale IMAGE -o OUT --model {shlex.quote(s['weights'])}; "
              f"yoda plot {shlex.quote(s['out'])} -o {shlex.quote(os.path.join(s['out'], 'curves.png'))}")
@@ -378,7 +378,7 @@ def cmd_plot(a) -> int:
     refuse_overwriting([a.output], logs)
     with _user_input():  # a missing file or one that is not a training log
         plot_logs(logs, labels, a.output)
-    print(f"wrote {a.output}")
+    say(f"wrote {a.output}")
     return 0
 
 
@@ -394,22 +394,22 @@ def cmd_data(a) -> int:
 
         with _user_input():
             n = export_builtin(out)
-        print(f"wrote {n['train']} training and {n['heldout']} held-out images (scikit-image's) to {out}")
+        say(f"wrote {n['train']} training and {n['heldout']} held-out images (scikit-image's) to {out}")
         return 0
     with _user_input():
-        built = build(out, short_side=a.short_side, progress=None if a.quiet else print)
+        built = build(out, short_side=a.short_side, progress=None if a.quiet else say)
     held = sum(r.split == "heldout" for r in built.rows)
-    print(f"wrote {len(built.rows) - held} training and {held} held-out photographs to {out} "
+    say(f"wrote {len(built.rows) - held} training and {held} held-out photographs to {out} "
           f"(manifest: {os.path.join(out, 'manifest.json')})")
     if built.not_installed:
         missing = sorted({PHOTOS[n][0] for n in built.not_installed})
         note(f"{len(built.not_installed)} of the {len(PHOTOS)} photographs are not installed, from "
              f"{', '.join(missing)} (apt-get install {' '.join(missing)})")
     for name, why in built.skipped.items():
-        print(f"yoda: error: {name}: {why}", file=sys.stderr)
+        error_line(f"yoda: error: {name}: {why}")
     if built.skipped:
-        print(f"yoda: error: {len(built.skipped)} photograph(s) could not be read and were left out: "
-              f"{', '.join(built.skipped)} (the manifest names them)", file=sys.stderr)
+        error_line(f"yoda: error: {len(built.skipped)} photograph(s) could not be read and were left out: "
+                   f"{', '.join(built.skipped)} (the manifest names them)")
         return 2
     return 0
 

@@ -11,6 +11,7 @@ import numpy as np
 from .cli_models import (adapter_of, attention_extractor, bars, check_output_option, cli_device, default_steps,
                          load_model, save_figure, upscale_tensor)
 from .cli_upscale import checked_steps
+from .console import say
 from .errors import UserError
 from .errors import user_input as _user_input
 
@@ -112,12 +113,12 @@ def cmd_demo(a) -> int:
     key = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {drawing.ERROR_WHITE}"
     canvas = drawing.panel_grid(title, [(None, top), (None, sampled), (key, errors), (caption, bottom)], panel)
     save_figure(canvas, a.output)
-    print(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
+    say(f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
           f"attention {a.attention}, lower bound {a.lower_bound:g}")
-    print("| method | PSNR (dB) | SSIM | L shift | ab shift | time (s) |")
-    print("|---|---|---|---|---|---|")
+    say("| method | PSNR (dB) | SSIM | L shift | ab shift | time (s) |")
+    say("|---|---|---|---|---|---|")
     for name, m in scores.items():
-        print(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['L_shift']:.3f} | {m['ab_shift']:.3f} | "
+        say(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['L_shift']:.3f} | {m['ab_shift']:.3f} | "
               f"{timing[name]:.1f} |")
-    print(f"wrote {a.output}")
+    say(f"wrote {a.output}")
     return 0

@@ -6,7 +6,6 @@ Parsing stays torch-free: torch and the library load inside these functions."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sys
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._io import atomic_write_text
+from .console import error_line, note, say
 from .errors import LATENT_API, UserError, printable
 from .errors import user_input as _user_input
-from .torchrun import main_rank
 
 MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
 LATENT_WORDS = ("diffbir", "latent", "ldm", "diffusers", "sd")  # --model KIND:PATH the CLI cannot load: the API
@@ -194,46 +193,6 @@ def save_figure(img, path: str) -> None:
 
     check_output_option(path)
     save_pil(img, path)
-
-
-def say(line: str, full_ok: bool = True) -> None:
-    """A line on stdout, above any progress bar (tqdm.write). A reader that went away (`yoda upscale ... | head`)
-    ends the lines, not the command: stdout then goes to os.devnull (each written image's line was an EPIPE error,
-    and the image counted as failed); so does a stdout that cannot be written (`>/dev/full` stopped a folder at its
-    first image, with "No space left on device" read as the output disk's), unless not ``full_ok`` (the line is
-    the command's only output: `yoda eval > results.md` on a full disk is an error)."""
-    from tqdm import tqdm
-
-    try:
-        tqdm.write(line + "\n", file=sys.stdout, end="")  # one write, as error_line's: torchrun's ranks run
-        sys.stdout.flush()  # unbuffered (python -u), and a rank's line got between another's text and its newline
-    except OSError as e:  # BrokenPipeError; on Windows a closed pipe is EINVAL (cpython#79935)
-        if not (isinstance(e, BrokenPipeError) or full_ok and e.errno in (errno.ENOSPC, errno.EIO) or
-                (sys.platform == "win32" and e.errno == errno.EINVAL)):
-            raise
-        try:  # the file descriptor itself, so that the flush at exit finds it writable too
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):  # a stdout without a file descriptor (a wrapper, a tee)
-            sys.stdout = open(os.devnull, "w")
-
-
-def error_line(text: str) -> None:
-    """A line on stderr above any progress bar (tqdm.write), not stuck to its end; one write, so that the lines of
-    ranks writing at once do not run into each other (print writes the newline on its own)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # (a broken install: the error about it must still be said)
-        sys.stderr.write(text + "\n")
-        return
-    tqdm.write(text + "\n", file=sys.stderr, end="")
-
-
-def note(text: str) -> None:
-    """``yoda: note: TEXT`` on stderr, once: under torchrun rank 0 says it (every rank reads the same inputs)."""
-    if main_rank():
-        print(f"yoda: note: {text}", file=sys.stderr)
 
 
 def eval_images(folder: Optional[str], max_pixels: Optional[int], model: Optional[str] = None):

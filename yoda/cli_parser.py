@@ -11,6 +11,7 @@ import sys
 from typing import Optional
 
 from . import __version__
+from .console import error_line, write
 from .errors import printable
 
 
@@ -75,8 +76,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         files = "".join(f"; {t} is a file: write ./{t} (a name starting with '-' is read as an option)"
                         for t in self.dashed_files)
-        print(f"{self.prog}: error: {message}{files} (see: {self.prog} -h)", file=sys.stderr)
+        error_line(f"{self.prog}: error: {message}{files} (see: {self.prog} -h)")
         sys.exit(2)
+
+    def _print_message(self, message, file=None):
+        # --help, --version: a reader that went away (`yoda -h | head -1`) is no error (a traceback from argparse
+        # where it does not swallow the OSError itself: Debian's Python 3.11.2 does not, 3.11.7 does)
+        if file not in (None, sys.stdout, sys.stderr):
+            super()._print_message(message, file)
+        elif message:
+            write("stdout" if file is sys.stdout else "stderr", message, True)
 
 
 # The CLI's sampling defaults, chosen for the embedded model on a selection set (scikit-image's held-out colour

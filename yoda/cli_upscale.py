@@ -18,8 +18,9 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ._io import check_folder_writable, output_claim
 from .cli_parser import one_line
-from .cli_models import (check_not_an_input, check_output_option, error_line, file_ids,
-                         folder_images, last_tau, note, once_each, say)
+from .cli_models import (check_not_an_input, check_output_option, file_ids, folder_images, last_tau,
+                         once_each)
+from .console import error_line, note, say
 from .errors import UserError, out_of_memory, printable, stop_in
 from .torchrun import JOIN_NOTE, meeting_store, rank_prefix, wait_for_keys
 
@@ -506,7 +507,7 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     if host or rank == 0:  # the host's store closes when it exits; rank 0 exits last (above)
         wait_for_keys(store, [f"left/{r}" for r in range(world)], rank, "" if quiet else "waiting for {ranks} to exit")
     if total and rank == 0:  # rank 0 alone exits 2: torchrun stops the ranks still running when one fails
-        print(f"yoda: error: {total} of {len(items)} inputs failed (see the lines above)", file=sys.stderr)
+        error_line(f"yoda: error: {total} of {len(items)} inputs failed (see the lines above)")
         time.sleep(EXIT_GRACE_S)
         return 2
     return 0

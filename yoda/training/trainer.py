@@ -514,13 +514,13 @@ class Trainer:
                         if row["val_psnr_plain"] != "":  # (the bar showed the loss only)
                             post["val"] = f"{row['val_psnr_plain']:.2f} dB"
                         bar.set_postfix(post)
-                        if self.on_row is not None and self.ranks.main:
-                            self.on_row(row, total, last or stop is not None)
                         if not regular:  # a stop's row: a resume replaces it (load_checkpoint)
                             self._pending = (acc, n, row["time"])
                         acc, n = 0.0, 0
                     if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or stop is not None:
                         self.save_checkpoint()
+                    if (regular or stop is not None) and self.on_row is not None and self.ranks.main:
+                        self.on_row(row, total, last or stop is not None)  # after the save: a failing one loses no step
                     if stop is not None:
                         break
             bar.close()

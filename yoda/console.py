@@ -1,0 +1,58 @@
+"""The ``yoda`` commands' lines on stdout and stderr: above any progress bar (tqdm.write), one write each, and a
+stream that cannot be written ends its lines, not the command. Torch-free (the parser's messages go through it)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+from .torchrun import main_rank
+
+
+def say(line: str, full_ok: bool = True) -> None:
+    """A line on stdout. A reader that went away (`yoda upscale ... | head`) ends the lines, not the command: stdout
+    then goes to os.devnull (each written image's line was an EPIPE error, and the image counted as failed); so does
+    a stdout that cannot be written (`>/dev/full` stopped a folder at its first image, with "No space left on
+    device" read as the output disk's), unless not ``full_ok`` (the line is the command's only output: `yoda eval >
+    results.md` on a full disk is an error)."""
+    write("stdout", line + "\n", full_ok)
+
+
+def error_line(text: str) -> None:
+    """A line on stderr, not stuck to a progress bar's end. A stderr nobody reads (`yoda ... 2>&1 | head -1`) ends
+    the lines, not the work: the error handler's own message raised again, and the run stopped with its images
+    unwritten."""
+    write("stderr", text + "\n", True)
+
+
+def note(text: str) -> None:
+    """``yoda: note: TEXT`` on stderr, once: under torchrun rank 0 says it (every rank reads the same inputs)."""
+    if main_rank():
+        error_line(f"yoda: note: {text}")
+
+
+def write(name: str, text: str, full_ok: bool) -> None:
+    """``text`` on sys.<name> ("stdout" / "stderr") in one write (torchrun's ranks run unbuffered, and a rank's
+    line got between another's text and its newline). A closed pipe (BrokenPipeError; on Windows EINVAL,
+    cpython#79935), or with ``full_ok`` a full or failing device, sends that stream to os.devnull; any other error
+    raises."""
+    stream = getattr(sys, name)
+    try:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # (a broken install: the error about it must still be said)
+            stream.write(text)
+        else:
+            tqdm.write(text, file=stream, end="")
+        stream.flush()
+    except OSError as e:
+        if not (isinstance(e, BrokenPipeError) or full_ok and e.errno in (errno.ENOSPC, errno.EIO) or
+                (sys.platform == "win32" and e.errno == errno.EINVAL)):
+            raise
+        try:  # the file descriptor itself, so that the flush at exit finds it writable too
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # a stream without a file descriptor (a wrapper, a tee)
+            setattr(sys, name, open(os.devnull, "w"))
