@@ -5,7 +5,8 @@
 #      speed options)
 #   3. the fused step's benchmark: benchmarks/gpu_bench.py -> $OUT/gpu_results.md (rewritten row by row)
 #   4. the whole loop's speed options: benchmarks/gpu_loop.py -> $OUT/gpu_loop.md
-#   5. if time is left: tests/test_masked_step.py and tests/test_triton_launch.py compiled for the GPU
+#   5. if time is left: tests/test_masked_step.py and tests/test_triton_launch.py compiled for the GPU, then the
+#      attention maps' CUDA tests
 # Everything is logged to $OUT/gpu_log.txt. No step stops the next one: exit codes are collected and printed at
 # the end (exit status 1 if any step failed). Installs nothing. Every step runs under a time limit taken from
 # one deadline (DEADLINE_S, default 570 s), so the whole script ends in under 10 minutes.
@@ -95,7 +96,7 @@ step loop "$LOOP_LIMIT" 20 "$PY" benchmarks/gpu_loop.py --out "$OUT/gpu_loop.md"
 #    runs it all), the Triton launch tests compiled for the GPU, and the attention maps on CUDA against the CPU's
 #    (and against torchvision's / timm's networks where they are installed): skipped on every CPU machine.
 step tests_masked_step "${MASKED_STEP_S:-60}" 10 "$PY" -m pytest tests/test_masked_step.py -x -q -p no:cacheprovider --durations=5
-step triton_launch 40 32 "$PY" -m pytest tests/test_triton_launch.py -x -q -p no:cacheprovider
+step triton_launch 40 2 "$PY" -m pytest tests/test_triton_launch.py -x -q -p no:cacheprovider
 step tests_maps 30 2 "$PY" -m pytest tests/test_attention.py tests/test_dino.py -q -p no:cacheprovider \
   -k "cuda_matches_cpu or torchvision or timm"
 

@@ -5,7 +5,9 @@
 if ! "$PY" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null; then
   echo "setuptools $("$PY" -c 'import setuptools; print(setuptools.__version__)' 2>&1) < 77: license as a TOML table" \
     "for the build" | tee -a "$LOG"
-  cp -p pyproject.toml pyproject.toml.yoda-orig  # put back by a rename: a read-only file's mode is kept too
-  trap 'mv -f pyproject.toml.yoda-orig pyproject.toml' EXIT
-  sed -i 's/^license = "MIT"/license = { text = "MIT" }/; /^license-files/d' pyproject.toml
+  if grep -q '^license = "MIT"' pyproject.toml; then  # (not when sourced again: gpu_session.sh, then gpu_check.sh)
+    cp -p pyproject.toml pyproject.toml.yoda-orig  # put back by a rename: a read-only file's mode is kept too
+    trap 'mv -f pyproject.toml.yoda-orig pyproject.toml' EXIT
+    sed -i 's/^license = "MIT"/license = { text = "MIT" }/; /^license-files/d' pyproject.toml
+  fi
 fi

@@ -2542,6 +2542,20 @@ MUTANTS = [
            '    say(f"pixel update ratio ({a.attention}', '    print(f"pixel update ratio ({a.attention}',
            ("tests/test_cli.py", "-k", "streams_nobody"),
            "`yoda attention ... | head -0` exits 2 (Broken pipe) after writing its map"),
+    Mutant("result-line-full-ok", "yoda/cli.py",
+           "        full_ok=False)  # (a number said only here", "        full_ok=True)  # (a number said only here",
+           ("tests/test_cli.py", "-k", "streams_nobody"),
+           "`yoda attention ... > /dev/full` exits 0 with its ratio said nowhere"),
+    Mutant("setuptools-sourced-twice", "benchmarks/gpu_setuptools.sh",
+           "  if grep -q '^license = \"MIT\"' pyproject.toml; then", "  if true; then",
+           ("tests/test_bench_scripts.py", "-k", "gpu_check"),
+           "gpu_session.sh (which sources it, then runs gpu_check.sh, which sources it again) leaves pyproject.toml "
+           "rewritten"),
+    Mutant("wait-note-print", "yoda/torchrun.py",
+           '            error_line(f"yoda: note: rank {rank}: {waiting.format(ranks=ranks)}")',
+           '            print(f"yoda: note: rank {rank}: {waiting.format(ranks=ranks)}", file=sys.stderr, flush=True)',
+           ("tests/test_cli.py", "-k", "rank_waiting_at_the_end"),
+           "a rank's waiting note on a stderr nobody reads ends the rank with Broken pipe"),
 ]
 
 

@@ -124,6 +124,15 @@ exit 0
     assert (tmp_path / "pyproject.toml").stat().st_mode & 0o777 == 0o444 and "yoda-orig" not in str(os.listdir(tmp_path))
     assert "tests_masked_step: partial (124: stopped at its limit)" in r.stdout and r.returncode == 0
     assert "setup.py build_ext --inplace" in calls.read_text()
+    # sourced twice (gpu_session.sh, then its gpu_check.sh): the inner run's backup was the rewritten file, and the
+    # outer trap found none: pyproject.toml stayed rewritten
+    calls.write_text("")
+    r = subprocess.run(["bash", "-c", "source benchmarks/gpu_setuptools.sh && bash benchmarks/gpu_check.sh"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHON=str(stub), PY=str(stub), LOG=str(tmp_path / "log.txt"),
+                                OUT=str(tmp_path / "out"), DEADLINE_S="570"))
+    assert r.returncode == 0 and "built with the table form" in calls.read_text(), r.stdout + r.stderr
+    assert (tmp_path / "pyproject.toml").read_text() == (ROOT / "pyproject.toml").read_text(), r.stderr
 
 
 # ---- gpu_loop.py --------------------------------------------------------------------------------------------------

@@ -1763,7 +1763,7 @@ def test_each_ranks_closing_line_names_it(tmp_path, monkeypatch, capsys):
     import signal
 
     import yoda.cli
-    from yoda.console import note
+    from yoda.cli_models import note
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank, signum, line in (("1", signal.SIGTERM, "yoda: rank 1: terminated (SIGTERM)\n"),
@@ -1842,6 +1842,7 @@ def test_streams_nobody_reads_end_the_lines_not_the_work(tmp_path, tiny_model, m
     """`yoda upscale DIR -o OUT 2>&1 | head -1` stopped at its first error line (the handler's own line raised
     again): the later images were never written; `yoda plot ... | head -0` and the other commands exited 2 ("Broken
     pipe") after writing their files; argparse's --help / --version raised a traceback on Debian's Python."""
+    import errno
     import io
     import subprocess
 
@@ -1863,6 +1864,14 @@ def test_streams_nobody_reads_end_the_lines_not_the_work(tmp_path, tiny_model, m
         monkeypatch.setattr(sys, stream, Gone())
     assert main(["attention", str(src / "1.png"), "-o", str(tmp_path / "a.png"), "--attention", "edge"]) == 0
     assert (tmp_path / "a.png").is_file()
+
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    # a result said only on stdout (attention's ratio; figures' and demo's tables) cannot go to a full disk unsaid
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert main(["attention", str(src / "1.png"), "-o", str(tmp_path / "b.png"), "--attention", "edge"]) == 2
     monkeypatch.setattr(sys, "stdout", Gone())
     assert main(["--version"]) == 0 and sys.stdout.name == os.devnull
     monkeypatch.setattr(sys, "stderr", Gone())
@@ -3182,6 +3191,19 @@ def test_a_rank_waiting_at_the_end_says_so_on_rank_0_only(monkeypatch, capsys):
         threading.Timer(0.2, store.set, (f"failed/{other}", "0")).start()  # the other rank, still working
         assert cli_upscale.run_sharded(["a", "b"], rank, 2, lambda item: None, str, quiet=quiet) == 0
         assert capsys.readouterr().err == said, (rank, quiet)
+    # a stderr nobody reads (`torchrun ... 2>&1 | head -1`): the note goes nowhere and the rank finishes (it raised)
+    import io
+
+    class Gone(io.TextIOBase):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    store = DictStore({"listed/1": listed.encode(), "left/1": b"1"})
+    monkeypatch.setattr(cli_upscale, "meeting_store", lambda r, w, purpose: (store, False))
+    monkeypatch.setattr(sys, "stderr", Gone())
+    threading.Timer(0.2, store.set, ("failed/1", "0")).start()
+    assert cli_upscale.run_sharded(["a", "b"], 0, 2, lambda item: None, str, quiet=False) == 0
+    assert sys.stderr.name == os.devnull
 
 
 def test_a_missing_package_is_named_as_pip_installs_it(capsys, monkeypatch):

@@ -25,7 +25,9 @@ def run() -> int:
             raise KeyboardInterrupt
         code = main()
     except KeyboardInterrupt:  # main handles its own; this is one held above or one while its parser is built
-        print("yoda: interrupted", file=sys.stderr)
+        from .console import error_line
+
+        error_line("yoda: interrupted")
         return 130
     # The command is done and its files are closed (every write is atomic, in a with-block): the garbage collection
     # of the interpreter's exit, over torch's and the model's objects, would only free what the process's end

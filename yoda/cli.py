@@ -41,9 +41,9 @@ from .cli_parser import _Parser, build_parser, command_parser, missing_package, 
 from ._io import check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_attentions, check_hr_size, check_out_folder,
                          check_output_option, cli_device, default_steps, eval_images, eval_results, eval_steps_note,
-                         load_model, pillow_limit, read_input, refuse_overwriting, save_figure, save_output,
+                         load_model, note, pillow_limit, read_input, refuse_overwriting, save_figure, save_output,
                          unrefined_note, upscale_tensor)
-from .console import error_line, note, say
+from .console import error_line, say
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
@@ -189,7 +189,8 @@ def cmd_attention(a) -> int:
                                label=f"{a.attention} attention of {printable(os.path.basename(a.image))}, "
                                      f"x{a.scale}")  # a newline in the name drew a second title line over the labels
     save_figure(fig, a.output)
-    say(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}  -> {a.output}")
+    say(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}  -> {a.output}",
+        full_ok=False)  # (a number said only here: `> /dev/full` is an error, a closed pipe is not)
     return 0
 
 
@@ -298,22 +299,20 @@ def cmd_figures(a) -> int:
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)
         paths = write_figures(data, out)
-    say(f"pixel update ratio (mean over {len(data.names)} image{'s' * (len(data.names) != 1)}):")
-    say("| attention | " + " | ".join(f"l={lb:g}" for lb in settings.lower_bounds) + " |")
-    say("|---|" + "---|" * len(settings.lower_bounds))
-    for name, row in data.ratios.items():
-        say(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    lines = [f"pixel update ratio (mean over {len(data.names)} image{'s' * (len(data.names) != 1)}):",
+             "| attention | " + " | ".join(f"l={lb:g}" for lb in settings.lower_bounds) + " |",
+             "|---|" + "---|" * len(settings.lower_bounds)]
+    lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for name, row in data.ratios.items()]
     rp, ry = data.regional["plain"], data.regional["YODA"]
     flat = f"; {rp['flat']} image(s) with a flat map left out" if rp["flat"] else ""
-    say(f"regional error by attention bin ({a.attention[0]}; pixels pooled over the images{flat}):")
-    say("| A bin | pixels | MSE plain | MSE YODA | PSNR plain (dB) | PSNR YODA (dB) |")
-    say("|---|---|---|---|---|---|")
+    lines += [f"regional error by attention bin ({a.attention[0]}; pixels pooled over the images{flat}):",
+              "| A bin | pixels | MSE plain | MSE YODA | PSNR plain (dB) | PSNR YODA (dB) |", "|---|---|---|---|---|---|"]
     d = max(2, math.ceil(math.log10(len(rp["count"]))))  # decimals that tell the edges apart (--bins 1000: 3)
-    for i, n in enumerate(rp["count"]):
-        say(f"| {rp['edges'][i]:.{d}f}-{rp['edges'][i + 1]:.{d}f} | {n} | {rp['mse'][i]:.2f} | {ry['mse'][i]:.2f} | "
-              f"{rp['psnr'][i]:.2f} | {ry['psnr'][i]:.2f} |")
+    lines += [f"| {rp['edges'][i]:.{d}f}-{rp['edges'][i + 1]:.{d}f} | {n} | {rp['mse'][i]:.2f} | {ry['mse'][i]:.2f} | "
+              f"{rp['psnr'][i]:.2f} | {ry['psnr'][i]:.2f} |" for i, n in enumerate(rp["count"])]
     if data.lpips_note:
-        say(data.lpips_note + ".")
+        lines.append(data.lpips_note + ".")
+    say("\n".join(lines), full_ok=False)  # the numbers are said only here: `> /dev/full` is an error
     for p in paths:
         say(f"wrote {p}")
     return skipped.status(len(images))

@@ -14,9 +14,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._io import atomic_write_text
-from .console import error_line, note, say
+from .console import error_line, say
 from .errors import LATENT_API, UserError, printable
 from .errors import user_input as _user_input
+from .torchrun import main_rank
 
 MODEL_KINDS = ("sr3", "srdiff")  # --model KIND:PATH: upstream checkpoints yoda.load reads
 LATENT_WORDS = ("diffbir", "latent", "ldm", "diffusers", "sd")  # --model KIND:PATH the CLI cannot load: the API
@@ -193,6 +194,12 @@ def save_figure(img, path: str) -> None:
 
     check_output_option(path)
     save_pil(img, path)
+
+
+def note(text: str) -> None:
+    """``yoda: note: TEXT`` on stderr, once: under torchrun rank 0 says it (every rank reads the same inputs)."""
+    if main_rank():
+        error_line(f"yoda: note: {text}")
 
 
 def eval_images(folder: Optional[str], max_pixels: Optional[int], model: Optional[str] = None):

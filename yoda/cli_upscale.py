@@ -18,9 +18,9 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ._io import check_folder_writable, output_claim
 from .cli_parser import one_line
-from .cli_models import (check_not_an_input, check_output_option, file_ids, folder_images, last_tau,
+from .cli_models import (check_not_an_input, check_output_option, file_ids, folder_images, last_tau, note,
                          once_each)
-from .console import error_line, note, say
+from .console import error_line, say
 from .errors import UserError, out_of_memory, printable, stop_in
 from .torchrun import JOIN_NOTE, meeting_store, rank_prefix, wait_for_keys
 

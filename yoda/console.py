@@ -1,13 +1,12 @@
 """The ``yoda`` commands' lines on stdout and stderr: above any progress bar (tqdm.write), one write each, and a
-stream that cannot be written ends its lines, not the command. Torch-free (the parser's messages go through it)."""
+stream that cannot be written ends its lines, not the command. Imports nothing of yoda, nor torch (the parser's
+messages and torchrun's notes go through it)."""
 
 from __future__ import annotations
 
 import errno
 import os
 import sys
-
-from .torchrun import main_rank
 
 
 def say(line: str, full_ok: bool = True) -> None:
@@ -26,25 +25,17 @@ def error_line(text: str) -> None:
     write("stderr", text + "\n", True)
 
 
-def note(text: str) -> None:
-    """``yoda: note: TEXT`` on stderr, once: under torchrun rank 0 says it (every rank reads the same inputs)."""
-    if main_rank():
-        error_line(f"yoda: note: {text}")
-
-
 def write(name: str, text: str, full_ok: bool) -> None:
     """``text`` on sys.<name> ("stdout" / "stderr") in one write (torchrun's ranks run unbuffered, and a rank's
     line got between another's text and its newline). A closed pipe (BrokenPipeError; on Windows EINVAL,
     cpython#79935), or with ``full_ok`` a full or failing device, sends that stream to os.devnull; any other error
     raises."""
-    stream = getattr(sys, name)
-    try:
-        try:
-            from tqdm import tqdm
-        except ImportError:  # (a broken install: the error about it must still be said)
+    stream, bars = getattr(sys, name), sys.modules.get("tqdm")  # a bar exists only where tqdm was imported (--help
+    try:  # and --version do not load it: 36 ms)
+        if bars is None:
             stream.write(text)
         else:
-            tqdm.write(text, file=stream, end="")
+            bars.tqdm.write(text, file=stream, end="")
         stream.flush()
     except OSError as e:
         if not (isinstance(e, BrokenPipeError) or full_ok and e.errno in (errno.ENOSPC, errno.EIO) or

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 
+from .console import error_line
 from .errors import UserError
 
 
@@ -103,7 +104,7 @@ def wait_for_keys(store, keys: list, rank: int = 0, waiting: str = "") -> None:
             said = True
             missing = [k.rpartition("/")[2] for k in keys if not store.check([k])]
             ranks = f"rank{'s' * (len(missing) > 1)} {', '.join(missing)}"
-            print(f"yoda: note: rank {rank}: {waiting.format(ranks=ranks)}", file=sys.stderr, flush=True)
+            error_line(f"yoda: note: rank {rank}: {waiting.format(ranks=ranks)}")
         time.sleep(MEET_POLL_S)
 
 
