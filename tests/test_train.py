@@ -932,7 +932,8 @@ def test_config_takes_json_ints_for_numbers_and_null_for_optional(img_folder):
     d = json.loads(tiny_config(img_folder).to_json())
     d.update(lr=1, betas=[0, 0], ema_decay=0)
     d["loss"].update(lower_bound=1, noise_level=None)
-    cfg = TrainConfig.from_dict(d)
+    with pytest.warns(UserWarning, match="lower_bound 1 >= 1 makes every YODA mask all ones"):
+        cfg = TrainConfig.from_dict(d)
     assert (cfg.lr, cfg.betas, cfg.ema_decay, cfg.loss.lower_bound, cfg.loss.noise_level) == \
         (1, (0.0, 0.0), 0, 1.0, "continuous")
 
@@ -1420,6 +1421,7 @@ def test_a_long_load_error_is_cut_between_words():
     ("deflated", r"its zip entries expand to \d+ bytes from \d+ on disk \(compressed records"),
     ("damaged", r"it is corrupt: Bad CRC-32 for file '[^']*data/0' \(a damaged copy or disk\)"),
 ])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's, of the garbage bytes
 def test_an_unusable_checkpoint_says_what_to_do(tmp_path, img_folder, content, message, flip_record_byte):
     """A checkpoint without a config, or with tensors of another shape, gave a traceback; a corrupt one torch's
     advice to load it with weights_only=False (unsafe), with terminal colour codes; an image saved over it is
