@@ -104,9 +104,12 @@ def extensions():
     return [ext], {"build_ext": _build_ext(BuildExtension.with_options(use_ninja=True))}
 
 
-# scipy: eval's confidence intervals; pyyaml: SRDiff's configs
-REQUIRES = ["numpy", "pillow>=9.1", "scikit-image>=0.22", "scipy", "opencv-python-headless>=4.8", "safetensors", "tqdm",
-            "pyyaml"]
+# scipy: eval's confidence intervals; pyyaml: SRDiff's configs. Floors (each checked: the suite at these versions):
+# Pillow 11.1 (ExifTags.Base 9.3, TIFF orientation read once 10.1, big_tiff 11.1), scikit-image 0.23.1 and OpenCV
+# 4.10.0.84 (the first built for numpy 2), safetensors 0.3.2 (SafetensorError; views saved), tqdm 4.66 (tqdm.auto;
+# no deadlock at a bar's close, 4.50.1; TQDM_DISABLE)
+REQUIRES = ["numpy", "pillow>=11.1", "scikit-image>=0.23.1", "scipy", "opencv-python-headless>=4.10.0.84",
+            "safetensors>=0.3.2", "tqdm>=4.66", "pyyaml"]
 
 
 def torch_requirement() -> str:

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import PIL
 from PIL import Image
 
 import yoda
@@ -883,6 +884,8 @@ def test_from_uint8_converts_a_pil_image_of_any_8_bit_mode_as_read_image_does(tm
     modes = {"P": rgb.convert("P"), "PA": rgb.convert("P").convert("PA"), "CMYK": rgb.convert("CMYK"),
              "YCbCr": rgb.convert("YCbCr"), "LA": rgb.convert("LA"), "1": rgb.convert("1"), "L": rgb.convert("L"),
              "RGBA": rgb.convert("RGBA")}
+    if int(PIL.__version__.split(".")[0]) < 13:  # Pillow <= 12.3 cannot read back a YCbCr TIFF it wrote
+        del modes["YCbCr"]
     for mode, im in modes.items():
         alpha = np.linspace(0, 255, im.size[0] * im.size[1]).astype(np.uint8).reshape(im.size[::-1])
         if mode in ("LA", "RGBA", "PA"):  # a real alpha, composited on white

@@ -383,7 +383,7 @@ def test_srdiff_cosine_schedule_matches_upstream_formula():
     ac = np.cos(((x / steps) + 0.008) / (1 + 0.008) * np.pi * 0.5) ** 2
     ac = ac / ac[0]
     want = np.clip(1 - ac[1:] / ac[:-1], 0, 0.999)
-    assert s.T == 100 and np.allclose(s.betas.numpy(), want, rtol=1e-13, atol=0)
+    assert s.T == 100 and np.allclose(s.betas.numpy(), want, rtol=1e-12, atol=0)  # (numpy < 1.25's cos: 3.5e-13)
     assert s.betas[-1].item() == 0.999  # the last beta hits the clip
     lin = srdiff_beta_schedule(SRDiffConfig(beta_schedule="linear", timesteps=50, beta_end=0.02))
     want = np.linspace(1e-4, 0.02, 50)

@@ -36,7 +36,7 @@ def signature(a: np.ndarray) -> tuple[float, np.ndarray]:
     from PIL import Image
 
     grey = a.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]) if a.ndim == 3 else a.astype(np.float32)
-    return a.shape[1] / a.shape[0], np.asarray(Image.fromarray(grey, "F").resize((THUMB, THUMB), Image.BOX))
+    return a.shape[1] / a.shape[0], np.asarray(Image.fromarray(grey, "F").resize((THUMB, THUMB), Image.Resampling.BOX))
 
 
 def standardised(thumb: np.ndarray) -> Optional[np.ndarray]:

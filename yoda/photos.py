@@ -198,7 +198,7 @@ def downscaled(img: Image.Image, short_side: int) -> Image.Image:
     antialiased Lanczos), never enlarged."""
     w, h = img.size
     f = short_side / min(w, h)
-    return img.resize((round(w * f), round(h * f)), Image.LANCZOS, reducing_gap=3.0) if f < 1 else img
+    return img.resize((round(w * f), round(h * f)), Image.Resampling.LANCZOS, reducing_gap=3.0) if f < 1 else img
 
 
 def _build_into(out: str, short_side: int, photos: dict, progress: Optional[Callable[[str], None]]) -> Built:
