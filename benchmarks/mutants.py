@@ -2556,6 +2556,10 @@ MUTANTS = [
            '            print(f"yoda: note: rank {rank}: {waiting.format(ranks=ranks)}", file=sys.stderr, flush=True)',
            ("tests/test_cli.py", "-k", "rank_waiting_at_the_end"),
            "a rank's waiting note on a stderr nobody reads ends the rank with Broken pipe"),
+    Mutant("malloc-mmap-kept", "yoda/cli_upscale.py",
+           "libc.mallopt(M_MMAP_MAX, 0)", "libc.mallopt(M_MMAP_MAX, 65536)",
+           ("tests/test_malloc.py",),
+           "the RRDB's whole-LR activations are mmap'ed and faulted in anew at every layer: 18% system time at 4096²"),
 ]
 
 

@@ -1,7 +1,8 @@
 """yoda upscale's glibc malloc settings (yoda.cli_upscale.tune_malloc, issue 12 item 2): after it, an activation-
-sized block (16 MB) comes from the heap (no mmap) and is kept for reuse when freed (no trim), while a state-sized
-one (64 MB) is still mmap'ed; unless the user set malloc options or YODA_MALLOC=0. Run in a subprocess: the
-settings are process-wide."""
+sized block (16 MB) and a whole LR's RRDB activation (64 MB, over glibc's largest mmap threshold) come from the
+heap (no mmap) and are kept for reuse when freed, while a freed top of the heap past TRIM_THRESHOLD goes back to
+the kernel; unless the user set malloc options or YODA_MALLOC=0. Run in a subprocess: the settings are
+process-wide."""
 
 import os
 import platform
@@ -32,10 +33,13 @@ ctypes.memset(p, 1, 16 << 20)
 mmapped = libc.mallinfo2().hblks - before
 libc.free(p)
 kept = libc.mallinfo2().fordblks  # free bytes kept in the heap after the free
-q = libc.malloc(64 << 20)  # a 64 MB state
+q = libc.malloc(64 << 20)  # a 64 MB activation of the RRDB over a whole 1024^2 LR
 big = libc.mallinfo2().hblks - before
 libc.free(q)
-print(int(changed), mmapped, kept >= 16 << 20, big)
+kept_big = libc.mallinfo2().fordblks >= 64 << 20
+r = libc.malloc(1 << 30)  # 1 GiB, freed at the heap's top: trimmed
+libc.free(r)
+print(int(changed), mmapped, kept >= 16 << 20, big, kept_big, libc.mallinfo2().arena < 1 << 30)
 """
 
 
@@ -48,10 +52,10 @@ def probe(**env) -> list:
 
 
 def test_tune_malloc_keeps_large_blocks_in_the_heap():
-    assert probe() == ["1", "0", "True", "1"]
+    assert probe() == ["1", "0", "True", "0", "True", "True"]
 
 
 def test_tune_malloc_leaves_user_settings_and_can_be_turned_off():
-    assert probe(YODA_MALLOC="0") == ["0", "1", "False", "1"]  # glibc's default: mmap'ed, unmapped on free
+    assert probe(YODA_MALLOC="0") == ["0", "1", "False", "1", "False", "True"]  # glibc's: mmap'ed, unmapped
     assert probe(MALLOC_MMAP_THRESHOLD_="1048576")[0] == "0"
     assert probe(GLIBC_TUNABLES="glibc.malloc.trim_threshold=1000000000")[0] == "0"
