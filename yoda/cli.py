@@ -306,7 +306,8 @@ def cmd_figures(a) -> int:
     rp, ry = data.regional["plain"], data.regional["YODA"]
     flat = f"; {rp['flat']} image(s) with a flat map left out" if rp["flat"] else ""
     lines += [f"regional error by attention bin ({a.attention[0]}; pixels pooled over the images{flat}):",
-              "| A bin | pixels | MSE plain | MSE YODA | PSNR plain (dB) | PSNR YODA (dB) |", "|---|---|---|---|---|---|"]
+              "| A bin | pixels | MSE plain | MSE YODA | PSNR plain (dB) | PSNR YODA (dB) |",
+              "|---|---|---|---|---|---|"]
     d = max(2, math.ceil(math.log10(len(rp["count"]))))  # decimals that tell the edges apart (--bins 1000: 3)
     lines += [f"| {rp['edges'][i]:.{d}f}-{rp['edges'][i + 1]:.{d}f} | {n} | {rp['mse'][i]:.2f} | {ry['mse'][i]:.2f} | "
               f"{rp['psnr'][i]:.2f} | {ry['psnr'][i]:.2f} |" for i, n in enumerate(rp["count"])]
@@ -355,7 +356,7 @@ def cmd_train(a) -> int:
         resumed = f" (resumed at step {start})" if start else ""
         n = s["steps"] - start
         say(f"trained {n} step{'s' * (n != 1)}{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} of "
-              f"{s['total']} -> {s['weights']}")
+            f"{s['total']} -> {s['weights']}")
         if s["stopped_by"] is not None:
             how = f"--minutes {a.minutes:g} ran out" if s["signal"] is None else f"stopped by {s['stopped_by']}"
             error_line(f"yoda: {how} at step {s['steps']} of {s['total']}; the checkpoint is saved: the same command "
@@ -399,7 +400,7 @@ def cmd_data(a) -> int:
         built = build(out, short_side=a.short_side, progress=None if a.quiet else say)
     held = sum(r.split == "heldout" for r in built.rows)
     say(f"wrote {len(built.rows) - held} training and {held} held-out photographs to {out} "
-          f"(manifest: {os.path.join(out, 'manifest.json')})")
+        f"(manifest: {os.path.join(out, 'manifest.json')})")
     if built.not_installed:
         missing = sorted({PHOTOS[n][0] for n in built.not_installed})
         note(f"{len(built.not_installed)} of the {len(PHOTOS)} photographs are not installed, from "

@@ -147,7 +147,7 @@ def guided_model(model, cfg_scale):
 # over glibc's largest mmap threshold, 32 MiB) took 8.5 s of system time against 6.8 s of user time, and a
 # 1024² -> 4096² run 18% of its user time (2-vCPU Xeon, quiet). Here nothing is mmap'ed (M_MMAP_MAX 0): every
 # block comes from the heap and a freed one is reused, and the heap's free top is returned to the kernel only past
-# TRIM_THRESHOLD (that run: 3.3% system time, peak RSS 1.94 GiB against 1.69; never trimming, 2.3 GiB).
+# TRIM_THRESHOLD (that run: 3.3-3.4% system time, peak RSS 1.94-2.17 GiB against 1.69; never trimming, 2.3 GiB).
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 TRIM_THRESHOLD = 512 * 1024 * 1024
 MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
