@@ -2560,6 +2560,15 @@ MUTANTS = [
            "libc.mallopt(M_MMAP_MAX, 0)", "libc.mallopt(M_MMAP_MAX, 65536)",
            ("tests/test_malloc.py",),
            "the RRDB's whole-LR activations are mmap'ed and faulted in anew at every layer: 18% system time at 4096²"),
+    Mutant("release-heap-noop", "yoda/cli_upscale.py",
+           '    ctypes.CDLL("libc.so.6").malloc_trim(0)', '    ctypes.CDLL("libc.so.6")',
+           ("tests/test_malloc.py",),
+           "the heap an image left free is kept: a folder's peak RSS grows with its images"),
+    Mutant("release-heap-never", "yoda/cli.py",
+           "                    if tuned:\n                        release_heap()",
+           "                    if False:\n                        release_heap()",
+           ("tests/test_cli.py", "-k", "returns_the_heap"),
+           "yoda upscale DIR never returns an image's free heap: the folder's RSS grows"),
 ]
 
 

@@ -1889,6 +1889,25 @@ def test_streams_nobody_reads_end_the_lines_not_the_work(tmp_path, tiny_model, m
         os.close(w)
 
 
+def test_a_tuned_run_returns_the_heap_after_each_image(tmp_path, tiny_model, monkeypatch, capsys):
+    """With malloc's mmap off (tune_malloc), the blocks an image leaves free stay in the heap: a folder of six
+    1024² / 600x440 LRs peaked at 2.51 GiB against one image's 2.17. release_heap runs after each image (2.41)."""
+    import yoda.cli as cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(src / f"im{k}.png")
+    calls = []
+    monkeypatch.setattr(cli, "release_heap", lambda: calls.append(1))
+    for tuned, want in ((True, 3), (False, 0)):
+        calls.clear()
+        monkeypatch.setattr(cli, "tune_malloc", lambda tuned=tuned: tuned)
+        code, _, _ = run(["upscale", str(src), "-o", str(tmp_path / f"out{tuned}"), "--model", tiny_model,
+                          "--steps", "1", "-q"], capsys)
+        assert code == 0 and len(calls) == want and len(os.listdir(tmp_path / f"out{tuned}")) == 3
+
+
 def test_say_takes_windows_closed_pipe_and_raises_other_errors(monkeypatch):
     """On Windows a closed pipe raises OSError(EINVAL), not BrokenPipeError (cpython#79935): `yoda upscale | head`
     counted every later image as failed there. A stdout on a full disk ends the lines as a closed pipe does (it

@@ -46,7 +46,7 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_attentions
 from .console import error_line, say
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
-                          speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
+                          release_heap, speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
                           UpscaleRun, check_tiles, window_notes, window_text, working_where)
 from .errors import (Terminated, UnrefinedWarning, UserError, lr_from_images, out_of_memory, printable, sigterm_exits,
                      stop_in)
@@ -61,7 +61,7 @@ def cmd_upscale(a) -> int:
     """Every output path is checked before any image is read; then the inputs are read and upscaled one at a
     time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
     or upscaled is reported in one line and the others go on; the exit status is then 2."""
-    tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
+    tuned = tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
     if a.attention is None and a.lower_bound is not None and 0 <= a.lower_bound < float("inf"):  # given (its
         # default is the model's, set later); a bad one (nan, inf, -1) is refused below, not noted first
         note("--lower-bound has no effect without --attention (plain sampling)")
@@ -91,7 +91,11 @@ def cmd_upscale(a) -> int:
             if mine:
                 arr, grey = read_input(src, a.max_pixels)
                 check_hr_size(src, arr, a.scale, a.max_pixels, dst, grey)
-                _upscale_one(a, run, arr, grey, src, dst, tally)
+                try:
+                    _upscale_one(a, run, arr, grey, src, dst, tally)
+                finally:
+                    if tuned:
+                        release_heap()
 
     def message(e: BaseException) -> str:
         if out_of_memory(e):

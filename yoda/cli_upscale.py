@@ -141,15 +141,11 @@ def guided_model(model, cfg_scale):
         raise UserError(f"--cfg-scale {cfg_scale:g}: {e}") from e
 
 
-# glibc malloc for `yoda upscale` (benchmarks/RESULTS.md, issue 12). By default a block over the dynamic mmap
-# threshold is mmap'ed and unmapped again when freed, and the freed top of the heap is returned to the kernel, so
-# activations are faulted in anew at every layer: the RRDB features of a whole 1024² LR (blocks of 32-192 MiB,
-# over glibc's largest mmap threshold, 32 MiB) took 8.5 s of system time against 6.8 s of user time, and a
-# 1024² -> 4096² run 18% of its user time (2-vCPU Xeon, quiet). Here nothing is mmap'ed (M_MMAP_MAX 0): every
-# block comes from the heap and a freed one is reused, and the heap's free top is returned to the kernel only past
-# TRIM_THRESHOLD (that run: 3.3-3.4% system time, peak RSS 1.94-2.17 GiB against 1.69; never trimming, 2.3 GiB).
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
-TRIM_THRESHOLD = 512 * 1024 * 1024
+# glibc malloc for `yoda upscale` (RESULTS.md, issue 12): blocks over the mmap threshold (32 MiB at most) were
+# mapped anew at every layer (a whole 1024² LR's RRDB features: 8.5 s system, 6.8 s user; at 4096², 18% of user
+# time). Nothing is mapped now (M_MMAP_MAX 0), freed blocks are reused, and the heap's free top goes back past
+# TRIM_THRESHOLD (3.4% system time, peak RSS 2.17 GiB against 1.69; never trimming, 2.3 GiB).
+M_TRIM_THRESHOLD, M_MMAP_MAX, TRIM_THRESHOLD = -1, -4, 512 * 1024 * 1024  # mallopt's parameters (malloc.h), value
 MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
               "GLIBC_TUNABLES")
 
@@ -168,6 +164,14 @@ def tune_malloc() -> bool:
     except OSError:
         return False
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_heap() -> None:
+    """glibc's malloc_trim(0) after an image of a tuned run: the free heap, wherever it lies, goes back to the kernel
+    (a folder's peak RSS grew with the fragments earlier images left)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def speed_options(a, dev) -> dict:
