@@ -486,7 +486,25 @@ def test_srdiff_adapter_spaces():
     with torch.no_grad():
         pr = ad.prepare(lr)
     up = upsample(lr, 2)
-    assert torch.equal(pr.c, torch.zeros_like(up)) and torch.equal(pr.cond.up, up)
+    # the UNet reads no up(lr) (up_input off): cond holds none, decode makes it again, bit for bit; of the RRDB's
+    # maps it holds those the UNet reads (feas[2::3]), the others are None
+    assert torch.equal(pr.c, torch.zeros_like(up)) and pr.cond.up is None
+    with torch.no_grad():
+        feas = m.rrdb.features(lr)
+    assert len(pr.cond.feas) == len(feas) == m.config.rrdb_num_block + 1
+    assert all(torch.equal(a, b) if k % 3 == 2 else a is None for k, (a, b) in enumerate(zip(pr.cond.feas, feas)))
+    m5 = _tiny_srdiff(rrdb_num_block=5)  # six maps, the UNet reads two (2 and 5): the same output as from all six
+    with torch.no_grad():
+        c5, all5 = m5.yoda_adapter().prepare(lr).cond, m5.rrdb.features(lr)
+        assert [f is not None for f in c5.feas] == [False, False, True, False, False, True]
+        xt, t5 = torch.randn_like(up), torch.tensor([3, 3])
+        assert torch.equal(m5.yoda_adapter().denoise(xt, t5, 0.5, c5), m5(xt, t5, all5, up))
+    m_up = _tiny_srdiff(up_input=True)
+    with torch.no_grad():
+        assert torch.equal(m_up.yoda_adapter().prepare(lr).cond.up, up)
+    held = pr.cond._replace(up=up)
+    x_any = torch.randn_like(up)
+    assert torch.equal(ad.decode(x_any, lr, pr.cond), ad.decode(x_any, lr, held))
     hr = (up + 0.3 * torch.randn_like(up)).clamp(-1, 1)
     x0 = ((hr - up) * 2).clamp(-1, 1)  # (yoda.training.loss.space_tensors)
     # decode = clamp(up + clamp(x0) / 2): inverse of the residual encoding where it was not clipped
@@ -508,8 +526,14 @@ def test_srdiff_crop_cond_for_tiles():
     with torch.no_grad():
         cond = ad.prepare(lr).cond
     sub = ad.crop_cond(cond, slice(4, 12), slice(2, 10))
-    assert torch.equal(sub.up, cond.up[..., 4:12, 2:10])
-    assert all(torch.equal(a, b[..., 2:6, 1:5]) for a, b in zip(sub.feas, cond.feas))
+    assert cond.up is None and sub.up is None  # (up_input off: the UNet reads none)
+    m_up = _tiny_srdiff(up_input=True)
+    with torch.no_grad():
+        cond_up = m_up.yoda_adapter().prepare(lr).cond
+    assert torch.equal(m_up.yoda_adapter().crop_cond(cond_up, slice(4, 12), slice(2, 10)).up,
+                       cond_up.up[..., 4:12, 2:10])
+    assert all(a is b is None or torch.equal(a, b[..., 2:6, 1:5]) for a, b in zip(sub.feas, cond.feas))
+    assert sum(a is not None for a in sub.feas) == len(cond.feas[2::3])
     with pytest.raises(ValueError, match="multiples of the scale"):
         ad.crop_cond(cond, slice(3, 11), slice(2, 10))
     with pytest.raises(TypeError, match="unexpected keyword argument 'scale'"):

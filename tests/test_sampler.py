@@ -828,8 +828,8 @@ def _tiny_unet_adapter(kind):
         seen.append(x.shape[0])
         parts = []
         for k in range(x.shape[0]):
-            parts.append(forward(x[k:k + 1], *[[f[k:k + 1] for f in a] if isinstance(a, list) else a[k:k + 1]
-                                                for a in args]))
+            parts.append(forward(x[k:k + 1], *[[f if f is None else f[k:k + 1] for f in a] if isinstance(a, list)
+                                                else a if a is None else a[k:k + 1] for a in args]))
         return torch.cat(parts)
 
     net.forward = per_element
@@ -1888,3 +1888,32 @@ def test_the_callers_default_dtype_and_device_change_nothing():
         torch.set_default_dtype(torch.float32)
         torch.set_default_device(None)
     assert seen and set(seen) == {(torch.float64, "meta")}
+
+
+@pytest.mark.parametrize("attention", [None, "gaussian"])
+def test_decode_runs_without_the_loops_lr_state_held(attention):
+    """The loop's c (and A) are let go before decode: decode's own image-sized tensors (SRDiff's up(lr) and the
+    clamped residual) no longer stack on top of them at the end of a large upscale (issue 12's peak RSS)."""
+    import gc
+    import weakref
+
+    seen = {}
+
+    class Tracked(Adapter):
+        prediction, schedule, scale, multiple = "x0", SCHED, SCALE, 1
+
+        def prepare(self, lr):
+            up = upsample(lr, SCALE)
+            seen["c"] = weakref.ref(up)
+            return Prepared(c=up, cond=None)
+
+        def denoise(self, x_t, t, ab_t, cond):
+            return torch.zeros_like(x_t)
+
+        def decode(self, x0, lr, cond):
+            gc.collect()
+            seen["held"] = seen["c"]() is not None
+            return x0
+
+    out = run(Tracked(), lr_image(), attention=attention, lower_bound=0.5, steps=2, seed=0)
+    assert out.shape == (1, 3, 16, 16) and seen["held"] is False

@@ -139,7 +139,7 @@ def quantize_u8(x: torch.Tensor) -> torch.Tensor:
 
     The one quantiser of the project: to_uint8 (files, metrics), make_lr and the training PSNR use it, so an
     image scored during training has exactly the pixels it would have when saved."""
-    return ((x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return x.detach().float().clamp(-1.0, 1.0).add_(1.0).mul_(127.5).round_()  # one image-sized temporary
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -45,7 +45,7 @@ def upsample(lr: torch.Tensor, scale: int, method: str = "torch") -> torch.Tenso
     if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:  # 2.5: the methods
         raise ValueError(f"scale must be an int >= 1, got {scale!r}")  # disagreed on the size; 0: empty / error
     if method == "torch":
-        return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+        return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(-1.0, 1.0)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     u8 = torch.round((lr.double().clamp(-1.0, 1.0) + 1.0) * 127.5)

@@ -234,8 +234,8 @@ class SRDiff(nn.Module):
     def multiple(self) -> int:
         return 2 ** (len(self.config.dim_mults) - 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Sequence[torch.Tensor],
-                img_lr_up: torch.Tensor, proj: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Sequence[Optional[torch.Tensor]],
+                img_lr_up: Optional[torch.Tensor], proj: Optional[torch.Tensor] = None) -> torch.Tensor:
         if proj is None:  # (a denoise_fn of one's own need not take it)
             return self.denoise_fn(x, t, cond, img_lr_up)
         return self.denoise_fn(x, t, cond, img_lr_up, proj)
@@ -257,8 +257,12 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class SRDiffCond(NamedTuple):
-    feas: List[torch.Tensor]  # RRDB features of lr, nb + 1 maps (B, nf, h, w)
-    up: torch.Tensor  # up(lr) (B, 3, H, W)
+    # RRDB features of lr, nb + 1 maps (B, nf, h, w); None at the maps upstream's Unet does not read (all but
+    # feas[2::3]): the loop holds none of them (at a 1024² LR, 64-128 MiB each, six of nine for upstream's models)
+    feas: List[Optional[torch.Tensor]]
+    # up(lr) (B, 3, H, W); None where the UNet does not read it (upstream's Unet with up_input off, the embedded
+    # model): decode makes it again then, bit for bit, and the loop holds one state-sized image less (192 MiB at 4096²)
+    up: Optional[torch.Tensor]
     # a one-item cache of Unet.project_cond(feas), the same at every step: filled at the first untiled step (a
     # window's cond, crop_cond, has none: it projects its own crop; prepare making it held a state-sized 16-channel
     # map, 1 GiB at 4096², through runs in windows, which never read it)
@@ -267,7 +271,8 @@ class SRDiffCond(NamedTuple):
 
 class SRDiffAdapter(Adapter):
     """Residual space (DESIGN.md §6): c = 0 (the LR image has no residual), cond = (RRDB feats, up(lr)),
-    eps = unet(x_t, idx, feats, up(lr)); decode: SR = clamp(up(lr) + clip(x0) / res_rescale, -1, 1).
+    eps = unet(x_t, idx, feats, up(lr)); decode: SR = clamp(up(lr) + clip(x0) / res_rescale, -1, 1). cond's up(lr)
+    is None where the UNet does not read it (upstream's Unet with up_input off): decode makes it then.
 
     schedule / prediction: given here, else from ``card`` (default ``model.card``), else the config's schedule
     and upstream's "eps". The scale is always the config's sr_scale (a card must agree).
@@ -325,9 +330,13 @@ class SRDiffAdapter(Adapter):
             raise ValueError(f"lr: the HR size {H}x{W} must be divisible by {m} (2 ** UNet downsamplings)")
         up = upsample(lr, self.scale, self.upsampling)
         feas = self.model.rrdb.features(lr.to(next(self.model.parameters()).dtype))
+        net = self.model.denoise_fn
+        own = isinstance(net, Unet)
+        if own:  # (Unet.project_cond reads feas[2::3] only)
+            feas = [f if k % 3 == 2 else None for k, f in enumerate(feas)]
         # the features' projection is the same at every step: made once a call (2-8% of each UNet call; a review)
         return Prepared(c=torch.zeros_like(up),
-                        cond=SRDiffCond(feas, up, [] if isinstance(self.model.denoise_fn, Unet) else None))
+                        cond=SRDiffCond(feas, None if own and not net.up_input else up, [] if own else None))
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: SRDiffCond) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
@@ -335,8 +344,9 @@ class SRDiffAdapter(Adapter):
         # run in the weights' dtype, return the state's; prepare made the features in it (a lookup through
         # parameters() would cost 5 us of host time a step): a cond made before the model's dtype changed
         # (model.half()) must be made again
-        dt = cond.feas[0].dtype
-        args = (_as(x_t, dt), t, [_as(f, dt) for f in cond.feas], _as(cond.up, dt))
+        dt = cond.feas[2].dtype  # (a map the UNet reads: nb >= 2)
+        args = (_as(x_t, dt), t, [None if f is None else _as(f, dt) for f in cond.feas],
+                None if cond.up is None else _as(cond.up, dt))
         cache = cond.proj
         if cache is None or torch.is_grad_enabled():  # (a graph kept across steps would be backpropagated twice)
             out = self.model(*args)
@@ -349,7 +359,7 @@ class SRDiffAdapter(Adapter):
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: SRDiffCond) -> torch.Tensor:
         # one image-sized temporary, the rest in place (the peak of a 4096² upscale; issue 12)
         r = x0.clamp(-1.0, 1.0).div_(self.res_rescale) if self.clip_input else x0 / self.res_rescale
-        return r.add_(cond.up).clamp_(-1.0, 1.0)
+        return r.add_(upsample(lr, self.scale, self.upsampling) if cond.up is None else cond.up).clamp_(-1.0, 1.0)
 
     def stack_conds(self, conds: list) -> SRDiffCond:
         """Adapter.stack_conds without the projections' caches (one list shared by the stacked cond filled it with a
@@ -366,4 +376,5 @@ class SRDiffAdapter(Adapter):
                              f"features are cropped; give window and overlap multiples of {s}), got rows "
                              f"{ys.start}:{ys.stop}, cols {xs.start}:{xs.stop}")
         ly, lx = slice(ys.start // s, ys.stop // s), slice(xs.start // s, xs.stop // s)
-        return SRDiffCond([f[..., ly, lx] for f in cond.feas], cond.up[..., ys, xs])
+        return SRDiffCond([None if f is None else f[..., ly, lx] for f in cond.feas],
+                          None if cond.up is None else cond.up[..., ys, xs])

@@ -228,13 +228,15 @@ class Unet(nn.Module):
         if up_input:
             self.up_proj = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(3, dim, 3))
 
-    def project_cond(self, cond: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The LR features' projection to the HR grid, added after the first down block: the same at every step."""
+    def project_cond(self, cond: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+        """The LR features' projection to the HR grid, added after the first down block: the same at every step.
+        Reads cond[2::3] only (the other maps may be None)."""
         return self.cond_proj(torch.cat(list(cond[2::3]), 1))
 
-    def forward(self, x: torch.Tensor, time: torch.Tensor, cond: Sequence[torch.Tensor],
-                img_lr_up: torch.Tensor, proj: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """proj: project_cond(cond), made once for a whole sampling run (else made here)."""
+    def forward(self, x: torch.Tensor, time: torch.Tensor, cond: Sequence[Optional[torch.Tensor]],
+                img_lr_up: Optional[torch.Tensor], proj: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """proj: project_cond(cond), made once for a whole sampling run (else made here). img_lr_up is read with
+        up_input only (None will do without)."""
         # the sinusoidal embedding is computed in float32 (its arguments reach t ~ 1000), then cast to the mlp's
         # dtype, so the network runs in its weights' dtype (half, bfloat16, float64); a no-op in float32
         emb = self.mlp(self.time_pos_emb(time).to(self.mlp[0].weight.dtype))

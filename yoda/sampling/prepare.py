@@ -161,7 +161,9 @@ class Run:
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter's image of the final state, checked: a floating (B, 3, s*h, s*w) tensor (a user's decode that
-        gave a state-shaped or wrongly scaled tensor was returned as the image)."""
+        gave a state-shaped or wrongly scaled tensor was returned as the image). The run's c and A are let go first:
+        the loop is over, and decode's own images would otherwise be the call's peak (issue 12)."""
+        self.c = self.ops = self.A = self.A_image = None
         sr = self.adapter.decode(x, self.lr_state, self.cond)
         lr = self.lr_state
         want = (lr.shape[0], 3, *(n * int(self.adapter.scale) for n in lr.shape[-2:]))
