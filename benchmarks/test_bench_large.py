@@ -285,15 +285,21 @@ class NetTimer:
     once a call) and sums the time spent inside them."""
 
     def __init__(self, m):
-        self.m, self.seconds = m, 0.0
+        self.m, self.seconds, self._depth = m, 0.0, 0
         self._forward, self._features, self._proj = m.forward, m.rrdb.features, m.denoise_fn.project_cond
 
     def _timed(self, f):
         def g(*a, **k):
+            if self._depth:  # inside a timed network already (the projection inside a forward): counted once
+                return f(*a, **k)
             if DEVICE == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            out = f(*a, **k)
+            self._depth += 1
+            try:
+                out = f(*a, **k)
+            finally:
+                self._depth -= 1
             if DEVICE == "cuda":
                 torch.cuda.synchronize()
             self.seconds += time.perf_counter() - t0
