@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files, or folders of them (sorted by name)")
     p.add_argument("-o", "--output", type=_path, required=True,
                    help="output file (one input; its suffix sets the format) or folder (several inputs, or a name "
-                        "without a suffix: created, holding STEM_x4.png for each input)")
+                        "without a suffix: created, holding STEM_xS.png for each input, S the scale)")
     p.add_argument("--scale", type=int, default=None,
                    help="the model's factor, checked (default: the model's; the embedded model's is 4)")
     p.add_argument("--attention", default=DEFAULT_ATTENTION,
@@ -308,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "making")
     p.add_argument("--tiles", type=_tiles_arg, default=None, metavar="W[xH][,O]",
                    help="denoise in Gaussian-blended windows of W HR pixels (WxH: W wide, H high) overlapping by O "
-                        "(default a quarter of the shorter side rounded down to the model's size multiple, at least "
-                        "one multiple); all multiples of the model's size multiple (default: chosen when "
+                        "(default a quarter of the shorter side that tiles the image, a side spanning it not counted, "
+                        "rounded down to the model's size multiple, at least one multiple); all multiples of the model's size multiple (default: chosen when "
                         "--max-memory needs it)")
     p.add_argument("--window-batch", type=int, default=None, metavar="N",
                    help="windows per denoiser call when denoising in windows (default: what fits --max-memory)")
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"attention maps of the YODA rows: {ATTENTION_HELP}")
     p.add_argument("--max-size", type=int, default=128,
                    help="centre-crop HR to at most this (0: full size, cut to what the model takes, a multiple of the "
-                        "scale and its size multiple; QUALITY.md's tables use 256)")
+                        "scale and its size multiple; QUALITY.md's held-out tables use 256)")
     p.add_argument("-o", "--output", type=_path, default=None,
                    help="also write the results: FILE.csv one row per image and method, any other name the table")
     p.add_argument("--y-channel", action="store_true",
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0, help="DDIM eta")
     p.add_argument("--max-size", type=int, default=128,
                    help="centre-crop HR to at most this (0: full size, cut to what the model takes, a multiple of the "
-                        "scale and its size multiple; QUALITY.md's figures use 256)")
+                        "scale and its size multiple; QUALITY.md's figures use 128)")
     p.add_argument("--bins", type=int, default=10, help="bins of the attention value in Fig. 5")
     p.add_argument("--degree", type=int, default=2, help="degree of Fig. 5's polynomial fit")
     p.add_argument("--crops", type=int, default=3, help="images shown in Fig. 4")
