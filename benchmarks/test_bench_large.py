@@ -376,7 +376,7 @@ class StubNet:
     def __enter__(self):
         feas = self.m.rrdb.features(self.lr)
         self.m.forward, self.m.rrdb.features = (lambda x, t, f, up, *proj: x * 0.5), (lambda lr: feas)
-        self.m.denoise_fn.project_cond = lambda f: f[0][:1, :1, :1, :1]  # (the adapter makes it once a call)
+        self.m.denoise_fn.project_cond = lambda f: f[2][:1, :1, :1, :1]  # (made once a call; f[2]: a map it reads)
         return self
 
     def __exit__(self, *exc):
