@@ -302,6 +302,8 @@ def test_vs_plain_is_the_paired_mean_with_its_t_interval():
     assert (plain["exact"], plain["psnr"], yoda["psnr"]) == (1, 22.5, 23.5) and yoda["vs_plain"] == 1.0
 
 
+# the YODA runs at 1 step leave pixels unrefined, and say so: beside the point (the bars count the runs)
+@pytest.mark.filterwarnings("ignore:yoda.sample. at steps=1 with lower_bound:yoda.UnrefinedWarning")
 def test_progress_bars_shrink_by_the_runs_of_a_skipped_image(tmp_path, monkeypatch):
     """eval's and figures' bars count sampling runs of the images of a folder; an unreadable image or one too
     small for the model takes its runs off the total (the bar ended short of it, and stopped there)."""
@@ -347,6 +349,8 @@ def test_progress_bars_shrink_by_the_runs_of_a_skipped_image(tmp_path, monkeypat
 
 
 # ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
+# (its YODA row at 1 step leaves pixels unrefined, and says so: the test checks the bicubic row)
+@pytest.mark.filterwarnings("ignore:yoda.sample. at steps=1 with lower_bound:yoda.UnrefinedWarning")
 def test_eval_y_channel_rows_are_the_papers_luma_psnr():
     from yoda.data import make_lr
     from yoda.evaluate import EvalSettings, evaluate

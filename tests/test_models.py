@@ -1072,6 +1072,8 @@ def test_vae_upcast_is_shared_by_threads():
     assert vae.dtype == torch.float16  # back once the last one left
 
 
+# its EulerDiscreteScheduler config gets a sampler note (test_from_diffusers_samples_as_its_scheduler_config_says)
+@pytest.mark.filterwarnings("ignore:scheduler_config. a EulerDiscreteScheduler names no default sampler:UserWarning")
 def test_from_diffusers_takes_or_refuses_every_sampling_key():
     """Sampling-relevant config keys were dropped: clip_sample (diffusers DDPM's default; the final latent differed
     by 2.9), the VAE's shift_factor and latents_mean / std, an EDM or flow-matching scheduler read as linear betas,
