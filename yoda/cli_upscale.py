@@ -27,9 +27,8 @@ from .torchrun import JOIN_NOTE, meeting_store, rank_prefix, wait_for_keys
 # Fixed estimate of the denoiser's working memory per HR pixel (state, model activations, window blend), for
 # --max-memory. Generous for the small embedded model; a model with wider layers needs a smaller budget.
 HR_BYTES_PER_PIXEL = 4096
-# What the image's own buffers take per HR pixel whatever the windows (state, c, the model's output, the next
-# state, the windows' blend sums, the map, the output): measured 65 bytes over the process and a window's
-# activations at 4096² with the defaults, 87 with --attention edge (2 steps; 2-vCPU Xeon, fp32, 2026-12-06)
+# The image's own buffers per HR pixel whatever the windows (state, c, model output, next state, blend sums, map):
+# 65 bytes at 4096² with the defaults, 87 with --attention edge (2-vCPU Xeon, fp32, 2026-12-06; RESULTS.md)
 IMAGE_BYTES_PER_PIXEL = 96
 
 
