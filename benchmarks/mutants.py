@@ -2590,6 +2590,14 @@ MUTANTS = [
            "        self.c = self.ops = self.A = self.A_image = None\n", "",
            ("tests/test_sampler.py", "-k", "decode_runs_without"),
            "the loop's c and A stay held through decode: its images stack on them at the end of a large upscale"),
+    Mutant("sample-map-resolved-twice", "yoda/sampling/loop.py",
+           "fixed_batch=speed.cuda_graphs, resolved=attention is not given)", "fixed_batch=speed.cuda_graphs)",
+           ("tests/test_sampler.py", "-k", "resolved_once"),
+           "a map yoda.sample padded is resolved again in prepare: a second HR copy"),
+    Mutant("sample-map-held", "yoda/sampling/loop.py",
+           "        attention = given = None  # (an HR map", "        given = None  # (an HR map",
+           ("tests/test_sampler.py", "-k", "resolved_once"),
+           "yoda.sample's own padded map is held in its frame through the loop and decode"),
 ]
 
 

@@ -1924,3 +1924,43 @@ def test_decode_runs_without_the_loops_lr_state_held(attention):
 
     out = run(Tracked(), lr_image(), attention=attention, lower_bound=0.5, steps=2, seed=0)
     assert out.shape == (1, 3, 16, 16) and seen["held"] is False
+
+
+@pytest.mark.parametrize("how", ["pad", "covering"])
+def test_a_map_yoda_sample_made_is_resolved_once_and_not_held_through_the_loop(how, monkeypatch):
+    """A map yoda.sample made itself (padded to the model's multiple, or for the covering steps of a model's own
+    steps) was resolved again in prepare (a clamped copy) and held in sample's frame through the loop and decode:
+    one HR map twice at the peak. Same image either way."""
+    import gc
+
+    from yoda.sampling import loop, prepare as prep_mod
+
+    calls, alive = [], []
+    real = prep_mod.resolve_attention
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE, multiple=4)  # HR sides: multiples of 4
+    lr = lr_image(h=5, w=7) if how == "pad" else lr_image()
+    kw = dict(attention=lambda x: (x.mean(1, keepdim=True) + 1) / 2, lower_bound=0.5, seed=0, pad=how == "pad")
+    if how == "covering":  # the model's own 1 step leaves pixels unrefined: the map is made for the covering count
+        model.sampling_defaults = {"steps": 1}
+        kw.update(steps=None)
+    ref = run(model, lr, **kw)
+    decode = type(model).decode
+
+    def watched(self, x0, lr_, cond):
+        gc.collect()
+        with warnings.catch_warnings():  # (isinstance on torch.distributed's deprecated reduce_op warns)
+            warnings.simplefilter("ignore", FutureWarning)
+            alive.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.dim() == 4
+                             and o.shape[1] == 1 and o.shape[-2:] == x0.shape[-2:]))
+        return decode(self, x0, lr_, cond)
+
+    monkeypatch.setattr(prep_mod, "resolve_attention", counted)
+    monkeypatch.setattr(loop, "resolve_attention", counted)
+    monkeypatch.setattr(type(model), "decode", watched)
+    out = run(model, lr, **kw)
+    assert torch.equal(out, ref) and len(calls) == 1 and alive == [0]

@@ -190,6 +190,7 @@ def sample(
             steps = steps if n is None else n - 1
     lr_checked = check_lr(lr, float32=False, stacklevel=3)
     crop = None
+    given = attention  # (a map made below, padded or for the covering steps, is yoda's own: prepare takes it as is)
     if pad:
         lr_checked, attention, crop = pad_to_model(adapter, lr_checked, attention, lower_bound)
     draw = seed is None and noise is None  # explicit noise fixes the image: nothing is drawn for it
@@ -221,7 +222,8 @@ def sample(
                         device=lr_checked.device)
     with torch.inference_mode():  # no autograd records, no version counters; the image returned is a normal tensor
         run = prepare(speed_adapter(adapter, speed), spec, lr_checked, attention, noise, image_size=crop,
-                      fixed_batch=speed.cuda_graphs)
+                      fixed_batch=speed.cuda_graphs, resolved=attention is not given)
+        attention = given = None  # (an HR map made here was held through the loop beside the run's copy)
         if draw:  # from torch's generator, so that torch.manual_seed(...) reproduces the image; one draw a call, made
             # once prepare's checks passed (a call refused there drew it, and changed the caller's next draws)
             spec = run.spec = dataclasses.replace(spec, seed=resolve_seed(None))

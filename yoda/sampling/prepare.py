@@ -175,11 +175,12 @@ class Run:
 
 
 def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: Any, noise: Any,
-            image_size: Optional[tuple] = None, fixed_batch: bool = False) -> Run:
+            image_size: Optional[tuple] = None, fixed_batch: bool = False, resolved: bool = False) -> Run:
     """The Run of ``spec`` for the checked ``lr`` (B, 3, h, w): adapter.prepare on lr in the state's dtype, A from
     ``attention`` at HR resolved to the state grid (None when attention is None or lower_bound >= 1), the
     explicit ``noise`` checked against the state, the denoiser windows. image_size: the SR size of an lr that
-    yoda.sample(pad=True) padded (the rest is padding). fixed_batch: Tiler's (cuda_graphs). Call under
+    yoda.sample(pad=True) padded (the rest is padding). fixed_batch: Tiler's (cuda_graphs). resolved: attention is a
+    map yoda.sample made at HR (padded, or for the covering steps), taken as it is. Call under
     torch.inference_mode() (or torch.no_grad())."""
     # the user's arguments first: adapter.prepare may be the heavy part (an RRDB, a VAE encode, DiffBIR's stage 1)
     w = spec.windows
@@ -197,7 +198,7 @@ def prepare(adapter: Adapter, spec: SamplingSpec, lr: torch.Tensor, attention: A
         w = check_window_size(adapter, w, grid, extent)
     A_hr = None
     if attention is not None and spec.masked:
-        A_hr = resolve_attention(attention, lr, hr)
+        A_hr = attention if resolved else resolve_attention(attention, lr, hr)  # resolved: yoda.sample made it
     elif isinstance(attention, torch.Tensor):  # checked (NaN, range, shape) even when lower_bound >= 1 leaves it unused
         checked_map(attention, "attention", lr)
     elif isinstance(attention, str):  # a misspelt name is an error whatever the lower bound
