@@ -22,7 +22,7 @@ from yoda.adapters import Prepared, upsample
 from yoda.models import (LatentAdapter, ModelCard, SR3Config, SR3UNet, SRDiff, SRDiffConfig, load_sr3_config,
                          sr3_beta_schedule, srdiff_beta_schedule)
 from yoda.models.sr3 import SR3_16_128, SR3_64_512, PositionalEncoding, SelfAttention
-from yoda.models.srdiff_nets import LinearAttention, RRDBNet, SinusoidalPosEmb
+from yoda.models.srdiff_nets import LinearAttention, RRDBNet, SinusoidalPosEmb, Unet
 from yoda.sampling import sample
 from yoda.schedule import Schedule
 
@@ -493,6 +493,17 @@ def test_srdiff_adapter_spaces():
         feas = m.rrdb.features(lr)
     assert len(pr.cond.feas) == len(feas) == m.config.rrdb_num_block + 1
     assert all(torch.equal(a, b) if k % 3 == 2 else a is None for k, (a, b) in enumerate(zip(pr.cond.feas, feas)))
+    class ReadsAll(Unet):  # a user's variant of upstream's Unet: handed every map and up(lr), as before
+        def forward(self, x, time, cond, img_lr_up, proj=None):
+            assert all(f is not None for f in cond) and img_lr_up is not None
+            return super().forward(x, time, cond, img_lr_up, proj)
+
+    m_all = _tiny_srdiff()
+    m_all.denoise_fn.__class__ = ReadsAll
+    with torch.no_grad():
+        c_all = m_all.yoda_adapter().prepare(lr).cond
+        assert torch.equal(c_all.up, up) and all(f is not None for f in c_all.feas)
+        m_all.yoda_adapter().denoise(torch.randn_like(up), torch.tensor([3, 3]), 0.5, c_all)
     m5 = _tiny_srdiff(rrdb_num_block=5)  # six maps, the UNet reads two (2 and 5): the same output as from all six
     with torch.no_grad():
         c5, all5 = m5.yoda_adapter().prepare(lr).cond, m5.rrdb.features(lr)

@@ -309,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", type=_tiles_arg, default=None, metavar="W[xH][,O]",
                    help="denoise in Gaussian-blended windows of W HR pixels (WxH: W wide, H high) overlapping by O "
                         "(default a quarter of the shorter side that tiles the image, a side spanning it not counted, "
-                        "rounded down to the model's size multiple, at least one multiple); all multiples of the model's size multiple (default: chosen when "
-                        "--max-memory needs it)")
+                        "rounded down to the model's size multiple, at least one multiple); all multiples of the "
+                        "model's size multiple (default: chosen when --max-memory needs it)")
     p.add_argument("--window-batch", type=int, default=None, metavar="N",
                    help="windows per denoiser call when denoising in windows (default: what fits --max-memory)")
     p.add_argument("--max-memory", type=_bytes_arg, default=DEFAULT_MAX_MEMORY, metavar="SIZE",

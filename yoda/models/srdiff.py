@@ -260,8 +260,9 @@ class SRDiffCond(NamedTuple):
     # RRDB features of lr, nb + 1 maps (B, nf, h, w); None at the maps upstream's Unet does not read (all but
     # feas[2::3]): the loop holds none of them (at a 1024² LR, 64-128 MiB each, six of nine for upstream's models)
     feas: List[Optional[torch.Tensor]]
-    # up(lr) (B, 3, H, W); None where the UNet does not read it (upstream's Unet with up_input off, the embedded
-    # model): decode makes it again then, bit for bit, and the loop holds one state-sized image less (192 MiB at 4096²)
+    # up(lr) (B, 3, H, W); None where the UNet does not read it and it is torch's bicubic (upstream's Unet with
+    # up_input off, the embedded model): decode makes it again then, bit for bit, and the loop holds one
+    # state-sized image less (192 MiB at 4096²)
     up: Optional[torch.Tensor]
     # a one-item cache of Unet.project_cond(feas), the same at every step: filled at the first untiled step (a
     # window's cond, crop_cond, has none: it projects its own crop; prepare making it held a state-sized 16-channel
@@ -328,15 +329,18 @@ class SRDiffAdapter(Adapter):
         H, W = lr.shape[-2] * self.scale, lr.shape[-1] * self.scale
         if H % m or W % m:
             raise ValueError(f"lr: the HR size {H}x{W} must be divisible by {m} (2 ** UNet downsamplings)")
-        up = upsample(lr, self.scale, self.upsampling)
         feas = self.model.rrdb.features(lr.to(next(self.model.parameters()).dtype))
         net = self.model.denoise_fn
-        own = isinstance(net, Unet)
-        if own:  # (Unet.project_cond reads feas[2::3] only)
+        # upstream's own forward and projection (not a subclass's, which may read more) read feas[2::3] only, and
+        # up(lr) only with up_input; a float64 MATLAB-style up(lr) (released checkpoints) is kept, not made twice
+        upstream = type(net).forward is Unet.forward and type(net).project_cond is Unet.project_cond
+        if upstream:
             feas = [f if k % 3 == 2 else None for k, f in enumerate(feas)]
+        keep_up = not upstream or net.up_input or self.upsampling != "torch"
+        up = upsample(lr, self.scale, self.upsampling) if keep_up else None
         # the features' projection is the same at every step: made once a call (2-8% of each UNet call; a review)
-        return Prepared(c=torch.zeros_like(up),
-                        cond=SRDiffCond(feas, None if own and not net.up_input else up, [] if own else None))
+        return Prepared(c=lr.new_zeros(lr.shape[0], 3, H, W),
+                        cond=SRDiffCond(feas, up, [] if isinstance(net, Unet) else None))
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: SRDiffCond) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
@@ -359,7 +363,7 @@ class SRDiffAdapter(Adapter):
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: SRDiffCond) -> torch.Tensor:
         # one image-sized temporary, the rest in place (the peak of a 4096² upscale; issue 12)
         r = x0.clamp(-1.0, 1.0).div_(self.res_rescale) if self.clip_input else x0 / self.res_rescale
-        return r.add_(upsample(lr, self.scale, self.upsampling) if cond.up is None else cond.up).clamp_(-1.0, 1.0)
+        return r.add_(upsample(lr, self.scale) if cond.up is None else cond.up).clamp_(-1.0, 1.0)  # ("torch")
 
     def stack_conds(self, conds: list) -> SRDiffCond:
         """Adapter.stack_conds without the projections' caches (one list shared by the stacked cond filled it with a
