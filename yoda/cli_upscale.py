@@ -144,7 +144,7 @@ def guided_model(model, cfg_scale):
 # glibc malloc for `yoda upscale` (RESULTS.md, issue 12): blocks over the mmap threshold (32 MiB at most) were
 # mapped anew at every layer (a whole 1024² LR's RRDB features: 8.5 s system, 6.8 s user; at 4096², 18% of user
 # time). Nothing is mapped now (M_MMAP_MAX 0), freed blocks are reused, and the heap's free top goes back past
-# TRIM_THRESHOLD (3.4% system time, peak RSS 2.17 GiB against 1.69; never trimming, 2.3 GiB).
+# TRIM_THRESHOLD (at 4096²: 2.4% system time, peak RSS 1.52 GiB; never trimming: 2.32, before the sampler held less).
 M_TRIM_THRESHOLD, M_MMAP_MAX, TRIM_THRESHOLD = -1, -4, 512 * 1024 * 1024  # mallopt's parameters (malloc.h), value
 MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
               "GLIBC_TUNABLES")
