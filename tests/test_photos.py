@@ -236,11 +236,8 @@ def test_photos_source_needs_a_data_dir():
         load_source("photos")
 
 
-def test_packages_are_those_of_the_photographs_and_the_cli_names_them(tmp_path):
-    from yoda import cli_parser
-
+def test_packages_are_those_of_the_photographs(tmp_path):
     assert set(photos.PACKAGES) == {pkg for pkg, _ in photos.PHOTOS.values()}
-    assert cli_parser.WALLPAPER_PACKAGES == photos.PACKAGES  # the parser imports no torch: written out, tied here
     with pytest.raises(DataError, match="apt-get install " + " ".join(photos.PACKAGES).replace(".", r"\.") + "$"):
         photos.build(str(tmp_path / "out"), photos={})
 

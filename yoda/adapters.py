@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from yoda_kernels.contract import PREDICTIONS
 
 from .masks import as_float
+from .names import OTHER_MODEL_STEPS  # the steps of a model whose card names none (yoda.names)
 from .schedule import Schedule
 from .upsampling import METHODS as UPSAMPLINGS
 from .upsampling import upsample  # up(lr), DESIGN.md §2: yoda.upsampling
@@ -542,10 +543,6 @@ def _compiled_network(model: Any, adapter: Adapter) -> Adapter:
     return adapter
 
 
-# The steps `yoda upscale` / `yoda eval` and yoda.evaluate take for a model whose card names none (yoda.sample's
-# own default is every step of T): few enough to be practical on a CPU, many enough that DDPM / DDIM turn an eps
-# model's one-step error into an image (one step of an eps model is noise). cli_parser writes it out (no torch).
-OTHER_MODEL_STEPS = 50
 
 
 def model_sampler(adapter: Adapter) -> str:

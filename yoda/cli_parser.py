@@ -13,6 +13,7 @@ from typing import Optional
 from . import __version__
 from .console import error_line, write
 from .errors import printable
+from .names import MAX_MINUTES, OTHER_MODEL_STEPS, SIGMA_SCHEDULES, SOLVERS, WALLPAPER_PACKAGES  # (torch-free)
 
 
 class _Help(argparse.HelpFormatter):
@@ -91,22 +92,10 @@ class _Parser(argparse.ArgumentParser):
 # The CLI's sampling defaults, chosen for the embedded model on a selection set (scikit-image's held-out colour
 # images, not the test photographs) as the highest PSNR: DDIM with one step, no attention. benchmarks/QUALITY.md.
 DEFAULT_STEPS, DEFAULT_SAMPLER, DEFAULT_ATTENTION = 1, "ddim", "none"
-# Any other --model (an upstream SR3 / SRDiff checkpoint, a model you trained) gets this many steps (at most its
-# schedule's T): one step is right for the embedded x0 model only; an eps model's one-step x0 multiplies its
-# noise error by 1 / sqrt(ab_T) (about 150 for SR3's schedule) and gives noise. yoda.adapters.OTHER_MODEL_STEPS,
-# written out so that parsing imports no torch (a test ties them).
-OTHER_MODEL_STEPS = 50
-
+# Any other --model (an upstream SR3 / SRDiff checkpoint, a model you trained) gets OTHER_MODEL_STEPS (yoda.names)
 
 ATTENTION_HELP = "edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH"
-# yoda.photos.PACKAGES, written out so that parsing imports no torch (a test ties them)
-WALLPAPER_PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
-                      "mate-backgrounds")
 
-
-# yoda.sampling.solvers' SOLVERS and SIGMA_SCHEDULES, written out so that parsing imports no torch (a test checks)
-SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a", "dpmpp_2s_a")
-SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
 
 
 def _device_arg(p) -> None:
@@ -212,7 +201,6 @@ def _tiles_arg(v: str) -> tuple:
     return (sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[1], sides[0]), overlap)
 
 
-MAX_MINUTES = 1e8  # yoda.training.report.MAX_MINUTES, written out so that parsing imports no torch (a test ties them)
 
 
 def _positive_float(v: str) -> float:

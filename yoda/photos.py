@@ -31,11 +31,12 @@ from PIL import Image
 from ._io import (atomic_write_text, check_folder_writable, file_sha256, folder_lock, made_dirs, remove_empty,
                   remove_stale_temps, renamed)
 from .images import DataError, read_image, save_pil
+from .names import WALLPAPER_PACKAGES
 
 __all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "downscaled",
            "installed_photos"]
 
-PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "mate-backgrounds")
+PACKAGES = WALLPAPER_PACKAGES
 _PLASMA = "/usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
 _BG = "/usr/share/backgrounds/"
 

@@ -6,8 +6,8 @@
     for i in range(steps):                     # step i: (idx, ab_t, ab_prev) = spec.pairs[i], tau = spec.taus[i]
         pred, calls = run.denoise(x, i)        # adapter.denoise(x, idx, ab_t, cond), whole state or windows
         x = run.step(x, pred, i)               # masked_step: the sampler update where A >= tau, LR elsewhere
-        # or, for a sigma-space solver (yoda.sampling.solvers): masked_combine of x, D0 and the history
-        x, hist, extra = run.solve(x, pred, i, hist)
+        # or, for a sigma-space solver (yoda.sampling.solvers): the model, then masked_combine of x, D0, history
+        x, hist, extra = run.solve(x, i, hist)
     sr = run.decode(x)
 
 The loop is stateless apart from a solver's history (its last two denoised estimates): every step is a function
@@ -236,17 +236,19 @@ def sample(
         hist: tuple = ()  # a solver's earlier denoised estimates, newest first
         # without a bar, no tqdm at all (even disabled it starts its monitor thread and registers an atexit hook)
         for i in trange(spec.steps, desc="yoda.sample", leave=False) if spec.progress else range(spec.steps):
-            pred, calls = run.denoise(x, i)
+            check = i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1  # cheap: not every step
             if spec.solver is None:
+                pred, calls = run.denoise(x, i)
                 x_new, extra = run.step(x, pred, i), None
-            else:
-                x_new, hist, extra = run.solve(x, pred, i, hist)
+            else:  # a solver calls the model itself and lets go of its output early: pred is its finite_token
+                x_new, hist, extra = run.solve(x, i, hist, check)
+                pred, calls = extra["output"], extra["calls"]
             if spec.callback is not None:
                 report = run.report(i, x, x_new, pred, calls, extra)
                 with torch.inference_mode(False), torch.no_grad():  # an in-place op on its tensors is an error, as
                     spec.callback(report)  # documented (in inference mode it changed the image)
             x = x_new
-            if i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1:  # cheap: not every step
+            if check:
                 if not all_finite(pred, x):  # one device sync for both; which one, only when one is not
                     name = _model_name(model, adapter)
                     _check_finite(pred, "the model output", i, last_ok, spec.pairs, name)

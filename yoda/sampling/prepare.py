@@ -21,7 +21,7 @@ from .. import masks
 from ..adapters import Adapter, Prepared, checked_denoise, hr_grid, padded_lr_side
 from ..attention.classic import minmax_normalize, warn_if_stretched
 from ..errors import lr_from_images
-from .spec import SamplingSpec, Windows, check_noise, noise_entries
+from .spec import SamplingSpec, Windows, check_noise, finite_token, noise_entries
 from .tiles import Tiler, default_overlap
 
 
@@ -83,26 +83,30 @@ class Run:
         # plain (A None): the op drops the LR branch, so a step with sigma == 0 (DDIM eta 0) draws no noise
         return self._fused_step(x, pred, s.taus[i], i + 1, k, s.clip)
 
-    def solve(self, x: torch.Tensor, pred: torch.Tensor, i: int, hist: tuple) -> tuple[torch.Tensor, tuple, dict]:
-        """Step i of a sigma-space solver (yoda.sampling.solvers): (x at step i + 1, the new history, extras for
-        the report). ``hist``: the denoised estimates of the earlier steps, newest first (_woken replaces those of
-        pixels inactive at their step, DESIGN §5b); D0 = x0 of ``pred``, clipped if spec.clip. The two-call solvers
-        (Heun, DPM-2, DPM++(2S)) call the model a second time, on their predictor (the LR at the predictor's sigma
-        where inactive, the same noise)."""
+    def solve(self, x: torch.Tensor, i: int, hist: tuple, check: bool = False) -> tuple[torch.Tensor, tuple, dict]:
+        """Step i of a sigma-space solver (yoda.sampling.solvers), the model called here: (x at step i + 1, the new
+        history, extras for the report: x0_hat, calls, batches, output). ``hist``: the denoised estimates of the
+        earlier steps, newest first (_woken replaces those of pixels inactive at their step, DESIGN §5b); D0 = x0
+        of the model output, clipped if spec.clip. The output is let go once D0 is made (one state less through
+        the combine and a second model call, issue 12); extras' "output" is its finite_token where ``check``
+        (else None), for the loop's finiteness check. The two-call solvers (Heun, DPM-2, DPM++(2S)) call the
+        model a second time, on their predictor (the LR at the predictor's sigma where inactive, the same noise)."""
         s = self.spec
         st = s.solver[i]
         tau, step = s.taus[i], i + 1
+        pred, calls = self.denoise(x, i)
+        extra = {"output": finite_token(pred) if check else None, "calls": calls, "batches": self._batches()}
         raw = x0_hat(x, pred, st.ab, self.adapter.prediction, s.clip)
+        del pred
         d0 = in_state_dtype(raw, x.dtype)  # at pixels inactive now the combine takes the LR branch, never reads it
-        extra = {"x0_hat": raw if s.callback is not None else None, "calls": 0}
+        extra["x0_hat"] = raw if s.callback is not None else None
         del raw  # a fp16 state's float32 x0 is not held through the combine unless the callback wants it
         if st.predictor is not None:  # the second estimate, at the predictor's sigma (st.t2, st.ab2)
-            first = self._batches()
             x2 = self._combine(x, [d0], st.predictor, tau, step)
             pred2, calls2 = self._denoise(x2, st.t2, st.ab2, tau)
             d1 = in_state_dtype(x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip), x.dtype)
             del x2, pred2
-            extra.update(calls=calls2, batches=first + self._batches())
+            extra.update(calls=calls + calls2, batches=extra["batches"] + self._batches())
             return self._combine(x, [d0, d1], st.coefs, tau, step), (), extra
         x_new = self._combine(x, [d0, *self._woken(d0, hist[: st.n - 1], i)], st.coefs, tau, step)
         return x_new, (d0, *hist)[: self.history], extra
@@ -113,14 +117,19 @@ class Run:
         entry is replaced by the next newer one (D0 for the newest). A pixel that woke up since has no earlier
         estimate, so its update is of lower order, as a multistep solver's first steps are: first order at its
         first active step (DESIGN §5b). Extrapolating from c would take the jump from the LR's x0 to the model's
-        for a slope."""
+        for a slope.
+
+        Without a callback the entries are replaced in place (no copies: two states less with dpmpp_3m_sde): an
+        entry is only ever read where its own step's mask was active, which stays so, and masks only grow. With one,
+        the estimates it was shown as x0_hat are left as they were."""
         if self.A is None:
             return hist
         out, newer = [], d0
         for j, h in enumerate(hist):
             then = self.spec.taus[i - 1 - j]
             if then > self.spec.taus[i]:  # the mask grew since that step
-                h = torch.where(masks.active(self.A, then), h, newer)
+                h = torch.where(masks.active(self.A, then), h, newer,
+                                out=h if self.spec.callback is None else None)
             out.append(h)
             newer = h
         return tuple(out)
@@ -140,9 +149,8 @@ class Run:
         idx, ab_t, _ = self.spec.pairs[i]
         tau = self.spec.taus[i]
         batches = self._batches()
-        if extra is not None:
-            calls += extra["calls"]
-            batches = extra.get("batches", batches)
+        if extra is not None:  # a solver's step: its calls and passes, the second model call's included
+            calls, batches = extra["calls"], extra["batches"]
         out = {
             "i": i,
             "t": idx,

@@ -68,12 +68,11 @@ import torch
 from yoda_kernels.contract import CombineCoefs
 
 from ..masks import as_float
+from ..names import SIGMA_SCHEDULES, SOLVERS  # (the CLI's parser reads them without torch)
 from ..schedule import Schedule
 
-SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a", "dpmpp_2s_a")
 # the solvers that take eta (default 1, k-diffusion's)
 ETA_SOLVERS = ("euler_a", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2_a", "dpmpp_2s_a")
-SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")
 DEFAULT_SIGMAS = "karras"
 TIMESTEPS = ("interpolate", "nearest", "visited")  # how sigma -> the model's t (module docstring)
 DEFAULT_TIMESTEPS = "interpolate"

@@ -302,23 +302,25 @@ def resolve_seed(seed: Any) -> int:
 
 
 def all_finite(*xs: torch.Tensor) -> bool:
-    """Whether every element of the tensors ``xs`` (on one device) is finite, exactly, at the cost of one sum each
-    and one device sync for all: a sum with a NaN or an Inf among its terms is NaN or Inf, so a finite sum proves
-    every term finite; only a non-finite sum (a NaN or Inf, or finite values whose sum overflows) takes the full
-    elementwise check. ``torch.isfinite(x).all()`` writes a bool tensor first: 389 ms against 10 ms for the sum on
-    a 3x4096^2 float32 state (one core of the 2-core development CPU)."""
-    total = _sum(xs[0])
-    for x in xs[1:]:  # a NaN or an Inf in any sum makes the total NaN or Inf (+Inf and -Inf: NaN)
-        total = total + _sum(x)
-    if bool(torch.isfinite(total)):
-        return True
-    return all(bool(torch.isfinite(x).all()) for x in xs)
+    """Whether every element of the tensors ``xs`` (on one device) is finite, exactly, with one device sync for
+    all: their least and greatest values (finite_token) are. ``torch.isfinite(x).all()`` writes a bool tensor
+    first: 389 ms against 26 ms on a 3x4096^2 float32 state (one core of the 2-core development CPU); a sum (18 ms)
+    can overflow with every term finite, and an fp16 sum in float32 took 108 ms against aminmax's 23."""
+    return bool(torch.isfinite(torch.stack([v for x in xs for v in _extremes(x)])).all())
 
 
-def _sum(x: torch.Tensor) -> torch.Tensor:
-    """x's sum, float16 and bfloat16 in float32: an fp16 state of a few thousand pixels a side sums past 65504, and
-    each finiteness check would take the slow elementwise way."""
-    return x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
+def finite_token(x: torch.Tensor) -> torch.Tensor:
+    """x's least and greatest value, (2,), on x's device without a sync: finite exactly when every element of x is
+    (aminmax propagates NaN; an Inf is the least or greatest value). Zeros for an empty x. A token stands in for x
+    in all_finite, so that the sampler need not hold a solver's model output until the state is checked."""
+    return torch.stack(_extremes(x))
+
+
+def _extremes(x: torch.Tensor) -> tuple:
+    """(least, greatest) value of x as 0-d tensors, zeros for an empty x (torch.stack promotes mixed dtypes)."""
+    if x.numel() == 0:
+        return x.new_zeros(()), x.new_zeros(())
+    return torch.aminmax(x)
 
 
 def _is_int(v: Any) -> bool:

@@ -19,12 +19,12 @@ from .. import data as _data
 from .._io import (FolderInUse, atomic_write_text, check_folder_writable, folder_lock, made_dirs, remove_empty,
                    remove_stale_temps)
 from ..errors import sigterm_exits
+from ..names import MAX_MINUTES  # --minutes at most
 from ..photos import HELD_OUT_PHOTOS
 from .config import TrainConfig
 from .distributed import all_reduce_sum, env_ranks, local_batch, process_group
 from .trainer import RUN_FILES, Trainer, check_weights_name
 
-MAX_MINUTES = 1e8  # --minutes at most (about 190 years; 1e308 overflowed to inf seconds); cli_parser's, tied by a test
 
 
 def machine_description(device: torch.device) -> str:
