@@ -1964,8 +1964,8 @@ MUTANTS = [
            "    except OverflowError:  # an int past float's range (10**400)", "    except ZeroDivisionError:  # (10**400)",
            ("tests/test_sampler.py", "-k", "bad_inputs"),
            "lower_bound=10**400 was an OverflowError"),
-    Mutant("sparse-attention-unnamed", "yoda/sampling/prepare.py",
-           "    masks.check_dense(A, src)\n", "\n",
+    Mutant("sparse-attention-unnamed", "yoda/masks.py",
+           "    if t.layout != torch.strided:", "    if False:",
            ("tests/test_sampler.py", "-k", "bad_inputs"),
            "a sparse attention map failed in aminmax with NotImplementedError"),
     Mutant("coefs-overflow-said-of-coefs", "yoda_kernels/coefs.py",
@@ -2621,6 +2621,11 @@ MUTANTS = [
            ("tests/test_solvers.py", "-k", "nan_model"),
            "a solver's periodic check looks at the state it was given, not the model output: an Inf output whose "
            "clipped x0 is finite goes unnoticed"),
+    Mutant("second-call-unchecked", "yoda/sampling/prepare.py",
+           '                extra["output"] = torch.cat([extra["output"], finite_token(pred2)])\n',
+           "                pass\n",
+           ("tests/test_solvers.py", "-k", "second_model_call"),
+           "a two-call solver's second model output is never checked: an Inf one, clipped in x0, goes unnoticed"),
 ]
 
 

@@ -902,10 +902,9 @@ def test_sample_takes_the_models_sampling_defaults(tmp_path):
     bicubic (23.6 against 24.2 dB), where its own sampler (DDIM, 1 step, the CLI's default) gives 26.7 dB in 0.1 s.
     Its card now carries how it samples (DEFAULT_SAMPLING, also for a byte-identical copy), and yoda.sample takes
     the card's sampler and steps where the call leaves them out; what the call gives wins."""
-    from yoda.cli_parser import DEFAULT_SAMPLER, DEFAULT_STEPS
     from yoda.models.loading import DEFAULT_SAMPLING, DEFAULT_WEIGHTS
 
-    assert DEFAULT_SAMPLING == {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}  # the CLI's, the same
+    assert DEFAULT_SAMPLING == {"sampler": "ddim", "steps": 1}
     copy = tmp_path / "copy.safetensors"
     copy.write_bytes(DEFAULT_WEIGHTS.read_bytes())
     net = yoda.load("yoda", copy)

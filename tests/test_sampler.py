@@ -1548,8 +1548,9 @@ def test_sampling_runs_under_inference_mode():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_all_finite_is_exact(dtype):
-    """yoda.sampling.spec.all_finite = torch.isfinite(x).all(), including the cases where its shortcut (the sum)
-    is not finite although every element is (overflow), and a +Inf and a -Inf whose sum is NaN."""
+    """yoda.sampling.spec.all_finite = torch.isfinite(x).all(), including the cases where a sum is not finite
+    although every element is (overflow: the check by sums needed an elementwise fallback), and a +Inf and a -Inf
+    whose sum is NaN."""
     from yoda.sampling.spec import all_finite
 
     big = torch.finfo(dtype).max

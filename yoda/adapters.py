@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from yoda_kernels.contract import PREDICTIONS
 
 from .masks import as_float
-from .names import OTHER_MODEL_STEPS  # the steps of a model whose card names none (yoda.names)
+from .names import DEFAULT_SAMPLER, OTHER_MODEL_STEPS  # the sampler and steps where a model's card names none
 from .schedule import Schedule
 from .upsampling import METHODS as UPSAMPLINGS
 from .upsampling import upsample  # up(lr), DESIGN.md §2: yoda.upsampling
@@ -543,12 +543,10 @@ def _compiled_network(model: Any, adapter: Adapter) -> Adapter:
     return adapter
 
 
-
-
 def model_sampler(adapter: Adapter) -> str:
     """The sampler of the CLI and yoda.evaluate where the user names none: the card's (adapter.sampling_defaults),
-    else "ddim" (yoda.sample's own default is "ddpm", upstream's). cli_parser writes out "ddim" (no torch)."""
-    return adapter.sampling_defaults.get("sampler", "ddim")
+    else DEFAULT_SAMPLER, "ddim" (yoda.sample's own default is "ddpm", upstream's)."""
+    return adapter.sampling_defaults.get("sampler", DEFAULT_SAMPLER)
 
 
 def model_steps(adapter: Adapter) -> int:

@@ -13,7 +13,8 @@ from typing import Optional
 from . import __version__
 from .console import error_line, write
 from .errors import printable
-from .names import MAX_MINUTES, OTHER_MODEL_STEPS, SIGMA_SCHEDULES, SOLVERS, WALLPAPER_PACKAGES  # (torch-free)
+from .names import (DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_MINUTES, OTHER_MODEL_STEPS, SIGMA_SCHEDULES,  # (torch-free)
+                    SOLVERS, WALLPAPER_PACKAGES)
 
 
 class _Help(argparse.HelpFormatter):
@@ -89,13 +90,11 @@ class _Parser(argparse.ArgumentParser):
             write("stdout" if file is sys.stdout else "stderr", message, True)
 
 
-# The CLI's sampling defaults, chosen for the embedded model on a selection set (scikit-image's held-out colour
-# images, not the test photographs) as the highest PSNR: DDIM with one step, no attention. benchmarks/QUALITY.md.
-DEFAULT_STEPS, DEFAULT_SAMPLER, DEFAULT_ATTENTION = 1, "ddim", "none"
-# Any other --model (an upstream SR3 / SRDiff checkpoint, a model you trained) gets OTHER_MODEL_STEPS (yoda.names)
+# The CLI's sampling defaults, the embedded model's (DEFAULT_SAMPLER, DEFAULT_STEPS: yoda.names), no attention; any
+# other --model (an upstream SR3 / SRDiff checkpoint, a model you trained) gets OTHER_MODEL_STEPS
+DEFAULT_ATTENTION = "none"
 
 ATTENTION_HELP = "edge | gaussian | sift | dino-vits8:PATH | dino-resnet50:PATH"
-
 
 
 def _device_arg(p) -> None:
@@ -199,8 +198,6 @@ def _tiles_arg(v: str) -> tuple:
     if min(sides) < 1 or (overlap is not None and not 0 <= overlap < min(sides)):
         raise argparse.ArgumentTypeError(f"{v!r} must be W, W,O, WxH or WxH,O with W, H >= 1 and 0 <= O < W, H")
     return (sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[1], sides[0]), overlap)
-
-
 
 
 def _positive_float(v: str) -> float:

@@ -17,8 +17,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from yoda_kernels.checks import check_dense  # the kernels' dense-layout check, for the maps and images too
-
 _FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 A_MARGIN = 1e-3  # attention may exceed [0, 1] by float rounding (a bilinear or bicubic resize)
 
@@ -92,6 +90,14 @@ def check_lower_bound(lower_bound: float, name: str = "lower_bound") -> float:
     if not math.isfinite(lb) or lb < 0:
         raise ValueError(f"{name} must be a finite float >= 0, got {lb}")
     return lb
+
+
+def check_dense(t: torch.Tensor, name: str) -> None:
+    """TypeError naming ``name`` for a sparse (or other non-strided) tensor: a map's checks (aminmax, isnan) and the
+    kernels take dense ones only (a sparse map failed with torch's NotImplementedError). yoda_kernels.checks has its
+    twin: importing it would load the compiled kernels (and warn of a stale build) wherever a map is checked."""
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}: pass it .to_dense()")
 
 
 def check_A(A: torch.Tensor, name: str = "A") -> torch.Tensor:

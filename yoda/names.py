@@ -2,6 +2,14 @@
 no torch, so that `yoda --help` and a mistyped option answer at once; these live here, imported by both, instead of
 being written out twice."""
 
+# How the embedded model samples where a call does not say (its ModelCard's sampling, yoda.models.loading's
+# DEFAULT_SAMPLING; the CLI's defaults too): chosen for it on a selection set (scikit-image's held-out colour images,
+# not the test photographs) as the highest PSNR, benchmarks/QUALITY.md. It is an x0 regressor trained for one step:
+# DDPM over its T = 1000 steps gives a worse picture in about 450 times the time. DEFAULT_SAMPLER is also the
+# sampler of the CLI and yoda.evaluate for a model whose card names none (yoda.adapters.model_sampler; yoda.sample's
+# own default is "ddpm", upstream's).
+DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 1
+
 # yoda.sampling.solvers: the sigma-space solvers and the named sigma schedules
 SOLVERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpm_2", "dpm_2_a", "dpmpp_2s_a")
 SIGMA_SCHEDULES = ("karras", "exponential", "uniform", "diffbir")

@@ -26,8 +26,8 @@ from .contract import FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, C
 
 def check_dense(t: torch.Tensor, name: str) -> None:
     """TypeError naming ``name`` for a sparse (or other non-strided) tensor: the kernels take dense ones only (a
-    sparse state reached the dispatcher's "Could not run 'yoda::masked_step' ... 'SparseCPU'"); yoda.masks takes it
-    for the library's maps and images (a sparse map failed in aminmax / isnan with torch's NotImplementedError)."""
+    sparse state reached the dispatcher's "Could not run 'yoda::masked_step' ... 'SparseCPU'"). yoda.masks has its
+    twin, with the same arguments, for the library's maps and images (yoda_kernels imports nothing of yoda)."""
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}: pass it .to_dense()")
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, check_path
 from ..devices import torch_defaults
+from ..names import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .sr3_load import load_sr3
 from .srdiff_load import load_srdiff
 from .yoda_format import load_yoda
@@ -31,11 +32,9 @@ __all__ = ["KINDS", "DEFAULT_WEIGHTS", "DEFAULT_SAMPLING", "load", "is_default_w
 
 KINDS = ("sr3", "srdiff", "dino-vits8", "dino-resnet50", "yoda")
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default_x4.safetensors"  # "default"
-# How the embedded model samples where a call does not say (its ModelCard's sampling; the CLI's defaults too): chosen
-# for it on a selection set (scikit-image's held-out colour images, not the test photographs) as the highest
-# PSNR, benchmarks/QUALITY.md. It is an x0 regressor trained for one step: DDPM over its T = 1000 steps gives a
-# worse picture (2.7 dB lower on an astronaut crop, below bicubic on some) in about 450 times the time (RESULTS.md).
-DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 1}
+# How the embedded model samples where a call does not say (its ModelCard's sampling; the CLI's defaults too; why:
+# yoda.names). DDPM over its T = 1000 steps: 2.7 dB lower on an astronaut crop, below bicubic on some (RESULTS.md).
+DEFAULT_SAMPLING = {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}
 
 PathLike = Union[str, os.PathLike]
 

@@ -88,9 +88,10 @@ class Run:
         history, extras for the report: x0_hat, calls, batches, output). ``hist``: the denoised estimates of the
         earlier steps, newest first (_woken replaces those of pixels inactive at their step, DESIGN §5b); D0 = x0
         of the model output, clipped if spec.clip. The output is let go once D0 is made (one state less through
-        the combine and a second model call, issue 12); extras' "output" is its finite_token where ``check``
-        (else None), for the loop's finiteness check. The two-call solvers (Heun, DPM-2, DPM++(2S)) call the
-        model a second time, on their predictor (the LR at the predictor's sigma where inactive, the same noise)."""
+        the combine and a second model call, issue 12); extras' "output" is its finite_token (with the second
+        call's) where ``check``, else None, for the loop's finiteness check. The two-call solvers (Heun, DPM-2,
+        DPM++(2S)) call the model a second time, on their predictor (the LR at the predictor's sigma where
+        inactive, the same noise)."""
         s = self.spec
         st = s.solver[i]
         tau, step = s.taus[i], i + 1
@@ -104,6 +105,8 @@ class Run:
         if st.predictor is not None:  # the second estimate, at the predictor's sigma (st.t2, st.ab2)
             x2 = self._combine(x, [d0], st.predictor, tau, step)
             pred2, calls2 = self._denoise(x2, st.t2, st.ab2, tau)
+            if check:  # the second output is checked too (an Inf one, clipped in x0, left the state finite)
+                extra["output"] = torch.cat([extra["output"], finite_token(pred2)])
             d1 = in_state_dtype(x0_hat(x2, pred2, st.ab2, self.adapter.prediction, s.clip), x.dtype)
             del x2, pred2
             extra.update(calls=calls + calls2, batches=extra["batches"] + self._batches())
@@ -120,8 +123,9 @@ class Run:
         for a slope.
 
         Without a callback the entries are replaced in place (no copies: two states less with dpmpp_3m_sde): an
-        entry is only ever read where its own step's mask was active, which stays so, and masks only grow. With one,
-        the estimates it was shown as x0_hat are left as they were."""
+        entry's pixels outside its own step's mask are never read again. Where the mask has grown since, every use
+        goes through this replacement, which rewrites them; where it has not, the combine reads only pixels of that
+        same mask. With a callback, the estimates it was shown as x0_hat are left as they were."""
         if self.A is None:
             return hist
         out, newer = [], d0

@@ -26,7 +26,6 @@ from .distributed import all_reduce_sum, env_ranks, local_batch, process_group
 from .trainer import RUN_FILES, Trainer, check_weights_name
 
 
-
 def machine_description(device: torch.device) -> str:
     import platform
 
