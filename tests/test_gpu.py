@@ -10,6 +10,7 @@
   active, against the textbook posterior computed independently in float64;
 - masked_combine (the solvers' update) on both backends: bit for bit on explicit noise, masked_step's noise
   stream, read avoidance;
+- yoda.sample with the solvers: the same image with and without a callback, near the CPU's;
 - tile_stats, masked_q_sample; torch.library.opcheck and torch.compile for the Triton ops.
 """
 
@@ -269,6 +270,47 @@ def test_sampler_free_ddpm_loop(backend):
         x = mean + (math.sqrt(var) * zs[t] if t > 0 else 0.0)
     err = (x_dev.double().cpu() - x).abs().max().item()
     assert err < 1e-4 * max(1.0, x.abs().max().item()), err
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_solvers_sample_on_the_gpu_with_and_without_a_callback(backend, monkeypatch):
+    """yoda.sample with the solvers on the GPU (their history replaced in place without a callback, copied with
+    one; the NaN / Inf check by least and greatest values): the same image either way, bit for bit, within float
+    rounding of the CPU's reference run, and an Inf from a two-call solver's second model call named."""
+    import yoda
+    from yoda.adapters import CallableAdapter
+    from yoda.schedule import Schedule
+
+    _need(backend)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # (TF32 convolutions: 1e-3 from the CPU's)
+    conv = torch.nn.Conv2d(6, 3, 3, padding=1)
+    torch.nn.init.normal_(conv.weight, std=0.2, generator=torch.Generator().manual_seed(0))
+    torch.nn.init.zeros_(conv.bias)
+
+    def fn(x, t, c):
+        net = conv.to(x.device)
+        return torch.tanh(net(torch.cat([c, x], 1)) * (0.5 + t.to(x.dtype)[:, None, None, None] / 1000))
+
+    sched = Schedule.scaled_linear(1000)
+    lr = (torch.rand(2, 3, 12, 20, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    A = _blob(2, 24, 40, seed=3)
+    for solver in ("dpmpp_3m_sde", "dpmpp_2m", "heun"):
+        kw = dict(sampler=solver, attention=A, lower_bound=0.5, seed=7, steps=6, progress=False)
+        ad = CallableAdapter(fn, prediction="eps", schedule=sched, scale=2)
+        got = yoda.sample(ad, lr.to(DEV), backend=backend, **kw)
+        shown = yoda.sample(ad, lr.to(DEV), backend=backend, callback=lambda d: None, **kw)
+        assert torch.equal(got, shown), solver
+        ref = yoda.sample(ad, lr, backend="naive", **dict(kw, attention=A.cpu()))
+        assert (got.cpu() - ref).abs().max().item() < 1e-4, solver
+    n = [0]
+
+    def second_inf(x, t, c):
+        n[0] += 1
+        return torch.full_like(x, float("inf")) if n[0] == 2 else fn(x, t, c)
+
+    bad = CallableAdapter(second_inf, prediction="eps", schedule=sched, scale=2, clip_x0=True)
+    with pytest.raises(FloatingPointError, match="the model output has NaN or Inf at step 0"):
+        yoda.sample(bad, lr.to(DEV), sampler="heun", steps=4, seed=0, backend=backend, progress=False)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

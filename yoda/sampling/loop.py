@@ -6,8 +6,8 @@
     for i in range(steps):                     # step i: (idx, ab_t, ab_prev) = spec.pairs[i], tau = spec.taus[i]
         pred, calls = run.denoise(x, i)        # adapter.denoise(x, idx, ab_t, cond), whole state or windows
         x = run.step(x, pred, i)               # masked_step: the sampler update where A >= tau, LR elsewhere
-    # or, for a sigma-space solver (yoda.sampling.solvers), in place of both: the model (denoise), then
-    # masked_combine of x, D0 and the history
+        # or, for a sigma-space solver (yoda.sampling.solvers), in place of both lines: the model, then
+        # masked_combine of x, D0 and the history
         x, hist, extra = run.solve(x, i, hist)
     sr = run.decode(x)
 
