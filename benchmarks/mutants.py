@@ -1184,7 +1184,7 @@ MUTANTS = [
            ("tests/test_checkpoint.py", "-k", "raises_the_models_steps"),
            "the covering steps compare tau in float64 where the masks compare float32: an extra step"),
     Mutant("lost-rank-any-error", "yoda/torchrun.py",
-           "if isinstance(e, RuntimeError) and launched_world()", "if launched_world()",
+           "if not isinstance(e, RuntimeError) or launched_world()", "if launched_world()",
            ("tests/test_cli.py", "-k", "lost_another"),
            "an OSError of the user's ('Connection reset by peer') under torchrun is taken for another rank's death"),
     Mutant("last-step-held-noised", "yoda/sampling/prepare.py",
@@ -2626,6 +2626,10 @@ MUTANTS = [
            "                pass\n",
            ("tests/test_solvers.py", "-k", "second_model_call"),
            "a two-call solver's second model output is never checked: an Inf one, clipped in x0, goes unnoticed"),
+    Mutant("store-gone-internal-error", "yoda/torchrun.py",
+           'if any(k.__name__ == "DistNetworkError" for k in type(e).__mro__):', "if False:",
+           ("tests/test_cli.py", "-k", "lost_another"),
+           "ranks that lost the store's host (torchrun killed) say 'internal error: a bug in yoda' after a traceback"),
 ]
 
 

@@ -3025,15 +3025,27 @@ def test_a_rank_that_lost_another_says_so_in_one_line(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     assert cli.main(["train", "--config", "c.json"]) == 1
-    assert capsys.readouterr().err == ("yoda: error: rank 0: another rank ended (killed, or out of memory?), so this "
-                                       "one cannot go on (Connection closed by peer); the run resumes from its last "
-                                       "checkpoint (the same command)\n")
+    assert capsys.readouterr().err == ("yoda: error: rank 0: another rank or torchrun ended (killed, or out of "
+                                       "memory?), so this one cannot go on (Connection closed by peer); the run "
+                                       "resumes from its last checkpoint (the same command)\n")
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: not another rank's doing
     assert cli.main(["train", "--config", "c.json"]) == 1 and "internal error" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")  # an OSError of the user's (a network share) is not a rank's death
     reset = ConnectionResetError(104, "Connection reset by peer")
     monkeypatch.setitem(cli.COMMANDS, "train", lambda a: (_ for _ in ()).throw(reset))
     assert cli.main(["train", "--config", "c.json"]) == 2 and "another rank" not in capsys.readouterr().err
+    # the store's host (rank 0, or torchrun's agent) killed: each other rank's last store meeting failed with a
+    # DistNetworkError, said as "internal error: rank 1: DistNetworkError (a bug in yoda ...)" after a traceback
+    import torch.distributed as dist
+
+    gone = dist.DistNetworkError("sendBytes failed on SocketImpl(fd=7, addr=[localhost]:40212, remote=[localhost]:"
+                                 "29787): Broken pipe")
+    monkeypatch.setitem(cli.COMMANDS, "upscale", lambda a: (_ for _ in ()).throw(gone))
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["upscale", "in", "-o", "out"]) == 1
+    assert capsys.readouterr().err == ("yoda: error: rank 1: another rank or torchrun ended (killed, or out of "
+                                       "memory?), so this one cannot go on (the ranks' store is gone: Broken "
+                                       "pipe)\n")
 
 
 def test_an_error_line_is_one_write(monkeypatch):

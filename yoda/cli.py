@@ -504,8 +504,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if a.debug:
                 traceback.print_exc()
             kept = "; the run resumes from its last checkpoint (the same command)" if a.cmd == "train" else ""
-            error_line(f"yoda: error: {rank_prefix()}another rank ended (killed, or out of memory?), so this one "
-                       f"cannot go on ({lost}){kept}")
+            error_line(f"yoda: error: {rank_prefix()}another rank or torchrun ended (killed, or out of memory?), so "
+                       f"this one cannot go on ({lost}){kept}")
             return 1
         user = isinstance(e, (UserError, OSError)) or missing_package(e) is not None
         if a.debug or not user:

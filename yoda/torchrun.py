@@ -139,6 +139,14 @@ LOST_PEER = re.compile(r"Connection closed by peer|Connection reset by peer|NCCL
 def lost_rank(e: BaseException) -> str:
     """Under torchrun, the words of ``e`` (a RuntimeError: what torch.distributed's collectives raise, its DistError
     among them; not an OSError of the user's) that say another rank ended (killed, out of memory) in a collective
-    this rank was in (gloo: "Connection closed by peer"), else "": not a bug of this rank, which cannot go on."""
-    found = LOST_PEER.search(str(e)) if isinstance(e, RuntimeError) and launched_world() not in ("", "1") else None
+    this rank was in (gloo: "Connection closed by peer"), or that the store the ranks meet at is gone (a
+    DistNetworkError: its host, rank 0 or torchrun's own agent, was killed; "Broken pipe"), else "": not a bug of
+    this rank, which cannot go on."""
+    if not isinstance(e, RuntimeError) or launched_world() in ("", "1"):
+        return ""
+    if any(k.__name__ == "DistNetworkError" for k in type(e).__mro__):  # (by name: this module imports no torch)
+        last = str(e).strip().splitlines()[-1:]
+        why = last[0].rsplit(": ", 1)[-1][:80] if last else ""
+        return "the ranks' store is gone" + (f": {why}" if why else "")
+    found = LOST_PEER.search(str(e))
     return found.group(0) if found else ""
