@@ -58,7 +58,8 @@ class LatentAdapter(Adapter):
     latent_multiple: the latent grid is padded to multiples of it (2 ** downsamplings of the denoiser);
         the image is padded (replicate) to multiples of latent_factor * latent_multiple and cropped back.
     modules: the networks behind the callables (from_diffusers: the UNet and the VAE): the adapter's device is
-        theirs, so that an lr on another device is refused before any work.
+        theirs, so that an lr on another device is refused before any work; where a callable fails on an lr of
+        another dtype than theirs (a float16 lr, float32 modules, a callable that does not cast), the error says so.
     sampling: yoda.sample's defaults for the model where a call leaves them out (adapter.sampling_defaults):
         {"sampler", "steps", "spacing"}, any of them (from_diffusers: what the scheduler config names).
     """
@@ -129,7 +130,8 @@ class LatentAdapter(Adapter):
         img = self.stage1(up) if self.stage1 is not None else up
         if tuple(img.shape) != tuple(up.shape):
             raise ValueError(f"stage1 must return the HR shape {tuple(up.shape)}, got {tuple(img.shape)}")
-        c = self._encode(self._pad(img))
+        with self._dtype_said("encode", img):
+            c = self._encode(self._pad(img))
         f = self.latent_factor
         want = (lr.shape[0], *self.state_grid((H, W)))
         if not isinstance(c, torch.Tensor) or c.dim() != 4 or (c.shape[0], c.shape[2], c.shape[3]) != want:
@@ -143,13 +145,30 @@ class LatentAdapter(Adapter):
         return -(-int(hr[0]) // (f * m)) * m, -(-int(hr[1]) // (f * m)) * m
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: LatentCond) -> torch.Tensor:
-        return self._denoise(x_t, t, cond.c)
+        with self._dtype_said("denoise", x_t):
+            return self._denoise(x_t, t, cond.c)
+
+    @contextlib.contextmanager
+    def _dtype_said(self, fn: str, x: torch.Tensor):
+        """A RuntimeError of the callable ``fn`` on an input whose dtype is not its modules' (torch's "Input type
+        (c10::Half) and bias type (float) should be the same") said as a TypeError naming lr's dtype."""
+        try:
+            yield
+        except RuntimeError as e:
+            dts = {p.dtype for m in self.modules for p in m.parameters() if p.is_floating_point()}
+            if not dts or x.dtype in dts:
+                raise
+            have = ", ".join(sorted(str(d).replace("torch.", "") for d in dts))
+            raise TypeError(f"lr is {str(x.dtype).replace('torch.', '')} (the state's dtype) but the model's modules "
+                            f"are {have}, and its {fn} failed on it without casting ({str(e).splitlines()[0]}): give "
+                            f"lr in the modules' dtype, or cast in {fn} (x.to(their dtype))") from e
 
     def decode(self, x0: torch.Tensor, lr: torch.Tensor, cond: LatentCond) -> torch.Tensor:
         """decode(x0) must be the padded image (B, 3, f h', f w') of the latent (B, C', h', w'), cropped here to the
         HR size: a wrong decoder would otherwise give an image of another size without any error."""
         H, W = cond.size
-        img = self._decode(x0)
+        with self._dtype_said("decode", x0):
+            img = self._decode(x0)
         f = self.latent_factor
         want = (x0.shape[0], 3, x0.shape[-2] * f, x0.shape[-1] * f)
         if not isinstance(img, torch.Tensor) or not img.is_floating_point() or tuple(img.shape) != want:
