@@ -587,6 +587,13 @@ def test_a_half_lr_with_float32_latent_modules_names_lr(dtype):
         sample(tl.adapter(modules=(tl,)), lr, steps=2, seed=0, sampler="ddim", progress=False)
     with pytest.raises(RuntimeError, match="should be the same"):
         sample(tl.adapter(), lr, steps=2, seed=0, sampler="ddim", progress=False)
+
+    def oom(x):  # an encode that runs out of memory on the half lr: that is what it says, not a dtype
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        sample(LatentAdapter(oom, tl.dec, tl.denoise, Schedule.linear(10, 1e-3, 0.2), scale=2, modules=(tl,)), lr,
+               steps=2, seed=0, sampler="ddim", progress=False)
     enc, dec = (lambda x: tl.enc(x.float()).to(x.dtype)), (lambda z: torch.tanh(tl.dec(z.float())).to(z.dtype))
     casting = LatentAdapter(enc, dec, lambda z, t, c: tl.denoise(z.float(), t, c.float()).to(z.dtype),
                             Schedule.linear(10, 1e-3, 0.2), scale=2, modules=(tl,))

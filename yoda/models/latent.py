@@ -156,8 +156,8 @@ class LatentAdapter(Adapter):
             yield
         except RuntimeError as e:
             dts = {p.dtype for m in self.modules for p in m.parameters() if p.is_floating_point()}
-            if not dts or x.dtype in dts:
-                raise
+            if not dts or x.dtype in dts or "type" not in str(e) or isinstance(e, torch.OutOfMemoryError):
+                raise  # (an out-of-memory error or any other stays what it is)
             have = ", ".join(sorted(str(d).replace("torch.", "") for d in dts))
             raise TypeError(f"lr is {str(x.dtype).replace('torch.', '')} (the state's dtype) but the model's modules "
                             f"are {have}, and its {fn} failed on it without casting ({str(e).splitlines()[0]}): give "
