@@ -153,8 +153,8 @@ class Run:
         idx, ab_t, _ = self.spec.pairs[i]
         tau = self.spec.taus[i]
         batches = self._batches()
-        if extra is not None:  # a solver's step: its calls and passes, the second model call's included
-            calls, batches = extra["calls"], extra["batches"]
+        if extra is not None:  # a solver's step: its passes, the second model call's included (calls: the loop's)
+            batches = extra["batches"]
         out = {
             "i": i,
             "t": idx,
