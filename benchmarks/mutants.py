@@ -142,8 +142,7 @@ MUTANTS = [
            "the callback's x0_hat assumes an eps model (the test compared x0_hat with the last state only)"),
     # ---- issue 14 (solvers, masked_combine, guidance) and the learning-rate decay ------------------------------
     Mutant("solver-history-not-woken", "yoda/sampling/prepare.py",
-           "h = torch.where(masks.active(self.A, then), h, newer,\n"
-           "                                out=h if self.spec.callback is None else None)", "pass",
+           "h = torch.where(masks.active(self.A, then), h, newer, out=None if shown else h)", "pass",
            ("tests/test_solvers.py", "-k", "woken"),
            "a pixel that wakes up extrapolates from its estimates held at c (DESIGN §5b)"),
     Mutant("combine-cd2-sign", "yoda_kernels/naive.py",
@@ -2605,11 +2604,11 @@ MUTANTS = [
            ("tests/test_sampler.py", "-k", "resolved_once"),
            "yoda.sample's own padded map is held in its frame through the loop and decode"),
     Mutant("woken-in-place-with-callback", "yoda/sampling/prepare.py",
-           "out=h if self.spec.callback is None else None)", "out=h)",
+           "out=None if shown else h)", "out=h)",
            ("tests/test_solvers.py", "-k", "spare_state"),
            "the history is replaced in place under a callback: the x0_hat it was shown changes afterwards"),
     Mutant("woken-copies", "yoda/sampling/prepare.py",
-           "out=h if self.spec.callback is None else None)", "out=None)",
+           "out=None if shown else h)", "out=None)",
            ("tests/test_solvers.py", "-k", "spare_state"),
            "a multistep solver copies its history where the mask grew: two states more at dpmpp_3m_sde's combine"),
     Mutant("solver-holds-output", "yoda/sampling/prepare.py",
@@ -2634,6 +2633,11 @@ MUTANTS = [
            "            if not dts or x.dtype in dts or", "            if True or",
            ("tests/test_models.py", "-k", "half_lr_with"),
            "a half lr with float32 latent modules stops in torch's 'Input type (c10::Half) and bias type (float)'"),
+    Mutant("woken-half-copies", "yoda/sampling/prepare.py",
+           "self.spec.callback is not None and self.spec.state_dtype == torch.float32",
+           "self.spec.callback is not None",
+           ("tests/test_solvers.py", "-k", "half_states_history"),
+           "a float16 / bfloat16 state's history is copied under a callback, which never sees it (x0_hat is float32)"),
 ]
 
 

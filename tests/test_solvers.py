@@ -670,6 +670,39 @@ def test_solvers_hold_no_spare_state_and_the_callback_changes_nothing(solver, mo
         assert all(torch.equal(a, b) for a, b in zip(seen, again))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_states_history_is_replaced_in_place_with_a_callback_too(dtype, monkeypatch):
+    """A float16 / bfloat16 state's history entries are its own casts of x0_hat, never shown to a callback (it gets
+    the float32 estimate), so they are replaced in place with a callback as without one: at dpmpp_3m_sde's combine
+    x, c, D0 and the two earlier estimates, and the float32 x0_hat the callback is given (a copy of each entry
+    where the mask grew held two more). The image and the estimates the callback saw are those without it."""
+    _, _, ad = models("eps")
+    fn = ad.fn
+    monkeypatch.setattr(ad, "fn", lambda x, t, c: fn(x.float(), t, c.float()).to(x.dtype))  # a float32 net
+    lr = lr_image(h=8, w=12).to(dtype)
+    yy, xx = torch.linspace(0, 1, 16).view(16, 1), torch.linspace(0, 1, 24).view(1, 24)
+    A = ((1 - yy) ** 3 * xx**2).view(1, 1, 16, 24)
+    kw = dict(sampler="dpmpp_3m_sde", attention=A, lower_bound=0.5, seed=4, steps=6, progress=False,
+              backend="naive")
+    shape, at_combine, seen = (1, 3, 16, 24), [], []
+    combine = K.MaskedOps.combine
+
+    def counted_combine(self, x, denoised, *a, **k):
+        at_combine.append(_state_buffers(shape) - len(seen))  # (the x0_hats kept so far: the test's own)
+        return combine(self, x, denoised, *a, **k)
+
+    want = yoda.sample(ad, lr, **kw)
+    monkeypatch.setattr(K.MaskedOps, "combine", counted_combine)
+    before = _state_buffers(shape)
+    got = yoda.sample(ad, lr, callback=lambda d: seen.append(d["x0_hat"]), **kw)
+    assert max(at_combine) - before == 6
+    assert torch.equal(got, want) and all(s.dtype == torch.float32 for s in seen)
+    again = []
+    monkeypatch.setattr(K.MaskedOps, "combine", combine)
+    yoda.sample(ad, lr, callback=lambda d: again.append(d["x0_hat"].clone()), **kw)
+    assert all(torch.equal(a, b) for a, b in zip(seen, again))
+
+
 @pytest.mark.parametrize("backend", K.available_backends("cpu"))
 @pytest.mark.parametrize("solver", ["dpmpp_3m_sde", "heun", "dpmpp_2s_a"])
 def test_same_seed_same_image_on_every_backend(backend, solver):

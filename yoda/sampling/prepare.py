@@ -125,15 +125,16 @@ class Run:
         Without a callback the entries are replaced in place (no copies: two states less with dpmpp_3m_sde): an
         entry's pixels outside its own step's mask are never read again. Where the mask has grown since, every use
         goes through this replacement, which rewrites them; where it has not, the combine reads only pixels of that
-        same mask. With a callback, the estimates it was shown as x0_hat are left as they were."""
+        same mask. With a callback, the estimates it was shown as x0_hat are left as they were: a float32 state's
+        (D0 is x0_hat itself); a float16 / bfloat16 state's history is its own cast, replaced in place still."""
         if self.A is None:
             return hist
+        shown = self.spec.callback is not None and self.spec.state_dtype == torch.float32
         out, newer = [], d0
         for j, h in enumerate(hist):
             then = self.spec.taus[i - 1 - j]
             if then > self.spec.taus[i]:  # the mask grew since that step
-                h = torch.where(masks.active(self.A, then), h, newer,
-                                out=h if self.spec.callback is None else None)
+                h = torch.where(masks.active(self.A, then), h, newer, out=None if shown else h)
             out.append(h)
             newer = h
         return tuple(out)
