@@ -1965,3 +1965,19 @@ def test_a_map_yoda_sample_made_is_resolved_once_and_not_held_through_the_loop(h
     monkeypatch.setattr(type(model), "decode", watched)
     out = run(model, lr, **kw)
     assert torch.equal(out, ref) and len(calls) == 1 and alive == [0]
+
+
+def test_the_callers_autocast_leaves_yodas_own_arithmetic_alone():
+    """Under a torch.autocast the caller opened, only the model's own ops are cast (README: autocast=): the fused
+    step, x0_hat, up(lr), the attention maps and the windows' blending stay float32. A network of ops autocast
+    leaves alone gives the image it gives without it, bit for bit."""
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ad = CallableAdapter(lambda x, t, c: torch.tanh(x + c), prediction="eps", schedule=Schedule.linear(1000),
+                         scale=4)
+    for kw in (dict(steps=4), dict(attention="edge", lower_bound=0.4, steps=4),
+               dict(attention="gaussian", sampler="dpmpp_2m", steps=5, windows=(32, 8)),
+               dict(attention="sift", sampler="heun", steps=3, windows=(32, 8), window_batch=2)):
+        want = yoda.sample(ad, lr, seed=0, progress=False, **kw)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = yoda.sample(ad, lr, seed=0, progress=False, **kw)
+        assert got.dtype == torch.float32 and torch.equal(got, want), kw
