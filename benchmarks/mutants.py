@@ -2638,6 +2638,23 @@ MUTANTS = [
            "self.spec.callback is not None",
            ("tests/test_solvers.py", "-k", "half_states_history"),
            "a float16 / bfloat16 state's history is copied under a callback, which never sees it (x0_hat is float32)"),
+    Mutant("safetensors-by-name", "yoda/checkpoint.py",
+           "return not head.startswith(_TORCH_HEADS) and (", "return (",
+           ("tests/test_checkpoint.py", "-k", "named_safetensors"),
+           "a torch.save file named .safetensors is read as safetensors: 'corrupt or truncated?'"),
+    Mutant("weights-load-by-path", "yoda/attention/weights.py",
+           "return torch.load(fh, map_location", "return torch.load(path, map_location",
+           ("tests/test_checkpoint.py", "-k", "named_safetensors"),
+           "torch.load given the path reads a .safetensors name as safetensors whatever it holds"),
+    Mutant("frames-uncaught", "yoda/images.py",
+           "    except (EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, struct.error) as e:",
+           "    except ZeroDivisionError as e:",
+           ("tests/test_images.py", "-k", "cut_short"),
+           "a GIF / TIFF cut off after its first frame stops a folder's run as 'a bug in yoda'"),
+    Mutant("long-name-after-sampling", "yoda/cli_upscale.py",
+           "            check_name_length(dst, f\"{src}: its output\")", "            pass",
+           ("tests/test_cli.py", "-k", "too_long_is_refused"),
+           "an output name too long for the file system, in a folder yet to be made, fails after sampling"),
 ]
 
 

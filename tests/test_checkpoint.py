@@ -266,6 +266,24 @@ def test_a_compressed_zip_checkpoint_is_refused_before_it_is_unpacked(tmp_path):
         dino_vits8(str(deflated))
 
 
+def test_a_torch_file_named_safetensors_is_read_by_its_content(tmp_path):
+    """torch.save(sd, "m.safetensors"): yoda.load and the attention weights said "not a readable safetensors file
+    (corrupt or truncated?)" (the name decided), and torch.load given the path reads a .safetensors name as
+    safetensors whatever it holds. Files are told by content; a truncated safetensors file is still called so."""
+    from yoda.attention.weights import load_state_dict
+    from yoda.checkpoint import read_checkpoint
+
+    w = torch.arange(12.0).view(3, 4)
+    for legacy in (False, True):  # a zip (torch >= 1.6) and the legacy pickle
+        torch.save({"w": w}, tmp_path / "m.safetensors", _use_new_zipfile_serialization=not legacy)
+        assert torch.equal(read_checkpoint(tmp_path / "m.safetensors")[0]["w"], w)
+        assert torch.equal(load_state_dict(str(tmp_path / "m.safetensors"))["w"], w)
+    save_file({"w": w}, tmp_path / "real.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "real.safetensors").read_bytes()[:6])
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors: not a readable safetensors file \(corrupt or"):
+        read_checkpoint(tmp_path / "cut.safetensors")
+
+
 def test_a_damaged_zip_checkpoint_is_refused(tmp_path, flip_record_byte):
     """torch.load does not check the CRC-32 of torch.save's records: a byte flipped on disk loaded as a weight of 4900
     (a resumed training's loss 230x) or a NaN. Every loader refuses such a file; a file saved without CRCs

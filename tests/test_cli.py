@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -330,6 +331,25 @@ def test_an_input_whose_output_cannot_be_made_is_refused_alone(tmp_path, tiny_mo
     code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "dangling"), *common], capsys)
     assert code == 2 and err == (f"yoda: error: {tmp_path / 'dangling'}: {tmp_path / 'dangling'} is a symbolic link "
                                  f"to {tmp_path / 'nowhere'}, which does not exist\n"), err
+
+
+def test_an_output_name_too_long_is_refused_before_sampling(tmp_path, tiny_model, images, capsys):
+    """An input whose stem fits but whose output name (stem + "_x4.png") does not: with -o a folder yet to be made,
+    it was sampled and then failed in the write with "[Errno 36] File name too long", naming neither the input nor
+    -o. Now refused first, in its own line; the other inputs are made."""
+    rgb, grey = images
+    long = tmp_path / ("a" * 250 + ".png")
+    shutil.copy(rgb, long)
+    common = ["--model", tiny_model, "--steps", "1", "-q"]
+    for out in ("new", "made"):
+        if out == "made":
+            (tmp_path / out).mkdir()
+        code, _, err = run(["upscale", str(long), grey, "-o", str(tmp_path / out), *common], capsys)
+        lines = err.splitlines()
+        assert code == 2 and lines[0] == (f"yoda: error: {long}: its output {tmp_path / out / (long.stem + '_x4.png')}: "
+                                          "its file name is 257 bytes long, more than the 255 a file system takes; "
+                                          "give a shorter one"), err
+        assert sorted(os.listdir(tmp_path / out)) == ["grey_x4.png"]
 
 
 def test_contradictory_messages_are_one(tmp_path, tiny_model, images, capsys):

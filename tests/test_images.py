@@ -233,6 +233,31 @@ def test_the_first_frame_of_an_animation_or_pages_is_read_with_a_warning(tmp_pat
         load_image(tmp_path / f"one{suffix}")
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".tif"])
+def test_an_animation_or_pages_cut_short_is_a_data_error(tmp_path, suffix):
+    """Counting frames reads each frame's header: a GIF or TIFF cut off after its first frame raised IndexError,
+    struct.error or TypeError ("Missing dimensions"), which stopped a folder's run and `yoda eval` as "a bug in
+    yoda". Every cut reads or is a DataError naming the file."""
+    g = np.random.default_rng(0)
+    ims = [Image.fromarray(g.integers(0, 256, (24, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    if suffix == ".gif":
+        ims = [im.convert("P") for im in ims]
+    whole = tmp_path / f"whole{suffix}"
+    ims[0].save(whole, save_all=True, append_images=ims[1:])
+    data, cut, kinds = whole.read_bytes(), tmp_path / f"cut{suffix}", set()
+    for n in range(len(data) // 3, len(data), 7):
+        cut.write_bytes(data[:n])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                images.read_image(cut)
+            kinds.add("read")
+        except images.DataError as e:
+            assert f"cut{suffix}" in str(e), str(e)
+            kinds.add("corrupt" if "truncated or corrupt" in str(e) else "other")
+    assert "corrupt" in kinds  # (the case itself: some cuts fail in the frame count)
+
+
 def test_16_bit_grey_is_scaled_to_8_bits(tmp_path):
     g16 = np.array([[0, 65535], [257 * 128, 257 * 7]], dtype=np.uint16)
     Image.fromarray(g16).save(tmp_path / "g16.png")

@@ -311,6 +311,16 @@ def _probe(folder: str, name: str, named: str) -> None:
     os.unlink(tmp)
 
 
+def check_name_length(path: PathLike, what: str = "output") -> None:
+    """OSError (ENAMETOOLONG) naming ``path`` when its file name is longer than a file system takes: checked before
+    any long work, also where the folder is yet to be made (the write failed after sampling, without the
+    argument's name)."""
+    n = len(os.fsencode(Path(os.fspath(path)).name))
+    if n > _NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, f"{what} {path}: its file name is {n} bytes long, more than the "
+                                          f"{_NAME_MAX} a file system takes; give a shorter one")
+
+
 def check_writable(path: PathLike, what: str = "output", kept: bool = False) -> Path:
     """Check, before any long work, that ``path`` can be written: it is not a folder, its folder exists and is
     a folder, and a file can be created there (a temporary file is created and removed, which also catches
@@ -320,6 +330,7 @@ def check_writable(path: PathLike, what: str = "output", kept: bool = False) -> 
     p = Path(os.fspath(path))
     if p.is_dir():
         raise IsADirectoryError(f"{what} {p} is a folder; give a file name")
+    check_name_length(p, what)
     target = _target(p)
     folder = os.path.dirname(os.path.abspath(target))
     if not os.path.exists(folder):

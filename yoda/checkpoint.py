@@ -59,11 +59,10 @@ def check_path(path: Any) -> str:
 
 
 def _is_safetensors(p: str) -> bool:
-    with open(p, "rb") as fh:
-        head = fh.read(9)
-    if p.endswith(".safetensors"):
-        return True
-    return len(head) == 9 and head[8:9] == b"{"
+    """By content (a torch.save file named .safetensors is read as one); by name only for a file too damaged to
+    tell (a truncated safetensors file: "corrupt or truncated?", not "neither format")."""
+    head = _head(p, 9)
+    return not head.startswith(_TORCH_HEADS) and (p.endswith(".safetensors") or head[8:9] == b"{")
 
 
 # how the files torch.load reads begin: a zip archive (torch.save since 1.6, TorchScript) or a pickle of protocol
@@ -179,7 +178,8 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
         return tensors, meta
     check_zip(p)
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with open(p, "rb") as fh:  # (a file object: torch.load sends a path named .safetensors to safetensors)
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
         foreign = not_torch(p)
         if foreign:

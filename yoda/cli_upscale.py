@@ -181,8 +181,7 @@ def speed_options(a, dev) -> dict:
         raise UserError(f"--cuda-graphs captures the denoiser in CUDA graphs and needs a CUDA device; this run is on "
                         f"{dev} (--device cuda, or leave --cuda-graphs out)")
     if a.autocast == "fp16" and dev.type == "cpu":  # measured 4-6 times slower than float32 (2-vCPU EPYC)
-        note("--autocast fp16 on the CPU is slower than float32 (few CPUs compute in float16); --autocast bf16 or "
-             "none")
+        note("--autocast fp16 on the CPU is slower than float32 (few CPUs compute in float16); --autocast bf16 or none")
     from .sampling.speed import GraphCache  # one for the run: its images replay the graphs the first captured
 
     return dict(compile=a.compile, autocast=a.autocast, channels_last=a.channels_last,
@@ -552,7 +551,7 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
     input's is the command's error (an output folder that cannot be written at all: output_folder's)."""
     if out_dir is None:
         return [a.output], {}
-    from ._io import check_writable
+    from ._io import check_name_length, check_writable
 
     targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
     seen, ids, refused = {}, file_ids(a.inputs), {}
@@ -570,6 +569,7 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
         try:
             if not (a.skip_existing and os.path.exists(dst)):  # an existing output is skipped, never written
                 check_not_an_input(ids, dst, src)
+            check_name_length(dst, f"{src}: its output")  # (also where out_dir is yet to be made)
             if out_dir.is_dir():
                 check_writable(dst, f"{src}: its output", a.skip_existing)
         except IsADirectoryError:

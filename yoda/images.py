@@ -356,6 +356,18 @@ def _signature(p: Path) -> Optional[str]:
     return next((fmt for fmt, starts in _SIGNATURES.items() if head.startswith(starts)), None)
 
 
+@contextlib.contextmanager
+def _decoding(p: Path, im: Image.Image) -> Iterator[None]:
+    """Pillow's decoders past the header: a damaged GIF or TIFF raises what its parser met (IndexError,
+    struct.error, TypeError "Missing dimensions", KeyError, EOFError), which stopped a folder's run as "a bug in
+    yoda"; a DataError naming the file instead (OSError and the like: read_image's own messages)."""
+    try:
+        yield
+    except (EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, struct.error) as e:
+        raise DataError(f"path: cannot read image {p}: a truncated or corrupt {im.format or 'image'} file "
+                        f"({type(e).__name__}: {e})") from None
+
+
 def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
     """Read an image file (a raster format of READ_FORMATS: PNG, JPEG, WebP, TIFF ...) as uint8 (H, W, 3), see
     to_rgb_u8: grey repeated, alpha (RGBA, LA, transparent palette) composited on white, 16-bit and float samples
@@ -384,12 +396,15 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
         try:
             with open_image(p) as im:
                 _check_pixels(p, im.size, limit)
-                im.load()  # decode now, so a truncated file fails here and not later
+                with _decoding(p, im):
+                    im.load()  # decode now, so a truncated file fails here and not later
+                    # counting frames reads every frame's header: a GIF / TIFF cut off after its first frame
+                    frames = getattr(im, "n_frames", 1)
                 _png_key(im, p)
                 # an animated GIF / WebP / PNG, a multi-page TIFF; not a camera JPEG's previews (MPO: its first
                 # frame is the photograph) nor a Photoshop file's layers (PSD: its first frame is the composite)
-                if getattr(im, "n_frames", 1) > 1 and im.format not in ("MPO", "PSD"):
-                    warnings.warn(f"{p} holds {im.n_frames} frames; only the first is read", stacklevel=2)
+                if frames > 1 and im.format not in ("MPO", "PSD"):
+                    warnings.warn(f"{p} holds {frames} frames; only the first is read", stacklevel=2)
                 arr = _samples(_to_srgb(_upright(im), p), p)
         except DataError:
             raise

@@ -55,8 +55,8 @@ def _read_file(path: str, fmt: str) -> Mapping:
         with _ALLOW_LIST_LOCK:
             if allow is None or argparse.Namespace in torch.serialization.get_safe_globals():
                 allow = lambda _: contextlib.nullcontext()  # noqa: E731
-            with allow([argparse.Namespace]):
-                return torch.load(path, map_location="cpu", weights_only=True)
+            with allow([argparse.Namespace]), open(path, "rb") as fh:  # (a file object: torch.load reads a path
+                return torch.load(fh, map_location="cpu", weights_only=True)  # named .safetensors as safetensors)
     except Exception as e:  # torch's advice to retry with weights_only=False would run the file's code
         refused = weights_only_refusal(path, e)
         if refused:
