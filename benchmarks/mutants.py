@@ -2639,7 +2639,7 @@ MUTANTS = [
            ("tests/test_solvers.py", "-k", "half_states_history"),
            "a float16 / bfloat16 state's history is copied under a callback, which never sees it (x0_hat is float32)"),
     Mutant("safetensors-by-name", "yoda/checkpoint.py",
-           "return not head.startswith(_TORCH_HEADS) and (", "return (",
+           "(p.endswith(\".safetensors\") and not head.startswith(_TORCH_HEADS))", "p.endswith(\".safetensors\")",
            ("tests/test_checkpoint.py", "-k", "named_safetensors"),
            "a torch.save file named .safetensors is read as safetensors: 'corrupt or truncated?'"),
     Mutant("weights-load-by-path", "yoda/attention/weights.py",
@@ -2655,6 +2655,15 @@ MUTANTS = [
            "            check_name_length(dst, f\"{src}: its output\")", "            pass",
            ("tests/test_cli.py", "-k", "too_long_is_refused"),
            "an output name too long for the file system, in a folder yet to be made, fails after sampling"),
+    Mutant("safetensors-0x80-as-pickle", "yoda/checkpoint.py",
+           "return head[8:9] == b\"{\" or (p.endswith", "return not head.startswith(_TORCH_HEADS) and (p.endswith",
+           ("tests/test_checkpoint.py", "-k", "named_safetensors"),
+           "a safetensors file whose header length begins with 0x80 is read as a pickle"),
+    Mutant("meta-build-overflow-uncaught", "yoda/models/yoda_format.py",
+           "    except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # (channels",
+           "    except (TypeError, ValueError) as e:  # (channels",
+           ("tests/test_checkpoint.py", "-k", "tampered_scale_and_kind"),
+           "a yoda config with 10**12 channels stops in torch's storage-size RuntimeError: 'a bug in yoda'"),
 ]
 
 

@@ -278,8 +278,16 @@ def test_a_torch_file_named_safetensors_is_read_by_its_content(tmp_path):
         torch.save({"w": w}, tmp_path / "m.safetensors", _use_new_zipfile_serialization=not legacy)
         assert torch.equal(read_checkpoint(tmp_path / "m.safetensors")[0]["w"], w)
         assert torch.equal(load_state_dict(str(tmp_path / "m.safetensors"))["w"], w)
-    save_file({"w": w}, tmp_path / "real.safetensors")
-    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "real.safetensors").read_bytes()[:6])
+    for pad in range(256):  # a safetensors file whose header length begins with 0x80, as a pickle does
+        save_file({"w": w}, tmp_path / "real.safetensors", metadata={"pad": "x" * pad})
+        if (tmp_path / "real.safetensors").read_bytes()[:1] == b"\x80":
+            break
+    assert (tmp_path / "real.safetensors").read_bytes()[:1] == b"\x80"
+    for name in ("real.safetensors", "real.pth"):
+        os.replace(next(tmp_path.glob("real.*")), tmp_path / name)
+        assert torch.equal(read_checkpoint(tmp_path / name)[0]["w"], w)
+    save_file({"w": w}, tmp_path / "plain.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "plain.safetensors").read_bytes()[:6])
     with pytest.raises(CheckpointError, match=r"cut\.safetensors: not a readable safetensors file \(corrupt or"):
         read_checkpoint(tmp_path / "cut.safetensors")
 
@@ -844,7 +852,9 @@ def test_tampered_scale_and_kind_name_the_file(tmp_path):
     for change, match in (({"scale": "x"}, r"scale must be a positive int, got 'x'"),
                           ({"scale": 0}, "scale must be a positive int"),
                           ({"kind": "gan"}, "unknown model kind 'gan'"),
-                          ({"args": {"inner_channel": -3}}, "inner_channel must be a positive int")):
+                          ({"args": {"inner_channel": -3}}, "inner_channel must be a positive int"),
+                          # channels of 10**12 overflow torch's storage size even on meta (a RuntimeError)
+                          ({"args": {"inner_channel": 10**12}}, "do not build a 'sr3' model: .*overflow")):
         bad = _tamper(p, tmp_path / "bad.safetensors", **change)
         with pytest.raises(CheckpointError, match=r"bad\.safetensors: .*" + match):
             yoda.load("yoda", bad)

@@ -61,8 +61,8 @@ def check_path(path: Any) -> str:
 def _is_safetensors(p: str) -> bool:
     """By content (a torch.save file named .safetensors is read as one); by name only for a file too damaged to
     tell (a truncated safetensors file: "corrupt or truncated?", not "neither format")."""
-    head = _head(p, 9)
-    return not head.startswith(_TORCH_HEADS) and (p.endswith(".safetensors") or head[8:9] == b"{")
+    head = _head(p, 9)  # (a safetensors header's length can begin with 0x80, as a pickle does: "{" decides)
+    return head[8:9] == b"{" or (p.endswith(".safetensors") and not head.startswith(_TORCH_HEADS))
 
 
 # how the files torch.load reads begin: a zip archive (torch.save since 1.6, TorchScript) or a pickle of protocol

@@ -104,7 +104,8 @@ def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping
     try:
         with torch.device("meta"):
             probe = build_model(kind, args)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # (channels of 10**12: torch's storage
+        # size overflows even on meta)
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind!r} model: {e}") from e
     check_state_dict(probe, tensors, p)
     return probe
