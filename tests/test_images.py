@@ -258,6 +258,23 @@ def test_an_animation_or_pages_cut_short_is_a_data_error(tmp_path, suffix):
     assert "corrupt" in kinds  # (the case itself: some cuts fail in the frame count)
 
 
+def test_an_unreadable_file_is_named_once(tmp_path, monkeypatch):
+    """A file without read permission said "cannot read image X: [Errno 13] Permission denied: 'X'"."""
+    p = tmp_path / "x.png"
+    Image.new("RGB", (4, 4)).save(p)
+    real = open
+
+    def denied(f, *a, **k):
+        if str(f) == str(p):
+            raise PermissionError(13, "Permission denied", str(f))
+        return real(f, *a, **k)
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(images.DataError) as e:
+        images.read_image(p)
+    assert str(e.value) == f"path: cannot read image {p}: Permission denied"
+
+
 def test_16_bit_grey_is_scaled_to_8_bits(tmp_path):
     g16 = np.array([[0, 65535], [257 * 128, 257 * 7]], dtype=np.uint16)
     Image.fromarray(g16).save(tmp_path / "g16.png")

@@ -428,7 +428,8 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
             if isinstance(e, UnidentifiedImageError):
                 raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
                                 "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None
-            raise DataError(f"path: cannot read image {p}: {e}") from None
+            said = e.strerror if isinstance(e, OSError) and e.filename is not None and e.strerror else e
+            raise DataError(f"path: cannot read image {p}: {said}") from None  # (not the path twice)
         return to_rgb_u8(arr, str(p))
     except (DataError, FileNotFoundError, ValueError) as e:  # a name with a newline: the CLI's line ended in it
         shown = printable(str(p))
