@@ -653,6 +653,23 @@ def test_demo_draws_the_growing_masks_and_the_first_full_one(tmp_path, tiny_mode
     assert len(drawn) == 5 and drawn[0] == yoda_steps[0][0] and drawn[-1] == full[0] and drawn[-2] == growing[-1]
 
 
+def test_demo_keeps_its_rows_of_three_with_large_panels(tmp_path, tiny_model, capsys, monkeypatch):
+    """README's `yoda demo --lr-size 96` (384-px panels) split each row of three two and one: HR alone under LR and
+    bicubic, the map alone under plain and YODA. The rows stay together; the figure is wider than README's."""
+    from PIL import ImageDraw
+
+    at = {}
+    draw_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: at.setdefault(t, xy) and
+                        draw_text(self, xy, t, *a, **k))
+    out = tmp_path / "d.png"
+    code, _, err = run(["demo", "-o", str(out), "--model", tiny_model, "--steps", "1", "--lr-size", "96", "-q"], capsys)
+    assert code == 0, err
+    heads = [xy for t, xy in at.items() if t in ("LR (nearest)", "HR") or t.startswith(("bicubic  ", "plain  "))]
+    assert sorted(x for x, _ in heads) == [6, 6, 396, 786] and len({y for _, y in heads}) == 2
+    assert Image.open(out).size[0] == 6 + 3 * 390
+
+
 def test_demo_names_yodas_steps_as_yodas(tmp_path, capsys):
     """yoda demo always has a YODA column; with the model's own steps (1 for the embedded model) it takes YODA's
     2, and its note said so naming --attention, a flag the user never gave."""

@@ -781,6 +781,11 @@ def test_panel_grid_wraps_to_readmes_width(monkeypatch):
     # panels wider than README_WIDTH allows three of: fewer a line; one wider than it: one a line, its own width
     assert drawing.panel_grid("t", groups[:1], 300).size[0] == 6 + 2 * 306
     assert drawing.panel_grid("t", groups[:1], 1000).size == (6 + 1006, 2 * 18 + 3 * (18 + 1000 + 6))
+    # at_least: the demo's rows of three stay together (at --lr-size 96, 384-px panels went two and one: HR alone
+    # under LR and bicubic); a longer group wraps at three
+    three = drawing.panel_grid("t", [groups[0], groups[3]], 384, at_least=3)
+    lines = len(drawing.wrap(d, caption, face, three.size[0] - 12))  # the caption's; panels: 3, then 3 and 1
+    assert three.size == (6 + 3 * 390, 2 * 18 + lines * 18 + 3 * (18 + 384 + 6))
 
 
 def test_a_long_title_is_set_smaller_to_fit(monkeypatch):

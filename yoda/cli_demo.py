@@ -111,7 +111,8 @@ def cmd_demo(a) -> int:
                f"{len(visited)} step{'s' if len(visited) != 1 else ''} (white: refined, the rest stays bicubic); "
                f"{ratio_text(ratio, of)}{against}")
     key = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {drawing.ERROR_WHITE}"
-    canvas = drawing.panel_grid(title, [(None, top), (None, sampled), (key, errors), (caption, bottom)], panel)
+    canvas = drawing.panel_grid(title, [(None, top), (None, sampled), (key, errors), (caption, bottom)], panel,
+                                at_least=3)  # (panels over 285 px: a figure wider than README's, pixels 1:1)
     save_figure(canvas, a.output)
     lines = [f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
              f"attention {a.attention}, lower bound {a.lower_bound:g}",

@@ -300,18 +300,19 @@ def title(canvas, draw, s: str, face, y: int = 6) -> None:
     draw.text(((canvas.width - w) / 2, y), s, fill=BLACK, font=face)
 
 
-def panel_grid(title_text: str, rows, panel: int, max_width: int = README_WIDTH):
-    """A figure of square panels, at most ``max_width`` px wide (wider only where one panel is): the title, then
-    each group (caption, [(label, PIL image of panel x panel)]) with its caption (None: none) above it and its
-    panels in lines of as many as fit, each panel's label above the panel, framed in grey. The title and the
-    captions are wrapped to the figure's width (a long caption made the demo 1578 px wide), which they widen up to
-    GRID_TEXT_WIDTH."""
+def panel_grid(title_text: str, rows, panel: int, max_width: int = README_WIDTH, at_least: int = 1):
+    """A figure of square panels, at most ``max_width`` px wide (wider only where ``at_least`` panels are): the
+    title, then each group (caption, [(label, PIL image of panel x panel)]) with its caption (None: none) above it
+    and its panels in lines of as many as fit, at least ``at_least`` (the demo's rows of three stay together: at
+    384-px panels they were split two and one), each panel's label above the panel, framed in grey. The title and
+    the captions are wrapped to the figure's width (a long caption made the demo 1578 px wide), which they widen up
+    to GRID_TEXT_WIDTH."""
     from PIL import Image, ImageDraw
 
     face, measure = font(), ImageDraw.Draw(Image.new("RGB", (1, 1)))
     pad, label_h = 6, text_wh(measure, "Mg", face)[1] + 6
     cell = panel + pad
-    per_line = max(1, (max_width - pad) // cell)
+    per_line = max(at_least, (max_width - pad) // cell)
     text_w = max([text_wh(measure, s, face)[0] + 2 * pad for s in (title_text, *(c for c, _ in rows)) if s],
                  default=0)  # text widens a narrower figure up to GRID_TEXT_WIDTH, then it is wrapped
     width = max(pad + cell * min(per_line, max([len(panels) for _, panels in rows] + [1])),
