@@ -548,6 +548,10 @@ def test_fig5_mse_line_stays_positive_and_agrees_with_the_psnr_line(monkeypatch)
     np.testing.assert_allclose(fg.bin_fit(r0, "mse", 2), fg.poly_fit(x[:9], np.log(mse[:9]), 2, count[:9]))
     xs, _ = fd._fit_curve(fg.bin_fit(r0, "mse", 2), r0, "mse")  # and out of the line's span (no extrapolation)
     assert (xs[0], xs[-1]) == (x[0], x[8])
+    # LPIPS (a distance >= 0) too: its quadratic crossed 0 near A = 0.95 in `yoda figures --lpips`
+    rl = dict(r, lpips=mse / 500)
+    _, ys = fd._fit_curve(fg.bin_fit(rl, "lpips", 2), rl, "lpips")
+    assert ys.min() > 0 and np.polyval(fg.poly_fit(x, rl["lpips"], 2, count), x).min() < 0
 
 
 def test_fig5_legend_states_the_degree_fitted(monkeypatch):

@@ -184,7 +184,8 @@ def poly_fit(x: Sequence[float], y: Sequence[float], degree: int = 2,
     return np.polyfit(x[ok], y[ok], min(int(degree), n - 1), w=w)
 
 
-LOG_FITS = ("mse",)  # fitted as log(y): a quadratic of MSE itself went below 0 inside the bins' range (Fig. 5)
+LOG_FITS = ("mse", "lpips")  # fitted as log(y): a quadratic of MSE itself went below 0 inside the bins' range
+# (Fig. 5), and LPIPS's with it (a review, 2026-12-07): both are >= 0 and fall steeply with A
 
 
 def bin_fit(r: Mapping, key: str, degree: int) -> Optional[np.ndarray]:
