@@ -181,7 +181,8 @@ def test_series_without_finite_values_is_named(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("labels", [["run-one", "run-two-longer-label", "run-three", "run-four"],
                                     ["a-rather-long-label-for-the-first-run", "second-run-with-a-long-name",
-                                     "third", "fourth-run-name", "fifth", "sixth-and-last"]])
+                                     "third", "fourth-run-name", "fifth", "sixth-and-last"],
+                                    [f"run{i}" for i in range(8)]])
 def test_legend_does_not_overlap_the_note(tmp_path, labels):
     rows = ["10,0.5,0.0002,1.0,,", "20,0.4,0.0002,1.0,24.5,24.7", "40,0.3,0.0002,1.0,25.1,25.0"]
     paths = [log(tmp_path, f"{i}.csv", rows) for i in range(len(labels))]
@@ -210,6 +211,8 @@ def test_legend_does_not_overlap_the_note(tmp_path, labels):
         assert colour_mask(img, COLOURS[i % len(COLOURS)])[y, x + 2:x + 29].all(), labels[i]
     # the panels are above the legend and their tick labels
     assert ly - 32 <= LEFT[3]
+    # one colour a log (eight logs drew the seventh and eighth in the first two's colours)
+    assert len({COLOURS[i % len(COLOURS)] for i in range(len(labels))}) == len(labels)
 
 
 @pytest.mark.parametrize("row, message", [("1,abc,0.0002,1.0,,", "line 3: loss is 'abc', not a number"),

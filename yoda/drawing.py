@@ -12,7 +12,9 @@ import numpy as np
 BLACK = (0, 0, 0)
 GRID = (228, 228, 228)
 # line colours, in the order series take them
-COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # (matplotlib's tab10: `yoda plot`
+# of eight logs drew the seventh and eighth in the first two's colours)
 # px: about the widest a README's picture is shown at its own size on GitHub; a wider one is shrunk to this, its
 # 12 px labels with it (README's demo, 1578 px wide, had 7 px text). README's pictures are drawn at most this wide
 README_WIDTH = 880

@@ -256,7 +256,7 @@ def _draw_panel(dr, f, box: tuple, title: str, series: list, labels: list, steps
 
 def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) -> None:
     """One PNG with two panels: training loss vs step (left) and validation PSNR vs step (right; solid
-    plain sampling, dashed YODA sampling), one colour per log (drawing.COLOURS, cycling after six). Non-finite
+    plain sampling, dashed YODA sampling), one colour per log (drawing.COLOURS, cycling after ten). Non-finite
     values (a diverged run's nan loss) are left out, a gap in the curve; a point with no neighbour is a dot."""
     from PIL import Image, ImageDraw
 
