@@ -225,8 +225,8 @@ def attention_figure(
     steps: a sampling run's number of steps (its visited indices: Schedule.respace(steps), the trailing spacing
         that yoda.sample's DDIM / DDPM take for SR3 and SRDiff models): the title's ratio is the exact one over
         those steps, refine_fraction(A, indices, T, lower_bound), labelled "N steps of T=...", and, where ts is
-        not given, the masks drawn are those of its steps (full ones too; of more than MAX_STEP_PANELS steps,
-        MAX_STEP_PANELS - 1: those whose mask still grows, spread, and the first full one, as the title says).
+        not given, the masks drawn are those of its steps whose mask still grows and the first full one (of more
+        than MAX_STEP_PANELS steps, MAX_STEP_PANELS - 1 of them: the growing ones spread), as the title says.
     Returns a PIL.Image (RGB).
     """
     from PIL import Image, ImageDraw
@@ -244,11 +244,12 @@ def attention_figure(
     if ratio is not None and not (isinstance(ratio, numbers.Real) and 0.0 <= float(ratio) <= 1.0):
         raise ValueError(f"ratio must be a pixel update ratio in [0, 1], got {ratio!r}")  # it drew "=2.000", "=nan"
     picked = ""
-    if steps is not None and ts is None:  # a run's own steps; more than fit: MAX_STEP_PANELS - 1 of them
-        ts = [i + 1 for i in visited_steps(T, steps)]
-        if len(ts) > MAX_STEP_PANELS:
-            ts = [t for t, _ in growing_masks([(t, t / T - lower_bound) for t in ts], MAX_STEP_PANELS - 1)]
-            picked = f"  masks at {len(ts)} of its {steps} steps"
+    if steps is not None and ts is None:  # a run's own steps, up to the first full mask (later ones are full
+        ts = [i + 1 for i in visited_steps(T, steps)]  # too: --steps 5 drew three alike); more than fit: spread
+        n = len(ts)
+        ts = [t for t, _ in growing_masks([(t, t / T - lower_bound) for t in ts],
+                                          MAX_STEP_PANELS - 1 if n > MAX_STEP_PANELS else n)]
+        picked = f"  masks at {len(ts)} of its {steps} steps" if len(ts) < n else ""
     if ts is None:  # 5 steps over (lower_bound * T, T]: at t <= lower_bound * T every mask is full, nothing to see
         span = np.linspace(T, min(T, max(0.0, lower_bound * T)), 6)[:-1]
         ts = sorted({t for t in (int(round(v)) for v in span) if t == T or t / T - lower_bound > 0}, reverse=True)
