@@ -566,7 +566,7 @@ def test_fig5_legend_states_the_degree_fitted(monkeypatch):
     assert any("lines: numpy.polyfit of degree 9 (--degree 20 is lowered to the points - 1)" in s for _, s in texts)
     texts.clear()
     draw_regional_error({"plain": r}, {k: fg.poly_fit(x, r[k[1]], 2) for k in fits}, 2)
-    assert any("lines: degree-2 numpy.polyfit (of log MSE for MSE), weighted by sqrt(pixels per bin)" in s
+    assert any("lines: degree-2 numpy.polyfit (of the log for MSE), weighted by sqrt(pixels per bin)" in s
                for _, s in texts)
     texts.clear()  # --bins 1: no bin pair to fit, no lines drawn; the legend said "lines: degree-2 numpy.polyfit"
     one = {"centres": x[:1], "mse": r["mse"][:1], "psnr": r["psnr"][:1], "count": np.ones(1)}
