@@ -655,6 +655,30 @@ def test_fig3_colours_follow_the_method_not_its_place(monkeypatch):
         assert bars == [drawing.COLOURS[0 if m == "edge" else 2] for m in order]
 
 
+def test_fig3_full_mask_note_is_on_its_side_of_the_line(monkeypatch):
+    """At a small l the note "t <= l*T: every pixel active" has no room right of its dashed line and was drawn left
+    of it, over the part where masks still grow: there it points right."""
+    from PIL import Image, ImageDraw
+
+    from yoda.drawing import font, text_wh
+    from yoda.figures import draw as fd
+    from yoda.figures.draw import draw_update_ratio
+
+    texts, lines = _drawn_text(monkeypatch), []
+    real = fd._Axes.line
+    monkeypatch.setattr(fd._Axes, "line", lambda self, xs, ys, *a, **k: lines.append(self.fx(xs[0]))
+                        or real(self, xs, ys, *a, **k))
+    d = ImageDraw.Draw(Image.new("RGB", (8, 8)))
+    for lb, right in ((0.6, True), (0.05, False)):
+        texts.clear(), lines.clear()
+        draw_update_ratio({"edge": [0.5]}, [lb], [1000, 1], {"edge": [0.5, 1.0]}, 1000, lb, 1)
+        (x, _), s = next((xy, s) for xy, s in texts if "every pixel active" in s)
+        if right:
+            assert s == "t <= l*T: every pixel active" and x > lines[0]
+        else:
+            assert s == "every pixel active at t <= l*T ->" and x + text_wh(d, s, font(12))[0] < lines[0]
+
+
 def test_fig3_tick_labels_of_many_lower_bounds_do_not_overlap(monkeypatch):
     """Fig. 3 with 20 lower bounds printed its 20 x labels over each other in 400 px: every k-th is labelled now,
     the least k at which they keep apart (every tick is still drawn), and all of them while they fit."""

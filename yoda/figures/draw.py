@@ -106,8 +106,11 @@ def draw_update_ratio(ratios: Mapping[str, Sequence[float]], lower_bounds: Seque
     if 0 < tl < T:
         ax.line([tl, tl], [0, 105], _GREY, width=1, dashed=True)
         s = "t <= l*T: every pixel active"
-        w, _ = _text_wh(draw, s, font)
-        draw.text((ax.fx(tl) + 4 if ax.fx(tl) + 4 + w < 975 else ax.fx(tl) - 4 - w, ax.fy(12)), s, fill=_GREY, font=font)
+        if ax.fx(tl) + 4 + _text_wh(draw, s, font)[0] >= 975:  # no room right of the line (small l): left of it,
+            s = "every pixel active at t <= l*T ->"  # pointing right (it read as labelling the part still growing)
+            draw.text((ax.fx(tl) - 4 - _text_wh(draw, s, font)[0], ax.fy(12)), s, fill=_GREY, font=font)
+        else:
+            draw.text((ax.fx(tl) + 4, ax.fy(12)), s, fill=_GREY, font=font)
     for m in methods:
         ax.line(ts, 100.0 * np.asarray(curves[m]), cols[m], width=2)
     _legend(draw, 590, 372, [(_method_label(m), cols[m], "line") for m in methods], font, max_x=980)
