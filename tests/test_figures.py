@@ -809,6 +809,16 @@ def test_panel_grid_wraps_to_readmes_width(monkeypatch):
     # panels wider than README_WIDTH allows three of: fewer a line; one wider than it: one a line, its own width
     assert drawing.panel_grid("t", groups[:1], 300).size[0] == 6 + 2 * 306
     assert drawing.panel_grid("t", groups[:1], 1000).size == (6 + 1006, 2 * 18 + 3 * (18 + 1000 + 6))
+    # a label wider than its panel is set smaller to fit it (the demo's ran into the next panel's at 160 px)
+    sizes = []
+    real_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, s, *a, font=None, **k: sizes.append(
+        (s, drawing.text_wh(d, s, font)[0], font.size)) or real_text(self, xy, s, *a, font=font, **k))
+    long = "bicubic  22.65 dB, SSIM 0.727"
+    assert drawing.text_wh(d, long, face)[0] > 160
+    drawing.panel_grid("t", [(None, [(long, Image.new("RGB", (160, 160))), ("HR", Image.new("RGB", (160, 160)))])], 160)
+    assert [(s, size) for s, _, size in sizes if s == "HR"] == [("HR", 12)]
+    assert [(w <= 160, size < 12) for s, w, size in sizes if s == long] == [(True, True)]
     # at_least: the demo's rows of three stay together (at --lr-size 96, 384-px panels went two and one: HR alone
     # under LR and bicubic); a longer group wraps at three
     three = drawing.panel_grid("t", [groups[0], groups[3]], 384, at_least=3)

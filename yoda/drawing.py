@@ -291,13 +291,19 @@ def legend(draw, x: float, y: float, entries, font, max_x: Optional[float] = Non
     return cy + 18
 
 
-def title(canvas, draw, s: str, face, y: int = 6) -> None:
-    """``s`` centred at the top, in the font ``face`` or, when it is wider than the canvas, the largest smaller
-    size of the default font (down to 8 px) that fits: one line, so that the figure's layout below it holds."""
+def fitted(draw, s: str, face, width: int):
+    """``face``, or where ``s`` is wider than ``width`` in it, the largest smaller size of the default font (down to
+    8 px) in which it fits: one line, so that the layout around it holds."""
     size = getattr(face, "size", None)
-    while size is not None and size > 8 and text_wh(draw, s, face)[0] > canvas.width - 16:
+    while size is not None and size > 8 and text_wh(draw, s, face)[0] > width:
         size -= 1
         face = font(size)
+    return face
+
+
+def title(canvas, draw, s: str, face, y: int = 6) -> None:
+    """``s`` centred at the top, in the font ``face`` or, when it is wider than the canvas, a smaller one (fitted)."""
+    face = fitted(draw, s, face, canvas.width - 16)
     w, _ = text_wh(draw, s, face)
     draw.text(((canvas.width - w) / 2, y), s, fill=BLACK, font=face)
 
@@ -306,7 +312,8 @@ def panel_grid(title_text: str, rows, panel: int, max_width: int = README_WIDTH,
     """A figure of square panels, at most ``max_width`` px wide (wider only where ``at_least`` panels are): the
     title, then each group (caption, [(label, PIL image of panel x panel)]) with its caption (None: none) above it
     and its panels in lines of as many as fit, at least ``at_least`` (the demo's rows of three stay together: at
-    384-px panels they were split two and one), each panel's label above the panel, framed in grey. The title and
+    384-px panels they were split two and one), each panel's label above the panel (smaller where it is wider than
+    the panel: the demo's "bicubic  22.65 dB, SSIM 0.727" ran into "HR"), framed in grey. The title and
     the captions are wrapped to the figure's width (a long caption made the demo 1578 px wide), which they widen up
     to GRID_TEXT_WIDTH."""
     from PIL import Image, ImageDraw
@@ -336,7 +343,7 @@ def panel_grid(title_text: str, rows, panel: int, max_width: int = README_WIDTH,
         for panels in group:
             for i, (label, im) in enumerate(panels):
                 px = pad + i * cell
-                draw.text((px, y), label, fill=BLACK, font=face)
+                draw.text((px, y), label, fill=BLACK, font=fitted(draw, label, face, panel))  # (ran into the next)
                 canvas.paste(im, (px, y + label_h))
                 draw.rectangle((px - 1, y + label_h - 1, px + panel, y + label_h + panel), outline=(150, 150, 150))
             y += label_h + panel + pad
