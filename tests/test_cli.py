@@ -1937,12 +1937,24 @@ def test_a_tuned_run_returns_the_heap_after_each_image(tmp_path, tiny_model, mon
         Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(src / f"im{k}.png")
     calls = []
     monkeypatch.setattr(cli, "release_heap", lambda: calls.append(1))
+    tunes = []
     for tuned, want in ((True, 3), (False, 0)):
         calls.clear()
-        monkeypatch.setattr(cli, "tune_malloc", lambda tuned=tuned: tuned)
-        code, _, _ = run(["upscale", str(src), "-o", str(tmp_path / f"out{tuned}"), "--model", tiny_model,
-                          "--steps", "1", "-q"], capsys)
+        monkeypatch.setattr(cli, "tune_malloc", lambda tuned=tuned: tunes.append(1) or tuned)
+        code = main(["upscale", str(src), "-o", str(tmp_path / f"out{tuned}"), "--model", tiny_model, "--steps",
+                     "1", "-q"], program=True)
         assert code == 0 and len(calls) == want and len(os.listdir(tmp_path / f"out{tuned}")) == 3
+    # main() called by another program leaves its malloc alone (mallopt's settings cannot be undone): it stayed
+    # tuned for the rest of that process
+    tunes.clear()
+    assert run(["upscale", str(src / "im0.png"), "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--steps", "1",
+                "-q"], capsys)[0] == 0 and tunes == []
+    import yoda.__main__ as entry
+
+    monkeypatch.setattr(entry.gc, "freeze", lambda: None)  # (the program's exit: not this test process's)
+    monkeypatch.setattr(sys, "argv", ["yoda", "upscale", str(src / "im1.png"), "-o", str(tmp_path / "p.png"),
+                                      "--model", tiny_model, "--steps", "1", "-q"])
+    assert entry.run() == 0 and tunes == [1]  # the console script and python -m yoda: the program's own
 
 
 def test_say_takes_windows_closed_pipe_and_raises_other_errors(monkeypatch):
@@ -2106,6 +2118,7 @@ def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
 
     import yoda.__main__ as entry
 
+    monkeypatch.setattr(entry.gc, "freeze", lambda: None)  # (the program's exit: not this test process's)
     with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as f:
         assert tomllib.load(f)["project"]["scripts"]["yoda"] == "yoda.__main__:run"
 

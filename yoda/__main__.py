@@ -23,7 +23,7 @@ def run() -> int:
     try:
         if pressed:
             raise KeyboardInterrupt
-        code = main()
+        code = main(program=True)
     except KeyboardInterrupt:  # main handles its own; this is one held above or one while its parser is built
         from .console import error_line
 

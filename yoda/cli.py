@@ -61,7 +61,9 @@ def cmd_upscale(a) -> int:
     """Every output path is checked before any image is read; then the inputs are read and upscaled one at a
     time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
     or upscaled is reported in one line and the others go on; the exit status is then 2."""
-    tuned = tune_malloc()  # no mmap / trim churn of large activations (cli_upscale.tune_malloc)
+    # no mmap / trim churn of large activations (cli_upscale.tune_malloc): the `yoda` program's only; a program that
+    # calls main() keeps its malloc as it was (mallopt's settings cannot be undone: the dynamic threshold is lost)
+    tuned = a.program and tune_malloc()
     if a.attention is None and a.lower_bound is not None and 0 <= a.lower_bound < float("inf"):  # given (its
         # default is the model's, set later); a bad one (nan, inf, -1) is refused below, not noted first
         note("--lower-bound has no effect without --attention (plain sampling)")
@@ -448,7 +450,9 @@ def _usable_streams() -> None:
         pass
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, program: bool = False) -> int:
+    """The `yoda` command on ``argv`` (None: sys.argv[1:]); its exit status. ``program``: called as the process's
+    own program (yoda.__main__.run, the console script and `python -m yoda`), which may tune the process (malloc)."""
     _usable_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -462,7 +466,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             (command_parser(parser, a) if after else parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse already printed one usage line + error
         return int(e.code or 0)
-    a.argv = argv
+    a.argv, a.program = argv, program
     given = getattr(a, "attention", None)
     if _no_map(given):
         a.attention = None
@@ -524,4 +528,4 @@ MEMORY_ADVICE = {"upscale": "a lower --max-memory, or smaller --tiles, denoises 
 
 
 if __name__ == "__main__":  # python -m yoda.cli ...
-    sys.exit(main())
+    sys.exit(main(program=True))
