@@ -2694,6 +2694,15 @@ MUTANTS = [
            "            said = e",
            ("tests/test_images.py", "-k", "named_once"),
            "an unreadable image's message names its path twice ([Errno 13] Permission denied: 'X')"),
+    Mutant("defaults-restored-by-each", "yoda/devices.py",
+           '            if _held["count"] == 0 and _held["dtype"] != torch.float32:',
+           '            if _held["dtype"] != torch.float32:',
+           ("tests/test_sampler.py", "-k", "two_threads_keep"),
+           "two loads at once under a float64 default: the first to finish makes the other's model part float64"),
+    Mutant("malloc-tuned-in-process", "yoda/cli.py",
+           "    tuned = a.program and tune_malloc()", "    tuned = tune_malloc()",
+           ("tests/test_cli.py", "-k", "returns_the_heap"),
+           "yoda.cli.main() called from a Python program retunes the process's malloc for good"),
 ]
 
 

@@ -1848,6 +1848,42 @@ def test_host_reads_do_not_grow_with_steps_or_windows(monkeypatch):
     assert base <= 12, reads
 
 
+def test_loads_in_two_threads_keep_float32_until_the_last_is_done():
+    """Under a caller's float64 default, two yoda.load calls at once (a service's threads): each put back the dtype
+    it found on leaving, so the first to finish made the other's later tensors float64 (a model part float64, part
+    float32: "Input type (float) and bias type (double)"). The caller's dtype comes back when the last leaves."""
+    import threading
+
+    from yoda.devices import torch_defaults
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def first():
+        with torch_defaults():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with torch_defaults():
+            second_in.set()
+            first_out.wait(10)
+            seen.append(torch.empty(1).dtype)  # built after the first load is done
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        threads = [threading.Thread(target=f) for f in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert seen == [torch.float32] and torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def test_the_callers_default_dtype_and_device_change_nothing():
     """A program's torch.set_default_dtype(bfloat16) made yoda.load cast the embedded model's float32 weights (an
     image 0.9 of a level off) and torch.set_default_device put yoda's own tables there ('meta' here, standing in for

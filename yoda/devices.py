@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
@@ -42,20 +43,31 @@ def cpu_default_device():
     return torch.device("cpu") if torch.get_default_device().type != "cpu" else contextlib.nullcontext()
 
 
+_DEFAULTS = threading.Lock()
+_held = {"count": 0, "dtype": None}  # torch_defaults' callers now, and the default dtype the first of them found
+
+
 @contextlib.contextmanager
 def torch_defaults():
     """torch's own defaults, float32 tensors on the CPU, while yoda builds or loads a model, whatever the caller set:
     under torch.set_default_dtype(torch.float64) a Trainer built a float64 model (its first float32 batch failed in
     a Linear) and yoda.load cast a file's float32 weights (bf16: an image 0.9 of a level off). The default dtype is
     process-wide: where the caller's is not float32, other threads' new tensors are float32 meanwhile (a model's
-    construction or loading); where it is, nothing changes. Not around a user's own model or callback, which run
-    under the caller's defaults."""
-    dtype = torch.get_default_dtype()
-    if dtype != torch.float32:
-        torch.set_default_dtype(torch.float32)
+    construction or loading), and the caller's comes back when the last of the threads inside leaves (each put back
+    what it found: two loads at once restored float64 while the other was building, a model part float64); where
+    it is float32, nothing changes. Not around a user's own model or callback, which run under the caller's
+    defaults."""
+    with _DEFAULTS:
+        if _held["count"] == 0:
+            _held["dtype"] = torch.get_default_dtype()
+        _held["count"] += 1
+        if torch.get_default_dtype() != torch.float32:
+            torch.set_default_dtype(torch.float32)
     try:
         with cpu_default_device():
             yield
     finally:
-        if dtype != torch.float32:
-            torch.set_default_dtype(dtype)
+        with _DEFAULTS:
+            _held["count"] -= 1
+            if _held["count"] == 0 and _held["dtype"] != torch.float32:
+                torch.set_default_dtype(_held["dtype"])
