@@ -961,8 +961,8 @@ def test_cli_says_a_wrong_config_type_in_one_line(tmp_path, img_folder, capsys):
         (tmp_path / "c.json").write_text(json.dumps(dict(d, **{section: dict(d[section], **{typo: 2})})))
         assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o"), "-q"]) == 2
         err = capsys.readouterr().err
-        where = "" if section == "model" else cfg_file  # the model's keys are read when it is built
-        assert err.startswith(f"yoda: error: {where}{said}") and err.count("\n") == 1, err
+        # the model's keys too (they were read when it was built, and said without the file; a review)
+        assert err.startswith(f"yoda: error: {cfg_file}{said}") and err.count("\n") == 1, err
 
 
 def test_config_refuses_a_model_scale_other_than_the_data_scale(img_folder):
@@ -1492,6 +1492,26 @@ def test_config_file_that_is_not_utf8_and_a_bad_schedule_are_named(tmp_path, img
     cfg = tiny_config(img_folder).replace(schedule={"kind": "linear", "T": 0})
     with pytest.raises(ValueError, match=r"config schedule \{'kind': 'linear', 'T': 0\}: "):
         cfg.make_schedule()
+    # TrainConfig.load checks the schedule and the model's arguments, naming the file (they were refused only when
+    # the Trainer was built, without it)
+    for bad, said in (({"schedule": {"kind": "linear", "T": 0}}, r"config schedule \{'kind': 'linear', 'T': 0\}: "),
+                      ({"model": dict(TINY_MODEL, inner_channel=-1)}, r"model: SR3Config\.inner_channel must be a "
+                                                                      r"positive int, got -1")):
+        p.write_text(tiny_config(img_folder).replace(**bad).to_json())
+        with pytest.raises(ValueError, match=rf"^config file {re.escape(str(p))}: {said}"):
+            TrainConfig.load(str(p))
+    # Notepad's BOM is read past (Python's "Unexpected UTF-8 BOM (decode using utf-8-sig)"); a key given twice is
+    # refused (json kept the last, silently); comments and trailing commas are said to be no JSON
+    text = tiny_config(img_folder).to_json()
+    p.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert TrainConfig.load(str(p)) == tiny_config(img_folder)
+    p.write_text(text.replace('{', '{"seed": 3, ', 1))
+    with pytest.raises(ValueError, match=r"c\.json: the key 'seed' is given twice in one object; give it once$"):
+        TrainConfig.load(str(p))
+    p.write_text(text.replace('{', '{"seed": 0, // mine\n', 1))
+    with pytest.raises(ValueError, match=r"c\.json is not valid JSON: .* \(JSON has no comments and no trailing "
+                                         r"commas\)"):
+        TrainConfig.load(str(p))
 
 
 def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):

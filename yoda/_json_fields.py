@@ -104,7 +104,7 @@ def read_config_text(path: str, what: str) -> str:
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{what} {path} is not a regular file (a device or a pipe); a config is a small text file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # (a BOM, as Windows' Notepad writes, is no JSON error)
             text = f.read(MAX_CONFIG_BYTES + 1)
     except UnicodeDecodeError as e:  # (codec words, naming no file: an image given as the config)
         raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}); a config is a text file") from None

@@ -70,7 +70,8 @@ def model_kind(model: nn.Module) -> str:
     raise TypeError(f"model must be an SR3UNet or an SRDiff, got {type(model).__name__}")
 
 
-def _config(kind: str, args: Mapping[str, Any]):
+def model_config(kind: str, args: Mapping[str, Any]):
+    """The config dataclass of a model of ``kind`` with constructor ``args``, checked (nothing is built)."""
     if kind == "sr3":
         return SR3Config.from_dict(dict(args))
     if kind == "srdiff":
@@ -80,7 +81,7 @@ def _config(kind: str, args: Mapping[str, Any]):
 
 def build_model(kind: str, args: Mapping[str, Any]) -> nn.Module:
     """An SR3UNet (kind "sr3": SR3Config fields) or an SRDiff (kind "srdiff": SRDiffConfig fields) from ``args``."""
-    cfg = _config(kind, args)
+    cfg = model_config(kind, args)
     return SR3UNet.from_config(cfg) if kind == "sr3" else SRDiff(cfg)
 
 
@@ -92,7 +93,7 @@ def _check_declared(p: str, kind: str, args: Mapping[str, Any], tensors: Mapping
     entries), so a config declaring millions of blocks is refused at once; then the model is built on the meta
     device (no memory) and its keys and shapes are compared with the tensors (check_state_dict)."""
     try:
-        cfg = _config(kind, args)
+        cfg = model_config(kind, args)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{p}: the yoda config's args do not build a {kind!r} model: {e}") from e
     check_block_count(p, cfg.blocks, tensors, "the yoda config")

@@ -29,7 +29,7 @@ from .._json_fields import (_python_numbers, check_field_types, json_type_name, 
                             unknown_keys)
 from ..adapters import SPACES
 from ..masks import check_lower_bound
-from ..models.yoda_format import SPACE_OF_KIND
+from ..models.yoda_format import SPACE_OF_KIND, model_config as _model_config
 
 LOSSES = ("l1", "l2")
 TARGETS = PREDICTIONS  # what the model is trained to predict is what the sampler is told it predicts
@@ -254,7 +254,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(json.loads(text, object_pairs_hook=_once_each))
 
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
@@ -270,9 +270,13 @@ class TrainConfig:
             raise ValueError(f"config file {path} is a folder; --config takes a JSON file (or an installed "
                              f"config's name)") from None
         try:
-            return cls.from_json(text)
+            cfg = cls.from_json(text)
+            model_config(cfg.model)  # the model's arguments and the schedule, checked here (without building
+            cfg.make_schedule()  # the model): their errors name the file too, and TrainConfig.load refuses them
+            return cfg
         except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+            hint = " (JSON has no comments and no trailing commas)" if e.msg.startswith("Expecting") else ""
+            raise ValueError(f"config file {path} is not valid JSON: {e}{hint}") from None
         except RecursionError:  # json's (and the dataclasses') recursion into a thousand-deep nest: a traceback
             raise ValueError(f"config file {path} is nested too deeply to be a config") from None
         except (TypeError, ValueError) as e:  # a field's error named the key, not the file that holds it
@@ -334,6 +338,28 @@ def weights_path(attention: str, resolve) -> str:
     realpath), ~ expanded; a name without one as it is."""
     name, sep, path = attention.partition(":")
     return f"{name}:{resolve(os.path.expanduser(path))}" if sep and path.strip() else attention
+
+
+def _once_each(pairs: list) -> dict:
+    """json's object_pairs_hook: a key given twice in one object is an error (json keeps the last, silently)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the key {k!r} is given twice in one object; give it once")
+        out[k] = v
+    return out
+
+
+def model_config(spec: Any):
+    """The config dataclass (SR3Config / SRDiffConfig) of a model spec {"kind": ..., **constructor args}: its
+    arguments checked without building the model; errors said of the config's "model" section."""
+    model_space(spec)
+    try:
+        return _model_config(spec["kind"], {k: v for k, v in spec.items() if k != "kind"})
+    except TypeError as e:
+        raise ValueError(f"bad model arguments for {spec['kind']}: {e}") from None
+    except ValueError as e:  # the config's own words, said of its section
+        raise ValueError(f"model: {e}") from None
 
 
 def model_space(spec: Any) -> str:

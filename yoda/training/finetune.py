@@ -30,9 +30,9 @@ FINE_TUNE_HINT = ("an upstream SR3 *_gen.pth or SRDiff model_ckpt_steps_*.ckpt f
 
 def resolved_args(kind: str, args: dict) -> dict:
     """Every constructor argument of a model of ``kind`` built from ``args``, defaults filled in."""
-    from ..models.yoda_format import _config
+    from ..models.yoda_format import model_config
 
-    return dataclasses.asdict(_config(kind, dict(args)))
+    return dataclasses.asdict(model_config(kind, dict(args)))
 
 
 def read_init(path: str, cfg, card) -> tuple[torch.nn.Module, str]:

@@ -13,20 +13,15 @@ from ..images import from_uint8
 from ..models.card import ModelCard
 from ..models.yoda_format import build_model as build
 from ..sampling.prepare import resolve_attention
-from .config import LossConfig, TrainConfig, model_space
+from .config import LossConfig, TrainConfig, model_config
 
 
 def build_model(spec: dict) -> torch.nn.Module:
     """A model from a config dict {"kind": "sr3" | "srdiff", **constructor args} (yoda.models).
 
     sr3: the keys of yoda.models.sr3.SR3Config (upstream SR3UNet arguments, plus "scale")."""
-    model_space(spec)  # a dict with a known kind
-    try:
-        return build(spec["kind"], {k: v for k, v in spec.items() if k != "kind"})
-    except TypeError as e:
-        raise ValueError(f"bad model arguments for {spec['kind']}: {e}") from None
-    except ValueError as e:  # the config's own words, said of its section
-        raise ValueError(f"model: {e}") from None
+    model_config(spec)  # a dict with a known kind and good arguments: errors said of the config's section
+    return build(spec["kind"], {k: v for k, v in spec.items() if k != "kind"})
 
 
 def make_denoiser(model: torch.nn.Module, lr_img: torch.Tensor, up: torch.Tensor, cfg: LossConfig):
