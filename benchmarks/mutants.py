@@ -2647,8 +2647,8 @@ MUTANTS = [
            ("tests/test_checkpoint.py", "-k", "named_safetensors"),
            "torch.load given the path reads a .safetensors name as safetensors whatever it holds"),
     Mutant("frames-uncaught", "yoda/images.py",
-           "    except (EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, struct.error) as e:",
-           "    except ZeroDivisionError as e:",
+           "    except (EOFError, IndexError, KeyError, RuntimeError, TypeError, ZeroDivisionError, struct.error) as e:",
+           "    except (RuntimeError, ZeroDivisionError) as e:",
            ("tests/test_images.py", "-k", "cut_short"),
            "a GIF / TIFF cut off after its first frame stops a folder's run as 'a bug in yoda'"),
     Mutant("long-name-after-sampling", "yoda/cli_upscale.py",
@@ -2719,6 +2719,15 @@ MUTANTS = [
            'with open(path, encoding="utf-8-sig") as f:', 'with open(path, encoding="utf-8") as f:',
            ("tests/test_train.py", "-k", "not_utf8_and_a_bad_schedule"),
            "a config saved by Notepad (a UTF-8 BOM) is refused as no JSON"),
+    Mutant("avif-open-uncaught", "yoda/images.py",
+           "except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError) as e:",
+           "except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:",
+           ("tests/test_images.py", "-k", "cut_short"),
+           "a damaged AVIF's RuntimeError at open stops a folder's run as 'a bug in yoda'"),
+    Mutant("defaults-change-during-load-lost", "yoda/devices.py",
+           'if _held["count"] == 0 or dtype != torch.float32:', 'if _held["count"] == 0:',
+           ("tests/test_sampler.py", "-k", "two_threads_keep"),
+           "a caller's dtype set while a load runs is lost when the loads are done"),
 ]
 
 

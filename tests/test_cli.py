@@ -2144,7 +2144,7 @@ def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
 
     frozen = []
     monkeypatch.setattr(gc, "freeze", lambda: frozen.append(1))
-    monkeypatch.setitem(sys.modules, "yoda.cli", types.SimpleNamespace(main=lambda: 2))
+    monkeypatch.setitem(sys.modules, "yoda.cli", types.SimpleNamespace(main=lambda **k: 2))
     assert entry.run() == 2 and frozen == [1]
     assert capsys.readouterr().err == "yoda: interrupted\n"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

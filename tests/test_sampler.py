@@ -1880,6 +1880,15 @@ def test_loads_in_two_threads_keep_float32_until_the_last_is_done():
         for t in threads:
             t.join(20)
         assert seen == [torch.float32] and torch.get_default_dtype() == torch.float64
+        # a caller that sets its dtype while a load runs (started under float32) gets it back when the last is done
+        torch.set_default_dtype(torch.float32)
+        outer = torch_defaults()
+        outer.__enter__()
+        torch.set_default_dtype(torch.float64)
+        with torch_defaults():
+            assert torch.empty(1).dtype == torch.float32
+        outer.__exit__(None, None, None)
+        assert torch.get_default_dtype() == torch.float64
     finally:
         torch.set_default_dtype(torch.float32)
 

@@ -60,7 +60,8 @@ def check_path(path: Any) -> str:
 
 def _is_safetensors(p: str) -> bool:
     """By content (a torch.save file named .safetensors is read as one); by name only for a file too damaged to
-    tell (a truncated safetensors file: "corrupt or truncated?", not "neither format")."""
+    tell (a safetensors file cut within its first 9 bytes: "corrupt or truncated?", not "neither format"; unless
+    those begin as a pickle's do, 0x80, as 1 in 256 header lengths does: then torch's reader says it)."""
     head = _head(p, 9)  # (a safetensors header's length can begin with 0x80, as a pickle does: "{" decides)
     return head[8:9] == b"{" or (p.endswith(".safetensors") and not head.startswith(_TORCH_HEADS))
 

@@ -57,17 +57,21 @@ def torch_defaults():
     what it found: two loads at once restored float64 while the other was building, a model part float64); where
     it is float32, nothing changes. Not around a user's own model or callback, which run under the caller's
     defaults."""
-    with _DEFAULTS:
-        if _held["count"] == 0:
-            _held["dtype"] = torch.get_default_dtype()
-        _held["count"] += 1
-        if torch.get_default_dtype() != torch.float32:
-            torch.set_default_dtype(torch.float32)
+    entered = False
     try:
+        with _DEFAULTS:
+            dtype = torch.get_default_dtype()
+            if _held["count"] == 0 or dtype != torch.float32:  # (not float32 while a load runs: the caller's own
+                _held["dtype"] = dtype  # change meanwhile, which the last one out puts back)
+            _held["count"] += 1
+            entered = True
+            if dtype != torch.float32:
+                torch.set_default_dtype(torch.float32)
         with cpu_default_device():
             yield
     finally:
-        with _DEFAULTS:
-            _held["count"] -= 1
-            if _held["count"] == 0 and _held["dtype"] != torch.float32:
-                torch.set_default_dtype(_held["dtype"])
+        if entered:
+            with _DEFAULTS:
+                _held["count"] -= 1
+                if _held["count"] == 0 and _held["dtype"] != torch.float32:
+                    torch.set_default_dtype(_held["dtype"])

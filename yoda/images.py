@@ -359,11 +359,12 @@ def _signature(p: Path) -> Optional[str]:
 @contextlib.contextmanager
 def _decoding(p: Path, im: Image.Image) -> Iterator[None]:
     """Pillow's decoders past the header: a damaged GIF or TIFF raises what its parser met (IndexError,
-    struct.error, TypeError "Missing dimensions", KeyError, EOFError), which stopped a folder's run as "a bug in
-    yoda"; a DataError naming the file instead (OSError and the like: read_image's own messages)."""
+    struct.error, TypeError "Missing dimensions", KeyError, EOFError), a damaged AVIF RuntimeError, which stopped a
+    folder's run as "a bug in yoda"; a DataError naming the file instead (OSError and the like: read_image's own
+    messages)."""
     try:
         yield
-    except (EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, struct.error) as e:
+    except (EOFError, IndexError, KeyError, RuntimeError, TypeError, ZeroDivisionError, struct.error) as e:
         raise DataError(f"path: cannot read image {p}: a truncated or corrupt {im.format or 'image'} file "
                         f"({type(e).__name__}: {e})") from None
 
@@ -415,7 +416,8 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
                 raise _too_large(p, n.group(1) if n else f"more than {2 * pillow}", limit) from None
             raise DataError(f"path: {p} is refused by Pillow's own limit: {e} (raise PIL.Image.MAX_IMAGE_PIXELS "
                             "too, or pass --max-pixels to the CLI)") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError) as e:  # (a damaged AVIF's
+            # open: "Failed to decode image: Missing or empty image item")
             signed = _signature(p) if isinstance(e, UnidentifiedImageError) else None
             if signed == "TIFF":  # not "no image at all", as Pillow says
                 raise DataError(f"path: {p} is a TIFF that Pillow cannot decode (of float TIFFs only single-channel "

@@ -275,7 +275,8 @@ class TrainConfig:
             cfg.make_schedule()  # the model): their errors name the file too, and TrainConfig.load refuses them
             return cfg
         except json.JSONDecodeError as e:
-            hint = " (JSON has no comments and no trailing commas)" if e.msg.startswith("Expecting") else ""
+            hint = (" (JSON has no comments and no trailing commas)"  # (not for a file cut short: ',' delimiter)
+                    if e.msg in ("Expecting property name enclosed in double quotes", "Expecting value") else "")
             raise ValueError(f"config file {path} is not valid JSON: {e}{hint}") from None
         except RecursionError:  # json's (and the dataclasses') recursion into a thousand-deep nest: a traceback
             raise ValueError(f"config file {path} is nested too deeply to be a config") from None
