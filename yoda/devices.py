@@ -44,7 +44,7 @@ def cpu_default_device():
 
 
 _DEFAULTS = threading.Lock()
-_held = {"count": 0, "dtype": None}  # torch_defaults' callers now, and the default dtype the first of them found
+_held = {"count": 0, "dtype": None}  # torch_defaults' callers now, and the caller's default dtype to put back
 
 
 @contextlib.contextmanager

@@ -165,7 +165,7 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
     used = sorted({len(c) - 1 for c in fits.values() if c is not None})  # poly_fit lowers it to points - 1
     fit = (f"degree-{degree} numpy.polyfit" if used == [degree] else
            f"numpy.polyfit of degree {'/'.join(map(str, used))} (--degree {degree} is lowered to the points - 1)")
-    logs = " and ".join(k.upper() for k in LOG_FITS if any(k == key for key, _, _ in keys))
+    logs = " and ".join(key.upper() for key, _, _ in keys if key in LOG_FITS)
     lines = (f"lines: {fit} (of the log for {logs}), weighted by sqrt(pixels per bin)" if used else
              "no lines (a fit needs 2 bins with pixels)")
     rows = -(-n // FIG5_COLUMNS)
