@@ -239,6 +239,8 @@ class TrainConfig:
                             else f"disagrees with the schedule trained on (schedule: {want!r})")
                     raise ValueError(f"model.{key} ({self.model[key]!r}) {told}; set the schedule in 'schedule' and "
                                      f"leave model.{key} out")
+        model_config(self.model)  # the model's arguments and the schedule, as the trainer takes them (nothing is
+        self.make_schedule()  # built): refused here, not when a Trainer is made (load's errors name the file)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -270,10 +272,7 @@ class TrainConfig:
             raise ValueError(f"config file {path} is a folder; --config takes a JSON file (or an installed "
                              f"config's name)") from None
         try:
-            cfg = cls.from_json(text)
-            model_config(cfg.model)  # the model's arguments and the schedule, checked here (without building
-            cfg.make_schedule()  # the model): their errors name the file too, and TrainConfig.load refuses them
-            return cfg
+            return cls.from_json(text)
         except json.JSONDecodeError as e:
             hint = (" (JSON has no comments and no trailing commas)"  # (not for a file cut short: ',' delimiter)
                     if e.msg in ("Expecting property name enclosed in double quotes", "Expecting value") else "")
