@@ -7,7 +7,7 @@ of 40001 points, rounded to float32:
     LOG_P: P(f) ~ -2 log(1 + f) / f on [sqrt(1/2) - 1, sqrt(2) - 1], degree 7, relative error
     SIN_P: sin(pi t) / t as a polynomial in t^2 on [-1/2, 1/2], degree 4 (sin of degree 9), absolute error of sin
     COS_P: (cos(pi t) - 1) / t^2 as a polynomial in t^2, degree 3 (cos of degree 8), absolute error of cos
-Changing a coefficient changes the noise stream (every seed's image): README's changelog must say so, and every
+Changing a coefficient changes the noise stream (every seed's image): CHANGELOG.md must say so, and every
 backend's copy (philox.py, csrc/philox.h, yoda_kernels/triton/noise.py) must change with it.
 """
 

@@ -328,7 +328,7 @@ class Trainer:
             warnings.warn(f"checkpoint {path} was written by a yoda that made the YODA masks of each training crop "
                           "(and, before the eighth pass, took other targets at inactive pixels with mask_input on and "
                           "mask_loss off); its remaining steps train with the crops of the whole images' masks "
-                          "(README changelog, ninth pass)", UserWarning, stacklevel=2)
+                          "(CHANGELOG.md, ninth pass)", UserWarning, stacklevel=2)
 
     def load_init(self, path: str) -> None:
         """Start from the weights of the yoda model file ``path`` (model and EMA; the optimiser, the step and the
