@@ -2728,6 +2728,10 @@ MUTANTS = [
            'if _held["count"] == 0 or dtype != torch.float32:', 'if _held["count"] == 0:',
            ("tests/test_sampler.py", "-k", "two_threads_keep"),
            "a caller's dtype set while a load runs is lost when the loads are done"),
+    Mutant("dino-cut-safetensors-neither", "yoda/attention/weights.py",
+           "    if is_safetensors(path):", '    if head[8:9] == b"{":',
+           ("tests/test_dino.py", "-k", "corrupt_files"),
+           "a .safetensors weights file cut within 9 bytes is called neither a PyTorch nor a safetensors file"),
 ]
 
 

@@ -572,6 +572,12 @@ def test_corrupt_files(tmp_path, vit):
     q.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(ValueError, match=r"broken\.safetensors.*safetensors.*ResNet-50"):
         att.dino_resnet50(str(q))
+    # a .safetensors file cut within its header's first 9 bytes: too short to tell by content, told by name (as
+    # yoda.load does); it was "neither a PyTorch checkpoint nor a safetensors file"
+    q.write_bytes(named_pth.read_bytes()[:5])
+    with pytest.raises(ValueError, match=r"^cannot read weights .*broken\.safetensors' as safetensors \(corrupt or "
+                                         r"truncated\?; expected a DINO ResNet-50"):
+        att.dino_resnet50(str(q))
     r = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], r)
     with pytest.raises(ValueError, match=r"list\.pth.*list"):

@@ -58,7 +58,7 @@ def check_path(path: Any) -> str:
     return p
 
 
-def _is_safetensors(p: str) -> bool:
+def is_safetensors(p: str) -> bool:
     """By content (a torch.save file named .safetensors is read as one); by name only for a file too damaged to
     tell (a safetensors file cut within its first 9 bytes: "corrupt or truncated?", not "neither format"; unless
     those begin as a pickle's do, 0x80, as 1 in 256 header lengths does: then torch's reader says it)."""
@@ -167,7 +167,7 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
     """(object, safetensors metadata or None). Safetensors -> dict of tensors; torch files -> whatever was
     saved (weights_only=True: tensors, dicts, lists, numbers; no code)."""
     p = check_path(path)
-    if _is_safetensors(p):
+    if is_safetensors(p):
         from safetensors import SafetensorError, safe_open
 
         try:

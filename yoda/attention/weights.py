@@ -12,7 +12,8 @@ from typing import Callable, Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError, build_checked, check_zip, load_failure, weights_only_refusal
+from ..checkpoint import (CheckpointError, build_checked, check_zip, is_safetensors, load_failure,
+                          weights_only_refusal)
 
 _WRAPPER_KEYS = ("teacher", "state_dict", "model", "student", "model_ema", "state_dict_ema")
 _PREFIXES = ("module.", "_orig_mod.", "backbone.")  # DDP, torch.compile, DINO's MultiCropWrapper
@@ -33,15 +34,16 @@ def _read_file(path: str, fmt: str) -> Mapping:
         head = f.read(9)
     if not head:
         raise ValueError(f"weights file {path!r} is empty (expected {fmt})")
-    # by content, not by name: safetensors = 8-byte header length + "{"; torch.save = a zip ("PK") or, before
-    # torch 1.6, a pickle (protocol byte 0x80)
-    if len(head) == 9 and head[8:9] == b"{":
+    # by content (safetensors = 8-byte header length + "{"; torch.save = a zip ("PK") or, before torch 1.6, a
+    # pickle (protocol byte 0x80)); by name only for a .safetensors file too damaged to tell, as yoda.load
+    if is_safetensors(path):
         from safetensors.torch import load_file
 
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises its own error types for bad headers
-            raise ValueError(f"cannot read weights {path!r} as safetensors (expected {fmt}): {e}") from e
+            raise ValueError(f"cannot read weights {path!r} as safetensors (corrupt or truncated?; expected "
+                             f"{fmt}): {e}") from e
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise ValueError(f"weights file {path!r} is neither a PyTorch checkpoint nor a safetensors file "
                          f"(expected {fmt})")
