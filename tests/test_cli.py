@@ -1576,6 +1576,22 @@ def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_p
     assert code == 130 and err.endswith("yoda: interrupted\n")
     assert "1 written, 0 skipped, 0 failed, of 3 inputs in " in out
     assert out.rstrip().endswith("s; a rerun with --skip-existing makes the rest")
+    # stopped after the second image was written (in the heap's release after it): it counts as written and done;
+    # it counted as written, not done ("2 written, -1 skipped")
+    monkeypatch.setattr(cli, "_upscale_one", real)
+    monkeypatch.setattr(cli, "tune_malloc", lambda: True)
+    calls = []
+
+    def stop_in_the_second_release():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "release_heap", stop_in_the_second_release)
+    code = cli.main(["upscale", str(src), "-o", str(tmp_path / "b1"), *common, "-q"], program=True)  # (malloc: stub)
+    out, err = capsys.readouterr()
+    assert code == 130 and err.endswith("yoda: interrupted\n")
+    assert "2 written, 0 skipped, 0 failed, of 3 inputs in " in out and len(os.listdir(tmp_path / "b1")) == 2
     # stopped in the first input (a slow first image): the count and the hint all the same
     monkeypatch.setattr(cli, "_upscale_one", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "b2"), *common, "-q"], capsys)

@@ -308,13 +308,13 @@ class Tally:
     @contextlib.contextmanager
     def one(self):
         """Around one input's work: counted once it is done (made, skipped, or failed), not when Busy (later)."""
+        written = self.written
         try:
             yield
-        except Busy:
-            raise
-        except Exception as e:
-            if stop_in(e) is e:  # not a Ctrl-C / SIGTERM that Python wrapped in a RuntimeError: a failed input
-                self.failed += 1
+        except BaseException as e:  # failed: not a stop (a Ctrl-C / SIGTERM, or one Python wrapped in a RuntimeError)
+            failed = self.written == written and isinstance(e, Exception) and not isinstance(e, Busy) and stop_in(e) is e
+            if failed or self.written > written:  # written, then stopped (its line, the heap's release): done too
+                self.failed += failed  # (it was counted written and not done: "2 written, -1 skipped")
                 self._done()
             raise
         self._done()
