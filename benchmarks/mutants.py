@@ -2736,6 +2736,10 @@ MUTANTS = [
            "            if failed or self.written > written:", "            if failed:",
            ("tests/test_cli.py", "-k", "closing_count"),
            "an image written, then a Ctrl-C in its line or the heap's release: the count says '-1 skipped'"),
+    Mutant("eval-partial-removed-first", "yoda/cli_models.py",
+           "            stale = part\n", "            stale = os.remove(part) if os.path.isfile(part) else None\n",
+           ("tests/test_cli.py", "-k", "stopped_keeps"),
+           "a whole eval run removes a stopped run's rows.partial.csv before its own rows.csv is written (a full disk)"),
 ]
 
 

@@ -2447,10 +2447,12 @@ def test_eval_stopped_keeps_the_images_it_finished(tmp_path, tiny_model, capsys,
         raise OSError(28, f"cannot write {path}: No space left on device")
 
     monkeypatch.setattr(yoda.evaluate, "write_csv", full_disk)
+    part.write_text("a stopped run's rows\n")  # kept: the whole run's file was not written (it was removed first)
     code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",
                              "--attention", "edge", "--lower-bounds", "0.6", "-o", str(out)], capsys)
     assert code == 2 and "| plain |" in stdout and err.endswith(f"\nyoda: error: cannot write {out}: No space left on "
                                                                 "device\n"), err
+    assert part.read_text() == "a stopped run's rows\n"
     calls.clear()
     monkeypatch.setattr(yoda.evaluate, "run_sample", stop_in_the_second_image)
     code, stdout, err = run(["eval", "--images", str(folder), "--model", tiny_model, "--steps", "1", "-q",

@@ -271,14 +271,14 @@ def eval_results(a, rows: list, partial: str = "") -> None:
             left = " (the file there is an earlier run's)" if os.path.exists(a.output) else ""
             error_line(f"yoda: -o {printable(a.output)} is not written: no image was scored{left}")
         return
-    out = a.output
+    out, stale = a.output, None
     if out:  # a stopped run's rows or table go to NAME.partial.EXT: not taken for a whole run's (nor written over
-        # an earlier run's); a whole run removes a stopped one's
+        # an earlier run's); a whole run removes a stopped one's once its own file is written (a full disk kept none)
         part = "{}.partial{}".format(*os.path.splitext(out))
         if partial:
             out, partial = part, f"{partial}; written to {part}"
-        elif os.path.isfile(part):
-            os.remove(part)
+        else:
+            stale = part
     crop = f"each image centre-cropped to at most {a.max_size} pixels a side (--max-size; 0: whole images)"
     notes = [n for n in (crop if a.max_size > 0 else "", f"partial: {partial}" if partial else "") if n]
     sampled = next(r for r in rows if r["method"] == "plain")  # the same sampler and steps in every sampled row
@@ -295,6 +295,8 @@ def eval_results(a, rows: list, partial: str = "") -> None:
         write_csv(out, rows)
     elif out:
         atomic_write_text(out, table + "\n")
+    if stale and os.path.isfile(stale):
+        os.remove(stale)
 
 
 def last_tau(adapter, a, device, lower_bound: Optional[float] = None) -> Callable[[int], float]:
