@@ -1092,6 +1092,38 @@ def test_output_paths_are_checked_before_sampling(tmp_path, tiny_model, images, 
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISFIFO(os.stat(tmp_path / "fifo.csv").st_mode)
 
 
+def test_a_full_disk_does_not_take_the_numbers_of_attention_demo_and_figures(tmp_path, tiny_model, images, capsys,
+                                                                            monkeypatch):
+    """`yoda figures`, `demo` and `attention` printed their numbers (update ratios, regional error, scores: said
+    nowhere else, after all the sampling) only once the figure was written: a full disk took them along."""
+    import errno
+
+    import yoda.cli
+    import yoda.cli_demo
+    import yoda.figures
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "cannot write the figure: No space left on device")
+
+    rgb, _ = images
+    monkeypatch.setattr(yoda.cli, "save_figure", no_space)
+    code, out, err = run(["attention", rgb, "-o", str(tmp_path / "att.png"), "--lower-bound", "0.5"], capsys)
+    assert code == 2 and out.startswith("pixel update ratio (edge, lower bound 0.5, ") and "->" not in out, out
+    assert err == "yoda: error: cannot write the figure: No space left on device\n", err
+    monkeypatch.setattr(yoda.cli_demo, "save_figure", no_space)
+    code, out, err = run(["demo", "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--lr-size", "16",
+                          "--steps", "1", "-q"], capsys)
+    assert code == 2 and "| plain |" in out and "| YODA |" in out and "wrote" not in out, out
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "a.png")
+    monkeypatch.setattr(yoda.figures, "write_figures", no_space)
+    code, out, err = run(["figures", "--images", str(folder), "--model", tiny_model, "--steps", "2", "-q",
+                          "-o", str(tmp_path / "figs")], capsys)
+    assert code == 2 and "pixel update ratio (mean over 1 image):" in out and "regional error by attention" in out
+    assert "No space left on device" in err and not (tmp_path / "figs").exists()  # (the folder it made: removed)
+
+
 def test_full_disk_with_several_inputs_leaves_no_empty_folder(tmp_path, tiny_model, images, capsys, monkeypatch):
     import errno
 

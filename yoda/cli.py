@@ -194,9 +194,13 @@ def cmd_attention(a) -> int:
         fig = attention_figure(lr, A, a.lower_bound, a.T, steps=a.steps,  # its title: the ratio printed below
                                label=f"{a.attention} attention of {printable(os.path.basename(a.image))}, "
                                      f"x{a.scale}")  # a newline in the name drew a second title line over the labels
-    save_figure(fig, a.output)
-    say(f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}  -> {a.output}",
-        full_ok=False)  # (a number said only here: `> /dev/full` is an error, a closed pipe is not)
+    line = f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}"
+    try:
+        save_figure(fig, a.output)
+    except OSError:  # (a full disk: the number is said all the same)
+        say(line, full_ok=False)
+        raise
+    say(f"{line}  -> {a.output}", full_ok=False)  # (said only here: `> /dev/full` is an error, a closed pipe is not)
     return 0
 
 
@@ -304,7 +308,15 @@ def cmd_figures(a) -> int:
     with made_folder(out):
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)
+        say_figure_numbers(a, settings, data)  # first: a file that cannot be written must not take them along
         paths = write_figures(data, out)
+    for p in paths:
+        say(f"wrote {p}")
+    return skipped.status(len(images))
+
+
+def say_figure_numbers(a, settings, data) -> None:
+    """`yoda figures`' tables: the pixel update ratios and the regional error by attention bin."""
     lines = [f"pixel update ratio (mean over {len(data.names)} image{'s' * (len(data.names) != 1)}):",
              "| attention | " + " | ".join(f"l={lb:g}" for lb in settings.lower_bounds) + " |",
              "|---|" + "---|" * len(settings.lower_bounds)]
@@ -320,9 +332,6 @@ def cmd_figures(a) -> int:
     if data.lpips_note:
         lines.append(data.lpips_note + ".")
     say("\n".join(lines), full_ok=False)  # the numbers are said only here: `> /dev/full` is an error
-    for p in paths:
-        say(f"wrote {p}")
-    return skipped.status(len(images))
 
 
 def train_lines(every_s: float = 60.0):

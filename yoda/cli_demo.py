@@ -113,12 +113,12 @@ def cmd_demo(a) -> int:
     key = f"|a - b|: mean over RGB, 8-bit levels, black 0, white >= {drawing.ERROR_WHITE}"
     canvas = drawing.panel_grid(title, [(None, top), (None, sampled), (key, errors), (caption, bottom)], panel,
                                 at_least=3)  # (panels over 285 px: a figure wider than README's, pixels 1:1)
-    save_figure(canvas, a.output)
     lines = [f"demo: {a.image}, LR {a.lr_size}x{a.lr_size} -> {size}x{size}, {a.sampler} {steps}, "
              f"attention {a.attention}, lower bound {a.lower_bound:g}",
              "| method | PSNR (dB) | SSIM | L shift | ab shift | time (s) |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['L_shift']:.3f} | {m['ab_shift']:.3f} | "
               f"{timing[name]:.1f} |" for name, m in scores.items()]
-    say("\n".join(lines), full_ok=False)  # the scores are said only here: `> /dev/full` is an error
+    say("\n".join(lines), full_ok=False)  # said only here, and first (a full disk took them): `> /dev/full` errs
+    save_figure(canvas, a.output)
     say(f"wrote {a.output}")
     return 0
