@@ -2754,6 +2754,10 @@ MUTANTS = [
            "        paths = write_figures(data, out)\n        say_figure_numbers(a, settings, data)",
            ("tests/test_cli.py", "-k", "full_disk_does_not"),
            "`yoda figures` on a full disk: the update ratios and regional error are lost with the figures"),
+    Mutant("temp-left-when-stopped-at-creation", "yoda/_io.py",
+           "            os.unlink(tmp)\n            raise\n        return tmp, mode", "            raise\n        return tmp, mode",
+           ("tests/test_images.py", "-k", "stopped_as_its"),
+           "a Ctrl-C just after the temporary file is created leaves an empty .NAME.RANDOM.tmp beside the output"),
 ]
 
 

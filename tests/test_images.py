@@ -312,6 +312,24 @@ def test_atomic_write_permissions_and_cleanup(tmp_path):
         atomic_write(tmp_path / "missing" / "x.txt", lambda tmp: None)
 
 
+def test_atomic_write_stopped_as_its_temporary_file_is_made_leaves_none(tmp_path, monkeypatch):
+    """A Ctrl-C landing just after the temporary file was created (while its mode was read) left an empty
+    .NAME.RANDOM.tmp beside the output (a review, by injection)."""
+    import yoda._io
+    from yoda._io import atomic_write_text
+
+    real = os.fstat
+
+    def stop(fd):
+        monkeypatch.setattr(yoda._io.os, "fstat", real)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(yoda._io.os, "fstat", stop)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(tmp_path / "out.txt", "text")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_image_paths_that_are_no_file_names_are_named(tmp_path):
     """save_image to a folder said "cannot write images with the suffix ''"; load_image(None) gave pathlib's
     "expected str, bytes or os.PathLike object"."""

@@ -87,9 +87,13 @@ def _create_temp(folder: str, name: str) -> tuple[str, int]:
         except FileExistsError:
             continue
         try:
-            mode = os.fstat(fd).st_mode & 0o7777
-        finally:
-            os.close(fd)
+            try:
+                mode = os.fstat(fd).st_mode & 0o7777
+            finally:
+                os.close(fd)
+        except BaseException:  # (a Ctrl-C here left an empty .NAME.RANDOM.tmp behind)
+            os.unlink(tmp)
+            raise
         return tmp, mode
     raise FileExistsError(f"could not create a temporary file next to {os.path.join(folder, name)}")
 
