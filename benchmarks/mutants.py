@@ -2758,6 +2758,10 @@ MUTANTS = [
            "            os.unlink(tmp)\n            raise\n        return tmp, mode", "            raise\n        return tmp, mode",
            ("tests/test_images.py", "-k", "stopped_as_its"),
            "a Ctrl-C just after the temporary file is created leaves an empty .NAME.RANDOM.tmp beside the output"),
+    Mutant("unrecorded-session-unsaid", "yoda/training/report.py",
+           '        return f"steps 0-{start_step}: no record', '        return ""  # f"steps 0-{start_step}: no record',
+           ("tests/test_train.py", "-k", "finished_run_rerun_keeps"),
+           "a session that wrote no TRAINING.md (a full disk): the next record attributes its steps to nobody"),
 ]
 
 

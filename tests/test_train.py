@@ -1568,9 +1568,12 @@ def test_a_finished_run_rerun_keeps_its_record(tmp_path, img_folder, capsys):
     assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
     assert "trained 0 steps (resumed at step 4) in" in capsys.readouterr().out
     assert (out / "TRAINING.md").read_text() == record
-    (out / "TRAINING.md").unlink()  # the run that trained was stopped before it wrote its record: a rerun writes it
-    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
-    assert "- steps: 4 (this run: 0;" in (out / "TRAINING.md").read_text()
+    (out / "TRAINING.md").unlink()  # the run that trained was stopped before it wrote its record: a rerun writes it,
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0  # saying whose steps 0-4 were
+    record = (out / "TRAINING.md").read_text()  # (it attributed them to no session)
+    assert "- steps: 4 (this run: 0;" in record
+    assert "\n- earlier sessions: steps 0-4: no record (a session that wrote no TRAINING.md; log.csv has its rows)\n" \
+        in record
 
 
 def test_a_resumed_runs_record_names_its_earlier_commands(tmp_path, img_folder, capsys):
