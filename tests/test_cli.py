@@ -1122,6 +1122,20 @@ def test_a_full_disk_does_not_take_the_numbers_of_attention_demo_and_figures(tmp
                           "-o", str(tmp_path / "figs")], capsys)
     assert code == 2 and "pixel update ratio (mean over 1 image):" in out and "regional error by attention" in out
     assert "No space left on device" in err and not (tmp_path / "figs").exists()  # (the folder it made: removed)
+    # and a stdout that cannot be written (`> /dev/full`) does not take the figures: written, then exit code 2
+    import io
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert main(["demo", "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--lr-size", "16", "--steps", "1",
+                 "-q"]) == 2 and Image.open(tmp_path / "d.png").size[0] > 0
+    assert main(["figures", "--images", str(folder), "--model", tiny_model, "--steps", "2", "-q",
+                 "-o", str(tmp_path / "figs")]) == 2 and len(list((tmp_path / "figs").iterdir())) == 3
+    assert main(["attention", rgb, "-o", str(tmp_path / "att.png")]) == 2 and (tmp_path / "att.png").exists()
 
 
 def test_full_disk_with_several_inputs_leaves_no_empty_folder(tmp_path, tiny_model, images, capsys, monkeypatch):
@@ -1624,6 +1638,17 @@ def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_p
     out, err = capsys.readouterr()
     assert code == 130 and err.endswith("yoda: interrupted\n")
     assert "2 written, 0 skipped, 0 failed, of 3 inputs in " in out and len(os.listdir(tmp_path / "b1")) == 2
+
+    def fail_in_the_second_release():  # an error after the write: failed (as the error line says), not written
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+
+    calls.clear()
+    monkeypatch.setattr(cli, "release_heap", fail_in_the_second_release)
+    code = cli.main(["upscale", str(src), "-o", str(tmp_path / "b4"), *common, "-q"], program=True)
+    out, err = capsys.readouterr()
+    assert code == 2 and "2 written, 0 skipped, 1 failed, of 3 inputs in " in out and "1 of 3 inputs failed" in err
     # stopped in the first input (a slow first image): the count and the hint all the same
     monkeypatch.setattr(cli, "_upscale_one", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "b2"), *common, "-q"], capsys)

@@ -1574,6 +1574,8 @@ def test_a_finished_run_rerun_keeps_its_record(tmp_path, img_folder, capsys):
     assert "- steps: 4 (this run: 0;" in record
     assert "\n- earlier sessions: steps 0-4: no record (a session that wrote no TRAINING.md; log.csv has its rows)\n" \
         in record
+    from yoda.training.report import earlier_sessions  # a record past the checkpoint (an older checkpoint put back)
+    assert earlier_sessions(str(out), 2) == ""  # is a record all the same: no "no record" (its sessions wrote one)
 
 
 def test_a_resumed_runs_record_names_its_earlier_commands(tmp_path, img_folder, capsys):

@@ -308,8 +308,12 @@ def cmd_figures(a) -> int:
     with made_folder(out):
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)
-        say_figure_numbers(a, settings, data)  # first: a file that cannot be written must not take them along
-        paths = write_figures(data, out)
+        try:
+            paths = write_figures(data, out)
+        except OSError:  # (a full disk: the numbers, said nowhere else, are said all the same)
+            say_figure_numbers(a, settings, data)
+            raise
+    say_figure_numbers(a, settings, data)  # (after the files: a stdout that cannot be written must not take them)
     for p in paths:
         say(f"wrote {p}")
     return skipped.status(len(images))

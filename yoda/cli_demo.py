@@ -118,7 +118,11 @@ def cmd_demo(a) -> int:
              "| method | PSNR (dB) | SSIM | L shift | ab shift | time (s) |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['L_shift']:.3f} | {m['ab_shift']:.3f} | "
               f"{timing[name]:.1f} |" for name, m in scores.items()]
-    say("\n".join(lines), full_ok=False)  # said only here, and first (a full disk took them): `> /dev/full` errs
-    save_figure(canvas, a.output)
+    try:
+        save_figure(canvas, a.output)
+    except OSError:  # (a full disk: the scores, said nowhere else, are said all the same)
+        say("\n".join(lines), full_ok=False)
+        raise
+    say("\n".join(lines), full_ok=False)  # the scores are said only here: `> /dev/full` is an error
     say(f"wrote {a.output}")
     return 0

@@ -1,8 +1,7 @@
 """The parts of ``yoda upscale`` that need nothing else of the CLI: the memory plan (--max-memory, --tiles,
 --window-batch) and glibc's malloc settings, the speed options (--compile, --autocast, --channels-last,
 --cuda-graphs), folder inputs, --skip-existing, the loop over inputs and its torchrun shards (RANK / WORLD_SIZE,
-meeting in torchrun's store), and the checks of -o (a file or a folder; no input overwritten) made before any
-image is read."""
+meeting in torchrun's store), and the checks of -o (a file or a folder; no input overwritten) before any read."""
 
 from __future__ import annotations
 
@@ -312,10 +311,11 @@ class Tally:
         try:
             yield
         except BaseException as e:  # failed: not a stop (a Ctrl-C / SIGTERM, or one Python wrapped in a RuntimeError)
-            failed = self.written == written and isinstance(e, Exception) and not isinstance(e, Busy) and stop_in(e) is e
+            failed = isinstance(e, Exception) and not isinstance(e, Busy) and stop_in(e) is e
+            if failed:  # (also after its output was written, as run_items says: failed, not written)
+                self.written, self.failed = written, self.failed + 1
             if failed or self.written > written:  # written, then stopped (its line, the heap's release): done too
-                self.failed += failed  # (it was counted written and not done: "2 written, -1 skipped")
-                self._done()
+                self._done()  # (it was counted written and not done: "2 written, -1 skipped")
             raise
         self._done()
 

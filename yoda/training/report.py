@@ -93,20 +93,23 @@ def earlier_sessions(out: str, start_step: int) -> str:
     """The commands of a resumed run's earlier sessions, oldest first ("`CMD` (steps A-B); ..."), as its
     TRAINING.md names them: each rewrite of it carries the last one's command over; steps of a session that wrote
     no record (stopped twice, a full disk) are said to have none. "" for a fresh run."""
+    unrecorded = "no record (a session that wrote no TRAINING.md; log.csv has its rows)"
     if start_step <= 0:
         return ""
+    if not Path(out, "TRAINING.md").exists():
+        return f"steps 0-{start_step}: {unrecorded}"
     try:
         text = Path(out, "TRAINING.md").read_text(encoding="utf-8", errors="surrogateescape")
     except (OSError, UnicodeDecodeError):
-        text = ""
+        return ""
     before = re.search(r"^- earlier sessions: (.*)$", text, re.M)
     cmd = re.search(r"^- command: `(.*)`$", text, re.M)
     steps = re.search(r"^- steps: (\d+) \(this run: (\d+)", text, re.M)
-    if not (cmd and steps) or int(steps[1]) > start_step:  # no record, or one past the checkpoint: not this run's
-        return f"steps 0-{start_step}: no record (a session that wrote no TRAINING.md; log.csv has its rows)"
+    if not (cmd and steps) or int(steps[1]) > start_step:  # not a record, or one past the checkpoint: not this run's
+        return ""
     last = f"`{cmd[1]}` (steps {int(steps[1]) - int(steps[2])}-{steps[1]})"
     if int(steps[1]) < start_step:
-        last += f"; steps {steps[1]}-{start_step}: no record (a session that wrote no TRAINING.md)"
+        last += f"; steps {steps[1]}-{start_step}: {unrecorded}"
     return f"{before[1]}; {last}" if before else last
 
 
