@@ -42,7 +42,7 @@ from ._io import check_writable, made_folder, remove_stale_temps
 from .cli_models import (adapter_of, attention_extractor, bars, check_attentions, check_hr_size, check_out_folder,
                          check_output_option, cli_device, default_steps, eval_images, eval_results, eval_steps_note,
                          load_model, note, pillow_limit, read_input, refuse_overwriting, save_figure, save_output,
-                         unrefined_note, upscale_tensor)
+                         unrefined_note, upscale_tensor, written_or_said)
 from .console import error_line, say
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
@@ -195,11 +195,7 @@ def cmd_attention(a) -> int:
                                label=f"{a.attention} attention of {printable(os.path.basename(a.image))}, "
                                      f"x{a.scale}")  # a newline in the name drew a second title line over the labels
     line = f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}"
-    try:
-        save_figure(fig, a.output)
-    except OSError:  # (a full disk: the number is said all the same)
-        say(line, full_ok=False)
-        raise
+    written_or_said(lambda: save_figure(fig, a.output), lambda: say(line, full_ok=False))
     say(f"{line}  -> {a.output}", full_ok=False)  # (said only here: `> /dev/full` is an error, a closed pipe is not)
     return 0
 
@@ -308,12 +304,8 @@ def cmd_figures(a) -> int:
     with made_folder(out):
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)
-        try:
-            paths = write_figures(data, out)
-        except OSError:  # (a full disk: the numbers, said nowhere else, are said all the same)
-            say_figure_numbers(a, settings, data)
-            raise
-    say_figure_numbers(a, settings, data)  # (after the files: a stdout that cannot be written must not take them)
+        paths = written_or_said(lambda: write_figures(data, out), lambda: say_figure_numbers(a, settings, data))
+    say_figure_numbers(a, settings, data)
     for p in paths:
         say(f"wrote {p}")
     return skipped.status(len(images))

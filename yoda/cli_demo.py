@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from .cli_models import (adapter_of, attention_extractor, bars, check_output_option, cli_device, default_steps,
-                         load_model, save_figure, upscale_tensor)
+                         load_model, save_figure, upscale_tensor, written_or_said)
 from .cli_upscale import checked_steps
 from .console import say
 from .errors import UserError
@@ -118,11 +118,8 @@ def cmd_demo(a) -> int:
              "| method | PSNR (dB) | SSIM | L shift | ab shift | time (s) |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['L_shift']:.3f} | {m['ab_shift']:.3f} | "
               f"{timing[name]:.1f} |" for name, m in scores.items()]
-    try:
-        save_figure(canvas, a.output)
-    except OSError:  # (a full disk: the scores, said nowhere else, are said all the same)
-        say("\n".join(lines), full_ok=False)
-        raise
-    say("\n".join(lines), full_ok=False)  # the scores are said only here: `> /dev/full` is an error
+    table = "\n".join(lines)  # the scores, said only here: `> /dev/full` is an error
+    written_or_said(lambda: save_figure(canvas, a.output), lambda: say(table, full_ok=False))
+    say(table, full_ok=False)
     say(f"wrote {a.output}")
     return 0

@@ -9,7 +9,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -194,6 +194,17 @@ def save_figure(img, path: str) -> None:
 
     check_output_option(path)
     save_pil(img, path)
+
+
+def written_or_said(write: Callable[[], Any], numbers: Callable[[], None]) -> Any:
+    """write()'s result, where it fails with an OSError (a full disk) after ``numbers()`` said what the command
+    measured, which it says nowhere else. The caller says them after a write that worked: a stdout that cannot be
+    written (`> /dev/full`) must not take the file."""
+    try:
+        return write()
+    except OSError:
+        numbers()
+        raise
 
 
 def note(text: str) -> None:
