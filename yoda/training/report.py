@@ -96,10 +96,10 @@ def earlier_sessions(out: str, start_step: int) -> str:
     unrecorded = "no record (a session that wrote no TRAINING.md; log.csv has its rows)"
     if start_step <= 0:
         return ""
-    if not Path(out, "TRAINING.md").exists():
-        return f"steps 0-{start_step}: {unrecorded}"
     try:
         text = Path(out, "TRAINING.md").read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        return f"steps 0-{start_step}: {unrecorded}"
     except (OSError, UnicodeDecodeError):
         return ""
     before = re.search(r"^- earlier sessions: (.*)$", text, re.M)
