@@ -2770,6 +2770,10 @@ MUTANTS = [
            "                self.failed += 1",
            ("tests/test_cli.py", "-k", "closing_count"),
            "an image that fails after its write (the heap's release) is counted written and failed: '-1 skipped'"),
+    Mutant("card-steps-past-new-T", "yoda/models/card.py",
+           'if k != "steps" or v <= T})', "})",
+           ("tests/test_checkpoint.py", "-k", "takes_the_models_sampling"),
+           "yoda_adapter(schedule=) with a shorter T keeps the card's steps: 'steps must be in [1, T]' of no call's steps"),
 ]
 
 

@@ -1001,6 +1001,17 @@ def test_sample_takes_the_models_sampling_defaults(tmp_path):
     seen.clear()
     yoda.sample(sr3.eval(), torch.zeros(1, 3, 4, 4), seed=0, progress=False, callback=lambda d: seen.append(d["t"]))
     assert seen == [4, 1]  # DDPM (yoda.sample's), 2 steps (the card's), trailing
+    # yoda_adapter(schedule=) in place of the card's: the card's steps where they fit its T, else every step of T
+    # (they were refused as "steps must be in [1, T=...]" of steps the call never gave)
+    for net in (sr3, _srdiff()):
+        net.card = ModelCard(Schedule.linear(20), 4 if net is not sr3 else 2, prediction="x0",
+                             space="residual" if net is not sr3 else "pixel", sampling={"sampler": "ddim", "steps": 6})
+        for T, want in ((5, 5), (6, 6), (12, 6)):
+            ad = net.yoda_adapter(schedule=Schedule.linear(T))
+            seen.clear()
+            yoda.sample(ad, torch.zeros(1, 3, 4, 4), seed=0, progress=False, callback=lambda d: seen.append(d["t"]))
+            assert len(seen) == want and dict(ad.sampling_defaults)["sampler"] == "ddim"
+        assert dict(net.yoda_adapter().sampling_defaults) == {"sampler": "ddim", "steps": 6}
     for bad in ({"steps": 0}, {"sampler": 3}, {"eta": 0}, ["steps"]):
         with pytest.raises(ValueError, match="ModelCard.sampling"):
             ModelCard(Schedule.linear(5), 2, sampling=bad)

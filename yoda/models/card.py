@@ -65,7 +65,8 @@ class ModelCard:
                 an x0 regressor trained for one step, QUALITY.md); None: yoda.sample's (DDPM, every step of T)
 
     The card is frozen: to sample a model with another schedule, make a new card (dataclasses.replace) or pass
-    the value to ``yoda_adapter(...)``, which takes precedence over the card. Its repr is short: the schedule's T
+    the value to ``yoda_adapter(...)``, which takes precedence over the card (its sampling steps are then kept where
+    they fit the schedule's T: adapter_sampling). Its repr is short: the schedule's T
     and first / last beta, and the config's kind and keys (a model file's config holds all T betas, ~23 kB at
     T = 1000).
     """
@@ -106,3 +107,13 @@ class ModelCard:
         sampling = "" if self.sampling is None else f", sampling={dict(self.sampling)!r}"
         return (f"ModelCard(schedule={self.schedule!r}, scale={self.scale}, prediction={self.prediction!r}, "
                 f"space={self.space!r}, config={cfg}{sampling})")
+
+
+def adapter_sampling(card: Optional[ModelCard], T: int) -> Optional[Mapping[str, Any]]:
+    """An SR3 / SRDiff adapter's sampling_defaults from its card (None: no card, or a card without sampling), for a
+    schedule of T steps: the card's steps are left out where they exceed T (a schedule given to yoda_adapter in place
+    of the card's: yoda.sample then takes its own default, every step of T; it said "steps must be in [1, T]" of
+    steps the call never gave)."""
+    if card is None or card.sampling is None:
+        return None
+    return MappingProxyType({k: v for k, v in card.sampling.items() if k != "steps" or v <= T})

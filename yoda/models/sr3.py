@@ -37,7 +37,7 @@ from .._json_fields import unknown_keys
 from ..adapters import PixelAdapter, Prepared
 from ..masks import config_int
 from ..schedule import MAX_FILE_T, Schedule
-from .card import ModelCard
+from .card import ModelCard, adapter_sampling
 
 __all__ = [
     "SR3Config",
@@ -522,8 +522,9 @@ class SR3Adapter(PixelAdapter):
                              f"out_channel {net.config.out_channel}")
         super().__init__(net, schedule, scale=scale, prediction=prediction, clip_x0=clip_x0,
                          multiple=net.multiple, upsampling=getattr(net, "upsampling", "torch"))
-        if card is not None and card.sampling is not None:
-            self.sampling_defaults = card.sampling
+        sampling = adapter_sampling(card, self.schedule.T)
+        if sampling is not None:
+            self.sampling_defaults = sampling
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         C = self.net.config.out_channel

@@ -32,7 +32,7 @@ from .._json_fields import unknown_keys
 from ..adapters import Adapter, Prepared, check_flag, check_prediction, check_schedule, stack_along_batch, upsample
 from ..masks import config_int
 from ..schedule import MAX_FILE_T, Schedule
-from .card import ModelCard
+from .card import ModelCard, adapter_sampling
 from .srdiff_nets import RRDBNet, Unet
 
 __all__ = ["SRDiffConfig", "SRDiff", "SRDiffAdapter", "RRDBNet", "Unet", "srdiff_beta_schedule"]
@@ -318,8 +318,9 @@ class SRDiffAdapter(Adapter):
         if prediction is None:  # upstream SRDiff predicts eps; a model trained to predict x0 or v has a card saying so
             prediction = card.prediction if card is not None else "eps"
         self.prediction = check_prediction(prediction)
-        if card is not None and card.sampling is not None:
-            self.sampling_defaults = card.sampling
+        sampling = adapter_sampling(card, self.schedule.T)
+        if sampling is not None:
+            self.sampling_defaults = sampling
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         if not isinstance(lr, torch.Tensor) or lr.dim() != 4 or lr.shape[1] != 3:
