@@ -2774,6 +2774,14 @@ MUTANTS = [
            'if k != "steps" or v <= T})', "})",
            ("tests/test_checkpoint.py", "-k", "takes_the_models_sampling"),
            "yoda_adapter(schedule=) with a shorter T keeps the card's steps: 'steps must be in [1, T]' of no call's steps"),
+    Mutant("dark-16-bit-unsaid", "yoda/images.py",
+           "0 < a.max() < DARK_16BIT:", "0 < a.max() <= 255:",
+           ("tests/test_images.py", "-k", "16_bit_rgb_and_32"),
+           "12-bit values in a 16-bit PNG come out as levels 0..16 without a word (only 8-bit values were said)"),
+    Mutant("partial-alpha-unsaid", "yoda/images.py",
+           "elif a.size and a[..., 3].min() < 255:", "elif False:",
+           ("tests/test_images.py", "-k", "alpha_is_composited"),
+           "a logo's transparency is composited on white without a word"),
 ]
 
 

@@ -158,9 +158,15 @@ def test_alpha_is_composited_on_white_like_yoda_data(tmp_path):
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "clear.png")
     with pytest.warns(UserWarning, match=r"clear\.png: every pixel is fully transparent \(alpha 0\)"):
         assert (data.read_image(str(tmp_path / "clear.png")) == 255).all()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the partly transparent one says nothing
+    # a partly transparent one says so: its alpha is gone (a logo's transparency was lost without a word)
+    with pytest.warns(UserWarning, match=r"a\.png: 75% of its pixels are transparent or partly so: composited on "
+                                         r"white \(the image read has no alpha\)"):
         data.read_image(str(tmp_path / "a.png"))
+    rgba[..., 3] = 255  # an RGBA file that is all opaque says nothing
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "opaque.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(data.read_image(str(tmp_path / "opaque.png")), rgba[..., :3])
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
@@ -739,8 +745,18 @@ def test_16_bit_rgb_and_32_bit_integer(tmp_path):
     # 8-bit values in 32-bit integers are read as 16-bit, as the type says: a nearly black image, with a warning
     Image.fromarray(np.array([[0, 255]], dtype=np.int32)).save(tmp_path / "i32_8bit.tif")
     with pytest.warns(UserWarning, match=r"i32_8bit\.tif: integer samples in \[0, 255\] read as 16-bit "
-                                         r"\(0\.\.65535\): the image is nearly black"):
+                                         r"\(0\.\.65535\): the image is nearly black \(its brightest sample is "
+                                         r"level 1 of 255\)"):
         assert images.read_image(tmp_path / "i32_8bit.tif")[:, :, 0].tolist() == [[0, 1]]
+    # 12-bit values in a 16-bit file (a camera's, a microscope's) too: they gave levels 0..16, without a word
+    Image.fromarray(np.array([[0, 4095]], dtype=np.uint16)).save(tmp_path / "twelve.png")
+    with pytest.warns(UserWarning, match=r"twelve\.png: .* level 16 of 255\); .* 10- to 12-bit ones"):
+        assert images.read_image(tmp_path / "twelve.png")[:, :, 0].tolist() == [[0, 16]]
+    for top in (32 * 257, 65535):  # a dark 16-bit image whose brightest sample reaches level 32 says nothing
+        Image.fromarray(np.array([[0, top]], dtype=np.uint16)).save(tmp_path / "ok16.png")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert images.read_image(tmp_path / "ok16.png")[0, 1, 0] == round(top / 257)
 
 
 def test_exif_orientation_is_applied(tmp_path):

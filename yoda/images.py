@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: yoda plot and yoda data
 DEFAULT_MAX_PIXELS = 8192 * 8192
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # the formats yoda writes
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}  # the widest / tallest image these formats hold (libwebp; libjpeg-turbo)
+DARK_16BIT = 32 * 257  # 16-bit integer samples all below this are said to be a nearly black image (8-bit level 32)
 LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, loses several dB of PSNR)
 # BMP's file size is a 32-bit field; a TIFF of more than this many bytes is written as BigTIFF (Pillow's classic
 # TIFF failed there with struct.error, after all the sampling)
@@ -301,6 +302,10 @@ def _samples(im: Image.Image, p: Path) -> np.ndarray:
         if a.size and not a[..., 3].any():  # (a training set took such a file as a white image, without a word)
             warnings.warn(f"{p}: every pixel is fully transparent (alpha 0): composited on white, it is a blank "
                           f"white image", UserWarning, stacklevel=4)
+        elif a.size and a[..., 3].min() < 255:  # (a logo's transparency was lost without a word)
+            clear = float((a[..., 3] < 255).mean())
+            warnings.warn(f"{p}: {100 * clear:.3g}% of its pixels are transparent or partly so: composited on white "
+                          f"(the image read has no alpha)", UserWarning, stacklevel=4)
         return a
     if im.mode in ("L", "RGB"):
         return np.asarray(im)
@@ -310,10 +315,11 @@ def _samples(im: Image.Image, p: Path) -> np.ndarray:
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise DataError(f"path: {p}: integer samples in [{a.min():.0f}, {a.max():.0f}]; only 8- and 16-bit "
                             "images (0..65535) are supported")
-        if a.size and 0 < a.max() <= 255:  # an 8-bit image saved as 16/32-bit integers (it became a black one)
+        if a.size and 0 < a.max() < DARK_16BIT:  # 8- or 12-bit values in 16/32-bit integers: a black image
             warnings.warn(f"{p}: integer samples in [{a.min():.0f}, {a.max():.0f}] read as 16-bit (0..65535): the "
-                          f"image is nearly black; if it holds 8-bit values, save it as an 8-bit image",
-                          UserWarning, stacklevel=4)
+                          f"image is nearly black (its brightest sample is level {round(a.max() / 257)} of 255); if "
+                          f"it holds 8-bit values, save it as an 8-bit image; 10- to 12-bit ones (a camera's, a "
+                          f"scanner's), scale them to 0..65535", UserWarning, stacklevel=4)
         a /= 65535.0
         if isinstance(key, int):  # the keyed grey is transparent: on white, as alpha is
             a[raw == key] = 1.0
