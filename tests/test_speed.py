@@ -8,6 +8,7 @@ traces the network, the image is the eager one bit for bit) and with inductor (m
 """
 
 import re
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from yoda.cli import load_model, main
 from yoda.models.loading import DEFAULT_WEIGHTS
 from yoda.sampling.speed import FastNet, Speed, check_speed, network_attr, speed_adapter
 from yoda.schedule import Schedule
+
+NOTES = sys.version_info >= (3, 11)  # BaseException.add_note: on Python 3.10 the errors pass without yoda's notes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -477,10 +480,10 @@ def test_compile_modes_with_their_own_cuda_graphs_and_failed_compiles_say_compil
     # an error from compiled code outside dynamo / inductor (aot_eager's "Expected X.is_contiguous") is the
     # network's as far as its type says, so it passes unchanged, with a note naming compile (it had none)
     fast.__dict__["_call"] = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("Expected X.is_contiguous"))
-    with pytest.raises(RuntimeError, match="^Expected X.is_contiguous\n") as e:
+    with pytest.raises(RuntimeError, match="^Expected X.is_contiguous(\n|$)") as e:
         fast(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
-    assert getattr(e.value, "__notes__", None) == [
-        "(raised under compile=: if the network runs without compile, torch.compile is the cause)"]
+    assert getattr(e.value, "__notes__", None) == ([
+        "(raised under compile=: if the network runs without compile, torch.compile is the cause)"] if NOTES else None)
     plain = FastNet(Net(), Speed())
     plain.__dict__["_call"] = fast.__dict__["_call"]
     with pytest.raises(RuntimeError) as e:
@@ -506,8 +509,9 @@ def test_compile_options_torch_refuses_and_channels_last_failures_name_the_optio
 
     with pytest.raises(RuntimeError) as e:
         FastNet(Flat(), Speed(channels_last=True))(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
-    assert e.value.__notes__ == ["(raised under channels_last=True: if the network runs without it, the channels-last "
-                                 "layout is the cause, e.g. a .view of its input; leave channels_last off)"]
+    assert getattr(e.value, "__notes__", None) == ([
+        "(raised under channels_last=True: if the network runs without it, the channels-last layout is the cause, "
+        "e.g. a .view of its input; leave channels_last off)"] if NOTES else None)
     with pytest.raises(ValueError, match=r"^compile: torch.compile refused \{'dynamic': 'yes'\} \(AssertionError"):
         FastNet(Net(), Speed(compile=True, compile_options=(("dynamic", "yes"),)))
     with pytest.raises(ValueError,
