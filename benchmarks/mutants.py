@@ -2782,6 +2782,14 @@ MUTANTS = [
            "elif a.size and a[..., 3].min() < 255:", "elif False:",
            ("tests/test_images.py", "-k", "alpha_is_composited"),
            "a logo's transparency is composited on white without a word"),
+    Mutant("triton-offsets-wrap", "yoda_kernels/triton/launch.py",
+           "    if block_span(t, rows) >= OFFSET_LIMIT:  # the CUDA", "    if False:  # the CUDA",
+           ("tests/test_masked_step.py", "-k", "2_to_the_31"),
+           "Triton blocks whose dense rows span 2**31 elements wrap their 32-bit offsets and write out of bounds"),
+    Mutant("triton-out-layout-of-copy", "yoda_kernels/triton/masked_step.py",
+           "    out = output_like(x, fmt, tile)", "    out = output_like(x, memory_format(x), tile)",
+           ("tests/test_masked_step.py", "-k", "2_to_the_31"),
+           "a channels-last input copied dense for Triton's offsets gives a contiguous output, unlike the reference"),
 ]
 
 

@@ -832,6 +832,40 @@ def test_triton_takes_views_whose_rows_span_2_to_the_31_elements():
     assert narrow_offsets(x, 16) is not x and narrow_offsets(dense, 16) is dense and narrow_offsets(None, 16) is None
 
 
+def test_triton_refuses_blocks_whose_dense_rows_span_2_to_the_31_elements(monkeypatch):
+    """Where even a dense copy's block of rows spans 2**31 elements (rows of 2**27 pixels and more; a channels-last
+    output's rows of that many elements), Triton's 32-bit offsets wrapped and wrote out of bounds, without a word:
+    now a ValueError naming the tensor. A view copied dense kept the copy's layout in the output (contiguous where
+    the reference returns channels-last). Shown with the limit lowered to 200 elements (a block of 8 rows of 16
+    pixels spans 127; in channels-last with 3 channels, 381)."""
+    from yoda_kernels.triton import launch
+
+    monkeypatch.setattr(launch, "OFFSET_LIMIT", 200)
+    g = torch.Generator().manual_seed(0)
+    x, o, c = (torch.randn(1, 3, 16, 16, generator=g) for _ in range(3))
+    A = torch.rand(1, 1, 16, 16, generator=g)
+    k = yk.step_coefficients(0.3, 0.45)
+    want = yk.masked_step(x, o, c, A, 0.5, coefs=k, tile=8, seed=1, backend="naive")
+    # H outermost (a block of 8 rows spans 7 * 48 + 15 = 351 elements): copied dense, the output contiguous
+    view = x.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3)
+    got = yk.masked_step(view, o, c, A, 0.5, coefs=k, tile=8, seed=1, backend="triton")
+    assert torch.equal(got, want) and got.is_contiguous()
+    # channels-last: the inputs could be copied, the output (channels-last, as the reference's) cannot
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (x, o, c)]
+    with pytest.raises(ValueError, match=r"^out of shape \(1, 3, 16, 16\): a block of 8 rows spans 381 elements, more "
+                                         r"than the Triton kernels' 32-bit offsets take \(2\*\*31\); use "
+                                         r"backend='cuda'"):
+        yk.masked_step(*cl, A, 0.5, coefs=k, tile=8, seed=1, backend="triton")
+    # rows too wide even dense: refused, naming the tensor (a block of 8 rows of 32 pixels spans 255)
+    wide = torch.zeros(1, 1, 8, 32)
+    for op in (lambda: yk.masked_step(wide, wide, wide, None, 0.5, coefs=k, tile=8, backend="triton"),
+               lambda: yk.masked_q_sample(wide, wide, wide, None, 0.5, 0.5, backend="triton"),
+               lambda: yk.masked_combine(wide, [wide], wide, None, 0.5, coefs=yk.CombineCoefs(0.5, 0.5, 0, 0, 0.5, 0.5, 0.5), tile=8,
+                                         backend="triton")):
+        with pytest.raises(ValueError, match=r"^x0? of shape \(1, 1, 8, 32\): a block of (8|16) rows spans"):
+            op()
+
+
 # ---- found by a review of the ops as their direct users (twenty-second session) ----
 def test_every_backend_rounds_the_coefficients_to_float32_first():
     """The reference and Triton decided whether a step draws noise on float64 coefficients, C++ on float32 ones: a

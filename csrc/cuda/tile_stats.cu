@@ -22,16 +22,17 @@ __global__ void __launch_bounds__(kThreads) tile_stats_kernel(const AT* __restri
                                                                int64_t sw, int H, int W, int tile, int TY, int TX,
                                                                float* __restrict__ tmax, float* __restrict__ tmin) {
   const int ty = blockIdx.x, b = blockIdx.y;
-  const int y1 = min(H, (ty + 1) * tile);
+  // 64-bit rows and columns: (ty + 1) * tile and base + blockDim.x pass 2^31 for sides just below it
+  const int64_t y1 = min(static_cast<int64_t>(H), (static_cast<int64_t>(ty) + 1) * tile);
   const int lane = threadIdx.x % 32;
   const int64_t row = (static_cast<int64_t>(b) * TY + ty) * TX;
   // The loop bound is uniform over the warp (base is), so every lane takes part in the shuffles.
-  for (int base = threadIdx.x - lane; base < W; base += blockDim.x) {
-    const int xc = base + lane;
+  for (int64_t base = threadIdx.x - lane; base < W; base += blockDim.x) {
+    const int64_t xc = base + lane;
     float m = -INFINITY, l = INFINITY;  // columns past W: neutral, as the reference's padding
     if (xc < W) {
       const AT* col = A + b * sb + static_cast<int64_t>(xc) * sw;
-      for (int y = ty * tile; y < y1; ++y) {
+      for (int64_t y = static_cast<int64_t>(ty) * tile; y < y1; ++y) {
         const float v = to_f32(col[y * sh]);
         m = max_nan(m, v);
         l = min_nan(l, v);

@@ -37,15 +37,43 @@ def on_device(t: torch.Tensor):
 _INTERPRETER_LOCK = threading.RLock()
 
 
-def narrow_offsets(t, rows: int):
+OFFSET_LIMIT = 2**31  # a block's elements are addressed in 32 bits from its 64-bit base (narrow_offsets)
+
+
+def block_span(t: torch.Tensor, rows: int) -> int:
+    """How far apart (in elements) the first and last element of a block of ``rows`` whole rows of ``t`` lie."""
+    return (rows - 1) * abs(t.stride(-2)) + (t.shape[-1] - 1) * abs(t.stride(-1))
+
+
+def narrow_offsets(t, rows: int, name: str = "x"):
     """``t`` itself, or a dense copy where the kernels' 32-bit offsets could wrap. A kernel addresses a block of
     ``rows`` rows from a 64-bit base (batch, channel, first row) plus ``r * stride_h + col * stride_w`` in 32 bits
-    (Triton types a stride below 2**31 as int32): a view whose block spans 2**31 elements or more (H or W the
-    outermost dimension of a tensor that large) would read and write out of bounds. None stays None."""
-    if t is None:
+    (Triton types a stride below 2**31 as int32): a view whose block spans OFFSET_LIMIT elements or more (H or W the
+    outermost dimension of a tensor that large) would read and write out of bounds. None stays None. Where even
+    the dense copy's block spans that much (rows of 2**27 pixels and more), a ValueError naming ``name``: it wrapped
+    and wrote out of bounds, without a word."""
+    if t is None or block_span(t, rows) < OFFSET_LIMIT:
         return t
-    span = (rows - 1) * abs(t.stride(-2)) + (t.shape[-1] - 1) * abs(t.stride(-1))
-    return t if span < 2**31 else t.contiguous()
+    return _fits(t.contiguous(), rows, name)
+
+
+def narrow_all(rows: int, **tensors) -> tuple:
+    """narrow_offsets of each tensor, named by its keyword, in the order given."""
+    return tuple(narrow_offsets(t, rows, name) for name, t in tensors.items())
+
+
+def output_like(x: torch.Tensor, fmt: torch.memory_format, rows: int) -> torch.Tensor:
+    """A launch's output: x's shape, dtype and device in layout ``fmt`` (the input's, taken before narrow_offsets
+    copied it: the output kept the copy's, unlike the reference's); a ValueError where its blocks of ``rows`` rows
+    span OFFSET_LIMIT elements (channels-last rows of 2**27 elements and more)."""
+    return _fits(torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt), rows, "out")
+
+
+def _fits(t: torch.Tensor, rows: int, name: str) -> torch.Tensor:
+    if block_span(t, rows) >= OFFSET_LIMIT:  # the CUDA and C++ kernels index in 64 bits
+        raise ValueError(f"{name} of shape {tuple(t.shape)}: a block of {rows} rows spans {block_span(t, rows)} "
+                         f"elements, more than the Triton kernels' 32-bit offsets take (2**31); use backend='cuda'")
+    return t
 
 
 # op name -> the function registered as it: yoda_kernels.ops calls it directly in a plain eager call

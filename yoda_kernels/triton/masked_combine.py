@@ -27,7 +27,7 @@ import triton.language as tl
 from .. import checks
 from ..contract import (FAKES, MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format,
                         needs_noise)
-from .launch import cdiv, narrow_offsets, on_device, register
+from .launch import cdiv, narrow_all, on_device, output_like, register
 from .masked_step import (
     NOISE_NONE,
     NOISE_PHILOX,
@@ -229,7 +229,8 @@ def launch_masked_combine(
     check_tile(tile)
     if len(coefs) != NUM_COMBINE_COEFS:
         raise ValueError(f"coefs must be {NUM_COMBINE_COEFS} floats, got {len(coefs)}")
-    x, d0, d1, d2, c, noise, A = (narrow_offsets(t, tile) for t in (x, d0, d1, d2, c, noise, A))
+    fmt = memory_format(x)  # the output's layout: the input's, whatever narrow_offsets copies
+    x, d0, d1, d2, c, noise, A = narrow_all(tile, x=x, d0=d0, d1=d1, d2=d2, c=c, noise=noise, A=A)
     k = CombineCoefs(*(float(v) for v in coefs))
     ds = [d for d in (d0, d1, d2) if d is not None]
     nd = len(ds)
@@ -238,7 +239,7 @@ def launch_masked_combine(
             raise ValueError(f"coefs: cd{j} = {k[1 + j]} but d{j} is not given")
     B, C, H, W = x.shape
     TY, TX = tile_grid(x, tile)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
+    out = output_like(x, fmt, tile)
     if out.numel() == 0:
         return out
     noise_mode = NOISE_NONE if not needs_noise(coefs) else NOISE_PHILOX if noise is None else NOISE_TENSOR

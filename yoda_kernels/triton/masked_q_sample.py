@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .. import checks
 from ..contract import FAKES, memory_format
-from .launch import cdiv, narrow_offsets, next_pow2, on_device, register
+from .launch import cdiv, narrow_all, next_pow2, on_device, output_like, register
 from .masked_step import MAX_GRID_YZ, soft_bf16, to_output
 from .tile_stats import attention_strides
 
@@ -86,10 +86,11 @@ def masked_q_sample_triton(
         if t.shape != (B,):
             raise ValueError(f"{name} must have shape ({B},), got {tuple(t.shape)}")
     block_h, block_w = 16, max(16, min(128, next_pow2(max(W, 1))))
-    x0, c, noise, A = (narrow_offsets(t, block_h) for t in (x0, c, noise, A))
+    fmt = memory_format(x0)  # the output's layout: the input's, whatever narrow_offsets copies
+    x0, c, noise, A = narrow_all(block_h, x0=x0, c=c, noise=noise, A=A)
     if cdiv(H, block_h) > MAX_GRID_YZ or B > MAX_GRID_YZ:
         raise ValueError(f"x0 of shape {tuple(x0.shape)} is too large for the grid")
-    out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device, memory_format=memory_format(x0))
+    out = output_like(x0, fmt, block_h)
     if out.numel() == 0:
         return out
     has_a = A is not None

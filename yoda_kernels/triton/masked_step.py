@@ -37,7 +37,7 @@ import triton.language as tl
 from .. import checks
 from ..contract import FAKES, NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
 from .interpret import INTERPRET
-from .launch import cdiv, narrow_offsets, next_pow2, on_device, register
+from .launch import cdiv, narrow_all, next_pow2, on_device, output_like, register
 from .noise import randn4
 from .tile_stats import attention_strides, optional_stats
 
@@ -353,10 +353,11 @@ def launch_masked_step(
     check_tile(tile)
     if len(coefs) != NUM_COEFS:
         raise ValueError(f"coefs must be {NUM_COEFS} floats, got {len(coefs)}")
-    x, model_out, c, noise, A = (narrow_offsets(t, tile) for t in (x, model_out, c, noise, A))
+    fmt = memory_format(x)  # the output's layout: the input's, whatever narrow_offsets copies
+    x, model_out, c, noise, A = narrow_all(tile, x=x, model_out=model_out, c=c, noise=noise, A=A)
     B, C, H, W = x.shape
     TY, TX = tile_grid(x, tile)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
+    out = output_like(x, fmt, tile)
     if out.numel() == 0:
         return out
     k = StepCoefs(*(float(v) for v in coefs))

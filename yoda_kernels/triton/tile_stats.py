@@ -43,7 +43,7 @@ def _tile_stats_kernel(
     tmax = tl.where(nans > 0, float("nan"), tl.max(tl.max(hi, 2), 0))
     tmin = tl.where(nans > 0, float("nan"), tl.min(tl.min(lo, 2), 0))
     tx = pid_x * NT + tl.arange(0, NT)
-    out = (b * TY + ty).to(tl.int64) * TX + tx
+    out = (b.to(tl.int64) * TY + ty) * TX + tx  # b * TY alone passes 2^31 at B, TY <= 65535
     tl.store(tmax_ptr + out, tmax, mask=tx < TX)
     tl.store(tmin_ptr + out, tmin, mask=tx < TX)
 
