@@ -1826,6 +1826,16 @@ def test_init_without_sampling_keeps_the_files(tmp_path, img_folder):
     assert json.loads((tmp_path / "b" / "config.json").read_text())["sampling"] == own
     again = Trainer(tiny_config(img_folder, steps=2, val_every=0), str(tmp_path / "b"), device="cpu", progress=False)
     assert again.step == 1 and again.cfg.sampling == own and again.ema.card.sampling == {**own, **lb}
+    # resumed with its own config.json (which records the file's sampling), then with the config naming none: still
+    # the file's (the first resume recorded it as the config's, and the second dropped it: a 1-step model sampled
+    # with 50 steps in the CLI, DDPM over every step in yoda.sample)
+    again.run()
+    mid = Trainer(TrainConfig.load(str(tmp_path / "b" / "config.json")).replace(steps=3), str(tmp_path / "b"),
+                  device="cpu", progress=False)
+    assert mid.step == 2 and mid.sampling_from_init
+    mid.run()
+    last = Trainer(tiny_config(img_folder, steps=4, val_every=0), str(tmp_path / "b"), device="cpu", progress=False)
+    assert last.step == 3 and last.cfg.sampling == own and last.ema.card.sampling == {**own, **lb}
     mine = {"sampler": "ddpm", "steps": 5}
     tr = Trainer(tiny_config(img_folder, steps=1, val_every=0, init=src, sampling=mine), str(tmp_path / "c"),
                  device="cpu", progress=False)
@@ -1967,6 +1977,11 @@ def test_an_attention_weights_path_is_stored_absolute(tmp_path, img_folder, monk
     cfg = tiny_config(img_folder, attention="dino-resnet50:w/x.pth")
     assert absolute_folders(cfg).attention == f"dino-resnet50:{tmp_path / 'w' / 'x.pth'}"
     assert absolute_folders(tiny_config(img_folder)).attention == "edge"
+    # a config file's init too (--init was made absolute, "init" in the file was not: another working folder's
+    # config.json named no file there)
+    assert absolute_folders(tiny_config(img_folder, init="runs/a/model.safetensors")).init == str(
+        tmp_path / "runs" / "a" / "model.safetensors")
+    assert absolute_folders(tiny_config(img_folder)).init == ""
     with pytest.raises(FileNotFoundError, match=r"^attention 'dino-resnet50:.*/w/x\.pth': weights file not found"):
         Trainer(cfg, str(tmp_path / "run"), device="cpu", progress=False)
     # a checkpoint of a run that stored it relative (before 2026-12-05) resumes from its folder
@@ -2198,6 +2213,12 @@ def test_the_python_training_api_takes_what_a_notebook_gives(tmp_path, img_folde
                                          r"decayed to 0 \(decay_from 1\): give the config steps=3 instead"):
         Trainer(rel.replace(decay_from=1), "decayrun", device="cpu", progress=False).run(steps=3)
     assert not os.path.exists("decayrun/checkpoint.pt")
+    # without a decay, run(steps=3) past the config's 2: the run's config says 3 (its config.json said 2, which its
+    # own checkpoint at step 3 is past: yoda train refused it)
+    past = Trainer(rel, "pastrun", device="cpu", progress=False)
+    past.run(steps=3)
+    assert past.cfg.steps == 3 and TrainConfig.load("pastrun/config.json").steps == 3
+    assert Trainer(TrainConfig.load("pastrun/config.json"), "pastrun", device="cpu", progress=False).step == 3
     # the validation crop may change on resume; the in-memory EMA samples as the file does
     again = cfg.replace(data=dataclasses.replace(cfg.data, val_crop=8, val_crops=1))
     Trainer(cfg, str(tmp_path / "v"), device="cpu", progress=False).run(steps=1)
@@ -2216,6 +2237,25 @@ def test_the_python_training_api_takes_what_a_notebook_gives(tmp_path, img_folde
         Trainer(cfg.to_dict(), str(tmp_path / "d"))
     with pytest.raises(TypeError, match="out must be the run's folder"):
         Trainer(cfg, "")
+
+
+def test_the_time_column_counts_its_rows_validation(tmp_path, img_folder, monkeypatch):
+    """A row's time was taken before its own validation (later rows counted it): the last row of a validated run
+    said 20 s where the run took 72. Validation made to take a second here."""
+    import time
+
+    validate = Trainer.validate
+
+    def slow(self):
+        out = validate(self)
+        time.sleep(1.0)
+        return out
+
+    monkeypatch.setattr(Trainer, "validate", slow)
+    tr = Trainer(tiny_config(img_folder, steps=1, val_every=1), str(tmp_path / "run"), device="cpu", progress=False)
+    summary = tr.run()
+    row = tr.rows[-1]
+    assert row["val_psnr_plain"] != "" and 1.0 <= row["time"] <= summary["seconds"]
 
 
 def test_a_trainer_leaves_the_callers_generator_alone(tmp_path, img_folder):

@@ -319,9 +319,9 @@ class TrainConfig:
 
 
 def absolute_folders(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with image-folder sources (~ expanded) and an attention's weights file (dino-vits8:PATH) made
-    absolute (against the working folder, as --data-dir): a relative one was stored relative, so config.json and a
-    resume from another folder read other images or weights, or none."""
+    """``cfg`` with image-folder sources (~ expanded), an attention's weights file (dino-vits8:PATH) and the init
+    file made absolute (against the working folder, as --data-dir and --init): a relative one was stored relative,
+    so config.json and a resume from another folder read other images or weights, or none."""
     d = cfg.data
     for key, v in (("source", d.source), ("val_source", d.val_source if cfg.validates else None)):
         if v in _data.NAMED_SOURCES and os.path.isdir(v):  # the user's folder, or the named images?
@@ -330,7 +330,8 @@ def absolute_folders(cfg: TrainConfig) -> TrainConfig:
     fix = {k: os.path.abspath(os.path.expanduser(v)) for k, v in (("source", d.source), ("val_source", d.val_source))
            if v not in _data.NAMED_SOURCES and not os.path.isabs(v)}  # (a JSON's "~/photos", as the shell would)
     out = cfg.replace(data=dataclasses.replace(d, **fix)) if fix else cfg
-    return out.replace(attention=weights_path(cfg.attention, os.path.abspath))
+    init = os.path.abspath(os.path.expanduser(cfg.init)) if cfg.init else ""  # (a config file's, not --init's)
+    return out.replace(attention=weights_path(cfg.attention, os.path.abspath), init=init)
 
 
 def weights_path(attention: str, resolve) -> str:

@@ -316,8 +316,9 @@ class Trainer:
                 os.path.isfile(self.cfg.init) and file_sha256(self.cfg.init) == st.get("init_sha256")))):
             raise unusable(f"it started from {then or 'a random init'}, not from init (--init) {self.cfg.init}")
         self.cfg = self.cfg.replace(init=then)
-        if not self.cfg.sampling and st.get("sampling_from_init"):  # what its init file named, not a config's
-            self._inherit_sampling(_json_form(st["config"]["sampling"], "sampling"))
+        then_sampling = _json_form(st["config"].get("sampling", {}), "sampling")
+        if st.get("sampling_from_init") and self.cfg.sampling in ({}, then_sampling):  # its init file's, named by no
+            self._inherit_sampling(then_sampling)  # config, or by config.json (which records it): still the file's
         self.init_sha256 = st.get("init_sha256")  # that file as it was then (None: not recorded)
         self.rows = [r for r in rows if r["step"] <= self.step]
         self._pending, self._images_then = st.get("pending"), st.get("images")
@@ -465,6 +466,8 @@ class Trainer:
             raise ValueError(f"steps {total} is past the config's steps ({cfg.steps}), where its learning rate has "
                              f"decayed to 0 (decay_from {cfg.decay_from}): give the config steps={total} instead "
                              f"(cfg.replace(steps={total}), or yoda train --steps {total})")
+        if total > cfg.steps:  # the run's config says so (config.json, the export): it read cfg.steps, which its
+            self.cfg = cfg = cfg.replace(steps=total)  # own checkpoint is past, and could not resume it
         t0 = time.perf_counter()
         acc, n, t_base = self._pending or (0.0, 0, float(self.rows[-1]["time"]) if self.rows else 0.0)
         self._pending = None  # the time column is cumulative over resumes
@@ -508,6 +511,7 @@ class Trainer:
                                "time": t_base + time.perf_counter() - t0, "val_psnr_plain": "", "val_psnr_yoda": ""}
                         if val_now and self.ranks.main:
                             row.update(self.validate())  # the EMA is the same on every rank: rank 0 validates
+                            row["time"] = t_base + time.perf_counter() - t0  # the row's own validation too
                         self.rows.append(row)
                         self.write_log()
                         post["loss"] = f"{row['loss']:.4f}"
