@@ -2808,6 +2808,18 @@ MUTANTS = [
            "init = cfg.init",
            ("tests/test_train.py", "-k", "stored_absolute"),
            "a config file's relative init is stored relative: config.json from another folder names no file"),
+    Mutant("matlab-row-overshoot-error", "yoda/evaluate.py",
+           "upsample(lr, scale, upsamplings[method]).clamp_(-1.0, 1.0), 0", "upsample(lr, scale, upsamplings[method]), 0",
+           ("tests/test_evaluate.py", "-k", "black_and_white"),
+           "yoda eval stops on a black-and-white pattern: MATLAB bicubic's overshoot (1.39) fails to_uint8's check"),
+    Mutant("summary-forgets-y-metrics", "yoda/evaluate.py",
+           '"steps": rs[0].get("steps", ""), "metrics": rs[0].get("metrics", "RGB")}', '"steps": rs[0].get("steps", "")}',
+           ("tests/test_evaluate.py", "-k", "luma_psnr"),
+           "markdown_table(summarize(rows)) of a Y run is headed PSNR / SSIM unless told y_channel=True"),
+    Mutant("summary-mixes-y-and-rgb", "yoda/evaluate.py",
+           "    if len(kinds) > 1:\n        raise ValueError(f\"rows: PSNR and SSIM", "    if False:\n        raise ValueError(f\"rows: PSNR and SSIM",
+           ("tests/test_evaluate.py", "-k", "luma_psnr"),
+           "summarize averages the PSNRs of a Y run and an RGB run together, without a word"),
 ]
 
 

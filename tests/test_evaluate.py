@@ -377,6 +377,14 @@ def test_eval_y_channel_rows_are_the_papers_luma_psnr():
     d = y(sr[4:-4, 4:-4]) - y(hr[4:-4, 4:-4])  # a border of the scale cut off
     assert rows[0]["method"] == "bicubic"
     assert rows[0]["psnr"] == pytest.approx(10 * math.log10(255.0**2 / np.mean(d**2)), abs=1e-9)
+    # the summary keeps what was measured: its table is headed PSNR-Y without being told (it said PSNR, SSIM)
+    summary = summarize(rows)
+    assert {r["metrics"] for r in summary} == {"Y"} and "| PSNR-Y (dB) |" in markdown_table(summary)
+    assert "| PSNR (dB) |" in markdown_table(summary, y_channel=False)
+    rgb = evaluate(net, [("a", hr)], EvalSettings(steps=1, attentions=()))
+    assert "| PSNR (dB) |" in markdown_table(summarize(rgb))
+    with pytest.raises(ValueError, match=r"^rows: PSNR and SSIM measured on RGB and Y cannot be averaged together"):
+        summarize(rows + rgb)  # (their PSNRs were averaged, without a word)
 
 
 @pytest.mark.parametrize("spacing", [None, "leading", "linspace"])
@@ -478,3 +486,27 @@ def test_paired_mean_ci_is_students_interval():
     for bad in (2.0, 0.0, 1.0, float("nan"), True, "0.95"):
         with pytest.raises(ValueError, match="^level must be a number in \\(0, 1\\)"):
             paired_mean_ci([1.0, 2.0], level=bad)
+
+
+def test_bicubic_matlab_row_of_a_black_and_white_pattern_is_saturated_not_an_error():
+    """MATLAB's imresize overshoots past [-1.25, 1.25] on black/white patterns (text, pixel art: 1.39 here); the row
+    is the 8-bit image imresize returns (saturated), not a ValueError from to_uint8 that stopped the whole run."""
+    from yoda.data import make_lr
+    from yoda.images import from_uint8
+    from yoda.models import ModelCard
+    from yoda.models.sr3 import SR3Config, SR3UNet
+    from yoda.schedule import Schedule
+    from yoda.upsampling import upsample
+
+    small = np.random.default_rng(1).integers(0, 2, (7, 7)) * 255
+    hr = np.kron(small, np.ones((5, 5)))[:32, :32].astype(np.uint8)[..., None].repeat(3, 2)
+    up = upsample(make_lr(from_uint8(hr), 4), 4, "matlab")
+    assert float(up.abs().max()) > 1.25  # beyond to_uint8's margin
+    torch.manual_seed(0)
+    net = SR3UNet.from_config(SR3Config(inner_channel=8, norm_groups=4, channel_mults=(1, 2), attn_res=(),
+                                        res_blocks=1, image_size=16, mid_attn=False, scale=4)).eval()
+    net.card = ModelCard(Schedule.linear(20, 1e-3, 0.2), 4)
+    rows = evaluate(net, [("pattern", hr)], EvalSettings(steps=1, attentions=()))
+    row = next(r for r in rows if r["method"] == "bicubic-matlab")
+    sat = np.round((up.clamp(-1, 1)[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
+    assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(hr, sat, data_range=255))

@@ -309,7 +309,8 @@ def evaluate(model: Any, images: Iterable[tuple[str, np.ndarray]], settings: Eva
                 n = "" if method in upsamplings else steps if lb is None else by_lb[lb]
                 if method in upsamplings:
                     t0 = time.perf_counter()
-                    sr, calls = upsample(lr, scale, upsamplings[method]), 0
+                    # clamped as imresize of a uint8 image saturates (its overshoot, up to 1.5, was an error)
+                    sr, calls = upsample(lr, scale, upsamplings[method]).clamp_(-1.0, 1.0), 0
                     secs = time.perf_counter() - t0
                 else:
                     bar.set_postfix_str(f"{os.path.basename(name)} {method}{f' {attn} l={lb:g}' if attn else ''}")
@@ -344,7 +345,13 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     counts the images left out (the same in every row). With none left, the PSNR is inf if the method reproduced
     all its images exactly, else NaN. Images are told apart by name and, for a name given twice (baby.png of two
     data sets), by its turn among that name's rows of each method: the plain row each row is compared with was the
-    last of its name, and one exact reproduction left out every image of that name."""
+    last of its name, and one exact reproduction left out every image of that name. Each row keeps its images'
+    "metrics" ("Y" or "RGB": markdown_table heads its columns by it); rows of both are a ValueError (their PSNRs
+    were averaged together)."""
+    kinds = sorted({r.get("metrics", "RGB") for r in rows})
+    if len(kinds) > 1:
+        raise ValueError(f"rows: PSNR and SSIM measured on {' and '.join(kinds)} cannot be averaged together "
+                         f"(EvalSettings.y_channel differed between the runs)")
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["method"], r["attention"], r["lower_bound"]), []).append(r)
@@ -358,7 +365,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     out = []
     for (method, attn, lb), rs in groups.items():
         row = {"method": method, "attention": attn, "lower_bound": lb, "images": len(rs),
-               "steps": rs[0].get("steps", "")}
+               "steps": rs[0].get("steps", ""), "metrics": rs[0].get("metrics", "RGB")}
         for k in ("ssim", "L_shift", "ab_shift", "calls", "seconds"):
             row[k] = float(np.mean([r[k] for r in rs]))
         kept = [r["psnr"] for r in rs if keys[id(r)] not in exact]
@@ -399,14 +406,17 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_channel: bool = False) -> str:
+def markdown_table(rows: Sequence[dict], note: Optional[str] = LPIPS_NOTE, y_channel: Optional[bool] = None) -> str:
     """The summary as a markdown table (PSNR dB, PSNR vs plain with its 95% interval, SSIM, [LPIPS,] colour shift in
     Lab units, calls, seconds).
 
     The LPIPS column appears when every row has "lpips"; then the LPIPS_NOTE is not printed. y_channel: the
-    PSNR and SSIM columns are luma_metrics' (headed PSNR-Y, SSIM-Y)."""
+    PSNR and SSIM columns are luma_metrics' (headed PSNR-Y, SSIM-Y); None: as the rows' "metrics" say (summarize
+    keeps it; a Y run's table was headed PSNR / SSIM unless the caller said y_channel=True)."""
     has_lpips = bool(rows) and all("lpips" in r for r in rows)
     lp_head = " LPIPS |" if has_lpips else ""
+    if y_channel is None:
+        y_channel = any(r.get("metrics") == "Y" for r in rows)
     y = "-Y" if y_channel else ""
     head = (f"| method | attention | l | images | PSNR{y} (dB) | vs plain (dB) | SSIM{y} |{lp_head} L shift | "
             "ab shift | denoiser calls | time (s) |")
