@@ -2820,6 +2820,22 @@ MUTANTS = [
            "    if len(kinds) > 1:\n        raise ValueError(f\"rows: PSNR and SSIM", "    if False:\n        raise ValueError(f\"rows: PSNR and SSIM",
            ("tests/test_evaluate.py", "-k", "luma_psnr"),
            "summarize averages the PSNRs of a Y run and an RGB run together, without a word"),
+    Mutant("zip-folder-bit-unchecked", "yoda/checkpoint.py",
+           "    if dirs:  # torch's zip reader", "    if False:  # torch's zip reader",
+           ("tests/test_checkpoint.py", "-k", "damaged_zip"),
+           "one bit of a zip entry's attributes makes torch read no bytes: a tensor of uninitialised memory, unsaid"),
+    Mutant("zip-version-internal-error", "yoda/checkpoint.py",
+           "    except NotImplementedError as e:  # a \"version needed\"", "    except ImportError as e:  # a \"version needed\"",
+           ("tests/test_checkpoint.py", "-k", "damaged_zip"),
+           "a damaged 'version needed' field is zipfile's NotImplementedError: an internal error, not 'corrupt'"),
+    Mutant("lfs-pointer-unsaid", "yoda/checkpoint.py",
+           "    if _head(p, len(LFS_POINTER)) == LFS_POINTER:", "    if False:",
+           ("tests/test_checkpoint.py", "-k", "corrupt_files"),
+           "a git-LFS pointer where the weights belong is 'header too large' / 'it starts with b\\'version \\''"),
+    Mutant("tilde-path-not-found", "yoda/checkpoint.py",
+           "    p = os.path.expanduser(os.fspath(path))  # (", "    p = os.fspath(path)  # (",
+           ("tests/test_checkpoint.py", "-k", "corrupt_files"),
+           "yoda.load('sr3', '~/m.safetensors') from Python: 'not found' of a file that is there"),
 ]
 
 

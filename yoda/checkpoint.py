@@ -50,12 +50,24 @@ class CheckpointError(UserError):
 def check_path(path: Any) -> str:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    p = os.fspath(path)
+    p = os.path.expanduser(os.fspath(path))  # ("~/m.safetensors" from Python was "not found"; the shell expands it)
     if not os.path.exists(p):
         raise FileNotFoundError(f"checkpoint file not found: {p}")
     if not os.path.isfile(p):
         raise CheckpointError(f"checkpoint path is not a file: {p}")
+    refuse_lfs_pointer(p, CheckpointError)
     return p
+
+
+LFS_POINTER = b"version https://git-lfs"
+
+
+def refuse_lfs_pointer(p: str, error: type) -> None:
+    """``error`` naming ``p`` if the file is a git-LFS pointer (a clone made without git-lfs holds these small text
+    files where the weights belong: they were "header too large" or "it starts with b'version '")."""
+    if _head(p, len(LFS_POINTER)) == LFS_POINTER:
+        raise error(f"{p} is a git-LFS pointer, not the weights: fetch them (`git lfs pull` in its clone) or "
+                    f"download the file itself")
 
 
 def is_safetensors(p: str) -> bool:
@@ -88,6 +100,8 @@ def zip_refusal(p: str) -> Optional[str]:
         return None
     try:
         z = zipfile.ZipFile(p)
+    except NotImplementedError as e:  # a "version needed" past 6.3 in its central directory: torch.save writes 4.5
+        return f"it is corrupt: {e} (a damaged copy or disk)"
     except (zipfile.BadZipFile, OSError, ValueError):
         return None  # torch.load says what is wrong with it
     with z:
@@ -109,9 +123,15 @@ def _bad_record(z, infos) -> Optional[str]:
     optimiser's state, resumed without a word. Records stored with CRC 0 (torch.serialization.set_crc32_options(False))
     are not checked. It reads the whole file once more (a 1 GiB file ~0.7 s, about what torch.load takes), 16 MiB at
     a time."""
+    import stat
     import zipfile
     import zlib
 
+    dirs = [i.filename for i in infos if not i.filename.endswith("/")
+            and (i.external_attr & 0x10 or stat.S_ISDIR(i.external_attr >> 16))]
+    if dirs:  # torch's zip reader (miniz) gives no bytes for a "folder": its tensor stayed uninitialised, unsaid
+        return (f"it is corrupt: record(s) {fmt_keys(dirs)} are marked as folders in the zip's central directory (a "
+                "damaged copy or disk)")
     try:
         for info in infos:
             if info.CRC:
@@ -168,12 +188,10 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
     saved (weights_only=True: tensors, dicts, lists, numbers; no code)."""
     p = check_path(path)
     if is_safetensors(p):
-        from safetensors import SafetensorError, safe_open
+        from safetensors import SafetensorError
 
         try:
-            with safe_open(p, framework="pt", device="cpu") as fh:
-                meta = fh.metadata()
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors, meta = read_safetensors(p)
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{p}: not a readable safetensors file (corrupt or truncated?): {e}") from e
         return tensors, meta
@@ -191,6 +209,21 @@ def read_checkpoint(path: PathLike) -> Tuple[Any, Optional[Dict[str, str]]]:
         raise CheckpointError(f"{p}: could not read it as a torch checkpoint with weights_only=True: "
                               f"{load_failure(e)}") from None
     return obj, None
+
+
+def read_safetensors(p: str) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, str]]]:
+    """(tensors in key order, metadata) of the safetensors file ``p``, read into memory first: safe_open maps the
+    file, and one rewritten in place while it was read (cp, rsync --inplace, save_file of another process) killed
+    the process with SIGBUS, no file named."""
+    import json
+
+    from safetensors.torch import load
+
+    with open(p, "rb") as fh:
+        data = fh.read()
+    tensors = load(data)  # checks the header and the data's extent
+    head = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])  # (valid: load read it)
+    return {k: tensors[k] for k in sorted(tensors)}, head.get("__metadata__")
 
 
 def not_torch(p: str) -> Optional[str]:

@@ -12,8 +12,8 @@ from typing import Callable, Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from ..checkpoint import (CheckpointError, build_checked, check_zip, is_safetensors, load_failure,
-                          weights_only_refusal)
+from ..checkpoint import (CheckpointError, build_checked, check_zip, is_safetensors, load_failure, read_safetensors,
+                          refuse_lfs_pointer, weights_only_refusal)
 
 _WRAPPER_KEYS = ("teacher", "state_dict", "model", "student", "model_ema", "state_dict_ema")
 _PREFIXES = ("module.", "_orig_mod.", "backbone.")  # DDP, torch.compile, DINO's MultiCropWrapper
@@ -23,7 +23,7 @@ _ALLOW_LIST_LOCK = threading.Lock()  # around torch.load of a DINO pickle (read_
 def _read_file(path: str, fmt: str) -> Mapping:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"weights must be a path to {fmt}, got {type(path).__name__}")
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if os.path.isdir(path):
         raise IsADirectoryError(f"weights {path!r} is a folder, not a file (expected {fmt})")
     if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a FIFO: not "not found"
@@ -36,11 +36,10 @@ def _read_file(path: str, fmt: str) -> Mapping:
         raise ValueError(f"weights file {path!r} is empty (expected {fmt})")
     # by content (safetensors = 8-byte header length + "{"; torch.save = a zip ("PK") or, before torch 1.6, a
     # pickle (protocol byte 0x80)); by name only for a .safetensors file too damaged to tell, as yoda.load
+    refuse_lfs_pointer(path, ValueError)
     if is_safetensors(path):
-        from safetensors.torch import load_file
-
         try:
-            return load_file(path, device="cpu")
+            return read_safetensors(path)[0]
         except Exception as e:  # safetensors raises its own error types for bad headers
             raise ValueError(f"cannot read weights {path!r} as safetensors (corrupt or truncated?; expected "
                              f"{fmt}): {e}") from e
