@@ -2836,6 +2836,14 @@ MUTANTS = [
            "    p = os.path.expanduser(os.fspath(path))  # (", "    p = os.fspath(path)  # (",
            ("tests/test_checkpoint.py", "-k", "corrupt_files"),
            "yoda.load('sr3', '~/m.safetensors') from Python: 'not found' of a file that is there"),
+    Mutant("yoda-file-digest-unchecked", "yoda/models/yoda_format.py",
+           'meta["sha256"] != content_digest(tensors, meta["config"]):', 'False:',
+           ("tests/test_checkpoint.py", "-k", "sha256"),
+           "a byte flipped in a yoda file's tensors or schedule loads a different model, without a word"),
+    Mutant("yoda-file-digest-of-config-only", "yoda/models/yoda_format.py",
+           "    for k in sorted(tensors):\n        t = tensors[k]", "    for k in sorted(tensors)[:0]:\n        t = tensors[k]",
+           ("tests/test_checkpoint.py", "-k", "sha256"),
+           "the digest leaves the tensors out: a flipped weight loads unsaid"),
 ]
 
 

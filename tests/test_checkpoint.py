@@ -697,6 +697,42 @@ def test_yoda_format_round_trip_sr3(tmp_path):
     assert torch.equal(torch.tensor(d["schedule"]["betas"], dtype=torch.float64), sched.betas)  # exact floats
 
 
+def test_yoda_format_refuses_a_damaged_file_by_its_sha256(tmp_path):
+    """safetensors keeps no checksum: of 150 random byte flips in a yoda file's tensors, 116 loaded a different
+    model, and a bit of the header's config changed a beta of the schedule, all without a word. save_model records
+    the sha256 of the tensors and the config; a file that differs is refused as corrupt. A file written before
+    (no "sha256") loads as it did, and the digest does not depend on the writer's layout."""
+    from safetensors import safe_open
+    from safetensors.torch import load, save
+
+    from yoda.models.yoda_format import content_digest
+
+    torch.manual_seed(2)
+    net = SR3UNet.from_config(SR3UNet.tiny_x4_config()).eval()
+    p = tmp_path / "m.safetensors"
+    save_model(net, p, schedule=Schedule.linear(50))
+    good = p.read_bytes()
+    with safe_open(str(p), "pt") as fh:
+        meta = fh.metadata()
+    tensors = load(good)
+    assert meta["sha256"] == content_digest(tensors, meta["config"]) == content_digest(
+        dict(reversed(list(tensors.items()))), meta["config"])
+    n = int.from_bytes(good[:8], "little")
+    beta = good.index(b"0.00", good.index(b"betas"))  # a digit of the first beta
+    for at in (len(good) - 100, 8 + n + 3, beta + 3):  # the last tensor, the first one, the schedule
+        bad = bytearray(good)
+        bad[at] ^= 0x04
+        p.write_bytes(bytes(bad))
+        with pytest.raises(CheckpointError, match=r"m\.safetensors: it is corrupt: its tensors or config differ "
+                                                  r"from what was saved \(sha256 [0-9a-f]{16}\.\.\.; a damaged"):
+            yoda.load("yoda", p)
+    old = {k: v for k, v in meta.items() if k != "sha256"}  # a file from before: no digest, read as before
+    p.write_bytes(save(tensors, metadata=old))
+    x, g = torch.randn(1, 6, 16, 16), torch.tensor([0.4])
+    with torch.no_grad():
+        assert torch.equal(yoda.load("yoda", p)(x, g), net(x, g))
+
+
 def test_yoda_format_keeps_the_parameterisation(tmp_path):
     net = SR3UNet.from_config(SR3UNet.tiny_x4_config()).eval()
     p = tmp_path / "x0.safetensors"
@@ -842,8 +878,17 @@ def _tamper(src, dst, **change):
     cfg = json.loads(meta["config"])
     cfg["args"].update(change.pop("args", {}))
     cfg.update(change)
-    save_file(tensors, str(dst), metadata={**meta, "config": json.dumps(cfg)})
+    save_file(tensors, str(dst), metadata=_signed(meta, tensors, cfg))
     return dst
+
+
+def _signed(meta: dict, tensors: dict, cfg: dict) -> dict:
+    """A yoda file's metadata with the config ``cfg`` and its sha256 made again, as someone editing the file on
+    purpose would: the checks after the digest's are what the tests that edit a config test."""
+    from yoda.models.yoda_format import content_digest
+
+    text = json.dumps(cfg)
+    return {**meta, "config": text, "sha256": content_digest(tensors, text)}
 
 
 def test_tampered_architecture_is_refused_before_building(tmp_path, monkeypatch):
@@ -942,7 +987,7 @@ def test_files_without_prediction_and_the_embedded_model_load_with_a_card(tmp_pa
         meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
     cfg = json.loads(meta["config"])
     del cfg["prediction"]
-    save_file(tensors, str(old), metadata={**meta, "config": json.dumps(cfg)})
+    save_file(tensors, str(old), metadata=_signed(meta, tensors, cfg))
     got = yoda.load("yoda", old)
     assert got.card == ModelCard(Schedule.linear(5), 2, "eps", "pixel", cfg) and as_adapter(got).prediction == "eps"
     default = os.path.join(os.path.dirname(yoda.__file__), "weights", "default_x4.safetensors")
@@ -996,13 +1041,13 @@ def test_sample_takes_the_models_sampling_defaults(tmp_path):
         meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
     cfg = json.loads(meta["config"])
     save_file(tensors, str(tmp_path / "bad.safetensors"),
-              metadata={**meta, "config": json.dumps({**cfg, "sampling": {"steps": "two"}})})
+              metadata=_signed(meta, tensors, {**cfg, "sampling": {"steps": "two"}}))
     with pytest.raises(yoda.checkpoint.CheckpointError, match=r"bad\.safetensors: the yoda config in the metadata is "
                                                               r"malformed: ValueError: ModelCard.sampling"):
         yoda.load("yoda", tmp_path / "bad.safetensors")
     # a key edited by hand with a typo was ignored ("predicton": "x0" sampled an x0 model as eps)
     typo = {k: v for k, v in cfg.items() if k != "prediction"} | {"predicton": "x0"}
-    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "config": json.dumps(typo)})
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=_signed(meta, tensors, typo))
     with pytest.raises(yoda.checkpoint.CheckpointError, match=r"malformed: ValueError: unknown key\(s\) \['predicton'\] "
                                                               r"\(the keys are .*; data of one's own goes in 'extra'\)"):
         yoda.load("yoda", tmp_path / "bad.safetensors")
@@ -1013,7 +1058,7 @@ def test_sample_takes_the_models_sampling_defaults(tmp_path):
         meta3, tensors3 = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
     cfg3 = json.loads(meta3["config"])
     save_file(tensors3, str(tmp_path / "bad.safetensors"),
-              metadata={**meta3, "config": json.dumps({**cfg3, "scale": cfg3["scale"] + 1})})
+              metadata=_signed(meta3, tensors3, {**cfg3, "scale": cfg3["scale"] + 1}))
     with pytest.raises(yoda.checkpoint.CheckpointError, match=rf"malformed: ValueError: scale {cfg3['scale'] + 1} "
                                                               rf"differs from the SR3 args' scale {cfg3['scale']}"):
         yoda.load("yoda", tmp_path / "bad.safetensors")

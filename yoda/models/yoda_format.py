@@ -18,6 +18,9 @@ metadata holds:
                                  model trained with YODA's masked input; absent: yoda.sample's own, DDPM over
                                  every step, l = 0.6),
                      "extra": free-form JSON object (training notes, data, metrics) or absent}
+    "sha256":  content_digest of the tensors and "config" (files written since 2026-12-07; older ones have none):
+               a byte flipped on disk loaded a different model, or a different schedule, without a word (safetensors
+               keeps no checksum); a reader that knows no "sha256" ignores it
 
 ``load_yoda(path)`` (``yoda.load("yoda", path)``) checks the declared architecture against the tensors on the
 meta device, gives that model the tensors (checkpoint.materialise: strictly) and returns it with its ModelCard
@@ -27,6 +30,7 @@ meta device, gives that model the tensors (checkpoint.materialise: strictly) and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Mapping, Optional, Union
@@ -217,9 +221,21 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
         raise ValueError(f"model: tensors with NaN/Inf: {fmt_keys(nonfinite)} (a diverged training run?); "
                          f"nothing was written")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
-    metadata = {"format": FORMAT, "version": FORMAT_VERSION if upsampling == "torch" else "2", "config": meta_json}
+    metadata = {"format": FORMAT, "version": FORMAT_VERSION if upsampling == "torch" else "2", "config": meta_json,
+                "sha256": content_digest(tensors, meta_json)}
     # bytes first: safetensors reports a full disk as a SafetensorError of its own, not an OSError naming path
     atomic_write_bytes(path, _sorted_header(save(tensors, metadata=metadata)))
+
+
+def content_digest(tensors: Mapping[str, torch.Tensor], config_json: str) -> str:
+    """sha256 (hex) of a yoda file's config JSON and of its tensors in key order (each its name, dtype, shape and
+    bytes): the same whatever order or padding a safetensors writer gives them."""
+    h = hashlib.sha256(config_json.encode("utf-8"))
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(f"\0{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _sorted_header(data: bytes) -> bytes:
@@ -249,6 +265,9 @@ def load_yoda(p: str, upstream_hint: str = UPSTREAM_HINT) -> nn.Module:
     if meta.get("version") not in FORMAT_VERSIONS:
         raise CheckpointError(f"{p}: yoda model format version {meta.get('version')!r} is not supported "
                               f"(this yoda reads {' and '.join(map(repr, FORMAT_VERSIONS))})")
+    if "sha256" in meta and "config" in meta and meta["sha256"] != content_digest(tensors, meta["config"]):
+        raise CheckpointError(f"{p}: it is corrupt: its tensors or config differ from what was saved (sha256 "
+                              f"{meta['sha256'][:16]}...; a damaged copy or disk)")
     try:
         cfg = json.loads(meta["config"])
         kind, args = cfg["kind"], cfg["args"]
