@@ -2844,6 +2844,20 @@ MUTANTS = [
            "    for k in sorted(tensors):\n        t = tensors[k]", "    for k in sorted(tensors)[:0]:\n        t = tensors[k]",
            ("tests/test_checkpoint.py", "-k", "sha256"),
            "the digest leaves the tensors out: a flipped weight loads unsaid"),
+    Mutant("compile-prefix-kept", "yoda/checkpoint.py",
+           'sd = strip_prefix(strip_prefix(sd, "module."), "_orig_mod.")', 'sd = strip_prefix(sd, "module.")',
+           ("tests/test_checkpoint.py", "-k", "dataparallel_prefix"),
+           "a state dict saved from torch.compile's module ('_orig_mod.' keys) is 'pass the JSON it was trained with'"),
+    Mutant("wrapper-dict-unsaid", "yoda/checkpoint.py",
+           "    if inner and not any(isinstance(v, torch.Tensor) for v in obj.values()):",
+           "    if False:",
+           ("tests/test_checkpoint.py", "-k", "dataparallel_prefix"),
+           "a trainer's {'model': ..., 'ema': ...} is 'the config declares N blocks but the file holds only 1 tensors'"),
+    Mutant("srdiff-state-dict-emptied", "yoda/models/srdiff_load.py",
+           '        elif isinstance(obj, Mapping) and any(isinstance(k, str) and k.startswith("model.") for k in obj):',
+           "        elif isinstance(obj, Mapping):",
+           ("tests/test_checkpoint.py", "-k", "ckpt_nesting"),
+           "SRDiff's {'state_dict': the state dict} without 'model.' keys is emptied and refused as 'not SRDiff'"),
 ]
 
 

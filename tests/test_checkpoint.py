@@ -103,6 +103,18 @@ def test_sr3_safetensors_and_dataparallel_prefix(tmp_path):
     assert (got.card.prediction, got.card.space) == ("eps", "pixel")
     assert got.card.config["train_schedule"] == Schedule.linear(2000, 1e-6, 1e-2).to_dict()
     assert yoda.load("sr3", p, config=CFG.to_dict()).card.scale == 2
+    # torch.compile's "_orig_mod." (alone, or inside DataParallel's "module."), was "the keys differ ... pass the JSON
+    # the model was trained with"; a trainer's wrapper dict was "the config declares N blocks but the file holds
+    # only 1 tensors"
+    for prefix in ("_orig_mod.", "module._orig_mod.", "_orig_mod.module."):
+        save_file({prefix + k: v.contiguous() for k, v in net.state_dict().items()}, str(p))
+        assert torch.equal(_sr3_out(yoda.load("sr3", p, config=CFG)), _sr3_out(net))
+    torch.save({"model": net.state_dict(), "ema": net.state_dict(), "step": 3}, tmp_path / "wrapped.pth")
+    for kind, config in (("sr3", CFG), ("srdiff", None)):
+        with pytest.raises(CheckpointError, match=r"wrapped\.pth: the weights are inside 'model', 'ema' \(a wrapper "
+                                                  r"dict\): save the one you want as the file's state dict, e\.g\. "
+                                                  r"torch\.save\(ckpt\['model'\], PATH\)"):
+            yoda.load(kind, tmp_path / "wrapped.pth", config=config)
 
 
 def test_srdiff_upstream_ckpt_nesting_and_inferred_config(tmp_path):
@@ -125,6 +137,9 @@ def test_srdiff_upstream_ckpt_nesting_and_inferred_config(tmp_path):
                                            "rrdb_num_feat": 8, "sr_scale": 4, "timesteps": 12, "use_attn": True,
                                            "up_input": True, "lr": 2e-4})
     assert torch.equal(_srdiff_out(got2), _srdiff_out(m))
+    # {"state_dict": the state dict itself} (no "model." keys): it was emptied and refused as "not SRDiff"
+    torch.save({"state_dict": sd}, p2)
+    assert torch.equal(_srdiff_out(yoda.load("srdiff", p2)), _srdiff_out(m))
 
 
 def test_a_bare_state_dict_without_betas_is_warned_of(tmp_path):

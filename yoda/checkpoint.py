@@ -381,15 +381,26 @@ def materialise(model: nn.Module, sd: Mapping[str, Any]) -> nn.Module:
 
 
 def as_state_dict(obj: Any, where: str) -> Dict[str, Any]:
+    """``obj`` as a state dict (CheckpointError naming ``where`` otherwise), its keys' "module." (DataParallel) and
+    "_orig_mod." (torch.compile) prefixes stripped where every key carries them."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{where}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
     bad = [k for k in obj if not isinstance(k, str)]
     if bad:
         raise CheckpointError(f"{where}: state-dict keys must be strings, got {fmt_keys(bad)}")
+    inner = [k for k, v in obj.items() if isinstance(v, Mapping) and any(isinstance(t, torch.Tensor)
+                                                                           for t in v.values())]
+    if inner and not any(isinstance(v, torch.Tensor) for v in obj.values()):  # a trainer's {"model": ..., "ema": ...}
+        raise CheckpointError(f"{where}: the weights are inside {fmt_keys(inner)} (a wrapper dict): save the one you "
+                              f"want as the file's state dict, e.g. torch.save(ckpt[{inner[0]!r}], PATH) (it was "
+                              f"\"the config declares N blocks but the file holds only 1 tensors\")")
     short = _expanded(obj)
     if short:  # before any loader computes with them (a weight_norm fold, a schedule from a betas buffer)
         raise CheckpointError(f"{where}: {_EXPANDED}: {fmt_keys(short)}")
-    return dict(obj)
+    sd = dict(obj)
+    for _ in range(2):  # either order: a compiled module wrapped in DataParallel, or the other way round
+        sd = strip_prefix(strip_prefix(sd, "module."), "_orig_mod.")
+    return sd
 
 
 def strip_prefix(sd: Dict[str, Any], prefix: str) -> Dict[str, Any]:

@@ -23,8 +23,7 @@ from torch import nn
 
 from .._json_fields import read_config_text
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
-                          read_checkpoint, refuse_latent, refuse_train_checkpoint, refuse_yoda_file,
-                          strip_prefix)
+                          read_checkpoint, refuse_latent, refuse_train_checkpoint, refuse_yoda_file)
 from ..schedule import Schedule
 from .card import ModelCard
 from .sr3 import SR3_16_128, SR3_DIFFUSION_BUFFERS, SR3Config, SR3UNet, sr3_beta_schedule, sr3_default_schedule
@@ -179,7 +178,7 @@ def load_sr3(p: str, config: Any = None, scale: Optional[int] = None) -> nn.Modu
             raise CheckpointError(f"{p}: an SRDiff checkpoint (model_ckpt_steps_*.ckpt: state_dict's 'model'), not "
                                   "SR3's: load it as kind 'srdiff' (yoda.load('srdiff', ...), the CLI's --model "
                                   "srdiff:PATH)")
-    sd = strip_prefix(as_state_dict(obj, p), "module.")
+    sd = as_state_dict(obj, p)
     sd, bufs = split_diffusion_buffers(sd)
     if any(k.startswith("denoise_fn.") for k in sd):  # GaussianDiffusion.state_dict(): the *_gen.pth layout
         sd = {(k[len("denoise_fn."):] if k.startswith("denoise_fn.") else k): v for k, v in sd.items()}

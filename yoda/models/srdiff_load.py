@@ -22,8 +22,7 @@ from torch import nn
 
 from .._json_fields import read_config_text
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
-                          read_checkpoint, refuse_latent, refuse_train_checkpoint, refuse_yoda_file,
-                          strip_prefix)
+                          read_checkpoint, refuse_latent, refuse_train_checkpoint, refuse_yoda_file)
 from ..schedule import Schedule
 from .card import ModelCard
 from .sr3_load import split_diffusion_buffers
@@ -158,9 +157,10 @@ def load_srdiff(p: str, config: Any = None) -> nn.Module:
         obj = obj["state_dict"]
         if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
             obj = obj["model"]
-        elif isinstance(obj, Mapping):
+        elif isinstance(obj, Mapping) and any(isinstance(k, str) and k.startswith("model.") for k in obj):
             obj = {k[len("model."):]: v for k, v in obj.items() if isinstance(k, str) and k.startswith("model.")}
-    sd = strip_prefix(as_state_dict(obj, p), "module.")
+            # (without a "model." key, the state dict itself: it was emptied and refused as "not SRDiff")
+    sd = as_state_dict(obj, p)
     sd, bufs = split_diffusion_buffers(fold_weight_norm(sd))
     if any(k.startswith("denoise_fn.noise_level_mlp.") for k in sd) and not any(k.startswith("rrdb.") for k in sd):
         raise CheckpointError(f"{p}: an SR3 checkpoint (*_gen.pth: 'denoise_fn.noise_level_mlp.*' weights, no RRDB "
