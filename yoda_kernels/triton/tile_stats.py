@@ -64,7 +64,7 @@ def launch_tile_stats(A: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.T
     if A.dim() not in (3, 4) or (A.dim() == 4 and A.shape[1] != 1):
         raise ValueError(f"A must be (B, 1, H, W) or (B, H, W), got {tuple(A.shape)}")
     check_tile(tile)
-    A = narrow_offsets(A, 1)  # its rows are 64-bit: only the columns' offsets are 32-bit
+    A = narrow_offsets(A, 1, "A")  # its rows are 64-bit: only the columns' offsets are 32-bit
     B, H, W = A.shape[0], A.shape[-2], A.shape[-1]
     TY, TX = cdiv(H, tile), cdiv(W, tile)
     if TY > 65535 or B > 65535:  # CUDA's limit on grid dimensions y and z
