@@ -2858,9 +2858,17 @@ MUTANTS = [
            "        elif isinstance(obj, Mapping):",
            ("tests/test_checkpoint.py", "-k", "ckpt_nesting"),
            "SRDiff's {'state_dict': the state dict} without 'model.' keys is emptied and refused as 'not SRDiff'"),
+    Mutant("dino-file-valueerror", "yoda/attention/weights.py",
+           '        raise CheckpointError(f"weights {path!r} hold a {type(sd).__name__}, expected {fmt}")',
+           '        raise ValueError(f"weights {path!r} hold a {type(sd).__name__}, expected {fmt}")',
+           ("tests/test_dino.py", "-k", "corrupt_files"),
+           "a DINO weights file holding a list is a plain ValueError, not the CheckpointError SR model files give"),
+    Mutant("checkpoint-link-unsaid", "yoda/checkpoint.py",
+           'raise FileNotFoundError(f"checkpoint file not found: {p}{broken_link(p)}")',
+           'raise FileNotFoundError(f"checkpoint file not found: {p}")',
+           ("tests/test_checkpoint.py", "-k", "wrong_kind_and_missing"),
+           "a symbolic link to a moved model file is 'not found', of a path that is there"),
 ]
-
-
 def repo_files() -> list[str]:
     """Tracked and untracked-but-not-ignored files of the working tree, plus the built extension."""
     out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],

@@ -470,6 +470,13 @@ def test_wrong_kind_and_missing_file(tmp_path):
         yoda.load("dino-vits8", tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match="is a folder, not a file$"):
         yoda.load("srdiff", tmp_path)
+    # a symbolic link to nothing says so, as an image does (it was "not found" of a path that is there, as a link)
+    (tmp_path / "link.pth").symlink_to(tmp_path / "moved.pth")
+    for kind in ("sr3", "dino-vits8"):
+        with pytest.raises(FileNotFoundError, match=r"not found: .*link\.pth \(a broken link to .*moved\.pth\)$"):
+            yoda.load(kind, tmp_path / "link.pth")
+    with pytest.raises(FileNotFoundError, match=r"not found: .*link\.pth' \(a broken link to .*moved\.pth\) "):
+        yoda.attention.dino_resnet50(tmp_path / "link.pth")
     # a training run's folder names its model; a path given as the kind says that the kind comes first
     save_model(_sr3(), tmp_path / "model.safetensors", schedule=Schedule.linear(5))
     with pytest.raises(CheckpointError, match=r"is a folder, not a file: its model is .*model\.safetensors$"):

@@ -3213,6 +3213,10 @@ def test_a_missing_dino_weights_file_names_the_option(tmp_path, capsys):
     code, _, err = run(["attention", str(img), "-o", str(tmp_path / "o.png"), "--attention",
                         f"dino-vits8:{missing}"], capsys)
     assert code == 2 and err.startswith(f"yoda: error: --attention dino-vits8:{missing}: weights file not found"), err
+    (tmp_path / "link.pth").symlink_to(missing)
+    code, _, err = run(["upscale", str(img), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "link.pth")],
+                       capsys)
+    assert code == 2 and err.endswith(f"model file not found: {tmp_path / 'link.pth'} (a broken link to {missing})\n"), err
 
 
 def test_a_file_named_like_an_option_is_said_to_be_one(tmp_path, monkeypatch, capsys):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+import yoda
 import yoda.attention as att
 from yoda.checkpoint import CheckpointError
 from yoda.attention.dino import DinoResNet50, DinoViT, DinoViTS8, ResNet50, _target_size
@@ -309,7 +310,7 @@ def test_vit_from_transformers_layout(vit, vit_want, tmp_path):
     torch.testing.assert_close(att.get(f"dino-vits8:{q}", **VIT_KW)(lr), want, rtol=0, atol=0)
     del hf["encoder.layer.3.attention.attention.key.weight"]
     save_file(hf, str(p))
-    with pytest.raises(ValueError, match=r"model\.safetensors' \(Hugging Face's facebook/dino-vits8 layout\): layer 3's "
+    with pytest.raises(CheckpointError, match=r"model\.safetensors' \(Hugging Face's facebook/dino-vits8 layout\): layer 3's "
                                          r"attention has \['query', 'value'\] weights, not query, key"):  # (the file
         att.dino_vits8(str(p))  # was not named)
 
@@ -546,20 +547,20 @@ def test_missing_file():
 def test_corrupt_files(tmp_path, vit):
     p = tmp_path / "broken.pth"
     p.write_bytes(b"this is not a checkpoint" * 10)
-    with pytest.raises(ValueError, match=r"broken\.pth.*neither a PyTorch checkpoint nor a safetensors file "
+    with pytest.raises(CheckpointError, match=r"broken\.pth.*neither a PyTorch checkpoint nor a safetensors file "
                                          r"\(expected a DINO ViT-S/8"):
         att.dino_vits8(str(p))
     (tmp_path / "empty.pth").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"empty\.pth.*is empty"):
+    with pytest.raises(CheckpointError, match=r"empty\.pth.*is empty"):
         att.dino_vits8(str(tmp_path / "empty.pth"))
     with pytest.raises(IsADirectoryError, match=r"is a folder, not a file"):
         att.dino_vits8(str(tmp_path))
-    with pytest.raises(ValueError, match=r"weights '/dev/null' is not a regular file \(a device or a pipe"):
+    with pytest.raises(CheckpointError, match=r"weights '/dev/null' is not a regular file \(a device or a pipe"):
         att.dino_vits8("/dev/null")  # it was "weights file not found"
     zipped = tmp_path / "cut.pth"  # a torch.save zip cut short: torch's one-line reason, not its advice
     torch.save(vit.state_dict(), zipped)
     zipped.write_bytes(zipped.read_bytes()[:4000])
-    with pytest.raises(ValueError, match=r"cut\.pth.*torch\.load") as ei:
+    with pytest.raises(CheckpointError, match=r"cut\.pth.*torch\.load") as ei:
         att.dino_vits8(str(zipped))
     assert "\n" not in str(ei.value) and "weights_only=False" not in str(ei.value)
     # the format is read from the content: a safetensors file named .pth loads
@@ -570,18 +571,22 @@ def test_corrupt_files(tmp_path, vit):
     att.dino_vits8(str(named_pth))
     q = tmp_path / "broken.safetensors"
     q.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    with pytest.raises(ValueError, match=r"broken\.safetensors.*safetensors.*ResNet-50"):
+    with pytest.raises(CheckpointError, match=r"broken\.safetensors.*safetensors.*ResNet-50"):
         att.dino_resnet50(str(q))
     # a .safetensors file cut within its header's first 9 bytes: too short to tell by content, told by name (as
     # yoda.load does); it was "neither a PyTorch checkpoint nor a safetensors file"
     q.write_bytes(named_pth.read_bytes()[:5])
-    with pytest.raises(ValueError, match=r"^cannot read weights .*broken\.safetensors' as safetensors \(corrupt or "
+    with pytest.raises(CheckpointError, match=r"^cannot read weights .*broken\.safetensors' as safetensors \(corrupt or "
                                          r"truncated\?; expected a DINO ResNet-50"):
         att.dino_resnet50(str(q))
     r = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], r)
-    with pytest.raises(ValueError, match=r"list\.pth.*list"):
+    with pytest.raises(CheckpointError, match=r"list\.pth.*list"):
         att.dino_vits8(str(r))
+    # through yoda.load too: a file the extractor cannot use is a CheckpointError, as an SR model's is (it was a
+    # plain ValueError)
+    with pytest.raises(CheckpointError, match=r"list\.pth.*list"):
+        yoda.load("dino-vits8", str(r))
 
 
 def test_wrong_keys_listed(vit, tmp_path):
@@ -589,7 +594,7 @@ def test_wrong_keys_listed(vit, tmp_path):
     sd["blocks.0.attn.in_proj.weight"] = sd.pop("blocks.0.attn.qkv.weight")
     p = tmp_path / "renamed.pth"
     torch.save(sd, p)
-    with pytest.raises(ValueError) as ei:
+    with pytest.raises(CheckpointError) as ei:
         att.dino_vits8(str(p))
     msg = str(ei.value)
     assert "renamed.pth" in msg

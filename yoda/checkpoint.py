@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .errors import LATENT_API, UserError
+from .errors import LATENT_API, UserError, broken_link
 
 
 __all__ = ["CheckpointError", "read_checkpoint", "load_state_dict_checked", "check_state_dict", "build_checked",
@@ -52,7 +52,7 @@ def check_path(path: Any) -> str:
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     p = os.path.expanduser(os.fspath(path))  # ("~/m.safetensors" from Python was "not found"; the shell expands it)
     if not os.path.exists(p):
-        raise FileNotFoundError(f"checkpoint file not found: {p}")
+        raise FileNotFoundError(f"checkpoint file not found: {p}{broken_link(p)}")
     if not os.path.isfile(p):
         raise CheckpointError(f"checkpoint path is not a file: {p}")
     refuse_lfs_pointer(p, CheckpointError)

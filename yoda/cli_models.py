@@ -15,7 +15,7 @@ import numpy as np
 
 from ._io import atomic_write_text
 from .console import error_line, say
-from .errors import LATENT_API, UserError, printable
+from .errors import LATENT_API, UserError, broken_link, printable
 from .errors import user_input as _user_input
 from .torchrun import main_rank
 
@@ -76,7 +76,7 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
                             f"{' / '.join(k + ':PATH' for k in MODEL_KINDS)}")
         if path.exists():  # /dev/null, a FIFO: "not found" of a file that is there
             raise UserError(f"--model {spec}: {path} is not a regular file (a device or a pipe); give a model file")
-        raise UserError(f"--model {spec}: model file not found: {path}")
+        raise UserError(f"--model {spec}: model file not found: {path}{broken_link(path)}")
     if config is not None:
         if kind == "yoda":
             raise UserError(f"--model-config is for sr3:PATH or srdiff:PATH models; a yoda model file carries its "

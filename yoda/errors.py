@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import sys
 
 
@@ -137,6 +138,12 @@ def out_of_memory(e: BaseException) -> bool:
         return True
     text = str(e)
     return isinstance(e, RuntimeError) and ("not enough memory" in text or "can't allocate memory" in text)
+
+
+def broken_link(path) -> str:
+    """" (a broken link to TARGET)" where ``path`` is a symbolic link to nothing, else "": what a "not found" says of
+    a path that is there, as a link."""
+    return f" (a broken link to {printable(os.readlink(path))})" if os.path.islink(path) else ""
 
 
 def printable(s: str) -> str:

@@ -51,7 +51,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from ._io import atomic_write, check_writable
-from .errors import UserError, printable
+from .errors import UserError, broken_link, printable
 
 if TYPE_CHECKING:  # torch is imported where it is used: yoda plot and yoda data build read images without it
     import torch
@@ -396,8 +396,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"max_pixels must be an int >= 0 (0: no limit) or None, got {max_pixels!r}")
         if not p.exists():
-            link = f" (a broken link to {printable(os.readlink(p))})" if p.is_symlink() else ""
-            raise FileNotFoundError(f"path: no such image file: {p}{link}")
+            raise FileNotFoundError(f"path: no such image file: {p}{broken_link(p)}")
         if not p.is_file():
             raise ValueError(f"path: {p} is a folder, not an image file" if p.is_dir() else f"path: {p} is not a file")
         try:

@@ -17,6 +17,7 @@ import os
 
 from typing import Callable
 
+from ..errors import broken_link
 from .classic import Edge, Gaussian, Sift, aggregate, check_lr, edge, gaussian, minmax_normalize, sift
 from .dino import DinoResNet50, DinoViT, DinoViTS8, ResNet50, dino_resnet50, dino_vits8, load_state_dict
 
@@ -80,7 +81,7 @@ def check_name(name: str, file_exists: bool = False) -> tuple:
             raise ValueError(f"attention {key!r} needs a local weights file: use '{key}:PATH'")
         path = os.path.expanduser(path)  # the shell leaves a ~ after the colon as it is
         if file_exists and not os.path.exists(path):
-            raise FileNotFoundError(f"attention {name!r}: weights file not found: {path!r}")
+            raise FileNotFoundError(f"attention {name!r}: weights file not found: {path!r}{broken_link(path)}")
         return factory, path
     if sep:
         raise ValueError(f"attention {key!r} takes no ':PATH' part, got {name!r}")

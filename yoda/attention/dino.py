@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .classic import aggregate, check_lr, float32_maps
+from ..checkpoint import CheckpointError
 from .weights import load_strict, load_state_dict
 
 __all__ = [
@@ -472,7 +473,7 @@ def dino_vits8(
         try:
             sd = from_transformers(sd)
         except ValueError as e:  # (said without the file)
-            raise ValueError(f"weights {os.fspath(weights)!r} (Hugging Face's facebook/dino-vits8 layout): {e}") \
+            raise CheckpointError(f"weights {os.fspath(weights)!r} (Hugging Face's facebook/dino-vits8 layout): {e}") \
                 from None
     img_size = 224
     pe = sd.get("pos_embed")

@@ -12,6 +12,7 @@ from typing import Callable, Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 
+from ..errors import broken_link
 from ..checkpoint import (CheckpointError, build_checked, check_zip, is_safetensors, load_failure, read_safetensors,
                           refuse_lfs_pointer, weights_only_refusal)
 
@@ -27,24 +28,24 @@ def _read_file(path: str, fmt: str) -> Mapping:
     if os.path.isdir(path):
         raise IsADirectoryError(f"weights {path!r} is a folder, not a file (expected {fmt})")
     if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a FIFO: not "not found"
-        raise ValueError(f"weights {path!r} is not a regular file (a device or a pipe; expected {fmt})")
+        raise CheckpointError(f"weights {path!r} is not a regular file (a device or a pipe; expected {fmt})")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path!r} (expected {fmt})")
+        raise FileNotFoundError(f"weights file not found: {path!r}{broken_link(path)} (expected {fmt})")
     with open(path, "rb") as f:
         head = f.read(9)
     if not head:
-        raise ValueError(f"weights file {path!r} is empty (expected {fmt})")
+        raise CheckpointError(f"weights file {path!r} is empty (expected {fmt})")
     # by content (safetensors = 8-byte header length + "{"; torch.save = a zip ("PK") or, before torch 1.6, a
     # pickle (protocol byte 0x80)); by name only for a .safetensors file too damaged to tell, as yoda.load
-    refuse_lfs_pointer(path, ValueError)
+    refuse_lfs_pointer(path, CheckpointError)
     if is_safetensors(path):
         try:
             return read_safetensors(path)[0]
         except Exception as e:  # safetensors raises its own error types for bad headers
-            raise ValueError(f"cannot read weights {path!r} as safetensors (corrupt or truncated?; expected "
+            raise CheckpointError(f"cannot read weights {path!r} as safetensors (corrupt or truncated?; expected "
                              f"{fmt}): {e}") from e
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
-        raise ValueError(f"weights file {path!r} is neither a PyTorch checkpoint nor a safetensors file "
+        raise CheckpointError(f"weights file {path!r} is neither a PyTorch checkpoint nor a safetensors file "
                          f"(expected {fmt})")
     check_zip(path)
     try:
@@ -62,7 +63,7 @@ def _read_file(path: str, fmt: str) -> Mapping:
         refused = weights_only_refusal(path, e)
         if refused:
             raise CheckpointError(f"{refused} (expected {fmt})") from None
-        raise ValueError(f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): "
+        raise CheckpointError(f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): "
                          f"{load_failure(e)}") from None
 
 
@@ -77,11 +78,11 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
     """
     sd = _read_file(path, fmt)
     if not isinstance(sd, Mapping):
-        raise ValueError(f"weights {path!r} hold a {type(sd).__name__}, expected {fmt}")
+        raise CheckpointError(f"weights {path!r} hold a {type(sd).__name__}, expected {fmt}")
     top = sorted(map(str, sd))[:8]
     if checkpoint_key is not None:
         if checkpoint_key not in sd:
-            raise ValueError(
+            raise CheckpointError(
                 f"weights {path!r} have no entry {checkpoint_key!r} (top-level keys: {top})"
             )
         sd = sd[checkpoint_key]
@@ -91,7 +92,7 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
                 sd = sd[k]
                 break
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"weights {path!r} are not a dict of tensors (expected {fmt}; top-level keys: {top}): "
+        raise CheckpointError(f"weights {path!r} are not a dict of tensors (expected {fmt}; top-level keys: {top}): "
                          f"checkpoint_key= names the entry that holds the weights")
     out: Dict[str, torch.Tensor] = {}
     source: Dict[str, str] = {}
@@ -102,7 +103,7 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
             wrapped = wrapped or prefix == "backbone."
             k = k[len(prefix):]
         if k in out:
-            raise ValueError(f"weights {path!r}: the keys {source[k]!r} and {k0!r} are both {k!r} without the "
+            raise CheckpointError(f"weights {path!r}: the keys {source[k]!r} and {k0!r} are both {k!r} without the "
                              f"prefixes {', '.join(_PREFIXES)} (two models' weights in one dict?); keep one")
         out[k], source[k] = v, k0
     if wrapped:
