@@ -2868,7 +2868,13 @@ MUTANTS = [
            'raise FileNotFoundError(f"checkpoint file not found: {p}")',
            ("tests/test_checkpoint.py", "-k", "wrong_kind_and_missing"),
            "a symbolic link to a moved model file is 'not found', of a path that is there"),
+    Mutant("solver-steps-capped-at-T", "yoda/sampling/spec.py",
+           '    elif solver and sigmas != "diffbir":', '    elif False:',
+           ("tests/test_solvers.py", "-k", "named_continuous"),
+           "sigmas='karras' with more steps than T is refused while the same levels as a list run"),
 ]
+
+
 def repo_files() -> list[str]:
     """Tracked and untracked-but-not-ignored files of the working tree, plus the built extension."""
     out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],

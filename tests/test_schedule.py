@@ -103,6 +103,26 @@ def test_respace_matches_diffusers(spacing, T):
     assert compared >= min(2, T)
 
 
+def test_respace_docstring_counts_of_diffusers_ties():
+    """Schedule.respace's docstring counts the step counts of T = 1000 where diffusers' float rounding visits
+    another index (it said 127; there are 49 trailing + 92 linspace) and those where its arange gives steps + 1."""
+    s = Schedule.linear(1000)
+    differ = {"trailing": 0, "linspace": 0}
+    longer = 0
+    for spacing in differ:
+        d = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
+        for steps in range(1, 1001):
+            d.set_timesteps(steps)
+            ref = d.timesteps.tolist()
+            if len(ref) != steps:
+                longer += 1
+            elif ref != s.respace(steps, spacing):
+                differ[spacing] += 1
+    assert (differ, longer) == ({"trailing": 49, "linspace": 92}, 62)
+    doc = " ".join(Schedule.respace.__doc__.split())
+    assert "49 trailing and 92 linspace step counts of the 1000" in doc and "for 62 more" in doc
+
+
 @pytest.mark.parametrize("T", [20, 50, 1000])
 def test_sd_leading_is_diffusers_ddim_with_steps_offset_1(T):
     """Stable Diffusion's DDIM config (leading, steps_offset 1, set_alpha_to_one False): exactly its timesteps,

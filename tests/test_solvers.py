@@ -844,7 +844,8 @@ def test_an_inf_second_model_call_is_the_model_outputs_fault(solver):
      r"steps \(4\) must be None or the number of noise levels > 0 among the sigmas given \(3; a trailing 0 is"),
     (dict(sampler="euler", sigmas=[10.0, 0.0, 0.0]), ValueError,
      r"sigmas must be finite and > 0 \(a trailing 0 is allowed\), got \[10.0, 0.0, 0.0\]$"),
-    (dict(sampler="euler", steps=T + 1), ValueError, "steps must be in"),
+    (dict(sampler="euler", steps=10_001), ValueError, r"steps must be in \[1, 10000\] \(noise levels of sigmas=\)"),
+    (dict(sampler="euler", sigmas="diffbir", steps=T + 1), ValueError, rf"steps must be in \[1, T={T}\]"),
     (dict(sampler="lms"), ValueError, "sampler must be one of .*dpmpp_3m_sde"),
     (dict(sampler="euler", timesteps="round"), ValueError, "timesteps must be one of"),
     (dict(sampler="ddpm", timesteps="nearest"), ValueError, "timesteps applies to the sigma-space solvers"),
@@ -1036,6 +1037,26 @@ def test_explicit_sigmas_above_the_models_top_warn():
         warnings.simplefilter("error")
         yoda.sample(ad, lr, sampler="euler", sigmas=[1.3, 0.1], progress=False, seed=0)
         yoda.sample(ad, lr, sampler="euler", sigmas="karras", steps=3, progress=False, seed=0)
+
+
+def test_named_continuous_sigmas_take_more_steps_than_T():
+    """sigmas="karras" with steps > T was refused ("steps must be in [1, T] (the model's training steps)") while the
+    same noise levels given as a list ran: a solver's karras / exponential / uniform levels are continuous, as
+    k-diffusion's. DiffBIR's discrete indices (and DDPM / DDIM's timesteps) keep [1, T]."""
+    sch = Schedule.linear(10)
+    ad = yoda.adapters.as_adapter(lambda x, t, c: 0.5 * x, prediction="eps", schedule=sch)
+    lr = torch.rand(1, 3, 4, 4) * 2 - 1
+    for kind in ("karras", "exponential", "uniform"):
+        listed = yoda.sample(ad, lr, sampler="dpmpp_2m", sigmas=list(S.make_sigmas(kind, 30, sch)[:-1]), seed=0,
+                             progress=False)
+        named = yoda.sample(ad, lr, sampler="dpmpp_2m", sigmas=kind, steps=30, seed=0, progress=False)
+        assert torch.equal(named, listed), kind
+    with pytest.raises(ValueError, match=r"^steps must be in \[1, T=10\] \(the model's training steps\), got 11$"):
+        yoda.sample(ad, lr, sampler="euler", sigmas="diffbir", steps=11, progress=False)
+    with pytest.raises(ValueError, match=r"^steps must be in \[1, 10000\] \(noise levels of sigmas=\), got 10001$"):
+        yoda.sample(ad, lr, sampler="euler", sigmas="karras", steps=10001, progress=False)
+    with pytest.raises(ValueError, match=r"^steps must be in \[1, T=10\]"):
+        yoda.sample(ad, lr, sampler="ddim", steps=11, progress=False)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])

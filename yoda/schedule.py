@@ -226,10 +226,10 @@ class Schedule:
           "sd_trailing": the indices of "trailing", the last step ending at alpha_bar[0]: diffusers' DDIMScheduler
                      with timestep_spacing "trailing" and set_alpha_to_one False (zero-terminal-SNR recipes).
         "trailing" and "linspace" round the exact rational value half to even. diffusers rounds float64 values
-        (np.arange / np.linspace), whose error settles some ties the other way: for T = 1000, 127 of the 1000
-        step counts differ by one index somewhere (48 trailing steps: 999, 978, 957, 937 here, ..., 936 there;
-        27 linspace steps: 500 vs 499), and for 62 more diffusers' float arange gives steps + 1 trailing
-        timesteps (never the case here). steps > T is an error.
+        (np.arange / np.linspace), whose error settles some ties the other way: for T = 1000, 49 trailing and 92
+        linspace step counts of the 1000 differ by one index somewhere (48 trailing steps: 999, 978, 957, 937 here,
+        ..., 936 there; 27 linspace steps: 500 vs 499), and for 62 more diffusers' float arange gives steps + 1
+        trailing timesteps (never the case here). steps > T is an error.
         """
         T = self.T
         steps = as_int(steps, "steps")  # numpy integers too

@@ -35,6 +35,9 @@ STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # yoda.sample with attention and the model's own steps (the call gives none), and the CLI with --attention: the
 # steps are raised, up to this many (and the model's T), until the last one refines every pixel (covering_steps)
 MOST_YODA_STEPS = 50
+# a solver's steps over continuous noise levels (karras, exponential, uniform in t) are not bounded by T, as
+# k-diffusion's are not (a list of sigmas takes any length): up to this many, a bound that no sampling needs
+MAX_SOLVER_STEPS = 10_000
 
 
 def model_spacing(adapter, sampler: str, spacing: Optional[str] = None) -> Optional[str]:
@@ -173,10 +176,14 @@ def make_spec(
     if not isinstance(sampler, str) or sampler not in ALL_SAMPLERS:
         raise ValueError(f"sampler must be one of {ALL_SAMPLERS}, got {sampler!r}")
     solver = sampler in S.SOLVERS
+    if solver and sigmas is None:  # None: the adapter's defaults (e.g. DiffBIRAdapter's, DiffBIR's EDM sampler)
+        sigmas = getattr(adapter, "solver_sigmas", None) or S.DEFAULT_SIGMAS
     if solver and sigmas is not None and not isinstance(sigmas, str):  # explicit sigmas: steps is their number
         if steps is not None:
             steps = as_int(steps, "steps", "an int or None")
-    else:
+    elif solver and sigmas != "diffbir":  # continuous noise levels: any count, as k-diffusion's (and a list's)
+        steps = check_steps(steps, T, MAX_SOLVER_STEPS, "noise levels of sigmas=")
+    else:  # training timesteps (DiffBIR's sigmas are T's discrete indices too)
         steps = check_steps(steps, T)
     eta = check_eta(eta, sampler)
     if solver and spacing is not None:
@@ -195,8 +202,6 @@ def make_spec(
                          f"the model at the integer training timesteps of steps= and spacing=")
     if solver:  # None: the adapter's defaults (e.g. DiffBIRAdapter's, DiffBIR's EDM sampler), else the solvers'
         timesteps = check_timesteps(getattr(adapter, "solver_timesteps", None) if timesteps is None else timesteps)
-        if sigmas is None:
-            sigmas = getattr(adapter, "solver_sigmas", None) or S.DEFAULT_SIGMAS
     lower_bound = masks.check_lower_bound(lower_bound)
     if isinstance(clip, np.bool_):  # numpy's (a comparison's result), as the kernels take it
         clip = bool(clip)
@@ -238,11 +243,15 @@ def make_spec(
 # --------------------------------------------------------------------------------------------------------------
 # Checks of single arguments
 # --------------------------------------------------------------------------------------------------------------
-def check_steps(steps: Any, T: int) -> int:
+def check_steps(steps: Any, T: int, most: Optional[int] = None, what: str = "") -> int:
+    """steps (None: T) in [1, T] (the training timesteps a sampler visits), or in [1, most] where ``most`` is given
+    (a solver's continuous ``what``, which need not be training timesteps)."""
     if steps is None:
         return T
     steps = as_int(steps, "steps", "an int or None")
-    if not 1 <= steps <= T:
+    if most is not None and not 1 <= steps <= most:
+        raise ValueError(f"steps must be in [1, {most}] ({what}), got {steps}")
+    if most is None and not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, T={T}] (the model's training steps), got {steps}")
     return steps
 
