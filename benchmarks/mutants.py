@@ -2872,6 +2872,18 @@ MUTANTS = [
            '    elif solver and sigmas != "diffbir":', '    elif False:',
            ("tests/test_solvers.py", "-k", "named_continuous"),
            "sigmas='karras' with more steps than T is refused while the same levels as a list run"),
+    Mutant("dino-default-dtype", "yoda/attention/weights.py",
+           "    with torch_defaults():  # float32 on the CPU", "    with contextlib.nullcontext():  # float32 on the CPU",
+           ("tests/test_dino.py", "-k", "default_dtype"),
+           "under a float64 default dtype the DINO extractors are built in float64 and fail on their float32 input"),
+    Mutant("dino-int-keys", "yoda/attention/weights.py",
+           "    odd = [k for k in sd if not isinstance(k, str)]", "    odd = []",
+           ("tests/test_dino.py", "-k", "corrupt_files"),
+           "a weights dict with an int key is an AttributeError of str.startswith, naming no file"),
+    Mutant("unrefined-floor", "yoda/sampling/loop.py",
+           "covering_steps(last_tau, steps + 1, spec.T, floor)", "covering_steps(last_tau, steps + 1, spec.T)",
+           ("tests/test_sampler.py", "-k", "least_attention"),
+           "the unrefined warning's count ignores the map's least attention: 'a larger lower_bound' where steps do"),
 ]
 
 

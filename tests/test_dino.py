@@ -587,6 +587,10 @@ def test_corrupt_files(tmp_path, vit):
     # plain ValueError)
     with pytest.raises(CheckpointError, match=r"list\.pth.*list"):
         yoda.load("dino-vits8", str(r))
+    torch.save({0: torch.zeros(3), "a": torch.zeros(2)}, r)  # it was an AttributeError of str.startswith
+    with pytest.raises(CheckpointError, match=r"list\.pth' are not a state dict: its keys are parameter names, "
+                                              r"not int \(0; expected a DINO ViT-S/8"):
+        att.get(f"dino-vits8:{r}")
 
 
 def test_wrong_keys_listed(vit, tmp_path):
@@ -731,6 +735,24 @@ def test_cuda_matches_cpu(vit, resnet):
             torch.testing.assert_close(e(lr.cuda()).cpu(), e(lr), rtol=0, atol=1e-4)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_default_dtype_other_than_float32_changes_nothing(vit_file, resnet_file, dtype):
+    """Under torch.set_default_dtype(float64) (notebooks) the extractors were built and loaded in float64 and failed
+    on their float32 input ("Input type (float) and bias type (double) should be the same"); under bfloat16 the
+    weights were rounded as they loaded. Now the same float32 map as under float32."""
+    lr = _lr(B=1, h=8, w=8)
+    makers = (lambda: att.dino_vits8(vit_file, **VIT_KW), lambda: att.dino_resnet50(resnet_file, **VIT_KW))
+    want = [make()(lr) for make in makers]
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        got = [make()(lr) for make in makers]
+    finally:
+        torch.set_default_dtype(old)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32 and torch.equal(g, w)
 
 
 def test_loading_leaves_the_global_rng_alone(vit_file, resnet_file):

@@ -7,6 +7,7 @@ Sizes are tiny (LR 1x3x8x8, scale 2, T = 50, 5 steps) so the whole file runs in 
 import dataclasses
 import math
 import sys
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -352,6 +353,24 @@ def test_the_unrefined_warning_quotes_the_callers_count_and_never_fails_the_call
         warnings.simplefilter("error")
         warnings.simplefilter("ignore", yoda.UnrefinedWarning)
         run(model, lr, attention=A, lower_bound=0.1, sampler="ddim", steps=3)
+
+
+def test_the_unrefined_warning_counts_from_the_maps_least_attention():
+    """A map whose least attention is 0.3 (the caller's own, not min-max normalised) is refined everywhere once the
+    last tau reaches 0.3; the warning searched for tau = 0 and said "a larger lower_bound refines every pixel" where
+    a few more steps did. The count it names refines every pixel, and one fewer does not."""
+    model = PixelAdapter(SR3Net().eval(), Schedule.linear(100, 1e-4, 2e-2), scale=SCALE)
+    lr, A = lr_image(), 0.3 + 0.7 * attention_map()
+    with pytest.warns(yoda.UnrefinedWarning, match=r"at steps=1 with lower_bound 0.01, .*; steps=(\d+) refines") as w:
+        run(model, lr, attention=A, lower_bound=0.01, sampler="ddim", steps=1)
+    n = int(re.search(r"steps=(\d+) refines", str(w[0].message))[1])
+    last = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(model, lr, attention=A, lower_bound=0.01, sampler="ddim", steps=n, callback=lambda d: last.update(d))
+    assert float(last["active_fraction"].min()) == 1.0
+    with pytest.warns(yoda.UnrefinedWarning, match=rf"at steps={n - 1} with lower_bound 0.01, .*; steps={n} refines"):
+        run(model, lr, attention=A, lower_bound=0.01, sampler="ddim", steps=n - 1)
 
 
 def test_seed_none_draws_only_for_a_call_that_samples_with_it():

@@ -2501,6 +2501,11 @@ def test_the_readmes_own_loop_runs_as_printed():
     out, net = scope["out"], scope["net"]
     assert torch.isfinite(out.loss) and out.loss > 0
     assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
+    # its map is the one yoda.sample makes of lr: min-max normalised at x0's grid after the resize (the bilinear
+    # resize of the LR map peaked below 1, and masked 0.7% of pixels otherwise than sampling)
+    A = scope["A"]
+    assert A.shape == (4, 1, 64, 64) and A.amin(dim=(1, 2, 3)).tolist() == [0.0] * 4
+    assert A.amax(dim=(1, 2, 3)).tolist() == [1.0] * 4
 
 
 def test_the_readme_lists_every_config_field_with_its_default():

@@ -12,6 +12,7 @@ from typing import Callable, Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 
+from ..devices import torch_defaults
 from ..errors import broken_link
 from ..checkpoint import (CheckpointError, build_checked, check_zip, is_safetensors, load_failure, read_safetensors,
                           refuse_lfs_pointer, weights_only_refusal)
@@ -94,6 +95,10 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"weights {path!r} are not a dict of tensors (expected {fmt}; top-level keys: {top}): "
                          f"checkpoint_key= names the entry that holds the weights")
+    odd = [k for k in sd if not isinstance(k, str)]
+    if odd:  # (it was an AttributeError of str.startswith, naming no file)
+        raise CheckpointError(f"weights {path!r} are not a state dict: its keys are parameter names, not "
+                              f"{', '.join(sorted({type(k).__name__ for k in odd}))} ({odd[0]!r}; expected {fmt})")
     out: Dict[str, torch.Tensor] = {}
     source: Dict[str, str] = {}
     wrapped = False
@@ -115,4 +120,5 @@ def load_strict(build: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor], 
     """build() loaded strictly with sd, checked on the meta device first (a file's shapes set the size, so a tiny
     file could declare a huge net), with one error that names the file and the expected format and lists a few
     missing / unexpected / mis-shaped keys (yoda.checkpoint's check, shared with the SR models)."""
-    return build_checked(build, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")
+    with torch_defaults():  # float32 on the CPU whatever the caller's defaults (float64: the float32 input failed)
+        return build_checked(build, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")

@@ -304,7 +304,7 @@ def warn_unrefined(spec: Any, steps: int, floor: float, last_tau: Optional[Calla
     so that Python's default filter says it once for a folder sampled at one count; the CLI notes it itself."""
     if refines_all(spec.taus[-1], floor):
         return  # the last step reaches the least attended pixel
-    enough = None if last_tau is None else covering_steps(last_tau, steps + 1, spec.T)
+    enough = None if last_tau is None else covering_steps(last_tau, steps + 1, spec.T, floor)
     if enough:
         fix = f"steps={enough} refines every pixel"
     elif last_tau is not None:
