@@ -2557,11 +2557,11 @@ MUTANTS = [
            '            print(f"yoda: note: rank {rank}: {waiting.format(ranks=ranks)}", file=sys.stderr, flush=True)',
            ("tests/test_cli.py", "-k", "rank_waiting_at_the_end"),
            "a rank's waiting note on a stderr nobody reads ends the rank with Broken pipe"),
-    Mutant("malloc-mmap-kept", "yoda/cli_upscale.py",
+    Mutant("malloc-mmap-kept", "yoda/malloc.py",
            "libc.mallopt(M_MMAP_MAX, 0)", "libc.mallopt(M_MMAP_MAX, 65536)",
            ("tests/test_malloc.py",),
            "the RRDB's whole-LR activations are mmap'ed and faulted in anew at every layer: 18% system time at 4096²"),
-    Mutant("release-heap-noop", "yoda/cli_upscale.py",
+    Mutant("release-heap-noop", "yoda/malloc.py",
            '    ctypes.CDLL("libc.so.6").malloc_trim(0)', '    ctypes.CDLL("libc.so.6")',
            ("tests/test_malloc.py",),
            "the heap an image left free is kept: a folder's peak RSS grows with its images"),
@@ -2884,6 +2884,10 @@ MUTANTS = [
            "covering_steps(last_tau, steps + 1, spec.T, floor)", "covering_steps(last_tau, steps + 1, spec.T)",
            ("tests/test_sampler.py", "-k", "least_attention"),
            "the unrefined warning's count ignores the map's least attention: 'a larger lower_bound' where steps do"),
+    Mutant("differ-host-leaves-first", "yoda/cli_upscale.py",
+           '            wait_for_keys(store, [f"read/{r}" for r in range(world)])', '            pass',
+           ("tests/test_cli.py", "-k", "ranks_shard_one_list"),
+           "the store's host leaves as the lists differ while another rank still polls it: exit 1 and a C++ trace"),
 ]
 
 

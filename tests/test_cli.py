@@ -3254,7 +3254,17 @@ def test_ranks_shard_one_list_and_their_lines_name_them(monkeypatch, capsys):
     with pytest.raises(UserError, match=r"^the ranks found different inputs \(a folder changed while they started\?\)"):
         cli_upscale.run_sharded(["a", "b"], 1, 2, done.append, str)
     assert time.monotonic() - t0 >= 0.25  # it left after rank 0 had read, not while rank 0 could still be reading
-    assert done == [] and "failed/1" not in store and store["differ/1"] == b"1"
+    assert done == [] and "failed/1" not in store and store["differ/1"] == b"1" and store["read/1"] == b"1"
+    # the store's host (rank 0, ranks started by hand) leaves only once every rank has seen that the lists differ:
+    # it left as soon as differ/* were all there, and a rank still polling for them met a closed store ("another
+    # rank or torchrun ended", exit 1, and c10d's C++ trace) instead of this error
+    store = DictStore({"listed/1": b"another list", "differ/1": b"1"})
+    monkeypatch.setattr(cli_upscale, "meeting_store", lambda rank, world, purpose: (store, True))
+    threading.Timer(0.3, store.set, ("read/1", "1")).start()
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"^the ranks found different inputs"):
+        cli_upscale.run_sharded(["a", "b"], 0, 2, done.append, str)
+    assert time.monotonic() - t0 >= 0.25 and done == []
     tally = cli_upscale.Tally(2, bar=False, quiet=False, where="rank 1: ", several=True)
     tally.say("b.png -> b_x4.png")
     assert capsys.readouterr().out == "rank 1: b.png -> b_x4.png\n"

@@ -165,14 +165,14 @@ def test_dir_of_yoda_lists_each_public_name_once():
     assert set(ns) - {"__builtins__"} == set(_LAZY) and ns["sample"] is yoda.sample
     # the modules the README names by their dotted path are reached from `import yoda` alone (a subprocess: a fresh
     # interpreter, where no test has imported them yet)
-    # every module the docs name by a dotted path (`yoda.cli_upscale.tune_malloc`: an AttributeError after `import
+    # every module the docs name by a dotted path (`yoda.malloc.tune_malloc`: an AttributeError after `import
     # yoda`) is one of them
     docs = "".join(open(os.path.join(ROOT, f), encoding="utf-8").read() for f in ("README.md", "DESIGN.md"))
     named = set(re.findall(r"\byoda\.([a-z_]+)\.[A-Za-z_]", docs))
     assert len(named) > 8 and named <= set(_LAZY), sorted(named - set(_LAZY))
     code = ("import yoda; print(yoda.images.MAX_PIXELS > 0, yoda.schedule.MAX_FILE_T, callable(yoda.upsampling."
             "upsample), callable(yoda.figures.compute), callable(yoda.data.make_lr), callable(yoda.masks.tau_at), "
-            "callable(yoda.cli_upscale.tune_malloc), len(yoda.photos.HELD_OUT_PHOTOS), callable(yoda.heldout."
+            "callable(yoda.malloc.tune_malloc), len(yoda.photos.HELD_OUT_PHOTOS), callable(yoda.heldout."
             "held_out_copy), callable(yoda.devices.resolve_device))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "100000", "True", "True", "True", "True", "True", "10", "True",

@@ -1,4 +1,4 @@
-"""yoda upscale's glibc malloc settings (yoda.cli_upscale.tune_malloc, issue 12 item 2): after it, an activation-
+"""yoda upscale's glibc malloc settings (yoda.malloc.tune_malloc, issue 12 item 2): after it, an activation-
 sized block (16 MB) and a whole LR's RRDB activation (64 MB, over glibc's largest mmap threshold) come from the
 heap (no mmap) and are kept for reuse when freed, while a freed top of the heap past TRIM_THRESHOLD goes back to
 the kernel; unless the user set malloc options or YODA_MALLOC=0. Run in a subprocess: the settings are
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform
 
 PROBE = r"""
 import ctypes, sys
-from yoda.cli_upscale import tune_malloc
+from yoda.malloc import tune_malloc
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -47,7 +47,7 @@ ctypes.memset(a, 1, 96 << 20)
 b = libc.malloc(1 << 20)
 libc.free(a)
 held = rss()
-from yoda.cli_upscale import release_heap
+from yoda.malloc import release_heap
 release_heap()
 libc.free(b)
 print(int(changed), mmapped, kept >= 16 << 20, big, kept_big, trimmed, held - rss() > 80 << 20)

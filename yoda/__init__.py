@@ -46,6 +46,7 @@ _LAZY = {
     "evaluate": ("yoda.evaluate", None),
     "figures": ("yoda.figures", None),
     "cli_upscale": ("yoda.cli_upscale", None),
+    "malloc": ("yoda.malloc", None),
     "photos": ("yoda.photos", None),
     "heldout": ("yoda.heldout", None),
     "devices": ("yoda.devices", None),

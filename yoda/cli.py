@@ -46,10 +46,11 @@ from .cli_models import (adapter_of, attention_extractor, bars, check_attentions
 from .console import error_line, say
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model,
                           mebibytes, output_folder, output_targets, plan_windows, run_items, run_sharded,
-                          release_heap, speed_options, Tally, to_make, tune_malloc, until_free, unused_window_batch_note,
-                          UpscaleRun, check_tiles, window_notes, window_text, working_where)
+                          speed_options, Tally, to_make, until_free, unused_window_batch_note, UpscaleRun, check_tiles,
+                          window_notes, window_text, working_where)
 from .errors import (Terminated, UnrefinedWarning, UserError, lr_from_images, out_of_memory, printable, sigterm_exits,
                      stop_in)
+from .malloc import release_heap, tune_malloc
 from .torchrun import dist_env, env_int, launched_world, lost_rank, main_rank, rank_prefix
 from .errors import user_input as _user_input
 
@@ -61,7 +62,7 @@ def cmd_upscale(a) -> int:
     """Every output path is checked before any image is read; then the inputs are read and upscaled one at a
     time. With several inputs (or under torchrun, which shards them over the ranks) an input that cannot be read
     or upscaled is reported in one line and the others go on; the exit status is then 2."""
-    # no mmap / trim churn of large activations (cli_upscale.tune_malloc): the `yoda` program's only; a program that
+    # no mmap / trim churn of large activations (yoda.malloc.tune_malloc): the `yoda` program's only; a program that
     # calls main() keeps its malloc as it was (mallopt's settings cannot be undone: the dynamic threshold is lost)
     tuned = a.program and tune_malloc()
     if a.attention is None and a.lower_bound is not None and 0 <= a.lower_bound < float("inf"):  # given (its
