@@ -2888,6 +2888,10 @@ MUTANTS = [
            '            wait_for_keys(store, [f"read/{r}" for r in range(world)])', '            pass',
            ("tests/test_cli.py", "-k", "ranks_shard_one_list"),
            "the store's host leaves as the lists differ while another rank still polls it: exit 1 and a C++ trace"),
+    Mutant("cpp-logs-loud", "yoda/torchrun.py",
+           '        environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"', '        pass',
+           ("tests/test_cli.py", "-k", "store_host_is_gone"),
+           "a rank whose store's host is gone prints c10d's C++ warning and stack trace before its one line"),
 ]
 
 

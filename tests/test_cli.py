@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import sys
@@ -3231,6 +3232,42 @@ def test_a_file_named_like_an_option_is_said_to_be_one(tmp_path, monkeypatch, ca
     assert code == 2 and "is a file" not in err and not os.path.exists("x.png"), err
     code, _, err = run(["upscale", "-o", "x.png", "--steps", "abc", "--", "-dash.png"], capsys)  # after --: a name
     assert code == 2 and "is a file" not in err and "--steps" in err, err
+
+
+def test_a_rank_whose_store_host_is_gone_ends_with_one_line(tmp_path, tiny_model):
+    """A rank of `yoda upscale` whose store's host went away (rank 0 or torchrun killed) wrote its outputs and then
+    printed c10d's C++ warning and a 25-line stack trace ("sendBytes failed ...") before yoda's one line, where the
+    README promises the one line. The store's host is this test: it goes away once rank 1 has joined."""
+    import socket
+    import subprocess
+    import time
+
+    import torch.distributed as dist
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(src / f"im{k}.png")
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    host = dist.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_CPP_LOG_LEVEL", "TORCHELASTIC_RUN_ID")}
+    env.update(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-m", "yoda", "upscale", str(src), "-o", str(tmp_path / "out"), "--model",
+                          tiny_model, "--steps", "1", "-q"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while host.num_keys() < 1 and p.poll() is None and time.monotonic() < deadline:  # rank 1 listed its inputs
+            time.sleep(0.05)
+        del host  # the host goes away while rank 1 waits for rank 0's list
+        err = p.communicate(timeout=120)[1]
+    finally:
+        p.kill()
+    assert p.returncode == 1 and re.fullmatch(  # (the reason was cut at 80 characters: "... Did the remote server")
+        r"yoda: error: rank 1: another rank or torchrun ended \(killed, or out of memory\?\), so this one cannot go "
+        r"on \(the ranks' store is gone: (Broken pipe|Failed to recv, got 0 bytes\. Connection was likely closed\. "
+        r"Did the remote server shutdown or crash\?)\)\n", err), err
 
 
 def test_ranks_shard_one_list_and_their_lines_name_them(monkeypatch, capsys):

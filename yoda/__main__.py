@@ -16,6 +16,9 @@ def run() -> int:
     if hold:
         signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
+        from .torchrun import quiet_cpp_logs
+
+        quiet_cpp_logs(sys.argv[1:])  # before torch loads
         from .cli import main
     finally:
         if hold:

@@ -111,6 +111,14 @@ def wait_for_keys(store, keys: list, rank: int = 0, waiting: str = "") -> None:
 JOIN_NOTE = "waiting for {ranks} to join (one that never comes: stop with Ctrl-C)"  # wait_for_keys before the work
 
 
+def quiet_cpp_logs(argv: list, environ=os.environ) -> None:
+    """Under torchrun, torch's C++ logs at ERROR unless the user set TORCH_CPP_LOG_LEVEL or asked for --debug: a rank
+    whose store's host went away printed c10d's warning and a 25-line C++ stack trace ("sendBytes failed ...")
+    before yoda's one line. Read when torch loads, so set before it does (``python -m yoda``)."""
+    if under_torchrun() and "TORCH_CPP_LOG_LEVEL" not in environ and "--debug" not in argv:
+        environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"
+
+
 def under_torchrun() -> bool:
     """Whether torchrun started this process (its TORCHELASTIC_RUN_ID, set for one rank too), or WORLD_SIZE > 1."""
     return "TORCHELASTIC_RUN_ID" in os.environ or launched_world() not in ("", "1")
@@ -146,7 +154,8 @@ def lost_rank(e: BaseException) -> str:
         return ""
     if any(k.__name__ == "DistNetworkError" for k in type(e).__mro__):  # (by name: this module imports no torch)
         last = str(e).strip().splitlines()[-1:]
-        why = last[0].rsplit(": ", 1)[-1][:80] if last else ""
+        why = last[0].rsplit(": ", 1)[-1] if last else ""
+        why = why if len(why) <= 120 else why[:119] + "…"  # (cut at 80: "... Did the remote server")
         return "the ranks' store is gone" + (f": {why}" if why else "")
     found = LOST_PEER.search(str(e))
     return found.group(0) if found else ""
