@@ -2892,6 +2892,18 @@ MUTANTS = [
            '        environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"', '        pass',
            ("tests/test_cli.py", "-k", "store_host_is_gone"),
            "a rank whose store's host is gone prints c10d's C++ warning and stack trace before its one line"),
+    Mutant("tiles-overlap-shorter-side", "yoda/cli_parser.py",
+           "not 0 <= overlap < max(sides)", "not 0 <= overlap < min(sides)",
+           ("tests/test_cli.py", "-k", "rectangular_windows_are_chosen"),
+           "--tiles 320x160,200 refused as typed where windows= takes it (the 160 side spans the image)"),
+    Mutant("window-batch-covered-unsaid", "yoda/cli_upscale.py",
+           "    whole = windows is None or all(", "    whole = windows is None and all(",
+           ("tests/test_cli.py", "-k", "says_what_its_help_says"),
+           "--window-batch with a --tiles window that covers the image is ignored without a word"),
+    Mutant("budget-below-window-unsaid", "yoda/cli_upscale.py",
+           "    if least > max_memory:  # the smallest window", "    if False:  # the smallest window",
+           ("tests/test_cli.py", "-k", "tiled_over_max_memory"),
+           "a --max-memory below the smallest window the model takes is not said to be unmet"),
 ]
 
 

@@ -1261,6 +1261,15 @@ def test_upscale_runs_tiled_over_max_memory(tmp_path, tiny_model, images, capsys
                              "--window-batch", "50"], capsys)
     assert code == 0 and "windows of 64 (overlap 16: --tiles 64,16), 9 per call" in stdout, stdout + err
     assert not np.array_equal(outs["auto"], outs["untiled"])
+    # a budget below the smallest window the model takes (8: 8 x 8 x HR_BYTES_PER_PIXEL = 256 KiB) is said to be
+    # unmet (it printed "windows of 8 ... 1 per call" alone)
+    code, stdout, err = run(["upscale", str(big), "-o", str(tmp_path / "c.png"), *common, "--max-memory", "100K"],
+                            capsys)
+    assert code == 0 and "windows of 8 (overlap 0: --tiles 8,0), 1 per call" in stdout, stdout + err
+    assert f"yoda: note: {big}: one window of 8, the smallest this model takes, needs about 256 KiB, over " \
+           "--max-memory 100 KiB\n" in err, err
+    assert "the smallest this model takes" not in run(["upscale", str(big), "-o", str(tmp_path / "c.png"), *common,
+                                                       "--max-memory", "300K"], capsys)[2]
     rgb, _ = images
     code, stdout, _ = run(["upscale", rgb, "-o", str(tmp_path / "small.png"), *common, "-q"], capsys)
     code0, _, _ = run(["upscale", rgb, "-o", str(tmp_path / "small0.png"), *common, "--max-memory", "0", "-q"], capsys)
@@ -2749,7 +2758,7 @@ def test_small_budget_windows_overlap_and_say_kib():
 def test_window_notes_say_what_max_memory_does_not_bound(capsys, monkeypatch):
     """--max-memory 256M on a 4096² output took 1.2 GB over the process, and 1M chose 16-px windows (250 times
     slower, visibly softer), both without a word: the image's own buffers and small windows are noted."""
-    from yoda.cli_upscale import IMAGE_BYTES_PER_PIXEL, window_notes
+    from yoda.cli_upscale import HR_BYTES_PER_PIXEL, IMAGE_BYTES_PER_PIXEL, window_notes
     from yoda.sampling.tiles import SMALL_WINDOW
 
     window_notes("a.png", 4096, 4096, 256, 256 * 2**20)
@@ -2761,8 +2770,11 @@ def test_window_notes_say_what_max_memory_does_not_bound(capsys, monkeypatch):
     assert capsys.readouterr().err == ("yoda: note: b.png: windows of 120 pixels give the model little around each "
                                        "pixel: slower, and softer than windows of 128 or more (a larger "
                                        "--max-memory)\n")
-    window_notes("c.png", 300, 200, SMALL_WINDOW, 300 * 200 * IMAGE_BYTES_PER_PIXEL)  # neither: no word
+    window_notes("c.png", 300, 200, SMALL_WINDOW, SMALL_WINDOW**2 * HR_BYTES_PER_PIXEL)  # none: no word
     assert capsys.readouterr().err == ""
+    window_notes("e.png", 300, 200, SMALL_WINDOW, SMALL_WINDOW**2 * HR_BYTES_PER_PIXEL - 1)  # the window's own need
+    assert capsys.readouterr().err == ("yoda: note: e.png: one window of 128, the smallest this model takes, needs "
+                                       "about 64 MiB, over --max-memory 64 MiB\n")
     monkeypatch.setenv("RANK", "1")  # under torchrun the rank upscaling the image says it (rank 0's notes: no)
     monkeypatch.setenv("WORLD_SIZE", "2")
     window_notes("d.png", 300, 200, SMALL_WINDOW - 8, 2**31)
@@ -2995,6 +3007,10 @@ def test_the_command_line_says_what_its_help_says(tmp_path, tiny_model, images, 
                         "--window-batch", "4", "-q"], capsys)  # ignored without a word
     assert code == 0 and err == f"yoda: note: --window-batch has no effect on {images[0]}: it is not split into " \
                                 "windows (--tiles, or a --max-memory it needs more than, splits an image)\n", err
+    code, _, err = run(["upscale", images[0], "-o", str(tmp_path / "wb1.png"), "--model", tiny_model, "--tiles",
+                        "4096", "--window-batch", "4", "-q"], capsys)  # one window covers it: ignored without a word
+    assert code == 0 and err == f"yoda: note: --window-batch has no effect on {images[0]}: --tiles 4096 covers it " \
+                                "whole (one window)\n", err
     code, _, err = run(["demo", "--attention", "plain", "-o", str(tmp_path / "d.png"), "--model", tiny_model],
                        capsys)
     assert code == 2 and err.startswith("yoda: error: --attention none (or plain, no map)") and "note" not in err
@@ -3326,8 +3342,8 @@ def test_rectangular_windows_are_chosen_said_and_given_back_with_tiles(tmp_path,
                           *common], capsys)
     assert code == 2 and err == ("yoda: error: --tiles 130x164: window and overlap must be multiples of 8 (this "
                                  "model's size multiple and scale), e.g. --tiles 128x160\n"), err
-    range_ = "with W, H >= 1 and 0 <= O < W, H"
-    for bad, why in (("10x0", range_), ("8x8x8", "(integers)"), ("16x8,8", range_), ("ax8", "(integers)")):
+    range_ = "with W, H >= 1 and 0 <= O < W or H"
+    for bad, why in (("10x0", range_), ("8x8x8", "(integers)"), ("16x8,16", range_), ("ax8", "(integers)")):
         # three sides were told of the range, not of the form
         code, _, err = run(["upscale", str(tmp_path / "wide.png"), "-o", str(tmp_path / "x.png"), "--tiles", bad,
                             *common], capsys)
@@ -3341,6 +3357,15 @@ def test_rectangular_windows_are_chosen_said_and_given_back_with_tiles(tmp_path,
         assert code == 0, err
     assert (tmp_path / "none.png").read_bytes() == (tmp_path / "80.png").read_bytes()
     assert (tmp_path / "none.png").read_bytes() != (tmp_path / "40.png").read_bytes()
+    # an overlap past the side that spans the image (160: HR 640 x 160) but below the side that tiles it (320), as
+    # windows= takes it: it was refused as typed ("0 <= O < W, H"); the same overlap past the tiling side is not
+    code, _, err = run(["upscale", str(tmp_path / "wide.png"), "-o", str(tmp_path / "200.png"), "--tiles",
+                        "320x160,200", *common], capsys)
+    assert code == 0, err
+    code, _, err = run(["upscale", str(tmp_path / "wide.png"), "-o", str(tmp_path / "x.png"), "--tiles", "160x320,200",
+                        *common], capsys)
+    assert code == 2 and err.startswith("yoda: error: --tiles: the overlap 200 must be less than the window's side "
+                                        "160, along which it tiles"), err
 
 
 def test_skip_existing_keeps_a_read_only_output_and_pillows_warnings_are_named_once(tmp_path, tiny_model, capsys,

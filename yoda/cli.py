@@ -165,7 +165,7 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
                   f"{mebibytes(a.max_memory)}: denoising in windows of {window_text(windows[0])} (overlap "
                   f"{windows[1]}: --tiles {window_text(windows[0])},{windows[1]}), {per_call} per call")
         window_notes(src, hr_h, hr_w, windows[0], a.max_memory)
-    unused_window_batch_note(a, src, windows)
+    unused_window_batch_note(a, src, windows, hr_h, hr_w)
     t0 = time.perf_counter()
     with torch.no_grad():
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,

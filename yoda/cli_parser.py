@@ -195,8 +195,10 @@ def _tiles_arg(v: str) -> tuple:
             raise ValueError
     except ValueError:
         raise argparse.ArgumentTypeError(f"{v!r} must be W, W,O, WxH or WxH,O (integers)") from None
-    if min(sides) < 1 or (overlap is not None and not 0 <= overlap < min(sides)):
-        raise argparse.ArgumentTypeError(f"{v!r} must be W, W,O, WxH or WxH,O with W, H >= 1 and 0 <= O < W, H")
+    # (O < the longer side only: a side that spans the image does not tile it, and yoda.sample checks O against the
+    # sides that tile each image; a 3016x96 window of a 96-high strip overlaps by 752 by default)
+    if min(sides) < 1 or (overlap is not None and not 0 <= overlap < max(sides)):
+        raise argparse.ArgumentTypeError(f"{v!r} must be W, W,O, WxH or WxH,O with W, H >= 1 and 0 <= O < W or H")
     return (sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[1], sides[0]), overlap)
 
 

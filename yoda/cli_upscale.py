@@ -102,18 +102,28 @@ def window_notes(src: str, hr_h: int, hr_w: int, window, max_memory: int) -> Non
              f"come on top of --max-memory {mebibytes(max_memory)}, whatever the windows")
     from .sampling.tiles import SMALL_WINDOW, window_sides
 
-    side = min(window_sides(window))
+    wh, ww = window_sides(window)
+    least = min(wh, hr_h) * min(ww, hr_w) * HR_BYTES_PER_PIXEL
+    if least > max_memory:  # the smallest window the model takes: the budget cannot be met (it said nothing)
+        tell(f"{printable(src)}: one window of {window_text(window)}, the smallest this model takes, needs about "
+             f"{mebibytes(least)}, over --max-memory {mebibytes(max_memory)}")
+    side = min(wh, ww)
     if side < SMALL_WINDOW:  # --max-memory 1M: 16-px windows, 250 times slower and visibly softer (38 dB)
         tell(f"{printable(src)}: windows of {side} pixels give the model little around each pixel: slower, and "
              f"softer than windows of {SMALL_WINDOW} or more (a larger --max-memory)")
 
 
-def unused_window_batch_note(a, src: str, windows) -> None:
-    """Once a run: --window-batch given, and an image not split into windows (it was ignored without a word)."""
-    if windows is None and a.window_batch is not None and not getattr(a, "window_batch_said", False):
+def unused_window_batch_note(a, src: str, windows, hr_h: int, hr_w: int) -> None:
+    """Once a run: --window-batch given, and an image not split into windows (none, or one that covers its hr_h x
+    hr_w state: it was ignored without a word)."""
+    from .sampling.tiles import window_sides
+
+    whole = windows is None or all(n >= m for n, m in zip(window_sides(windows[0]), (hr_h, hr_w)))
+    if whole and a.window_batch is not None and not getattr(a, "window_batch_said", False):
         a.window_batch_said = True
-        note(f"--window-batch has no effect on {printable(src)}: it is not split into windows (--tiles, or a "
-             f"--max-memory it needs more than, splits an image)")
+        why = ("it is not split into windows (--tiles, or a --max-memory it needs more than, splits an image)"
+               if windows is None else f"--tiles {window_text(windows[0])} covers it whole (one window)")
+        note(f"--window-batch has no effect on {printable(src)}: {why}")
 
 
 def mebibytes(n: float) -> str:
