@@ -2904,6 +2904,20 @@ MUTANTS = [
            "    if least > max_memory:  # the smallest window", "    if False:  # the smallest window",
            ("tests/test_cli.py", "-k", "tiled_over_max_memory"),
            "a --max-memory below the smallest window the model takes is not said to be unmet"),
+    Mutant("sr3-json-key-unsaid", "yoda/models/sr3_load.py",
+           '        said = re.sub(r"SR3Config\\.(\\w+)", lambda m: _JSON_KEYS.get(m[1], f"model.unet.{m[1]}"), str(e))',
+           '        said = str(e)',
+           ("tests/test_checkpoint.py", "-k", "name_the_file_and_the_key"),
+           "an SR3 JSON's bad value is said of SR3Config's field, not of the JSON's key (image_size: model.diffusion)"),
+    Mutant("sr3-attn-res-truncated", "yoda/models/sr3.py",
+           '    return tuple(config_int(x, name, "a list of positive ints") for x in v)',
+           '    return tuple(int(x) for x in v)',
+           ("tests/test_checkpoint.py", "-k", "name_the_file_and_the_key"),
+           "SR3's attn_res [16.5] is taken as 16 (upstream places no attention there)"),
+    Mutant("srdiff-yaml-typo-unsaid", "yoda/models/srdiff_load.py",
+           "    odd = sorted(set(d) - known)", "    odd = []",
+           ("tests/test_checkpoint.py", "-k", "name_the_file_and_the_key"),
+           "a misspelt res_rescale in an SRDiff YAML is skipped without a word (its default stands)"),
 ]
 
 

@@ -425,6 +425,44 @@ def test_srdiff_yaml_config_chain(tmp_path):
         load_srdiff_config(tmp_path / "sr3.json")
 
 
+def test_config_files_name_the_file_and_the_key_of_a_bad_value(tmp_path):
+    """An SRDiff YAML's bad value was said without the file ("SRDiffConfig.hidden_size must be a positive int"); a
+    misspelt key that changes no shape (res_rescal) was skipped without a word; an SR3 JSON's bad value was "bad
+    model.unet entry" of any key (image_size is model.diffusion's), "1|2" was read letter by letter, attn_res
+    [16.5] was taken as 16 and "16" as (1, 6)."""
+    pytest.importorskip("yaml")
+    from yoda.models import load_srdiff_config
+    from yoda.models.sr3_load import load_sr3_config
+
+    (tmp_path / "e.yaml").write_text("hidden_size: abc\nsr_scale: 4\n")
+    with pytest.raises(ValueError, match=r"^SRDiff config .*e\.yaml: SRDiffConfig\.hidden_size must be a positive "
+                                         r"int, got str$"):
+        load_srdiff_config(tmp_path / "e.yaml")
+    (tmp_path / "t.yaml").write_text("hidden_size: 16\nsr_scale: 4\nres_rescal: 1.0\nlr: 0.0002\n")
+    with pytest.warns(UserWarning, match=r"t\.yaml: keys neither SRDiff's settings nor upstream's other hparams are "
+                                         r"left unused, their defaults stand: res_rescal \(did you mean res_rescale\?\)"):
+        assert load_srdiff_config(tmp_path / "t.yaml").res_rescale == 2.0
+    opt = {"model": {"which_model_G": "sr3", "unet": {"inner_channel": 8, "norm_groups": 8, "channel_multiplier": [1, 2],
+                                                       "attn_res": [8], "res_blocks": 1},
+                     "beta_schedule": {p: {"schedule": "linear", "n_timestep": 10, "linear_start": 1e-4,
+                                           "linear_end": 2e-2} for p in ("train", "val")},
+                     "diffusion": {"image_size": 16, "conditional": True}}}
+    assert load_sr3_config(opt)[0].attn_res == (8,)
+    for section, key, value, said in (
+            ("unet", "inner_channel", "abc", "model.unet.inner_channel must be a positive int, got str"),
+            ("diffusion", "image_size", "big", "model.diffusion.image_size must be a positive int, got str"),
+            ("unet", "channel_multiplier", "1|2", "model.unet.channel_multiplier must be a list of positive ints, "
+                                                  "got '1|2'"),
+            ("unet", "attn_res", [16.5], "model.unet.attn_res must be a list of positive ints, got float"),
+            ("unet", "attn_res", "16", "model.unet.attn_res must be a list of positive ints, got '16'"),
+            ("unet", "dropout", "x", "model.unet.dropout must be a float, got str"),
+            ("unet", "norm_groups", 3, "model.unet: inner_channel * channel_mult = 8 is not divisible by norm_groups")):
+        bad = json.loads(json.dumps(opt))
+        bad["model"][section][key] = value
+        with pytest.raises(ValueError, match=rf"^SR3 config config dict: {re.escape(said)}"):
+            load_sr3_config(bad)
+
+
 def test_srdiff_yaml_base_config_fan_out_is_bounded(tmp_path):
     """Only the chain's depth was capped: 16 files each naming the next one four times read 4^15 files (68 KB on
     disk, minutes of work). More than 64 files read is refused, and base_config must be names."""

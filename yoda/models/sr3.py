@@ -35,7 +35,7 @@ from torch import nn
 
 from .._json_fields import unknown_keys
 from ..adapters import PixelAdapter, Prepared
-from ..masks import config_int
+from ..masks import as_float, config_int
 from ..schedule import MAX_FILE_T, Schedule
 from .card import ModelCard, adapter_sampling
 
@@ -71,6 +71,13 @@ SR3_DIFFUSION_BUFFERS = (
 # ----------------------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------------------
+def _int_list(v, name: str) -> tuple:
+    """A list of positive whole ints (a JSON list; not a string, whose characters were taken one by one)."""
+    if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+        raise ValueError(f"{name} must be a list of positive ints, got {v!r}")
+    return tuple(config_int(x, name, "a list of positive ints") for x in v)
+
+
 @dataclass(frozen=True)
 class SR3Config:
     """Constructor arguments of :class:`SR3UNet` (upstream names; ``channel_mults`` is the JSON's
@@ -90,16 +97,17 @@ class SR3Config:
     scale: Optional[int] = None
 
     def __post_init__(self) -> None:
-        # lists from JSON -> tuples (frozen, hashable); attn_res may be a bare int upstream ("(8)")
+        # lists from JSON -> tuples (frozen, hashable) of whole ints; attn_res may be a bare int upstream ("(8)")
+        # (int() of each took "16" as (1, 6) and 16.5 as 16, where upstream's `now_res in attn_res` places none)
         ar = self.attn_res
-        ar = (int(ar),) if isinstance(ar, numbers.Integral) else tuple(int(v) for v in ar)
-        object.__setattr__(self, "attn_res", ar)
-        object.__setattr__(self, "channel_mults", tuple(int(v) for v in self.channel_mults))
+        object.__setattr__(self, "attn_res", (config_int(ar, "SR3Config.attn_res"),) if isinstance(
+            ar, numbers.Integral) else _int_list(ar, "SR3Config.attn_res"))
+        object.__setattr__(self, "channel_mults", _int_list(self.channel_mults, "SR3Config.channel_mults"))
         for name in ("in_channel", "out_channel", "inner_channel", "norm_groups", "res_blocks", "image_size"):
             object.__setattr__(self, name, config_int(getattr(self, name), f"SR3Config.{name}"))  # numpy: ints
         if not self.channel_mults or min(self.channel_mults) < 1:
             raise ValueError(f"SR3Config.channel_mults must be non-empty positive ints, got {self.channel_mults}")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if not 0.0 <= as_float(self.dropout, "SR3Config.dropout") < 1.0:
             raise ValueError(f"SR3Config.dropout must be in [0, 1), got {self.dropout}")
         for m in self.channel_mults:
             if (self.inner_channel * m) % self.norm_groups:

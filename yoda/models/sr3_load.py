@@ -36,6 +36,11 @@ SR3_UNET_KEYS = ("in_channel", "out_channel", "inner_channel", "norm_groups", "c
 SR3_DIFFUSION_KEYS = ("image_size", "channels", "conditional")
 
 
+# SR3Config's fields as the JSON names them (the others are model.unet's own names)
+_JSON_KEYS = {"channel_mults": "model.unet.channel_multiplier", "image_size": "model.diffusion.image_size",
+              "scale": "datasets' r_resolution / l_resolution"}
+
+
 def _strip_json_comments(text: str) -> str:
     """Remove // line comments and /* */ block comments that are outside JSON strings (SR3's configs
     carry ``// comments``; a plain regex on ``//`` would break strings such as URLs)."""
@@ -104,21 +109,23 @@ def load_sr3_config(path_or_dict: Union[str, os.PathLike, dict]) -> Tuple[SR3Con
                       f"model.unet takes {', '.join(SR3_UNET_KEYS)}); left unused, its default stands",
                       stacklevel=3)
     norm_groups = unet.get("norm_groups")
-    try:
+    try:  # SR3Config checks each value (whole ints: int() took 16.5 as 16 and "1|2" letter by letter)
         cfg = SR3Config(
-            in_channel=int(unet.get("in_channel", 6)),
-            out_channel=int(unet.get("out_channel", 3)),
-            inner_channel=int(unet.get("inner_channel", 32)),
-            norm_groups=32 if norm_groups is None else int(norm_groups),
-            channel_mults=tuple(unet.get("channel_multiplier", (1, 2, 4, 8, 8))),
+            in_channel=unet.get("in_channel", 6),
+            out_channel=unet.get("out_channel", 3),
+            inner_channel=unet.get("inner_channel", 32),
+            norm_groups=32 if norm_groups is None else norm_groups,
+            channel_mults=unet.get("channel_multiplier", (1, 2, 4, 8, 8)),
             attn_res=unet.get("attn_res", (8,)),
-            res_blocks=int(unet.get("res_blocks", 3)),
-            dropout=float(unet.get("dropout", 0.0)),
-            image_size=int(image_size),
+            res_blocks=unet.get("res_blocks", 3),
+            dropout=unet.get("dropout", 0.0),
+            image_size=image_size,
             scale=scale,
         )
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"SR3 config {where}: bad model.unet entry: {e}") from e
+    except (TypeError, ValueError) as e:  # said of the JSON's key (it was "bad model.unet entry" of any of them)
+        said = re.sub(r"SR3Config\.(\w+)", lambda m: _JSON_KEYS.get(m[1], f"model.unet.{m[1]}"), str(e))
+        said = said.replace("SR3Config: ", "model.unet: ")
+        raise ValueError(f"SR3 config {where}: {said}") from e
     if "train" not in sched or "val" not in sched:
         raise ValueError(f"SR3 config {where}: model.beta_schedule needs both 'train' and 'val'")
     schedules = []

@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .._json_fields import read_config_text
+from .._json_fields import read_config_text, unknown_keys
 from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
                           read_checkpoint, refuse_latent, refuse_train_checkpoint, refuse_yoda_file)
 from ..schedule import Schedule
@@ -83,7 +83,16 @@ def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
         raise ValueError(f"SRDiff config {os.fspath(path)} sets none of SRDiff's settings ({', '.join(sorted(d)[:6])}"
                          f"{', ...' if len(d) > 6 else ''}): is it another model's config (SR3's JSON)? Without "
                          "--model-config the settings are read from the weights")
-    return SRDiffConfig.from_dict(d, ignore_unknown=True)
+    names = {f.name for f in dataclasses.fields(SRDiffConfig)}
+    odd = sorted(set(d) - known)
+    if odd:  # upstream's YAML takes any key, but a misspelt res_rescale or beta_end changes no shape: said
+        warnings.warn(f"SRDiff config {os.fspath(path)}: keys neither SRDiff's settings nor upstream's other hparams "
+                      f"are left unused, their defaults stand: {unknown_keys(odd, names | {'unet_dim_mults'})}",
+                      stacklevel=3)
+    try:
+        return SRDiffConfig.from_dict(d, ignore_unknown=True)
+    except (TypeError, ValueError) as e:  # (said without the file)
+        raise ValueError(f"SRDiff config {os.fspath(path)}: {e}") from e
 
 
 def fold_weight_norm(sd: Dict[str, Any]) -> Dict[str, Any]:
