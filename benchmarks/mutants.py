@@ -2918,6 +2918,11 @@ MUTANTS = [
            "    odd = sorted(set(d) - known)", "    odd = []",
            ("tests/test_checkpoint.py", "-k", "name_the_file_and_the_key"),
            "a misspelt res_rescale in an SRDiff YAML is skipped without a word (its default stands)"),
+    Mutant("figure-settings-float-size", "yoda/figures/compute.py",
+           '        for name in ("steps", "bins", "degree", "crops", "max_size", "crop_size"):',
+           '        for name in ("steps", "bins", "degree", "crops"):',
+           ("tests/test_figures.py", "-k", "check_their_types"),
+           "FigureSettings(max_size=32.0) fails in a numpy slice after sampling, crop_size=20.5 after every image"),
 ]
 
 

@@ -3,6 +3,7 @@ computations, the CLI on a tiny random model."""
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -871,3 +872,20 @@ def test_lpips_map_is_the_bilinear_sum_of_every_layer(tmp_path):
                for m in layers)[:, 0]
     torch.testing.assert_close(spatial, want, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(spatial.mean(dim=(1, 2)), metric(sr, hr), rtol=0.05, atol=0)
+
+
+def test_figure_settings_check_their_types_when_made():
+    """FigureSettings let max_size=32.0 through to a numpy slice ("slice indices must be integers"), crop_size=20.5
+    and True through to best_crop, after every image was sampled; refused numpy's ints, which EvalSettings takes; and
+    eta=None failed in math.isfinite. Each is checked when the settings are made, naming the field."""
+    assert fg.FigureSettings(steps=np.int64(2), max_size=np.int32(64)).steps == 2
+    assert fg.FigureSettings(max_size=None, crop_size=None).max_size is None
+    for kw, exc, said in ((dict(max_size=32.0), TypeError, "max_size must be an int >= 1 or None, got float"),
+                          (dict(crop_size=20.5), TypeError, "crop_size must be an int >= 1 or None, got float"),
+                          (dict(crop_size=True), TypeError, "crop_size must be an int >= 1 or None, got bool"),
+                          (dict(crop_size=0), ValueError, "crop_size must be an int >= 1 or None, got 0"),
+                          (dict(steps=0), ValueError, "steps must be an int >= 1, got 0"),
+                          (dict(eta=None), TypeError, "eta must be a float, got NoneType"),
+                          (dict(eta=-1.0), ValueError, "eta must be a finite float >= 0, got -1.0")):
+        with pytest.raises(exc, match=f"^{re.escape(said)}$"):
+            fg.FigureSettings(**kw)

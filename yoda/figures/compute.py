@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -17,7 +16,7 @@ from ..adapters import as_adapter, upsample
 from ..errors import lr_from_images
 from ..evaluate import check_distinct, fixed_seed, lower_bounds_of, lpips_paths, one_or_many
 from ..images import from_uint8, is_grey, output_u8
-from ..masks import check_lower_bound
+from ..masks import as_float, check_lower_bound, positive_int
 from .numbers import (RegionalError, attention_map, best_crop, bin_fit, crop_metrics, lpips_map,
                       refined_area_curve, update_ratio_table)
 
@@ -60,20 +59,18 @@ class FigureSettings:
         check_distinct(self.attentions, "attentions")
         check_distinct(self.lower_bounds, "lower_bounds")
         fixed_seed(self.seed)  # None: yoda.sample would draw one per run, and plain and YODA would not share it
-        for name in ("steps", "bins", "degree", "crops"):
+        # whole ints (numpy's too: they were refused; max_size 32.0 and crop_size 20.5 failed only after sampling)
+        for name in ("steps", "bins", "degree", "crops", "max_size", "crop_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            if v is not None or name not in ("max_size", "crop_size"):
+                object.__setattr__(self, name, positive_int(v, name, "an int >= 1" + " or None" * (name[-4:] == "size")))
         if self.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be ddpm or ddim, got {self.sampler!r}")
-        if not math.isfinite(self.eta) or self.eta < 0:
+        object.__setattr__(self, "eta", as_float(self.eta, "eta"))  # (None: "must be real number, not NoneType")
+        if self.eta < 0:
             raise ValueError(f"eta must be a finite float >= 0, got {self.eta}")
         if self.sampler == "ddpm" and self.eta != 0:
             raise ValueError("eta applies to the ddim sampler only; leave it at 0 for ddpm")
-        if self.max_size is not None and self.max_size < 1:
-            raise ValueError(f"max_size must be >= 1 or None, got {self.max_size}")
-        if self.crop_size is not None and self.crop_size < 1:
-            raise ValueError(f"crop_size must be >= 1 or None, got {self.crop_size}")
         object.__setattr__(self, "lpips", lpips_paths(self.lpips))
 
 
