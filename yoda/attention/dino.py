@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .classic import aggregate, check_lr, float32_maps
 from ..checkpoint import CheckpointError
+from .classic import aggregate, check_lr, float32_maps
 from .weights import load_strict, load_state_dict
 
 __all__ = [

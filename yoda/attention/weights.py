@@ -12,10 +12,10 @@ from typing import Callable, Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from ..devices import torch_defaults
-from ..errors import broken_link
 from ..checkpoint import (CheckpointError, build_checked, check_zip, is_safetensors, load_failure, read_safetensors,
                           refuse_lfs_pointer, weights_only_refusal)
+from ..devices import torch_defaults
+from ..errors import broken_link
 
 _WRAPPER_KEYS = ("teacher", "state_dict", "model", "student", "model_ema", "state_dict_ema")
 _PREFIXES = ("module.", "_orig_mod.", "backbone.")  # DDP, torch.compile, DINO's MultiCropWrapper
@@ -44,10 +44,10 @@ def _read_file(path: str, fmt: str) -> Mapping:
             return read_safetensors(path)[0]
         except Exception as e:  # safetensors raises its own error types for bad headers
             raise CheckpointError(f"cannot read weights {path!r} as safetensors (corrupt or truncated?; expected "
-                             f"{fmt}): {e}") from e
+                                  f"{fmt}): {e}") from e
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise CheckpointError(f"weights file {path!r} is neither a PyTorch checkpoint nor a safetensors file "
-                         f"(expected {fmt})")
+                              f"(expected {fmt})")
     check_zip(path)
     try:
         # DINO's training checkpoints also pickle the run's argparse.Namespace ("args"): a plain
@@ -64,8 +64,8 @@ def _read_file(path: str, fmt: str) -> Mapping:
         refused = weights_only_refusal(path, e)
         if refused:
             raise CheckpointError(f"{refused} (expected {fmt})") from None
-        raise CheckpointError(f"cannot read weights {path!r} with torch.load(weights_only=True) (expected {fmt}): "
-                         f"{load_failure(e)}") from None
+        raise CheckpointError(f"cannot read weights {path!r} with torch.load(weights_only=True) (expected "
+                              f"{fmt}): {load_failure(e)}") from None
 
 
 def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -94,7 +94,7 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
                 break
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"weights {path!r} are not a dict of tensors (expected {fmt}; top-level keys: {top}): "
-                         f"checkpoint_key= names the entry that holds the weights")
+                              f"checkpoint_key= names the entry that holds the weights")
     odd = [k for k in sd if not isinstance(k, str)]
     if odd:  # (it was an AttributeError of str.startswith, naming no file)
         raise CheckpointError(f"weights {path!r} are not a state dict: its keys are parameter names, not "
@@ -109,7 +109,7 @@ def load_state_dict(path: str, fmt: str = "a state dict", checkpoint_key: Option
             k = k[len(prefix):]
         if k in out:
             raise CheckpointError(f"weights {path!r}: the keys {source[k]!r} and {k0!r} are both {k!r} without the "
-                             f"prefixes {', '.join(_PREFIXES)} (two models' weights in one dict?); keep one")
+                                  f"prefixes {', '.join(_PREFIXES)} (two models' weights in one dict?); keep one")
         out[k], source[k] = v, k0
     if wrapped:
         out = {k: v for k, v in out.items() if not k.startswith("head.")}

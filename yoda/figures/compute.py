@@ -63,7 +63,8 @@ class FigureSettings:
         for name in ("steps", "bins", "degree", "crops", "max_size", "crop_size"):
             v = getattr(self, name)
             if v is not None or name not in ("max_size", "crop_size"):
-                object.__setattr__(self, name, positive_int(v, name, "an int >= 1" + " or None" * (name[-4:] == "size")))
+                what = "an int >= 1" + " or None" * (name[-4:] == "size")
+                object.__setattr__(self, name, positive_int(v, name, what))
         if self.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be ddpm or ddim, got {self.sampler!r}")
         object.__setattr__(self, "eta", as_float(self.eta, "eta"))  # (None: "must be real number, not NoneType")
