@@ -77,13 +77,13 @@ def sample(
         yoda.attention.get(name), made once, to sample many), or f(lr) -> A.
     steps: sampling steps (default: explicit noise='s entries - 1, except with spacing="ldm_uniform"; else the
         model's, adapter.sampling_defaults, e.g. 1 for the embedded model; else T; at most T, except a solver's
-        karras / exponential / uniform sigmas: up to yoda.sampling.spec.MAX_SOLVER_STEPS; with attention the
-        model's steps are raised to the fewest whose last step refines every pixel, down to the map's least attention (the
+        karras / exponential / uniform sigmas: up to yoda.sampling.spec.MAX_SOLVER_STEPS; with attention the model's
+        steps are raised to the fewest whose last step refines every pixel, down to the map's least attention (the
         batch's: the steps are shared; at most yoda.sampling.spec.MOST_YODA_STEPS; 2 for the embedded model at
-        lower_bound 0.6, as the CLI takes them; a flat map, all ones, keeps the model's steps); heun, dpm_2,
-        dpm_2_a and dpmpp_2s_a call the model twice per step but the last). ddpm / ddim visit the indices schedule.respace(steps,
-        spacing) (spacing default: the model's, adapter.sampling_defaults["spacing"] (from_diffusers: the
-        scheduler's timestep_spacing), else "trailing"; ddpm / ddim only).
+        lower_bound 0.6, as the CLI takes them; a flat map, all ones, keeps the model's steps); heun, dpm_2, dpm_2_a
+        and dpmpp_2s_a call the model twice per step but the last). ddpm / ddim visit the indices
+        schedule.respace(steps, spacing) (spacing default: the model's, adapter.sampling_defaults["spacing"]
+        (from_diffusers: the scheduler's timestep_spacing), else "trailing"; ddpm / ddim only).
     sampler: default: the model's (adapter.sampling_defaults: "ddim" for the embedded model), else "ddpm".
         "ddpm" (ancestral, fixed-small variance) or "ddim" with ``eta`` (default 0: deterministic); or a
         sigma-space solver of yoda.sampling.solvers, named as in k-diffusion / DiffBIR: "euler", "euler_a"
