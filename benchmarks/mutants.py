@@ -2923,6 +2923,11 @@ MUTANTS = [
            '        for name in ("steps", "bins", "degree", "crops"):',
            ("tests/test_figures.py", "-k", "check_their_types"),
            "FigureSettings(max_size=32.0) fails in a numpy slice after sampling, crop_size=20.5 after every image"),
+    Mutant("step-schema-int-step", "yoda_kernels/ops.py",
+           '"Scalar tau, Scalar[] coefs, bool clip, SymInt seed, SymInt step, Tensor? noise, int tile) -> Tensor"',
+           '"Scalar tau, Scalar[] coefs, bool clip, int seed, int step, Tensor? noise, int tile) -> Tensor"',
+           ("tests/test_masked_step.py", "-k", "recompiles_once"),
+           "a compiled loop recompiles at every new step (int is specialised) and stops at dynamo's limit"),
 ]
 
 

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "step.h"
 
@@ -198,6 +199,21 @@ inline at::Tensor per_batch(const char* op, Backend be, const char* name, const 
   check_device(op, be, name, t, x0, "x0");
   TORCH_CHECK(t.dim() == 1 && t.size(0) == B, op, ": ", name, " must have shape (", num(B), "), got ", shape(t));
   return t.to(at::kFloat).contiguous();
+}
+
+// tau and coefs as the schemas pass them, Scalar and Scalar[] (yoda_kernels/ops.py: a custom op's float argument
+// is specialised by torch.compile, so a compiled loop recompiled at every new value), read as doubles; a complex or
+// bool one is refused (the Python entry points pass floats).
+inline double real_scalar(const char* op, const char* name, const at::Scalar& s) {
+  TORCH_CHECK(!s.isComplex() && !s.isBoolean(), op, ": ", name, " must be real numbers, got a ",
+              s.isComplex() ? "complex" : "bool");
+  return s.toDouble();
+}
+inline std::vector<double> real_scalars(const char* op, const char* name, at::ArrayRef<at::Scalar> v) {
+  std::vector<double> out;
+  out.reserve(v.size());
+  for (const at::Scalar& s : v) out.push_back(real_scalar(op, name, s));
+  return out;
 }
 
 // What masked_step and masked_combine share beyond their state tensors (x checked first): the tile size, tau, the

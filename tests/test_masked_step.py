@@ -625,6 +625,34 @@ def test_the_ops_compile_whole_across_new_tau_coefs_and_sizes():
         assert torch.equal(compiled(y), sized(y))
 
 
+@pytest.mark.parametrize("backend", yk.available_backends("cpu"))
+def test_a_compiled_loop_recompiles_once_across_its_steps(backend):
+    """A compiled sampling loop passes a new tau, new coefs and a new step each call: the ops' float tau, float[]
+    coefs and int seed / step were specialised, so every step recompiled and the 9th stopped at dynamo's recompile
+    limit (fullgraph: FailOnRecompileLimitHit). As Scalar / Scalar[] / SymInt they are dynamic after the first
+    recompile: 10 steps of each op compile twice, and every call equals eager."""
+    x, o, c, A = _good((1, 3, 12, 20))  # (not 16 x 16: dynamo keeps fake tensors of these, and a test that counts
+    ops_ = yk.MaskedOps(c, A, seed=1, backend=backend)  # the maps alive at an HR of 16 x 16 found them)
+    ab = torch.linspace(0.1, 0.9, 11).tolist()
+    from torch._dynamo.utils import counters
+
+    calls = (lambda x, t, k, i: yk.masked_step(x, o, c, A, t, coefs=k, seed=1, step=i, backend=backend),
+             lambda x, t, k, i: ops_.step(x, o, t, coefs=k, step=i),
+             lambda x, t, k, i: yk.masked_combine(x, [o, x], c, A, t, coefs=[k.cx, 0.5, 0.5, 0.0, k.sigma, k.la,
+                                                                              k.lb], seed=1, step=i, backend=backend))
+    try:
+        for fn in calls:
+            torch._dynamo.reset()
+            counters.clear()
+            compiled = torch.compile(fn, backend="eager", fullgraph=True)
+            for i in range(10):
+                args = (x, 0.5 + 0.01 * i, yk.step_coefficients(ab[i], ab[i + 1]), i + 1)
+                assert torch.equal(compiled(*args), fn(*args)), i
+            assert counters["stats"]["unique_graphs"] == 2
+    finally:
+        torch._dynamo.reset()
+
+
 def test_the_reference_compiles_whole_for_every_step():
     """torch.compile of the reference itself, as the benchmarks compare against (fullgraph: nothing breaks the graph,
     across the recompiles of other coefficients and explicit noise): deciding in float32 whether a step draws noise

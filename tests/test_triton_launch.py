@@ -68,8 +68,12 @@ def _inputs(shape, dtype=torch.float32, seed=0):
 def test_schemas_match_the_contract():
     for op, schema in ops.SCHEMAS.items():
         got = str(getattr(torch.ops.yoda, f"{op}_triton").default._schema)
-        # custom_op infers int arguments as SymInt, which accepts exactly the same values
-        assert got.replace("SymInt", "int") == "yoda::" + schema.replace(f"{op}(", f"{op}_triton(", 1)
+        # custom_op infers int arguments as SymInt, which accepts exactly the same values (the base ops' tile too);
+        # tau / coefs are Scalar / Scalar[] in both (torch.types.Number), seed / step SymInt in both
+        want = "yoda::" + schema.replace(f"{op}(", f"{op}_triton(", 1)
+        assert got.replace("SymInt", "int") == want.replace("SymInt", "int")
+        assert ("Scalar tau, Scalar[] coefs" in got) == ("Scalar tau, Scalar[] coefs" in want) == (op in (
+            "masked_step", "masked_combine"))
 
 
 @pytest.mark.parametrize("W, tile, noise, unit_w, block_w, warps", [

@@ -32,14 +32,18 @@ from .checks import (check_attention, check_call, check_clip, check_counter, che
 from .contract import FAKES, FLOAT_DTYPES, MAX_HISTORY, NUM_COEFS, NUM_COMBINE_COEFS, check_tile  # noqa: F401
 # (FLOAT_DTYPES: re-exported, ops.FLOAT_DTYPES is the contract's; the checks themselves are checks.py's)
 
+# tau and coefs are Scalar / Scalar[] (the kernels read them as doubles), seed and step SymInt (int64 to the
+# kernels): under torch.compile a float, float[] or int argument of a custom op is specialised, so a compiled loop
+# recompiled at every new tau, coefs and step and stopped at dynamo's recompile limit (8; fullgraph: an error);
+# these become dynamic after the first recompile
 SCHEMAS = {
     "masked_step": (
         "masked_step(Tensor x, Tensor model_out, Tensor c, Tensor? A, Tensor? tile_max, Tensor? tile_min, "
-        "float tau, float[] coefs, bool clip, int seed, int step, Tensor? noise, int tile) -> Tensor"
+        "Scalar tau, Scalar[] coefs, bool clip, SymInt seed, SymInt step, Tensor? noise, int tile) -> Tensor"
     ),
     "masked_combine": (
         "masked_combine(Tensor x, Tensor d0, Tensor? d1, Tensor? d2, Tensor c, Tensor? A, Tensor? tile_max, "
-        "Tensor? tile_min, float tau, float[] coefs, int seed, int step, Tensor? noise, int tile) -> Tensor"
+        "Tensor? tile_min, Scalar tau, Scalar[] coefs, SymInt seed, SymInt step, Tensor? noise, int tile) -> Tensor"
     ),
     "tile_stats": "tile_stats(Tensor A, int tile) -> (Tensor, Tensor)",
     "masked_q_sample": (

@@ -153,10 +153,14 @@ void masked_step_kernel(const StepArgs& p) {
 
 at::Tensor masked_step_cpu(const at::Tensor& x, const at::Tensor& model_out, const at::Tensor& c,
                            const std::optional<at::Tensor>& A_opt, const std::optional<at::Tensor>& tile_max_opt,
-                           const std::optional<at::Tensor>& tile_min_opt, double tau, at::ArrayRef<double> coefs,
+                           const std::optional<at::Tensor>& tile_min_opt, const at::Scalar& tau_s,
+                           at::ArrayRef<at::Scalar> coefs_s,
                            bool clip, int64_t seed, int64_t step, const std::optional<at::Tensor>& noise_opt,
                            int64_t tile) {
   constexpr Backend be = Backend::kCPU;
+  const double tau = real_scalar(kOp, "tau", tau_s);
+  const std::vector<double> coefs_v = real_scalars(kOp, "coefs", coefs_s);
+  const at::ArrayRef<double> coefs(coefs_v);
   check_step_args(kOp, be, x, model_out, c, noise_opt, tau, coefs, seed, step, tile);
   const int64_t H = x.size(2), W = x.size(3);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;

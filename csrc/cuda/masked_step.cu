@@ -146,11 +146,15 @@ std::tuple<at::Tensor, at::Tensor> tile_stats_cuda(const at::Tensor& A, int64_t 
 
 at::Tensor masked_step_cuda(const at::Tensor& x, const at::Tensor& model_out, const at::Tensor& c,
                             const std::optional<at::Tensor>& A_opt, const std::optional<at::Tensor>& tile_max_opt,
-                            const std::optional<at::Tensor>& tile_min_opt, double tau, at::ArrayRef<double> coefs,
+                            const std::optional<at::Tensor>& tile_min_opt, const at::Scalar& tau_s,
+                            at::ArrayRef<at::Scalar> coefs_s,
                             bool clip, int64_t seed, int64_t step, const std::optional<at::Tensor>& noise_opt,
                             int64_t tile) {
   const char* op = "yoda::masked_step";
   constexpr Backend be = Backend::kCUDA;
+  const double tau = real_scalar(op, "tau", tau_s);
+  const std::vector<double> coefs_v = real_scalars(op, "coefs", coefs_s);
+  const at::ArrayRef<double> coefs(coefs_v);
   check_step_args(op, be, x, model_out, c, noise_opt, tau, coefs, seed, step, tile);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;

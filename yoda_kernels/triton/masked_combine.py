@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch.types import Number
 
 from .. import checks
 from ..contract import (FAKES, MAX_HISTORY, NUM_COMBINE_COEFS, CombineCoefs, check_tile, memory_format,
@@ -274,8 +275,8 @@ def masked_combine_triton(
     A: Optional[torch.Tensor],
     tile_max: Optional[torch.Tensor],
     tile_min: Optional[torch.Tensor],
-    tau: float,
-    coefs: list[float],
+    tau: Number,
+    coefs: list[Number],
     seed: int,
     step: int,
     noise: Optional[torch.Tensor],

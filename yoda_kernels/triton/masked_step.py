@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch.types import Number
 
 from .. import checks
 from ..contract import FAKES, NUM_COEFS, StepCoefs, check_tile, memory_format, needs_noise
@@ -388,8 +389,8 @@ def masked_step_triton(
     A: Optional[torch.Tensor],
     tile_max: Optional[torch.Tensor],
     tile_min: Optional[torch.Tensor],
-    tau: float,
-    coefs: list[float],
+    tau: Number,
+    coefs: list[Number],
     clip: bool,
     seed: int,
     step: int,
