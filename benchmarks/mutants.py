@@ -2928,6 +2928,14 @@ MUTANTS = [
            '"Scalar tau, Scalar[] coefs, bool clip, int seed, int step, Tensor? noise, int tile) -> Tensor"',
            ("tests/test_masked_step.py", "-k", "recompiles_once"),
            "a compiled loop recompiles at every new step (int is specialised) and stops at dynamo's limit"),
+    Mutant("triton-bf16-widen-off", "yoda_kernels/triton/tile_stats.py",
+           "    if _WIDEN_BF16 and v.dtype == tl.bfloat16:", "    if False:",
+           ("tests/test_triton_launch.py", "-k", "subnormals"),
+           "under Triton's interpreter a bf16 subnormal state or A is read wrongly (a pixel active that naive leaves)"),
+    Mutant("active-tiles-pair", "yoda_kernels/ops.py",
+           "    if isinstance(tile_max, TileStats):", "    if False:",
+           ("tests/test_masked_step.py", "-k", "compares_A_with_float32_tau"),
+           "active_tiles(tile_stats(A)) is a bare TypeError of '>=' between TileStats and Tensor"),
 ]
 
 

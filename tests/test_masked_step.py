@@ -937,6 +937,9 @@ def test_every_backend_compares_A_with_float32_tau():
     assert torch.equal(yk.active_tiles(tmax, torch.tensor(0.5)), yk.active_tiles(tmax, 0.5))  # as the ops take it
     with pytest.raises(TypeError, match="tau must be a float, got True"):
         yk.active_tiles(tmax, True)
+    with pytest.raises(TypeError, match=r"^tile_max must be a tensor: pass the tile_max of tile_stats\(A, tile\), not "
+                                        r"the pair$"):  # (it was "'>=' not supported between ... 'TileStats'")
+        yk.active_tiles(yk.tile_stats(A, 8), 0.5)
     with pytest.raises(RuntimeError, match=r"tau is not differentiable \(a threshold\)"):
         yk.masked_q_sample(x, c, o, A, torch.tensor([0.5], requires_grad=True), 0.5, backend="naive")
     # an A that wants a gradient is refused by the op the caller called, not by tile_stats within it

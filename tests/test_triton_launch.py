@@ -478,3 +478,29 @@ def test_triton_that_cannot_register_leaves_the_other_backends(monkeypatch):
         warnings.simplefilter("error")  # once
         assert not ops.triton_available()
         assert ops.resolve_backend("auto", torch.device("cpu")) == "cpp"
+
+
+def test_bfloat16_subnormals_are_read_exactly():
+    """Triton's interpreter widened bfloat16 subnormals wrongly: a state of 1e-39 came out 4.4e-39, an A of -9e-41
+    became -0.0 (a tile's max, and a pixel active at tau 0 that naive leaves inactive). The loads now widen bf16 by
+    its bits under the interpreter; every op equals the reference on subnormal states, A and noise."""
+    g = torch.Generator().manual_seed(0)
+    tiny = torch.tensor(1e-38)
+
+    def sub(*shape):
+        return (torch.randn(shape, generator=g) * tiny).bfloat16().to(DEVICE)
+
+    x, o, c, z = (sub(1, 2, 9, 13) for _ in range(4))
+    A = (torch.randn(1, 1, 9, 13, generator=g) * 1e-39).bfloat16().to(DEVICE)
+    assert ((A != 0) & (A.float().abs() < 1.2e-38)).any() and ((x != 0) & (x.float().abs() < 1.2e-38)).any()
+    k = yk.step_coefficients(0.3, 0.45)
+    runs = {
+        "tile_stats": lambda be: torch.stack(tuple(yk.tile_stats(A, 8, backend=be))),
+        "masked_step": lambda be: yk.masked_step(x, o, c, A, 0.0, coefs=k, noise=z, tile=8, backend=be),
+        "masked_combine": lambda be: yk.masked_combine(x, [o, x], c, A, 0.0, coefs=[k.cx, 0.5, 0.5, 0, k.sigma, k.la,
+                                                                                      k.lb], noise=z, tile=8,
+                                                       backend=be),
+        "masked_q_sample": lambda be: yk.masked_q_sample(x, c, z, A, 0.0, 0.5, backend=be),
+    }
+    for name, run in runs.items():
+        assert torch.equal(run("triton"), run("naive")), name

@@ -22,7 +22,9 @@ Noise z is drawn only when ``needs_noise``: sigma or lb nonzero in float32; othe
 an explicit noise tensor included.
 
 Same bits means same values: a NaN is a NaN on every backend, but its sign and payload are not part of the
-contract (the C++ kernels store a bfloat16 NaN as 0x7FC0, torch's conversion as 0xFFFF).
+contract (the C++ kernels store a bfloat16 NaN as 0x7FC0, torch's conversion as 0xFFFF); nor is the sign of a
+zero tile statistic (tile_stats of a tile holding 0 and -0: torch's amax gives 0, the kernels' max may give -0),
+which decides nothing (-0 >= tau exactly when 0 >= tau).
 
 The solver op (masked_combine, for the multistep / SDE solvers of yoda.sampling.solvers) takes the denoised
 estimates d0 (this step's), d1, d2 (the history; absent terms are not added) and seven coefficients:

@@ -367,7 +367,11 @@ def active_tiles(tile_max: torch.Tensor, tau: float) -> torch.Tensor:
         raise TypeError(f"tau must be a float, got {tau!r}")
     if math.isnan(float(tau)):  # no tile was active
         raise ValueError("tau must not be NaN")
-    return torch.nonzero(tile_max >= torch.tensor(float(tau), dtype=torch.float32))
+    if isinstance(tile_max, TileStats):  # (a bare "'>=' not supported between 'TileStats' and 'Tensor'")
+        raise TypeError("tile_max must be a tensor: pass the tile_max of tile_stats(A, tile), not the pair")
+    if not isinstance(tile_max, torch.Tensor):
+        raise TypeError(f"tile_max must be a tensor, got {type(tile_max).__name__}")
+    return torch.nonzero(tile_max >= torch.tensor(float(tau), dtype=torch.float32, device=tile_max.device))
 
 
 def masked_step(

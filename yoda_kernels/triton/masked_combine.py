@@ -44,6 +44,7 @@ from .masked_step import (
     to_output,
 )
 from .noise import randn4
+from .tile_stats import to_f32
 
 
 @triton.jit
@@ -63,18 +64,18 @@ def _lane_load(
     cv = 0.0
     nv = 0.0
     if PATH != 0:
-        xv = tl.load(x_ptr + rr * sxh + cc * sxw, mask=act, other=0.0).to(tl.float32)
-        v0 = tl.load(d0_ptr + rr * s0h + cc * s0w, mask=act, other=0.0).to(tl.float32)
+        xv = to_f32(tl.load(x_ptr + rr * sxh + cc * sxw, mask=act, other=0.0))
+        v0 = to_f32(tl.load(d0_ptr + rr * s0h + cc * s0w, mask=act, other=0.0))
         if ND > 1:
-            v1 = tl.load(d1_ptr + rr * s1h + cc * s1w, mask=act, other=0.0).to(tl.float32)
+            v1 = to_f32(tl.load(d1_ptr + rr * s1h + cc * s1w, mask=act, other=0.0))
         if ND > 2:
-            v2 = tl.load(d2_ptr + rr * s2h + cc * s2w, mask=act, other=0.0).to(tl.float32)
+            v2 = to_f32(tl.load(d2_ptr + rr * s2h + cc * s2w, mask=act, other=0.0))
     if PATH == 2:
-        cv = tl.load(c_ptr + rr * sch + cc * scw, mask=inb & (act == 0), other=0.0).to(tl.float32)
+        cv = to_f32(tl.load(c_ptr + rr * sch + cc * scw, mask=inb & (act == 0), other=0.0))
     elif PATH == 0:
-        cv = tl.load(c_ptr + rr * sch + cc * scw, mask=inb, other=0.0).to(tl.float32)
+        cv = to_f32(tl.load(c_ptr + rr * sch + cc * scw, mask=inb, other=0.0))
     if NOISE == 2:
-        nv = tl.load(n_ptr + rr * snh + cc * snw, mask=inb, other=0.0).to(tl.float32)
+        nv = to_f32(tl.load(n_ptr + rr * snh + cc * snw, mask=inb, other=0.0))
     return xv, v0, v1, v2, cv, nv
 
 

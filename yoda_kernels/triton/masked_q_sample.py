@@ -20,7 +20,7 @@ from .. import checks
 from ..contract import FAKES, memory_format
 from .launch import cdiv, narrow_all, next_pow2, on_device, output_like, register
 from .masked_step import MAX_GRID_YZ, soft_bf16, to_output
-from .tile_stats import attention_strides
+from .tile_stats import attention_strides, to_f32
 
 
 @triton.jit
@@ -45,7 +45,7 @@ def _masked_q_sample_kernel(
     if HAS_A:
         tau = tl.load(tau_ptr + b)
         a_s = a_ptr + b64 * sab + y64 * sah
-        a = tl.load(a_s + rr * sah + cc * saw, mask=inb, other=0.0).to(tl.float32)
+        a = to_f32(tl.load(a_s + rr * sah + cc * saw, mask=inb, other=0.0))
         act = inb & (a >= tau)
         idle = inb & ~(a >= tau)  # a NaN pixel is not active: it takes c, as in the reference
     else:
@@ -56,11 +56,11 @@ def _masked_q_sample_kernel(
         c_s = c_ptr + b64 * scb + c64 * scc + y64 * sch
         n_s = n_ptr + b64 * snb + c64 * snc + y64 * snh
         y_s = y_ptr + b64 * syb + c64 * syc + y64 * syh
-        base = tl.load(x_s + rr * sxh + cc * sxw, mask=act, other=0.0).to(tl.float32)
+        base = to_f32(tl.load(x_s + rr * sxh + cc * sxw, mask=act, other=0.0))
         if HAS_A:
-            cv = tl.load(c_s + rr * sch + cc * scw, mask=idle, other=0.0).to(tl.float32)
+            cv = to_f32(tl.load(c_s + rr * sch + cc * scw, mask=idle, other=0.0))
             base = tl.where(act, base, cv)
-        nv = tl.load(n_s + rr * snh + cc * snw, mask=inb, other=0.0).to(tl.float32)
+        nv = to_f32(tl.load(n_s + rr * snh + cc * snw, mask=inb, other=0.0))
         res = sa * base + s1 * nv
         tl.store(y_s + rr * syh + cc * syw, to_output(res, y_ptr, SOFT_BF16), mask=inb)
 

@@ -40,7 +40,7 @@ from ..contract import FAKES, NUM_COEFS, StepCoefs, check_tile, memory_format, n
 from .interpret import INTERPRET
 from .launch import cdiv, narrow_all, next_pow2, on_device, output_like, register
 from .noise import randn4
-from .tile_stats import attention_strides, optional_stats
+from .tile_stats import attention_strides, optional_stats, to_f32
 
 # Strip paths (PATH in the kernel, see the module docstring): 0 LR branch only, 1 SR branch only, 2 per pixel.
 # Noise source: none (sigma == lb == 0), Philox in the kernel, or the explicit ``noise`` tensor.
@@ -96,7 +96,7 @@ def _lane_active(a_ptr, r, cols, inb, full, mixed, sah, saw, tau, PATH: tl.const
     if PATH == 2:
         rr = r[:, None]
         cc = cols[None, :]
-        a = tl.load(a_ptr + rr * sah + cc * saw, mask=inb & mixed[None, :], other=0.0).to(tl.float32)
+        a = to_f32(tl.load(a_ptr + rr * sah + cc * saw, mask=inb & mixed[None, :], other=0.0))
         act = inb & (full[None, :] | (mixed[None, :] & (a >= tau)))
     else:
         act = inb  # path 1: every pixel; path 0: unused
@@ -156,14 +156,14 @@ def _lane_load(
     cv = 0.0
     nv = 0.0
     if PATH != 0:
-        xv = tl.load(x_ptr + rr * sxh + cc * sxw, mask=act, other=0.0).to(tl.float32)
-        ov = tl.load(o_ptr + rr * soh + cc * sow, mask=act, other=0.0).to(tl.float32)
+        xv = to_f32(tl.load(x_ptr + rr * sxh + cc * sxw, mask=act, other=0.0))
+        ov = to_f32(tl.load(o_ptr + rr * soh + cc * sow, mask=act, other=0.0))
     if PATH == 2:
-        cv = tl.load(c_ptr + rr * sch + cc * scw, mask=inb & (act == 0), other=0.0).to(tl.float32)
+        cv = to_f32(tl.load(c_ptr + rr * sch + cc * scw, mask=inb & (act == 0), other=0.0))
     elif PATH == 0:
-        cv = tl.load(c_ptr + rr * sch + cc * scw, mask=inb, other=0.0).to(tl.float32)
+        cv = to_f32(tl.load(c_ptr + rr * sch + cc * scw, mask=inb, other=0.0))
     if NOISE == 2:
-        nv = tl.load(n_ptr + rr * snh + cc * snw, mask=inb, other=0.0).to(tl.float32)
+        nv = to_f32(tl.load(n_ptr + rr * snh + cc * snw, mask=inb, other=0.0))
     return xv, ov, cv, nv
 
 

@@ -17,7 +17,22 @@ import triton.language as tl
 
 from .. import checks
 from ..contract import FAKES, check_tile
+from .interpret import INTERPRET
 from .launch import cdiv, narrow_offsets, next_pow2, on_device, register
+
+_WIDEN_BF16 = tl.constexpr(INTERPRET)  # (a jit function reads a global only as a constexpr)
+
+
+@triton.jit
+def to_f32(v):
+    """A loaded value as float32, exactly. Triton's interpreter (3.7.1, TRITON_INTERPRET=1) widens bfloat16
+    subnormals wrongly (1e-39 came out 4.4e-39, an A of -9e-41 as -0.0: a pixel active where the other backends
+    left it inactive), so there a bfloat16 is widened by its bits, the high half of its float32; compiled kernels
+    convert in hardware."""
+    if _WIDEN_BF16 and v.dtype == tl.bfloat16:
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return v.to(tl.float32)
 
 
 @triton.jit
@@ -35,7 +50,7 @@ def _tile_stats_kernel(
     cols = pid_x * BLOCK_W + tl.arange(0, BLOCK_W)
     inb = (rows < H)[:, None] & (cols < W)[None, :]
     ptrs = a_ptr + b.to(tl.int64) * sab + rows.to(tl.int64)[:, None] * sah + cols[None, :] * saw  # rows * W > 2^31
-    a = tl.load(ptrs, mask=inb, other=0.0).to(tl.float32)
+    a = to_f32(tl.load(ptrs, mask=inb, other=0.0))
     hi = tl.reshape(tl.where(inb, a, float("-inf")), (TILE, NT, TILE))
     lo = tl.reshape(tl.where(inb, a, float("inf")), (TILE, NT, TILE))
     # tl.max / tl.min drop NaN; count them separately so that a NaN pixel makes its tile's stats NaN
