@@ -271,7 +271,9 @@ def _impl(op: str, backend: str, first: Optional[torch.Tensor] = None):
     call (_plain_eager) is its launch function itself: the custom_op's dispatch around it (autograd, aliasing
     checks) costs 20 us a call on a 2-core CPU, 40 us on the H200's host. Everything else, and ``first=None``,
     gets the op."""
-    if backend == "naive":
+    if backend == "naive" or (torch.jit.is_tracing() and op in ("masked_step", "masked_combine")):
+        # torch.jit.trace cannot record a Scalar[] argument ("unsupported input list type: Scalar"): it traces the
+        # reference, the same bits in plain torch ops
         return getattr(naive, op)
     if backend == "triton":
         if _plain_eager(first):
