@@ -205,7 +205,7 @@ inline at::Tensor per_batch(const char* op, Backend be, const char* name, const 
 // is specialised by torch.compile, so a compiled loop recompiled at every new value), read as doubles; a complex or
 // bool one is refused (the Python entry points pass floats).
 inline double real_scalar(const char* op, const char* name, const at::Scalar& s) {
-  TORCH_CHECK(!s.isComplex() && !s.isBoolean(), op, ": ", name, " must be real numbers, got a ",
+  TORCH_CHECK(!s.isComplex() && !s.isBoolean(), op, ": ", name, " must be real, got a ",
               s.isComplex() ? "complex" : "bool");
   return s.toDouble();
 }

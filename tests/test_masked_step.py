@@ -542,6 +542,9 @@ CPP_BAD = [
     ("seed", dict(seed=lambda t: 2**32), r"seed must be in \[0, 2\*\*32 - 1\], got 4294967296$"),
     ("coefs-inf", dict(coefs=lambda t: [1.0, float("inf")] + [0.25] * 8),
      r"coefs must be finite, got \[1, inf, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25\]$"),
+    # the schema's Scalar / Scalar[] (dynamic under torch.compile) also takes bools and complex numbers: refused
+    ("tau-bool", dict(tau=lambda t: True), "tau must be real, got a bool$"),
+    ("coefs-complex", dict(coefs=lambda t: [1.0] * 9 + [1j]), "coefs must be real, got a complex$"),
 ]
 
 
