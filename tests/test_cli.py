@@ -3282,8 +3282,8 @@ def test_a_rank_whose_store_host_is_gone_ends_with_one_line(tmp_path, tiny_model
         p.kill()
     assert p.returncode == 1 and re.fullmatch(  # (the reason was cut at 80 characters: "... Did the remote server")
         r"yoda: error: rank 1: another rank or torchrun ended \(killed, or out of memory\?\), so this one cannot go "
-        r"on \(the ranks' store is gone: (Broken pipe|Failed to recv, got 0 bytes\. Connection was likely closed\. "
-        r"Did the remote server shutdown or crash\?)\)\n", err), err
+        r"on \(the ranks' store is gone: (Broken pipe|Connection reset by peer|Failed to recv, got 0 bytes\. "
+        r"Connection was likely closed\. Did the remote server shutdown or crash\?)\)\n", err), err
 
 
 def test_ranks_shard_one_list_and_their_lines_name_them(monkeypatch, capsys):
