@@ -90,6 +90,25 @@ def test_matches_float64_reference(files, fmt):
     torch.testing.assert_close(m.double()(x0.double(), x1.double()), ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_default_dtype_other_than_float32_changes_nothing(files, dtype):
+    """Under torch.set_default_dtype(float64) LPIPS was built in float64 (its distances computed in float64), under
+    bfloat16 its weights were rounded as they loaded: it is built under torch's own defaults, as every model file
+    yoda reads (checkpoint.build_checked)."""
+    d, _, _ = files
+    x0 = images(1)
+    x1 = (x0 + 0.3 * images(2)).clamp(-1, 1)
+    want = LPIPS(d / "vgg16.pth", d / "vgg.pth")(x0, x1)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        m = LPIPS(d / "vgg16.pth", d / "vgg.pth")
+    finally:
+        torch.set_default_dtype(old)
+    assert {p.dtype for p in m.parameters()} == {torch.float32}
+    assert torch.equal(m(x0, x1), want)
+
+
 def test_identity_symmetry_and_order(files):
     d, vgg, lin = files
     m = LPIPS(d / "vgg16.pth", d / "vgg.pth")

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .devices import torch_defaults
 from .errors import LATENT_API, UserError, broken_link
 
 
@@ -344,12 +345,15 @@ def build_checked(build: Callable[[], nn.Module], sd: Mapping[str, Any], where: 
     refused before anything is allocated, so a file of a few KB cannot make yoda build a model of gigabytes. The
     weights are then given to the meta model (materialise). blocks: the blocks the config declares, each holding
     at least one tensor: more than sd has tensors is refused before the build (a config of res_blocks 1000000
-    built modules for minutes, even on the meta device)."""
+    built modules for minutes, even on the meta device). Built under torch's own defaults (devices.torch_defaults),
+    whatever the caller set: under torch.set_default_dtype(torch.float64) the DINO extractors were built in float64
+    and failed on their float32 input, LPIPS computed in float64, and under bfloat16 both rounded their weights."""
     check_block_count(where, blocks, sd)
-    with torch.device("meta"):
-        model = build()
-    check_state_dict(model, sd, where, hint)  # everything load_state_dict_checked would check
-    return materialise(model, sd)
+    with torch_defaults():
+        with torch.device("meta"):
+            model = build()
+        check_state_dict(model, sd, where, hint)  # everything load_state_dict_checked would check
+        return materialise(model, sd)
 
 
 def check_block_count(where: str, blocks: int, tensors: Mapping[str, Any], what: str = "the config") -> None:

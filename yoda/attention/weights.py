@@ -14,7 +14,6 @@ import torch.nn as nn
 
 from ..checkpoint import (CheckpointError, build_checked, check_zip, is_safetensors, load_failure, read_safetensors,
                           refuse_lfs_pointer, weights_only_refusal)
-from ..devices import torch_defaults
 from ..errors import broken_link
 
 _WRAPPER_KEYS = ("teacher", "state_dict", "model", "student", "model_ema", "state_dict_ema")
@@ -120,5 +119,4 @@ def load_strict(build: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor], 
     """build() loaded strictly with sd, checked on the meta device first (a file's shapes set the size, so a tiny
     file could declare a huge net), with one error that names the file and the expected format and lists a few
     missing / unexpected / mis-shaped keys (yoda.checkpoint's check, shared with the SR models)."""
-    with torch_defaults():  # float32 on the CPU whatever the caller's defaults (float64: the float32 input failed)
-        return build_checked(build, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")
+    return build_checked(build, sd, where=f"weights {path!r}", hint=f"Expected {fmt}.")

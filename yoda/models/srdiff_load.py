@@ -78,16 +78,16 @@ def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
         return out
 
     d = read(os.fspath(path))
-    known = {f.name for f in dataclasses.fields(SRDiffConfig)} | {"unet_dim_mults"} | UPSTREAM_HPARAMS
+    names = {f.name for f in dataclasses.fields(SRDiffConfig)} | {"unet_dim_mults"}
+    known = names | UPSTREAM_HPARAMS
     if not known & set(d):  # an SR3 JSON (or any other file) read as every default: the weights got the blame
         raise ValueError(f"SRDiff config {os.fspath(path)} sets none of SRDiff's settings ({', '.join(sorted(d)[:6])}"
                          f"{', ...' if len(d) > 6 else ''}): is it another model's config (SR3's JSON)? Without "
                          "--model-config the settings are read from the weights")
-    names = {f.name for f in dataclasses.fields(SRDiffConfig)}
     odd = sorted(set(d) - known)
     if odd:  # upstream's YAML takes any key, but a misspelt res_rescale or beta_end changes no shape: said
         warnings.warn(f"SRDiff config {os.fspath(path)}: keys neither SRDiff's settings nor upstream's other hparams "
-                      f"are left unused, their defaults stand: {unknown_keys(odd, names | {'unet_dim_mults'})}",
+                      f"are left unused, their defaults stand: {unknown_keys(odd, names)}",
                       stacklevel=3)
     try:
         return SRDiffConfig.from_dict(d, ignore_unknown=True)
