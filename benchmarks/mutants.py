@@ -2687,7 +2687,7 @@ MUTANTS = [
            ("tests/test_figures.py", "-k", "full_mask_note"),
            "Fig. 3's full-mask note, drawn left of its line at a small l, reads as labelling the growing part"),
     Mutant("grid-label-overflows", "yoda/drawing.py",
-           "font=fitted(draw, label, face, panel))", "font=face)",
+           "label, fitted(draw, label, face, panel), BLACK)", "label, face, BLACK)",
            ("tests/test_figures.py", "-k", "readmes_width"),
            "a demo label wider than its panel runs into the next panel's"),
     Mutant("unreadable-path-twice", "yoda/images.py",
@@ -2937,6 +2937,15 @@ MUTANTS = [
            "    if isinstance(tile_max, TileStats):", "    if False:",
            ("tests/test_masked_step.py", "-k", "compares_A_with_float32_tau"),
            "active_tiles(tile_stats(A)) is a bare TypeError of '>=' between TileStats and Tensor"),
+    Mutant("text-in-its-own-font", "yoda/drawing.py",
+           "    draw.text(xy, s, fill=fill, font=face_for(s, face))", "    draw.text(xy, s, fill=fill, font=face)",
+           ("tests/test_figures.py", "-k", "non_ascii"),
+           "a file name with an accent or a Cyrillic or CJK character is drawn with boxes in every figure"),
+    Mutant("text-measured-in-its-font", "yoda/drawing.py",
+           "    l, t, r, b = draw.textbbox((0, 0), s, font=face_for(s, font))",
+           "    l, t, r, b = draw.textbbox((0, 0), s, font=font)",
+           ("tests/test_figures.py", "-k", "non_ascii"),
+           "a non-ASCII label is measured in one font and drawn in another: centred and fitted wrongly"),
 ]
 
 

@@ -889,3 +889,29 @@ def test_figure_settings_check_their_types_when_made():
                           (dict(eta=-1.0), ValueError, "eta must be a finite float >= 0, got -1.0")):
         with pytest.raises(exc, match=f"^{re.escape(said)}$"):
             fg.FigureSettings(**kw)
+
+
+def test_non_ascii_names_are_drawn_with_their_glyphs(monkeypatch):
+    """Pillow's built-in font has ASCII and 7 more characters: "café.png" was drawn as "caf", a box and ".png", and
+    every other accented, Cyrillic or CJK name alike. A string with a character it lacks is drawn in an installed
+    font that has it (drawing.UNICODE_FONTS), measured in that font too; with none installed, as before."""
+    from PIL import Image, ImageDraw
+
+    from yoda import drawing
+
+    face = drawing.font(12)
+    if drawing.face_for("é", face) is face:
+        pytest.skip("no font of drawing.UNICODE_FONTS with 'é' is installed")
+
+    def panel_label(name):  # the label row of a panel grid (yoda demo, yoda attention's panels)
+        canvas = drawing.panel_grid("", [(None, [(name, Image.new("RGB", (48, 16), "white"))])], 48)
+        return np.asarray(canvas.convert("L"))[:18, :48]
+
+    labels = {name: panel_label(name) for name in ("caf\u00e9", "caf\u00fc", "caf\u00f1", "cafe")}
+    assert len({a.tobytes() for a in labels.values()}) == 4  # (all three were the same box)
+    d = ImageDraw.Draw(Image.new("RGB", (8, 8)))  # measured in the font it is drawn in
+    alt = drawing.face_for("caf\u00e9", face)
+    assert alt is not face and drawing.text_wh(d, "caf\u00e9", face) == drawing.text_wh(d, "caf\u00e9", alt)
+    monkeypatch.setattr(drawing, "UNICODE_FONTS", ("no-such-font-yoda.ttf",))  # none installed: the built-in font
+    assert drawing.face_for("caf\u00e9", face) is face
+    assert len({panel_label(n).tobytes() for n in ("caf\u00e9", "caf\u00fc")}) == 1  # drawn, as boxes

@@ -4,6 +4,7 @@ wrapped to a width; the panel grid of yoda demo and its error maps."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -21,6 +22,14 @@ README_WIDTH = 880
 GRID_TEXT_WIDTH = 480  # px: panel_grid's text widens a figure of small panels up to this, then it is wrapped
 
 
+# Fonts with wide coverage that systems ship (Pillow looks for a bare name in the system's font folders: Linux's
+# XDG data dirs, macOS's and Windows' Fonts): a string with a character the built-in font lacks (it has ASCII and 7
+# more, "café.png" came out as "caf" and a box) is drawn in the first of these that has them all (else the one
+# with the most)
+UNICODE_FONTS = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "LiberationSans-Regular.ttf", "NotoSansCJK-Regular.ttc",
+                 "DroidSansFallbackFull.ttf", "Arial Unicode.ttf", "arial.ttf", "msyh.ttc")
+
+
 def font(size: int = 12):
     from PIL import ImageFont
 
@@ -30,8 +39,63 @@ def font(size: int = 12):
         return ImageFont.load_default()
 
 
+@functools.lru_cache(maxsize=None)
+def _font_file(name: str) -> Optional[str]:
+    """The file of a font UNICODE_FONTS names, None where it is not installed (or unreadable)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(name, 12).path
+    except (OSError, ValueError):
+        return None
+
+
+_GLYPHS: dict = {}  # (font file or None for the built-in font, size, character) -> whether the font has it
+
+
+def _has_glyph(face, ch: str) -> bool:
+    """Whether ``face`` draws ``ch`` as its own glyph rather than the box of a missing one (Pillow cannot ask)."""
+    path = getattr(face, "path", None)
+    key = (path if isinstance(path, str) else None, face.size, ch)
+    if key not in _GLYPHS:
+        ink = lambda c: (face.getmask(c).size, bytes(face.getmask(c)))  # noqa: E731
+        if len(_GLYPHS) > 65536:
+            _GLYPHS.clear()
+        _GLYPHS[key] = ch.isspace() or ink(ch) != ink("\uffff")  # U+FFFF is a noncharacter: no font has it
+    return _GLYPHS[key]
+
+
+def face_for(s: str, face):
+    """``face``, or where it lacks a character of ``s``, a system font of its size that has them (UNICODE_FONTS;
+    else the one with the most); ``face`` where none is installed."""
+    if s.isascii() or not hasattr(face, "getmask") or not hasattr(face, "size"):
+        return face
+    missing = [ch for ch in set(s) if not _has_glyph(face, ch)]
+    if not missing:
+        return face
+    from PIL import ImageFont
+
+    best, most = face, 0
+    for name in UNICODE_FONTS:
+        path = _font_file(name)
+        if path is None:
+            continue
+        alt = ImageFont.truetype(path, face.size)  # (a new one: a FreeType face is not for two threads at once)
+        n = sum(_has_glyph(alt, ch) for ch in missing)
+        if n == len(missing):
+            return alt
+        if n > most:
+            best, most = alt, n
+    return best
+
+
+def text(draw, xy, s: str, face, fill) -> None:
+    """``draw.text`` in ``face``, or in a font that has the characters of ``s`` (face_for)."""
+    draw.text(xy, s, fill=fill, font=face_for(s, face))
+
+
 def text_wh(draw, s: str, font) -> tuple[int, int]:
-    l, t, r, b = draw.textbbox((0, 0), s, font=font)
+    l, t, r, b = draw.textbbox((0, 0), s, font=face_for(s, font))
     return r - l, b - t
 
 
@@ -183,19 +247,19 @@ class Axes:
             d.line([(x0, y), (x1, y)], fill=GRID)
             d.line([(x0 - 4, y), (x0, y)], fill=BLACK)
             w, h = text_wh(d, s, f)
-            d.text((x0 - 7 - w, y - h / 2 - 3), s, fill=BLACK, font=f)
+            text(d, (x0 - 7 - w, y - h / 2 - 3), s, f, BLACK)
         labels = xticklabels if xticklabels is not None else tick_labels(xticks)
         xs, ws = [self.fx(v) for v in xticks], [text_wh(d, s, f)[0] for s in labels]
         every = label_stride(xs, ws)
         for i, (x, s) in enumerate(zip(xs, labels)):
             d.line([(x, y1), (x, y1 + 4)], fill=BLACK)
             if i % every == 0:
-                d.text((x - ws[i] / 2, y1 + 6), s, fill=BLACK, font=f)
+                text(d, (x - ws[i] / 2, y1 + 6), s, f, BLACK)
         d.rectangle([x0, y0, x1, y1], outline=BLACK)
         w, _ = text_wh(d, title, f)
-        d.text(((x0 + x1) / 2 - w / 2, y0 - 20), title, fill=BLACK, font=f)
+        text(d, ((x0 + x1) / 2 - w / 2, y0 - 20), title, f, BLACK)
         w, _ = text_wh(d, xlabel, f)
-        d.text(((x0 + x1) / 2 - w / 2, y1 + 24), xlabel, fill=BLACK, font=f)
+        text(d, ((x0 + x1) / 2 - w / 2, y1 + 24), xlabel, f, BLACK)
         self.ylabel(ylabel)
 
     def ylabel(self, s: str) -> None:
@@ -203,7 +267,7 @@ class Axes:
 
         w, h = text_wh(self.draw, s, self.font)
         im = Image.new("L", (w + 4, h + 8), 0)
-        ImageDraw.Draw(im).text((2, 1), s, fill=255, font=self.font)
+        text(ImageDraw.Draw(im), (2, 1), s, self.font, 255)
         im = im.rotate(90, expand=True)
         x0, y0, _, y1 = self.box
         pos = (int(x0 - 58), int((y0 + y1) / 2 - im.height / 2))
@@ -286,7 +350,7 @@ def legend(draw, x: float, y: float, entries, font, max_x: Optional[float] = Non
             draw.line([(cx, mid), (cx + 24, mid)], fill=colour, width=2)
         if kind[:1] in ("o", "s", "^"):
             marker(draw, (cx + 12, mid), colour, kind[0], 4)
-        draw.text((cx + 28, cy), label, fill=BLACK, font=font)
+        text(draw, (cx + 28, cy), label, font, BLACK)
         cx += 28 + w + 18
     return cy + 18
 
@@ -305,7 +369,7 @@ def title(canvas, draw, s: str, face, y: int = 6) -> None:
     """``s`` centred at the top, in the font ``face`` or, when it is wider than the canvas, a smaller one (fitted)."""
     face = fitted(draw, s, face, canvas.width - 16)
     w, _ = text_wh(draw, s, face)
-    draw.text(((canvas.width - w) / 2, y), s, fill=BLACK, font=face)
+    text(draw, ((canvas.width - w) / 2, y), s, face, BLACK)
 
 
 def panel_grid(title_text: str, rows, panel: int, max_width: int = README_WIDTH, at_least: int = 1):
@@ -334,16 +398,16 @@ def panel_grid(title_text: str, rows, panel: int, max_width: int = README_WIDTH,
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(heads):
-        draw.text((pad, 2 + i * label_h), line, fill=BLACK, font=face)
+        text(draw, (pad, 2 + i * label_h), line, face, BLACK)
     y = len(heads) * label_h + pad
     for caption, group in groups:
         for line in caption:
-            draw.text((pad, y), line, fill=BLACK, font=face)
+            text(draw, (pad, y), line, face, BLACK)
             y += label_h
         for panels in group:
             for i, (label, im) in enumerate(panels):
                 px = pad + i * cell
-                draw.text((px, y), label, fill=BLACK, font=fitted(draw, label, face, panel))  # (ran into the next)
+                text(draw, (px, y), label, fitted(draw, label, face, panel), BLACK)  # (ran into the next)
                 canvas.paste(im, (px, y + label_h))
                 draw.rectangle((px - 1, y + label_h - 1, px + panel, y + label_h + panel), outline=(150, 150, 150))
             y += label_h + panel + pad

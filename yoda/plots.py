@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .drawing import COLOURS, GRID, dashed, fmt, font, nice_ticks, text_wh, tick_labels
+from .drawing import COLOURS, GRID, dashed, fmt, font, nice_ticks, text, text_wh, tick_labels
 from .images import save_pil
 
 PLOTTED = ("step", "loss", "val_psnr_plain", "val_psnr_yoda")  # the columns plot_logs draws
@@ -210,12 +210,12 @@ def _draw_panel(dr, f, box: tuple, title: str, series: list, labels: list, steps
     bad = [f"{labels[li]}: no finite {k}" for li, k, runs, seen in series if seen and not runs]
     for i, s in enumerate(bad):
         w, _ = text_wh(dr, s, f)
-        dr.text((x1 - 8 - w, y0 + 8 + 16 * i if loss else y1 - 8 - 16 * (len(bad) - i)), s, fill=(0, 0, 0), font=f)
+        text(dr, (x1 - 8 - w, y0 + 8 + 16 * i if loss else y1 - 8 - 16 * (len(bad) - i)), s, f, (0, 0, 0))
     pts = [p for _, _, runs, _ in series for run in runs for p in run]
     if not pts:
-        dr.text((x0, 8), title, fill=(0, 0, 0), font=f)
+        text(dr, (x0, 8), title, f, (0, 0, 0))
         if not bad:
-            dr.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0), font=f)
+            text(dr, (x0 + 10, y0 + 10), "no data", f, (0, 0, 0))
         return
     ys = [p[1] for p in pts]
     # a loss over decades (its 10th percentile, so that one low logging window does not decide it)
@@ -224,17 +224,17 @@ def _draw_panel(dr, f, box: tuple, title: str, series: list, labels: list, steps
     (xmin, xmax), (ymin, ymax) = steps, _extent([g(v) for v in ys])
     fx = lambda v: x0 + m + (v - xmin) / (xmax - xmin) * (x1 - x0 - 2 * m)  # noqa: E731
     fy = lambda v: y1 - m - (g(v) - ymin) / (ymax - ymin) * (y1 - y0 - 2 * m)  # noqa: E731
-    dr.text((x0, 8), title + (" (log scale)" if log_y else ""), fill=(0, 0, 0), font=f)
+    text(dr, (x0, 8), title + (" (log scale)" if log_y else ""), f, (0, 0, 0))
     # round tick values with grid lines, under the curves
     for v, s in (log_ticks if log_y else axis_ticks)(min(ys), max(ys)):
         w, h = text_wh(dr, s, f)
         dr.line([(x0 + 1, fy(v)), (x1 - 1, fy(v))], fill=GRID)
         dr.line([(x0 - 4, fy(v)), (x0, fy(v))], fill=(0, 0, 0))
-        dr.text((x0 - 6 - w, fy(v) - h / 2 - 2), s, fill=(0, 0, 0), font=f)
+        text(dr, (x0 - 6 - w, fy(v) - h / 2 - 2), s, f, (0, 0, 0))
     for v, s in axis_ticks(min(all_steps), max(all_steps), integers=True):
         w, _ = text_wh(dr, s, f)
         dr.line([(fx(v), y1), (fx(v), y1 + 4)], fill=(0, 0, 0))
-        dr.text((min(max(fx(v) - w / 2, x0), x1 - w), y1 + 5), s, fill=(0, 0, 0), font=f)
+        text(dr, (min(max(fx(v) - w / 2, x0), x1 - w), y1 + 5), s, f, (0, 0, 0))
     for li, k, runs, _ in series:
         col = COLOURS[li % len(COLOURS)]
         for run in runs:
@@ -251,7 +251,7 @@ def _draw_panel(dr, f, box: tuple, title: str, series: list, labels: list, steps
                 else:
                     dr.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=col)
     w, _ = text_wh(dr, "steps", f)
-    dr.text(((x0 + x1 - w) / 2, y1 + 18), "steps", fill=(0, 0, 0), font=f)
+    text(dr, ((x0 + x1 - w) / 2, y1 + 18), "steps", f, (0, 0, 0))
 
 
 def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) -> None:
@@ -296,6 +296,6 @@ def plot_logs(paths: list[str], labels: list[str], out: str, size=(900, 360)) ->
     for li, (lab, (x, row)) in enumerate(zip(labels, entries)):
         col, y = COLOURS[li % len(COLOURS)], ly + 18 * row
         dr.line([(x, y + 6), (x + 30, y + 6)], fill=col, width=3)
-        dr.text((x + 36, y), lab, fill=(0, 0, 0), font=f)
-    dr.text((nx, ly + 18 * nrow), note, fill=(0, 0, 0), font=f)
+        text(dr, (x + 36, y), lab, f, (0, 0, 0))
+    text(dr, (nx, ly + 18 * nrow), note, f, (0, 0, 0))
     save_pil(img, out)

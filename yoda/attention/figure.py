@@ -24,7 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..drawing import face_for as _face_for
 from ..drawing import font as _font
+from ..drawing import text as _text
 from .classic import check_lr_range, warn_if_stretched
 
 __all__ = ["attention_figure", "colormap", "colour_key", "key_size"]
@@ -147,7 +149,7 @@ def ratio_text(ratio: float, what: str) -> str:
 
 def _ink(s: str, font) -> tuple:
     """(left, top, right, bottom) of the pixels text s may cover when drawn at the origin with font."""
-    l, t, r, b = font.getbbox(s)
+    l, t, r, b = _face_for(s, font).getbbox(s)
     return math.floor(l), math.floor(t), math.ceil(r), math.ceil(b)
 
 
@@ -296,7 +298,7 @@ def attention_figure(
     canvas = Image.new("RGB", (lay["width"], lay["height"]), _BG)
     draw = ImageDraw.Draw(canvas)
     for s, xy, _ in lay["texts"]:
-        draw.text(xy, s, fill=(0, 0, 0), font=font)
+        _text(draw, xy, s, font, (0, 0, 0))
     panels = [(0, c, arr) for c, arr in enumerate((img, heat, overlay))] + [(1, c, m[3]) for c, m in enumerate(masks)]
     for row, col, arr in panels:
         x0 = _GAP + col * (lay["cell_w"] + _GAP) + lay["panel_dx"]
@@ -343,7 +345,7 @@ def colour_key(h: int, w: int, thresholds, font=None):
                          f"{need[0]} px (w x h), got {w}x{h}")
     img = Image.new("RGB", (w, h), _BG)
     draw = ImageDraw.Draw(img)
-    draw.text((0, 0), "value of A", fill=(0, 0, 0), font=font)
+    _text(draw, (0, 0), "value of A", font, (0, 0, 0))
     top, bar_w = _LABEL_H + 6, _KEY_BAR
     n = max(2, h - _LABEL_H - 12)
     img.paste(Image.fromarray(colormap(np.linspace(1.0, 0.0, n)[:, None].repeat(bar_w, 1))), (1, top))
@@ -351,7 +353,7 @@ def colour_key(h: int, w: int, thresholds, font=None):
     y_of = lambda v: top + int(round((1.0 - v) * (n - 1)))  # noqa: E731
     for v in (1.0, 0.5, 0.0):
         draw.line((bar_w + 2, y_of(v), bar_w + 5, y_of(v)), fill=(0, 0, 0))
-        draw.text((bar_w + 8, y_of(v) - 7), f"{v:g}", fill=(0, 0, 0), font=font)
+        _text(draw, (bar_w + 8, y_of(v) - 7), f"{v:g}", font, (0, 0, 0))
     shown = [(y_of(1.0 - f), t) for f, t in _key_labels(thresholds)]
     # labels one line apart, pushed down past the one above (and up from the bottom): thresholds a few pixels apart
     # (l = 0.95: 0.05 down to 0.01) printed their labels over each other; a leader line goes to each
@@ -363,5 +365,5 @@ def colour_key(h: int, w: int, thresholds, font=None):
     for (y, t), yl in zip(shown, ly):
         draw.line((1, y, bar_w, y), fill=(255, 255, 255))
         draw.line((bar_w + 26, y, bar_w + 34, yl + 7), fill=(150, 150, 150))
-        draw.text((bar_w + 38, yl), f"M(t={t})", fill=(0, 0, 0), font=font)
+        _text(draw, (bar_w + 38, yl), f"M(t={t})", font, (0, 0, 0))
     return img

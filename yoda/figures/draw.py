@@ -17,6 +17,7 @@ from ..drawing import font as _font
 from ..drawing import legend as _legend
 from ..drawing import limits as _limits
 from ..drawing import text_wh as _text_wh
+from ..drawing import text as _text
 from ..drawing import tick_labels
 from ..drawing import title as _title
 from ..drawing import wrap as _wrap
@@ -108,9 +109,9 @@ def draw_update_ratio(ratios: Mapping[str, Sequence[float]], lower_bounds: Seque
         s = "t <= l*T: every pixel active"
         if ax.fx(tl) + 4 + _text_wh(draw, s, font)[0] >= 975:  # no room right of the line (small l): left of it,
             s = "every pixel active at t <= l*T ->"  # pointing right (it read as labelling the part still growing)
-            draw.text((ax.fx(tl) - 4 - _text_wh(draw, s, font)[0], ax.fy(12)), s, fill=_GREY, font=font)
+            _text(draw, (ax.fx(tl) - 4 - _text_wh(draw, s, font)[0], ax.fy(12)), s, font, _GREY)
         else:
-            draw.text((ax.fx(tl) + 4, ax.fy(12)), s, fill=_GREY, font=font)
+            _text(draw, (ax.fx(tl) + 4, ax.fy(12)), s, font, _GREY)
     for m in methods:
         ax.line(ts, 100.0 * np.asarray(curves[m]), cols[m], width=2)
     _legend(draw, 590, 372, [(_method_label(m), cols[m], "line") for m in methods], font, max_x=980)
@@ -203,7 +204,7 @@ def draw_regional_error(regional: Mapping[str, dict], fits: Mapping[tuple, Any],
         ax.points(regional["plain"]["centres"], diff, _YODA, "s", 3.5)
     y = _legend(draw, tx, ty, entries, font, max_x=tx + tw)
     for i, line in enumerate(notes):
-        draw.text((tx, y + 17 * i), line, fill=_BLACK, font=font)
+        _text(draw, (tx, y + 17 * i), line, font, _BLACK)
     return canvas
 
 
@@ -260,7 +261,7 @@ def draw_crops(crops: Sequence[dict], caption: str = ""):
     columns = ((LOCATOR_COLUMN,) if locator else ()) + CROP_COLUMNS
     for j, name in enumerate(columns):
         w, _ = _text_wh(draw, name, font)
-        draw.text((_PAD + j * (panel + _PAD) + (panel - w) / 2, 30), name, fill=_BLACK, font=font)
+        _text(draw, (_PAD + j * (panel + _PAD) + (panel - w) / 2, 30), name, font, _BLACK)
     y = 30 + 18
     for c in crops:
         cy, cx, cs = c["box"]
@@ -269,7 +270,7 @@ def draw_crops(crops: Sequence[dict], caption: str = ""):
                  f"), shown "
                  f"x{panel / cs:.3g}")
         name = _fit_width(draw, Path(str(c["name"])).name, font, W - 2 * _PAD - _text_wh(draw, where, font)[0])
-        draw.text((_PAD, y + 3), name + where, fill=_BLACK, font=font)
+        _text(draw, (_PAD, y + 3), name + where, font, _BLACK)
         y += 20
         for j, name in enumerate(columns):
             x0 = _PAD + j * (panel + _PAD)
@@ -289,9 +290,9 @@ def draw_crops(crops: Sequence[dict], caption: str = ""):
                 lines = [f"crop: {_db(mc['psnr'])}, ab {mc['ab_shift']:.2f}",
                          f"image: {_db(mi['psnr'])}, ab {mi['ab_shift']:.2f}"]
             for li, s in enumerate(lines):
-                draw.text((x0, y + panel + 3 + 16 * li), s, fill=_BLACK, font=small)
+                _text(draw, (x0, y + panel + 3 + 16 * li), s, small, _BLACK)
         y += panel + 36 + _PAD
-    draw.text((_PAD, y), AB_NOTE, fill=_BLACK, font=small)
+    _text(draw, (_PAD, y), AB_NOTE, small, _BLACK)
     return canvas
 
 
