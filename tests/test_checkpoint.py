@@ -1432,3 +1432,27 @@ def test_materialise_gives_the_meta_model_own_float32_copies_and_names_what_no_f
     lin = torch.nn.Linear(2, 2).state_dict()
     with pytest.raises(RuntimeError, match=r"^Cached: 'table' stayed on the meta device; make them persistent buffers"):
         build_checked(Cached, {f"lin.{k}": v for k, v in lin.items()}, "f")
+
+
+def test_adapters_with_sampling_defaults_copy_and_pickle():
+    """copy.deepcopy / pickle of the embedded model's adapter (and of every carded SR3 / SRDiff model's, and a
+    LatentAdapter given sampling=) failed with "cannot pickle 'mappingproxy' object" (a spawned DataLoader worker,
+    a process pool); the defaults stay read-only."""
+    import copy
+
+    from yoda.models import LatentAdapter
+
+    lat = LatentAdapter(_identity, _identity, _latent_denoise, Schedule.linear(10), sampling={"steps": 2})
+    for ad in (yoda.load().yoda_adapter(), lat):
+        for twin in (copy.deepcopy(ad), pickle.loads(pickle.dumps(ad))):
+            assert dict(twin.sampling_defaults) == dict(ad.sampling_defaults) and ad.sampling_defaults
+            with pytest.raises(TypeError):
+                twin.sampling_defaults["steps"] = 3
+
+
+def _latent_denoise(z, t, c):  # (module level: pickled by name)
+    return z
+
+
+def _identity(x):
+    return x

@@ -2636,20 +2636,21 @@ def test_the_cli_runs_where_its_streams_cannot_be_written(tmp_path, monkeypatch)
 
     monkeypatch.setattr(sys, "stdout", None)
     monkeypatch.setattr(sys, "stderr", None)
-    _usable_streams()
-    assert sys.stdout.name == sys.stderr.name == os.devnull
+    with _usable_streams():
+        assert sys.stdout.name == sys.stderr.name == os.devnull
     sys.stdout.close()
     sys.stderr.close()
     ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
     monkeypatch.setattr(sys, "stdout", ascii_out)
-    _usable_streams()
-    print("28.1 \u00b1 0.3")
+    with _usable_streams():
+        print("28.1 \u00b1 0.3")
     ascii_out.flush()
     assert ascii_out.buffer.getvalue() == b"28.1 \\xb1 0.3\n"
+    assert ascii_out.errors == "strict"  # as it was, after (main() called from a program left it escaping for good)
     host = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="surrogateescape")  # main() called from a program
     monkeypatch.setattr(sys, "stdout", host)
-    _usable_streams()
-    assert host.errors == "surrogateescape"  # its own policy, kept
+    with _usable_streams():
+        assert host.errors == "surrogateescape"  # its own policy, kept
 
     class Full(io.StringIO):
         def write(self, s):
@@ -3454,3 +3455,39 @@ def test_a_missing_package_is_named_as_pip_installs_it(capsys, monkeypatch):
     assert run(["plot", "x", "-o", "p.png"], capsys)[::2] == (2, "yoda: error: this needs the Python package "
                                                                  "safetensors, which is not installed: pip install "
                                                                  "safetensors\n")
+
+
+def test_main_from_two_threads_leaves_the_process_as_it_was(monkeypatch):
+    """yoda.cli.main called in two threads at once (a service): each command sets warnings' filters and Pillow's
+    pixel limit for the process and puts back what it found, so the one that ended last put back the other's:
+    --max-pixels 0 switched Pillow's decompression-bomb limit off for good, yoda's warning format stayed. Calls
+    now run one after another."""
+    import threading
+    import time
+    import warnings
+
+    from PIL import Image
+
+    from yoda import cli
+
+    inside, most = [0], [0]
+
+    def command(a):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.2)  # (long enough for the other thread to start its own)
+        inside[0] -= 1
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "attention", command)
+    limit, show, filters = Image.MAX_IMAGE_PIXELS, warnings.showwarning, list(warnings.filters)
+    codes = []
+    runs = [threading.Thread(target=lambda args=args: codes.append(cli.main(["attention", "x.png", "-o", "y.png", *args])))
+            for args in (["--max-pixels", "0"], [])]
+    for t in runs:
+        t.start()
+        time.sleep(0.05)
+    for t in runs:
+        t.join()
+    assert codes == [0, 0] and most[0] == 1
+    assert Image.MAX_IMAGE_PIXELS == limit and warnings.showwarning is show and warnings.filters == filters

@@ -2045,3 +2045,153 @@ def test_the_callers_autocast_leaves_yodas_own_arithmetic_alone():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = yoda.sample(ad, lr, seed=0, progress=False, **kw)
         assert got.dtype == torch.float32 and torch.equal(got, want), kw
+
+
+class _DropNet(torch.nn.Module):
+    """f(x_t, t) with dropout: a network that needs a lambda around it to take cond."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.drop = torch.nn.Conv2d(3, 3, 1), torch.nn.Dropout(0.5)
+
+    def forward(self, x, t):
+        return self.drop(self.conv(x))
+
+
+_GLOBAL_NET = _DropNet()  # what a notebook's lambda reads: a global, not a closure cell
+
+
+def test_a_network_behind_a_lambda_is_seen_for_its_mode_and_dtype():
+    """A network wrapped as every (x, t) network must be (a lambda, a bound method, functools.partial, a callable
+    object) was not looked at: left in training mode it sampled with dropout on without a word (the same seed, two
+    images), and a half / float64 one got torch's "Input type (float) and bias type ... should be the same"."""
+    import functools
+
+    from yoda.callables import modules_behind
+
+    net, sched, lr = _DropNet().train(), Schedule.linear(10), torch.rand(1, 3, 4, 4) * 2 - 1
+
+    class Call:
+        def __init__(self, n):
+            self.n = n
+
+        def __call__(self, x, t, c):
+            return self.n(x, t)
+
+    fns = {"closure": lambda x, t, c: net(x, t), "global": lambda x, t, c: _GLOBAL_NET(x, t),
+           "partial": functools.partial(lambda n, x, t, c: n(x, t), net), "object": Call(net),
+           "method": Call(net).__call__}
+    for kind, fn in fns.items():
+        held = _GLOBAL_NET if kind == "global" else net
+        assert modules_behind(fn) == [held], kind
+        held.train()
+        with pytest.warns(UserWarning, match=r"the model \(_DropNet\) is in training mode: its Dropout layers"):
+            yoda.sample(as_adapter(fn, prediction="eps", schedule=sched, scale=2), lr, steps=2, seed=0,
+                        progress=False)
+        held.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yoda.sample(as_adapter(fn, prediction="eps", schedule=sched, scale=2), lr, steps=2, seed=0,
+                        progress=False)
+    assert modules_behind(lambda x, t, c: x) == [] and modules_behind(torch.nn.Identity()) != []
+    for dt in (torch.float64, torch.bfloat16):  # the lambda's network runs in its dtype, the image in lr's
+        other = _DropNet().eval()
+        other.load_state_dict(net.state_dict())
+        fn = lambda x, t, c: other(x, t)  # noqa: E731
+        ref = yoda.sample(as_adapter(fn, prediction="eps", schedule=sched, scale=2), lr, steps=2, seed=0,
+                          progress=False)
+        other.to(dt)
+        out = yoda.sample(as_adapter(fn, prediction="eps", schedule=sched, scale=2), lr, steps=2, seed=0,
+                          progress=False)
+        assert out.dtype == lr.dtype
+        torch.testing.assert_close(out, ref, atol=0.05 if dt == torch.bfloat16 else 1e-6, rtol=0)
+
+
+def test_wrapped_yoda_models_and_callables_that_cannot_take_cond():
+    """DataParallel / an EMA's AveragedModel around a yoda model hid its yoda_adapter, and the error said to declare
+    a plain callable's prediction (doing so failed inside SRDiff.forward); a forward(x, t) module got Python's
+    "takes 3 positional arguments but 4 were given" at the first step, a diffusers UNet2DModel took cond as its
+    class labels; a diffusers prediction_type or scheduler was refused without the way to yoda's."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from yoda.models.sr3 import SR3Config, SR3UNet
+
+    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2),
+                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=2)
+    torch.manual_seed(0)
+    net = SR3UNet.from_config(cfg).eval()
+    net.card = yoda.models.ModelCard(Schedule.linear(10), 2, space="pixel")
+    lr = torch.rand(1, 3, 8, 8) * 2 - 1
+    ref = yoda.sample(net, lr, steps=2, seed=0, progress=False)
+    for wrap in (torch.nn.DataParallel(net), AveragedModel(net)):
+        assert torch.equal(yoda.sample(wrap.eval(), lr, steps=2, seed=0, progress=False), ref), type(wrap)
+    with pytest.raises(TypeError, match=r"model: Sequential\(input\) cannot be called as f\(x_t, t, cond\)"):
+        as_adapter(torch.nn.Sequential(net))  # another wrapper: not opened
+    with pytest.raises(TypeError, match=r"model: _DropNet\(x, t\) cannot be called as f\(x_t, t, cond\); wrap it"):
+        as_adapter(_DropNet())  # (before the missing prediction, which it could not use)
+    with pytest.raises(TypeError, match=r"fn: .*<lambda>\(x\) cannot be called as f\(x_t, t, cond\)"):
+        CallableAdapter(lambda x: x, prediction="eps", schedule=Schedule.linear(10))
+    for fine in (lambda x, t, c=None: x, lambda *a: a[0], lambda x, t, c, *, k=1: x, torch.tanh):
+        CallableAdapter(fine, prediction="eps", schedule=Schedule.linear(10))
+    with pytest.raises(ValueError, match=r"got 'v_prediction' \(diffusers' prediction_type 'v_prediction' is 'v'\)"):
+        as_adapter(lambda x, t, c: x, prediction="v_prediction", schedule=Schedule.linear(10))
+    with pytest.raises(ValueError, match=r"one of \('eps', 'x0', 'v'\), got 'foo'$"):
+        as_adapter(lambda x, t, c: x, prediction="foo", schedule=Schedule.linear(10))
+
+    class DDIMScheduler:
+        config = {}
+
+    with pytest.raises(TypeError, match=r"got DDIMScheduler; of a diffusers scheduler: "
+                                        r"yoda\.models\.schedule_from_diffusers\(scheduler\.config\)\[0\]"):
+        as_adapter(lambda x, t, c: x, prediction="eps", schedule=DDIMScheduler())
+
+    class UNet2DModel(torch.nn.Module):  # (diffusers' signature; the name is what is recognised)
+        def forward(self, sample, timestep, class_labels=None, return_dict=True):
+            return sample
+
+    with pytest.raises(TypeError, match=r"model: a diffusers UNet2DModel takes \(sample, timestep, class_labels\)"):
+        as_adapter(UNet2DModel(), prediction="eps", schedule=Schedule.linear(10))
+
+
+def test_a_callable_takes_gradients_as_readme_says():
+    """README's recipe for a callable that needs gradients (guidance) under the sampler's inference mode:
+    torch.enable_grad() alone gave "element 0 of tensors does not require grad". Here eps is the gradient of
+    0.5 * |x|^2 (= x), so the image is the one of f = x."""
+    def guided(x_t, t, cond):
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x_t.clone().requires_grad_()
+            (g,) = torch.autograd.grad(0.5 * (x * x).sum(), x)
+        return g
+
+    sched, lr = Schedule.linear(10), torch.rand(1, 3, 4, 4) * 2 - 1
+    got, ref = (yoda.sample(as_adapter(f, prediction="eps", schedule=sched, scale=2), lr, steps=3, seed=0,
+                            progress=False) for f in (guided, lambda x, t, c: x.clone()))
+    assert torch.equal(got, ref)
+
+
+def test_threads_sharing_a_model_get_the_bits_of_calls_made_one_after_another():
+    """README: threads may share a model in yoda.sample, the same seed giving the same bits as sequential calls
+    (a review checked it by hand; no test did). Three threads, three seeds each, plain and YODA, against the same
+    calls made one after another."""
+    import threading
+
+    from yoda.models.srdiff import SRDiff
+
+    torch.manual_seed(0)
+    net = SRDiff(hidden_size=8, dim_mults=(1, 2), rrdb_num_block=2, rrdb_num_feat=8, sr_scale=2, timesteps=10).eval()
+    lr = torch.rand(2, 3, 8, 8) * 2 - 1
+    calls = [dict(seed=s, attention=a, steps=3) for s in (0, 1, 2) for a in (None, "edge")]
+    ref = [yoda.sample(net, lr, progress=False, **kw) for kw in calls]
+    got: dict = {}
+
+    def work(k):
+        for i in range(k, len(calls), 3):
+            got[i] = yoda.sample(net, lr, progress=False, **calls[i])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(len(calls)))
+    assert all(torch.equal(got[i], ref[i]) for i in range(len(calls)))

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 
 from yoda_kernels.contract import PREDICTIONS
 
+from .callables import modules_behind, signature_problem, unwrapped
 from .masks import as_float
 from .names import DEFAULT_SAMPLER, OTHER_MODEL_STEPS  # the sampler and steps where a model's card names none
 from .schedule import Schedule
@@ -300,14 +301,21 @@ def check_flag(v: Any, name: str) -> bool:
 def check_schedule(schedule: Any) -> Schedule:
     """An adapter's schedule: a yoda.Schedule, or TypeError."""
     if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a yoda.Schedule, got {type(schedule).__name__}")
+        hint = ("; of a diffusers scheduler: yoda.models.schedule_from_diffusers(scheduler.config)[0]"
+                if type(schedule).__name__.endswith("Scheduler") and hasattr(schedule, "config") else "")
+        raise TypeError(f"schedule must be a yoda.Schedule, got {type(schedule).__name__}{hint}")
     return schedule
+
+
+DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # its prediction_type: yoda's
 
 
 def check_prediction(prediction: Any) -> str:
     """An adapter's prediction: one of PREDICTIONS, or ValueError."""
     if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        said = DIFFUSERS_PREDICTIONS.get(prediction) if isinstance(prediction, str) else None
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}"
+                         + (f" (diffusers' prediction_type {prediction!r} is {said!r})" if said else ""))
     return prediction
 
 
@@ -439,6 +447,8 @@ class CallableAdapter(Adapter):
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if problem := signature_problem(fn):
+            raise TypeError(f"fn: {problem}")
         _check_common(schedule, prediction, scale, clip_x0, multiple)
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {space!r}")
@@ -448,6 +458,7 @@ class CallableAdapter(Adapter):
         self.fn, self.schedule, self.scale, self.space = fn, schedule, scale, space
         self.prediction, self.clip_x0, self.multiple = prediction, clip_x0, multiple
         self.residual_scale = float(residual_scale)
+        self._networks = modules_behind(fn)  # (a lambda around the network: its dtype, in denoise)
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         up = upsample(lr, self.scale)
@@ -455,9 +466,10 @@ class CallableAdapter(Adapter):
         return Prepared(c=c, cond=up)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any) -> torch.Tensor:
-        """fn runs in the dtype of its parameters when it is a module whose floating parameters share one dtype (a
-        float64 or half model with a float32 state), else in the state's; its output is cast back to the state's."""
-        dt = module_dtype(self.fn)
+        """fn runs in the dtype of its parameters when it is a module, or runs one (modules_behind: a lambda around
+        it), whose floating parameters share one dtype (a float64 or half model with a float32 state), else in the
+        state's; its output is cast back to the state's."""
+        dt = module_dtype(self._networks[0]) if len(self._networks) == 1 else None
         if dt is not None and dt != x_t.dtype:
             cond = cond.to(dt) if isinstance(cond, torch.Tensor) and cond.is_floating_point() else cond
             return check_output(self.fn(x_t.to(dt), t, cond), x_t, "fn").to(x_t.dtype)
@@ -486,10 +498,12 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
 
     - an Adapter: returned as is (keyword arguments are then an error: configure the adapter instead);
     - an object with a ``yoda_adapter(**kw)`` method (yoda.models' SR3UNet, SRDiff): its adapter (of a
-      torch.compile'd one: the adapter runs the compiled module);
+      torch.compile'd one: the adapter runs the compiled module; of DataParallel, DistributedDataParallel or an
+      EMA's AveragedModel around one: its .module's, on the module's device);
     - a plain callable f(x_t, t, cond): CallableAdapter(f, **kw), which needs prediction= and schedule=;
     - anything else: TypeError.
     """
+    model = unwrapped(model)  # DataParallel / DistributedDataParallel / AveragedModel of a yoda model: the model
     if isinstance(model, Adapter):
         if kw:
             raise TypeError(f"model is already an Adapter; unexpected keyword arguments {sorted(kw)}")
@@ -511,6 +525,8 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
     if hint := pipeline_hint(model):  # callable, but no f(x_t, t, cond): "say what it predicts" misled
         raise TypeError(f"model is a {type(model).__name__}{hint}")
     if callable(model):
+        if problem := signature_problem(model):  # before "say what it predicts", which it could not use
+            raise TypeError(f"model: {problem}")
         missing = [k for k in ("prediction", "schedule") if k not in kw]
         if missing:
             raise TypeError(

@@ -26,10 +26,12 @@ pixels (and, for upscale, outputs over it) are refused (--max-pixels N).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shlex
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -443,23 +445,41 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     error_line(f"yoda: warning: {where or ''}{printable(message)}")
 
 
-def _usable_streams() -> None:
-    """A closed stdout / stderr (`>&-`) takes os.devnull (the work is done, its lines go nowhere: an AttributeError
-    of None ended the run); stdout escapes what its encoding cannot write ("±" under PYTHONIOENCODING=ascii)."""
+@contextlib.contextmanager
+def _usable_streams():
+    """Within: a closed stdout / stderr (`>&-`) takes os.devnull (the work is done, its lines go nowhere: an
+    AttributeError of None ended the run); stdout escapes what its encoding cannot write ("±" under
+    PYTHONIOENCODING=ascii), and is strict again after (main() called from a program keeps its policy)."""
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w"))
+    out = sys.stdout
     try:
-        if sys.stdout.errors == "strict":  # (main() called from a program: its own policy otherwise kept)
-            sys.stdout.reconfigure(errors="backslashreplace")
+        strict = out.errors == "strict"
+        if strict:
+            out.reconfigure(errors="backslashreplace")
     except (AttributeError, ValueError, OSError):  # a stream of another kind
-        pass
+        strict = False
+    try:
+        yield
+    finally:
+        if strict:
+            out.reconfigure(errors="strict")
+
+
+_ONE_AT_A_TIME = threading.Lock()  # main() sets process-wide state: warnings' filters, Pillow's pixel limit
 
 
 def main(argv: Optional[Sequence[str]] = None, program: bool = False) -> int:
     """The `yoda` command on ``argv`` (None: sys.argv[1:]); its exit status. ``program``: called as the process's
-    own program (yoda.__main__.run, the console script and `python -m yoda`), which may tune the process (malloc)."""
-    _usable_streams()
+    own program (yoda.__main__.run, the console script and `python -m yoda`), which may tune the process (malloc).
+    Calls from several threads run one after another: a command sets warnings' filters and Pillow's pixel limit
+    for the process while it runs (two at once left the last one's settings behind for good)."""
+    with _ONE_AT_A_TIME, _usable_streams():
+        return _main(argv, program)
+
+
+def _main(argv: Optional[Sequence[str]], program: bool) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # a file named "-x.png" is read as an option: argparse's error says why ("the following arguments are required")

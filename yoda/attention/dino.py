@@ -328,7 +328,8 @@ _RESNET_FMT = (
 
 
 class _NetExtractor:
-    """Shared parts: model on the input's device, eval mode, no grad, float32."""
+    """Shared parts: model on the input's device, eval mode, no grad, float32. The network given is taken over:
+    put in eval mode with requires_grad off, and moved to each input's device (give a copy to keep training it)."""
 
     model: nn.Module
     multiple: int

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import collections.abc
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 from yoda_kernels.contract import PREDICTIONS
@@ -12,6 +12,31 @@ from .._json_fields import unknown_keys
 from ..adapters import SPACES
 from ..masks import as_int, check_lower_bound, positive_int
 from ..schedule import Schedule
+
+
+class FrozenMapping(collections.abc.Mapping):
+    """A read-only dict that pickles and deep-copies (types.MappingProxyType does neither: an adapter holding one
+    could not be copy.deepcopy'd nor sent to a spawned DataLoader worker or a process pool)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping = ()):
+        self._data = dict(data)
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenMapping({self._data!r})"
+
+    def __reduce__(self):
+        return (type(self), (self._data,))
 
 
 def check_sampling(s: Any, name: str, T: Optional[int] = None) -> dict:
@@ -89,7 +114,7 @@ class ModelCard:
         if self.config is not None and not isinstance(self.config, Mapping):
             raise TypeError(f"ModelCard.config must be a mapping or None, got {type(self.config).__name__}")
         if self.sampling is not None:  # frozen, as the card is
-            object.__setattr__(self, "sampling", MappingProxyType(check_sampling(self.sampling, "ModelCard.sampling",
+            object.__setattr__(self, "sampling", FrozenMapping(check_sampling(self.sampling, "ModelCard.sampling",
                                                                                  self.schedule.T)))
 
     def __reduce__(self):
@@ -116,4 +141,4 @@ def adapter_sampling(card: Optional[ModelCard], T: int) -> Optional[Mapping[str,
     steps the call never gave)."""
     if card is None or card.sampling is None:
         return None
-    return MappingProxyType({k: v for k, v in card.sampling.items() if k != "steps" or v <= T})
+    return FrozenMapping({k: v for k, v in card.sampling.items() if k != "steps" or v <= T})

@@ -24,14 +24,15 @@ import contextlib
 import itertools
 import threading
 import warnings
-from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..adapters import Adapter, Prepared, check_prediction, check_schedule, pipeline_hint, upsample
+from ..adapters import (DIFFUSERS_PREDICTIONS, Adapter, Prepared, check_prediction, check_schedule, pipeline_hint,
+                        upsample)
 from ..masks import as_int
+from .card import FrozenMapping
 from ..schedule import FINAL_AT_FIRST, LEADING_PLUS_ONE, SPACINGS, Schedule
 
 __all__ = ["LatentAdapter", "LatentCond", "from_diffusers", "schedule_from_diffusers"]
@@ -102,7 +103,7 @@ class LatentAdapter(Adapter):
         self.clip_x0 = bool(clip_x0)
         self.modules = tuple(modules)
         if sampling:
-            self.sampling_defaults = MappingProxyType(check_sampling_defaults(sampling, schedule.T))
+            self.sampling_defaults = FrozenMapping(check_sampling_defaults(sampling, schedule.T))
 
     @property
     def activation_scale(self) -> int:  # Adapter.activation_scale (SDUpscalerAdapter's guided: one doubled batch)
@@ -370,7 +371,7 @@ def schedule_from_diffusers(config: Any) -> Tuple[Schedule, str]:
                          "(linear, scaled_linear, squaredcos_cap_v2, or trained_betas)")
     if config.get("rescale_betas_zero_snr", False):
         sched = sched.rescale_zero_terminal_snr()
-    pred = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(config.get("prediction_type", "epsilon"))
+    pred = DIFFUSERS_PREDICTIONS.get(config.get("prediction_type", "epsilon"))
     if pred is None:
         raise ValueError(f"scheduler_config: prediction_type {config.get('prediction_type')!r} is not supported")
     return sched, pred

@@ -28,6 +28,7 @@ from tqdm.auto import trange
 
 from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
 from ..attention.classic import check_lr
+from ..callables import modules_behind
 from ..errors import NonFiniteError, UnrefinedWarning
 from .prepare import pad_to_model, prepare, resolve_attention, state_floor
 from .spec import MOST_YODA_STEPS, all_finite, covering_steps, make_spec, model_spacing, refines_all, resolve_seed
@@ -324,13 +325,14 @@ def warn_if_training(adapter: Any) -> None:
         net = getattr(adapter, network_attr(adapter))
     except ValueError:  # an adapter that keeps no network where yoda looks
         return
-    if not isinstance(net, torch.nn.Module) or not net.training:
-        return
-    on = {type(m).__name__ for m in net.modules() if m.training and (
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or
-        isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)}
-    if on:  # (a module without either samples the same in both modes: said of it, the warning was noise)
-        warnings.warn(f"the model ({type(net).__name__}) is in training mode: its {', '.join(sorted(on))} layers "
-                      f"change the image (dropout draws outside the seed, batch norm uses the batch's statistics); "
-                      f"call model.eval() before yoda.sample", UserWarning, stacklevel=3)
+    for net in modules_behind(net):  # the module, or those a callable runs (a lambda around the network)
+        if not net.training:
+            continue
+        on = {type(m).__name__ for m in net.modules() if m.training and (
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or
+            isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)}
+        if on:  # (a module without either samples the same in both modes: said of it, the warning was noise)
+            warnings.warn(f"the model ({type(net).__name__}) is in training mode: its {', '.join(sorted(on))} "
+                          f"layers change the image (dropout draws outside the seed, batch norm uses the batch's "
+                          f"statistics); call model.eval() before yoda.sample", UserWarning, stacklevel=3)
 
