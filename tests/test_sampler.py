@@ -2127,7 +2127,8 @@ def test_wrapped_yoda_models_and_callables_that_cannot_take_cond():
         assert torch.equal(yoda.sample(wrap.eval(), lr, steps=2, seed=0, progress=False), ref), type(wrap)
     with pytest.raises(TypeError, match=r"model: Sequential\(input\) cannot be called as f\(x_t, t, cond\)"):
         as_adapter(torch.nn.Sequential(net))  # another wrapper: not opened
-    with pytest.raises(TypeError, match=r"model: _DropNet\(x, t\) cannot be called as f\(x_t, t, cond\); wrap it"):
+    with pytest.raises(TypeError, match=r"model: _DropNet\(x, t\) cannot be called as f\(x_t, t, cond\) \(cond: "
+                                        r"up\(lr\)\); an SR3-style network, .* is yoda\.adapters\.PixelAdapter"):
         as_adapter(_DropNet())  # (before the missing prediction, which it could not use)
     with pytest.raises(TypeError, match=r"fn: .*<lambda>\(x\) cannot be called as f\(x_t, t, cond\)"):
         CallableAdapter(lambda x: x, prediction="eps", schedule=Schedule.linear(10))

@@ -62,8 +62,9 @@ def signature_problem(fn: Any) -> Optional[str]:
     try:
         sig.bind(None, None, None)
     except TypeError:
-        return (f"{name}{sig} cannot be called as f(x_t, t, cond); wrap it, e.g. lambda x_t, t, cond: "
-                f"net(x_t, t) for a network that does not read the LR image")
+        return (f"{name}{sig} cannot be called as f(x_t, t, cond) (cond: up(lr)); an SR3-style network, "
+                f"net(cat([up(lr), x_t]), noise_level), is yoda.adapters.PixelAdapter(net, schedule); wrap another, "
+                f"e.g. lambda x_t, t, cond: net(torch.cat([cond, x_t], 1), t)")
     return None
 
 
