@@ -1448,6 +1448,9 @@ def test_adapters_with_sampling_defaults_copy_and_pickle():
             assert dict(twin.sampling_defaults) == dict(ad.sampling_defaults) and ad.sampling_defaults
             with pytest.raises(TypeError):
                 twin.sampling_defaults["steps"] = 3
+        d = ad.sampling_defaults  # what MappingProxyType also gave: dicts from |, copy(); reversed
+        assert d | {"steps": 3} == {**d, "steps": 3} and {"steps": 3, "x": 1} | d == {"steps": 3, "x": 1, **d}
+        assert d.copy() == dict(d) and type(d.copy()) is dict and list(reversed(d)) == list(d)[::-1]
 
 
 def _latent_denoise(z, t, c):  # (module level: pickled by name)

@@ -3491,3 +3491,17 @@ def test_main_from_two_threads_leaves_the_process_as_it_was(monkeypatch):
         t.join()
     assert codes == [0, 0] and most[0] == 1
     assert Image.MAX_IMAGE_PIXELS == limit and warnings.showwarning is show and warnings.filters == filters
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_while_main_runs_is_not_locked_out():
+    """main()'s one-call-at-a-time lock, held by a thread when the process forked (a fork pool's worker calling
+    main()), was copied held into the child, which waited for ever."""
+    from yoda import cli
+
+    with cli._ONE_AT_A_TIME:
+        pid = os.fork()
+        if pid == 0:  # the child: its own lock, free
+            os._exit(0 if cli._ONE_AT_A_TIME.acquire(timeout=5) else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -73,7 +73,7 @@ import torch.nn.functional as F
 
 from yoda_kernels.contract import PREDICTIONS
 
-from .callables import modules_behind, signature_problem, unwrapped
+from .callables import signature_problem, unwrapped
 from .masks import as_float
 from .names import DEFAULT_SAMPLER, OTHER_MODEL_STEPS  # the sampler and steps where a model's card names none
 from .schedule import Schedule
@@ -458,7 +458,6 @@ class CallableAdapter(Adapter):
         self.fn, self.schedule, self.scale, self.space = fn, schedule, scale, space
         self.prediction, self.clip_x0, self.multiple = prediction, clip_x0, multiple
         self.residual_scale = float(residual_scale)
-        self._networks = modules_behind(fn)  # (a lambda around the network: its dtype, in denoise)
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         up = upsample(lr, self.scale)
@@ -466,10 +465,9 @@ class CallableAdapter(Adapter):
         return Prepared(c=c, cond=up)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: float, cond: Any) -> torch.Tensor:
-        """fn runs in the dtype of its parameters when it is a module, or runs one (modules_behind: a lambda around
-        it), whose floating parameters share one dtype (a float64 or half model with a float32 state), else in the
-        state's; its output is cast back to the state's."""
-        dt = module_dtype(self._networks[0]) if len(self._networks) == 1 else None
+        """fn runs in the dtype of its parameters when it is a module whose floating parameters share one dtype (a
+        float64 or half model with a float32 state), else in the state's; its output is cast back to the state's."""
+        dt = module_dtype(self.fn)
         if dt is not None and dt != x_t.dtype:
             cond = cond.to(dt) if isinstance(cond, torch.Tensor) and cond.is_floating_point() else cond
             return check_output(self.fn(x_t.to(dt), t, cond), x_t, "fn").to(x_t.dtype)

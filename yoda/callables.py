@@ -3,6 +3,7 @@ module inside a wrapper (DataParallel, DistributedDataParallel, an EMA's Average
 
 from __future__ import annotations
 
+import dis
 import functools
 import inspect
 from typing import Any, Optional
@@ -11,52 +12,59 @@ import torch
 
 
 def modules_behind(fn: Any) -> list:
-    """The torch modules ``fn`` runs, as far as one level of looking tells: ``fn`` itself; else those a
-    functools.partial holds, a bound method's object, a callable object's attributes, and what a function reads
-    from its closure or its globals (a notebook's ``lambda x_t, t, cond: net(...)`` reads the global ``net``)."""
+    """The torch modules ``fn`` calls, as far as one look tells: ``fn`` itself; a module's bound method's module
+    (``net.forward``); what a functools.partial holds; and the modules a Python function reads from its closure or
+    loads as globals (a notebook's ``lambda x_t, t, cond: net(...)`` loads the global ``net``; in ``ckpt.net(...)``
+    only ``ckpt`` is a global). Not looked into: other objects' attributes (a trainer's ``self.ema`` beside its
+    ``self.model``: which one runs, only running it tells), nested functions."""
     if isinstance(fn, torch.nn.Module):
         return [fn]
     found: list = []
 
     def add(v: Any) -> None:
+        v = v.__self__ if inspect.ismethod(v) else v  # (net.forward handed over)
         if isinstance(v, torch.nn.Module) and all(v is not m for m in found):
             found.append(v)
 
-    if isinstance(fn, functools.partial):
-        for v in (*fn.args, *fn.keywords.values()):
+    while isinstance(fn, functools.partial):
+        for v in (fn.func, *fn.args, *fn.keywords.values()):
             add(v)
         fn = fn.func
-        add(fn)
-    if inspect.ismethod(fn):  # its object, or the modules the object holds (self.net)
-        add(fn.__self__)
-        if not isinstance(fn.__self__, torch.nn.Module):
-            for v in getattr(fn.__self__, "__dict__", {}).values():
-                add(v)
-    func = getattr(fn, "__func__", fn)
-    if inspect.isfunction(func):
-        try:
-            names = inspect.getclosurevars(func)
-        except (TypeError, ValueError):  # (a closure cell not filled yet)
+    if inspect.ismethod(fn):
+        if isinstance(fn.__self__, torch.nn.Module):
+            add(fn)
             return found
-        for v in (*names.nonlocals.values(), *names.globals.values()):
-            add(v)
-    elif not inspect.isroutine(fn) and hasattr(fn, "__dict__"):  # an object with __call__ (self.net inside)
-        for v in vars(fn).values():
-            add(v)
+        fn = fn.__func__
+    if inspect.isfunction(fn):
+        for cell in fn.__closure__ or ():
+            try:
+                add(cell.cell_contents)
+            except ValueError:  # a cell not filled yet
+                pass
+        for ins in dis.get_instructions(fn.__code__):
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):  # (LOAD_ATTR's names are attributes)
+                add(fn.__globals__.get(ins.argval))
     return found
+
+
+def _classes(fn: Any) -> list:
+    """The class names of ``fn`` and of the module inside it (torch.compile's _orig_mod, DataParallel's module)."""
+    inner = [getattr(fn, a, None) for a in ("_orig_mod", "module")]
+    return [c.__name__ for f in (fn, *inner) if f is not None for c in type(f).__mro__]
 
 
 def signature_problem(fn: Any) -> Optional[str]:
     """Why ``fn`` cannot be called as f(x_t, t, cond) (a module: its forward), or None where it can or Python
     cannot tell (a builtin)."""
-    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
-    name = type(fn).__name__ if isinstance(fn, torch.nn.Module) else getattr(fn, "__qualname__", type(fn).__name__)
-    if any(c.__name__ == "UNet2DModel" for c in type(fn).__mro__):  # its third argument is class_labels
-        return (f"a diffusers {name} takes (sample, timestep, class_labels): cond (up(lr)) would be its class "
+    module = isinstance(fn, torch.nn.Module)
+    target = fn.forward if module and type(fn).__call__ is torch.nn.Module.__call__ else fn
+    name = type(fn).__name__ if module else getattr(fn, "__qualname__", type(fn).__name__)
+    if "UNet2DModel" in _classes(fn):  # its third argument is class_labels
+        return (f"a diffusers UNet2DModel takes (sample, timestep, class_labels): cond (up(lr)) would be its class "
                 f"labels; wrap it, e.g. lambda x_t, t, cond: unet(torch.cat([cond, x_t], 1), t).sample for a UNet "
                 f"that takes up(lr) beside x_t")
     try:
-        sig = inspect.signature(target)
+        sig = inspect.signature(target, follow_wrapped=False)  # (a decorator's own signature, not its function's)
     except (TypeError, ValueError):
         return None
     try:

@@ -470,6 +470,16 @@ def _usable_streams():
 _ONE_AT_A_TIME = threading.Lock()  # main() sets process-wide state: warnings' filters, Pillow's pixel limit
 
 
+def _unlocked_in_child() -> None:
+    """A child forked while another thread ran main() gets a lock of its own (it waited for ever on the copy)."""
+    global _ONE_AT_A_TIME
+    _ONE_AT_A_TIME = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # (not on Windows, which does not fork)
+    os.register_at_fork(after_in_child=_unlocked_in_child)
+
+
 def main(argv: Optional[Sequence[str]] = None, program: bool = False) -> int:
     """The `yoda` command on ``argv`` (None: sys.argv[1:]); its exit status. ``program``: called as the process's
     own program (yoda.__main__.run, the console script and `python -m yoda`), which may tune the process (malloc).

@@ -50,19 +50,20 @@ def _font_file(name: str) -> Optional[str]:
         return None
 
 
-_GLYPHS: dict = {}  # (font file or None for the built-in font, size, character) -> whether the font has it
+_GLYPHS: dict = {}  # (font file, or (family, style) of one in memory, size, character) -> whether the font has it
 
 
 def _has_glyph(face, ch: str) -> bool:
     """Whether ``face`` draws ``ch`` as its own glyph rather than the box of a missing one (Pillow cannot ask)."""
-    path = getattr(face, "path", None)
-    key = (path if isinstance(path, str) else None, face.size, ch)
-    if key not in _GLYPHS:
+    path = getattr(face, "path", None)  # a file's, or the family and style of one in memory (the built-in font's)
+    key = (path if isinstance(path, str) else getattr(face, "getname", lambda: id(face))(), face.size, ch)
+    has = _GLYPHS.get(key)
+    if has is None:
         ink = lambda c: (face.getmask(c).size, bytes(face.getmask(c)))  # noqa: E731
         if len(_GLYPHS) > 65536:
             _GLYPHS.clear()
-        _GLYPHS[key] = ch.isspace() or ink(ch) != ink("\uffff")  # U+FFFF is a noncharacter: no font has it
-    return _GLYPHS[key]
+        has = _GLYPHS[key] = ch.isspace() or ink(ch) != ink("\uffff")  # U+FFFF is a noncharacter: no font has it
+    return has
 
 
 def face_for(s: str, face):

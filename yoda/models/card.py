@@ -32,6 +32,18 @@ class FrozenMapping(collections.abc.Mapping):
     def __len__(self) -> int:
         return len(self._data)
 
+    def __reversed__(self):
+        return reversed(self._data)
+
+    def __or__(self, other):  # a dict, as MappingProxyType's
+        return self._data | dict(other) if isinstance(other, collections.abc.Mapping) else NotImplemented
+
+    def __ror__(self, other):
+        return dict(other) | self._data if isinstance(other, collections.abc.Mapping) else NotImplemented
+
+    def copy(self) -> dict:
+        return dict(self._data)
+
     def __repr__(self) -> str:
         return f"FrozenMapping({self._data!r})"
 
