@@ -2988,6 +2988,15 @@ MUTANTS = [
            "        return self._data | dict(other) if", "        return NotImplemented if",
            ("tests/test_checkpoint.py", "-k", "copy_and_pickle"),
            "ad.sampling_defaults | {...} is a TypeError (MappingProxyType gave a dict)"),
+    Mutant("ldm-sr-cat-order", "yoda/models/ldm_sr.py",
+           "torch.cat([x_t, cond.image.to(x_t.dtype)], dim=1)", "torch.cat([cond.image.to(x_t.dtype), x_t], dim=1)",
+           ("tests/test_ldm_sr.py", "-k", "pipelines_latents"),
+           "LDM-SR's UNet reads the LR pixels as the latent and the latent as the LR pixels"),
+    Mutant("ldm-sr-latent-unquantised", "yoda/models/ldm_sr.py",
+           "            return vqvae.decode(z.to(vqvae.dtype)).sample.to(z.dtype)",
+           "            return vqvae.decode(z.to(vqvae.dtype), force_not_quantize=True).sample.to(z.dtype)",
+           ("tests/test_ldm_sr.py", "-k", "pipelines_latents"),
+           "LDM-SR's image is decoded without the codebook the pipeline quantises to"),
 ]
 
 

@@ -5,6 +5,7 @@
 - :class:`LatentAdapter` / :func:`from_diffusers` (latent space, DiffBIR/ControlLDM-style)
 - :class:`DiffBIRAdapter` (latent space, over DiffBIR's own ControlLDM and Diffusion, v1 / v2 / v2.1)
 - :class:`SDUpscalerAdapter` (latent space, the Stable Diffusion x4 upscaler's diffusers modules)
+- :class:`LDMSRAdapter` (latent space, LDM-SR's diffusers modules: LDMSuperResolutionPipeline's UNet and VQ model)
 
 Every model has ``yoda_adapter(**kw)`` and a ``card`` (:class:`ModelCard`: schedule, scale, prediction, space)
 that the adapter samples with. Loaders live next to their models:
@@ -19,6 +20,7 @@ Reading files and checking state dicts is yoda.checkpoint.
 from .card import ModelCard
 from .diffbir import DiffBIRAdapter, DiffBIRCond
 from .latent import LatentAdapter, LatentCond, from_diffusers, schedule_from_diffusers
+from .ldm_sr import LDMSRAdapter
 from .sd_upscaler import SDUpscalerAdapter
 from .sr3 import SR3Adapter, SR3Config, SR3UNet, sr3_beta_schedule
 from .srdiff import SRDiff, SRDiffAdapter, SRDiffConfig, srdiff_beta_schedule
@@ -46,6 +48,7 @@ __all__ = [
     "LatentCond",
     "from_diffusers",
     "SDUpscalerAdapter",
+    "LDMSRAdapter",
     "schedule_from_diffusers",
     "DiffBIRAdapter",
     "DiffBIRCond",

@@ -14,8 +14,9 @@ the noised encoding of the stage-1 image:
 :class:`LatentAdapter` takes the three callables; :func:`from_diffusers` builds them from a diffusers
 ``UNet2DModel`` with in_channels = 2 * latent_channels whose input is cat(z_t, c), c the ``AutoencoderKL``
 encoding of the upsampled (or stage-1) image, and a scheduler config. Diffusers' released SR models are not
-of this form and do not load: LDM-SR (LDMSuperResolutionPipeline) has a VQModel and concatenates the LR pixels,
-the SD x4 upscaler is a text-conditioned UNet2DConditionModel on cat(z_t, LR pixels) (4 + 3 channels).
+of this form and have adapters of their own: LDM-SR (LDMSuperResolutionPipeline) has a VQModel and concatenates
+the LR pixels (yoda.models.ldm_sr), the SD x4 upscaler is a text-conditioned UNet2DConditionModel on cat(z_t,
+noised LR pixels) (4 + 3 channels; yoda.models.sd_upscaler).
 """
 
 from __future__ import annotations

@@ -1,0 +1,95 @@
+"""yoda.models.LDMSRAdapter: LDM-SR's diffusers modules (random weights, tiny) give the latents and the image of
+LDMSuperResolutionPipeline's loop, written out below from its __call__ (the pipeline's module is no longer in the
+diffusers the tests install); YODA's masks and windows run on it; bad modules are refused by name."""
+
+import pytest
+import torch
+
+import yoda
+
+diffusers = pytest.importorskip("diffusers")
+from yoda.models import LDMSRAdapter  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small forwards: two threads spin against each other
+
+L, T, STEPS = 3, 20, 3
+
+
+def modules(steps_offset=0):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=L + 3, out_channels=L, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4,
+                                 attention_head_dim=4).eval()
+    vq = diffusers.VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                           up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 8, 16),
+                           latent_channels=L, num_vq_embeddings=16, norm_num_groups=4, layers_per_block=1).eval()
+    sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=0.0015,
+                                    beta_end=0.0155, clip_sample=False, steps_offset=steps_offset)
+    return unet, vq, sched
+
+
+def pipeline_loop(unet, vq, sched, lr, latents):
+    """LDMSuperResolutionPipeline.__call__ after its preprocessing: cat(latents, the LR pixels), DDIM eta 0,
+    the VQ model's decode (quantised), clamped."""
+    with torch.no_grad():
+        sched.set_timesteps(STEPS)
+        x = latents * sched.init_noise_sigma
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(torch.cat([x, lr], dim=1), t)
+            x = sched.step(unet(inp, t).sample, t, x, eta=0.0).prev_sample
+        return x, vq.decode(x).sample.clamp(-1.0, 1.0)
+
+
+@pytest.mark.parametrize("steps_offset", [0, 1])
+def test_the_pipelines_latents_and_image(steps_offset):
+    unet, vq, sched = modules(steps_offset)
+    g = torch.Generator().manual_seed(1)
+    lr = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1  # (a multiple of the UNet's 2: no padding, as the pipeline)
+    noise = [torch.randn(1, L, 8, 8, generator=g) for _ in range(STEPS + 1)]
+    ref, ref_img = pipeline_loop(unet, vq, sched, lr, noise[0])
+    ad = LDMSRAdapter(unet, vq, sched)
+    assert (ad.scale, ad.prediction, ad.latent_factor, ad.latent_multiple) == (4, "eps", 4, 2)
+    # the pipeline's DDIM at its 100 steps, as many as the spacing takes of T = 20
+    assert dict(ad.sampling_defaults)["sampler"] == "ddim" and dict(ad.sampling_defaults)["steps"] == T - steps_offset
+    states = []
+    spacing = dict(ad.sampling_defaults)["spacing"]  # the scheduler's own timesteps (leading, its offset)
+    sr = yoda.sample(ad, lr, attention=None, sampler="ddim", spacing=spacing, steps=STEPS, noise=noise,
+                     progress=False, callback=lambda d: states.append(d["x"].clone()))
+    assert sr.shape == (1, 3, 32, 32)
+    assert (states[-1] - ref).abs().max() < 1e-5
+    assert (sr - ref_img).abs().max() < 1e-5
+
+
+def test_yoda_masks_and_windows_on_ldm_sr():
+    unet, vq, sched = modules()
+    g = torch.Generator().manual_seed(2)
+    lr = torch.rand(2, 3, 9, 7, generator=g) * 2 - 1  # a batch, odd sides: padded to the UNet's multiple
+    ad = LDMSRAdapter(unet, vq, sched)
+    fractions = []
+    kw = dict(sampler="ddim", steps=STEPS, seed=0, progress=False)
+    sr = yoda.sample(ad, lr, attention="edge", lower_bound=0.3,
+                     callback=lambda d: fractions.append(d["active_fraction"]), **kw)
+    assert sr.shape == (2, 3, 36, 28) and torch.isfinite(sr).all() and sr.abs().max() <= 1
+    first, last = fractions[0], fractions[-1]
+    assert (first < 1).all() and (last >= first).all() and (last == 1).all()
+    plain = yoda.sample(ad, lr, attention=None, **kw)
+    assert torch.equal(plain, yoda.sample(ad, lr, attention="edge", lower_bound=1.0, **kw))
+    # the LR pixels are cropped with the latent; one window over the whole (padded) grid is the dense run
+    assert (yoda.sample(ad, lr, attention=None, windows=(10, 0), **kw) - plain).abs().max() < 1e-5
+    tiled = yoda.sample(ad, lr, attention="edge", lower_bound=0.3, windows=(6, 2), **kw)
+    assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
+
+
+def test_bad_modules_are_named():
+    unet, vq, sched = modules()
+    with pytest.raises(TypeError, match=r"unet must be a diffusers UNet2DModel, got VQModel"):
+        LDMSRAdapter(vq, vq, sched)
+    with pytest.raises(TypeError, match=r"vqvae must be a diffusers VQModel, got UNet2DModel"):
+        LDMSRAdapter(unet, unet, sched)
+    vae = diffusers.AutoencoderKL(latent_channels=L, block_out_channels=(8,), norm_num_groups=4)
+    with pytest.raises(TypeError, match=r"vqvae must be a diffusers VQModel, got AutoencoderKL"):
+        LDMSRAdapter(unet, vae, sched)
+    wide = diffusers.VQModel(latent_channels=4, block_out_channels=(8,), norm_num_groups=4)
+    with pytest.raises(ValueError, match=r"in_channels must be latent_channels \+ 3 = 7 \(cat\(z_t, LR pixels\)\)"):
+        LDMSRAdapter(unet, wide, sched)

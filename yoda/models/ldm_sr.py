@@ -1,0 +1,87 @@
+"""LDM-SR (Rombach et al. 2022's latent super-resolution; diffusers' ``LDMSuperResolutionPipeline``, e.g.
+CompVis/ldm-super-resolution-4x-openimages) behind the YODA sampler.
+
+What the pipeline does, and what this adapter does with the same modules:
+
+    z_t  (B, C', h, w)                       the latent, at the LR's own size (the VQ model's f = 4 = the scale)
+    out  = unet(cat(z_t, lr), t)             lr: the LR pixels in [-1, 1], not noised; a diffusers UNet2DModel
+    SR   = vqvae.decode(z_0), clamped        (decode quantises the latent to the codebook)
+
+YODA holds the latent pixels not refined yet at c = vqvae.encode(up(lr)).latents (torch's bicubic x f, before
+quantisation), noised to the next step's level, and max-pools the HR attention map to the latent grid
+(LatentAdapter's rule). The pipeline resizes its input to multiples of 32 (Lanczos); here the LR is padded
+(replicate) to the UNet's multiple and the image cropped back. With lower_bound >= 1, the same latents and
+sampler="ddim" (the pipeline's DDIM, eta 0, 100 steps: what a call naming none takes) this gives the pipeline's
+latents and image (tests/test_ldm_sr.py). In diffusers 0.42 the pipeline's module is gone (its class name is
+still exported); the UNet2DModel and VQModel it held load as they did.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..adapters import Prepared, pipeline_hint
+from .latent import LatentAdapter, clip_sample_of, sampling_from_diffusers, schedule_from_diffusers, \
+    scheduler_config_dict
+
+__all__ = ["LDMSRAdapter", "LDMSRCond"]
+
+PIPELINE_STEPS = 100  # LDMSuperResolutionPipeline's num_inference_steps
+
+
+class LDMSRCond(NamedTuple):
+    image: torch.Tensor  # the LR pixels, (B, 3, h', w') on the latent grid (padded)
+    size: Tuple[int, int]  # (H, W) of the HR image before padding
+
+
+class LDMSRAdapter(LatentAdapter):
+    """``LDMSRAdapter(unet, vqvae, scheduler_config)``: the pipeline's ``unet`` (diffusers UNet2DModel with
+    in_channels = latent channels + 3), ``vqvae`` (VQModel) and ``scheduler`` (or its config)."""
+
+    def __init__(self, unet: Any, vqvae: Any, scheduler_config: Any, *, pool: str = "max"):
+        from diffusers import UNet2DModel, VQModel  # optional dependency, imported on use
+
+        if not isinstance(unet, UNet2DModel):
+            raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}{pipeline_hint(unet)}")
+        if not isinstance(vqvae, VQModel):
+            raise TypeError(f"vqvae must be a diffusers VQModel, got {type(vqvae).__name__}")
+        C = int(vqvae.config.latent_channels)
+        if int(unet.config.in_channels) != C + 3 or int(unet.config.out_channels) != C:
+            raise ValueError(f"unet: in_channels must be latent_channels + 3 = {C + 3} (cat(z_t, LR pixels)) and "
+                             f"out_channels {C}, got {unet.config.in_channels} / {unet.config.out_channels}")
+        config = scheduler_config_dict(scheduler_config)
+        sched, pred = schedule_from_diffusers(config)
+        f = 2 ** (len(vqvae.config.block_out_channels) - 1)
+        m = 2 ** (len(unet.config.block_out_channels) - 1)  # UNet2DModel takes sides of multiples of its downsamplings
+
+        def encode(img: torch.Tensor) -> torch.Tensor:
+            dt = vqvae.dtype
+            return vqvae.encode(img.to(dt)).latents.to(img.dtype)
+
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            return vqvae.decode(z.to(vqvae.dtype)).sample.to(z.dtype)
+
+        super().__init__(encode, decode, self._unused, sched, prediction=pred, scale=f, latent_factor=f,
+                         pool=pool, clip_x0=clip_sample_of(config), latent_multiple=m, modules=(unet, vqvae),
+                         sampling=sampling_from_diffusers(config, PIPELINE_STEPS))
+        self.net = unet  # the denoiser call, which yoda.sampling.speed may wrap
+
+    @staticmethod
+    def _unused(*args):  # pragma: no cover - denoise is overridden
+        raise AssertionError
+
+    def prepare(self, lr: torch.Tensor) -> Prepared:
+        latent = super().prepare(lr)  # c = encode(padded up(lr)), the HR size
+        h, w = latent.c.shape[-2:]
+        image = F.pad(lr, (0, w - lr.shape[-1], 0, h - lr.shape[-2]), mode="replicate")
+        return Prepared(c=latent.c, cond=LDMSRCond(image, latent.cond.size))
+
+    def crop_cond(self, cond: LDMSRCond, ys: slice, xs: slice) -> LDMSRCond:
+        return cond._replace(image=cond.image[..., ys, xs])
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, ab_t: Any, cond: LDMSRCond) -> torch.Tensor:
+        dt = self.net.dtype
+        return self.net(torch.cat([x_t, cond.image.to(x_t.dtype)], dim=1).to(dt), t).sample.to(x_t.dtype)
