@@ -2997,6 +2997,15 @@ MUTANTS = [
            "            return vqvae.decode(z.to(vqvae.dtype), force_not_quantize=True).sample.to(z.dtype)",
            ("tests/test_ldm_sr.py", "-k", "pipelines_latents"),
            "LDM-SR's image is decoded without the codebook the pipeline quantises to"),
+    Mutant("ldm-sr-vq-embed-dim", "yoda/models/ldm_sr.py",
+           "        C = int(vqvae.config.vq_embed_dim or vqvae.config.latent_channels)",
+           "        C = int(vqvae.config.latent_channels)",
+           ("tests/test_ldm_sr.py", "-k", "bad_modules"),
+           "a VQ model with vq_embed_dim is accepted, and the UNet fails at its first call with a channel count"),
+    Mutant("ldm-sr-pipeline-hint", "yoda/adapters.py",
+           '    if hasattr(obj, "vqvae"):  # LDMSuperResolutionPipeline\'s parts', "    if False:",
+           ("tests/test_ldm_sr.py", "-k", "bad_modules"),
+           "LDM-SR's pipeline given whole is told to use from_diffusers(pipe.unet, pipe.vae, ...): it has no vae"),
 ]
 
 

@@ -3024,8 +3024,8 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
     for spec, want in ((f"diffbir:{ckpt}", f"--model diffbir:{ckpt}: 'diffbir' is not a model kind (latent models "
-                        "(the SD x4 upscaler, DiffBIR, other diffusers models) are for the Python API: "
-                        "yoda.models.SDUpscalerAdapter, yoda.models.DiffBIRAdapter"),
+                        "(the SD x4 upscaler, LDM-SR, DiffBIR, other diffusers models) are for the Python API: "
+                        "yoda.models.SDUpscalerAdapter, yoda.models.LDMSRAdapter, yoda.models.DiffBIRAdapter"),
                        (f"diffbir:{ckpt}x", f"--model diffbir:{ckpt}x: no such model file, and 'diffbir' is not a "
                         "model kind (latent models"),
                        (f"gan:{ckpt}", f"--model gan:{ckpt}: 'gan' is not a model kind; "
@@ -3075,9 +3075,9 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
     for spec in (pipe, pipe / "unet", weights):
         code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(spec)], capsys)
         assert code == 2 and err == f"yoda: error: --model {spec}: a diffusers model (latent models (the SD x4 " \
-            "upscaler, DiffBIR, other diffusers models) are for the Python API: yoda.models.SDUpscalerAdapter, " \
-            "yoda.models.DiffBIRAdapter, yoda.models.from_diffusers); the command line loads yoda model files " \
-            "and sr3: / srdiff: checkpoints\n", err
+            "upscaler, LDM-SR, DiffBIR, other diffusers models) are for the Python API: " \
+            "yoda.models.SDUpscalerAdapter, yoda.models.LDMSRAdapter, yoda.models.DiffBIRAdapter, " \
+            "yoda.models.from_diffusers); the command line loads yoda model files and sr3: / srdiff: checkpoints\n", err
     code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", str(pipe / "unet" / "typo.pt")],
                        capsys)  # a name not found in such a folder is said so
     assert code == 2 and err.endswith(f"model file not found: {pipe / 'unet' / 'typo.pt'}\n"), err

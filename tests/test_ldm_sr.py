@@ -1,6 +1,9 @@
-"""yoda.models.LDMSRAdapter: LDM-SR's diffusers modules (random weights, tiny) give the latents and the image of
-LDMSuperResolutionPipeline's loop, written out below from its __call__ (the pipeline's module is no longer in the
-diffusers the tests install); YODA's masks and windows run on it; bad modules are refused by name."""
+"""yoda.models.LDMSRAdapter: LDM-SR's diffusers modules (random weights, tiny) give the latents of
+LDMSuperResolutionPipeline's loop (written out below from its __call__) and the pipeline's own image (diffusers
+exports the pipeline only where transformers is installed: its module is imported directly); YODA's masks and
+windows run on it; bad modules are refused by name."""
+
+import importlib
 
 import pytest
 import torch
@@ -61,6 +64,40 @@ def test_the_pipelines_latents_and_image(steps_offset):
     assert (sr - ref_img).abs().max() < 1e-5
 
 
+def _pipeline_class():
+    try:
+        name = "diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution"
+        return importlib.import_module(name).LDMSuperResolutionPipeline
+    except (ImportError, AttributeError):
+        return None
+
+
+@pytest.mark.skipif(_pipeline_class() is None, reason="this diffusers has no LDMSuperResolutionPipeline")
+@pytest.mark.parametrize("hw", [(8, 8), (9, 7)])
+def test_the_pipelines_own_image(hw):
+    """The pipeline itself, with the released model's scheduler config (scaled_linear 0.0015-0.0155, alpha-to-one,
+    steps_offset 1) and a call naming nothing but the steps: an LR whose sides are no multiple of the UNet's 2 is the
+    pipeline's image of the replicate-padded LR (a tensor with such sides fails in the pipeline), cropped."""
+    unet, vq, _ = modules()
+    sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="scaled_linear", beta_start=0.0015,
+                                    beta_end=0.0155, clip_sample=False, set_alpha_to_one=True, steps_offset=1)
+    pipe = _pipeline_class()(vqvae=vq, unet=unet, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(3)
+    lr = torch.rand(2, 3, *hw, generator=g) * 2 - 1
+    padded = torch.nn.functional.pad(lr, (0, hw[1] % 2, 0, hw[0] % 2), mode="replicate")
+    z = torch.randn(2, L, *padded.shape[-2:], generator=torch.Generator().manual_seed(7))  # the pipeline's draw
+    ref = pipe(image=padded, batch_size=2, num_inference_steps=STEPS, eta=0.0,
+               generator=torch.Generator().manual_seed(7), output_type="np").images
+    ad = LDMSRAdapter(unet, vq, sched)
+    assert dict(ad.sampling_defaults) == {"sampler": "ddim", "steps": T - 1, "spacing": "leading_offset"}
+    sr = yoda.sample(ad, lr, attention=None, steps=STEPS, noise=[z] + [torch.zeros_like(z)] * STEPS,
+                     progress=False)
+    got = (sr / 2 + 0.5).permute(0, 2, 3, 1).numpy()
+    assert got.shape == (2, 4 * hw[0], 4 * hw[1], 3)
+    assert abs(got - ref[:, :4 * hw[0], :4 * hw[1]]).max() < 1e-5
+
+
 def test_yoda_masks_and_windows_on_ldm_sr():
     unet, vq, sched = modules()
     g = torch.Generator().manual_seed(2)
@@ -90,6 +127,22 @@ def test_bad_modules_are_named():
     vae = diffusers.AutoencoderKL(latent_channels=L, block_out_channels=(8,), norm_num_groups=4)
     with pytest.raises(TypeError, match=r"vqvae must be a diffusers VQModel, got AutoencoderKL"):
         LDMSRAdapter(unet, vae, sched)
-    wide = diffusers.VQModel(latent_channels=4, block_out_channels=(8,), norm_num_groups=4)
-    with pytest.raises(ValueError, match=r"in_channels must be latent_channels \+ 3 = 7 \(cat\(z_t, LR pixels\)\)"):
-        LDMSRAdapter(unet, wide, sched)
+    for wide in (diffusers.VQModel(latent_channels=4, block_out_channels=(8,), norm_num_groups=4),
+                 diffusers.VQModel(latent_channels=3, vq_embed_dim=4, block_out_channels=(8,), norm_num_groups=4)):
+        with pytest.raises(ValueError, match=r"in_channels must be the vqvae's latent channels 4 \+ 3 = 7 "):
+            LDMSRAdapter(unet, wide, sched)  # (vq_embed_dim: what encode gives; the UNet failed at its first call)
+    grey = diffusers.VQModel(in_channels=1, latent_channels=L, block_out_channels=(8,), norm_num_groups=4)
+    with pytest.raises(ValueError, match=r"vqvae must encode and decode RGB images \(in_channels = out_channels"):
+        LDMSRAdapter(unet, grey, sched)
+    with pytest.raises(TypeError, match=r"got UNet2DConditionModel \(the SD x4 upscaler's: yoda\.models\.SDUpscaler"):
+        LDMSRAdapter(diffusers.UNet2DConditionModel(
+            block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=4, cross_attention_dim=8,
+            attention_head_dim=2), vq, sched)
+    with pytest.raises(TypeError, match=r"vae must be a diffusers AutoencoderKL, got VQModel \(LDM-SR's UNet and VQ "):
+        yoda.models.from_diffusers(unet, vq, sched)
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=sched)  # a pipeline given whole, with a vqvae: LDM-SR's parts
+    pipe.vqvae = vq
+    with pytest.raises(TypeError, match=r"model is a DDPMPipeline \(a diffusers pipeline: yoda takes its parts, "
+                                        r"yoda\.models\.LDMSRAdapter\(pipe\.unet, pipe\.vqvae, pipe\.scheduler\)\)"):
+        yoda.sample(pipe, torch.zeros(1, 3, 8, 8))

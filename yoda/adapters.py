@@ -486,6 +486,9 @@ def pipeline_hint(obj: Any) -> str:
     """What to say of a diffusers pipeline given where yoda takes one of its parts ("" for anything else)."""
     if not any(c.__name__ == "DiffusionPipeline" for c in type(obj).__mro__):
         return ""
+    if hasattr(obj, "vqvae"):  # LDMSuperResolutionPipeline's parts
+        return (" (a diffusers pipeline: yoda takes its parts, yoda.models.LDMSRAdapter(pipe.unet, pipe.vqvae, "
+                "pipe.scheduler))")
     return (" (a diffusers pipeline: yoda takes its parts, e.g. yoda.models.from_diffusers(pipe.unet, pipe.vae, "
             "pipe.scheduler), or SDUpscalerAdapter(pipe.unet, pipe.vae, pipe.scheduler, pipe.low_res_scheduler, ...) "
             "for the x4 upscaler)")

@@ -17,8 +17,9 @@ import sys
 
 
 # what an error about a latent model's file says to do (the CLI and the yoda model loader cannot sample one)
-LATENT_API = ("latent models (the SD x4 upscaler, DiffBIR, other diffusers models) are for the Python API: "
-              "yoda.models.SDUpscalerAdapter, yoda.models.DiffBIRAdapter, yoda.models.from_diffusers")
+LATENT_API = ("latent models (the SD x4 upscaler, LDM-SR, DiffBIR, other diffusers models) are for the Python API: "
+              "yoda.models.SDUpscalerAdapter, yoda.models.LDMSRAdapter, yoda.models.DiffBIRAdapter, "
+              "yoda.models.from_diffusers")
 
 
 class UserError(ValueError):

@@ -476,7 +476,8 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
                 if type(unet).__name__ == "UNet2DConditionModel" else pipeline_hint(unet))
         raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}{hint}")
     if not isinstance(vae, AutoencoderKL):
-        raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
+        hint = " (LDM-SR's UNet and VQ model: yoda.models.LDMSRAdapter)" if type(vae).__name__ == "VQModel" else ""
+        raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}{hint}")
     if int(vae.config.in_channels) != 3 or int(vae.config.out_channels) != 3:
         raise ValueError(f"vae: in_channels and out_channels must be 3 (an RGB image), got {vae.config.in_channels} "
                          f"/ {vae.config.out_channels}")

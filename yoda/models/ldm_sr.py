@@ -9,11 +9,12 @@ What the pipeline does, and what this adapter does with the same modules:
 
 YODA holds the latent pixels not refined yet at c = vqvae.encode(up(lr)).latents (torch's bicubic x f, before
 quantisation), noised to the next step's level, and max-pools the HR attention map to the latent grid
-(LatentAdapter's rule). The pipeline resizes its input to multiples of 32 (Lanczos); here the LR is padded
-(replicate) to the UNet's multiple and the image cropped back. With lower_bound >= 1, the same latents and
-sampler="ddim" (the pipeline's DDIM, eta 0, 100 steps: what a call naming none takes) this gives the pipeline's
-latents and image (tests/test_ldm_sr.py). In diffusers 0.42 the pipeline's module is gone (its class name is
-still exported); the UNet2DModel and VQModel it held load as they did.
+(LatentAdapter's rule). The pipeline cuts a PIL input's sides down to multiples of 32 (Lanczos) and takes a tensor
+as it is (sides that are not multiples of the UNet's 2 ** downsamplings fail in it); here the LR is padded
+(replicate) to that multiple and the image cropped back: the pipeline's image of the padded LR, cropped. With
+lower_bound >= 1, the same latents and sampler="ddim" (the pipeline's DDIM, eta 0, 100 steps: what a call naming
+none takes) this gives the pipeline's latents and image (tests/test_ldm_sr.py). diffusers exports the pipeline only
+where transformers is installed (not a dependency of yoda); the tests import its module directly.
 """
 
 from __future__ import annotations
@@ -45,13 +46,21 @@ class LDMSRAdapter(LatentAdapter):
         from diffusers import UNet2DModel, VQModel  # optional dependency, imported on use
 
         if not isinstance(unet, UNet2DModel):
-            raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}{pipeline_hint(unet)}")
+            hint = (" (the SD x4 upscaler's: yoda.models.SDUpscalerAdapter)"
+                    if type(unet).__name__ == "UNet2DConditionModel" else pipeline_hint(unet))
+            raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}{hint}")
         if not isinstance(vqvae, VQModel):
-            raise TypeError(f"vqvae must be a diffusers VQModel, got {type(vqvae).__name__}")
-        C = int(vqvae.config.latent_channels)
+            hint = " (a KL autoencoder's latent model: yoda.models.from_diffusers)" * (
+                type(vqvae).__name__ == "AutoencoderKL")
+            raise TypeError(f"vqvae must be a diffusers VQModel, got {type(vqvae).__name__}{hint}")
+        if int(vqvae.config.in_channels) != 3 or int(vqvae.config.out_channels) != 3:
+            raise ValueError(f"vqvae must encode and decode RGB images (in_channels = out_channels = 3), got "
+                             f"{vqvae.config.in_channels} / {vqvae.config.out_channels}")
+        C = int(vqvae.config.vq_embed_dim or vqvae.config.latent_channels)  # the latent's channels (encode's)
         if int(unet.config.in_channels) != C + 3 or int(unet.config.out_channels) != C:
-            raise ValueError(f"unet: in_channels must be latent_channels + 3 = {C + 3} (cat(z_t, LR pixels)) and "
-                             f"out_channels {C}, got {unet.config.in_channels} / {unet.config.out_channels}")
+            raise ValueError(f"unet: in_channels must be the vqvae's latent channels {C} + 3 = {C + 3} (cat(z_t, LR "
+                             f"pixels); vqvae.config's vq_embed_dim, else latent_channels) and out_channels {C}, got "
+                             f"{unet.config.in_channels} / {unet.config.out_channels}")
         config = scheduler_config_dict(scheduler_config)
         sched, pred = schedule_from_diffusers(config)
         f = 2 ** (len(vqvae.config.block_out_channels) - 1)
