@@ -3006,6 +3006,11 @@ MUTANTS = [
            '    if hasattr(obj, "vqvae"):  # LDMSuperResolutionPipeline\'s parts', "    if False:",
            ("tests/test_ldm_sr.py", "-k", "bad_modules"),
            "LDM-SR's pipeline given whole is told to use from_diffusers(pipe.unet, pipe.vae, ...): it has no vae"),
+    Mutant("latent-codec-closures", "yoda/models/latent.py",
+           "    return LatentAdapter(encode, decode, CatUNet(unet), sched,",
+           "    return LatentAdapter(encode, decode, lambda z, t, c: CatUNet(unet)(z, t, c), sched,",
+           ("tests/test_ldm_sr.py", "-k", "pickle"),
+           "from_diffusers' adapter cannot be pickled (a spawned DataLoader worker, a process pool)"),
 ]
 
 

@@ -146,3 +146,23 @@ def test_bad_modules_are_named():
     with pytest.raises(TypeError, match=r"model is a DDPMPipeline \(a diffusers pipeline: yoda takes its parts, "
                                         r"yoda\.models\.LDMSRAdapter\(pipe\.unet, pipe\.vqvae, pipe\.scheduler\)\)"):
         yoda.sample(pipe, torch.zeros(1, 3, 8, 8))
+
+
+def test_latent_adapters_pickle():
+    """LDMSRAdapter and from_diffusers' adapter held their codecs and UNet call as closures: pickle (a spawned
+    DataLoader worker, a process pool) failed with "Can't pickle local object"; the copy samples the same image."""
+    import pickle
+
+    unet, vq, sched = modules()
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 8, 16),
+                                  latent_channels=L, norm_num_groups=4, layers_per_block=1).eval()
+    torch.manual_seed(0)
+    cat_unet = diffusers.UNet2DModel(sample_size=8, in_channels=2 * L, out_channels=L, block_out_channels=(8, 16),
+                                     layers_per_block=1, down_block_types=("DownBlock2D",) * 2,
+                                     up_block_types=("UpBlock2D",) * 2, norm_num_groups=4).eval()
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    for ad in (LDMSRAdapter(unet, vq, sched), yoda.models.from_diffusers(cat_unet, vae, sched)):
+        twin = pickle.loads(pickle.dumps(ad))
+        kw = dict(attention="edge", lower_bound=0.3, sampler="ddim", steps=2, seed=0, progress=False)
+        assert torch.equal(yoda.sample(twin, lr, **kw), yoda.sample(ad, lr, **kw)), type(ad).__name__

@@ -415,42 +415,65 @@ def _cast(vae: Any, dtype: torch.dtype) -> None:
     (torch.nn.Module.to if isinstance(vae, torch.nn.Module) else type(vae).to)(vae, dtype)
 
 
-def vae_codec(vae: Any, sample_latent: bool = False, latent_seed: int = 0) -> Tuple[Callable, Callable]:
-    """(encode, decode) of a diffusers AutoencoderKL as diffusers' pipelines use it: encode(x) = the latent
+class VAECodec:
+    """encode / decode of a diffusers AutoencoderKL as diffusers' pipelines use it: encode(x) = the latent
     distribution's mean (or, ``sample_latent``, a draw from a CPU generator seeded with ``latent_seed`` at every
     call: the same image gives the same latent, and torch's global RNG is left alone), then (z - shift_factor) *
     scaling_factor, or with the config's latents_mean / latents_std (z - mean) * scaling_factor / std; decode
     inverts that and decodes. The VAE runs in its parameters' dtype (vae_upcast for fp16 with force_upcast), the
-    results in the caller's."""
-    C = int(vae.config.latent_channels)
-    sf = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3 / Flux VAEs: (z - shift) * sf
-    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    if (mean is None) != (std is None):
-        raise ValueError("vae: latents_mean and latents_std come together (or neither)")
-    stats = None if mean is None else [torch.tensor(v, dtype=torch.float32).view(1, C, 1, 1) for v in (mean, std)]
+    results in the caller's. An object, not closures: an adapter holding its methods pickles (a spawned worker)."""
 
-    def to_latent(z: torch.Tensor) -> torch.Tensor:
-        if stats is not None:
-            return (z - stats[0].to(z)) * sf / stats[1].to(z)
-        return (z - shift) * sf
+    def __init__(self, vae: Any, sample_latent: bool = False, latent_seed: int = 0):
+        C = int(vae.config.latent_channels)
+        self.vae, self.sample_latent, self.latent_seed = vae, sample_latent, latent_seed
+        self.sf = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3 / Flux VAEs: (z - shift) * sf
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if (mean is None) != (std is None):
+            raise ValueError("vae: latents_mean and latents_std come together (or neither)")
+        self.stats = None if mean is None else [torch.tensor(v, dtype=torch.float32).view(1, C, 1, 1)
+                                                for v in (mean, std)]
 
-    def from_latent(z: torch.Tensor) -> torch.Tensor:
-        if stats is not None:
-            return z * stats[1].to(z) / sf + stats[0].to(z)
-        return z / sf + shift
+    def to_latent(self, z: torch.Tensor) -> torch.Tensor:
+        if self.stats is not None:
+            return (z - self.stats[0].to(z)) * self.sf / self.stats[1].to(z)
+        return (z - self.shift) * self.sf
 
-    def encode(x: torch.Tensor) -> torch.Tensor:
+    def from_latent(self, z: torch.Tensor) -> torch.Tensor:
+        if self.stats is not None:
+            return z * self.stats[1].to(z) / self.sf + self.stats[0].to(z)
+        return z / self.sf + self.shift
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
         with vae_upcast(vae):
             dist = vae.encode(x.to(vae.dtype)).latent_dist
-            z = dist.sample(generator=torch.Generator().manual_seed(latent_seed)) if sample_latent else dist.mode()
-            return to_latent(z.to(x.dtype))
+            z = (dist.sample(generator=torch.Generator().manual_seed(self.latent_seed)) if self.sample_latent
+                 else dist.mode())
+            return self.to_latent(z.to(x.dtype))
 
-    def decode(z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
         with vae_upcast(vae):
-            return vae.decode(from_latent(z).to(vae.dtype)).sample.to(z.dtype)
+            return vae.decode(self.from_latent(z).to(vae.dtype)).sample.to(z.dtype)
 
-    return encode, decode
+
+def vae_codec(vae: Any, sample_latent: bool = False, latent_seed: int = 0) -> Tuple[Callable, Callable]:
+    """(encode, decode) of VAECodec(vae, sample_latent, latent_seed)."""
+    codec = VAECodec(vae, sample_latent, latent_seed)
+    return codec.encode, codec.decode
+
+
+class CatUNet:
+    """denoise(z, t, c) = unet(cat(z, c), t).sample in the UNet's parameters' dtype (fp16 / bf16 weights take the
+    float32 state), its output in the state's; an object, so that the adapter pickles."""
+
+    def __init__(self, unet: Any):
+        self.unet = unet
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        unet = self.unet
+        return unet(torch.cat([z, c.to(z.dtype)], dim=1).to(unet.dtype), t).sample.to(z.dtype)
 
 
 def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4,
@@ -460,9 +483,9 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
     cat(z_t, c), c the VAE encoding of the upsampled or stage-1 image) and ``AutoencoderKL``: encode(x) =
     vae.encode(x).latent_dist.mode() * scaling_factor (the mean, so that c is deterministic; ``sample_latent``
     draws instead, from a CPU generator seeded with ``latent_seed``), decode(z) = vae.decode(z /
-    scaling_factor).sample. latent_factor = 2 ** (len(vae block_out_channels) - 1). Only such a model loads: not
-    LDM-SR (a VQModel, conditioned on the LR pixels) nor the SD x4 upscaler (a UNet2DConditionModel with text and
-    noise-level conditioning on cat(z_t, LR pixels)).
+    scaling_factor).sample. latent_factor = 2 ** (len(vae block_out_channels) - 1). Only such a model loads here:
+    LDM-SR (a VQModel, conditioned on the LR pixels) is LDMSRAdapter, the SD x4 upscaler (a UNet2DConditionModel
+    with text and noise-level conditioning on cat(z_t, LR pixels)) SDUpscalerAdapter.
 
     The VAE's shift_factor (SD3 / Flux) or latents_mean / latents_std are applied as diffusers' pipelines apply
     them; the scheduler config's clip_sample becomes the adapter's clip_x0 (x0 clipped to [-1, 1]), its class and
@@ -494,11 +517,6 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     m = 2 ** (len(unet.config.down_block_types) - 1)
 
-    # the UNet runs in its parameters' dtype (fp16 / bf16 weights take the float32 state), its output comes back
-    # in the state's
-    def denoise(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return unet(torch.cat([z, c.to(z.dtype)], dim=1).to(unet.dtype), t).sample.to(z.dtype)
-
-    return LatentAdapter(encode, decode, denoise, sched, prediction=pred, scale=scale, stage1=stage1,
+    return LatentAdapter(encode, decode, CatUNet(unet), sched, prediction=pred, scale=scale, stage1=stage1,
                          latent_factor=f, pool=pool, latent_multiple=m, clip_x0=clip_sample_of(config),
                          modules=(unet, vae), sampling=sampling_from_diffusers(config))

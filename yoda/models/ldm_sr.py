@@ -66,14 +66,8 @@ class LDMSRAdapter(LatentAdapter):
         f = 2 ** (len(vqvae.config.block_out_channels) - 1)
         m = 2 ** (len(unet.config.block_out_channels) - 1)  # UNet2DModel takes sides of multiples of its downsamplings
 
-        def encode(img: torch.Tensor) -> torch.Tensor:
-            dt = vqvae.dtype
-            return vqvae.encode(img.to(dt)).latents.to(img.dtype)
-
-        def decode(z: torch.Tensor) -> torch.Tensor:
-            return vqvae.decode(z.to(vqvae.dtype)).sample.to(z.dtype)
-
-        super().__init__(encode, decode, self._unused, sched, prediction=pred, scale=f, latent_factor=f,
+        self.vqvae = vqvae
+        super().__init__(self._encode_vq, self._decode_vq, self._unused, sched, prediction=pred, scale=f, latent_factor=f,
                          pool=pool, clip_x0=clip_sample_of(config), latent_multiple=m, modules=(unet, vqvae),
                          sampling=sampling_from_diffusers(config, PIPELINE_STEPS))
         self.net = unet  # the denoiser call, which yoda.sampling.speed may wrap
@@ -81,6 +75,12 @@ class LDMSRAdapter(LatentAdapter):
     @staticmethod
     def _unused(*args):  # pragma: no cover - denoise is overridden
         raise AssertionError
+
+    def _encode_vq(self, img: torch.Tensor) -> torch.Tensor:  # (methods, not closures: the adapter pickles)
+        return self.vqvae.encode(img.to(self.vqvae.dtype)).latents.to(img.dtype)
+
+    def _decode_vq(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vqvae.decode(z.to(self.vqvae.dtype)).sample.to(z.dtype)
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         latent = super().prepare(lr)  # c = encode(padded up(lr)), the HR size
