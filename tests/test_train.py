@@ -14,6 +14,7 @@ import shutil
 import re
 import warnings
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -1576,6 +1577,11 @@ def test_a_finished_run_rerun_keeps_its_record(tmp_path, img_folder, capsys):
         in record
     from yoda.training.report import earlier_sessions  # a record past the checkpoint (an older checkpoint put back)
     assert earlier_sessions(str(out), 2) == ""  # is a record all the same: no "no record" (its sessions wrote one)
+    # a second Ctrl-C while a session saved: its checkpoint (step 4) past the record (step 2 here); a rerun that
+    # trains nothing wrote none, and TRAINING.md kept step 2 beside the weights of step 4
+    (out / "TRAINING.md").write_text(record.replace("- steps: 4 (this run: 0;", "- steps: 2 (this run: 2;"))
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
+    assert "- steps: 4 (this run: 0;" in (out / "TRAINING.md").read_text()
 
 
 def test_a_resumed_runs_record_names_its_earlier_commands(tmp_path, img_folder, capsys):
@@ -2612,3 +2618,31 @@ def test_training_is_the_same_under_the_callers_torch_state(tmp_path, img_folder
         torch.set_default_device(None)
     for (k, a), b in zip(ref.ema.state_dict().items(), tr.ema.state_dict().values()):
         assert a.dtype == b.dtype and torch.equal(a, b), k
+
+
+def test_a_budget_bar_counts_steps_and_a_changed_folder_names_data_dir(tmp_path, img_folder, monkeypatch):
+    """Under --minutes the bar's total was the config's steps (default_x4: 1,000,000): a 79-hour ETA for a
+    24-second run. A resume whose training folder differs (a rerun without --data-dir) said "differs in:
+    data.source" without naming the option."""
+    import tqdm as tqdm_mod
+
+    totals = []
+
+    class Spy(tqdm_mod.tqdm):
+        def __init__(self, *a, **k):
+            totals.append(k.get("total"))
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", Spy)
+    cfg = tiny_config(img_folder, steps=3, val_every=0)
+    Trainer(cfg, str(tmp_path / "a"), device="cpu", progress=False).run(max_seconds=3600)
+    Trainer(cfg, str(tmp_path / "b"), device="cpu", progress=False).run()
+    assert totals == [None, 3]
+    other = tmp_path / "other"
+    other.mkdir()
+    for p in Path(img_folder).iterdir():
+        (other / p.name).write_bytes(p.read_bytes())
+    moved = tiny_config(str(other), steps=3, val_every=0)
+    with pytest.raises(ValueError, match=r"differs in: data\.source: .* \(the training images: yoda train "
+                                         r"--data-dir names them\); resume with the run's own config\.json"):
+        Trainer(moved, str(tmp_path / "b"), device="cpu", progress=False)

@@ -89,6 +89,21 @@ def _describe_source(source: str) -> str:
     return f"the images in {source}"
 
 
+def _record_text(out: str) -> str:
+    """TRAINING.md of ``out`` (FileNotFoundError where there is none)."""
+    return Path(out, "TRAINING.md").read_text(encoding="utf-8", errors="surrogateescape")
+
+
+def recorded_step(out: str) -> Optional[int]:
+    """The step TRAINING.md in ``out`` records, None where there is none (or it is no record)."""
+    try:
+        text = _record_text(out)
+    except (OSError, UnicodeDecodeError):
+        return None
+    steps = re.search(r"^- steps: (\d+) \(this run: ", text, re.M)
+    return int(steps[1]) if steps else None
+
+
 def earlier_sessions(out: str, start_step: int) -> str:
     """The commands of a resumed run's earlier sessions, oldest first ("`CMD` (steps A-B); ..."), as its
     TRAINING.md names them: each rewrite of it carries the last one's command over; steps of a session that wrote
@@ -97,7 +112,7 @@ def earlier_sessions(out: str, start_step: int) -> str:
     if start_step <= 0:
         return ""
     try:
-        text = Path(out, "TRAINING.md").read_text(encoding="utf-8", errors="surrogateescape")
+        text = _record_text(out)
     except FileNotFoundError:
         return f"steps 0-{start_step}: {unrecorded}"
     except (OSError, UnicodeDecodeError):
@@ -284,8 +299,9 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
                 warnings.warn(f"--out {out} also holds {', '.join(older)}: weights of an earlier session under "
                               f"another --weights-name, left as they are; this run writes {weights_name}")
             summary = tr.run(max_seconds=None if minutes is None else 60.0 * float(minutes))
-            # a run that trained nothing keeps the record of the one that did, if that one got to write it
-            if ranks.main and (tr.step > start_step or not os.path.isfile(os.path.join(out, "TRAINING.md"))):
+            # a run that trained nothing keeps the record of the one that did, if that one got to write it (a second
+            # Ctrl-C while it saved left the checkpoint past the record: the record is written again, at its step)
+            if ranks.main and (tr.step > start_step or recorded_step(out) != tr.step):
                 record = training_record(tr.cfg, tr, config_path=config_path, out=out, command=command,
                                          weights_name=weights_name, start_step=start_step,
                                          seconds=summary["seconds"], stopped_by=summary["stopped_by"],

@@ -283,7 +283,8 @@ class Trainer:
 
             diff = ", ".join(f"{k}: {said(theirs.get(k))} there, {said(mine.get(k))} now"
                              for k in sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)))
-            raise ValueError(f"checkpoint {path} was written with a different config (differs in: {diff}); "
+            folder = " (the training images: yoda train --data-dir names them)" if "data.source" in diff else ""
+            raise ValueError(f"checkpoint {path} was written with a different config (differs in: {diff}){folder}; "
                              f"resume with the run's own config.json, or train into another --out")
         try:
             self.model.load_state_dict(st["model"])
@@ -477,8 +478,11 @@ class Trainer:
             self.write_log()  # (also when no step is left to write it)
             if self.on_row is not None and self.ranks.main:
                 self.on_row(last_row, total, self.step >= total)
-        bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc=cfg.name, unit="step")
-        post: dict = {}  # the bar's loss, and with max_seconds the time left (its ETA counts to total, not that)
+        # under a time budget the bar counts steps and says the time left (a total of the config's 1,000,000 steps
+        # gave a 79-hour ETA to a 24-second run)
+        bar = tqdm(total=None if max_seconds is not None else total, initial=self.step, disable=not self.progress,
+                   desc=cfg.name, unit="step")
+        post: dict = {}  # the bar's loss, and with max_seconds the time left
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
         (interrupted, old_handlers), stop = stop_on_interrupt(), None
