@@ -163,8 +163,8 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
 
         (wh, ww), o = window_sides(windows[0]), windows[1]  # a batch larger than the windows was printed as given
         per_call = min(window_batch, len(window_starts(hr_h, wh, o)) * len(window_starts(hr_w, ww, o)))
-        tally.say(f"{printable(src)}: about {mebibytes(need)} at {hr_w}x{hr_h} is over --max-memory "
-                  f"{mebibytes(a.max_memory)}: denoising in windows of {window_text(windows[0])} (overlap "
+        tally.say(f"{printable(src)}: up to about {mebibytes(need)} at {hr_w}x{hr_h} (a generous estimate) is over "
+                  f"--max-memory {mebibytes(a.max_memory)}: denoising in windows of {window_text(windows[0])} (overlap "
                   f"{windows[1]}: --tiles {window_text(windows[0])},{windows[1]}), {per_call} per call")
         window_notes(src, hr_h, hr_w, windows[0], a.max_memory)
     unused_window_batch_note(a, src, windows, hr_h, hr_w)
