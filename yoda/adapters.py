@@ -36,7 +36,7 @@ Extensions of the contract (all with defaults in Adapter, so existing adapters k
     adapter.state_grid(hr), adapter.state_extent(hr)
                                 -> the state grid prepare makes for an HR size, and the image's part of it, told
                                    before prepare (None: unknown) so that windows= is checked before the heavy part
-    adapter.sampling_defaults   {"sampler": ..., "steps": ..., "spacing": ...}: yoda.sample's defaults for the
+    adapter.sampling_defaults   {"sampler", "steps", "spacing", "lower_bound"}: yoda.sample's defaults for the
                                    model where a call leaves them out (empty: DDPM over every step, "trailing"; a
                                    ModelCard's sampling; a diffusers scheduler config's sampler and spacing)
     adapter.activation_scale    the model's activations per state element, in units of a pixel-space UNet's, for
@@ -105,7 +105,7 @@ class Adapter:
     # window batch (yoda.sampling.tiles.default_window_batch): the latent adapters say latent_factor ** 2 (an element
     # stands for that many pixels, in a far wider network), twice that when guidance doubles the batch
     activation_scale: int = 1
-    # yoda.sample's sampler= / steps= where the call leaves them out ({"sampler": ..., "steps": ...}; empty: DDPM
+    # yoda.sample's sampler= / steps= / spacing= / lower_bound= where the call leaves them out (empty: DDPM
     # over every step); the yoda models' adapters take their ModelCard's sampling (the embedded model: DDIM, 1 step)
     sampling_defaults: Mapping[str, Any] = MappingProxyType({})
     hr_state: bool = False  # prepare's state lies on the HR grid (up(lr)'s): state_grid(hr) is hr

@@ -3,7 +3,7 @@
 Each function here has the exact signature of the registered op of the same name (``torch.ops.yoda.<op>``),
 so a backend is a drop-in replacement. Arithmetic is float32 whatever the input dtype; the order of the
 float32 operations below is the contract that the C++, CUDA and Triton kernels follow, so that backends
-agree to within one or two float32 roundings.
+give the same bits on the same noise (DESIGN.md §10).
 
 Step coefficients (``coefs``: yoda_kernels.contract.StepCoefs, ten floats computed once in float64 by
 :func:`yoda_kernels.coefs.step_coefficients`) and the one step they describe are the kernel contract, written

@@ -4,7 +4,8 @@ DiffBIR restores with a stage-1 network, encodes the restored image with the Sta
 a ControlLDM denoise a latent conditioned on that encoding. YODA holds the not-yet-active latent pixels at
 the noised encoding of the stage-1 image:
 
-    img = stage1(up(lr))  (or up(lr) without a stage 1), padded (replicate) to multiples of latent_factor
+    img = stage1(up(lr))  (or up(lr) without a stage 1), padded (replicate) to multiples of latent_factor *
+                                           latent_multiple
     c   = encode(img)                      (B, C', H/f, W/f)     f = latent_factor (8 for SD's VAE)
     eps = denoise(z_t, idx, c)             the ControlLDM call (eps, x0 or v: ``prediction``)
     SR  = crop(decode(z_0)) to (H, W), clamped to [-1, 1]
