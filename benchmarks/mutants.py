@@ -3025,6 +3025,11 @@ MUTANTS = [
            '            folder = "" if "data.source" in diff',
            ("tests/test_train.py", "-k", "budget_bar"),
            "a resume without --data-dir is told its config differs in data.source, not which option sets it"),
+    Mutant("afresh-over-log-unsaid", "yoda/training/report.py",
+           '        if not os.path.exists(os.path.join(out, "checkpoint.pt")) and _logged_rows(out):',
+           "        if False:",
+           ("tests/test_train.py", "-k", "log_without_a_checkpoint"),
+           "a rerun after a kill before the first checkpoint starts over its log's rows without a word"),
 ]
 
 

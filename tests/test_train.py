@@ -2646,3 +2646,22 @@ def test_a_budget_bar_counts_steps_and_a_changed_folder_names_data_dir(tmp_path,
     with pytest.raises(ValueError, match=r"differs in: data\.source: .* \(the training images: yoda train "
                                          r"--data-dir names them\); resume with the run's own config\.json"):
         Trainer(moved, str(tmp_path / "b"), device="cpu", progress=False)
+
+
+def test_a_rerun_over_a_log_without_a_checkpoint_says_it_starts_afresh(tmp_path, img_folder, capsys):
+    """A run killed before its first checkpoint leaves log.csv rows: the rerun started at step 0 and replaced them
+    without a word."""
+    import json
+
+    from yoda.cli import main
+
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(tiny_config(img_folder, val_every=0).to_dict()))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
+    assert "holds log.csv rows" not in capsys.readouterr().err
+    (out / "checkpoint.pt").unlink()  # (as a SIGKILL before the first checkpoint leaves it)
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"yoda: warning: --out {out} holds log.csv rows but no checkpoint.pt (a run stopped before its first " \
+           "checkpoint): this run starts at step 0 and writes its log afresh" in err, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import numbers
 import os
@@ -92,6 +93,15 @@ def _describe_source(source: str) -> str:
 def _record_text(out: str) -> str:
     """TRAINING.md of ``out`` (FileNotFoundError where there is none)."""
     return Path(out, "TRAINING.md").read_text(encoding="utf-8", errors="surrogateescape")
+
+
+def _logged_rows(out: str) -> bool:
+    """Whether ``out``'s log.csv holds a row besides its header."""
+    try:
+        with open(os.path.join(out, "log.csv"), encoding="utf-8", errors="replace") as f:
+            return sum(1 for line in itertools.islice(f, 2) if line.strip()) > 1
+    except OSError:
+        return False
 
 
 def recorded_step(out: str) -> Optional[int]:
@@ -276,6 +286,10 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
 
     if ranks.main:  # rank 0 writes; the other ranks making the folder at the same time must not race its check
         check_out(out, weights_name)
+        if not os.path.exists(os.path.join(out, "checkpoint.pt")) and _logged_rows(out):  # (it started over unsaid)
+            warnings.warn(f"--out {out} holds log.csv rows but no checkpoint.pt (a run stopped before its first "
+                          f"checkpoint): this run starts at step 0 and writes its log afresh", UserWarning,
+                          stacklevel=2)
     dev = rank_device(resolve_device(device), ranks.world, ranks.local_rank)  # before the folder: none left on error
     made = made_dirs(Path(out))
     try:
