@@ -59,7 +59,10 @@ def _has_glyph(face, ch: str) -> bool:
     key = (path if isinstance(path, str) else getattr(face, "getname", lambda: id(face))(), face.size, ch)
     has = _GLYPHS.get(key)
     if has is None:
-        ink = lambda c: (face.getmask(c).size, bytes(face.getmask(c)))  # noqa: E731
+        def ink(c):
+            m = face.getmask(c)
+            return m.size, bytes(m)
+
         if len(_GLYPHS) > 65536:
             _GLYPHS.clear()
         has = _GLYPHS[key] = ch.isspace() or ink(ch) != ink("\uffff")  # U+FFFF is a noncharacter: no font has it

@@ -130,8 +130,8 @@ class ModelCard:
                                                                                  self.schedule.T)))
 
     def __reduce__(self):
-        """Pickled and copied (copy.deepcopy of a model, torch.save of a whole module) through its fields: the frozen
-        mapping of ``sampling`` cannot be pickled itself."""
+        """Pickled and copied (copy.deepcopy of a model, torch.save of a whole module) through its constructor, which
+        checks the fields again and freezes ``sampling`` (a pickle holds it as a plain dict)."""
         sampling = None if self.sampling is None else dict(self.sampling)
         return (type(self), (self.schedule, self.scale, self.prediction, self.space, self.config, sampling))
 

@@ -459,10 +459,15 @@ class VAECodec:
             return vae.decode(self.from_latent(z).to(vae.dtype)).sample.to(z.dtype)
 
 
-def vae_codec(vae: Any, sample_latent: bool = False, latent_seed: int = 0) -> Tuple[Callable, Callable]:
-    """(encode, decode) of VAECodec(vae, sample_latent, latent_seed)."""
-    codec = VAECodec(vae, sample_latent, latent_seed)
-    return codec.encode, codec.decode
+def lr_on_grid(lr: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """The LR pixels on a latent grid at the LR's own size (SD x4 upscaler, LDM-SR): padded (replicate) at the
+    bottom and right to ``grid``, as the image is padded before it is encoded."""
+    h, w = grid
+    return F.pad(lr, (0, w - lr.shape[-1], 0, h - lr.shape[-2]), mode="replicate")
+
+
+def overridden_denoise(*args):  # pragma: no cover - LatentAdapter's denoise callable of a subclass that overrides
+    raise AssertionError       # denoise (SDUpscalerAdapter, LDMSRAdapter)
 
 
 class CatUNet:
@@ -514,10 +519,10 @@ def from_diffusers(unet: Any, vae: Any, scheduler_config: Any, *, scale: int = 4
     latent_seed = as_int(latent_seed, "latent_seed")  # Python / numpy ints, as yoda.sample's seed
     if not 0 <= latent_seed < 2**64:
         raise ValueError(f"latent_seed must be in [0, 2**64 - 1] (a torch.Generator seed), got {latent_seed}")
-    encode, decode = vae_codec(vae, sample_latent, latent_seed)
+    codec = VAECodec(vae, sample_latent, latent_seed)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     m = 2 ** (len(unet.config.down_block_types) - 1)
 
-    return LatentAdapter(encode, decode, CatUNet(unet), sched, prediction=pred, scale=scale, stage1=stage1,
+    return LatentAdapter(codec.encode, codec.decode, CatUNet(unet), sched, prediction=pred, scale=scale, stage1=stage1,
                          latent_factor=f, pool=pool, latent_multiple=m, clip_x0=clip_sample_of(config),
                          modules=(unet, vae), sampling=sampling_from_diffusers(config))

@@ -22,11 +22,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ..adapters import Prepared, pipeline_hint
-from .latent import LatentAdapter, clip_sample_of, sampling_from_diffusers, schedule_from_diffusers, \
-    scheduler_config_dict
+from .latent import (LatentAdapter, clip_sample_of, lr_on_grid, overridden_denoise, sampling_from_diffusers,
+                     schedule_from_diffusers, scheduler_config_dict)
 
 __all__ = ["LDMSRAdapter", "LDMSRCond"]
 
@@ -67,14 +66,10 @@ class LDMSRAdapter(LatentAdapter):
         m = 2 ** (len(unet.config.block_out_channels) - 1)  # UNet2DModel takes sides of multiples of its downsamplings
 
         self.vqvae = vqvae
-        super().__init__(self._encode_vq, self._decode_vq, self._unused, sched, prediction=pred, scale=f, latent_factor=f,
-                         pool=pool, clip_x0=clip_sample_of(config), latent_multiple=m, modules=(unet, vqvae),
-                         sampling=sampling_from_diffusers(config, PIPELINE_STEPS))
+        super().__init__(self._encode_vq, self._decode_vq, overridden_denoise, sched, prediction=pred, scale=f,
+                         latent_factor=f, pool=pool, clip_x0=clip_sample_of(config), latent_multiple=m,
+                         modules=(unet, vqvae), sampling=sampling_from_diffusers(config, PIPELINE_STEPS))
         self.net = unet  # the denoiser call, which yoda.sampling.speed may wrap
-
-    @staticmethod
-    def _unused(*args):  # pragma: no cover - denoise is overridden
-        raise AssertionError
 
     def _encode_vq(self, img: torch.Tensor) -> torch.Tensor:  # (methods, not closures: the adapter pickles)
         return self.vqvae.encode(img.to(self.vqvae.dtype)).latents.to(img.dtype)
@@ -84,9 +79,7 @@ class LDMSRAdapter(LatentAdapter):
 
     def prepare(self, lr: torch.Tensor) -> Prepared:
         latent = super().prepare(lr)  # c = encode(padded up(lr)), the HR size
-        h, w = latent.c.shape[-2:]
-        image = F.pad(lr, (0, w - lr.shape[-1], 0, h - lr.shape[-2]), mode="replicate")
-        return Prepared(c=latent.c, cond=LDMSRCond(image, latent.cond.size))
+        return Prepared(c=latent.c, cond=LDMSRCond(lr_on_grid(lr, latent.c.shape[-2:]), latent.cond.size))
 
     def crop_cond(self, cond: LDMSRCond, ys: slice, xs: slice) -> LDMSRCond:
         return cond._replace(image=cond.image[..., ys, xs])

@@ -9,7 +9,7 @@ What the pipeline does, and what this adapter does with the same modules:
     SR      = vae.decode(z_0 / scaling_factor)                     f x the LR (f = 4: the VAE's downsampling)
 
 YODA holds the latent pixels not refined yet at c = the VAE encoding of up(lr) (torch's bicubic x f;
-latent.vae_codec: the mean of the latent distribution, times scaling_factor), noised to the next step's level, and
+latent.VAECodec: the mean of the latent distribution, times scaling_factor), noised to the next step's level, and
 max-pools the HR attention map to the latent grid (LatentAdapter's rule). The prompts are given as embeddings (diffusers' ``prompt_embeds``
 / ``negative_prompt_embeds``: yoda has no text encoder); the LR noise n is drawn from ``noise_seed`` on the CPU,
 as the pipeline draws it from a CPU generator of that seed (the LR is not padded: the UNet takes any size).
@@ -28,8 +28,8 @@ import torch
 
 from ..adapters import Prepared, check_cfg_scale, guided_call, pipeline_hint
 from ..masks import as_int
-from .latent import (LatentAdapter, clip_sample_of, sampling_from_diffusers, schedule_from_diffusers,
-                     scheduler_config_dict, vae_codec)
+from .latent import (LatentAdapter, VAECodec, clip_sample_of, lr_on_grid, overridden_denoise, sampling_from_diffusers,
+                     schedule_from_diffusers, scheduler_config_dict)
 
 __all__ = ["SDUpscalerAdapter", "UpscalerCond"]
 
@@ -108,8 +108,8 @@ class SDUpscalerAdapter(LatentAdapter):
             raise ValueError(f"negative_prompt_embeds must have prompt_embeds' shape {tuple(emb.shape)}, got "
                              f"{getattr(neg, 'shape', type(neg).__name__)}")
         f = 2 ** (len(vae.config.block_out_channels) - 1)
-        encode, decode = vae_codec(vae)
-        super().__init__(encode, decode, self._unused, sched, prediction=pred, scale=f,
+        codec = VAECodec(vae)
+        super().__init__(codec.encode, codec.decode, overridden_denoise, sched, prediction=pred, scale=f,
                          latent_factor=f, pool=pool, clip_x0=clip_sample_of(config),
                          modules=(unet, vae), sampling=sampling_from_diffusers(config, PIPELINE_STEPS))
         self.net = unet  # the denoiser call, which yoda.sampling.speed may wrap
@@ -136,14 +136,10 @@ class SDUpscalerAdapter(LatentAdapter):
         new._check_guidance()
         return new
 
-    @staticmethod
-    def _unused(*args):  # pragma: no cover - denoise is overridden
-        raise AssertionError
-
     def prepare(self, lr: torch.Tensor) -> Prepared:
         latent = super().prepare(lr)  # c = encode(padded up(lr)), the HR size
-        B, (h, w) = lr.shape[0], latent.c.shape[-2:]
-        lr_p = torch.nn.functional.pad(lr, (0, w - lr.shape[-1], 0, h - lr.shape[-2]), mode="replicate")
+        B = lr.shape[0]
+        lr_p = lr_on_grid(lr, latent.c.shape[-2:])
         n = torch.randn(lr_p.shape, generator=torch.Generator().manual_seed(self.noise_seed), dtype=torch.float32)
         a, s = self.low_res
         image = (a * lr_p.float() + s * n.to(lr.device)).to(lr.dtype)
