@@ -378,7 +378,7 @@ MUTANTS = [
            ("tests/test_train.py", "-k", "held_out"),
            "a JPEG copy of a held-out picture trains, and TRAINING.md says the model never saw it"),
     Mutant("held-out-by-name-only", "yoda/heldout.py",
-           "if (held := _held_out_name(t))]", "if (held := None)]",
+           "        if held := held_out_copy(a):", "        if held := None:",
            ("tests/test_train.py", "-k", "held_out"),
            "a renamed copy of a held-out picture trains"),
     Mutant("held-out-unmirrored", "yoda/heldout.py",
@@ -1869,7 +1869,7 @@ MUTANTS = [
            ("tests/test_train.py", "-k", "init_named_on_resume"),
            "--init default into a scratch run's --out went on training the scratch run and replaced its model"),
     Mutant("val-train-copies-pass", "yoda/heldout.py",
-           "    if shared := shared_images(val, turns):", "    if shared := shared_images((), turns):",
+           "    if val and (shared := shared_images(val,", "    if val and (shared := shared_images((),",
            ("tests/test_train.py", "-k", "validation_images_that_are_training"),
            "a validation image copied from train/ scored the model on what it trains on, without a word"),
     Mutant("warmup-option-dropped", "yoda/training/report.py",
@@ -3030,6 +3030,15 @@ MUTANTS = [
            "        if False:",
            ("tests/test_train.py", "-k", "log_without_a_checkpoint"),
            "a rerun after a kill before the first checkpoint starts over its log's rows without a word"),
+    Mutant("held-out-checked-after-load", "yoda/training/trainer.py",
+           "                                             vet=held_out_lines)",
+           "                                             vet=None)",
+           ("tests/test_train.py", "-k", "held_out"),
+           "a training folder's held-out copies were named only in a second run, after its unreadable images"),
+    Mutant("vet-lines-dropped", "yoda/data.py",
+           "    bad += vet(items) if vet is not None else []", "    bad += []",
+           ("tests/test_train.py", "-k", "held_out"),
+           "a folder's held-out copies trained: load_folder left out its vet's lines"),
 ]
 
 

@@ -225,7 +225,8 @@ def test_held_out_photographs_are_refused_for_training(tmp_path, fake_photos):
     cfg = TrainConfig(data={"source": str(out / "heldout"), "crop": 64, "scale": 4, "val_crops": 0},
                       model={"kind": "sr3", "in_channel": 6, "out_channel": 3, "inner_channel": 8, "norm_groups": 4,
                              "channel_mults": [1, 2], "attn_res": [], "res_blocks": 1, "image_size": 64, "scale": 4})
-    with pytest.raises(DataError, match="held-out photographs"):
+    with pytest.raises(DataError, match=f"{photos.HELD_OUT_PHOTOS[0]}.png is named like {photos.HELD_OUT_PHOTOS[0]}, a "
+                                        f"photograph held out for evaluation"):
         Trainer(cfg, str(tmp_path / "run"), progress=False)
 
 

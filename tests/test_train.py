@@ -1046,16 +1046,23 @@ def test_trainer_refuses_held_out_images_by_content(tmp_path, img_folder):
     import numpy as np
     from PIL import Image
 
-    from yoda.data import BUILTIN_TRAIN, HELD_OUT, DataError, builtin_image
+    from yoda.data import BUILTIN_TRAIN, HELD_OUT, DataError, builtin_image, load_source
+    from yoda.heldout import held_out_lines
     from yoda.photos import HELD_OUT_PHOTOS
-    from yoda.training.trainer import check_train_images
 
     bad = os.path.join(img_folder, "astronaut.png")
     Image.fromarray(builtin_image("astronaut")).save(bad)  # the picture itself, as `yoda data export` writes
-    with pytest.raises(DataError) as e:
+    named = os.path.join(img_folder, f"{HELD_OUT_PHOTOS[0]}.png")  # a photograph's name, on a picture of one's own
+    Image.fromarray(np.full((40, 40, 3), 9, np.uint8)).save(named)
+    small = os.path.join(img_folder, "small.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(small)
+    with pytest.raises(DataError) as e:  # with an image too small: all three in one error (it took a run each)
         Trainer(tiny_config(img_folder), str(tmp_path / "run"), device="cpu", progress=False)
-    assert str(e.value) == (f"held-out images may not be used for training: {bad} (a copy of astronaut) "
-                            f"(yoda.data.HELD_OUT and yoda.photos.HELD_OUT_PHOTOS are for evaluation)")
+    assert str(e.value) == (
+        f"data.source: 3 image(s) of {img_folder} cannot be used (move them out, or fix them): image {small} is 8x8, "
+        f"smaller than the crop size data.crop 16; {bad} is a copy of astronaut, which is held out for evaluation "
+        f"(yoda.data.HELD_OUT); {named} is named like {HELD_OUT_PHOTOS[0]}, a photograph held out for evaluation "
+        f"(yoda.photos.HELD_OUT_PHOTOS)")
 
     def copy(name, width, grey=False):
         im = Image.fromarray(builtin_image(name))
@@ -1066,26 +1073,28 @@ def test_trainer_refuses_held_out_images_by_content(tmp_path, img_folder):
 
     chelsea, own = builtin_image("chelsea"), np.zeros((32, 32, 3), np.uint8)
     for held in HELD_OUT:
-        with pytest.raises(DataError, match=rf"training: d/im7\.jpg \(a copy of {held}\) \("):
-            check_train_images([("d/own.png", own), ("d/im7.jpg", copy(held, 301, grey=held == "coffee"))])
-    with pytest.raises(DataError, match="held-out photographs"):  # a file named like a photograph, as before
-        check_train_images([(f"d/{HELD_OUT_PHOTOS[0]}.png", own)])
+        assert held_out_lines([("d/own.png", own), ("d/im7.jpg", copy(held, 301, grey=held == "coffee"))]) == [
+            f"d/im7.jpg is a copy of {held}, which is held out for evaluation (yoda.data.HELD_OUT)"]
     mirrored, brighter = builtin_image("rocket")[:, ::-1], np.clip(builtin_image("astronaut") * 0.9 + 20, 0, 255)
     turned, turned_mirrored = np.rot90(builtin_image("coffee")), np.rot90(builtin_image("chelsea")[:, ::-1], 3)
     for held, a in (("rocket", mirrored), ("astronaut", brighter.astype(np.uint8)), ("coffee", turned),
                     ("chelsea", turned_mirrored), ("rocket", np.rot90(builtin_image("rocket"), 2)),
                     ("rocket", builtin_image("rocket")[::-1]), ("chelsea", np.round(builtin_image("chelsea") * 0.05).astype(np.uint8))):
-        with pytest.raises(DataError, match=rf"\(a copy of {held}\)"):
-            check_train_images([("d/x.png", a)])
+        assert held_out_lines([("d/x.png", a)]) == [
+            f"d/x.png is a copy of {held}, which is held out for evaluation (yoda.data.HELD_OUT)"]
+    with pytest.raises(DataError, match=r"^source 'heldout': astronaut is held out for evaluation \(yoda.data.HELD_OUT\); "
+                                        r"coffee is held out"):
+        load_source("heldout", vet=held_out_lines)
     # pictures that are not held out train, whatever their names: flat ones, a smooth gradient of mate-Wood's
     # aspect (its signature is the flattest, 6 levels from a plane), crops, other pictures
     y, x = np.mgrid[0:480, 0:640]
     gradient = np.repeat((209 + 10.8 * (x / 640 - 0.5) - 7.8 * (y / 480 - 0.5))[..., None], 3, -1).astype(np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a flat picture is no copy, without a division by its zero deviation
-        check_train_images([("d/im0.png", own), ("camera", own), ("d/cat.jpg", own), ("d/coffee.png", chelsea[:200]),
-                            ("d/grad.png", gradient), ("d/grey.png", np.full((480, 640, 3), 128, np.uint8))]
-                           + [(n, builtin_image(n)) for n in BUILTIN_TRAIN])
+        assert not held_out_lines([("d/im0.png", own), ("camera", own), ("d/cat.jpg", own),
+                                   ("d/coffee.png", chelsea[:200]), ("d/grad.png", gradient),
+                                   ("d/grey.png", np.full((480, 640, 3), 128, np.uint8))]
+                                  + [(n, builtin_image(n)) for n in BUILTIN_TRAIN])
 
 
 def test_validation_images_that_are_training_images_are_warned_of(tmp_path, img_folder):

@@ -60,9 +60,9 @@ def signature_problem(fn: Any) -> Optional[str]:
     target = fn.forward if module and type(fn).__call__ is torch.nn.Module.__call__ else fn
     name = type(fn).__name__ if module else getattr(fn, "__qualname__", type(fn).__name__)
     if "UNet2DModel" in _classes(fn):  # its third argument is class_labels
-        return (f"a diffusers UNet2DModel takes (sample, timestep, class_labels): cond (up(lr)) would be its class "
-                f"labels; wrap it, e.g. lambda x_t, t, cond: unet(torch.cat([cond, x_t], 1), t).sample for a UNet "
-                f"that takes up(lr) beside x_t")
+        return ("a diffusers UNet2DModel takes (sample, timestep, class_labels): cond (up(lr)) would be its class "
+                "labels; wrap it, e.g. lambda x_t, t, cond: unet(torch.cat([cond, x_t], 1), t).sample for a UNet "
+                "that takes up(lr) beside x_t")
     try:
         sig = inspect.signature(target, follow_wrapped=False)  # (a decorator's own signature, not its function's)
     except (TypeError, ValueError):

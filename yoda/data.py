@@ -284,11 +284,13 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
 
 
-def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0,
-                what: str = "the crop size") -> list[tuple[str, np.ndarray]]:
+def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0, what: str = "the crop size",
+                vet: Optional[Callable[[list], list[str]]] = None) -> list[tuple[str, np.ndarray]]:
     """[(path, uint8 (H, W, 3))] of the images in ``folder`` (list_folder), whatever the folder's name;
     max_pixels: read_image's (None: yoda.images.MAX_PIXELS). The images that cannot be read or are smaller than
-    min_size on a side (``what``) are all named in one DataError (they were found one run at a time)."""
+    min_size on a side (``what``), and those that ``vet`` (readable (path, image) pairs -> one line for each image
+    that may not be used, e.g. yoda.heldout.held_out_lines) objects to, are all named in one DataError (they were
+    found one kind at a time, a run each)."""
     items, bad, left_out = [], [], []
     paths = list_folder(folder, left_out)
     if left_out:  # a subfolder of images, or a .gif, was skipped without a word
@@ -302,6 +304,7 @@ def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0
         if a.shape[0] < min_size or a.shape[1] < min_size:
             bad.append(f"image {p} is {a.shape[1]}x{a.shape[0]}, smaller than {what} {min_size}")
         items.append((p, a))
+    bad += vet(items) if vet is not None else []
     if bad:
         raise DataError(f"{len(bad)} image(s) of {folder} cannot be used (move them out, or fix them): "
                         + "; ".join(bad[:8]) + (f"; ... ({len(bad)} in all)" if len(bad) > 8 else ""))
@@ -311,16 +314,17 @@ def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0
 NAMED_SOURCES = ("builtin", "heldout", "photos", "photos-heldout")  # DataConfig sources that are not folders
 
 
-def load_source(source: str, min_size: int = 0, what: str = "the crop size",
-                key: Optional[str] = None) -> list[tuple[str, np.ndarray]]:
+def load_source(source: str, min_size: int = 0, what: str = "the crop size", key: Optional[str] = None,
+                vet: Optional[Callable[[list], list[str]]] = None) -> list[tuple[str, np.ndarray]]:
     """[(name, uint8 (H, W, 3))] for "builtin", "heldout" or a folder path.
 
     min_size: every image's height and width must be >= min_size (``what``: the crop size); a folder's images that
     cannot be read or are smaller are all named in one DataError (load_folder). key: the config key that gave
-    ``source``, which a folder's errors name first (with the named sources, for a folder not found)."""
+    ``source``, which a folder's errors name first (with the named sources, for a folder not found). vet:
+    load_folder's, for a named source too."""
     if source not in NAMED_SOURCES:
         try:
-            return load_folder(source, min_size=min_size, what=what)
+            return load_folder(source, min_size=min_size, what=what, vet=vet)
         except DataError as e:
             if key is None:
                 raise
@@ -336,6 +340,8 @@ def load_source(source: str, min_size: int = 0, what: str = "the crop size",
     for name, a in items:
         if a.shape[0] < min_size or a.shape[1] < min_size:
             raise DataError(f"image {name} is {a.shape[1]}x{a.shape[0]}, smaller than {what} {min_size}")
+    if vet is not None and (bad := vet(items)):
+        raise DataError(f"source {source!r}: " + "; ".join(bad))
     return items
 
 

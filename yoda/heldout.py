@@ -79,8 +79,8 @@ def shared_images(items, others) -> list[tuple[str, str]]:
     """(name in items, name in others) for each image of ``items`` that looks like a copy of one of ``others`` (as
     held_out_copy tells copies: renamed, resized, re-encoded, grey, mirrored, turned, brightened; but also pictures
     of one layout, e.g. two skies over different ground: a 16 x 16 thumbnail cannot tell them apart). items: (name,
-    uint8 image) pairs; others: (name, _orientations of its image) pairs, made once for both of check_train_images'
-    checks; their thumbnails are compared as one array (1000 x 50 in ~0.1 s)."""
+    uint8 image) pairs; others: (name, _orientations of its image) pairs, made once for all of them; their
+    thumbnails are compared as one array (1000 x 50 in ~0.1 s)."""
     names, aspects, shapes = [], [], []
     for name, turns in others:
         if turns is not None:  # (a flat image has none) the first orientation: the image as it is
@@ -101,24 +101,34 @@ def shared_images(items, others) -> list[tuple[str, str]]:
     return found
 
 
-def check_train_images(items, val=()) -> None:
-    """DataError if any training image is held out for evaluation: a copy of a held-out image, whatever its name
-    (scikit-image's yoda.data.HELD_OUT and the photographs of yoda.photos.HELD_OUT_PHOTOS, renamed, resized,
-    re-encoded, grey, mirrored or brightened), or a file named like a held-out photograph
-    (yoda.photos.check_not_held_out). TRAINING.md says the model never saw them. A UserWarning where one of the
-    run's own validation images ``val`` looks like a copy of a training image (its validation PSNR would score
-    what the model trains on; a warning, as a thumbnail also matches pictures of one layout). items, val: (name
-    or path, uint8 (H, W, 3)) pairs, as yoda.data.load_source gives them."""
-    from .images import DataError
-    from .photos import check_not_held_out
+def held_out_lines(items) -> list[str]:
+    """Why each training image of ``items`` may not be trained on, one line an image ([] if none): a copy of a
+    held-out image, whatever its name (scikit-image's yoda.data.HELD_OUT and the photographs of
+    yoda.photos.HELD_OUT_PHOTOS, renamed, resized, re-encoded, grey, mirrored or brightened), or a file named like a
+    held-out photograph. TRAINING.md says the model never saw them. items: (name or path, uint8 (H, W, 3)) pairs,
+    as yoda.data.load_source gives them (its ``vet``: these lines join the unreadable and too small images')."""
+    import os
 
-    turns = [(n, _orientations(a)) for n, a in items]  # each training image's thumbnail once, for both checks
-    copies = [f"{n} (a copy of {held})" for n, t in turns if (held := _held_out_name(t))]
-    if copies:
-        raise DataError(f"held-out images may not be used for training: {', '.join(copies)} (yoda.data.HELD_OUT "
-                        f"and yoda.photos.HELD_OUT_PHOTOS are for evaluation)")
-    check_not_held_out(n for n, _ in items)
-    if shared := shared_images(val, turns):  # a warning: a thumbnail also matches pictures of one layout
+    from .photos import HELD_OUT_PHOTOS
+
+    lines = []
+    for n, a in items:
+        stem = os.path.splitext(os.path.basename(str(n)))[0]
+        if held := held_out_copy(a):
+            where = "yoda.photos.HELD_OUT_PHOTOS" if held in HELD_OUT_PHOTOS else "yoda.data.HELD_OUT"
+            copy = "" if n == held else f" a copy of {held}, which is"  # (the source "heldout" itself)
+            lines.append(f"{n} is{copy} held out for evaluation ({where})")
+        elif stem in HELD_OUT_PHOTOS:
+            lines.append(f"{n} is named like {stem}, a photograph held out for evaluation "
+                         f"(yoda.photos.HELD_OUT_PHOTOS)")
+    return lines
+
+
+def warn_of_shared(items, val) -> None:
+    """A UserWarning where one of the run's own validation images ``val`` looks like a copy of a training image of
+    ``items`` (its validation PSNR would score what the model trains on; a warning, as a thumbnail also matches
+    pictures of one layout). items, val: (name or path, uint8 (H, W, 3)) pairs."""
+    if val and (shared := shared_images(val, [(n, _orientations(a)) for n, a in items])):
         warnings.warn(f"validation images (data.val_source) look like copies of training images (data.source): "
                       f"{', '.join(f'{v} like {t}' for v, t in shared)} (by a 16x16 thumbnail, as held-out images "
                       f"are told; pictures of one layout look alike too); a copy's validation PSNR scores an image "

@@ -36,7 +36,7 @@ from ..checkpoint import first_line, load_failure, load_state_dict_checked, not_
 from ..devices import cpu_default_device, rank_device, resolve_device, torch_defaults
 from ..errors import NonFiniteError, lr_from_images
 from ..evaluate import psnr_u8
-from ..heldout import check_train_images
+from ..heldout import held_out_lines, warn_of_shared
 from .config import TrainConfig, _json_form, absolute_folders, check_run_args, rate_jump, weights_path
 from .finetune import read_init
 from .distributed import Ranks, all_reduce_sum, barrier, check_group, gather_to_main, local_batch, wrap_ddp
@@ -175,9 +175,10 @@ class Trainer:
                                         "the validation crop size data.val_crop", "data.val_source (validation crops, "
                                         "as val_every > 0; val_every: 0 skips them)")
                 self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
-            train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop", "data.source")
-            apart = validate and os.path.realpath(cfg.data.val_source) != os.path.realpath(cfg.data.source)
-            check_train_images(train_images, val if apart else ())  # (one folder for both is the config's own choice)
+            train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop", "data.source",
+                                             vet=held_out_lines)
+            if validate and os.path.realpath(cfg.data.val_source) != os.path.realpath(cfg.data.source):
+                warn_of_shared(train_images, val)  # (one folder for both is the config's own choice)
             self.images = _data.image_digests(train_images, cfg.data.source)
             change = self._images_then is not None and _data.digest_change(self._images_then, self.images)
             if change:  # a resume that cannot match the uninterrupted run
