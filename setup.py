@@ -45,9 +45,12 @@ def _build_ext(base):
             try:
                 super().run()
             except Exception as e:
+                clang = "clang" in os.getenv("CXX", "") + os.getenv("CC", "")  # Debian's clang lacks omp.h
                 raise SystemExit(f"error: building yoda's C++ extension failed ({type(e).__name__}: {e}; the "
-                                 "compiler's output is above). YODA_NO_EXTENSION=1 installs without it (the "
-                                 "pure-PyTorch reference then runs on the CPU); README.md, Quickstart.") from e
+                                 "compiler's output is above). " + ("With clang, 'omp.h' file not found means "
+                                 "OpenMP's headers are missing (Debian: apt-get install libomp-dev), or build with "
+                                 "GCC (CC=gcc CXX=g++). " if clang else "") + "YODA_NO_EXTENSION=1 installs without "
+                                 "it (the pure-PyTorch reference then runs on the CPU); README.md, Quickstart.") from e
 
     return BuildExt
 

@@ -14,8 +14,9 @@
 //     _C.box_muller_block(a, b, path="block") -> (bytes, bytes): float32 (cos, sin) normals of the word pairs
 //         (a[i], b[i]) (a, b: buffers of uint32, same length); path "block" runs the dispatched block path,
 //         "baseline" its baseline-ISA build, "scalar" philox.h's normal_pair one pair at a time
-//     _C.noise_isa() -> "x86-64-v4", "x86-64-v3" or "default": the clone the block path runs on this CPU;
-//         "default (built without clones)" where the build made none (GCC < 12, clang, -DYODA_NO_TARGET_CLONES)
+//     _C.noise_isa() -> "x86-64-v4", "x86-64-v3" or "default": the build the block path runs on this CPU;
+//         "default (built without dispatch)" where it has the baseline only (not x86-64 Linux, GCC < 9,
+//         -DYODA_BASELINE_NOISE)
 #define PY_SSIZE_T_CLEAN  // "y#" takes a Py_ssize_t length
 #include <Python.h>
 

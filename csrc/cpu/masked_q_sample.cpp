@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "common.h"
+#include "cpu/parallel.h"
 
 namespace yoda {
 
@@ -35,7 +36,7 @@ void q_sample_kernel(const at::Tensor& x0, const at::Tensor& c, const at::Tensor
   const int64_t ob = out.stride(0), oc = out.stride(1), oh = out.stride(2), ow = out.stride(3);
   const int64_t ab = Ap ? A.stride(0) : 0, ah = Ap ? A.stride(-2) : 0, aw = Ap ? A.stride(-1) : 0;
   // One task = one image row of one channel: B*C*H rows, enough for any thread count.
-  at::parallel_for(0, B * C * H, 64, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, B * C * H, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (C * H), ch_i = (r / H) % C, y = r % H;
       const float a = sa[b], s = s1a[b], t = tau[b];

@@ -1,27 +1,28 @@
 // Block evaluation of the noise stream (csrc/cpu/normals.h): SIMD Philox words and philox.h's normal_pair over
-// arrays, compiled so that GCC vectorises it (8 or 16 lanes) with the same bits as the scalar function: the
+// arrays, compiled so that GCC and clang vectorise it (8 or 16 lanes) with the same bits as the scalar function: the
 // transform is explicit float32 operations (no libm), the fused multiply-adds are written as fma builtins (vfmadd
-// where the clone has FMA, libm's exact fmaf in the baseline build) and nothing else is contracted
+// where the build has FMA, libm's exact fmaf in the baseline build) and nothing else is contracted
 // (-ffp-contract=off).
 #include "cpu/normals.h"
 
 #include "philox.h"
 
-// target_clones("arch=...") needs GCC 12 or later (GCC 11 fails the whole build): older compilers take the baseline,
-// and so does clang (clang 14 refuses __builtin_cpu_supports("x86-64-v4") and makes no clones of the attribute).
-#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && !defined(__clang__) && \
-    defined(__GNUC__) && __GNUC__ >= 12 && !defined(YODA_NO_TARGET_CLONES)
-#define YODA_NOISE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define YODA_HAVE_NOISE_CLONES 1
+// The SIMD paths are chosen at run time by __builtin_cpu_supports, each compiled with target("..."): GCC 9+ and
+// clang. Not target_clones: it needs GCC 12 (GCC 11 fails the whole build), and clang <= 17 makes no clones of a
+// definition alone, or, with the attribute on the header's declaration too, sends calls from other translation
+// units to the resolver itself (it returns the clone's address and computes nothing: all noise zero). Other
+// compilers and CPUs, and -DYODA_BASELINE_NOISE, take the baseline build.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)) && \
+    !defined(YODA_BASELINE_NOISE)
+#define YODA_HAVE_NOISE_DISPATCH 1
 #include <immintrin.h>
 #else
-#define YODA_NOISE_CLONES
-#define YODA_HAVE_NOISE_CLONES 0
+#define YODA_HAVE_NOISE_DISPATCH 0
 #endif
 
 namespace yoda {
 
-#if YODA_HAVE_NOISE_CLONES
+#if YODA_HAVE_NOISE_DISPATCH
 // Philox over 8 counters per __m256i, state as 8 uint32 lanes. _mm256_mul_epu32 multiplies the even 32-bit
 // lanes into 64-bit products, so each 32x32 -> 64 product of all 8 lanes is two multiplies (even lanes, and
 // odd lanes shifted down) whose high / low halves are merged back by 32-bit blends. GCC does not find this on
@@ -118,7 +119,7 @@ __attribute__((target("avx512f"))) static int64_t philox_block_avx512(uint32_t s
 void philox_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, uint32_t* w0, uint32_t* w1, uint32_t* w2,
                   uint32_t* w3) {
   int64_t i = 0;
-#if YODA_HAVE_NOISE_CLONES
+#if YODA_HAVE_NOISE_DISPATCH
   static const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
   if (avx512) i = philox_block_avx512(seed, step, g0, n, w0, w1, w2, w3);
   if (avx2) i += philox_block_avx2(seed, step, g0 + static_cast<uint32_t>(i), n - i, w0 + i, w1 + i, w2 + i, w3 + i);
@@ -132,15 +133,40 @@ void philox_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, uint32_t
   }
 }
 
-// The loop of box_muller_block, inlined into each of its clones and into box_muller_block_baseline.
+// The loop of box_muller_block, inlined into each of its builds (one per instruction set).
 __attribute__((always_inline)) static inline void box_muller_loop(const uint32_t* __restrict__ a,
                                                                   const uint32_t* __restrict__ b, int64_t m,
                                                                   float* __restrict__ zc, float* __restrict__ zs) {
   for (int64_t i = 0; i < m; ++i) normal_pair(a[i], b[i], zc[i], zs[i]);
 }
 
-YODA_NOISE_CLONES
+#if YODA_HAVE_NOISE_DISPATCH
+// x86-64-v4's and v3's vector extensions (16 and 8 lanes; the fma builtins become vfmadd)
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) static void box_muller_v4(
+    const uint32_t* a, const uint32_t* b, int64_t m, float* zc, float* zs) {
+  box_muller_loop(a, b, m, zc, zs);
+}
+
+__attribute__((target("avx2,fma"))) static void box_muller_v3(const uint32_t* a, const uint32_t* b, int64_t m,
+                                                               float* zc, float* zs) {
+  box_muller_loop(a, b, m, zc, zs);
+}
+
+static int noise_level() {  // 4: x86-64-v4's AVX-512 (F, VL, BW, DQ), 3: AVX2 and FMA, 0: the baseline
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+    return 4;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 3 : 0;
+}
+#endif
+
 void box_muller_block(const uint32_t* a, const uint32_t* b, int64_t m, float* zc, float* zs) {
+#if YODA_HAVE_NOISE_DISPATCH
+  static const int level = noise_level();
+  if (level == 4) return box_muller_v4(a, b, m, zc, zs);
+  if (level == 3) return box_muller_v3(a, b, m, zc, zs);
+#endif
   box_muller_loop(a, b, m, zc, zs);
 }
 
@@ -149,12 +175,11 @@ void box_muller_block_baseline(const uint32_t* a, const uint32_t* b, int64_t m, 
 }
 
 const char* normals_isa() {
-#if YODA_HAVE_NOISE_CLONES
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
-  return __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3" : "default";
+#if YODA_HAVE_NOISE_DISPATCH
+  static const char* const names[] = {"default", "", "", "x86-64-v3", "x86-64-v4"};
+  return names[noise_level()];
 #else
-  return "default (built without clones)";  // GCC < 12, clang, -DYODA_NO_TARGET_CLONES, not x86-64 Linux
+  return "default (built without dispatch)";  // not x86-64 Linux, GCC < 9, -DYODA_BASELINE_NOISE
 #endif
 }
 

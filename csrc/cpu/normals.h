@@ -2,10 +2,10 @@
 // normals, bit for bit (philox.h's normal_pair is explicit float32 operations, so a vectorised loop of it rounds
 // exactly as the scalar function, the PyTorch reference, CUDA and Triton do).
 //
-// Host only (csrc/cpu/normals.cpp). Runtime ISA dispatch on x86-64 Linux with GCC or clang, without
-// -march=native: box_muller_block is compiled three times (target_clones: x86-64-v4 (AVX-512, 16 lanes),
-// x86-64-v3 (AVX2 + FMA, 8 lanes), default) and the loader picks the best clone the CPU has; the default clone
-// (no FMA instruction) calls libm's fmaf, which is exact, so it gives the same bits, slowly. philox_block runs an
+// Host only (csrc/cpu/normals.cpp). Runtime ISA dispatch on x86-64 Linux with GCC 9+ or clang, without
+// -march=native: box_muller_block is compiled three times (target("..."): x86-64-v4's AVX-512, 16 lanes; AVX2 +
+// FMA, 8 lanes; the baseline) and the first call picks the best build the CPU has (__builtin_cpu_supports); the
+// baseline (no FMA instruction) calls libm's fmaf, which is exact, so it gives the same bits, slowly. philox_block runs an
 // AVX2-intrinsics loop when __builtin_cpu_supports("avx2"), else the scalar philox.h function.
 #pragma once
 
@@ -57,8 +57,8 @@ inline void randn4_block(uint32_t seed, uint32_t step, uint32_t g0, int64_t n, i
   randn4_block(seed, step, g0, n, pairs, w, zc, zs, [](int64_t, int64_t, int) {});
 }
 
-// "x86-64-v4", "x86-64-v3" or "default": the clone box_muller_block runs on this CPU (tests, benchmark records);
-// "default (built without clones)" for a build that made none (normals.cpp's YODA_HAVE_NOISE_CLONES).
+// "x86-64-v4", "x86-64-v3" or "default": the build box_muller_block runs on this CPU (tests, benchmark records);
+// "default (built without dispatch)" for a build that has the baseline only (normals.cpp's YODA_HAVE_NOISE_DISPATCH).
 const char* normals_isa();
 
 }  // namespace yoda

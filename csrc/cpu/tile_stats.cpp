@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/parallel.h"
 
 namespace yoda {
 
@@ -23,7 +24,7 @@ void tile_stats_kernel(const scalar_t* a, int64_t sb, int64_t sh, int64_t sw, in
                        int64_t tile, float* tmax, float* tmin) {
   const int64_t TY = (H + tile - 1) / tile, TX = (W + tile - 1) / tile;
   // One work item = one image row of tiles: every tile of it is finished by one thread.
-  at::parallel_for(0, B * TY, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, B * TY, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> hi(TX), lo(TX);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / TY, ty = item % TY;

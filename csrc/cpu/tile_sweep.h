@@ -25,6 +25,7 @@
 
 #include "common.h"
 #include "cpu/normals.h"
+#include "cpu/parallel.h"
 
 namespace yoda {
 namespace cpu {
@@ -273,7 +274,7 @@ void parallel_items(const typename Kernel::Args& p, int64_t n_items) {
 #if YODA_X86_DISPATCH
   if (cpu_has_avx2()) items = &items_avx2<Kernel>;
 #endif
-  at::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) { items(p, begin, end); });
+  parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) { items(p, begin, end); });
 }
 
 }  // namespace cpu
