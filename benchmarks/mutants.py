@@ -3039,6 +3039,11 @@ MUTANTS = [
            "    bad += vet(items) if vet is not None else []", "    bad += []",
            ("tests/test_train.py", "-k", "held_out"),
            "a folder's held-out copies trained: load_folder left out its vet's lines"),
+    Mutant("decoder-errors-unnamed", "yoda/images.py",
+           "            if isinstance(e, OSError) and e.filename is None and (signed := _signature(p)):",
+           "            if False and (signed := _signature(p)):",
+           ("tests/test_images.py", "-k", "load_errors"),
+           "a WebP cut after its header said only \"could not create decoder object\""),
 ]
 
 

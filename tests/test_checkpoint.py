@@ -480,6 +480,10 @@ def test_srdiff_yaml_base_config_fan_out_is_bounded(tmp_path):
     (tmp_path / "num.yaml").write_text("base_config: 5\n")
     with pytest.raises(ValueError, match="base_config must be a file name or a list of them, got 5"):
         load_srdiff_config(tmp_path / "num.yaml")
+    (tmp_path / "self.yaml").write_text("base_config: ./self.yaml\n")  # a cycle: named once, not ./././.../self.yaml
+    with pytest.raises(ValueError, match=rf"^SRDiff config {tmp_path / 'self.yaml'}: base_config chain too deep \(a "
+                                         rf"cycle\? at {tmp_path / 'self.yaml'}\)$"):
+        load_srdiff_config(tmp_path / "self.yaml")
 
 
 def test_srdiff_linear_schedule_inferred_and_weight_norm_folded():

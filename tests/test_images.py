@@ -109,6 +109,15 @@ def test_load_errors(tmp_path):
             load_image(tmp_path / name)
     with pytest.raises(ValueError, match=r"junk\.png: not an image in a format yoda reads"):
         load_image(tmp_path / "junk.png")
+    # cut off after the header: the decoder's words with the format (a WebP said only "could not create decoder
+    # object")
+    for fmt, suffix in (("WebP", ".webp"), ("PNG", ".png"), ("JPEG", ".jpg"), ("TIFF", ".tif")):
+        whole, cut = tmp_path / f"whole{suffix}", tmp_path / f"half{suffix}"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(whole)
+        cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+        with pytest.raises(ValueError, match=rf"cannot read image .*half\{suffix}: a truncated or corrupt {fmt} file "
+                                             r"\(.+\)$"):
+            load_image(cut)
 
 
 def test_save_errors_and_atomicity(tmp_path, monkeypatch):

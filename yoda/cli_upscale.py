@@ -501,8 +501,6 @@ def output_folder(a) -> Optional[Path]:
     is not an existing folder; otherwise a folder (an existing folder is one whatever its name, as for cp)."""
     from .images import OUTPUT_SUFFIXES
 
-    if not a.output.strip():
-        raise UserError("-o must name an output file or folder, got an empty string")
     out = Path(a.output)
     several, image_suffix = len(a.inputs) > 1, out.suffix.lower() in OUTPUT_SUFFIXES
     as_folder = (a.output.endswith(("/", os.sep)) or out.suffix == "" or out.is_dir()

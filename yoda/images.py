@@ -432,6 +432,9 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
                 raise DataError(f"path: cannot read image {p}: the file is empty (0 bytes)") from None
             if signed:  # a PNG cut off in its header, or with a width of 0: not "an unknown format"
                 raise DataError(f"path: cannot read image {p}: a truncated or corrupt {signed} file") from None
+            if isinstance(e, OSError) and e.filename is None and (signed := _signature(p)):  # a decoder's words
+                raise DataError(f"path: cannot read image {p}: a truncated or corrupt {signed} file "  # (WebP cut
+                                f"({e})") from None  # after its header: "could not create decoder object")
             if isinstance(e, UnidentifiedImageError):
                 raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
                                 "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None

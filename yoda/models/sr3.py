@@ -226,19 +226,15 @@ class Swish(nn.Module):
 
 
 class FeatureWiseAffine(nn.Module):
-    """Adds Linear(noise embedding) per channel (or (1 + gamma) x + beta with use_affine_level)."""
+    """Adds Linear(noise embedding) per channel (upstream's use_affine_level, (1 + gamma) x + beta, is never on in
+    its UNet, so it is not built here)."""
 
-    def __init__(self, in_channels: int, out_channels: int, use_affine_level: bool = False):
+    def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.use_affine_level = use_affine_level
-        self.noise_func = nn.Sequential(nn.Linear(in_channels, out_channels * (1 + int(use_affine_level))))
+        self.noise_func = nn.Sequential(nn.Linear(in_channels, out_channels))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.noise_func(emb).view(x.shape[0], -1, 1, 1)
-        if self.use_affine_level:
-            gamma, beta = h.chunk(2, dim=1)
-            return (1 + gamma) * x + beta
-        return x + h
+        return x + self.noise_func(emb).view(x.shape[0], -1, 1, 1)
 
 
 class Upsample(nn.Module):
@@ -276,12 +272,12 @@ class Block(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, dim, dim_out, noise_level_emb_dim=None, dropout=0.0, use_affine_level=False, norm_groups=32):
+    def __init__(self, dim, dim_out, noise_level_emb_dim=None, dropout=0.0, norm_groups=32):
         super().__init__()
         # upstream builds noise_func unconditionally (its Linear(None, ...) fails without the embedding);
         # we only build it when there is an embedding, which keeps the keys identical in the working case.
         self.noise_func = (
-            FeatureWiseAffine(noise_level_emb_dim, dim_out, use_affine_level) if noise_level_emb_dim else None
+            FeatureWiseAffine(noise_level_emb_dim, dim_out) if noise_level_emb_dim else None
         )
         self.block1 = Block(dim, dim_out, groups=norm_groups)
         self.block2 = Block(dim_out, dim_out, groups=norm_groups, dropout=dropout)

@@ -46,7 +46,8 @@ def load_srdiff_config(path: Union[str, os.PathLike]) -> SRDiffConfig:
 
     def read(p: str, depth: int = 0) -> dict:
         if depth > 16:
-            raise ValueError(f"SRDiff config {p}: base_config chain too deep (a cycle?)")
+            raise ValueError(f"SRDiff config {files_read[0]}: base_config chain too deep (a cycle? at "
+                             f"{os.path.normpath(p)})")  # (p: ./././... for a file naming itself)
         files_read.append(p)
         if len(files_read) > 64:  # a file naming its base several times, at every level, would read 4^16 files
             raise ValueError(f"SRDiff config {files_read[0]}: its base_config chains read more than 64 files")
