@@ -33,7 +33,7 @@ from ._io import (atomic_write_text, check_folder_writable, file_sha256, folder_
 from .images import DataError, read_image, save_pil
 from .names import WALLPAPER_PACKAGES
 
-__all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "check_not_held_out", "downscaled",
+__all__ = ["HELD_OUT_PHOTOS", "PACKAGES", "PHOTOS", "Built", "Photo", "build", "downscaled",
            "installed_photos"]
 
 PACKAGES = WALLPAPER_PACKAGES
@@ -97,15 +97,6 @@ def installed_photos() -> dict[str, tuple[str, str, str]]:
         if versions[pkg] is not None and os.path.isfile(path):
             out[name] = (pkg, versions[pkg], path)
     return out
-
-
-def check_not_held_out(names) -> None:
-    """DataError if any of ``names`` (file paths or names) is a held-out photograph: they are for evaluation."""
-    held = set(HELD_OUT_PHOTOS)
-    bad = sorted({os.path.splitext(os.path.basename(str(n)))[0] for n in names} & held)
-    if bad:
-        raise DataError(f"held-out photographs may not be used for training: {', '.join(bad)} "
-                        f"(yoda.photos.HELD_OUT_PHOTOS; train on the train/ folder of `yoda data build`)")
 
 
 class Built(NamedTuple):
