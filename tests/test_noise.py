@@ -480,6 +480,11 @@ def test_header_alone_with_either_bit_cast(tmp_path, bit_cast, cxx):
 
     if not shutil.which(cxx):
         pytest.skip(f"no {cxx} to build the header alone")
+    probe = tmp_path / "probe.cpp"
+    probe.write_text("#include <cstdio>\nint main() { return 0; }\n")
+    if cxx != "g++" and subprocess.run([cxx, "-std=c++17", str(probe), "-o", str(tmp_path / "probe")],
+                                       capture_output=True, timeout=120).returncode:
+        pytest.skip(f"{cxx} cannot build a C++ program here (its standard library is missing)")
     csrc = pathlib.Path(__file__).resolve().parent.parent / "csrc"
     seed, step, n = 0x1234ABCD, 0x9E37, 4096
     prog = tmp_path / "p.cpp"
@@ -491,8 +496,9 @@ def test_header_alone_with_either_bit_cast(tmp_path, bit_cast, cxx):
     flags = {"memcpy": ["-O2", "-ffp-contract=off", "-DYODA_NO_BIT_CAST"], "builtin": ["-O2", "-ffp-contract=off"],
              "fast-math-cflags": ["-ffast-math", *_setup_cxx_flags()]}[bit_cast]
     exe = tmp_path / "p"
-    subprocess.run([cxx, "-std=c++17", *flags, f"-I{csrc}", str(prog), "-o", str(exe)],
-                   check=True, capture_output=True, timeout=120)
+    built = subprocess.run([cxx, "-std=c++17", *flags, f"-I{csrc}", str(prog), "-o", str(exe)],
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
     got = [int(w, 16) for w in subprocess.run([str(exe)], check=True, capture_output=True, text=True,
                                               timeout=60).stdout.split()]
     counter = (torch.arange(n, dtype=torch.int64) * 2654435761) % 2**32

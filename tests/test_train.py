@@ -1056,13 +1056,15 @@ def test_trainer_refuses_held_out_images_by_content(tmp_path, img_folder):
     Image.fromarray(np.full((40, 40, 3), 9, np.uint8)).save(named)
     small = os.path.join(img_folder, "small.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(small)
-    with pytest.raises(DataError) as e:  # with an image too small: all three in one error (it took a run each)
+    tiny_copy = os.path.join(img_folder, "mine.png")  # too small and a copy: one line, one image
+    Image.fromarray(builtin_image("rocket")).resize((12, 12)).save(tiny_copy)
+    with pytest.raises(DataError) as e:  # with images too small: all in one error (it took a run each)
         Trainer(tiny_config(img_folder), str(tmp_path / "run"), device="cpu", progress=False)
     assert str(e.value) == (
-        f"data.source: 3 image(s) of {img_folder} cannot be used (move them out, or fix them): image {small} is 8x8, "
-        f"smaller than the crop size data.crop 16; {bad} is a copy of astronaut, which is held out for evaluation "
-        f"(yoda.data.HELD_OUT); {named} is named like {HELD_OUT_PHOTOS[0]}, a photograph held out for evaluation "
-        f"(yoda.photos.HELD_OUT_PHOTOS)")
+        f"data.source: 4 image(s) of {img_folder} cannot be used (move them out, or fix them): image {tiny_copy} is "
+        f"12x12, smaller than the crop size data.crop 16; image {small} is 8x8, smaller than the crop size data.crop "
+        f"16; {bad} is held out for evaluation (yoda.data.HELD_OUT); {named} is named like {HELD_OUT_PHOTOS[0]}, a "
+        f"photograph held out for evaluation (yoda.photos.HELD_OUT_PHOTOS)")
 
     def copy(name, width, grey=False):
         im = Image.fromarray(builtin_image(name))

@@ -303,6 +303,7 @@ def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0
             continue
         if a.shape[0] < min_size or a.shape[1] < min_size:
             bad.append(f"image {p} is {a.shape[1]}x{a.shape[0]}, smaller than {what} {min_size}")
+            continue  # (one line an image: not vetted too)
         items.append((p, a))
     bad += vet(items) if vet is not None else []
     if bad:

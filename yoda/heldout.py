@@ -101,12 +101,13 @@ def shared_images(items, others) -> list[tuple[str, str]]:
     return found
 
 
-def held_out_lines(items) -> list[str]:
+def held_out_lines(items, turns: Optional[list] = None) -> list[str]:
     """Why each training image of ``items`` may not be trained on, one line an image ([] if none): a copy of a
     held-out image, whatever its name (scikit-image's yoda.data.HELD_OUT and the photographs of
     yoda.photos.HELD_OUT_PHOTOS, renamed, resized, re-encoded, grey, mirrored or brightened), or a file named like a
     held-out photograph. TRAINING.md says the model never saw them. items: (name or path, uint8 (H, W, 3)) pairs,
-    as yoda.data.load_source gives them (its ``vet``: these lines join the unreadable and too small images')."""
+    as yoda.data.load_source gives them (its ``vet``: these lines join the unreadable and too small images').
+    turns: a list that gets each image's (name, thumbnails), for warn_of_shared (they take a while to make)."""
     import os
 
     from .photos import HELD_OUT_PHOTOS
@@ -114,9 +115,12 @@ def held_out_lines(items) -> list[str]:
     lines = []
     for n, a in items:
         stem = os.path.splitext(os.path.basename(str(n)))[0]
-        if held := held_out_copy(a):
+        mine = _orientations(a)
+        if turns is not None:
+            turns.append((n, mine))
+        if held := _held_out_name(mine):
             where = "yoda.photos.HELD_OUT_PHOTOS" if held in HELD_OUT_PHOTOS else "yoda.data.HELD_OUT"
-            copy = "" if n == held else f" a copy of {held}, which is"  # (the source "heldout" itself)
+            copy = "" if stem == held else f" a copy of {held}, which is"  # (not "astronaut.png is a copy of astronaut")
             lines.append(f"{n} is{copy} held out for evaluation ({where})")
         elif stem in HELD_OUT_PHOTOS:
             lines.append(f"{n} is named like {stem}, a photograph held out for evaluation "
@@ -124,11 +128,12 @@ def held_out_lines(items) -> list[str]:
     return lines
 
 
-def warn_of_shared(items, val) -> None:
-    """A UserWarning where one of the run's own validation images ``val`` looks like a copy of a training image of
-    ``items`` (its validation PSNR would score what the model trains on; a warning, as a thumbnail also matches
-    pictures of one layout). items, val: (name or path, uint8 (H, W, 3)) pairs."""
-    if val and (shared := shared_images(val, [(n, _orientations(a)) for n, a in items])):
+def warn_of_shared(turns, val) -> None:
+    """A UserWarning where one of the run's own validation images ``val`` looks like a copy of a training image
+    (its validation PSNR would score what the model trains on; a warning, as a thumbnail also matches pictures of
+    one layout). turns: the training images' (name, thumbnails), as held_out_lines collects them; val: (name or
+    path, uint8 (H, W, 3)) pairs."""
+    if val and (shared := shared_images(val, turns)):
         warnings.warn(f"validation images (data.val_source) look like copies of training images (data.source): "
                       f"{', '.join(f'{v} like {t}' for v, t in shared)} (by a 16x16 thumbnail, as held-out images "
                       f"are told; pictures of one layout look alike too); a copy's validation PSNR scores an image "

@@ -175,10 +175,11 @@ class Trainer:
                                         "the validation crop size data.val_crop", "data.val_source (validation crops, "
                                         "as val_every > 0; val_every: 0 skips them)")
                 self.val_hr = _data.fixed_crops(val, cfg.data.val_crops, cfg.data.val_crop, seed=cfg.seed + 1)
+            turns: list = []  # the training images' thumbnails, made once for both checks
             train_images = _data.load_source(cfg.data.source, cfg.data.crop, "the crop size data.crop", "data.source",
-                                             vet=held_out_lines)
+                                             vet=lambda items: held_out_lines(items, turns))
             if validate and os.path.realpath(cfg.data.val_source) != os.path.realpath(cfg.data.source):
-                warn_of_shared(train_images, val)  # (one folder for both is the config's own choice)
+                warn_of_shared(turns, val)  # (one folder for both is the config's own choice)
             self.images = _data.image_digests(train_images, cfg.data.source)
             change = self._images_then is not None and _data.digest_change(self._images_then, self.images)
             if change:  # a resume that cannot match the uninterrupted run
