@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 import warnings
 from typing import Optional
 
@@ -108,8 +109,6 @@ def held_out_lines(items, turns: Optional[list] = None) -> list[str]:
     held-out photograph. TRAINING.md says the model never saw them. items: (name or path, uint8 (H, W, 3)) pairs,
     as yoda.data.load_source gives them (its ``vet``: these lines join the unreadable and too small images').
     turns: a list that gets each image's (name, thumbnails), for warn_of_shared (they take a while to make)."""
-    import os
-
     from .photos import HELD_OUT_PHOTOS
 
     lines = []
