@@ -92,6 +92,32 @@ def flip_record_byte():
 
 
 @pytest.fixture
+def yoda_on_latent():
+    """check(ad, lr, kw, whole, tiled): YODA masks and denoiser windows on a latent adapter (tests/test_ldm_sr.py,
+    test_sd_upscaler.py): edge attention at l = 0.3 starts below full and widens to every pixel; l = 1 is the plain
+    run; one window of ``whole`` latent pixels over the grid is the dense run; windows of ``tiled`` = (size,
+    overlap) give finite pixels of the plain shape. Returns the YODA result (B, 3, 4h, 4w)."""
+    import yoda
+
+    def check(ad, lr, kw: dict, whole: int, tiled: tuple):
+        fractions = []
+        sr = yoda.sample(ad, lr, attention="edge", lower_bound=0.3,
+                         callback=lambda d: fractions.append(d["active_fraction"]), **kw)
+        assert sr.shape == (lr.shape[0], 3, 4 * lr.shape[2], 4 * lr.shape[3]) and torch.isfinite(sr).all()
+        first, last = fractions[0], fractions[-1]
+        assert (first < 1).all() and (last >= first).all() and (last == 1).all()
+        plain = yoda.sample(ad, lr, attention=None, **kw)
+        assert torch.equal(plain, yoda.sample(ad, lr, attention="edge", lower_bound=1.0, **kw))
+        # the noised LR pixels are cropped with the latent; one window over the whole grid is the dense run
+        assert (yoda.sample(ad, lr, attention=None, windows=(whole, 0), **kw) - plain).abs().max() < 1e-5
+        win = yoda.sample(ad, lr, attention="edge", lower_bound=0.3, windows=tiled, **kw)
+        assert win.shape == plain.shape and torch.isfinite(win).all()
+        return sr
+
+    return check
+
+
+@pytest.fixture
 def lone_rank_0():
     """run(code, world, after_s, prelude=""): in a fresh interpreter, ``code`` as rank 0 of ``world`` processes that
     never come, hosting the store itself (MASTER_ADDR:0, no torchrun), inside yoda's SIGTERM handling, with a SIGTERM

@@ -84,25 +84,14 @@ def test_the_pipelines_latents_and_image(guidance):
         assert (one - ref1.clamp(-1, 1)).abs().max() < 1e-5
 
 
-def test_yoda_masks_and_windows_on_the_upscaler():
+def test_yoda_masks_and_windows_on_the_upscaler(yoda_on_latent):
     unet, vae, sched, low = modules()
     g = torch.Generator().manual_seed(2)
     lr = torch.rand(2, 3, 9, 7, generator=g) * 2 - 1  # a batch, odd sides (the UNet takes them unpadded)
     emb = torch.randn(1, 3, 8, generator=g)
     ad = SDUpscalerAdapter(unet, vae, sched, low, emb, guidance_scale=1.0)
-    fractions = []
-    kw = dict(sampler="ddim", spacing="sd_leading", steps=STEPS, seed=0, progress=False)
-    sr = yoda.sample(ad, lr, attention="edge", lower_bound=0.3,
-                     callback=lambda d: fractions.append(d["active_fraction"]), **kw)
-    assert sr.shape == (2, 3, 36, 28) and torch.isfinite(sr).all()
-    first, last = fractions[0], fractions[-1]
-    assert (first < 1).all() and (last >= first).all() and (last == 1).all()
-    plain = yoda.sample(ad, lr, attention=None, **kw)
-    assert torch.equal(plain, yoda.sample(ad, lr, attention="edge", lower_bound=1.0, **kw))
-    # windows: the noised LR pixels are cropped with the latent; one window over the whole grid is the dense run
-    assert (yoda.sample(ad, lr, attention=None, windows=(9, 0), **kw) - plain).abs().max() < 1e-5
-    tiled = yoda.sample(ad, lr, attention="edge", lower_bound=0.3, windows=(4, 2), **kw)
-    assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
+    yoda_on_latent(ad, lr, dict(sampler="ddim", spacing="sd_leading", steps=STEPS, seed=0, progress=False),
+                   whole=9, tiled=(4, 2))
 
 
 def test_bad_modules_and_arguments_are_named():
