@@ -433,6 +433,15 @@ def test_sift_splat_formula():
     np.testing.assert_allclose(Sift.splat(kps, h, w), gy.T @ gx, rtol=1e-12, atol=1e-14)
 
 
+def test_sift_map_under_a_callers_numpy_error_mode():
+    """A caller's np.seterr(all="raise") (or warnings as errors) made the splat's far Gaussian tails, which underflow
+    to 0 as meant, a FloatingPointError: attention="sift" failed in yoda.sample and `yoda upscale`."""
+    lr = _blob_image()
+    ref = att.sift()(lr)
+    with np.errstate(all="raise"):
+        np.testing.assert_array_equal(att.sift()(lr).numpy(), ref.numpy())
+
+
 def test_sift_no_keypoints_defined():
     # smooth ramp: no extremum in scale space -> no keypoint -> zero map -> all ones
     ramp = torch.linspace(-0.5, 0.5, 17).expand(1, 3, 13, 17).contiguous()

@@ -101,6 +101,29 @@ def test_no_import_cycle():
     assert cycles(graph) == []
 
 
+def test_first_use_of_lazy_names_from_threads_at_once():
+    """Threads touching yoda's lazy names for the first time at once (a server's first requests): "load"
+    (yoda.models.loading) and "ModelCard" (yoda.models.card) each imported a submodule whose package imports the
+    other, and Python locks a submodule before its package: a _DeadlockError or "cannot import name ... from
+    partially initialized module" (8 of 8 fresh processes)."""
+    code = (
+        "import threading, yoda\n"
+        "names = ['load', 'ModelCard', 'models', 'sample', 'attention', 'adapters', 'training', 'load_image']\n"
+        "bar, errors = threading.Barrier(len(names)), []\n"
+        "def touch(n):\n"
+        "    bar.wait()\n"
+        "    try:\n"
+        "        getattr(yoda, n)\n"
+        "    except Exception as e:\n"
+        "        errors.append(f'{n}: {type(e).__name__}: {e}')\n"
+        "ts = [threading.Thread(target=touch, args=(n,)) for n in names]\n"
+        "[t.start() for t in ts]; [t.join(120) for t in ts]\n"
+        "print(errors, [t.is_alive() for t in ts].count(True))\n")
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert r.returncode == 0 and r.stdout.strip() == "[] 0", r.stdout + r.stderr
+
+
 def test_the_cycle_check_finds_cycles():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []

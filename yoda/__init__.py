@@ -59,7 +59,12 @@ def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'yoda' has no attribute {name!r}")
     module, attr = _LAZY[name]
-    mod = importlib.import_module(module)
+    parts = module.split(".")
+    # parents first, as `import yoda.models.card` would not: Python 3.11 locks a submodule before importing its
+    # package, so two threads met here ("load" and "ModelCard") each held the lock the other awaited (a
+    # _DeadlockError or a partly initialised module)
+    for i in range(2, len(parts) + 1):
+        mod = importlib.import_module(".".join(parts[:i]))
     value = mod if attr is None else getattr(mod, attr)
     globals()[name] = value
     return value

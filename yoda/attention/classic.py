@@ -441,19 +441,20 @@ class Sift:
         x, y = kps[:, 0], kps[:, 1]
         s = np.maximum(kps[:, 2], 0.5)  # sub-pixel keypoints still cover their pixel
         reach = SPLAT_REACH * s
-        for y0 in range(0, h, SPLAT_TILE):
-            y1 = min(y0 + SPLAT_TILE, h)
-            rows = np.flatnonzero((y + reach >= y0) & (y - reach <= y1 - 1))
-            gy = np.exp(-0.5 * ((np.arange(y0, y1)[None, :] - y[rows, None]) / s[rows, None]) ** 2)
-            for x0 in range(0, w, SPLAT_TILE):
-                x1 = min(x0 + SPLAT_TILE, w)
-                near = (x[rows] + reach[rows] >= x0) & (x[rows] - reach[rows] <= x1 - 1)
-                if near.any():
-                    k = rows[near]
-                    gx = np.exp(-0.5 * ((np.arange(x0, x1)[None, :] - x[k, None]) / s[k, None]) ** 2)
-                    # einsum's own loop, not BLAS: OpenBLAS's threads beside torch's made the small products
-                    # 5-30x slower on a busy 2-core machine (2048²: 0.2 s idle, 1.2-3.4 s loaded; einsum 0.4 s)
-                    out[y0:y1, x0:x1] = np.einsum("ki,kj->ij", gy[near], gx)
+        with np.errstate(under="ignore"):  # far tails flush to 0 as meant, under a caller's np.seterr(all="raise")
+            for y0 in range(0, h, SPLAT_TILE):
+                y1 = min(y0 + SPLAT_TILE, h)
+                rows = np.flatnonzero((y + reach >= y0) & (y - reach <= y1 - 1))
+                gy = np.exp(-0.5 * ((np.arange(y0, y1)[None, :] - y[rows, None]) / s[rows, None]) ** 2)
+                for x0 in range(0, w, SPLAT_TILE):
+                    x1 = min(x0 + SPLAT_TILE, w)
+                    near = (x[rows] + reach[rows] >= x0) & (x[rows] - reach[rows] <= x1 - 1)
+                    if near.any():
+                        k = rows[near]
+                        gx = np.exp(-0.5 * ((np.arange(x0, x1)[None, :] - x[k, None]) / s[k, None]) ** 2)
+                        # einsum's own loop, not BLAS: OpenBLAS's threads beside torch's made the small products
+                        # 5-30x slower on a busy 2-core machine (2048²: 0.2 s idle, 1.2-3.4 s loaded; einsum 0.4 s)
+                        out[y0:y1, x0:x1] = np.einsum("ki,kj->ij", gy[near], gx)
         return out
 
     def maps(self, lr: torch.Tensor) -> torch.Tensor:
