@@ -178,6 +178,26 @@ def test_alpha_is_composited_on_white_like_yoda_data(tmp_path):
         assert np.array_equal(data.read_image(str(tmp_path / "opaque.png")), rgba[..., :3])
 
 
+def test_from_uint8_says_what_alpha_it_composites_at_the_callers_line():
+    """from_uint8 of a PIL RGBA image warned "arr: ..." at a line inside yoda (a stacklevel fit for load_image), and of
+    the same pixels as a numpy array not at all: both now warn as load_image does, at the caller's line, a batch
+    once; opaque pixels say nothing."""
+    a = np.full((2, 2, 4), 200, np.uint8)
+    a[0, :, 3] = 0
+    for arr in (a, Image.fromarray(a, "RGBA"), np.stack([a, a, a])):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            x = from_uint8(arr)
+        assert [(str(w.message), w.filename) for w in seen] == [
+            ("arr: 100% of its pixels are transparent or partly so: composited on white (the image read has no alpha)",
+             __file__)]
+        assert x.shape[0] == (3 if isinstance(arr, np.ndarray) and arr.ndim == 4 else 1)
+    a[..., 3] = 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(from_uint8(a), from_uint8(Image.fromarray(a, "RGBA")))
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
 def test_a_transparent_colour_key_is_white_too(tmp_path, mode):
     """PNG's tRNS colour key (what optipng and pngcrush make of an RGBA image with binary alpha) in RGB, grey and

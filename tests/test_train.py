@@ -12,6 +12,7 @@ import glob
 import os
 import shutil
 import re
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -284,6 +285,19 @@ def test_config_json_round_trip(img_folder):
         TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="batch"):
         cfg.replace(batch=0)
+
+
+def test_progress_bar_by_default_on_a_terminal_only(tmp_path, img_folder, capsys, monkeypatch):
+    """Trainer(progress=True) was the default and drew its bar into pipes and log files (each redraw a line of
+    its own), where yoda.sample draws none: the default is now None, a bar only where stderr is a terminal."""
+    cfg = tiny_config(img_folder, val_every=0, steps=1)
+    Trainer(cfg, str(tmp_path / "a"), device="cpu").run()
+    assert "step" not in capsys.readouterr().err  # stderr is pytest's capture: no terminal, no bar
+    Trainer(cfg, str(tmp_path / "b"), device="cpu", progress=True).run()
+    assert "1/1" in capsys.readouterr().err  # asked for: drawn
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    Trainer(cfg, str(tmp_path / "c"), device="cpu").run()
+    assert "1/1" in capsys.readouterr().err  # a terminal: drawn
 
 
 def test_cudnn_benchmark_is_set_for_the_run_only(tmp_path, img_folder, monkeypatch):

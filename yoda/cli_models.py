@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ._io import atomic_write_text
-from .console import error_line, say
+from .console import error_line, on_terminal, say
 from .errors import LATENT_API, UserError, broken_link, printable
 from .errors import user_input as _user_input
 from .torchrun import main_rank
@@ -177,7 +176,7 @@ def read_input(path: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray,
 
 def bars(a) -> bool:
     """Progress bars: not with -q, nor into a log file or a pipe (every redraw, no newline), as tqdm's disable=None."""
-    return not a.quiet and sys.stderr.isatty()
+    return not a.quiet and on_terminal()
 
 
 def save_output(x, path: str, grey: bool = False) -> None:

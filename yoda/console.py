@@ -9,6 +9,12 @@ import os
 import sys
 
 
+def on_terminal() -> bool:
+    """Whether stderr is a terminal: where a progress bar left to its default (progress=None) is drawn (into a log
+    file or a pipe, every redraw is a line of its own)."""
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 def say(line: str, full_ok: bool = True) -> None:
     """A line on stdout. A reader that went away (`yoda upscale ... | head`) ends the lines, not the command: stdout
     then goes to os.devnull (each written image's line was an EPIPE error, and the image counted as failed); so does

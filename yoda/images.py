@@ -197,7 +197,8 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
     """uint8 image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), or a PIL image of 8-bit samples -> float32
     (1, 3, H, W) in [-1, 1]; a batch (B, H, W, C) (to_uint8 of a batch) -> (B, 3, H, W), so the two round-trip.
 
-    Grey is repeated to 3 channels and RGBA is composited on white (to_rgb_u8); x = u / 127.5 - 1. A PIL image
+    Grey is repeated to 3 channels and RGBA is composited on white (to_rgb_u8; a warning says how many pixels were
+    not opaque, as load_image's does); x = u / 127.5 - 1. A PIL image
     of another mode is converted as read_image converts a file's (palette, 1-bit, LA, CMYK, YCbCr ...; from its
     ICC profile to sRGB; not turned by its EXIF orientation). Files of other bit depths: yoda.load_image."""
     import torch
@@ -206,7 +207,9 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
         if arr.mode.startswith(("I", "F")):
             raise TypeError(f"arr: a PIL image of mode {arr.mode!r} has samples wider than 8 bits; "
                             "yoda.load_image reads such files")
-        arr = _samples(_to_srgb(arr, Path("arr")), Path("arr"))
+        arr = _samples(_to_srgb(arr, Path("arr")), Path("arr"), stacklevel=3)  # (alpha: a warning at our caller)
+    elif isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim in (3, 4) and arr.shape[-1] == 4:
+        _warn_of_alpha(arr[..., 3], "arr", stacklevel=2)  # (H, W, 4) or a batch of them: once
     if isinstance(arr, torch.Tensor):  # torchvision.io.read_image's (C, H, W), not this function's (H, W, C)
         raise TypeError("arr must be a numpy array (H, W, C) or a PIL image, got a torch tensor: yoda's lr of a "
                         "uint8 (C, H, W) tensor x (torchvision.io.read_image's) is x[None].float() / 127.5 - 1, "
@@ -215,15 +218,14 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
         raise TypeError(f"arr must be a numpy array, got {type(arr).__name__}")
     if arr.dtype != np.uint8:
         raise TypeError(f"arr must be uint8, got {arr.dtype} (yoda.load_image reads a file of any bit depth)")
-    if arr.ndim == 4 and arr.shape[0] > 0 and arr.shape[3] in (1, 3, 4) and arr.shape[1] and arr.shape[2]:  # a batch
-        return torch.cat([from_uint8(a) for a in arr]) if arr.shape[0] > 1 else from_uint8(arr[0])
-    if arr.ndim == 2:
+    batch = arr.ndim == 4 and arr.shape[0] > 0 and arr.shape[3] in (1, 3, 4) and arr.shape[1] and arr.shape[2]
+    if not batch and arr.ndim == 2:
         arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+    if not batch and (arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0):
         raise ValueError(f"arr must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), or a batch (B, H, W, C) of them, "
                          f"got shape {arr.shape}")
-    u = to_rgb_u8(arr, "arr")
-    x = torch.from_numpy(np.array(u, copy=True)).permute(2, 0, 1).unsqueeze(0).float()  # own, writable
+    us = [to_rgb_u8(a, "arr") for a in (arr if batch else [arr])]
+    x = torch.from_numpy(np.stack(us)).permute(0, 3, 1, 2).float()  # (np.stack: its own, writable)
     return (x / 127.5 - 1.0).contiguous()  # not the permuted view's channels-last strides
 
 
@@ -293,19 +295,25 @@ def _png_key(im: Image.Image, p: Path) -> None:
                       f"where the key would match other colours too; its pixels are taken as opaque", stacklevel=4)
 
 
-def _samples(im: Image.Image, p: Path) -> np.ndarray:
+def _warn_of_alpha(alpha: np.ndarray, p, stacklevel: int) -> None:
+    """A warning where alpha (uint8) is not all opaque (to_rgb_u8 composites such pixels on white), ``stacklevel``
+    counted from this function's caller as warnings.warn counts it."""
+    if alpha.size and not alpha.any():  # (a training set took such a file as a white image, without a word)
+        warnings.warn(f"{p}: every pixel is fully transparent (alpha 0): composited on white, it is a blank "
+                      f"white image", UserWarning, stacklevel=stacklevel + 1)
+    elif alpha.size and alpha.min() < 255:  # (a logo's transparency was lost without a word)
+        warnings.warn(f"{p}: {100 * float((alpha < 255).mean()):.3g}% of its pixels are transparent or partly so: "
+                      f"composited on white (the image read has no alpha)", UserWarning, stacklevel=stacklevel + 1)
+
+
+def _samples(im: Image.Image, p, stacklevel: int = 4) -> np.ndarray:
     """The decoded image as an array to_rgb_u8 takes: uint8 (H, W[, 3|4]) or float in [0, 1] (module
-    docstring: 16-bit and float samples map by the range of their type)."""
+    docstring: 16-bit and float samples map by the range of their type). An alpha channel's warning is at the
+    caller ``stacklevel`` frames up."""
     key = im.info.get("transparency")  # P: a palette's alpha; 1, L, RGB, I;16: a colour key (PNG's tRNS)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "1", "L", "RGB") and key is not None):
         a = np.asarray(im.convert("RGBA"))
-        if a.size and not a[..., 3].any():  # (a training set took such a file as a white image, without a word)
-            warnings.warn(f"{p}: every pixel is fully transparent (alpha 0): composited on white, it is a blank "
-                          f"white image", UserWarning, stacklevel=4)
-        elif a.size and a[..., 3].min() < 255:  # (a logo's transparency was lost without a word)
-            clear = float((a[..., 3] < 255).mean())
-            warnings.warn(f"{p}: {100 * clear:.3g}% of its pixels are transparent or partly so: composited on white "
-                          f"(the image read has no alpha)", UserWarning, stacklevel=4)
+        _warn_of_alpha(a[..., 3], p, stacklevel)
         return a
     if im.mode in ("L", "RGB"):
         return np.asarray(im)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import inspect
 import numbers
 import operator
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -24,6 +23,7 @@ import yoda_kernels as K
 from yoda_kernels.contract import SAMPLERS, check_tile
 
 from .. import masks
+from ..console import on_terminal
 from ..masks import as_float, as_int
 from ..schedule import FINAL_AT_FIRST
 from ..adapters import Adapter, hr_grid
@@ -207,8 +207,8 @@ def make_spec(
         clip = bool(clip)
     if clip is not None and not isinstance(clip, bool):
         raise TypeError(f"clip must be None or a bool, got {type(clip).__name__}")
-    if progress is None:  # tqdm's disable=None: a bar only on a terminal (not into a log file, every redraw)
-        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    if progress is None:  # a bar only on a terminal
+        progress = on_terminal()
     if not isinstance(progress, bool):  # progress="no" would show a bar
         raise TypeError(f"progress must be None or a bool, got {type(progress).__name__}")
     if callback is not None and not callable(callback):

@@ -220,7 +220,7 @@ def hold_out(stack: contextlib.ExitStack, out: str, ranks, dev: torch.device) ->
 
 
 def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = None, device: str = "auto",
-               minutes: Optional[float] = None, progress: bool = True, command: str = "",
+               minutes: Optional[float] = None, progress: Optional[bool] = None, command: str = "",
                weights_name: str = "model.safetensors", data_dir: Optional[str] = None,
                warmup: Optional[int] = None, decay_from: Optional[int] = None, val_every: Optional[int] = None,
                init: Optional[str] = None, on_row: Optional[Callable[[dict, int, bool], None]] = None) -> dict:

@@ -99,7 +99,7 @@ def _resume_view(d: dict) -> dict:
 
 class Trainer:
     """Train ``cfg`` into the folder ``out``: device "auto" / "cpu" / "cuda" / "cuda:N" / a torch.device; progress,
-    a tqdm bar; resume, from ``out``'s checkpoint.pt where there is one (False: afresh, writing over it).
+    a tqdm bar (None: on a terminal only); resume, from ``out``'s checkpoint.pt if any (False: afresh, over it).
 
     Randomness (crops, flips, steps, noise) comes from one CPU torch.Generator saved in the checkpoint, so a
     resumed run on the CPU equals an uninterrupted one. ``ranks``: this process's rank in a data-parallel run
@@ -107,7 +107,7 @@ class Trainer:
     final)``: called on rank 0 with each row the run logs (log.csv's columns), its total steps, and whether it is the
     run's last row (its end, or a stop's)."""
 
-    def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: bool = True,
+    def __init__(self, cfg: TrainConfig, out: str, *, device: str = "auto", progress: Optional[bool] = None,
                  resume: bool = True, weights_name: str = "model.safetensors", ranks: Optional[Ranks] = None,
                  on_row: Optional[Callable[[dict, int, bool], None]] = None):
         # built outside a caller's inference_mode (its parameters could not train) and under torch's defaults (a
@@ -127,7 +127,7 @@ class Trainer:
             check_group(self.ranks)
             self.cfg, self.out, self.weights_name = cfg, out, weights_name
             self.on_row = on_row  # each row logged, on rank 0 (class docstring): yoda train's lines
-            self.progress = progress and self.ranks.main
+            self.progress = progress if self.ranks.main else False  # None: tqdm draws on a terminal only
             self.device = rank_device(resolve_device(device), self.ranks.world, self.ranks.local_rank)
             self.schedule = cfg.make_schedule()
             self.ab = alphas_cumprod(self.schedule)
@@ -482,8 +482,8 @@ class Trainer:
                 self.on_row(last_row, total, self.step >= total)
         # under a time budget the bar counts steps and says the time left (a total of the config's 1,000,000 steps
         # gave a 79-hour ETA to a 24-second run)
-        bar = tqdm(total=None if max_seconds is not None else total, initial=self.step, disable=not self.progress,
-                   desc=cfg.name, unit="step")
+        bar = tqdm(total=None if max_seconds is not None else total, initial=self.step, desc=cfg.name, unit="step",
+                   disable=None if self.progress is None else not self.progress)
         post: dict = {}  # the bar's loss, and with max_seconds the time left
         if self.ranks.main:  # the run's folder says what it is from the start (a killed or diverged run had none)
             atomic_write_text(os.path.join(self.out, "config.json"), self.cfg.to_json() + "\n")
