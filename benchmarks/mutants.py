@@ -3080,6 +3080,10 @@ MUTANTS = [
            "disable=None if self.progress is None else not self.progress)", "disable=self.progress is False)",
            ("tests/test_train.py", "-k", "progress_bar_by_default"),
            "Trainer draws its progress bar into pipes and log files by default"),
+    Mutant("classless-scheduler-unsaid", "yoda/models/latent.py",
+           "    elif not name:  # (DDIMScheduler(...).config", "    elif False:  # (DDIMScheduler(...).config",
+           ("tests/test_models.py", "-k", "samples_as_its_scheduler_config"),
+           "the .config of a DDIMScheduler built in code samples 1000 DDPM steps without a word"),
 ]
 
 

@@ -945,6 +945,7 @@ def test_sample_latent_matches_reference_loop():
 # ==========================================================================================================
 # diffusers (optional)
 # ==========================================================================================================
+@pytest.mark.filterwarnings("ignore:scheduler_config names no scheduler class")  # (a bare dict: not the point)
 def test_from_diffusers_tiny():
     diffusers = pytest.importorskip("diffusers")
     from yoda.models import from_diffusers, schedule_from_diffusers
@@ -996,6 +997,7 @@ def _tiny_diffusers(diffusers, **vae_kw):
     return unet, vae
 
 
+@pytest.mark.filterwarnings("ignore:scheduler_config names no scheduler class")  # (a bare dict: not the point)
 def test_from_diffusers_sample_latent_is_seeded():
     """sample_latent drew c from torch's global RNG: the same seed gave another image at every call (0.061 apart)
     and moved the user's RNG. Now the draw is latent_seed's, the same as diffusers' own sample(generator=...)."""
@@ -1021,6 +1023,7 @@ def test_from_diffusers_sample_latent_is_seeded():
                                                       latent_seed=np.int64(0)), lr, steps=2, seed=0, progress=False))
 
 
+@pytest.mark.filterwarnings("ignore:scheduler_config names no scheduler class")  # (a bare dict: not the point)
 def test_from_diffusers_half_precision_weights_and_device():
     """fp16 / bf16 diffusers weights crashed on the float32 state (a raw "Input type (float) and bias type"
     error); the adapter had no device, so an lr on another device was not refused up front."""
@@ -1117,6 +1120,7 @@ def test_vae_upcast_is_shared_by_threads():
 
 # its EulerDiscreteScheduler config gets a sampler note (test_from_diffusers_samples_as_its_scheduler_config_says)
 @pytest.mark.filterwarnings("ignore:scheduler_config. a EulerDiscreteScheduler names no default sampler:UserWarning")
+@pytest.mark.filterwarnings("ignore:scheduler_config names no scheduler class")  # (a bare dict: not the point)
 def test_from_diffusers_takes_or_refuses_every_sampling_key():
     """Sampling-relevant config keys were dropped: clip_sample (diffusers DDPM's default; the final latent differed
     by 2.9), the VAE's shift_factor and latents_mean / std, an EDM or flow-matching scheduler read as linear betas,
@@ -1242,6 +1246,33 @@ def test_diffusers_sample_prediction_is_x0():
         assert schedule_from_diffusers({"num_train_timesteps": 10, "prediction_type": name})[1] == want
 
 
+def test_a_saved_scheduler_config_is_read_from_its_path(tmp_path):
+    """README says "pass the scheduler, or a saved / loaded config", but the path of a saved scheduler_config.json
+    was a TypeError: it (or the folder holding it, a pipeline's scheduler/) reads as the scheduler does; a missing,
+    broken or non-object file is named."""
+    diffusers = pytest.importorskip("diffusers")
+    from yoda.models.latent import sampling_from_diffusers, scheduler_config_dict
+
+    sched = diffusers.DDIMScheduler(num_train_timesteps=20, steps_offset=1, set_alpha_to_one=False)
+    sched.save_config(tmp_path / "scheduler")
+    want = scheduler_config_dict(sched)
+    assert want["_class_name"] == "DDIMScheduler"
+    for p in (tmp_path / "scheduler" / "scheduler_config.json", str(tmp_path / "scheduler")):
+        got = scheduler_config_dict(p)
+        assert {k: v for k, v in got.items() if not k.startswith("_") or k == "_class_name"} == \
+            {k: v for k, v in want.items() if not k.startswith("_") or k == "_class_name"}  # (_diffusers_version ...)
+        assert sampling_from_diffusers(p) == sampling_from_diffusers(sched) == {"sampler": "ddim", "steps": 19,
+                                                                                "spacing": "sd_leading"}
+    with pytest.raises(FileNotFoundError, match=r"scheduler_config: scheduler config file not found: .*nope\.json"):
+        scheduler_config_dict(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{\"num_train_timesteps\": 20,")
+    with pytest.raises(ValueError, match=r"scheduler_config: .*bad\.json is not valid JSON"):
+        scheduler_config_dict(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"list\.json holds a JSON list, not a scheduler config"):
+        scheduler_config_dict(str(tmp_path / "list.json"))
+
+
 def test_from_diffusers_samples_as_its_scheduler_config_says():
     """A call naming no sampler or spacing sampled a diffusers model with yoda's defaults (DDPM, "trailing") whatever
     its scheduler config said: now the config's class gives the sampler and its timestep_spacing the spacing
@@ -1255,7 +1286,12 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
     sd_ddim = {"_class_name": "DDIMScheduler", **sd.config}  # as its scheduler_config.json reads
     want = {"sampler": "ddim", "steps": 19, "spacing": "sd_leading"}  # the pipelines' 50 steps, at most T - 1 here
     assert sampling_from_diffusers(sd) == sampling_from_diffusers(sd_ddim) == want
-    assert sampling_from_diffusers(dict(sd.config)) == {"spacing": "leading"}  # a bare config names no class
+    # a bare config names no class (DDIMScheduler(...).config): DDPM, said (it sampled every step of T unsaid)
+    bare = r"^scheduler_config names no scheduler class .*samples with DDPM over every step of T; pass the scheduler"
+    with pytest.warns(UserWarning, match=bare):
+        assert sampling_from_diffusers(dict(sd.config)) == {"spacing": "leading"}
+    with pytest.warns(UserWarning, match=r"^scheduler_config names no .*samples with DDPM; pass"):  # steps given
+        assert sampling_from_diffusers(dict(sd.config), 7) == {"steps": 7, "spacing": "leading"}
     assert sampling_from_diffusers(diffusers.DDIMScheduler(**cfg)) == {"sampler": "ddim", "steps": 20,
                                                                        "spacing": "leading"}
     assert sampling_from_diffusers(diffusers.DDPMScheduler(**cfg, timestep_spacing="trailing")) == {
@@ -1266,7 +1302,8 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
                                          r"sampler='euler'"):
         assert sampling_from_diffusers(diffusers.EulerDiscreteScheduler(**cfg, timestep_spacing="linspace")) == {
             "spacing": "linspace"}
-    assert sampling_from_diffusers(cfg) == {}
+    with pytest.warns(UserWarning, match=bare):
+        assert sampling_from_diffusers(cfg) == {}
     # an older saved config states none of timestep_spacing / steps_offset / set_alpha_to_one: diffusers' defaults
     old_sd = {"_class_name": "DDIMScheduler", **cfg, "steps_offset": 1, "set_alpha_to_one": False}
     assert sampling_from_diffusers(old_sd) == want
@@ -1287,7 +1324,8 @@ def test_from_diffusers_samples_as_its_scheduler_config_says():
                                            progress=False))
         # DDPM named by the call on SD's DDIM config: what DDPMScheduler.from_config makes of it, "leading" with
         # steps_offset 1 (it was "leading": 900, 800, ... where diffusers visits 901, 801, ...)
-        plain = from_diffusers(unet, vae, cfg, scale=2)
+        with pytest.warns(UserWarning, match=bare):
+            plain = from_diffusers(unet, vae, cfg, scale=2)
         assert not plain.sampling_defaults
         torch.testing.assert_close(sample(ad, lr, steps=4, seed=3, sampler="ddpm", progress=False),
                                    sample(plain, lr, steps=4, seed=3, sampler="ddpm", spacing="leading_offset",

@@ -61,6 +61,7 @@ def pipeline_loop(unet, vae, sched, low, lr, latents, emb, neg, guidance, seed):
 
 
 @pytest.mark.parametrize("guidance", [1.0, 9.0])
+@pytest.mark.filterwarnings("ignore:scheduler_config names no scheduler class")  # (.config of schedulers made here)
 def test_the_pipelines_latents_and_image(guidance):
     unet, vae, sched, low = modules()
     g = torch.Generator().manual_seed(1)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import os
 import threading
 import warnings
 from typing import Any, Callable, NamedTuple, Optional, Tuple
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 
 from ..adapters import (DIFFUSERS_PREDICTIONS, Adapter, Prepared, check_prediction, check_schedule, pipeline_hint,
                         upsample)
+from .._json_fields import read_config_text
 from ..masks import as_int
 from .card import FrozenMapping
 from ..schedule import FINAL_AT_FIRST, LEADING_PLUS_ONE, SPACINGS, Schedule
@@ -216,11 +219,24 @@ _CLIPS_BY_DEFAULT = frozenset({"DDPMScheduler", "DDIMScheduler", "DDIMInverseSch
 
 
 def scheduler_config_dict(config: Any, name: str = "scheduler_config") -> dict:
-    """The config of a diffusers scheduler (``scheduler.config``), a scheduler itself, or a plain dict, as a dict;
-    anything else is a TypeError naming ``name`` (the argument). The config of a scheduler built in code names no
-    _class_name (a saved scheduler_config.json, and a loaded scheduler's config, do): for a scheduler object its
-    class is added, as the JSON has it; a bare dict without one names no class."""
-    what = f"{name} must be a diffusers scheduler's config (scheduler.config), the scheduler, or a dict"
+    """The config of a diffusers scheduler (``scheduler.config``), a scheduler itself, the path of a saved
+    scheduler_config.json, or a plain dict, as a dict; anything else is a TypeError naming ``name`` (the argument).
+    The config of a scheduler built in code names no _class_name (a saved scheduler_config.json, and a loaded
+    scheduler's config, do): for a scheduler object its class is added, as the JSON has it; a bare dict without
+    one names no class."""
+    what = f"{name} must be a diffusers scheduler's config (scheduler.config), the scheduler, its JSON file or a dict"
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "scheduler_config.json")):
+            path = os.path.join(path, "scheduler_config.json")  # (a pipeline's scheduler/ folder)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{name}: scheduler config file not found: {path}")
+        try:
+            config = json.loads(read_config_text(path, f"{name}:"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name}: {path} is not valid JSON: {e}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{name}: {path} holds a JSON {type(config).__name__}, not a scheduler config (an object)")
     if hasattr(config, "config") and not isinstance(config, dict):  # an object: a scheduler (diffusers' are all
         # named *Scheduler, a subclass of one too), not a model (a VAE was read as a linear T = 1000 schedule)
         if not any(c.__name__.endswith("Scheduler") for c in type(config).__mro__):
@@ -297,6 +313,11 @@ def sampling_from_diffusers(config: Any, steps: Optional[int] = None) -> dict:
         warnings.warn(f"scheduler_config: a {name} names no default sampler of yoda's: a call naming no sampler= "
                       f"samples with DDPM" + (f"; its counterpart is sampler={like!r} (give sigmas= and steps= as "
                                               f"the pipeline's)" if like else ""), stacklevel=3)
+    elif not name:  # (DDIMScheduler(...).config: 1000 DDPM steps, without a word)
+        warnings.warn("scheduler_config names no scheduler class (the .config of a scheduler built in code has no "
+                      "_class_name; the scheduler itself and a saved or loaded config do): a call naming no sampler= "
+                      "samples with DDPM" + ("" if steps else " over every step of T") + "; pass the scheduler, or "
+                      "name sampler= and steps=", stacklevel=3)
     out = {"sampler": sampler} if sampler else {}
     spacing = config.get("timestep_spacing", "leading" if sampler else None)
     if sampler is not None and spacing in SPACINGS_DIFFUSERS:
