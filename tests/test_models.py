@@ -1191,7 +1191,7 @@ def test_from_diffusers_takes_or_refuses_every_sampling_key():
                        (dict(unet.config, _class_name="UNet2DModel"),
                         r"the config of UNet2DModel \(it has block_out_channels\)")):
         with pytest.raises(TypeError, match=r"^scheduler_config must be a diffusers scheduler's config "
-                                            rf"\(scheduler.config\), the scheduler, or a dict, got {got}$"):
+                                            rf"\(scheduler.config\), the scheduler, its JSON file or a dict, got {got}$"):
             from_diffusers(unet, vae, wrong, scale=2)
 
     class MyDDIM(diffusers.DDIMScheduler):  # a subclass of a scheduler is one, whatever its name

@@ -109,7 +109,7 @@ def test_bad_modules_and_arguments_are_named():
         SDUpscalerAdapter(unet, vae, sched, low, (emb, emb), guidance_scale=1.0)
     # a missing low-res scheduler was said of scheduler_config, which was fine
     with pytest.raises(TypeError, match=r"^low_res_scheduler_config must be a diffusers scheduler's config "
-                                        r"\(scheduler.config\), the scheduler, or a dict, got NoneType"):
+                                        r"\(scheduler.config\), the scheduler, its JSON file or a dict, got NoneType"):
         SDUpscalerAdapter(unet, vae, sched, None, emb, guidance_scale=1.0)
     # a pipeline given whole: told to pass its parts (as the model, it was "a plain callable: say what it predicts")
     pipe = diffusers.DDPMPipeline(unet=diffusers.UNet2DModel(
