@@ -3084,6 +3084,10 @@ MUTANTS = [
            "    elif not name:  # (DDIMScheduler(...).config", "    elif False:  # (DDIMScheduler(...).config",
            ("tests/test_models.py", "-k", "samples_as_its_scheduler_config"),
            "the .config of a DDIMScheduler built in code samples 1000 DDPM steps without a word"),
+    Mutant("openmp-spins-in-the-program", "yoda/__main__.py",
+           "        passive_openmp()\n", "",
+           ("tests/test_cli.py", "-k", "passively"),
+           "the yoda program leaves torch's OpenMP threads spinning: 5x slower on a busy CPU"),
 ]
 
 
