@@ -3088,6 +3088,14 @@ MUTANTS = [
            "        passive_openmp()\n", "",
            ("tests/test_cli.py", "-k", "passively"),
            "the yoda program leaves torch's OpenMP threads spinning: 5x slower on a busy CPU"),
+    Mutant("tiles-hint-drops-overlap", "yoda/cli_upscale.py",
+           "        if overlap:  # (it dropped the overlap typed", "        if False:  # (it dropped the overlap typed",
+           ("tests/test_cli.py", "-k", "window_options_are_checked"),
+           "--tiles 128,30 suggests --tiles 128, dropping the overlap typed"),
+    Mutant("no-suffix-said-as-empty-suffix", "yoda/images.py",
+           "    if folder or not p.suffix:", "    if False:",
+           ("tests/test_images.py", "-k", "check_output_names"),
+           "-o figs/ says \"cannot write images with the suffix ''\""),
 ]
 
 

@@ -365,6 +365,12 @@ def test_contradictory_messages_are_one(tmp_path, tiny_model, images, capsys):
         code, _, err = run([*cmd, "--attention", "edge", "none", "--model", tiny_model, "-q"], capsys)
         assert code == 2 and err.startswith("yoda: error: --attention none (or plain, no map): this command draws or "
                                             "compares an attention map; name one"), err
+    # where none is a choice (upscale), an unknown name's list says so; where it is not (attention), it does not
+    known = "known: edge, gaussian, sift, dino-vits8:PATH, dino-resnet50:PATH"
+    for cmd, end in ((["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model],
+                      f"{known}, none (plain sampling)\n"), (["attention", rgb, "-o", str(tmp_path / "a.png")], f"{known}\n")):
+        code, _, err = run([*cmd, "--attention", "foo"], capsys)
+        assert code == 2 and err == f"yoda: error: --attention foo: unknown attention 'foo'; {end}", err
 
 
 def test_upscale_folder_goes_on_past_a_bad_image(tmp_path, tiny_model, capsys):
@@ -1295,11 +1301,15 @@ def test_upscale_window_options_are_checked(tmp_path, tiny_model, images, capsys
     """Bad --tiles / --window-batch / --max-memory values: one line, exit 2, before any sampling."""
     rgb, _ = images
     for extra, msg in ((["--tiles", "60,8"], "--tiles 60,8: window and overlap must be multiples of 8 (this model's "
-                                           "size multiple and scale), e.g. --tiles 56 or 64"),
+                                           "size multiple and scale), e.g. --tiles 56,8 or 64,8"),
                        # the value as typed (100, not 100,24), and a window to use instead
                        (["--tiles", "100"], "--tiles 100: window and overlap must be multiples of 8 (this model's "
                                             "size multiple and scale), e.g. --tiles 96 or 104"),
-                       (["--tiles", "64,12"], "multiples of 8 (this model's size multiple and scale), e.g. --tiles 64"),
+                       # the overlap typed is kept in the suggestion, rounded, and less than the window (it said
+                       # "e.g. --tiles 64" for 64,12, and 128 for 128,30)
+                       (["--tiles", "64,12"], "multiples of 8 (this model's size multiple and scale), e.g. --tiles "
+                                              "64,16\n"),
+                       (["--tiles", "17,15"], "e.g. --tiles 16,8 or 24,16\n"),
                        (["--tiles", "64,64"], "--tiles"),
                        (["--tiles", "a"], "--tiles"), (["--window-batch", "0"], "--window-batch"),
                        (["--max-memory", "lots"], "--max-memory"),
@@ -3062,6 +3072,7 @@ def test_model_kinds_the_cli_cannot_load_are_named(tmp_path, capsys):
                         "'gan' is not a model kind"),
                        ("sr3:~nosuchuser-yoda/x.pth", "model file not found: ~nosuchuser-yoda/x.pth"),
                        ("sr3:", "--model sr3:: give the checkpoint's path after it: --model sr3:PATH"),
+                       ("srdiff", "--model srdiff: give the checkpoint's path after it: --model srdiff:PATH"),
                        ("/dev/null", "--model /dev/null: /dev/null is not a regular file (a device or a pipe)")):
         code, _, err = run(["upscale", str(lr), "-o", str(tmp_path / "o.png"), "--model", spec], capsys)
         assert code == 2 and err.count("\n") == 1 and want in err, (spec, err)

@@ -844,6 +844,12 @@ def test_check_output_names_the_users_path(tmp_path, monkeypatch):
     (tmp_path / "plain_dir").mkdir()  # no suffix: it said "cannot write images with the suffix ''"
     with pytest.raises(IsADirectoryError, match=r"plain_dir is a folder; give an image file name"):
         images.check_output(tmp_path / "plain_dir")
+    # a name without a suffix, or a folder (with its slash) that does not exist: "the suffix ''" said neither
+    with pytest.raises(ValueError, match=r"^out .*/new: an image file name needs a suffix \(\.png, .*\); e\.g\. .*/new\.png$"):
+        images.check_output(tmp_path / "new", "out")
+    with pytest.raises(ValueError, match=r"^-o .*/figs/: an image file name needs a suffix .*; a folder that does not "
+                                         r"exist is not made here$"):
+        images.check_output(f"{tmp_path}/figs/", "-o")
     with pytest.raises(FileNotFoundError, match="missing"):
         images.check_output(tmp_path / "missing" / "o.png")
     (tmp_path / "file").write_text("x")

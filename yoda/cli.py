@@ -142,7 +142,7 @@ def _upscale_model(a, world: int) -> UpscaleRun:
     check_tiles(a, unit, least)
     if a.window_batch is not None and a.window_batch < 1:
         raise UserError(f"--window-batch must be >= 1, got {a.window_batch}")
-    attention = None if a.attention is None else attention_extractor(a.attention)
+    attention = None if a.attention is None else attention_extractor(a.attention, plain_ok=True)
     with _user_input():  # --steps, --sampler, --eta, --lower-bound, --seed, --sigmas on the smallest LR the model takes
         a.steps = checked_steps(ad, a, dev, given, yoda=attention is not None)
     return UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))

@@ -49,7 +49,7 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
     from .models.loading import DEFAULT_WEIGHTS, load
 
     kind, _, rest = spec.partition(":")
-    if kind in MODEL_KINDS and not rest and spec.endswith(":"):  # it said "model file not found: sr3:"
+    if kind in MODEL_KINDS and not rest and (spec.endswith(":") or not os.path.exists(spec)):  # "file not found"
         raise UserError(f"--model {spec}: give the checkpoint's path after it: --model {kind}:PATH")
     # (os.path's expanduser: Path's raised RuntimeError, an internal error, for a ~user that does not exist)
     kind, path = (kind, Path(os.path.expanduser(rest))) if kind in MODEL_KINDS and rest else ("yoda", Path(spec))
@@ -120,9 +120,9 @@ def cli_device(name: str):
         return resolve_device(name)
 
 
-def attention_extractor(name: Optional[str]):
+def attention_extractor(name: Optional[str], plain_ok: bool = False):
     """--attention NAME -> the extractor (yoda.attention.get); an unknown name or a bad weights file is a user
-    error."""
+    error (plain_ok: the command takes none too, and the known names say so)."""
     from .attention import get
 
     if name is None:  # --attention none
@@ -132,7 +132,8 @@ def attention_extractor(name: Optional[str]):
         with _user_input():
             return get(name)
     except (UserError, FileNotFoundError) as e:  # (a missing weights file was said without the option)
-        raise UserError(f"--attention {name}: {e}") from None
+        plain = ", none (plain sampling)" if plain_ok and "; known: " in str(e) else ""
+        raise UserError(f"--attention {name}: {e}{plain}") from None
 
 
 def adapter_of(model):

@@ -69,6 +69,9 @@ def check_tiles(a, unit: int, least: int) -> None:
         down = [max(lo, n // unit * unit) for n in sides]
         near = (" or ".join(map(str, sorted({down[0], max(lo, -(-sides[0] // unit) * unit)}))) if sides[0] == sides[1]
                 else f"{down[1]}x{down[0]}")
+        if overlap:  # (it dropped the overlap typed: "e.g. --tiles 128" for 128,30), less than the window
+            ov = max(unit, round(overlap / unit) * unit)
+            near = " or ".join(f"{w},{min(ov, min(map(int, w.split('x'))) - unit)}" for w in near.split(" or "))
         raise UserError(f"--tiles {typed}: window and overlap must be multiples of {unit} (this model's size "
                         f"multiple and scale), e.g. --tiles {near}")
     if min(sides) < least:

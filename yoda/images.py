@@ -501,6 +501,10 @@ def check_output(path: str | os.PathLike, what: str = "output", kept: bool = Fal
     created there, an existing one is not read-only unless ``kept``). Errors name ``path`` (``what``: which
     argument). Returns ``Path(path)``."""
     p = _not_a_folder(path, what)
+    folder = str(path).endswith(("/", os.sep))
+    if folder or not p.suffix:  # (it said "the suffix ''" of `-o figs/`)
+        hint = "a folder that does not exist is not made here" if folder else f"e.g. {p}.png"
+        raise ValueError(f"{what} {path}: an image file name needs a suffix ({', '.join(OUTPUT_SUFFIXES)}); {hint}")
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"{what} {p}: cannot write images with the suffix {p.suffix!r}; use one of "
                          f"{', '.join(OUTPUT_SUFFIXES)}")
