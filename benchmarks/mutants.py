@@ -3096,6 +3096,10 @@ MUTANTS = [
            "    if folder or not p.suffix:", "    if False:",
            ("tests/test_images.py", "-k", "check_output_names"),
            "-o figs/ says \"cannot write images with the suffix ''\""),
+    Mutant("lr-channels-last-unhinted", "yoda/attention/classic.py",
+           '        hint = f"; channels last? {fix} puts them first"', "        pass",
+           ("tests/test_sampler.py", "-k", "bad_input"),
+           "an (h, w, 3) lr tensor gets the bare shape error, not the permute that fixes it"),
 ]
 
 

@@ -972,7 +972,15 @@ def test_stack_conds_default():
 @pytest.mark.parametrize(
     "lr, kw, err, match",
     [
-        (torch.zeros(3, 8, 8), {}, ValueError, "lr must be 4-D"),
+        (torch.zeros(3, 8, 8), {}, ValueError,
+         r"^lr must be 4-D .*got shape \(3, 8, 8\); one image\? lr\[None\] makes a batch of it$"),
+        # an array's channels-last order, as a tensor: the fix said (it was the bare shape error)
+        (torch.zeros(8, 8, 3), {}, ValueError,
+         r"got shape \(8, 8, 3\); channels last\? lr\.permute\(2, 0, 1\)\[None\] puts them first$"),
+        (torch.zeros(2, 8, 8, 3), {}, ValueError, r"^lr must have 1 \(grey\) or 3 \(RGB\) channels, got 8 \(shape "
+                                                  r"\(2, 8, 8, 3\)\); channels last\? lr\.permute\(0, 3, 1, 2\) puts "
+                                                  r"them first$"),
+        (torch.zeros(8, 8), {}, ValueError, r"^lr must be 4-D .*got shape \(8, 8\)$"),
         (torch.zeros(1, 3, 8, 8, dtype=torch.int64), {}, TypeError, "lr must be a float"),
         (torch.zeros(1, 2, 8, 8), {}, ValueError, r"lr must have 1 \(grey\) or 3 \(RGB\) channels"),
         (torch.full((1, 3, 8, 8), 1.5), {}, ValueError, r"lr values must lie in \[-1, 1\]"),

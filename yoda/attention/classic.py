@@ -112,10 +112,17 @@ def check_lr(lr: Any, name: str = "lr", float32: bool = True, stacklevel: int = 
         raise TypeError(f"{name} must be a torch.Tensor (B, 3, h, w) in [-1, 1], got {type(lr).__name__}: "
                         f"yoda.load_image(path) reads a file, yoda.from_uint8(image) takes a PIL image or uint8 array")
     check_dense(lr, name)  # (a sparse lr failed in torch: "Could not run 'aten::aminmax' ... SparseCPU")
+    hint = ""  # an image's other usual layouts, said with the fix: an array's (h, w, C) / (B, h, w, C), one (C, h, w)
+    if lr.dim() in (3, 4) and lr.shape[-1] in (1, 3) and lr.shape[-3] not in (1, 3):
+        fix = f"{name}.permute(0, 3, 1, 2)" if lr.dim() == 4 else f"{name}.permute(2, 0, 1)[None]"
+        hint = f"; channels last? {fix} puts them first"
+    elif lr.dim() == 3 and lr.shape[0] in (1, 3):
+        hint = f"; one image? {name}[None] makes a batch of it"
     if lr.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (B, C, h, w) with C in (1, 3), got shape {tuple(lr.shape)}")
+        raise ValueError(f"{name} must be 4-D (B, C, h, w) with C in (1, 3), got shape {tuple(lr.shape)}{hint}")
     if lr.shape[1] not in (1, 3):
-        raise ValueError(f"{name} must have 1 (grey) or 3 (RGB) channels, got {lr.shape[1]} (shape {tuple(lr.shape)})")
+        raise ValueError(f"{name} must have 1 (grey) or 3 (RGB) channels, got {lr.shape[1]} (shape "
+                         f"{tuple(lr.shape)}){hint}")
     if lr.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(lr.shape)})")
     if not lr.is_floating_point():
