@@ -3100,6 +3100,14 @@ MUTANTS = [
            '        hint = f"; channels last? {fix} puts them first"', "        pass",
            ("tests/test_sampler.py", "-k", "bad_input"),
            "an (h, w, 3) lr tensor gets the bare shape error, not the permute that fixes it"),
+    Mutant("lpips-files-unnamed-in-the-cli", "yoda/cli_parser.py",
+           "    if lpips:\n", "    if False:\n",
+           ("tests/test_lpips.py", "-k", "cli_lpips"),
+           "yoda eval --lpips with the files swapped says 'LPIPS backbone_weights:', yoda.lpips's argument name"),
+    Mutant("dino-family-unsaid", "yoda/attention/dino.py",
+           "    if key in sd:\n", "    if False:\n",
+           ("tests/test_dino.py", "-k", "wrong_model_file"),
+           "a ViT file given as dino-resnet50: lists keys instead of naming dino-vits8:PATH"),
 ]
 
 

@@ -607,11 +607,19 @@ def test_wrong_keys_listed(vit, tmp_path):
 
 
 def test_wrong_model_file(resnet_file, vit_file, vit, tmp_path):
-    # a ResNet file given to the ViT loader (and vice versa): a few keys listed, with the total
-    with pytest.raises(ValueError, match=r"missing keys: 'cls_token'.*\(150 in all\).*a DINO ViT-S/8 state dict"):
+    # a ResNet file given to the ViT loader (and vice versa): said as the other network's, with what loads it (it
+    # listed missing and unexpected keys, the family left to the reader)
+    with pytest.raises(ValueError, match=r"^weights '.*dino_resnet50_pretrain\.pth' are a ResNet-50's \(conv1\.weight "
+                                         r"\.\.\.\), not this extractor's: the attention dino-resnet50:PATH"):
         att.dino_vits8(resnet_file)
-    with pytest.raises(ValueError, match=r"dino_deitsmall8_pretrain\.pth.*missing keys: 'conv1\.weight'"):
-        att.dino_resnet50(vit_file)
+    with pytest.raises(ValueError, match=r"dino_deitsmall8_pretrain\.pth' are a ViT's \(cls_token \.\.\.\), not this "
+                                         r"extractor's: the attention dino-vits8:PATH \(--attention dino-vits8:PATH\)"):
+        att.get(f"dino-resnet50:{vit_file}")
+    # another file's keys: a few listed, with the total
+    sd = {k: v for k, v in vit.state_dict().items() if k != "cls_token"}
+    torch.save(sd, tmp_path / "no_cls.pth")
+    with pytest.raises(ValueError, match=r"missing keys: 'cls_token'.*a DINO ViT-S/8 state dict"):
+        att.dino_vits8(str(tmp_path / "no_cls.pth"))
     # right names, wrong shapes (a ViT-S/16 patch embedding)
     sd = dict(vit.state_dict())
     sd["patch_embed.proj.weight"] = torch.zeros(384, 3, 16, 16)

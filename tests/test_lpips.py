@@ -217,3 +217,7 @@ def test_eval_and_cli_lpips_column(files, tmp_path, capsys):
     code = main(args + ["--lpips", str(tmp_path / "no_vgg.pth"), str(d / "vgg.pth")])
     out, err = capsys.readouterr()
     assert code == 2 and "no_vgg.pth" in err
+    # the two files swapped: said of --lpips and which file (it said "LPIPS backbone_weights:", yoda.lpips's words)
+    code = main(args + ["--lpips", str(d / "vgg.pth"), str(d / "vgg16.pth")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"yoda: error: --lpips, its first file (torchvision's VGG16): {d / 'vgg.pth'}"), err

@@ -486,6 +486,10 @@ def one_line(e: BaseException, options: bool = True) -> str:
     name = re.match(r"\w+(?=[ :\[])", line)
     if options and name and name.group() in OPTION_OF:
         line = OPTION_OF[name.group()] + line[name.end():]
+    lpips = re.match(r"LPIPS (backbone|lin)_weights:", line) if options else None  # (yoda.lpips's argument names)
+    if lpips:
+        line = ("--lpips, its first file (torchvision's VGG16):" if lpips.group(1) == "backbone" else
+                "--lpips, its second file (the LPIPS linear heads):") + line[lpips.end():]
     if options:  # the library's "leave eta None", "sampler='ddim'", "steps=" further on: the options' words, but
         # not inside a repr (EvalSettings(steps=None, sampler='ddpm')), which stays as Python wrote it
         parts = re.split(f"({_REPR})", line)

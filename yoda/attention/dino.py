@@ -462,6 +462,14 @@ def from_transformers(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]
     return out
 
 
+def _other_family(sd: dict, weights, key: str, family: str, name: str) -> None:
+    """A CheckpointError where the state dict has ``key`` of the other DINO network: the file and what loads it (it
+    listed missing and unexpected keys, and the reader had to tell the family from them)."""
+    if key in sd:
+        raise CheckpointError(f"weights {os.fspath(weights)!r} are {family} ({key} ...), not this extractor's: the "
+                              f"attention {name}:PATH (--attention {name}:PATH) loads it")
+
+
 def dino_vits8(
     weights: str, min_size: int = 224, max_size: int = 448, checkpoint_key: Optional[str] = None
 ) -> DinoViTS8:
@@ -482,6 +490,7 @@ def dino_vits8(
         n = math.isqrt(max(pe.shape[1] - 1, 0))
         if n * n == pe.shape[1] - 1 and n > 0:
             img_size = n * 8  # checkpoints trained at another size keep their own grid
+    _other_family(sd, weights, "conv1.weight", "a ResNet-50's", "dino-resnet50")
     model = load_strict(lambda: DinoViT(img_size=img_size, init=False), sd, os.fspath(weights), _VIT_FMT)
     return DinoViTS8(model, min_size=min_size, max_size=max_size, source=os.fspath(weights))
 
@@ -493,6 +502,7 @@ def dino_resnet50(
     key names, with or without ``fc``), loaded strictly."""
     _check_sizes(min_size, max_size, groups)
     sd = load_state_dict(weights, _RESNET_FMT, checkpoint_key)
+    _other_family(sd, weights, "cls_token", "a ViT's", "dino-vits8")
     fc = sd.get("fc.weight")
     with_fc = isinstance(fc, torch.Tensor) and fc.dim() == 2
     n_classes = fc.shape[0] if with_fc else 1000
