@@ -3108,6 +3108,23 @@ MUTANTS = [
            "    if key in sd:\n", "    if False:\n",
            ("tests/test_dino.py", "-k", "wrong_model_file"),
            "a ViT file given as dino-resnet50: lists keys instead of naming dino-vits8:PATH"),
+    Mutant("schedule-float-tensor-index", "yoda/schedule.py",
+           "and not idx.is_floating_point() and not idx.is_complex()", "and True",
+           ("tests/test_schedule.py", "-k", "numpy_integers_are_ints"),
+           "Schedule.alpha_bar(torch.tensor(5.7)) reads alpha_bar[5] without a word"),
+    Mutant("schedule-from-dict-float-T", "yoda/schedule.py",
+           'or not isinstance(d["T"], numbers.Integral) or d["T"] != s.T', 'or int(d["T"]) != s.T',
+           ("tests/test_schedule.py", "-k", "bad_constructor_args"),
+           "a schedule dict's T of 2.7 passes as 2"),
+    Mutant("regional-map-out-of-range", "yoda/figures/numbers.py",
+           "        if a.min() < -A_MARGIN or a.max() > 1 + A_MARGIN:", "        if False:",
+           ("tests/test_figures.py", "-k", "regional_error_empty_bins"),
+           "regional_error puts every map value over 1 in its top bin without a word"),
+    Mutant("adapter-numpy-scale-refused", "yoda/masks.py",
+           "    return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v",
+           "    return v",
+           ("tests/test_sampler.py", "-k", "as_adapter_dispatch"),
+           "as_adapter(scale=np.int64(4)) is 'not a positive int', where ModelCard takes it"),
 ]
 
 

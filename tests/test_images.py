@@ -830,7 +830,8 @@ def test_every_output_format_round_trips_its_size(tmp_path, suffix):
 def test_save_image_writes_only_yodas_formats(tmp_path):
     """The library writes what the CLI writes: a GIF (256 colours) or an unknown suffix is refused, nothing made."""
     for name in ("o.gif", "o.ico", "o", "o.xyz"):
-        with pytest.raises(ValueError, match=r"cannot write images with the suffix '[^']*' \(.*" + name):
+        with pytest.raises(ValueError, match=r"cannot write images with the suffix '[^']*' \(.*" + name if "." in name
+                           else r"o: an image file name needs a suffix"):
             save_image(torch.zeros(3, 4, 4), tmp_path / name)
     assert list(tmp_path.iterdir()) == []
 
@@ -845,7 +846,8 @@ def test_check_output_names_the_users_path(tmp_path, monkeypatch):
     with pytest.raises(IsADirectoryError, match=r"plain_dir is a folder; give an image file name"):
         images.check_output(tmp_path / "plain_dir")
     # a name without a suffix, or a folder (with its slash) that does not exist: "the suffix ''" said neither
-    with pytest.raises(ValueError, match=r"^out .*/new: an image file name needs a suffix \(\.png, .*\); e\.g\. .*/new\.png$"):
+    with pytest.raises(ValueError, match=r"^out .*/new: an image file name needs a suffix \(\.png, .*\); "
+                                         r"e\.g\. .*/new\.png$"):
         images.check_output(tmp_path / "new", "out")
     with pytest.raises(ValueError, match=r"^-o .*/figs/: an image file name needs a suffix .*; a folder that does not "
                                          r"exist is not made here$"):
@@ -1019,6 +1021,23 @@ def test_from_uint8_converts_a_pil_image_of_any_8_bit_mode_as_read_image_does(tm
             from_uint8(rgb.convert("L").convert(mode))
 
 
+def test_a_bad_module_limit_and_a_name_without_suffix_are_named(tmp_path, monkeypatch):
+    """yoda.images.MAX_PIXELS = -5 made load_image say "max_pixels must be ... got None" of a call that gave none;
+    save_image to "out" said "cannot write images with the suffix ''"."""
+    import torch
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setitem(vars(images), "MAX_PIXELS", -5)
+    with pytest.raises(ValueError, match=r"^yoda\.images\.MAX_PIXELS must be an int >= 0 \(0: no limit\), got -5; `del "
+                                         r"yoda\.images\.MAX_PIXELS` goes back"):
+        load_image(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"^max_pixels must be an int >= 0 \(0: no limit\) or None, got -1$"):
+        load_image(tmp_path / "a.png", max_pixels=-1)
+    with pytest.raises(ValueError, match=r"^path: .*out: an image file name needs a suffix \(\.png, "
+                                         r".*e\.g\. .*out\.png$"):
+        images.save_image(torch.zeros(1, 3, 2, 2), tmp_path / "out")
+
+
 def test_to_uint8_refuses_values_no_image_has():
     """save_image of a [0, 255] tensor wrote an all-white file and Inf was written as white; a little overshoot is
     still clamped."""
@@ -1028,7 +1047,8 @@ def test_to_uint8_refuses_values_no_image_has():
 
     for x, msg in ((torch.full((1, 3, 4, 4), 200.0), r"x values must lie in \[-1, 1\].*got range \[200, 200\]"),
                    (torch.full((1, 3, 4, 4), float("inf")), "x contains NaN or Inf"),
-                   (torch.zeros(1, 3, 0, 4), r"x is an empty image \(shape \(1, 3, 0, 4\)\)")):
+                   (torch.zeros(1, 3, 0, 4), r"x is an empty image \(shape \(1, 3, 0, 4\)\)"),
+                   (torch.zeros(0, 3, 4, 4), r"^x is an empty image \(shape \(0, 3, 4, 4\)\)$")):  # (aminmax's error)
         with pytest.raises(ValueError, match=msg):
             to_uint8(x)
     assert (to_uint8(torch.full((1, 3, 2, 2), 1.1)) == 255).all()

@@ -617,6 +617,10 @@ def test_as_adapter_dispatch():
             return PixelAdapter(SR3Net(), SCHED, scale=kw.get("scale", 4))
 
     assert as_adapter(WithMethod(), scale=2).scale == 2
+    # numpy ints, as ModelCard and save_model take them ("scale must be a positive int, got np.int64(4)")
+    for ad in (as_adapter(lambda x, t, c: x, prediction="eps", schedule=SCHED, scale=np.int64(2), multiple=np.int32(2)),
+               PixelAdapter(SR3Net(), SCHED, scale=np.int64(SCALE))):
+        assert type(ad.scale) is int and type(ad.multiple) is int
 
     class Bad:
         def yoda_adapter(self):

@@ -221,6 +221,11 @@ def test_bad_constructor_args():
         Schedule.from_dict({"T": 3})
     with pytest.raises(ValueError, match="T"):
         Schedule.from_dict({"T": 3, "betas": [0.1, 0.2]})
+    # a T that is not the int it names ("x" was int()'s own error; 2.7 passed as 2)
+    for bad in (2.7, "x", True):
+        with pytest.raises(ValueError, match=rf"^d\['T'\] = {re.escape(repr(bad))} does not match len\(d\['betas'\]\)"):
+            Schedule.from_dict({"T": bad, "betas": [0.1, 0.2]})
+    assert Schedule.from_dict({"T": np.int64(2), "betas": [0.1, 0.2]}).T == 2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -281,6 +286,12 @@ def test_numpy_integers_are_ints_here_too():
         s.respace(5.0)
     with pytest.raises(ValueError, match=r"idx must be an int in \[0, 1000\), got 5.0"):
         s.alpha_bar(5.0)
+    # a one-element tensor: an integer one is its int; a float or bool one is refused as 5.7 and True are (it read
+    # tensor(5.7) as 5 and tensor(True) as 1); numpy's -1 is "after the last step" as -1 is
+    assert s.alpha_bar(torch.tensor(5)) == s.alpha_bar(5) and s.alpha_bar(np.int64(-1)) == 1.0
+    for bad in (torch.tensor(5.7), torch.tensor(True), torch.tensor(5.0)):
+        with pytest.raises(ValueError, match=r"idx must be an int in \[0, 1000\), got tensor"):
+            s.alpha_bar(bad)
 
 
 @pytest.mark.parametrize("make, name", [

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from yoda_kernels.contract import PREDICTIONS
 
 from .callables import signature_problem, unwrapped
-from .masks import as_float
+from .masks import as_float, plain_int
 from .names import DEFAULT_SAMPLER, OTHER_MODEL_STEPS  # the sampler and steps where a model's card names none
 from .schedule import Schedule
 from .upsampling import METHODS as UPSAMPLINGS
@@ -395,6 +395,7 @@ class PixelAdapter(Adapter):
     ) -> None:
         if not callable(net):
             raise TypeError(f"net must be callable, got {type(net).__name__}")
+        scale, multiple = plain_int(scale), plain_int(multiple)
         _check_common(schedule, prediction, scale, clip_x0, multiple)
         if upsampling not in UPSAMPLINGS:
             raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
@@ -449,6 +450,7 @@ class CallableAdapter(Adapter):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         if problem := signature_problem(fn):
             raise TypeError(f"fn: {problem}")
+        scale, multiple = plain_int(scale), plain_int(multiple)
         _check_common(schedule, prediction, scale, clip_x0, multiple)
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {space!r}")

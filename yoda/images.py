@@ -164,7 +164,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
         raise ValueError(f"x must have 1 or 3 channels, got {x.shape[-3]}")
     if x.is_meta:
         raise ValueError("x is on the meta device: it holds no values")
-    if x.shape[-1] == 0 or x.shape[-2] == 0:
+    if x.numel() == 0:  # (a batch of none was aminmax's "cannot compute aminmax over an empty dimension")
         raise ValueError(f"x is an empty image (shape {tuple(x.shape)})")
     check_values(x, "x")
     return quantize_u8(x.cpu()).to(torch.uint8).movedim(-3, -1).contiguous().numpy()
@@ -402,6 +402,9 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
             max_pixels = int(max_pixels)  # as_int: image I/O does not import torch)
         limit = pixel_limit(max_pixels)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            if max_pixels is None:  # the module's (it said "max_pixels ... got None" of a call that gave none)
+                raise ValueError(f"yoda.images.MAX_PIXELS must be an int >= 0 (0: no limit), got {limit!r}; `del "
+                                 f"yoda.images.MAX_PIXELS` goes back to YODA_MAX_PIXELS or the default")
             raise ValueError(f"max_pixels must be an int >= 0 (0: no limit) or None, got {max_pixels!r}")
         if not p.exists():
             raise FileNotFoundError(f"path: no such image file: {p}{broken_link(p)}")
@@ -466,6 +469,8 @@ def image_format(path: str | os.PathLike) -> str:
     """Pillow's format name for the suffix of ``path`` (".png" -> "PNG"); ValueError naming ``path`` for a suffix
     outside OUTPUT_SUFFIXES (GIF's 256 colours, for one, would quietly lose the picture)."""
     p = Path(path)
+    if not p.suffix:  # (it said "the suffix ''")
+        raise ValueError(f"path: {p}: an image file name needs a suffix ({', '.join(OUTPUT_SUFFIXES)}); e.g. {p}.png")
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"path: cannot write images with the suffix {p.suffix!r} ({p}); use one of "
                          f"{', '.join(OUTPUT_SUFFIXES)}")

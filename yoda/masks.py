@@ -44,6 +44,12 @@ def as_int(v: Any, name: str, what: str = "an int") -> int:
     return operator.index(v)
 
 
+def plain_int(v: Any) -> Any:
+    """A numpy integer as Python's int (the adapters' checks take Python ints: np.int64(4) was "not a positive int"
+    there, where ModelCard and save_model take it); anything else as it is, for those checks to judge."""
+    return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+
+
 def positive_int(v: Any, name: str, what: str = "a positive int") -> int:
     """as_int, and >= 1 (ValueError naming ``name`` otherwise)."""
     v = as_int(v, name, what)

@@ -70,7 +70,8 @@ class Schedule:
     x0-prediction models can sample from (the step at alpha_bar = 0 has no eps form, yoda_kernels.coefs).
 
     Build it with :meth:`linear`, :meth:`cosine`, :meth:`scaled_linear` or :meth:`from_betas`; the tensor
-    is copied and made float64 on the CPU, so the object is effectively immutable.
+    is copied and made float64 on the CPU, so no tensor of the caller's changes it. Do not edit ``betas`` in place:
+    alphas_cumprod and pairs() are cached from it (make another Schedule instead).
     """
 
     betas: torch.Tensor = field(repr=False)
@@ -182,7 +183,10 @@ class Schedule:
         return bool(self.betas[-1] == 1.0)
 
     def _check_idx(self, idx: Any) -> int:
-        if isinstance(idx, torch.Tensor) and idx.numel() == 1:
+        # a one-element integer tensor is its int; a float or bool one is refused as a float or a bool is (5.7 was
+        # read as 5, True as 1)
+        if isinstance(idx, torch.Tensor) and idx.numel() == 1 and not idx.is_floating_point() and not idx.is_complex() \
+                and idx.dtype != torch.bool:
             idx = int(idx.item())
         if isinstance(idx, numbers.Integral) and not isinstance(idx, bool):  # numpy integers too
             idx = int(idx)
@@ -192,7 +196,7 @@ class Schedule:
 
     def alpha_bar(self, idx: int) -> float:
         """alpha_bar at the 0-based index idx; idx = -1 means "after the last step" and gives 1.0."""
-        if isinstance(idx, int) and not isinstance(idx, bool) and idx == -1:
+        if isinstance(idx, numbers.Integral) and not isinstance(idx, bool) and idx == -1:  # numpy's -1 too
             return 1.0
         return float(self.alphas_cumprod[self._check_idx(idx)])
 
@@ -296,8 +300,8 @@ class Schedule:
             raise ValueError(f"betas: {len(d['betas'])} steps is over {MAX_FILE_T}, the longest schedule read from a "
                              f"file")
         s = cls.from_betas(d["betas"])
-        if "T" in d and int(d["T"]) != s.T:
-            raise ValueError(f"d['T'] = {d['T']} does not match len(d['betas']) = {s.T}")
+        if "T" in d and (isinstance(d["T"], bool) or not isinstance(d["T"], numbers.Integral) or d["T"] != s.T):
+            raise ValueError(f"d['T'] = {d['T']!r} does not match len(d['betas']) = {s.T}")  # (2.7 passed as 2)
         return s
 
     def __eq__(self, other: object) -> bool:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..adapters import (DIFFUSERS_PREDICTIONS, Adapter, Prepared, check_prediction, check_schedule, pipeline_hint,
                         upsample)
 from .._json_fields import read_config_text
-from ..masks import as_int
+from ..masks import as_int, plain_int
 from .card import FrozenMapping
 from ..schedule import FINAL_AT_FIRST, LEADING_PLUS_ONE, SPACINGS, Schedule
 
@@ -93,6 +93,7 @@ class LatentAdapter(Adapter):
             raise TypeError(f"stage1 must be callable or None, got {type(stage1).__name__}")
         check_schedule(schedule)
         check_prediction(prediction)
+        scale, latent_factor, latent_multiple = map(plain_int, (scale, latent_factor, latent_multiple))
         for name, v in (("scale", scale), ("latent_factor", latent_factor), ("latent_multiple", latent_multiple)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")

@@ -35,7 +35,7 @@ from torch import nn
 
 from .._json_fields import unknown_keys
 from ..adapters import PixelAdapter, Prepared
-from ..masks import as_float, config_int
+from ..masks import as_float, config_int, plain_int
 from ..schedule import MAX_FILE_T, Schedule
 from .card import ModelCard, adapter_sampling
 
@@ -506,8 +506,7 @@ class SR3Adapter(PixelAdapter):
             raise ValueError(f"card: an SR3 model samples in pixel space, the card says {card.space!r}")
         if schedule is None and card is not None:
             schedule = card.schedule
-        if scale is None:
-            scale = card.scale if card is not None else net.scale
+        scale = (card.scale if card is not None else net.scale) if scale is None else plain_int(scale)
         if prediction is None:
             prediction = card.prediction if card is not None else "eps"
         if schedule is None:
