@@ -3026,8 +3026,8 @@ MUTANTS = [
            ("tests/test_train.py", "-k", "budget_bar"),
            "a resume without --data-dir is told its config differs in data.source, not which option sets it"),
     Mutant("afresh-over-log-unsaid", "yoda/training/report.py",
-           '        if not os.path.exists(os.path.join(out, "checkpoint.pt")) and _logged_rows(out):',
-           "        if False:",
+           '            if ranks.main and not os.path.exists(os.path.join(out, "checkpoint.pt")) and _logged_rows(out):',
+           "            if False:",
            ("tests/test_train.py", "-k", "log_without_a_checkpoint"),
            "a rerun after a kill before the first checkpoint starts over its log's rows without a word"),
     Mutant("held-out-checked-after-load", "yoda/training/trainer.py",
@@ -3125,6 +3125,11 @@ MUTANTS = [
            "    return v",
            ("tests/test_sampler.py", "-k", "as_adapter_dispatch"),
            "as_adapter(scale=np.int64(4)) is 'not a positive int', where ModelCard takes it"),
+    Mutant("stop-during-validation-trains-on", "yoda/training/trainer.py",
+           "                        if val_now and stop is None:  # a signal during validation",
+           "                        if False:  # a signal during validation",
+           ("tests/test_train.py", "-k", "signal_during_validation"),
+           "a Ctrl-C during validation trains one more step before the run stops"),
 ]
 
 

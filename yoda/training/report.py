@@ -188,7 +188,8 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         _last_loss(tr.rows),
     ]
     if last.get("val_psnr_plain", "") != "":
-        lines.append(f"- validation PSNR (DDIM {cfg.val_steps} steps, {cfg.data.val_crops} held-out crops): plain "
+        lines.append(f"- validation PSNR (DDIM {cfg.val_steps} step{'s' * (cfg.val_steps != 1)}, {cfg.data.val_crops} "
+                     f"held-out crops): plain "
                      f"{last['val_psnr_plain']:.2f} dB" + (f", YODA {last['val_psnr_yoda']:.2f} dB"
                                                            if last.get("val_psnr_yoda", "") != "" else ""))
     return "\n".join(lines) + "\n"
@@ -286,15 +287,16 @@ def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = N
 
     if ranks.main:  # rank 0 writes; the other ranks making the folder at the same time must not race its check
         check_out(out, weights_name)
-        if not os.path.exists(os.path.join(out, "checkpoint.pt")) and _logged_rows(out):  # (it started over unsaid)
-            warnings.warn(f"--out {out} holds log.csv rows but no checkpoint.pt (a run stopped before its first "
-                          f"checkpoint): this run starts at step 0 and writes its log afresh", UserWarning,
-                          stacklevel=2)
     dev = rank_device(resolve_device(device), ranks.world, ranks.local_rank)  # before the folder: none left on error
     made = made_dirs(Path(out))
     try:
         with sigterm_exits(), process_group(ranks, dev), contextlib.ExitStack() as stack:
             hold_out(stack, out, ranks, dev)
+            # held: a second run into a busy folder (its log.csv rows, no checkpoint yet) is refused without this
+            if ranks.main and not os.path.exists(os.path.join(out, "checkpoint.pt")) and _logged_rows(out):
+                warnings.warn(f"--out {out} holds log.csv rows but no checkpoint.pt (a run stopped before its first "
+                              f"checkpoint): this run starts at step 0 and writes its log afresh", UserWarning,
+                              stacklevel=2)  # (it started over unsaid)
             if ranks.main:  # the temporary files of a run killed while writing (SIGKILL, a power loss): --out is
                 remove_stale_temps([os.path.join(out, name) for name in (*RUN_FILES, weights_name)], 0)  # held
             stack.callback(remove_empty, made)  # while --out is held: a run that wrote nothing leaves no folder

@@ -369,9 +369,8 @@ class Trainer:
 
     def train_step(self) -> float:
         """One optimizer step on the global batch; returns its loss (the mean over the ranks' shares). Its dropout
-        draws from the trainer's generators, in run() or in a loop of one's own. Gradients on whatever the caller
-        set (a notebook left in torch.no_grad() / inference_mode got torch's "element 0 of tensors does not require
-        grad")."""
+        draws from the trainer's generators, in run() or a loop of one's own. Gradients on whatever the caller set
+        (a notebook in torch.no_grad() / inference_mode got "element 0 of tensors does not require grad")."""
         with self.rng.use(), torch.inference_mode(False), torch.enable_grad(), cpu_default_device():
             return self._train_step()  # (a caller's default device took its new tensors)
 
@@ -480,8 +479,7 @@ class Trainer:
             self.write_log()  # (also when no step is left to write it)
             if self.on_row is not None and self.ranks.main:
                 self.on_row(last_row, total, self.step >= total)
-        # under a time budget the bar counts steps and says the time left (a total of the config's 1,000,000 steps
-        # gave a 79-hour ETA to a 24-second run)
+        # under a time budget the bar counts steps and the time left (1,000,000 steps: a 79-hour ETA to a 24-s run)
         bar = tqdm(total=None if max_seconds is not None else total, initial=self.step, desc=cfg.name, unit="step",
                    disable=None if self.progress is None else not self.progress)
         post: dict = {}  # the bar's loss, and with max_seconds the time left
@@ -518,6 +516,8 @@ class Trainer:
                         if val_now and self.ranks.main:
                             row.update(self.validate())  # the EMA is the same on every rank: rank 0 validates
                             row["time"] = t_base + time.perf_counter() - t0  # the row's own validation too
+                        if val_now and stop is None:  # a signal during validation stops here (it trained a step more)
+                            stop = self._stop_reason(interrupted, False)
                         self.rows.append(row)
                         self.write_log()
                         post["loss"] = f"{row['loss']:.4f}"
