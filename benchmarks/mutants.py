@@ -3130,6 +3130,10 @@ MUTANTS = [
            "                        if False:  # a signal during validation",
            ("tests/test_train.py", "-k", "signal_during_validation"),
            "a Ctrl-C during validation trains one more step before the run stops"),
+    Mutant("training-record-without-bicubic", "yoda/training/report.py",
+           "                     + _bicubic_text(tr))", "                     )",
+           ("tests/test_cli.py", "-k", "train_and_plot_commands"),
+           "TRAINING.md's validation PSNR has no bicubic beside it: a run below bicubic says nothing of it"),
 ]
 
 

@@ -922,6 +922,13 @@ def test_train_and_plot_commands(tmp_path, capsys):
         want[key] = psnr(to_uint8(sr)[0], to_uint8(hr)[0])
         assert float(rows[-1][key]) == pytest.approx(want[key], abs=1e-3), key
     assert want["val_psnr_plain"] != want["val_psnr_yoda"]  # the masks were in play
+    # TRAINING.md gives bicubic's PSNR on the same crops beside them, the bar a model must clear (a run below it
+    # said nothing of it)
+    from yoda.adapters import upsample
+
+    bicubic = psnr(to_uint8(upsample(lr, 4))[0], to_uint8(hr)[0])
+    assert (f"YODA {float(rows[-1]['val_psnr_yoda']):.2f} dB; bicubic {bicubic:.2f} dB on the same crops (a model "
+            "below it makes them worse)\n") in (out / "TRAINING.md").read_text()
     # the exported weights are a loadable "yoda" model
     code, _, err = run(["upscale", str(folder / "0.png"), "-o", str(tmp_path / "sr.png"), "--model",
                         str(out / "model.safetensors"), "--steps", "2", "-q"], capsys)

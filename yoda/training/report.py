@@ -191,7 +191,8 @@ def training_record(cfg: TrainConfig, tr: Trainer, *, config_path: str, out: str
         lines.append(f"- validation PSNR (DDIM {cfg.val_steps} step{'s' * (cfg.val_steps != 1)}, {cfg.data.val_crops} "
                      f"held-out crops): plain "
                      f"{last['val_psnr_plain']:.2f} dB" + (f", YODA {last['val_psnr_yoda']:.2f} dB"
-                                                           if last.get("val_psnr_yoda", "") != "" else ""))
+                                                           if last.get("val_psnr_yoda", "") != "" else "")
+                     + _bicubic_text(tr))
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +219,19 @@ def hold_out(stack: contextlib.ExitStack, out: str, ranks, dev: torch.device) ->
             busy = e
     if all_reduce_sum(torch.tensor([float(busy is not None)], device=dev), ranks).item() > 0:
         raise busy or FolderInUse(f"--out {out} is in use by another yoda process (rank 0 found it held)")
+
+
+def _bicubic_text(tr: Trainer) -> str:
+    """"; bicubic X dB ..." of the validation crops (torch bicubic of their make_lr, 8-bit), the bar a model must
+    clear: a run whose validation PSNR fell below it said nothing of it (34.59 -> 33.12 dB against 35.00)."""
+    from ..adapters import upsample
+    from ..evaluate import psnr_u8
+
+    if tr.val_hr is None:  # (validation off in this session: the row is an earlier one's)
+        return ""
+    scale = tr.cfg.data.scale
+    bicubic = float(psnr_u8(upsample(_data.make_lr(tr.val_hr, scale), scale), tr.val_hr).mean())
+    return f"; bicubic {bicubic:.2f} dB on the same crops (a model below it makes them worse)"
 
 
 def train_main(config_path: str, out: Optional[str], *, steps: Optional[int] = None, device: str = "auto",
