@@ -67,11 +67,12 @@ def check_tiles(a, unit: int, least: int) -> None:
     if any(n % unit for n in (*sides, overlap or 0)):
         lo = max(unit, -(-least // unit) * unit)  # a window it suggests is one it takes (8 was refused: least 16)
         down = [max(lo, n // unit * unit) for n in sides]
-        near = (" or ".join(map(str, sorted({down[0], max(lo, -(-sides[0] // unit) * unit)}))) if sides[0] == sides[1]
-                else f"{down[1]}x{down[0]}")
-        if overlap:  # (it dropped the overlap typed: "e.g. --tiles 128" for 128,30), less than the window
-            ov = max(unit, round(overlap / unit) * unit)
-            near = " or ".join(f"{w},{min(ov, min(map(int, w.split('x'))) - unit)}" for w in near.split(" or "))
+        # the windows it suggests, (as typed, shorter side), and the overlap typed kept, rounded, less than the window
+        # (it was dropped: "e.g. --tiles 128" for 128,30)
+        wins = ([(str(n), n) for n in sorted({down[0], max(lo, -(-sides[0] // unit) * unit)})] if sides[0] == sides[1]
+                else [(f"{down[1]}x{down[0]}", min(down))])
+        ov = max(unit, round(overlap / unit) * unit) if overlap else None
+        near = " or ".join(t if ov is None else f"{t},{min(ov, n - unit)}" for t, n in wins)
         raise UserError(f"--tiles {typed}: window and overlap must be multiples of {unit} (this model's size "
                         f"multiple and scale), e.g. --tiles {near}")
     if min(sides) < least:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluate import check_pair, colour_shift, psnr
-from ..masks import A_MARGIN, check_A, check_lower_bound, pixel_update_ratio, tau_at
+from ..masks import check_A, check_lower_bound, check_unit_range, pixel_update_ratio, tau_at
 from ..sampling.prepare import resolve_attention
 
 
@@ -112,9 +112,7 @@ class RegionalError:
             raise ValueError(f"extra must hold the maps {sorted(self.sums)}, got {sorted(extra)}")
         check_pair(sr, hr)
         a = _map2d(A, sr.shape[:2], f"maps[{i}]")
-        if a.min() < -A_MARGIN or a.max() > 1 + A_MARGIN:  # (every value over 1 fell in the top bin without a word)
-            raise ValueError(f"maps[{i}] values must be in [0, 1] (an attention map), got range [{a.min():.4g}, "
-                             f"{a.max():.4g}]")
+        check_unit_range(torch.from_numpy(a), f"maps[{i}]")  # (every value over 1 fell in the top bin, unsaid)
         self.images += 1
         if a.min() == a.max():
             self.flat += 1

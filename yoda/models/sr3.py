@@ -506,7 +506,9 @@ class SR3Adapter(PixelAdapter):
             raise ValueError(f"card: an SR3 model samples in pixel space, the card says {card.space!r}")
         if schedule is None and card is not None:
             schedule = card.schedule
-        scale = (card.scale if card is not None else net.scale) if scale is None else plain_int(scale)
+        if scale is None:
+            scale = card.scale if card is not None else net.scale
+        scale = plain_int(scale)
         if prediction is None:
             prediction = card.prediction if card is not None else "eps"
         if schedule is None:
