@@ -1159,7 +1159,7 @@ def test_full_disk_with_several_inputs_leaves_no_empty_folder(tmp_path, tiny_mod
 
     rgb, grey = images
 
-    def no_space(x, path, grey=False):
+    def no_space(x, path, grey=False, exif=None):
         raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
 
     monkeypatch.setattr(yoda.cli, "save_output", no_space)
@@ -1429,7 +1429,7 @@ def test_upscale_of_a_folder_stops_at_a_full_disk(tmp_path, tiny_model, capsys, 
         Image.fromarray(np.random.default_rng(k).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / f"{k}.png")
     tried = []
 
-    def full(sr, dst, grey):
+    def full(sr, dst, grey, exif=None):
         tried.append(os.path.basename(dst))
         raise OSError(errno.ENOSPC, f"cannot write {dst}: No space left on device")
 
@@ -1639,10 +1639,10 @@ def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_p
     assert "yoda upscale: 100%" in err and "3/3" in err
     real = cli._upscale_one
 
-    def ctrl_c_at_the_second(a, run_, arr, grey, src_, dst, tally):
+    def ctrl_c_at_the_second(a, run_, arr, grey, src_, dst, tally, exif=None):
         if "im1" in src_:
             raise KeyboardInterrupt
-        return real(a, run_, arr, grey, src_, dst, tally)
+        return real(a, run_, arr, grey, src_, dst, tally, exif)
 
     monkeypatch.setattr(cli, "_upscale_one", ctrl_c_at_the_second)
     code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "b"), *common, "-q"], capsys)
@@ -1752,10 +1752,10 @@ def test_upscale_folder_goes_on_after_an_out_of_memory_input_and_leaves_hidden_f
     (src / "._b.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     real = cli._upscale_one
 
-    def upscale_one(a, run_, arr, grey, src_, dst, tally):
+    def upscale_one(a, run_, arr, grey, src_, dst, tally, exif=None):
         if "a_big" in src_:
             raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 4294967296 bytes.")
-        return real(a, run_, arr, grey, src_, dst, tally)
+        return real(a, run_, arr, grey, src_, dst, tally, exif)
 
     monkeypatch.setattr(cli, "_upscale_one", upscale_one)
     code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model, "--steps", "1",

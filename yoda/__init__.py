@@ -29,6 +29,7 @@ _LAZY = {
     "from_uint8": ("yoda.images", "from_uint8"),
     "load_image": ("yoda.images", "load_image"),
     "save_image": ("yoda.images", "save_image"),
+    "read_exif": ("yoda.exif", "read_exif"),
     "attention": ("yoda.attention", None),
     "adapters": ("yoda.adapters", None),
     "models": ("yoda.models", None),

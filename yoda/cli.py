@@ -3,6 +3,7 @@ cli_models; upscale's machinery: cli_upscale; demo: cli_demo; the options: cli_p
 
     yoda upscale IN|DIR... -o OUT [--model default|PATH|sr3:PATH|srdiff:PATH] [--attention none] [--steps 1] ...
                  [--sampler ddim] [--tiles W[xH][,O]] [--window-batch N] [--max-memory 2G] [--skip-existing]
+                 [--strip-metadata]
                  (torchrun -m yoda: sharded)
     yoda attention IMAGE -o OUT.png [--attention edge] [--lower-bound 0.6]
     yoda demo [-o demo.png]
@@ -94,10 +95,10 @@ def cmd_upscale(a) -> int:
             if src in refused:  # (output_targets: its output cannot be made)
                 raise UserError(refused[src])
             if mine:
-                arr, grey = read_input(src, a.max_pixels)
+                arr, grey, exif = read_input(src, a.max_pixels, exif=0 if a.strip_metadata else a.scale)
                 check_hr_size(src, arr, a.scale, a.max_pixels, dst, grey)
                 try:
-                    _upscale_one(a, run, arr, grey, src, dst, tally)
+                    _upscale_one(a, run, arr, grey, src, dst, tally, exif)
                 finally:
                     if tuned:
                         release_heap()
@@ -148,7 +149,7 @@ def _upscale_model(a, world: int) -> UpscaleRun:
     return UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
 
 
-def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally: Tally) -> None:
+def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally: Tally, exif=None) -> None:
     import torch
 
     from .adapters import padded_lr_side
@@ -173,7 +174,7 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
                             eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=bars(a),
                             windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=run.speed)
-    save_output(sr, dst, grey)
+    save_output(sr, dst, grey, exif)
     tally.written += 1
     tally.say(f"{printable(src)} -> {printable(dst)} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
 
@@ -188,7 +189,7 @@ def cmd_attention(a) -> int:
     refuse_overwriting([a.output], [a.image])
     if a.steps is not None and a.steps > a.T:
         raise UserError(f"--steps must be at most --T ({a.T}), got {a.steps}")
-    arr, _ = read_input(a.image, a.max_pixels)
+    arr, _, _ = read_input(a.image, a.max_pixels)
     check_hr_size(a.image, arr, a.scale, a.max_pixels)  # the map is drawn at the HR size
     lr = from_uint8(arr)
     with _user_input():  # --lower-bound, --T; the map yoda.sample uses at the HR size (resized, renormalised)

@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
                    help="classifier-free guidance scale, for a model with an unconditional branch (default: the "
                         "model's own; the embedded and yoda-format models have none)")
+    p.add_argument("--strip-metadata", action="store_true",
+                   help="write outputs without their inputs' EXIF metadata (camera, dates, GPS position ...), which "
+                        "they carry by default, less what described the input's pixels (orientation, thumbnail, size)")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output file exists, or that another `yoda upscale --skip-existing` is "
                         "making")

@@ -1,0 +1,176 @@
+"""A photograph's EXIF block carried to its upscaled copy (yoda.exif.read_exif, save_image(exif=...), `yoda upscale`)
+and TIFF outputs compressed without loss."""
+
+import struct
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import ExifTags, Image
+
+from yoda import images
+from yoda.exif import JPEG_LIMIT, SUBJECT_AREA, read_exif
+from yoda.images import from_uint8, save_image, to_uint8
+
+T, IFD = ExifTags.Base, ExifTags.IFD
+DATE = "2021:06:05 14:03:22"
+
+
+def phone_exif(orientation=6, maker_note=b"", extra_ifd0=None) -> Image.Exif:
+    """An EXIF block as a phone camera writes it: IFD 0, the Exif block, GPS, an Interop block marking Adobe RGB."""
+    ex = Image.Exif()
+    ex[T.Make], ex[T.Model], ex[T.DateTime], ex[T.Orientation] = "Phone Co", "P 9", DATE, orientation
+    ex[T.Copyright], ex[T.XResolution], ex[T.ResolutionUnit] = "A. Photographer", 300.0, 2
+    for tag, value in (extra_ifd0 or {}).items():
+        ex[tag] = value
+    sub = ex.get_ifd(IFD.Exif)
+    sub[T.DateTimeOriginal], sub[T.FNumber], sub[T.ColorSpace] = DATE, 1.8, 0xFFFF
+    sub[T.ExifImageWidth], sub[T.ExifImageHeight], sub[SUBJECT_AREA] = 12, 8, (6, 4, 2, 2)
+    if maker_note:
+        sub[T.MakerNote] = maker_note
+    gps = ex.get_ifd(IFD.GPSInfo)
+    gps[1], gps[2] = "N", (48.0, 51.0, 24.0)
+    return ex
+
+
+def photo(path, ex: Image.Exif, fmt=None):
+    """A 12x8 picture whose top-left pixel is red, saved with ``ex``: an Orientation of 6 stands it up as 8x12."""
+    a = np.zeros((8, 12, 3), np.uint8)
+    a[0, 0] = (255, 0, 0)
+    Image.fromarray(a).save(path, format=fmt, exif=ex.tobytes(), **({"quality": 100} if fmt == "JPEG" else {}))
+    return path
+
+
+def blocks(data: bytes):
+    """(IFD 0, the Exif block, GPS) of an EXIF block."""
+    ex = Image.Exif()
+    ex.load(data)
+    return dict(ex), ex.get_ifd(IFD.Exif), ex.get_ifd(IFD.GPSInfo)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp")])
+def test_read_exif_keeps_the_photograph_and_drops_the_stored_pixels(tmp_path, fmt, suffix):
+    p = photo(tmp_path / f"p{suffix}", phone_exif(), fmt)
+    ifd0, sub, gps = blocks(read_exif(p, scale=4))
+    assert (ifd0[T.Make], ifd0[T.Model], ifd0[T.DateTime], ifd0[T.Copyright]) == ("Phone Co", "P 9", DATE,
+                                                                                   "A. Photographer")
+    assert float(ifd0[T.XResolution]) == 1200.0 and ifd0[T.ResolutionUnit] == 2  # x4: printed at the same size
+    assert float(blocks(read_exif(p))[0][T.XResolution]) == 300.0
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match=rf"scale must be an int >= 1, got {bad!r}"):
+            read_exif(p, bad)
+    assert T.Orientation not in ifd0  # read_image turns the pixels upright: the copy's need no turning
+    assert sub[T.DateTimeOriginal] == DATE and float(sub[T.FNumber]) == 1.8
+    assert sub[T.ColorSpace] == 1  # sRGB: read_image converts to it (0xFFFF, "uncalibrated", said Adobe RGB)
+    for gone in (T.ExifImageWidth, T.ExifImageHeight, SUBJECT_AREA, IFD.Interop):
+        assert gone not in sub, gone
+    assert gps[1] == "N" and tuple(map(float, gps[2])) == (48.0, 51.0, 24.0)
+
+
+def test_read_exif_of_a_tiff_takes_none_of_its_strips(tmp_path):
+    """A TIFF's IFD 0 is its image's: its strips, samples and compression describe the input's pixels."""
+    p = photo(tmp_path / "p.tif", phone_exif(orientation=1), "TIFF")
+    with Image.open(p) as im:
+        assert {T.StripOffsets, T.ImageWidth, T.BitsPerSample} <= set(im.getexif())  # what is there to leave
+    ifd0, sub, _ = blocks(read_exif(p))
+    assert set(ifd0) == {T.Make, T.Model, T.DateTime, T.Copyright, T.XResolution, T.ResolutionUnit, IFD.Exif,
+                         IFD.GPSInfo}
+    assert sub[T.DateTimeOriginal] == DATE
+
+
+def test_read_exif_none_unreadable_and_too_large(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "plain.png")
+    assert read_exif(tmp_path / "plain.png") is None  # no EXIF: nothing to carry
+    ex = Image.Exif()
+    ex[T.Orientation] = 3  # only what the copy drops: nothing to carry either
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "turned.jpg", exif=ex.tobytes())
+    assert read_exif(tmp_path / "turned.jpg") is None
+    with pytest.raises(FileNotFoundError, match="path: no such image file: .*gone.jpg"):
+        read_exif(tmp_path / "gone.jpg")
+    bad = tmp_path / "bad.png"  # a damaged eXIf chunk: Pillow's warning, nothing carried
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(bad, exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f")
+    with pytest.warns(UserWarning, match=r"Corrupt EXIF data"):
+        assert read_exif(bad) is None
+    def unwritable(self, offset=8):
+        raise struct.error("bad rational")
+
+    turned = photo(tmp_path / "turned.jpg", phone_exif(), "JPEG")
+    monkeypatch.setattr(Image.Exif, "tobytes", unwritable)  # a block Pillow cannot write back
+    with pytest.warns(UserWarning, match=r"turned\.jpg: its EXIF metadata cannot be read \(bad rational\); its "
+                                         r"upscaled copy carries none"):
+        assert read_exif(turned) is None
+    monkeypatch.undo()
+    # maker notes that a JPEG cannot hold go (the rest stays); a block too large without them is dropped whole
+    p = photo(tmp_path / "notes.png", phone_exif(maker_note=b"n" * JPEG_LIMIT), "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = read_exif(p)
+    assert len(data) < JPEG_LIMIT and blocks(data)[1][T.DateTimeOriginal] == DATE
+    assert T.MakerNote not in blocks(data)[1]
+    small = read_exif(photo(tmp_path / "small.png", phone_exif(maker_note=b"n" * 100), "PNG"))
+    assert blocks(small)[1][T.MakerNote] == b"n" * 100  # kept where it fits
+    p = photo(tmp_path / "huge.png", phone_exif(extra_ifd0={T.ImageDescription: "d" * JPEG_LIMIT}), "PNG")
+    with pytest.warns(UserWarning, match=rf"huge\.png: its EXIF metadata \(\d+ bytes\) is larger than a JPEG holds "
+                                         rf"\({JPEG_LIMIT}\); its upscaled copy carries none"):
+        assert read_exif(p) is None
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+def test_save_image_writes_the_exif_block(tmp_path, suffix):
+    data = read_exif(photo(tmp_path / "in.jpg", phone_exif(), "JPEG"))
+    x = torch.rand(1, 3, 8, 12) * 2 - 1
+    p = save_image(x, tmp_path / f"out{suffix}", exif=data)
+    with Image.open(p) as im:
+        ex = im.getexif()
+        assert ex[T.Make] == "Phone Co" and T.Orientation not in ex
+        assert ex.get_ifd(IFD.Exif)[T.DateTimeOriginal] == DATE and ex.get_ifd(IFD.GPSInfo)[1] == "N"
+        if suffix == ".tif":  # Pillow writes EXIF's blocks only into an uncompressed TIFF
+            assert im.tag_v2[T.Compression] == 1
+            np.testing.assert_array_equal(np.asarray(im), to_uint8(x)[0])
+    save_image(x, tmp_path / "out.bmp", exif=data)  # a BMP holds none: written without it
+    with pytest.raises(TypeError, match=r"exif must be bytes \(yoda.exif.read_exif's\) or None, got str"):
+        save_image(x, tmp_path / "out.png", exif="Canon")
+
+
+def test_tiff_outputs_are_lzw_compressed_and_lossless(tmp_path):
+    """TIFF was written uncompressed: 12 MiB for a 2048² output. Now LZW after horizontal differencing (8-bit)."""
+    yy, xx = np.mgrid[0:64, 0:96]
+    smooth = np.stack([xx * 2, yy * 3, (xx + yy)], -1).astype(np.uint8)  # a photograph's smooth gradients
+    x = from_uint8(smooth)
+    p = save_image(x, tmp_path / "a.tif")
+    with Image.open(p) as im:
+        assert (im.tag_v2[T.Compression], im.tag_v2[T.Predictor]) == (5, 2)  # LZW, horizontal differencing
+        np.testing.assert_array_equal(np.asarray(im), smooth)
+    assert p.stat().st_size < smooth.nbytes / 4
+    deep = np.random.default_rng(0).integers(0, 65536, (5, 7), dtype=np.uint16)  # 16-bit grey: LZW, no predictor
+    p = images.save_pil(Image.fromarray(deep), tmp_path / "deep.tif")
+    with Image.open(p) as im:
+        assert im.tag_v2[T.Compression] == 5 and T.Predictor not in im.tag_v2
+        np.testing.assert_array_equal(np.asarray(im), deep)
+
+
+def test_upscale_carries_the_exif_of_its_input_upright(tmp_path, tiny_model, capsys):
+    """`yoda upscale` dropped every input's EXIF block: a photo manager no longer knew when or where the upscaled
+    photograph was taken. It carries it now (the output upright, without the Orientation that turned the input),
+    and none with --strip-metadata."""
+    from yoda.cli import main
+
+    src = photo(tmp_path / "phone.png", phone_exif(orientation=6), "PNG")
+    with Image.open(src) as im:  # the same pixels stood up by hand, without EXIF
+        Image.fromarray(np.asarray(im).transpose(1, 0, 2)[:, ::-1]).save(tmp_path / "upright.png")
+    outs = {}
+    for name, extra in (("phone.png", []), ("upright.png", []), ("phone.png", ["--strip-metadata"])):
+        out = tmp_path / f"{name[:-4]}{len(extra)}.jpg"
+        code = main(["upscale", str(tmp_path / name), "-o", str(out), "--model", tiny_model, "--steps", "1", "-q",
+                     *extra])
+        assert code == 0, capsys.readouterr().err
+        with Image.open(out) as im:
+            outs[out.stem] = (np.asarray(im), im.getexif())
+    pixels, ex = outs["phone0"]
+    assert pixels.shape == (48, 32, 3)  # upright: 8x12 LR, x4
+    np.testing.assert_array_equal(pixels, outs["upright0"][0])
+    assert ex[T.Make] == "Phone Co" and T.Orientation not in ex and float(ex[T.XResolution]) == 1200.0
+    assert ex.get_ifd(IFD.Exif)[T.DateTimeOriginal] == DATE and ex.get_ifd(IFD.GPSInfo)[1] == "N"
+    assert not len(outs["upright0"][1]) and not len(outs["phone1"][1])  # none to carry; --strip-metadata
+    np.testing.assert_array_equal(outs["phone1"][0], pixels)

@@ -1,0 +1,84 @@
+"""A photograph's EXIF metadata, carried to its upscaled copy (`yoda upscale`; ``save_image(..., exif=...)``).
+
+    read_exif(path, scale)   the EXIF block of an image file as its copy upscaled ``scale`` times should carry it
+                             (bytes), or None
+
+What describes the photograph is kept: camera, lens, exposure, the dates, GPS, author, copyright, title, rating,
+and its print size (the resolution, times the scale). What described the stored pixels is dropped, since the
+copy's pixels are other ones: the Orientation (read_image turns the pixels upright), the thumbnail, the pixel
+dimensions, points and areas given in pixel coordinates, the Interop block (its index "R03" marks Adobe RGB) and,
+of a TIFF's own tags, every one that describes its strips and samples; ColorSpace says sRGB, what read_image
+converts to. Photo managers sort and place photographs by these dates and positions; `yoda upscale
+--strip-metadata` writes none.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from pathlib import Path
+from typing import Optional
+
+from PIL import ExifTags, Image, TiffImagePlugin
+
+from .errors import printable
+
+T = ExifTags.Base
+# IFD 0: what describes the photograph (a TIFF's IFD 0 is also its image's: only these are taken from it), and the
+# Windows Explorer fields (XP*, Rating)
+KEPT = (T.ImageDescription, T.Make, T.Model, T.Software, T.DateTime, T.Artist, T.HostComputer, T.Copyright,
+        T.XResolution, T.YResolution, T.ResolutionUnit, T.Rating, T.RatingPercent, T.XPTitle, T.XPComment,
+        T.XPAuthor, T.XPKeywords, T.XPSubject)
+# The Exif IFD: what the copy's pixels are not (sizes, points and areas in the stored pixels, the Interop block)
+SUBJECT_AREA = 0x9214  # (ExifTags names it SubjectLocation too, as it does 0xA214)
+DROPPED = (T.ExifImageWidth, T.ExifImageHeight, SUBJECT_AREA, T.SubjectLocation, ExifTags.IFD.Interop)
+SRGB = 1  # ColorSpace: sRGB
+JPEG_LIMIT = 65533  # the most EXIF bytes a JPEG's APP1 segment holds
+
+
+def read_exif(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
+    """The EXIF block of the image file ``path`` (JPEG, PNG, WebP, TIFF ...) as an upright sRGB copy of it
+    upscaled ``scale`` times carries it (module docstring), for ``save_image(..., exif=...)``; None when it has none.
+    Its print resolution (XResolution, YResolution) is ``scale`` times the input's: the copy prints at the size the
+    photograph did, with more detail. A block that cannot be read, or that does not fit a JPEG even without its
+    maker notes, is None with a warning naming the file."""
+    p = Path(path)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be an int >= 1, got {scale!r}")
+    try:
+        with Image.open(p) as im:
+            src = im.getexif()
+            out = Image.Exif()
+            for tag in KEPT:
+                if tag in src:
+                    out[tag] = src[tag]
+            for tag in (T.XResolution, T.YResolution):
+                if tag in out:
+                    r = TiffImagePlugin.IFDRational(out[tag])
+                    out[tag] = TiffImagePlugin.IFDRational(r.numerator * scale, r.denominator)
+            sub = {k: v for k, v in src.get_ifd(ExifTags.IFD.Exif).items() if k not in DROPPED}
+            if T.ColorSpace in sub:
+                sub[T.ColorSpace] = SRGB
+            gps = src.get_ifd(ExifTags.IFD.GPSInfo)
+            for tag, ifd in ((ExifTags.IFD.Exif, sub), (ExifTags.IFD.GPSInfo, gps)):
+                if ifd:
+                    out[tag] = dict(ifd)
+            if not len(out):
+                return None
+            data = out.tobytes()
+            if len(data) > JPEG_LIMIT and T.MakerNote in sub:  # a camera's maker notes: the bulk, and private
+                del sub[T.MakerNote]
+                out[ExifTags.IFD.Exif] = dict(sub)
+                data = out.tobytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"path: no such image file: {p}") from None
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error) as e:
+        warnings.warn(f"{printable(str(p))}: its EXIF metadata cannot be read ({e}); its upscaled copy carries none",
+                      stacklevel=2)
+        return None
+    if len(data) > JPEG_LIMIT:
+        warnings.warn(f"{printable(str(p))}: its EXIF metadata ({len(data)} bytes) is larger than a JPEG holds "
+                      f"({JPEG_LIMIT}); its upscaled copy carries none", stacklevel=2)
+        return None
+    return data
