@@ -2762,24 +2762,74 @@ def test_eval_and_figures_read_one_image_at_a_time_and_skip_bad_ones(tmp_path, t
 
 
 def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
-    """A folder's subfolders and files of other suffixes (an animated GIF) were passed over without a word, and
-    `eval --images FILE` said "image folder not found" for a file that exists."""
+    """A folder's subfolders and files of other suffixes were passed over without a word, and `eval --images FILE`
+    said "image folder not found" for a file that exists. A folder also left out formats yoda reads (a phone's
+    AVIF, a GIF), its note named files and subfolders given on the command line too, which were upscaled, and
+    hidden files (.DS_Store) came first in it, before what matters."""
+    from yoda.data import IMAGE_EXTENSIONS
+
     folder = tmp_path / "in"
     (folder / "nested").mkdir(parents=True)
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "anim.gif")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "nested" / "d.png")
+    for name in ("a.png", "anim.gif", "b.jfif", "c.avif"):
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / name)
+    for name in (".DS_Store", "notes.txt", "given.txt"):
+        (folder / name).write_text("x")
     code, _, err = run(["upscale", str(folder), "-o", str(tmp_path / "out") + "/", "--model", tiny_model,
                         "--steps", "1", "-q"], capsys)
     assert code == 0, err
-    assert err.splitlines() == [f"yoda: note: {folder}: left out nested/, anim.gif (a folder stands for its own "
-                                "files with the suffixes .png, .jpg, .jpeg, .webp, .tif, .tiff, .bmp, not its "
-                                "subfolders or hidden files)"]
-    assert os.listdir(tmp_path / "out") == ["a_x4.png"]
+    assert err.splitlines() == [f"yoda: note: {folder}: left out nested/, anim.gif, given.txt, notes.txt, .DS_Store "
+                                f"(a folder stands for its own files with the suffixes {', '.join(IMAGE_EXTENSIONS)}, "
+                                "not its subfolders or hidden files)"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["a_x4.png", "b_x4.png", "c_x4.png"]
+    # named too, a subfolder and a file are not "left out"; --format jpg writes JPEG files
+    code, _, err = run(["upscale", str(folder), str(folder / "nested" / "d.png"), str(folder / "notes.txt"), "-o",
+                        str(tmp_path / "jpg"), "--format", "jpg", "--model", tiny_model, "--steps", "1", "-q"], capsys)
+    assert code == 2 and f"yoda: note: {folder}: left out nested/, anim.gif, given.txt, .DS_Store (a folder" in err, err
+    assert sorted(os.listdir(tmp_path / "jpg")) == ["a_x4.jpg", "b_x4.jpg", "c_x4.jpg", "d_x4.jpg"]
+    with Image.open(tmp_path / "jpg" / "d_x4.jpg") as im:
+        assert im.format == "JPEG" and im.size == (64, 64)
+    code, _, err = run(["upscale", str(folder / "a.png"), "-o", str(tmp_path / "x.png"), "--format", "webp",
+                        "--model", tiny_model], capsys)
+    assert code == 2 and err == f"yoda: error: --format webp does not match -o {tmp_path / 'x.png'}, a .png file: " \
+                                "give one of them\n"
+    code, _, err = run(["upscale", str(folder), str(folder / "a.png"), "-o", str(tmp_path / "y.jpg"), "--model",
+                        tiny_model], capsys)
+    assert code == 2 and "several inputs need an output folder, not a file name (--format sets the format of the " \
+                         "files written into it)" in err, err
     code, _, err = run(["eval", "--images", str(folder / "a.png"), "--model", tiny_model], capsys)
     assert code == 2 and f"image folder {folder / 'a.png'} is a file, not a folder" in err
-    (folder / "a.png").unlink()  # only a subfolder and a GIF left: the error names them
+    for name in ("a.png", "b.jfif", "c.avif"):  # only a subfolder and other files left: the error names them
+        (folder / name).unlink()
     code, _, err = run(["upscale", str(folder), "-o", str(tmp_path / "out2") + "/", "--model", tiny_model], capsys)
-    assert code == 2 and "; it holds nested/, anim.gif, and a folder's subfolders are not read" in err, err
+    assert code == 2 and "; it holds nested/, anim.gif, given.txt, notes.txt, .DS_Store, and a folder's subfolders " \
+                         "are not read" in err, err
+
+
+def test_a_heic_without_its_decoder_says_which_package_reads_it(tmp_path, monkeypatch):
+    """iPhones' HEIC photographs: a folder takes them, Pillow reads them with the pillow-heif package (registered by
+    yoda where it is installed), and without it the error says so, not only "not an image in a format yoda reads"."""
+    import sys
+    import types
+
+    from yoda import images
+
+    p = tmp_path / "IMG_0001.HEIC"
+    p.write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    monkeypatch.setattr(images, "_heif_tried", False)
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed
+    with pytest.raises(images.DataError, match=r"IMG_0001\.HEIC: not an image in a format yoda reads .*; reading "
+                                               r"HEIF / HEIC needs the pillow-heif package: pip install pillow-heif$"):
+        images.read_image(p)
+    registered = []
+    monkeypatch.setattr(images, "_heif_tried", False)
+    monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(
+        register_heif_opener=lambda: registered.append(1)))
+    with pytest.raises(images.DataError):
+        images.read_image(p)
+    with pytest.raises(images.DataError):
+        images.read_image(p)
+    assert registered == [1]  # once, the first time an image is opened
 
 
 def test_small_budget_windows_overlap_and_say_kib():

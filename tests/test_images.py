@@ -961,6 +961,53 @@ def test_icc_profile_is_converted_to_srgb(tmp_path, mode, suffix):
         images.read_image(tmp_path / "cmyk_rgb_profile.jpg")
 
 
+def _grey_profile(gamma: float) -> bytes:
+    """A monochrome ICC profile (v2: GRAY data, XYZ connection space, a D50 white, a pure-gamma grey curve), as a
+    scanner or Photoshop's "Gray Gamma 1.8" embeds it."""
+    def s15(v):
+        return struct.pack(">i", round(v * 65536))
+
+    desc = b"desc" + bytes(4) + struct.pack(">I", 10) + b"Grey test\0" + bytes(8) + bytes(3) + bytes(67)
+    tags = [(b"desc", desc), (b"wtpt", b"XYZ " + bytes(4) + s15(0.9642) + s15(1.0) + s15(0.8249)),
+            (b"kTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)),
+            (b"cprt", b"text" + bytes(4) + b"none\0" + bytes(3))]
+    table, data, at = b"", b"", 128 + 4 + 12 * len(tags)
+    for sig, d in tags:
+        table += sig + struct.pack(">II", at + len(data), len(d))
+        data += d + bytes(-len(d) % 4)
+    body = struct.pack(">I", len(tags)) + table + data
+    head = (struct.pack(">I", 128 + len(body)) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrGRAYXYZ " + bytes(12)
+            + b"acsp" + bytes(24) + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(48))
+    return head + body
+
+
+@pytest.mark.parametrize("mode", ["L", "LA"])
+def test_a_grey_icc_profile_is_converted_to_srgb_grey(tmp_path, mode):
+    """A grey scan with an embedded grey profile (Gray Gamma 1.8) was taken as sRGB: its upscale came out darker
+    than a colour-managed viewer shows the scan (a mean level of 65 for 82), without a word. Now converted, to
+    sRGB's curve of the profile's light, and still a grey image (equal channels)."""
+    from yoda.images import is_grey
+
+    v = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    light = (v / 255.0) ** 1.8  # what the profile says a level is
+    srgb = np.where(light <= 0.0031308, 12.92 * light, 1.055 * light ** (1 / 2.4) - 0.055)
+    keep = np.ones_like(v, bool)
+    keep[0, 0] = mode == "L"  # LA: one transparent pixel, composited on white
+    im = Image.fromarray(v, "L") if mode == "L" else Image.merge("LA", [Image.fromarray(v, "L"),
+                                                                        Image.fromarray(keep.astype(np.uint8) * 255)])
+    p = tmp_path / "scan.png"
+    im.save(p, icc_profile=_grey_profile(1.8))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        got = images.read_image(p)
+    assert [str(w.message).split(":")[1] for w in said] == [" 0.391% of its pixels are transparent or partly so"] * (
+        mode == "LA")
+    assert is_grey(got) and (got[0, 0] == (0 if mode == "L" else 255)).all()
+    err = np.abs(got[..., 0].astype(float) - np.round(srgb * 255))[keep]
+    assert err.max() <= 2, err.max()  # LittleCMS's 8-bit transform, within 2 levels of the exact curve
+    assert got[..., 0][keep].mean() > v[keep].mean() + 10  # lighter, as the viewer shows it (the bug: equal)
+
+
 # ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----
 def test_every_16_bit_level_maps_to_round_u_255_over_65535(tmp_path):
     from yoda.images import read_image

@@ -375,13 +375,15 @@ def check_attentions(names) -> None:
             attention_extractor(name)
 
 
-def folder_images(folder: str) -> list:
-    """yoda.data.list_folder of ``folder``, with a note on stderr naming what it left out."""
+def folder_images(folder: str, given: frozenset = frozenset()) -> list:
+    """yoda.data.list_folder of ``folder``, with a note on stderr naming what it left out, less the entries
+    among ``given`` (real paths of the command's other inputs: a subfolder or a file named too is not left out)."""
     from .data import left_out_note, list_folder
 
     left_out: list = []
     with _user_input():
         paths = list_folder(folder, left_out)
+    left_out = [n for n in left_out if os.path.realpath(os.path.join(folder, n)) not in given]
     if left_out:
         note(printable(left_out_note(folder, left_out)))
     return paths

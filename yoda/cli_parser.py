@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files, or folders of them (sorted by name)")
     p.add_argument("-o", "--output", type=_path, required=True,
                    help="output file (one input; its suffix sets the format) or folder (several inputs, or a name "
-                        "without a suffix: created, holding STEM_xS.png for each input, S the scale)")
+                        "without a suffix: created, holding STEM_xS.png for each input, S the scale; --format)")
     p.add_argument("--scale", type=int, default=None,
                    help="the model's factor, checked (default: the model's; the embedded model's is 4)")
     p.add_argument("--attention", default=DEFAULT_ATTENTION,
@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
                    help="classifier-free guidance scale, for a model with an unconditional branch (default: the "
                         "model's own; the embedded and yoda-format models have none)")
+    p.add_argument("--format", choices=("png", "jpg", "webp", "tif", "bmp"), default=None,
+                   help="the format of the outputs written into a folder, STEM_xS.FORMAT (default png; JPEG and WebP "
+                        "at quality 95, a quarter of PNG's size for a photograph); a file -o takes its suffix's")
     p.add_argument("--strip-metadata", action="store_true",
                    help="write outputs without their inputs' EXIF metadata (camera, dates, GPS position ...), which "
                         "they carry by default, less what described the input's pixels (orientation, thumbnail, size)")

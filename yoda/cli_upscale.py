@@ -208,9 +208,10 @@ def expand_inputs(inputs: list) -> tuple[list, set]:
     files (yoda.data.list_folder), sorted by name; what it leaves out (subfolders, other files) is named in a
     note. A file met twice (named and in a named folder, or named twice) is one input, where it is first met."""
     out, from_folders, named, seen, twice = [], set(), set(), {}, []
+    given = frozenset(os.path.realpath(p) for p in inputs)  # (a folder's note named a file or subfolder given too)
     for p in inputs:
         if os.path.isdir(p):
-            found = folder_images(p)
+            found = folder_images(p, given)
             from_folders.update(map(os.path.realpath, found))
         else:
             found = [p]
@@ -221,17 +222,18 @@ def expand_inputs(inputs: list) -> tuple[list, set]:
     return out, from_folders - named
 
 
-def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], scale: int) -> list:
+def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], scale: int,
+                     suffix: str = ".png") -> list:
     """``inputs`` without the images that an earlier run into the output folder wrote there: when -o is a folder
-    that is also an input, a STEM_x<scale>.png in it, where STEM.* is an input (of any folder) and the file is
+    that is also an input, a STEM_x<scale><suffix> in it, where STEM.* is an input (of any folder) and the file is
     ``scale`` times its size, is that input's output (named in a note), not a new input. Files named on the
-    command line, and a STEM_x<scale>.png of another size (a picture of the user's, which output_targets then
+    command line, and a STEM_x<scale><suffix> of another size (a picture of the user's, which output_targets then
     refuses to overwrite), are inputs."""
     if out_dir is None or not out_dir.is_dir():
         return inputs
     sources: dict = {}  # what this run writes into out_dir -> the inputs it is written for
     for p in inputs:
-        sources.setdefault(Path(p).stem + f"_x{scale}.png", []).append(p)
+        sources.setdefault(Path(p).stem + f"_x{scale}{suffix}", []).append(p)
     dropped = {p for p in inputs if Path(p).name in sources and os.path.realpath(p) in from_folders
                and Path(p).parent.samefile(out_dir) and _upscaled_from(p, sources[Path(p).name], scale)}
     if dropped:
@@ -497,9 +499,19 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     return 0
 
 
+# --format: the suffix of the files written into an output folder, and the suffixes a file -o of that format may have
+FORMAT_SUFFIXES = {"png": (".png",), "jpg": (".jpg", ".jpeg"), "webp": (".webp",), "tif": (".tif", ".tiff"),
+                   "bmp": (".bmp",)}
+
+
+def output_suffix(a) -> str:
+    """The suffix of upscale's outputs in a folder: --format's (default png)."""
+    return FORMAT_SUFFIXES[a.format or "png"][0]
+
+
 def output_folder(a) -> Optional[Path]:
     """upscale's -o, checked before the model loads: None when it is one output file (checked in full), else the
-    output folder (created later if missing), in which IN becomes STEM_x<scale>.png (output_targets).
+    output folder (created later if missing), in which IN becomes STEM_x<scale>.FORMAT (output_targets).
 
     -o is a file when there is one input and it has a suffix (which must be an image format yoda writes) and
     is not an existing folder; otherwise a folder (an existing folder is one whatever its name, as for cp)."""
@@ -511,10 +523,13 @@ def output_folder(a) -> Optional[Path]:
                  or (several and not image_suffix))
     if not as_folder:
         if several:
-            raise UserError(f"-o {a.output}: several inputs need an output folder, not a file name")
+            fmt = " (--format sets the format of the files written into it)" if image_suffix else ""
+            raise UserError(f"-o {a.output}: several inputs need an output folder, not a file name{fmt}")
         if not image_suffix:
             raise UserError(f"-o {a.output}: cannot write images with the suffix {out.suffix!r}; use one of "
                             f"{', '.join(OUTPUT_SUFFIXES)}, or end the name with / for a folder")
+        if a.format is not None and out.suffix.lower() not in FORMAT_SUFFIXES[a.format]:
+            raise UserError(f"--format {a.format} does not match -o {a.output}, a {out.suffix} file: give one of them")
         check_not_an_input(file_ids(a.inputs), a.output)
         check_output_option(a.output, a.skip_existing)
         return None
@@ -534,7 +549,7 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
         return [a.output], {}
     from ._io import check_name_length, check_writable
 
-    targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}.png")) for p in a.inputs]
+    targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}{output_suffix(a)}")) for p in a.inputs]
     seen, ids, refused = {}, file_ids(a.inputs), {}
     # Img and img are one file on macOS' and Windows' file systems, and on macOS' an é composed and decomposed
     fold = case_insensitive(out_dir)  # (NFC / NFD: names typed vs copied from some tools): both folded there

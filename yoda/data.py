@@ -67,7 +67,9 @@ BUILTIN_TRAIN = (
     "motorcycle_right",
 )
 
-IMAGE_EXTENSIONS = OUTPUT_SUFFIXES  # what a folder's images may be: the formats yoda reads and writes
+# What a folder's images may be: the formats yoda writes, and photographs' other formats that it reads (HEIF /
+# HEIC with the pillow-heif package: yoda.images.open_image registers it); not GIF's 256 colours
+IMAGE_EXTENSIONS = OUTPUT_SUFFIXES + (".jfif", ".jpe", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".qoi")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -263,7 +265,8 @@ def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
             special = os.path.exists(full) and not os.path.isfile(full) and not os.path.isdir(full)  # a FIFO, a device
             others.append(f + ("/" if os.path.isdir(full) else " (a broken link)" if broken else
                                " (not a regular file)" if special else ""))
-    others.sort(key=lambda n: not n.endswith("/"))  # subfolders first: not lost in a long list of other files
+    # subfolders first, hidden files (.DS_Store, macOS's ._name) last: what matters is not lost in a long list
+    others.sort(key=lambda n: (not n.endswith("/"), n.startswith(".")))
     if not paths:
         held = f"; it holds {_names(others)}, and a folder's subfolders are not read" if others else ""
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}{held}")

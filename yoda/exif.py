@@ -23,6 +23,7 @@ from typing import Optional
 from PIL import ExifTags, Image, TiffImagePlugin
 
 from .errors import printable
+from .images import open_image
 
 T = ExifTags.Base
 # IFD 0: what describes the photograph (a TIFF's IFD 0 is also its image's: only these are taken from it), and the
@@ -47,7 +48,7 @@ def read_exif(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be an int >= 1, got {scale!r}")
     try:
-        with Image.open(p) as im:
+        with open_image(p) as im:
             src = im.getexif()
             out = Image.Exif()
             for tag in KEPT:

@@ -23,10 +23,10 @@ integer samples must lie in 0..65535 (read as 16-bit) and are refused otherwise.
 Pillow decodes single-channel float32 TIFFs only: float16, float64 and RGB float TIFFs (tifffile, cv2) are refused
 with a DataError saying so, not as "not an image".
 
-Colour: an image with an embedded ICC profile (RGB, RGBA, CMYK: phone photos in Display P3, Adobe RGB prints) is
-converted to sRGB with Pillow's ImageCms (LittleCMS, perceptual intent) before anything else; yoda's models and
-outputs are sRGB, and outputs carry no profile. A profile LittleCMS cannot read is ignored with a warning (the
-pixels are taken as sRGB). Grey images keep their values.
+Colour: an image with an embedded ICC profile (RGB, RGBA, CMYK: phone photos in Display P3, Adobe RGB prints; grey:
+a scan in Gray Gamma 1.8) is converted to sRGB with Pillow's ImageCms (LittleCMS, perceptual intent) before anything
+else (yoda.colour); yoda's models and outputs are sRGB, and outputs carry no profile. A profile LittleCMS cannot read
+is ignored with a warning (the pixels are taken as sRGB). Grey images without a profile keep their values.
 
 Pixel limit: MAX_PIXELS (default 8192 * 8192, 0 = no limit) refuses larger images with a DataError naming the
 file. The environment variable YODA_MAX_PIXELS sets it, read where the limit is used (a bad value is a ValueError
@@ -39,7 +39,6 @@ along with --max-pixels and silences that warning, so its error stays one line.
 from __future__ import annotations
 
 import contextlib
-import io
 import numbers
 import os
 import re
@@ -52,6 +51,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from ._io import atomic_write, check_writable
+from .colour import to_srgb
 from .errors import UserError, broken_link, printable
 
 if TYPE_CHECKING:  # torch is imported where it is used: yoda plot and yoda data build read images without it
@@ -178,8 +178,9 @@ GREY_LEVELS = 2  # is_grey: the most a grey image's channels may differ by, in 8
 def is_grey(a: np.ndarray) -> bool:
     """Whether the uint8 (H, W, 3) image ``a`` is grey (its three channels within GREY_LEVELS of each other at
     every pixel: a black-and-white scan or photograph saved as RGB): `yoda upscale` writes a grey input's output
-    as grey, and yoda eval scores that. (Exactly equal only: one pixel off by a level made the output RGB, where
-    the model, not colour-neutral, gave grey a faint colour fringe, up to 18 levels.)"""
+    as grey, and yoda eval scores that. Within a few levels, not exactly equal: a JPEG's grey photograph is a level
+    off here and there, and an RGB output of it would keep the faint colour fringe (up to 18 levels) that the
+    model, not colour-neutral, gives grey."""
     return bool((a.max(axis=-1) - a.min(axis=-1)).max() <= GREY_LEVELS)  # the widest channel spread of a pixel
 
 
@@ -209,7 +210,7 @@ def from_uint8(arr: np.ndarray) -> torch.Tensor:
         if arr.mode.startswith(("I", "F")):
             raise TypeError(f"arr: a PIL image of mode {arr.mode!r} has samples wider than 8 bits; "
                             "yoda.load_image reads such files")
-        arr = _samples(_to_srgb(arr, Path("arr")), Path("arr"), stacklevel=3)  # (alpha: a warning at our caller)
+        arr = _samples(to_srgb(arr, Path("arr")), Path("arr"), stacklevel=3)  # (alpha: a warning at our caller)
     elif isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim in (3, 4) and arr.shape[-1] == 4:
         _warn_of_alpha(arr[..., 3], "arr", stacklevel=2)  # (H, W, 4) or a batch of them: once
     if isinstance(arr, torch.Tensor):  # torchvision.io.read_image's (C, H, W), not this function's (H, W, C)
@@ -254,30 +255,6 @@ def _upright(im: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(im)
     except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
         return im
-
-
-def _to_srgb(im: Image.Image, p: Path) -> Image.Image:
-    """``im`` converted from its embedded ICC profile to sRGB (module docstring); unchanged without one."""
-    icc = im.info.get("icc_profile")
-    if icc and im.mode in ("P", "PA"):  # a palette of colours in the profile's space
-        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
-    if not icc or im.mode not in ("RGB", "RGBA", "CMYK"):
-        return im
-    from PIL import ImageCms
-
-    src = None
-    try:
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        rgb = im.convert("RGB") if im.mode == "RGBA" else im
-        out = ImageCms.profileToProfile(rgb, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
-        why = ("cannot be read" if src is None else  # read, but of another colour space (an RGB one in a CMYK file)
-               f"does not fit its {im.mode} pixels")
-        warnings.warn(f"{p}: its ICC colour profile {why} ({e}); the pixels are taken as sRGB", stacklevel=3)
-        return im
-    if im.mode == "RGBA":
-        out.putalpha(im.getchannel("A"))
-    return out
 
 
 def _png_key(im: Image.Image, p: Path) -> None:
@@ -345,12 +322,30 @@ def _samples(im: Image.Image, p, stacklevel: int = 4) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+_heif_tried = False
+
+
+def _register_heif() -> None:
+    """pillow-heif's HEIF decoder, once, where that package is installed and Pillow has none yet."""
+    global _heif_tried
+    if _heif_tried or "HEIF" in Image.OPEN:
+        return
+    _heif_tried = True
+    try:
+        import pillow_heif
+    except ImportError:
+        return
+    pillow_heif.register_heif_opener()
+
+
 @contextlib.contextmanager
 def open_image(p: str | os.PathLike) -> Iterator[Image.Image]:
     """PIL.Image.open with the decoders of READ_FORMATS only (those this Pillow has), within the block. From an
     open file, not by name: Pillow memory-maps an uncompressed TIFF opened by name, and turning that upright
-    (orientation tags 5-8: a quarter turn) scrambled its pixels and kept its sides (Pillow 13)."""
+    (orientation tags 5-8: a quarter turn) scrambled its pixels and kept its sides (Pillow 13). HEIF / HEIC (phones'
+    photographs) where the pillow-heif package is installed: its decoder is registered here."""
     Image.init()
+    _register_heif()
     with open(p, "rb") as fp, Image.open(fp, formats=[f for f in READ_FORMATS if f in Image.OPEN]) as im:
         yield im
 
@@ -424,7 +419,7 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
                 # frame is the photograph) nor a Photoshop file's layers (PSD: its first frame is the composite)
                 if frames > 1 and im.format not in ("MPO", "PSD"):
                     warnings.warn(f"{p} holds {frames} frames; only the first is read", stacklevel=2)
-                arr = _samples(_to_srgb(_upright(im), p), p)
+                arr = _samples(to_srgb(_upright(im), p), p)
         except DataError:
             raise
         except Image.DecompressionBombError as e:  # Pillow refuses above 2 * PIL.Image.MAX_IMAGE_PIXELS at open
@@ -449,8 +444,10 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> np.
                 raise DataError(f"path: cannot read image {p}: a truncated or corrupt {signed} file "  # (WebP cut
                                 f"({e})") from None  # after its header: "could not create decoder object")
             if isinstance(e, UnidentifiedImageError):
+                heif = (p.suffix.lower() in (".heic", ".heif") and "HEIF" not in Image.OPEN) * (
+                    "; reading HEIF / HEIC needs the pillow-heif package: pip install pillow-heif")
                 raise DataError(f"path: cannot read image {p}: not an image in a format yoda reads (PNG, JPEG, WebP, "
-                                "TIFF, BMP, GIF ...: yoda.images.READ_FORMATS)") from None
+                                f"TIFF, BMP, GIF ...: yoda.images.READ_FORMATS){heif}") from None
             said = e.strerror if isinstance(e, OSError) and e.filename is not None and e.strerror else e
             raise DataError(f"path: cannot read image {p}: {said}") from None  # (not the path twice)
         return to_rgb_u8(arr, str(p))
