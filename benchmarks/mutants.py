@@ -3213,6 +3213,10 @@ MUTANTS = [
            '    if im.mode in ("RGBA", "LA"):', '    if im.mode == "RGBA":',
            ("tests/test_images.py", "-k", "grey_icc"),
            "a grey image with alpha and a profile loses its transparency (not composited on white)"),
+    Mutant("eval-images-files-refused", "yoda/cli_models.py",
+           "            found.append(p)", "            raise UserError(f\"image folder {p} is a file, not a folder\")",
+           ("tests/test_cli.py", "-k", "leaves_out"),
+           "yoda eval --images mine.png refuses a file: a folder holding it is needed"),
 ]
 
 

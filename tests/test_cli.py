@@ -2624,7 +2624,7 @@ def test_figures_say_where_yoda_leaves_pixels_unrefined_and_bad_names_are_said_f
         assert code == 2 and err.startswith(f"yoda: error: --attention dino-vits8:{missing}: weights file not "
                                             f"found"), err
     code, _, err = run(["eval", "--images", str(tmp_path / "none"), "--model", tiny_model], capsys)
-    assert code == 2 and err.startswith("yoda: error: --images: image folder "), err
+    assert code == 2 and err == f"yoda: error: --images: {tmp_path / 'none'} not found\n", err
 
 
 def test_eval_notes_images_named_as_the_embedded_models_training_photographs(tmp_path, tiny_model, capsys):
@@ -2797,8 +2797,10 @@ def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
                         tiny_model], capsys)
     assert code == 2 and "several inputs need an output folder, not a file name (--format sets the format of the " \
                          "files written into it)" in err, err
-    code, _, err = run(["eval", "--images", str(folder / "a.png"), "--model", tiny_model], capsys)
-    assert code == 2 and f"image folder {folder / 'a.png'} is a file, not a folder" in err
+    # eval --images takes files too (it said "is a file, not a folder"), and folders beside them
+    code, out, err = run(["eval", "--images", str(folder / "a.png"), str(folder / "nested"), "--model", tiny_model,
+                          "--steps", "2", "--lower-bounds", "0.6", "--attention", "edge", "-q"], capsys)
+    assert code == 0 and err == "" and "| plain | - | - | 2 |" in out, (out, err)  # the file and nested/d.png
     for name in ("a.png", "b.jfif", "c.avif"):  # only a subfolder and other files left: the error names them
         (folder / name).unlink()
     code, _, err = run(["upscale", str(folder), "-o", str(tmp_path / "out2") + "/", "--model", tiny_model], capsys)

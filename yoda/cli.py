@@ -7,9 +7,9 @@ cli_models; upscale's machinery: cli_upscale; demo: cli_demo; the options: cli_p
                  (torchrun -m yoda: sharded)
     yoda attention IMAGE -o OUT.png [--attention edge] [--lower-bound 0.6]
     yoda demo [-o demo.png]
-    yoda eval [--images FOLDER] [--lower-bounds 0.4 0.6 0.8] [--attention edge gaussian]
+    yoda eval [--images FILE|DIR...] [--lower-bounds 0.4 0.6 0.8] [--attention edge gaussian]
               [--lpips VGG16.pth LIN.pth] [--y-channel] [-o table.md|rows.csv]
-    yoda figures -o DIR [--images FOLDER] [--attention edge gaussian sift] [--lower-bound 0.6]
+    yoda figures -o DIR [--images FILE|DIR...] [--attention edge gaussian sift] [--lower-bound 0.6]
     yoda train --config yoda/configs/default_x4.json [--out DIR] [--steps N] [--device auto|cpu|cuda]
                                                            (torchrun -m yoda: DistributedDataParallel)
     yoda plot LOG.csv... -o curves.png [--labels ...]
@@ -211,7 +211,8 @@ def _no_map(name) -> bool:
 
 def _check_eval_options(a, outputs) -> None:
     """eval's and figures' --max-size and --lpips files, and ``outputs`` (none an input), before any work."""
-    refuse_overwriting(outputs, [a.images, a.model, a.model.partition(":")[2], a.model_config, *(a.lpips or ())])
+    refuse_overwriting(outputs, [*(a.images or ()), a.model, a.model.partition(":")[2], a.model_config,
+                                 *(a.lpips or ())])
     if any(map(_no_map, a.attention)):  # the YODA rows need a map: said as demo says it
         attention_extractor(None)
     if a.max_size < 0:
@@ -283,8 +284,8 @@ def cmd_figures(a) -> int:
 
     # the output folder first: an existing folder must take the three files; a new one must be creatable
     out = Path(a.output)
-    if a.images and out.exists() and os.path.samefile(out, a.images):  # the next run read the figures as photos
-        raise UserError(f"-o {a.output} is the --images folder; give the figures a folder of their own")
+    if out.exists() and any(os.path.exists(p) and os.path.samefile(out, p) for p in a.images or ()):  # the next
+        raise UserError(f"-o {a.output} is the --images folder; give the figures a folder of their own")  # run read them
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; yoda figures writes {len(FIGURE_FILES)} PNGs into a folder")
     if not out.exists() and out.suffix.lower() in OUTPUT_SUFFIXES:

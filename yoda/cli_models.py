@@ -217,19 +217,27 @@ def note(text: str) -> None:
         error_line(f"yoda: note: {text}")
 
 
-def eval_images(folder: Optional[str], max_pixels: Optional[int], model: Optional[str] = None):
-    """--images FOLDER (always a folder, whatever its name; its images are read one at a time as the work reaches
+def eval_images(given: Optional[list], max_pixels: Optional[int], model: Optional[str] = None):
+    """--images PATH... (image files, and folders standing for their images; read one at a time as the work reaches
     them, and evaluate / compute skip an unreadable one through their on_error), else the held-out set. model:
     --model; where it is the embedded model, images named as its training photographs are noted."""
     from .data import ImageStream, load_source
 
-    if not folder:
+    if not given:
         return load_source("heldout")
     twice: list = []
-    try:
-        found = folder_images(folder)
-    except UserError as e:
-        raise UserError(f"--images: {e}") from None
+    real, found = frozenset(os.path.realpath(p) for p in given), []
+    for p in given:
+        if os.path.isdir(p):
+            try:
+                found += folder_images(p, real)
+            except UserError as e:
+                raise UserError(f"--images: {e}") from None
+        elif not os.path.isfile(p):
+            raise UserError(f"--images: {p} not found{broken_link(Path(p))}" if not os.path.exists(p) else
+                            f"--images: {p} is not a regular file")
+        else:
+            found.append(p)
     paths = once_each(found, {}, twice)  # a link's image counted twice in every mean
     if twice:
         note(f"scored once, under the name met first: {printable(', '.join(twice))}")

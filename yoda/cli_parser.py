@@ -108,10 +108,10 @@ def _quiet_arg(p) -> None:
 
 
 def _images_arg(p) -> None:
-    p.add_argument("--images", type=_path, default=None,
-                   help="folder of HR images (default: scikit-image's astronaut, coffee, rocket, chelsea: never "
-                        "trained on, but the CLI's defaults were chosen on them; for a test, give the held-out "
-                        "photographs' folder, `yoda data build`'s heldout/)")
+    p.add_argument("--images", type=_path, nargs="+", default=None, metavar="PATH",
+                   help="HR image files, or folders of them (default: scikit-image's astronaut, coffee, rocket, "
+                        "chelsea: never trained on, but the CLI's defaults were chosen on them; for a test, give the "
+                        "held-out photographs' folder, `yoda data build`'s heldout/)")
 
 
 def _sampling_args(p, steps: Optional[int], sampler: str, solvers: bool = False, lower_bound: bool = True,
