@@ -1081,10 +1081,9 @@ def test_output_paths_are_checked_before_sampling(tmp_path, tiny_model, images, 
     def no_load(*args, **kwargs):  # -o is checked before the model loads (a large checkpoint takes a while)
         raise AssertionError("the model was loaded before -o was checked")
 
-    import yoda.cli_demo
+    import yoda.cli_models
 
-    for module in (yoda.cli, yoda.cli_demo):
-        monkeypatch.setattr(module, "load_model", no_load)
+    monkeypatch.setattr(yoda.cli_models, "load_model", no_load)
     for args, want in cases:
         code, _, err = run(args + (["--model", tiny_model] if args[0] == "upscale" else []), capsys)
         assert code == 2 and want in err and err.count("\n") == 1, (args, err)
@@ -2368,8 +2367,8 @@ def test_torchrun_variables_must_be_integers(monkeypatch):
 
 def test_upscale_cfg_scale_needs_a_guided_model(tmp_path, tiny_model, images, capsys, no_sampling):
     """--cfg-scale on a model without an unconditional branch (every yoda-format model): one line naming the
-    option, exit 2, before any sampling; a guided adapter gets the scale (yoda.cli_upscale.guided_model)."""
-    from yoda.cli_upscale import guided_model
+    option, exit 2, before any sampling; a guided adapter gets the scale (yoda.cli_models.guided_model)."""
+    from yoda.cli_models import guided_model
     from yoda.errors import UserError
 
     rgb, _ = images
@@ -2473,7 +2472,7 @@ def test_steps_default_depends_on_the_model(tmp_path, tiny_model, images, capsys
     noise (5.8 dB with an eps model right to 2 %). Another model now gets OTHER_MODEL_STEPS, at most its T."""
     from types import SimpleNamespace
 
-    from yoda.cli import default_steps, load_model
+    from yoda.cli_models import default_steps, load_model
     from yoda.cli_parser import DEFAULT_STEPS, OTHER_MODEL_STEPS
 
     assert (DEFAULT_STEPS, OTHER_MODEL_STEPS) == (1, 50)
@@ -2840,13 +2839,13 @@ def test_small_budget_windows_overlap_and_say_kib():
     from yoda.cli_upscale import HR_BYTES_PER_PIXEL, mebibytes, plan_windows
 
     budget = 16 * 16 * HR_BYTES_PER_PIXEL  # a 16-px window fits
-    assert plan_windows(64, 64, 1, 8, budget)[0] == (16, 8)
-    assert plan_windows(64, 64, 1, 8, 8 * 8 * HR_BYTES_PER_PIXEL)[0] == (8, 0)  # one unit: no room to overlap
-    assert plan_windows(512, 512, 1, 8, 128 * 128 * HR_BYTES_PER_PIXEL)[0] == (128, 32)  # a quarter, as before
+    assert plan_windows(64, 64, 8, 8, budget)[0] == (16, 8)
+    assert plan_windows(64, 64, 8, 8, 8 * 8 * HR_BYTES_PER_PIXEL)[0] == (8, 0)  # one unit: no room to overlap
+    assert plan_windows(512, 512, 8, 8, 128 * 128 * HR_BYTES_PER_PIXEL)[0] == (128, 32)  # a quarter, as before
     # where a 128-px window fits, none is smaller: 120-px squares (as many, 11 x 11 at 1024²) were taken for their
     # fewer pixels, with the CLI's own note that windows below 128 are softer
-    assert plan_windows(1024, 1024, 1, 8, 64 << 20)[0] == (128, 32)
-    assert plan_windows(1024, 1024, 1, 8, 48 << 20)[0] == (104, 24)  # 128 does not fit: as large as fits
+    assert plan_windows(1024, 1024, 8, 8, 64 << 20)[0] == (128, 32)
+    assert plan_windows(1024, 1024, 8, 8, 48 << 20)[0] == (104, 24)  # 128 does not fit: as large as fits
     assert (mebibytes(64 * 1024), mebibytes(3 * 2**20)) == ("64 KiB", "3 MiB")
 
 
@@ -2893,7 +2892,7 @@ def test_automatic_windows_are_as_few_and_as_small_as_they_can_be():
 
     area = DEFAULT_MAX_MEMORY // HR_BYTES_PER_PIXEL
     largest = math.isqrt(area) // 8 * 8  # 720
-    assert plan_windows(800, 800, 1, 8, DEFAULT_MAX_MEMORY)[0] == ((456, 800), 112)  # 2 calls, not 2 x 2 of 456²
+    assert plan_windows(800, 800, 8, 8, DEFAULT_MAX_MEMORY)[0] == ((456, 800), 112)  # 2 calls, not 2 x 2 of 456²
     for h, w in ((800, 800), (1000, 1000), (730, 3000), (300, 6000), (1536, 2048), (8192, 72), (96, 6000)):
         sq = lambda s: count(h, w, s, s, default_overlap(s, 8))  # noqa: E731
         side = next(s for s in range(8, largest + 1, 8) if sq(s) <= sq(largest))  # the squares of before
@@ -2907,15 +2906,15 @@ def test_automatic_windows_are_as_few_and_as_small_as_they_can_be():
                     n = count(h, w, wh, ww, default_overlap(short, 8))
                     if n <= sq(side):
                         best = min(best, (n * min(wh, h) * min(ww, w), n))
-        window, overlap = plan_windows(h, w, 1, 8, DEFAULT_MAX_MEMORY)[0]
+        window, overlap = plan_windows(h, w, 8, 8, DEFAULT_MAX_MEMORY)[0]
         wh, ww = window_sides(window)
         assert wh % 8 == 0 and ww % 8 == 0 and wh * ww <= area and overlap == default_overlap(min(wh, ww), 8)
         n = count(h, w, wh, ww, overlap)
         assert (n * min(wh, h) * min(ww, w), n) == best, (h, w, window, best)
-    assert plan_windows(800, 6000, 1, 8, DEFAULT_MAX_MEMORY)[0] == ((456, 1096), 112)  # 12 calls, 1.25 x its pixels
-    assert plan_windows(96, 6000, 1, 8, DEFAULT_MAX_MEMORY)[0] == ((96, 3016), 24)  # 2 calls, not 11 squares of 712
+    assert plan_windows(800, 6000, 8, 8, DEFAULT_MAX_MEMORY)[0] == ((456, 1096), 112)  # 12 calls, 1.25 x its pixels
+    assert plan_windows(96, 6000, 8, 8, DEFAULT_MAX_MEMORY)[0] == ((96, 3016), 24)  # 2 calls, not 11 squares of 712
     # as many windows a call as fit, counted by the rectangle's own area
-    assert plan_windows(160, 640, 1, 8, 200 << 20, tiles=((64, 128), 16))[1] == 6  # 200M / (64 * 128 * 4096)
+    assert plan_windows(160, 640, 8, 8, 200 << 20, tiles=((64, 128), 16))[1] == 6  # 200M / (64 * 128 * 4096)
 
 
 def test_library_warnings_are_one_line(tmp_path, tiny_model, capsys):

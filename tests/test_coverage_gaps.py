@@ -224,8 +224,8 @@ def test_cli_user_errors_not_tested_elsewhere(tmp_path, tiny_model, capsys, monk
          f"its output {tmp_path / 'out' / 'lr_x4.png'} is a folder; remove or rename it"),
     ]
     loads = []
-    real = yoda.cli.load_model
-    monkeypatch.setattr(yoda.cli, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = yoda.cli_models.load_model
+    monkeypatch.setattr(yoda.cli_models, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     for args, want in cases:
         code = main(args)
         _, err = capsys.readouterr()

@@ -42,12 +42,12 @@ from typing import Optional, Sequence
 from .cli_demo import cmd_demo
 from .cli_parser import _Parser, build_parser, command_parser, missing_package, one_line
 from ._io import check_writable, made_folder, remove_stale_temps
-from .cli_models import (adapter_of, attention_extractor, bars, check_attentions, check_hr_size, check_out_folder,
-                         check_output_option, cli_device, default_steps, eval_images, eval_results, eval_steps_note,
-                         load_model, note, pillow_limit, read_input, refuse_overwriting, save_figure, save_output,
+from .cli_models import (attention_extractor, bars, check_attentions, check_hr_size, check_out_folder, cli_model,
+                         check_output_option, cli_device, eval_images, eval_results, eval_steps_note,
+                         note, pillow_limit, read_input, refuse_overwriting, save_figure, save_output,
                          unrefined_note, upscale_tensor, written_or_said)
 from .console import error_line, say
-from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, guided_model, mebibytes, output_folder,
+from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, mebibytes, output_folder,
                           output_suffix, output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, until_free, unused_window_batch_note, UpscaleRun, check_tiles,
                           window_notes, window_text, working_where)
@@ -105,8 +105,7 @@ def cmd_upscale(a) -> int:
 
     def message(e: BaseException) -> str:
         if out_of_memory(e):
-            return f"{printable(working[0][0])}: out of memory ({one_line(e, options=False)}); " \
-                   f"{MEMORY_ADVICE['upscale']}"
+            return f"{printable(working[0][0])}: {oom_text(e, 'upscale')}"
         return one_line(e)
 
     if world > 1:  # the outputs are the same files as one process writes (atomically)
@@ -130,9 +129,7 @@ def _upscale_model(a, world: int) -> UpscaleRun:
     from .devices import rank_device
 
     dev = rank_device(cli_device(a.device), world, env_int("LOCAL_RANK", 0) if world > 1 else 0)
-    model = guided_model(load_model(a.model, dev, a.model_config, a.scale), getattr(a, "cfg_scale", None))
-    given = default_steps(a, model)
-    ad = adapter_of(model)
+    model, ad, given = cli_model(a, dev, a.scale, a.cfg_scale)
     scale = ad.scale
     if a.scale is None:
         a.scale = scale
@@ -157,8 +154,8 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
 
     lr = from_uint8(arr).to(run.dev)
     hr_h, hr_w = (padded_lr_side(n, a.scale, run.unit, run.least) * a.scale for n in arr.shape[:2])  # the state
-    windows, window_batch, need = plan_windows(hr_h, hr_w, 1, run.unit, a.max_memory, a.tiles, a.window_batch,
-                                               run.least)
+    windows, window_batch, need = plan_windows(hr_h, hr_w, run.unit, run.least, a.max_memory, a.tiles,
+                                               a.window_batch)
     if windows is not None and a.tiles is None:
         from .sampling.tiles import window_sides, window_starts
 
@@ -253,15 +250,14 @@ def cmd_eval(a) -> int:
     with _user_input():
         images = eval_images(a.images, a.max_pixels, a.model)
     dev = cli_device(a.device)
-    model = load_model(a.model, dev, a.model_config)
-    given = default_steps(a, model)
+    model, ad, given = cli_model(a, dev)
     with _user_input():  # the options, the images, the model and the LPIPS weights are the user's
         settings = EvalSettings(steps=a.steps if given else None, sampler=a.sampler, eta=a.eta, sigmas=a.sigmas,
                                 lower_bounds=tuple(a.lower_bounds), attentions=tuple(a.attention), seed=a.seed,
                                 max_size=a.max_size or None, progress=bars(a),
                                 lpips=tuple(a.lpips) if a.lpips else None, y_channel=a.y_channel)
         if a.attention:
-            eval_steps_note(adapter_of(model), a, dev, settings, given)
+            eval_steps_note(ad, a, dev, settings, given)
         rows: list = []
         try:
             evaluate(model, images, settings, on_error=skipped, rows=rows)
@@ -284,8 +280,9 @@ def cmd_figures(a) -> int:
 
     # the output folder first: an existing folder must take the three files; a new one must be creatable
     out = Path(a.output)
-    if out.exists() and any(os.path.exists(p) and os.path.samefile(out, p) for p in a.images or ()):  # the next
-        raise UserError(f"-o {a.output} is the --images folder; give the figures a folder of their own")  # run read them
+    # the images' folder: the next run read the figures as photos
+    if out.exists() and any(os.path.exists(p) and os.path.samefile(out, p) for p in a.images or ()):
+        raise UserError(f"-o {a.output} is the --images folder; give the figures a folder of their own")
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {a.output} is a file; yoda figures writes {len(FIGURE_FILES)} PNGs into a folder")
     if not out.exists() and out.suffix.lower() in OUTPUT_SUFFIXES:
@@ -303,9 +300,9 @@ def cmd_figures(a) -> int:
         images = eval_images(a.images, a.max_pixels, a.model)
     check_attentions(a.attention)
     dev = cli_device(a.device)
-    model = load_model(a.model, dev, a.model_config)
+    model, ad, _ = cli_model(a, dev)
     with _user_input():  # --steps, --sampler, --eta, --seed checked on the model (a traceback before)
-        unrefined_note(adapter_of(model), a, dev, [a.lower_bound], "Fig. 4 and 5's YODA images", "plain refines")
+        unrefined_note(ad, a, dev, [a.lower_bound], "Fig. 4 and 5's YODA images", "plain refines")
     with made_folder(out):
         with _user_input():  # the images, the model and its outputs, the LPIPS weights
             data = compute(model, images, settings, on_error=skipped)
@@ -536,28 +533,36 @@ def _main(argv: Optional[Sequence[str]], program: bool) -> int:
         error_line(f"yoda: {rank_prefix()}terminated (SIGTERM)")
         return 143
     except Exception as e:
-        if out_of_memory(e):
-            if a.debug:
-                traceback.print_exc()
-            error_line(f"yoda: error: {rank_prefix()}out of memory ({one_line(e, options=False)}); "
-                       f"{MEMORY_ADVICE.get(a.cmd, 'smaller images need less')}")
-            return 2
-        if lost := lost_rank(e):  # a rank died in a collective: the survivors said "internal error (a bug)"
-            if a.debug:
-                traceback.print_exc()
-            kept = "; the run resumes from its last checkpoint (the same command)" if a.cmd == "train" else ""
-            error_line(f"yoda: error: {rank_prefix()}another rank or torchrun ended (killed, or out of memory?), so "
-                       f"this one cannot go on ({lost}){kept}")
-            return 1
-        user = isinstance(e, (UserError, OSError)) or missing_package(e) is not None
-        if a.debug or not user:
-            traceback.print_exc()
-        if not user:
-            error_line(f"yoda: internal error: {rank_prefix()}{type(e).__name__} (a bug in yoda, or in code it ran; "
-                       "the traceback is above)")
-            return 1
-        error_line(f"yoda: error: {rank_prefix()}{one_line(e, options=a.cmd != 'train')}")
+        return _failure(a, e)
+
+
+def _failure(a, e: Exception) -> int:
+    """The exit status of a command that raised ``e``, after its one line (and its traceback: a bug's, or with
+    --debug): 2 for a user error, an OSError or an allocation that failed, 1 for a lost rank or a bug."""
+    oom = out_of_memory(e)
+    lost = not oom and lost_rank(e)  # a rank died in a collective: the survivors said "internal error (a bug)"
+    user = oom or lost or isinstance(e, (UserError, OSError)) or missing_package(e) is not None
+    if a.debug or not user:
+        traceback.print_exc()
+    if oom:
+        error_line(f"yoda: error: {rank_prefix()}{oom_text(e, a.cmd)}")
         return 2
+    if lost:
+        kept = "; the run resumes from its last checkpoint (the same command)" if a.cmd == "train" else ""
+        error_line(f"yoda: error: {rank_prefix()}another rank or torchrun ended (killed, or out of memory?), so "
+                   f"this one cannot go on ({lost}){kept}")
+        return 1
+    if not user:
+        error_line(f"yoda: internal error: {rank_prefix()}{type(e).__name__} (a bug in yoda, or in code it ran; "
+                   "the traceback is above)")
+        return 1
+    error_line(f"yoda: error: {rank_prefix()}{one_line(e, options=a.cmd != 'train')}")
+    return 2
+
+
+def oom_text(e: BaseException, cmd: str) -> str:
+    """"out of memory (what failed); what helps" for ``cmd``."""
+    return f"out of memory ({one_line(e, options=False)}); {MEMORY_ADVICE.get(cmd, 'smaller images need less')}"
 
 
 MEMORY_ADVICE = {"upscale": "a lower --max-memory, or smaller --tiles, denoises in smaller windows",

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from .cli_models import (adapter_of, attention_extractor, bars, check_output_option, cli_device, default_steps,
-                         load_model, save_figure, upscale_tensor, written_or_said)
+from .cli_models import (attention_extractor, bars, check_output_option, cli_device, cli_model,
+                         save_figure, upscale_tensor, written_or_said)
 from .cli_upscale import checked_steps
 from .console import say
 from .errors import UserError
@@ -36,9 +36,7 @@ def cmd_demo(a) -> int:
         raise UserError(f"--lr-size must be >= 1, got {a.lr_size}")
     check_output_option(a.output)
     dev = cli_device(a.device)
-    model = load_model(a.model, dev, a.model_config)
-    given = default_steps(a, model)
-    ad = adapter_of(model)
+    model, ad, given = cli_model(a, dev)
     s = ad.scale
     full = builtin_image(a.image)
     size = a.lr_size * s

@@ -90,6 +90,32 @@ def load_model(spec: str, device, config: Optional[str] = None, scale: Optional[
     return model.to(device).eval()
 
 
+def cli_model(a, device, scale: Optional[int] = None, cfg_scale: Optional[float] = None):
+    """(model, its adapter, whether --steps was given): --model on ``device`` (load_model; --cfg-scale: guided_model),
+    a's sampling options that were left out set to the model's (default_steps)."""
+    model = guided_model(load_model(a.model, device, a.model_config, scale), cfg_scale)
+    given = default_steps(a, model)
+    return model, adapter_of(model), given
+
+
+def guided_model(model, cfg_scale):
+    """--cfg-scale: ``model`` itself for None, else its adapter guided with that scale (yoda.adapters'
+    apply_cfg_scale); a UserError naming --cfg-scale for a model without an unconditional branch or a bad scale."""
+    if cfg_scale is None:
+        return model
+    from .adapters import apply_cfg_scale, as_adapter
+
+    adapter = as_adapter(model)
+    if not getattr(adapter, "supports_cfg", False):
+        raise UserError(f"--cfg-scale {cfg_scale:g}: this model (a {type(model).__name__}; the embedded model, yoda's "
+                        f"own and SR3 / SRDiff checkpoints all are SR3 or SRDiff) has no unconditional branch, so it "
+                        f"cannot use classifier-free guidance; leave --cfg-scale out")
+    try:
+        return apply_cfg_scale(adapter, cfg_scale)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--cfg-scale {cfg_scale:g}: {e}") from e
+
+
 def _in_diffusers_folder(path: Path) -> bool:
     """Whether path is a diffusers model folder or a file in one: a model_index.json there or one folder up (a
     pipeline's), or a config.json / scheduler_config.json naming a diffusers class (``_class_name``)."""
@@ -353,14 +379,10 @@ def eval_steps_note(adapter, a, device, settings, given: bool) -> None:
 def unrefined_note(adapter, a, device, lower_bounds, what: str, plain: str) -> None:
     """A note where a.steps leave pixels of ``what`` (YODA at each of ``lower_bounds``) at the bicubic image, with
     the count that refines every pixel (yoda.sample warns of it; the commands say it in their words)."""
-    from .sampling.spec import covering_steps
+    from .sampling.spec import unrefined
 
-    left = []
-    for lb in lower_bounds:
-        tau_of = last_tau(adapter, a, device, lb)
-        tau = tau_of(a.steps)
-        if tau > 0:
-            left.append((lb, tau, covering_steps(tau_of, a.steps + 1, adapter.schedule.T)))
+    left = [(lb, *u) for lb in lower_bounds
+            if (u := unrefined(last_tau(adapter, a, device, lb), a.steps, adapter.schedule.T))]
     if left:
         below = ", ".join(f"{tau:.2f} at l = {lb:g}" for lb, tau, _ in left)
         fix = "" if None in [n for *_, n in left] else f"; --steps {max(n for *_, n in left)} refines every pixel"

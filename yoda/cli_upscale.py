@@ -30,23 +30,21 @@ HR_BYTES_PER_PIXEL = 4096
 IMAGE_BYTES_PER_PIXEL = 96
 
 
-def plan_windows(hr_h: int, hr_w: int, batch: int, unit: int, max_memory: int, tiles=None, window_batch=None,
-                 least: int = 1):
+def plan_windows(hr_h: int, hr_w: int, unit: int, least: int, max_memory: int, tiles=None, window_batch=None):
     """(windows, window_batch, estimated bytes) of `yoda upscale`: --tiles as given (W, O), else windows when the HR
-    state's estimated need (HR_BYTES_PER_PIXEL per pixel and batch element) exceeds max_memory (0: no limit):
+    state's estimated need (HR_BYTES_PER_PIXEL per pixel) exceeds max_memory (0: no limit):
     ((height, width), overlap), sides multiples of ``unit`` (at least ``least``, the model's smallest side) whose
     area fits, overlapping by default_overlap of the shorter side (yoda.sampling.tiles.fewest_pixel_windows).
     window_batch: as given, else as many windows as fit max_memory (None without a limit: the library's); None
     when there are no windows (--window-batch applies to the images denoised in windows)."""
     from .sampling.tiles import fewest_pixel_windows, window_sides
 
-    need = hr_h * hr_w * batch * HR_BYTES_PER_PIXEL
+    need = hr_h * hr_w * HR_BYTES_PER_PIXEL
     if tiles is None and max_memory and need > max_memory:
-        least = max(unit, -(-least // unit) * unit)
-        tiles = fewest_pixel_windows(hr_h, hr_w, unit, least, max_memory // (batch * HR_BYTES_PER_PIXEL))
+        tiles = fewest_pixel_windows(hr_h, hr_w, unit, least, max_memory // HR_BYTES_PER_PIXEL)
     if tiles is not None and window_batch is None and max_memory:
         wh, ww = window_sides(tiles[0])
-        per_window = min(wh, hr_h) * min(ww, hr_w) * batch * HR_BYTES_PER_PIXEL
+        per_window = min(wh, hr_h) * min(ww, hr_w) * HR_BYTES_PER_PIXEL
         window_batch = max(1, max_memory // per_window)
     return tiles, window_batch if tiles is not None else None, need
 
@@ -65,12 +63,12 @@ def check_tiles(a, unit: int, least: int) -> None:
     typed = text if overlap is None else f"{text},{overlap}"
     sides = window_sides(window)
     if any(n % unit for n in (*sides, overlap or 0)):
-        lo = max(unit, -(-least // unit) * unit)  # a window it suggests is one it takes (8 was refused: least 16)
-        down = [max(lo, n // unit * unit) for n in sides]
+        down = [max(least, n // unit * unit) for n in sides]  # least: hr_grid's, a multiple of unit
         # the windows it suggests, (as typed, shorter side), and the overlap typed kept, rounded, less than the window
         # (it was dropped: "e.g. --tiles 128" for 128,30)
-        wins = ([(str(n), n) for n in sorted({down[0], max(lo, -(-sides[0] // unit) * unit)})] if sides[0] == sides[1]
-                else [(f"{down[1]}x{down[0]}", min(down))])
+        up = max(least, -(-sides[0] // unit) * unit)
+        wins = ([(str(n), n) for n in sorted({down[0], up})] if sides[0] == sides[1] else
+                [(f"{down[1]}x{down[0]}", min(down))])
         ov = max(unit, round(overlap / unit) * unit) if overlap else None
         near = " or ".join(t if ov is None else f"{t},{min(ov, n - unit)}" for t, n in wins)
         raise UserError(f"--tiles {typed}: window and overlap must be multiples of {unit} (this model's size "
@@ -135,24 +133,6 @@ def mebibytes(n: float) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB" if n >= 2**10 else f"{n:.0f} bytes"
 
 
-def guided_model(model, cfg_scale):
-    """--cfg-scale: ``model`` itself for None, else its adapter guided with that scale (yoda.adapters'
-    apply_cfg_scale); a UserError naming --cfg-scale for a model without an unconditional branch or a bad scale."""
-    if cfg_scale is None:
-        return model
-    from .adapters import apply_cfg_scale, as_adapter
-
-    adapter = as_adapter(model)
-    if not getattr(adapter, "supports_cfg", False):
-        raise UserError(f"--cfg-scale {cfg_scale:g}: this model (a {type(model).__name__}; the embedded model, yoda's "
-                        f"own and SR3 / SRDiff checkpoints all are SR3 or SRDiff) has no unconditional branch, so it "
-                        f"cannot use classifier-free guidance; leave --cfg-scale out")
-    try:
-        return apply_cfg_scale(adapter, cfg_scale)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"--cfg-scale {cfg_scale:g}: {e}") from e
-
-
 def speed_options(a, dev) -> dict:
     """--compile, --autocast, --channels-last, --cuda-graphs -> yoda.sample's speed keywords, checked for ``dev``
     (--cuda-graphs on the CPU: a UserError)."""
@@ -184,12 +164,12 @@ def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_
     (``given`` False): the fewest steps from ``steps`` up to MOST_YODA_STEPS (and T) whose last step refines every
     pixel, with a note (``what`` names them: the flag that asked for them). Given: kept, with a note saying so.
     last_tau(n): the last step's tau at n steps."""
-    from .sampling.spec import covering_steps
+    from .sampling.spec import unrefined
 
-    tau = last_tau(steps)
-    if tau <= 0:
+    left = unrefined(last_tau, steps, T)
+    if left is None:
         return steps
-    enough = covering_steps(last_tau, steps + 1, T)
+    tau, enough = left
     left = (f"pixels whose attention is below {tau:.2f} keep the bicubic image, and the edge where the refined "
             f"ones begin can show")
     if given or enough is None:

@@ -80,6 +80,16 @@ def covering_steps(last_tau: Callable[[int], float], steps: int, T: int, floor: 
     return None
 
 
+def unrefined(last_tau: Callable[[int], float], steps: int, T: int,
+              floor: float = 0.0) -> Optional[tuple[float, Optional[int]]]:
+    """None where the last of ``steps`` steps refines every pixel (refines_all), else (its tau, the fewest count
+    above ``steps`` that does, covering_steps, or None)."""
+    tau = last_tau(steps)
+    if refines_all(tau, floor):
+        return None
+    return tau, covering_steps(last_tau, steps + 1, T, floor)
+
+
 def refines_all(tau: float, floor: float) -> bool:
     """Whether a step of threshold ``tau`` refines every pixel of a map whose least attention is ``floor``
     (compared in float32, as the masks compare them)."""
