@@ -1463,3 +1463,80 @@ def _latent_denoise(z, t, c):  # (module level: pickled by name)
 
 def _identity(x):
     return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a model in its deployment forms: an EMA's AveragedModel, another trainer's dict, torch.export, wrappers
+# ----------------------------------------------------------------------------------------------------------
+def test_an_averaged_models_state_dict_loads(tmp_path):
+    """torch.optim.swa_utils.AveragedModel(net).state_dict() (an EMA: "n_averaged" beside "module.*" weights) kept
+    its prefix, so SR3 listed every key as missing and blamed the config, and SRDiff said "not an SRDiff checkpoint"."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from yoda.checkpoint import as_state_dict
+
+    net, m = _sr3(), _srdiff()
+    torch.save(AveragedModel(net).state_dict(), tmp_path / "sr3_ema.pth")
+    torch.save(AveragedModel(m).state_dict(), tmp_path / "srdiff_ema.pth")
+    assert torch.equal(_sr3_out(yoda.load("sr3", tmp_path / "sr3_ema.pth", config=CFG)), _sr3_out(net))
+    assert torch.equal(_srdiff_out(yoda.load("srdiff", tmp_path / "srdiff_ema.pth", config=m.config)),
+                       _srdiff_out(m))
+    n = torch.tensor(3)
+    assert as_state_dict({"n_averaged": n, "weight": n}, "f") == {"n_averaged": n, "weight": n}  # no EMA's: kept
+
+
+def test_a_dict_of_weights_and_optimizer_is_no_sr3_opt_file(tmp_path):
+    """{"model": weights, "optimizer": ..., "epoch": 5} read as SR3 was called SR3's training state (*_opt.pth),
+    not weights, though the weights were under "model": it says so, as SRDiff does."""
+    sd = _sr3().state_dict()
+    p = tmp_path / "c.pth"
+    torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 5}, p)
+    for kind, config in (("sr3", CFG), ("srdiff", None)):
+        with pytest.raises(CheckpointError, match=r"c\.pth: the weights are inside 'model' \(a wrapper dict\): save "
+                                                  r"the one you want as the file's state dict"):
+            yoda.load(kind, p, config=config)
+
+
+def test_only_the_trainers_checkpoint_is_called_a_yoda_train_checkpoint(tmp_path):
+    """Any {model, ema, step, config} (another trainer's) was called a `yoda train` checkpoint, "the run's model is the
+    .safetensors file next to it": one needs a key only yoda's trainer writes (its generator state, "gen")."""
+    sd = _sr3().state_dict()
+    other = {"model": sd, "ema": sd, "step": 100, "config": {"lr": 1e-4}, "opt": {}}
+    torch.save(other, tmp_path / "mine.pt")
+    torch.save({**other, "gen": torch.Generator().get_state()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"mine\.pt: the weights are inside 'model', 'ema' \(a wrapper dict\)"):
+        yoda.load("sr3", tmp_path / "mine.pt", config=CFG)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt is a `yoda train` checkpoint \(the state a run resumes "
+                                              r"from\), not a model file"):
+        yoda.load("sr3", tmp_path / "checkpoint.pt", config=CFG)
+
+
+def test_a_torch_export_archive_is_named_with_the_way_to_its_weights(tmp_path):
+    """A torch.export.save'd program (.pt2) read as weights was "corrupt or truncated" (torch.load found no
+    data.pkl): it is named, with the way to its state dict."""
+    net = torch.nn.Conv2d(3, 3, 1)
+    p = tmp_path / "net.pt2"
+    torch.export.save(torch.export.export(net, (torch.rand(1, 3, 4, 4),)), p)
+    for kind, config in (("sr3", CFG), ("srdiff", None), ("yoda", None)):
+        with pytest.raises(CheckpointError, match=r"net\.pt2: it is a torch\.export program \(torch\.export\.save, a "
+                                                  r"\.pt2 archive\), not weights, .* if the file is trusted, save its "
+                                                  r"weights with torch\.save\(torch\.export\.load\(PATH\)\.module\(\)"
+                                                  r"\.state_dict\(\), \.\.\.\)"):
+            yoda.load(kind, p, config=config)
+
+
+def test_save_model_writes_the_model_inside_its_wrappers(tmp_path):
+    """yoda.sample opened DataParallel / an EMA's AveragedModel / torch.compile around a model, save_model refused
+    them ("model must be an SR3UNet or an SRDiff, got DataParallel"), naming no way on."""
+    from torch.optim.swa_utils import AveragedModel
+
+    net = _sr3()
+    DP = torch.nn.DataParallel
+    for i, wrap in enumerate((DP(net), AveragedModel(net), torch.compile(net, backend="eager"),
+                              DP(AveragedModel(net)), torch.compile(DP(net), backend="eager"))):
+        save_model(wrap, tmp_path / f"m{i}.safetensors", schedule=Schedule.linear(5))
+        assert torch.equal(_sr3_out(yoda.load("yoda", tmp_path / f"m{i}.safetensors")), _sr3_out(net)), wrap
+    with pytest.raises(TypeError, match=r"^model must be an SR3UNet or an SRDiff \(or DataParallel, "
+                                        r"DistributedDataParallel, an EMA's AveragedModel or torch\.compile around "
+                                        r"one\), got Sequential$"):
+        save_model(torch.nn.Sequential(net), tmp_path / "s.safetensors", schedule=Schedule.linear(5))

@@ -2122,6 +2122,53 @@ def test_a_network_behind_a_lambda_is_seen_for_its_training_mode():
     assert modules_behind(lambda x, t, c: x) == [] and modules_behind(torch.nn.Identity()) != []
 
 
+class _ScriptableNet(torch.nn.Module):
+    """f(x_t, t, cond) with dropout and batch norm (whose statistics a call in training mode leaves as they are),
+    written for torch.jit.script."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.drop = torch.nn.Conv2d(6, 3, 1), torch.nn.BatchNorm2d(3, momentum=0.0), torch.nn.Dropout(0.5)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.norm(self.conv(torch.cat([x_t, cond], 1))))
+
+
+def test_a_scripted_network_in_training_mode_is_warned_of():
+    """A torch.jit.script'ed network (or one torch.jit.load read back) has no torch Dropout / BatchNorm2d modules,
+    only their names: left in training mode it sampled with dropout on (the same seed, another image) without a
+    word. A traced one, traced in eval mode, runs the same in either mode: not warned of."""
+    import io
+
+    sched, lr = Schedule.linear(10), torch.rand(1, 3, 4, 4) * 2 - 1
+
+    def sample(net):
+        return yoda.sample(as_adapter(net, prediction="eps", schedule=sched, scale=2), lr, steps=2, seed=0,
+                           progress=False)
+
+    torch.manual_seed(0)
+    net = _ScriptableNet().eval()
+    ref = sample(net)
+    scripted = torch.jit.script(net)
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    for m in (scripted, torch.jit.load(buf)):
+        m.train()
+        with pytest.warns(UserWarning, match=r"the model \(_ScriptableNet\) is in training mode: its BatchNorm2d, "
+                                             r"Dropout layers change the image"):
+            assert not torch.equal(sample(m), ref)
+        m.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.equal(sample(m), ref)
+    x = torch.rand(1, 3, 8, 8)
+    traced = torch.jit.trace(net, (x, torch.tensor([1]), x)).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(sample(traced), ref)
+
+
 def test_wrapped_yoda_models_and_callables_that_cannot_take_cond():
     """DataParallel / an EMA's AveragedModel around a yoda model hid its yoda_adapter, and the error said to declare
     a plain callable's prediction (doing so failed inside SRDiff.forward); a forward(x, t) module got Python's
@@ -2184,6 +2231,40 @@ def test_wrapped_yoda_models_and_callables_that_cannot_take_cond():
     for unet in (UNet2DModel(), torch.nn.DataParallel(UNet2DModel())):  # (a compiled one: its _orig_mod too)
         with pytest.raises(TypeError, match=r"model: a diffusers UNet2DModel takes \(sample, timestep, "):
             as_adapter(unet, prediction="eps", schedule=Schedule.linear(10))
+
+
+def test_nested_and_compiled_wrappers_of_a_yoda_model_sample_it():
+    """One wrapper around a yoda model was opened; two (DataParallel around an EMA's AveragedModel, or the other way
+    round) or a torch.compile around DataParallel said to declare a plain callable's prediction. They give the bare
+    model's image, and a compiled outer wrapper is what runs (its graph is compiled)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from yoda.callables import CompiledWrapper
+    from yoda.models.sr3 import SR3Config, SR3UNet
+
+    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2),
+                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=2)
+    torch.manual_seed(0)
+    net = SR3UNet.from_config(cfg).eval()
+    net.card = yoda.models.ModelCard(Schedule.linear(10), 2, space="pixel")
+    lr = torch.rand(1, 3, 8, 8) * 2 - 1
+    ref = yoda.sample(net, lr, steps=2, seed=0, progress=False)
+    DP = torch.nn.DataParallel
+    for wrap in (DP(AveragedModel(net)), AveragedModel(DP(net)), DP(DP(net))):
+        assert torch.equal(yoda.sample(wrap.eval(), lr, steps=2, seed=0, progress=False), ref), wrap
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(DP(net), backend=backend)
+    held = as_adapter(compiled).net
+    assert isinstance(held, CompiledWrapper) and held.compiled is compiled and held.config is net.config
+    assert torch.equal(yoda.sample(compiled, lr, steps=2, seed=0, progress=False), ref) and graphs
+    assert as_adapter(DP(compiled)).net.compiled is compiled  # (inside one more wrapper too)
+    torch._dynamo.reset()
 
 
 def test_a_callable_takes_gradients_as_readme_says():

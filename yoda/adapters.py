@@ -73,7 +73,7 @@ import torch.nn.functional as F
 
 from yoda_kernels.contract import PREDICTIONS
 
-from .callables import signature_problem, unwrapped
+from .callables import compiled_within, signature_problem, unwrapped
 from .masks import as_float, plain_int
 from .names import DEFAULT_SAMPLER, OTHER_MODEL_STEPS  # the sampler and steps where a model's card names none
 from .schedule import Schedule
@@ -502,11 +502,11 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
     - an Adapter: returned as is (keyword arguments are then an error: configure the adapter instead);
     - an object with a ``yoda_adapter(**kw)`` method (yoda.models' SR3UNet, SRDiff): its adapter (of a
       torch.compile'd one: the adapter runs the compiled module; of DataParallel, DistributedDataParallel or an
-      EMA's AveragedModel around one: its .module's, on the module's device);
+      EMA's AveragedModel around one, nested in any order: its .module's, on the module's device);
     - a plain callable f(x_t, t, cond): CallableAdapter(f, **kw), which needs prediction= and schedule=;
     - anything else: TypeError.
     """
-    model = unwrapped(model)  # DataParallel / DistributedDataParallel / AveragedModel of a yoda model: the model
+    model, given = unwrapped(model), model  # DataParallel / DDP / AveragedModel / compiled, nested: the yoda model
     if isinstance(model, Adapter):
         if kw:
             raise TypeError(f"model is already an Adapter; unexpected keyword arguments {sorted(kw)}")
@@ -524,7 +524,7 @@ def as_adapter(model: Any, **kw: Any) -> Adapter:
                 f"{type(model).__name__}.yoda_adapter() must return a yoda.adapters.Adapter, "
                 f"got {type(adapter).__name__}"
             )
-        return _compiled_network(model, adapter)
+        return _compiled_network(given, adapter)
     if hint := pipeline_hint(model):  # callable, but no f(x_t, t, cond): "say what it predicts" misled
         raise TypeError(f"model is a {type(model).__name__}{hint}")
     if callable(model):
@@ -547,8 +547,8 @@ def _compiled_network(model: Any, adapter: Adapter) -> Adapter:
     """A torch.compile'd module forwards yoda_adapter to its original module, whose adapter then held (and ran) the
     original: the compile did nothing, silently. The adapter's attributes that hold the original hold the compiled
     module instead (a copy of the adapter); where none does, a warning says to pass compile= instead."""
-    orig = getattr(model, "_orig_mod", None)
-    if type(model).__name__ != "OptimizedModule" or not isinstance(orig, torch.nn.Module):
+    model, orig = compiled_within(model)  # (the outermost compiled wrapper, wrapping others or not; the model in it)
+    if model is None:
         return adapter
     held = [name for name, v in vars(adapter).items() if v is orig]
     if not held:

@@ -1,5 +1,6 @@
 """What a user's denoiser callable is made of: the torch modules it runs, whether it can take (x_t, t, cond), and the
-module inside a wrapper (DataParallel, DistributedDataParallel, an EMA's AveragedModel) that yoda can sample."""
+module inside wrappers (DataParallel, DistributedDataParallel, an EMA's AveragedModel, torch.compile; nested in any
+order) that yoda can sample, with the compiled wrapper its adapter runs (CompiledWrapper)."""
 
 from __future__ import annotations
 
@@ -79,12 +80,64 @@ def signature_problem(fn: Any) -> Optional[str]:
 WRAPPERS = ("DataParallel", "DistributedDataParallel", "AveragedModel")  # torch's: they keep the model in .module
 
 
+def _inside(model: Any) -> Any:
+    """The module one wrapper holds (WRAPPERS' .module, torch.compile's _orig_mod), or None: ``model`` is none."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    name = type(model).__name__
+    inner = getattr(model, "_orig_mod" if name == "OptimizedModule" else "module", None)
+    return inner if (name in WRAPPERS or name == "OptimizedModule") and isinstance(inner, torch.nn.Module) else None
+
+
+def _chain(model: Any) -> list:
+    """``model`` and the modules its wrappers hold, outermost first (at most 16 deep: a module that wraps itself)."""
+    chain = [model]
+    while len(chain) < 16 and (inner := _inside(chain[-1])) is not None:
+        chain.append(inner)
+    return chain
+
+
 def unwrapped(model: Any) -> Any:
-    """The model inside torch's DataParallel / DistributedDataParallel / AveragedModel (an EMA) where it is one yoda
-    samples (it has yoda_adapter), else ``model``: the wrapper hid yoda_adapter, and the error that followed said to
-    declare a plain callable's prediction."""
-    inner = getattr(model, "module", None)
-    if (type(model).__name__ in WRAPPERS and isinstance(model, torch.nn.Module)
-            and callable(getattr(inner, "yoda_adapter", None))):
-        return inner
-    return model
+    """The model inside torch's DataParallel / DistributedDataParallel / AveragedModel (an EMA) / torch.compile,
+    nested in any order, where it is one yoda samples (it has yoda_adapter), else ``model``: the wrapper hid
+    yoda_adapter, and the error that followed said to declare a plain callable's prediction."""
+    inner = _chain(model)[-1]
+    return inner if callable(getattr(inner, "yoda_adapter", None)) else model
+
+
+def compiled_within(model: Any) -> tuple:
+    """(what runs the outermost torch.compile'd module among ``model``'s wrappers, the yoda model inside it), or
+    (None, None) where none is compiled or no yoda model is inside: the yoda model's adapter holds the first in
+    place of the second. That is the compiled module itself where it forwards attributes to the yoda model
+    (torch.compile(net), DataParallel(torch.compile(net))), else a CompiledWrapper of it."""
+    chain = _chain(model)
+    at = next((i for i, m in enumerate(chain) if type(m).__name__ == "OptimizedModule"), None)
+    inner = unwrapped(model)
+    if at is None or inner is model:
+        return None, None
+    direct = all(type(m).__name__ == "OptimizedModule" for m in chain[at:-1])
+    return (chain[at] if direct else CompiledWrapper(chain[at], inner)), inner
+
+
+class CompiledWrapper(torch.nn.Module):
+    """A torch.compile'd wrapper of a yoda model (torch.compile(DataParallel(net))) as the model's adapter holds it:
+    called, the compiled wrapper runs; any other attribute is the model's (its config, submodules, parameters()),
+    which torch.compile(net) forwards but a wrapper in between (DataParallel's) does not have."""
+
+    def __init__(self, compiled: torch.nn.Module, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+        object.__setattr__(self, "_inner", inner)  # (not a submodule: its tensors are the compiled wrapper's)
+        self.training = inner.training
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.compiled(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_inner")
+            if inner is None:  # (not initialised: copy, pickle)
+                raise
+            return getattr(inner, name)

@@ -89,12 +89,17 @@ def _head(p: str, n: int = 8) -> bytes:
         return fh.read(n)
 
 
+# entries only torch.export.save's archives hold: the PT2 archive's "<name>/archive_format" (torch 2.6+; AOTInductor
+# packages too), the older layout's "serialized_exported_program.json" (torch.load found no data.pkl: "corrupt")
+_EXPORT_NAMES = ("archive_format", "serialized_exported_program.json")
+
+
 def zip_refusal(p: str) -> Optional[str]:
     """Why a zip checkpoint is refused before torch.load reads it (None: not a zip, or not refused): a TorchScript
     archive (torch.jit.save: a program, not weights; torch.load's advice on it is weights_only=False, which would
-    run its code), or entries that expand to far more than the file: torch.save stores its records uncompressed,
-    but torch.load also inflates compressed ones, so a 1 MB file could unpack to gigabytes before any key or shape
-    is checked; or a record that fails its CRC-32 (_bad_record)."""
+    run its code) or a torch.export one (torch.export.save's .pt2), or entries that expand to far more than the
+    file: torch.save stores its records uncompressed, but torch.load also inflates compressed ones, so a 1 MB file
+    could unpack to gigabytes before any key or shape is checked; or a record that fails its CRC-32 (_bad_record)."""
     import zipfile
 
     if _head(p, 4) != b"PK\x03\x04":
@@ -111,6 +116,10 @@ def zip_refusal(p: str) -> Optional[str]:
             return ("it is a TorchScript archive (torch.jit.save), a program rather than weights, and yoda never runs "
                     "code from a file: save the model's state dict instead (torch.save(model.state_dict(), ...) or "
                     "safetensors)")
+        if any(i.filename.rsplit("/", 1)[-1] in _EXPORT_NAMES for i in infos):
+            return ("it is a torch.export program (torch.export.save, a .pt2 archive), not weights, and yoda never "
+                    "runs code from a file: if the file is trusted, save its weights with torch.save(torch.export."
+                    "load(PATH).module().state_dict(), ...) and load that")
         total, size = sum(i.file_size for i in infos), os.path.getsize(p)
         if total > 2 * size + (1 << 20):
             return (f"its zip entries expand to {total} bytes from {size} on disk (compressed records; torch.save "
@@ -241,10 +250,17 @@ def not_torch(p: str) -> Optional[str]:
 _LATENT_KEYS = ({"model", "first_stage_model"}, {"zero_convs", "middle_block_out"}, {"controlnet", "unet", "vae"})
 
 
+# keys that only yoda.training.trainer's checkpoints hold beside model, ema, step and config (every version wrote
+# "gen" and "rows"; the later ones below too): another trainer's {"model", "ema", "step", "config"} is no yoda run's
+TRAINER_ONLY_KEYS = ("gen", "rows", "loss_version", "init_sha256", "sampling_from_init")
+
+
 def refuse_train_checkpoint(obj: Any, meta: Optional[Dict[str, str]], p: Any) -> None:
-    """A CheckpointError if ``obj`` is a `yoda train` checkpoint (model, EMA, optimiser, step and config): not a
-    model file; the run's model is the .safetensors next to it (read as sr3 / srdiff, a key-mismatch list)."""
-    if meta is None and isinstance(obj, Mapping) and {"model", "ema", "step", "config"} <= set(obj):
+    """A CheckpointError if ``obj`` is a `yoda train` checkpoint (model, EMA, step, config and a key only its trainer
+    writes, TRAINER_ONLY_KEYS): not a model file; the run's model is the .safetensors next to it (read as sr3 /
+    srdiff, a key-mismatch list)."""
+    if (meta is None and isinstance(obj, Mapping) and {"model", "ema", "step", "config"} <= set(obj)
+            and any(k in obj for k in TRAINER_ONLY_KEYS)):
         raise CheckpointError(f"{p} is a `yoda train` checkpoint (the state a run resumes from), not a model file: "
                               f"the run's model is the .safetensors file next to it (model.safetensors by default)")
 
@@ -386,7 +402,8 @@ def materialise(model: nn.Module, sd: Mapping[str, Any]) -> nn.Module:
 
 def as_state_dict(obj: Any, where: str) -> Dict[str, Any]:
     """``obj`` as a state dict (CheckpointError naming ``where`` otherwise), its keys' "module." (DataParallel) and
-    "_orig_mod." (torch.compile) prefixes stripped where every key carries them."""
+    "_orig_mod." (torch.compile) prefixes stripped where every key carries them; an AveragedModel's (an EMA's)
+    "n_averaged" dropped where every other key carries "module."."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{where}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
     bad = [k for k in obj if not isinstance(k, str)]
@@ -402,6 +419,8 @@ def as_state_dict(obj: Any, where: str) -> Dict[str, Any]:
     if short:  # before any loader computes with them (a weight_norm fold, a schedule from a betas buffer)
         raise CheckpointError(f"{where}: {_EXPANDED}: {fmt_keys(short)}")
     sd = dict(obj)
+    if "n_averaged" in sd and len(sd) > 1 and all(k.startswith("module.") for k in sd if k != "n_averaged"):
+        del sd["n_averaged"]  # torch.optim.swa_utils.AveragedModel's (an EMA's) count beside its module.* weights
     for _ in range(2):  # either order: a compiled module wrapped in DataParallel, or the other way round
         sd = strip_prefix(strip_prefix(sd, "module."), "_orig_mod.")
     return sd

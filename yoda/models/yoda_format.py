@@ -42,6 +42,7 @@ from torch import nn
 from yoda_kernels.contract import PREDICTIONS
 
 from .._io import atomic_write_bytes
+from ..callables import unwrapped
 from ..checkpoint import (CheckpointError, check_block_count, check_state_dict, fmt_keys, materialise,
                           nonfinite_keys, read_checkpoint, refuse_latent, refuse_train_checkpoint)
 from ..masks import as_int
@@ -71,7 +72,8 @@ def model_kind(model: nn.Module) -> str:
         return "sr3"
     if isinstance(model, SRDiff):
         return "srdiff"
-    raise TypeError(f"model must be an SR3UNet or an SRDiff, got {type(model).__name__}")
+    raise TypeError(f"model must be an SR3UNet or an SRDiff (or DataParallel, DistributedDataParallel, an EMA's "
+                    f"AveragedModel or torch.compile around one), got {type(model).__name__}")
 
 
 def model_config(kind: str, args: Mapping[str, Any]):
@@ -150,7 +152,8 @@ def _writable_extra(extra: Any) -> Optional[dict]:
 def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: Any = None, *,
                scale: Optional[int] = None, extra: Optional[dict] = None, prediction: Optional[str] = None,
                sampling: Optional[Mapping] = None) -> None:
-    """Write ``model`` in the "yoda" format (module docstring). config: the model's config dataclass
+    """Write ``model`` (an SR3UNet or SRDiff; of DataParallel, an EMA's AveragedModel or torch.compile around one,
+    nested or not: the one inside) in the "yoda" format (module docstring). config: the model's config dataclass
     (default ``model.config``); schedule, scale, prediction: given here, else from the model's card
     (``model.card``), else the config's (SR3's ``scale``, SRDiff's ``sr_scale`` and schedule) and "eps";
     sampling (yoda.sample's defaults for the model, ModelCard.sampling): given here, else the card's, else none;
@@ -158,6 +161,7 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     Written through yoda._io.atomic_write_bytes, so a failure never leaves a half-written file at ``path``."""
     from safetensors.torch import save
 
+    model = unwrapped(model)  # the SR3UNet / SRDiff inside DataParallel, AveragedModel, torch.compile (as sample's)
     kind = model_kind(model)
     config = model.config if config is None else config
     if hasattr(config, "to_dict"):

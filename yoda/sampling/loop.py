@@ -317,10 +317,32 @@ def warn_unrefined(spec: Any, steps: int, floor: float, last_tau: Optional[Calla
                   UnrefinedWarning, stacklevel=3)
 
 
+# torch's layers that a training mode changes, by the class name a torch.jit.script'ed copy keeps (original_name)
+_SCRIPTED_DROPOUTS = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout")
+_SCRIPTED_NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
+
+
+def _training_layer(m: torch.nn.Module) -> Optional[str]:
+    """The class name of ``m`` if it is in training mode and its output depends on it: a batch norm, or a dropout
+    with p > 0; of a TorchScript module, scripted (it keeps its p, its momentum and its training flag; a traced
+    one fixed its mode when it was traced: not looked at)."""
+    if not m.training:
+        return None
+    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or (
+            isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0):
+        return type(m).__name__
+    name = getattr(m, "original_name", None) if isinstance(m, torch.jit.ScriptModule) else None
+    if (name in _SCRIPTED_DROPOUTS and getattr(m, "p", 0) > 0) or (name in _SCRIPTED_NORMS
+                                                                    and hasattr(m, "momentum")):
+        return name
+    return None
+
+
 def warn_if_training(adapter: Any) -> None:
     """A network left in training mode samples with dropout on (the seed no longer fixes the image) and batch norm
-    on the batch's statistics: said once per call, naming the layers and the fix, where it has such layers (a
-    network that uses dropout functionally, F.dropout(x, p, self.training), is not seen)."""
+    on the batch's statistics: said once per call, naming the layers and the fix, where it has such layers, in a
+    torch.jit.script'ed network too (a network that uses dropout functionally, F.dropout(x, p, self.training), is
+    not seen, nor a traced or exported graph)."""
     try:
         net = getattr(adapter, network_attr(adapter))
     except ValueError:  # an adapter that keeps no network where yoda looks
@@ -328,11 +350,10 @@ def warn_if_training(adapter: Any) -> None:
     for net in modules_behind(net):  # the module, or those a callable runs (a lambda around the network)
         if not net.training:
             continue
-        on = {type(m).__name__ for m in net.modules() if m.training and (
-            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or
-            isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)}
+        on = {name for name in map(_training_layer, net.modules()) if name}
         if on:  # (a module without either samples the same in both modes: said of it, the warning was noise)
-            warnings.warn(f"the model ({type(net).__name__}) is in training mode: its {', '.join(sorted(on))} "
+            what = net.original_name if isinstance(net, torch.jit.RecursiveScriptModule) else type(net).__name__
+            warnings.warn(f"the model ({what}) is in training mode: its {', '.join(sorted(on))} "
                           f"layers change the image (dropout draws outside the seed, batch norm uses the batch's "
                           f"statistics); call model.eval() before yoda.sample", UserWarning, stacklevel=3)
 
