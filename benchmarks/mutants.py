@@ -3258,6 +3258,15 @@ MUTANTS = [
            'name in _SCRIPTED_DROPOUTS and getattr(m, "p", 0) > 0', "name in _SCRIPTED_DROPOUTS",
            ("tests/test_sampler.py", "-k", "scripted_network"),
            "a traced network (its mode fixed when traced) is warned of as in training mode: noise"),
+    Mutant("script-signature-unread", "yoda/callables.py",
+           "        sig = _script_signature(target)", "        sig = None",
+           ("tests/test_sampler.py", "-k", "torchscript_and_exported"),
+           "a traced SR3 net(x, noise_level) taken as f(x_t, t, cond): torch's arity error at the first step"),
+    Mutant("graphmodule-call-not-forward", "yoda/callables.py",
+           '    by_torch = module and getattr(type(fn).__call__, "__module__", "").startswith("torch.")',
+           "    by_torch = module and type(fn).__call__ is torch.nn.Module.__call__",
+           ("tests/test_sampler.py", "-k", "torchscript_and_exported"),
+           "a torch.export module of two arguments taken as f(x_t, t, cond): a pytree error at the first step"),
 ]
 
 

@@ -48,7 +48,7 @@ import torch
 
 import yoda
 from _timing import ratio  # benchmarks/_timing.py
-from yoda.cli import load_model
+from yoda.cli_models import load_model
 from yoda.models.loading import DEFAULT_WEIGHTS
 
 STEPS = 10

@@ -2233,6 +2233,50 @@ def test_wrapped_yoda_models_and_callables_that_cannot_take_cond():
             as_adapter(unet, prediction="eps", schedule=Schedule.linear(10))
 
 
+def test_torchscript_and_exported_networks_are_checked_for_f_x_t_t_cond():
+    """A traced or exported SR3-style net(x, noise_level), and a scripted function of two arguments, were taken as
+    f(x_t, t, cond) (inspect cannot read TorchScript's signatures; an fx GraphModule's __call__ is (*args)) and
+    failed at the first step with torch's "expected at most 3 argument(s) but received 4". Their schemas and
+    forwards are read now; the three-argument forms sample as the eager module does."""
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, x, noise_level):
+            return self.c(x) * noise_level.float().reshape(-1, 1, 1, 1)
+
+    class Three(Two):
+        def forward(self, x_t, t, cond):
+            return 0.1 * self.c(x_t) + 0.05 * cond
+
+    @torch.jit.script
+    def two(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x
+
+    torch.manual_seed(0)
+    x, t = torch.randn(1, 3, 32, 32), torch.ones(1, dtype=torch.long)  # the HR state of a 8² LR, x4 (export: static)
+    sched, lr = Schedule.linear(10), torch.rand(1, 3, 8, 8) * 2 - 1
+    for cls, args in ((Two, (x, t)), (Three, (x, t, torch.randn_like(x)))):  # (x twice: export ties the two)
+        net = cls().eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the tracer's)
+            forms = {"TopLevelTracedModule": torch.jit.trace(net, args), "RecursiveScriptModule": torch.jit.script(net),
+                     "GraphModule": torch.export.export(net, args).module()}
+        for name, f in forms.items():
+            if cls is Two:
+                with pytest.raises(TypeError, match=rf"fn: {name}\(x, noise_level\) cannot be called as f\(x_t, t, "
+                                                    r"cond\) .* is yoda\.adapters\.PixelAdapter"):
+                    CallableAdapter(f, prediction="x0", schedule=sched)
+            else:
+                got = yoda.sample(as_adapter(f, prediction="x0", schedule=sched), lr, steps=2, seed=0, progress=False)
+                want = yoda.sample(as_adapter(net, prediction="x0", schedule=sched), lr, steps=2, seed=0,
+                                   progress=False)
+                assert torch.equal(got, want), name
+    with pytest.raises(TypeError, match=r"fn: two\(x, t\) cannot be called as f\(x_t, t, cond\)"):
+        CallableAdapter(two, prediction="eps", schedule=sched)
+
+
 def test_nested_and_compiled_wrappers_of_a_yoda_model_sample_it():
     """One wrapper around a yoda model was opened; two (DataParallel around an EMA's AveragedModel, or the other way
     round) or a torch.compile around DataParallel said to declare a plain callable's prediction. They give the bare

@@ -15,7 +15,8 @@ import torch
 
 import yoda
 from yoda.adapters import PixelAdapter
-from yoda.cli import load_model, main
+from yoda.cli import main
+from yoda.cli_models import load_model
 from yoda.models.loading import DEFAULT_WEIGHTS
 from yoda.sampling.speed import FastNet, Speed, check_speed, network_attr, speed_adapter
 from yoda.schedule import Schedule

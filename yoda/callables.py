@@ -58,8 +58,11 @@ def signature_problem(fn: Any) -> Optional[str]:
     """Why ``fn`` cannot be called as f(x_t, t, cond) (a module: its forward), or None where it can or Python
     cannot tell (a builtin)."""
     module = isinstance(fn, torch.nn.Module)
-    target = fn.forward if module and type(fn).__call__ is torch.nn.Module.__call__ else fn
-    name = type(fn).__name__ if module else getattr(fn, "__qualname__", type(fn).__name__)
+    # a module's forward, where torch's own __call__ runs it (an fx / torch.export GraphModule has one of its own)
+    by_torch = module and getattr(type(fn).__call__, "__module__", "").startswith("torch.")
+    target = fn.forward if by_torch else fn
+    name = (type(fn).__name__ if module else fn.name if isinstance(fn, torch.jit.ScriptFunction) else
+            getattr(fn, "__qualname__", type(fn).__name__))
     if "UNet2DModel" in _classes(fn):  # its third argument is class_labels
         return ("a diffusers UNet2DModel takes (sample, timestep, class_labels): cond (up(lr)) would be its class "
                 "labels; wrap it, e.g. lambda x_t, t, cond: unet(torch.cat([cond, x_t], 1), t).sample for a UNet "
@@ -67,7 +70,9 @@ def signature_problem(fn: Any) -> Optional[str]:
     try:
         sig = inspect.signature(target, follow_wrapped=False)  # (a decorator's own signature, not its function's)
     except (TypeError, ValueError):
-        return None
+        sig = _script_signature(target)  # TorchScript: a traced module's forward, a scripted function
+        if sig is None:
+            return None
     try:
         sig.bind(None, None, None)
     except TypeError:
@@ -75,6 +80,17 @@ def signature_problem(fn: Any) -> Optional[str]:
                 f"net(cat([up(lr), x_t]), noise_level), is yoda.adapters.PixelAdapter(net, schedule); wrap another, "
                 f"e.g. lambda x_t, t, cond: net(torch.cat([cond, x_t], 1), t)")
     return None
+
+
+def _script_signature(fn: Any) -> Optional[inspect.Signature]:
+    """The signature of a TorchScript function or method, from its schema (Python's inspect has none), or None."""
+    schema = getattr(fn, "schema", None)
+    if not isinstance(schema, torch._C.FunctionSchema):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return inspect.Signature([inspect.Parameter(a.name, kinds[a.kwarg_only], default=None if a.has_default_value()
+                                                else inspect.Parameter.empty)
+                              for a in schema.arguments if a.name != "self"])
 
 
 WRAPPERS = ("DataParallel", "DistributedDataParallel", "AveragedModel")  # torch's: they keep the model in .module
