@@ -2763,8 +2763,8 @@ def test_eval_and_figures_read_one_image_at_a_time_and_skip_bad_ones(tmp_path, t
 def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
     """A folder's subfolders and files of other suffixes were passed over without a word, and `eval --images FILE`
     said "image folder not found" for a file that exists. A folder also left out formats yoda reads (a phone's
-    AVIF, a GIF), its note named files and subfolders given on the command line too, which were upscaled, and
-    hidden files (.DS_Store) came first in it, before what matters."""
+    AVIF, JFIF), its note named files and subfolders given on the command line too, which were upscaled, and
+    hidden files (.DS_Store) came first in it, before what matters. (Not GIF's 256 colours.)"""
     from yoda.data import IMAGE_EXTENSIONS
 
     folder = tmp_path / "in"
@@ -2807,6 +2807,27 @@ def test_a_folder_names_what_it_leaves_out(tmp_path, tiny_model, capsys):
                          "are not read" in err, err
 
 
+def test_a_rerun_into_its_folder_leaves_out_its_outputs_of_any_format(tmp_path, tiny_model, capsys):
+    """`yoda upscale DIR -o DIR --format jpg`, then the same without --format, upscaled a_x4.jpg again (a_x4_x4.png,
+    16 times the pixels): an earlier run's outputs are left out whatever their format. --format takes any suffix
+    yoda writes, in any case (jpeg, TIFF)."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
+    common = ["--model", tiny_model, "--steps", "1", "-q"]
+    assert run(["upscale", str(folder), "-o", str(folder), "--format", "JPG", *common], capsys)[0] == 0
+    code, _, err = run(["upscale", str(folder), "-o", str(folder), *common], capsys)
+    assert code == 0 and "left out a_x4.jpg: it is the output of an earlier run" in err, err
+    assert sorted(os.listdir(folder)) == ["a.png", "a_x4.jpg", "a_x4.png"]
+    for fmt, name in (("jpeg", "b.jpg"), ("TIFF", "b.tif")):  # the same format by another suffix
+        code, _, err = run(["upscale", str(folder / "a.png"), "-o", str(tmp_path / name), "--format", fmt, *common],
+                           capsys)
+        assert code == 0, err
+    code, _, err = run(["upscale", str(folder / "a.png"), "-o", str(tmp_path / "c.png"), "--format", "gif", *common],
+                       capsys)
+    assert code == 2 and "--format: invalid choice: 'gif' (choose from 'png', 'jpg', 'jpeg', 'webp', 'tif', " in err
+
+
 def test_a_heic_without_its_decoder_says_which_package_reads_it(tmp_path, monkeypatch):
     """iPhones' HEIC photographs: a folder takes them, Pillow reads them with the pillow-heif package (registered by
     yoda where it is installed), and without it the error says so, not only "not an image in a format yoda reads"."""
@@ -2822,6 +2843,18 @@ def test_a_heic_without_its_decoder_says_which_package_reads_it(tmp_path, monkey
     with pytest.raises(images.DataError, match=r"IMG_0001\.HEIC: not an image in a format yoda reads .*; reading "
                                                r"HEIF / HEIC needs the pillow-heif package: pip install pillow-heif$"):
         images.read_image(p)
+    # a folder leaves them out with the same advice (a training folder refused to load over one), and takes them
+    # where a HEIF decoder is registered
+    from yoda import data
+
+    (tmp_path / "a.png").write_bytes(b"")
+    left: list = []
+    assert data.list_folder(str(tmp_path), left) == [str(tmp_path / "a.png")] and left == ["IMG_0001.HEIC"]
+    assert data.left_out_note("f", left).endswith("hidden files; HEIF / HEIC photographs need the pillow-heif "
+                                                  "package: pip install pillow-heif)")
+    assert "pillow-heif" not in data.left_out_note("f", ["notes.txt"])
+    monkeypatch.setattr(data, "heif_readable", lambda: True)
+    assert data.list_folder(str(tmp_path)) == [str(tmp_path / "IMG_0001.HEIC"), str(tmp_path / "a.png")]
     registered = []
     monkeypatch.setattr(images, "_heif_tried", False)
     monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(

@@ -26,7 +26,7 @@ def test_builtin_set_excludes_held_out():
 
 def test_folder_errors_name_the_file(tmp_path):
     with pytest.raises(data.DataError, match=r"no images \(.png, .jpg, .jpeg, .webp, .tif, .tiff, .bmp, .jfif, .jpe, "
-                                             r".heic, .heif, .avif, .jp2, .j2k, .qoi\) in folder"):
+                                             r".avif, .jp2, .j2k, .qoi\) in folder"):
         data.load_source(str(tmp_path))
     with pytest.raises(data.DataError, match="not found"):
         data.load_source(str(tmp_path / "missing"))

@@ -15,18 +15,23 @@ from yoda.images import from_uint8, save_image, to_uint8
 
 T, IFD = ExifTags.Base, ExifTags.IFD
 DATE = "2021:06:05 14:03:22"
+COPYRIGHT = "© A. Phötographer"
 
 
 def phone_exif(orientation=6, maker_note=b"", extra_ifd0=None) -> Image.Exif:
-    """An EXIF block as a phone camera writes it: IFD 0, the Exif block, GPS, an Interop block marking Adobe RGB."""
+    """An EXIF block as a phone camera writes it: IFD 0 (UTF-8 text), the Exif block (with an Interop block marking
+    Adobe RGB), GPS."""
     ex = Image.Exif()
     ex[T.Make], ex[T.Model], ex[T.DateTime], ex[T.Orientation] = "Phone Co", "P 9", DATE, orientation
-    ex[T.Copyright], ex[T.XResolution], ex[T.ResolutionUnit] = "A. Photographer", 300.0, 2
+    ex[T.Copyright], ex[T.Artist] = COPYRIGHT.encode(), "José".encode()  # UTF-8, as cameras write them
+    ex[T.XResolution], ex[T.YResolution], ex[T.ResolutionUnit] = 300.0, 240.0, 2
     for tag, value in (extra_ifd0 or {}).items():
         ex[tag] = value
     sub = ex.get_ifd(IFD.Exif)
     sub[T.DateTimeOriginal], sub[T.FNumber], sub[T.ColorSpace] = DATE, 1.8, 0xFFFF
     sub[T.ExifImageWidth], sub[T.ExifImageHeight], sub[SUBJECT_AREA] = 12, 8, (6, 4, 2, 2)
+    sub[T.FocalPlaneXResolution], sub[T.FocalPlaneYResolution] = 4000.0, 3000.0
+    sub[IFD.Interop] = {1: "R03"}  # the DCF option for Adobe RGB
     if maker_note:
         sub[T.MakerNote] = maker_note
     gps = ex.get_ifd(IFD.GPSInfo)
@@ -52,11 +57,18 @@ def blocks(data: bytes):
 @pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp")])
 def test_read_exif_keeps_the_photograph_and_drops_the_stored_pixels(tmp_path, fmt, suffix):
     p = photo(tmp_path / f"p{suffix}", phone_exif(), fmt)
+    with Image.open(p) as im:
+        assert IFD.Interop in im.getexif().get_ifd(IFD.Exif)  # (what there is to drop)
     ifd0, sub, gps = blocks(read_exif(p, scale=4))
-    assert (ifd0[T.Make], ifd0[T.Model], ifd0[T.DateTime], ifd0[T.Copyright]) == ("Phone Co", "P 9", DATE,
-                                                                                   "A. Photographer")
-    assert float(ifd0[T.XResolution]) == 1200.0 and ifd0[T.ResolutionUnit] == 2  # x4: printed at the same size
-    assert float(blocks(read_exif(p))[0][T.XResolution]) == 300.0
+    assert (ifd0[T.Make], ifd0[T.Model], ifd0[T.DateTime]) == ("Phone Co", "P 9", DATE)
+    # the bytes of text as they were (Pillow wrote "?? A. Ph??tographer"), read back as Pillow reads them
+    assert (ifd0[T.Copyright], ifd0[T.Artist]) == (COPYRIGHT.encode().decode("latin-1"), "José".encode().decode(
+        "latin-1"))
+    # x4, printed at the same size; turned a quarter (Orientation 6) as the pixels are: x and y swap
+    assert (float(ifd0[T.XResolution]), float(ifd0[T.YResolution]), ifd0[T.ResolutionUnit]) == (960.0, 1200.0, 2)
+    assert (float(sub[T.FocalPlaneXResolution]), float(sub[T.FocalPlaneYResolution])) == (12000.0, 16000.0)
+    assert float(blocks(read_exif(photo(tmp_path / f"q{suffix}", phone_exif(orientation=1), fmt)))[0][
+        T.XResolution]) == 300.0  # upright, not upscaled: as it was
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match=rf"scale must be an int >= 1, got {bad!r}"):
             read_exif(p, bad)
@@ -74,8 +86,8 @@ def test_read_exif_of_a_tiff_takes_none_of_its_strips(tmp_path):
     with Image.open(p) as im:
         assert {T.StripOffsets, T.ImageWidth, T.BitsPerSample} <= set(im.getexif())  # what is there to leave
     ifd0, sub, _ = blocks(read_exif(p))
-    assert set(ifd0) == {T.Make, T.Model, T.DateTime, T.Copyright, T.XResolution, T.ResolutionUnit, IFD.Exif,
-                         IFD.GPSInfo}
+    assert set(ifd0) == {T.Make, T.Model, T.DateTime, T.Copyright, T.Artist, T.XResolution, T.YResolution,
+                         T.ResolutionUnit, IFD.Exif, IFD.GPSInfo}
     assert sub[T.DateTimeOriginal] == DATE
 
 
@@ -170,7 +182,7 @@ def test_upscale_carries_the_exif_of_its_input_upright(tmp_path, tiny_model, cap
     pixels, ex = outs["phone0"]
     assert pixels.shape == (48, 32, 3)  # upright: 8x12 LR, x4
     np.testing.assert_array_equal(pixels, outs["upright0"][0])
-    assert ex[T.Make] == "Phone Co" and T.Orientation not in ex and float(ex[T.XResolution]) == 1200.0
+    assert ex[T.Make] == "Phone Co" and T.Orientation not in ex and float(ex[T.YResolution]) == 1200.0
     assert ex.get_ifd(IFD.Exif)[T.DateTimeOriginal] == DATE and ex.get_ifd(IFD.GPSInfo)[1] == "N"
     assert not len(outs["upright0"][1]) and not len(outs["phone1"][1])  # none to carry; --strip-metadata
     np.testing.assert_array_equal(outs["phone1"][0], pixels)

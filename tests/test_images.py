@@ -1006,6 +1006,10 @@ def test_a_grey_icc_profile_is_converted_to_srgb_grey(tmp_path, mode):
     err = np.abs(got[..., 0].astype(float) - np.round(srgb * 255))[keep]
     assert err.max() <= 2, err.max()  # LittleCMS's 8-bit transform, within 2 levels of the exact curve
     assert got[..., 0][keep].mean() > v[keep].mean() + 10  # lighter, as the viewer shows it (the bug: equal)
+    if mode == "L":  # a 16-bit scan with the profile: read at 8 bits, then converted the same (it was left as it was)
+        for suffix in (".png", ".tif"):
+            Image.fromarray(v.astype(np.uint16) * 257).save(tmp_path / f"deep{suffix}", icc_profile=_grey_profile(1.8))
+            assert np.array_equal(images.read_image(tmp_path / f"deep{suffix}"), got), suffix
 
 
 # ---- holes found by a mutation pass (eleventh session): each test fails on its planted one-line bug ----

@@ -2308,6 +2308,16 @@ def test_nested_and_compiled_wrappers_of_a_yoda_model_sample_it():
     assert isinstance(held, CompiledWrapper) and held.compiled is compiled and held.config is net.config
     assert torch.equal(yoda.sample(compiled, lr, steps=2, seed=0, progress=False), ref) and graphs
     assert as_adapter(DP(compiled)).net.compiled is compiled  # (inside one more wrapper too)
+    # the adapter's network given again (it ran uncompiled; save_model refused it), and its mode followed: the
+    # model put in training mode after the adapter was made is warned of, by its own name (it named CompiledWrapper)
+    assert as_adapter(held).net.compiled is compiled and yoda.callables.unwrapped(held) is net
+    net_d = SR3UNet.from_config(dataclasses.replace(cfg, dropout=0.1)).eval()
+    net_d.card = net.card
+    ad = as_adapter(torch.compile(DP(net_d), backend=backend))
+    net_d.train()
+    with pytest.warns(UserWarning, match=r"^the model \(SR3UNet\) is in training mode: its Dropout layers"):
+        yoda.sample(ad, lr, steps=1, seed=0, progress=False)
+    net_d.eval()
     torch._dynamo.reset()
 
 

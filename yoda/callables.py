@@ -98,6 +98,8 @@ WRAPPERS = ("DataParallel", "DistributedDataParallel", "AveragedModel")  # torch
 
 def _inside(model: Any) -> Any:
     """The module one wrapper holds (WRAPPERS' .module, torch.compile's _orig_mod), or None: ``model`` is none."""
+    if isinstance(model, CompiledWrapper):  # an adapter's: given again (as_adapter(adapter.net), save_model)
+        return model.compiled
     if not isinstance(model, torch.nn.Module):
         return None
     name = type(model).__name__
@@ -119,6 +121,13 @@ def unwrapped(model: Any) -> Any:
     yoda_adapter, and the error that followed said to declare a plain callable's prediction."""
     inner = _chain(model)[-1]
     return inner if callable(getattr(inner, "yoda_adapter", None)) else model
+
+
+def model_name(net: torch.nn.Module) -> str:
+    """A network's name for a message: its class's; a scripted one's original class; a CompiledWrapper's model's."""
+    if isinstance(net, CompiledWrapper):
+        net = net._inner
+    return net.original_name if isinstance(net, torch.jit.RecursiveScriptModule) else type(net).__name__
 
 
 def compiled_within(model: Any) -> tuple:
@@ -144,7 +153,15 @@ class CompiledWrapper(torch.nn.Module):
         super().__init__()
         self.compiled = compiled
         object.__setattr__(self, "_inner", inner)  # (not a submodule: its tensors are the compiled wrapper's)
-        self.training = inner.training
+
+    @property
+    def training(self) -> bool:  # the model's, now (net.train() after the adapter was made: warned of)
+        inner = self.__dict__.get("_inner")
+        return True if inner is None else inner.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:  # (train() / eval() reach the model through self.compiled)
+        pass
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.compiled(*args, **kwargs)

@@ -400,6 +400,11 @@ def materialise(model: nn.Module, sd: Mapping[str, Any]) -> nn.Module:
     return model
 
 
+def holds_tensors(v: Any) -> bool:
+    """Whether ``v`` is a dict holding tensors: a state dict (an optimizer's holds its tensors a level deeper)."""
+    return isinstance(v, Mapping) and any(isinstance(t, torch.Tensor) for t in v.values())
+
+
 def as_state_dict(obj: Any, where: str) -> Dict[str, Any]:
     """``obj`` as a state dict (CheckpointError naming ``where`` otherwise), its keys' "module." (DataParallel) and
     "_orig_mod." (torch.compile) prefixes stripped where every key carries them; an AveragedModel's (an EMA's)
@@ -409,12 +414,10 @@ def as_state_dict(obj: Any, where: str) -> Dict[str, Any]:
     bad = [k for k in obj if not isinstance(k, str)]
     if bad:
         raise CheckpointError(f"{where}: state-dict keys must be strings, got {fmt_keys(bad)}")
-    inner = [k for k, v in obj.items() if isinstance(v, Mapping) and any(isinstance(t, torch.Tensor)
-                                                                           for t in v.values())]
+    inner = [k for k, v in obj.items() if holds_tensors(v)]
     if inner and not any(isinstance(v, torch.Tensor) for v in obj.values()):  # a trainer's {"model": ..., "ema": ...}
         raise CheckpointError(f"{where}: the weights are inside {fmt_keys(inner)} (a wrapper dict): save the one you "
-                              f"want as the file's state dict, e.g. torch.save(ckpt[{inner[0]!r}], PATH) (it was "
-                              f"\"the config declares N blocks but the file holds only 1 tensors\")")
+                              f"want as the file's state dict, e.g. torch.save(ckpt[{inner[0]!r}], PATH)")
     short = _expanded(obj)
     if short:  # before any loader computes with them (a weight_norm fold, a schedule from a betas buffer)
         raise CheckpointError(f"{where}: {_EXPANDED}: {fmt_keys(short)}")

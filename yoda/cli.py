@@ -48,7 +48,7 @@ from .cli_models import (attention_extractor, bars, check_attentions, check_hr_s
                          unrefined_note, upscale_tensor, written_or_said)
 from .console import error_line, say
 from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, mebibytes, output_folder,
-                          output_suffix, output_targets, plan_windows, run_items, run_sharded,
+                          output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, until_free, unused_window_batch_note, UpscaleRun, check_tiles,
                           window_notes, window_text, working_where)
 from .errors import (Terminated, UnrefinedWarning, UserError, lr_from_images, out_of_memory, printable, sigterm_exits,
@@ -76,7 +76,7 @@ def cmd_upscale(a) -> int:
     quiet, a.quiet = a.quiet, a.quiet or rank > 0  # -q hides the lines; under torchrun one rank's bars only
     out_dir = output_folder(a)  # -o before the model loads; the folder's file names carry the model's scale
     run = _upscale_model(a, world)  # sets a.scale
-    a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale, output_suffix(a))
+    a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale)
     targets, refused = output_targets(a, out_dir)
     stale = remove_stale_temps(targets) if rank == 0 else 0  # of a run killed while writing (SIGKILL, power loss)
     if stale:

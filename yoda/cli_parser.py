@@ -14,7 +14,7 @@ from . import __version__
 from .console import error_line, write
 from .errors import printable
 from .names import (DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_MINUTES, OTHER_MODEL_STEPS, SIGMA_SCHEDULES,  # (torch-free)
-                    SOLVERS, WALLPAPER_PACKAGES)
+                    OUTPUT_SUFFIXES, SOLVERS, WALLPAPER_PACKAGES)
 
 
 class _Help(argparse.HelpFormatter):
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
                    help="classifier-free guidance scale, for a model with an unconditional branch (default: the "
                         "model's own; the embedded and yoda-format models have none)")
-    p.add_argument("--format", choices=("png", "jpg", "webp", "tif", "bmp"), default=None,
+    p.add_argument("--format", type=str.lower, choices=[s[1:] for s in OUTPUT_SUFFIXES], default=None,
                    help="the format of the outputs written into a folder, STEM_xS.FORMAT (default png; JPEG and WebP "
                         "at quality 95, a quarter of PNG's size for a photograph); a file -o takes its suffix's")
     p.add_argument("--strip-metadata", action="store_true",

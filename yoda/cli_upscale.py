@@ -202,20 +202,22 @@ def expand_inputs(inputs: list) -> tuple[list, set]:
     return out, from_folders - named
 
 
-def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], scale: int,
-                     suffix: str = ".png") -> list:
+def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], scale: int) -> list:
     """``inputs`` without the images that an earlier run into the output folder wrote there: when -o is a folder
-    that is also an input, a STEM_x<scale><suffix> in it, where STEM.* is an input (of any folder) and the file is
-    ``scale`` times its size, is that input's output (named in a note), not a new input. Files named on the
-    command line, and a STEM_x<scale><suffix> of another size (a picture of the user's, which output_targets then
-    refuses to overwrite), are inputs."""
+    that is also an input, a STEM_x<scale>.SUFFIX in it (any format yoda writes: an earlier run's --format may have
+    been another), where STEM.* is an input (of any folder) and the file is ``scale`` times its size, is that
+    input's output (named in a note), not a new input. Files named on the command line, and a STEM_x<scale>.SUFFIX
+    of another size (a picture of the user's, which output_targets then refuses to overwrite), are inputs."""
+    from .images import OUTPUT_SUFFIXES
+
     if out_dir is None or not out_dir.is_dir():
         return inputs
-    sources: dict = {}  # what this run writes into out_dir -> the inputs it is written for
+    sources: dict = {}  # the stems this run writes into out_dir -> the inputs they are written for
     for p in inputs:
-        sources.setdefault(Path(p).stem + f"_x{scale}{suffix}", []).append(p)
-    dropped = {p for p in inputs if Path(p).name in sources and os.path.realpath(p) in from_folders
-               and Path(p).parent.samefile(out_dir) and _upscaled_from(p, sources[Path(p).name], scale)}
+        sources.setdefault(Path(p).stem + f"_x{scale}", []).append(p)
+    dropped = {p for p in inputs if Path(p).stem in sources and Path(p).suffix.lower() in OUTPUT_SUFFIXES
+               and os.path.realpath(p) in from_folders and Path(p).parent.samefile(out_dir)
+               and _upscaled_from(p, sources[Path(p).stem], scale)}
     if dropped:
         note(f"left out {printable(', '.join(sorted(Path(p).name for p in dropped)))}: "
              f"{'it is the output' if len(dropped) == 1 else 'they are the outputs'} of an earlier run into "
@@ -479,14 +481,9 @@ def run_sharded(items: list, rank: int, world: int, work: Callable[[object], Non
     return 0
 
 
-# --format: the suffix of the files written into an output folder, and the suffixes a file -o of that format may have
-FORMAT_SUFFIXES = {"png": (".png",), "jpg": (".jpg", ".jpeg"), "webp": (".webp",), "tif": (".tif", ".tiff"),
-                   "bmp": (".bmp",)}
-
-
 def output_suffix(a) -> str:
     """The suffix of upscale's outputs in a folder: --format's (default png)."""
-    return FORMAT_SUFFIXES[a.format or "png"][0]
+    return "." + (a.format or "png")
 
 
 def output_folder(a) -> Optional[Path]:
@@ -495,7 +492,7 @@ def output_folder(a) -> Optional[Path]:
 
     -o is a file when there is one input and it has a suffix (which must be an image format yoda writes) and
     is not an existing folder; otherwise a folder (an existing folder is one whatever its name, as for cp)."""
-    from .images import OUTPUT_SUFFIXES
+    from .images import OUTPUT_SUFFIXES, image_format
 
     out = Path(a.output)
     several, image_suffix = len(a.inputs) > 1, out.suffix.lower() in OUTPUT_SUFFIXES
@@ -508,7 +505,7 @@ def output_folder(a) -> Optional[Path]:
         if not image_suffix:
             raise UserError(f"-o {a.output}: cannot write images with the suffix {out.suffix!r}; use one of "
                             f"{', '.join(OUTPUT_SUFFIXES)}, or end the name with / for a folder")
-        if a.format is not None and out.suffix.lower() not in FORMAT_SUFFIXES[a.format]:
+        if a.format is not None and image_format(out) != image_format("x" + output_suffix(a)):
             raise UserError(f"--format {a.format} does not match -o {a.output}, a {out.suffix} file: give one of them")
         check_not_an_input(file_ids(a.inputs), a.output)
         check_output_option(a.output, a.skip_existing)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ._json_fields import check_field_types
-from .images import OUTPUT_SUFFIXES, DataError, quantize_u8, read_image, to_rgb_u8
+from .images import OUTPUT_SUFFIXES, DataError, heif_readable, quantize_u8, read_image, to_rgb_u8
 
 __all__ = [
     "BUILTIN_TRAIN", "HELD_OUT", "HELD_OUT_ALIASES", "IMAGE_EXTENSIONS", "CropSampler", "DataConfig", "DataError",
@@ -67,9 +67,10 @@ BUILTIN_TRAIN = (
     "motorcycle_right",
 )
 
-# What a folder's images may be: the formats yoda writes, and photographs' other formats that it reads (HEIF /
-# HEIC with the pillow-heif package: yoda.images.open_image registers it); not GIF's 256 colours
-IMAGE_EXTENSIONS = OUTPUT_SUFFIXES + (".jfif", ".jpe", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".qoi")
+# What a folder's images may be: the formats yoda writes, and photographs' other formats that it reads; not GIF's
+# 256 colours. HEIF / HEIC too where the pillow-heif package is installed (yoda.images.heif_readable).
+IMAGE_EXTENSIONS = OUTPUT_SUFFIXES + (".jfif", ".jpe", ".avif", ".jp2", ".j2k", ".qoi")
+HEIF_EXTENSIONS = (".heic", ".heif")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,11 +254,12 @@ def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
         what = "is a file, not a folder" if os.path.exists(folder) else "not found"
         raise DataError(f"image folder {folder} {what}")
     paths, others = [], []
+    suffixes = IMAGE_EXTENSIONS + HEIF_EXTENSIONS * heif_readable()
     for f in sorted(os.listdir(folder), key=lambda n: (unicodedata.normalize("NFC", n), n)):  # one order for a
         # name stored composed (Linux) or decomposed (a folder copied from macOS): the crops follow it
         full = os.path.join(folder, f)
         # a hidden file (.name; macOS's AppleDouble ._name beside every file of a copied folder) is no input
-        ok = f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(full) and not f.startswith(".")
+        ok = f.lower().endswith(suffixes) and os.path.isfile(full) and not f.startswith(".")
         if ok:
             paths.append(full)
         else:
@@ -279,8 +281,10 @@ def left_out_note(folder: str, names: Sequence[str]) -> str:
     """One line naming what list_folder left out of ``folder`` ("" if nothing)."""
     if not names:
         return ""
+    heif = any(n.lower().endswith(HEIF_EXTENSIONS) for n in names) * (
+        "; HEIF / HEIC photographs need the pillow-heif package: pip install pillow-heif")
     return (f"{folder}: left out {_names(names)} (a folder stands for its own files with the suffixes "
-            f"{', '.join(IMAGE_EXTENSIONS)}, not its subfolders or hidden files)")
+            f"{', '.join(IMAGE_EXTENSIONS)}, not its subfolders or hidden files{heif})")
 
 
 def _names(names: Sequence[str]) -> str:

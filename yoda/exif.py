@@ -38,11 +38,33 @@ SRGB = 1  # ColorSpace: sRGB
 JPEG_LIMIT = 65533  # the most EXIF bytes a JPEG's APP1 segment holds
 
 
+def _as_written(value):
+    """A tag's value as Pillow writes it back unchanged: text of other characters than ASCII as its bytes (Pillow
+    reads text as Latin-1 and writes a str as ASCII, each other character a "?": the "©" of a Copyright, an accented
+    name), tuples item by item."""
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("latin-1", "replace")
+    if isinstance(value, tuple):
+        return tuple(_as_written(v) for v in value)
+    return value
+
+
+def _scaled(ifd: dict, x: int, y: int, scale: int, turned: bool) -> None:
+    """The resolution tags x, y (pixels per unit) of ``ifd`` for the copy: ``scale`` times denser, and swapped where
+    read_image turned the pixels a quarter."""
+    values = [ifd.get(x), ifd.get(y)]
+    for tag, v in zip((y, x) if turned else (x, y), values):
+        ifd.pop(tag, None)
+        if v is not None:
+            r = TiffImagePlugin.IFDRational(v)
+            ifd[tag] = TiffImagePlugin.IFDRational(r.numerator * scale, r.denominator)
+
+
 def read_exif(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
     """The EXIF block of the image file ``path`` (JPEG, PNG, WebP, TIFF ...) as an upright sRGB copy of it
     upscaled ``scale`` times carries it (module docstring), for ``save_image(..., exif=...)``; None when it has none.
-    Its print resolution (XResolution, YResolution) is ``scale`` times the input's: the copy prints at the size the
-    photograph did, with more detail. A block that cannot be read, or that does not fit a JPEG even without its
+    Its print resolution (XResolution, YResolution; FocalPlane ones too) is ``scale`` times the input's: the copy
+    prints at the size the photograph did, with more detail. A block that cannot be read, or that does not fit a JPEG even without its
     maker notes, is None with a warning naming the file."""
     p = Path(path)
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
@@ -50,18 +72,18 @@ def read_exif(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
     try:
         with open_image(p) as im:
             src = im.getexif()
+            turned = src.get(T.Orientation, 1) in (5, 6, 7, 8)  # read_image's quarter turn: x and y swap
             out = Image.Exif()
             for tag in KEPT:
                 if tag in src:
-                    out[tag] = src[tag]
-            for tag in (T.XResolution, T.YResolution):
-                if tag in out:
-                    r = TiffImagePlugin.IFDRational(out[tag])
-                    out[tag] = TiffImagePlugin.IFDRational(r.numerator * scale, r.denominator)
-            sub = {k: v for k, v in src.get_ifd(ExifTags.IFD.Exif).items() if k not in DROPPED}
+                    out[tag] = _as_written(src[tag])
+            sub = {k: _as_written(v) for k, v in src.get_ifd(ExifTags.IFD.Exif).items() if k not in DROPPED}
             if T.ColorSpace in sub:
                 sub[T.ColorSpace] = SRGB
-            gps = src.get_ifd(ExifTags.IFD.GPSInfo)
+            for ifd, (x, y) in ((out, (T.XResolution, T.YResolution)),
+                                (sub, (T.FocalPlaneXResolution, T.FocalPlaneYResolution))):
+                _scaled(ifd, x, y, scale, turned)
+            gps = {k: _as_written(v) for k, v in src.get_ifd(ExifTags.IFD.GPSInfo).items()}
             for tag, ifd in ((ExifTags.IFD.Exif, sub), (ExifTags.IFD.GPSInfo, gps)):
                 if ifd:
                     out[tag] = dict(ifd)

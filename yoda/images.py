@@ -53,12 +53,12 @@ from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
 from ._io import atomic_write, check_writable
 from .colour import to_srgb
 from .errors import UserError, broken_link, printable
+from .names import OUTPUT_SUFFIXES  # the formats yoda writes
 
 if TYPE_CHECKING:  # torch is imported where it is used: yoda plot and yoda data build read images without it
     import torch
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
-OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")  # the formats yoda writes
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}  # the widest / tallest image these formats hold (libwebp; libjpeg-turbo)
 DARK_16BIT = 32 * 257  # 16-bit integer samples all below this are said to be a nearly black image (8-bit level 32)
 LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, loses several dB of PSNR)
@@ -336,6 +336,13 @@ def _register_heif() -> None:
     except ImportError:
         return
     pillow_heif.register_heif_opener()
+
+
+def heif_readable() -> bool:
+    """Whether Pillow reads HEIF / HEIC here (the pillow-heif package installed: registered)."""
+    Image.init()
+    _register_heif()
+    return "HEIF" in Image.OPEN
 
 
 @contextlib.contextmanager

@@ -26,3 +26,6 @@ WALLPAPER_PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", 
 
 # yoda.training.report.MAX_MINUTES: --minutes at most (about 190 years; 1e308 overflowed to inf seconds)
 MAX_MINUTES = 1e8
+
+# The image formats yoda writes, by suffix (yoda.images: the format follows the suffix; `yoda upscale --format`)
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")

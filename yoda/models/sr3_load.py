@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._json_fields import read_config_text
-from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked,
+from ..checkpoint import (CheckpointError, as_state_dict, betas_match, build_checked, holds_tensors,
                           read_checkpoint, refuse_latent, refuse_train_checkpoint, refuse_yoda_file)
 from ..schedule import Schedule
 from .card import ModelCard
@@ -158,11 +158,6 @@ def _sr3_config(config: Any):
                     f"got {type(config).__name__}")
 
 
-def _tensor_dict(v: Any) -> bool:
-    """Whether ``v`` is a dict holding tensors (a state dict; an optimizer's state dict holds its tensors deeper)."""
-    return isinstance(v, Mapping) and any(isinstance(t, torch.Tensor) for t in v.values())
-
-
 def load_sr3(p: str, config: Any = None, scale: Optional[int] = None) -> nn.Module:
     """The SR3UNet of the checkpoint file ``p`` (eval mode, CPU) with its ModelCard. config: SR3's JSON (path or
     parsed), an SR3Config or a dict of its fields; None: the released 16->128 configuration. Its schedule: the
@@ -181,7 +176,7 @@ def load_sr3(p: str, config: Any = None, scale: Optional[int] = None) -> nn.Modu
     refuse_train_checkpoint(obj, meta, p)
     refuse_latent(obj, p)
     if isinstance(obj, Mapping) and "optimizer" in obj and not any(  # ({"model": weights, "optimizer": ...}: weights)
-            isinstance(v, torch.Tensor) or _tensor_dict(v) for v in obj.values()):
+            isinstance(v, torch.Tensor) or holds_tensors(v) for v in obj.values()):
         raise CheckpointError(f"{p} is SR3's training state (*_opt.pth: epoch, iter, optimizer), not its weights; "
                               "load the *_gen.pth saved next to it")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):

@@ -28,7 +28,7 @@ from tqdm.auto import trange
 
 from ..adapters import Adapter, apply_cfg_scale, as_adapter, model_lower_bound
 from ..attention.classic import check_lr
-from ..callables import modules_behind
+from ..callables import model_name, modules_behind
 from ..errors import NonFiniteError, UnrefinedWarning
 from .prepare import pad_to_model, prepare, resolve_attention, state_floor
 from .spec import MOST_YODA_STEPS, all_finite, covering_steps, make_spec, model_spacing, refines_all, resolve_seed
@@ -352,8 +352,7 @@ def warn_if_training(adapter: Any) -> None:
             continue
         on = {name for name in map(_training_layer, net.modules()) if name}
         if on:  # (a module without either samples the same in both modes: said of it, the warning was noise)
-            what = net.original_name if isinstance(net, torch.jit.RecursiveScriptModule) else type(net).__name__
-            warnings.warn(f"the model ({what}) is in training mode: its {', '.join(sorted(on))} "
+            warnings.warn(f"the model ({model_name(net)}) is in training mode: its {', '.join(sorted(on))} "
                           f"layers change the image (dropout draws outside the seed, batch norm uses the batch's "
                           f"statistics); call model.eval() before yoda.sample", UserWarning, stacklevel=3)
 
