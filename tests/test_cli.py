@@ -2828,6 +2828,43 @@ def test_a_rerun_into_its_folder_leaves_out_its_outputs_of_any_format(tmp_path, 
     assert code == 2 and "--format: invalid choice: 'gif' (choose from 'png', 'jpg', 'jpeg', 'webp', 'tif', " in err
 
 
+def test_recursive_mirrors_a_photo_librarys_subfolders(tmp_path, tiny_model, capsys):
+    """A photo library's folders (2023/IMG_0001.jpg, 2024/IMG_0001.jpg: cameras' counters repeat) could not be
+    upscaled into one folder: the same stems were refused, and subfolders were left out. --recursive takes every
+    subfolder's images (not hidden ones, nor the output folder inside the library) and writes each output to the
+    same subfolder of -o; a rerun into the library itself leaves its earlier outputs out."""
+    import shutil
+
+    lib = tmp_path / "lib"
+    for sub in ("", "2023 Urlaub", "2024/deep", ".thumbnails"):
+        (lib / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((16, 12, 3), np.uint8)).save(lib / sub / "IMG_0001.png")
+    (lib / "2024" / "notes.txt").write_text("x")
+    shutil.copytree(lib, tmp_path / "lib2")
+    common, out = ["--model", tiny_model, "--steps", "1"], lib / "upscaled"
+    want = ["2023 Urlaub/IMG_0001_x4.png", "2024/deep/IMG_0001_x4.png", "IMG_0001_x4.png"]
+    for _ in range(2):  # the second run does not walk into the first one's outputs, inside the library
+        code, _, err = run(["upscale", str(lib), "-o", str(out), "-r", *common], capsys)
+        assert code == 0, err
+        assert err == f"yoda: note: {lib}: left out 2024/notes.txt (files without the suffixes " \
+                      f"{', '.join(yoda.data.IMAGE_EXTENSIONS)}, and hidden ones)\n", err
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == want
+    for name in want:  # each the upscale of its own input
+        with Image.open(out / name) as im:
+            assert im.size == (48, 64)
+    lib2 = tmp_path / "lib2"
+    for _ in range(2):  # into the library itself: the second run leaves the first one's outputs out
+        code, _, err = run(["upscale", str(lib2), "-o", str(lib2), "-r", *common], capsys)
+        assert code == 0, err
+    assert f"left out {', '.join(want)}: they are the outputs of an earlier run" in err, err
+    assert sorted(str(p.relative_to(lib2)) for p in lib2.rglob("*_x4*.png")) == want
+    code, _, err = run(["upscale", str(lib / "2024"), "-o", str(tmp_path / "flat"), *common], capsys)
+    assert code == 2 and "it holds deep/, notes.txt, and a folder's subfolders are not read" in err, err  # no -r
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    code, _, err = run(["upscale", str(tmp_path / "empty"), "-o", str(tmp_path / "e"), "-r", *common], capsys)
+    assert code == 2 and "no images (.png, " in err and "in folder" in err and "or its subfolders" in err, err
+
+
 def test_a_heic_without_its_decoder_says_which_package_reads_it(tmp_path, monkeypatch):
     """iPhones' HEIC photographs: a folder takes them, Pillow reads them with the pillow-heif package (registered by
     yoda where it is installed), and without it the error says so, not only "not an image in a format yoda reads"."""

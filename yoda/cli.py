@@ -3,7 +3,7 @@ cli_models; upscale's machinery: cli_upscale; demo: cli_demo; the options: cli_p
 
     yoda upscale IN|DIR... -o OUT [--model default|PATH|sr3:PATH|srdiff:PATH] [--attention none] [--steps 1] ...
                  [--sampler ddim] [--tiles W[xH][,O]] [--window-batch N] [--max-memory 2G] [--skip-existing]
-                 [--format png|jpg|webp|tif|bmp] [--strip-metadata]
+                 [--recursive] [--format png|jpg|webp|tif|bmp] [--strip-metadata]
                  (torchrun -m yoda: sharded)
     yoda attention IMAGE -o OUT.png [--attention edge] [--lower-bound 0.6]
     yoda demo [-o demo.png]
@@ -71,12 +71,13 @@ def cmd_upscale(a) -> int:
     if a.attention is None and a.lower_bound is not None and 0 <= a.lower_bound < float("inf"):  # given (its
         # default is the model's, set later); a bad one (nan, inf, -1) is refused below, not noted first
         note("--lower-bound has no effect without --attention (plain sampling)")
-    a.inputs, from_folders = expand_inputs(a.inputs)
+    skip = frozenset({os.path.realpath(a.output)})  # --recursive: not into the outputs of an earlier run
+    a.inputs, from_folders, a.subfolders = expand_inputs(a.inputs, a.recursive, skip)
     rank, world = dist_env()
     quiet, a.quiet = a.quiet, a.quiet or rank > 0  # -q hides the lines; under torchrun one rank's bars only
     out_dir = output_folder(a)  # -o before the model loads; the folder's file names carry the model's scale
     run = _upscale_model(a, world)  # sets a.scale
-    a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale)
+    a.inputs = drop_own_outputs(a.inputs, from_folders, out_dir, a.scale, a.subfolders)
     targets, refused = output_targets(a, out_dir)
     stale = remove_stale_temps(targets) if rank == 0 else 0  # of a run killed while writing (SIGKILL, power loss)
     if stale:

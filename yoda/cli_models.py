@@ -419,6 +419,33 @@ def folder_images(folder: str, given: frozenset = frozenset()) -> list:
     return paths
 
 
+def tree_images(root: str, skip: frozenset = frozenset()) -> dict:
+    """{image path: its folder relative to ``root`` ("" for root's own)} of ``root`` and its subfolders, each as
+    yoda.data.list_folder takes a folder's images, folders sorted by name (not hidden ones, nor those among
+    ``skip``: real paths, the output folder; links to folders are not followed), with one note naming the other
+    files it leaves out; a UserError where none holds an image."""
+    import unicodedata
+
+    from .data import IMAGE_EXTENSIONS, DataError, list_folder
+
+    found, left = {}, []
+    for folder, subs, _ in os.walk(root):
+        subs[:] = sorted((d for d in subs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d))
+                          not in skip), key=lambda n: (unicodedata.normalize("NFC", n), n))
+        rel = os.path.relpath(folder, root)
+        here: list = []
+        with contextlib.suppress(DataError):  # (a folder of subfolders only)
+            found.update((f, "" if rel == "." else rel) for f in list_folder(folder, here))
+        left += [n if rel == "." else os.path.join(rel, n) for n in here if not n.endswith("/")]
+    if not found:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {root} or its subfolders")
+    if left:
+        shown = ", ".join(left[:5]) + (f", ... ({len(left)} in all)" if len(left) > 5 else "")
+        note(printable(f"{root}: left out {shown} (files without the suffixes {', '.join(IMAGE_EXTENSIONS)}, and "
+                       f"hidden ones)"))
+    return found
+
+
 def check_output_option(path: str, kept: bool = False) -> None:
     """-o of an image: suffix, folder, writable, checked before any work (yoda.images.check_output; ``kept``: an
     existing file is skipped, --skip-existing, so it may be read-only)."""

@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
                    help="classifier-free guidance scale, for a model with an unconditional branch (default: the "
                         "model's own; the embedded and yoda-format models have none)")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="a folder stands for the images of its subfolders too (not hidden ones), whose outputs go to "
+                        "the same subfolders of the output folder")
     p.add_argument("--format", type=str.lower, choices=[s[1:] for s in OUTPUT_SUFFIXES], default=None,
                    help="the format of the outputs written into a folder, STEM_xS.FORMAT (default png; JPEG and WebP "
                         "at quality 95, a quarter of PNG's size for a photograph); a file -o takes its suffix's")

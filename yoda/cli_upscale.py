@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from ._io import check_folder_writable, output_claim
 from .cli_parser import one_line
 from .cli_models import (check_not_an_input, check_output_option, file_ids, folder_images, last_tau, note,
-                         once_each)
+                         once_each, tree_images)
 from .console import error_line, say
 from .errors import UserError, out_of_memory, printable, stop_in
 from .torchrun import JOIN_NOTE, meeting_store, rank_prefix, wait_for_keys
@@ -183,43 +183,51 @@ def yoda_steps(last_tau: Callable[[int], float], steps: int, given: bool, lower_
     return enough
 
 
-def expand_inputs(inputs: list) -> tuple[list, set]:
-    """(paths, the real paths of those that only a folder named): a folder among the inputs stands for its image
-    files (yoda.data.list_folder), sorted by name; what it leaves out (subfolders, other files) is named in a
-    note. A file met twice (named and in a named folder, or named twice) is one input, where it is first met."""
-    out, from_folders, named, seen, twice = [], set(), set(), {}, []
+def expand_inputs(inputs: list, recursive: bool = False, skip: frozenset = frozenset()) -> tuple[list, set, dict]:
+    """(paths, the real paths of those that only a folder named, {path: its subfolder}): a folder among the inputs
+    stands for its image files (yoda.data.list_folder), sorted by name; what it leaves out (subfolders, other files)
+    is named in a note. With ``recursive`` its subfolders' images too (tree_images: not ``skip``, the output folder),
+    each mapped to its folder relative to the one given, where its output goes in -o. A file met twice (named and
+    in a named folder, or named twice) is one input, where it is first met."""
+    out, from_folders, named, seen, twice, subfolder = [], set(), set(), {}, [], {}
     given = frozenset(os.path.realpath(p) for p in inputs)  # (a folder's note named a file or subfolder given too)
     for p in inputs:
         if os.path.isdir(p):
-            found = folder_images(p, given)
+            tree = tree_images(p, skip) if recursive else dict.fromkeys(folder_images(p, given), "")
+            found = list(tree)
             from_folders.update(map(os.path.realpath, found))
+            kept = once_each(found, seen, twice)
+            subfolder.update((f, tree[f]) for f in kept)
         else:
-            found = [p]
             named.add(os.path.realpath(p))
-        out += once_each(found, seen, twice)
+            kept = once_each([p], seen, twice)
+        out += kept
     if twice:
         note(f"upscaled once, under the name met first (its output is named after it): {printable(', '.join(twice))}")
-    return out, from_folders - named
+    return out, from_folders - named, subfolder
 
 
-def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], scale: int) -> list:
+def drop_own_outputs(inputs: list, from_folders: set, out_dir: Optional[Path], scale: int,
+                     subfolder: Optional[dict] = None) -> list:
     """``inputs`` without the images that an earlier run into the output folder wrote there: when -o is a folder
     that is also an input, a STEM_x<scale>.SUFFIX in it (any format yoda writes: an earlier run's --format may have
-    been another), where STEM.* is an input (of any folder) and the file is ``scale`` times its size, is that
-    input's output (named in a note), not a new input. Files named on the command line, and a STEM_x<scale>.SUFFIX
-    of another size (a picture of the user's, which output_targets then refuses to overwrite), are inputs."""
+    been another; with --recursive in the same subfolder, ``subfolder``), where STEM.* is an input (of any folder)
+    and the file is ``scale`` times its size, is that input's output (named in a note), not a new input. Files named
+    on the command line, and a STEM_x<scale>.SUFFIX of another size (a picture of the user's, which output_targets
+    then refuses to overwrite), are inputs."""
     from .images import OUTPUT_SUFFIXES
 
     if out_dir is None or not out_dir.is_dir():
         return inputs
-    sources: dict = {}  # the stems this run writes into out_dir -> the inputs they are written for
+    sub = subfolder or {}
+    sources: dict = {}  # (subfolder, a stem this run writes there) -> the inputs it is written for
     for p in inputs:
-        sources.setdefault(Path(p).stem + f"_x{scale}", []).append(p)
-    dropped = {p for p in inputs if Path(p).stem in sources and Path(p).suffix.lower() in OUTPUT_SUFFIXES
-               and os.path.realpath(p) in from_folders and Path(p).parent.samefile(out_dir)
-               and _upscaled_from(p, sources[Path(p).stem], scale)}
+        sources.setdefault((sub.get(p, ""), Path(p).stem + f"_x{scale}"), []).append(p)
+    dropped = {p for p in inputs if (key := (sub.get(p, ""), Path(p).stem)) in sources
+               and Path(p).suffix.lower() in OUTPUT_SUFFIXES and os.path.realpath(p) in from_folders
+               and Path(p).parent.samefile(out_dir / key[0]) and _upscaled_from(p, sources[key], scale)}
     if dropped:
-        note(f"left out {printable(', '.join(sorted(Path(p).name for p in dropped)))}: "
+        note(f"left out {printable(', '.join(sorted(os.path.join(sub.get(p, ''), Path(p).name) for p in dropped)))}: "
              f"{'it is the output' if len(dropped) == 1 else 'they are the outputs'} of an earlier run into "
              f"{out_dir} (-o), not an input")
     return [p for p in inputs if p not in dropped]
@@ -526,7 +534,8 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
         return [a.output], {}
     from ._io import check_name_length, check_writable
 
-    targets = [str(out_dir / (Path(p).stem + f"_x{a.scale}{output_suffix(a)}")) for p in a.inputs]
+    sub = getattr(a, "subfolders", {})  # --recursive: an image of a subfolder goes to the same subfolder of -o
+    targets = [str(out_dir / sub.get(p, "") / (Path(p).stem + f"_x{a.scale}{output_suffix(a)}")) for p in a.inputs]
     seen, ids, refused = {}, file_ids(a.inputs), {}
     # Img and img are one file on macOS' and Windows' file systems, and on macOS' an é composed and decomposed
     fold = case_insensitive(out_dir)  # (NFC / NFD: names typed vs copied from some tools): both folded there
@@ -543,7 +552,7 @@ def output_targets(a, out_dir: Optional[Path]) -> tuple[list[str], dict[str, str
             if not (a.skip_existing and os.path.exists(dst)):  # an existing output is skipped, never written
                 check_not_an_input(ids, dst, src)
             check_name_length(dst, f"{src}: its output")  # (also where out_dir is yet to be made)
-            if out_dir.is_dir():
+            if Path(dst).parent.is_dir():  # (a subfolder of -o yet to be made: save_output makes it)
                 check_writable(dst, f"{src}: its output", a.skip_existing)
         except IsADirectoryError:
             refused[src] = f"{src}: its output {dst} is a folder; remove or rename it"

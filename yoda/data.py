@@ -249,7 +249,8 @@ def builtin_image(name: str) -> np.ndarray:
 
 def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
     """Sorted image paths (IMAGE_EXTENSIONS, not hidden) in ``folder`` (not recursive). Errors if it is not a folder
-    or holds none. left_out: a list that receives the sorted names of the entries not taken (subfolders, other files)."""
+    or holds none. left_out: a list that receives the sorted names of the entries not taken (subfolders, other files),
+    also where it then raises."""
     if not os.path.isdir(folder):
         what = "is a file, not a folder" if os.path.exists(folder) else "not found"
         raise DataError(f"image folder {folder} {what}")
@@ -269,11 +270,11 @@ def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
                                " (not a regular file)" if special else ""))
     # subfolders first, hidden files (.DS_Store, macOS's ._name) last: what matters is not lost in a long list
     others.sort(key=lambda n: (not n.endswith("/"), n.startswith(".")))
+    if left_out is not None:  # (also where it then holds no image: --recursive's folder of subfolders and notes)
+        left_out.extend(others)
     if not paths:
         held = f"; it holds {_names(others)}, and a folder's subfolders are not read" if others else ""
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}{held}")
-    if left_out is not None:
-        left_out.extend(others)
     return paths
 
 
