@@ -3169,7 +3169,7 @@ MUTANTS = [
            ("tests/test_exif.py", "-k", "upscale_carries"),
            "yoda upscale drops the photograph's date, camera and place"),
     Mutant("strip-metadata-ignored", "yoda/cli.py",
-           "exif=0 if a.strip_metadata else a.scale)", "exif=a.scale)",
+           "keep = not a.strip_metadata and not", "keep = True or not",
            ("tests/test_exif.py", "-k", "upscale_carries"),
            "--strip-metadata writes the GPS position anyway"),
     Mutant("pillow-exif-warning-twice", "yoda/cli_models.py",

@@ -96,7 +96,8 @@ def cmd_upscale(a) -> int:
             if src in refused:  # (output_targets: its output cannot be made)
                 raise UserError(refused[src])
             if mine:
-                arr, grey, exif = read_input(src, a.max_pixels, exif=0 if a.strip_metadata else a.scale)
+                keep = not a.strip_metadata and not dst.lower().endswith(".bmp")  # (a BMP holds no EXIF)
+                arr, grey, exif = read_input(src, a.max_pixels, exif=a.scale if keep else 0)
                 check_hr_size(src, arr, a.scale, a.max_pixels, dst, grey)
                 try:
                     _upscale_one(a, run, arr, grey, src, dst, tally, exif)

@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the same subfolders of the output folder")
     p.add_argument("--format", type=str.lower, choices=[s[1:] for s in OUTPUT_SUFFIXES], default=None,
                    help="the format of the outputs written into a folder, STEM_xS.FORMAT (default png; JPEG and WebP "
-                        "at quality 95, a quarter of PNG's size for a photograph); a file -o takes its suffix's")
+                        "at quality 95, a quarter to a third of PNG's size for a photograph); a file -o takes its "
+                        "suffix's")
     p.add_argument("--strip-metadata", action="store_true",
                    help="write outputs without their inputs' EXIF metadata (camera, dates, GPS position ...), which "
                         "they carry by default, less what described the input's pixels (orientation, thumbnail, size)")

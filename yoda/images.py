@@ -527,8 +527,8 @@ def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = 
 
     JPEG and WebP are written at quality LOSSY_QUALITY = 95, not Pillow's default 75, which costs a super-resolved
     image several dB of PSNR against its PNG (the quality is the point of the output); JPEG without chroma
-    subsampling (4:4:4). TIFF is compressed without loss (LZW, with horizontal differencing for 8-bit samples: a
-    third of the uncompressed size for a photograph) unless it carries EXIF or holds over 4 GiB of samples (then a
+    subsampling (4:4:4). TIFF is compressed without loss (LZW, with horizontal differencing for 8-bit samples: 20-60%
+    of the uncompressed size for a photograph) unless it carries EXIF or holds over 4 GiB of samples (then a
     BigTIFF). ``exif``: an EXIF block (yoda.exif.read_exif's) written into a JPEG, PNG, WebP or TIFF (a BMP holds
     none; Pillow writes EXIF's Exif and GPS blocks only into an uncompressed TIFF)."""
     fmt = image_format(path)
@@ -541,7 +541,7 @@ def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = 
     if fmt == "PNG":  # zlib level 3, not Pillow's 6: the same pixels, 9% larger, in a third of the time (the encode
         options["compress_level"] = PNG_LEVEL  # was 7.7% of a 512² -> 2048² upscale, 1.25 s of 16)
     sample = np.dtype(ImageMode.getmode(img.mode).typestr).itemsize  # bytes: 1, or 2 / 4 for I;16, I, F
-    if fmt == "TIFF":  # a 2048² photograph: 12.0 MiB uncompressed, 4.3 LZW with differencing (11.1 without), in 0.14 s
+    if fmt == "TIFF":  # a 2048² photograph: 12.0 MiB uncompressed, 4.3 LZW with differencing (11.1 without), 0.14 s
         if img.size[0] * img.size[1] * len(img.getbands()) * sample > MAX_CLASSIC_BYTES - (1 << 20):
             options["big_tiff"] = True  # (Pillow's own writer: libtiff's, which compresses, writes no BigTIFF)
         elif not exif:  # (libtiff drops EXIF's Exif and GPS blocks: a TIFF with them is not compressed)
