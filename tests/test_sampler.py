@@ -2169,6 +2169,19 @@ def test_a_scripted_network_in_training_mode_is_warned_of():
         assert torch.equal(sample(traced), ref)
 
 
+def _small_sr3_and_its_image():
+    """(config, a small SR3UNet x2 with a 10-step card, an 8² LR, its image at 2 seeded steps), for the wrapper tests."""
+    from yoda.models.sr3 import SR3Config, SR3UNet
+
+    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2),
+                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=2)
+    torch.manual_seed(0)
+    net = SR3UNet.from_config(cfg).eval()
+    net.card = yoda.models.ModelCard(Schedule.linear(10), 2, space="pixel")
+    lr = torch.rand(1, 3, 8, 8) * 2 - 1
+    return cfg, net, lr, yoda.sample(net, lr, steps=2, seed=0, progress=False)
+
+
 def test_wrapped_yoda_models_and_callables_that_cannot_take_cond():
     """DataParallel / an EMA's AveragedModel around a yoda model hid its yoda_adapter, and the error said to declare
     a plain callable's prediction (doing so failed inside SRDiff.forward); a forward(x, t) module got Python's
@@ -2178,15 +2191,7 @@ def test_wrapped_yoda_models_and_callables_that_cannot_take_cond():
 
     from torch.optim.swa_utils import AveragedModel
 
-    from yoda.models.sr3 import SR3Config, SR3UNet
-
-    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2),
-                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=2)
-    torch.manual_seed(0)
-    net = SR3UNet.from_config(cfg).eval()
-    net.card = yoda.models.ModelCard(Schedule.linear(10), 2, space="pixel")
-    lr = torch.rand(1, 3, 8, 8) * 2 - 1
-    ref = yoda.sample(net, lr, steps=2, seed=0, progress=False)
+    cfg, net, lr, ref = _small_sr3_and_its_image()
     for wrap in (torch.nn.DataParallel(net), AveragedModel(net)):
         assert torch.equal(yoda.sample(wrap.eval(), lr, steps=2, seed=0, progress=False), ref), type(wrap)
     with pytest.raises(TypeError, match=r"model: Sequential\(input\) cannot be called as f\(x_t, t, cond\)"):
@@ -2284,15 +2289,9 @@ def test_nested_and_compiled_wrappers_of_a_yoda_model_sample_it():
     from torch.optim.swa_utils import AveragedModel
 
     from yoda.callables import CompiledWrapper
-    from yoda.models.sr3 import SR3Config, SR3UNet
+    from yoda.models.sr3 import SR3UNet
 
-    cfg = SR3Config(in_channel=6, out_channel=3, inner_channel=8, norm_groups=4, channel_mults=(1, 2),
-                    attn_res=(), res_blocks=1, image_size=16, mid_attn=False, scale=2)
-    torch.manual_seed(0)
-    net = SR3UNet.from_config(cfg).eval()
-    net.card = yoda.models.ModelCard(Schedule.linear(10), 2, space="pixel")
-    lr = torch.rand(1, 3, 8, 8) * 2 - 1
-    ref = yoda.sample(net, lr, steps=2, seed=0, progress=False)
+    cfg, net, lr, ref = _small_sr3_and_its_image()
     DP = torch.nn.DataParallel
     for wrap in (DP(AveragedModel(net)), AveragedModel(DP(net)), DP(DP(net))):
         assert torch.equal(yoda.sample(wrap.eval(), lr, steps=2, seed=0, progress=False), ref), wrap
