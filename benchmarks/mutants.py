@@ -3324,6 +3324,14 @@ MUTANTS = [
            "    if left_out is not None:  # (also where", "    if left_out is not None and paths:  # (also where",
            ("tests/test_cli.py", "-k", "recursive_mirrors"),
            "--recursive says nothing of the files it leaves out of a folder that holds no image"),
+    Mutant("exif-types-guessed", "yoda/exif.py",
+           "            data = _typed_as(data, _reader(im, p))", "            pass",
+           ("tests/test_exif.py", "-k", "type"),
+           "a camera's UNDEFINED UserComment written BYTE, its SRATIONAL exposure bias RATIONAL (Pillow's guesses)"),
+    Mutant("exif-types-any-layout", "yoda/exif.py",
+           "LAYOUTS.get(old[0], 0) == LAYOUTS.get(typ, 1)", "True",
+           ("tests/test_exif.py",),
+           "a DOUBLE's type put on a RATIONAL's bytes: the focal-plane resolution reads as 2.5e-310"),
 ]
 
 

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, TiffImagePlugin
 
 from yoda import images
 from yoda.exif import JPEG_LIMIT, SUBJECT_AREA, read_exif
@@ -186,3 +186,44 @@ def test_upscale_carries_the_exif_of_its_input_upright(tmp_path, tiny_model, cap
     assert ex.get_ifd(IFD.Exif)[T.DateTimeOriginal] == DATE and ex.get_ifd(IFD.GPSInfo)[1] == "N"
     assert not len(outs["upright0"][1]) and not len(outs["phone1"][1])  # none to carry; --strip-metadata
     np.testing.assert_array_equal(outs["phone1"][0], pixels)
+
+
+def _types(block: bytes, fix: dict = None) -> dict:
+    """{(block, tag): field type} of an EXIF block's IFD 0 and its Exif block (0x8769), read here by hand; with
+    ``fix`` ({tag: type}), those entries of the Exif block set to those types (a camera's, where Pillow guessed)."""
+    b, order = bytearray(block), "<" if block[6:8] == b"II" else ">"
+    types, todo = {}, [(0, struct.unpack(order + "I", block[10:14])[0])]
+    while todo:
+        name, at = todo.pop()
+        for i in range(struct.unpack(order + "H", b[6 + at:8 + at])[0]):
+            e = 6 + at + 2 + 12 * i
+            tag, typ = struct.unpack(order + "HH", b[e:e + 4])
+            if name == IFD.Exif and tag in (fix or {}):
+                struct.pack_into(order + "H", b, e + 2, fix[tag])
+                typ = fix[tag]
+            types[(name, tag)] = typ
+            if name == 0 and tag == IFD.Exif:
+                todo.append((IFD.Exif, struct.unpack(order + "I", b[e + 8:e + 12])[0]))
+    return bytes(b) if fix else types
+
+
+def test_read_exif_keeps_each_fields_type(tmp_path):
+    """Pillow writes back the types it guesses: a camera's UNDEFINED UserComment and SceneType became BYTE, and a
+    positive SRATIONAL ExposureBiasValue RATIONAL, which strict readers take for other fields. The input's types
+    are kept where the values are stored alike; a value yoda rewrites keeps its own (the resolution, scaled)."""
+    ex = phone_exif(orientation=1)
+    sub = ex.get_ifd(IFD.Exif)
+    sub[T.UserComment], sub[T.SceneType] = b"ASCII\0\0\0a comment", b"\x01"
+    sub[T.ExposureBiasValue] = TiffImagePlugin.IFDRational(1, 3)
+    camera = _types(ex.tobytes(), {T.UserComment: 7, T.SceneType: 7, T.ExposureBiasValue: 10})
+    p = tmp_path / "camera.jpg"
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(p, exif=camera)
+    was, got = _types(camera), _types(read_exif(p, scale=4))
+    for tag, typ in ((T.UserComment, 7), (T.SceneType, 7), (T.ExposureBiasValue, 10)):
+        assert was[(IFD.Exif, tag)] == got[(IFD.Exif, tag)] == typ, tag
+    assert got[(0, T.XResolution)] == 5  # RATIONAL, rewritten x4
+    assert got[(IFD.Exif, T.FocalPlaneXResolution)] == 5  # (a DOUBLE in the input: other bytes, not retyped)
+    with Image.open(p) as im:  # and Pillow reads the values back as they were
+        sub_in = im.getexif().get_ifd(IFD.Exif)
+    out = blocks(read_exif(p))[1]
+    assert out[T.UserComment] == sub_in[T.UserComment] and float(out[T.ExposureBiasValue]) == 1 / 3

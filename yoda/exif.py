@@ -38,6 +38,48 @@ SRGB = 1  # ColorSpace: sRGB
 JPEG_LIMIT = 65533  # the most EXIF bytes a JPEG's APP1 segment holds
 
 
+# TIFF field types stored alike (the same bytes, read another way): BYTE, ASCII, SBYTE, UNDEFINED; SHORT, SSHORT;
+# LONG, SLONG; RATIONAL, SRATIONAL (not FLOAT or DOUBLE, whose bytes mean other numbers)
+LAYOUTS = {1: "b", 2: "b", 6: "b", 7: "b", 3: "h", 8: "h", 4: "l", 9: "l", 5: "r", 10: "r"}
+BLOCKS = (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo)  # the blocks IFD 0 points to that the copy carries
+
+
+def _entries(read, at: int, order: str, tag: int = 0) -> dict:
+    """{(block, tag): (type, count, where its entry is)} of the IFD at ``at`` (``block``: 0 for IFD 0) and of the
+    Exif and GPS blocks it points to; read(offset, n) -> the TIFF structure's bytes there."""
+    n = struct.unpack(order + "H", read(at, 2))[0]
+    found = {}
+    for i, (t, typ, count, value) in enumerate(struct.iter_unpack(order + "HHI4s", read(at + 2, 12 * n))):
+        found[(tag, t)] = (typ, count, at + 2 + 12 * i)
+        if tag == 0 and t in BLOCKS and typ in (4, 13):  # LONG / IFD: the block's offset
+            found.update(_entries(read, struct.unpack(order + "I", value)[0], order, t))
+    return found
+
+
+def _structure(read) -> dict:
+    """_entries of a TIFF structure (a TIFF file, or an EXIF block less its "Exif\\0\\0")."""
+    order = {b"II": "<", b"MM": ">"}[read(0, 2)]
+    return _entries(read, struct.unpack(order + "I", read(4, 4))[0], order)
+
+
+def _typed_as(data: bytes, src) -> bytes:
+    """``data`` (Pillow's EXIF block) with each tag's field type the one ``src`` (read(offset, n) of the input's
+    TIFF structure) gave it, where both hold as many values stored alike (LAYOUTS): Pillow guesses types on
+    writing, and made UNDEFINED (UserComment, SceneType, MakerNote) BYTE and SRATIONAL (ExposureBiasValue)
+    RATIONAL."""
+    try:
+        was = _structure(src)
+        out = bytearray(data)
+        order = {b"II": "<", b"MM": ">"}[bytes(out[6:8])]
+        for key, (typ, count, where) in _structure(lambda at, n: bytes(out[6 + at:6 + at + n])).items():
+            old = was.get(key)
+            if old and old[0] != typ and old[1] == count and LAYOUTS.get(old[0], 0) == LAYOUTS.get(typ, 1):
+                struct.pack_into(order + "H", out, 6 + where + 2, old[0])
+        return bytes(out)
+    except (KeyError, struct.error, ValueError, OSError):  # a structure not as the TIFF spec says: Pillow's types
+        return data
+
+
 def _as_written(value):
     """A tag's value as Pillow writes it back unchanged: text of other characters than ASCII as its bytes (Pillow
     reads text as Latin-1 and writes a str as ASCII, each other character a "?": the "©" of a Copyright, an accented
@@ -58,6 +100,21 @@ def _scaled(ifd: dict, x: int, y: int, scale: int, turned: bool) -> None:
         if v is not None:
             r = TiffImagePlugin.IFDRational(v)
             ifd[tag] = TiffImagePlugin.IFDRational(r.numerator * scale, r.denominator)
+
+
+def _reader(im: Image.Image, p: Path):
+    """read(offset, n) of the image's TIFF structure that holds its EXIF: the block Pillow found (JPEG, PNG, WebP),
+    or the TIFF file itself."""
+    block = im.info.get("exif")
+    if isinstance(block, bytes):
+        tiff = block[6:] if block.startswith(b"Exif\x00\x00") else block
+        return lambda at, n: tiff[at:at + n]
+
+    def from_file(at: int, n: int) -> bytes:
+        with open(p, "rb") as f:
+            f.seek(at)
+            return f.read(n)
+    return from_file
 
 
 def read_exif(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
@@ -94,6 +151,7 @@ def read_exif(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
                 del sub[T.MakerNote]
                 out[ExifTags.IFD.Exif] = dict(sub)
                 data = out.tobytes()
+            data = _typed_as(data, _reader(im, p))
     except FileNotFoundError:
         raise FileNotFoundError(f"path: no such image file: {p}") from None
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error) as e:
