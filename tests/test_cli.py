@@ -2214,9 +2214,9 @@ def test_the_program_makes_openmp_threads_wait_passively():
 
     from yoda.__main__ import passive_openmp
 
-    env = {}
-    passive_openmp(env)
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    for env in ({}, {"OMP_WAIT_POLICY": ""}, {"OMP_WAIT_POLICY": " "}):  # (set empty: libgomp said "Invalid value")
+        passive_openmp(env)
+        assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
     for own in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "1000"}):
         env = dict(own)
         passive_openmp(env)
@@ -2692,6 +2692,13 @@ def test_the_cli_runs_where_its_streams_cannot_be_written(tmp_path, monkeypatch)
     monkeypatch.setattr(sys, "stdout", host)
     with _usable_streams():
         assert host.errors == "surrogateescape"  # its own policy, kept
+    for errors in ("surrogateescape", "ignore"):  # LANG=C without UTF-8 mode: "±" failed (an eval lost its -o file);
+        c_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors=errors)  # "ignore" dropped it
+        monkeypatch.setattr(sys, "stdout", c_out)
+        with _usable_streams():
+            print("28.1 \u00b1 0.3")
+        c_out.flush()
+        assert c_out.buffer.getvalue() == b"28.1 \\xb1 0.3\n" and c_out.errors == errors, errors
 
     class Full(io.StringIO):
         def write(self, s):

@@ -11,6 +11,7 @@ import re
 import sys
 
 import pytest
+from unittest import mock
 import torch
 
 import yoda
@@ -490,6 +491,21 @@ def test_compile_modes_with_their_own_cuda_graphs_and_failed_compiles_say_compil
     with pytest.raises(RuntimeError) as e:
         plain(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
     assert not hasattr(e.value, "__notes__")
+    # a cache folder torch.compile cannot write (TORCHINDUCTOR_CACHE_DIR, or the temporary folder's): the error named
+    # the folder only ("yoda: error: /x/ind: Permission denied"), not compile nor the variable that moves it
+    fast.__dict__["_call"] = lambda *a, **k: (_ for _ in ()).throw(InductorError(
+        "PermissionError: [Errno 13] Permission denied: '/tmp/torchinductor_root/73'"))
+    with pytest.raises(UserError, match=r"Permission denied: '/tmp/torchinductor_root/73'\); set "
+                                        r"TORCHINDUCTOR_CACHE_DIR to a writable folder; leave compile off"):
+        fast(torch.zeros(1, 6, 8, 8), torch.full((1, 1), 0.5))
+    def unwritable(*a, **k):
+        raise PermissionError(13, "Permission denied", "/x/ind")
+
+    with mock.patch.object(torch, "compile", unwritable):
+        with pytest.raises(UserError, match=r"^compile: torch.compile cannot use its cache folder \(\[Errno 13\] "
+                                            r"Permission denied: '/x/ind'\); set TORCHINDUCTOR_CACHE_DIR to a "
+                                            r"writable folder$"):
+            FastNet(Net(), Speed(compile=True))
 
 
 def test_compile_options_torch_refuses_and_channels_last_failures_name_the_option():

@@ -1223,15 +1223,18 @@ def test_held_out_signatures_are_the_images():
     assert [heldout.held_out_copy(a) for a in others] == [None] * len(others)
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch, sig):
     """Ctrl-C during yoda train saved nothing (with ckpt_every 0, the default, the whole run was lost). Now the
     first one stops after the step in progress and saves as a time-out does; the run resumes bit-exactly. SIGTERM
-    (SLURM, Kubernetes, torchrun stopping a job) killed the run without saving: it is handled the same way."""
+    (SLURM, Kubernetes, torchrun stopping a job) killed the run without saving: it is handled the same way, and
+    SIGHUP too (an ssh session dropped without nohup or tmux)."""
     import signal
 
-    sig = getattr(signal, sig)
+    from yoda.training.stopping import STOP_SIGNALS
 
+    sig = getattr(signal, sig)
+    assert sig in STOP_SIGNALS  # (else the signal below ends the test's process)
     cfg = tiny_config(img_folder, steps=6, ckpt_every=0, val_every=0)
     full = Trainer(cfg, str(tmp_path / "full"), device="cpu", progress=False)
     full.run()
@@ -1245,7 +1248,7 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch
         return loss
 
     monkeypatch.setattr(tr, "train_step", step_then_ctrl_c)
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     summary = tr.run()
     assert {s: signal.getsignal(s) for s in before} == before  # restored
     assert summary["interrupted"] and summary["signal"] == sig and summary["steps"] == 2
@@ -1255,6 +1258,23 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path, img_folder, monkeypatch
     assert not resumed.run()["interrupted"]
     a, b = full.ema.state_dict(), resumed.ema.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nohups_ignored_hangup_stays_ignored():
+    """Under nohup (SIGHUP ignored) a run goes on when its terminal goes: the trainer leaves SIGHUP as it finds it."""
+    import signal
+
+    from yoda.training.stopping import stop_on_interrupt
+
+    was = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        flag, old = stop_on_interrupt()
+        for s, h in old.items():
+            signal.signal(s, h)
+        assert signal.SIGHUP not in old and set(old) == {signal.SIGINT, signal.SIGTERM}
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, was)
 
 
 def test_a_signal_during_validation_stops_at_that_step(tmp_path, img_folder, monkeypatch):

@@ -17,8 +17,8 @@ def passive_openmp(environ=os.environ) -> None:
     the small ops of yoda's model wait on them (README, "A shared or busy CPU"): `yoda demo` 15.9 s against 3.2 s
     in a review at load 2-4, 4.4-4.8 s against 3.5-3.8 beside one busy core, and the same 3.1 s idle (a 192² upscale
     3.8-4.6 s against 3.8-4.0; the same bytes; the 2-vCPU AMD EPYC, 2026-12-07). Read when torch loads."""
-    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
-        environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if not environ.get("OMP_WAIT_POLICY", "").strip() and "GOMP_SPINCOUNT" not in environ:  # (set empty: libgomp
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"  # said "Invalid value" and spun)
 
 
 def run() -> int:

@@ -450,22 +450,33 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _usable_streams():
     """Within: a closed stdout / stderr (`>&-`) takes os.devnull (the work is done, its lines go nowhere: an
     AttributeError of None ended the run); stdout escapes what its encoding cannot write ("±" under
-    PYTHONIOENCODING=ascii), and is strict again after (main() called from a program keeps its policy)."""
+    PYTHONIOENCODING=ascii; under LANG=C without UTF-8 mode, whose surrogateescape failed on it too, and "ignore"
+    dropped it; a UTF-8 stream keeps its policy), and has its own policy again after (main() called from a program
+    keeps it)."""
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w"))
     out = sys.stdout
     try:
-        strict = out.errors == "strict"
-        if strict:
+        was = out.errors if out.errors == "strict" or not _encodes(out.encoding, "\u00b1\u00b2\u00d7\u2014") else None
+        if was:
             out.reconfigure(errors="backslashreplace")
     except (AttributeError, ValueError, OSError):  # a stream of another kind
-        strict = False
+        was = None
     try:
         yield
     finally:
-        if strict:
-            out.reconfigure(errors="strict")
+        if was:
+            out.reconfigure(errors=was)
+
+
+def _encodes(encoding: str, text: str) -> bool:
+    """Whether ``encoding`` writes ``text`` (the table's and lines' "±", "²", "×", "—")."""
+    try:
+        text.encode(encoding)
+        return True
+    except (UnicodeEncodeError, LookupError, TypeError):
+        return False
 
 
 _ONE_AT_A_TIME = threading.Lock()  # main() sets process-wide state: warnings' filters, Pillow's pixel limit

@@ -161,6 +161,10 @@ def _contiguous(v: Any) -> Any:
     return v.contiguous() if isinstance(v, torch.Tensor) else v
 
 
+# where torch.compile keeps what it compiles (torchinductor_USER under the temporary folder by default)
+CACHE_HINT = "set TORCHINDUCTOR_CACHE_DIR to a writable folder"
+
+
 class FastNet:
     """``net`` called with the options of ``speed``; every other attribute is ``net``'s (parameters(), the
     submodules an adapter's prepare uses, its config), so the adapter's code runs unchanged."""
@@ -171,6 +175,8 @@ class FastNet:
         if speed.compile:
             try:  # a mode, backend or keyword torch.compile does not know: its own error named no option of yoda's
                 call = torch.compile(net, **dict(speed.compile_options))
+            except OSError as e:  # (its error named a folder, not compile=, nor the variable that moves it)
+                raise UserError(f"compile: torch.compile cannot use its cache folder ({e}); {CACHE_HINT}") from e
             except (TypeError, ValueError, RuntimeError, AssertionError) as e:  # {"dynamic": "yes"}: an assert
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 first = first if len(first) <= 200 else first[:200] + " ..."  # an unknown option: every known one
@@ -198,7 +204,8 @@ class FastNet:
         except Exception as e:
             if self._speed.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise UserError(f"compile: torch.compile of the network failed ({type(e).__name__}: {first}); "
+                cache = f"; {CACHE_HINT}" if "PermissionError" in first or "Permission denied" in first else ""
+                raise UserError(f"compile: torch.compile of the network failed ({type(e).__name__}: {first}){cache}; "
                                 "leave compile off (yoda upscale: without --compile)") from e
             if self._speed.compile and hasattr(e, "add_note"):  # an error of torch's compiled code (aot_eager's
                 # strides) reads like the network's own: say where it came from (Python 3.11+)

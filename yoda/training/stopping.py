@@ -1,5 +1,5 @@
-"""Stopping a training run: the first Ctrl-C or SIGTERM asks Trainer.run to stop after the step in progress and
-save; a second one aborts."""
+"""Stopping a training run: the first Ctrl-C, SIGTERM or SIGHUP asks Trainer.run to stop after the step in progress
+and save; a second one aborts."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from ..errors import Terminated, lost_sigterm
 from ..torchrun import main_rank, under_torchrun
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+if hasattr(signal, "SIGHUP"):  # the terminal went away (an ssh session dropped without nohup or tmux): it ended the
+    STOP_SIGNALS[signal.SIGHUP] = "SIGHUP"  # run at once, and the steps since the last checkpoint were lost
 
 
 def stop_on_interrupt() -> tuple[list, dict]:
@@ -35,7 +37,12 @@ def stop_on_interrupt() -> tuple[list, dict]:
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         flag.append(signum)
         if main_rank():  # under torchrun every rank gets it: said once; above the bar, as the CLI's other lines
-            tqdm.write(f"yoda: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
-                       f"without saving)", file=sys.stderr)  # (a blank line before it in a log, the bar's in a tty)
+            try:  # (a blank line before it in a log, the bar's in a tty; SIGHUP: a terminal that may be gone)
+                tqdm.write(f"yoda: {STOP_SIGNALS[signum]}: stopping after this step and saving (a second one aborts "
+                           f"without saving)", file=sys.stderr)
+            except OSError:
+                pass
 
-    return flag, {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    # (not SIGHUP where it is ignored: nohup's run goes on when its terminal goes)
+    return flag, {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS
+                  if sig in (signal.SIGINT, signal.SIGTERM) or signal.getsignal(sig) is not signal.SIG_IGN}
