@@ -121,8 +121,8 @@ def read_exif(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
     """The EXIF block of the image file ``path`` (JPEG, PNG, WebP, TIFF ...) as an upright sRGB copy of it
     upscaled ``scale`` times carries it (module docstring), for ``save_image(..., exif=...)``; None when it has none.
     Its print resolution (XResolution, YResolution; FocalPlane ones too) is ``scale`` times the input's: the copy
-    prints at the size the photograph did, with more detail. A block that cannot be read, or that does not fit a JPEG even without its
-    maker notes, is None with a warning naming the file."""
+    prints at the size the photograph did, with more detail. A block that cannot be read, or that does not fit a
+    JPEG even without its maker notes, is None with a warning naming the file."""
     p = Path(path)
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be an int >= 1, got {scale!r}")
