@@ -3356,6 +3356,10 @@ MUTANTS = [
            'cache = f"; {CACHE_HINT}" if', 'cache = "" if',
            ("tests/test_speed.py", "-k", "failed_compiles_say"),
            "inductor's Permission denied under compile says nothing of TORCHINDUCTOR_CACHE_DIR"),
+    Mutant("plot-line-unescaped", "yoda/cli.py",
+           '    say(f"wrote {printable(a.output)}")', '    say(f"wrote {a.output}")',
+           ("tests/test_plots.py", "-k", "escapes"),
+           "yoda plot's line writes a file name's escape sequence to the terminal"),
 ]
 
 

@@ -383,3 +383,14 @@ def test_the_loss_is_described_from_the_runs_config(tmp_path, monkeypatch):
     (tmp_path / "b" / "config.json").write_text(json.dumps({**cfg, "attention": "dino-vits8:/w/dino.pth",
                                                             "loss": {**cfg["loss"], "lower_bound": 0.6}}))
     assert plots.validation_description(paths[1]) == "4 crops of 64x64, DDIM 20 steps, YODA dino-vits8 l = 0.6"
+
+
+def test_the_plot_commands_line_escapes_the_file_name(tmp_path, capsys):
+    """`yoda plot LOG -o $'red\\e[31mX.png'` wrote the escape sequence to the terminal in its "wrote" line, where
+    upscale's lines escape names (errors.printable); plot, figures, demo and data's lines do too now."""
+    from yoda.cli import main
+
+    out = tmp_path / "red\x1b[31mX.png"
+    assert main(["plot", log(tmp_path, "log.csv", ["1,0.5,0.001,1.0,,", "2,0.4,0.001,2.0,,"]), "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert out.is_file() and said == f"wrote {tmp_path}/red\\x1b[31mX.png\n", said

@@ -311,7 +311,7 @@ def cmd_figures(a) -> int:
         paths = written_or_said(lambda: write_figures(data, out), lambda: say_figure_numbers(a, settings, data))
     say_figure_numbers(a, settings, data)
     for p in paths:
-        say(f"wrote {p}")
+        say(f"wrote {printable(str(p))}")
     return skipped.status(len(images))
 
 
@@ -393,7 +393,7 @@ def cmd_plot(a) -> int:
     refuse_overwriting([a.output], logs)
     with _user_input():  # a missing file or one that is not a training log
         plot_logs(logs, labels, a.output)
-    say(f"wrote {a.output}")
+    say(f"wrote {printable(a.output)}")
     return 0
 
 
@@ -409,13 +409,13 @@ def cmd_data(a) -> int:
 
         with _user_input():
             n = export_builtin(out)
-        say(f"wrote {n['train']} training and {n['heldout']} held-out images (scikit-image's) to {out}")
+        say(f"wrote {n['train']} training and {n['heldout']} held-out images (scikit-image's) to {printable(out)}")
         return 0
     with _user_input():
         built = build(out, short_side=a.short_side, progress=None if a.quiet else say)
     held = sum(r.split == "heldout" for r in built.rows)
-    say(f"wrote {len(built.rows) - held} training and {held} held-out photographs to {out} "
-        f"(manifest: {os.path.join(out, 'manifest.json')})")
+    say(f"wrote {len(built.rows) - held} training and {held} held-out photographs to {printable(out)} "
+        f"(manifest: {printable(os.path.join(out, 'manifest.json'))})")
     if built.not_installed:
         missing = sorted({PHOTOS[n][0] for n in built.not_installed})
         note(f"{len(built.not_installed)} of the {len(PHOTOS)} photographs are not installed, from "

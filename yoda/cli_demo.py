@@ -12,7 +12,7 @@ from .cli_models import (attention_extractor, bars, check_output_option, cli_dev
                          save_figure, upscale_tensor, written_or_said)
 from .cli_upscale import checked_steps
 from .console import say
-from .errors import UserError
+from .errors import UserError, printable
 from .errors import user_input as _user_input
 
 
@@ -119,5 +119,5 @@ def cmd_demo(a) -> int:
     table = "\n".join(lines)  # the scores, said only here: `> /dev/full` is an error
     written_or_said(lambda: save_figure(canvas, a.output), lambda: say(table, full_ok=False))
     say(table, full_ok=False)
-    say(f"wrote {a.output}")
+    say(f"wrote {printable(a.output)}")
     return 0
