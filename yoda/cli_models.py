@@ -424,14 +424,12 @@ def tree_images(root: str, skip: frozenset = frozenset()) -> dict:
     yoda.data.list_folder takes a folder's images, folders sorted by name (not hidden ones, nor those among
     ``skip``: real paths, the output folder; links to folders are not followed), with one note naming the other
     files it leaves out; a UserError where none holds an image."""
-    import unicodedata
-
-    from .data import IMAGE_EXTENSIONS, DataError, list_folder
+    from .data import IMAGE_EXTENSIONS, DataError, list_folder, name_list, name_order
 
     found, left = {}, []
     for folder, subs, _ in os.walk(root):
         subs[:] = sorted((d for d in subs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d))
-                          not in skip), key=lambda n: (unicodedata.normalize("NFC", n), n))
+                          not in skip), key=name_order)
         rel = os.path.relpath(folder, root)
         here: list = []
         with contextlib.suppress(DataError):  # (a folder of subfolders only)
@@ -440,8 +438,7 @@ def tree_images(root: str, skip: frozenset = frozenset()) -> dict:
     if not found:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {root} or its subfolders")
     if left:
-        shown = ", ".join(left[:5]) + (f", ... ({len(left)} in all)" if len(left) > 5 else "")
-        note(printable(f"{root}: left out {shown} (files without the suffixes {', '.join(IMAGE_EXTENSIONS)}, and "
+        note(printable(f"{root}: left out {name_list(left)} (files without the suffixes {', '.join(IMAGE_EXTENSIONS)}, and "
                        f"hidden ones)"))
     return found
 

@@ -256,8 +256,7 @@ def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
         raise DataError(f"image folder {folder} {what}")
     paths, others = [], []
     suffixes = IMAGE_EXTENSIONS + HEIF_EXTENSIONS * heif_readable()
-    for f in sorted(os.listdir(folder), key=lambda n: (unicodedata.normalize("NFC", n), n)):  # one order for a
-        # name stored composed (Linux) or decomposed (a folder copied from macOS): the crops follow it
+    for f in sorted(os.listdir(folder), key=name_order):  # (the crops follow it)
         full = os.path.join(folder, f)
         # a hidden file (.name; macOS's AppleDouble ._name beside every file of a copied folder) is no input
         ok = f.lower().endswith(suffixes) and os.path.isfile(full) and not f.startswith(".")
@@ -273,7 +272,7 @@ def list_folder(folder: str, left_out: Optional[list] = None) -> list[str]:
     if left_out is not None:  # (also where it then holds no image: --recursive's folder of subfolders and notes)
         left_out.extend(others)
     if not paths:
-        held = f"; it holds {_names(others)}, and a folder's subfolders are not read" if others else ""
+        held = f"; it holds {name_list(others)}, and a folder's subfolders are not read" if others else ""
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}{held}")
     return paths
 
@@ -284,12 +283,19 @@ def left_out_note(folder: str, names: Sequence[str]) -> str:
         return ""
     heif = any(n.lower().endswith(HEIF_EXTENSIONS) for n in names) * (
         "; HEIF / HEIC photographs need the pillow-heif package: pip install pillow-heif")
-    return (f"{folder}: left out {_names(names)} (a folder stands for its own files with the suffixes "
+    return (f"{folder}: left out {name_list(names)} (a folder stands for its own files with the suffixes "
             f"{', '.join(IMAGE_EXTENSIONS)}, not its subfolders or hidden files{heif})")
 
 
-def _names(names: Sequence[str]) -> str:
+def name_list(names: Sequence[str]) -> str:
+    """Up to five names for a message, then how many there are in all."""
     return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
+def name_order(name: str) -> tuple:
+    """The sort key of a folder's entries: one order for a name stored composed (Linux) or decomposed (a folder
+    copied from macOS)."""
+    return unicodedata.normalize("NFC", name), name
 
 
 def load_folder(folder: str, max_pixels: Optional[int] = None, min_size: int = 0, what: str = "the crop size",
@@ -502,7 +508,7 @@ def export_builtin(folder: str) -> dict:
             raise DataError(f"{d} is a file, not a folder")
         others = sorted(set(os.listdir(d)) - {f"{n}.png" for n in names}) if os.path.isdir(d) else []
         if others:
-            raise DataError(f"{d} holds files that `yoda data export` does not write ({_names(others)}), and an "
+            raise DataError(f"{d} holds files that `yoda data export` does not write ({name_list(others)}), and an "
                             f"export replaces the whole folder: choose another folder or move them")
     with made_folder(folder):
         with folder_lock(folder, "the export folder"):
