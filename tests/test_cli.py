@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1635,6 +1636,11 @@ def test_a_folder_run_has_a_bar_a_closing_count_and_survives_a_closed_pipe(tmp_p
     monkeypatch.setattr(cli, "bars", lambda a: True)  # a terminal: the bar over the inputs, on stderr
     code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "a"), *common, "--skip-existing"], capsys)
     assert code == 0 and out.count("exists, skipped (--skip-existing)") == 3 and "0 written, 3 skipped" in out
+    os.utime(src / "im2.png", (time.time() + 60,) * 2)  # edited after its output was made: say it is stale
+    code, out, err = run(["upscale", str(src), "-o", str(tmp_path / "a"), *common, "--skip-existing"], capsys)
+    assert code == 0 and out.count("exists, skipped (--skip-existing)") == 2 and "0 written, 3 skipped" in out
+    assert out.count(" exists but is older than its input (remove it to make it again), skipped (--skip-existing)") == 1
+    assert f"{src / 'im2.png'} -> {tmp_path / 'a' / 'im2_x4.png'} exists but is older" in out
     assert "yoda upscale: 100%" in err and "3/3" in err
     real = cli._upscale_one
 
@@ -2340,12 +2346,15 @@ def test_no_progress_bars_into_a_file_or_a_pipe(monkeypatch):
 def test_torchrun_variables_must_be_integers(monkeypatch):
     """LOCAL_RANK (read on a GPU to pick the device) was int()ed bare: a bad value was an internal-error traceback."""
     from yoda.torchrun import dist_env, env_int, main_rank, rank_prefix
-    from yoda.training.distributed import env_ranks
+    from yoda.training.distributed import Ranks, env_ranks
     from yoda.errors import UserError
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     assert dist_env() == (0, 1) and env_int("LOCAL_RANK", 0) == 0
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # empty is unset, as for YODA_MAX_PIXELS
+        monkeypatch.setenv(k, "")
+    assert dist_env() == (0, 1) and env_int("LOCAL_RANK", 0) == 0 and env_ranks() == Ranks()
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert env_int("LOCAL_RANK", 0) == 3
     for k in ("LOCAL_RANK", "RANK"):

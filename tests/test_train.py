@@ -1709,6 +1709,19 @@ def test_a_run_stopped_by_minutes_says_so(tmp_path, img_folder, capsys):
     assert main(shlex.split(e.split("; ")[-1].strip())[1:]) == 0 and (out / "curves.png").is_file()
 
 
+def test_the_closing_lines_of_train_escape_the_run_folder_name(tmp_path, img_folder, capsys):
+    """The closing lines of `yoda train` printed the run folder's name as it was: an escape sequence in it was
+    obeyed by the terminal (every other "wrote" line escapes names with printable())."""
+    from yoda.cli import main
+
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(tiny_config(img_folder, val_every=0, steps=1).to_json())
+    out = tmp_path / "run\x1b[31m"
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
+    o, e = capsys.readouterr()
+    assert "\x1b" not in o + e and o.count("run\\x1b[31m") == 1 and e.count("run\\x1b[31m") == 3, (o, e)
+
+
 @pytest.mark.parametrize("name", ["edge", "sift"])
 def test_training_masks_are_the_sampling_masks(name):
     """A training crop's mask is the crop of the map yoda.sample makes of the whole image. The trainer made a map of

@@ -30,6 +30,7 @@ _LAZY = {
     "load_image": ("yoda.images", "load_image"),
     "save_image": ("yoda.images", "save_image"),
     "read_exif": ("yoda.exif", "read_exif"),
+    "read_xmp": ("yoda.xmp", "read_xmp"),
     "attention": ("yoda.attention", None),
     "adapters": ("yoda.adapters", None),
     "models": ("yoda.models", None),

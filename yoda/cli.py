@@ -96,11 +96,11 @@ def cmd_upscale(a) -> int:
             if src in refused:  # (output_targets: its output cannot be made)
                 raise UserError(refused[src])
             if mine:
-                keep = not a.strip_metadata and not dst.lower().endswith(".bmp")  # (a BMP holds no EXIF)
-                arr, grey, exif = read_input(src, a.max_pixels, exif=a.scale if keep else 0)
+                keep = not a.strip_metadata and not dst.lower().endswith(".bmp")  # (a BMP holds no metadata)
+                arr, grey, meta = read_input(src, a.max_pixels, exif=a.scale if keep else 0)
                 check_hr_size(src, arr, a.scale, a.max_pixels, dst, grey)
                 try:
-                    _upscale_one(a, run, arr, grey, src, dst, tally, exif)
+                    _upscale_one(a, run, arr, grey, src, dst, tally, meta)
                 finally:
                     if tuned:
                         release_heap()
@@ -148,7 +148,7 @@ def _upscale_model(a, world: int) -> UpscaleRun:
     return UpscaleRun(model, dev, unit, least, attention, speed_options(a, dev))
 
 
-def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally: Tally, exif=None) -> None:
+def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally: Tally, meta=None) -> None:
     import torch
 
     from .adapters import padded_lr_side
@@ -173,7 +173,7 @@ def _upscale_one(a, run: UpscaleRun, arr, grey: bool, src: str, dst: str, tally:
         sr = upscale_tensor(run.model, lr, attention=run.attention, steps=a.steps, sampler=a.sampler,
                             eta=a.eta, lower_bound=a.lower_bound, seed=a.seed, progress=bars(a),
                             windows=windows, window_batch=window_batch, sigmas=a.sigmas, speed=run.speed)
-    save_output(sr, dst, grey, exif)
+    save_output(sr, dst, grey, meta)
     tally.written += 1
     tally.say(f"{printable(src)} -> {printable(dst)} ({sr.shape[-1]}x{sr.shape[-2]}, {time.perf_counter() - t0:.1f} s)")
 
@@ -371,14 +371,14 @@ def cmd_train(a) -> int:
         resumed = f" (resumed at step {start})" if start else ""
         n = s["steps"] - start
         say(f"trained {n} step{'s' * (n != 1)}{resumed} in {s['seconds']:.1f} s, now at step {s['steps']} of "
-            f"{s['total']} -> {s['weights']}")
+            f"{s['total']} -> {printable(s['weights'])}")
         if s["stopped_by"] is not None:
             how = f"--minutes {a.minutes:g} ran out" if s["signal"] is None else f"stopped by {s['stopped_by']}"
             error_line(f"yoda: {how} at step {s['steps']} of {s['total']}; the checkpoint is saved: the same command "
                        f"resumes")
             return 0 if s["signal"] is None else 128 + int(s["signal"])
-        note(f"next: yoda upscale IMAGE -o OUT --model {shlex.quote(s['weights'])}; "
-             f"yoda plot {shlex.quote(s['out'])} -o {shlex.quote(os.path.join(s['out'], 'curves.png'))}")
+        note(printable(f"next: yoda upscale IMAGE -o OUT --model {shlex.quote(s['weights'])}; "
+                       f"yoda plot {shlex.quote(s['out'])} -o {shlex.quote(os.path.join(s['out'], 'curves.png'))}"))
     return 0
 
 

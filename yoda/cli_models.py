@@ -182,26 +182,27 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
                       window_batch=window_batch, sigmas=sigmas, callback=callback, pad=True, **(speed or {}))
 
 
-def read_input(path: str, max_pixels: Optional[int] = None,
-               exif: int = 0) -> tuple[np.ndarray, bool, Optional[bytes]]:
-    """(uint8 RGB (H, W, 3), whether the file is grey, its EXIF block as an output ``exif`` times larger carries it
-    (yoda.exif.read_exif; None for exif 0)). max_pixels: None = yoda.images.MAX_PIXELS."""
+def read_input(path: str, max_pixels: Optional[int] = None, exif: int = 0) -> tuple[np.ndarray, bool, dict]:
+    """(uint8 RGB (H, W, 3), whether the file is grey, the metadata an output ``exif`` times larger carries: save_image's
+    exif and xmp (yoda.exif.read_exif, yoda.xmp.read_xmp; {} for exif 0)). max_pixels: None = yoda.images.MAX_PIXELS."""
     import warnings
 
     from .exif import read_exif
     from .images import is_grey, read_image
+    from .xmp import read_xmp
 
     said: list = []
     try:  # the CLI's one thread (catch_warnings is process-wide: no place for it in the library)
         with _user_input(), warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
             a = read_image(path, max_pixels)
-            block = read_exif(path, exif) if exif else None  # (Pillow's "Corrupt EXIF data" again: said once, below)
+            # (Pillow's "Corrupt EXIF data" again: said once, below)
+            meta = {"exif": read_exif(path, exif), "xmp": read_xmp(path)} if exif else {}
     finally:  # said again of the file, read or not: Pillow's own ("Corrupt EXIF data ...") named none
         for text, category in dict.fromkeys((str(w.message), w.category) for w in said):  # each once
             named = path in text or str(Path(path)) in text  # yoda's own name it ("./a.gif" as "a.gif")
             warnings.warn(text if named else f"{path}: {text}", category, stacklevel=2)
-    return a, is_grey(a), block
+    return a, is_grey(a), meta
 
 
 def bars(a) -> bool:
@@ -209,14 +210,14 @@ def bars(a) -> bool:
     return not a.quiet and on_terminal()
 
 
-def save_output(x, path: str, grey: bool = False, exif: Optional[bytes] = None) -> None:
-    """upscale's output, with its input's EXIF block (yoda.exif.read_exif) if any: its folder is made again if it
+def save_output(x, path: str, grey: bool = False, meta: Optional[dict] = None) -> None:
+    """upscale's output, with its input's metadata (read_input's) if any: its folder is made again if it
     went meanwhile (a second upscale into it, started twice by mistake and stopped, removes the folder it made while
     that folder is still empty)."""
     from .images import as_written, save_image
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_image(as_written(x, grey).cpu(), path, exif)
+    save_image(as_written(x, grey).cpu(), path, **(meta or {}))
 
 
 def save_figure(img, path: str) -> None:

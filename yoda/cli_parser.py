@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "at quality 95, a quarter to a third of PNG's size for a photograph); a file -o takes its "
                         "suffix's")
     p.add_argument("--strip-metadata", action="store_true",
-                   help="write outputs without their inputs' EXIF metadata (camera, dates, GPS position ...), which "
+                   help="write outputs without their inputs' EXIF and XMP metadata (camera, dates, GPS position, "
+                        "keywords ...), which "
                         "they carry by default, less what described the input's pixels (orientation, thumbnail, size)")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave inputs whose output file exists, or that another `yoda upscale --skip-existing` is "

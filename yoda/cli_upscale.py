@@ -333,8 +333,18 @@ def to_make(skip: bool, src: str, dst: str, tell: Callable[[str], None] = print)
             raise Busy(f"{printable(src)} -> {printable(dst)} is being made by another process")
         exists = os.path.exists(dst)
         if exists:
-            tell(f"{printable(src)} -> {printable(dst)} exists, skipped (--skip-existing)")
+            tell(f"{printable(src)} -> {printable(dst)} exists{_older(src, dst)}, skipped (--skip-existing)")
         yield not exists
+
+
+def _older(src: str, dst: str) -> str:
+    """What the skip line adds when the kept output is older than its input (edited since it was made: the output
+    is stale, and --skip-existing keeps it as it is)."""
+    try:
+        stale = os.stat(dst).st_mtime < os.stat(src).st_mtime
+    except OSError:  # (src gone after it was read)
+        return ""
+    return " but is older than its input (remove it to make it again)" if stale else ""
 
 
 class UpscaleRun(NamedTuple):

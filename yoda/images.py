@@ -11,9 +11,9 @@
     read_image(path)   a file Pillow reads -> uint8 (H, W, 3) via to_rgb_u8, EXIF orientation applied, at most
                        MAX_PIXELS pixels (checked from the header, before decoding)
     load_image(path)   from_uint8(read_image(path))
-    save_image(x, path, exif=None)
+    save_image(x, path, exif=None, xmp=None)
                        to_uint8(x) written atomically in the suffix's format (JPEG / WebP at quality 95, TIFF
-                       LZW), with an EXIF block (yoda.exif.read_exif's) where given
+                       LZW), with an EXIF block and an XMP packet (yoda.exif / yoda.xmp) where given
     check_output(path) before any work: the suffix names a format yoda writes, the parent is a writable folder
 
 Sample values map to 8 bits by the range of their type, never by the image's own min and max:
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
-from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMode, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from ._io import atomic_write, check_writable
 from .colour import to_srgb
@@ -67,6 +67,7 @@ LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, los
 MAX_CLASSIC_BYTES = 2**32 - 1
 PNG_LEVEL = 3  # zlib level of PNG outputs (save_pil)
 TIFF_PREDICTOR = 317  # TIFF tag: 2, horizontal differencing before LZW (save_pil)
+XMP_TAG = 700  # TIFF tag: the XMP packet
 # The formats read_image decodes: raster image formats. Pillow picks a decoder by the file's content, not its
 # name, so without this list an EPS file named .png would go to Ghostscript, and an ICO file would decode the
 # PNG inside it at open(), before its size is checked.
@@ -522,7 +523,8 @@ def check_output(path: str | os.PathLike, what: str = "output", kept: bool = Fal
     return check_writable(p, what, kept)
 
 
-def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = None) -> Path:
+def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = None,
+             xmp: Optional[bytes] = None) -> Path:
     """Write a Pillow image atomically (yoda._io.atomic_write), format from the suffix. Returns the path.
 
     JPEG and WebP are written at quality LOSSY_QUALITY = 95, not Pillow's default 75, which costs a super-resolved
@@ -530,10 +532,12 @@ def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = 
     subsampling (4:4:4). TIFF is compressed without loss (LZW, with horizontal differencing for 8-bit samples: 20-60%
     of the uncompressed size for a photograph) unless it carries EXIF or holds over 4 GiB of samples (then a
     BigTIFF). ``exif``: an EXIF block (yoda.exif.read_exif's) written into a JPEG, PNG, WebP or TIFF (a BMP holds
-    none; Pillow writes EXIF's Exif and GPS blocks only into an uncompressed TIFF)."""
+    none; Pillow writes EXIF's Exif and GPS blocks only into an uncompressed TIFF); ``xmp``: an XMP packet
+    (yoda.xmp.read_xmp's) written into any of them but a BMP."""
     fmt = image_format(path)
-    if exif is not None and not isinstance(exif, bytes):
-        raise TypeError(f"exif must be bytes (yoda.exif.read_exif's) or None, got {type(exif).__name__}")
+    for name, value, reader in (("exif", exif, "exif.read_exif"), ("xmp", xmp, "xmp.read_xmp")):
+        if value is not None and not isinstance(value, bytes):
+            raise TypeError(f"{name} must be bytes (yoda.{reader}'s) or None, got {type(value).__name__}")
     check_fits(path, *img.size, grey=img.mode == "L")
     options: dict = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
     if fmt == "JPEG":  # full-resolution colour: Pillow's 4:2:0 halved it and cost 2.0-3.4 dB at quality 95
@@ -549,6 +553,13 @@ def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = 
             options["tiffinfo"] = {TIFF_PREDICTOR: 2} if sample == 1 else {}
     if exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
         options["exif"] = exif
+    if xmp and fmt in ("JPEG", "WEBP"):
+        options["xmp"] = xmp
+    elif xmp and fmt == "PNG":  # (Pillow's PNG writer takes no xmp=: the iTXt chunk Adobe's XMP spec names)
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        options["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
+    elif xmp and fmt == "TIFF":
+        options["tiffinfo"] = {**options.get("tiffinfo", {}), XMP_TAG: xmp}
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -557,10 +568,12 @@ def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = 
     return atomic_write(path, write)
 
 
-def save_image(x: torch.Tensor, path: str | os.PathLike, exif: Optional[bytes] = None) -> Path:
+def save_image(x: torch.Tensor, path: str | os.PathLike, exif: Optional[bytes] = None,
+               xmp: Optional[bytes] = None) -> Path:
     """Write a [-1, 1] image (1, C, H, W) or (C, H, W) to ``path`` (format from the suffix, e.g. .png; JPEG and
     WebP at quality LOSSY_QUALITY = 95, see save_pil). ``exif``: the EXIF block it carries
-    (``yoda.exif.read_exif(input_file)``: an upscaled photograph keeps its camera, dates and place), or None.
+    (``yoda.exif.read_exif(input_file)``: an upscaled photograph keeps its camera, dates and place), or None;
+    ``xmp``: the XMP packet it carries (``yoda.xmp.read_xmp(input_file)``: keywords, ratings, captions), or None.
 
     Atomic: written to a temporary file in the same folder, then os.replace'd, so a failure never leaves
     a half-written image at ``path``. Returns the path."""
@@ -579,4 +592,4 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, exif: Optional[bytes] =
         arr = arr[:, :, 0]
     if not p.parent.exists():
         raise FileNotFoundError(f"path: folder does not exist: {p.parent}")
-    return save_pil(Image.fromarray(arr), p, exif)
+    return save_pil(Image.fromarray(arr), p, exif, xmp)

@@ -19,8 +19,9 @@ from .errors import UserError
 
 
 def env_int(name: str, default: int) -> int:
-    """The integer environment variable ``name`` (torchrun's RANK, WORLD_SIZE, LOCAL_RANK), else ``default``."""
-    value = os.environ.get(name, str(default))
+    """The integer environment variable ``name`` (torchrun's RANK, WORLD_SIZE, LOCAL_RANK), else ``default``
+    (unset or empty, as an empty YODA_MAX_PIXELS: `RANK= yoda upscale ...` was refused as "got ''")."""
+    value = os.environ.get(name) or str(default)
     try:
         return int(value)
     except ValueError:

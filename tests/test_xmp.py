@@ -1,0 +1,142 @@
+"""A photograph's XMP packet carried to its upscaled copy (yoda.xmp.read_xmp, save_image(xmp=...), `yoda upscale`)."""
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+
+from yoda.images import save_image
+from yoda.xmp import JPEG_LIMIT, carried, read_xmp
+
+RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+NS = {"x": "adobe:ns:meta/", "rdf": RDF, "xmp": "http://ns.adobe.com/xap/1.0/",
+      "dc": "http://purl.org/dc/elements/1.1/", "tiff": "http://ns.adobe.com/tiff/1.0/",
+      "exif": "http://ns.adobe.com/exif/1.0/", "crs": "http://ns.adobe.com/camera-raw-settings/1.0/",
+      "photoshop": "http://ns.adobe.com/photoshop/1.0/"}
+
+
+def lightroom_xmp(pad: int = 0) -> bytes:
+    """An XMP packet as Lightroom writes into a JPEG: simple properties as attributes (a rating, a label, the
+    orientation, sizes, a develop setting), structured ones as elements (keywords, rights, the pixel sizes again as
+    elements, a thumbnail), and the packet's padding."""
+    return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 7.0">\n'
+            f' <rdf:RDF xmlns:rdf="{RDF}">\n'
+            '  <rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+            ' xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/"'
+            ' xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"'
+            ' xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"'
+            ' xmp:Rating="4" xmp:Label="Red" tiff:Orientation="6" tiff:Make="Phone Co" crs:Exposure2012="+0.35"'
+            ' exif:PixelXDimension="4032" photoshop:ICCProfile="Adobe RGB (1998)" photoshop:City="Zürich">\n'
+            '   <dc:subject><rdf:Bag><rdf:li>Alps</rdf:li><rdf:li>Schnee</rdf:li></rdf:Bag></dc:subject>\n'
+            '   <dc:rights><rdf:Alt><rdf:li xml:lang="x-default">© A. Phötographer</rdf:li></rdf:Alt></dc:rights>\n'
+            '   <exif:PixelYDimension>3024</exif:PixelYDimension>\n'
+            '   <tiff:ImageWidth>4032</tiff:ImageWidth>\n'
+            '   <xmp:Thumbnails><rdf:Alt><rdf:li rdf:parseType="Resource"><xmpGImg:image xmlns:xmpGImg='
+            '"http://ns.adobe.com/xap/1.0/g/img/">/9j/4AAQ</xmpGImg:image></rdf:li></rdf:Alt></xmp:Thumbnails>\n'
+            '  </rdf:Description>\n'
+            ' </rdf:RDF>\n'
+            '</x:xmpmeta>\n' + " " * pad + '\n<?xpacket end="w"?>').encode("utf-8")
+
+
+def properties(packet: bytes) -> dict:
+    """{prefix:name: value} of the packet's rdf:Description attributes, and its element properties' text (a list of
+    rdf:li texts for a Bag / Alt)."""
+    root = ET.fromstring(packet.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
+    uris = {v: k for k, v in NS.items()}
+    name = lambda tag: f"{uris.get(tag[1:].split('}')[0], '?')}:{tag.split('}')[1]}"
+    found = {}
+    for d in root.iter(f"{{{RDF}}}Description"):
+        found.update({name(k): v for k, v in d.attrib.items()})
+        for c in d:
+            lis = [li.text for li in c.iter(f"{{{RDF}}}li")]
+            found[name(c.tag)] = lis if lis else c.text
+    return found
+
+
+KEPT = {"xmp:Rating": "4", "xmp:Label": "Red", "tiff:Make": "Phone Co", "crs:Exposure2012": "+0.35",
+        "photoshop:City": "Zürich", "dc:subject": ["Alps", "Schnee"], "dc:rights": ["© A. Phötographer"]}
+
+
+def test_carried_keeps_what_the_photographer_added_and_drops_the_stored_pixels():
+    got = properties(carried(lightroom_xmp()))
+    assert {k: got.get(k) for k in KEPT} == KEPT
+    dropped = ("tiff:Orientation", "exif:PixelXDimension", "exif:PixelYDimension", "tiff:ImageWidth",
+               "xmp:Thumbnails", "photoshop:ICCProfile")
+    assert [k for k in dropped if k in got] == [] and "rdf:about" in got
+    text = carried(lightroom_xmp()).decode("utf-8")
+    assert text.startswith('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n<x:xmpmeta ')
+    assert text.endswith('</x:xmpmeta>\n<?xpacket end="w"?>') and "ns0:" not in text  # the packet's own prefixes
+    assert 'xmlns:dc="http://purl.org/dc/elements/1.1/"' in text
+    for bad, why in ((b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+                      b'&a;</x:xmpmeta>', "DTD"), (b"<html><body/></html>", "not an XMP packet")):
+        with pytest.raises(ValueError, match=why):
+            carried(bad)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("TIFF", ".tif")])
+def test_read_xmp_and_save_image_carry_the_packet_in_each_format(tmp_path, fmt, suffix):
+    a = np.zeros((8, 12, 3), np.uint8)
+    src = tmp_path / f"in{suffix}"
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", lightroom_xmp().decode("utf-8"))
+        Image.fromarray(a).save(src, pnginfo=info)
+    else:
+        Image.fromarray(a).save(src, format=fmt, **({"tiffinfo": {700: lightroom_xmp()}} if fmt == "TIFF"
+                                                   else {"xmp": lightroom_xmp()}))
+    packet = read_xmp(src)
+    assert packet == carried(lightroom_xmp())
+    x = torch.rand(1, 3, 8, 12) * 2 - 1
+    for out_suffix in (".jpg", ".png", ".webp", ".tif"):
+        out = save_image(x, tmp_path / f"out{out_suffix}", xmp=packet)
+        with Image.open(out) as im:
+            got = properties(im.info["xmp"] if isinstance(im.info["xmp"], bytes) else im.info["xmp"].encode())
+        assert {k: got.get(k) for k in KEPT} == KEPT and "tiff:Orientation" not in got, out_suffix
+        if out_suffix == ".tif":  # the packet does not cost a TIFF its compression (EXIF does)
+            with Image.open(out) as im:
+                assert im.tag_v2[259] == 5
+    save_image(x, tmp_path / "out.bmp", xmp=packet)  # a BMP holds none: written without it
+    with pytest.raises(TypeError, match=r"xmp must be bytes \(yoda.xmp.read_xmp's\) or None, got str"):
+        save_image(x, tmp_path / "out.png", xmp=packet.decode())
+
+
+def test_read_xmp_none_unreadable_and_too_large(tmp_path):
+    a = np.zeros((4, 4, 3), np.uint8)
+    Image.fromarray(a).save(tmp_path / "plain.jpg")
+    assert read_xmp(tmp_path / "plain.jpg") is None
+    Image.fromarray(a).save(tmp_path / "broken.jpg", xmp=lightroom_xmp()[:-60])  # cut short: not well-formed
+    with pytest.warns(UserWarning, match=r"broken\.jpg: its XMP metadata cannot be read \(.*\); its upscaled copy "
+                                         r"carries none"):
+        assert read_xmp(tmp_path / "broken.jpg") is None
+    info = PngImagePlugin.PngInfo()  # a PNG holds a packet larger than a JPEG's segment
+    big = lightroom_xmp().replace(b'xmp:Label="Red"', b'xmp:Label="' + b"R" * JPEG_LIMIT + b'"')
+    info.add_itxt("XML:com.adobe.xmp", big.decode("utf-8"))
+    Image.fromarray(a).save(tmp_path / "huge.png", pnginfo=info)
+    with pytest.warns(UserWarning, match=rf"huge\.png: its XMP metadata \(\d+ bytes\) is larger than a JPEG holds "
+                                         rf"\({JPEG_LIMIT}\); its upscaled copy carries none"):
+        assert read_xmp(tmp_path / "huge.png") is None
+    with pytest.raises(FileNotFoundError, match="path: no such image file"):
+        read_xmp(tmp_path / "missing.jpg")
+
+
+def test_upscale_carries_the_xmp_of_its_input(tmp_path, tiny_model, capsys):
+    """`yoda upscale` dropped every input's XMP packet: keywords, ratings and captions a photo manager had added
+    were gone from the upscaled copy. It carries it now, and none with --strip-metadata."""
+    from yoda.cli import main
+
+    src = tmp_path / "tagged.jpg"
+    Image.fromarray(np.full((8, 12, 3), 90, np.uint8)).save(src, xmp=lightroom_xmp(pad=2000))
+    for extra, want in (([], KEPT), (["--strip-metadata"], None)):
+        out = tmp_path / f"out{len(extra)}.png"
+        code = main(["upscale", str(src), "-o", str(out), "--model", tiny_model, "--steps", "1", "-q", *extra])
+        assert code == 0, capsys.readouterr().err
+        with Image.open(out) as im:
+            packet = im.info.get("xmp")
+        if want is None:
+            assert packet is None
+        else:
+            got = properties(packet)
+            assert {k: got.get(k) for k in KEPT} == KEPT and "exif:PixelXDimension" not in got
