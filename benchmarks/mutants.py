@@ -3407,6 +3407,10 @@ MUTANTS = [
            "    value = os.environ.get(name) or str(default)", "    value = os.environ.get(name, str(default))",
            ("tests/test_cli.py", "-k", "torchrun_variables"),
            "RANK= (empty) is refused as \"got ''\" where an empty YODA_MAX_PIXELS means unset"),
+    Mutant("one-step-bar-drawn", "yoda/sampling/loop.py",
+           "        bar = spec.progress and spec.steps > 1", "        bar = spec.progress",
+           ("tests/test_sampler.py", "-k", "progress_bar"),
+           "each image of a folder flashes a 0/1 sampler bar under the folder's bar"),
 ]
 
 

@@ -1115,6 +1115,8 @@ def test_progress_bar(capsys):
     assert "yoda.sample" in capsys.readouterr().err
     run(model, lr_image(), seed=0, progress=False)
     assert "yoda.sample" not in capsys.readouterr().err
+    run(model, lr_image(), seed=0, progress=True, steps=1)  # one step: no bar (each image of a folder flashed 0/1)
+    assert "yoda.sample" not in capsys.readouterr().err
     # in windows, a bar over each step's denoiser calls too (one step of hundreds of windows sat at 0/1)
     model = PixelAdapter(SR3Net().eval(), SCHED, scale=SCALE)
     tiled = run(model, lr_image(), seed=0, progress=True, windows=(8, 4), window_batch=2)

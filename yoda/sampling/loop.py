@@ -121,9 +121,9 @@ def sample(
         ValueError; pad=True edge-pads it at the bottom and right to the smallest size the model takes and crops
         the SR back to (s*h, s*w), the attention map made of lr itself and padded the same way (as `yoda upscale`
         does). Explicit noise= then has the padded state's shape.
-    progress: a tqdm bar over the steps (cleared once done); None (default): only when stderr is a terminal (not
-        into a log file or a notebook's captured stream); True: always; False: none (tqdm's own TQDM_DISABLE=1
-        also turns it off).
+    progress: a tqdm bar over the steps (cleared once done; none for one step) and, in windows, one over each
+        step's denoiser calls; None (default): only when stderr is a terminal (not into a log file or a notebook's
+        captured stream); True: always; False: none (tqdm's own TQDM_DISABLE=1 also turns them off).
     backend: of the fused ops ("auto", "naive", "cpp", "cuda", "triton"), resolved once for lr's device.
     clip: clip x0_hat to [-1, 1] (None: adapter.clip_x0).
     kernel_tile: the fused ops' kernel tile (8, 16, 32; default 16): how the kernels split the work, no effect
@@ -238,7 +238,9 @@ def sample(
         last_ok = -1  # the last step after which the state was checked finite
         hist: tuple = ()  # a solver's earlier denoised estimates, newest first
         # without a bar, no tqdm at all (even disabled it starts its monitor thread and registers an atexit hook)
-        for i in trange(spec.steps, desc="yoda.sample", leave=False) if spec.progress else range(spec.steps):
+        # (and none for one step: a folder of images flashed a 0/1 bar under its own bar for each one)
+        bar = spec.progress and spec.steps > 1
+        for i in trange(spec.steps, desc="yoda.sample", leave=False) if bar else range(spec.steps):
             check = i == 0 or i % FINITE_EVERY == 0 or i == spec.steps - 1  # cheap: not every step
             if spec.solver is None:
                 pred, calls = run.denoise(x, i)
