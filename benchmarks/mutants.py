@@ -3411,6 +3411,11 @@ MUTANTS = [
            "        bar = spec.progress and spec.steps > 1", "        bar = spec.progress",
            ("tests/test_sampler.py", "-k", "progress_bar"),
            "each image of a folder flashes a 0/1 sampler bar under the folder's bar"),
+    Mutant("spanning-window-noted", "yoda/cli_upscale.py",
+           "    side = min((s for s, n in ((wh, hr_h), (ww, hr_w)) if s < n), default=SMALL_WINDOW)",
+           "    side = min(wh, ww)",
+           ("tests/test_cli.py", "-k", "window_notes"),
+           "a 6000x96 strip's windows, 96 rows high as the image is, are called too small for the model"),
 ]
 
 

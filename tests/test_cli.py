@@ -2950,6 +2950,11 @@ def test_window_notes_say_what_max_memory_does_not_bound(capsys, monkeypatch):
     assert capsys.readouterr().err == ("yoda: note: b.png: windows of 120 pixels give the model little around each "
                                        "pixel: slower, and softer than windows of 128 or more (a larger "
                                        "--max-memory)\n")
+    window_notes("s.png", 96, 6000, (96, 3016), 2**31)  # README's strip: its 96 rows are the whole image, no note
+    window_notes("t.png", 6000, 96, (3016, 96), 2**31)
+    assert capsys.readouterr().err == ""
+    window_notes("u.png", 97, 6000, (96, 3016), 2**31)  # a side short of the image's is counted
+    assert capsys.readouterr().err.startswith("yoda: note: u.png: windows of 96 pixels")
     window_notes("c.png", 300, 200, SMALL_WINDOW, SMALL_WINDOW**2 * HR_BYTES_PER_PIXEL)  # none: no word
     assert capsys.readouterr().err == ""
     window_notes("e.png", 300, 200, SMALL_WINDOW, SMALL_WINDOW**2 * HR_BYTES_PER_PIXEL - 1)  # the window's own need

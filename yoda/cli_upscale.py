@@ -109,7 +109,8 @@ def window_notes(src: str, hr_h: int, hr_w: int, window, max_memory: int) -> Non
     if least > max_memory:  # the smallest window the model takes: the budget cannot be met (it said nothing)
         tell(f"{printable(src)}: one window of {window_text(window)}, the smallest this model takes, needs about "
              f"{mebibytes(least)}, over --max-memory {mebibytes(max_memory)}")
-    side = min(wh, ww)
+    # a side spanning the image is not counted: a 6000x96 strip's 96 rows are all there is to see
+    side = min((s for s, n in ((wh, hr_h), (ww, hr_w)) if s < n), default=SMALL_WINDOW)
     if side < SMALL_WINDOW:  # --max-memory 1M: 16-px windows, 250 times slower and visibly softer (38 dB)
         tell(f"{printable(src)}: windows of {side} pixels give the model little around each pixel: slower, and "
              f"softer than windows of {SMALL_WINDOW} or more (a larger --max-memory)")
