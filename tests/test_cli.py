@@ -289,6 +289,12 @@ def test_upscale_never_overwrites_an_input_and_names_colliding_inputs(tmp_path, 
         assert code == 2 and f"argument {which}: '-': yoda reads and writes files and folders, not stdin or " \
             "stdout; give a path" in err, err
     assert not os.path.exists(tmp_path / "-")
+    long = "L" * 300  # each command's first look at it failed as "LLL...png: File name too long", without the option
+    for args, which in ((["attention", rgb, "-o", f"{long}.png"], "-o/--output"), (["plot", "x.csv", "-o",
+                        f"{long}.png"], "-o/--output"), (["upscale", rgb, "-o", f"{long}/x.png"], "-o/--output"),
+                        (["eval", "--images", f"{long}.png"], "--images")):
+        code, _, err = run(args, capsys)
+        assert code == 2 and f"argument {which}: {long}" in err and "a file or folder name of 30" in err, err
     code, _, err = run(["eval", "-o", str(tmp_path / "table.png")], capsys)
     assert code == 2 and "table.png: eval writes a table (Markdown, any other name) or a CSV (.csv), not an image" \
         in err and not (tmp_path / "table.png").exists()
@@ -358,10 +364,17 @@ def test_contradictory_messages_are_one(tmp_path, tiny_model, images, capsys):
     """--lower-bound nan without --attention was noted to have no effect, then refused; eval and figures
     said "unknown attention 'none'" where demo and attention say what none means."""
     rgb, _ = images
-    for bad in ("nan", "inf"):
+    # a negative value in exponent form or -inf was read as an option: "argument --lower-bound: expected one
+    # argument", where --lower-bound=-inf got the option's own error
+    for bad, said in (("nan", "nan"), ("inf", "inf"), ("-inf", "-inf"), ("-1e-3", "-0.001"), ("-NaN", "nan"),
+                      ("-.5", "-0.5")):
         code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--lower-bound", bad],
                            capsys)
-        assert code == 2 and err == f"yoda: error: --lower-bound must be a finite float >= 0, got {bad}\n", err
+        assert code == 2 and err == f"yoda: error: --lower-bound must be a finite float >= 0, got {said}\n", err
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--model", tiny_model, "--eta", "-1E+2"], capsys)
+    assert code == 2 and err == "yoda: error: --eta must be >= 0, got -100.0\n", err
+    code, _, err = run(["upscale", rgb, "-o", str(tmp_path / "o.png"), "--eta", "-x"], capsys)  # an option still
+    assert code == 2 and "argument --eta: expected one argument" in err, err
     for cmd in (["eval"], ["figures", "-o", str(tmp_path / "f")]):
         code, _, err = run([*cmd, "--attention", "edge", "none", "--model", tiny_model, "-q"], capsys)
         assert code == 2 and err.startswith("yoda: error: --attention none (or plain, no map): this command draws or "
@@ -1150,6 +1163,8 @@ def test_a_full_disk_does_not_take_the_numbers_of_attention_demo_and_figures(tmp
     assert main(["figures", "--images", str(folder), "--model", tiny_model, "--steps", "2", "-q",
                  "-o", str(tmp_path / "figs")]) == 2 and len(list((tmp_path / "figs").iterdir())) == 3
     assert main(["attention", rgb, "-o", str(tmp_path / "att.png")]) == 2 and (tmp_path / "att.png").exists()
+    # the error names stdout: "No space left on device" alone read as the output disk's (the figure was written)
+    assert capsys.readouterr().err.endswith("yoda: error: cannot write to stdout: No space left on device\n")
 
 
 def test_full_disk_with_several_inputs_leaves_no_empty_folder(tmp_path, tiny_model, images, capsys, monkeypatch):

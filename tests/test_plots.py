@@ -225,6 +225,15 @@ def test_a_cell_that_is_not_a_number_names_its_line(tmp_path, row, message):
         plots.read_log(path)
 
 
+def test_a_log_saved_by_a_spreadsheet_with_a_byte_order_mark_is_read(tmp_path):
+    """A log saved from a spreadsheet starts with a UTF-8 byte-order mark: its first column read as "\ufeffstep",
+    and plot said it was not a training log (needs step and loss columns)."""
+    path = log(tmp_path, "plain.csv", ["1,0.5,0.0002,1.0,,", "2,0.4,0.0001,2.0,,"])
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + open(path, "rb").read())
+    assert plots.read_log(str(marked)) == plots.read_log(path) and plots.read_log(path)[1]["loss"] == "0.4"
+
+
 def test_a_log_that_is_a_pipe_or_a_device_is_refused(tmp_path):
     """`yoda plot FIFO` waited forever in open(), `yoda plot /dev/zero` read until the memory ran out."""
     import errno

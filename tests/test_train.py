@@ -11,6 +11,7 @@ import math
 import glob
 import os
 import shutil
+import subprocess
 import re
 import sys
 import warnings
@@ -1441,8 +1442,9 @@ def test_out_and_weights_are_checked_before_training(tmp_path, img_folder, monke
     (tmp_path / "run2" / "log.csv").mkdir(parents=True)
     with pytest.raises(IsADirectoryError, match=r"--out: .*log.csv is a folder"):
         train_main(str(cfg_path), str(tmp_path / "run2"), device="cpu", progress=False)
-    with pytest.raises(ValueError, match=r"'model.pt' must end in .safetensors"):
-        train_main(str(cfg_path), str(tmp_path / "run3"), device="cpu", progress=False, weights_name="model.pt")
+    for name in ("model.pt", ".safetensors"):  # (the suffix alone wrote a hidden file that ls does not show)
+        with pytest.raises(ValueError, match=rf"'{name}' must be a name ending in .safetensors"):
+            train_main(str(cfg_path), str(tmp_path / "run3"), device="cpu", progress=False, weights_name=name)
     assert not (tmp_path / "run3").exists()
 
 
@@ -1720,6 +1722,13 @@ def test_the_closing_lines_of_train_escape_the_run_folder_name(tmp_path, img_fol
     assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
     o, e = capsys.readouterr()
     assert "\x1b" not in o + e and o.count("run\\x1b[31m") == 1 and e.count("run\\x1b[31m") == 3, (o, e)
+    # the "next:" line pastes back as it is, also for a name that is not UTF-8 (shlex.quote's 'r\xff' named another)
+    out = tmp_path / os.fsdecode(b"r\xff")
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "-q"]) == 0
+    o, e = capsys.readouterr()
+    assert e.startswith("yoda: note: next: yoda upscale IMAGE -o OUT --model $'") and "r\\xff/model.safetensors'" in e
+    quoted = e.split("--model ")[1].split(";")[0]
+    assert subprocess.run(["bash", "-c", f"test -f {quoted}"]).returncode == 0, quoted
 
 
 @pytest.mark.parametrize("name", ["edge", "sift"])

@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .errors import UserError
+from .names import NAME_MAX
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 _TRIES = 100  # O_EXCL name collisions with 48 random bits are not expected; bound the loop anyway
-_NAME_MAX = 255  # the longest file name, in bytes, of Linux's, macOS's and Windows' file systems
 
 
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10))}
@@ -69,8 +69,8 @@ def unportable(name: str) -> Optional[str]:
         return f"characters Windows refuses: {' '.join(map(repr, bad))}"
     if name[-1] in ". ":
         return "a name ending in a dot or a space (Windows drops it)"
-    if len(os.fsencode(name)) > _NAME_MAX:
-        return f"longer than {_NAME_MAX} bytes, the most a file system takes"
+    if len(os.fsencode(name)) > NAME_MAX:
+        return f"longer than {NAME_MAX} bytes, the most a file system takes"
     if name.split(".")[0].strip().upper() in _WINDOWS_DEVICES:
         return f"a device name on Windows ({name.split('.')[0]})"
     return None
@@ -101,7 +101,7 @@ def _create_temp(folder: str, name: str) -> tuple[str, int]:
 def _temp_stem(name: str) -> str:
     """The NAME of _create_temp's .NAME.RANDOM.tmp for a file called ``name``."""
     stem = name
-    while len(os.fsencode(f".{stem}.{'0' * 12}.tmp")) > _NAME_MAX:
+    while len(os.fsencode(f".{stem}.{'0' * 12}.tmp")) > NAME_MAX:
         stem = stem[:-1]
     return stem
 
@@ -320,9 +320,9 @@ def check_name_length(path: PathLike, what: str = "output") -> None:
     any long work, also where the folder is yet to be made (the write failed after sampling, without the
     argument's name)."""
     n = len(os.fsencode(Path(os.fspath(path)).name))
-    if n > _NAME_MAX:
+    if n > NAME_MAX:
         raise OSError(errno.ENAMETOOLONG, f"{what} {path}: its file name is {n} bytes long, more than the "
-                                          f"{_NAME_MAX} a file system takes; give a shorter one")
+                                          f"{NAME_MAX} a file system takes; give a shorter one")
 
 
 def check_writable(path: PathLike, what: str = "output", kept: bool = False) -> Path:
@@ -462,7 +462,7 @@ def claim_path(path: PathLike) -> str:
     would be too long for the file system)."""
     folder, name = os.path.split(os.fspath(path))
     claim = "." + name + CLAIM_SUFFIX
-    if len(os.fsencode(claim)) > _NAME_MAX:
+    if len(os.fsencode(claim)) > NAME_MAX:
         claim = "." + hashlib.sha256(os.fsencode(name)).hexdigest()[:40] + CLAIM_SUFFIX
     return os.path.join(folder, claim)
 

@@ -51,8 +51,8 @@ from .cli_upscale import (checked_steps, drop_own_outputs, expand_inputs, mebiby
                           output_targets, plan_windows, run_items, run_sharded,
                           speed_options, Tally, to_make, until_free, unused_window_batch_note, UpscaleRun, check_tiles,
                           window_notes, window_text, working_where)
-from .errors import (Terminated, UnrefinedWarning, UserError, lr_from_images, out_of_memory, printable, sigterm_exits,
-                     stop_in)
+from .errors import (Terminated, UnrefinedWarning, UserError, lr_from_images, out_of_memory, printable, shell_quoted,
+                     sigterm_exits, stop_in)
 from .malloc import release_heap, tune_malloc
 from .torchrun import dist_env, env_int, launched_world, lost_rank, main_rank, rank_prefix
 from .errors import user_input as _user_input
@@ -199,7 +199,7 @@ def cmd_attention(a) -> int:
                                      f"x{a.scale}")  # a newline in the name drew a second title line over the labels
     line = f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}"
     written_or_said(lambda: save_figure(fig, a.output), lambda: say(line, full_ok=False))
-    say(f"{line}  -> {a.output}", full_ok=False)  # (said only here: `> /dev/full` is an error, a closed pipe is not)
+    say(f"{line}  -> {printable(a.output)}", full_ok=False)  # (said only here: `> /dev/full` is an error, a closed pipe is not)
     return 0
 
 
@@ -377,8 +377,8 @@ def cmd_train(a) -> int:
             error_line(f"yoda: {how} at step {s['steps']} of {s['total']}; the checkpoint is saved: the same command "
                        f"resumes")
             return 0 if s["signal"] is None else 128 + int(s["signal"])
-        note(printable(f"next: yoda upscale IMAGE -o OUT --model {shlex.quote(s['weights'])}; "
-                       f"yoda plot {shlex.quote(s['out'])} -o {shlex.quote(os.path.join(s['out'], 'curves.png'))}"))
+        note(f"next: yoda upscale IMAGE -o OUT --model {shell_quoted(s['weights'])}; "  # pasted back as it is
+             f"yoda plot {shell_quoted(s['out'])} -o {shell_quoted(os.path.join(s['out'], 'curves.png'))}")
     return 0
 
 

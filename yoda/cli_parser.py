@@ -8,12 +8,13 @@ import math
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Optional
 
 from . import __version__
 from .console import error_line, write
 from .errors import printable
-from .names import (DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_MINUTES, OTHER_MODEL_STEPS, SIGMA_SCHEDULES,  # (torch-free)
+from .names import (NAME_MAX, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_MINUTES, OTHER_MODEL_STEPS, SIGMA_SCHEDULES,  # (torch-free)
                     OUTPUT_SUFFIXES, SOLVERS, WALLPAPER_PACKAGES)
 
 
@@ -58,6 +59,9 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (``yoda upscale: error: ...``) instead of the usage block, the defaults in
     the help (_Help), and every option that takes a value given at most once (_Once)."""
@@ -65,6 +69,9 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
+        # a negative value is a value, also in exponent form and as -inf / -nan (`--eta -1e-3` was "expected one
+        # argument", where --eta=-1e-3 got --eta's own error); no option of yoda's looks like one
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def add_argument(self, *args, **kwargs):
         # (train --config A --config B trained B, --steps 1 --steps 2 took 2, without a word: each option that was
@@ -238,6 +245,11 @@ def _path(v: str) -> str:
     if v == "-":  # (-o - made a folder named "-" and printed its lines where a pipe wanted an image)
         raise argparse.ArgumentTypeError("'-': yoda reads and writes files and folders, not stdin or stdout; give "
                                          "a path")
+    for part in Path(v).parts:  # (each command's first look at it failed as "NAME: File name too long", unnamed)
+        n = len(os.fsencode(part))
+        if n > NAME_MAX:
+            raise argparse.ArgumentTypeError(f"{printable(v)}: a file or folder name of {n} bytes; a file system "
+                                             f"takes at most {NAME_MAX}")
     return os.path.expanduser(v)  # --model=~/m.safetensors: the shell leaves a ~ after "=" as it is
 
 

@@ -45,8 +45,8 @@ def write(name: str, text: str, full_ok: bool) -> None:
         stream.flush()
     except OSError as e:
         if not (isinstance(e, BrokenPipeError) or full_ok and e.errno in (errno.ENOSPC, errno.EIO) or
-                (sys.platform == "win32" and e.errno == errno.EINVAL)):
-            raise
+                (sys.platform == "win32" and e.errno == errno.EINVAL)):  # named: it read as the output disk's error
+            raise OSError(e.errno, f"cannot write to {name}: {e.strerror or e}") from e
         try:  # the file descriptor itself, so that the flush at exit finds it writable too
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stream.fileno())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import shlex
 import sys
 
 
@@ -145,6 +146,17 @@ def broken_link(path) -> str:
     """" (a broken link to TARGET)" where ``path`` is a symbolic link to nothing, else "": what a "not found" says of
     a path that is there, as a link."""
     return f" (a broken link to {printable(os.readlink(path))})" if os.path.islink(path) else ""
+
+
+def shell_quoted(s: str) -> str:
+    """``s`` quoted for a POSIX shell so that a line holding it can be pasted back: shlex.quote's where ``s`` is
+    printable; else bash's $'...', whose \\xNN is the byte of a name that is not UTF-8 (printable's \\xff in
+    shlex.quote's '...' named another file)."""
+    if printable(s) == s:
+        return shlex.quote(s)
+    return "$'" + "".join("\\" + c if c in "'\\" else c if c.isprintable() else
+                          f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
+                          "".join(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogatepass")) for c in s) + "'"
 
 
 def printable(s: str) -> str:

@@ -28,4 +28,5 @@ WALLPAPER_PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", 
 MAX_MINUTES = 1e8
 
 # The image formats yoda writes, by suffix (yoda.images: the format follows the suffix; `yoda upscale --format`)
+NAME_MAX = 255  # the longest file name, in bytes, of Linux's, macOS's and Windows' file systems
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")

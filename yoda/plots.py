@@ -44,7 +44,8 @@ def read_log(path: str) -> list[dict]:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO waited forever, /dev/zero filled the memory
             raise ValueError(f"{path} is not a regular file (a device or a pipe); a training log is a CSV file")
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: a spreadsheet's byte-order mark, which made the first column "\ufeffstep", is read as none
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             rows, header = list(reader), reader.fieldnames or []
     except FileNotFoundError:

@@ -65,9 +65,9 @@ def check_weights_name(name: str) -> None:
     if name in RUN_FILES:
         raise ValueError(f"weights_name (--weights-name) {name!r} is one of the run's own files "
                          f"({', '.join(RUN_FILES)}): choose another name, e.g. model.safetensors")
-    if not name.endswith(".safetensors"):
-        raise ValueError(f"weights_name (--weights-name) {name!r} must end in .safetensors: the weights are a "
-                         f"safetensors file, e.g. model.safetensors")
+    if not name.endswith(".safetensors") or name == ".safetensors":  # (that alone: a hidden file, unseen by ls)
+        raise ValueError(f"weights_name (--weights-name) {name!r} must be a name ending in .safetensors: the weights "
+                         f"are a safetensors file, e.g. model.safetensors")
 
 
 # May change when a run is resumed: where it ends and its learning rate decays, how often it logs, validates (and
