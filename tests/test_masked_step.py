@@ -205,6 +205,34 @@ def test_tile_classes_skip_reads(backend):
     assert torch.equal(dirty, clean)
 
 
+@pytest.mark.parametrize("noise", [True, False])
+def test_rows_of_many_short_segments_sweep_as_the_reference(noise):
+    """The C++ sweep prefetches the segments of a row of several tile classes kAheadPixels (512) ahead and holds at
+    most 16 waiting (csrc/cpu/tile_sweep.h): rows that cycle inactive / full / mixed at every 8-px tile (140 segments
+    a row, the queue full), wider than a noise chunk (1024), give the reference's bits, and inactive tiles still
+    read no x nor model_out (NaN planted there)."""
+    if "cpp" not in yk.available_backends("cpu"):
+        pytest.skip("C++ backend unavailable")
+    B, C, H, W, tile = 1, 2, 16, 1100, 8
+    g = torch.Generator().manual_seed(5)
+    x, out, c = (torch.randn(B, C, H, W, generator=g) for _ in range(3))
+    kind = torch.arange(W) // tile % 3  # 0 inactive, 1 full, 2 mixed (half of its columns active)
+    A = torch.where(kind == 0, 0.1, torch.where(kind == 1, 0.9, torch.where(torch.arange(W) % 2 == 0, 0.9, 0.1)))
+    A = A.expand(B, 1, H, W).contiguous()
+    tmax, tmin = naive.tile_stats(A, tile)
+    coefs = yk.step_coefficients(0.3, 0.45)
+    z = torch.randn(B, C, H, W, generator=g) if noise else None
+    ref = naive.masked_step(x, out, c, A, tmax, tmin, 0.5, coefs, False, 1, 2, z, tile)
+    op = ops._impl("masked_step", "cpp")
+    assert torch.equal(op(x, out, c, A, tmax, tmin, 0.5, coefs, False, 1, 2, z, tile), ref)
+    inactive = (kind == 0).expand(B, C, H, W)
+    xn, on = x.masked_fill(inactive, float("nan")), out.masked_fill(inactive, float("nan"))
+    assert torch.equal(op(xn, on, c, A, tmax, tmin, 0.5, coefs, False, 1, 2, z, tile), ref)
+    zero = yk.step_coefficients(0.98, 1.0)  # sigma = lb = 0: no noise at all, the same sweep
+    assert torch.equal(op(x, out, c, A, tmax, tmin, 0.5, zero, False, 1, 2, None, tile),
+                       naive.masked_step(x, out, c, A, tmax, tmin, 0.5, zero, False, 1, 2, None, tile))
+
+
 @pytest.mark.parametrize("backend", [b for b in yk.available_backends("cpu") if b != "naive"])
 @pytest.mark.parametrize("op_name", ["masked_step", "masked_combine"])
 def test_a_nan_in_A_leaves_only_its_pixel_inactive_in_direct_calls(backend, op_name):

@@ -10,7 +10,7 @@
 // kChunk wide) at a time, as one block (normals.h: vectorised Philox and Box-Muller), while the group's row
 // segments are prefetched into L2 (the op's seg.prefetch), so that memory traffic overlaps the arithmetic; an
 // explicit float32 noise tensor with unit W-stride is read in place (and, in a row of tiles of several classes,
-// each row segment is prefetched while the one before it is swept); no noise is drawn or read when the op needs
+// each row segment is prefetched kAheadPixels before it is swept); no noise is drawn or read when the op needs
 // none.
 #pragma once
 
@@ -142,11 +142,46 @@ struct Run {
   int kind;
 };
 
-// A row segment whose sweep waits for the next one's prefetch (sweep_tile_rows); m == 0: none.
+// A row segment prefetched and waiting for its sweep (sweep_tile_rows).
 struct Pending {
-  int kind = 0;
-  int64_t y = 0, s0 = 0, m = 0;
-  const float* z = nullptr;
+  int kind;
+  int64_t y, s0, m;
+  const float* z;
+};
+
+// Rows of tiles of several classes: how far ahead of the segment being swept the prefetches run, in pixels (2 KiB
+// of each float32 stream), and the most segments waiting. One segment ahead (what the sweep did before) left the
+// short segments of mixed tiles (16 pixels: one cache line a stream) with no time for their loads. Measured on the
+// 2-vCPU AMD EPYC (Zen 4), 4x3x512², one thread, explicit noise, ratios to one segment ahead in one process: blob
+// map at 50% 0.91, left half active 0.94, edge maps of four photographs at 30 / 60% 0.86-0.89 (256 / 1024 / 2048
+// pixels: within 3% of 512); rows of one class do not queue.
+constexpr int64_t kAheadPixels = 512;
+constexpr int kMaxPending = 16;
+
+// The segments prefetched and not yet swept, oldest first: push() prefetches nothing itself (the caller does),
+// and returns the segments to sweep now through `sweep`, oldest first, while the ones after them hold kAheadPixels.
+struct PendingQueue {
+  Pending q[kMaxPending];
+  int head = 0, count = 0;
+  int64_t pixels = 0;  // of the waiting segments
+  template <typename F>
+  YODA_ALWAYS_INLINE void push(const Pending& p, const F& sweep) {
+    q[(head + count) % kMaxPending] = p;
+    ++count;
+    pixels += p.m;
+    while (count == kMaxPending || (count > 1 && pixels - q[head].m >= kAheadPixels)) pop(sweep);
+  }
+  template <typename F>
+  YODA_ALWAYS_INLINE void drain(const F& sweep) {
+    while (count) pop(sweep);
+  }
+  template <typename F>
+  YODA_ALWAYS_INLINE void pop(const F& sweep) {
+    sweep(q[head]);
+    pixels -= q[head].m;
+    head = (head + 1) % kMaxPending;
+    --count;
+  }
 };
 
 // The work items [begin, end) of the sweep: for every row segment of every run, in the order of the module
@@ -224,11 +259,12 @@ YODA_ALWAYS_INLINE inline void sweep_tile_rows(const SweepArgs& g, const Seg& se
           }
           // Without Philox (explicit noise or none), a row of tiles of several classes reads x, model_out and c in
           // pieces, and the hardware prefetchers restart at every piece: each segment's lines are prefetched
-          // one segment ahead (AMD EPYC Zen 4, 4x3x512^2 50% active, one thread: 3.8 -> 3.35 ms; left half
-          // inactive, right half full: 4.2 -> 3.2 ms). Rows of one class are left to the hardware (prefetching
-          // them too made the dense step 30-45% slower there).
+          // kAheadPixels ahead of the sweep (AMD EPYC Zen 4, 4x3x512^2 50% active, one thread: 3.8 -> 3.35 ms
+          // one segment ahead, and 0.91x that now; left half inactive, right half full: 4.2 -> 3.2 ms). Rows of
+          // one class are left to the hardware (prefetching them too made the dense step 30-45% slower there).
           const bool ahead = kUnitW && runs.size() > 1 && !(g.need_noise && !N);
-          Pending pending;
+          PendingQueue pending;
+          const auto sweep = [&](const Pending& p) { seg(p.kind, b, ch, p.y, p.s0, p.m, p.z); };
           for (int l = 0; l < nl; ++l) {
             const int64_t y = yg + l;
             for (const Run& r : runs) {
@@ -241,11 +277,10 @@ YODA_ALWAYS_INLINE inline void sweep_tile_rows(const SweepArgs& g, const Seg& se
               }
               seg.prefetch(r.kind, b, ch, y, s0, s1 - s0);
               if (N) prefetch_span(z, (s1 - s0) * static_cast<int64_t>(sizeof(float)));
-              if (pending.m) seg(pending.kind, b, ch, pending.y, pending.s0, pending.m, pending.z);
-              pending = {r.kind, y, s0, s1 - s0, z};
+              pending.push({r.kind, y, s0, s1 - s0, z}, sweep);
             }
           }
-          if (pending.m) seg(pending.kind, b, ch, pending.y, pending.s0, pending.m, pending.z);
+          pending.drain(sweep);
         }
       }
     }
