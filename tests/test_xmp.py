@@ -140,3 +140,69 @@ def test_upscale_carries_the_xmp_of_its_input(tmp_path, tiny_model, capsys):
         else:
             got = properties(packet)
             assert {k: got.get(k) for k in KEPT} == KEPT and "exif:PixelXDimension" not in got
+
+
+def test_packets_as_real_files_hold_them():
+    """A review's packets: a trailing NUL (iOS, taglib-sharp) dropped the whole packet; a UTF-16 packet slipped a DTD
+    past a byte search; Photoshop 7's x:xapmeta root was refused; a focal-plane resolution, a motion photo's video,
+    an Ultra HDR gain map and extended XMP (which the copy does not have) were carried."""
+    plain = carried(lightroom_xmp())
+    assert carried(lightroom_xmp() + b"\x00\x00 ") == plain
+    utf16 = lightroom_xmp().decode("utf-8").encode("utf-16")  # with its byte-order mark, as XMP allows
+    assert carried(utf16) == plain
+    declared = '<?xml version="1.0" encoding="UTF-16"?>' + lightroom_xmp().decode("utf-8")
+    assert carried(declared.encode("utf-16")) == plain
+    bomb = ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]><x:xmpmeta xmlns:x="adobe:ns:meta/">&a;'
+            '</x:xmpmeta>')
+    with pytest.raises(ValueError, match="DTD"):
+        carried(bomb.encode("utf-16"))
+    old = lightroom_xmp().replace(b"x:xmpmeta", b"x:xapmeta")
+    assert properties(carried(old))["xmp:Rating"] == "4"
+    extra = lightroom_xmp().replace(b' xmp:Rating="4"', (
+        b' xmp:Rating="4" exif:FocalPlaneXResolution="1000/1" GCamera:MotionPhoto="1" GCamera:MotionPhotoVersion="1"'
+        b' GCamera:SpecialTypeID="p" hdrgm:Version="1.0" xmpNote:HasExtendedXMP="0123"'
+        b' xmlns:GCamera="http://ns.google.com/photos/1.0/camera/" xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/"'
+        b' xmlns:xmpNote="http://ns.adobe.com/xmp/note/"'
+        b' xmlns:Container="http://ns.google.com/photos/1.0/container/"'
+        b' xmlns:Item="http://ns.google.com/photos/1.0/container/item/"'))
+    extra = extra.replace(b"   <tiff:ImageWidth>", b"   <Container:Directory><rdf:Seq><rdf:li rdf:parseType="
+                          b'"Resource"><Container:Item Item:Mime="video/mp4" Item:Length="2345678"/></rdf:li>'
+                          b"</rdf:Seq></Container:Directory>\n   <tiff:ImageWidth>")
+    text = carried(extra).decode("utf-8")
+    for gone in ("FocalPlane", "MotionPhoto", "hdrgm:", "HasExtendedXMP", "Container:", "Item:", "2345678"):
+        assert gone not in text, gone
+    assert 'GCamera:SpecialTypeID="p"' in text and properties(carried(extra))["xmp:Rating"] == "4"
+
+
+def test_deep_and_huge_packets_are_left_out_with_a_warning(tmp_path):
+    """A packet nested a thousand deep (11 KB: it fits a JPEG) overflowed ElementTree's writer: an internal error
+    that stopped a whole folder run. A huge one was parsed whole before the size check (26 MiB: 3.8 s, 400 MB)."""
+    a = np.zeros((4, 4, 3), np.uint8)
+    deep = lightroom_xmp().replace(b"<dc:subject>", b"<dc:subject>" + b"<a>" * 1500 + b"</a>" * 1500)
+    Image.fromarray(a).save(tmp_path / "deep.jpg", xmp=deep)
+    with pytest.warns(UserWarning, match=r"deep\.jpg: its XMP metadata cannot be read \(maximum recursion"):
+        assert read_xmp(tmp_path / "deep.jpg") is None
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", lightroom_xmp().decode("utf-8") + " " * (1 << 20))
+    Image.fromarray(a).save(tmp_path / "huge.png", pnginfo=info)
+    with pytest.warns(UserWarning, match=r"huge\.png: its XMP metadata cannot be read \(\d+ bytes, more than the "
+                                         r"1048576 read\)"):
+        assert read_xmp(tmp_path / "huge.png") is None
+
+
+def test_a_tiff_output_carries_exif_and_xmp_together(tmp_path):
+    """With both, a TIFF output lost its EXIF: Pillow's TIFF writer takes tiffinfo (the XMP) or exif, not both."""
+    from PIL import ExifTags
+
+    from yoda.exif import read_exif
+
+    ex = Image.Exif()
+    ex[ExifTags.Base.Make] = "Phone Co"
+    ex.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = "2021:06:05 14:03:22"
+    src = tmp_path / "both.jpg"
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(src, exif=ex.tobytes(), xmp=lightroom_xmp())
+    out = save_image(torch.zeros(1, 3, 8, 12), tmp_path / "out.tif", exif=read_exif(src, 4), xmp=read_xmp(src))
+    with Image.open(out) as im:
+        got = im.getexif()
+        assert got[ExifTags.Base.Make] == "Phone Co" and properties(im.info["xmp"])["xmp:Rating"] == "4"
+        assert got.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] == "2021:06:05 14:03:22"

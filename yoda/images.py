@@ -558,8 +558,12 @@ def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = 
     elif xmp and fmt == "PNG":  # (Pillow's PNG writer takes no xmp=: the iTXt chunk Adobe's XMP spec names)
         options["pnginfo"] = PngImagePlugin.PngInfo()
         options["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
-    elif xmp and fmt == "TIFF":
-        options["tiffinfo"] = {**options.get("tiffinfo", {}), XMP_TAG: xmp}
+    elif xmp and fmt == "TIFF":  # (Pillow's TIFF writer takes tiffinfo or exif, not both: one Exif holds the two)
+        info = Image.Exif() if exif else options.get("tiffinfo", {})
+        if exif:
+            info.load(options.pop("exif"))
+        info[XMP_TAG] = xmp
+        options["tiffinfo"] = info
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

@@ -5,16 +5,18 @@
 XMP is where photo managers (Lightroom, darktable, digiKam) keep what a photographer adds: keywords, ratings,
 labels, titles, captions, people, rights, and Camera Raw's develop settings of a JPEG. The copy keeps all of it
 and drops what described the stored pixels, as yoda.exif does for EXIF: the orientation (read_image turns the
-pixels upright), the pixel dimensions and resolution (the copy's EXIF block has the scaled resolution), the
-samples' layout, the colour space and ICC profile name (the copy is sRGB), the thumbnails, and the digests of
-the input's EXIF and TIFF tags (they would mark the copy's own tags as stale). `yoda upscale --strip-metadata`
-writes none.
+pixels upright), the pixel dimensions and resolutions (the copy's EXIF block has the scaled ones), the samples'
+layout, the colour space and ICC profile name (the copy is sRGB), the thumbnails, the digests of the input's EXIF
+and TIFF tags (they would mark the copy's own tags as stale), and what describes data stored after the input's
+image, which the copy does not have (a motion photo's video, an Ultra HDR gain map, a depth map, extended XMP).
+`yoda upscale --strip-metadata` writes none.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -27,15 +29,27 @@ TIFF = "http://ns.adobe.com/tiff/1.0/"
 EXIF = "http://ns.adobe.com/exif/1.0/"
 XMP = "http://ns.adobe.com/xap/1.0/"
 PHOTOSHOP = "http://ns.adobe.com/photoshop/1.0/"
+GCAMERA = "http://ns.google.com/photos/1.0/camera/"
 DROPPED = {(TIFF, n) for n in ("Orientation", "ImageWidth", "ImageLength", "BitsPerSample", "Compression",
                                "PhotometricInterpretation", "SamplesPerPixel", "PlanarConfiguration",
                                "YCbCrSubSampling", "YCbCrPositioning", "XResolution", "YResolution",
                                "ResolutionUnit", "NativeDigest")} | {
     (EXIF, n) for n in ("PixelXDimension", "PixelYDimension", "ColorSpace", "SubjectArea", "SubjectLocation",
-                        "NativeDigest")} | {(XMP, "Thumbnails"), (PHOTOSHOP, "ICCProfile"), (PHOTOSHOP, "ColorMode")}
+                        "FocalPlaneXResolution", "FocalPlaneYResolution", "FocalPlaneResolutionUnit",
+                        "NativeDigest")} | {
+    (GCAMERA, n) for n in ("MotionPhoto", "MotionPhotoVersion", "MotionPhotoPresentationTimestampUs", "MicroVideo",
+                           "MicroVideoVersion", "MicroVideoOffset", "MicroVideoPresentationTimestampUs")} | {
+    (XMP, "Thumbnails"), (PHOTOSHOP, "ICCProfile"), (PHOTOSHOP, "ColorMode"),
+    ("http://ns.adobe.com/xmp/note/", "HasExtendedXMP")}
+# namespaces wholly about data after the image: Google's container (motion photos, Ultra HDR), the gain map, depth
+DROPPED_NAMESPACES = {"http://ns.google.com/photos/1.0/container/", "http://ns.google.com/photos/1.0/container/item/",
+                      "http://ns.adobe.com/hdr-gain-map/1.0/", "http://ns.google.com/photos/1.0/depthmap/",
+                      "http://ns.google.com/photos/1.0/image/", "http://ns.google.com/photos/1.0/audio/"}
 JPEG_LIMIT = 65502 - 29  # the most packet bytes a JPEG's APP1 segment holds after its namespace name (no extended XMP)
+READ_LIMIT = 1 << 20  # a larger packet is not parsed (its thumbnails dropped, it must still fit JPEG_LIMIT)
 HEADER = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 TRAILER = '\n<?xpacket end="w"?>'
+_PREFIXES = threading.Lock()  # ElementTree's prefix table is the process's: one packet's prefixes at a time
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -44,30 +58,57 @@ def _split(name: str) -> tuple[str, str]:
     return ns, local
 
 
-def carried(packet: bytes) -> bytes:
-    """The XMP ``packet`` (bytes) less the properties of DROPPED, wrapped as a packet again (module docstring).
-    ValueError where it is not an XMP packet of well-formed XML without a DTD (XMP has none; entities could expand)."""
-    if b"<!DOCTYPE" in packet or b"<!ENTITY" in packet:
+def _dropped(name: str) -> bool:
+    ns, local = _split(name)
+    return (ns, local) in DROPPED or ns in DROPPED_NAMESPACES
+
+
+def _text(packet: bytes) -> str:
+    """The packet's text: UTF-8, or UTF-16 / UTF-32 by its byte-order mark (XMP's encodings), less its XML
+    declaration and the NULs and spaces some writers leave after it; ValueError for a DTD (XMP has none; its
+    entities could expand), looked for in the decoded text, which is what is parsed."""
+    for bom, codec in ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+                       (b"\xfe\xff", "utf-16")):
+        if packet.startswith(bom):
+            break
+    else:
+        codec = "utf-8-sig"
+    try:
+        text = packet.decode(codec).rstrip("\x00 \t\r\n")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8, UTF-16 or UTF-32 text ({e.reason})") from None
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
         raise ValueError("an XMP packet with a DTD")
+    if text.startswith("<?xml "):  # (its encoding="UTF-16" would not be the bytes parsed below)
+        text = text[text.index("?>") + 2:]
+    return text
+
+
+def carried(packet: bytes) -> bytes:
+    """The XMP ``packet`` (bytes) less the properties of DROPPED and DROPPED_NAMESPACES, wrapped as a packet again
+    (module docstring). ValueError where it is not an XMP packet of well-formed XML without a DTD."""
     prefixes, root = {}, None
-    for event, item in ET.iterparse(io.BytesIO(packet), events=("start-ns", "start")):
+    for event, item in ET.iterparse(io.BytesIO(_text(packet).encode("utf-8")), events=("start-ns", "start")):
         if event == "start-ns":
             prefixes.setdefault(item[1], item[0])
         elif root is None:
             root = item
-    if root is None or _split(root.tag) != ("adobe:ns:meta/", "xmpmeta") and _split(root.tag)[1] != "RDF":
+    if root is None or _split(root.tag) not in (("adobe:ns:meta/", "xmpmeta"), ("adobe:ns:meta/", "xapmeta")) \
+            and _split(root.tag)[1] != "RDF":
         raise ValueError("not an XMP packet (no x:xmpmeta or rdf:RDF element)")
     for parent in root.iter():
-        for name in [k for k in parent.attrib if _split(k) in DROPPED]:
+        for name in [k for k in parent.attrib if _dropped(k)]:
             del parent.attrib[name]
-        for child in [c for c in parent if _split(c.tag) in DROPPED]:
+        for child in [c for c in parent if _dropped(c.tag)]:
             parent.remove(child)
-    for uri, prefix in prefixes.items():  # the packet's own prefixes (ElementTree's are ns0, ns1 ...)
-        try:
-            ET.register_namespace(prefix, uri)
-        except ValueError:  # (ns0 and the like: ElementTree's own)
-            continue
-    return (HEADER + ET.tostring(root, encoding="unicode") + TRAILER).encode("utf-8")
+    with _PREFIXES:
+        for uri, prefix in prefixes.items():  # the packet's own prefixes (ElementTree's are ns0, ns1 ...)
+            try:
+                ET.register_namespace(prefix, uri)
+            except ValueError:  # (ns0 and the like: ElementTree's own)
+                continue
+        xml = ET.tostring(root, encoding="unicode")
+    return (HEADER + xml + TRAILER).encode("utf-8")
 
 
 def read_xmp(path: str | os.PathLike) -> Optional[bytes]:
@@ -80,10 +121,14 @@ def read_xmp(path: str | os.PathLike) -> Optional[bytes]:
             packet = im.info.get("xmp")
         if not packet:
             return None
-        data = carried(packet.encode("utf-8") if isinstance(packet, str) else bytes(packet))
+        raw = packet.encode("utf-8") if isinstance(packet, str) else bytes(packet)
+        if len(raw) > READ_LIMIT:
+            raise ValueError(f"{len(raw)} bytes, more than the {READ_LIMIT} read")
+        data = carried(raw)
     except FileNotFoundError:
         raise FileNotFoundError(f"path: no such image file: {p}") from None
-    except (OSError, SyntaxError, ValueError) as e:  # (ET.ParseError is a SyntaxError)
+    except (OSError, SyntaxError, ValueError, RecursionError) as e:  # (ET.ParseError is a SyntaxError; a packet
+        # nested a thousand deep overflowed ElementTree's writer)
         warnings.warn(f"{printable(str(p))}: its XMP metadata cannot be read ({e}); its upscaled copy carries none",
                       stacklevel=2)
         return None
