@@ -123,43 +123,56 @@ def read_exif(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
     Its print resolution (XResolution, YResolution; FocalPlane ones too) is ``scale`` times the input's: the copy
     prints at the size the photograph did, with more detail. A block that cannot be read, or that does not fit a
     JPEG even without its maker notes, is None with a warning naming the file."""
-    p = Path(path)
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be an int >= 1, got {scale!r}")
+    return carried_block(path, "EXIF", lambda p: _exif_of(p, scale), (TypeError, KeyError, struct.error))
+
+
+def carried_block(path: str | os.PathLike, what: str, read, errors: tuple = (),
+                  limit: int = JPEG_LIMIT) -> Optional[bytes]:
+    """read(Path(path)): the ``what`` metadata (EXIF, XMP) its upscaled copy carries, or None; None with a warning
+    naming the file where it cannot be read (OSError, SyntaxError, ValueError, ``errors``) or does not fit a JPEG
+    (``limit`` bytes). Shared by read_exif and yoda.xmp.read_xmp."""
+    p = Path(path)
     try:
-        with open_image(p) as im:
-            src = im.getexif()
-            turned = src.get(T.Orientation, 1) in (5, 6, 7, 8)  # read_image's quarter turn: x and y swap
-            out = Image.Exif()
-            for tag in KEPT:
-                if tag in src:
-                    out[tag] = _as_written(src[tag])
-            sub = {k: _as_written(v) for k, v in src.get_ifd(ExifTags.IFD.Exif).items() if k not in DROPPED}
-            if T.ColorSpace in sub:
-                sub[T.ColorSpace] = SRGB
-            for ifd, (x, y) in ((out, (T.XResolution, T.YResolution)),
-                                (sub, (T.FocalPlaneXResolution, T.FocalPlaneYResolution))):
-                _scaled(ifd, x, y, scale, turned)
-            gps = {k: _as_written(v) for k, v in src.get_ifd(ExifTags.IFD.GPSInfo).items()}
-            for tag, ifd in ((ExifTags.IFD.Exif, sub), (ExifTags.IFD.GPSInfo, gps)):
-                if ifd:
-                    out[tag] = dict(ifd)
-            if not len(out):
-                return None
-            data = out.tobytes()
-            if len(data) > JPEG_LIMIT and T.MakerNote in sub:  # a camera's maker notes: the bulk, and private
-                del sub[T.MakerNote]
-                out[ExifTags.IFD.Exif] = dict(sub)
-                data = out.tobytes()
-            data = _typed_as(data, _reader(im, p))
+        data = read(p)
     except FileNotFoundError:
         raise FileNotFoundError(f"path: no such image file: {p}") from None
-    except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error) as e:
-        warnings.warn(f"{printable(str(p))}: its EXIF metadata cannot be read ({e}); its upscaled copy carries none",
-                      stacklevel=2)
+    except (OSError, SyntaxError, ValueError, *errors) as e:
+        warnings.warn(f"{printable(str(p))}: its {what} metadata cannot be read ({e}); its upscaled copy carries "
+                      f"none", stacklevel=3)
         return None
-    if len(data) > JPEG_LIMIT:
-        warnings.warn(f"{printable(str(p))}: its EXIF metadata ({len(data)} bytes) is larger than a JPEG holds "
-                      f"({JPEG_LIMIT}); its upscaled copy carries none", stacklevel=2)
+    if data is not None and len(data) > limit:
+        warnings.warn(f"{printable(str(p))}: its {what} metadata ({len(data)} bytes) is larger than a JPEG holds "
+                      f"({limit}); its upscaled copy carries none", stacklevel=3)
         return None
     return data
+
+
+def _exif_of(p: Path, scale: int) -> Optional[bytes]:
+    """read_exif's block, unchecked."""
+    with open_image(p) as im:
+        src = im.getexif()
+        turned = src.get(T.Orientation, 1) in (5, 6, 7, 8)  # read_image's quarter turn: x and y swap
+        out = Image.Exif()
+        for tag in KEPT:
+            if tag in src:
+                out[tag] = _as_written(src[tag])
+        sub = {k: _as_written(v) for k, v in src.get_ifd(ExifTags.IFD.Exif).items() if k not in DROPPED}
+        if T.ColorSpace in sub:
+            sub[T.ColorSpace] = SRGB
+        for ifd, (x, y) in ((out, (T.XResolution, T.YResolution)),
+                            (sub, (T.FocalPlaneXResolution, T.FocalPlaneYResolution))):
+            _scaled(ifd, x, y, scale, turned)
+        gps = {k: _as_written(v) for k, v in src.get_ifd(ExifTags.IFD.GPSInfo).items()}
+        for tag, ifd in ((ExifTags.IFD.Exif, sub), (ExifTags.IFD.GPSInfo, gps)):
+            if ifd:
+                out[tag] = dict(ifd)
+        if not len(out):
+            return None
+        data = out.tobytes()
+        if len(data) > JPEG_LIMIT and T.MakerNote in sub:  # a camera's maker notes: the bulk, and private
+            del sub[T.MakerNote]
+            out[ExifTags.IFD.Exif] = dict(sub)
+            data = out.tobytes()
+        return _typed_as(data, _reader(im, p))

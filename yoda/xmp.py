@@ -17,12 +17,11 @@ from __future__ import annotations
 import io
 import os
 import threading
-import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
 
-from .errors import printable
+from .exif import carried_block
 from .images import open_image
 
 TIFF = "http://ns.adobe.com/tiff/1.0/"
@@ -113,27 +112,20 @@ def carried(packet: bytes) -> bytes:
 
 def read_xmp(path: str | os.PathLike) -> Optional[bytes]:
     """The XMP packet of the image file ``path`` (JPEG, PNG, WebP, TIFF, AVIF ...) as its upscaled sRGB copy carries
-    it (module docstring), for ``save_image(..., xmp=...)``; None when it has none. A packet that cannot be read,
-    or that does not fit a JPEG, is None with a warning naming the file."""
-    p = Path(path)
-    try:
-        with open_image(p) as im:
-            packet = im.info.get("xmp")
-        if not packet:
-            return None
-        raw = packet.encode("utf-8") if isinstance(packet, str) else bytes(packet)
-        if len(raw) > READ_LIMIT:
-            raise ValueError(f"{len(raw)} bytes, more than the {READ_LIMIT} read")
-        data = carried(raw)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"path: no such image file: {p}") from None
-    except (OSError, SyntaxError, ValueError, RecursionError) as e:  # (ET.ParseError is a SyntaxError; a packet
-        # nested a thousand deep overflowed ElementTree's writer)
-        warnings.warn(f"{printable(str(p))}: its XMP metadata cannot be read ({e}); its upscaled copy carries none",
-                      stacklevel=2)
+    it (module docstring), for ``save_image(..., xmp=...)``; None when it has none. A packet that cannot be read
+    (not well-formed, nested too deep, over READ_LIMIT), or that does not fit a JPEG, is None with a warning naming
+    the file."""
+    return carried_block(path, "XMP", _xmp_of, (RecursionError,), JPEG_LIMIT)  # (a packet nested a thousand deep overflowed
+    # ElementTree's writer; ET.ParseError is a SyntaxError)
+
+
+def _xmp_of(p: Path) -> Optional[bytes]:
+    """read_xmp's packet, unchecked."""
+    with open_image(p) as im:
+        packet = im.info.get("xmp")
+    if not packet:
         return None
-    if len(data) > JPEG_LIMIT:
-        warnings.warn(f"{printable(str(p))}: its XMP metadata ({len(data)} bytes) is larger than a JPEG holds "
-                      f"({JPEG_LIMIT}); its upscaled copy carries none", stacklevel=2)
-        return None
-    return data
+    raw = packet.encode("utf-8") if isinstance(packet, str) else bytes(packet)
+    if len(raw) > READ_LIMIT:
+        raise ValueError(f"{len(raw)} bytes, more than the {READ_LIMIT} read")
+    return carried(raw)
