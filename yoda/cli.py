@@ -199,7 +199,8 @@ def cmd_attention(a) -> int:
                                      f"x{a.scale}")  # a newline in the name drew a second title line over the labels
     line = f"pixel update ratio ({a.attention}, lower bound {a.lower_bound:g}, {what}): {ratio:.3f}"
     written_or_said(lambda: save_figure(fig, a.output), lambda: say(line, full_ok=False))
-    say(f"{line}  -> {printable(a.output)}", full_ok=False)  # (said only here: `> /dev/full` is an error, a closed pipe is not)
+    # (said only here: `> /dev/full` is an error, a closed pipe is not)
+    say(f"{line}  -> {printable(a.output)}", full_ok=False)
     return 0
 
 

@@ -183,8 +183,9 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
 
 
 def read_input(path: str, max_pixels: Optional[int] = None, exif: int = 0) -> tuple[np.ndarray, bool, dict]:
-    """(uint8 RGB (H, W, 3), whether the file is grey, the metadata an output ``exif`` times larger carries: save_image's
-    exif and xmp (yoda.exif.read_exif, yoda.xmp.read_xmp; {} for exif 0)). max_pixels: None = yoda.images.MAX_PIXELS."""
+    """(uint8 RGB (H, W, 3), whether the file is grey, the metadata an output ``exif`` times larger carries:
+    save_image's exif and xmp (yoda.exif.read_exif, yoda.xmp.read_xmp; {} for exif 0)). max_pixels: None =
+    yoda.images.MAX_PIXELS."""
     import warnings
 
     from .exif import read_exif

@@ -14,8 +14,8 @@ from typing import Optional
 from . import __version__
 from .console import error_line, write
 from .errors import printable
-from .names import (NAME_MAX, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_MINUTES, OTHER_MODEL_STEPS, SIGMA_SCHEDULES,  # (torch-free)
-                    OUTPUT_SUFFIXES, SOLVERS, WALLPAPER_PACKAGES)
+from .names import (DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_MINUTES, OTHER_MODEL_STEPS, SIGMA_SCHEDULES,  # (torch-free)
+                    NAME_MAX, OUTPUT_SUFFIXES, SOLVERS, WALLPAPER_PACKAGES)
 
 
 class _Help(argparse.HelpFormatter):

@@ -115,8 +115,8 @@ def read_xmp(path: str | os.PathLike) -> Optional[bytes]:
     it (module docstring), for ``save_image(..., xmp=...)``; None when it has none. A packet that cannot be read
     (not well-formed, nested too deep, over READ_LIMIT), or that does not fit a JPEG, is None with a warning naming
     the file."""
-    return carried_block(path, "XMP", _xmp_of, (RecursionError,), JPEG_LIMIT)  # (a packet nested a thousand deep overflowed
-    # ElementTree's writer; ET.ParseError is a SyntaxError)
+    # (RecursionError: a packet nested a thousand deep overflowed ElementTree's writer; ET.ParseError is a SyntaxError)
+    return carried_block(path, "XMP", _xmp_of, (RecursionError,), JPEG_LIMIT)
 
 
 def _xmp_of(p: Path) -> Optional[bytes]:

@@ -158,8 +158,9 @@ struct Pending {
 constexpr int64_t kAheadPixels = 512;
 constexpr int kMaxPending = 16;
 
-// The segments prefetched and not yet swept, oldest first: push() prefetches nothing itself (the caller does),
-// and returns the segments to sweep now through `sweep`, oldest first, while the ones after them hold kAheadPixels.
+// The segments prefetched and not yet swept, oldest first. push() queues one (the caller has prefetched it), then
+// sweeps the oldest through `sweep` while the ones after them hold kAheadPixels (or the queue is full); drain()
+// sweeps the rest.
 struct PendingQueue {
   Pending q[kMaxPending];
   int head = 0, count = 0;
