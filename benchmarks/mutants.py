@@ -3473,6 +3473,10 @@ MUTANTS = [
            '        info = options.get("tiffinfo", {})\n        if exif:\n            pass',
            ("tests/test_xmp.py", "-k", "exif_and_xmp_together"),
            "a TIFF output of an input with EXIF and XMP loses its EXIF"),
+    Mutant("xmp-png-text-unread", "yoda/xmp.py",
+           "        if packet is None and isinstance(text, str):", "        if False:",
+           ("tests/test_xmp.py", "-k", "text_chunk"),
+           "XMP in a PNG's tEXt / zTXt chunk (older writers) is not carried"),
 ]
 
 

@@ -103,6 +103,15 @@ def test_read_xmp_and_save_image_carry_the_packet_in_each_format(tmp_path, fmt, 
         save_image(x, tmp_path / "out.png", xmp=packet.decode())
 
 
+@pytest.mark.parametrize("zip_", [False, True])
+def test_read_xmp_of_a_png_text_chunk(tmp_path, zip_):
+    """XMP in a PNG's tEXt or zTXt chunk (older writers) was not read: Pillow's info["xmp"] holds iTXt's only."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("XML:com.adobe.xmp", lightroom_xmp().decode("latin-1"), zip=zip_)  # its UTF-8 bytes, as written
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "old.png", pnginfo=info)
+    assert read_xmp(tmp_path / "old.png") == carried(lightroom_xmp())  # the "ü" and "©" of UTF-8 as they were
+
+
 def test_read_xmp_none_unreadable_and_too_large(tmp_path):
     a = np.zeros((4, 4, 3), np.uint8)
     Image.fromarray(a).save(tmp_path / "plain.jpg")

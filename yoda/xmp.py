@@ -123,6 +123,9 @@ def _xmp_of(p: Path) -> Optional[bytes]:
     """read_xmp's packet, unchecked."""
     with open_image(p) as im:
         packet = im.info.get("xmp")
+        text = im.info.get("XML:com.adobe.xmp")  # a PNG's tEXt / zTXt chunk (Pillow's "xmp" is iTXt's only)
+        if packet is None and isinstance(text, str):
+            packet = text.encode("latin-1", "replace")  # (the bytes Pillow read as Latin-1, tEXt's encoding)
     if not packet:
         return None
     raw = packet.encode("utf-8") if isinstance(packet, str) else bytes(packet)
