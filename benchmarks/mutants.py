@@ -3477,6 +3477,10 @@ MUTANTS = [
            "        if packet is None and isinstance(text, str):", "        if False:",
            ("tests/test_xmp.py", "-k", "text_chunk"),
            "XMP in a PNG's tEXt / zTXt chunk (older writers) is not carried"),
+    Mutant("xmp-prefixes-unlocked", "yoda/xmp.py",
+           "    with _PREFIXES:\n", "    if True:\n",
+           ("tests/test_xmp.py", "-k", "two_threads"),
+           "two threads' packets with opposite prefixes come out with one prefix bound twice: invalid XML"),
 ]
 
 

@@ -215,3 +215,40 @@ def test_a_tiff_output_carries_exif_and_xmp_together(tmp_path):
         got = im.getexif()
         assert got[ExifTags.Base.Make] == "Phone Co" and properties(im.info["xmp"])["xmp:Rating"] == "4"
         assert got.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] == "2021:06:05 14:03:22"
+
+
+def test_two_threads_do_not_mix_their_packets_prefixes(monkeypatch):
+    """carried() registers each packet's prefixes in ElementTree's process-wide table: two threads whose packets
+    bind the prefixes a / b the other way round wrote xmlns:b twice (invalid XML, 1 in 6,000 threaded calls). The
+    registration and the writing are one step under a lock: thread B's packet waits while A's is written."""
+    import threading
+
+    import yoda.xmp as xmp
+
+    def packet(p, q):
+        return (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
+                f'xmlns:{p}="urn:one" xmlns:{q}="urn:two" {p}:v="1" {q}:w="2"/></rdf:RDF></x:xmpmeta>').encode()
+
+    writing, registered = threading.Event(), threading.Event()
+    real_tostring, real_register = ET.tostring, ET.register_namespace
+
+    def slow_tostring(*args, **kwargs):  # A writes only once B registered, or after 0.3 s (B waits for the lock)
+        writing.set()
+        registered.wait(0.3)
+        return real_tostring(*args, **kwargs)
+
+    def register(prefix, uri):
+        if threading.current_thread().name == "B":
+            registered.set()
+        real_register(prefix, uri)
+
+    monkeypatch.setattr(xmp.ET, "tostring", slow_tostring)
+    monkeypatch.setattr(xmp.ET, "register_namespace", register)
+    out = {}
+    a = threading.Thread(target=lambda: out.setdefault("A", carried(packet("a", "b"))), name="A")
+    b = threading.Thread(target=lambda: (writing.wait(5), out.setdefault("B", carried(packet("b", "a")))), name="B")
+    a.start(), b.start(), a.join(10), b.join(10)
+    for name, (one, two) in (("A", ("a", "b")), ("B", ("b", "a"))):
+        text = out[name].decode()
+        ET.fromstring(text.split("?>", 1)[1].rsplit("<?xpacket", 1)[0])  # well-formed
+        assert f'xmlns:{one}="urn:one"' in text and f'xmlns:{two}="urn:two"' in text and f'{one}:v="1"' in text, text
