@@ -1156,7 +1156,7 @@ def test_camera_previews_are_no_frames_and_pillows_warnings_name_the_file(tmp_pa
     from yoda.cli_models import read_input
 
     with pytest.warns(UserWarning) as said:  # the CLI, in its one thread, names the file (once: read_exif reads
-        read_input(str(bad), exif=4)  # the broken block again, for upscale's output)
+        read_input(str(bad), carry=4)  # the broken block again, for upscale's output)
     assert [str(w.message) for w in said] == [f"{bad}: Corrupt EXIF data.  Expecting to read 12 bytes but only got "
                                               "10. "], [str(w.message) for w in said]
 

@@ -97,7 +97,7 @@ def cmd_upscale(a) -> int:
                 raise UserError(refused[src])
             if mine:
                 keep = not a.strip_metadata and not dst.lower().endswith(".bmp")  # (a BMP holds no metadata)
-                arr, grey, meta = read_input(src, a.max_pixels, exif=a.scale if keep else 0)
+                arr, grey, meta = read_input(src, a.max_pixels, carry=a.scale if keep else 0)
                 check_hr_size(src, arr, a.scale, a.max_pixels, dst, grey)
                 try:
                     _upscale_one(a, run, arr, grey, src, dst, tally, meta)

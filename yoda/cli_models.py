@@ -182,9 +182,9 @@ def upscale_tensor(model, lr, *, attention, steps, sampler, eta, lower_bound, se
                       window_batch=window_batch, sigmas=sigmas, callback=callback, pad=True, **(speed or {}))
 
 
-def read_input(path: str, max_pixels: Optional[int] = None, exif: int = 0) -> tuple[np.ndarray, bool, dict]:
-    """(uint8 RGB (H, W, 3), whether the file is grey, the metadata an output ``exif`` times larger carries:
-    save_image's exif and xmp (yoda.exif.read_exif, yoda.xmp.read_xmp; {} for exif 0)). max_pixels: None =
+def read_input(path: str, max_pixels: Optional[int] = None, carry: int = 0) -> tuple[np.ndarray, bool, dict]:
+    """(uint8 RGB (H, W, 3), whether the file is grey, the metadata an output ``carry`` times larger carries:
+    save_image's exif and xmp (yoda.exif.read_exif, yoda.xmp.read_xmp; {} for carry 0)). max_pixels: None =
     yoda.images.MAX_PIXELS."""
     import warnings
 
@@ -198,7 +198,7 @@ def read_input(path: str, max_pixels: Optional[int] = None, exif: int = 0) -> tu
             warnings.simplefilter("always")
             a = read_image(path, max_pixels)
             # (Pillow's "Corrupt EXIF data" again: said once, below)
-            meta = {"exif": read_exif(path, exif), "xmp": read_xmp(path)} if exif else {}
+            meta = {"exif": read_exif(path, carry), "xmp": read_xmp(path)} if carry else {}
     finally:  # said again of the file, read or not: Pillow's own ("Corrupt EXIF data ...") named none
         for text, category in dict.fromkeys((str(w.message), w.category) for w in said):  # each once
             named = path in text or str(Path(path)) in text  # yoda's own name it ("./a.gif" as "a.gif")
