@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from yoda.images import save_image
-from yoda.xmp import JPEG_LIMIT, carried, read_xmp
+from yoda.images import XMP_JPEG_LIMIT, save_image
+from yoda.xmp import READ_LIMIT, carried, read_xmp
 
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 NS = {"x": "adobe:ns:meta/", "rdf": RDF, "xmp": "http://ns.adobe.com/xap/1.0/",
@@ -120,12 +120,12 @@ def test_read_xmp_none_unreadable_and_too_large(tmp_path):
     with pytest.warns(UserWarning, match=r"broken\.jpg: its XMP metadata cannot be read \(.*\); its upscaled copy "
                                          r"carries none"):
         assert read_xmp(tmp_path / "broken.jpg") is None
-    info = PngImagePlugin.PngInfo()  # a PNG holds a packet larger than a JPEG's segment
-    big = lightroom_xmp().replace(b'xmp:Label="Red"', b'xmp:Label="' + b"R" * JPEG_LIMIT + b'"')
+    info = PngImagePlugin.PngInfo()
+    big = lightroom_xmp().replace(b'xmp:Label="Red"', b'xmp:Label="' + b"R" * READ_LIMIT + b'"')
     info.add_itxt("XML:com.adobe.xmp", big.decode("utf-8"))
     Image.fromarray(a).save(tmp_path / "huge.png", pnginfo=info)
-    with pytest.warns(UserWarning, match=rf"huge\.png: its XMP metadata \(\d+ bytes\) is larger than a JPEG holds "
-                                         rf"\({JPEG_LIMIT}\); its upscaled copy carries none"):
+    with pytest.warns(UserWarning, match=rf"huge\.png: its XMP metadata cannot be read \(\d+ bytes, more than the "
+                                         rf"{READ_LIMIT} read\); its upscaled copy carries none"):
         assert read_xmp(tmp_path / "huge.png") is None
     with pytest.raises(FileNotFoundError, match="path: no such image file"):
         read_xmp(tmp_path / "missing.jpg")
@@ -149,6 +149,16 @@ def test_upscale_carries_the_xmp_of_its_input(tmp_path, tiny_model, capsys):
         else:
             got = properties(packet)
             assert {k: got.get(k) for k in KEPT} == KEPT and "exif:PixelXDimension" not in got
+    rs, dim = "http://www.metadataworkgroup.com/schemas/regions/", "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
+    faces = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
+             f'xmlns:mwg-rs="{rs}" xmlns:stDim="{dim}"><mwg-rs:Regions rdf:parseType="Resource"><mwg-rs:'
+             f'AppliedToDimensions stDim:w="12" stDim:h="8" stDim:unit="pixel"/></mwg-rs:Regions></rdf:Description>'
+             f'</rdf:RDF></x:xmpmeta>').encode()
+    Image.fromarray(np.full((8, 12, 3), 90, np.uint8)).save(tmp_path / "faces.jpg", xmp=faces)
+    assert main(["upscale", str(tmp_path / "faces.jpg"), "-o", str(tmp_path / "faces.png"), "--model", tiny_model,
+                 "--steps", "1", "-q"]) == 0
+    with Image.open(tmp_path / "faces.png") as im:  # the regions apply to the copy's size
+        assert f'stDim:w="{im.width}" stDim:h="{im.height}"'.encode() in im.info["xmp"] and im.width > 12
 
 
 def test_packets_as_real_files_hold_them():
@@ -229,18 +239,24 @@ def test_two_threads_do_not_mix_their_packets_prefixes(monkeypatch):
         return (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
                 f'xmlns:{p}="urn:one" xmlns:{q}="urn:two" {p}:v="1" {q}:w="2"/></rdf:RDF></x:xmpmeta>').encode()
 
-    writing, registered = threading.Event(), threading.Event()
+    writing, registered, written = threading.Event(), threading.Event(), threading.Event()
     real_tostring, real_register = ET.tostring, ET.register_namespace
 
     def slow_tostring(*args, **kwargs):  # A writes only once B registered, or after 0.3 s (B waits for the lock)
+        if threading.current_thread().name != "A":
+            return real_tostring(*args, **kwargs)
         writing.set()
         registered.wait(0.3)
-        return real_tostring(*args, **kwargs)
+        try:
+            return real_tostring(*args, **kwargs)
+        finally:
+            written.set()
 
-    def register(prefix, uri):
-        if threading.current_thread().name == "B":
-            registered.set()
+    def register(prefix, uri):  # B, its a and b bound the other way, waits until A has written
         real_register(prefix, uri)
+        if threading.current_thread().name == "B" and prefix == "a":
+            registered.set()
+            written.wait(5)
 
     monkeypatch.setattr(xmp.ET, "tostring", slow_tostring)
     monkeypatch.setattr(xmp.ET, "register_namespace", register)
@@ -252,3 +268,80 @@ def test_two_threads_do_not_mix_their_packets_prefixes(monkeypatch):
         text = out[name].decode()
         ET.fromstring(text.split("?>", 1)[1].rsplit("<?xpacket", 1)[0])  # well-formed
         assert f'xmlns:{one}="urn:one"' in text and f'xmlns:{two}="urn:two"' in text and f'{one}:v="1"' in text, text
+
+
+def test_a_packet_larger_than_a_jpeg_holds_goes_into_other_formats(tmp_path):
+    """read_xmp gave None for any packet over a JPEG's 64 KiB, whatever the output's format: a Photoshop packet with
+    a long history was dropped from a PNG or TIFF copy that holds it. The JPEG's limit is applied where a JPEG is
+    written (with a warning naming the file; Pillow's own error said only "XMP data is too long")."""
+    big = lightroom_xmp().replace(b'xmp:Label="Red"', b'xmp:Label="' + b"R" * XMP_JPEG_LIMIT + b'"')
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", big.decode("utf-8"))
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "history.png", pnginfo=info)
+    packet = read_xmp(tmp_path / "history.png")
+    assert packet == carried(big) and len(packet) > XMP_JPEG_LIMIT
+    x = torch.zeros(1, 3, 4, 4)
+    for suffix in (".png", ".tif", ".webp"):
+        save_image(x, tmp_path / f"out{suffix}", xmp=packet)
+        with Image.open(tmp_path / f"out{suffix}") as im:
+            assert im.info.get("xmp") == packet, suffix
+    with pytest.warns(UserWarning, match=rf"out\.jpg: its XMP packet \({len(packet)} bytes\) is larger than a JPEG "
+                                         rf"holds \({XMP_JPEG_LIMIT}\); written without it"):
+        save_image(x, tmp_path / "out.jpg", xmp=packet)
+    with Image.open(tmp_path / "out.jpg") as im:
+        assert "xmp" not in im.info
+    save_image(x, tmp_path / "fits.jpg", xmp=carried(lightroom_xmp()))  # one that fits is written
+    with Image.open(tmp_path / "fits.jpg") as im:
+        assert im.info["xmp"] == carried(lightroom_xmp())
+
+
+def test_attributes_of_a_default_namespace_keep_it():
+    """A packet binding a namespace both as its default and with a prefix came back with the default (xmlns="...")
+    and its attributes unprefixed, which XML puts in no namespace: dc:format was lost to every XMP reader. The copy
+    names a prefix for it (the packet's own, else the XMP specification's), and ElementTree's process-wide prefix
+    table is left as it was (a default namespace registered there changed how other code writes XML)."""
+    dc = NS["dc"]
+    table = dict(ET._namespace_map)
+    for binding in ('xmlns="{0}" xmlns:dc="{0}"', 'xmlns:dc="{0}" xmlns="{0}"', 'xmlns="{0}"'):
+        packet = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
+                  f'{binding.format(dc)} format="image/jpeg"><title>t</title></rdf:Description></rdf:RDF>'
+                  f'</x:xmpmeta>').encode()
+        packet = packet.replace(b' format=', b' dc:format=') if b"xmlns:dc" in packet else packet
+        out = carried(packet)
+        root = ET.fromstring(out.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
+        d = next(root.iter(f"{{{RDF}}}Description"))
+        assert d.find(f"{{{dc}}}title").text == "t", out
+        if b"xmlns:dc" in packet:
+            assert d.get(f"{{{dc}}}format") == "image/jpeg", out
+        assert b'xmlns="' not in out and b"dc:title" in out, out
+    assert ET._namespace_map == table
+
+
+def test_the_copy_is_another_instance_with_its_regions_sized_to_it(tmp_path):
+    """The copy carried the input's xmpMM:InstanceID (the identifier of that one file: two files claimed it) and
+    its face regions' mwg-rs:AppliedToDimensions, the input's pixel size: photo managers that check it against the
+    image dropped the regions of the four times larger copy. The instance ID is left out (DocumentID stays) and the
+    dimensions scale with the image, written as attributes or as elements; a unit other than pixels is left alone."""
+    mm, rs, dim = "http://ns.adobe.com/xap/1.0/mm/", "http://www.metadataworkgroup.com/schemas/regions/", \
+        "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
+    packet = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
+              f'xmlns:xmpMM="{mm}" xmlns:mwg-rs="{rs}" xmlns:stDim="{dim}" xmpMM:InstanceID="xmp.iid:1" '
+              f'xmpMM:DocumentID="xmp.did:7"><mwg-rs:Regions rdf:parseType="Resource">'
+              f'<mwg-rs:AppliedToDimensions stDim:w="4032" stDim:h="3024.5" stDim:unit="pixel"/>'
+              f'</mwg-rs:Regions><mwg-rs:Other rdf:parseType="Resource"><mwg-rs:AppliedToDimensions '
+              f'rdf:parseType="Resource"><stDim:w>40</stDim:w><stDim:h>30</stDim:h></mwg-rs:AppliedToDimensions>'
+              f'</mwg-rs:Other><mwg-rs:Inches rdf:parseType="Resource"><mwg-rs:AppliedToDimensions stDim:w="8" '
+              f'stDim:h="6" stDim:unit="inch"/></mwg-rs:Inches></rdf:Description></rdf:RDF></x:xmpmeta>').encode()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "faces.jpg", xmp=packet)
+    out = read_xmp(tmp_path / "faces.jpg", 4)
+    root = ET.fromstring(out.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
+    d = next(root.iter(f"{{{RDF}}}Description"))
+    assert d.get(f"{{{mm}}}InstanceID") is None and d.get(f"{{{mm}}}DocumentID") == "xmp.did:7"
+    sizes = [(e.get(f"{{{dim}}}w") or e.findtext(f"{{{dim}}}w"), e.get(f"{{{dim}}}h") or e.findtext(f"{{{dim}}}h"))
+             for e in root.iter(f"{{{rs}}}AppliedToDimensions")]
+    assert sizes == [("16128", "12098.0"), ("160", "120"), ("8", "6")]
+    assert carried(packet) == read_xmp(tmp_path / "faces.jpg")  # scale 1: the sizes as they were
+    for bad in ("4", 0, True, 2.0):
+        with pytest.raises(ValueError, match=f"scale must be an int >= 1, got {bad!r}"):
+            read_xmp(tmp_path / "faces.jpg", bad)
+    assert b'stDim:w="4032"' in carried(packet)

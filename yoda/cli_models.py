@@ -198,7 +198,7 @@ def read_input(path: str, max_pixels: Optional[int] = None, carry: int = 0) -> t
             warnings.simplefilter("always")
             a = read_image(path, max_pixels)
             # (Pillow's "Corrupt EXIF data" again: said once, below)
-            meta = {"exif": read_exif(path, carry), "xmp": read_xmp(path)} if carry else {}
+            meta = {"exif": read_exif(path, carry), "xmp": read_xmp(path, carry)} if carry else {}
     finally:  # said again of the file, read or not: Pillow's own ("Corrupt EXIF data ...") named none
         for text, category in dict.fromkeys((str(w.message), w.category) for w in said):  # each once
             named = path in text or str(Path(path)) in text  # yoda's own name it ("./a.gif" as "a.gif")

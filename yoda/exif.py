@@ -123,16 +123,21 @@ def read_exif(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
     Its print resolution (XResolution, YResolution; FocalPlane ones too) is ``scale`` times the input's: the copy
     prints at the size the photograph did, with more detail. A block that cannot be read, or that does not fit a
     JPEG even without its maker notes, is None with a warning naming the file."""
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale must be an int >= 1, got {scale!r}")
+    check_scale(scale)
     return carried_block(path, "EXIF", lambda p: _exif_of(p, scale), (TypeError, KeyError, struct.error))
 
 
+def check_scale(scale) -> None:
+    """read_exif's and read_xmp's ``scale``: an int >= 1, else ValueError naming it."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be an int >= 1, got {scale!r}")
+
+
 def carried_block(path: str | os.PathLike, what: str, read, errors: tuple = (),
-                  limit: int = JPEG_LIMIT) -> Optional[bytes]:
+                  limit: Optional[int] = JPEG_LIMIT) -> Optional[bytes]:
     """read(Path(path)): the ``what`` metadata (EXIF, XMP) its upscaled copy carries, or None; None with a warning
     naming the file where it cannot be read (OSError, SyntaxError, ValueError, ``errors``) or does not fit a JPEG
-    (``limit`` bytes). Shared by read_exif and yoda.xmp.read_xmp."""
+    (``limit`` bytes; None: not checked). Shared by read_exif and yoda.xmp.read_xmp."""
     p = Path(path)
     try:
         data = read(p)
@@ -142,7 +147,7 @@ def carried_block(path: str | os.PathLike, what: str, read, errors: tuple = (),
         warnings.warn(f"{printable(str(p))}: its {what} metadata cannot be read ({e}); its upscaled copy carries "
                       f"none", stacklevel=3)
         return None
-    if data is not None and len(data) > limit:
+    if data is not None and limit is not None and len(data) > limit:
         warnings.warn(f"{printable(str(p))}: its {what} metadata ({len(data)} bytes) is larger than a JPEG holds "
                       f"({limit}); its upscaled copy carries none", stacklevel=3)
         return None

@@ -62,15 +62,12 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}  # the widest / tallest image these formats hold (libwebp; libjpeg-turbo)
 DARK_16BIT = 32 * 257  # 16-bit integer samples all below this are said to be a nearly black image (8-bit level 32)
 LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, loses several dB of PSNR)
-# BMP's file size is a 32-bit field; a TIFF of more than this many bytes is written as BigTIFF (Pillow's classic
-# TIFF failed there with struct.error, after all the sampling)
-MAX_CLASSIC_BYTES = 2**32 - 1
+MAX_CLASSIC_BYTES = 2**32 - 1  # BMP's size field; a larger TIFF is a BigTIFF (a classic one failed: struct.error)
 PNG_LEVEL = 3  # zlib level of PNG outputs (save_pil)
 TIFF_PREDICTOR = 317  # TIFF tag: 2, horizontal differencing before LZW (save_pil)
-XMP_TAG = 700  # TIFF tag: the XMP packet
-# The formats read_image decodes: raster image formats. Pillow picks a decoder by the file's content, not its
-# name, so without this list an EPS file named .png would go to Ghostscript, and an ICO file would decode the
-# PNG inside it at open(), before its size is checked.
+XMP_TAG, XMP_JPEG_LIMIT = 700, 65502 - 29  # TIFF's XMP tag; the most packet bytes a JPEG's APP1 segment holds
+# The raster formats read_image decodes. Pillow picks a decoder by content, not name: without this list an EPS named
+# .png would go to Ghostscript, and an ICO would decode the PNG inside it at open(), before its size is checked.
 READ_FORMATS = ("PNG", "JPEG", "JPEG2000", "WEBP", "AVIF", "HEIF", "TIFF", "BMP", "DIB", "GIF", "PPM", "TGA", "QOI",
                 "PCX", "SGI", "PSD")
 
@@ -533,12 +530,16 @@ def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = 
     of the uncompressed size for a photograph) unless it carries EXIF or holds over 4 GiB of samples (then a
     BigTIFF). ``exif``: an EXIF block (yoda.exif.read_exif's) written into a JPEG, PNG, WebP or TIFF (a BMP holds
     none; Pillow writes EXIF's Exif and GPS blocks only into an uncompressed TIFF); ``xmp``: an XMP packet
-    (yoda.xmp.read_xmp's) written into any of them but a BMP."""
+    (yoda.xmp.read_xmp's) written into any of them but a BMP (a JPEG's at most XMP_JPEG_LIMIT bytes)."""
     fmt = image_format(path)
     for name, value, reader in (("exif", exif, "exif.read_exif"), ("xmp", xmp, "xmp.read_xmp")):
         if value is not None and not isinstance(value, bytes):
             raise TypeError(f"{name} must be bytes (yoda.{reader}'s) or None, got {type(value).__name__}")
     check_fits(path, *img.size, grey=img.mode == "L")
+    if xmp and fmt == "JPEG" and len(xmp) > XMP_JPEG_LIMIT:  # (Pillow's error: "XMP data is too long")
+        warnings.warn(f"{printable(str(path))}: its XMP packet ({len(xmp)} bytes) is larger than a JPEG holds "
+                      f"({XMP_JPEG_LIMIT}); written without it", stacklevel=2)
+        xmp = None
     options: dict = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
     if fmt == "JPEG":  # full-resolution colour: Pillow's 4:2:0 halved it and cost 2.0-3.4 dB at quality 95
         options["subsampling"] = 0

@@ -1,15 +1,17 @@
 """A photograph's XMP packet, carried to its upscaled copy (`yoda upscale`; ``save_image(..., xmp=...)``).
 
-    read_xmp(path)   the XMP packet of an image file as its upscaled copy should carry it (bytes), or None
+    read_xmp(path, scale=1)   the XMP packet of an image file as its upscaled copy should carry it (bytes), or None
 
 XMP is where photo managers (Lightroom, darktable, digiKam) keep what a photographer adds: keywords, ratings,
 labels, titles, captions, people, rights, and Camera Raw's develop settings of a JPEG. The copy keeps all of it
 and drops what described the stored pixels, as yoda.exif does for EXIF: the orientation (read_image turns the
 pixels upright), the pixel dimensions and resolutions (the copy's EXIF block has the scaled ones), the samples'
 layout, the colour space and ICC profile name (the copy is sRGB), the thumbnails, the digests of the input's EXIF
-and TIFF tags (they would mark the copy's own tags as stale), and what describes data stored after the input's
-image, which the copy does not have (a motion photo's video, an Ultra HDR gain map, a depth map, extended XMP).
-`yoda upscale --strip-metadata` writes none.
+and TIFF tags (they would mark the copy's own tags as stale), the input's xmpMM:InstanceID (the copy is another
+file; its DocumentID and history stay), and what describes data stored after the input's image, which the copy does
+not have (a motion photo's video, an Ultra HDR gain map, a depth map, extended XMP). The pixel size the regions of
+people and pets apply to (mwg-rs:AppliedToDimensions; the regions themselves are fractions of the image) is scaled
+with the image. `yoda upscale --strip-metadata` writes none.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
 
-from .exif import carried_block
+from .exif import carried_block, check_scale
 from .images import open_image
 
 TIFF = "http://ns.adobe.com/tiff/1.0/"
@@ -29,6 +31,9 @@ EXIF = "http://ns.adobe.com/exif/1.0/"
 XMP = "http://ns.adobe.com/xap/1.0/"
 PHOTOSHOP = "http://ns.adobe.com/photoshop/1.0/"
 GCAMERA = "http://ns.google.com/photos/1.0/camera/"
+XMP_MM = "http://ns.adobe.com/xap/1.0/mm/"
+MWG_RS = "http://www.metadataworkgroup.com/schemas/regions/"
+ST_DIM = "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
 DROPPED = {(TIFF, n) for n in ("Orientation", "ImageWidth", "ImageLength", "BitsPerSample", "Compression",
                                "PhotometricInterpretation", "SamplesPerPixel", "PlanarConfiguration",
                                "YCbCrSubSampling", "YCbCrPositioning", "XResolution", "YResolution",
@@ -38,14 +43,19 @@ DROPPED = {(TIFF, n) for n in ("Orientation", "ImageWidth", "ImageLength", "Bits
                         "NativeDigest")} | {
     (GCAMERA, n) for n in ("MotionPhoto", "MotionPhotoVersion", "MotionPhotoPresentationTimestampUs", "MicroVideo",
                            "MicroVideoVersion", "MicroVideoOffset", "MicroVideoPresentationTimestampUs")} | {
-    (XMP, "Thumbnails"), (PHOTOSHOP, "ICCProfile"), (PHOTOSHOP, "ColorMode"),
+    (XMP, "Thumbnails"), (PHOTOSHOP, "ICCProfile"), (PHOTOSHOP, "ColorMode"), (XMP_MM, "InstanceID"),
     ("http://ns.adobe.com/xmp/note/", "HasExtendedXMP")}
 # namespaces wholly about data after the image: Google's container (motion photos, Ultra HDR), the gain map, depth
 DROPPED_NAMESPACES = {"http://ns.google.com/photos/1.0/container/", "http://ns.google.com/photos/1.0/container/item/",
                       "http://ns.adobe.com/hdr-gain-map/1.0/", "http://ns.google.com/photos/1.0/depthmap/",
                       "http://ns.google.com/photos/1.0/image/", "http://ns.google.com/photos/1.0/audio/"}
-JPEG_LIMIT = 65502 - 29  # the most packet bytes a JPEG's APP1 segment holds after its namespace name (no extended XMP)
-READ_LIMIT = 1 << 20  # a larger packet is not parsed (its thumbnails dropped, it must still fit JPEG_LIMIT)
+READ_LIMIT = 1 << 20  # a larger packet is not parsed (a JPEG output holds images.XMP_JPEG_LIMIT bytes of it)
+# The prefixes of the XMP specifications' namespaces, for a namespace a packet binds as its default only (an
+# attribute needs a prefix; ElementTree's own would be ns0, ns1 ...)
+PREFIXES = {TIFF: "tiff", EXIF: "exif", XMP: "xmp", PHOTOSHOP: "photoshop", XMP_MM: "xmpMM", MWG_RS: "mwg-rs",
+            ST_DIM: "stDim", "http://purl.org/dc/elements/1.1/": "dc", "http://ns.adobe.com/exif/1.0/aux/": "aux",
+            "http://ns.adobe.com/xap/1.0/rights/": "xmpRights", "http://ns.adobe.com/camera-raw-settings/1.0/": "crs",
+            "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/": "Iptc4xmpCore"}
 HEADER = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 TRAILER = '\n<?xpacket end="w"?>'
 _PREFIXES = threading.Lock()  # ElementTree's prefix table is the process's: one packet's prefixes at a time
@@ -83,13 +93,42 @@ def _text(packet: bytes) -> str:
     return text
 
 
-def carried(packet: bytes) -> bytes:
-    """The XMP ``packet`` (bytes) less the properties of DROPPED and DROPPED_NAMESPACES, wrapped as a packet again
-    (module docstring). ValueError where it is not an XMP packet of well-formed XML without a DTD."""
+def _scaled_dimensions(root: ET.Element, scale: int) -> None:
+    """Multiplies the pixel width and height of every mwg-rs:AppliedToDimensions under ``root`` by ``scale`` (as
+    attributes or as elements, plain or in an rdf:Description; not where its unit is other than pixels)."""
+    w, h, unit = (f"{{{ST_DIM}}}{n}" for n in ("w", "h", "unit"))
+    for dims in root.iter(f"{{{MWG_RS}}}AppliedToDimensions"):
+        found = [e.get(unit) for e in dims.iter()] + [e.text for e in dims.iter(unit)]
+        if any(u is not None and u.strip() != "pixel" for u in found):
+            continue
+        for e in dims.iter():
+            for name in (w, h):
+                if name in e.attrib:
+                    e.set(name, _times(e.get(name), scale))
+            if e.tag in (w, h) and e.text:
+                e.text = _times(e.text, scale)
+
+
+def _times(value: str, scale: int) -> str:
+    """A number written in an XMP property, times ``scale`` (an integer stays one); anything else as it was."""
+    try:
+        return str(int(value) * scale)
+    except ValueError:
+        try:
+            return repr(float(value) * scale)
+        except ValueError:
+            return value
+
+
+def carried(packet: bytes, scale: int = 1) -> bytes:
+    """The XMP ``packet`` (bytes) less the properties of DROPPED and DROPPED_NAMESPACES, its regions' pixel size
+    times ``scale`` (the copy's size over the input's), wrapped as a packet again (module docstring). ValueError
+    where it is not an XMP packet of well-formed XML without a DTD."""
     prefixes, root = {}, None
     for event, item in ET.iterparse(io.BytesIO(_text(packet).encode("utf-8")), events=("start-ns", "start")):
         if event == "start-ns":
-            prefixes.setdefault(item[1], item[0])
+            if item[0]:  # (a default namespace names no prefix: the copy's attributes in it need one)
+                prefixes.setdefault(item[1], item[0])
         elif root is None:
             root = item
     if root is None or _split(root.tag) not in (("adobe:ns:meta/", "xmpmeta"), ("adobe:ns:meta/", "xapmeta")) \
@@ -100,26 +139,36 @@ def carried(packet: bytes) -> bytes:
             del parent.attrib[name]
         for child in [c for c in parent if _dropped(c.tag)]:
             parent.remove(child)
-    with _PREFIXES:
-        for uri, prefix in prefixes.items():  # the packet's own prefixes (ElementTree's are ns0, ns1 ...)
-            try:
-                ET.register_namespace(prefix, uri)
-            except ValueError:  # (ns0 and the like: ElementTree's own)
-                continue
-        xml = ET.tostring(root, encoding="unicode")
+    _scaled_dimensions(root, scale)
+    used = set(prefixes.values())
+    prefixes |= {u: p for u, p in PREFIXES.items() if u not in prefixes and p not in used}
+    with _PREFIXES:  # ElementTree's prefix table is the process's: the packet's for this call, then as it was
+        table = ET._namespace_map
+        before = dict(table)
+        try:
+            for uri, prefix in prefixes.items():  # the packet's own prefixes (ElementTree's are ns0, ns1 ...)
+                try:
+                    ET.register_namespace(prefix, uri)
+                except ValueError:  # (ns0 and the like: ElementTree's own)
+                    continue
+            xml = ET.tostring(root, encoding="unicode")
+        finally:
+            table.clear()
+            table.update(before)
     return (HEADER + xml + TRAILER).encode("utf-8")
 
 
-def read_xmp(path: str | os.PathLike) -> Optional[bytes]:
-    """The XMP packet of the image file ``path`` (JPEG, PNG, WebP, TIFF, AVIF ...) as its upscaled sRGB copy carries
-    it (module docstring), for ``save_image(..., xmp=...)``; None when it has none. A packet that cannot be read
-    (not well-formed, nested too deep, over READ_LIMIT), or that does not fit a JPEG, is None with a warning naming
-    the file."""
+def read_xmp(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
+    """The XMP packet of the image file ``path`` (JPEG, PNG, WebP, TIFF, AVIF ...) as its upscaled sRGB copy,
+    ``scale`` times its size, carries it (module docstring), for ``save_image(..., xmp=...)``; None when it has none.
+    A packet that cannot be read (not well-formed, nested too deep, over READ_LIMIT) is None with a warning naming
+    the file (save_image leaves one out of a JPEG where it is larger than the JPEG holds, with a warning)."""
+    check_scale(scale)
     # (RecursionError: a packet nested a thousand deep overflowed ElementTree's writer; ET.ParseError is a SyntaxError)
-    return carried_block(path, "XMP", _xmp_of, (RecursionError,), JPEG_LIMIT)
+    return carried_block(path, "XMP", lambda p: _xmp_of(p, scale), (RecursionError,), None)
 
 
-def _xmp_of(p: Path) -> Optional[bytes]:
+def _xmp_of(p: Path, scale: int) -> Optional[bytes]:
     """read_xmp's packet, unchecked."""
     with open_image(p) as im:
         packet = im.info.get("xmp")
@@ -131,4 +180,4 @@ def _xmp_of(p: Path) -> Optional[bytes]:
     raw = packet.encode("utf-8") if isinstance(packet, str) else bytes(packet)
     if len(raw) > READ_LIMIT:
         raise ValueError(f"{len(raw)} bytes, more than the {READ_LIMIT} read")
-    return carried(raw)
+    return carried(raw, scale)
