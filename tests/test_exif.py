@@ -227,3 +227,22 @@ def test_read_exif_keeps_each_fields_type(tmp_path):
         sub_in = im.getexif().get_ifd(IFD.Exif)
     out = blocks(read_exif(p))[1]
     assert out[T.UserComment] == sub_in[T.UserComment] and float(out[T.ExposureBiasValue]) == 1 / 3
+
+
+def test_save_image_checks_the_exif_block_before_writing(tmp_path):
+    """save_image(exif=) took any bytes: b"junk" went into a JPEG, PNG or WebP without a word, a truncated block was
+    written (every later read of the file warned "Corrupt EXIF data"), and a TIFF failed with Pillow's SyntaxError
+    naming no argument. Each is a ValueError naming exif now, before anything is written; a camera's own block as
+    Pillow reads it (with b"Exif\\0\\0" or, as from a WebP, without) is written as it is."""
+    x = torch.zeros(1, 3, 8, 12)
+    raw = phone_exif().tobytes()
+    for suffix in (".jpg", ".png", ".webp", ".tif"):
+        for bad, what in ((b"junk", "not an EXIF block"), (raw[:20], "a truncated EXIF block"),
+                          (b"Exif\x00\x00II*\x00\xff\xff\x00\x00", "a truncated EXIF block")):
+            with pytest.raises(ValueError, match=f"exif: {what}"):
+                save_image(x, tmp_path / f"bad{suffix}", exif=bad)
+            assert not (tmp_path / f"bad{suffix}").exists()
+        for good in (raw, raw[6:]):
+            save_image(x, tmp_path / f"good{suffix}", exif=good)
+            with Image.open(tmp_path / f"good{suffix}") as im:
+                assert im.getexif()[T.Make] == "Phone Co", suffix

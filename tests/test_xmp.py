@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from yoda.images import XMP_JPEG_LIMIT, save_image
+from yoda.images import save_image
+from yoda.metadata import XMP_JPEG_LIMIT
 from yoda.xmp import READ_LIMIT, carried, read_xmp
 
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -345,3 +346,24 @@ def test_the_copy_is_another_instance_with_its_regions_sized_to_it(tmp_path):
         with pytest.raises(ValueError, match=f"scale must be an int >= 1, got {bad!r}"):
             read_xmp(tmp_path / "faces.jpg", bad)
     assert b'stDim:w="4032"' in carried(packet)
+
+
+def test_a_utf16_packet_is_written_as_utf8():
+    """save_image(xmp=) of a UTF-16 packet (XMP allows it; read_xmp reads it) failed for a PNG with a bare
+    UnicodeDecodeError from the iTXt chunk, and went as UTF-16 into a JPEG, whose XMP must be UTF-8. Every format
+    gets it as UTF-8 now; bytes that are no XMP text are a ValueError naming xmp, before anything is written."""
+    import tempfile
+    from pathlib import Path
+
+    utf16 = lightroom_xmp().decode("utf-8").encode("utf-16")
+    x = torch.zeros(1, 3, 4, 4)
+    with tempfile.TemporaryDirectory() as d:
+        for suffix in (".png", ".jpg", ".webp", ".tif"):
+            p = Path(d) / f"out{suffix}"
+            save_image(x, p, xmp=utf16)
+            with Image.open(p) as im:
+                assert im.info["xmp"] == lightroom_xmp(), suffix
+            assert read_xmp(p) == carried(utf16) == carried(lightroom_xmp())
+        with pytest.raises(ValueError, match=r"xmp: not an XMP packet: not UTF-8, UTF-16 or UTF-32 text"):
+            save_image(x, Path(d) / "bad.png", xmp=b"\xff\xfe<\x00x\x00:")  # UTF-16 cut in a character
+        assert not (Path(d) / "bad.png").exists()

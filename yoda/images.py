@@ -48,11 +48,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
-from PIL import ExifTags, Image, ImageMode, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from ._io import atomic_write, check_writable
 from .colour import to_srgb
 from .errors import UserError, broken_link, printable
+from .metadata import add_blocks, check_blocks
 from .names import OUTPUT_SUFFIXES  # the formats yoda writes
 
 if TYPE_CHECKING:  # torch is imported where it is used: yoda plot and yoda data build read images without it
@@ -65,7 +66,6 @@ LOSSY_QUALITY = 95  # JPEG / WebP quality of save_pil (Pillow's default, 75, los
 MAX_CLASSIC_BYTES = 2**32 - 1  # BMP's size field; a larger TIFF is a BigTIFF (a classic one failed: struct.error)
 PNG_LEVEL = 3  # zlib level of PNG outputs (save_pil)
 TIFF_PREDICTOR = 317  # TIFF tag: 2, horizontal differencing before LZW (save_pil)
-XMP_TAG, XMP_JPEG_LIMIT = 700, 65502 - 29  # TIFF's XMP tag; the most packet bytes a JPEG's APP1 segment holds
 # The raster formats read_image decodes. Pillow picks a decoder by content, not name: without this list an EPS named
 # .png would go to Ghostscript, and an ICO would decode the PNG inside it at open(), before its size is checked.
 READ_FORMATS = ("PNG", "JPEG", "JPEG2000", "WEBP", "AVIF", "HEIF", "TIFF", "BMP", "DIB", "GIF", "PPM", "TGA", "QOI",
@@ -530,16 +530,10 @@ def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = 
     of the uncompressed size for a photograph) unless it carries EXIF or holds over 4 GiB of samples (then a
     BigTIFF). ``exif``: an EXIF block (yoda.exif.read_exif's) written into a JPEG, PNG, WebP or TIFF (a BMP holds
     none; Pillow writes EXIF's Exif and GPS blocks only into an uncompressed TIFF); ``xmp``: an XMP packet
-    (yoda.xmp.read_xmp's) written into any of them but a BMP (a JPEG's at most XMP_JPEG_LIMIT bytes)."""
+    (yoda.xmp.read_xmp's) written into any of them but a BMP (yoda.metadata: a JPEG holds at most 64 KiB)."""
     fmt = image_format(path)
-    for name, value, reader in (("exif", exif, "exif.read_exif"), ("xmp", xmp, "xmp.read_xmp")):
-        if value is not None and not isinstance(value, bytes):
-            raise TypeError(f"{name} must be bytes (yoda.{reader}'s) or None, got {type(value).__name__}")
+    check_blocks(exif, xmp)
     check_fits(path, *img.size, grey=img.mode == "L")
-    if xmp and fmt == "JPEG" and len(xmp) > XMP_JPEG_LIMIT:  # (Pillow's error: "XMP data is too long")
-        warnings.warn(f"{printable(str(path))}: its XMP packet ({len(xmp)} bytes) is larger than a JPEG holds "
-                      f"({XMP_JPEG_LIMIT}); written without it", stacklevel=2)
-        xmp = None
     options: dict = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
     if fmt == "JPEG":  # full-resolution colour: Pillow's 4:2:0 halved it and cost 2.0-3.4 dB at quality 95
         options["subsampling"] = 0
@@ -552,19 +546,7 @@ def save_pil(img: Image.Image, path: str | os.PathLike, exif: Optional[bytes] = 
         elif not exif:  # (libtiff drops EXIF's Exif and GPS blocks: a TIFF with them is not compressed)
             options["compression"] = "tiff_lzw"
             options["tiffinfo"] = {TIFF_PREDICTOR: 2} if sample == 1 else {}
-    if exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
-        options["exif"] = exif
-    if xmp and fmt in ("JPEG", "WEBP"):
-        options["xmp"] = xmp
-    elif xmp and fmt == "PNG":  # (Pillow's PNG writer takes no xmp=: the iTXt chunk Adobe's XMP spec names)
-        options["pnginfo"] = PngImagePlugin.PngInfo()
-        options["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
-    elif xmp and fmt == "TIFF":  # (Pillow's TIFF writer takes tiffinfo or exif, not both: one Exif holds the two)
-        info = Image.Exif() if exif else options.get("tiffinfo", {})
-        if exif:
-            info.load(options.pop("exif"))
-        info[XMP_TAG] = xmp
-        options["tiffinfo"] = info
+    add_blocks(options, fmt, path, exif, xmp)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

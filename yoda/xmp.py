@@ -25,6 +25,7 @@ from typing import Optional
 
 from .exif import carried_block, check_scale
 from .images import open_image
+from .metadata import xmp_text
 
 TIFF = "http://ns.adobe.com/tiff/1.0/"
 EXIF = "http://ns.adobe.com/exif/1.0/"
@@ -49,7 +50,7 @@ DROPPED = {(TIFF, n) for n in ("Orientation", "ImageWidth", "ImageLength", "Bits
 DROPPED_NAMESPACES = {"http://ns.google.com/photos/1.0/container/", "http://ns.google.com/photos/1.0/container/item/",
                       "http://ns.adobe.com/hdr-gain-map/1.0/", "http://ns.google.com/photos/1.0/depthmap/",
                       "http://ns.google.com/photos/1.0/image/", "http://ns.google.com/photos/1.0/audio/"}
-READ_LIMIT = 1 << 20  # a larger packet is not parsed (a JPEG output holds images.XMP_JPEG_LIMIT bytes of it)
+READ_LIMIT = 1 << 20  # a larger packet is not parsed (a JPEG output holds metadata.XMP_JPEG_LIMIT bytes of it)
 # The prefixes of the XMP specifications' namespaces, for a namespace a packet binds as its default only (an
 # attribute needs a prefix; ElementTree's own would be ns0, ns1 ...)
 PREFIXES = {TIFF: "tiff", EXIF: "exif", XMP: "xmp", PHOTOSHOP: "photoshop", XMP_MM: "xmpMM", MWG_RS: "mwg-rs",
@@ -76,16 +77,7 @@ def _text(packet: bytes) -> str:
     """The packet's text: UTF-8, or UTF-16 / UTF-32 by its byte-order mark (XMP's encodings), less its XML
     declaration and the NULs and spaces some writers leave after it; ValueError for a DTD (XMP has none; its
     entities could expand), looked for in the decoded text, which is what is parsed."""
-    for bom, codec in ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
-                       (b"\xfe\xff", "utf-16")):
-        if packet.startswith(bom):
-            break
-    else:
-        codec = "utf-8-sig"
-    try:
-        text = packet.decode(codec).rstrip("\x00 \t\r\n")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8, UTF-16 or UTF-32 text ({e.reason})") from None
+    text = xmp_text(packet).rstrip("\x00 \t\r\n")
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
         raise ValueError("an XMP packet with a DTD")
     if text.startswith("<?xml "):  # (its encoding="UTF-16" would not be the bytes parsed below)
