@@ -3528,6 +3528,22 @@ MUTANTS = [
            "            xmp_text(xmp)\n", "            pass\n",
            ("tests/test_xmp.py", "-k", "utf16"),
            "bytes that are no XMP text fail inside the writer with an error that names no argument"),
+    Mutant("metadata-reader-folder-warned", "yoda/exif.py",
+           '        raise ValueError(f"path: {p} is a folder, not an image file")', "        pass",
+           ("tests/test_exif.py", "-k", "bad_path"),
+           "read_exif / read_xmp of a folder give None with an Errno 21 warning instead of an error naming path"),
+    Mutant("window-batch-error-unsaid", "yoda/sampling/tiles.py",
+           '                    raise type(e)(f"{e} ({what[1:]})") from e', "                    raise",
+           ("tests/test_sampler.py", "-k", "names_the_batch"),
+           "a callable's bad output under windows is reported for a batch of 40 when the user gave 2 images"),
+    Mutant("latent-stage1-nan-unsaid", "yoda/models/latent.py",
+           "        if self.stage1 is not None and not bool(torch.isfinite(img).all()):", "        if False:",
+           ("tests/test_models.py", "-k", "latent_adapter"),
+           "a stage 1 that returns NaN is blamed on the denoiser at step 0"),
+    Mutant("sigmas-too-few-levels-unsaid", "yoda/sampling/solvers.py",
+           "        if any(b >= a for a, b in zip(out, out[1:])):  # (plan said", "        if False:  # (plan said",
+           ("tests/test_solvers.py", "-k", "more_steps_than_T"),
+           "a schedule too short for the steps asked says 'sigmas must be strictly decreasing' of sigmas never given"),
 ]
 
 

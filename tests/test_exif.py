@@ -246,3 +246,17 @@ def test_save_image_checks_the_exif_block_before_writing(tmp_path):
             save_image(x, tmp_path / f"good{suffix}", exif=good)
             with Image.open(tmp_path / f"good{suffix}") as im:
                 assert im.getexif()[T.Make] == "Phone Co", suffix
+
+
+@pytest.mark.parametrize("reader", ["read_exif", "read_xmp"])
+def test_readers_name_a_bad_path(tmp_path, reader):
+    """read_exif / read_xmp of None or bytes failed in pathlib ("expected str, bytes or os.PathLike object"), and of a
+    folder gave None with a warning ("[Errno 21] Is a directory"), where read_image raises: errors naming path now."""
+    import yoda
+
+    read = getattr(yoda, reader)
+    for bad, kind in ((None, "NoneType"), (b"a.jpg", "bytes")):
+        with pytest.raises(TypeError, match=f"path must be a file name \\(str or os.PathLike\\), got {kind}"):
+            read(bad)
+    with pytest.raises(ValueError, match=f"path: {tmp_path} is a folder, not an image file"):
+        read(tmp_path)

@@ -775,6 +775,8 @@ def test_latent_adapter_prepare_decode_and_pooling():
     stage = tl.adapter(stage1=lambda x: -x)
     with torch.no_grad():
         assert torch.equal(stage.prepare(lr).c, tl.enc(F.pad(-up, (0, 0, 0, 4), mode="replicate")))
+    with pytest.raises(ValueError, match="^stage1 returned NaN or Inf values$"):  # it was the denoiser's, at step 0
+        sample(tl.adapter(stage1=lambda x: x * float("nan")), lr, steps=2, progress=False)
     with pytest.raises(ValueError, match="pool"):
         tl.adapter(pool="median")
     bad = LatentAdapter(lambda x: x[..., ::4, ::4], tl.dec, tl.denoise, Schedule.linear(10), scale=2)

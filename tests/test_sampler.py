@@ -1297,17 +1297,17 @@ def test_an_adapters_output_must_be_a_floating_tensor_of_the_states_shape(window
                  lambda x: torch.zeros_like(x, dtype=torch.complex64)):
         bad.out = make
         with pytest.raises(TypeError, match=r"^Bad\.denoise must return a real floating tensor"
-                           + (" for a window batch" if windows == (4, 2) else "") + r", got torch\."):
+                           + (" for a batch of 9 windows of 4x4" if windows == (4, 2) else "") + r", got torch\."):
             run(bad, lr_image(h=4, w=4), windows=windows, seed=0)
     bad.out = lambda x: x[..., :-1]
     with pytest.raises(ValueError, match=r"^Bad\.denoise returned shape \(\d+, 3, \d+, \d+\)"
-                                         + (" for a window batch" if windows == (4, 2) else "") + r", expected the"):
+                       + (" for a batch of 9 windows of 4x4" if windows == (4, 2) else "") + r", expected the"):
         run(bad, lr_image(h=4, w=4), windows=windows, seed=0)
     bad.out = lambda x: torch.zeros_like(x, dtype=torch.float64)  # a floating dtype of its own: cast, as before
     assert run(bad, lr_image(h=4, w=4), windows=windows, seed=0).dtype == torch.float32
     bad.out = lambda x: torch.empty_like(x, device="meta")  # another device: it failed in the fused step or the
     with pytest.raises(ValueError, match=r"^Bad\.denoise returned a tensor on meta"  # finite check, naming no model
-                       + (" for a window batch" if windows == (4, 2) else "") + r", the state is on cpu$"):
+                       + (" for a batch of 9 windows of 4x4" if windows == (4, 2) else "") + r", the state is on cpu$"):
         run(bad, lr_image(h=4, w=4), windows=windows, seed=0)
 
 
@@ -2364,3 +2364,12 @@ def test_threads_sharing_a_model_get_the_bits_of_calls_made_one_after_another():
         t.join()
     assert sorted(got) == list(range(len(calls)))
     assert all(torch.equal(got[i], ref[i]) for i in range(len(calls)))
+
+
+def test_a_callables_bad_output_in_windows_names_the_batch():
+    """With windows, a callable's output of the wrong shape said "fn returned shape (40, 3, 8, 7), expected ... (40,
+    3, 8, 8)" of a call on 2 images: the adapter's own check fired before the windows' wording. It says the batch."""
+    ad = yoda.adapters.as_adapter(lambda x, t, c: x[..., :-1], prediction="eps", schedule=yoda.Schedule.linear(50))
+    with pytest.raises(ValueError, match=r"^fn returned shape \(40, 3, 8, 7\), expected the shape of the x_t it was "
+                                         r"given \(40, 3, 8, 8\) \(for a batch of 20 windows of 8x8, 2 images each\)$"):
+        yoda.sample(ad, torch.rand(2, 3, 6, 5) * 2 - 1, windows=8, steps=4, seed=0)

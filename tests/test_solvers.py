@@ -1057,6 +1057,13 @@ def test_named_continuous_sigmas_take_more_steps_than_T():
         yoda.sample(ad, lr, sampler="euler", sigmas="karras", steps=10001, progress=False)
     with pytest.raises(ValueError, match=r"^steps must be in \[1, T=10\]"):
         yoda.sample(ad, lr, sampler="ddim", steps=11, progress=False)
+    # a one-step schedule has one noise level: it said "sigmas must be strictly decreasing" of sigmas never given
+    one = yoda.adapters.as_adapter(lambda x, t, c: 0.5 * x, prediction="eps", schedule=Schedule.linear(1))
+    for kind in ("karras", "exponential", "uniform"):
+        with pytest.raises(ValueError, match=rf"^sigmas={kind!r}: the schedule's noise levels span 0.0100005 to "
+                                             rf"0.0100005 \(T = 1\), too few to give 5 distinct ones"):
+            yoda.sample(one, lr, sampler="dpmpp_3m_sde", sigmas=kind, steps=5, progress=False)
+    assert yoda.sample(one, lr, sampler="euler", sigmas="karras", steps=1, progress=False).shape == (1, 3, 16, 16)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])

@@ -137,8 +137,13 @@ def carried_block(path: str | os.PathLike, what: str, read, errors: tuple = (),
                   limit: Optional[int] = JPEG_LIMIT) -> Optional[bytes]:
     """read(Path(path)): the ``what`` metadata (EXIF, XMP) its upscaled copy carries, or None; None with a warning
     naming the file where it cannot be read (OSError, SyntaxError, ValueError, ``errors``) or does not fit a JPEG
-    (``limit`` bytes; None: not checked). Shared by read_exif and yoda.xmp.read_xmp."""
+    (``limit`` bytes; None: not checked). Shared by read_exif and yoda.xmp.read_xmp. A ``path`` that is no file name
+    or names a folder is a TypeError / ValueError, as for read_image."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file name (str or os.PathLike), got {type(path).__name__}")
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"path: {p} is a folder, not an image file")
     try:
         data = read(p)
     except FileNotFoundError:

@@ -137,6 +137,8 @@ class LatentAdapter(Adapter):
         img = self.stage1(up) if self.stage1 is not None else up
         if tuple(img.shape) != tuple(up.shape):
             raise ValueError(f"stage1 must return the HR shape {tuple(up.shape)}, got {tuple(img.shape)}")
+        if self.stage1 is not None and not bool(torch.isfinite(img).all()):  # (said of the denoiser at step 0)
+            raise ValueError("stage1 returned NaN or Inf values")
         with self._dtype_said("encode", img):
             c = self._encode(self._pad(img))
         f = self.latent_factor

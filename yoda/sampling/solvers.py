@@ -196,6 +196,9 @@ def make_sigmas(kind: Any, steps: Optional[int], schedule: Schedule) -> tuple[fl
         out[0] = smax  # the end points exactly (the formulas give them up to a rounding)
         if n > 1:
             out[-1] = smin
+        if any(b >= a for a, b in zip(out, out[1:])):  # (plan said "sigmas must be strictly decreasing" of these)
+            raise ValueError(f"sigmas={kind!r}: the schedule's noise levels span {smin:g} to {smax:g} (T = {T}), too "
+                             f"few to give {n} distinct ones: take fewer steps or a schedule with more timesteps")
         return tuple(out) + (0.0,)
     out = _sequence(kind)
     if steps is not None and steps != len(out):

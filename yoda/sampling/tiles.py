@@ -212,7 +212,14 @@ class Tiler:
                 tb = t.repeat(len(run))
             else:
                 cb, xb, tb = conds[0], x[..., run[0][0], run[0][1]], t
-            out = checked_denoise(adapter, xb, tb, ab_t, cb, " for a window batch")
+            what = f" for a batch of {len(run)} windows of {xb.shape[-2]}x{xb.shape[-1]}" + (f", {B} images each"
+                                                                                     if B > 1 else "")
+            try:
+                out = checked_denoise(adapter, xb, tb, ab_t, cb, what)
+            except (TypeError, ValueError) as e:  # the adapter's own check of its model's output: say which batch
+                if type(e) in (TypeError, ValueError) and what not in str(e):
+                    raise type(e)(f"{e} ({what[1:]})") from e
+                raise
             self.last_batches += 1
             for j, (ys, xs, _, w) in enumerate(group):
                 acc[..., ys, xs] += w * out[j * B:(j + 1) * B].float()
