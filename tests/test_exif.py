@@ -260,3 +260,22 @@ def test_readers_name_a_bad_path(tmp_path, reader):
             read(bad)
     with pytest.raises(ValueError, match=f"path: {tmp_path} is a folder, not an image file"):
         read(tmp_path)
+
+
+def test_an_exif_block_larger_than_a_jpeg_holds_goes_into_other_formats(tmp_path):
+    """save_image(exif=) of a block over a JPEG's 65533 bytes failed with Pillow's "EXIF data is too long", naming
+    no argument (a PNG, WebP or TIFF holds it); a bare block that fitted failed once b"Exif\\0\\0" was put before it.
+    A JPEG is written without it now, with a warning naming the file (as for XMP)."""
+    from yoda.metadata import EXIF_JPEG_LIMIT
+
+    x = torch.zeros(1, 3, 8, 12)
+    big = phone_exif(extra_ifd0={T.ImageDescription: "d" * EXIF_JPEG_LIMIT}).tobytes()
+    save_image(x, tmp_path / "big.png", exif=big)
+    with Image.open(tmp_path / "big.png") as im:
+        assert len(im.getexif()[T.ImageDescription]) == EXIF_JPEG_LIMIT
+    with pytest.warns(UserWarning, match=rf"big\.jpg: its EXIF block \({len(big)} bytes\) is larger than a JPEG holds "
+                                         rf"\({EXIF_JPEG_LIMIT}\); written without it") as said:
+        save_image(x, tmp_path / "big.jpg", exif=big)
+    assert said[0].filename == __file__  # said of the caller's line, not of yoda's
+    with Image.open(tmp_path / "big.jpg") as im:
+        assert "exif" not in im.info

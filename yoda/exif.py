@@ -24,6 +24,7 @@ from PIL import ExifTags, Image, TiffImagePlugin
 
 from .errors import printable
 from .images import open_image
+from .metadata import EXIF_JPEG_LIMIT
 
 T = ExifTags.Base
 # IFD 0: what describes the photograph (a TIFF's IFD 0 is also its image's: only these are taken from it), and the
@@ -35,7 +36,7 @@ KEPT = (T.ImageDescription, T.Make, T.Model, T.Software, T.DateTime, T.Artist, T
 SUBJECT_AREA = 0x9214  # (ExifTags names it SubjectLocation too, as it does 0xA214)
 DROPPED = (T.ExifImageWidth, T.ExifImageHeight, SUBJECT_AREA, T.SubjectLocation, ExifTags.IFD.Interop)
 SRGB = 1  # ColorSpace: sRGB
-JPEG_LIMIT = 65533  # the most EXIF bytes a JPEG's APP1 segment holds
+JPEG_LIMIT = EXIF_JPEG_LIMIT  # the most EXIF bytes a JPEG's APP1 segment holds
 
 
 # TIFF field types stored alike (the same bytes, read another way): BYTE, ASCII, SBYTE, UNDEFINED; SHORT, SSHORT;

@@ -559,8 +559,8 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, exif: Optional[bytes] =
                xmp: Optional[bytes] = None) -> Path:
     """Write a [-1, 1] image (1, C, H, W) or (C, H, W) to ``path`` (format from the suffix, e.g. .png; JPEG and
     WebP at quality LOSSY_QUALITY = 95, see save_pil). ``exif``: the EXIF block it carries
-    (``yoda.exif.read_exif(input_file)``: an upscaled photograph keeps its camera, dates and place), or None;
-    ``xmp``: the XMP packet it carries (``yoda.xmp.read_xmp(input_file)``: keywords, ratings, captions), or None.
+    (``yoda.exif.read_exif(input_file, scale)``: an upscaled photograph keeps its camera, dates and place), or None;
+    ``xmp``: the XMP packet it carries (``yoda.xmp.read_xmp(input_file, scale)``: keywords, ratings, captions), or None.
 
     Atomic: written to a temporary file in the same folder, then os.replace'd, so a failure never leaves
     a half-written image at ``path``. Returns the path."""

@@ -20,19 +20,28 @@ from PIL import Image, PngImagePlugin
 from .errors import printable
 
 XMP_TAG = 700  # TIFF's tag of the XMP packet
-XMP_JPEG_LIMIT = 65502 - 29  # the most packet bytes a JPEG's APP1 segment holds after its namespace name
-_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
-         (b"\xfe\xff", "utf-16"))
+JPEG_SEGMENT = 65533  # the most bytes a JPEG's APP1 segment holds after its length (Pillow's MAX_BYTES_IN_MARKER)
+EXIF_JPEG_LIMIT = JPEG_SEGMENT  # an EXIF block, b"Exif\0\0" included
+XMP_JPEG_LIMIT = JPEG_SEGMENT - 29  # an XMP packet, after the 29 bytes of its namespace's name
+# How an XMP packet's first bytes tell its encoding: a byte-order mark, else the zero bytes around its first "<"
+# (XMP puts its mark inside <?xpacket begin="..."?>), else UTF-8
+_ENCODINGS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+              (b"\xfe\xff", "utf-16"), (b"<\x00\x00\x00", "utf-32-le"), (b"\x00\x00\x00<", "utf-32-be"),
+              (b"<\x00", "utf-16-le"), (b"\x00<", "utf-16-be"))
 
 
 def xmp_text(packet: bytes) -> str:
-    """The text of an XMP packet: UTF-8 (a leading byte-order mark dropped), or UTF-16 / UTF-32 by its byte-order
-    mark (the encodings XMP allows); ValueError where it is none of them."""
-    codec = next((codec for bom, codec in _BOMS if packet.startswith(bom)), "utf-8-sig")
+    """The text of an XMP packet less any XML declaration before it (its encoding="..." names the bytes, not the
+    text): UTF-8 (a leading byte-order mark dropped), or UTF-16 / UTF-32 (the encodings XMP allows) by a byte-order
+    mark or the zero bytes around the first "<"; ValueError where it is none of them."""
+    codec = next((codec for head, codec in _ENCODINGS if packet.startswith(head)), "utf-8-sig")
     try:
-        return packet.decode(codec)
+        text = packet.decode(codec)
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8, UTF-16 or UTF-32 text ({e.reason})") from None
+    if text.startswith("<?xml ") and "?>" in text:
+        text = text[text.index("?>") + 2:].lstrip()
+    return text
 
 
 def check_blocks(exif: Optional[bytes], xmp: Optional[bytes]) -> None:
@@ -63,16 +72,15 @@ def add_blocks(options: dict, fmt: str, path: str | os.PathLike, exif: Optional[
                xmp: Optional[bytes]) -> None:
     """Adds Pillow's save options for ``exif`` and ``xmp`` (check_blocks') to ``options`` for an image in format
     ``fmt`` written to ``path``: EXIF (after b"Exif\\0\\0") into a JPEG, PNG, WebP or TIFF; XMP, as UTF-8, into a
-    JPEG (at most XMP_JPEG_LIMIT bytes: a larger packet is left out with a warning naming ``path``), a WebP, a PNG
-    (an iTXt chunk) or a TIFF (one tiffinfo with the EXIF); a BMP holds neither."""
+    JPEG, a WebP, a PNG (an iTXt chunk) or a TIFF (one tiffinfo with the EXIF); a BMP holds neither. A block larger
+    than a JPEG holds (EXIF_JPEG_LIMIT, XMP_JPEG_LIMIT) is left out of a JPEG with a warning naming ``path``."""
     if exif and not exif.startswith(b"Exif\x00\x00"):  # (a JPEG's APP1 segment needs it; Pillow adds it nowhere)
         exif = b"Exif\x00\x00" + exif
     if xmp:
         xmp = xmp_text(xmp).encode("utf-8")
-    if xmp and fmt == "JPEG" and len(xmp) > XMP_JPEG_LIMIT:  # (Pillow's error: "XMP data is too long")
-        warnings.warn(f"{printable(str(path))}: its XMP packet ({len(xmp)} bytes) is larger than a JPEG holds "
-                      f"({XMP_JPEG_LIMIT}); written without it", stacklevel=3)
-        xmp = None
+    if fmt == "JPEG":  # (Pillow's errors named no argument: "EXIF data is too long", "XMP data is too long")
+        exif = _fits(exif, EXIF_JPEG_LIMIT, "EXIF block", path)
+        xmp = _fits(xmp, XMP_JPEG_LIMIT, "XMP packet", path)
     if exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
         options["exif"] = exif
     if xmp and fmt in ("JPEG", "WEBP"):
@@ -86,3 +94,13 @@ def add_blocks(options: dict, fmt: str, path: str | os.PathLike, exif: Optional[
             info.load(options.pop("exif"))
         info[XMP_TAG] = xmp
         options["tiffinfo"] = info
+
+
+def _fits(block: Optional[bytes], limit: int, what: str, path: str | os.PathLike) -> Optional[bytes]:
+    """``block``, or None with a warning naming ``path`` (counted from save_image's caller) where it is over
+    ``limit`` bytes."""
+    if block and len(block) > limit:
+        warnings.warn(f"{printable(str(path))}: its {what} ({len(block)} bytes) is larger than a JPEG holds ({limit}); "
+                      f"written without it", stacklevel=5)
+        return None
+    return block

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
@@ -35,6 +34,7 @@ GCAMERA = "http://ns.google.com/photos/1.0/camera/"
 XMP_MM = "http://ns.adobe.com/xap/1.0/mm/"
 MWG_RS = "http://www.metadataworkgroup.com/schemas/regions/"
 ST_DIM = "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
+XML_NS = "http://www.w3.org/XML/1998/namespace"  # xml:lang's
 DROPPED = {(TIFF, n) for n in ("Orientation", "ImageWidth", "ImageLength", "BitsPerSample", "Compression",
                                "PhotometricInterpretation", "SamplesPerPixel", "PlanarConfiguration",
                                "YCbCrSubSampling", "YCbCrPositioning", "XResolution", "YResolution",
@@ -59,7 +59,6 @@ PREFIXES = {TIFF: "tiff", EXIF: "exif", XMP: "xmp", PHOTOSHOP: "photoshop", XMP_
             "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/": "Iptc4xmpCore"}
 HEADER = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 TRAILER = '\n<?xpacket end="w"?>'
-_PREFIXES = threading.Lock()  # ElementTree's prefix table is the process's: one packet's prefixes at a time
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -74,14 +73,12 @@ def _dropped(name: str) -> bool:
 
 
 def _text(packet: bytes) -> str:
-    """The packet's text: UTF-8, or UTF-16 / UTF-32 by its byte-order mark (XMP's encodings), less its XML
-    declaration and the NULs and spaces some writers leave after it; ValueError for a DTD (XMP has none; its
-    entities could expand), looked for in the decoded text, which is what is parsed."""
+    """The packet's text (yoda.metadata.xmp_text: UTF-8, UTF-16 or UTF-32, less its XML declaration) less the NULs
+    and spaces some writers leave after it; ValueError for a DTD (XMP has none; its entities could expand), looked
+    for in the decoded text, which is what is parsed."""
     text = xmp_text(packet).rstrip("\x00 \t\r\n")
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
         raise ValueError("an XMP packet with a DTD")
-    if text.startswith("<?xml "):  # (its encoding="UTF-16" would not be the bytes parsed below)
-        text = text[text.index("?>") + 2:]
     return text
 
 
@@ -132,22 +129,32 @@ def carried(packet: bytes, scale: int = 1) -> bytes:
         for child in [c for c in parent if _dropped(c.tag)]:
             parent.remove(child)
     _scaled_dimensions(root, scale)
-    used = set(prefixes.values())
-    prefixes |= {u: p for u, p in PREFIXES.items() if u not in prefixes and p not in used}
-    with _PREFIXES:  # ElementTree's prefix table is the process's: the packet's for this call, then as it was
-        table = ET._namespace_map
-        before = dict(table)
-        try:
-            for uri, prefix in prefixes.items():  # the packet's own prefixes (ElementTree's are ns0, ns1 ...)
-                try:
-                    ET.register_namespace(prefix, uri)
-                except ValueError:  # (ns0 and the like: ElementTree's own)
-                    continue
-            xml = ET.tostring(root, encoding="unicode")
-        finally:
-            table.clear()
-            table.update(before)
-    return (HEADER + xml + TRAILER).encode("utf-8")
+    _prefixed(root, prefixes)
+    return (HEADER + ET.tostring(root, encoding="unicode") + TRAILER).encode("utf-8")
+
+
+def _prefixed(root: ET.Element, prefixes: dict) -> None:
+    """Names each "{uri}local" tag and attribute under ``root`` "prefix:local" and declares the prefixes on ``root``:
+    the packet's own prefix of each namespace (``prefixes``: uri -> prefix), else the XMP specification's (PREFIXES),
+    else ns0, ns1 ... ElementTree then writes the names as they are; its own prefixes would come from a table the
+    whole process shares (register_namespace), which other threads' XML reads."""
+    owner: dict = {"xml": XML_NS}  # prefix -> the one namespace it names in the copy
+    chosen: dict = {XML_NS: "xml"}
+
+    def name(n: str) -> str:
+        if not n.startswith("{"):
+            return n
+        uri, local = _split(n)
+        if uri not in chosen:
+            wanted = [p for p in (prefixes.get(uri), PREFIXES.get(uri)) if p and p not in owner]
+            prefix = wanted[0] if wanted else next(f"ns{k}" for k in range(len(owner) + 1) if f"ns{k}" not in owner)
+            owner[prefix], chosen[uri] = uri, prefix
+        return f"{chosen[uri]}:{local}"
+
+    for e in root.iter():
+        e.tag = name(e.tag)
+        e.attrib = {name(k): v for k, v in e.attrib.items()}
+    root.attrib = {**{f"xmlns:{p}": u for u, p in chosen.items() if u != XML_NS}, **root.attrib}
 
 
 def read_xmp(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:

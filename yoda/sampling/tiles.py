@@ -212,8 +212,8 @@ class Tiler:
                 tb = t.repeat(len(run))
             else:
                 cb, xb, tb = conds[0], x[..., run[0][0], run[0][1]], t
-            what = f" for a batch of {len(run)} windows of {xb.shape[-2]}x{xb.shape[-1]}" + (f", {B} images each"
-                                                                                     if B > 1 else "")
+            what = (f" for a batch of {len(run)} window{'s' if len(run) > 1 else ''} of {xb.shape[-2]}x{xb.shape[-1]}"
+                    + (f", {B} images each" if B > 1 else ""))
             try:
                 out = checked_denoise(adapter, xb, tb, ab_t, cb, what)
             except (TypeError, ValueError) as e:  # the adapter's own check of its model's output: say which batch
