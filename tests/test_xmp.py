@@ -376,3 +376,46 @@ def test_a_utf16_packet_is_written_as_utf8():
             with Image.open(Path(d) / "out.png") as im:
                 assert im.info["xmp"] == lightroom_xmp()
             assert carried(packet) == carried(lightroom_xmp())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_face_regions_of_a_turned_photo_follow_its_pixels(tmp_path, orientation):
+    """A phone photo stored 12x8 with EXIF orientation 6 is upright in its copy (8 wide, 12 high, no orientation),
+    but its face regions, drawn on the stored pixels (digiKam's mwg-rs, AppliedToDimensions 12x8), were carried as
+    they were: scaled to 48x32 and pointing at the wrong place. They follow the pixels now: each region's centre is
+    where read_image puts the stored pixel under it (found here from a red pixel), its size turns with a quarter
+    turn, and the dimensions are the copy's. Regions given for the upright picture (dimensions 8x12) only scale."""
+    from yoda.images import read_image
+
+    rs, dim, area = ("http://www.metadataworkgroup.com/schemas/regions/",
+                     "http://ns.adobe.com/xap/1.0/sType/Dimensions#", "http://ns.adobe.com/xmp/sType/Area#")
+    col, row = 2, 5  # the stored pixel at the region's centre
+    a = np.zeros((8, 12, 3), np.uint8)
+    a[row, col] = (255, 0, 0)
+    quarter = orientation >= 5
+    for w, h, stored_frame in ((12, 8, True), (8, 12, False)):
+        x, y = (col + 0.5) / 12, (row + 0.5) / 8
+        packet = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
+                  f'xmlns:mwg-rs="{rs}" xmlns:stDim="{dim}" xmlns:stArea="{area}"><mwg-rs:Regions '
+                  f'rdf:parseType="Resource"><mwg-rs:AppliedToDimensions stDim:w="{w}" stDim:h="{h}" '
+                  f'stDim:unit="pixel"/><mwg-rs:RegionList><rdf:Bag><rdf:li rdf:parseType="Resource"><mwg-rs:Area '
+                  f'stArea:x="{x}" stArea:y="{y}" stArea:w="0.25" stArea:h="0.5" stArea:unit="normalized"/>'
+                  f'</rdf:li></rdf:Bag></mwg-rs:RegionList></mwg-rs:Regions></rdf:Description></rdf:RDF>'
+                  f'</x:xmpmeta>').encode()
+        ex = Image.Exif()
+        ex[0x0112] = orientation
+        p = tmp_path / f"phone{w}.jpg"
+        Image.fromarray(a).save(p, exif=ex.tobytes(), xmp=packet, quality=100)
+        up = read_image(p)
+        root = ET.fromstring(read_xmp(p, 4).split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
+        d = next(root.iter(f"{{{rs}}}AppliedToDimensions"))
+        got = next(root.iter(f"{{{rs}}}Area"))
+        gx, gy, gw, gh = (float(got.get(f"{{{area}}}{n}")) for n in "xywh")
+        if stored_frame:
+            assert (int(d.get(f"{{{dim}}}w")), int(d.get(f"{{{dim}}}h"))) == (4 * up.shape[1], 4 * up.shape[0])
+            r, c = np.unravel_index(np.argmax(up[..., 0].astype(int) - up[..., 1]), up.shape[:2])
+            assert (gx, gy) == pytest.approx(((c + 0.5) / up.shape[1], (r + 0.5) / up.shape[0]), abs=1e-6)
+            assert (gw, gh) == ((0.5, 0.25) if quarter and orientation != 1 else (0.25, 0.5))
+        else:  # drawn on the upright picture: only the pixel size changes
+            assert (d.get(f"{{{dim}}}w"), d.get(f"{{{dim}}}h")) == ("32", "48")
+            assert (gx, gy, gw, gh) == pytest.approx((x, y, 0.25, 0.5), abs=1e-6)

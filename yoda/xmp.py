@@ -9,18 +9,22 @@ pixels upright), the pixel dimensions and resolutions (the copy's EXIF block has
 layout, the colour space and ICC profile name (the copy is sRGB), the thumbnails, the digests of the input's EXIF
 and TIFF tags (they would mark the copy's own tags as stale), the input's xmpMM:InstanceID (the copy is another
 file; its DocumentID and history stay), and what describes data stored after the input's image, which the copy does
-not have (a motion photo's video, an Ultra HDR gain map, a depth map, extended XMP). The pixel size the regions of
-people and pets apply to (mwg-rs:AppliedToDimensions; the regions themselves are fractions of the image) is scaled
-with the image. `yoda upscale --strip-metadata` writes none.
+not have (a motion photo's video, an Ultra HDR gain map, a depth map, extended XMP). The regions of people and pets
+(mwg-rs) follow the pixels: the size they apply to (AppliedToDimensions) is scaled, and regions drawn on the stored
+pixels of a photo that read_image turned upright (EXIF orientation 2-8) are turned with them (_regions).
+`yoda upscale --strip-metadata` writes none.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
+
+from PIL import ExifTags
 
 from .exif import carried_block, check_scale
 from .images import open_image
@@ -34,6 +38,7 @@ GCAMERA = "http://ns.google.com/photos/1.0/camera/"
 XMP_MM = "http://ns.adobe.com/xap/1.0/mm/"
 MWG_RS = "http://www.metadataworkgroup.com/schemas/regions/"
 ST_DIM = "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
+ST_AREA = "http://ns.adobe.com/xmp/sType/Area#"
 XML_NS = "http://www.w3.org/XML/1998/namespace"  # xml:lang's
 DROPPED = {(TIFF, n) for n in ("Orientation", "ImageWidth", "ImageLength", "BitsPerSample", "Compression",
                                "PhotometricInterpretation", "SamplesPerPixel", "PlanarConfiguration",
@@ -82,20 +87,61 @@ def _text(packet: bytes) -> str:
     return text
 
 
-def _scaled_dimensions(root: ET.Element, scale: int) -> None:
-    """Multiplies the pixel width and height of every mwg-rs:AppliedToDimensions under ``root`` by ``scale`` (as
-    attributes or as elements, plain or in an rdf:Description; not where its unit is other than pixels)."""
-    w, h, unit = (f"{{{ST_DIM}}}{n}" for n in ("w", "h", "unit"))
+def _field(node: ET.Element, name: str):
+    """(get, set) of the struct field ``name`` ("{ns}local") under ``node``: an attribute (of node or of an
+    rdf:Description in it) or an element's text; None where it has none."""
+    for e in node.iter():
+        if name in e.attrib:
+            return (lambda: e.get(name)), (lambda v: e.set(name, v))
+        if e.tag == name and e.text is not None:
+            return (lambda: e.text), (lambda v: setattr(e, "text", v))
+    return None
+
+
+# Where read_image's turn by EXIF orientation 2-8 moves the centre (x, y) of a region, as fractions of the image
+_TURNED = {2: lambda x, y: (1 - x, y), 3: lambda x, y: (1 - x, 1 - y), 4: lambda x, y: (x, 1 - y),
+           5: lambda x, y: (y, x), 6: lambda x, y: (1 - y, x), 7: lambda x, y: (1 - y, 1 - x),
+           8: lambda x, y: (y, 1 - x)}
+
+
+def _regions(root: ET.Element, scale: int, orientation: int = 1, stored: Optional[tuple] = None) -> None:
+    """Sizes every mwg-rs:AppliedToDimensions under ``root`` to the copy: times ``scale`` (not where its unit is other
+    than pixels). Where the input was turned upright (EXIF ``orientation`` 2-8) and the dimensions are its ``stored``
+    (width, height), its regions were drawn on the stored pixels (as digiKam writes them): their areas (centre and
+    size, fractions of the image) are turned as the pixels were, and the dimensions with them."""
+    parents = {c: p for p in root.iter() for c in p}
     for dims in root.iter(f"{{{MWG_RS}}}AppliedToDimensions"):
-        found = [e.get(unit) for e in dims.iter()] + [e.text for e in dims.iter(unit)]
-        if any(u is not None and u.strip() != "pixel" for u in found):
+        w, h, unit = (_field(dims, f"{{{ST_DIM}}}{n}") for n in ("w", "h", "unit"))
+        if w is None or h is None or unit is not None and unit[0]().strip() != "pixel":
             continue
-        for e in dims.iter():
-            for name in (w, h):
-                if name in e.attrib:
-                    e.set(name, _times(e.get(name), scale))
-            if e.tag in (w, h) and e.text:
-                e.text = _times(e.text, scale)
+        size = w[0](), h[0]()
+        try:
+            turned = orientation in _TURNED and stored is not None and tuple(map(float, size)) == tuple(stored)
+        except ValueError:
+            turned = False
+        if turned:
+            for area in parents.get(dims, dims).iter(f"{{{MWG_RS}}}Area"):
+                _turn_area(area, orientation)
+            if orientation >= 5:  # a quarter turn: the width is the stored height
+                size = size[::-1]
+        w[1](_times(size[0], scale))
+        h[1](_times(size[1], scale))
+
+
+def _turn_area(area: ET.Element, orientation: int) -> None:
+    """A region's stArea (centre x, y and size w, h as fractions of the stored image) as read_image turns it."""
+    f = {n: _field(area, f"{{{ST_AREA}}}{n}") for n in ("x", "y", "w", "h", "unit")}
+    if any(f[n] is None for n in "xywh") or f["unit"] is not None and f["unit"][0]().strip() != "normalized":
+        return
+    try:
+        x, y, w, h = (float(f[n][0]()) for n in "xywh")
+    except ValueError:
+        return
+    x, y = _TURNED[orientation](x, y)
+    if orientation >= 5:
+        w, h = h, w
+    for n, v in zip("xywh", (x, y, w, h)):
+        f[n][1](f"{v:.6f}".rstrip("0").rstrip(".") or "0")
 
 
 def _times(value: str, scale: int) -> str:
@@ -109,10 +155,11 @@ def _times(value: str, scale: int) -> str:
             return value
 
 
-def carried(packet: bytes, scale: int = 1) -> bytes:
-    """The XMP ``packet`` (bytes) less the properties of DROPPED and DROPPED_NAMESPACES, its regions' pixel size
-    times ``scale`` (the copy's size over the input's), wrapped as a packet again (module docstring). ValueError
-    where it is not an XMP packet of well-formed XML without a DTD."""
+def carried(packet: bytes, scale: int = 1, orientation: int = 1, stored: Optional[tuple] = None) -> bytes:
+    """The XMP ``packet`` (bytes) less the properties of DROPPED and DROPPED_NAMESPACES, its regions sized to the
+    copy, ``scale`` times the input, which was turned upright by its EXIF ``orientation`` from its ``stored``
+    (width, height) (_regions), wrapped as a packet again (module docstring). ValueError where it is not an XMP
+    packet of well-formed XML without a DTD."""
     prefixes, root = {}, None
     for event, item in ET.iterparse(io.BytesIO(_text(packet).encode("utf-8")), events=("start-ns", "start")):
         if event == "start-ns":
@@ -128,7 +175,7 @@ def carried(packet: bytes, scale: int = 1) -> bytes:
             del parent.attrib[name]
         for child in [c for c in parent if _dropped(c.tag)]:
             parent.remove(child)
-    _scaled_dimensions(root, scale)
+    _regions(root, scale, orientation, stored)
     _prefixed(root, prefixes)
     return (HEADER + ET.tostring(root, encoding="unicode") + TRAILER).encode("utf-8")
 
@@ -170,6 +217,11 @@ def read_xmp(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
 def _xmp_of(p: Path, scale: int) -> Optional[bytes]:
     """read_xmp's packet, unchecked."""
     with open_image(p) as im:
+        try:  # (read_image turns the pixels by it; a malformed EXIF block keeps them as stored)
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+        except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
+            orientation = 1
+        stored = im.size
         packet = im.info.get("xmp")
         text = im.info.get("XML:com.adobe.xmp")  # a PNG's tEXt / zTXt chunk (Pillow's "xmp" is iTXt's only)
         if packet is None and isinstance(text, str):
@@ -179,4 +231,4 @@ def _xmp_of(p: Path, scale: int) -> Optional[bytes]:
     raw = packet.encode("utf-8") if isinstance(packet, str) else bytes(packet)
     if len(raw) > READ_LIMIT:
         raise ValueError(f"{len(raw)} bytes, more than the {READ_LIMIT} read")
-    return carried(raw, scale)
+    return carried(raw, scale, orientation, stored)
