@@ -150,7 +150,7 @@ def test_upscale_carries_the_xmp_of_its_input(tmp_path, tiny_model, capsys):
         else:
             got = properties(packet)
             assert {k: got.get(k) for k in KEPT} == KEPT and "exif:PixelXDimension" not in got
-    rs, dim = "http://www.metadataworkgroup.com/schemas/regions/", "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
+    rs, dim = "http://www.metadataworkinggroup.com/schemas/regions/", "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
     faces = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
              f'xmlns:mwg-rs="{rs}" xmlns:stDim="{dim}"><mwg-rs:Regions rdf:parseType="Resource"><mwg-rs:'
              f'AppliedToDimensions stDim:w="12" stDim:h="8" stDim:unit="pixel"/></mwg-rs:Regions></rdf:Description>'
@@ -322,7 +322,7 @@ def test_the_copy_is_another_instance_with_its_regions_sized_to_it(tmp_path):
     its face regions' mwg-rs:AppliedToDimensions, the input's pixel size: photo managers that check it against the
     image dropped the regions of the four times larger copy. The instance ID is left out (DocumentID stays) and the
     dimensions scale with the image, written as attributes or as elements; a unit other than pixels is left alone."""
-    mm, rs, dim = "http://ns.adobe.com/xap/1.0/mm/", "http://www.metadataworkgroup.com/schemas/regions/", \
+    mm, rs, dim = "http://ns.adobe.com/xap/1.0/mm/", "http://www.metadataworkinggroup.com/schemas/regions/", \
         "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
     packet = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
               f'xmlns:xmpMM="{mm}" xmlns:mwg-rs="{rs}" xmlns:stDim="{dim}" xmpMM:InstanceID="xmp.iid:1" '
@@ -378,44 +378,68 @@ def test_a_utf16_packet_is_written_as_utf8():
             assert carried(packet) == carried(lightroom_xmp())
 
 
+def _region_packet(w, h, x, y, size=' stArea:w="0.25" stArea:h="0.5"'):
+    """An XMP packet with one MWG face region (centre x, y; size w 0.25, h 0.5 unless ``size``) on a w x h image."""
+    return (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
+            f'xmlns:mwg-rs="{MWG_RS}" xmlns:stDim="{DIM}" xmlns:stArea="{AREA}"><mwg-rs:Regions '
+            f'rdf:parseType="Resource"><mwg-rs:AppliedToDimensions stDim:w="{w}" stDim:h="{h}" stDim:unit="pixel"/>'
+            f'<mwg-rs:RegionList><rdf:Bag><rdf:li rdf:parseType="Resource"><mwg-rs:Area stArea:x="{x}" '
+            f'stArea:y="{y}"{size} stArea:unit="normalized"/></rdf:li></rdf:Bag></mwg-rs:RegionList></mwg-rs:Regions>'
+            f'</rdf:Description></rdf:RDF></x:xmpmeta>').encode()
+
+
+MWG_RS, DIM, AREA = ("http://www.metadataworkinggroup.com/schemas/regions/",
+                     "http://ns.adobe.com/xap/1.0/sType/Dimensions#", "http://ns.adobe.com/xmp/sType/Area#")
+
+
+def _region_of(packet):
+    """(AppliedToDimensions w, h; the area's x, y, w, h) of _region_packet's packet as carried."""
+    root = ET.fromstring(packet.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
+    d, a = next(root.iter(f"{{{MWG_RS}}}AppliedToDimensions")), next(root.iter(f"{{{MWG_RS}}}Area"))
+    return (int(d.get(f"{{{DIM}}}w")), int(d.get(f"{{{DIM}}}h")),
+            *(float(a.get(f"{{{AREA}}}{n}") or "nan") for n in "xywh"))
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_face_regions_of_a_turned_photo_follow_its_pixels(tmp_path, orientation):
     """A phone photo stored 12x8 with EXIF orientation 6 is upright in its copy (8 wide, 12 high, no orientation),
     but its face regions, drawn on the stored pixels (digiKam's mwg-rs, AppliedToDimensions 12x8), were carried as
-    they were: scaled to 48x32 and pointing at the wrong place. They follow the pixels now: each region's centre is
-    where read_image puts the stored pixel under it (found here from a red pixel), its size turns with a quarter
-    turn, and the dimensions are the copy's. Regions given for the upright picture (dimensions 8x12) only scale."""
+    they were: scaled to 48x32 and pointing at the wrong place. After a quarter turn (5-8) they follow the pixels
+    now: each region's centre is where read_image puts the stored pixel under it (found here from a red pixel), its
+    size turns, and the dimensions are the copy's. Regions given for the upright picture (8x12), and wherever the
+    two cannot be told apart (a mirror or a half turn, 2-4, keeps the sizes), only scale."""
     from yoda.images import read_image
 
-    rs, dim, area = ("http://www.metadataworkgroup.com/schemas/regions/",
-                     "http://ns.adobe.com/xap/1.0/sType/Dimensions#", "http://ns.adobe.com/xmp/sType/Area#")
     col, row = 2, 5  # the stored pixel at the region's centre
+    x, y = (col + 0.5) / 12, (row + 0.5) / 8
     a = np.zeros((8, 12, 3), np.uint8)
     a[row, col] = (255, 0, 0)
-    quarter = orientation >= 5
-    for w, h, stored_frame in ((12, 8, True), (8, 12, False)):
-        x, y = (col + 0.5) / 12, (row + 0.5) / 8
-        packet = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" '
-                  f'xmlns:mwg-rs="{rs}" xmlns:stDim="{dim}" xmlns:stArea="{area}"><mwg-rs:Regions '
-                  f'rdf:parseType="Resource"><mwg-rs:AppliedToDimensions stDim:w="{w}" stDim:h="{h}" '
-                  f'stDim:unit="pixel"/><mwg-rs:RegionList><rdf:Bag><rdf:li rdf:parseType="Resource"><mwg-rs:Area '
-                  f'stArea:x="{x}" stArea:y="{y}" stArea:w="0.25" stArea:h="0.5" stArea:unit="normalized"/>'
-                  f'</rdf:li></rdf:Bag></mwg-rs:RegionList></mwg-rs:Regions></rdf:Description></rdf:RDF>'
-                  f'</x:xmpmeta>').encode()
-        ex = Image.Exif()
-        ex[0x0112] = orientation
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    for w, h in ((12, 8), (8, 12)):
         p = tmp_path / f"phone{w}.jpg"
-        Image.fromarray(a).save(p, exif=ex.tobytes(), xmp=packet, quality=100)
+        Image.fromarray(a).save(p, exif=ex.tobytes(), xmp=_region_packet(w, h, x, y), quality=100)
         up = read_image(p)
-        root = ET.fromstring(read_xmp(p, 4).split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
-        d = next(root.iter(f"{{{rs}}}AppliedToDimensions"))
-        got = next(root.iter(f"{{{rs}}}Area"))
-        gx, gy, gw, gh = (float(got.get(f"{{{area}}}{n}")) for n in "xywh")
-        if stored_frame:
-            assert (int(d.get(f"{{{dim}}}w")), int(d.get(f"{{{dim}}}h"))) == (4 * up.shape[1], 4 * up.shape[0])
+        dw, dh, gx, gy, gw, gh = _region_of(read_xmp(p, 4))
+        if orientation >= 5 and (w, h) == (12, 8):  # drawn on the stored pixels
+            assert (dw, dh) == (4 * up.shape[1], 4 * up.shape[0]) == (32, 48)
             r, c = np.unravel_index(np.argmax(up[..., 0].astype(int) - up[..., 1]), up.shape[:2])
             assert (gx, gy) == pytest.approx(((c + 0.5) / up.shape[1], (r + 0.5) / up.shape[0]), abs=1e-6)
-            assert (gw, gh) == ((0.5, 0.25) if quarter and orientation != 1 else (0.25, 0.5))
-        else:  # drawn on the upright picture: only the pixel size changes
-            assert (d.get(f"{{{dim}}}w"), d.get(f"{{{dim}}}h")) == ("32", "48")
+            assert (gw, gh) == (0.5, 0.25)
+        else:  # drawn on the upright picture, or no telling: only the pixel size changes
+            assert (dw, dh) == (4 * w, 4 * h)
             assert (gx, gy, gw, gh) == pytest.approx((x, y, 0.25, 0.5), abs=1e-6)
+
+
+def test_regions_turn_only_where_the_sizes_tell(tmp_path):
+    """A square photo turned by its orientation gives no sign which picture its regions were drawn on: they are left
+    as they were (a review: turned, a box drawn on the upright picture moved). A point region (x, y, no size) moves
+    with a quarter turn and keeps no size."""
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    Image.new("RGB", (8, 8)).save(tmp_path / "square.jpg", exif=ex.tobytes(), xmp=_region_packet(8, 8, 0.25, 0.2))
+    assert _region_of(read_xmp(tmp_path / "square.jpg", 2)) == pytest.approx((16, 16, 0.25, 0.2, 0.25, 0.5))
+    Image.new("RGB", (12, 8)).save(tmp_path / "point.jpg", exif=ex.tobytes(),
+                                   xmp=_region_packet(12, 8, 0.25, 0.2, size=""))
+    got = _region_of(read_xmp(tmp_path / "point.jpg", 2))
+    assert got[:4] == pytest.approx((16, 24, 0.8, 0.25)) and np.isnan(got[4]) and np.isnan(got[5])

@@ -11,6 +11,7 @@ What goes into the blocks (what a photograph's copy keeps of its input's) is yod
 from __future__ import annotations
 
 import os
+import re
 import struct
 import warnings
 from typing import Optional
@@ -39,7 +40,7 @@ def xmp_text(packet: bytes) -> str:
         text = packet.decode(codec)
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8, UTF-16 or UTF-32 text ({e.reason})") from None
-    if text.startswith("<?xml ") and "?>" in text:
+    if re.match(r"<\?xml\s", text) and "?>" in text:
         text = text[text.index("?>") + 2:].lstrip()
     return text
 

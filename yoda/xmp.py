@@ -11,7 +11,7 @@ and TIFF tags (they would mark the copy's own tags as stale), the input's xmpMM:
 file; its DocumentID and history stay), and what describes data stored after the input's image, which the copy does
 not have (a motion photo's video, an Ultra HDR gain map, a depth map, extended XMP). The regions of people and pets
 (mwg-rs) follow the pixels: the size they apply to (AppliedToDimensions) is scaled, and regions drawn on the stored
-pixels of a photo that read_image turned upright (EXIF orientation 2-8) are turned with them (_regions).
+pixels of a photo that read_image gave a quarter turn (EXIF orientation 5-8) turn with them (_regions).
 `yoda upscale --strip-metadata` writes none.
 """
 
@@ -36,7 +36,7 @@ XMP = "http://ns.adobe.com/xap/1.0/"
 PHOTOSHOP = "http://ns.adobe.com/photoshop/1.0/"
 GCAMERA = "http://ns.google.com/photos/1.0/camera/"
 XMP_MM = "http://ns.adobe.com/xap/1.0/mm/"
-MWG_RS = "http://www.metadataworkgroup.com/schemas/regions/"
+MWG_RS = "http://www.metadataworkinggroup.com/schemas/regions/"
 ST_DIM = "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
 ST_AREA = "http://ns.adobe.com/xmp/sType/Area#"
 XML_NS = "http://www.w3.org/XML/1998/namespace"  # xml:lang's
@@ -98,17 +98,18 @@ def _field(node: ET.Element, name: str):
     return None
 
 
-# Where read_image's turn by EXIF orientation 2-8 moves the centre (x, y) of a region, as fractions of the image
-_TURNED = {2: lambda x, y: (1 - x, y), 3: lambda x, y: (1 - x, 1 - y), 4: lambda x, y: (x, 1 - y),
-           5: lambda x, y: (y, x), 6: lambda x, y: (1 - y, x), 7: lambda x, y: (1 - y, 1 - x),
+# Where read_image's quarter turn by EXIF orientation 5-8 moves a point (x, y), as fractions of the image
+_TURNED = {5: lambda x, y: (y, x), 6: lambda x, y: (1 - y, x), 7: lambda x, y: (1 - y, 1 - x),
            8: lambda x, y: (y, 1 - x)}
 
 
 def _regions(root: ET.Element, scale: int, orientation: int = 1, stored: Optional[tuple] = None) -> None:
     """Sizes every mwg-rs:AppliedToDimensions under ``root`` to the copy: times ``scale`` (not where its unit is other
-    than pixels). Where the input was turned upright (EXIF ``orientation`` 2-8) and the dimensions are its ``stored``
-    (width, height), its regions were drawn on the stored pixels (as digiKam writes them): their areas (centre and
-    size, fractions of the image) are turned as the pixels were, and the dimensions with them."""
+    than pixels). Where read_image gave the input a quarter turn (EXIF ``orientation`` 5-8) and the dimensions are its
+    ``stored`` (width, height), not the turned ones, its regions were drawn on the stored pixels (as digiKam writes
+    them): their areas (centre and size, fractions of the image) turn as the pixels did, and the dimensions with
+    them. Where the two cannot be told apart (a square image; a mirror or a half turn, orientation 2-4, which keep
+    the sizes) the regions are left as they were: writers that draw on the upright picture (Picasa) are as common."""
     parents = {c: p for p in root.iter() for c in p}
     for dims in root.iter(f"{{{MWG_RS}}}AppliedToDimensions"):
         w, h, unit = (_field(dims, f"{{{ST_DIM}}}{n}") for n in ("w", "h", "unit"))
@@ -116,31 +117,31 @@ def _regions(root: ET.Element, scale: int, orientation: int = 1, stored: Optiona
             continue
         size = w[0](), h[0]()
         try:
-            turned = orientation in _TURNED and stored is not None and tuple(map(float, size)) == tuple(stored)
+            turned = (orientation in _TURNED and stored is not None and stored[0] != stored[1]
+                      and tuple(map(float, size)) == tuple(stored))
         except ValueError:
             turned = False
         if turned:
             for area in parents.get(dims, dims).iter(f"{{{MWG_RS}}}Area"):
                 _turn_area(area, orientation)
-            if orientation >= 5:  # a quarter turn: the width is the stored height
-                size = size[::-1]
+            size = size[::-1]  # the width is the stored height
         w[1](_times(size[0], scale))
         h[1](_times(size[1], scale))
 
 
 def _turn_area(area: ET.Element, orientation: int) -> None:
-    """A region's stArea (centre x, y and size w, h as fractions of the stored image) as read_image turns it."""
+    """A region's stArea (centre x, y and size w, h as fractions of the stored image; a point or a circle has no w,
+    h) as read_image's quarter turn by ``orientation`` turns it."""
     f = {n: _field(area, f"{{{ST_AREA}}}{n}") for n in ("x", "y", "w", "h", "unit")}
-    if any(f[n] is None for n in "xywh") or f["unit"] is not None and f["unit"][0]().strip() != "normalized":
+    if f["x"] is None or f["y"] is None or f["unit"] is not None and f["unit"][0]().strip() != "normalized":
         return
     try:
-        x, y, w, h = (float(f[n][0]()) for n in "xywh")
+        new = dict(zip("xy", _TURNED[orientation](float(f["x"][0]()), float(f["y"][0]()))))
+        if f["w"] is not None and f["h"] is not None:
+            new |= {"w": float(f["h"][0]()), "h": float(f["w"][0]())}
     except ValueError:
         return
-    x, y = _TURNED[orientation](x, y)
-    if orientation >= 5:
-        w, h = h, w
-    for n, v in zip("xywh", (x, y, w, h)):
+    for n, v in new.items():
         f[n][1](f"{v:.6f}".rstrip("0").rstrip(".") or "0")
 
 
