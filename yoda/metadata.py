@@ -3,7 +3,7 @@ format keeps them.
 
     check_blocks(exif, xmp)              TypeError / ValueError naming the argument, before any work
     add_blocks(options, fmt, path, ...)  Pillow's save options for them, in format ``fmt``
-    xmp_text(packet)                     an XMP packet's text: UTF-8, or UTF-16 / UTF-32 by its byte-order mark
+    xmp_text(packet)                     an XMP packet's text (UTF-8, UTF-16 or UTF-32), less any XML declaration
 
 What goes into the blocks (what a photograph's copy keeps of its input's) is yoda.exif's and yoda.xmp's.
 """
