@@ -59,8 +59,9 @@ READ_LIMIT = 1 << 20  # a larger packet is not parsed (a JPEG output holds metad
 # The prefixes of the XMP specifications' namespaces, for a namespace a packet binds as its default only (an
 # attribute needs a prefix; _prefixed's last resort is ns0, ns1 ...)
 PREFIXES = {TIFF: "tiff", EXIF: "exif", XMP: "xmp", PHOTOSHOP: "photoshop", XMP_MM: "xmpMM", MWG_RS: "mwg-rs",
-            ST_DIM: "stDim", ST_AREA: "stArea", "http://purl.org/dc/elements/1.1/": "dc", "http://ns.adobe.com/exif/1.0/aux/": "aux",
-            "http://ns.adobe.com/xap/1.0/rights/": "xmpRights", "http://ns.adobe.com/camera-raw-settings/1.0/": "crs",
+            ST_DIM: "stDim", ST_AREA: "stArea", "http://purl.org/dc/elements/1.1/": "dc",
+            "http://ns.adobe.com/exif/1.0/aux/": "aux", "http://ns.adobe.com/xap/1.0/rights/": "xmpRights",
+            "http://ns.adobe.com/camera-raw-settings/1.0/": "crs",
             "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/": "Iptc4xmpCore"}
 HEADER = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 TRAILER = '\n<?xpacket end="w"?>'
