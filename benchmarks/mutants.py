@@ -3587,6 +3587,10 @@ MUTANTS = [
            '    if f["x"] is None or f["y"] is None or', '    if f["w"] is None or f["y"] is None or',
            ("tests/test_xmp.py", "-k", "sizes_tell"),
            "a point region (no size) stays where it was stored while its dimensions turn"),
+    Mutant("xmp-windows-regions-not-turned", "yoda/xmp.py",
+           "                e.set(rect, _turned_rectangle(e.get(rect), orientation))", "                pass",
+           ("tests/test_xmp.py", "-k", "windows_regions"),
+           "a face's Windows box stays where it was stored while its MWG region turns: two boxes of one face disagree"),
 ]
 
 

@@ -443,3 +443,27 @@ def test_regions_turn_only_where_the_sizes_tell(tmp_path):
                                    xmp=_region_packet(12, 8, 0.25, 0.2, size=""))
     got = _region_of(read_xmp(tmp_path / "point.jpg", 2))
     assert got[:4] == pytest.approx((16, 24, 0.8, 0.25)) and np.isnan(got[4]) and np.isnan(got[5])
+
+def test_windows_regions_turn_with_the_mwg_ones(tmp_path):
+    """digiKam writes each face twice, as an MWG region and as a Windows one (MPReg:Rectangle "x, y, w, h": top-left
+    corner and size). Once the MWG regions turned with a quarter-turned photo, the Windows box stayed where it was
+    stored: the copy's two boxes of one face disagreed. The Windows box turns with them (it names no size of its
+    own); in a packet whose MWG regions do not turn, it stays as it was."""
+    mp, mpri, mpreg = ("http://ns.microsoft.com/photo/1.2/", "http://ns.microsoft.com/photo/1.2/t/RegionInfo#",
+                       "http://ns.microsoft.com/photo/1.2/t/Region#")
+    x, y, w, h = 0.25, 0.3, 0.25, 0.5  # the MWG centre and size
+    windows = (f'<MP:RegionInfo xmlns:MP="{mp}" xmlns:MPRI="{mpri}" xmlns:MPReg="{mpreg}" rdf:parseType="Resource">'
+               f'<MPRI:Regions><rdf:Bag><rdf:li MPReg:Rectangle="{x - w / 2}, {y - h / 2}, {w}, {h}" '
+               f'MPReg:PersonDisplayName="Ann"/></rdf:Bag></MPRI:Regions></MP:RegionInfo>').encode()
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    for dims, turned in (((12, 8), True), ((8, 12), False)):
+        packet = _region_packet(*dims, x, y).replace(b"</mwg-rs:Regions>", b"</mwg-rs:Regions>" + windows)
+        Image.new("RGB", (12, 8)).save(tmp_path / "both.jpg", exif=ex.tobytes(), xmp=packet)
+        out = read_xmp(tmp_path / "both.jpg", 2)
+        _, _, gx, gy, gw, gh = _region_of(out)
+        root = ET.fromstring(out.split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
+        rect = next(e.get(f"{{{mpreg}}}Rectangle") for e in root.iter() if f"{{{mpreg}}}Rectangle" in e.attrib)
+        rx, ry, rw, rh = (float(v) for v in rect.split(","))
+        assert (rx + rw / 2, ry + rh / 2, rw, rh) == pytest.approx((gx, gy, gw, gh), abs=1e-6)  # one box, twice
+        assert (gx, gy) != pytest.approx((x, y)) if turned else (gx, gy) == pytest.approx((x, y))

@@ -39,6 +39,7 @@ XMP_MM = "http://ns.adobe.com/xap/1.0/mm/"
 MWG_RS = "http://www.metadataworkinggroup.com/schemas/regions/"
 ST_DIM = "http://ns.adobe.com/xap/1.0/sType/Dimensions#"
 ST_AREA = "http://ns.adobe.com/xmp/sType/Area#"
+MP_REG = "http://ns.microsoft.com/photo/1.2/t/Region#"  # Windows' people regions (MPReg:Rectangle), beside mwg-rs
 XML_NS = "http://www.w3.org/XML/1998/namespace"  # xml:lang's
 DROPPED = {(TIFF, n) for n in ("Orientation", "ImageWidth", "ImageLength", "BitsPerSample", "Compression",
                                "PhotometricInterpretation", "SamplesPerPixel", "PlanarConfiguration",
@@ -109,9 +110,11 @@ def _regions(root: ET.Element, scale: int, orientation: int = 1, stored: Optiona
     than pixels). Where read_image gave the input a quarter turn (EXIF ``orientation`` 5-8) and the dimensions are its
     ``stored`` (width, height), not the turned ones, its regions were drawn on the stored pixels (as digiKam writes
     them): their areas (centre and size, fractions of the image) turn as the pixels did, and the dimensions with
-    them. Where the two cannot be told apart (a square image; a mirror or a half turn, orientation 2-4, which keep
-    the sizes) the regions are left as they were: writers that draw on the upright picture (Picasa) are as common."""
+    them, and so do the packet's Windows regions (MPReg:Rectangle, which name no size: the writer's). Where the two
+    cannot be told apart (a square image; a mirror or a half turn, orientation 2-4, which keep the sizes) the regions
+    are left as they were: writers that draw on the upright picture (Picasa) are as common."""
     parents = {c: p for p in root.iter() for c in p}
+    any_turned = False
     for dims in root.iter(f"{{{MWG_RS}}}AppliedToDimensions"):
         w, h, unit = (_field(dims, f"{{{ST_DIM}}}{n}") for n in ("w", "h", "unit"))
         if w is None or h is None or unit is not None and unit[0]().strip() != "pixel":
@@ -126,8 +129,16 @@ def _regions(root: ET.Element, scale: int, orientation: int = 1, stored: Optiona
             for area in parents.get(dims, dims).iter(f"{{{MWG_RS}}}Area"):
                 _turn_area(area, orientation)
             size = size[::-1]  # the width is the stored height
+            any_turned = True
         w[1](_times(size[0], scale))
         h[1](_times(size[1], scale))
+    if any_turned:  # the same writer's Windows regions (digiKam writes both): drawn on the same pixels
+        rect = f"{{{MP_REG}}}Rectangle"
+        for e in root.iter():
+            if rect in e.attrib:
+                e.set(rect, _turned_rectangle(e.get(rect), orientation))
+            if e.tag == rect and e.text:
+                e.text = _turned_rectangle(e.text, orientation)
 
 
 def _turn_area(area: ET.Element, orientation: int) -> None:
@@ -144,6 +155,17 @@ def _turn_area(area: ET.Element, orientation: int) -> None:
         return
     for n, v in new.items():
         f[n][1](f"{v:.6f}".rstrip("0").rstrip(".") or "0")
+
+
+def _turned_rectangle(value: str, orientation: int) -> str:
+    """An MPReg:Rectangle "x, y, w, h" (top-left corner and size, fractions of the stored image) as read_image's
+    quarter turn by ``orientation`` turns it; anything else as it was."""
+    try:
+        x, y, w, h = (float(v) for v in value.split(","))
+    except ValueError:
+        return value
+    cx, cy = _TURNED[orientation](x + w / 2, y + h / 2)
+    return ", ".join(f"{v:.6f}".rstrip("0").rstrip(".") or "0" for v in (cx - h / 2, cy - w / 2, h, w))
 
 
 def _times(value: str, scale: int) -> str:
