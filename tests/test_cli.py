@@ -2648,6 +2648,10 @@ def test_figures_say_where_yoda_leaves_pixels_unrefined_and_bad_names_are_said_f
                                             f"found"), err
     code, _, err = run(["eval", "--images", str(tmp_path / "none"), "--model", tiny_model], capsys)
     assert code == 2 and err == f"yoda: error: --images: {tmp_path / 'none'} not found\n", err
+    (tmp_path / "empty").mkdir()  # a folder without an image: said with the option too
+    code, _, err = run(["eval", "--images", str(tmp_path / "empty"), "--model", tiny_model], capsys)
+    assert code == 2 and err.startswith("yoda: error: --images: no images (") and err.rstrip().endswith(
+        f"in folder {tmp_path / 'empty'}"), err
 
 
 def test_eval_notes_images_named_as_the_embedded_models_training_photographs(tmp_path, tiny_model, capsys):
