@@ -3591,6 +3591,10 @@ MUTANTS = [
            "                e.set(rect, _turned_rectangle(e.get(rect), orientation))", "                pass",
            ("tests/test_xmp.py", "-k", "windows_regions"),
            "a face's Windows box stays where it was stored while its MWG region turns: two boxes of one face disagree"),
+    Mutant("save-model-pickle-name-silent", "yoda/models/yoda_format.py",
+           '    if str(path).lower().endswith((".pt", ".pth", ".ckpt", ".bin")):', "    if False:",
+           ("tests/test_checkpoint.py", "-k", "pickle_name"),
+           "save_model(net, 'model.pt') writes safetensors under a pickle's name without a word"),
 ]
 
 

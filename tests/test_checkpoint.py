@@ -761,6 +761,17 @@ def test_yoda_format_round_trip_sr3(tmp_path):
     assert torch.equal(torch.tensor(d["schedule"]["betas"], dtype=torch.float64), sched.betas)  # exact floats
 
 
+def test_save_model_under_a_pickle_name_says_what_it_wrote(tmp_path):
+    """save_model(net, "model.pt") wrote safetensors under a pickle's name without a word: torch.load of it failed
+    with "invalid load key". It warns now, naming the file, and writes the file as before (yoda.load reads it)."""
+    net = SR3UNet.from_config(SR3UNet.tiny_x4_config()).eval()
+    for name in ("model.pt", "model.PTH", "m.ckpt", "m.bin"):
+        with pytest.warns(UserWarning, match=rf"^path: {re.escape(name)} is written as safetensors \(the yoda "
+                                             r"format\), which torch.load does not read; yoda.load does"):
+            save_model(net, tmp_path / name, schedule=Schedule.linear(10))
+        assert isinstance(yoda.load("yoda", tmp_path / name), SR3UNet)
+
+
 def test_yoda_format_refuses_a_damaged_file_by_its_sha256(tmp_path):
     """safetensors keeps no checksum: of 150 random byte flips in a yoda file's tensors, 116 loaded a different
     model, and a bit of the header's config changed a beta of the schedule, all without a word. save_model records

@@ -224,6 +224,12 @@ def save_model(model: nn.Module, path: PathLike, config: Any = None, schedule: A
     if nonfinite:  # yoda.load would refuse the file as corrupt: write none
         raise ValueError(f"model: tensors with NaN/Inf: {fmt_keys(nonfinite)} (a diverged training run?); "
                          f"nothing was written")
+    if str(path).lower().endswith((".pt", ".pth", ".ckpt", ".bin")):  # (torch.load failed on it: "invalid load key")
+        import warnings
+
+        warnings.warn(f"path: {os.path.basename(str(path))} is written as safetensors (the yoda format), which "
+                      f"torch.load does not read; yoda.load does, and a .safetensors name says what it is",
+                      UserWarning, stacklevel=2)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
     metadata = {"format": FORMAT, "version": FORMAT_VERSION if upsampling == "torch" else "2", "config": meta_json,
                 "sha256": content_digest(tensors, meta_json)}
