@@ -456,6 +456,13 @@ def test_eager_calls_launch_directly_and_compiled_calls_take_the_op():
     assert not any(n.kind().startswith("yoda::") for n in traced.graph.nodes())
     x2 = torch.randn_like(x)
     torch.testing.assert_close(traced(x2), step(x2, o, c), rtol=0, atol=0)
+    # an op without Scalar[] arguments is recorded as itself: a launch the tracer cannot see would be baked in
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(lambda a: yk.tile_stats(a, 8, backend="triton")[0], (A,), check_trace=False)
+    assert any(n.kind() == "yoda::tile_stats_triton" for n in traced.graph.nodes())
+    A2 = torch.rand_like(A)
+    torch.testing.assert_close(traced(A2), yk.tile_stats(A2, 8, backend="naive")[0], rtol=0, atol=0)
     xs = torch.stack([x[0], x2[0]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # vmap's warning that the op has no batching rule
