@@ -245,11 +245,20 @@ def _check_pixels(p: Path, size: tuple[int, int], limit: int) -> None:
         raise _too_large(p, f"{w}x{h} = {w * h}", limit)
 
 
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation read_image turns ``im`` by (1: none; also for a malformed EXIF block, whose image keeps
+    its stored pixels)."""
+    try:
+        return im.getexif().get(ExifTags.Base.Orientation, 1) or 1
+    except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        return 1
+
+
 def _upright(im: Image.Image) -> Image.Image:
     """``im`` turned by its EXIF orientation (phone photos); a malformed EXIF block keeps the stored pixels."""
+    if exif_orientation(im) == 1:
+        return im
     try:
-        if im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None):
-            return im
         return ImageOps.exif_transpose(im)
     except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
         return im

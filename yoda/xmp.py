@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
 
-from PIL import ExifTags
-
 from .exif import carried_block, check_scale
-from .images import open_image
+from .images import exif_orientation, open_image
 from .metadata import xmp_text
 
 TIFF = "http://ns.adobe.com/tiff/1.0/"
@@ -154,7 +151,7 @@ def _turn_area(area: ET.Element, orientation: int) -> None:
     except ValueError:
         return
     for n, v in new.items():
-        f[n][1](f"{v:.6f}".rstrip("0").rstrip(".") or "0")
+        f[n][1](_decimal(v))
 
 
 def _turned_rectangle(value: str, orientation: int) -> str:
@@ -165,7 +162,12 @@ def _turned_rectangle(value: str, orientation: int) -> str:
     except ValueError:
         return value
     cx, cy = _TURNED[orientation](x + w / 2, y + h / 2)
-    return ", ".join(f"{v:.6f}".rstrip("0").rstrip(".") or "0" for v in (cx - h / 2, cy - w / 2, h, w))
+    return ", ".join(_decimal(v) for v in (cx - h / 2, cy - w / 2, h, w))
+
+
+def _decimal(v: float) -> str:
+    """A fraction of the image as MWG and Windows regions write it: six decimals, no trailing zeros."""
+    return f"{v:.6f}".rstrip("0").rstrip(".") or "0"
 
 
 def _times(value: str, scale: int) -> str:
@@ -241,11 +243,7 @@ def read_xmp(path: str | os.PathLike, scale: int = 1) -> Optional[bytes]:
 def _xmp_of(p: Path, scale: int) -> Optional[bytes]:
     """read_xmp's packet, unchecked."""
     with open_image(p) as im:
-        try:  # (read_image turns the pixels by it; a malformed EXIF block keeps them as stored)
-            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
-        except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
-            orientation = 1
-        stored = im.size
+        turn, stored = exif_orientation(im), im.size  # (read_image's turn of the pixels)
         packet = im.info.get("xmp")
         text = im.info.get("XML:com.adobe.xmp")  # a PNG's tEXt / zTXt chunk (Pillow's "xmp" is iTXt's only)
         if packet is None and isinstance(text, str):
@@ -255,4 +253,4 @@ def _xmp_of(p: Path, scale: int) -> Optional[bytes]:
     raw = packet.encode("utf-8") if isinstance(packet, str) else bytes(packet)
     if len(raw) > READ_LIMIT:
         raise ValueError(f"{len(raw)} bytes, more than the {READ_LIMIT} read")
-    return carried(raw, scale, orientation, stored)
+    return carried(raw, scale, turn, stored)
